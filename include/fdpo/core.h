@@ -1,0 +1,73 @@
+/* fdpo core: errors, RNG, files, timing, progress. Everything else builds on this. */
+#ifndef FDPO_CORE_H
+#define FDPO_CORE_H
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* ---- errors ----
+ * Library functions return 0 (or a non-NULL pointer) on success and -1 (or NULL) on
+ * failure after recording one message with fdpo_error(). The message names the file,
+ * line, tensor, field or flag at fault, e.g. "model.safetensors: tensor 'wte.weight':
+ * shape [10,4], config wants [257,4]". The CLI prints it as "fdpo: <message>" and exits 1. */
+int fdpo_error(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* returns -1 */
+/* Prefix the current message: "<prefix>: <old message>" (adds context on the way up). */
+int fdpo_error_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *fdpo_last_error(void);
+void fdpo_clear_error(void);
+
+/* ---- memory ---- aborts with a message on out-of-memory (nothing sensible to recover). */
+void *fdpo_malloc(size_t n);
+void *fdpo_calloc(size_t count, size_t size);
+void *fdpo_realloc(void *p, size_t n);
+char *fdpo_strdup(const char *s);
+
+/* ---- RNG ---- xoshiro256** seeded with splitmix64: same seed -> same stream everywhere. */
+typedef struct { uint64_t s[4]; } fdpo_rng;
+void fdpo_rng_seed(fdpo_rng *r, uint64_t seed);
+uint64_t fdpo_rng_u64(fdpo_rng *r);
+double fdpo_rng_uniform(fdpo_rng *r);          /* [0, 1), 53 bits */
+double fdpo_rng_normal(fdpo_rng *r);           /* N(0,1), Box-Muller, no cached spare */
+uint64_t fdpo_rng_below(fdpo_rng *r, uint64_t n); /* uniform in [0, n), unbiased */
+void fdpo_rng_shuffle(fdpo_rng *r, size_t *idx, size_t n); /* Fisher-Yates */
+
+/* ---- files ---- */
+/* Read a whole file; *len gets its size. Adds a NUL after the data (not counted). */
+char *fdpo_read_file(const char *path, size_t *len);
+/* Atomic write: PATH.tmp.<pid>, fwrite, fflush, fsync, rename over PATH, fsync the dir.
+ * A crash leaves either the old file or the new one, never half of one. */
+int fdpo_write_file_atomic(const char *path, const void *data, size_t len);
+/* Streaming version: open returns a FILE* on a temp name; commit fsyncs and renames;
+ * abort removes the temp file. */
+typedef struct { FILE *f; char *path; char *tmp_path; } fdpo_atomic_file;
+int fdpo_atomic_open(fdpo_atomic_file *af, const char *path);
+int fdpo_atomic_commit(fdpo_atomic_file *af);
+void fdpo_atomic_abort(fdpo_atomic_file *af);
+int fdpo_mkdir_p(const char *path);
+int fdpo_file_exists(const char *path);
+/* path_join returns a malloc'd "a/b". */
+char *fdpo_path_join(const char *a, const char *b);
+/* FNV-1a 64 over bytes, chainable: h = fdpo_hash64(h, data, n), start with FDPO_HASH_INIT. */
+#define FDPO_HASH_INIT 0xcbf29ce484222325ULL
+uint64_t fdpo_hash64(uint64_t h, const void *data, size_t n);
+/* 1 if s[0..n) is valid UTF-8. */
+int fdpo_utf8_valid(const char *s, size_t n);
+
+/* ---- time, threads, progress ---- */
+double fdpo_now(void); /* monotonic seconds */
+/* Set OpenMP + OpenBLAS threads (n <= 0: leave the defaults). */
+void fdpo_set_threads(int n);
+int fdpo_get_threads(void);
+
+/* Progress line on stderr: "step 12/100 | loss 3.2100 | lr 3.0e-04 | gnorm 1.23 |
+ * 1234 tok/s | ETA 1m02s". Rewrites one line on a terminal, prints every call otherwise. */
+typedef struct { double t_start; size_t total; int tty; } fdpo_progress;
+void fdpo_progress_start(fdpo_progress *p, size_t total);
+void fdpo_progress_step(fdpo_progress *p, size_t step, double loss, double lr, double grad_norm,
+                        double tokens_per_sec, const char *extra);
+void fdpo_progress_end(fdpo_progress *p);
+
+/* Format a float as the shortest text that reads back to the same value (for JSON). */
+void fdpo_fmt_double(char *buf, size_t n, double v);
+
+#endif

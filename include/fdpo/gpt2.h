@@ -1,0 +1,111 @@
+/* GPT-2 (Hugging Face GPT2LMHeadModel, "gelu_new", pre-LN, tied LM head) on CPU.
+ *
+ * Batches are PACKED, not padded: B sequences of lengths T_b are laid end to end in one
+ * stream of N = sum T_b tokens. Matmuls run over all N tokens at once; attention runs per
+ * sequence. No FLOPs go to padding.
+ *
+ * Each token may carry a position id and a "branch" tag. Token i attends to token j of the
+ * same sequence iff j <= i and (branch[j] == 0 || branch[j] == branch[i]). With all branches
+ * 0 this is ordinary causal attention. The shared-prompt DPO layout [prompt | chosen |
+ * rejected] uses branch 0 for the prompt, 1 for chosen, 2 for rejected, and positions that
+ * restart at len(prompt) for the rejected part, so the prompt is computed once. */
+#ifndef FDPO_GPT2_H
+#define FDPO_GPT2_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fdpo/core.h"
+
+typedef struct {
+    size_t vocab_size;   /* V */
+    size_t n_positions;  /* maxT */
+    size_t n_embd;       /* C */
+    size_t n_layer;      /* L */
+    size_t n_head;       /* NH, C % NH == 0 */
+    float layer_norm_epsilon; /* 1e-5 */
+} fdpo_gpt2_config;
+
+/* Parameter tensors, carved from one allocation in this order. Linear weights are stored
+ * in Hugging Face Conv1D layout [in, out], so y = x @ W + b, and files map 1:1. */
+typedef struct {
+    float *wte;      /* [V, C]  token embedding, also the LM head (tied) */
+    float *wpe;      /* [maxT, C] */
+    float *ln1w;     /* [L, C] */
+    float *ln1b;     /* [L, C] */
+    float *qkvw;     /* [L, C, 3C]  attn.c_attn.weight */
+    float *qkvb;     /* [L, 3C] */
+    float *attprojw; /* [L, C, C]   attn.c_proj.weight */
+    float *attprojb; /* [L, C] */
+    float *ln2w;     /* [L, C] */
+    float *ln2b;     /* [L, C] */
+    float *fcw;      /* [L, C, 4C]  mlp.c_fc.weight */
+    float *fcb;      /* [L, 4C] */
+    float *fcprojw;  /* [L, 4C, C]  mlp.c_proj.weight */
+    float *fcprojb;  /* [L, C] */
+    float *lnfw;     /* [C] */
+    float *lnfb;     /* [C] */
+} fdpo_gpt2_params;
+#define FDPO_GPT2_NUM_TENSORS 16
+
+/* One parameter tensor as the checkpoint code and the optimizer see it. */
+typedef struct {
+    const char *name;   /* Hugging Face name with "{i}" for per-layer tensors, e.g. "transformer.h.{i}.attn.c_attn.weight" */
+    size_t offset;      /* into params_memory */
+    size_t numel;       /* all layers together */
+    int per_layer;      /* 1 if the tensor is [L, ...] (one HF tensor per layer) */
+    size_t shape[3];    /* shape of ONE HF tensor (per layer where per_layer) */
+    int ndim;
+    int decay;          /* 1 for 2-D weights (AdamW weight decay applies), 0 for biases/LN */
+} fdpo_gpt2_tensor;
+
+typedef struct fdpo_gpt2_acts fdpo_gpt2_acts; /* activations, private to src/model */
+
+typedef struct {
+    fdpo_gpt2_config config;
+    fdpo_gpt2_tensor tensors[FDPO_GPT2_NUM_TENSORS];
+    size_t n_params;
+    fdpo_gpt2_params params; float *params_memory;
+    fdpo_gpt2_params grads;  float *grads_memory;   /* allocated on first backward */
+    fdpo_gpt2_acts *acts;                            /* sized for the largest batch seen */
+} fdpo_gpt2;
+
+/* A packed batch (see top). Arrays of length N unless noted. The caller owns them. */
+typedef struct {
+    size_t n_seq;              /* B */
+    size_t n_tokens;           /* N */
+    const size_t *seq_offset;  /* [B+1], seq b is tokens [seq_offset[b], seq_offset[b+1]) */
+    const int32_t *tokens;     /* input ids */
+    const int32_t *targets;    /* next-token target per position, -1 = no target */
+    const float *weights;      /* per-token weight for seq_logp (and losses); NULL = 1 where target >= 0 */
+    const int32_t *pos;        /* position ids; NULL = 0..T_b-1 within each sequence */
+    const uint8_t *branch;     /* branch tags; NULL = plain causal attention */
+} fdpo_batch;
+
+int  fdpo_gpt2_config_check(const fdpo_gpt2_config *c); /* error names the bad key */
+/* Allocate a model with this config. Parameters are zero until init or load. */
+fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c);
+void fdpo_gpt2_free(fdpo_gpt2 *m);
+/* GPT-2 init: N(0, 0.02) weights, residual projections (attn.c_proj, mlp.c_proj) scaled by
+ * 1/sqrt(2 L), zero biases, LayerNorm weight 1 / bias 0. Deterministic for a seed. */
+void fdpo_gpt2_init(fdpo_gpt2 *m, uint64_t seed);
+int  fdpo_gpt2_check_batch(const fdpo_gpt2 *m, const fdpo_batch *b); /* ids < V, pos < maxT, ... */
+
+/* Forward over a packed batch.
+ *   token_logp[N]  (out, may be NULL): log softmax(logits_t)[targets[t]]; 0 where targets[t] < 0
+ *   seq_logp[B]    (out, may be NULL): sum_t weight_t * token_logp[t] over sequence b
+ * Keeps activations and logits for a following fdpo_gpt2_backward(). */
+int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp);
+/* Logits [N, V] of the last forward (valid until the next forward or backward). */
+const float *fdpo_gpt2_logits(const fdpo_gpt2 *m);
+
+/* Backward of the last forward for an arbitrary upstream gradient d_token_logp[N]
+ * (dObjective/dtoken_logp[t]; entries where targets < 0 are ignored). ACCUMULATES into
+ * m->grads (call fdpo_gpt2_zero_grad first). This is how every objective talks to the
+ * model: SFT passes -w_t / W_total, f-DPO passes its per-pair coefficient times w_t. */
+int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp);
+void fdpo_gpt2_zero_grad(fdpo_gpt2 *m);
+/* d_token_logp[t] = d_seq_logp[b(t)] * weight_t, for per-sequence upstream gradients. */
+void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp);
+/* Copy parameters (same config required). */
+int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src);
+
+#endif

@@ -1,0 +1,56 @@
+/* Files the ecosystem uses: safetensors, config.json, Hugging Face checkpoint directories. */
+#ifndef FDPO_IO_H
+#define FDPO_IO_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fdpo/gpt2.h"
+
+/* ---- safetensors ---- */
+typedef enum { FDPO_F32, FDPO_F16, FDPO_BF16, FDPO_I32, FDPO_I64, FDPO_U8, FDPO_F64, FDPO_DTYPE_OTHER } fdpo_dtype;
+typedef struct {
+    char *name;
+    fdpo_dtype dtype;
+    char dtype_name[8];
+    int ndim;
+    size_t shape[8];
+    size_t begin, end;       /* byte offsets into data */
+} fdpo_st_tensor;
+typedef struct {
+    char *path;
+    size_t n_tensors;
+    fdpo_st_tensor *tensors;
+    char **meta_keys, **meta_values; size_t n_meta; /* "__metadata__" (string -> string) */
+    unsigned char *data;     /* the data section */
+    size_t data_len;
+    void *map; size_t map_len;
+} fdpo_safetensors;
+/* Open and validate (header length, JSON, offsets within the file, shapes x dtype = bytes). */
+int fdpo_st_open(fdpo_safetensors *st, const char *path);
+void fdpo_st_close(fdpo_safetensors *st);
+const fdpo_st_tensor *fdpo_st_find(const fdpo_safetensors *st, const char *name);
+const char *fdpo_st_meta(const fdpo_safetensors *st, const char *key);
+/* Read tensor as float32 (f32, f16, bf16 converted). Checks numel == n. */
+int fdpo_st_read_f32(const fdpo_safetensors *st, const fdpo_st_tensor *t, float *out, size_t n);
+
+/* Writer: add tensors (data copied by reference until write), then write atomically. */
+typedef struct fdpo_st_writer fdpo_st_writer;
+fdpo_st_writer *fdpo_st_writer_new(void);
+void fdpo_st_writer_add(fdpo_st_writer *w, const char *name, fdpo_dtype dtype,
+                        const size_t *shape, int ndim, const void *data);
+void fdpo_st_writer_meta(fdpo_st_writer *w, const char *key, const char *value);
+int fdpo_st_writer_write(fdpo_st_writer *w, const char *path); /* atomic */
+void fdpo_st_writer_free(fdpo_st_writer *w);
+
+/* ---- checkpoints (Hugging Face layout) ----
+ * DIR/config.json, DIR/model.safetensors, tokenizer files (text/), and optionally
+ * DIR/training_state.safetensors + DIR/training_state.json (train/). */
+int fdpo_config_load(const char *config_json_path, fdpo_gpt2_config *c);
+int fdpo_config_save(const char *config_json_path, const fdpo_gpt2_config *c);
+/* Load config.json + model.safetensors: accepts "transformer."-prefixed or bare names,
+ * skips attn.bias / attn.masked_bias buffers and lm_head.weight (tied; must equal wte if
+ * present), converts f16/bf16. */
+fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir);
+/* Write config.json + model.safetensors, each atomically. */
+int fdpo_checkpoint_save_model(const char *dir, const fdpo_gpt2 *m);
+
+#endif

@@ -1,0 +1,31 @@
+/* Tokenizers: byte-level (256 bytes + <|endoftext|>) and GPT-2 byte-level BPE.
+ * A checkpoint directory carries its tokenizer; fdpo_tokenizer_load_dir picks the kind:
+ *   vocab.json + merges.txt, encoder.json + vocab.bpe, or tokenizer.json  -> GPT-2 BPE
+ *   fdpo_tokenizer.json {"type": "byte"}                                   -> byte-level */
+#ifndef FDPO_TOKENIZER_H
+#define FDPO_TOKENIZER_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct fdpo_tokenizer fdpo_tokenizer;
+typedef enum { FDPO_TOK_BYTE, FDPO_TOK_BPE } fdpo_tokenizer_kind;
+
+fdpo_tokenizer *fdpo_tokenizer_byte(void);
+fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir);
+int fdpo_tokenizer_save_dir(const fdpo_tokenizer *t, const char *dir); /* atomic files */
+void fdpo_tokenizer_free(fdpo_tokenizer *t);
+fdpo_tokenizer_kind fdpo_tokenizer_kind_of(const fdpo_tokenizer *t);
+size_t fdpo_tokenizer_vocab_size(const fdpo_tokenizer *t);
+int32_t fdpo_tokenizer_eot(const fdpo_tokenizer *t);   /* <|endoftext|>: 256 byte-level, 50256 GPT-2 */
+
+/* Encode len bytes of text. With allow_special, the literal "<|endoftext|>" becomes the
+ * EOT id; otherwise it is encoded as ordinary text. *ids is malloc'd. */
+int fdpo_tokenizer_encode(const fdpo_tokenizer *t, const char *text, size_t len,
+                          int allow_special, int32_t **ids, size_t *n_ids);
+/* Decode to a malloc'd NUL-terminated string; *len gets its length (may be NULL). Byte
+ * sequences that are not valid UTF-8 become U+FFFD, as Hugging Face's decode does. */
+char *fdpo_tokenizer_decode(const fdpo_tokenizer *t, const int32_t *ids, size_t n, size_t *len);
+/* Raw bytes of one token (no UTF-8 repair), for streaming output. */
+const char *fdpo_tokenizer_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *len);
+
+#endif

@@ -1,0 +1,34 @@
+/* Optimisation: AdamW, schedules, gradient clipping, training state. */
+#ifndef FDPO_TRAIN_H
+#define FDPO_TRAIN_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fdpo/gpt2.h"
+
+typedef enum { FDPO_SCHED_CONSTANT, FDPO_SCHED_COSINE, FDPO_SCHED_LINEAR } fdpo_sched_kind;
+typedef struct {
+    fdpo_sched_kind kind;
+    double lr;           /* peak */
+    size_t warmup_steps; /* linear 0 -> lr over warmup */
+    size_t total_steps;
+    double min_lr_ratio; /* cosine/linear floor as a fraction of lr */
+} fdpo_schedule;
+int fdpo_schedule_parse(const char *name, fdpo_sched_kind *k);
+double fdpo_schedule_lr(const fdpo_schedule *s, size_t step); /* step counts from 0 */
+
+typedef struct {
+    double beta1, beta2, eps, weight_decay;
+    size_t n;            /* number of parameters */
+    float *m, *v;        /* moments [n] */
+    size_t t;            /* steps taken */
+} fdpo_adamw;
+int fdpo_adamw_init(fdpo_adamw *o, size_t n, double beta1, double beta2, double eps, double wd);
+void fdpo_adamw_free(fdpo_adamw *o);
+/* PyTorch AdamW semantics (decoupled decay p *= 1 - lr*wd, bias correction), weight decay
+ * only on tensors with decay = 1 (2-D weights). */
+void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *m, double lr);
+/* Global L2 norm of m->grads; if max_norm > 0 and the norm exceeds it, scale grads by
+ * max_norm / (norm + 1e-6) as torch.nn.utils.clip_grad_norm_. Returns the norm before clipping. */
+double fdpo_clip_grad_norm(fdpo_gpt2 *m, double max_norm);
+
+#endif

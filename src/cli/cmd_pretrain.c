@@ -1,0 +1,4 @@
+/* fdpo pretrain: placeholder until its issue lands. */
+#include "cli/commands.h"
+#include "fdpo/core.h"
+int cmd_pretrain(int argc, char **argv) { (void)argc; (void)argv; return fdpo_error("not implemented yet"); }

@@ -1,0 +1,4 @@
+/* fdpo sft: placeholder until its issue lands. */
+#include "cli/commands.h"
+#include "fdpo/core.h"
+int cmd_sft(int argc, char **argv) { (void)argc; (void)argv; return fdpo_error("not implemented yet"); }

@@ -1,0 +1,4 @@
+/* fdpo tokenize: placeholder until its issue lands. */
+#include "cli/commands.h"
+#include "fdpo/core.h"
+int cmd_tokenize(int argc, char **argv) { (void)argc; (void)argv; return fdpo_error("not implemented yet"); }

@@ -1,0 +1,43 @@
+/* Error messages: one per thread, set where the fault is found, context added on the way up. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+
+static _Thread_local char err_msg[2048];
+
+int fdpo_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_msg, sizeof err_msg, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int fdpo_error_context(const char *fmt, ...) {
+    char prefix[512], old[sizeof err_msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, err_msg, sizeof old);
+    snprintf(err_msg, sizeof err_msg, "%.500s: %.1500s", prefix, old[0] ? old : "error");
+    return -1;
+}
+
+const char *fdpo_last_error(void) { return err_msg[0] ? err_msg : "unknown error"; }
+void fdpo_clear_error(void) { err_msg[0] = 0; }
+
+static void oom(size_t n) {
+    fprintf(stderr, "fdpo: out of memory allocating %zu bytes\n", n);
+    exit(1);
+}
+void *fdpo_malloc(size_t n) { void *p = malloc(n ? n : 1); if (!p) oom(n); return p; }
+void *fdpo_calloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) oom(count * size);
+    return p;
+}
+void *fdpo_realloc(void *p, size_t n) { void *q = realloc(p, n ? n : 1); if (!q) oom(n); return q; }
+char *fdpo_strdup(const char *s) { size_t n = strlen(s) + 1; char *d = fdpo_malloc(n); memcpy(d, s, n); return d; }

@@ -1,0 +1,145 @@
+/* Whole-file reads and atomic writes (temp file, fsync, rename, fsync directory). */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "fdpo/core.h"
+
+char *fdpo_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { fdpo_error("%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = fdpo_malloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) { cap *= 2; buf = fdpo_realloc(buf, cap); }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) { free(buf); fdpo_error("%s: read error", path); return NULL; }
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
+static void fsync_dir_of(const char *path) {
+    char *copy = fdpo_strdup(path);
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) { fsync(fd); close(fd); }
+    free(copy);
+}
+
+int fdpo_atomic_open(fdpo_atomic_file *af, const char *path) {
+    size_t n = strlen(path) + 32;
+    af->path = fdpo_strdup(path);
+    af->tmp_path = fdpo_malloc(n);
+    snprintf(af->tmp_path, n, "%s.tmp.%d", path, (int)getpid());
+    af->f = fopen(af->tmp_path, "wb");
+    if (!af->f) {
+        fdpo_error("%s: cannot write: %s", af->tmp_path, strerror(errno));
+        free(af->path); free(af->tmp_path); af->path = af->tmp_path = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+void fdpo_atomic_abort(fdpo_atomic_file *af) {
+    if (af->f) fclose(af->f);
+    if (af->tmp_path) unlink(af->tmp_path);
+    free(af->path); free(af->tmp_path);
+    af->f = NULL; af->path = af->tmp_path = NULL;
+}
+
+int fdpo_atomic_commit(fdpo_atomic_file *af) {
+    int bad = ferror(af->f) || fflush(af->f) != 0 || fsync(fileno(af->f)) != 0;
+    if (bad) {
+        fdpo_error("%s: write failed: %s", af->path, strerror(errno));
+        fdpo_atomic_abort(af);
+        return -1;
+    }
+    fclose(af->f); af->f = NULL;
+    if (rename(af->tmp_path, af->path) != 0) {
+        fdpo_error("%s: rename failed: %s", af->path, strerror(errno));
+        fdpo_atomic_abort(af);
+        return -1;
+    }
+    fsync_dir_of(af->path);
+    free(af->path); free(af->tmp_path);
+    af->path = af->tmp_path = NULL;
+    return 0;
+}
+
+int fdpo_write_file_atomic(const char *path, const void *data, size_t len) {
+    fdpo_atomic_file af;
+    if (fdpo_atomic_open(&af, path)) return -1;
+    if (len && fwrite(data, 1, len, af.f) != len) {
+        fdpo_error("%s: write failed: %s", path, strerror(errno));
+        fdpo_atomic_abort(&af);
+        return -1;
+    }
+    return fdpo_atomic_commit(&af);
+}
+
+int fdpo_mkdir_p(const char *path) {
+    char *p = fdpo_strdup(path);
+    for (char *s = p + 1; ; s++) {
+        if (*s == '/' || *s == 0) {
+            char c = *s; *s = 0;
+            if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+                fdpo_error("%s: cannot create directory: %s", p, strerror(errno));
+                free(p); return -1;
+            }
+            *s = c;
+            if (c == 0) break;
+        }
+    }
+    free(p);
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return fdpo_error("%s: not a directory", path);
+    return 0;
+}
+
+int fdpo_file_exists(const char *path) { struct stat st; return stat(path, &st) == 0; }
+
+char *fdpo_path_join(const char *a, const char *b) {
+    size_t na = strlen(a), nb = strlen(b);
+    char *r = fdpo_malloc(na + nb + 2);
+    memcpy(r, a, na);
+    size_t k = na;
+    if (na && a[na - 1] != '/') r[k++] = '/';
+    memcpy(r + k, b, nb + 1);
+    return r;
+}
+
+uint64_t fdpo_hash64(uint64_t h, const void *data, size_t n) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
+    return h;
+}
+
+int fdpo_utf8_valid(const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = p[i];
+        size_t k; unsigned min;
+        if (c < 0x80) { i++; continue; }
+        else if ((c & 0xE0) == 0xC0) { k = 1; min = 0x80; c &= 0x1F; }
+        else if ((c & 0xF0) == 0xE0) { k = 2; min = 0x800; c &= 0x0F; }
+        else if ((c & 0xF8) == 0xF0) { k = 3; min = 0x10000; c &= 0x07; }
+        else return 0;
+        for (size_t j = 1; j <= k; j++) {
+            if (i + j >= n || (p[i + j] & 0xC0) != 0x80) return 0;
+            c = (c << 6) | (p[i + j] & 0x3F);
+        }
+        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
+        i += k + 1;
+    }
+    return 1;
+}

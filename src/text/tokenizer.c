@@ -1,0 +1,123 @@
+/* Tokenizer dispatch and the byte-level tokenizer: ids 0..255 are bytes, 256 is
+ * <|endoftext|>. Any text round-trips exactly; no vocabulary file is needed. */
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "text/tokenizer_internal.h"
+
+#define BYTE_EOT 256
+static const char EOT_TEXT[] = "<|endoftext|>";
+
+fdpo_tokenizer *fdpo_tokenizer_byte(void) {
+    fdpo_tokenizer *t = fdpo_calloc(1, sizeof *t);
+    t->kind = FDPO_TOK_BYTE;
+    t->vocab_size = 257;
+    t->eot = BYTE_EOT;
+    return t;
+}
+
+fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
+    char *p = fdpo_path_join(dir, "fdpo_tokenizer.json");
+    int has_byte = fdpo_file_exists(p);
+    if (has_byte) {
+        size_t n;
+        char *s = fdpo_read_file(p, &n);
+        int ok = s && strstr(s, "\"byte\"") != NULL;
+        free(s);
+        if (!ok) { fdpo_error("%s: expected {\"type\": \"byte\"}", p); free(p); return NULL; }
+        free(p);
+        return fdpo_tokenizer_byte();
+    }
+    free(p);
+    if (fdpo_bpe_dir_has_files(dir)) return fdpo_bpe_load_dir(dir);
+    fdpo_error("%s: no tokenizer files (expected vocab.json + merges.txt, encoder.json + "
+               "vocab.bpe, tokenizer.json, or fdpo_tokenizer.json)", dir);
+    return NULL;
+}
+
+int fdpo_tokenizer_save_dir(const fdpo_tokenizer *t, const char *dir) {
+    if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_save_dir(t, dir);
+    char *p = fdpo_path_join(dir, "fdpo_tokenizer.json");
+    static const char body[] = "{\"type\": \"byte\", \"vocab_size\": 257, \"eos_token_id\": 256}\n";
+    int rc = fdpo_write_file_atomic(p, body, sizeof body - 1);
+    free(p);
+    return rc;
+}
+
+void fdpo_tokenizer_free(fdpo_tokenizer *t) {
+    if (!t) return;
+    if (t->bpe) fdpo_bpe_free(t->bpe);
+    free(t);
+}
+
+fdpo_tokenizer_kind fdpo_tokenizer_kind_of(const fdpo_tokenizer *t) { return t->kind; }
+size_t fdpo_tokenizer_vocab_size(const fdpo_tokenizer *t) { return t->vocab_size; }
+int32_t fdpo_tokenizer_eot(const fdpo_tokenizer *t) { return t->eot; }
+
+int fdpo_tokenizer_encode(const fdpo_tokenizer *t, const char *text, size_t len,
+                          int allow_special, int32_t **ids, size_t *n_ids) {
+    if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_encode(t, text, len, allow_special, ids, n_ids);
+    int32_t *out = fdpo_malloc((len + 1) * sizeof *out);
+    size_t n = 0, elen = sizeof EOT_TEXT - 1;
+    for (size_t i = 0; i < len;) {
+        if (allow_special && len - i >= elen && memcmp(text + i, EOT_TEXT, elen) == 0) {
+            out[n++] = BYTE_EOT; i += elen;
+        } else {
+            out[n++] = (unsigned char)text[i++];
+        }
+    }
+    *ids = out; *n_ids = n;
+    return 0;
+}
+
+const char *fdpo_tokenizer_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *len) {
+    if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_token_bytes(t, id, len);
+    static char bytes[256];
+    static int init = 0;
+    if (!init) { for (int i = 0; i < 256; i++) bytes[i] = (char)i; init = 1; }
+    if (id == BYTE_EOT) { *len = sizeof EOT_TEXT - 1; return EOT_TEXT; }
+    if (id < 0 || id > 255) { *len = 0; return ""; }
+    *len = 1;
+    return bytes + id;
+}
+
+/* Append s[0..n) to out, replacing each maximal invalid UTF-8 subsequence with U+FFFD
+ * (as Python's bytes.decode(errors="replace"), which Hugging Face's decode uses). */
+static size_t utf8_repair(const unsigned char *s, size_t n, char *out) {
+    size_t i = 0, k = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t need; unsigned lo = 0x80, hi = 0xBF;
+        if (c < 0x80) { out[k++] = (char)c; i++; continue; }
+        else if (c >= 0xC2 && c <= 0xDF) need = 1;
+        else if (c >= 0xE0 && c <= 0xEF) { need = 2; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
+        else if (c >= 0xF0 && c <= 0xF4) { need = 3; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
+        else { memcpy(out + k, "\xEF\xBF\xBD", 3); k += 3; i++; continue; }
+        size_t j = 1;
+        for (; j <= need && i + j < n; j++) {
+            unsigned b = s[i + j];
+            if (j == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) break;
+        }
+        if (j == need + 1) { memcpy(out + k, s + i, need + 1); k += need + 1; i += need + 1; }
+        else { memcpy(out + k, "\xEF\xBF\xBD", 3); k += 3; i += j; }
+    }
+    return k;
+}
+
+char *fdpo_tokenizer_decode(const fdpo_tokenizer *t, const int32_t *ids, size_t n, size_t *len) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) { size_t l; fdpo_tokenizer_token_bytes(t, ids[i], &l); total += l; }
+    unsigned char *raw = fdpo_malloc(total + 1);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t l;
+        const char *b = fdpo_tokenizer_token_bytes(t, ids[i], &l);
+        memcpy(raw + k, b, l); k += l;
+    }
+    char *out = fdpo_malloc(3 * total + 1);
+    size_t m = utf8_repair(raw, total, out);
+    out[m] = 0;
+    free(raw);
+    if (len) *len = m;
+    return out;
+}

@@ -1,0 +1,24 @@
+/* Private tokenizer layout shared by the byte-level and BPE implementations. */
+#ifndef FDPO_TOKENIZER_INTERNAL_H
+#define FDPO_TOKENIZER_INTERNAL_H
+#include "fdpo/tokenizer.h"
+
+struct fdpo_bpe; /* src/text/bpe.c */
+
+struct fdpo_tokenizer {
+    fdpo_tokenizer_kind kind;
+    size_t vocab_size;
+    int32_t eot;
+    struct fdpo_bpe *bpe; /* FDPO_TOK_BPE only */
+};
+
+/* Implemented in bpe.c (GPT-2 BPE). */
+fdpo_tokenizer *fdpo_bpe_load_dir(const char *dir); /* NULL + error if no BPE files / bad files */
+int fdpo_bpe_dir_has_files(const char *dir);
+int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir);
+void fdpo_bpe_free(struct fdpo_bpe *b);
+int fdpo_bpe_encode(const fdpo_tokenizer *t, const char *text, size_t len, int allow_special,
+                    int32_t **ids, size_t *n_ids);
+const char *fdpo_bpe_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *len);
+
+#endif

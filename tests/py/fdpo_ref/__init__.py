@@ -1,0 +1,1 @@
+"""Independent Python references for fdpo's tests (PyTorch, plain json/struct)."""
