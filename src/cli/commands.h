@@ -12,4 +12,5 @@ int cmd_eval(int argc, char **argv);
 int cmd_score(int argc, char **argv);
 int cmd_lab(int argc, char **argv);
 int cmd_report(int argc, char **argv);
+int cmd_pairs(int argc, char **argv);
 #endif

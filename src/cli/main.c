@@ -13,6 +13,7 @@ static const command COMMANDS[] = {
     {"generate", cmd_generate, "sample completions for prompts (KV cache, top-k/top-p)"},
     {"eval",     cmd_eval,     "reward, KL, entropy, diversity and calibration of policies"},
     {"score",    cmd_score,    "reward and log-probs of given completions"},
+    {"pairs",    cmd_pairs,    "scored samples -> preference pairs with Bradley-Terry labels"},
     {"lab",      cmd_lab,      "exact f-regularised alignment on finite problems"},
     {"report",   cmd_report,   "self-contained HTML report of run directories"},
     {"tokenize", cmd_tokenize, "text <-> token ids with a checkpoint's tokenizer"},

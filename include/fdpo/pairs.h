@@ -1,0 +1,34 @@
+/* Preference pairs from scored samples, with Bradley-Terry-sampled labels (the DPO paper's
+ * controlled-sentiment set-up): for completions a, b of one prompt with gold rewards r_a, r_b,
+ * a is labelled chosen with probability sigma((r_a - r_b) / scale). */
+#ifndef FDPO_PAIRS_H
+#define FDPO_PAIRS_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    char *prompt, *completion;
+    double reward;
+    size_t n_tokens;      /* 0 if unknown */
+    int has_reward;
+    size_t line;          /* 1-based line in the samples file */
+} fdpo_sample_rec;
+
+typedef struct {
+    size_t chosen, rejected; /* indices into the records */
+    double p_chosen;         /* sigma((r_chosen - r_rejected) / scale) under the BT model */
+} fdpo_pair;
+
+/* Read JSONL records {"prompt", "completion"[, "reward"][, "n_tokens"]} (what `fdpo generate`
+ * and `fdpo score` write). Errors name FILE:LINE and the field. */
+int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs, size_t *n);
+void fdpo_sample_recs_free(fdpo_sample_rec *recs, size_t n);
+
+/* Group records by prompt (first-appearance order); per prompt, shuffle its completions
+ * with the seeded RNG and pair them off (0,1), (2,3), ... up to max_per_prompt pairs
+ * (0 = all). Pairs with identical completions are skipped and counted in *n_identical.
+ * Each pair's label is drawn from the BT model with the given scale (> 0). */
+int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, double scale, size_t max_per_prompt,
+                    uint64_t seed, fdpo_pair **pairs, size_t *n_pairs, size_t *n_identical);
+
+#endif

@@ -1,0 +1,114 @@
+/* Scored samples -> preference pairs with Bradley-Terry-sampled labels. */
+#include <cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/pairs.h"
+
+void fdpo_sample_recs_free(fdpo_sample_rec *recs, size_t n) {
+    for (size_t i = 0; i < n; i++) { free(recs[i].prompt); free(recs[i].completion); }
+    free(recs);
+}
+
+static int get_string(const cJSON *o, const char *key, char **out, const char *path, size_t line) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v) return fdpo_error("%s:%zu: missing field \"%s\"", path, line, key);
+    if (!cJSON_IsString(v)) return fdpo_error("%s:%zu: field \"%s\" must be a string", path, line, key);
+    *out = fdpo_strdup(v->valuestring);
+    return 0;
+}
+
+int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *n_out) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return fdpo_error("%s: cannot open: %s", path, strerror(errno));
+    fdpo_sample_rec *recs = NULL;
+    size_t n = 0, cap = 0, line_no = 0, len_cap = 0;
+    char *line = NULL;
+    ssize_t got;
+    int rc = 0;
+    while ((got = getline(&line, &len_cap, f)) != -1) {
+        line_no++;
+        size_t k = 0;
+        while (k < (size_t)got && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r' || line[k] == '\n')) k++;
+        if (k == (size_t)got) continue; /* blank line */
+        cJSON *o = cJSON_Parse(line);
+        if (!o || !cJSON_IsObject(o)) {
+            cJSON_Delete(o);
+            rc = fdpo_error("%s:%zu: not a JSON object", path, line_no);
+            break;
+        }
+        fdpo_sample_rec r = {0};
+        r.line = line_no;
+        if (get_string(o, "prompt", &r.prompt, path, line_no) ||
+            get_string(o, "completion", &r.completion, path, line_no)) {
+            free(r.prompt); cJSON_Delete(o); rc = -1; break;
+        }
+        const cJSON *rw = cJSON_GetObjectItemCaseSensitive(o, "reward");
+        if (rw) {
+            if (!cJSON_IsNumber(rw) || !isfinite(rw->valuedouble)) {
+                free(r.prompt); free(r.completion); cJSON_Delete(o);
+                rc = fdpo_error("%s:%zu: field \"reward\" must be a finite number", path, line_no);
+                break;
+            }
+            r.reward = rw->valuedouble; r.has_reward = 1;
+        }
+        const cJSON *nt = cJSON_GetObjectItemCaseSensitive(o, "n_tokens");
+        if (cJSON_IsNumber(nt) && nt->valuedouble >= 0) r.n_tokens = (size_t)nt->valuedouble;
+        cJSON_Delete(o);
+        if (n == cap) { cap = cap ? 2 * cap : 64; recs = fdpo_realloc(recs, cap * sizeof *recs); }
+        recs[n++] = r;
+    }
+    free(line);
+    fclose(f);
+    if (rc) { fdpo_sample_recs_free(recs, n); return -1; }
+    if (n == 0) { free(recs); return fdpo_error("%s: no records", path); }
+    *recs_out = recs; *n_out = n;
+    return 0;
+}
+
+/* Group key: index of the first record with the same prompt. O(n * prompts), fine for the
+ * sizes a preference set has; a hash would only matter past ~10^5 distinct prompts. */
+int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, double scale, size_t max_per_prompt,
+                    uint64_t seed, fdpo_pair **pairs_out, size_t *n_pairs_out, size_t *n_identical) {
+    if (!(scale > 0) || !isfinite(scale)) return fdpo_error("--bt-scale: must be > 0 (got %g)", scale);
+    for (size_t i = 0; i < n; i++)
+        if (!recs[i].has_reward) return fdpo_error("line %zu: record has no reward (give --reward)", recs[i].line);
+    size_t *group = fdpo_malloc(n * sizeof *group);
+    size_t *firsts = fdpo_malloc(n * sizeof *firsts), n_groups = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t g = n_groups;
+        for (size_t j = 0; j < n_groups; j++)
+            if (strcmp(recs[firsts[j]].prompt, recs[i].prompt) == 0) { g = j; break; }
+        if (g == n_groups) firsts[n_groups++] = i;
+        group[i] = g;
+    }
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, seed);
+    fdpo_pair *pairs = fdpo_malloc((n / 2 + 1) * sizeof *pairs);
+    size_t np = 0, same = 0;
+    size_t *members = fdpo_malloc(n * sizeof *members);
+    for (size_t g = 0; g < n_groups; g++) {
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) if (group[i] == g) members[m++] = i;
+        fdpo_rng_shuffle(&rng, members, m);
+        size_t made = 0;
+        for (size_t k = 0; k + 1 < m; k += 2) {
+            if (max_per_prompt && made >= max_per_prompt) break;
+            const fdpo_sample_rec *a = &recs[members[k]], *b = &recs[members[k + 1]];
+            if (strcmp(a->completion, b->completion) == 0) { same++; continue; }
+            double p_a = 1.0 / (1.0 + exp(-(a->reward - b->reward) / scale));
+            int a_wins = fdpo_rng_uniform(&rng) < p_a;
+            pairs[np].chosen = a_wins ? members[k] : members[k + 1];
+            pairs[np].rejected = a_wins ? members[k + 1] : members[k];
+            pairs[np].p_chosen = a_wins ? p_a : 1.0 - p_a;
+            np++; made++;
+        }
+    }
+    free(members); free(group); free(firsts);
+    *pairs_out = pairs; *n_pairs_out = np;
+    if (n_identical) *n_identical = same;
+    return 0;
+}

@@ -1,0 +1,77 @@
+"""fdpo pairs: Bradley-Terry label frequencies against the exact sigmoid, pairing, errors."""
+import json
+import math
+import os
+import subprocess
+
+FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
+
+
+def run(*args):
+    return subprocess.run([FDPO, *args], capture_output=True, text=True, timeout=120)
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+
+
+def test_bt_label_frequencies(tmp_path):
+    # 4000 prompts, each with exactly two completions: reward 1.0 ("good") and 0.0 ("bad").
+    # With scale 0.5 the good one is chosen with probability sigmoid(2) = 0.8808.
+    rows = []
+    for i in range(4000):
+        rows.append({"prompt": f"p{i}", "completion": "good", "reward": 1.0})
+        rows.append({"prompt": f"p{i}", "completion": "bad", "reward": 0.0})
+    samples, out = tmp_path / "s.jsonl", tmp_path / "pairs.jsonl"
+    write_jsonl(samples, rows)
+    r = run("pairs", "--samples", str(samples), "--out", str(out), "--bt-scale", "0.5", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    pairs = [json.loads(l) for l in open(out)]
+    assert len(pairs) == 4000
+    assert all(p["prompt"].startswith("p") and {p["chosen"], p["rejected"]} == {"good", "bad"} for p in pairs)
+    frac = sum(p["chosen"] == "good" for p in pairs) / len(pairs)
+    expect = 1 / (1 + math.exp(-2.0))
+    se = math.sqrt(expect * (1 - expect) / len(pairs))
+    assert abs(frac - expect) < 4 * se, (frac, expect)
+    # same seed -> same file; another seed -> different labels
+    out2 = tmp_path / "pairs2.jsonl"
+    assert run("pairs", "--samples", str(samples), "--out", str(out2), "--bt-scale", "0.5", "--seed", "3").returncode == 0
+    assert open(out).read() == open(out2).read()
+
+
+def test_grouping_and_identical_skip(tmp_path):
+    rows = [{"prompt": "a", "completion": c, "reward": float(i)} for i, c in enumerate(["x", "y", "z", "w", "v"])]
+    rows += [{"prompt": "b", "completion": "same", "reward": 1.0}, {"prompt": "b", "completion": "same", "reward": 2.0}]
+    samples, out = tmp_path / "s.jsonl", tmp_path / "p.jsonl"
+    write_jsonl(samples, rows)
+    r = run("pairs", "--samples", str(samples), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    pairs = [json.loads(l) for l in open(out)]
+    # prompt a: 5 completions -> 2 disjoint pairs; prompt b: identical completions skipped
+    assert len(pairs) == 2 and all(p["prompt"] == "a" for p in pairs)
+    used = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    assert len(set(used)) == 4
+    assert "1 skipped" in r.stderr
+    r = run("pairs", "--samples", str(samples), "--out", str(out), "--pairs-per-prompt", "1")
+    assert r.returncode == 0 and len(open(out).read().splitlines()) == 1
+
+
+def test_bad_input(tmp_path):
+    samples, out = tmp_path / "s.jsonl", tmp_path / "p.jsonl"
+    write_jsonl(samples, [{"prompt": "a", "completion": "x", "reward": 1}, "{not json"])
+    r = run("pairs", "--samples", str(samples), "--out", str(out))
+    assert r.returncode != 0 and f"{samples}:2" in r.stderr
+    write_jsonl(samples, [{"prompt": "a", "completion": 3, "reward": 1}])
+    r = run("pairs", "--samples", str(samples), "--out", str(out))
+    assert r.returncode != 0 and f"{samples}:1" in r.stderr and "completion" in r.stderr
+    write_jsonl(samples, [{"prompt": "a", "completion": "x"}])
+    r = run("pairs", "--samples", str(samples), "--out", str(out))
+    assert r.returncode != 0 and "no reward" in r.stderr
+    write_jsonl(samples, [{"prompt": "a", "completion": "x", "reward": 1}])
+    r = run("pairs", "--samples", str(samples), "--out", str(out), "--bt-scale", "0")
+    assert r.returncode != 0 and "--bt-scale" in r.stderr
+    r = run("pairs", "--samples", str(tmp_path / "missing.jsonl"), "--out", str(out))
+    assert r.returncode != 0 and "missing.jsonl" in r.stderr
+    assert not out.exists()
