@@ -1,0 +1,203 @@
+/* Reusable pieces of a training run, shared by `fdpo pretrain`, `fdpo sft` and `fdpo dpo`:
+ * options, the seeded epoch data order, training state (AdamW moments, step, RNG, data
+ * position) and the atomic checkpoint-with-state save, the metrics JSONL writer, and one
+ * optimizer step (clip -> schedule -> AdamW).
+ *
+ * A run's life, as src/train/lm_trainer.c uses it (the DPO trainer does the same with its
+ * own micro-batches and metrics):
+ *
+ *   fdpo_trainer tr;
+ *   fdpo_trainer_open(&tr, &opts, tok, n_train_items, data_hash, fixed_keys, fixed_vals, n_fixed);
+ *   while (!fdpo_trainer_done(&tr)) {
+ *       fdpo_gpt2_zero_grad(tr.model);
+ *       for each of opts.grad_accum micro-batches:
+ *           items = fdpo_trainer_next_items(&tr, opts.batch_size)   (epoch order, reshuffled)
+ *           forward, backward(d_token_logp = dLoss/dlogp, normalised over the whole step)
+ *       fdpo_trainer_step(&tr, n_tokens);            clip, lr, AdamW, step++
+ *       if (fdpo_trainer_want_eval(&tr)) ...         validation
+ *       if (fdpo_trainer_want_log(&tr) || eval) {
+ *           fdpo_trainer_metrics_begin(&tr, loss); fdpo_metrics_add(&tr.metrics, ...);
+ *           fdpo_metrics_end(&tr.metrics); fdpo_trainer_progress(&tr, loss, extra); }
+ *       fdpo_trainer_maybe_save(&tr)                 every --save-every steps, and --stop-at
+ *   }
+ *   fdpo_trainer_close(&tr, 1);                       final checkpoint + free
+ */
+#ifndef FDPO_TRAINER_H
+#define FDPO_TRAINER_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fdpo/core.h"
+#include "fdpo/data.h"
+#include "fdpo/gpt2.h"
+#include "fdpo/tokenizer.h"
+#include "fdpo/train.h"
+
+/* Options shared by every trainer. The CLI fills them from src/cli/train_flags.c. */
+typedef struct {
+    /* model shape for a random init (ignored with init / resume; vocab from the tokenizer) */
+    long n_layer, n_head, n_embd, n_positions;
+    /* batches */
+    long seq_len, batch_size, grad_accum;
+    long steps;          /* optimizer steps; 0 = derive from epochs */
+    double epochs;       /* used when steps == 0: ceil(epochs * items / (batch * accum)) */
+    long stop_at;        /* 0 = off; else save and stop after this step (simulates an interruption) */
+    /* optimisation */
+    double lr; const char *schedule; long warmup_steps; double min_lr_ratio;
+    double weight_decay, beta1, beta2, adam_eps, grad_clip;
+    /* run */
+    long threads, seed;
+    const char *out;     /* checkpoint directory (required) */
+    int resume;          /* continue from out's training state */
+    const char *init;    /* start from this checkpoint instead of a random init */
+    const char *tokenizer; /* tokenizer directory (default: init's, else byte-level) */
+    long eval_every, save_every, log_every;
+    long eval_max_seqs;  /* pretrain/sft: evaluate only the first N validation sequences (0 = all) */
+    double val_fraction;
+    int shuffle;         /* 0 = items in file order every epoch */
+    int overwrite;       /* allow starting a fresh run in an OUT that holds a checkpoint */
+    int quiet;           /* no progress line */
+} fdpo_train_opts;
+
+/* Total optimizer steps of a run over n_items items. */
+size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items);
+
+/* ---- data order ----
+ * A permutation of n items per epoch, drawn from the run's RNG at the start of each epoch
+ * (identity when shuffle is off). Items are consumed in order across epoch boundaries. */
+typedef struct {
+    size_t n;         /* items */
+    size_t *order;    /* [n], this epoch's permutation */
+    size_t epoch;     /* 0-based epoch of the next item */
+    size_t pos;       /* index in order of the next item */
+    int shuffle;
+} fdpo_data_order;
+void fdpo_order_init(fdpo_data_order *d, size_t n, int shuffle, fdpo_rng *rng); /* draws epoch 0 */
+size_t fdpo_order_next(fdpo_data_order *d, fdpo_rng *rng);  /* next item (reshuffles at epoch end) */
+double fdpo_order_epoch(const fdpo_data_order *d);          /* fractional epochs consumed */
+void fdpo_order_free(fdpo_data_order *d);
+
+/* ---- training state ----
+ * Saved beside the model as DIR/training_state.json (step, RNG, data order, fixed settings)
+ * and DIR/training_state.safetensors (AdamW moments "exp_avg.<param>" and
+ * "exp_avg_sq.<param>" under the Hugging Face parameter names, F32). */
+typedef struct {
+    size_t step;            /* optimizer steps taken */
+    size_t total_steps;
+    fdpo_rng rng;           /* data-order RNG, as it stands after the last consumed item */
+    fdpo_data_order data;
+    uint64_t data_hash;     /* fingerprint of the training items (resume refuses other data) */
+    size_t n_fixed;         /* settings that must not change on resume, as text */
+    char **fixed_keys, **fixed_values;
+    char *kind;             /* "pretrain", "sft", "dpo" */
+} fdpo_train_state;
+void fdpo_train_state_set_fixed(fdpo_train_state *s, size_t n, const char *const *keys,
+                                const char *const *values);
+void fdpo_train_state_free(fdpo_train_state *s);
+/* Write both state files into dir (atomic each). */
+int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo_adamw *opt,
+                          const fdpo_gpt2 *m);
+/* Read both state files; opt must already be sized for m (fdpo_adamw_init). */
+int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt, const fdpo_gpt2 *m);
+/* Read only the fixed settings of DIR/training_state.json (for the CLI to default flags to
+ * the saved run's values on --resume). Returns the count or -1; free with fdpo_strv_free. */
+int fdpo_train_state_read_fixed(const char *dir, char ***keys, char ***values, size_t *n);
+void fdpo_strv_free(char **v, size_t n);
+
+/* ---- checkpoint directories with atomic replacement ----
+ * fdpo_checkpoint_save_all writes config.json, model.safetensors, the tokenizer files and,
+ * when s != NULL, the training state, all into the sibling OUT.tmp; then OUT -> OUT.old,
+ * OUT.tmp -> OUT, remove OUT.old. A crash leaves OUT complete (old or new) or, between the
+ * two renames, only OUT.old, which fdpo_checkpoint_recover renames back. Files in OUT that
+ * are not part of a checkpoint (metrics.jsonl, anything a user put there) are hard-linked
+ * (or copied) into OUT.tmp first so they survive the swap. */
+int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tokenizer *tok,
+                             const fdpo_train_state *s, const fdpo_adamw *opt);
+/* If OUT is missing and OUT.old exists, rename it back; remove a stale OUT.tmp. */
+int fdpo_checkpoint_recover(const char *out);
+/* Remove a directory tree (files and subdirectories). */
+int fdpo_remove_tree(const char *path);
+
+/* ---- metrics JSONL: DIR/metrics.jsonl, one object per logged step ---- */
+typedef struct {
+    char *path;
+    FILE *f;
+    char *line; size_t len, cap;   /* the object being built */
+} fdpo_metrics;
+/* Open for appending. keep_upto_step: on resume, drop lines whose "step" is larger (steps
+ * logged after the checkpoint we resume from); SIZE_MAX keeps all; 0 truncates. */
+int fdpo_metrics_open(fdpo_metrics *mw, const char *dir, size_t keep_upto_step);
+void fdpo_metrics_begin(fdpo_metrics *mw, size_t step);
+void fdpo_metrics_add(fdpo_metrics *mw, const char *key, double value); /* non-finite -> null */
+int fdpo_metrics_end(fdpo_metrics *mw);   /* writes the line and flushes */
+void fdpo_metrics_close(fdpo_metrics *mw);
+
+/* ---- the run ---- */
+typedef struct {
+    fdpo_train_opts opts;
+    fdpo_gpt2 *model;
+    const fdpo_tokenizer *tok;  /* borrowed */
+    fdpo_adamw opt;
+    fdpo_schedule sched;
+    fdpo_train_state state;
+    fdpo_metrics metrics;
+    fdpo_progress progress;
+    /* last step, for logging */
+    double last_lr, last_grad_norm, last_tokens_per_sec;
+    double t_step_start;
+    int stopped;                /* stop_at reached or interrupted */
+    int interrupted;            /* stopped by fdpo_trainer_request_stop */
+    size_t start_step;          /* step this process started from (resume) */
+    size_t saved_step;          /* step of the last save (SIZE_MAX: none) */
+} fdpo_trainer;
+
+/* Load the tokenizer a run uses: OUT's on --resume, else --tokenizer DIR, else --init's
+ * directory, else byte-level. */
+fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o);
+/* Set threads, recover/prepare OUT, build the model (resume: OUT; init: CKPT; else random
+ * with the shape options and the tokenizer's vocab), the optimizer, the state (resume:
+ * loaded and checked against data_hash, n_items and the fixed settings), open metrics and
+ * the progress line. kind: "pretrain", "sft", "dpo". */
+int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *kind,
+                      const fdpo_tokenizer *tok, size_t n_items, uint64_t data_hash,
+                      size_t n_fixed, const char *const *fixed_keys, const char *const *fixed_values);
+int fdpo_trainer_done(const fdpo_trainer *tr);            /* all steps taken or stopped */
+size_t fdpo_trainer_next_item(fdpo_trainer *tr);          /* next training item index */
+/* Call before the first micro-batch of a step: zero grads, start the step clock. */
+void fdpo_trainer_begin_step(fdpo_trainer *tr);
+/* After the micro-batches' backward passes: clip (tr->last_grad_norm = norm before
+ * clipping), lr of this step (tr->last_lr), AdamW, step++. n_tokens: tokens processed this
+ * step (for tokens/s). */
+int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens);
+/* Progress line for the step just taken (extra appended, may be NULL; quiet: nothing). */
+void fdpo_trainer_progress(fdpo_trainer *tr, double loss, const char *extra);
+int fdpo_trainer_want_log(const fdpo_trainer *tr);        /* log_every divides step, or last step */
+int fdpo_trainer_want_eval(const fdpo_trainer *tr);       /* eval_every divides step, or last step */
+/* Standard metrics of the step just taken: step, epoch, loss, learning_rate, grad_norm,
+ * tokens_per_sec; the caller adds its own keys then calls fdpo_metrics_end. */
+void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss);
+/* Ask every running trainer to save and stop after its current step (async-signal-safe:
+ * only sets a flag; the CLI calls it from its SIGINT/SIGTERM handler). fdpo_trainer_maybe_save
+ * then saves, marks the run stopped and interrupted, and the trainer returns an error
+ * "interrupted after step N (checkpoint saved; continue with --resume)". */
+void fdpo_trainer_request_stop(void);
+int fdpo_trainer_stop_requested(void);
+/* Save when save_every divides the step or stop_at is reached (then marks stopped), or a
+ * stop was requested (then marks stopped and interrupted). */
+int fdpo_trainer_maybe_save(fdpo_trainer *tr);
+int fdpo_trainer_save(fdpo_trainer *tr);
+/* Final save (if save_final and not just saved) and free everything but the tokenizer. */
+int fdpo_trainer_close(fdpo_trainer *tr, int save_final);
+
+/* ---- pretraining / SFT ----
+ * The weighted next-token loop over fdpo_lm_data: each step takes batch_size * grad_accum
+ * sequences; loss = sum_t w_t * (-log p(target_t)) / W, W = sum of w_t over the WHOLE step,
+ * so that accumulated micro-batches give the loss and gradient of one big batch. val (may
+ * be empty) is evaluated every eval_every steps and at the end. */
+int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokenizer *tok,
+                  const fdpo_lm_data *train, const fdpo_lm_data *val,
+                  size_t n_fixed, const char *const *fixed_keys, const char *const *fixed_values);
+/* Weighted mean next-token loss of m over the first max_seqs sequences of d (0 = all),
+ * batch_size sequences at a time. */
+int fdpo_lm_eval(fdpo_gpt2 *m, const fdpo_lm_data *d, size_t batch_size, size_t max_seqs, double *loss);
+
+#endif

@@ -1,0 +1,221 @@
+/* SFT JSONL -> weighted sequences (loss on the completion only). */
+#include <cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/data.h"
+
+typedef struct {
+    int32_t *tokens; float *weights; size_t n, cap;
+    size_t *start, *len; size_t n_seq, cap_seq;
+} builder;
+
+static void b_push(builder *b, const int32_t *ids, size_t n, float w) {
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2 + 64;
+        b->tokens = fdpo_realloc(b->tokens, b->cap * sizeof *b->tokens);
+        b->weights = fdpo_realloc(b->weights, b->cap * sizeof *b->weights);
+    }
+    memcpy(b->tokens + b->n, ids, n * sizeof *ids);
+    for (size_t i = 0; i < n; i++) b->weights[b->n + i] = w;
+    b->n += n;
+}
+
+static const char *get_string(cJSON *obj, const char *field, const char *where, int required, int *err) {
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, field);
+    if (!v) {
+        if (required) { fdpo_error("%s: field '%s' missing", where, field); *err = 1; }
+        return NULL;
+    }
+    if (!cJSON_IsString(v)) { fdpo_error("%s: field '%s' must be a string", where, field); *err = 1; return NULL; }
+    return v->valuestring;
+}
+
+static int finish_seq(builder *b, size_t begin, size_t seq_len);
+
+/* One example -> appended to the builder as one sequence; returns 1 if kept, 0 if dropped,
+ * -1 on a tokenizer error. */
+static int add_example(builder *b, const fdpo_tokenizer *tok, const char *prompt, const char *completion,
+                       const char *text, size_t seq_len) {
+    const int32_t eot = fdpo_tokenizer_eot(tok);
+    size_t begin = b->n;
+    int32_t *ids; size_t n;
+    if (text) {
+        if (fdpo_tokenizer_encode(tok, text, strlen(text), 0, &ids, &n)) return -1;
+        b_push(b, ids, n, 1.0f); free(ids);
+    } else {
+        if (fdpo_tokenizer_encode(tok, prompt, strlen(prompt), 0, &ids, &n)) return -1;
+        /* an empty prompt becomes <|endoftext|> so that the first completion token has a context */
+        if (n == 0) b_push(b, &eot, 1, 0.0f);
+        else b_push(b, ids, n, 0.0f);
+        free(ids);
+        if (fdpo_tokenizer_encode(tok, completion, strlen(completion), 0, &ids, &n)) { b->n = begin; return -1; }
+        b_push(b, ids, n, 1.0f); free(ids);
+    }
+    b_push(b, &eot, 1, 1.0f);
+    return finish_seq(b, begin, seq_len);
+}
+
+static int push_text(builder *b, const fdpo_tokenizer *tok, const char *text, float w) {
+    int32_t *ids; size_t n;
+    if (fdpo_tokenizer_encode(tok, text, strlen(text), 0, &ids, &n)) return -1;
+    b_push(b, ids, n, w);
+    free(ids);
+    return 0;
+}
+
+/* Ends the sequence that started at begin: cut to seq_len + 1, drop it if nothing is left
+ * to learn, else record it. 1 kept, 0 dropped. */
+static int finish_seq(builder *b, size_t begin, size_t seq_len) {
+    size_t len = b->n - begin;
+    if (len > seq_len + 1) { len = seq_len + 1; b->n = begin + len; }
+    double w = 0;
+    for (size_t j = 1; j < len; j++) w += b->weights[begin + j];
+    if (len < 2 || w <= 0) { b->n = begin; return 0; }
+    b->weights[begin] = 0.0f; /* the first token is never a target */
+    if (b->n_seq == b->cap_seq) {
+        b->cap_seq = b->cap_seq ? b->cap_seq * 2 : 64;
+        b->start = fdpo_realloc(b->start, b->cap_seq * sizeof *b->start);
+        b->len = fdpo_realloc(b->len, b->cap_seq * sizeof *b->len);
+    }
+    b->start[b->n_seq] = begin; b->len[b->n_seq] = len; b->n_seq++;
+    return 1;
+}
+
+/* {"messages": [{"role", "content"}, ...]} with the chat template of the preference data:
+ * each message "<|ROLE|>\nCONTENT\n"; loss on the assistant messages' "CONTENT\n" (not their
+ * header) and on the final <|endoftext|> when the last message is the assistant's. */
+static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs, const char *where, size_t seq_len) {
+    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
+        return fdpo_error("%s: field 'messages' must be a non-empty array of {\"role\", \"content\"}", where);
+    size_t i = 0, n_assistant = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m)) return fdpo_error("%s: field 'messages[%zu]' must be an object {\"role\", \"content\"}", where, i);
+        if (!cJSON_IsString(role)) return fdpo_error("%s: field 'messages[%zu].role' missing or not a string", where, i);
+        if (!cJSON_IsString(content)) return fdpo_error("%s: field 'messages[%zu].content' missing or not a string", where, i);
+        const char *r = role->valuestring;
+        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
+            return fdpo_error("%s: field 'messages[%zu].role' is '%s'; expected system, user or assistant", where, i, r);
+        n_assistant += !strcmp(r, "assistant");
+        i++;
+    }
+    if (n_assistant == 0) return fdpo_error("%s: field 'messages' has no assistant message (nothing to learn)", where);
+    const int32_t eot = fdpo_tokenizer_eot(tok);
+    size_t begin = b->n;
+    int last_is_assistant = 0;
+    char header[32];
+    cJSON_ArrayForEach(m, msgs) {
+        const char *r = cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring;
+        const char *c = cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring;
+        last_is_assistant = !strcmp(r, "assistant");
+        snprintf(header, sizeof header, "<|%s|>\n", r);
+        size_t clen = strlen(c);
+        char *body = fdpo_malloc(clen + 2);
+        memcpy(body, c, clen); body[clen] = '\n'; body[clen + 1] = 0;
+        int rc = push_text(b, tok, header, 0.0f) || push_text(b, tok, body, last_is_assistant ? 1.0f : 0.0f);
+        free(body);
+        if (rc) { b->n = begin; return fdpo_error_context("%s", where); }
+    }
+    b_push(b, &eot, 1, last_is_assistant ? 1.0f : 0.0f);
+    return finish_seq(b, begin, seq_len);
+}
+
+static int parse_file(const char *path, builder *b, const fdpo_tokenizer *tok, size_t seq_len, size_t *n_dropped) {
+    size_t len;
+    char *buf = fdpo_read_file(path, &len);
+    if (!buf) return -1;
+    size_t bad = fdpo_utf8_first_invalid(buf, len);
+    size_t line = 1;
+    int rc = 0;
+    for (char *p = buf; p < buf + len; line++) {
+        char *nl = memchr(p, '\n', (size_t)(buf + len - p));
+        char *end = nl ? nl : buf + len;
+        char where[1100];
+        snprintf(where, sizeof where, "%s:%zu", path, line);
+        if (bad >= (size_t)(p - buf) && bad < (size_t)(end - buf)) {
+            rc = fdpo_error("%s: invalid UTF-8 at byte offset %zu", where, bad); break;
+        }
+        size_t ll = (size_t)(end - p);
+        int blank = 1;
+        for (size_t i = 0; i < ll; i++) if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r') { blank = 0; break; }
+        if (!blank) {
+            const char *parse_end = NULL;
+            cJSON *obj = cJSON_ParseWithLengthOpts(p, ll, &parse_end, 0);
+            int trailing = 0;
+            if (obj) for (const char *q = parse_end; q < end; q++) if (*q != ' ' && *q != '\t' && *q != '\r') trailing = 1;
+            if (!obj || trailing) { cJSON_Delete(obj); rc = fdpo_error("%s: not valid JSON", where); break; }
+            if (!cJSON_IsObject(obj)) { cJSON_Delete(obj); rc = fdpo_error("%s: expected a JSON object", where); break; }
+            int err = 0;
+            const char *text = NULL, *prompt = NULL, *completion = NULL;
+            if (cJSON_GetObjectItemCaseSensitive(obj, "completion") || cJSON_GetObjectItemCaseSensitive(obj, "prompt")) {
+                prompt = get_string(obj, "prompt", where, 1, &err);
+                if (!err) completion = get_string(obj, "completion", where, 1, &err);
+            } else if (cJSON_GetObjectItemCaseSensitive(obj, "text")) {
+                text = get_string(obj, "text", where, 1, &err);
+            } else if (cJSON_GetObjectItemCaseSensitive(obj, "messages")) {
+                int kept = add_messages(b, tok, cJSON_GetObjectItemCaseSensitive(obj, "messages"), where, seq_len);
+                if (kept < 0) err = 1;
+                else if (kept == 0) (*n_dropped)++;
+            } else {
+                fdpo_error("%s: field 'completion' missing (expected {\"prompt\", \"completion\"}, {\"text\"} "
+                           "or {\"messages\"})", where); err = 1;
+            }
+            if (!err && (text || completion)) {
+                int kept = add_example(b, tok, prompt, completion, text, seq_len);
+                if (kept < 0) { fdpo_error_context("%s", where); err = 1; }
+                else if (kept == 0) (*n_dropped)++;
+            }
+            cJSON_Delete(obj);
+            if (err) { rc = -1; break; }
+        }
+        p = end + 1;
+    }
+    free(buf);
+    return rc;
+}
+
+int fdpo_sft_load(const char *const *paths, size_t n_paths, const fdpo_tokenizer *tok,
+                  size_t seq_len, double val_fraction, uint64_t seed,
+                  fdpo_lm_data *train, fdpo_lm_data *val, size_t *n_dropped) {
+    memset(train, 0, sizeof *train);
+    memset(val, 0, sizeof *val);
+    *n_dropped = 0;
+    if (n_paths == 0) return fdpo_error("no input files (give one or more JSONL files)");
+    if (seq_len < 1) return fdpo_error("--seq-len must be >= 1");
+    builder b = {0};
+    for (size_t f = 0; f < n_paths; f++) {
+        if (parse_file(paths[f], &b, tok, seq_len, n_dropped)) {
+            free(b.tokens); free(b.weights); free(b.start); free(b.len);
+            return -1;
+        }
+    }
+    if (b.n_seq == 0) {
+        free(b.tokens); free(b.weights); free(b.start); free(b.len);
+        return fdpo_error("%s: no usable examples", paths[0]);
+    }
+    unsigned char *is_val = fdpo_malloc(b.n_seq);
+    fdpo_data_split(b.n_seq, val_fraction, seed, is_val);
+    for (int part = 0; part < 2; part++) {
+        fdpo_lm_data *d = part ? val : train;
+        size_t n = 0, ns = 0;
+        for (size_t i = 0; i < b.n_seq; i++) if (is_val[i] == part) { n += b.len[i]; ns++; }
+        d->tokens = fdpo_malloc((n ? n : 1) * sizeof *d->tokens);
+        d->weights = fdpo_malloc((n ? n : 1) * sizeof *d->weights);
+        d->start = fdpo_malloc((ns ? ns : 1) * sizeof *d->start);
+        d->len = fdpo_malloc((ns ? ns : 1) * sizeof *d->len);
+        size_t k = 0;
+        for (size_t i = 0; i < b.n_seq; i++) {
+            if (is_val[i] != part) continue;
+            memcpy(d->tokens + k, b.tokens + b.start[i], b.len[i] * sizeof *d->tokens);
+            memcpy(d->weights + k, b.weights + b.start[i], b.len[i] * sizeof *d->weights);
+            d->start[d->n_seq] = k; d->len[d->n_seq] = b.len[i]; d->n_seq++;
+            k += b.len[i];
+        }
+        d->n_tokens = n; d->n_docs = ns;
+    }
+    free(is_val);
+    free(b.tokens); free(b.weights); free(b.start); free(b.len);
+    return 0;
+}

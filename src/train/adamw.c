@@ -1,0 +1,84 @@
+/* AdamW and gradient-norm clipping with PyTorch's semantics (torch.optim.AdamW,
+ * torch.nn.utils.clip_grad_norm_), so that runs can be checked against PyTorch step by step. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/train.h"
+
+int fdpo_adamw_init(fdpo_adamw *o, size_t n, double beta1, double beta2, double eps, double wd) {
+    if (!(beta1 >= 0 && beta1 < 1)) return fdpo_error("--beta1: %g is not in [0, 1)", beta1);
+    if (!(beta2 >= 0 && beta2 < 1)) return fdpo_error("--beta2: %g is not in [0, 1)", beta2);
+    if (!(eps > 0)) return fdpo_error("--adam-eps: %g must be > 0", eps);
+    if (!(wd >= 0)) return fdpo_error("--weight-decay: %g must be >= 0", wd);
+    o->beta1 = beta1; o->beta2 = beta2; o->eps = eps; o->weight_decay = wd;
+    o->n = n;
+    o->m = fdpo_calloc(n ? n : 1, sizeof(float));
+    o->v = fdpo_calloc(n ? n : 1, sizeof(float));
+    o->t = 0;
+    return 0;
+}
+
+void fdpo_adamw_free(fdpo_adamw *o) {
+    free(o->m); free(o->v);
+    o->m = o->v = NULL; o->n = 0;
+}
+
+/* params, grads, m, v: [n_params], walked tensor by tensor so that decay applies only to
+ * tensors flagged decay (2-D weights), as the usual two PyTorch param groups do.
+ * Per element, in PyTorch's order and float32 arithmetic:
+ *   p *= 1 - lr*wd;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g;
+ *   p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)                      */
+void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
+    o->t++;
+    double bc1 = 1.0 - pow(o->beta1, (double)o->t);
+    double bc2 = 1.0 - pow(o->beta2, (double)o->t);
+    const float step_size = (float)(lr / bc1);
+    const float bc2_sqrt = (float)sqrt(bc2);
+    const float b1 = (float)o->beta1, b2 = (float)o->beta2;
+    const float one_minus_b1 = (float)(1.0 - o->beta1), one_minus_b2 = (float)(1.0 - o->beta2);
+    const float eps = (float)o->eps;
+    for (int ti = 0; ti < FDPO_GPT2_NUM_TENSORS; ti++) {
+        const fdpo_gpt2_tensor *t = &model->tensors[ti];
+        float *p = model->params_memory + t->offset;
+        const float *g = model->grads_memory + t->offset;
+        float *m = o->m + t->offset, *v = o->v + t->offset;
+        const float decay = t->decay ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
+        const size_t n = t->numel;
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float pi = p[i] * decay;
+            float mi = m[i] * b1 + one_minus_b1 * g[i];
+            float vi = v[i] * b2 + one_minus_b2 * g[i] * g[i];
+            m[i] = mi; v[i] = vi;
+            float denom = sqrtf(vi) / bc2_sqrt + eps;
+            p[i] = pi - step_size * (mi / denom);
+        }
+    }
+}
+
+/* Total L2 norm over every gradient element (accumulated in double, so the result does not
+ * depend on the thread count); scale by max_norm / (norm + 1e-6) when norm > max_norm. */
+double fdpo_clip_grad_norm(fdpo_gpt2 *model, double max_norm) {
+    const float *g = model->grads_memory;
+    const size_t n = model->n_params;
+    /* fixed chunks summed in order: the same norm for any thread count */
+    enum { CHUNKS = 64 };
+    double partial[CHUNKS];
+    #pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < CHUNKS; c++) {
+        size_t lo = n * c / CHUNKS, hi = n * (c + 1) / CHUNKS;
+        double ss = 0;
+        for (size_t i = lo; i < hi; i++) ss += (double)g[i] * (double)g[i];
+        partial[c] = ss;
+    }
+    double ss = 0;
+    for (size_t c = 0; c < CHUNKS; c++) ss += partial[c];
+    double norm = sqrt(ss);
+    if (max_norm > 0 && norm > max_norm) {
+        const float scale = (float)(max_norm / (norm + 1e-6));
+        float *gw = model->grads_memory;
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) gw[i] *= scale;
+    }
+    return norm;
+}

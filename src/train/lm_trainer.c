@@ -1,0 +1,147 @@
+/* Pretraining / SFT: the weighted next-token loss over packed batches, with gradient
+ * accumulation normalised over the whole optimizer step. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/trainer.h"
+
+/* A packed batch under construction, with buffers for up to cap tokens / seqs. */
+typedef struct {
+    size_t cap_tokens, cap_seq;
+    size_t *seq_offset;
+    int32_t *tokens, *targets;
+    float *weights, *token_logp, *d_token_logp;
+    fdpo_batch batch;
+} packed;
+
+static void packed_init(packed *p, size_t cap_seq, size_t cap_tokens) {
+    p->cap_seq = cap_seq; p->cap_tokens = cap_tokens;
+    p->seq_offset = fdpo_malloc((cap_seq + 1) * sizeof *p->seq_offset);
+    p->tokens = fdpo_malloc(cap_tokens * sizeof *p->tokens);
+    p->targets = fdpo_malloc(cap_tokens * sizeof *p->targets);
+    p->weights = fdpo_malloc(cap_tokens * sizeof *p->weights);
+    p->token_logp = fdpo_malloc(cap_tokens * sizeof *p->token_logp);
+    p->d_token_logp = fdpo_malloc(cap_tokens * sizeof *p->d_token_logp);
+}
+
+static void packed_free(packed *p) {
+    free(p->seq_offset); free(p->tokens); free(p->targets); free(p->weights);
+    free(p->token_logp); free(p->d_token_logp);
+}
+
+/* Sequences items[0..n) of d laid end to end: inputs tokens[0..len-1), targets tokens[1..len);
+ * a target with weight 0 becomes -1 (no log-softmax spent on it). */
+static void packed_fill(packed *p, const fdpo_lm_data *d, const size_t *items, size_t n) {
+    size_t k = 0;
+    p->seq_offset[0] = 0;
+    for (size_t b = 0; b < n; b++) {
+        size_t s = d->start[items[b]], len = d->len[items[b]];
+        for (size_t j = 0; j + 1 < len; j++, k++) {
+            float w = d->weights ? d->weights[s + j + 1] : 1.0f;
+            p->tokens[k] = d->tokens[s + j];
+            p->targets[k] = w != 0.0f ? d->tokens[s + j + 1] : -1;
+            p->weights[k] = w;
+        }
+        p->seq_offset[b + 1] = k;
+    }
+    p->batch = (fdpo_batch){
+        .n_seq = n, .n_tokens = k, .seq_offset = p->seq_offset, .tokens = p->tokens,
+        .targets = p->targets, .weights = p->weights, .pos = NULL, .branch = NULL,
+    };
+}
+
+static size_t max_len(const fdpo_lm_data *d) {
+    size_t m = 0;
+    for (size_t i = 0; i < d->n_seq; i++) if (d->len[i] > m) m = d->len[i];
+    return m;
+}
+
+int fdpo_lm_eval(fdpo_gpt2 *m, const fdpo_lm_data *d, size_t batch_size, size_t max_seqs, double *loss) {
+    *loss = NAN;
+    size_t n_seq = max_seqs > 0 && max_seqs < d->n_seq ? max_seqs : d->n_seq;
+    if (n_seq == 0) return 0;
+    packed p;
+    packed_init(&p, batch_size, batch_size * max_len(d));
+    size_t *items = fdpo_malloc(batch_size * sizeof *items);
+    double sum = 0, wsum = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n_seq && !rc; i += batch_size) {
+        size_t n = n_seq - i < batch_size ? n_seq - i : batch_size;
+        for (size_t b = 0; b < n; b++) items[b] = i + b;
+        packed_fill(&p, d, items, n);
+        if (p.batch.n_tokens == 0) continue;
+        rc = fdpo_gpt2_forward(m, &p.batch, p.token_logp, NULL);
+        for (size_t t = 0; t < p.batch.n_tokens && !rc; t++) {
+            if (p.targets[t] < 0) continue;
+            sum -= (double)p.weights[t] * (double)p.token_logp[t];
+            wsum += p.weights[t];
+        }
+    }
+    free(items);
+    packed_free(&p);
+    if (rc) return -1;
+    *loss = wsum > 0 ? sum / wsum : NAN;
+    return 0;
+}
+
+int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokenizer *tok,
+                  const fdpo_lm_data *train, const fdpo_lm_data *val,
+                  size_t n_fixed, const char *const *fixed_keys, const char *const *fixed_values) {
+    fdpo_trainer tr;
+    if (fdpo_trainer_open(&tr, o, kind, tok, train->n_seq, fdpo_lm_data_hash(train),
+                          n_fixed, fixed_keys, fixed_values)) return -1;
+    const size_t B = (size_t)o->batch_size, A = (size_t)o->grad_accum;
+    size_t longest = max_len(train);
+    packed p;
+    packed_init(&p, B, B * (longest > 1 ? longest : 1));
+    size_t *items = fdpo_malloc(A * B * sizeof *items);
+    int rc = 0;
+    if (!o->quiet && tr.state.step == 0)
+        fprintf(stderr, "fdpo %s: %zu train sequences (%zu tokens), %zu val sequences; %zu parameters; %zu steps of %zu x %zu sequences\n",
+                kind, train->n_seq, train->n_tokens, val ? val->n_seq : 0, tr.model->n_params,
+                tr.state.total_steps, A, B);
+    while (!rc && !fdpo_trainer_done(&tr)) {
+        fdpo_trainer_begin_step(&tr);
+        /* the whole step's sequences first: the loss is normalised by their total weight */
+        double W = 0;
+        for (size_t i = 0; i < A * B; i++) {
+            items[i] = fdpo_trainer_next_item(&tr);
+            W += fdpo_lm_data_seq_weight(train, items[i]);
+        }
+        double loss_sum = 0;
+        size_t n_tokens = 0;
+        for (size_t a = 0; a < A && !rc; a++) {
+            packed_fill(&p, train, items + a * B, B);
+            n_tokens += p.batch.n_tokens;
+            if (p.batch.n_tokens == 0 || W <= 0) continue;
+            if ((rc = fdpo_gpt2_forward(tr.model, &p.batch, p.token_logp, NULL))) break;
+            /* loss = -sum_t w_t logp_t / W  =>  dloss/dlogp_t = -w_t / W */
+            for (size_t t = 0; t < p.batch.n_tokens; t++) {
+                if (p.targets[t] < 0) { p.d_token_logp[t] = 0; continue; }
+                loss_sum -= (double)p.weights[t] * (double)p.token_logp[t];
+                p.d_token_logp[t] = (float)(-(double)p.weights[t] / W);
+            }
+            rc = fdpo_gpt2_backward(tr.model, p.d_token_logp);
+        }
+        if (rc) break;
+        double loss = W > 0 ? loss_sum / W : 0;
+        if ((rc = fdpo_trainer_step(&tr, n_tokens))) break;
+        int eval = val && val->n_seq > 0 && fdpo_trainer_want_eval(&tr);
+        double val_loss = NAN;
+        if (eval && (rc = fdpo_lm_eval(tr.model, val, B, (size_t)o->eval_max_seqs, &val_loss))) break;
+        if (fdpo_trainer_want_log(&tr) || eval) {
+            fdpo_trainer_metrics_begin(&tr, loss);
+            if (eval) fdpo_metrics_add(&tr.metrics, "val_loss", val_loss);
+            if ((rc = fdpo_metrics_end(&tr.metrics))) break;
+            char extra[64] = "";
+            if (eval) snprintf(extra, sizeof extra, "val %.4f", val_loss);
+            fdpo_trainer_progress(&tr, loss, extra);
+        }
+        rc = fdpo_trainer_maybe_save(&tr);
+    }
+    free(items);
+    packed_free(&p);
+    int crc = fdpo_trainer_close(&tr, rc == 0);
+    return rc ? rc : crc;
+}

