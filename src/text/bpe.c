@@ -1,14 +1,752 @@
-/* GPT-2 byte-level BPE. Placeholder until the BPE issue lands: reports that no BPE
- * tokenizer is available. */
+/* GPT-2 byte-level BPE (the scheme of OpenAI's GPT-2 encoder and Hugging Face's GPT2
+ * tokenizer).
+ *
+ *   text --(split "<|endoftext|>" when allow_special)--> segments
+ *        --(GPT-2 pre-tokenisation regex, PCRE2 JIT)--> pre-tokens (UTF-8 bytes)
+ *        --(bytes -> byte tokens, ranked merges, word cache)--> ids
+ *
+ * Files: vocab.json + merges.txt (Hugging Face), encoder.json + vocab.bpe (OpenAI), or
+ * tokenizer.json with "model": {"type": "BPE"}. Vocabulary strings are in GPT-2's
+ * byte-to-unicode alphabet: every byte b maps to one printable code point; tokens are
+ * sequences of those code points, and a token's bytes are their preimages.
+ *
+ * Regex semantics are Hugging Face's (Oniguruma/Python `regex`): \s is the Unicode
+ * White_Space property. PCRE2's UCP \s also matches U+180E, so the pattern spells the
+ * class out. Invalid UTF-8 in the input: each byte of an ill-formed subsequence becomes its
+ * own byte token, and the valid text around it is pre-tokenised as if the invalid bytes were
+ * segment boundaries (PCRE2_MATCH_INVALID_UTF). docs/tokenizer.md has the details. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cjson/cJSON.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include "fdpo/core.h"
 #include "text/tokenizer_internal.h"
 
-int fdpo_bpe_dir_has_files(const char *dir) { (void)dir; return 0; }
-fdpo_tokenizer *fdpo_bpe_load_dir(const char *dir) { fdpo_error("%s: GPT-2 BPE not supported yet", dir); return NULL; }
-int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir) { (void)t; return fdpo_error("%s: GPT-2 BPE not supported yet", dir); }
-void fdpo_bpe_free(struct fdpo_bpe *b) { (void)b; }
-int fdpo_bpe_encode(const fdpo_tokenizer *t, const char *text, size_t len, int allow_special, int32_t **ids, size_t *n_ids) {
-    (void)t; (void)text; (void)len; (void)allow_special; (void)ids; (void)n_ids;
-    return fdpo_error("GPT-2 BPE not supported yet");
+#define EOT_TEXT "<|endoftext|>"
+#define EOT_LEN (sizeof EOT_TEXT - 1)
+#define NO_RANK UINT32_MAX
+#define CACHE_SLOTS 4               /* concurrent encoders that get a word cache */
+#define CACHE_MAX_KEY 64            /* longer pre-tokens are not cached */
+#define CACHE_MAX_ENTRIES (1u << 20) /* then the cache starts over */
+#define LONG_WORD 64                /* longer pre-tokens merge through a heap */
+
+/* White_Space (Unicode), written out: see the header comment. */
+#define WS "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+static const char GPT2_PATTERN[] =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|[" WS "]+(?![^" WS "])|[" WS "]+";
+
+/* ---- string -> id: open addressing over the vocabulary strings ---- */
+typedef struct { uint32_t *slot; size_t cap; } strmap; /* slot = id + 1, 0 = empty */
+
+/* ---- (a, b) -> rank, merged id ---- */
+typedef struct { uint64_t key; uint32_t rank; int32_t merged; } pair_entry;
+
+/* ---- word cache: pre-token bytes -> ids ---- */
+typedef struct { uint64_t hash; uint32_t key_off, ids_off; uint16_t key_len, n_ids; } cache_entry;
+typedef struct {
+    pthread_mutex_t lock;
+    uint32_t *table; size_t cap;          /* entry index + 1, 0 = empty */
+    cache_entry *ent; size_t n_ent, cap_ent;
+    char *keys; size_t n_keys, cap_keys;
+    int32_t *ids; size_t n_ids, cap_ids;
+    pcre2_match_data *md;
+} word_cache;
+
+struct fdpo_bpe {
+    size_t n_vocab;
+    char **str;              /* token string as in the vocabulary file (UTF-8) */
+    unsigned char **bytes;   /* token bytes (preimage of the byte alphabet) */
+    uint32_t *n_bytes;
+    strmap map;
+    pair_entry *pairs; size_t pair_cap;
+    int32_t (*merges)[2]; size_t n_merges; /* in rank order, for saving */
+    int32_t byte_id[256];
+    char b2u[256][4]; uint8_t b2u_len[256]; /* each byte's symbol, UTF-8 */
+    int ignore_merges;       /* tokenizer.json "ignore_merges": whole words in vocab win */
+    pcre2_code *re;
+    word_cache cache[CACHE_SLOTS];
+};
+
+/* ---- GPT-2's byte <-> unicode alphabet ---- */
+static int byte_is_printable(int b) {
+    return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 }
-const char *fdpo_bpe_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *len) { (void)t; (void)id; *len = 0; return ""; }
+static uint32_t byte_to_cp(int b) {
+    if (byte_is_printable(b)) return (uint32_t)b;
+    int n = 0;
+    for (int c = 0; c < b; c++) if (!byte_is_printable(c)) n++;
+    return 256u + (uint32_t)n;
+}
+/* code point -> byte, or -1 when the code point is outside the alphabet */
+static int cp_to_byte(uint32_t cp) {
+    if (cp < 256) return byte_is_printable((int)cp) ? (int)cp : -1;
+    if (cp >= 256 + 68) return -1; /* 68 bytes are not printable */
+    int n = 0;
+    for (int c = 0; c < 256; c++) if (!byte_is_printable(c) && n++ == (int)(cp - 256)) return c;
+    return -1;
+}
+static size_t put_utf8(uint32_t cp, char *out) {
+    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x800) { out[0] = (char)(0xC0 | (cp >> 6)); out[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
+    out[0] = (char)(0xE0 | (cp >> 12)); out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[2] = (char)(0x80 | (cp & 0x3F));
+    return 3;
+}
+/* Decode one UTF-8 code point of valid input (cJSON output). */
+static size_t get_utf8(const unsigned char *s, size_t n, uint32_t *cp) {
+    if (s[0] < 0x80 || n < 2) { *cp = s[0]; return 1; }
+    if (s[0] < 0xE0) { *cp = ((uint32_t)(s[0] & 0x1F) << 6) | (s[1] & 0x3F); return 2; }
+    if (s[0] < 0xF0 || n < 4) {
+        if (n < 3) { *cp = s[0]; return 1; }
+        *cp = ((uint32_t)(s[0] & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
+        return 3;
+    }
+    *cp = ((uint32_t)(s[0] & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) |
+          ((uint32_t)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
+    return 4;
+}
+
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
+    return x;
+}
+static size_t pow2_at_least(size_t n) { size_t c = 16; while (c < n) c <<= 1; return c; }
+
+/* ---- strmap ---- */
+static int32_t strmap_get(const struct fdpo_bpe *b, const char *s, size_t len) {
+    if (!b->map.cap) return -1;
+    size_t mask = b->map.cap - 1, i = fdpo_hash64(FDPO_HASH_INIT, s, len) & mask;
+    for (;; i = (i + 1) & mask) {
+        uint32_t v = b->map.slot[i];
+        if (!v) return -1;
+        const char *t = b->str[v - 1];
+        if (strlen(t) == len && memcmp(t, s, len) == 0) return (int32_t)(v - 1);
+    }
+}
+/* returns the id already there, or -1 after inserting */
+static int32_t strmap_put(struct fdpo_bpe *b, int32_t id) {
+    const char *s = b->str[id];
+    size_t len = strlen(s), mask = b->map.cap - 1, i = fdpo_hash64(FDPO_HASH_INIT, s, len) & mask;
+    for (;; i = (i + 1) & mask) {
+        uint32_t v = b->map.slot[i];
+        if (!v) { b->map.slot[i] = (uint32_t)id + 1; return -1; }
+        if (strcmp(b->str[v - 1], s) == 0) return (int32_t)(v - 1);
+    }
+}
+
+/* ---- pair map ---- */
+static inline uint64_t pair_key(int32_t a, int32_t c) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)c; }
+static inline const pair_entry *pair_get(const struct fdpo_bpe *b, int32_t a, int32_t c) {
+    uint64_t k = pair_key(a, c);
+    size_t mask = b->pair_cap - 1, i = mix64(k) & mask;
+    for (;; i = (i + 1) & mask) {
+        const pair_entry *e = &b->pairs[i];
+        if (e->rank == NO_RANK) return NULL;
+        if (e->key == k) return e;
+    }
+}
+static void pair_put(struct fdpo_bpe *b, int32_t a, int32_t c, uint32_t rank, int32_t merged) {
+    uint64_t k = pair_key(a, c);
+    size_t mask = b->pair_cap - 1, i = mix64(k) & mask;
+    for (;; i = (i + 1) & mask) {
+        pair_entry *e = &b->pairs[i];
+        if (e->rank == NO_RANK || e->key == k) { /* a repeated pair: the later line wins, as in HF */
+            e->key = k; e->rank = rank; e->merged = merged; return;
+        }
+    }
+}
+
+/* ---- loading ---- */
+static struct fdpo_bpe *bpe_new(void) {
+    struct fdpo_bpe *b = fdpo_calloc(1, sizeof *b);
+    for (int i = 0; i < CACHE_SLOTS; i++) pthread_mutex_init(&b->cache[i].lock, NULL);
+    for (int i = 0; i < 256; i++) b->b2u_len[i] = (uint8_t)put_utf8(byte_to_cp(i), b->b2u[i]);
+    return b;
+}
+
+static void cache_release(word_cache *c) {
+    free(c->table); free(c->ent); free(c->keys); free(c->ids);
+    if (c->md) pcre2_match_data_free(c->md);
+    c->table = NULL; c->ent = NULL; c->keys = NULL; c->ids = NULL; c->md = NULL;
+}
+
+void fdpo_bpe_free(struct fdpo_bpe *b) {
+    if (!b) return;
+    for (size_t i = 0; i < b->n_vocab; i++) { free(b->str ? b->str[i] : NULL); free(b->bytes ? b->bytes[i] : NULL); }
+    free(b->str); free(b->bytes); free(b->n_bytes); free(b->map.slot); free(b->pairs); free(b->merges);
+    for (int i = 0; i < CACHE_SLOTS; i++) { cache_release(&b->cache[i]); pthread_mutex_destroy(&b->cache[i].lock); }
+    if (b->re) pcre2_code_free(b->re);
+    free(b);
+}
+
+/* Line (1-based) of byte offset off in text, for messages. */
+static int line_of(const char *text, size_t off) {
+    int line = 1;
+    for (size_t i = 0; i < off && text[i]; i++) line += text[i] == '\n';
+    return line;
+}
+
+static cJSON *parse_json(const char *path, char **text_out) {
+    size_t n;
+    char *text = fdpo_read_file(path, &n);
+    if (!text) return NULL;
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, 0);
+    if (!j) {
+        size_t off = end && end >= text ? (size_t)(end - text) : 0;
+        fdpo_error("%s:%d: malformed JSON (near byte %zu)", path, line_of(text, off), off);
+        free(text);
+        return NULL;
+    }
+    if (text_out) *text_out = text; else free(text);
+    return j;
+}
+
+/* Set token id's string (and bytes). raw = 1: the string is literal text (an added token),
+ * not byte-alphabet symbols. */
+static void set_token(struct fdpo_bpe *b, int32_t id, const char *s, int raw) {
+    size_t len = strlen(s);
+    b->str[id] = fdpo_strdup(s);
+    unsigned char *out = fdpo_malloc(len + 1);
+    size_t k = 0;
+    for (size_t i = 0; i < len;) {
+        uint32_t cp;
+        size_t m = get_utf8((const unsigned char *)s + i, len - i, &cp);
+        int byte = raw ? -1 : cp_to_byte(cp);
+        if (byte >= 0) out[k++] = (unsigned char)byte;
+        else { memcpy(out + k, s + i, m); k += m; } /* outside the alphabet: the text itself */
+        i += m;
+    }
+    b->bytes[id] = out; b->n_bytes[id] = (uint32_t)k;
+}
+
+/* vocab: a JSON object {token: id}. Builds str/bytes/map. where = file name for messages. */
+static int load_vocab_object(struct fdpo_bpe *b, const cJSON *vocab, const char *where) {
+    if (!cJSON_IsObject(vocab)) return fdpo_error("%s: vocabulary is not a JSON object {token: id}", where);
+    size_t n = 0; double max_id = -1;
+    for (const cJSON *e = vocab->child; e; e = e->next) {
+        double v = e->valuedouble;
+        if (!cJSON_IsNumber(e) || v < 0 || v > 1e8 || v != (double)(int64_t)v)
+            return fdpo_error("%s: token '%s': id is not a non-negative integer", where, e->string);
+        if (v > max_id) max_id = v;
+        n++;
+    }
+    if (n == 0) return fdpo_error("%s: empty vocabulary", where);
+    if ((size_t)max_id + 1 != n)
+        return fdpo_error("%s: ids must be 0..%zu for %zu tokens, found id %.0f", where, n - 1, n, max_id);
+    b->n_vocab = n;
+    b->str = fdpo_calloc(n, sizeof *b->str);
+    b->bytes = fdpo_calloc(n, sizeof *b->bytes);
+    b->n_bytes = fdpo_calloc(n, sizeof *b->n_bytes);
+    for (const cJSON *e = vocab->child; e; e = e->next) {
+        int32_t id = (int32_t)e->valuedouble;
+        if (b->str[id]) return fdpo_error("%s: id %d used by both '%s' and '%s'", where, id, b->str[id], e->string);
+        set_token(b, id, e->string, 0);
+    }
+    b->map.cap = pow2_at_least(2 * n);
+    b->map.slot = fdpo_calloc(b->map.cap, sizeof *b->map.slot);
+    for (size_t i = 0; i < n; i++) {
+        int32_t dup = strmap_put(b, (int32_t)i);
+        if (dup >= 0) return fdpo_error("%s: token '%s' appears twice (ids %d and %zu)", where, b->str[i], dup, i);
+    }
+    return 0;
+}
+
+/* One merge "a b"; loc names it for messages ("merges.txt:4"). */
+static int add_merge(struct fdpo_bpe *b, const char *a, size_t la, const char *c, size_t lc, const char *loc) {
+    int32_t ia = strmap_get(b, a, la), ic = strmap_get(b, c, lc);
+    if (ia < 0 || ic < 0) {
+        const char *bad = ia < 0 ? a : c; size_t lb = ia < 0 ? la : lc;
+        return fdpo_error("%s: merge names unknown symbol '%.*s'", loc, (int)lb, bad);
+    }
+    char stack[256], *cat = la + lc < sizeof stack ? stack : fdpo_malloc(la + lc + 1);
+    memcpy(cat, a, la); memcpy(cat + la, c, lc); cat[la + lc] = 0;
+    int32_t im = strmap_get(b, cat, la + lc);
+    if (im < 0) {
+        fdpo_error("%s: merge result '%s' is not in the vocabulary", loc, cat);
+        if (cat != stack) free(cat);
+        return -1;
+    }
+    if (cat != stack) free(cat);
+    b->merges[b->n_merges][0] = ia; b->merges[b->n_merges][1] = ic;
+    pair_put(b, ia, ic, (uint32_t)b->n_merges, im);
+    b->n_merges++;
+    return 0;
+}
+
+static void merges_alloc(struct fdpo_bpe *b, size_t n) {
+    b->merges = fdpo_malloc((n ? n : 1) * sizeof *b->merges);
+    b->pair_cap = pow2_at_least(2 * n + 2);
+    b->pairs = fdpo_malloc(b->pair_cap * sizeof *b->pairs);
+    for (size_t i = 0; i < b->pair_cap; i++) b->pairs[i].rank = NO_RANK;
+}
+
+/* merges.txt / vocab.bpe: optional "#version" first line, then "a b" per line. */
+static int load_merges_file(struct fdpo_bpe *b, const char *path) {
+    size_t n;
+    char *text = fdpo_read_file(path, &n);
+    if (!text) return -1;
+    size_t lines = 1;
+    for (size_t i = 0; i < n; i++) lines += text[i] == '\n';
+    merges_alloc(b, lines);
+    int rc = 0;
+    size_t line = 0;
+    for (char *p = text, *end = text + n; p < end && rc == 0;) {
+        char *nl = memchr(p, '\n', (size_t)(end - p));
+        char *le = nl ? nl : end;
+        line++;
+        size_t len = (size_t)(le - p);
+        if (len && p[len - 1] == '\r') len--;
+        if (line == 1 && len >= 8 && memcmp(p, "#version", 8) == 0) { p = le + 1; continue; }
+        if (len == 0) { /* blank lines are allowed only at the end */
+            for (char *q = p; q < end; q++)
+                if (*q != '\n' && *q != '\r') { rc = fdpo_error("%s:%zu: empty line inside the merges", path, line); break; }
+            break;
+        }
+        char *sp = memchr(p, ' ', len);
+        if (!sp || sp == p || sp == p + len - 1 || memchr(sp + 1, ' ', (size_t)(p + len - sp - 1)))
+            rc = fdpo_error("%s:%zu: expected two symbols separated by one space, got '%.*s'", path, line,
+                            (int)(len > 80 ? 80 : len), p);
+        else {
+            char loc[1100];
+            snprintf(loc, sizeof loc, "%s:%zu", path, line);
+            rc = add_merge(b, p, (size_t)(sp - p), sp + 1, (size_t)(p + len - sp - 1), loc);
+        }
+        p = le + 1;
+    }
+    free(text);
+    return rc;
+}
+
+/* Every token must be a byte, a merge result or a special-looking token ("<...>"): a
+ * vocabulary bigger than its merges explain means a truncated or mismatched merges file. */
+static int check_consistent(struct fdpo_bpe *b, const char *vocab_where, const char *merges_where) {
+    for (int i = 0; i < 256; i++) {
+        char s[4];
+        s[put_utf8(byte_to_cp(i), s)] = 0;
+        b->byte_id[i] = strmap_get(b, s, strlen(s));
+        if (b->byte_id[i] < 0)
+            return fdpo_error("%s: no token for byte 0x%02X (symbol '%s'): not a byte-level BPE vocabulary", vocab_where, i, s);
+    }
+    unsigned char *reach = fdpo_calloc(b->n_vocab, 1);
+    for (int i = 0; i < 256; i++) reach[b->byte_id[i]] = 1;
+    for (size_t i = 0; i < b->pair_cap; i++) if (b->pairs[i].rank != NO_RANK) reach[b->pairs[i].merged] = 1;
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < b->n_vocab; i++) {
+        size_t l = strlen(b->str[i]);
+        int special = l >= 2 && b->str[i][0] == '<' && b->str[i][l - 1] == '>';
+        if (!reach[i] && !special) { if (!bad) first = i; bad++; }
+    }
+    free(reach);
+    if (bad)
+        return fdpo_error("%s: vocab size %zu inconsistent with %s (%zu merges): %zu tokens are neither "
+                          "bytes, merge results nor special tokens (first: '%s', id %zu)",
+                          vocab_where, b->n_vocab, merges_where, b->n_merges, bad, b->str[first], first);
+    return 0;
+}
+
+static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where) {
+    int32_t eot = strmap_get(b, EOT_TEXT, EOT_LEN);
+    if (eot < 0) { fdpo_error("%s: no '%s' token", where, EOT_TEXT); return -1; }
+    int err; PCRE2_SIZE eoff;
+    b->re = pcre2_compile((PCRE2_SPTR)GPT2_PATTERN, PCRE2_ZERO_TERMINATED,
+                          PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &eoff, NULL);
+    if (!b->re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(err, msg, sizeof msg);
+        return fdpo_error("GPT-2 regex: %s at offset %zu", (char *)msg, (size_t)eoff);
+    }
+    if (pcre2_jit_compile(b->re, PCRE2_JIT_COMPLETE) != 0) return fdpo_error("GPT-2 regex: PCRE2 JIT unavailable");
+    fdpo_tokenizer *t = fdpo_calloc(1, sizeof *t);
+    t->kind = FDPO_TOK_BPE;
+    t->vocab_size = b->n_vocab;
+    t->eot = eot;
+    t->bpe = b;
+    *out = t;
+    return 0;
+}
+
+static fdpo_tokenizer *load_pair(const char *dir, const char *vname, const char *mname) {
+    char *vp = fdpo_path_join(dir, vname), *mp = fdpo_path_join(dir, mname);
+    struct fdpo_bpe *b = bpe_new();
+    fdpo_tokenizer *t = NULL;
+    cJSON *j = NULL;
+    if (!fdpo_file_exists(mp)) { fdpo_error("%s: missing merges file %s (beside %s)", mp, mname, vname); goto done; }
+    if (!(j = parse_json(vp, NULL))) goto done;
+    if (load_vocab_object(b, j, vp)) goto done;
+    cJSON_Delete(j); j = NULL;
+    if (load_merges_file(b, mp)) goto done;
+    if (check_consistent(b, vp, mp)) goto done;
+    if (finish(&t, b, vp)) goto done;
+done:
+    cJSON_Delete(j);
+    if (!t) fdpo_bpe_free(b);
+    free(vp); free(mp);
+    return t;
+}
+
+static fdpo_tokenizer *load_tokenizer_json(const char *dir) {
+    char *p = fdpo_path_join(dir, "tokenizer.json");
+    struct fdpo_bpe *b = bpe_new();
+    fdpo_tokenizer *t = NULL;
+    cJSON *j = parse_json(p, NULL);
+    if (!j) goto done;
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
+    if (!cJSON_IsObject(model)) { fdpo_error("%s: no \"model\" object", p); goto done; }
+    if (type && !(cJSON_IsString(type) && strcmp(type->valuestring, "BPE") == 0)) {
+        fdpo_error("%s: model.type is %s; only \"BPE\" is supported", p,
+                   cJSON_IsString(type) ? type->valuestring : "not a string");
+        goto done;
+    }
+    static const char *must_be_null[] = {"continuing_subword_prefix", "end_of_word_suffix", "dropout"};
+    for (size_t i = 0; i < 3; i++) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(model, must_be_null[i]);
+        if (f && !cJSON_IsNull(f) && !(cJSON_IsString(f) && !*f->valuestring)) {
+            fdpo_error("%s: model.%s is set; byte-level GPT-2 BPE does not use it", p, must_be_null[i]);
+            goto done;
+        }
+    }
+    const cJSON *pre = cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer");
+    const cJSON *aps = cJSON_GetObjectItemCaseSensitive(pre, "add_prefix_space");
+    if (cJSON_IsTrue(aps)) { fdpo_error("%s: pre_tokenizer.add_prefix_space = true is not supported", p); goto done; }
+    b->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
+    char where[1100];
+    snprintf(where, sizeof where, "%s: model.vocab", p);
+    /* added tokens outside model.vocab extend it (literal text, e.g. <|endoftext|>) */
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(j, "added_tokens");
+    cJSON *v2 = cJSON_Duplicate(vocab, 1);
+    if (cJSON_IsObject(v2) && cJSON_IsArray(added)) {
+        const cJSON *a;
+        cJSON_ArrayForEach(a, added) {
+            const cJSON *c = cJSON_GetObjectItemCaseSensitive(a, "content"), *id = cJSON_GetObjectItemCaseSensitive(a, "id");
+            if (!cJSON_IsString(c) || !cJSON_IsNumber(id)) { cJSON_Delete(v2); fdpo_error("%s: added_tokens: entry without content/id", p); goto done; }
+            if (!cJSON_GetObjectItemCaseSensitive(v2, c->valuestring)) cJSON_AddNumberToObject(v2, c->valuestring, id->valuedouble);
+        }
+    }
+    int rc = load_vocab_object(b, v2, where);
+    cJSON_Delete(v2);
+    if (rc) goto done;
+    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    if (!cJSON_IsArray(merges)) { fdpo_error("%s: model.merges is not an array", p); goto done; }
+    merges_alloc(b, (size_t)cJSON_GetArraySize(merges));
+    size_t k = 0;
+    snprintf(where, sizeof where, "%s: model.merges", p);
+    for (const cJSON *m = merges->child; m; m = m->next, k++) {
+        const char *a = NULL, *c = NULL; size_t la = 0, lc = 0;
+        if (cJSON_IsString(m)) {
+            const char *sp = strchr(m->valuestring, ' ');
+            if (sp && sp != m->valuestring && sp[1] && !strchr(sp + 1, ' ')) {
+                a = m->valuestring; la = (size_t)(sp - a); c = sp + 1; lc = strlen(c);
+            }
+        } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 && cJSON_IsString(m->child) &&
+                   cJSON_IsString(m->child->next)) {
+            a = m->child->valuestring; la = strlen(a); c = m->child->next->valuestring; lc = strlen(c);
+        }
+        if (!a || !la || !lc) { fdpo_error("%s[%zu]: expected \"a b\" or [\"a\", \"b\"]", where, k); goto done; }
+        char w[1200];
+        snprintf(w, sizeof w, "%s[%zu]", where, k);
+        if (add_merge(b, a, la, c, lc, w)) goto done;
+    }
+    snprintf(where, sizeof where, "%s: model.vocab", p);
+    if (check_consistent(b, where, "model.merges")) goto done;
+    if (finish(&t, b, p)) goto done;
+done:
+    cJSON_Delete(j);
+    if (!t) fdpo_bpe_free(b);
+    free(p);
+    return t;
+}
+
+static int has(const char *dir, const char *name) {
+    char *p = fdpo_path_join(dir, name);
+    int r = fdpo_file_exists(p);
+    free(p);
+    return r;
+}
+
+int fdpo_bpe_dir_has_files(const char *dir) {
+    return has(dir, "vocab.json") || has(dir, "merges.txt") || has(dir, "encoder.json") ||
+           has(dir, "vocab.bpe") || has(dir, "tokenizer.json");
+}
+
+fdpo_tokenizer *fdpo_bpe_load_dir(const char *dir) {
+    int v = has(dir, "vocab.json"), m = has(dir, "merges.txt");
+    int e = has(dir, "encoder.json"), vb = has(dir, "vocab.bpe"), tj = has(dir, "tokenizer.json");
+    if (v && m) return load_pair(dir, "vocab.json", "merges.txt");
+    if (e && vb) return load_pair(dir, "encoder.json", "vocab.bpe");
+    if (tj) return load_tokenizer_json(dir);
+    char *p;
+    if (v || e) {
+        p = fdpo_path_join(dir, v ? "merges.txt" : "vocab.bpe");
+        fdpo_error("%s: missing merges file (needed beside %s)", p, v ? "vocab.json" : "encoder.json");
+    } else {
+        p = fdpo_path_join(dir, m ? "vocab.json" : "encoder.json");
+        fdpo_error("%s: missing vocabulary file (needed beside %s)", p, m ? "merges.txt" : "vocab.bpe");
+    }
+    free(p);
+    return NULL;
+}
+
+/* ---- saving: vocab.json + merges.txt ---- */
+int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir) {
+    const struct fdpo_bpe *b = t->bpe;
+    if (fdpo_mkdir_p(dir)) return -1;
+    cJSON *v = cJSON_CreateObject();
+    for (size_t i = 0; i < b->n_vocab; i++) cJSON_AddItemToObject(v, b->str[i], cJSON_CreateNumber((double)i));
+    char *js = cJSON_PrintUnformatted(v);
+    cJSON_Delete(v);
+    if (!js) return fdpo_error("%s: cannot serialise vocab.json", dir);
+    char *vp = fdpo_path_join(dir, "vocab.json");
+    int rc = fdpo_write_file_atomic(vp, js, strlen(js));
+    free(vp); free(js);
+    if (rc) return rc;
+    size_t cap = 32;
+    for (size_t i = 0; i < b->n_merges; i++) cap += strlen(b->str[b->merges[i][0]]) + strlen(b->str[b->merges[i][1]]) + 2;
+    char *buf = fdpo_malloc(cap), *q = buf;
+    q += sprintf(q, "#version: 0.2\n");
+    for (size_t i = 0; i < b->n_merges; i++) {
+        const char *a = b->str[b->merges[i][0]], *c = b->str[b->merges[i][1]];
+        size_t la = strlen(a), lc = strlen(c);
+        memcpy(q, a, la); q += la; *q++ = ' ';
+        memcpy(q, c, lc); q += lc; *q++ = '\n';
+    }
+    char *mp = fdpo_path_join(dir, "merges.txt");
+    rc = fdpo_write_file_atomic(mp, buf, (size_t)(q - buf));
+    free(mp); free(buf);
+    return rc;
+}
+
+/* ---- encoding ---- */
+typedef struct { int32_t *v; size_t n, cap; } idvec;
+static inline void idvec_push(idvec *o, int32_t id) {
+    if (o->n == o->cap) { o->cap = o->cap ? 2 * o->cap : 256; o->v = fdpo_realloc(o->v, o->cap * sizeof *o->v); }
+    o->v[o->n++] = id;
+}
+
+/* BPE on one pre-token's bytes: repeatedly merge every occurrence (left to right) of the
+ * adjacent pair with the lowest rank. rank[i] caches the rank of (sym[i], sym[i+1]). */
+static size_t bpe_word(const struct fdpo_bpe *b, const unsigned char *w, size_t n, int32_t *sym, uint32_t *rank) {
+    for (size_t i = 0; i < n; i++) sym[i] = b->byte_id[w[i]];
+    for (size_t i = 0; i + 1 < n; i++) {
+        const pair_entry *e = pair_get(b, sym[i], sym[i + 1]);
+        rank[i] = e ? e->rank : NO_RANK;
+    }
+    while (n > 1) {
+        uint32_t best = NO_RANK;
+        size_t at = 0;
+        for (size_t i = 0; i + 1 < n; i++) if (rank[i] < best) { best = rank[i]; at = i; }
+        if (best == NO_RANK) break;
+        int32_t a = sym[at], c = sym[at + 1];
+        int32_t merged = pair_get(b, a, c)->merged;
+        size_t j = at; /* everything before `at` is unchanged */
+        int prev_merged = 0;
+        for (size_t i = at; i < n;) {
+            int merge = i + 1 < n && sym[i] == a && sym[i + 1] == c;
+            int32_t s = merge ? merged : sym[i];
+            size_t old = i;
+            i += merge ? 2 : 1;
+            if (j > 0) {
+                if (merge || prev_merged) {
+                    const pair_entry *e = pair_get(b, sym[j - 1], s);
+                    rank[j - 1] = e ? e->rank : NO_RANK;
+                } else {
+                    rank[j - 1] = rank[old - 1]; /* the pair (old-1, old) is unchanged */
+                }
+            }
+            sym[j++] = s;
+            prev_merged = merge;
+        }
+        n = j;
+    }
+    return n;
+}
+
+/* The same merges for long pre-tokens in O(n log n): a min-heap of (rank, position) over a
+ * linked list of symbols. All heap entries of the lowest rank are taken as one batch and
+ * merged left to right, skipping stale or overlapping ones, before any pair that the batch
+ * creates is considered: exactly the rounds of bpe_word (and of OpenAI's encoder). */
+static void heap_push(uint64_t *h, size_t *n, uint64_t v) {
+    size_t i = (*n)++;
+    while (i > 0 && h[(i - 1) / 2] > v) { h[i] = h[(i - 1) / 2]; i = (i - 1) / 2; }
+    h[i] = v;
+}
+static uint64_t heap_pop(uint64_t *h, size_t *n) {
+    uint64_t top = h[0], v = h[--*n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && h[c + 1] < h[c]) c++;
+        if (h[c] >= v) break;
+        h[i] = h[c]; i = c;
+    }
+    if (*n) h[i] = v;
+    return top;
+}
+static size_t bpe_word_long(const struct fdpo_bpe *b, const unsigned char *w, size_t n, int32_t *out) {
+    int32_t *sym = fdpo_malloc(n * sizeof *sym), *nxt = fdpo_malloc(n * sizeof *nxt), *prv = fdpo_malloc(n * sizeof *prv);
+    uint64_t *heap = fdpo_malloc((3 * n + 4) * sizeof *heap);
+    uint32_t *batch = fdpo_malloc((3 * n + 4) * sizeof *batch); /* heap entries of one rank */
+    size_t nh = 0;
+    for (size_t i = 0; i < n; i++) {
+        sym[i] = b->byte_id[w[i]];
+        prv[i] = (int32_t)i - 1;
+        nxt[i] = i + 1 < n ? (int32_t)i + 1 : -1;
+    }
+    for (size_t i = 0; i + 1 < n; i++) {
+        const pair_entry *e = pair_get(b, sym[i], sym[i + 1]);
+        if (e) heap_push(heap, &nh, ((uint64_t)e->rank << 32) | i);
+    }
+    while (nh) {
+        uint32_t r = (uint32_t)(heap[0] >> 32);
+        size_t nb = 0;
+        while (nh && (uint32_t)(heap[0] >> 32) == r) batch[nb++] = (uint32_t)heap_pop(heap, &nh);
+        for (size_t k = 0; k < nb; k++) {
+            int32_t p = (int32_t)batch[k];
+            if (k && batch[k] == batch[k - 1]) continue;
+            int32_t q = nxt[p];
+            if (sym[p] < 0 || q < 0) continue; /* merged away, or nothing on the right */
+            const pair_entry *e = pair_get(b, sym[p], sym[q]);
+            if (!e || e->rank != r) continue; /* stale entry */
+            sym[p] = e->merged;
+            sym[q] = -1;
+            nxt[p] = nxt[q];
+            if (nxt[q] >= 0) prv[nxt[q]] = p;
+            if (prv[p] >= 0) {
+                const pair_entry *l = pair_get(b, sym[prv[p]], sym[p]);
+                if (l) heap_push(heap, &nh, ((uint64_t)l->rank << 32) | (uint32_t)prv[p]);
+            }
+            if (nxt[p] >= 0) {
+                const pair_entry *rr = pair_get(b, sym[p], sym[nxt[p]]);
+                if (rr) heap_push(heap, &nh, ((uint64_t)rr->rank << 32) | (uint32_t)p);
+            }
+        }
+    }
+    size_t m = 0;
+    for (int32_t p = 0; p >= 0; p = nxt[p]) out[m++] = sym[p];
+    free(sym); free(nxt); free(prv); free(heap); free(batch);
+    return m;
+}
+
+/* Encode one pre-token (bytes) into o, through the cache when one is held. */
+static void encode_word(const struct fdpo_bpe *b, word_cache *c, const unsigned char *w, size_t n, idvec *o) {
+    if (n == 1) { idvec_push(o, b->byte_id[w[0]]); return; }
+    if (b->ignore_merges) {
+        char stack[1024];
+        if (n * 2 < sizeof stack) {
+            size_t k = 0;
+            for (size_t i = 0; i < n; i++) { memcpy(stack + k, b->b2u[w[i]], b->b2u_len[w[i]]); k += b->b2u_len[w[i]]; }
+            int32_t id = strmap_get(b, stack, k);
+            if (id >= 0) { idvec_push(o, id); return; }
+        }
+    }
+    uint64_t h = 0;
+    size_t slot = 0;
+    if (c && n <= CACHE_MAX_KEY) {
+        h = fdpo_hash64(FDPO_HASH_INIT, w, n);
+        if (c->cap) {
+            size_t mask = c->cap - 1;
+            for (slot = h & mask;; slot = (slot + 1) & mask) {
+                uint32_t v = c->table[slot];
+                if (!v) break;
+                const cache_entry *e = &c->ent[v - 1];
+                if (e->hash == h && e->key_len == n && memcmp(c->keys + e->key_off, w, n) == 0) {
+                    for (size_t i = 0; i < e->n_ids; i++) idvec_push(o, c->ids[e->ids_off + i]);
+                    return;
+                }
+            }
+        }
+    }
+    int32_t sym_s[128]; uint32_t rank_s[128];
+    int32_t *sym = n <= 128 ? sym_s : fdpo_malloc(n * sizeof *sym);
+    uint32_t *rank = n <= 128 ? rank_s : fdpo_malloc(n * sizeof *rank);
+    size_t m = n > LONG_WORD ? bpe_word_long(b, w, n, sym) : bpe_word(b, w, n, sym, rank);
+    for (size_t i = 0; i < m; i++) idvec_push(o, sym[i]);
+    if (c && n <= CACHE_MAX_KEY) {
+        if (c->n_ent >= CACHE_MAX_ENTRIES) { /* full: start over */
+            c->n_ent = 0; c->n_keys = 0; c->n_ids = 0;
+            memset(c->table, 0, c->cap * sizeof *c->table);
+            slot = h & (c->cap - 1);
+        } else if (c->n_ent + 1 > c->cap / 2) { /* grow to keep the load factor <= 1/2 */
+            size_t ncap = c->cap ? 2 * c->cap : 8192;
+            free(c->table);
+            c->table = fdpo_calloc(ncap, sizeof *c->table);
+            c->cap = ncap;
+            for (size_t i = 0; i < c->n_ent; i++) {
+                size_t s = c->ent[i].hash & (ncap - 1);
+                while (c->table[s]) s = (s + 1) & (ncap - 1);
+                c->table[s] = (uint32_t)i + 1;
+            }
+            for (slot = h & (ncap - 1); c->table[slot]; slot = (slot + 1) & (ncap - 1)) {}
+        }
+        if (c->n_ent == c->cap_ent) { c->cap_ent = c->cap_ent ? 2 * c->cap_ent : 4096; c->ent = fdpo_realloc(c->ent, c->cap_ent * sizeof *c->ent); }
+        if (c->n_keys + n > c->cap_keys) { c->cap_keys = 2 * (c->cap_keys + n) + 65536; c->keys = fdpo_realloc(c->keys, c->cap_keys); }
+        if (c->n_ids + m > c->cap_ids) { c->cap_ids = 2 * (c->cap_ids + m) + 16384; c->ids = fdpo_realloc(c->ids, c->cap_ids * sizeof *c->ids); }
+        cache_entry *e = &c->ent[c->n_ent];
+        e->hash = h; e->key_off = (uint32_t)c->n_keys; e->key_len = (uint16_t)n;
+        e->ids_off = (uint32_t)c->n_ids; e->n_ids = (uint16_t)m;
+        memcpy(c->keys + c->n_keys, w, n); c->n_keys += n;
+        memcpy(c->ids + c->n_ids, sym, m * sizeof *sym); c->n_ids += m;
+        c->table[slot] = (uint32_t)++c->n_ent;
+    }
+    if (sym != sym_s) { free(sym); free(rank); }
+}
+
+/* Pre-tokenise s[0..n) and encode each piece. Bytes no match covers are ill-formed UTF-8:
+ * each becomes its byte token. */
+static void encode_segment(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                           const unsigned char *s, size_t n, idvec *o) {
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+    size_t off = 0;
+    while (off < n) {
+        int rc = pcre2_jit_match(b->re, s, n, off, 0, md, NULL);
+        size_t start = rc > 0 ? ov[0] : n, end = rc > 0 ? ov[1] : n;
+        for (; off < start; off++) idvec_push(o, b->byte_id[s[off]]);
+        if (rc <= 0) break;
+        encode_word(b, c, s + start, end - start, o);
+        off = end;
+    }
+}
+
+int fdpo_bpe_encode(const fdpo_tokenizer *t, const char *text, size_t len, int allow_special,
+                    int32_t **ids, size_t *n_ids) {
+    struct fdpo_bpe *b = t->bpe;
+    word_cache *c = NULL;
+    for (int i = 0; i < CACHE_SLOTS && !c; i++)
+        if (pthread_mutex_trylock(&b->cache[i].lock) == 0) c = &b->cache[i];
+    pcre2_match_data *md;
+    if (c) {
+        if (!c->md) c->md = pcre2_match_data_create_from_pattern(b->re, NULL);
+        md = c->md;
+    } else {
+        md = pcre2_match_data_create_from_pattern(b->re, NULL);
+    }
+    idvec o = {0};
+    o.cap = len / 3 + 16;
+    o.v = fdpo_malloc(o.cap * sizeof *o.v);
+    const unsigned char *s = (const unsigned char *)text;
+    size_t pos = 0;
+    while (pos < len) {
+        const unsigned char *sp = allow_special ? memmem(s + pos, len - pos, EOT_TEXT, EOT_LEN) : NULL;
+        size_t seg_end = sp ? (size_t)(sp - s) : len;
+        encode_segment(b, c, md, s + pos, seg_end - pos, &o);
+        if (!sp) break;
+        idvec_push(&o, t->eot);
+        pos = seg_end + EOT_LEN;
+    }
+    if (c) pthread_mutex_unlock(&c->lock);
+    else pcre2_match_data_free(md);
+    *ids = o.v; *n_ids = o.n;
+    return 0;
+}
+
+const char *fdpo_bpe_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *len) {
+    const struct fdpo_bpe *b = t->bpe;
+    if (id < 0 || (size_t)id >= b->n_vocab) { *len = 0; return ""; }
+    *len = b->n_bytes[id];
+    return (const char *)b->bytes[id];
+}

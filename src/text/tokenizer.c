@@ -2,6 +2,7 @@
  * <|endoftext|>. Any text round-trips exactly; no vocabulary file is needed. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "fdpo/core.h"
 #include "text/tokenizer_internal.h"
 
@@ -17,6 +18,11 @@ fdpo_tokenizer *fdpo_tokenizer_byte(void) {
 }
 
 fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fdpo_error("%s: not a directory (a tokenizer or checkpoint directory is expected)", dir);
+        return NULL;
+    }
     char *p = fdpo_path_join(dir, "fdpo_tokenizer.json");
     int has_byte = fdpo_file_exists(p);
     if (has_byte) {
@@ -37,6 +43,7 @@ fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
 
 int fdpo_tokenizer_save_dir(const fdpo_tokenizer *t, const char *dir) {
     if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_save_dir(t, dir);
+    if (fdpo_mkdir_p(dir)) return -1;
     char *p = fdpo_path_join(dir, "fdpo_tokenizer.json");
     static const char body[] = "{\"type\": \"byte\", \"vocab_size\": 257, \"eos_token_id\": 256}\n";
     int rc = fdpo_write_file_atomic(p, body, sizeof body - 1);
