@@ -1,0 +1,127 @@
+/* f-DPO: pair batches in two layouts, the training/eval step, and the reference log-prob
+ * cache. The loss itself lives in objectives (fdpo_pref_loss_pair); the optimizer in train.
+ *
+ * Layouts (a pair = prompt p[0..P), chosen c[0..Cw), rejected r[0..Cl)):
+ *   PLAIN   two sequences per pair: p + c[0..Cw-1) and p + r[0..Cl-1) (the last completion
+ *           token is a target only, never an input, so it is not fed).
+ *   SHARED  one sequence per pair: p[0..P-1) in branch 0, then branch 1 =
+ *           [p[P-1], c[0..Cw-1)] and branch 2 = [p[P-1], r[0..Cl-1)], both branches at
+ *           positions P-1, P, ... . The last prompt token is duplicated into each branch
+ *           because its next-token target differs (c[0] vs r[0]); the copy sees exactly the
+ *           context it has in the plain layout, so both layouts compute the same function.
+ * In both, the targets of a pair's chosen range are c[0..Cw) and of its rejected range
+ * r[0..Cl); every other position has target -1 (prompt tokens are never scored).
+ *
+ * Conventions of the step (docs/dpo.md):
+ *   l = logp_policy - logp_ref summed over completion tokens (ipo: per-token means of
+ *   both; simpo: the policy's mean token log-prob, no reference). Loss of a step = mean
+ *   over its pairs of fdpo_pref_loss_pair, plus sft_weight * (sum of chosen-token NLL) /
+ *   (number of chosen tokens in the step). Micro-batching splits the step's pairs but
+ *   keeps these step-wide denominators, so accumulation is exact. */
+#ifndef FDPO_DPO_H
+#define FDPO_DPO_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fdpo/gpt2.h"
+#include "fdpo/objectives.h"
+#include "fdpo/pref.h"
+#include "fdpo/trainer.h"
+
+typedef enum { FDPO_LAYOUT_SHARED, FDPO_LAYOUT_PLAIN } fdpo_pair_layout;
+int fdpo_layout_parse(const char *name, fdpo_pair_layout *l); /* "shared" | "plain" */
+
+typedef struct {
+    fdpo_pair_layout layout;
+    size_t n_pairs;
+    fdpo_batch batch;          /* points into the storage below */
+    /* per pair: positions [begin, end) whose targets are the chosen / rejected tokens */
+    size_t *chosen_begin, *chosen_end, *rejected_begin, *rejected_end;
+    size_t *seq_offset; int32_t *tokens, *targets, *pos; uint8_t *branch;
+    size_t cap_tokens, cap_seq, cap_pairs;
+} fdpo_pair_batch;
+
+/* Tokens the layout needs for these pairs. */
+size_t fdpo_pair_batch_tokens(fdpo_pair_layout layout, const fdpo_pref_pair *const *pairs, size_t n);
+/* (Re)build pb for these pairs; storage grows as needed and is reused. */
+void fdpo_pair_batch_build(fdpo_pair_batch *pb, fdpo_pair_layout layout, const fdpo_pref_pair *const *pairs, size_t n);
+void fdpo_pair_batch_free(fdpo_pair_batch *pb);
+
+typedef struct {
+    fdpo_pref_loss loss;
+    fdpo_pair_layout layout;
+    size_t micro_batch;        /* pairs per forward/backward; 0 = the whole step at once */
+} fdpo_dpo_config;
+
+/* Means over the pairs of one call (TRL's names in docs/dpo.md). */
+typedef struct {
+    size_t pairs, tokens;          /* tokens = model positions processed (policy) */
+    double loss, pref_loss, sft_nll;
+    double rewards_chosen, rewards_rejected, margins, accuracy;  /* accuracy: ties count 1/2 */
+    double logps_chosen, logps_rejected, logits_chosen, logits_rejected;
+    double scores_chosen, scores_rejected;
+} fdpo_dpo_metrics;
+
+typedef struct {
+    fdpo_gpt2 *policy;
+    fdpo_gpt2 *ref_live;       /* frozen reference run each step, or NULL (cached log-probs) */
+    fdpo_dpo_config cfg;
+    fdpo_pair_batch pb;
+    float *token_logp, *ref_token_logp, *d_token_logp;
+    size_t cap_tokens;
+} fdpo_dpo;
+
+int  fdpo_dpo_init(fdpo_dpo *d, fdpo_gpt2 *policy, fdpo_gpt2 *ref_live, const fdpo_dpo_config *cfg);
+void fdpo_dpo_free(fdpo_dpo *d);
+
+/* One optimizer step's pairs (or an eval set). ref_logp[2i], ref_logp[2i+1]: the summed
+ * reference log-probs of pair i's chosen and rejected completions, or NULL to run
+ * d->ref_live (ignored for simpo). With grad, ACCUMULATES d(step loss)/dtheta into
+ * policy->grads (the caller zeroes them). pair_out (may be NULL) gets per pair
+ * {logp_policy_chosen, logp_policy_rejected, l_w, l_l, loss} (sums, as used by the loss). */
+int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp,
+                  int grad, fdpo_dpo_metrics *out, double *pair_out);
+
+/* Summed completion log-probs of model m for n pairs: out[2i] chosen, out[2i+1] rejected.
+ * Runs in micro-batches of micro_batch pairs (0 = all) in the given layout. */
+int fdpo_dpo_pair_logps(fdpo_gpt2 *m, fdpo_pair_layout layout, size_t micro_batch,
+                        const fdpo_pref_pair *const *pairs, size_t n, double *out);
+
+/* ---- reference log-prob cache (src/train/refcache.c) ----
+ * A file DIR/ref-<key>.safetensors holding logps [n, 2] (F64) for every pair of a loaded
+ * set, in set order. key = FNV-1a 64 over: a format version, the reference config and
+ * weights, the data file's bytes, the tokenizer files' bytes, the truncation options, and
+ * the token ids of every pair (so anything that changes the model's inputs changes it). */
+typedef struct {
+    uint64_t weights, data, tokenizer, options, tokens; /* partial hashes (for the log) */
+    uint64_t key;
+} fdpo_refcache_key;
+uint64_t fdpo_hash_model(const fdpo_gpt2 *m);
+/* Hash of the tokenizer files present in dir (fdpo_tokenizer.json, vocab.json, ...). */
+uint64_t fdpo_hash_tokenizer_dir(const char *dir);
+int fdpo_refcache_key_make(fdpo_refcache_key *k, uint64_t weights_hash, const char *data_path,
+                           const char *tokenizer_dir, const fdpo_pref_options *opt, const fdpo_pref_set *set);
+/* Load the cached log-probs into out[2n] if DIR holds them for key; else compute them with
+ * ref (micro-batched, layout), write the file atomically, and fill out. *hit = 1 on reuse.
+ * Logs "ref cache hit|miss: PATH" to log (may be NULL). */
+int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *ref, fdpo_pair_layout layout,
+                      size_t micro_batch, const fdpo_pref_set *set, double *out, int *hit, FILE *log);
+char *fdpo_refcache_path(const char *dir, const fdpo_refcache_key *k); /* malloc'd */
+
+/* ---- a whole run (src/train/dpo_run.c): what `fdpo dpo` does ----
+ * The reference is --ref or, by default, the initial policy. Default: its log-probs are
+ * computed once (fdpo_refcache_get) into ref_cache_dir (default OUT/../.fdpo-cache);
+ * ref_live keeps the frozen model in memory and runs it every step. OUT receives the
+ * checkpoints, metrics.jsonl, data_summary.json and eval_summary.json. */
+typedef struct {
+    fdpo_train_opts train;      /* shared trainer options; train.init = the policy checkpoint */
+    const char *data, *eval_file, *ref, *ref_cache_dir;
+    int ref_live;
+    double eval_fraction;
+    fdpo_pref_options pref;
+    fdpo_dpo_config dpo;        /* micro_batch is taken from train.batch_size */
+    size_t n_fixed;
+    const char *const *fixed_keys, *const *fixed_values;
+} fdpo_dpo_run_opts;
+int fdpo_dpo_train(const fdpo_dpo_run_opts *o);
+
+#endif

@@ -1,0 +1,90 @@
+/* Preference data (TRL format) -> token ids, with truncation and an honest summary.
+ *
+ * One JSON object per line: {"prompt", "chosen", "rejected"}.
+ *   - strings: prompt text + completion text. Without "prompt", the prompt is the longest
+ *     common CHARACTER prefix of chosen and rejected (backed up to a UTF-8 code point
+ *     boundary; a trailing space goes back to the completions, as TRL does, because GPT-2's
+ *     BPE attaches a leading space to the following word).
+ *   - conversational: lists of {"role", "content"}; without "prompt" the prompt is the
+ *     common leading MESSAGES of chosen and rejected. Rendered with the chat template
+ *       "<|ROLE|>\nCONTENT\n" per message; the prompt ends with "<|assistant|>\n"; the
+ *       completion is the first (assistant) message's content + "\n", then any further
+ *       messages rendered as blocks. The completion must start with an assistant turn.
+ * Prompt and completions are encoded separately (specials off: a literal "<|endoftext|>"
+ * in data is text); every completion ends with <|endoftext|>. An empty prompt becomes the
+ * single token <|endoftext|> so that the first completion token has a context.
+ *
+ * Truncation (max_length > 0): if len(prompt) + max(len(chosen), len(rejected)) exceeds
+ * max_length, the prompt keeps its LAST max_prompt_length tokens, then the completions
+ * keep their FIRST max_length - len(prompt) tokens (losing <|endoftext|>).
+ *
+ * Policy for bad data. Always an error naming FILE:LINE: invalid JSON, a line that is not
+ * an object, a missing or non-string field, an unknown role, invalid UTF-8. With
+ * on_bad = FDPO_PREF_ERROR (default) also an error: an empty completion, chosen ==
+ * rejected; with FDPO_PREF_SKIP those pairs are skipped and counted. Pairs that exceed
+ * max_length follow on_long: truncate (counted), skip (counted), or error. A pair whose
+ * completions become identical after truncation is skipped and counted (nothing is left
+ * to prefer). Blank lines are ignored. Nothing is dropped without a count. */
+#ifndef FDPO_PREF_H
+#define FDPO_PREF_H
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include "fdpo/tokenizer.h"
+
+typedef struct {
+    int32_t *prompt;   size_t n_prompt;
+    int32_t *chosen;   size_t n_chosen;     /* completion tokens, <|endoftext|> last unless cut */
+    int32_t *rejected; size_t n_rejected;
+    size_t line;       /* 1-based line in the source file */
+    size_t index;      /* position in the loaded set (stable key for the reference cache) */
+    int truncated;     /* 1 if the prompt or a completion was cut */
+} fdpo_pref_pair;
+
+typedef enum { FDPO_PREF_ERROR, FDPO_PREF_SKIP } fdpo_pref_on_bad;
+typedef enum { FDPO_PREF_LONG_TRUNCATE, FDPO_PREF_LONG_SKIP, FDPO_PREF_LONG_ERROR } fdpo_pref_on_long;
+
+typedef struct {
+    size_t max_length;         /* 0 = no limit */
+    size_t max_prompt_length;  /* 0 = no prompt limit; else < max_length */
+    fdpo_pref_on_bad on_bad;
+    fdpo_pref_on_long on_long;
+} fdpo_pref_options;
+
+typedef struct {
+    size_t lines;                  /* non-blank lines read */
+    size_t pairs;                  /* pairs kept */
+    size_t conversational;         /* of those read, how many were message lists */
+    size_t implicit_prompt;        /* of those read, how many had no "prompt" */
+    size_t truncated_prompt;       /* kept pairs whose prompt was cut */
+    size_t truncated_completion;   /* kept pairs whose chosen or rejected was cut */
+    size_t skipped_empty;          /* empty chosen or rejected (on_bad = skip) */
+    size_t skipped_identical;      /* chosen == rejected (on_bad = skip) */
+    size_t skipped_too_long;       /* on_long = skip */
+    size_t skipped_identical_after_truncation;
+    size_t first_skip_line[4];     /* first line of each skip reason above (0 = none) */
+} fdpo_pref_summary;
+
+typedef struct {
+    fdpo_pref_pair *pairs;
+    size_t n;
+    fdpo_pref_summary summary;
+} fdpo_pref_set;
+
+/* Parse, template, tokenize and truncate FILE. Errors name FILE:LINE and the field. */
+int fdpo_pref_load(const char *path, const fdpo_tokenizer *tok, const fdpo_pref_options *opt,
+                   fdpo_pref_set *out);
+/* The same from text in memory (name is used in messages). */
+int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
+                    const fdpo_pref_options *opt, fdpo_pref_set *out);
+void fdpo_pref_free(fdpo_pref_set *s);
+/* Summary as one JSON object (malloc'd) and as a human line (printed to f). */
+char *fdpo_pref_summary_json(const fdpo_pref_summary *s);
+void fdpo_pref_summary_print(FILE *f, const char *name, const fdpo_pref_summary *s);
+/* Seeded split (fdpo_data_split of data.h): round(fraction * n) pairs, at least 1 when
+ * fraction > 0 and n >= 2, never all, go to eval; both halves stay in file order. Caller
+ * frees both arrays. */
+int fdpo_pref_split(size_t n, double fraction, uint64_t seed, size_t **train_idx, size_t *n_train,
+                    size_t **eval_idx, size_t *n_eval);
+
+#endif

@@ -1,0 +1,351 @@
+/* Preference JSONL (TRL format) -> token ids: prompt extraction, chat template,
+ * truncation, skip accounting. The rules are documented in include/fdpo/pref.h. */
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/data.h"
+#include "fdpo/pref.h"
+
+/* A growable byte string for rendering templates. */
+typedef struct { char *s; size_t n, cap; } strbuf;
+static void sb_add(strbuf *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        b->cap = (b->n + n + 1) * 2;
+        b->s = fdpo_realloc(b->s, b->cap);
+    }
+    memcpy(b->s + b->n, s, n);
+    b->n += n;
+    b->s[b->n] = 0;
+}
+static void sb_str(strbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
+
+typedef struct { const char *name; size_t line; } where;
+
+static int string_field(const where *w, const cJSON *v, const char *field, const char **out) {
+    if (!cJSON_IsString(v)) return fdpo_error("%s:%zu: field '%s' must be a string", w->name, w->line, field);
+    if (!fdpo_utf8_valid(v->valuestring, strlen(v->valuestring)))
+        return fdpo_error("%s:%zu: field '%s' is not valid UTF-8", w->name, w->line, field);
+    *out = v->valuestring;
+    return 0;
+}
+
+/* Messages: a JSON array of {"role": system|user|assistant, "content": string}. */
+static int check_messages(const where *w, const cJSON *arr, const char *field) {
+    size_t i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, arr) {
+        if (!cJSON_IsObject(m)) return fdpo_error("%s:%zu: %s[%zu] must be an object {\"role\", \"content\"}", w->name, w->line, field, i);
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        char f[64];
+        const char *s = "";
+        snprintf(f, sizeof f, "%s[%zu].role", field, i);
+        if (!role) return fdpo_error("%s:%zu: missing field '%s'", w->name, w->line, f);
+        if (string_field(w, role, f, &s)) return -1;
+        if (strcmp(s, "system") && strcmp(s, "user") && strcmp(s, "assistant"))
+            return fdpo_error("%s:%zu: %s is '%s'; expected system, user or assistant", w->name, w->line, f, s);
+        snprintf(f, sizeof f, "%s[%zu].content", field, i);
+        if (!content) return fdpo_error("%s:%zu: missing field '%s'", w->name, w->line, f);
+        if (string_field(w, content, f, &s)) return -1;
+        i++;
+    }
+    return 0;
+}
+
+static const char *msg_role(const cJSON *m) { return cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring; }
+static const char *msg_content(const cJSON *m) { return cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring; }
+static int msg_equal(const cJSON *a, const cJSON *b) {
+    return !strcmp(msg_role(a), msg_role(b)) && !strcmp(msg_content(a), msg_content(b));
+}
+static void render_block(strbuf *b, const cJSON *m) {
+    sb_str(b, "<|"); sb_str(b, msg_role(m)); sb_str(b, "|>\n");
+    sb_str(b, msg_content(m)); sb_str(b, "\n");
+}
+/* Completion = messages[from..]: first must be the assistant's; its content + "\n", then blocks. */
+static int render_completion(const where *w, const cJSON *arr, size_t from, const char *field, strbuf *b, size_t *content_len) {
+    size_t n = (size_t)cJSON_GetArraySize(arr);
+    *content_len = 0;
+    if (from >= n) return 0; /* empty completion: the caller decides */
+    const cJSON *first = cJSON_GetArrayItem(arr, (int)from);
+    if (strcmp(msg_role(first), "assistant"))
+        return fdpo_error("%s:%zu: %s[%zu] must be an assistant turn (the completion starts there), not '%s'",
+                          w->name, w->line, field, from, msg_role(first));
+    sb_str(b, msg_content(first)); sb_str(b, "\n");
+    *content_len += strlen(msg_content(first));
+    for (size_t i = from + 1; i < n; i++) {
+        const cJSON *m = cJSON_GetArrayItem(arr, (int)i);
+        render_block(b, m);
+        *content_len += strlen(msg_content(m));
+    }
+    return 0;
+}
+
+/* Longest common prefix in bytes, backed up to a UTF-8 code point boundary; a trailing
+ * space goes back to the completions (TRL's extract_prompt rule). */
+static size_t common_prefix(const char *a, const char *b) {
+    size_t n = 0;
+    while (a[n] && a[n] == b[n]) n++;
+    if (a[n] == 0 && b[n] == 0) return n; /* identical: caller reports it */
+    while (n > 0 && ((unsigned char)a[n] & 0xC0) == 0x80) n--; /* mid code point */
+    if (n > 0 && a[n - 1] == ' ') n--;
+    return n;
+}
+
+typedef struct { strbuf prompt, chosen, rejected; size_t chosen_content, rejected_content; } rendered;
+
+/* Fill r from one JSON object. Returns 0 ok, -1 error, 1 skip (reason in *skip). */
+static int render_pair(const where *w, const cJSON *obj, rendered *r, fdpo_pref_summary *sum) {
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(obj, "prompt");
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(obj, "chosen");
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, "rejected");
+    if (!c) return fdpo_error("%s:%zu: missing field 'chosen'", w->name, w->line);
+    if (!j) return fdpo_error("%s:%zu: missing field 'rejected'", w->name, w->line);
+    if (!p) sum->implicit_prompt++;
+    if (cJSON_IsArray(c) || cJSON_IsArray(j)) {
+        sum->conversational++;
+        if (!cJSON_IsArray(c)) return fdpo_error("%s:%zu: field 'chosen' must be a list of messages like 'rejected'", w->name, w->line);
+        if (!cJSON_IsArray(j)) return fdpo_error("%s:%zu: field 'rejected' must be a list of messages like 'chosen'", w->name, w->line);
+        if (p && !cJSON_IsArray(p)) return fdpo_error("%s:%zu: field 'prompt' must be a list of messages like 'chosen'", w->name, w->line);
+        if (check_messages(w, c, "chosen") || check_messages(w, j, "rejected") || (p && check_messages(w, p, "prompt"))) return -1;
+        size_t from = 0;
+        if (p) {
+            const cJSON *m;
+            cJSON_ArrayForEach(m, p) render_block(&r->prompt, m);
+        } else {
+            size_t nc = (size_t)cJSON_GetArraySize(c), nj = (size_t)cJSON_GetArraySize(j);
+            while (from < nc && from < nj && msg_equal(cJSON_GetArrayItem(c, (int)from), cJSON_GetArrayItem(j, (int)from))) from++;
+            for (size_t i = 0; i < from; i++) render_block(&r->prompt, cJSON_GetArrayItem(c, (int)i));
+        }
+        sb_str(&r->prompt, "<|assistant|>\n");
+        if (render_completion(w, c, from, "chosen", &r->chosen, &r->chosen_content)) return -1;
+        if (render_completion(w, j, from, "rejected", &r->rejected, &r->rejected_content)) return -1;
+        return 0;
+    }
+    const char *cs = "", *js = "", *ps = "";
+    if (string_field(w, c, "chosen", &cs) || string_field(w, j, "rejected", &js)) return -1;
+    if (p && string_field(w, p, "prompt", &ps)) return -1;
+    if (!p) {
+        size_t n = common_prefix(cs, js);
+        sb_add(&r->prompt, cs, n);
+        cs += n; js += n;
+    } else {
+        sb_str(&r->prompt, ps);
+    }
+    sb_str(&r->chosen, cs); sb_str(&r->rejected, js);
+    r->chosen_content = strlen(cs); r->rejected_content = strlen(js);
+    return 0;
+}
+
+static int encode(const fdpo_tokenizer *tok, const strbuf *b, int add_eot, int32_t **ids, size_t *n) {
+    int32_t *t = NULL;
+    size_t k = 0;
+    if (fdpo_tokenizer_encode(tok, b->s ? b->s : "", b->n, 0, &t, &k)) return -1;
+    if (add_eot || k == 0) {
+        t = fdpo_realloc(t, (k + 1) * sizeof *t);
+        t[k++] = fdpo_tokenizer_eot(tok);
+    }
+    *ids = t; *n = k;
+    return 0;
+}
+
+static void pair_free(fdpo_pref_pair *p) { free(p->prompt); free(p->chosen); free(p->rejected); }
+
+enum { SKIP_EMPTY, SKIP_IDENTICAL, SKIP_LONG, SKIP_IDENTICAL_TRUNC };
+static void count_skip(fdpo_pref_summary *s, int why, size_t line) {
+    size_t *c[] = {&s->skipped_empty, &s->skipped_identical, &s->skipped_too_long, &s->skipped_identical_after_truncation};
+    (*c[why])++;
+    if (!s->first_skip_line[why]) s->first_skip_line[why] = line;
+}
+
+/* One parsed object -> pair. 0 kept, 1 skipped (counted), -1 error. */
+static int make_pair(const where *w, const cJSON *obj, const fdpo_tokenizer *tok, const fdpo_pref_options *opt,
+                     fdpo_pref_summary *sum, fdpo_pref_pair *out) {
+    rendered r = {0};
+    int rc = render_pair(w, obj, &r, sum);
+    memset(out, 0, sizeof *out);
+    out->line = w->line;
+    if (rc) goto done;
+    if (r.chosen.n == r.rejected.n && memcmp(r.chosen.s, r.rejected.s, r.chosen.n) == 0) {
+        if (opt->on_bad == FDPO_PREF_SKIP) { count_skip(sum, SKIP_IDENTICAL, w->line); rc = 1; goto done; }
+        rc = fdpo_error("%s:%zu: chosen and rejected are identical (no preference to learn); use --bad-pairs skip to skip such pairs",
+                        w->name, w->line);
+        goto done;
+    }
+    if (r.chosen_content == 0 || r.rejected_content == 0) {
+        const char *which = r.chosen_content == 0 ? "chosen" : "rejected";
+        if (opt->on_bad == FDPO_PREF_SKIP) { count_skip(sum, SKIP_EMPTY, w->line); rc = 1; goto done; }
+        rc = fdpo_error("%s:%zu: empty %s completion (after the prompt); use --bad-pairs skip to skip such pairs",
+                        w->name, w->line, which);
+        goto done;
+    }
+    if (encode(tok, &r.prompt, 0, &out->prompt, &out->n_prompt) || encode(tok, &r.chosen, 1, &out->chosen, &out->n_chosen) ||
+        encode(tok, &r.rejected, 1, &out->rejected, &out->n_rejected)) {
+        fdpo_error_context("%s:%zu", w->name, w->line);
+        rc = -1; goto done;
+    }
+    size_t longest = out->n_chosen > out->n_rejected ? out->n_chosen : out->n_rejected;
+    if (opt->max_length && out->n_prompt + longest > opt->max_length) {
+        if (opt->on_long == FDPO_PREF_LONG_ERROR) {
+            rc = fdpo_error("%s:%zu: pair has %zu tokens (prompt %zu + longest completion %zu), more than --max-length %zu",
+                            w->name, w->line, out->n_prompt + longest, out->n_prompt, longest, opt->max_length);
+            goto done;
+        }
+        if (opt->on_long == FDPO_PREF_LONG_SKIP) { count_skip(sum, SKIP_LONG, w->line); rc = 1; goto done; }
+        size_t max_prompt = opt->max_prompt_length ? opt->max_prompt_length : opt->max_length / 2;
+        int cut_prompt = 0, cut_completion = 0;
+        out->truncated = 1;
+        if (out->n_prompt > max_prompt) { /* keep the END of the prompt: the question is usually last */
+            memmove(out->prompt, out->prompt + (out->n_prompt - max_prompt), max_prompt * sizeof *out->prompt);
+            out->n_prompt = max_prompt;
+            cut_prompt = 1;
+        }
+        size_t budget = opt->max_length - out->n_prompt;
+        if (out->n_chosen > budget) { out->n_chosen = budget; cut_completion = 1; }
+        if (out->n_rejected > budget) { out->n_rejected = budget; cut_completion = 1; }
+        if (out->n_chosen == out->n_rejected && !memcmp(out->chosen, out->rejected, out->n_chosen * sizeof *out->chosen)) {
+            count_skip(sum, SKIP_IDENTICAL_TRUNC, w->line);
+            rc = 1; goto done;
+        }
+        sum->truncated_prompt += (size_t)cut_prompt;
+        sum->truncated_completion += (size_t)cut_completion;
+    }
+done:
+    if (rc) pair_free(out);
+    free(r.prompt.s); free(r.chosen.s); free(r.rejected.s);
+    return rc;
+}
+
+static int check_options(const fdpo_pref_options *opt) {
+    if (opt->max_length && opt->max_prompt_length >= opt->max_length)
+        return fdpo_error("--max-prompt-length %zu must be smaller than --max-length %zu (completions need room)",
+                          opt->max_prompt_length, opt->max_length);
+    if (!opt->max_length && opt->max_prompt_length)
+        return fdpo_error("--max-prompt-length %zu needs --max-length", opt->max_prompt_length);
+    if (opt->max_length == 1) return fdpo_error("--max-length 1 leaves no room for a prompt and a completion");
+    return 0;
+}
+
+int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
+                    const fdpo_pref_options *opt, fdpo_pref_set *out) {
+    memset(out, 0, sizeof *out);
+    if (check_options(opt)) return -1;
+    size_t cap = 0;
+    where w = {name, 0};
+    for (size_t pos = 0; pos < len;) {
+        const char *line = text + pos;
+        const char *nl = memchr(line, '\n', len - pos);
+        size_t n = nl ? (size_t)(nl - line) : len - pos;
+        pos += n + (nl ? 1 : 0);
+        w.line++;
+        size_t k = 0;
+        while (k < n && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
+        if (k == n) continue;
+        out->summary.lines++;
+        const char *end = NULL;
+        cJSON *obj = cJSON_ParseWithLengthOpts(line, n, &end, 0);
+        if (!obj) {
+            size_t col = end && end >= line ? (size_t)(end - line) + 1 : 1;
+            fdpo_pref_free(out);
+            return fdpo_error("%s:%zu: invalid JSON near column %zu", name, w.line, col);
+        }
+        size_t used = end && end >= line ? (size_t)(end - line) : n;
+        while (used < n && (line[used] == ' ' || line[used] == '\t' || line[used] == '\r')) used++;
+        if (used < n) {
+            cJSON_Delete(obj);
+            fdpo_pref_free(out);
+            return fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", name, w.line, used + 1);
+        }
+        if (!cJSON_IsObject(obj)) {
+            cJSON_Delete(obj);
+            fdpo_pref_free(out);
+            return fdpo_error("%s:%zu: expected a JSON object {\"prompt\", \"chosen\", \"rejected\"}", name, w.line);
+        }
+        fdpo_pref_pair pair;
+        int rc = make_pair(&w, obj, tok, opt, &out->summary, &pair);
+        cJSON_Delete(obj);
+        if (rc < 0) { fdpo_pref_free(out); return -1; }
+        if (rc > 0) continue;
+        if (out->n == cap) {
+            cap = cap ? cap * 2 : 64;
+            out->pairs = fdpo_realloc(out->pairs, cap * sizeof *out->pairs);
+        }
+        pair.index = out->n;
+        out->pairs[out->n++] = pair;
+    }
+    out->summary.pairs = out->n;
+    if (out->n == 0) {
+        int rc = fdpo_error("%s: no usable preference pairs (%zu lines read, %zu skipped)", name, out->summary.lines,
+                            out->summary.lines - out->n);
+        fdpo_pref_free(out);
+        return rc;
+    }
+    return 0;
+}
+
+int fdpo_pref_load(const char *path, const fdpo_tokenizer *tok, const fdpo_pref_options *opt, fdpo_pref_set *out) {
+    size_t len;
+    memset(out, 0, sizeof *out);
+    char *text = fdpo_read_file(path, &len);
+    if (!text) return -1;
+    int rc = fdpo_pref_parse(path, text, len, tok, opt, out);
+    free(text);
+    return rc;
+}
+
+void fdpo_pref_free(fdpo_pref_set *s) {
+    for (size_t i = 0; i < s->n; i++) pair_free(&s->pairs[i]);
+    free(s->pairs);
+    s->pairs = NULL;
+    s->n = 0;
+}
+
+char *fdpo_pref_summary_json(const fdpo_pref_summary *s) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "lines", (double)s->lines);
+    cJSON_AddNumberToObject(o, "pairs", (double)s->pairs);
+    cJSON_AddNumberToObject(o, "conversational", (double)s->conversational);
+    cJSON_AddNumberToObject(o, "implicit_prompt", (double)s->implicit_prompt);
+    cJSON_AddNumberToObject(o, "truncated_prompt", (double)s->truncated_prompt);
+    cJSON_AddNumberToObject(o, "truncated_completion", (double)s->truncated_completion);
+    cJSON *sk = cJSON_AddObjectToObject(o, "skipped");
+    cJSON_AddNumberToObject(sk, "empty_completion", (double)s->skipped_empty);
+    cJSON_AddNumberToObject(sk, "identical", (double)s->skipped_identical);
+    cJSON_AddNumberToObject(sk, "too_long", (double)s->skipped_too_long);
+    cJSON_AddNumberToObject(sk, "identical_after_truncation", (double)s->skipped_identical_after_truncation);
+    char *txt = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    char *r = fdpo_strdup(txt);
+    cJSON_free(txt);
+    return r;
+}
+
+void fdpo_pref_summary_print(FILE *f, const char *name, const fdpo_pref_summary *s) {
+    fprintf(f, "%s: %zu pairs from %zu lines; truncated: %zu prompts, %zu completions; skipped: %zu empty, "
+               "%zu identical, %zu too long, %zu identical after truncation\n",
+            name, s->pairs, s->lines, s->truncated_prompt, s->truncated_completion, s->skipped_empty,
+            s->skipped_identical, s->skipped_too_long, s->skipped_identical_after_truncation);
+    const char *why[] = {"empty completion", "identical", "too long", "identical after truncation"};
+    for (int i = 0; i < 4; i++)
+        if (s->first_skip_line[i]) fprintf(f, "%s:%zu: first pair skipped as %s\n", name, s->first_skip_line[i], why[i]);
+}
+
+int fdpo_pref_split(size_t n, double fraction, uint64_t seed, size_t **train_idx, size_t *n_train,
+                    size_t **eval_idx, size_t *n_eval) {
+    if (!(fraction >= 0.0 && fraction < 1.0)) return fdpo_error("--eval-fraction %g must be in [0, 1)", fraction);
+    /* the same seeded choice as the SFT/pretraining validation split (data.h) */
+    unsigned char *is_eval = fdpo_calloc(n ? n : 1, 1);
+    fdpo_data_split(n, fraction, seed, is_eval);
+    size_t ne = 0;
+    for (size_t i = 0; i < n; i++) ne += is_eval[i];
+    *eval_idx = fdpo_malloc((ne ? ne : 1) * sizeof **eval_idx);
+    *train_idx = fdpo_malloc((n - ne ? n - ne : 1) * sizeof **train_idx);
+    *n_eval = *n_train = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (is_eval[i]) (*eval_idx)[(*n_eval)++] = i;
+        else (*train_idx)[(*n_train)++] = i;
+    }
+    free(is_eval);
+    return 0;
+}

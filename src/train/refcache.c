@@ -1,0 +1,133 @@
+/* Reference log-prob cache: the frozen reference's summed completion log-probs of every
+ * pair, computed once and kept on disk under a key of everything that determines them
+ * (include/fdpo/dpo.h). A sweep over beta, losses or divergences reuses one file. */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/dpo.h"
+#include "fdpo/io.h"
+
+#define REFCACHE_FORMAT "fdpo-refcache-1"
+
+uint64_t fdpo_hash_model(const fdpo_gpt2 *m) {
+    uint64_t h = FDPO_HASH_INIT;
+    const fdpo_gpt2_config *c = &m->config;
+    size_t dims[5] = {c->vocab_size, c->n_positions, c->n_embd, c->n_layer, c->n_head};
+    h = fdpo_hash64(h, dims, sizeof dims);
+    h = fdpo_hash64(h, &c->layer_norm_epsilon, sizeof c->layer_norm_epsilon);
+    return fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
+}
+
+uint64_t fdpo_hash_tokenizer_dir(const char *dir) {
+    static const char *const FILES[] = {"fdpo_tokenizer.json", "vocab.json", "merges.txt",
+                                        "encoder.json", "vocab.bpe", "tokenizer.json"};
+    uint64_t h = FDPO_HASH_INIT;
+    for (size_t i = 0; i < sizeof FILES / sizeof FILES[0]; i++) {
+        char *p = fdpo_path_join(dir, FILES[i]);
+        if (fdpo_file_exists(p)) {
+            size_t len = 0;
+            char *body = fdpo_read_file(p, &len);
+            h = fdpo_hash64(h, FILES[i], strlen(FILES[i]) + 1);
+            if (body) h = fdpo_hash64(h, body, len);
+            free(body);
+        }
+        free(p);
+    }
+    return h;
+}
+
+int fdpo_refcache_key_make(fdpo_refcache_key *k, uint64_t weights_hash, const char *data_path,
+                           const char *tokenizer_dir, const fdpo_pref_options *opt, const fdpo_pref_set *set) {
+    memset(k, 0, sizeof *k);
+    k->weights = weights_hash;
+    size_t len = 0;
+    char *body = fdpo_read_file(data_path, &len);
+    if (!body) return -1;
+    k->data = fdpo_hash64(FDPO_HASH_INIT, body, len);
+    free(body);
+    k->tokenizer = fdpo_hash_tokenizer_dir(tokenizer_dir);
+    uint64_t o[4] = {opt->max_length, opt->max_prompt_length, (uint64_t)opt->on_bad, (uint64_t)opt->on_long};
+    k->options = fdpo_hash64(FDPO_HASH_INIT, o, sizeof o);
+    uint64_t t = FDPO_HASH_INIT;
+    for (size_t i = 0; i < set->n; i++) {
+        const fdpo_pref_pair *p = &set->pairs[i];
+        uint64_t n3[3] = {p->n_prompt, p->n_chosen, p->n_rejected};
+        t = fdpo_hash64(t, n3, sizeof n3);
+        t = fdpo_hash64(t, p->prompt, p->n_prompt * sizeof *p->prompt);
+        t = fdpo_hash64(t, p->chosen, p->n_chosen * sizeof *p->chosen);
+        t = fdpo_hash64(t, p->rejected, p->n_rejected * sizeof *p->rejected);
+    }
+    k->tokens = t;
+    uint64_t h = fdpo_hash64(FDPO_HASH_INIT, REFCACHE_FORMAT, sizeof REFCACHE_FORMAT);
+    uint64_t parts[5] = {k->weights, k->data, k->tokenizer, k->options, k->tokens};
+    k->key = fdpo_hash64(h, parts, sizeof parts);
+    return 0;
+}
+
+char *fdpo_refcache_path(const char *dir, const fdpo_refcache_key *k) {
+    char name[64];
+    snprintf(name, sizeof name, "ref-%016" PRIx64 ".safetensors", k->key);
+    return fdpo_path_join(dir, name);
+}
+
+/* Read a cache file written by write_cache; 0 ok, -1 unusable (message says why). */
+static int read_cache(const char *path, const fdpo_refcache_key *k, size_t n, double *out) {
+    fdpo_safetensors st;
+    if (fdpo_st_open(&st, path)) return -1;
+    int rc = 0;
+    char want[32];
+    snprintf(want, sizeof want, "%016" PRIx64, k->key);
+    const char *fmt = fdpo_st_meta(&st, "format"), *key = fdpo_st_meta(&st, "key");
+    const fdpo_st_tensor *t = fdpo_st_find(&st, "logps");
+    if (!fmt || strcmp(fmt, REFCACHE_FORMAT) || !key || strcmp(key, want))
+        rc = fdpo_error("%s: not a reference cache for key %s", path, want);
+    else if (!t || t->dtype != FDPO_F64 || t->ndim != 2 || t->shape[0] != n || t->shape[1] != 2)
+        rc = fdpo_error("%s: tensor 'logps' must be F64 [%zu, 2]", path, n);
+    else
+        memcpy(out, st.data + t->begin, n * 2 * sizeof(double)); /* little-endian hosts only, like the model files */
+    fdpo_st_close(&st);
+    return rc;
+}
+
+static int write_cache(const char *path, const fdpo_refcache_key *k, size_t n, const double *logps) {
+    fdpo_st_writer *w = fdpo_st_writer_new();
+    size_t shape[2] = {n, 2};
+    char key[32], parts[128];
+    snprintf(key, sizeof key, "%016" PRIx64, k->key);
+    snprintf(parts, sizeof parts, "weights=%016" PRIx64 " data=%016" PRIx64 " tokenizer=%016" PRIx64
+             " options=%016" PRIx64 " tokens=%016" PRIx64, k->weights, k->data, k->tokenizer, k->options, k->tokens);
+    fdpo_st_writer_add(w, "logps", FDPO_F64, shape, 2, logps);
+    fdpo_st_writer_meta(w, "format", REFCACHE_FORMAT);
+    fdpo_st_writer_meta(w, "key", key);
+    fdpo_st_writer_meta(w, "parts", parts);
+    int rc = fdpo_st_writer_write(w, path);
+    fdpo_st_writer_free(w);
+    return rc;
+}
+
+int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *ref, fdpo_pair_layout layout,
+                      size_t micro_batch, const fdpo_pref_set *set, double *out, int *hit, FILE *log) {
+    char *path = fdpo_refcache_path(dir, k);
+    *hit = 0;
+    if (fdpo_file_exists(path)) {
+        if (read_cache(path, k, set->n, out) == 0) {
+            *hit = 1;
+            if (log) fprintf(log, "ref cache hit: %s\n", path);
+            free(path);
+            return 0;
+        }
+        /* a damaged or foreign file is recomputed and replaced, and the log says why */
+        if (log) fprintf(log, "ref cache unusable (%s); recomputing\n", fdpo_last_error());
+        fdpo_clear_error();
+    }
+    if (log) fprintf(log, "ref cache miss: computing reference log-probs of %zu pairs -> %s\n", set->n, path);
+    const fdpo_pref_pair **pairs = fdpo_malloc((set->n ? set->n : 1) * sizeof *pairs);
+    for (size_t i = 0; i < set->n; i++) pairs[i] = &set->pairs[i];
+    int rc = fdpo_dpo_pair_logps(ref, layout, micro_batch, pairs, set->n, out);
+    free(pairs);
+    if (!rc && fdpo_mkdir_p(dir)) rc = fdpo_error_context("--ref-cache-dir %s", dir);
+    if (!rc) rc = write_cache(path, k, set->n, out);
+    free(path);
+    return rc;
+}

@@ -1,0 +1,424 @@
+"""The f-DPO step against PyTorch: every divergence x loss (with and without the SFT term),
+both pair layouts, gradient accumulation, and log-ratios past exp's float range. fdpo runs
+its trainer step (fdpo_dpo_step) through `fdpo-harness dpo-grad`; the reference computes the
+same objective with autograd on the plain-PyTorch GPT-2 in float64, one sequence at a time.
+
+Tolerances: loss within 1e-5 relative; every parameter gradient max|diff|/max|ref| <= 1e-4."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dpo_common import (completion_logps, harness, pair_loss, rel_err, save_byte_tokenizer,
+                        tokenize_pair, write_jsonl)
+from fdpo_ref import safetensors as st
+from fdpo_ref.gpt2 import GPT2
+
+torch.set_num_threads(1)  # tiny models: threads only add contention
+
+CFG = dict(vocab_size=257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+MAX_LEN, MAX_PROMPT = 40, 16
+
+ROWS = [
+    {"prompt": "The cat", "chosen": " sat on the mat.", "rejected": " ran."},
+    {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " five, I think, or maybe 22"},
+    {"chosen": "Hello there, friend!", "rejected": "Hello there, enemy."},                # implicit prompt
+    {"prompt": "A very long prompt that will surely be cut at the front",                  # truncated
+     "chosen": " and a long chosen answer that goes past the limit", "rejected": " short no"},
+    {"prompt": [{"role": "user", "content": "Hi"}],                                        # conversational
+     "chosen": [{"role": "assistant", "content": "Hello!"}],
+     "rejected": [{"role": "assistant", "content": "Go away."}]},
+    {"prompt": "Caf\u00e9", "chosen": " \u2615 good", "rejected": " bad"},                 # UTF-8
+]
+
+DIVS = ["rkl", "fkl", "js", "alpha:0.3", "alpha:0.5", "alpha:0.7"]
+# (loss, beta, label smoothing, simpo gamma)
+LOSSES = [("sigmoid", 0.1, 0.0, 0.0), ("sigmoid", 0.5, 0.2, 0.0), ("robust", 0.3, 0.1, 0.0),
+          ("hinge", 2.0, 0.0, 0.0), ("ipo", 0.4, 0.0, 0.0)]
+
+
+def all_cases():
+    cases = []
+    for d in DIVS:
+        for (loss, beta, eps, gamma) in LOSSES:
+            for sft in (0.0, 0.7):
+                cases.append((d, loss, beta, eps, gamma, sft))
+    for sft in (0.0, 0.7):
+        cases.append(("rkl", "simpo", 2.0, 0.0, 0.5, sft))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dpo")
+    policy, ref = GPT2(**CFG, seed=11), GPT2(**CFG, seed=12)
+    for m, name in ((policy, "policy"), (ref, "ref")):
+        m.save_hf(str(tmp / name))
+        save_byte_tokenizer(str(tmp / name))
+    write_jsonl(tmp / "data.jsonl", ROWS)
+    pairs = [tokenize_pair(r, MAX_LEN, MAX_PROMPT) for r in ROWS]
+    assert any(len(P) + max(len(C), len(R)) == MAX_LEN for P, C, R in pairs)  # one pair was cut
+    policy.double()
+    ref.double()
+    return tmp, policy, ref, pairs
+
+
+def reference(policy, pairs, cases, ref_logps):
+    """-> list of (loss, {param name: grad}, per-pair rows, metrics) per case."""
+    params = policy.named()
+    policy.zero_grad()
+    side = []
+    for P, C, R in pairs:
+        tw, gw = completion_logps(policy, P, C)
+        tl, gl = completion_logps(policy, P, R)
+        side.append((tw, tl, gw, gl))
+    out = []
+    for (div, loss, beta, eps, gamma, sft) in cases:
+        mean = loss in ("ipo", "simpo")
+        total, rows, lws, lls = 0.0, [], [], []
+        nll, n_chosen = 0.0, 0
+        for k, (tw, tl, gw, gl) in enumerate(side):
+            lpw, lpl = tw.sum(), tl.sum()
+            rw, rl = (0.0, 0.0) if loss == "simpo" else ref_logps[k]
+            nw, nl = (len(tw), len(tl)) if mean else (1, 1)
+            lw, ll = (lpw - rw) / nw, (lpl - rl) / nl
+            L = pair_loss(div, loss, beta, eps, gamma, lw, ll)
+            total = total + L
+            nll = nll - lpw
+            n_chosen += len(tw)
+            rows.append([lpw.item(), lpl.item(), lw.item(), ll.item(), L.item()])
+            lws.append(lw.item())
+            lls.append(ll.item())
+        objective = total / len(side) + sft * nll / n_chosen
+        grads = torch.autograd.grad(objective, list(params.values()), retain_graph=True)
+        lw, ll = np.array(lws), np.array(lls)
+        metrics = {
+            "loss": objective.item(),
+            "rewards/chosen": beta * lw.mean(), "rewards/rejected": beta * ll.mean(),
+            "rewards/margins": beta * (lw - ll).mean(),
+            "rewards/accuracies": float(np.mean((lw > ll) + 0.5 * (lw == ll))),
+            "logits/chosen": torch.cat([s[2] for s in side]).mean().item(),
+            "logits/rejected": torch.cat([s[3] for s in side]).mean().item(),
+        }
+        out.append((objective.item(), dict(zip(params.keys(), grads)), rows, metrics))
+    return out
+
+
+def ref_model_logps(ref, pairs):
+    with torch.no_grad():
+        return [(completion_logps(ref, P, C)[0].sum().item(), completion_logps(ref, P, R)[0].sum().item())
+                for P, C, R in pairs]
+
+
+def run_fdpo(tmp, name, cases, *extra):
+    out = tmp / name
+    args = ["dpo-grad", "--threads", 1, "--policy", tmp / "policy", "--data", tmp / "data.jsonl", "--out", out,
+            "--max-length", MAX_LEN, "--max-prompt-length", MAX_PROMPT, *extra]
+    for c in cases:
+        args += ["--case", " ".join(map(str, c))]
+    harness(*args)
+    res = json.load(open(out / "result.json"))["cases"]
+    grads = [st.load(str(out / f"grads_{i}.safetensors"))[0] for i in range(len(cases))]
+    return res, grads
+
+
+def assert_matches(res, grads, expect, cases, loss_tol=1e-5, grad_tol=1e-4):
+    assert len(res) == len(cases)
+    for i, case in enumerate(cases):
+        loss, g_ref, rows, _ = expect[i]
+        got = res[i]
+        assert math.isfinite(got["loss"]), case
+        assert abs(got["loss"] - loss) <= loss_tol * max(abs(loss), 1e-3), (case, got["loss"], loss)
+        assert rel_err(got["pairs"], rows) < 1e-5, (case, got["pairs"], rows)
+        for name, g in g_ref.items():
+            gd = grads[i][name]
+            assert np.all(np.isfinite(gd)), (case, name)
+            assert rel_err(gd, g.detach().numpy()) < grad_tol, (case, name, rel_err(gd, g.detach().numpy()))
+
+
+def test_parity_every_divergence_and_loss_live_ref(setup):
+    """All (divergence, loss, sft) cases in one harness run with a live reference model."""
+    tmp, policy, ref, pairs = setup
+    cases = all_cases()
+    expect = reference(policy, pairs, cases, ref_model_logps(ref, pairs))
+    res, grads = run_fdpo(tmp, "live", cases, "--ref", tmp / "ref", "--layout", "shared")
+    assert_matches(res, grads, expect, cases)
+    # logged metrics of the first case (rkl, sigmoid) against their definitions
+    for key, want in expect[0][3].items():
+        assert abs(res[0][key] - want) <= 1e-5 * max(1.0, abs(want)), (key, res[0][key], want)
+
+
+def test_shared_layout_equals_plain_layout(setup):
+    """The shared-prompt layout computes the same loss and gradients as two sequences."""
+    tmp, policy, ref, pairs = setup
+    cases = [("rkl", "sigmoid", 0.1, 0.0, 0.0, 0.7), ("js", "ipo", 0.4, 0.0, 0.0, 0.0),
+             ("rkl", "simpo", 2.0, 0.0, 0.5, 0.0)]
+    shared, gs = run_fdpo(tmp, "shared", cases, "--ref", tmp / "ref", "--layout", "shared")
+    plain, gp = run_fdpo(tmp, "plain", cases, "--ref", tmp / "ref", "--layout", "plain")
+    for i in range(len(cases)):
+        assert abs(shared[i]["loss"] - plain[i]["loss"]) <= 1e-6 * abs(plain[i]["loss"])
+        assert rel_err(shared[i]["pairs"], plain[i]["pairs"]) < 1e-6
+        for name in gp[i]:
+            assert rel_err(gs[i][name], gp[i][name]) < 1e-5, (cases[i], name)
+    # the shared layout processes fewer tokens: the prompt once per pair
+    assert shared[0]["tokens"] == sum(len(P) - 1 + len(C) + len(R) for P, C, R in pairs)
+    assert plain[0]["tokens"] == sum(2 * len(P) + len(C) + len(R) - 2 for P, C, R in pairs)
+    # and both match PyTorch
+    expect = reference(policy, pairs, cases, ref_model_logps(ref, pairs))
+    assert_matches(plain, gp, expect, cases)
+
+
+def test_grad_accumulation_is_exact(setup):
+    """Micro-batches of 1 and 4 pairs give the full-batch mean gradient (SFT term included)."""
+    tmp, policy, ref, pairs = setup
+    cases = [("alpha:0.5", "sigmoid", 0.1, 0.0, 0.0, 0.7), ("fkl", "ipo", 0.4, 0.0, 0.0, 0.7)]
+    expect = reference(policy, pairs, cases, ref_model_logps(ref, pairs))
+    for mb in (1, 4):
+        res, grads = run_fdpo(tmp, f"mb{mb}", cases, "--ref", tmp / "ref", "--micro-batch", mb)
+        assert_matches(res, grads, expect, cases)
+
+
+def test_parity_with_log_ratios_past_exp_overflow(setup):
+    """Cached reference log-probs that put one pair's rejected side ~400 nats below the
+    reference: exp(-l) overflows float (and double for alpha*l) when computed naively; the
+    loss and every gradient stay finite and match the capped-exponent reference."""
+    tmp, policy, ref, pairs = setup
+    with torch.no_grad():
+        pol = ref_model_logps(policy, pairs)
+    ref_lp = [(w - 0.3 * k, l + 0.2 * k) for k, (w, l) in enumerate(pol)]
+    ref_lp[0] = (pol[0][0] + 0.5, pol[0][1] + 400.0)
+    st.save(str(tmp / "ref_logps.safetensors"), {"logps": np.array(ref_lp, dtype=np.float64)})
+    cases = [(d, loss, 0.1, 0.0, 0.0, sft) for d in DIVS for loss in ("sigmoid", "hinge") for sft in (0.0, 0.5)]
+    expect = reference(policy, pairs, cases, ref_lp)
+    res, grads = run_fdpo(tmp, "extreme", cases, "--ref-logps", tmp / "ref_logps.safetensors")
+    l_l = res[0]["pairs"][0][3]
+    assert -l_l > 88.73 and -0.3 * l_l > 88.73  # a naive exp(-l) / exp(-0.3 l) would be inf in float
+    assert_matches(res, grads, expect, cases)
+
+
+# ---------------------------------------------------------------------------------------
+# The `fdpo dpo` command: reference cache, live reference, learning, resume, bad input.
+# Tiny models and --threads 1 keep every run well under a second or two.
+
+import os
+import random
+
+from dpo_common import fdpo
+
+TINY = dict(vocab_size=257, n_positions=48, n_embd=32, n_layer=2, n_head=4)
+
+
+def synthetic_pairs(n, seed):
+    """Known answer: chosen completions are vowels, rejected ones consonants from xyzqw."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        p = "".join(rng.choice("abcdefgh") for _ in range(4)) + ":"
+        rows.append({"prompt": p, "chosen": "".join(rng.choice("aeiou") for _ in range(5)),
+                     "rejected": "".join(rng.choice("xyzqw") for _ in range(rng.randint(3, 7)))})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dpo_cli")
+    for name, seed in (("pol", 3), ("ref2", 4)):
+        GPT2(**TINY, seed=seed).save_hf(str(tmp / name))
+        save_byte_tokenizer(str(tmp / name))
+    write_jsonl(tmp / "data.jsonl", synthetic_pairs(200, 0))
+    return tmp
+
+
+def base_args(cli, out, *extra):
+    return ["dpo", "--policy", cli / "pol", "--data", cli / "data.jsonl", "--out", out, "--threads", 1,
+            "--batch-size", 8, "--lr", "1e-3", "--quiet", *extra]
+
+
+def metrics(out):
+    return [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def summary(out, name="data_summary.json"):
+    return json.load(open(os.path.join(out, name)))
+
+
+def test_ref_cache_is_reused_and_keyed(cli):
+    runs = cli / "runs_cache"
+    r = fdpo(*base_args(cli, runs / "a", "--steps", 2, "--eval-every", 0))
+    assert "ref cache miss" in r.stderr
+    path = summary(runs / "a")["reference"]["cache_file"]
+    assert os.path.dirname(path) == str(runs / ".fdpo-cache")  # default: beside OUT
+    mtime = os.stat(path).st_mtime_ns
+    # a sweep over beta / divergence reuses the file without recomputing it
+    r = fdpo(*base_args(cli, runs / "b", "--steps", 2, "--eval-every", 0, "--beta", 0.3, "--divergence", "js"))
+    assert f"ref cache hit: {path}" in r.stderr and "ref cache miss" not in r.stderr
+    assert summary(runs / "b")["reference"] == {"mode": "cache", "cache_file": path, "cache_hit": True}
+    assert os.stat(path).st_mtime_ns == mtime
+    # every keyed input recomputes: data, reference weights, truncation, tokenizer
+    write_jsonl(cli / "data2.jsonl", synthetic_pairs(200, 0) + synthetic_pairs(1, 9))
+    tok_dir = cli / "pol_tok"
+    if not tok_dir.exists():
+        GPT2(**TINY, seed=3).save_hf(str(tok_dir))
+        (tok_dir / "fdpo_tokenizer.json").write_text('{"type": "byte", "vocab_size": 257}')
+    variants = {
+        "data": ["--data", cli / "data2.jsonl"],
+        "ref": ["--ref", cli / "ref2"],
+        "trunc": ["--max-length", 12, "--max-prompt-length", 4],
+        "tok": ["--policy", tok_dir],
+    }
+    seen = {path}
+    for name, extra in variants.items():
+        r = fdpo(*base_args(cli, runs / name, "--steps", 1, "--eval-every", 0, *extra))
+        assert "ref cache miss" in r.stderr, name
+        p = summary(runs / name)["reference"]["cache_file"]
+        assert p not in seen, name
+        seen.add(p)
+    assert os.stat(path).st_mtime_ns == mtime
+
+
+def test_cached_reference_equals_live_reference_and_pytorch(cli):
+    runs = cli / "runs_live"
+    common = ["--steps", 3, "--eval-every", 3, "--ref", cli / "ref2", "--seed", 5]
+    fdpo(*base_args(cli, runs / "cached", *common))
+    fdpo(*base_args(cli, runs / "live", *common, "--ref-live"))
+    assert summary(runs / "live")["reference"] == {"mode": "live"}
+    mc, ml = metrics(runs / "cached"), metrics(runs / "live")
+    assert len(mc) == len(ml) == 4
+    for a, b in zip(mc, ml):
+        for k in a:
+            if k in ("tokens_per_sec",):
+                continue
+            assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(b[k])), (k, a[k], b[k])
+    # the cache file holds the reference's summed completion log-probs, pair by pair
+    ref = GPT2(**TINY)
+    ref.load_hf(str(cli / "ref2"))
+    ref.double()
+    rows = [json.loads(l) for l in open(cli / "data.jsonl")]
+    want = ref_model_logps(ref, [tokenize_pair(r, TINY["n_positions"], 0) for r in rows])
+    got, _ = st.load(summary(runs / "cached")["reference"]["cache_file"])
+    assert rel_err(got["logps"], want) < 1e-5
+
+
+@pytest.mark.parametrize("div", ["rkl", "fkl", "js", "alpha:0.5"])
+def test_learning_raises_heldout_reward_accuracy(cli, div):
+    out = cli / f"learn_{div.replace(':', '_')}"
+    fdpo(*base_args(cli, out, "--divergence", div, "--steps", 30, "--batch-size", 16,
+                    "--eval-fraction", 0.2, "--eval-every", 30, "--schedule", "constant"))
+    s = summary(out, "eval_summary.json")
+    assert s["pairs"] == 40
+    assert 0.3 <= s["initial"]["rewards/accuracies"] <= 0.7, s
+    assert s["rewards/accuracies"] >= 0.9, s
+    assert s["rewards/margins"] > 0
+
+
+def test_metrics_names_and_determinism(cli):
+    runs = cli / "runs_det"
+    for name in ("a", "b"):
+        fdpo(*base_args(cli, runs / name, "--steps", 3, "--eval-every", 2, "--sft-weight", 0.5, "--seed", 7))
+    ma, mb = metrics(runs / "a"), metrics(runs / "b")
+    for a, b in zip(ma, mb):
+        a.pop("tokens_per_sec", None)
+        b.pop("tokens_per_sec", None)
+        assert a == b  # same seed + same threads -> identical numbers
+    keys = set(ma[1])
+    for k in ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+              "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "grad_norm",
+              "learning_rate", "epoch", "scores/chosen", "scores/rejected", "nll"]:
+        assert k in keys, k
+    assert "tokens_per_sec" in metrics(runs / "a")[1]
+    assert "eval_rewards/accuracies" in ma[2] and "eval_loss" in ma[2]
+    # rewards/margins is the difference of the logged rewards
+    m = ma[1]
+    assert abs(m["rewards/margins"] - (m["rewards/chosen"] - m["rewards/rejected"])) < 1e-9
+
+
+def test_resume_continues_exactly(cli):
+    runs = cli / "runs_resume"
+    args = ["--steps", 4, "--eval-every", 0, "--seed", 2]
+    fdpo(*base_args(cli, runs / "straight", *args))
+    fdpo(*base_args(cli, runs / "cut", *args, "--stop-at", 2))
+    r = fdpo("dpo", "--out", runs / "cut", "--resume", "--threads", 1, "--quiet", "--batch-size", 8, "--lr", "1e-3")
+    assert "ref cache hit" in r.stderr  # the resumed run reuses the reference log-probs
+    a, _ = st.load(str(runs / "straight" / "model.safetensors"))
+    b, _ = st.load(str(runs / "cut" / "model.safetensors"))
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_skipped_pairs_are_counted_and_reported(cli):
+    rows = synthetic_pairs(20, 1) + [{"prompt": "x", "chosen": "", "rejected": "y"},
+                                     {"prompt": "x", "chosen": "s", "rejected": "s"}]
+    write_jsonl(cli / "skippy.jsonl", rows)
+    out = cli / "runs_skip" / "a"
+    r = fdpo("dpo", "--policy", cli / "pol", "--data", cli / "skippy.jsonl", "--out", out, "--threads", 1,
+             "--steps", 1, "--bad-pairs", "skip", "--eval-every", 0)
+    assert "20 pairs from 22 lines" in r.stderr and "1 empty" in r.stderr and "1 identical" in r.stderr
+    assert ":21: first pair skipped as empty completion" in r.stderr
+    s = summary(out)["data"]
+    assert s["pairs"] == 20 and s["skipped"]["empty_completion"] == 1 and s["skipped"]["identical"] == 1
+
+
+CLI_BAD = [
+    (["--divergence", "tv"], "--divergence tv: total variation is not usable"),
+    (["--divergence", "chi2"], "--divergence chi2: chi2 is not usable"),
+    (["--beta", "0"], "--beta"),
+    (["--beta", "-1"], "--beta"),
+    (["--divergence", "alpha:1.5"], "alpha:1.5"),
+    (["--divergence", "alpha:0"], "alpha:0"),
+    (["--loss", "nope"], "--loss"),
+    (["--layout", "diagonal"], "--layout"),
+    (["--max-length", 100], "--max-length 100 exceeds the policy's n_positions 48"),
+    (["--max-length", 10, "--max-prompt-length", 10], "--max-prompt-length 10"),
+    (["--eval-fraction", 1.5], "--eval-fraction"),
+    (["--label-smoothing", 0.7], "--label-smoothing"),
+    (["--on-long", "explode"], "--on-long"),
+    (["--bad-pairs", "ignore"], "--bad-pairs"),
+    (["--ref", "/nonexistent/ckpt"], "--ref /nonexistent/ckpt"),
+    (["--data", "/nonexistent/pairs.jsonl"], "/nonexistent/pairs.jsonl"),
+    (["--policy", "/nonexistent/pol"], "/nonexistent/pol"),
+    (["--sft-weight", "-1"], "--sft-weight"),
+]
+
+
+def test_required_flags(cli):
+    r = fdpo("dpo", "--data", cli / "data.jsonl", "--out", cli / "runs_bad" / "z", check=False)
+    assert r.returncode != 0 and "--policy" in r.stderr
+    r = fdpo("dpo", "--policy", cli / "pol", "--out", cli / "runs_bad" / "z", check=False)
+    assert r.returncode != 0 and "--data" in r.stderr
+    r = fdpo("dpo", "--policy", cli / "pol", "--data", cli / "data.jsonl", check=False)
+    assert r.returncode != 0 and "--out" in r.stderr
+
+
+@pytest.mark.parametrize("extra,msg", CLI_BAD)
+def test_bad_flags_are_refused_with_the_flag_named(cli, extra, msg):
+    r = fdpo(*base_args(cli, cli / "runs_bad" / "x", "--steps", 1, *extra), check=False)
+    assert r.returncode != 0 and msg in r.stderr, r.stderr
+    assert not (cli / "runs_bad" / "x" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("line,msg", [
+    ('{"prompt": "a", "chosen": "b", "rejected": "c"', "invalid JSON"),
+    ('{"prompt": "a", "chosen": "b"}', "missing field 'rejected'"),
+    ('{"prompt": "a", "chosen": ["b"], "rejected": "c"}', "field 'rejected' must be a list"),
+    ('{"prompt": "a", "chosen": "", "rejected": "c"}', "empty chosen completion"),
+    ('{"prompt": "a", "chosen": "c", "rejected": "c"}', "identical"),
+    ('{"prompt": "a", "chosen": "' + "z" * 60 + '", "rejected": "c"}', "more than --max-length 20"),
+])
+def test_bad_data_is_refused_with_file_and_line(cli, line, msg):
+    p = cli / "bad.jsonl"
+    write_jsonl(p, synthetic_pairs(3, 2) + [line])
+    r = fdpo(*base_args(cli, cli / "runs_bad" / "y", "--steps", 1, "--data", p, "--max-length", 20,
+                        "--on-long", "error"), check=False)
+    assert r.returncode != 0 and f"{p}:4:" in r.stderr and msg in r.stderr, r.stderr
+
+
+def test_eval_file_replaces_the_split(cli):
+    write_jsonl(cli / "eval.jsonl", synthetic_pairs(10, 42))
+    out = cli / "runs_evalfile" / "a"
+    r = fdpo(*base_args(cli, out, "--steps", 2, "--eval-every", 2, "--eval-file", cli / "eval.jsonl"))
+    assert r.stderr.count("ref cache miss") == 2  # one cache file per data file
+    s = summary(out)
+    assert s["train_pairs"] == 200 and s["eval_pairs"] == 10 and s["eval_data"]["pairs"] == 10
+    assert summary(out, "eval_summary.json")["pairs"] == 10
