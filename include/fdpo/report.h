@@ -1,0 +1,43 @@
+/* fdpo report: one self-contained HTML file (charts drawn offline by an inlined Chart.js)
+ * that shows what each divergence cost, built from run directories, eval JSON files and
+ * lab CSV files. See docs/report.md for the inputs it reads and the panels it draws.
+ *
+ * Bad content (a malformed metrics.jsonl line, an unparseable eval file, a CSV row with the
+ * wrong number of fields) is a warning naming FILE:LINE, written to opts->warn (stderr when
+ * NULL) and listed in the report; everything else still renders. A path that does not
+ * exist, or inputs from which nothing at all could be read, is an error (-1, fdpo_error). */
+#ifndef FDPO_REPORT_H
+#define FDPO_REPORT_H
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct {
+    const char *const *run_dirs;  size_t n_run_dirs;   /* RUN_DIR...: metrics.jsonl, run config,
+                                                          eval*.json, eval/ and lab/ files, CSVs */
+    const char *const *eval_files; size_t n_eval_files; /* extra `fdpo eval --out` files */
+    const char *const *lab_files;  size_t n_lab_files;  /* extra `fdpo lab` CSV files */
+    const char *const *sample_files; size_t n_sample_files; /* samples JSONL of `fdpo eval` */
+    const char *title;            /* page title; NULL: "fdpo report" */
+    const char *chartjs_path;     /* Chart.js UMD bundle to inline; NULL: the copy embedded
+                                     at build time (node_modules/chart.js) */
+    size_t max_points;            /* per training curve; longer runs are thinned (0: 2000) */
+    size_t max_prompts;           /* sample-completion rows (0: 6) */
+    FILE *warn;                   /* where warnings go; NULL: stderr */
+} fdpo_report_opts;
+
+typedef struct {
+    size_t n_runs;       /* run directories with at least one metrics row */
+    size_t n_policies;   /* evaluated policies */
+    size_t n_lab_tables; /* lab CSV files read */
+    size_t n_charts;     /* charts the page draws (the page sets data-charts-ready to this) */
+    size_t n_warnings;
+} fdpo_report_stats;
+
+/* Read the inputs and write the HTML atomically to out_path. stats may be NULL. */
+int fdpo_report_write(const fdpo_report_opts *opts, const char *out_path, fdpo_report_stats *stats);
+
+/* The Chart.js bundle compiled into the library (NULL, 0 when node_modules/chart.js was
+ * absent at build time). */
+const char *fdpo_report_embedded_chartjs(size_t *len);
+
+#endif

@@ -1,0 +1,831 @@
+/* Reading the report's inputs: run directories (metrics.jsonl + run config), eval JSON files
+ * and lab CSV files. Bad content becomes a warning naming FILE:LINE; only a missing path is
+ * an error. Formats: docs/report.md. */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include "fdpo/core.h"
+#include "report/report_internal.h"
+
+void rp_warn(rp_ctx *c, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(c->warn, "fdpo report: warning: %s\n", msg);
+    c->warnings = fdpo_realloc(c->warnings, (c->n_warnings + 1) * sizeof *c->warnings);
+    c->warnings[c->n_warnings++] = fdpo_strdup(msg);
+}
+
+const cJSON *rp_get(const cJSON *obj, const char *const *names) {
+    if (!cJSON_IsObject(obj)) return NULL;
+    for (; *names; names++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, *names);
+        if (v && !cJSON_IsNull(v)) return v;
+    }
+    return NULL;
+}
+
+int rp_get_num(const cJSON *obj, const char *name, double *v) {
+    const cJSON *x = cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
+    if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble)) return 0;
+    *v = x->valuedouble;
+    return 1;
+}
+
+/* A number, or a string holding one ("0.1"): settings files store either. */
+static int get_num_or_text(const cJSON *obj, const char *name, double *v) {
+    if (rp_get_num(obj, name, v)) return 1;
+    const cJSON *x = cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
+    if (!cJSON_IsString(x)) return 0;
+    char *end;
+    double d = strtod(x->valuestring, &end);
+    if (end == x->valuestring || *end || !isfinite(d)) return 0;
+    *v = d;
+    return 1;
+}
+
+static const char *base_name(const char *path) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;          /* "runs/a/" -> "a" */
+    size_t s = n;
+    while (s > 0 && path[s - 1] != '/') s--;
+    static _Thread_local char buf[512];
+    size_t len = n - s < sizeof buf - 1 ? n - s : sizeof buf - 1;
+    memcpy(buf, path + s, len);
+    buf[len] = 0;
+    return buf[0] ? buf : path;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcasecmp(s + a - b, suf) == 0;
+}
+
+/* 1-based line and column of p inside text. */
+static void line_col(const char *text, const char *p, size_t *line, size_t *col) {
+    *line = 1; *col = 1;
+    for (const char *q = text; q < p && *q; q++) {
+        if (*q == '\n') { (*line)++; *col = 1; } else (*col)++;
+    }
+}
+
+/* Sorted names of the directory's entries (no dot files); NULL on failure. */
+static char **list_dir(const char *dir, size_t *n) {
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return NULL;
+    char **names = NULL;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        names = fdpo_realloc(names, (*n + 1) * sizeof *names);
+        names[(*n)++] = fdpo_strdup(e->d_name);
+    }
+    closedir(d);
+    for (size_t i = 1; i < *n; i++)            /* insertion sort: directories are small */
+        for (size_t j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
+            char *t = names[j]; names[j] = names[j - 1]; names[j - 1] = t;
+        }
+    return names;
+}
+
+static void free_list(char **names, size_t n) {
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+}
+
+static int is_dir(const char *p) { struct stat st; return stat(p, &st) == 0 && S_ISDIR(st.st_mode); }
+static int is_file(const char *p) { struct stat st; return stat(p, &st) == 0 && S_ISREG(st.st_mode); }
+
+/* ---------------------------------------------------------------- run settings ---- */
+
+static const char *const K_DIV[] = {"divergence", "f_divergence", "fdiv", "f", NULL};
+static const char *const K_LOSS[] = {"loss_type", "loss", NULL};
+
+/* Look for the settings in obj and (depth-first) its sub-objects. */
+static void find_settings(const cJSON *obj, int depth, char **div, double *beta, int *has_beta,
+                          char **loss, double *alpha, int *has_alpha) {
+    if (!cJSON_IsObject(obj) || depth > 3) return;
+    const cJSON *v;
+    if (!*div && (v = rp_get(obj, K_DIV)) && cJSON_IsString(v) && v->valuestring[0])
+        *div = fdpo_strdup(v->valuestring);
+    if (!*loss && (v = rp_get(obj, K_LOSS)) && cJSON_IsString(v) && v->valuestring[0])
+        *loss = fdpo_strdup(v->valuestring);
+    double x;
+    if (!*has_beta && get_num_or_text(obj, "beta", &x)) { *beta = x; *has_beta = 1; }
+    if (!*has_alpha && get_num_or_text(obj, "alpha", &x)) { *alpha = x; *has_alpha = 1; }
+    for (const cJSON *it = obj->child; it; it = it->next)
+        if (cJSON_IsObject(it)) find_settings(it, depth + 1, div, beta, has_beta, loss, alpha, has_alpha);
+}
+
+/* INI / key=value config (the format of `--config FILE`). */
+static void settings_from_ini(const char *text, char **div, double *beta, int *has_beta,
+                              char **loss, double *alpha, int *has_alpha) {
+    const char *p = text;
+    while (*p) {
+        const char *e = strchr(p, '\n');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        char line[512];
+        if (n < sizeof line) {
+            memcpy(line, p, n); line[n] = 0;
+            char *eq = strchr(line, '=');
+            if (eq && line[0] != '#' && line[0] != ';' && line[0] != '[') {
+                *eq = 0;
+                char *k = line, *val = eq + 1;
+                while (isspace((unsigned char)*k)) k++;
+                for (char *t = k + strlen(k); t > k && isspace((unsigned char)t[-1]); ) *--t = 0;
+                while (isspace((unsigned char)*val) || *val == '"') val++;
+                for (char *t = val + strlen(val); t > val && (isspace((unsigned char)t[-1]) || t[-1] == '"'); ) *--t = 0;
+                for (char *t = k; *t; t++) if (*t == '-') *t = '_';
+                char *end;
+                if (!*div && (!strcmp(k, "divergence") || !strcmp(k, "f_divergence") || !strcmp(k, "f")) && *val)
+                    *div = fdpo_strdup(val);
+                else if (!*loss && (!strcmp(k, "loss") || !strcmp(k, "loss_type")) && *val)
+                    *loss = fdpo_strdup(val);
+                else if (!*has_beta && !strcmp(k, "beta")) {
+                    double x = strtod(val, &end);
+                    if (end != val && !*end && isfinite(x)) { *beta = x; *has_beta = 1; }
+                } else if (!*has_alpha && !strcmp(k, "alpha")) {
+                    double x = strtod(val, &end);
+                    if (end != val && !*end && isfinite(x)) { *alpha = x; *has_alpha = 1; }
+                }
+            }
+        }
+        if (!e) break;
+        p = e + 1;
+    }
+}
+
+static int is_samples_name(const char *name) {
+    return strcasestr(name, "samples") && ends_with(name, ".jsonl");
+}
+
+static int is_eval_name(const char *name) {
+    return strncasecmp(name, "eval", 4) == 0 && ends_with(name, ".json");
+}
+
+/* Find divergence, beta and loss in the run directory's config file(s). */
+static void discover_settings(rp_ctx *c, rp_run *r, char **names, size_t n_names) {
+    (void)c;
+    double alpha = 0; int has_alpha = 0;
+    /* Preferred names first, then any other *.json / *.ini. */
+    static const char *const preferred[] = {"training_state.json", "run.json", "run_config.json", "config.json", "args.json",
+                                            "training_args.json", "dpo_config.json", "run.ini", "config.ini", NULL};
+    for (int pass = 0; pass < 2 && !r->divergence; pass++) {
+        for (size_t i = 0; i < n_names && !r->divergence; i++) {
+            const char *nm = names[i];
+            int pref = 0;
+            for (const char *const *q = preferred; *q; q++) if (!strcmp(*q, nm)) pref = 1;
+            if (pass == 0 ? !pref : pref) continue;
+            int json = ends_with(nm, ".json"), ini = ends_with(nm, ".ini") || ends_with(nm, ".cfg");
+            if ((!json && !ini) || is_eval_name(nm)) continue;
+            char *path = fdpo_path_join(r->dir, nm);
+            struct stat st;
+            if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (64 << 20)) { free(path); continue; }
+            char *text = fdpo_read_file(path, NULL);
+            if (!text) { free(path); continue; }
+            char *div = NULL, *loss = NULL; double beta = 0; int hb = 0;
+            if (json) {
+                cJSON *doc = cJSON_Parse(text);
+                /* a checkpoint's config.json (model_type) or an eval output is not a run config */
+                if (doc && cJSON_IsObject(doc) && !cJSON_GetObjectItem(doc, "model_type") &&
+                    !cJSON_GetObjectItem(doc, "policies")) {
+                    find_settings(doc, 0, &div, &beta, &hb, &loss, &alpha, &has_alpha);
+                    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(doc, "kind");
+                    if (!r->kind && cJSON_IsString(kind) && kind->valuestring[0]) r->kind = fdpo_strdup(kind->valuestring);
+                }
+                cJSON_Delete(doc);
+            } else {
+                settings_from_ini(text, &div, &beta, &hb, &loss, &alpha, &has_alpha);
+            }
+            free(text);
+            if (div || hb) {       /* merge: each setting from the first file that has it */
+                if (div && !r->divergence) { r->divergence = div; div = NULL; free(r->config_file); r->config_file = fdpo_strdup(path); }
+                if (hb && !r->has_beta) { r->beta = beta; r->has_beta = 1; }
+                if (loss && !r->loss) { r->loss = loss; loss = NULL; }
+                if (!r->config_file) r->config_file = fdpo_strdup(path);
+            }
+            free(div); free(loss); free(path);
+        }
+    }
+    /* fall back on the first metrics row that names them */
+    if (!r->divergence || !r->has_beta) {
+        cJSON *row;
+        cJSON_ArrayForEach(row, r->rows) {
+            find_settings(row, 3, &r->divergence, &r->beta, &r->has_beta, &r->loss, &alpha, &has_alpha);
+            if (r->divergence && r->has_beta) break;
+        }
+    }
+    /* "alpha" + alpha=0.5 -> "alpha:0.5" (the CLI's spelling) */
+    if (r->divergence && !strcmp(r->divergence, "alpha") && has_alpha) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "alpha:%g", alpha);
+        free(r->divergence);
+        r->divergence = fdpo_strdup(buf);
+    }
+}
+
+static void make_label(rp_run *r) {
+    char buf[600];
+    if (r->divergence && r->has_beta) snprintf(buf, sizeof buf, "%s (%s, \xce\xb2=%g)", r->name, r->divergence, r->beta);
+    else if (r->divergence) snprintf(buf, sizeof buf, "%s (%s)", r->name, r->divergence);
+    else if (r->has_beta) snprintf(buf, sizeof buf, "%s (\xce\xb2=%g)", r->name, r->beta);
+    else snprintf(buf, sizeof buf, "%s", r->name);
+    r->label = fdpo_strdup(buf);
+}
+
+/* ---------------------------------------------------------------- metrics.jsonl ---- */
+
+static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) { rp_warn(c, "%s", fdpo_last_error()); return; }
+    size_t line = 0;
+    char *p = text, *end = text + len;
+    while (p < end) {
+        char *e = memchr(p, '\n', (size_t)(end - p));
+        size_t n = e ? (size_t)(e - p) : (size_t)(end - p);
+        line++;
+        size_t k = n;
+        while (k > 0 && isspace((unsigned char)p[k - 1])) k--;
+        size_t s = 0;
+        while (s < k && isspace((unsigned char)p[s])) s++;
+        if (k > s) {
+            const char *stop = NULL;
+            cJSON *obj = cJSON_ParseWithLengthOpts(p + s, k - s, &stop, 0);
+            int trailing = obj && stop && stop < p + k;   /* "{...} junk" */
+            if (!cJSON_IsObject(obj) || trailing) {
+                char snip[48];
+                size_t m = k - s < 40 ? k - s : 40;
+                while (m > 0 && m < k - s && ((unsigned char)p[s + m] & 0xC0) == 0x80) m--;   /* whole characters */
+                memcpy(snip, p + s, m); snip[m] = 0;
+                for (size_t i = 0; i < m; i++) if ((unsigned char)snip[i] < 0x20 || snip[i] == 0x7f) snip[i] = '?';
+                rp_warn(c, "%s:%zu: %s, line skipped: %s%s", path, line,
+                        trailing ? "text after the JSON object" : obj ? "not a JSON object" :
+                        (e ? "malformed JSON" : "truncated or malformed JSON"),
+                        snip, k - s > 40 ? "..." : "");
+                cJSON_Delete(obj);
+                r->n_bad++;
+            } else {
+                cJSON_AddItemToArray(r->rows, obj);
+            }
+        }
+        if (!e) break;
+        p = e + 1;
+    }
+    free(text);
+}
+
+/* ---------------------------------------------------------------- run directory ---- */
+
+static rp_run *new_run(rp_ctx *c, const char *dir, const char *name) {
+    c->runs = fdpo_realloc(c->runs, (c->n_runs + 1) * sizeof *c->runs);
+    rp_run *r = &c->runs[c->n_runs++];
+    memset(r, 0, sizeof *r);
+    r->dir = fdpo_strdup(dir);
+    r->name = fdpo_strdup(name);
+    r->rows = cJSON_CreateArray();
+    return r;
+}
+
+int rp_load_run(rp_ctx *c, const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) != 0) return fdpo_error("%s: no such run directory (%s)", dir, strerror(errno));
+    if (S_ISREG(st.st_mode)) {           /* a file given directly: dispatch on its kind */
+        if (ends_with(dir, ".csv")) return rp_load_lab(c, dir, 0) < 0 ? -1 : 0;
+        if (is_samples_name(base_name(dir))) return rp_load_samples(c, dir, NULL, 1);
+        if (ends_with(dir, ".jsonl")) {
+            char *parent = fdpo_strdup(dir);
+            char *slash = strrchr(parent, '/');
+            if (slash) *slash = 0; else strcpy(parent, ".");
+            char *name = fdpo_strdup(base_name(parent));
+            rp_run *r = new_run(c, parent, name);
+            free(parent); free(name);
+            load_metrics(c, r, dir);
+            make_label(r);
+            return 0;
+        }
+        return rp_load_eval(c, dir, NULL, 1);
+    }
+    if (!S_ISDIR(st.st_mode)) return fdpo_error("%s: not a run directory", dir);
+    size_t n_names;
+    char **names = list_dir(dir, &n_names);
+    if (!names && n_names == 0) {
+        DIR *d = opendir(dir);
+        if (!d) return fdpo_error("%s: cannot read directory (%s)", dir, strerror(errno));
+        closedir(d);
+    }
+    char *name = fdpo_strdup(base_name(dir));
+    rp_run *r = new_run(c, dir, name);
+    free(name);
+    size_t run_index = c->n_runs - 1;
+    int found = 0;
+    char *mpath = fdpo_path_join(dir, "metrics.jsonl");
+    if (is_file(mpath)) { load_metrics(c, r, mpath); found = 1; }
+    free(mpath);
+    discover_settings(c, r, names, n_names);
+    make_label(r);
+    /* eval*.json here and *.json under eval/; *.csv under lab/ and here (those need a divergence column) */
+    for (size_t i = 0; i < n_names; i++) {
+        char *path = fdpo_path_join(dir, names[i]);
+        if (is_eval_name(names[i]) && is_file(path)) { rp_load_eval(c, path, &c->runs[run_index], 0); found = 1; }
+        else if (is_samples_name(names[i]) && is_file(path)) { rp_load_samples(c, path, &c->runs[run_index], 0); found = 1; }
+        else if (ends_with(names[i], ".csv") && is_file(path)) found |= rp_load_lab(c, path, 1) == 1;
+        free(path);
+    }
+    static const char *const subs[] = {"eval", "lab"};
+    for (int s = 0; s < 2; s++) {
+        char *sub = fdpo_path_join(dir, subs[s]);
+        if (is_dir(sub)) {
+            size_t m;
+            char **sn = list_dir(sub, &m);
+            for (size_t i = 0; i < m; i++) {
+                char *path = fdpo_path_join(sub, sn[i]);
+                if (!is_file(path)) { free(path); continue; }
+                if (s == 0 && ends_with(sn[i], ".json")) { rp_load_eval(c, path, &c->runs[run_index], 0); found = 1; }
+                if (s == 0 && is_samples_name(sn[i])) { rp_load_samples(c, path, &c->runs[run_index], 0); found = 1; }
+                if (s == 1 && (ends_with(sn[i], ".csv") || ends_with(sn[i], ".json"))) { rp_load_lab(c, path, 0); found = 1; }
+                free(path);
+            }
+            free_list(sn, m);
+        }
+        free(sub);
+    }
+    free_list(names, n_names);
+    if (!found) rp_warn(c, "%s: no metrics.jsonl, eval*.json, *samples*.jsonl or lab CSV files (see docs/report.md)", dir);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- eval JSON ---- */
+
+static const char *const K_NAME[] = {"name", "policy", "label", "model", "checkpoint", "id", NULL};
+static const char *const K_SAMPLES[] = {"samples", "completions", "generations", NULL};
+static const char *const K_COMPLETION[] = {"completion", "text", "response", "output", "sample", NULL};
+static const char *const K_REWARD[] = {"reward", "score", NULL};
+static const char *const SKIP_KEYS[] = {"samples", "completions", "generations", "config", "args", "settings", NULL};
+
+static int in_list(const char *s, const char *const *list) {
+    for (; *list; list++) if (!strcmp(s, *list)) return 1;
+    return 0;
+}
+
+/* Numbers of obj, flattened: nested objects join keys with '.', except "metrics" which
+ * is transparent. Booleans and strings are not metrics. */
+static void flatten(cJSON *out, const cJSON *obj, const char *prefix, int depth) {
+    if (depth > 4) return;
+    for (const cJSON *it = obj->child; it; it = it->next) {
+        if (!it->string) continue;
+        char key[256];
+        int w = prefix[0] ? snprintf(key, sizeof key, "%s.%s", prefix, it->string)
+                          : snprintf(key, sizeof key, "%s", it->string);
+        if (w < 0 || (size_t)w >= sizeof key) continue;     /* absurdly long name: skip */
+        if (cJSON_IsNumber(it) && isfinite(it->valuedouble)) {
+            if (!cJSON_GetObjectItemCaseSensitive(out, key)) cJSON_AddNumberToObject(out, key, it->valuedouble);
+        } else if (cJSON_IsObject(it) && !(depth == 0 && in_list(it->string, SKIP_KEYS))) {
+            flatten(out, it, strcmp(it->string, "metrics") ? key : prefix, depth + 1);
+        }
+    }
+}
+
+static void add_sample(cJSON *out, const cJSON *prompt, const cJSON *text, const cJSON *reward) {
+    if (!cJSON_IsString(text)) return;
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddStringToObject(s, "prompt", cJSON_IsString(prompt) ? prompt->valuestring : "");
+    cJSON_AddStringToObject(s, "completion", text->valuestring);
+    if (cJSON_IsNumber(reward) && isfinite(reward->valuedouble)) cJSON_AddNumberToObject(s, "reward", reward->valuedouble);
+    cJSON_AddItemToArray(out, s);
+}
+
+static cJSON *collect_samples(const cJSON *arr) {
+    cJSON *out = cJSON_CreateArray();
+    if (!cJSON_IsArray(arr)) return out;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) {
+        if (cJSON_GetArraySize(out) >= 1000) break;
+        if (cJSON_IsString(it)) { add_sample(out, NULL, it, NULL); continue; }
+        if (!cJSON_IsObject(it)) continue;
+        const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(it, "prompt");
+        const cJSON *text = rp_get(it, K_COMPLETION), *reward = rp_get(it, K_REWARD);
+        if (text) { add_sample(out, prompt, text, reward); continue; }
+        const cJSON *many = rp_get(it, K_SAMPLES);       /* {"prompt", "completions": [...]} */
+        if (cJSON_IsArray(many)) {
+            const cJSON *rewards = cJSON_GetObjectItemCaseSensitive(it, "rewards");
+            const cJSON *first = cJSON_GetArrayItem(many, 0);
+            if (cJSON_IsObject(first)) add_sample(out, prompt, rp_get(first, K_COMPLETION), rp_get(first, K_REWARD));
+            else add_sample(out, prompt, first, cJSON_GetArrayItem(rewards, 0));
+        }
+    }
+    return out;
+}
+
+static int looks_like_reference(const char *name) {
+    static const char *const pats[] = {"ref", "sft", "base", "init", NULL};
+    for (const char *const *p = pats; *p; p++) if (strcasestr(name, *p)) return 1;
+    return 0;
+}
+
+static void add_policy(rp_ctx *c, const cJSON *p, const char *key_name, const char *path,
+                       const rp_run *run, size_t index, size_t n_in_file) {
+    const cJSON *nm = rp_get(p, K_NAME);
+    char buf[64];
+    const char *name;
+    if (cJSON_IsString(nm) && nm->valuestring[0]) name = nm->valuestring;
+    else if (key_name) name = key_name;
+    else if (run && n_in_file == 1) name = run->name;
+    else { snprintf(buf, sizeof buf, "policy %zu", index + 1); name = buf; }
+
+    c->pols = fdpo_realloc(c->pols, (c->n_pols + 1) * sizeof *c->pols);
+    rp_policy *q = &c->pols[c->n_pols++];
+    memset(q, 0, sizeof *q);
+    q->name = fdpo_strdup(name);
+    q->source = fdpo_strdup(path);
+    q->run = run ? fdpo_strdup(run->name) : NULL;
+    q->run_index = run ? (long)(run - c->runs) : -1;
+    q->metrics = cJSON_CreateObject();
+    flatten(q->metrics, p, "", 0);
+    q->samples = collect_samples(rp_get(p, K_SAMPLES));
+
+    char *div = NULL, *loss = NULL; double beta = 0, alpha = 0; int hb = 0, ha = 0;
+    find_settings(p, 0, &div, &beta, &hb, &loss, &alpha, &ha);
+    free(loss);
+    if (div && !strcmp(div, "alpha") && ha) {
+        char a[64]; snprintf(a, sizeof a, "alpha:%g", alpha);
+        free(div); div = fdpo_strdup(a);
+    }
+    /* A policy without settings inherits its run's, unless it is the reference/SFT model
+     * evaluated alongside (several policies in the file, named like one). */
+    if (!div && !hb && run && (n_in_file == 1 || !looks_like_reference(name))) {
+        if (run->divergence) div = fdpo_strdup(run->divergence);
+        beta = run->beta; hb = run->has_beta;
+    }
+    q->divergence = div;
+    q->beta = beta; q->has_beta = hb;
+}
+
+static int is_policy_object(const cJSON *o) {
+    if (!cJSON_IsObject(o)) return 0;
+    static const char *const marks[] = {"reward_mean", "kl_seq", "kl_token", "entropy", "metrics", "samples", NULL};
+    return rp_get(o, marks) != NULL;
+}
+
+int rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_file) {
+    if (!is_file(path)) return fdpo_error("%s: no such eval file", path);
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) return -1;
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    if (!doc) {
+        size_t line, col;
+        const char *at = cJSON_GetErrorPtr();
+        if (at && at >= text && at <= text + len) line_col(text, at, &line, &col);
+        else { line = 1; col = 1; }
+        rp_warn(c, "%s:%zu:%zu: malformed JSON, eval file skipped", path, line, col);
+        free(text);
+        return 0;
+    }
+    free(text);
+    size_t before = c->n_pols;
+    const cJSON *list = cJSON_IsObject(doc) ? cJSON_GetObjectItemCaseSensitive(doc, "policies") : NULL;
+    if (!list && cJSON_IsObject(doc) && !is_policy_object(doc)) {
+        list = cJSON_GetObjectItemCaseSensitive(doc, "results");
+        if (!list) list = doc;                /* {"name": {metrics}, ...} */
+    }
+    if (!list && !cJSON_IsArray(doc)) {
+        add_policy(c, doc, NULL, path, run, 0, 1);
+    } else if (cJSON_IsArray(doc) || cJSON_IsArray(list)) {
+        const cJSON *arr = cJSON_IsArray(doc) ? doc : list;
+        size_t n = (size_t)cJSON_GetArraySize(arr), i = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, arr) {
+            if (cJSON_IsObject(it)) add_policy(c, it, NULL, path, run, i, n);
+            i++;
+        }
+    } else if (cJSON_IsObject(list)) {
+        size_t n = 0, i = 0;
+        for (const cJSON *it = list->child; it; it = it->next) n += is_policy_object(it);
+        for (const cJSON *it = list->child; it; it = it->next)
+            if (is_policy_object(it)) add_policy(c, it, it->string, path, run, i++, n);
+    }
+    /* other JSON in a run directory (eval_summary.json of `fdpo dpo`, ...) is not an error */
+    if (c->n_pols == before && explicit_file)
+        rp_warn(c, "%s: no policy metrics found (expected {\"policies\": [...]}, see docs/report.md)", path);
+    cJSON_Delete(doc);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- samples JSONL ---- */
+
+/* One line per sample, as `fdpo eval` writes them: {"policy", "prompt", "completion",
+ * "reward", ...}. Kept aside until every policy is loaded (rp_attach_samples). */
+int rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int explicit_file) {
+    if (!is_file(path)) return fdpo_error("%s: no such samples file", path);
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) return -1;
+    if (!c->pending) c->pending = cJSON_CreateArray();
+    size_t line = 0, kept = 0, bad = 0;
+    char *p = text, *end = text + len;
+    while (p < end) {
+        char *e = memchr(p, '\n', (size_t)(end - p));
+        size_t n = e ? (size_t)(e - p) : (size_t)(end - p);
+        line++;
+        cJSON *obj = n ? cJSON_ParseWithLength(p, n) : NULL;
+        const cJSON *text_item = obj ? rp_get(obj, K_COMPLETION) : NULL;
+        if (cJSON_IsObject(obj) && cJSON_IsString(text_item)) {
+            if (kept < 5000) {
+                cJSON *tmp = cJSON_CreateArray();
+                add_sample(tmp, cJSON_GetObjectItemCaseSensitive(obj, "prompt"), text_item, rp_get(obj, K_REWARD));
+                cJSON *smp = cJSON_DetachItemFromArray(tmp, 0);
+                cJSON_Delete(tmp);
+                const cJSON *pol = rp_get(obj, K_NAME);
+                if (cJSON_IsString(pol)) cJSON_AddStringToObject(smp, "policy", pol->valuestring);
+                cJSON_AddNumberToObject(smp, "run", run ? (double)(run - c->runs) : -1);
+                cJSON_AddStringToObject(smp, "file", path);
+                cJSON_AddItemToArray(c->pending, smp);
+            }
+            kept++;
+        } else if (n && strspn(p, " \t\r") < n) {
+            if (bad++ < 3) rp_warn(c, "%s:%zu: not a sample (a JSON object with \"completion\"), line skipped", path, line);
+        }
+        cJSON_Delete(obj);
+        if (!e) break;
+        p = e + 1;
+    }
+    if (bad > 3) rp_warn(c, "%s: %zu more lines skipped", path, bad - 3);
+    if (!kept && explicit_file) rp_warn(c, "%s: no samples found", path);
+    free(text);
+    return 0;
+}
+
+void rp_attach_samples(rp_ctx *c) {
+    if (!c->pending) return;
+    cJSON *smp;
+    while ((smp = cJSON_DetachItemFromArray(c->pending, 0))) {
+        const cJSON *pol = cJSON_GetObjectItemCaseSensitive(smp, "policy");
+        long run = (long)cJSON_GetObjectItemCaseSensitive(smp, "run")->valuedouble;
+        rp_policy *to = NULL;
+        size_t in_run = 0;
+        for (size_t i = 0; i < c->n_pols && !to; i++)
+            if (cJSON_IsString(pol) && !strcmp(c->pols[i].name, pol->valuestring)) to = &c->pols[i];
+        for (size_t i = 0; i < c->n_pols && !to && run >= 0; i++)
+            if (c->pols[i].run_index == run) in_run++;
+        for (size_t i = 0; i < c->n_pols && !to && in_run == 1; i++)
+            if (c->pols[i].run_index == run) to = &c->pols[i];
+        if (!to) {  /* samples of a policy with no metrics: show them anyway */
+            const char *name = cJSON_IsString(pol) ? pol->valuestring
+                             : run >= 0 ? c->runs[run].name : base_name(cJSON_GetObjectItem(smp, "file")->valuestring);
+            for (size_t i = 0; i < c->n_pols && !to; i++) if (!strcmp(c->pols[i].name, name)) to = &c->pols[i];
+            if (!to) {
+                c->pols = fdpo_realloc(c->pols, (c->n_pols + 1) * sizeof *c->pols);
+                to = &c->pols[c->n_pols++];
+                memset(to, 0, sizeof *to);
+                to->name = fdpo_strdup(name);
+                to->source = fdpo_strdup(cJSON_GetObjectItem(smp, "file")->valuestring);
+                to->run_index = run;
+                if (run >= 0) {
+                    const rp_run *r = &c->runs[run];
+                    to->run = fdpo_strdup(r->name);
+                    if (r->divergence) to->divergence = fdpo_strdup(r->divergence);
+                    to->beta = r->beta; to->has_beta = r->has_beta;
+                }
+                to->metrics = cJSON_CreateObject();
+                to->samples = cJSON_CreateArray();
+            }
+        }
+        cJSON_DeleteItemFromObject(smp, "policy");
+        cJSON_DeleteItemFromObject(smp, "run");
+        cJSON_DeleteItemFromObject(smp, "file");
+        if (cJSON_GetArraySize(to->samples) < 5000) cJSON_AddItemToArray(to->samples, smp);
+        else cJSON_Delete(smp);
+    }
+}
+
+/* ---------------------------------------------------------------- policies <-> runs ---- */
+
+static int same_dir(const char *a, const char *b) {
+    char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
+    int same = ra && rb && !strcmp(ra, rb);
+    free(ra); free(rb);
+    return same;
+}
+
+/* `fdpo eval` names each policy by the checkpoint path it was given, and one eval file often
+ * covers several runs. Link such a policy to the run directory it names (same directory, else
+ * a unique directory name) and take that run's settings; a policy naming a directory that is
+ * not among the runs gets the settings from the directory's files. */
+void rp_link_policies(rp_ctx *c) {
+    for (size_t i = 0; i < c->n_pols; i++) {
+        rp_policy *q = &c->pols[i];
+        if (q->run_index >= 0) continue;
+        long hit = -1;
+        for (size_t k = 0; k < c->n_runs && hit < 0; k++) if (same_dir(q->name, c->runs[k].dir)) hit = (long)k;
+        if (hit < 0) {
+            char *bn = fdpo_strdup(base_name(q->name));
+            for (size_t k = 0; k < c->n_runs && hit != -2; k++)
+                if (!strcmp(bn, c->runs[k].name)) hit = hit == -1 ? (long)k : -2;
+            free(bn);
+        }
+        int unset = !q->divergence && !q->has_beta;
+        if (hit >= 0) {
+            const rp_run *r = &c->runs[hit];
+            q->run_index = hit;
+            free(q->run);
+            q->run = fdpo_strdup(r->name);
+            if (unset) {
+                if (r->divergence) q->divergence = fdpo_strdup(r->divergence);
+                q->beta = r->beta; q->has_beta = r->has_beta;
+            }
+        } else if (unset && is_dir(q->name)) {
+            rp_run tmp;
+            memset(&tmp, 0, sizeof tmp);
+            tmp.dir = q->name;
+            tmp.rows = cJSON_CreateArray();
+            size_t n;
+            char **names = list_dir(q->name, &n);
+            discover_settings(c, &tmp, names, n);
+            free_list(names, n);
+            q->divergence = tmp.divergence;
+            q->beta = tmp.beta; q->has_beta = tmp.has_beta;
+            free(tmp.loss); free(tmp.config_file); free(tmp.kind);
+            cJSON_Delete(tmp.rows);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- lab CSV ---- */
+
+/* One CSV record starting at *p (RFC 4180 quoting, CR LF or LF). Returns fields, advances
+ * *p and *line past the record. */
+static char **csv_record(const char **p, const char *end, size_t *line, size_t *n_fields) {
+    char **f = NULL; size_t n = 0;
+    rp_buf cur = {0};
+    const char *s = *p;
+    int quoted = 0, done = 0;
+    while (!done) {
+        if (s >= end) done = 1;
+        else if (quoted) {
+            if (*s == '"' && s + 1 < end && s[1] == '"') { rp_put(&cur, "\"", 1); s += 2; continue; }
+            if (*s == '"') { quoted = 0; s++; continue; }
+            if (*s == '\n') (*line)++;
+            rp_put(&cur, s, 1); s++;
+            continue;
+        } else if (*s == '"') { quoted = 1; s++; continue; }
+        else if (*s == ',' || *s == '\n' || (*s == '\r' && (s + 1 >= end || s[1] == '\n'))) {
+            if (*s == '\r') s++;
+            if (*s == '\n') { done = 1; (*line)++; }
+        } else { rp_put(&cur, s, 1); s++; continue; }
+        f = fdpo_realloc(f, (n + 1) * sizeof *f);
+        f[n++] = cur.p ? cur.p : fdpo_strdup("");
+        cur.p = NULL; cur.n = cur.cap = 0;
+        if (s < end) s++;
+    }
+    *p = s;
+    *n_fields = n;
+    return f;
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    for (char *t = s + strlen(s); t > s && isspace((unsigned char)t[-1]); ) *--t = 0;
+    return s;
+}
+
+static size_t col_index(rp_lab *L, const char *name) {
+    for (size_t i = 0; i < L->n_cols; i++) if (!strcmp(L->cols[i], name)) return i;
+    L->cols = fdpo_realloc(L->cols, (L->n_cols + 1) * sizeof *L->cols);
+    L->cols[L->n_cols] = fdpo_strdup(name);
+    return L->n_cols++;
+}
+
+static int lab_from_json(rp_ctx *c, const char *path, const char *text, size_t len, int must_be_lab) {
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    if (!cJSON_IsArray(doc)) {
+        size_t line = 1, col = 1;
+        const char *at = cJSON_GetErrorPtr();
+        if (!doc && at && at >= text && at <= text + len) line_col(text, at, &line, &col);
+        rp_warn(c, "%s:%zu:%zu: %s, lab file skipped", path, line, col, doc ? "not a JSON array" : "malformed JSON");
+        cJSON_Delete(doc);
+        return 0;
+    }
+    rp_lab L = {0};
+    L.source = fdpo_strdup(path);
+    L.rows = cJSON_CreateArray();
+    const cJSON *o;
+    cJSON_ArrayForEach(o, doc)
+        for (const cJSON *it = cJSON_IsObject(o) ? o->child : NULL; it; it = it->next) col_index(&L, it->string);
+    size_t i = 0;
+    cJSON_ArrayForEach(o, doc) {
+        i++;
+        if (!cJSON_IsObject(o)) { rp_warn(c, "%s: element %zu is not an object, skipped", path, i); continue; }
+        cJSON *row = cJSON_CreateArray();
+        for (size_t k = 0; k < L.n_cols; k++) {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, L.cols[k]);
+            if (cJSON_IsNumber(v) && isfinite(v->valuedouble)) cJSON_AddItemToArray(row, cJSON_CreateNumber(v->valuedouble));
+            else if (cJSON_IsString(v)) cJSON_AddItemToArray(row, cJSON_CreateString(v->valuestring));
+            else if (cJSON_IsBool(v)) cJSON_AddItemToArray(row, cJSON_CreateNumber(cJSON_IsTrue(v)));
+            else cJSON_AddItemToArray(row, cJSON_CreateNull());
+        }
+        cJSON_AddItemToArray(L.rows, row);
+    }
+    cJSON_Delete(doc);
+    int has_div = 0;
+    for (size_t k = 0; k < L.n_cols; k++) has_div |= !strcmp(L.cols[k], "divergence");
+    if (L.n_cols == 0 || (must_be_lab && !has_div)) {
+        if (!must_be_lab) rp_warn(c, "%s: no columns, file skipped", path);
+        free(L.source);
+        for (size_t k = 0; k < L.n_cols; k++) free(L.cols[k]);
+        free(L.cols);
+        cJSON_Delete(L.rows);
+        return 0;
+    }
+    c->labs = fdpo_realloc(c->labs, (c->n_labs + 1) * sizeof *c->labs);
+    c->labs[c->n_labs++] = L;
+    return 1;
+}
+
+/* Returns 1 when a table was added, 0 when skipped (with must_be_lab and no divergence
+ * column, or unreadable), -1 when the file is missing. */
+int rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
+    if (!is_file(path)) return fdpo_error("%s: no such lab file", path);
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) return -1;
+    size_t lead = strspn(text, " \t\r\n");
+    if (text[lead] == '[') {     /* `fdpo lab --format json`: an array of flat objects */
+        int got = lab_from_json(c, path, text, len, must_be_lab);
+        free(text);
+        return got;
+    }
+    const char *p = text, *end = text + len;
+    size_t line = 1, nh;
+    char **hdr = csv_record(&p, end, &line, &nh);
+    int has_div = 0;
+    for (size_t i = 0; i < nh; i++) { char *t = trim(hdr[i]); memmove(hdr[i], t, strlen(t) + 1); has_div |= !strcmp(hdr[i], "divergence"); }
+    if ((must_be_lab && !has_div) || nh == 0 || (nh == 1 && !hdr[0][0])) {
+        if (!must_be_lab) rp_warn(c, "%s:1: no CSV header, file skipped", path);
+        for (size_t i = 0; i < nh; i++) free(hdr[i]);
+        free(hdr); free(text);
+        return 0;
+    }
+    c->labs = fdpo_realloc(c->labs, (c->n_labs + 1) * sizeof *c->labs);
+    rp_lab *L = &c->labs[c->n_labs++];
+    L->source = fdpo_strdup(path);
+    L->cols = hdr; L->n_cols = nh;
+    L->rows = cJSON_CreateArray();
+    while (p < end) {
+        size_t at = line, nf;
+        char **f = csv_record(&p, end, &line, &nf);
+        int blank = nf == 1 && !trim(f[0])[0];
+        if (!blank && nf != nh) {
+            rp_warn(c, "%s:%zu: %zu fields, header has %zu; row skipped", path, at, nf, nh);
+        } else if (!blank) {
+            cJSON *row = cJSON_CreateArray();
+            for (size_t i = 0; i < nf; i++) {
+                char *v = trim(f[i]), *e;
+                double x = strtod(v, &e);
+                if (!*v) cJSON_AddItemToArray(row, cJSON_CreateNull());
+                else if (e != v && !*e) cJSON_AddItemToArray(row, isfinite(x) ? cJSON_CreateNumber(x) : cJSON_CreateNull());
+                else cJSON_AddItemToArray(row, cJSON_CreateString(v));
+            }
+            cJSON_AddItemToArray(L->rows, row);
+        }
+        for (size_t i = 0; i < nf; i++) free(f[i]);
+        free(f);
+    }
+    free(text);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- cleanup ---- */
+
+void rp_ctx_free(rp_ctx *c) {
+    for (size_t i = 0; i < c->n_runs; i++) {
+        rp_run *r = &c->runs[i];
+        free(r->dir); free(r->name); free(r->label); free(r->divergence); free(r->loss); free(r->config_file); free(r->kind);
+        cJSON_Delete(r->rows);
+    }
+    for (size_t i = 0; i < c->n_pols; i++) {
+        rp_policy *q = &c->pols[i];
+        free(q->name); free(q->run); free(q->source); free(q->divergence);
+        cJSON_Delete(q->metrics); cJSON_Delete(q->samples);
+    }
+    for (size_t i = 0; i < c->n_labs; i++) {
+        rp_lab *L = &c->labs[i];
+        free(L->source);
+        for (size_t j = 0; j < L->n_cols; j++) free(L->cols[j]);
+        free(L->cols);
+        cJSON_Delete(L->rows);
+    }
+    for (size_t i = 0; i < c->n_warnings; i++) free(c->warnings[i]);
+    cJSON_Delete(c->pending);
+    free(c->runs); free(c->pols); free(c->labs); free(c->warnings);
+    memset(c, 0, sizeof *c);
+}

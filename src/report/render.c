@@ -1,0 +1,838 @@
+/* The page: server-side HTML tables and panel frames, plus one JSON list of chart specs that
+ * report.js hands to the inlined Chart.js. All data decisions (which panels, which points)
+ * are made here, so the number of charts is known before the page is opened. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "fdpo/core.h"
+#include "report/report_internal.h"
+
+/* ---------------------------------------------------------------- buffer ---- */
+
+void rp_put(rp_buf *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + n + 1) cap *= 2;
+        b->p = fdpo_realloc(b->p, cap);
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+void rp_puts(rp_buf *b, const char *s) { rp_put(b, s, strlen(s)); }
+void rp_printf(rp_buf *b, const char *fmt, ...) {
+    char tmp[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n < sizeof tmp) { rp_put(b, tmp, (size_t)n); return; }
+    char *big = fdpo_malloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    rp_put(b, big, (size_t)n);
+    free(big);
+}
+void rp_html_n(rp_buf *b, const char *s, size_t n) {
+    size_t start = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *rep = NULL;
+        switch (s[i]) {
+        case '&': rep = "&amp;"; break;
+        case '<': rep = "&lt;"; break;
+        case '>': rep = "&gt;"; break;
+        case '"': rep = "&quot;"; break;
+        case '\'': rep = "&#39;"; break;
+        default: break;
+        }
+        if (rep) { rp_put(b, s + start, i - start); rp_puts(b, rep); start = i + 1; }
+    }
+    rp_put(b, s + start, n - start);
+}
+void rp_html(rp_buf *b, const char *s) { rp_html_n(b, s, strlen(s)); }
+void rp_num(rp_buf *b, double v) {
+    if (!isfinite(v)) { rp_puts(b, "\xe2\x80\x93"); return; }
+    if (v == floor(v) && fabs(v) < 1e7) rp_printf(b, "%.0f", v);
+    else rp_printf(b, "%.4g", v);
+}
+
+/* Length of the valid UTF-8 sequence at s[0..n), 0 if invalid. */
+static size_t utf8_seq(const unsigned char *s, size_t n) {
+    size_t k = s[0] < 0x80 ? 1 : (s[0] & 0xE0) == 0xC0 ? 2 : (s[0] & 0xF0) == 0xE0 ? 3 : (s[0] & 0xF8) == 0xF0 ? 4 : 0;
+    if (!k || k > n) return 0;
+    return fdpo_utf8_valid((const char *)s, k) ? k : 0;
+}
+
+void rp_fix_utf8(rp_buf *b) {
+    if (!b->p || fdpo_utf8_valid(b->p, b->n)) return;
+    rp_buf out = {0};
+    const unsigned char *s = (const unsigned char *)b->p;
+    size_t i = 0, start = 0;
+    while (i < b->n) {
+        size_t k = utf8_seq(s + i, b->n - i);
+        if (k) { i += k; continue; }
+        rp_put(&out, b->p + start, i - start);
+        rp_puts(&out, "\xef\xbf\xbd");     /* U+FFFD, as a browser would show it */
+        start = ++i;
+    }
+    rp_put(&out, b->p + start, b->n - start);
+    free(b->p);
+    *b = out;
+}
+
+/* Text valid as UTF-8 and at most max bytes (cut on a character boundary, "…" added). */
+static void html_clip(rp_buf *b, const char *s, size_t max) {
+    size_t n = strlen(s);
+    if (!fdpo_utf8_valid(s, n)) { rp_puts(b, "(not valid UTF-8)"); return; }
+    if (n <= max) { rp_html_n(b, s, n); return; }
+    size_t k = max;
+    while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
+    rp_html_n(b, s, k);
+    rp_puts(b, "\xe2\x80\xa6");
+}
+
+/* ---------------------------------------------------------------- charts ---- */
+
+static const char *const PALETTE[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+                                      "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"};
+#define N_PALETTE (sizeof PALETTE / sizeof PALETTE[0])
+
+static const char *run_color(size_t i) { return PALETTE[i % N_PALETTE]; }
+
+/* Same divergence, same colour in every panel. */
+static const char *div_color(const char *div) {
+    if (!div) return "#555555";
+    if (!strcmp(div, "rkl")) return PALETTE[0];
+    if (!strcmp(div, "fkl")) return PALETTE[1];
+    if (!strcmp(div, "js")) return PALETTE[2];
+    if (!strcmp(div, "chi2")) return PALETTE[5];
+    if (!strcmp(div, "tv")) return PALETTE[6];
+    uint64_t h = fdpo_hash64(FDPO_HASH_INIT, div, strlen(div));
+    static const size_t others[] = {3, 4, 7, 8};
+    return PALETTE[others[h % 4]];
+}
+
+static const char *div_title(const char *div) {
+    if (!div) return "reference / unknown";
+    if (!strcmp(div, "rkl")) return "reverse KL (DPO)";
+    if (!strcmp(div, "fkl")) return "forward KL";
+    if (!strcmp(div, "js")) return "Jensen\xe2\x80\x93Shannon";
+    if (!strcmp(div, "chi2")) return "\xcf\x87\xc2\xb2";
+    if (!strcmp(div, "tv")) return "total variation";
+    return div;
+}
+
+typedef struct {
+    rp_ctx *c;
+    rp_buf *html;
+    cJSON *specs;
+    size_t n;
+} charts;
+
+static cJSON *series_new(cJSON *list, const char *label, const char *color, int line, int dash) {
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddStringToObject(s, "label", label);
+    cJSON_AddStringToObject(s, "color", color);
+    cJSON_AddBoolToObject(s, "line", line);
+    cJSON_AddBoolToObject(s, "dash", dash);
+    cJSON_AddItemToObject(s, "points", cJSON_CreateArray());
+    cJSON_AddItemToArray(list, s);
+    return s;
+}
+
+static void series_add(cJSON *s, double x, double y, const char *tip) {
+    cJSON *pt = cJSON_CreateArray();
+    cJSON_AddItemToArray(pt, cJSON_CreateNumber(x));
+    cJSON_AddItemToArray(pt, cJSON_CreateNumber(y));
+    cJSON_AddItemToArray(cJSON_GetObjectItem(s, "points"), pt);
+    if (tip) {
+        cJSON *tips = cJSON_GetObjectItem(s, "tips");
+        if (!tips) tips = cJSON_AddArrayToObject(s, "tips");
+        cJSON_AddItemToArray(tips, cJSON_CreateString(tip));
+    }
+}
+
+static size_t series_len(const cJSON *s) { return (size_t)cJSON_GetArraySize(cJSON_GetObjectItem(s, "points")); }
+
+/* Emit a panel for the series list if any series has a point; takes ownership of series. */
+static int chart_emit(charts *ch, cJSON *series, const char *title, const char *explain,
+                      const char *xlabel, const char *ylabel, int xlog) {
+    /* drop empty series */
+    for (int i = cJSON_GetArraySize(series) - 1; i >= 0; i--)
+        if (series_len(cJSON_GetArrayItem(series, i)) == 0) cJSON_DeleteItemFromArray(series, i);
+    if (cJSON_GetArraySize(series) == 0) { cJSON_Delete(series); return 0; }
+    char id[32];
+    snprintf(id, sizeof id, "chart-%zu", ++ch->n);
+    cJSON *spec = cJSON_CreateObject();
+    cJSON_AddStringToObject(spec, "id", id);
+    cJSON_AddStringToObject(spec, "title", title);
+    cJSON *x = cJSON_AddObjectToObject(spec, "x"), *y = cJSON_AddObjectToObject(spec, "y");
+    cJSON_AddStringToObject(x, "title", xlabel);
+    cJSON_AddBoolToObject(x, "log", xlog);
+    cJSON_AddStringToObject(y, "title", ylabel);
+    cJSON_AddBoolToObject(y, "log", 0);
+    cJSON_AddItemToObject(spec, "series", series);
+    cJSON_AddItemToArray(ch->specs, spec);
+    rp_buf *b = ch->html;
+    rp_puts(b, "<figure class=\"panel\"><h3>");
+    rp_html(b, title);
+    rp_puts(b, "</h3><p class=\"explain\">");
+    rp_html(b, explain);
+    rp_printf(b, "</p><div class=\"canvas-box\"><canvas id=\"%s\" role=\"img\" aria-label=\"", id);
+    rp_html(b, title);
+    rp_puts(b, "\"></canvas></div></figure>\n");
+    return 1;
+}
+
+/* ---------------------------------------------------------------- training ---- */
+
+static int row_num(const cJSON *row, const char *key, double *v) { return rp_get_num(row, key, v); }
+
+static int any_run_has(const rp_ctx *c, const char *key) {
+    for (size_t i = 0; i < c->n_runs; i++) {
+        const cJSON *row;
+        cJSON_ArrayForEach(row, c->runs[i].rows) { double v; if (row_num(row, key, &v)) return 1; }
+    }
+    return 0;
+}
+
+/* One series per run for key (and a dashed one for key2, e.g. the eval_ version). */
+static int run_has(const rp_run *r, const char *key) {
+    const cJSON *row;
+    cJSON_ArrayForEach(row, r->rows) { double v; if (row_num(row, key, &v)) return 1; }
+    return 0;
+}
+
+/* key2s: the dashed line's key, the first of the list that the run logs. */
+static void training_panel(charts *ch, const char *title, const char *explain, const char *ylabel,
+                           const char *key, const char *suffix, const char *const *key2s, const char *suffix2) {
+    rp_ctx *c = ch->c;
+    int any = any_run_has(c, key);
+    for (const char *const *k2 = key2s; *k2; k2++) any |= any_run_has(c, *k2);
+    if (!any) return;
+    size_t maxp = c->opts->max_points ? c->opts->max_points : 2000;
+    cJSON *series = cJSON_CreateArray();
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < c->n_runs; i++) {
+            const rp_run *r = &c->runs[i];
+            const char *k = pass == 0 ? key : NULL;
+            for (const char *const *k2 = key2s; pass == 1 && *k2 && !k; k2++) if (run_has(r, *k2)) k = *k2;
+            if (!k) continue;
+            char label[700];
+            const char *sfx = pass == 0 ? suffix : suffix2;
+            snprintf(label, sizeof label, "%s%s", r->label, sfx ? sfx : "");
+            cJSON *s = series_new(series, label, run_color(i), 1, pass == 1);
+            if (pass == 1) cJSON_AddBoolToObject(s, "nolegend", 1);   /* same colour as the solid line */
+            size_t n = 0;
+            const cJSON *row;
+            cJSON_ArrayForEach(row, r->rows) { double v; n += row_num(row, k, &v); }
+            size_t stride = n > maxp ? (n + maxp - 1) / maxp : 1, j = 0, idx = 0;
+            cJSON_ArrayForEach(row, r->rows) {
+                idx++;
+                double v, x;
+                if (!row_num(row, k, &v)) continue;
+                if (!row_num(row, "step", &x)) x = (double)idx;
+                if (j % stride == 0 || j + 1 == n) series_add(s, x, v, NULL);
+                j++;
+            }
+        }
+    }
+    chart_emit(ch, series, title, explain, "step", ylabel, 0);
+}
+
+static const cJSON *last_with(const rp_run *r, const char *key, double *v) {
+    for (int i = cJSON_GetArraySize(r->rows) - 1; i >= 0; i--) {
+        const cJSON *row = cJSON_GetArrayItem(r->rows, i);
+        if (row_num(row, key, v)) return row;
+    }
+    return NULL;
+}
+
+static void td_num(rp_buf *b, double v) { rp_puts(b, "<td class=\"num\">"); rp_num(b, v); rp_puts(b, "</td>"); }
+static void td_text(rp_buf *b, const char *s) { rp_puts(b, "<td>"); rp_html(b, s ? s : "\xe2\x80\x93"); rp_puts(b, "</td>"); }
+
+static void training_table(rp_ctx *c, rp_buf *b) {
+    static const char *const keys[] = {"loss", "val_loss", "eval_loss", "rewards/margins", "rewards/accuracies",
+                                       "eval_rewards/margins", "eval_rewards/accuracies", "grad_norm", "tokens_per_sec"};
+    int present[sizeof keys / sizeof keys[0]];
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) present[k] = any_run_has(c, keys[k]);
+    rp_puts(b, "<div class=\"table-wrap\"><table id=\"runs-table\"><thead><tr><th>run</th><th>kind</th><th>divergence</th>"
+               "<th>\xce\xb2</th><th>loss type</th><th>logged rows</th><th>last step</th>");
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        if (present[k]) { rp_puts(b, "<th>final "); rp_html(b, keys[k]); rp_puts(b, "</th>"); }
+    rp_puts(b, "<th>settings from</th></tr></thead><tbody>\n");
+    for (size_t i = 0; i < c->n_runs; i++) {
+        const rp_run *r = &c->runs[i];
+        rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", run_color(i));
+        rp_html(b, r->name);
+        rp_puts(b, "</td>");
+        td_text(b, r->kind);
+        td_text(b, r->divergence);
+        if (r->has_beta) td_num(b, r->beta); else td_text(b, NULL);
+        td_text(b, r->loss);
+        rp_printf(b, "<td class=\"num\">%d", cJSON_GetArraySize(r->rows));
+        if (r->n_bad) rp_printf(b, " <span class=\"bad\">(%zu skipped)</span>", r->n_bad);
+        rp_puts(b, "</td>");
+        double v;
+        if (last_with(r, "step", &v)) td_num(b, v); else td_text(b, NULL);
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+            if (!present[k]) continue;
+            if (last_with(r, keys[k], &v)) td_num(b, v); else td_text(b, NULL);
+        }
+        if (r->config_file) {   /* the file name; the full path on hover */
+            const char *slash = strrchr(r->config_file, '/');
+            rp_puts(b, "<td title=\"");
+            rp_html(b, r->config_file);
+            rp_puts(b, "\">");
+            rp_html(b, slash ? slash + 1 : r->config_file);
+            rp_puts(b, "</td>");
+        } else td_text(b, "directory name");
+        rp_puts(b, "</tr>\n");
+    }
+    rp_puts(b, "</tbody></table></div>\n");
+}
+
+/* ---------------------------------------------------------------- evaluation ---- */
+
+static int pol_num(const rp_policy *q, const char *key, double *v) { return rp_get_num(q->metrics, key, v); }
+
+static const char *pol_kl_key(const rp_policy *q) {
+    static const char *const ks[] = {"kl_seq_mean", "kl_seq", "kl", "kl_tok_mean", "kl_token", "kl_tok", NULL};
+    double v;
+    for (const char *const *k = ks; *k; k++) if (pol_num(q, *k, &v)) return *k;
+    return NULL;
+}
+
+/* Distinct divergences of the policies, in first-seen order ("" stands for none). */
+static size_t policy_divs(const rp_ctx *c, const char **out, size_t max) {
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_pols; i++) {
+        const char *d = c->pols[i].divergence ? c->pols[i].divergence : "";
+        size_t j = 0;
+        while (j < n && strcmp(out[j], d)) j++;
+        if (j == n && n < max) out[n++] = d;
+    }
+    return n;
+}
+
+typedef struct { double x, y; size_t i; } xyi;
+static int cmp_xyi(const void *a, const void *b) {
+    const xyi *p = a, *q = b;
+    return (p->x > q->x) - (p->x < q->x);
+}
+
+/* Reward against x_key (NULL: the KL key each policy has), one line per divergence. */
+static void frontier_panel(charts *ch, const char *title, const char *explain, const char *xlabel, const char *x_key) {
+    rp_ctx *c = ch->c;
+    const char *divs[64];
+    size_t nd = policy_divs(c, divs, 64);
+    cJSON *series = cJSON_CreateArray();
+    xyi *pts = fdpo_malloc((c->n_pols + 1) * sizeof *pts);
+    for (size_t d = 0; d < nd; d++) {
+        size_t n = 0;
+        for (size_t i = 0; i < c->n_pols; i++) {
+            const rp_policy *q = &c->pols[i];
+            if (strcmp(q->divergence ? q->divergence : "", divs[d])) continue;
+            const char *xk = x_key ? x_key : pol_kl_key(q);
+            double x, y;
+            if (!xk || !pol_num(q, xk, &x) || !pol_num(q, "reward_mean", &y)) continue;
+            pts[n++] = (xyi){x, y, i};
+        }
+        qsort(pts, n, sizeof *pts, cmp_xyi);
+        const char *dv = divs[d][0] ? divs[d] : NULL;
+        cJSON *s = series_new(series, div_title(dv), div_color(dv), dv != NULL && n > 1, 0);
+        for (size_t k = 0; k < n; k++) {
+            const rp_policy *q = &c->pols[pts[k].i];
+            char tip[512], bs[64] = "", se[64] = "";
+            double v;
+            if (q->has_beta) snprintf(bs, sizeof bs, ", \xce\xb2=%g", q->beta);
+            if (pol_num(q, "reward_se", &v) || pol_num(q, "reward_stderr", &v)) snprintf(se, sizeof se, " \xc2\xb1 %.3g", v);
+            snprintf(tip, sizeof tip, "%.200s%s: reward %.4g%s at %.4g", q->name, bs, pts[k].y, se, pts[k].x);
+            series_add(s, pts[k].x, pts[k].y, tip);
+        }
+    }
+    free(pts);
+    chart_emit(ch, series, title, explain, xlabel, "mean reward", 0);
+}
+
+static int starts_with(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+/* Policy table with the given columns (only those some policy has). Headers drop `strip`
+ * (a common suffix); reward_mean shows "± standard error" when the policy has one. */
+static void policy_table(rp_ctx *c, rp_buf *b, const char *id, const char *const *cols, size_t n_cols,
+                         const char *strip) {
+    int *present = fdpo_calloc(n_cols ? n_cols : 1, sizeof *present);
+    int any = 0;
+    for (size_t k = 0; k < n_cols; k++)
+        for (size_t i = 0; i < c->n_pols; i++) { double v; if (pol_num(&c->pols[i], cols[k], &v)) { present[k] = 1; any = 1; break; } }
+    if (!any) { free(present); return; }
+    rp_printf(b, "<div class=\"table-wrap\"><table id=\"%s\"><thead><tr><th>policy</th><th>run</th><th>divergence</th><th>\xce\xb2</th>", id);
+    for (size_t k = 0; k < n_cols; k++) {
+        if (!present[k]) continue;
+        size_t n = strlen(cols[k]);
+        if (strip && ends_with(cols[k], strip)) n -= strlen(strip);
+        rp_puts(b, "<th>"); rp_html_n(b, cols[k], n); rp_puts(b, "</th>");
+    }
+    rp_puts(b, "</tr></thead><tbody>\n");
+    for (size_t i = 0; i < c->n_pols; i++) {
+        const rp_policy *q = &c->pols[i];
+        rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", div_color(q->divergence));
+        rp_html(b, q->name);
+        rp_puts(b, "</td>");
+        td_text(b, q->run);
+        td_text(b, q->divergence);
+        if (q->has_beta) td_num(b, q->beta); else td_text(b, NULL);
+        for (size_t k = 0; k < n_cols; k++) {
+            if (!present[k]) continue;
+            double v, se;
+            if (!pol_num(q, cols[k], &v)) { td_text(b, NULL); continue; }
+            if (!strcmp(cols[k], "reward_mean") && (pol_num(q, "reward_se", &se) || pol_num(q, "reward_stderr", &se))) {
+                rp_puts(b, "<td class=\"num\">"); rp_num(b, v); rp_puts(b, " \xc2\xb1 "); rp_num(b, se); rp_puts(b, "</td>");
+            } else td_num(b, v);
+        }
+        rp_puts(b, "</tr>\n");
+    }
+    rp_puts(b, "</tbody></table></div>\n");
+    free(present);
+}
+
+/* Which table a metric goes to. Spread statistics (_std, _se) only appear under "all metrics". */
+enum { K_SUMMARY, K_DIV_FLAT, K_DIV_PER, K_DIV_ACROSS, K_LENGTH, K_OTHER };
+
+static int is_spread(const char *k) { return ends_with(k, "_std") || ends_with(k, "_se") || ends_with(k, "_stderr"); }
+
+static int key_class(const char *k) {
+    static const char *const summary[] = {"reward_mean", "kl_seq_mean", "kl_seq", "kl_tok_mean", "kl_token", "kl",
+                                          "entropy", "pref_accuracy", "pref_ece", "n_samples", NULL};
+    for (const char *const *p = summary; *p; p++) if (!strcmp(k, *p)) return K_SUMMARY;
+    if (is_spread(k)) return K_OTHER;
+    if (starts_with(k, "fdiv_seq_") || (starts_with(k, "fdiv") && !starts_with(k, "fdiv_tok"))) return K_SUMMARY;
+    if (starts_with(k, "distinct") || starts_with(k, "ead") || starts_with(k, "self_bleu")) {
+        if (ends_with(k, "_per_input")) return K_DIV_PER;
+        if (ends_with(k, "_across_input")) return K_DIV_ACROSS;
+        return K_DIV_FLAT;
+    }
+    if (starts_with(k, "len_") || starts_with(k, "length") || starts_with(k, "reward_length") ||
+        starts_with(k, "reward_words") || !strcmp(k, "frac_eot") || !strcmp(k, "pref_chosen_longer"))
+        return K_LENGTH;
+    return K_OTHER;
+}
+
+/* Keys of one class across policies (summary keys in a fixed order first, then first-seen). */
+static size_t collect_keys(const rp_ctx *c, int cls, const char **out, size_t max) {
+    size_t n = 0;
+    static const char *const order[] = {"reward_mean", "kl_seq_mean", "kl_seq", "kl", "kl_tok_mean", "kl_token",
+                                        "entropy", NULL};
+    if (cls == K_SUMMARY) for (const char *const *p = order; *p && n < max; p++) out[n++] = *p;
+    for (size_t i = 0; i < c->n_pols; i++) {
+        for (const cJSON *it = c->pols[i].metrics->child; it; it = it->next) {
+            if (cls != K_OTHER || !is_spread(it->string)) { if (key_class(it->string) != cls) continue; }
+            int seen = 0;
+            for (size_t j = 0; j < n && !seen; j++) if (!strcmp(out[j], it->string)) seen = 1;
+            if (!seen && n < max) out[n++] = it->string;
+        }
+    }
+    return n;
+}
+
+static void samples_grid(rp_ctx *c, rp_buf *b) {
+    size_t max_prompts = c->opts->max_prompts ? c->opts->max_prompts : 6;
+    size_t np = 0;
+    for (size_t i = 0; i < c->n_pols; i++) np += cJSON_GetArraySize(c->pols[i].samples) > 0;
+    if (!np) return;
+    /* prompts in first-seen order */
+    const char *prompts[64];
+    size_t n_prompts = 0;
+    for (size_t i = 0; i < c->n_pols && n_prompts < max_prompts && n_prompts < 64; i++) {
+        const cJSON *s;
+        cJSON_ArrayForEach(s, c->pols[i].samples) {
+            const char *p = cJSON_GetObjectItem(s, "prompt")->valuestring;
+            size_t j = 0;
+            while (j < n_prompts && strcmp(prompts[j], p)) j++;
+            if (j == n_prompts && n_prompts < max_prompts && n_prompts < 64) prompts[n_prompts++] = p;
+        }
+    }
+    rp_puts(b, "<h2 id=\"samples\">Sample completions</h2>\n<p class=\"explain\">The first completion each policy "
+               "produced for the same prompt, side by side (reward in brackets when the eval file has it). Read them "
+               "for what the numbers hide: repetition, length, collapse onto one answer.</p>\n");
+    rp_printf(b, "<div class=\"table-wrap\"><table class=\"samples\" id=\"samples-table\"><thead><tr><th>prompt</th>");
+    for (size_t i = 0; i < c->n_pols; i++) {
+        if (!cJSON_GetArraySize(c->pols[i].samples)) continue;
+        rp_puts(b, "<th>"); rp_html(b, c->pols[i].name);
+        if (c->pols[i].divergence) { rp_puts(b, "<br><small>"); rp_html(b, c->pols[i].divergence);
+            if (c->pols[i].has_beta) rp_printf(b, ", \xce\xb2=%g", c->pols[i].beta);
+            rp_puts(b, "</small>"); }
+        rp_puts(b, "</th>");
+    }
+    rp_puts(b, "</tr></thead><tbody>\n");
+    for (size_t j = 0; j < n_prompts; j++) {
+        rp_puts(b, "<tr><td class=\"prompt\">");
+        html_clip(b, prompts[j][0] ? prompts[j] : "(no prompt given)", 400);
+        rp_puts(b, "</td>");
+        for (size_t i = 0; i < c->n_pols; i++) {
+            if (!cJSON_GetArraySize(c->pols[i].samples)) continue;
+            const cJSON *s, *hit = NULL;
+            cJSON_ArrayForEach(s, c->pols[i].samples)
+                if (!strcmp(cJSON_GetObjectItem(s, "prompt")->valuestring, prompts[j])) { hit = s; break; }
+            rp_puts(b, "<td class=\"completion\">");
+            if (hit) {
+                html_clip(b, cJSON_GetObjectItem(hit, "completion")->valuestring, 700);
+                double r;
+                if (rp_get_num(hit, "reward", &r)) { rp_puts(b, " <span class=\"reward\">["); rp_num(b, r); rp_puts(b, "]</span>"); }
+            } else rp_puts(b, "<span class=\"none\">\xe2\x80\x93</span>");
+            rp_puts(b, "</td>");
+        }
+        rp_puts(b, "</tr>\n");
+    }
+    rp_puts(b, "</tbody></table></div>\n");
+}
+
+/* ---------------------------------------------------------------- lab ---- */
+
+static int lab_col(const rp_lab *L, const char *name) {
+    for (size_t i = 0; i < L->n_cols; i++) if (!strcmp(L->cols[i], name)) return (int)i;
+    return -1;
+}
+
+static int cell_num(const cJSON *row, int col, double *v) {
+    if (col < 0) return 0;
+    const cJSON *x = cJSON_GetArrayItem(row, col);
+    if (!cJSON_IsNumber(x)) return 0;
+    *v = x->valuedouble;
+    return 1;
+}
+
+static const char *cell_str(const cJSON *row, int col) {
+    const cJSON *x = col >= 0 ? cJSON_GetArrayItem(row, col) : NULL;
+    return cJSON_IsString(x) ? x->valuestring : NULL;
+}
+
+/* Columns that split a divergence's points into several lines when they take several values. */
+static const char *const LAB_GROUPS[] = {"noise", "data_policy", "bias", "prompt", NULL};
+
+static void cell_text(const cJSON *row, int col, char *buf, size_t n) {
+    const cJSON *x = col >= 0 ? cJSON_GetArrayItem(row, col) : NULL;
+    if (cJSON_IsNumber(x)) snprintf(buf, n, "%g", x->valuedouble);
+    else if (cJSON_IsString(x)) snprintf(buf, n, "%s", x->valuestring);
+    else snprintf(buf, n, "-");
+}
+
+static int distinct_values(const rp_lab *L, int col) {
+    char first[128], cur[128];
+    int have = 0;
+    const cJSON *row;
+    cJSON_ArrayForEach(row, L->rows) {
+        cell_text(row, col, cur, sizeof cur);
+        if (!have) { memcpy(first, cur, sizeof first); have = 1; }
+        else if (strcmp(first, cur)) return 2;
+    }
+    return have;
+}
+
+/* y_col against x_col, one line per divergence (and per value of a grouping column that
+ * varies in the table, e.g. noise; β too when it is not what the line runs over), sorted by x. */
+static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char *y_name,
+                     const char *title, const char *explain, const char *xlabel, const char *ylabel) {
+    int dc = lab_col(L, "divergence"), xc = lab_col(L, x_name), yc = lab_col(L, y_name), bc = lab_col(L, "beta");
+    if (dc < 0 || xc < 0 || yc < 0) return 0;
+    int gcols[8], ng = 0;
+    for (const char *const *g = LAB_GROUPS; *g && ng < 8; g++) {
+        int col = lab_col(L, *g);
+        if (col >= 0 && col != xc && distinct_values(L, col) > 1) gcols[ng++] = col;
+    }
+    /* the frontier runs over beta (x = kl); other x axes split by it */
+    if (bc >= 0 && bc != xc && strcmp(x_name, "kl") && distinct_values(L, bc) > 1) gcols[ng++] = bc;
+    size_t nrows = (size_t)cJSON_GetArraySize(L->rows);
+    char **keys = fdpo_malloc((nrows + 1) * sizeof *keys);   /* "div\x1f" + "name=value, ..." */
+    size_t nk = 0;
+    const cJSON *row;
+    cJSON_ArrayForEach(row, L->rows) {
+        const char *d = cell_str(row, dc);
+        if (!d) continue;
+        rp_buf k = {0};
+        rp_puts(&k, d);
+        rp_puts(&k, "\x1f");
+        for (int g = 0; g < ng; g++) {
+            char v[128];
+            cell_text(row, gcols[g], v, sizeof v);
+            rp_printf(&k, "%s%s=%s", g ? ", " : "", L->cols[gcols[g]], v);
+        }
+        size_t j = 0;
+        while (j < nk && strcmp(keys[j], k.p)) j++;
+        if (j == nk) keys[nk++] = k.p; else free(k.p);
+    }
+    int xlog = !strcmp(x_name, "beta") || !strcmp(x_name, "n_comparisons");
+    cJSON_ArrayForEach(row, L->rows) { double x; if (cell_num(row, xc, &x) && x <= 0) xlog = 0; }
+    cJSON *series = cJSON_CreateArray();
+    xyi *pts = fdpo_malloc((nrows + 1) * sizeof *pts);
+    for (size_t d = 0; d < nk; d++) {
+        char *sep = strchr(keys[d], '\x1f');
+        size_t n = 0, i = 0;
+        cJSON_ArrayForEach(row, L->rows) {
+            const char *dv = cell_str(row, dc);
+            double x, y;
+            if (dv && strlen(dv) == (size_t)(sep - keys[d]) && !strncmp(dv, keys[d], (size_t)(sep - keys[d])) &&
+                cell_num(row, xc, &x) && cell_num(row, yc, &y)) {
+                rp_buf k = {0};
+                for (int g = 0; g < ng; g++) {
+                    char v[128];
+                    cell_text(row, gcols[g], v, sizeof v);
+                    rp_printf(&k, "%s%s=%s", g ? ", " : "", L->cols[gcols[g]], v);
+                }
+                if (!strcmp(k.p ? k.p : "", sep + 1)) pts[n++] = (xyi){x, y, i};
+                free(k.p);
+            }
+            i++;
+        }
+        qsort(pts, n, sizeof *pts, cmp_xyi);
+        *sep = 0;
+        /* the n-th group of the same divergence gets the n-th dash pattern */
+        int dash = 0;
+        size_t dlen = strlen(keys[d]);
+        for (size_t e = 0; e < d; e++) if (!strncmp(keys[e], keys[d], dlen) && keys[e][dlen] == '\x1f') dash++;
+        char label[300];
+        if (sep[1]) snprintf(label, sizeof label, "%s, %s", div_title(keys[d]), sep + 1);
+        else snprintf(label, sizeof label, "%s", div_title(keys[d]));
+        cJSON *s = series_new(series, label, div_color(keys[d]), n > 1, 0);
+        cJSON_ReplaceItemInObject(s, "dash", cJSON_CreateNumber(dash));
+        for (size_t k = 0; k < n; k++) {
+            char tip[400];
+            double beta;
+            if (bc != xc && cell_num(cJSON_GetArrayItem(L->rows, (int)pts[k].i), bc, &beta))
+                snprintf(tip, sizeof tip, "%s, \xce\xb2=%g: %s %.4g, %s %.4g", label, beta, x_name, pts[k].x, y_name, pts[k].y);
+            else snprintf(tip, sizeof tip, "%s: %s %.4g, %s %.4g", label, x_name, pts[k].x, y_name, pts[k].y);
+            series_add(s, pts[k].x, pts[k].y, tip);
+        }
+        *sep = '\x1f';
+    }
+    for (size_t d = 0; d < nk; d++) free(keys[d]);
+    free(keys);
+    free(pts);
+    return chart_emit(ch, series, title, explain, xlabel, ylabel, xlog);
+}
+
+static void lab_table(rp_buf *b, const rp_lab *L, size_t max_rows) {
+    rp_puts(b, "<div class=\"table-wrap\"><table class=\"lab\"><thead><tr>");
+    for (size_t i = 0; i < L->n_cols; i++) { rp_puts(b, "<th>"); rp_html(b, L->cols[i]); rp_puts(b, "</th>"); }
+    rp_puts(b, "</tr></thead><tbody>\n");
+    size_t n = 0;
+    const cJSON *row;
+    cJSON_ArrayForEach(row, L->rows) {
+        if (n++ >= max_rows) break;
+        rp_puts(b, "<tr>");
+        const cJSON *x;
+        cJSON_ArrayForEach(x, row) {
+            if (cJSON_IsNumber(x)) td_num(b, x->valuedouble);
+            else td_text(b, cJSON_IsString(x) ? x->valuestring : NULL);
+        }
+        rp_puts(b, "</tr>\n");
+    }
+    rp_puts(b, "</tbody></table></div>\n");
+    if ((size_t)cJSON_GetArraySize(L->rows) > max_rows)
+        rp_printf(b, "<p class=\"explain\">First %zu of %d rows.</p>\n", max_rows, cJSON_GetArraySize(L->rows));
+}
+
+static void lab_section(charts *ch, rp_buf *b) {
+    rp_ctx *c = ch->c;
+    if (!c->n_labs) return;
+    rp_puts(b, "<h2 id=\"lab\">Lab: exact solutions on finite problems</h2>\n<p class=\"explain\">Computed exactly "
+               "by <code>fdpo lab</code> (closed form \xcf\x80* = \xcf\x80_ref\xc2\xb7(f\xe2\x80\xb2)\xe2\x81\xbb\xc2\xb9((r\xe2\x88\x92\xce\xbb)/\xce\xb2), no sampling), so these panels show what each "
+               "divergence does without training noise. One line per divergence.</p>\n");
+    for (size_t t = 0; t < c->n_labs; t++) {
+        const rp_lab *L = &c->labs[t];
+        rp_puts(b, "<h3 class=\"source\">");
+        rp_html(b, L->source);
+        rp_puts(b, "</h3>\n<div class=\"grid\">\n");
+        /* need: a column the experiment's table has (gap: noise), so that the reward_gap of
+         * coverage and bias tables is not drawn against beta as well */
+        static const struct { const char *x, *y, *need, *title, *explain, *xlabel, *ylabel; } P[] = {
+            {"kl", "expected_reward", NULL, "Lab: exact reward\xe2\x80\x93KL frontier",
+             "Expected reward of the exact optimum against its KL(\xcf\x80\xe2\x80\x96\xcf\x80_ref), one point per "
+             "\xce\xb2. A curve above another buys more reward for the same KL budget.",
+             "KL(\xcf\x80* \xe2\x80\x96 \xcf\x80_ref) (nats)", "expected reward"},
+            {"beta", "entropy", NULL, "Lab: entropy of the optimum vs \xce\xb2",
+             "Entropy of \xcf\x80* as \xce\xb2 varies: small \xce\xb2 loosens the constraint and lets the optimum "
+             "concentrate on the best responses (low entropy); large \xce\xb2 keeps the reference's spread.", "\xce\xb2", "entropy (nats)"},
+            {"beta", "support", NULL, "Lab: support size vs \xce\xb2",
+             "Number of responses that keep positive probability. Divergences whose f\xe2\x80\xb2 admits 0 "
+             "(\xcf\x87\xc2\xb2, TV) drop responses entirely; the f-DPO ones never do.", "\xce\xb2",
+             "responses with \xcf\x80*(y) > 0"},
+            {"beta", "f_divergence", NULL, "Lab: D_f(\xcf\x80*\xe2\x80\x96\xcf\x80_ref) vs \xce\xb2",
+             "The divergence each method itself pays at its optimum, in its own units.", "\xce\xb2", "D_f (own f)"},
+            {"beta", "reward_gap", "noise", "Lab: true-reward gap from reward error vs \xce\xb2",
+             "J(\xcf\x80*) \xe2\x88\x92 J(\xcf\x80\xcc\x82): true reward lost by optimising a noisy reward "
+             "r\xcc\x82 instead of r. It can be negative (J is the unregularised reward).", "\xce\xb2", "reward gap"},
+            {"beta", "objective_gap", "noise", "Lab: regularised-objective gap vs \xce\xb2",
+             "The same comparison on the regularised objective (1), which is never negative; where the file has "
+             "the column's bound, compare against it in the table.", "\xce\xb2", "objective gap"},
+            {"n_comparisons", "reward_gap", NULL, "Lab: reward gap vs number of comparisons",
+             "r\xcc\x82 fitted by Bradley\xe2\x80\x93Terry from N comparisons drawn from a data policy: the "
+             "gap shrinks only where the data covers what \xcf\x80* would generate.", "comparisons N",
+             "reward gap"},
+            {"beta", "length_increase", NULL, "Lab: length increase under a length-biased reward vs \xce\xb2",
+             "How much longer \xcf\x80\xcc\x82's answers are than \xcf\x80*'s when r\xcc\x82 = r + b\xc2\xb7length.",
+             "\xce\xb2", "length increase"},
+        };
+        int drawn = 0;
+        for (size_t k = 0; k < sizeof P / sizeof P[0]; k++) {
+            if (P[k].need && lab_col(L, P[k].need) < 0) continue;
+            drawn += lab_panel(ch, L, P[k].x, P[k].y, P[k].title, P[k].explain, P[k].xlabel, P[k].ylabel);
+        }
+        rp_puts(b, "</div>\n");
+        if (drawn) {
+            rp_puts(b, "<details><summary>table</summary>\n");
+            lab_table(b, L, 500);
+            rp_puts(b, "</details>\n");
+        } else {
+            lab_table(b, L, 200);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- page ---- */
+
+static void json_into_script(rp_buf *b, const cJSON *v) {
+    char *s = cJSON_PrintUnformatted(v);
+    /* '<' occurs only inside JSON strings, where \u003c means the same: no "</script>" */
+    for (char *p = s, *q; *p; p = q + 1) {
+        q = strchr(p, '<');
+        if (!q) { rp_puts(b, p); break; }
+        rp_put(b, p, (size_t)(q - p));
+        rp_puts(b, "\\u003c");
+    }
+    free(s);
+}
+
+size_t rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b) {
+    const char *title = c->opts->title ? c->opts->title : "fdpo report";
+    rp_buf body = {0};
+    charts ch = {c, &body, cJSON_CreateArray(), 0};
+
+    /* training */
+    if (c->n_runs) {
+        int any_rows = 0;
+        for (size_t i = 0; i < c->n_runs; i++) any_rows |= cJSON_GetArraySize(c->runs[i].rows) > 0;
+        if (any_rows) {
+            rp_puts(&body, "<h2 id=\"training\">Training</h2>\n<p class=\"explain\">One line per run, from each "
+                           "run's <code>metrics.jsonl</code>; dashed lines are the held-out (eval_ / val_) values. "
+                           "The run's divergence and \xce\xb2 come from its config file, else only the directory name is shown.</p>\n");
+            training_table(c, &body);
+            rp_puts(&body, "<div class=\"grid\">\n");
+            training_panel(&ch, "Training loss", "The objective being minimised (preference loss for DPO runs, "
+                           "next-token loss for pretrain/SFT). Losses of different divergences are on different "
+                           "scales: compare shapes, not levels.", "loss", "loss", NULL,
+                           (const char *const[]){"eval_loss", "val_loss", NULL}, " (held out)");
+            training_panel(&ch, "Reward margin", "rewards/margins = \xce\xb2\xc2\xb7(log-ratio of chosen \xe2\x88\x92 "
+                           "log-ratio of rejected): how far the implicit reward separates the pair. A margin that keeps "
+                           "growing while held-out accuracy stalls is the policy drifting from the reference.", "reward margin",
+                           "rewards/margins", NULL, (const char *const[]){"eval_rewards/margins", NULL}, " (held out)");
+            training_panel(&ch, "Preference accuracy", "rewards/accuracies: the fraction of pairs whose chosen "
+                           "response gets the higher implicit reward.", "accuracy", "rewards/accuracies", NULL,
+                           (const char *const[]){"eval_rewards/accuracies", NULL}, " (held out)");
+            training_panel(&ch, "Implicit rewards: chosen (solid) and rejected (dashed)", "rewards/chosen and "
+                           "rewards/rejected (\xce\xb2 \xc3\x97 log-ratio). When both fall, the margin grows by pushing "
+                           "the rejected answer down faster than the chosen one, not by raising the chosen one.",
+                           "implicit reward", "rewards/chosen", " chosen", (const char *const[]){"rewards/rejected", NULL}, " rejected");
+            rp_puts(&body, "</div>\n");
+        }
+    }
+
+    /* evaluation */
+    if (c->n_pols) {
+        rp_puts(&body, "<h2 id=\"evaluation\">Evaluation: what each divergence cost</h2>\n<p class=\"explain\">From "
+                       "<code>fdpo eval</code> output. Each policy is one point; points of one divergence are joined in "
+                       "order of the x value, so a line traces that divergence's frontier over \xce\xb2. Up and left is "
+                       "better: more reward for less departure from the reference.</p>\n");
+        const char *keys[256];
+        size_t nk = collect_keys(c, K_SUMMARY, keys, 256);
+        policy_table(c, &body, "eval-table", keys, nk, NULL);
+        rp_puts(&body, "<div class=\"grid\">\n");
+        frontier_panel(&ch, "Reward\xe2\x80\x93KL frontier", "Mean reward of sampled completions against the "
+                       "sequence-level KL(\xcf\x80\xe2\x80\x96\xcf\x80_ref) (Monte-Carlo; per-token KL when that is all "
+                       "the eval file has). Hover a point for its \xce\xb2 and standard error.",
+                       "KL(\xcf\x80 \xe2\x80\x96 \xcf\x80_ref) (nats)", NULL);
+        frontier_panel(&ch, "Reward\xe2\x80\x93" "entropy frontier", "Mean reward against predictive entropy (mean "
+                       "full-vocabulary entropy at sampled positions). Low entropy at equal reward means the policy "
+                       "collapsed onto fewer answers.", "entropy (nats)", "entropy");
+        rp_puts(&body, "</div>\n");
+        static const struct { int cls; const char *id, *title, *strip; } DIV_TABLES[] = {
+            {K_DIV_FLAT, "diversity-table", "Diversity", NULL},
+            {K_DIV_PER, "diversity-per-input-table", "Diversity within a prompt (per input: the k samples of each prompt, averaged)", "_per_input"},
+            {K_DIV_ACROSS, "diversity-across-input-table", "Diversity across prompts (across input: the first sample of every prompt)", "_across_input"},
+            {K_LENGTH, "length-table", "Length and verbosity", NULL},
+        };
+        int said = 0;
+        for (size_t t = 0; t < sizeof DIV_TABLES / sizeof DIV_TABLES[0]; t++) {
+            nk = collect_keys(c, DIV_TABLES[t].cls, keys, 256);
+            if (!nk) continue;
+            if (!said++)
+                rp_puts(&body, "<h3 id=\"diversity\">Diversity and length</h3>\n<p class=\"explain\">distinct-n: distinct "
+                               "n-grams / all n-grams; EAD: distinct n-grams corrected for sample size (higher = more "
+                               "diverse); self-BLEU: overlap of each sample with the others (higher = <em>less</em> "
+                               "diverse); length in tokens and words, and the correlation of reward with length "
+                               "(verbosity bias).</p>\n");
+            rp_puts(&body, "<h4>"); rp_html(&body, DIV_TABLES[t].title); rp_puts(&body, "</h4>\n");
+            policy_table(c, &body, DIV_TABLES[t].id, keys, nk, DIV_TABLES[t].strip);
+        }
+        nk = collect_keys(c, K_OTHER, keys, 256);
+        if (nk) {
+            rp_puts(&body, "<details><summary>all other metrics (spreads, log-probs, per-token estimates)</summary>\n");
+            policy_table(c, &body, "other-table", keys, nk, NULL);
+            rp_puts(&body, "</details>\n");
+        }
+        samples_grid(c, &body);
+    }
+
+    lab_section(&ch, &body);
+
+    if (c->n_warnings) {
+        rp_puts(&body, "<h2 id=\"warnings\">Warnings</h2>\n<p class=\"explain\">Inputs that were skipped while "
+                       "building this report.</p>\n<ul class=\"warnings\">\n");
+        for (size_t i = 0; i < c->n_warnings; i++) { rp_puts(&body, "<li>"); rp_html(&body, c->warnings[i]); rp_puts(&body, "</li>\n"); }
+        rp_puts(&body, "</ul>\n");
+    }
+
+    /* assemble */
+    char when[64] = "";
+    time_t now = time(NULL);
+    struct tm tmv;
+    if (gmtime_r(&now, &tmv)) strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", &tmv);
+    size_t css_len, js_len;
+    const char *css = rp_asset_css(&css_len), *js = rp_asset_js(&js_len);
+    rp_puts(b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+               "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>");
+    rp_html(b, title);
+    rp_puts(b, "</title>\n<style>\n");
+    rp_put(b, css, css_len);
+    rp_printf(b, "</style>\n</head>\n<body data-charts-expected=\"%zu\">\n<header><h1>", ch.n);
+    rp_html(b, title);
+    rp_printf(b, "</h1><p class=\"meta\">%zu run%s, %zu evaluated polic%s, %zu lab table%s \xc2\xb7 generated %s by "
+                 "<code>fdpo report</code> \xc2\xb7 charts: Chart.js (MIT), inlined</p>\n",
+              c->n_runs, c->n_runs == 1 ? "" : "s", c->n_pols, c->n_pols == 1 ? "y" : "ies",
+              c->n_labs, c->n_labs == 1 ? "" : "s", when);
+    rp_puts(b, "<p id=\"js-status\" class=\"bad\" hidden></p>\n<nav>");
+    if (c->n_runs) rp_puts(b, "<a href=\"#training\">training</a> ");
+    if (c->n_pols) rp_puts(b, "<a href=\"#evaluation\">evaluation</a> ");
+    if (c->n_labs) rp_puts(b, "<a href=\"#lab\">lab</a> ");
+    if (c->n_warnings) rp_printf(b, "<a href=\"#warnings\">%zu warning%s</a>", c->n_warnings, c->n_warnings == 1 ? "" : "s");
+    rp_puts(b, "</nav></header>\n<main>\n");
+    rp_put(b, body.p ? body.p : "", body.n);
+    rp_puts(b, "</main>\n<script type=\"application/json\" id=\"fdpo-charts\">");
+    json_into_script(b, ch.specs);
+    rp_puts(b, "</script>\n<script>\n");
+    rp_put(b, chartjs, chartjs_len);
+    rp_puts(b, "\n</script>\n<script>\n");
+    rp_put(b, js, js_len);
+    rp_puts(b, "</script>\n</body>\n</html>\n");
+    free(body.p);
+    cJSON_Delete(ch.specs);
+    return ch.n;
+}

@@ -1,0 +1,83 @@
+/* fdpo_report_write: read every input (load.c), render the page (render.c), write it
+ * atomically. */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "fdpo/core.h"
+#include "fdpo/report.h"
+#include "report/report_internal.h"
+
+/* The Chart.js text to inline, without its trailing source-map comment (the page must not
+ * ask for any other file). Returns a malloc'd copy. */
+static char *chartjs_text(const fdpo_report_opts *o, size_t *len) {
+    char *text;
+    if (o->chartjs_path) {
+        text = fdpo_read_file(o->chartjs_path, len);
+        if (!text) { fdpo_error_context("--chartjs"); return NULL; }
+    } else {
+        const char *emb = fdpo_report_embedded_chartjs(len);
+        if (!emb || !*len) {
+            fdpo_error("Chart.js was not embedded at build time (node_modules/chart.js missing): "
+                       "run scripts/deps.sh and rebuild, or pass --chartjs FILE (chart.umd.min.js)");
+            return NULL;
+        }
+        text = fdpo_malloc(*len + 1);
+        memcpy(text, emb, *len);
+        text[*len] = 0;
+    }
+    char *map = strstr(text, "//# sourceMappingURL=");
+    if (map) { *map = 0; *len = (size_t)(map - text); }
+    for (char *p = text; (p = strchr(p, '<')); p++)
+        if (!strncasecmp(p, "</script", 8)) {
+            free(text);
+            fdpo_error("%s: contains \"</script\", cannot be inlined", o->chartjs_path ? o->chartjs_path : "embedded Chart.js");
+            return NULL;
+        }
+    if (!strstr(text, "Chart")) {
+        free(text);
+        fdpo_error("%s: does not look like the Chart.js UMD bundle", o->chartjs_path ? o->chartjs_path : "embedded Chart.js");
+        return NULL;
+    }
+    return text;
+}
+
+int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_report_stats *stats) {
+    if (!out_path || !*out_path) return fdpo_error("report: no output file");
+    if (o->n_run_dirs + o->n_eval_files + o->n_lab_files + o->n_sample_files == 0)
+        return fdpo_error("report: nothing to read (give RUN_DIR..., --eval FILE or --lab FILE)");
+    size_t cj_len;
+    char *cj = chartjs_text(o, &cj_len);
+    if (!cj) return -1;
+    rp_ctx c = {0};
+    c.opts = o;
+    c.warn = o->warn ? o->warn : stderr;
+    int rc = 0;
+    for (size_t i = 0; i < o->n_run_dirs && !rc; i++) rc = rp_load_run(&c, o->run_dirs[i]);
+    for (size_t i = 0; i < o->n_eval_files && !rc; i++) rc = rp_load_eval(&c, o->eval_files[i], NULL, 1);
+    for (size_t i = 0; i < o->n_sample_files && !rc; i++) rc = rp_load_samples(&c, o->sample_files[i], NULL, 1);
+    for (size_t i = 0; i < o->n_lab_files && !rc; i++) rc = rp_load_lab(&c, o->lab_files[i], 0) < 0 ? -1 : 0;
+    rp_link_policies(&c);
+    rp_attach_samples(&c);
+    size_t n_runs = 0;
+    for (size_t i = 0; i < c.n_runs; i++) n_runs += cJSON_GetArraySize(c.runs[i].rows) > 0;
+    if (!rc && n_runs + c.n_pols + c.n_labs == 0)
+        rc = fdpo_error("report: nothing could be read from the inputs (%zu warning%s above)",
+                        c.n_warnings, c.n_warnings == 1 ? "" : "s");
+    if (!rc) {
+        rp_buf page = {0};
+        size_t n_charts = rp_render(&c, cj, cj_len, &page);
+        rp_fix_utf8(&page);     /* names and texts from the inputs are not checked one by one */
+        rc = fdpo_write_file_atomic(out_path, page.p, page.n);
+        free(page.p);
+        if (stats) {
+            stats->n_runs = n_runs;
+            stats->n_policies = c.n_pols;
+            stats->n_lab_tables = c.n_labs;
+            stats->n_charts = n_charts;
+            stats->n_warnings = c.n_warnings;
+        }
+    }
+    free(cj);
+    rp_ctx_free(&c);
+    return rc;
+}

@@ -1,0 +1,76 @@
+/* Internals of src/report: the inputs as read (runs, evaluated policies, lab tables), a
+ * growable string buffer, and the two halves of fdpo_report_write (load.c, render.c). */
+#ifndef FDPO_REPORT_INTERNAL_H
+#define FDPO_REPORT_INTERNAL_H
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <cjson/cJSON.h>
+#include "fdpo/report.h"
+
+/* ---- string buffer ---- */
+typedef struct { char *p; size_t n, cap; } rp_buf;
+void rp_put(rp_buf *b, const char *s, size_t n);
+void rp_puts(rp_buf *b, const char *s);
+void rp_printf(rp_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void rp_html(rp_buf *b, const char *s);           /* HTML-escaped text */
+void rp_html_n(rp_buf *b, const char *s, size_t n);
+void rp_num(rp_buf *b, double v);                 /* compact number for tables; "–" if NaN */
+void rp_fix_utf8(rp_buf *b);                      /* invalid UTF-8 bytes -> U+FFFD */
+
+/* ---- inputs ---- */
+typedef struct {
+    char *dir, *name;          /* path as given, its last component */
+    char *label;               /* legend text: "name (div, β=…)" */
+    char *divergence, *loss, *config_file, *kind;   /* NULL when unknown; kind: dpo, sft, ... */
+    double beta; int has_beta;
+    cJSON *rows;               /* array of the metrics.jsonl objects that parsed */
+    size_t n_bad;              /* lines skipped */
+} rp_run;
+
+typedef struct {
+    char *name, *run, *source; /* policy name, run name (or NULL), file it came from */
+    long run_index;            /* index into rp_ctx.runs, -1 if none */
+    char *divergence;          /* NULL: unknown / reference */
+    double beta; int has_beta;
+    cJSON *metrics;            /* object: flat name -> number (owned) */
+    cJSON *samples;            /* array of {"prompt","completion","reward"?} (owned) */
+} rp_policy;
+
+typedef struct {
+    char *source;
+    size_t n_cols; char **cols;
+    cJSON *rows;               /* array of arrays: number, string or null per column */
+} rp_lab;
+
+typedef struct {
+    const fdpo_report_opts *opts;
+    FILE *warn;
+    rp_run *runs; size_t n_runs;
+    rp_policy *pols; size_t n_pols;
+    rp_lab *labs; size_t n_labs;
+    char **warnings; size_t n_warnings;
+    cJSON *pending;            /* samples read before their policy is known */
+} rp_ctx;
+
+void rp_warn(rp_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int rp_load_run(rp_ctx *c, const char *dir);                 /* -1 only if dir is missing */
+/* explicit_file: named on the command line (warn when it holds nothing usable). */
+int rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_file); /* -1 only if missing */
+int rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int explicit_file);
+void rp_link_policies(rp_ctx *c);             /* after all loading: policy named by a run's path */
+void rp_attach_samples(rp_ctx *c);            /* after rp_link_policies */
+int rp_load_lab(rp_ctx *c, const char *path, int must_be_lab);    /* -1 only if missing */
+void rp_ctx_free(rp_ctx *c);
+
+/* Render the page into b; returns the number of charts it draws. */
+size_t rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b);
+
+/* assets.c */
+const char *rp_asset_js(size_t *len);
+const char *rp_asset_css(size_t *len);
+
+/* helpers shared by load.c and render.c */
+const cJSON *rp_get(const cJSON *obj, const char *const *names); /* first present key */
+int rp_get_num(const cJSON *obj, const char *name, double *v);
+#endif

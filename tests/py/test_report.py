@@ -1,0 +1,674 @@
+"""fdpo report: fixture run directories -> one self-contained HTML file.
+
+The fixtures are written here (metrics.jsonl in TRL's names, run configs in three formats,
+eval JSON, a lab CSV), so the test checks the numbers that reach the page, not just that a
+page appears. The browser test opens the page in headless Chromium from file:// and reads
+back <body data-charts-ready>, which the page's script sets after Chart.js drew every chart.
+"""
+import html
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+
+import pytest
+
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), "../.."))
+FDPO = os.environ.get("FDPO_BIN", os.path.join(REPO, "build/fdpo"))
+OUT_DIR = os.environ.get("FDPO_TEST_OUTPUT", os.path.join(REPO, "build/test-output"))
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+
+# divergence, beta, final KL, final reward, entropy: the frontier the fixture encodes
+POLICIES = [
+    ("rkl", 0.1, 8.0, 0.80, 1.10),
+    ("rkl", 0.5, 2.0, 0.55, 2.30),
+    ("fkl", 0.1, 5.0, 0.70, 2.00),
+    ("js", 0.1, 4.0, 0.72, 2.10),
+    ("alpha:0.5", 0.1, 6.0, 0.75, 1.80),
+]
+N_STEPS = 30
+EXPECTED_CHARTS = 4 + 2 + 4  # training (loss, margin, accuracy, chosen/rejected), eval frontiers, lab
+
+
+def run(*args, timeout=120):
+    return subprocess.run([FDPO, "report", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def run_name(div, beta):
+    return f"{div.replace(':', '')}-b{beta}"
+
+
+def metrics_rows(k, n=N_STEPS):
+    """Deterministic DPO-style metrics for run k (loss falls, margins grow)."""
+    rows = []
+    for s in range(1, n + 1):
+        m = 0.05 * s * (k + 1)
+        row = {"step": s, "epoch": s / n, "loss": round(0.6931 - 0.01 * s - 0.001 * k, 6),
+               "learning_rate": 1e-4, "grad_norm": 1.5, "tokens_per_sec": 900.0,
+               "rewards/chosen": round(0.01 * s, 6), "rewards/rejected": round(-m + 0.01 * s, 6),
+               "rewards/margins": round(m, 6), "rewards/accuracies": round(min(1.0, 0.5 + 0.015 * s * (1 - 0.15 * k)), 6),
+               "logps/chosen": -40.0, "logps/rejected": -45.0 - s,
+               "scores/chosen": 0.1, "scores/rejected": -0.1}
+        if s % 10 == 0:
+            row.update({"eval_loss": round(0.70 - 0.005 * s, 6), "eval_rewards/margins": round(0.8 * m, 6),
+                        "eval_rewards/accuracies": 0.6})
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def policy_eval(name, kl, reward, entropy, k, prompt_texts):
+    return {
+        "name": name, "reward_mean": reward, "reward_stderr": 0.02, "kl_seq": kl, "kl_token": kl / 10,
+        "entropy": entropy, "distinct_1": round(0.3 + 0.01 * k, 4), "distinct_2": round(0.6123 + 0.01 * k, 4),
+        "distinct_3": 0.8, "distinct_4": 0.9, "ead": 0.55, "self_bleu_3": 0.31, "self_bleu_4": 0.2,
+        "len_tokens_mean": 20 + k, "reward_length_corr": 0.12,
+        "samples": [{"prompt": p, "completion": f"{name} says {p.lower()} #{k}", "reward": 0.5} for p in prompt_texts],
+    }
+
+
+def make_fixture(root):
+    """Five DPO runs (configs in three formats), one SFT run, a reference eval and a lab CSV."""
+    runs = []
+    prompts = ["The movie was", "I think that"]
+    for k, (div, beta, kl, reward, ent) in enumerate(POLICIES):
+        d = os.path.join(root, run_name(div, beta))
+        os.makedirs(d)
+        write_jsonl(os.path.join(d, "metrics.jsonl"), metrics_rows(k))
+        if k % 3 == 0:    # flat JSON config
+            cfg = {"divergence": div, "beta": beta, "loss": "sigmoid"}
+            json.dump(cfg, open(os.path.join(d, "run.json"), "w"))
+        elif k % 3 == 1:  # nested JSON, alpha given apart
+            base, _, a = div.partition(":")
+            cfg = {"command": "dpo", "args": {"divergence": base, "beta": beta, "loss_type": "sigmoid"}}
+            if a:
+                cfg["args"]["alpha"] = float(a)
+            json.dump(cfg, open(os.path.join(d, "config_dpo.json"), "w"))
+        else:             # the INI of --config
+            base, _, a = div.partition(":")
+            with open(os.path.join(d, "run.ini"), "w") as f:
+                f.write(f"[dpo]\ndivergence = {base}\nbeta = {beta}\nloss = sigmoid\n" + (f"alpha = {a}\n" if a else ""))
+        # a checkpoint's config.json must not be mistaken for the run config
+        json.dump({"model_type": "gpt2", "n_layer": 2}, open(os.path.join(d, "config.json"), "w"))
+        json.dump({"policies": [policy_eval(run_name(div, beta), kl, reward, ent, k, prompts)]},
+                  open(os.path.join(d, "eval.json"), "w"))
+        runs.append(d)
+    sft = os.path.join(root, "sft-base")
+    os.makedirs(sft)
+    write_jsonl(os.path.join(sft, "metrics.jsonl"),
+                [{"step": s, "loss": 3.0 - 0.05 * s, "val_loss": 3.1 - 0.04 * s} for s in range(1, 21)])
+    runs.append(sft)
+    ref = os.path.join(root, "ref_eval.json")
+    json.dump({"policies": [dict(policy_eval("reference", 0.0, 0.30, 2.60, 9, prompts), kl_seq=0.0)]},
+              open(ref, "w"))
+    lab = os.path.join(root, "frontier.csv")
+    with open(lab, "w") as f:
+        f.write("divergence,beta,expected_reward,entropy,kl,f_divergence,support\n")
+        for div in ["rkl", "fkl", "js", "alpha:0.5", "chi2"]:
+            for beta in [0.05, 0.1, 0.5, 1.0]:
+                kl = round(1.0 / beta / (2 if div == "fkl" else 1), 4)
+                sup = 10 if div != "chi2" else max(1, int(10 * beta))
+                f.write(f"{div},{beta},{round(1 - beta / 2, 4)},{round(2 - 1 / (1 + 10 * beta), 4)},{kl},{kl / 2},{sup}\n")
+    return runs, ref, lab
+
+
+class Page(HTMLParser):
+    """Collects external references and the chart JSON."""
+
+    def __init__(self):
+        super().__init__()
+        self.external, self.script_srcs, self.links = [], [], []
+        self.body_attrs, self.in_charts, self.charts_text, self.tables = {}, False, "", set()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "body":
+            self.body_attrs = a
+        if tag == "table" and a.get("id"):
+            self.tables.add(a["id"])
+        if tag == "script" and "src" in a:
+            self.script_srcs.append(a["src"])
+        if tag == "link":
+            self.links.append(a)
+        for k in ("src", "href", "data", "srcset", "poster", "action"):
+            v = (a.get(k) or "").strip().lower()
+            if v.startswith(("http://", "https://", "//", "ftp:")):
+                self.external.append((tag, k, v))
+        if tag == "script" and a.get("id") == "fdpo-charts":
+            self.in_charts = True
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self.in_charts = False
+
+    def handle_data(self, data):
+        if self.in_charts:
+            self.charts_text += data
+
+
+def parse(path):
+    p = Page()
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    p.feed(text)
+    return text, p, json.loads(p.charts_text)
+
+
+def flat(points):
+    """[[x, y], ...] -> [x, y, ...] (pytest.approx takes flat sequences)."""
+    return [v for p in points for v in p]
+
+
+def chart(charts, title):
+    hits = [c for c in charts if c["title"] == title]
+    assert len(hits) == 1, f"no single chart titled {title!r}: {[c['title'] for c in charts]}"
+    return hits[0]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("report"))
+    runs, ref, lab = make_fixture(root)
+    out = os.path.join(root, "report.html")
+    r = run(*runs, "--eval", ref, "--lab", lab, "--out", out, "--title", "fixture <report>")
+    assert r.returncode == 0, r.stderr
+    return root, runs, out, r
+
+
+def test_help_lists_every_flag_with_default():
+    r = run("--help")
+    assert r.returncode == 0
+    for flag, default in [("--out", "report.html"), ("--eval", "none"), ("--lab", "none"), ("--samples", "none"), ("--title", "fdpo report"),
+                          ("--chartjs", "none"), ("--max-points", "2000"), ("--max-prompts", "6")]:
+        assert re.search(rf"^\s+{re.escape(flag)} .*\[{re.escape(default)}\]$", r.stdout, re.M), (flag, r.stdout)
+
+
+def test_report_is_written_and_self_contained(report):
+    root, runs, out, r = report
+    assert "warning:" not in r.stderr and "0 warnings" in r.stderr, r.stderr
+    assert "10 charts" in r.stderr and "6 policies" in r.stderr and "6 runs" in r.stderr, r.stderr
+    text, page, charts = parse(out)
+    assert text.startswith("<!DOCTYPE html>")
+    assert page.external == [], page.external
+    assert page.script_srcs == [], "every script must be inline"
+    assert not [link for link in page.links if "stylesheet" in (link.get("rel") or "")]
+    assert "Chart.js v4" in text          # the library itself is inlined
+    assert "sourceMappingURL" not in text  # and asks for nothing else
+    assert page.body_attrs.get("data-charts-expected") == str(EXPECTED_CHARTS)
+    assert len(charts) == EXPECTED_CHARTS
+    assert "<title>fixture &lt;report&gt;</title>" in text
+
+
+def test_training_curves_carry_the_metrics(report):
+    root, runs, out, _ = report
+    _, _, charts = parse(out)
+    loss = chart(charts, "Training loss")
+    assert [c["x"]["title"] for c in [loss]] == ["step"]
+    by_label = {s["label"]: s for s in loss["series"]}
+    # labels come from the three config formats, alpha joined to its parameter
+    for div, beta, *_ in POLICIES:
+        label = f"{run_name(div, beta)} ({div}, \u03b2={beta:g})"
+        assert label in by_label, (label, list(by_label))
+    assert "sft-base" in by_label and "sft-base (held out)" in by_label
+    for k, (div, beta, *_ ) in enumerate(POLICIES):
+        s = by_label[f"{run_name(div, beta)} ({div}, \u03b2={beta:g})"]
+        want = [[r["step"], r["loss"]] for r in metrics_rows(k)]
+        assert flat(s["points"]) == pytest.approx(flat(want)), s["label"]
+        assert s["line"] and not s["dash"]
+        held = by_label[s["label"] + " (held out)"]
+        assert held["dash"] and [p[0] for p in held["points"]] == [10, 20, 30]
+    acc = chart(charts, "Preference accuracy")
+    assert acc["y"]["title"] == "accuracy"
+    margins = chart(charts, "Reward margin")
+    s0 = [s for s in margins["series"] if s["label"].startswith("rkl-b0.1 ")][0]
+    assert s0["points"][-1] == pytest.approx([N_STEPS, 0.05 * N_STEPS])
+    # the SFT run has no DPO metrics: no margin line for it
+    assert not [s for s in margins["series"] if s["label"].startswith("sft-base")]
+    cr = chart(charts, "Implicit rewards: chosen (solid) and rejected (dashed)")
+    assert len(cr["series"]) == 2 * len(POLICIES)
+
+
+def test_frontiers_group_by_divergence(report):
+    _, _, out, _ = report
+    _, _, charts = parse(out)
+    fr = chart(charts, "Reward\u2013KL frontier")
+    series = {s["label"]: s for s in fr["series"]}
+    assert set(series) == {"reverse KL (DPO)", "forward KL", "Jensen\u2013Shannon", "alpha:0.5", "reference / unknown"}
+    # two rkl policies, joined in order of KL: (2.0, 0.55) then (8.0, 0.80)
+    assert flat(series["reverse KL (DPO)"]["points"]) == pytest.approx([2.0, 0.55, 8.0, 0.80])
+    assert series["reverse KL (DPO)"]["line"]
+    assert flat(series["reference / unknown"]["points"]) == pytest.approx([0.0, 0.30])
+    assert "\u03b2=0.5" in series["reverse KL (DPO)"]["tips"][0]
+    ent = chart(charts, "Reward\u2013entropy frontier")
+    e = {s["label"]: s for s in ent["series"]}
+    assert flat(e["forward KL"]["points"]) == pytest.approx([2.0, 0.70])
+    assert fr["x"]["title"].startswith("KL") and fr["y"]["title"] == "mean reward"
+
+
+def test_tables_and_samples(report):
+    _, _, out, _ = report
+    text, page, _ = parse(out)
+    assert {"runs-table", "eval-table", "diversity-table", "samples-table"} <= page.tables
+    div_table = text[text.index('id="diversity-table"'):]
+    div_table = div_table[:div_table.index("</table>")]
+    for col in ["distinct_1", "distinct_2", "ead", "self_bleu_3", "self_bleu_4"]:
+        assert f"<th>{col}</th>" in div_table
+    for k in range(len(POLICIES)):
+        assert f'<td class="num">{0.6123 + 0.01 * k:.4g}</td>' in div_table
+    length = text[text.index('id="length-table"'):]
+    length = length[:length.index("</table>")]
+    assert "<th>len_tokens_mean</th>" in length and "<th>reward_length_corr</th>" in length
+    assert '<td class="num">24</td>' in length  # len_tokens_mean of policy 4
+    ev = text[text.index('id="eval-table"'):]
+    assert "0.8 \u00b1 0.02" in ev[:ev.index("</table>")]
+    samples = text[text.index('id="samples-table"'):]
+    samples = samples[:samples.index("</table>")]
+    assert "The movie was" in samples and "I think that" in samples
+    for k, (div, beta, *_ ) in enumerate(POLICIES):
+        assert f"{run_name(div, beta)} says the movie was #{k}" in samples
+    assert "reference says i think that #9" in samples
+
+
+def test_lab_panels(report):
+    _, _, out, _ = report
+    _, _, charts = parse(out)
+    fr = chart(charts, "Lab: exact reward\u2013KL frontier")
+    assert len(fr["series"]) == 5
+    chi2 = [s for s in chart(charts, "Lab: support size vs \u03b2")["series"] if s["label"] == "\u03c7\u00b2"][0]
+    assert flat(chi2["points"]) == pytest.approx([0.05, 1, 0.1, 1, 0.5, 5, 1.0, 10])
+    ent = chart(charts, "Lab: entropy of the optimum vs \u03b2")
+    assert ent["x"]["log"] is True
+
+
+def test_truncated_metrics_warns_with_line_and_still_renders(tmp_path):
+    d = tmp_path / "rkl-broken"
+    d.mkdir()
+    rows = metrics_rows(0, 6)
+    lines = [json.dumps(r) for r in rows]
+    lines[2] = lines[2][:25]              # line 3: cut in the middle
+    lines[4] = "{not json at all"         # line 5
+    (d / "metrics.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:30])  # line 6: truncated, no newline
+    (d / "run.json").write_text('{"divergence": "rkl", "beta": 0.1}')
+    good = tmp_path / "fkl-ok"
+    good.mkdir()
+    write_jsonl(good / "metrics.jsonl", metrics_rows(1, 5))
+    out = tmp_path / "r.html"
+    r = run(str(d), str(good), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    mpath = str(d / "metrics.jsonl")
+    for line in (3, 5, 6):
+        assert re.search(rf"warning: {re.escape(mpath)}:{line}: ", r.stderr), r.stderr
+    assert not re.search(rf"{re.escape(mpath)}:(1|2|4): ", r.stderr)
+    text, _, charts = parse(out)
+    loss = {s["label"]: s for s in chart(charts, "Training loss")["series"]}
+    assert [p[0] for p in loss["rkl-broken (rkl, \u03b2=0.1)"]["points"]] == [1, 2, 4]
+    assert len(loss["fkl-ok"]["points"]) == 5
+    assert f"{html.escape(mpath)}:3:" in text      # listed on the page too
+    assert "(3 skipped)" in text
+
+
+def test_missing_run_dir_is_an_error(tmp_path):
+    missing = str(tmp_path / "no-such-run")
+    r = run(missing, "--out", str(tmp_path / "r.html"))
+    assert r.returncode != 0
+    assert missing in r.stderr and "no such run directory" in r.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_nothing_readable_is_an_error(tmp_path):
+    d = tmp_path / "garbage"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text("{{{\nnot json\n")
+    r = run(str(d), "--out", str(tmp_path / "r.html"))
+    assert r.returncode != 0
+    assert "nothing could be read" in r.stderr
+    assert f"{d}/metrics.jsonl:1:" in r.stderr and f"{d}/metrics.jsonl:2:" in r.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_no_inputs_and_bad_flags(tmp_path):
+    r = run("--out", str(tmp_path / "r.html"))
+    assert r.returncode != 0 and "no inputs" in r.stderr
+    r = run(str(tmp_path), "--frobnicate")
+    assert r.returncode != 0 and "--frobnicate" in r.stderr
+    r = run("--eval", str(tmp_path / "missing.json"), "--out", str(tmp_path / "r.html"))
+    assert r.returncode != 0 and "missing.json" in r.stderr
+
+
+def test_bad_eval_and_lab_content_warn(tmp_path):
+    d = tmp_path / "run1"
+    d.mkdir()
+    write_jsonl(d / "metrics.jsonl", metrics_rows(0, 3))
+    (d / "eval.json").write_text('{"policies": [\n  {"name": "x", "reward_mean": 0.5,\n  oops}\n]}')
+    lab = tmp_path / "lab.csv"
+    lab.write_text("divergence,beta,expected_reward,kl\nrkl,0.1,0.9,3\nrkl,0.5\nfkl,0.1,0.8,2\n")
+    out = tmp_path / "r.html"
+    r = run(str(d), "--lab", str(lab), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert re.search(rf"{re.escape(str(d / 'eval.json'))}:3:\d+: malformed JSON", r.stderr), r.stderr
+    assert f"{lab}:3: 2 fields, header has 4" in r.stderr
+    _, _, charts = parse(out)
+    fr = chart(charts, "Lab: exact reward\u2013KL frontier")
+    assert sorted(s["label"] for s in fr["series"]) == ["forward KL", "reverse KL (DPO)"]
+
+
+def test_repeated_flags_eval_formats_and_run_dir_discovery(tmp_path):
+    # eval as {name: metrics}, as a bare list, and found under RUN_DIR/eval/; lab CSV under RUN_DIR/lab/
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"pol-a": {"reward_mean": 1.5, "kl_seq": 3.0, "entropy": 1.0, "divergence": "js", "beta": 0.2}}))
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps([{"policy": "pol-b", "metrics": {"reward_mean": 1.25, "kl_token": 0.5}, "divergence": "fkl"}]))
+    d = tmp_path / "only-evals"
+    (d / "eval").mkdir(parents=True)
+    (d / "eval" / "final.json").write_text(json.dumps({"policies": {"pol-c": {"reward_mean": 0.75, "kl_seq": 1.0}}}))
+    (d / "lab").mkdir()
+    (d / "lab" / "f.csv").write_text("divergence,beta,support\nrkl,0.1,4\nrkl,1,4\n")
+    (d / "run.json").write_text('{"divergence": "rkl", "beta": 1.0}')
+    out = tmp_path / "r.html"
+    r = run(str(d), "--eval", str(a), f"--eval={b}", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    fr = {s["label"]: s["points"] for s in chart(charts, "Reward\u2013KL frontier")["series"]}
+    assert fr == {"reverse KL (DPO)": [[1.0, 0.75]], "Jensen\u2013Shannon": [[3.0, 1.5]], "forward KL": [[0.5, 1.25]]}
+    assert [c["title"] for c in charts if c["title"].startswith("Lab")] == ["Lab: support size vs \u03b2"]
+
+
+def test_settings_merge_across_config_files_and_fall_back_to_the_name(tmp_path):
+    d = tmp_path / "merged"
+    d.mkdir()
+    write_jsonl(d / "metrics.jsonl", metrics_rows(0, 2))
+    (d / "a.json").write_text('{"beta": 0.3, "loss": "ipo"}')          # beta and loss only
+    (d / "b.json").write_text('{"divergence": "js", "loss": "sigmoid"}')  # the divergence
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    write_jsonl(bare / "metrics.jsonl", metrics_rows(1, 2))
+    (bare / "config.json").write_text('{"model_type": "gpt2", "beta": 9}')   # a checkpoint config: ignored
+    out = tmp_path / "r.html"
+    r = run(str(d), str(bare), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    labels = [s["label"] for s in chart(charts, "Training loss")["series"] if not s["dash"]]
+    assert labels == ["merged (js, \u03b2=0.3)", "bare"]
+
+
+def test_one_eval_file_over_several_runs_links_policies_by_path(tmp_path):
+    """fdpo eval names a policy by the checkpoint path it was given: the report finds the run
+    (or, for a directory not given as a run, its training_state.json) and takes its settings."""
+    runs = {}
+    for div, beta in [("rkl", "0.1"), ("fkl", "0.1"), ("js", "0.5")]:
+        d = tmp_path / "runs" / f"{div}-{beta}"
+        d.mkdir(parents=True)
+        write_jsonl(d / "metrics.jsonl", metrics_rows(0, 2))
+        (d / "training_state.json").write_text(json.dumps({"kind": "dpo", "fixed": {"divergence": div, "beta": beta}}))
+        runs[div] = d
+    sft = tmp_path / "runs" / "sft"
+    sft.mkdir()
+    (sft / "training_state.json").write_text(json.dumps({"kind": "sft", "fixed": {"lr": "1e-4"}}))
+    ev = tmp_path / "eval.json"
+    pols = [{"name": str(runs["rkl"]), "reward_mean": 0.5, "kl_seq_mean": 2.0},
+            {"name": "runs/fkl-0.1", "reward_mean": 0.25, "kl_seq_mean": 1.0},   # relative, matched by name
+            {"name": str(runs["js"]), "reward_mean": 0.75, "kl_seq_mean": 3.0},
+            {"name": str(sft), "reward_mean": 0.125, "kl_seq_mean": 0.0}]
+    ev.write_text(json.dumps({"config": {"divergence": "rkl", "beta": 0.1}, "policies": pols}))
+    out = tmp_path / "r.html"
+    # the js run is not given as a run directory: its settings come from its own files
+    r = run(str(runs["rkl"]), str(runs["fkl"]), "--eval", str(ev), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    fr = {s["label"]: s["points"] for s in chart(charts, "Reward\u2013KL frontier")["series"]}
+    assert fr == {"reverse KL (DPO)": [[2.0, 0.5]], "forward KL": [[1.0, 0.25]],
+                  "Jensen\u2013Shannon": [[3.0, 0.75]], "reference / unknown": [[0, 0.125]]}
+
+
+def test_lab_json_format(tmp_path):
+    """`fdpo lab --format json`: an array of flat objects, non-finite numbers as null."""
+    lab = tmp_path / "frontier.json"
+    lab.write_text(json.dumps([{"divergence": "rkl", "beta": 0.1, "kl": 2.0, "expected_reward": 0.5, "support": 4},
+                               {"divergence": "rkl", "beta": 1.0, "kl": 0.5, "expected_reward": 0.25, "support": 4},
+                               {"divergence": "chi2", "beta": 0.1, "kl": None, "expected_reward": 0.75, "support": 2}]))
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"divergence": "rkl",\n "beta": }]')
+    out = tmp_path / "r.html"
+    r = run("--lab", str(lab), "--lab", str(bad), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert re.search(rf"{re.escape(str(bad))}:2:\d+: malformed JSON", r.stderr), r.stderr
+    _, _, charts = parse(out)
+    fr = {s["label"]: s["points"] for s in chart(charts, "Lab: exact reward\u2013KL frontier")["series"]}
+    assert fr == {"reverse KL (DPO)": [[0.5, 0.25], [2.0, 0.5]]}   # chi2 has no KL: no point
+    sup = {s["label"]: s["points"] for s in chart(charts, "Lab: support size vs \u03b2")["series"]}
+    assert sup["\u03c7\u00b2"] == [[0.1, 2]]
+
+
+def test_long_runs_are_thinned_keeping_the_last_step(tmp_path):
+    d = tmp_path / "long"
+    d.mkdir()
+    write_jsonl(d / "metrics.jsonl", [{"step": s, "loss": 1.0 / s} for s in range(1, 5001)])
+    out = tmp_path / "r.html"
+    r = run(str(d), "--out", str(out), "--max-points", "100")
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    pts = chart(charts, "Training loss")["series"][0]["points"]
+    assert 50 <= len(pts) <= 101
+    assert pts[0][0] == 1 and pts[-1][0] == 5000
+
+
+def test_hostile_text_is_escaped(tmp_path):
+    evil = "</script><script>alert(1)</script><b>x</b>"
+    d = tmp_path / "run-x"
+    d.mkdir()
+    write_jsonl(d / "metrics.jsonl", metrics_rows(0, 2))
+    (d / "eval.json").write_text(json.dumps({"policies": [{"name": evil, "reward_mean": 1, "kl_seq": 1,
+                                                           "samples": [{"prompt": evil, "completion": evil}]}]}))
+    (d / "run.json").write_text(json.dumps({"divergence": evil, "beta": 0.1}))
+    out = tmp_path / "r.html"
+    r = run(str(d), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    text, page, charts = parse(out)
+    assert "alert(1)" in text and "<script>alert(1)" not in text
+    assert "<b>x</b>" not in text
+    assert page.script_srcs == []
+    assert any(evil in s["label"] for c in charts for s in c["series"])  # intact inside the JSON
+
+
+def test_fdpo_native_run_dir_eval_and_samples(tmp_path):
+    """The files fdpo itself writes: settings in training_state.json ("fixed", values as text),
+    a checkpoint config.json and eval_summary.json beside them, fdpo eval's metric names
+    (reward_se, kl_seq_mean, *_per_input / *_across_input, nulls) and a samples JSONL."""
+    d = tmp_path / "dpo-js"
+    d.mkdir()
+    rows = [{"step": 0, "eval_loss": 0.69, "eval_rewards/margins": 0.0, "eval_rewards/accuracies": 0.5}]
+    rows += [{"step": s, "epoch": s / 4, "loss": 0.7 - 0.05 * s, "rewards/margins": 0.1 * s,
+              "rewards/accuracies": 0.5 + 0.1 * s, "grad_norm": None} for s in range(1, 5)]
+    write_jsonl(d / "metrics.jsonl", rows)
+    (d / "training_state.json").write_text(json.dumps({
+        "format": "fdpo-training-state", "kind": "dpo", "step": 4, "total_steps": 4,
+        "data": {"n_items": 3, "order": [2, 0, 1]},
+        "fixed": {"divergence": "js", "beta": "0.25", "loss": "sigmoid", "lr": "1e-4"}}))
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    (d / "eval_summary.json").write_text(json.dumps({"pairs": 8, "loss": 0.6, "rewards/accuracies": 0.75,
+                                                     "initial": {"pairs": 8, "loss": 0.69}}))
+    pol = {"name": "dpo-js", "n_prompts": 2, "k": 2, "n_samples": 4, "reward_mean": 0.625, "reward_std": 0.1,
+           "reward_se": 0.05, "reward_length_corr": None, "kl_seq_mean": 3.5, "kl_seq_se": 0.2, "kl_tok_mean": 0.25,
+           "fdiv_seq_js_mean": 0.125, "entropy": 1.75, "len_tokens_mean": 12.5, "len_words_mean": 9.0,
+           "distinct_1_per_input": 0.5, "distinct_1_across_input": 0.875, "self_bleu_3_per_input": 0.375,
+           "self_bleu_3_across_input": None, "pref_accuracy": 0.75}
+    (d / "eval.json").write_text(json.dumps({"policies": [pol]}))
+    with open(d / "samples.jsonl", "w") as f:
+        for i, p in enumerate(["Once upon", "The cat"]):
+            f.write(json.dumps({"policy": "dpo-js", "prompt_index": i, "sample_index": 0, "prompt": p,
+                                "completion": f"a time {i}", "n_tokens": 3, "reward": 0.5 + i, "tokens": [1, 2]}) + "\n")
+    out = tmp_path / "r.html"
+    r = run(str(d), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "warning:" not in r.stderr, r.stderr      # eval_summary.json is not an eval file
+    assert "1 policy" in r.stderr, r.stderr
+    text, page, charts = parse(out)
+    runs = text[text.index('id="runs-table"'):]
+    runs = runs[:runs.index("</table>")]
+    assert "<td>dpo</td><td>js</td>" in runs
+    assert f'<td title="{html.escape(str(d / "training_state.json"))}">training_state.json</td>' in runs
+    loss = {s["label"]: s for s in chart(charts, "Training loss")["series"]}
+    assert [p[0] for p in loss["dpo-js (js, \u03b2=0.25)"]["points"]] == [1, 2, 3, 4]
+    assert [p[0] for p in loss["dpo-js (js, \u03b2=0.25) (held out)"]["points"]] == [0]
+    fr = {s["label"]: s for s in chart(charts, "Reward\u2013KL frontier")["series"]}
+    assert fr["Jensen\u2013Shannon"]["points"] == [[3.5, 0.625]]
+    assert "\u00b1 0.05" in fr["Jensen\u2013Shannon"]["tips"][0]
+    ev = text[text.index('id="eval-table"'):]
+    ev = ev[:ev.index("</table>")]
+    assert "<th>kl_seq_mean</th>" in ev and "<th>fdiv_seq_js_mean</th>" in ev and "0.625 \u00b1 0.05" in ev
+    assert "<th>kl_seq_se</th>" not in ev
+    per = text[text.index('id="diversity-per-input-table"'):]
+    per = per[:per.index("</table>")]
+    assert "<th>distinct_1</th>" in per and "<th>self_bleu_3</th>" in per and '<td class="num">0.5</td>' in per
+    across = text[text.index('id="diversity-across-input-table"'):]
+    across = across[:across.index("</table>")]
+    assert '<td class="num">0.875</td>' in across
+    assert "<th>self_bleu_3</th>" not in across          # null everywhere: no column
+    samples = text[text.index('id="samples-table"'):]
+    assert "a time 0" in samples and "a time 1" in samples and "[1.5]" in samples
+
+
+def test_lab_gap_coverage_and_bias_tables(tmp_path):
+    gap = tmp_path / "gap.csv"
+    with open(gap, "w") as f:
+        f.write("noise,divergence,beta,reward_gap,objective_gap,bound,bound_held\n")
+        for noise in (0.1, 0.5):
+            for div in ("rkl", "fkl"):
+                for beta in (0.1, 1.0):
+                    f.write(f"{noise},{div},{beta},{noise * beta},{noise / beta},{noise * 10},1\n")
+    cov = tmp_path / "coverage.csv"
+    with open(cov, "w") as f:
+        f.write("data_policy,n_comparisons,divergence,beta,reward_gap,objective_gap,pistar_coverage,fit_rmse\n")
+        for dp in ("pi_ref", "pi_star"):
+            for n in (10, 100, 1000):
+                f.write(f"{dp},{n},rkl,0.1,{1 / n},{2 / n},0.5,0.1\n")
+    bias = tmp_path / "bias.csv"
+    bias.write_text("bias,divergence,beta,length_pistar,length_pihat,length_increase,reward_gap\n"
+                    "0.005,rkl,0.1,50,60,10,0.1\n0.005,rkl,1,50,52,2,0.01\n0.005,js,0.1,50,55,5,0.05\n")
+    out = tmp_path / "r.html"
+    r = run("--lab", str(gap), "--lab", str(cov), "--lab", str(bias), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, page, charts = parse(out)
+    titles = [c["title"] for c in charts]
+    assert titles == ["Lab: true-reward gap from reward error vs \u03b2", "Lab: regularised-objective gap vs \u03b2",
+                      "Lab: reward gap vs number of comparisons", "Lab: length increase under a length-biased reward vs \u03b2"]
+    g = {s["label"]: s for s in charts[0]["series"]}
+    assert set(g) == {"reverse KL (DPO), noise=0.1", "reverse KL (DPO), noise=0.5", "forward KL, noise=0.1", "forward KL, noise=0.5"}
+    assert g["reverse KL (DPO), noise=0.1"]["dash"] == 0 and g["reverse KL (DPO), noise=0.5"]["dash"] == 1
+    assert flat(g["forward KL, noise=0.5"]["points"]) == pytest.approx([0.1, 0.05, 1.0, 0.5])
+    c = {s["label"]: s for s in charts[2]["series"]}
+    assert set(c) == {"reverse KL (DPO), data_policy=pi_ref", "reverse KL (DPO), data_policy=pi_star"}
+    assert charts[2]["x"]["log"] is True
+    assert flat(c["reverse KL (DPO), data_policy=pi_star"]["points"]) == pytest.approx([10, 0.1, 100, 0.01, 1000, 0.001])
+    assert page.body_attrs.get("data-charts-expected") == "4"
+
+
+def test_invalid_utf8_input_gives_valid_utf8_page(tmp_path):
+    d = tmp_path / "bytes"
+    d.mkdir()
+    (d / "metrics.jsonl").write_bytes(b'{"step": 1, "loss": 1.5}\n' + "é".encode() * 19 + b"\xc3\xff junk\n"
+                                      + b'{"step": 2, "loss": 1.25, "note": "\xff\xfe"}\n')
+    lab = tmp_path / "lab.csv"
+    lab.write_bytes(b"divergence,beta,support\nrkl\xff,0.1,3\nrkl\xff,1,3\n")
+    out = tmp_path / "r.html"
+    r = subprocess.run([FDPO, "report", str(d), "--lab", str(lab), "--out", str(out)], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"{d}/metrics.jsonl:2: ".encode() in r.stderr
+    text, _, charts = parse(out)      # raises if the page is not UTF-8
+    assert "rkl\ufffd" in text
+    assert [p[0] for p in chart(charts, "Training loss")["series"][0]["points"]] == [1, 2]
+
+
+# ---------------------------------------------------------------- browser ----
+
+def chromium(args, timeout=180):
+    prof = tempfile.mkdtemp(prefix="fdpo-chromium-")
+    try:
+        cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={prof}",
+               "--enable-logging=stderr", "--v=0", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(prof, ignore_errors=True)
+
+
+CONSOLE_ERROR = re.compile(r"Uncaught|CONSOLE.*(error|Error)|fdpo report:|net::ERR_|Failed to load resource")
+
+
+def body_attr(dom, name):
+    tag = re.search(r"<body\b[^>]*>", dom)  # the first one: the page's body, not text inside scripts
+    m = re.search(r"\s" + re.escape(name) + r'="([^"]*)"', tag.group(0)) if tag else None
+    return m.group(1) if m else None
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+requires_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (scripts/deps.sh installs it; Debian package 'chromium')")
+
+
+@requires_chromium
+def test_browser_draws_every_chart_offline(report):
+    root, _, out, _ = report
+    url = "file://" + os.path.abspath(out)
+    r = chromium(["--virtual-time-budget=10000", "--dump-dom", url])
+    dom = r.stdout
+    assert "<body" in dom, r.stderr[-3000:]
+    assert body_attr(dom, "data-charts-error") is None, body_attr(dom, "data-charts-error")
+    assert body_attr(dom, "data-charts-ready") == str(EXPECTED_CHARTS), r.stderr[-3000:]
+    bad = [line for line in r.stderr.splitlines() if CONSOLE_ERROR.search(line)]
+    assert not bad, bad
+    # screenshot for people (and for the test's own sanity check)
+    os.makedirs(OUT_DIR, exist_ok=True)
+    shot = os.path.join(OUT_DIR, "report.png")
+    if os.path.exists(shot):
+        os.remove(shot)
+    r = chromium(["--virtual-time-budget=10000", f"--screenshot={shot}", "--window-size=1280,2400", url])
+    assert os.path.exists(shot), r.stderr[-3000:]
+    assert png_size(shot) == (1280, 2400)
+    shutil.copy(out, os.path.join(OUT_DIR, "report.html"))
+    try:
+        from PIL import Image
+    except ImportError:
+        assert os.path.getsize(shot) > 60000, "screenshot looks blank"
+        return
+    img = Image.open(shot).convert("RGB")
+    # the first chart row sits in the top third: it must hold many colours (lines, text), not a blank
+    colours = img.crop((0, 0, 1280, 1600)).getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 200, "screenshot looks blank"
+    # the run colours (Chart.js drew the lines)
+    rgb = {c for _, c in colours}
+    assert (31, 119, 180) in rgb and (214, 39, 40) in rgb
+
+
+@requires_chromium
+def test_browser_check_catches_a_broken_chart_library(tmp_path):
+    """Control for the test above: with a Chart.js that throws, the page must say so."""
+    d = tmp_path / "r1"
+    d.mkdir()
+    write_jsonl(d / "metrics.jsonl", metrics_rows(0, 3))
+    fake = tmp_path / "fake-chart.js"
+    fake.write_text("/* not Chart.js */ window.Chart = function () { throw new Error('boom'); };\n")
+    out = tmp_path / "r.html"
+    r = run(str(d), "--out", str(out), "--chartjs", str(fake))
+    assert r.returncode == 0, r.stderr
+    r = chromium(["--virtual-time-budget=5000", "--dump-dom", "file://" + str(out)])
+    assert body_attr(r.stdout, "data-charts-ready") == "0"
+    assert "boom" in (body_attr(r.stdout, "data-charts-error") or "")
+    assert [line for line in r.stderr.splitlines() if CONSOLE_ERROR.search(line)]
