@@ -31,6 +31,7 @@ typedef struct {
 } fdpo_pref_loss;
 
 int fdpo_loss_parse(const char *spec, fdpo_loss_kind *k);  /* "sigmoid", "robust", ... */
+const char *fdpo_loss_name(fdpo_loss_kind k);              /* inverse of fdpo_loss_parse */
 /* Validates beta > 0, smoothing range, divergence admissible (loss != simpo). */
 int fdpo_pref_loss_check(const fdpo_pref_loss *L);
 

@@ -1,0 +1,201 @@
+/* Lab problems: generated (Zipf / Dirichlet / uniform pi_ref, Gaussian / uniform rewards) or
+ * read from a CSV file, and validated. */
+#include <ctype.h>
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/lab.h"
+
+void fdpo_lab_problem_free(fdpo_lab_problem *p) {
+    free(p->pi_ref); free(p->reward); free(p->reward_hat); free(p->length);
+    memset(p, 0, sizeof *p);
+}
+
+/* log of a Gamma(a, 1) sample (Marsaglia & Tsang 2000; a < 1 via Gamma(a+1) U^(1/a)), in logs
+ * so that small shapes do not underflow. */
+static double log_gamma_sample(fdpo_rng *rng, double a) {
+    double boost = 0;
+    if (a < 1) {
+        double u;
+        do u = fdpo_rng_uniform(rng); while (u <= 0);
+        boost = log(u) / a;
+        a += 1;
+    }
+    const double d = a - 1.0 / 3, c = 1 / sqrt(9 * d);
+    for (;;) {
+        double x = fdpo_rng_normal(rng), v = 1 + c * x;
+        if (v <= 0) continue;
+        v = v * v * v;
+        double u = fdpo_rng_uniform(rng);
+        if (u > 0 && log(u) < 0.5 * x * x + d - d * v + d * log(v)) return log(d * v) + boost;
+    }
+}
+
+int fdpo_lab_generate(const fdpo_lab_gen *g, size_t n, fdpo_rng *rng, fdpo_lab_problem *p) {
+    memset(p, 0, sizeof *p);
+    if (n == 0) return fdpo_error("--n: must be >= 1 (got 0)");
+    int kind;
+    if (!strcmp(g->pi_ref_kind, "zipf")) kind = 0;
+    else if (!strcmp(g->pi_ref_kind, "dirichlet")) kind = 1;
+    else if (!strcmp(g->pi_ref_kind, "uniform")) kind = 2;
+    else return fdpo_error("--pi-ref: unknown kind '%s' (expected zipf, dirichlet, uniform)", g->pi_ref_kind);
+    int rkind;
+    if (!strcmp(g->reward_kind, "gaussian")) rkind = 0;
+    else if (!strcmp(g->reward_kind, "uniform")) rkind = 1;
+    else return fdpo_error("--reward: unknown kind '%s' (expected gaussian, uniform)", g->reward_kind);
+    if (kind == 0 && !(g->zipf_s >= 0 && isfinite(g->zipf_s))) return fdpo_error("--zipf-s: must be >= 0 (got %g)", g->zipf_s);
+    if (kind == 1 && !(g->dirichlet_alpha >= 0.01 && isfinite(g->dirichlet_alpha)))
+        return fdpo_error("--dirichlet-alpha: must be >= 0.01 (got %g)", g->dirichlet_alpha);
+    if (!(g->reward_scale > 0 && isfinite(g->reward_scale))) return fdpo_error("--reward-scale: must be > 0 (got %g)", g->reward_scale);
+    if (g->length_min < 0 || g->length_max < g->length_min)
+        return fdpo_error("--length-min/--length-max: need 0 <= min <= max (got %ld, %ld)", g->length_min, g->length_max);
+    p->n = n;
+    p->pi_ref = fdpo_malloc(n * sizeof(double));
+    p->reward = fdpo_malloc(n * sizeof(double));
+    p->length = fdpo_malloc(n * sizeof(double));
+    /* log weights, then a max-shifted normalisation */
+    double m = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        double lw = kind == 0 ? -g->zipf_s * log((double)(i + 1)) : kind == 1 ? log_gamma_sample(rng, g->dirichlet_alpha) : 0;
+        p->pi_ref[i] = lw;
+        if (lw > m) m = lw;
+    }
+    double z = 0;
+    for (size_t i = 0; i < n; i++) { p->pi_ref[i] = exp(p->pi_ref[i] - m); z += p->pi_ref[i]; }
+    /* a Dirichlet draw with a tiny shape can underflow a component to 0, which the lab refuses
+     * (pi_ref > 0): floor it at the smallest normal double, then renormalise */
+    double z2 = 0;
+    for (size_t i = 0; i < n; i++) { p->pi_ref[i] /= z; if (p->pi_ref[i] < DBL_MIN) p->pi_ref[i] = DBL_MIN; z2 += p->pi_ref[i]; }
+    for (size_t i = 0; i < n; i++) p->pi_ref[i] /= z2;
+    for (size_t i = 0; i < n; i++)
+        p->reward[i] = rkind == 0 ? g->reward_scale * fdpo_rng_normal(rng) : g->reward_scale * (2 * fdpo_rng_uniform(rng) - 1);
+    uint64_t span = (uint64_t)(g->length_max - g->length_min) + 1;
+    for (size_t i = 0; i < n; i++) p->length[i] = (double)(g->length_min + (long)fdpo_rng_below(rng, span));
+    return 0;
+}
+
+int fdpo_lab_validate(const fdpo_lab_problem *p, const char *what) {
+    if (p->n == 0) return fdpo_error("%s: no responses (n = 0)", what);
+    double s = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        if (!(p->pi_ref[i] > 0) || !isfinite(p->pi_ref[i]))
+            return fdpo_error("%s: pi_ref[%zu] = %g: pi_ref must be finite and > 0 (f-regularisation divides by it)", what, i, p->pi_ref[i]);
+        if (!isfinite(p->reward[i])) return fdpo_error("%s: reward[%zu] is not finite", what, i);
+        if (p->reward_hat && !isfinite(p->reward_hat[i])) return fdpo_error("%s: reward_hat[%zu] is not finite", what, i);
+        s += p->pi_ref[i];
+    }
+    if (fabs(s - 1) > 1e-9) return fdpo_error("%s: pi_ref sums to %.17g, not 1", what, s);
+    return 0;
+}
+
+/* ---- CSV ---- */
+
+enum { COL_PI_REF, COL_REWARD, COL_REWARD_HAT, COL_LENGTH, N_COLS };
+static const char *COL_NAMES[N_COLS] = {"pi_ref", "reward", "reward_hat", "length"};
+
+/* Splits line in place at commas; trims spaces. Returns the number of fields (<= max). */
+static size_t split_fields(char *line, char **fields, size_t max) {
+    size_t k = 0;
+    char *s = line;
+    for (;;) {
+        char *comma = strchr(s, ',');
+        if (comma) *comma = 0;
+        while (isspace((unsigned char)*s)) s++;
+        char *e = s + strlen(s);
+        while (e > s && isspace((unsigned char)e[-1])) *--e = 0;
+        if (k < max) fields[k] = s;
+        k++;
+        if (!comma) break;
+        s = comma + 1;
+    }
+    return k;
+}
+
+static int all_space(const char *s) {
+    for (; *s; s++) if (!isspace((unsigned char)*s)) return 0;
+    return 1;
+}
+
+int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalised) {
+    memset(p, 0, sizeof *p);
+    if (renormalised) *renormalised = 0;
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) return fdpo_error_context("--input %s", path);
+    int rc = -1;
+    int col_of_field[16];
+    int field_of_col[N_COLS] = {-1, -1, -1, -1};
+    size_t n_fields = 0, cap = 0, n = 0, lineno = 0;
+    double *cols[N_COLS] = {0};
+    char *save = NULL, *line;
+    int have_header = 0;
+    for (line = text; line; line = save) {
+        char *nl = strchr(line, '\n');
+        save = nl ? nl + 1 : NULL;
+        if (nl) *nl = 0;
+        if (nl && nl > line && nl[-1] == '\r') nl[-1] = 0;
+        lineno++;
+        if (all_space(line)) continue;
+        char *f[16];
+        size_t k = split_fields(line, f, 16);
+        if (!have_header) {
+            if (k > 16) { fdpo_error("%s:%zu: too many columns (%zu)", path, lineno, k); goto done; }
+            for (size_t j = 0; j < k; j++) {
+                int c = -1;
+                for (int t = 0; t < N_COLS; t++) if (!strcmp(f[j], COL_NAMES[t])) c = t;
+                if (c < 0) { fdpo_error("%s:%zu: unknown column '%s' (expected pi_ref, reward, and optionally reward_hat, length)", path, lineno, f[j]); goto done; }
+                if (field_of_col[c] >= 0) { fdpo_error("%s:%zu: column '%s' appears twice", path, lineno, f[j]); goto done; }
+                field_of_col[c] = (int)j;
+                col_of_field[j] = c;
+            }
+            for (int c = 0; c < 2; c++)
+                if (field_of_col[c] < 0) { fdpo_error("%s:%zu: missing column '%s' (the header needs pi_ref,reward)", path, lineno, COL_NAMES[c]); goto done; }
+            n_fields = k;
+            have_header = 1;
+            continue;
+        }
+        if (k != n_fields) { fdpo_error("%s:%zu: expected %zu fields, got %zu", path, lineno, n_fields, k); goto done; }
+        if (n == cap) {
+            cap = cap ? 2 * cap : 256;
+            for (int c = 0; c < N_COLS; c++) if (field_of_col[c] >= 0) cols[c] = fdpo_realloc(cols[c], cap * sizeof(double));
+        }
+        for (size_t j = 0; j < k; j++) {
+            int c = col_of_field[j];
+            char *end;
+            errno = 0;
+            double v = strtod(f[j], &end);
+            if (end == f[j] || *end || errno == ERANGE || !isfinite(v)) {
+                fdpo_error("%s:%zu: column '%s': '%s' is not a finite number", path, lineno, COL_NAMES[c], f[j]);
+                goto done;
+            }
+            if (c == COL_PI_REF && !(v > 0)) {
+                fdpo_error("%s:%zu: column 'pi_ref': must be > 0 (got %s): the f-divergence divides by pi_ref; drop responses the reference never produces", path, lineno, f[j]);
+                goto done;
+            }
+            if (c == COL_LENGTH && v < 0) { fdpo_error("%s:%zu: column 'length': must be >= 0 (got %s)", path, lineno, f[j]); goto done; }
+            cols[c][n] = v;
+        }
+        n++;
+    }
+    if (!have_header) { fdpo_error("%s: empty file (expected a header pi_ref,reward)", path); goto done; }
+    if (n == 0) { fdpo_error("%s: no data rows (need at least one response)", path); goto done; }
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += cols[COL_PI_REF][i];
+    if (fabs(s - 1) > 1e-9) {
+        for (size_t i = 0; i < n; i++) cols[COL_PI_REF][i] /= s;
+        if (renormalised) *renormalised = s;
+    }
+    p->n = n;
+    p->pi_ref = cols[COL_PI_REF];
+    p->reward = cols[COL_REWARD];
+    p->reward_hat = cols[COL_REWARD_HAT];
+    p->length = cols[COL_LENGTH];
+    memset(cols, 0, sizeof cols);
+    rc = 0;
+done:
+    for (int c = 0; c < N_COLS; c++) free(cols[c]);
+    free(text);
+    return rc;
+}

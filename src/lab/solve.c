@@ -1,0 +1,288 @@
+/* Exact optimum of max_pi E_pi[r] - beta D_f(pi || pi_ref) on a finite response set.
+ *
+ * KKT: r - beta f'(pi/pi_ref) - lambda + mu = 0, mu pi = 0, sum pi = 1.
+ * - rkl: closed form, pi = softmax(log pi_ref + r/beta), lambda = beta (logsumexp - 1).
+ * - fkl, js, alpha: pi = pi_ref g((r - lambda)/beta) with g = (f')^-1 increasing and convex,
+ *   so h(lambda) = sum pi - 1 is convex and decreasing. Newton started left of the root (where
+ *   h >= 0) then climbs monotonically to it without overshooting, quadratically at the end.
+ *   Left start: every single term q_i g((r_i - lambda)/beta) reaches 1 at lambda_i = r_i -
+ *   beta f'(1/q_i), and all terms are >= q_i at lambda = r_min - beta f'(1): the larger of these
+ *   bounds has h >= 0. Right end (h <= 0): lambda = r_max - beta f'(1) (every u <= 1).
+ * - chi2: pi = pi_ref max(0, 1 + (r - lambda)/(2 beta)); the support is a top-k set by reward,
+ *   found by one scan of prefix sums in decreasing-reward order (like projecting on a simplex).
+ * - tv: a linear program. Moving mass delta from y to y' changes the objective by
+ *   delta (r(y') - r(y) - beta) (the penalty beta/2 |pi - pi_ref| is paid on both ends), so
+ *   the optimum moves all the mass of every y with r(y) < r_max - beta onto the best
+ *   response(s) (split in proportion to pi_ref among ties) and leaves the rest at pi_ref.
+ *   lambda = r_max - beta/2. */
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/lab.h"
+
+typedef struct { double r; size_t i; } keyed;
+static int by_reward_desc(const void *a, const void *b) {
+    const keyed *x = a, *y = b;
+    if (x->r > y->r) return -1;
+    if (x->r < y->r) return 1;
+    return x->i < y->i ? -1 : x->i > y->i; /* ties by index: deterministic */
+}
+
+void fdpo_lab_prepare(fdpo_lab_prepared *pp, const double *pi_ref, const double *reward, size_t n) {
+    pp->n = n;
+    pp->pi_ref = pi_ref;
+    pp->reward = reward;
+    pp->log_pi_ref = fdpo_malloc(n * sizeof(double));
+    pp->order_desc = fdpo_malloc(n * sizeof(size_t));
+    pp->r_min = INFINITY;
+    pp->r_max = -INFINITY;
+    keyed *k = fdpo_malloc(n * sizeof *k);
+    for (size_t i = 0; i < n; i++) {
+        pp->log_pi_ref[i] = log(pi_ref[i]);
+        k[i].r = reward[i];
+        k[i].i = i;
+        if (reward[i] < pp->r_min) pp->r_min = reward[i];
+        if (reward[i] > pp->r_max) pp->r_max = reward[i];
+    }
+    qsort(k, n, sizeof *k, by_reward_desc);
+    for (size_t i = 0; i < n; i++) pp->order_desc[i] = k[i].i;
+    free(k);
+}
+
+void fdpo_lab_prepared_free(fdpo_lab_prepared *pp) {
+    free(pp->log_pi_ref);
+    free(pp->order_desc);
+    memset(pp, 0, sizeof *pp);
+}
+
+/* Accumulates the statistics of pi one element at a time. */
+typedef struct { double er, h, kl, df; size_t support; } acc;
+static inline void acc_add(acc *a, const fdpo_divergence *d, double q, double logq, double r, double pi, double logpi, double u) {
+    if (pi > 0) {
+        a->er += pi * r;
+        a->h -= pi * logpi;
+        a->kl += pi * (logpi - logq);
+        a->support++;
+    }
+    a->df += q * fdpo_f(d, u);
+}
+static void acc_finish(const acc *a, double beta, fdpo_lab_result *res) {
+    res->expected_reward = a->er;
+    res->entropy = a->h;
+    res->kl = a->kl;
+    res->f_divergence = a->df;
+    res->objective = a->er - beta * a->df;
+    res->support = a->support;
+}
+
+/* 1/A when it is a small whole number (alpha:0.5 -> 2): then (1 - A v)^(-1/A) is a few
+ * multiplications instead of a log and an exp */
+static int int_power(double A) {
+    double k = 1 / A;
+    return k == floor(k) && k <= 16 ? (int)k : 0;
+}
+static inline double ipow(double x, int k) {
+    double y = x;
+    for (int j = 1; j < k; j++) y *= x;
+    return y;
+}
+
+/* fkl, js, alpha in the distance to the pole. (f')^-1(v) blows up as v -> sup; write
+ * v_i = sup - eps_i with eps_i = tau + D_i, D_i = (r_max - r_i)/beta >= 0, so that
+ * lambda = r_max - beta sup + beta tau and tau > 0 is the domain. Then
+ *   fkl:   u = g(eps) = 1/eps
+ *   js:    u = 1/expm1(eps)            (e^v/(2 - e^v) with v = log 2 - eps)
+ *   alpha: u = (A eps)^(-1/A)          ((1 - A v)^(-1/A) with v = 1/A - eps)
+ * g is decreasing and convex. Working in tau rather than lambda keeps the solution
+ * representable when the best response has a tiny pi_ref: its u = 1/pi_ref needs
+ * tau ~ pi_ref (1e-16 is fine), while lambda - (r_max - beta sup) would round to 0. */
+/* e^x - 1: expm1 where the subtraction would cancel, the cheaper exp elsewhere (x > 0.5
+ * loses under one bit) */
+static inline double em1(double x) { return x > 0.5 ? exp(x) - 1 : expm1(x); }
+static inline double g_eps(fdpo_div_kind kind, double A, int k, double eps) {
+    if (kind == FDPO_DIV_FKL) return 1 / eps;
+    if (kind == FDPO_DIV_JS) return 1 / em1(eps);
+    double w = A * eps;
+    return k ? ipow(1 / w, k) : exp(-log(w) / A);
+}
+/* eps with g(eps) = u */
+static double g_inv(fdpo_div_kind kind, double A, double u) {
+    if (kind == FDPO_DIV_FKL) return 1 / u;
+    if (kind == FDPO_DIV_JS) return log1p(1 / u);
+    return exp(-A * log(u)) / A;
+}
+
+/* h(tau) + 1 = sum q_i g(tau + D_i) and -h'(tau) = sum q_i (-g'(tau + D_i)) */
+static void sum_g(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double tau,
+                  double *s, double *ds) {
+    const double *q = pp->pi_ref, *r = pp->reward, rmax = pp->r_max, A = d->alpha;
+    const int k = d->kind == FDPO_DIV_ALPHA ? int_power(A) : 0;
+    const size_t n = pp->n;
+    double a = 0, b = 0;
+    switch (d->kind) { /* one loop per kind so the branch leaves the hot loop */
+    case FDPO_DIV_FKL:
+        for (size_t i = 0; i < n; i++) {
+            double e = tau + (rmax - r[i]) / beta, u = 1 / e;
+            a += q[i] * u; b += q[i] * u * u;
+        }
+        break;
+    case FDPO_DIV_JS:
+        for (size_t i = 0; i < n; i++) {
+            double e = tau + (rmax - r[i]) / beta, u = 1 / em1(e);
+            a += q[i] * u; b += q[i] * u * (1 + u);
+        }
+        break;
+    default:
+        for (size_t i = 0; i < n; i++) {
+            double e = tau + (rmax - r[i]) / beta, u = g_eps(FDPO_DIV_ALPHA, A, k, e);
+            a += q[i] * u; b += q[i] * u / (A * e); /* -g'(eps) = u / (A eps) */
+        }
+        break;
+    }
+    *s = a;
+    *ds = b;
+}
+
+/* tau of the optimum. Bracket: at tau_hi = g_inv(1) every u <= 1 (sum <= 1); at tau_lo every
+ * single term q_i g(tau + D_i) of the best-rewarded responses reaches 1 (sum >= 1), and
+ * g_inv(1) - D_max makes every u >= 1. Newton from tau_lo climbs monotonically (h convex and
+ * decreasing) and ends quadratically; bisection guards the bracket. */
+static int solve_tau(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *tau_out) {
+    const fdpo_div_kind kind = d->kind;
+    const double A = d->alpha;
+    double hi = g_inv(kind, A, 1.0), lo = hi - (pp->r_max - pp->r_min) / beta;
+    size_t top = pp->n < 256 ? pp->n : 256; /* all n would cost a log per response per beta */
+    for (size_t k = 0; k < top; k++) {
+        size_t i = pp->order_desc[k];
+        double ti = g_inv(kind, A, 1 / pp->pi_ref[i]) - (pp->r_max - pp->reward[i]) / beta;
+        if (ti > lo) lo = ti;
+    }
+    if (!(lo > 0)) lo = 0;
+    if (lo > hi) lo = hi;
+    double a = lo, b = hi, tau = lo, prev = INFINITY;
+    int it;
+    for (it = 1; it <= 300; it++) {
+        double s, ds;
+        sum_g(pp, d, beta, tau, &s, &ds);
+        double h = s - 1;
+        if (!isfinite(h) || !isfinite(ds)) { /* only at tau = 0 (the pole) */
+            a = tau;
+            tau = 0.5 * (a + b);
+            continue;
+        }
+        if (fabs(h) <= 1e-15) break;
+        if (h > 0) a = tau; else b = tau;
+        double next = tau + h / ds;
+        /* bisect when Newton leaves the bracket or stops halving |h| (rounding-level noise) */
+        if (!(ds > 0) || !(next > a && next < b) || fabs(h) > 0.5 * prev) next = 0.5 * (a + b);
+        prev = fabs(h);
+        if (!(next > a && next < b) || fabs(next - tau) <= 1e-16 * tau) break;
+        tau = next;
+    }
+    *tau_out = tau;
+    return it;
+}
+
+int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *pi, fdpo_lab_result *res) {
+    if (!(beta > 0) || !isfinite(beta)) return fdpo_error("--beta: must be a finite number > 0 (got %g)", beta);
+    if (pp->n == 0) return fdpo_error("no responses (n = 0)");
+    if (d->kind == FDPO_DIV_ALPHA && !(d->alpha > 0 && d->alpha < 1))
+        return fdpo_error("--divergence alpha:%g: alpha must be in (0, 1)", d->alpha);
+    const size_t n = pp->n;
+    const double *q = pp->pi_ref, *r = pp->reward, *lq = pp->log_pi_ref;
+    acc a = {0};
+    memset(res, 0, sizeof *res);
+    switch (d->kind) {
+    case FDPO_DIV_RKL: {
+        double m = -INFINITY, z = 0;
+        for (size_t i = 0; i < n; i++) { double v = lq[i] + r[i] / beta; if (v > m) m = v; }
+        for (size_t i = 0; i < n; i++) z += exp(lq[i] + r[i] / beta - m);
+        double logz = m + log(z);
+        res->lambda = beta * (logz - 1);
+        for (size_t i = 0; i < n; i++) {
+            double lp = lq[i] + r[i] / beta - logz, p = exp(lp);
+            if (pi) pi[i] = p;
+            if (p > 0) { a.er += p * r[i]; a.h -= p * lp; a.kl += p * (lp - lq[i]); a.support++; }
+        }
+        a.df = a.kl;
+        break;
+    }
+    case FDPO_DIV_FKL: case FDPO_DIV_JS: case FDPO_DIV_ALPHA: {
+        double tau;
+        res->iterations = solve_tau(pp, d, beta, &tau);
+        res->lambda = pp->r_max - beta * fdpo_fprime_inv_sup(d) + beta * tau;
+        /* u, log u and f(u) share their transcendentals (this pass dominates `frontier`):
+         * fkl: u = 1/eps, f = -log u.
+         * js: u = 1/expm1(eps), log((u+1)/2) = eps + log u - log 2.
+         * alpha: w = A eps, log u = -log(w)/A, u^(1-A) = u w. */
+        const double A = d->alpha;
+        const int k = d->kind == FDPO_DIV_ALPHA ? int_power(A) : 0;
+        for (size_t i = 0; i < n; i++) {
+            double e = tau + (pp->r_max - r[i]) / beta, u, lu, f;
+            if (d->kind == FDPO_DIV_FKL) {
+                u = 1 / e; lu = -log(e); f = -lu;
+            } else if (d->kind == FDPO_DIV_JS) {
+                double em = em1(e);
+                u = 1 / em; lu = -log(em); f = u * lu - (u + 1) * (e + lu - M_LN2);
+            } else {
+                double w = A * e;
+                lu = -log(w) / A; u = k ? ipow(1 / w, k) : exp(lu); f = (u * w - (1 - A) * u - A) / (A * (A - 1));
+            }
+            double p = q[i] * u;
+            if (pi) pi[i] = p;
+            if (p > 0) { a.er += p * r[i]; a.h -= p * (lq[i] + lu); a.kl += p * lu; a.support++; }
+            a.df += q[i] * f;
+        }
+        break;
+    }
+    case FDPO_DIV_CHI2: {
+        /* largest k with r_(k) > lambda_k - 2 beta, lambda_k = 2 beta + (P_k - 2 beta)/Q_k */
+        double Q = 0, P = 0, lambda = NAN;
+        for (size_t k = 0; k < n; k++) {
+            size_t i = pp->order_desc[k];
+            Q += q[i];
+            P += q[i] * r[i];
+            double lk = 2 * beta + (P - 2 * beta) / Q;
+            if (r[i] > lk - 2 * beta) lambda = lk;
+            else break;
+        }
+        res->lambda = lambda;
+        for (size_t i = 0; i < n; i++) {
+            double u = 1 + (r[i] - lambda) / (2 * beta);
+            if (u < 0) u = 0;
+            double p = q[i] * u;
+            if (pi) pi[i] = p;
+            acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, u);
+        }
+        break;
+    }
+    case FDPO_DIV_TV: {
+        const double rmax = pp->r_max, cut = rmax - beta;
+        double moved = 0, qtop = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (r[i] < cut) moved += q[i];
+            if (r[i] == rmax) qtop += q[i];
+        }
+        res->lambda = rmax - beta / 2;
+        for (size_t i = 0; i < n; i++) {
+            double p = r[i] < cut ? 0 : r[i] == rmax ? q[i] + moved * (q[i] / qtop) : q[i];
+            if (pi) pi[i] = p;
+            acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, p / q[i]);
+        }
+        break;
+    }
+    }
+    acc_finish(&a, beta, res);
+    return 0;
+}
+
+void fdpo_lab_evaluate(const fdpo_divergence *d, double beta, const double *pi_ref, const double *reward,
+                       const double *pi, size_t n, fdpo_lab_result *res) {
+    acc a = {0};
+    memset(res, 0, sizeof *res);
+    for (size_t i = 0; i < n; i++)
+        acc_add(&a, d, pi_ref[i], log(pi_ref[i]), reward[i], pi[i], pi[i] > 0 ? log(pi[i]) : 0, pi[i] / pi_ref[i]);
+    acc_finish(&a, beta, res);
+    res->lambda = NAN;
+}

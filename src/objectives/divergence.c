@@ -1,0 +1,173 @@
+/* The f-divergence table of DESIGN.md §2, paper convention (Wang et al. 2024).
+ *
+ * u = pi/pi_ref, l = log u. Scores s(l) are f'(e^l) with additive constants dropped (they
+ * cancel in chosen - rejected). Exponents are capped at log(FLT_MAX) like TRL's cap_exp, so
+ * a float trainer never sees inf; the cap is applied to the exponent, and s'(l) beyond the
+ * cap is the derivative formula evaluated at the capped exponent (not TRL's zero gradient of
+ * a clamp), so a sequence far below the reference still gets pushed in the right direction. */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/objectives.h"
+
+static const char DIV_LIST[] = "rkl, fkl, js, alpha:A (0 < A < 1), tv, chi2";
+
+int fdpo_divergence_parse(const char *spec, fdpo_divergence *d) {
+    if (!spec || !*spec) return fdpo_error("divergence: empty spec (expected one of %s)", DIV_LIST);
+    d->alpha = 0;
+    if (!strcmp(spec, "rkl")) { d->kind = FDPO_DIV_RKL; return 0; }
+    if (!strcmp(spec, "fkl")) { d->kind = FDPO_DIV_FKL; return 0; }
+    if (!strcmp(spec, "js")) { d->kind = FDPO_DIV_JS; return 0; }
+    if (!strcmp(spec, "tv")) { d->kind = FDPO_DIV_TV; return 0; }
+    if (!strcmp(spec, "chi2")) { d->kind = FDPO_DIV_CHI2; return 0; }
+    if (!strncmp(spec, "alpha", 5) && (spec[5] == ':' || spec[5] == 0)) {
+        if (spec[5] == 0 || spec[6] == 0)
+            return fdpo_error("divergence '%s': alpha needs a coefficient, e.g. alpha:0.5 (0 < A < 1)", spec);
+        char *end;
+        double a = strtod(spec + 6, &end);
+        if (end == spec + 6 || *end || !isfinite(a))
+            return fdpo_error("divergence '%s': '%s' is not a number", spec, spec + 6);
+        if (!(a > 0 && a < 1))
+            return fdpo_error("divergence '%s': alpha must be in (0, 1) (paper convention: 0 -> rkl, 1 -> fkl; "
+                              "TRL >= 0.29's alpha is 1 - A)", spec);
+        d->kind = FDPO_DIV_ALPHA;
+        d->alpha = a;
+        return 0;
+    }
+    return fdpo_error("unknown divergence '%s' (expected one of %s)", spec, DIV_LIST);
+}
+
+void fdpo_divergence_name(const fdpo_divergence *d, char *buf, size_t n) {
+    switch (d->kind) {
+    case FDPO_DIV_RKL: snprintf(buf, n, "rkl"); break;
+    case FDPO_DIV_FKL: snprintf(buf, n, "fkl"); break;
+    case FDPO_DIV_JS: snprintf(buf, n, "js"); break;
+    case FDPO_DIV_TV: snprintf(buf, n, "tv"); break;
+    case FDPO_DIV_CHI2: snprintf(buf, n, "chi2"); break;
+    case FDPO_DIV_ALPHA: {
+        char num[64];
+        fdpo_fmt_double(num, sizeof num, d->alpha);
+        snprintf(buf, n, "alpha:%s", num);
+        break;
+    }
+    }
+}
+
+int fdpo_divergence_admissible(const fdpo_divergence *d, const char **why) {
+    const char *reason = NULL;
+    if (d->kind == FDPO_DIV_TV)
+        reason = "total variation is not usable by f-DPO: f'(u) = sign(u - 1)/2 takes only two values, so f' is "
+                 "not invertible and the optimum cannot be written as pi_ref * (f')^-1((r - lambda)/beta); the "
+                 "optimum is a linear program that puts pi = 0 on low-reward responses, so the partition "
+                 "function does not cancel (use `fdpo lab solve --divergence tv` to see it)";
+    else if (d->kind == FDPO_DIV_CHI2)
+        reason = "chi2 is not usable by f-DPO: 0 is in the domain of f'(u) = 2(u - 1) (f'(0) = -2 is finite), so the "
+                 "constraint pi >= 0 binds, the optimum can hit zero (pi = pi_ref * max(0, 1 + (r - lambda)/(2 beta))) "
+                 "and the partition function does not cancel (use `fdpo lab solve --divergence chi2` to see it)";
+    else if (d->kind == FDPO_DIV_ALPHA && !(d->alpha > 0 && d->alpha < 1))
+        reason = "alpha must be in (0, 1)";
+    if (why) *why = reason;
+    return reason == NULL;
+}
+
+/* log(FLT_MAX) rounded down at 4 decimals, as TRL's get_exp_cap does for float32. */
+#define EXP_CAP 88.7228
+static double cap_exp(double x) { return exp(x < EXP_CAP ? x : EXP_CAP); }
+
+double fdpo_f(const fdpo_divergence *d, double u) {
+    if (!(u >= 0)) return NAN;
+    switch (d->kind) {
+    case FDPO_DIV_RKL: return u > 0 ? u * log(u) : 0.0;
+    case FDPO_DIV_FKL: return -log(u);
+    case FDPO_DIV_JS: {
+        /* u log u - (u+1) log((u+1)/2) */
+        double a = u > 0 ? u * log(u) : 0.0;
+        return a - (u + 1) * (log1p(u) - M_LN2);
+    }
+    case FDPO_DIV_ALPHA: {
+        double A = d->alpha;
+        return (pow(u, 1 - A) - (1 - A) * u - A) / (A * (A - 1));
+    }
+    case FDPO_DIV_TV: return 0.5 * fabs(u - 1);
+    case FDPO_DIV_CHI2: return (u - 1) * (u - 1);
+    }
+    return NAN;
+}
+
+double fdpo_fprime(const fdpo_divergence *d, double u) {
+    if (!(u >= 0)) return NAN;
+    switch (d->kind) {
+    case FDPO_DIV_RKL: return log(u) + 1;
+    case FDPO_DIV_FKL: return -1 / u;
+    case FDPO_DIV_JS: return M_LN2 + log(u) - log1p(u); /* log(2u/(1+u)) */
+    case FDPO_DIV_ALPHA: return (1 - pow(u, -d->alpha)) / d->alpha;
+    case FDPO_DIV_TV: return u > 1 ? 0.5 : u < 1 ? -0.5 : 0.0; /* at u = 1: 0 from the subgradient [-1/2, 1/2] */
+    case FDPO_DIV_CHI2: return 2 * (u - 1);
+    }
+    return NAN;
+}
+
+double fdpo_fprime_inv(const fdpo_divergence *d, double v) {
+    if (isnan(v)) return NAN;
+    switch (d->kind) {
+    case FDPO_DIV_RKL: return exp(v - 1);
+    case FDPO_DIV_FKL: return v < 0 ? -1 / v : NAN;
+    case FDPO_DIV_JS: {
+        if (!(v < M_LN2)) return NAN;
+        double ev = exp(v);
+        return ev / (2 - ev);
+    }
+    case FDPO_DIV_ALPHA: {
+        double A = d->alpha;
+        if (!(v < 1 / A)) return NAN;
+        return exp(-log1p(-A * v) / A);
+    }
+    case FDPO_DIV_TV: return NAN; /* f' is a step function: no inverse */
+    case FDPO_DIV_CHI2: return v >= -2 ? 1 + v / 2 : NAN; /* u >= 0 */
+    }
+    return NAN;
+}
+
+double fdpo_fprime_inv_sup(const fdpo_divergence *d) {
+    switch (d->kind) {
+    case FDPO_DIV_RKL: return INFINITY;
+    case FDPO_DIV_FKL: return 0.0;
+    case FDPO_DIV_JS: return M_LN2;
+    case FDPO_DIV_ALPHA: return 1 / d->alpha;
+    case FDPO_DIV_TV: return 0.5;
+    case FDPO_DIV_CHI2: return INFINITY;
+    }
+    return NAN;
+}
+
+static double log_sigmoid(double x) { return x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x)); }
+static double sigmoid(double x) {
+    if (x >= 0) return 1 / (1 + exp(-x));
+    double e = exp(x);
+    return e / (1 + e);
+}
+
+double fdpo_score(const fdpo_divergence *d, double l) {
+    if (isnan(l)) return NAN;
+    switch (d->kind) {
+    case FDPO_DIV_RKL: return l;
+    case FDPO_DIV_FKL: return -cap_exp(-l);
+    case FDPO_DIV_JS: return log_sigmoid(l);
+    case FDPO_DIV_ALPHA: return -cap_exp(-d->alpha * l) / d->alpha;
+    default: return NAN; /* tv, chi2: no f-DPO score */
+    }
+}
+
+double fdpo_score_grad(const fdpo_divergence *d, double l) {
+    if (isnan(l)) return NAN;
+    switch (d->kind) {
+    case FDPO_DIV_RKL: return 1.0;
+    case FDPO_DIV_FKL: return cap_exp(-l);
+    case FDPO_DIV_JS: return sigmoid(-l);
+    case FDPO_DIV_ALPHA: return cap_exp(-d->alpha * l);
+    default: return NAN;
+    }
+}

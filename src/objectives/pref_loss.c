@@ -1,0 +1,108 @@
+/* Preference losses of DESIGN.md §3 on one (chosen, rejected) pair, with analytic gradients.
+ *
+ * Delta = s(lw) - s(ll) and z = beta * Delta. Every loss is a function of z (or of Delta for
+ * ipo), so dL/dlw = dL/dDelta * s'(lw) and dL/dll = -dL/dDelta * s'(ll). softplus and
+ * log sigma use their overflow-free forms. */
+#include <math.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/objectives.h"
+
+static const char LOSS_LIST[] = "sigmoid, robust, hinge, ipo, simpo";
+
+int fdpo_loss_parse(const char *spec, fdpo_loss_kind *k) {
+    static const struct { const char *name; fdpo_loss_kind kind; } T[] = {
+        {"sigmoid", FDPO_LOSS_SIGMOID}, {"robust", FDPO_LOSS_ROBUST}, {"hinge", FDPO_LOSS_HINGE},
+        {"ipo", FDPO_LOSS_IPO}, {"simpo", FDPO_LOSS_SIMPO},
+    };
+    for (size_t i = 0; spec && i < sizeof T / sizeof T[0]; i++)
+        if (!strcmp(spec, T[i].name)) { *k = T[i].kind; return 0; }
+    return fdpo_error("--loss: unknown loss '%s' (expected one of %s)", spec ? spec : "", LOSS_LIST);
+}
+
+const char *fdpo_loss_name(fdpo_loss_kind k) {
+    switch (k) {
+    case FDPO_LOSS_SIGMOID: return "sigmoid";
+    case FDPO_LOSS_ROBUST: return "robust";
+    case FDPO_LOSS_HINGE: return "hinge";
+    case FDPO_LOSS_IPO: return "ipo";
+    case FDPO_LOSS_SIMPO: return "simpo";
+    }
+    return "?";
+}
+
+int fdpo_pref_loss_check(const fdpo_pref_loss *L) {
+    if (!(L->beta > 0) || !isfinite(L->beta))
+        return fdpo_error("--beta: must be a finite number > 0 (got %g)", L->beta);
+    if (!(L->label_smoothing >= 0 && L->label_smoothing < 0.5))
+        return fdpo_error("--label-smoothing: must be in [0, 0.5) (got %g)", L->label_smoothing);
+    if (L->label_smoothing > 0 && L->kind != FDPO_LOSS_SIGMOID && L->kind != FDPO_LOSS_ROBUST)
+        return fdpo_error("--label-smoothing: only the sigmoid (cDPO) and robust losses use it, not %s (got %g)",
+                          fdpo_loss_name(L->kind), L->label_smoothing);
+    if (!isfinite(L->simpo_gamma))
+        return fdpo_error("--simpo-gamma: must be finite (got %g)", L->simpo_gamma);
+    if (!(L->sft_weight >= 0) || !isfinite(L->sft_weight))
+        return fdpo_error("--sft-weight: must be a finite number >= 0 (got %g)", L->sft_weight);
+    if (L->kind != FDPO_LOSS_SIMPO) {
+        const char *why;
+        if (!fdpo_divergence_admissible(&L->div, &why)) {
+            char name[64];
+            fdpo_divergence_name(&L->div, name, sizeof name);
+            return fdpo_error("--divergence %s: %s", name, why);
+        }
+    }
+    return 0;
+}
+
+/* softplus(x) = log(1 + e^x) without overflow */
+static double softplus(double x) { return (x > 0 ? x : 0) + log1p(exp(-fabs(x))); }
+static double sigmoid(double x) {
+    if (x >= 0) return 1 / (1 + exp(-x));
+    double e = exp(x);
+    return e / (1 + e);
+}
+
+double fdpo_pref_loss_pair(const fdpo_pref_loss *L, double lw, double ll, double *dlw, double *dll) {
+    const double b = L->beta, e = L->label_smoothing;
+    double loss, dz; /* dz = dL/dz for the z-losses; for ipo dL/dDelta */
+    if (L->kind == FDPO_LOSS_SIMPO) {
+        /* -log sigma(beta (lw - ll) - gamma) on mean token log-probs: no reference, no f */
+        double z = b * (lw - ll) - L->simpo_gamma;
+        loss = softplus(-z);
+        double g = -b * sigmoid(-z);
+        if (dlw) *dlw = g;
+        if (dll) *dll = -g;
+        return loss;
+    }
+    double delta = fdpo_score(&L->div, lw) - fdpo_score(&L->div, ll);
+    double z = b * delta, dL_ddelta;
+    switch (L->kind) {
+    case FDPO_LOSS_SIGMOID:
+        /* cDPO: -(1-e) log sigma(z) - e log sigma(-z) */
+        loss = (1 - e) * softplus(-z) + e * softplus(z);
+        dz = -(1 - e) * sigmoid(-z) + e * sigmoid(z);
+        dL_ddelta = b * dz;
+        break;
+    case FDPO_LOSS_ROBUST:
+        /* (-(1-e) log sigma(z) + e log sigma(-z)) / (1 - 2e): unbiased under label flips at rate e */
+        loss = ((1 - e) * softplus(-z) - e * softplus(z)) / (1 - 2 * e);
+        dz = (-(1 - e) * sigmoid(-z) - e * sigmoid(z)) / (1 - 2 * e);
+        dL_ddelta = b * dz;
+        break;
+    case FDPO_LOSS_HINGE:
+        loss = 1 - z > 0 ? 1 - z : 0;
+        dL_ddelta = 1 - z > 0 ? -b : 0;
+        break;
+    case FDPO_LOSS_IPO: {
+        /* (Delta - 1/(2 beta))^2; TRL convention: lw, ll are per-token mean log-ratios */
+        double m = delta - 1 / (2 * b);
+        loss = m * m;
+        dL_ddelta = 2 * m;
+        break;
+    }
+    default: loss = NAN; dL_ddelta = NAN; break;
+    }
+    if (dlw) *dlw = dL_ddelta * fdpo_score_grad(&L->div, lw);
+    if (dll) *dll = -dL_ddelta * fdpo_score_grad(&L->div, ll);
+    return loss;
+}

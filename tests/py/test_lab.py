@@ -1,0 +1,475 @@
+"""fdpo lab: exact solutions checked against KKT conditions and independent scipy solvers.
+
+References: scipy.optimize.brentq on the closed form pi_ref (f')^-1((r - lambda)/beta),
+scipy.optimize.minimize (SLSQP) on the regularised objective itself, scipy.optimize.linprog
+for total variation, scipy.special.softmax for reverse KL, and a scipy logistic-regression
+fit for the Bradley-Terry rewards. No expected value comes from fdpo itself.
+"""
+import csv
+import io
+import math
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from scipy import optimize, special
+
+FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
+ADMISSIBLE = ["rkl", "fkl", "js", "alpha:0.3", "alpha:0.5", "alpha:0.7"]
+
+
+def lab(*args, check=True):
+    r = subprocess.run([FDPO, "lab", *map(str, args)], capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def rows(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def write_problem(path, q, r, extra=None):
+    with open(path, "w") as f:
+        cols = ["pi_ref", "reward"] + list(extra or {})
+        f.write(",".join(cols) + "\n")
+        for i in range(len(q)):
+            vals = [q[i], r[i]] + [extra[c][i] for c in (extra or {})]
+            f.write(",".join(repr(float(v)) for v in vals) + "\n")
+
+
+def problem(n, seed, zipf=True):
+    rng = np.random.default_rng(seed)
+    q = 1.0 / np.arange(1, n + 1) ** 1.1 if zipf else rng.dirichlet(np.ones(n))
+    q = q / q.sum()
+    r = rng.normal(size=n)
+    return q, r
+
+
+# ---- independent f-table (paper convention) ----
+
+def fprime(div, u):
+    if div == "rkl":
+        return np.log(u) + 1
+    if div == "fkl":
+        return -1 / u
+    if div == "js":
+        return np.log(2 * u / (1 + u))
+    if div.startswith("alpha:"):
+        a = float(div[6:])
+        return (1 - u ** (-a)) / a
+    if div == "chi2":
+        return 2 * (u - 1)
+
+
+def finv(div, v):
+    if div == "rkl":
+        return np.exp(v - 1)
+    if div == "fkl":
+        return -1 / v
+    if div == "js":
+        return np.exp(v) / (2 - np.exp(v))
+    a = float(div[6:])
+    return (1 - a * v) ** (-1 / a)
+
+
+def fdiv(div, u):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if div == "rkl":
+            return np.where(u > 0, u * np.log(np.where(u > 0, u, 1)), 0)
+        if div == "fkl":
+            return -np.log(u)
+        if div == "js":
+            return u * np.log(u) - (u + 1) * np.log((u + 1) / 2)
+        if div.startswith("alpha:"):
+            a = float(div[6:])
+            return (u ** (1 - a) - (1 - a) * u - a) / (a * (a - 1))
+        if div == "chi2":
+            return (u - 1) ** 2
+        if div == "tv":
+            return 0.5 * np.abs(u - 1)
+
+
+def sup(div):
+    return {"fkl": 0.0, "js": math.log(2)}.get(div, 1 / float(div[6:]) if div.startswith("alpha:") else math.inf)
+
+
+def brentq_solution(div, q, r, beta):
+    if div == "rkl":
+        return special.softmax(np.log(q) + r / beta)
+    h = lambda lam: np.sum(q * finv(div, (r - lam) / beta)) - 1
+    lo = np.max(r - beta * fprime(div, 1 / q))  # each single term reaches 1 here
+    hi = np.max(r) - beta * fprime(div, 1.0)
+    lam = optimize.brentq(h, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+    return q * finv(div, (r - lam) / beta)
+
+
+def solve(tmp_path, div, beta, q, r):
+    path = tmp_path / "p.csv"
+    out = tmp_path / "pi.csv"
+    write_problem(path, q, r)
+    res = lab("solve", "--input", path, "--divergence", div, "--beta", beta, "--out", out)
+    summary = rows(res.stdout)[0]
+    pis = rows(out.read_text())
+    pi = np.array([float(x["pi"]) for x in pis])
+    assert np.array_equal(np.array([float(x["pi_ref"]) for x in pis]), q)  # %.17g round-trips
+    return summary, pi
+
+
+@pytest.mark.parametrize("div", ADMISSIBLE)
+@pytest.mark.parametrize("beta", [0.05, 0.3, 2.0])
+def test_solve_admissible_kkt_and_brentq(tmp_path, div, beta):
+    q, r = problem(60, 1)
+    s, pi = solve(tmp_path, div, beta, q, r)
+    lam = float(s["lambda"])
+    assert abs(pi.sum() - 1) < 1e-12
+    assert (pi > 0).all() and int(s["support"]) == 60
+    # stationarity: r - beta f'(pi/pi_ref) - lambda = 0
+    kkt = r - beta * fprime(div, pi / q) - lam
+    assert np.max(np.abs(kkt)) < 1e-9, np.max(np.abs(kkt))
+    ref = brentq_solution(div, q, r, beta)
+    assert np.max(np.abs(pi - ref)) < 1e-12
+    np.testing.assert_allclose(pi, ref, rtol=1e-9, atol=1e-300)
+    # reported statistics from the reference pi
+    assert float(s["expected_reward"]) == pytest.approx(np.sum(ref * r), rel=1e-11, abs=1e-12)
+    assert float(s["entropy"]) == pytest.approx(-np.sum(ref * np.log(ref)), rel=1e-9, abs=1e-12)
+    assert float(s["kl"]) == pytest.approx(np.sum(ref * np.log(ref / q)), rel=1e-9, abs=1e-12)
+    assert float(s["f_divergence"]) == pytest.approx(np.sum(q * fdiv(div, ref / q)), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("div", ["fkl", "js", "alpha:0.5", "alpha:0.3"])
+def test_best_response_with_tiny_pi_ref(tmp_path, div):
+    # the optimum sits within ~beta * 1e-16 of the pole of (f')^-1, below the resolution of
+    # lambda itself: a solver in lambda gets sum(pi) far from 1 here. Reference: brentq in the
+    # distance to the pole, eps_i = tau + (r_max - r_i)/beta, written independently below.
+    q, r = problem(40, 12)
+    top = np.argmax(r)
+    q[top] = 1e-16
+    q = q / q.sum()
+    beta = 0.01
+    _, pi = solve(tmp_path, div, beta, q, r)
+    assert abs(pi.sum() - 1) < 1e-12
+    D = (r.max() - r) / beta
+    if div == "fkl":
+        g = lambda e: 1 / e
+    elif div == "js":
+        g = lambda e: 1 / np.expm1(e)
+    else:
+        a = float(div[6:])
+        g = lambda e: (a * e) ** (-1 / a)
+    tau = optimize.brentq(lambda t: np.sum(q * g(t + D)) - 1, 1e-30, 10, xtol=1e-30, rtol=1e-15, maxiter=1000)
+    np.testing.assert_allclose(pi, q * g(tau + D), rtol=1e-9, atol=1e-15)
+    assert pi[top] > 0.9  # cheap to pile mass on it: these f grow slowly in u
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.1, 1.0, 10.0])
+def test_rkl_is_softmax_to_rounding(tmp_path, beta):
+    q, r = problem(200, 2, zipf=False)
+    _, pi = solve(tmp_path, "rkl", beta, q, r)
+    ref = special.softmax(np.log(q) + r / beta)
+    np.testing.assert_allclose(pi, ref, rtol=1e-12, atol=1e-300)
+
+
+def regularised(div, q, r, beta, pi):
+    return pi @ r - beta * np.sum(q * fdiv(div, pi / q))
+
+
+@pytest.mark.filterwarnings("ignore:Values in x were outside bounds")
+@pytest.mark.parametrize("div", ADMISSIBLE + ["chi2"])
+def test_direct_constrained_optimisation_small_n(tmp_path, div):
+    q, r = problem(6, 3)
+    beta = 0.4
+    _, pi = solve(tmp_path, div, beta, q, r)
+    lb = 0.0 if div == "chi2" else 1e-12
+    res = optimize.minimize(lambda p: -regularised(div, q, r, beta, p), q, method="SLSQP",
+                            bounds=[(lb, 1)] * 6, constraints=[{"type": "eq", "fun": lambda p: p.sum() - 1}],
+                            options={"ftol": 1e-15, "maxiter": 1000})
+    assert res.success, res.message
+    np.testing.assert_allclose(pi, res.x, atol=2e-6)
+    # and ours is at least as good as the optimiser's point
+    assert regularised(div, q, r, beta, pi) >= regularised(div, q, r, beta, np.clip(res.x, lb, 1)) - 1e-12
+
+
+def test_chi2_loses_support_and_satisfies_kkt(tmp_path):
+    q, r = problem(80, 4)
+    beta = 0.1
+    s, pi = solve(tmp_path, "chi2", beta, q, r)
+    lam = float(s["lambda"])
+    on = pi > 0
+    assert 0 < on.sum() < 80
+    assert int(s["support"]) == on.sum() and int(s["support_lost"]) == 80 - on.sum()
+    assert abs(pi.sum() - 1) < 1e-12
+    assert np.max(np.abs(r[on] - beta * 2 * (pi[on] / q[on] - 1) - lam)) < 1e-9
+    # off the support mu = lambda - r + beta f'(0) >= 0 with f'(0) = -2
+    assert np.all(lam - r[~on] - 2 * beta >= -1e-12)
+    # independent: the closed form with lambda from brentq
+    h = lambda l: np.sum(q * np.maximum(0, 1 + (r - l) / (2 * beta))) - 1
+    lam_ref = optimize.brentq(h, r.min() - 10, r.max() + 10, xtol=1e-15)
+    np.testing.assert_allclose(pi, q * np.maximum(0, 1 + (r - lam_ref) / (2 * beta)), atol=1e-13)
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.5, 5.0])
+def test_tv_equals_linprog(tmp_path, beta):
+    n = 40
+    q, r = problem(n, 5)
+    s, pi = solve(tmp_path, "tv", beta, q, r)
+    # variables [pi, t]: min -r.pi + beta/2 sum t, t >= |pi - q|, sum pi = 1, pi >= 0
+    c = np.concatenate([-r, np.full(n, beta / 2)])
+    I = np.eye(n)
+    A_ub = np.block([[I, -I], [-I, -I]])
+    b_ub = np.concatenate([q, -q])
+    A_eq = np.concatenate([np.ones(n), np.zeros(n)])[None, :]
+    lp = optimize.linprog(c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=[1], bounds=[(0, None)] * (2 * n), method="highs")
+    assert lp.status == 0
+    np.testing.assert_allclose(pi, lp.x[:n], atol=1e-9)
+    assert regularised("tv", q, r, beta, pi) == pytest.approx(-lp.fun, abs=1e-12)
+    assert float(s["lambda"]) == pytest.approx(r.max() - beta / 2, abs=1e-15)
+    lost = int(np.sum(r < r.max() - beta))
+    assert int(s["support_lost"]) == lost
+
+
+def test_frontier_columns_determinism_and_threads(tmp_path):
+    args = ["frontier", "--n", "300", "--seed", "7", "--divergence", "rkl,js,tv,chi2", "--n-betas", "5"]
+    a = lab(*args, "--threads", "1").stdout
+    b = lab(*args, "--threads", "2").stdout
+    c = lab(*args, "--threads", "2").stdout
+    assert a == b == c
+    t = rows(a)
+    assert list(t[0].keys()) == ["divergence", "beta", "expected_reward", "entropy", "kl", "f_divergence", "support"]
+    assert len(t) == 4 * 5
+    betas = sorted({float(x["beta"]) for x in t})
+    np.testing.assert_allclose(betas, np.geomspace(0.01, 10, 5), rtol=1e-14)
+    # reverse-KL rows equal an independent softmax on the same (exported) problem
+    out = tmp_path / "pi.csv"
+    lab("solve", "--n", "300", "--seed", "7", "--divergence", "rkl", "--out", out)
+    p = rows(out.read_text())
+    q = np.array([float(x["pi_ref"]) for x in p])
+    r = np.array([float(x["reward"]) for x in p])
+    for row in t:
+        if row["divergence"] != "rkl":
+            continue
+        beta = float(row["beta"])
+        pi = special.softmax(np.log(q) + r / beta)
+        assert float(row["expected_reward"]) == pytest.approx(pi @ r, rel=1e-12)
+        assert float(row["kl"]) == pytest.approx(np.sum(special.rel_entr(pi, q)), rel=1e-9, abs=1e-13)
+        assert float(row["entropy"]) == pytest.approx(special.entr(pi).sum(), rel=1e-9, abs=1e-13)
+
+
+def test_solve_several_divergences_writes_one_column_each(tmp_path):
+    q, r = problem(20, 9)
+    p, out = tmp_path / "p.csv", tmp_path / "pi.csv"
+    write_problem(p, q, r)
+    s = rows(lab("solve", "--input", p, "--divergence", "rkl,tv,chi2", "--beta", "0.2", "--out", out).stdout)
+    assert [x["divergence"] for x in s] == ["rkl", "tv", "chi2"]
+    t = rows(out.read_text())
+    assert list(t[0].keys()) == ["pi_ref", "reward", "pi_rkl", "pi_tv", "pi_chi2"]
+    np.testing.assert_allclose([float(x["pi_rkl"]) for x in t], special.softmax(np.log(q) + r / 0.2), rtol=1e-12)
+    for name in ("pi_tv", "pi_chi2"):
+        pi = np.array([float(x[name]) for x in t])
+        assert abs(pi.sum() - 1) < 1e-12 and (pi >= 0).all()
+
+
+def test_frontier_json(tmp_path):
+    import json
+    out = json.loads(lab("frontier", "--n", "50", "--divergence", "fkl", "--betas", "0.1,1", "--format", "json").stdout)
+    assert [o["beta"] for o in out] == [0.1, 1.0]
+    assert all(o["support"] == 50 for o in out)
+
+
+@pytest.mark.parametrize("div", ADMISSIBLE)
+def test_check_tabular_fdpo_converges_to_pistar(div):
+    t = rows(lab("check", "--divergence", div, "--n", "6", "--beta", "0.5", "--seed", "3").stdout)
+    assert float(t[0]["max_abs_diff"]) <= 1e-4
+
+
+def test_check_detects_a_biased_loss():
+    # labels flipped 20% of the time: plain sigmoid converges elsewhere, robust (e = 0.2) to pi*
+    biased = rows(lab("check", "--divergence", "rkl,js", "--label-noise", "0.2").stdout)
+    robust = rows(lab("check", "--divergence", "rkl,js", "--label-noise", "0.2", "--loss", "robust", "--label-smoothing", "0.2").stdout)
+    assert all(float(x["max_abs_diff"]) > 1e-2 for x in biased)
+    assert all(float(x["max_abs_diff"]) <= 1e-4 for x in robust)
+
+
+def test_gap_zero_without_noise():
+    t = rows(lab("gap", "--n", "200", "--prompts", "2", "--noise", "0").stdout)
+    assert len(t) == 6 * 5
+    for x in t:
+        assert float(x["reward_gap"]) == 0 and abs(float(x["objective_gap"])) <= 1e-15 and float(x["bound"]) == 0
+
+
+def test_gap_values_match_independent_computation(tmp_path):
+    exp = tmp_path / "problem.csv"
+    t = rows(lab("gap", "--n", "100", "--prompts", "3", "--noise", "0.2", "--divergence", "rkl,fkl",
+                 "--betas", "0.3,1", "--export-problem", exp, "--seed", "11").stdout)
+    data = rows(exp.read_text())
+    prompts = sorted({int(d["prompt"]) for d in data})
+    assert prompts == [0, 1, 2]
+    for row in t:
+        div, beta = row["divergence"], float(row["beta"])
+        rg = og = bound = 0
+        for x in prompts:
+            d = [e for e in data if int(e["prompt"]) == x]
+            q = np.array([float(e["pi_ref"]) for e in d])
+            r = np.array([float(e["reward"]) for e in d])
+            rh = np.array([float(e["reward_hat"]) for e in d])
+            ps = brentq_solution(div, q, r, beta)
+            ph = brentq_solution(div, q, rh, beta)
+            rg += (ps @ r - ph @ r) / 3
+            og += (regularised(div, q, r, beta, ps) - regularised(div, q, r, beta, ph)) / 3
+            eps = np.abs(r - rh)
+            bound += np.sum(ps * np.exp(eps / beta) * eps) / 3
+        assert float(row["reward_gap"]) == pytest.approx(rg, rel=1e-9, abs=1e-12)
+        assert float(row["objective_gap"]) == pytest.approx(og, rel=1e-8, abs=1e-12)
+        assert float(row["objective_gap"]) >= 0
+        assert float(row["bound"]) == pytest.approx(bound, rel=1e-12)
+        assert row["bound_held"] == ("1" if float(row["reward_gap"]) <= float(row["bound"]) else "0")
+
+
+def test_gap_with_reward_hat_from_input(tmp_path):
+    q, r = problem(30, 6)
+    rh = r + 0.3 * np.sin(np.arange(30))
+    p = tmp_path / "p.csv"
+    write_problem(p, q, r, {"reward_hat": rh})
+    t = rows(lab("gap", "--input", p, "--divergence", "rkl", "--betas", "0.5").stdout)
+    assert t[0]["noise"] == "input"
+    ps, ph = brentq_solution("rkl", q, r, 0.5), brentq_solution("rkl", q, rh, 0.5)
+    assert float(t[0]["reward_gap"]) == pytest.approx(ps @ r - ph @ r, rel=1e-10)
+
+
+@pytest.mark.parametrize("policy", ["ref", "optimal", "uniform", "mixture"])
+def test_coverage_bt_fit_equals_scipy_logistic_regression(tmp_path, policy):
+    cmp_path, fit_path = tmp_path / "cmp.csv", tmp_path / "fit.csv"
+    ridge = 1e-3
+    t = rows(lab("coverage", "--n", "12", "--prompts", "2", "--comparisons", "40,400", "--divergence", "rkl,chi2",
+                 "--data-policy", policy, "--ridge", ridge, "--export-comparisons", cmp_path,
+                 "--export-fit", fit_path).stdout)
+    assert len(t) == 4
+    cmp_rows, fit_rows = rows(cmp_path.read_text()), rows(fit_path.read_text())
+    for m in (40, 400):
+        for x in (0, 1):
+            c = [e for e in cmp_rows if int(e["n_comparisons"]) == m and int(e["prompt"]) == x]
+            assert len(c) == m
+            w = np.array([int(e["winner"]) for e in c])
+            l = np.array([int(e["loser"]) for e in c])
+            # logistic regression on difference features: P(w beats l) = sigma(theta_w - theta_l)
+            X = np.zeros((m, 12))
+            X[np.arange(m), w] += 1
+            X[np.arange(m), l] -= 1
+            def nll(th):
+                z = X @ th
+                return np.sum(np.logaddexp(0, -z)) + 0.5 * ridge * th @ th
+            def grad(th):
+                return -X.T @ special.expit(-X @ th) + ridge * th
+            def hess(th):
+                s = special.expit(X @ th)
+                return X.T @ (X * (s * (1 - s))[:, None]) + ridge * np.eye(12)
+            ref = optimize.minimize(nll, np.zeros(12), jac=grad, hess=hess, method="trust-exact",
+                                    options={"gtol": 1e-12})
+            ours = np.array([float(e["reward_hat"]) for e in fit_rows if int(e["n_comparisons"]) == m and int(e["prompt"]) == x])
+            np.testing.assert_allclose(ours, ref.x, atol=1e-6)
+            assert abs(ours.sum()) < 1e-6  # the ridge pins the free constant: sum theta = 0
+
+
+def test_coverage_gap_shrinks_with_data():
+    t = rows(lab("coverage", "--n", "10", "--prompts", "6", "--comparisons", "20,20000", "--divergence", "rkl").stdout)
+    small, big = float(t[0]["objective_gap"]), float(t[1]["objective_gap"])
+    assert big < small and big < 0.05
+    assert float(t[1]["fit_rmse"]) < float(t[0]["fit_rmse"])
+
+
+def test_bias_lengthens_answers(tmp_path):
+    q, r = problem(50, 8)
+    length = np.arange(50) % 17 + 5.0
+    p = tmp_path / "p.csv"
+    write_problem(p, q, r, {"length": length})
+    t = rows(lab("bias", "--input", p, "--divergence", "rkl,fkl", "--betas", "0.2,1", "--bias", "0.02").stdout)
+    for row in t:
+        div, beta = row["divergence"], float(row["beta"])
+        ps = brentq_solution(div, q, r, beta)
+        ph = brentq_solution(div, q, r + 0.02 * length, beta)
+        assert float(row["length_pistar"]) == pytest.approx(ps @ length, rel=1e-10)
+        assert float(row["length_pihat"]) == pytest.approx(ph @ length, rel=1e-10)
+        assert float(row["length_increase"]) > 0
+
+
+# ---- bad inputs ----
+
+def bad(tmp_path, text, *args):
+    p = tmp_path / "bad.csv"
+    p.write_text(text)
+    r = lab("solve", "--input", p, *args, check=False)
+    assert r.returncode != 0
+    return r.stderr, str(p)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("pi_ref,reward\n0.5,1\n0,2\n0.5,3\n", ":3: column 'pi_ref': must be > 0"),
+    ("pi_ref,reward\n0.5,1\n-0.5,2\n", ":3: column 'pi_ref': must be > 0"),
+    ("pi_ref,reward\n0.5,abc\n0.5,2\n", ":2: column 'reward': 'abc' is not a finite number"),
+    ("pi_ref,reward\n0.5,1\n0.5,nan\n", ":3: column 'reward': 'nan' is not a finite number"),
+    ("pi_ref,reward\n0.5,1,3\n0.5,2\n", ":2: expected 2 fields, got 3"),
+    ("pi_ref,reward\n0.5\n", ":2: expected 2 fields, got 1"),
+    ("pi_ref,score\n0.5,1\n", ":1: unknown column 'score'"),
+    ("pi_ref\n0.5\n", ":1: missing column 'reward'"),
+    ("reward,reward,pi_ref\n1,1,1\n", ":1: column 'reward' appears twice"),
+    ("pi_ref,reward\n", ": no data rows"),
+    ("", ": empty file"),
+])
+def test_malformed_csv_names_file_and_line(tmp_path, text, needle):
+    err, path = bad(tmp_path, text)
+    assert path + needle in err, err
+
+
+def test_renormalises_with_a_warning(tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_text("pi_ref,reward\n1,0.5\n3,-0.2\n")
+    r = lab("solve", "--input", p, "--divergence", "rkl", "--beta", "1")
+    assert "warning" in r.stderr and "sums to 4" in r.stderr and "renormalised" in r.stderr
+    q = np.array([0.25, 0.75])
+    pi = special.softmax(np.log(q) + np.array([0.5, -0.2]))
+    assert float(rows(r.stdout)[0]["expected_reward"]) == pytest.approx(pi @ [0.5, -0.2], rel=1e-14)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["solve", "--beta", "0"], "--beta: must be > 0"),
+    (["solve", "--beta", "-1"], "--beta: must be > 0"),
+    (["solve", "--n", "0"], "--n: must be >= 1"),
+    (["solve", "--divergence", "kl"], "--divergence: unknown divergence 'kl'"),
+    (["solve", "--divergence", "alpha:2"], "alpha must be in (0, 1)"),
+    (["solve", "--pi-ref", "pareto"], "--pi-ref: unknown kind 'pareto'"),
+    (["solve", "--input", "/nonexistent/x.csv"], "/nonexistent/x.csv"),
+    (["solve", "--format", "xml"], "--format: unknown format 'xml'"),
+    (["frontier", "--betas", "0.1,x"], "--betas: 'x' is not a finite number"),
+    (["frontier", "--betas", "0.1,0"], "--betas: must be > 0"),
+    (["gap", "--noise", "-1"], "--noise: must be >= 0"),
+    (["coverage", "--data-policy", "expert"], "--data-policy: unknown policy 'expert'"),
+    (["coverage", "--ridge", "0"], "--ridge: must be > 0"),
+    (["coverage", "--comparisons", "1.5"], "--comparisons: 1.5 is not a whole number"),
+    (["gap", "--prompts", "0"], "--prompts: must be >= 1"),
+    (["check", "--divergence", "tv"], "--divergence tv: total variation is not usable"),
+    (["check", "--divergence", "chi2"], "--divergence chi2: chi2 is not usable"),
+    (["check", "--label-smoothing", "0.5"], "--label-smoothing"),
+    (["check", "--loss", "simpo"], "--loss simpo"),
+    (["frobnicate"], "unknown experiment 'frobnicate'"),
+    (["solve", "--bogus", "1"], "unknown flag '--bogus'"),
+])
+def test_bad_flags_are_named(args, needle):
+    r = lab(*args, check=False)
+    assert r.returncode != 0
+    assert needle in r.stderr, r.stderr
+
+
+def test_bias_needs_a_length_column(tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_text("pi_ref,reward\n0.5,1\n0.5,2\n")
+    r = lab("bias", "--input", p, check=False)
+    assert r.returncode != 0 and "needs a 'length' column" in r.stderr
+
+
+def test_help_lists_every_flag_with_default():
+    r = lab("frontier", "--help")
+    for flag in ["--n-betas", "--beta-min", "--beta-max", "--divergence", "--seed", "--threads", "--input", "--format"]:
+        assert flag in r.stdout
+    assert "[50]" in r.stdout
+    assert "coverage" in lab("--help").stdout

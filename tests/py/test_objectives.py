@@ -1,0 +1,319 @@
+"""f-divergence table and preference losses (src/objectives) against independent references.
+
+The references below are re-written from the published formulas: the f-DPO paper's losses
+(Wang et al. 2024: forward KL score -1/u, JS log(2u/(1+u)), alpha (1 - u^-alpha)/alpha) in the
+form TRL's DPOTrainer uses them (f_divergence_type branches: JS subtracts softplus of the
+log-ratios, alpha uses cap_exp(-alpha * l)), and the TRL loss_type formulas (sigmoid with label
+smoothing, robust, hinge, ipo) and SimPO. Gradients come from torch.autograd in float64.
+"""
+import json
+import math
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(os.path.dirname(__file__), "../../build/fdpo-harness"))
+EXP_CAP = 88.7228  # TRL get_exp_cap(float32): floor(log(FLT_MAX) * 1e4) / 1e4
+RTOL = 1e-9
+
+
+def harness(req):
+    r = subprocess.run([HARNESS, "objectives", "-"], input=json.dumps(req), capture_output=True, text=True, timeout=60)
+    return r
+
+
+def run_ok(req):
+    r = harness(req)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def close(a, b, rtol=RTOL, atol=1e-300):
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    assert a.shape == b.shape
+    both_nan = np.isnan(a) & np.isnan(b)
+    same_inf = np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b))
+    with np.errstate(invalid="ignore"):
+        ok = both_nan | same_inf | (np.abs(a - b) <= atol + rtol * np.abs(b))
+    assert ok.all(), f"mismatch:\n ours {a[~ok]}\n ref  {b[~ok]}"
+
+
+# ---------- independent references ----------
+
+def cap_exp(x):
+    return torch.exp(torch.clamp(x, max=EXP_CAP))
+
+
+def ref_logits(div, lw, ll):
+    """TRL/paper 'logits' = s(lw) - s(ll) for each divergence."""
+    if div == "rkl":
+        return lw - ll
+    if div == "fkl":  # paper's forward KL: f'(u) = -1/u = -exp(-l)
+        return -cap_exp(-lw) + cap_exp(-ll)
+    if div == "js":  # TRL: logits -= softplus(chosen_logratios) - softplus(rejected_logratios)
+        return (lw - ll) - (F.softplus(lw) - F.softplus(ll))
+    if div.startswith("alpha:"):
+        a = float(div[6:])
+        return (cap_exp(-a * ll) - cap_exp(-a * lw)) / a
+    raise ValueError(div)
+
+
+def ref_loss(kind, div, beta, e, gamma, lw, ll):
+    if kind == "simpo":
+        return -F.logsigmoid(beta * (lw - ll) - gamma)
+    x = ref_logits(div, lw, ll)
+    if kind == "sigmoid":
+        return -F.logsigmoid(beta * x) * (1 - e) - F.logsigmoid(-beta * x) * e
+    if kind == "robust":
+        return (-F.logsigmoid(beta * x) * (1 - e) + F.logsigmoid(-beta * x) * e) / (1 - 2 * e)
+    if kind == "hinge":
+        return torch.relu(1 - beta * x)
+    if kind == "ipo":
+        return (x - 1 / (2 * beta)) ** 2
+    raise ValueError(kind)
+
+
+def ref_f(div, u):
+    u = np.asarray(u, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if div == "rkl":
+            return np.where(u > 0, u * np.log(np.where(u > 0, u, 1)), 0.0)
+        if div == "fkl":
+            return -np.log(u)
+        if div == "js":
+            ulogu = np.where(u > 0, u * np.log(np.where(u > 0, u, 1)), 0.0)
+            return ulogu - (u + 1) * np.log((u + 1) / 2)
+        if div.startswith("alpha:"):
+            a = float(div[6:])
+            return (u ** (1 - a) - (1 - a) * u - a) / (a * (a - 1))
+        if div == "tv":
+            return 0.5 * np.abs(u - 1)
+        if div == "chi2":
+            return (u - 1) ** 2
+
+
+def ref_fprime(div, u):
+    u = np.asarray(u, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if div == "rkl":
+            return np.log(u) + 1
+        if div == "fkl":
+            return -1 / u
+        if div == "js":
+            return np.log(2 * u / (1 + u))
+        if div.startswith("alpha:"):
+            a = float(div[6:])
+            return (1 - u ** (-a)) / a
+        if div == "tv":
+            return 0.5 * np.sign(u - 1)
+        if div == "chi2":
+            return 2 * (u - 1)
+
+
+def ref_fprime_inv(div, v):
+    v = np.asarray(v, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if div == "rkl":
+            return np.exp(v - 1)
+        if div == "fkl":
+            return np.where(v < 0, -1 / v, np.nan)
+        if div == "js":
+            return np.where(v < math.log(2), np.exp(v) / (2 - np.exp(v)), np.nan)
+        if div.startswith("alpha:"):
+            a = float(div[6:])
+            return np.where(v < 1 / a, (1 - a * v) ** (-1 / a), np.nan)
+        if div == "tv":
+            return np.full_like(v, np.nan)
+        if div == "chi2":
+            return np.where(v >= -2, 1 + v / 2, np.nan)
+
+
+ADMISSIBLE = ["rkl", "fkl", "js", "alpha:0.3", "alpha:0.5", "alpha:0.7"]
+ALL = ADMISSIBLE + ["tv", "chi2"]
+U = [0.0, 1e-8, 0.01, 0.3, 1.0, 1.7, 5.0, 1e6]
+L = [-30.0, -5.0, -1.3, -0.2, 0.0, 0.4, 2.5, 11.0, 40.0]
+
+
+def table(divs=ALL):
+    v = np.concatenate([np.linspace(-8, 3.5, 47), [math.log(2) - 1e-9, 1 / 0.3 - 1e-6, -2.0, -2.5]])
+    req = {"divergences": divs, "u": U, "v": v.tolist(), "l": L}
+    return run_ok(req), v
+
+
+def test_f_fprime_and_inverse_match_the_table():
+    out, v = table()
+    for d in out["divergences"]:
+        name = d["name"]
+        close(d["f"], ref_f(name, U))
+        close(d["fprime"], ref_fprime(name, U))
+        close(d["fprime_inv"], ref_fprime_inv(name, v))
+        assert d["admissible"] == (name in ADMISSIBLE)
+
+
+def test_fprime_is_the_derivative_of_f_and_inverse_inverts():
+    out, v = table(ADMISSIBLE + ["chi2"])
+    u = torch.tensor([0.01, 0.3, 1.0, 1.7, 5.0], dtype=torch.float64, requires_grad=True)
+    for d in out["divergences"]:
+        name = d["name"]
+        # autograd of f written in torch
+        if name == "rkl":
+            f = u * torch.log(u)
+        elif name == "fkl":
+            f = -torch.log(u)
+        elif name == "js":
+            f = u * torch.log(u) - (u + 1) * torch.log((u + 1) / 2)
+        elif name.startswith("alpha:"):
+            a = float(name[6:])
+            f = (u ** (1 - a) - (1 - a) * u - a) / (a * (a - 1))
+        else:
+            f = (u - 1) ** 2
+        (g,) = torch.autograd.grad(f.sum(), u)
+        close(np.array(d["fprime"])[[2, 3, 4, 5, 6]], g.numpy())
+        # f'((f')^-1(v)) = v wherever the inverse is defined
+        finv = np.array(d["fprime_inv"])
+        ok = ~np.isnan(finv) & (finv > 1e-6) & (finv < 1e6)
+        assert ok.sum() > 20
+        close(ref_fprime(name, finv[ok]), v[ok], rtol=1e-9, atol=1e-12)
+
+
+def test_domain_sup_and_nan_outside():
+    out, v = table()
+    sup = {d["name"]: d["sup"] for d in out["divergences"]}
+    assert sup["rkl"] == math.inf and sup["chi2"] == math.inf
+    assert sup["fkl"] == 0.0
+    assert sup["js"] == pytest.approx(math.log(2), rel=1e-15)
+    assert sup["alpha:0.5"] == pytest.approx(2.0, rel=1e-15)
+    for d in out["divergences"]:
+        if d["name"] in ("rkl", "tv"):
+            continue
+        finv = np.array(d["fprime_inv"])
+        assert np.isnan(finv[v >= d["sup"]]).all()
+        if d["name"] != "chi2":
+            assert not np.isnan(finv[v < d["sup"]]).any()
+
+
+def test_scores_and_score_grads_match_trl_forms():
+    out, _ = table(ADMISSIBLE)
+    l = torch.tensor(L, dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros_like(l)
+    for d in out["divergences"]:
+        name = d["name"]
+        # s(l) - s(0) from the pair form with a rejected log-ratio of 0
+        s = ref_logits(name, l, zero)
+        (g,) = torch.autograd.grad(s.sum(), l)
+        ours = np.array(d["score"]) - d["score"][L.index(0.0)]
+        close(ours, s.detach().numpy(), rtol=1e-9, atol=1e-12)
+        # atol: torch's 1 - sigmoid(l) cancels to 0 at l = 40 where ours keeps sigma(-l) ~ 4e-18
+        close(d["score_grad"], g.numpy(), atol=1e-15)
+
+
+LOSS_CASES = [
+    ("sigmoid", "rkl", 0.1, 0.0, 0.0), ("sigmoid", "fkl", 0.1, 0.0, 0.0), ("sigmoid", "js", 0.5, 0.0, 0.0),
+    ("sigmoid", "alpha:0.5", 0.1, 0.0, 0.0), ("sigmoid", "alpha:0.3", 2.0, 0.0, 0.0),
+    ("sigmoid", "js", 0.1, 0.1, 0.0), ("sigmoid", "fkl", 0.3, 0.25, 0.0),
+    ("robust", "rkl", 0.1, 0.1, 0.0), ("robust", "alpha:0.7", 0.2, 0.3, 0.0), ("robust", "js", 0.1, 0.0, 0.0),
+    ("hinge", "rkl", 0.5, 0.0, 0.0), ("hinge", "js", 2.0, 0.0, 0.0), ("hinge", "fkl", 1.0, 0.0, 0.0),
+    ("ipo", "rkl", 0.1, 0.0, 0.0), ("ipo", "alpha:0.5", 0.5, 0.0, 0.0), ("ipo", "js", 1.0, 0.0, 0.0),
+    ("simpo", "rkl", 2.0, 0.0, 0.5), ("simpo", "rkl", 2.5, 0.0, 1.4),
+]
+rng = np.random.default_rng(0)
+PAIRS = np.concatenate([rng.normal(0, 3, size=(30, 2)), [[0.0, 0.0], [1.0, -1.0], [-4.0, 6.0], [12.0, -9.0]]])
+
+
+@pytest.mark.parametrize("kind,div,beta,e,gamma", LOSS_CASES)
+def test_loss_and_gradients_match_torch(kind, div, beta, e, gamma):
+    req = {"losses": [{"loss": kind, "divergence": div, "beta": beta, "label_smoothing": e,
+                       "simpo_gamma": gamma, "pairs": PAIRS.tolist()}]}
+    out = run_ok(req)["losses"][0]
+    lw = torch.tensor(PAIRS[:, 0], dtype=torch.float64, requires_grad=True)
+    ll = torch.tensor(PAIRS[:, 1], dtype=torch.float64, requires_grad=True)
+    loss = ref_loss(kind, div, beta, e, gamma, lw, ll)
+    gw, gl = torch.autograd.grad(loss.sum(), [lw, ll])
+    close(out["loss"], loss.detach().numpy(), atol=1e-15)
+    close(out["dlw"], gw.numpy(), atol=1e-15)
+    close(out["dll"], gl.numpy(), atol=1e-15)
+
+
+def test_alpha_limits_recover_rkl_and_fkl():
+    pairs = [[0.3, -0.4], [1.5, 0.2], [-2.0, 1.0]]
+    def losses(div):
+        return np.array(run_ok({"losses": [{"loss": "sigmoid", "divergence": div, "beta": 0.5,
+                                             "pairs": pairs}]})["losses"][0]["loss"])
+    rkl, fkl = losses("rkl"), losses("fkl")
+    gaps0 = [np.max(np.abs(losses(f"alpha:{a}") - rkl)) for a in (1e-2, 1e-4, 1e-6)]
+    gaps1 = [np.max(np.abs(losses(f"alpha:{1 - a}") - fkl)) for a in (1e-2, 1e-4, 1e-6)]
+    # the difference shrinks linearly in A (resp. 1 - A)
+    assert gaps0[0] > gaps0[1] > gaps0[2] and gaps0[2] < 1e-5
+    assert gaps1[0] > gaps1[1] > gaps1[2] and gaps1[2] < 1e-5
+
+
+@pytest.mark.parametrize("mag", [200.0, 1000.0])
+def test_large_log_ratios_stay_finite(mag):
+    pairs = [[mag, -mag], [-mag, mag], [-mag, -mag], [mag, mag]]
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.exp(np.float32(mag)))  # a naive float exp overflows here
+    for div in ["fkl", "alpha:0.5", "js", "rkl"]:
+        for kind in ["sigmoid", "robust", "ipo", "hinge"]:
+            out = run_ok({"losses": [{"loss": kind, "divergence": div, "beta": 0.1, "label_smoothing": 0.1 if kind == "robust" else 0,
+                                      "pairs": pairs}]})["losses"][0]
+            for key in ("loss", "dlw", "dll"):
+                assert np.isfinite(out[key]).all(), (div, kind, key, out[key])
+            lw = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
+            ll = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
+            ref = ref_loss(kind, div, 0.1, 0.1 if kind == "robust" else 0, 0, lw, ll).numpy()
+            if kind == "ipo":
+                close(out["loss"], ref, rtol=1e-9)
+            else:
+                close(out["loss"], ref, rtol=1e-9, atol=1e-12)
+    # the score itself: naive -exp(1000) is -inf; ours is capped at -exp(88.7228)
+    out = run_ok({"divergences": ["fkl", "alpha:0.5"], "l": [-mag]})["divergences"]
+    assert out[0]["score"][0] == pytest.approx(-math.exp(EXP_CAP), rel=1e-12)
+    assert out[1]["score"][0] == pytest.approx(-math.exp(min(0.5 * mag, EXP_CAP)) / 0.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("kl", "unknown divergence 'kl'"), ("alpha:1.5", "alpha:1.5"), ("alpha:0", "alpha must be in (0, 1)"),
+    ("alpha:", "needs a coefficient"), ("alpha:x", "'x' is not a number"), ("", "empty spec"),
+])
+def test_divergence_parse_errors(spec, needle):
+    r = harness({"divergences": [spec]})
+    assert r.returncode != 0
+    assert needle in r.stderr
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize("div,needles", [
+    ("tv", ["--divergence tv", "not invertible", "partition function does not cancel"]),
+    ("chi2", ["--divergence chi2", "0 is in the domain", "partition function does not cancel"]),
+])
+def test_inadmissible_divergences_are_refused_with_the_reason(div, needles):
+    r = harness({"losses": [{"loss": "sigmoid", "divergence": div, "beta": 0.1, "pairs": [[0, 0]]}]})
+    assert r.returncode != 0
+    for n in needles:
+        assert n in r.stderr
+    # simpo takes no f, so the divergence is not checked
+    assert harness({"losses": [{"loss": "simpo", "divergence": div, "beta": 2, "pairs": [[0, 0]]}]}).returncode == 0
+
+
+@pytest.mark.parametrize("cfg,needle", [
+    ({"loss": "sigmoid", "beta": 0}, "--beta"), ({"loss": "sigmoid", "beta": -1}, "--beta"),
+    ({"loss": "sigmoid", "label_smoothing": 0.5}, "--label-smoothing"),
+    ({"loss": "robust", "label_smoothing": -0.1}, "--label-smoothing"),
+    ({"loss": "ipo", "label_smoothing": 0.1}, "--label-smoothing"),
+    ({"loss": "dpo"}, "--loss: unknown loss 'dpo'"),
+])
+def test_loss_check_errors_name_the_flag(cfg, needle):
+    cfg = dict(cfg, pairs=[[0, 0]])
+    r = harness({"losses": [cfg]})
+    assert r.returncode != 0
+    assert needle in r.stderr
+
+
+def test_canonical_names():
+    out = run_ok({"divergences": ["alpha:0.50", "alpha:.3", "js"]})
+    assert [d["name"] for d in out["divergences"]] == ["alpha:0.5", "alpha:0.3", "js"]
