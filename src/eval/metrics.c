@@ -1,0 +1,279 @@
+/* Diversity, calibration and summary statistics (DESIGN.md §5; definitions in docs/eval.md). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/eval.h"
+
+static int is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+void fdpo_words_split(const char *text, fdpo_words *out) {
+    out->w = NULL; out->n = 0;
+    size_t cap = 0;
+    for (const char *s = text; *s;) {
+        while (*s && is_space(*s)) s++;
+        if (!*s) break;
+        const char *b = s;
+        while (*s && !is_space(*s)) s++;
+        if (out->n == cap) { cap = cap ? 2 * cap : 16; out->w = fdpo_realloc(out->w, cap * sizeof *out->w); }
+        size_t len = (size_t)(s - b);
+        char *w = fdpo_malloc(len + 1);
+        memcpy(w, b, len); w[len] = 0;
+        out->w[out->n++] = w;
+    }
+}
+
+void fdpo_words_free(fdpo_words *w) {
+    for (size_t i = 0; i < w->n; i++) free(w->w[i]);
+    free(w->w);
+    w->w = NULL; w->n = 0;
+}
+
+/* ---- n-gram counting: an open-addressing table keyed by (words, start, n) ---- */
+typedef struct {
+    const fdpo_words *text; size_t start; size_t count; uint64_t hash;
+    size_t max1, max2, arg1; /* self-BLEU: the two largest per-text counts, and whose the largest is */
+} ngram_entry;
+typedef struct { ngram_entry *e; size_t cap, n; size_t order; } ngram_table;
+
+static uint64_t ngram_hash(const fdpo_words *t, size_t start, size_t n) {
+    uint64_t h = FDPO_HASH_INIT;
+    for (size_t i = 0; i < n; i++) {
+        const char *w = t->w[start + i];
+        h = fdpo_hash64(h, w, strlen(w) + 1); /* the NUL separates words */
+    }
+    return h;
+}
+
+static int ngram_equal(const fdpo_words *a, size_t sa, const fdpo_words *b, size_t sb, size_t n) {
+    for (size_t i = 0; i < n; i++) if (strcmp(a->w[sa + i], b->w[sb + i])) return 0;
+    return 1;
+}
+
+static void table_init(ngram_table *t, size_t order, size_t expected) {
+    t->cap = 16;
+    while (t->cap < 2 * expected + 1) t->cap *= 2;
+    t->e = fdpo_calloc(t->cap, sizeof *t->e);
+    t->n = 0; t->order = order;
+}
+
+static ngram_entry *table_find(ngram_table *t, const fdpo_words *w, size_t start, uint64_t h) {
+    size_t i = (size_t)h & (t->cap - 1);
+    while (t->e[i].text) {
+        if (t->e[i].hash == h && ngram_equal(t->e[i].text, t->e[i].start, w, start, t->order)) return &t->e[i];
+        i = (i + 1) & (t->cap - 1);
+    }
+    return &t->e[i]; /* empty slot */
+}
+
+static void table_grow(ngram_table *t) {
+    ngram_table bigger;
+    bigger.cap = t->cap * 2; bigger.n = 0; bigger.order = t->order;
+    bigger.e = fdpo_calloc(bigger.cap, sizeof *bigger.e);
+    for (size_t i = 0; i < t->cap; i++) {
+        if (!t->e[i].text) continue;
+        ngram_entry *slot = table_find(&bigger, t->e[i].text, t->e[i].start, t->e[i].hash);
+        *slot = t->e[i];
+        bigger.n++;
+    }
+    free(t->e);
+    *t = bigger;
+}
+
+/* Adds every n-gram of text; returns how many it added. */
+static size_t table_add_text(ngram_table *t, const fdpo_words *w) {
+    size_t n = t->order;
+    if (w->n < n) return 0;
+    for (size_t s = 0; s + n <= w->n; s++) {
+        uint64_t h = ngram_hash(w, s, n);
+        ngram_entry *e = table_find(t, w, s, h);
+        if (!e->text) {
+            if (2 * (t->n + 1) > t->cap) { table_grow(t); e = table_find(t, w, s, h); }
+            e->text = w; e->start = s; e->hash = h; e->count = 0;
+            t->n++;
+        }
+        e->count++;
+    }
+    return w->n - n + 1;
+}
+
+static size_t table_count(ngram_table *t, const fdpo_words *w, size_t start) {
+    ngram_entry *e = table_find(t, w, start, ngram_hash(w, start, t->order));
+    return e->text ? e->count : 0;
+}
+
+void fdpo_distinct(const fdpo_words *texts, size_t n_texts, size_t n, double vocab, double *distinct, double *ead) {
+    size_t total_words = 0;
+    for (size_t i = 0; i < n_texts; i++) total_words += texts[i].n;
+    ngram_table t;
+    table_init(&t, n, total_words);
+    size_t total = 0;
+    for (size_t i = 0; i < n_texts; i++) total += table_add_text(&t, &texts[i]);
+    double N = (double)t.n, C = (double)total;
+    if (distinct) *distinct = total ? N / C : 0.0;
+    if (ead) {
+        /* expected number of distinct items when C items are drawn uniformly from V:
+         * V (1 - ((V-1)/V)^C), computed with log1p/expm1 so that large V stays exact */
+        double expected = vocab > 1 ? -vocab * expm1(C * log1p(-1.0 / vocab)) : 1.0;
+        *ead = total ? N / expected : 0.0;
+    }
+    free(t.e);
+}
+
+/* BLEU from clipped counts num[n-1] / den[n-1] (den already max(1, .)), as nltk: 0 without
+ * a unigram match, method1 (0.1 / den) for other zero counts, uniform weights, brevity
+ * penalty against the closest reference length. */
+static double bleu_from_counts(const double *num, const double *den, size_t max_n, size_t hyp_len, size_t closest) {
+    if (num[0] == 0) return 0.0;
+    double log_sum = 0;
+    for (size_t n = 0; n < max_n; n++) log_sum += log(num[n] == 0 ? 0.1 / den[n] : num[n] / den[n]) / (double)max_n;
+    double bp = hyp_len > closest ? 1.0 : hyp_len == 0 ? 0.0 : exp(1.0 - (double)closest / (double)hyp_len);
+    return bp * exp(log_sum);
+}
+
+/* Closest length to hyp_len among lens[j], j != skip (the shorter one on ties). */
+static size_t closest_length(const size_t *lens, size_t n, size_t skip, size_t hyp_len) {
+    size_t best = 0; int have = 0;
+    for (size_t j = 0; j < n; j++) {
+        if (j == skip) continue;
+        size_t d = lens[j] > hyp_len ? lens[j] - hyp_len : hyp_len - lens[j];
+        size_t db = best > hyp_len ? best - hyp_len : hyp_len - best;
+        if (!have || d < db || (d == db && lens[j] < best)) { best = lens[j]; have = 1; }
+    }
+    return best;
+}
+
+double fdpo_sentence_bleu(const fdpo_words *refs, size_t n_refs, const fdpo_words *hyp, size_t max_n) {
+    double num[16] = {0}, den[16] = {0};
+    if (max_n > 16) max_n = 16;
+    for (size_t n = 1; n <= max_n; n++) {
+        if (hyp->n >= n) {
+            /* hypothesis n-gram counts, each clipped by its largest count in any reference */
+            ngram_table h;
+            table_init(&h, n, hyp->n);
+            table_add_text(&h, hyp);
+            for (size_t r = 0; r < n_refs; r++) {
+                ngram_table rt;
+                table_init(&rt, n, refs[r].n);
+                table_add_text(&rt, &refs[r]);
+                for (size_t i = 0; i < h.cap; i++) {
+                    if (!h.e[i].text) continue;
+                    size_t c = table_count(&rt, h.e[i].text, h.e[i].start);
+                    if (c > h.e[i].max1) h.e[i].max1 = c;
+                }
+                free(rt.e);
+            }
+            for (size_t i = 0; i < h.cap; i++) {
+                if (!h.e[i].text) continue;
+                num[n - 1] += (double)(h.e[i].count < h.e[i].max1 ? h.e[i].count : h.e[i].max1);
+                den[n - 1] += (double)h.e[i].count;
+            }
+            free(h.e);
+        }
+        if (den[n - 1] < 1) den[n - 1] = 1;
+    }
+    size_t *lens = fdpo_malloc((n_refs ? n_refs : 1) * sizeof *lens);
+    for (size_t r = 0; r < n_refs; r++) lens[r] = refs[r].n;
+    size_t closest = closest_length(lens, n_refs, (size_t)-1, hyp->n);
+    free(lens);
+    return bleu_from_counts(num, den, max_n, hyp->n, closest);
+}
+
+double fdpo_self_bleu(const fdpo_words *texts, size_t n_texts, size_t max_n) {
+    if (n_texts < 2) return NAN;
+    if (max_n > 16) max_n = 16;
+    /* For each n-gram the two largest per-text counts (and which text holds the largest)
+     * give "its largest count in any OTHER text" in O(1): linear in the total n-grams
+     * instead of rebuilding every reference set for every hypothesis. */
+    double *num = fdpo_calloc(n_texts * max_n, sizeof(double)), *den = fdpo_calloc(n_texts * max_n, sizeof(double));
+    size_t *lens = fdpo_malloc(n_texts * sizeof *lens), total_words = 0;
+    for (size_t i = 0; i < n_texts; i++) { lens[i] = texts[i].n; total_words += texts[i].n; }
+    ngram_table *per = fdpo_malloc(n_texts * sizeof *per);
+    for (size_t n = 1; n <= max_n; n++) {
+        ngram_table all;
+        table_init(&all, n, total_words);
+        for (size_t i = 0; i < n_texts; i++) {
+            table_init(&per[i], n, texts[i].n);
+            table_add_text(&per[i], &texts[i]);
+            for (size_t e = 0; e < per[i].cap; e++) {
+                const ngram_entry *x = &per[i].e[e];
+                if (!x->text) continue;
+                ngram_entry *g = table_find(&all, x->text, x->start, x->hash);
+                if (!g->text) {
+                    if (2 * (all.n + 1) > all.cap) { table_grow(&all); g = table_find(&all, x->text, x->start, x->hash); }
+                    *g = (ngram_entry){.text = x->text, .start = x->start, .hash = x->hash};
+                    all.n++;
+                }
+                if (x->count > g->max1) { g->max2 = g->max1; g->max1 = x->count; g->arg1 = i; }
+                else if (x->count > g->max2) g->max2 = x->count;
+            }
+        }
+        for (size_t i = 0; i < n_texts; i++) {
+            double nu = 0, de = 0;
+            for (size_t e = 0; e < per[i].cap; e++) {
+                const ngram_entry *x = &per[i].e[e];
+                if (!x->text) continue;
+                const ngram_entry *g = table_find(&all, x->text, x->start, x->hash);
+                size_t other = g->arg1 == i ? g->max2 : g->max1;
+                nu += (double)(x->count < other ? x->count : other);
+                de += (double)x->count;
+            }
+            num[i * max_n + n - 1] = nu;
+            den[i * max_n + n - 1] = de < 1 ? 1 : de;
+            free(per[i].e);
+        }
+        free(all.e);
+    }
+    double sum = 0;
+    for (size_t i = 0; i < n_texts; i++)
+        sum += bleu_from_counts(num + i * max_n, den + i * max_n, max_n, lens[i], closest_length(lens, n_texts, i, lens[i]));
+    free(per); free(num); free(den); free(lens);
+    return sum / (double)n_texts;
+}
+
+void fdpo_calibration(const double *p, size_t n, double *accuracy, double *ece) {
+    double bin_conf[10] = {0}, bin_correct[10] = {0};
+    size_t bin_n[10] = {0}, correct = 0;
+    for (size_t i = 0; i < n; i++) {
+        int right = p[i] > 0.5;
+        double conf = right ? p[i] : 1.0 - p[i];
+        int b = (int)floor(conf * 10.0);
+        if (b > 9) b = 9;
+        if (b < 0) b = 0;
+        bin_conf[b] += conf; bin_correct[b] += right; bin_n[b]++;
+        correct += (size_t)right;
+    }
+    double e = 0;
+    for (int b = 0; b < 10; b++)
+        if (bin_n[b]) e += fabs(bin_correct[b] - bin_conf[b]) / (double)n; /* n_b/n * |acc_b - conf_b| */
+    if (accuracy) *accuracy = n ? (double)correct / (double)n : NAN;
+    if (ece) *ece = n ? e : NAN;
+}
+
+double fdpo_pearson(const double *x, const double *y, size_t n) {
+    if (n < 2) return NAN;
+    double mx = 0, my = 0;
+    for (size_t i = 0; i < n; i++) { mx += x[i]; my += y[i]; }
+    mx /= (double)n; my /= (double)n;
+    double sxy = 0, sxx = 0, syy = 0;
+    for (size_t i = 0; i < n; i++) {
+        double dx = x[i] - mx, dy = y[i] - my;
+        sxy += dx * dy; sxx += dx * dx; syy += dy * dy;
+    }
+    if (sxx <= 0 || syy <= 0) return NAN;
+    return sxy / sqrt(sxx * syy);
+}
+
+fdpo_stats fdpo_stats_of(const double *x, size_t n) {
+    fdpo_stats s = {NAN, NAN, NAN, n};
+    if (n == 0) return s;
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m += x[i];
+    m /= (double)n;
+    s.mean = m;
+    if (n < 2) return s;
+    double v = 0;
+    for (size_t i = 0; i < n; i++) v += (x[i] - m) * (x[i] - m);
+    s.std = sqrt(v / (double)(n - 1));
+    s.se = s.std / sqrt((double)n);
+    return s;
+}

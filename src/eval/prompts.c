@@ -1,0 +1,95 @@
+/* Prompt files for generate/eval and completion files for score. */
+#include <cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/eval.h"
+
+void fdpo_free_strings(char **s, size_t n) {
+    if (s) for (size_t i = 0; i < n; i++) free(s[i]);
+    free(s);
+}
+
+typedef struct { char **v; size_t n, cap; } strvec;
+static void sv_push(strvec *s, char *x) {
+    if (s->n == s->cap) { s->cap = s->cap ? 2 * s->cap : 16; s->v = fdpo_realloc(s->v, s->cap * sizeof *s->v); }
+    s->v[s->n++] = x;
+}
+
+static int blank(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r') return 0;
+    return 1;
+}
+
+static const char *json_string(const cJSON *o, const char *field, const char *path, size_t line, int *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, field);
+    if (!v) { *err = fdpo_error("%s:%zu: missing field \"%s\"", path, line, field); return NULL; }
+    if (!cJSON_IsString(v)) { *err = fdpo_error("%s:%zu: field \"%s\" must be a string", path, line, field); return NULL; }
+    return v->valuestring;
+}
+
+/* Walks the lines of path; for JSONL calls fields[] extraction. n_fields 1 or 2. */
+static int read_lines(const char *path, int allow_text, const char *const *fields, size_t n_fields,
+                      strvec *out) {
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) return fdpo_error_context("%s", path);
+    if (!fdpo_utf8_valid(text, len)) { free(text); return fdpo_error("%s: not valid UTF-8", path); }
+    /* JSONL iff the first non-blank line starts with '{' */
+    int jsonl = !allow_text;
+    if (allow_text) {
+        const char *p = text;
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+        jsonl = *p == '{';
+    }
+    size_t line = 0;
+    int rc = 0;
+    for (char *p = text; p < text + len && rc == 0;) {
+        char *nl = memchr(p, '\n', (size_t)(text + len - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(text + len - p);
+        line++;
+        if (!blank(p, n)) {
+            if (!jsonl) {
+                size_t m = n;
+                if (m && p[m - 1] == '\r') m--;
+                char *s = fdpo_malloc(m + 1);
+                memcpy(s, p, m); s[m] = 0;
+                sv_push(out, s);
+            } else {
+                cJSON *o = cJSON_ParseWithLength(p, n);
+                if (!o) rc = fdpo_error("%s:%zu: invalid JSON", path, line);
+                else if (!cJSON_IsObject(o)) rc = fdpo_error("%s:%zu: expected a JSON object", path, line);
+                for (size_t f = 0; f < n_fields && rc == 0; f++) {
+                    const char *v = json_string(o, fields[f], path, line, &rc);
+                    if (v) sv_push(out, fdpo_strdup(v));
+                }
+                cJSON_Delete(o);
+            }
+        }
+        p = nl ? nl + 1 : text + len;
+    }
+    free(text);
+    if (rc == 0 && out->n == 0) rc = fdpo_error("%s: no prompts (the file is empty)", path);
+    if (rc) { fdpo_free_strings(out->v, out->n); out->v = NULL; out->n = 0; }
+    return rc;
+}
+
+int fdpo_read_prompts(const char *path, char ***prompts, size_t *n) {
+    strvec v = {0};
+    static const char *const fields[] = {"prompt"};
+    if (read_lines(path, 1, fields, 1, &v)) return -1;
+    *prompts = v.v; *n = v.n;
+    return 0;
+}
+
+int fdpo_read_completions(const char *path, char ***prompts, char ***completions, size_t *n) {
+    strvec v = {0};
+    static const char *const fields[] = {"prompt", "completion"};
+    if (read_lines(path, 0, fields, 2, &v)) return -1;
+    size_t m = v.n / 2;
+    *prompts = fdpo_malloc(m * sizeof(char *));
+    *completions = fdpo_malloc(m * sizeof(char *));
+    for (size_t i = 0; i < m; i++) { (*prompts)[i] = v.v[2 * i]; (*completions)[i] = v.v[2 * i + 1]; }
+    free(v.v);
+    *n = m;
+    return 0;
+}

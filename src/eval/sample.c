@@ -1,0 +1,283 @@
+/* Sampling completions with the KV-cache decoder: temperature, top-k, top-p, stop at EOT or
+ * a stop string, n samples per prompt, one RNG stream per (seed, prompt, sample). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/eval.h"
+
+int fdpo_sample_config_check(const fdpo_sample_config *c) {
+    if (!(c->temperature >= 0)) return fdpo_error("--temperature: %g must be >= 0 (0 = greedy)", c->temperature);
+    if (!(c->top_p > 0 && c->top_p <= 1)) return fdpo_error("--top-p: %g is outside (0, 1]", c->top_p);
+    if (c->max_new_tokens == 0) return fdpo_error("--max-new-tokens: must be > 0");
+    if (c->batch == 0) return fdpo_error("--batch: must be > 0");
+    return 0;
+}
+
+void fdpo_sample_rng(fdpo_rng *r, uint64_t seed, size_t prompt_index, size_t sample_index) {
+    uint64_t key[3] = {seed, (uint64_t)prompt_index, (uint64_t)sample_index};
+    fdpo_rng_seed(r, fdpo_hash64(FDPO_HASH_INIT, key, sizeof key));
+}
+
+static int by_prob_desc(const void *a, const void *b, void *ctx) {
+    const double *p = ctx;
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    if (p[i] > p[j]) return -1;
+    if (p[i] < p[j]) return 1;
+    return i < j ? -1 : i > j; /* ties: lower id first, so the order is deterministic */
+}
+
+int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_config *c, fdpo_rng *r,
+                          double *work, size_t *order, double *logp) {
+    float mx = -INFINITY;
+    for (size_t v = 0; v < V; v++) if (logits[v] > mx) mx = logits[v];
+    /* one pass of expf gives both the sampling weights and, at temperature 1, the
+     * normaliser of log pi: float exponentials of values <= 0, summed in double */
+    double *p = work, total = 0, z1 = 0;
+    int32_t token = 0;
+    if (c->temperature == 0) {
+        size_t best = 0;
+        for (size_t v = 0; v < V; v++) {
+            if (logits[v] > logits[best]) best = v;
+            z1 += (double)expf(logits[v] - mx);
+        }
+        token = (int32_t)best;
+        goto done;
+    }
+    if (c->temperature == 1) {
+        for (size_t v = 0; v < V; v++) { p[v] = (double)expf(logits[v] - mx); total += p[v]; }
+        z1 = total;
+    } else {
+        float inv_t = (float)(1.0 / c->temperature);
+        for (size_t v = 0; v < V; v++) {
+            float d = logits[v] - mx;
+            p[v] = (double)expf(d * inv_t);
+            total += p[v];
+            z1 += (double)expf(d);
+        }
+    }
+    int truncate = (c->top_k > 0 && c->top_k < V) || c->top_p < 1;
+    if (!truncate) {
+        double u = fdpo_rng_uniform(r) * total, cum = 0;
+        size_t last = 0, v = 0;
+        for (; v < V; v++) {
+            if (p[v] <= 0) continue;
+            cum += p[v]; last = v;
+            if (u < cum) break;
+        }
+        token = (int32_t)(v < V ? v : last); /* past the end: u landed on the rounding slack */
+        goto done;
+    }
+    /* truncation: tokens in decreasing probability; top-k keeps the first k, top-p then keeps
+     * the shortest prefix (of those) whose mass reaches top_p of the kept mass */
+    for (size_t v = 0; v < V; v++) order[v] = v;
+    qsort_r(order, V, sizeof *order, by_prob_desc, p);
+    size_t keep = c->top_k > 0 && c->top_k < V ? c->top_k : V;
+    double kept = 0;
+    for (size_t i = 0; i < keep; i++) kept += p[order[i]];
+    if (c->top_p < 1) {
+        double cum = 0, target = c->top_p * kept;
+        size_t i = 0;
+        for (; i < keep; i++) { cum += p[order[i]]; if (cum >= target) { i++; break; } }
+        keep = i < keep ? i : keep;
+        kept = 0;
+        for (size_t j = 0; j < keep; j++) kept += p[order[j]];
+    }
+    double u = fdpo_rng_uniform(r) * kept, cum = 0;
+    token = (int32_t)order[keep - 1];
+    for (size_t i = 0; i < keep; i++) {
+        cum += p[order[i]];
+        if (u < cum) { token = (int32_t)order[i]; break; }
+    }
+done:
+    if (logp) *logp = (double)(logits[token] - mx) - log(z1);
+    return token;
+}
+
+int fdpo_encode_prompts(const fdpo_tokenizer *tok, char *const *prompts, size_t n, int32_t ***ids, size_t **lens) {
+    *ids = fdpo_calloc(n ? n : 1, sizeof **ids);
+    *lens = fdpo_calloc(n ? n : 1, sizeof **lens);
+    for (size_t i = 0; i < n; i++) {
+        if (fdpo_tokenizer_encode(tok, prompts[i], strlen(prompts[i]), 0, &(*ids)[i], &(*lens)[i])) {
+            fdpo_free_ids(*ids, *lens, i);
+            *ids = NULL; *lens = NULL;
+            return fdpo_error_context("prompt %zu", i + 1);
+        }
+        if ((*lens)[i] == 0) { /* nothing to condition on: start from <|endoftext|> */
+            (*ids)[i] = fdpo_realloc((*ids)[i], sizeof(int32_t));
+            (*ids)[i][0] = fdpo_tokenizer_eot(tok);
+            (*lens)[i] = 1;
+        }
+    }
+    return 0;
+}
+
+void fdpo_free_ids(int32_t **ids, size_t *lens, size_t n) {
+    if (ids) for (size_t i = 0; i < n; i++) free(ids[i]);
+    free(ids); free(lens);
+}
+
+void fdpo_samples_free(fdpo_sample *s, size_t n) {
+    if (!s) return;
+    for (size_t i = 0; i < n; i++) { free(s[i].tokens); free(s[i].text); }
+    free(s);
+}
+
+/* Per-slot state of one sequence being sampled. */
+typedef struct {
+    fdpo_sample *out;
+    fdpo_rng rng;
+    char *bytes; size_t n_bytes, cap_bytes;  /* raw bytes generated so far (stop strings) */
+    int active;
+    int32_t next;                            /* token sampled at this step */
+} slot_state;
+
+static void append_token(fdpo_sample *s, int32_t t) {
+    s->tokens = fdpo_realloc(s->tokens, (s->n_tokens + 1) * sizeof *s->tokens);
+    s->tokens[s->n_tokens++] = t;
+}
+
+/* Decode the completion text; with a stop string, cut at its first occurrence. */
+static void finish_text(fdpo_sample *s, const fdpo_tokenizer *tok, const char *stop) {
+    if (!tok) return;
+    size_t n = s->n_completion;
+    s->text = fdpo_tokenizer_decode(tok, s->tokens, n, NULL);
+    if (!s->text) s->text = fdpo_strdup("");
+    if (stop && *stop) {
+        char *at = strstr(s->text, stop);
+        if (at) *at = 0;
+    }
+}
+
+int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
+                      int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
+                      size_t n_samples, fdpo_sample **out);
+
+int fdpo_generate(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c,
+                  int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
+                  size_t n_samples, fdpo_sample **out) {
+    return fdpo_generate_eot(m, tok, tok ? fdpo_tokenizer_eot(tok) : -1, c, prompt_ids, prompt_lens,
+                             n_prompts, n_samples, out);
+}
+
+int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
+                      int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
+                      size_t n_samples, fdpo_sample **out) {
+    *out = NULL;
+    if (fdpo_sample_config_check(c)) return -1;
+    if (n_samples == 0) return fdpo_error("number of samples per prompt must be > 0");
+    size_t V = m->config.vocab_size, maxT = m->config.n_positions, max_prompt = 0;
+    for (size_t p = 0; p < n_prompts; p++) {
+        if (prompt_lens[p] == 0) return fdpo_error("prompt %zu: no tokens", p + 1);
+        if (prompt_lens[p] >= maxT)
+            return fdpo_error("prompt %zu: %zu tokens leave no room to generate (model n_positions %zu)",
+                              p + 1, prompt_lens[p], maxT);
+        for (size_t i = 0; i < prompt_lens[p]; i++)
+            if (prompt_ids[p][i] < 0 || (size_t)prompt_ids[p][i] >= V)
+                return fdpo_error("prompt %zu: token id %d outside the model's vocabulary of %zu", p + 1, prompt_ids[p][i], V);
+        if (prompt_lens[p] > max_prompt) max_prompt = prompt_lens[p];
+    }
+    size_t total = n_prompts * n_samples;
+    fdpo_sample *samples = fdpo_calloc(total ? total : 1, sizeof *samples);
+    if (total == 0) { *out = samples; return 0; }
+    size_t B = c->batch < total ? c->batch : total;
+    size_t cache_len = max_prompt + c->max_new_tokens;
+    if (cache_len > maxT) cache_len = maxT;
+    fdpo_decoder *dec = fdpo_decoder_create(m, B, cache_len);
+    if (!dec) { free(samples); return -1; }
+    float *logits = fdpo_malloc(B * V * sizeof(float));
+    int truncate = (c->top_k > 0 && c->top_k < V) || c->top_p < 1;
+    double *work = fdpo_malloc(B * V * sizeof(double));
+    size_t *order = truncate ? fdpo_malloc(B * V * sizeof(size_t)) : NULL;
+    slot_state *st = fdpo_calloc(B, sizeof *st);
+    size_t *slots = fdpo_malloc(B * sizeof *slots), *n_new = fdpo_malloc(B * sizeof *n_new);
+    int32_t *feed = fdpo_malloc((B * max_prompt + B) * sizeof *feed);
+    size_t *row_of = fdpo_malloc(B * sizeof *row_of), *src_slot = fdpo_malloc(B * sizeof *src_slot);
+    int rc = 0;
+
+    for (size_t start = 0; start < total && rc == 0; start += B) {
+        size_t nb = total - start < B ? total - start : B;
+        /* prefill each distinct prompt once, then copy its cache to the other slots */
+        size_t n_unique = 0, n_feed = 0;
+        for (size_t b = 0; b < nb; b++) {
+            size_t seq = start + b, p = seq / n_samples;
+            fdpo_decoder_reset(dec, b);
+            fdpo_sample *s = &samples[seq];
+            s->prompt_index = p; s->sample_index = seq % n_samples;
+            st[b] = (slot_state){.out = s, .active = 1};
+            fdpo_sample_rng(&st[b].rng, c->seed, p, s->sample_index);
+            if (b > 0 && (start + b - 1) / n_samples == p) {
+                row_of[b] = row_of[b - 1]; src_slot[b] = src_slot[b - 1];
+                continue;
+            }
+            slots[n_unique] = b; n_new[n_unique] = prompt_lens[p];
+            memcpy(feed + n_feed, prompt_ids[p], prompt_lens[p] * sizeof *feed);
+            n_feed += prompt_lens[p];
+            row_of[b] = n_unique++; src_slot[b] = b;
+        }
+        if ((rc = fdpo_decoder_forward(dec, n_unique, slots, n_new, feed, logits, 0))) break;
+        /* spread the packed rows to one row per slot; row_of[b] <= b, so going backwards
+         * never overwrites a row that is still to be read */
+        for (size_t b = nb; b-- > 0;) {
+            if (row_of[b] != b) memcpy(logits + b * V, logits + row_of[b] * V, V * sizeof(float));
+            if (src_slot[b] != b) fdpo_decoder_copy_slot(dec, b, src_slot[b]);
+        }
+        for (size_t step = 0;; step++) {
+            /* sample one token for every active slot; each slot has its own RNG */
+            #pragma omp parallel for schedule(dynamic) if (nb * V >= 65536)
+            for (size_t b = 0; b < nb; b++) {
+                if (!st[b].active) continue;
+                const float *row = logits + b * V;
+                double lp;
+                int32_t t = fdpo_sample_token(row, V, c, &st[b].rng, work + b * V, order ? order + b * V : NULL, &lp);
+                fdpo_sample *s = st[b].out;
+                s->logp += lp;
+                append_token(s, t);
+                st[b].next = t;
+            }
+            size_t n_active = 0;
+            for (size_t b = 0; b < nb; b++) {
+                if (!st[b].active) continue;
+                fdpo_sample *s = st[b].out;
+                int32_t t = st[b].next;
+                size_t used = prompt_lens[s->prompt_index] + s->n_tokens;
+                if (t == eot) { s->finish = FDPO_FINISH_EOT; st[b].active = 0; continue; }
+                s->n_completion++;
+                if (c->stop && *c->stop && tok) {
+                    size_t len;
+                    const char *bytes = fdpo_tokenizer_token_bytes(tok, t, &len);
+                    if (st[b].n_bytes + len + 1 > st[b].cap_bytes) {
+                        st[b].cap_bytes = 2 * (st[b].n_bytes + len + 1);
+                        st[b].bytes = fdpo_realloc(st[b].bytes, st[b].cap_bytes);
+                    }
+                    memcpy(st[b].bytes + st[b].n_bytes, bytes, len);
+                    st[b].n_bytes += len;
+                    st[b].bytes[st[b].n_bytes] = 0;
+                    /* only the tail can hold a new occurrence */
+                    size_t sl = strlen(c->stop), from = st[b].n_bytes > len + sl ? st[b].n_bytes - len - sl : 0;
+                    if (memmem(st[b].bytes + from, st[b].n_bytes - from, c->stop, sl)) {
+                        s->finish = FDPO_FINISH_STOP; st[b].active = 0; continue;
+                    }
+                }
+                if (s->n_tokens >= c->max_new_tokens || used >= cache_len) {
+                    s->finish = FDPO_FINISH_LENGTH; st[b].active = 0; continue;
+                }
+                slots[n_active] = b; n_new[n_active] = 1; feed[n_active] = t;
+                n_active++;
+            }
+            if (n_active == 0) break;
+            if ((rc = fdpo_decoder_forward(dec, n_active, slots, n_new, feed, logits, 0))) break;
+            /* logits rows come back packed in slot order: move them to their slot rows */
+            for (size_t i = n_active; i-- > 0;)
+                if (slots[i] != i) memcpy(logits + slots[i] * V, logits + i * V, V * sizeof(float));
+        }
+        for (size_t b = 0; b < nb; b++) {
+            finish_text(st[b].out, tok, c->stop);
+            free(st[b].bytes);
+        }
+    }
+    fdpo_decoder_free(dec);
+    free(logits); free(work); free(order); free(st); free(slots); free(n_new); free(feed); free(row_of); free(src_slot);
+    if (rc) { fdpo_samples_free(samples, total); return -1; }
+    *out = samples;
+    return 0;
+}

