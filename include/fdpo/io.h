@@ -39,6 +39,12 @@ void fdpo_st_writer_add(fdpo_st_writer *w, const char *name, fdpo_dtype dtype,
                         const size_t *shape, int ndim, const void *data);
 void fdpo_st_writer_meta(fdpo_st_writer *w, const char *key, const char *value);
 int fdpo_st_writer_write(fdpo_st_writer *w, const char *path); /* atomic */
+/* Add every GPT-2 tensor of a params-shaped buffer (m->params_memory, m->grads_memory, an
+ * optimizer moment, ...) under its Hugging Face name ("transformer.h.3.attn.c_attn.weight"),
+ * each with prefix prepended (NULL = none), as F32 [in, out] tensors. */
+void fdpo_st_writer_add_gpt2(fdpo_st_writer *w, const fdpo_gpt2 *m, const float *memory, const char *prefix);
+/* Read a params-shaped buffer written that way (exact names, F32/F16/BF16, shapes checked). */
+int fdpo_st_read_gpt2(const fdpo_safetensors *st, const fdpo_gpt2 *m, float *memory, const char *prefix);
 void fdpo_st_writer_free(fdpo_st_writer *w);
 
 /* ---- checkpoints (Hugging Face layout) ----

@@ -1,4 +1,96 @@
-/* fdpo info: placeholder until its issue lands. */
+/* fdpo info CKPT: load and validate a checkpoint directory, print its config, parameter
+ * count, tokenizer kind and whether it carries training state. */
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "fdpo/core.h"
-int cmd_info(int argc, char **argv) { (void)argc; (void)argv; return fdpo_error("not implemented yet"); }
+#include "fdpo/io.h"
+#include "fdpo/tokenizer.h"
+
+/* "step" of training_state.json, or -1 when absent/unreadable */
+static long training_step(const char *path) {
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) { fdpo_clear_error(); return -1; }
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *step = cJSON_GetObjectItemCaseSensitive(root, "step");
+    long s = cJSON_IsNumber(step) ? (long)step->valuedouble : -1;
+    cJSON_Delete(root);
+    return s;
+}
+
+int cmd_info(int argc, char **argv) {
+    int as_json = 0;
+    fdpo_flag flags[] = {
+        {"json", FLAG_BOOL, &as_json, "0", "print one JSON object instead of key: value lines", 0},
+    };
+    int n_pos = 0;
+    char **pos = NULL;
+    const char *usage = "fdpo info [flags] CHECKPOINT_DIR";
+    int rc = flags_parse("info", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
+    if (rc == FLAGS_HELP) { free(pos); return 0; }
+    if (rc != FLAGS_OK) { free(pos); return -1; }
+    if (n_pos != 1) { free(pos); return fdpo_error("expected one checkpoint directory (usage: %s)", usage); }
+    const char *dir = pos[0];
+    free(pos);
+
+    fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
+    if (!m) return -1;
+    const fdpo_gpt2_config *c = &m->config;
+    fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(dir);
+    const char *tok_kind = !tok ? "none" : fdpo_tokenizer_kind_of(tok) == FDPO_TOK_BPE ? "gpt2-bpe" : "byte";
+    size_t tok_vocab = tok ? fdpo_tokenizer_vocab_size(tok) : 0;
+    fdpo_clear_error();
+    char *state_path = fdpo_path_join(dir, "training_state.json");
+    int has_state = fdpo_file_exists(state_path);
+    long step = has_state ? training_step(state_path) : -1;
+    free(state_path);
+
+    if (as_json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "checkpoint", dir);
+        cJSON_AddStringToObject(o, "model_type", "gpt2");
+        cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
+        cJSON_AddNumberToObject(o, "n_positions", (double)c->n_positions);
+        cJSON_AddNumberToObject(o, "n_embd", (double)c->n_embd);
+        cJSON_AddNumberToObject(o, "n_layer", (double)c->n_layer);
+        cJSON_AddNumberToObject(o, "n_head", (double)c->n_head);
+        char eps[32]; /* shortest text that reads back to the same float */
+        for (int prec = 1; prec <= 9; prec++) {
+            snprintf(eps, sizeof eps, "%.*g", prec, (double)c->layer_norm_epsilon);
+            if (strtof(eps, NULL) == c->layer_norm_epsilon) break;
+        }
+        cJSON_AddRawToObject(o, "layer_norm_epsilon", eps);
+        cJSON_AddStringToObject(o, "activation_function", "gelu_new");
+        cJSON_AddNumberToObject(o, "parameters", (double)m->n_params);
+        cJSON_AddStringToObject(o, "tokenizer", tok_kind);
+        if (tok) cJSON_AddNumberToObject(o, "tokenizer_vocab_size", (double)tok_vocab);
+        cJSON_AddBoolToObject(o, "training_state", has_state);
+        if (step >= 0) cJSON_AddNumberToObject(o, "step", (double)step);
+        char *s = cJSON_PrintUnformatted(o);
+        printf("%s\n", s);
+        free(s);
+        cJSON_Delete(o);
+    } else {
+        printf("checkpoint: %s\n", dir);
+        printf("model_type: gpt2\n");
+        printf("vocab_size: %zu\n", c->vocab_size);
+        printf("n_positions: %zu\n", c->n_positions);
+        printf("n_embd: %zu\n", c->n_embd);
+        printf("n_layer: %zu\n", c->n_layer);
+        printf("n_head: %zu\n", c->n_head);
+        printf("layer_norm_epsilon: %g\n", (double)c->layer_norm_epsilon);
+        printf("activation_function: gelu_new\n");
+        printf("parameters: %zu (%.2fM)\n", m->n_params, (double)m->n_params / 1e6);
+        if (tok) printf("tokenizer: %s (%zu tokens)\n", tok_kind, tok_vocab);
+        else printf("tokenizer: none\n");
+        if (has_state && step >= 0) printf("training_state: yes (step %ld)\n", step);
+        else printf("training_state: %s\n", has_state ? "yes" : "no");
+    }
+    fdpo_tokenizer_free(tok);
+    fdpo_gpt2_free(m);
+    return 0;
+}

@@ -6,8 +6,32 @@
 #include "harness.h"
 
 /* one declaration + one table row per subcommand (keep alphabetical) */
+int h_dpo_bench(int argc, char **argv);
+int h_dpo_data(int argc, char **argv);
+int h_dpo_grad(int argc, char **argv);
+int h_eval(int argc, char **argv);
+int h_model(int argc, char **argv);
+int h_objectives(int argc, char **argv);
+int h_tokenizer(int argc, char **argv);
 
 static const struct { const char *name; harness_fn fn; } SUBS[] = {
+    {"dpo-bench", h_dpo_bench},
+    {"dpo-data", h_dpo_data},
+    {"dpo-grad", h_dpo_grad},
+    {"eval-calibration", h_eval},
+    {"eval-logits", h_eval},
+    {"eval-reward", h_eval},
+    {"eval-run", h_eval},
+    {"eval-sample", h_eval},
+    {"eval-score", h_eval},
+    {"eval-text", h_eval},
+    {"model-bench", h_model},
+    {"model-fb", h_model},
+    {"model-init", h_model},
+    {"model-load", h_model},
+    {"objectives", h_objectives},
+    {"tok-save", h_tokenizer},
+    {"tok-threads", h_tokenizer},
     {NULL, NULL},
 };
 

@@ -1,0 +1,314 @@
+/* safetensors: 8-byte little-endian header length N, N bytes of JSON
+ * {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {k: v}},
+ * then the data section; offsets are relative to its start. Read through mmap. */
+#include <cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "fdpo/io.h"
+
+/* Every dtype the format defines; the ones fdpo cannot compute with map to OTHER but are
+ * still validated (their element size is known). */
+static const struct { const char *name; fdpo_dtype dtype; size_t size; } DTYPES[] = {
+    {"F32", FDPO_F32, 4},  {"F16", FDPO_F16, 2},   {"BF16", FDPO_BF16, 2}, {"I32", FDPO_I32, 4},
+    {"I64", FDPO_I64, 8},  {"U8", FDPO_U8, 1},     {"F64", FDPO_F64, 8},   {"BOOL", FDPO_DTYPE_OTHER, 1},
+    {"I8", FDPO_DTYPE_OTHER, 1}, {"I16", FDPO_DTYPE_OTHER, 2}, {"U16", FDPO_DTYPE_OTHER, 2},
+    {"U32", FDPO_DTYPE_OTHER, 4}, {"U64", FDPO_DTYPE_OTHER, 8}, {"F8_E4M3", FDPO_DTYPE_OTHER, 1},
+    {"F8_E5M2", FDPO_DTYPE_OTHER, 1},
+};
+#define N_DTYPES (sizeof DTYPES / sizeof DTYPES[0])
+
+static size_t dtype_size(fdpo_dtype d) {
+    for (size_t i = 0; i < N_DTYPES; i++) if (DTYPES[i].dtype == d) return DTYPES[i].size;
+    return 0;
+}
+static const char *dtype_name(fdpo_dtype d) {
+    for (size_t i = 0; i < N_DTYPES; i++) if (DTYPES[i].dtype == d) return DTYPES[i].name;
+    return "?";
+}
+
+/* A JSON number that is a non-negative integer exactly representable in a double. */
+static int json_size(const cJSON *j, size_t *out) {
+    if (!cJSON_IsNumber(j)) return -1;
+    double v = j->valuedouble;
+    if (!(v >= 0) || v != floor(v) || v > 9007199254740992.0) return -1;
+    *out = (size_t)v;
+    return 0;
+}
+
+static int cmp_begin(const void *a, const void *b) {
+    const fdpo_st_tensor *x = *(const fdpo_st_tensor *const *)a, *y = *(const fdpo_st_tensor *const *)b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+/* Parse and validate the JSON header into st (data/data_len already set). */
+static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root) return fdpo_error("%s: malformed header JSON near byte %zu of the header", st->path,
+                                 cJSON_GetErrorPtr() ? (size_t)(cJSON_GetErrorPtr() - json) : (size_t)0);
+    if (!cJSON_IsObject(root)) { cJSON_Delete(root); return fdpo_error("%s: header JSON is not an object", st->path); }
+    size_t n = 0;
+    for (cJSON *e = root->child; e; e = e->next) n++;
+    st->tensors = fdpo_calloc(n ? n : 1, sizeof(fdpo_st_tensor));
+    int rc = 0;
+    for (cJSON *e = root->child; e && !rc; e = e->next) {
+        if (!strcmp(e->string, "__metadata__")) {
+            if (!cJSON_IsObject(e)) { rc = fdpo_error("%s: __metadata__ is not an object", st->path); break; }
+            for (cJSON *kv = e->child; kv; kv = kv->next) {
+                if (!cJSON_IsString(kv)) { rc = fdpo_error("%s: __metadata__ '%s' is not a string", st->path, kv->string); break; }
+                st->meta_keys = fdpo_realloc(st->meta_keys, (st->n_meta + 1) * sizeof(char *));
+                st->meta_values = fdpo_realloc(st->meta_values, (st->n_meta + 1) * sizeof(char *));
+                st->meta_keys[st->n_meta] = fdpo_strdup(kv->string);
+                st->meta_values[st->n_meta] = fdpo_strdup(kv->valuestring);
+                st->n_meta++;
+            }
+            continue;
+        }
+        for (size_t k = 0; k < st->n_tensors; k++)
+            if (!strcmp(st->tensors[k].name, e->string)) rc = fdpo_error("%s: tensor '%s' appears twice in the header", st->path, e->string);
+        if (rc) break;
+        fdpo_st_tensor *t = &st->tensors[st->n_tensors];
+        t->name = fdpo_strdup(e->string);
+        st->n_tensors++;
+        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
+        const cJSON *shape = cJSON_GetObjectItemCaseSensitive(e, "shape");
+        const cJSON *offs = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
+        if (!cJSON_IsObject(e) || !cJSON_IsString(dt) || !cJSON_IsArray(shape) || !cJSON_IsArray(offs)) {
+            rc = fdpo_error("%s: tensor '%s': header entry needs dtype (string), shape and data_offsets (arrays)", st->path, t->name);
+            break;
+        }
+        size_t esize = 0;
+        t->dtype = FDPO_DTYPE_OTHER;
+        for (size_t i = 0; i < N_DTYPES; i++)
+            if (!strcmp(dt->valuestring, DTYPES[i].name)) { t->dtype = DTYPES[i].dtype; esize = DTYPES[i].size; }
+        if (!esize) { rc = fdpo_error("%s: tensor '%s': unknown dtype '%.32s'", st->path, t->name, dt->valuestring); break; }
+        snprintf(t->dtype_name, sizeof t->dtype_name, "%s", dt->valuestring);
+        int nd = cJSON_GetArraySize(shape);
+        if (nd > 8) { rc = fdpo_error("%s: tensor '%s': %d dimensions (at most 8)", st->path, t->name, nd); break; }
+        t->ndim = nd;
+        size_t numel = 1;
+        int i = 0;
+        for (const cJSON *d = shape->child; d; d = d->next, i++) {
+            if (json_size(d, &t->shape[i]) || t->shape[i] > ((size_t)1 << 40)) {
+                rc = fdpo_error("%s: tensor '%s': shape[%d] is not a non-negative integer", st->path, t->name, i);
+                break;
+            }
+            numel *= t->shape[i];
+            if (numel > ((size_t)1 << 42)) { rc = fdpo_error("%s: tensor '%s': shape too large", st->path, t->name); break; }
+        }
+        if (rc) break;
+        if (cJSON_GetArraySize(offs) != 2 || json_size(offs->child, &t->begin) || json_size(offs->child->next, &t->end)) {
+            rc = fdpo_error("%s: tensor '%s': data_offsets must be two non-negative integers", st->path, t->name);
+            break;
+        }
+        if (t->begin > t->end || t->end > st->data_len) {
+            rc = fdpo_error("%s: tensor '%s': data_offsets [%zu, %zu] outside the data section (%zu bytes)",
+                            st->path, t->name, t->begin, t->end, st->data_len);
+            break;
+        }
+        if (t->end - t->begin != numel * esize) {
+            rc = fdpo_error("%s: tensor '%s': data_offsets span %zu bytes but shape x %s needs %zu",
+                            st->path, t->name, t->end - t->begin, t->dtype_name, numel * esize);
+            break;
+        }
+    }
+    cJSON_Delete(root);
+    if (rc) return rc;
+    /* tensors must not overlap */
+    fdpo_st_tensor **order = fdpo_malloc((st->n_tensors ? st->n_tensors : 1) * sizeof *order);
+    for (size_t i = 0; i < st->n_tensors; i++) order[i] = &st->tensors[i];
+    qsort(order, st->n_tensors, sizeof *order, cmp_begin);
+    const fdpo_st_tensor *reach = NULL; /* the tensor ending furthest so far */
+    for (size_t i = 0; i < st->n_tensors && !rc; i++) {
+        if (order[i]->end == order[i]->begin) continue;
+        if (reach && order[i]->begin < reach->end)
+            rc = fdpo_error("%s: tensor '%s' overlaps tensor '%s' in the data section", st->path,
+                            order[i]->name, reach->name);
+        if (!reach || order[i]->end > reach->end) reach = order[i];
+    }
+    free(order);
+    return rc;
+}
+
+int fdpo_st_open(fdpo_safetensors *st, const char *path) {
+    memset(st, 0, sizeof *st);
+    st->path = fdpo_strdup(path);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) { fdpo_error("%s: %s", path, strerror(errno)); fdpo_st_close(st); return -1; }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        fdpo_error("%s: not a regular file", path);
+        fdpo_st_close(st);
+        return -1;
+    }
+    size_t size = (size_t)sb.st_size;
+    if (size < 8) {
+        close(fd);
+        fdpo_error("%s: file is %zu bytes, too short for the 8-byte header length (truncated?)", path, size);
+        fdpo_st_close(st);
+        return -1;
+    }
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) { fdpo_error("%s: mmap: %s", path, strerror(errno)); fdpo_st_close(st); return -1; }
+    st->map = map;
+    st->map_len = size;
+    const unsigned char *bytes = map;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | bytes[i];
+    if (hlen > size - 8) {
+        fdpo_error("%s: header length %llu runs past the end of the file (%zu bytes; truncated?)", path,
+                   (unsigned long long)hlen, size);
+        fdpo_st_close(st);
+        return -1;
+    }
+    st->data = (unsigned char *)map + 8 + hlen;
+    st->data_len = size - 8 - (size_t)hlen;
+    if (parse_header(st, (const char *)bytes + 8, (size_t)hlen)) { fdpo_st_close(st); return -1; }
+    return 0;
+}
+
+void fdpo_st_close(fdpo_safetensors *st) {
+    if (st->map) munmap(st->map, st->map_len);
+    for (size_t i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
+    free(st->tensors);
+    for (size_t i = 0; i < st->n_meta; i++) { free(st->meta_keys[i]); free(st->meta_values[i]); }
+    free(st->meta_keys);
+    free(st->meta_values);
+    free(st->path);
+    memset(st, 0, sizeof *st);
+}
+
+const fdpo_st_tensor *fdpo_st_find(const fdpo_safetensors *st, const char *name) {
+    for (size_t i = 0; i < st->n_tensors; i++) if (!strcmp(st->tensors[i].name, name)) return &st->tensors[i];
+    return NULL;
+}
+
+const char *fdpo_st_meta(const fdpo_safetensors *st, const char *key) {
+    for (size_t i = 0; i < st->n_meta; i++) if (!strcmp(st->meta_keys[i], key)) return st->meta_values[i];
+    return NULL;
+}
+
+/* IEEE half -> float, subnormals and inf/nan included */
+static float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) bits = sign | 0x7f800000u | (man << 13);
+    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (man << 13);
+    else if (man == 0) bits = sign;
+    else {
+        float f = (float)man * (1.0f / 16777216.0f); /* man * 2^-24 */
+        return sign ? -f : f;
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+int fdpo_st_read_f32(const fdpo_safetensors *st, const fdpo_st_tensor *t, float *out, size_t n) {
+    size_t es = dtype_size(t->dtype);
+    size_t numel = es ? (t->end - t->begin) / es : 0;
+    if (t->dtype != FDPO_F32 && t->dtype != FDPO_F16 && t->dtype != FDPO_BF16 && t->dtype != FDPO_F64)
+        return fdpo_error("%s: tensor '%s': dtype %s is not a floating-point type (want F32, F16, BF16 or F64)",
+                          st->path, t->name, t->dtype_name);
+    if (numel != n) return fdpo_error("%s: tensor '%s': %zu elements, expected %zu", st->path, t->name, numel, n);
+    const unsigned char *src = st->data + t->begin;
+    for (size_t i = 0; i < n; i++) {
+        switch (t->dtype) {
+        case FDPO_F32: memcpy(&out[i], src + 4 * i, 4); break;
+        case FDPO_F64: { double d; memcpy(&d, src + 8 * i, 8); out[i] = (float)d; break; }
+        case FDPO_F16: { uint16_t h; memcpy(&h, src + 2 * i, 2); out[i] = f16_to_f32(h); break; }
+        default: { uint16_t h; memcpy(&h, src + 2 * i, 2); uint32_t b = (uint32_t)h << 16; memcpy(&out[i], &b, 4); break; }
+        }
+    }
+    return 0;
+}
+
+/* ---- writer ---- */
+typedef struct { char *name; fdpo_dtype dtype; size_t shape[8]; int ndim; const void *data; } writer_entry;
+struct fdpo_st_writer {
+    writer_entry *e; size_t n;
+    char **mk, **mv; size_t n_meta;
+};
+
+fdpo_st_writer *fdpo_st_writer_new(void) { return fdpo_calloc(1, sizeof(fdpo_st_writer)); }
+
+void fdpo_st_writer_add(fdpo_st_writer *w, const char *name, fdpo_dtype dtype,
+                        const size_t *shape, int ndim, const void *data) {
+    w->e = fdpo_realloc(w->e, (w->n + 1) * sizeof *w->e);
+    writer_entry *e = &w->e[w->n++];
+    memset(e, 0, sizeof *e);
+    e->name = fdpo_strdup(name);
+    e->dtype = dtype;
+    e->ndim = ndim < 0 ? 0 : ndim > 8 ? 8 : ndim;
+    for (int i = 0; i < e->ndim; i++) e->shape[i] = shape[i];
+    e->data = data;
+}
+
+void fdpo_st_writer_meta(fdpo_st_writer *w, const char *key, const char *value) {
+    w->mk = fdpo_realloc(w->mk, (w->n_meta + 1) * sizeof(char *));
+    w->mv = fdpo_realloc(w->mv, (w->n_meta + 1) * sizeof(char *));
+    w->mk[w->n_meta] = fdpo_strdup(key);
+    w->mv[w->n_meta] = fdpo_strdup(value);
+    w->n_meta++;
+}
+
+static size_t entry_bytes(const writer_entry *e) {
+    size_t n = dtype_size(e->dtype);
+    for (int i = 0; i < e->ndim; i++) n *= e->shape[i];
+    return n;
+}
+
+int fdpo_st_writer_write(fdpo_st_writer *w, const char *path) {
+    cJSON *root = cJSON_CreateObject();
+    if (w->n_meta) {
+        cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
+        for (size_t i = 0; i < w->n_meta; i++) cJSON_AddStringToObject(meta, w->mk[i], w->mv[i]);
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < w->n; i++) {
+        const writer_entry *e = &w->e[i];
+        if (e->dtype == FDPO_DTYPE_OTHER) { cJSON_Delete(root); return fdpo_error("%s: tensor '%s': cannot write dtype OTHER", path, e->name); }
+        cJSON *t = cJSON_AddObjectToObject(root, e->name);
+        cJSON_AddStringToObject(t, "dtype", dtype_name(e->dtype));
+        cJSON *shape = cJSON_AddArrayToObject(t, "shape");
+        for (int d = 0; d < e->ndim; d++) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)e->shape[d]));
+        cJSON *offs = cJSON_AddArrayToObject(t, "data_offsets");
+        size_t nb = entry_bytes(e);
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(off + nb)));
+        off += nb;
+    }
+    char *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    size_t hlen = strlen(json);
+    size_t padded = (hlen + 7) / 8 * 8; /* keeps the data section 8-byte aligned */
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    fdpo_atomic_file af;
+    if (fdpo_atomic_open(&af, path)) { free(json); return -1; }
+    int ok = fwrite(len8, 1, 8, af.f) == 8 && fwrite(json, 1, hlen, af.f) == hlen;
+    for (size_t i = hlen; i < padded && ok; i++) ok = fputc(' ', af.f) != EOF;
+    free(json);
+    for (size_t i = 0; i < w->n && ok; i++) {
+        size_t nb = entry_bytes(&w->e[i]);
+        ok = nb == 0 || fwrite(w->e[i].data, 1, nb, af.f) == nb;
+    }
+    if (!ok) { fdpo_atomic_abort(&af); return fdpo_error("%s: write failed: %s", path, strerror(errno)); }
+    return fdpo_atomic_commit(&af);
+}
+
+void fdpo_st_writer_free(fdpo_st_writer *w) {
+    if (!w) return;
+    for (size_t i = 0; i < w->n; i++) free(w->e[i].name);
+    free(w->e);
+    for (size_t i = 0; i < w->n_meta; i++) { free(w->mk[i]); free(w->mv[i]); }
+    free(w->mk);
+    free(w->mv);
+    free(w);
+}

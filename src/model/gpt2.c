@@ -1,0 +1,388 @@
+/* GPT-2 model: config, parameter table, init, and forward/backward over a packed batch
+ * (layer kernels in gpt2_kernels.c). */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/gpt2.h"
+#include "model/gpt2_internal.h"
+
+int fdpo_gpt2_config_check(const fdpo_gpt2_config *c) {
+    /* upper bounds keep every size product far from size_t/int overflow (BLAS takes int) */
+    if (c->vocab_size == 0 || c->vocab_size > (1u << 24))
+        return fdpo_error("config: vocab_size %zu must be in [1, %u]", c->vocab_size, 1u << 24);
+    if (c->n_positions == 0 || c->n_positions > (1u << 20))
+        return fdpo_error("config: n_positions %zu must be in [1, %u]", c->n_positions, 1u << 20);
+    if (c->n_embd == 0 || c->n_embd > 65536)
+        return fdpo_error("config: n_embd %zu must be in [1, 65536]", c->n_embd);
+    if (c->n_layer == 0 || c->n_layer > 1024)
+        return fdpo_error("config: n_layer %zu must be in [1, 1024]", c->n_layer);
+    if (c->n_head == 0 || c->n_embd % c->n_head != 0)
+        return fdpo_error("config: n_head %zu must be >= 1 and divide n_embd %zu", c->n_head, c->n_embd);
+    if (!(c->layer_norm_epsilon > 0.0f) || !isfinite(c->layer_norm_epsilon))
+        return fdpo_error("config: layer_norm_epsilon %g must be a positive number", (double)c->layer_norm_epsilon);
+    /* the bounds above keep this product exact in double; refuse what cannot be allocated
+     * sensibly instead of aborting in malloc */
+    double C = (double)c->n_embd;
+    double n = ((double)c->vocab_size + (double)c->n_positions) * C + 2 * C + (double)c->n_layer * (12 * C * C + 13 * C);
+    if (n > 8589934592.0) return fdpo_error("config: %.3g parameters is more than fdpo supports (8.6e9)", n);
+    return 0;
+}
+
+/* Fill m->tensors (HF names, shapes, decay flags) and their offsets; sets m->n_params. */
+static void build_tensor_table(fdpo_gpt2 *m) {
+    size_t V = m->config.vocab_size, T = m->config.n_positions, C = m->config.n_embd, L = m->config.n_layer;
+    struct { const char *name; int per_layer; size_t s0, s1; int ndim, decay; } spec[FDPO_GPT2_NUM_TENSORS] = {
+        {"transformer.wte.weight", 0, V, C, 2, 1},
+        {"transformer.wpe.weight", 0, T, C, 2, 1},
+        {"transformer.h.{i}.ln_1.weight", 1, C, 0, 1, 0},
+        {"transformer.h.{i}.ln_1.bias", 1, C, 0, 1, 0},
+        {"transformer.h.{i}.attn.c_attn.weight", 1, C, 3 * C, 2, 1},
+        {"transformer.h.{i}.attn.c_attn.bias", 1, 3 * C, 0, 1, 0},
+        {"transformer.h.{i}.attn.c_proj.weight", 1, C, C, 2, 1},
+        {"transformer.h.{i}.attn.c_proj.bias", 1, C, 0, 1, 0},
+        {"transformer.h.{i}.ln_2.weight", 1, C, 0, 1, 0},
+        {"transformer.h.{i}.ln_2.bias", 1, C, 0, 1, 0},
+        {"transformer.h.{i}.mlp.c_fc.weight", 1, C, 4 * C, 2, 1},
+        {"transformer.h.{i}.mlp.c_fc.bias", 1, 4 * C, 0, 1, 0},
+        {"transformer.h.{i}.mlp.c_proj.weight", 1, 4 * C, C, 2, 1},
+        {"transformer.h.{i}.mlp.c_proj.bias", 1, C, 0, 1, 0},
+        {"transformer.ln_f.weight", 0, C, 0, 1, 0},
+        {"transformer.ln_f.bias", 0, C, 0, 1, 0},
+    };
+    size_t off = 0;
+    for (int i = 0; i < FDPO_GPT2_NUM_TENSORS; i++) {
+        fdpo_gpt2_tensor *t = &m->tensors[i];
+        t->name = spec[i].name;
+        t->per_layer = spec[i].per_layer;
+        t->ndim = spec[i].ndim;
+        t->shape[0] = spec[i].s0;
+        t->shape[1] = spec[i].ndim > 1 ? spec[i].s1 : 0;
+        t->shape[2] = 0;
+        t->decay = spec[i].decay;
+        size_t one = spec[i].ndim > 1 ? spec[i].s0 * spec[i].s1 : spec[i].s0;
+        t->numel = one * (spec[i].per_layer ? L : 1);
+        t->offset = off;
+        off += t->numel;
+    }
+    m->n_params = off;
+}
+
+/* Point the 16 fields of p at consecutive tensors of memory (table order = struct order). */
+static void point_params(fdpo_gpt2_params *p, float *memory, const fdpo_gpt2_tensor *tensors) {
+    float **fields[FDPO_GPT2_NUM_TENSORS] = {
+        &p->wte, &p->wpe, &p->ln1w, &p->ln1b, &p->qkvw, &p->qkvb, &p->attprojw, &p->attprojb,
+        &p->ln2w, &p->ln2b, &p->fcw, &p->fcb, &p->fcprojw, &p->fcprojb, &p->lnfw, &p->lnfb};
+    for (int i = 0; i < FDPO_GPT2_NUM_TENSORS; i++) *fields[i] = memory + tensors[i].offset;
+}
+
+fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
+    if (fdpo_gpt2_config_check(c)) return NULL;
+    fdpo_gpt2 *m = fdpo_calloc(1, sizeof *m);
+    m->config = *c;
+    build_tensor_table(m);
+    m->params_memory = fdpo_calloc(m->n_params, sizeof(float));
+    point_params(&m->params, m->params_memory, m->tensors);
+    return m;
+}
+
+static void acts_free(fdpo_gpt2_acts *a) {
+    if (!a) return;
+    free(a->memory);
+    free(a->d_att);
+    free(a->seq_offset);
+    free(a->att_offset);
+    free(a->tokens);
+    free(a->targets);
+    free(a->pos);
+    free(a->weights);
+    free(a->branch);
+    free(a->rows);
+    free(a->ctargets);
+    free(a->cd);
+    free(a->clse);
+    free(a);
+}
+
+void fdpo_gpt2_free(fdpo_gpt2 *m) {
+    if (!m) return;
+    free(m->params_memory);
+    free(m->grads_memory);
+    acts_free(m->acts);
+    free(m);
+}
+
+void fdpo_gpt2_init(fdpo_gpt2 *m, uint64_t seed) {
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, seed);
+    double resid_std = 0.02 / sqrt(2.0 * (double)m->config.n_layer);
+    for (int i = 0; i < FDPO_GPT2_NUM_TENSORS; i++) {
+        const fdpo_gpt2_tensor *t = &m->tensors[i];
+        float *p = m->params_memory + t->offset;
+        if (t->decay) {
+            /* residual projections (attn.c_proj, mlp.c_proj weights) get 1/sqrt(2L) */
+            double sd = strstr(t->name, "c_proj.weight") ? resid_std : 0.02;
+            for (size_t k = 0; k < t->numel; k++) p[k] = (float)(sd * fdpo_rng_normal(&rng));
+        } else {
+            float v = strstr(t->name, ".weight") ? 1.0f : 0.0f; /* LN weight 1, biases 0 */
+            for (size_t k = 0; k < t->numel; k++) p[k] = v;
+        }
+    }
+}
+
+int fdpo_gpt2_check_batch(const fdpo_gpt2 *m, const fdpo_batch *b) {
+    const fdpo_gpt2_config *c = &m->config;
+    if (b->n_seq == 0) return fdpo_error("batch: no sequences");
+    if (!b->seq_offset || !b->tokens || !b->targets) return fdpo_error("batch: seq_offset, tokens and targets are required");
+    if (b->seq_offset[0] != 0) return fdpo_error("batch: seq_offset[0] = %zu, must be 0", b->seq_offset[0]);
+    for (size_t s = 0; s < b->n_seq; s++) {
+        if (b->seq_offset[s + 1] <= b->seq_offset[s])
+            return fdpo_error("batch: sequence %zu is empty or seq_offset decreases (%zu -> %zu)",
+                              s, b->seq_offset[s], b->seq_offset[s + 1]);
+        size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
+        if (!b->pos && T > c->n_positions)
+            return fdpo_error("batch: sequence %zu has %zu tokens, more than n_positions %zu", s, T, c->n_positions);
+    }
+    if (b->seq_offset[b->n_seq] != b->n_tokens)
+        return fdpo_error("batch: seq_offset[%zu] = %zu but n_tokens = %zu", b->n_seq, b->seq_offset[b->n_seq], b->n_tokens);
+    if (b->n_tokens > (size_t)1 << 30) return fdpo_error("batch: %zu tokens is too many", b->n_tokens);
+    for (size_t t = 0; t < b->n_tokens; t++) {
+        if (b->tokens[t] < 0 || (size_t)b->tokens[t] >= c->vocab_size)
+            return fdpo_error("batch: token %zu: id %d outside [0, vocab_size %zu)", t, (int)b->tokens[t], c->vocab_size);
+        if (b->targets[t] < -1 || b->targets[t] >= (int64_t)c->vocab_size)
+            return fdpo_error("batch: token %zu: target %d outside [-1, vocab_size %zu)", t, (int)b->targets[t], c->vocab_size);
+        if (b->pos && (b->pos[t] < 0 || (size_t)b->pos[t] >= c->n_positions))
+            return fdpo_error("batch: token %zu: position %d outside [0, n_positions %zu)", t, (int)b->pos[t], c->n_positions);
+        if (b->weights && !isfinite(b->weights[t]))
+            return fdpo_error("batch: token %zu: weight is not finite", t);
+    }
+    return 0;
+}
+
+/* Make sure the activation buffers hold a batch of N tokens, B sequences, A attention
+ * entries per layer and sequences up to maxT tokens; grows (never shrinks) the buffers. */
+static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT) {
+    fdpo_gpt2_acts *a = m->acts;
+    if (!a) a = m->acts = fdpo_calloc(1, sizeof *a);
+    if (B > a->cap_seq) {
+        a->seq_offset = fdpo_realloc(a->seq_offset, (B + 1) * sizeof(size_t));
+        a->att_offset = fdpo_realloc(a->att_offset, (B + 1) * sizeof(size_t));
+        a->cap_seq = B;
+    }
+    if (maxT > a->cap_maxT) a->cap_maxT = maxT; /* d_att is sized in backward */
+    if (N <= a->cap_tokens && A <= a->cap_att && a->memory) return;
+    if (N > a->cap_tokens) {
+        a->tokens = fdpo_realloc(a->tokens, N * sizeof(int32_t));
+        a->targets = fdpo_realloc(a->targets, N * sizeof(int32_t));
+        a->pos = fdpo_realloc(a->pos, N * sizeof(int32_t));
+        a->weights = fdpo_realloc(a->weights, N * sizeof(float));
+        a->rows = fdpo_realloc(a->rows, N * sizeof(size_t));
+        a->ctargets = fdpo_realloc(a->ctargets, N * sizeof(int32_t));
+        a->cd = fdpo_realloc(a->cd, N * sizeof(float));
+        a->clse = fdpo_realloc(a->clse, N * sizeof(float));
+        free(a->branch);
+        a->branch = NULL;
+    }
+    N = N > a->cap_tokens ? N : a->cap_tokens;
+    A = A > a->cap_att ? A : a->cap_att;
+    size_t C = m->config.n_embd, L = m->config.n_layer, V = m->config.vocab_size;
+    struct { float **p; size_t n; } parts[] = {
+        {&a->encoded, N * C}, {&a->ln1, L * N * C}, {&a->ln1_mean, L * N}, {&a->ln1_rstd, L * N},
+        {&a->qkv, L * N * 3 * C}, {&a->atty, L * N * C}, {&a->att, L * A}, {&a->residual2, L * N * C},
+        {&a->ln2, L * N * C}, {&a->ln2_mean, L * N}, {&a->ln2_rstd, L * N}, {&a->fch, L * N * 4 * C},
+        {&a->fch_gelu, L * N * 4 * C}, {&a->residual3, L * N * C}, {&a->lnf, N * C}, {&a->lnf_mean, N},
+        {&a->lnf_rstd, N}, {&a->logits, N * V}, {&a->lse, N}, {&a->d_residual, N * C}, {&a->d_ln, N * C},
+        {&a->d_qkv, N * 3 * C}, {&a->d_atty, N * C}, {&a->d_fch, N * 4 * C},
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += parts[i].n;
+    free(a->memory);
+    a->memory = fdpo_malloc(total * sizeof(float));
+    float *p = a->memory;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
+    a->cap_tokens = N;
+    a->cap_att = A;
+}
+
+int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
+    if (fdpo_gpt2_check_batch(m, b)) return -1;
+    const fdpo_gpt2_config *c = &m->config;
+    size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
+    size_t A = 0, maxT = 0;
+    for (size_t s = 0; s < B; s++) {
+        size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
+        A += NH * T * T;
+        if (T > maxT) maxT = T;
+    }
+    acts_reserve(m, N, B, A, maxT);
+    fdpo_gpt2_acts *a = m->acts;
+    /* keep our own copy of the batch for backward, with defaults resolved */
+    a->n_seq = B;
+    a->n_tokens = N;
+    a->max_T = maxT;
+    memcpy(a->seq_offset, b->seq_offset, (B + 1) * sizeof(size_t));
+    a->att_offset[0] = 0;
+    for (size_t s = 0; s < B; s++) {
+        size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
+        a->att_offset[s + 1] = a->att_offset[s] + NH * T * T;
+        for (size_t t = b->seq_offset[s]; t < b->seq_offset[s + 1]; t++)
+            a->pos[t] = b->pos ? b->pos[t] : (int32_t)(t - b->seq_offset[s]);
+    }
+    memcpy(a->tokens, b->tokens, N * sizeof(int32_t));
+    memcpy(a->targets, b->targets, N * sizeof(int32_t));
+    for (size_t t = 0; t < N; t++)
+        a->weights[t] = b->targets[t] < 0 ? 0.0f : (b->weights ? b->weights[t] : 1.0f);
+    if (b->branch) {
+        if (!a->branch) a->branch = fdpo_malloc(a->cap_tokens);
+        memcpy(a->branch, b->branch, N);
+    }
+    const uint8_t *branch = b->branch ? a->branch : NULL;
+
+    const fdpo_gpt2_params *p = &m->params;
+    encoder_forward(a->encoded, a->tokens, a->pos, p->wte, p->wpe, N, C);
+    for (size_t l = 0; l < L; l++) {
+        const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
+        float *ln1 = a->ln1 + l * N * C, *qkv = a->qkv + l * N * 3 * C, *atty = a->atty + l * N * C;
+        float *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
+        float *fch = a->fch + l * N * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C;
+        float *res3 = a->residual3 + l * N * C;
+        layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, residual,
+                          p->ln1w + l * C, p->ln1b + l * C, N, C, c->layer_norm_epsilon);
+        matmul_forward(qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, N, C, 3 * C);
+        attention_forward(atty, a->att + l * A, qkv, a->seq_offset, a->att_offset, branch, B, C, NH);
+        matmul_forward(res2, atty, p->attprojw + l * C * C, p->attprojb + l * C, N, C, C);
+        residual_forward(res2, res2, residual, N * C);
+        layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
+                          p->ln2w + l * C, p->ln2b + l * C, N, C, c->layer_norm_epsilon);
+        matmul_forward(fch, ln2, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, N, C, 4 * C);
+        gelu_forward(fch_gelu, fch, N * 4 * C);
+        matmul_forward(res3, fch_gelu, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, N, 4 * C, C);
+        residual_forward(res3, res3, res2, N * C);
+    }
+    layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->residual3 + (L - 1) * N * C,
+                      p->lnfw, p->lnfb, N, C, c->layer_norm_epsilon);
+    lmhead_forward(a->logits, a->lnf, p->wte, N, C, V);
+    /* token_logp is needed for seq_logp even when the caller did not ask for it */
+    float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL); /* d_residual is free now */
+    logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    if (seq_logp) {
+        for (size_t s = 0; s < B; s++) {
+            double sum = 0.0;
+            for (size_t t = a->seq_offset[s]; t < a->seq_offset[s + 1]; t++) sum += (double)a->weights[t] * tlp[t];
+            seq_logp[s] = (float)sum;
+        }
+    }
+    a->has_forward = 1;
+    return 0;
+}
+
+const float *fdpo_gpt2_logits(const fdpo_gpt2 *m) {
+    return m->acts && m->acts->has_forward ? m->acts->logits : NULL;
+}
+
+void fdpo_gpt2_zero_grad(fdpo_gpt2 *m) {
+    if (!m->grads_memory) {
+        m->grads_memory = fdpo_calloc(m->n_params, sizeof(float));
+        point_params(&m->grads, m->grads_memory, m->tensors);
+        return;
+    }
+    memset(m->grads_memory, 0, m->n_params * sizeof(float));
+}
+
+int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
+    fdpo_gpt2_acts *a = m->acts;
+    if (!a || !a->has_forward) return fdpo_error("gpt2 backward: no forward pass to differentiate");
+    if (!m->grads_memory) fdpo_gpt2_zero_grad(m);
+    const fdpo_gpt2_config *c = &m->config;
+    size_t N = a->n_tokens, B = a->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
+    size_t A = a->att_offset[B];
+    /* d_att: one maxT x maxT scratch per thread; regrow when threads or lengths grow */
+    int nth = omp_get_max_threads();
+    size_t stride = a->cap_maxT * a->cap_maxT;
+    if (!a->d_att || nth > a->n_threads_scratch || stride > a->d_att_stride) {
+        free(a->d_att);
+        a->d_att = fdpo_malloc((size_t)nth * stride * sizeof(float));
+        a->n_threads_scratch = nth;
+        a->d_att_stride = stride;
+    }
+    const fdpo_gpt2_params *p = &m->params;
+    fdpo_gpt2_params *g = &m->grads;
+
+    /* The logits buffer becomes d logits (the forward's logits are not needed afterwards).
+     * Rows without a gradient (prompt tokens, no target) add nothing to the LM head
+     * backward, the largest matmuls of the step: pack the K active rows to the front. */
+    size_t K = 0;
+    for (size_t t = 0; t < N; t++) {
+        if (a->targets[t] < 0 || d_token_logp[t] == 0.0f) continue;
+        a->rows[K] = t;
+        a->ctargets[K] = a->targets[t];
+        a->cd[K] = d_token_logp[t];
+        a->clse[K] = a->lse[t];
+        K++;
+    }
+    if (K == N) {
+        logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
+        lmhead_backward(a->d_ln, g->wte, a->logits, a->lnf, p->wte, N, C, V);
+    } else {
+        float *lnf_packed = a->d_atty, *dlnf_packed = a->d_qkv; /* both free until the blocks */
+        for (size_t k = 0; k < K; k++) { /* rows[k] >= k: moving forward never clobbers a later source */
+            if (a->rows[k] != k) memcpy(a->logits + k * V, a->logits + a->rows[k] * V, V * sizeof(float));
+            memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
+        }
+        memset(a->d_ln, 0, N * C * sizeof(float));
+        if (K > 0) {
+            logsoftmax_backward(a->logits, a->clse, a->ctargets, a->cd, K, V);
+            lmhead_backward(dlnf_packed, g->wte, a->logits, lnf_packed, p->wte, K, C, V);
+            for (size_t k = 0; k < K; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + k * C, C * sizeof(float));
+        }
+    }
+    memset(a->d_residual, 0, N * C * sizeof(float));
+    layernorm_backward(a->d_residual, g->lnfw, g->lnfb, a->d_ln, a->residual3 + (L - 1) * N * C,
+                       p->lnfw, a->lnf_mean, a->lnf_rstd, N, C);
+    for (size_t l = L; l-- > 0;) {
+        const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
+        const float *ln1 = a->ln1 + l * N * C, *qkv = a->qkv + l * N * 3 * C, *atty = a->atty + l * N * C;
+        const float *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
+        const float *fch = a->fch + l * N * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C;
+        /* MLP block: res3 = res2 + gelu(ln2(res2) @ fcw + fcb) @ fcprojw + fcprojb */
+        matmul_backward(a->d_fch, g->fcprojw + l * 4 * C * C, g->fcprojb + l * C, a->d_residual,
+                        fch_gelu, p->fcprojw + l * 4 * C * C, N, 4 * C, C, 0);
+        gelu_backward(a->d_fch, fch, a->d_fch, N * 4 * C);
+        matmul_backward(a->d_ln, g->fcw + l * C * 4 * C, g->fcb + l * 4 * C, a->d_fch, ln2,
+                        p->fcw + l * C * 4 * C, N, C, 4 * C, 0);
+        layernorm_backward(a->d_residual, g->ln2w + l * C, g->ln2b + l * C, a->d_ln, res2,
+                           p->ln2w + l * C, a->ln2_mean + l * N, a->ln2_rstd + l * N, N, C);
+        /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
+        matmul_backward(a->d_atty, g->attprojw + l * C * C, g->attprojb + l * C, a->d_residual, atty,
+                        p->attprojw + l * C * C, N, C, C, 0);
+        attention_backward(a->d_qkv, a->d_att, a->d_att_stride, a->d_atty, qkv, a->att + l * A,
+                           a->seq_offset, a->att_offset, B, C, NH);
+        matmul_backward(a->d_ln, g->qkvw + l * C * 3 * C, g->qkvb + l * 3 * C, a->d_qkv, ln1,
+                        p->qkvw + l * C * 3 * C, N, C, 3 * C, 0);
+        layernorm_backward(a->d_residual, g->ln1w + l * C, g->ln1b + l * C, a->d_ln, residual,
+                           p->ln1w + l * C, a->ln1_mean + l * N, a->ln1_rstd + l * N, N, C);
+    }
+    encoder_backward(g->wte, g->wpe, a->d_residual, a->tokens, a->pos, N, C);
+    a->has_forward = 0; /* the logits are gone; a second backward needs a new forward */
+    return 0;
+}
+
+void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp) {
+    for (size_t s = 0; s < b->n_seq; s++) {
+        for (size_t t = b->seq_offset[s]; t < b->seq_offset[s + 1]; t++) {
+            float w = b->targets[t] < 0 ? 0.0f : (b->weights ? b->weights[t] : 1.0f);
+            d_token_logp[t] = d_seq_logp[s] * w;
+        }
+    }
+}
+
+int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src) {
+    const fdpo_gpt2_config *a = &dst->config, *b = &src->config;
+    if (a->vocab_size != b->vocab_size || a->n_positions != b->n_positions || a->n_embd != b->n_embd ||
+        a->n_layer != b->n_layer || a->n_head != b->n_head)
+        return fdpo_error("copy params: configs differ (V %zu/%zu, T %zu/%zu, C %zu/%zu, L %zu/%zu, H %zu/%zu)",
+                          a->vocab_size, b->vocab_size, a->n_positions, b->n_positions, a->n_embd, b->n_embd,
+                          a->n_layer, b->n_layer, a->n_head, b->n_head);
+    memcpy(dst->params_memory, src->params_memory, src->n_params * sizeof(float));
+    return 0;
+}

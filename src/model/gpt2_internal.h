@@ -1,0 +1,87 @@
+/* Private to src/model: the activation buffers of one forward/backward and the kernels.
+ * Other subsystems read m->params only (KV-cache decoding reuses the kernels below). */
+#ifndef FDPO_GPT2_INTERNAL_H
+#define FDPO_GPT2_INTERNAL_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fdpo/gpt2.h"
+
+/* Activations of the last forward, carved from one allocation (acts->memory).
+ * N = tokens in the packed batch, A = sum over sequences of NH * T_b^2 (attention maps). */
+struct fdpo_gpt2_acts {
+    /* capacities the buffers were sized for */
+    size_t cap_tokens, cap_seq, cap_att, cap_maxT;
+    float *memory;
+    /* forward */
+    float *encoded;   /* [N, C] */
+    float *ln1;       /* [L, N, C] */
+    float *ln1_mean;  /* [L, N] */
+    float *ln1_rstd;  /* [L, N] */
+    float *qkv;       /* [L, N, 3C] */
+    float *atty;      /* [L, N, C] attention output before c_proj */
+    float *att;       /* [L, A] softmax probabilities per (sequence, head), T_b x T_b each */
+    float *residual2; /* [L, N, C] after the attention block */
+    float *ln2;       /* [L, N, C] */
+    float *ln2_mean;  /* [L, N] */
+    float *ln2_rstd;  /* [L, N] */
+    float *fch;       /* [L, N, 4C] c_fc output (pre-GELU) */
+    float *fch_gelu;  /* [L, N, 4C] */
+    float *residual3; /* [L, N, C] after the MLP block */
+    float *lnf;       /* [N, C] */
+    float *lnf_mean;  /* [N] */
+    float *lnf_rstd;  /* [N] */
+    float *logits;    /* [N, V]; backward overwrites it with d logits */
+    float *lse;       /* [N] log-sum-exp of each logits row */
+    /* backward scratch */
+    float *d_residual; /* [N, C] gradient flowing down the residual stream */
+    float *d_ln;       /* [N, C] gradient w.r.t. a LayerNorm output */
+    float *d_qkv;      /* [N, 3C] */
+    float *d_atty;     /* [N, C] */
+    float *d_fch;      /* [N, 4C] (gradient w.r.t. fch_gelu, then fch, in place) */
+    float *d_att;      /* [threads, maxT * maxT] per-thread d-probability scratch */
+    int n_threads_scratch;
+    size_t d_att_stride;
+    /* the batch of the last forward (copied: the caller's arrays may go away) */
+    size_t n_seq, n_tokens, max_T;
+    size_t *seq_offset;  /* [B+1] */
+    size_t *att_offset;  /* [B+1] start of sequence b's maps inside one layer's att */
+    int32_t *tokens, *targets, *pos;
+    float *weights;      /* resolved: weight where target >= 0, else 0 */
+    uint8_t *branch;     /* NULL when the batch had none */
+    /* backward of the LM head over the K rows with a gradient only */
+    size_t *rows;        /* [N] packed row -> token */
+    int32_t *ctargets;   /* [N] targets, d_token_logp and lse of the packed rows */
+    float *cd, *clse;
+    int has_forward;
+};
+
+/* ---- kernels (src/model/gpt2_kernels.c); one per layer and direction ---- */
+void encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
+                     const float *wpe, size_t N, size_t C);
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+                      const int32_t *pos, size_t N, size_t C);
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                       const float *b, size_t N, size_t C, float eps);
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                        const float *w, const float *mean, const float *rstd, size_t N, size_t C);
+void matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+                    size_t N, size_t IC, size_t OC);
+void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                     const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp);
+void attention_forward(float *out, float *att, const float *qkv, const size_t *seq_offset,
+                       const size_t *att_offset, const uint8_t *branch, size_t B, size_t C, size_t NH);
+void attention_backward(float *dqkv, float *datt_scratch, size_t scratch_stride, const float *dout,
+                        const float *qkv, const float *att, const size_t *seq_offset,
+                        const size_t *att_offset, size_t B, size_t C, size_t NH);
+void gelu_forward(float *out, const float *inp, size_t n);
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n); /* dinp may alias dout */
+void residual_forward(float *out, const float *a, const float *b, size_t n);
+void lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V);
+void logsoftmax_forward(float *lse, float *token_logp, const float *logits, const int32_t *targets,
+                        size_t N, size_t V);
+void logsoftmax_backward(float *dlogits, const float *lse, const int32_t *targets,
+                         const float *d_token_logp, size_t N, size_t V);
+void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                     const float *wte, size_t N, size_t C, size_t V);
+
+#endif

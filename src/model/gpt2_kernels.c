@@ -1,0 +1,297 @@
+/* GPT-2 layer kernels, forward and backward, over a packed batch of N tokens.
+ * Matmuls go to OpenBLAS over all N tokens; the remaining loops use OpenMP. Backward
+ * functions ACCUMULATE into parameter gradients. Reductions over tokens run in a fixed
+ * order per output element, so results depend only on the thread count. */
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+#include <omp.h>
+#include "model/gpt2_internal.h"
+
+/* acc [OC] += sum over rows t of x [N,OC]. Blocks of columns per thread, rows read
+ * contiguously; each column sums in row order whatever the thread count. */
+#define COL_BLOCK 64
+static void column_sums_add(float *acc, const float *x, size_t N, size_t OC) {
+    long n_blocks = (long)((OC + COL_BLOCK - 1) / COL_BLOCK);
+#pragma omp parallel for schedule(static)
+    for (long blk = 0; blk < n_blocks; blk++) {
+        size_t o0 = (size_t)blk * COL_BLOCK, w = OC - o0 < COL_BLOCK ? OC - o0 : COL_BLOCK;
+        float s[COL_BLOCK] = {0};
+        for (size_t t = 0; t < N; t++) {
+            const float *row = x + t * OC + o0;
+            for (size_t j = 0; j < w; j++) s[j] += row[j];
+        }
+        for (size_t j = 0; j < w; j++) acc[o0 + j] += s[j];
+    }
+}
+
+/* out [N,C] = wte[tokens] + wpe[pos] */
+void encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
+                     const float *wpe, size_t N, size_t C) {
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < N; t++) {
+        const float *te = wte + (size_t)tokens[t] * C, *pe = wpe + (size_t)pos[t] * C;
+        float *o = out + t * C;
+        for (size_t c = 0; c < C; c++) o[c] = te[c] + pe[c];
+    }
+}
+
+/* dwte [V,C], dwpe [maxT,C] += scatter of dout [N,C]. Parallel over channels so that two
+ * tokens with the same id never race, and each element sums in token order. */
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+                      const int32_t *pos, size_t N, size_t C) {
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < C; c++) {
+        for (size_t t = 0; t < N; t++) {
+            float d = dout[t * C + c];
+            dwte[(size_t)tokens[t] * C + c] += d;
+            dwpe[(size_t)pos[t] * C + c] += d;
+        }
+    }
+}
+
+/* out [N,C] = (inp - mean) * rstd * w + b; mean, rstd [N] kept for backward. */
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                       const float *b, size_t N, size_t C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < N; t++) {
+        const float *x = inp + t * C;
+        double s = 0.0;
+        for (size_t c = 0; c < C; c++) s += x[c];
+        float m = (float)(s / (double)C);
+        double v = 0.0;
+        for (size_t c = 0; c < C; c++) { double d = x[c] - m; v += d * d; }
+        float r = (float)(1.0 / sqrt(v / (double)C + eps));
+        float *o = out + t * C;
+        for (size_t c = 0; c < C; c++) o[c] = (x[c] - m) * r * w[c] + b[c];
+        mean[t] = m;
+        rstd[t] = r;
+    }
+}
+
+/* dinp [N,C] += LayerNorm backward of dout [N,C]; dw, db [C] += per-channel sums.
+ *   xhat = (x - mean) * rstd,  dxhat = dout * w
+ *   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                        const float *w, const float *mean, const float *rstd, size_t N, size_t C) {
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < N; t++) {
+        const float *dy = dout + t * C, *x = inp + t * C;
+        float m = mean[t], r = rstd[t];
+        double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
+        for (size_t c = 0; c < C; c++) {
+            float xhat = (x[c] - m) * r, dxhat = dy[c] * w[c];
+            sum_dxhat += dxhat;
+            sum_dxhat_xhat += dxhat * xhat;
+        }
+        float mean_dxhat = (float)(sum_dxhat / (double)C);
+        float mean_dxhat_xhat = (float)(sum_dxhat_xhat / (double)C);
+        float *dx = dinp + t * C;
+        for (size_t c = 0; c < C; c++) {
+            float xhat = (x[c] - m) * r, dxhat = dy[c] * w[c];
+            dx[c] += r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+        }
+    }
+    long n_blocks = (long)((C + COL_BLOCK - 1) / COL_BLOCK);
+#pragma omp parallel for schedule(static)
+    for (long blk = 0; blk < n_blocks; blk++) {
+        size_t c0 = (size_t)blk * COL_BLOCK, w = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
+        float sw[COL_BLOCK] = {0}, sb[COL_BLOCK] = {0};
+        for (size_t t = 0; t < N; t++) {
+            const float *x = inp + t * C + c0, *dy = dout + t * C + c0;
+            float m = mean[t], r = rstd[t];
+            for (size_t j = 0; j < w; j++) {
+                sw[j] += dy[j] * ((x[j] - m) * r);
+                sb[j] += dy[j];
+            }
+        }
+        for (size_t j = 0; j < w; j++) { dw[c0 + j] += sw[j]; db[c0 + j] += sb[j]; }
+    }
+}
+
+/* out [N,OC] = inp [N,IC] @ w [IC,OC] + bias [OC]  (Conv1D layout; bias may be NULL) */
+void matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+                    size_t N, size_t IC, size_t OC) {
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)OC, (int)IC,
+                1.0f, inp, (int)IC, w, (int)OC, beta, out, (int)OC);
+}
+
+/* dinp [N,IC] (+)= dout [N,OC] @ w^T;  dw [IC,OC] += inp^T @ dout;  dbias [OC] += sum_t dout */
+void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                     const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
+                1.0f, dout, (int)OC, w, (int)OC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
+                1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
+    if (dbias) column_sums_add(dbias, dout, N, OC);
+}
+
+/* May token i attend to token j (j <= i, same sequence)? Branch 0 is shared; otherwise
+ * both tokens must be on the same branch. */
+static inline int may_attend(const uint8_t *branch, size_t i, size_t j) {
+    return !branch || branch[j] == 0 || branch[j] == branch[i];
+}
+
+/* Per sequence b (tokens [s, s+T)) and head h, with Q, K, V read from qkv [N,3C] at
+ * column offsets h*hs, C + h*hs, 2C + h*hs (row stride 3C):
+ *   att [T,T] = softmax(mask(Q K^T / sqrt(hs))),   out [T, hs] (row stride C) = att V
+ * att of (b, h) lives at att_offset[b] + h*T*T; masked entries are stored as 0. */
+void attention_forward(float *out, float *att, const float *qkv, const size_t *seq_offset,
+                       const size_t *att_offset, const uint8_t *branch, size_t B, size_t C, size_t NH) {
+    size_t hs = C / NH, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+    long n_jobs = (long)(B * NH);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long job = 0; job < n_jobs; job++) {
+        size_t b = (size_t)job / NH, h = (size_t)job % NH;
+        size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
+        if (T == 0) continue;
+        const float *q = qkv + s * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+        float *a = att + att_offset[b] + h * T * T;
+        const uint8_t *br = branch ? branch + s : NULL;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)hs,
+                    scale, q, (int)C3, k, (int)C3, 0.0f, a, (int)T);
+        for (size_t i = 0; i < T; i++) {
+            float *row = a + i * T;
+            float mx = -INFINITY;
+            for (size_t j = 0; j <= i; j++)
+                if (may_attend(br, i, j) && row[j] > mx) mx = row[j];
+            double sum = 0.0;
+            for (size_t j = 0; j <= i; j++) {
+                float e = may_attend(br, i, j) ? expf(row[j] - mx) : 0.0f;
+                row[j] = e;
+                sum += e;
+            }
+            float inv = (float)(1.0 / sum); /* j = i is always allowed, so sum >= 1 */
+            for (size_t j = 0; j <= i; j++) row[j] *= inv;
+            for (size_t j = i + 1; j < T; j++) row[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)hs, (int)T,
+                    1.0f, a, (int)T, v, (int)C3, 0.0f, out + s * C + h * hs, (int)C);
+    }
+}
+
+/* Backward of attention_forward; WRITES dqkv [N,3C] (every element of every sequence).
+ *   dP = dY V^T;  dV = P^T dY;  dS = P * (dP - rowsum(dP * P));  dQ = dS K / sqrt(hs);
+ *   dK = dS^T Q / sqrt(hs).  Masked entries have P = 0, hence dS = 0.
+ * datt_scratch holds scratch_stride floats (>= maxT^2) per OpenMP thread. */
+void attention_backward(float *dqkv, float *datt_scratch, size_t scratch_stride, const float *dout,
+                        const float *qkv, const float *att, const size_t *seq_offset,
+                        const size_t *att_offset, size_t B, size_t C, size_t NH) {
+    size_t hs = C / NH, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+    long n_jobs = (long)(B * NH);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long job = 0; job < n_jobs; job++) {
+        size_t b = (size_t)job / NH, h = (size_t)job % NH;
+        size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
+        if (T == 0) continue;
+        float *dP = datt_scratch + (size_t)omp_get_thread_num() * scratch_stride;
+        const float *q = qkv + s * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+        float *dq = dqkv + s * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
+        const float *P = att + att_offset[b] + h * T * T;
+        const float *dy = dout + s * C + h * hs;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)hs,
+                    1.0f, dy, (int)C, v, (int)C3, 0.0f, dP, (int)T);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)hs, (int)T,
+                    1.0f, P, (int)T, dy, (int)C, 0.0f, dv, (int)C3);
+        for (size_t i = 0; i < T; i++) {
+            const float *p = P + i * T;
+            float *d = dP + i * T;
+            double dot = 0.0;
+            for (size_t j = 0; j <= i; j++) dot += (double)p[j] * d[j];
+            float fdot = (float)dot;
+            for (size_t j = 0; j <= i; j++) d[j] = p[j] * (d[j] - fdot);
+            for (size_t j = i + 1; j < T; j++) d[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)hs, (int)T,
+                    scale, dP, (int)T, k, (int)C3, 0.0f, dq, (int)C3);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)hs, (int)T,
+                    scale, dP, (int)T, q, (int)C3, 0.0f, dk, (int)C3);
+    }
+}
+
+#define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+/* gelu_new: out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+ * Computed as x * sigmoid(2u), the same function (0.5 (1 + tanh u) = sigmoid(2u)): one
+ * expf instead of libm's tanhf, which was a third of a small model's step. */
+void gelu_forward(float *out, const float *inp, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        out[i] = x / (1.0f + expf(-2.0f * u));
+    }
+}
+
+/* dinp = gelu'(inp) * dout (dinp may alias dout), with s = sigmoid(2u):
+ *   gelu'(x) = s + x * 2 s (1 - s) * du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2) */
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        float sg = 1.0f / (1.0f + expf(-2.0f * u));
+        float du = GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] = (sg + 2.0f * x * sg * (1.0f - sg) * du) * dout[i];
+    }
+}
+
+/* out = a + b, n elements */
+void residual_forward(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+/* logits [N,V] = inp [N,C] @ wte^T  (tied LM head, wte [V,C]) */
+void lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)V, (int)C,
+                1.0f, inp, (int)C, wte, (int)C, 0.0f, logits, (int)V);
+}
+
+/* lse [N] = log sum_v exp(logits[t,v]) (max-subtracted, summed in double);
+ * token_logp [N] = logits[t, target] - lse, 0 where target < 0 (token_logp may be NULL). */
+void logsoftmax_forward(float *lse, float *token_logp, const float *logits, const int32_t *targets,
+                        size_t N, size_t V) {
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < N; t++) {
+        const float *row = logits + t * V;
+        float mx = -INFINITY;
+        for (size_t v = 0; v < V; v++) if (row[v] > mx) mx = row[v];
+        double sum = 0.0;
+        for (size_t v = 0; v < V; v++) sum += expf(row[v] - mx);
+        double l = (double)mx + log(sum);
+        lse[t] = (float)l;
+        if (token_logp) token_logp[t] = targets[t] >= 0 ? (float)((double)row[targets[t]] - l) : 0.0f;
+    }
+}
+
+/* dlogits [N,V] = d_token_logp[t] * (onehot(target) - softmax(logits)); rows without a
+ * target get 0. dlogits may alias the logits it is computed from (it does in gpt2.c). */
+void logsoftmax_backward(float *dlogits, const float *lse, const int32_t *targets,
+                         const float *d_token_logp, size_t N, size_t V) {
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < N; t++) {
+        float *row = dlogits + t * V;
+        float d = targets[t] >= 0 ? d_token_logp[t] : 0.0f;
+        if (d == 0.0f) { memset(row, 0, V * sizeof(float)); continue; }
+        float l = lse[t];
+        for (size_t v = 0; v < V; v++) row[v] = -d * expf(row[v] - l);
+        row[targets[t]] += d;
+    }
+}
+
+/* dinp [N,C] = dlogits @ wte;  dwte [V,C] += dlogits^T @ inp */
+void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                     const float *wte, size_t N, size_t C, size_t V) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)V,
+                1.0f, dlogits, (int)V, wte, (int)C, 0.0f, dinp, (int)C);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)C, (int)N,
+                1.0f, dlogits, (int)V, inp, (int)C, 1.0f, dwte, (int)C);
+}

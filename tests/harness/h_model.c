@@ -1,0 +1,246 @@
+/* Harness subcommands for the model and checkpoint IO tests and the training-step bench.
+ *
+ *   model-fb --model DIR --batch batch.json --out out.safetensors [--threads N] [--pre FILE]
+ *       batch.json: {"sequences": [{"tokens": [..], "targets": [..], "weights"?: [..],
+ *                    "pos"?: [..], "branch"?: [..]}, ...], "d_token_logp"?: [N floats]}
+ *       Writes logits [N,V], token_logp [N], seq_logp [B] and, when d_token_logp is given,
+ *       every parameter gradient under its HF name. --pre FILE first runs forward+backward on
+ *       another batch (exercises buffer reuse and growth; its gradients are dropped).
+ *   model-init --config config.json --seed S --out DIR     initialised checkpoint
+ *   model-load --model DIR [--save OUT]                    load (and re-save) a checkpoint
+ *   model-bench --config config.json --batch B --seq T --steps S [--threads N] [--adamw 0|1]
+ *       prints one JSON line: tokens_per_sec, step_seconds, ... (synthetic tokens)
+ */
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include "fdpo/core.h"
+#include "fdpo/gpt2.h"
+#include "fdpo/io.h"
+#include "fdpo/train.h"
+#include "harness.h"
+
+/* --name VALUE lookup; NULL if absent */
+static const char *arg(int argc, char **argv, const char *name) {
+    for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], name)) return argv[i + 1];
+    return NULL;
+}
+
+typedef struct {
+    fdpo_batch b;
+    size_t *seq_offset;
+    int32_t *tokens, *targets, *pos;
+    float *weights, *d_token_logp;
+    uint8_t *branch;
+} owned_batch;
+
+static void batch_free(owned_batch *ob) {
+    free(ob->seq_offset); free(ob->tokens); free(ob->targets); free(ob->pos);
+    free(ob->weights); free(ob->d_token_logp); free(ob->branch);
+}
+
+static int read_array(const cJSON *seq, const char *key, size_t s, size_t T, size_t off, int32_t *i32, float *f32, uint8_t *u8) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(seq, key);
+    if (!cJSON_IsArray(a) || (size_t)cJSON_GetArraySize(a) != T)
+        return fdpo_error("batch: sequence %zu: '%s' must be an array of %zu numbers", s, key, T);
+    size_t t = 0;
+    for (const cJSON *v = a->child; v; v = v->next, t++) {
+        if (!cJSON_IsNumber(v)) return fdpo_error("batch: sequence %zu: %s[%zu] is not a number", s, key, t);
+        double x = v->valuedouble;
+        if ((i32 && !(x >= -2147483648.0 && x <= 2147483647.0)) || (u8 && !(x >= 0 && x <= 255)))
+            return fdpo_error("batch: sequence %zu: %s[%zu] = %g is out of range", s, key, t, x);
+        if (i32) i32[off + t] = (int32_t)x;
+        if (f32) f32[off + t] = (float)x;
+        if (u8) u8[off + t] = (uint8_t)x;
+    }
+    return 0;
+}
+
+static int batch_load(const char *path, owned_batch *ob) {
+    memset(ob, 0, sizeof *ob);
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) return -1;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *seqs = cJSON_GetObjectItemCaseSensitive(root, "sequences");
+    if (!cJSON_IsArray(seqs)) { cJSON_Delete(root); return fdpo_error("%s: needs a 'sequences' array", path); }
+    size_t B = (size_t)cJSON_GetArraySize(seqs), N = 0, s = 0;
+    ob->seq_offset = fdpo_calloc(B + 1, sizeof(size_t));
+    int any_w = 0, any_pos = 0, any_branch = 0;
+    for (const cJSON *q = seqs->child; q; q = q->next, s++) {
+        N += (size_t)cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(q, "tokens"));
+        ob->seq_offset[s + 1] = N;
+        any_w |= cJSON_GetObjectItemCaseSensitive(q, "weights") != NULL;
+        any_pos |= cJSON_GetObjectItemCaseSensitive(q, "pos") != NULL;
+        any_branch |= cJSON_GetObjectItemCaseSensitive(q, "branch") != NULL;
+    }
+    ob->tokens = fdpo_calloc(N + 1, sizeof(int32_t));
+    ob->targets = fdpo_calloc(N + 1, sizeof(int32_t));
+    if (any_w) ob->weights = fdpo_calloc(N + 1, sizeof(float));
+    if (any_pos) ob->pos = fdpo_calloc(N + 1, sizeof(int32_t));
+    if (any_branch) ob->branch = fdpo_calloc(N + 1, 1);
+    int rc = 0;
+    s = 0;
+    for (const cJSON *q = seqs->child; q && !rc; q = q->next, s++) {
+        size_t off = ob->seq_offset[s], T = ob->seq_offset[s + 1] - off;
+        rc = read_array(q, "tokens", s, T, off, ob->tokens, NULL, NULL);
+        if (!rc) rc = read_array(q, "targets", s, T, off, ob->targets, NULL, NULL);
+        for (size_t t = 0; t < T; t++) {
+            if (ob->weights) ob->weights[off + t] = ob->targets[off + t] >= 0 ? 1.0f : 0.0f;
+            if (ob->pos) ob->pos[off + t] = (int32_t)t;
+        }
+        if (!rc && ob->weights && cJSON_GetObjectItemCaseSensitive(q, "weights")) rc = read_array(q, "weights", s, T, off, NULL, ob->weights, NULL);
+        if (!rc && ob->pos && cJSON_GetObjectItemCaseSensitive(q, "pos")) rc = read_array(q, "pos", s, T, off, ob->pos, NULL, NULL);
+        if (!rc && ob->branch && cJSON_GetObjectItemCaseSensitive(q, "branch")) rc = read_array(q, "branch", s, T, off, NULL, NULL, ob->branch);
+    }
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "d_token_logp");
+    if (!rc && d) {
+        if (!cJSON_IsArray(d) || (size_t)cJSON_GetArraySize(d) != N) rc = fdpo_error("%s: d_token_logp must have %zu numbers", path, N);
+        ob->d_token_logp = fdpo_calloc(N + 1, sizeof(float));
+        size_t t = 0;
+        for (const cJSON *v = d->child; v && !rc; v = v->next) ob->d_token_logp[t++] = (float)v->valuedouble;
+    }
+    cJSON_Delete(root);
+    ob->b = (fdpo_batch){.n_seq = B, .n_tokens = N, .seq_offset = ob->seq_offset, .tokens = ob->tokens,
+                         .targets = ob->targets, .weights = ob->weights, .pos = ob->pos, .branch = ob->branch};
+    return rc ? fdpo_error_context("%s", path) : 0;
+}
+
+static int h_model_fb(int argc, char **argv) {
+    const char *dir = arg(argc, argv, "--model"), *bpath = arg(argc, argv, "--batch"), *out = arg(argc, argv, "--out");
+    const char *threads = arg(argc, argv, "--threads"), *pre = arg(argc, argv, "--pre");
+    if (!dir || !bpath || !out) return fdpo_error("usage: model-fb --model DIR --batch FILE --out FILE");
+    if (threads) fdpo_set_threads(atoi(threads));
+    fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
+    if (!m) return -1;
+    owned_batch ob;
+    int rc = batch_load(bpath, &ob);
+    size_t N = ob.b.n_tokens, B = ob.b.n_seq, V = m->config.vocab_size;
+    if (!rc && pre) { /* another batch first: the real one then reuses or grows its buffers */
+        owned_batch pb;
+        rc = batch_load(pre, &pb);
+        float *d = fdpo_calloc(pb.b.n_tokens + 1, sizeof(float));
+        for (size_t t = 0; t < pb.b.n_tokens; t++) d[t] = 1.0f;
+        if (!rc) rc = fdpo_gpt2_forward(m, &pb.b, NULL, NULL);
+        if (!rc) rc = fdpo_gpt2_backward(m, pb.d_token_logp ? pb.d_token_logp : d);
+        free(d);
+        batch_free(&pb);
+    }
+    float *tlp = fdpo_calloc(N + 1, sizeof(float)), *slp = fdpo_calloc(B + 1, sizeof(float));
+    float *logits = fdpo_malloc((N * V + 1) * sizeof(float));
+    if (!rc) rc = fdpo_gpt2_forward(m, &ob.b, tlp, slp);
+    if (!rc) memcpy(logits, fdpo_gpt2_logits(m), N * V * sizeof(float));
+    if (!rc && ob.d_token_logp) {
+        fdpo_gpt2_zero_grad(m);
+        rc = fdpo_gpt2_backward(m, ob.d_token_logp);
+    }
+    if (!rc) {
+        fdpo_st_writer *w = fdpo_st_writer_new();
+        size_t sl[2] = {N, V}, sn[1] = {N}, sb[1] = {B};
+        fdpo_st_writer_add(w, "logits", FDPO_F32, sl, 2, logits);
+        fdpo_st_writer_add(w, "token_logp", FDPO_F32, sn, 1, tlp);
+        fdpo_st_writer_add(w, "seq_logp", FDPO_F32, sb, 1, slp);
+        if (ob.d_token_logp) fdpo_st_writer_add_gpt2(w, m, m->grads_memory, NULL);
+        rc = fdpo_st_writer_write(w, out);
+        fdpo_st_writer_free(w);
+    }
+    free(tlp); free(slp); free(logits);
+    batch_free(&ob);
+    fdpo_gpt2_free(m);
+    return rc;
+}
+
+static int h_model_init(int argc, char **argv) {
+    const char *cfg = arg(argc, argv, "--config"), *seed = arg(argc, argv, "--seed"), *out = arg(argc, argv, "--out");
+    if (!cfg || !out) return fdpo_error("usage: model-init --config config.json --seed S --out DIR");
+    fdpo_gpt2_config c;
+    if (fdpo_config_load(cfg, &c)) return -1;
+    fdpo_gpt2 *m = fdpo_gpt2_create(&c);
+    if (!m) return -1;
+    fdpo_gpt2_init(m, seed ? strtoull(seed, NULL, 10) : 0);
+    int rc = fdpo_checkpoint_save_model(out, m);
+    fdpo_gpt2_free(m);
+    return rc;
+}
+
+static int h_model_load(int argc, char **argv) {
+    const char *dir = arg(argc, argv, "--model"), *save = arg(argc, argv, "--save");
+    if (!dir) return fdpo_error("usage: model-load --model DIR [--save OUT]");
+    fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
+    if (!m) return -1;
+    printf("loaded %zu parameters\n", m->n_params);
+    int rc = save ? fdpo_checkpoint_save_model(save, m) : 0;
+    fdpo_gpt2_free(m);
+    return rc;
+}
+
+/* CPU time of the whole process (all threads), for comparisons on a busy machine */
+static double cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int h_model_bench(int argc, char **argv) {
+    const char *cfg = arg(argc, argv, "--config"), *threads = arg(argc, argv, "--threads");
+    const char *bs = arg(argc, argv, "--batch"), *ts = arg(argc, argv, "--seq"), *ss = arg(argc, argv, "--steps");
+    const char *adam = arg(argc, argv, "--adamw");
+    if (!cfg || !bs || !ts) return fdpo_error("usage: model-bench --config FILE --batch B --seq T [--steps S]");
+    if (threads) fdpo_set_threads(atoi(threads));
+    fdpo_gpt2_config c;
+    if (fdpo_config_load(cfg, &c)) return -1;
+    size_t B = (size_t)atoi(bs), T = (size_t)atoi(ts), steps = ss ? (size_t)atoi(ss) : 3, N = B * T;
+    int use_adamw = !adam || atoi(adam);
+    fdpo_gpt2 *m = fdpo_gpt2_create(&c);
+    if (!m) return -1;
+    fdpo_gpt2_init(m, 1);
+    size_t *off = fdpo_malloc((B + 1) * sizeof(size_t));
+    int32_t *tok = fdpo_malloc(N * sizeof(int32_t)), *tgt = fdpo_malloc(N * sizeof(int32_t));
+    float *d = fdpo_malloc(N * sizeof(float));
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, 7);
+    for (size_t b = 0; b <= B; b++) off[b] = b * T;
+    for (size_t t = 0; t < N; t++) {
+        tok[t] = (int32_t)fdpo_rng_below(&rng, c.vocab_size);
+        tgt[t] = (int32_t)fdpo_rng_below(&rng, c.vocab_size);
+        d[t] = -1.0f / (float)N; /* the SFT gradient */
+    }
+    fdpo_batch b = {.n_seq = B, .n_tokens = N, .seq_offset = off, .tokens = tok, .targets = tgt};
+    fdpo_adamw opt;
+    if (use_adamw) fdpo_adamw_init(&opt, m->n_params, 0.9, 0.95, 1e-8, 0.1);
+    double t_total = 0.0, best = 1e30, cpu_total = 0.0;
+    int rc = 0;
+    for (size_t step = 0; step <= steps && !rc; step++) { /* step 0 is warm-up */
+        double t0 = fdpo_now(), c0 = cpu_seconds();
+        fdpo_gpt2_zero_grad(m);
+        rc = fdpo_gpt2_forward(m, &b, NULL, NULL);
+        if (!rc) rc = fdpo_gpt2_backward(m, d);
+        if (!rc && use_adamw) fdpo_adamw_step(&opt, m, 1e-4);
+        double dt = fdpo_now() - t0;
+        if (step > 0) { t_total += dt; cpu_total += cpu_seconds() - c0; if (dt < best) best = dt; }
+    }
+    if (use_adamw) fdpo_adamw_free(&opt);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    if (!rc)
+        printf("{\"impl\": \"fdpo\", \"tokens_per_sec\": %.1f, \"step_seconds\": %.4f, \"best_step_seconds\": %.4f, "
+               "\"cpu_seconds_per_step\": %.4f, \"n_params\": %zu, \"adamw\": %d, \"threads\": %d, \"max_rss_kb\": %ld}\n",
+               (double)(N * steps) / t_total, t_total / (double)steps, best, cpu_total / (double)steps, m->n_params, use_adamw,
+               fdpo_get_threads(), ru.ru_maxrss);
+    free(off); free(tok); free(tgt); free(d);
+    fdpo_gpt2_free(m);
+    return rc;
+}
+
+int h_model(int argc, char **argv);
+int h_model(int argc, char **argv) {
+    if (!strcmp(argv[0], "model-fb")) return h_model_fb(argc, argv);
+    if (!strcmp(argv[0], "model-init")) return h_model_init(argc, argv);
+    if (!strcmp(argv[0], "model-load")) return h_model_load(argc, argv);
+    if (!strcmp(argv[0], "model-bench")) return h_model_bench(argc, argv);
+    return fdpo_error("unknown model subcommand");
+}

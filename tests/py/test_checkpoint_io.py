@@ -1,0 +1,251 @@
+"""Checkpoint IO: Hugging Face GPT-2 directories (config.json + model.safetensors) written
+by fdpo load into the PyTorch reference and vice versa; every malformed input is refused
+with a message that names the file, tensor or key at fault."""
+import json
+import os
+import shutil
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from fdpo_ref import safetensors as st
+from fdpo_ref.gpt2 import GPT2
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-harness"))
+CFG = dict(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+
+
+def run(*args):
+    return subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=120)
+
+
+def rel_err(got, ref):
+    return float(np.max(np.abs(np.asarray(got, np.float64) - ref)) / np.max(np.abs(ref)))
+
+
+BATCH_TOKENS = [[5, 17, 3, 96, 0, 44, 12, 9, 9, 31], [70, 2, 2, 8]]
+
+
+def fdpo_logits(tmp_path, model_dir):
+    seqs = [{"tokens": t, "targets": t[1:] + [-1]} for t in BATCH_TOKENS]
+    (tmp_path / "batch.json").write_text(json.dumps({"sequences": seqs}))
+    out = tmp_path / "fb.safetensors"
+    r = run(HARNESS, "model-fb", "--model", model_dir, "--batch", tmp_path / "batch.json", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return st.load(str(out))[0]["logits"]
+
+
+def ref_logits(model):
+    with torch.no_grad():
+        m = model.double()
+        return np.concatenate([m.forward(torch.tensor(t)).numpy() for t in BATCH_TOKENS])
+
+
+def test_fdpo_checkpoint_loads_into_pytorch(tmp_path):
+    cfgdir = tmp_path / "cfg"
+    cfgdir.mkdir()
+    (cfgdir / "config.json").write_text(json.dumps(dict(CFG, model_type="gpt2")))
+    r = run(HARNESS, "model-init", "--config", cfgdir / "config.json", "--seed", 3, "--out", tmp_path / "ck")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    for k, v in CFG.items():
+        assert cfg[k] == v, k
+    assert cfg["model_type"] == "gpt2" and cfg["activation_function"] == "gelu_new"
+    assert cfg["architectures"] == ["GPT2LMHeadModel"] and cfg["layer_norm_epsilon"] == 1e-5
+    raw = (tmp_path / "ck" / "model.safetensors").read_bytes()
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    assert hlen % 8 == 0  # data section 8-byte aligned
+    header = json.loads(raw[8:8 + hlen])
+    assert header["__metadata__"] == {"format": "pt"}
+    assert header["transformer.h.1.attn.c_attn.weight"]["shape"] == [32, 96]  # Conv1D [in, out]
+    assert header["transformer.h.0.mlp.c_proj.weight"]["shape"] == [128, 32]
+    assert len(header) - 1 == 2 + 2 * 12 + 2
+    model = GPT2(**CFG)
+    model.load_hf(str(tmp_path / "ck"))
+    assert rel_err(fdpo_logits(tmp_path, tmp_path / "ck"), ref_logits(model)) <= 1e-5
+
+
+def special_values(model):
+    """Put f16 subnormals, the largest f16, -0 and bf16-exact values into wte so that the
+    conversions are exercised beyond the ordinary range."""
+    with torch.no_grad():
+        w = model.param("wte.weight")
+        w[0, :6] = torch.tensor([6e-8, -3e-6, 6.0e-5, 65504.0 / 1e3, -0.0, 1e-30])
+
+
+@pytest.mark.parametrize("variant", ["prefixed", "bare_with_buffers", "f16", "bf16", "n_ctx_only"])
+def test_pytorch_checkpoint_loads_into_fdpo(tmp_path, variant):
+    model = GPT2(**CFG, seed=7)
+    special_values(model)
+    d = tmp_path / "ck"
+    T = CFG["n_positions"]
+    if variant == "bare_with_buffers":
+        extra = {}
+        for i in range(CFG["n_layer"]):
+            extra[f"h.{i}.attn.bias"] = torch.tril(torch.ones(T, T)).view(1, 1, T, T)
+            extra[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+        extra["lm_head.weight"] = model.param("wte.weight").detach().clone()
+        model.save_hf(str(d), prefix="", extra=extra)
+    elif variant in ("f16", "bf16"):
+        model.save_hf(str(d), dtype=variant.upper())
+    else:
+        model.save_hf(str(d))
+    if variant == "n_ctx_only":
+        cfg = json.loads((d / "config.json").read_text())
+        del cfg["n_positions"]
+        (d / "config.json").write_text(json.dumps(cfg))
+    else:
+        assert "n_positions" in json.loads((d / "config.json").read_text())
+    # the reference sees exactly the weights the file holds (rounded for f16/bf16)
+    rounded = GPT2(**CFG)
+    rounded.load_hf(str(d))
+    if variant == "f16":
+        assert not torch.equal(rounded.param("wte.weight"), model.param("wte.weight"))
+    # loading converts exactly: re-saved F32 weights equal numpy's own conversion
+    r = run(HARNESS, "model-load", "--model", d, "--save", tmp_path / "resaved")
+    assert r.returncode == 0, r.stderr
+    resaved, _ = st.load(str(tmp_path / "resaved" / "model.safetensors"))
+    for name, p in rounded.named().items():
+        assert np.array_equal(resaved[name], p.detach().numpy()), name
+    assert np.signbit(resaved["transformer.wte.weight"][0, 4])  # -0 stays -0
+    # Tolerance: the same 1e-5 as fp32, because fdpo and the reference start from the very
+    # same (rounded) weights; the rounding itself is checked exactly above.
+    assert rel_err(fdpo_logits(tmp_path, d), ref_logits(rounded)) <= 1e-5
+
+
+def test_info_prints_config(tmp_path):
+    GPT2(**CFG).save_hf(str(tmp_path / "ck"))
+    r = run(FDPO, "info", tmp_path / "ck")
+    assert r.returncode == 0, r.stderr
+    for line in ["vocab_size: 97", "n_positions: 32", "n_embd: 32", "n_layer: 2", "n_head: 4",
+                 "layer_norm_epsilon: 1e-05", "tokenizer: none", "training_state: no"]:
+        assert line in r.stdout
+    n_params = sum(p.numel() for p in GPT2(**CFG).named().values())
+    assert f"parameters: {n_params} " in r.stdout
+    (tmp_path / "ck" / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte"}))
+    r = run(FDPO, "info", tmp_path / "ck")
+    assert "tokenizer: byte (257 tokens)" in r.stdout, r.stdout
+    (tmp_path / "ck" / "training_state.json").write_text(json.dumps({"step": 42}))
+    j = json.loads(run(FDPO, "info", "--json", tmp_path / "ck").stdout)
+    assert j["parameters"] == n_params and j["training_state"] is True and j["step"] == 42
+    assert j["tokenizer"] == "byte"
+    assert "training_state: yes (step 42)" in run(FDPO, "info", tmp_path / "ck").stdout
+    assert j["layer_norm_epsilon"] == 1e-5 and j["n_head"] == 4
+    assert run(FDPO, "info", "--help").returncode == 0
+    r = run(FDPO, "info")
+    assert r.returncode != 0 and "checkpoint directory" in r.stderr
+
+
+# ---- bad input: each case edits a valid checkpoint and names what the message must say ----
+
+def write_header(path, header, body=b"", hlen=None):
+    h = json.dumps(header).encode() if isinstance(header, dict) else header
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h) if hlen is None else hlen))
+        f.write(h)
+        f.write(body)
+
+
+def edit_tensors(d, fn):
+    """Rewrite model.safetensors after fn(tensors dict) edits it."""
+    t, meta = st.load(str(d / "model.safetensors"))
+    fn(t)
+    st.save(str(d / "model.safetensors"), t, metadata=meta)
+
+
+def edit_config(d, fn):
+    cfg = json.loads((d / "config.json").read_text())
+    fn(cfg)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def raw_header(d):
+    raw = (d / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def corrupt_offsets(d, name, offsets):
+    h, body = raw_header(d)
+    h[name]["data_offsets"] = offsets
+    write_header(d / "model.safetensors", h, body)
+
+
+QKV = "transformer.h.1.attn.c_attn.weight"
+BAD = {
+    "missing_file": (lambda d: os.remove(d / "model.safetensors"), ["model.safetensors", "missing"]),
+    "missing_dir": (lambda d: shutil.rmtree(d), ["config.json"]),
+    "truncated_5_bytes": (lambda d: (d / "model.safetensors").write_bytes(b"\x10\0\0\0\0"),
+                          ["model.safetensors", "5 bytes", "too short"]),
+    "truncated_data": (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-100]),
+                       ["model.safetensors", "transformer.", "outside the data section"]),
+    "header_past_eof": (lambda d: write_header(d / "model.safetensors", b"{}", hlen=10 ** 6),
+                        ["model.safetensors", "header length 1000000", "past the end"]),
+    "malformed_json": (lambda d: write_header(d / "model.safetensors", b'{"a": {"dtype": '),
+                       ["model.safetensors", "malformed header JSON"]),
+    "header_not_object": (lambda d: write_header(d / "model.safetensors", b'[1, 2]'),
+                          ["model.safetensors", "not an object"]),
+    "unknown_dtype": (lambda d: write_header(d / "model.safetensors",
+                                             {"x": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+                      ["model.safetensors", "'x'", "unknown dtype 'Q4'"]),
+    "duplicate_name": (lambda d: write_header(d / "model.safetensors",
+                                              b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+                                              b'"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', b"\0" * 8),
+                       ["model.safetensors", "'x' appears twice"]),
+    "offsets_mismatch_shape": (lambda d: corrupt_offsets(d, QKV, [0, 12]),
+                               ["model.safetensors", QKV, "12 bytes", "needs 12288"]),
+    "offsets_outside": (lambda d: corrupt_offsets(d, QKV, [10 ** 9, 10 ** 9 + 12288]),
+                        ["model.safetensors", QKV, "outside the data section"]),
+    "overlap": (lambda d: corrupt_offsets(d, QKV, [0, 12288]), ["model.safetensors", "overlaps"]),
+    "wrong_dtype": (lambda d: edit_tensors(d, lambda t: t.__setitem__(QKV, t[QKV].astype(np.int32))),
+                    ["model.safetensors", QKV, "I32", "not a floating-point"]),
+    "wrong_shape": (lambda d: edit_tensors(d, lambda t: t.__setitem__(QKV, t[QKV][:, :64].copy())),
+                    ["model.safetensors", QKV, "[32,64]", "[32,96]"]),
+    "missing_tensor": (lambda d: edit_tensors(d, lambda t: t.pop("transformer.h.0.ln_2.bias")),
+                       ["model.safetensors", "missing tensor 'transformer.h.0.ln_2.bias'"]),
+    "unexpected_tensor": (lambda d: edit_tensors(d, lambda t: t.__setitem__("score.weight", np.zeros(3, np.float32))),
+                          ["model.safetensors", "unexpected tensor 'score.weight'"]),
+    "untied_head": (lambda d: edit_tensors(d, lambda t: t.__setitem__("lm_head.weight", t["transformer.wte.weight"] + 1)),
+                    ["model.safetensors", "lm_head.weight", "differs from wte"]),
+    "n_embd_disagrees": (lambda d: edit_config(d, lambda c: c.update(n_embd=48, n_head=4)),
+                         ["model.safetensors", "transformer.wte.weight", "[97,32]", "[97,48]", "config.json"]),
+    "n_layer_disagrees": (lambda d: edit_config(d, lambda c: c.update(n_layer=3)),
+                          ["missing tensor 'transformer.h.2.ln_1.weight'"]),
+    "huge_config": (lambda d: edit_config(d, lambda c: c.update(n_embd=65536, n_head=1, vocab_size=2 ** 24)),
+                    ["config.json", "parameters is more than fdpo supports"]),
+    "config_larger_than_file": (lambda d: edit_config(d, lambda c: c.update(n_embd=4096, n_head=1, vocab_size=50000)),
+                                ["config.json", "implies", "holds only 29600 values"]),
+    "unknown_model_type": (lambda d: edit_config(d, lambda c: c.update(model_type="llama")),
+                           ["config.json", "model_type 'llama'", "not supported"]),
+    "missing_model_type": (lambda d: edit_config(d, lambda c: c.pop("model_type")),
+                           ["config.json", "'model_type'"]),
+    "missing_key": (lambda d: edit_config(d, lambda c: c.pop("n_head")), ["config.json", "missing key 'n_head'"]),
+    "missing_positions": (lambda d: edit_config(d, lambda c: (c.pop("n_positions"), c.pop("n_ctx"))),
+                          ["config.json", "'n_positions'", "'n_ctx'"]),
+    "bad_activation": (lambda d: edit_config(d, lambda c: c.update(activation_function="relu")),
+                       ["config.json", "activation_function 'relu'"]),
+    "heads_do_not_divide": (lambda d: edit_config(d, lambda c: c.update(n_head=5)),
+                            ["config.json", "n_head 5", "divide n_embd 32"]),
+    "key_not_integer": (lambda d: edit_config(d, lambda c: c.update(vocab_size="97")),
+                        ["config.json", "'vocab_size'", "positive integer"]),
+    "config_not_json": (lambda d: (d / "config.json").write_text("{nope"), ["config.json", "not a JSON object"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_checkpoint_is_refused(tmp_path, case):
+    d = tmp_path / "ck"
+    GPT2(**CFG).save_hf(str(d))
+    edit, words = BAD[case]
+    edit(d)
+    r = run(FDPO, "info", d)
+    assert r.returncode == 1, r.stderr  # an error, not a crash or a sanitizer exit
+    assert r.stderr.startswith("fdpo info: "), r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+    assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr

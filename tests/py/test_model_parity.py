@@ -1,0 +1,256 @@
+"""fdpo's GPT-2 forward/backward over packed batches against the plain-PyTorch reference
+(tests/py/fdpo_ref/gpt2.py) run in float64, one sequence at a time.
+
+Tolerances: logits and token log-probs max|diff| / max|ref| <= 1e-5; every parameter
+gradient max|diff| / max|ref| <= 1e-4 (fdpo computes in float32, the reference in float64)."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from fdpo_ref import safetensors as st
+from fdpo_ref.gpt2 import GPT2
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-harness"))
+
+CONFIGS = {
+    "small": dict(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4),
+    "odd": dict(vocab_size=257, n_positions=64, n_embd=48, n_layer=3, n_head=3),
+}
+
+
+def harness(*args, check=True):
+    r = subprocess.run([HARNESS, *map(str, args)], capture_output=True, text=True, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def rel_err(got, ref):
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def make_model(tmp_path, cfg, seed=0):
+    model = GPT2(**cfg, seed=seed)
+    d = tmp_path / "model"
+    model.save_hf(str(d))
+    return model, d
+
+
+def run_fdpo(tmp_path, model_dir, seqs, d_token_logp=None, extra=()):
+    batch = {"sequences": seqs}
+    if d_token_logp is not None:
+        batch["d_token_logp"] = [float(x) for x in d_token_logp]
+    bp, out = tmp_path / "batch.json", tmp_path / "out.safetensors"
+    bp.write_text(json.dumps(batch))
+    harness("model-fb", "--model", model_dir, "--batch", bp, "--out", out, *extra)
+    t, _ = st.load(str(out))
+    return t
+
+
+class Reference:
+    """Per-sequence float64 reference: logits, token log-probs, and gradients of
+    sum_t d_t * token_logp_t accumulated over the runs."""
+
+    def __init__(self, model):
+        self.model = model.double()
+        self.model.zero_grad()
+
+    def run(self, tokens, targets, pos=None, mask=None, d=None):
+        tokens = torch.tensor(tokens)
+        pos = None if pos is None else torch.tensor(pos)
+        logits = self.model.forward(tokens, pos, mask)
+        logp = torch.log_softmax(logits, dim=-1)
+        tgt = torch.tensor(targets)
+        valid = tgt >= 0
+        tlp = torch.where(valid, logp.gather(1, tgt.clamp(min=0)[:, None])[:, 0], torch.zeros((), dtype=logp.dtype))
+        if d is not None:
+            (tlp * torch.tensor(d, dtype=torch.float64) * valid).sum().backward()
+        return logits.detach().numpy(), tlp.detach().numpy()
+
+    def grads(self):
+        return {k: v.grad.numpy() for k, v in self.model.named().items()}
+
+
+def check_grads(out, ref):
+    for name, g in ref.grads().items():
+        assert rel_err(out[name], g) <= 1e-4, name
+
+
+def random_batch(rng, V, T_max, lengths, pos_offset=0, all_targets=False):
+    seqs = []
+    for b, T in enumerate(lengths):
+        toks = rng.integers(0, V, size=T + 1)
+        prompt = min(T - 1, 1 + b)  # prompt tokens carry weight 0 (a loss mask)
+        targets = list(map(int, toks[1:]))
+        if b % 2 == 0 and not all_targets:
+            targets[-1] = -1  # some sequences end without a target
+        weights = [0.0 if t < prompt and not all_targets else float(rng.uniform(0.5, 1.5)) for t in range(T)]
+        seq = {"tokens": list(map(int, toks[:T])), "targets": targets, "weights": weights}
+        if pos_offset:
+            seq["pos"] = [pos_offset + b + t for t in range(T)]
+        seqs.append(seq)
+    return seqs
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("upstream", ["random", "sft", "every_token"])
+def test_packed_batch_matches_reference(tmp_path, name, upstream):
+    cfg = CONFIGS[name]
+    rng = np.random.default_rng(1 if name == "small" else 2)
+    model, mdir = make_model(tmp_path, cfg, seed=3)
+    T = cfg["n_positions"]
+    lengths = [7, T - 6, 1, 13] if name == "small" else [T - 5, 9, 22]
+    # every_token: every token has a target and a non-zero gradient (no row is skipped)
+    seqs = random_batch(rng, cfg["vocab_size"], T, lengths, pos_offset=2, all_targets=upstream == "every_token")
+    N = sum(lengths)
+    weights = np.concatenate([s["weights"] for s in seqs])
+    targets = np.concatenate([s["targets"] for s in seqs])
+    if upstream in ("random", "every_token"):
+        d = rng.normal(size=N)
+    else:  # SFT: d = -w_t / sum of weights over tokens with a target
+        d = -weights * (targets >= 0) / np.sum(weights * (targets >= 0))
+    out = run_fdpo(tmp_path, mdir, seqs, d)
+    ref = Reference(model)
+    off = 0
+    ref_logits, ref_tlp, ref_slp = [], [], []
+    for s in seqs:
+        n = len(s["tokens"])
+        lg, tlp = ref.run(s["tokens"], s["targets"], s.get("pos"), None, d[off:off + n])
+        ref_logits.append(lg)
+        ref_tlp.append(tlp)
+        ref_slp.append(np.sum(tlp * np.asarray(s["weights"])))
+        off += n
+    assert rel_err(out["logits"], np.concatenate(ref_logits)) <= 1e-5
+    assert rel_err(out["token_logp"], np.concatenate(ref_tlp)) <= 1e-5
+    assert rel_err(out["seq_logp"], ref_slp) <= 1e-5
+    check_grads(out, ref)
+
+
+def test_shared_prompt_branches_match_separate_sequences(tmp_path):
+    """[prompt[:-1] | prompt[-1] chosen | prompt[-1] rejected] with branch tags 0/1/2 and
+    positions restarting for each branch equals the two sequences prompt+chosen and
+    prompt+rejected run separately (the last prompt token is duplicated so that each branch
+    predicts its own first completion token)."""
+    cfg = CONFIGS["small"]
+    rng = np.random.default_rng(5)
+    model, mdir = make_model(tmp_path, cfg, seed=4)
+    V = cfg["vocab_size"]
+    P, Cn, Rn = 6, 9, 5
+    prompt = list(map(int, rng.integers(0, V, P)))
+    chosen = list(map(int, rng.integers(0, V, Cn)))
+    rejected = list(map(int, rng.integers(0, V, Rn)))
+    shared = prompt[:-1]
+    br_c = [prompt[-1]] + chosen[:-1]  # inputs of the chosen branch
+    br_r = [prompt[-1]] + rejected[:-1]
+    tokens = shared + br_c + br_r
+    # prompt tokens predict the next prompt token (random upstream gradient on them too)
+    targets = prompt[1:] + chosen + rejected
+    pos = list(range(P - 1)) + list(range(P - 1, P - 1 + Cn)) + list(range(P - 1, P - 1 + Rn))
+    branch = [0] * (P - 1) + [1] * Cn + [2] * Rn
+    d = rng.normal(size=len(tokens))
+    # a second, ordinary sequence in the same packed batch
+    other = random_batch(rng, V, cfg["n_positions"], [11])[0]
+    d_other = rng.normal(size=11)
+    seqs = [{"tokens": tokens, "targets": targets, "pos": pos, "branch": branch}, other]
+    out = run_fdpo(tmp_path, mdir, seqs, np.concatenate([d, d_other]))
+
+    ref = Reference(model)
+    # sequence 1: prompt + chosen; the shared prompt's gradient is counted here only
+    seq_c = prompt + chosen[:-1]
+    d_c = np.concatenate([d[:P - 1], d[P - 1:P - 1 + Cn]])
+    lg_c, tlp_c = ref.run(seq_c, prompt[1:] + chosen, d=d_c)
+    seq_r = prompt + rejected[:-1]
+    d_r = np.concatenate([np.zeros(P - 1), d[P - 1 + Cn:]])
+    lg_r, tlp_r = ref.run(seq_r, prompt[1:] + rejected, d=d_r)
+    lg_o, tlp_o = ref.run(other["tokens"], other["targets"], d=d_other)
+    ref_logits = np.concatenate([lg_c, lg_r[P - 1:], lg_o])
+    ref_tlp = np.concatenate([tlp_c, tlp_r[P - 1:], tlp_o])
+    assert rel_err(out["logits"], ref_logits) <= 1e-5
+    assert rel_err(out["token_logp"], ref_tlp) <= 1e-5
+    check_grads(out, ref)
+    # seq_logp of the packed sequence: all of its weights are 1 (no weights given)
+    assert abs(out["seq_logp"][0] - (tlp_c.sum() + tlp_r[P - 1:].sum())) <= 1e-5 * abs(ref_tlp).max() * len(tokens)
+
+
+def test_buffers_grow_and_results_are_deterministic(tmp_path):
+    """A smaller batch first (buffers then grown) or a larger one first (buffers reused,
+    with another attention layout) gives the same numbers as a fresh model, and two runs
+    with the same thread count agree bit for bit."""
+    cfg = CONFIGS["small"]
+    rng = np.random.default_rng(9)
+    model, mdir = make_model(tmp_path, cfg, seed=6)
+    seqs = random_batch(rng, cfg["vocab_size"], 32, [5, 30, 17])
+    d = rng.normal(size=52)
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"sequences": random_batch(rng, cfg["vocab_size"], 32, [3, 4])}))
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"sequences": random_batch(rng, cfg["vocab_size"], 32, [32, 31, 2, 32])}))
+    a = run_fdpo(tmp_path, mdir, seqs, d, extra=("--threads", 2))
+    grown = run_fdpo(tmp_path, mdir, seqs, d, extra=("--threads", 2, "--pre", small))
+    reused = run_fdpo(tmp_path, mdir, seqs, d, extra=("--threads", 2, "--pre", big))
+    c = run_fdpo(tmp_path, mdir, seqs, d, extra=("--threads", 2))
+    for k in a:
+        assert np.array_equal(a[k], c[k]), k
+        assert rel_err(grown[k], a[k]) <= 1e-6, k
+        assert rel_err(reused[k], a[k]) <= 1e-6, k
+
+
+def test_init_statistics(tmp_path):
+    """GPT-2 init: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), zero biases, LN 1/0."""
+    cfg = dict(vocab_size=500, n_positions=64, n_embd=64, n_layer=4, n_head=4)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps(dict(cfg, model_type="gpt2")))
+    harness("model-init", "--config", tmp_path / "cfg" / "config.json", "--seed", 11, "--out", tmp_path / "init")
+    t, _ = st.load(str(tmp_path / "init" / "model.safetensors"))
+    L = cfg["n_layer"]
+
+    def check_std(arrays, want):
+        x = np.concatenate([a.ravel() for a in arrays]).astype(np.float64)
+        n = x.size
+        # sample std of n normals has relative standard error ~ 1/sqrt(2n); allow 5 sigma
+        assert abs(x.std() / want - 1) < 5 / np.sqrt(2 * n), (x.std(), want, n)
+        assert abs(x.mean()) < 5 * want / np.sqrt(n)
+
+    check_std([t["transformer.wte.weight"]], 0.02)
+    check_std([t["transformer.wpe.weight"]], 0.02)
+    for w in ["attn.c_attn.weight", "mlp.c_fc.weight"]:
+        check_std([t[f"transformer.h.{i}.{w}"] for i in range(L)], 0.02)
+    for w in ["attn.c_proj.weight", "mlp.c_proj.weight"]:
+        check_std([t[f"transformer.h.{i}.{w}"] for i in range(L)], 0.02 / np.sqrt(2 * L))
+    for name, a in t.items():
+        if name.endswith("bias"):
+            assert np.all(a == 0), name
+        elif ".ln_" in name and name.endswith("weight"):
+            assert np.all(a == 1), name
+    # same seed -> identical file; another seed -> different weights
+    harness("model-init", "--config", tmp_path / "cfg" / "config.json", "--seed", 11, "--out", tmp_path / "again")
+    harness("model-init", "--config", tmp_path / "cfg" / "config.json", "--seed", 12, "--out", tmp_path / "other")
+    same = (tmp_path / "again" / "model.safetensors").read_bytes()
+    assert same == (tmp_path / "init" / "model.safetensors").read_bytes()
+    o, _ = st.load(str(tmp_path / "other" / "model.safetensors"))
+    assert not np.array_equal(o["transformer.wte.weight"], t["transformer.wte.weight"])
+
+
+def test_bad_batch_is_rejected(tmp_path):
+    cfg = CONFIGS["small"]
+    _, mdir = make_model(tmp_path, cfg)
+    cases = [
+        ({"tokens": [1, 200], "targets": [2, 3]}, "id 200"),
+        ({"tokens": [1, 2], "targets": [2, 97]}, "target 97"),
+        ({"tokens": [1, 2], "targets": [2, 3], "pos": [0, 32]}, "position 32"),
+        ({"tokens": list(range(33)), "targets": list(range(33))}, "n_positions 32"),
+    ]
+    for seq, msg in cases:
+        bp = tmp_path / "bad.json"
+        bp.write_text(json.dumps({"sequences": [seq]}))
+        r = harness("model-fb", "--model", mdir, "--batch", bp, "--out", tmp_path / "o.safetensors", check=False)
+        assert r.returncode == 1, r.stderr  # an error, not a crash or a sanitizer exit
+        assert msg in r.stderr, r.stderr
+        assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
