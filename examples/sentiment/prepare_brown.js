@@ -3,8 +3,8 @@
 //   node prepare_brown.js CORPUS_DIR OUT_DIR [--prompts N] [--prompt-words W] [--seed S]
 // Strips the POS tags ("word/tag" -> "word"), turns `` and '' into ", re-attaches
 // punctuation, and splits by DOCUMENT (one corpus file = one document) into
-// OUT_DIR/{train,val,test}/ (~90/5/5, deterministic in the file name), one text file per
-// document, so `fdpo pretrain` sees each document as one file.
+// OUT_DIR/train.txt, val.txt, test.txt (~90/5/5, deterministic in the file name), documents
+// separated by <|endoftext|>, which `fdpo pretrain` reads as the document boundary.
 // prompts_train.jsonl: the first W words of N sentences of val documents (the prompts the
 // preference pairs are sampled from); prompts_eval.jsonl: likewise from test documents (the
 // held-out prompts every policy is evaluated on). {"prompt": "..."} per line.
@@ -66,7 +66,8 @@ function bucket(name) {
 
 const files = fs.readdirSync(corpusDir).filter((f) => /^c[a-r]\d\d$/.test(f)).sort();
 if (files.length === 0) usage(`${corpusDir}: no corpus files (c[a-r]NN)`);
-for (const split of ['train', 'val', 'test']) fs.mkdirSync(path.join(outDir, split), { recursive: true });
+fs.mkdirSync(outDir, { recursive: true });
+const docs = { train: [], val: [], test: [] };
 const prompts = { val: [], test: [] };
 let nWords = 0;
 for (const f of files) {
@@ -76,7 +77,7 @@ for (const f of files) {
   nWords += sentences.reduce((a, s) => a + s.split(' ').length, 0);
   const b = bucket(f);
   const split = b === 0 ? 'val' : b === 1 ? 'test' : 'train';
-  fs.writeFileSync(path.join(outDir, split, f + '.txt'), sentences.join('\n') + '\n');
+  docs[split].push(sentences.join('\n') + '\n');
   if (split !== 'train') {
     for (const s of sentences) {
       const w = s.split(' ');
@@ -92,6 +93,7 @@ function spread(list, n) {
   for (let i = 0; i < list.length && out.length < n; i += step) out.push(list[i]);
   return out;
 }
+for (const split of Object.keys(docs)) fs.writeFileSync(path.join(outDir, split + '.txt'), docs[split].join('<|endoftext|>'));
 const train = spread(prompts.val, opt.prompts), evalp = spread(prompts.test, opt.evalPrompts);
 const jsonl = (list) => list.map((p) => JSON.stringify({ prompt: p })).join('\n') + '\n';
 fs.writeFileSync(path.join(outDir, 'prompts_train.jsonl'), jsonl(train));

@@ -23,8 +23,8 @@ BETA=${BETA:-0.1}
 BETAS=${BETAS:-"0.03 0.3"}
 
 case "$SCALE" in
-  full) PRE_STEPS=600; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16
-        PAIR_PROMPTS=256; EVAL_PROMPTS=48; K_GEN=4; NEW_TOK=24; DPO_EPOCHS=2; K_EVAL=4 ;;
+  full) PRE_STEPS=1500; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16
+        PAIR_PROMPTS=256; EVAL_PROMPTS=48; K_GEN=8; NEW_TOK=32; DPO_EPOCHS=2; K_EVAL=4 ;;
   tiny) PRE_STEPS=60; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=8
         PAIR_PROMPTS=96; EVAL_PROMPTS=16; K_GEN=4; NEW_TOK=16; DPO_EPOCHS=3; K_EVAL=4 ;;
   *) echo "run.sh: SCALE must be full or tiny" >&2; exit 2 ;;
@@ -52,7 +52,7 @@ cached "$BASE/model.safetensors" ||
   run "$FDPO" pretrain --out "$BASE" --n-layer $N_LAYER --n-embd $N_EMBD --n-head $N_HEAD \
       --n-positions $((SEQ * 2)) --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
       --lr 2e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
-      --eval-every $((PRE_STEPS / 4)) --threads $THREADS --seed 1 --overwrite --quiet "$DATA"/train/*.txt
+      --eval-every $((PRE_STEPS / 4)) --threads $THREADS --seed 1 --overwrite --quiet "$DATA/train.txt"
 
 say "c. sample completions, score them with AFINN, label pairs by Bradley-Terry"
 cached "$RUN/samples.jsonl" ||
@@ -60,7 +60,7 @@ cached "$RUN/samples.jsonl" ||
       --max-new-tokens $NEW_TOK --temperature 1 --seed 2 --threads $THREADS --out "$RUN/samples.jsonl"
 cached "$RUN/pairs.jsonl" ||
   run "$FDPO" pairs --samples "$RUN/samples.jsonl" --reward afinn --lexicon "$LEXICON" \
-      --bt-scale 0.25 --seed 3 --out "$RUN/pairs.jsonl"
+      --bt-scale 0.25 --skip-ties --seed 3 --out "$RUN/pairs.jsonl"
 
 say "d. f-DPO from the base model: each divergence at beta=$BETA, and a beta sweep for rkl"
 POLICIES=()
@@ -88,4 +88,6 @@ cached "$RUN/lab/frontier.csv" ||
   run "$FDPO" lab frontier --n 1000 --seed 6 --out "$RUN/lab/frontier.csv"
 run "$FDPO" report "${POLICIES[@]}" --eval "$RUN/eval.json" --samples "$RUN/eval_samples.jsonl" \
     --lab "$RUN/lab/frontier.csv" --title "fdpo sentiment demo" --out "$RUN/report.html"
+say "what each divergence cost (held-out prompts; diversity over the samples of each prompt)"
+node "$ROOT/examples/sentiment/summarize.js" "$RUN/eval.json" | tee "$RUN/summary.txt"
 printf '\ndemo done in %ss: open %s\n' "$(( $(date +%s) - t0 ))" "$RUN/report.html" >&2

@@ -24,11 +24,19 @@ typedef struct {
 int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs, size_t *n);
 void fdpo_sample_recs_free(fdpo_sample_rec *recs, size_t n);
 
+typedef struct {
+    double scale;           /* BT temperature (> 0) */
+    size_t max_per_prompt;  /* 0 = all disjoint pairs */
+    int skip_ties;          /* drop pairs whose gold rewards are equal (their label is a coin flip) */
+    uint64_t seed;
+} fdpo_pairs_config;
+typedef struct { size_t identical, ties; } fdpo_pairs_skipped;
+
 /* Group records by prompt (first-appearance order); per prompt, shuffle its completions
- * with the seeded RNG and pair them off (0,1), (2,3), ... up to max_per_prompt pairs
- * (0 = all). Pairs with identical completions are skipped and counted in *n_identical.
- * Each pair's label is drawn from the BT model with the given scale (> 0). */
-int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, double scale, size_t max_per_prompt,
-                    uint64_t seed, fdpo_pair **pairs, size_t *n_pairs, size_t *n_identical);
+ * with the seeded RNG and pair them off (0,1), (2,3), ... up to max_per_prompt pairs.
+ * Pairs with identical completions (and, with skip_ties, equal rewards) are skipped and
+ * counted. Each pair's label is drawn from the BT model. */
+int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_config *c,
+                    fdpo_pair **pairs, size_t *n_pairs, fdpo_pairs_skipped *skipped);
 
 #endif

@@ -13,6 +13,7 @@ int cmd_pairs(int argc, char **argv) {
     const char *samples = NULL, *out = NULL, *reward_spec = NULL, *lexicon = NULL;
     double scale, timeout;
     long max_per_prompt, seed;
+    int skip_ties;
     fdpo_flag flags[] = {
         {"samples", FLAG_STR, &samples, NULL, "JSONL {prompt, completion[, reward][, n_tokens]} (fdpo generate/score output) (required)", 0},
         {"out", FLAG_STR, &out, NULL, "output preference JSONL {prompt, chosen, rejected, chosen_reward, rejected_reward} (required)", 0},
@@ -21,6 +22,7 @@ int cmd_pairs(int argc, char **argv) {
         {"reward-timeout", FLAG_FLOAT, &timeout, "60", "seconds a cmd: reward may take", 0},
         {"bt-scale", FLAG_FLOAT, &scale, "1", "Bradley-Terry temperature: P(a chosen) = sigmoid((r_a - r_b) / scale)", 0},
         {"pairs-per-prompt", FLAG_INT, &max_per_prompt, "0", "at most this many pairs per prompt (0 = all disjoint pairs)", 0},
+        {"skip-ties", FLAG_BOOL, &skip_ties, "0", "drop pairs whose gold rewards are equal (their BT label is a coin flip)", 0},
         {"seed", FLAG_INT, &seed, "1", "seed for pairing and labels", 0},
     };
     int rc = flags_parse("pairs", "fdpo pairs --samples FILE --out FILE [flags]", flags, NFLAGS(flags), argc, argv, NULL, NULL);
@@ -48,8 +50,10 @@ int cmd_pairs(int argc, char **argv) {
         if (rc) { fdpo_sample_recs_free(recs, n); return -1; }
     }
     fdpo_pair *pairs;
-    size_t np, same;
-    if (fdpo_make_pairs(recs, n, scale, (size_t)max_per_prompt, (uint64_t)seed, &pairs, &np, &same)) {
+    size_t np;
+    fdpo_pairs_skipped skipped;
+    fdpo_pairs_config pc = {scale, (size_t)max_per_prompt, skip_ties, (uint64_t)seed};
+    if (fdpo_make_pairs(recs, n, &pc, &pairs, &np, &skipped)) {
         fdpo_sample_recs_free(recs, n);
         return fdpo_error_context("%s", samples);
     }
@@ -71,9 +75,9 @@ int cmd_pairs(int argc, char **argv) {
         cJSON_Delete(o);
     }
     if (fdpo_atomic_commit(&af)) { free(pairs); fdpo_sample_recs_free(recs, n); return -1; }
-    fprintf(stderr, "pairs: %zu samples -> %zu pairs (%zu skipped: identical completions); "
+    fprintf(stderr, "pairs: %zu samples -> %zu pairs (skipped: %zu identical completions, %zu equal rewards); "
                     "chosen has the higher gold reward in %.1f%%\n",
-            n, np, same, np ? 100.0 * (double)agree / (double)np : 0.0);
+            n, np, skipped.identical, skipped.ties, np ? 100.0 * (double)agree / (double)np : 0.0);
     free(pairs);
     fdpo_sample_recs_free(recs, n);
     return 0;

@@ -71,8 +71,9 @@ int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *
 
 /* Group key: index of the first record with the same prompt. O(n * prompts), fine for the
  * sizes a preference set has; a hash would only matter past ~10^5 distinct prompts. */
-int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, double scale, size_t max_per_prompt,
-                    uint64_t seed, fdpo_pair **pairs_out, size_t *n_pairs_out, size_t *n_identical) {
+int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_config *c,
+                    fdpo_pair **pairs_out, size_t *n_pairs_out, fdpo_pairs_skipped *skipped) {
+    double scale = c->scale;
     if (!(scale > 0) || !isfinite(scale)) return fdpo_error("--bt-scale: must be > 0 (got %g)", scale);
     for (size_t i = 0; i < n; i++)
         if (!recs[i].has_reward) return fdpo_error("line %zu: record has no reward (give --reward)", recs[i].line);
@@ -86,9 +87,9 @@ int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, double scale, size_t 
         group[i] = g;
     }
     fdpo_rng rng;
-    fdpo_rng_seed(&rng, seed);
+    fdpo_rng_seed(&rng, c->seed);
     fdpo_pair *pairs = fdpo_malloc((n / 2 + 1) * sizeof *pairs);
-    size_t np = 0, same = 0;
+    size_t np = 0, same = 0, ties = 0;
     size_t *members = fdpo_malloc(n * sizeof *members);
     for (size_t g = 0; g < n_groups; g++) {
         size_t m = 0;
@@ -96,9 +97,10 @@ int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, double scale, size_t 
         fdpo_rng_shuffle(&rng, members, m);
         size_t made = 0;
         for (size_t k = 0; k + 1 < m; k += 2) {
-            if (max_per_prompt && made >= max_per_prompt) break;
+            if (c->max_per_prompt && made >= c->max_per_prompt) break;
             const fdpo_sample_rec *a = &recs[members[k]], *b = &recs[members[k + 1]];
             if (strcmp(a->completion, b->completion) == 0) { same++; continue; }
+            if (c->skip_ties && a->reward == b->reward) { ties++; continue; }
             double p_a = 1.0 / (1.0 + exp(-(a->reward - b->reward) / scale));
             int a_wins = fdpo_rng_uniform(&rng) < p_a;
             pairs[np].chosen = a_wins ? members[k] : members[k + 1];
@@ -109,6 +111,6 @@ int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, double scale, size_t 
     }
     free(members); free(group); free(firsts);
     *pairs_out = pairs; *n_pairs_out = np;
-    if (n_identical) *n_identical = same;
+    if (skipped) { skipped->identical = same; skipped->ties = ties; }
     return 0;
 }

@@ -53,7 +53,14 @@ def test_grouping_and_identical_skip(tmp_path):
     assert len(pairs) == 2 and all(p["prompt"] == "a" for p in pairs)
     used = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     assert len(set(used)) == 4
-    assert "1 skipped" in r.stderr
+    assert "1 identical" in r.stderr
+    # --skip-ties drops pairs with equal gold rewards
+    ties = [{"prompt": "t", "completion": c, "reward": 1.0} for c in ["p", "q"]]
+    write_jsonl(samples, ties + rows[:2])
+    r = run("pairs", "--samples", str(samples), "--out", str(out), "--skip-ties")
+    assert r.returncode == 0 and "1 equal rewards" in r.stderr
+    assert [json.loads(l)["prompt"] for l in open(out)] == ["a"]
+    write_jsonl(samples, rows)
     r = run("pairs", "--samples", str(samples), "--out", str(out), "--pairs-per-prompt", "1")
     assert r.returncode == 0 and len(open(out).read().splitlines()) == 1
 
