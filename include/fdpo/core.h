@@ -50,8 +50,10 @@ char *fdpo_path_join(const char *a, const char *b);
 /* FNV-1a 64 over bytes, chainable: h = fdpo_hash64(h, data, n), start with FDPO_HASH_INIT. */
 #define FDPO_HASH_INIT 0xcbf29ce484222325ULL
 uint64_t fdpo_hash64(uint64_t h, const void *data, size_t n);
-/* 1 if s[0..n) is valid UTF-8. */
+/* 1 if s[0..n) is valid UTF-8; fdpo_utf8_first_invalid gives the offset of the first
+ * invalid byte (n if none), for messages that point at it. */
 int fdpo_utf8_valid(const char *s, size_t n);
+size_t fdpo_utf8_first_invalid(const char *s, size_t n);
 
 /* ---- time, threads, progress ---- */
 double fdpo_now(void); /* monotonic seconds */

@@ -26,8 +26,6 @@ double fdpo_lm_data_seq_weight(const fdpo_lm_data *d, size_t i);
 /* Fingerprint of the sequences (tokens, weights, boundaries): resume refuses other data. */
 uint64_t fdpo_lm_data_hash(const fdpo_lm_data *d);
 
-/* Offset of the first byte that is not valid UTF-8 in s[0..n), or n if all is valid. */
-size_t fdpo_utf8_first_invalid(const char *s, size_t n);
 
 /* Pretraining text: each file is UTF-8 (an empty file or invalid UTF-8 is an error naming
  * the file, byte offset and line). The literal "<|endoftext|>" separates documents inside a

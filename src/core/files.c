@@ -123,7 +123,9 @@ uint64_t fdpo_hash64(uint64_t h, const void *data, size_t n) {
     return h;
 }
 
-int fdpo_utf8_valid(const char *s, size_t n) {
+/* One scanner for UTF-8 checks: the offset of the first byte that does not start a valid,
+ * complete, shortest-form, non-surrogate code point; n when all of s[0..n) is valid. */
+size_t fdpo_utf8_first_invalid(const char *s, size_t n) {
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
     while (i < n) {
@@ -133,13 +135,15 @@ int fdpo_utf8_valid(const char *s, size_t n) {
         else if ((c & 0xE0) == 0xC0) { k = 1; min = 0x80; c &= 0x1F; }
         else if ((c & 0xF0) == 0xE0) { k = 2; min = 0x800; c &= 0x0F; }
         else if ((c & 0xF8) == 0xF0) { k = 3; min = 0x10000; c &= 0x07; }
-        else return 0;
+        else return i;
         for (size_t j = 1; j <= k; j++) {
-            if (i + j >= n || (p[i + j] & 0xC0) != 0x80) return 0;
+            if (i + j >= n || (p[i + j] & 0xC0) != 0x80) return i;
             c = (c << 6) | (p[i + j] & 0x3F);
         }
-        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
+        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return i;
         i += k + 1;
     }
-    return 1;
+    return n;
 }
+
+int fdpo_utf8_valid(const char *s, size_t n) { return fdpo_utf8_first_invalid(s, n) == n; }

@@ -30,19 +30,6 @@ uint64_t fdpo_lm_data_hash(const fdpo_lm_data *d) {
     return h;
 }
 
-/* Walk code point by code point; core's validator judges each one. */
-size_t fdpo_utf8_first_invalid(const char *s, size_t n) {
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = p[i];
-        size_t k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        if (k == 0 || i + k > n || !fdpo_utf8_valid(s + i, k)) return i;
-        i += k;
-    }
-    return n;
-}
-
 void fdpo_data_split(size_t n, double val_fraction, uint64_t seed, unsigned char *is_val) {
     memset(is_val, 0, n);
     if (!(val_fraction > 0) || n < 2) return;
