@@ -50,11 +50,15 @@ $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libfdpo.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libfdpo.a $(CHECK_LIBS) $(LDLIBS)
 
 # Tests read FDPO_BIN / FDPO_HARNESS, so the sanitizer build runs the same suite.
-test: all $(CTEST_BIN)
+# deps first (not as a prerequisite: with -j it must finish before anything compiles,
+# since fdpo report embeds Chart.js from node_modules).
+test:
+	@scripts/deps.sh
+	@$(MAKE) --no-print-directory all $(CTEST_BIN)
 	@FDPO_BUILD=$(BUILD) scripts/run-tests.sh
 
 test-asan:
-	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
+	FDPO_SANITIZED=1 $(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
 
 bench: all
 	scripts/run-bench.sh
@@ -62,7 +66,9 @@ bench: all
 deps:
 	scripts/deps.sh
 
-demo: all
+demo:
+	@scripts/deps.sh
+	@$(MAKE) --no-print-directory all
 	examples/sentiment/run.sh
 
 clean:

@@ -5,9 +5,9 @@
 // punctuation, and splits by DOCUMENT (one corpus file = one document) into
 // OUT_DIR/train.txt, val.txt, test.txt (~90/5/5, deterministic in the file name), documents
 // separated by <|endoftext|>, which `fdpo pretrain` reads as the document boundary.
-// prompts_train.jsonl: the first W words of N sentences of val documents (the prompts the
-// preference pairs are sampled from); prompts_eval.jsonl: likewise from test documents (the
-// held-out prompts every policy is evaluated on). {"prompt": "..."} per line.
+// prompts_train.jsonl: the first W words of N sentences of train and val documents (the
+// prompts the preference pairs are sampled from); prompts_eval.jsonl: likewise from test
+// documents only (the held-out prompts every policy is evaluated on). {"prompt": "..."}.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -68,7 +68,7 @@ const files = fs.readdirSync(corpusDir).filter((f) => /^c[a-r]\d\d$/.test(f)).so
 if (files.length === 0) usage(`${corpusDir}: no corpus files (c[a-r]NN)`);
 fs.mkdirSync(outDir, { recursive: true });
 const docs = { train: [], val: [], test: [] };
-const prompts = { val: [], test: [] };
+const prompts = { pairs: [], test: [] };
 let nWords = 0;
 for (const f of files) {
   const raw = fs.readFileSync(path.join(corpusDir, f), 'utf8');
@@ -78,11 +78,11 @@ for (const f of files) {
   const b = bucket(f);
   const split = b === 0 ? 'val' : b === 1 ? 'test' : 'train';
   docs[split].push(sentences.join('\n') + '\n');
-  if (split !== 'train') {
-    for (const s of sentences) {
-      const w = s.split(' ');
-      // sentences that start with plain words make readable prompts
-      if (w.length >= opt.promptWords + 4 && /^[A-Za-z]/.test(w[0])) prompts[split].push(w.slice(0, opt.promptWords).join(' '));
+  for (const s of sentences) {
+    const w = s.split(' ');
+    // sentences that start with plain words make readable prompts
+    if (w.length >= opt.promptWords + 4 && /^[A-Za-z]/.test(w[0])) {
+      prompts[split === 'test' ? 'test' : 'pairs'].push(w.slice(0, opt.promptWords).join(' '));
     }
   }
 }
@@ -94,7 +94,7 @@ function spread(list, n) {
   return out;
 }
 for (const split of Object.keys(docs)) fs.writeFileSync(path.join(outDir, split + '.txt'), docs[split].join('<|endoftext|>'));
-const train = spread(prompts.val, opt.prompts), evalp = spread(prompts.test, opt.evalPrompts);
+const train = spread(prompts.pairs, opt.prompts), evalp = spread(prompts.test, opt.evalPrompts);
 const jsonl = (list) => list.map((p) => JSON.stringify({ prompt: p })).join('\n') + '\n';
 fs.writeFileSync(path.join(outDir, 'prompts_train.jsonl'), jsonl(train));
 fs.writeFileSync(path.join(outDir, 'prompts_eval.jsonl'), jsonl(evalp));

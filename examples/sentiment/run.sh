@@ -23,10 +23,10 @@ BETA=${BETA:-0.1}
 BETAS=${BETAS:-"0.03 0.3"}
 
 case "$SCALE" in
-  full) PRE_STEPS=1500; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16
-        PAIR_PROMPTS=256; EVAL_PROMPTS=48; K_GEN=8; NEW_TOK=32; DPO_EPOCHS=2; K_EVAL=4 ;;
-  tiny) PRE_STEPS=60; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=8
-        PAIR_PROMPTS=96; EVAL_PROMPTS=16; K_GEN=4; NEW_TOK=16; DPO_EPOCHS=3; K_EVAL=4 ;;
+  full) PRE_STEPS=1200; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16
+        PAIR_PROMPTS=1024; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=48; DPO_EPOCHS=2; DPO_LR=1e-4; K_EVAL=8 ;;
+  tiny) PRE_STEPS=500; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=16
+        PAIR_PROMPTS=2048; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=32; DPO_EPOCHS=2; DPO_LR=3e-4; K_EVAL=8 ;;
   *) echo "run.sh: SCALE must be full or tiny" >&2; exit 2 ;;
 esac
 
@@ -51,7 +51,7 @@ BASE=$RUN/base
 cached "$BASE/model.safetensors" ||
   run "$FDPO" pretrain --out "$BASE" --n-layer $N_LAYER --n-embd $N_EMBD --n-head $N_HEAD \
       --n-positions $((SEQ * 2)) --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
-      --lr 2e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
+      --lr 3e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
       --eval-every $((PRE_STEPS / 4)) --threads $THREADS --seed 1 --overwrite --quiet "$DATA/train.txt"
 
 say "c. sample completions, score them with AFINN, label pairs by Bradley-Terry"
@@ -69,8 +69,8 @@ dpo() { # name divergence beta
   POLICIES+=("$out")
   cached "$out/model.safetensors" ||
     run "$FDPO" dpo --policy "$BASE" --data "$RUN/pairs.jsonl" --divergence "$2" --beta "$3" \
-        --loss sigmoid --lr 5e-4 --schedule constant --warmup-steps 5 --batch-size 16 --epochs $DPO_EPOCHS \
-        --eval-fraction 0.1 --eval-every 20 --threads $THREADS --seed 4 --overwrite --quiet --out "$out"
+        --loss sigmoid --lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --epochs $DPO_EPOCHS \
+        --eval-fraction 0.1 --eval-every 50 --threads $THREADS --seed 4 --overwrite --quiet --out "$out"
 }
 for d in $DIVERGENCES; do dpo "${d/:/}-b$BETA" "$d" "$BETA"; done
 for b in $BETAS; do dpo "rkl-b$b" rkl "$b"; done
