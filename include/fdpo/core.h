@@ -69,7 +69,9 @@ void fdpo_progress_step(fdpo_progress *p, size_t step, double loss, double lr, d
                         double tokens_per_sec, const char *extra);
 void fdpo_progress_end(fdpo_progress *p);
 
-/* Format a float as the shortest text that reads back to the same value (for JSON). */
+/* Format a double / a float as the shortest text that reads back to the same value (for
+ * JSON: 1e-05, not 9.99999974e-06; non-finite values become null). */
 void fdpo_fmt_double(char *buf, size_t n, double v);
+void fdpo_fmt_float(char *buf, size_t n, float v);
 
 #endif

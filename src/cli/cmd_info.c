@@ -58,11 +58,8 @@ int cmd_info(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "n_embd", (double)c->n_embd);
         cJSON_AddNumberToObject(o, "n_layer", (double)c->n_layer);
         cJSON_AddNumberToObject(o, "n_head", (double)c->n_head);
-        char eps[32]; /* shortest text that reads back to the same float */
-        for (int prec = 1; prec <= 9; prec++) {
-            snprintf(eps, sizeof eps, "%.*g", prec, (double)c->layer_norm_epsilon);
-            if (strtof(eps, NULL) == c->layer_norm_epsilon) break;
-        }
+        char eps[32];
+        fdpo_fmt_float(eps, sizeof eps, c->layer_norm_epsilon);
         cJSON_AddRawToObject(o, "layer_norm_epsilon", eps);
         cJSON_AddStringToObject(o, "activation_function", "gelu_new");
         cJSON_AddNumberToObject(o, "parameters", (double)m->n_params);

@@ -64,3 +64,11 @@ void fdpo_fmt_double(char *buf, size_t n, double v) {
         if (strtod(buf, NULL) == v) return;
     }
 }
+
+void fdpo_fmt_float(char *buf, size_t n, float v) {
+    if (!isfinite(v)) { snprintf(buf, n, "null"); return; }
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(buf, n, "%.*g", prec, (double)v);
+        if (strtof(buf, NULL) == v) return;
+    }
+}

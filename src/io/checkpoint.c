@@ -75,12 +75,8 @@ int fdpo_config_save(const char *path, const fdpo_gpt2_config *c) {
     cJSON_AddStringToObject(root, "activation_function", "gelu_new");
     cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
     cJSON_AddItemToArray(arch, cJSON_CreateString("GPT2LMHeadModel"));
-    /* shortest decimal text that reads back to the same float (1e-05, not 9.99999974e-06) */
     char eps[32];
-    for (int prec = 1; prec <= 9; prec++) {
-        snprintf(eps, sizeof eps, "%.*g", prec, (double)c->layer_norm_epsilon);
-        if (strtof(eps, NULL) == c->layer_norm_epsilon) break;
-    }
+    fdpo_fmt_float(eps, sizeof eps, c->layer_norm_epsilon);
     cJSON_AddRawToObject(root, "layer_norm_epsilon", eps);
     cJSON_AddStringToObject(root, "model_type", "gpt2");
     cJSON_AddNumberToObject(root, "n_ctx", (double)c->n_positions);
