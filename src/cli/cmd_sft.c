@@ -1,46 +1,22 @@
 /* fdpo sft: supervised fine-tuning on JSONL (a thin layer over fdpo_lm_train). */
 #include <stdio.h>
-#include <stdlib.h>
 #include "cli/commands.h"
-#include "cli/train_flags.h"
-#include "fdpo/data.h"
-#include "fdpo/trainer.h"
+#include "cli/lm_command.h"
+
+static int load_sft(char *const *files, size_t n_files, const fdpo_tokenizer *tok,
+                    const fdpo_train_opts *o, fdpo_lm_data *train, fdpo_lm_data *val) {
+    size_t dropped = 0;
+    if (fdpo_sft_load((const char *const *)files, n_files, tok, (size_t)o->seq_len, o->val_fraction,
+                      (uint64_t)o->seed, train, val, &dropped)) return -1;
+    if (dropped && !o->quiet)
+        fprintf(stderr, "fdpo sft: dropped %zu examples with no completion token within --seq-len %ld\n", dropped, o->seq_len);
+    return 0;
+}
 
 int cmd_sft(int argc, char **argv) {
-    static const char usage[] = "fdpo sft --out DIR [--init CKPT] [flags] FILE.jsonl...   "
-                                "(lines {\"prompt\",\"completion\"}, {\"text\"} or {\"messages\"})";
-    fdpo_train_opts o;
-    fdpo_flag flags[TRAIN_FLAGS_MAX + 1];
-    size_t n = train_flags_add(flags, 0, &o);
-    flags[n++] = (fdpo_flag){"eval-max-seqs", FLAG_INT, &o.eval_max_seqs, "0",
-                             "validate on the first N held-out sequences only (0: all)", 0};
-    train_flags_set_default(flags, n, "lr", "2e-5");
-    train_flags_set_default(flags, n, "epochs", "3");
-    int n_pos; char **pos = NULL;
-    int rc = flags_parse("sft", usage, flags, n, argc, argv, &n_pos, &pos);
-    if (rc == FLAGS_HELP) return 0;
-    if (rc) return -1;
-    rc = -1;
-    fdpo_tokenizer *tok = NULL;
-    fdpo_lm_data train = {0}, val = {0};
-    char **fixed_vals = NULL;
-    size_t dropped = 0;
-    if (train_flags_finish(flags, n, &o, TRAIN_FIXED_FLAGS, TRAIN_N_FIXED_FLAGS)) goto done;
-    if (o.eval_max_seqs < 0) { fdpo_error("--eval-max-seqs: %ld must be >= 0", o.eval_max_seqs); goto done; }
-    if (n_pos == 0) { fdpo_error("no input files (usage: %s)", usage); goto done; }
-    if (!(tok = fdpo_trainer_load_tokenizer(&o))) goto done;
-    if (fdpo_sft_load((const char *const *)pos, (size_t)n_pos, tok, (size_t)o.seq_len, o.val_fraction,
-                      (uint64_t)o.seed, &train, &val, &dropped)) goto done;
-    if (dropped && !o.quiet)
-        fprintf(stderr, "fdpo sft: dropped %zu examples with no completion token within --seq-len %ld\n", dropped, o.seq_len);
-    fixed_vals = train_flags_values(flags, n, TRAIN_FIXED_FLAGS, TRAIN_N_FIXED_FLAGS);
-    train_catch_interrupts();
-    rc = fdpo_lm_train(&o, "sft", tok, &train, &val, TRAIN_N_FIXED_FLAGS, TRAIN_FIXED_FLAGS,
-                       (const char *const *)fixed_vals);
-done:
-    fdpo_strv_free(fixed_vals, TRAIN_N_FIXED_FLAGS);
-    fdpo_lm_data_free(&train); fdpo_lm_data_free(&val);
-    fdpo_tokenizer_free(tok);
-    free(pos);
-    return rc;
+    static const lm_command c = {
+        "sft", "fdpo sft --out DIR [--init CKPT] [flags] FILE.jsonl...   "
+               "(lines {\"prompt\",\"completion\"}, {\"text\"} or {\"messages\"})",
+        "2e-5", "3", load_sft};
+    return lm_command_run(&c, argc, argv);
 }

@@ -1,0 +1,38 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include "cli/flags.h"
+#include "cli/lm_command.h"
+#include "cli/train_flags.h"
+
+int lm_command_run(const lm_command *c, int argc, char **argv) {
+    fdpo_train_opts o;
+    fdpo_flag flags[TRAIN_FLAGS_MAX + 1];
+    size_t n = train_flags_add(flags, 0, &o);
+    flags[n++] = (fdpo_flag){"eval-max-seqs", FLAG_INT, &o.eval_max_seqs, "0",
+                             "validate on the first N held-out sequences only (0: all)", 0};
+    if (c->default_lr) train_flags_set_default(flags, n, "lr", c->default_lr);
+    if (c->default_epochs) train_flags_set_default(flags, n, "epochs", c->default_epochs);
+    int n_pos; char **pos = NULL;
+    int rc = flags_parse(c->name, c->usage, flags, n, argc, argv, &n_pos, &pos);
+    if (rc == FLAGS_HELP) return 0;
+    if (rc) return -1;
+    rc = -1;
+    fdpo_tokenizer *tok = NULL;
+    fdpo_lm_data train = {0}, val = {0};
+    char **fixed_vals = NULL;
+    if (train_flags_finish(flags, n, &o, TRAIN_FIXED_FLAGS, TRAIN_N_FIXED_FLAGS)) goto done;
+    if (o.eval_max_seqs < 0) { fdpo_error("--eval-max-seqs: %ld must be >= 0", o.eval_max_seqs); goto done; }
+    if (n_pos == 0) { fdpo_error("no input files (usage: %s)", c->usage); goto done; }
+    if (!(tok = fdpo_trainer_load_tokenizer(&o))) goto done;
+    if (c->load(pos, (size_t)n_pos, tok, &o, &train, &val)) goto done;
+    fixed_vals = train_flags_values(flags, n, TRAIN_FIXED_FLAGS, TRAIN_N_FIXED_FLAGS);
+    train_catch_interrupts();
+    rc = fdpo_lm_train(&o, c->name, tok, &train, &val, TRAIN_N_FIXED_FLAGS, TRAIN_FIXED_FLAGS,
+                       (const char *const *)fixed_vals);
+done:
+    fdpo_strv_free(fixed_vals, TRAIN_N_FIXED_FLAGS);
+    fdpo_lm_data_free(&train); fdpo_lm_data_free(&val);
+    fdpo_tokenizer_free(tok);
+    free(pos);
+    return rc;
+}
