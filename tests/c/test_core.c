@@ -1,5 +1,6 @@
 /* core: RNG reproducibility and reference values, UTF-8 validation, atomic writes. */
 #include <check.h>
+#include "check_main.h"
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -67,9 +68,5 @@ int main(void) {
     tcase_add_test(tc, utf8_validation);
     tcase_add_test(tc, atomic_write_replaces);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(s);
 }

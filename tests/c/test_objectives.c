@@ -1,6 +1,7 @@
 /* objectives: parse/name round trip, admissibility, and every loss's analytic gradient
  * against central finite differences (the PyTorch comparisons live in test_objectives.py). */
 #include <check.h>
+#include "check_main.h"
 #include <math.h>
 #include <string.h>
 #include "fdpo/core.h"
@@ -91,9 +92,5 @@ int main(void) {
     tcase_add_test(tc, loss_gradients_match_finite_differences);
     tcase_add_test(tc, check_names_the_flag);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(s);
 }

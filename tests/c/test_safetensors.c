@@ -1,6 +1,7 @@
 /* io + model tables: safetensors writer/reader round trip, a hand-made file from the format
  * spec, dtype conversions, and the GPT-2 parameter table against published numbers. */
 #include <check.h>
+#include "check_main.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,9 +189,5 @@ int main(void) {
     tcase_add_test(tc, gpt2_table_matches_published_sizes);
     tcase_add_test(tc, gpt2_buffer_round_trip);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(s);
 }

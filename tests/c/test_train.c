@@ -2,6 +2,7 @@
  * order, UTF-8 offsets, text windows, SFT weights, state round trip, atomic checkpoint
  * directories and the metrics writer. (PyTorch comparisons live in tests/py/test_train.py.) */
 #include <check.h>
+#include "check_main.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -378,9 +379,5 @@ int main(void) {
     tcase_add_test(tc, state_and_checkpoint_round_trip);
     tcase_add_test(tc, metrics_writer_and_resume_truncation);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(s);
 }
