@@ -61,10 +61,34 @@ double fdpo_now(void); /* monotonic seconds */
 void fdpo_set_threads(int n);
 int fdpo_get_threads(void);
 
-/* Progress line on stderr: "step 12/100 | loss 3.2100 | lr 3.0e-04 | gnorm 1.23 |
- * 1234 tok/s | ETA 1m02s". Rewrites one line on a terminal, prints every call otherwise. */
-typedef struct { double t_start; size_t total; int tty; } fdpo_progress;
-void fdpo_progress_start(fdpo_progress *p, size_t total);
+/* ---- log and progress hook ----
+ * The library never writes to stdout/stderr and never exits: it reports through one hook
+ * (in the spirit of llama_log_set). The fdpo command installs a terminal printer
+ * (src/cli/term.c); a program embedding libfdpo installs its own or none (then nothing is
+ * shown). Hooks are process-wide; set them before starting work. */
+typedef enum { FDPO_LOG_DEBUG = 0, FDPO_LOG_INFO = 1, FDPO_LOG_WARN = 2, FDPO_LOG_ERROR = 3 } fdpo_log_level;
+typedef void (*fdpo_log_fn)(fdpo_log_level level, const char *msg, void *user);
+void fdpo_log_set(fdpo_log_fn fn, void *user);
+/* One message, no trailing newline ("dpo: 120 train pairs, ..."). */
+void fdpo_log(fdpo_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Progress of long work: step/total, elapsed and ETA, and the metrics that apply (NaN for
+ * those that do not). `phase` names the work ("train", "sample", "ref-cache", "round 2/5");
+ * done = 1 on the last call of a phase. */
+typedef struct {
+    const char *phase;
+    size_t step, total;
+    double elapsed, eta;                      /* seconds; eta < 0: unknown */
+    double loss, lr, grad_norm, tokens_per_sec;
+    const char *extra;                        /* further "key value" text, or NULL */
+    int done;
+} fdpo_progress_info;
+typedef void (*fdpo_progress_fn)(const fdpo_progress_info *info, void *user);
+void fdpo_progress_set(fdpo_progress_fn fn, void *user);
+
+/* A progress reporter for one phase: start, step per unit of work, end. */
+typedef struct { double t_start; size_t total; const char *phase; } fdpo_progress;
+void fdpo_progress_start(fdpo_progress *p, const char *phase, size_t total);
 void fdpo_progress_step(fdpo_progress *p, size_t step, double loss, double lr, double grad_norm,
                         double tokens_per_sec, const char *extra);
 void fdpo_progress_end(fdpo_progress *p);

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "cli/commands.h"
+#include "cli/term.h"
 #include "fdpo/core.h"
 
 typedef struct { const char *name; int (*fn)(int, char **); const char *summary; } command;
@@ -32,7 +33,9 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
     for (size_t i = 0; i < N_COMMANDS; i++) {
         if (strcmp(argv[1], COMMANDS[i].name) == 0) {
+            term_install(COMMANDS[i].name);
             int rc = COMMANDS[i].fn(argc - 1, argv + 1);
+            term_finish();
             if (rc != 0) { fprintf(stderr, "fdpo %s: %s\n", argv[1], fdpo_last_error()); return 1; }
             return 0;
         }

@@ -1,11 +1,11 @@
 /* Time, threads, progress display, number formatting. */
 #include <math.h>
+#include <stdarg.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 #include "fdpo/core.h"
 
 /* OpenBLAS's own setter; present in every OpenBLAS build, declared here to avoid
@@ -27,34 +27,51 @@ void fdpo_set_threads(int n) {
 }
 int fdpo_get_threads(void) { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
 
-void fdpo_progress_start(fdpo_progress *p, size_t total) {
-    p->t_start = fdpo_now();
-    p->total = total;
-    p->tty = isatty(2);
+static fdpo_log_fn g_log_fn;
+static void *g_log_user;
+static fdpo_progress_fn g_progress_fn;
+static void *g_progress_user;
+
+void fdpo_log_set(fdpo_log_fn fn, void *user) { g_log_fn = fn; g_log_user = user; }
+void fdpo_progress_set(fdpo_progress_fn fn, void *user) { g_progress_fn = fn; g_progress_user = user; }
+
+void fdpo_log(fdpo_log_level level, const char *fmt, ...) {
+    if (!g_log_fn) return;
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    g_log_fn(level, msg, g_log_user);
 }
 
-static void fmt_eta(char *buf, size_t n, double s) {
-    if (!(s >= 0) || s > 1e7) { snprintf(buf, n, "?"); return; }
-    long t = (long)(s + 0.5);
-    if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
-    else snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+void fdpo_progress_start(fdpo_progress *p, const char *phase, size_t total) {
+    p->t_start = fdpo_now();
+    p->total = total;
+    p->phase = phase;
+}
+
+static void progress_emit(const fdpo_progress *p, size_t step, double loss, double lr, double grad_norm,
+                          double tokens_per_sec, const char *extra, int done) {
+    if (!g_progress_fn) return;
+    double el = fdpo_now() - p->t_start;
+    size_t left = p->total - (step < p->total ? step : p->total);
+    fdpo_progress_info info = {
+        .phase = p->phase, .step = step, .total = p->total, .elapsed = el,
+        .eta = step > 0 ? el / (double)step * (double)left : -1,
+        .loss = loss, .lr = lr, .grad_norm = grad_norm, .tokens_per_sec = tokens_per_sec,
+        .extra = extra, .done = done,
+    };
+    g_progress_fn(&info, g_progress_user);
 }
 
 void fdpo_progress_step(fdpo_progress *p, size_t step, double loss, double lr, double grad_norm,
                         double tokens_per_sec, const char *extra) {
-    double el = fdpo_now() - p->t_start;
-    double eta = step > 0 ? el / (double)step * (double)(p->total - (step < p->total ? step : p->total)) : -1;
-    char etab[32];
-    fmt_eta(etab, sizeof etab, eta);
-    fprintf(stderr, "%sstep %zu/%zu | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %s%s%s%s",
-            p->tty ? "\r\033[K" : "", step, p->total, loss, lr, grad_norm, tokens_per_sec, etab,
-            extra && *extra ? " | " : "", extra ? extra : "", p->tty ? "" : "\n");
-    fflush(stderr);
+    progress_emit(p, step, loss, lr, grad_norm, tokens_per_sec, extra, 0);
 }
 
 void fdpo_progress_end(fdpo_progress *p) {
-    if (p->tty) fputc('\n', stderr);
-    fprintf(stderr, "done in %.1fs\n", fdpo_now() - p->t_start);
+    progress_emit(p, p->total, NAN, NAN, NAN, NAN, NULL, 1);
 }
 
 void fdpo_fmt_double(char *buf, size_t n, double v) {

@@ -229,7 +229,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
         gather_ref(esrc, eval_pairs, n_eval, eval_ref);
     }
     if (!to->quiet && tr.state.step == 0)
-        fprintf(stderr, "fdpo dpo: %zu train pairs, %zu eval pairs; %s reference; %zu steps of %zu x %zu pairs\n",
+        fdpo_log(FDPO_LOG_INFO, "%zu train pairs, %zu eval pairs; %s reference; %zu steps of %zu x %zu pairs",
                 n_train, n_eval, simpo ? "no" : o->ref_live ? "live" : "cached", tr.state.total_steps,
                 (size_t)to->grad_accum, (size_t)to->batch_size);
 
@@ -274,9 +274,9 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
         cJSON_Delete(root);
         if (wrc) goto done;
         if (!to->quiet) {
-            fprintf(stderr, "fdpo dpo: eval (%zu pairs): reward accuracy %.4f, margin %.4g", n_eval, em.accuracy, em.margins);
-            if (have_initial) fprintf(stderr, " (at start: %.4f, %.4g)", initial.accuracy, initial.margins);
-            fprintf(stderr, "\n");
+            char start[96] = "";
+            if (have_initial) snprintf(start, sizeof start, " (at start: %.4f, %.4g)", initial.accuracy, initial.margins);
+            fdpo_log(FDPO_LOG_INFO, "eval (%zu pairs): reward accuracy %.4f, margin %.4g%s", n_eval, em.accuracy, em.margins, start);
         }
     }
     rc = 0;

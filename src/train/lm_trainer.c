@@ -98,8 +98,8 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
     size_t *items = fdpo_malloc(A * B * sizeof *items);
     int rc = 0;
     if (!o->quiet && tr.state.step == 0)
-        fprintf(stderr, "fdpo %s: %zu train sequences (%zu tokens), %zu val sequences; %zu parameters; %zu steps of %zu x %zu sequences\n",
-                kind, train->n_seq, train->n_tokens, val ? val->n_seq : 0, tr.model->n_params,
+        fdpo_log(FDPO_LOG_INFO, "%zu train sequences (%zu tokens), %zu val sequences; %zu parameters; %zu steps of %zu x %zu sequences",
+                train->n_seq, train->n_tokens, val ? val->n_seq : 0, tr.model->n_params,
                 tr.state.total_steps, A, B);
     while (!rc && !fdpo_trainer_done(&tr)) {
         fdpo_trainer_begin_step(&tr);

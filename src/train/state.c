@@ -362,7 +362,7 @@ int fdpo_checkpoint_recover(const char *out) {
     int rc = 0;
     if (!fdpo_file_exists(out) && fdpo_file_exists(old)) {
         if (rename(old, out) != 0) rc = fdpo_error("%s: cannot restore from %s: %s", out, old, strerror(errno));
-        else fprintf(stderr, "fdpo: %s restored from %s (a save was interrupted)\n", out, old);
+        else fdpo_log(FDPO_LOG_WARN, "%s restored from %s (a save was interrupted)", out, old);
     } else if (fdpo_file_exists(out) && fdpo_file_exists(old)) {
         rc = fdpo_remove_tree(old);  /* the swap finished; only the cleanup was interrupted */
     }

@@ -89,7 +89,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         }
         if (s->total_steps != total) { fdpo_error("--steps: %zu total steps differ from the saved run's %zu", total, s->total_steps); goto fail; }
         if (s->data.shuffle != (o->shuffle != 0)) { fdpo_error("--shuffle: differs from the saved run's"); goto fail; }
-        if (s->step >= total) fprintf(stderr, "fdpo: %s already finished (%zu/%zu steps)\n", o->out, s->step, total);
+        if (s->step >= total) fdpo_log(FDPO_LOG_INFO, "%s already finished (%zu/%zu steps)", o->out, s->step, total);
     } else {
         if (!o->overwrite) {
             char *a = fdpo_path_join(o->out, "training_state.json"), *b = fdpo_path_join(o->out, "model.safetensors");
@@ -130,7 +130,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     tr->start_step = s->step;
     if (o->resume) tr->saved_step = s->step;
     if (fdpo_metrics_open(&tr->metrics, o->out, o->resume ? s->step : 0)) goto fail;
-    fdpo_progress_start(&tr->progress, total);
+    fdpo_progress_start(&tr->progress, "train", total);
     return 0;
 fail:
     fdpo_metrics_close(&tr->metrics);
@@ -232,7 +232,7 @@ int fdpo_trainer_maybe_save(fdpo_trainer *tr) {
     }
     if (stop) {
         tr->stopped = 1;
-        if (!tr->opts.quiet) fprintf(stderr, "fdpo: stopped after step %zu (--stop-at); continue with --resume\n", s);
+        if (!tr->opts.quiet) fdpo_log(FDPO_LOG_INFO, "stopped after step %zu (--stop-at); continue with --resume", s);
     }
     return 0;
 }
