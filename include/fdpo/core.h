@@ -16,7 +16,14 @@ int fdpo_error_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)
 const char *fdpo_last_error(void);
 void fdpo_clear_error(void);
 
-/* ---- memory ---- aborts with a message on out-of-memory (nothing sensible to recover). */
+/* ---- memory ----
+ * Allocation never returns NULL. On out-of-memory the library calls the handler set with
+ * fdpo_oom_set (the fdpo command installs one that prints "fdpo: out of memory ..." and
+ * exits 1); the handler may exit/longjmp, or release memory and return, after which the
+ * allocation is retried once. With no handler, or if the retry fails, the library logs an
+ * error through the hook and calls abort() — it never calls exit(). */
+typedef void (*fdpo_oom_fn)(size_t bytes, void *user);
+void fdpo_oom_set(fdpo_oom_fn fn, void *user);
 void *fdpo_malloc(size_t n);
 void *fdpo_calloc(size_t count, size_t size);
 void *fdpo_realloc(void *p, size_t n);
@@ -45,6 +52,16 @@ int fdpo_atomic_commit(fdpo_atomic_file *af);
 void fdpo_atomic_abort(fdpo_atomic_file *af);
 int fdpo_mkdir_p(const char *path);
 int fdpo_file_exists(const char *path);
+/* Exclusive, non-blocking flock on DIR.lock (beside DIR: DIR itself is swapped by rename),
+ * held until fdpo_dir_unlock or process exit; the file records the holder's pid. Taking a
+ * lock this process already holds is a no-op. Refused: "FLAG DIR: in use by another run
+ * (pid N holds DIR.lock)". flag names the option that chose DIR ("--out"). */
+int fdpo_dir_lock(const char *dir, const char *flag);
+void fdpo_dir_unlock(const char *dir);
+int fdpo_dir_locked(const char *dir);
+/* Remove DIR/NAME.tmp.PID files (fdpo_atomic_open's temp names) whose writer PID is no
+ * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. */
+long fdpo_remove_stale_tmp(const char *dir);
 /* path_join returns a malloc'd "a/b". */
 char *fdpo_path_join(const char *a, const char *b);
 /* FNV-1a 64 over bytes, chainable: h = fdpo_hash64(h, data, n), start with FDPO_HASH_INIT. */

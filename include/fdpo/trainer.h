@@ -112,7 +112,11 @@ void fdpo_strv_free(char **v, size_t n);
  * (or copied) into OUT.tmp first so they survive the swap. */
 int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tokenizer *tok,
                              const fdpo_train_state *s, const fdpo_adamw *opt);
-/* If OUT is missing and OUT.old exists, rename it back; remove a stale OUT.tmp. */
+/* Claim OUT for this process and repair it: take the run lock (fdpo_dir_lock on OUT.lock;
+ * a second run on the same OUT is refused naming the holder's pid), then, if OUT is missing
+ * and OUT.old exists, rename it back, remove a stale OUT.tmp and the NAME.tmp.PID files of
+ * dead writers. Runs once per process and directory (later calls return 0); the lock is
+ * released by fdpo_trainer_close or at process exit. */
 int fdpo_checkpoint_recover(const char *out);
 /* Remove a directory tree (files and subdirectories). */
 int fdpo_remove_tree(const char *path);

@@ -44,7 +44,7 @@ static int reference_logps(dpo_source *src, fdpo_gpt2 *ref, uint64_t ref_hash, c
     src->ref_logp = fdpo_malloc(2 * src->set.n * sizeof(double));
     src->cache_path = fdpo_refcache_path(cache_dir, &key);
     return fdpo_refcache_get(cache_dir, &key, ref, o->dpo.layout, (size_t)o->train.batch_size, &src->set,
-                             src->ref_logp, &src->cache_hit, stderr);
+                             src->ref_logp, &src->cache_hit);
 }
 
 static void gather_ref(const dpo_source *src, const fdpo_pref_pair *const *pairs, size_t n, double *out) {
@@ -97,16 +97,15 @@ static int write_json(const char *dir, const char *name, cJSON *root) {
     return rc;
 }
 
-static uint64_t pairs_hash(const fdpo_pref_pair *const *pairs, size_t n) {
+/* The resume fingerprint of a run's data: every token of the training pairs, then of the
+ * held-out pairs (what the eval metrics are computed on must not change either). */
+static uint64_t run_data_hash(const fdpo_pref_pair *const *train, size_t n_train,
+                              const fdpo_pref_pair *const *eval, size_t n_eval) {
     uint64_t h = FDPO_HASH_INIT;
-    for (size_t i = 0; i < n; i++) {
-        const fdpo_pref_pair *p = pairs[i];
-        uint64_t n3[3] = {p->n_prompt, p->n_chosen, p->n_rejected};
-        h = fdpo_hash64(h, n3, sizeof n3);
-        h = fdpo_hash64(h, p->prompt, p->n_prompt * sizeof *p->prompt);
-        h = fdpo_hash64(h, p->chosen, p->n_chosen * sizeof *p->chosen);
-        h = fdpo_hash64(h, p->rejected, p->n_rejected * sizeof *p->rejected);
-    }
+    for (size_t i = 0; i < n_train; i++) h = fdpo_hash_pair(h, train[i]);
+    uint64_t counts[2] = {n_train, n_eval};
+    h = fdpo_hash64(h, counts, sizeof counts);
+    for (size_t i = 0; i < n_eval; i++) h = fdpo_hash_pair(h, eval[i]);
     return h;
 }
 
@@ -131,6 +130,9 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     fdpo_dpo d;
     int d_open = 0;
     fdpo_pref_options popt = o->pref;
+    /* claim OUT before any work: a second run on the same OUT stops here, not after the cache */
+    if (!to->out) return fdpo_error("--out: required (the checkpoint directory to write)");
+    if (fdpo_checkpoint_recover(to->out)) return -1;
 
     /* the policy's context length bounds --max-length */
     char *cfg_path = fdpo_path_join(to->resume ? to->out : policy_dir, "config.json");
@@ -145,10 +147,10 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     }
     if (!(tok = fdpo_trainer_load_tokenizer(to))) goto done;
     if (fdpo_pref_load(o->data, tok, &popt, &train_src.set)) goto done;
-    fdpo_pref_summary_print(stderr, o->data, &train_src.set.summary);
+    fdpo_pref_summary_log(o->data, &train_src.set.summary);
     if (o->eval_file) {
         if (fdpo_pref_load(o->eval_file, tok, &popt, &eval_src.set)) goto done;
-        fdpo_pref_summary_print(stderr, o->eval_file, &eval_src.set.summary);
+        fdpo_pref_summary_log(o->eval_file, &eval_src.set.summary);
         n_train = train_src.set.n;
         train_idx = fdpo_malloc(n_train * sizeof *train_idx);
         for (size_t i = 0; i < n_train; i++) train_idx[i] = i;
@@ -189,7 +191,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
         }
     }
 
-    if (fdpo_trainer_open(&tr, to, "dpo", tok, n_train, pairs_hash(train_pairs, n_train), o->n_fixed,
+    if (fdpo_trainer_open(&tr, to, "dpo", tok, n_train, run_data_hash(train_pairs, n_train, eval_pairs, n_eval), o->n_fixed,
                           o->fixed_keys, o->fixed_values)) goto done;
     tr_open = 1;
     {
@@ -285,6 +287,8 @@ done:
     if (tr_open) {
         int crc2 = fdpo_trainer_close(&tr, rc == 0);
         if (!rc) rc = crc2;
+    } else {
+        fdpo_dir_unlock(to->out);
     }
     fdpo_gpt2_free(ref);
     source_free(&train_src);

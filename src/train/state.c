@@ -357,7 +357,8 @@ static char *suffixed(const char *path, const char *suffix) {
     return r;
 }
 
-int fdpo_checkpoint_recover(const char *out) {
+/* Undo what an interrupted save left: OUT.old back into place, OUT.tmp removed. */
+static int recover_swap(const char *out) {
     char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
     int rc = 0;
     if (!fdpo_file_exists(out) && fdpo_file_exists(old)) {
@@ -366,16 +367,28 @@ int fdpo_checkpoint_recover(const char *out) {
     } else if (fdpo_file_exists(out) && fdpo_file_exists(old)) {
         rc = fdpo_remove_tree(old);  /* the swap finished; only the cleanup was interrupted */
     }
-    if (!rc && fdpo_file_exists(tmp)) rc = fdpo_remove_tree(tmp);
+    if (!rc && fdpo_file_exists(tmp)) {
+        fdpo_log(FDPO_LOG_WARN, "removed %s (left by an interrupted save)", tmp);
+        rc = fdpo_remove_tree(tmp);
+    }
     free(old); free(tmp);
     return rc;
+}
+
+int fdpo_checkpoint_recover(const char *out) {
+    if (fdpo_dir_locked(out)) return 0;   /* claimed (and recovered) earlier by this process */
+    if (fdpo_dir_lock(out, "--out")) return -1;
+    /* under the lock nobody else writes here: what an interrupted save or a killed writer left is stale */
+    if (recover_swap(out)) { fdpo_dir_unlock(out); return -1; }
+    fdpo_remove_stale_tmp(out);
+    return 0;
 }
 
 int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tokenizer *tok,
                              const fdpo_train_state *s, const fdpo_adamw *opt) {
     char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
     int rc = -1;
-    if (fdpo_checkpoint_recover(out)) goto done;
+    if (fdpo_checkpoint_recover(out) || recover_swap(out)) goto done;
     if (fdpo_mkdir_p(tmp)) goto done;
     if (fdpo_file_exists(out) && carry_over(out, tmp, 1)) goto done;
     if (fdpo_checkpoint_save_model(tmp, m)) goto done;

@@ -240,11 +240,13 @@ int fdpo_trainer_maybe_save(fdpo_trainer *tr) {
 int fdpo_trainer_close(fdpo_trainer *tr, int save_final) {
     int rc = 0;
     if (save_final && tr->model && tr->saved_step != tr->state.step) rc = fdpo_trainer_save(tr);
-    if (!tr->opts.quiet && tr->model) fdpo_progress_end(&tr->progress);
+    /* the "done" line only for a run that succeeded: a failure ends with its error alone */
+    if (save_final && !rc && !tr->opts.quiet && tr->model) fdpo_progress_end(&tr->progress);
     fdpo_metrics_close(&tr->metrics);
     fdpo_train_state_free(&tr->state);
     fdpo_adamw_free(&tr->opt);
     fdpo_gpt2_free(tr->model);
     tr->model = NULL;
+    if (tr->opts.out) fdpo_dir_unlock(tr->opts.out);
     return rc;
 }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include "fdpo/data.h"
 #include "fdpo/io.h"
+#include "fdpo/pref.h"
 #include "fdpo/tokenizer.h"
 #include "fdpo/train.h"
 #include "fdpo/trainer.h"
@@ -303,6 +304,7 @@ START_TEST(state_and_checkpoint_round_trip) {
     /* a crash between the renames: only OUT.old is left */
     char *old = tmp_path("ckpt.old");
     ck_assert_int_eq(rename(out, old), 0);
+    fdpo_dir_unlock(out);   /* the crashed process is gone; the next one claims OUT afresh */
     ck_assert_int_eq(fdpo_checkpoint_recover(out), 0);
     ck_assert(fdpo_file_exists(out) && !fdpo_file_exists(old));
 
@@ -363,6 +365,41 @@ START_TEST(metrics_writer_and_resume_truncation) {
 }
 END_TEST
 
+/* The held-out preference pairs never reach training: train and eval index sets are
+ * disjoint, together cover 0..n-1 once, hold round(fraction * n) eval pairs (at least 1 when
+ * fraction > 0 and n >= 2), and the same seed gives the same split. */
+START_TEST(pref_split_is_disjoint_and_complete) {
+    const size_t sizes[] = {2, 3, 10, 97, 1000};
+    const double fractions[] = {0.0, 0.01, 0.1, 0.5, 0.9};
+    for (size_t a = 0; a < sizeof sizes / sizeof sizes[0]; a++) {
+        for (size_t b = 0; b < sizeof fractions / sizeof fractions[0]; b++) {
+            for (uint64_t seed = 1; seed <= 3; seed++) {
+                size_t n = sizes[a], *tr, *ev, nt, ne;
+                double f = fractions[b];
+                ck_assert_int_eq(fdpo_pref_split(n, f, seed, &tr, &nt, &ev, &ne), 0);
+                ck_assert_uint_eq(nt + ne, n);
+                size_t want = (size_t)floor(f * (double)n + 0.5);
+                if (f > 0 && n >= 2 && want == 0) want = 1;
+                if (want >= n) want = n - 1;
+                ck_assert_uint_eq(ne, want);
+                unsigned char *seen = calloc(n, 1);
+                for (size_t i = 0; i < nt; i++) { ck_assert_uint_lt(tr[i], n); ck_assert_int_eq(seen[tr[i]], 0); seen[tr[i]] = 1; }
+                for (size_t i = 0; i < ne; i++) { ck_assert_uint_lt(ev[i], n); ck_assert_int_eq(seen[ev[i]], 0); seen[ev[i]] = 2; }
+                for (size_t i = 0; i < n; i++) ck_assert_int_ne(seen[i], 0);
+                size_t *tr2, *ev2, nt2, ne2;
+                ck_assert_int_eq(fdpo_pref_split(n, f, seed, &tr2, &nt2, &ev2, &ne2), 0);
+                ck_assert_uint_eq(ne2, ne);
+                ck_assert_int_eq(memcmp(ev, ev2, ne * sizeof *ev), 0);
+                free(seen); free(tr); free(ev); free(tr2); free(ev2);
+            }
+        }
+    }
+    size_t *tr, *ev, nt, ne;
+    ck_assert_int_eq(fdpo_pref_split(10, 1.0, 1, &tr, &nt, &ev, &ne), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--eval-fraction"));
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train");
     TCase *tc = tcase_create("train");
@@ -378,6 +415,7 @@ int main(void) {
     tcase_add_test(tc, sft_messages_template);
     tcase_add_test(tc, state_and_checkpoint_round_trip);
     tcase_add_test(tc, metrics_writer_and_resume_truncation);
+    tcase_add_test(tc, pref_split_is_disjoint_and_complete);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

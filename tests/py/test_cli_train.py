@@ -277,3 +277,59 @@ def test_bad_inputs(tmp_path, corpus):
     d.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "\xff", "completion": "b"}\n')
     assert "d.jsonl:2: invalid UTF-8" in err("sft", *out, d)
     assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_second_run_on_the_same_out_is_refused(tmp_path, corpus):
+    """Two processes, one --out: the second is refused with the holder's pid; the first
+    goes on and can still be continued."""
+    out = tmp_path / "o"
+    p = subprocess.Popen([FDPO, "pretrain", "--out", str(out), *TINY, "--batch-size", "1",
+                          "--steps", "1000000", "--eval-every", "0", *map(str, corpus)],
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # training is under way: the lock is held
+        if line.startswith("step "):
+            break
+    try:
+        r = fdpo("pretrain", "--out", out, *TINY, "--steps", "1", "--overwrite", "--quiet", *corpus)
+        assert r.returncode != 0
+        assert f"pid {p.pid}" in r.stderr and "in use by another run" in r.stderr, r.stderr
+        r = fdpo("pretrain", "--out", out, "--resume", "--quiet", *corpus)
+        assert r.returncode != 0 and f"pid {p.pid}" in r.stderr, r.stderr
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.stderr.read()
+        p.wait(timeout=60)
+    # the holder is gone: the lock goes with it
+    step = json.loads((out / "training_state.json").read_text())["step"]
+    ok("pretrain", "--out", out, "--resume", "--stop-at", step + 1, "--quiet", *corpus)
+
+
+def test_stale_temp_files_are_cleaned_at_start(tmp_path, corpus):
+    """What a kill or ENOSPC leaves (OUT.tmp, NAME.tmp.PID of a dead writer) is removed when
+    the next run claims OUT; a temp file of a live process is left alone."""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--stop-at", "2", "--quiet", *corpus)
+    dead = 4194304 + 7  # above Linux's pid_max: no such process
+    (out / f"metrics.jsonl.tmp.{dead}").write_text("half")
+    (out / f"training_state.json.tmp.{dead}").write_text("{")
+    live = out / f"notes.txt.tmp.{os.getpid()}"
+    live.write_text("being written")
+    (tmp_path / "o.tmp").mkdir()
+    (tmp_path / "o.tmp" / f"model.safetensors.tmp.{dead}").write_bytes(b"x")
+    r = ok("pretrain", "--out", out, "--resume", "--quiet", *corpus)
+    assert not (out / f"metrics.jsonl.tmp.{dead}").exists()
+    assert not (out / f"training_state.json.tmp.{dead}").exists()
+    assert not (tmp_path / "o.tmp").exists()
+    assert f"metrics.jsonl.tmp.{dead}" in r.stderr  # said what it removed
+    assert live.name not in r.stderr  # a live writer's file is not removed as stale
+    assert metrics(out)[-1]["step"] == 4
+
+
+def test_no_success_line_after_a_failure(tmp_path, corpus):
+    """A run that diverges ends with its error, not with 'done in ...'."""
+    r = fdpo("pretrain", "--out", tmp_path / "o", *TINY, "--lr", "1e30", "--steps", "6",
+             "--schedule", "constant", *corpus)
+    assert r.returncode != 0 and "gradient norm is" in r.stderr, r.stderr
+    assert "done in" not in r.stderr, r.stderr
+    r = ok("pretrain", "--out", tmp_path / "good", *TINY, "--steps", "1", *corpus)
+    assert "done in" in r.stderr
