@@ -29,6 +29,11 @@ void *fdpo_calloc(size_t count, size_t size);
 void *fdpo_realloc(void *p, size_t n);
 char *fdpo_strdup(const char *s);
 
+/* ---- string vectors ---- the one growable list of owned strings. */
+typedef struct { char **v; size_t n, cap; } fdpo_strv;
+const char *fdpo_strv_push(fdpo_strv *sv, const char *s);  /* copies s; returns the copy */
+void fdpo_strv_free(fdpo_strv *sv);
+
 /* ---- RNG ---- xoshiro256** seeded with splitmix64: same seed -> same stream everywhere. */
 typedef struct { uint64_t s[4]; } fdpo_rng;
 void fdpo_rng_seed(fdpo_rng *r, uint64_t seed);
@@ -62,6 +67,10 @@ int fdpo_dir_locked(const char *dir);
 /* Remove DIR/NAME.tmp.PID files (fdpo_atomic_open's temp names) whose writer PID is no
  * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. */
 long fdpo_remove_stale_tmp(const char *dir);
+/* JSON written atomically: pretty-printed (pretty = 1) or on one line, with a final
+ * newline. root is a cJSON tree (cJSON.h); the caller keeps ownership. */
+struct cJSON;
+int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty);
 /* path_join returns a malloc'd "a/b". */
 char *fdpo_path_join(const char *a, const char *b);
 /* FNV-1a 64 over bytes, chainable: h = fdpo_hash64(h, data, n), start with FDPO_HASH_INIT. */

@@ -70,6 +70,7 @@ typedef struct {
     size_t cap_tokens;
 } fdpo_dpo;
 
+/* cfg->loss must have passed fdpo_pref_loss_check (fdpo_dpo_run_opts_check does it once per run). */
 int  fdpo_dpo_init(fdpo_dpo *d, fdpo_gpt2 *policy, fdpo_gpt2 *ref_live, const fdpo_dpo_config *cfg);
 void fdpo_dpo_free(fdpo_dpo *d);
 
@@ -123,9 +124,16 @@ typedef struct {
     double eval_fraction;
     fdpo_pref_options pref;
     fdpo_dpo_config dpo;        /* micro_batch is taken from train.batch_size */
-    size_t n_fixed;
-    const char *const *fixed_keys, *const *fixed_values;
 } fdpo_dpo_run_opts;
+/* Defaults of `fdpo dpo` (train options included: lr 1e-6, linear schedule, eval every 50). */
+void fdpo_dpo_run_opts_default(fdpo_dpo_run_opts *o);
+/* The one check of a run's options (the train options, the loss, the data shaping); called
+ * by fdpo_dpo_train. Errors name the option by its flag ("--beta: must be > 0"). */
+int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o);
+/* The run's settings under their flag names, for training_state.json: the objective, data
+ * shaping and reference are fixed on --resume; layout, ref-live and ref-cache-dir are kept
+ * unless given again. Appended to s. */
+void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s);
 int fdpo_dpo_train(const fdpo_dpo_run_opts *o);
 
 #endif

@@ -2,6 +2,7 @@
  * log-probs (cache or live), and run the shared trainer loop with the f-DPO step. */
 #include <cJSON.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,18 +55,29 @@ static void gather_ref(const dpo_source *src, const fdpo_pref_pair *const *pairs
     }
 }
 
+/* The step metrics under TRL's names (DPOTrainer), in the order they are logged; the one
+ * place these names are written. summary = 1: also in eval_summary.json. */
+static const struct { const char *name; size_t offset; int summary; } DPO_METRICS[] = {
+    {"rewards/chosen", offsetof(fdpo_dpo_metrics, rewards_chosen), 1},
+    {"rewards/rejected", offsetof(fdpo_dpo_metrics, rewards_rejected), 1},
+    {"rewards/margins", offsetof(fdpo_dpo_metrics, margins), 1},
+    {"rewards/accuracies", offsetof(fdpo_dpo_metrics, accuracy), 1},
+    {"logps/chosen", offsetof(fdpo_dpo_metrics, logps_chosen), 1},
+    {"logps/rejected", offsetof(fdpo_dpo_metrics, logps_rejected), 1},
+    {"logits/chosen", offsetof(fdpo_dpo_metrics, logits_chosen), 0},
+    {"logits/rejected", offsetof(fdpo_dpo_metrics, logits_rejected), 0},
+};
+#define N_DPO_METRICS (sizeof DPO_METRICS / sizeof DPO_METRICS[0])
+static double metric_value(const fdpo_dpo_metrics *m, size_t i) {
+    return *(const double *)((const char *)m + DPO_METRICS[i].offset);
+}
+
 static void add_dpo_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_dpo_metrics *m, int with_loss, double sft_weight) {
     char k[64];
 #define ADD(name, v) do { snprintf(k, sizeof k, "%s%s", prefix, name); fdpo_metrics_add(mw, k, v); } while (0)
     if (with_loss) ADD("loss", m->loss);
-    ADD("rewards/chosen", m->rewards_chosen);
-    ADD("rewards/rejected", m->rewards_rejected);
-    ADD("rewards/margins", m->margins);
-    ADD("rewards/accuracies", m->accuracy);
-    ADD("logps/chosen", m->logps_chosen);
-    ADD("logps/rejected", m->logps_rejected);
-    ADD("logits/chosen", m->logits_chosen);
-    ADD("logits/rejected", m->logits_rejected);
+    for (size_t i = 0; i < N_DPO_METRICS; i++) ADD(DPO_METRICS[i].name, metric_value(m, i));
+    /* fdpo's own: beta * s(l) of the f-DPO score (absent for simpo) and the RPO term */
     if (isfinite(m->scores_chosen)) { ADD("scores/chosen", m->scores_chosen); ADD("scores/rejected", m->scores_rejected); }
     if (sft_weight > 0) ADD("nll", m->sft_nll);
 #undef ADD
@@ -75,25 +87,15 @@ static cJSON *metrics_json(const fdpo_dpo_metrics *m) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "pairs", (double)m->pairs);
     cJSON_AddNumberToObject(o, "loss", m->loss);
-    cJSON_AddNumberToObject(o, "rewards/accuracies", m->accuracy);
-    cJSON_AddNumberToObject(o, "rewards/margins", m->margins);
-    cJSON_AddNumberToObject(o, "rewards/chosen", m->rewards_chosen);
-    cJSON_AddNumberToObject(o, "rewards/rejected", m->rewards_rejected);
-    cJSON_AddNumberToObject(o, "logps/chosen", m->logps_chosen);
-    cJSON_AddNumberToObject(o, "logps/rejected", m->logps_rejected);
+    for (size_t i = 0; i < N_DPO_METRICS; i++)
+        if (DPO_METRICS[i].summary) cJSON_AddNumberToObject(o, DPO_METRICS[i].name, metric_value(m, i));
     return o;
 }
 
-static int write_json(const char *dir, const char *name, cJSON *root) {
-    char *text = cJSON_Print(root);
+static int write_json(const char *dir, const char *name, const cJSON *root) {
     char *path = fdpo_path_join(dir, name);
-    size_t n = strlen(text);
-    char *body = fdpo_malloc(n + 2);
-    memcpy(body, text, n);
-    body[n] = '\n';
-    int rc = fdpo_write_file_atomic(path, body, n + 1);
-    free(body); free(path);
-    cJSON_free(text);
+    int rc = fdpo_write_json_atomic(path, root, 1);
+    free(path);
     return rc;
 }
 
@@ -109,13 +111,63 @@ static uint64_t run_data_hash(const fdpo_pref_pair *const *train, size_t n_train
     return h;
 }
 
+void fdpo_dpo_run_opts_default(fdpo_dpo_run_opts *o) {
+    memset(o, 0, sizeof *o);
+    fdpo_train_opts_default(&o->train);
+    /* DPO fine-tunes a given policy: tiny lr, linear decay, frequent held-out checks */
+    o->train.lr = 1e-6; o->train.schedule = "linear"; o->train.eval_every = 50;
+    o->train.val_fraction = 0;
+    o->train.n_layer = o->train.n_head = o->train.n_embd = o->train.n_positions = o->train.seq_len = 1;
+    o->eval_fraction = 0.1;
+    o->dpo.loss = (fdpo_pref_loss){.kind = FDPO_LOSS_SIGMOID, .div = {.kind = FDPO_DIV_RKL}, .beta = 0.1, .simpo_gamma = 0.5};
+    o->dpo.layout = FDPO_LAYOUT_SHARED;
+    o->pref.on_long = FDPO_PREF_LONG_TRUNCATE;
+    o->pref.on_bad = FDPO_PREF_ERROR;
+}
+
+int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
+    if (!o->train.init) return fdpo_error("--policy: required (the checkpoint to align, also the default reference)");
+    if (!o->data) return fdpo_error("--data: required (preference JSONL)");
+    if (fdpo_train_opts_check(&o->train)) return -1;
+    if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;
+    if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
+    if (o->ref_live && o->ref_cache_dir) return fdpo_error("--ref-cache-dir: has no use with --ref-live");
+    return 0;
+}
+
+static const char *on_long_name(fdpo_pref_on_long v) {
+    return v == FDPO_PREF_LONG_SKIP ? "skip" : v == FDPO_PREF_LONG_ERROR ? "error" : "truncate";
+}
+
+void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s) {
+    char div[64];
+    fdpo_divergence_name(&o->dpo.loss.div, div, sizeof div);   /* canonical: alpha:.5 == alpha:0.5 */
+    fdpo_settings_str(s, "policy", o->train.init, 1);
+    fdpo_settings_str(s, "data", o->data, 1);
+    fdpo_settings_str(s, "divergence", div, 1);
+    fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.loss.kind), 1);
+    fdpo_settings_num(s, "beta", o->dpo.loss.beta, 1);
+    fdpo_settings_num(s, "label-smoothing", o->dpo.loss.label_smoothing, 1);
+    fdpo_settings_num(s, "simpo-gamma", o->dpo.loss.simpo_gamma, 1);
+    fdpo_settings_num(s, "sft-weight", o->dpo.loss.sft_weight, 1);
+    fdpo_settings_num(s, "max-length", (double)o->pref.max_length, 1);
+    fdpo_settings_num(s, "max-prompt-length", (double)o->pref.max_prompt_length, 1);
+    fdpo_settings_str(s, "on-long", on_long_name(o->pref.on_long), 1);
+    fdpo_settings_str(s, "bad-pairs", o->pref.on_bad == FDPO_PREF_SKIP ? "skip" : "error", 1);
+    fdpo_settings_num(s, "eval-fraction", o->eval_fraction, 1);
+    fdpo_settings_str(s, "eval-file", o->eval_file, 1);
+    fdpo_settings_str(s, "ref", o->ref, 1);
+    /* the same function either way (docs/dpo.md): kept from the saved run unless given again */
+    fdpo_settings_str(s, "layout", o->dpo.layout == FDPO_LAYOUT_PLAIN ? "plain" : "shared", 0);
+    fdpo_settings_bool(s, "ref-live", o->ref_live, 0);
+    fdpo_settings_str(s, "ref-cache-dir", o->ref_cache_dir, 0);
+}
+
 int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     const fdpo_train_opts *to = &o->train;
     const char *policy_dir = to->init;
-    if (!policy_dir) return fdpo_error("--policy: required (the checkpoint to align, also the default reference)");
-    if (!o->data) return fdpo_error("--data: required (preference JSONL)");
+    if (fdpo_dpo_run_opts_check(o)) return -1;
     const int simpo = o->dpo.loss.kind == FDPO_LOSS_SIMPO;
-    if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;
 
     int rc = -1;
     fdpo_tokenizer *tok = NULL;
@@ -131,7 +183,6 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     int d_open = 0;
     fdpo_pref_options popt = o->pref;
     /* claim OUT before any work: a second run on the same OUT stops here, not after the cache */
-    if (!to->out) return fdpo_error("--out: required (the checkpoint directory to write)");
     if (fdpo_checkpoint_recover(to->out)) return -1;
 
     /* the policy's context length bounds --max-length */
@@ -191,8 +242,11 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
         }
     }
 
-    if (fdpo_trainer_open(&tr, to, "dpo", tok, n_train, run_data_hash(train_pairs, n_train, eval_pairs, n_eval), o->n_fixed,
-                          o->fixed_keys, o->fixed_values)) goto done;
+    fdpo_settings settings = {0};
+    fdpo_dpo_run_opts_settings(o, &settings);
+    int orc = fdpo_trainer_open(&tr, to, "dpo", tok, n_train, run_data_hash(train_pairs, n_train, eval_pairs, n_eval), &settings);
+    fdpo_settings_free(&settings);
+    if (orc) goto done;
     tr_open = 1;
     {
         cJSON *root = cJSON_CreateObject();

@@ -293,8 +293,12 @@ START_TEST(state_and_checkpoint_round_trip) {
     fdpo_rng_seed(&s.rng, 3);
     fdpo_order_init(&s.data, 6, 1, &s.rng);
     fdpo_order_next(&s.data, &s.rng);
-    const char *keys[] = {"lr", "seed"}, *vals[] = {"0.001", "3"};
-    fdpo_train_state_set_fixed(&s, 2, keys, vals);
+    fdpo_settings_num(&s.settings, "lr", 0.001, 1);
+    fdpo_settings_num(&s.settings, "seed", 3, 1);
+    fdpo_settings_str(&s.settings, "schedule", "cosine", 1);
+    fdpo_settings_str(&s.settings, "eval-file", NULL, 1);
+    fdpo_settings_bool(&s.settings, "shuffle", 1, 1);
+    fdpo_settings_num(&s.settings, "save-every", 5, 0);
     ck_assert_int_eq(fdpo_checkpoint_save_all(out, m, tok, &s, &o), 0);
     /* files a user keeps in OUT survive the next save's directory swap */
     char *extra = fdpo_path_join(out, "notes.txt");
@@ -323,8 +327,27 @@ START_TEST(state_and_checkpoint_round_trip) {
     ck_assert_int_eq(memcmp(&s2.rng, &s.rng, sizeof s.rng), 0);
     ck_assert_uint_eq(s2.data.pos, 1); ck_assert_uint_eq(s2.data.n, 6);
     ck_assert_int_eq(memcmp(s2.data.order, s.data.order, 6 * sizeof(size_t)), 0);
-    ck_assert_uint_eq(s2.n_fixed, 2);
-    ck_assert_str_eq(s2.fixed_keys[1], "seed"); ck_assert_str_eq(s2.fixed_values[0], "0.001");
+    /* settings come back typed, with their fixedness */
+    ck_assert_uint_eq(s2.settings.n, 6);
+    const fdpo_setting *x = fdpo_settings_find(&s2.settings, "lr");
+    ck_assert(x && x->type == FDPO_SETTING_NUM && x->num == 0.001 && x->fixed);
+    x = fdpo_settings_find(&s2.settings, "schedule");
+    ck_assert(x && x->type == FDPO_SETTING_STR && !strcmp(x->str, "cosine"));
+    x = fdpo_settings_find(&s2.settings, "eval-file");
+    ck_assert(x && x->type == FDPO_SETTING_NULL);
+    x = fdpo_settings_find(&s2.settings, "shuffle");
+    ck_assert(x && x->type == FDPO_SETTING_BOOL && x->num == 1);
+    x = fdpo_settings_find(&s2.settings, "save-every");
+    ck_assert(x && x->type == FDPO_SETTING_NUM && x->num == 5 && !x->fixed);
+    /* resume check: a fixed setting must be equal, a kept one may change */
+    fdpo_settings now = {0};
+    fdpo_settings_num(&now, "save-every", 7, 0);
+    fdpo_settings_num(&now, "seed", 3, 1);
+    ck_assert_int_eq(fdpo_settings_check_resume(&s2.settings, &now), 0);
+    fdpo_settings_num(&now, "lr", 0.002, 1);
+    ck_assert_int_eq(fdpo_settings_check_resume(&s2.settings, &now), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--lr: 0.002 differs from the saved run's 0.001 (it cannot change on --resume)");
+    fdpo_settings_free(&now);
     ck_assert_str_eq(s2.kind, "pretrain");
     /* a damaged state file is an error naming the file and field */
     char *sj = fdpo_path_join(out, "training_state.json");

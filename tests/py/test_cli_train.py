@@ -333,3 +333,38 @@ def test_no_success_line_after_a_failure(tmp_path, corpus):
     assert "done in" not in r.stderr, r.stderr
     r = ok("pretrain", "--out", tmp_path / "good", *TINY, "--steps", "1", *corpus)
     assert "done in" in r.stderr
+
+
+def test_resume_keeps_non_fixed_flags(tmp_path, corpus):
+    """--save-every (and the other non-fixed flags) of the saved run stay in force on
+    --resume unless given again; the log says which values are in force."""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "1", "--steps", "12", "--save-every", "3",
+       "--eval-every", "0", "--log-every", "2", "--stop-at", "3", "--quiet", *corpus)
+    state = json.loads((out / "training_state.json").read_text())
+    assert state["settings"]["save-every"] == 3 and "save-every" not in state["fixed"]
+    assert state["settings"]["lr"] == 3e-4 and "lr" in state["fixed"]
+    r = ok("pretrain", "--out", out, "--resume", "--stop-at", "7", *corpus)
+    assert "save-every=3" in r.stderr and "log-every=2" in r.stderr, r.stderr
+    # log-every=2 stayed in force (3 and 7 are the --stop-at steps, always logged)
+    assert [m["step"] for m in metrics(out)] == [2, 3, 4, 6, 7]
+    # a value given again wins and is saved for the next resume
+    r = ok("pretrain", "--out", out, "--resume", "--save-every", "4", "--stop-at", "9", *corpus)
+    assert "new values given now for: --save-every" in r.stderr, r.stderr
+    assert json.loads((out / "training_state.json").read_text())["settings"]["save-every"] == 4
+
+
+def test_resume_save_every_takes_effect(tmp_path, corpus):
+    """The defect: a resumed run without --save-every saved nothing until the end. Kill it
+    after a save point and look at the checkpoint it left."""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "1", "--steps", "1000000", "--save-every", "2",
+       "--eval-every", "0", "--stop-at", "2", "--quiet", *corpus)
+    p = subprocess.Popen([FDPO, "pretrain", "--out", str(out), "--resume", *map(str, corpus)],
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # wait for step 5: saves at 4 must have happened
+        if line.startswith("step 5/"):
+            break
+    p.kill()  # no chance to save on the way out
+    p.wait(timeout=60)
+    assert json.loads((out / "training_state.json").read_text())["step"] == 4
