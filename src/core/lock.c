@@ -18,7 +18,7 @@
 
 /* Locks this process holds (a run holds one; a handful is plenty). */
 #define MAX_HELD 8
-static struct { char *dir; int fd; } g_held[MAX_HELD];
+static struct { char *dir; int fd; pid_t owner; } g_held[MAX_HELD];
 
 static char *lock_path(const char *dir) {
     size_t n = strlen(dir);
@@ -30,7 +30,9 @@ static char *lock_path(const char *dir) {
 }
 
 static int held_index(const char *path) {
-    for (int i = 0; i < MAX_HELD; i++) if (g_held[i].dir && !strcmp(g_held[i].dir, path)) return i;
+    /* a forked child inherits the table but not the ownership: it must lock on its own */
+    for (int i = 0; i < MAX_HELD; i++)
+        if (g_held[i].dir && g_held[i].owner == getpid() && !strcmp(g_held[i].dir, path)) return i;
     return -1;
 }
 
@@ -38,7 +40,7 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
     char *path = lock_path(dir);
     if (held_index(path) >= 0) { free(path); return 0; }
     int slot;
-    for (slot = 0; slot < MAX_HELD && g_held[slot].dir; slot++) {}
+    for (slot = 0; slot < MAX_HELD && g_held[slot].dir && g_held[slot].owner == getpid(); slot++) {}
     if (slot == MAX_HELD) { free(path); return fdpo_error("%s %s: too many run directories locked by one process", flag, dir); }
     char *parent = fdpo_strdup(path);
     char *slash = strrchr(parent, '/');
@@ -70,8 +72,10 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
         free(path);
         return -1;
     }
+    if (g_held[slot].dir) free(g_held[slot].dir);   /* the parent's entry, in a forked child */
     g_held[slot].dir = path;
     g_held[slot].fd = fd;
+    g_held[slot].owner = getpid();
     return 0;
 }
 
