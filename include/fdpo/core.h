@@ -34,6 +34,28 @@ typedef struct { char **v; size_t n, cap; } fdpo_strv;
 const char *fdpo_strv_push(fdpo_strv *sv, const char *s);  /* copies s; returns the copy */
 void fdpo_strv_free(fdpo_strv *sv);
 
+/* ---- index tables ----
+ * The one hash table of libfdpo: open addressing with linear probing over items that live in
+ * the caller's own arrays. A slot holds item index + 1 (0 = empty); the table stores no keys,
+ * so a lookup is a probe loop in which the caller compares its item:
+ *     for (size_t i = fdpo_itab_first(&t, h); t.slot[i]; i = fdpo_itab_next(&t, i))
+ *         if (same_key(t.slot[i] - 1)) return t.slot[i] - 1;
+ *     fdpo_itab_set(&t, i, item);     (not found: i is the empty slot where it goes)
+ * Capacity is a power of two kept at load <= 1/2 (fdpo_itab_reserve). */
+typedef struct { uint32_t *slot; size_t cap, n; } fdpo_itab;
+void fdpo_itab_init(fdpo_itab *t, size_t n_items);           /* room for n_items */
+static inline size_t fdpo_itab_first(const fdpo_itab *t, uint64_t hash) { return (size_t)(hash & (t->cap - 1)); }
+static inline size_t fdpo_itab_next(const fdpo_itab *t, size_t i) { return (i + 1) & (t->cap - 1); }
+static inline void fdpo_itab_set(fdpo_itab *t, size_t slot, size_t item) {
+    if (!t->slot[slot]) t->n++;
+    t->slot[slot] = (uint32_t)item + 1;
+}
+/* Make room for n_items; when the table grows, the items in it are placed again with
+ * hash_of(item, ctx), so slots found before are stale: probe again. Returns 1 if it grew. */
+int fdpo_itab_reserve(fdpo_itab *t, size_t n_items, uint64_t (*hash_of)(size_t item, const void *ctx), const void *ctx);
+void fdpo_itab_clear(fdpo_itab *t);   /* empty, same capacity */
+void fdpo_itab_free(fdpo_itab *t);
+
 /* ---- RNG ---- xoshiro256** seeded with splitmix64: same seed -> same stream everywhere. */
 typedef struct { uint64_t s[4]; } fdpo_rng;
 void fdpo_rng_seed(fdpo_rng *r, uint64_t seed);
