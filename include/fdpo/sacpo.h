@@ -1,0 +1,43 @@
+/* SACPO (Wachi et al., NeurIPS 2024): safety-constrained alignment done stepwise.
+ *
+ *   max E[r] - beta D(pi || pi_ref)  s.t.  E[g] >= b
+ *
+ * For a multiplier lambda > 0 the Lagrangian optimum is pi_ref (f')^-1((r + lambda g - mu)/beta).
+ * For reverse KL, pi_ref exp((r + lambda g)/beta) = [pi_ref exp(r/beta)] exp(g/(beta/lambda)),
+ * so aligning for r with beta and then that model for g with beta/lambda (each an ordinary
+ * f-DPO run on its own preference data, the second with the first's result as reference)
+ * reaches the joint optimum; for other f the composition is not exact (fdpo lab
+ * constrained --stepwise measures the gap). P-SACPO: merge the weights of models aligned
+ * with different lambdas to get the ones between without training them.
+ *
+ * Layout of OUT (docs/sacpo.md):
+ *   OUT/reward                reward-first: the reward stage (shared by every lambda)
+ *   OUT/safety-lambda-L       safety-first: the safety stage of lambda L
+ *   OUT/lambda-L              the final model of lambda L
+ *   OUT/merge-LA-LB-wW        P-SACPO: (1-W) lambda-LA + W lambda-LB
+ *   OUT/sacpo.json            the plan and the stages completed (resume skips them)
+ * Every stage is an f-DPO run (fdpo_dpo_train) with the template's loss, divergence,
+ * trainer options and reference cache; a stage interrupted half-way resumes. */
+#ifndef FDPO_SACPO_H
+#define FDPO_SACPO_H
+#include <stddef.h>
+#include "fdpo/dpo.h"
+
+typedef struct {
+    fdpo_dpo_run_opts dpo;        /* template: train.init = the model, loss (divergence, beta), trainer options */
+    const char *reward_data;      /* preference JSONL for helpfulness/reward */
+    const char *safety_data;      /* preference JSONL for safety */
+    const double *lambdas;        /* > 0 each, ascending */
+    size_t n_lambdas;
+    int safety_first;             /* order: 0 reward-first, 1 safety-first */
+    const double *merge_weights;  /* P-SACPO weights in (0, 1) between consecutive lambdas, or NULL */
+    size_t n_merge_weights;
+    const char *out;
+} fdpo_sacpo_opts;
+
+int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o);
+int fdpo_sacpo_run(const fdpo_sacpo_opts *o);
+/* "OUT/lambda-0.5" etc. (malloc'd): the directory a lambda's final model lands in */
+char *fdpo_sacpo_lambda_dir(const char *out, double lambda);
+
+#endif

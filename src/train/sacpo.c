@@ -1,0 +1,185 @@
+/* SACPO: stepwise safety-constrained alignment, each stage an f-DPO run; P-SACPO merges
+ * (include/fdpo/sacpo.h, docs/sacpo.md). */
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/io.h"
+#include "fdpo/merge.h"
+#include "fdpo/sacpo.h"
+#include "fdpo/tokenizer.h"
+
+int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
+    if (!o->dpo.train.init) return fdpo_error("--model: required (the checkpoint to align)");
+    if (!o->reward_data) return fdpo_error("--reward-data: required (preference JSONL for the reward stage)");
+    if (!o->safety_data) return fdpo_error("--safety-data: required (preference JSONL for the safety stage)");
+    if (!o->out) return fdpo_error("--out: required (the directory that receives every stage)");
+    if (o->n_lambdas == 0) return fdpo_error("--lambda: at least one multiplier is required");
+    for (size_t i = 0; i < o->n_lambdas; i++) {
+        if (!(o->lambdas[i] > 0) || !isfinite(o->lambdas[i]))
+            return fdpo_error("--lambda: %g must be a positive number (lambda = 0 is the reward stage alone: OUT/reward)", o->lambdas[i]);
+        if (i > 0 && !(o->lambdas[i] > o->lambdas[i - 1]))
+            return fdpo_error("--lambda: the list must be strictly increasing (%g after %g)", o->lambdas[i], o->lambdas[i - 1]);
+    }
+    for (size_t i = 0; i < o->n_merge_weights; i++)
+        if (!(o->merge_weights[i] > 0 && o->merge_weights[i] < 1))
+            return fdpo_error("--merge: weight %g must be in (0, 1)", o->merge_weights[i]);
+    if (o->n_merge_weights && o->n_lambdas < 2) return fdpo_error("--merge: needs two or more --lambda values to interpolate between");
+    if (o->dpo.loss.kind == FDPO_LOSS_SIMPO)
+        return fdpo_error("--loss simpo: SACPO's second stage needs the first stage as its reference; simpo has none");
+    if (o->dpo.ref) return fdpo_error("--ref: not used by sacpo (each stage's reference is its starting model)");
+    return fdpo_dpo_run_opts_check(&(fdpo_dpo_run_opts){
+        .train = o->dpo.train, .data = o->reward_data, .pref = o->dpo.pref, .dpo = o->dpo.dpo,
+        .eval_fraction = o->dpo.eval_fraction, .ref_live = o->dpo.ref_live, .ref_cache_dir = o->dpo.ref_cache_dir});
+}
+
+static char *fmt_dir(const char *out, const char *fmt, double a, double b, double w) {
+    char name[128], na[32], nb[32], nw[32];
+    fdpo_fmt_double(na, sizeof na, a);
+    fdpo_fmt_double(nb, sizeof nb, b);
+    fdpo_fmt_double(nw, sizeof nw, w);
+    if (!strcmp(fmt, "merge")) snprintf(name, sizeof name, "merge-%s-%s-w%s", na, nb, nw);
+    else snprintf(name, sizeof name, "%s-%s", fmt, na);
+    return fdpo_path_join(out, name);
+}
+
+char *fdpo_sacpo_lambda_dir(const char *out, double lambda) { return fmt_dir(out, "lambda", lambda, 0, 0); }
+
+/* the plan: everything the stages depend on; a rerun with another plan is refused */
+static cJSON *plan_json(const fdpo_sacpo_opts *o) {
+    cJSON *p = cJSON_CreateObject();
+    char div[64];
+    fdpo_divergence_name(&o->dpo.dpo.loss.div, div, sizeof div);
+    cJSON_AddStringToObject(p, "model", o->dpo.train.init);
+    cJSON_AddStringToObject(p, "reward_data", o->reward_data);
+    cJSON_AddStringToObject(p, "safety_data", o->safety_data);
+    cJSON_AddStringToObject(p, "divergence", div);
+    cJSON_AddNumberToObject(p, "beta", o->dpo.dpo.loss.beta);
+    cJSON_AddStringToObject(p, "order", o->safety_first ? "safety-first" : "reward-first");
+    cJSON *l = cJSON_AddArrayToObject(p, "lambdas");
+    for (size_t i = 0; i < o->n_lambdas; i++) cJSON_AddItemToArray(l, cJSON_CreateNumber(o->lambdas[i]));
+    return p;
+}
+
+typedef struct { cJSON *root, *done; char *path; } sacpo_state;
+
+static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
+    st->path = fdpo_path_join(o->out, "sacpo.json");
+    cJSON *plan = plan_json(o);
+    if (fdpo_file_exists(st->path)) {
+        size_t len;
+        char *text = fdpo_read_file(st->path, &len);
+        if (!text) { cJSON_Delete(plan); return -1; }
+        st->root = cJSON_ParseWithLength(text, len);
+        free(text);
+        cJSON *saved = cJSON_GetObjectItemCaseSensitive(st->root, "plan");
+        st->done = cJSON_GetObjectItemCaseSensitive(st->root, "stages_done");
+        if (!saved || !cJSON_IsArray(st->done)) { cJSON_Delete(plan); return fdpo_error("%s: not a sacpo state file", st->path); }
+        /* the lambda list may grow (more models from the same stages); everything else must match */
+        cJSON *a = cJSON_Duplicate(saved, 1), *b = cJSON_Duplicate(plan, 1);
+        cJSON_DeleteItemFromObject(a, "lambdas");
+        cJSON_DeleteItemFromObject(b, "lambdas");
+        int same = cJSON_Compare(a, b, 1);
+        cJSON_Delete(a); cJSON_Delete(b);
+        if (!same) {
+            cJSON_Delete(plan);
+            return fdpo_error("--out: %s holds a sacpo run with another model, data, divergence, beta or order "
+                              "(see its sacpo.json; use another --out)", o->out);
+        }
+        cJSON_ReplaceItemInObject(st->root, "plan", plan);
+        return 0;
+    }
+    st->root = cJSON_CreateObject();
+    cJSON_AddItemToObject(st->root, "plan", plan);
+    st->done = cJSON_AddArrayToObject(st->root, "stages_done");
+    return 0;
+}
+
+static int stage_done(const sacpo_state *st, const char *dir) {
+    for (const cJSON *e = st->done->child; e; e = e->next)
+        if (cJSON_IsString(e) && !strcmp(e->valuestring, dir)) return 1;
+    return 0;
+}
+
+static int state_mark(sacpo_state *st, const char *dir) {
+    cJSON_AddItemToArray(st->done, cJSON_CreateString(dir));
+    return fdpo_write_json_atomic(st->path, st->root, 1);
+}
+
+/* one f-DPO stage: init -> dir on data with beta; resumes a stage left half-way */
+static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what, const char *init, const char *data,
+                     double beta, const char *dir) {
+    if (stage_done(st, dir)) {
+        fdpo_log(FDPO_LOG_INFO, "%s: done before (%s)", what, dir);
+        return 0;
+    }
+    fdpo_dpo_run_opts d = o->dpo;
+    d.train.init = init;
+    d.train.out = dir;
+    d.data = data;
+    d.ref = NULL;                 /* the stage's starting model is its reference */
+    d.dpo.loss.beta = beta;
+    char *state = fdpo_path_join(dir, "training_state.json");
+    d.train.resume = fdpo_file_exists(state);
+    free(state);
+    fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s on %s, beta %g%s", what, init, dir, data, beta, d.train.resume ? " (resuming)" : "");
+    if (fdpo_dpo_train(&d)) return fdpo_error_context("sacpo %s", what);
+    return state_mark(st, dir);
+}
+
+static int run_merge(sacpo_state *st, const char *a, const char *b, double w, const char *dir) {
+    if (stage_done(st, dir)) return 0;
+    const char *models[2] = {a, b};
+    double weights[2] = {1 - w, w};
+    fdpo_merge_opts mo = {models, 2, weights, NULL};
+    fdpo_gpt2 *m = fdpo_merge(&mo);
+    if (!m) return fdpo_error_context("sacpo merge %s", dir);
+    fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(a);
+    int rc = tok ? fdpo_checkpoint_save_all(dir, m, tok, NULL, NULL) : -1;
+    fdpo_tokenizer_free(tok);
+    fdpo_gpt2_free(m);
+    if (rc) return fdpo_error_context("sacpo merge %s", dir);
+    fdpo_log(FDPO_LOG_INFO, "merge: %g x %s + %g x %s -> %s", 1 - w, a, w, b, dir);
+    return state_mark(st, dir);
+}
+
+int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
+    if (fdpo_sacpo_opts_check(o)) return -1;
+    if (fdpo_mkdir_p(o->out) || fdpo_dir_lock(o->out, "--out")) return -1;
+    sacpo_state st = {0};
+    int rc = state_open(&st, o);
+    const double beta = o->dpo.dpo.loss.beta;
+    char *reward_dir = fdpo_path_join(o->out, "reward");
+    if (!rc && !o->safety_first)
+        rc = run_stage(o, &st, "reward stage", o->dpo.train.init, o->reward_data, beta, reward_dir);
+    for (size_t i = 0; !rc && i < o->n_lambdas; i++) {
+        double lam = o->lambdas[i];
+        char *final = fdpo_sacpo_lambda_dir(o->out, lam), what[64];
+        if (!o->safety_first) {
+            snprintf(what, sizeof what, "safety stage (lambda %g)", lam);
+            rc = run_stage(o, &st, what, reward_dir, o->safety_data, beta / lam, final);
+        } else {
+            char *safety_dir = fmt_dir(o->out, "safety-lambda", lam, 0, 0);
+            snprintf(what, sizeof what, "safety stage (lambda %g)", lam);
+            rc = run_stage(o, &st, what, o->dpo.train.init, o->safety_data, beta / lam, safety_dir);
+            snprintf(what, sizeof what, "reward stage (lambda %g)", lam);
+            if (!rc) rc = run_stage(o, &st, what, safety_dir, o->reward_data, beta, final);
+            free(safety_dir);
+        }
+        free(final);
+    }
+    for (size_t i = 0; !rc && i + 1 < o->n_lambdas; i++)
+        for (size_t k = 0; !rc && k < o->n_merge_weights; k++) {
+            char *a = fdpo_sacpo_lambda_dir(o->out, o->lambdas[i]), *b = fdpo_sacpo_lambda_dir(o->out, o->lambdas[i + 1]);
+            char *dir = fmt_dir(o->out, "merge", o->lambdas[i], o->lambdas[i + 1], o->merge_weights[k]);
+            rc = run_merge(&st, a, b, o->merge_weights[k], dir);
+            free(a); free(b); free(dir);
+        }
+    free(reward_dir);
+    cJSON_Delete(st.root);
+    free(st.path);
+    fdpo_dir_unlock(o->out);
+    return rc;
+}
