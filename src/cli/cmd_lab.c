@@ -100,19 +100,7 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
 }
 
 static int parse_divs(const char *spec, fdpo_divergence **out, size_t *count) {
-    if (!strcmp(spec, "all")) spec = "rkl,fkl,js,alpha:0.5,tv,chi2";
-    char *s = fdpo_strdup(spec);
-    size_t cap = 8, n = 0;
-    fdpo_divergence *d = fdpo_malloc(cap * sizeof *d);
-    for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
-        if (n == cap) d = fdpo_realloc(d, (cap *= 2) * sizeof *d);
-        if (fdpo_divergence_parse(tok, &d[n])) { free(s); free(d); return fdpo_error_context("--divergence"); }
-        n++;
-    }
-    free(s);
-    if (n == 0) { free(d); return fdpo_error("--divergence: empty list"); }
-    *out = d;
-    *count = n;
+    if (fdpo_divergence_parse_list(spec, out, count)) return fdpo_error_context("--divergence");
     return 0;
 }
 
@@ -260,14 +248,10 @@ static int lab_frontier(int argc, char **argv) {
     fdpo_lab_prepare(&pp, p.pi_ref, p.reward, p.n);
     size_t ntask = nd * nbeta;
     fdpo_lab_result *res = fdpo_calloc(ntask, sizeof *res);
-    /* each (divergence, beta) solve is sequential inside, so results do not depend on threads */
-    long long nt = (long long)ntask;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (long long k = 0; k < nt; k++)
-        fdpo_lab_solve(&pp, &divs[k / (long long)nbeta], betas[k % (long long)nbeta], NULL, &res[k]);
     static const char *cols[] = {"divergence", "beta", "expected_reward", "entropy", "kl", "f_divergence", "support"};
     table t;
-    int rc = table_open(&t, o.out, o.format, cols, 7);
+    int rc = fdpo_lab_frontier(&pp, divs, nd, betas, nbeta, res);
+    if (rc == 0) rc = table_open(&t, o.out, o.format, cols, 7);
     for (size_t k = 0; rc == 0 && k < ntask; k++) {
         char name[64];
         fdpo_divergence_name(&divs[k / nbeta], name, sizeof name);
@@ -284,32 +268,6 @@ static int lab_frontier(int argc, char **argv) {
 }
 
 /* ---------------- gap ---------------- */
-
-typedef struct { double reward_gap, objective_gap, bound; } gap_stats;
-
-/* pi* from r, pi_hat from r_hat, both judged with the true r */
-static int gap_one(const fdpo_divergence *d, double beta, const fdpo_lab_problem *p, const double *r_hat,
-                   double *pistar, double *pihat, gap_stats *g) {
-    fdpo_lab_prepared a, b;
-    fdpo_lab_result rs, rh, eh;
-    fdpo_lab_prepare(&a, p->pi_ref, p->reward, p->n);
-    fdpo_lab_prepare(&b, p->pi_ref, r_hat, p->n);
-    int rc = fdpo_lab_solve(&a, d, beta, pistar, &rs);
-    if (!rc) rc = fdpo_lab_solve(&b, d, beta, pihat, &rh);
-    fdpo_lab_prepared_free(&a);
-    fdpo_lab_prepared_free(&b);
-    if (rc) return rc;
-    fdpo_lab_evaluate(d, beta, p->pi_ref, p->reward, pihat, p->n, &eh);
-    g->reward_gap = rs.expected_reward - eh.expected_reward;
-    g->objective_gap = rs.objective - eh.objective;
-    double bound = 0;
-    for (size_t i = 0; i < p->n; i++) {
-        double eps = fabs(p->reward[i] - r_hat[i]);
-        if (pistar[i] > 0 && eps > 0) bound += pistar[i] * exp(eps / beta) * eps;
-    }
-    g->bound = bound;
-    return 0;
-}
 
 static int lab_gap(int argc, char **argv) {
     common_opts o;
@@ -367,11 +325,11 @@ static int lab_gap(int argc, char **argv) {
         }
         for (size_t k = 0; rc == 0 && k < nd; k++) {
             for (size_t b = 0; rc == 0 && b < nbeta; b++) {
-                gap_stats avg = {0};
+                fdpo_lab_gap_row avg = {0};
                 for (long x = 0; rc == 0 && x < prompts; x++) {
                     double *ps = fdpo_malloc(P[x].n * sizeof(double)), *ph = fdpo_malloc(P[x].n * sizeof(double));
-                    gap_stats g;
-                    rc = gap_one(&divs[k], betas[b], &P[x], rh[x], ps, ph, &g);
+                    fdpo_lab_gap_row g;
+                    rc = fdpo_lab_gap(&divs[k], betas[b], P[x].pi_ref, P[x].reward, rh[x], P[x].n, ps, ph, &g);
                     avg.reward_gap += g.reward_gap / (double)prompts;
                     avg.objective_gap += g.objective_gap / (double)prompts;
                     avg.bound += g.bound / (double)prompts;
@@ -399,18 +357,12 @@ static int lab_gap(int argc, char **argv) {
 
 /* ---------------- coverage ---------------- */
 
-/* index drawn from the distribution w (sums to 1) by inverse CDF on its cumulative sums */
-static size_t draw(const double *cdf, size_t n, fdpo_rng *rng) {
-    double u = fdpo_rng_uniform(rng) * cdf[n - 1];
-    size_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (cdf[mid] > u) hi = mid; else lo = mid + 1;
-    }
-    return lo;
+typedef struct { FILE *cmp, *fit; } coverage_export;
+static void coverage_on_fit(void *ctx, size_t m, size_t x, const size_t *w, const size_t *l, const double *theta, size_t n) {
+    const coverage_export *e = ctx;
+    if (e->cmp) for (size_t k = 0; k < m; k++) fprintf(e->cmp, "%zu,%zu,%zu,%zu\n", m, x, w[k], l[k]);
+    if (e->fit) for (size_t i = 0; i < n; i++) fprintf(e->fit, "%zu,%zu,%zu,%.17g\n", m, x, i, theta[i]);
 }
-
-static double sigmoid(double x) { return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x)); }
 
 static int lab_coverage(int argc, char **argv) {
     common_opts o;
@@ -432,21 +384,16 @@ static int lab_coverage(int argc, char **argv) {
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("coverage", "fdpo lab coverage [flags]");
-    if (check_beta(beta)) return -1;
-    int pol;
-    if (!strcmp(policy, "ref")) pol = 0;
-    else if (!strcmp(policy, "optimal")) pol = 1;
-    else if (!strcmp(policy, "uniform")) pol = 2;
-    else if (!strcmp(policy, "mixture")) pol = 3;
-    else return fdpo_error("--data-policy: unknown policy '%s' (expected ref, optimal, uniform, mixture)", policy);
-    if (!(mixture >= 0 && mixture <= 1)) return fdpo_error("--mixture: must be in [0, 1] (got %g)", mixture);
-    if (!(ridge > 0)) return fdpo_error("--ridge: must be > 0 (got %g)", ridge);
+    fdpo_lab_coverage_opts co = {0};
+    if (fdpo_lab_data_policy_parse(policy, &co.policy)) return -1;
+    co.beta = beta; co.mixture = mixture; co.ridge = ridge; co.seed = (uint64_t)o.seed;
     if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
         return fdpo_error("--prompts: --input holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
     fdpo_divergence ddiv;
     if (fdpo_divergence_parse(datadiv, &ddiv)) return fdpo_error_context("--data-divergence");
+    co.data_div = ddiv;
     fdpo_divergence *divs = NULL;
     double *ns = NULL;
     size_t nd, nn;
@@ -473,68 +420,21 @@ static int lab_coverage(int argc, char **argv) {
     static const char *cols[] = {"data_policy", "n_comparisons", "divergence", "beta", "reward_gap",
                                  "objective_gap", "pistar_coverage", "fit_rmse"};
     if (rc == 0) { rc = table_open(&t, o.out, o.format, cols, 8); opened = rc == 0; }
-    /* comparisons come from a stream of their own, so adding divergences changes nothing */
-    fdpo_rng crng;
-    fdpo_rng_seed(&crng, (uint64_t)o.seed * 0xD1B54A32D192ED03ULL + 7);
-    size_t nrow = nn * nd;
-    double *acc = fdpo_calloc(nrow * 4, sizeof(double));
-    for (size_t a = 0; rc == 0 && a < nn; a++) {
-        size_t m = (size_t)ns[a];
-        for (long x = 0; rc == 0 && x < prompts; x++) {
-            const fdpo_lab_problem *p = &P[x];
-            size_t n = p->n;
-            double *cdf = fdpo_malloc(n * sizeof(double)), *pol_pi = fdpo_malloc(n * sizeof(double));
-            double *theta = fdpo_malloc(n * sizeof(double)), *ps = fdpo_malloc(n * sizeof(double)), *ph = fdpo_malloc(n * sizeof(double));
-            size_t *w = fdpo_malloc((m ? m : 1) * sizeof(size_t)), *l = fdpo_malloc((m ? m : 1) * sizeof(size_t));
-            char *seen = fdpo_calloc(n, 1);
-            fdpo_lab_prepared pp;
-            fdpo_lab_prepare(&pp, p->pi_ref, p->reward, n);
-            fdpo_lab_result r0;
-            if (pol == 1 || pol == 3) rc = fdpo_lab_solve(&pp, &ddiv, beta, pol_pi, &r0);
-            double c = 0;
-            for (size_t i = 0; rc == 0 && i < n; i++) {
-                double d = pol == 0 ? p->pi_ref[i] : pol == 1 ? pol_pi[i] : pol == 2 ? 1.0 / (double)n
-                         : (1 - mixture) * p->pi_ref[i] + mixture * pol_pi[i];
-                c += d;
-                cdf[i] = c;
-            }
-            for (size_t k = 0; rc == 0 && k < m; k++) {
-                size_t y1 = draw(cdf, n, &crng), y2 = draw(cdf, n, &crng);
-                int first_wins = fdpo_rng_uniform(&crng) < sigmoid(p->reward[y1] - p->reward[y2]);
-                w[k] = first_wins ? y1 : y2;
-                l[k] = first_wins ? y2 : y1;
-                seen[y1] = seen[y2] = 1;
-                if (ec.f) fprintf(ec.f, "%zu,%ld,%zu,%zu\n", m, x, w[k], l[k]);
-            }
-            if (rc == 0) rc = fdpo_lab_bt_fit(n, w, l, m, ridge, theta, NULL);
-            if (rc == 0 && ef.f)
-                for (size_t i = 0; i < n; i++) fprintf(ef.f, "%zu,%ld,%zu,%.17g\n", m, x, i, theta[i]);
-            /* fit error after removing each side's mean: BT identifies rewards up to a constant */
-            double mr = 0, mt = 0, se = 0;
-            for (size_t i = 0; i < n; i++) { mr += p->reward[i] / (double)n; mt += theta[i] / (double)n; }
-            for (size_t i = 0; i < n; i++) { double e = (theta[i] - mt) - (p->reward[i] - mr); se += e * e / (double)n; }
-            for (size_t k = 0; rc == 0 && k < nd; k++) {
-                gap_stats g;
-                rc = gap_one(&divs[k], beta, p, theta, ps, ph, &g);
-                double cov = 0;
-                for (size_t i = 0; i < n; i++) if (seen[i]) cov += ps[i];
-                double *row = acc + (a * nd + k) * 4;
-                row[0] += g.reward_gap / (double)prompts;
-                row[1] += g.objective_gap / (double)prompts;
-                row[2] += cov / (double)prompts;
-                row[3] += sqrt(se) / (double)prompts;
-            }
-            fdpo_lab_prepared_free(&pp);
-            free(cdf); free(pol_pi); free(theta); free(ps); free(ph); free(w); free(l); free(seen);
-        }
-    }
+    size_t *nsz = fdpo_malloc(nn * sizeof *nsz);
+    for (size_t a = 0; a < nn; a++) nsz[a] = (size_t)ns[a];
+    coverage_export ex = {ec.f, ef.f};
+    co.on_fit = coverage_on_fit;
+    co.ctx = &ex;
+    fdpo_lab_coverage_row *acc = fdpo_calloc(nn * nd, sizeof *acc);
+    if (rc == 0) rc = fdpo_lab_coverage(&co, P, (size_t)prompts, nsz, nn, divs, nd, acc);
+    free(nsz);
     for (size_t a = 0; rc == 0 && a < nn; a++)
         for (size_t k = 0; k < nd; k++) {
             char name[64];
             fdpo_divergence_name(&divs[k], name, sizeof name);
-            const double *row = acc + (a * nd + k) * 4;
+            const fdpo_lab_coverage_row *row = &acc[a * nd + k];
             table_str(&t, policy); table_int(&t, (long long)ns[a]); table_str(&t, name); table_num(&t, beta);
-            table_num(&t, row[0]); table_num(&t, row[1]); table_num(&t, row[2]); table_num(&t, row[3]);
+            table_num(&t, row->reward_gap); table_num(&t, row->objective_gap); table_num(&t, row->pistar_coverage); table_num(&t, row->fit_rmse);
             table_end_row(&t);
         }
     if (ec.f) { if (rc == 0) rc = fdpo_atomic_commit(&ec); else fdpo_atomic_abort(&ec); }
@@ -573,24 +473,20 @@ static int lab_bias(int argc, char **argv) {
     table t;
     int opened = 0;
     if (rc == 0) { rc = table_open(&t, o.out, o.format, cols, 7); opened = rc == 0; }
-    double *rh = fdpo_malloc(p.n * sizeof(double)), *ps = fdpo_malloc(p.n * sizeof(double)), *ph = fdpo_malloc(p.n * sizeof(double));
-    for (size_t s = 0; rc == 0 && s < nb; s++) {
-        for (size_t i = 0; i < p.n; i++) rh[i] = p.reward[i] + bs[s] * p.length[i];
+    for (size_t s = 0; rc == 0 && s < nb; s++)
         for (size_t k = 0; rc == 0 && k < nd; k++)
             for (size_t b = 0; rc == 0 && b < nbeta; b++) {
-                gap_stats g;
-                if ((rc = gap_one(&divs[k], betas[b], &p, rh, ps, ph, &g))) break;
-                double ls = 0, lh = 0;
-                for (size_t i = 0; i < p.n; i++) { ls += ps[i] * p.length[i]; lh += ph[i] * p.length[i]; }
+                fdpo_lab_bias_row row;
+                if ((rc = fdpo_lab_bias(&divs[k], betas[b], bs[s], &p, &row))) break;
                 char name[64];
                 fdpo_divergence_name(&divs[k], name, sizeof name);
                 table_num(&t, bs[s]); table_str(&t, name); table_num(&t, betas[b]);
-                table_num(&t, ls); table_num(&t, lh); table_num(&t, lh - ls); table_num(&t, g.reward_gap);
+                table_num(&t, row.length_pistar); table_num(&t, row.length_pihat); table_num(&t, row.length_increase);
+                table_num(&t, row.reward_gap);
                 table_end_row(&t);
             }
-    }
     if (opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
-    free(rh); free(ps); free(ph); free(divs); free(betas); free(bs);
+    free(divs); free(betas); free(bs);
     fdpo_lab_problem_free(&p);
     return rc;
 }
