@@ -544,6 +544,137 @@ static int lab_check(int argc, char **argv) {
     return rc;
 }
 
+/* ---------------- constrained ---------------- */
+
+/* --frontier: "b1,b2,..." or "LO:HI:K" (K evenly spaced thresholds from LO to HI) */
+static int threshold_grid(const char *spec, double **out, size_t *n) {
+    double lo, hi;
+    long k;
+    char tail;
+    if (strchr(spec, ':')) {
+        if (sscanf(spec, "%lf:%lf:%ld%c", &lo, &hi, &k, &tail) != 3 || !isfinite(lo) || !isfinite(hi) || k < 1 || hi < lo)
+            return fdpo_error("--frontier: '%s' is not LO:HI:K with LO <= HI and K >= 1", spec);
+        *out = fdpo_malloc((size_t)k * sizeof(double));
+        for (long i = 0; i < k; i++) (*out)[i] = k == 1 ? lo : lo + (hi - lo) * (double)i / (double)(k - 1);
+        *n = (size_t)k;
+        return 0;
+    }
+    char *s = fdpo_strdup(spec), *save = NULL;
+    size_t cap = 8, m = 0;
+    double *v = fdpo_malloc(cap * sizeof *v);
+    for (char *tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *end;
+        double x = strtod(tok, &end);
+        if (end == tok || *end || !isfinite(x)) { fdpo_error("--frontier: '%s' is not a finite number", tok); free(s); free(v); return -1; }
+        if (m == cap) v = fdpo_realloc(v, (cap *= 2) * sizeof *v);
+        v[m++] = x;
+    }
+    free(s);
+    if (m == 0) { free(v); return fdpo_error("--frontier: empty list"); }
+    *out = v;
+    *n = m;
+    return 0;
+}
+
+static int lab_constrained(int argc, char **argv) {
+    common_opts o;
+    const char *divspec, *data, *frontier, *out;
+    double beta, min_safety, correlation;
+    int stepwise;
+    fdpo_flag flags[] = {
+        COMMON_FLAGS(o, "1000"),
+        {"data", FLAG_STR, &data, NULL, "CSV problem: header pi_ref,reward,safety (--input is the older spelling)", 0},
+        {"safety-correlation", FLAG_FLOAT, &correlation, "-0.5", "generated safety: correlation with the reward, in [-1, 1]", 0},
+        {"divergence", FLAG_STR, &divspec, "rkl,fkl,js,alpha:0.5", "comma list of admissible divergences (rkl, fkl, js, alpha:A)", 0},
+        {"beta", FLAG_FLOAT, &beta, "0.1", "regularisation strength beta > 0", 0},
+        {"min-safety", FLAG_FLOAT, &min_safety, NULL, "the constraint E_pi[safety] >= B (required without --frontier)", 0},
+        {"stepwise", FLAG_BOOL, &stepwise, "0", "also align for reward, then for safety at beta/lambda*, and report the distance to pi*", 0},
+        {"frontier", FLAG_STR, &frontier, NULL, "sweep thresholds: a comma list of B, or LO:HI:K (K evenly spaced)", 0},
+        {"out", FLAG_STR, &out, NULL, "one threshold: write pi_ref,reward,safety,pi[,pi_stepwise] here; --frontier: the table", 0},
+    };
+    PARSE_FLAGS("constrained", "fdpo lab constrained --data CSV --min-safety B [flags]");
+    int has_b = flags_was_set(flags, NFLAGS(flags), "min-safety");
+    if (data && o.input) return fdpo_error("--data and --input name the same file; give one");
+    if (data) o.input = data;
+    if (frontier && has_b) return fdpo_error("--min-safety: not allowed with --frontier (the sweep sets the thresholds)");
+    if (!frontier && !has_b) return fdpo_error("--min-safety: required (or --frontier LIST to sweep thresholds)");
+    if (!(correlation >= -1 && correlation <= 1)) return fdpo_error("--safety-correlation: must be in [-1, 1] (got %g)", correlation);
+    if (check_beta(beta)) return -1;
+    fdpo_divergence *divs;
+    size_t nd, nb = 1;
+    if (parse_divs(divspec, &divs, &nd)) return -1;
+    double *bs = NULL;
+    if (frontier) { if (threshold_grid(frontier, &bs, &nb)) { free(divs); return -1; } }
+    else { bs = fdpo_malloc(sizeof *bs); bs[0] = min_safety; }
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, (uint64_t)o.seed);
+    fdpo_lab_problem p;
+    int rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p);
+    if (rc == 0 && o.input && !p.safety) rc = fdpo_error("--data %s: lab constrained needs a 'safety' column", o.input);
+    if (rc == 0 && !o.input) fdpo_lab_generate_safety(&p, correlation, &rng);
+    if (rc) { free(divs); free(bs); return -1; }
+    size_t nrow = nd * nb;
+    fdpo_lab_constrained_result *rows = fdpo_calloc(nrow, sizeof *rows);
+    double *pis = NULL, *steps = NULL;
+    if (frontier) rc = fdpo_lab_constrained_sweep(p.pi_ref, p.reward, p.safety, p.n, divs, nd, beta, bs, nb, stepwise, rows);
+    else {
+        pis = fdpo_malloc(nd * p.n * sizeof(double));
+        steps = stepwise ? fdpo_malloc(nd * p.n * sizeof(double)) : NULL;
+        for (size_t k = 0; rc == 0 && k < nd; k++)
+            rc = fdpo_lab_constrained(p.pi_ref, p.reward, p.safety, p.n, &divs[k], beta, bs[0], stepwise,
+                                      pis + k * p.n, steps ? steps + k * p.n : NULL, &rows[k]);
+    }
+    static const char *cols[] = {"divergence", "beta", "min_safety", "feasible", "active", "lambda", "expected_reward",
+                                 "expected_safety", "f_divergence", "kl", "entropy", "objective", "evaluations",
+                                 "stepwise_expected_reward", "stepwise_expected_safety", "stepwise_max_abs_diff",
+                                 "stepwise_tv", "stepwise_kl"};
+    table t;
+    int opened = 0;
+    if (rc == 0) { rc = table_open(&t, frontier ? out : NULL, o.format, cols, stepwise ? 18 : 13); opened = rc == 0; }
+    for (size_t k = 0; rc == 0 && k < nrow; k++) {
+        const fdpo_lab_constrained_result *r = &rows[k];
+        char name[64];
+        fdpo_divergence_name(&divs[k / nb], name, sizeof name);
+        table_str(&t, name); table_num(&t, beta); table_num(&t, bs[k % nb]); table_bool(&t, r->feasible);
+        table_bool(&t, r->active); table_num(&t, r->lambda); table_num(&t, r->expected_reward);
+        table_num(&t, r->expected_safety); table_num(&t, r->f_divergence); table_num(&t, r->kl);
+        table_num(&t, r->entropy); table_num(&t, r->objective); table_int(&t, r->evaluations);
+        if (stepwise) {
+            table_num(&t, r->step_expected_reward); table_num(&t, r->step_expected_safety);
+            table_num(&t, r->step_max_abs_diff); table_num(&t, r->step_tv); table_num(&t, r->step_kl);
+        }
+        table_end_row(&t);
+    }
+    if (opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
+    if (rc == 0 && !frontier && out) {
+        fdpo_atomic_file af;
+        if (fdpo_atomic_open(&af, out)) rc = fdpo_error_context("--out %s", out);
+        else {
+            fprintf(af.f, "pi_ref,reward,safety");
+            for (size_t k = 0; k < nd; k++) {
+                char name[64];
+                fdpo_divergence_name(&divs[k], name, sizeof name);
+                if (nd == 1) fprintf(af.f, stepwise ? ",pi,pi_stepwise" : ",pi");
+                else if (stepwise) fprintf(af.f, ",pi_%s,pi_stepwise_%s", name, name);
+                else fprintf(af.f, ",pi_%s", name);
+            }
+            fputc('\n', af.f);
+            for (size_t i = 0; i < p.n; i++) {
+                fprintf(af.f, "%.17g,%.17g,%.17g", p.pi_ref[i], p.reward[i], p.safety[i]);
+                for (size_t k = 0; k < nd; k++) {
+                    fprintf(af.f, ",%.17g", pis[k * p.n + i]);
+                    if (stepwise) fprintf(af.f, ",%.17g", steps[k * p.n + i]);
+                }
+                fputc('\n', af.f);
+            }
+            rc = fdpo_atomic_commit(&af);
+        }
+    }
+    free(rows); free(pis); free(steps); free(divs); free(bs);
+    fdpo_lab_problem_free(&p);
+    return rc;
+}
+
 /* ---------------- dispatch ---------------- */
 
 static const struct { const char *name; int (*fn)(int, char **); const char *summary; } EXPERIMENTS[] = {
@@ -553,6 +684,7 @@ static const struct { const char *name; int (*fn)(int, char **); const char *sum
     {"coverage", lab_coverage, "Bradley-Terry r_hat from N comparisons of a data policy -> gap vs N"},
     {"bias", lab_bias, "r_hat = r + b * length -> how much longer pi_hat's answers are"},
     {"check", lab_check, "tabular f-DPO on the exact expected loss converges to pi*"},
+    {"constrained", lab_constrained, "max E[r] - beta D_f s.t. E[safety] >= B: lambda*, pi*, stepwise gap, frontier over B"},
 };
 
 int cmd_lab(int argc, char **argv) {
@@ -561,9 +693,9 @@ int cmd_lab(int argc, char **argv) {
         FILE *f = argc < 2 ? stderr : stdout;
         fprintf(f, "usage: fdpo lab EXPERIMENT [flags]   (fdpo lab EXPERIMENT --help lists its flags)\n\nexperiments:\n");
         for (size_t i = 0; i < ne; i++) fprintf(f, "  %-9s %s\n", EXPERIMENTS[i].name, EXPERIMENTS[i].summary);
-        return argc < 2 ? fdpo_error("missing EXPERIMENT (one of solve, frontier, gap, coverage, bias, check)") : 0;
+        return argc < 2 ? fdpo_error("missing EXPERIMENT (one of solve, frontier, gap, coverage, bias, check, constrained)") : 0;
     }
     for (size_t i = 0; i < ne; i++)
         if (!strcmp(argv[1], EXPERIMENTS[i].name)) return EXPERIMENTS[i].fn(argc - 1, argv + 1);
-    return fdpo_error("unknown experiment '%s' (expected solve, frontier, gap, coverage, bias, check)", argv[1]);
+    return fdpo_error("unknown experiment '%s' (expected solve, frontier, gap, coverage, bias, check, constrained)", argv[1]);
 }

@@ -80,14 +80,15 @@ static int excess(dual *x, double lambda, double b, double *pi, double *out) {
     return 0;
 }
 
-/* Brent's root finder on [a, b] with f(a) < 0 <= f(b) (Brent 1973, "zero"). */
+/* Brent's root finder on [a, b] with f(a) < 0 <= f(b) (Brent 1973, "zero"). Returns the end
+ * of the final bracket where f >= 0, so the reported policy meets the constraint. */
 static int brent(dual *x, double bsafe, double *pi, double a, double fa, double b, double fb, double *root) {
     double c = a, fc = fa, d = b - a, e = d;
     for (int it = 0; it < 200; it++) {
         if ((fb > 0 && fc > 0) || (fb < 0 && fc < 0)) { c = a; fc = fa; d = e = b - a; }
         if (fabs(fc) < fabs(fb)) { a = b; b = c; c = a; fa = fb; fb = fc; fc = fa; }
         double tol = 2 * DBL_EPSILON * fabs(b) + 1e-300, m = 0.5 * (c - b);
-        if (fabs(m) <= tol || fb == 0) break;
+        if (fabs(m) <= tol || fb == 0) { *root = fb >= 0 ? b : c; return 0; } /* the feasible end */
         if (fabs(e) >= tol && fabs(fa) > fabs(fb)) {
             double s = fb / fa, p, q;
             if (a == c) { p = 2 * m * s; q = 1 - s; } /* secant */
@@ -117,30 +118,43 @@ static void stats(const double *pi, const dual *x, const fdpo_lab_result *r, fdp
     res->objective = res->expected_reward - x->beta * r->f_divergence;
 }
 
-/* The whole computation; returns an ST_ code and sets no error message (it runs in parallel
- * sweeps). pi, pi1: n-double scratch; pi ends as pi*, pi1 as the r-only optimum. */
-static int constrained_core(dual *x, double b, int stepwise, double *pi, double *pi1, double *pi_step,
-                            fdpo_lab_constrained_result *res) {
+/* The r-only optimum pi1 = pi*_0, computed once per (problem, divergence): it decides whether
+ * a threshold is active and is the first step of the stepwise policy. */
+typedef struct { double *pi1; fdpo_lab_result r0; double e0, gmin, gmax; } base;
+
+static int base_init(dual *x, base *bs) {
+    bs->pi1 = fdpo_malloc(x->n * sizeof(double));
+    if (solve_at(x, 0, bs->pi1, &bs->r0)) return -1;
+    bs->e0 = mean_under(bs->pi1, x->safety, x->n);
+    bs->gmin = INFINITY; bs->gmax = -INFINITY;
+    for (size_t i = 0; i < x->n; i++) { bs->gmax = fmax(bs->gmax, x->safety[i]); bs->gmin = fmin(bs->gmin, x->safety[i]); }
+    return 0;
+}
+
+/* A threshold's solution. Returns an ST_ code and sets no error message (it runs in parallel
+ * sweeps). hint (or NULL): a lambda whose E[g] is known to be <= b (a smaller threshold's
+ * lambda*), so the bracket starts there; updated to this threshold's lambda*. */
+static int constrained_core(dual *x, const base *bs, double b, int stepwise, double hint[2], double *pi,
+                            double *pi_step, fdpo_lab_constrained_result *res) {
     const size_t n = x->n;
     memset(res, 0, sizeof *res);
     res->feasible = 1;
-    fdpo_lab_result r0, r;
-    if (solve_at(x, 0, pi1, &r0)) return ST_SOLVE;
-    double f0 = mean_under(pi1, x->safety, n) - b, lambda = 0;
-    if (f0 >= 0) {
-        memcpy(pi, pi1, n * sizeof *pi);
-        r = r0;
-    } else {
-        double gmax = -INFINITY, gmin = INFINITY;
-        for (size_t i = 0; i < n; i++) { gmax = fmax(gmax, x->safety[i]); gmin = fmin(gmin, x->safety[i]); }
-        if (!(b < gmax)) return ST_INFEASIBLE;
-        /* lambda's scale is reward per unit of safety; start near beta / range(g) */
-        double lo = 0, flo = f0, hi = x->beta / (gmax - gmin), fhi;
+    x->evals = 1; /* the shared r-only solve */
+    fdpo_lab_result r = bs->r0;
+    double lambda = 0;
+    if (bs->e0 >= b) memcpy(pi, bs->pi1, n * sizeof *pi);
+    else {
+        if (!(b < bs->gmax)) return ST_INFEASIBLE;
+        double lo = 0, flo = bs->e0 - b, fhi;
+        if (hint && hint[0] > 0 && hint[1] <= b) { lo = hint[0]; flo = hint[1] - b; }
+        /* lambda's scale is reward per unit of safety: steps from beta / range(g), doubling */
+        double step = lo > 0 ? 1e-3 * lo : x->beta / (bs->gmax - bs->gmin), hi = lo + step;
         for (;;) {
             if (excess(x, hi, b, pi, &fhi)) return ST_SOLVE;
             if (fhi >= 0) break;
             lo = hi; flo = fhi;
-            hi *= 2;
+            step *= 2;
+            hi = lo + step;
             if (!(hi < 1e300)) return ST_NO_BRACKET;
         }
         if (brent(x, b, pi, lo, flo, hi, fhi, &lambda)) return ST_SOLVE;
@@ -150,15 +164,16 @@ static int constrained_core(dual *x, double b, int stepwise, double *pi, double 
     res->lambda = lambda;
     res->evaluations = x->evals;
     stats(pi, x, &r, res);
+    if (hint && res->active) { hint[0] = lambda; hint[1] = res->expected_safety; }
     if (!stepwise) return ST_OK;
     res->stepwise = 1;
     double *ps = pi_step;
-    if (lambda == 0) memcpy(ps, pi1, n * sizeof *ps);
+    if (lambda == 0) memcpy(ps, bs->pi1, n * sizeof *ps);
     else {
         double *lp1 = fdpo_malloc(n * sizeof(double));
-        for (size_t i = 0; i < n; i++) lp1[i] = log(pi1[i]);
+        for (size_t i = 0; i < n; i++) lp1[i] = log(bs->pi1[i]);
         dual y = *x;
-        y.pi_ref = pi1; y.log_pi_ref = lp1; y.reward = x->safety; y.beta = x->beta / lambda;
+        y.pi_ref = bs->pi1; y.log_pi_ref = lp1; y.reward = x->safety; y.beta = x->beta / lambda;
         int rc = solve_at(&y, 0, ps, &r);
         free(lp1);
         if (rc) return ST_SOLVE;
@@ -217,13 +232,21 @@ int fdpo_lab_constrained(const double *pi_ref, const double *reward, const doubl
     if (!isfinite(min_safety)) return fdpo_error("--min-safety: must be a finite number (got %g)", min_safety);
     if (n == 0) return fdpo_error("no responses (n = 0)");
     double *lq = fdpo_malloc(n * sizeof(double)), *pi_own = pi ? NULL : fdpo_malloc(n * sizeof(double));
-    double *pi1 = fdpo_malloc(n * sizeof(double)), *ps_own = stepwise && !pi_step ? fdpo_malloc(n * sizeof(double)) : NULL;
+    double *ps_own = stepwise && !pi_step ? fdpo_malloc(n * sizeof(double)) : NULL;
     for (size_t i = 0; i < n; i++) lq[i] = log(pi_ref[i]);
     dual x;
     dual_init(&x, pi_ref, lq, reward, safety, n, d, beta);
-    int st = constrained_core(&x, min_safety, stepwise, pi ? pi : pi_own, pi1, pi_step ? pi_step : ps_own, res);
-    free(x.c); free(x.top); free(lq); free(pi_own); free(pi1); free(ps_own);
+    base bs;
+    int st = base_init(&x, &bs) ? ST_SOLVE
+           : constrained_core(&x, &bs, min_safety, stepwise, NULL, pi ? pi : pi_own, pi_step ? pi_step : ps_own, res);
+    free(x.c); free(x.top); free(lq); free(pi_own); free(bs.pi1); free(ps_own);
     return st == ST_OK ? 0 : report(st, min_safety, safety, n);
+}
+
+typedef struct { double b; size_t t; } keyed_threshold;
+static int by_threshold(const void *a, const void *b) {
+    const keyed_threshold *x = a, *y = b;
+    return x->b < y->b ? -1 : x->b > y->b ? 1 : (x->t > y->t) - (x->t < y->t);
 }
 
 int fdpo_lab_constrained_sweep(const double *pi_ref, const double *reward, const double *safety, size_t n,
@@ -234,25 +257,34 @@ int fdpo_lab_constrained_sweep(const double *pi_ref, const double *reward, const
     if (n == 0) return fdpo_error("no responses (n = 0)");
     double *lq = fdpo_malloc(n * sizeof(double));
     for (size_t i = 0; i < n; i++) lq[i] = log(pi_ref[i]);
-    long long nt = (long long)(nd * nb);
+    /* increasing thresholds, so each lambda* brackets the next (lambda* is monotone in b) */
+    keyed_threshold *order = fdpo_malloc(nb * sizeof *order);
+    for (size_t t = 0; t < nb; t++) { order[t].b = bs[t]; order[t].t = t; }
+    qsort(order, nb, sizeof *order, by_threshold);
     int failed = 0;
+    long long ndl = (long long)nd;
+    /* parallel over divergences; thresholds in order inside one, so rows do not depend on threads */
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : failed)
-    for (long long k = 0; k < nt; k++) {
+    for (long long k = 0; k < ndl; k++) {
         dual x;
-        dual_init(&x, pi_ref, lq, reward, safety, n, &divs[k / (long long)nb], beta);
-        double *pi = fdpo_malloc(n * sizeof(double)), *pi1 = fdpo_malloc(n * sizeof(double));
-        double *ps = stepwise ? fdpo_malloc(n * sizeof(double)) : NULL;
-        fdpo_lab_constrained_result *row = &rows[k];
-        int st = constrained_core(&x, bs[k % (long long)nb], stepwise, pi, pi1, ps, row);
-        if (st == ST_INFEASIBLE || st == ST_NO_BRACKET) {
-            memset(row, 0, sizeof *row);
-            row->lambda = row->expected_reward = row->expected_safety = row->f_divergence = row->kl = NAN;
-            row->entropy = row->objective = NAN;
-            row->step_expected_reward = row->step_expected_safety = row->step_max_abs_diff = row->step_tv = row->step_kl = NAN;
-            row->stepwise = stepwise;
-        } else if (st != ST_OK) failed = 1;
-        free(x.c); free(x.top); free(pi); free(pi1); free(ps);
+        dual_init(&x, pi_ref, lq, reward, safety, n, &divs[k], beta);
+        double *pi = fdpo_malloc(n * sizeof(double)), *ps = stepwise ? fdpo_malloc(n * sizeof(double)) : NULL;
+        base b0;
+        double hint[2] = {0, 0};
+        if (base_init(&x, &b0)) failed = 1;
+        for (size_t j = 0; !failed && j < nb; j++) {
+            fdpo_lab_constrained_result *row = &rows[(size_t)k * nb + order[j].t];
+            int st = constrained_core(&x, &b0, order[j].b, stepwise, hint, pi, ps, row);
+            if (st == ST_INFEASIBLE || st == ST_NO_BRACKET) {
+                memset(row, 0, sizeof *row);
+                row->lambda = row->expected_reward = row->expected_safety = row->f_divergence = row->kl = NAN;
+                row->entropy = row->objective = NAN;
+                row->step_expected_reward = row->step_expected_safety = row->step_max_abs_diff = row->step_tv = row->step_kl = NAN;
+                row->stepwise = stepwise;
+            } else if (st != ST_OK) failed = 1;
+        }
+        free(x.c); free(x.top); free(pi); free(ps); free(b0.pi1);
     }
-    free(lq);
+    free(lq); free(order);
     return failed ? fdpo_error("constrained frontier: an inner solve failed") : 0;
 }
