@@ -495,7 +495,7 @@ static int lab_bias(int argc, char **argv) {
 
 static int lab_check(int argc, char **argv) {
     common_opts o;
-    const char *divspec, *lossname;
+    const char *divspec, *lossname, *export_policy;
     double beta, smoothing, noise;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "6"),
@@ -504,6 +504,7 @@ static int lab_check(int argc, char **argv) {
         {"loss", FLAG_STR, &lossname, "sigmoid", "preference loss: sigmoid, robust, hinge, ipo", 0},
         {"label-smoothing", FLAG_FLOAT, &smoothing, "0", "label smoothing e of sigmoid (cDPO) / robust", 0},
         {"label-noise", FLAG_FLOAT, &noise, "0", "labels flipped at this rate in the expected loss", 0},
+        {"export-policy", FLAG_STR, &export_policy, NULL, "write divergence,response,pi_ref,reward,pi_theta (the trained policy) to this CSV", 0},
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("check", "fdpo lab check [flags]");
@@ -527,18 +528,28 @@ static int lab_check(int argc, char **argv) {
     static const char *cols[] = {"divergence", "beta", "loss", "max_abs_diff", "final_loss", "grad_norm", "iterations"};
     table t;
     int rc = table_open(&t, o.out, o.format, cols, 7), opened = rc == 0;
+    fdpo_atomic_file ep = {0};
+    if (rc == 0 && export_policy) {
+        if (fdpo_atomic_open(&ep, export_policy)) rc = fdpo_error_context("--export-policy %s", export_policy);
+        else fprintf(ep.f, "divergence,response,pi_ref,reward,pi_theta\n");
+    }
+    double *pi_theta = fdpo_malloc(p.n * sizeof(double));
     for (size_t k = 0; rc == 0 && k < nd; k++) {
         L.div = divs[k];
         fdpo_lab_check_result cr;
-        if ((rc = fdpo_lab_check(&pp, &L, noise, NULL, &cr))) break;
+        if ((rc = fdpo_lab_check(&pp, &L, noise, pi_theta, &cr))) break;
         char name[64];
         fdpo_divergence_name(&divs[k], name, sizeof name);
+        if (ep.f)
+            for (size_t i = 0; i < p.n; i++)
+                fprintf(ep.f, "%s,%zu,%.17g,%.17g,%.17g\n", name, i, p.pi_ref[i], p.reward[i], pi_theta[i]);
         table_str(&t, name); table_num(&t, beta); table_str(&t, fdpo_loss_name(L.kind));
         table_num(&t, cr.max_abs_diff); table_num(&t, cr.loss); table_num(&t, cr.grad_norm); table_int(&t, cr.iterations);
         table_end_row(&t);
     }
+    if (ep.f) { if (rc == 0) rc = fdpo_atomic_commit(&ep); else fdpo_atomic_abort(&ep); }
     if (opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
-    free(divs);
+    free(divs); free(pi_theta);
     fdpo_lab_prepared_free(&pp);
     fdpo_lab_problem_free(&p);
     return rc;
