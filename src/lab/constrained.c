@@ -88,7 +88,9 @@ static int brent(dual *x, double bsafe, double *pi, double a, double fa, double 
         if ((fb > 0 && fc > 0) || (fb < 0 && fc < 0)) { c = a; fc = fa; d = e = b - a; }
         if (fabs(fc) < fabs(fb)) { a = b; b = c; c = a; fa = fb; fb = fc; fc = fa; }
         double tol = 2 * DBL_EPSILON * fabs(b) + 1e-300, m = 0.5 * (c - b);
-        if (fabs(m) <= tol || fb == 0) { *root = fb >= 0 ? b : c; return 0; } /* the feasible end */
+        /* done when the bracket is a few ulps wide, or when E[g] meets b from above to
+         * rounding (a flat E[g](lambda) would otherwise need every bisection down to ulps) */
+        if (fabs(m) <= tol || (fb >= 0 && fb <= 4 * DBL_EPSILON * (1 + fabs(bsafe)))) { *root = fb >= 0 ? b : c; return 0; }
         if (fabs(e) >= tol && fabs(fa) > fabs(fb)) {
             double s = fb / fa, p, q;
             if (a == c) { p = 2 * m * s; q = 1 - s; } /* secant */
@@ -132,9 +134,10 @@ static int base_init(dual *x, base *bs) {
 }
 
 /* A threshold's solution. Returns an ST_ code and sets no error message (it runs in parallel
- * sweeps). hint (or NULL): a lambda whose E[g] is known to be <= b (a smaller threshold's
- * lambda*), so the bracket starts there; updated to this threshold's lambda*. */
-static int constrained_core(dual *x, const base *bs, double b, int stepwise, double hint[2], double *pi,
+ * sweeps). hint (or NULL): {lambda, its E[g], a step}: a smaller threshold's lambda*, whose E[g]
+ * is <= b, so the bracket starts there and first tries lambda + step; updated to this
+ * threshold's lambda* and 1.5 x its increment. */
+static int constrained_core(dual *x, const base *bs, double b, int stepwise, double hint[3], double *pi,
                             double *pi_step, fdpo_lab_constrained_result *res) {
     const size_t n = x->n;
     memset(res, 0, sizeof *res);
@@ -148,7 +151,7 @@ static int constrained_core(dual *x, const base *bs, double b, int stepwise, dou
         double lo = 0, flo = bs->e0 - b, fhi;
         if (hint && hint[0] > 0 && hint[1] <= b) { lo = hint[0]; flo = hint[1] - b; }
         /* lambda's scale is reward per unit of safety: steps from beta / range(g), doubling */
-        double step = lo > 0 ? 1e-3 * lo : x->beta / (bs->gmax - bs->gmin), hi = lo + step;
+        double step = lo > 0 ? fmax(hint[2], 1e-6 * lo) : x->beta / (bs->gmax - bs->gmin), hi = lo + step;
         for (;;) {
             if (excess(x, hi, b, pi, &fhi)) return ST_SOLVE;
             if (fhi >= 0) break;
@@ -164,7 +167,11 @@ static int constrained_core(dual *x, const base *bs, double b, int stepwise, dou
     res->lambda = lambda;
     res->evaluations = x->evals;
     stats(pi, x, &r, res);
-    if (hint && res->active) { hint[0] = lambda; hint[1] = res->expected_safety; }
+    if (hint && res->active) { /* the last step of lambda* guesses the next one */
+        hint[2] = hint[0] > 0 ? 1.5 * (lambda - hint[0]) : 0;
+        hint[0] = lambda;
+        hint[1] = res->expected_safety;
+    }
     if (!stepwise) return ST_OK;
     res->stepwise = 1;
     double *ps = pi_step;
@@ -270,7 +277,7 @@ int fdpo_lab_constrained_sweep(const double *pi_ref, const double *reward, const
         dual_init(&x, pi_ref, lq, reward, safety, n, &divs[k], beta);
         double *pi = fdpo_malloc(n * sizeof(double)), *ps = stepwise ? fdpo_malloc(n * sizeof(double)) : NULL;
         base b0;
-        double hint[2] = {0, 0};
+        double hint[3] = {0, 0, 0};
         if (base_init(&x, &b0)) failed = 1;
         for (size_t j = 0; !failed && j < nb; j++) {
             fdpo_lab_constrained_result *row = &rows[(size_t)k * nb + order[j].t];
