@@ -91,7 +91,7 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
         double renorm;
         if (fdpo_lab_read_csv(o->input, p, &renorm)) return -1;
         if (renorm != 0)
-            fprintf(stderr, "fdpo lab: warning: %s: pi_ref sums to %.17g, renormalised to 1\n", o->input, renorm);
+            fdpo_log(FDPO_LOG_WARN, "%s: pi_ref sums to %.17g, renormalised to 1", o->input, renorm);
         return 0;
     }
     if (o->n < 1) return fdpo_error("--n: must be >= 1 (got %ld)", o->n);
