@@ -211,6 +211,16 @@ static int check_args(const fdpo_divergence *d, double beta) {
     return 0;
 }
 
+static int check_inputs(const double *pi_ref, const double *reward, const double *safety, size_t n) {
+    if (n == 0) return fdpo_error("no responses (n = 0)");
+    for (size_t i = 0; i < n; i++) {
+        if (!(pi_ref[i] > 0) || !isfinite(pi_ref[i])) return fdpo_error("pi_ref[%zu] = %g: must be finite and > 0", i, pi_ref[i]);
+        if (!isfinite(reward[i])) return fdpo_error("reward[%zu] is not finite", i);
+        if (!isfinite(safety[i])) return fdpo_error("safety[%zu] is not finite", i);
+    }
+    return 0;
+}
+
 static void dual_init(dual *x, const double *pi_ref, const double *log_pi_ref, const double *reward, const double *safety,
                       size_t n, const fdpo_divergence *d, double beta) {
     memset(x, 0, sizeof *x);
@@ -237,7 +247,7 @@ int fdpo_lab_constrained(const double *pi_ref, const double *reward, const doubl
                          double *pi, double *pi_step, fdpo_lab_constrained_result *res) {
     if (check_args(d, beta)) return -1;
     if (!isfinite(min_safety)) return fdpo_error("--min-safety: must be a finite number (got %g)", min_safety);
-    if (n == 0) return fdpo_error("no responses (n = 0)");
+    if (check_inputs(pi_ref, reward, safety, n)) return -1;
     double *lq = fdpo_malloc(n * sizeof(double)), *pi_own = pi ? NULL : fdpo_malloc(n * sizeof(double));
     double *ps_own = stepwise && !pi_step ? fdpo_malloc(n * sizeof(double)) : NULL;
     for (size_t i = 0; i < n; i++) lq[i] = log(pi_ref[i]);
@@ -260,8 +270,8 @@ int fdpo_lab_constrained_sweep(const double *pi_ref, const double *reward, const
                                const fdpo_divergence *divs, size_t nd, double beta,
                                const double *bs, size_t nb, int stepwise, fdpo_lab_constrained_result *rows) {
     for (size_t k = 0; k < nd; k++) if (check_args(&divs[k], beta)) return -1;
+    if (check_inputs(pi_ref, reward, safety, n)) return -1;
     for (size_t t = 0; t < nb; t++) if (!isfinite(bs[t])) return fdpo_error("--frontier: threshold %g is not finite", bs[t]);
-    if (n == 0) return fdpo_error("no responses (n = 0)");
     double *lq = fdpo_malloc(n * sizeof(double));
     for (size_t i = 0; i < n; i++) lq[i] = log(pi_ref[i]);
     /* increasing thresholds, so each lambda* brackets the next (lambda* is monotone in b) */
@@ -270,6 +280,9 @@ int fdpo_lab_constrained_sweep(const double *pi_ref, const double *reward, const
     qsort(order, nb, sizeof *order, by_threshold);
     int failed = 0;
     long long ndl = (long long)nd;
+    size_t done = 0, every = (nd * nb + 9) / 10;
+    fdpo_progress pr;
+    fdpo_progress_start(&pr, "constrained frontier", nd * nb);
     /* parallel over divergences; thresholds in order inside one, so rows do not depend on threads */
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : failed)
     for (long long k = 0; k < ndl; k++) {
@@ -289,9 +302,12 @@ int fdpo_lab_constrained_sweep(const double *pi_ref, const double *reward, const
                 row->step_expected_reward = row->step_expected_safety = row->step_max_abs_diff = row->step_tv = row->step_kl = NAN;
                 row->stepwise = stepwise;
             } else if (st != ST_OK) failed = 1;
+#pragma omp critical(fdpo_lab_constrained_progress)
+            if (++done % every == 0) fdpo_progress_step(&pr, done, NAN, NAN, NAN, NAN, NULL); /* ~10 reports */
         }
         free(x.c); free(x.top); free(pi); free(ps); free(b0.pi1);
     }
+    fdpo_progress_end(&pr);
     free(lq); free(order);
     return failed ? fdpo_error("constrained frontier: an inner solve failed") : 0;
 }
