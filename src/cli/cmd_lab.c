@@ -623,7 +623,7 @@ static int lab_constrained(int argc, char **argv) {
     int rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p);
     if (rc == 0 && o.input && !p.safety) rc = fdpo_error("--data %s: lab constrained needs a 'safety' column", o.input);
     if (rc == 0 && !o.input) fdpo_lab_generate_safety(&p, correlation, &rng);
-    if (rc) { free(divs); free(bs); return -1; }
+    if (rc) { fdpo_lab_problem_free(&p); free(divs); free(bs); return -1; }
     size_t nrow = nd * nb;
     fdpo_lab_constrained_result *rows = fdpo_calloc(nrow, sizeof *rows);
     double *pis = NULL, *steps = NULL;
