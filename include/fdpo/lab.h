@@ -107,6 +107,11 @@ double fdpo_lab_gap_bound(const double *pistar, const double *reward, const doub
 int fdpo_lab_gap(const fdpo_divergence *d, double beta, const double *pi_ref, const double *reward,
                  const double *reward_hat, size_t n, double *pistar, double *pihat, fdpo_lab_gap_row *row);
 
+/* The mean of fdpo_lab_gap over prompts (reward_hat[x] for problem x); bound_held: the mean
+ * reward gap is <= the mean bound (+1e-12 for rounding). */
+int fdpo_lab_gap_mean(const fdpo_divergence *d, double beta, const fdpo_lab_problem *problems,
+                      const double *const *reward_hat, size_t prompts, fdpo_lab_gap_row *mean, int *bound_held);
+
 /* Length bias: r_hat = r + bias * length. Needs p->length. */
 typedef struct { double length_pistar, length_pihat, length_increase, reward_gap; } fdpo_lab_bias_row;
 int fdpo_lab_bias(const fdpo_divergence *d, double beta, double bias, const fdpo_lab_problem *p, fdpo_lab_bias_row *row);

@@ -34,6 +34,24 @@ int fdpo_lab_gap(const fdpo_divergence *d, double beta, const double *pi_ref, co
     return 0;
 }
 
+int fdpo_lab_gap_mean(const fdpo_divergence *d, double beta, const fdpo_lab_problem *P,
+                      const double *const *reward_hat, size_t prompts, fdpo_lab_gap_row *mean, int *bound_held) {
+    memset(mean, 0, sizeof *mean);
+    if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %zu)", prompts);
+    int rc = 0;
+    for (size_t x = 0; rc == 0 && x < prompts; x++) {
+        double *ps = fdpo_malloc(P[x].n * sizeof(double)), *ph = fdpo_malloc(P[x].n * sizeof(double));
+        fdpo_lab_gap_row g;
+        rc = fdpo_lab_gap(d, beta, P[x].pi_ref, P[x].reward, reward_hat[x], P[x].n, ps, ph, &g);
+        mean->reward_gap += g.reward_gap / (double)prompts;
+        mean->objective_gap += g.objective_gap / (double)prompts;
+        mean->bound += g.bound / (double)prompts;
+        free(ps); free(ph);
+    }
+    if (bound_held) *bound_held = mean->reward_gap <= mean->bound + 1e-12;
+    return rc;
+}
+
 int fdpo_lab_bias(const fdpo_divergence *d, double beta, double bias, const fdpo_lab_problem *p, fdpo_lab_bias_row *row) {
     if (!p->length) return fdpo_error("the bias experiment needs response lengths (a 'length' column)");
     const size_t n = p->n;

@@ -57,6 +57,18 @@ START_TEST(gap_bound_and_zero_gap) {
     ck_assert_double_eq(g.reward_gap, 0);
     ck_assert_double_eq(g.bound, 0);
     ck_assert_double_le(fabs(g.objective_gap), 1e-15);
+    /* mean over prompts: a perturbed prompt and an exact one average to half the gap */
+    double rh[3] = {0.4, -1, 2};
+    ck_assert_int_eq(fdpo_lab_gap(&d, 0.3, q, rr, rh, 3, a, b, &g), 0);
+    ck_assert_double_gt(g.reward_gap, 0);
+    fdpo_lab_problem P[2] = {{3, q, rr, NULL, NULL, NULL}, {3, q, rr, NULL, NULL, NULL}};
+    const double *rhs[2] = {rh, rr};
+    fdpo_lab_gap_row m;
+    int held;
+    ck_assert_int_eq(fdpo_lab_gap_mean(&d, 0.3, P, rhs, 2, &m, &held), 0);
+    ck_assert_double_eq_tol(m.reward_gap, g.reward_gap / 2, 1e-15);
+    ck_assert_double_eq_tol(m.bound, g.bound / 2, 1e-15);
+    ck_assert_int_eq(held, m.reward_gap <= m.bound + 1e-12);
 }
 END_TEST
 
