@@ -58,11 +58,11 @@ START_TEST(gap_bound_and_zero_gap) {
     ck_assert_double_eq(g.bound, 0);
     ck_assert_double_le(fabs(g.objective_gap), 1e-15);
     /* mean over prompts: a perturbed prompt and an exact one average to half the gap */
-    double rh[3] = {0.4, -1, 2};
-    ck_assert_int_eq(fdpo_lab_gap(&d, 0.3, q, rr, rh, 3, a, b, &g), 0);
+    double rh3[3] = {0.4, -1, 2};
+    ck_assert_int_eq(fdpo_lab_gap(&d, 0.3, q, rr, rh3, 3, a, b, &g), 0);
     ck_assert_double_gt(g.reward_gap, 0);
     fdpo_lab_problem P[2] = {{3, q, rr, NULL, NULL, NULL}, {3, q, rr, NULL, NULL, NULL}};
-    const double *rhs[2] = {rh, rr};
+    const double *rhs[2] = {rh3, rr};
     fdpo_lab_gap_row m;
     int held;
     ck_assert_int_eq(fdpo_lab_gap_mean(&d, 0.3, P, rhs, 2, &m, &held), 0);
