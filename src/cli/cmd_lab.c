@@ -68,11 +68,12 @@ static int table_close(table *t, int ok) {
 typedef struct {
     long n, seed, threads, length_min, length_max;
     double zipf_s, dirichlet_alpha, reward_scale;
-    const char *pi_ref, *reward, *input, *format, *out;
+    const char *pi_ref, *reward, *input, *data, *format, *out;
 } common_opts;
 
 #define COMMON_FLAGS(o, n_default)                                                                      \
-    {"input", FLAG_STR, &(o).input, NULL, "CSV problem: header pi_ref,reward[,reward_hat][,length], one row per response", 0}, \
+    {"data", FLAG_STR, &(o).data, NULL, "CSV problem: header pi_ref,reward[,reward_hat][,length][,safety], one row per response", 0}, \
+    {"input", FLAG_STR, &(o).input, NULL, "the older spelling of --data", 0}, \
     {"n", FLAG_INT, &(o).n, n_default, "responses per prompt when generating", 0},                         \
     {"pi-ref", FLAG_STR, &(o).pi_ref, "zipf", "generated pi_ref: zipf, dirichlet, uniform", 0},            \
     {"zipf-s", FLAG_FLOAT, &(o).zipf_s, "1", "Zipf exponent: pi_ref(k) ∝ k^-s", 0},                         \
@@ -87,9 +88,9 @@ typedef struct {
 
 static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf, fdpo_rng *rng, fdpo_lab_problem *p) {
     if (o->input) {
-        if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --input (the file sets the responses)");
+        if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --data/--input (the file sets the responses)");
         double renorm;
-        if (fdpo_lab_read_csv(o->input, p, &renorm)) return -1;
+        if (fdpo_lab_read_csv(o->input, p, &renorm)) return fdpo_error_context(o->data ? "--data" : "--input");
         if (renorm != 0)
             fdpo_log(FDPO_LOG_WARN, "%s: pi_ref sums to %.17g, renormalised to 1", o->input, renorm);
         return 0;
@@ -139,6 +140,8 @@ static int check_beta(double beta) {
     if (prc_ != FLAGS_OK) return -1;                                                                 \
     if (npos_ > 0) { fdpo_error("lab " name ": unexpected argument '%s'", pos_[0]); free(pos_); return -1; } \
     free(pos_);                                                                                      \
+    if (o.data && o.input) return fdpo_error("--data and --input name the same file; give one"); \
+    if (o.data) o.input = o.data;                                                                    \
     fdpo_set_threads((int)o.threads)
 
 /* ---------------- solve ---------------- */
@@ -276,7 +279,7 @@ static int lab_gap(int argc, char **argv) {
     long prompts;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "1000"),
-        {"prompts", FLAG_INT, &prompts, "4", "independent prompts (problems) averaged over (1 with --input)", 0},
+        {"prompts", FLAG_INT, &prompts, "4", "independent prompts (problems) averaged over (1 with --data)", 0},
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences", 0},
         {"betas", FLAG_STR, &betalist, "0.01,0.03,0.1,0.3,1", "comma list of betas", 0},
         {"noise", FLAG_STR, &noiselist, "0.1", "comma list of reward-noise sds: r_hat = r + noise * N(0,1) (ignored if --input has reward_hat)", 0},
@@ -286,7 +289,7 @@ static int lab_gap(int argc, char **argv) {
     PARSE_FLAGS("gap", "fdpo lab gap [flags]");
     if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
-        return fdpo_error("--prompts: --input holds one prompt (got %ld)", prompts);
+        return fdpo_error("--prompts: --data/--input holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
     fdpo_divergence *divs = NULL;
     double *betas = NULL, *noises = NULL;
@@ -364,7 +367,7 @@ static int lab_coverage(int argc, char **argv) {
     double beta, mixture, ridge;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "20"),
-        {"prompts", FLAG_INT, &prompts, "8", "independent prompts averaged over (1 with --input)", 0},
+        {"prompts", FLAG_INT, &prompts, "8", "independent prompts averaged over (1 with --data)", 0},
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences", 0},
         {"beta", FLAG_FLOAT, &beta, "0.1", "regularisation strength beta > 0", 0},
         {"comparisons", FLAG_STR, &nlist, "10,30,100,300,1000,3000", "comma list of N, comparisons per prompt", 0},
@@ -382,7 +385,7 @@ static int lab_coverage(int argc, char **argv) {
     co.beta = beta; co.mixture = mixture; co.ridge = ridge; co.seed = (uint64_t)o.seed;
     if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
-        return fdpo_error("--prompts: --input holds one prompt (got %ld)", prompts);
+        return fdpo_error("--prompts: --data/--input holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
     fdpo_divergence ddiv;
     if (fdpo_divergence_parse(datadiv, &ddiv)) return fdpo_error_context("--data-divergence");
@@ -461,7 +464,7 @@ static int lab_bias(int argc, char **argv) {
     fdpo_lab_problem p;
     if (load_problem(&o, flags, NFLAGS(flags), &rng, &p)) { free(divs); free(betas); free(bs); return -1; }
     int rc = 0;
-    if (!p.length) rc = fdpo_error("--input %s: the bias experiment needs a 'length' column", o.input);
+    if (!p.length) rc = fdpo_error("--data %s: the bias experiment needs a 'length' column", o.input);
     static const char *cols[] = {"bias", "divergence", "beta", "length_pistar", "length_pihat", "length_increase", "reward_gap"};
     table t;
     int opened = 0;
@@ -568,12 +571,11 @@ static int threshold_grid(const char *spec, double **out, size_t *n) {
 
 static int lab_constrained(int argc, char **argv) {
     common_opts o;
-    const char *divspec, *data, *frontier, *out;
+    const char *divspec, *frontier, *out;
     double beta, min_safety, correlation;
     int stepwise;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "1000"),
-        {"data", FLAG_STR, &data, NULL, "CSV problem: header pi_ref,reward,safety (--input is the older spelling)", 0},
         {"safety-correlation", FLAG_FLOAT, &correlation, "-0.5", "generated safety: correlation with the reward, in [-1, 1]", 0},
         {"divergence", FLAG_STR, &divspec, "rkl,fkl,js,alpha:0.5", "comma list of admissible divergences (rkl, fkl, js, alpha:A)", 0},
         {"beta", FLAG_FLOAT, &beta, "0.1", "regularisation strength beta > 0", 0},
@@ -584,8 +586,6 @@ static int lab_constrained(int argc, char **argv) {
     };
     PARSE_FLAGS("constrained", "fdpo lab constrained --data CSV --min-safety B [flags]");
     int has_b = flags_was_set(flags, NFLAGS(flags), "min-safety");
-    if (data && o.input) return fdpo_error("--data and --input name the same file; give one");
-    if (data) o.input = data;
     if (frontier && has_b) return fdpo_error("--min-safety: not allowed with --frontier (the sweep sets the thresholds)");
     if (!frontier && !has_b) return fdpo_error("--min-safety: required (or --frontier LIST to sweep thresholds)");
     if (!(correlation >= -1 && correlation <= 1)) return fdpo_error("--safety-correlation: must be in [-1, 1] (got %g)", correlation);

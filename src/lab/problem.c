@@ -124,7 +124,7 @@ int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalise
     if (renormalised) *renormalised = 0;
     size_t len;
     char *text = fdpo_read_file(path, &len);
-    if (!text) return fdpo_error_context("--input %s", path);
+    if (!text) return -1; /* the message names the path */
     int rc = -1;
     int col_of_field[16];
     int field_of_col[N_COLS] = {-1, -1, -1, -1, -1};

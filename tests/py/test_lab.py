@@ -727,3 +727,15 @@ def test_constrained_needs_a_safety_column(tmp_path):
     assert r.returncode != 0 and "needs a 'safety' column" in r.stderr
     r = lab("constrained", "--data", p, "--input", p, "--min-safety", "0", check=False)
     assert r.returncode != 0 and "--data and --input" in r.stderr
+
+
+def test_data_is_the_spelling_of_input_for_every_experiment(tmp_path):
+    q, r = problem(10, 4)
+    p = tmp_path / "p.csv"
+    write_problem(p, q, r)
+    for exp in ("solve", "frontier", "gap", "check"):
+        assert lab(exp, "--data", p, "--divergence", "rkl").stdout == lab(exp, "--input", p, "--divergence", "rkl").stdout
+    a = rows(lab("solve", "--data", p, "--divergence", "rkl", "--beta", "0.3").stdout)[0]
+    assert float(a["expected_reward"]) == pytest.approx(special.softmax(np.log(q) + r / 0.3) @ r, rel=1e-12)
+    r2 = lab("solve", "--data", p, "--input", p, check=False)
+    assert r2.returncode != 0 and "--data and --input" in r2.stderr
