@@ -15,6 +15,7 @@ static const command COMMANDS[] = {
     {"eval",     cmd_eval,     "reward, KL, entropy, diversity and calibration of policies"},
     {"score",    cmd_score,    "reward and log-probs of given completions"},
     {"pairs",    cmd_pairs,    "scored samples -> preference pairs with Bradley-Terry labels"},
+    {"merge",    cmd_merge,    "average checkpoints or add task vectors (model merging, P-SACPO)"},
     {"lab",      cmd_lab,      "exact f-regularised alignment on finite problems"},
     {"report",   cmd_report,   "self-contained HTML report of run directories"},
     {"tokenize", cmd_tokenize, "text <-> token ids with a checkpoint's tokenizer"},
