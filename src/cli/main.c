@@ -19,6 +19,7 @@ static const command COMMANDS[] = {
     {"lab",      cmd_lab,      "exact f-regularised alignment on finite problems"},
     {"report",   cmd_report,   "self-contained HTML report of run directories"},
     {"tokenize", cmd_tokenize, "text <-> token ids with a checkpoint's tokenizer"},
+    {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer (GPT-2 pre-tokenisation) on text"},
     {"info",     cmd_info,     "print a checkpoint's config and parameter count"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
