@@ -20,13 +20,13 @@
 typedef enum { FDPO_ARCH_GPT2 = 0, FDPO_ARCH_LLAMA = 1 } fdpo_arch;
 
 typedef struct {
-    fdpo_arch arch;
     size_t vocab_size;   /* V */
     size_t n_positions;  /* maxT */
     size_t n_embd;       /* C */
     size_t n_layer;      /* L */
     size_t n_head;       /* NH, C % NH == 0 */
     float layer_norm_epsilon; /* 1e-5; the RMSNorm epsilon (rms_norm_eps) for Llama */
+    fdpo_arch arch;           /* after the GPT-2 fields, so {V, T, C, L, NH, eps} still reads as GPT-2 */
     /* ---- Llama family (LlamaForCausalLM, Qwen2ForCausalLM): n_embd = hidden_size,
      * n_layer = num_hidden_layers, n_head = num_attention_heads,
      * n_positions = max_position_embeddings ---- */
