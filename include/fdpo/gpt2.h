@@ -126,6 +126,8 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp);
 void fdpo_gpt2_zero_grad(fdpo_gpt2 *m);
 /* d_token_logp[t] = d_seq_logp[b(t)] * weight_t, for per-sequence upstream gradients. */
 void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp);
+/* 1 if two configs describe the same architecture (family, every shape, epsilon, rope). */
+int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b);
 /* Copy parameters (same config required). */
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src);
 

@@ -393,10 +393,22 @@ void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, 
     }
 }
 
+int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b) {
+    int same = a->arch == b->arch && a->vocab_size == b->vocab_size && a->n_positions == b->n_positions &&
+               a->n_embd == b->n_embd && a->n_layer == b->n_layer && a->n_head == b->n_head &&
+               a->layer_norm_epsilon == b->layer_norm_epsilon;
+    if (same && a->arch == FDPO_ARCH_LLAMA)
+        same = a->n_kv_head == b->n_kv_head && a->intermediate_size == b->intermediate_size && a->head_dim == b->head_dim &&
+               a->rope_theta == b->rope_theta && a->tie_word_embeddings == b->tie_word_embeddings && a->qkv_bias == b->qkv_bias &&
+               a->o_bias == b->o_bias && a->mlp_bias == b->mlp_bias && a->rope_factor == b->rope_factor &&
+               a->rope_low_freq_factor == b->rope_low_freq_factor && a->rope_high_freq_factor == b->rope_high_freq_factor &&
+               a->rope_original_max_position == b->rope_original_max_position;
+    return same;
+}
+
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src) {
     const fdpo_gpt2_config *a = &dst->config, *b = &src->config;
-    if (a->arch != b->arch || dst->n_params != src->n_params || a->vocab_size != b->vocab_size ||
-        a->n_positions != b->n_positions || a->n_embd != b->n_embd || a->n_layer != b->n_layer || a->n_head != b->n_head)
+    if (!fdpo_gpt2_config_equal(a, b))
         return fdpo_error("copy params: configs differ (V %zu/%zu, T %zu/%zu, C %zu/%zu, L %zu/%zu, H %zu/%zu)",
                           a->vocab_size, b->vocab_size, a->n_positions, b->n_positions, a->n_embd, b->n_embd,
                           a->n_layer, b->n_layer, a->n_head, b->n_head);

@@ -21,14 +21,9 @@ double fdpo_merge_weight(const fdpo_merge_opts *o, size_t i) {
     return o->base ? 1.0 : 1.0 / (double)o->n_models;
 }
 
-static int same_config(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b) {
-    return a->vocab_size == b->vocab_size && a->n_positions == b->n_positions && a->n_embd == b->n_embd &&
-           a->n_layer == b->n_layer && a->n_head == b->n_head && a->layer_norm_epsilon == b->layer_norm_epsilon;
-}
-
 static int check_compatible(const char *dir, const fdpo_gpt2 *m, const char *first_dir, const fdpo_gpt2 *first) {
     const fdpo_gpt2_config *a = &m->config, *b = &first->config;
-    if (!same_config(a, b))
+    if (!fdpo_gpt2_config_equal(a, b))
         return fdpo_error("%s: architecture differs from %s (n_layer %zu vs %zu, n_embd %zu vs %zu, n_head %zu vs %zu, "
                           "vocab_size %zu vs %zu, n_positions %zu vs %zu)", dir, first_dir, a->n_layer, b->n_layer,
                           a->n_embd, b->n_embd, a->n_head, b->n_head, a->vocab_size, b->vocab_size,
