@@ -15,10 +15,16 @@ CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude -Isrc $(SAN)
 CFLAGS  += $(shell pkg-config --cflags libcjson libpcre2-8 2>/dev/null)
 LDLIBS  += -lopenblas -lcjson -lpcre2-8 -linih -lm -fopenmp $(SAN)
+# Open MPI (src/dist): on when pkg-config finds ompi-c; `make MPI=0` builds without it.
+MPI     ?= $(shell pkg-config --exists ompi-c 2>/dev/null && echo 1 || echo 0)
+ifeq ($(MPI),1)
+CFLAGS  += -DFDPO_HAVE_MPI $(shell pkg-config --cflags ompi-c)
+LDLIBS  += $(shell pkg-config --libs ompi-c)
+endif
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
 
 LIB_SRC  := $(sort $(wildcard src/core/*.c src/text/*.c src/io/*.c src/model/*.c \
-              src/objectives/*.c src/data/*.c src/train/*.c src/eval/*.c src/lab/*.c src/report/*.c))
+              src/objectives/*.c src/data/*.c src/dist/*.c src/train/*.c src/eval/*.c src/lab/*.c src/report/*.c))
 CLI_SRC  := $(sort $(wildcard src/cli/*.c))
 HAR_SRC  := $(sort $(wildcard tests/harness/*.c))
 CTEST_SRC:= $(sort $(wildcard tests/c/test_*.c))

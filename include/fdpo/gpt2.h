@@ -15,13 +15,31 @@
 #include <stdint.h>
 #include "fdpo/core.h"
 
+/* The model families behind this one interface (docs/model.md#families). A zeroed config
+ * is GPT-2; Llama-family fields are ignored for GPT-2. */
+typedef enum { FDPO_ARCH_GPT2 = 0, FDPO_ARCH_LLAMA = 1 } fdpo_arch;
+
 typedef struct {
     size_t vocab_size;   /* V */
     size_t n_positions;  /* maxT */
     size_t n_embd;       /* C */
     size_t n_layer;      /* L */
     size_t n_head;       /* NH, C % NH == 0 */
-    float layer_norm_epsilon; /* 1e-5 */
+    float layer_norm_epsilon; /* 1e-5; the RMSNorm epsilon (rms_norm_eps) for Llama */
+    fdpo_arch arch;           /* after the GPT-2 fields, so {V, T, C, L, NH, eps} still reads as GPT-2 */
+    /* ---- Llama family (LlamaForCausalLM, Qwen2ForCausalLM): n_embd = hidden_size,
+     * n_layer = num_hidden_layers, n_head = num_attention_heads,
+     * n_positions = max_position_embeddings ---- */
+    size_t n_kv_head;          /* num_key_value_heads (GQA); divides n_head */
+    size_t intermediate_size;  /* SwiGLU width F */
+    size_t head_dim;           /* hd; 0 = n_embd / n_head */
+    double rope_theta;
+    int tie_word_embeddings;   /* LM head = embed_tokens */
+    int qkv_bias, o_bias, mlp_bias; /* attention_bias (q,k,v,o) / Qwen2 (q,k,v) / mlp_bias */
+    /* rope_scaling {"rope_type": "llama3"}: factor 0 = none */
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    size_t rope_original_max_position;
+    char model_type[16];       /* "llama" or "qwen2", written back to config.json */
 } fdpo_gpt2_config;
 
 /* Parameter tensors, carved from one allocation in this order. Linear weights are stored
@@ -45,6 +63,7 @@ typedef struct {
     float *lnfb;     /* [C] */
 } fdpo_gpt2_params;
 #define FDPO_GPT2_NUM_TENSORS 16
+#define FDPO_MODEL_MAX_TENSORS 24   /* the largest family's table (Llama with every bias) */
 
 /* One parameter tensor as the checkpoint code and the optimizer see it. */
 typedef struct {
@@ -61,11 +80,13 @@ typedef struct fdpo_gpt2_acts fdpo_gpt2_acts; /* activations, private to src/mod
 
 typedef struct {
     fdpo_gpt2_config config;
-    fdpo_gpt2_tensor tensors[FDPO_GPT2_NUM_TENSORS];
+    fdpo_gpt2_tensor tensors[FDPO_MODEL_MAX_TENSORS];
+    size_t n_tensors;                                /* entries of tensors[] in use */
     size_t n_params;
     fdpo_gpt2_params params; float *params_memory;
     fdpo_gpt2_params grads;  float *grads_memory;   /* allocated on first backward */
     fdpo_gpt2_acts *acts;                            /* sized for the largest batch seen */
+    struct fdpo_llama_state *llama;                  /* Llama family: tensor roles, activations */
 } fdpo_gpt2;
 
 /* A packed batch (see top). Arrays of length N unless noted. The caller owns them. */
@@ -105,6 +126,8 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp);
 void fdpo_gpt2_zero_grad(fdpo_gpt2 *m);
 /* d_token_logp[t] = d_seq_logp[b(t)] * weight_t, for per-sequence upstream gradients. */
 void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp);
+/* 1 if two configs describe the same architecture (family, every shape, epsilon, rope). */
+int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b);
 /* Copy parameters (same config required). */
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src);
 

@@ -12,10 +12,10 @@
 #include "fdpo/core.h"
 #include "fdpo/objectives.h"
 
-/* One prompt's responses. reward_hat and length are optional (NULL). */
+/* One prompt's responses. reward_hat, length and safety are optional (NULL). */
 typedef struct {
     size_t n;
-    double *pi_ref, *reward, *reward_hat, *length;
+    double *pi_ref, *reward, *reward_hat, *length, *safety;
 } fdpo_lab_problem;
 void fdpo_lab_problem_free(fdpo_lab_problem *p);
 
@@ -29,10 +29,15 @@ typedef struct {
 } fdpo_lab_gen;
 int fdpo_lab_generate(const fdpo_lab_gen *g, size_t n, fdpo_rng *rng, fdpo_lab_problem *p);
 
-/* CSV with a header naming columns pi_ref, reward (required) and reward_hat, length
- * (optional), one row per response. Errors name FILE:LINE and the column. pi_ref must be > 0;
- * if it sums to 1 +- more than 1e-9 it is renormalised and *renormalised gets its old sum
- * (else 0). */
+/* A safety score for a generated problem: g = c * r / sd(r) + sqrt(1 - c^2) * N(0, 1), so
+ * corr(g, r) ~ c (c < 0: the rewarded answers are the less safe ones). |c| <= 1. */
+void fdpo_lab_generate_safety(fdpo_lab_problem *p, double correlation, fdpo_rng *rng);
+
+/* CSV with a header naming columns pi_ref, reward (required) and reward_hat, length, safety
+ * (optional), one row per response; a UTF-8 byte-order mark is skipped, a NUL byte is an
+ * error. Errors name FILE:LINE and the column. pi_ref must be > 0 (subnormals are fine);
+ * if it sums to 1 +- more than 1e-9 it is renormalised (overflow-safe: divided by its max
+ * first) and *renormalised gets its old sum (inf if that overflows a double; else 0). */
 int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalised);
 /* Validates an in-memory problem (what names it in messages). */
 int fdpo_lab_validate(const fdpo_lab_problem *p, const char *what);
@@ -42,7 +47,8 @@ typedef struct {
     size_t n;
     const double *pi_ref, *reward;
     double *log_pi_ref;
-    size_t *order_desc; /* indices by decreasing reward */
+    size_t *order_desc; /* indices by decreasing reward: the first n_sorted of them */
+    size_t n_sorted;    /* n after fdpo_lab_prepare; chi2 needs all, the others use the top 256 */
     double r_min, r_max;
 } fdpo_lab_prepared;
 void fdpo_lab_prepare(fdpo_lab_prepared *pp, const double *pi_ref, const double *reward, size_t n);
@@ -89,5 +95,88 @@ typedef struct {
 } fdpo_lab_check_result;
 int fdpo_lab_check(const fdpo_lab_prepared *pp, const fdpo_pref_loss *L, double label_noise,
                    double *pi_theta, fdpo_lab_check_result *res);
+
+/* ---- experiments: the rows of `fdpo lab gap/bias/frontier/coverage` ---- */
+
+/* pi* (solved with reward) against pi_hat (solved with reward_hat), both judged with the true
+ * reward. bound = sum_y pi*(y) exp(eps(y)/beta) eps(y), eps = |reward - reward_hat|: the
+ * reward-gap bound of DESIGN.md §4 (proved for rkl; reported for every f). */
+typedef struct { double reward_gap, objective_gap, bound; } fdpo_lab_gap_row;
+double fdpo_lab_gap_bound(const double *pistar, const double *reward, const double *reward_hat, size_t n, double beta);
+/* pistar, pihat: n doubles each (scratch; left holding the two policies). */
+int fdpo_lab_gap(const fdpo_divergence *d, double beta, const double *pi_ref, const double *reward,
+                 const double *reward_hat, size_t n, double *pistar, double *pihat, fdpo_lab_gap_row *row);
+
+/* The mean of fdpo_lab_gap over prompts (reward_hat[x] for problem x); bound_held: the mean
+ * reward gap is <= the mean bound (+1e-12 for rounding). */
+int fdpo_lab_gap_mean(const fdpo_divergence *d, double beta, const fdpo_lab_problem *problems,
+                      const double *const *reward_hat, size_t prompts, fdpo_lab_gap_row *mean, int *bound_held);
+
+/* Length bias: r_hat = r + bias * length. Needs p->length. */
+typedef struct { double length_pistar, length_pihat, length_increase, reward_gap; } fdpo_lab_bias_row;
+int fdpo_lab_bias(const fdpo_divergence *d, double beta, double bias, const fdpo_lab_problem *p, fdpo_lab_bias_row *row);
+
+/* Every (divergence, beta) solve, rows[k * nbetas + b], in parallel over the pairs (each solve
+ * is sequential, so the rows do not depend on the thread count). */
+int fdpo_lab_frontier(const fdpo_lab_prepared *pp, const fdpo_divergence *divs, size_t ndivs,
+                      const double *betas, size_t nbetas, fdpo_lab_result *rows);
+
+/* Coverage: for each N in n_comparisons and each prompt, draw N pairs from the data policy,
+ * label them by Bradley-Terry on the true reward, fit r_hat (fdpo_lab_bt_fit) and compare
+ * the pi_hat it induces with pi* for every divergence. Rows (N-major, nn * ndivs) are means
+ * over prompts; pistar_coverage = pi*-mass of the responses seen in some comparison,
+ * fit_rmse = RMS of the mean-centred r_hat - r. */
+typedef enum { FDPO_LAB_DATA_REF, FDPO_LAB_DATA_OPTIMAL, FDPO_LAB_DATA_UNIFORM, FDPO_LAB_DATA_MIXTURE } fdpo_lab_data_policy;
+int fdpo_lab_data_policy_parse(const char *name, fdpo_lab_data_policy *out); /* ref, optimal, uniform, mixture */
+typedef struct { double reward_gap, objective_gap, pistar_coverage, fit_rmse; } fdpo_lab_coverage_row;
+typedef struct {
+    fdpo_lab_data_policy policy;
+    fdpo_divergence data_div; /* the f whose pi* (at beta) "optimal" and "mixture" use */
+    double beta, mixture, ridge;
+    uint64_t seed;            /* the comparisons' own stream: adding divergences changes nothing */
+    /* optional: called once per (N, prompt) with the comparisons and the fitted r_hat */
+    void (*on_fit)(void *ctx, size_t n_comparisons, size_t prompt, const size_t *winner, const size_t *loser,
+                   const double *reward_hat, size_t n);
+    void *ctx;
+} fdpo_lab_coverage_opts;
+int fdpo_lab_coverage(const fdpo_lab_coverage_opts *o, const fdpo_lab_problem *problems, size_t prompts,
+                      const size_t *n_comparisons, size_t nn, const fdpo_divergence *divs, size_t ndivs,
+                      fdpo_lab_coverage_row *rows);
+
+/* ---- constrained alignment (`fdpo lab constrained`) ----
+ *
+ *   max_pi E_pi[r] - beta D_f(pi || pi_ref)   s.t.   E_pi[g] >= b
+ *
+ * for admissible f (rkl, fkl, js, alpha). KKT with a multiplier lambda >= 0: pi*_lambda is the
+ * unconstrained optimum for the reward r + lambda g; E_{pi*_lambda}[g] is non-decreasing in
+ * lambda. lambda* = 0 when pi*_0 already satisfies the constraint; otherwise the root of
+ * E_{pi*_lambda}[g] = b, bracketed by doubling and found by Brent's method. b >= max g is
+ * infeasible (only a point mass reaches max g, and only as lambda -> inf). */
+typedef struct {
+    int feasible;                  /* 0: min_safety >= max g (sweeps report the row; the rest NaN) */
+    double lambda;                 /* lambda* >= 0 */
+    int active;                    /* 1 when lambda* > 0 */
+    double expected_reward, expected_safety, f_divergence, kl, entropy;
+    double objective;              /* E[r] - beta D_f */
+    int evaluations;               /* inner solves of the dual search */
+    /* two-step alignment (stepwise = 1): pi1 = optimum for r from pi_ref at beta, then the
+     * optimum for g from pi1 at beta / lambda* (pi1 itself when lambda* = 0) */
+    int stepwise;
+    double step_expected_reward, step_expected_safety;
+    double step_max_abs_diff;      /* max_y |pi_step - pi*| */
+    double step_tv;                /* 1/2 sum |pi_step - pi*| */
+    double step_kl;                /* KL(pi_step || pi*) */
+} fdpo_lab_constrained_result;
+/* pi, pi_step: n doubles or NULL. stepwise: also fill the step_* fields (and pi_step). */
+int fdpo_lab_constrained(const double *pi_ref, const double *reward, const double *safety, size_t n,
+                         const fdpo_divergence *d, double beta, double min_safety, int stepwise,
+                         double *pi, double *pi_step, fdpo_lab_constrained_result *res);
+/* Every (divergence, threshold) pair, rows[k * nthresholds + t], in parallel (OpenMP) over the
+ * pairs; each row is computed sequentially, so rows do not depend on the thread count.
+ * Infeasible thresholds give feasible = 0 rows instead of an error. */
+int fdpo_lab_constrained_sweep(const double *pi_ref, const double *reward, const double *safety, size_t n,
+                               const fdpo_divergence *divs, size_t ndivs, double beta,
+                               const double *thresholds, size_t nthresholds, int stepwise,
+                               fdpo_lab_constrained_result *rows);
 
 #endif

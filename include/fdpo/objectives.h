@@ -9,6 +9,9 @@ typedef struct { fdpo_div_kind kind; double alpha; /* ALPHA only, 0 < alpha < 1,
 
 /* "rkl", "fkl", "js", "alpha:0.5", "tv", "chi2". Error names the spec. */
 int fdpo_divergence_parse(const char *spec, fdpo_divergence *d);
+/* Comma list of specs ("rkl,js,alpha:0.5"); "all" = rkl,fkl,js,alpha:0.5,tv,chi2. *out is
+ * malloc'd (free it). Errors name the bad item; callers add the flag name. */
+int fdpo_divergence_parse_list(const char *spec, fdpo_divergence **out, size_t *count);
 void fdpo_divergence_name(const fdpo_divergence *d, char *buf, size_t n); /* canonical spec */
 /* 1 if usable by f-DPO (0 not in dom f'); else 0 and *why explains (tv, chi2). */
 int fdpo_divergence_admissible(const fdpo_divergence *d, const char **why);

@@ -28,4 +28,25 @@ char *fdpo_tokenizer_decode(const fdpo_tokenizer *t, const int32_t *ids, size_t 
 /* Raw bytes of one token (no UTF-8 repair), for streaming output. */
 const char *fdpo_tokenizer_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *len);
 
+/* ---- BPE training (src/text/bpe_train.c, docs/tokenizer.md#training) ----
+ * Byte-level BPE with GPT-2's pre-tokenisation: ids 0..255 are the byte symbols in GPT-2's
+ * order, then the merges as learnt, then "<|endoftext|>" (id vocab_size - 1 when the corpus
+ * allows that many merges). Deterministic: ties in pair count go to the bytewise-smallest
+ * (left, right) pair. */
+typedef struct {
+    size_t vocab_size;     /* >= 257 */
+    size_t min_frequency;  /* stop when the best pair occurs fewer times (>= 1) */
+} fdpo_bpe_train_opts;
+typedef struct {
+    char **tokens; size_t *token_len; size_t n_tokens; /* token bytes (the last: "<|endoftext|>") */
+    int32_t (*merges)[2]; size_t n_merges;              /* merge i made token 256 + i */
+    size_t n_words;                                     /* distinct pre-tokens seen */
+} fdpo_bpe_trained;
+int fdpo_bpe_train_opts_check(const fdpo_bpe_train_opts *o);
+int fdpo_bpe_train(const char *const *texts, const size_t *lens, size_t n_texts, const fdpo_bpe_train_opts *o,
+                   fdpo_bpe_trained *out);
+/* vocab.json + merges.txt (Hugging Face GPT2Tokenizer files), each written atomically. */
+int fdpo_bpe_trained_save(const fdpo_bpe_trained *t, const char *dir);
+void fdpo_bpe_trained_free(fdpo_bpe_trained *t);
+
 #endif

@@ -68,11 +68,12 @@ static int table_close(table *t, int ok) {
 typedef struct {
     long n, seed, threads, length_min, length_max;
     double zipf_s, dirichlet_alpha, reward_scale;
-    const char *pi_ref, *reward, *input, *format, *out;
+    const char *pi_ref, *reward, *input, *data, *format, *out;
 } common_opts;
 
 #define COMMON_FLAGS(o, n_default)                                                                      \
-    {"input", FLAG_STR, &(o).input, NULL, "CSV problem: header pi_ref,reward[,reward_hat][,length], one row per response", 0}, \
+    {"data", FLAG_STR, &(o).data, NULL, "CSV problem: header pi_ref,reward[,reward_hat][,length][,safety], one row per response", 0}, \
+    {"input", FLAG_STR, &(o).input, NULL, "the older spelling of --data", 0}, \
     {"n", FLAG_INT, &(o).n, n_default, "responses per prompt when generating", 0},                         \
     {"pi-ref", FLAG_STR, &(o).pi_ref, "zipf", "generated pi_ref: zipf, dirichlet, uniform", 0},            \
     {"zipf-s", FLAG_FLOAT, &(o).zipf_s, "1", "Zipf exponent: pi_ref(k) ∝ k^-s", 0},                         \
@@ -87,11 +88,11 @@ typedef struct {
 
 static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf, fdpo_rng *rng, fdpo_lab_problem *p) {
     if (o->input) {
-        if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --input (the file sets the responses)");
+        if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --data/--input (the file sets the responses)");
         double renorm;
-        if (fdpo_lab_read_csv(o->input, p, &renorm)) return -1;
+        if (fdpo_lab_read_csv(o->input, p, &renorm)) return fdpo_error_context(o->data ? "--data" : "--input");
         if (renorm != 0)
-            fprintf(stderr, "fdpo lab: warning: %s: pi_ref sums to %.17g, renormalised to 1\n", o->input, renorm);
+            fdpo_log(FDPO_LOG_WARN, "%s: pi_ref sums to %.17g, renormalised to 1", o->input, renorm);
         return 0;
     }
     if (o->n < 1) return fdpo_error("--n: must be >= 1 (got %ld)", o->n);
@@ -100,33 +101,22 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
 }
 
 static int parse_divs(const char *spec, fdpo_divergence **out, size_t *count) {
-    if (!strcmp(spec, "all")) spec = "rkl,fkl,js,alpha:0.5,tv,chi2";
-    char *s = fdpo_strdup(spec);
-    size_t cap = 8, n = 0;
-    fdpo_divergence *d = fdpo_malloc(cap * sizeof *d);
-    for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
-        if (n == cap) d = fdpo_realloc(d, (cap *= 2) * sizeof *d);
-        if (fdpo_divergence_parse(tok, &d[n])) { free(s); free(d); return fdpo_error_context("--divergence"); }
-        n++;
-    }
-    free(s);
-    if (n == 0) { free(d); return fdpo_error("--divergence: empty list"); }
-    *out = d;
-    *count = n;
+    if (fdpo_divergence_parse_list(spec, out, count)) return fdpo_error_context("--divergence");
     return 0;
 }
 
-/* comma-separated numbers; positive: require > 0 */
-static int parse_list(const char *flag, const char *spec, int positive, double **out, size_t *count) {
-    char *s = fdpo_strdup(spec);
+/* comma-separated numbers; sign: LIST_POSITIVE (> 0), LIST_NONNEG (>= 0) or LIST_ANY */
+enum { LIST_ANY, LIST_POSITIVE, LIST_NONNEG };
+static int parse_list(const char *flag, const char *spec, int sign, double **out, size_t *count) {
+    char *s = fdpo_strdup(spec), *save = NULL;
     size_t cap = 8, n = 0;
     double *v = fdpo_malloc(cap * sizeof *v);
-    for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
+    for (char *tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         char *end;
         double x = strtod(tok, &end);
         if (end == tok || *end || !isfinite(x)) { fdpo_error("--%s: '%s' is not a finite number", flag, tok); free(s); free(v); return -1; }
-        if (positive && !(x > 0)) { fdpo_error("--%s: must be > 0 (got %s)", flag, tok); free(s); free(v); return -1; }
-        if (!positive && x < 0) { fdpo_error("--%s: must be >= 0 (got %s)", flag, tok); free(s); free(v); return -1; }
+        if (sign == LIST_POSITIVE && !(x > 0)) { fdpo_error("--%s: must be > 0 (got %s)", flag, tok); free(s); free(v); return -1; }
+        if (sign == LIST_NONNEG && x < 0) { fdpo_error("--%s: must be >= 0 (got %s)", flag, tok); free(s); free(v); return -1; }
         if (n == cap) v = fdpo_realloc(v, (cap *= 2) * sizeof *v);
         v[n++] = x;
     }
@@ -150,6 +140,8 @@ static int check_beta(double beta) {
     if (prc_ != FLAGS_OK) return -1;                                                                 \
     if (npos_ > 0) { fdpo_error("lab " name ": unexpected argument '%s'", pos_[0]); free(pos_); return -1; } \
     free(pos_);                                                                                      \
+    if (o.data && o.input) return fdpo_error("--data and --input name the same file; give one"); \
+    if (o.data) o.input = o.data;                                                                    \
     fdpo_set_threads((int)o.threads)
 
 /* ---------------- solve ---------------- */
@@ -222,7 +214,7 @@ static int lab_solve(int argc, char **argv) {
 /* ---------------- frontier ---------------- */
 
 static int beta_grid(const char *list, double bmin, double bmax, long nb, double **betas, size_t *n) {
-    if (list && *list) return parse_list("betas", list, 1, betas, n);
+    if (list && *list) return parse_list("betas", list, LIST_POSITIVE, betas, n);
     if (!(bmin > 0) || !(bmax >= bmin)) return fdpo_error("--beta-min/--beta-max: need 0 < min <= max (got %g, %g)", bmin, bmax);
     if (nb < 1) return fdpo_error("--n-betas: must be >= 1 (got %ld)", nb);
     *betas = fdpo_malloc((size_t)nb * sizeof(double));
@@ -260,14 +252,10 @@ static int lab_frontier(int argc, char **argv) {
     fdpo_lab_prepare(&pp, p.pi_ref, p.reward, p.n);
     size_t ntask = nd * nbeta;
     fdpo_lab_result *res = fdpo_calloc(ntask, sizeof *res);
-    /* each (divergence, beta) solve is sequential inside, so results do not depend on threads */
-    long long nt = (long long)ntask;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (long long k = 0; k < nt; k++)
-        fdpo_lab_solve(&pp, &divs[k / (long long)nbeta], betas[k % (long long)nbeta], NULL, &res[k]);
     static const char *cols[] = {"divergence", "beta", "expected_reward", "entropy", "kl", "f_divergence", "support"};
     table t;
-    int rc = table_open(&t, o.out, o.format, cols, 7);
+    int rc = fdpo_lab_frontier(&pp, divs, nd, betas, nbeta, res);
+    if (rc == 0) rc = table_open(&t, o.out, o.format, cols, 7);
     for (size_t k = 0; rc == 0 && k < ntask; k++) {
         char name[64];
         fdpo_divergence_name(&divs[k / nbeta], name, sizeof name);
@@ -285,39 +273,13 @@ static int lab_frontier(int argc, char **argv) {
 
 /* ---------------- gap ---------------- */
 
-typedef struct { double reward_gap, objective_gap, bound; } gap_stats;
-
-/* pi* from r, pi_hat from r_hat, both judged with the true r */
-static int gap_one(const fdpo_divergence *d, double beta, const fdpo_lab_problem *p, const double *r_hat,
-                   double *pistar, double *pihat, gap_stats *g) {
-    fdpo_lab_prepared a, b;
-    fdpo_lab_result rs, rh, eh;
-    fdpo_lab_prepare(&a, p->pi_ref, p->reward, p->n);
-    fdpo_lab_prepare(&b, p->pi_ref, r_hat, p->n);
-    int rc = fdpo_lab_solve(&a, d, beta, pistar, &rs);
-    if (!rc) rc = fdpo_lab_solve(&b, d, beta, pihat, &rh);
-    fdpo_lab_prepared_free(&a);
-    fdpo_lab_prepared_free(&b);
-    if (rc) return rc;
-    fdpo_lab_evaluate(d, beta, p->pi_ref, p->reward, pihat, p->n, &eh);
-    g->reward_gap = rs.expected_reward - eh.expected_reward;
-    g->objective_gap = rs.objective - eh.objective;
-    double bound = 0;
-    for (size_t i = 0; i < p->n; i++) {
-        double eps = fabs(p->reward[i] - r_hat[i]);
-        if (pistar[i] > 0 && eps > 0) bound += pistar[i] * exp(eps / beta) * eps;
-    }
-    g->bound = bound;
-    return 0;
-}
-
 static int lab_gap(int argc, char **argv) {
     common_opts o;
     const char *divspec, *betalist, *noiselist, *export_path;
     long prompts;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "1000"),
-        {"prompts", FLAG_INT, &prompts, "4", "independent prompts (problems) averaged over (1 with --input)", 0},
+        {"prompts", FLAG_INT, &prompts, "4", "independent prompts (problems) averaged over (1 with --data)", 0},
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences", 0},
         {"betas", FLAG_STR, &betalist, "0.01,0.03,0.1,0.3,1", "comma list of betas", 0},
         {"noise", FLAG_STR, &noiselist, "0.1", "comma list of reward-noise sds: r_hat = r + noise * N(0,1) (ignored if --input has reward_hat)", 0},
@@ -327,13 +289,13 @@ static int lab_gap(int argc, char **argv) {
     PARSE_FLAGS("gap", "fdpo lab gap [flags]");
     if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
-        return fdpo_error("--prompts: --input holds one prompt (got %ld)", prompts);
+        return fdpo_error("--prompts: --data/--input holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
     fdpo_divergence *divs = NULL;
     double *betas = NULL, *noises = NULL;
     size_t nd, nbeta, nnoise;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    if (parse_list("betas", betalist, 1, &betas, &nbeta) || parse_list("noise", noiselist, 0, &noises, &nnoise)) {
+    if (parse_list("betas", betalist, LIST_POSITIVE, &betas, &nbeta) || parse_list("noise", noiselist, LIST_NONNEG, &noises, &nnoise)) {
         free(divs); free(betas); return -1;
     }
     fdpo_rng rng;
@@ -367,23 +329,15 @@ static int lab_gap(int argc, char **argv) {
         }
         for (size_t k = 0; rc == 0 && k < nd; k++) {
             for (size_t b = 0; rc == 0 && b < nbeta; b++) {
-                gap_stats avg = {0};
-                for (long x = 0; rc == 0 && x < prompts; x++) {
-                    double *ps = fdpo_malloc(P[x].n * sizeof(double)), *ph = fdpo_malloc(P[x].n * sizeof(double));
-                    gap_stats g;
-                    rc = gap_one(&divs[k], betas[b], &P[x], rh[x], ps, ph, &g);
-                    avg.reward_gap += g.reward_gap / (double)prompts;
-                    avg.objective_gap += g.objective_gap / (double)prompts;
-                    avg.bound += g.bound / (double)prompts;
-                    free(ps); free(ph);
-                }
-                if (rc) break;
+                fdpo_lab_gap_row avg;
+                int held;
+                if ((rc = fdpo_lab_gap_mean(&divs[k], betas[b], P, (const double *const *)rh, (size_t)prompts, &avg, &held))) break;
                 char name[64];
                 fdpo_divergence_name(&divs[k], name, sizeof name);
                 if (from_file) table_str(&t, "input"); else table_num(&t, noises[s]);
                 table_str(&t, name); table_num(&t, betas[b]);
                 table_num(&t, avg.reward_gap); table_num(&t, avg.objective_gap); table_num(&t, avg.bound);
-                table_bool(&t, avg.reward_gap <= avg.bound + 1e-12);
+                table_bool(&t, held);
                 table_end_row(&t);
             }
         }
@@ -399,18 +353,12 @@ static int lab_gap(int argc, char **argv) {
 
 /* ---------------- coverage ---------------- */
 
-/* index drawn from the distribution w (sums to 1) by inverse CDF on its cumulative sums */
-static size_t draw(const double *cdf, size_t n, fdpo_rng *rng) {
-    double u = fdpo_rng_uniform(rng) * cdf[n - 1];
-    size_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (cdf[mid] > u) hi = mid; else lo = mid + 1;
-    }
-    return lo;
+typedef struct { FILE *cmp, *fit; } coverage_export;
+static void coverage_on_fit(void *ctx, size_t m, size_t x, const size_t *w, const size_t *l, const double *theta, size_t n) {
+    const coverage_export *e = ctx;
+    if (e->cmp) for (size_t k = 0; k < m; k++) fprintf(e->cmp, "%zu,%zu,%zu,%zu\n", m, x, w[k], l[k]);
+    if (e->fit) for (size_t i = 0; i < n; i++) fprintf(e->fit, "%zu,%zu,%zu,%.17g\n", m, x, i, theta[i]);
 }
-
-static double sigmoid(double x) { return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x)); }
 
 static int lab_coverage(int argc, char **argv) {
     common_opts o;
@@ -419,7 +367,7 @@ static int lab_coverage(int argc, char **argv) {
     double beta, mixture, ridge;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "20"),
-        {"prompts", FLAG_INT, &prompts, "8", "independent prompts averaged over (1 with --input)", 0},
+        {"prompts", FLAG_INT, &prompts, "8", "independent prompts averaged over (1 with --data)", 0},
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences", 0},
         {"beta", FLAG_FLOAT, &beta, "0.1", "regularisation strength beta > 0", 0},
         {"comparisons", FLAG_STR, &nlist, "10,30,100,300,1000,3000", "comma list of N, comparisons per prompt", 0},
@@ -432,26 +380,21 @@ static int lab_coverage(int argc, char **argv) {
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("coverage", "fdpo lab coverage [flags]");
-    if (check_beta(beta)) return -1;
-    int pol;
-    if (!strcmp(policy, "ref")) pol = 0;
-    else if (!strcmp(policy, "optimal")) pol = 1;
-    else if (!strcmp(policy, "uniform")) pol = 2;
-    else if (!strcmp(policy, "mixture")) pol = 3;
-    else return fdpo_error("--data-policy: unknown policy '%s' (expected ref, optimal, uniform, mixture)", policy);
-    if (!(mixture >= 0 && mixture <= 1)) return fdpo_error("--mixture: must be in [0, 1] (got %g)", mixture);
-    if (!(ridge > 0)) return fdpo_error("--ridge: must be > 0 (got %g)", ridge);
+    fdpo_lab_coverage_opts co = {0};
+    if (fdpo_lab_data_policy_parse(policy, &co.policy)) return -1;
+    co.beta = beta; co.mixture = mixture; co.ridge = ridge; co.seed = (uint64_t)o.seed;
     if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
-        return fdpo_error("--prompts: --input holds one prompt (got %ld)", prompts);
+        return fdpo_error("--prompts: --data/--input holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
     fdpo_divergence ddiv;
     if (fdpo_divergence_parse(datadiv, &ddiv)) return fdpo_error_context("--data-divergence");
+    co.data_div = ddiv;
     fdpo_divergence *divs = NULL;
     double *ns = NULL;
     size_t nd, nn;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    if (parse_list("comparisons", nlist, 1, &ns, &nn)) { free(divs); return -1; }
+    if (parse_list("comparisons", nlist, LIST_POSITIVE, &ns, &nn)) { free(divs); return -1; }
     for (size_t k = 0; k < nn; k++)
         if (ns[k] != floor(ns[k]) || ns[k] > 1e8) { fdpo_error("--comparisons: %g is not a whole number <= 1e8", ns[k]); free(divs); free(ns); return -1; }
     fdpo_rng rng;
@@ -473,68 +416,21 @@ static int lab_coverage(int argc, char **argv) {
     static const char *cols[] = {"data_policy", "n_comparisons", "divergence", "beta", "reward_gap",
                                  "objective_gap", "pistar_coverage", "fit_rmse"};
     if (rc == 0) { rc = table_open(&t, o.out, o.format, cols, 8); opened = rc == 0; }
-    /* comparisons come from a stream of their own, so adding divergences changes nothing */
-    fdpo_rng crng;
-    fdpo_rng_seed(&crng, (uint64_t)o.seed * 0xD1B54A32D192ED03ULL + 7);
-    size_t nrow = nn * nd;
-    double *acc = fdpo_calloc(nrow * 4, sizeof(double));
-    for (size_t a = 0; rc == 0 && a < nn; a++) {
-        size_t m = (size_t)ns[a];
-        for (long x = 0; rc == 0 && x < prompts; x++) {
-            const fdpo_lab_problem *p = &P[x];
-            size_t n = p->n;
-            double *cdf = fdpo_malloc(n * sizeof(double)), *pol_pi = fdpo_malloc(n * sizeof(double));
-            double *theta = fdpo_malloc(n * sizeof(double)), *ps = fdpo_malloc(n * sizeof(double)), *ph = fdpo_malloc(n * sizeof(double));
-            size_t *w = fdpo_malloc((m ? m : 1) * sizeof(size_t)), *l = fdpo_malloc((m ? m : 1) * sizeof(size_t));
-            char *seen = fdpo_calloc(n, 1);
-            fdpo_lab_prepared pp;
-            fdpo_lab_prepare(&pp, p->pi_ref, p->reward, n);
-            fdpo_lab_result r0;
-            if (pol == 1 || pol == 3) rc = fdpo_lab_solve(&pp, &ddiv, beta, pol_pi, &r0);
-            double c = 0;
-            for (size_t i = 0; rc == 0 && i < n; i++) {
-                double d = pol == 0 ? p->pi_ref[i] : pol == 1 ? pol_pi[i] : pol == 2 ? 1.0 / (double)n
-                         : (1 - mixture) * p->pi_ref[i] + mixture * pol_pi[i];
-                c += d;
-                cdf[i] = c;
-            }
-            for (size_t k = 0; rc == 0 && k < m; k++) {
-                size_t y1 = draw(cdf, n, &crng), y2 = draw(cdf, n, &crng);
-                int first_wins = fdpo_rng_uniform(&crng) < sigmoid(p->reward[y1] - p->reward[y2]);
-                w[k] = first_wins ? y1 : y2;
-                l[k] = first_wins ? y2 : y1;
-                seen[y1] = seen[y2] = 1;
-                if (ec.f) fprintf(ec.f, "%zu,%ld,%zu,%zu\n", m, x, w[k], l[k]);
-            }
-            if (rc == 0) rc = fdpo_lab_bt_fit(n, w, l, m, ridge, theta, NULL);
-            if (rc == 0 && ef.f)
-                for (size_t i = 0; i < n; i++) fprintf(ef.f, "%zu,%ld,%zu,%.17g\n", m, x, i, theta[i]);
-            /* fit error after removing each side's mean: BT identifies rewards up to a constant */
-            double mr = 0, mt = 0, se = 0;
-            for (size_t i = 0; i < n; i++) { mr += p->reward[i] / (double)n; mt += theta[i] / (double)n; }
-            for (size_t i = 0; i < n; i++) { double e = (theta[i] - mt) - (p->reward[i] - mr); se += e * e / (double)n; }
-            for (size_t k = 0; rc == 0 && k < nd; k++) {
-                gap_stats g;
-                rc = gap_one(&divs[k], beta, p, theta, ps, ph, &g);
-                double cov = 0;
-                for (size_t i = 0; i < n; i++) if (seen[i]) cov += ps[i];
-                double *row = acc + (a * nd + k) * 4;
-                row[0] += g.reward_gap / (double)prompts;
-                row[1] += g.objective_gap / (double)prompts;
-                row[2] += cov / (double)prompts;
-                row[3] += sqrt(se) / (double)prompts;
-            }
-            fdpo_lab_prepared_free(&pp);
-            free(cdf); free(pol_pi); free(theta); free(ps); free(ph); free(w); free(l); free(seen);
-        }
-    }
+    size_t *nsz = fdpo_malloc(nn * sizeof *nsz);
+    for (size_t a = 0; a < nn; a++) nsz[a] = (size_t)ns[a];
+    coverage_export ex = {ec.f, ef.f};
+    co.on_fit = coverage_on_fit;
+    co.ctx = &ex;
+    fdpo_lab_coverage_row *acc = fdpo_calloc(nn * nd, sizeof *acc);
+    if (rc == 0) rc = fdpo_lab_coverage(&co, P, (size_t)prompts, nsz, nn, divs, nd, acc);
+    free(nsz);
     for (size_t a = 0; rc == 0 && a < nn; a++)
         for (size_t k = 0; k < nd; k++) {
             char name[64];
             fdpo_divergence_name(&divs[k], name, sizeof name);
-            const double *row = acc + (a * nd + k) * 4;
+            const fdpo_lab_coverage_row *row = &acc[a * nd + k];
             table_str(&t, policy); table_int(&t, (long long)ns[a]); table_str(&t, name); table_num(&t, beta);
-            table_num(&t, row[0]); table_num(&t, row[1]); table_num(&t, row[2]); table_num(&t, row[3]);
+            table_num(&t, row->reward_gap); table_num(&t, row->objective_gap); table_num(&t, row->pistar_coverage); table_num(&t, row->fit_rmse);
             table_end_row(&t);
         }
     if (ec.f) { if (rc == 0) rc = fdpo_atomic_commit(&ec); else fdpo_atomic_abort(&ec); }
@@ -562,35 +458,31 @@ static int lab_bias(int argc, char **argv) {
     double *betas = NULL, *bs = NULL;
     size_t nd, nbeta, nb;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    if (parse_list("betas", betalist, 1, &betas, &nbeta) || parse_list("bias", biaslist, 0, &bs, &nb)) { free(divs); free(betas); return -1; }
+    if (parse_list("betas", betalist, LIST_POSITIVE, &betas, &nbeta) || parse_list("bias", biaslist, LIST_NONNEG, &bs, &nb)) { free(divs); free(betas); return -1; }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
     if (load_problem(&o, flags, NFLAGS(flags), &rng, &p)) { free(divs); free(betas); free(bs); return -1; }
     int rc = 0;
-    if (!p.length) rc = fdpo_error("--input %s: the bias experiment needs a 'length' column", o.input);
+    if (!p.length) rc = fdpo_error("--data %s: the bias experiment needs a 'length' column", o.input);
     static const char *cols[] = {"bias", "divergence", "beta", "length_pistar", "length_pihat", "length_increase", "reward_gap"};
     table t;
     int opened = 0;
     if (rc == 0) { rc = table_open(&t, o.out, o.format, cols, 7); opened = rc == 0; }
-    double *rh = fdpo_malloc(p.n * sizeof(double)), *ps = fdpo_malloc(p.n * sizeof(double)), *ph = fdpo_malloc(p.n * sizeof(double));
-    for (size_t s = 0; rc == 0 && s < nb; s++) {
-        for (size_t i = 0; i < p.n; i++) rh[i] = p.reward[i] + bs[s] * p.length[i];
+    for (size_t s = 0; rc == 0 && s < nb; s++)
         for (size_t k = 0; rc == 0 && k < nd; k++)
             for (size_t b = 0; rc == 0 && b < nbeta; b++) {
-                gap_stats g;
-                if ((rc = gap_one(&divs[k], betas[b], &p, rh, ps, ph, &g))) break;
-                double ls = 0, lh = 0;
-                for (size_t i = 0; i < p.n; i++) { ls += ps[i] * p.length[i]; lh += ph[i] * p.length[i]; }
+                fdpo_lab_bias_row row;
+                if ((rc = fdpo_lab_bias(&divs[k], betas[b], bs[s], &p, &row))) break;
                 char name[64];
                 fdpo_divergence_name(&divs[k], name, sizeof name);
                 table_num(&t, bs[s]); table_str(&t, name); table_num(&t, betas[b]);
-                table_num(&t, ls); table_num(&t, lh); table_num(&t, lh - ls); table_num(&t, g.reward_gap);
+                table_num(&t, row.length_pistar); table_num(&t, row.length_pihat); table_num(&t, row.length_increase);
+                table_num(&t, row.reward_gap);
                 table_end_row(&t);
             }
-    }
     if (opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
-    free(rh); free(ps); free(ph); free(divs); free(betas); free(bs);
+    free(divs); free(betas); free(bs);
     fdpo_lab_problem_free(&p);
     return rc;
 }
@@ -599,7 +491,7 @@ static int lab_bias(int argc, char **argv) {
 
 static int lab_check(int argc, char **argv) {
     common_opts o;
-    const char *divspec, *lossname;
+    const char *divspec, *lossname, *export_policy;
     double beta, smoothing, noise;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "6"),
@@ -608,6 +500,7 @@ static int lab_check(int argc, char **argv) {
         {"loss", FLAG_STR, &lossname, "sigmoid", "preference loss: sigmoid, robust, hinge, ipo", 0},
         {"label-smoothing", FLAG_FLOAT, &smoothing, "0", "label smoothing e of sigmoid (cDPO) / robust", 0},
         {"label-noise", FLAG_FLOAT, &noise, "0", "labels flipped at this rate in the expected loss", 0},
+        {"export-policy", FLAG_STR, &export_policy, NULL, "write divergence,response,pi_ref,reward,pi_theta (the trained policy) to this CSV", 0},
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("check", "fdpo lab check [flags]");
@@ -631,19 +524,143 @@ static int lab_check(int argc, char **argv) {
     static const char *cols[] = {"divergence", "beta", "loss", "max_abs_diff", "final_loss", "grad_norm", "iterations"};
     table t;
     int rc = table_open(&t, o.out, o.format, cols, 7), opened = rc == 0;
+    fdpo_atomic_file ep = {0};
+    if (rc == 0 && export_policy) {
+        if (fdpo_atomic_open(&ep, export_policy)) rc = fdpo_error_context("--export-policy %s", export_policy);
+        else fprintf(ep.f, "divergence,response,pi_ref,reward,pi_theta\n");
+    }
+    double *pi_theta = fdpo_malloc(p.n * sizeof(double));
     for (size_t k = 0; rc == 0 && k < nd; k++) {
         L.div = divs[k];
         fdpo_lab_check_result cr;
-        if ((rc = fdpo_lab_check(&pp, &L, noise, NULL, &cr))) break;
+        if ((rc = fdpo_lab_check(&pp, &L, noise, pi_theta, &cr))) break;
         char name[64];
         fdpo_divergence_name(&divs[k], name, sizeof name);
+        if (ep.f)
+            for (size_t i = 0; i < p.n; i++)
+                fprintf(ep.f, "%s,%zu,%.17g,%.17g,%.17g\n", name, i, p.pi_ref[i], p.reward[i], pi_theta[i]);
         table_str(&t, name); table_num(&t, beta); table_str(&t, fdpo_loss_name(L.kind));
         table_num(&t, cr.max_abs_diff); table_num(&t, cr.loss); table_num(&t, cr.grad_norm); table_int(&t, cr.iterations);
         table_end_row(&t);
     }
+    if (ep.f) { if (rc == 0) rc = fdpo_atomic_commit(&ep); else fdpo_atomic_abort(&ep); }
     if (opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
-    free(divs);
+    free(divs); free(pi_theta);
     fdpo_lab_prepared_free(&pp);
+    fdpo_lab_problem_free(&p);
+    return rc;
+}
+
+/* ---------------- constrained ---------------- */
+
+/* --frontier: "b1,b2,..." or "LO:HI:K" (K evenly spaced thresholds from LO to HI) */
+static int threshold_grid(const char *spec, double **out, size_t *n) {
+    double lo, hi;
+    long k;
+    char tail;
+    if (strchr(spec, ':')) {
+        if (sscanf(spec, "%lf:%lf:%ld%c", &lo, &hi, &k, &tail) != 3 || !isfinite(lo) || !isfinite(hi) || k < 1 || k > 1000000 || hi < lo)
+            return fdpo_error("--frontier: '%s' is not LO:HI:K with LO <= HI and 1 <= K <= 1e6", spec);
+        *out = fdpo_malloc((size_t)k * sizeof(double));
+        for (long i = 0; i < k; i++) (*out)[i] = k == 1 ? lo : lo + (hi - lo) * (double)i / (double)(k - 1);
+        *n = (size_t)k;
+        return 0;
+    }
+    return parse_list("frontier", spec, LIST_ANY, out, n);
+}
+
+static int lab_constrained(int argc, char **argv) {
+    common_opts o;
+    const char *divspec, *frontier, *out;
+    double beta, min_safety, correlation;
+    int stepwise;
+    fdpo_flag flags[] = {
+        COMMON_FLAGS(o, "1000"),
+        {"safety-correlation", FLAG_FLOAT, &correlation, "-0.5", "generated safety: correlation with the reward, in [-1, 1]", 0},
+        {"divergence", FLAG_STR, &divspec, "rkl,fkl,js,alpha:0.5", "comma list of admissible divergences (rkl, fkl, js, alpha:A)", 0},
+        {"beta", FLAG_FLOAT, &beta, "0.1", "regularisation strength beta > 0", 0},
+        {"min-safety", FLAG_FLOAT, &min_safety, NULL, "the constraint E_pi[safety] >= B (required without --frontier)", 0},
+        {"stepwise", FLAG_BOOL, &stepwise, "0", "also align for reward, then for safety at beta/lambda*, and report the distance to pi*", 0},
+        {"frontier", FLAG_STR, &frontier, NULL, "sweep thresholds: a comma list of B, or LO:HI:K (K evenly spaced)", 0},
+        {"out", FLAG_STR, &out, NULL, "one threshold: write pi_ref,reward,safety,pi[,pi_stepwise] here; --frontier: the table", 0},
+    };
+    PARSE_FLAGS("constrained", "fdpo lab constrained --data CSV --min-safety B [flags]");
+    int has_b = flags_was_set(flags, NFLAGS(flags), "min-safety");
+    if (frontier && has_b) return fdpo_error("--min-safety: not allowed with --frontier (the sweep sets the thresholds)");
+    if (!frontier && !has_b) return fdpo_error("--min-safety: required (or --frontier LIST to sweep thresholds)");
+    if (!(correlation >= -1 && correlation <= 1)) return fdpo_error("--safety-correlation: must be in [-1, 1] (got %g)", correlation);
+    if (check_beta(beta)) return -1;
+    fdpo_divergence *divs;
+    size_t nd, nb = 1;
+    if (parse_divs(divspec, &divs, &nd)) return -1;
+    double *bs = NULL;
+    if (frontier) { if (threshold_grid(frontier, &bs, &nb)) { free(divs); return -1; } }
+    else { bs = fdpo_malloc(sizeof *bs); bs[0] = min_safety; }
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, (uint64_t)o.seed);
+    fdpo_lab_problem p;
+    int rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p);
+    if (rc == 0 && o.input && !p.safety) rc = fdpo_error("--data %s: lab constrained needs a 'safety' column", o.input);
+    if (rc == 0 && !o.input) fdpo_lab_generate_safety(&p, correlation, &rng);
+    if (rc) { fdpo_lab_problem_free(&p); free(divs); free(bs); return -1; }
+    size_t nrow = nd * nb;
+    fdpo_lab_constrained_result *rows = fdpo_calloc(nrow, sizeof *rows);
+    double *pis = NULL, *steps = NULL;
+    if (frontier) rc = fdpo_lab_constrained_sweep(p.pi_ref, p.reward, p.safety, p.n, divs, nd, beta, bs, nb, stepwise, rows);
+    else {
+        pis = fdpo_malloc(nd * p.n * sizeof(double));
+        steps = stepwise ? fdpo_malloc(nd * p.n * sizeof(double)) : NULL;
+        for (size_t k = 0; rc == 0 && k < nd; k++)
+            rc = fdpo_lab_constrained(p.pi_ref, p.reward, p.safety, p.n, &divs[k], beta, bs[0], stepwise,
+                                      pis + k * p.n, steps ? steps + k * p.n : NULL, &rows[k]);
+    }
+    static const char *cols[] = {"divergence", "beta", "min_safety", "feasible", "active", "lambda", "expected_reward",
+                                 "expected_safety", "f_divergence", "kl", "entropy", "objective", "evaluations",
+                                 "stepwise_expected_reward", "stepwise_expected_safety", "stepwise_max_abs_diff",
+                                 "stepwise_tv", "stepwise_kl"};
+    table t;
+    int opened = 0;
+    if (rc == 0) { rc = table_open(&t, frontier ? out : NULL, o.format, cols, stepwise ? 18 : 13); opened = rc == 0; }
+    for (size_t k = 0; rc == 0 && k < nrow; k++) {
+        const fdpo_lab_constrained_result *r = &rows[k];
+        char name[64];
+        fdpo_divergence_name(&divs[k / nb], name, sizeof name);
+        table_str(&t, name); table_num(&t, beta); table_num(&t, bs[k % nb]); table_bool(&t, r->feasible);
+        table_bool(&t, r->active); table_num(&t, r->lambda); table_num(&t, r->expected_reward);
+        table_num(&t, r->expected_safety); table_num(&t, r->f_divergence); table_num(&t, r->kl);
+        table_num(&t, r->entropy); table_num(&t, r->objective); table_int(&t, r->evaluations);
+        if (stepwise) {
+            table_num(&t, r->step_expected_reward); table_num(&t, r->step_expected_safety);
+            table_num(&t, r->step_max_abs_diff); table_num(&t, r->step_tv); table_num(&t, r->step_kl);
+        }
+        table_end_row(&t);
+    }
+    if (opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
+    if (rc == 0 && !frontier && out) {
+        fdpo_atomic_file af;
+        if (fdpo_atomic_open(&af, out)) rc = fdpo_error_context("--out %s", out);
+        else {
+            fprintf(af.f, "pi_ref,reward,safety");
+            for (size_t k = 0; k < nd; k++) {
+                char name[64];
+                fdpo_divergence_name(&divs[k], name, sizeof name);
+                if (nd == 1) fprintf(af.f, stepwise ? ",pi,pi_stepwise" : ",pi");
+                else if (stepwise) fprintf(af.f, ",pi_%s,pi_stepwise_%s", name, name);
+                else fprintf(af.f, ",pi_%s", name);
+            }
+            fputc('\n', af.f);
+            for (size_t i = 0; i < p.n; i++) {
+                fprintf(af.f, "%.17g,%.17g,%.17g", p.pi_ref[i], p.reward[i], p.safety[i]);
+                for (size_t k = 0; k < nd; k++) {
+                    fprintf(af.f, ",%.17g", pis[k * p.n + i]);
+                    if (stepwise) fprintf(af.f, ",%.17g", steps[k * p.n + i]);
+                }
+                fputc('\n', af.f);
+            }
+            rc = fdpo_atomic_commit(&af);
+        }
+    }
+    free(rows); free(pis); free(steps); free(divs); free(bs);
     fdpo_lab_problem_free(&p);
     return rc;
 }
@@ -657,6 +674,7 @@ static const struct { const char *name; int (*fn)(int, char **); const char *sum
     {"coverage", lab_coverage, "Bradley-Terry r_hat from N comparisons of a data policy -> gap vs N"},
     {"bias", lab_bias, "r_hat = r + b * length -> how much longer pi_hat's answers are"},
     {"check", lab_check, "tabular f-DPO on the exact expected loss converges to pi*"},
+    {"constrained", lab_constrained, "max E[r] - beta D_f s.t. E[safety] >= B: lambda*, pi*, stepwise gap, frontier over B"},
 };
 
 int cmd_lab(int argc, char **argv) {
@@ -665,9 +683,9 @@ int cmd_lab(int argc, char **argv) {
         FILE *f = argc < 2 ? stderr : stdout;
         fprintf(f, "usage: fdpo lab EXPERIMENT [flags]   (fdpo lab EXPERIMENT --help lists its flags)\n\nexperiments:\n");
         for (size_t i = 0; i < ne; i++) fprintf(f, "  %-9s %s\n", EXPERIMENTS[i].name, EXPERIMENTS[i].summary);
-        return argc < 2 ? fdpo_error("missing EXPERIMENT (one of solve, frontier, gap, coverage, bias, check)") : 0;
+        return argc < 2 ? fdpo_error("missing EXPERIMENT (one of solve, frontier, gap, coverage, bias, check, constrained)") : 0;
     }
     for (size_t i = 0; i < ne; i++)
         if (!strcmp(argv[1], EXPERIMENTS[i].name)) return EXPERIMENTS[i].fn(argc - 1, argv + 1);
-    return fdpo_error("unknown experiment '%s' (expected solve, frontier, gap, coverage, bias, check)", argv[1]);
+    return fdpo_error("unknown experiment '%s' (expected solve, frontier, gap, coverage, bias, check, constrained)", argv[1]);
 }

@@ -13,4 +13,6 @@ int cmd_score(int argc, char **argv);
 int cmd_lab(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_pairs(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
+int cmd_tokenizer(int argc, char **argv);
 #endif

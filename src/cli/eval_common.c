@@ -25,14 +25,6 @@ int eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **model, f
 int eval_parse_divergences(const char *flag, const char *list, fdpo_divergence **divs, size_t *n) {
     *divs = NULL; *n = 0;
     if (!list || !*list) return 0;
-    char *copy = fdpo_strdup(list), *save = NULL;
-    fdpo_divergence *d = fdpo_calloc(strlen(list) + 1, sizeof *d);
-    size_t k = 0;
-    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        if (fdpo_divergence_parse(t, &d[k])) { free(copy); free(d); return fdpo_error_context("%s", flag); }
-        k++;
-    }
-    free(copy);
-    *divs = d; *n = k;
+    if (fdpo_divergence_parse_list(list, divs, n)) return fdpo_error_context("%s", flag);
     return 0;
 }

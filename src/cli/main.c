@@ -4,6 +4,9 @@
 #include "cli/commands.h"
 #include "cli/term.h"
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
+
+#define FDPO_VERSION "0.2.0"
 
 typedef struct { const char *name; int (*fn)(int, char **); const char *summary; } command;
 
@@ -15,9 +18,11 @@ static const command COMMANDS[] = {
     {"eval",     cmd_eval,     "reward, KL, entropy, diversity and calibration of policies"},
     {"score",    cmd_score,    "reward and log-probs of given completions"},
     {"pairs",    cmd_pairs,    "scored samples -> preference pairs with Bradley-Terry labels"},
+    {"merge",    cmd_merge,    "average checkpoints or add task vectors (model merging, P-SACPO)"},
     {"lab",      cmd_lab,      "exact f-regularised alignment on finite problems"},
     {"report",   cmd_report,   "self-contained HTML report of run directories"},
     {"tokenize", cmd_tokenize, "text <-> token ids with a checkpoint's tokenizer"},
+    {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer (GPT-2 pre-tokenisation) on text"},
     {"info",     cmd_info,     "print a checkpoint's config and parameter count"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
@@ -26,17 +31,36 @@ static void usage(FILE *f) {
     fprintf(f, "fdpo: align language models under f-divergence constraints, on CPU\n\n"
                "usage: fdpo COMMAND [flags]   (fdpo COMMAND --help lists every flag)\n\ncommands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+    fprintf(f, "\nparallel: %s\n", fdpo_dist_compiled()
+            ? "MPI built in: mpirun -np N fdpo COMMAND ... runs data-parallel (docs/scaling.md)"
+            : "built without MPI (install libopenmpi-dev and rebuild for mpirun -np N)");
+}
+
+static void version(void) {
+    printf("fdpo %s\nMPI: %s\n", FDPO_VERSION, fdpo_dist_compiled() ? "built in (Open MPI)" : "not built");
 }
 
 int main(int argc, char **argv) {
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
+    if (!strcmp(argv[1], "--version")) { version(); return 0; }
     for (size_t i = 0; i < N_COMMANDS; i++) {
         if (strcmp(argv[1], COMMANDS[i].name) == 0) {
+            int rc = fdpo_dist_init(&argc, &argv);
             term_install(COMMANDS[i].name);
-            int rc = COMMANDS[i].fn(argc - 1, argv + 1);
+            if (rc == 0) rc = COMMANDS[i].fn(argc - 1, argv + 1);
             term_finish();
-            if (rc != 0) { fprintf(stderr, "fdpo %s: %s\n", argv[1], fdpo_last_error()); return 1; }
+            if (rc != 0) {
+                if (fdpo_dist_size() > 1) {
+                    /* one rank failed: say which, then end every rank (none waits in a collective) */
+                    fprintf(stderr, "fdpo %s [rank %d/%d]: %s\n", argv[1], fdpo_dist_rank(), fdpo_dist_size(), fdpo_last_error());
+                    fflush(stderr);
+                    fdpo_dist_abort(1);
+                }
+                fprintf(stderr, "fdpo %s: %s\n", argv[1], fdpo_last_error());
+                return 1;
+            }
+            fdpo_dist_finalize();
             return 0;
         }
     }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "cli/term.h"
+#include "fdpo/dist.h"
 
 static int g_tty;
 static int g_line_open; /* a progress line without its newline is on screen */
@@ -24,15 +25,21 @@ static void close_line(void) {
 
 static void term_log(fdpo_log_level level, const char *msg, void *user) {
     const char *cmd = user;
-    close_line();
     if (level == FDPO_LOG_DEBUG && !getenv("FDPO_DEBUG")) return;
-    fprintf(stderr, "fdpo%s%s: %s%s\n", cmd ? " " : "", cmd ? cmd : "",
+    /* under MPI, rank 0 speaks for the job; other ranks only report their own trouble */
+    int rank = fdpo_dist_rank();
+    if (rank > 0 && level < FDPO_LOG_WARN) return;
+    close_line();
+    char where[32] = "";
+    if (fdpo_dist_size() > 1 && rank > 0) snprintf(where, sizeof where, " [rank %d]", rank);
+    fprintf(stderr, "fdpo%s%s%s: %s%s\n", cmd ? " " : "", cmd ? cmd : "", where,
             level == FDPO_LOG_WARN ? "warning: " : level == FDPO_LOG_ERROR ? "error: " : "", msg);
     fflush(stderr);
 }
 
 static void term_progress(const fdpo_progress_info *p, void *user) {
     (void)user;
+    if (fdpo_dist_rank() > 0) return;
     if (p->done) {
         close_line();
         fprintf(stderr, "%s%sdone in %.1fs\n", p->phase ? p->phase : "", p->phase ? ": " : "", p->elapsed);

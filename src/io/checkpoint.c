@@ -19,6 +19,75 @@ static int config_size(const char *path, const cJSON *root, const char *key, con
     return 0;
 }
 
+static int config_bool(const char *path, const cJSON *root, const char *key, int def, int *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!j || cJSON_IsNull(j)) { *out = def; return 0; }
+    if (!cJSON_IsBool(j)) return fdpo_error("%s: key '%s' must be true or false", path, key);
+    *out = cJSON_IsTrue(j);
+    return 0;
+}
+
+static int config_number(const char *path, const cJSON *root, const char *key, double def, double *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!j || cJSON_IsNull(j)) { *out = def; return 0; }
+    if (!cJSON_IsNumber(j) || !(j->valuedouble > 0) || !isfinite(j->valuedouble))
+        return fdpo_error("%s: key '%s' must be a positive number", path, key);
+    *out = j->valuedouble;
+    return 0;
+}
+
+/* LlamaConfig / Qwen2Config keys (defaults as in transformers) */
+static int config_load_llama(const char *path, const cJSON *root, const char *model_type, fdpo_gpt2_config *c) {
+    int rc = 0, qwen2 = !strcmp(model_type, "qwen2");
+    c->arch = FDPO_ARCH_LLAMA;
+    snprintf(c->model_type, sizeof c->model_type, "%s", model_type);
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu")))
+        return fdpo_error("%s: hidden_act '%.64s' is not supported (only silu)", path, cJSON_IsString(act) ? act->valuestring : "(not a string)");
+    if (!rc) rc = config_size(path, root, "vocab_size", NULL, &c->vocab_size);
+    if (!rc) rc = config_size(path, root, "hidden_size", NULL, &c->n_embd);
+    if (!rc) rc = config_size(path, root, "intermediate_size", NULL, &c->intermediate_size);
+    if (!rc) rc = config_size(path, root, "num_hidden_layers", NULL, &c->n_layer);
+    if (!rc) rc = config_size(path, root, "num_attention_heads", NULL, &c->n_head);
+    if (!rc) rc = config_size(path, root, "max_position_embeddings", NULL, &c->n_positions);
+    c->n_kv_head = c->n_head;
+    if (!rc && cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads") &&
+        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads")))
+        rc = config_size(path, root, "num_key_value_heads", NULL, &c->n_kv_head);
+    if (!rc && cJSON_GetObjectItemCaseSensitive(root, "head_dim") && !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "head_dim")))
+        rc = config_size(path, root, "head_dim", NULL, &c->head_dim);
+    double eps = 0, theta = 0;
+    if (!rc) rc = config_number(path, root, "rms_norm_eps", 1e-6, &eps);
+    if (!rc) rc = config_number(path, root, "rope_theta", 10000.0, &theta);
+    c->layer_norm_epsilon = (float)eps;
+    c->rope_theta = theta;
+    int attention_bias = 0, sliding = 0;
+    if (!rc) rc = config_bool(path, root, "tie_word_embeddings", 0, &c->tie_word_embeddings);
+    if (!rc) rc = config_bool(path, root, "attention_bias", 0, &attention_bias);
+    if (!rc) rc = config_bool(path, root, "mlp_bias", 0, &c->mlp_bias);
+    if (!rc) rc = config_bool(path, root, "use_sliding_window", 0, &sliding);
+    if (!rc && sliding) rc = fdpo_error("%s: use_sliding_window true is not supported", path);
+    c->qkv_bias = qwen2 || attention_bias;
+    c->o_bias = !qwen2 && attention_bias;
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (!rc && rs && !cJSON_IsNull(rs)) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+        if (!type) type = cJSON_GetObjectItemCaseSensitive(rs, "type");
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "llama3"))
+            return fdpo_error("%s: rope_scaling type '%.32s' is not supported (fdpo implements llama3 scaling or none)",
+                              path, cJSON_IsString(type) ? type->valuestring : "(missing)");
+        double orig = 0;
+        rc = config_number(path, rs, "factor", 0, &c->rope_factor);
+        if (!rc) rc = config_number(path, rs, "low_freq_factor", 1, &c->rope_low_freq_factor);
+        if (!rc) rc = config_number(path, rs, "high_freq_factor", 4, &c->rope_high_freq_factor);
+        if (!rc) rc = config_number(path, rs, "original_max_position_embeddings", 8192, &orig);
+        c->rope_original_max_position = (size_t)orig;
+        if (!rc && c->rope_factor == 0) rc = fdpo_error("%s: rope_scaling: missing 'factor'", path);
+        if (rc) return fdpo_error_context("rope_scaling");
+    }
+    return rc;
+}
+
 int fdpo_config_load(const char *path, fdpo_gpt2_config *c) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
@@ -38,9 +107,14 @@ int fdpo_config_load(const char *path, fdpo_gpt2_config *c) {
     const cJSON *tie = cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings");
     const cJSON *by_layer = cJSON_GetObjectItemCaseSensitive(root, "scale_attn_by_inverse_layer_idx");
     const cJSON *scale = cJSON_GetObjectItemCaseSensitive(root, "scale_attn_weights");
-    if (!mt) rc = fdpo_error("%s: missing key 'model_type' (want \"gpt2\")", path);
-    else if (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt2"))
-        rc = fdpo_error("%s: model_type '%.64s' is not supported (fdpo runs GPT-2: model_type \"gpt2\")", path,
+    if (!mt) rc = fdpo_error("%s: missing key 'model_type' (want \"gpt2\", \"llama\" or \"qwen2\")", path);
+    else if (cJSON_IsString(mt) && (!strcmp(mt->valuestring, "llama") || !strcmp(mt->valuestring, "qwen2"))) {
+        rc = config_load_llama(path, root, mt->valuestring, c);
+        cJSON_Delete(root);
+        if (!rc && fdpo_gpt2_config_check(c)) rc = fdpo_error_context("%s", path);
+        return rc;
+    } else if (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt2"))
+        rc = fdpo_error("%s: model_type '%.64s' is not supported (fdpo runs gpt2, llama and qwen2)", path,
                         cJSON_IsString(mt) ? mt->valuestring : "(not a string)");
     else if (act && !cJSON_IsNull(act) && (!cJSON_IsString(act) || strcmp(act->valuestring, "gelu_new")))
         rc = fdpo_error("%s: activation_function '%.64s' is not supported (only gelu_new)", path,
@@ -69,8 +143,45 @@ int fdpo_config_load(const char *path, fdpo_gpt2_config *c) {
     return rc;
 }
 
-int fdpo_config_save(const char *path, const fdpo_gpt2_config *c) {
-    if (fdpo_gpt2_config_check(c)) return fdpo_error_context("%s", path);
+static cJSON *config_json_llama(const fdpo_gpt2_config *c) {
+    cJSON *root = cJSON_CreateObject();
+    int qwen2 = !strcmp(c->model_type, "qwen2");
+    cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
+    cJSON_AddItemToArray(arch, cJSON_CreateString(qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
+    if (!qwen2) cJSON_AddBoolToObject(root, "attention_bias", c->qkv_bias);
+    if (c->head_dim) cJSON_AddNumberToObject(root, "head_dim", (double)c->head_dim);
+    cJSON_AddStringToObject(root, "hidden_act", "silu");
+    cJSON_AddNumberToObject(root, "hidden_size", (double)c->n_embd);
+    cJSON_AddNumberToObject(root, "intermediate_size", (double)c->intermediate_size);
+    cJSON_AddNumberToObject(root, "max_position_embeddings", (double)c->n_positions);
+    cJSON_AddBoolToObject(root, "mlp_bias", c->mlp_bias);
+    cJSON_AddStringToObject(root, "model_type", qwen2 ? "qwen2" : "llama");
+    cJSON_AddNumberToObject(root, "num_attention_heads", (double)c->n_head);
+    cJSON_AddNumberToObject(root, "num_hidden_layers", (double)c->n_layer);
+    cJSON_AddNumberToObject(root, "num_key_value_heads", (double)c->n_kv_head);
+    char num[32];
+    fdpo_fmt_float(num, sizeof num, c->layer_norm_epsilon);
+    cJSON_AddRawToObject(root, "rms_norm_eps", num);
+    if (c->rope_factor != 0) {
+        cJSON *rs = cJSON_AddObjectToObject(root, "rope_scaling");
+        cJSON_AddNumberToObject(rs, "factor", c->rope_factor);
+        cJSON_AddNumberToObject(rs, "high_freq_factor", c->rope_high_freq_factor);
+        cJSON_AddNumberToObject(rs, "low_freq_factor", c->rope_low_freq_factor);
+        cJSON_AddNumberToObject(rs, "original_max_position_embeddings", (double)c->rope_original_max_position);
+        cJSON_AddStringToObject(rs, "rope_type", "llama3");
+    } else {
+        cJSON_AddNullToObject(root, "rope_scaling");
+    }
+    fdpo_fmt_double(num, sizeof num, c->rope_theta);
+    cJSON_AddRawToObject(root, "rope_theta", num);
+    cJSON_AddBoolToObject(root, "tie_word_embeddings", c->tie_word_embeddings);
+    cJSON_AddStringToObject(root, "torch_dtype", "float32");
+    if (qwen2) cJSON_AddBoolToObject(root, "use_sliding_window", 0);
+    cJSON_AddNumberToObject(root, "vocab_size", (double)c->vocab_size);
+    return root;
+}
+
+static cJSON *config_json_gpt2(const fdpo_gpt2_config *c) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "activation_function", "gelu_new");
     cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
@@ -86,6 +197,12 @@ int fdpo_config_save(const char *path, const fdpo_gpt2_config *c) {
     cJSON_AddNumberToObject(root, "n_positions", (double)c->n_positions);
     cJSON_AddBoolToObject(root, "tie_word_embeddings", 1);
     cJSON_AddNumberToObject(root, "vocab_size", (double)c->vocab_size);
+    return root;
+}
+
+int fdpo_config_save(const char *path, const fdpo_gpt2_config *c) {
+    if (fdpo_gpt2_config_check(c)) return fdpo_error_context("%s", path);
+    cJSON *root = c->arch == FDPO_ARCH_LLAMA ? config_json_llama(c) : config_json_gpt2(c);
     int rc = fdpo_write_json_atomic(path, root, 1);
     cJSON_Delete(root);
     return rc;
@@ -104,53 +221,118 @@ static void fmt_shape(char *buf, size_t n, const size_t *shape, int ndim) {
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
-/* Is this a tensor name we know and skip? (causal-mask buffers, the tied LM head) */
+/* Is this a tensor name we know and skip? (causal-mask and rotary buffers, the tied LM head) */
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && !strcmp(s + n - k, suffix);
 }
 static int is_skipped_name(const char *name) {
-    return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias") || !strcmp(name, "lm_head.weight");
+    return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias") || ends_with(name, "rotary_emb.inv_freq") ||
+           !strcmp(name, "lm_head.weight");
+}
+
+/* The safetensors file(s) of a checkpoint: model.safetensors, or the shards named by
+ * model.safetensors.index.json ({"weight_map": {tensor: file}}). */
+typedef struct { fdpo_safetensors *files; size_t n; char *where; } st_set;
+
+static void st_set_close(st_set *s) {
+    for (size_t i = 0; i < s->n; i++) if (s->files[i].map) fdpo_st_close(&s->files[i]);
+    free(s->files); free(s->where);
+    memset(s, 0, sizeof *s);
+}
+
+static int st_set_open(st_set *s, const char *dir) {
+    memset(s, 0, sizeof *s);
+    char *single = fdpo_path_join(dir, "model.safetensors"), *index = fdpo_path_join(dir, "model.safetensors.index.json");
+    int rc = 0;
+    if (fdpo_file_exists(single)) {
+        s->files = fdpo_calloc(1, sizeof *s->files);
+        s->where = single; single = NULL;
+        rc = fdpo_st_open(&s->files[0], s->where);
+        if (!rc) s->n = 1;
+    } else if (fdpo_file_exists(index)) {
+        size_t len;
+        char *text = fdpo_read_file(index, &len);
+        cJSON *root = text ? cJSON_ParseWithLength(text, len) : NULL;
+        free(text);
+        const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+        s->where = index; index = NULL;
+        if (!text) rc = -1;
+        else if (!cJSON_IsObject(map)) rc = fdpo_error("%s: no \"weight_map\" object (a sharded checkpoint index is expected)", s->where);
+        size_t cap = 0;
+        for (const cJSON *e = map ? map->child : NULL; !rc && e; e = e->next) {
+            if (!cJSON_IsString(e) || strchr(e->valuestring, '/') || !*e->valuestring) {
+                rc = fdpo_error("%s: weight_map['%.64s'] must name a shard file in the directory", s->where, e->string);
+                break;
+            }
+            int seen = 0;
+            for (size_t i = 0; i < s->n && !seen; i++) seen = ends_with(s->files[i].path, e->valuestring);
+            if (seen) continue;
+            if (s->n == cap) { cap = cap ? 2 * cap : 4; s->files = fdpo_realloc(s->files, cap * sizeof *s->files); }
+            char *shard = fdpo_path_join(dir, e->valuestring);
+            memset(&s->files[s->n], 0, sizeof s->files[s->n]);
+            if (!fdpo_file_exists(shard)) rc = fdpo_error("%s: shard '%s' listed in %s is missing", shard, e->valuestring, s->where);
+            else rc = fdpo_st_open(&s->files[s->n], shard);
+            free(shard);
+            if (!rc) s->n++;
+        }
+        if (!rc && s->n == 0) rc = fdpo_error("%s: weight_map lists no shards", s->where);
+        cJSON_Delete(root);
+    } else {
+        rc = fdpo_error("%s: missing (fdpo reads model.safetensors or a sharded model.safetensors.index.json; "
+                        "convert .bin checkpoints first)", single);
+    }
+    free(single); free(index);
+    return rc;
+}
+
+static const fdpo_st_tensor *st_set_find(const st_set *s, const char *name, size_t *file) {
+    for (size_t i = 0; i < s->n; i++) {
+        const fdpo_st_tensor *t = fdpo_st_find(&s->files[i], name);
+        if (t) { *file = i; return t; }
+    }
+    return NULL;
 }
 
 fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
     char *cfg_path = fdpo_path_join(dir, "config.json");
-    char *st_path = fdpo_path_join(dir, "model.safetensors");
     fdpo_gpt2 *m = NULL;
-    fdpo_safetensors st = {0};
+    st_set ss = {0};
     fdpo_gpt2_config c;
     int rc = fdpo_config_load(cfg_path, &c);
-    if (!rc && !fdpo_file_exists(st_path))
-        rc = fdpo_error("%s: missing (fdpo reads model.safetensors; convert .bin checkpoints first)", st_path);
-    if (!rc) rc = fdpo_st_open(&st, st_path);
-    if (!rc) {
+    if (!rc) rc = st_set_open(&ss, dir);
+    if (!rc && c.arch == FDPO_ARCH_GPT2) {
         /* A config much larger than the file (a typo in n_embd, the wrong config.json) must
          * not allocate gigabytes before the per-tensor checks below name the culprit; small
          * models go straight to those more precise checks. */
         double C = (double)c.n_embd, in_file = 0;
         double want = ((double)c.vocab_size + (double)c.n_positions) * C + 2 * C + (double)c.n_layer * (12 * C * C + 13 * C);
-        for (size_t k = 0; k < st.n_tensors; k++) {
-            double numel = 1;
-            for (int d = 0; d < st.tensors[k].ndim; d++) numel *= (double)st.tensors[k].shape[d];
-            in_file += numel;
-        }
+        for (size_t f = 0; f < ss.n; f++)
+            for (size_t k = 0; k < ss.files[f].n_tensors; k++) {
+                double numel = 1;
+                for (int d = 0; d < ss.files[f].tensors[k].ndim; d++) numel *= (double)ss.files[f].tensors[k].shape[d];
+                in_file += numel;
+            }
         if (want > in_file && want > 16777216.0)
-            rc = fdpo_error("%s: config.json implies %.0f parameters but %s holds only %.0f values", cfg_path, want, st_path, in_file);
+            rc = fdpo_error("%s: config.json implies %.0f parameters but %s holds only %.0f values", cfg_path, want, ss.where, in_file);
     }
     if (!rc && !(m = fdpo_gpt2_create(&c))) rc = fdpo_error_context("%s", cfg_path);
-    size_t *used = NULL;
-    if (!rc) used = fdpo_calloc(st.n_tensors ? st.n_tensors : 1, sizeof(size_t));
-    for (int i = 0; !rc && i < FDPO_GPT2_NUM_TENSORS; i++) {
+    size_t **used = NULL;
+    if (!rc) {
+        used = fdpo_calloc(ss.n, sizeof *used);
+        for (size_t f = 0; f < ss.n; f++) used[f] = fdpo_calloc(ss.files[f].n_tensors ? ss.files[f].n_tensors : 1, sizeof(size_t));
+    }
+    for (int i = 0; !rc && i < (int)m->n_tensors; i++) {
         const fdpo_gpt2_tensor *t = &m->tensors[i];
         size_t n_copies = t->per_layer ? c.n_layer : 1, one = t->numel / n_copies;
         for (size_t l = 0; !rc && l < n_copies; l++) {
             char name[160];
             tensor_name(name, sizeof name, t->name, l);
-            const char *bare = name + strlen("transformer.");
-            const fdpo_st_tensor *f = fdpo_st_find(&st, name);
-            if (!f) f = fdpo_st_find(&st, bare);
-            if (!f) { rc = fdpo_error("%s: missing tensor '%s'", st_path, name); break; }
-            used[f - st.tensors] = 1;
+            size_t fi = 0;
+            const fdpo_st_tensor *f = st_set_find(&ss, name, &fi);
+            if (!f && c.arch == FDPO_ARCH_GPT2) f = st_set_find(&ss, name + strlen("transformer."), &fi);
+            if (!f) { rc = fdpo_error("%s: missing tensor '%s'", ss.where, name); break; }
+            used[fi][f - ss.files[fi].tensors] = 1;
             int same = f->ndim == t->ndim;
             for (int d = 0; same && d < t->ndim; d++) same = f->shape[d] == t->shape[d];
             if (!same) {
@@ -158,35 +340,41 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
                 fmt_shape(have, sizeof have, f->shape, f->ndim);
                 fmt_shape(want, sizeof want, t->shape, t->ndim);
                 rc = fdpo_error("%s: tensor '%s': shape %s, but config.json (V=%zu, T=%zu, C=%zu) wants %s",
-                                st_path, f->name, have, c.vocab_size, c.n_positions, c.n_embd, want);
+                                ss.files[fi].path, f->name, have, c.vocab_size, c.n_positions, c.n_embd, want);
                 break;
             }
-            rc = fdpo_st_read_f32(&st, f, m->params_memory + t->offset + l * one, one);
+            rc = fdpo_st_read_f32(&ss.files[fi], f, m->params_memory + t->offset + l * one, one);
         }
     }
-    /* lm_head.weight must be the tied wte; anything else unknown means a different model */
-    for (size_t k = 0; !rc && k < st.n_tensors; k++) {
-        const fdpo_st_tensor *f = &st.tensors[k];
-        if (used[k]) continue;
-        if (!is_skipped_name(f->name)) { rc = fdpo_error("%s: unexpected tensor '%s' (not part of GPT-2)", st_path, f->name); break; }
-        if (strcmp(f->name, "lm_head.weight")) continue;
-        size_t n = m->tensors[0].numel;
-        float *head = fdpo_malloc(n * sizeof(float));
-        rc = fdpo_st_read_f32(&st, f, head, n);
-        if (!rc && memcmp(head, m->params.wte, n * sizeof(float)))
-            rc = fdpo_error("%s: tensor 'lm_head.weight' differs from wte (fdpo needs a tied LM head)", st_path);
-        free(head);
-    }
+    /* a present lm_head.weight must be the tied embedding; anything else unknown means a different model */
+    for (size_t fi = 0; !rc && fi < ss.n; fi++)
+        for (size_t k = 0; !rc && k < ss.files[fi].n_tensors; k++) {
+            const fdpo_st_tensor *f = &ss.files[fi].tensors[k];
+            if (used[fi][k]) continue;
+            if (!is_skipped_name(f->name)) {
+                rc = fdpo_error("%s: unexpected tensor '%s' (not part of a %s model with this config)", ss.files[fi].path, f->name,
+                                c.arch == FDPO_ARCH_LLAMA ? c.model_type : "gpt2");
+                break;
+            }
+            if (strcmp(f->name, "lm_head.weight")) continue;
+            size_t n = m->tensors[0].numel;
+            float *head = fdpo_malloc(n * sizeof(float));
+            rc = fdpo_st_read_f32(&ss.files[fi], f, head, n);
+            if (!rc && memcmp(head, m->params_memory + m->tensors[0].offset, n * sizeof(float)))
+                rc = fdpo_error("%s: tensor 'lm_head.weight' differs from the token embedding, but config.json ties them",
+                                ss.files[fi].path);
+            free(head);
+        }
+    if (used) for (size_t f = 0; f < ss.n; f++) free(used[f]);
     free(used);
-    if (st.map) fdpo_st_close(&st);
+    st_set_close(&ss);
     free(cfg_path);
-    free(st_path);
     if (rc) { fdpo_gpt2_free(m); return NULL; }
     return m;
 }
 
 void fdpo_st_writer_add_gpt2(fdpo_st_writer *w, const fdpo_gpt2 *m, const float *memory, const char *prefix) {
-    for (int i = 0; i < FDPO_GPT2_NUM_TENSORS; i++) {
+    for (int i = 0; i < (int)m->n_tensors; i++) {
         const fdpo_gpt2_tensor *t = &m->tensors[i];
         size_t n_copies = t->per_layer ? m->config.n_layer : 1, one = t->numel / n_copies;
         for (size_t l = 0; l < n_copies; l++) {
@@ -199,7 +387,7 @@ void fdpo_st_writer_add_gpt2(fdpo_st_writer *w, const fdpo_gpt2 *m, const float 
 }
 
 int fdpo_st_read_gpt2(const fdpo_safetensors *st, const fdpo_gpt2 *m, float *memory, const char *prefix) {
-    for (int i = 0; i < FDPO_GPT2_NUM_TENSORS; i++) {
+    for (int i = 0; i < (int)m->n_tensors; i++) {
         const fdpo_gpt2_tensor *t = &m->tensors[i];
         size_t n_copies = t->per_layer ? m->config.n_layer : 1, one = t->numel / n_copies;
         for (size_t l = 0; l < n_copies; l++) {

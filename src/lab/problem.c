@@ -9,7 +9,7 @@
 #include "fdpo/lab.h"
 
 void fdpo_lab_problem_free(fdpo_lab_problem *p) {
-    free(p->pi_ref); free(p->reward); free(p->reward_hat); free(p->length);
+    free(p->pi_ref); free(p->reward); free(p->reward_hat); free(p->length); free(p->safety);
     memset(p, 0, sizeof *p);
 }
 
@@ -84,6 +84,7 @@ int fdpo_lab_validate(const fdpo_lab_problem *p, const char *what) {
             return fdpo_error("%s: pi_ref[%zu] = %g: pi_ref must be finite and > 0 (f-regularisation divides by it)", what, i, p->pi_ref[i]);
         if (!isfinite(p->reward[i])) return fdpo_error("%s: reward[%zu] is not finite", what, i);
         if (p->reward_hat && !isfinite(p->reward_hat[i])) return fdpo_error("%s: reward_hat[%zu] is not finite", what, i);
+        if (p->safety && !isfinite(p->safety[i])) return fdpo_error("%s: safety[%zu] is not finite", what, i);
         s += p->pi_ref[i];
     }
     if (fabs(s - 1) > 1e-9) return fdpo_error("%s: pi_ref sums to %.17g, not 1", what, s);
@@ -92,8 +93,8 @@ int fdpo_lab_validate(const fdpo_lab_problem *p, const char *what) {
 
 /* ---- CSV ---- */
 
-enum { COL_PI_REF, COL_REWARD, COL_REWARD_HAT, COL_LENGTH, N_COLS };
-static const char *COL_NAMES[N_COLS] = {"pi_ref", "reward", "reward_hat", "length"};
+enum { COL_PI_REF, COL_REWARD, COL_REWARD_HAT, COL_LENGTH, COL_SAFETY, N_COLS };
+static const char *COL_NAMES[N_COLS] = {"pi_ref", "reward", "reward_hat", "length", "safety"};
 
 /* Splits line in place at commas; trims spaces. Returns the number of fields (<= max). */
 static size_t split_fields(char *line, char **fields, size_t max) {
@@ -123,15 +124,26 @@ int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalise
     if (renormalised) *renormalised = 0;
     size_t len;
     char *text = fdpo_read_file(path, &len);
-    if (!text) return fdpo_error_context("--input %s", path);
+    if (!text) return -1; /* the message names the path */
     int rc = -1;
     int col_of_field[16];
-    int field_of_col[N_COLS] = {-1, -1, -1, -1};
+    int field_of_col[N_COLS] = {-1, -1, -1, -1, -1};
+    /* a NUL would end the line scan early and silently drop the rest of the file */
+    const char *nul = memchr(text, 0, len);
+    if (nul) {
+        size_t at = 1;
+        for (const char *c = text; c < nul; c++) at += *c == '\n';
+        fdpo_error("%s:%zu: NUL byte in a text CSV", path, at);
+        free(text);
+        return -1;
+    }
     size_t n_fields = 0, cap = 0, n = 0, lineno = 0;
     double *cols[N_COLS] = {0};
     char *save = NULL, *line;
     int have_header = 0;
-    for (line = text; line; line = save) {
+    line = text;
+    if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3)) line += 3; /* UTF-8 byte-order mark (spreadsheet exports) */
+    for (; line; line = save) {
         char *nl = strchr(line, '\n');
         save = nl ? nl + 1 : NULL;
         if (nl) *nl = 0;
@@ -145,7 +157,7 @@ int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalise
             for (size_t j = 0; j < k; j++) {
                 int c = -1;
                 for (int t = 0; t < N_COLS; t++) if (!strcmp(f[j], COL_NAMES[t])) c = t;
-                if (c < 0) { fdpo_error("%s:%zu: unknown column '%s' (expected pi_ref, reward, and optionally reward_hat, length)", path, lineno, f[j]); goto done; }
+                if (c < 0) { fdpo_error("%s:%zu: unknown column '%s' (expected pi_ref, reward, and optionally reward_hat, length, safety)", path, lineno, f[j]); goto done; }
                 if (field_of_col[c] >= 0) { fdpo_error("%s:%zu: column '%s' appears twice", path, lineno, f[j]); goto done; }
                 field_of_col[c] = (int)j;
                 col_of_field[j] = c;
@@ -166,7 +178,9 @@ int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalise
             char *end;
             errno = 0;
             double v = strtod(f[j], &end);
-            if (end == f[j] || *end || errno == ERANGE || !isfinite(v)) {
+            /* ERANGE also flags underflow, where strtod returns a subnormal (or 0, which the
+             * pi_ref > 0 check then refuses): only overflow is an error */
+            if (end == f[j] || *end || (errno == ERANGE && fabs(v) == HUGE_VAL) || !isfinite(v)) {
                 fdpo_error("%s:%zu: column '%s': '%s' is not a finite number", path, lineno, COL_NAMES[c], f[j]);
                 goto done;
             }
@@ -181,21 +195,36 @@ int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalise
     }
     if (!have_header) { fdpo_error("%s: empty file (expected a header pi_ref,reward)", path); goto done; }
     if (n == 0) { fdpo_error("%s: no data rows (need at least one response)", path); goto done; }
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += cols[COL_PI_REF][i];
-    if (fabs(s - 1) > 1e-9) {
-        for (size_t i = 0; i < n; i++) cols[COL_PI_REF][i] /= s;
-        if (renormalised) *renormalised = s;
+    /* the sum of values near DBL_MAX overflows: sum pi_ref / max instead, and report
+     * max * that (inf when the true sum is not representable) */
+    double *q = cols[COL_PI_REF], m = 0, s = 0;
+    for (size_t i = 0; i < n; i++) if (q[i] > m) m = q[i];
+    for (size_t i = 0; i < n; i++) s += q[i] / m;
+    if (fabs(m * s - 1) > 1e-9) {
+        for (size_t i = 0; i < n; i++) q[i] = (q[i] / m) / s;
+        if (renormalised) *renormalised = m * s;
     }
     p->n = n;
     p->pi_ref = cols[COL_PI_REF];
     p->reward = cols[COL_REWARD];
     p->reward_hat = cols[COL_REWARD_HAT];
     p->length = cols[COL_LENGTH];
+    p->safety = cols[COL_SAFETY];
     memset(cols, 0, sizeof cols);
     rc = 0;
 done:
     for (int c = 0; c < N_COLS; c++) free(cols[c]);
     free(text);
     return rc;
+}
+
+void fdpo_lab_generate_safety(fdpo_lab_problem *p, double correlation, fdpo_rng *rng) {
+    free(p->safety);
+    p->safety = fdpo_malloc(p->n * sizeof(double));
+    double sd = 0;
+    for (size_t i = 0; i < p->n; i++) sd += p->reward[i] * p->reward[i] / (double)p->n;
+    sd = sqrt(sd);
+    const double c = correlation, rest = sqrt(1 - c * c);
+    for (size_t i = 0; i < p->n; i++)
+        p->safety[i] = c * (sd > 0 ? p->reward[i] / sd : 0) + rest * fdpo_rng_normal(rng);
 }

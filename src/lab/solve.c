@@ -35,6 +35,7 @@ void fdpo_lab_prepare(fdpo_lab_prepared *pp, const double *pi_ref, const double 
     pp->reward = reward;
     pp->log_pi_ref = fdpo_malloc(n * sizeof(double));
     pp->order_desc = fdpo_malloc(n * sizeof(size_t));
+    pp->n_sorted = n;
     pp->r_min = INFINITY;
     pp->r_max = -INFINITY;
     keyed *k = fdpo_malloc(n * sizeof *k);
@@ -152,7 +153,7 @@ static int solve_tau(const fdpo_lab_prepared *pp, const fdpo_divergence *d, doub
     const fdpo_div_kind kind = d->kind;
     const double A = d->alpha;
     double hi = g_inv(kind, A, 1.0), lo = hi - (pp->r_max - pp->r_min) / beta;
-    size_t top = pp->n < 256 ? pp->n : 256; /* all n would cost a log per response per beta */
+    size_t top = pp->n_sorted < 256 ? pp->n_sorted : 256; /* all n would cost a log per response per beta */
     for (size_t k = 0; k < top; k++) {
         size_t i = pp->order_desc[k];
         double ti = g_inv(kind, A, 1 / pp->pi_ref[i]) - (pp->r_max - pp->reward[i]) / beta;
@@ -237,6 +238,7 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
         break;
     }
     case FDPO_DIV_CHI2: {
+        if (pp->n_sorted < n) return fdpo_error("chi2: the problem was prepared without the full reward order");
         /* largest k with r_(k) > lambda_k - 2 beta, lambda_k = 2 beta + (P_k - 2 beta)/Q_k */
         double Q = 0, P = 0, lambda = NAN;
         for (size_t k = 0; k < n; k++) {

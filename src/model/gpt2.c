@@ -6,8 +6,11 @@
 #include <string.h>
 #include "fdpo/gpt2.h"
 #include "model/gpt2_internal.h"
+#include "model/llama_internal.h"
 
 int fdpo_gpt2_config_check(const fdpo_gpt2_config *c) {
+    if (c->arch == FDPO_ARCH_LLAMA) return llama_config_check(c);
+    if (c->arch != FDPO_ARCH_GPT2) return fdpo_error("config: unknown model family %d", (int)c->arch);
     /* upper bounds keep every size product far from size_t/int overflow (BLAS takes int) */
     if (c->vocab_size == 0 || c->vocab_size > (1u << 24))
         return fdpo_error("config: vocab_size %zu must be in [1, %u]", c->vocab_size, 1u << 24);
@@ -66,6 +69,7 @@ static void build_tensor_table(fdpo_gpt2 *m) {
         off += t->numel;
     }
     m->n_params = off;
+    m->n_tensors = FDPO_GPT2_NUM_TENSORS;
 }
 
 /* Point the 16 fields of p at consecutive tensors of memory (table order = struct order). */
@@ -80,6 +84,11 @@ fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
     if (fdpo_gpt2_config_check(c)) return NULL;
     fdpo_gpt2 *m = fdpo_calloc(1, sizeof *m);
     m->config = *c;
+    if (c->arch == FDPO_ARCH_LLAMA) {
+        llama_build(m);
+        m->params_memory = fdpo_calloc(m->n_params, sizeof(float));
+        return m;
+    }
     build_tensor_table(m);
     m->params_memory = fdpo_calloc(m->n_params, sizeof(float));
     point_params(&m->params, m->params_memory, m->tensors);
@@ -109,10 +118,12 @@ void fdpo_gpt2_free(fdpo_gpt2 *m) {
     free(m->params_memory);
     free(m->grads_memory);
     acts_free(m->acts);
+    llama_free(m);
     free(m);
 }
 
 void fdpo_gpt2_init(fdpo_gpt2 *m, uint64_t seed) {
+    if (m->config.arch == FDPO_ARCH_LLAMA) { llama_init(m, seed); return; }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, seed);
     double resid_std = 0.02 / sqrt(2.0 * (double)m->config.n_layer);
@@ -206,6 +217,7 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
 
 int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
     if (fdpo_gpt2_check_batch(m, b)) return -1;
+    if (m->config.arch == FDPO_ARCH_LLAMA) return llama_forward(m, b, token_logp, seq_logp);
     const fdpo_gpt2_config *c = &m->config;
     size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
     size_t A = 0, maxT = 0;
@@ -277,19 +289,24 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
 }
 
 const float *fdpo_gpt2_logits(const fdpo_gpt2 *m) {
+    if (m->config.arch == FDPO_ARCH_LLAMA) return llama_logits(m);
     return m->acts && m->acts->has_forward ? m->acts->logits : NULL;
 }
 
 void fdpo_gpt2_zero_grad(fdpo_gpt2 *m) {
     if (!m->grads_memory) {
         m->grads_memory = fdpo_calloc(m->n_params, sizeof(float));
-        point_params(&m->grads, m->grads_memory, m->tensors);
+        if (m->config.arch == FDPO_ARCH_GPT2) point_params(&m->grads, m->grads_memory, m->tensors);
         return;
     }
     memset(m->grads_memory, 0, m->n_params * sizeof(float));
 }
 
 int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
+    if (m->config.arch == FDPO_ARCH_LLAMA) {
+        if (!m->grads_memory) fdpo_gpt2_zero_grad(m);
+        return llama_backward(m, d_token_logp);
+    }
     fdpo_gpt2_acts *a = m->acts;
     if (!a || !a->has_forward) return fdpo_error("gpt2 backward: no forward pass to differentiate");
     if (!m->grads_memory) fdpo_gpt2_zero_grad(m);
@@ -376,10 +393,22 @@ void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, 
     }
 }
 
+int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b) {
+    int same = a->arch == b->arch && a->vocab_size == b->vocab_size && a->n_positions == b->n_positions &&
+               a->n_embd == b->n_embd && a->n_layer == b->n_layer && a->n_head == b->n_head &&
+               a->layer_norm_epsilon == b->layer_norm_epsilon;
+    if (same && a->arch == FDPO_ARCH_LLAMA)
+        same = a->n_kv_head == b->n_kv_head && a->intermediate_size == b->intermediate_size && a->head_dim == b->head_dim &&
+               a->rope_theta == b->rope_theta && a->tie_word_embeddings == b->tie_word_embeddings && a->qkv_bias == b->qkv_bias &&
+               a->o_bias == b->o_bias && a->mlp_bias == b->mlp_bias && a->rope_factor == b->rope_factor &&
+               a->rope_low_freq_factor == b->rope_low_freq_factor && a->rope_high_freq_factor == b->rope_high_freq_factor &&
+               a->rope_original_max_position == b->rope_original_max_position;
+    return same;
+}
+
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src) {
     const fdpo_gpt2_config *a = &dst->config, *b = &src->config;
-    if (a->vocab_size != b->vocab_size || a->n_positions != b->n_positions || a->n_embd != b->n_embd ||
-        a->n_layer != b->n_layer || a->n_head != b->n_head)
+    if (!fdpo_gpt2_config_equal(a, b))
         return fdpo_error("copy params: configs differ (V %zu/%zu, T %zu/%zu, C %zu/%zu, L %zu/%zu, H %zu/%zu)",
                           a->vocab_size, b->vocab_size, a->n_positions, b->n_positions, a->n_embd, b->n_embd,
                           a->n_layer, b->n_layer, a->n_head, b->n_head);

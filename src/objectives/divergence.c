@@ -40,6 +40,25 @@ int fdpo_divergence_parse(const char *spec, fdpo_divergence *d) {
     return fdpo_error("unknown divergence '%s' (expected one of %s)", spec, DIV_LIST);
 }
 
+int fdpo_divergence_parse_list(const char *spec, fdpo_divergence **out, size_t *count) {
+    *out = NULL;
+    *count = 0;
+    if (!spec || !*spec) return fdpo_error("divergence list: empty (expected e.g. rkl,js,alpha:0.5)");
+    if (!strcmp(spec, "all")) spec = "rkl,fkl,js,alpha:0.5,tv,chi2";
+    size_t cap = 1;
+    for (const char *c = spec; *c; c++) cap += *c == ',';
+    fdpo_divergence *d = fdpo_malloc(cap * sizeof *d);
+    char *copy = fdpo_strdup(spec), *save = NULL;
+    size_t n = 0;
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        if (fdpo_divergence_parse(t, &d[n++])) { free(copy); free(d); return -1; }
+    free(copy);
+    if (n == 0) { free(d); return fdpo_error("divergence list '%s': no divergence in it", spec); }
+    *out = d;
+    *count = n;
+    return 0;
+}
+
 void fdpo_divergence_name(const fdpo_divergence *d, char *buf, size_t n) {
     switch (d->kind) {
     case FDPO_DIV_RKL: snprintf(buf, n, "rkl"); break;

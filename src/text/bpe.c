@@ -106,6 +106,9 @@ static size_t get_utf8(const unsigned char *s, size_t n, uint32_t *cp) {
     return 4;
 }
 
+size_t fdpo_bpe_byte_symbol(int b, char out[4]) { return put_utf8(byte_to_cp(b), out); }
+const char *fdpo_bpe_gpt2_pattern(void) { return GPT2_PATTERN; }
+
 static uint64_t mix64(uint64_t x) {
     x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
     return x;

@@ -19,6 +19,10 @@ int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir);
 void fdpo_bpe_free(struct fdpo_bpe *b);
 int fdpo_bpe_encode(const fdpo_tokenizer *t, const char *text, size_t len, int allow_special,
                     int32_t **ids, size_t *n_ids);
+/* GPT-2's byte-to-unicode alphabet: byte b's symbol as UTF-8 (1-2 bytes); and the GPT-2
+ * pre-tokenisation pattern (PCRE2 syntax, UTF + UCP) the encoder uses. For the trainer. */
+size_t fdpo_bpe_byte_symbol(int b, char out[4]);
+const char *fdpo_bpe_gpt2_pattern(void);
 const char *fdpo_bpe_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *len);
 
 #endif

@@ -37,7 +37,7 @@ void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
     const float b1 = (float)o->beta1, b2 = (float)o->beta2;
     const float one_minus_b1 = (float)(1.0 - o->beta1), one_minus_b2 = (float)(1.0 - o->beta2);
     const float eps = (float)o->eps;
-    for (int ti = 0; ti < FDPO_GPT2_NUM_TENSORS; ti++) {
+    for (int ti = 0; ti < (int)model->n_tensors; ti++) {
         const fdpo_gpt2_tensor *t = &model->tensors[ti];
         float *p = model->params_memory + t->offset;
         const float *g = model->grads_memory + t->offset;

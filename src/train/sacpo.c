@@ -27,7 +27,7 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
         if (!(o->merge_weights[i] > 0 && o->merge_weights[i] < 1))
             return fdpo_error("--merge: weight %g must be in (0, 1)", o->merge_weights[i]);
     if (o->n_merge_weights && o->n_lambdas < 2) return fdpo_error("--merge: needs two or more --lambda values to interpolate between");
-    if (o->dpo.loss.kind == FDPO_LOSS_SIMPO)
+    if (o->dpo.dpo.loss.kind == FDPO_LOSS_SIMPO)
         return fdpo_error("--loss simpo: SACPO's second stage needs the first stage as its reference; simpo has none");
     if (o->dpo.ref) return fdpo_error("--ref: not used by sacpo (each stage's reference is its starting model)");
     return fdpo_dpo_run_opts_check(&(fdpo_dpo_run_opts){

@@ -42,7 +42,7 @@ static int save_moments(const char *path, const fdpo_adamw *opt, const fdpo_gpt2
     for (int which = 0; which < 2; which++) {
         const float *base = which ? opt->v : opt->m;
         const char *prefix = which ? "exp_avg_sq." : "exp_avg.";
-        for (int ti = 0; ti < FDPO_GPT2_NUM_TENSORS; ti++) {
+        for (int ti = 0; ti < (int)m->n_tensors; ti++) {
             const fdpo_gpt2_tensor *t = &m->tensors[ti];
             size_t layers = t->per_layer ? m->config.n_layer : 1, per = t->numel / layers;
             for (size_t l = 0; l < layers; l++) {
@@ -70,7 +70,7 @@ static int load_moments(const char *path, fdpo_adamw *opt, const fdpo_gpt2 *m) {
     for (int which = 0; which < 2 && !rc; which++) {
         float *base = which ? opt->v : opt->m;
         const char *prefix = which ? "exp_avg_sq." : "exp_avg.";
-        for (int ti = 0; ti < FDPO_GPT2_NUM_TENSORS && !rc; ti++) {
+        for (int ti = 0; ti < (int)m->n_tensors && !rc; ti++) {
             const fdpo_gpt2_tensor *t = &m->tensors[ti];
             size_t layers = t->per_layer ? m->config.n_layer : 1, per = t->numel / layers;
             for (size_t l = 0; l < layers && !rc; l++) {

@@ -121,12 +121,12 @@ END_TEST
 
 /* GPT-2 small has 124,439,808 parameters (the published count with the tied head). */
 START_TEST(gpt2_table_matches_published_sizes) {
-    fdpo_gpt2_config c = {50257, 1024, 768, 12, 12, 1e-5f};
+    fdpo_gpt2_config c = {.vocab_size = 50257, .n_positions = 1024, .n_embd = 768, .n_layer = 12, .n_head = 12, .layer_norm_epsilon = 1e-5f};
     fdpo_gpt2 *m = fdpo_gpt2_create(&c);
     ck_assert_ptr_nonnull(m);
     ck_assert_uint_eq(m->n_params, 124439808);
     size_t sum = 0;
-    for (int i = 0; i < FDPO_GPT2_NUM_TENSORS; i++) {
+    for (int i = 0; i < (int)m->n_tensors; i++) {
         const fdpo_gpt2_tensor *t = &m->tensors[i];
         ck_assert_uint_eq(t->offset, sum);
         sum += t->numel;
@@ -152,7 +152,7 @@ END_TEST
 START_TEST(gpt2_buffer_round_trip) {
     char dir[] = "/tmp/fdpo_st_XXXXXX";
     char *path = tmp_file(dir, "moments.safetensors");
-    fdpo_gpt2_config c = {11, 5, 6, 2, 2, 1e-5f};
+    fdpo_gpt2_config c = {.vocab_size = 11, .n_positions = 5, .n_embd = 6, .n_layer = 2, .n_head = 2, .layer_norm_epsilon = 1e-5f};
     fdpo_gpt2 *m = fdpo_gpt2_create(&c);
     ck_assert_ptr_nonnull(m);
     fdpo_gpt2_init(m, 5);

@@ -64,7 +64,7 @@ static fdpo_gpt2 *tiny_model(void) {
 }
 
 static int is_decay(const fdpo_gpt2 *m, size_t i) {
-    for (int t = 0; t < FDPO_GPT2_NUM_TENSORS; t++)
+    for (int t = 0; t < (int)m->n_tensors; t++)
         if (i >= m->tensors[t].offset && i < m->tensors[t].offset + m->tensors[t].numel) return m->tensors[t].decay;
     ck_abort_msg("index outside every tensor");
     return 0;

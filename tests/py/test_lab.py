@@ -278,17 +278,36 @@ def test_frontier_json(tmp_path):
 
 
 @pytest.mark.parametrize("div", ADMISSIBLE)
-def test_check_tabular_fdpo_converges_to_pistar(div):
-    t = rows(lab("check", "--divergence", div, "--n", "6", "--beta", "0.5", "--seed", "3").stdout)
-    assert float(t[0]["max_abs_diff"]) <= 1e-4
+def test_check_tabular_fdpo_converges_to_pistar(tmp_path, div):
+    # the trained policy against pi* from scipy's brentq (not fdpo's solver), and the reported
+    # max_abs_diff against the same independent distance
+    pol = tmp_path / "pol.csv"
+    t = rows(lab("check", "--divergence", div, "--n", "6", "--beta", "0.5", "--seed", "3", "--export-policy", pol).stdout)
+    e = rows(pol.read_text())
+    assert [x["divergence"] for x in e] == [div] * 6
+    q = np.array([float(x["pi_ref"]) for x in e])
+    r = np.array([float(x["reward"]) for x in e])
+    pi_theta = np.array([float(x["pi_theta"]) for x in e])
+    ref = brentq_solution(div, q, r, 0.5)
+    assert np.max(np.abs(pi_theta - ref)) <= 1e-7
+    assert float(t[0]["max_abs_diff"]) == pytest.approx(np.max(np.abs(pi_theta - ref)), rel=1e-3, abs=1e-13)
 
 
-def test_check_detects_a_biased_loss():
+def test_check_detects_a_biased_loss(tmp_path):
     # labels flipped 20% of the time: plain sigmoid converges elsewhere, robust (e = 0.2) to pi*
-    biased = rows(lab("check", "--divergence", "rkl,js", "--label-noise", "0.2").stdout)
-    robust = rows(lab("check", "--divergence", "rkl,js", "--label-noise", "0.2", "--loss", "robust", "--label-smoothing", "0.2").stdout)
-    assert all(float(x["max_abs_diff"]) > 1e-2 for x in biased)
-    assert all(float(x["max_abs_diff"]) <= 1e-4 for x in robust)
+    # (distances to an independent brentq pi*, from the exported trained policies)
+    def dist(*extra):
+        pol = tmp_path / "pol.csv"
+        lab("check", "--divergence", "rkl,js", "--label-noise", "0.2", "--export-policy", pol, *extra)
+        e = rows(pol.read_text())
+        out = []
+        for div in ("rkl", "js"):
+            d = [x for x in e if x["divergence"] == div]
+            q, r, pt = (np.array([float(x[c]) for x in d]) for c in ("pi_ref", "reward", "pi_theta"))
+            out.append(np.max(np.abs(pt - brentq_solution(div, q, r, 0.5))))
+        return out
+    assert all(d > 1e-2 for d in dist())
+    assert all(d <= 1e-4 for d in dist("--loss", "robust", "--label-smoothing", "0.2"))
 
 
 def test_gap_zero_without_noise():
@@ -414,6 +433,7 @@ def bad(tmp_path, text, *args):
     ("pi_ref\n0.5\n", ":1: missing column 'reward'"),
     ("reward,reward,pi_ref\n1,1,1\n", ":1: column 'reward' appears twice"),
     ("pi_ref,reward\n", ": no data rows"),
+    ("pi_ref,reward\n0.5,1\n0.5,\x002\n0.5,3\n", ":3: NUL byte"),
     ("", ": empty file"),
 ])
 def test_malformed_csv_names_file_and_line(tmp_path, text, needle):
@@ -473,3 +493,249 @@ def test_help_lists_every_flag_with_default():
         assert flag in r.stdout
     assert "[50]" in r.stdout
     assert "coverage" in lab("--help").stdout
+
+
+# ---- CSV edge cases (issue #10) ----
+
+def test_csv_with_utf8_bom_is_read(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes(b"\xef\xbb\xbfpi_ref,reward\n0.25,1\n0.75,-1\n")
+    r = lab("solve", "--input", p, "--divergence", "rkl", "--beta", "0.5")
+    pi = special.softmax(np.log([0.25, 0.75]) + np.array([1, -1]) / 0.5)
+    assert float(rows(r.stdout)[0]["expected_reward"]) == pytest.approx(pi @ [1, -1], rel=1e-14)
+
+
+def test_pi_ref_sum_overflow_is_normalised(tmp_path):
+    p = tmp_path / "big.csv"
+    p.write_text("pi_ref,reward\n1e308,0.3\n1e308,-0.2\n")
+    r = lab("solve", "--input", p, "--divergence", "rkl,fkl", "--beta", "1", check=False)
+    assert r.returncode == 0, r.stderr
+    assert "nan" not in r.stdout
+    pi = special.softmax(np.array([0.3, -0.2]))  # pi_ref = (1/2, 1/2)
+    assert float(rows(r.stdout)[0]["expected_reward"]) == pytest.approx(pi @ [0.3, -0.2], rel=1e-14)
+    assert "renormalised" in r.stderr
+
+
+def test_subnormal_pi_ref_is_a_number(tmp_path):
+    p, out = tmp_path / "sub.csv", tmp_path / "pi.csv"
+    p.write_text("pi_ref,reward\n1,0\n4.9e-324,1\n")
+    lab("solve", "--input", p, "--divergence", "rkl", "--beta", "0.1", "--out", out)
+    pi = np.array([float(x["pi"]) for x in rows(out.read_text())])
+    q = np.array([1.0, 5e-324])
+    ref = np.exp(np.log(q) + np.array([0, 1]) / 0.1 - special.logsumexp(np.log(q) + np.array([0, 1]) / 0.1))
+    np.testing.assert_allclose(pi, ref, rtol=1e-12, atol=1e-320)
+
+
+# ---- coverage against an independent computation ----
+
+@pytest.mark.parametrize("div", ["rkl", "js", "chi2"])
+def test_coverage_columns_match_independent_computation(tmp_path, div):
+    q, r = problem(15, 21)
+    p, cmp_path, fit_path = tmp_path / "p.csv", tmp_path / "cmp.csv", tmp_path / "fit.csv"
+    write_problem(p, q, r)
+    beta = 0.3
+    t = rows(lab("coverage", "--input", p, "--comparisons", "5,60", "--divergence", div, "--beta", beta,
+                 "--export-comparisons", cmp_path, "--export-fit", fit_path).stdout)
+    cmp_rows, fit_rows = rows(cmp_path.read_text()), rows(fit_path.read_text())
+    for row in t:
+        m = int(row["n_comparisons"])
+        c = [e for e in cmp_rows if int(e["n_comparisons"]) == m]
+        seen = sorted({int(e["winner"]) for e in c} | {int(e["loser"]) for e in c})
+        theta = np.array([float(e["reward_hat"]) for e in fit_rows if int(e["n_comparisons"]) == m])
+        if div == "chi2":
+            h = lambda l, rr: np.sum(q * np.maximum(0, 1 + (rr - l) / (2 * beta))) - 1
+            sol = lambda rr: q * np.maximum(0, 1 + (rr - optimize.brentq(lambda l: h(l, rr), rr.min() - 10, rr.max() + 10, xtol=1e-15)) / (2 * beta))
+        else:
+            sol = lambda rr: brentq_solution(div, q, rr, beta)
+        ps, ph = sol(r), sol(theta)
+        assert len(seen) < 15 or m == 60
+        assert float(row["pistar_coverage"]) == pytest.approx(ps[seen].sum(), rel=1e-9, abs=1e-12)
+        assert float(row["reward_gap"]) == pytest.approx(ps @ r - ph @ r, rel=1e-8, abs=1e-11)
+        og = regularised(div, q, r, beta, ps) - regularised(div, q, r, beta, ph)
+        assert float(row["objective_gap"]) == pytest.approx(og, rel=1e-7, abs=1e-11)
+        rmse = np.sqrt(np.mean(((theta - theta.mean()) - (r - r.mean())) ** 2))
+        assert float(row["fit_rmse"]) == pytest.approx(rmse, rel=1e-12)
+
+
+# ---- lab constrained (issue #12 item 1) ----
+
+def constrained_problem(n, seed, rho=-0.5):
+    rng = np.random.default_rng(seed)
+    q = rng.dirichlet(np.ones(n))
+    r = rng.normal(size=n)
+    g = rho * r + np.sqrt(1 - rho ** 2) * rng.normal(size=n)
+    return q, r, g
+
+
+def write_constrained(path, q, r, g):
+    with open(path, "w") as f:
+        f.write("pi_ref,reward,safety\n")
+        for a, b, c in zip(q, r, g):
+            f.write(f"{a!r},{b!r},{c!r}\n")
+
+
+def scipy_constrained(div, q, r, g, beta, b):
+    """Lagrangian dual: brentq on lambda of E_{pi_lambda}[g] = b, pi_lambda from brentq on mu."""
+    pi0 = brentq_solution(div, q, r, beta)
+    if pi0 @ g >= b:
+        return 0.0, pi0
+    F = lambda lam: brentq_solution(div, q, r + lam * g, beta) @ g - b
+    hi = 1.0
+    while F(hi) < 0:
+        hi *= 2
+    lam = optimize.brentq(F, 0, hi, xtol=1e-14, rtol=4 * np.finfo(float).eps, maxiter=500)
+    return lam, brentq_solution(div, q, r + lam * g, beta)
+
+
+def run_constrained(tmp_path, div, beta, b, q, r, g, *extra):
+    p, out = tmp_path / "c.csv", tmp_path / "pi.csv"
+    write_constrained(p, q, r, g)
+    res = lab("constrained", "--data", p, "--divergence", div, "--beta", beta, "--min-safety", b, "--out", out, *extra)
+    t = rows(res.stdout)[0]
+    pis = rows(out.read_text())
+    return t, pis
+
+
+CONSTRAINED_DIVS = ["rkl", "fkl", "js", "alpha:0.3", "alpha:0.7"]
+
+
+@pytest.mark.parametrize("div", CONSTRAINED_DIVS)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_constrained_matches_scipy_dual(tmp_path, div, seed):
+    q, r, g = constrained_problem(40, seed)
+    beta = 0.4
+    e0 = brentq_solution(div, q, r, beta) @ g
+    b = e0 + 0.5 * (g.max() - e0)  # active
+    t, pis = run_constrained(tmp_path, div, beta, b, q, r, g)
+    lam, ref = scipy_constrained(div, q, r, g, beta, b)
+    pi = np.array([float(x["pi"]) for x in pis])
+    assert t["active"] == "1" and t["feasible"] == "1"
+    assert float(t["lambda"]) == pytest.approx(lam, abs=1e-7)
+    assert np.max(np.abs(pi - ref)) <= 1e-9
+    assert float(t["expected_safety"]) == pytest.approx(b, abs=1e-11)
+    assert float(t["expected_reward"]) == pytest.approx(ref @ r, abs=1e-9)
+    assert float(t["f_divergence"]) == pytest.approx(np.sum(q * fdiv(div, ref / q)), rel=1e-7, abs=1e-10)
+    assert float(t["entropy"]) == pytest.approx(-np.sum(ref * np.log(ref)), rel=1e-8)
+    # KKT of the constrained problem itself: r + lambda g - beta f'(pi/q) is constant
+    kkt = r + float(t["lambda"]) * g - beta * fprime(div, pi / q)
+    assert np.ptp(kkt) < 1e-8
+
+
+@pytest.mark.filterwarnings("ignore:Values in x were outside bounds")
+@pytest.mark.parametrize("div", ["rkl", "fkl", "js", "alpha:0.5"])
+def test_constrained_equals_slsqp_on_the_primal(tmp_path, div):
+    q, r, g = constrained_problem(6, 7)
+    beta, b = 0.5, 0.6
+    t, pis = run_constrained(tmp_path, div, beta, b, q, r, g)
+    pi = np.array([float(x["pi"]) for x in pis])
+    res = optimize.minimize(lambda p: -regularised(div, q, r, beta, p), q, method="SLSQP", bounds=[(1e-12, 1)] * 6,
+                            jac=lambda p: -(r - beta * fprime(div, p / q)),
+                            constraints=[{"type": "eq", "fun": lambda p: p.sum() - 1, "jac": lambda p: np.ones(6)},
+                                         {"type": "ineq", "fun": lambda p: p @ g - b, "jac": lambda p: g}],
+                            options={"ftol": 1e-14, "maxiter": 1000})
+    assert res.success, res.message
+    np.testing.assert_allclose(pi, res.x, atol=2e-6)
+    assert regularised(div, q, r, beta, pi) >= regularised(div, q, r, beta, res.x) - 1e-10
+
+
+@pytest.mark.parametrize("div", CONSTRAINED_DIVS)
+def test_inactive_constraint_gives_unconstrained_optimum(tmp_path, div):
+    q, r, g = constrained_problem(30, 3)
+    e0 = brentq_solution(div, q, r, 0.3) @ g
+    t, pis = run_constrained(tmp_path, div, 0.3, e0 - 0.05, q, r, g)
+    assert t["active"] == "0" and float(t["lambda"]) == 0
+    pi = np.array([float(x["pi"]) for x in pis])
+    np.testing.assert_allclose(pi, brentq_solution(div, q, r, 0.3), rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("div", CONSTRAINED_DIVS)
+def test_stepwise_versus_joint(tmp_path, div):
+    q, r, g = constrained_problem(30, 4)
+    beta = 0.5
+    e0 = brentq_solution(div, q, r, beta) @ g
+    b = e0 + 0.3 * (g.max() - e0)
+    t, pis = run_constrained(tmp_path, div, beta, b, q, r, g, "--stepwise")
+    lam, joint = scipy_constrained(div, q, r, g, beta, b)
+    # independent two-step: align for r from pi_ref, then for g from that at beta / lambda*
+    pi1 = brentq_solution(div, q, r, beta)
+    step = brentq_solution(div, pi1, g, beta / lam)
+    ours = np.array([float(x["pi_stepwise"]) for x in pis])
+    np.testing.assert_allclose(ours, step, rtol=1e-8, atol=1e-12)
+    gap = np.max(np.abs(step - joint))
+    if div == "rkl":
+        assert np.max(np.abs(ours - joint)) <= 1e-9
+        assert float(t["stepwise_max_abs_diff"]) <= 1e-12
+    else:
+        assert gap > 1e-4  # (f')^-1 of a sum is not the product of (f')^-1s
+        assert float(t["stepwise_max_abs_diff"]) == pytest.approx(gap, rel=1e-6)
+        assert float(t["stepwise_tv"]) == pytest.approx(0.5 * np.abs(step - joint).sum(), rel=1e-6)
+        assert float(t["stepwise_kl"]) == pytest.approx(np.sum(special.rel_entr(step, joint)), rel=1e-6)
+    assert float(t["stepwise_expected_reward"]) == pytest.approx(step @ r, abs=1e-9)
+    assert float(t["stepwise_expected_safety"]) == pytest.approx(step @ g, abs=1e-9)
+
+
+def test_constrained_frontier_sweep(tmp_path):
+    q, r, g = constrained_problem(50, 5)
+    p = tmp_path / "c.csv"
+    write_constrained(p, q, r, g)
+    bs = [0.2, -3.0, 0.9, float(g.max()) + 1]
+    args = ["constrained", "--input", p, "--divergence", "rkl,js", "--beta", "0.3", "--frontier", ",".join(map(repr, bs))]
+    a = lab(*args, "--threads", "1").stdout
+    assert a == lab(*args, "--threads", "2").stdout
+    t = rows(a)
+    assert len(t) == 8 and [x["divergence"] for x in t] == ["rkl"] * 4 + ["js"] * 4
+    for x in t:
+        b = float(x["min_safety"])
+        if b > g.max():
+            assert x["feasible"] == "0" and x["lambda"] == "nan"
+            continue
+        lam, ref = scipy_constrained(x["divergence"], q, r, g, 0.3, b)
+        assert float(x["lambda"]) == pytest.approx(lam, abs=1e-7)
+        assert float(x["expected_reward"]) == pytest.approx(ref @ r, abs=1e-9)
+        assert x["active"] == ("1" if lam > 0 else "0")
+    grid = rows(lab("constrained", "--input", p, "--divergence", "rkl", "--frontier", "0:1:3", "--format", "csv").stdout)
+    assert [float(x["min_safety"]) for x in grid] == [0, 0.5, 1]
+
+
+def test_constrained_json_and_generated_problem():
+    import json
+    out = json.loads(lab("constrained", "--n", "100", "--min-safety", "0.5", "--divergence", "fkl", "--format", "json").stdout)
+    assert out[0]["divergence"] == "fkl" and out[0]["expected_safety"] >= 0.5 - 1e-12
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--min-safety", "9"], "--min-safety 9: infeasible: the largest safety is"),
+    (["--min-safety", "0.5", "--divergence", "tv"], "--divergence tv: the constrained solver needs an admissible f"),
+    (["--min-safety", "0.5", "--divergence", "chi2"], "--divergence chi2"),
+    ([], "--min-safety: required"),
+    (["--frontier", "0,1", "--min-safety", "0.5"], "--min-safety: not allowed with --frontier"),
+    (["--frontier", "1:0:3"], "--frontier: '1:0:3' is not LO:HI:K"),
+    (["--frontier", "0,x"], "--frontier: 'x' is not a finite number"),
+    (["--min-safety", "0.5", "--beta", "0"], "--beta: must be > 0"),
+])
+def test_constrained_bad_input(tmp_path, args, needle):
+    p = tmp_path / "c.csv"
+    write_constrained(p, [0.5, 0.5], [1.0, 0.0], [0.0, 1.0])
+    r = lab("constrained", "--data", p, *args, check=False)
+    assert r.returncode != 0 and needle in r.stderr, r.stderr
+
+
+def test_constrained_needs_a_safety_column(tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_text("pi_ref,reward\n0.5,1\n0.5,2\n")
+    r = lab("constrained", "--data", p, "--min-safety", "0", check=False)
+    assert r.returncode != 0 and "needs a 'safety' column" in r.stderr
+    r = lab("constrained", "--data", p, "--input", p, "--min-safety", "0", check=False)
+    assert r.returncode != 0 and "--data and --input" in r.stderr
+
+
+def test_data_is_the_spelling_of_input_for_every_experiment(tmp_path):
+    q, r = problem(10, 4)
+    p = tmp_path / "p.csv"
+    write_problem(p, q, r)
+    for exp in ("solve", "frontier", "gap", "check"):
+        assert lab(exp, "--data", p, "--divergence", "rkl").stdout == lab(exp, "--input", p, "--divergence", "rkl").stdout
+    a = rows(lab("solve", "--data", p, "--divergence", "rkl", "--beta", "0.3").stdout)[0]
+    assert float(a["expected_reward"]) == pytest.approx(special.softmax(np.log(q) + r / 0.3) @ r, rel=1e-12)
+    r2 = lab("solve", "--data", p, "--input", p, check=False)
+    assert r2.returncode != 0 and "--data and --input" in r2.stderr

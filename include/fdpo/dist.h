@@ -1,0 +1,40 @@
+/* Data parallelism over Open MPI (src/dist). Optional at build time: without MPI every
+ * function works for one process (rank 0 of 1), so callers need no #ifdefs.
+ *
+ * A run is distributed when fdpo was started by an MPI launcher (mpirun, srun): then
+ * fdpo_dist_init calls MPI_Init_thread (FUNNELED: only the main thread calls MPI; OpenMP
+ * threads work inside each rank). Started by hand, fdpo stays a single process and never
+ * touches MPI. Errors are returned, not fatal (MPI_ERRORS_RETURN on the world
+ * communicator); the CLI ends a failing job with fdpo_dist_abort, so no rank waits forever
+ * in a collective for one that gave up. */
+#ifndef FDPO_DIST_H
+#define FDPO_DIST_H
+#include <stddef.h>
+#include <stdint.h>
+
+int fdpo_dist_compiled(void);          /* 1 if built with MPI */
+int fdpo_dist_init(int *argc, char ***argv);
+void fdpo_dist_finalize(void);
+int fdpo_dist_rank(void);              /* 0 when not distributed */
+int fdpo_dist_size(void);              /* 1 when not distributed */
+static inline int fdpo_dist_is_root(void) { return fdpo_dist_rank() == 0; }
+
+/* In-place sums over all ranks, in buckets of at most FDPO_DIST_BUCKET elements so a large
+ * gradient never needs a second full-size buffer. No-ops for one process. */
+#define FDPO_DIST_BUCKET ((size_t)4 << 20)
+int fdpo_dist_sum_f32(float *buf, size_t n);
+int fdpo_dist_sum_f64(double *buf, size_t n);
+/* Broadcast n bytes from root to every rank. */
+int fdpo_dist_bcast(void *buf, size_t n, int root);
+/* Every rank passes the hash of what must agree (config, data, flags); if any differs the
+ * call fails on every rank with "WHAT differs between ranks (rank 0: H0, rank K: HK)". */
+int fdpo_dist_check_agree(const char *what, uint64_t hash);
+/* Rank r's share [*begin, *end) of n items split in contiguous, near-equal blocks. */
+void fdpo_dist_shard(size_t n, size_t *begin, size_t *end);
+/* Seconds spent inside collectives since start (for the allreduce share in metrics). */
+double fdpo_dist_comm_seconds(void);
+/* End every rank of the job with this exit code (MPI_Abort); plain exit for one process.
+ * For the CLI only: the library never calls it. */
+void fdpo_dist_abort(int code);
+
+#endif

@@ -1,0 +1,90 @@
+/* fdpo merge: linear weight averaging or task arithmetic of checkpoints (P-SACPO). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cli/commands.h"
+#include "cli/flags.h"
+#include "fdpo/core.h"
+#include "fdpo/io.h"
+#include "fdpo/merge.h"
+#include "fdpo/tokenizer.h"
+#include "fdpo/trainer.h"
+
+/* "0.3,0.7" -> n doubles; error names --weight and the bad item */
+static int parse_weights(const char *s, double **out, size_t *n) {
+    size_t cap = 1;
+    for (const char *p = s; *p; p++) cap += *p == ',';
+    double *w = fdpo_malloc(cap * sizeof *w);
+    size_t k = 0;
+    for (const char *p = s;; k++) {
+        char *end;
+        w[k] = strtod(p, &end);
+        if (end == p || (*end && *end != ',')) { free(w); return fdpo_error("--weight: item %zu of '%s' is not a number", k + 1, s); }
+        if (!*end) { k++; break; }
+        p = end + 1;
+    }
+    *out = w; *n = k;
+    return 0;
+}
+
+int cmd_merge(int argc, char **argv) {
+    /* --model repeats: collect every occurrence before the flag parser sees the last one */
+    const char **models = fdpo_malloc((size_t)argc * sizeof *models);
+    size_t n_models = 0;
+    char **rest = fdpo_malloc(((size_t)argc + 1) * sizeof *rest);
+    int n_rest = 0;
+    for (int i = 0; i < argc; i++) {
+        if (i > 0 && !strcmp(argv[i], "--model") && i + 1 < argc) { models[n_models++] = argv[++i]; continue; }
+        if (i > 0 && !strncmp(argv[i], "--model=", 8)) { models[n_models++] = argv[i] + 8; continue; }
+        rest[n_rest++] = argv[i];
+    }
+    rest[n_rest] = NULL;
+    const char *model_flag = NULL, *weight_list = NULL, *base = NULL, *out = NULL;
+    int overwrite = 0;
+    long threads = 0;
+    fdpo_flag flags[] = {
+        {"model", FLAG_STR, &model_flag, NULL, "a checkpoint to merge (repeat for each; config files may give one)", 0},
+        {"weight", FLAG_STR, &weight_list, NULL, "comma list, one weight per --model (default 1/n; 1 each with --base)", 0},
+        {"base", FLAG_STR, &base, NULL, "task arithmetic: theta = base + sum w_i (theta_i - base)", 0},
+        {"out", FLAG_STR, &out, NULL, "output checkpoint directory (required)", 0},
+        {"overwrite", FLAG_BOOL, &overwrite, "0", "replace an existing checkpoint in --out", 0},
+        {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
+    };
+    const char *usage = "fdpo merge --model A --model B [...] [--weight w1,w2,...] [--base CKPT] --out DIR";
+    int rc = flags_parse("merge", usage, flags, NFLAGS(flags), n_rest, rest, NULL, NULL);
+    double *weights = NULL;
+    size_t n_weights = 0;
+    fdpo_gpt2 *m = NULL;
+    fdpo_tokenizer *tok = NULL;
+    if (rc == FLAGS_HELP) { rc = 0; goto done; }
+    if (rc) { rc = -1; goto done; }
+    fdpo_set_threads((int)threads);
+    if (n_models == 0 && model_flag) models[n_models++] = model_flag;
+    rc = -1;
+    if (!out) { fdpo_error("--out: required (usage: %s)", usage); goto done; }
+    if (weight_list) {
+        if (parse_weights(weight_list, &weights, &n_weights)) goto done;
+        if (n_weights != n_models) { fdpo_error("--weight: %zu weights for %zu --model checkpoints", n_weights, n_models); goto done; }
+    }
+    if (!overwrite) {
+        char *cfg = fdpo_path_join(out, "model.safetensors");
+        int exists = fdpo_file_exists(cfg);
+        free(cfg);
+        if (exists) { fdpo_error("--out: %s already holds a checkpoint (use --overwrite to replace it)", out); goto done; }
+    }
+    fdpo_merge_opts o = {models, n_models, weights, base};
+    m = fdpo_merge(&o);
+    if (!m) goto done;
+    const char *tok_dir = base ? base : models[0];
+    tok = fdpo_tokenizer_load_dir(tok_dir);
+    if (!tok) { fdpo_error_context("%s", tok_dir); goto done; }
+    if (fdpo_checkpoint_save_all(out, m, tok, NULL, NULL)) goto done;
+    fdpo_log(FDPO_LOG_INFO, "%s: %s of %zu checkpoints%s%s written", out, base ? "task arithmetic" : "weighted average",
+             n_models, base ? " on " : "", base ? base : "");
+    rc = 0;
+done:
+    fdpo_tokenizer_free(tok);
+    fdpo_gpt2_free(m);
+    free(weights); free(models); free(rest);
+    return rc;
+}

@@ -1,0 +1,78 @@
+/* fdpo tokenizer train: learn a byte-level BPE (GPT-2 pre-tokenisation) from text files. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cli/commands.h"
+#include "cli/flags.h"
+#include "fdpo/core.h"
+#include "fdpo/tokenizer.h"
+
+static int tokenizer_train(int argc, char **argv) {
+    long vocab_size, min_frequency;
+    const char *out = NULL, *data = NULL;
+    int overwrite = 0;
+    fdpo_flag flags[] = {
+        {"vocab-size", FLAG_INT, &vocab_size, "8192", "tokens in the vocabulary: 256 bytes + merges + <|endoftext|>", 0},
+        {"min-frequency", FLAG_INT, &min_frequency, "2", "stop merging when the best pair occurs fewer times", 0},
+        {"data", FLAG_STR, &data, NULL, "a UTF-8 text file to learn from (or give files as arguments)", 0},
+        {"out", FLAG_STR, &out, NULL, "directory for vocab.json + merges.txt (required)", 0},
+        {"overwrite", FLAG_BOOL, &overwrite, "0", "replace tokenizer files already in --out", 0},
+    };
+    const char *usage = "fdpo tokenizer train --vocab-size N --out DIR FILE...";
+    int n_pos = 0;
+    char **pos = NULL;
+    int rc = flags_parse("tokenizer train", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
+    if (rc == FLAGS_HELP) { free(pos); return 0; }
+    if (rc) { free(pos); return -1; }
+    size_t n_files = (size_t)n_pos + (data != NULL);
+    const char **files = fdpo_malloc((n_files ? n_files : 1) * sizeof *files);
+    for (int i = 0; i < n_pos; i++) files[i] = pos[i];
+    if (data) files[n_pos] = data;
+    free(pos);
+    char **texts = fdpo_calloc(n_files ? n_files : 1, sizeof *texts);
+    size_t *lens = fdpo_calloc(n_files ? n_files : 1, sizeof *lens);
+    fdpo_bpe_trained t = {0};
+    fdpo_tokenizer *check = NULL;
+    rc = -1;
+    fdpo_bpe_train_opts o = {(size_t)(vocab_size > 0 ? vocab_size : 0), (size_t)(min_frequency > 0 ? min_frequency : 0)};
+    if (!out) { fdpo_error("--out: required (usage: %s)", usage); goto done; }
+    if (n_files == 0) { fdpo_error("no text files given (usage: %s)", usage); goto done; }
+    if (fdpo_bpe_train_opts_check(&o)) goto done;
+    if (!overwrite) {
+        char *v = fdpo_path_join(out, "vocab.json");
+        int exists = fdpo_file_exists(v);
+        free(v);
+        if (exists) { fdpo_error("--out: %s already holds vocab.json (use --overwrite to replace it)", out); goto done; }
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < n_files; i++) {
+        texts[i] = fdpo_read_file(files[i], &lens[i]);
+        if (!texts[i]) goto done;
+        total += lens[i];
+    }
+    double t0 = fdpo_now();
+    if (fdpo_bpe_train((const char *const *)texts, lens, n_files, &o, &t)) goto done;
+    if (fdpo_bpe_trained_save(&t, out)) goto done;
+    check = fdpo_tokenizer_load_dir(out); /* what every other command will load */
+    if (!check) { fdpo_error_context("reloading the trained tokenizer"); goto done; }
+    fdpo_log(FDPO_LOG_INFO, "%s: %zu tokens (%zu merges) from %zu bytes, %zu distinct pre-tokens, in %.1fs",
+             out, t.n_tokens, t.n_merges, total, t.n_words, fdpo_now() - t0);
+    if (t.n_tokens < o.vocab_size)
+        fdpo_log(FDPO_LOG_WARN, "only %zu tokens: no pair occurs --min-frequency %zu times beyond that", t.n_tokens, o.min_frequency);
+    rc = 0;
+done:
+    fdpo_tokenizer_free(check);
+    fdpo_bpe_trained_free(&t);
+    for (size_t i = 0; i < n_files; i++) free(texts[i]);
+    free(texts); free(lens); free(files);
+    return rc;
+}
+
+int cmd_tokenizer(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "train")) return tokenizer_train(argc - 1, argv + 1);
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: fdpo tokenizer train --vocab-size N --out DIR FILE...  (fdpo tokenizer train --help)\n");
+        return 0;
+    }
+    return fdpo_error("expected a subcommand: train (usage: fdpo tokenizer train --vocab-size N --out DIR FILE...)");
+}

@@ -1,0 +1,144 @@
+/* Data parallelism over Open MPI: see include/fdpo/dist.h. */
+#include <stdio.h>
+#include <stdlib.h>
+#include "fdpo/core.h"
+#include "fdpo/dist.h"
+#ifdef FDPO_HAVE_MPI
+#include <mpi.h>
+#endif
+
+static int g_rank = 0, g_size = 1, g_active = 0;
+static double g_comm_seconds = 0;
+
+int fdpo_dist_compiled(void) {
+#ifdef FDPO_HAVE_MPI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int fdpo_dist_rank(void) { return g_rank; }
+int fdpo_dist_size(void) { return g_size; }
+double fdpo_dist_comm_seconds(void) { return g_comm_seconds; }
+
+/* started by an MPI launcher? (Open MPI, PMIx/Slurm, MPICH's Hydra) */
+static int launched_by_mpi(void) {
+    static const char *const VARS[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"};
+    for (size_t i = 0; i < sizeof VARS / sizeof VARS[0]; i++)
+        if (getenv(VARS[i])) return 1;
+    return 0;
+}
+
+#ifdef FDPO_HAVE_MPI
+static int mpi_fail(int code, const char *what) {
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(code, msg, &len);
+    return fdpo_error("MPI %s failed on rank %d of %d: %.*s", what, g_rank, g_size, len, msg);
+}
+#endif
+
+int fdpo_dist_init(int *argc, char ***argv) {
+    (void)argc; (void)argv;
+    if (!launched_by_mpi()) return 0;
+#ifdef FDPO_HAVE_MPI
+    int provided = 0, rc = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+    if (rc != MPI_SUCCESS) return fdpo_error("MPI_Init_thread failed (code %d)", rc);
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    g_active = 1;
+    if (provided < MPI_THREAD_FUNNELED) return fdpo_error("MPI provides thread level %d, fdpo needs FUNNELED", provided);
+    return 0;
+#else
+    return fdpo_error("started by an MPI launcher, but this fdpo was built without MPI "
+                      "(install libopenmpi-dev and rebuild; fdpo --version says which)");
+#endif
+}
+
+void fdpo_dist_finalize(void) {
+#ifdef FDPO_HAVE_MPI
+    if (g_active) MPI_Finalize();
+#endif
+    g_active = 0;
+}
+
+void fdpo_dist_abort(int code) {
+#ifdef FDPO_HAVE_MPI
+    if (g_active && g_size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+#endif
+    exit(code);
+}
+
+#ifdef FDPO_HAVE_MPI
+static int sum_buckets(void *buf, size_t n, size_t elem, MPI_Datatype type) {
+    double t0 = fdpo_now();
+    for (size_t off = 0; off < n; off += FDPO_DIST_BUCKET) {
+        size_t k = n - off < FDPO_DIST_BUCKET ? n - off : FDPO_DIST_BUCKET;
+        int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * elem, (int)k, type, MPI_SUM, MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS) return mpi_fail(rc, "allreduce");
+    }
+    g_comm_seconds += fdpo_now() - t0;
+    return 0;
+}
+#endif
+
+int fdpo_dist_sum_f32(float *buf, size_t n) {
+#ifdef FDPO_HAVE_MPI
+    if (g_size > 1) return sum_buckets(buf, n, sizeof *buf, MPI_FLOAT);
+#endif
+    (void)buf; (void)n;
+    return 0;
+}
+
+int fdpo_dist_sum_f64(double *buf, size_t n) {
+#ifdef FDPO_HAVE_MPI
+    if (g_size > 1) return sum_buckets(buf, n, sizeof *buf, MPI_DOUBLE);
+#endif
+    (void)buf; (void)n;
+    return 0;
+}
+
+int fdpo_dist_bcast(void *buf, size_t n, int root) {
+#ifdef FDPO_HAVE_MPI
+    if (g_size > 1) {
+        double t0 = fdpo_now();
+        for (size_t off = 0; off < n; off += (size_t)1 << 30) {
+            size_t k = n - off < ((size_t)1 << 30) ? n - off : ((size_t)1 << 30);
+            int rc = MPI_Bcast((char *)buf + off, (int)k, MPI_BYTE, root, MPI_COMM_WORLD);
+            if (rc != MPI_SUCCESS) return mpi_fail(rc, "broadcast");
+        }
+        g_comm_seconds += fdpo_now() - t0;
+    }
+#endif
+    (void)buf; (void)n; (void)root;
+    return 0;
+}
+
+int fdpo_dist_check_agree(const char *what, uint64_t hash) {
+#ifdef FDPO_HAVE_MPI
+    if (g_size > 1) {
+        uint64_t *all = fdpo_malloc((size_t)g_size * sizeof *all);
+        int rc = MPI_Allgather(&hash, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS) { free(all); return mpi_fail(rc, "allgather"); }
+        for (int r = 1; r < g_size; r++)
+            if (all[r] != all[0]) {
+                uint64_t h0 = all[0], hr = all[r];
+                free(all);
+                return fdpo_error("%s differs between ranks (rank 0: %016llx, rank %d: %016llx): every rank "
+                                  "must get the same flags, data and checkpoint", what,
+                                  (unsigned long long)h0, r, (unsigned long long)hr);
+            }
+        free(all);
+    }
+#endif
+    (void)what; (void)hash;
+    return 0;
+}
+
+void fdpo_dist_shard(size_t n, size_t *begin, size_t *end) {
+    size_t r = (size_t)g_rank, s = (size_t)g_size;
+    *begin = n * r / s;
+    *end = n * (r + 1) / s;
+}

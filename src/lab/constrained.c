@@ -1,0 +1,313 @@
+/* Constrained alignment: max_pi E[r] - beta D_f(pi || pi_ref) s.t. E_pi[g] >= b.
+ *
+ * The Lagrangian E[r + lambda g] - beta D_f - lambda b (lambda >= 0) is, for fixed lambda,
+ * the unconstrained problem with reward r + lambda g, so pi*_lambda = pi_ref (f')^-1((r +
+ * lambda g - mu)/beta) comes from fdpo_lab_solve. KKT: lambda >= 0, E[g] >= b, lambda (E[g] -
+ * b) = 0. The dual is convex in lambda and its derivative is b - E_{pi*_lambda}[g], so
+ * E_{pi*_lambda}[g] is non-decreasing. Explicitly, with w_i = pi_ref_i (f'^-1)'(v_i) >= 0:
+ * dE[g]/dlambda = (1/beta) sum_i w_i (g_i - gbar_w)^2 >= 0 (gbar_w the w-weighted mean).
+ * So: lambda* = 0 if pi*_0 meets the constraint, else the root of E_lambda[g] = b, bracketed
+ * by doubling lambda and located by Brent's method (inverse quadratic interpolation guarded
+ * by bisection).
+ *
+ * Stepwise: pi1 = optimum for r from pi_ref at beta; pi2 = optimum for g from pi1 at
+ * beta/lambda*. For rkl, pi2 ∝ pi1 e^{lambda g/beta} ∝ pi_ref e^{(r + lambda g)/beta} = pi*:
+ * exact. For other f, pi2 = pi_ref u1 u2 with u = (f')^-1 of each step's score, while pi* =
+ * pi_ref (f')^-1(score1 + score2): (f')^-1 turns sums into products only when it is exp. */
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/lab.h"
+
+enum { ST_OK = 0, ST_INFEASIBLE = 1, ST_NO_BRACKET = 2, ST_SOLVE = 3 };
+
+#define TOP_K 256
+
+typedef struct {
+    size_t n;
+    const double *pi_ref, *log_pi_ref, *reward, *safety;
+    const fdpo_divergence *d;
+    double beta;
+    double *c;          /* r + lambda g */
+    size_t *top;        /* indices of the TOP_K largest c (a min-heap while selecting) */
+    int evals;
+} dual;
+
+/* min-heap of indices keyed by c, sift-down from i */
+static void heap_down(size_t *h, size_t k, const double *c, size_t i) {
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < k && c[h[l]] < c[h[m]]) m = l;
+        if (r < k && c[h[r]] < c[h[m]]) m = r;
+        if (m == i) return;
+        size_t t = h[i]; h[i] = h[m]; h[m] = t;
+        i = m;
+    }
+}
+
+/* pi*_lambda into pi; the inner solver only needs the largest rewards (its bracket), not a
+ * full sort, so selection keeps each evaluation O(n) */
+static int solve_at(dual *x, double lambda, double *pi, fdpo_lab_result *res) {
+    const size_t n = x->n, k = n < TOP_K ? n : TOP_K;
+    double cmin = INFINITY, cmax = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        double v = lambda > 0 ? x->reward[i] + lambda * x->safety[i] : x->reward[i];
+        x->c[i] = v;
+        if (v < cmin) cmin = v;
+        if (v > cmax) cmax = v;
+    }
+    for (size_t i = 0; i < k; i++) x->top[i] = i;
+    for (size_t i = k / 2; i-- > 0;) heap_down(x->top, k, x->c, i);
+    for (size_t i = k; i < n; i++)
+        if (x->c[i] > x->c[x->top[0]]) { x->top[0] = i; heap_down(x->top, k, x->c, 0); }
+    fdpo_lab_prepared pp = {n, x->pi_ref, x->c, (double *)x->log_pi_ref, x->top, k, cmin, cmax};
+    x->evals++;
+    return fdpo_lab_solve(&pp, x->d, x->beta, pi, res);
+}
+
+static double mean_under(const double *pi, const double *v, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += pi[i] * v[i];
+    return s;
+}
+
+/* E_{pi*_lambda}[g] - b */
+static int excess(dual *x, double lambda, double b, double *pi, double *out) {
+    fdpo_lab_result r;
+    if (solve_at(x, lambda, pi, &r)) return -1;
+    *out = mean_under(pi, x->safety, x->n) - b;
+    return 0;
+}
+
+/* Brent's root finder on [a, b] with f(a) < 0 <= f(b) (Brent 1973, "zero"). Returns the end
+ * of the final bracket where f >= 0, so the reported policy meets the constraint. */
+static int brent(dual *x, double bsafe, double *pi, double a, double fa, double b, double fb, double *root) {
+    double c = a, fc = fa, d = b - a, e = d;
+    for (int it = 0; it < 200; it++) {
+        if ((fb > 0 && fc > 0) || (fb < 0 && fc < 0)) { c = a; fc = fa; d = e = b - a; }
+        if (fabs(fc) < fabs(fb)) { a = b; b = c; c = a; fa = fb; fb = fc; fc = fa; }
+        double tol = 2 * DBL_EPSILON * fabs(b) + 1e-300, m = 0.5 * (c - b);
+        /* done when the bracket is a few ulps wide, or when E[g] meets b from above to
+         * rounding (a flat E[g](lambda) would otherwise need every bisection down to ulps) */
+        if (fabs(m) <= tol || (fb >= 0 && fb <= 4 * DBL_EPSILON * (1 + fabs(bsafe)))) { *root = fb >= 0 ? b : c; return 0; }
+        if (fabs(e) >= tol && fabs(fa) > fabs(fb)) {
+            double s = fb / fa, p, q;
+            if (a == c) { p = 2 * m * s; q = 1 - s; } /* secant */
+            else {                                      /* inverse quadratic */
+                double qq = fa / fc, r = fb / fc;
+                p = s * (2 * m * qq * (qq - r) - (b - a) * (r - 1));
+                q = (qq - 1) * (r - 1) * (s - 1);
+            }
+            if (p > 0) q = -q; else p = -p;
+            if (2 * p < fmin(3 * m * q - fabs(tol * q), fabs(e * q))) { e = d; d = p / q; }
+            else { d = m; e = m; }
+        } else { d = m; e = m; }
+        a = b; fa = fb;
+        b += fabs(d) > tol ? d : (m > 0 ? tol : -tol);
+        if (excess(x, b, bsafe, pi, &fb)) return -1;
+    }
+    *root = b;
+    return 0;
+}
+
+static void stats(const double *pi, const dual *x, const fdpo_lab_result *r, fdpo_lab_constrained_result *res) {
+    res->expected_reward = mean_under(pi, x->reward, x->n);
+    res->expected_safety = mean_under(pi, x->safety, x->n);
+    res->f_divergence = r->f_divergence;
+    res->kl = r->kl;
+    res->entropy = r->entropy;
+    res->objective = res->expected_reward - x->beta * r->f_divergence;
+}
+
+/* The r-only optimum pi1 = pi*_0, computed once per (problem, divergence): it decides whether
+ * a threshold is active and is the first step of the stepwise policy. */
+typedef struct { double *pi1; fdpo_lab_result r0; double e0, gmin, gmax; } base;
+
+static int base_init(dual *x, base *bs) {
+    bs->pi1 = fdpo_malloc(x->n * sizeof(double));
+    if (solve_at(x, 0, bs->pi1, &bs->r0)) return -1;
+    bs->e0 = mean_under(bs->pi1, x->safety, x->n);
+    bs->gmin = INFINITY; bs->gmax = -INFINITY;
+    for (size_t i = 0; i < x->n; i++) { bs->gmax = fmax(bs->gmax, x->safety[i]); bs->gmin = fmin(bs->gmin, x->safety[i]); }
+    return 0;
+}
+
+/* A threshold's solution. Returns an ST_ code and sets no error message (it runs in parallel
+ * sweeps). hint (or NULL): {lambda, its E[g], a step}: a smaller threshold's lambda*, whose E[g]
+ * is <= b, so the bracket starts there and first tries lambda + step; updated to this
+ * threshold's lambda* and 1.5 x its increment. */
+static int constrained_core(dual *x, const base *bs, double b, int stepwise, double hint[3], double *pi,
+                            double *pi_step, fdpo_lab_constrained_result *res) {
+    const size_t n = x->n;
+    memset(res, 0, sizeof *res);
+    res->feasible = 1;
+    x->evals = 1; /* the shared r-only solve */
+    fdpo_lab_result r = bs->r0;
+    double lambda = 0;
+    if (bs->e0 >= b) memcpy(pi, bs->pi1, n * sizeof *pi);
+    else {
+        if (!(b < bs->gmax)) return ST_INFEASIBLE;
+        double lo = 0, flo = bs->e0 - b, fhi;
+        if (hint && hint[0] > 0 && hint[1] <= b) { lo = hint[0]; flo = hint[1] - b; }
+        /* lambda's scale is reward per unit of safety: steps from beta / range(g), doubling */
+        double step = lo > 0 ? fmax(hint[2], 1e-6 * lo) : x->beta / (bs->gmax - bs->gmin), hi = lo + step;
+        for (;;) {
+            if (excess(x, hi, b, pi, &fhi)) return ST_SOLVE;
+            if (fhi >= 0) break;
+            lo = hi; flo = fhi;
+            step *= 2;
+            hi = lo + step;
+            if (!(hi < 1e300)) return ST_NO_BRACKET;
+        }
+        if (brent(x, b, pi, lo, flo, hi, fhi, &lambda)) return ST_SOLVE;
+        if (solve_at(x, lambda, pi, &r)) return ST_SOLVE;
+        res->active = 1;
+    }
+    res->lambda = lambda;
+    res->evaluations = x->evals;
+    stats(pi, x, &r, res);
+    if (hint && res->active) { /* the last step of lambda* guesses the next one */
+        hint[2] = hint[0] > 0 ? 1.5 * (lambda - hint[0]) : 0;
+        hint[0] = lambda;
+        hint[1] = res->expected_safety;
+    }
+    if (!stepwise) return ST_OK;
+    res->stepwise = 1;
+    double *ps = pi_step;
+    if (lambda == 0) memcpy(ps, bs->pi1, n * sizeof *ps);
+    else {
+        double *lp1 = fdpo_malloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++) lp1[i] = log(bs->pi1[i]);
+        dual y = *x;
+        y.pi_ref = bs->pi1; y.log_pi_ref = lp1; y.reward = x->safety; y.beta = x->beta / lambda;
+        int rc = solve_at(&y, 0, ps, &r);
+        free(lp1);
+        if (rc) return ST_SOLVE;
+    }
+    double mx = 0, tv = 0, kl = 0;
+    for (size_t i = 0; i < n; i++) {
+        double dlt = fabs(ps[i] - pi[i]);
+        if (dlt > mx) mx = dlt;
+        tv += 0.5 * dlt;
+        if (ps[i] > 0) kl += pi[i] > 0 ? ps[i] * log(ps[i] / pi[i]) : INFINITY;
+    }
+    res->step_expected_reward = mean_under(ps, x->reward, n);
+    res->step_expected_safety = mean_under(ps, x->safety, n);
+    res->step_max_abs_diff = mx;
+    res->step_tv = tv;
+    res->step_kl = kl;
+    return ST_OK;
+}
+
+static int check_args(const fdpo_divergence *d, double beta) {
+    const char *why;
+    if (!fdpo_divergence_admissible(d, &why)) {
+        char name[64];
+        fdpo_divergence_name(d, name, sizeof name);
+        return fdpo_error("--divergence %s: the constrained solver needs an admissible f (rkl, fkl, js, alpha:A): %s", name, why);
+    }
+    if (!(beta > 0) || !isfinite(beta)) return fdpo_error("--beta: must be a finite number > 0 (got %g)", beta);
+    return 0;
+}
+
+static int check_inputs(const double *pi_ref, const double *reward, const double *safety, size_t n) {
+    if (n == 0) return fdpo_error("no responses (n = 0)");
+    for (size_t i = 0; i < n; i++) {
+        if (!(pi_ref[i] > 0) || !isfinite(pi_ref[i])) return fdpo_error("pi_ref[%zu] = %g: must be finite and > 0", i, pi_ref[i]);
+        if (!isfinite(reward[i])) return fdpo_error("reward[%zu] is not finite", i);
+        if (!isfinite(safety[i])) return fdpo_error("safety[%zu] is not finite", i);
+    }
+    return 0;
+}
+
+static void dual_init(dual *x, const double *pi_ref, const double *log_pi_ref, const double *reward, const double *safety,
+                      size_t n, const fdpo_divergence *d, double beta) {
+    memset(x, 0, sizeof *x);
+    x->n = n; x->pi_ref = pi_ref; x->log_pi_ref = log_pi_ref; x->reward = reward; x->safety = safety;
+    x->d = d; x->beta = beta;
+    x->c = fdpo_malloc(n * sizeof(double));
+    x->top = fdpo_malloc((n < TOP_K ? n : TOP_K) * sizeof(size_t));
+}
+
+static int report(int st, double b, const double *safety, size_t n) {
+    if (st == ST_INFEASIBLE) {
+        double gmax = -INFINITY;
+        for (size_t i = 0; i < n; i++) gmax = fmax(gmax, safety[i]);
+        if (b > gmax) return fdpo_error("--min-safety %.17g: infeasible: the largest safety is %.17g, so no policy has E[safety] >= %g", b, gmax, b);
+        return fdpo_error("--min-safety %.17g: equals the largest safety: only a point mass on the safest responses reaches it, "
+                          "as lambda -> inf (no finite optimum with pi > pi_ref * 0)", b);
+    }
+    if (st == ST_NO_BRACKET) return fdpo_error("--min-safety %g: no lambda <= 1e300 reaches E[safety] = %g", b, b);
+    return fdpo_error_context("constrained solve");
+}
+
+int fdpo_lab_constrained(const double *pi_ref, const double *reward, const double *safety, size_t n,
+                         const fdpo_divergence *d, double beta, double min_safety, int stepwise,
+                         double *pi, double *pi_step, fdpo_lab_constrained_result *res) {
+    if (check_args(d, beta)) return -1;
+    if (!isfinite(min_safety)) return fdpo_error("--min-safety: must be a finite number (got %g)", min_safety);
+    if (check_inputs(pi_ref, reward, safety, n)) return -1;
+    double *lq = fdpo_malloc(n * sizeof(double)), *pi_own = pi ? NULL : fdpo_malloc(n * sizeof(double));
+    double *ps_own = stepwise && !pi_step ? fdpo_malloc(n * sizeof(double)) : NULL;
+    for (size_t i = 0; i < n; i++) lq[i] = log(pi_ref[i]);
+    dual x;
+    dual_init(&x, pi_ref, lq, reward, safety, n, d, beta);
+    base bs;
+    int st = base_init(&x, &bs) ? ST_SOLVE
+           : constrained_core(&x, &bs, min_safety, stepwise, NULL, pi ? pi : pi_own, pi_step ? pi_step : ps_own, res);
+    free(x.c); free(x.top); free(lq); free(pi_own); free(bs.pi1); free(ps_own);
+    return st == ST_OK ? 0 : report(st, min_safety, safety, n);
+}
+
+typedef struct { double b; size_t t; } keyed_threshold;
+static int by_threshold(const void *a, const void *b) {
+    const keyed_threshold *x = a, *y = b;
+    return x->b < y->b ? -1 : x->b > y->b ? 1 : (x->t > y->t) - (x->t < y->t);
+}
+
+int fdpo_lab_constrained_sweep(const double *pi_ref, const double *reward, const double *safety, size_t n,
+                               const fdpo_divergence *divs, size_t nd, double beta,
+                               const double *bs, size_t nb, int stepwise, fdpo_lab_constrained_result *rows) {
+    for (size_t k = 0; k < nd; k++) if (check_args(&divs[k], beta)) return -1;
+    if (check_inputs(pi_ref, reward, safety, n)) return -1;
+    for (size_t t = 0; t < nb; t++) if (!isfinite(bs[t])) return fdpo_error("--frontier: threshold %g is not finite", bs[t]);
+    double *lq = fdpo_malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) lq[i] = log(pi_ref[i]);
+    /* increasing thresholds, so each lambda* brackets the next (lambda* is monotone in b) */
+    keyed_threshold *order = fdpo_malloc(nb * sizeof *order);
+    for (size_t t = 0; t < nb; t++) { order[t].b = bs[t]; order[t].t = t; }
+    qsort(order, nb, sizeof *order, by_threshold);
+    int failed = 0;
+    long long ndl = (long long)nd;
+    size_t done = 0, every = (nd * nb + 9) / 10;
+    fdpo_progress pr;
+    fdpo_progress_start(&pr, "constrained frontier", nd * nb);
+    /* parallel over divergences; thresholds in order inside one, so rows do not depend on threads */
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : failed)
+    for (long long k = 0; k < ndl; k++) {
+        dual x;
+        dual_init(&x, pi_ref, lq, reward, safety, n, &divs[k], beta);
+        double *pi = fdpo_malloc(n * sizeof(double)), *ps = stepwise ? fdpo_malloc(n * sizeof(double)) : NULL;
+        base b0;
+        double hint[3] = {0, 0, 0};
+        if (base_init(&x, &b0)) failed = 1;
+        for (size_t j = 0; !failed && j < nb; j++) {
+            fdpo_lab_constrained_result *row = &rows[(size_t)k * nb + order[j].t];
+            int st = constrained_core(&x, &b0, order[j].b, stepwise, hint, pi, ps, row);
+            if (st == ST_INFEASIBLE || st == ST_NO_BRACKET) {
+                memset(row, 0, sizeof *row);
+                row->lambda = row->expected_reward = row->expected_safety = row->f_divergence = row->kl = NAN;
+                row->entropy = row->objective = NAN;
+                row->step_expected_reward = row->step_expected_safety = row->step_max_abs_diff = row->step_tv = row->step_kl = NAN;
+                row->stepwise = stepwise;
+            } else if (st != ST_OK) failed = 1;
+#pragma omp critical(fdpo_lab_constrained_progress)
+            if (++done % every == 0) fdpo_progress_step(&pr, done, NAN, NAN, NAN, NAN, NULL); /* ~10 reports */
+        }
+        free(x.c); free(x.top); free(pi); free(ps); free(b0.pi1);
+    }
+    fdpo_progress_end(&pr);
+    free(lq); free(order);
+    return failed ? fdpo_error("constrained frontier: an inner solve failed") : 0;
+}

@@ -1,0 +1,88 @@
+/* The rows of `fdpo lab gap`, `bias` and `frontier` (DESIGN.md §4): a reward model's error
+ * turned into a gap in the true reward, and the reward / entropy / divergence frontier. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/lab.h"
+
+/* sum_y pi*(y) exp(eps/beta) eps with eps = |r - r_hat|: the price of moving pi* towards
+ * responses whose reward is overstated by eps, at most exp(eps/beta) times their pi* mass */
+double fdpo_lab_gap_bound(const double *pistar, const double *reward, const double *reward_hat, size_t n, double beta) {
+    double bound = 0;
+    for (size_t i = 0; i < n; i++) {
+        double eps = fabs(reward[i] - reward_hat[i]);
+        if (pistar[i] > 0 && eps > 0) bound += pistar[i] * exp(eps / beta) * eps;
+    }
+    return bound;
+}
+
+int fdpo_lab_gap(const fdpo_divergence *d, double beta, const double *pi_ref, const double *reward,
+                 const double *reward_hat, size_t n, double *pistar, double *pihat, fdpo_lab_gap_row *row) {
+    fdpo_lab_prepared a, b;
+    fdpo_lab_result rs, rh, eh;
+    fdpo_lab_prepare(&a, pi_ref, reward, n);
+    fdpo_lab_prepare(&b, pi_ref, reward_hat, n);
+    int rc = fdpo_lab_solve(&a, d, beta, pistar, &rs);
+    if (!rc) rc = fdpo_lab_solve(&b, d, beta, pihat, &rh);
+    fdpo_lab_prepared_free(&a);
+    fdpo_lab_prepared_free(&b);
+    if (rc) return rc;
+    fdpo_lab_evaluate(d, beta, pi_ref, reward, pihat, n, &eh); /* pi_hat judged by the true reward */
+    row->reward_gap = rs.expected_reward - eh.expected_reward;
+    row->objective_gap = rs.objective - eh.objective;
+    row->bound = fdpo_lab_gap_bound(pistar, reward, reward_hat, n, beta);
+    return 0;
+}
+
+int fdpo_lab_gap_mean(const fdpo_divergence *d, double beta, const fdpo_lab_problem *P,
+                      const double *const *reward_hat, size_t prompts, fdpo_lab_gap_row *mean, int *bound_held) {
+    memset(mean, 0, sizeof *mean);
+    if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %zu)", prompts);
+    int rc = 0;
+    for (size_t x = 0; rc == 0 && x < prompts; x++) {
+        double *ps = fdpo_malloc(P[x].n * sizeof(double)), *ph = fdpo_malloc(P[x].n * sizeof(double));
+        fdpo_lab_gap_row g;
+        rc = fdpo_lab_gap(d, beta, P[x].pi_ref, P[x].reward, reward_hat[x], P[x].n, ps, ph, &g);
+        mean->reward_gap += g.reward_gap / (double)prompts;
+        mean->objective_gap += g.objective_gap / (double)prompts;
+        mean->bound += g.bound / (double)prompts;
+        free(ps); free(ph);
+    }
+    if (bound_held) *bound_held = mean->reward_gap <= mean->bound + 1e-12;
+    return rc;
+}
+
+int fdpo_lab_bias(const fdpo_divergence *d, double beta, double bias, const fdpo_lab_problem *p, fdpo_lab_bias_row *row) {
+    if (!p->length) return fdpo_error("the bias experiment needs response lengths (a 'length' column)");
+    const size_t n = p->n;
+    double *rh = fdpo_malloc(n * sizeof(double)), *ps = fdpo_malloc(n * sizeof(double)), *ph = fdpo_malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) rh[i] = p->reward[i] + bias * p->length[i];
+    fdpo_lab_gap_row g;
+    int rc = fdpo_lab_gap(d, beta, p->pi_ref, p->reward, rh, n, ps, ph, &g);
+    if (rc == 0) {
+        double ls = 0, lh = 0;
+        for (size_t i = 0; i < n; i++) { ls += ps[i] * p->length[i]; lh += ph[i] * p->length[i]; }
+        row->length_pistar = ls;
+        row->length_pihat = lh;
+        row->length_increase = lh - ls;
+        row->reward_gap = g.reward_gap;
+    }
+    free(rh); free(ps); free(ph);
+    return rc;
+}
+
+int fdpo_lab_frontier(const fdpo_lab_prepared *pp, const fdpo_divergence *divs, size_t ndivs,
+                      const double *betas, size_t nbetas, fdpo_lab_result *rows) {
+    /* validate up front: the parallel loop cannot stop at the first error */
+    for (size_t b = 0; b < nbetas; b++)
+        if (!(betas[b] > 0) || !isfinite(betas[b])) return fdpo_error("--betas: must be finite and > 0 (got %g)", betas[b]);
+    for (size_t k = 0; k < ndivs; k++)
+        if (divs[k].kind == FDPO_DIV_ALPHA && !(divs[k].alpha > 0 && divs[k].alpha < 1))
+            return fdpo_error("--divergence alpha:%g: alpha must be in (0, 1)", divs[k].alpha);
+    long long nt = (long long)(ndivs * nbetas);
+    int failed = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : failed)
+    for (long long k = 0; k < nt; k++)
+        failed |= fdpo_lab_solve(pp, &divs[k / (long long)nbetas], betas[k % (long long)nbetas], NULL, &rows[k]) != 0;
+    return failed ? fdpo_error("frontier: a solve failed") : 0;
+}

@@ -1,0 +1,327 @@
+/* Llama family (LlamaForCausalLM; Qwen2 = q/k/v biases): tensor table, init, forward and
+ * backward over a packed batch. RMSNorm, rotary embeddings (rotate-half, rope_theta,
+ * optional llama3 frequency scaling), grouped-query attention, SwiGLU MLP, tied or untied
+ * LM head. Kernels in llama_kernels.c; the LM head and log-softmax are GPT-2's. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "model/gpt2_internal.h"
+#include "model/llama_internal.h"
+
+static size_t head_dim(const fdpo_gpt2_config *c) { return c->head_dim ? c->head_dim : c->n_embd / c->n_head; }
+
+int llama_config_check(const fdpo_gpt2_config *c) {
+    if (c->vocab_size == 0 || c->vocab_size > (1u << 24))
+        return fdpo_error("config: vocab_size %zu must be in [1, %u]", c->vocab_size, 1u << 24);
+    if (c->n_positions == 0 || c->n_positions > (1u << 24))
+        return fdpo_error("config: max_position_embeddings %zu must be in [1, %u]", c->n_positions, 1u << 24);
+    if (c->n_embd == 0 || c->n_embd > 65536) return fdpo_error("config: hidden_size %zu must be in [1, 65536]", c->n_embd);
+    if (c->n_layer == 0 || c->n_layer > 1024) return fdpo_error("config: num_hidden_layers %zu must be in [1, 1024]", c->n_layer);
+    if (c->n_head == 0 || c->n_head > 1024) return fdpo_error("config: num_attention_heads %zu must be in [1, 1024]", c->n_head);
+    if (c->n_kv_head == 0 || c->n_head % c->n_kv_head)
+        return fdpo_error("config: num_key_value_heads %zu must be >= 1 and divide num_attention_heads %zu", c->n_kv_head, c->n_head);
+    if (!c->head_dim && c->n_embd % c->n_head)
+        return fdpo_error("config: num_attention_heads %zu must divide hidden_size %zu (or set head_dim)", c->n_head, c->n_embd);
+    size_t hd = head_dim(c);
+    if (hd == 0 || hd % 2 || hd > 4096) return fdpo_error("config: head_dim %zu must be even and in [2, 4096]", hd);
+    if (c->intermediate_size == 0 || c->intermediate_size > (1u << 20))
+        return fdpo_error("config: intermediate_size %zu must be in [1, %u]", c->intermediate_size, 1u << 20);
+    if (!(c->rope_theta > 0) || !isfinite(c->rope_theta)) return fdpo_error("config: rope_theta %g must be positive", c->rope_theta);
+    if (!(c->layer_norm_epsilon > 0.0f) || !isfinite(c->layer_norm_epsilon))
+        return fdpo_error("config: rms_norm_eps %g must be a positive number", (double)c->layer_norm_epsilon);
+    if (c->rope_factor != 0) {
+        if (!(c->rope_factor >= 1) || !(c->rope_low_freq_factor > 0) || !(c->rope_high_freq_factor > c->rope_low_freq_factor) ||
+            c->rope_original_max_position == 0)
+            return fdpo_error("config: rope_scaling (llama3) needs factor >= 1, 0 < low_freq_factor < high_freq_factor "
+                              "and original_max_position_embeddings");
+    }
+    double C = (double)c->n_embd, V = (double)c->vocab_size, F = (double)c->intermediate_size;
+    double QD = (double)(c->n_head * hd), KD = (double)(c->n_kv_head * hd);
+    double n = V * C * (c->tie_word_embeddings ? 1 : 2) + C + (double)c->n_layer * (2 * C + C * (QD + 2 * KD) + QD * C + 3 * C * F);
+    if (n > 8589934592.0) return fdpo_error("config: %.3g parameters is more than fdpo supports (8.6e9)", n);
+    return 0;
+}
+
+void llama_inv_freq(const fdpo_gpt2_config *c, double *inv_freq) {
+    size_t hd = head_dim(c), half = hd / 2;
+    for (size_t i = 0; i < half; i++) inv_freq[i] = 1.0 / pow(c->rope_theta, (double)(2 * i) / (double)hd);
+    if (c->rope_factor == 0) return;
+    /* llama3: long wavelengths slow down by factor, short ones stay, a smooth ramp between */
+    double old = (double)c->rope_original_max_position;
+    double low_wavelen = old / c->rope_low_freq_factor, high_wavelen = old / c->rope_high_freq_factor;
+    for (size_t i = 0; i < half; i++) {
+        double wavelen = 2 * M_PI / inv_freq[i];
+        if (wavelen < high_wavelen) continue;
+        if (wavelen > low_wavelen) { inv_freq[i] /= c->rope_factor; continue; }
+        double smooth = (old / wavelen - c->rope_low_freq_factor) / (c->rope_high_freq_factor - c->rope_low_freq_factor);
+        inv_freq[i] = (1 - smooth) * inv_freq[i] / c->rope_factor + smooth * inv_freq[i];
+    }
+}
+
+void llama_build(fdpo_gpt2 *m) {
+    const fdpo_gpt2_config *c = &m->config;
+    size_t V = c->vocab_size, C = c->n_embd, L = c->n_layer, F = c->intermediate_size, hd = head_dim(c);
+    size_t QD = c->n_head * hd, KD = c->n_kv_head * hd;
+    struct { int role; const char *name; int per_layer; size_t s0, s1; int ndim, decay, present; } spec[] = {
+        {LR_EMBED, "model.embed_tokens.weight", 0, V, C, 2, 1, 1},
+        {LR_LN1, "model.layers.{i}.input_layernorm.weight", 1, C, 0, 1, 0, 1},
+        {LR_QW, "model.layers.{i}.self_attn.q_proj.weight", 1, QD, C, 2, 1, 1},
+        {LR_QB, "model.layers.{i}.self_attn.q_proj.bias", 1, QD, 0, 1, 0, c->qkv_bias},
+        {LR_KW, "model.layers.{i}.self_attn.k_proj.weight", 1, KD, C, 2, 1, 1},
+        {LR_KB, "model.layers.{i}.self_attn.k_proj.bias", 1, KD, 0, 1, 0, c->qkv_bias},
+        {LR_VW, "model.layers.{i}.self_attn.v_proj.weight", 1, KD, C, 2, 1, 1},
+        {LR_VB, "model.layers.{i}.self_attn.v_proj.bias", 1, KD, 0, 1, 0, c->qkv_bias},
+        {LR_OW, "model.layers.{i}.self_attn.o_proj.weight", 1, C, QD, 2, 1, 1},
+        {LR_OB, "model.layers.{i}.self_attn.o_proj.bias", 1, C, 0, 1, 0, c->o_bias},
+        {LR_LN2, "model.layers.{i}.post_attention_layernorm.weight", 1, C, 0, 1, 0, 1},
+        {LR_GATEW, "model.layers.{i}.mlp.gate_proj.weight", 1, F, C, 2, 1, 1},
+        {LR_GATEB, "model.layers.{i}.mlp.gate_proj.bias", 1, F, 0, 1, 0, c->mlp_bias},
+        {LR_UPW, "model.layers.{i}.mlp.up_proj.weight", 1, F, C, 2, 1, 1},
+        {LR_UPB, "model.layers.{i}.mlp.up_proj.bias", 1, F, 0, 1, 0, c->mlp_bias},
+        {LR_DOWNW, "model.layers.{i}.mlp.down_proj.weight", 1, C, F, 2, 1, 1},
+        {LR_DOWNB, "model.layers.{i}.mlp.down_proj.bias", 1, C, 0, 1, 0, c->mlp_bias},
+        {LR_NORM, "model.norm.weight", 0, C, 0, 1, 0, 1},
+        {LR_HEAD, "lm_head.weight", 0, V, C, 2, 1, !c->tie_word_embeddings},
+    };
+    m->llama = fdpo_calloc(1, sizeof *m->llama);
+    size_t off = 0, n = 0;
+    for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+        m->llama->role[spec[i].role] = -1;
+        if (!spec[i].present) continue;
+        fdpo_gpt2_tensor *t = &m->tensors[n];
+        t->name = spec[i].name;
+        t->per_layer = spec[i].per_layer;
+        t->ndim = spec[i].ndim;
+        t->shape[0] = spec[i].s0;
+        t->shape[1] = spec[i].ndim > 1 ? spec[i].s1 : 0;
+        t->shape[2] = 0;
+        t->decay = spec[i].decay;
+        size_t one = spec[i].ndim > 1 ? spec[i].s0 * spec[i].s1 : spec[i].s0;
+        t->numel = one * (spec[i].per_layer ? L : 1);
+        t->offset = off;
+        off += t->numel;
+        m->llama->role[spec[i].role] = (int)n++;
+    }
+    m->n_tensors = n;
+    m->n_params = off;
+}
+
+static void acts_free(llama_acts *a) {
+    free(a->memory); free(a->d_att); free(a->seq_offset); free(a->att_offset); free(a->tokens);
+    free(a->targets); free(a->pos); free(a->weights); free(a->branch);
+}
+
+void llama_free(fdpo_gpt2 *m) {
+    if (!m->llama) return;
+    acts_free(&m->llama->acts);
+    free(m->llama);
+    m->llama = NULL;
+}
+
+/* HF LlamaPreTrainedModel: N(0, 0.02) for Linear and Embedding weights, zero biases,
+ * RMSNorm weights 1 (no residual scaling). Deterministic for a seed. */
+void llama_init(fdpo_gpt2 *m, uint64_t seed) {
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, seed);
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const fdpo_gpt2_tensor *t = &m->tensors[i];
+        float *p = m->params_memory + t->offset;
+        if (t->decay) for (size_t k = 0; k < t->numel; k++) p[k] = (float)(0.02 * fdpo_rng_normal(&rng));
+        else {
+            float v = strstr(t->name, "norm") ? 1.0f : 0.0f;
+            for (size_t k = 0; k < t->numel; k++) p[k] = v;
+        }
+    }
+}
+
+static float *tensor(const fdpo_gpt2 *m, float *memory, int role) {
+    int i = m->llama->role[role];
+    return i < 0 ? NULL : memory + m->tensors[i].offset;
+}
+
+static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT) {
+    llama_acts *a = &m->llama->acts;
+    const fdpo_gpt2_config *c = &m->config;
+    if (B > a->cap_seq) {
+        a->seq_offset = fdpo_realloc(a->seq_offset, (B + 1) * sizeof(size_t));
+        a->att_offset = fdpo_realloc(a->att_offset, (B + 1) * sizeof(size_t));
+        a->cap_seq = B;
+    }
+    if (maxT > a->cap_maxT) a->cap_maxT = maxT;
+    if (N <= a->cap_tokens && A <= a->cap_att && a->memory) return;
+    if (N > a->cap_tokens) {
+        a->tokens = fdpo_realloc(a->tokens, N * sizeof(int32_t));
+        a->targets = fdpo_realloc(a->targets, N * sizeof(int32_t));
+        a->pos = fdpo_realloc(a->pos, N * sizeof(int32_t));
+        a->weights = fdpo_realloc(a->weights, N * sizeof(float));
+        free(a->branch);
+        a->branch = NULL;
+    }
+    N = N > a->cap_tokens ? N : a->cap_tokens;
+    A = A > a->cap_att ? A : a->cap_att;
+    size_t C = c->n_embd, L = c->n_layer, V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c);
+    size_t QD = c->n_head * hd, KD = c->n_kv_head * hd;
+    struct { float **p; size_t n; } parts[] = {
+        {&a->encoded, N * C}, {&a->ln1, L * N * C}, {&a->ln1_rstd, L * N}, {&a->q, L * N * QD},
+        {&a->k, L * N * KD}, {&a->v, L * N * KD}, {&a->att, L * A}, {&a->atty, L * N * QD},
+        {&a->residual2, L * N * C}, {&a->ln2, L * N * C}, {&a->ln2_rstd, L * N}, {&a->gate, L * N * F},
+        {&a->up, L * N * F}, {&a->hmlp, L * N * F}, {&a->residual3, L * N * C}, {&a->lnf, N * C},
+        {&a->lnf_rstd, N}, {&a->logits, N * V}, {&a->lse, N}, {&a->rope_cos, N * hd / 2},
+        {&a->rope_sin, N * hd / 2}, {&a->ones, N}, {&a->d_residual, N * C}, {&a->d_ln, N * C},
+        {&a->d_q, N * QD}, {&a->d_k, N * KD}, {&a->d_v, N * KD}, {&a->d_atty, N * QD},
+        {&a->d_h, N * F}, {&a->d_gate, N * F},
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += parts[i].n;
+    free(a->memory);
+    a->memory = fdpo_malloc(total * sizeof(float));
+    float *p = a->memory;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
+    for (size_t t = 0; t < N; t++) a->ones[t] = 1.0f;
+    a->cap_tokens = N;
+    a->cap_att = A;
+}
+
+int llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
+    const fdpo_gpt2_config *c = &m->config;
+    size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head;
+    size_t V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c), QD = NH * hd, KD = NKV * hd;
+    size_t A = 0, maxT = 0;
+    for (size_t s = 0; s < B; s++) {
+        size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
+        A += NH * T * T;
+        if (T > maxT) maxT = T;
+    }
+    acts_reserve(m, N, B, A, maxT);
+    llama_acts *a = &m->llama->acts;
+    a->n_seq = B;
+    a->n_tokens = N;
+    memcpy(a->seq_offset, b->seq_offset, (B + 1) * sizeof(size_t));
+    a->att_offset[0] = 0;
+    for (size_t s = 0; s < B; s++) {
+        size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
+        a->att_offset[s + 1] = a->att_offset[s] + NH * T * T;
+        for (size_t t = b->seq_offset[s]; t < b->seq_offset[s + 1]; t++)
+            a->pos[t] = b->pos ? b->pos[t] : (int32_t)(t - b->seq_offset[s]);
+    }
+    memcpy(a->tokens, b->tokens, N * sizeof(int32_t));
+    memcpy(a->targets, b->targets, N * sizeof(int32_t));
+    for (size_t t = 0; t < N; t++) a->weights[t] = b->targets[t] < 0 ? 0.0f : (b->weights ? b->weights[t] : 1.0f);
+    if (b->branch) {
+        if (!a->branch) a->branch = fdpo_malloc(a->cap_tokens);
+        memcpy(a->branch, b->branch, N);
+    }
+    const uint8_t *branch = b->branch ? a->branch : NULL;
+    double *inv_freq = fdpo_malloc(hd / 2 * sizeof *inv_freq);
+    llama_inv_freq(c, inv_freq);
+    rope_tables(a->rope_cos, a->rope_sin, a->pos, inv_freq, N, hd / 2);
+    free(inv_freq);
+
+    float *P = m->params_memory;
+    float *embed = tensor(m, P, LR_EMBED), *head = m->llama->role[LR_HEAD] >= 0 ? tensor(m, P, LR_HEAD) : embed;
+    llama_embed_forward(a->encoded, a->tokens, embed, N, C);
+    for (size_t l = 0; l < L; l++) {
+        const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
+        float *ln1 = a->ln1 + l * N * C, *q = a->q + l * N * QD, *k = a->k + l * N * KD, *v = a->v + l * N * KD;
+        float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
+        float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->hmlp + l * N * F;
+        float *res3 = a->residual3 + l * N * C;
+        float *qb = tensor(m, P, LR_QB), *kb = tensor(m, P, LR_KB), *vb = tensor(m, P, LR_VB), *ob = tensor(m, P, LR_OB);
+        float *gb = tensor(m, P, LR_GATEB), *ub = tensor(m, P, LR_UPB), *db = tensor(m, P, LR_DOWNB);
+        rmsnorm_forward(ln1, a->ln1_rstd + l * N, residual, tensor(m, P, LR_LN1) + l * C, N, C, c->layer_norm_epsilon);
+        linear_forward(q, ln1, tensor(m, P, LR_QW) + l * QD * C, qb ? qb + l * QD : NULL, N, C, QD);
+        linear_forward(k, ln1, tensor(m, P, LR_KW) + l * KD * C, kb ? kb + l * KD : NULL, N, C, KD);
+        linear_forward(v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
+        rope_forward(q, a->rope_cos, a->rope_sin, N, NH, hd);
+        rope_forward(k, a->rope_cos, a->rope_sin, N, NKV, hd);
+        gqa_attention_forward(atty, a->att + l * A, q, k, v, a->seq_offset, a->att_offset, branch, B, NH, NKV, hd);
+        linear_forward(res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
+        residual_forward(res2, res2, residual, N * C);
+        rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, N, C, c->layer_norm_epsilon);
+        linear_forward(gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, N, C, F);
+        linear_forward(up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, N, C, F);
+        swiglu_forward(h, gate, up, N * F);
+        linear_forward(res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, N, F, C);
+        residual_forward(res3, res3, res2, N * C);
+    }
+    rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), N, C, c->layer_norm_epsilon);
+    lmhead_forward(a->logits, a->lnf, head, N, C, V);
+    float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL);
+    logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    if (seq_logp)
+        for (size_t s = 0; s < B; s++) {
+            double sum = 0.0;
+            for (size_t t = a->seq_offset[s]; t < a->seq_offset[s + 1]; t++) sum += (double)a->weights[t] * tlp[t];
+            seq_logp[s] = (float)sum;
+        }
+    a->has_forward = 1;
+    return 0;
+}
+
+const float *llama_logits(const fdpo_gpt2 *m) {
+    return m->llama && m->llama->acts.has_forward ? m->llama->acts.logits : NULL;
+}
+
+int llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
+    llama_acts *a = &m->llama->acts;
+    if (!a->has_forward) return fdpo_error("llama backward: no forward pass to differentiate");
+    const fdpo_gpt2_config *c = &m->config;
+    size_t N = a->n_tokens, B = a->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head;
+    size_t V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c), QD = NH * hd, KD = NKV * hd;
+    size_t A = a->att_offset[B];
+    int nth = omp_get_max_threads();
+    size_t stride = a->cap_maxT * a->cap_maxT;
+    if (!a->d_att || nth > a->n_threads_scratch || stride > a->d_att_stride) {
+        free(a->d_att);
+        a->d_att = fdpo_malloc((size_t)nth * stride * sizeof(float));
+        a->n_threads_scratch = nth;
+        a->d_att_stride = stride;
+    }
+    float *P = m->params_memory, *G = m->grads_memory;
+    int tied = m->llama->role[LR_HEAD] < 0;
+    float *head = tied ? tensor(m, P, LR_EMBED) : tensor(m, P, LR_HEAD);
+    float *dhead = tied ? tensor(m, G, LR_EMBED) : tensor(m, G, LR_HEAD);
+    /* the logits buffer becomes d logits */
+    logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
+    lmhead_backward(a->d_ln, dhead, a->logits, a->lnf, head, N, C, V);
+    memset(a->d_residual, 0, N * C * sizeof(float));
+    rmsnorm_backward(a->d_residual, tensor(m, G, LR_NORM), a->d_ln, a->residual3 + (L - 1) * N * C,
+                     tensor(m, P, LR_NORM), a->lnf_rstd, N, C);
+#define GB(role, size) (tensor(m, G, role) ? tensor(m, G, role) + l * (size) : NULL)
+    for (size_t l = L; l-- > 0;) {
+        const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
+        const float *ln1 = a->ln1 + l * N * C, *q = a->q + l * N * QD, *k = a->k + l * N * KD, *v = a->v + l * N * KD;
+        const float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
+        const float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->hmlp + l * N * F;
+        /* MLP: res3 = res2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T */
+        linear_backward(a->d_h, tensor(m, G, LR_DOWNW) + l * C * F, GB(LR_DOWNB, C), a->d_residual, h,
+                        tensor(m, P, LR_DOWNW) + l * C * F, a->ones, N, F, C, 0);
+        swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, N * F); /* d_h becomes d up */
+        linear_backward(a->d_ln, tensor(m, G, LR_GATEW) + l * F * C, GB(LR_GATEB, F), a->d_gate, ln2,
+                        tensor(m, P, LR_GATEW) + l * F * C, a->ones, N, C, F, 0);
+        linear_backward(a->d_ln, tensor(m, G, LR_UPW) + l * F * C, GB(LR_UPB, F), a->d_h, ln2,
+                        tensor(m, P, LR_UPW) + l * F * C, a->ones, N, C, F, 1);
+        rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN2) + l * C, a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
+                         a->ln2_rstd + l * N, N, C);
+        /* attention: res2 = residual + attn(rope(ln1 Wq^T), rope(ln1 Wk^T), ln1 Wv^T) Wo^T */
+        linear_backward(a->d_atty, tensor(m, G, LR_OW) + l * C * QD, GB(LR_OB, C), a->d_residual, atty,
+                        tensor(m, P, LR_OW) + l * C * QD, a->ones, N, QD, C, 0);
+        gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_att, a->d_att_stride, a->d_atty, q, k, v, a->att + l * A,
+                               a->seq_offset, a->att_offset, B, NH, NKV, hd);
+        rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
+        rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
+        linear_backward(a->d_ln, tensor(m, G, LR_QW) + l * QD * C, GB(LR_QB, QD), a->d_q, ln1,
+                        tensor(m, P, LR_QW) + l * QD * C, a->ones, N, C, QD, 0);
+        linear_backward(a->d_ln, tensor(m, G, LR_KW) + l * KD * C, GB(LR_KB, KD), a->d_k, ln1,
+                        tensor(m, P, LR_KW) + l * KD * C, a->ones, N, C, KD, 1);
+        linear_backward(a->d_ln, tensor(m, G, LR_VW) + l * KD * C, GB(LR_VB, KD), a->d_v, ln1,
+                        tensor(m, P, LR_VW) + l * KD * C, a->ones, N, C, KD, 1);
+        rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN1) + l * C, a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
+                         a->ln1_rstd + l * N, N, C);
+    }
+#undef GB
+    llama_embed_backward(tensor(m, G, LR_EMBED), a->d_residual, a->tokens, N, C);
+    a->has_forward = 0;
+    return 0;
+}

@@ -1,0 +1,202 @@
+/* KV-cache decoding for the Llama family (the interface of include/fdpo/decode.h; the
+ * GPT-2 decoder in gpt2_decode.c hands Llama models to these functions). Rows of new
+ * tokens, each in a slot at a position: keys (rotated) and values go into the cache first,
+ * then every row attends to its slot's cache up to its own position, query head h reading
+ * key/value head h / (NH / NKV). */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "model/llama_decode.h"
+#include "model/gpt2_internal.h"
+#include "model/llama_internal.h"
+
+struct llama_decoder {
+    const fdpo_gpt2 *model;
+    size_t max_seqs, max_len, hd, QD, KD;
+    size_t *len;              /* [max_seqs] */
+    float *k_cache, *v_cache; /* [L, max_seqs, max_len, KD] */
+    double *inv_freq;         /* [hd/2] */
+    size_t cap_rows;
+    float *x, *h, *q, *k, *v, *atty, *gate, *up, *xlast, *rope_cos, *rope_sin, *scores;
+    size_t *row_slot;
+    int32_t *row_pos;
+    int n_threads_scores;
+};
+
+static const float *tensor(const fdpo_gpt2 *m, int role) {
+    int i = m->llama->role[role];
+    return i < 0 ? NULL : m->params_memory + m->tensors[i].offset;
+}
+
+llama_decoder *llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
+    const fdpo_gpt2_config *c = &m->config;
+    llama_decoder *d = fdpo_calloc(1, sizeof *d);
+    d->model = m;
+    d->max_seqs = max_seqs;
+    d->max_len = max_len;
+    d->hd = c->head_dim ? c->head_dim : c->n_embd / c->n_head;
+    d->QD = c->n_head * d->hd;
+    d->KD = c->n_kv_head * d->hd;
+    d->len = fdpo_calloc(max_seqs, sizeof *d->len);
+    size_t n = c->n_layer * max_seqs * max_len * d->KD;
+    d->k_cache = fdpo_malloc(n * sizeof(float));
+    d->v_cache = fdpo_malloc(n * sizeof(float));
+    d->inv_freq = fdpo_malloc(d->hd / 2 * sizeof *d->inv_freq);
+    llama_inv_freq(c, d->inv_freq);
+    return d;
+}
+
+void llama_decoder_free(llama_decoder *d) {
+    if (!d) return;
+    free(d->len); free(d->k_cache); free(d->v_cache); free(d->inv_freq);
+    free(d->x); free(d->h); free(d->q); free(d->k); free(d->v); free(d->atty); free(d->gate); free(d->up);
+    free(d->xlast); free(d->rope_cos); free(d->rope_sin); free(d->scores); free(d->row_slot); free(d->row_pos);
+    free(d);
+}
+
+void llama_decoder_reset(llama_decoder *d, size_t slot) { if (slot < d->max_seqs) d->len[slot] = 0; }
+size_t llama_decoder_len(const llama_decoder *d, size_t slot) { return slot < d->max_seqs ? d->len[slot] : 0; }
+
+void llama_decoder_copy_slot(llama_decoder *d, size_t dst, size_t src) {
+    if (dst == src || dst >= d->max_seqs || src >= d->max_seqs) return;
+    size_t L = d->model->config.n_layer, stride = d->max_len * d->KD, n = d->len[src] * d->KD;
+    for (size_t l = 0; l < L; l++) {
+        size_t base = l * d->max_seqs * stride;
+        memcpy(d->k_cache + base + dst * stride, d->k_cache + base + src * stride, n * sizeof(float));
+        memcpy(d->v_cache + base + dst * stride, d->v_cache + base + src * stride, n * sizeof(float));
+    }
+    d->len[dst] = d->len[src];
+}
+
+static void grow(llama_decoder *d, size_t R, size_t n_slots) {
+    const fdpo_gpt2_config *c = &d->model->config;
+    size_t C = c->n_embd, F = c->intermediate_size;
+    if (R > d->cap_rows) {
+        d->cap_rows = R;
+        d->x = fdpo_realloc(d->x, R * C * sizeof(float));
+        d->h = fdpo_realloc(d->h, R * C * sizeof(float));
+        d->q = fdpo_realloc(d->q, R * d->QD * sizeof(float));
+        d->k = fdpo_realloc(d->k, R * d->KD * sizeof(float));
+        d->v = fdpo_realloc(d->v, R * d->KD * sizeof(float));
+        d->atty = fdpo_realloc(d->atty, R * d->QD * sizeof(float));
+        d->gate = fdpo_realloc(d->gate, R * F * sizeof(float));
+        d->up = fdpo_realloc(d->up, R * F * sizeof(float));
+        d->rope_cos = fdpo_realloc(d->rope_cos, R * d->hd / 2 * sizeof(float));
+        d->rope_sin = fdpo_realloc(d->rope_sin, R * d->hd / 2 * sizeof(float));
+        d->row_slot = fdpo_realloc(d->row_slot, R * sizeof(size_t));
+        d->row_pos = fdpo_realloc(d->row_pos, R * sizeof(int32_t));
+    }
+    d->xlast = fdpo_realloc(d->xlast, (n_slots ? n_slots : 1) * C * sizeof(float));
+    int threads = omp_get_max_threads();
+    if (threads > d->n_threads_scores) {
+        d->n_threads_scores = threads;
+        d->scores = fdpo_realloc(d->scores, (size_t)threads * d->max_len * sizeof(float));
+    }
+}
+
+/* out [R, OC] (+)= inp [R, IC] @ w^T + bias, w [OC, IC] */
+static void dec_linear(float *out, const float *inp, const float *w, const float *bias, size_t R, size_t IC, size_t OC,
+                       int accumulate) {
+    if (bias) for (size_t r = 0; r < R; r++) for (size_t o = 0; o < OC; o++) out[r * OC + o] = (accumulate ? out[r * OC + o] : 0) + bias[o];
+    int beta_one = accumulate || bias;
+    if (R == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)OC, (int)IC, 1.0f, w, (int)IC, inp, 1, beta_one ? 1.0f : 0.0f, out, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)OC, (int)IC, 1.0f, inp, (int)IC, w, (int)IC,
+                    beta_one ? 1.0f : 0.0f, out, (int)OC);
+}
+
+/* out [R, NH*hd]: row r, head h attends over its slot's cached keys/values 0..pos[r] */
+static void dec_attention(float *out, float *scores, const float *q, const float *k, const float *v,
+                          const size_t *row_slot, const int32_t *row_pos, size_t R, size_t NH, size_t NKV,
+                          size_t hd, size_t max_len) {
+    size_t QD = NH * hd, KD = NKV * hd, group = NH / NKV;
+    float scale = 1.0f / sqrtf((float)hd);
+    size_t max_T = 0;
+    for (size_t r = 0; r < R; r++) if ((size_t)row_pos[r] + 1 > max_T) max_T = (size_t)row_pos[r] + 1;
+    #pragma omp parallel for collapse(2) if (R * NH * max_T * hd >= (1 << 20))
+    for (size_t r = 0; r < R; r++)
+        for (size_t h = 0; h < NH; h++) {
+            float *s = scores + (size_t)omp_get_thread_num() * max_len;
+            const float *qh = q + r * QD + h * hd;
+            size_t T = (size_t)row_pos[r] + 1, g = h / group;
+            const float *kb = k + row_slot[r] * max_len * KD + g * hd, *vb = v + row_slot[r] * max_len * KD + g * hd;
+            float mx = -INFINITY;
+            for (size_t t = 0; t < T; t++) {
+                float dot = 0;
+                for (size_t i = 0; i < hd; i++) dot += qh[i] * kb[t * KD + i];
+                s[t] = dot * scale;
+                if (s[t] > mx) mx = s[t];
+            }
+            float sum = 0;
+            for (size_t t = 0; t < T; t++) { s[t] = expf(s[t] - mx); sum += s[t]; }
+            float inv = 1.0f / sum, *o = out + r * QD + h * hd;
+            for (size_t i = 0; i < hd; i++) o[i] = 0;
+            for (size_t t = 0; t < T; t++) {
+                float a = s[t] * inv;
+                for (size_t i = 0; i < hd; i++) o[i] += a * vb[t * KD + i];
+            }
+        }
+}
+
+int llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots, const size_t *n_new,
+                          const int32_t *tokens, float *logits, int all_logits, size_t R) {
+    const fdpo_gpt2 *m = d->model;
+    const fdpo_gpt2_config *c = &m->config;
+    size_t C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head, V = c->vocab_size, F = c->intermediate_size;
+    size_t hd = d->hd, QD = d->QD, KD = d->KD;
+    float eps = c->layer_norm_epsilon;
+    grow(d, R, n_slots);
+    for (size_t i = 0, r = 0; i < n_slots; i++)
+        for (size_t j = 0; j < n_new[i]; j++, r++) {
+            d->row_slot[r] = slots[i];
+            d->row_pos[r] = (int32_t)(d->len[slots[i]] + j);
+        }
+    rope_tables(d->rope_cos, d->rope_sin, d->row_pos, d->inv_freq, R, hd / 2);
+    const float *embed = tensor(m, LR_EMBED), *head = tensor(m, LR_HEAD) ? tensor(m, LR_HEAD) : embed;
+    for (size_t r = 0; r < R; r++) memcpy(d->x + r * C, embed + (size_t)tokens[r] * C, C * sizeof(float));
+    float *rstd = d->gate; /* scratch: RMSNorm's rstd is not needed after the norm */
+    size_t layer_cache = d->max_seqs * d->max_len * KD;
+#define B(role, size) (tensor(m, role) ? tensor(m, role) + l * (size) : NULL)
+    for (size_t l = 0; l < L; l++) {
+        float *kc = d->k_cache + l * layer_cache, *vc = d->v_cache + l * layer_cache;
+        rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN1) + l * C, R, C, eps);
+        dec_linear(d->q, d->h, tensor(m, LR_QW) + l * QD * C, B(LR_QB, QD), R, C, QD, 0);
+        dec_linear(d->k, d->h, tensor(m, LR_KW) + l * KD * C, B(LR_KB, KD), R, C, KD, 0);
+        dec_linear(d->v, d->h, tensor(m, LR_VW) + l * KD * C, B(LR_VB, KD), R, C, KD, 0);
+        rope_forward(d->q, d->rope_cos, d->rope_sin, R, NH, hd);
+        rope_forward(d->k, d->rope_cos, d->rope_sin, R, NKV, hd);
+        for (size_t r = 0; r < R; r++) {
+            size_t at = (d->row_slot[r] * d->max_len + (size_t)d->row_pos[r]) * KD;
+            memcpy(kc + at, d->k + r * KD, KD * sizeof(float));
+            memcpy(vc + at, d->v + r * KD, KD * sizeof(float));
+        }
+        dec_attention(d->atty, d->scores, d->q, kc, vc, d->row_slot, d->row_pos, R, NH, NKV, hd, d->max_len);
+        dec_linear(d->x, d->atty, tensor(m, LR_OW) + l * C * QD, B(LR_OB, C), R, QD, C, 1);
+        rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN2) + l * C, R, C, eps);
+        dec_linear(d->gate, d->h, tensor(m, LR_GATEW) + l * F * C, B(LR_GATEB, F), R, C, F, 0);
+        dec_linear(d->up, d->h, tensor(m, LR_UPW) + l * F * C, B(LR_UPB, F), R, C, F, 0);
+        swiglu_forward(d->gate, d->gate, d->up, R * F);
+        dec_linear(d->x, d->gate, tensor(m, LR_DOWNW) + l * C * F, B(LR_DOWNB, C), R, F, C, 1);
+    }
+#undef B
+    for (size_t i = 0; i < n_slots; i++) d->len[slots[i]] += n_new[i];
+    const float *xs = d->x;
+    size_t rows = R;
+    if (!all_logits) {
+        size_t r_end = 0;
+        for (size_t i = 0; i < n_slots; i++) {
+            r_end += n_new[i];
+            memcpy(d->xlast + i * C, d->x + (r_end - 1) * C, C * sizeof(float));
+        }
+        xs = d->xlast;
+        rows = n_slots;
+    }
+    rmsnorm_forward(d->h, d->up, xs, tensor(m, LR_NORM), rows, C, eps);
+    if (rows == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)V, (int)C, 1.0f, head, (int)C, d->h, 1, 0.0f, logits, 1);
+    else lmhead_forward(logits, d->h, head, rows, C, V);
+    return 0;
+}

@@ -1,0 +1,85 @@
+/* Private to src/model: the Llama family (LlamaForCausalLM and its Qwen2 variant) behind
+ * the model interface of fdpo/gpt2.h. Tensors keep Hugging Face's nn.Linear layout
+ * [out, in], so y = x W^T + b, and files map 1:1. */
+#ifndef FDPO_LLAMA_INTERNAL_H
+#define FDPO_LLAMA_INTERNAL_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fdpo/gpt2.h"
+
+/* tensor roles; per-layer roles hold all layers contiguously ([L, ...]) */
+enum {
+    LR_EMBED, LR_LN1, LR_QW, LR_QB, LR_KW, LR_KB, LR_VW, LR_VB, LR_OW, LR_OB, LR_LN2,
+    LR_GATEW, LR_GATEB, LR_UPW, LR_UPB, LR_DOWNW, LR_DOWNB, LR_NORM, LR_HEAD, LR_N_ROLES
+};
+
+/* Activations of the last forward (one allocation), N tokens, A attention entries/layer. */
+typedef struct {
+    size_t cap_tokens, cap_att, cap_seq, cap_maxT;
+    float *memory;
+    float *encoded;              /* [N, C] */
+    float *ln1, *ln1_rstd;       /* [L, N, C], [L, N] */
+    float *q, *k, *v;            /* [L, N, QD], [L, N, KD], [L, N, KD]; q, k rotated */
+    float *att;                  /* [L, A] softmax probabilities per (sequence, head) */
+    float *atty;                 /* [L, N, QD] */
+    float *residual2;            /* [L, N, C] after attention */
+    float *ln2, *ln2_rstd;       /* [L, N, C], [L, N] */
+    float *gate, *up, *hmlp;     /* [L, N, F] each: x Wg^T, x Wu^T, silu(gate) * up */
+    float *residual3;            /* [L, N, C] after the MLP */
+    float *lnf, *lnf_rstd;       /* [N, C], [N] */
+    float *logits, *lse;         /* [N, V], [N] */
+    float *rope_cos, *rope_sin;  /* [N, hd/2] for the batch's positions */
+    float *ones;                 /* [N] for bias gradients */
+    /* backward scratch */
+    float *d_residual, *d_ln;    /* [N, C] */
+    float *d_q, *d_k, *d_v;      /* [N, QD], [N, KD], [N, KD] */
+    float *d_atty;               /* [N, QD] */
+    float *d_h, *d_gate;         /* [N, F] */
+    float *d_att; int n_threads_scratch; size_t d_att_stride;
+    /* the batch (copied) */
+    size_t n_seq, n_tokens;
+    size_t *seq_offset, *att_offset;
+    int32_t *tokens, *targets, *pos;
+    float *weights;
+    uint8_t *branch;
+    int has_forward;
+} llama_acts;
+
+struct fdpo_llama_state {
+    int role[LR_N_ROLES];        /* index into m->tensors, -1 when absent */
+    llama_acts acts;
+};
+
+int  llama_config_check(const fdpo_gpt2_config *c);
+void llama_build(fdpo_gpt2 *m);                  /* tensor table + state */
+void llama_free(fdpo_gpt2 *m);
+void llama_init(fdpo_gpt2 *m, uint64_t seed);
+int  llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp);
+int  llama_backward(fdpo_gpt2 *m, const float *d_token_logp);
+const float *llama_logits(const fdpo_gpt2 *m);
+/* rope angles: inv_freq[i] for i < hd/2 (llama3 rope_scaling applied), in double */
+void llama_inv_freq(const fdpo_gpt2_config *c, double *inv_freq);
+
+/* ---- kernels (src/model/llama_kernels.c) ---- */
+void llama_embed_forward(float *out, const int32_t *tokens, const float *embed, size_t N, size_t C);
+void llama_embed_backward(float *dembed, const float *dout, const int32_t *tokens, size_t N, size_t C);
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, size_t N, size_t C, float eps);
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                      const float *rstd, size_t N, size_t C);
+void linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC);
+void linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
+                     const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp);
+void rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half);
+void rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);
+void gqa_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                           const size_t *seq_offset, const size_t *att_offset, const uint8_t *branch,
+                           size_t B, size_t NH, size_t NKV, size_t hd);
+void gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch, size_t scratch_stride,
+                            const float *dout, const float *q, const float *k, const float *v, const float *att,
+                            const size_t *seq_offset, const size_t *att_offset, size_t B, size_t NH, size_t NKV,
+                            size_t hd);
+void swiglu_forward(float *h, const float *gate, const float *up, size_t n);
+void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n);
+
+#endif

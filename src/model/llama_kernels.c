@@ -1,0 +1,238 @@
+/* Llama-family layer kernels, forward and backward, over a packed batch of N tokens (same
+ * packing, positions and branch masks as GPT-2: fdpo/gpt2.h). Linear weights are in
+ * nn.Linear layout [out, in]. Backward functions ACCUMULATE into parameter gradients;
+ * reductions over tokens run in a fixed order, so results depend only on the thread count. */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+#include "model/llama_internal.h"
+
+#define COL_BLOCK 64
+
+/* out [N,C] = embed[tokens] */
+void llama_embed_forward(float *out, const int32_t *tokens, const float *embed, size_t N, size_t C) {
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < N; t++) memcpy(out + t * C, embed + (size_t)tokens[t] * C, C * sizeof(float));
+}
+
+/* dembed [V,C] += scatter of dout [N,C]; parallel over channels (no races, token order) */
+void llama_embed_backward(float *dembed, const float *dout, const int32_t *tokens, size_t N, size_t C) {
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < C; c++)
+        for (size_t t = 0; t < N; t++) dembed[(size_t)tokens[t] * C + c] += dout[t * C + c];
+}
+
+/* out [N,C] = inp * rstd * w,  rstd [N] = 1 / sqrt(mean(inp^2) + eps)  (LlamaRMSNorm) */
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, size_t N, size_t C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < N; t++) {
+        const float *x = inp + t * C;
+        double ss = 0.0;
+        for (size_t c = 0; c < C; c++) ss += (double)x[c] * x[c];
+        float r = (float)(1.0 / sqrt(ss / (double)C + eps));
+        float *o = out + t * C;
+        for (size_t c = 0; c < C; c++) o[c] = x[c] * r * w[c];
+        rstd[t] = r;
+    }
+}
+
+/* dinp [N,C] += r (w dy) - x r^3 mean(w dy x);  dw [C] += sum_t dy x r */
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                      const float *rstd, size_t N, size_t C) {
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < N; t++) {
+        const float *dy = dout + t * C, *x = inp + t * C;
+        float r = rstd[t];
+        double dot = 0.0;
+        for (size_t c = 0; c < C; c++) dot += (double)w[c] * dy[c] * x[c];
+        float k = (float)(dot / (double)C) * r * r * r;
+        float *dx = dinp + t * C;
+        for (size_t c = 0; c < C; c++) dx[c] += r * w[c] * dy[c] - x[c] * k;
+    }
+    long n_blocks = (long)((C + COL_BLOCK - 1) / COL_BLOCK);
+#pragma omp parallel for schedule(static)
+    for (long blk = 0; blk < n_blocks; blk++) {
+        size_t c0 = (size_t)blk * COL_BLOCK, wd = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
+        float s[COL_BLOCK] = {0};
+        for (size_t t = 0; t < N; t++) {
+            const float *x = inp + t * C + c0, *dy = dout + t * C + c0;
+            float r = rstd[t];
+            for (size_t j = 0; j < wd; j++) s[j] += dy[j] * x[j] * r;
+        }
+        for (size_t j = 0; j < wd; j++) dw[c0 + j] += s[j];
+    }
+}
+
+/* out [N,OC] = inp [N,IC] @ w^T + bias,  w [OC,IC] (bias may be NULL) */
+void linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC) {
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)IC,
+                1.0f, inp, (int)IC, w, (int)IC, beta, out, (int)OC);
+}
+
+/* dinp [N,IC] (+)= dout @ w;  dw [OC,IC] += dout^T @ inp;  dbias [OC] += dout^T @ ones */
+void linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
+                     const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC,
+                1.0f, dout, (int)OC, w, (int)IC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N,
+                1.0f, dout, (int)OC, inp, (int)IC, 1.0f, dw, (int)IC);
+    if (dbias) cblas_sgemv(CblasRowMajor, CblasTrans, (int)N, (int)OC, 1.0f, dout, (int)OC, ones, 1, 1.0f, dbias, 1);
+}
+
+/* cos/sin [N, half] of pos[t] * inv_freq[i], angles in double */
+void rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half) {
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < N; t++)
+        for (size_t i = 0; i < half; i++) {
+            double a = (double)pos[t] * inv_freq[i];
+            cos_t[t * half + i] = (float)cos(a);
+            sin_t[t * half + i] = (float)sin(a);
+        }
+}
+
+/* In place on x [N, n_heads*hd], Hugging Face's rotate-half convention: with h = hd/2,
+ *   x'[i]   = x[i] cos_i - x[i+h] sin_i,   x'[i+h] = x[i+h] cos_i + x[i] sin_i */
+void rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
+    size_t h = hd / 2;
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < N; t++)
+        for (size_t head = 0; head < n_heads; head++) {
+            float *r = x + (t * n_heads + head) * hd;
+            const float *c = cos_t + t * h, *s = sin_t + t * h;
+            for (size_t i = 0; i < h; i++) {
+                float a = r[i], b = r[i + h];
+                r[i] = a * c[i] - b * s[i];
+                r[i + h] = b * c[i] + a * s[i];
+            }
+        }
+}
+
+/* In place: the transpose of the rotation above */
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
+    size_t h = hd / 2;
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < N; t++)
+        for (size_t head = 0; head < n_heads; head++) {
+            float *r = dx + (t * n_heads + head) * hd;
+            const float *c = cos_t + t * h, *s = sin_t + t * h;
+            for (size_t i = 0; i < h; i++) {
+                float a = r[i], b = r[i + h];
+                r[i] = a * c[i] + b * s[i];
+                r[i + h] = b * c[i] - a * s[i];
+            }
+        }
+}
+
+static inline int may_attend(const uint8_t *branch, size_t i, size_t j) {
+    return !branch || branch[j] == 0 || branch[j] == branch[i];
+}
+
+/* Per sequence b (tokens [s, s+T)) and query head h with key/value head g = h / (NH/NKV):
+ *   att [T,T] = softmax(mask(Q_h K_g^T / sqrt(hd))),  out [T, hd] (row stride NH*hd) = att V_g
+ * q [N, NH*hd], k, v [N, NKV*hd]; att of (b, h) at att_offset[b] + h*T*T, masked = 0. */
+void gqa_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                           const size_t *seq_offset, const size_t *att_offset, const uint8_t *branch,
+                           size_t B, size_t NH, size_t NKV, size_t hd) {
+    size_t QD = NH * hd, KD = NKV * hd, group = NH / NKV;
+    float scale = 1.0f / sqrtf((float)hd);
+    long n_jobs = (long)(B * NH);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long job = 0; job < n_jobs; job++) {
+        size_t b = (size_t)job / NH, h = (size_t)job % NH, g = h / group;
+        size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
+        const float *qh = q + s * QD + h * hd, *kg = k + s * KD + g * hd, *vg = v + s * KD + g * hd;
+        float *a = att + att_offset[b] + h * T * T;
+        const uint8_t *br = branch ? branch + s : NULL;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)hd,
+                    scale, qh, (int)QD, kg, (int)KD, 0.0f, a, (int)T);
+        for (size_t i = 0; i < T; i++) {
+            float *row = a + i * T;
+            float mx = -INFINITY;
+            for (size_t j = 0; j <= i; j++)
+                if (may_attend(br, i, j) && row[j] > mx) mx = row[j];
+            double sum = 0.0;
+            for (size_t j = 0; j <= i; j++) {
+                float e = may_attend(br, i, j) ? expf(row[j] - mx) : 0.0f;
+                row[j] = e;
+                sum += e;
+            }
+            float inv = (float)(1.0 / sum);
+            for (size_t j = 0; j <= i; j++) row[j] *= inv;
+            for (size_t j = i + 1; j < T; j++) row[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)hd, (int)T,
+                    1.0f, a, (int)T, vg, (int)KD, 0.0f, out + s * QD + h * hd, (int)QD);
+    }
+}
+
+/* Backward of gqa_attention_forward; WRITES dq, dk, dv (every element of every sequence).
+ * Jobs are (sequence, kv head) so the heads sharing K_g, V_g add into dK_g, dV_g in head
+ * order without races:  dP = dY V^T;  dV += P^T dY;  dS = P (dP - rowsum(dP P));
+ * dQ = dS K / sqrt(hd);  dK += dS^T Q / sqrt(hd). */
+void gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch, size_t scratch_stride,
+                            const float *dout, const float *q, const float *k, const float *v, const float *att,
+                            const size_t *seq_offset, const size_t *att_offset, size_t B, size_t NH, size_t NKV,
+                            size_t hd) {
+    size_t QD = NH * hd, KD = NKV * hd, group = NH / NKV;
+    float scale = 1.0f / sqrtf((float)hd);
+    long n_jobs = (long)(B * NKV);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long job = 0; job < n_jobs; job++) {
+        size_t b = (size_t)job / NKV, g = (size_t)job % NKV;
+        size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
+        float *dP = datt_scratch + (size_t)omp_get_thread_num() * scratch_stride;
+        const float *kg = k + s * KD + g * hd, *vg = v + s * KD + g * hd;
+        float *dkg = dk + s * KD + g * hd, *dvg = dv + s * KD + g * hd;
+        for (size_t hi = 0; hi < group; hi++) {
+            size_t h = g * group + hi;
+            const float *qh = q + s * QD + h * hd, *dy = dout + s * QD + h * hd;
+            float *dqh = dq + s * QD + h * hd;
+            const float *P = att + att_offset[b] + h * T * T;
+            float acc = hi ? 1.0f : 0.0f;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)hd,
+                        1.0f, dy, (int)QD, vg, (int)KD, 0.0f, dP, (int)T);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)hd, (int)T,
+                        1.0f, P, (int)T, dy, (int)QD, acc, dvg, (int)KD);
+            for (size_t i = 0; i < T; i++) {
+                const float *p = P + i * T;
+                float *d = dP + i * T;
+                double dot = 0.0;
+                for (size_t j = 0; j <= i; j++) dot += (double)p[j] * d[j];
+                float fdot = (float)dot;
+                for (size_t j = 0; j <= i; j++) d[j] = p[j] * (d[j] - fdot);
+                for (size_t j = i + 1; j < T; j++) d[j] = 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)hd, (int)T,
+                        scale, dP, (int)T, kg, (int)KD, 0.0f, dqh, (int)QD);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)hd, (int)T,
+                        scale, dP, (int)T, qh, (int)QD, acc, dkg, (int)KD);
+        }
+    }
+}
+
+/* h = silu(gate) * up,  silu(x) = x sigmoid(x) */
+void swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        h[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+/* dgate = dh up silu'(gate),  silu'(x) = s (1 + x (1 - s));  dup = dh silu(gate) */
+void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], s = 1.0f / (1.0f + expf(-g));
+        float d = dh[i];
+        dgate[i] = d * up[i] * s * (1.0f + g * (1.0f - s));
+        dup[i] = d * g * s;
+    }
+}

@@ -1,0 +1,324 @@
+/* Byte-level BPE training with GPT-2's pre-tokenisation (docs/tokenizer.md#training).
+ *
+ *   texts --(split at "<|endoftext|>")--> documents --(GPT-2 regex, PCRE2)--> words
+ *         --(count distinct words)--> word table --(repeat: merge the best pair)--> merges
+ *
+ * Vocabulary: ids 0..255 are the 256 byte symbols in GPT-2's order (the printable bytes
+ * '!'..'~', 0xA1..0xAC, 0xAE..0xFF, then the other 68), so byte tokens carry GPT-2's ids;
+ * ids 256.. are the merges in the order learnt; the last id is "<|endoftext|>".
+ * Bytes of ill-formed UTF-8 are left out of the words, as the encoder makes them byte tokens.
+ *
+ * Each step merges the pair with the highest count (summed over words, weighted by word
+ * frequency); ties go to the pair whose (left token bytes, right token bytes) is smallest
+ * in bytewise lexicographic order, so the result depends on the corpus alone. Pairs are
+ * counted per occurrence, and merging is left to right within a word ("a a a" -> "aa a"),
+ * as the encoder applies merges. The pair table is updated incrementally: only words that
+ * contain the merged pair are recounted; the best pair comes from a lazy max-heap. */
+#include <stdlib.h>
+#include <string.h>
+#include <cjson/cJSON.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <uthash.h>
+#include "fdpo/core.h"
+#include "fdpo/tokenizer.h"
+#include "text/tokenizer_internal.h"
+
+#define EOT_TEXT "<|endoftext|>"
+
+typedef struct { int32_t *sym; size_t n; uint64_t freq; } bt_word;
+
+typedef struct {
+    char *bytes; size_t len;   /* word bytes (key) */
+    size_t index;              /* into the word array */
+    UT_hash_handle hh;
+} bt_word_entry;
+
+typedef struct {
+    uint64_t key;              /* (left << 32) | right */
+    int64_t count;
+    size_t *words; size_t n_words, cap_words; /* words that contained the pair when it was counted (may be stale) */
+    size_t stamp;              /* round in which it was last queued for a heap push */
+    UT_hash_handle hh;
+} bt_pair;
+
+typedef struct { int64_t count; uint64_t key; } heap_item;
+
+typedef struct {
+    bt_word *words; size_t n_words, cap_words;
+    bt_word_entry *word_index;
+    bt_pair *pairs;
+    heap_item *heap; size_t n_heap, cap_heap;
+    unsigned char **tok; size_t *tok_len; size_t n_tok, cap_tok;
+    int32_t (*merges)[2]; size_t n_merges;
+    bt_pair **touched; size_t n_touched, cap_touched; /* pairs whose count changed this round */
+    size_t round;
+} bt_state;
+
+static uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b; }
+
+/* -1 if pair x should be merged before pair y at equal count (smaller bytes first) */
+static int pair_bytes_cmp(const bt_state *s, uint64_t x, uint64_t y) {
+    for (int side = 0; side < 2; side++) {
+        int32_t a = side ? (int32_t)(uint32_t)x : (int32_t)(x >> 32);
+        int32_t b = side ? (int32_t)(uint32_t)y : (int32_t)(y >> 32);
+        size_t la = s->tok_len[a], lb = s->tok_len[b];
+        int c = memcmp(s->tok[a], s->tok[b], la < lb ? la : lb);
+        if (c) return c < 0 ? -1 : 1;
+        if (la != lb) return la < lb ? -1 : 1;
+    }
+    return 0;
+}
+
+/* heap order: larger count first, then smaller bytes */
+static int heap_before(const bt_state *s, const heap_item *x, const heap_item *y) {
+    if (x->count != y->count) return x->count > y->count;
+    return pair_bytes_cmp(s, x->key, y->key) < 0;
+}
+
+static void heap_push(bt_state *s, int64_t count, uint64_t key) {
+    if (s->n_heap == s->cap_heap) { s->cap_heap = s->cap_heap ? 2 * s->cap_heap : 1024; s->heap = fdpo_realloc(s->heap, s->cap_heap * sizeof *s->heap); }
+    size_t i = s->n_heap++;
+    s->heap[i] = (heap_item){count, key};
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!heap_before(s, &s->heap[i], &s->heap[p])) break;
+        heap_item t = s->heap[i]; s->heap[i] = s->heap[p]; s->heap[p] = t;
+        i = p;
+    }
+}
+
+static heap_item heap_pop(bt_state *s) {
+    heap_item top = s->heap[0];
+    s->heap[0] = s->heap[--s->n_heap];
+    for (size_t i = 0;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < s->n_heap && heap_before(s, &s->heap[l], &s->heap[m])) m = l;
+        if (r < s->n_heap && heap_before(s, &s->heap[r], &s->heap[m])) m = r;
+        if (m == i) break;
+        heap_item t = s->heap[i]; s->heap[i] = s->heap[m]; s->heap[m] = t;
+        i = m;
+    }
+    return top;
+}
+
+static bt_pair *pair_get(bt_state *s, uint64_t key, int create) {
+    bt_pair *p;
+    HASH_FIND(hh, s->pairs, &key, sizeof key, p);
+    if (!p && create) {
+        p = fdpo_calloc(1, sizeof *p);
+        p->key = key;
+        HASH_ADD(hh, s->pairs, key, sizeof p->key, p);
+    }
+    return p;
+}
+
+/* add delta * freq for every adjacent pair of word w (with delta > 0 also note w in the
+ * pair's word list); each pair touched is queued once per round for a heap push */
+static void count_word(bt_state *s, size_t w, int delta) {
+    const bt_word *wd = &s->words[w];
+    for (size_t i = 0; i + 1 < wd->n; i++) {
+        uint64_t k = pair_key(wd->sym[i], wd->sym[i + 1]);
+        bt_pair *p = pair_get(s, k, 1);
+        p->count += delta * (int64_t)wd->freq;
+        if (delta > 0 && (p->n_words == 0 || p->words[p->n_words - 1] != w)) {
+            if (p->n_words == p->cap_words) { p->cap_words = p->cap_words ? 2 * p->cap_words : 4; p->words = fdpo_realloc(p->words, p->cap_words * sizeof *p->words); }
+            p->words[p->n_words++] = w;
+        }
+        if (p->stamp != s->round + 1) {
+            p->stamp = s->round + 1;
+            if (s->n_touched == s->cap_touched) { s->cap_touched = s->cap_touched ? 2 * s->cap_touched : 1024; s->touched = fdpo_realloc(s->touched, s->cap_touched * sizeof *s->touched); }
+            s->touched[s->n_touched++] = p;
+        }
+    }
+}
+
+/* push the final count of every pair touched this round; older heap entries become stale */
+static void flush_touched(bt_state *s) {
+    for (size_t i = 0; i < s->n_touched; i++)
+        if (s->touched[i]->count > 0) heap_push(s, s->touched[i]->count, s->touched[i]->key);
+    s->n_touched = 0;
+    s->round++;
+}
+
+static void add_token(bt_state *s, const unsigned char *bytes, size_t len) {
+    if (s->n_tok == s->cap_tok) {
+        s->cap_tok = s->cap_tok ? 2 * s->cap_tok : 512;
+        s->tok = fdpo_realloc(s->tok, s->cap_tok * sizeof *s->tok);
+        s->tok_len = fdpo_realloc(s->tok_len, s->cap_tok * sizeof *s->tok_len);
+    }
+    s->tok[s->n_tok] = fdpo_malloc(len ? len : 1);
+    memcpy(s->tok[s->n_tok], bytes, len);
+    s->tok_len[s->n_tok++] = len;
+}
+
+static void add_word(bt_state *s, const int32_t *byte_id, const unsigned char *w, size_t n) {
+    bt_word_entry *e;
+    HASH_FIND(hh, s->word_index, w, n, e);
+    if (e) { s->words[e->index].freq++; return; }
+    if (s->n_words == s->cap_words) { s->cap_words = s->cap_words ? 2 * s->cap_words : 1024; s->words = fdpo_realloc(s->words, s->cap_words * sizeof *s->words); }
+    bt_word *wd = &s->words[s->n_words];
+    wd->sym = fdpo_malloc(n * sizeof *wd->sym);
+    for (size_t i = 0; i < n; i++) wd->sym[i] = byte_id[w[i]];
+    wd->n = n; wd->freq = 1;
+    e = fdpo_malloc(sizeof *e);
+    e->bytes = fdpo_malloc(n);
+    memcpy(e->bytes, w, n);
+    e->len = n; e->index = s->n_words++;
+    HASH_ADD_KEYPTR(hh, s->word_index, e->bytes, e->len, e);
+}
+
+/* pre-tokenise one document into words */
+static void add_document(bt_state *s, const int32_t *byte_id, pcre2_code *re, pcre2_match_data *md,
+                         const unsigned char *t, size_t n) {
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+    for (size_t off = 0; off < n;) {
+        int rc = pcre2_jit_match(re, t, n, off, 0, md, NULL);
+        if (rc <= 0) break;
+        if (ov[1] > ov[0]) add_word(s, byte_id, t + ov[0], ov[1] - ov[0]);
+        off = ov[1] > off ? ov[1] : off + 1;
+    }
+}
+
+static void state_free(bt_state *s) {
+    for (size_t i = 0; i < s->n_words; i++) free(s->words[i].sym);
+    free(s->words);
+    bt_word_entry *e, *et;
+    HASH_ITER(hh, s->word_index, e, et) { HASH_DEL(s->word_index, e); free(e->bytes); free(e); }
+    bt_pair *p, *pt;
+    HASH_ITER(hh, s->pairs, p, pt) { HASH_DEL(s->pairs, p); free(p->words); free(p); }
+    free(s->heap); free(s->touched);
+    for (size_t i = 0; i < s->n_tok; i++) free(s->tok[i]);
+    free(s->tok); free(s->tok_len); free(s->merges);
+}
+
+int fdpo_bpe_train_opts_check(const fdpo_bpe_train_opts *o) {
+    if (o->vocab_size < 257 || o->vocab_size > INT32_MAX)
+        return fdpo_error("--vocab-size: %zu must be at least 257 (256 bytes + <|endoftext|>)", o->vocab_size);
+    if (o->min_frequency < 1) return fdpo_error("--min-frequency: must be >= 1");
+    return 0;
+}
+
+/* one merge of pair (a, b) -> id c in every word that has it */
+static void apply_merge(bt_state *s, bt_pair *p, int32_t a, int32_t b, int32_t c) {
+    size_t n_words = p->n_words;
+    size_t *words = p->words;
+    p->words = NULL; p->n_words = p->cap_words = 0;
+    for (size_t k = 0; k < n_words; k++) {
+        size_t w = words[k];
+        bt_word *wd = &s->words[w];
+        int has = 0;
+        for (size_t i = 0; i + 1 < wd->n && !has; i++) has = wd->sym[i] == a && wd->sym[i + 1] == b;
+        if (!has) continue; /* stale entry: an earlier merge consumed the pair here */
+        count_word(s, w, -1);
+        size_t j = 0;
+        for (size_t i = 0; i < wd->n; i++) {
+            if (i + 1 < wd->n && wd->sym[i] == a && wd->sym[i + 1] == b) { wd->sym[j++] = c; i++; }
+            else wd->sym[j++] = wd->sym[i];
+        }
+        wd->n = j;
+        count_word(s, w, +1);
+    }
+    free(words);
+}
+
+int fdpo_bpe_train(const char *const *texts, const size_t *lens, size_t n_texts, const fdpo_bpe_train_opts *o,
+                   fdpo_bpe_trained *out) {
+    memset(out, 0, sizeof *out);
+    if (fdpo_bpe_train_opts_check(o)) return -1;
+    int err; PCRE2_SIZE eoff;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)fdpo_bpe_gpt2_pattern(), PCRE2_ZERO_TERMINATED,
+                                   PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &eoff, NULL);
+    if (!re) return fdpo_error("GPT-2 regex does not compile (PCRE2 error %d)", err);
+    pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    bt_state s = {0};
+    /* ids 0..255: the byte symbols in GPT-2's order */
+    int32_t byte_id[256];
+    for (int pass = 0; pass < 2; pass++)
+        for (int b = 0; b < 256; b++) {
+            int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+            if (printable == (pass == 0)) { unsigned char c = (unsigned char)b; byte_id[b] = (int32_t)s.n_tok; add_token(&s, &c, 1); }
+        }
+    for (size_t t = 0; t < n_texts; t++) {
+        const unsigned char *p = (const unsigned char *)texts[t], *end = p + lens[t];
+        while (p < end) {
+            const unsigned char *eot = memmem(p, (size_t)(end - p), EOT_TEXT, sizeof EOT_TEXT - 1);
+            const unsigned char *stop = eot ? eot : end;
+            add_document(&s, byte_id, re, md, p, (size_t)(stop - p));
+            p = eot ? eot + sizeof EOT_TEXT - 1 : end;
+        }
+    }
+    pcre2_match_data_free(md);
+    pcre2_code_free(re);
+    for (size_t w = 0; w < s.n_words; w++) count_word(&s, w, +1);
+    flush_touched(&s);
+
+    size_t target_merges = o->vocab_size - 257;
+    s.merges = fdpo_malloc((target_merges ? target_merges : 1) * sizeof *s.merges);
+    while (s.n_merges < target_merges && s.n_heap > 0) {
+        heap_item top = heap_pop(&s);
+        bt_pair *p = pair_get(&s, top.key, 0);
+        if (!p || p->count != top.count) continue; /* stale heap entry */
+        if (p->count < (int64_t)o->min_frequency) break;
+        int32_t a = (int32_t)(top.key >> 32), b = (int32_t)(uint32_t)top.key;
+        size_t la = s.tok_len[a], lb = s.tok_len[b];
+        unsigned char *joined = fdpo_malloc(la + lb);
+        memcpy(joined, s.tok[a], la); memcpy(joined + la, s.tok[b], lb);
+        int32_t c = (int32_t)s.n_tok;
+        add_token(&s, joined, la + lb);
+        free(joined);
+        s.merges[s.n_merges][0] = a; s.merges[s.n_merges][1] = b; s.n_merges++;
+        apply_merge(&s, p, a, b, c);
+        flush_touched(&s);
+    }
+    out->n_tokens = s.n_tok + 1; /* + <|endoftext|> */
+    out->tokens = fdpo_malloc(out->n_tokens * sizeof *out->tokens);
+    out->token_len = fdpo_malloc(out->n_tokens * sizeof *out->token_len);
+    for (size_t i = 0; i < s.n_tok; i++) { out->tokens[i] = (char *)s.tok[i]; out->token_len[i] = s.tok_len[i]; s.tok[i] = NULL; }
+    out->tokens[s.n_tok] = fdpo_strdup(EOT_TEXT);
+    out->token_len[s.n_tok] = sizeof EOT_TEXT - 1;
+    out->merges = s.merges; out->n_merges = s.n_merges; s.merges = NULL;
+    out->n_words = s.n_words;
+    state_free(&s);
+    return 0;
+}
+
+void fdpo_bpe_trained_free(fdpo_bpe_trained *t) {
+    for (size_t i = 0; i < t->n_tokens; i++) free(t->tokens[i]);
+    free(t->tokens); free(t->token_len); free(t->merges);
+    memset(t, 0, sizeof *t);
+}
+
+/* a token's bytes in GPT-2's byte-to-unicode alphabet (the eot token is literal text) */
+static char *token_symbols(const fdpo_bpe_trained *t, size_t id) {
+    if (id == t->n_tokens - 1) return fdpo_strdup(EOT_TEXT);
+    char *s = fdpo_malloc(2 * t->token_len[id] + 1), *q = s;
+    for (size_t i = 0; i < t->token_len[id]; i++) q += fdpo_bpe_byte_symbol((unsigned char)t->tokens[id][i], q);
+    *q = 0;
+    return s;
+}
+
+int fdpo_bpe_trained_save(const fdpo_bpe_trained *t, const char *dir) {
+    if (fdpo_mkdir_p(dir)) return -1;
+    char **sym = fdpo_malloc(t->n_tokens * sizeof *sym);
+    for (size_t i = 0; i < t->n_tokens; i++) sym[i] = token_symbols(t, i);
+    int rc = -1;
+    cJSON *v = cJSON_CreateObject();
+    for (size_t i = 0; i < t->n_tokens; i++) cJSON_AddItemToObject(v, sym[i], cJSON_CreateNumber((double)i));
+    char *js = cJSON_PrintUnformatted(v);
+    cJSON_Delete(v);
+    size_t cap = 32;
+    for (size_t i = 0; i < t->n_merges; i++) cap += strlen(sym[t->merges[i][0]]) + strlen(sym[t->merges[i][1]]) + 2;
+    char *mt = fdpo_malloc(cap), *q = mt;
+    q += snprintf(q, cap, "#version: 0.2\n");
+    for (size_t i = 0; i < t->n_merges; i++)
+        q += snprintf(q, cap - (size_t)(q - mt), "%s %s\n", sym[t->merges[i][0]], sym[t->merges[i][1]]);
+    char *vp = fdpo_path_join(dir, "vocab.json"), *mp = fdpo_path_join(dir, "merges.txt");
+    if (!js) fdpo_error("%s: cannot serialise vocab.json", dir);
+    else if (!fdpo_write_file_atomic(vp, js, strlen(js)) && !fdpo_write_file_atomic(mp, mt, (size_t)(q - mt))) rc = 0;
+    free(vp); free(mp); free(mt); free(js);
+    for (size_t i = 0; i < t->n_tokens; i++) free(sym[i]);
+    free(sym);
+    return rc;
+}

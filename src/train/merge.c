@@ -1,0 +1,71 @@
+/* Model merging (linear averaging, task arithmetic): see include/fdpo/merge.h. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/dpo.h"
+#include "fdpo/io.h"
+#include "fdpo/merge.h"
+
+int fdpo_merge_opts_check(const fdpo_merge_opts *o) {
+    if (o->n_models == 0) return fdpo_error("--model: at least one checkpoint to merge is required");
+    if (!o->base && o->n_models < 2) return fdpo_error("--model: linear merging needs two or more checkpoints (or --base for task arithmetic)");
+    if (o->weights)
+        for (size_t i = 0; i < o->n_models; i++)
+            if (!isfinite(o->weights[i])) return fdpo_error("--weight: value %zu is not a finite number", i + 1);
+    return 0;
+}
+
+double fdpo_merge_weight(const fdpo_merge_opts *o, size_t i) {
+    if (o->weights) return o->weights[i];
+    return o->base ? 1.0 : 1.0 / (double)o->n_models;
+}
+
+static int check_compatible(const char *dir, const fdpo_gpt2 *m, const char *first_dir, const fdpo_gpt2 *first) {
+    const fdpo_gpt2_config *a = &m->config, *b = &first->config;
+    if (!fdpo_gpt2_config_equal(a, b))
+        return fdpo_error("%s: architecture differs from %s (n_layer %zu vs %zu, n_embd %zu vs %zu, n_head %zu vs %zu, "
+                          "vocab_size %zu vs %zu, n_positions %zu vs %zu)", dir, first_dir, a->n_layer, b->n_layer,
+                          a->n_embd, b->n_embd, a->n_head, b->n_head, a->vocab_size, b->vocab_size,
+                          a->n_positions, b->n_positions);
+    if (fdpo_hash_tokenizer_dir(dir) != fdpo_hash_tokenizer_dir(first_dir))
+        return fdpo_error("%s: tokenizer differs from %s's (merged weights would mean different tokens)", dir, first_dir);
+    return 0;
+}
+
+fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o) {
+    if (fdpo_merge_opts_check(o)) return NULL;
+    const char *first_dir = o->base ? o->base : o->models[0];
+    fdpo_gpt2 *first = fdpo_checkpoint_load_model(first_dir);
+    if (!first) return NULL;
+    size_t n = first->n_params;
+    double *acc = calloc(n, sizeof *acc);   /* theta in double: the base (or 0), then each term in order */
+    if (!acc) { fdpo_gpt2_free(first); fdpo_error("merge: out of memory for %zu parameters", n); return NULL; }
+    if (acc && o->base) for (size_t k = 0; k < n; k++) acc[k] = first->params_memory[k];
+    for (size_t i = 0; i < o->n_models; i++) {
+        fdpo_gpt2 *m = fdpo_checkpoint_load_model(o->models[i]);
+        if (!m || check_compatible(o->models[i], m, first_dir, first)) {
+            fdpo_gpt2_free(m); fdpo_gpt2_free(first); free(acc);
+            return NULL;
+        }
+        double w = fdpo_merge_weight(o, i);
+        const float *p = m->params_memory;
+        if (o->base) {
+            const float *b = first->params_memory;
+            for (size_t k = 0; k < n; k++) acc[k] += w * ((double)p[k] - (double)b[k]);
+        } else {
+            for (size_t k = 0; k < n; k++) acc[k] += w * (double)p[k];
+        }
+        fdpo_gpt2_free(m);
+    }
+    float *dst = first->params_memory;
+    for (size_t k = 0; k < n; k++) dst[k] = (float)acc[k];
+    free(acc);
+    for (size_t k = 0; k < n; k++)
+        if (!isfinite(dst[k])) {
+            fdpo_gpt2_free(first);
+            fdpo_error("--weight: the merged parameters overflow float32 (parameter %zu is not finite)", k);
+            return NULL;
+        }
+    return first;
+}

