@@ -72,7 +72,7 @@ typedef struct {
 } common_opts;
 
 #define COMMON_FLAGS(o, n_default)                                                                      \
-    {"input", FLAG_STR, &(o).input, NULL, "CSV problem: header pi_ref,reward[,reward_hat][,length], one row per response", 0}, \
+    {"data", FLAG_STR, &(o).input, NULL, "CSV problem: header pi_ref,reward[,reward_hat][,length], one row per response", 0}, \
     {"n", FLAG_INT, &(o).n, n_default, "responses per prompt when generating", 0},                         \
     {"pi-ref", FLAG_STR, &(o).pi_ref, "zipf", "generated pi_ref: zipf, dirichlet, uniform", 0},            \
     {"zipf-s", FLAG_FLOAT, &(o).zipf_s, "1", "Zipf exponent: pi_ref(k) ∝ k^-s", 0},                         \
@@ -81,13 +81,13 @@ typedef struct {
     {"reward-scale", FLAG_FLOAT, &(o).reward_scale, "1", "reward standard deviation / half-width", 0},     \
     {"length-min", FLAG_INT, &(o).length_min, "10", "generated response lengths: smallest", 0},            \
     {"length-max", FLAG_INT, &(o).length_max, "200", "generated response lengths: largest", 0},            \
-    {"seed", FLAG_INT, &(o).seed, "0", "RNG seed (same seed + threads -> same numbers)", 0},              \
+    {"seed", FLAG_INT, &(o).seed, FLAGS_DEFAULT_SEED, "RNG seed (same seed + threads -> same numbers)", 0},              \
     {"threads", FLAG_INT, &(o).threads, "0", "OpenMP threads (0 = default)", 0},                           \
     {"format", FLAG_STR, &(o).format, "csv", "output table format: csv or json", 0}
 
 static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf, fdpo_rng *rng, fdpo_lab_problem *p) {
     if (o->input) {
-        if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --input (the file sets the responses)");
+        if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --data (the file sets the responses)");
         double renorm;
         if (fdpo_lab_read_csv(o->input, p, &renorm)) return -1;
         if (renorm != 0)
@@ -317,17 +317,17 @@ static int lab_gap(int argc, char **argv) {
     long prompts;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "1000"),
-        {"prompts", FLAG_INT, &prompts, "4", "independent prompts (problems) averaged over (1 with --input)", 0},
+        {"prompts", FLAG_INT, &prompts, "4", "independent prompts (problems) averaged over (1 with --data)", 0},
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences", 0},
         {"betas", FLAG_STR, &betalist, "0.01,0.03,0.1,0.3,1", "comma list of betas", 0},
-        {"noise", FLAG_STR, &noiselist, "0.1", "comma list of reward-noise sds: r_hat = r + noise * N(0,1) (ignored if --input has reward_hat)", 0},
+        {"noise", FLAG_STR, &noiselist, "0.1", "comma list of reward-noise sds: r_hat = r + noise * N(0,1) (ignored if --data has reward_hat)", 0},
         {"export-problem", FLAG_STR, &export_path, NULL, "write noise,prompt,pi_ref,reward,reward_hat (the exact inputs) to this CSV", 0},
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("gap", "fdpo lab gap [flags]");
     if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
-        return fdpo_error("--prompts: --input holds one prompt (got %ld)", prompts);
+        return fdpo_error("--prompts: --data holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
     fdpo_divergence *divs = NULL;
     double *betas = NULL, *noises = NULL;
@@ -419,7 +419,7 @@ static int lab_coverage(int argc, char **argv) {
     double beta, mixture, ridge;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "20"),
-        {"prompts", FLAG_INT, &prompts, "8", "independent prompts averaged over (1 with --input)", 0},
+        {"prompts", FLAG_INT, &prompts, "8", "independent prompts averaged over (1 with --data)", 0},
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences", 0},
         {"beta", FLAG_FLOAT, &beta, "0.1", "regularisation strength beta > 0", 0},
         {"comparisons", FLAG_STR, &nlist, "10,30,100,300,1000,3000", "comma list of N, comparisons per prompt", 0},
@@ -443,7 +443,7 @@ static int lab_coverage(int argc, char **argv) {
     if (!(ridge > 0)) return fdpo_error("--ridge: must be > 0 (got %g)", ridge);
     if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
-        return fdpo_error("--prompts: --input holds one prompt (got %ld)", prompts);
+        return fdpo_error("--prompts: --data holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
     fdpo_divergence ddiv;
     if (fdpo_divergence_parse(datadiv, &ddiv)) return fdpo_error_context("--data-divergence");
@@ -568,7 +568,7 @@ static int lab_bias(int argc, char **argv) {
     fdpo_lab_problem p;
     if (load_problem(&o, flags, NFLAGS(flags), &rng, &p)) { free(divs); free(betas); free(bs); return -1; }
     int rc = 0;
-    if (!p.length) rc = fdpo_error("--input %s: the bias experiment needs a 'length' column", o.input);
+    if (!p.length) rc = fdpo_error("--data %s: the bias experiment needs a 'length' column", o.input);
     static const char *cols[] = {"bias", "divergence", "beta", "length_pistar", "length_pihat", "length_increase", "reward_gap"};
     table t;
     int opened = 0;

@@ -113,7 +113,7 @@ static uint64_t pairs_hash(const fdpo_pref_pair *const *pairs, size_t n) {
 int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     const fdpo_train_opts *to = &o->train;
     const char *policy_dir = to->init;
-    if (!policy_dir) return fdpo_error("--policy: required (the checkpoint to align, also the default reference)");
+    if (!policy_dir) return fdpo_error("--model: required (the checkpoint to align, also the default reference)");
     if (!o->data) return fdpo_error("--data: required (preference JSONL)");
     const int simpo = o->dpo.loss.kind == FDPO_LOSS_SIMPO;
     if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;
@@ -137,7 +137,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     fdpo_gpt2_config pcfg;
     int crc = fdpo_config_load(cfg_path, &pcfg);
     free(cfg_path);
-    if (crc) { fdpo_error_context("--policy %s", policy_dir); goto done; }
+    if (crc) { fdpo_error_context("--model %s", policy_dir); goto done; }
     if (popt.max_length == 0) popt.max_length = pcfg.n_positions;
     if (popt.max_length > pcfg.n_positions) {
         fdpo_error("--max-length %zu exceeds the policy's n_positions %zu", popt.max_length, pcfg.n_positions);
@@ -164,7 +164,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     eval_pairs = fdpo_malloc((n_eval ? n_eval : 1) * sizeof *eval_pairs);
     for (size_t i = 0; i < n_eval; i++) eval_pairs[i] = &esrc->set.pairs[eval_idx[i]];
 
-    /* the reference: --ref, else the initial policy (also on --resume: --policy is fixed) */
+    /* the reference: --ref, else the initial policy (also on --resume: --model is fixed) */
     if (!simpo) {
         const char *ref_dir = o->ref ? o->ref : policy_dir;
         if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }
