@@ -420,8 +420,8 @@ def test_eval_end_to_end(byte_models, tmp_path):
              {"prompt": "", "chosen": "ab", "rejected": "abc"}]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
-    r = run(FDPO, "eval", "--policy", d / "pol", "--policy", d / "ref", "--ref", d / "ref", "--prompts",
-            tmp_path / "p.txt", "-k", 4, "--max-new-tokens", 10, "--reward", "length", "--seed", 5, "--out", out,
+    r = run(FDPO, "eval", "--model", d / "pol", "--model", d / "ref", "--ref", d / "ref", "--data",
+            tmp_path / "p.txt", "--n", 4, "--max-new-tokens", 10, "--reward", "length", "--seed", 5, "--out", out,
             "--samples-out", smp, "--pairs", tmp_path / "pairs.jsonl", "--beta", 0.5)
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
@@ -507,7 +507,7 @@ def test_score_end_to_end(byte_models, tmp_path):
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["-k", "0"], "-k: must be > 0"),
+    (["--n", "0"], "--n: must be > 0"),
     (["--top-p", "0"], "--top-p"),
     (["--top-p", "1.01"], "--top-p"),
     (["--divergences", "rkl,kl"], "unknown divergence 'kl'"),
@@ -517,7 +517,7 @@ def test_score_end_to_end(byte_models, tmp_path):
 def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
     d, _, _ = byte_models
     (tmp_path / "p.txt").write_text("Hi\n")
-    r = run(FDPO, "eval", "--policy", d / "pol", "--ref", d / "ref", "--prompts", tmp_path / "p.txt", *extra)
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", *extra)
     assert r.returncode == 1
     assert msg in r.stderr, r.stderr
 
@@ -525,12 +525,12 @@ def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
 def test_eval_malformed_prompts_and_vocab_mismatch(byte_models, tmp_path):
     d, _, _ = byte_models
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"\n')
-    r = run(FDPO, "eval", "--policy", d / "pol", "--ref", d / "ref", "--prompts", tmp_path / "p.jsonl")
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.jsonl")
     assert r.returncode == 1 and "p.jsonl:2: invalid JSON" in r.stderr
     big = tmp_path / "big"
     make_model(big, 300, seed=1, byte_tokenizer=True)
     (tmp_path / "p.txt").write_text("Hi\n")
-    r = run(FDPO, "eval", "--policy", big, "--ref", d / "ref", "--prompts", tmp_path / "p.txt")
+    r = run(FDPO, "eval", "--model", big, "--ref", d / "ref", "--data", tmp_path / "p.txt")
     assert r.returncode == 1 and "policy vocabulary 300 != reference vocabulary 257" in r.stderr
     (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "b"\n')
     r = run(FDPO, "score", "--model", big, "--ref", d / "ref", "--data", tmp_path / "d.jsonl")
@@ -546,7 +546,7 @@ def test_eval_malformed_prompts_and_vocab_mismatch(byte_models, tmp_path):
 def test_eval_and_score_help():
     r = run(FDPO, "eval", "--help")
     assert r.returncode == 0
-    for f in ["--policy", "--ref", "--prompts", "--reward", "--k", "--pairs", "--beta", "--divergences", "--out",
+    for f in ["--model", "--ref", "--data", "--reward", "--n", "--pairs", "--beta", "--divergences", "--out",
               "--reward-timeout", "--lexicon"]:
         assert f in r.stdout
     r = run(FDPO, "score", "--help")

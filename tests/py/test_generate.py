@@ -96,7 +96,7 @@ def generate(d, tmp_path, prompts, *flags, name="p.txt"):
     pf = tmp_path / name
     pf.write_text(prompts)
     out = tmp_path / "out.jsonl"
-    r = run(FDPO, "generate", "--model", d, "--prompts", pf, "--out", out, *flags)
+    r = run(FDPO, "generate", "--model", d, "--data", pf, "--out", out, *flags)
     return r, ([json.loads(l) for l in out.read_text().splitlines()] if r.returncode == 0 else None)
 
 
@@ -104,7 +104,7 @@ def test_greedy_equals_pytorch_argmax(byte_model, tmp_path):
     d, m = byte_model
     prompts = ["Hello", "ab", "The quick"]
     r, rows = generate(d, tmp_path, "\n".join(prompts) + "\n", "--temperature", "0", "--max-new-tokens", "12",
-                       "--batch", "2")
+                       "--batch-size", "2")
     assert r.returncode == 0, r.stderr
     assert len(rows) == 3
     for row, p in zip(rows, prompts):
@@ -146,7 +146,7 @@ def test_same_seed_same_samples_regardless_of_batch_and_threads(byte_model, tmp_
     outs = []
     for batch, threads in [("1", "1"), ("4", "2"), ("16", "1")]:
         r, rows = generate(d, tmp_path, "a\nb\nc\n", "--n", "3", "--max-new-tokens", "8", "--seed", "9",
-                           "--batch", batch, "--threads", threads)
+                           "--batch-size", batch, "--threads", threads)
         assert r.returncode == 0, r.stderr
         outs.append([x["tokens"] for x in rows])
     assert outs[0] == outs[1] == outs[2]
@@ -192,15 +192,15 @@ def test_generate_bad_input(byte_model, tmp_path, content, flags, msg):
 
 def test_generate_missing_model(tmp_path):
     (tmp_path / "p.txt").write_text("a\n")
-    r = run(FDPO, "generate", "--model", tmp_path / "nope", "--prompts", tmp_path / "p.txt")
+    r = run(FDPO, "generate", "--model", tmp_path / "nope", "--data", tmp_path / "p.txt")
     assert r.returncode == 1 and "--model" in r.stderr and "nope" in r.stderr
 
 
 def test_generate_help_lists_flags():
     r = run(FDPO, "generate", "--help")
     assert r.returncode == 0
-    for f in ["--model", "--prompts", "--n", "--temperature", "--top-k", "--top-p", "--max-new-tokens", "--stop",
-              "--seed", "--batch"]:
+    for f in ["--model", "--data", "--n", "--temperature", "--top-k", "--top-p", "--max-new-tokens", "--stop",
+              "--seed", "--batch-size"]:
         assert f in r.stdout
 
 
