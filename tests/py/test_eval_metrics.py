@@ -461,8 +461,9 @@ def test_eval_end_to_end(byte_models, tmp_path):
             pid = list(s["prompt"].encode())
             lp_pol, _ = torch_logp(pol if s["policy"].endswith("pol") else ref, pid, s["tokens"])
             lp_ref, _ = torch_logp(ref, pid, s["tokens"])
-            assert s["logp"] == pytest.approx(lp_pol, abs=1e-3)
-            assert s["logp_ref"] == pytest.approx(lp_ref, abs=1e-3)
+            # measured: 3.1e-6 at most over 24-token samples of these models; 1.5e-5 is 5x
+            assert s["logp"] == pytest.approx(lp_pol, abs=1.5e-5)
+            assert s["logp_ref"] == pytest.approx(lp_ref, abs=1.5e-5)
     # calibration of the implicit reward sigma(beta (l_w - l_l)), recomputed with PyTorch
     probs = []
     for p in pairs:
@@ -482,6 +483,91 @@ def test_eval_end_to_end(byte_models, tmp_path):
     assert res["policies"][0]["pref_chosen_longer"] == pytest.approx(1 / 3)
 
 
+def s_score(name, l):
+    """s(l) of DESIGN.md §2 (f'(e^l) without additive constants), written with numpy."""
+    if name == "rkl":
+        return l
+    if name == "fkl":
+        return -np.exp(-l)
+    if name == "js":
+        return -np.logaddexp(0.0, -l)          # log sigma(l)
+    if name.startswith("alpha:"):
+        a = float(name[6:])
+        return -np.exp(-a * l) / a
+    raise ValueError(name)
+
+
+@pytest.fixture(scope="module")
+def eval_runs(byte_models, tmp_path_factory):
+    """fdpo eval of pol against ref under four --divergence values, everything else equal."""
+    d, _, _ = byte_models
+    t = tmp_path_factory.mktemp("evalvalues")
+    (t / "p.txt").write_text("Hi\nOnce upon\nabc\n")
+    pairs = [{"prompt": "Hi", "chosen": " there", "rejected": "!!"},
+             {"prompt": "Q", "chosen": "yes", "rejected": "no way"},
+             {"prompt": "", "chosen": "ab", "rejected": "abc"},
+             {"prompt": "x", "chosen": "a b c", "rejected": "z"}]
+    (t / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    runs = {}
+    for div in ["rkl", "js", "fkl", "alpha:0.5"]:
+        key = div.replace(":", "_")
+        out, smp = t / f"m_{key}.json", t / f"s_{key}.jsonl"
+        r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", t / "p.txt", "--n", 8,
+                "--max-new-tokens", 24, "--reward", "length:words", "--seed", 3, "--out", out, "--samples-out", smp,
+                "--pairs", t / "pairs.jsonl", "--beta", 0.5, "--divergence", div, "--threads", 1)
+        assert r.returncode == 0, r.stderr
+        runs[div] = (json.loads(out.read_text())["policies"][0],
+                     [json.loads(l) for l in smp.read_text().splitlines()])
+    return pairs, runs
+
+
+def test_eval_scalars_against_scipy_and_the_samples(eval_runs):
+    from scipy import stats
+    _, runs = eval_runs
+    col, ss = runs["rkl"]
+    assert len(ss) == 24
+    words_n = np.array([len(words(s["completion"])) for s in ss], dtype=float)
+    reward = np.array([s["reward"] for s in ss], dtype=float)
+    ntok = np.array([s["n_tokens"] for s in ss], dtype=float)
+    assert np.array_equal(reward, words_n)                   # length:words counts whitespace words
+    assert np.std(ntok) > 0 and np.std(reward) > 0 and not np.array_equal(reward, ntok)
+    assert col["reward_length_corr"] == pytest.approx(stats.pearsonr(reward, ntok)[0], rel=1e-12, abs=1e-15)
+    assert abs(col["reward_length_corr"]) < 0.9999           # not the trivial reward = length case
+    # frac_eot: samples whose last token is the end-of-text id (256), not the ones that ran out of tokens
+    ended = np.array([len(s["tokens"]) == s["n_tokens"] + 1 and s["tokens"][-1] == 256 for s in ss])
+    assert 0 < ended.sum() < len(ss)                          # both kinds occur, so an inversion shows
+    assert col["frac_eot"] == pytest.approx(ended.mean(), abs=1e-15)
+    # sequence-level f-divergence estimates: mean over samples of f(u)/u, u = pi/pi_ref (rkl: l)
+    l = np.array([s["logp"] - s["logp_ref"] for s in ss])
+    for name in DIVS:
+        want = l if name == "rkl" else np.array([f_div(name, math.exp(x)) / math.exp(x) for x in l])
+        assert col[f"fdiv_seq_{name.replace(':', '_')}_mean"] == pytest.approx(want.mean(), rel=1e-9, abs=1e-12), name
+
+
+def test_eval_divergence_is_honoured_in_the_implicit_reward(byte_models, eval_runs):
+    _, ref, pol = byte_models
+    pairs, runs = eval_runs
+    lw, ll = [], []
+    for p in pairs:
+        pid = list(p["prompt"].encode()) or [256]
+        lw.append(torch_logp(pol, pid, list(p["chosen"].encode()) + [256])[0] -
+                  torch_logp(ref, pid, list(p["chosen"].encode()) + [256])[0])
+        ll.append(torch_logp(pol, pid, list(p["rejected"].encode()) + [256])[0] -
+                  torch_logp(ref, pid, list(p["rejected"].encode()) + [256])[0])
+    lw, ll = np.array(lw), np.array(ll)
+    margins = {}
+    for div, (col, _) in runs.items():
+        z = 0.5 * (s_score(div, lw) - s_score(div, ll))   # beta (s(l_w) - s(l_l))
+        # float32 log-probs: measured |error| 1.3e-7 (rkl), 1.9e-7 (js), 1.1e-6 (alpha:0.5) and
+        # 6.3e-6 (fkl: s'(l) = e^-l reaches e^3.7 here); 3e-5 is 5x the largest
+        assert col["pref_margin_mean"] == pytest.approx(z.mean(), rel=0, abs=3e-5), div
+        assert col["pref_accuracy"] == pytest.approx(np.mean(z > 0)), div
+        margins[div] = col["pref_margin_mean"]
+    # the runs differ only in --divergence: each gives its own margin
+    vals = sorted(margins.values())
+    assert all(b - a > 1e-3 for a, b in zip(vals, vals[1:])), margins
+
+
 def test_score_end_to_end(byte_models, tmp_path):
     d, ref, pol = byte_models
     rows = [("Hi", " there"), ("", "abc"), ("x", "")]
@@ -499,11 +585,12 @@ def test_score_end_to_end(byte_models, tmp_path):
             continue
         lp, rows_p = torch_logp(pol, pid, cid)
         lq, rows_q = torch_logp(ref, pid, cid)
-        assert g["logp"] == pytest.approx(lp, abs=1e-3)
-        assert g["logp_ref"] == pytest.approx(lq, abs=1e-3)
-        assert g["kl_seq"] == pytest.approx(lp - lq, abs=2e-3)
+        # measured: logp 3.9e-7, kl_seq 3.4e-7, kl_tok 3.1e-7; 2e-6 is 5x
+        assert g["logp"] == pytest.approx(lp, abs=2e-6)
+        assert g["logp_ref"] == pytest.approx(lq, abs=2e-6)
+        assert g["kl_seq"] == pytest.approx(lp - lq, abs=2e-6)
         kl = float((rows_p.exp() * (rows_p - rows_q)).sum())
-        assert g["kl_tok"] == pytest.approx(kl, abs=1e-3)
+        assert g["kl_tok"] == pytest.approx(kl, abs=2e-6)
 
 
 @pytest.mark.parametrize("extra,msg", [
