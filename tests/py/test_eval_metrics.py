@@ -121,6 +121,24 @@ def test_diversity_against_python_and_nltk(tmp_path, seed):
         assert got[f"self_bleu_{n}"] == pytest.approx(self_bleu_ref(texts, n), abs=1e-12)
 
 
+@pytest.mark.parametrize("texts", [
+    ["a b c d", "a b c", "a b c d e"],              # hyp of 4 words, references of 3 and 5: a tie
+    ["x y z w", "x y", "x y z w v u", "q x y z"],  # refs of 2, 6 and 4 for the first: no tie, exact
+    ["a b c d e f", "a b c d", "a b c d e f g h"],  # 6 between 4 and 8: a tie, brevity matters for 4
+])
+def test_self_bleu_closest_reference_length_tie_goes_to_the_shorter(tmp_path, texts):
+    """nltk's closest_ref_length breaks a tie in |ref - hyp| toward the SHORTER reference;
+    picking the longer one would apply a brevity penalty exp(1 - r/c) < 1 instead of 1."""
+    got = text_metrics(tmp_path, texts, 50)
+    for n in (3, 4):
+        assert got[f"self_bleu_{n}"] == pytest.approx(self_bleu_ref(texts, n), abs=1e-12)
+    if len(texts) == 3:  # the tie cases: the other rule would give a visibly different number
+        c, (r_short, r_long) = len(words(texts[0])), sorted(len(words(t)) for t in texts[1:])
+        assert r_short < c < r_long and c - r_short == r_long - c
+        wrong_term = math.exp(1 - r_long / c) - 1  # relative change of text 0's BLEU under the other rule
+        assert abs(wrong_term) > 0.1
+
+
 # ---------- calibration ----------
 
 def calibration(*p):
