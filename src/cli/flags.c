@@ -163,10 +163,11 @@ void flags_print_help(const char *cmd, const char *usage, const fdpo_flag *flags
         char left[64];
         snprintf(left, sizeof left, "--%s %s", flags[i].name, t);
         printf("  %-26s %s [%s]", left, flags[i].help, flags[i].def ? flags[i].def : "none");
+        int olds = 0;
         for (size_t a = 0; a < N_ALIASES; a++)
             if (names_equal(ALIASES[a].now, flags[i].name) && !find_exact((fdpo_flag *)flags, n, ALIASES[a].old))
-                printf(" (was --%s)", ALIASES[a].old);
-        printf("\n");
+                printf("%s--%s", olds++ ? ", " : " (was ", ALIASES[a].old);
+        printf("%s\n", olds ? ")" : "");
     }
     printf("  %-26s %s\n", "--config FILE", "INI file with the same keys as the flags (flags override it)");
     printf("  %-26s %s\n", "--help", "this text");

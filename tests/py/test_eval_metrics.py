@@ -627,6 +627,25 @@ def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
     assert msg in r.stderr, r.stderr
 
 
+def test_eval_bad_pairs_message_names_a_flag_eval_takes(byte_models, tmp_path):
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text("Hi\n")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "a", "chosen": "x", "rejected": "y"}) + "\n" +
+                     json.dumps({"prompt": "a", "chosen": "same", "rejected": "same"}) + "\n")
+    base = ["eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 1,
+            "--max-new-tokens", 2, "--pairs", pairs]
+    r = run(FDPO, *base)
+    assert r.returncode == 1
+    assert f"{pairs}:2: chosen and rejected are identical" in r.stderr and "--bad-pairs skip" in r.stderr, r.stderr
+    out = tmp_path / "m.json"
+    r = run(FDPO, *base, "--bad-pairs", "skip", "--out", out)   # the flag the message names exists
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["policies"][0]["pref_n"] == 1
+    r = run(FDPO, *base, "--bad-pairs", "drop")
+    assert r.returncode == 1 and "--bad-pairs: 'drop' is not error or skip" in r.stderr
+
+
 def test_eval_malformed_prompts_and_vocab_mismatch(byte_models, tmp_path):
     d, _, _ = byte_models
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"\n')
