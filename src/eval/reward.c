@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -277,12 +278,21 @@ static int run_program(const char *program, const char *input, size_t in_len, do
         return fdpo_error("reward cmd: pipe: %s", strerror(errno));
     }
     fflush(NULL);
+    /* SIGINT/SIGTERM wait until g_child_pgid names the new group, so a handler that calls
+     * fdpo_reward_kill_all never misses it; the child unblocks them before exec. */
+    sigset_t stop_sigs, old_mask;
+    sigemptyset(&stop_sigs);
+    sigaddset(&stop_sigs, SIGINT);
+    sigaddset(&stop_sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_sigs, &old_mask);
     pid_t pid = fork();
     if (pid < 0) {
+        pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
         close(pin[0]); close(pin[1]); close(pout[0]); close(pout[1]); close(perr[0]); close(perr[1]);
         return fdpo_error("reward cmd: fork: %s", strerror(errno));
     }
     if (pid == 0) {
+        pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
         setpgid(0, 0);
         dup2(pin[0], 0); dup2(pout[1], 1); dup2(perr[1], 2);
         signal(SIGPIPE, SIG_DFL);
@@ -291,7 +301,8 @@ static int run_program(const char *program, const char *input, size_t in_len, do
     }
     setpgid(pid, pid); /* also from the parent, so the group exists before any kill */
     g_child_pgid = pid;
-    if (g_interrupted) kill(-pid, SIGKILL); /* a signal came between the fork and the line above */
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+    if (g_interrupted) kill(-pid, SIGKILL); /* interrupted before this call started */
     close(pin[0]); close(pout[1]); close(perr[1]);
     set_nonblock(pin[1]); set_nonblock(pout[0]); set_nonblock(perr[0]);
     struct sigaction ign = {0}, old;
