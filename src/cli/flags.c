@@ -9,13 +9,11 @@
 
 static char norm(char c) { return c == '_' ? '-' : c; }
 
-/* Equal up to '-' vs '_'; n = how many chars of key to compare ((size_t)-1: all). */
-static int names_equal_n(const char *flag, const char *key, size_t n) {
-    size_t i = 0;
-    for (; i < n && flag[i] && key[i]; i++) if (norm(flag[i]) != norm(key[i])) return 0;
-    return flag[i] == 0 && (i == n || key[i] == 0);
+/* Equal up to '-' vs '_'. */
+static int names_equal(const char *flag, const char *key) {
+    for (; *flag && *key; flag++, key++) if (norm(*flag) != norm(*key)) return 0;
+    return *flag == 0 && *key == 0;
 }
-static int names_equal(const char *flag, const char *key) { return names_equal_n(flag, key, (size_t)-1); }
 
 /* The one vocabulary's old spellings: old name -> the flag that replaced it. */
 static const struct { const char *old, *now; } ALIASES[] = {
