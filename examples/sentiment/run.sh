@@ -55,15 +55,15 @@ stage "$DATA/prompts" node "$ROOT/examples/sentiment/prepare_brown.js" "$CORPUS"
 
 say "b. pretrain a small GPT-2 (byte-level tokenizer)"
 BASE=$RUN/base
-stage "$BASE" "$FDPO" pretrain --out "$BASE" --n-layer $N_LAYER --n-embd $N_EMBD --n-head $N_HEAD \
+stage "$BASE" "$FDPO" pretrain --out "$BASE" --data "$DATA/train.txt" --n-layer $N_LAYER --n-embd $N_EMBD --n-head $N_HEAD \
       --n-positions $((SEQ * 2)) --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
       --lr 3e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
-      --eval-every $((PRE_STEPS / 4)) --threads $THREADS --seed 1 --overwrite --quiet "$DATA/train.txt"
+      --eval-every $((PRE_STEPS / 4)) --threads $THREADS --seed 1 --overwrite --quiet
 
 say "c. sample completions, score them with AFINN, label pairs by Bradley-Terry"
-stage "$RUN/samples.jsonl" "$FDPO" generate --model "$BASE" --prompts "$DATA/prompts_train.jsonl" --n $K_GEN \
+stage "$RUN/samples.jsonl" "$FDPO" generate --model "$BASE" --data "$DATA/prompts_train.jsonl" --n $K_GEN \
       --max-new-tokens $NEW_TOK --temperature 1 --seed 2 --threads $THREADS --out "$RUN/samples.jsonl"
-stage "$RUN/pairs.jsonl" "$FDPO" pairs --samples "$RUN/samples.jsonl" --reward afinn --lexicon "$LEXICON" \
+stage "$RUN/pairs.jsonl" "$FDPO" pairs --data "$RUN/samples.jsonl" --reward afinn --lexicon "$LEXICON" \
       --bt-scale 0.25 --skip-ties --seed 3 --out "$RUN/pairs.jsonl"
 
 say "d. f-DPO from the base model: each divergence at beta=$BETA, and a beta sweep for rkl"
@@ -71,7 +71,7 @@ POLICIES=()
 dpo() { # name divergence beta
   local out=$RUN/dpo-$1
   POLICIES+=("$out")
-  stage "$out" "$FDPO" dpo --policy "$BASE" --data "$RUN/pairs.jsonl" --divergence "$2" --beta "$3" \
+  stage "$out" "$FDPO" dpo --model "$BASE" --data "$RUN/pairs.jsonl" --divergence "$2" --beta "$3" \
         --loss sigmoid --lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --epochs $DPO_EPOCHS \
         --eval-fraction 0.1 --eval-every 50 --threads $THREADS --seed 4 --overwrite --quiet --out "$out"
 }
@@ -79,8 +79,8 @@ for d in $DIVERGENCES; do dpo "${d/:/}-b$BETA" "$d" "$BETA"; done
 for b in $BETAS; do dpo "rkl-b$b" rkl "$b"; done
 
 say "e. evaluate base and every policy on held-out prompts"
-stage "$RUN/eval.json" "$FDPO" eval --policy "$BASE" $(printf -- '--policy %s ' "${POLICIES[@]}") --ref "$BASE" \
-      --prompts "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" -k $K_EVAL \
+stage "$RUN/eval.json" "$FDPO" eval --model "$BASE" $(printf -- '--model %s ' "${POLICIES[@]}") --ref "$BASE" \
+      --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --n $K_EVAL \
       --max-new-tokens $NEW_TOK --seed 5 --threads $THREADS \
       --out "$RUN/eval.json" --samples-out "$RUN/eval_samples.jsonl"
 

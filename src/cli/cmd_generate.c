@@ -13,40 +13,30 @@ static const char *finish_name(fdpo_finish f) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *model_dir, *prompts_path, *out_path, *stop;
-    long n, top_k, max_new, seed, batch, threads;
-    double temperature, top_p;
-    fdpo_flag flags[] = {
+    const char *model_dir, *prompts_path, *out_path;
+    long threads;
+    eval_sampling_flags sf;
+    fdpo_flag flags[4 + EVAL_SAMPLING_NFLAGS] = {
         {"model", FLAG_STR, &model_dir, NULL, "checkpoint directory (required)", 0},
-        {"prompts", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or plain text, one per line (required)", 0},
+        {"data", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or plain text, one per line (required)", 0},
         {"out", FLAG_STR, &out_path, "-", "output JSONL file ('-' = stdout)", 0},
-        {"n", FLAG_INT, &n, "1", "samples per prompt", 0},
-        {"temperature", FLAG_FLOAT, &temperature, "1", "softmax temperature (0 = greedy)", 0},
-        {"top-k", FLAG_INT, &top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
-        {"top-p", FLAG_FLOAT, &top_p, "1", "nucleus sampling mass in (0, 1] (1 = off)", 0},
-        {"max-new-tokens", FLAG_INT, &max_new, "64", "most tokens generated per sample", 0},
-        {"stop", FLAG_STR, &stop, NULL, "stop string: the completion ends before its first occurrence", 0},
-        {"seed", FLAG_INT, &seed, "1", "RNG seed (sample s of prompt p uses a stream of (seed, p, s))", 0},
-        {"batch", FLAG_INT, &batch, "8", "sequences decoded together", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
     };
-    int rc = flags_parse("generate", "fdpo generate --model CKPT --prompts FILE [flags]", flags, NFLAGS(flags),
+    size_t n_flags = eval_sampling_flags_add(flags, 4, &sf, "1");
+    int rc = flags_parse("generate", "fdpo generate --model CKPT --data PROMPTS [flags]", flags, n_flags,
                          argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;
     if (rc) return -1;
     if (!model_dir) return fdpo_error("--model: required (a checkpoint directory)");
-    if (!prompts_path) return fdpo_error("--prompts: required (JSONL or text file)");
-    if (n <= 0) return fdpo_error("--n: must be > 0 (got %ld)", n);
-    if (top_k < 0) return fdpo_error("--top-k: must be >= 0 (got %ld)", top_k);
-    if (max_new <= 0) return fdpo_error("--max-new-tokens: must be > 0 (got %ld)", max_new);
-    if (batch <= 0) return fdpo_error("--batch: must be > 0 (got %ld)", batch);
-    fdpo_sample_config sc = {temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)seed, (size_t)batch};
-    if (fdpo_sample_config_check(&sc)) return -1;
+    if (!prompts_path) return fdpo_error("--data: required (prompts: JSONL or text file)");
+    fdpo_sample_config sc;
+    if (eval_sampling_flags_finish(&sf, &sc)) return -1;
+    size_t n = (size_t)sf.n;
     fdpo_set_threads((int)threads);
 
     char **prompts = NULL;
     size_t n_prompts = 0;
-    if (fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) return fdpo_error_context("--prompts");
+    if (fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) return fdpo_error_context("--data");
     fdpo_gpt2 *m = NULL;
     fdpo_tokenizer *tok = NULL;
     int32_t **ids = NULL;
@@ -55,7 +45,7 @@ int cmd_generate(int argc, char **argv) {
     rc = eval_load_checkpoint("--model", model_dir, &m, &tok);
     if (!rc) rc = fdpo_encode_prompts(tok, prompts, n_prompts, &ids, &lens);
     double t0 = fdpo_now();
-    if (!rc) rc = fdpo_generate(m, tok, &sc, ids, lens, n_prompts, (size_t)n, &s);
+    if (!rc) rc = fdpo_generate(m, tok, &sc, ids, lens, n_prompts, n, &s);
     double dt = fdpo_now() - t0;
     if (!rc) {
         fdpo_atomic_file af = {0};
@@ -64,7 +54,7 @@ int cmd_generate(int argc, char **argv) {
             if (fdpo_atomic_open(&af, out_path)) rc = fdpo_error_context("--out");
             else f = af.f;
         }
-        size_t total = n_prompts * (size_t)n, new_tokens = 0;
+        size_t total = n_prompts * n, new_tokens = 0;
         for (size_t i = 0; !rc && i < total; i++) {
             cJSON *o = cJSON_CreateObject();
             cJSON_AddNumberToObject(o, "prompt_index", (double)s[i].prompt_index);
@@ -87,7 +77,7 @@ int cmd_generate(int argc, char **argv) {
             if (!rc) { if (fdpo_atomic_commit(&af)) rc = fdpo_error_context("--out"); }
             else fdpo_atomic_abort(&af);
         }
-        if (!rc) fprintf(stderr, "generated %zu samples, %zu new tokens in %.2fs (%.1f tokens/s)\n", total,
+        if (!rc) fdpo_log(FDPO_LOG_INFO, "generated %zu samples, %zu new tokens in %.2fs (%.1f tokens/s)", total,
                          new_tokens, dt, dt > 0 ? (double)new_tokens / dt : 0.0);
         fdpo_samples_free(s, total);
     }

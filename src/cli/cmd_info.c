@@ -24,17 +24,19 @@ static long training_step(const char *path) {
 
 int cmd_info(int argc, char **argv) {
     int as_json = 0;
+    const char *model = NULL;
     fdpo_flag flags[] = {
+        {"model", FLAG_STR, &model, NULL, "checkpoint directory (or give it positionally)", 0},
         {"json", FLAG_BOOL, &as_json, "0", "print one JSON object instead of key: value lines", 0},
     };
     int n_pos = 0;
     char **pos = NULL;
-    const char *usage = "fdpo info [flags] CHECKPOINT_DIR";
+    const char *usage = "fdpo info [flags] --model CHECKPOINT_DIR   (or fdpo info CHECKPOINT_DIR)";
     int rc = flags_parse("info", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
     if (rc == FLAGS_HELP) { free(pos); return 0; }
     if (rc != FLAGS_OK) { free(pos); return -1; }
-    if (n_pos != 1) { free(pos); return fdpo_error("expected one checkpoint directory (usage: %s)", usage); }
-    const char *dir = pos[0];
+    if (n_pos + (model != NULL) != 1) { free(pos); return fdpo_error("--model: expected one checkpoint directory (usage: %s)", usage); }
+    const char *dir = model ? model : pos[0];
     free(pos);
 
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);

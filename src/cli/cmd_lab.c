@@ -73,7 +73,6 @@ typedef struct {
 
 #define COMMON_FLAGS(o, n_default)                                                                      \
     {"data", FLAG_STR, &(o).data, NULL, "CSV problem: header pi_ref,reward[,reward_hat][,length][,safety], one row per response", 0}, \
-    {"input", FLAG_STR, &(o).input, NULL, "the older spelling of --data", 0}, \
     {"n", FLAG_INT, &(o).n, n_default, "responses per prompt when generating", 0},                         \
     {"pi-ref", FLAG_STR, &(o).pi_ref, "zipf", "generated pi_ref: zipf, dirichlet, uniform", 0},            \
     {"zipf-s", FLAG_FLOAT, &(o).zipf_s, "1", "Zipf exponent: pi_ref(k) ∝ k^-s", 0},                         \
@@ -82,15 +81,15 @@ typedef struct {
     {"reward-scale", FLAG_FLOAT, &(o).reward_scale, "1", "reward standard deviation / half-width", 0},     \
     {"length-min", FLAG_INT, &(o).length_min, "10", "generated response lengths: smallest", 0},            \
     {"length-max", FLAG_INT, &(o).length_max, "200", "generated response lengths: largest", 0},            \
-    {"seed", FLAG_INT, &(o).seed, "0", "RNG seed (same seed + threads -> same numbers)", 0},              \
+    {"seed", FLAG_INT, &(o).seed, FLAGS_DEFAULT_SEED, "RNG seed (same seed + threads -> same numbers)", 0},              \
     {"threads", FLAG_INT, &(o).threads, "0", "OpenMP threads (0 = default)", 0},                           \
     {"format", FLAG_STR, &(o).format, "csv", "output table format: csv or json", 0}
 
 static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf, fdpo_rng *rng, fdpo_lab_problem *p) {
     if (o->input) {
-        if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --data/--input (the file sets the responses)");
+        if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --data (the file sets the responses)");
         double renorm;
-        if (fdpo_lab_read_csv(o->input, p, &renorm)) return fdpo_error_context(o->data ? "--data" : "--input");
+        if (fdpo_lab_read_csv(o->input, p, &renorm)) return fdpo_error_context("--data");
         if (renorm != 0)
             fdpo_log(FDPO_LOG_WARN, "%s: pi_ref sums to %.17g, renormalised to 1", o->input, renorm);
         return 0;
@@ -140,8 +139,7 @@ static int check_beta(double beta) {
     if (prc_ != FLAGS_OK) return -1;                                                                 \
     if (npos_ > 0) { fdpo_error("lab " name ": unexpected argument '%s'", pos_[0]); free(pos_); return -1; } \
     free(pos_);                                                                                      \
-    if (o.data && o.input) return fdpo_error("--data and --input name the same file; give one"); \
-    if (o.data) o.input = o.data;                                                                    \
+    o.input = o.data; /* --input is an alias of --data (cli/flags.c) */                               \
     fdpo_set_threads((int)o.threads)
 
 /* ---------------- solve ---------------- */
@@ -282,14 +280,14 @@ static int lab_gap(int argc, char **argv) {
         {"prompts", FLAG_INT, &prompts, "4", "independent prompts (problems) averaged over (1 with --data)", 0},
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences", 0},
         {"betas", FLAG_STR, &betalist, "0.01,0.03,0.1,0.3,1", "comma list of betas", 0},
-        {"noise", FLAG_STR, &noiselist, "0.1", "comma list of reward-noise sds: r_hat = r + noise * N(0,1) (ignored if --input has reward_hat)", 0},
+        {"noise", FLAG_STR, &noiselist, "0.1", "comma list of reward-noise sds: r_hat = r + noise * N(0,1) (ignored if --data has reward_hat)", 0},
         {"export-problem", FLAG_STR, &export_path, NULL, "write noise,prompt,pi_ref,reward,reward_hat (the exact inputs) to this CSV", 0},
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("gap", "fdpo lab gap [flags]");
     if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
-        return fdpo_error("--prompts: --data/--input holds one prompt (got %ld)", prompts);
+        return fdpo_error("--prompts: --data holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
     fdpo_divergence *divs = NULL;
     double *betas = NULL, *noises = NULL;
@@ -385,7 +383,7 @@ static int lab_coverage(int argc, char **argv) {
     co.beta = beta; co.mixture = mixture; co.ridge = ridge; co.seed = (uint64_t)o.seed;
     if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
-        return fdpo_error("--prompts: --data/--input holds one prompt (got %ld)", prompts);
+        return fdpo_error("--prompts: --data holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
     fdpo_divergence ddiv;
     if (fdpo_divergence_parse(datadiv, &ddiv)) return fdpo_error_context("--data-divergence");

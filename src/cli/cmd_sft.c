@@ -9,13 +9,13 @@ static int load_sft(char *const *files, size_t n_files, const fdpo_tokenizer *to
     if (fdpo_sft_load((const char *const *)files, n_files, tok, (size_t)o->seq_len, o->val_fraction,
                       (uint64_t)o->seed, train, val, &dropped)) return -1;
     if (dropped && !o->quiet)
-        fprintf(stderr, "fdpo sft: dropped %zu examples with no completion token within --seq-len %ld\n", dropped, o->seq_len);
+        fdpo_log(FDPO_LOG_INFO, "dropped %zu examples with no completion token within --seq-len %ld", dropped, o->seq_len);
     return 0;
 }
 
 int cmd_sft(int argc, char **argv) {
     static const lm_command c = {
-        "sft", "fdpo sft --out DIR [--init CKPT] [flags] FILE.jsonl...   "
+        "sft", "fdpo sft --out DIR [--model CKPT] --data FILE.jsonl... [flags]   "
                "(lines {\"prompt\",\"completion\"}, {\"text\"} or {\"messages\"})",
         "2e-5", "3", load_sft};
     return lm_command_run(&c, argc, argv);

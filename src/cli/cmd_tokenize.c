@@ -132,7 +132,9 @@ static int decode_text(const fdpo_tokenizer *tok, const char *path, const char *
 int cmd_tokenize(int argc, char **argv) {
     const char *tok_dir, *field;
     int decode, lines, allow_special, stats;
+    flag_list data;
     fdpo_flag flags[] = {
+        {"data", FLAG_LIST, &data, NULL, "input file (repeatable; positional FILEs work too; none = stdin)", 0},
         {"tokenizer", FLAG_STR, &tok_dir, NULL, "tokenizer or checkpoint directory, or 'byte' (required)", 0},
         {"decode", FLAG_BOOL, &decode, "0", "ids -> text instead of text -> ids", 0},
         {"lines", FLAG_BOOL, &lines, "0", "one output line per input line (encode); '\\n' after each decoded line", 0},
@@ -141,10 +143,11 @@ int cmd_tokenize(int argc, char **argv) {
         {"stats", FLAG_BOOL, &stats, "0", "print texts, bytes, tokens and encode throughput to stderr", 0},
     };
     int npos; char **pos;
-    int rc = flags_parse("tokenize", "fdpo tokenize --tokenizer DIR|byte [flags] [FILE...]  (stdin when no FILE)",
+    int rc = flags_parse("tokenize", "fdpo tokenize --tokenizer DIR|byte [flags] [--data FILE...]  (stdin when no FILE)",
                          flags, NFLAGS(flags), argc, argv, &npos, &pos);
     if (rc == FLAGS_HELP) return 0;
     if (rc) return -1;
+    flags_prepend_list(&data, &pos, &npos);
     if (!tok_dir) { free(pos); return fdpo_error("--tokenizer: required (a directory or 'byte')"); }
     if (field && (lines || decode)) { free(pos); return fdpo_error("--jsonl-field: cannot be combined with %s", lines ? "--lines" : "--decode"); }
     if (field && !*field) { free(pos); return fdpo_error("--jsonl-field: empty field name"); }

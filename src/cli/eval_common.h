@@ -1,6 +1,9 @@
-/* Shared by fdpo generate, eval and score: loading a checkpoint with its tokenizer. */
+/* Shared by fdpo generate, eval, score and pairs: loading a checkpoint with its tokenizer,
+ * the sampling flags, and stopping reward programs on SIGINT/SIGTERM. */
 #ifndef FDPO_CLI_EVAL_COMMON_H
 #define FDPO_CLI_EVAL_COMMON_H
+#include "cli/flags.h"
+#include "fdpo/eval.h"
 #include "fdpo/gpt2.h"
 #include "fdpo/tokenizer.h"
 #include "fdpo/objectives.h"
@@ -10,4 +13,22 @@
 int eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **model, fdpo_tokenizer **tok);
 /* Parses a comma-separated list of divergences ("rkl,fkl,alpha:0.5"); *divs is malloc'd. */
 int eval_parse_divergences(const char *flag, const char *list, fdpo_divergence **divs, size_t *n);
+
+/* The sampling flags of fdpo generate and fdpo eval: --n, --temperature, --top-k, --top-p,
+ * --max-new-tokens, --stop, --seed, --batch-size. */
+typedef struct {
+    long n, top_k, max_new_tokens, seed, batch_size;
+    double temperature, top_p;
+    const char *stop;
+} eval_sampling_flags;
+#define EVAL_SAMPLING_NFLAGS 8
+/* Appends the table at f + n (room for EVAL_SAMPLING_NFLAGS); n_default is --n's default.
+ * Returns the new count. */
+size_t eval_sampling_flags_add(fdpo_flag *f, size_t n, eval_sampling_flags *s, const char *n_default);
+/* Range checks, then the library's sampling config. */
+int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config *c);
+
+/* SIGINT/SIGTERM while a reward program runs kill its process group (fdpo_reward_kill_all)
+ * and the command ends with "interrupted"; at any other time they end fdpo as usual. */
+void eval_catch_interrupts(void);
 #endif

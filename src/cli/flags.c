@@ -7,20 +7,100 @@
 #include "cli/flags.h"
 #include "fdpo/core.h"
 
+static char norm(char c) { return c == '_' ? '-' : c; }
+
+/* Equal up to '-' vs '_'. */
 static int names_equal(const char *flag, const char *key) {
-    for (; *flag && *key; flag++, key++) {
-        char a = *flag == '_' ? '-' : *flag, b = *key == '_' ? '-' : *key;
-        if (a != b) return 0;
-    }
+    for (; *flag && *key; flag++, key++) if (norm(*flag) != norm(*key)) return 0;
     return *flag == 0 && *key == 0;
 }
 
-static fdpo_flag *find_flag(fdpo_flag *flags, size_t n, const char *name) {
+/* The one vocabulary's old spellings: old name -> the flag that replaced it. */
+static const struct { const char *old, *now; } ALIASES[] = {
+    {"policy", "model"}, {"init", "model"},
+    {"prompts", "data"}, {"samples", "data"}, {"input", "data"},
+    {"k", "n"}, {"batch", "batch-size"},
+};
+#define N_ALIASES (sizeof ALIASES / sizeof ALIASES[0])
+
+static fdpo_flag *find_exact(fdpo_flag *flags, size_t n, const char *name) {
     for (size_t i = 0; i < n; i++) if (names_equal(flags[i].name, name)) return &flags[i];
     return NULL;
 }
 
-/* where: "--lr" or "cfg.ini:3" for messages */
+/* The flag called `name`, or the one an old spelling of it now names (*is_alias set then). */
+static fdpo_flag *find_flag(fdpo_flag *flags, size_t n, const char *name, int *is_alias) {
+    *is_alias = 0;
+    fdpo_flag *f = find_exact(flags, n, name);
+    if (f) return f;
+    for (size_t a = 0; a < N_ALIASES; a++)
+        if (names_equal(ALIASES[a].old, name) && (f = find_exact(flags, n, ALIASES[a].now))) { *is_alias = 1; return f; }
+    return NULL;
+}
+
+size_t flags_edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    size_t *row = fdpo_malloc((lb + 1) * sizeof *row);
+    for (size_t j = 0; j <= lb; j++) row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (norm(a[i - 1]) != norm(b[j - 1]));
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    size_t d = row[lb];
+    free(row);
+    return d;
+}
+
+/* The flag name nearest to `name` (an old spelling counts as its new flag), or NULL when
+ * nothing is close: at most 1 + len/4 edits. */
+static const char *nearest(fdpo_flag *flags, size_t n, const char *name) {
+    const char *best = NULL;
+    size_t best_d = 1 + strlen(name) / 4 + 1;
+    for (size_t i = 0; i < n; i++) {
+        size_t d = flags_edit_distance(flags[i].name, name);
+        for (size_t a = 0; a < N_ALIASES; a++) {
+            if (!names_equal(ALIASES[a].now, flags[i].name) || find_exact(flags, n, ALIASES[a].old)) continue;
+            size_t da = flags_edit_distance(ALIASES[a].old, name);
+            if (da < d) d = da;
+        }
+        if (d < best_d) { best_d = d; best = flags[i].name; }
+    }
+    return best;
+}
+
+/* Strings and lists kept alive for the process lifetime (config values, FLAG_LIST storage):
+ * the registry keeps them reachable, so leak checkers stay quiet. */
+static void **g_keep; static size_t g_n_keep;
+
+static void *keep_realloc(void *old, size_t size) {
+    void *p = fdpo_realloc(old, size);
+    for (size_t i = 0; old && i < g_n_keep; i++) if (g_keep[i] == old) { g_keep[i] = p; return p; }
+    g_keep = fdpo_realloc(g_keep, (g_n_keep + 1) * sizeof *g_keep);
+    g_keep[g_n_keep++] = p;
+    return p;
+}
+
+static char *keep_strdup(const char *s) {
+    size_t len = strlen(s);
+    char *c = keep_realloc(NULL, len + 1);
+    memcpy(c, s, len + 1);
+    return c;
+}
+
+static void list_add(flag_list *l, const char *v) {
+    l->v = keep_realloc((void *)l->v, (l->n + 1) * sizeof *l->v);
+    l->v[l->n++] = v;
+}
+
+/* where: "--lr" or "cfg.ini: key 'lr'" for messages */
 static int set_value(fdpo_flag *f, const char *val, const char *where) {
     char *end;
     switch (f->type) {
@@ -37,6 +117,7 @@ static int set_value(fdpo_flag *f, const char *val, const char *where) {
         *(double *)f->dest = v; break;
     }
     case FLAG_STR: *(const char **)f->dest = val; break;
+    case FLAG_LIST: list_add(f->dest, val); break;
     case FLAG_BOOL:
         if (!strcmp(val, "1") || !strcmp(val, "true") || !strcmp(val, "yes")) *(int *)f->dest = 1;
         else if (!strcmp(val, "0") || !strcmp(val, "false") || !strcmp(val, "no")) *(int *)f->dest = 0;
@@ -46,7 +127,7 @@ static int set_value(fdpo_flag *f, const char *val, const char *where) {
     return 0;
 }
 
-typedef struct { fdpo_flag *flags; size_t n; const char *path; int failed; char **keep; size_t n_keep; } ini_ctx;
+typedef struct { fdpo_flag *flags; size_t n; const char *path; int failed; } ini_ctx;
 
 /* Debian's inih passes no line number to the handler; ini_parse returns the line of the
  * first line the handler rejected, which becomes the file:line of the message. */
@@ -54,15 +135,20 @@ static int on_ini_line(void *user, const char *section, const char *name, const 
     (void)section;
     ini_ctx *c = user;
     if (c->failed) return 1;
+    int is_alias;
+    fdpo_flag *f = names_equal(name, "config") ? NULL : find_flag(c->flags, c->n, name, &is_alias);
+    if (!f) {
+        const char *near = nearest(c->flags, c->n, name);
+        if (near) fdpo_error("unknown key '%s' (did you mean '%s'?)", name, near);
+        else fdpo_error("unknown key '%s' (the keys are the flag names of --help)", name);
+        c->failed = 1;
+        return 0;
+    }
+    if (is_alias) fdpo_log(FDPO_LOG_WARN, "%s: key '%s' is deprecated; use '%s'", c->path, name, f->name);
     char where[512];
     snprintf(where, sizeof where, "key '%s'", name);
-    fdpo_flag *f = find_flag(c->flags, c->n, name);
-    if (!f || names_equal(name, "config")) { fdpo_error("unknown key '%s'", name); c->failed = 1; return 0; }
     /* inih reuses its buffers: keep our own copy for string flags */
-    char *copy = fdpo_strdup(value);
-    c->keep = fdpo_realloc(c->keep, (c->n_keep + 1) * sizeof *c->keep);
-    c->keep[c->n_keep++] = copy;
-    if (set_value(f, copy, where)) { c->failed = 1; return 0; }
+    if (set_value(f, keep_strdup(value), where)) { c->failed = 1; return 0; }
     f->set = 1;
     return 1;
 }
@@ -71,10 +157,15 @@ void flags_print_help(const char *cmd, const char *usage, const fdpo_flag *flags
     printf("usage: %s\n\nflags (default in brackets):\n", usage);
     for (size_t i = 0; i < n; i++) {
         const char *t = flags[i].type == FLAG_INT ? "N" : flags[i].type == FLAG_FLOAT ? "X" :
-                        flags[i].type == FLAG_STR ? "S" : "";
+                        flags[i].type == FLAG_STR ? "S" : flags[i].type == FLAG_LIST ? "S..." : "";
         char left[64];
         snprintf(left, sizeof left, "--%s %s", flags[i].name, t);
-        printf("  %-26s %s [%s]\n", left, flags[i].help, flags[i].def ? flags[i].def : "none");
+        printf("  %-26s %s [%s]", left, flags[i].help, flags[i].def ? flags[i].def : "none");
+        int olds = 0;
+        for (size_t a = 0; a < N_ALIASES; a++)
+            if (names_equal(ALIASES[a].now, flags[i].name) && !find_exact((fdpo_flag *)flags, n, ALIASES[a].old))
+                printf("%s--%s", olds++ ? ", " : " (was ", ALIASES[a].old);
+        printf("%s\n", olds ? ")" : "");
     }
     printf("  %-26s %s\n", "--config FILE", "INI file with the same keys as the flags (flags override it)");
     printf("  %-26s %s\n", "--help", "this text");
@@ -86,13 +177,27 @@ int flags_was_set(const fdpo_flag *flags, size_t n, const char *name) {
     return 0;
 }
 
-/* Strings kept alive for the process lifetime (config values). */
-static char **g_keep; static size_t g_n_keep;
+void flags_prepend_list(const flag_list *l, char ***pos, int *n_pos) {
+    if (!l->n) return;
+    char **p = fdpo_malloc((l->n + (size_t)*n_pos + 1) * sizeof *p);
+    for (size_t i = 0; i < l->n; i++) p[i] = (char *)l->v[i];
+    memcpy(p + l->n, *pos, ((size_t)*n_pos + 1) * sizeof *p);
+    free(*pos);
+    *pos = p;
+    *n_pos += (int)l->n;
+}
+
+static int unknown_flag(fdpo_flag *flags, size_t n, const char *dashes, const char *name) {
+    const char *near = nearest(flags, n, name);
+    if (near) return fdpo_error("unknown flag %s%s (did you mean --%s?)", dashes, name, near);
+    return fdpo_error("unknown flag %s%s (--help lists the flags)", dashes, name);
+}
 
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
                 int argc, char **argv, int *n_pos, char ***pos) {
     for (size_t i = 0; i < n; i++) {
         flags[i].set = 0;
+        if (flags[i].type == FLAG_LIST) *(flag_list *)flags[i].dest = (flag_list){NULL, 0};
         if (flags[i].def) {
             if (set_value(&flags[i], flags[i].def, flags[i].name)) return FLAGS_ERROR;
         } else if (flags[i].type == FLAG_STR) {
@@ -109,42 +214,52 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
             cfg = argv[++i];
         } else if (!strncmp(argv[i], "--config=", 9)) cfg = argv[i] + 9;
         if (cfg) {
-            ini_ctx c = {flags, n, cfg, 0, g_keep, g_n_keep};
+            ini_ctx c = {flags, n, cfg, 0};
             int rc = ini_parse(cfg, on_ini_line, &c);
-            g_keep = c.keep; g_n_keep = c.n_keep;
             if (rc == -1) return fdpo_error("--config %s: cannot open", cfg);
             if (c.failed) return fdpo_error_context("%s:%d", cfg, rc);
             if (rc > 0) return fdpo_error("%s:%d: syntax error (expected key = value)", cfg, rc);
         }
     }
-    /* pass 2: flags and positionals */
+    /* pass 2: flags and positionals; a list flag's first command-line value drops the config's */
+    char *from_cli = fdpo_calloc(n ? n : 1, 1);
     char **p = fdpo_malloc((size_t)(argc + 1) * sizeof *p);
-    int np = 0, only_pos = 0;
-    for (int i = 1; i < argc; i++) {
+    int np = 0, only_pos = 0, rc = FLAGS_OK;
+    for (int i = 1; i < argc && rc == FLAGS_OK; i++) {
         char *a = argv[i];
         if (only_pos || a[0] != '-' || a[1] == 0) { p[np++] = a; continue; }
         if (!strcmp(a, "--")) { only_pos = 1; continue; }
-        if (a[1] != '-') { free(p); return fdpo_error("%s: unknown flag '%s' (see fdpo %s --help)", cmd, a, cmd); }
+        const char *dashes = a[1] == '-' ? "--" : "-";
+        const char *body = a + strlen(dashes);
         char name[128];
-        const char *eq = strchr(a + 2, '=');
-        size_t len = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
+        const char *eq = strchr(body, '=');
+        size_t len = eq ? (size_t)(eq - body) : strlen(body);
         if (len >= sizeof name) len = sizeof name - 1;
-        memcpy(name, a + 2, len); name[len] = 0;
-        if (!strcmp(name, "config")) { if (!eq) i++; continue; }
-        fdpo_flag *f = find_flag(flags, n, name);
-        if (!f) { free(p); return fdpo_error("%s: unknown flag '--%s' (see fdpo %s --help)", cmd, name, cmd); }
+        memcpy(name, body, len); name[len] = 0;
+        if (dashes[1] && !strcmp(name, "config")) { if (!eq) i++; continue; }
+        int is_alias = 0;
+        fdpo_flag *f = find_flag(flags, n, name, &is_alias);
+        /* one dash: only one-letter aliases ("-k") */
+        if (f && !dashes[1] && (!is_alias || len != 1)) f = NULL;
+        if (!f) { rc = unknown_flag(flags, n, dashes, name); break; }
+        if (is_alias) fdpo_log(FDPO_LOG_WARN, "%s%s is deprecated; use --%s", dashes, name, f->name);
         const char *val;
         if (eq) val = eq + 1;
         else if (f->type == FLAG_BOOL) val = "1";
         else {
-            if (i + 1 >= argc) { free(p); return fdpo_error("--%s: missing value", name); }
+            if (i + 1 >= argc) { rc = fdpo_error("--%s: missing value", f->name); break; }
             val = argv[++i];
         }
+        size_t k = (size_t)(f - flags);
+        if (f->type == FLAG_LIST && !from_cli[k]) ((flag_list *)f->dest)->n = 0;
+        from_cli[k] = 1;
         char where[160];
-        snprintf(where, sizeof where, "--%s", name);
-        if (set_value(f, val, where)) { free(p); return FLAGS_ERROR; }
+        snprintf(where, sizeof where, "%s%s", dashes, name);
+        if (set_value(f, val, where)) { rc = FLAGS_ERROR; break; }
         f->set = 1;
     }
+    free(from_cli);
+    if (rc != FLAGS_OK) { free(p); return FLAGS_ERROR; }
     p[np] = NULL;
     if (pos) *pos = p; else free(p);
     if (n_pos) *n_pos = np;

@@ -1,28 +1,43 @@
 /* Declarative command-line flags shared by every fdpo command.
  *
- *   long n_layer; double lr; const char *out; int resume;
+ *   long n_layer; double lr; const char *model; flag_list data; int resume;
  *   fdpo_flag flags[] = {
  *     {"n-layer", FLAG_INT,   &n_layer, "4",    "transformer blocks"},
  *     {"lr",      FLAG_FLOAT, &lr,      "3e-4", "peak learning rate"},
- *     {"out",     FLAG_STR,   &out,     NULL,   "output checkpoint directory (required)"},
+ *     {"model",   FLAG_STR,   &model,   NULL,   "checkpoint to start from"},
+ *     {"data",    FLAG_LIST,  &data,    NULL,   "input files (repeatable)"},
  *     {"resume",  FLAG_BOOL,  &resume,  "0",    "continue from OUT's training state"},
  *   };
  *   int rc = flags_parse("pretrain", "fdpo pretrain [flags] FILE...", flags, N, argc, argv, &npos, &pos);
  *
  * Defaults are applied first, then `--config FILE` (an INI file, keys = flag names with
  * '-' or '_', optional [section] headers ignored), then the command line, so flags win over
- * the file. Unknown flags and config keys are errors that name them. `--help` prints every
- * flag with its default and returns 1 (callers exit 0 on FLAGS_HELP). */
+ * the file. Unknown flags and config keys are errors that name them and suggest the nearest
+ * known name ("unknown flag --lrr (did you mean --lr?)"). `--help` prints every flag with its
+ * default and returns FLAGS_HELP (callers exit 0).
+ *
+ * One vocabulary across commands (docs/cli.md): --model, --ref, --data, --out, --n,
+ * --batch-size, --seed (default FLAGS_DEFAULT_SEED), --threads. The old spellings (--policy,
+ * --init, --prompts, --samples, --input, --k, --batch) live on in one alias table in
+ * flags.c: in a command that has the new flag and no flag of the old name, the old name
+ * still works, on the command line and as a config key, and logs "--policy is deprecated;
+ * use --model". A one-letter alias also works with one dash (-k). */
 #ifndef FDPO_CLI_FLAGS_H
 #define FDPO_CLI_FLAGS_H
 #include <stddef.h>
 
-typedef enum { FLAG_INT, FLAG_FLOAT, FLAG_STR, FLAG_BOOL } flag_type;
+/* The one default --seed of every command. */
+#define FLAGS_DEFAULT_SEED "1337"
+
+typedef enum { FLAG_INT, FLAG_FLOAT, FLAG_STR, FLAG_BOOL, FLAG_LIST } flag_type;
+/* FLAG_LIST: a repeatable string flag; every value in order. Values from the command line
+ * replace those from --config. The storage lives as long as the process. */
+typedef struct { const char **v; size_t n; } flag_list;
 typedef struct {
     const char *name;
     flag_type type;
-    void *dest;        /* long*, double*, const char**, int* */
-    const char *def;   /* default as text; NULL = unset (STR -> NULL) */
+    void *dest;        /* long*, double*, const char**, int*, flag_list* */
+    const char *def;   /* default as text; NULL = unset (STR -> NULL, LIST -> empty) */
     const char *help;
     int set;           /* filled by the parser: 1 if given on the command line or config */
 } fdpo_flag;
@@ -35,6 +50,11 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n_f
 void flags_print_help(const char *cmd, const char *usage, const fdpo_flag *flags, size_t n_flags);
 /* Was this flag given explicitly? */
 int flags_was_set(const fdpo_flag *flags, size_t n_flags, const char *name);
+/* Puts a list flag's values (--data A --data B) in front of the positional arguments *pos
+ * (as returned by flags_parse), so commands that take FILE... accept --data FILE too. */
+void flags_prepend_list(const flag_list *l, char ***pos, int *n_pos);
+/* Levenshtein distance of two strings, '-' and '_' counted equal (for "did you mean"). */
+size_t flags_edit_distance(const char *a, const char *b);
 #define NFLAGS(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

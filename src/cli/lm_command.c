@@ -6,10 +6,12 @@
 
 int lm_command_run(const lm_command *c, int argc, char **argv) {
     fdpo_train_opts o;
-    fdpo_flag flags[TRAIN_FLAGS_MAX + 1];
+    fdpo_flag flags[TRAIN_FLAGS_MAX + 2];
+    flag_list data;
     size_t n = train_flags_add(flags, 0, &o);
     flags[n++] = (fdpo_flag){"eval-max-seqs", FLAG_INT, &o.eval_max_seqs, "0",
                              "validate on the first N held-out sequences only (0: all)", 0};
+    flags[n++] = (fdpo_flag){"data", FLAG_LIST, &data, NULL, "input file (repeatable; positional FILEs work too)", 0};
     if (c->default_lr) train_flags_set_default(flags, n, "lr", c->default_lr);
     if (c->default_epochs) train_flags_set_default(flags, n, "epochs", c->default_epochs);
     int n_pos; char **pos = NULL;
@@ -20,7 +22,8 @@ int lm_command_run(const lm_command *c, int argc, char **argv) {
     fdpo_tokenizer *tok = NULL;
     fdpo_lm_data train = {0}, val = {0};
     if (train_flags_finish(flags, n, &o) || fdpo_train_opts_check(&o)) goto done;
-    if (n_pos == 0) { fdpo_error("no input files (usage: %s)", c->usage); goto done; }
+    flags_prepend_list(&data, &pos, &n_pos);
+    if (n_pos == 0) { fdpo_error("--data: no input files (usage: %s)", c->usage); goto done; }
     if (!(tok = fdpo_trainer_load_tokenizer(&o))) goto done;
     if (c->load(pos, (size_t)n_pos, tok, &o, &train, &val)) goto done;
     train_catch_interrupts();

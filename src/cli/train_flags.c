@@ -14,8 +14,8 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"out",           FLAG_STR,   &o->out,           NULL,     "output checkpoint directory (required); training state and metrics.jsonl go there too", 0},
         {"resume",        FLAG_BOOL,  &o->resume,        "0",      "continue the run saved in --out (same data; fixed flags default to the saved ones)", 0},
         {"overwrite",     FLAG_BOOL,  &o->overwrite,     "0",      "start a fresh run even if --out already holds a checkpoint", 0},
-        {"init",          FLAG_STR,   &o->init,          NULL,     "start from this checkpoint directory instead of a random init", 0},
-        {"tokenizer",     FLAG_STR,   &o->tokenizer,     NULL,     "tokenizer directory (default: --init's, else byte-level)", 0},
+        {"model",         FLAG_STR,   &o->init,          NULL,     "start from this checkpoint directory instead of a random init", 0},
+        {"tokenizer",     FLAG_STR,   &o->tokenizer,     NULL,     "tokenizer directory (default: --model's, else byte-level)", 0},
         {"n-layer",       FLAG_INT,   &o->n_layer,       "4",      "transformer blocks (random init only)", 0},
         {"n-head",        FLAG_INT,   &o->n_head,        "4",      "attention heads (random init only)", 0},
         {"n-embd",        FLAG_INT,   &o->n_embd,        "128",    "embedding width (random init only)", 0},
@@ -41,7 +41,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"save-every",    FLAG_INT,   &o->save_every,    "0",      "checkpoint every N steps (0: only at the end)", 0},
         {"log-every",     FLAG_INT,   &o->log_every,     "1",      "progress line and metrics.jsonl entry every N steps", 0},
         {"threads",       FLAG_INT,   &o->threads,       "0",      "OpenMP/OpenBLAS threads (0: all cores)", 0},
-        {"seed",          FLAG_INT,   &o->seed,          "1337",   "seed for init, data split and data order", 0},
+        {"seed",          FLAG_INT,   &o->seed,          FLAGS_DEFAULT_SEED,   "seed for init, data split and data order", 0},
         {"quiet",         FLAG_BOOL,  &o->quiet,         "0",      "no progress line", 0},
     };
     size_t k = sizeof shared / sizeof shared[0];
@@ -70,7 +70,7 @@ static int set_from_setting(fdpo_flag *f, const fdpo_setting *x) {
         case FLAG_INT: *(long *)f->dest = (long)x->num; return 0;
         case FLAG_FLOAT: *(double *)f->dest = x->num; return 0;
         case FLAG_BOOL: *(int *)f->dest = x->num != 0; return 0;
-        case FLAG_STR: break;
+        case FLAG_STR: case FLAG_LIST: break;
         }
         return fdpo_error("saved setting '%s' is not text, but --%s takes text", x->key, f->name);
     }
@@ -91,6 +91,7 @@ static int set_from_setting(fdpo_flag *f, const fdpo_setting *x) {
         end = copy + strlen(copy);
         break;
     }
+    case FLAG_LIST: return fdpo_error("--%s: a repeatable flag cannot be restored on --resume", f->name);
     }
     if (errno || *end) return fdpo_error("saved value '%s' of --%s does not parse", text, f->name);
     return 0;

@@ -94,7 +94,7 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
 cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_tokenizer *tok,
                      char *const *prompts, int32_t *const *prompt_ids, const size_t *prompt_lens,
                      size_t n_prompts, const fdpo_eval_config *c, FILE *samples_out, const char *name) {
-    if (c->k == 0) { fdpo_error("-k: must be > 0"); return NULL; }
+    if (c->k == 0) { fdpo_error("--n: must be > 0"); return NULL; }
     if (n_prompts == 0) { fdpo_error("no prompts"); return NULL; }
     if (policy->config.vocab_size != ref->config.vocab_size) {
         fdpo_error("policy vocabulary %zu != reference vocabulary %zu (both must share one tokenizer)",

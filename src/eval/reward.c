@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -250,6 +251,19 @@ static void stderr_tail(const buffer *e, char *out, size_t n) {
     snprintf(out, n, " (stderr: %.*s)", (int)(end - start > 300 ? 300 : end - start), e->data + start);
 }
 
+/* The running reward program's process group (0: none) and whether fdpo_reward_kill_all was
+ * called: shared with a signal handler, hence sig_atomic_t. Reward programs run one at a
+ * time (fdpo_reward_score is not called concurrently). */
+static volatile sig_atomic_t g_child_pgid, g_interrupted;
+
+int fdpo_reward_kill_all(void) {
+    g_interrupted = 1;
+    pid_t pgid = (pid_t)g_child_pgid;
+    if (pgid <= 0) return 0;
+    kill(-pgid, SIGKILL);
+    return 1;
+}
+
 /* Run /bin/sh -c program with input on stdin; collect stdout and stderr. Writing and reading
  * happen in one poll loop, so a child that prints before it has read everything cannot
  * deadlock us; the whole exchange has a deadline, after which the child's process group is
@@ -264,12 +278,21 @@ static int run_program(const char *program, const char *input, size_t in_len, do
         return fdpo_error("reward cmd: pipe: %s", strerror(errno));
     }
     fflush(NULL);
+    /* SIGINT/SIGTERM wait until g_child_pgid names the new group, so a handler that calls
+     * fdpo_reward_kill_all never misses it; the child unblocks them before exec. */
+    sigset_t stop_sigs, old_mask;
+    sigemptyset(&stop_sigs);
+    sigaddset(&stop_sigs, SIGINT);
+    sigaddset(&stop_sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_sigs, &old_mask);
     pid_t pid = fork();
     if (pid < 0) {
+        pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
         close(pin[0]); close(pin[1]); close(pout[0]); close(pout[1]); close(perr[0]); close(perr[1]);
         return fdpo_error("reward cmd: fork: %s", strerror(errno));
     }
     if (pid == 0) {
+        pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
         setpgid(0, 0);
         dup2(pin[0], 0); dup2(pout[1], 1); dup2(perr[1], 2);
         signal(SIGPIPE, SIG_DFL);
@@ -277,6 +300,9 @@ static int run_program(const char *program, const char *input, size_t in_len, do
         _exit(127);
     }
     setpgid(pid, pid); /* also from the parent, so the group exists before any kill */
+    g_child_pgid = pid;
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+    if (g_interrupted) kill(-pid, SIGKILL); /* interrupted before this call started */
     close(pin[0]); close(pout[1]); close(perr[1]);
     set_nonblock(pin[1]); set_nonblock(pout[0]); set_nonblock(perr[0]);
     struct sigaction ign = {0}, old;
@@ -284,10 +310,11 @@ static int run_program(const char *program, const char *input, size_t in_len, do
     sigaction(SIGPIPE, &ign, &old); /* a child that exits early gives EPIPE, not a signal */
     double deadline = fdpo_now() + timeout_s;
     size_t written = 0;
-    int in_fd = pin[1], out_fd = pout[0], err_fd = perr[0], timed_out = 0;
+    int in_fd = pin[1], out_fd = pout[0], err_fd = perr[0], timed_out = 0, interrupted = 0;
     if (in_len == 0) { close(in_fd); in_fd = -1; }
     char chunk[65536];
     while (out_fd >= 0 || err_fd >= 0) {
+        if (g_interrupted) { interrupted = 1; break; }
         double left = deadline - fdpo_now();
         if (left <= 0) { timed_out = 1; break; }
         struct pollfd fds[3];
@@ -320,8 +347,14 @@ static int run_program(const char *program, const char *input, size_t in_len, do
     /* the pipes are closed: wait for the exit itself, still under the deadline */
     int st = 0;
     for (;;) {
-        pid_t w = timed_out ? 0 : waitpid(pid, &st, WNOHANG);
+        if (g_interrupted) interrupted = 1;
+        pid_t w = timed_out || interrupted ? 0 : waitpid(pid, &st, WNOHANG);
         if (w == pid) break;
+        if (interrupted) {
+            kill(-pid, SIGKILL); kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            break;
+        }
         if (timed_out || fdpo_now() >= deadline) {
             kill(-pid, SIGKILL); kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
@@ -331,8 +364,10 @@ static int run_program(const char *program, const char *input, size_t in_len, do
         struct timespec ts = {0, 2000000};
         nanosleep(&ts, NULL);
     }
+    g_child_pgid = 0;
     sigaction(SIGPIPE, &old, NULL);
     *status = st;
+    if (interrupted) return fdpo_error("reward command '%s' interrupted (SIGINT/SIGTERM); its process group was killed", program);
     if (timed_out) return fdpo_error("reward command '%s' timed out after %gs (--reward-timeout)", program, timeout_s);
     return 0;
 }
@@ -407,7 +442,13 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
         if (!spec[4]) { fdpo_error("--reward cmd: needs a program, e.g. cmd:'python3 reward.py'"); fdpo_reward_free(r); return NULL; }
         r->kind = REWARD_CMD;
         r->program = fdpo_strdup(spec + 4);
-        r->timeout_s = o && o->timeout_s > 0 ? o->timeout_s : 60;
+        r->timeout_s = o ? o->timeout_s : 60;
+        if (!(r->timeout_s > 0)) {
+            /* 0 or less would be no deadline at all: a hung program would hang fdpo */
+            fdpo_error("--reward-timeout: %g seconds; must be > 0", r->timeout_s);
+            fdpo_reward_free(r);
+            return NULL;
+        }
     } else {
         fdpo_error("--reward: unknown reward '%s' (expected afinn, afinn:sum, length, length:words or cmd:PROGRAM)", spec);
         fdpo_reward_free(r);
@@ -449,6 +490,7 @@ int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *cons
         }
         return 0;
     case REWARD_CMD:
+        if (g_interrupted) return fdpo_error("reward command '%s' not started: interrupted (SIGINT/SIGTERM)", r->program);
         if (n == 0) return 0;
         return cmd_score(r, n, prompts, completions, out);
     }

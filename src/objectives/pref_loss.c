@@ -43,6 +43,13 @@ int fdpo_pref_loss_check(const fdpo_pref_loss *L) {
         return fdpo_error("--simpo-gamma: must be finite (got %g)", L->simpo_gamma);
     if (!(L->sft_weight >= 0) || !isfinite(L->sft_weight))
         return fdpo_error("--sft-weight: must be a finite number >= 0 (got %g)", L->sft_weight);
+    if (L->kind == FDPO_LOSS_SIMPO && L->div.kind != FDPO_DIV_RKL) {
+        /* SimPO has no reference and no divergence: a run labelled with one would mislead */
+        char name[64];
+        fdpo_divergence_name(&L->div, name, sizeof name);
+        return fdpo_error("--divergence %s: --loss simpo ignores the divergence (it has no reference); "
+                          "drop --divergence or pick another --loss", name);
+    }
     if (L->kind != FDPO_LOSS_SIMPO) {
         const char *why;
         if (!fdpo_divergence_admissible(&L->div, &why)) {

@@ -126,7 +126,7 @@ void fdpo_dpo_run_opts_default(fdpo_dpo_run_opts *o) {
 }
 
 int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
-    if (!o->train.init) return fdpo_error("--policy: required (the checkpoint to align, also the default reference)");
+    if (!o->train.init) return fdpo_error("--model: required (the checkpoint to align, also the default reference)");
     if (!o->data) return fdpo_error("--data: required (preference JSONL)");
     if (fdpo_train_opts_check(&o->train)) return -1;
     if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;
@@ -142,7 +142,7 @@ static const char *on_long_name(fdpo_pref_on_long v) {
 void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s) {
     char div[64];
     fdpo_divergence_name(&o->dpo.loss.div, div, sizeof div);   /* canonical: alpha:.5 == alpha:0.5 */
-    fdpo_settings_str(s, "policy", o->train.init, 1);
+    fdpo_settings_str(s, "model", o->train.init, 1);
     fdpo_settings_str(s, "data", o->data, 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.loss.kind), 1);
@@ -190,7 +190,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     fdpo_gpt2_config pcfg;
     int crc = fdpo_config_load(cfg_path, &pcfg);
     free(cfg_path);
-    if (crc) { fdpo_error_context("--policy %s", policy_dir); goto done; }
+    if (crc) { fdpo_error_context("--model %s", policy_dir); goto done; }
     if (popt.max_length == 0) popt.max_length = pcfg.n_positions;
     if (popt.max_length > pcfg.n_positions) {
         fdpo_error("--max-length %zu exceeds the policy's n_positions %zu", popt.max_length, pcfg.n_positions);
@@ -217,7 +217,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     eval_pairs = fdpo_malloc((n_eval ? n_eval : 1) * sizeof *eval_pairs);
     for (size_t i = 0; i < n_eval; i++) eval_pairs[i] = &esrc->set.pairs[eval_idx[i]];
 
-    /* the reference: --ref, else the initial policy (also on --resume: --policy is fixed) */
+    /* the reference: --ref, else the initial policy (also on --resume: --model is fixed) */
     if (!simpo) {
         const char *ref_dir = o->ref ? o->ref : policy_dir;
         if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }

@@ -30,7 +30,7 @@ fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o) {
         if (!t) fdpo_error_context("--tokenizer %s", o->tokenizer);
     } else if (o->init) {
         t = fdpo_tokenizer_load_dir(o->init);
-        if (!t) fdpo_error_context("--init %s (pass --tokenizer DIR for a checkpoint without tokenizer files)", o->init);
+        if (!t) fdpo_error_context("--model %s (pass --tokenizer DIR for a checkpoint without tokenizer files)", o->init);
     } else {
         t = fdpo_tokenizer_byte();
     }
@@ -105,7 +105,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         }
         if (o->init) {
             tr->model = fdpo_checkpoint_load_model(o->init);
-            if (!tr->model) { fdpo_error_context("--init %s", o->init); goto fail; }
+            if (!tr->model) { fdpo_error_context("--model %s", o->init); goto fail; }
             if (check_model_fits(tr, o->init)) goto fail;
         } else {
             fdpo_gpt2_config c = {

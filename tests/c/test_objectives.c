@@ -46,6 +46,7 @@ START_TEST(loss_gradients_match_finite_differences) {
     for (size_t a = 0; a < 5; a++)
         for (size_t b = 0; b < 5; b++)
             for (size_t p = 0; p < 4; p++) {
+                if (kinds[b] == FDPO_LOSS_SIMPO && a > 0) continue; /* simpo has no f: rkl only */
                 fdpo_pref_loss L = {0};
                 L.kind = kinds[b];
                 fdpo_divergence_parse(divs[a], &L.div);
@@ -79,7 +80,10 @@ START_TEST(check_names_the_flag) {
     fdpo_divergence_parse("chi2", &L.div);
     ck_assert_int_ne(fdpo_pref_loss_check(&L), 0);
     ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--divergence chi2"));
-    L.kind = FDPO_LOSS_SIMPO; /* reference-free: no f to check */
+    L.kind = FDPO_LOSS_SIMPO; /* reference-free, no f: a divergence other than rkl would be ignored */
+    ck_assert_int_ne(fdpo_pref_loss_check(&L), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--divergence chi2: --loss simpo ignores the divergence"));
+    fdpo_divergence_parse("rkl", &L.div);
     ck_assert_int_eq(fdpo_pref_loss_check(&L), 0);
 }
 END_TEST

@@ -2,6 +2,8 @@
 import os
 import subprocess
 
+import pytest
+
 FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
 
 
@@ -20,3 +22,151 @@ def test_unknown_command():
     r = run("frobnicate")
     assert r.returncode != 0
     assert "unknown command 'frobnicate'" in r.stderr
+
+
+# ---- one flag vocabulary (docs/cli.md) ----
+
+# every command and the flags it must spell the shared way
+COMMANDS = {
+    "pretrain": ["--model", "--data", "--out", "--batch-size", "--seed", "--threads"],
+    "sft": ["--model", "--data", "--out", "--batch-size", "--seed", "--threads"],
+    "dpo": ["--model", "--ref", "--data", "--out", "--batch-size", "--seed", "--threads"],
+    "generate": ["--model", "--data", "--out", "--n", "--batch-size", "--seed", "--threads"],
+    "eval": ["--model", "--ref", "--data", "--out", "--n", "--batch-size", "--seed", "--threads"],
+    "score": ["--model", "--ref", "--data", "--out", "--threads"],
+    "pairs": ["--data", "--out", "--seed"],
+    "info": ["--model"],
+    "tokenize": ["--data"],
+    "report": ["--out"],
+    "lab solve": ["--data", "--n", "--seed", "--threads"],
+}
+OLD_NAMES = ["--policy", "--init", "--prompts", "--input", "--k", "--batch"]
+
+
+def helptext(cmd):
+    r = run(*cmd.split(), "--help")
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def flag_lines(text):
+    return {l.split()[0] for l in text.splitlines() if l.startswith("  --")}
+
+
+def test_every_command_uses_the_shared_flag_names():
+    for cmd, names in COMMANDS.items():
+        flags = flag_lines(helptext(cmd))
+        for n in names:
+            assert n in flags, f"fdpo {cmd} --help lacks {n}"
+        for old in OLD_NAMES:
+            assert old not in flags, f"fdpo {cmd} still declares {old}"
+
+
+def test_one_default_seed_everywhere():
+    for cmd in COMMANDS:
+        for line in helptext(cmd).splitlines():
+            if line.startswith("  --seed "):
+                assert line.rstrip().endswith("[1337]"), f"fdpo {cmd}: {line}"
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def samples_file(tmp_path):
+    return write(tmp_path / "s.jsonl", "".join(
+        f'{{"prompt": "p{i}", "completion": "c{j}", "reward": {j}}}\n' for i in range(5) for j in range(4)))
+
+
+@pytest.mark.parametrize("old", ["--samples", "--prompts", "--input"])
+def test_old_spelling_is_an_alias_with_a_deprecation_note(tmp_path, old):
+    s = samples_file(tmp_path)
+    new = run("pairs", "--data", s, "--out", str(tmp_path / "new.jsonl"))
+    assert new.returncode == 0 and "deprecated" not in new.stderr, new.stderr
+    r = run("pairs", old, s, "--out", str(tmp_path / "old.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert f"fdpo pairs: warning: {old} is deprecated; use --data\n" in r.stderr
+    assert (tmp_path / "old.jsonl").read_bytes() == (tmp_path / "new.jsonl").read_bytes()
+
+
+def test_old_config_key_is_an_alias_too(tmp_path):
+    s = samples_file(tmp_path)
+    cfg = write(tmp_path / "run.ini", f"[pairs]\nsamples = {s}\nseed = 4\n")
+    r = run("pairs", "--config", cfg, "--out", str(tmp_path / "a.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert f"{cfg}: key 'samples' is deprecated; use 'data'" in r.stderr
+    r = run("pairs", "--data", s, "--seed", "4", "--out", str(tmp_path / "b.jsonl"))
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_one_letter_alias_with_one_dash():
+    # eval's -k is the old --n; the error is about the value, so the alias was understood
+    r = run("eval", "-k", "0", "--model", "x", "--ref", "y", "--data", "z")
+    assert "fdpo eval: warning: -k is deprecated; use --n" in r.stderr
+    assert "fdpo eval: --n: must be > 0 (got 0)" in r.stderr
+    r = run("eval", "-q", "1")
+    assert r.returncode == 1 and "unknown flag -q" in r.stderr
+
+
+@pytest.mark.parametrize("cmd,typo,want", [
+    ("dpo", "--lrr", "--lr"),
+    ("dpo", "--polcy", "--model"),          # near an old spelling: the current name is suggested
+    ("eval", "--temprature", "--temperature"),
+    ("generate", "--batchsize", "--batch-size"),
+    ("pretrain", "--n_layers", "--n-layer"),
+])
+def test_unknown_flag_suggests_the_nearest(cmd, typo, want):
+    r = run(cmd, typo, "1")
+    assert r.returncode == 1
+    assert r.stderr == f"fdpo {cmd}: unknown flag {typo} (did you mean {want}?)\n"
+
+
+def test_unknown_flag_far_from_all_names_gets_no_guess():
+    r = run("generate", "--frobnicate", "1")
+    assert r.returncode == 1
+    assert r.stderr == "fdpo generate: unknown flag --frobnicate (--help lists the flags)\n"
+
+
+def test_unknown_config_key_suggests_the_nearest_with_file_and_line(tmp_path):
+    cfg = write(tmp_path / "bad.ini", "[train]\nlr = 1e-3\nwarmup_step = 3\n")
+    r = run("pretrain", "--out", str(tmp_path / "o"), "--config", cfg, "x.txt")
+    assert r.returncode == 1
+    assert r.stderr == f"fdpo pretrain: {cfg}:3: unknown key 'warmup_step' (did you mean 'warmup-steps'?)\n"
+
+
+@pytest.mark.parametrize("args", [
+    ["dpo", "--lrr", "1"], ["dpo", "--data", "x"], ["eval", "--n", "0"], ["pairs", "--out", "x"],
+    ["generate", "--model", "/nonexistent", "--data", "/nonexistent"], ["info"], ["lab", "solve", "--bogus", "1"],
+    ["report"], ["tokenize"], ["score", "--data", "x"], ["sft", "--out", "/nonexistent/o"],
+])
+def test_the_command_name_appears_once_per_error_line(args):
+    r = run(*args)
+    assert r.returncode == 1
+    name = args[0]
+    for line in r.stderr.splitlines():
+        assert line.startswith(f"fdpo {name}: "), line
+        assert line.count(f"{name}:") == 1 and "fdpo fdpo" not in line, line
+
+
+def test_simpo_refuses_an_explicit_divergence(tmp_path):
+    base = ["dpo", "--model", str(tmp_path / "none"), "--data", str(tmp_path / "none.jsonl"),
+            "--out", str(tmp_path / "o"), "--loss", "simpo"]
+    r = run(*base, "--divergence", "js")
+    assert r.returncode == 1
+    assert "--divergence js: --loss simpo ignores the divergence" in r.stderr, r.stderr
+    # the default (rkl) is what SimPO runs are labelled with: accepted, the run fails later on the missing model
+    r = run(*base)
+    assert r.returncode == 1 and "ignores the divergence" not in r.stderr and "none" in r.stderr, r.stderr
+
+
+def test_pretrain_takes_data_or_positional_files_alike(tmp_path):
+    text = write(tmp_path / "t.txt", "hello world, " * 200)
+    small = ["--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--n-positions", "16", "--seq-len", "16",
+             "--steps", "2", "--batch-size", "2", "--quiet", "--threads", "1", "--eval-every", "0"]
+    a = run("pretrain", "--out", str(tmp_path / "a"), "--data", text, *small)
+    b = run("pretrain", "--out", str(tmp_path / "b"), *small, text)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
+    r = run("pretrain", "--out", str(tmp_path / "c"), *small)
+    assert r.returncode == 1 and "--data: no input files" in r.stderr

@@ -235,7 +235,7 @@ def test_bad_inputs(tmp_path, corpus):
     bad.write_bytes(b"fine line\ncaf\xe9 au lait\n")
     e = err("pretrain", *out, bad)
     assert "latin1.txt: invalid UTF-8 at byte offset 13 (line 2)" in e
-    assert "unknown flag '--frobnicate'" in err("pretrain", *out, "--frobnicate", corpus[0])
+    assert "unknown flag --frobnicate" in err("pretrain", *out, "--frobnicate", corpus[0])
     assert "--batch-size: 'many' is not an integer" in err("pretrain", *out, "--batch-size", "many", corpus[0])
     assert "--lr: 'fast' is not a finite number" in err("sft", *out, "--lr", "fast", corpus[0])
     assert "--schedule: unknown schedule 'zigzag'" in err("pretrain", *out, "--schedule", "zigzag", corpus[0])

@@ -384,7 +384,7 @@ CLI_BAD = [
 
 def test_required_flags(cli):
     r = fdpo("dpo", "--data", cli / "data.jsonl", "--out", cli / "runs_bad" / "z", check=False)
-    assert r.returncode != 0 and "--policy" in r.stderr
+    assert r.returncode != 0 and "--model" in r.stderr
     r = fdpo("dpo", "--policy", cli / "pol", "--out", cli / "runs_bad" / "z", check=False)
     assert r.returncode != 0 and "--data" in r.stderr
     r = fdpo("dpo", "--policy", cli / "pol", "--data", cli / "data.jsonl", check=False)

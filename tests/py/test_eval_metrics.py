@@ -121,6 +121,24 @@ def test_diversity_against_python_and_nltk(tmp_path, seed):
         assert got[f"self_bleu_{n}"] == pytest.approx(self_bleu_ref(texts, n), abs=1e-12)
 
 
+@pytest.mark.parametrize("texts", [
+    ["a b c d", "a b c", "a b c d e"],              # hyp of 4 words, references of 3 and 5: a tie
+    ["x y z w", "x y", "x y z w v u", "q x y z"],  # refs of 2, 6 and 4 for the first: no tie, exact
+    ["a b c d e f", "a b c d", "a b c d e f g h"],  # 6 between 4 and 8: a tie, brevity matters for 4
+])
+def test_self_bleu_closest_reference_length_tie_goes_to_the_shorter(tmp_path, texts):
+    """nltk's closest_ref_length breaks a tie in |ref - hyp| toward the SHORTER reference;
+    picking the longer one would apply a brevity penalty exp(1 - r/c) < 1 instead of 1."""
+    got = text_metrics(tmp_path, texts, 50)
+    for n in (3, 4):
+        assert got[f"self_bleu_{n}"] == pytest.approx(self_bleu_ref(texts, n), abs=1e-12)
+    if len(texts) == 3:  # the tie cases: the other rule would give a visibly different number
+        c, (r_short, r_long) = len(words(texts[0])), sorted(len(words(t)) for t in texts[1:])
+        assert r_short < c < r_long and c - r_short == r_long - c
+        wrong_term = math.exp(1 - r_long / c) - 1  # relative change of text 0's BLEU under the other rule
+        assert abs(wrong_term) > 0.1
+
+
 # ---------- calibration ----------
 
 def calibration(*p):
@@ -420,8 +438,8 @@ def test_eval_end_to_end(byte_models, tmp_path):
              {"prompt": "", "chosen": "ab", "rejected": "abc"}]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
-    r = run(FDPO, "eval", "--policy", d / "pol", "--policy", d / "ref", "--ref", d / "ref", "--prompts",
-            tmp_path / "p.txt", "-k", 4, "--max-new-tokens", 10, "--reward", "length", "--seed", 5, "--out", out,
+    r = run(FDPO, "eval", "--model", d / "pol", "--model", d / "ref", "--ref", d / "ref", "--data",
+            tmp_path / "p.txt", "--n", 4, "--max-new-tokens", 10, "--reward", "length", "--seed", 5, "--out", out,
             "--samples-out", smp, "--pairs", tmp_path / "pairs.jsonl", "--beta", 0.5)
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
@@ -461,8 +479,9 @@ def test_eval_end_to_end(byte_models, tmp_path):
             pid = list(s["prompt"].encode())
             lp_pol, _ = torch_logp(pol if s["policy"].endswith("pol") else ref, pid, s["tokens"])
             lp_ref, _ = torch_logp(ref, pid, s["tokens"])
-            assert s["logp"] == pytest.approx(lp_pol, abs=1e-3)
-            assert s["logp_ref"] == pytest.approx(lp_ref, abs=1e-3)
+            # measured: 3.1e-6 at most over 24-token samples of these models; 1.5e-5 is 5x
+            assert s["logp"] == pytest.approx(lp_pol, abs=1.5e-5)
+            assert s["logp_ref"] == pytest.approx(lp_ref, abs=1.5e-5)
     # calibration of the implicit reward sigma(beta (l_w - l_l)), recomputed with PyTorch
     probs = []
     for p in pairs:
@@ -482,6 +501,91 @@ def test_eval_end_to_end(byte_models, tmp_path):
     assert res["policies"][0]["pref_chosen_longer"] == pytest.approx(1 / 3)
 
 
+def s_score(name, l):
+    """s(l) of DESIGN.md §2 (f'(e^l) without additive constants), written with numpy."""
+    if name == "rkl":
+        return l
+    if name == "fkl":
+        return -np.exp(-l)
+    if name == "js":
+        return -np.logaddexp(0.0, -l)          # log sigma(l)
+    if name.startswith("alpha:"):
+        a = float(name[6:])
+        return -np.exp(-a * l) / a
+    raise ValueError(name)
+
+
+@pytest.fixture(scope="module")
+def eval_runs(byte_models, tmp_path_factory):
+    """fdpo eval of pol against ref under four --divergence values, everything else equal."""
+    d, _, _ = byte_models
+    t = tmp_path_factory.mktemp("evalvalues")
+    (t / "p.txt").write_text("Hi\nOnce upon\nabc\n")
+    pairs = [{"prompt": "Hi", "chosen": " there", "rejected": "!!"},
+             {"prompt": "Q", "chosen": "yes", "rejected": "no way"},
+             {"prompt": "", "chosen": "ab", "rejected": "abc"},
+             {"prompt": "x", "chosen": "a b c", "rejected": "z"}]
+    (t / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    runs = {}
+    for div in ["rkl", "js", "fkl", "alpha:0.5"]:
+        key = div.replace(":", "_")
+        out, smp = t / f"m_{key}.json", t / f"s_{key}.jsonl"
+        r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", t / "p.txt", "--n", 8,
+                "--max-new-tokens", 24, "--reward", "length:words", "--seed", 3, "--out", out, "--samples-out", smp,
+                "--pairs", t / "pairs.jsonl", "--beta", 0.5, "--divergence", div, "--threads", 1)
+        assert r.returncode == 0, r.stderr
+        runs[div] = (json.loads(out.read_text())["policies"][0],
+                     [json.loads(l) for l in smp.read_text().splitlines()])
+    return pairs, runs
+
+
+def test_eval_scalars_against_scipy_and_the_samples(eval_runs):
+    from scipy import stats
+    _, runs = eval_runs
+    col, ss = runs["rkl"]
+    assert len(ss) == 24
+    words_n = np.array([len(words(s["completion"])) for s in ss], dtype=float)
+    reward = np.array([s["reward"] for s in ss], dtype=float)
+    ntok = np.array([s["n_tokens"] for s in ss], dtype=float)
+    assert np.array_equal(reward, words_n)                   # length:words counts whitespace words
+    assert np.std(ntok) > 0 and np.std(reward) > 0 and not np.array_equal(reward, ntok)
+    assert col["reward_length_corr"] == pytest.approx(stats.pearsonr(reward, ntok)[0], rel=1e-12, abs=1e-15)
+    assert abs(col["reward_length_corr"]) < 0.9999           # not the trivial reward = length case
+    # frac_eot: samples whose last token is the end-of-text id (256), not the ones that ran out of tokens
+    ended = np.array([len(s["tokens"]) == s["n_tokens"] + 1 and s["tokens"][-1] == 256 for s in ss])
+    assert 0 < ended.sum() < len(ss)                          # both kinds occur, so an inversion shows
+    assert col["frac_eot"] == pytest.approx(ended.mean(), abs=1e-15)
+    # sequence-level f-divergence estimates: mean over samples of f(u)/u, u = pi/pi_ref (rkl: l)
+    l = np.array([s["logp"] - s["logp_ref"] for s in ss])
+    for name in DIVS:
+        want = l if name == "rkl" else np.array([f_div(name, math.exp(x)) / math.exp(x) for x in l])
+        assert col[f"fdiv_seq_{name.replace(':', '_')}_mean"] == pytest.approx(want.mean(), rel=1e-9, abs=1e-12), name
+
+
+def test_eval_divergence_is_honoured_in_the_implicit_reward(byte_models, eval_runs):
+    _, ref, pol = byte_models
+    pairs, runs = eval_runs
+    lw, ll = [], []
+    for p in pairs:
+        pid = list(p["prompt"].encode()) or [256]
+        lw.append(torch_logp(pol, pid, list(p["chosen"].encode()) + [256])[0] -
+                  torch_logp(ref, pid, list(p["chosen"].encode()) + [256])[0])
+        ll.append(torch_logp(pol, pid, list(p["rejected"].encode()) + [256])[0] -
+                  torch_logp(ref, pid, list(p["rejected"].encode()) + [256])[0])
+    lw, ll = np.array(lw), np.array(ll)
+    margins = {}
+    for div, (col, _) in runs.items():
+        z = 0.5 * (s_score(div, lw) - s_score(div, ll))   # beta (s(l_w) - s(l_l))
+        # float32 log-probs: measured |error| 1.3e-7 (rkl), 1.9e-7 (js), 1.1e-6 (alpha:0.5) and
+        # 6.3e-6 (fkl: s'(l) = e^-l reaches e^3.7 here); 3e-5 is 5x the largest
+        assert col["pref_margin_mean"] == pytest.approx(z.mean(), rel=0, abs=3e-5), div
+        assert col["pref_accuracy"] == pytest.approx(np.mean(z > 0)), div
+        margins[div] = col["pref_margin_mean"]
+    # the runs differ only in --divergence: each gives its own margin
+    vals = sorted(margins.values())
+    assert all(b - a > 1e-3 for a, b in zip(vals, vals[1:])), margins
+
+
 def test_score_end_to_end(byte_models, tmp_path):
     d, ref, pol = byte_models
     rows = [("Hi", " there"), ("", "abc"), ("x", "")]
@@ -499,15 +603,16 @@ def test_score_end_to_end(byte_models, tmp_path):
             continue
         lp, rows_p = torch_logp(pol, pid, cid)
         lq, rows_q = torch_logp(ref, pid, cid)
-        assert g["logp"] == pytest.approx(lp, abs=1e-3)
-        assert g["logp_ref"] == pytest.approx(lq, abs=1e-3)
-        assert g["kl_seq"] == pytest.approx(lp - lq, abs=2e-3)
+        # measured: logp 3.9e-7, kl_seq 3.4e-7, kl_tok 3.1e-7; 2e-6 is 5x
+        assert g["logp"] == pytest.approx(lp, abs=2e-6)
+        assert g["logp_ref"] == pytest.approx(lq, abs=2e-6)
+        assert g["kl_seq"] == pytest.approx(lp - lq, abs=2e-6)
         kl = float((rows_p.exp() * (rows_p - rows_q)).sum())
-        assert g["kl_tok"] == pytest.approx(kl, abs=1e-3)
+        assert g["kl_tok"] == pytest.approx(kl, abs=2e-6)
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["-k", "0"], "-k: must be > 0"),
+    (["--n", "0"], "--n: must be > 0"),
     (["--top-p", "0"], "--top-p"),
     (["--top-p", "1.01"], "--top-p"),
     (["--divergences", "rkl,kl"], "unknown divergence 'kl'"),
@@ -517,20 +622,39 @@ def test_score_end_to_end(byte_models, tmp_path):
 def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
     d, _, _ = byte_models
     (tmp_path / "p.txt").write_text("Hi\n")
-    r = run(FDPO, "eval", "--policy", d / "pol", "--ref", d / "ref", "--prompts", tmp_path / "p.txt", *extra)
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", *extra)
     assert r.returncode == 1
     assert msg in r.stderr, r.stderr
+
+
+def test_eval_bad_pairs_message_names_a_flag_eval_takes(byte_models, tmp_path):
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text("Hi\n")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "a", "chosen": "x", "rejected": "y"}) + "\n" +
+                     json.dumps({"prompt": "a", "chosen": "same", "rejected": "same"}) + "\n")
+    base = ["eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 1,
+            "--max-new-tokens", 2, "--pairs", pairs]
+    r = run(FDPO, *base)
+    assert r.returncode == 1
+    assert f"{pairs}:2: chosen and rejected are identical" in r.stderr and "--bad-pairs skip" in r.stderr, r.stderr
+    out = tmp_path / "m.json"
+    r = run(FDPO, *base, "--bad-pairs", "skip", "--out", out)   # the flag the message names exists
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["policies"][0]["pref_n"] == 1
+    r = run(FDPO, *base, "--bad-pairs", "drop")
+    assert r.returncode == 1 and "--bad-pairs: 'drop' is not error or skip" in r.stderr
 
 
 def test_eval_malformed_prompts_and_vocab_mismatch(byte_models, tmp_path):
     d, _, _ = byte_models
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"\n')
-    r = run(FDPO, "eval", "--policy", d / "pol", "--ref", d / "ref", "--prompts", tmp_path / "p.jsonl")
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.jsonl")
     assert r.returncode == 1 and "p.jsonl:2: invalid JSON" in r.stderr
     big = tmp_path / "big"
     make_model(big, 300, seed=1, byte_tokenizer=True)
     (tmp_path / "p.txt").write_text("Hi\n")
-    r = run(FDPO, "eval", "--policy", big, "--ref", d / "ref", "--prompts", tmp_path / "p.txt")
+    r = run(FDPO, "eval", "--model", big, "--ref", d / "ref", "--data", tmp_path / "p.txt")
     assert r.returncode == 1 and "policy vocabulary 300 != reference vocabulary 257" in r.stderr
     (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "b"\n')
     r = run(FDPO, "score", "--model", big, "--ref", d / "ref", "--data", tmp_path / "d.jsonl")
@@ -546,7 +670,7 @@ def test_eval_malformed_prompts_and_vocab_mismatch(byte_models, tmp_path):
 def test_eval_and_score_help():
     r = run(FDPO, "eval", "--help")
     assert r.returncode == 0
-    for f in ["--policy", "--ref", "--prompts", "--reward", "--k", "--pairs", "--beta", "--divergences", "--out",
+    for f in ["--model", "--ref", "--data", "--reward", "--n", "--pairs", "--beta", "--divergences", "--out",
               "--reward-timeout", "--lexicon"]:
         assert f in r.stdout
     r = run(FDPO, "score", "--help")

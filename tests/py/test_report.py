@@ -672,3 +672,23 @@ def test_browser_check_catches_a_broken_chart_library(tmp_path):
     assert body_attr(r.stdout, "data-charts-ready") == "0"
     assert "boom" in (body_attr(r.stdout, "data-charts-error") or "")
     assert [line for line in r.stderr.splitlines() if CONSOLE_ERROR.search(line)]
+
+
+@pytest.mark.parametrize("max_prompts", [1, 2, 5, 6, 7, 10, 11])
+def test_max_prompts_shows_exactly_that_many_prompts_in_first_seen_order(tmp_path, max_prompts):
+    # two policies whose samples overlap: prompts are taken in first-seen order across policies
+    first = [f"prompt {i:02d}" for i in range(6)]
+    second = [f"prompt {i:02d}" for i in range(4, 10)]
+    pols = [{"name": name, "reward_mean": 0.5, "kl_seq": 1.0,
+             "samples": [{"prompt": p, "completion": f"{name} on {p}"} for p in ps for _ in range(2)]}
+            for name, ps in [("pol-a", first), ("pol-b", second)]]
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps({"policies": pols}))
+    out = tmp_path / "r.html"
+    r = run("--eval", str(ev), "--max-prompts", str(max_prompts), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    table = text[text.index('id="samples-table"'):]
+    table = table[:table.index("</table>")]
+    shown = re.findall(r'<td class="prompt">([^<]*)</td>', table)
+    assert shown == [f"prompt {i:02d}" for i in range(min(max_prompts, 10))]
