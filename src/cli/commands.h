@@ -14,5 +14,6 @@ int cmd_lab(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_pairs(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_sacpo(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);
 #endif

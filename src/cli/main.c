@@ -18,6 +18,7 @@ static const command COMMANDS[] = {
     {"eval",     cmd_eval,     "reward, KL, entropy, diversity and calibration of policies"},
     {"score",    cmd_score,    "reward and log-probs of given completions"},
     {"pairs",    cmd_pairs,    "scored samples -> preference pairs with Bradley-Terry labels"},
+    {"sacpo",    cmd_sacpo,    "safety-constrained alignment, stepwise (SACPO) with P-SACPO merges"},
     {"merge",    cmd_merge,    "average checkpoints or add task vectors (model merging, P-SACPO)"},
     {"lab",      cmd_lab,      "exact f-regularised alignment on finite problems"},
     {"report",   cmd_report,   "self-contained HTML report of run directories"},

@@ -1,0 +1,69 @@
+/* fdpo sacpo: stepwise safety-constrained alignment (SACPO) and P-SACPO merges, each stage
+ * an f-DPO run with every flag of fdpo dpo (a thin layer over fdpo_sacpo_run). */
+#include <stdlib.h>
+#include <string.h>
+#include "cli/commands.h"
+#include "cli/dpo_flags.h"
+#include "fdpo/core.h"
+#include "fdpo/sacpo.h"
+
+/* "0.5,1,2" -> doubles; the error names the flag and the item */
+static int parse_list(const char *flag, const char *s, double **out, size_t *n) {
+    size_t cap = 1;
+    for (const char *p = s; *p; p++) cap += *p == ',';
+    double *v = fdpo_malloc(cap * sizeof *v);
+    size_t k = 0;
+    for (const char *p = s;; k++) {
+        char *end;
+        v[k] = strtod(p, &end);
+        if (end == p || (*end && *end != ',')) { free(v); return fdpo_error("--%s: item %zu of '%s' is not a number", flag, k + 1, s); }
+        if (!*end) { k++; break; }
+        p = end + 1;
+    }
+    *out = v; *n = k;
+    return 0;
+}
+
+/* the data and reference of each stage are sacpo's; resume is per stage */
+static const char *const NOT_FOR_SACPO[] = {"data", "eval-file", "ref", "resume", "stop-at"};
+
+int cmd_sacpo(int argc, char **argv) {
+    static const char usage[] =
+        "fdpo sacpo --model CKPT --reward-data R.jsonl --safety-data S.jsonl --lambda L[,L2,...] "
+        "[--order reward-first|safety-first] [--merge w1,...] [--divergence D] [--beta B] --out DIR [dpo flags]";
+    dpo_flags v;
+    fdpo_flag flags[DPO_FLAGS_MAX + 8];
+    size_t n = dpo_flags_add(&v, flags, NOT_FOR_SACPO, sizeof NOT_FOR_SACPO / sizeof NOT_FOR_SACPO[0]);
+    fdpo_sacpo_opts so;
+    memset(&so, 0, sizeof so);
+    const char *lambda_list = NULL, *merge_list = NULL, *order = NULL;
+    flags[n++] = (fdpo_flag){"reward-data", FLAG_STR, &so.reward_data, NULL, "preference JSONL of the reward (helpfulness) stage (required)", 0};
+    flags[n++] = (fdpo_flag){"safety-data", FLAG_STR, &so.safety_data, NULL, "preference JSONL of the safety stage (required)", 0};
+    flags[n++] = (fdpo_flag){"lambda", FLAG_STR, &lambda_list, NULL, "safety multipliers, increasing, > 0: one model per value; the safety stage runs at beta/lambda (required)", 0};
+    flags[n++] = (fdpo_flag){"order", FLAG_STR, &order, "reward-first", "reward-first (one reward stage shared by every lambda) or safety-first", 0};
+    flags[n++] = (fdpo_flag){"merge", FLAG_STR, &merge_list, NULL, "P-SACPO: weights in (0,1); merge each pair of neighbouring lambdas at each weight", 0};
+    int n_pos = 0;
+    char **pos = NULL;
+    double *lambdas = NULL, *weights = NULL;
+    int rc = flags_parse("sacpo", usage, flags, n, argc, argv, &n_pos, &pos);
+    if (rc == FLAGS_HELP) return 0;
+    if (rc) return -1;
+    rc = -1;
+    if (n_pos > 0) { fdpo_error("unexpected argument '%s' (data files go in --reward-data and --safety-data)", pos[0]); goto done; }
+    if (dpo_flags_finish(&v, flags, n)) goto done;
+    if (!lambda_list) { fdpo_error("--lambda: required (one or more safety multipliers, e.g. 0.5,1,2)"); goto done; }
+    if (parse_list("lambda", lambda_list, &lambdas, &so.n_lambdas)) goto done;
+    if (merge_list && parse_list("merge", merge_list, &weights, &so.n_merge_weights)) goto done;
+    if (!strcmp(order, "reward-first")) so.safety_first = 0;
+    else if (!strcmp(order, "safety-first")) so.safety_first = 1;
+    else { fdpo_error("--order: '%s' is not reward-first or safety-first", order); goto done; }
+    so.dpo = v.o;
+    so.lambdas = lambdas;
+    so.merge_weights = weights;
+    so.out = v.o.train.out;
+    train_catch_interrupts();
+    rc = fdpo_sacpo_run(&so);
+done:
+    free(lambdas); free(weights); free(pos);
+    return rc;
+}
