@@ -31,6 +31,11 @@ int fdpo_dist_bcast(void *buf, size_t n, int root);
 int fdpo_dist_check_agree(const char *what, uint64_t hash);
 /* Rank r's share [*begin, *end) of n items split in contiguous, near-equal blocks. */
 void fdpo_dist_shard(size_t n, size_t *begin, size_t *end);
+/* Is micro-batch i this rank's? (round robin: i % size == rank). Micro-batches keep the
+ * boundaries of a single-process run, so each one computes the same numbers on any rank. */
+static inline int fdpo_dist_mine(size_t i) { return (int)(i % (size_t)fdpo_dist_size()) == fdpo_dist_rank(); }
+/* Every rank waits here (no-op for one process). */
+int fdpo_dist_barrier(void);
 /* Seconds spent inside collectives since start (for the allreduce share in metrics). */
 double fdpo_dist_comm_seconds(void);
 /* End every rank of the job with this exit code (MPI_Abort); plain exit for one process.

@@ -137,6 +137,16 @@ int fdpo_dist_check_agree(const char *what, uint64_t hash) {
     return 0;
 }
 
+int fdpo_dist_barrier(void) {
+#ifdef FDPO_HAVE_MPI
+    if (g_size > 1) {
+        int rc = MPI_Barrier(MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS) return mpi_fail(rc, "barrier");
+    }
+#endif
+    return 0;
+}
+
 void fdpo_dist_shard(size_t n, size_t *begin, size_t *end) {
     size_t r = (size_t)g_rank, s = (size_t)g_size;
     *begin = n * r / s;

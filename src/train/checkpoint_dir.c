@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "fdpo/dist.h"
 #include "fdpo/io.h"
 #include "fdpo/trainer.h"
 
@@ -110,7 +111,21 @@ static int recover_swap(const char *out) {
     return rc;
 }
 
+static fdpo_strv g_claimed;   /* directories this process claimed (every rank keeps the list) */
+
 int fdpo_checkpoint_recover(const char *out) {
+    if (fdpo_dist_size() > 1) {
+        /* rank 0 takes the lock and repairs OUT; the others wait for it (a failure on rank 0
+         * ends the job through the CLI's abort, so nobody waits forever) */
+        for (size_t i = 0; i < g_claimed.n; i++) if (!strcmp(g_claimed.v[i], out)) return 0;
+        fdpo_strv_push(&g_claimed, out);
+        if (fdpo_dist_rank() == 0) {
+            if (fdpo_dir_lock(out, "--out")) return -1;
+            if (recover_swap(out)) { fdpo_dir_unlock(out); return -1; }
+            fdpo_remove_stale_tmp(out);
+        }
+        return fdpo_dist_barrier();
+    }
     if (fdpo_dir_locked(out)) return 0;   /* claimed (and recovered) earlier by this process */
     if (fdpo_dir_lock(out, "--out")) return -1;
     /* under the lock nobody else writes here: what an interrupted save or a killed writer left is stale */
@@ -121,6 +136,8 @@ int fdpo_checkpoint_recover(const char *out) {
 
 int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tokenizer *tok,
                              const fdpo_train_state *s, const fdpo_adamw *opt) {
+    /* claiming OUT is collective under MPI (every rank calls this); rank 0 alone writes */
+    if (fdpo_dist_size() > 1 && (fdpo_checkpoint_recover(out) || fdpo_dist_rank() > 0)) return fdpo_dist_rank() > 0 ? 0 : -1;
     char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
     int rc = -1;
     if (fdpo_checkpoint_recover(out) || recover_swap(out)) goto done;

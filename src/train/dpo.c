@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
 #include "fdpo/dpo.h"
 
 int fdpo_layout_parse(const char *name, fdpo_pair_layout *l) {
@@ -180,8 +181,11 @@ int fdpo_dpo_pair_logps(fdpo_gpt2 *m, fdpo_pair_layout layout, size_t micro_batc
     float *tl = NULL;
     size_t cap = 0, mb = micro_batch ? micro_batch : n;
     int rc = 0;
-    for (size_t k0 = 0; k0 < n && !rc; k0 += mb) {
+    /* under MPI each rank computes its micro-batches and the sum over ranks fills out */
+    if (fdpo_dist_size() > 1) memset(out, 0, 2 * n * sizeof *out);
+    for (size_t k0 = 0, i = 0; k0 < n && !rc; k0 += mb, i++) {
         size_t k1 = k0 + mb < n ? k0 + mb : n;
+        if (!fdpo_dist_mine(i)) continue;
         fdpo_pair_batch_build(&pb, layout, pairs + k0, k1 - k0);
         if (pb.batch.n_tokens > cap) { cap = pb.batch.n_tokens; tl = fdpo_realloc(tl, cap * sizeof *tl); }
         if (fdpo_gpt2_forward(m, &pb.batch, tl, NULL)) { rc = -1; break; }
@@ -192,6 +196,7 @@ int fdpo_dpo_pair_logps(fdpo_gpt2 *m, fdpo_pair_layout layout, size_t micro_batc
     }
     fdpo_pair_batch_free(&pb);
     free(tl);
+    if (!rc) rc = fdpo_dist_sum_f64(out, 2 * n);
     return rc;
 }
 
@@ -213,8 +218,12 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
     double sum_loss = 0, sum_nll = 0, sum_rw = 0, sum_rl = 0, sum_acc = 0, sum_lpw = 0, sum_lpl = 0;
     double sum_sw = 0, sum_sl = 0, sum_logit_w = 0, sum_logit_l = 0;
 
-    for (size_t k0 = 0; k0 < n; k0 += mb) {
+    /* under MPI: this rank's micro-batches only; the sums below are then added over ranks
+     * (the denominators above are already the whole step's) */
+    if (pair_out && fdpo_dist_size() > 1) memset(pair_out, 0, 5 * n * sizeof *pair_out);
+    for (size_t k0 = 0, i = 0; k0 < n; k0 += mb, i++) {
         const size_t k1 = k0 + mb < n ? k0 + mb : n, nk = k1 - k0;
+        if (!fdpo_dist_mine(i)) continue;
         fdpo_pair_batch *pb = &d->pb;
         fdpo_pair_batch_build(pb, d->cfg.layout, pairs + k0, nk);
         ensure_scratch(d, pb->batch.n_tokens);
@@ -262,6 +271,14 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
             }
         }
         if (grad && fdpo_gpt2_backward(d->policy, d->d_token_logp)) return fdpo_error_context("policy backward");
+    }
+    if (fdpo_dist_size() > 1) {
+        double sums[12] = {sum_loss, sum_nll, sum_rw, sum_rl, sum_acc, sum_lpw, sum_lpl, sum_sw, sum_sl,
+                           sum_logit_w, sum_logit_l, (double)out->tokens};
+        if (fdpo_dist_sum_f64(sums, 12) || (pair_out && fdpo_dist_sum_f64(pair_out, 5 * n))) return -1;
+        sum_loss = sums[0]; sum_nll = sums[1]; sum_rw = sums[2]; sum_rl = sums[3]; sum_acc = sums[4];
+        sum_lpw = sums[5]; sum_lpl = sums[6]; sum_sw = sums[7]; sum_sl = sums[8];
+        sum_logit_w = sums[9]; sum_logit_l = sums[10]; out->tokens = (size_t)sums[11];
     }
     const double inv = 1.0 / (double)n;
     out->pairs = n;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
 
@@ -93,6 +94,7 @@ static cJSON *metrics_json(const fdpo_dpo_metrics *m) {
 }
 
 static int write_json(const char *dir, const char *name, const cJSON *root) {
+    if (fdpo_dist_rank() > 0) return 0;   /* rank 0 alone writes */
     char *path = fdpo_path_join(dir, name);
     int rc = fdpo_write_json_atomic(path, root, 1);
     free(path);

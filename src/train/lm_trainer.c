@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/dist.h"
 #include "fdpo/trainer.h"
 
 /* A packed batch under construction, with buffers for up to cap tokens / seqs. */
@@ -110,6 +111,7 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
         double loss_sum = 0;
         size_t n_tokens = 0;
         for (size_t a = 0; a < A && !rc; a++) {
+            if (!fdpo_dist_mine(a)) continue;   /* under MPI: this rank's micro-batches */
             packed_fill(&p, train, items + a * B, B);
             n_tokens += p.batch.n_tokens;
             if (p.batch.n_tokens == 0 || W <= 0) continue;
@@ -122,7 +124,7 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
             }
             rc = fdpo_gpt2_backward(tr.model, p.d_token_logp);
         }
-        if (rc) break;
+        if (rc || (rc = fdpo_dist_sum_f64(&loss_sum, 1))) break;
         double loss = W > 0 ? loss_sum / W : 0;
         if ((rc = fdpo_trainer_step(&tr, n_tokens))) break;
         int eval = val && val->n_seq > 0 && fdpo_trainer_want_eval(&tr);

@@ -6,10 +6,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/dist.h"
 #include "fdpo/trainer.h"
 
 int fdpo_metrics_open(fdpo_metrics *mw, const char *dir, size_t keep_upto_step) {
     memset(mw, 0, sizeof *mw);
+    if (fdpo_dist_rank() > 0) return 0;   /* under MPI rank 0 alone writes metrics */
     mw->path = fdpo_path_join(dir, "metrics.jsonl");
     if (keep_upto_step != SIZE_MAX && fdpo_file_exists(mw->path)) {
         /* drop what was logged after the checkpoint we resume from: it will be logged again */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
 
@@ -124,25 +125,32 @@ int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *re
                       size_t micro_batch, const fdpo_pref_set *set, double *out, int *hit) {
     char *path = fdpo_refcache_path(dir, k);
     *hit = 0;
-    fdpo_remove_stale_tmp(dir);   /* a killed run's half-written cache file */
-    if (fdpo_file_exists(path)) {
+    /* under MPI rank 0 decides hit or miss for every rank (a miss is computed by all) */
+    int root = fdpo_dist_rank() == 0;
+    if (root) fdpo_remove_stale_tmp(dir);   /* a killed run's half-written cache file */
+    if (root && fdpo_file_exists(path)) {
         if (read_cache(path, k, set->n, out) == 0) {
             *hit = 1;
-            fdpo_log(FDPO_LOG_INFO, "ref cache hit: %s", path);
-            free(path);
-            return 0;
+        } else {
+            /* a damaged or foreign file is recomputed and replaced, and the log says why */
+            fdpo_log(FDPO_LOG_WARN, "ref cache unusable (%s); recomputing", fdpo_last_error());
+            fdpo_clear_error();
         }
-        /* a damaged or foreign file is recomputed and replaced, and the log says why */
-        fdpo_log(FDPO_LOG_WARN, "ref cache unusable (%s); recomputing", fdpo_last_error());
-        fdpo_clear_error();
+    }
+    if (fdpo_dist_bcast(hit, sizeof *hit, 0)) { free(path); return -1; }
+    if (*hit) {
+        int rc = root ? 0 : read_cache(path, k, set->n, out);
+        if (!rc) fdpo_log(FDPO_LOG_INFO, "ref cache hit: %s", path);
+        free(path);
+        return rc;
     }
     fdpo_log(FDPO_LOG_INFO, "ref cache miss: computing reference log-probs of %zu pairs -> %s", set->n, path);
     const fdpo_pref_pair **pairs = fdpo_malloc((set->n ? set->n : 1) * sizeof *pairs);
     for (size_t i = 0; i < set->n; i++) pairs[i] = &set->pairs[i];
     int rc = fdpo_dpo_pair_logps(ref, layout, micro_batch, pairs, set->n, out);
     free(pairs);
-    if (!rc && fdpo_mkdir_p(dir)) rc = fdpo_error_context("--ref-cache-dir %s", dir);
-    if (!rc) rc = write_cache(path, k, set->n, out);
+    if (!rc && root && fdpo_mkdir_p(dir)) rc = fdpo_error_context("--ref-cache-dir %s", dir);
+    if (!rc && root) rc = write_cache(path, k, set->n, out);
     free(path);
     return rc;
 }

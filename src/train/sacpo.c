@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
 #include "fdpo/io.h"
 #include "fdpo/merge.h"
 #include "fdpo/sacpo.h"
@@ -105,6 +106,7 @@ static int stage_done(const sacpo_state *st, const char *dir) {
 
 static int state_mark(sacpo_state *st, const char *dir) {
     cJSON_AddItemToArray(st->done, cJSON_CreateString(dir));
+    if (fdpo_dist_rank() > 0) return 0;   /* under MPI rank 0 alone writes */
     return fdpo_write_json_atomic(st->path, st->root, 1);
 }
 
@@ -131,6 +133,9 @@ static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what
 
 static int run_merge(sacpo_state *st, const char *a, const char *b, double w, const char *dir) {
     if (stage_done(st, dir)) return 0;
+    /* claiming the output is collective under MPI; the merging itself is rank 0's */
+    if (fdpo_checkpoint_recover(dir)) return -1;
+    if (fdpo_dist_rank() > 0) return state_mark(st, dir);
     const char *models[2] = {a, b};
     double weights[2] = {1 - w, w};
     fdpo_merge_opts mo = {models, 2, weights, NULL};
@@ -147,7 +152,8 @@ static int run_merge(sacpo_state *st, const char *a, const char *b, double w, co
 
 int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     if (fdpo_sacpo_opts_check(o)) return -1;
-    if (fdpo_mkdir_p(o->out) || fdpo_dir_lock(o->out, "--out")) return -1;
+    if (fdpo_dist_rank() == 0 && (fdpo_mkdir_p(o->out) || fdpo_dir_lock(o->out, "--out"))) return -1;
+    if (fdpo_dist_barrier()) return -1;
     sacpo_state st = {0};
     int rc = state_open(&st, o);
     const double beta = o->dpo.dpo.loss.beta;
@@ -180,6 +186,6 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     free(reward_dir);
     cJSON_Delete(st.root);
     free(st.path);
-    fdpo_dir_unlock(o->out);
+    if (fdpo_dist_rank() == 0) fdpo_dir_unlock(o->out);
     return rc;
 }

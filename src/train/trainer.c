@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/dist.h"
 #include "fdpo/io.h"
 #include "fdpo/trainer.h"
 
@@ -60,6 +61,9 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     size_t total = fdpo_train_total_steps(o, n_items);
     if (total == 0) return fdpo_error("--steps: the run has no steps (give --steps N or --epochs X > 0)");
     if (fdpo_schedule_parse(o->schedule, &tr->sched.kind)) return -1;
+    /* data parallelism needs a step loop that takes its share of the micro-batches */
+    if (fdpo_dist_size() > 1 && strcmp(kind, "pretrain") && strcmp(kind, "sft") && strcmp(kind, "dpo"))
+        return fdpo_error("fdpo %s does not run data-parallel yet: start it without mpirun (pretrain, sft, dpo and sacpo do)", kind);
     tr->sched.lr = o->lr;
     tr->sched.warmup_steps = (size_t)o->warmup_steps;
     tr->sched.total_steps = total;
@@ -131,6 +135,20 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (fdpo_mkdir_p(o->out)) goto fail;
     }
     fdpo_settings_free(&now);
+    if (fdpo_dist_size() > 1) {
+        /* every rank must run the same job: flags, data and starting weights */
+        uint64_t h = fdpo_hash64(FDPO_HASH_INIT, &data_hash, sizeof data_hash);
+        for (size_t i = 0; i < s->settings.n; i++) {
+            char v[256];
+            fdpo_setting_text(&s->settings.v[i], v, sizeof v);
+            h = fdpo_hash64(h, s->settings.v[i].key, strlen(s->settings.v[i].key) + 1);
+            if (strcmp(s->settings.v[i].key, "threads")) h = fdpo_hash64(h, v, strlen(v) + 1);
+        }
+        h = fdpo_hash64(h, &s->step, sizeof s->step);
+        if (fdpo_dist_check_agree("the flags or training data", h)) goto fail;
+        if (fdpo_dist_check_agree("the starting model", fdpo_hash64(FDPO_HASH_INIT, tr->model->params_memory,
+                                                                    tr->model->n_params * sizeof(float)))) goto fail;
+    }
     tr->start_step = s->step;
     if (o->resume) tr->saved_step = s->step;
     if (fdpo_metrics_open(&tr->metrics, o->out, o->resume ? s->step : 0)) goto fail;
@@ -160,6 +178,10 @@ void fdpo_trainer_begin_step(fdpo_trainer *tr) {
 }
 
 int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens) {
+    /* data parallel: each rank holds the gradient of its micro-batches; the sum is the step's */
+    double tokens = (double)n_tokens;
+    if (fdpo_dist_sum_f32(tr->model->grads_memory, tr->model->n_params) || fdpo_dist_sum_f64(&tokens, 1)) return -1;
+    n_tokens = (size_t)tokens;
     double norm = fdpo_clip_grad_norm(tr->model, tr->opts.grad_clip);
     if (!isfinite(norm))
         return fdpo_error("step %zu: gradient norm is %g (the loss diverged; lower --lr or raise --warmup-steps)",
@@ -210,6 +232,7 @@ void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss) {
 }
 
 int fdpo_trainer_save(fdpo_trainer *tr) {
+    if (fdpo_dist_rank() > 0) { tr->saved_step = tr->state.step; return 0; }   /* rank 0 alone writes */
     /* metrics.jsonl is carried into the new directory by the swap; reopen it there */
     if (tr->metrics.f) { fclose(tr->metrics.f); tr->metrics.f = NULL; }
     int rc = fdpo_checkpoint_save_all(tr->opts.out, tr->model, tr->tok, &tr->state, &tr->opt);
@@ -245,6 +268,8 @@ int fdpo_trainer_maybe_save(fdpo_trainer *tr) {
 int fdpo_trainer_close(fdpo_trainer *tr, int save_final) {
     int rc = 0;
     if (save_final && tr->model && tr->saved_step != tr->state.step) rc = fdpo_trainer_save(tr);
+    /* under MPI: nobody reads the final checkpoint (a next stage, a resume) before rank 0 wrote it */
+    if (save_final && !rc && tr->model) rc = fdpo_dist_barrier();
     /* the "done" line only for a run that succeeded: a failure ends with its error alone */
     if (save_final && !rc && !tr->opts.quiet && tr->model) fdpo_progress_end(&tr->progress);
     fdpo_metrics_close(&tr->metrics);
