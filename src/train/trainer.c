@@ -161,6 +161,7 @@ fail:
     fdpo_adamw_free(&tr->opt);
     fdpo_gpt2_free(tr->model);
     tr->model = NULL;
+    fdpo_dir_unlock(o->out);   /* the run is over before it began: OUT is free again */
     return -1;
 }
 
