@@ -13,4 +13,6 @@ int cmd_score(int argc, char **argv);
 int cmd_lab(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_pairs(int argc, char **argv);
+int cmd_rm(int argc, char **argv);
+int cmd_kto(int argc, char **argv);
 #endif
