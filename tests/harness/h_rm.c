@@ -12,6 +12,7 @@
 #include <string.h>
 #include "fdpo/core.h"
 #include "fdpo/io.h"
+#include "fdpo/kto.h"
 #include "fdpo/rm.h"
 #include "harness.h"
 
@@ -78,5 +79,63 @@ int h_rm_grad(int argc, char **argv) {
     fdpo_pref_free(&set);
     fdpo_tokenizer_free(tok);
     fdpo_gpt2_free(m);
+    return rc;
+}
+
+/*   kto-grad --model POLICY --ref REF --data unpaired.jsonl --out DIR --divergence D --beta B
+ *            [--wd W] [--wu W] [--micro-batch K] [--max-length L]
+ *       one KTO step (fdpo_kto_step): DIR/result.json {"loss", "examples": [[l, l_KL, z0,
+ *       loss], ...]} and DIR/grads.safetensors (the policy's parameter gradients). */
+int h_kto_grad(int argc, char **argv) {
+    const char *pol = arg(argc, argv, "--model"), *refd = arg(argc, argv, "--ref"), *data = arg(argc, argv, "--data");
+    const char *out = arg(argc, argv, "--out"), *div = arg(argc, argv, "--divergence"), *beta = arg(argc, argv, "--beta");
+    const char *wd = arg(argc, argv, "--wd"), *wu = arg(argc, argv, "--wu"), *mbs = arg(argc, argv, "--micro-batch");
+    const char *ml = arg(argc, argv, "--max-length");
+    if (!pol || !refd || !data || !out || !div || !beta) return fdpo_error("--model, --ref, --data, --out, --divergence, --beta are required");
+    fdpo_kto_loss K = {.beta = atof(beta), .desirable_weight = wd ? atof(wd) : 1, .undesirable_weight = wu ? atof(wu) : 1};
+    if (fdpo_divergence_parse(div, &K.div) || fdpo_kto_loss_check(&K)) return -1;
+    fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(pol);
+    if (!tok) return -1;
+    fdpo_pref_options po = {.max_length = ml ? (size_t)atol(ml) : 0};
+    fdpo_unpaired_set set = {0};
+    int rc = fdpo_unpaired_load(data, tok, &po, &set);
+    fdpo_tokenizer_free(tok);
+    if (rc) return -1;
+    fdpo_gpt2 *p = fdpo_checkpoint_load_model(pol), *r = fdpo_checkpoint_load_model(refd);
+    const fdpo_unpaired_example **ex = fdpo_malloc(set.n * sizeof *ex);
+    double *per = fdpo_malloc(4 * set.n * sizeof *per);
+    for (size_t i = 0; i < set.n; i++) ex[i] = &set.ex[i];
+    fdpo_kto_metrics m;
+    rc = p && r ? 0 : -1;
+    if (!rc) {
+        fdpo_gpt2_zero_grad(p);
+        rc = fdpo_kto_step(p, r, &K, ex, set.n, mbs ? (size_t)atol(mbs) : 0, po.max_length, 1, set.n, &m, per);
+    }
+    if (!rc) rc = fdpo_mkdir_p(out);
+    if (!rc) {
+        cJSON *root = cJSON_CreateObject(), *ea = cJSON_AddArrayToObject(root, "examples");
+        for (size_t i = 0; i < set.n; i++) {
+            cJSON *row = cJSON_CreateArray();
+            for (int j = 0; j < 4; j++) cJSON_AddItemToArray(row, cJSON_CreateNumber(per[4 * i + j]));
+            cJSON_AddItemToArray(ea, row);
+        }
+        cJSON_AddNumberToObject(root, "loss", m.loss);
+        cJSON_AddNumberToObject(root, "kl", m.kl);
+        char *s = cJSON_Print(root);
+        char *path = fdpo_path_join(out, "result.json");
+        rc = fdpo_write_file_atomic(path, s, strlen(s));
+        free(path); cJSON_free(s); cJSON_Delete(root);
+    }
+    if (!rc) {
+        char *path = fdpo_path_join(out, "grads.safetensors");
+        fdpo_st_writer *w = fdpo_st_writer_new();
+        fdpo_st_writer_add_gpt2(w, p, p->grads_memory, NULL);
+        rc = fdpo_st_writer_write(w, path);
+        fdpo_st_writer_free(w);
+        free(path);
+    }
+    free(ex); free(per);
+    fdpo_gpt2_free(p); fdpo_gpt2_free(r);
+    fdpo_unpaired_free(&set);
     return rc;
 }
