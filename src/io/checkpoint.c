@@ -214,7 +214,7 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
     for (size_t k = 0; !rc && k < st.n_tensors; k++) {
         const fdpo_st_tensor *f = &st.tensors[k];
         if (used[k]) continue;
-        if (!strcmp(f->name, "score.weight")) { rc = fdpo_error("%s: tensor 'score.weight' but config.json's architectures is not GPT2ForSequenceClassification", st_path); break; }
+        if (!strcmp(f->name, "score.weight")) { rc = fdpo_error("%s: unexpected tensor 'score.weight' (a reward-model head, but config.json's architectures is not GPT2ForSequenceClassification)", st_path); break; }
         if (!is_skipped_name(f->name)) { rc = fdpo_error("%s: unexpected tensor '%s' (not part of GPT-2)", st_path, f->name); break; }
         if (strcmp(f->name, "lm_head.weight")) continue;
         size_t n = c.vocab_size * c.n_embd;
