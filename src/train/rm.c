@@ -267,8 +267,23 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
         }
         if (fdpo_trainer_maybe_save(&tr)) goto done;
     }
-    if (n_eval && !tr.stopped && !to->quiet)
-        fdpo_log(FDPO_LOG_INFO, "eval (%zu pairs): accuracy %.4f, loss %.4g", n_eval, em.accuracy, em.loss);
+    if (n_eval && !tr.stopped) {
+        /* final held-out summary: how often the reward model ranks chosen above rejected */
+        if (fdpo_rm_step(tr.model, &rb, eval_pairs, ev_margin, n_eval, (size_t)to->batch_size, cc, 0, n_eval, eot, &em, NULL)) goto done;
+        cJSON *root = cJSON_CreateObject();
+        cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
+        cJSON_AddNumberToObject(root, "pairs", (double)n_eval);
+        cJSON_AddNumberToObject(root, "eval_loss", em.loss);
+        cJSON_AddNumberToObject(root, "eval_accuracy", em.accuracy);
+        cJSON_AddNumberToObject(root, "eval_margin", em.margin);
+        char *text = cJSON_Print(root), *path = fdpo_path_join(to->out, "eval_summary.json");
+        cJSON_Delete(root);
+        int wrc = fdpo_write_file_atomic(path, text, strlen(text));
+        free(path);
+        cJSON_free(text);
+        if (wrc) goto done;
+        if (!to->quiet) fdpo_log(FDPO_LOG_INFO, "eval (%zu pairs): accuracy %.4f, loss %.4g", n_eval, em.accuracy, em.loss);
+    }
     rc = 0;
 done:
     if (tr_open) {

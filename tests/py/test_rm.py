@@ -145,8 +145,10 @@ def test_trained_reward_model_agrees_with_synthetic_reward(tmp_path):
         for row in held:
             P, C, R = tokenize_pair(row)
             agree += reward(ref, score, seq(P, C)) > reward(ref, score, seq(P, R))
-    print("held-out agreement", agree / len(held))
     assert agree / len(held) >= 0.9, (agree, r.stderr)
+    # fdpo's own held-out accuracy is the same count
+    summary = json.loads((out / "eval_summary.json").read_text())
+    assert summary["pairs"] == len(held) and abs(summary["eval_accuracy"] - float(agree) / len(held)) < 1e-12
     # metrics with TRL RewardTrainer's names
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     for k in ("loss", "accuracy", "grad_norm", "learning_rate", "epoch", "margin"):
