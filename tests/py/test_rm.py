@@ -161,6 +161,15 @@ def test_trained_reward_model_agrees_with_synthetic_reward(tmp_path):
     with torch.no_grad():
         want = [reward(ref, score, list(c["prompt"].encode()) + list(c["completion"].encode())).item() for c in comps]
     assert np.max(np.abs(np.array(got) - np.array(want))) < 1e-4
+    # ... and through a command that takes --reward: fdpo pairs labels with rm:DIR's rewards
+    fdpo("pairs", "--samples", tmp_path / "comps.jsonl", "--reward", f"rm:{out}", "--out", tmp_path / "p.jsonl")
+    by_text = {(c["prompt"], c["completion"]): w for c, w in zip(comps, want)}
+    made = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert made
+    for m in made:
+        assert abs(m["chosen_reward"] - by_text[(m["prompt"], m["chosen"])]) < 1e-4
+        assert abs(m["rejected_reward"] - by_text[(m["prompt"], m["rejected"])]) < 1e-4
+    assert "architecture: GPT2ForSequenceClassification" in fdpo("info", out).stdout
 
 
 def test_resume_continues_the_same_run(tmp_path):
