@@ -91,7 +91,7 @@ int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, con
         s.n = n;
         s.loss /= n ? (double)n : 1;
         s.kl /= n ? (double)n : 1;
-        double dd = (double)s.desirable, du = (double)s.undesirable; /* 0/0 = NaN -> null in metrics, as TRL */
+        double dd = (double)s.desirable, du = (double)s.undesirable; /* 0/0 = NaN: that side is not logged */
         s.rewards_chosen /= dd; s.logps_chosen /= dd; s.scores_chosen /= dd;
         s.rewards_rejected /= du; s.logps_rejected /= du; s.scores_rejected /= du;
         s.margins = s.rewards_chosen - s.rewards_rejected;
@@ -111,20 +111,24 @@ static uint64_t kto_data_hash(const fdpo_unpaired_example *const *ex, size_t n) 
     return h;
 }
 
+/* TRL KTOTrainer's log: per-side means over the examples of that side; a side without
+ * examples in the batch is left out (and so is the margin), count/ and _sum are not logged */
 static void add_kto_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_kto_metrics *m, int with_loss) {
     char k[64];
 #define ADD(name, v) do { snprintf(k, sizeof k, "%s%s", prefix, name); fdpo_metrics_add(mw, k, v); } while (0)
     if (with_loss) ADD("loss", m->loss);
     ADD("kl", m->kl);
-    ADD("rewards/chosen", m->rewards_chosen);
-    ADD("rewards/rejected", m->rewards_rejected);
-    ADD("rewards/margins", m->margins);
-    ADD("logps/chosen", m->logps_chosen);
-    ADD("logps/rejected", m->logps_rejected);
-    ADD("scores/chosen", m->scores_chosen);
-    ADD("scores/rejected", m->scores_rejected);
-    ADD("count/chosen", (double)m->desirable);
-    ADD("count/rejected", (double)m->undesirable);
+    if (m->desirable) {
+        ADD("rewards/chosen", m->rewards_chosen);
+        ADD("logps/chosen", m->logps_chosen);
+        ADD("scores/chosen", m->scores_chosen);
+    }
+    if (m->undesirable) {
+        ADD("rewards/rejected", m->rewards_rejected);
+        ADD("logps/rejected", m->logps_rejected);
+        ADD("scores/rejected", m->scores_rejected);
+    }
+    if (m->desirable && m->undesirable) ADD("rewards/margins", m->margins);
 #undef ADD
 }
 
