@@ -178,3 +178,41 @@ def test_kto_run_logs_trl_metrics_and_resumes(models, tmp_path):
     tb, _ = st.load(str(tmp_path / "b" / "model.safetensors"))
     for k in ta:
         assert np.array_equal(ta[k], tb[k]), k
+
+
+def word_rows(rng, n):
+    """Unpaired data labelled by a synthetic rule: completions from the first four words are
+    desirable, from the last four undesirable."""
+    words = ["apple", "blue", "cat", "dog", "egg", "fig", "green", "hat"]
+    rows = []
+    for _ in range(n):
+        good = rng.random() < 0.5
+        w = [rng.choice(words[:4] if good else words[4:]) for _ in range(rng.randint(1, 4))]
+        rows.append({"prompt": rng.choice(["Say:", "Q:"]), "completion": " " + " ".join(w), "label": good})
+    return rows
+
+
+@pytest.mark.parametrize("div", ["rkl", "js"])
+def test_kto_separates_held_out_examples(tmp_path, div):
+    """After a short run the implicit reward beta * l, computed in PyTorch from the saved
+    checkpoint and the reference, is higher on held-out desirable completions than on
+    undesirable ones (it is 0 for both at the start)."""
+    import random
+    rng = random.Random(5)
+    write_jsonl(tmp_path / "train.jsonl", word_rows(rng, 200))
+    held = word_rows(rng, 40)
+    write_jsonl(tmp_path / "held.jsonl", held)
+    base = GPT2(**CFG, seed=1)
+    base.save_hf(str(tmp_path / "base"))
+    save_byte_tokenizer(str(tmp_path / "base"))
+    fdpo("kto", "--model", tmp_path / "base", "--data", tmp_path / "train.jsonl", "--eval-file", tmp_path / "held.jsonl",
+         "--out", tmp_path / "kto", "--beta", "0.1", "--lr", "1e-3", "--batch-size", "8", "--epochs", "2",
+         "--threads", "1", "--quiet", "--divergence", div)
+    pol = GPT2(**CFG)
+    pol.load_hf(str(tmp_path / "kto"))
+    with torch.no_grad():
+        r = {True: [], False: []}
+        for row in held:
+            P, C = tokenize(row)
+            r[row["label"]].append(0.1 * (seq_logp(pol, P, C) - seq_logp(base, P, C)).item())
+    assert np.mean(r[True]) - np.mean(r[False]) > 0.5, (np.mean(r[True]), np.mean(r[False]))

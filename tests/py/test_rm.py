@@ -216,3 +216,13 @@ def test_bad_inputs(rm_dir, tmp_path):
     r = fdpo("rm", "--model", tmp_path / "lm", "--data", tmp / "pairs.jsonl", "--out", tmp_path / "o2",
              "--center-rewards-coefficient", "-1", check=False)
     assert r.returncode != 0 and "--center-rewards-coefficient" in r.stderr
+
+
+def test_help_lists_the_commands_and_their_flags():
+    assert "  rm " in fdpo("--help").stdout and "  kto " in fdpo("--help").stdout
+    h = fdpo("rm", "--help").stdout
+    for f in ("--model", "--data", "--out", "--center-rewards-coefficient", "--eval-fraction", "--batch-size", "--seed", "--threads"):
+        assert f in h, f
+    h = fdpo("kto", "--help").stdout
+    for f in ("--model", "--data", "--out", "--beta", "--divergence", "--desirable-weight", "--undesirable-weight", "--ref"):
+        assert f in h, f
