@@ -1,5 +1,5 @@
 /* Reward functions behind one interface: AFINN-165 lexicon, length, and an external
- * command. A trained reward model would be one more kind here. Definitions: docs/eval.md. */
+ * command, and a trained reward model (rm:DIR). Definitions: docs/eval.md, docs/rm.md. */
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
