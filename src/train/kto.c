@@ -151,6 +151,10 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     int crc = fdpo_config_load(cfg_path, &pcfg);
     free(cfg_path);
     if (crc) { fdpo_error_context("--model %s", to->init); goto done; }
+    if (pcfg.num_labels) {
+        fdpo_error("--model %s: a reward model (GPT2ForSequenceClassification), not a language model to align", to->init);
+        goto done;
+    }
     if (popt.max_length == 0) popt.max_length = pcfg.n_positions;
     if (popt.max_length > pcfg.n_positions) {
         fdpo_error("--max-length %zu exceeds the model's n_positions %zu", popt.max_length, pcfg.n_positions);
@@ -182,7 +186,8 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     const char *ref_dir = o->ref ? o->ref : to->init;
     if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }
     if (ref->config.vocab_size != pcfg.vocab_size || ref->config.num_labels) {
-        fdpo_error("--ref %s: not a language model with the policy's vocab_size %zu", ref_dir, pcfg.vocab_size);
+        fdpo_error("--ref %s: not a language model with the policy's vocab_size %zu%s", ref_dir, pcfg.vocab_size,
+                   ref->config.num_labels ? " (it is a reward model)" : "");
         goto done;
     }
     if (popt.max_length > ref->config.n_positions) {
@@ -192,7 +197,6 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     if (fdpo_trainer_open(&tr, to, "kto", tok, n_train, kto_data_hash(train_ex, n_train), o->n_fixed,
                           o->fixed_keys, o->fixed_values)) goto done;
     tr_open = 1;
-    if (tr.model->config.num_labels) { fdpo_error("--model %s: a reward model, not a language model", to->init); goto done; }
     const size_t per_step = (size_t)(to->batch_size * to->grad_accum), mb = (size_t)to->batch_size;
     step_ex = fdpo_malloc(per_step * sizeof *step_ex);
     if (!to->quiet && tr.state.step == 0)

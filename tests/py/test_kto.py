@@ -161,6 +161,13 @@ def test_missing_or_bad_label_is_an_error(models, tmp_path):
     r = fdpo("kto", "--model", tmp / "policy", "--data", tmp / "data.jsonl", "--out", tmp_path / "o",
              "--divergence", "tv", check=False)
     assert r.returncode != 0 and "--divergence tv" in r.stderr
+    # a reward model is not a policy
+    rmd = tmp_path / "rmdir"
+    GPT2(**CFG).save_hf(str(rmd), config_extra={"architectures": ["GPT2ForSequenceClassification"], "num_labels": 1},
+                        extra={"score.weight": torch.zeros(1, CFG["n_embd"])})
+    save_byte_tokenizer(str(rmd))
+    r = fdpo("kto", "--model", rmd, "--data", tmp / "data.jsonl", "--out", tmp_path / "o3", check=False)
+    assert r.returncode != 0 and f"--model {rmd}: a reward model" in r.stderr, r.stderr
 
 
 def test_kto_run_logs_trl_metrics_and_resumes(models, tmp_path):
