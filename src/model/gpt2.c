@@ -388,10 +388,10 @@ void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, 
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src) {
     const fdpo_gpt2_config *a = &dst->config, *b = &src->config;
     if (a->vocab_size != b->vocab_size || a->n_positions != b->n_positions || a->n_embd != b->n_embd ||
-        a->n_layer != b->n_layer || a->n_head != b->n_head)
-        return fdpo_error("copy params: configs differ (V %zu/%zu, T %zu/%zu, C %zu/%zu, L %zu/%zu, H %zu/%zu)",
+        a->n_layer != b->n_layer || a->n_head != b->n_head || a->num_labels != b->num_labels)
+        return fdpo_error("copy params: configs differ (V %zu/%zu, T %zu/%zu, C %zu/%zu, L %zu/%zu, H %zu/%zu, labels %zu/%zu)",
                           a->vocab_size, b->vocab_size, a->n_positions, b->n_positions, a->n_embd, b->n_embd,
-                          a->n_layer, b->n_layer, a->n_head, b->n_head);
+                          a->n_layer, b->n_layer, a->n_head, b->n_head, a->num_labels, b->num_labels);
     memcpy(dst->params_memory, src->params_memory, src->n_params * sizeof(float));
     return 0;
 }
