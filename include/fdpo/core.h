@@ -16,11 +16,45 @@ int fdpo_error_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)
 const char *fdpo_last_error(void);
 void fdpo_clear_error(void);
 
-/* ---- memory ---- aborts with a message on out-of-memory (nothing sensible to recover). */
+/* ---- memory ----
+ * Allocation never returns NULL. On out-of-memory the library calls the handler set with
+ * fdpo_oom_set (the fdpo command installs one that prints "fdpo: out of memory ..." and
+ * exits 1); the handler may exit/longjmp, or release memory and return, after which the
+ * allocation is retried once. With no handler, or if the retry fails, the library logs an
+ * error through the hook and calls abort() — it never calls exit(). */
+typedef void (*fdpo_oom_fn)(size_t bytes, void *user);
+void fdpo_oom_set(fdpo_oom_fn fn, void *user);
 void *fdpo_malloc(size_t n);
 void *fdpo_calloc(size_t count, size_t size);
 void *fdpo_realloc(void *p, size_t n);
 char *fdpo_strdup(const char *s);
+
+/* ---- string vectors ---- the one growable list of owned strings. */
+typedef struct { char **v; size_t n, cap; } fdpo_strv;
+const char *fdpo_strv_push(fdpo_strv *sv, const char *s);  /* copies s; returns the copy */
+void fdpo_strv_free(fdpo_strv *sv);
+
+/* ---- index tables ----
+ * The one hash table of libfdpo: open addressing with linear probing over items that live in
+ * the caller's own arrays. A slot holds item index + 1 (0 = empty); the table stores no keys,
+ * so a lookup is a probe loop in which the caller compares its item:
+ *     for (size_t i = fdpo_itab_first(&t, h); t.slot[i]; i = fdpo_itab_next(&t, i))
+ *         if (same_key(t.slot[i] - 1)) return t.slot[i] - 1;
+ *     fdpo_itab_set(&t, i, item);     (not found: i is the empty slot where it goes)
+ * Capacity is a power of two kept at load <= 1/2 (fdpo_itab_reserve). */
+typedef struct { uint32_t *slot; size_t cap, n; } fdpo_itab;
+void fdpo_itab_init(fdpo_itab *t, size_t n_items);           /* room for n_items */
+static inline size_t fdpo_itab_first(const fdpo_itab *t, uint64_t hash) { return (size_t)(hash & (t->cap - 1)); }
+static inline size_t fdpo_itab_next(const fdpo_itab *t, size_t i) { return (i + 1) & (t->cap - 1); }
+static inline void fdpo_itab_set(fdpo_itab *t, size_t slot, size_t item) {
+    if (!t->slot[slot]) t->n++;
+    t->slot[slot] = (uint32_t)item + 1;
+}
+/* Make room for n_items; when the table grows, the items in it are placed again with
+ * hash_of(item, ctx), so slots found before are stale: probe again. Returns 1 if it grew. */
+int fdpo_itab_reserve(fdpo_itab *t, size_t n_items, uint64_t (*hash_of)(size_t item, const void *ctx), const void *ctx);
+void fdpo_itab_clear(fdpo_itab *t);   /* empty, same capacity */
+void fdpo_itab_free(fdpo_itab *t);
 
 /* ---- RNG ---- xoshiro256** seeded with splitmix64: same seed -> same stream everywhere. */
 typedef struct { uint64_t s[4]; } fdpo_rng;
@@ -45,6 +79,20 @@ int fdpo_atomic_commit(fdpo_atomic_file *af);
 void fdpo_atomic_abort(fdpo_atomic_file *af);
 int fdpo_mkdir_p(const char *path);
 int fdpo_file_exists(const char *path);
+/* Exclusive, non-blocking flock on DIR.lock (beside DIR: DIR itself is swapped by rename),
+ * held until fdpo_dir_unlock or process exit; the file records the holder's pid. Taking a
+ * lock this process already holds is a no-op. Refused: "FLAG DIR: in use by another run
+ * (pid N holds DIR.lock)". flag names the option that chose DIR ("--out"). */
+int fdpo_dir_lock(const char *dir, const char *flag);
+void fdpo_dir_unlock(const char *dir);
+int fdpo_dir_locked(const char *dir);
+/* Remove DIR/NAME.tmp.PID files (fdpo_atomic_open's temp names) whose writer PID is no
+ * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. */
+long fdpo_remove_stale_tmp(const char *dir);
+/* JSON written atomically: pretty-printed (pretty = 1) or on one line, with a final
+ * newline. root is a cJSON tree (cJSON.h); the caller keeps ownership. */
+struct cJSON;
+int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty);
 /* path_join returns a malloc'd "a/b". */
 char *fdpo_path_join(const char *a, const char *b);
 /* FNV-1a 64 over bytes, chainable: h = fdpo_hash64(h, data, n), start with FDPO_HASH_INIT. */

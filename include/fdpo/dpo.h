@@ -70,6 +70,7 @@ typedef struct {
     size_t cap_tokens;
 } fdpo_dpo;
 
+/* cfg->loss must have passed fdpo_pref_loss_check (fdpo_dpo_run_opts_check does it once per run). */
 int  fdpo_dpo_init(fdpo_dpo *d, fdpo_gpt2 *policy, fdpo_gpt2 *ref_live, const fdpo_dpo_config *cfg);
 void fdpo_dpo_free(fdpo_dpo *d);
 
@@ -88,7 +89,9 @@ int fdpo_dpo_pair_logps(fdpo_gpt2 *m, fdpo_pair_layout layout, size_t micro_batc
 
 /* ---- reference log-prob cache (src/train/refcache.c) ----
  * A file DIR/ref-<key>.safetensors holding logps [n, 2] (F64) for every pair of a loaded
- * set, in set order. key = FNV-1a 64 over: a format version, the reference config and
+ * set, in set order, and in its metadata the FNV-1a 64 "checksum" of those bytes. A file
+ * whose checksum does not match or that holds a non-finite value is logged as a warning and
+ * recomputed. key = FNV-1a 64 over: a format version, the reference config and
  * weights, the data file's bytes, the tokenizer files' bytes, the truncation options, and
  * the token ids of every pair (so anything that changes the model's inputs changes it). */
 typedef struct {
@@ -96,15 +99,17 @@ typedef struct {
     uint64_t key;
 } fdpo_refcache_key;
 uint64_t fdpo_hash_model(const fdpo_gpt2 *m);
+/* Chain one pair's token ids (prompt, chosen, rejected, with their lengths) into h. */
+uint64_t fdpo_hash_pair(uint64_t h, const fdpo_pref_pair *p);
 /* Hash of the tokenizer files present in dir (fdpo_tokenizer.json, vocab.json, ...). */
 uint64_t fdpo_hash_tokenizer_dir(const char *dir);
 int fdpo_refcache_key_make(fdpo_refcache_key *k, uint64_t weights_hash, const char *data_path,
                            const char *tokenizer_dir, const fdpo_pref_options *opt, const fdpo_pref_set *set);
 /* Load the cached log-probs into out[2n] if DIR holds them for key; else compute them with
  * ref (micro-batched, layout), write the file atomically, and fill out. *hit = 1 on reuse.
- * Logs "ref cache hit|miss: PATH" to log (may be NULL). */
+ * Logs "ref cache hit|miss: PATH" through the hook (fdpo_log). */
 int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *ref, fdpo_pair_layout layout,
-                      size_t micro_batch, const fdpo_pref_set *set, double *out, int *hit, FILE *log);
+                      size_t micro_batch, const fdpo_pref_set *set, double *out, int *hit);
 char *fdpo_refcache_path(const char *dir, const fdpo_refcache_key *k); /* malloc'd */
 
 /* ---- a whole run (src/train/dpo_run.c): what `fdpo dpo` does ----
@@ -119,9 +124,16 @@ typedef struct {
     double eval_fraction;
     fdpo_pref_options pref;
     fdpo_dpo_config dpo;        /* micro_batch is taken from train.batch_size */
-    size_t n_fixed;
-    const char *const *fixed_keys, *const *fixed_values;
 } fdpo_dpo_run_opts;
+/* Defaults of `fdpo dpo` (train options included: lr 1e-6, linear schedule, eval every 50). */
+void fdpo_dpo_run_opts_default(fdpo_dpo_run_opts *o);
+/* The one check of a run's options (the train options, the loss, the data shaping); called
+ * by fdpo_dpo_train. Errors name the option by its flag ("--beta: must be > 0"). */
+int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o);
+/* The run's settings under their flag names, for training_state.json: the objective, data
+ * shaping and reference are fixed on --resume; layout, ref-live and ref-cache-dir are kept
+ * unless given again. Appended to s. */
+void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s);
 int fdpo_dpo_train(const fdpo_dpo_run_opts *o);
 
 #endif

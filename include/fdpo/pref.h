@@ -78,9 +78,10 @@ int fdpo_pref_load(const char *path, const fdpo_tokenizer *tok, const fdpo_pref_
 int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
                     const fdpo_pref_options *opt, fdpo_pref_set *out);
 void fdpo_pref_free(fdpo_pref_set *s);
-/* Summary as one JSON object (malloc'd) and as a human line (printed to f). */
+/* Summary as one JSON object (malloc'd). */
 char *fdpo_pref_summary_json(const fdpo_pref_summary *s);
-void fdpo_pref_summary_print(FILE *f, const char *name, const fdpo_pref_summary *s);
+/* The summary as log lines through the hook (counts, then the first line skipped per reason). */
+void fdpo_pref_summary_log(const char *name, const fdpo_pref_summary *s);
 /* Seeded split (fdpo_data_split of data.h): round(fraction * n) pairs, at least 1 when
  * fraction > 0 and n >= 2, never all, go to eval; both halves stay in file order. Caller
  * frees both arrays. */

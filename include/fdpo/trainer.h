@@ -7,7 +7,7 @@
  * own micro-batches and metrics):
  *
  *   fdpo_trainer tr;
- *   fdpo_trainer_open(&tr, &opts, tok, n_train_items, data_hash, fixed_keys, fixed_vals, n_fixed);
+ *   fdpo_trainer_open(&tr, &opts, kind, tok, n_train_items, data_hash, extra_settings);
  *   while (!fdpo_trainer_done(&tr)) {
  *       fdpo_gpt2_zero_grad(tr.model);
  *       for each of opts.grad_accum micro-batches:
@@ -58,6 +58,40 @@ typedef struct {
     int quiet;           /* no progress line */
 } fdpo_train_opts;
 
+/* The library owns these options: fdpo_train_opts_default fills the documented defaults
+ * (the CLI's flag table shows the same values), fdpo_train_opts_check validates them once
+ * per run (the pretrain/sft caller before loading data; fdpo_dpo_run_opts_check); errors name the option by its
+ * flag / config key ("--lr: -1 must be >= 0"). */
+void fdpo_train_opts_default(fdpo_train_opts *o);
+int fdpo_train_opts_check(const fdpo_train_opts *o);
+
+/* ---- run settings ----
+ * A run's options as typed values under their flag names ("lr" = 0.001, "schedule" =
+ * "cosine", "shuffle" = true, "eval-file" = null), saved in training_state.json. On --resume
+ * a FIXED setting (one the result depends on: lr, seed, divergence, ...) must equal the
+ * saved one; the others (save-every, eval-every, log-every, threads, ...) take the saved
+ * value unless given again (the CLI does that from fdpo_train_state_read_settings). */
+typedef enum { FDPO_SETTING_NULL, FDPO_SETTING_NUM, FDPO_SETTING_BOOL, FDPO_SETTING_STR } fdpo_setting_type;
+typedef struct {
+    char *key;                 /* flag name without "--" */
+    fdpo_setting_type type;
+    double num;                /* NUM (integers are exact up to 2^53), BOOL (0/1) */
+    char *str;                 /* STR */
+    int fixed;
+} fdpo_setting;
+typedef struct { size_t n, cap; fdpo_setting *v; } fdpo_settings;
+void fdpo_settings_num(fdpo_settings *s, const char *key, double v, int fixed);   /* add or replace */
+void fdpo_settings_bool(fdpo_settings *s, const char *key, int v, int fixed);
+void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fixed); /* NULL -> null */
+const fdpo_setting *fdpo_settings_find(const fdpo_settings *s, const char *key);
+void fdpo_settings_free(fdpo_settings *s);
+void fdpo_setting_text(const fdpo_setting *x, char *buf, size_t n);    /* "0.001", "true", "(none)" */
+/* Error "--KEY: NOW differs from the saved run's THEN (it cannot change on --resume)" for the
+ * first fixed setting of now whose value differs from saved. */
+int fdpo_settings_check_resume(const fdpo_settings *saved, const fdpo_settings *now);
+/* The settings of fdpo_train_opts (fixed and kept ones), appended to s. */
+void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s);
+
 /* Total optimizer steps of a run over n_items items. */
 size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items);
 
@@ -86,22 +120,18 @@ typedef struct {
     fdpo_rng rng;           /* data-order RNG, as it stands after the last consumed item */
     fdpo_data_order data;
     uint64_t data_hash;     /* fingerprint of the training items (resume refuses other data) */
-    size_t n_fixed;         /* settings that must not change on resume, as text */
-    char **fixed_keys, **fixed_values;
+    fdpo_settings settings; /* the run's options, typed (see above) */
     char *kind;             /* "pretrain", "sft", "dpo" */
 } fdpo_train_state;
-void fdpo_train_state_set_fixed(fdpo_train_state *s, size_t n, const char *const *keys,
-                                const char *const *values);
 void fdpo_train_state_free(fdpo_train_state *s);
 /* Write both state files into dir (atomic each). */
 int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo_adamw *opt,
                           const fdpo_gpt2 *m);
 /* Read both state files; opt must already be sized for m (fdpo_adamw_init). */
 int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt, const fdpo_gpt2 *m);
-/* Read only the fixed settings of DIR/training_state.json (for the CLI to default flags to
- * the saved run's values on --resume). Returns the count or -1; free with fdpo_strv_free. */
-int fdpo_train_state_read_fixed(const char *dir, char ***keys, char ***values, size_t *n);
-void fdpo_strv_free(char **v, size_t n);
+/* Read only the settings and the step of DIR/training_state.json (for the CLI to default
+ * flags to the saved run's values on --resume). Free with fdpo_settings_free. */
+int fdpo_train_state_read_settings(const char *dir, fdpo_settings *settings, size_t *step);
 
 /* ---- checkpoint directories with atomic replacement ----
  * fdpo_checkpoint_save_all writes config.json, model.safetensors, the tokenizer files and,
@@ -112,7 +142,11 @@ void fdpo_strv_free(char **v, size_t n);
  * (or copied) into OUT.tmp first so they survive the swap. */
 int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tokenizer *tok,
                              const fdpo_train_state *s, const fdpo_adamw *opt);
-/* If OUT is missing and OUT.old exists, rename it back; remove a stale OUT.tmp. */
+/* Claim OUT for this process and repair it: take the run lock (fdpo_dir_lock on OUT.lock;
+ * a second run on the same OUT is refused naming the holder's pid), then, if OUT is missing
+ * and OUT.old exists, rename it back, remove a stale OUT.tmp and the NAME.tmp.PID files of
+ * dead writers. Runs once per process and directory (later calls return 0); the lock is
+ * released by fdpo_trainer_close or at process exit. */
 int fdpo_checkpoint_recover(const char *out);
 /* Remove a directory tree (files and subdirectories). */
 int fdpo_remove_tree(const char *path);
@@ -159,7 +193,7 @@ fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o);
  * the progress line. kind: "pretrain", "sft", "dpo". */
 int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *kind,
                       const fdpo_tokenizer *tok, size_t n_items, uint64_t data_hash,
-                      size_t n_fixed, const char *const *fixed_keys, const char *const *fixed_values);
+                      const fdpo_settings *extra);   /* the command's own settings, or NULL */
 int fdpo_trainer_done(const fdpo_trainer *tr);            /* all steps taken or stopped */
 size_t fdpo_trainer_next_item(fdpo_trainer *tr);          /* next training item index */
 /* Call before the first micro-batch of a step: zero grads, start the step clock. */
@@ -192,10 +226,11 @@ int fdpo_trainer_close(fdpo_trainer *tr, int save_final);
  * The weighted next-token loop over fdpo_lm_data: each step takes batch_size * grad_accum
  * sequences; loss = sum_t w_t * (-log p(target_t)) / W, W = sum of w_t over the WHOLE step,
  * so that accumulated micro-batches give the loss and gradient of one big batch. val (may
- * be empty) is evaluated every eval_every steps and at the end. */
+ * be empty) is evaluated every eval_every steps and at the end. o must have passed
+ * fdpo_train_opts_check (the data loaders need its sizes first, so the caller checks once,
+ * before loading). */
 int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokenizer *tok,
-                  const fdpo_lm_data *train, const fdpo_lm_data *val,
-                  size_t n_fixed, const char *const *fixed_keys, const char *const *fixed_values);
+                  const fdpo_lm_data *train, const fdpo_lm_data *val);
 /* Weighted mean next-token loss of m over the first max_seqs sequences of d (0 = all),
  * batch_size sequences at a time. */
 int fdpo_lm_eval(fdpo_gpt2 *m, const fdpo_lm_data *d, size_t batch_size, size_t max_seqs, double *loss);

@@ -18,12 +18,6 @@ static int not_for_dpo(const char *name) {
     return 0;
 }
 
-/* Settings a --resume must keep (the shared ones plus the objective and the data shaping). */
-static const char *const DPO_FIXED[] = {
-    "policy", "divergence", "loss", "beta", "label-smoothing", "simpo-gamma", "sft-weight", "max-length",
-    "max-prompt-length", "on-long", "bad-pairs", "eval-fraction", "eval-file", "ref", "data",
-};
-
 int cmd_dpo(int argc, char **argv) {
     static const char usage[] =
         "fdpo dpo --policy CKPT --data FILE.jsonl --out DIR [--divergence rkl|fkl|js|alpha:A] "
@@ -75,19 +69,10 @@ int cmd_dpo(int argc, char **argv) {
     if (rc == FLAGS_HELP) return 0;
     if (rc) return -1;
     rc = -1;
-    char **fixed_vals = NULL;
-    const char **fixed = NULL;
-    size_t n_fixed = 0;
     if (n_pos > 0) { fdpo_error("unexpected argument '%s' (the data file goes in --data)", pos[0]); goto done; }
-    fixed = fdpo_malloc((TRAIN_N_FIXED_FLAGS + sizeof DPO_FIXED / sizeof DPO_FIXED[0]) * sizeof *fixed);
-    for (size_t i = 0; i < TRAIN_N_FIXED_FLAGS; i++) if (!not_for_dpo(TRAIN_FIXED_FLAGS[i])) fixed[n_fixed++] = TRAIN_FIXED_FLAGS[i];
-    for (size_t i = 0; i < sizeof DPO_FIXED / sizeof DPO_FIXED[0]; i++) fixed[n_fixed++] = DPO_FIXED[i];
-    if (train_flags_finish(flags, n, &o.train, fixed, n_fixed)) goto done;
-    /* a resumed run restores unset optional paths as "" (saved text of "none") */
-    if (o.eval_file && !*o.eval_file) o.eval_file = NULL;
-    if (o.ref && !*o.ref) o.ref = NULL;
+    /* on --resume, unset flags take the saved run's values; the library checks the rest */
+    if (train_flags_finish(flags, n, &o.train)) goto done;
     if (!policy) { fdpo_error("--policy: required (the checkpoint to align)"); goto done; }
-    if (!o.data) { fdpo_error("--data: required (preference JSONL)"); goto done; }
     o.train.init = policy;
     if (fdpo_divergence_parse(divergence, &o.dpo.loss.div)) { fdpo_error_context("--divergence"); goto done; }
     if (fdpo_loss_parse(loss, &o.dpo.loss.kind)) goto done;
@@ -96,7 +81,6 @@ int cmd_dpo(int argc, char **argv) {
     o.dpo.loss.label_smoothing = smoothing;
     o.dpo.loss.simpo_gamma = gamma;
     o.dpo.loss.sft_weight = sft;
-    if (fdpo_pref_loss_check(&o.dpo.loss)) goto done;
     if (max_length < 0) { fdpo_error("--max-length: %ld must be >= 0", max_length); goto done; }
     if (max_prompt_length < 0) { fdpo_error("--max-prompt-length: %ld must be >= 0", max_prompt_length); goto done; }
     o.pref.max_length = (size_t)max_length;
@@ -108,16 +92,9 @@ int cmd_dpo(int argc, char **argv) {
     if (!strcmp(bad_pairs, "error")) o.pref.on_bad = FDPO_PREF_ERROR;
     else if (!strcmp(bad_pairs, "skip")) o.pref.on_bad = FDPO_PREF_SKIP;
     else { fdpo_error("--bad-pairs: '%s' is not error or skip", bad_pairs); goto done; }
-    if (!(o.eval_fraction >= 0 && o.eval_fraction < 1)) { fdpo_error("--eval-fraction: %g is not in [0, 1)", o.eval_fraction); goto done; }
-    if (o.ref_live && o.ref_cache_dir) { fdpo_error("--ref-cache-dir: has no use with --ref-live"); goto done; }
-    fixed_vals = train_flags_values(flags, n, fixed, n_fixed);
-    o.n_fixed = n_fixed;
-    o.fixed_keys = fixed;
-    o.fixed_values = (const char *const *)fixed_vals;
+    train_catch_interrupts();
     rc = fdpo_dpo_train(&o);
 done:
-    if (fixed_vals) fdpo_strv_free(fixed_vals, n_fixed);
-    free(fixed);
     free(pos);
     return rc;
 }

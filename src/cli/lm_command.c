@@ -19,18 +19,13 @@ int lm_command_run(const lm_command *c, int argc, char **argv) {
     rc = -1;
     fdpo_tokenizer *tok = NULL;
     fdpo_lm_data train = {0}, val = {0};
-    char **fixed_vals = NULL;
-    if (train_flags_finish(flags, n, &o, TRAIN_FIXED_FLAGS, TRAIN_N_FIXED_FLAGS)) goto done;
-    if (o.eval_max_seqs < 0) { fdpo_error("--eval-max-seqs: %ld must be >= 0", o.eval_max_seqs); goto done; }
+    if (train_flags_finish(flags, n, &o) || fdpo_train_opts_check(&o)) goto done;
     if (n_pos == 0) { fdpo_error("no input files (usage: %s)", c->usage); goto done; }
     if (!(tok = fdpo_trainer_load_tokenizer(&o))) goto done;
     if (c->load(pos, (size_t)n_pos, tok, &o, &train, &val)) goto done;
-    fixed_vals = train_flags_values(flags, n, TRAIN_FIXED_FLAGS, TRAIN_N_FIXED_FLAGS);
     train_catch_interrupts();
-    rc = fdpo_lm_train(&o, c->name, tok, &train, &val, TRAIN_N_FIXED_FLAGS, TRAIN_FIXED_FLAGS,
-                       (const char *const *)fixed_vals);
+    rc = fdpo_lm_train(&o, c->name, tok, &train, &val);
 done:
-    fdpo_strv_free(fixed_vals, TRAIN_N_FIXED_FLAGS);
     fdpo_lm_data_free(&train); fdpo_lm_data_free(&val);
     fdpo_tokenizer_free(tok);
     free(pos);

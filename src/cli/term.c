@@ -55,8 +55,16 @@ static void term_progress(const fdpo_progress_info *p, void *user) {
     fflush(stderr);
 }
 
+/* Out of memory: the command has nothing to save, so it says so and exits 1. */
+static void term_oom(size_t bytes, void *user) {
+    close_line();
+    fprintf(stderr, "fdpo%s%s: out of memory allocating %zu bytes\n", user ? " " : "", user ? (const char *)user : "", bytes);
+    exit(1);
+}
+
 void term_install(const char *cmd) {
     g_tty = isatty(2);
+    fdpo_oom_set(term_oom, (void *)cmd);
     fdpo_log_set(term_log, (void *)cmd);
     fdpo_progress_set(term_progress, NULL);
 }

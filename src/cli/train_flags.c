@@ -8,13 +8,6 @@
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
 
-const char *const TRAIN_FIXED_FLAGS[] = {
-    "seq-len", "batch-size", "grad-accum", "steps", "epochs", "lr", "schedule", "warmup-steps",
-    "min-lr-ratio", "weight-decay", "beta1", "beta2", "adam-eps", "grad-clip", "seed",
-    "val-fraction", "shuffle",
-};
-const size_t TRAIN_N_FIXED_FLAGS = sizeof TRAIN_FIXED_FLAGS / sizeof TRAIN_FIXED_FLAGS[0];
-
 size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
     memset(o, 0, sizeof *o);
     const fdpo_flag shared[] = {
@@ -66,30 +59,22 @@ static fdpo_flag *find(fdpo_flag *flags, size_t n, const char *name) {
     return NULL;
 }
 
-static char *value_text(const fdpo_flag *f) {
-    char buf[64];
-    switch (f->type) {
-    case FLAG_INT: snprintf(buf, sizeof buf, "%ld", *(long *)f->dest); break;
-    case FLAG_FLOAT: fdpo_fmt_double(buf, sizeof buf, *(double *)f->dest); break;
-    case FLAG_BOOL: snprintf(buf, sizeof buf, "%d", *(int *)f->dest ? 1 : 0); break;
-    case FLAG_STR: return fdpo_strdup(*(const char **)f->dest ? *(const char **)f->dest : "");
-    }
-    return fdpo_strdup(buf);
-}
-
-char **train_flags_values(const fdpo_flag *flags, size_t n, const char *const *names, size_t n_names) {
-    char **v = fdpo_malloc((n_names ? n_names : 1) * sizeof *v);
-    for (size_t i = 0; i < n_names; i++) {
-        const fdpo_flag *f = find((fdpo_flag *)flags, n, names[i]);
-        v[i] = f ? value_text(f) : fdpo_strdup("");
-    }
-    return v;
-}
-
 static char **g_kept; static size_t g_n_kept;
 
-/* Saved text -> flag value (the text came from value_text, so it parses). */
-static int set_from_text(fdpo_flag *f, const char *text) {
+/* A saved setting -> the flag's value. Settings are typed (state version 2); a version-1
+ * state holds text, which parses the way the flag's own value would. */
+static int set_from_setting(fdpo_flag *f, const fdpo_setting *x) {
+    if (x->type == FDPO_SETTING_NULL) { if (f->type == FLAG_STR) *(const char **)f->dest = NULL; return 0; }
+    if (x->type != FDPO_SETTING_STR) {
+        switch (f->type) {
+        case FLAG_INT: *(long *)f->dest = (long)x->num; return 0;
+        case FLAG_FLOAT: *(double *)f->dest = x->num; return 0;
+        case FLAG_BOOL: *(int *)f->dest = x->num != 0; return 0;
+        case FLAG_STR: break;
+        }
+        return fdpo_error("saved setting '%s' is not text, but --%s takes text", x->key, f->name);
+    }
+    const char *text = x->str;
     char *end;
     errno = 0;
     switch (f->type) {
@@ -97,6 +82,7 @@ static int set_from_text(fdpo_flag *f, const char *text) {
     case FLAG_FLOAT: *(double *)f->dest = strtod(text, &end); break;
     case FLAG_BOOL: *(int *)f->dest = atoi(text) != 0; end = (char *)text + strlen(text); break;
     case FLAG_STR: {
+        if (!*text) { *(const char **)f->dest = NULL; return 0; }   /* version 1 saved "none" as "" */
         /* kept for the process lifetime, like the parser's config strings */
         char *copy = fdpo_strdup(text);
         g_kept = fdpo_realloc(g_kept, (g_n_kept + 1) * sizeof *g_kept);
@@ -110,67 +96,42 @@ static int set_from_text(fdpo_flag *f, const char *text) {
     return 0;
 }
 
-static int resume_fixed(fdpo_flag *flags, size_t n, const char *out, const char *const *fixed, size_t n_fixed) {
-    char **keys, **vals;
-    size_t ns;
+/* --resume: every flag not given now takes the saved run's value (fixed ones and kept ones
+ * such as --save-every alike); the library then refuses a fixed one that was given with
+ * another value. The log says which values are in force and where they came from. */
+static int resume_defaults(fdpo_flag *flags, size_t n, const char *out) {
+    fdpo_settings saved;
+    size_t step = 0;
     if (fdpo_checkpoint_recover(out)) return -1;
-    if (fdpo_train_state_read_fixed(out, &keys, &vals, &ns) < 0) return fdpo_error_context("--resume");
+    if (fdpo_train_state_read_settings(out, &saved, &step)) return fdpo_error_context("--resume");
+    char from_saved[1024] = "", given[512] = "";
+    size_t a = 0, b = 0;
     int rc = 0;
-    for (size_t i = 0; i < n_fixed && !rc; i++) {
-        fdpo_flag *f = find(flags, n, fixed[i]);
+    for (size_t i = 0; i < saved.n && !rc; i++) {
+        const fdpo_setting *x = &saved.v[i];
+        fdpo_flag *f = find(flags, n, x->key);
         if (!f) continue;
-        for (size_t k = 0; k < ns; k++) {
-            if (strcmp(keys[k], fixed[i])) continue;
-            if (f->set) {
-                char *now = value_text(f);
-                if (strcmp(now, vals[k]))
-                    rc = fdpo_error("--%s: %s differs from the saved run's %s (it cannot change on --resume)",
-                                    f->name, now, vals[k]);
-                free(now);
-            } else {
-                rc = set_from_text(f, vals[k]);
-            }
-            break;
+        char text[96];
+        fdpo_setting_text(x, text, sizeof text);
+        if (f->set) {
+            if (!x->fixed && b < sizeof given)
+                b += (size_t)snprintf(given + b, sizeof given - b, "%s--%s", b ? ", " : "", f->name);
+            continue;
         }
+        rc = set_from_setting(f, x);
+        if (!rc && a < sizeof from_saved)
+            a += (size_t)snprintf(from_saved + a, sizeof from_saved - a, "%s%s=%s", a ? " " : "", x->key, text);
     }
-    fdpo_strv_free(keys, ns);
-    fdpo_strv_free(vals, ns);
-    return rc;
+    fdpo_settings_free(&saved);
+    if (rc) return rc;
+    fdpo_log(FDPO_LOG_INFO, "resuming %s after step %zu with the saved settings: %s", out, step, a ? from_saved : "(none)");
+    if (b) fdpo_log(FDPO_LOG_INFO, "resuming with new values given now for: %s", given);
+    return 0;
 }
 
-int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o,
-                       const char *const *fixed, size_t n_fixed) {
+int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o) {
     if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
-    if (o->resume && resume_fixed(flags, n, o->out, fixed, n_fixed)) return -1;
-    if (o->resume && o->overwrite) return fdpo_error("--overwrite: cannot be combined with --resume");
-    if (o->seq_len < 1) return fdpo_error("--seq-len: %ld must be >= 1", o->seq_len);
-    if (o->batch_size < 1) return fdpo_error("--batch-size: %ld must be >= 1", o->batch_size);
-    if (o->grad_accum < 1) return fdpo_error("--grad-accum: %ld must be >= 1", o->grad_accum);
-    if (o->steps < 0) return fdpo_error("--steps: %ld must be >= 0", o->steps);
-    if (o->steps == 0 && !(o->epochs > 0)) return fdpo_error("--epochs: %g must be > 0 when --steps is 0", o->epochs);
-    if (o->stop_at < 0) return fdpo_error("--stop-at: %ld must be >= 0", o->stop_at);
-    if (!(o->lr >= 0)) return fdpo_error("--lr: %g must be >= 0", o->lr);
-    fdpo_sched_kind k;
-    if (fdpo_schedule_parse(o->schedule, &k)) return -1;
-    if (o->warmup_steps < 0) return fdpo_error("--warmup-steps: %ld must be >= 0", o->warmup_steps);
-    if (!(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1)) return fdpo_error("--min-lr-ratio: %g is not in [0, 1]", o->min_lr_ratio);
-    if (!(o->weight_decay >= 0)) return fdpo_error("--weight-decay: %g must be >= 0", o->weight_decay);
-    if (!(o->beta1 >= 0 && o->beta1 < 1)) return fdpo_error("--beta1: %g is not in [0, 1)", o->beta1);
-    if (!(o->beta2 >= 0 && o->beta2 < 1)) return fdpo_error("--beta2: %g is not in [0, 1)", o->beta2);
-    if (!(o->adam_eps > 0)) return fdpo_error("--adam-eps: %g must be > 0", o->adam_eps);
-    if (!(o->grad_clip >= 0)) return fdpo_error("--grad-clip: %g must be >= 0", o->grad_clip);
-    if (!(o->val_fraction >= 0 && o->val_fraction < 1)) return fdpo_error("--val-fraction: %g is not in [0, 1)", o->val_fraction);
-    if (o->eval_every < 0) return fdpo_error("--eval-every: %ld must be >= 0", o->eval_every);
-    if (o->save_every < 0) return fdpo_error("--save-every: %ld must be >= 0", o->save_every);
-    if (o->log_every < 1) return fdpo_error("--log-every: %ld must be >= 1", o->log_every);
-    if (o->threads < 0) return fdpo_error("--threads: %ld must be >= 0", o->threads);
-    if (o->seed < 0) return fdpo_error("--seed: %ld must be >= 0", o->seed);
-    if (o->n_layer < 1) return fdpo_error("--n-layer: %ld must be >= 1", o->n_layer);
-    if (o->n_head < 1) return fdpo_error("--n-head: %ld must be >= 1", o->n_head);
-    if (o->n_embd < 1 || o->n_embd % o->n_head) return fdpo_error("--n-embd: %ld must be a positive multiple of --n-head (%ld)", o->n_embd, o->n_head);
-    if (o->n_positions < 1) return fdpo_error("--n-positions: %ld must be >= 1", o->n_positions);
-    if (!o->init && !o->resume && o->seq_len > o->n_positions)
-        return fdpo_error("--seq-len: %ld exceeds --n-positions %ld", o->seq_len, o->n_positions);
+    if (o->resume && resume_defaults(flags, n, o->out)) return -1;
     return 0;
 }
 

@@ -5,9 +5,7 @@
  *   train_flags_set_default(flags, n, "lr", "5e-7");         per-command defaults
  *   flags[n++] = (fdpo_flag){"beta", FLAG_FLOAT, &beta, "0.1", "..."};   own flags
  *   rc = flags_parse("dpo", usage, flags, n, argc, argv, &npos, &pos);
- *   rc = train_flags_finish(flags, n, &o, fixed_names, n_fixed);  validate; on --resume
- *        take unset fixed flags from OUT's saved run and refuse changed ones
- *   train_flags_fixed_values(flags, n, fixed_names, n_fixed, values)  -> text for the state
+ *   rc = train_flags_finish(flags, n, &o);   on --resume: unset flags take the saved values
  */
 #ifndef FDPO_CLI_TRAIN_FLAGS_H
 #define FDPO_CLI_TRAIN_FLAGS_H
@@ -18,16 +16,11 @@
 #define TRAIN_FLAGS_MAX 40
 size_t train_flags_add(fdpo_flag *flags, size_t n, fdpo_train_opts *o);
 int train_flags_set_default(fdpo_flag *flags, size_t n, const char *name, const char *def);
-/* Flags whose values shape the result; a resumed run must keep them (names without --). */
-extern const char *const TRAIN_FIXED_FLAGS[];
-extern const size_t TRAIN_N_FIXED_FLAGS;
-/* Validate the shared options (positive sizes, schedule name, ranges); error names the flag.
- * With --resume, for each name in fixed: an unset flag takes the saved value, a set flag
- * that differs from it is an error naming the flag. */
-int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o,
-                       const char *const *fixed, size_t n_fixed);
-/* Text of each named flag's current value (malloc'd; free with fdpo_strv_free). */
-char **train_flags_values(const fdpo_flag *flags, size_t n, const char *const *names, size_t n_names);
+/* With --resume: every flag not given now takes the saved run's value from OUT's
+ * training_state.json, and the log lists the values in force. Validation of the options is
+ * the library's (fdpo_train_opts_check, fdpo_dpo_run_opts_check), as is refusing a changed
+ * fixed setting. */
+int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o);
 /* SIGINT / SIGTERM -> fdpo_trainer_request_stop(): the run saves after the current step
  * and exits with "interrupted ..."; a second signal kills as usual (SA_RESETHAND). */
 void train_catch_interrupts(void);

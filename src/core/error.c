@@ -29,15 +29,37 @@ int fdpo_error_context(const char *fmt, ...) {
 const char *fdpo_last_error(void) { return err_msg[0] ? err_msg : "unknown error"; }
 void fdpo_clear_error(void) { err_msg[0] = 0; }
 
-static void oom(size_t n) {
-    fprintf(stderr, "fdpo: out of memory allocating %zu bytes\n", n);
-    exit(1);
+/* Out of memory: every caller of fdpo_malloc relies on getting memory, so there is no
+ * NULL to return. The program that embeds libfdpo decides what happens (docs/ARCHITECTURE.md):
+ * its handler may exit, longjmp, or free a reserve and return (then the allocation is tried
+ * once more). Without a handler, or when the retry fails too, the library logs through the
+ * hook and abort()s: the equivalent of an unhandled std::bad_alloc, never a silent exit(). */
+static fdpo_oom_fn g_oom;
+static void *g_oom_user;
+void fdpo_oom_set(fdpo_oom_fn fn, void *user) { g_oom = fn; g_oom_user = user; }
+
+static int oom(size_t n) {
+    static _Thread_local int in_handler;
+    if (g_oom && !in_handler) { in_handler = 1; g_oom(n, g_oom_user); in_handler = 0; return 1; }
+    fdpo_log(FDPO_LOG_ERROR, "out of memory allocating %zu bytes", n);
+    abort();
 }
-void *fdpo_malloc(size_t n) { void *p = malloc(n ? n : 1); if (!p) oom(n); return p; }
-void *fdpo_calloc(size_t count, size_t size) {
-    void *p = calloc(count ? count : 1, size ? size : 1);
-    if (!p) oom(count * size);
+void *fdpo_malloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p && oom(n)) p = malloc(n ? n : 1);
+    if (!p) { fdpo_log(FDPO_LOG_ERROR, "out of memory allocating %zu bytes", n); abort(); }
     return p;
 }
-void *fdpo_realloc(void *p, size_t n) { void *q = realloc(p, n ? n : 1); if (!q) oom(n); return q; }
+void *fdpo_calloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p && oom(count * size)) p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) { fdpo_log(FDPO_LOG_ERROR, "out of memory allocating %zu bytes", count * size); abort(); }
+    return p;
+}
+void *fdpo_realloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q && oom(n)) q = realloc(p, n ? n : 1);
+    if (!q) { fdpo_log(FDPO_LOG_ERROR, "out of memory allocating %zu bytes", n); abort(); }
+    return q;
+}
 char *fdpo_strdup(const char *s) { size_t n = strlen(s) + 1; char *d = fdpo_malloc(n); memcpy(d, s, n); return d; }

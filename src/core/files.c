@@ -1,4 +1,5 @@
 /* Whole-file reads and atomic writes (temp file, fsync, rename, fsync directory). */
+#include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -84,6 +85,30 @@ int fdpo_write_file_atomic(const char *path, const void *data, size_t len) {
         return -1;
     }
     return fdpo_atomic_commit(&af);
+}
+
+int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty) {
+    char *text = pretty ? cJSON_Print(root) : cJSON_PrintUnformatted(root);
+    if (!text) return fdpo_error("%s: cannot format JSON", path);
+    size_t n = strlen(text);
+    char *body = fdpo_malloc(n + 1);
+    memcpy(body, text, n);
+    body[n] = '\n';
+    cJSON_free(text);
+    int rc = fdpo_write_file_atomic(path, body, n + 1);
+    free(body);
+    return rc;
+}
+
+const char *fdpo_strv_push(fdpo_strv *sv, const char *s) {
+    if (sv->n == sv->cap) { sv->cap = sv->cap ? 2 * sv->cap : 16; sv->v = fdpo_realloc(sv->v, sv->cap * sizeof *sv->v); }
+    return sv->v[sv->n++] = fdpo_strdup(s);
+}
+
+void fdpo_strv_free(fdpo_strv *sv) {
+    for (size_t i = 0; i < sv->n; i++) free(sv->v[i]);
+    free(sv->v);
+    sv->v = NULL; sv->n = sv->cap = 0;
 }
 
 int fdpo_mkdir_p(const char *path) {

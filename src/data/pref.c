@@ -276,8 +276,11 @@ int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_t
     }
     out->summary.pairs = out->n;
     if (out->n == 0) {
-        int rc = fdpo_error("%s: no usable preference pairs (%zu lines read, %zu skipped)", name, out->summary.lines,
-                            out->summary.lines - out->n);
+        const fdpo_pref_summary *sm = &out->summary;
+        int rc = fdpo_error("%s: no usable preference pairs (%zu lines read, %zu skipped: %zu empty completion, "
+                            "%zu identical chosen/rejected, %zu too long for --max-length, %zu identical after "
+                            "truncation)", name, sm->lines, sm->lines - out->n, sm->skipped_empty,
+                            sm->skipped_identical, sm->skipped_too_long, sm->skipped_identical_after_truncation);
         fdpo_pref_free(out);
         return rc;
     }
@@ -321,14 +324,14 @@ char *fdpo_pref_summary_json(const fdpo_pref_summary *s) {
     return r;
 }
 
-void fdpo_pref_summary_print(FILE *f, const char *name, const fdpo_pref_summary *s) {
-    fprintf(f, "%s: %zu pairs from %zu lines; truncated: %zu prompts, %zu completions; skipped: %zu empty, "
-               "%zu identical, %zu too long, %zu identical after truncation\n",
+void fdpo_pref_summary_log(const char *name, const fdpo_pref_summary *s) {
+    fdpo_log(FDPO_LOG_INFO, "%s: %zu pairs from %zu lines; truncated: %zu prompts, %zu completions; skipped: %zu empty, "
+               "%zu identical, %zu too long, %zu identical after truncation",
             name, s->pairs, s->lines, s->truncated_prompt, s->truncated_completion, s->skipped_empty,
             s->skipped_identical, s->skipped_too_long, s->skipped_identical_after_truncation);
     const char *why[] = {"empty completion", "identical", "too long", "identical after truncation"};
     for (int i = 0; i < 4; i++)
-        if (s->first_skip_line[i]) fprintf(f, "%s:%zu: first pair skipped as %s\n", name, s->first_skip_line[i], why[i]);
+        if (s->first_skip_line[i]) fdpo_log(FDPO_LOG_INFO, "%s:%zu: first pair skipped as %s", name, s->first_skip_line[i], why[i]);
 }
 
 int fdpo_pref_split(size_t n, double fraction, uint64_t seed, size_t **train_idx, size_t *n_train,

@@ -112,13 +112,8 @@ int fdpo_config_save(const char *path, const fdpo_gpt2_config *c) {
     cJSON_AddNumberToObject(root, "n_positions", (double)c->n_positions);
     cJSON_AddBoolToObject(root, "tie_word_embeddings", 1);
     cJSON_AddNumberToObject(root, "vocab_size", (double)c->vocab_size);
-    char *text = cJSON_Print(root);
+    int rc = fdpo_write_json_atomic(path, root, 1);
     cJSON_Delete(root);
-    size_t n = strlen(text);
-    text = fdpo_realloc(text, n + 2);
-    text[n] = '\n';
-    int rc = fdpo_write_file_atomic(path, text, n + 1);
-    free(text);
     return rc;
 }
 

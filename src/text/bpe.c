@@ -37,17 +37,14 @@
 static const char GPT2_PATTERN[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|[" WS "]+(?![^" WS "])|[" WS "]+";
 
-/* ---- string -> id: open addressing over the vocabulary strings ---- */
-typedef struct { uint32_t *slot; size_t cap; } strmap; /* slot = id + 1, 0 = empty */
-
-/* ---- (a, b) -> rank, merged id ---- */
+/* ---- (a, b) -> rank, merged id: entries by rank, found through an index table ---- */
 typedef struct { uint64_t key; uint32_t rank; int32_t merged; } pair_entry;
 
 /* ---- word cache: pre-token bytes -> ids ---- */
 typedef struct { uint64_t hash; uint32_t key_off, ids_off; uint16_t key_len, n_ids; } cache_entry;
 typedef struct {
     pthread_mutex_t lock;
-    uint32_t *table; size_t cap;          /* entry index + 1, 0 = empty */
+    fdpo_itab table;                      /* pre-token -> entry */
     cache_entry *ent; size_t n_ent, cap_ent;
     char *keys; size_t n_keys, cap_keys;
     int32_t *ids; size_t n_ids, cap_ids;
@@ -59,8 +56,9 @@ struct fdpo_bpe {
     char **str;              /* token string as in the vocabulary file (UTF-8) */
     unsigned char **bytes;   /* token bytes (preimage of the byte alphabet) */
     uint32_t *n_bytes;
-    strmap map;
-    pair_entry *pairs; size_t pair_cap;
+    fdpo_itab map;           /* token string -> id */
+    pair_entry *pairs;       /* [n_merges], by rank */
+    fdpo_itab pair_index;    /* (a, b) -> rank of its (last) merge line */
     int32_t (*merges)[2]; size_t n_merges; /* in rank order, for saving */
     int32_t byte_id[256];
     char b2u[256][4]; uint8_t b2u_len[256]; /* each byte's symbol, UTF-8 */
@@ -112,50 +110,44 @@ static uint64_t mix64(uint64_t x) {
     x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
     return x;
 }
-static size_t pow2_at_least(size_t n) { size_t c = 16; while (c < n) c <<= 1; return c; }
 
-/* ---- strmap ---- */
+/* ---- string -> id ---- */
 static int32_t strmap_get(const struct fdpo_bpe *b, const char *s, size_t len) {
     if (!b->map.cap) return -1;
-    size_t mask = b->map.cap - 1, i = fdpo_hash64(FDPO_HASH_INIT, s, len) & mask;
-    for (;; i = (i + 1) & mask) {
-        uint32_t v = b->map.slot[i];
-        if (!v) return -1;
-        const char *t = b->str[v - 1];
-        if (strlen(t) == len && memcmp(t, s, len) == 0) return (int32_t)(v - 1);
+    for (size_t i = fdpo_itab_first(&b->map, fdpo_hash64(FDPO_HASH_INIT, s, len)); b->map.slot[i]; i = fdpo_itab_next(&b->map, i)) {
+        const char *t = b->str[b->map.slot[i] - 1];
+        if (strlen(t) == len && memcmp(t, s, len) == 0) return (int32_t)(b->map.slot[i] - 1);
     }
+    return -1;
 }
 /* returns the id already there, or -1 after inserting */
 static int32_t strmap_put(struct fdpo_bpe *b, int32_t id) {
     const char *s = b->str[id];
-    size_t len = strlen(s), mask = b->map.cap - 1, i = fdpo_hash64(FDPO_HASH_INIT, s, len) & mask;
-    for (;; i = (i + 1) & mask) {
-        uint32_t v = b->map.slot[i];
-        if (!v) { b->map.slot[i] = (uint32_t)id + 1; return -1; }
-        if (strcmp(b->str[v - 1], s) == 0) return (int32_t)(v - 1);
-    }
+    size_t i = fdpo_itab_first(&b->map, fdpo_hash64(FDPO_HASH_INIT, s, strlen(s)));
+    for (; b->map.slot[i]; i = fdpo_itab_next(&b->map, i))
+        if (strcmp(b->str[b->map.slot[i] - 1], s) == 0) return (int32_t)(b->map.slot[i] - 1);
+    fdpo_itab_set(&b->map, i, (size_t)id);
+    return -1;
 }
 
 /* ---- pair map ---- */
 static inline uint64_t pair_key(int32_t a, int32_t c) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)c; }
 static inline const pair_entry *pair_get(const struct fdpo_bpe *b, int32_t a, int32_t c) {
     uint64_t k = pair_key(a, c);
-    size_t mask = b->pair_cap - 1, i = mix64(k) & mask;
-    for (;; i = (i + 1) & mask) {
-        const pair_entry *e = &b->pairs[i];
-        if (e->rank == NO_RANK) return NULL;
+    for (size_t i = fdpo_itab_first(&b->pair_index, mix64(k)); b->pair_index.slot[i]; i = fdpo_itab_next(&b->pair_index, i)) {
+        const pair_entry *e = &b->pairs[b->pair_index.slot[i] - 1];
         if (e->key == k) return e;
     }
+    return NULL;
 }
+/* rank = b->n_merges (merges are added in file order) */
 static void pair_put(struct fdpo_bpe *b, int32_t a, int32_t c, uint32_t rank, int32_t merged) {
     uint64_t k = pair_key(a, c);
-    size_t mask = b->pair_cap - 1, i = mix64(k) & mask;
-    for (;; i = (i + 1) & mask) {
-        pair_entry *e = &b->pairs[i];
-        if (e->rank == NO_RANK || e->key == k) { /* a repeated pair: the later line wins, as in HF */
-            e->key = k; e->rank = rank; e->merged = merged; return;
-        }
-    }
+    b->pairs[rank] = (pair_entry){.key = k, .rank = rank, .merged = merged};
+    size_t i = fdpo_itab_first(&b->pair_index, mix64(k));
+    for (; b->pair_index.slot[i]; i = fdpo_itab_next(&b->pair_index, i))
+        if (b->pairs[b->pair_index.slot[i] - 1].key == k) break; /* a repeated pair: the later line wins, as in HF */
+    fdpo_itab_set(&b->pair_index, i, rank);
 }
 
 /* ---- loading ---- */
@@ -167,15 +159,15 @@ static struct fdpo_bpe *bpe_new(void) {
 }
 
 static void cache_release(word_cache *c) {
-    free(c->table); free(c->ent); free(c->keys); free(c->ids);
+    fdpo_itab_free(&c->table); free(c->ent); free(c->keys); free(c->ids);
     if (c->md) pcre2_match_data_free(c->md);
-    c->table = NULL; c->ent = NULL; c->keys = NULL; c->ids = NULL; c->md = NULL;
+    c->ent = NULL; c->keys = NULL; c->ids = NULL; c->md = NULL;
 }
 
 void fdpo_bpe_free(struct fdpo_bpe *b) {
     if (!b) return;
     for (size_t i = 0; i < b->n_vocab; i++) { free(b->str ? b->str[i] : NULL); free(b->bytes ? b->bytes[i] : NULL); }
-    free(b->str); free(b->bytes); free(b->n_bytes); free(b->map.slot); free(b->pairs); free(b->merges);
+    free(b->str); free(b->bytes); free(b->n_bytes); fdpo_itab_free(&b->map); free(b->pairs); fdpo_itab_free(&b->pair_index); free(b->merges);
     for (int i = 0; i < CACHE_SLOTS; i++) { cache_release(&b->cache[i]); pthread_mutex_destroy(&b->cache[i].lock); }
     if (b->re) pcre2_code_free(b->re);
     free(b);
@@ -245,8 +237,7 @@ static int load_vocab_object(struct fdpo_bpe *b, const cJSON *vocab, const char 
         if (b->str[id]) return fdpo_error("%s: id %d used by both '%s' and '%s'", where, id, b->str[id], e->string);
         set_token(b, id, e->string, 0);
     }
-    b->map.cap = pow2_at_least(2 * n);
-    b->map.slot = fdpo_calloc(b->map.cap, sizeof *b->map.slot);
+    fdpo_itab_init(&b->map, n);
     for (size_t i = 0; i < n; i++) {
         int32_t dup = strmap_put(b, (int32_t)i);
         if (dup >= 0) return fdpo_error("%s: token '%s' appears twice (ids %d and %zu)", where, b->str[i], dup, i);
@@ -278,9 +269,8 @@ static int add_merge(struct fdpo_bpe *b, const char *a, size_t la, const char *c
 
 static void merges_alloc(struct fdpo_bpe *b, size_t n) {
     b->merges = fdpo_malloc((n ? n : 1) * sizeof *b->merges);
-    b->pair_cap = pow2_at_least(2 * n + 2);
-    b->pairs = fdpo_malloc(b->pair_cap * sizeof *b->pairs);
-    for (size_t i = 0; i < b->pair_cap; i++) b->pairs[i].rank = NO_RANK;
+    b->pairs = fdpo_malloc((n ? n : 1) * sizeof *b->pairs);
+    fdpo_itab_init(&b->pair_index, n + 1);
 }
 
 /* merges.txt / vocab.bpe: optional "#version" first line, then "a b" per line. */
@@ -332,7 +322,8 @@ static int check_consistent(struct fdpo_bpe *b, const char *vocab_where, const c
     }
     unsigned char *reach = fdpo_calloc(b->n_vocab, 1);
     for (int i = 0; i < 256; i++) reach[b->byte_id[i]] = 1;
-    for (size_t i = 0; i < b->pair_cap; i++) if (b->pairs[i].rank != NO_RANK) reach[b->pairs[i].merged] = 1;
+    for (size_t i = 0; i < b->pair_index.cap; i++)
+        if (b->pair_index.slot[i]) reach[b->pairs[b->pair_index.slot[i] - 1].merged] = 1;
     size_t bad = 0, first = 0;
     for (size_t i = 0; i < b->n_vocab; i++) {
         size_t l = strlen(b->str[i]);
@@ -632,6 +623,8 @@ static size_t bpe_word_long(const struct fdpo_bpe *b, const unsigned char *w, si
     return m;
 }
 
+static uint64_t cache_entry_hash(size_t item, const void *ctx) { return ((const word_cache *)ctx)->ent[item].hash; }
+
 /* Encode one pre-token (bytes) into o, through the cache when one is held. */
 static void encode_word(const struct fdpo_bpe *b, word_cache *c, const unsigned char *w, size_t n, idvec *o) {
     if (n == 1) { idvec_push(o, b->byte_id[w[0]]); return; }
@@ -645,19 +638,13 @@ static void encode_word(const struct fdpo_bpe *b, word_cache *c, const unsigned 
         }
     }
     uint64_t h = 0;
-    size_t slot = 0;
     if (c && n <= CACHE_MAX_KEY) {
         h = fdpo_hash64(FDPO_HASH_INIT, w, n);
-        if (c->cap) {
-            size_t mask = c->cap - 1;
-            for (slot = h & mask;; slot = (slot + 1) & mask) {
-                uint32_t v = c->table[slot];
-                if (!v) break;
-                const cache_entry *e = &c->ent[v - 1];
-                if (e->hash == h && e->key_len == n && memcmp(c->keys + e->key_off, w, n) == 0) {
-                    for (size_t i = 0; i < e->n_ids; i++) idvec_push(o, c->ids[e->ids_off + i]);
-                    return;
-                }
+        for (size_t i = c->table.cap ? fdpo_itab_first(&c->table, h) : 0; c->table.cap && c->table.slot[i]; i = fdpo_itab_next(&c->table, i)) {
+            const cache_entry *e = &c->ent[c->table.slot[i] - 1];
+            if (e->hash == h && e->key_len == n && memcmp(c->keys + e->key_off, w, n) == 0) {
+                for (size_t k = 0; k < e->n_ids; k++) idvec_push(o, c->ids[e->ids_off + k]);
+                return;
             }
         }
     }
@@ -669,20 +656,11 @@ static void encode_word(const struct fdpo_bpe *b, word_cache *c, const unsigned 
     if (c && n <= CACHE_MAX_KEY) {
         if (c->n_ent >= CACHE_MAX_ENTRIES) { /* full: start over */
             c->n_ent = 0; c->n_keys = 0; c->n_ids = 0;
-            memset(c->table, 0, c->cap * sizeof *c->table);
-            slot = h & (c->cap - 1);
-        } else if (c->n_ent + 1 > c->cap / 2) { /* grow to keep the load factor <= 1/2 */
-            size_t ncap = c->cap ? 2 * c->cap : 8192;
-            free(c->table);
-            c->table = fdpo_calloc(ncap, sizeof *c->table);
-            c->cap = ncap;
-            for (size_t i = 0; i < c->n_ent; i++) {
-                size_t s = c->ent[i].hash & (ncap - 1);
-                while (c->table[s]) s = (s + 1) & (ncap - 1);
-                c->table[s] = (uint32_t)i + 1;
-            }
-            for (slot = h & (ncap - 1); c->table[slot]; slot = (slot + 1) & (ncap - 1)) {}
+            fdpo_itab_clear(&c->table);
         }
+        fdpo_itab_reserve(&c->table, c->n_ent + 1 > 4096 ? c->n_ent + 1 : 4096, cache_entry_hash, c);
+        size_t slot = fdpo_itab_first(&c->table, h);
+        while (c->table.slot[slot]) slot = fdpo_itab_next(&c->table, slot);
         if (c->n_ent == c->cap_ent) { c->cap_ent = c->cap_ent ? 2 * c->cap_ent : 4096; c->ent = fdpo_realloc(c->ent, c->cap_ent * sizeof *c->ent); }
         if (c->n_keys + n > c->cap_keys) { c->cap_keys = 2 * (c->cap_keys + n) + 65536; c->keys = fdpo_realloc(c->keys, c->cap_keys); }
         if (c->n_ids + m > c->cap_ids) { c->cap_ids = 2 * (c->cap_ids + m) + 16384; c->ids = fdpo_realloc(c->ids, c->cap_ids * sizeof *c->ids); }
@@ -691,7 +669,7 @@ static void encode_word(const struct fdpo_bpe *b, word_cache *c, const unsigned 
         e->ids_off = (uint32_t)c->n_ids; e->n_ids = (uint16_t)m;
         memcpy(c->keys + c->n_keys, w, n); c->n_keys += n;
         memcpy(c->ids + c->n_ids, sym, m * sizeof *sym); c->n_ids += m;
-        c->table[slot] = (uint32_t)++c->n_ent;
+        fdpo_itab_set(&c->table, slot, c->n_ent++);
     }
     if (sym != sym_s) { free(sym); free(rank); }
 }

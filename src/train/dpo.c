@@ -137,7 +137,6 @@ static double logits_sum(const float *logits, size_t V, size_t b, size_t e) {
 
 int fdpo_dpo_init(fdpo_dpo *d, fdpo_gpt2 *policy, fdpo_gpt2 *ref_live, const fdpo_dpo_config *cfg) {
     memset(d, 0, sizeof *d);
-    if (fdpo_pref_loss_check(&cfg->loss)) return -1;
     if (ref_live && ref_live->config.vocab_size != policy->config.vocab_size)
         return fdpo_error("--ref: vocabulary size %zu differs from the policy's %zu",
                           ref_live->config.vocab_size, policy->config.vocab_size);

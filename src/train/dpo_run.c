@@ -2,6 +2,7 @@
  * log-probs (cache or live), and run the shared trainer loop with the f-DPO step. */
 #include <cJSON.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +45,7 @@ static int reference_logps(dpo_source *src, fdpo_gpt2 *ref, uint64_t ref_hash, c
     src->ref_logp = fdpo_malloc(2 * src->set.n * sizeof(double));
     src->cache_path = fdpo_refcache_path(cache_dir, &key);
     return fdpo_refcache_get(cache_dir, &key, ref, o->dpo.layout, (size_t)o->train.batch_size, &src->set,
-                             src->ref_logp, &src->cache_hit, stderr);
+                             src->ref_logp, &src->cache_hit);
 }
 
 static void gather_ref(const dpo_source *src, const fdpo_pref_pair *const *pairs, size_t n, double *out) {
@@ -54,18 +55,29 @@ static void gather_ref(const dpo_source *src, const fdpo_pref_pair *const *pairs
     }
 }
 
+/* The step metrics under TRL's names (DPOTrainer), in the order they are logged; the one
+ * place these names are written. summary = 1: also in eval_summary.json. */
+static const struct { const char *name; size_t offset; int summary; } DPO_METRICS[] = {
+    {"rewards/chosen", offsetof(fdpo_dpo_metrics, rewards_chosen), 1},
+    {"rewards/rejected", offsetof(fdpo_dpo_metrics, rewards_rejected), 1},
+    {"rewards/margins", offsetof(fdpo_dpo_metrics, margins), 1},
+    {"rewards/accuracies", offsetof(fdpo_dpo_metrics, accuracy), 1},
+    {"logps/chosen", offsetof(fdpo_dpo_metrics, logps_chosen), 1},
+    {"logps/rejected", offsetof(fdpo_dpo_metrics, logps_rejected), 1},
+    {"logits/chosen", offsetof(fdpo_dpo_metrics, logits_chosen), 0},
+    {"logits/rejected", offsetof(fdpo_dpo_metrics, logits_rejected), 0},
+};
+#define N_DPO_METRICS (sizeof DPO_METRICS / sizeof DPO_METRICS[0])
+static double metric_value(const fdpo_dpo_metrics *m, size_t i) {
+    return *(const double *)((const char *)m + DPO_METRICS[i].offset);
+}
+
 static void add_dpo_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_dpo_metrics *m, int with_loss, double sft_weight) {
     char k[64];
 #define ADD(name, v) do { snprintf(k, sizeof k, "%s%s", prefix, name); fdpo_metrics_add(mw, k, v); } while (0)
     if (with_loss) ADD("loss", m->loss);
-    ADD("rewards/chosen", m->rewards_chosen);
-    ADD("rewards/rejected", m->rewards_rejected);
-    ADD("rewards/margins", m->margins);
-    ADD("rewards/accuracies", m->accuracy);
-    ADD("logps/chosen", m->logps_chosen);
-    ADD("logps/rejected", m->logps_rejected);
-    ADD("logits/chosen", m->logits_chosen);
-    ADD("logits/rejected", m->logits_rejected);
+    for (size_t i = 0; i < N_DPO_METRICS; i++) ADD(DPO_METRICS[i].name, metric_value(m, i));
+    /* fdpo's own: beta * s(l) of the f-DPO score (absent for simpo) and the RPO term */
     if (isfinite(m->scores_chosen)) { ADD("scores/chosen", m->scores_chosen); ADD("scores/rejected", m->scores_rejected); }
     if (sft_weight > 0) ADD("nll", m->sft_nll);
 #undef ADD
@@ -75,48 +87,87 @@ static cJSON *metrics_json(const fdpo_dpo_metrics *m) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "pairs", (double)m->pairs);
     cJSON_AddNumberToObject(o, "loss", m->loss);
-    cJSON_AddNumberToObject(o, "rewards/accuracies", m->accuracy);
-    cJSON_AddNumberToObject(o, "rewards/margins", m->margins);
-    cJSON_AddNumberToObject(o, "rewards/chosen", m->rewards_chosen);
-    cJSON_AddNumberToObject(o, "rewards/rejected", m->rewards_rejected);
-    cJSON_AddNumberToObject(o, "logps/chosen", m->logps_chosen);
-    cJSON_AddNumberToObject(o, "logps/rejected", m->logps_rejected);
+    for (size_t i = 0; i < N_DPO_METRICS; i++)
+        if (DPO_METRICS[i].summary) cJSON_AddNumberToObject(o, DPO_METRICS[i].name, metric_value(m, i));
     return o;
 }
 
-static int write_json(const char *dir, const char *name, cJSON *root) {
-    char *text = cJSON_Print(root);
+static int write_json(const char *dir, const char *name, const cJSON *root) {
     char *path = fdpo_path_join(dir, name);
-    size_t n = strlen(text);
-    char *body = fdpo_malloc(n + 2);
-    memcpy(body, text, n);
-    body[n] = '\n';
-    int rc = fdpo_write_file_atomic(path, body, n + 1);
-    free(body); free(path);
-    cJSON_free(text);
+    int rc = fdpo_write_json_atomic(path, root, 1);
+    free(path);
     return rc;
 }
 
-static uint64_t pairs_hash(const fdpo_pref_pair *const *pairs, size_t n) {
+/* The resume fingerprint of a run's data: every token of the training pairs, then of the
+ * held-out pairs (what the eval metrics are computed on must not change either). */
+static uint64_t run_data_hash(const fdpo_pref_pair *const *train, size_t n_train,
+                              const fdpo_pref_pair *const *eval, size_t n_eval) {
     uint64_t h = FDPO_HASH_INIT;
-    for (size_t i = 0; i < n; i++) {
-        const fdpo_pref_pair *p = pairs[i];
-        uint64_t n3[3] = {p->n_prompt, p->n_chosen, p->n_rejected};
-        h = fdpo_hash64(h, n3, sizeof n3);
-        h = fdpo_hash64(h, p->prompt, p->n_prompt * sizeof *p->prompt);
-        h = fdpo_hash64(h, p->chosen, p->n_chosen * sizeof *p->chosen);
-        h = fdpo_hash64(h, p->rejected, p->n_rejected * sizeof *p->rejected);
-    }
+    for (size_t i = 0; i < n_train; i++) h = fdpo_hash_pair(h, train[i]);
+    uint64_t counts[2] = {n_train, n_eval};
+    h = fdpo_hash64(h, counts, sizeof counts);
+    for (size_t i = 0; i < n_eval; i++) h = fdpo_hash_pair(h, eval[i]);
     return h;
+}
+
+void fdpo_dpo_run_opts_default(fdpo_dpo_run_opts *o) {
+    memset(o, 0, sizeof *o);
+    fdpo_train_opts_default(&o->train);
+    /* DPO fine-tunes a given policy: tiny lr, linear decay, frequent held-out checks */
+    o->train.lr = 1e-6; o->train.schedule = "linear"; o->train.eval_every = 50;
+    o->train.val_fraction = 0;
+    o->train.n_layer = o->train.n_head = o->train.n_embd = o->train.n_positions = o->train.seq_len = 1;
+    o->eval_fraction = 0.1;
+    o->dpo.loss = (fdpo_pref_loss){.kind = FDPO_LOSS_SIGMOID, .div = {.kind = FDPO_DIV_RKL}, .beta = 0.1, .simpo_gamma = 0.5};
+    o->dpo.layout = FDPO_LAYOUT_SHARED;
+    o->pref.on_long = FDPO_PREF_LONG_TRUNCATE;
+    o->pref.on_bad = FDPO_PREF_ERROR;
+}
+
+int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
+    if (!o->train.init) return fdpo_error("--policy: required (the checkpoint to align, also the default reference)");
+    if (!o->data) return fdpo_error("--data: required (preference JSONL)");
+    if (fdpo_train_opts_check(&o->train)) return -1;
+    if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;
+    if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
+    if (o->ref_live && o->ref_cache_dir) return fdpo_error("--ref-cache-dir: has no use with --ref-live");
+    return 0;
+}
+
+static const char *on_long_name(fdpo_pref_on_long v) {
+    return v == FDPO_PREF_LONG_SKIP ? "skip" : v == FDPO_PREF_LONG_ERROR ? "error" : "truncate";
+}
+
+void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s) {
+    char div[64];
+    fdpo_divergence_name(&o->dpo.loss.div, div, sizeof div);   /* canonical: alpha:.5 == alpha:0.5 */
+    fdpo_settings_str(s, "policy", o->train.init, 1);
+    fdpo_settings_str(s, "data", o->data, 1);
+    fdpo_settings_str(s, "divergence", div, 1);
+    fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.loss.kind), 1);
+    fdpo_settings_num(s, "beta", o->dpo.loss.beta, 1);
+    fdpo_settings_num(s, "label-smoothing", o->dpo.loss.label_smoothing, 1);
+    fdpo_settings_num(s, "simpo-gamma", o->dpo.loss.simpo_gamma, 1);
+    fdpo_settings_num(s, "sft-weight", o->dpo.loss.sft_weight, 1);
+    fdpo_settings_num(s, "max-length", (double)o->pref.max_length, 1);
+    fdpo_settings_num(s, "max-prompt-length", (double)o->pref.max_prompt_length, 1);
+    fdpo_settings_str(s, "on-long", on_long_name(o->pref.on_long), 1);
+    fdpo_settings_str(s, "bad-pairs", o->pref.on_bad == FDPO_PREF_SKIP ? "skip" : "error", 1);
+    fdpo_settings_num(s, "eval-fraction", o->eval_fraction, 1);
+    fdpo_settings_str(s, "eval-file", o->eval_file, 1);
+    fdpo_settings_str(s, "ref", o->ref, 1);
+    /* the same function either way (docs/dpo.md): kept from the saved run unless given again */
+    fdpo_settings_str(s, "layout", o->dpo.layout == FDPO_LAYOUT_PLAIN ? "plain" : "shared", 0);
+    fdpo_settings_bool(s, "ref-live", o->ref_live, 0);
+    fdpo_settings_str(s, "ref-cache-dir", o->ref_cache_dir, 0);
 }
 
 int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     const fdpo_train_opts *to = &o->train;
     const char *policy_dir = to->init;
-    if (!policy_dir) return fdpo_error("--policy: required (the checkpoint to align, also the default reference)");
-    if (!o->data) return fdpo_error("--data: required (preference JSONL)");
+    if (fdpo_dpo_run_opts_check(o)) return -1;
     const int simpo = o->dpo.loss.kind == FDPO_LOSS_SIMPO;
-    if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;
 
     int rc = -1;
     fdpo_tokenizer *tok = NULL;
@@ -131,6 +182,8 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     fdpo_dpo d;
     int d_open = 0;
     fdpo_pref_options popt = o->pref;
+    /* claim OUT before any work: a second run on the same OUT stops here, not after the cache */
+    if (fdpo_checkpoint_recover(to->out)) return -1;
 
     /* the policy's context length bounds --max-length */
     char *cfg_path = fdpo_path_join(to->resume ? to->out : policy_dir, "config.json");
@@ -145,10 +198,10 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     }
     if (!(tok = fdpo_trainer_load_tokenizer(to))) goto done;
     if (fdpo_pref_load(o->data, tok, &popt, &train_src.set)) goto done;
-    fdpo_pref_summary_print(stderr, o->data, &train_src.set.summary);
+    fdpo_pref_summary_log(o->data, &train_src.set.summary);
     if (o->eval_file) {
         if (fdpo_pref_load(o->eval_file, tok, &popt, &eval_src.set)) goto done;
-        fdpo_pref_summary_print(stderr, o->eval_file, &eval_src.set.summary);
+        fdpo_pref_summary_log(o->eval_file, &eval_src.set.summary);
         n_train = train_src.set.n;
         train_idx = fdpo_malloc(n_train * sizeof *train_idx);
         for (size_t i = 0; i < n_train; i++) train_idx[i] = i;
@@ -189,8 +242,11 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
         }
     }
 
-    if (fdpo_trainer_open(&tr, to, "dpo", tok, n_train, pairs_hash(train_pairs, n_train), o->n_fixed,
-                          o->fixed_keys, o->fixed_values)) goto done;
+    fdpo_settings settings = {0};
+    fdpo_dpo_run_opts_settings(o, &settings);
+    int orc = fdpo_trainer_open(&tr, to, "dpo", tok, n_train, run_data_hash(train_pairs, n_train, eval_pairs, n_eval), &settings);
+    fdpo_settings_free(&settings);
+    if (orc) goto done;
     tr_open = 1;
     {
         cJSON *root = cJSON_CreateObject();
@@ -285,6 +341,8 @@ done:
     if (tr_open) {
         int crc2 = fdpo_trainer_close(&tr, rc == 0);
         if (!rc) rc = crc2;
+    } else {
+        fdpo_dir_unlock(to->out);
     }
     fdpo_gpt2_free(ref);
     source_free(&train_src);

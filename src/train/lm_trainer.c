@@ -86,11 +86,9 @@ int fdpo_lm_eval(fdpo_gpt2 *m, const fdpo_lm_data *d, size_t batch_size, size_t 
 }
 
 int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokenizer *tok,
-                  const fdpo_lm_data *train, const fdpo_lm_data *val,
-                  size_t n_fixed, const char *const *fixed_keys, const char *const *fixed_values) {
+                  const fdpo_lm_data *train, const fdpo_lm_data *val) {
     fdpo_trainer tr;
-    if (fdpo_trainer_open(&tr, o, kind, tok, train->n_seq, fdpo_lm_data_hash(train),
-                          n_fixed, fixed_keys, fixed_values)) return -1;
+    if (fdpo_trainer_open(&tr, o, kind, tok, train->n_seq, fdpo_lm_data_hash(train), NULL)) return -1;
     const size_t B = (size_t)o->batch_size, A = (size_t)o->grad_accum;
     size_t longest = max_len(train);
     packed p;

@@ -2,13 +2,14 @@
  * pair, computed once and kept on disk under a key of everything that determines them
  * (include/fdpo/dpo.h). A sweep over beta, losses or divergences reuses one file. */
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
 
-#define REFCACHE_FORMAT "fdpo-refcache-1"
+#define REFCACHE_FORMAT "fdpo-refcache-2"   /* 2: checksum of logps in the metadata */
 
 uint64_t fdpo_hash_model(const fdpo_gpt2 *m) {
     uint64_t h = FDPO_HASH_INIT;
@@ -17,6 +18,14 @@ uint64_t fdpo_hash_model(const fdpo_gpt2 *m) {
     h = fdpo_hash64(h, dims, sizeof dims);
     h = fdpo_hash64(h, &c->layer_norm_epsilon, sizeof c->layer_norm_epsilon);
     return fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
+}
+
+uint64_t fdpo_hash_pair(uint64_t h, const fdpo_pref_pair *p) {
+    uint64_t n3[3] = {p->n_prompt, p->n_chosen, p->n_rejected};
+    h = fdpo_hash64(h, n3, sizeof n3);
+    h = fdpo_hash64(h, p->prompt, p->n_prompt * sizeof *p->prompt);
+    h = fdpo_hash64(h, p->chosen, p->n_chosen * sizeof *p->chosen);
+    return fdpo_hash64(h, p->rejected, p->n_rejected * sizeof *p->rejected);
 }
 
 uint64_t fdpo_hash_tokenizer_dir(const char *dir) {
@@ -50,14 +59,7 @@ int fdpo_refcache_key_make(fdpo_refcache_key *k, uint64_t weights_hash, const ch
     uint64_t o[4] = {opt->max_length, opt->max_prompt_length, (uint64_t)opt->on_bad, (uint64_t)opt->on_long};
     k->options = fdpo_hash64(FDPO_HASH_INIT, o, sizeof o);
     uint64_t t = FDPO_HASH_INIT;
-    for (size_t i = 0; i < set->n; i++) {
-        const fdpo_pref_pair *p = &set->pairs[i];
-        uint64_t n3[3] = {p->n_prompt, p->n_chosen, p->n_rejected};
-        t = fdpo_hash64(t, n3, sizeof n3);
-        t = fdpo_hash64(t, p->prompt, p->n_prompt * sizeof *p->prompt);
-        t = fdpo_hash64(t, p->chosen, p->n_chosen * sizeof *p->chosen);
-        t = fdpo_hash64(t, p->rejected, p->n_rejected * sizeof *p->rejected);
-    }
+    for (size_t i = 0; i < set->n; i++) t = fdpo_hash_pair(t, &set->pairs[i]);
     k->tokens = t;
     uint64_t h = fdpo_hash64(FDPO_HASH_INIT, REFCACHE_FORMAT, sizeof REFCACHE_FORMAT);
     uint64_t parts[5] = {k->weights, k->data, k->tokenizer, k->options, k->tokens};
@@ -84,8 +86,17 @@ static int read_cache(const char *path, const fdpo_refcache_key *k, size_t n, do
         rc = fdpo_error("%s: not a reference cache for key %s", path, want);
     else if (!t || t->dtype != FDPO_F64 || t->ndim != 2 || t->shape[0] != n || t->shape[1] != 2)
         rc = fdpo_error("%s: tensor 'logps' must be F64 [%zu, 2]", path, n);
-    else
+    else {
         memcpy(out, st.data + t->begin, n * 2 * sizeof(double)); /* little-endian hosts only, like the model files */
+        /* a flipped byte or a NaN written by a broken run must not become the reference */
+        char sum[32];
+        snprintf(sum, sizeof sum, "%016" PRIx64, fdpo_hash64(FDPO_HASH_INIT, out, n * 2 * sizeof(double)));
+        const char *want_sum = fdpo_st_meta(&st, "checksum");
+        if (!want_sum || strcmp(want_sum, sum))
+            rc = fdpo_error("%s: checksum of 'logps' is %s, the file says %s (damaged)", path, sum, want_sum ? want_sum : "nothing");
+        for (size_t i = 0; i < 2 * n && !rc; i++)
+            if (!isfinite(out[i])) rc = fdpo_error("%s: logps[%zu][%zu] is %g (not finite)", path, i / 2, i % 2, out[i]);
+    }
     fdpo_st_close(&st);
     return rc;
 }
@@ -101,27 +112,31 @@ static int write_cache(const char *path, const fdpo_refcache_key *k, size_t n, c
     fdpo_st_writer_meta(w, "format", REFCACHE_FORMAT);
     fdpo_st_writer_meta(w, "key", key);
     fdpo_st_writer_meta(w, "parts", parts);
+    char sum[32];
+    snprintf(sum, sizeof sum, "%016" PRIx64, fdpo_hash64(FDPO_HASH_INIT, logps, n * 2 * sizeof(double)));
+    fdpo_st_writer_meta(w, "checksum", sum);
     int rc = fdpo_st_writer_write(w, path);
     fdpo_st_writer_free(w);
     return rc;
 }
 
 int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *ref, fdpo_pair_layout layout,
-                      size_t micro_batch, const fdpo_pref_set *set, double *out, int *hit, FILE *log) {
+                      size_t micro_batch, const fdpo_pref_set *set, double *out, int *hit) {
     char *path = fdpo_refcache_path(dir, k);
     *hit = 0;
+    fdpo_remove_stale_tmp(dir);   /* a killed run's half-written cache file */
     if (fdpo_file_exists(path)) {
         if (read_cache(path, k, set->n, out) == 0) {
             *hit = 1;
-            if (log) fprintf(log, "ref cache hit: %s\n", path);
+            fdpo_log(FDPO_LOG_INFO, "ref cache hit: %s", path);
             free(path);
             return 0;
         }
         /* a damaged or foreign file is recomputed and replaced, and the log says why */
-        if (log) fprintf(log, "ref cache unusable (%s); recomputing\n", fdpo_last_error());
+        fdpo_log(FDPO_LOG_WARN, "ref cache unusable (%s); recomputing", fdpo_last_error());
         fdpo_clear_error();
     }
-    if (log) fprintf(log, "ref cache miss: computing reference log-probs of %zu pairs -> %s\n", set->n, path);
+    fdpo_log(FDPO_LOG_INFO, "ref cache miss: computing reference log-probs of %zu pairs -> %s", set->n, path);
     const fdpo_pref_pair **pairs = fdpo_malloc((set->n ? set->n : 1) * sizeof *pairs);
     for (size_t i = 0; i < set->n; i++) pairs[i] = &set->pairs[i];
     int rc = fdpo_dpo_pair_logps(ref, layout, micro_batch, pairs, set->n, out);

@@ -49,7 +49,7 @@ static int check_model_fits(const fdpo_trainer *tr, const char *where) {
 
 int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *kind,
                       const fdpo_tokenizer *tok, size_t n_items, uint64_t data_hash,
-                      size_t n_fixed, const char *const *fixed_keys, const char *const *fixed_values) {
+                      const fdpo_settings *extra) {
     memset(tr, 0, sizeof *tr);
     tr->opts = *o;
     tr->tok = tok;
@@ -66,9 +66,18 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     tr->sched.min_lr_ratio = o->min_lr_ratio;
     if (fdpo_checkpoint_recover(o->out)) return -1;
     fdpo_train_state *s = &tr->state;
+    /* this run's settings: the shared options, then the command's own */
+    fdpo_settings now = {0};
+    fdpo_train_opts_settings(o, &now);
+    for (size_t i = 0; extra && i < extra->n; i++) {
+        const fdpo_setting *x = &extra->v[i];
+        if (x->type == FDPO_SETTING_STR || x->type == FDPO_SETTING_NULL) fdpo_settings_str(&now, x->key, x->str, x->fixed);
+        else if (x->type == FDPO_SETTING_BOOL) fdpo_settings_bool(&now, x->key, x->num != 0, x->fixed);
+        else fdpo_settings_num(&now, x->key, x->num, x->fixed);
+    }
     if (o->resume) {
         tr->model = fdpo_checkpoint_load_model(o->out);
-        if (!tr->model) return fdpo_error_context("--resume %s", o->out);
+        if (!tr->model) { fdpo_error_context("--resume %s", o->out); goto fail; }
         if (check_model_fits(tr, o->out)) goto fail;
         if (fdpo_adamw_init(&tr->opt, tr->model->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
         if (fdpo_train_state_load(o->out, s, &tr->opt, tr->model)) { fdpo_error_context("--resume"); goto fail; }
@@ -78,15 +87,11 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
                        "resume needs the same files and tokenizer", s->data.n, n_items);
             goto fail;
         }
-        for (size_t i = 0; i < n_fixed; i++) {
-            for (size_t k = 0; k < s->n_fixed; k++) {
-                if (!strcmp(s->fixed_keys[k], fixed_keys[i]) && strcmp(s->fixed_values[k], fixed_values[i])) {
-                    fdpo_error("--%s: %s differs from the saved run's %s (it cannot change on --resume)",
-                               fixed_keys[i], fixed_values[i], s->fixed_values[k]);
-                    goto fail;
-                }
-            }
-        }
+        if (fdpo_settings_check_resume(&s->settings, &now)) goto fail;
+        /* from now on the state records this session's values (a new --save-every sticks) */
+        fdpo_settings_free(&s->settings);
+        s->settings = now;
+        now = (fdpo_settings){0};
         if (s->total_steps != total) { fdpo_error("--steps: %zu total steps differ from the saved run's %zu", total, s->total_steps); goto fail; }
         if (s->data.shuffle != (o->shuffle != 0)) { fdpo_error("--shuffle: differs from the saved run's"); goto fail; }
         if (s->step >= total) fdpo_log(FDPO_LOG_INFO, "%s already finished (%zu/%zu steps)", o->out, s->step, total);
@@ -95,12 +100,12 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             char *a = fdpo_path_join(o->out, "training_state.json"), *b = fdpo_path_join(o->out, "model.safetensors");
             int exists = fdpo_file_exists(a) || fdpo_file_exists(b);
             free(a); free(b);
-            if (exists) return fdpo_error("--out: %s already holds a checkpoint (use --resume to continue it, "
-                                          "--overwrite to start over)", o->out);
+            if (exists) { fdpo_error("--out: %s already holds a checkpoint (use --resume to continue it, "
+                                     "--overwrite to start over)", o->out); goto fail; }
         }
         if (o->init) {
             tr->model = fdpo_checkpoint_load_model(o->init);
-            if (!tr->model) return fdpo_error_context("--init %s", o->init);
+            if (!tr->model) { fdpo_error_context("--init %s", o->init); goto fail; }
             if (check_model_fits(tr, o->init)) goto fail;
         } else {
             fdpo_gpt2_config c = {
@@ -108,13 +113,10 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
                 .n_embd = (size_t)o->n_embd, .n_layer = (size_t)o->n_layer, .n_head = (size_t)o->n_head,
                 .layer_norm_epsilon = 1e-5f,
             };
-            if (o->n_layer < 1) return fdpo_error("--n-layer: %ld must be >= 1", o->n_layer);
-            if (o->n_head < 1) return fdpo_error("--n-head: %ld must be >= 1", o->n_head);
-            if (o->n_embd < 1 || o->n_embd % o->n_head) return fdpo_error("--n-embd: %ld must be a positive multiple of --n-head %ld", o->n_embd, o->n_head);
-            if (o->n_positions < 1) return fdpo_error("--n-positions: %ld must be >= 1", o->n_positions);
-            if (fdpo_gpt2_config_check(&c)) return -1;
+            /* the shape options were checked by fdpo_train_opts_check */
+            if (fdpo_gpt2_config_check(&c)) goto fail;
             tr->model = fdpo_gpt2_create(&c);
-            if (!tr->model) return -1;
+            if (!tr->model) goto fail;
             fdpo_gpt2_init(tr->model, (uint64_t)o->seed);
             if (check_model_fits(tr, "model")) goto fail;
         }
@@ -124,15 +126,18 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         s->data_hash = data_hash;
         fdpo_rng_seed(&s->rng, (uint64_t)o->seed);
         fdpo_order_init(&s->data, n_items, o->shuffle, &s->rng);
-        fdpo_train_state_set_fixed(s, n_fixed, fixed_keys, fixed_values);
+        s->settings = now;
+        now = (fdpo_settings){0};
         if (fdpo_mkdir_p(o->out)) goto fail;
     }
+    fdpo_settings_free(&now);
     tr->start_step = s->step;
     if (o->resume) tr->saved_step = s->step;
     if (fdpo_metrics_open(&tr->metrics, o->out, o->resume ? s->step : 0)) goto fail;
     fdpo_progress_start(&tr->progress, "train", total);
     return 0;
 fail:
+    fdpo_settings_free(&now);
     fdpo_metrics_close(&tr->metrics);
     fdpo_train_state_free(s);
     fdpo_adamw_free(&tr->opt);
@@ -240,11 +245,13 @@ int fdpo_trainer_maybe_save(fdpo_trainer *tr) {
 int fdpo_trainer_close(fdpo_trainer *tr, int save_final) {
     int rc = 0;
     if (save_final && tr->model && tr->saved_step != tr->state.step) rc = fdpo_trainer_save(tr);
-    if (!tr->opts.quiet && tr->model) fdpo_progress_end(&tr->progress);
+    /* the "done" line only for a run that succeeded: a failure ends with its error alone */
+    if (save_final && !rc && !tr->opts.quiet && tr->model) fdpo_progress_end(&tr->progress);
     fdpo_metrics_close(&tr->metrics);
     fdpo_train_state_free(&tr->state);
     fdpo_adamw_free(&tr->opt);
     fdpo_gpt2_free(tr->model);
     tr->model = NULL;
+    if (tr->opts.out) fdpo_dir_unlock(tr->opts.out);
     return rc;
 }

@@ -5,6 +5,11 @@
 #include <string.h>
 #include <unistd.h>
 #include <math.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <cJSON.h>
 #include "fdpo/core.h"
 
 START_TEST(rng_reference_values) {
@@ -60,6 +65,114 @@ START_TEST(atomic_write_replaces) {
 }
 END_TEST
 
+/* The run lock: a second process is refused with the holder's pid; the holder may take it
+ * again; once released (or the holder gone) another process gets it. */
+START_TEST(dir_lock_excludes_other_processes) {
+    char dir[] = "/tmp/fdpo_test_lock_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char *out = fdpo_path_join(dir, "run");
+    ck_assert_int_eq(fdpo_dir_lock(out, "--out"), 0);
+    ck_assert_int_eq(fdpo_dir_lock(out, "--out"), 0);       /* already ours: no-op */
+    ck_assert_int_eq(fdpo_dir_locked(out), 1);
+    char want[64];
+    snprintf(want, sizeof want, "pid %ld holds", (long)getpid());
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t child = fork();
+    if (child == 0) {   /* a second process: must be refused, naming the parent */
+        int rc = fdpo_dir_lock(out, "--out");
+        const char *msg = fdpo_last_error();
+        ssize_t w = write(fds[1], msg, strlen(msg) + 1);
+        _exit(rc == -1 && w > 0 ? 0 : 1);
+    }
+    int status;
+    ck_assert_int_eq(waitpid(child, &status, 0), child);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    char msg[2048] = "";
+    ck_assert_int_gt(read(fds[0], msg, sizeof msg - 1), 0);
+    ck_assert_msg(strstr(msg, want) && strstr(msg, "--out") && strstr(msg, "in use by another run"), "%s", msg);
+    fdpo_dir_unlock(out);
+    ck_assert_int_eq(fdpo_dir_locked(out), 0);
+    child = fork();
+    if (child == 0) _exit(fdpo_dir_lock(out, "--out") == 0 ? 0 : 1);
+    ck_assert_int_eq(waitpid(child, &status, 0), child);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(fds[0]); close(fds[1]);
+    char *lock = fdpo_path_join(dir, "run.lock");
+    unlink(lock); rmdir(dir); free(lock); free(out);
+}
+END_TEST
+
+START_TEST(stale_tmp_files_of_dead_writers_only) {
+    char dir[] = "/tmp/fdpo_test_stale_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char name[128];
+    const char *kinds[] = {"a.json.tmp.%d", "b.json.tmp.%d", "c.tmp.x%d", "keep.json"};
+    int pids[] = {4194311, (int)getppid(), 4194311, 0};   /* dead (> pid_max), alive, not a pid */
+    for (int i = 0; i < 4; i++) {
+        snprintf(name, sizeof name, kinds[i], pids[i]);
+        char *p = fdpo_path_join(dir, name);
+        ck_assert_int_eq(fdpo_write_file_atomic(p, "x", 1), 0);
+        free(p);
+    }
+    ck_assert_int_eq(fdpo_remove_stale_tmp(dir), 1);
+    snprintf(name, sizeof name, kinds[0], pids[0]);
+    char *p = fdpo_path_join(dir, name);
+    ck_assert_int_eq(fdpo_file_exists(p), 0);
+    free(p);
+    for (int i = 1; i < 4; i++) {
+        snprintf(name, sizeof name, kinds[i], pids[i]);
+        p = fdpo_path_join(dir, name);
+        ck_assert_int_eq(fdpo_file_exists(p), 1);
+        unlink(p); free(p);
+    }
+    rmdir(dir);
+}
+END_TEST
+
+START_TEST(strv_and_json_writer) {
+    fdpo_strv v = {0};
+    char buf[16];
+    for (int i = 0; i < 40; i++) { snprintf(buf, sizeof buf, "s%d", i); fdpo_strv_push(&v, buf); }
+    ck_assert_uint_eq(v.n, 40);
+    ck_assert_str_eq(v.v[0], "s0"); ck_assert_str_eq(v.v[39], "s39");
+    fdpo_strv_free(&v);
+    ck_assert_uint_eq(v.n, 0);
+    char dir[] = "/tmp/fdpo_test_json_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char *p = fdpo_path_join(dir, "x.json");
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "a", 1.5);
+    ck_assert_int_eq(fdpo_write_json_atomic(p, j, 0), 0);
+    cJSON_Delete(j);
+    size_t n;
+    char *text = fdpo_read_file(p, &n);
+    ck_assert_str_eq(text, "{\"a\":1.5}\n");
+    free(text); unlink(p); rmdir(dir); free(p);
+}
+END_TEST
+
+/* Under AddressSanitizer a failed malloc must return NULL (as libc's does) for the test below. */
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) { return "allocator_may_return_null=1"; }
+
+/* Out of memory goes to the installed handler (here it jumps back), never to exit(). */
+static jmp_buf oom_jump;
+static size_t oom_bytes;
+static void oom_handler(size_t bytes, void *user) { (void)user; oom_bytes = bytes; longjmp(oom_jump, 1); }
+START_TEST(oom_calls_the_handler) {
+    fdpo_oom_set(oom_handler, NULL);
+    volatile size_t huge = SIZE_MAX / 2;
+    if (setjmp(oom_jump) == 0) {
+        void *p = fdpo_malloc(huge);
+        free(p);
+        ck_abort_msg("allocation of SIZE_MAX/2 bytes succeeded");
+    }
+    ck_assert_uint_eq(oom_bytes, SIZE_MAX / 2);
+    fdpo_oom_set(NULL, NULL);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("core");
     TCase *tc = tcase_create("core");
@@ -67,6 +180,10 @@ int main(void) {
     tcase_add_test(tc, rng_normal_moments);
     tcase_add_test(tc, utf8_validation);
     tcase_add_test(tc, atomic_write_replaces);
+    tcase_add_test(tc, dir_lock_excludes_other_processes);
+    tcase_add_test(tc, stale_tmp_files_of_dead_writers_only);
+    tcase_add_test(tc, strv_and_json_writer);
+    tcase_add_test(tc, oom_calls_the_handler);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

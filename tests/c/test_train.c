@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include "fdpo/data.h"
 #include "fdpo/io.h"
+#include "fdpo/pref.h"
 #include "fdpo/tokenizer.h"
 #include "fdpo/train.h"
 #include "fdpo/trainer.h"
@@ -292,8 +293,12 @@ START_TEST(state_and_checkpoint_round_trip) {
     fdpo_rng_seed(&s.rng, 3);
     fdpo_order_init(&s.data, 6, 1, &s.rng);
     fdpo_order_next(&s.data, &s.rng);
-    const char *keys[] = {"lr", "seed"}, *vals[] = {"0.001", "3"};
-    fdpo_train_state_set_fixed(&s, 2, keys, vals);
+    fdpo_settings_num(&s.settings, "lr", 0.001, 1);
+    fdpo_settings_num(&s.settings, "seed", 3, 1);
+    fdpo_settings_str(&s.settings, "schedule", "cosine", 1);
+    fdpo_settings_str(&s.settings, "eval-file", NULL, 1);
+    fdpo_settings_bool(&s.settings, "shuffle", 1, 1);
+    fdpo_settings_num(&s.settings, "save-every", 5, 0);
     ck_assert_int_eq(fdpo_checkpoint_save_all(out, m, tok, &s, &o), 0);
     /* files a user keeps in OUT survive the next save's directory swap */
     char *extra = fdpo_path_join(out, "notes.txt");
@@ -303,6 +308,7 @@ START_TEST(state_and_checkpoint_round_trip) {
     /* a crash between the renames: only OUT.old is left */
     char *old = tmp_path("ckpt.old");
     ck_assert_int_eq(rename(out, old), 0);
+    fdpo_dir_unlock(out);   /* the crashed process is gone; the next one claims OUT afresh */
     ck_assert_int_eq(fdpo_checkpoint_recover(out), 0);
     ck_assert(fdpo_file_exists(out) && !fdpo_file_exists(old));
 
@@ -321,8 +327,27 @@ START_TEST(state_and_checkpoint_round_trip) {
     ck_assert_int_eq(memcmp(&s2.rng, &s.rng, sizeof s.rng), 0);
     ck_assert_uint_eq(s2.data.pos, 1); ck_assert_uint_eq(s2.data.n, 6);
     ck_assert_int_eq(memcmp(s2.data.order, s.data.order, 6 * sizeof(size_t)), 0);
-    ck_assert_uint_eq(s2.n_fixed, 2);
-    ck_assert_str_eq(s2.fixed_keys[1], "seed"); ck_assert_str_eq(s2.fixed_values[0], "0.001");
+    /* settings come back typed, with their fixedness */
+    ck_assert_uint_eq(s2.settings.n, 6);
+    const fdpo_setting *x = fdpo_settings_find(&s2.settings, "lr");
+    ck_assert(x && x->type == FDPO_SETTING_NUM && x->num == 0.001 && x->fixed);
+    x = fdpo_settings_find(&s2.settings, "schedule");
+    ck_assert(x && x->type == FDPO_SETTING_STR && !strcmp(x->str, "cosine"));
+    x = fdpo_settings_find(&s2.settings, "eval-file");
+    ck_assert(x && x->type == FDPO_SETTING_NULL);
+    x = fdpo_settings_find(&s2.settings, "shuffle");
+    ck_assert(x && x->type == FDPO_SETTING_BOOL && x->num == 1);
+    x = fdpo_settings_find(&s2.settings, "save-every");
+    ck_assert(x && x->type == FDPO_SETTING_NUM && x->num == 5 && !x->fixed);
+    /* resume check: a fixed setting must be equal, a kept one may change */
+    fdpo_settings now = {0};
+    fdpo_settings_num(&now, "save-every", 7, 0);
+    fdpo_settings_num(&now, "seed", 3, 1);
+    ck_assert_int_eq(fdpo_settings_check_resume(&s2.settings, &now), 0);
+    fdpo_settings_num(&now, "lr", 0.002, 1);
+    ck_assert_int_eq(fdpo_settings_check_resume(&s2.settings, &now), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--lr: 0.002 differs from the saved run's 0.001 (it cannot change on --resume)");
+    fdpo_settings_free(&now);
     ck_assert_str_eq(s2.kind, "pretrain");
     /* a damaged state file is an error naming the file and field */
     char *sj = fdpo_path_join(out, "training_state.json");
@@ -363,6 +388,41 @@ START_TEST(metrics_writer_and_resume_truncation) {
 }
 END_TEST
 
+/* The held-out preference pairs never reach training: train and eval index sets are
+ * disjoint, together cover 0..n-1 once, hold round(fraction * n) eval pairs (at least 1 when
+ * fraction > 0 and n >= 2), and the same seed gives the same split. */
+START_TEST(pref_split_is_disjoint_and_complete) {
+    const size_t sizes[] = {2, 3, 10, 97, 1000};
+    const double fractions[] = {0.0, 0.01, 0.1, 0.5, 0.9};
+    for (size_t a = 0; a < sizeof sizes / sizeof sizes[0]; a++) {
+        for (size_t b = 0; b < sizeof fractions / sizeof fractions[0]; b++) {
+            for (uint64_t seed = 1; seed <= 3; seed++) {
+                size_t n = sizes[a], *tr, *ev, nt, ne;
+                double f = fractions[b];
+                ck_assert_int_eq(fdpo_pref_split(n, f, seed, &tr, &nt, &ev, &ne), 0);
+                ck_assert_uint_eq(nt + ne, n);
+                size_t want = (size_t)floor(f * (double)n + 0.5);
+                if (f > 0 && n >= 2 && want == 0) want = 1;
+                if (want >= n) want = n - 1;
+                ck_assert_uint_eq(ne, want);
+                unsigned char *seen = calloc(n, 1);
+                for (size_t i = 0; i < nt; i++) { ck_assert_uint_lt(tr[i], n); ck_assert_int_eq(seen[tr[i]], 0); seen[tr[i]] = 1; }
+                for (size_t i = 0; i < ne; i++) { ck_assert_uint_lt(ev[i], n); ck_assert_int_eq(seen[ev[i]], 0); seen[ev[i]] = 2; }
+                for (size_t i = 0; i < n; i++) ck_assert_int_ne(seen[i], 0);
+                size_t *tr2, *ev2, nt2, ne2;
+                ck_assert_int_eq(fdpo_pref_split(n, f, seed, &tr2, &nt2, &ev2, &ne2), 0);
+                ck_assert_uint_eq(ne2, ne);
+                ck_assert_int_eq(memcmp(ev, ev2, ne * sizeof *ev), 0);
+                free(seen); free(tr); free(ev); free(tr2); free(ev2);
+            }
+        }
+    }
+    size_t *tr, *ev, nt, ne;
+    ck_assert_int_eq(fdpo_pref_split(10, 1.0, 1, &tr, &nt, &ev, &ne), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--eval-fraction"));
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train");
     TCase *tc = tcase_create("train");
@@ -378,6 +438,7 @@ int main(void) {
     tcase_add_test(tc, sft_messages_template);
     tcase_add_test(tc, state_and_checkpoint_round_trip);
     tcase_add_test(tc, metrics_writer_and_resume_truncation);
+    tcase_add_test(tc, pref_split_is_disjoint_and_complete);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -127,7 +127,7 @@ static int parse_case(const char *spec, fdpo_pref_loss *L) {
         return fdpo_error("--case '%s': expected DIV LOSS BETA SMOOTHING GAMMA SFT_WEIGHT", spec);
     if (fdpo_divergence_parse(div, &L->div) || fdpo_loss_parse(loss, &L->kind)) return -1;
     L->beta = beta; L->label_smoothing = smooth; L->simpo_gamma = gamma; L->sft_weight = sft;
-    return 0;
+    return fdpo_pref_loss_check(L);   /* fdpo_dpo_init expects a checked loss */
 }
 
 static void add_metrics(cJSON *o, const fdpo_dpo_metrics *m) {

@@ -277,3 +277,94 @@ def test_bad_inputs(tmp_path, corpus):
     d.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "\xff", "completion": "b"}\n')
     assert "d.jsonl:2: invalid UTF-8" in err("sft", *out, d)
     assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_second_run_on_the_same_out_is_refused(tmp_path, corpus):
+    """Two processes, one --out: the second is refused with the holder's pid; the first
+    goes on and can still be continued."""
+    out = tmp_path / "o"
+    p = subprocess.Popen([FDPO, "pretrain", "--out", str(out), *TINY, "--batch-size", "1",
+                          "--steps", "1000000", "--eval-every", "0", *map(str, corpus)],
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # training is under way: the lock is held
+        if line.startswith("step "):
+            break
+    try:
+        r = fdpo("pretrain", "--out", out, *TINY, "--steps", "1", "--overwrite", "--quiet", *corpus)
+        assert r.returncode != 0
+        assert f"pid {p.pid}" in r.stderr and "in use by another run" in r.stderr, r.stderr
+        r = fdpo("pretrain", "--out", out, "--resume", "--quiet", *corpus)
+        assert r.returncode != 0 and f"pid {p.pid}" in r.stderr, r.stderr
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.stderr.read()
+        p.wait(timeout=60)
+    # the holder is gone: the lock goes with it
+    step = json.loads((out / "training_state.json").read_text())["step"]
+    ok("pretrain", "--out", out, "--resume", "--stop-at", step + 1, "--quiet", *corpus)
+
+
+def test_stale_temp_files_are_cleaned_at_start(tmp_path, corpus):
+    """What a kill or ENOSPC leaves (OUT.tmp, NAME.tmp.PID of a dead writer) is removed when
+    the next run claims OUT; a temp file of a live process is left alone."""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--stop-at", "2", "--quiet", *corpus)
+    dead = 4194304 + 7  # above Linux's pid_max: no such process
+    (out / f"metrics.jsonl.tmp.{dead}").write_text("half")
+    (out / f"training_state.json.tmp.{dead}").write_text("{")
+    live = out / f"notes.txt.tmp.{os.getpid()}"
+    live.write_text("being written")
+    (tmp_path / "o.tmp").mkdir()
+    (tmp_path / "o.tmp" / f"model.safetensors.tmp.{dead}").write_bytes(b"x")
+    r = ok("pretrain", "--out", out, "--resume", "--quiet", *corpus)
+    assert not (out / f"metrics.jsonl.tmp.{dead}").exists()
+    assert not (out / f"training_state.json.tmp.{dead}").exists()
+    assert not (tmp_path / "o.tmp").exists()
+    assert f"metrics.jsonl.tmp.{dead}" in r.stderr  # said what it removed
+    assert live.name not in r.stderr  # a live writer's file is not removed as stale
+    assert metrics(out)[-1]["step"] == 4
+
+
+def test_no_success_line_after_a_failure(tmp_path, corpus):
+    """A run that diverges ends with its error, not with 'done in ...'."""
+    r = fdpo("pretrain", "--out", tmp_path / "o", *TINY, "--lr", "1e30", "--steps", "6",
+             "--schedule", "constant", *corpus)
+    assert r.returncode != 0 and "gradient norm is" in r.stderr, r.stderr
+    assert "done in" not in r.stderr, r.stderr
+    r = ok("pretrain", "--out", tmp_path / "good", *TINY, "--steps", "1", *corpus)
+    assert "done in" in r.stderr
+
+
+def test_resume_keeps_non_fixed_flags(tmp_path, corpus):
+    """--save-every (and the other non-fixed flags) of the saved run stay in force on
+    --resume unless given again; the log says which values are in force."""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "1", "--steps", "12", "--save-every", "3",
+       "--eval-every", "0", "--log-every", "2", "--stop-at", "3", "--quiet", *corpus)
+    state = json.loads((out / "training_state.json").read_text())
+    assert state["settings"]["save-every"] == 3 and "save-every" not in state["fixed"]
+    assert state["settings"]["lr"] == 3e-4 and "lr" in state["fixed"]
+    r = ok("pretrain", "--out", out, "--resume", "--stop-at", "7", *corpus)
+    assert "save-every=3" in r.stderr and "log-every=2" in r.stderr, r.stderr
+    # log-every=2 stayed in force (3 and 7 are the --stop-at steps, always logged)
+    assert [m["step"] for m in metrics(out)] == [2, 3, 4, 6, 7]
+    # a value given again wins and is saved for the next resume
+    r = ok("pretrain", "--out", out, "--resume", "--save-every", "4", "--stop-at", "9", *corpus)
+    assert "new values given now for: --save-every" in r.stderr, r.stderr
+    assert json.loads((out / "training_state.json").read_text())["settings"]["save-every"] == 4
+
+
+def test_resume_save_every_takes_effect(tmp_path, corpus):
+    """The defect: a resumed run without --save-every saved nothing until the end. Kill it
+    after a save point and look at the checkpoint it left."""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "1", "--steps", "1000000", "--save-every", "2",
+       "--eval-every", "0", "--stop-at", "2", "--quiet", *corpus)
+    p = subprocess.Popen([FDPO, "pretrain", "--out", str(out), "--resume", *map(str, corpus)],
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # wait for step 5: saves at 4 must have happened
+        if line.startswith("step 5/"):
+            break
+    p.kill()  # no chance to save on the way out
+    p.wait(timeout=60)
+    assert json.loads((out / "training_state.json").read_text())["step"] == 4

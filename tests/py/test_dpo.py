@@ -422,3 +422,96 @@ def test_eval_file_replaces_the_split(cli):
     s = summary(out)
     assert s["train_pairs"] == 200 and s["eval_pairs"] == 10 and s["eval_data"]["pairs"] == 10
     assert summary(out, "eval_summary.json")["pairs"] == 10
+
+
+# ---- resume: fixed options, data hash, non-fixed flags ---------------------------------
+
+def test_resume_refuses_a_changed_divergence(cli):
+    out = cli / "runs_fixed" / "js"
+    fdpo(*base_args(cli, out, "--divergence", "js", "--steps", 4, "--stop-at", 2, "--eval-every", 0))
+    r = fdpo("dpo", "--out", out, "--resume", "--divergence", "fkl", "--threads", 1, "--quiet", check=False)
+    assert r.returncode != 0 and "--divergence" in r.stderr and "resume" in r.stderr, r.stderr
+    # the same divergence spelled again is fine
+    fdpo("dpo", "--out", out, "--resume", "--divergence", "js", "--threads", 1, "--quiet")
+
+
+def test_resume_refuses_changed_chosen_tokens(cli):
+    rows = synthetic_pairs(40, 11)
+    data = cli / "resume_data.jsonl"
+    write_jsonl(data, rows)
+    out = cli / "runs_fixed" / "data"
+    fdpo("dpo", "--policy", cli / "pol", "--data", data, "--out", out, "--threads", 1, "--quiet",
+         "--batch-size", 4, "--steps", 4, "--stop-at", 2, "--eval-every", 0)
+    rows[5]["chosen"] = rows[5]["chosen"][::-1] + "a"    # same prompt, other chosen tokens
+    write_jsonl(data, rows)
+    r = fdpo("dpo", "--out", out, "--resume", "--threads", 1, "--quiet", check=False)
+    assert r.returncode != 0 and "data differ" in r.stderr, r.stderr
+
+
+# ---- the reference cache is checked, and lives where --ref-cache-dir says ----------------
+
+def fnv1a64(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def test_damaged_ref_cache_is_recomputed(cli):
+    runs = cli / "runs_damaged"
+    cache = cli / "my_cache"  # not the default .fdpo-cache beside OUT
+    args = ["--steps", 2, "--eval-every", 2, "--seed", 3, "--ref-cache-dir", cache]
+    r = fdpo(*base_args(cli, runs / "clean", *args))
+    path = summary(runs / "clean")["reference"]["cache_file"]
+    assert os.path.dirname(path) == str(cache) and os.path.exists(path)
+    assert not (runs / ".fdpo-cache").exists()
+    clean = metrics(runs / "clean")
+    want, meta = st.load(path)
+    # 1. one flipped byte in the data: the checksum no longer matches
+    raw = bytearray(open(path, "rb").read())
+    raw[-3] ^= 0x40
+    open(path, "wb").write(bytes(raw))
+    r = fdpo(*base_args(cli, runs / "flipped", *args))
+    assert "ref cache unusable" in r.stderr and "checksum" in r.stderr and "warning" in r.stderr, r.stderr
+    assert metrics(runs / "flipped") == [dict(m, tokens_per_sec=m2["tokens_per_sec"]) if "tokens_per_sec" in m else m
+                                         for m, m2 in zip(clean, metrics(runs / "flipped"))]
+    got, _ = st.load(path)
+    assert np.array_equal(got["logps"], want["logps"])  # rewritten with the right values
+    # 2. a NaN with a checksum that matches it: the value check catches it
+    bad = np.array(want["logps"], dtype=np.float64)
+    bad[3, 1] = float("nan")
+    meta = dict(meta, checksum="%016x" % fnv1a64(bad.tobytes()))
+    st.save(path, {"logps": bad}, metadata=meta)
+    r = fdpo(*base_args(cli, runs / "nan", *args))
+    assert "ref cache unusable" in r.stderr and "logps[3][1] is nan" in r.stderr, r.stderr
+    for a, b in zip(clean, metrics(runs / "nan")):
+        a, b = dict(a), dict(b)
+        a.pop("tokens_per_sec", None)
+        b.pop("tokens_per_sec", None)
+        assert a == b
+    got, _ = st.load(path)
+    assert np.array_equal(got["logps"], want["logps"])
+
+
+def test_no_usable_pairs_says_why(cli):
+    rows = [{"prompt": "x", "chosen": "", "rejected": "y"}, {"prompt": "x", "chosen": "s", "rejected": "s"},
+            {"prompt": "x", "chosen": "t", "rejected": "t"}, {"prompt": "p", "chosen": "z" * 80, "rejected": "q"}]
+    write_jsonl(cli / "unusable.jsonl", rows)
+    r = fdpo("dpo", "--policy", cli / "pol", "--data", cli / "unusable.jsonl", "--out", cli / "runs_unusable",
+             "--threads", 1, "--steps", 1, "--bad-pairs", "skip", "--on-long", "skip", "--max-length", 20,
+             check=False)
+    assert r.returncode != 0 and "no usable preference pairs" in r.stderr
+    for part in ("4 lines read", "4 skipped", "1 empty completion", "2 identical chosen/rejected", "1 too long"):
+        assert part in r.stderr, (part, r.stderr)
+
+
+def test_resume_refuses_a_changed_eval_file(cli):
+    data = cli / "resume_eval.jsonl"
+    write_jsonl(data, synthetic_pairs(6, 21))
+    out = cli / "runs_fixed" / "evalfile"
+    fdpo(*base_args(cli, out, "--steps", 4, "--stop-at", 2, "--eval-every", 2, "--eval-file", data))
+    rows = synthetic_pairs(6, 21)
+    rows[2]["chosen"] = "uuuuu"  # same prompts, another chosen answer
+    write_jsonl(data, rows)
+    r = fdpo("dpo", "--out", out, "--resume", "--threads", 1, "--quiet", check=False)
+    assert r.returncode != 0 and "data differ" in r.stderr, r.stderr

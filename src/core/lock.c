@@ -1,0 +1,129 @@
+/* Run-directory locks and stale temp-file cleanup.
+ *
+ * A run owns its --out directory for its whole life: an exclusive flock on DIR.lock (a file
+ * BESIDE DIR, because DIR itself is replaced by a rename on every checkpoint swap) keeps a
+ * second run out. The lock file holds the owner's pid so the refusal can name it. The kernel
+ * drops the lock when the process dies, so a killed run never leaves a lock behind. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "fdpo/core.h"
+
+/* Locks this process holds (a run holds one; a handful is plenty). */
+#define MAX_HELD 8
+static struct { char *dir; int fd; pid_t owner; } g_held[MAX_HELD];
+
+static char *lock_path(const char *dir) {
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    char *p = fdpo_malloc(n + 6);
+    memcpy(p, dir, n);
+    memcpy(p + n, ".lock", 6);
+    return p;
+}
+
+static int held_index(const char *path) {
+    /* a forked child inherits the table but not the ownership: it must lock on its own */
+    for (int i = 0; i < MAX_HELD; i++)
+        if (g_held[i].dir && g_held[i].owner == getpid() && !strcmp(g_held[i].dir, path)) return i;
+    return -1;
+}
+
+int fdpo_dir_lock(const char *dir, const char *flag) {
+    char *path = lock_path(dir);
+    if (held_index(path) >= 0) { free(path); return 0; }
+    int slot;
+    for (slot = 0; slot < MAX_HELD && g_held[slot].dir && g_held[slot].owner == getpid(); slot++) {}
+    if (slot == MAX_HELD) { free(path); return fdpo_error("%s %s: too many run directories locked by one process", flag, dir); }
+    char *parent = fdpo_strdup(path);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) { *slash = 0; if (fdpo_mkdir_p(parent)) { free(parent); free(path); return fdpo_error_context("%s", flag); } }
+    free(parent);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); free(path); return -1; }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char buf[32] = "";
+        ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
+        buf[got > 0 ? got : 0] = 0;
+        long pid = strtol(buf, NULL, 10);
+        close(fd);
+        if (e == EWOULDBLOCK)
+            fdpo_error("%s %s: in use by another run (pid %ld holds %s); wait for it or choose another %s",
+                       flag, dir, pid, path, flag);
+        else
+            fdpo_error("%s %s: cannot lock %s: %s", flag, dir, path, strerror(e));
+        free(path);
+        return -1;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) {
+        int e = errno;
+        close(fd);
+        fdpo_error("%s %s: cannot write lock file %s: %s", flag, dir, path, strerror(e));
+        free(path);
+        return -1;
+    }
+    if (g_held[slot].dir) free(g_held[slot].dir);   /* the parent's entry, in a forked child */
+    g_held[slot].dir = path;
+    g_held[slot].fd = fd;
+    g_held[slot].owner = getpid();
+    return 0;
+}
+
+void fdpo_dir_unlock(const char *dir) {
+    char *path = lock_path(dir);
+    int i = held_index(path);
+    free(path);
+    if (i < 0) return;
+    close(g_held[i].fd);   /* releases the flock; the file stays (removing it would race a waiter) */
+    free(g_held[i].dir);
+    g_held[i].dir = NULL;
+}
+
+int fdpo_dir_locked(const char *dir) {
+    char *path = lock_path(dir);
+    int i = held_index(path);
+    free(path);
+    return i >= 0;
+}
+
+/* "name.tmp.<digits>" -> pid, else 0. */
+static long tmp_pid(const char *name) {
+    const char *t = strstr(name, ".tmp.");
+    if (!t) return 0;
+    const char *d = t + 5;
+    if (!*d) return 0;
+    for (const char *c = d; *c; c++) if (*c < '0' || *c > '9') return 0;
+    return strtol(d, NULL, 10);
+}
+
+static int pid_alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
+
+long fdpo_remove_stale_tmp(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    long removed = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long pid = tmp_pid(e->d_name);
+        if (pid <= 0 || pid == (long)getpid() || pid_alive(pid)) continue;
+        char *p = fdpo_path_join(dir, e->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && unlink(p) == 0) {
+            fdpo_log(FDPO_LOG_WARN, "removed %s (left by process %ld, which is gone)", p, pid);
+            removed++;
+        }
+        free(p);
+    }
+    closedir(d);
+    return removed;
+}

@@ -1,0 +1,141 @@
+/* Checkpoint directories replaced atomically: write OUT.tmp, swap it in with two renames,
+ * carry over what is not part of a checkpoint, and repair what an interrupted swap left. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "fdpo/io.h"
+#include "fdpo/trainer.h"
+
+int fdpo_remove_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : fdpo_error("%s: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(path);
+        if (!d) return fdpo_error("%s: cannot open directory: %s", path, strerror(errno));
+        struct dirent *e;
+        int rc = 0;
+        while ((e = readdir(d)) && !rc) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char *child = fdpo_path_join(path, e->d_name);
+            rc = fdpo_remove_tree(child);
+            free(child);
+        }
+        closedir(d);
+        if (rc) return rc;
+        if (rmdir(path) != 0) return fdpo_error("%s: cannot remove: %s", path, strerror(errno));
+        return 0;
+    }
+    if (unlink(path) != 0) return fdpo_error("%s: cannot remove: %s", path, strerror(errno));
+    return 0;
+}
+
+static int copy_file(const char *src, const char *dst) {
+    size_t len;
+    char *data = fdpo_read_file(src, &len);
+    if (!data) return -1;
+    int rc = fdpo_write_file_atomic(dst, data, len);
+    free(data);
+    return rc;
+}
+
+/* The files every save writes afresh: never carried over (a writer that truncated in place
+ * instead of renaming would otherwise write through the link into the old checkpoint). */
+static int rewritten_by_save(const char *name) {
+    static const char *const names[] = {"config.json", "model.safetensors", "training_state.json",
+                                        "training_state.safetensors"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) if (!strcmp(name, names[i])) return 1;
+    return 0;
+}
+
+/* Hard-link (or copy) every other file of src into dst, recursively: what a user or the run
+ * keeps in OUT besides the checkpoint (metrics.jsonl, notes) survives the directory swap. */
+static int carry_over(const char *src, const char *dst, int top) {
+    DIR *d = opendir(src);
+    if (!d) return fdpo_error("%s: cannot open directory: %s", src, strerror(errno));
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) && !rc) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        if (strstr(e->d_name, ".tmp.")) continue; /* another writer's half-written temp file */
+        if (top && rewritten_by_save(e->d_name)) continue;
+        char *a = fdpo_path_join(src, e->d_name), *b = fdpo_path_join(dst, e->d_name);
+        struct stat st;
+        if (lstat(a, &st) == 0) {
+            if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0);
+            else if (S_ISREG(st.st_mode) && link(a, b) != 0) rc = copy_file(a, b);
+        }
+        free(a); free(b);
+    }
+    closedir(d);
+    return rc;
+}
+
+static void fsync_parent(const char *path) {
+    char *copy = fdpo_strdup(path);
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) { fsync(fd); close(fd); }
+    free(copy);
+}
+
+static char *suffixed(const char *path, const char *suffix) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;   /* "out/" -> "out.tmp", not "out/.tmp" */
+    char *r = fdpo_malloc(n + strlen(suffix) + 1);
+    memcpy(r, path, n);
+    strcpy(r + n, suffix);
+    return r;
+}
+
+/* Undo what an interrupted save left: OUT.old back into place, OUT.tmp removed. */
+static int recover_swap(const char *out) {
+    char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
+    int rc = 0;
+    if (!fdpo_file_exists(out) && fdpo_file_exists(old)) {
+        if (rename(old, out) != 0) rc = fdpo_error("%s: cannot restore from %s: %s", out, old, strerror(errno));
+        else fdpo_log(FDPO_LOG_WARN, "%s restored from %s (a save was interrupted)", out, old);
+    } else if (fdpo_file_exists(out) && fdpo_file_exists(old)) {
+        rc = fdpo_remove_tree(old);  /* the swap finished; only the cleanup was interrupted */
+    }
+    if (!rc && fdpo_file_exists(tmp)) {
+        fdpo_log(FDPO_LOG_WARN, "removed %s (left by an interrupted save)", tmp);
+        rc = fdpo_remove_tree(tmp);
+    }
+    free(old); free(tmp);
+    return rc;
+}
+
+int fdpo_checkpoint_recover(const char *out) {
+    if (fdpo_dir_locked(out)) return 0;   /* claimed (and recovered) earlier by this process */
+    if (fdpo_dir_lock(out, "--out")) return -1;
+    /* under the lock nobody else writes here: what an interrupted save or a killed writer left is stale */
+    if (recover_swap(out)) { fdpo_dir_unlock(out); return -1; }
+    fdpo_remove_stale_tmp(out);
+    return 0;
+}
+
+int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tokenizer *tok,
+                             const fdpo_train_state *s, const fdpo_adamw *opt) {
+    char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
+    int rc = -1;
+    if (fdpo_checkpoint_recover(out) || recover_swap(out)) goto done;
+    if (fdpo_mkdir_p(tmp)) goto done;
+    if (fdpo_file_exists(out) && carry_over(out, tmp, 1)) goto done;
+    if (fdpo_checkpoint_save_model(tmp, m)) goto done;
+    if (tok && fdpo_tokenizer_save_dir(tok, tmp)) goto done;
+    if (s && opt && fdpo_train_state_save(tmp, s, opt, m)) goto done;
+    if (fdpo_file_exists(out) && rename(out, old) != 0) { fdpo_error("%s: cannot move aside: %s", out, strerror(errno)); goto done; }
+    if (rename(tmp, out) != 0) { fdpo_error("%s: cannot rename %s into place: %s", out, tmp, strerror(errno)); goto done; }
+    fsync_parent(out);
+    if (fdpo_remove_tree(old)) goto done;
+    rc = 0;
+done:
+    if (rc) fdpo_error_context("saving checkpoint %s", out);
+    free(old); free(tmp);
+    return rc;
+}

@@ -1,0 +1,208 @@
+/* Run settings: the options of a run as typed key/value pairs, keyed by their flag /
+ * config-key names, saved in training_state.json and compared on --resume; plus the one
+ * validity check and the defaults of fdpo_train_opts. */
+#include <cJSON.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/trainer.h"
+#include "train/settings_json.h"
+
+/* ---------------------------------------------------------------- settings */
+
+static fdpo_setting *settings_push(fdpo_settings *s, const char *key, fdpo_setting_type type, int fixed) {
+    for (size_t i = 0; i < s->n; i++) {
+        if (strcmp(s->v[i].key, key)) continue;
+        free(s->v[i].str);           /* replace: the last value given for a key wins */
+        s->v[i] = (fdpo_setting){.key = s->v[i].key, .type = type, .fixed = fixed};
+        return &s->v[i];
+    }
+    if (s->n == s->cap) { s->cap = s->cap ? 2 * s->cap : 32; s->v = fdpo_realloc(s->v, s->cap * sizeof *s->v); }
+    fdpo_setting *x = &s->v[s->n++];
+    *x = (fdpo_setting){.key = fdpo_strdup(key), .type = type, .fixed = fixed};
+    return x;
+}
+
+void fdpo_settings_num(fdpo_settings *s, const char *key, double v, int fixed) {
+    settings_push(s, key, FDPO_SETTING_NUM, fixed)->num = v;
+}
+void fdpo_settings_bool(fdpo_settings *s, const char *key, int v, int fixed) {
+    settings_push(s, key, FDPO_SETTING_BOOL, fixed)->num = v ? 1 : 0;
+}
+void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fixed) {
+    fdpo_setting *x = settings_push(s, key, v ? FDPO_SETTING_STR : FDPO_SETTING_NULL, fixed);
+    if (v) x->str = fdpo_strdup(v);
+}
+
+const fdpo_setting *fdpo_settings_find(const fdpo_settings *s, const char *key) {
+    for (size_t i = 0; i < s->n; i++) if (!strcmp(s->v[i].key, key)) return &s->v[i];
+    return NULL;
+}
+
+void fdpo_settings_free(fdpo_settings *s) {
+    for (size_t i = 0; i < s->n; i++) { free(s->v[i].key); free(s->v[i].str); }
+    free(s->v);
+    memset(s, 0, sizeof *s);
+}
+
+void fdpo_setting_text(const fdpo_setting *x, char *buf, size_t n) {
+    switch (x->type) {
+    case FDPO_SETTING_NULL: snprintf(buf, n, "(none)"); break;
+    case FDPO_SETTING_NUM: fdpo_fmt_double(buf, n, x->num); break;
+    case FDPO_SETTING_BOOL: snprintf(buf, n, "%s", x->num != 0 ? "true" : "false"); break;
+    case FDPO_SETTING_STR: snprintf(buf, n, "%s", x->str); break;
+    }
+}
+
+/* Same value? A state written before settings were typed holds text ("0.001"): compare
+ * that with the text of the typed value. */
+static int setting_equal(const fdpo_setting *a, const fdpo_setting *b) {
+    if (a->type == b->type) {
+        if (a->type == FDPO_SETTING_STR) return !strcmp(a->str, b->str);
+        return a->type == FDPO_SETTING_NULL || a->num == b->num;
+    }
+    char ta[128], tb[128];
+    fdpo_setting_text(a, ta, sizeof ta);
+    fdpo_setting_text(b, tb, sizeof tb);
+    if (a->type == FDPO_SETTING_BOOL || b->type == FDPO_SETTING_BOOL) {  /* legacy "1"/"0" */
+        const fdpo_setting *t = a->type == FDPO_SETTING_BOOL ? b : a, *bo = a->type == FDPO_SETTING_BOOL ? a : b;
+        return t->type == FDPO_SETTING_STR && (atoi(t->str) != 0) == (bo->num != 0);
+    }
+    if (a->type == FDPO_SETTING_NULL || b->type == FDPO_SETTING_NULL)      /* legacy "" = none */
+        return !strcmp(a->type == FDPO_SETTING_NULL ? b->str : a->str, "");
+    return !strcmp(ta, tb);
+}
+
+int fdpo_settings_check_resume(const fdpo_settings *saved, const fdpo_settings *now) {
+    for (size_t i = 0; i < now->n; i++) {
+        const fdpo_setting *x = &now->v[i], *was = fdpo_settings_find(saved, x->key);
+        if (!was || !(x->fixed || was->fixed) || setting_equal(x, was)) continue;
+        char a[128], b[128];
+        fdpo_setting_text(x, a, sizeof a);
+        fdpo_setting_text(was, b, sizeof b);
+        return fdpo_error("--%s: %s differs from the saved run's %s (it cannot change on --resume)", x->key, a, b);
+    }
+    return 0;
+}
+
+cJSON *fdpo_settings_to_json(const fdpo_settings *s) {
+    cJSON *o = cJSON_CreateObject();
+    for (size_t i = 0; i < s->n; i++) {
+        const fdpo_setting *x = &s->v[i];
+        cJSON *v = x->type == FDPO_SETTING_NUM ? cJSON_CreateNumber(x->num)
+                 : x->type == FDPO_SETTING_BOOL ? cJSON_CreateBool(x->num != 0)
+                 : x->type == FDPO_SETTING_STR ? cJSON_CreateString(x->str) : cJSON_CreateNull();
+        cJSON_AddItemToObject(o, x->key, v);
+    }
+    return o;
+}
+
+int fdpo_settings_from_json(fdpo_settings *s, const cJSON *o, const cJSON *fixed_list, const char *path) {
+    const cJSON *e;
+    cJSON_ArrayForEach(e, o) {
+        int fixed = 0;
+        if (fixed_list) {
+            const cJSON *f;
+            cJSON_ArrayForEach(f, fixed_list) if (cJSON_IsString(f) && !strcmp(f->valuestring, e->string)) fixed = 1;
+        } else {
+            fixed = 1;   /* version 1 states saved only the fixed settings */
+        }
+        if (cJSON_IsNumber(e)) fdpo_settings_num(s, e->string, e->valuedouble, fixed);
+        else if (cJSON_IsBool(e)) fdpo_settings_bool(s, e->string, cJSON_IsTrue(e), fixed);
+        else if (cJSON_IsString(e)) fdpo_settings_str(s, e->string, e->valuestring, fixed);
+        else if (cJSON_IsNull(e)) fdpo_settings_str(s, e->string, NULL, fixed);
+        else return fdpo_error("%s: setting '%s' must be a number, boolean, string or null", path, e->string);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- train options */
+
+/* Every fdpo_train_opts field a run's result depends on (fixed) or that a resumed run
+ * should keep unless given again (not fixed), under its flag name. */
+typedef enum { T_LONG, T_DOUBLE, T_BOOL, T_STR } field_type;
+static const struct { const char *key; field_type type; size_t offset; int fixed; } TRAIN_FIELDS[] = {
+    {"seq-len", T_LONG, offsetof(fdpo_train_opts, seq_len), 1},
+    {"batch-size", T_LONG, offsetof(fdpo_train_opts, batch_size), 1},
+    {"grad-accum", T_LONG, offsetof(fdpo_train_opts, grad_accum), 1},
+    {"steps", T_LONG, offsetof(fdpo_train_opts, steps), 1},
+    {"epochs", T_DOUBLE, offsetof(fdpo_train_opts, epochs), 1},
+    {"lr", T_DOUBLE, offsetof(fdpo_train_opts, lr), 1},
+    {"schedule", T_STR, offsetof(fdpo_train_opts, schedule), 1},
+    {"warmup-steps", T_LONG, offsetof(fdpo_train_opts, warmup_steps), 1},
+    {"min-lr-ratio", T_DOUBLE, offsetof(fdpo_train_opts, min_lr_ratio), 1},
+    {"weight-decay", T_DOUBLE, offsetof(fdpo_train_opts, weight_decay), 1},
+    {"beta1", T_DOUBLE, offsetof(fdpo_train_opts, beta1), 1},
+    {"beta2", T_DOUBLE, offsetof(fdpo_train_opts, beta2), 1},
+    {"adam-eps", T_DOUBLE, offsetof(fdpo_train_opts, adam_eps), 1},
+    {"grad-clip", T_DOUBLE, offsetof(fdpo_train_opts, grad_clip), 1},
+    {"seed", T_LONG, offsetof(fdpo_train_opts, seed), 1},
+    {"val-fraction", T_DOUBLE, offsetof(fdpo_train_opts, val_fraction), 1},
+    {"shuffle", T_BOOL, offsetof(fdpo_train_opts, shuffle), 1},
+    /* kept from the saved run unless given again (a resumed run used to drop them) */
+    {"eval-every", T_LONG, offsetof(fdpo_train_opts, eval_every), 0},
+    {"save-every", T_LONG, offsetof(fdpo_train_opts, save_every), 0},
+    {"log-every", T_LONG, offsetof(fdpo_train_opts, log_every), 0},
+    {"eval-max-seqs", T_LONG, offsetof(fdpo_train_opts, eval_max_seqs), 0},
+    {"threads", T_LONG, offsetof(fdpo_train_opts, threads), 0},
+};
+
+void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s) {
+    const char *base = (const char *)o;
+    for (size_t i = 0; i < sizeof TRAIN_FIELDS / sizeof TRAIN_FIELDS[0]; i++) {
+        const char *p = base + TRAIN_FIELDS[i].offset;
+        switch (TRAIN_FIELDS[i].type) {
+        case T_LONG: fdpo_settings_num(s, TRAIN_FIELDS[i].key, (double)*(const long *)p, TRAIN_FIELDS[i].fixed); break;
+        case T_DOUBLE: fdpo_settings_num(s, TRAIN_FIELDS[i].key, *(const double *)p, TRAIN_FIELDS[i].fixed); break;
+        case T_BOOL: fdpo_settings_bool(s, TRAIN_FIELDS[i].key, *(const int *)p, TRAIN_FIELDS[i].fixed); break;
+        case T_STR: fdpo_settings_str(s, TRAIN_FIELDS[i].key, *(const char *const *)p, TRAIN_FIELDS[i].fixed); break;
+        }
+    }
+}
+
+void fdpo_train_opts_default(fdpo_train_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->n_layer = 4; o->n_head = 4; o->n_embd = 128; o->n_positions = 256;
+    o->seq_len = 128; o->batch_size = 8; o->grad_accum = 1;
+    o->epochs = 1; o->lr = 3e-4; o->schedule = "cosine";
+    o->weight_decay = 0.01; o->beta1 = 0.9; o->beta2 = 0.999; o->adam_eps = 1e-8; o->grad_clip = 1;
+    o->seed = 1337; o->eval_every = 100; o->log_every = 1;
+    o->val_fraction = 0.05; o->shuffle = 1;
+}
+
+int fdpo_train_opts_check(const fdpo_train_opts *o) {
+    if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
+    if (o->resume && o->overwrite) return fdpo_error("--overwrite: cannot be combined with --resume");
+    if (o->seq_len < 1) return fdpo_error("--seq-len: %ld must be >= 1", o->seq_len);
+    if (o->batch_size < 1) return fdpo_error("--batch-size: %ld must be >= 1", o->batch_size);
+    if (o->grad_accum < 1) return fdpo_error("--grad-accum: %ld must be >= 1", o->grad_accum);
+    if (o->steps < 0) return fdpo_error("--steps: %ld must be >= 0", o->steps);
+    if (o->steps == 0 && !(o->epochs > 0)) return fdpo_error("--epochs: %g must be > 0 when --steps is 0", o->epochs);
+    if (o->stop_at < 0) return fdpo_error("--stop-at: %ld must be >= 0", o->stop_at);
+    if (!(o->lr >= 0)) return fdpo_error("--lr: %g must be >= 0", o->lr);
+    fdpo_sched_kind k;
+    if (fdpo_schedule_parse(o->schedule, &k)) return -1;
+    if (o->warmup_steps < 0) return fdpo_error("--warmup-steps: %ld must be >= 0", o->warmup_steps);
+    if (!(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1)) return fdpo_error("--min-lr-ratio: %g is not in [0, 1]", o->min_lr_ratio);
+    if (!(o->weight_decay >= 0)) return fdpo_error("--weight-decay: %g must be >= 0", o->weight_decay);
+    if (!(o->beta1 >= 0 && o->beta1 < 1)) return fdpo_error("--beta1: %g is not in [0, 1)", o->beta1);
+    if (!(o->beta2 >= 0 && o->beta2 < 1)) return fdpo_error("--beta2: %g is not in [0, 1)", o->beta2);
+    if (!(o->adam_eps > 0)) return fdpo_error("--adam-eps: %g must be > 0", o->adam_eps);
+    if (!(o->grad_clip >= 0)) return fdpo_error("--grad-clip: %g must be >= 0", o->grad_clip);
+    if (!(o->val_fraction >= 0 && o->val_fraction < 1)) return fdpo_error("--val-fraction: %g is not in [0, 1)", o->val_fraction);
+    if (o->eval_every < 0) return fdpo_error("--eval-every: %ld must be >= 0", o->eval_every);
+    if (o->save_every < 0) return fdpo_error("--save-every: %ld must be >= 0", o->save_every);
+    if (o->log_every < 1) return fdpo_error("--log-every: %ld must be >= 1", o->log_every);
+    if (o->eval_max_seqs < 0) return fdpo_error("--eval-max-seqs: %ld must be >= 0", o->eval_max_seqs);
+    if (o->threads < 0) return fdpo_error("--threads: %ld must be >= 0", o->threads);
+    if (o->seed < 0) return fdpo_error("--seed: %ld must be >= 0", o->seed);
+    if (o->n_layer < 1) return fdpo_error("--n-layer: %ld must be >= 1", o->n_layer);
+    if (o->n_head < 1) return fdpo_error("--n-head: %ld must be >= 1", o->n_head);
+    if (o->n_embd < 1 || o->n_embd % o->n_head) return fdpo_error("--n-embd: %ld must be a positive multiple of --n-head (%ld)", o->n_embd, o->n_head);
+    if (o->n_positions < 1) return fdpo_error("--n-positions: %ld must be >= 1", o->n_positions);
+    if (!o->init && !o->resume && o->seq_len > o->n_positions)
+        return fdpo_error("--seq-len: %ld exceeds --n-positions %ld", o->seq_len, o->n_positions);
+    return 0;
+}
