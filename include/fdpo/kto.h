@@ -64,9 +64,12 @@ typedef struct {
     double eval_fraction;
     fdpo_pref_options pref;
     fdpo_kto_loss loss;
-    size_t n_fixed;
-    const char *const *fixed_keys, *const *fixed_values;
 } fdpo_kto_run_opts;
+/* The one check of a run's options; errors name the flag. Called by fdpo_kto_train. */
+int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o);
+/* The run's settings under their flag names (objective, data shaping, model and reference
+ * fixed on --resume), appended to s. */
+void fdpo_kto_run_opts_settings(const fdpo_kto_run_opts *o, fdpo_settings *s);
 int fdpo_kto_train(const fdpo_kto_run_opts *o);
 
 #endif

@@ -59,9 +59,12 @@ typedef struct {
     double eval_fraction;
     double center_rewards_coefficient;
     fdpo_pref_options pref;
-    size_t n_fixed;
-    const char *const *fixed_keys, *const *fixed_values;
 } fdpo_rm_run_opts;
+/* The one check of a run's options; errors name the flag. Called by fdpo_rm_train. */
+int fdpo_rm_run_opts_check(const fdpo_rm_run_opts *o);
+/* The run's settings under their flag names (objective, data shaping and model fixed on
+ * --resume), appended to s. */
+void fdpo_rm_run_opts_settings(const fdpo_rm_run_opts *o, fdpo_settings *s);
 int fdpo_rm_train(const fdpo_rm_run_opts *o);
 
 /* Load a reward-model directory: config + weights (GPT2ForSequenceClassification) and its

@@ -16,10 +16,6 @@ static int not_for_kto(const char *name) {
     return 0;
 }
 
-static const char *const KTO_FIXED[] = {
-    "model", "ref", "divergence", "beta", "desirable-weight", "undesirable-weight", "max-length",
-    "max-prompt-length", "on-long", "bad-pairs", "eval-fraction", "eval-file", "data",
-};
 
 int cmd_kto(int argc, char **argv) {
     static const char usage[] =
@@ -63,16 +59,9 @@ int cmd_kto(int argc, char **argv) {
     if (rc == FLAGS_HELP) return 0;
     if (rc) return -1;
     rc = -1;
-    char **fixed_vals = NULL;
-    const char **fixed = NULL;
-    size_t n_fixed = 0;
     if (n_pos > 0) { fdpo_error("unexpected argument '%s' (the data file goes in --data)", pos[0]); goto done; }
-    fixed = fdpo_malloc((TRAIN_N_FIXED_FLAGS + sizeof KTO_FIXED / sizeof KTO_FIXED[0]) * sizeof *fixed);
-    for (size_t i = 0; i < TRAIN_N_FIXED_FLAGS; i++) if (!not_for_kto(TRAIN_FIXED_FLAGS[i])) fixed[n_fixed++] = TRAIN_FIXED_FLAGS[i];
-    for (size_t i = 0; i < sizeof KTO_FIXED / sizeof KTO_FIXED[0]; i++) fixed[n_fixed++] = KTO_FIXED[i];
-    if (train_flags_finish(flags, n, &o.train, fixed, n_fixed)) goto done;
-    if (o.eval_file && !*o.eval_file) o.eval_file = NULL;
-    if (o.ref && !*o.ref) o.ref = NULL;
+    /* on --resume, unset flags take the saved run's values; the library checks the rest */
+    if (train_flags_finish(flags, n, &o.train)) goto done;
     if (!model) { fdpo_error("--model: required (the policy checkpoint)"); goto done; }
     if (!o.data) { fdpo_error("--data: required (unpaired JSONL)"); goto done; }
     o.train.init = model;
@@ -90,15 +79,9 @@ int cmd_kto(int argc, char **argv) {
     else if (!strcmp(bad, "skip")) o.pref.on_bad = FDPO_PREF_SKIP;
     else { fdpo_error("--bad-pairs: '%s' is not error or skip", bad); goto done; }
     if (!(o.eval_fraction >= 0 && o.eval_fraction < 1)) { fdpo_error("--eval-fraction: %g is not in [0, 1)", o.eval_fraction); goto done; }
-    fixed_vals = train_flags_values(flags, n, fixed, n_fixed);
-    o.n_fixed = n_fixed;
-    o.fixed_keys = fixed;
-    o.fixed_values = (const char *const *)fixed_vals;
     train_catch_interrupts();
     rc = fdpo_kto_train(&o);
 done:
-    if (fixed_vals) fdpo_strv_free(fixed_vals, n_fixed);
-    free(fixed);
     free(pos);
     return rc;
 }

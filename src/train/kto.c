@@ -132,11 +132,40 @@ static void add_kto_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_kto
 #undef ADD
 }
 
+static const char *on_long_name(fdpo_pref_on_long v) {
+    return v == FDPO_PREF_LONG_SKIP ? "skip" : v == FDPO_PREF_LONG_ERROR ? "error" : "truncate";
+}
+
+int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o) {
+    if (!o->train.init) return fdpo_error("--model: required (the policy checkpoint, also the default reference)");
+    if (!o->data) return fdpo_error("--data: required (unpaired JSONL {prompt, completion, label})");
+    if (fdpo_train_opts_check(&o->train)) return -1;
+    if (fdpo_kto_loss_check(&o->loss)) return -1;
+    if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
+    return 0;
+}
+
+void fdpo_kto_run_opts_settings(const fdpo_kto_run_opts *o, fdpo_settings *s) {
+    char div[64];
+    fdpo_divergence_name(&o->loss.div, div, sizeof div);
+    fdpo_settings_str(s, "model", o->train.init, 1);
+    fdpo_settings_str(s, "data", o->data, 1);
+    fdpo_settings_str(s, "ref", o->ref, 1);
+    fdpo_settings_str(s, "divergence", div, 1);
+    fdpo_settings_num(s, "beta", o->loss.beta, 1);
+    fdpo_settings_num(s, "desirable-weight", o->loss.desirable_weight, 1);
+    fdpo_settings_num(s, "undesirable-weight", o->loss.undesirable_weight, 1);
+    fdpo_settings_num(s, "max-length", (double)o->pref.max_length, 1);
+    fdpo_settings_num(s, "max-prompt-length", (double)o->pref.max_prompt_length, 1);
+    fdpo_settings_str(s, "on-long", on_long_name(o->pref.on_long), 1);
+    fdpo_settings_str(s, "bad-pairs", o->pref.on_bad == FDPO_PREF_SKIP ? "skip" : "error", 1);
+    fdpo_settings_num(s, "eval-fraction", o->eval_fraction, 1);
+    fdpo_settings_str(s, "eval-file", o->eval_file, 1);
+}
+
 int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     const fdpo_train_opts *to = &o->train;
-    if (!to->init) return fdpo_error("--model: required (the policy checkpoint, also the default reference)");
-    if (!o->data) return fdpo_error("--data: required (unpaired JSONL {prompt, completion, label})");
-    if (fdpo_kto_loss_check(&o->loss)) return -1;
+    if (fdpo_kto_run_opts_check(o)) return -1;
     int rc = -1, tr_open = 0;
     fdpo_tokenizer *tok = NULL;
     fdpo_gpt2 *ref = NULL;
@@ -194,8 +223,11 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
         fdpo_error("--max-length %zu exceeds the reference's n_positions %zu", popt.max_length, ref->config.n_positions);
         goto done;
     }
-    if (fdpo_trainer_open(&tr, to, "kto", tok, n_train, kto_data_hash(train_ex, n_train), o->n_fixed,
-                          o->fixed_keys, o->fixed_values)) goto done;
+    fdpo_settings settings = {0};
+    fdpo_kto_run_opts_settings(o, &settings);
+    int orc = fdpo_trainer_open(&tr, to, "kto", tok, n_train, kto_data_hash(train_ex, n_train), &settings);
+    fdpo_settings_free(&settings);
+    if (orc) goto done;
     tr_open = 1;
     const size_t per_step = (size_t)(to->batch_size * to->grad_accum), mb = (size_t)to->batch_size;
     step_ex = fdpo_malloc(per_step * sizeof *step_ex);

@@ -157,12 +157,35 @@ static void add_rm_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_rm_m
 #undef ADD
 }
 
-int fdpo_rm_train(const fdpo_rm_run_opts *o) {
-    const fdpo_train_opts *to = &o->train;
-    if (!to->init) return fdpo_error("--model: required (the backbone checkpoint)");
+static const char *on_long_name(fdpo_pref_on_long v) {
+    return v == FDPO_PREF_LONG_SKIP ? "skip" : v == FDPO_PREF_LONG_ERROR ? "error" : "truncate";
+}
+
+int fdpo_rm_run_opts_check(const fdpo_rm_run_opts *o) {
+    if (!o->train.init) return fdpo_error("--model: required (the backbone checkpoint)");
     if (!o->data) return fdpo_error("--data: required (preference JSONL)");
+    if (fdpo_train_opts_check(&o->train)) return -1;
     if (!isfinite(o->center_rewards_coefficient) || o->center_rewards_coefficient < 0)
         return fdpo_error("--center-rewards-coefficient: must be a finite number >= 0 (got %g)", o->center_rewards_coefficient);
+    if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
+    return 0;
+}
+
+void fdpo_rm_run_opts_settings(const fdpo_rm_run_opts *o, fdpo_settings *s) {
+    fdpo_settings_str(s, "model", o->train.init, 1);
+    fdpo_settings_str(s, "data", o->data, 1);
+    fdpo_settings_num(s, "center-rewards-coefficient", o->center_rewards_coefficient, 1);
+    fdpo_settings_num(s, "max-length", (double)o->pref.max_length, 1);
+    fdpo_settings_num(s, "max-prompt-length", (double)o->pref.max_prompt_length, 1);
+    fdpo_settings_str(s, "on-long", on_long_name(o->pref.on_long), 1);
+    fdpo_settings_str(s, "bad-pairs", o->pref.on_bad == FDPO_PREF_SKIP ? "skip" : "error", 1);
+    fdpo_settings_num(s, "eval-fraction", o->eval_fraction, 1);
+    fdpo_settings_str(s, "eval-file", o->eval_file, 1);
+}
+
+int fdpo_rm_train(const fdpo_rm_run_opts *o) {
+    const fdpo_train_opts *to = &o->train;
+    if (fdpo_rm_run_opts_check(o)) return -1;
     int rc = -1, tr_open = 0;
     fdpo_tokenizer *tok = NULL;
     fdpo_pref_set train_set = {0}, eval_set = {0};
@@ -186,7 +209,7 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     if (!(tok = fdpo_trainer_load_tokenizer(to))) goto done;
     const int32_t eot = fdpo_tokenizer_eot(tok);
     if (fdpo_pref_load(o->data, tok, &popt, &train_set)) goto done;
-    fdpo_pref_summary_print(stderr, o->data, &train_set.summary);
+    fdpo_pref_summary_log(o->data, &train_set.summary);
     train_margin = fdpo_malloc((train_set.n ? train_set.n : 1) * sizeof(double));
     if (fdpo_pref_read_margins(o->data, &train_set, train_margin)) goto done;
     const fdpo_pref_set *eset = &train_set;
@@ -215,8 +238,11 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     free(train_margin);
     train_margin = tm; /* now in train_pairs order */
 
-    if (fdpo_trainer_open(&tr, to, "rm", tok, n_train, rm_data_hash(train_pairs, train_margin, n_train), o->n_fixed,
-                          o->fixed_keys, o->fixed_values)) goto done;
+    fdpo_settings settings = {0};
+    fdpo_rm_run_opts_settings(o, &settings);
+    int orc = fdpo_trainer_open(&tr, to, "rm", tok, n_train, rm_data_hash(train_pairs, train_margin, n_train), &settings);
+    fdpo_settings_free(&settings);
+    if (orc) goto done;
     tr_open = 1;
     if (tr.model->config.num_labels == 0) {
         /* a language model: put a fresh score head on its backbone; AdamW is resized (step 0) */
