@@ -40,6 +40,12 @@ typedef struct {
     double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     size_t rope_original_max_position;
     char model_type[16];       /* "llama" or "qwen2", written back to config.json */
+    /* 0: GPT2LMHeadModel. 1: GPT2ForSequenceClassification (a reward model): the scalar
+     * head score.weight [1, C] is kept as one extra row of wte (row vocab_size), so that
+     * AdamW, clipping and the training state handle it with no special case; the LM head
+     * still uses rows [0, vocab_size) only. src/model/gpt2_score.c, docs/rm.md. */
+    size_t num_labels;
+    int32_t pad_token_id;     /* num_labels > 0: written to config.json (GPT-2 has none: eot) */
 } fdpo_gpt2_config;
 
 /* Parameter tensors, carved from one allocation in this order. Linear weights are stored
@@ -130,5 +136,22 @@ void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, 
 int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b);
 /* Copy parameters (same config required). */
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src);
+/* Backward of the last forward from a gradient on the final hidden states (after ln_f)
+ * d_lnf [N, C] instead of on the token log-probs; the LM head gets no gradient.
+ * ACCUMULATES into m->grads like fdpo_gpt2_backward. */
+int fdpo_gpt2_backward_hidden(fdpo_gpt2 *m, const float *d_lnf);
+/* Final hidden states (after ln_f) [N, C] of the last forward, NULL if none. */
+const float *fdpo_gpt2_hidden(const fdpo_gpt2 *m);
+
+/* ---- scalar head (GPT2ForSequenceClassification, num_labels 1; src/model/gpt2_score.c) ----
+ * r_b = score.weight . h_b, h_b the final hidden state of sequence b's LAST token. */
+float *fdpo_gpt2_score_weight(fdpo_gpt2 *m);     /* [C] inside params_memory; NULL for an LM */
+/* Forward over a packed batch (targets may all be -1): rewards[B]. */
+int fdpo_gpt2_score_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *rewards);
+/* Backward of the last score forward for d_rewards[B]; ACCUMULATES into m->grads. */
+int fdpo_gpt2_score_backward(fdpo_gpt2 *m, const float *d_rewards);
+/* A reward model with lm's backbone and score.weight ~ N(0, init_std) drawn from seed. */
+fdpo_gpt2 *fdpo_gpt2_reward_model_from_lm(const fdpo_gpt2 *lm, double init_std, uint64_t seed,
+                                          int32_t pad_token_id);
 
 #endif

@@ -45,4 +45,31 @@ int fdpo_pref_loss_check(const fdpo_pref_loss *L);
  * (either pointer may be NULL). */
 double fdpo_pref_loss_pair(const fdpo_pref_loss *L, double lw, double ll, double *dlw, double *dll);
 
+/* Bradley-Terry reward-model loss of one pair (TRL RewardTrainer):
+ *   -log sigma(r_chosen - r_rejected - margin) + center_coef * (r_chosen + r_rejected)^2
+ * (TRL subtracts the per-pair margin; center_coef = center_rewards_coefficient, whose term
+ * TRL takes as a mean over the batch, as the trainer's mean over pairs does here).
+ * Writes dL/dr_chosen, dL/dr_rejected (either may be NULL). */
+double fdpo_rm_loss_pair(double r_chosen, double r_rejected, double margin, double center_coef,
+                         double *d_chosen, double *d_rejected);
+
+/* KTO (Ethayarajh et al. 2024, TRL KTOTrainer loss_type "kto") with an f-divergence score.
+ * l = log pi(y|x) - log pi_ref(y|x) summed over completion tokens. s~(l) = s(l) - s(0): the
+ * f-DPO score shifted so that it is 0 when the policy equals the reference (rkl: s~(l) = l,
+ * plain KTO; the shift matters because z0 is clamped at 0 and compared with s~ directly).
+ *   z0 = max(0, mean over mismatched (prompt, completion) pairs of s~(l_KL)), a constant
+ *   desirable:   w_d * (1 - sigma(beta * (s~(l) - z0)))
+ *   undesirable: w_u * (1 - sigma(beta * (z0 - s~(l)))) */
+typedef struct {
+    fdpo_divergence div;
+    double beta;                 /* > 0 */
+    double desirable_weight;     /* TRL desirable_weight (default 1) */
+    double undesirable_weight;   /* TRL undesirable_weight (default 1) */
+} fdpo_kto_loss;
+int fdpo_kto_loss_check(const fdpo_kto_loss *K);   /* beta, weights, admissible divergence */
+double fdpo_kto_score(const fdpo_divergence *d, double l);            /* s~(l) */
+double fdpo_kto_z0(const fdpo_divergence *d, const double *l_kl, size_t n);
+/* Loss of one example; writes dL/dl (z0 held constant) when dl != NULL. */
+double fdpo_kto_loss_one(const fdpo_kto_loss *K, double l, int desirable, double z0, double *dl);
+
 #endif

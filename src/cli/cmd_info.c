@@ -55,6 +55,7 @@ int cmd_info(int argc, char **argv) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "checkpoint", dir);
         cJSON_AddStringToObject(o, "model_type", "gpt2");
+        cJSON_AddStringToObject(o, "architecture", c->num_labels ? "GPT2ForSequenceClassification" : "GPT2LMHeadModel");
         cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
         cJSON_AddNumberToObject(o, "n_positions", (double)c->n_positions);
         cJSON_AddNumberToObject(o, "n_embd", (double)c->n_embd);
@@ -76,6 +77,7 @@ int cmd_info(int argc, char **argv) {
     } else {
         printf("checkpoint: %s\n", dir);
         printf("model_type: gpt2\n");
+        printf("architecture: %s\n", c->num_labels ? "GPT2ForSequenceClassification (reward model, score.weight [1, n_embd])" : "GPT2LMHeadModel");
         printf("vocab_size: %zu\n", c->vocab_size);
         printf("n_positions: %zu\n", c->n_positions);
         printf("n_embd: %zu\n", c->n_embd);

@@ -16,4 +16,6 @@ int cmd_pairs(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_sacpo(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);
+int cmd_rm(int argc, char **argv);
+int cmd_kto(int argc, char **argv);
 #endif

@@ -352,3 +352,35 @@ int fdpo_pref_split(size_t n, double fraction, uint64_t seed, size_t **train_idx
     free(is_eval);
     return 0;
 }
+
+/* One (prompt, completion) rendered and encoded by exactly the rules of a pair's chosen
+ * side (unpaired KTO data, src/data/unpaired.c). */
+int fdpo_pref_encode_single(const char *name, size_t line, const cJSON *prompt, const cJSON *completion,
+                            const fdpo_tokenizer *tok, int32_t **p, size_t *np, int32_t **c, size_t *nc,
+                            size_t *content_len) {
+    where w = {name, line};
+    strbuf ps = {0}, cs = {0};
+    int rc = 0;
+    *p = *c = NULL;
+    if (cJSON_IsArray(completion)) {
+        if (!cJSON_IsArray(prompt)) rc = fdpo_error("%s:%zu: field 'prompt' must be a list of messages like 'completion'", name, line);
+        if (!rc) rc = check_messages(&w, prompt, "prompt") || check_messages(&w, completion, "completion") ? -1 : 0;
+        if (!rc) {
+            const cJSON *m;
+            cJSON_ArrayForEach(m, prompt) render_block(&ps, m);
+            sb_str(&ps, "<|assistant|>\n");
+            rc = render_completion(&w, completion, 0, "completion", &cs, content_len);
+        }
+    } else {
+        const char *pt = "", *ct = "";
+        rc = string_field(&w, completion, "completion", &ct) || string_field(&w, prompt, "prompt", &pt) ? -1 : 0;
+        if (!rc) { sb_str(&ps, pt); sb_str(&cs, ct); *content_len = strlen(ct); }
+    }
+    if (!rc && (encode(tok, &ps, 0, p, np) || encode(tok, &cs, 1, c, nc))) {
+        fdpo_error_context("%s:%zu", name, line);
+        free(*p); free(*c); *p = *c = NULL;
+        rc = -1;
+    }
+    free(ps.s); free(cs.s);
+    return rc;
+}

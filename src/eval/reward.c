@@ -1,5 +1,5 @@
 /* Reward functions behind one interface: AFINN-165 lexicon, length, and an external
- * command. A trained reward model would be one more kind here. Definitions: docs/eval.md. */
+ * command, and a trained reward model (rm:DIR). Definitions: docs/eval.md, docs/rm.md. */
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -13,8 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 #include "fdpo/eval.h"
+#include "fdpo/rm.h"
 
-typedef enum { REWARD_AFINN, REWARD_AFINN_SUM, REWARD_LENGTH_TOKENS, REWARD_LENGTH_WORDS, REWARD_CMD } reward_kind;
+typedef enum { REWARD_AFINN, REWARD_AFINN_SUM, REWARD_LENGTH_TOKENS, REWARD_LENGTH_WORDS, REWARD_CMD, REWARD_RM } reward_kind;
 
 /* AFINN lexicon: lowercase key (a word, a hyphenated word or a phrase of words separated
  * by single spaces) -> valence, in an open-addressing table. */
@@ -27,6 +28,8 @@ struct fdpo_reward {
     char *program;        /* cmd */
     double timeout_s;     /* cmd */
     lexicon lex;          /* afinn */
+    fdpo_gpt2 *rm;        /* rm: the reward model and its own tokenizer */
+    fdpo_tokenizer *rm_tok;
 };
 
 /* ---- lexicon ---- */
@@ -426,6 +429,48 @@ static int cmd_score(fdpo_reward *r, size_t n, char *const *prompts, char *const
     return rc;
 }
 
+/* ---- rm:DIR, a trained reward model (docs/rm.md) ----
+ * Rewards are computed from TEXT: prompt and completion are encoded with the reward model's
+ * own tokenizer (an empty prompt becomes <|endoftext|>, as in the preference data), so a
+ * policy with another tokenizer can still be scored. When prompt + completion exceed the
+ * model's n_positions the prompt loses its first tokens (then the completion), so the last
+ * completion token, where the reward is read, is always kept. RM_BATCH sequences per forward. */
+#define RM_BATCH 16
+static int rm_score(fdpo_reward *r, size_t n, char *const *prompts, char *const *completions, double *out) {
+    const size_t maxT = r->rm->config.n_positions;
+    const int32_t eot = fdpo_tokenizer_eot(r->rm_tok);
+    fdpo_rm_batch rb = {0};
+    float rewards[RM_BATCH];
+    int rc = 0;
+    for (size_t i0 = 0; i0 < n && !rc; i0 += RM_BATCH) {
+        size_t k = n - i0 < RM_BATCH ? n - i0 : RM_BATCH;
+        fdpo_rm_batch_reset(&rb);
+        for (size_t i = 0; i < k && !rc; i++) {
+            int32_t *p = NULL, *c = NULL;
+            size_t np = 0, nc = 0;
+            const char *pt = prompts ? prompts[i0 + i] : "";
+            rc = fdpo_tokenizer_encode(r->rm_tok, pt, strlen(pt), 0, &p, &np);
+            if (!rc) rc = fdpo_tokenizer_encode(r->rm_tok, completions[i0 + i], strlen(completions[i0 + i]), 0, &c, &nc);
+            if (!rc) {
+                int32_t lone_eot = eot;
+                const int32_t *pp = np ? p : &lone_eot;
+                size_t npp = np ? np : 1;
+                while (nc > 0 && c[nc - 1] == eot) nc--;
+                size_t cskip = nc > maxT ? nc - maxT : 0;
+                size_t room = maxT - (nc - cskip), pkeep = npp < room ? npp : room;
+                fdpo_rm_batch_add(&rb, pp + npp - pkeep, pkeep, c + cskip, nc - cskip, eot);
+                if (rb.seq_offset[rb.batch.n_seq] == rb.seq_offset[rb.batch.n_seq - 1])
+                    rc = fdpo_error("reward %s: completion %zu is empty and so is its prompt", r->spec, i0 + i);
+            }
+            free(p); free(c);
+        }
+        if (!rc) rc = fdpo_gpt2_score_forward(r->rm, &rb.batch, rewards);
+        for (size_t i = 0; i < k && !rc; i++) out[i0 + i] = rewards[i];
+    }
+    fdpo_rm_batch_free(&rb);
+    return rc;
+}
+
 /* ---- interface ---- */
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) {
     if (!spec || !*spec) { fdpo_error("--reward: empty spec (afinn, afinn:sum, length, length:words, cmd:PROGRAM)"); return NULL; }
@@ -438,6 +483,10 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
         r->kind = REWARD_LENGTH_TOKENS;
     } else if (!strcmp(spec, "length:words")) {
         r->kind = REWARD_LENGTH_WORDS;
+    } else if (!strncmp(spec, "rm:", 3)) {
+        if (!spec[3]) { fdpo_error("--reward rm: needs a reward-model directory, e.g. rm:runs/rm"); fdpo_reward_free(r); return NULL; }
+        r->kind = REWARD_RM;
+        if (!(r->rm = fdpo_rm_load(spec + 3, &r->rm_tok))) { fdpo_error_context("--reward %s", spec); fdpo_reward_free(r); return NULL; }
     } else if (!strncmp(spec, "cmd:", 4)) {
         if (!spec[4]) { fdpo_error("--reward cmd: needs a program, e.g. cmd:'python3 reward.py'"); fdpo_reward_free(r); return NULL; }
         r->kind = REWARD_CMD;
@@ -450,7 +499,7 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
             return NULL;
         }
     } else {
-        fdpo_error("--reward: unknown reward '%s' (expected afinn, afinn:sum, length, length:words or cmd:PROGRAM)", spec);
+        fdpo_error("--reward: unknown reward '%s' (expected afinn, afinn:sum, length, length:words, cmd:PROGRAM or rm:DIR)", spec);
         fdpo_reward_free(r);
         return NULL;
     }
@@ -461,6 +510,8 @@ void fdpo_reward_free(fdpo_reward *r) {
     if (!r) return;
     lex_free(&r->lex);
     free(r->spec); free(r->program);
+    fdpo_gpt2_free(r->rm);
+    fdpo_tokenizer_free(r->rm_tok);
     free(r);
 }
 
@@ -493,6 +544,8 @@ int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *cons
         if (g_interrupted) return fdpo_error("reward command '%s' not started: interrupted (SIGINT/SIGTERM)", r->program);
         if (n == 0) return 0;
         return cmd_score(r, n, prompts, completions, out);
+    case REWARD_RM:
+        return rm_score(r, n, prompts, completions, out);
     }
     return fdpo_error("reward: unknown kind");
 }

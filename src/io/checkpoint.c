@@ -88,6 +88,24 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
     return rc;
 }
 
+/* GPT2ForSequenceClassification (a reward model) or the LM: architectures, num_labels
+ * (or the size of id2label), pad_token_id. */
+static int config_head(const char *path, const cJSON *root, fdpo_gpt2_config *c) {
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    const cJSON *a0 = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
+    if (!cJSON_IsString(a0) || strcmp(a0->valuestring, "GPT2ForSequenceClassification")) return 0;
+    const cJSON *nl = cJSON_GetObjectItemCaseSensitive(root, "num_labels");
+    const cJSON *id2label = cJSON_GetObjectItemCaseSensitive(root, "id2label");
+    double n = cJSON_IsNumber(nl) ? nl->valuedouble : cJSON_IsObject(id2label) ? cJSON_GetArraySize(id2label) : 2;
+    if (n != 1)
+        return fdpo_error("%s: GPT2ForSequenceClassification with %g labels (num_labels / id2label): fdpo reads "
+                          "reward models, which have num_labels 1", path, n);
+    c->num_labels = 1;
+    const cJSON *pad = cJSON_GetObjectItemCaseSensitive(root, "pad_token_id");
+    c->pad_token_id = cJSON_IsNumber(pad) ? (int32_t)pad->valuedouble : -1;
+    return 0;
+}
+
 int fdpo_config_load(const char *path, fdpo_gpt2_config *c) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
@@ -132,6 +150,7 @@ int fdpo_config_load(const char *path, fdpo_gpt2_config *c) {
     if (!rc) rc = config_size(path, root, "n_embd", NULL, &c->n_embd);
     if (!rc) rc = config_size(path, root, "n_layer", NULL, &c->n_layer);
     if (!rc) rc = config_size(path, root, "n_head", NULL, &c->n_head);
+    if (!rc) rc = config_head(path, root, c);
     c->layer_norm_epsilon = 1e-5f;
     if (!rc && eps) {
         if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0))
@@ -185,7 +204,14 @@ static cJSON *config_json_gpt2(const fdpo_gpt2_config *c) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "activation_function", "gelu_new");
     cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString("GPT2LMHeadModel"));
+    cJSON_AddItemToArray(arch, cJSON_CreateString(c->num_labels ? "GPT2ForSequenceClassification" : "GPT2LMHeadModel"));
+    if (c->num_labels) {
+        /* what transformers writes for num_labels 1, plus num_labels for readers that want it */
+        cJSON_AddItemToObject(root, "id2label", cJSON_Parse("{\"0\": \"LABEL_0\"}"));
+        cJSON_AddItemToObject(root, "label2id", cJSON_Parse("{\"LABEL_0\": 0}"));
+        cJSON_AddNumberToObject(root, "num_labels", (double)c->num_labels);
+        if (c->pad_token_id >= 0) cJSON_AddNumberToObject(root, "pad_token_id", (double)c->pad_token_id);
+    }
     char eps[32];
     fdpo_fmt_float(eps, sizeof eps, c->layer_norm_epsilon);
     cJSON_AddRawToObject(root, "layer_norm_epsilon", eps);
@@ -333,12 +359,28 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
             if (!f && c.arch == FDPO_ARCH_GPT2) f = st_set_find(&ss, name + strlen("transformer."), &fi);
             if (!f) { rc = fdpo_error("%s: missing tensor '%s'", ss.where, name); break; }
             used[fi][f - ss.files[fi].tensors] = 1;
+            size_t want_shape[3] = {t->shape[0], t->shape[1], t->shape[2]};
+            if (i == 0 && c.num_labels) {
+                /* a reward model: wte in the file has vocab_size rows, score.weight the rest */
+                want_shape[0] = c.vocab_size;
+                one = c.vocab_size * c.n_embd;
+                size_t sfi = 0;
+                const fdpo_st_tensor *sw = st_set_find(&ss, "score.weight", &sfi);
+                if (!sw) { rc = fdpo_error("%s: config.json says GPT2ForSequenceClassification but tensor 'score.weight' is missing", ss.where); break; }
+                used[sfi][sw - ss.files[sfi].tensors] = 1;
+                if (sw->ndim != 2 || sw->shape[0] != c.num_labels || sw->shape[1] != c.n_embd) {
+                    rc = fdpo_error("%s: tensor 'score.weight' must be [%zu, %zu]", ss.files[sfi].path, c.num_labels, c.n_embd);
+                    break;
+                }
+                rc = fdpo_st_read_f32(&ss.files[sfi], sw, m->params_memory + t->offset + one, c.num_labels * c.n_embd);
+                if (rc) break;
+            }
             int same = f->ndim == t->ndim;
-            for (int d = 0; same && d < t->ndim; d++) same = f->shape[d] == t->shape[d];
+            for (int d = 0; same && d < t->ndim; d++) same = f->shape[d] == want_shape[d];
             if (!same) {
                 char have[96], want[96];
                 fmt_shape(have, sizeof have, f->shape, f->ndim);
-                fmt_shape(want, sizeof want, t->shape, t->ndim);
+                fmt_shape(want, sizeof want, want_shape, t->ndim);
                 rc = fdpo_error("%s: tensor '%s': shape %s, but config.json (V=%zu, T=%zu, C=%zu) wants %s",
                                 ss.files[fi].path, f->name, have, c.vocab_size, c.n_positions, c.n_embd, want);
                 break;
@@ -351,13 +393,18 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
         for (size_t k = 0; !rc && k < ss.files[fi].n_tensors; k++) {
             const fdpo_st_tensor *f = &ss.files[fi].tensors[k];
             if (used[fi][k]) continue;
+            if (!strcmp(f->name, "score.weight")) {
+                rc = fdpo_error("%s: unexpected tensor 'score.weight' (a reward-model head, but config.json's architectures "
+                                "is not GPT2ForSequenceClassification)", ss.files[fi].path);
+                break;
+            }
             if (!is_skipped_name(f->name)) {
                 rc = fdpo_error("%s: unexpected tensor '%s' (not part of a %s model with this config)", ss.files[fi].path, f->name,
                                 c.arch == FDPO_ARCH_LLAMA ? c.model_type : "gpt2");
                 break;
             }
             if (strcmp(f->name, "lm_head.weight")) continue;
-            size_t n = m->tensors[0].numel;
+            size_t n = c.vocab_size * c.n_embd;
             float *head = fdpo_malloc(n * sizeof(float));
             rc = fdpo_st_read_f32(&ss.files[fi], f, head, n);
             if (!rc && memcmp(head, m->params_memory + m->tensors[0].offset, n * sizeof(float)))
@@ -410,6 +457,18 @@ int fdpo_st_read_gpt2(const fdpo_safetensors *st, const fdpo_gpt2 *m, float *mem
     return 0;
 }
 
+/* A reward model keeps score.weight as the last row(s) of wte (gpt2.h); in the file wte
+ * has vocab_size rows and score.weight [num_labels, C] stands alone, as transformers has it. */
+static void add_reward_model(fdpo_st_writer *w, const fdpo_gpt2 *m) {
+    size_t V = m->config.vocab_size, C = m->config.n_embd;
+    fdpo_gpt2 view = *m; /* the same tensors with wte cut to its vocab_size rows */
+    view.tensors[0].shape[0] = V;
+    view.tensors[0].numel = V * C;
+    fdpo_st_writer_add_gpt2(w, &view, m->params_memory, NULL);
+    size_t shape[2] = {m->config.num_labels, C};
+    fdpo_st_writer_add(w, "score.weight", FDPO_F32, shape, 2, m->params_memory + m->tensors[0].offset + V * C);
+}
+
 int fdpo_checkpoint_save_model(const char *dir, const fdpo_gpt2 *m) {
     if (fdpo_mkdir_p(dir)) return -1;
     char *cfg_path = fdpo_path_join(dir, "config.json");
@@ -418,7 +477,8 @@ int fdpo_checkpoint_save_model(const char *dir, const fdpo_gpt2 *m) {
     if (!rc) {
         fdpo_st_writer *w = fdpo_st_writer_new();
         fdpo_st_writer_meta(w, "format", "pt");
-        fdpo_st_writer_add_gpt2(w, m, m->params_memory, NULL);
+        if (m->config.num_labels) add_reward_model(w, m);
+        else fdpo_st_writer_add_gpt2(w, m, m->params_memory, NULL);
         rc = fdpo_st_writer_write(w, st_path);
         fdpo_st_writer_free(w);
     }

@@ -22,6 +22,8 @@ int fdpo_gpt2_config_check(const fdpo_gpt2_config *c) {
         return fdpo_error("config: n_layer %zu must be in [1, 1024]", c->n_layer);
     if (c->n_head == 0 || c->n_embd % c->n_head != 0)
         return fdpo_error("config: n_head %zu must be >= 1 and divide n_embd %zu", c->n_head, c->n_embd);
+    if (c->num_labels > 1)
+        return fdpo_error("config: num_labels %zu is not supported (a reward model has 1)", c->num_labels);
     if (!(c->layer_norm_epsilon > 0.0f) || !isfinite(c->layer_norm_epsilon))
         return fdpo_error("config: layer_norm_epsilon %g must be a positive number", (double)c->layer_norm_epsilon);
     /* the bounds above keep this product exact in double; refuse what cannot be allocated
@@ -36,7 +38,7 @@ int fdpo_gpt2_config_check(const fdpo_gpt2_config *c) {
 static void build_tensor_table(fdpo_gpt2 *m) {
     size_t V = m->config.vocab_size, T = m->config.n_positions, C = m->config.n_embd, L = m->config.n_layer;
     struct { const char *name; int per_layer; size_t s0, s1; int ndim, decay; } spec[FDPO_GPT2_NUM_TENSORS] = {
-        {"transformer.wte.weight", 0, V, C, 2, 1},
+        {"transformer.wte.weight", 0, V + m->config.num_labels, C, 2, 1}, /* + score rows */
         {"transformer.wpe.weight", 0, T, C, 2, 1},
         {"transformer.h.{i}.ln_1.weight", 1, C, 0, 1, 0},
         {"transformer.h.{i}.ln_1.bias", 1, C, 0, 1, 0},
@@ -302,8 +304,10 @@ void fdpo_gpt2_zero_grad(fdpo_gpt2 *m) {
     memset(m->grads_memory, 0, m->n_params * sizeof(float));
 }
 
-int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
+/* d_lnf == NULL: from d_token_logp through the LM head; else from the final hidden states */
+static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d_lnf) {
     if (m->config.arch == FDPO_ARCH_LLAMA) {
+        if (d_lnf) return fdpo_error("llama backward: reward-model heads are GPT-2 only");
         if (!m->grads_memory) fdpo_gpt2_zero_grad(m);
         return llama_backward(m, d_token_logp);
     }
@@ -329,6 +333,7 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
      * Rows without a gradient (prompt tokens, no target) add nothing to the LM head
      * backward, the largest matmuls of the step: pack the K active rows to the front. */
     size_t K = 0;
+    if (d_lnf) { memcpy(a->d_ln, d_lnf, N * C * sizeof(float)); goto trunk; } /* no LM head */
     for (size_t t = 0; t < N; t++) {
         if (a->targets[t] < 0 || d_token_logp[t] == 0.0f) continue;
         a->rows[K] = t;
@@ -353,6 +358,7 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
             for (size_t k = 0; k < K; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + k * C, C * sizeof(float));
         }
     }
+trunk:
     memset(a->d_residual, 0, N * C * sizeof(float));
     layernorm_backward(a->d_residual, g->lnfw, g->lnfb, a->d_ln, a->residual3 + (L - 1) * N * C,
                        p->lnfw, a->lnf_mean, a->lnf_rstd, N, C);
@@ -384,6 +390,10 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
     return 0;
 }
 
+int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) { return gpt2_backward(m, d_token_logp, NULL); }
+int fdpo_gpt2_backward_hidden(fdpo_gpt2 *m, const float *d_lnf) { return gpt2_backward(m, NULL, d_lnf); }
+const float *fdpo_gpt2_hidden(const fdpo_gpt2 *m) { return m->acts && m->acts->has_forward ? m->acts->lnf : NULL; }
+
 void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp) {
     for (size_t s = 0; s < b->n_seq; s++) {
         for (size_t t = b->seq_offset[s]; t < b->seq_offset[s + 1]; t++) {
@@ -396,7 +406,7 @@ void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, 
 int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b) {
     int same = a->arch == b->arch && a->vocab_size == b->vocab_size && a->n_positions == b->n_positions &&
                a->n_embd == b->n_embd && a->n_layer == b->n_layer && a->n_head == b->n_head &&
-               a->layer_norm_epsilon == b->layer_norm_epsilon;
+               a->layer_norm_epsilon == b->layer_norm_epsilon && a->num_labels == b->num_labels;
     if (same && a->arch == FDPO_ARCH_LLAMA)
         same = a->n_kv_head == b->n_kv_head && a->intermediate_size == b->intermediate_size && a->head_dim == b->head_dim &&
                a->rope_theta == b->rope_theta && a->tie_word_embeddings == b->tie_word_embeddings && a->qkv_bias == b->qkv_bias &&
@@ -409,9 +419,9 @@ int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b)
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src) {
     const fdpo_gpt2_config *a = &dst->config, *b = &src->config;
     if (!fdpo_gpt2_config_equal(a, b))
-        return fdpo_error("copy params: configs differ (V %zu/%zu, T %zu/%zu, C %zu/%zu, L %zu/%zu, H %zu/%zu)",
+        return fdpo_error("copy params: configs differ (V %zu/%zu, T %zu/%zu, C %zu/%zu, L %zu/%zu, H %zu/%zu, labels %zu/%zu)",
                           a->vocab_size, b->vocab_size, a->n_positions, b->n_positions, a->n_embd, b->n_embd,
-                          a->n_layer, b->n_layer, a->n_head, b->n_head);
+                          a->n_layer, b->n_layer, a->n_head, b->n_head, a->num_labels, b->num_labels);
     memcpy(dst->params_memory, src->params_memory, src->n_params * sizeof(float));
     return 0;
 }

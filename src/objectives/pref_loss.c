@@ -113,3 +113,50 @@ double fdpo_pref_loss_pair(const fdpo_pref_loss *L, double lw, double ll, double
     if (dll) *dll = -dL_ddelta * fdpo_score_grad(&L->div, ll);
     return loss;
 }
+
+/* ---- reward model (Bradley-Terry, TRL RewardTrainer) ---- */
+double fdpo_rm_loss_pair(double r_chosen, double r_rejected, double margin, double center_coef,
+                         double *d_chosen, double *d_rejected) {
+    /* -log sigma(r_c - r_r - margin) + coef * (r_c + r_r)^2 */
+    double z = r_chosen - r_rejected - margin, sum = r_chosen + r_rejected;
+    double g = -sigmoid(-z), c = 2 * center_coef * sum;
+    if (d_chosen) *d_chosen = g + c;
+    if (d_rejected) *d_rejected = -g + c;
+    return softplus(-z) + center_coef * sum * sum;
+}
+
+/* ---- KTO (Ethayarajh et al. 2024; TRL KTOTrainer, loss_type "kto") ---- */
+int fdpo_kto_loss_check(const fdpo_kto_loss *K) {
+    if (!(K->beta > 0) || !isfinite(K->beta)) return fdpo_error("--beta: must be a finite number > 0 (got %g)", K->beta);
+    if (!(K->desirable_weight >= 0) || !isfinite(K->desirable_weight))
+        return fdpo_error("--desirable-weight: must be a finite number >= 0 (got %g)", K->desirable_weight);
+    if (!(K->undesirable_weight >= 0) || !isfinite(K->undesirable_weight))
+        return fdpo_error("--undesirable-weight: must be a finite number >= 0 (got %g)", K->undesirable_weight);
+    const char *why;
+    if (!fdpo_divergence_admissible(&K->div, &why)) {
+        char name[64];
+        fdpo_divergence_name(&K->div, name, sizeof name);
+        return fdpo_error("--divergence %s: %s", name, why);
+    }
+    return 0;
+}
+
+double fdpo_kto_score(const fdpo_divergence *d, double l) { return fdpo_score(d, l) - fdpo_score(d, 0.0); }
+
+double fdpo_kto_z0(const fdpo_divergence *d, const double *l_kl, size_t n) {
+    if (n == 0) return 0;
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += fdpo_kto_score(d, l_kl[i]);
+    s /= (double)n;
+    return s > 0 ? s : 0;
+}
+
+double fdpo_kto_loss_one(const fdpo_kto_loss *K, double l, int desirable, double z0, double *dl) {
+    /* desirable: w_d (1 - sigma(beta (s~(l) - z0))); undesirable: w_u (1 - sigma(beta (z0 - s~(l)))).
+     * 1 - sigma(x) = sigma(-x); d/dx sigma(-x) = -sigma(x) sigma(-x). z0 is a constant. */
+    double s = fdpo_kto_score(&K->div, l), b = K->beta;
+    double x = desirable ? b * (s - z0) : b * (z0 - s), w = desirable ? K->desirable_weight : K->undesirable_weight;
+    double dx_ds = desirable ? b : -b;
+    if (dl) *dl = -w * sigmoid(x) * sigmoid(-x) * dx_ds * fdpo_score_grad(&K->div, l);
+    return w * sigmoid(-x);
+}

@@ -11,7 +11,9 @@ int h_dpo_data(int argc, char **argv);
 int h_dpo_grad(int argc, char **argv);
 int h_eval(int argc, char **argv);
 int h_model(int argc, char **argv);
+int h_kto_grad(int argc, char **argv);
 int h_objectives(int argc, char **argv);
+int h_rm_grad(int argc, char **argv);
 int h_tokenizer(int argc, char **argv);
 
 static const struct { const char *name; harness_fn fn; } SUBS[] = {
@@ -25,11 +27,13 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"eval-sample", h_eval},
     {"eval-score", h_eval},
     {"eval-text", h_eval},
+    {"kto-grad", h_kto_grad},
     {"model-bench", h_model},
     {"model-fb", h_model},
     {"model-init", h_model},
     {"model-load", h_model},
     {"objectives", h_objectives},
+    {"rm-grad", h_rm_grad},
     {"tok-save", h_tokenizer},
     {"tok-threads", h_tokenizer},
     {NULL, NULL},

@@ -46,10 +46,11 @@ class GPT2(torch.nn.Module):
         """HF tensor names ("transformer." prefix) -> parameters."""
         return {"transformer." + k.replace("__", "."): v for k, v in self.p.items()}
 
-    def forward(self, tokens, pos=None, mask=None):
+    def forward(self, tokens, pos=None, mask=None, hidden=False):
         """tokens [T] long; pos [T] (default arange); mask [T,T] bool (True = may attend,
-        default causal). Returns logits [T, V]. One sequence at a time: the reference is
-        slow and obvious on purpose."""
+        default causal). Returns logits [T, V], or with hidden=True the final hidden states
+        after ln_f [T, C] (what GPT2ForSequenceClassification's score head reads). One
+        sequence at a time: the reference is slow and obvious on purpose."""
         c = self.cfg
         T, C, H = tokens.shape[0], c["n_embd"], c["n_head"]
         hs = C // H
@@ -76,6 +77,8 @@ class GPT2(torch.nn.Module):
             h = F.gelu(h @ P("mlp.c_fc.weight") + P("mlp.c_fc.bias"), approximate="tanh")
             x = x + h @ P("mlp.c_proj.weight") + P("mlp.c_proj.bias")
         x = F.layer_norm(x, (C,), self.param("ln_f.weight"), self.param("ln_f.bias"), eps)
+        if hidden:
+            return x
         return x @ self.param("wte.weight").t()
 
     def save_hf(self, directory, prefix="transformer.", dtype="F32", extra=None, config_extra=None):

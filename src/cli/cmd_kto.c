@@ -1,0 +1,87 @@
+/* fdpo kto: KTO on unpaired data with an f-divergence score (a thin layer over fdpo_kto_train). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cli/commands.h"
+#include "cli/train_flags.h"
+#include "fdpo/core.h"
+#include "fdpo/kto.h"
+
+static const char *const NOT_FOR_KTO[] = {"init", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
+                                          "seq-len", "val-fraction"};
+
+static int not_for_kto(const char *name) {
+    for (size_t i = 0; i < sizeof NOT_FOR_KTO / sizeof NOT_FOR_KTO[0]; i++)
+        if (!strcmp(name, NOT_FOR_KTO[i])) return 1;
+    return 0;
+}
+
+
+int cmd_kto(int argc, char **argv) {
+    static const char usage[] =
+        "fdpo kto --model CKPT --data unpaired.jsonl --out DIR [--beta B] [--divergence rkl|fkl|js|alpha:A] "
+        "[--desirable-weight W] [--undesirable-weight W] [flags]";
+    fdpo_kto_run_opts o;
+    memset(&o, 0, sizeof o);
+    fdpo_flag all[TRAIN_FLAGS_MAX], flags[TRAIN_FLAGS_MAX + 16];
+    size_t n_all = train_flags_add(all, 0, &o.train), n = 0;
+    const char *model = NULL, *divergence = NULL, *on_long = NULL, *bad = NULL;
+    long max_length, max_prompt_length;
+    const fdpo_flag own[] = {
+        {"model", FLAG_STR, &model, NULL, "policy checkpoint to align (required); also the reference unless --ref", 0},
+        {"data", FLAG_STR, &o.data, NULL, "unpaired JSONL {prompt, completion, label: true|false} (required; docs/kto.md)", 0},
+        {"ref", FLAG_STR, &o.ref, NULL, "reference checkpoint (default: the initial policy)", 0},
+        {"beta", FLAG_FLOAT, &o.loss.beta, "0.1", "strength of the divergence constraint (> 0)", 0},
+        {"divergence", FLAG_STR, &divergence, "rkl", "score s(l) in place of the log-ratio: rkl (= KTO), fkl, js, alpha:A", 0},
+        {"desirable-weight", FLAG_FLOAT, &o.loss.desirable_weight, "1", "TRL desirable_weight: weight of desirable examples' losses", 0},
+        {"undesirable-weight", FLAG_FLOAT, &o.loss.undesirable_weight, "1", "TRL undesirable_weight: weight of undesirable examples' losses", 0},
+        {"max-length", FLAG_INT, &max_length, "0", "max tokens of prompt + completion (0: the model's n_positions)", 0},
+        {"max-prompt-length", FLAG_INT, &max_prompt_length, "0", "prompt keeps its last N tokens when an example is too long (0: max-length/2)", 0},
+        {"on-long", FLAG_STR, &on_long, "truncate", "examples longer than --max-length: truncate, skip (counted) or error", 0},
+        {"bad-pairs", FLAG_STR, &bad, "error", "empty completions: error or skip (counted)", 0},
+        {"eval-fraction", FLAG_FLOAT, &o.eval_fraction, "0.1", "fraction of examples held out for eval (seeded by --seed)", 0},
+        {"eval-file", FLAG_STR, &o.eval_file, NULL, "held-out unpaired JSONL (replaces --eval-fraction)", 0},
+    };
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
+    for (size_t i = 0; i < n_all; i++) {
+        if (not_for_kto(all[i].name)) continue;
+        flags[n] = all[i];
+        if (!strcmp(all[i].name, "batch-size")) flags[n].help = "examples per micro-batch (the KL reference point is estimated within it)";
+        n++;
+    }
+    o.train.n_layer = o.train.n_head = o.train.n_embd = o.train.n_positions = o.train.seq_len = 1;
+    train_flags_set_default(flags, n, "lr", "1e-6");
+    train_flags_set_default(flags, n, "schedule", "linear");
+    train_flags_set_default(flags, n, "eval-every", "50");
+    int n_pos = 0;
+    char **pos = NULL;
+    int rc = flags_parse("kto", usage, flags, n, argc, argv, &n_pos, &pos);
+    if (rc == FLAGS_HELP) return 0;
+    if (rc) return -1;
+    rc = -1;
+    if (n_pos > 0) { fdpo_error("unexpected argument '%s' (the data file goes in --data)", pos[0]); goto done; }
+    /* on --resume, unset flags take the saved run's values; the library checks the rest */
+    if (train_flags_finish(flags, n, &o.train)) goto done;
+    if (!model) { fdpo_error("--model: required (the policy checkpoint)"); goto done; }
+    if (!o.data) { fdpo_error("--data: required (unpaired JSONL)"); goto done; }
+    o.train.init = model;
+    if (fdpo_divergence_parse(divergence, &o.loss.div)) { fdpo_error_context("--divergence"); goto done; }
+    if (fdpo_kto_loss_check(&o.loss)) goto done;
+    if (max_length < 0) { fdpo_error("--max-length: %ld must be >= 0", max_length); goto done; }
+    if (max_prompt_length < 0) { fdpo_error("--max-prompt-length: %ld must be >= 0", max_prompt_length); goto done; }
+    o.pref.max_length = (size_t)max_length;
+    o.pref.max_prompt_length = (size_t)max_prompt_length;
+    if (!strcmp(on_long, "truncate")) o.pref.on_long = FDPO_PREF_LONG_TRUNCATE;
+    else if (!strcmp(on_long, "skip")) o.pref.on_long = FDPO_PREF_LONG_SKIP;
+    else if (!strcmp(on_long, "error")) o.pref.on_long = FDPO_PREF_LONG_ERROR;
+    else { fdpo_error("--on-long: '%s' is not truncate, skip or error", on_long); goto done; }
+    if (!strcmp(bad, "error")) o.pref.on_bad = FDPO_PREF_ERROR;
+    else if (!strcmp(bad, "skip")) o.pref.on_bad = FDPO_PREF_SKIP;
+    else { fdpo_error("--bad-pairs: '%s' is not error or skip", bad); goto done; }
+    if (!(o.eval_fraction >= 0 && o.eval_fraction < 1)) { fdpo_error("--eval-fraction: %g is not in [0, 1)", o.eval_fraction); goto done; }
+    train_catch_interrupts();
+    rc = fdpo_kto_train(&o);
+done:
+    free(pos);
+    return rc;
+}

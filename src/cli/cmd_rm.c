@@ -1,0 +1,82 @@
+/* fdpo rm: Bradley-Terry reward-model training (a thin layer over fdpo_rm_train). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cli/commands.h"
+#include "cli/train_flags.h"
+#include "fdpo/core.h"
+#include "fdpo/rm.h"
+
+/* Shared training flags that do not apply: the backbone comes from --model, lengths from
+ * --max-length, the split from --eval-fraction. */
+static const char *const NOT_FOR_RM[] = {"init", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
+                                         "seq-len", "val-fraction"};
+
+static int not_for_rm(const char *name) {
+    for (size_t i = 0; i < sizeof NOT_FOR_RM / sizeof NOT_FOR_RM[0]; i++)
+        if (!strcmp(name, NOT_FOR_RM[i])) return 1;
+    return 0;
+}
+
+
+int cmd_rm(int argc, char **argv) {
+    static const char usage[] = "fdpo rm --model CKPT --data pairs.jsonl --out DIR [--center-rewards-coefficient C] [flags]";
+    fdpo_rm_run_opts o;
+    memset(&o, 0, sizeof o);
+    fdpo_flag all[TRAIN_FLAGS_MAX], flags[TRAIN_FLAGS_MAX + 16];
+    size_t n_all = train_flags_add(all, 0, &o.train), n = 0;
+    const char *model = NULL, *on_long = NULL, *bad_pairs = NULL;
+    long max_length, max_prompt_length;
+    const fdpo_flag own[] = {
+        {"model", FLAG_STR, &model, NULL, "backbone checkpoint (a language model gets a new score head; a reward model continues) (required)", 0},
+        {"data", FLAG_STR, &o.data, NULL, "preference JSONL {prompt, chosen, rejected[, margin]} (required; see docs/rm.md)", 0},
+        {"center-rewards-coefficient", FLAG_FLOAT, &o.center_rewards_coefficient, "0", "TRL's centering term: adds C * mean((r_chosen + r_rejected)^2)", 0},
+        {"max-length", FLAG_INT, &max_length, "0", "max tokens of prompt + one completion (0: the model's n_positions)", 0},
+        {"max-prompt-length", FLAG_INT, &max_prompt_length, "0", "prompt keeps its last N tokens when a pair is too long (0: max-length/2)", 0},
+        {"on-long", FLAG_STR, &on_long, "truncate", "pairs longer than --max-length: truncate, skip (counted) or error", 0},
+        {"bad-pairs", FLAG_STR, &bad_pairs, "error", "empty completions / chosen == rejected: error or skip (counted)", 0},
+        {"eval-fraction", FLAG_FLOAT, &o.eval_fraction, "0.1", "fraction of pairs held out for eval accuracy (seeded by --seed)", 0},
+        {"eval-file", FLAG_STR, &o.eval_file, NULL, "held-out preference JSONL (replaces --eval-fraction)", 0},
+    };
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
+    for (size_t i = 0; i < n_all; i++) {
+        if (not_for_rm(all[i].name)) continue;
+        flags[n] = all[i];
+        if (!strcmp(all[i].name, "batch-size")) flags[n].help = "pairs per micro-batch (one forward/backward over 2x sequences)";
+        if (!strcmp(all[i].name, "eval-every")) flags[n].help = "held-out loss/accuracy every N steps, at the start and at the end (0: never)";
+        n++;
+    }
+    o.train.n_layer = o.train.n_head = o.train.n_embd = o.train.n_positions = o.train.seq_len = 1;
+    train_flags_set_default(flags, n, "lr", "1e-5");
+    train_flags_set_default(flags, n, "schedule", "linear");
+    train_flags_set_default(flags, n, "eval-every", "50");
+    int n_pos = 0;
+    char **pos = NULL;
+    int rc = flags_parse("rm", usage, flags, n, argc, argv, &n_pos, &pos);
+    if (rc == FLAGS_HELP) return 0;
+    if (rc) return -1;
+    rc = -1;
+    if (n_pos > 0) { fdpo_error("unexpected argument '%s' (the data file goes in --data)", pos[0]); goto done; }
+    /* on --resume, unset flags take the saved run's values; the library checks the rest */
+    if (train_flags_finish(flags, n, &o.train)) goto done;
+    if (!model) { fdpo_error("--model: required (the backbone checkpoint)"); goto done; }
+    if (!o.data) { fdpo_error("--data: required (preference JSONL)"); goto done; }
+    o.train.init = model;
+    if (max_length < 0) { fdpo_error("--max-length: %ld must be >= 0", max_length); goto done; }
+    if (max_prompt_length < 0) { fdpo_error("--max-prompt-length: %ld must be >= 0", max_prompt_length); goto done; }
+    o.pref.max_length = (size_t)max_length;
+    o.pref.max_prompt_length = (size_t)max_prompt_length;
+    if (!strcmp(on_long, "truncate")) o.pref.on_long = FDPO_PREF_LONG_TRUNCATE;
+    else if (!strcmp(on_long, "skip")) o.pref.on_long = FDPO_PREF_LONG_SKIP;
+    else if (!strcmp(on_long, "error")) o.pref.on_long = FDPO_PREF_LONG_ERROR;
+    else { fdpo_error("--on-long: '%s' is not truncate, skip or error", on_long); goto done; }
+    if (!strcmp(bad_pairs, "error")) o.pref.on_bad = FDPO_PREF_ERROR;
+    else if (!strcmp(bad_pairs, "skip")) o.pref.on_bad = FDPO_PREF_SKIP;
+    else { fdpo_error("--bad-pairs: '%s' is not error or skip", bad_pairs); goto done; }
+    if (!(o.eval_fraction >= 0 && o.eval_fraction < 1)) { fdpo_error("--eval-fraction: %g is not in [0, 1)", o.eval_fraction); goto done; }
+    train_catch_interrupts();
+    rc = fdpo_rm_train(&o);
+done:
+    free(pos);
+    return rc;
+}

@@ -1,0 +1,275 @@
+/* `fdpo kto`: KTO with an f-divergence score on unpaired data, driven by the shared
+ * trainer. The loss is objectives' fdpo_kto_loss_one; the rules are in include/fdpo/kto.h. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/io.h"
+#include "fdpo/kto.h"
+
+/* Packed batch of 2k sequences: (prompt i, completion i) for i < k, then the KL pairs
+ * (prompt (i+1) mod k, completion i cut to max_length). Inputs p + c[0..|c|-1), targets c. */
+typedef struct {
+    fdpo_batch batch;
+    size_t *seq_offset; int32_t *tokens, *targets;
+    size_t cap_tokens, cap_seq;
+} kto_batch;
+
+static void kb_add(kto_batch *kb, const int32_t *p, size_t np, const int32_t *c, size_t nc) {
+    size_t B = kb->batch.n_seq, N = kb->batch.n_tokens, T = np + nc - 1;
+    if (B + 2 > kb->cap_seq) { kb->cap_seq = 2 * (B + 2); kb->seq_offset = fdpo_realloc(kb->seq_offset, (kb->cap_seq + 1) * sizeof(size_t)); }
+    if (N + T > kb->cap_tokens) {
+        kb->cap_tokens = 2 * (N + T);
+        kb->tokens = fdpo_realloc(kb->tokens, kb->cap_tokens * sizeof(int32_t));
+        kb->targets = fdpo_realloc(kb->targets, kb->cap_tokens * sizeof(int32_t));
+    }
+    memcpy(kb->tokens + N, p, np * sizeof(int32_t));
+    memcpy(kb->tokens + N + np, c, (nc - 1) * sizeof(int32_t));
+    for (size_t t = 0; t < T; t++) kb->targets[N + t] = t + 1 >= np ? c[t + 1 - np] : -1;
+    if (B == 0) kb->seq_offset[0] = 0;
+    kb->seq_offset[B + 1] = N + T;
+    kb->batch = (fdpo_batch){.n_seq = B + 1, .n_tokens = N + T, .seq_offset = kb->seq_offset,
+                             .tokens = kb->tokens, .targets = kb->targets};
+}
+
+static void kb_build(kto_batch *kb, const fdpo_unpaired_example *const *ex, size_t k, size_t max_length) {
+    if (!kb->seq_offset) { kb->cap_seq = 2; kb->seq_offset = fdpo_malloc((kb->cap_seq + 1) * sizeof(size_t)); }
+    kb->batch.n_seq = kb->batch.n_tokens = 0;
+    for (size_t i = 0; i < k; i++) kb_add(kb, ex[i]->prompt, ex[i]->n_prompt, ex[i]->completion, ex[i]->n_completion);
+    for (size_t i = 0; i < k; i++) {
+        const fdpo_unpaired_example *p = ex[(i + 1) % k], *c = ex[i];
+        size_t nc = c->n_completion;
+        if (max_length && p->n_prompt + nc > max_length) nc = max_length - p->n_prompt;
+        kb_add(kb, p->prompt, p->n_prompt, c->completion, nc);
+    }
+}
+
+int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, const fdpo_unpaired_example *const *ex,
+                  size_t n, size_t micro_batch, size_t max_length, int grad, size_t norm, fdpo_kto_metrics *out,
+                  double *out_l) {
+    fdpo_kto_metrics s = {0};
+    size_t mb = micro_batch ? micro_batch : n;
+    kto_batch kb = {0};
+    float *lp = fdpo_malloc(2 * mb * sizeof(float)), *lr = fdpo_malloc(2 * mb * sizeof(float));
+    float *dseq = fdpo_malloc(2 * mb * sizeof(float));
+    double *l_kl = fdpo_malloc(mb * sizeof(double));
+    float *dtok = NULL;
+    size_t cap_tok = 0;
+    int rc = 0;
+    for (size_t i0 = 0; i0 < n && !rc; i0 += mb) {
+        size_t k = n - i0 < mb ? n - i0 : mb;
+        kb_build(&kb, ex + i0, k, max_length);
+        if ((rc = fdpo_gpt2_forward(ref, &kb.batch, NULL, lr))) break;
+        if ((rc = fdpo_gpt2_forward(policy, &kb.batch, NULL, lp))) break;
+        s.tokens += kb.batch.n_tokens;
+        for (size_t i = 0; i < k; i++) l_kl[i] = (double)lp[k + i] - (double)lr[k + i];
+        double z0 = fdpo_kto_z0(&K->div, l_kl, k);
+        s.kl += z0 * (double)k;
+        for (size_t i = 0; i < k; i++) {
+            const fdpo_unpaired_example *e = ex[i0 + i];
+            double l = (double)lp[i] - (double)lr[i], dl;
+            double loss = fdpo_kto_loss_one(K, l, e->label, z0, &dl);
+            s.loss += loss;
+            dseq[i] = (float)(dl / (double)norm);
+            dseq[k + i] = 0.0f; /* the KL pairs set z0, which carries no gradient */
+            double rw = K->beta * l, sc = K->beta * fdpo_kto_score(&K->div, l);
+            if (e->label) { s.desirable++; s.rewards_chosen += rw; s.logps_chosen += lp[i]; s.scores_chosen += sc; }
+            else { s.undesirable++; s.rewards_rejected += rw; s.logps_rejected += lp[i]; s.scores_rejected += sc; }
+            if (out_l) { double *o = out_l + 4 * (i0 + i); o[0] = l; o[1] = l_kl[i]; o[2] = z0; o[3] = loss; }
+        }
+        if (grad) {
+            if (kb.batch.n_tokens > cap_tok) { cap_tok = kb.batch.n_tokens; dtok = fdpo_realloc(dtok, cap_tok * sizeof(float)); }
+            fdpo_batch_seq_to_token_grad(&kb.batch, dseq, dtok);
+            rc = fdpo_gpt2_backward(policy, dtok);
+        }
+    }
+    free(lp); free(lr); free(dseq); free(l_kl); free(dtok);
+    free(kb.seq_offset); free(kb.tokens); free(kb.targets);
+    if (rc) return -1;
+    if (out) {
+        s.n = n;
+        s.loss /= n ? (double)n : 1;
+        s.kl /= n ? (double)n : 1;
+        double dd = (double)s.desirable, du = (double)s.undesirable; /* 0/0 = NaN: that side is not logged */
+        s.rewards_chosen /= dd; s.logps_chosen /= dd; s.scores_chosen /= dd;
+        s.rewards_rejected /= du; s.logps_rejected /= du; s.scores_rejected /= du;
+        s.margins = s.rewards_chosen - s.rewards_rejected;
+        *out = s;
+    }
+    return 0;
+}
+
+static uint64_t kto_data_hash(const fdpo_unpaired_example *const *ex, size_t n) {
+    uint64_t h = FDPO_HASH_INIT;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t n3[3] = {ex[i]->n_prompt, ex[i]->n_completion, (uint64_t)ex[i]->label};
+        h = fdpo_hash64(h, n3, sizeof n3);
+        h = fdpo_hash64(h, ex[i]->prompt, ex[i]->n_prompt * sizeof(int32_t));
+        h = fdpo_hash64(h, ex[i]->completion, ex[i]->n_completion * sizeof(int32_t));
+    }
+    return h;
+}
+
+/* TRL KTOTrainer's log: per-side means over the examples of that side; a side without
+ * examples in the batch is left out (and so is the margin), count/ and _sum are not logged */
+static void add_kto_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_kto_metrics *m, int with_loss) {
+    char k[64];
+#define ADD(name, v) do { snprintf(k, sizeof k, "%s%s", prefix, name); fdpo_metrics_add(mw, k, v); } while (0)
+    if (with_loss) ADD("loss", m->loss);
+    ADD("kl", m->kl);
+    if (m->desirable) {
+        ADD("rewards/chosen", m->rewards_chosen);
+        ADD("logps/chosen", m->logps_chosen);
+        ADD("scores/chosen", m->scores_chosen);
+    }
+    if (m->undesirable) {
+        ADD("rewards/rejected", m->rewards_rejected);
+        ADD("logps/rejected", m->logps_rejected);
+        ADD("scores/rejected", m->scores_rejected);
+    }
+    if (m->desirable && m->undesirable) ADD("rewards/margins", m->margins);
+#undef ADD
+}
+
+static const char *on_long_name(fdpo_pref_on_long v) {
+    return v == FDPO_PREF_LONG_SKIP ? "skip" : v == FDPO_PREF_LONG_ERROR ? "error" : "truncate";
+}
+
+int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o) {
+    if (!o->train.init) return fdpo_error("--model: required (the policy checkpoint, also the default reference)");
+    if (!o->data) return fdpo_error("--data: required (unpaired JSONL {prompt, completion, label})");
+    if (fdpo_train_opts_check(&o->train)) return -1;
+    if (fdpo_kto_loss_check(&o->loss)) return -1;
+    if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
+    return 0;
+}
+
+void fdpo_kto_run_opts_settings(const fdpo_kto_run_opts *o, fdpo_settings *s) {
+    char div[64];
+    fdpo_divergence_name(&o->loss.div, div, sizeof div);
+    fdpo_settings_str(s, "model", o->train.init, 1);
+    fdpo_settings_str(s, "data", o->data, 1);
+    fdpo_settings_str(s, "ref", o->ref, 1);
+    fdpo_settings_str(s, "divergence", div, 1);
+    fdpo_settings_num(s, "beta", o->loss.beta, 1);
+    fdpo_settings_num(s, "desirable-weight", o->loss.desirable_weight, 1);
+    fdpo_settings_num(s, "undesirable-weight", o->loss.undesirable_weight, 1);
+    fdpo_settings_num(s, "max-length", (double)o->pref.max_length, 1);
+    fdpo_settings_num(s, "max-prompt-length", (double)o->pref.max_prompt_length, 1);
+    fdpo_settings_str(s, "on-long", on_long_name(o->pref.on_long), 1);
+    fdpo_settings_str(s, "bad-pairs", o->pref.on_bad == FDPO_PREF_SKIP ? "skip" : "error", 1);
+    fdpo_settings_num(s, "eval-fraction", o->eval_fraction, 1);
+    fdpo_settings_str(s, "eval-file", o->eval_file, 1);
+}
+
+int fdpo_kto_train(const fdpo_kto_run_opts *o) {
+    const fdpo_train_opts *to = &o->train;
+    if (fdpo_kto_run_opts_check(o)) return -1;
+    int rc = -1, tr_open = 0;
+    fdpo_tokenizer *tok = NULL;
+    fdpo_gpt2 *ref = NULL;
+    fdpo_unpaired_set train_set = {0}, eval_set = {0};
+    size_t *train_idx = NULL, *eval_idx = NULL, n_train = 0, n_eval = 0;
+    const fdpo_unpaired_example **train_ex = NULL, **eval_ex = NULL, **step_ex = NULL;
+    fdpo_trainer tr;
+    fdpo_pref_options popt = o->pref;
+
+    char *cfg_path = fdpo_path_join(to->resume ? to->out : to->init, "config.json");
+    fdpo_gpt2_config pcfg;
+    int crc = fdpo_config_load(cfg_path, &pcfg);
+    free(cfg_path);
+    if (crc) { fdpo_error_context("--model %s", to->init); goto done; }
+    if (pcfg.num_labels) {
+        fdpo_error("--model %s: a reward model (GPT2ForSequenceClassification), not a language model to align", to->init);
+        goto done;
+    }
+    if (popt.max_length == 0) popt.max_length = pcfg.n_positions;
+    if (popt.max_length > pcfg.n_positions) {
+        fdpo_error("--max-length %zu exceeds the model's n_positions %zu", popt.max_length, pcfg.n_positions);
+        goto done;
+    }
+    if (!(tok = fdpo_trainer_load_tokenizer(to))) goto done;
+    if (fdpo_unpaired_load(o->data, tok, &popt, &train_set)) goto done;
+    fdpo_log(FDPO_LOG_INFO, "%s: %zu examples (%zu desirable, %zu undesirable), %zu truncated, %zu skipped",
+             o->data, train_set.n, train_set.desirable, train_set.undesirable, train_set.truncated,
+             train_set.skipped_empty + train_set.skipped_too_long);
+    const fdpo_unpaired_set *eset = &train_set;
+    if (o->eval_file) {
+        if (fdpo_unpaired_load(o->eval_file, tok, &popt, &eval_set)) goto done;
+        n_train = train_set.n;
+        train_idx = fdpo_malloc(n_train * sizeof *train_idx);
+        for (size_t i = 0; i < n_train; i++) train_idx[i] = i;
+        n_eval = eval_set.n;
+        eval_idx = fdpo_malloc(n_eval * sizeof *eval_idx);
+        for (size_t i = 0; i < n_eval; i++) eval_idx[i] = i;
+        eset = &eval_set;
+    } else if (fdpo_pref_split(train_set.n, o->eval_fraction, (uint64_t)to->seed, &train_idx, &n_train,
+                               &eval_idx, &n_eval)) goto done;
+    if (n_train == 0) { fdpo_error("%s: no training examples left after the eval split", o->data); goto done; }
+    train_ex = fdpo_malloc(n_train * sizeof *train_ex);
+    for (size_t i = 0; i < n_train; i++) train_ex[i] = &train_set.ex[train_idx[i]];
+    eval_ex = fdpo_malloc((n_eval ? n_eval : 1) * sizeof *eval_ex);
+    for (size_t i = 0; i < n_eval; i++) eval_ex[i] = &eset->ex[eval_idx[i]];
+
+    const char *ref_dir = o->ref ? o->ref : to->init;
+    if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }
+    if (ref->config.vocab_size != pcfg.vocab_size || ref->config.num_labels) {
+        fdpo_error("--ref %s: not a language model with the policy's vocab_size %zu%s", ref_dir, pcfg.vocab_size,
+                   ref->config.num_labels ? " (it is a reward model)" : "");
+        goto done;
+    }
+    if (popt.max_length > ref->config.n_positions) {
+        fdpo_error("--max-length %zu exceeds the reference's n_positions %zu", popt.max_length, ref->config.n_positions);
+        goto done;
+    }
+    fdpo_settings settings = {0};
+    fdpo_kto_run_opts_settings(o, &settings);
+    int orc = fdpo_trainer_open(&tr, to, "kto", tok, n_train, kto_data_hash(train_ex, n_train), &settings);
+    fdpo_settings_free(&settings);
+    if (orc) goto done;
+    tr_open = 1;
+    const size_t per_step = (size_t)(to->batch_size * to->grad_accum), mb = (size_t)to->batch_size;
+    step_ex = fdpo_malloc(per_step * sizeof *step_ex);
+    if (!to->quiet && tr.state.step == 0)
+        fdpo_log(FDPO_LOG_INFO, "kto: %zu train examples, %zu eval examples; live reference; %zu steps of %zu x %zu",
+                 n_train, n_eval, tr.state.total_steps, (size_t)to->grad_accum, mb);
+    fdpo_kto_metrics em = {0};
+    if (n_eval && to->eval_every > 0 && tr.state.step == 0) {
+        if (fdpo_kto_step(tr.model, ref, &o->loss, eval_ex, n_eval, mb, popt.max_length, 0, n_eval, &em, NULL)) goto done;
+        fdpo_metrics_begin(&tr.metrics, 0);
+        add_kto_metrics(&tr.metrics, "eval_", &em, 1);
+        if (fdpo_metrics_end(&tr.metrics)) goto done;
+    }
+    while (!fdpo_trainer_done(&tr)) {
+        fdpo_trainer_begin_step(&tr);
+        for (size_t i = 0; i < per_step; i++) step_ex[i] = train_ex[fdpo_trainer_next_item(&tr)];
+        fdpo_kto_metrics m;
+        if (fdpo_kto_step(tr.model, ref, &o->loss, step_ex, per_step, mb, popt.max_length, 1, per_step, &m, NULL)) goto done;
+        if (fdpo_trainer_step(&tr, m.tokens)) goto done;
+        int eval = n_eval && fdpo_trainer_want_eval(&tr);
+        if (eval && fdpo_kto_step(tr.model, ref, &o->loss, eval_ex, n_eval, mb, popt.max_length, 0, n_eval, &em, NULL)) goto done;
+        if (fdpo_trainer_want_log(&tr) || eval) {
+            fdpo_trainer_metrics_begin(&tr, m.loss);
+            add_kto_metrics(&tr.metrics, "", &m, 0);
+            if (eval) add_kto_metrics(&tr.metrics, "eval_", &em, 1);
+            if (fdpo_metrics_end(&tr.metrics)) goto done;
+            char extra[96];
+            snprintf(extra, sizeof extra, "kl %.3g | margin %.3g", m.kl, m.margins);
+            fdpo_trainer_progress(&tr, m.loss, extra);
+        }
+        if (fdpo_trainer_maybe_save(&tr)) goto done;
+    }
+    rc = 0;
+done:
+    if (tr_open) {
+        int crc2 = fdpo_trainer_close(&tr, rc == 0);
+        if (!rc) rc = crc2;
+    }
+    fdpo_gpt2_free(ref);
+    fdpo_unpaired_free(&train_set);
+    fdpo_unpaired_free(&eval_set);
+    free(train_idx); free(eval_idx); free(train_ex); free(eval_ex); free(step_ex);
+    fdpo_tokenizer_free(tok);
+    return rc;
+}

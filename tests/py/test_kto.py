@@ -1,0 +1,225 @@
+"""KTO (`fdpo kto`) against a re-implementation of TRL's KTOTrainer loss in PyTorch (float64):
+the loss, the KL reference point z0 from mismatched pairs (completion i after prompt i+1
+within the micro-batch, detached, clamped at 0) and the gradient wrt every policy
+parameter, for reverse KL (plain KTO) and other f-divergences (s~(l) = s(l) - s(0) in place
+of the log-ratio, docs/kto.md); bad data gives FILE:LINE errors; a short run logs TRL's
+metric names."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dpo_common import EOT, completion_logps, fdpo, harness, render_messages, save_byte_tokenizer, score, write_jsonl
+from fdpo_ref import safetensors as st
+from fdpo_ref.gpt2 import GPT2
+
+torch.set_num_threads(1)
+
+CFG = dict(vocab_size=257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+MAX_LEN = 40
+ROWS = [
+    {"prompt": "The cat", "completion": " sat on the mat.", "label": True},
+    {"prompt": "Q: 2+2?\nA:", "completion": " five, I think", "label": False},
+    {"prompt": [{"role": "user", "content": "Hi"}],
+     "completion": [{"role": "assistant", "content": "Hello!"}], "label": True},
+    {"prompt": "", "completion": "no", "label": False},
+    {"prompt": "A long prompt that will be cut at the front for sure",
+     "completion": " and a long completion that goes past the limit too", "label": True},
+    {"prompt": "Caf\u00e9", "completion": " \u2615 good", "label": True},
+    {"prompt": "Why?", "completion": " Because.", "label": False},
+]
+
+
+def tokenize(row, max_length=MAX_LEN):
+    """Byte-level ids of (prompt, completion) by the documented rules (kto.h)."""
+    p, c = row["prompt"], row["completion"]
+    if isinstance(c, list):
+        p = render_messages(p) + "<|assistant|>\n"
+        c = c[0]["content"] + "\n" + render_messages(c[1:])
+    P, C = list(p.encode()) or [EOT], list(c.encode()) + [EOT]
+    if max_length and len(P) + len(C) > max_length:
+        mp = max_length // 2
+        if len(P) > mp:
+            P = P[len(P) - mp:]
+        C = C[:max_length - len(P)]
+    return P, C
+
+
+def seq_logp(model, P, C):
+    return completion_logps(model, P, C)[0].sum()
+
+
+def s_tilde(div, l):
+    return score(div, l) - score(div, torch.zeros((), dtype=torch.float64))
+
+
+def trl_kto(policy, ref, toks, labels, div, beta, wd, wu, micro):
+    """TRL KTOTrainer.kto_loss with s~ for the log-ratio; per micro-batch KL, mean loss."""
+    n = len(toks)
+    mb = micro or n
+    losses, z0s = [], []
+    for i0 in range(0, n, mb):
+        idx = list(range(i0, min(n, i0 + mb)))
+        k = len(idx)
+        with torch.no_grad():
+            kl_l = []
+            for j, i in enumerate(idx):
+                P = toks[idx[(j + 1) % k]][0]
+                C = toks[i][1][:MAX_LEN - len(P)]
+                kl_l.append(seq_logp(policy, P, C) - seq_logp(ref, P, C))
+            z0 = torch.clamp(torch.stack([s_tilde(div, x) for x in kl_l]).mean(), min=0)
+        for i in idx:
+            P, C = toks[i]
+            with torch.no_grad():
+                lr = seq_logp(ref, P, C)
+            s = s_tilde(div, seq_logp(policy, P, C) - lr)
+            if labels[i]:
+                losses.append(wd * (1 - torch.sigmoid(beta * (s - z0))))
+            else:
+                losses.append(wu * (1 - torch.sigmoid(beta * (z0 - s))))
+            z0s.append(z0.item())
+    return torch.stack(losses).mean(), z0s
+
+
+def rel(got, ref):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kto")
+    # the policy is the reference plus a small perturbation, as during training, so that
+    # the KL estimate has either sign across micro-batches
+    ref = GPT2(**CFG, seed=31)
+    pol = GPT2(**CFG, seed=31)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in pol.p.values():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.02)
+    # a second policy that favours frequent bytes everywhere: its log-ratio on the
+    # mismatched pairs is positive, so z0 > 0 (the clamp inactive)
+    up = GPT2(**CFG, seed=31)
+    with torch.no_grad():
+        wte = up.param("wte.weight")
+        d = sum(wte[b] for b in b" etaoinsr.,!") + wte[EOT]
+        up.param("ln_f.bias").add_(d / d.norm() * 2.0)
+    for m, name in ((pol, "policy"), (ref, "ref"), (up, "policy_up")):
+        m.save_hf(str(tmp / name))
+        save_byte_tokenizer(str(tmp / name))
+    write_jsonl(tmp / "data.jsonl", ROWS)
+    return tmp
+
+
+CASES = [("policy", "rkl", 0.1, 1.0, 1.0, 0), ("policy", "rkl", 2.0, 1.0, 1.33, 3), ("policy", "js", 1.5, 0.8, 1.2, 0),
+         ("policy", "alpha:0.5", 1.0, 1.0, 1.0, 2), ("policy", "fkl", 0.5, 1.0, 2.0, 4),
+         ("policy_up", "rkl", 0.1, 1.0, 1.0, 0), ("policy_up", "js", 0.7, 1.0, 1.5, 3),
+         ("policy_up", "alpha:0.3", 0.4, 1.2, 1.0, 2)]
+
+
+@pytest.mark.parametrize("policy,div,beta,wd,wu,micro", CASES)
+def test_kto_loss_and_gradients_match_trl_formula(models, policy, div, beta, wd, wu, micro):
+    tmp = models
+    out = tmp / f"o_{policy}_{div}_{beta}_{micro}"
+    harness("kto-grad", "--model", tmp / policy, "--ref", tmp / "ref", "--data", tmp / "data.jsonl", "--out", out,
+            "--divergence", div, "--beta", beta, "--wd", wd, "--wu", wu, "--micro-batch", micro,
+            "--max-length", MAX_LEN)
+    res = json.loads((out / "result.json").read_text())
+    pol, ref = GPT2(**CFG).double(), GPT2(**CFG).double()
+    pol.load_hf(str(tmp / policy))
+    ref.load_hf(str(tmp / "ref"))
+    toks = [tokenize(r) for r in ROWS]
+    loss, z0s = trl_kto(pol, ref, toks, [r["label"] for r in ROWS], div, beta, wd, wu, micro)
+    loss.backward()
+    got_z0 = [e[2] for e in res["examples"]]
+    assert np.max(np.abs(np.array(got_z0) - np.array(z0s))) < 1e-5, (got_z0, z0s)
+    assert abs(res["loss"] - loss.item()) < 1e-5 * max(1.0, abs(loss.item()))
+    g, _ = st.load(str(out / "grads.safetensors"))
+    for name, p in pol.named().items():
+        assert rel(g[name], p.grad.numpy()) < 1e-5, name
+
+
+def test_kto_cases_exercise_the_clamp(models):
+    """Across CASES some micro-batch has z0 > 0 and some has z0 clamped to 0."""
+    tmp = models
+    seen = []
+    for policy, div, beta, wd, wu, micro in CASES:
+        res = json.loads((tmp / f"o_{policy}_{div}_{beta}_{micro}" / "result.json").read_text())
+        seen += [e[2] for e in res["examples"]]
+    assert max(seen) > 0 and min(seen) == 0
+
+
+def test_missing_or_bad_label_is_an_error(models, tmp_path):
+    tmp = models
+    for bad, what in ((dict(ROWS[0]), "missing field 'label'"), (dict(ROWS[0], label="yes"), "'label' must be true or false")):
+        bad.pop("label") if what.startswith("missing") else None
+        write_jsonl(tmp_path / "bad.jsonl", [ROWS[1], bad])
+        r = fdpo("kto", "--model", tmp / "policy", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "o",
+                 "--steps", "1", "--quiet", check=False)
+        assert r.returncode != 0 and f"{tmp_path / 'bad.jsonl'}:2" in r.stderr and what in r.stderr, r.stderr
+    r = fdpo("kto", "--model", tmp / "policy", "--data", tmp / "data.jsonl", "--out", tmp_path / "o",
+             "--divergence", "tv", check=False)
+    assert r.returncode != 0 and "--divergence tv" in r.stderr
+    # a reward model is not a policy
+    rmd = tmp_path / "rmdir"
+    GPT2(**CFG).save_hf(str(rmd), config_extra={"architectures": ["GPT2ForSequenceClassification"], "num_labels": 1},
+                        extra={"score.weight": torch.zeros(1, CFG["n_embd"])})
+    save_byte_tokenizer(str(rmd))
+    r = fdpo("kto", "--model", rmd, "--data", tmp / "data.jsonl", "--out", tmp_path / "o3", check=False)
+    assert r.returncode != 0 and f"--model {rmd}: a reward model" in r.stderr, r.stderr
+
+
+def test_kto_run_logs_trl_metrics_and_resumes(models, tmp_path):
+    tmp = models
+    common = ["--model", tmp / "policy", "--data", tmp / "data.jsonl", "--steps", "4", "--batch-size", "3",
+              "--threads", "1", "--quiet", "--eval-fraction", "0", "--lr", "1e-3", "--divergence", "js"]
+    fdpo("kto", *common, "--out", tmp_path / "a")
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    for k in ("loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
+              "logps/rejected", "grad_norm", "learning_rate", "epoch"):
+        assert k in lines[-1], k
+    fdpo("kto", *common, "--out", tmp_path / "b", "--stop-at", "2")
+    fdpo("kto", *common, "--out", tmp_path / "b", "--resume")
+    ta, _ = st.load(str(tmp_path / "a" / "model.safetensors"))
+    tb, _ = st.load(str(tmp_path / "b" / "model.safetensors"))
+    for k in ta:
+        assert np.array_equal(ta[k], tb[k]), k
+
+
+def word_rows(rng, n):
+    """Unpaired data labelled by a synthetic rule: completions from the first four words are
+    desirable, from the last four undesirable."""
+    words = ["apple", "blue", "cat", "dog", "egg", "fig", "green", "hat"]
+    rows = []
+    for _ in range(n):
+        good = rng.random() < 0.5
+        w = [rng.choice(words[:4] if good else words[4:]) for _ in range(rng.randint(1, 4))]
+        rows.append({"prompt": rng.choice(["Say:", "Q:"]), "completion": " " + " ".join(w), "label": good})
+    return rows
+
+
+@pytest.mark.parametrize("div", ["rkl", "js"])
+def test_kto_separates_held_out_examples(tmp_path, div):
+    """After a short run the implicit reward beta * l, computed in PyTorch from the saved
+    checkpoint and the reference, is higher on held-out desirable completions than on
+    undesirable ones (it is 0 for both at the start)."""
+    import random
+    rng = random.Random(5)
+    write_jsonl(tmp_path / "train.jsonl", word_rows(rng, 200))
+    held = word_rows(rng, 40)
+    write_jsonl(tmp_path / "held.jsonl", held)
+    base = GPT2(**CFG, seed=1)
+    base.save_hf(str(tmp_path / "base"))
+    save_byte_tokenizer(str(tmp_path / "base"))
+    fdpo("kto", "--model", tmp_path / "base", "--data", tmp_path / "train.jsonl", "--eval-file", tmp_path / "held.jsonl",
+         "--out", tmp_path / "kto", "--beta", "0.1", "--lr", "1e-3", "--batch-size", "8", "--epochs", "2",
+         "--threads", "1", "--quiet", "--divergence", div)
+    pol = GPT2(**CFG)
+    pol.load_hf(str(tmp_path / "kto"))
+    with torch.no_grad():
+        r = {True: [], False: []}
+        for row in held:
+            P, C = tokenize(row)
+            r[row["label"]].append(0.1 * (seq_logp(pol, P, C) - seq_logp(base, P, C)).item())
+    assert np.mean(r[True]) - np.mean(r[False]) > 0.5, (np.mean(r[True]), np.mean(r[False]))

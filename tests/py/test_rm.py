@@ -1,0 +1,228 @@
+"""Reward models (`fdpo rm`, `rm:DIR` rewards) against PyTorch.
+
+- parity: the scalar outputs of a GPT2ForSequenceClassification-layout model and the
+  gradient of the Bradley-Terry step loss (margins, centering, micro-batches) wrt every
+  parameter, fdpo (float32) vs autograd on the plain-PyTorch GPT-2 in float64;
+- learning: a reward model trained on pairs labelled by a synthetic reward (completion
+  length) ranks >= 90% of HELD-OUT pairs as that reward does, measured in PyTorch on the
+  saved checkpoint (which also proves the Hugging Face layout loads);
+- `rm:DIR` scores text like the reference, batched; bad inputs give clear errors."""
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dpo_common import EOT, fdpo, harness, save_byte_tokenizer, tokenize_pair, write_jsonl
+from fdpo_ref import safetensors as st
+from fdpo_ref.gpt2 import GPT2
+
+torch.set_num_threads(1)
+
+CFG = dict(vocab_size=257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+ROWS = [
+    {"prompt": "The cat", "chosen": " sat on the mat.", "rejected": " ran.", "margin": 0.5},
+    {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " five, I think"},
+    {"chosen": "Hello there, friend!", "rejected": "Hello there, enemy.", "margin": -1.25},   # implicit prompt
+    {"prompt": [{"role": "user", "content": "Hi"}],                                          # conversational
+     "chosen": [{"role": "assistant", "content": "Hello!"}],
+     "rejected": [{"role": "assistant", "content": "Go away."}], "margin": 2.0},
+    {"prompt": "", "chosen": "yes", "rejected": "no"},                                        # empty prompt
+]
+RM_CONFIG = {"architectures": ["GPT2ForSequenceClassification"], "num_labels": 1, "pad_token_id": EOT}
+
+
+def rel(got, ref):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def save_rm(model, score, d):
+    model.save_hf(str(d), config_extra=RM_CONFIG, extra={"score.weight": score.detach().float()})
+    save_byte_tokenizer(str(d))
+
+
+def seq(P, comp):
+    """prompt + completion with the trailing <|endoftext|> dropped (docs/rm.md)."""
+    while comp and comp[-1] == EOT:
+        comp = comp[:-1]
+    return P + comp
+
+
+def reward(model, score, toks):
+    h = model(torch.tensor(toks, dtype=torch.long), hidden=True)
+    return h[-1] @ score[0]
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rm")
+    model = GPT2(**CFG, seed=21)
+    score = torch.randn(1, CFG["n_embd"], generator=torch.Generator().manual_seed(5)) * 0.5
+    save_rm(model, score, tmp / "rm")
+    write_jsonl(tmp / "pairs.jsonl", ROWS)
+    return tmp, model, score
+
+
+@pytest.mark.parametrize("center,micro", [(0.0, 0), (0.3, 2)])
+def test_rewards_and_gradients_match_pytorch(rm_dir, center, micro):
+    tmp, model, score = rm_dir
+    out = tmp / f"out_{center}_{micro}"
+    harness("rm-grad", "--model", tmp / "rm", "--data", tmp / "pairs.jsonl", "--out", out,
+            "--center", center, "--micro-batch", micro)
+    res = json.loads((out / "result.json").read_text())
+    ref = GPT2(**CFG).double()
+    ref.load_hf(str(tmp / "rm"))
+    w = score.detach().double().clone().requires_grad_(True)
+    losses, rewards = [], []
+    for row in ROWS:
+        P, C, R = tokenize_pair(row)
+        rc, rr = reward(ref, w, seq(P, C)), reward(ref, w, seq(P, R))
+        z = rc - rr - row.get("margin", 0.0)
+        losses.append(-F.logsigmoid(z) + center * (rc + rr) ** 2)
+        rewards.append([rc.item(), rr.item()])
+    loss = torch.stack(losses).mean()
+    loss.backward()
+    assert np.max(np.abs(np.array(res["rewards"]) - np.array(rewards))) < 1e-5
+    assert abs(res["loss"] - loss.item()) < 1e-5
+    g, _ = st.load(str(out / "grads.safetensors"))
+    V = CFG["vocab_size"]
+    assert g["transformer.wte.weight"].shape == (V + 1, CFG["n_embd"])
+    assert rel(g["transformer.wte.weight"][V:], w.grad.numpy()) < 1e-5
+    assert rel(g["transformer.wte.weight"][:V], ref.param("wte.weight").grad.numpy()) < 1e-5
+    for name, p in ref.named().items():
+        if name == "transformer.wte.weight":
+            continue
+        assert rel(g[name], p.grad.numpy()) < 1e-5, name
+
+
+def length_rows(rng, n):
+    """Pairs labelled by a synthetic reward: the longer completion (in bytes) wins."""
+    words = ["apple", "blue", "cat", "dog", "egg", "fig", "green", "hat"]
+    rows = []
+    while len(rows) < n:
+        a, b = rng.randint(1, 6), rng.randint(1, 6)
+        if a == b:
+            continue
+        p = rng.choice(["Say:", "Tell me:", "Q:"])
+        ca = " " + " ".join(rng.choice(words) for _ in range(a))
+        cb = " " + " ".join(rng.choice(words) for _ in range(b))
+        if len(ca) == len(cb):
+            continue
+        ch, rj = (ca, cb) if len(ca) > len(cb) else (cb, ca)
+        rows.append({"prompt": p, "chosen": ch, "rejected": rj})
+    return rows
+
+
+def test_trained_reward_model_agrees_with_synthetic_reward(tmp_path):
+    rng = random.Random(3)
+    train, held = length_rows(rng, 300), length_rows(rng, 100)
+    write_jsonl(tmp_path / "train.jsonl", train)
+    write_jsonl(tmp_path / "held.jsonl", held)
+    lm = GPT2(vocab_size=257, n_positions=64, n_embd=32, n_layer=2, n_head=4, seed=1)
+    lm.save_hf(str(tmp_path / "lm"))
+    save_byte_tokenizer(str(tmp_path / "lm"))
+    out = tmp_path / "rm"
+    r = fdpo("rm", "--model", tmp_path / "lm", "--data", tmp_path / "train.jsonl", "--eval-file",
+             tmp_path / "held.jsonl", "--out", out, "--lr", "3e-3", "--schedule", "constant",
+             "--batch-size", "16", "--epochs", "6", "--eval-every", "0", "--threads", "1", "--quiet",
+             "--weight-decay", "0")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["GPT2ForSequenceClassification"]
+    assert cfg["num_labels"] == 1 and cfg["pad_token_id"] == EOT and cfg["vocab_size"] == 257
+    t, _ = st.load(str(out / "model.safetensors"))
+    assert t["score.weight"].shape == (1, 32) and t["transformer.wte.weight"].shape == (257, 32)
+    assert "lm_head.weight" not in t
+    ref = GPT2(**CFG)
+    ref.load_hf(str(out))
+    score = torch.from_numpy(t["score.weight"])
+    agree = 0
+    with torch.no_grad():
+        for row in held:
+            P, C, R = tokenize_pair(row)
+            agree += reward(ref, score, seq(P, C)) > reward(ref, score, seq(P, R))
+    assert agree / len(held) >= 0.9, (agree, r.stderr)
+    # fdpo's own held-out accuracy is the same count
+    summary = json.loads((out / "eval_summary.json").read_text())
+    assert summary["pairs"] == len(held) and abs(summary["eval_accuracy"] - float(agree) / len(held)) < 1e-12
+    # metrics with TRL RewardTrainer's names
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for k in ("loss", "accuracy", "grad_norm", "learning_rate", "epoch", "margin"):
+        assert k in lines[-1], k
+    # rm:DIR as a reward (text in, batched): the same numbers as the reference, and the
+    # ranking of the held-out completions
+    comps = [{"prompt": row["prompt"], "completion": row[k]} for row in held[:20] for k in ("chosen", "rejected")]
+    write_jsonl(tmp_path / "comps.jsonl", comps)
+    got = [float(x) for x in harness("eval-reward", f"rm:{out}", tmp_path / "comps.jsonl").stdout.split()]
+    with torch.no_grad():
+        want = [reward(ref, score, list(c["prompt"].encode()) + list(c["completion"].encode())).item() for c in comps]
+    assert np.max(np.abs(np.array(got) - np.array(want))) < 1e-4
+    # ... and through a command that takes --reward: fdpo pairs labels with rm:DIR's rewards
+    fdpo("pairs", "--samples", tmp_path / "comps.jsonl", "--reward", f"rm:{out}", "--out", tmp_path / "p.jsonl")
+    by_text = {(c["prompt"], c["completion"]): w for c, w in zip(comps, want)}
+    made = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert made
+    for m in made:
+        assert abs(m["chosen_reward"] - by_text[(m["prompt"], m["chosen"])]) < 1e-4
+        assert abs(m["rejected_reward"] - by_text[(m["prompt"], m["rejected"])]) < 1e-4
+    assert "architecture: GPT2ForSequenceClassification" in fdpo("info", out).stdout
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    rows = length_rows(random.Random(4), 40)
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    lm = GPT2(**CFG, seed=2)
+    lm.save_hf(str(tmp_path / "lm"))
+    save_byte_tokenizer(str(tmp_path / "lm"))
+    common = ["--model", tmp_path / "lm", "--data", tmp_path / "d.jsonl", "--steps", "6", "--batch-size", "4",
+              "--threads", "1", "--quiet", "--eval-every", "3"]
+    fdpo("rm", *common, "--out", tmp_path / "a")
+    fdpo("rm", *common, "--out", tmp_path / "b", "--stop-at", "3")
+    fdpo("rm", *common, "--out", tmp_path / "b", "--resume")
+    ta, _ = st.load(str(tmp_path / "a" / "model.safetensors"))
+    tb, _ = st.load(str(tmp_path / "b" / "model.safetensors"))
+    for k in ta:
+        assert np.array_equal(ta[k], tb[k]), k
+
+
+def test_bad_inputs(rm_dir, tmp_path):
+    tmp, _, _ = rm_dir
+    lm = GPT2(**CFG, seed=3)
+    lm.save_hf(str(tmp_path / "lm"))
+    save_byte_tokenizer(str(tmp_path / "lm"))
+    write_jsonl(tmp_path / "c.jsonl", [{"prompt": "a", "completion": "b"}])
+    # a language model is not a reward model
+    r = harness("eval-reward", f"rm:{tmp_path / 'lm'}", tmp_path / "c.jsonl", check=False)
+    assert r.returncode != 0 and str(tmp_path / "lm") in r.stderr and "language model" in r.stderr
+    # score.weight missing although config says GPT2ForSequenceClassification
+    d = tmp_path / "noscore"
+    lm.save_hf(str(d), config_extra=RM_CONFIG)
+    save_byte_tokenizer(str(d))
+    r = harness("eval-reward", f"rm:{d}", tmp_path / "c.jsonl", check=False)
+    assert r.returncode != 0 and "score.weight" in r.stderr
+    # a margin that is not a number: FILE:LINE
+    rows = [dict(ROWS[0]), dict(ROWS[1], margin="big")]
+    write_jsonl(tmp_path / "bad.jsonl", rows)
+    r = fdpo("rm", "--model", tmp_path / "lm", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "o",
+             "--steps", "1", "--quiet", check=False)
+    assert r.returncode != 0 and f"{tmp_path / 'bad.jsonl'}:2" in r.stderr and "margin" in r.stderr
+    # required flags
+    r = fdpo("rm", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "o", check=False)
+    assert r.returncode != 0 and "--model" in r.stderr
+    r = fdpo("rm", "--model", tmp_path / "lm", "--data", tmp / "pairs.jsonl", "--out", tmp_path / "o2",
+             "--center-rewards-coefficient", "-1", check=False)
+    assert r.returncode != 0 and "--center-rewards-coefficient" in r.stderr
+
+
+def test_help_lists_the_commands_and_their_flags():
+    assert "  rm " in fdpo("--help").stdout and "  kto " in fdpo("--help").stdout
+    h = fdpo("rm", "--help").stdout
+    for f in ("--model", "--data", "--out", "--center-rewards-coefficient", "--eval-fraction", "--batch-size", "--seed", "--threads"):
+        assert f in h, f
+    h = fdpo("kto", "--help").stdout
+    for f in ("--model", "--data", "--out", "--beta", "--divergence", "--desirable-weight", "--undesirable-weight", "--ref"):
+        assert f in h, f
