@@ -4,6 +4,12 @@
 #define FDPO_OBJECTIVES_H
 #include <stddef.h>
 
+/* The logistic function and its logs in overflow-free form, for every caller in the library
+ * (losses, Bradley-Terry fits, calibration, simulated labels): finite for any finite x. */
+double fdpo_sigmoid(double x);      /* 1 / (1 + e^-x) */
+double fdpo_log_sigmoid(double x);  /* log sigma(x) = -softplus(-x) */
+double fdpo_softplus(double x);     /* log(1 + e^x) */
+
 typedef enum { FDPO_DIV_RKL, FDPO_DIV_FKL, FDPO_DIV_JS, FDPO_DIV_ALPHA, FDPO_DIV_TV, FDPO_DIV_CHI2 } fdpo_div_kind;
 typedef struct { fdpo_div_kind kind; double alpha; /* ALPHA only, 0 < alpha < 1, paper convention */ } fdpo_divergence;
 

@@ -410,8 +410,6 @@ static size_t draw(const double *cdf, size_t n, fdpo_rng *rng) {
     return lo;
 }
 
-static double sigmoid(double x) { return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x)); }
-
 static int lab_coverage(int argc, char **argv) {
     common_opts o;
     const char *divspec, *nlist, *policy, *datadiv, *export_cmp, *export_fit;
@@ -500,7 +498,7 @@ static int lab_coverage(int argc, char **argv) {
             }
             for (size_t k = 0; rc == 0 && k < m; k++) {
                 size_t y1 = draw(cdf, n, &crng), y2 = draw(cdf, n, &crng);
-                int first_wins = fdpo_rng_uniform(&crng) < sigmoid(p->reward[y1] - p->reward[y2]);
+                int first_wins = fdpo_rng_uniform(&crng) < fdpo_sigmoid(p->reward[y1] - p->reward[y2]);
                 w[k] = first_wins ? y1 : y2;
                 l[k] = first_wins ? y2 : y1;
                 seen[y1] = seen[y2] = 1;

@@ -54,22 +54,14 @@ int fdpo_pref_loss_check(const fdpo_pref_loss *L) {
     return 0;
 }
 
-/* softplus(x) = log(1 + e^x) without overflow */
-static double softplus(double x) { return (x > 0 ? x : 0) + log1p(exp(-fabs(x))); }
-static double sigmoid(double x) {
-    if (x >= 0) return 1 / (1 + exp(-x));
-    double e = exp(x);
-    return e / (1 + e);
-}
-
 double fdpo_pref_loss_pair(const fdpo_pref_loss *L, double lw, double ll, double *dlw, double *dll) {
     const double b = L->beta, e = L->label_smoothing;
     double loss, dz; /* dz = dL/dz for the z-losses; for ipo dL/dDelta */
     if (L->kind == FDPO_LOSS_SIMPO) {
         /* -log sigma(beta (lw - ll) - gamma) on mean token log-probs: no reference, no f */
         double z = b * (lw - ll) - L->simpo_gamma;
-        loss = softplus(-z);
-        double g = -b * sigmoid(-z);
+        loss = fdpo_softplus(-z);
+        double g = -b * fdpo_sigmoid(-z);
         if (dlw) *dlw = g;
         if (dll) *dll = -g;
         return loss;
@@ -79,14 +71,14 @@ double fdpo_pref_loss_pair(const fdpo_pref_loss *L, double lw, double ll, double
     switch (L->kind) {
     case FDPO_LOSS_SIGMOID:
         /* cDPO: -(1-e) log sigma(z) - e log sigma(-z) */
-        loss = (1 - e) * softplus(-z) + e * softplus(z);
-        dz = -(1 - e) * sigmoid(-z) + e * sigmoid(z);
+        loss = (1 - e) * fdpo_softplus(-z) + e * fdpo_softplus(z);
+        dz = -(1 - e) * fdpo_sigmoid(-z) + e * fdpo_sigmoid(z);
         dL_ddelta = b * dz;
         break;
     case FDPO_LOSS_ROBUST:
         /* (-(1-e) log sigma(z) + e log sigma(-z)) / (1 - 2e): unbiased under label flips at rate e */
-        loss = ((1 - e) * softplus(-z) - e * softplus(z)) / (1 - 2 * e);
-        dz = (-(1 - e) * sigmoid(-z) - e * sigmoid(z)) / (1 - 2 * e);
+        loss = ((1 - e) * fdpo_softplus(-z) - e * fdpo_softplus(z)) / (1 - 2 * e);
+        dz = (-(1 - e) * fdpo_sigmoid(-z) - e * fdpo_sigmoid(z)) / (1 - 2 * e);
         dL_ddelta = b * dz;
         break;
     case FDPO_LOSS_HINGE:
