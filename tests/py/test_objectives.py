@@ -332,3 +332,15 @@ def test_alpha_score_small_alpha_keeps_full_precision():
         naive = 1 / A - math.exp(-A * l) / A
         if A <= 1e-6:  # the naive form is visibly worse: what the expm1 form is for
             assert abs(naive - want) > 1e3 * abs(out["score"][0] - want) or naive == want
+
+
+def test_logistic_functions_match_torch_without_overflow():
+    """fdpo_sigmoid / fdpo_log_sigmoid / fdpo_softplus (the one copy every module uses)
+    against torch float64, out to |x| = 800 where exp(|x|) overflows double."""
+    x = [-800.0, -745.0, -40.0, -1.5, -1e-20, 0.0, 1e-20, 0.3, 17.0, 40.0, 745.0, 800.0]
+    out = run_ok({"x": x})["logistic"]
+    t = torch.tensor(x, dtype=torch.float64)
+    for key, want in (("sigmoid", torch.sigmoid(t)), ("log_sigmoid", F.logsigmoid(t)), ("softplus", F.softplus(t))):
+        assert np.isfinite(out[key]).all(), key
+        # atol 1e-300: at x = -745 ours is the subnormal e^x = 5e-324 where torch gives 0
+        close(out[key], want.numpy(), rtol=1e-15, atol=1e-300)
