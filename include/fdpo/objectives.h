@@ -32,7 +32,7 @@ typedef struct {
     fdpo_divergence div;      /* ignored by simpo */
     double beta;              /* > 0 */
     double label_smoothing;   /* e in [0, 0.5): cDPO for sigmoid, robust */
-    double simpo_gamma;       /* SimPO target margin gamma (TRL: gamma_beta_ratio * beta) */
+    double simpo_gamma;       /* SimPO target margin gamma (princeton-nlp/SimPO: gamma_beta_ratio * beta; TRL CPO: simpo_gamma) */
     double sft_weight;        /* RPO: a * mean NLL of chosen tokens, applied by the trainer */
 } fdpo_pref_loss;
 
