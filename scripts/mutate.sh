@@ -26,7 +26,7 @@ tests_for() {
     src/train/dpo.c) echo "tests/py/test_dpo_metrics.py tests/py/test_dpo.py" ;;
     src/train/*) echo "tests/py/test_train.py tests/py/test_dpo_metrics.py build/tests/test_train" ;;
     src/eval/*) echo "tests/py/test_eval_metrics.py" ;;
-    src/lab/*) echo "tests/py/test_lab.py" ;;
+    src/lab/*) echo "tests/py/test_lab.py tests/py/test_lab_newton.py" ;;
     src/model/*) echo "tests/py/test_model_parity.py tests/py/test_dpo_metrics.py" ;;
     src/data/*) echo "tests/py/test_pairs.py tests/py/test_dpo_data.py" ;;
     *) echo "" ;;
@@ -90,8 +90,9 @@ echo "mutate: ${#files[@]} mutants; scratch tree $SCRATCH"
 if ! build; then echo "mutate: the unmutated tree does not build:"; tail -20 build.log; exit 2; fi
 # baseline: every test set used must pass before mutation means anything
 declare -A seen=()
-for f in "${files[@]}"; do
-  for t in $(tests_for "$f"); do
+for i in "${!files[@]}"; do
+  [ -n "$FILTER" ] && [[ "${files[$i]}: ${names[$i]}" != *"$FILTER"* ]] && continue
+  for t in $(tests_for "${files[$i]}"); do
     [ -n "${seen[$t]:-}" ] && continue
     seen[$t]=1
     if ! run_tests "$t"; then echo "mutate: baseline test fails without a mutant: $t"; tail -20 test.log; exit 2; fi
