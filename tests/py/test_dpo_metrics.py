@@ -6,7 +6,8 @@
 2. `fdpo dpo` end to end: metrics.jsonl of the first steps (one batch = the whole data, so
    the step's pairs do not depend on the shuffle) against the same reference, plus
    grad_norm (the pre-clip L2 norm of torch.autograd's gradient), learning_rate (Hugging
-   Face's linear-with-warmup LambdaLR factor, written out below) and epoch (pairs seen / pairs).
+   Face's linear-with-warmup LambdaLR factor, written out below) and epoch (pairs seen / pairs),
+   and the held-out eval_* metrics (--eval-file) at step 0 and step 1.
 
 Tolerance: 1e-5 relative (fdpo runs float32, the reference float64; the differences seen
 are ~1e-7)."""
@@ -106,6 +107,11 @@ E2E_ROWS = [
     {"prompt": "cab:", "chosen": "oi", "rejected": "xq"},
     {"prompt": "fed:", "chosen": "aaiiu", "rejected": "yzw"},
 ]
+EVAL_ROWS = [
+    {"prompt": "hid:", "chosen": "aoi", "rejected": "zqxw"},
+    {"prompt": "den:", "chosen": "uea eo", "rejected": "wy"},
+    {"prompt": "eva:", "chosen": "iiu", "rejected": "qqzx yz"},
+]
 LR, STEPS, WARMUP = 1e-3, 4, 2
 
 
@@ -122,16 +128,18 @@ def test_fdpo_dpo_metrics_jsonl_values(tmp_path):
         m.save_hf(str(tmp_path / name))
         save_byte_tokenizer(str(tmp_path / name))
     write_jsonl(tmp_path / "data.jsonl", E2E_ROWS)
+    write_jsonl(tmp_path / "eval.jsonl", EVAL_ROWS)
     n = len(E2E_ROWS)
     for case in [("alpha:0.5", "sigmoid", 0.3, 0.0, 0.0, 0.5), ("js", "ipo", 0.4, 0.0, 0.0, 0.0)]:
         div, loss, beta, _, _, sft = case
         out = tmp_path / f"run_{loss}"
         fdpo("dpo", "--policy", tmp_path / "pol", "--ref", tmp_path / "ref", "--data", tmp_path / "data.jsonl",
              "--out", out, "--threads", 1, "--quiet", "--batch-size", n, "--steps", STEPS, "--lr", LR,
-             "--schedule", "linear", "--warmup-steps", WARMUP, "--eval-fraction", 0, "--eval-every", 0,
+             "--schedule", "linear", "--warmup-steps", WARMUP, "--eval-file", tmp_path / "eval.jsonl", "--eval-every", 1,
              "--divergence", div, "--loss", loss, "--beta", beta, "--sft-weight", sft, "--seed", 3)
         logged = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
-        assert [m["step"] for m in logged] == list(range(1, STEPS + 1))
+        assert [m["step"] for m in logged] == list(range(0, STEPS + 1))
+        initial, logged = logged[0], logged[1:]
         pol = GPT2(**TINY)
         pol.load_hf(str(tmp_path / "pol"))
         pol.double()
@@ -139,6 +147,15 @@ def test_fdpo_dpo_metrics_jsonl_values(tmp_path):
         rf.load_hf(str(tmp_path / "ref"))
         rf.double()
         pairs = [tokenize_pair(r, TINY["n_positions"], 0) for r in E2E_ROWS]
+        eval_pairs = [tokenize_pair(r, TINY["n_positions"], 0) for r in EVAL_ROWS]
+        with torch.no_grad():
+            ev, _ = reference_metrics(pol, eval_pairs, case, ref_model_logps(rf, eval_pairs))
+        want_eval = {"eval_" + k: v for k, v in ev.items() if k not in ("pref_loss", "sft_nll")}
+        if sft > 0:
+            want_eval["eval_nll"] = ev["sft_nll"]
+        # held-out metrics before training (step 0) and after step 1 (lr 0: same weights)
+        assert_metrics(initial, want_eval, (case, 0))
+        assert_metrics(logged[0], want_eval, (case, 1))
         want, objective = reference_metrics(pol, pairs, case, ref_model_logps(rf, pairs))
         grads = torch.autograd.grad(objective, list(pol.named().values()))
         want["grad_norm"] = torch.sqrt(sum((g * g).sum() for g in grads)).item()
