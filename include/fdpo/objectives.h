@@ -4,6 +4,12 @@
 #define FDPO_OBJECTIVES_H
 #include <stddef.h>
 
+/* The logistic function and its logs in overflow-free form, for every caller in the library
+ * (losses, Bradley-Terry fits, calibration, simulated labels): finite for any finite x. */
+double fdpo_sigmoid(double x);      /* 1 / (1 + e^-x) */
+double fdpo_log_sigmoid(double x);  /* log sigma(x) = -softplus(-x) */
+double fdpo_softplus(double x);     /* log(1 + e^x) */
+
 typedef enum { FDPO_DIV_RKL, FDPO_DIV_FKL, FDPO_DIV_JS, FDPO_DIV_ALPHA, FDPO_DIV_TV, FDPO_DIV_CHI2 } fdpo_div_kind;
 typedef struct { fdpo_div_kind kind; double alpha; /* ALPHA only, 0 < alpha < 1, paper convention */ } fdpo_divergence;
 
@@ -29,7 +35,7 @@ typedef struct {
     fdpo_divergence div;      /* ignored by simpo */
     double beta;              /* > 0 */
     double label_smoothing;   /* e in [0, 0.5): cDPO for sigmoid, robust */
-    double simpo_gamma;       /* SimPO target margin gamma (TRL: gamma_beta_ratio * beta) */
+    double simpo_gamma;       /* SimPO target margin gamma (princeton-nlp/SimPO: gamma_beta_ratio * beta; TRL CPO: simpo_gamma) */
     double sft_weight;        /* RPO: a * mean NLL of chosen tokens, applied by the trainer */
 } fdpo_pref_loss;
 

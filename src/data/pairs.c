@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/objectives.h"
 #include "fdpo/pairs.h"
 
 void fdpo_sample_recs_free(fdpo_sample_rec *recs, size_t n) {
@@ -101,7 +102,7 @@ int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_conf
             const fdpo_sample_rec *a = &recs[members[k]], *b = &recs[members[k + 1]];
             if (strcmp(a->completion, b->completion) == 0) { same++; continue; }
             if (c->skip_ties && a->reward == b->reward) { ties++; continue; }
-            double p_a = 1.0 / (1.0 + exp(-(a->reward - b->reward) / scale));
+            double p_a = fdpo_sigmoid((a->reward - b->reward) / scale);
             int a_wins = fdpo_rng_uniform(&rng) < p_a;
             pairs[np].chosen = a_wins ? members[k] : members[k + 1];
             pairs[np].rejected = a_wins ? members[k + 1] : members[k];

@@ -74,7 +74,7 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
         if (rc) { fdpo_error_context("--pairs: pair %zu (line %zu)", i + 1, q->line); break; }
         double delta = fdpo_score(&c->cal_div, sw.logp - sw.logp_ref) - fdpo_score(&c->cal_div, sl.logp - sl.logp_ref);
         double z = c->beta * delta;
-        p[i] = z >= 0 ? 1 / (1 + exp(-z)) : exp(z) / (1 + exp(z));
+        p[i] = fdpo_sigmoid(z);
         margin += z;
         longer += q->n_chosen > q->n_rejected;
     }

@@ -87,21 +87,14 @@ int fdpo_lab_lbfgs(size_t dim, double *x, fdpo_lab_fg fg, void *ctx, double gtol
 
 typedef struct { size_t n, m; const size_t *w, *l; double ridge; } bt_ctx;
 
-static double softplus(double x) { return (x > 0 ? x : 0) + log1p(exp(-fabs(x))); }
-static double sigmoid(double x) {
-    if (x >= 0) return 1 / (1 + exp(-x));
-    double e = exp(x);
-    return e / (1 + e);
-}
-
 static double bt_fg(const double *th, double *g, void *vctx) {
     const bt_ctx *c = vctx;
     double f = 0;
     for (size_t i = 0; i < c->n; i++) { f += 0.5 * c->ridge * th[i] * th[i]; g[i] = c->ridge * th[i]; }
     for (size_t k = 0; k < c->m; k++) {
         double z = th[c->l[k]] - th[c->w[k]];
-        f += softplus(z);
-        double s = sigmoid(z);
+        f += fdpo_softplus(z);
+        double s = fdpo_sigmoid(z);
         g[c->l[k]] += s;
         g[c->w[k]] -= s;
     }
@@ -129,7 +122,7 @@ static int bt_newton(const bt_ctx *c, double *th, int max_iter) {
         for (size_t k = 0; k < c->m; k++) {
             size_t w = c->w[k], l = c->l[k];
             if (w == l) continue; /* a response against itself carries no information */
-            double s = sigmoid(th[l] - th[w]), h = s * (1 - s);
+            double s = fdpo_sigmoid(th[l] - th[w]), h = s * (1 - s);
             H[w * n + w] += h; H[l * n + l] += h; H[w * n + l] -= h; H[l * n + w] -= h;
         }
         for (size_t i = 0; i < n; i++) d[i] = -g[i];
@@ -228,7 +221,7 @@ int fdpo_lab_check(const fdpo_lab_prepared *pp, const fdpo_pref_loss *L, double 
     double *p_win = fdpo_malloc(n * n * sizeof(double));
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < n; j++) {
-            double p = sigmoid(pp->reward[i] - pp->reward[j]);
+            double p = fdpo_sigmoid(pp->reward[i] - pp->reward[j]);
             p_win[i * n + j] = (1 - label_noise) * p + label_noise * (1 - p);
         }
     check_ctx c = {pp, L, p_win, 2.0 / ((double)n * (double)(n - 1)), fdpo_malloc(n * sizeof(double)),
@@ -308,7 +301,7 @@ int fdpo_lab_coverage(const fdpo_lab_coverage_opts *o, const fdpo_lab_problem *P
             }
             for (size_t k = 0; rc == 0 && k < m; k++) {
                 size_t y1 = draw(cdf, n, &crng), y2 = draw(cdf, n, &crng);
-                int first_wins = fdpo_rng_uniform(&crng) < sigmoid(p->reward[y1] - p->reward[y2]);
+                int first_wins = fdpo_rng_uniform(&crng) < fdpo_sigmoid(p->reward[y1] - p->reward[y2]);
                 w[k] = first_wins ? y1 : y2;
                 l[k] = first_wins ? y2 : y1;
                 seen[y1] = seen[y2] = 1;

@@ -61,22 +61,14 @@ int fdpo_pref_loss_check(const fdpo_pref_loss *L) {
     return 0;
 }
 
-/* softplus(x) = log(1 + e^x) without overflow */
-static double softplus(double x) { return (x > 0 ? x : 0) + log1p(exp(-fabs(x))); }
-static double sigmoid(double x) {
-    if (x >= 0) return 1 / (1 + exp(-x));
-    double e = exp(x);
-    return e / (1 + e);
-}
-
 double fdpo_pref_loss_pair(const fdpo_pref_loss *L, double lw, double ll, double *dlw, double *dll) {
     const double b = L->beta, e = L->label_smoothing;
     double loss, dz; /* dz = dL/dz for the z-losses; for ipo dL/dDelta */
     if (L->kind == FDPO_LOSS_SIMPO) {
         /* -log sigma(beta (lw - ll) - gamma) on mean token log-probs: no reference, no f */
         double z = b * (lw - ll) - L->simpo_gamma;
-        loss = softplus(-z);
-        double g = -b * sigmoid(-z);
+        loss = fdpo_softplus(-z);
+        double g = -b * fdpo_sigmoid(-z);
         if (dlw) *dlw = g;
         if (dll) *dll = -g;
         return loss;
@@ -86,14 +78,14 @@ double fdpo_pref_loss_pair(const fdpo_pref_loss *L, double lw, double ll, double
     switch (L->kind) {
     case FDPO_LOSS_SIGMOID:
         /* cDPO: -(1-e) log sigma(z) - e log sigma(-z) */
-        loss = (1 - e) * softplus(-z) + e * softplus(z);
-        dz = -(1 - e) * sigmoid(-z) + e * sigmoid(z);
+        loss = (1 - e) * fdpo_softplus(-z) + e * fdpo_softplus(z);
+        dz = -(1 - e) * fdpo_sigmoid(-z) + e * fdpo_sigmoid(z);
         dL_ddelta = b * dz;
         break;
     case FDPO_LOSS_ROBUST:
         /* (-(1-e) log sigma(z) + e log sigma(-z)) / (1 - 2e): unbiased under label flips at rate e */
-        loss = ((1 - e) * softplus(-z) - e * softplus(z)) / (1 - 2 * e);
-        dz = (-(1 - e) * sigmoid(-z) - e * sigmoid(z)) / (1 - 2 * e);
+        loss = ((1 - e) * fdpo_softplus(-z) - e * fdpo_softplus(z)) / (1 - 2 * e);
+        dz = (-(1 - e) * fdpo_sigmoid(-z) - e * fdpo_sigmoid(z)) / (1 - 2 * e);
         dL_ddelta = b * dz;
         break;
     case FDPO_LOSS_HINGE:
@@ -119,10 +111,10 @@ double fdpo_rm_loss_pair(double r_chosen, double r_rejected, double margin, doub
                          double *d_chosen, double *d_rejected) {
     /* -log sigma(r_c - r_r - margin) + coef * (r_c + r_r)^2 */
     double z = r_chosen - r_rejected - margin, sum = r_chosen + r_rejected;
-    double g = -sigmoid(-z), c = 2 * center_coef * sum;
+    double g = -fdpo_sigmoid(-z), c = 2 * center_coef * sum;
     if (d_chosen) *d_chosen = g + c;
     if (d_rejected) *d_rejected = -g + c;
-    return softplus(-z) + center_coef * sum * sum;
+    return fdpo_softplus(-z) + center_coef * sum * sum;
 }
 
 /* ---- KTO (Ethayarajh et al. 2024; TRL KTOTrainer, loss_type "kto") ---- */
@@ -157,6 +149,6 @@ double fdpo_kto_loss_one(const fdpo_kto_loss *K, double l, int desirable, double
     double s = fdpo_kto_score(&K->div, l), b = K->beta;
     double x = desirable ? b * (s - z0) : b * (z0 - s), w = desirable ? K->desirable_weight : K->undesirable_weight;
     double dx_ds = desirable ? b : -b;
-    if (dl) *dl = -w * sigmoid(x) * sigmoid(-x) * dx_ds * fdpo_score_grad(&K->div, l);
-    return w * sigmoid(-x);
+    if (dl) *dl = -w * fdpo_sigmoid(x) * fdpo_sigmoid(-x) * dx_ds * fdpo_score_grad(&K->div, l);
+    return w * fdpo_sigmoid(-x);
 }

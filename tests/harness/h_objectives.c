@@ -4,12 +4,13 @@
  * tests/py/test_objectives.py. Input:
  *   {"divergences": ["rkl", "alpha:0.5", ...], "u": [...], "v": [...], "l": [...],
  *    "losses": [{"loss": "sigmoid", "divergence": "js", "beta": 0.1, "label_smoothing": 0,
- *                "simpo_gamma": 0, "pairs": [[lw, ll], ...]}, ...]}
+ *                "simpo_gamma": 0, "pairs": [[lw, ll], ...]}, ...], "x": [...]}
  * Output (one JSON object; non-finite numbers as NaN/Infinity/-Infinity, which Python's
  * json module reads):
  *   {"divergences": [{"name", "admissible", "why", "sup", "f", "fprime" (over u),
  *                     "fprime_inv" (over v), "score", "score_grad" (over l)}],
- *    "losses": [{"loss": [...], "dlw": [...], "dll": [...]}]}
+ *    "losses": [{"loss": [...], "dlw": [...], "dll": [...]}],
+ *    "logistic": {"sigmoid", "log_sigmoid", "softplus" (over x)}}
  * A bad spec or a loss that fdpo_pref_loss_check refuses is an error (exit 1, message). */
 #include <cJSON.h>
 #include <math.h>
@@ -84,12 +85,13 @@ int h_objectives(int argc, char **argv) {
     free(text);
     if (!root) return fdpo_error("input is not valid JSON");
     int rc = -1;
-    double *u = NULL, *v = NULL, *l = NULL;
-    size_t nu, nv, nl;
+    double *u = NULL, *v = NULL, *l = NULL, *x = NULL;
+    size_t nu, nv, nl, nx;
     u = read_array(cJSON_GetObjectItemCaseSensitive(root, "u"), &nu, "u");
     v = read_array(cJSON_GetObjectItemCaseSensitive(root, "v"), &nv, "v");
     l = read_array(cJSON_GetObjectItemCaseSensitive(root, "l"), &nl, "l");
-    if ((!u && nu) || (!v && nv) || (!l && nl)) goto done;
+    x = read_array(cJSON_GetObjectItemCaseSensitive(root, "x"), &nx, "x");
+    if ((!u && nu) || (!v && nv) || (!l && nl) || (!x && nx)) goto done;
 
     /* validate everything before printing, so an error leaves stdout empty */
     const cJSON *divs = cJSON_GetObjectItemCaseSensitive(root, "divergences");
@@ -168,11 +170,19 @@ int h_objectives(int argc, char **argv) {
         free(out);
         k++;
     }
-    printf("]}\n");
+    printf("],\"logistic\":{");
+    double (*const logistic[3])(double) = {fdpo_sigmoid, fdpo_log_sigmoid, fdpo_softplus};
+    static const char *lnames[3] = {"sigmoid", "log_sigmoid", "softplus"};
+    for (int c = 0; c < 3; c++) {
+        printf("%s\"%s\":[", c ? "," : "", lnames[c]);
+        for (size_t j = 0; j < nx; j++) { if (j) putchar(','); put_num(logistic[c](x[j])); }
+        putchar(']');
+    }
+    printf("}}\n");
     free(cfg);
     rc = 0;
 done:
-    free(u); free(v); free(l);
+    free(u); free(v); free(l); free(x);
     cJSON_Delete(root);
     return rc;
 }

@@ -113,7 +113,7 @@ def score(div, l):
         return F.logsigmoid(l)
     if div.startswith("alpha:"):
         a = float(div.split(":")[1])
-        return -cap_exp(-a * l) / a
+        return (1 - cap_exp(-a * l)) / a  # -e^(-A l)/A + 1/A (DESIGN's table with its constant)
     raise ValueError(div)
 
 

@@ -319,3 +319,30 @@ def test_loss_check_errors_name_the_flag(cfg, needle):
 def test_canonical_names():
     out = run_ok({"divergences": ["alpha:0.50", "alpha:.3", "js"]})
     assert [d["name"] for d in out["divergences"]] == ["alpha:0.5", "alpha:0.3", "js"]
+
+
+def test_alpha_score_small_alpha_keeps_full_precision():
+    """s(l) = (1 - e^(-A l))/A = -expm1(-A l)/A. At A = 1e-6, l = 1e-3 the naive
+    1/A - e^(-A l)/A loses ~9 of 16 digits (relative error ~1e-7); expm1 keeps them.
+    Reference: torch float64 expm1, plus the series l - A l^2/2 + A^2 l^3/6."""
+    for A, l in [(1e-6, 1e-3), (1e-6, -2.5e-2), (1e-3, 1e-4), (1e-9, 7.0), (0.5, 1e-12)]:
+        out = run_ok({"divergences": [f"alpha:{A!r}"], "l": [l]})["divergences"][0]
+        want = (-torch.expm1(torch.tensor(-A * l, dtype=torch.float64)) / A).item()
+        series = l - A * l * l / 2 + A * A * l ** 3 / 6
+        assert abs(out["score"][0] - want) <= 4e-16 * abs(want), (A, l, out["score"][0], want)
+        assert abs(want - series) <= 1e-15 * abs(series) + abs(A ** 3 * l ** 4), (A, l)
+        naive = 1 / A - math.exp(-A * l) / A
+        if A <= 1e-6:  # the naive form is visibly worse: what the expm1 form is for
+            assert abs(naive - want) > 1e3 * abs(out["score"][0] - want) or naive == want
+
+
+def test_logistic_functions_match_torch_without_overflow():
+    """fdpo_sigmoid / fdpo_log_sigmoid / fdpo_softplus (the one copy every module uses)
+    against torch float64, out to |x| = 800 where exp(|x|) overflows double."""
+    x = [-800.0, -745.0, -40.0, -1.5, -1e-20, 0.0, 1e-20, 0.3, 17.0, 40.0, 745.0, 800.0]
+    out = run_ok({"x": x})["logistic"]
+    t = torch.tensor(x, dtype=torch.float64)
+    for key, want in (("sigmoid", torch.sigmoid(t)), ("log_sigmoid", F.logsigmoid(t)), ("softplus", F.softplus(t))):
+        assert np.isfinite(out[key]).all(), key
+        # atol 1e-300: at x = -745 ours is the subnormal e^x = 5e-324 where torch gives 0
+        close(out[key], want.numpy(), rtol=1e-15, atol=1e-300)

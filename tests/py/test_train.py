@@ -109,9 +109,11 @@ def test_sft_matches_pytorch_adamw(tmp_path):
             g["lr"] = lr
         opt.step()
         m = metrics[step]
-        assert m["loss"] == pytest.approx(loss.item(), abs=1e-4), f"step {step + 1}"
+        # tolerances ~4x the float32-vs-float32 differences measured here (--threads 2):
+        # loss 5.2e-7 absolute, grad_norm 2.7e-7 relative
+        assert m["loss"] == pytest.approx(loss.item(), abs=2e-6), f"step {step + 1}"
         assert m["learning_rate"] == pytest.approx(lr, rel=1e-12, abs=1e-15), f"step {step + 1}"
-        assert m["grad_norm"] == pytest.approx(norm.item(), rel=1e-3), f"step {step + 1}"
+        assert m["grad_norm"] == pytest.approx(norm.item(), rel=1e-6), f"step {step + 1}"
     # clipping was active (the norms are logged before clipping)
     assert max(m["grad_norm"] for m in metrics) > 2 * CLIP
     # the model moved and the loss fell
@@ -121,7 +123,15 @@ def test_sft_matches_pytorch_adamw(tmp_path):
     moved = 0.0
     for name, p in params.items():
         want = p.detach().numpy()
-        np.testing.assert_allclose(got[name], want, atol=1e-4, rtol=0, err_msg=name)
+        # measured: <= 2.6e-7 everywhere except the key third of c_attn.bias (2e-5, 6.2e-5).
+        # Its true gradient is exactly 0 (q.b_k is the same for every key, softmax ignores
+        # it), so AdamW divides float rounding noise by its own RMS and moves it ~lr per step
+        # in a direction that differs between fdpo and torch: only a loose bound means anything.
+        atol = np.full(want.shape, 1e-6)
+        if name.endswith("c_attn.bias"):
+            C = want.shape[0] // 3
+            atol[C:2 * C] = 1e-3  # ~16x measured; kernels that round differently move it
+        np.testing.assert_array_less(np.abs(got[name] - want), atol, err_msg=name)
         if os.environ.get("FDPO_TEST_VERBOSE"):
             print(name, np.abs(got[name] - want).max())
     init_t, _ = st.load(str(init / "model.safetensors"))
@@ -131,8 +141,9 @@ def test_sft_matches_pytorch_adamw(tmp_path):
     state, _ = st.load(str(out / "training_state.safetensors"))
     for name, p in params.items():
         s = opt.state[p]
-        np.testing.assert_allclose(state["exp_avg." + name], s["exp_avg"].numpy(), atol=2e-5, rtol=1e-3, err_msg=name)
-        np.testing.assert_allclose(state["exp_avg_sq." + name], s["exp_avg_sq"].numpy(), atol=1e-7, rtol=1e-2, err_msg=name)
+        # measured max |diff|: exp_avg 2.2e-8 (entries up to 0.077), exp_avg_sq 9.3e-10
+        np.testing.assert_allclose(state["exp_avg." + name], s["exp_avg"].numpy(), atol=1e-7, rtol=0, err_msg=name)
+        np.testing.assert_allclose(state["exp_avg_sq." + name], s["exp_avg_sq"].numpy(), atol=4e-9, rtol=0, err_msg=name)
 
 
 @pytest.mark.parametrize("kind", ["constant", "linear", "cosine"])
