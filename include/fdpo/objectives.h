@@ -41,4 +41,14 @@ int fdpo_pref_loss_check(const fdpo_pref_loss *L);
  * (either pointer may be NULL). */
 double fdpo_pref_loss_pair(const fdpo_pref_loss *L, double lw, double ll, double *dlw, double *dll);
 
+/* Policy gradient with an f-penalty (src/objectives/pg_reward.c). l = log pi(y) - log pi_ref(y)
+ * summed over the completion. fdpo_fprime_log(d, l) = f'(e^l) with capped exponents (NaN for
+ * tv, chi2); the shaped reward is r - beta f'(e^l). Advantages over a group of k >= 2 samples
+ * of one prompt: RLOO x_i - mean of the other k - 1; GRPO (x_i - mean)/(std + eps), std with
+ * k - 1 (TRL's eps is 1e-4). */
+double fdpo_fprime_log(const fdpo_divergence *d, double l);
+double fdpo_shaped_reward(const fdpo_divergence *d, double beta, double reward, double log_ratio);
+void fdpo_rloo_advantages(const double *shaped, size_t k, double *adv);
+void fdpo_grpo_advantages(const double *shaped, size_t k, double eps, double *adv);
+
 #endif
