@@ -1,0 +1,214 @@
+/* Online and iterative f-DPO rounds (include/fdpo/online.h). Each round composes the existing
+ * pieces: fdpo_generate (sampling), fdpo_reward_score, preference JSONL, fdpo_dpo_train. */
+#include <cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "fdpo/core.h"
+#include "fdpo/io.h"
+#include "fdpo/online.h"
+#include "fdpo/trainer.h"
+
+static char *round_path(const char *out, long k, const char *suffix) {
+    char name[64];
+    snprintf(name, sizeof name, "round-%ld%s", k, suffix);
+    return fdpo_path_join(out, name);
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Per-round statistics of the sampled completions (TRL OnlineDPO / RLOO names). */
+typedef struct {
+    double scores, kl, entropy, eos, length, pairs, reward_gap;
+} round_stats;
+
+/* log pi and log pi_ref of each sample's tokens: l = sequence log-ratio */
+static int score_samples(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, int32_t *const *ids, const size_t *lens,
+                         const fdpo_sample *s, size_t N, double *logp, double *logp_ref) {
+    size_t max_len = 0;
+    for (size_t i = 0; i < N; i++) if (lens[s[i].prompt_index] + s[i].n_tokens > max_len) max_len = lens[s[i].prompt_index] + s[i].n_tokens;
+    fdpo_decoder *pd = fdpo_decoder_create(policy, 1, max_len), *rd = fdpo_decoder_create(ref, 1, max_len);
+    int rc = pd && rd ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < N; i++) {
+        fdpo_seq_score sc = {0};
+        rc = fdpo_score_sequence(pd, rd, ids[s[i].prompt_index], lens[s[i].prompt_index], s[i].tokens, s[i].n_tokens, NULL, 0, &sc);
+        logp[i] = sc.logp;
+        logp_ref[i] = sc.logp_ref;
+    }
+    if (pd) fdpo_decoder_free(pd);
+    if (rd) fdpo_decoder_free(rd);
+    return rc;
+}
+
+/* Sample, score, pair: writes pairs_path; fills st. */
+static int make_round_pairs(const fdpo_online_opts *o, long k, const char *policy_dir, const char *ref_dir,
+                            char **prompts, size_t n_prompts, fdpo_reward *reward, const char *pairs_path,
+                            round_stats *st) {
+    fdpo_gpt2 *policy = fdpo_checkpoint_load_model(policy_dir), *ref = NULL;
+    fdpo_tokenizer *tok = policy ? fdpo_tokenizer_load_dir(policy_dir) : NULL;
+    if (policy && tok) ref = fdpo_checkpoint_load_model(ref_dir);
+    if (!policy || !tok || !ref) {
+        if (tok) fdpo_tokenizer_free(tok);
+        if (policy) fdpo_gpt2_free(policy);
+        return fdpo_error_context("round %ld: loading %s", k, !policy || !tok ? policy_dir : ref_dir);
+    }
+    size_t P = (size_t)o->prompts_per_round, N = P * (size_t)o->n;
+    char **ps = fdpo_malloc(P * sizeof *ps);
+    for (size_t i = 0; i < P; i++) ps[i] = prompts[((size_t)k * P + i) % n_prompts];
+    int32_t **ids = NULL;
+    size_t *lens = NULL;
+    fdpo_sample *s = NULL;
+    fdpo_sample_config sc = o->sample;
+    sc.seed = o->sample.seed * 1000003u + (uint64_t)k; /* fresh samples every round, reproducible */
+    double *r = fdpo_calloc(N, sizeof(double)), *logp = fdpo_calloc(N, sizeof(double)), *lref = fdpo_calloc(N, sizeof(double));
+    char **pp = fdpo_calloc(N, sizeof(char *)), **cc = fdpo_calloc(N, sizeof(char *));
+    size_t *nt = fdpo_calloc(N, sizeof(size_t));
+    int rc = fdpo_encode_prompts(tok, ps, P, &ids, &lens);
+    if (rc == 0) rc = fdpo_generate(policy, tok, &sc, ids, lens, P, (size_t)o->n, &s);
+    if (rc == 0) {
+        for (size_t i = 0; i < N; i++) { pp[i] = ps[s[i].prompt_index]; cc[i] = s[i].text; nt[i] = s[i].n_completion; }
+        rc = fdpo_reward_score(reward, N, pp, cc, nt, r);
+        if (rc) fdpo_error_context("round %ld: --reward %s", k, fdpo_reward_spec(reward));
+    }
+    if (rc == 0) rc = score_samples(policy, ref, ids, lens, s, N, logp, lref);
+    fdpo_atomic_file af;
+    int opened = 0;
+    if (rc == 0) opened = (rc = fdpo_atomic_open(&af, pairs_path)) == 0;
+    memset(st, 0, sizeof *st);
+    for (size_t p = 0; rc == 0 && p < P; p++) {
+        size_t best = p * (size_t)o->n, worst = best;
+        for (size_t j = p * (size_t)o->n; j < (p + 1) * (size_t)o->n; j++) {
+            if (r[j] > r[best]) best = j;
+            if (r[j] < r[worst]) worst = j;
+        }
+        if (!(r[best] > r[worst]) || !strcmp(s[best].text, s[worst].text)) continue;
+        cJSON *row = cJSON_CreateObject();
+        cJSON_AddStringToObject(row, "prompt", ps[p]);
+        cJSON_AddStringToObject(row, "chosen", s[best].text);
+        cJSON_AddStringToObject(row, "rejected", s[worst].text);
+        cJSON_AddNumberToObject(row, "chosen_reward", r[best]);
+        cJSON_AddNumberToObject(row, "rejected_reward", r[worst]);
+        char *line = cJSON_PrintUnformatted(row);
+        fprintf(af.f, "%s\n", line);
+        free(line);
+        cJSON_Delete(row);
+        st->pairs += 1;
+        st->reward_gap += r[best] - r[worst];
+    }
+    if (opened) {
+        if (rc == 0 && st->pairs == 0) rc = fdpo_error("round %ld: every prompt's %ld completions got the same reward: no pairs to train on (raise --n or the sampling temperature)", k, o->n);
+        if (rc == 0) rc = fdpo_atomic_commit(&af);
+        else fdpo_atomic_abort(&af);
+    }
+    if (rc == 0) {
+        for (size_t i = 0; i < N; i++) {
+            st->scores += r[i];
+            st->kl += logp[i] - lref[i];
+            st->entropy += -logp[i];
+            st->eos += s[i].finish == FDPO_FINISH_EOT;
+            st->length += (double)s[i].n_completion;
+        }
+        st->scores /= (double)N; st->kl /= (double)N; st->entropy /= (double)N;
+        st->eos /= (double)N; st->length /= (double)N;
+        st->reward_gap /= st->pairs;
+    }
+    if (s) fdpo_samples_free(s, N);
+    if (ids) fdpo_free_ids(ids, lens, P);
+    free(ps); free(r); free(logp); free(lref); free(pp); free(cc); free(nt);
+    fdpo_gpt2_free(policy); fdpo_gpt2_free(ref); fdpo_tokenizer_free(tok);
+    return rc;
+}
+
+static int append_metrics(const char *out, long k, long rounds, double beta, const round_stats *st) {
+    char *path = fdpo_path_join(out, "metrics.jsonl");
+    FILE *f = fopen(path, "a");
+    if (!f) { int rc = fdpo_error("%s: %s", path, strerror(errno)); free(path); return rc; }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "round", (double)k);
+    cJSON_AddNumberToObject(o, "objective/scores", st->scores);
+    cJSON_AddNumberToObject(o, "objective/kl", st->kl);
+    cJSON_AddNumberToObject(o, "objective/entropy", st->entropy);
+    cJSON_AddNumberToObject(o, "objective/non_score_reward", -beta * st->kl);
+    cJSON_AddNumberToObject(o, "objective/rlhf_reward", st->scores - beta * st->kl);
+    cJSON_AddNumberToObject(o, "val/contain_eos_token", st->eos);
+    cJSON_AddNumberToObject(o, "val/num_completion_tokens", st->length);
+    cJSON_AddNumberToObject(o, "pairs", st->pairs);
+    cJSON_AddNumberToObject(o, "pairs/reward_gap", st->reward_gap);
+    cJSON_AddNumberToObject(o, "progress", (double)(k + 1) / (double)rounds);
+    char *line = cJSON_PrintUnformatted(o);
+    fprintf(f, "%s\n", line);
+    int rc = fclose(f) == 0 ? 0 : fdpo_error("%s: write failed", path);
+    free(line); cJSON_Delete(o); free(path);
+    return rc;
+}
+
+int fdpo_online_run(const fdpo_online_opts *o) {
+    if (!o->model) return fdpo_error("--model: required (the policy to align)");
+    if (!o->prompts) return fdpo_error("--prompts: required (prompt file)");
+    if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
+    if (!o->out) return fdpo_error("--out: required (run directory)");
+    if (o->rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->rounds);
+    if (o->prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->prompts_per_round);
+    if (o->n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->n);
+    if (fdpo_sample_config_check(&o->sample)) return -1;
+    char **prompts = NULL;
+    size_t n_prompts = 0;
+    if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--prompts %s", o->prompts);
+    if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--prompts %s: no prompts", o->prompts); }
+    fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
+    if (!reward) { fdpo_free_strings(prompts, n_prompts); return fdpo_error_context("--reward %s", o->reward); }
+    int rc = fdpo_mkdir_p(o->out);
+    long start = 0;
+    if (rc == 0) {
+        /* completed rounds: DIR/round-0 .. round-(start-1) */
+        for (;; start++) {
+            char *p = round_path(o->out, start, "");
+            int there = is_dir(p);
+            free(p);
+            if (!there) break;
+        }
+        if (start > 0 && !o->resume)
+            rc = fdpo_error("--out %s: holds %ld completed round(s); pass --resume to continue after them or choose another --out", o->out, start);
+        if (start >= o->rounds && rc == 0) fdpo_log(FDPO_LOG_INFO, "all %ld rounds already complete in %s", o->rounds, o->out);
+        else if (start > 0 && rc == 0) fdpo_log(FDPO_LOG_INFO, "resuming after round %ld", start - 1);
+    }
+    const char *ref0 = o->ref ? o->ref : o->model;
+    for (long k = start; rc == 0 && k < o->rounds; k++) {
+        char *prev = k > 0 ? round_path(o->out, k - 1, "") : fdpo_strdup(o->model);
+        const char *ref = o->ref_update_round && k > 0 ? prev : ref0;
+        char *pairs = round_path(o->out, k, ".pairs.jsonl"), *partial = round_path(o->out, k, ".partial");
+        char *done = round_path(o->out, k, "");
+        round_stats st;
+        fdpo_log(FDPO_LOG_INFO, "round %ld/%ld: sampling %ld x %ld from %s", k + 1, o->rounds,
+                 o->prompts_per_round, o->n, prev);
+        rc = make_round_pairs(o, k, prev, ref, prompts, n_prompts, reward, pairs, &st);
+        if (rc == 0) {
+            fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k + 1,
+                     st.scores, st.kl, st.pairs, st.reward_gap);
+            if (is_dir(partial)) rc = fdpo_remove_tree(partial);
+        }
+        if (rc == 0) {
+            fdpo_dpo_run_opts d = o->dpo;
+            d.train.init = prev;
+            d.train.out = partial;
+            d.train.resume = 0;
+            d.train.overwrite = 1;
+            d.data = pairs;
+            d.ref = ref;
+            rc = fdpo_dpo_train(&d);
+            if (rc) fdpo_error_context("round %ld: f-DPO on %s", k, pairs);
+        }
+        if (rc == 0 && rename(partial, done) != 0) rc = fdpo_error("round %ld: rename %s -> %s: %s", k, partial, done, strerror(errno));
+        if (rc == 0) rc = append_metrics(o->out, k, o->rounds, o->dpo.dpo.loss.beta, &st);
+        free(prev); free(pairs); free(partial); free(done);
+    }
+    fdpo_reward_free(reward);
+    fdpo_free_strings(prompts, n_prompts);
+    return rc;
+}
