@@ -12,6 +12,7 @@ int h_dpo_grad(int argc, char **argv);
 int h_eval(int argc, char **argv);
 int h_model(int argc, char **argv);
 int h_objectives(int argc, char **argv);
+int h_rl(int argc, char **argv);
 int h_tokenizer(int argc, char **argv);
 
 static const struct { const char *name; harness_fn fn; } SUBS[] = {
@@ -30,6 +31,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"model-init", h_model},
     {"model-load", h_model},
     {"objectives", h_objectives},
+    {"rl-grad", h_rl},
     {"tok-save", h_tokenizer},
     {"tok-threads", h_tokenizer},
     {NULL, NULL},
