@@ -52,4 +52,9 @@ typedef struct {
 } fdpo_rl_run_opts;
 int fdpo_rl_train(const fdpo_rl_run_opts *o);
 
+/* Summed log-probs under m of n samples' tokens (completion, EOT included) after their prompts
+ * ids[s.prompt_index]: the reference term of the shaped reward and of objective/kl. */
+int fdpo_samples_logp(const fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
+                      double *logp);
+
 #endif

@@ -12,6 +12,7 @@ static const command COMMANDS[] = {
     {"sft",      cmd_sft,      "supervised fine-tuning on JSONL prompt/completion or text"},
     {"dpo",      cmd_dpo,      "f-DPO preference optimisation (rkl, fkl, js, alpha:A; sigmoid, ipo, ...)"},
     {"online",   cmd_online,   "online / iterative f-DPO: sample, score, pair, f-DPO, per round"},
+    {"rl",       cmd_rl,       "RLHF with an f-divergence penalty: RLOO / GRPO on the shaped reward r - beta f'(u)"},
     {"generate", cmd_generate, "sample completions for prompts (KV cache, top-k/top-p)"},
     {"eval",     cmd_eval,     "reward, KL, entropy, diversity and calibration of policies"},
     {"score",    cmd_score,    "reward and log-probs of given completions"},
