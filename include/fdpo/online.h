@@ -3,7 +3,8 @@
  * Round k = 0 .. rounds-1: take prompts_per_round prompts (cycling through the prompt file),
  * sample n completions each from the current policy (round k-1's checkpoint, or the initial
  * model), score them with the reward, pair the best with the worst completion of every prompt
- * (prompts whose completions all score the same give no pair), write them as preference JSONL
+ * (prompts whose completions all score the same give no pair) -- or, with pairs_bt, pair them
+ * off with Bradley-Terry-sampled labels as `fdpo pairs` does -- write them as preference JSONL
  * DIR/round-K.pairs.jsonl and run f-DPO on them (fdpo_dpo_train, every loss/divergence) into
  * DIR/round-K. The reference is the initial model (ref_update_round = 0: online DPO) or the
  * previous round's policy (1: iterative DPO, Xiong et al. 2024).
@@ -27,6 +28,9 @@ typedef struct {
     const char *out;             /* run directory */
     long rounds, prompts_per_round, n;
     int ref_update_round;        /* 0: fixed reference; 1: previous round's policy */
+    int pairs_bt;                /* 0: best vs worst per prompt; 1: all disjoint pairs with Bradley-Terry-
+                                    sampled labels (fdpo_make_pairs, as `fdpo pairs`) */
+    double bt_scale;             /* BT temperature for pairs_bt */
     int resume;
     fdpo_sample_config sample;   /* seed is mixed with the round number */
     fdpo_dpo_run_opts dpo;       /* template of each round's f-DPO run (data/out/init/ref set per round) */

@@ -42,7 +42,8 @@ int cmd_online(int argc, char **argv) {
         {"rounds", FLAG_INT, &o.rounds, "3", "sample -> pair -> f-DPO rounds", 0},
         {"prompts-per-round", FLAG_INT, &o.prompts_per_round, "16", "prompts sampled each round (cycling through the file)", 0},
         {"n", FLAG_INT, &o.n, "4", "completions sampled per prompt", 0},
-        {"pairs", FLAG_STR, &pairs_mode, "best-worst", "pairs per prompt: best-worst (the best and the worst completion)", 0},
+        {"pairs", FLAG_STR, &pairs_mode, "best-worst", "pairs per prompt: best-worst (the best and the worst completion) or all-bt (all disjoint pairs, Bradley-Terry-sampled labels, as fdpo pairs)", 0},
+        {"bt-scale", FLAG_FLOAT, &o.bt_scale, "1", "--pairs all-bt: P(a chosen) = sigmoid((r_a - r_b) / scale)", 0},
         {"ref-update", FLAG_STR, &ref_update, "never", "never: fixed reference (online DPO); round: the previous round's policy (iterative DPO)", 0},
         {"temperature", FLAG_FLOAT, &temperature, "1", "sampling temperature", 0},
         {"top-k", FLAG_INT, &top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
@@ -82,7 +83,9 @@ int cmd_online(int argc, char **argv) {
     if (!strcmp(ref_update, "never")) o.ref_update_round = 0;
     else if (!strcmp(ref_update, "round")) o.ref_update_round = 1;
     else { fdpo_error("--ref-update: '%s' is not never or round", ref_update); goto done; }
-    if (strcmp(pairs_mode, "best-worst")) { fdpo_error("--pairs: '%s' is not implemented (only best-worst)", pairs_mode); goto done; }
+    if (!strcmp(pairs_mode, "best-worst")) o.pairs_bt = 0;
+    else if (!strcmp(pairs_mode, "all-bt")) o.pairs_bt = 1;
+    else { fdpo_error("--pairs: '%s' is not best-worst or all-bt", pairs_mode); goto done; }
     if (fdpo_divergence_parse(divergence, &o.dpo.dpo.loss.div)) { fdpo_error_context("--divergence"); goto done; }
     if (fdpo_loss_parse(loss, &o.dpo.dpo.loss.kind)) goto done;
     if (o.dpo.dpo.loss.kind == FDPO_LOSS_SIMPO) { fdpo_error("--loss simpo: online f-DPO needs a reference"); goto done; }

@@ -10,6 +10,7 @@
 #include "fdpo/core.h"
 #include "fdpo/io.h"
 #include "fdpo/online.h"
+#include "fdpo/pairs.h"
 #include "fdpo/trainer.h"
 
 static char *round_path(const char *out, long k, const char *suffix) {
@@ -81,7 +82,36 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
     int opened = 0;
     if (rc == 0) opened = (rc = fdpo_atomic_open(&af, pairs_path)) == 0;
     memset(st, 0, sizeof *st);
-    for (size_t p = 0; rc == 0 && p < P; p++) {
+    if (rc == 0 && o->pairs_bt) {
+        /* every disjoint pair of a prompt's completions, labels drawn from Bradley-Terry */
+        fdpo_sample_rec *recs = fdpo_calloc(N, sizeof *recs);
+        for (size_t i = 0; i < N; i++) {
+            recs[i].prompt = pp[i]; recs[i].completion = cc[i]; recs[i].reward = r[i];
+            recs[i].has_reward = 1; recs[i].n_tokens = nt[i]; recs[i].line = i + 1;
+        }
+        fdpo_pairs_config pc = {o->bt_scale, 0, 1, sc.seed};
+        fdpo_pair *bp = NULL;
+        size_t nbp = 0;
+        rc = fdpo_make_pairs(recs, N, &pc, &bp, &nbp, NULL);
+        for (size_t q = 0; rc == 0 && q < nbp; q++) {
+            size_t w = bp[q].chosen, l = bp[q].rejected;
+            cJSON *row = cJSON_CreateObject();
+            cJSON_AddStringToObject(row, "prompt", pp[w]);
+            cJSON_AddStringToObject(row, "chosen", cc[w]);
+            cJSON_AddStringToObject(row, "rejected", cc[l]);
+            cJSON_AddNumberToObject(row, "chosen_reward", r[w]);
+            cJSON_AddNumberToObject(row, "rejected_reward", r[l]);
+            char *line = cJSON_PrintUnformatted(row);
+            fprintf(af.f, "%s\n", line);
+            free(line);
+            cJSON_Delete(row);
+            st->pairs += 1;
+            st->reward_gap += r[w] - r[l];
+        }
+        free(bp);
+        free(recs);
+    }
+    for (size_t p = 0; rc == 0 && !o->pairs_bt && p < P; p++) {
         size_t best = p * (size_t)o->n, worst = best;
         for (size_t j = p * (size_t)o->n; j < (p + 1) * (size_t)o->n; j++) {
             if (r[j] > r[best]) best = j;
@@ -156,6 +186,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     if (o->rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->rounds);
     if (o->prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->prompts_per_round);
     if (o->n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->n);
+    if (o->pairs_bt && (!(o->bt_scale > 0) || !isfinite(o->bt_scale))) return fdpo_error("--bt-scale: must be > 0 (got %g)", o->bt_scale);
     if (fdpo_sample_config_check(&o->sample)) return -1;
     char **prompts = NULL;
     size_t n_prompts = 0;

@@ -108,6 +108,21 @@ def test_iterative_reference_is_the_previous_policy(setup, tmp_path):
     assert [x["objective/kl"] for x in metrics(out)] == [0, 0]
 
 
+def test_all_bt_pairs(setup, tmp_path):
+    # --pairs all-bt: every prompt's completions paired off disjointly (as `fdpo pairs`), labels
+    # drawn from Bradley-Terry, ties skipped; rewards are the program's
+    out = tmp_path / "bt"
+    online(setup, out, "--rounds", 1, "--pairs", "all-bt")
+    rows = [json.loads(l) for l in open(out / "round-0.pairs.jsonl")]
+    per_prompt = {}
+    for r in rows:
+        per_prompt[r["prompt"]] = per_prompt.get(r["prompt"], 0) + 1
+        assert letters(r["chosen"]) == r["chosen_reward"] and letters(r["rejected"]) == r["rejected_reward"]
+        assert r["chosen_reward"] != r["rejected_reward"]
+    assert len(per_prompt) > 1 and all(c <= 2 for c in per_prompt.values())  # n = 4 -> at most 2 disjoint pairs
+    assert metrics(out)[0]["pairs"] == len(rows)
+
+
 def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_path):
     out = tmp_path / "fail"
     (tmp_path / "fails.py").write_text(FAILS_LATER)
@@ -131,7 +146,8 @@ def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_pat
     (["--n", "1"], "--n"),
     (["--rounds", "0"], "--rounds"),
     (["--divergence", "tv"], "--divergence tv"),
-    (["--pairs", "all-bt"], "--pairs"),
+    (["--pairs", "all"], "--pairs: 'all' is not best-worst or all-bt"),
+    (["--pairs", "all-bt", "--bt-scale", "0"], "--bt-scale"),
 ])
 def test_bad_flags(setup, tmp_path, args, needle):
     r = online(setup, tmp_path / "bad", *args, check=False)
