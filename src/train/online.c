@@ -193,7 +193,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--prompts %s", o->prompts);
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--prompts %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
-    if (!reward) { fdpo_free_strings(prompts, n_prompts); return fdpo_error_context("--reward %s", o->reward); }
+    if (!reward) { fdpo_free_strings(prompts, n_prompts); return -1; } /* the message names --reward */
     int rc = fdpo_mkdir_p(o->out);
     long start = 0;
     if (rc == 0) {
@@ -216,11 +216,11 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         char *pairs = round_path(o->out, k, ".pairs.jsonl"), *partial = round_path(o->out, k, ".partial");
         char *done = round_path(o->out, k, "");
         round_stats st;
-        fdpo_log(FDPO_LOG_INFO, "round %ld/%ld: sampling %ld x %ld from %s", k + 1, o->rounds,
+        fdpo_log(FDPO_LOG_INFO, "round %ld (%ld of %ld): sampling %ld x %ld from %s", k, k + 1, o->rounds,
                  o->prompts_per_round, o->n, prev);
         rc = make_round_pairs(o, k, prev, ref, prompts, n_prompts, reward, pairs, &st);
         if (rc == 0) {
-            fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k + 1,
+            fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k,
                      st.scores, st.kl, st.pairs, st.reward_gap);
             if (is_dir(partial)) rc = fdpo_remove_tree(partial);
         }

@@ -128,7 +128,8 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     fdpo_tokenizer *tok = policy ? fdpo_tokenizer_load_dir(o->model) : NULL;
     if (tok) ref = fdpo_checkpoint_load_model(o->ref ? o->ref : o->model);
     int rc = reward && policy && tok && ref ? 0 : -1;
-    if (rc) fdpo_error_context(!reward ? "--reward %s" : "--model/--ref", o->reward);
+    if (reward && (!policy || !tok)) fdpo_error_context("--model %s", o->model);
+    else if (reward && !ref) fdpo_error_context("--ref %s", o->ref ? o->ref : o->model);
     if (!rc && (ref->config.vocab_size != policy->config.vocab_size))
         rc = fdpo_error("--ref: vocabulary %zu != the policy's %zu", ref->config.vocab_size, policy->config.vocab_size);
     fdpo_adamw opt = {0};
@@ -143,7 +144,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     int32_t **pi = fdpo_malloc(N * sizeof *pi), **yi = fdpo_malloc(N * sizeof *yi);
     double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double));
     fdpo_progress prog;
-    fdpo_progress_start(&prog, "rl", (size_t)t->steps);
+    if (!rc) fdpo_progress_start(&prog, "rl", (size_t)t->steps);
     double t0 = fdpo_now();
     for (long step = 0; rc == 0 && step < t->steps; step++) {
         for (size_t i = 0; i < P; i++) ps[i] = prompts[((size_t)step * P + i) % n_prompts];
@@ -202,7 +203,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         if (s) fdpo_samples_free(s, N);
         if (ids) fdpo_free_ids(ids, lens, P);
     }
-    fdpo_progress_end(&prog);
+    if (!rc) fdpo_progress_end(&prog);
     if (!rc) rc = fdpo_checkpoint_save_all(t->out, policy, tok, NULL, NULL);
     if (mw_ok) fdpo_metrics_close(&mw);
     if (opt_ok) fdpo_adamw_free(&opt);
