@@ -156,6 +156,26 @@ def test_rl_bad_flags(tmp_path):
     import subprocess
     from dpo_common import FDPO
     for args, needle in [(["--algo", "ppo"], "--algo"), (["--n", "1"], "--n"), (["--divergence", "tv"], "--divergence")]:
-        r = subprocess.run([FDPO, "rl", "--model", tmp_path, "--prompts", tmp_path / "p", "--reward", "length",
-                            "--out", tmp_path / "o", *args], capture_output=True, text=True)
+        r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path, "--prompts", tmp_path / "p", "--reward",
+                            "length", "--out", tmp_path / "o", *args]], capture_output=True, text=True)
         assert r.returncode != 0 and needle in r.stderr, r.stderr
+
+
+def test_rl_same_seed_same_numbers(tmp_path):
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=32, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("a\nb\nc\n")
+    runs = []
+    for name in ["x", "y"]:
+        r = subprocess.run([str(a) for a in [
+                            FDPO, "rl", "--model", tmp_path / "model", "--prompts", tmp_path / "p.txt", "--reward", "length",
+                            "--out", tmp_path / name, "--steps", 3, "--n", 2, "--prompts-per-step", 2,
+                            "--max-new-tokens", 6, "--threads", 1, "--algo", "grpo", "--divergence", "fkl"]],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        runs.append([{k: v for k, v in json.loads(l).items() if k != "tokens_per_sec"}
+                     for l in open(tmp_path / name / "metrics.jsonl")])
+    assert runs[0] == runs[1]
+    assert (tmp_path / "x" / "model.safetensors").read_bytes() == (tmp_path / "y" / "model.safetensors").read_bytes()
