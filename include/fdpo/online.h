@@ -38,4 +38,10 @@ typedef struct {
 
 int fdpo_online_run(const fdpo_online_opts *o);
 
+/* --mode step, TRL OnlineDPOTrainer's fully online variant: every optimizer step samples n
+ * completions for prompts_per_round prompts from the in-memory policy, pairs the best with the
+ * worst of each prompt, and takes one f-DPO step on them (reference in memory, run live).
+ * dpo.train.steps steps; DIR gets the final checkpoint and one metrics line per step. */
+int fdpo_online_step_run(const fdpo_online_opts *o);
+
 #endif

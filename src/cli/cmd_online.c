@@ -25,7 +25,7 @@ int cmd_online(int argc, char **argv) {
     memset(&o, 0, sizeof o);
     fdpo_flag all[TRAIN_FLAGS_MAX], flags[TRAIN_FLAGS_MAX + 24];
     size_t n_all = train_flags_add(all, 0, &o.dpo.train), n = 0;
-    const char *divergence, *loss, *ref_update, *data = NULL, *stop = NULL, *pairs_mode;
+    const char *divergence, *loss, *ref_update, *data = NULL, *stop = NULL, *pairs_mode, *mode;
     double beta, temperature, top_p, timeout;
     long top_k, max_new;
     const fdpo_flag own[] = {
@@ -44,6 +44,7 @@ int cmd_online(int argc, char **argv) {
         {"n", FLAG_INT, &o.n, "4", "completions sampled per prompt", 0},
         {"pairs", FLAG_STR, &pairs_mode, "best-worst", "pairs per prompt: best-worst (the best and the worst completion) or all-bt (all disjoint pairs, Bradley-Terry-sampled labels, as fdpo pairs)", 0},
         {"bt-scale", FLAG_FLOAT, &o.bt_scale, "1", "--pairs all-bt: P(a chosen) = sigmoid((r_a - r_b) / scale)", 0},
+        {"mode", FLAG_STR, &mode, "rounds", "rounds (sample -> pair -> f-DPO run per round) or step (fresh samples every optimizer step, TRL OnlineDPOTrainer; --steps steps)", 0},
         {"ref-update", FLAG_STR, &ref_update, "never", "never: fixed reference (online DPO); round: the previous round's policy (iterative DPO)", 0},
         {"temperature", FLAG_FLOAT, &temperature, "1", "sampling temperature", 0},
         {"top-k", FLAG_INT, &top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
@@ -101,7 +102,14 @@ int cmd_online(int argc, char **argv) {
     if (max_new <= 0) { fdpo_error("--max-new-tokens: must be > 0 (got %ld)", max_new); goto done; }
     o.sample = (fdpo_sample_config){temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)o.dpo.train.seed, 8};
     fdpo_set_threads((int)o.dpo.train.threads);
-    rc = fdpo_online_run(&o);
+    if (!strcmp(mode, "rounds")) rc = fdpo_online_run(&o);
+    else if (!strcmp(mode, "step")) {
+        if (flags_was_set(flags, n, "rounds") || o.ref_update_round) {
+            fdpo_error("--mode step: --rounds and --ref-update round belong to --mode rounds");
+            goto done;
+        }
+        rc = fdpo_online_step_run(&o);
+    } else fdpo_error("--mode: '%s' is not rounds or step", mode);
 done:
     free(pos);
     return rc;

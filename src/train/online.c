@@ -11,6 +11,8 @@
 #include "fdpo/io.h"
 #include "fdpo/online.h"
 #include "fdpo/pairs.h"
+#include "fdpo/rl.h"
+#include "fdpo/train.h"
 #include "fdpo/trainer.h"
 
 static char *round_path(const char *out, long k, const char *suffix) {
@@ -240,6 +242,136 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         free(prev); free(pairs); free(partial); free(done);
     }
     fdpo_reward_free(reward);
+    fdpo_free_strings(prompts, n_prompts);
+    return rc;
+}
+
+/* ---- --mode step ---- */
+
+int fdpo_online_step_run(const fdpo_online_opts *o) {
+    const fdpo_train_opts *t = &o->dpo.train;
+    if (!o->model) return fdpo_error("--model: required (the policy to align)");
+    if (!o->prompts) return fdpo_error("--prompts: required (prompt file)");
+    if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
+    if (!o->out) return fdpo_error("--out: required (run directory)");
+    if (o->resume) return fdpo_error("--resume: --mode step keeps no training state yet (rounds mode resumes)");
+    if (o->pairs_bt) return fdpo_error("--pairs all-bt: --mode step pairs the best with the worst sample");
+    if (t->steps < 1) return fdpo_error("--steps: --mode step needs --steps >= 1 (got %ld)", t->steps);
+    if (o->prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->prompts_per_round);
+    if (o->n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->n);
+    if (fdpo_sample_config_check(&o->sample) || fdpo_pref_loss_check(&o->dpo.dpo.loss)) return -1;
+    char **prompts = NULL;
+    size_t n_prompts = 0;
+    if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--prompts %s", o->prompts);
+    if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--prompts %s: no prompts", o->prompts); }
+    fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
+    fdpo_gpt2 *policy = reward ? fdpo_checkpoint_load_model(o->model) : NULL, *ref = NULL;
+    fdpo_tokenizer *tok = policy ? fdpo_tokenizer_load_dir(o->model) : NULL;
+    if (tok) ref = fdpo_checkpoint_load_model(o->ref ? o->ref : o->model);
+    int rc = reward && policy && tok && ref ? 0 : -1;
+    if (reward && (!policy || !tok)) fdpo_error_context("--model %s", o->model);
+    else if (reward && !ref) fdpo_error_context("--ref %s", o->ref);
+    fdpo_adamw opt = {0};
+    fdpo_metrics mw = {0};
+    fdpo_dpo d = {0};
+    int opt_ok = 0, mw_ok = 0, d_ok = 0;
+    if (!rc) rc = fdpo_mkdir_p(o->out);
+    if (!rc) opt_ok = (rc = fdpo_adamw_init(&opt, policy->n_params, t->beta1, t->beta2, t->adam_eps, t->weight_decay)) == 0;
+    if (!rc) mw_ok = (rc = fdpo_metrics_open(&mw, o->out, 0)) == 0;
+    fdpo_dpo_config cfg = o->dpo.dpo;
+    cfg.micro_batch = 0;
+    if (!rc) d_ok = (rc = fdpo_dpo_init(&d, policy, ref, &cfg)) == 0;
+    const size_t P = (size_t)o->prompts_per_round, K = (size_t)o->n, N = P * K;
+    char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
+    size_t *nt = fdpo_malloc(N * sizeof(size_t));
+    double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double));
+    fdpo_pref_pair *pairs = fdpo_calloc(P, sizeof *pairs);
+    const fdpo_pref_pair **pptr = fdpo_malloc(P * sizeof *pptr);
+    fdpo_progress prog;
+    if (!rc) fdpo_progress_start(&prog, "online", (size_t)t->steps);
+    for (long step = 0; rc == 0 && step < t->steps; step++) {
+        for (size_t i = 0; i < P; i++) ps[i] = prompts[((size_t)step * P + i) % n_prompts];
+        int32_t **ids = NULL;
+        size_t *lens = NULL;
+        fdpo_sample *s = NULL;
+        fdpo_sample_config sc = o->sample;
+        sc.seed = o->sample.seed * 1000003u + (uint64_t)step;
+        rc = fdpo_encode_prompts(tok, ps, P, &ids, &lens);
+        if (!rc) rc = fdpo_generate(policy, tok, &sc, ids, lens, P, K, &s);
+        if (!rc) {
+            for (size_t i = 0; i < N; i++) { pp[i] = ps[s[i].prompt_index]; cc[i] = s[i].text; nt[i] = s[i].n_completion; }
+            rc = fdpo_reward_score(reward, N, pp, cc, nt, r);
+            if (rc) fdpo_error_context("step %ld: --reward %s", step, o->reward);
+        }
+        double *lpol = fdpo_malloc(N * sizeof(double));
+        if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
+        if (!rc) rc = fdpo_samples_logp(policy, ids, lens, s, N, lpol);
+        size_t np = 0;
+        double gap = 0, scores = 0, kl = 0, ent = 0, eos = 0;
+        for (size_t p = 0; rc == 0 && p < P; p++) {
+            size_t best = p * K, worst = best;
+            for (size_t j = p * K; j < (p + 1) * K; j++) {
+                if (r[j] > r[best]) best = j;
+                if (r[j] < r[worst]) worst = j;
+            }
+            if (!(r[best] > r[worst])) continue;
+            const fdpo_sample *b = &s[best], *w = &s[worst];
+            if (b->n_tokens == w->n_tokens && !memcmp(b->tokens, w->tokens, b->n_tokens * sizeof(int32_t))) continue;
+            fdpo_pref_pair *q = &pairs[np];
+            q->prompt = ids[p]; q->n_prompt = lens[p];
+            q->chosen = b->tokens; q->n_chosen = b->n_tokens;
+            q->rejected = w->tokens; q->n_rejected = w->n_tokens;
+            q->line = (size_t)step + 1; q->index = np;
+            pptr[np++] = q;
+            gap += r[best] - r[worst];
+        }
+        for (size_t i = 0; rc == 0 && i < N; i++) {
+            scores += r[i]; kl += lpol[i] - lref[i]; ent -= lpol[i]; eos += s[i].finish == FDPO_FINISH_EOT;
+        }
+        fdpo_dpo_metrics m = {0};
+        double gn = NAN;
+        if (!rc && np > 0) {
+            fdpo_gpt2_zero_grad(policy);
+            rc = fdpo_dpo_step(&d, pptr, np, NULL, 1, &m, NULL);
+            if (!rc) { gn = fdpo_clip_grad_norm(policy, t->grad_clip); fdpo_adamw_step(&opt, policy, t->lr); }
+        }
+        if (!rc) {
+            double beta = o->dpo.dpo.loss.beta;
+            fdpo_metrics_begin(&mw, (size_t)step + 1);
+            fdpo_metrics_add(&mw, "loss", np ? m.loss : NAN);
+            fdpo_metrics_add(&mw, "objective/scores", scores / (double)N);
+            fdpo_metrics_add(&mw, "objective/kl", kl / (double)N);
+            fdpo_metrics_add(&mw, "objective/entropy", ent / (double)N);
+            fdpo_metrics_add(&mw, "objective/non_score_reward", -beta * kl / (double)N);
+            fdpo_metrics_add(&mw, "objective/rlhf_reward", (scores - beta * kl) / (double)N);
+            fdpo_metrics_add(&mw, "val/contain_eos_token", eos / (double)N);
+            fdpo_metrics_add(&mw, "rewards/chosen", np ? m.rewards_chosen : NAN);
+            fdpo_metrics_add(&mw, "rewards/rejected", np ? m.rewards_rejected : NAN);
+            fdpo_metrics_add(&mw, "rewards/margins", np ? m.margins : NAN);
+            fdpo_metrics_add(&mw, "rewards/accuracies", np ? m.accuracy : NAN);
+            fdpo_metrics_add(&mw, "pairs", (double)np);
+            fdpo_metrics_add(&mw, "pairs/reward_gap", np ? gap / (double)np : NAN);
+            fdpo_metrics_add(&mw, "grad_norm", gn);
+            fdpo_metrics_add(&mw, "learning_rate", t->lr);
+            rc = fdpo_metrics_end(&mw);
+            char extra[96];
+            snprintf(extra, sizeof extra, "reward %.4g kl %.4g pairs %zu", scores / (double)N, kl / (double)N, np);
+            fdpo_progress_step(&prog, (size_t)step + 1, np ? m.loss : NAN, t->lr, gn, NAN, extra);
+        }
+        free(lpol);
+        if (s) fdpo_samples_free(s, N);
+        if (ids) fdpo_free_ids(ids, lens, P);
+    }
+    if (!rc) fdpo_progress_end(&prog);
+    if (!rc) rc = fdpo_checkpoint_save_all(o->out, policy, tok, NULL, NULL);
+    if (d_ok) fdpo_dpo_free(&d);
+    if (mw_ok) fdpo_metrics_close(&mw);
+    if (opt_ok) fdpo_adamw_free(&opt);
+    free(ps); free(pp); free(cc); free(nt); free(r); free(lref); free(pairs); free(pptr);
+    if (tok) fdpo_tokenizer_free(tok);
+    if (policy) fdpo_gpt2_free(policy);
+    if (ref) fdpo_gpt2_free(ref);
+    if (reward) fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
     return rc;
 }

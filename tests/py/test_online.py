@@ -171,3 +171,27 @@ def test_resumed_run_equals_uninterrupted_run(setup, tmp_path):
     assert (a / "round-1" / "model.safetensors").read_bytes() == (b / "round-1" / "model.safetensors").read_bytes()
     drop = lambda ms: [{k: v for k, v in m.items() if k != "progress"} for m in ms]  # progress = round / --rounds
     assert drop(metrics(a)) == drop(metrics(b))
+
+
+def test_step_mode_raises_heldout_reward(setup, tmp_path):
+    # --mode step (TRL OnlineDPOTrainer): fresh samples from the in-memory policy every step
+    out = tmp_path / "step"
+    online(setup, out, "--mode", "step", "--steps", 12, "--n", 2, "--prompts-per-round", 8)
+    m = metrics(out)
+    assert [x["step"] for x in m] == list(range(1, 13))
+    assert abs(m[0]["objective/kl"]) < 1e-3  # step 1 samples the reference itself
+    for key in TRL_KEYS[:-1] + ["rewards/chosen", "rewards/margins", "pairs"]:
+        assert key in m[0], key
+    before = heldout_rewards(setup, setup / "model", tmp_path)
+    after = heldout_rewards(setup, out, tmp_path)
+    diff = after.mean() - before.mean()
+    se = math.sqrt(before.var(ddof=1) / len(before) + after.var(ddof=1) / len(after))
+    print(f"step mode: held-out reward {before.mean():.3f} -> {after.mean():.3f}: +{diff:.3f} = {diff / se:.1f} SE")
+    assert diff > 3 * se
+
+
+def test_step_mode_refuses_round_flags(setup, tmp_path):
+    r = online(setup, tmp_path / "s", "--mode", "step", "--steps", 2, "--rounds", 2, check=False)
+    assert r.returncode != 0 and "--mode step" in r.stderr
+    r = online(setup, tmp_path / "s", "--mode", "sometimes", check=False)
+    assert r.returncode != 0 and "--mode" in r.stderr
