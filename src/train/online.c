@@ -134,7 +134,6 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
         st->reward_gap += r[best] - r[worst];
     }
     if (opened) {
-        if (rc == 0 && st->pairs == 0) rc = fdpo_error("round %ld: every prompt's %ld completions got the same reward: no pairs to train on (raise --n or the sampling temperature)", k, o->n);
         if (rc == 0) rc = fdpo_atomic_commit(&af);
         else fdpo_atomic_abort(&af);
     }
@@ -148,7 +147,7 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
         }
         st->scores /= (double)N; st->kl /= (double)N; st->entropy /= (double)N;
         st->eos /= (double)N; st->length /= (double)N;
-        st->reward_gap /= st->pairs;
+        st->reward_gap = st->pairs > 0 ? st->reward_gap / st->pairs : NAN;
     }
     if (s) fdpo_samples_free(s, N);
     if (ids) fdpo_free_ids(ids, lens, P);
@@ -212,6 +211,9 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         else if (start > 0 && rc == 0) fdpo_log(FDPO_LOG_INFO, "resuming after round %ld", start - 1);
     }
     const char *ref0 = o->ref ? o->ref : o->model;
+    fdpo_progress prog;
+    int prog_on = rc == 0 && start < o->rounds;
+    if (prog_on) fdpo_progress_start(&prog, "online rounds", (size_t)o->rounds);
     for (long k = start; rc == 0 && k < o->rounds; k++) {
         char *prev = k > 0 ? round_path(o->out, k - 1, "") : fdpo_strdup(o->model);
         const char *ref = o->ref_update_round && k > 0 ? prev : ref0;
@@ -226,7 +228,16 @@ int fdpo_online_run(const fdpo_online_opts *o) {
                      st.scores, st.kl, st.pairs, st.reward_gap);
             if (is_dir(partial)) rc = fdpo_remove_tree(partial);
         }
-        if (rc == 0) {
+        if (rc == 0 && st.pairs == 0) {
+            /* nothing to learn from: the policy carries over unchanged */
+            fdpo_log(FDPO_LOG_WARN, "round %ld: every prompt's %ld completions got the same reward: no pairs, the policy "
+                     "carries over unchanged (raise --n or the sampling temperature)", k, o->n);
+            fdpo_gpt2 *m = fdpo_checkpoint_load_model(prev);
+            fdpo_tokenizer *tk = m ? fdpo_tokenizer_load_dir(prev) : NULL;
+            rc = m && tk ? fdpo_checkpoint_save_all(partial, m, tk, NULL, NULL) : -1;
+            if (tk) fdpo_tokenizer_free(tk);
+            if (m) fdpo_gpt2_free(m);
+        } else if (rc == 0) {
             fdpo_dpo_run_opts d = o->dpo;
             d.train.init = prev;
             d.train.out = partial;
@@ -239,8 +250,14 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         }
         if (rc == 0 && rename(partial, done) != 0) rc = fdpo_error("round %ld: rename %s -> %s: %s", k, partial, done, strerror(errno));
         if (rc == 0) rc = append_metrics(o->out, k, o->rounds, o->dpo.dpo.loss.beta, &st);
+        if (rc == 0) {
+            char extra[128];
+            snprintf(extra, sizeof extra, "reward %.4g kl %.4g pairs %g", st.scores, st.kl, st.pairs);
+            fdpo_progress_step(&prog, (size_t)k + 1, NAN, o->dpo.train.lr, NAN, NAN, extra);
+        }
         free(prev); free(pairs); free(partial); free(done);
     }
+    if (prog_on && rc == 0) fdpo_progress_end(&prog);
     fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
     return rc;

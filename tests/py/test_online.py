@@ -195,3 +195,14 @@ def test_step_mode_refuses_round_flags(setup, tmp_path):
     assert r.returncode != 0 and "--mode step" in r.stderr
     r = online(setup, tmp_path / "s", "--mode", "sometimes", check=False)
     assert r.returncode != 0 and "--mode" in r.stderr
+
+
+def test_round_without_pairs_carries_the_policy_over(setup, tmp_path):
+    # one new token per completion: the length reward ties everywhere, so no pairs; the round
+    # still completes (a warning) and its checkpoint is the previous policy
+    out = tmp_path / "ties"
+    r = fdpo("online", "--model", setup / "model", "--prompts", setup / "prompts.txt", "--reward", "length",
+             "--out", out, "--rounds", 2, "--prompts-per-round", 4, "--n", 3, "--max-new-tokens", 1)
+    assert "no pairs" in r.stderr
+    assert [x["pairs"] for x in metrics(out)] == [0, 0]
+    assert (out / "round-0" / "model.safetensors").read_bytes() == (out / "round-1" / "model.safetensors").read_bytes()
