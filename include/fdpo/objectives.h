@@ -77,5 +77,14 @@ double fdpo_kto_score(const fdpo_divergence *d, double l);            /* s~(l) *
 double fdpo_kto_z0(const fdpo_divergence *d, const double *l_kl, size_t n);
 /* Loss of one example; writes dL/dl (z0 held constant) when dl != NULL. */
 double fdpo_kto_loss_one(const fdpo_kto_loss *K, double l, int desirable, double z0, double *dl);
+/* Policy gradient with an f-penalty (src/objectives/pg_reward.c). l = log pi(y) - log pi_ref(y)
+ * summed over the completion. fdpo_fprime_log(d, l) = f'(e^l) with capped exponents (NaN for
+ * tv, chi2); the shaped reward is r - beta f'(e^l). Advantages over a group of k >= 2 samples
+ * of one prompt: RLOO x_i - mean of the other k - 1; GRPO (x_i - mean)/(std + eps), std with
+ * k - 1 (TRL's eps is 1e-4). */
+double fdpo_fprime_log(const fdpo_divergence *d, double l);
+double fdpo_shaped_reward(const fdpo_divergence *d, double beta, double reward, double log_ratio);
+void fdpo_rloo_advantages(const double *shaped, size_t k, double *adv);
+void fdpo_grpo_advantages(const double *shaped, size_t k, double eps, double *adv);
 
 #endif

@@ -7,7 +7,7 @@
 #include "fdpo/core.h"
 #include "fdpo/kto.h"
 
-static const char *const NOT_FOR_KTO[] = {"init", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
+static const char *const NOT_FOR_KTO[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
                                           "seq-len", "val-fraction"};
 
 static int not_for_kto(const char *name) {

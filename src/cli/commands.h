@@ -7,6 +7,8 @@ int cmd_sft(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_dpo(int argc, char **argv);
+int cmd_online(int argc, char **argv);
+int cmd_rl(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_score(int argc, char **argv);

@@ -16,6 +16,8 @@ static const command COMMANDS[] = {
     {"dpo",      cmd_dpo,      "f-DPO preference optimisation (rkl, fkl, js, alpha:A; sigmoid, ipo, ...)"},
     {"rm",       cmd_rm,       "Bradley-Terry reward model (GPT2ForSequenceClassification) on preference pairs"},
     {"kto",      cmd_kto,      "KTO on unpaired desirable/undesirable completions, with an f-divergence score"},
+    {"online",   cmd_online,   "online / iterative f-DPO: sample, score, pair, f-DPO, per round"},
+    {"rl",       cmd_rl,       "RLHF with an f-divergence penalty: RLOO / GRPO on the shaped reward r - beta f'(u)"},
     {"generate", cmd_generate, "sample completions for prompts (KV cache, top-k/top-p)"},
     {"eval",     cmd_eval,     "reward, KL, entropy, diversity and calibration of policies"},
     {"score",    cmd_score,    "reward and log-probs of given completions"},

@@ -14,6 +14,7 @@ int h_model(int argc, char **argv);
 int h_kto_grad(int argc, char **argv);
 int h_objectives(int argc, char **argv);
 int h_rm_grad(int argc, char **argv);
+int h_rl(int argc, char **argv);
 int h_tokenizer(int argc, char **argv);
 
 static const struct { const char *name; harness_fn fn; } SUBS[] = {
@@ -34,6 +35,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"model-load", h_model},
     {"objectives", h_objectives},
     {"rm-grad", h_rm_grad},
+    {"rl-grad", h_rl},
     {"tok-save", h_tokenizer},
     {"tok-threads", h_tokenizer},
     {NULL, NULL},

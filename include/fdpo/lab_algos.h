@@ -1,0 +1,55 @@
+/* Algorithm checks on a tabular problem (DESIGN.md §4, §6; docs/lab.md "check --method").
+ *
+ * One prompt, n responses, a softmax policy pi_theta = softmax(theta) started at pi_ref.
+ * Each alignment algorithm runs on it and is compared with the exact pi* of fdpo_lab_solve:
+ *
+ *   dpo     offline f-DPO: pairs (y1, y2) ~ pi_ref x pi_ref restricted to the pair_top most
+ *           likely responses under pi_ref (the only ones an SFT model proposes), labelled by
+ *           Bradley-Terry on the true reward; minimises the exact expected loss (L-BFGS) with
+ *           or without `exact` (an unlimited budget is the best case for offline data).
+ *   online  online f-DPO: every step the pairs come from the CURRENT policy, labelled by
+ *           Bradley-Terry; one gradient step on that step's loss (semi-gradient: the pair
+ *           distribution is not differentiated, as in TRL's OnlineDPOTrainer).
+ *   rloo    REINFORCE on the shaped reward r - beta f'(pi/pi_ref) with leave-one-out baselines.
+ *   grpo    the same with group-normalised advantages (x - mean)/(std + eps).
+ *
+ * exact = 1 replaces every sample by its expectation (rloo: the exact policy gradient of
+ * E[r] - beta D_f; grpo: the average over all n^k ordered groups; online: the exact expected
+ * pair loss under pi_theta x pi_theta); exact = 0 samples with fdpo_rng and averages the iterates
+ * of the second half of the run (Polyak-Ruppert) under a 1/sqrt(t) step size. */
+#ifndef FDPO_LAB_ALGOS_H
+#define FDPO_LAB_ALGOS_H
+#include <stdint.h>
+#include "fdpo/lab.h"
+
+typedef enum { FDPO_LAB_DPO, FDPO_LAB_ONLINE, FDPO_LAB_RLOO, FDPO_LAB_GRPO } fdpo_lab_method;
+
+int fdpo_lab_method_parse(const char *name, fdpo_lab_method *m); /* "dpo", "online", "rloo", "grpo" */
+const char *fdpo_lab_method_name(fdpo_lab_method m);
+
+typedef struct {
+    fdpo_lab_method method;
+    fdpo_divergence div;
+    double beta;        /* > 0 */
+    int exact;          /* 1: expectations, 0: sampled */
+    size_t pair_top;    /* dpo: pairs among the pair_top most likely responses under pi_ref (0 = all) */
+    long steps;         /* online, rloo, grpo: iterations (exact runs stop earlier at convergence) */
+    long k;             /* samples per step: online pairs; rloo, grpo group size (>= 2) */
+    double lr;          /* step size (sampled: lr / sqrt(1 + t / 1000)) */
+    double grpo_eps;    /* GRPO's std epsilon (TRL: 1e-4) */
+    uint64_t seed;
+} fdpo_lab_algo_opts;
+
+typedef struct {
+    double max_abs_diff;     /* max_y |pi(y) - pi*(y)| */
+    double objective_gap;    /* [E_pi* r - beta D_f(pi*)] - [E_pi r - beta D_f(pi)] >= 0 */
+    double uncovered_mass;   /* pi* mass on responses the pair distribution never proposes (dpo) */
+    long samples;            /* responses drawn (0 for exact runs) */
+    long iterations;         /* gradient steps or L-BFGS iterations */
+} fdpo_lab_algo_result;
+
+/* Runs one method; pi (n, may be NULL) receives the final policy. Errors name the flag. */
+int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi,
+                      fdpo_lab_algo_result *res);
+
+#endif

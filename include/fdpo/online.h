@@ -1,0 +1,47 @@
+/* Online and iterative f-DPO (`fdpo online`, docs/online.md).
+ *
+ * Round k = 0 .. rounds-1: take prompts_per_round prompts (cycling through the prompt file),
+ * sample n completions each from the current policy (round k-1's checkpoint, or the initial
+ * model), score them with the reward, pair the best with the worst completion of every prompt
+ * (prompts whose completions all score the same give no pair) -- or, with pairs_bt, pair them
+ * off with Bradley-Terry-sampled labels as `fdpo pairs` does -- write them as preference JSONL
+ * DIR/round-K.pairs.jsonl and run f-DPO on them (fdpo_dpo_train, every loss/divergence) into
+ * DIR/round-K. The reference is the initial model (ref_update_round = 0: online DPO) or the
+ * previous round's policy (1: iterative DPO, Xiong et al. 2024).
+ *
+ * A round trains into DIR/round-K.partial and is renamed to DIR/round-K only when complete, so
+ * an interrupted or failed round (a reward program that fails, say) leaves every earlier round
+ * intact; a resumed run continues after the last complete round. Per round one line of
+ * DIR/metrics.jsonl with TRL online-trainer names (objective/scores, objective/kl,
+ * objective/entropy, objective/rlhf_reward, val/contain_eos_token, ...). */
+#ifndef FDPO_ONLINE_H
+#define FDPO_ONLINE_H
+#include "fdpo/dpo.h"
+#include "fdpo/eval.h"
+
+typedef struct {
+    const char *model;           /* initial policy checkpoint */
+    const char *ref;             /* reference (default: model) */
+    const char *prompts;         /* prompt file (fdpo_read_prompts) */
+    const char *reward;          /* reward spec (afinn, length, cmd:PROG) */
+    fdpo_reward_options reward_opts;
+    const char *out;             /* run directory */
+    long rounds, prompts_per_round, n;
+    int ref_update_round;        /* 0: fixed reference; 1: previous round's policy */
+    int pairs_bt;                /* 0: best vs worst per prompt; 1: all disjoint pairs with Bradley-Terry-
+                                    sampled labels (fdpo_make_pairs, as `fdpo pairs`) */
+    double bt_scale;             /* BT temperature for pairs_bt */
+    int resume;
+    fdpo_sample_config sample;   /* seed is mixed with the round number */
+    fdpo_dpo_run_opts dpo;       /* template of each round's f-DPO run (data/out/init/ref set per round) */
+} fdpo_online_opts;
+
+int fdpo_online_run(const fdpo_online_opts *o);
+
+/* --mode step, TRL OnlineDPOTrainer's fully online variant: every optimizer step samples n
+ * completions for prompts_per_round prompts from the in-memory policy, pairs the best with the
+ * worst of each prompt, and takes one f-DPO step on them (reference in memory, run live).
+ * dpo.train.steps steps; DIR gets the final checkpoint and one metrics line per step. */
+int fdpo_online_step_run(const fdpo_online_opts *o);
+
+#endif

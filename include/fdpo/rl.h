@@ -1,0 +1,60 @@
+/* RLHF with an f-divergence penalty (`fdpo rl`, docs/rl.md): maximise
+ * E[r] - beta D_f(pi || pi_ref) by policy gradient with the sequence-level shaped reward
+ * r - beta f'(pi(y)/pi_ref(y)) and RLOO or GRPO advantages over k samples per prompt. */
+#ifndef FDPO_RL_H
+#define FDPO_RL_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fdpo/eval.h"
+#include "fdpo/gpt2.h"
+#include "fdpo/objectives.h"
+#include "fdpo/trainer.h"
+
+typedef enum { FDPO_RL_RLOO, FDPO_RL_GRPO } fdpo_rl_algo;
+int fdpo_rl_algo_parse(const char *name, fdpo_rl_algo *a); /* "rloo" | "grpo" */
+
+typedef struct {
+    fdpo_rl_algo algo;
+    fdpo_divergence div;   /* admissible: rkl, fkl, js, alpha:A */
+    double beta;           /* > 0 */
+    size_t k;              /* samples per prompt (>= 2); samples are prompt-major */
+    double grpo_eps;       /* TRL: 1e-4 */
+} fdpo_rl_config;
+int fdpo_rl_config_check(const fdpo_rl_config *c); /* names the flag */
+
+/* Means over one step's samples, TRL names in docs/rl.md. */
+typedef struct {
+    double loss, scores, kl, entropy, shaped, advantage_std, logp;
+    size_t samples, tokens;
+} fdpo_rl_metrics;
+
+/* One step on FIXED samples: n = groups * k sequences (prompt-major), sample i = prompt ids
+ * prompt[i][0..n_prompt[i]) then completion comp[i][0..n_comp[i]) (n_comp >= 1; completions
+ * include a final EOT when sampling ended there, and it is scored). reward[i] the reward,
+ * ref_logp[i] = sum of log pi_ref over the completion tokens.
+ * Runs the policy forward, l_i = logp_i - ref_logp_i, shaped_i = r_i - beta f'(e^l_i) (held
+ * constant), advantages per group, loss = -(1/n) sum_i adv_i logp_i, and ACCUMULATES its
+ * gradient into m->grads. adv_out (may be NULL) gets the n advantages. */
+int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, int32_t *const *prompt, const size_t *n_prompt,
+                 int32_t *const *comp, const size_t *n_comp, const double *reward, const double *ref_logp,
+                 double *adv_out, fdpo_rl_metrics *out);
+
+/* A whole run: steps of (sample k completions for each of prompts_per_step prompts from the
+ * current policy, score, fdpo_rl_step, clip, AdamW); OUT gets the final checkpoint and
+ * metrics.jsonl. train: lr, steps, grad_clip, adam settings, seed, threads, out, log_every. */
+typedef struct {
+    fdpo_train_opts train;
+    const char *model, *ref, *prompts, *reward;
+    fdpo_reward_options reward_opts;
+    fdpo_rl_config rl;
+    long prompts_per_step;
+    fdpo_sample_config sample;
+} fdpo_rl_run_opts;
+int fdpo_rl_train(const fdpo_rl_run_opts *o);
+
+/* Summed log-probs under m of n samples' tokens (completion, EOT included) after their prompts
+ * ids[s.prompt_index]: the reference term of the shaped reward and of objective/kl. */
+int fdpo_samples_logp(const fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
+                      double *logp);
+
+#endif

@@ -1,0 +1,89 @@
+/* fdpo rl: RLHF with an f-divergence penalty, RLOO or GRPO (a thin layer over fdpo_rl_train). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cli/commands.h"
+#include "cli/train_flags.h"
+#include "fdpo/core.h"
+#include "fdpo/rl.h"
+
+/* Shared training flags that do not apply: batches are sampled groups, no data file epochs,
+ * no training state yet (so no resume / mid-run saves). */
+static const char *const NOT_FOR_RL[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions", "seq-len",
+                                         "val-fraction", "batch-size", "grad-accum", "epochs", "resume", "stop-at",
+                                         "eval-every", "save-every", "eval-max-seqs", "shuffle", "schedule",
+                                         "warmup-steps", "min-lr-ratio"};
+static int not_for_rl(const char *name) {
+    for (size_t i = 0; i < sizeof NOT_FOR_RL / sizeof NOT_FOR_RL[0]; i++)
+        if (!strcmp(name, NOT_FOR_RL[i])) return 1;
+    return 0;
+}
+
+int cmd_rl(int argc, char **argv) {
+    static const char usage[] =
+        "fdpo rl --model CKPT --prompts FILE --reward SPEC --out DIR [--algo rloo|grpo] [--divergence D] [--beta B] "
+        "[--n K] [--steps S] [flags]";
+    fdpo_rl_run_opts o;
+    memset(&o, 0, sizeof o);
+    fdpo_flag all[TRAIN_FLAGS_MAX], flags[TRAIN_FLAGS_MAX + 24];
+    size_t n_all = train_flags_add(all, 0, &o.train), n = 0;
+    const char *algo, *divergence, *data = NULL, *stop = NULL;
+    double temperature, top_p, timeout;
+    long top_k, max_new, k;
+    const fdpo_flag own[] = {
+        {"model", FLAG_STR, &o.model, NULL, "initial policy checkpoint (required); also the reference unless --ref", 0},
+        {"ref", FLAG_STR, &o.ref, NULL, "reference checkpoint (default: --model)", 0},
+        {"data", FLAG_STR, &o.prompts, NULL, "prompts: JSONL {\"prompt\"} or text, one per line (required)", 0},
+        {"data", FLAG_STR, &data, NULL, "same as --prompts", 0},
+        {"reward", FLAG_STR, &o.reward, NULL, "reward: afinn, length, length:words, cmd:PROG (required)", 0},
+        {"lexicon", FLAG_STR, &o.reward_opts.lexicon, NULL, "AFINN lexicon file for --reward afinn", 0},
+        {"reward-timeout", FLAG_FLOAT, &timeout, "60", "seconds a cmd: reward may take", 0},
+        {"algo", FLAG_STR, &algo, "rloo", "advantages: rloo (leave-one-out baseline) or grpo (group-normalised)", 0},
+        {"divergence", FLAG_STR, &divergence, "rkl", "penalty D_f(pi || pi_ref): rkl, fkl, js, alpha:A", 0},
+        {"beta", FLAG_FLOAT, &o.rl.beta, "0.05", "penalty strength (> 0); shaped reward r - beta f'(pi/pi_ref)", 0},
+        {"n", FLAG_INT, &k, "4", "samples per prompt (the RLOO/GRPO group, >= 2)", 0},
+        {"prompts-per-step", FLAG_INT, &o.prompts_per_step, "8", "prompts sampled each step (cycling through the file)", 0},
+        {"grpo-eps", FLAG_FLOAT, &o.rl.grpo_eps, "1e-4", "GRPO: advantage = (x - mean)/(std + eps)", 0},
+        {"temperature", FLAG_FLOAT, &temperature, "1", "sampling temperature (1 = the policy being trained)", 0},
+        {"top-k", FLAG_INT, &top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
+        {"top-p", FLAG_FLOAT, &top_p, "1", "nucleus mass in (0, 1] (1 = off)", 0},
+        {"max-new-tokens", FLAG_INT, &max_new, "32", "most tokens per completion", 0},
+        {"stop", FLAG_STR, &stop, NULL, "stop string", 0},
+    };
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
+    for (size_t i = 0; i < n_all; i++) {
+        if (not_for_rl(all[i].name)) continue;
+        flags[n] = all[i];
+        if (!strcmp(all[i].name, "out")) flags[n].help = "output checkpoint directory and metrics.jsonl (required)";
+        if (!strcmp(all[i].name, "steps")) flags[n].help = "policy-gradient steps (each samples new groups)";
+        n++;
+    }
+    o.train.n_layer = o.train.n_head = o.train.n_embd = o.train.n_positions = o.train.seq_len = 1;
+    o.train.batch_size = o.train.grad_accum = 1; /* the dropped flags' fields, for the shared checks */
+    o.train.schedule = "constant";
+    train_flags_set_default(flags, n, "lr", "1e-5");
+    train_flags_set_default(flags, n, "steps", "100");
+    int n_pos = 0;
+    char **pos = NULL;
+    int rc = flags_parse("rl", usage, flags, n, argc, argv, &n_pos, &pos);
+    if (rc == FLAGS_HELP) return 0;
+    if (rc) return -1;
+    rc = -1;
+    if (n_pos > 0) { fdpo_error("unexpected argument '%s'", pos[0]); goto done; }
+    if (data && o.prompts && strcmp(data, o.prompts)) { fdpo_error("--data: same as --prompts; give one of them"); goto done; }
+    if (!o.prompts) o.prompts = data;
+    if (train_flags_finish(flags, n, &o.train)) goto done;
+    if (fdpo_rl_algo_parse(algo, &o.rl.algo)) goto done;
+    if (fdpo_divergence_parse(divergence, &o.rl.div)) { fdpo_error_context("--divergence"); goto done; }
+    if (k < 2) { fdpo_error("--n: RLOO/GRPO need at least 2 samples per prompt (got %ld)", k); goto done; }
+    o.rl.k = (size_t)k;
+    if (top_k < 0) { fdpo_error("--top-k: must be >= 0 (got %ld)", top_k); goto done; }
+    if (max_new <= 0) { fdpo_error("--max-new-tokens: must be > 0 (got %ld)", max_new); goto done; }
+    o.reward_opts.timeout_s = timeout;
+    o.sample = (fdpo_sample_config){temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)o.train.seed, 8};
+    fdpo_set_threads((int)o.train.threads);
+    rc = fdpo_rl_train(&o);
+done:
+    free(pos);
+    return rc;
+}

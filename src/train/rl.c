@@ -1,0 +1,219 @@
+/* Policy gradient with an f-divergence penalty (include/fdpo/rl.h, docs/rl.md). */
+#include <cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/dist.h"
+#include "fdpo/io.h"
+#include "fdpo/rl.h"
+#include "fdpo/train.h"
+
+int fdpo_rl_algo_parse(const char *name, fdpo_rl_algo *a) {
+    if (!strcmp(name, "rloo")) { *a = FDPO_RL_RLOO; return 0; }
+    if (!strcmp(name, "grpo")) { *a = FDPO_RL_GRPO; return 0; }
+    return fdpo_error("--algo: unknown algorithm '%s' (expected rloo, grpo)", name);
+}
+
+int fdpo_rl_config_check(const fdpo_rl_config *c) {
+    const char *why;
+    if (!fdpo_divergence_admissible(&c->div, &why)) return fdpo_error("--divergence: %s", why);
+    if (!(c->beta > 0) || !isfinite(c->beta)) return fdpo_error("--beta: must be > 0 (got %g)", c->beta);
+    if (c->k < 2) return fdpo_error("--n: RLOO/GRPO need at least 2 samples per prompt (got %zu)", c->k);
+    if (c->algo == FDPO_RL_GRPO && !(c->grpo_eps > 0)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", c->grpo_eps);
+    return 0;
+}
+
+int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, int32_t *const *prompt, const size_t *n_prompt,
+                 int32_t *const *comp, const size_t *n_comp, const double *reward, const double *ref_logp,
+                 double *adv_out, fdpo_rl_metrics *out) {
+    if (fdpo_rl_config_check(c)) return -1;
+    if (n == 0 || n % c->k) return fdpo_error("rl step: %zu samples is not a whole number of groups of %zu", n, c->k);
+    /* packed batch: sample i = prompt + completion[0..n_comp-1); targets on completion tokens */
+    size_t N = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (n_prompt[i] < 1 || n_comp[i] < 1) return fdpo_error("rl step: sample %zu has an empty prompt or completion", i);
+        N += n_prompt[i] + n_comp[i] - 1;
+    }
+    size_t *off = fdpo_malloc((n + 1) * sizeof(size_t));
+    int32_t *tok = fdpo_malloc(N * sizeof(int32_t)), *tgt = fdpo_malloc(N * sizeof(int32_t));
+    float *tlp = fdpo_malloc(N * sizeof(float)), *slp = fdpo_malloc(n * sizeof(float));
+    float *dtok = fdpo_malloc(N * sizeof(float)), *dseq = fdpo_malloc(n * sizeof(float));
+    double *shaped = fdpo_malloc(n * sizeof(double)), *adv = fdpo_malloc(n * sizeof(double));
+    size_t t = 0, tokens = 0;
+    for (size_t i = 0; i < n; i++) {
+        off[i] = t;
+        size_t P = n_prompt[i], L = n_prompt[i] + n_comp[i] - 1;
+        for (size_t j = 0; j < L; j++) {
+            tok[t + j] = j < P ? prompt[i][j] : comp[i][j - P];
+            tgt[t + j] = j + 1 < P ? -1 : comp[i][j + 1 - P];
+        }
+        t += L;
+        tokens += n_comp[i];
+    }
+    off[n] = t;
+    fdpo_batch b = {n, N, off, tok, tgt, NULL, NULL, NULL};
+    int rc = fdpo_gpt2_check_batch(m, &b);
+    if (rc == 0) rc = fdpo_gpt2_forward(m, &b, tlp, slp);
+    if (rc == 0) {
+        memset(out, 0, sizeof *out);
+        for (size_t i = 0; i < n; i++) {
+            double l = (double)slp[i] - ref_logp[i];
+            shaped[i] = fdpo_shaped_reward(&c->div, c->beta, reward[i], l);
+            out->scores += reward[i];
+            out->kl += l;
+            out->entropy -= slp[i];
+            out->shaped += shaped[i];
+            out->logp += slp[i];
+        }
+        for (size_t g = 0; g < n / c->k; g++) {
+            if (c->algo == FDPO_RL_RLOO) fdpo_rloo_advantages(shaped + g * c->k, c->k, adv + g * c->k);
+            else fdpo_grpo_advantages(shaped + g * c->k, c->k, c->grpo_eps, adv + g * c->k);
+        }
+        double loss = 0, s2 = 0;
+        for (size_t i = 0; i < n; i++) {
+            loss -= adv[i] * slp[i] / (double)n;
+            dseq[i] = (float)(-adv[i] / (double)n); /* dLoss/dlogp_i */
+            s2 += adv[i] * adv[i];
+            if (adv_out) adv_out[i] = adv[i];
+        }
+        out->loss = loss;
+        out->scores /= (double)n; out->kl /= (double)n; out->entropy /= (double)n;
+        out->shaped /= (double)n; out->logp /= (double)n;
+        out->advantage_std = sqrt(s2 / (double)n);
+        out->samples = n;
+        out->tokens = tokens;
+        fdpo_batch_seq_to_token_grad(&b, dseq, dtok);
+        rc = fdpo_gpt2_backward(m, dtok);
+    }
+    free(off); free(tok); free(tgt); free(tlp); free(slp); free(dtok); free(dseq); free(shaped); free(adv);
+    return rc;
+}
+
+/* ---- a whole run ---- */
+
+/* log-probs of each sample's tokens under model m (sum over the completion, EOT included) */
+int fdpo_samples_logp(const fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
+                      double *logp) {
+    size_t max_len = 0;
+    for (size_t i = 0; i < n; i++)
+        if (lens[s[i].prompt_index] + s[i].n_tokens > max_len) max_len = lens[s[i].prompt_index] + s[i].n_tokens;
+    fdpo_decoder *d = fdpo_decoder_create(m, 1, max_len);
+    int rc = d ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        fdpo_seq_score sc = {0};
+        rc = fdpo_score_sequence(d, NULL, ids[s[i].prompt_index], lens[s[i].prompt_index], s[i].tokens, s[i].n_tokens, NULL, 0, &sc);
+        logp[i] = sc.logp;
+    }
+    if (d) fdpo_decoder_free(d);
+    return rc;
+}
+
+int fdpo_rl_train(const fdpo_rl_run_opts *o) {
+    if (fdpo_dist_size() > 1) return fdpo_error("fdpo rl does not run data-parallel yet: start it without mpirun");
+    const fdpo_train_opts *t = &o->train;
+    if (!o->model) return fdpo_error("--model: required (the policy to train)");
+    if (!o->prompts) return fdpo_error("--data: required (prompt file)");
+    if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
+    if (!t->out) return fdpo_error("--out: required (checkpoint directory)");
+    if (t->steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", t->steps);
+    if (o->prompts_per_step < 1) return fdpo_error("--prompts-per-step: must be >= 1 (got %ld)", o->prompts_per_step);
+    if (fdpo_rl_config_check(&o->rl) || fdpo_sample_config_check(&o->sample)) return -1;
+    char **prompts = NULL;
+    size_t n_prompts = 0;
+    if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data %s", o->prompts);
+    if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--data %s: no prompts", o->prompts); }
+    fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
+    fdpo_gpt2 *policy = reward ? fdpo_checkpoint_load_model(o->model) : NULL, *ref = NULL;
+    fdpo_tokenizer *tok = policy ? fdpo_tokenizer_load_dir(o->model) : NULL;
+    if (tok) ref = fdpo_checkpoint_load_model(o->ref ? o->ref : o->model);
+    int rc = reward && policy && tok && ref ? 0 : -1;
+    if (reward && (!policy || !tok)) fdpo_error_context("--model %s", o->model);
+    else if (reward && !ref) fdpo_error_context("--ref %s", o->ref ? o->ref : o->model);
+    if (!rc && (ref->config.vocab_size != policy->config.vocab_size))
+        rc = fdpo_error("--ref: vocabulary %zu != the policy's %zu", ref->config.vocab_size, policy->config.vocab_size);
+    fdpo_adamw opt = {0};
+    fdpo_metrics mw = {0};
+    int opt_ok = 0, mw_ok = 0;
+    if (!rc) rc = fdpo_mkdir_p(t->out);
+    if (!rc) opt_ok = (rc = fdpo_adamw_init(&opt, policy->n_params, t->beta1, t->beta2, t->adam_eps, t->weight_decay)) == 0;
+    if (!rc) mw_ok = (rc = fdpo_metrics_open(&mw, t->out, 0)) == 0;
+    const size_t P = (size_t)o->prompts_per_step, k = o->rl.k, N = P * k;
+    char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
+    size_t *nt = fdpo_malloc(N * sizeof(size_t)), *np = fdpo_malloc(N * sizeof(size_t)), *ny = fdpo_malloc(N * sizeof(size_t));
+    int32_t **pi = fdpo_malloc(N * sizeof *pi), **yi = fdpo_malloc(N * sizeof *yi);
+    double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double));
+    fdpo_progress prog;
+    if (!rc) fdpo_progress_start(&prog, "rl", (size_t)t->steps);
+    double t0 = fdpo_now();
+    for (long step = 0; rc == 0 && step < t->steps; step++) {
+        for (size_t i = 0; i < P; i++) ps[i] = prompts[((size_t)step * P + i) % n_prompts];
+        int32_t **ids = NULL;
+        size_t *lens = NULL;
+        fdpo_sample *s = NULL;
+        fdpo_sample_config sc = o->sample;
+        sc.seed = o->sample.seed * 1000003u + (uint64_t)step;
+        rc = fdpo_encode_prompts(tok, ps, P, &ids, &lens);
+        if (!rc) rc = fdpo_generate(policy, tok, &sc, ids, lens, P, k, &s);
+        if (!rc) {
+            for (size_t i = 0; i < N; i++) { pp[i] = ps[s[i].prompt_index]; cc[i] = s[i].text; nt[i] = s[i].n_completion; }
+            rc = fdpo_reward_score(reward, N, pp, cc, nt, r);
+            if (rc) fdpo_error_context("step %ld: --reward %s", step, o->reward);
+        }
+        if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
+        fdpo_rl_metrics m;
+        double eos = 0, len = 0, fdiv = 0;
+        if (!rc) {
+            for (size_t i = 0; i < N; i++) {
+                pi[i] = ids[s[i].prompt_index]; np[i] = lens[s[i].prompt_index];
+                yi[i] = s[i].tokens; ny[i] = s[i].n_tokens;
+                eos += s[i].finish == FDPO_FINISH_EOT;
+                len += (double)s[i].n_completion;
+                /* D_f(pi || pi_ref) = E_pi[f(u)/u], u from the sampler's own log-prob */
+                double u = exp(s[i].logp - lref[i]);
+                fdiv += o->rl.div.kind == FDPO_DIV_RKL ? s[i].logp - lref[i] : fdpo_f(&o->rl.div, u) / u;
+            }
+            fdpo_gpt2_zero_grad(policy);
+            rc = fdpo_rl_step(policy, &o->rl, N, pi, np, yi, ny, r, lref, NULL, &m);
+        }
+        if (!rc) {
+            double gn = fdpo_clip_grad_norm(policy, t->grad_clip);
+            fdpo_adamw_step(&opt, policy, t->lr);
+            double el = fdpo_now() - t0;
+            fdpo_metrics_begin(&mw, (size_t)step + 1);
+            fdpo_metrics_add(&mw, "loss", m.loss);
+            fdpo_metrics_add(&mw, "objective/scores", m.scores);
+            fdpo_metrics_add(&mw, "objective/kl", m.kl);
+            fdpo_metrics_add(&mw, "objective/entropy", m.entropy);
+            fdpo_metrics_add(&mw, "objective/f_divergence", fdiv / (double)N);
+            fdpo_metrics_add(&mw, "objective/non_score_reward", -o->rl.beta * fdiv / (double)N);
+            fdpo_metrics_add(&mw, "objective/rlhf_reward", m.scores - o->rl.beta * fdiv / (double)N);
+            fdpo_metrics_add(&mw, "objective/shaped_reward", m.shaped);
+            fdpo_metrics_add(&mw, "policy/advantage_std", m.advantage_std);
+            fdpo_metrics_add(&mw, "val/contain_eos_token", eos / (double)N);
+            fdpo_metrics_add(&mw, "val/num_completion_tokens", len / (double)N);
+            fdpo_metrics_add(&mw, "grad_norm", gn);
+            fdpo_metrics_add(&mw, "learning_rate", t->lr);
+            fdpo_metrics_add(&mw, "tokens_per_sec", el > 0 ? (double)m.tokens * (double)(step + 1) / el : NAN);
+            rc = fdpo_metrics_end(&mw);
+            char extra[96];
+            snprintf(extra, sizeof extra, "reward %.4g kl %.4g", m.scores, m.kl);
+            fdpo_progress_step(&prog, (size_t)step + 1, m.loss, t->lr, gn, NAN, extra);
+        }
+        if (s) fdpo_samples_free(s, N);
+        if (ids) fdpo_free_ids(ids, lens, P);
+    }
+    if (!rc) fdpo_progress_end(&prog);
+    if (!rc) rc = fdpo_checkpoint_save_all(t->out, policy, tok, NULL, NULL);
+    if (mw_ok) fdpo_metrics_close(&mw);
+    if (opt_ok) fdpo_adamw_free(&opt);
+    free(ps); free(pp); free(cc); free(nt); free(np); free(ny); free(pi); free(yi); free(r); free(lref);
+    if (tok) fdpo_tokenizer_free(tok);
+    if (policy) fdpo_gpt2_free(policy);
+    if (ref) fdpo_gpt2_free(ref);
+    if (reward) fdpo_reward_free(reward);
+    fdpo_free_strings(prompts, n_prompts);
+    return rc;
+}

@@ -1,0 +1,66 @@
+/* The f-penalised policy-gradient reward and the RLOO/GRPO advantages (src/objectives/pg_reward.c)
+ * against the formulas written out by hand: f'(u) of DESIGN.md §2 at u = e^l, the leave-one-out
+ * mean, and the unbiased group standard deviation. */
+#include <check.h>
+#include "check_main.h"
+#include <math.h>
+#include <stdlib.h>
+#include "fdpo/objectives.h"
+
+/* f'(u) written independently of src/objectives (paper convention) */
+static double fprime_by_hand(const char *spec, double u) {
+    if (spec[0] == 'r') return log(u) + 1;
+    if (spec[0] == 'f') return -1 / u;
+    if (spec[0] == 'j') return log(2 * u / (1 + u));
+    double a = atof(spec + 6);
+    return (1 - pow(u, -a)) / a;
+}
+
+START_TEST(shaped_reward_is_r_minus_beta_fprime) {
+    const char *specs[] = {"rkl", "fkl", "js", "alpha:0.3", "alpha:0.5", "alpha:0.7"};
+    const double ls[] = {-3.0, -0.7, 0.0, 0.4, 2.5};
+    for (size_t s = 0; s < 6; s++)
+        for (size_t i = 0; i < 5; i++) {
+            fdpo_divergence d;
+            ck_assert_int_eq(fdpo_divergence_parse(specs[s], &d), 0);
+            double want = 1.25 - 0.3 * fprime_by_hand(specs[s], exp(ls[i]));
+            double got = fdpo_shaped_reward(&d, 0.3, 1.25, ls[i]);
+            ck_assert_msg(fabs(got - want) <= 1e-12 * (1 + fabs(want)), "%s l=%g: %.17g vs %.17g", specs[s], ls[i], got, want);
+        }
+    /* far below the reference the exponent is capped (finite), not inf */
+    fdpo_divergence d;
+    fdpo_divergence_parse("fkl", &d);
+    ck_assert(isfinite(fdpo_shaped_reward(&d, 0.1, 0, -1000)));
+    fdpo_divergence_parse("chi2", &d);
+    ck_assert(isnan(fdpo_fprime_log(&d, 0.0)));
+}
+END_TEST
+
+START_TEST(rloo_and_grpo_advantages) {
+    const double x[4] = {1.0, 3.0, -2.0, 0.5};
+    double adv[4];
+    fdpo_rloo_advantages(x, 4, adv);
+    /* x_i - mean of the other three */
+    const double rloo[4] = {1.0 - 1.5 / 3, 3.0 - (-0.5) / 3, -2.0 - 4.5 / 3, 0.5 - 2.0 / 3};
+    for (int i = 0; i < 4; i++) ck_assert_double_eq_tol(adv[i], rloo[i], 1e-15);
+    /* mean 0.625, unbiased variance sum (x - mean)^2 / 3 */
+    double m = 0.625, ss = 0.140625 + 5.640625 + 6.890625 + 0.015625, sd = sqrt(ss / 3);
+    fdpo_grpo_advantages(x, 4, 1e-4, adv);
+    for (int i = 0; i < 4; i++) ck_assert_double_eq_tol(adv[i], (x[i] - m) / (sd + 1e-4), 1e-15);
+    /* a group of equal rewards carries no signal */
+    const double same[3] = {2, 2, 2};
+    fdpo_grpo_advantages(same, 3, 1e-4, adv);
+    for (int i = 0; i < 3; i++) ck_assert_double_eq(adv[i], 0);
+    fdpo_rloo_advantages(same, 3, adv);
+    for (int i = 0; i < 3; i++) ck_assert_double_eq(adv[i], 0);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("pg_reward");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, shaped_reward_is_r_minus_beta_fprime);
+    tcase_add_test(tc, rloo_and_grpo_advantages);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}

@@ -1,0 +1,79 @@
+/* rl-grad --model DIR --spec FILE.json --out DIR: one fdpo_rl_step on FIXED samples.
+ * spec: {"algo", "divergence", "beta", "k", "grpo_eps",
+ *        "samples": [{"prompt": [ids], "completion": [ids], "reward": r, "ref_logp": x}, ...]}
+ * Writes OUT/result.json {"loss", "advantages", metrics} and OUT/grads.safetensors. */
+#include <cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#include "fdpo/io.h"
+#include "fdpo/rl.h"
+
+static int32_t *ids_of(const cJSON *a, size_t *n) {
+    *n = (size_t)cJSON_GetArraySize(a);
+    int32_t *v = fdpo_malloc((*n ? *n : 1) * sizeof(int32_t));
+    for (size_t i = 0; i < *n; i++) v[i] = (int32_t)cJSON_GetArrayItem(a, (int)i)->valuedouble;
+    return v;
+}
+
+int h_rl(int argc, char **argv) {
+    const char *model = NULL, *spec = NULL, *outdir = NULL;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--model")) model = argv[i + 1];
+        else if (!strcmp(argv[i], "--spec")) spec = argv[i + 1];
+        else if (!strcmp(argv[i], "--out")) outdir = argv[i + 1];
+        else return fdpo_error("unknown flag %s", argv[i]);
+    }
+    if (!model || !spec || !outdir) return fdpo_error("--model, --spec and --out are required");
+    size_t len;
+    char *text = fdpo_read_file(spec, &len);
+    if (!text) return -1;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root) return fdpo_error("%s: not JSON", spec);
+    fdpo_rl_config c = {0};
+    int rc = fdpo_rl_algo_parse(cJSON_GetObjectItem(root, "algo")->valuestring, &c.algo);
+    if (!rc) rc = fdpo_divergence_parse(cJSON_GetObjectItem(root, "divergence")->valuestring, &c.div);
+    c.beta = cJSON_GetObjectItem(root, "beta")->valuedouble;
+    c.k = (size_t)cJSON_GetObjectItem(root, "k")->valuedouble;
+    c.grpo_eps = cJSON_GetObjectItem(root, "grpo_eps")->valuedouble;
+    const cJSON *ss = cJSON_GetObjectItem(root, "samples");
+    size_t n = (size_t)cJSON_GetArraySize(ss);
+    int32_t **p = fdpo_calloc(n, sizeof *p), **y = fdpo_calloc(n, sizeof *y);
+    size_t *np = fdpo_calloc(n, sizeof(size_t)), *ny = fdpo_calloc(n, sizeof(size_t));
+    double *r = fdpo_calloc(n, sizeof(double)), *lr = fdpo_calloc(n, sizeof(double)), *adv = fdpo_calloc(n, sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        const cJSON *s = cJSON_GetArrayItem(ss, (int)i);
+        p[i] = ids_of(cJSON_GetObjectItem(s, "prompt"), &np[i]);
+        y[i] = ids_of(cJSON_GetObjectItem(s, "completion"), &ny[i]);
+        r[i] = cJSON_GetObjectItem(s, "reward")->valuedouble;
+        lr[i] = cJSON_GetObjectItem(s, "ref_logp")->valuedouble;
+    }
+    fdpo_gpt2 *m = rc ? NULL : fdpo_checkpoint_load_model(model);
+    if (!m) rc = -1;
+    fdpo_rl_metrics met;
+    if (!rc) { fdpo_gpt2_zero_grad(m); rc = fdpo_rl_step(m, &c, n, p, np, y, ny, r, lr, adv, &met); }
+    if (!rc) rc = fdpo_mkdir_p(outdir);
+    if (!rc) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "loss", met.loss);
+        cJSON_AddNumberToObject(o, "kl", met.kl);
+        cJSON_AddNumberToObject(o, "scores", met.scores);
+        cJSON *a = cJSON_AddArrayToObject(o, "advantages");
+        for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(adv[i]));
+        char *s = cJSON_Print(o), *path = fdpo_path_join(outdir, "result.json");
+        rc = fdpo_write_file_atomic(path, s, strlen(s));
+        free(path); cJSON_free(s); cJSON_Delete(o);
+        path = fdpo_path_join(outdir, "grads.safetensors");
+        fdpo_st_writer *w = fdpo_st_writer_new();
+        fdpo_st_writer_add_gpt2(w, m, m->grads_memory, NULL);
+        if (!rc) rc = fdpo_st_writer_write(w, path);
+        fdpo_st_writer_free(w);
+        free(path);
+    }
+    for (size_t i = 0; i < n; i++) { free(p[i]); free(y[i]); }
+    free(p); free(y); free(np); free(ny); free(r); free(lr); free(adv);
+    if (m) fdpo_gpt2_free(m);
+    cJSON_Delete(root);
+    return rc;
+}

@@ -1,0 +1,208 @@
+"""fdpo online: online / iterative f-DPO rounds on a tiny byte-level GPT-2 with a synthetic
+reward (the number of ASCII lowercase letters in the completion, computed by a `cmd:` program
+written here). The held-out reward is measured in this file from `fdpo generate` samples, not
+from fdpo's metrics; the comparison is reported in standard errors."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_generate import make_model  # noqa: E402  (the reference GPT-2 writer)
+
+HERE = os.path.dirname(__file__)
+FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
+TRL_KEYS = ["objective/scores", "objective/kl", "objective/entropy", "objective/rlhf_reward",
+            "objective/non_score_reward", "val/contain_eos_token", "val/num_completion_tokens"]
+
+LETTERS = """import json, sys
+for line in sys.stdin.buffer:
+    c = json.loads(line.decode("utf-8", "replace"))["completion"]
+    print(sum("a" <= ch <= "z" for ch in c))
+"""
+# fails on its second call (the second round's scoring)
+FAILS_LATER = """import json, os, sys
+count = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calls")
+n = int(open(count).read()) if os.path.exists(count) else 0
+open(count, "w").write(str(n + 1))
+if n >= 1:
+    sys.stderr.write("reward model crashed\\n")
+    sys.exit(3)
+for line in sys.stdin.buffer:
+    print(1.0 if "a" in json.loads(line.decode("utf-8", "replace"))["completion"] else 0.0)
+"""
+
+
+def letters(text):
+    return sum("a" <= ch <= "z" for ch in text)
+
+
+def fdpo(*args, check=True):
+    r = subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("online")
+    make_model(d / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (d / "prompts.txt").write_text("".join(f"prompt {i}:\n" for i in range(40)))
+    (d / "heldout.txt").write_text("".join(f"held out {i}:\n" for i in range(20)))
+    (d / "letters.py").write_text(LETTERS)
+    return d
+
+
+def online(setup, out, *extra, reward=None, check=True):
+    reward = reward or f"cmd:/usr/bin/python3 {setup / 'letters.py'}"
+    return fdpo("online", "--model", setup / "model", "--data", setup / "prompts.txt", "--reward", reward,
+                "--out", out, "--prompts-per-round", 16, "--n", 4, "--max-new-tokens", 16, "--lr", "1e-2",
+                "--batch-size", 8, "--epochs", 4, "--beta", 0.1, *extra, check=check)
+
+
+def heldout_rewards(setup, model, tmp_path):
+    out = tmp_path / "g.jsonl"
+    fdpo("generate", "--model", model, "--data", setup / "heldout.txt", "--n", 8, "--max-new-tokens", 16,
+         "--seed", 7, "--out", out)
+    return np.array([letters(json.loads(l.decode("utf-8", "replace"))["completion"]) for l in open(out, "rb")])
+
+
+def metrics(out):
+    return [json.loads(l) for l in open(out / "metrics.jsonl")]
+
+
+def test_three_rounds_raise_heldout_reward(setup, tmp_path):
+    out = tmp_path / "run"
+    online(setup, out, "--rounds", 3)
+    m = metrics(out)
+    assert [x["round"] for x in m] == [0, 1, 2]
+    for x in m:
+        assert all(k in x for k in TRL_KEYS)
+        assert x["pairs"] >= 1 and x["pairs/reward_gap"] > 0
+        assert x["objective/rlhf_reward"] == pytest.approx(x["objective/scores"] - 0.1 * x["objective/kl"])
+    assert m[0]["objective/kl"] == 0  # round 0 samples the reference itself
+    assert m[2]["objective/kl"] > 0
+    for k in range(3):
+        assert (out / f"round-{k}" / "model.safetensors").exists()
+        rows = [json.loads(l) for l in open(out / f"round-{k}.pairs.jsonl")]
+        assert rows and all(r["chosen_reward"] > r["rejected_reward"] for r in rows)
+        # the pair labels agree with the reward program applied here
+        assert all(letters(r["chosen"]) == r["chosen_reward"] for r in rows)
+    before = heldout_rewards(setup, setup / "model", tmp_path)
+    after = heldout_rewards(setup, out / "round-2", tmp_path)
+    diff = after.mean() - before.mean()
+    se = math.sqrt(before.var(ddof=1) / len(before) + after.var(ddof=1) / len(after))
+    print(f"held-out reward {before.mean():.3f} -> {after.mean():.3f}: +{diff:.3f} = {diff / se:.1f} SE")
+    assert diff > 3 * se
+
+
+def test_iterative_reference_is_the_previous_policy(setup, tmp_path):
+    # with --ref-update round every round samples the policy that is also its reference: KL 0
+    out = tmp_path / "iter"
+    online(setup, out, "--rounds", 2, "--ref-update", "round")
+    assert [x["objective/kl"] for x in metrics(out)] == [0, 0]
+
+
+def test_all_bt_pairs(setup, tmp_path):
+    # --pairs all-bt: every prompt's completions paired off disjointly (as `fdpo pairs`), labels
+    # drawn from Bradley-Terry, ties skipped; rewards are the program's
+    out = tmp_path / "bt"
+    online(setup, out, "--rounds", 1, "--pairs", "all-bt")
+    rows = [json.loads(l) for l in open(out / "round-0.pairs.jsonl")]
+    per_prompt = {}
+    for r in rows:
+        per_prompt[r["prompt"]] = per_prompt.get(r["prompt"], 0) + 1
+        assert letters(r["chosen"]) == r["chosen_reward"] and letters(r["rejected"]) == r["rejected_reward"]
+        assert r["chosen_reward"] != r["rejected_reward"]
+    assert len(per_prompt) > 1 and all(c <= 2 for c in per_prompt.values())  # n = 4 -> at most 2 disjoint pairs
+    assert metrics(out)[0]["pairs"] == len(rows)
+
+
+def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_path):
+    out = tmp_path / "fail"
+    (tmp_path / "fails.py").write_text(FAILS_LATER)
+    r = online(setup, out, "--rounds", 3, reward=f"cmd:/usr/bin/python3 {tmp_path / 'fails.py'}", check=False)
+    assert r.returncode != 0
+    assert "round 1" in r.stderr and "exited with status 3" in r.stderr and "reward model crashed" in r.stderr
+    assert (out / "round-0" / "model.safetensors").exists()
+    assert not (out / "round-1").exists()
+    assert fdpo("info", out / "round-0").returncode == 0  # the completed round is a loadable checkpoint
+    assert len(metrics(out)) == 1
+    # a fresh run into the same directory is refused; --resume continues after round 0
+    r = online(setup, out, "--rounds", 2, check=False)
+    assert r.returncode != 0 and "--resume" in r.stderr
+    online(setup, out, "--rounds", 2, "--resume")
+    assert [x["round"] for x in metrics(out)] == [0, 1]
+    assert (out / "round-1" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--ref-update", "sometimes"], "--ref-update"),
+    (["--n", "1"], "--n"),
+    (["--rounds", "0"], "--rounds"),
+    (["--divergence", "tv"], "--divergence tv"),
+    (["--pairs", "all"], "--pairs: 'all' is not best-worst or all-bt"),
+    (["--pairs", "all-bt", "--bt-scale", "0"], "--bt-scale"),
+])
+def test_bad_flags(setup, tmp_path, args, needle):
+    r = online(setup, tmp_path / "bad", *args, check=False)
+    assert r.returncode != 0
+    assert needle in r.stderr, r.stderr
+
+
+def test_missing_reward_is_named(setup, tmp_path):
+    r = fdpo("online", "--model", setup / "model", "--data", setup / "prompts.txt", "--out", tmp_path / "x", check=False)
+    assert r.returncode != 0 and "--reward" in r.stderr
+
+
+def test_resumed_run_equals_uninterrupted_run(setup, tmp_path):
+    # same seed and threads: stopping after round 0 and resuming gives the same round-1 weights
+    # and metrics as one uninterrupted run
+    a, b = tmp_path / "a", tmp_path / "b"
+    small = ["--prompts-per-round", 4, "--threads", 1]
+    online(setup, a, "--rounds", 2, *small)
+    online(setup, b, "--rounds", 1, *small)
+    online(setup, b, "--rounds", 2, "--resume", *small)
+    assert (a / "round-1" / "model.safetensors").read_bytes() == (b / "round-1" / "model.safetensors").read_bytes()
+    drop = lambda ms: [{k: v for k, v in m.items() if k != "progress"} for m in ms]  # progress = round / --rounds
+    assert drop(metrics(a)) == drop(metrics(b))
+
+
+def test_step_mode_raises_heldout_reward(setup, tmp_path):
+    # --mode step (TRL OnlineDPOTrainer): fresh samples from the in-memory policy every step
+    out = tmp_path / "step"
+    online(setup, out, "--mode", "step", "--steps", 12, "--n", 2, "--prompts-per-round", 8)
+    m = metrics(out)
+    assert [x["step"] for x in m] == list(range(1, 13))
+    assert abs(m[0]["objective/kl"]) < 1e-3  # step 1 samples the reference itself
+    for key in TRL_KEYS[:-1] + ["rewards/chosen", "rewards/margins", "pairs"]:
+        assert key in m[0], key
+    before = heldout_rewards(setup, setup / "model", tmp_path)
+    after = heldout_rewards(setup, out, tmp_path)
+    diff = after.mean() - before.mean()
+    se = math.sqrt(before.var(ddof=1) / len(before) + after.var(ddof=1) / len(after))
+    print(f"step mode: held-out reward {before.mean():.3f} -> {after.mean():.3f}: +{diff:.3f} = {diff / se:.1f} SE")
+    assert diff > 3 * se
+
+
+def test_step_mode_refuses_round_flags(setup, tmp_path):
+    r = online(setup, tmp_path / "s", "--mode", "step", "--steps", 2, "--rounds", 2, check=False)
+    assert r.returncode != 0 and "--mode step" in r.stderr
+    r = online(setup, tmp_path / "s", "--mode", "sometimes", check=False)
+    assert r.returncode != 0 and "--mode" in r.stderr
+
+
+def test_round_without_pairs_carries_the_policy_over(setup, tmp_path):
+    # one new token per completion: the length reward ties everywhere, so no pairs; the round
+    # still completes (a warning) and its checkpoint is the previous policy
+    out = tmp_path / "ties"
+    r = fdpo("online", "--model", setup / "model", "--data", setup / "prompts.txt", "--reward", "length",
+             "--out", out, "--rounds", 2, "--prompts-per-round", 4, "--n", 3, "--max-new-tokens", 1)
+    assert "no pairs" in r.stderr
+    assert [x["pairs"] for x in metrics(out)] == [0, 0]
+    assert (out / "round-0" / "model.safetensors").read_bytes() == (out / "round-1" / "model.safetensors").read_bytes()

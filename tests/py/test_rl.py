@@ -1,0 +1,187 @@
+"""fdpo rl: one RLOO and one GRPO step's loss, advantages and gradients on FIXED samples
+against PyTorch (tests/py/fdpo_ref/gpt2.py), with the shaped reward r - beta f'(pi/pi_ref)
+and the advantages written here from TRL's formulas."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+from dpo_common import harness, rel_err  # noqa: E402
+from fdpo_ref import safetensors as st  # noqa: E402
+from fdpo_ref.gpt2 import GPT2  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """float64 references here, without changing the default for the test files run after this one"""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def fprime(div, u):
+    if div == "rkl":
+        return torch.log(u) + 1
+    if div == "fkl":
+        return -1 / u
+    if div == "js":
+        return torch.log(2 * u / (1 + u))
+    a = float(div.split(":")[1])
+    return (1 - u ** (-a)) / a
+
+
+def completion_logp(model, prompt, comp):
+    seq = torch.tensor(prompt + comp[:-1])
+    logits = model(seq)
+    lp = F.log_softmax(logits, -1)
+    P = len(prompt)
+    return sum(lp[P - 1 + j, comp[j]] for j in range(len(comp)))
+
+
+def reference_step(model, samples, algo, div, beta, k, eps=1e-4):
+    logp = torch.stack([completion_logp(model, s["prompt"], s["completion"]) for s in samples])
+    l = logp.detach() - torch.tensor([s["ref_logp"] for s in samples])
+    shaped = torch.tensor([s["reward"] for s in samples]) - beta * fprime(div, torch.exp(l))
+    g = shaped.view(-1, k)
+    if algo == "rloo":  # TRL RLOOTrainer: baseline = mean of the other k - 1
+        adv = g - (g.sum(1, keepdim=True) - g) / (k - 1)
+    else:  # TRL GRPOTrainer: (x - mean) / (std + 1e-4), torch.std (unbiased)
+        adv = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + eps)
+    adv = adv.reshape(-1)
+    loss = -(adv * logp).mean()
+    model.zero_grad()
+    loss.backward()
+    grads = {n: p.grad.detach().numpy().copy() for n, p in model.named().items()}
+    return loss.item(), adv.numpy(), grads
+
+
+@pytest.mark.parametrize("algo,div", [("rloo", "rkl"), ("rloo", "alpha:0.5"), ("grpo", "fkl"), ("grpo", "js")])
+def test_step_matches_pytorch(tmp_path, algo, div):
+    torch.manual_seed(0)
+    V, k = 11, 3
+    model = GPT2(V, 16, 8, 2, 2, seed=5)
+    model.save_hf(str(tmp_path / "policy"))
+    rng = np.random.default_rng(1)
+    samples = []
+    for p in range(2):
+        prompt = [int(x) for x in rng.integers(0, V, size=2 + p)]
+        for j in range(k):
+            comp = [int(x) for x in rng.integers(0, V, size=1 + (j + p) % 4)]
+            samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
+                            "ref_logp": float(-2.4 * len(comp) + rng.normal() * 0.3)})
+    spec = {"algo": algo, "divergence": div, "beta": 0.3, "k": k, "grpo_eps": 1e-4, "samples": samples}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
+    res = json.load(open(tmp_path / "out" / "result.json"))
+    grads, _ = st.load(str(tmp_path / "out" / "grads.safetensors"))
+    loss, adv, g_ref = reference_step(model, samples, algo, div, 0.3, k)
+    assert abs(res["loss"] - loss) <= 1e-5 * max(abs(loss), 1e-3), (res["loss"], loss)
+    assert rel_err(res["advantages"], adv) < 1e-5
+    for name, g in g_ref.items():
+        assert rel_err(grads[name], g) < 1e-4, name
+
+
+def test_grpo_group_of_equal_rewards_gives_no_gradient(tmp_path):
+    V = 7
+    model = GPT2(V, 16, 8, 1, 2, seed=2)
+    model.save_hf(str(tmp_path / "policy"))
+    # identical completions: same logp, same shaped reward -> advantages 0 -> zero gradient
+    s = {"prompt": [1, 2], "completion": [3, 4], "reward": 0.5, "ref_logp": -3.0}
+    spec = {"algo": "grpo", "divergence": "rkl", "beta": 0.1, "k": 2, "grpo_eps": 1e-4, "samples": [s, s]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
+    grads, _ = st.load(str(tmp_path / "out" / "grads.safetensors"))
+    assert all(np.all(g == 0) for g in grads.values())
+
+
+def test_bad_config_is_named(tmp_path):
+    model = GPT2(7, 16, 8, 1, 2, seed=2)
+    model.save_hf(str(tmp_path / "policy"))
+    s = {"prompt": [1], "completion": [3], "reward": 0.5, "ref_logp": -3.0}
+    for spec, needle in [({"divergence": "chi2", "k": 2}, "--divergence: chi2"), ({"divergence": "rkl", "k": 1}, "--n")]:
+        full = {"algo": "rloo", "beta": 0.1, "grpo_eps": 1e-4, "samples": [s] * max(spec["k"], 1), **spec}
+        (tmp_path / "spec.json").write_text(json.dumps(full))
+        r = harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "o", check=False)
+        assert r.returncode != 0 and needle in r.stderr, r.stderr
+
+
+LETTERS = """import json, sys
+for line in sys.stdin.buffer:
+    c = json.loads(line.decode("utf-8", "replace"))["completion"]
+    print(sum("a" <= ch <= "z" for ch in c))
+"""
+
+
+def test_rl_run_raises_heldout_reward(tmp_path):
+    """12 RLOO steps with the reverse-KL-shaped reward on a tiny byte model: the held-out reward
+    (letters counted here, on `fdpo generate` samples) rises by more than 3 standard errors."""
+    import math
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (tmp_path / "prompts.txt").write_text("".join(f"prompt {i}:\n" for i in range(40)))
+    (tmp_path / "heldout.txt").write_text("".join(f"held out {i}:\n" for i in range(20)))
+    (tmp_path / "letters.py").write_text(LETTERS)
+
+    def run(*args):
+        r = subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    run("rl", "--model", tmp_path / "model", "--data", tmp_path / "prompts.txt", "--out", tmp_path / "out",
+        "--reward", f"cmd:/usr/bin/python3 {tmp_path / 'letters.py'}", "--algo", "rloo", "--divergence", "rkl",
+        "--beta", 0.05, "--steps", 12, "--n", 4, "--prompts-per-step", 8, "--max-new-tokens", 16, "--lr", "1e-2")
+    m = [json.loads(l) for l in open(tmp_path / "out" / "metrics.jsonl")]
+    assert [x["step"] for x in m] == list(range(1, 13))
+    for key in ["loss", "objective/scores", "objective/kl", "objective/entropy", "objective/rlhf_reward",
+                "objective/non_score_reward", "val/contain_eos_token", "grad_norm", "learning_rate"]:
+        assert key in m[0], key
+    assert abs(m[0]["objective/kl"]) < 1e-3  # step 1 samples the reference itself
+
+    def heldout(model):
+        out = tmp_path / "g.jsonl"
+        run("generate", "--model", model, "--data", tmp_path / "heldout.txt", "--n", 8, "--max-new-tokens", 16,
+            "--seed", 7, "--out", out)
+        return np.array([sum("a" <= ch <= "z" for ch in json.loads(l.decode("utf-8", "replace"))["completion"])
+                         for l in open(out, "rb")])
+
+    before, after = heldout(tmp_path / "model"), heldout(tmp_path / "out")
+    diff = after.mean() - before.mean()
+    se = math.sqrt(before.var(ddof=1) / len(before) + after.var(ddof=1) / len(after))
+    print(f"held-out reward {before.mean():.3f} -> {after.mean():.3f}: +{diff:.3f} = {diff / se:.1f} SE")
+    assert diff > 3 * se
+
+
+def test_rl_bad_flags(tmp_path):
+    import subprocess
+    from dpo_common import FDPO
+    for args, needle in [(["--algo", "ppo"], "--algo"), (["--n", "1"], "--n"), (["--divergence", "tv"], "--divergence")]:
+        r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path, "--data", tmp_path / "p", "--reward",
+                            "length", "--out", tmp_path / "o", *args]], capture_output=True, text=True)
+        assert r.returncode != 0 and needle in r.stderr, r.stderr
+
+
+def test_rl_same_seed_same_numbers(tmp_path):
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=32, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("a\nb\nc\n")
+    runs = []
+    for name in ["x", "y"]:
+        r = subprocess.run([str(a) for a in [
+                            FDPO, "rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt", "--reward", "length",
+                            "--out", tmp_path / name, "--steps", 3, "--n", 2, "--prompts-per-step", 2,
+                            "--max-new-tokens", 6, "--threads", 1, "--algo", "grpo", "--divergence", "fkl"]],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        runs.append([{k: v for k, v in json.loads(l).items() if k != "tokens_per_sec"}
+                     for l in open(tmp_path / name / "metrics.jsonl")])
+    assert runs[0] == runs[1]
+    assert (tmp_path / "x" / "model.safetensors").read_bytes() == (tmp_path / "y" / "model.safetensors").read_bytes()
