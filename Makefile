@@ -14,7 +14,7 @@ SAN     ?=
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude -Isrc $(SAN)
 CFLAGS  += $(shell pkg-config --cflags libcjson libpcre2-8 2>/dev/null)
-LDLIBS  += -lopenblas -lcjson -lpcre2-8 -linih -lm -fopenmp $(SAN)
+LDLIBS  += -lopenblas -ldnnl -lcjson -lpcre2-8 -linih -lm -fopenmp $(SAN)
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
 
 LIB_SRC  := $(sort $(wildcard src/core/*.c src/text/*.c src/io/*.c src/model/*.c \

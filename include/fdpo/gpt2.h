@@ -59,6 +59,20 @@ typedef struct {
 
 typedef struct fdpo_gpt2_acts fdpo_gpt2_acts; /* activations, private to src/model */
 
+/* Matmul precision (--precision). bf16: every linear layer and the LM head multiply
+ * bf16-rounded inputs (activations and a bf16 copy of the weights, refreshed at each
+ * forward) with fp32 accumulation into fp32 outputs; master weights, gradients, optimizer
+ * state, attention, LayerNorm, softmax, losses and log-prob sums stay fp32. */
+typedef enum { FDPO_PRECISION_FP32 = 0, FDPO_PRECISION_BF16 = 1 } fdpo_precision;
+int fdpo_precision_parse(const char *name, fdpo_precision *out); /* "fp32" | "bf16"; error names --precision */
+const char *fdpo_precision_name(fdpo_precision p);
+/* Process-wide default for models created afterwards (like fdpo_set_threads). */
+int fdpo_set_precision(const char *name);
+fdpo_precision fdpo_get_precision(void);
+/* 1 when bf16 matmuls run on AVX512-BF16 (oneDNN); 0 = the correct but slower fp32
+ * fallback (no AVX512-BF16, or FDPO_FORCE_BF16_FALLBACK=1), announced once via fdpo_log. */
+int fdpo_bf16_native(void);
+
 typedef struct {
     fdpo_gpt2_config config;
     fdpo_gpt2_tensor tensors[FDPO_GPT2_NUM_TENSORS];
@@ -66,6 +80,8 @@ typedef struct {
     fdpo_gpt2_params params; float *params_memory;
     fdpo_gpt2_params grads;  float *grads_memory;   /* allocated on first backward */
     fdpo_gpt2_acts *acts;                            /* sized for the largest batch seen */
+    fdpo_precision precision;                        /* from fdpo_get_precision() at create */
+    uint16_t *params_bf16;                           /* bf16 copy of params (bf16 only) */
 } fdpo_gpt2;
 
 /* A packed batch (see top). Arrays of length N unless noted. The caller owns them. */
@@ -105,6 +121,8 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp);
 void fdpo_gpt2_zero_grad(fdpo_gpt2 *m);
 /* d_token_logp[t] = d_seq_logp[b(t)] * weight_t, for per-sequence upstream gradients. */
 void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp);
+/* Switch a model's matmul precision (forward/backward from the next forward on). */
+void fdpo_gpt2_set_precision(fdpo_gpt2 *m, fdpo_precision p);
 /* Copy parameters (same config required). */
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src);
 

@@ -83,8 +83,11 @@ fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
     build_tensor_table(m);
     m->params_memory = fdpo_calloc(m->n_params, sizeof(float));
     point_params(&m->params, m->params_memory, m->tensors);
+    m->precision = fdpo_get_precision();
     return m;
 }
+
+void fdpo_gpt2_set_precision(fdpo_gpt2 *m, fdpo_precision p) { m->precision = p; }
 
 static void acts_free(fdpo_gpt2_acts *a) {
     if (!a) return;
@@ -101,6 +104,8 @@ static void acts_free(fdpo_gpt2_acts *a) {
     free(a->ctargets);
     free(a->cd);
     free(a->clse);
+    free(a->bf16_x);
+    free(a->bf16_y);
     free(a);
 }
 
@@ -108,6 +113,7 @@ void fdpo_gpt2_free(fdpo_gpt2 *m) {
     if (!m) return;
     free(m->params_memory);
     free(m->grads_memory);
+    free(m->params_bf16);
     acts_free(m->acts);
     free(m);
 }
@@ -204,6 +210,60 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
     a->cap_att = A;
 }
 
+/* bf16: refresh the bf16 weight copy (once per forward: every writer of params, the
+ * optimizer, loading, copy_params, is then covered without a hook) and size the scratch
+ * that holds bf16-rounded matmul inputs. */
+static void bf16_prepare(fdpo_gpt2 *m) {
+    fdpo_gpt2_acts *a = m->acts;
+    size_t C = m->config.n_embd, V = m->config.vocab_size, wide = 4 * C > V ? 4 * C : V;
+    if (!m->params_bf16) m->params_bf16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
+    fdpo_f32_to_bf16(m->params_bf16, m->params_memory, m->n_params);
+    if (a->bf16_cap < a->cap_tokens) {
+        free(a->bf16_x);
+        free(a->bf16_y);
+        a->bf16_x = fdpo_malloc(a->cap_tokens * wide * sizeof(uint16_t));
+        a->bf16_y = fdpo_malloc(a->cap_tokens * 4 * C * sizeof(uint16_t));
+        a->bf16_cap = a->cap_tokens;
+    }
+}
+
+/* the bf16 copy of the weight tensor w points into params_memory */
+static const uint16_t *bf16_of(const fdpo_gpt2 *m, const float *w) { return m->params_bf16 + (w - m->params_memory); }
+
+/* Linear layers and the LM head in the model's precision (the kernels do the maths). */
+static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, const float *w, const float *bias,
+                           size_t N, size_t IC, size_t OC) {
+    if (m->precision == FDPO_PRECISION_BF16)
+        matmul_forward_bf16(out, inp, bf16_of(m, w), bias, N, IC, OC, m->acts->bf16_x);
+    else
+        matmul_forward(out, inp, w, bias, N, IC, OC);
+}
+
+static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, const float *dout,
+                            const float *inp, const float *w, size_t N, size_t IC, size_t OC) {
+    if (m->precision == FDPO_PRECISION_BF16)
+        matmul_backward_bf16(dinp, dw, dbias, dout, inp, bf16_of(m, w), N, IC, OC, m->acts->bf16_x, m->acts->bf16_y);
+    else
+        matmul_backward(dinp, dw, dbias, dout, inp, w, N, IC, OC, 0);
+}
+
+static void head_forward(fdpo_gpt2 *m, float *logits, const float *inp, size_t N) {
+    const fdpo_gpt2_config *c = &m->config;
+    if (m->precision == FDPO_PRECISION_BF16)
+        lmhead_forward_bf16(logits, inp, bf16_of(m, m->params.wte), N, c->n_embd, c->vocab_size, m->acts->bf16_x);
+    else
+        lmhead_forward(logits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
+}
+
+static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const float *inp, size_t N) {
+    const fdpo_gpt2_config *c = &m->config;
+    if (m->precision == FDPO_PRECISION_BF16)
+        lmhead_backward_bf16(dinp, m->grads.wte, dlogits, inp, bf16_of(m, m->params.wte), N, c->n_embd,
+                             c->vocab_size, m->acts->bf16_x, m->acts->bf16_y);
+    else
+        lmhead_backward(dinp, m->grads.wte, dlogits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
+}
+
 int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
     if (fdpo_gpt2_check_batch(m, b)) return -1;
     const fdpo_gpt2_config *c = &m->config;
@@ -237,6 +297,7 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
         memcpy(a->branch, b->branch, N);
     }
     const uint8_t *branch = b->branch ? a->branch : NULL;
+    if (m->precision == FDPO_PRECISION_BF16) bf16_prepare(m);
 
     const fdpo_gpt2_params *p = &m->params;
     encoder_forward(a->encoded, a->tokens, a->pos, p->wte, p->wpe, N, C);
@@ -248,20 +309,20 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
         float *res3 = a->residual3 + l * N * C;
         layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, residual,
                           p->ln1w + l * C, p->ln1b + l * C, N, C, c->layer_norm_epsilon);
-        matmul_forward(qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, N, C, 3 * C);
+        linear_forward(m, qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, N, C, 3 * C);
         attention_forward(atty, a->att + l * A, qkv, a->seq_offset, a->att_offset, branch, B, C, NH);
-        matmul_forward(res2, atty, p->attprojw + l * C * C, p->attprojb + l * C, N, C, C);
+        linear_forward(m, res2, atty, p->attprojw + l * C * C, p->attprojb + l * C, N, C, C);
         residual_forward(res2, res2, residual, N * C);
         layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
                           p->ln2w + l * C, p->ln2b + l * C, N, C, c->layer_norm_epsilon);
-        matmul_forward(fch, ln2, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, N, C, 4 * C);
+        linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, N, C, 4 * C);
         gelu_forward(fch_gelu, fch, N * 4 * C);
-        matmul_forward(res3, fch_gelu, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, N, 4 * C, C);
+        linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, N, 4 * C, C);
         residual_forward(res3, res3, res2, N * C);
     }
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->residual3 + (L - 1) * N * C,
                       p->lnfw, p->lnfb, N, C, c->layer_norm_epsilon);
-    lmhead_forward(a->logits, a->lnf, p->wte, N, C, V);
+    head_forward(m, a->logits, a->lnf, N);
     /* token_logp is needed for seq_logp even when the caller did not ask for it */
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL); /* d_residual is free now */
     logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
@@ -322,7 +383,7 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
     }
     if (K == N) {
         logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
-        lmhead_backward(a->d_ln, g->wte, a->logits, a->lnf, p->wte, N, C, V);
+        head_backward(m, a->d_ln, a->logits, a->lnf, N);
     } else {
         float *lnf_packed = a->d_atty, *dlnf_packed = a->d_qkv; /* both free until the blocks */
         for (size_t k = 0; k < K; k++) { /* rows[k] >= k: moving forward never clobbers a later source */
@@ -332,7 +393,7 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
         memset(a->d_ln, 0, N * C * sizeof(float));
         if (K > 0) {
             logsoftmax_backward(a->logits, a->clse, a->ctargets, a->cd, K, V);
-            lmhead_backward(dlnf_packed, g->wte, a->logits, lnf_packed, p->wte, K, C, V);
+            head_backward(m, dlnf_packed, a->logits, lnf_packed, K);
             for (size_t k = 0; k < K; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + k * C, C * sizeof(float));
         }
     }
@@ -345,20 +406,20 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
         const float *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
         const float *fch = a->fch + l * N * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C;
         /* MLP block: res3 = res2 + gelu(ln2(res2) @ fcw + fcb) @ fcprojw + fcprojb */
-        matmul_backward(a->d_fch, g->fcprojw + l * 4 * C * C, g->fcprojb + l * C, a->d_residual,
-                        fch_gelu, p->fcprojw + l * 4 * C * C, N, 4 * C, C, 0);
+        linear_backward(m, a->d_fch, g->fcprojw + l * 4 * C * C, g->fcprojb + l * C, a->d_residual,
+                        fch_gelu, p->fcprojw + l * 4 * C * C, N, 4 * C, C);
         gelu_backward(a->d_fch, fch, a->d_fch, N * 4 * C);
-        matmul_backward(a->d_ln, g->fcw + l * C * 4 * C, g->fcb + l * 4 * C, a->d_fch, ln2,
-                        p->fcw + l * C * 4 * C, N, C, 4 * C, 0);
+        linear_backward(m, a->d_ln, g->fcw + l * C * 4 * C, g->fcb + l * 4 * C, a->d_fch, ln2,
+                        p->fcw + l * C * 4 * C, N, C, 4 * C);
         layernorm_backward(a->d_residual, g->ln2w + l * C, g->ln2b + l * C, a->d_ln, res2,
                            p->ln2w + l * C, a->ln2_mean + l * N, a->ln2_rstd + l * N, N, C);
         /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
-        matmul_backward(a->d_atty, g->attprojw + l * C * C, g->attprojb + l * C, a->d_residual, atty,
-                        p->attprojw + l * C * C, N, C, C, 0);
+        linear_backward(m, a->d_atty, g->attprojw + l * C * C, g->attprojb + l * C, a->d_residual, atty,
+                        p->attprojw + l * C * C, N, C, C);
         attention_backward(a->d_qkv, a->d_att, a->d_att_stride, a->d_atty, qkv, a->att + l * A,
                            a->seq_offset, a->att_offset, B, C, NH);
-        matmul_backward(a->d_ln, g->qkvw + l * C * 3 * C, g->qkvb + l * 3 * C, a->d_qkv, ln1,
-                        p->qkvw + l * C * 3 * C, N, C, 3 * C, 0);
+        linear_backward(m, a->d_ln, g->qkvw + l * C * 3 * C, g->qkvb + l * 3 * C, a->d_qkv, ln1,
+                        p->qkvw + l * C * 3 * C, N, C, 3 * C);
         layernorm_backward(a->d_residual, g->ln1w + l * C, g->ln1b + l * C, a->d_ln, residual,
                            p->ln1w + l * C, a->ln1_mean + l * N, a->ln1_rstd + l * N, N, C);
     }

@@ -52,6 +52,10 @@ struct fdpo_gpt2_acts {
     size_t *rows;        /* [N] packed row -> token */
     int32_t *ctargets;   /* [N] targets, d_token_logp and lse of the packed rows */
     float *cd, *clse;
+    /* bf16 precision: matmul inputs rounded to bf16 (sized for the capacities above) */
+    uint16_t *bf16_x;    /* [cap_tokens * max(4C, V)] first operand (activations, d logits) */
+    uint16_t *bf16_y;    /* [cap_tokens * 4C] second operand of the weight-gradient GEMM */
+    size_t bf16_cap;     /* tokens the two buffers hold */
     int has_forward;
 };
 
@@ -83,5 +87,21 @@ void logsoftmax_backward(float *dlogits, const float *lse, const int32_t *target
                          const float *d_token_logp, size_t N, size_t V);
 void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                      const float *wte, size_t N, size_t C, size_t V);
+
+/* ---- bf16 (src/model/gemm_bf16.c and the *_bf16 kernels in gpt2_kernels.c) ---- */
+void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
+void fdpo_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
+void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
+                    const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
+void matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
+                         size_t N, size_t IC, size_t OC, uint16_t *scratch);
+void matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                          const uint16_t *w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
+                          uint16_t *scratch_inp);
+void lmhead_forward_bf16(float *logits, const float *inp, const uint16_t *wte, size_t N, size_t C, size_t V,
+                         uint16_t *scratch);
+void lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                          const uint16_t *wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
+                          uint16_t *scratch_inp);
 
 #endif

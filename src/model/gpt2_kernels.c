@@ -295,3 +295,47 @@ void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)C, (int)N,
                 1.0f, dlogits, (int)V, inp, (int)C, 1.0f, dwte, (int)C);
 }
+
+/* ---- bf16 variants: inputs rounded to bf16, fp32 accumulation and outputs ---- */
+
+/* out [N,OC] = bf16(inp [N,IC]) @ w [IC,OC] (bf16) + bias [OC]; scratch holds N*IC */
+void matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
+                         size_t N, size_t IC, size_t OC, uint16_t *scratch) {
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
+        beta = 1.0f;
+    }
+    fdpo_f32_to_bf16(scratch, inp, N * IC);
+    fdpo_gemm_bf16(0, 0, N, OC, IC, 1.0f, scratch, IC, w, OC, beta, out, OC);
+}
+
+/* dinp [N,IC] (=) bf16(dout) @ w^T;  dw [IC,OC] += bf16(inp)^T @ bf16(dout);
+ * dbias [OC] += sum_t dout (fp32). scratch_dout holds N*OC, scratch_inp N*IC. */
+void matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                          const uint16_t *w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
+                          uint16_t *scratch_inp) {
+    fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
+    fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
+    fdpo_gemm_bf16(0, 1, N, IC, OC, 1.0f, scratch_dout, OC, w, OC, 0.0f, dinp, IC);
+    fdpo_gemm_bf16(1, 0, IC, OC, N, 1.0f, scratch_inp, IC, scratch_dout, OC, 1.0f, dw, OC);
+    if (dbias) column_sums_add(dbias, dout, N, OC);
+}
+
+/* logits [N,V] = bf16(inp [N,C]) @ wte^T (bf16 [V,C]); scratch holds N*C */
+void lmhead_forward_bf16(float *logits, const float *inp, const uint16_t *wte, size_t N, size_t C, size_t V,
+                         uint16_t *scratch) {
+    fdpo_f32_to_bf16(scratch, inp, N * C);
+    fdpo_gemm_bf16(0, 1, N, V, C, 1.0f, scratch, C, wte, C, 0.0f, logits, V);
+}
+
+/* dinp [N,C] = bf16(dlogits) @ wte;  dwte [V,C] += bf16(dlogits)^T @ bf16(inp) */
+void lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                          const uint16_t *wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
+                          uint16_t *scratch_inp) {
+    fdpo_f32_to_bf16(scratch_dlogits, dlogits, N * V);
+    fdpo_f32_to_bf16(scratch_inp, inp, N * C);
+    fdpo_gemm_bf16(0, 0, N, C, V, 1.0f, scratch_dlogits, V, wte, C, 0.0f, dinp, C);
+    fdpo_gemm_bf16(1, 0, V, C, N, 1.0f, scratch_dlogits, V, scratch_inp, C, 1.0f, dwte, C);
+}

@@ -29,6 +29,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"model-fb", h_model},
     {"model-init", h_model},
     {"model-load", h_model},
+    {"model-peaks", h_model},
     {"objectives", h_objectives},
     {"tok-save", h_tokenizer},
     {"tok-threads", h_tokenizer},
