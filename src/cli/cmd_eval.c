@@ -52,6 +52,7 @@ int cmd_eval(int argc, char **argv) {
     const char *policy_flag, *ref_dir, *prompts_path, *reward_spec, *lexicon, *stop, *div_list, *pairs_path,
         *cal_div_spec, *out_path, *samples_path;
     long k, top_k, max_new, seed, batch, threads;
+    const char *precision;
     double temperature, top_p, reward_timeout, beta, ead_vocab;
     fdpo_flag flags[] = {
         {"policy", FLAG_STR, &policy_flag, NULL, "policy checkpoint (required; repeat for several columns)", 0},
@@ -76,6 +77,7 @@ int cmd_eval(int argc, char **argv) {
         {"out", FLAG_STR, &out_path, NULL, "write the metrics JSON here", 0},
         {"samples-out", FLAG_STR, &samples_path, NULL, "write every sample with its scores as JSONL here", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
+        {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
     };
     int rc = flags_parse("eval", "fdpo eval --policy CKPT [--policy CKPT2 ...] --ref CKPT --prompts FILE [-k K] [flags]",
                          flags, NFLAGS(flags), n_rest, rest, NULL, NULL);
@@ -115,6 +117,7 @@ int cmd_eval(int argc, char **argv) {
     if (!rc) rc = eval_parse_divergences("--divergences", div_list, &divs, &n_div);
     if (!rc && fdpo_divergence_parse(cal_div_spec, &c.cal_div)) rc = fdpo_error_context("--divergence");
     c.divs = divs; c.n_div = n_div;
+    if (!rc) rc = fdpo_set_precision(precision);
     fdpo_set_threads((int)threads);
     if (!rc && reward_spec) {
         fdpo_reward_options ro = {lexicon, reward_timeout};

@@ -15,6 +15,7 @@ static const char *finish_name(fdpo_finish f) {
 int cmd_generate(int argc, char **argv) {
     const char *model_dir, *prompts_path, *out_path, *stop;
     long n, top_k, max_new, seed, batch, threads;
+    const char *precision;
     double temperature, top_p;
     fdpo_flag flags[] = {
         {"model", FLAG_STR, &model_dir, NULL, "checkpoint directory (required)", 0},
@@ -29,6 +30,7 @@ int cmd_generate(int argc, char **argv) {
         {"seed", FLAG_INT, &seed, "1", "RNG seed (sample s of prompt p uses a stream of (seed, p, s))", 0},
         {"batch", FLAG_INT, &batch, "8", "sequences decoded together", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
+        {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
     };
     int rc = flags_parse("generate", "fdpo generate --model CKPT --prompts FILE [flags]", flags, NFLAGS(flags),
                          argc, argv, NULL, NULL);
@@ -42,6 +44,7 @@ int cmd_generate(int argc, char **argv) {
     if (batch <= 0) return fdpo_error("--batch: must be > 0 (got %ld)", batch);
     fdpo_sample_config sc = {temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)seed, (size_t)batch};
     if (fdpo_sample_config_check(&sc)) return -1;
+    if (fdpo_set_precision(precision)) return -1;
     fdpo_set_threads((int)threads);
 
     char **prompts = NULL;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include "fdpo/core.h"
 #include "fdpo/decode.h"
+#include "model/gpt2_internal.h"
 
 struct fdpo_decoder {
     const fdpo_gpt2 *model;
@@ -28,6 +29,10 @@ struct fdpo_decoder {
     int32_t *row_pos;   /* [R] */
     float *scores;      /* [threads, max_len] attention scores per thread */
     int n_threads_scores;
+    /* bf16 precision (the model's, at create): bf16 copy of the weights, which the
+     * decoder only reads, and the bf16-rounded matmul inputs [cap16 rows, 4C] */
+    uint16_t *w16, *in16;
+    size_t cap16;
 };
 
 fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
@@ -45,6 +50,10 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
     size_t n = c->n_layer * max_seqs * max_len * c->n_embd;
     d->k_cache = fdpo_malloc(n * sizeof(float));
     d->v_cache = fdpo_malloc(n * sizeof(float));
+    if (m->precision == FDPO_PRECISION_BF16) {
+        d->w16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
+        fdpo_f32_to_bf16(d->w16, m->params_memory, m->n_params);
+    }
     return d;
 }
 
@@ -53,6 +62,7 @@ void fdpo_decoder_free(fdpo_decoder *d) {
     free(d->len); free(d->k_cache); free(d->v_cache);
     free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast);
     free(d->row_slot); free(d->row_pos); free(d->scores);
+    free(d->w16); free(d->in16);
     free(d);
 }
 
@@ -164,13 +174,17 @@ static void decode_matmul_small_rows(float *out, const float *inp, const float *
 /* out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] + bias [OC]; accumulate adds into out
  * (the residual stream) instead of overwriting it. */
 static void decode_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
-                                  size_t R, size_t IC, size_t OC, int accumulate) {
+                                  size_t R, size_t IC, size_t OC, int accumulate, const uint16_t *w16,
+                                  uint16_t *in16) {
     if (!accumulate) {
         for (size_t r = 0; r < R; r++) memcpy(out + r * OC, bias, OC * sizeof(float));
     } else {
         for (size_t r = 0; r < R; r++) for (size_t o = 0; o < OC; o++) out[r * OC + o] += bias[o];
     }
-    if (R <= DECODE_SMALL_ROWS)
+    if (w16) { /* bf16: out += bf16(inp) @ w16, fp32 accumulation */
+        fdpo_f32_to_bf16(in16, inp, R * IC);
+        fdpo_gemm_bf16(0, 0, R, OC, IC, 1.0f, in16, IC, w16, OC, 1.0f, out, OC);
+    } else if (R <= DECODE_SMALL_ROWS)
         decode_matmul_small_rows(out, inp, w, R, IC, OC);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
@@ -245,8 +259,11 @@ static void decode_gelu_forward(float *x, size_t n) {
 #define DECODE_LMHEAD_ROWS 64
 #define DECODE_LMHEAD_BLOCK 128
 static void decode_lmhead_forward(float *logits, const float *inp, const float *wte, size_t R,
-                                  size_t C, size_t V) {
-    if (R == 1) {
+                                  size_t C, size_t V, const uint16_t *wte16, uint16_t *in16) {
+    if (wte16) { /* bf16: logits = bf16(inp) @ wte16^T */
+        fdpo_f32_to_bf16(in16, inp, R * C);
+        fdpo_gemm_bf16(0, 1, R, V, C, 1.0f, in16, C, wte16, C, 0.0f, logits, V);
+    } else if (R == 1) {
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)V, (int)C, 1.0f, wte, (int)C, inp, 1, 0.0f, logits, 1);
     } else if (R <= DECODE_LMHEAD_ROWS) {
         size_t n_blocks = (V + DECODE_LMHEAD_BLOCK - 1) / DECODE_LMHEAD_BLOCK;
@@ -283,6 +300,14 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
             return fdpo_error("decoder: token id %d outside the vocabulary [0, %zu)", tokens[r], V);
     if (R == 0) return 0;
     grow_rows(d, R, n_slots);
+    const fdpo_gpt2 *m = d->model;
+    if (d->w16 && d->cap16 < R) {
+        free(d->in16);
+        d->in16 = fdpo_malloc(R * 4 * C * sizeof(uint16_t));
+        d->cap16 = R;
+    }
+    /* the bf16 copy of weight tensor w (NULL in fp32) */
+#define W16(w) (d->w16 ? d->w16 + ((w) - m->params_memory) : NULL)
     for (size_t i = 0, r = 0; i < n_slots; i++)
         for (size_t j = 0; j < n_new[i]; j++, r++) {
             d->row_slot[r] = slots[i];
@@ -294,20 +319,24 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
     for (size_t l = 0; l < L; l++) {
         float *kc = d->k_cache + l * layer_cache, *vc = d->v_cache + l * layer_cache;
         decode_layernorm_forward(d->h, d->x, p->ln1w + l * C, p->ln1b + l * C, R, C, c->layer_norm_epsilon);
-        decode_matmul_forward(d->qkv, d->h, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0);
+        decode_matmul_forward(d->qkv, d->h, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
+                              W16(p->qkvw + l * C * 3 * C), d->in16);
         decode_cache_store(kc, vc, d->qkv, d->row_slot, d->row_pos, R, C, d->max_len);
         decode_attention_forward(d->atty, d->scores, d->qkv, kc, vc, d->row_slot, d->row_pos, R, C, NH, d->max_len);
-        decode_matmul_forward(d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1);
+        decode_matmul_forward(d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1,
+                              W16(p->attprojw + l * C * C), d->in16);
         decode_layernorm_forward(d->h, d->x, p->ln2w + l * C, p->ln2b + l * C, R, C, c->layer_norm_epsilon);
-        decode_matmul_forward(d->fch, d->h, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0);
+        decode_matmul_forward(d->fch, d->h, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0,
+                              W16(p->fcw + l * C * 4 * C), d->in16);
         decode_gelu_forward(d->fch, R * 4 * C);
-        decode_matmul_forward(d->x, d->fch, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, R, 4 * C, C, 1);
+        decode_matmul_forward(d->x, d->fch, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, R, 4 * C, C, 1,
+                              W16(p->fcprojw + l * 4 * C * C), d->in16);
     }
     for (size_t i = 0; i < n_slots; i++) d->len[slots[i]] += n_new[i];
 
     if (all_logits) {
         decode_layernorm_forward(d->h, d->x, p->lnfw, p->lnfb, R, C, c->layer_norm_epsilon);
-        decode_lmhead_forward(logits, d->h, p->wte, R, C, V);
+        decode_lmhead_forward(logits, d->h, p->wte, R, C, V, W16(p->wte), d->in16);
     } else {
         size_t r_end = 0;
         for (size_t i = 0; i < n_slots; i++) {
@@ -315,7 +344,8 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
             memcpy(d->xlast + i * C, d->x + (r_end - 1) * C, C * sizeof(float));
         }
         decode_layernorm_forward(d->h, d->xlast, p->lnfw, p->lnfb, n_slots, C, c->layer_norm_epsilon);
-        decode_lmhead_forward(logits, d->h, p->wte, n_slots, C, V);
+        decode_lmhead_forward(logits, d->h, p->wte, n_slots, C, V, W16(p->wte), d->in16);
     }
+#undef W16
     return 0;
 }
