@@ -92,7 +92,6 @@ void fdpo_gpt2_set_precision(fdpo_gpt2 *m, fdpo_precision p) { m->precision = p;
 static void acts_free(fdpo_gpt2_acts *a) {
     if (!a) return;
     free(a->memory);
-    free(a->d_att);
     free(a->seq_offset);
     free(a->att_offset);
     free(a->tokens);
@@ -191,10 +190,10 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
     }
     N = N > a->cap_tokens ? N : a->cap_tokens;
     A = A > a->cap_att ? A : a->cap_att;
-    size_t C = m->config.n_embd, L = m->config.n_layer, V = m->config.vocab_size;
+    size_t C = m->config.n_embd, L = m->config.n_layer, V = m->config.vocab_size, NH = m->config.n_head;
     struct { float **p; size_t n; } parts[] = {
         {&a->encoded, N * C}, {&a->ln1, L * N * C}, {&a->ln1_mean, L * N}, {&a->ln1_rstd, L * N},
-        {&a->qkv, L * N * 3 * C}, {&a->atty, L * N * C}, {&a->att, L * A}, {&a->residual2, L * N * C},
+        {&a->qkv, L * N * 3 * C}, {&a->atty, L * N * C}, {&a->att_lse, L * N * NH}, {&a->residual2, L * N * C},
         {&a->ln2, L * N * C}, {&a->ln2_mean, L * N}, {&a->ln2_rstd, L * N}, {&a->fch, L * N * 4 * C},
         {&a->fch_gelu, L * N * 4 * C}, {&a->residual3, L * N * C}, {&a->lnf, N * C}, {&a->lnf_mean, N},
         {&a->lnf_rstd, N}, {&a->logits, N * V}, {&a->lse, N}, {&a->d_residual, N * C}, {&a->d_ln, N * C},
@@ -296,6 +295,7 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
         if (!a->branch) a->branch = fdpo_malloc(a->cap_tokens);
         memcpy(a->branch, b->branch, N);
     }
+    a->has_branch = b->branch != NULL;
     const uint8_t *branch = b->branch ? a->branch : NULL;
     if (m->precision == FDPO_PRECISION_BF16) bf16_prepare(m);
 
@@ -310,7 +310,7 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
         layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, residual,
                           p->ln1w + l * C, p->ln1b + l * C, N, C, c->layer_norm_epsilon);
         linear_forward(m, qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, N, C, 3 * C);
-        attention_forward(atty, a->att + l * A, qkv, a->seq_offset, a->att_offset, branch, B, C, NH);
+        attention_forward_streaming(atty, a->att_lse + l * N * NH, qkv, a->seq_offset, branch, B, C, NH);
         linear_forward(m, res2, atty, p->attprojw + l * C * C, p->attprojb + l * C, N, C, C);
         residual_forward(res2, res2, residual, N * C);
         layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
@@ -356,16 +356,7 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
     if (!m->grads_memory) fdpo_gpt2_zero_grad(m);
     const fdpo_gpt2_config *c = &m->config;
     size_t N = a->n_tokens, B = a->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
-    size_t A = a->att_offset[B];
-    /* d_att: one maxT x maxT scratch per thread; regrow when threads or lengths grow */
-    int nth = omp_get_max_threads();
-    size_t stride = a->cap_maxT * a->cap_maxT;
-    if (!a->d_att || nth > a->n_threads_scratch || stride > a->d_att_stride) {
-        free(a->d_att);
-        a->d_att = fdpo_malloc((size_t)nth * stride * sizeof(float));
-        a->n_threads_scratch = nth;
-        a->d_att_stride = stride;
-    }
+    const uint8_t *branch = a->has_branch ? a->branch : NULL;
     const fdpo_gpt2_params *p = &m->params;
     fdpo_gpt2_params *g = &m->grads;
 
@@ -416,8 +407,8 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
         /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
         linear_backward(m, a->d_atty, g->attprojw + l * C * C, g->attprojb + l * C, a->d_residual, atty,
                         p->attprojw + l * C * C, N, C, C);
-        attention_backward(a->d_qkv, a->d_att, a->d_att_stride, a->d_atty, qkv, a->att + l * A,
-                           a->seq_offset, a->att_offset, B, C, NH);
+        attention_backward_streaming(a->d_qkv, a->d_atty, qkv, atty, a->att_lse + l * N * NH, a->seq_offset,
+                                     branch, B, C, NH);
         linear_backward(m, a->d_ln, g->qkvw + l * C * 3 * C, g->qkvb + l * 3 * C, a->d_qkv, ln1,
                         p->qkvw + l * C * 3 * C, N, C, 3 * C);
         layernorm_backward(a->d_residual, g->ln1w + l * C, g->ln1b + l * C, a->d_ln, residual,

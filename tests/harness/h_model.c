@@ -19,6 +19,12 @@
  *       calls), bf16 GEMM (fdpo_gemm_bf16: oneDNN, or the fallback) in GFLOP/s, and memory
  *       bandwidth from a STREAM triad a = b + s c over three arrays of MIB MiB (GB/s).
  *   model-fb also takes --precision fp32|bf16.
+ *   attention-check --lengths T1,T2,... --heads NH --head-size HS --seed S [--branches 0|1] --out FILE
+ *       random qkv [N,3C] and upstream d_out [N,C] over a packed batch (with --branches 1,
+ *       each sequence is [shared | branch 1 | branch 2] as in the shared-prompt DPO layout);
+ *       runs the materialised attention (attention_forward/backward, T x T maps) and the
+ *       streaming one (attention_*_streaming, O(T)) and writes qkv, dout, branch, and each
+ *       one's out / dqkv as safetensors.
  */
 #include <cJSON.h>
 #include <stdio.h>
@@ -347,6 +353,69 @@ static int h_model_peaks(int argc, char **argv) {
     return 0;
 }
 
+static int h_attention_check(int argc, char **argv) {
+    const char *lens = arg(argc, argv, "--lengths"), *heads = arg(argc, argv, "--heads");
+    const char *hsz = arg(argc, argv, "--head-size"), *seed = arg(argc, argv, "--seed"), *out = arg(argc, argv, "--out");
+    const char *brs = arg(argc, argv, "--branches");
+    if (!lens || !heads || !hsz || !out)
+        return fdpo_error("usage: attention-check --lengths T1,T2 --heads NH --head-size HS [--seed S] [--branches 0|1] --out FILE");
+    size_t NH = (size_t)atol(heads), C = NH * (size_t)atol(hsz), B = 0, off[65] = {0};
+    for (const char *p = lens; *p && B < 64; B++) {
+        char *end;
+        long T = strtol(p, &end, 10);
+        if (T < 1 || end == p) return fdpo_error("--lengths: '%s' is not a list of positive lengths", lens);
+        off[B + 1] = off[B] + (size_t)T;
+        p = *end == ',' ? end + 1 : end;
+    }
+    size_t N = off[B];
+    if (NH == 0 || C == 0) return fdpo_error("--heads and --head-size must be >= 1");
+    int with_branch = brs && atoi(brs);
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, seed ? strtoull(seed, NULL, 10) : 1);
+    float *qkv = fdpo_malloc(N * 3 * C * sizeof(float)), *dout = fdpo_malloc(N * C * sizeof(float));
+    float *br_f = fdpo_malloc(N * sizeof(float));
+    uint8_t *br = fdpo_calloc(N, 1);
+    for (size_t i = 0; i < N * 3 * C; i++) qkv[i] = (float)fdpo_rng_normal(&rng);
+    for (size_t i = 0; i < N * C; i++) dout[i] = (float)fdpo_rng_normal(&rng);
+    size_t A = 0, att_off[65] = {0};
+    for (size_t b = 0; b < B; b++) {
+        size_t T = off[b + 1] - off[b];
+        for (size_t t = 0; t < T && with_branch; t++) br[off[b] + t] = (uint8_t)(t < T / 3 ? 0 : t < 2 * T / 3 ? 1 : 2);
+        att_off[b + 1] = att_off[b] + NH * T * T;
+        A = att_off[b + 1];
+    }
+    for (size_t t = 0; t < N; t++) br_f[t] = br[t];
+    float *o_old = fdpo_malloc(N * C * sizeof(float)), *o_new = fdpo_malloc(N * C * sizeof(float));
+    float *d_old = fdpo_malloc(N * 3 * C * sizeof(float)), *d_new = fdpo_malloc(N * 3 * C * sizeof(float));
+    float *att = fdpo_malloc((A + 1) * sizeof(float)), *lse = fdpo_malloc(N * NH * sizeof(float));
+    size_t maxT = 0;
+    for (size_t b = 0; b < B; b++) if (off[b + 1] - off[b] > maxT) maxT = off[b + 1] - off[b];
+    int nth = omp_get_max_threads();
+    float *scratch = fdpo_malloc((size_t)nth * maxT * maxT * sizeof(float));
+    const uint8_t *bp = with_branch ? br : NULL;
+    attention_forward(o_old, att, qkv, off, att_off, bp, B, C, NH);
+    attention_backward(d_old, scratch, maxT * maxT, dout, qkv, att, off, att_off, B, C, NH);
+    attention_forward_streaming(o_new, lse, qkv, off, bp, B, C, NH);
+    attention_backward_streaming(d_new, dout, qkv, o_new, lse, off, bp, B, C, NH);
+    fdpo_st_writer *w = fdpo_st_writer_new();
+    size_t s3[2] = {N, 3 * C}, s1[2] = {N, C}, sn[1] = {N}, so[1] = {B + 1};
+    float off_f[65];
+    for (size_t b = 0; b <= B; b++) off_f[b] = (float)off[b];
+    fdpo_st_writer_add(w, "qkv", FDPO_F32, s3, 2, qkv);
+    fdpo_st_writer_add(w, "dout", FDPO_F32, s1, 2, dout);
+    fdpo_st_writer_add(w, "branch", FDPO_F32, sn, 1, br_f);
+    fdpo_st_writer_add(w, "seq_offset", FDPO_F32, so, 1, off_f);
+    fdpo_st_writer_add(w, "out_materialised", FDPO_F32, s1, 2, o_old);
+    fdpo_st_writer_add(w, "out_streaming", FDPO_F32, s1, 2, o_new);
+    fdpo_st_writer_add(w, "dqkv_materialised", FDPO_F32, s3, 2, d_old);
+    fdpo_st_writer_add(w, "dqkv_streaming", FDPO_F32, s3, 2, d_new);
+    int rc = fdpo_st_writer_write(w, out);
+    fdpo_st_writer_free(w);
+    free(qkv); free(dout); free(br_f); free(br); free(o_old); free(o_new); free(d_old); free(d_new);
+    free(att); free(lse); free(scratch);
+    return rc;
+}
+
 int h_model(int argc, char **argv);
 int h_model(int argc, char **argv) {
     if (!strcmp(argv[0], "model-fb")) return h_model_fb(argc, argv);
@@ -354,5 +423,6 @@ int h_model(int argc, char **argv) {
     if (!strcmp(argv[0], "model-load")) return h_model_load(argc, argv);
     if (!strcmp(argv[0], "model-bench")) return h_model_bench(argc, argv);
     if (!strcmp(argv[0], "model-peaks")) return h_model_peaks(argc, argv);
+    if (!strcmp(argv[0], "attention-check")) return h_attention_check(argc, argv);
     return fdpo_error("unknown model subcommand");
 }

@@ -30,6 +30,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"model-init", h_model},
     {"model-load", h_model},
     {"model-peaks", h_model},
+    {"attention-check", h_model},
     {"objectives", h_objectives},
     {"tok-save", h_tokenizer},
     {"tok-threads", h_tokenizer},
