@@ -94,6 +94,11 @@ typedef struct {
     const float *weights;      /* per-token weight for seq_logp (and losses); NULL = 1 where target >= 0 */
     const int32_t *pos;        /* position ids; NULL = 0..T_b-1 within each sequence */
     const uint8_t *branch;     /* branch tags; NULL = plain causal attention */
+    /* 1: run the LM head (logits, log-softmax) only for tokens with a target and a non-zero
+     * weight, the ones whose log-prob a loss uses (DPO/SFT completions). Other tokens get
+     * token_logp 0 and logits rows of 0, and must get d_token_logp 0 in backward (an error
+     * otherwise). 0 (default): every token with a target. */
+    int skip_unweighted;
 } fdpo_batch;
 
 int  fdpo_gpt2_config_check(const fdpo_gpt2_config *c); /* error names the bad key */

@@ -263,6 +263,37 @@ static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const
         lmhead_backward(dinp, m->grads.wte, dlogits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
 }
 
+/* LM head and log-softmax over the K rows a->rows[0..K) only (the rest get logits 0,
+ * lse 0 and token_logp 0): pack their ln_f outputs, one GEMM of K x V instead of N x V,
+ * then move each logits row to its token's place. */
+static void lmhead_rows_forward(fdpo_gpt2 *m, float *tlp, size_t K) {
+    fdpo_gpt2_acts *a = m->acts;
+    size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size;
+    float *lnf_packed = a->d_atty; /* backward scratch, free during forward */
+    for (size_t k = 0; k < K; k++) {
+        memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
+        a->ctargets[k] = a->targets[a->rows[k]];
+    }
+    head_forward(m, a->logits, lnf_packed, K);
+    logsoftmax_forward(a->clse, a->cd, a->logits, a->ctargets, K, V);
+    memset(a->lse, 0, N * sizeof(float));
+    if (tlp) memset(tlp, 0, N * sizeof(float));
+    for (size_t k = 0; k < K; k++) {
+        a->lse[a->rows[k]] = a->clse[k];
+        if (tlp) tlp[a->rows[k]] = a->cd[k];
+    }
+    /* rows[k] >= k: moving from the back never overwrites a row still to be moved; the
+     * rows in between (skipped tokens) become 0 */
+    size_t next = N;
+    for (size_t k = K; k-- > 0;) {
+        size_t t = a->rows[k];
+        if (next > t + 1) memset(a->logits + (t + 1) * V, 0, (next - t - 1) * V * sizeof(float));
+        if (t != k) memcpy(a->logits + t * V, a->logits + k * V, V * sizeof(float));
+        next = t;
+    }
+    if (next > 0) memset(a->logits, 0, next * V * sizeof(float));
+}
+
 int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
     if (fdpo_gpt2_check_batch(m, b)) return -1;
     const fdpo_gpt2_config *c = &m->config;
@@ -322,10 +353,20 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     }
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->residual3 + (L - 1) * N * C,
                       p->lnfw, p->lnfb, N, C, c->layer_norm_epsilon);
-    head_forward(m, a->logits, a->lnf, N);
     /* token_logp is needed for seq_logp even when the caller did not ask for it */
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL); /* d_residual is free now */
-    logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    a->skip_unweighted = b->skip_unweighted;
+    size_t K = N;
+    if (b->skip_unweighted) { /* the LM head only over tokens whose log-prob is used */
+        K = 0;
+        for (size_t t = 0; t < N; t++) if (a->weights[t] != 0.0f) a->rows[K++] = t;
+    }
+    if (K == N) {
+        head_forward(m, a->logits, a->lnf, N);
+        logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    } else {
+        lmhead_rows_forward(m, tlp, K);
+    }
     if (seq_logp) {
         for (size_t s = 0; s < B; s++) {
             double sum = 0.0;
@@ -366,6 +407,9 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) {
     size_t K = 0;
     for (size_t t = 0; t < N; t++) {
         if (a->targets[t] < 0 || d_token_logp[t] == 0.0f) continue;
+        if (a->skip_unweighted && a->weights[t] == 0.0f)
+            return fdpo_error("gpt2 backward: d_token_logp[%zu] = %g but the forward skipped that token "
+                              "(skip_unweighted: its weight is 0)", t, (double)d_token_logp[t]);
         a->rows[K] = t;
         a->ctargets[K] = a->targets[t];
         a->cd[K] = d_token_logp[t];

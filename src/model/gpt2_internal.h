@@ -47,6 +47,7 @@ struct fdpo_gpt2_acts {
     float *weights;      /* resolved: weight where target >= 0, else 0 */
     uint8_t *branch;     /* valid when has_branch (the buffer outlives batches without) */
     int has_branch;
+    int skip_unweighted; /* the batch's flag: logits only for weighted tokens */
     /* backward of the LM head over the K rows with a gradient only */
     size_t *rows;        /* [N] packed row -> token */
     int32_t *ctargets;   /* [N] targets, d_token_logp and lse of the packed rows */

@@ -2,7 +2,8 @@
  *
  *   model-fb --model DIR --batch batch.json --out out.safetensors [--threads N] [--pre FILE]
  *       batch.json: {"sequences": [{"tokens": [..], "targets": [..], "weights"?: [..],
- *                    "pos"?: [..], "branch"?: [..]}, ...], "d_token_logp"?: [N floats]}
+ *                    "pos"?: [..], "branch"?: [..]}, ...], "d_token_logp"?: [N floats],
+ *                    "skip_unweighted"?: true}
  *       Writes logits [N,V], token_logp [N], seq_logp [B] and, when d_token_logp is given,
  *       every parameter gradient under its HF name. --pre FILE first runs forward+backward on
  *       another batch (exercises buffer reuse and growth; its gradients are dropped).
@@ -122,9 +123,11 @@ static int batch_load(const char *path, owned_batch *ob) {
         size_t t = 0;
         for (const cJSON *v = d->child; v && !rc; v = v->next) ob->d_token_logp[t++] = (float)v->valuedouble;
     }
+    int skip = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "skip_unweighted"));
     cJSON_Delete(root);
     ob->b = (fdpo_batch){.n_seq = B, .n_tokens = N, .seq_offset = ob->seq_offset, .tokens = ob->tokens,
-                         .targets = ob->targets, .weights = ob->weights, .pos = ob->pos, .branch = ob->branch};
+                         .targets = ob->targets, .weights = ob->weights, .pos = ob->pos, .branch = ob->branch,
+                         .skip_unweighted = skip};
     return rc ? fdpo_error_context("%s", path) : 0;
 }
 
