@@ -171,6 +171,53 @@ static void decode_matmul_small_rows(float *out, const float *inp, const float *
     }
 }
 
+/* bf16 weights, few rows: out [R, OC] += in16 [R, IC] @ w16 [IC, OC], both operands bf16
+ * widened exactly to fp32, fp32 accumulation (the bf16 rule). Decoding reads every weight
+ * once per step, so half the bytes is the point; a library GEMM would repack the weight
+ * on every call. Same strip loop as decode_matmul_small_rows. */
+static inline float bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void decode_matmul_small_rows_bf16(float *out, const uint16_t *in16, const uint16_t *w16, size_t R,
+                                          size_t IC, size_t OC) {
+    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
+    #pragma omp parallel for schedule(static) if (R * IC * OC >= (1 << 20))
+    for (size_t s = 0; s < n_strips; s++) {
+        size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+        float acc[DECODE_SMALL_ROWS][DECODE_STRIP] = {{0}};
+        for (size_t i = 0; i < IC; i++) {
+            const uint16_t *wi = w16 + i * OC + o0;
+            float wf[DECODE_STRIP];
+            for (size_t j = 0; j < ob; j++) wf[j] = bf16_value(wi[j]);
+            for (size_t r = 0; r < R; r++) {
+                float a = bf16_value(in16[r * IC + i]);
+                for (size_t j = 0; j < ob; j++) acc[r][j] = DECODE_FMA(a, wf[j], acc[r][j]);
+            }
+        }
+        for (size_t r = 0; r < R; r++)
+            for (size_t j = 0; j < ob; j++) out[r * OC + o0 + j] += acc[r][j];
+    }
+}
+
+/* logits [R, V] = in16 [R, C] @ wte16 [V, C]^T for few rows, parallel over the vocabulary */
+static void decode_lmhead_small_rows_bf16(float *logits, const uint16_t *in16, const uint16_t *wte16, size_t R,
+                                          size_t C, size_t V) {
+    #pragma omp parallel for schedule(static) if (R * V * C >= (1 << 20))
+    for (size_t v = 0; v < V; v++) {
+        const uint16_t *w = wte16 + v * C;
+        for (size_t r = 0; r < R; r++) {
+            const uint16_t *x = in16 + r * C;
+            float acc = 0.0f;
+            for (size_t c = 0; c < C; c++) acc = DECODE_FMA(bf16_value(x[c]), bf16_value(w[c]), acc);
+            logits[r * V + v] = acc;
+        }
+    }
+}
+
 /* out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] + bias [OC]; accumulate adds into out
  * (the residual stream) instead of overwriting it. */
 static void decode_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
@@ -183,7 +230,10 @@ static void decode_matmul_forward(float *out, const float *inp, const float *w, 
     }
     if (w16) { /* bf16: out += bf16(inp) @ w16, fp32 accumulation */
         fdpo_f32_to_bf16(in16, inp, R * IC);
-        fdpo_gemm_bf16(0, 0, R, OC, IC, 1.0f, in16, IC, w16, OC, 1.0f, out, OC);
+        if (R <= DECODE_SMALL_ROWS)
+            decode_matmul_small_rows_bf16(out, in16, w16, R, IC, OC);
+        else
+            fdpo_gemm_bf16(0, 0, R, OC, IC, 1.0f, in16, IC, w16, OC, 1.0f, out, OC);
     } else if (R <= DECODE_SMALL_ROWS)
         decode_matmul_small_rows(out, inp, w, R, IC, OC);
     else
@@ -262,7 +312,10 @@ static void decode_lmhead_forward(float *logits, const float *inp, const float *
                                   size_t C, size_t V, const uint16_t *wte16, uint16_t *in16) {
     if (wte16) { /* bf16: logits = bf16(inp) @ wte16^T */
         fdpo_f32_to_bf16(in16, inp, R * C);
-        fdpo_gemm_bf16(0, 1, R, V, C, 1.0f, in16, C, wte16, C, 0.0f, logits, V);
+        if (R <= DECODE_SMALL_ROWS)
+            decode_lmhead_small_rows_bf16(logits, in16, wte16, R, C, V);
+        else
+            fdpo_gemm_bf16(0, 1, R, V, C, 1.0f, in16, C, wte16, C, 0.0f, logits, V);
     } else if (R == 1) {
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)V, (int)C, 1.0f, wte, (int)C, inp, 1, 0.0f, logits, 1);
     } else if (R <= DECODE_LMHEAD_ROWS) {

@@ -219,7 +219,7 @@ def test_generate_bf16_logp_follows_the_bf16_rule(tmp_path):
     d = tmp_path / "m"
     m = make_byte_model(d, 257, seed=3, n_positions=64, scale=20.0, byte_tokenizer=True)
     pf, out = tmp_path / "p.txt", tmp_path / "o.jsonl"
-    pf.write_text("Hello\nab\n")
+    pf.write_text("Hello there, world\nab\n")  # prefill of 20 rows (GEMM) and steps of 4 rows
     r = subprocess.run([FDPO, "generate", "--model", d, "--prompts", pf, "--out", out, "--n", "2",
                         "--max-new-tokens", "8", "--seed", "3", "--precision", "bf16"],
                        capture_output=True, text=True, timeout=120)
