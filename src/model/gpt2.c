@@ -93,7 +93,6 @@ static void acts_free(fdpo_gpt2_acts *a) {
     if (!a) return;
     free(a->memory);
     free(a->seq_offset);
-    free(a->att_offset);
     free(a->tokens);
     free(a->targets);
     free(a->pos);
@@ -164,18 +163,17 @@ int fdpo_gpt2_check_batch(const fdpo_gpt2 *m, const fdpo_batch *b) {
     return 0;
 }
 
-/* Make sure the activation buffers hold a batch of N tokens, B sequences, A attention
- * entries per layer and sequences up to maxT tokens; grows (never shrinks) the buffers. */
-static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT) {
+/* Make sure the activation buffers hold a batch of N tokens, B sequences and sequences up
+ * to maxT tokens; grows (never shrinks) the buffers. */
+static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t maxT) {
     fdpo_gpt2_acts *a = m->acts;
     if (!a) a = m->acts = fdpo_calloc(1, sizeof *a);
     if (B > a->cap_seq) {
         a->seq_offset = fdpo_realloc(a->seq_offset, (B + 1) * sizeof(size_t));
-        a->att_offset = fdpo_realloc(a->att_offset, (B + 1) * sizeof(size_t));
         a->cap_seq = B;
     }
-    if (maxT > a->cap_maxT) a->cap_maxT = maxT; /* d_att is sized in backward */
-    if (N <= a->cap_tokens && A <= a->cap_att && a->memory) return;
+    if (maxT > a->cap_maxT) a->cap_maxT = maxT;
+    if (N <= a->cap_tokens && a->memory) return;
     if (N > a->cap_tokens) {
         a->tokens = fdpo_realloc(a->tokens, N * sizeof(int32_t));
         a->targets = fdpo_realloc(a->targets, N * sizeof(int32_t));
@@ -189,7 +187,6 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
         a->branch = NULL;
     }
     N = N > a->cap_tokens ? N : a->cap_tokens;
-    A = A > a->cap_att ? A : a->cap_att;
     size_t C = m->config.n_embd, L = m->config.n_layer, V = m->config.vocab_size, NH = m->config.n_head;
     struct { float **p; size_t n; } parts[] = {
         {&a->encoded, N * C}, {&a->ln1, L * N * C}, {&a->ln1_mean, L * N}, {&a->ln1_rstd, L * N},
@@ -206,7 +203,6 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
     float *p = a->memory;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
     a->cap_tokens = N;
-    a->cap_att = A;
 }
 
 /* bf16: refresh the bf16 weight copy (once per forward: every writer of params, the
@@ -298,23 +294,19 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     if (fdpo_gpt2_check_batch(m, b)) return -1;
     const fdpo_gpt2_config *c = &m->config;
     size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
-    size_t A = 0, maxT = 0;
+    size_t maxT = 0;
     for (size_t s = 0; s < B; s++) {
         size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
-        A += NH * T * T;
         if (T > maxT) maxT = T;
     }
-    acts_reserve(m, N, B, A, maxT);
+    acts_reserve(m, N, B, maxT);
     fdpo_gpt2_acts *a = m->acts;
     /* keep our own copy of the batch for backward, with defaults resolved */
     a->n_seq = B;
     a->n_tokens = N;
     a->max_T = maxT;
     memcpy(a->seq_offset, b->seq_offset, (B + 1) * sizeof(size_t));
-    a->att_offset[0] = 0;
     for (size_t s = 0; s < B; s++) {
-        size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
-        a->att_offset[s + 1] = a->att_offset[s] + NH * T * T;
         for (size_t t = b->seq_offset[s]; t < b->seq_offset[s + 1]; t++)
             a->pos[t] = b->pos ? b->pos[t] : (int32_t)(t - b->seq_offset[s]);
     }

@@ -11,7 +11,7 @@
  * not the T x T maps: backward recomputes them tile by tile. */
 struct fdpo_gpt2_acts {
     /* capacities the buffers were sized for */
-    size_t cap_tokens, cap_seq, cap_att, cap_maxT;
+    size_t cap_tokens, cap_seq, cap_maxT;
     float *memory;
     /* forward */
     float *encoded;   /* [N, C] */
@@ -42,7 +42,6 @@ struct fdpo_gpt2_acts {
     /* the batch of the last forward (copied: the caller's arrays may go away) */
     size_t n_seq, n_tokens, max_T;
     size_t *seq_offset;  /* [B+1] */
-    size_t *att_offset;  /* [B+1] start of sequence b's maps inside one layer's att */
     int32_t *tokens, *targets, *pos;
     float *weights;      /* resolved: weight where target >= 0, else 0 */
     uint8_t *branch;     /* valid when has_branch (the buffer outlives batches without) */
@@ -72,6 +71,8 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
                     size_t N, size_t IC, size_t OC);
 void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp);
+/* the materialised attention (T x T maps; att of (b, h) at att_offset[b] + h*T*T): kept as
+ * the reference the streaming kernels are tested against (harness attention-check) */
 void attention_forward(float *out, float *att, const float *qkv, const size_t *seq_offset,
                        const size_t *att_offset, const uint8_t *branch, size_t B, size_t C, size_t NH);
 void attention_backward(float *dqkv, float *datt_scratch, size_t scratch_stride, const float *dout,
