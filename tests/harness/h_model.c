@@ -25,7 +25,8 @@
  *       each sequence is [shared | branch 1 | branch 2] as in the shared-prompt DPO layout);
  *       runs the materialised attention (attention_forward/backward, T x T maps) and the
  *       streaming one (attention_*_streaming, O(T)) and writes qkv, dout, branch, and each
- *       one's out / dqkv as safetensors.
+ *       one's out / dqkv as safetensors; prints one JSON line with each kernel's CPU seconds
+ *       (process CPU time: steadier than wall time on a shared machine).
  */
 #include <cJSON.h>
 #include <stdio.h>
@@ -396,10 +397,19 @@ static int h_attention_check(int argc, char **argv) {
     int nth = omp_get_max_threads();
     float *scratch = fdpo_malloc((size_t)nth * maxT * maxT * sizeof(float));
     const uint8_t *bp = with_branch ? br : NULL;
+    double c0 = cpu_seconds();
     attention_forward(o_old, att, qkv, off, att_off, bp, B, C, NH);
+    double c1 = cpu_seconds();
     attention_backward(d_old, scratch, maxT * maxT, dout, qkv, att, off, att_off, B, C, NH);
+    double c2 = cpu_seconds();
     attention_forward_streaming(o_new, lse, qkv, off, bp, B, C, NH);
+    double c3 = cpu_seconds();
     attention_backward_streaming(d_new, dout, qkv, o_new, lse, off, bp, B, C, NH);
+    double c4 = cpu_seconds();
+    printf("{\"materialised_forward_cpu_s\": %.4f, \"materialised_backward_cpu_s\": %.4f, "
+           "\"streaming_forward_cpu_s\": %.4f, \"streaming_backward_cpu_s\": %.4f, "
+           "\"materialised_bytes\": %zu, \"streaming_bytes\": %zu}\n",
+           c1 - c0, c2 - c1, c3 - c2, c4 - c3, (A + (size_t)nth * maxT * maxT) * sizeof(float), N * NH * sizeof(float));
     fdpo_st_writer *w = fdpo_st_writer_new();
     size_t s3[2] = {N, 3 * C}, s1[2] = {N, C}, sn[1] = {N}, so[1] = {B + 1};
     float off_f[65];
