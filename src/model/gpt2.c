@@ -211,7 +211,10 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t maxT) {
 static void bf16_prepare(fdpo_gpt2 *m) {
     fdpo_gpt2_acts *a = m->acts;
     size_t C = m->config.n_embd, V = m->config.vocab_size, wide = 4 * C > V ? 4 * C : V;
-    if (!m->params_bf16) m->params_bf16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
+    if (!m->params_bf16) {
+        fdpo_bf16_native(); /* says once if the GEMMs fall back */
+        m->params_bf16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
+    }
     fdpo_f32_to_bf16(m->params_bf16, m->params_memory, m->n_params);
     if (a->bf16_cap < a->cap_tokens) {
         free(a->bf16_x);

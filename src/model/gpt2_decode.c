@@ -51,6 +51,7 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
     d->k_cache = fdpo_malloc(n * sizeof(float));
     d->v_cache = fdpo_malloc(n * sizeof(float));
     if (m->precision == FDPO_PRECISION_BF16) {
+        fdpo_bf16_native(); /* says once if the GEMMs (prefill) fall back */
         d->w16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
         fdpo_f32_to_bf16(d->w16, m->params_memory, m->n_params);
     }
