@@ -75,10 +75,6 @@ void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = f32_to_bf16(src[i]);
 }
 
-void fdpo_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
-    for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(src[i]);
-}
-
 /* dense fp32 copy [rows, cols] of a bf16 matrix with leading dimension ld */
 static float *widen(const uint16_t *x, size_t rows, size_t cols, size_t ld) {
     float *w = fdpo_malloc((rows * cols + 1) * sizeof(float));

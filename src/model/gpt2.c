@@ -239,7 +239,7 @@ static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, const flo
 
 static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, const float *dout,
                             const float *inp, const float *w, size_t N, size_t IC, size_t OC) {
-    if (m->precision == FDPO_PRECISION_BF16)
+    if (m->acts->precision == FDPO_PRECISION_BF16) /* the forward's: its bf16 weights are current */
         matmul_backward_bf16(dinp, dw, dbias, dout, inp, bf16_of(m, w), N, IC, OC, m->acts->bf16_x, m->acts->bf16_y);
     else
         matmul_backward(dinp, dw, dbias, dout, inp, w, N, IC, OC, 0);
@@ -255,7 +255,7 @@ static void head_forward(fdpo_gpt2 *m, float *logits, const float *inp, size_t N
 
 static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const float *inp, size_t N) {
     const fdpo_gpt2_config *c = &m->config;
-    if (m->precision == FDPO_PRECISION_BF16)
+    if (m->acts->precision == FDPO_PRECISION_BF16)
         lmhead_backward_bf16(dinp, m->grads.wte, dlogits, inp, bf16_of(m, m->params.wte), N, c->n_embd,
                              c->vocab_size, m->acts->bf16_x, m->acts->bf16_y);
     else
@@ -323,6 +323,7 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     }
     a->has_branch = b->branch != NULL;
     const uint8_t *branch = b->branch ? a->branch : NULL;
+    a->precision = m->precision; /* backward follows the forward even if m->precision changes */
     if (m->precision == FDPO_PRECISION_BF16) bf16_prepare(m);
 
     const fdpo_gpt2_params *p = &m->params;

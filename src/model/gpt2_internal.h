@@ -47,6 +47,7 @@ struct fdpo_gpt2_acts {
     uint8_t *branch;     /* valid when has_branch (the buffer outlives batches without) */
     int has_branch;
     int skip_unweighted; /* the batch's flag: logits only for weighted tokens */
+    fdpo_precision precision; /* of the last forward */
     /* backward of the LM head over the K rows with a gradient only */
     size_t *rows;        /* [N] packed row -> token */
     int32_t *ctargets;   /* [N] targets, d_token_logp and lse of the packed rows */
@@ -97,7 +98,6 @@ void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float
 
 /* ---- bf16 (src/model/gemm_bf16.c and the *_bf16 kernels in gpt2_kernels.c) ---- */
 void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
-void fdpo_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                     const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
 void matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
