@@ -14,7 +14,7 @@ SAN     ?=
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude -Isrc $(SAN)
 CFLAGS  += $(shell pkg-config --cflags libcjson libpcre2-8 2>/dev/null)
-LDLIBS  += -lopenblas -lcjson -lpcre2-8 -linih -lm -fopenmp $(SAN)
+LDLIBS  += -lopenblas -ldnnl -lcjson -lpcre2-8 -linih -lm -fopenmp $(SAN)
 # Open MPI (src/dist): on when pkg-config finds ompi-c; `make MPI=0` builds without it.
 MPI     ?= $(shell pkg-config --exists ompi-c 2>/dev/null && echo 1 || echo 0)
 ifeq ($(MPI),1)

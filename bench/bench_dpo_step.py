@@ -1,40 +1,49 @@
 #!/usr/bin/python3
-"""DPO training-step throughput: fdpo vs a TRL-style PyTorch step, same thread count.
+"""DPO training-step throughput: fdpo vs a TRL-style PyTorch step, interleaved, same threads.
 
-One step on P pairs (prompt 128 + chosen 64 + rejected 64 tokens, random ids, GPT-2 124M by
-default) = policy forward + backward of the sigmoid DPO loss + gradient clipping + AdamW:
-  pytorch        TRL's concatenated_forward: the 2P sequences prompt+chosen / prompt+rejected
-                 as one [2P, T] batch through the policy, plus a live reference forward under
-                 no_grad, log-softmax + gather over completion tokens, torch.optim.AdamW
-  fdpo plain     the same two sequences per pair, live reference run every step
-  fdpo shared    one sequence per pair [prompt | chosen | rejected] (prompt computed once),
-                 cached reference log-probs (computed once before training: not timed)
-Each side runs in its own process and reports pairs/s (mean over the timed steps after one
-warm-up step), its best step and its peak RSS.
+One step on P pairs (prompt 128 + chosen 64 + rejected 64 tokens, random ids) = policy
+forward + backward of the sigmoid DPO loss + gradient clipping + AdamW. Sides (each a
+long-lived subprocess, stepped in turn by bench/interleave.py until every side has >= 5
+timed steps after one warm-up):
+  torch-fp32                TRL's concatenated_forward: the 2P sequences prompt+chosen /
+                            prompt+rejected as one [2P, T] batch through the policy, plus a
+                            live reference forward under no_grad, log-softmax + gather over
+                            completion tokens, torch.optim.AdamW
+  torch-bf16                the same under torch.autocast("cpu", dtype=torch.bfloat16)
+                            (TRL's bf16=True)
+  fdpo-plain-live-fp32      the same two sequences per pair, live reference every step
+  fdpo-shared-cached-fp32   one sequence per pair [prompt | chosen | rejected] (prompt once),
+                            cached reference log-probs (computed before the clock starts)
+  fdpo-shared-cached-bf16   the same with --precision bf16
+Prints the machine's measured peaks first, then median/best step, pairs/s, GFLOP/s of the
+policy forward+backward as a % of the matching GEMM peak, and ratios of medians vs
+torch-fp32.
 
-    /usr/bin/python3 bench/bench_dpo_step.py                       # 124M, 4 pairs, 2 threads
-    /usr/bin/python3 bench/bench_dpo_step.py --config small --steps 2
+    /usr/bin/python3 bench/bench_dpo_step.py                       # small config, 4 pairs
+    /usr/bin/python3 bench/bench_dpo_step.py --config 124M --steps 5
 """
 import argparse
 import json
 import math
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../build/fdpo-harness"))
+sys.path.insert(0, HERE)
+import interleave  # noqa: E402
 
 CONFIGS = {
     "124M": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
     "small": dict(vocab_size=512, n_positions=512, n_embd=128, n_layer=4, n_head=4),
 }
+SIDES = ["torch-fp32", "torch-bf16", "fdpo-plain-live-fp32", "fdpo-shared-cached-fp32", "fdpo-shared-cached-bf16"]
 
 
-def torch_worker(cfg, pairs, Tp, Tc, steps, threads):
+def torch_worker(cfg, pairs, Tp, Tc, threads, bf16):
+    """Step server (interleave.StepServer protocol) for the PyTorch side."""
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)
@@ -100,64 +109,75 @@ def torch_worker(cfg, pairs, Tp, Tc, steps, threads):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    times = []
-    for s in range(steps + 1):
+    print(json.dumps({"ready": 1, "torch": torch.__version__}), flush=True)
+    for line in sys.stdin:
+        if not line.startswith("step"):
+            break
         t0 = time.perf_counter()
-        step()
-        if s > 0:
-            times.append(time.perf_counter() - t0)
-    return dict(impl="pytorch-trl-live", pairs_per_sec=pairs * steps / sum(times), step_seconds=sum(times) / steps,
-                best_step_seconds=min(times), tokens_per_step=2 * B * T, threads=threads, torch=torch.__version__,
-                max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        if bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                step()
+        else:
+            step()
+        print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+    print(json.dumps({"max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
 
 
-def run_fdpo(cfg, layout, ref, a):
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "config.json")
-        with open(path, "w") as f:
-            json.dump(dict(cfg, model_type="gpt2"), f)
-        r = subprocess.run([HARNESS, "dpo-bench", "--config", path, "--layout", layout, "--ref", ref,
-                            "--pairs", str(a.pairs), "--prompt", str(a.prompt), "--chosen", str(a.completion),
-                            "--rejected", str(a.completion), "--steps", str(a.steps), "--threads", str(a.threads)],
-                           capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"fdpo bench failed: {r.stderr}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def run_torch(a):
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "--config", a.config,
-                        "--pairs", str(a.pairs), "--prompt", str(a.prompt), "--completion", str(a.completion),
-                        "--steps", str(a.steps), "--threads", str(a.threads)], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"pytorch bench failed: {r.stderr}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+def server(side, cfg_path, a):
+    if side.startswith("fdpo"):
+        _, layout, ref, prec = side.split("-")
+        return interleave.StepServer(side, [interleave.HARNESS, "dpo-bench", "--config", cfg_path, "--layout", layout,
+                                            "--ref", ref, "--pairs", str(a.pairs), "--prompt", str(a.prompt),
+                                            "--chosen", str(a.completion), "--rejected", str(a.completion),
+                                            "--threads", str(a.threads), "--precision", prec, "--serve"])
+    return interleave.StepServer(side, [sys.executable, os.path.abspath(__file__), "--worker", "--config", a.config,
+                                        "--pairs", str(a.pairs), "--prompt", str(a.prompt), "--completion",
+                                        str(a.completion), "--threads", str(a.threads)]
+                                 + (["--bf16"] if side == "torch-bf16" else []))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    ap.add_argument("--config", default="124M", choices=sorted(CONFIGS))
+    ap.add_argument("--config", default="small", choices=sorted(CONFIGS))
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--completion", type=int, default=64, help="tokens of chosen and of rejected")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per side after one warm-up (at least 5)")
+    ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
+    ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     cfg = CONFIGS[a.config]
     if a.worker:
-        print(json.dumps(torch_worker(cfg, a.pairs, a.prompt, a.completion, a.steps, a.threads)))
+        torch_worker(cfg, a.pairs, a.prompt, a.completion, a.threads, a.bf16)
         return
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    sides = a.sides.split(",")
+    for s in sides:
+        if s not in SIDES:
+            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY",
+                                      "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
     print(f"{a.config}: {a.pairs} pairs x (prompt {a.prompt} + chosen {a.completion} + rejected {a.completion}); "
-          f"threads {a.threads}, steps {a.steps} (+1 warm-up), env {env or 'no OPENBLAS overrides'}")
-    sys.stdout.flush()
-    t = run_torch(a)
-    results = [t, run_fdpo(cfg, "plain", "live", a), run_fdpo(cfg, "shared", "cached", a)]
-    for r in results:
-        print(f"  {r['impl']:20s} {r['pairs_per_sec']:8.3f} pairs/s  mean step {r['step_seconds']:.3f}s  "
-              f"best step {r['best_step_seconds']:.3f}s  tokens/step {r['tokens_per_step']}  "
-              f"peak RSS {r['max_rss_kb'] / 1024:.0f} MiB  ratio vs pytorch {r['pairs_per_sec'] / t['pairs_per_sec']:.2f}x")
+          f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), "
+          f"interleaved; env {env or 'no OPENBLAS overrides'}; load average {os.getloadavg()[0]:.1f}")
+    peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
+    interleave.print_peaks(peaks)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "config.json")
+        with open(path, "w") as f:
+            json.dump(dict(cfg, model_type="gpt2"), f)
+        servers = [server(s, path, a) for s in sides]
+        interleave.interleave(servers, a.steps)
+        tails = {s.name: s.close() for s in servers}
+    # the policy's forward + backward over what TRL computes: 2P sequences of prompt + completion
+    flops = interleave.gpt2_train_flops(cfg, [a.prompt + a.completion] * (2 * a.pairs))
+    print(f"  (GFLOP/s counts the TRL-layout policy forward+backward, {flops / 1e9:.1f} GFLOP/step, for every side)")
+    interleave.report(servers, flops, peaks, baseline="torch-fp32" if "torch-fp32" in sides else None,
+                      unit_per_step=a.pairs, unit="pairs/s")
+    print("  peak RSS " + ", ".join(f"{k} {v.get('max_rss_kb', 0) / 1024:.0f} MiB" for k, v in tails.items()))
+    print(f"  load average after: {os.getloadavg()[0]:.1f}")
     sys.stdout.flush()
 
 

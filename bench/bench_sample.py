@@ -7,10 +7,16 @@ tokens per prompt, temperature 1, no truncation, one sample per prompt, all B se
 decoded together (fdpo --batch B; PyTorch [B, ...] tensors). fdpo's figure is the one it
 prints itself: generation only, after the checkpoint is loaded. PyTorch's covers the same
 span: prefill + N decoding steps (softmax + torch.multinomial each step), after the weights
-are loaded. Both sides run in their own subprocess, once each (one invocation).
+are loaded. Sides: fdpo-fp32, fdpo-bf16 (--precision bf16: bf16 weights in decode),
+torch-fp32 and torch-bf16 (the loop under torch.autocast("cpu", dtype=torch.bfloat16)).
+Each run is its own process; the sides run INTERLEAVED, round after round (the order
+rotates each round), for >= 5 rounds, and each side reports median and best tokens/s and
+the ratio of medians vs torch-fp32. Decoding reads every weight once per step, so each
+figure is also given as weight-read bandwidth (decode steps/s x weight bytes) and as a % of
+the STREAM triad bandwidth measured at the start of the same invocation.
 
-    /usr/bin/python3 bench/bench_sample.py                       # 124M and small, 2 threads
-    /usr/bin/python3 bench/bench_sample.py --configs small --threads 1
+    /usr/bin/python3 bench/bench_sample.py                       # small config, 2 threads
+    /usr/bin/python3 bench/bench_sample.py --configs 124M --rounds 5 --threads 2
 
 The PyTorch loop is a fair one: batched matmuls over the B rows, keys/values written in
 place into a preallocated cache per layer (torch.cat of the whole cache every step, as
@@ -38,7 +44,7 @@ CONFIGS = {
 }
 
 
-def torch_worker(model_dir, prompts, new_tokens, threads, seed):
+def torch_worker(model_dir, prompts, new_tokens, threads, seed, bf16=False):
     import math
     import torch
     import torch.nn.functional as F
@@ -84,13 +90,13 @@ def torch_worker(model_dir, prompts, new_tokens, threads, seed):
 
     ids = torch.tensor([list(p.encode()) for p in prompts])
     max_len = ids.shape[1] + new_tokens
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         t0 = time.perf_counter()
         cache = [None] * L
         logits = step(ids, 0, cache)
         pos = ids.shape[1]
         for _ in range(new_tokens):
-            nxt = torch.multinomial(torch.softmax(logits, -1), 1)
+            nxt = torch.multinomial(torch.softmax(logits.float(), -1), 1)
             if _ == new_tokens - 1:
                 break
             logits = step(nxt, pos, cache)
@@ -111,45 +117,87 @@ def make_checkpoint(cfg, directory):
               open(os.path.join(directory, "fdpo_tokenizer.json"), "w"))
 
 
+def run_side(side, d, tmp, a):
+    """One generation run; returns tokens/s (generation only, as each side times it)."""
+    if side.startswith("fdpo"):
+        pf = os.path.join(tmp, "prompts.txt")
+        r = subprocess.run([FDPO, "generate", "--model", d, "--prompts", pf, "--out", os.path.join(tmp, "o.jsonl"),
+                            "--max-new-tokens", str(a.new_tokens), "--batch", str(a.prompts), "--threads",
+                            str(a.threads), "--seed", "1", "--precision", side.split("-")[1]],
+                           capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(f"fdpo generate failed: {r.stderr}")
+        m = re.search(r"generated \d+ samples, (\d+) new tokens in ([\d.]+)s \(([\d.]+) tokens/s\)", r.stderr)
+        return float(m.group(3))
+    w = subprocess.run([sys.executable, __file__, "--worker", d, "1", "--threads", str(a.threads),
+                        "--prompts", str(a.prompts), "--prompt-tokens", str(a.prompt_tokens),
+                        "--new-tokens", str(a.new_tokens)] + (["--bf16"] if side == "torch-bf16" else []),
+                       capture_output=True, text=True)
+    if w.returncode:
+        sys.exit(f"torch worker failed: {w.stderr}")
+    return json.loads(w.stdout.strip().splitlines()[-1])["tokens_per_sec"]
+
+
+SIDES = ["fdpo-fp32", "fdpo-bf16", "torch-fp32", "torch-bf16"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default="124M,small")
+    ap.add_argument("--configs", default="small")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (at least 5)")
+    ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
+    ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     prompts = [f"Prompt {i:02d}: once upon a time"[:a.prompt_tokens].ljust(a.prompt_tokens, ".")
                for i in range(a.prompts)]
     if a.worker:
-        torch_worker(a.worker[0], prompts, a.new_tokens, a.threads, int(a.worker[1]))
+        torch_worker(a.worker[0], prompts, a.new_tokens, a.threads, int(a.worker[1]), a.bf16)
         return
+    import statistics
+    sys.path.insert(0, HERE)
+    import interleave
+    sides = a.sides.split(",")
+    for s in sides:
+        if s not in SIDES:
+            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
     env_note = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
     print(f"sampling: {a.prompts} prompts x {a.new_tokens} new tokens, prompt {a.prompt_tokens} tokens, "
-          f"{a.threads} threads" + (f", env {env_note}" if env_note else ""))
+          f"{a.threads} threads, >= {max(a.rounds, 5)} interleaved rounds" + (f", env {env_note}" if env_note else "")
+          + f"; load average {os.getloadavg()[0]:.1f}")
+    peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
+    interleave.print_peaks(peaks)
     for name in a.configs.split(","):
+        cfg = CONFIGS[name]
+        C, L, V, P = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"], cfg["n_positions"]
+        n_params = V * C + P * C + L * (12 * C * C + 13 * C) + 2 * C
+        tps = {s: [] for s in sides}
         with tempfile.TemporaryDirectory() as tmp:
             d = os.path.join(tmp, "model")
-            make_checkpoint(CONFIGS[name], d)
-            pf = os.path.join(tmp, "prompts.txt")
-            open(pf, "w").write("\n".join(prompts) + "\n")
-            r = subprocess.run([FDPO, "generate", "--model", d, "--prompts", pf, "--out", os.path.join(tmp, "o.jsonl"),
-                                "--max-new-tokens", str(a.new_tokens), "--batch", str(a.prompts), "--threads",
-                                str(a.threads), "--seed", "1"], capture_output=True, text=True)
-            if r.returncode:
-                sys.exit(f"fdpo generate failed: {r.stderr}")
-            m = re.search(r"generated \d+ samples, (\d+) new tokens in ([\d.]+)s \(([\d.]+) tokens/s\)", r.stderr)
-            fd_tps = float(m.group(3))
-            w = subprocess.run([sys.executable, __file__, "--worker", d, "1", "--threads", str(a.threads),
-                                "--prompts", str(a.prompts), "--prompt-tokens", str(a.prompt_tokens),
-                                "--new-tokens", str(a.new_tokens)], capture_output=True, text=True)
-            if w.returncode:
-                sys.exit(f"torch worker failed: {w.stderr}")
-            pt = json.loads(w.stdout.strip().splitlines()[-1])
-            print(f"{name:>6}: fdpo {fd_tps:9.1f} tok/s ({m.group(1)} tokens in {m.group(2)}s) | "
-                  f"pytorch {pt['tokens_per_sec']:9.1f} tok/s ({pt['seconds']:.2f}s) | "
-                  f"ratio fdpo/pytorch {fd_tps / pt['tokens_per_sec']:.2f}x")
+            make_checkpoint(cfg, d)
+            open(os.path.join(tmp, "prompts.txt"), "w").write("\n".join(prompts) + "\n")
+            for r in range(max(a.rounds, 5)):
+                k = r % len(sides)
+                for s in sides[k:] + sides[:k]:
+                    tps[s].append(run_side(s, d, tmp, a))
+        print(f"{name} ({n_params / 1e6:.1f}M params):")
+        base = statistics.median(tps["torch-fp32"]) if "torch-fp32" in tps else None
+        for s in sides:
+            med, best = statistics.median(tps[s]), max(tps[s])
+            weight_bytes = n_params * (2 if "bf16" in s else 4)
+            gbs = med / a.prompts * weight_bytes * 1e-9  # decode steps/s x weights read per step
+            line = (f"  {s:11s} median {med:9.1f} tok/s  best {best:9.1f} tok/s  (n={len(tps[s])})  "
+                    f"weights read {gbs:6.2f} GB/s = {100 * gbs / peaks['triad_gbs']:5.1f}% of triad")
+            if base and s != "torch-fp32":
+                line += f"  ratio of medians {med / base:.2f}x vs torch-fp32"
+            print(line)
+        print(f"  load average after: {os.getloadavg()[0]:.1f}")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

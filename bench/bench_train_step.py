@@ -1,14 +1,21 @@
-#!/usr/bin/python3
-"""Training-step throughput: fdpo vs PyTorch on the same thread count.
+"""Training-step throughput: fdpo vs PyTorch, interleaved in one invocation, same threads.
 
 One step = forward + backward of the mean next-token loss (SFT) + AdamW update, on B
-sequences of T tokens (random ids), GPT-2 architecture. Each side runs in its own
-subprocess; each reports tokens/s (mean over the timed steps after one warm-up step), its
-best step, its CPU time per step (all threads; comparable on a busy machine at 1 thread,
-inflated by spin-waiting at more) and its peak RSS (ru_maxrss).
+sequences of T tokens (random ids), GPT-2 architecture. Four sides, each a long-lived
+subprocess stepped in turn (bench/interleave.py: fdpo step, torch step, ... until every side
+has >= 5 timed steps after one warm-up step):
+  fdpo-fp32      fdpo-harness model-bench --serve --precision fp32
+  fdpo-bf16      the same with --precision bf16 (bf16 matmul inputs, fp32 accumulation)
+  torch-fp32     a batched PyTorch implementation (below)
+  torch-bf16     the same step under torch.autocast("cpu", dtype=torch.bfloat16), which is
+                 what TRL's bf16=True does
+Prints the machine's peaks measured in the same run (fp32 sgemm, bf16 GEMM, STREAM triad),
+then per side: median and best step, tokens/s, achieved GFLOP/s as a % of the matching GEMM
+peak, and the ratio of medians against torch-fp32.
 
-    /usr/bin/python3 bench/bench_train_step.py                 # 124M at B=4,T=256 and a small config
-    /usr/bin/python3 bench/bench_train_step.py --configs small --threads 2 --steps 5
+    /usr/bin/python3 bench/bench_train_step.py                       # small config (default)
+    /usr/bin/python3 bench/bench_train_step.py --configs 124M --steps 5 --threads 2
+    /usr/bin/python3 bench/bench_train_step.py --sides fdpo-fp32,torch-fp32
 
 The PyTorch side is a fair batched implementation: [B,T] tensors, one matmul per linear
 layer over all B*T tokens, fused F.cross_entropy, torch.optim.AdamW, torch.set_num_threads(n).
@@ -17,21 +24,23 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../build/fdpo-harness"))
+sys.path.insert(0, HERE)
+import interleave  # noqa: E402
 
 CONFIGS = {
     "124M": (dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12), 4, 256),
     "small": (dict(vocab_size=512, n_positions=256, n_embd=128, n_layer=4, n_head=4), 8, 128),
 }
+SIDES = ["fdpo-fp32", "fdpo-bf16", "torch-fp32", "torch-bf16"]
 
 
-def torch_worker(cfg, B, T, steps, threads):
+def torch_worker(cfg, B, T, threads, bf16):
+    """Step server (interleave.StepServer protocol) for the PyTorch side."""
     import math
     import torch
     import torch.nn.functional as F
@@ -83,63 +92,69 @@ def torch_worker(cfg, B, T, steps, threads):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    times, cpu = [], 0.0
-    for s in range(steps + 1):
+    print(json.dumps({"ready": 1, "torch": torch.__version__}), flush=True)
+    for line in sys.stdin:
+        if not line.startswith("step"):
+            break
         t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        if s > 0:
-            times.append(time.perf_counter() - t0)
-            cpu += time.process_time() - c0
-    return dict(impl="pytorch", tokens_per_sec=B * T * steps / sum(times), step_seconds=sum(times) / steps,
-                best_step_seconds=min(times), cpu_seconds_per_step=cpu / steps, threads=threads, torch=torch.__version__,
-                max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        if bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                step()
+        else:
+            step()
+        print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}), flush=True)
+    print(json.dumps({"max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
 
 
-def run_fdpo(cfg, B, T, steps, threads):
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "config.json")
-        with open(path, "w") as f:
-            json.dump(dict(cfg, model_type="gpt2"), f)
-        r = subprocess.run([HARNESS, "model-bench", "--config", path, "--batch", str(B), "--seq", str(T),
-                            "--steps", str(steps), "--threads", str(threads)], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"fdpo bench failed: {r.stderr}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def run_torch(name, steps, threads):
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name, "--steps", str(steps),
-                        "--threads", str(threads)], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"pytorch bench failed: {r.stderr}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+def server(side, name, cfg_path, B, T, threads):
+    if side.startswith("fdpo"):
+        return interleave.StepServer(side, [interleave.HARNESS, "model-bench", "--config", cfg_path, "--batch", str(B),
+                                            "--seq", str(T), "--threads", str(threads), "--serve",
+                                            "--precision", side.split("-")[1]])
+    return interleave.StepServer(side, [sys.executable, os.path.abspath(__file__), "--worker", name,
+                                        "--threads", str(threads)] + (["--bf16"] if side == "torch-bf16" else []))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    ap.add_argument("--configs", default="small,124M", help="comma list of: " + ", ".join(CONFIGS))
+    ap.add_argument("--configs", default="small", help="comma list of: " + ", ".join(CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per side after one warm-up (at least 5)")
+    ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
+    ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         cfg, B, T = CONFIGS[a.worker]
-        print(json.dumps(torch_worker(cfg, B, T, a.steps, a.threads)))
+        torch_worker(cfg, B, T, a.threads, a.bf16)
         return
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY") if k in os.environ}
-    print(f"threads {a.threads}, steps {a.steps} (+1 warm-up), env {env or 'no OPENBLAS/OMP overrides'}")
+    sides = a.sides.split(",")
+    for s in sides:
+        if s not in SIDES:
+            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY",
+                                      "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
+    print(f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), "
+          f"interleaved; env {env or 'no OPENBLAS/OMP overrides'}; load average {os.getloadavg()[0]:.1f}")
+    peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
+    interleave.print_peaks(peaks)
     for name in a.configs.split(","):
         cfg, B, T = CONFIGS[name]
-        f = run_fdpo(cfg, B, T, a.steps, a.threads)
-        t = run_torch(name, a.steps, a.threads)
-        print(f"{name} (B={B}, T={T}, params {f['n_params'] / 1e6:.1f}M, AdamW {'yes' if f['adamw'] else 'no'}):")
-        for r in (f, t):
-            print(f"  {r['impl']:8s} {r['tokens_per_sec']:9.1f} tok/s  mean step {r['step_seconds']:.3f}s  "
-                  f"best step {r['best_step_seconds']:.3f}s  CPU/step {r['cpu_seconds_per_step']:.3f}s  "
-                  f"peak RSS {r['max_rss_kb'] / 1024:.0f} MiB")
-        print(f"  ratio fdpo/pytorch: {f['tokens_per_sec'] / t['tokens_per_sec']:.2f}x (mean), "
-              f"{t['best_step_seconds'] / f['best_step_seconds']:.2f}x (best step), "
-              f"{t['cpu_seconds_per_step'] / f['cpu_seconds_per_step']:.2f}x (CPU time)")
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "config.json")
+            with open(path, "w") as f:
+                json.dump(dict(cfg, model_type="gpt2"), f)
+            servers = [server(s, name, path, B, T, a.threads) for s in sides]
+            interleave.interleave(servers, a.steps)
+            tails = {s.name: s.close() for s in servers}
+        n_params = next((s.ready["n_params"] for s in servers if "n_params" in s.ready), 0)
+        print(f"{name} (B={B}, T={T}, params {n_params / 1e6:.1f}M, AdamW):")
+        interleave.report(servers, interleave.gpt2_train_flops(cfg, [T] * B), peaks,
+                          baseline="torch-fp32" if "torch-fp32" in sides else None,
+                          unit_per_step=B * T, unit="tok/s")
+        print("  peak RSS " + ", ".join(f"{k} {v.get('max_rss_kb', 0) / 1024:.0f} MiB" for k, v in tails.items()))
+        print(f"  load average after: {os.getloadavg()[0]:.1f}")
         sys.stdout.flush()
 
 

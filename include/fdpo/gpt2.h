@@ -84,6 +84,20 @@ typedef struct {
 
 typedef struct fdpo_gpt2_acts fdpo_gpt2_acts; /* activations, private to src/model */
 
+/* Matmul precision (--precision). bf16: every linear layer and the LM head multiply
+ * bf16-rounded inputs (activations and a bf16 copy of the weights, refreshed at each
+ * forward) with fp32 accumulation into fp32 outputs; master weights, gradients, optimizer
+ * state, attention, LayerNorm, softmax, losses and log-prob sums stay fp32. */
+typedef enum { FDPO_PRECISION_FP32 = 0, FDPO_PRECISION_BF16 = 1 } fdpo_precision;
+int fdpo_precision_parse(const char *name, fdpo_precision *out); /* "fp32" | "bf16"; error names --precision */
+const char *fdpo_precision_name(fdpo_precision p);
+/* Process-wide default for models created afterwards (like fdpo_set_threads). */
+int fdpo_set_precision(const char *name);
+fdpo_precision fdpo_get_precision(void);
+/* 1 when bf16 matmuls run on AVX512-BF16 (oneDNN); 0 = the correct but slower fp32
+ * fallback (no AVX512-BF16, or FDPO_FORCE_BF16_FALLBACK=1), announced once via fdpo_log. */
+int fdpo_bf16_native(void);
+
 typedef struct {
     fdpo_gpt2_config config;
     fdpo_gpt2_tensor tensors[FDPO_MODEL_MAX_TENSORS];
@@ -93,6 +107,8 @@ typedef struct {
     fdpo_gpt2_params grads;  float *grads_memory;   /* allocated on first backward */
     fdpo_gpt2_acts *acts;                            /* sized for the largest batch seen */
     struct fdpo_llama_state *llama;                  /* Llama family: tensor roles, activations */
+    fdpo_precision precision;                        /* from fdpo_get_precision() at create */
+    uint16_t *params_bf16;                           /* bf16 copy of params (bf16 only) */
 } fdpo_gpt2;
 
 /* A packed batch (see top). Arrays of length N unless noted. The caller owns them. */
@@ -105,6 +121,11 @@ typedef struct {
     const float *weights;      /* per-token weight for seq_logp (and losses); NULL = 1 where target >= 0 */
     const int32_t *pos;        /* position ids; NULL = 0..T_b-1 within each sequence */
     const uint8_t *branch;     /* branch tags; NULL = plain causal attention */
+    /* 1: run the LM head (logits, log-softmax) only for tokens with a target and a non-zero
+     * weight, the ones whose log-prob a loss uses (DPO/SFT completions). Other tokens get
+     * token_logp 0 and logits rows of 0, and must get d_token_logp 0 in backward (an error
+     * otherwise). 0 (default): every token with a target. */
+    int skip_unweighted;
 } fdpo_batch;
 
 int  fdpo_gpt2_config_check(const fdpo_gpt2_config *c); /* error names the bad key */
@@ -134,6 +155,8 @@ void fdpo_gpt2_zero_grad(fdpo_gpt2 *m);
 void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp);
 /* 1 if two configs describe the same architecture (family, every shape, epsilon, rope). */
 int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b);
+/* Switch a model's matmul precision (forward/backward from the next forward on). */
+void fdpo_gpt2_set_precision(fdpo_gpt2 *m, fdpo_precision p);
 /* Copy parameters (same config required). */
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src);
 /* Backward of the last forward from a gradient on the final hidden states (after ln_f)

@@ -38,12 +38,12 @@ static void print_table(cJSON *const *cols, char *const *names, size_t n_cols) {
 
 int cmd_eval(int argc, char **argv) {
     const char *ref_dir, *prompts_path, *reward_spec, *lexicon, *div_list, *pairs_path, *bad_pairs,
-        *cal_div_spec, *out_path, *samples_path;
+        *cal_div_spec, *out_path, *samples_path, *precision;
     flag_list models;
     long threads;
     double reward_timeout, beta, ead_vocab;
     eval_sampling_flags sf;
-    fdpo_flag flags[15 + EVAL_SAMPLING_NFLAGS] = {
+    fdpo_flag flags[16 + EVAL_SAMPLING_NFLAGS] = {
         {"model", FLAG_LIST, &models, NULL, "policy checkpoint (required; repeat for several columns)", 0},
         {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint for KL and f-divergences (required)", 0},
         {"data", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or text, one per line (required)", 0},
@@ -59,8 +59,9 @@ int cmd_eval(int argc, char **argv) {
         {"out", FLAG_STR, &out_path, NULL, "write the metrics JSON here", 0},
         {"samples-out", FLAG_STR, &samples_path, NULL, "write every sample with its scores as JSONL here", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
+        {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
     };
-    size_t n_flags = eval_sampling_flags_add(flags, 15, &sf, "4");
+    size_t n_flags = eval_sampling_flags_add(flags, 16, &sf, "4");
     int rc = flags_parse("eval", "fdpo eval --model CKPT [--model CKPT2 ...] --ref CKPT --data PROMPTS [--n N] [flags]",
                          flags, n_flags, argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;
@@ -98,6 +99,7 @@ int cmd_eval(int argc, char **argv) {
     if (!rc) rc = eval_parse_divergences("--divergences", div_list, &divs, &n_div);
     if (!rc && fdpo_divergence_parse(cal_div_spec, &c.cal_div)) rc = fdpo_error_context("--divergence");
     c.divs = divs; c.n_div = n_div;
+    if (!rc) rc = fdpo_set_precision(precision);
     fdpo_set_threads((int)threads);
     if (!rc && reward_spec) {
         eval_catch_interrupts();

@@ -13,16 +13,17 @@ static const char *finish_name(fdpo_finish f) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *model_dir, *prompts_path, *out_path;
+    const char *model_dir, *prompts_path, *out_path, *precision;
     long threads;
     eval_sampling_flags sf;
-    fdpo_flag flags[4 + EVAL_SAMPLING_NFLAGS] = {
+    fdpo_flag flags[5 + EVAL_SAMPLING_NFLAGS] = {
         {"model", FLAG_STR, &model_dir, NULL, "checkpoint directory (required)", 0},
         {"data", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or plain text, one per line (required)", 0},
         {"out", FLAG_STR, &out_path, "-", "output JSONL file ('-' = stdout)", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
+        {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
     };
-    size_t n_flags = eval_sampling_flags_add(flags, 4, &sf, "1");
+    size_t n_flags = eval_sampling_flags_add(flags, 5, &sf, "1");
     int rc = flags_parse("generate", "fdpo generate --model CKPT --data PROMPTS [flags]", flags, n_flags,
                          argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;
@@ -31,6 +32,7 @@ int cmd_generate(int argc, char **argv) {
     if (!prompts_path) return fdpo_error("--data: required (prompts: JSONL or text file)");
     fdpo_sample_config sc;
     if (eval_sampling_flags_finish(&sf, &sc)) return -1;
+    if (fdpo_set_precision(precision)) return -1;
     size_t n = (size_t)sf.n;
     fdpo_set_threads((int)threads);
 

@@ -18,6 +18,7 @@ int cmd_score(int argc, char **argv) {
     double reward_timeout;
     int add_eot;
     long threads;
+    const char *precision;
     fdpo_flag flags[] = {
         {"model", FLAG_STR, &model_dir, NULL, "checkpoint whose log-probs to report (required)", 0},
         {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint: adds logp_ref, kl_seq and kl_tok", 0},
@@ -28,6 +29,7 @@ int cmd_score(int argc, char **argv) {
         {"eot", FLAG_BOOL, &add_eot, "0", "score <|endoftext|> after each completion too", 0},
         {"out", FLAG_STR, &out_path, "-", "output JSONL ('-' = stdout)", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
+        {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
     };
     int rc = flags_parse("score", "fdpo score --model CKPT [--ref CKPT] --data FILE [--reward SPEC] [flags]", flags,
                          NFLAGS(flags), argc, argv, NULL, NULL);
@@ -35,6 +37,7 @@ int cmd_score(int argc, char **argv) {
     if (rc) return -1;
     if (!model_dir) return fdpo_error("--model: required (a checkpoint directory)");
     if (!data_path) return fdpo_error("--data: required (JSONL prompt/completion)");
+    if (fdpo_set_precision(precision)) return -1;
     fdpo_set_threads((int)threads);
     fdpo_reward *reward = NULL;
     if (reward_spec) {

@@ -8,6 +8,8 @@
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
 
+static const char *precision_flag; /* --precision: applied by train_flags_finish */
+
 size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
     memset(o, 0, sizeof *o);
     const fdpo_flag shared[] = {
@@ -41,6 +43,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"save-every",    FLAG_INT,   &o->save_every,    "0",      "checkpoint every N steps (0: only at the end)", 0},
         {"log-every",     FLAG_INT,   &o->log_every,     "1",      "progress line and metrics.jsonl entry every N steps", 0},
         {"threads",       FLAG_INT,   &o->threads,       "0",      "OpenMP/OpenBLAS threads (0: all cores)", 0},
+        {"precision",     FLAG_STR,   &precision_flag,   "fp32",   "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation and master weights)", 0},
         {"seed",          FLAG_INT,   &o->seed,          FLAGS_DEFAULT_SEED,   "seed for init, data split and data order", 0},
         {"quiet",         FLAG_BOOL,  &o->quiet,         "0",      "no progress line", 0},
     };
@@ -132,6 +135,7 @@ static int resume_defaults(fdpo_flag *flags, size_t n, const char *out) {
 
 int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o) {
     if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
+    if (fdpo_set_precision(precision_flag)) return -1;
     if (o->resume && resume_defaults(flags, n, o->out)) return -1;
     return 0;
 }

@@ -89,20 +89,23 @@ fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
     if (c->arch == FDPO_ARCH_LLAMA) {
         llama_build(m);
         m->params_memory = fdpo_calloc(m->n_params, sizeof(float));
+        if (fdpo_get_precision() == FDPO_PRECISION_BF16)
+            fdpo_log(FDPO_LOG_WARN, "--precision bf16: Llama-family models run their matmuls in fp32 for now");
         return m;
     }
     build_tensor_table(m);
     m->params_memory = fdpo_calloc(m->n_params, sizeof(float));
     point_params(&m->params, m->params_memory, m->tensors);
+    m->precision = fdpo_get_precision();
     return m;
 }
+
+void fdpo_gpt2_set_precision(fdpo_gpt2 *m, fdpo_precision p) { m->precision = p; }
 
 static void acts_free(fdpo_gpt2_acts *a) {
     if (!a) return;
     free(a->memory);
-    free(a->d_att);
     free(a->seq_offset);
-    free(a->att_offset);
     free(a->tokens);
     free(a->targets);
     free(a->pos);
@@ -112,6 +115,8 @@ static void acts_free(fdpo_gpt2_acts *a) {
     free(a->ctargets);
     free(a->cd);
     free(a->clse);
+    free(a->bf16_x);
+    free(a->bf16_y);
     free(a);
 }
 
@@ -119,6 +124,7 @@ void fdpo_gpt2_free(fdpo_gpt2 *m) {
     if (!m) return;
     free(m->params_memory);
     free(m->grads_memory);
+    free(m->params_bf16);
     acts_free(m->acts);
     llama_free(m);
     free(m);
@@ -172,18 +178,17 @@ int fdpo_gpt2_check_batch(const fdpo_gpt2 *m, const fdpo_batch *b) {
     return 0;
 }
 
-/* Make sure the activation buffers hold a batch of N tokens, B sequences, A attention
- * entries per layer and sequences up to maxT tokens; grows (never shrinks) the buffers. */
-static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT) {
+/* Make sure the activation buffers hold a batch of N tokens, B sequences and sequences up
+ * to maxT tokens; grows (never shrinks) the buffers. */
+static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t maxT) {
     fdpo_gpt2_acts *a = m->acts;
     if (!a) a = m->acts = fdpo_calloc(1, sizeof *a);
     if (B > a->cap_seq) {
         a->seq_offset = fdpo_realloc(a->seq_offset, (B + 1) * sizeof(size_t));
-        a->att_offset = fdpo_realloc(a->att_offset, (B + 1) * sizeof(size_t));
         a->cap_seq = B;
     }
-    if (maxT > a->cap_maxT) a->cap_maxT = maxT; /* d_att is sized in backward */
-    if (N <= a->cap_tokens && A <= a->cap_att && a->memory) return;
+    if (maxT > a->cap_maxT) a->cap_maxT = maxT;
+    if (N <= a->cap_tokens && a->memory) return;
     if (N > a->cap_tokens) {
         a->tokens = fdpo_realloc(a->tokens, N * sizeof(int32_t));
         a->targets = fdpo_realloc(a->targets, N * sizeof(int32_t));
@@ -197,11 +202,10 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
         a->branch = NULL;
     }
     N = N > a->cap_tokens ? N : a->cap_tokens;
-    A = A > a->cap_att ? A : a->cap_att;
-    size_t C = m->config.n_embd, L = m->config.n_layer, V = m->config.vocab_size;
+    size_t C = m->config.n_embd, L = m->config.n_layer, V = m->config.vocab_size, NH = m->config.n_head;
     struct { float **p; size_t n; } parts[] = {
         {&a->encoded, N * C}, {&a->ln1, L * N * C}, {&a->ln1_mean, L * N}, {&a->ln1_rstd, L * N},
-        {&a->qkv, L * N * 3 * C}, {&a->atty, L * N * C}, {&a->att, L * A}, {&a->residual2, L * N * C},
+        {&a->qkv, L * N * 3 * C}, {&a->atty, L * N * C}, {&a->att_lse, L * N * NH}, {&a->residual2, L * N * C},
         {&a->ln2, L * N * C}, {&a->ln2_mean, L * N}, {&a->ln2_rstd, L * N}, {&a->fch, L * N * 4 * C},
         {&a->fch_gelu, L * N * 4 * C}, {&a->residual3, L * N * C}, {&a->lnf, N * C}, {&a->lnf_mean, N},
         {&a->lnf_rstd, N}, {&a->logits, N * V}, {&a->lse, N}, {&a->d_residual, N * C}, {&a->d_ln, N * C},
@@ -214,7 +218,94 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
     float *p = a->memory;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
     a->cap_tokens = N;
-    a->cap_att = A;
+}
+
+/* bf16: refresh the bf16 weight copy (once per forward: every writer of params, the
+ * optimizer, loading, copy_params, is then covered without a hook) and size the scratch
+ * that holds bf16-rounded matmul inputs. */
+static void bf16_prepare(fdpo_gpt2 *m) {
+    fdpo_gpt2_acts *a = m->acts;
+    size_t C = m->config.n_embd, V = m->config.vocab_size, wide = 4 * C > V ? 4 * C : V;
+    if (!m->params_bf16) {
+        fdpo_bf16_native(); /* says once if the GEMMs fall back */
+        m->params_bf16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
+    }
+    fdpo_f32_to_bf16(m->params_bf16, m->params_memory, m->n_params);
+    if (a->bf16_cap < a->cap_tokens) {
+        free(a->bf16_x);
+        free(a->bf16_y);
+        a->bf16_x = fdpo_malloc(a->cap_tokens * wide * sizeof(uint16_t));
+        a->bf16_y = fdpo_malloc(a->cap_tokens * 4 * C * sizeof(uint16_t));
+        a->bf16_cap = a->cap_tokens;
+    }
+}
+
+/* the bf16 copy of the weight tensor w points into params_memory */
+static const uint16_t *bf16_of(const fdpo_gpt2 *m, const float *w) { return m->params_bf16 + (w - m->params_memory); }
+
+/* Linear layers and the LM head in the model's precision (the kernels do the maths). */
+static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, const float *w, const float *bias,
+                           size_t N, size_t IC, size_t OC) {
+    if (m->precision == FDPO_PRECISION_BF16)
+        matmul_forward_bf16(out, inp, bf16_of(m, w), bias, N, IC, OC, m->acts->bf16_x);
+    else
+        matmul_forward(out, inp, w, bias, N, IC, OC);
+}
+
+static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, const float *dout,
+                            const float *inp, const float *w, size_t N, size_t IC, size_t OC) {
+    if (m->acts->precision == FDPO_PRECISION_BF16) /* the forward's: its bf16 weights are current */
+        matmul_backward_bf16(dinp, dw, dbias, dout, inp, bf16_of(m, w), N, IC, OC, m->acts->bf16_x, m->acts->bf16_y);
+    else
+        matmul_backward(dinp, dw, dbias, dout, inp, w, N, IC, OC, 0);
+}
+
+static void head_forward(fdpo_gpt2 *m, float *logits, const float *inp, size_t N) {
+    const fdpo_gpt2_config *c = &m->config;
+    if (m->precision == FDPO_PRECISION_BF16)
+        lmhead_forward_bf16(logits, inp, bf16_of(m, m->params.wte), N, c->n_embd, c->vocab_size, m->acts->bf16_x);
+    else
+        lmhead_forward(logits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
+}
+
+static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const float *inp, size_t N) {
+    const fdpo_gpt2_config *c = &m->config;
+    if (m->acts->precision == FDPO_PRECISION_BF16)
+        lmhead_backward_bf16(dinp, m->grads.wte, dlogits, inp, bf16_of(m, m->params.wte), N, c->n_embd,
+                             c->vocab_size, m->acts->bf16_x, m->acts->bf16_y);
+    else
+        lmhead_backward(dinp, m->grads.wte, dlogits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
+}
+
+/* LM head and log-softmax over the K rows a->rows[0..K) only (the rest get logits 0,
+ * lse 0 and token_logp 0): pack their ln_f outputs, one GEMM of K x V instead of N x V,
+ * then move each logits row to its token's place. */
+static void lmhead_rows_forward(fdpo_gpt2 *m, float *tlp, size_t K) {
+    fdpo_gpt2_acts *a = m->acts;
+    size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size;
+    float *lnf_packed = a->d_atty; /* backward scratch, free during forward */
+    for (size_t k = 0; k < K; k++) {
+        memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
+        a->ctargets[k] = a->targets[a->rows[k]];
+    }
+    head_forward(m, a->logits, lnf_packed, K);
+    logsoftmax_forward(a->clse, a->cd, a->logits, a->ctargets, K, V);
+    memset(a->lse, 0, N * sizeof(float));
+    if (tlp) memset(tlp, 0, N * sizeof(float));
+    for (size_t k = 0; k < K; k++) {
+        a->lse[a->rows[k]] = a->clse[k];
+        if (tlp) tlp[a->rows[k]] = a->cd[k];
+    }
+    /* rows[k] >= k: moving from the back never overwrites a row still to be moved; the
+     * rows in between (skipped tokens) become 0 */
+    size_t next = N;
+    for (size_t k = K; k-- > 0;) {
+        size_t t = a->rows[k];
+        if (next > t + 1) memset(a->logits + (t + 1) * V, 0, (next - t - 1) * V * sizeof(float));
+        if (t != k) memcpy(a->logits + t * V, a->logits + k * V, V * sizeof(float));
+        next = t;
+    }
+    if (next > 0) memset(a->logits, 0, next * V * sizeof(float));
 }
 
 int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
@@ -222,23 +313,19 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     if (m->config.arch == FDPO_ARCH_LLAMA) return llama_forward(m, b, token_logp, seq_logp);
     const fdpo_gpt2_config *c = &m->config;
     size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
-    size_t A = 0, maxT = 0;
+    size_t maxT = 0;
     for (size_t s = 0; s < B; s++) {
         size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
-        A += NH * T * T;
         if (T > maxT) maxT = T;
     }
-    acts_reserve(m, N, B, A, maxT);
+    acts_reserve(m, N, B, maxT);
     fdpo_gpt2_acts *a = m->acts;
     /* keep our own copy of the batch for backward, with defaults resolved */
     a->n_seq = B;
     a->n_tokens = N;
     a->max_T = maxT;
     memcpy(a->seq_offset, b->seq_offset, (B + 1) * sizeof(size_t));
-    a->att_offset[0] = 0;
     for (size_t s = 0; s < B; s++) {
-        size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
-        a->att_offset[s + 1] = a->att_offset[s] + NH * T * T;
         for (size_t t = b->seq_offset[s]; t < b->seq_offset[s + 1]; t++)
             a->pos[t] = b->pos ? b->pos[t] : (int32_t)(t - b->seq_offset[s]);
     }
@@ -250,7 +337,10 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
         if (!a->branch) a->branch = fdpo_malloc(a->cap_tokens);
         memcpy(a->branch, b->branch, N);
     }
+    a->has_branch = b->branch != NULL;
     const uint8_t *branch = b->branch ? a->branch : NULL;
+    a->precision = m->precision; /* backward follows the forward even if m->precision changes */
+    if (m->precision == FDPO_PRECISION_BF16) bf16_prepare(m);
 
     const fdpo_gpt2_params *p = &m->params;
     encoder_forward(a->encoded, a->tokens, a->pos, p->wte, p->wpe, N, C);
@@ -262,23 +352,33 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
         float *res3 = a->residual3 + l * N * C;
         layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, residual,
                           p->ln1w + l * C, p->ln1b + l * C, N, C, c->layer_norm_epsilon);
-        matmul_forward(qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, N, C, 3 * C);
-        attention_forward(atty, a->att + l * A, qkv, a->seq_offset, a->att_offset, branch, B, C, NH);
-        matmul_forward(res2, atty, p->attprojw + l * C * C, p->attprojb + l * C, N, C, C);
+        linear_forward(m, qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, N, C, 3 * C);
+        attention_forward_streaming(atty, a->att_lse + l * N * NH, qkv, a->seq_offset, branch, B, C, NH);
+        linear_forward(m, res2, atty, p->attprojw + l * C * C, p->attprojb + l * C, N, C, C);
         residual_forward(res2, res2, residual, N * C);
         layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
                           p->ln2w + l * C, p->ln2b + l * C, N, C, c->layer_norm_epsilon);
-        matmul_forward(fch, ln2, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, N, C, 4 * C);
+        linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, N, C, 4 * C);
         gelu_forward(fch_gelu, fch, N * 4 * C);
-        matmul_forward(res3, fch_gelu, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, N, 4 * C, C);
+        linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, N, 4 * C, C);
         residual_forward(res3, res3, res2, N * C);
     }
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->residual3 + (L - 1) * N * C,
                       p->lnfw, p->lnfb, N, C, c->layer_norm_epsilon);
-    lmhead_forward(a->logits, a->lnf, p->wte, N, C, V);
     /* token_logp is needed for seq_logp even when the caller did not ask for it */
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL); /* d_residual is free now */
-    logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    a->skip_unweighted = b->skip_unweighted;
+    size_t K = N;
+    if (b->skip_unweighted) { /* the LM head only over tokens whose log-prob is used */
+        K = 0;
+        for (size_t t = 0; t < N; t++) if (a->weights[t] != 0.0f) a->rows[K++] = t;
+    }
+    if (K == N) {
+        head_forward(m, a->logits, a->lnf, N);
+        logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    } else {
+        lmhead_rows_forward(m, tlp, K);
+    }
     if (seq_logp) {
         for (size_t s = 0; s < B; s++) {
             double sum = 0.0;
@@ -316,16 +416,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
     if (!m->grads_memory) fdpo_gpt2_zero_grad(m);
     const fdpo_gpt2_config *c = &m->config;
     size_t N = a->n_tokens, B = a->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
-    size_t A = a->att_offset[B];
-    /* d_att: one maxT x maxT scratch per thread; regrow when threads or lengths grow */
-    int nth = omp_get_max_threads();
-    size_t stride = a->cap_maxT * a->cap_maxT;
-    if (!a->d_att || nth > a->n_threads_scratch || stride > a->d_att_stride) {
-        free(a->d_att);
-        a->d_att = fdpo_malloc((size_t)nth * stride * sizeof(float));
-        a->n_threads_scratch = nth;
-        a->d_att_stride = stride;
-    }
+    const uint8_t *branch = a->has_branch ? a->branch : NULL;
     const fdpo_gpt2_params *p = &m->params;
     fdpo_gpt2_params *g = &m->grads;
 
@@ -336,6 +427,9 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
     if (d_lnf) { memcpy(a->d_ln, d_lnf, N * C * sizeof(float)); goto trunk; } /* no LM head */
     for (size_t t = 0; t < N; t++) {
         if (a->targets[t] < 0 || d_token_logp[t] == 0.0f) continue;
+        if (a->skip_unweighted && a->weights[t] == 0.0f)
+            return fdpo_error("gpt2 backward: d_token_logp[%zu] = %g but the forward skipped that token "
+                              "(skip_unweighted: its weight is 0)", t, (double)d_token_logp[t]);
         a->rows[K] = t;
         a->ctargets[K] = a->targets[t];
         a->cd[K] = d_token_logp[t];
@@ -344,7 +438,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
     }
     if (K == N) {
         logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
-        lmhead_backward(a->d_ln, g->wte, a->logits, a->lnf, p->wte, N, C, V);
+        head_backward(m, a->d_ln, a->logits, a->lnf, N);
     } else {
         float *lnf_packed = a->d_atty, *dlnf_packed = a->d_qkv; /* both free until the blocks */
         for (size_t k = 0; k < K; k++) { /* rows[k] >= k: moving forward never clobbers a later source */
@@ -354,7 +448,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         memset(a->d_ln, 0, N * C * sizeof(float));
         if (K > 0) {
             logsoftmax_backward(a->logits, a->clse, a->ctargets, a->cd, K, V);
-            lmhead_backward(dlnf_packed, g->wte, a->logits, lnf_packed, p->wte, K, C, V);
+            head_backward(m, dlnf_packed, a->logits, lnf_packed, K);
             for (size_t k = 0; k < K; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + k * C, C * sizeof(float));
         }
     }
@@ -368,20 +462,20 @@ trunk:
         const float *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
         const float *fch = a->fch + l * N * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C;
         /* MLP block: res3 = res2 + gelu(ln2(res2) @ fcw + fcb) @ fcprojw + fcprojb */
-        matmul_backward(a->d_fch, g->fcprojw + l * 4 * C * C, g->fcprojb + l * C, a->d_residual,
-                        fch_gelu, p->fcprojw + l * 4 * C * C, N, 4 * C, C, 0);
+        linear_backward(m, a->d_fch, g->fcprojw + l * 4 * C * C, g->fcprojb + l * C, a->d_residual,
+                        fch_gelu, p->fcprojw + l * 4 * C * C, N, 4 * C, C);
         gelu_backward(a->d_fch, fch, a->d_fch, N * 4 * C);
-        matmul_backward(a->d_ln, g->fcw + l * C * 4 * C, g->fcb + l * 4 * C, a->d_fch, ln2,
-                        p->fcw + l * C * 4 * C, N, C, 4 * C, 0);
+        linear_backward(m, a->d_ln, g->fcw + l * C * 4 * C, g->fcb + l * 4 * C, a->d_fch, ln2,
+                        p->fcw + l * C * 4 * C, N, C, 4 * C);
         layernorm_backward(a->d_residual, g->ln2w + l * C, g->ln2b + l * C, a->d_ln, res2,
                            p->ln2w + l * C, a->ln2_mean + l * N, a->ln2_rstd + l * N, N, C);
         /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
-        matmul_backward(a->d_atty, g->attprojw + l * C * C, g->attprojb + l * C, a->d_residual, atty,
-                        p->attprojw + l * C * C, N, C, C, 0);
-        attention_backward(a->d_qkv, a->d_att, a->d_att_stride, a->d_atty, qkv, a->att + l * A,
-                           a->seq_offset, a->att_offset, B, C, NH);
-        matmul_backward(a->d_ln, g->qkvw + l * C * 3 * C, g->qkvb + l * 3 * C, a->d_qkv, ln1,
-                        p->qkvw + l * C * 3 * C, N, C, 3 * C, 0);
+        linear_backward(m, a->d_atty, g->attprojw + l * C * C, g->attprojb + l * C, a->d_residual, atty,
+                        p->attprojw + l * C * C, N, C, C);
+        attention_backward_streaming(a->d_qkv, a->d_atty, qkv, atty, a->att_lse + l * N * NH, a->seq_offset,
+                                     branch, B, C, NH);
+        linear_backward(m, a->d_ln, g->qkvw + l * C * 3 * C, g->qkvb + l * 3 * C, a->d_qkv, ln1,
+                        p->qkvw + l * C * 3 * C, N, C, 3 * C);
         layernorm_backward(a->d_residual, g->ln1w + l * C, g->ln1b + l * C, a->d_ln, residual,
                            p->ln1w + l * C, a->ln1_mean + l * N, a->ln1_rstd + l * N, N, C);
     }

@@ -10,6 +10,7 @@
 #include "fdpo/core.h"
 #include "fdpo/decode.h"
 #include "model/llama_decode.h"
+#include "model/gpt2_internal.h"
 
 struct fdpo_decoder {
     const fdpo_gpt2 *model;
@@ -30,6 +31,10 @@ struct fdpo_decoder {
     int32_t *row_pos;   /* [R] */
     float *scores;      /* [threads, max_len] attention scores per thread */
     int n_threads_scores;
+    /* bf16 precision (the model's, at create): bf16 copy of the weights, which the
+     * decoder only reads, and the bf16-rounded matmul inputs [cap16 rows, 4C] */
+    uint16_t *w16, *in16;
+    size_t cap16;
 };
 
 fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
@@ -48,6 +53,11 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
     size_t n = c->n_layer * max_seqs * max_len * c->n_embd;
     d->k_cache = fdpo_malloc(n * sizeof(float));
     d->v_cache = fdpo_malloc(n * sizeof(float));
+    if (m->precision == FDPO_PRECISION_BF16) {
+        fdpo_bf16_native(); /* says once if the GEMMs (prefill) fall back */
+        d->w16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
+        fdpo_f32_to_bf16(d->w16, m->params_memory, m->n_params);
+    }
     return d;
 }
 
@@ -57,6 +67,7 @@ void fdpo_decoder_free(fdpo_decoder *d) {
     free(d->len); free(d->k_cache); free(d->v_cache);
     free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast);
     free(d->row_slot); free(d->row_pos); free(d->scores);
+    free(d->w16); free(d->in16);
     free(d);
 }
 
@@ -172,16 +183,70 @@ static void decode_matmul_small_rows(float *out, const float *inp, const float *
     }
 }
 
+/* bf16 weights, few rows: out [R, OC] += in16 [R, IC] @ w16 [IC, OC], both operands bf16
+ * widened exactly to fp32, fp32 accumulation (the bf16 rule). Decoding reads every weight
+ * once per step, so half the bytes is the point; a library GEMM would repack the weight
+ * on every call. Same strip loop as decode_matmul_small_rows. */
+static inline float bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void decode_matmul_small_rows_bf16(float *out, const uint16_t *in16, const uint16_t *w16, size_t R,
+                                          size_t IC, size_t OC) {
+    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
+    #pragma omp parallel for schedule(static) if (R * IC * OC >= (1 << 20))
+    for (size_t s = 0; s < n_strips; s++) {
+        size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+        float acc[DECODE_SMALL_ROWS][DECODE_STRIP] = {{0}};
+        for (size_t i = 0; i < IC; i++) {
+            const uint16_t *wi = w16 + i * OC + o0;
+            float wf[DECODE_STRIP];
+            for (size_t j = 0; j < ob; j++) wf[j] = bf16_value(wi[j]);
+            for (size_t r = 0; r < R; r++) {
+                float a = bf16_value(in16[r * IC + i]);
+                for (size_t j = 0; j < ob; j++) acc[r][j] = DECODE_FMA(a, wf[j], acc[r][j]);
+            }
+        }
+        for (size_t r = 0; r < R; r++)
+            for (size_t j = 0; j < ob; j++) out[r * OC + o0 + j] += acc[r][j];
+    }
+}
+
+/* logits [R, V] = in16 [R, C] @ wte16 [V, C]^T for few rows, parallel over the vocabulary */
+static void decode_lmhead_small_rows_bf16(float *logits, const uint16_t *in16, const uint16_t *wte16, size_t R,
+                                          size_t C, size_t V) {
+    #pragma omp parallel for schedule(static) if (R * V * C >= (1 << 20))
+    for (size_t v = 0; v < V; v++) {
+        const uint16_t *w = wte16 + v * C;
+        for (size_t r = 0; r < R; r++) {
+            const uint16_t *x = in16 + r * C;
+            float acc = 0.0f;
+            for (size_t c = 0; c < C; c++) acc = DECODE_FMA(bf16_value(x[c]), bf16_value(w[c]), acc);
+            logits[r * V + v] = acc;
+        }
+    }
+}
+
 /* out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] + bias [OC]; accumulate adds into out
  * (the residual stream) instead of overwriting it. */
 static void decode_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
-                                  size_t R, size_t IC, size_t OC, int accumulate) {
+                                  size_t R, size_t IC, size_t OC, int accumulate, const uint16_t *w16,
+                                  uint16_t *in16) {
     if (!accumulate) {
         for (size_t r = 0; r < R; r++) memcpy(out + r * OC, bias, OC * sizeof(float));
     } else {
         for (size_t r = 0; r < R; r++) for (size_t o = 0; o < OC; o++) out[r * OC + o] += bias[o];
     }
-    if (R <= DECODE_SMALL_ROWS)
+    if (w16) { /* bf16: out += bf16(inp) @ w16, fp32 accumulation */
+        fdpo_f32_to_bf16(in16, inp, R * IC);
+        if (R <= DECODE_SMALL_ROWS)
+            decode_matmul_small_rows_bf16(out, in16, w16, R, IC, OC);
+        else
+            fdpo_gemm_bf16(0, 0, R, OC, IC, 1.0f, in16, IC, w16, OC, 1.0f, out, OC);
+    } else if (R <= DECODE_SMALL_ROWS)
         decode_matmul_small_rows(out, inp, w, R, IC, OC);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
@@ -256,8 +321,14 @@ static void decode_gelu_forward(float *x, size_t n) {
 #define DECODE_LMHEAD_ROWS 64
 #define DECODE_LMHEAD_BLOCK 128
 static void decode_lmhead_forward(float *logits, const float *inp, const float *wte, size_t R,
-                                  size_t C, size_t V) {
-    if (R == 1) {
+                                  size_t C, size_t V, const uint16_t *wte16, uint16_t *in16) {
+    if (wte16) { /* bf16: logits = bf16(inp) @ wte16^T */
+        fdpo_f32_to_bf16(in16, inp, R * C);
+        if (R <= DECODE_SMALL_ROWS)
+            decode_lmhead_small_rows_bf16(logits, in16, wte16, R, C, V);
+        else
+            fdpo_gemm_bf16(0, 1, R, V, C, 1.0f, in16, C, wte16, C, 0.0f, logits, V);
+    } else if (R == 1) {
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)V, (int)C, 1.0f, wte, (int)C, inp, 1, 0.0f, logits, 1);
     } else if (R <= DECODE_LMHEAD_ROWS) {
         size_t n_blocks = (V + DECODE_LMHEAD_BLOCK - 1) / DECODE_LMHEAD_BLOCK;
@@ -295,6 +366,14 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
     if (R == 0) return 0;
     if (d->llama) return llama_decoder_forward(d->llama, n_slots, slots, n_new, tokens, logits, all_logits, R);
     grow_rows(d, R, n_slots);
+    const fdpo_gpt2 *m = d->model;
+    if (d->w16 && d->cap16 < R) {
+        free(d->in16);
+        d->in16 = fdpo_malloc(R * 4 * C * sizeof(uint16_t));
+        d->cap16 = R;
+    }
+    /* the bf16 copy of weight tensor w (NULL in fp32) */
+#define W16(w) (d->w16 ? d->w16 + ((w) - m->params_memory) : NULL)
     for (size_t i = 0, r = 0; i < n_slots; i++)
         for (size_t j = 0; j < n_new[i]; j++, r++) {
             d->row_slot[r] = slots[i];
@@ -306,20 +385,24 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
     for (size_t l = 0; l < L; l++) {
         float *kc = d->k_cache + l * layer_cache, *vc = d->v_cache + l * layer_cache;
         decode_layernorm_forward(d->h, d->x, p->ln1w + l * C, p->ln1b + l * C, R, C, c->layer_norm_epsilon);
-        decode_matmul_forward(d->qkv, d->h, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0);
+        decode_matmul_forward(d->qkv, d->h, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
+                              W16(p->qkvw + l * C * 3 * C), d->in16);
         decode_cache_store(kc, vc, d->qkv, d->row_slot, d->row_pos, R, C, d->max_len);
         decode_attention_forward(d->atty, d->scores, d->qkv, kc, vc, d->row_slot, d->row_pos, R, C, NH, d->max_len);
-        decode_matmul_forward(d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1);
+        decode_matmul_forward(d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1,
+                              W16(p->attprojw + l * C * C), d->in16);
         decode_layernorm_forward(d->h, d->x, p->ln2w + l * C, p->ln2b + l * C, R, C, c->layer_norm_epsilon);
-        decode_matmul_forward(d->fch, d->h, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0);
+        decode_matmul_forward(d->fch, d->h, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0,
+                              W16(p->fcw + l * C * 4 * C), d->in16);
         decode_gelu_forward(d->fch, R * 4 * C);
-        decode_matmul_forward(d->x, d->fch, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, R, 4 * C, C, 1);
+        decode_matmul_forward(d->x, d->fch, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, R, 4 * C, C, 1,
+                              W16(p->fcprojw + l * 4 * C * C), d->in16);
     }
     for (size_t i = 0; i < n_slots; i++) d->len[slots[i]] += n_new[i];
 
     if (all_logits) {
         decode_layernorm_forward(d->h, d->x, p->lnfw, p->lnfb, R, C, c->layer_norm_epsilon);
-        decode_lmhead_forward(logits, d->h, p->wte, R, C, V);
+        decode_lmhead_forward(logits, d->h, p->wte, R, C, V, W16(p->wte), d->in16);
     } else {
         size_t r_end = 0;
         for (size_t i = 0; i < n_slots; i++) {
@@ -327,7 +410,8 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
             memcpy(d->xlast + i * C, d->x + (r_end - 1) * C, C * sizeof(float));
         }
         decode_layernorm_forward(d->h, d->xlast, p->lnfw, p->lnfb, n_slots, C, c->layer_norm_epsilon);
-        decode_lmhead_forward(logits, d->h, p->wte, n_slots, C, V);
+        decode_lmhead_forward(logits, d->h, p->wte, n_slots, C, V, W16(p->wte), d->in16);
     }
+#undef W16
     return 0;
 }

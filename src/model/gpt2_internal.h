@@ -7,10 +7,11 @@
 #include "fdpo/gpt2.h"
 
 /* Activations of the last forward, carved from one allocation (acts->memory).
- * N = tokens in the packed batch, A = sum over sequences of NH * T_b^2 (attention maps). */
+ * N = tokens in the packed batch. Attention keeps only the per-row log-sum-exp (O(N NH)),
+ * not the T x T maps: backward recomputes them tile by tile. */
 struct fdpo_gpt2_acts {
     /* capacities the buffers were sized for */
-    size_t cap_tokens, cap_seq, cap_att, cap_maxT;
+    size_t cap_tokens, cap_seq, cap_maxT;
     float *memory;
     /* forward */
     float *encoded;   /* [N, C] */
@@ -19,7 +20,7 @@ struct fdpo_gpt2_acts {
     float *ln1_rstd;  /* [L, N] */
     float *qkv;       /* [L, N, 3C] */
     float *atty;      /* [L, N, C] attention output before c_proj */
-    float *att;       /* [L, A] softmax probabilities per (sequence, head), T_b x T_b each */
+    float *att_lse;   /* [L, N, NH] log-sum-exp of each attention row's scores */
     float *residual2; /* [L, N, C] after the attention block */
     float *ln2;       /* [L, N, C] */
     float *ln2_mean;  /* [L, N] */
@@ -38,20 +39,23 @@ struct fdpo_gpt2_acts {
     float *d_qkv;      /* [N, 3C] */
     float *d_atty;     /* [N, C] */
     float *d_fch;      /* [N, 4C] (gradient w.r.t. fch_gelu, then fch, in place) */
-    float *d_att;      /* [threads, maxT * maxT] per-thread d-probability scratch */
-    int n_threads_scratch;
-    size_t d_att_stride;
     /* the batch of the last forward (copied: the caller's arrays may go away) */
     size_t n_seq, n_tokens, max_T;
     size_t *seq_offset;  /* [B+1] */
-    size_t *att_offset;  /* [B+1] start of sequence b's maps inside one layer's att */
     int32_t *tokens, *targets, *pos;
     float *weights;      /* resolved: weight where target >= 0, else 0 */
-    uint8_t *branch;     /* NULL when the batch had none */
+    uint8_t *branch;     /* valid when has_branch (the buffer outlives batches without) */
+    int has_branch;
+    int skip_unweighted; /* the batch's flag: logits only for weighted tokens */
+    fdpo_precision precision; /* of the last forward */
     /* backward of the LM head over the K rows with a gradient only */
     size_t *rows;        /* [N] packed row -> token */
     int32_t *ctargets;   /* [N] targets, d_token_logp and lse of the packed rows */
     float *cd, *clse;
+    /* bf16 precision: matmul inputs rounded to bf16 (sized for the capacities above) */
+    uint16_t *bf16_x;    /* [cap_tokens * max(4C, V)] first operand (activations, d logits) */
+    uint16_t *bf16_y;    /* [cap_tokens * 4C] second operand of the weight-gradient GEMM */
+    size_t bf16_cap;     /* tokens the two buffers hold */
     int has_forward;
 };
 
@@ -68,11 +72,19 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
                     size_t N, size_t IC, size_t OC);
 void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp);
+/* the materialised attention (T x T maps; att of (b, h) at att_offset[b] + h*T*T): kept as
+ * the reference the streaming kernels are tested against (harness attention-check) */
 void attention_forward(float *out, float *att, const float *qkv, const size_t *seq_offset,
                        const size_t *att_offset, const uint8_t *branch, size_t B, size_t C, size_t NH);
 void attention_backward(float *dqkv, float *datt_scratch, size_t scratch_stride, const float *dout,
                         const float *qkv, const float *att, const size_t *seq_offset,
                         const size_t *att_offset, size_t B, size_t C, size_t NH);
+/* the same attention with O(T) storage: lse [N, NH] instead of the T x T maps */
+void attention_forward_streaming(float *out, float *lse, const float *qkv, const size_t *seq_offset,
+                                 const uint8_t *branch, size_t B, size_t C, size_t NH);
+void attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                  const float *lse, const size_t *seq_offset, const uint8_t *branch,
+                                  size_t B, size_t C, size_t NH);
 void gelu_forward(float *out, const float *inp, size_t n);
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n); /* dinp may alias dout */
 void residual_forward(float *out, const float *a, const float *b, size_t n);
@@ -83,5 +95,20 @@ void logsoftmax_backward(float *dlogits, const float *lse, const int32_t *target
                          const float *d_token_logp, size_t N, size_t V);
 void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                      const float *wte, size_t N, size_t C, size_t V);
+
+/* ---- bf16 (src/model/gemm_bf16.c and the *_bf16 kernels in gpt2_kernels.c) ---- */
+void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
+void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
+                    const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
+void matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
+                         size_t N, size_t IC, size_t OC, uint16_t *scratch);
+void matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                          const uint16_t *w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
+                          uint16_t *scratch_inp);
+void lmhead_forward_bf16(float *logits, const float *inp, const uint16_t *wte, size_t N, size_t C, size_t V,
+                         uint16_t *scratch);
+void lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                          const uint16_t *wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
+                          uint16_t *scratch_inp);
 
 #endif

@@ -295,3 +295,174 @@ void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)C, (int)N,
                 1.0f, dlogits, (int)V, inp, (int)C, 1.0f, dwte, (int)C);
 }
+
+/* ---- bf16 variants: inputs rounded to bf16, fp32 accumulation and outputs ---- */
+
+/* out [N,OC] = bf16(inp [N,IC]) @ w [IC,OC] (bf16) + bias [OC]; scratch holds N*IC */
+void matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
+                         size_t N, size_t IC, size_t OC, uint16_t *scratch) {
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
+        beta = 1.0f;
+    }
+    fdpo_f32_to_bf16(scratch, inp, N * IC);
+    fdpo_gemm_bf16(0, 0, N, OC, IC, 1.0f, scratch, IC, w, OC, beta, out, OC);
+}
+
+/* dinp [N,IC] (=) bf16(dout) @ w^T;  dw [IC,OC] += bf16(inp)^T @ bf16(dout);
+ * dbias [OC] += sum_t dout (fp32). scratch_dout holds N*OC, scratch_inp N*IC. */
+void matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                          const uint16_t *w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
+                          uint16_t *scratch_inp) {
+    fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
+    fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
+    fdpo_gemm_bf16(0, 1, N, IC, OC, 1.0f, scratch_dout, OC, w, OC, 0.0f, dinp, IC);
+    fdpo_gemm_bf16(1, 0, IC, OC, N, 1.0f, scratch_inp, IC, scratch_dout, OC, 1.0f, dw, OC);
+    if (dbias) column_sums_add(dbias, dout, N, OC);
+}
+
+/* logits [N,V] = bf16(inp [N,C]) @ wte^T (bf16 [V,C]); scratch holds N*C */
+void lmhead_forward_bf16(float *logits, const float *inp, const uint16_t *wte, size_t N, size_t C, size_t V,
+                         uint16_t *scratch) {
+    fdpo_f32_to_bf16(scratch, inp, N * C);
+    fdpo_gemm_bf16(0, 1, N, V, C, 1.0f, scratch, C, wte, C, 0.0f, logits, V);
+}
+
+/* dinp [N,C] = bf16(dlogits) @ wte;  dwte [V,C] += bf16(dlogits)^T @ bf16(inp) */
+void lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                          const uint16_t *wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
+                          uint16_t *scratch_inp) {
+    fdpo_f32_to_bf16(scratch_dlogits, dlogits, N * V);
+    fdpo_f32_to_bf16(scratch_inp, inp, N * C);
+    fdpo_gemm_bf16(0, 0, N, C, V, 1.0f, scratch_dlogits, V, wte, C, 0.0f, dinp, C);
+    fdpo_gemm_bf16(1, 0, V, C, N, 1.0f, scratch_dlogits, V, scratch_inp, C, 1.0f, dwte, C);
+}
+
+/* ---- attention without T x T storage (streaming softmax, recomputing backward) ---- */
+
+#define ATT_TILE 64 /* query rows x key columns per score tile (16 KB per thread) */
+
+/* Scores of one tile, masked: S [nq, nk] = scale * Q[i0:i0+nq] K[j0:j0+nk]^T, entries that
+ * may not be attended (j > i, or another branch) set to -inf. */
+static void attention_scores_tile(float *S, const float *q, const float *k, size_t C3, size_t hs, float scale,
+                                  const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * C3, (int)C3,
+                k + j0 * C3, (int)C3, 0.0f, S, (int)nk);
+    for (size_t r = 0; r < nq; r++)
+        for (size_t c = 0; c < nk; c++)
+            if (j0 + c > i0 + r || !may_attend(br, i0 + r, j0 + c)) S[r * nk + c] = -INFINITY;
+}
+
+/* Per sequence b (tokens [s, s+T)) and head h, the same output as attention_forward:
+ *   out [T, hs] (row stride C) = softmax(mask(Q K^T / sqrt(hs))) V
+ * computed tile by tile with a running row maximum m and sum l (online softmax), so only
+ * lse [N, NH] (lse[t*NH + h] = m + log l, the log-sum-exp of row t's scores) is kept for
+ * backward: O(T) memory per head instead of T^2. Sequential inside a (sequence, head) job,
+ * so the result does not depend on the thread count. */
+void attention_forward_streaming(float *out, float *lse, const float *qkv, const size_t *seq_offset,
+                                 const uint8_t *branch, size_t B, size_t C, size_t NH) {
+    size_t hs = C / NH, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+    long n_jobs = (long)(B * NH);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long job = 0; job < n_jobs; job++) {
+        size_t b = (size_t)job / NH, h = (size_t)job % NH;
+        size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
+        const float *q = qkv + s * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+        float *o = out + s * C + h * hs;
+        const uint8_t *br = branch ? branch + s : NULL;
+        float S[ATT_TILE * ATT_TILE], m[ATT_TILE], l[ATT_TILE];
+        for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
+            size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
+            for (size_t r = 0; r < nq; r++) {
+                m[r] = -INFINITY;
+                l[r] = 0.0f;
+                memset(o + (i0 + r) * C, 0, hs * sizeof(float));
+            }
+            for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
+                size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
+                attention_scores_tile(S, q, k, C3, hs, scale, br, i0, nq, j0, nk);
+                for (size_t r = 0; r < nq; r++) {
+                    float *row = S + r * nk, mx = -INFINITY;
+                    for (size_t c = 0; c < nk; c++) if (row[c] > mx) mx = row[c];
+                    if (mx == -INFINITY) { memset(row, 0, nk * sizeof(float)); continue; } /* all masked */
+                    float m_new = mx > m[r] ? mx : m[r], corr = expf(m[r] - m_new), sum = 0.0f;
+                    for (size_t c = 0; c < nk; c++) {
+                        row[c] = expf(row[c] - m_new); /* exp(-inf) = 0 for masked entries */
+                        sum += row[c];
+                    }
+                    l[r] = l[r] * corr + sum;
+                    m[r] = m_new;
+                    if (corr != 1.0f) {
+                        float *orow = o + (i0 + r) * C;
+                        for (size_t d = 0; d < hs; d++) orow[d] *= corr;
+                    }
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, 1.0f, S, (int)nk,
+                            v + j0 * C3, (int)C3, 1.0f, o + i0 * C, (int)C);
+            }
+            for (size_t r = 0; r < nq; r++) { /* j = i is always allowed, so l >= 1 */
+                float inv = 1.0f / l[r], *orow = o + (i0 + r) * C;
+                for (size_t d = 0; d < hs; d++) orow[d] *= inv;
+                lse[(s + i0 + r) * NH + h] = m[r] + logf(l[r]);
+            }
+        }
+    }
+}
+
+/* Backward of attention_forward_streaming; WRITES dqkv [N,3C]. Recomputes P tile by tile
+ * from Q, K and lse:  P = exp(S - lse_i);  dV += P^T dY;  dP = dY V^T;
+ *   dS = P * (dP - D_i) with D_i = dY_i . out_i (= rowsum(P * dP));
+ *   dQ += dS K / sqrt(hs);  dK += dS^T Q / sqrt(hs).
+ * out is the forward's output (the attention output before c_proj). */
+void attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                  const float *lse, const size_t *seq_offset, const uint8_t *branch,
+                                  size_t B, size_t C, size_t NH) {
+    size_t hs = C / NH, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+    long n_jobs = (long)(B * NH);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long job = 0; job < n_jobs; job++) {
+        size_t b = (size_t)job / NH, h = (size_t)job % NH;
+        size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
+        const float *q = qkv + s * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+        float *dq = dqkv + s * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
+        const float *dy = dout + s * C + h * hs, *o = out + s * C + h * hs;
+        const uint8_t *br = branch ? branch + s : NULL;
+        float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE], D[ATT_TILE];
+        for (size_t t = 0; t < T; t++) {
+            memset(dq + t * C3, 0, hs * sizeof(float));
+            memset(dk + t * C3, 0, hs * sizeof(float));
+            memset(dv + t * C3, 0, hs * sizeof(float));
+        }
+        for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
+            size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
+            for (size_t r = 0; r < nq; r++) {
+                const float *a = dy + (i0 + r) * C, *c = o + (i0 + r) * C;
+                float dot = 0.0f;
+                for (size_t d = 0; d < hs; d++) dot += a[d] * c[d];
+                D[r] = dot;
+            }
+            for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
+                size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
+                attention_scores_tile(P, q, k, C3, hs, scale, br, i0, nq, j0, nk);
+                for (size_t r = 0; r < nq; r++) {
+                    float L = lse[(s + i0 + r) * NH + h];
+                    for (size_t c = 0; c < nk; c++) P[r * nk + c] = expf(P[r * nk + c] - L);
+                }
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, 1.0f, P, (int)nk,
+                            dy + i0 * C, (int)C, 1.0f, dv + j0 * C3, (int)C3);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, 1.0f, dy + i0 * C,
+                            (int)C, v + j0 * C3, (int)C3, 0.0f, dP, (int)nk);
+                for (size_t r = 0; r < nq; r++)
+                    for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, scale, dP, (int)nk,
+                            k + j0 * C3, (int)C3, 1.0f, dq + i0 * C3, (int)C3);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, scale, dP, (int)nk,
+                            q + i0 * C3, (int)C3, 1.0f, dk + j0 * C3, (int)C3);
+            }
+        }
+    }
+}

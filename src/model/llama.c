@@ -215,7 +215,7 @@ int llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *s
     const uint8_t *branch = b->branch ? a->branch : NULL;
     double *inv_freq = fdpo_malloc(hd / 2 * sizeof *inv_freq);
     llama_inv_freq(c, inv_freq);
-    rope_tables(a->rope_cos, a->rope_sin, a->pos, inv_freq, N, hd / 2);
+    llama_rope_tables(a->rope_cos, a->rope_sin, a->pos, inv_freq, N, hd / 2);
     free(inv_freq);
 
     float *P = m->params_memory;
@@ -229,23 +229,23 @@ int llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *s
         float *res3 = a->residual3 + l * N * C;
         float *qb = tensor(m, P, LR_QB), *kb = tensor(m, P, LR_KB), *vb = tensor(m, P, LR_VB), *ob = tensor(m, P, LR_OB);
         float *gb = tensor(m, P, LR_GATEB), *ub = tensor(m, P, LR_UPB), *db = tensor(m, P, LR_DOWNB);
-        rmsnorm_forward(ln1, a->ln1_rstd + l * N, residual, tensor(m, P, LR_LN1) + l * C, N, C, c->layer_norm_epsilon);
-        linear_forward(q, ln1, tensor(m, P, LR_QW) + l * QD * C, qb ? qb + l * QD : NULL, N, C, QD);
-        linear_forward(k, ln1, tensor(m, P, LR_KW) + l * KD * C, kb ? kb + l * KD : NULL, N, C, KD);
-        linear_forward(v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
-        rope_forward(q, a->rope_cos, a->rope_sin, N, NH, hd);
-        rope_forward(k, a->rope_cos, a->rope_sin, N, NKV, hd);
-        gqa_attention_forward(atty, a->att + l * A, q, k, v, a->seq_offset, a->att_offset, branch, B, NH, NKV, hd);
-        linear_forward(res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
+        llama_rmsnorm_forward(ln1, a->ln1_rstd + l * N, residual, tensor(m, P, LR_LN1) + l * C, N, C, c->layer_norm_epsilon);
+        llama_linear_forward(q, ln1, tensor(m, P, LR_QW) + l * QD * C, qb ? qb + l * QD : NULL, N, C, QD);
+        llama_linear_forward(k, ln1, tensor(m, P, LR_KW) + l * KD * C, kb ? kb + l * KD : NULL, N, C, KD);
+        llama_linear_forward(v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
+        llama_rope_forward(q, a->rope_cos, a->rope_sin, N, NH, hd);
+        llama_rope_forward(k, a->rope_cos, a->rope_sin, N, NKV, hd);
+        llama_gqa_attention_forward(atty, a->att + l * A, q, k, v, a->seq_offset, a->att_offset, branch, B, NH, NKV, hd);
+        llama_linear_forward(res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
         residual_forward(res2, res2, residual, N * C);
-        rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, N, C, c->layer_norm_epsilon);
-        linear_forward(gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, N, C, F);
-        linear_forward(up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, N, C, F);
-        swiglu_forward(h, gate, up, N * F);
-        linear_forward(res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, N, F, C);
+        llama_rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, N, C, c->layer_norm_epsilon);
+        llama_linear_forward(gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, N, C, F);
+        llama_linear_forward(up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, N, C, F);
+        llama_swiglu_forward(h, gate, up, N * F);
+        llama_linear_forward(res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, N, F, C);
         residual_forward(res3, res3, res2, N * C);
     }
-    rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), N, C, c->layer_norm_epsilon);
+    llama_rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), N, C, c->layer_norm_epsilon);
     lmhead_forward(a->logits, a->lnf, head, N, C, V);
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL);
     logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
@@ -286,7 +286,7 @@ int llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
     logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
     lmhead_backward(a->d_ln, dhead, a->logits, a->lnf, head, N, C, V);
     memset(a->d_residual, 0, N * C * sizeof(float));
-    rmsnorm_backward(a->d_residual, tensor(m, G, LR_NORM), a->d_ln, a->residual3 + (L - 1) * N * C,
+    llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_NORM), a->d_ln, a->residual3 + (L - 1) * N * C,
                      tensor(m, P, LR_NORM), a->lnf_rstd, N, C);
 #define GB(role, size) (tensor(m, G, role) ? tensor(m, G, role) + l * (size) : NULL)
     for (size_t l = L; l-- > 0;) {
@@ -295,29 +295,29 @@ int llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
         const float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
         const float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->hmlp + l * N * F;
         /* MLP: res3 = res2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T */
-        linear_backward(a->d_h, tensor(m, G, LR_DOWNW) + l * C * F, GB(LR_DOWNB, C), a->d_residual, h,
+        llama_linear_backward(a->d_h, tensor(m, G, LR_DOWNW) + l * C * F, GB(LR_DOWNB, C), a->d_residual, h,
                         tensor(m, P, LR_DOWNW) + l * C * F, a->ones, N, F, C, 0);
-        swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, N * F); /* d_h becomes d up */
-        linear_backward(a->d_ln, tensor(m, G, LR_GATEW) + l * F * C, GB(LR_GATEB, F), a->d_gate, ln2,
+        llama_swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, N * F); /* d_h becomes d up */
+        llama_linear_backward(a->d_ln, tensor(m, G, LR_GATEW) + l * F * C, GB(LR_GATEB, F), a->d_gate, ln2,
                         tensor(m, P, LR_GATEW) + l * F * C, a->ones, N, C, F, 0);
-        linear_backward(a->d_ln, tensor(m, G, LR_UPW) + l * F * C, GB(LR_UPB, F), a->d_h, ln2,
+        llama_linear_backward(a->d_ln, tensor(m, G, LR_UPW) + l * F * C, GB(LR_UPB, F), a->d_h, ln2,
                         tensor(m, P, LR_UPW) + l * F * C, a->ones, N, C, F, 1);
-        rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN2) + l * C, a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
+        llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN2) + l * C, a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
                          a->ln2_rstd + l * N, N, C);
         /* attention: res2 = residual + attn(rope(ln1 Wq^T), rope(ln1 Wk^T), ln1 Wv^T) Wo^T */
-        linear_backward(a->d_atty, tensor(m, G, LR_OW) + l * C * QD, GB(LR_OB, C), a->d_residual, atty,
+        llama_linear_backward(a->d_atty, tensor(m, G, LR_OW) + l * C * QD, GB(LR_OB, C), a->d_residual, atty,
                         tensor(m, P, LR_OW) + l * C * QD, a->ones, N, QD, C, 0);
-        gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_att, a->d_att_stride, a->d_atty, q, k, v, a->att + l * A,
+        llama_gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_att, a->d_att_stride, a->d_atty, q, k, v, a->att + l * A,
                                a->seq_offset, a->att_offset, B, NH, NKV, hd);
-        rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
-        rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
-        linear_backward(a->d_ln, tensor(m, G, LR_QW) + l * QD * C, GB(LR_QB, QD), a->d_q, ln1,
+        llama_rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
+        llama_rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
+        llama_linear_backward(a->d_ln, tensor(m, G, LR_QW) + l * QD * C, GB(LR_QB, QD), a->d_q, ln1,
                         tensor(m, P, LR_QW) + l * QD * C, a->ones, N, C, QD, 0);
-        linear_backward(a->d_ln, tensor(m, G, LR_KW) + l * KD * C, GB(LR_KB, KD), a->d_k, ln1,
+        llama_linear_backward(a->d_ln, tensor(m, G, LR_KW) + l * KD * C, GB(LR_KB, KD), a->d_k, ln1,
                         tensor(m, P, LR_KW) + l * KD * C, a->ones, N, C, KD, 1);
-        linear_backward(a->d_ln, tensor(m, G, LR_VW) + l * KD * C, GB(LR_VB, KD), a->d_v, ln1,
+        llama_linear_backward(a->d_ln, tensor(m, G, LR_VW) + l * KD * C, GB(LR_VB, KD), a->d_v, ln1,
                         tensor(m, P, LR_VW) + l * KD * C, a->ones, N, C, KD, 1);
-        rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN1) + l * C, a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
+        llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN1) + l * C, a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
                          a->ln1_rstd + l * N, N, C);
     }
 #undef GB

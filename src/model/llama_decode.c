@@ -155,7 +155,7 @@ int llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots,
             d->row_slot[r] = slots[i];
             d->row_pos[r] = (int32_t)(d->len[slots[i]] + j);
         }
-    rope_tables(d->rope_cos, d->rope_sin, d->row_pos, d->inv_freq, R, hd / 2);
+    llama_rope_tables(d->rope_cos, d->rope_sin, d->row_pos, d->inv_freq, R, hd / 2);
     const float *embed = tensor(m, LR_EMBED), *head = tensor(m, LR_HEAD) ? tensor(m, LR_HEAD) : embed;
     for (size_t r = 0; r < R; r++) memcpy(d->x + r * C, embed + (size_t)tokens[r] * C, C * sizeof(float));
     float *rstd = d->gate; /* scratch: RMSNorm's rstd is not needed after the norm */
@@ -163,12 +163,12 @@ int llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots,
 #define B(role, size) (tensor(m, role) ? tensor(m, role) + l * (size) : NULL)
     for (size_t l = 0; l < L; l++) {
         float *kc = d->k_cache + l * layer_cache, *vc = d->v_cache + l * layer_cache;
-        rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN1) + l * C, R, C, eps);
+        llama_rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN1) + l * C, R, C, eps);
         dec_linear(d->q, d->h, tensor(m, LR_QW) + l * QD * C, B(LR_QB, QD), R, C, QD, 0);
         dec_linear(d->k, d->h, tensor(m, LR_KW) + l * KD * C, B(LR_KB, KD), R, C, KD, 0);
         dec_linear(d->v, d->h, tensor(m, LR_VW) + l * KD * C, B(LR_VB, KD), R, C, KD, 0);
-        rope_forward(d->q, d->rope_cos, d->rope_sin, R, NH, hd);
-        rope_forward(d->k, d->rope_cos, d->rope_sin, R, NKV, hd);
+        llama_rope_forward(d->q, d->rope_cos, d->rope_sin, R, NH, hd);
+        llama_rope_forward(d->k, d->rope_cos, d->rope_sin, R, NKV, hd);
         for (size_t r = 0; r < R; r++) {
             size_t at = (d->row_slot[r] * d->max_len + (size_t)d->row_pos[r]) * KD;
             memcpy(kc + at, d->k + r * KD, KD * sizeof(float));
@@ -176,10 +176,10 @@ int llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots,
         }
         dec_attention(d->atty, d->scores, d->q, kc, vc, d->row_slot, d->row_pos, R, NH, NKV, hd, d->max_len);
         dec_linear(d->x, d->atty, tensor(m, LR_OW) + l * C * QD, B(LR_OB, C), R, QD, C, 1);
-        rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN2) + l * C, R, C, eps);
+        llama_rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN2) + l * C, R, C, eps);
         dec_linear(d->gate, d->h, tensor(m, LR_GATEW) + l * F * C, B(LR_GATEB, F), R, C, F, 0);
         dec_linear(d->up, d->h, tensor(m, LR_UPW) + l * F * C, B(LR_UPB, F), R, C, F, 0);
-        swiglu_forward(d->gate, d->gate, d->up, R * F);
+        llama_swiglu_forward(d->gate, d->gate, d->up, R * F);
         dec_linear(d->x, d->gate, tensor(m, LR_DOWNW) + l * C * F, B(LR_DOWNB, C), R, F, C, 1);
     }
 #undef B
@@ -195,7 +195,7 @@ int llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots,
         xs = d->xlast;
         rows = n_slots;
     }
-    rmsnorm_forward(d->h, d->up, xs, tensor(m, LR_NORM), rows, C, eps);
+    llama_rmsnorm_forward(d->h, d->up, xs, tensor(m, LR_NORM), rows, C, eps);
     if (rows == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)V, (int)C, 1.0f, head, (int)C, d->h, 1, 0.0f, logits, 1);
     else lmhead_forward(logits, d->h, head, rows, C, V);
     return 0;

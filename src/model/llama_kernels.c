@@ -24,7 +24,7 @@ void llama_embed_backward(float *dembed, const float *dout, const int32_t *token
 }
 
 /* out [N,C] = inp * rstd * w,  rstd [N] = 1 / sqrt(mean(inp^2) + eps)  (LlamaRMSNorm) */
-void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, size_t N, size_t C, float eps) {
+void llama_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, size_t N, size_t C, float eps) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++) {
         const float *x = inp + t * C;
@@ -38,7 +38,7 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, 
 }
 
 /* dinp [N,C] += r (w dy) - x r^3 mean(w dy x);  dw [C] += sum_t dy x r */
-void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+void llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                       const float *rstd, size_t N, size_t C) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++) {
@@ -65,7 +65,7 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
 }
 
 /* out [N,OC] = inp [N,IC] @ w^T + bias,  w [OC,IC] (bias may be NULL) */
-void linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC) {
+void llama_linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC) {
     float beta = 0.0f;
     if (bias) {
 #pragma omp parallel for schedule(static)
@@ -77,7 +77,7 @@ void linear_forward(float *out, const float *inp, const float *w, const float *b
 }
 
 /* dinp [N,IC] (+)= dout @ w;  dw [OC,IC] += dout^T @ inp;  dbias [OC] += dout^T @ ones */
-void linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
+void llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
                      const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC,
                 1.0f, dout, (int)OC, w, (int)IC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
@@ -87,7 +87,7 @@ void linear_backward(float *dinp, float *dw, float *dbias, const float *dout, co
 }
 
 /* cos/sin [N, half] of pos[t] * inv_freq[i], angles in double */
-void rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half) {
+void llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++)
         for (size_t i = 0; i < half; i++) {
@@ -99,7 +99,7 @@ void rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *i
 
 /* In place on x [N, n_heads*hd], Hugging Face's rotate-half convention: with h = hd/2,
  *   x'[i]   = x[i] cos_i - x[i+h] sin_i,   x'[i+h] = x[i+h] cos_i + x[i] sin_i */
-void rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
+void llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
     size_t h = hd / 2;
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++)
@@ -115,7 +115,7 @@ void rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, si
 }
 
 /* In place: the transpose of the rotation above */
-void rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
+void llama_rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
     size_t h = hd / 2;
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++)
@@ -137,7 +137,7 @@ static inline int may_attend(const uint8_t *branch, size_t i, size_t j) {
 /* Per sequence b (tokens [s, s+T)) and query head h with key/value head g = h / (NH/NKV):
  *   att [T,T] = softmax(mask(Q_h K_g^T / sqrt(hd))),  out [T, hd] (row stride NH*hd) = att V_g
  * q [N, NH*hd], k, v [N, NKV*hd]; att of (b, h) at att_offset[b] + h*T*T, masked = 0. */
-void gqa_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+void llama_gqa_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                            const size_t *seq_offset, const size_t *att_offset, const uint8_t *branch,
                            size_t B, size_t NH, size_t NKV, size_t hd) {
     size_t QD = NH * hd, KD = NKV * hd, group = NH / NKV;
@@ -172,11 +172,11 @@ void gqa_attention_forward(float *out, float *att, const float *q, const float *
     }
 }
 
-/* Backward of gqa_attention_forward; WRITES dq, dk, dv (every element of every sequence).
+/* Backward of llama_gqa_attention_forward; WRITES dq, dk, dv (every element of every sequence).
  * Jobs are (sequence, kv head) so the heads sharing K_g, V_g add into dK_g, dV_g in head
  * order without races:  dP = dY V^T;  dV += P^T dY;  dS = P (dP - rowsum(dP P));
  * dQ = dS K / sqrt(hd);  dK += dS^T Q / sqrt(hd). */
-void gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch, size_t scratch_stride,
+void llama_gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch, size_t scratch_stride,
                             const float *dout, const float *q, const float *k, const float *v, const float *att,
                             const size_t *seq_offset, const size_t *att_offset, size_t B, size_t NH, size_t NKV,
                             size_t hd) {
@@ -218,7 +218,7 @@ void gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch
 }
 
 /* h = silu(gate) * up,  silu(x) = x sigmoid(x) */
-void swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
+void llama_swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
@@ -227,7 +227,7 @@ void swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
 }
 
 /* dgate = dh up silu'(gate),  silu'(x) = s (1 + x (1 - s));  dup = dh silu(gate) */
-void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
+void llama_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i], s = 1.0f / (1.0f + expf(-g));

@@ -109,6 +109,7 @@ void fdpo_pair_batch_build(fdpo_pair_batch *pb, fdpo_pair_layout layout, const f
         /* plain sequences use the default positions 0..T-1 and ordinary causal attention */
         .pos = layout == FDPO_LAYOUT_PLAIN ? NULL : pb->pos,
         .branch = layout == FDPO_LAYOUT_PLAIN ? NULL : pb->branch,
+        .skip_unweighted = 1, /* LM head over completion tokens only (src/model) */
     };
 }
 

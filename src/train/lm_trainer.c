@@ -49,6 +49,7 @@ static void packed_fill(packed *p, const fdpo_lm_data *d, const size_t *items, s
     p->batch = (fdpo_batch){
         .n_seq = n, .n_tokens = k, .seq_offset = p->seq_offset, .tokens = p->tokens,
         .targets = p->targets, .weights = p->weights, .pos = NULL, .branch = NULL,
+        .skip_unweighted = 1, /* LM head over weighted (not prompt-masked) tokens only */
     };
 }
 

@@ -36,7 +36,7 @@ void fdpo_rm_batch_add(fdpo_rm_batch *rb, const int32_t *prompt, size_t n_prompt
     for (size_t t = 0; t < T; t++) rb->targets[N + t] = -1; /* no next-token targets: the head is the score */
     rb->seq_offset[B + 1] = N + T;
     rb->batch = (fdpo_batch){.n_seq = B + 1, .n_tokens = N + T, .seq_offset = rb->seq_offset,
-                             .tokens = rb->tokens, .targets = rb->targets};
+                             .tokens = rb->tokens, .targets = rb->targets, .skip_unweighted = 1};
 }
 
 void fdpo_rm_batch_free(fdpo_rm_batch *rb) {

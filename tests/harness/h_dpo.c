@@ -221,7 +221,9 @@ int h_dpo_grad(int argc, char **argv) {
  * when --ref live) + clip + AdamW, on random token pairs. Cached reference log-probs are
  * computed before the clock starts (a real run computes them once per data set). Prints one
  * JSON line: pairs_per_sec (mean over the timed steps after one warm-up), step_seconds,
- * best_step_seconds, tokens per step, peak RSS. */
+ * best_step_seconds, tokens per step, peak RSS. [--precision fp32|bf16] sets the models'
+ * matmul precision; [--serve] runs one step per "step" line on stdin, answering
+ * {"seconds": S} (the benches interleave fdpo and PyTorch steps; see h_model.c). */
 static const char *bench_arg(int argc, char **argv, const char *name, const char *def) {
     for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], name)) return argv[i + 1];
     return def;
@@ -241,6 +243,9 @@ int h_dpo_bench(int argc, char **argv) {
     size_t Cl = (size_t)atol(bench_arg(argc, argv, "--rejected", "64"));
     size_t steps = (size_t)atol(bench_arg(argc, argv, "--steps", "3"));
     if (n_pairs == 0 || P == 0 || Cw == 0 || Cl == 0 || steps == 0) return fdpo_error("dpo-bench: sizes must be >= 1");
+    int serve = 0;
+    for (int i = 1; i < argc; i++) serve |= !strcmp(argv[i], "--serve");
+    if (fdpo_set_precision(bench_arg(argc, argv, "--precision", "fp32"))) return -1;
     fdpo_gpt2_config c;
     if (fdpo_config_load(cfg_path, &c)) return -1;
     fdpo_gpt2 *policy = fdpo_gpt2_create(&c), *ref = NULL;
@@ -279,7 +284,14 @@ int h_dpo_bench(int argc, char **argv) {
     if (!rc) rc = fdpo_adamw_init(&opt, policy->n_params, 0.9, 0.999, 1e-8, 0.0);
     double total = 0, best = 1e30;
     size_t tokens = 0;
-    for (size_t s = 0; s <= steps && !rc; s++) {
+    if (serve && !rc) {
+        printf("{\"ready\": 1, \"n_params\": %zu}\n", policy->n_params);
+        fflush(stdout);
+        steps = 0;
+    }
+    char line[64];
+    for (size_t s = 0; !rc; s++) {
+        if (serve ? !fgets(line, sizeof line, stdin) || strncmp(line, "step", 4) != 0 : s > steps) break;
         double t0 = fdpo_now();
         fdpo_gpt2_zero_grad(policy);
         fdpo_dpo_metrics m;
@@ -289,8 +301,15 @@ int h_dpo_bench(int argc, char **argv) {
         fdpo_adamw_step(&opt, policy, 1e-6);
         double dt = fdpo_now() - t0;
         tokens = m.tokens;
-        if (s > 0) { total += dt; if (dt < best) best = dt; }
+        if (serve) {
+            printf("{\"seconds\": %.6f, \"tokens\": %zu}\n", dt, tokens);
+            fflush(stdout);
+            steps++;
+            total += dt;
+            if (dt < best) best = dt;
+        } else if (s > 0) { total += dt; if (dt < best) best = dt; }
     }
+    if (steps == 0) steps = 1;
     if (!rc) {
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);

@@ -2,14 +2,31 @@
  *
  *   model-fb --model DIR --batch batch.json --out out.safetensors [--threads N] [--pre FILE]
  *       batch.json: {"sequences": [{"tokens": [..], "targets": [..], "weights"?: [..],
- *                    "pos"?: [..], "branch"?: [..]}, ...], "d_token_logp"?: [N floats]}
+ *                    "pos"?: [..], "branch"?: [..]}, ...], "d_token_logp"?: [N floats],
+ *                    "skip_unweighted"?: true}
  *       Writes logits [N,V], token_logp [N], seq_logp [B] and, when d_token_logp is given,
  *       every parameter gradient under its HF name. --pre FILE first runs forward+backward on
  *       another batch (exercises buffer reuse and growth; its gradients are dropped).
  *   model-init --config config.json --seed S --out DIR     initialised checkpoint
  *   model-load --model DIR [--save OUT]                    load (and re-save) a checkpoint
  *   model-bench --config config.json --batch B --seq T --steps S [--threads N] [--adamw 0|1]
- *       prints one JSON line: tokens_per_sec, step_seconds, ... (synthetic tokens)
+ *               [--precision fp32|bf16] [--serve]
+ *       prints one JSON line: tokens_per_sec, step_seconds, ... (synthetic tokens).
+ *       --serve: after setup print {"ready": ...}, then run one step per "step" line read
+ *       on stdin and answer {"seconds": S, "cpu_seconds": C}; "quit" (or EOF) prints the
+ *       summary line and exits. The benches interleave fdpo and PyTorch steps this way.
+ *   model-peaks [--threads N] [--gemm M,K,N] [--triad-mib MIB]
+ *       the machine's measured peaks, one JSON line: fp32 sgemm (OpenBLAS, the library fdpo
+ *       calls), bf16 GEMM (fdpo_gemm_bf16: oneDNN, or the fallback) in GFLOP/s, and memory
+ *       bandwidth from a STREAM triad a = b + s c over three arrays of MIB MiB (GB/s).
+ *   model-fb also takes --precision fp32|bf16.
+ *   attention-check --lengths T1,T2,... --heads NH --head-size HS --seed S [--branches 0|1] --out FILE
+ *       random qkv [N,3C] and upstream d_out [N,C] over a packed batch (with --branches 1,
+ *       each sequence is [shared | branch 1 | branch 2] as in the shared-prompt DPO layout);
+ *       runs the materialised attention (attention_forward/backward, T x T maps) and the
+ *       streaming one (attention_*_streaming, O(T)) and writes qkv, dout, branch, and each
+ *       one's out / dqkv as safetensors; prints one JSON line with each kernel's CPU seconds
+ *       (process CPU time: steadier than wall time on a shared machine).
  */
 #include <cJSON.h>
 #include <stdio.h>
@@ -22,6 +39,9 @@
 #include "fdpo/io.h"
 #include "fdpo/train.h"
 #include "harness.h"
+#include "model/gpt2_internal.h"
+#include <cblas.h>
+#include <omp.h>
 
 /* --name VALUE lookup; NULL if absent */
 static const char *arg(int argc, char **argv, const char *name) {
@@ -104,9 +124,11 @@ static int batch_load(const char *path, owned_batch *ob) {
         size_t t = 0;
         for (const cJSON *v = d->child; v && !rc; v = v->next) ob->d_token_logp[t++] = (float)v->valuedouble;
     }
+    int skip = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "skip_unweighted"));
     cJSON_Delete(root);
     ob->b = (fdpo_batch){.n_seq = B, .n_tokens = N, .seq_offset = ob->seq_offset, .tokens = ob->tokens,
-                         .targets = ob->targets, .weights = ob->weights, .pos = ob->pos, .branch = ob->branch};
+                         .targets = ob->targets, .weights = ob->weights, .pos = ob->pos, .branch = ob->branch,
+                         .skip_unweighted = skip};
     return rc ? fdpo_error_context("%s", path) : 0;
 }
 
@@ -115,8 +137,12 @@ static int h_model_fb(int argc, char **argv) {
     const char *threads = arg(argc, argv, "--threads"), *pre = arg(argc, argv, "--pre");
     if (!dir || !bpath || !out) return fdpo_error("usage: model-fb --model DIR --batch FILE --out FILE");
     if (threads) fdpo_set_threads(atoi(threads));
+    const char *prec = arg(argc, argv, "--precision");
+    fdpo_precision precision = FDPO_PRECISION_FP32;
+    if (prec && fdpo_precision_parse(prec, &precision)) return -1;
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
     if (!m) return -1;
+    fdpo_gpt2_set_precision(m, precision);
     owned_batch ob;
     int rc = batch_load(bpath, &ob);
     size_t N = ob.b.n_tokens, B = ob.b.n_seq, V = m->config.vocab_size;
@@ -188,7 +214,11 @@ static double cpu_seconds(void) {
 static int h_model_bench(int argc, char **argv) {
     const char *cfg = arg(argc, argv, "--config"), *threads = arg(argc, argv, "--threads");
     const char *bs = arg(argc, argv, "--batch"), *ts = arg(argc, argv, "--seq"), *ss = arg(argc, argv, "--steps");
-    const char *adam = arg(argc, argv, "--adamw");
+    const char *adam = arg(argc, argv, "--adamw"), *prec = arg(argc, argv, "--precision");
+    int serve = 0;
+    for (int i = 1; i < argc; i++) serve |= !strcmp(argv[i], "--serve");
+    fdpo_precision precision = FDPO_PRECISION_FP32;
+    if (prec && fdpo_precision_parse(prec, &precision)) return -1;
     if (!cfg || !bs || !ts) return fdpo_error("usage: model-bench --config FILE --batch B --seq T [--steps S]");
     if (threads) fdpo_set_threads(atoi(threads));
     fdpo_gpt2_config c;
@@ -198,6 +228,7 @@ static int h_model_bench(int argc, char **argv) {
     fdpo_gpt2 *m = fdpo_gpt2_create(&c);
     if (!m) return -1;
     fdpo_gpt2_init(m, 1);
+    fdpo_gpt2_set_precision(m, precision);
     size_t *off = fdpo_malloc((B + 1) * sizeof(size_t));
     int32_t *tok = fdpo_malloc(N * sizeof(int32_t)), *tgt = fdpo_malloc(N * sizeof(int32_t));
     float *d = fdpo_malloc(N * sizeof(float));
@@ -214,15 +245,33 @@ static int h_model_bench(int argc, char **argv) {
     if (use_adamw) fdpo_adamw_init(&opt, m->n_params, 0.9, 0.95, 1e-8, 0.1);
     double t_total = 0.0, best = 1e30, cpu_total = 0.0;
     int rc = 0;
-    for (size_t step = 0; step <= steps && !rc; step++) { /* step 0 is warm-up */
+    if (serve) {
+        printf("{\"ready\": 1, \"n_params\": %zu, \"bf16_native\": %d}\n", m->n_params,
+               precision == FDPO_PRECISION_BF16 ? fdpo_bf16_native() : 0);
+        fflush(stdout);
+        steps = 0;
+    }
+    char line[64];
+    for (size_t step = 0; !rc; step++) { /* step 0 is warm-up (without --serve) */
+        if (serve) {
+            if (!fgets(line, sizeof line, stdin) || strncmp(line, "step", 4) != 0) break;
+        } else if (step > steps) {
+            break;
+        }
         double t0 = fdpo_now(), c0 = cpu_seconds();
         fdpo_gpt2_zero_grad(m);
         rc = fdpo_gpt2_forward(m, &b, NULL, NULL);
         if (!rc) rc = fdpo_gpt2_backward(m, d);
         if (!rc && use_adamw) fdpo_adamw_step(&opt, m, 1e-4);
-        double dt = fdpo_now() - t0;
-        if (step > 0) { t_total += dt; cpu_total += cpu_seconds() - c0; if (dt < best) best = dt; }
+        double dt = fdpo_now() - t0, dc = cpu_seconds() - c0;
+        if (serve) {
+            printf("{\"seconds\": %.6f, \"cpu_seconds\": %.6f}\n", dt, dc);
+            fflush(stdout);
+            t_total += dt; cpu_total += dc; steps++;
+            if (dt < best) best = dt;
+        } else if (step > 0) { t_total += dt; cpu_total += dc; if (dt < best) best = dt; }
     }
+    if (steps == 0) steps = 1; /* no timed step: keep the summary finite */
     if (use_adamw) fdpo_adamw_free(&opt);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -236,11 +285,157 @@ static int h_model_bench(int argc, char **argv) {
     return rc;
 }
 
+/* best of several runs of fn, at least min_reps and until min_seconds have passed */
+static double best_seconds(void (*fn)(void *), void *ctx, int min_reps, double min_seconds) {
+    double best = 1e30, start = fdpo_now();
+    for (int r = 0; r < min_reps || fdpo_now() - start < min_seconds; r++) {
+        double t0 = fdpo_now();
+        fn(ctx);
+        double dt = fdpo_now() - t0;
+        if (dt < best) best = dt;
+        if (r > 1000) break;
+    }
+    return best;
+}
+
+typedef struct {
+    size_t M, K, N, n;
+    float *a, *b, *c;
+    uint16_t *ha, *hb;
+} peak_ctx;
+
+static void run_sgemm(void *p) {
+    peak_ctx *x = p;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)x->M, (int)x->N, (int)x->K, 1.0f, x->a, (int)x->K,
+                x->b, (int)x->N, 0.0f, x->c, (int)x->N);
+}
+
+static void run_gemm_bf16(void *p) {
+    peak_ctx *x = p;
+    fdpo_gemm_bf16(0, 0, x->M, x->N, x->K, 1.0f, x->ha, x->K, x->hb, x->N, 0.0f, x->c, x->N);
+}
+
+/* STREAM triad a = b + 3 c, OpenMP over the arrays */
+static void run_triad(void *p) {
+    peak_ctx *x = p;
+    float *a = x->a, *b = x->b, *c = x->c;
+    long n = (long)x->n;
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) a[i] = b[i] + 3.0f * c[i];
+}
+
+static int h_model_peaks(int argc, char **argv) {
+    const char *threads = arg(argc, argv, "--threads"), *gemm = arg(argc, argv, "--gemm"), *mib = arg(argc, argv, "--triad-mib");
+    if (threads) fdpo_set_threads(atoi(threads));
+    peak_ctx x = {.M = 1024, .K = 768, .N = 3072};
+    if (gemm && sscanf(gemm, "%zu,%zu,%zu", &x.M, &x.K, &x.N) != 3)
+        return fdpo_error("--gemm: '%s' is not M,K,N", gemm);
+    size_t big = x.M * x.K > x.K * x.N ? x.M * x.K : x.K * x.N;
+    big = big > x.M * x.N ? big : x.M * x.N;
+    x.a = fdpo_malloc(big * sizeof(float)); x.b = fdpo_malloc(big * sizeof(float)); x.c = fdpo_malloc(big * sizeof(float));
+    x.ha = fdpo_malloc(big * sizeof(uint16_t)); x.hb = fdpo_malloc(big * sizeof(uint16_t));
+    for (size_t i = 0; i < big; i++) { x.a[i] = (float)((i * 7) % 13) * 0.1f; x.b[i] = (float)((i * 5) % 11) * 0.1f; }
+    fdpo_f32_to_bf16(x.ha, x.a, big);
+    fdpo_f32_to_bf16(x.hb, x.b, big);
+    double flops = 2.0 * (double)x.M * (double)x.K * (double)x.N;
+    double t_s = best_seconds(run_sgemm, &x, 5, 0.5);
+    double t_h = best_seconds(run_gemm_bf16, &x, 5, 0.5);
+    int native = fdpo_bf16_native();
+    free(x.a); free(x.b); free(x.c); free(x.ha); free(x.hb);
+    x.n = (size_t)(mib ? atol(mib) : 256) * 1024 * 1024 / sizeof(float);
+    if (x.n == 0) return fdpo_error("--triad-mib: must be >= 1");
+    x.a = fdpo_malloc(x.n * sizeof(float)); x.b = fdpo_malloc(x.n * sizeof(float)); x.c = fdpo_malloc(x.n * sizeof(float));
+    long n = (long)x.n;
+#pragma omp parallel for schedule(static) /* first touch by the threads that run the triad */
+    for (long i = 0; i < n; i++) { x.a[i] = 0.0f; x.b[i] = 1.0f; x.c[i] = 2.0f; }
+    double t_t = best_seconds(run_triad, &x, 5, 0.5);
+    free(x.a); free(x.b); free(x.c);
+    printf("{\"threads\": %d, \"gemm\": [%zu, %zu, %zu], \"sgemm_gflops\": %.1f, \"bf16_gflops\": %.1f, "
+           "\"bf16_native\": %d, \"triad_mib\": %zu, \"triad_gbs\": %.2f}\n",
+           fdpo_get_threads(), x.M, x.K, x.N, flops / t_s * 1e-9, flops / t_h * 1e-9, native,
+           x.n * sizeof(float) / (1024 * 1024), 3.0 * (double)x.n * sizeof(float) / t_t * 1e-9);
+    return 0;
+}
+
+static int h_attention_check(int argc, char **argv) {
+    const char *lens = arg(argc, argv, "--lengths"), *heads = arg(argc, argv, "--heads");
+    const char *hsz = arg(argc, argv, "--head-size"), *seed = arg(argc, argv, "--seed"), *out = arg(argc, argv, "--out");
+    const char *brs = arg(argc, argv, "--branches");
+    if (!lens || !heads || !hsz || !out)
+        return fdpo_error("usage: attention-check --lengths T1,T2 --heads NH --head-size HS [--seed S] [--branches 0|1] --out FILE");
+    size_t NH = (size_t)atol(heads), C = NH * (size_t)atol(hsz), B = 0, off[65] = {0};
+    for (const char *p = lens; *p && B < 64; B++) {
+        char *end;
+        long T = strtol(p, &end, 10);
+        if (T < 1 || end == p) return fdpo_error("--lengths: '%s' is not a list of positive lengths", lens);
+        off[B + 1] = off[B] + (size_t)T;
+        p = *end == ',' ? end + 1 : end;
+    }
+    size_t N = off[B];
+    if (NH == 0 || C == 0) return fdpo_error("--heads and --head-size must be >= 1");
+    int with_branch = brs && atoi(brs);
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, seed ? strtoull(seed, NULL, 10) : 1);
+    float *qkv = fdpo_malloc(N * 3 * C * sizeof(float)), *dout = fdpo_malloc(N * C * sizeof(float));
+    float *br_f = fdpo_malloc(N * sizeof(float));
+    uint8_t *br = fdpo_calloc(N, 1);
+    for (size_t i = 0; i < N * 3 * C; i++) qkv[i] = (float)fdpo_rng_normal(&rng);
+    for (size_t i = 0; i < N * C; i++) dout[i] = (float)fdpo_rng_normal(&rng);
+    size_t A = 0, att_off[65] = {0};
+    for (size_t b = 0; b < B; b++) {
+        size_t T = off[b + 1] - off[b];
+        for (size_t t = 0; t < T && with_branch; t++) br[off[b] + t] = (uint8_t)(t < T / 3 ? 0 : t < 2 * T / 3 ? 1 : 2);
+        att_off[b + 1] = att_off[b] + NH * T * T;
+        A = att_off[b + 1];
+    }
+    for (size_t t = 0; t < N; t++) br_f[t] = br[t];
+    float *o_old = fdpo_malloc(N * C * sizeof(float)), *o_new = fdpo_malloc(N * C * sizeof(float));
+    float *d_old = fdpo_malloc(N * 3 * C * sizeof(float)), *d_new = fdpo_malloc(N * 3 * C * sizeof(float));
+    float *att = fdpo_malloc((A + 1) * sizeof(float)), *lse = fdpo_malloc(N * NH * sizeof(float));
+    size_t maxT = 0;
+    for (size_t b = 0; b < B; b++) if (off[b + 1] - off[b] > maxT) maxT = off[b + 1] - off[b];
+    int nth = omp_get_max_threads();
+    float *scratch = fdpo_malloc((size_t)nth * maxT * maxT * sizeof(float));
+    const uint8_t *bp = with_branch ? br : NULL;
+    double c0 = cpu_seconds();
+    attention_forward(o_old, att, qkv, off, att_off, bp, B, C, NH);
+    double c1 = cpu_seconds();
+    attention_backward(d_old, scratch, maxT * maxT, dout, qkv, att, off, att_off, B, C, NH);
+    double c2 = cpu_seconds();
+    attention_forward_streaming(o_new, lse, qkv, off, bp, B, C, NH);
+    double c3 = cpu_seconds();
+    attention_backward_streaming(d_new, dout, qkv, o_new, lse, off, bp, B, C, NH);
+    double c4 = cpu_seconds();
+    printf("{\"materialised_forward_cpu_s\": %.4f, \"materialised_backward_cpu_s\": %.4f, "
+           "\"streaming_forward_cpu_s\": %.4f, \"streaming_backward_cpu_s\": %.4f, "
+           "\"materialised_bytes\": %zu, \"streaming_bytes\": %zu}\n",
+           c1 - c0, c2 - c1, c3 - c2, c4 - c3, (A + (size_t)nth * maxT * maxT) * sizeof(float), N * NH * sizeof(float));
+    fdpo_st_writer *w = fdpo_st_writer_new();
+    size_t s3[2] = {N, 3 * C}, s1[2] = {N, C}, sn[1] = {N}, so[1] = {B + 1};
+    float off_f[65];
+    for (size_t b = 0; b <= B; b++) off_f[b] = (float)off[b];
+    fdpo_st_writer_add(w, "qkv", FDPO_F32, s3, 2, qkv);
+    fdpo_st_writer_add(w, "dout", FDPO_F32, s1, 2, dout);
+    fdpo_st_writer_add(w, "branch", FDPO_F32, sn, 1, br_f);
+    fdpo_st_writer_add(w, "seq_offset", FDPO_F32, so, 1, off_f);
+    fdpo_st_writer_add(w, "out_materialised", FDPO_F32, s1, 2, o_old);
+    fdpo_st_writer_add(w, "out_streaming", FDPO_F32, s1, 2, o_new);
+    fdpo_st_writer_add(w, "dqkv_materialised", FDPO_F32, s3, 2, d_old);
+    fdpo_st_writer_add(w, "dqkv_streaming", FDPO_F32, s3, 2, d_new);
+    int rc = fdpo_st_writer_write(w, out);
+    fdpo_st_writer_free(w);
+    free(qkv); free(dout); free(br_f); free(br); free(o_old); free(o_new); free(d_old); free(d_new);
+    free(att); free(lse); free(scratch);
+    return rc;
+}
+
 int h_model(int argc, char **argv);
 int h_model(int argc, char **argv) {
     if (!strcmp(argv[0], "model-fb")) return h_model_fb(argc, argv);
     if (!strcmp(argv[0], "model-init")) return h_model_init(argc, argv);
     if (!strcmp(argv[0], "model-load")) return h_model_load(argc, argv);
     if (!strcmp(argv[0], "model-bench")) return h_model_bench(argc, argv);
+    if (!strcmp(argv[0], "model-peaks")) return h_model_peaks(argc, argv);
+    if (!strcmp(argv[0], "attention-check")) return h_attention_check(argc, argv);
     return fdpo_error("unknown model subcommand");
 }

@@ -33,6 +33,8 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"model-fb", h_model},
     {"model-init", h_model},
     {"model-load", h_model},
+    {"model-peaks", h_model},
+    {"attention-check", h_model},
     {"objectives", h_objectives},
     {"rm-grad", h_rm_grad},
     {"rl-grad", h_rl},

@@ -254,3 +254,50 @@ def test_bad_batch_is_rejected(tmp_path):
         assert r.returncode == 1, r.stderr  # an error, not a crash or a sanitizer exit
         assert msg in r.stderr, r.stderr
         assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_skip_unweighted_lm_head_rows(tmp_path, name):
+    """skip_unweighted: the LM head runs only over tokens with a target and a non-zero
+    weight. Their token log-probs and every gradient (SFT upstream, zero on the skipped
+    prompt tokens) equal the full computation's (same fp32 kernels on fewer rows: <= 1e-6)
+    and PyTorch's (the parity tolerances); skipped tokens get token_logp 0 and zero logits;
+    a non-zero upstream gradient on a skipped token is an error naming d_token_logp."""
+    cfg = CONFIGS[name]
+    rng = np.random.default_rng(5)
+    model, mdir = make_model(tmp_path, cfg, seed=3)
+    T = cfg["n_positions"]
+    lengths = [9, T - 3, 2, 17] if name == "small" else [T - 5, 9, 22]
+    seqs = random_batch(rng, cfg["vocab_size"], T, lengths)
+    for s in seqs:  # a longer prompt (weight 0) per sequence, as in DPO/SFT
+        s["weights"] = [0.0 if t < len(s["tokens"]) // 2 else w for t, w in enumerate(s["weights"])]
+    weights = np.concatenate([s["weights"] for s in seqs])
+    targets = np.concatenate([s["targets"] for s in seqs])
+    used = (weights != 0) & (targets >= 0)
+    assert 0 < used.sum() < len(used)
+    d = np.where(used, rng.normal(size=len(used)), 0.0)
+    full = run_fdpo(tmp_path, mdir, seqs, d)
+    batch = {"sequences": seqs, "d_token_logp": [float(x) for x in d], "skip_unweighted": True}
+    bp, out = tmp_path / "skip.json", tmp_path / "skip.safetensors"
+    bp.write_text(json.dumps(batch))
+    harness("model-fb", "--model", mdir, "--batch", bp, "--out", out)
+    skip, _ = st.load(str(out))
+    assert rel_err(skip["token_logp"][used], full["token_logp"][used]) <= 1e-6
+    assert np.all(skip["token_logp"][~used] == 0) and np.all(skip["logits"][~used] == 0)
+    assert rel_err(skip["logits"][used], full["logits"][used]) <= 1e-6
+    assert rel_err(skip["seq_logp"], full["seq_logp"]) <= 1e-6
+    ref = Reference(model)
+    off = 0
+    for s in seqs:
+        n = len(s["tokens"])
+        _, tlp = ref.run(s["tokens"], s["targets"], d=d[off:off + n])
+        if used[off:off + n].any():
+            assert rel_err(skip["token_logp"][off:off + n][used[off:off + n]], tlp[used[off:off + n]]) <= 1e-5
+        off += n
+    for k, g in ref.grads().items():
+        assert rel_err(skip[k], full[k]) <= 1e-6, k
+        assert rel_err(skip[k], g) <= 1e-4, k
+    batch["d_token_logp"] = [float(x) for x in np.where(used, d, 1.0)]
+    bp.write_text(json.dumps(batch))
+    r = harness("model-fb", "--model", mdir, "--batch", bp, "--out", out, check=False)
+    assert r.returncode != 0 and "d_token_logp" in r.stderr and "skipped" in r.stderr

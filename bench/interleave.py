@@ -1,0 +1,126 @@
+"""Shared machinery of the benches: interleaved timing of several step servers and the
+machine's measured peaks.
+
+Every side of a bench (fdpo through `fdpo-harness ... --serve`, PyTorch through the bench
+script's own `--worker` mode) is a long-lived subprocess that sets itself up, prints one
+JSON "ready" line, then runs ONE step for each "step" line on stdin and answers one JSON
+line with its "seconds". The driver steps the sides in turn (fdpo, torch, fdpo, torch, ...;
+the order rotates every round so no side always runs right after another), so a change in
+machine load hits every side alike. After the warm-up steps it repeats until every side
+has `steps` timed steps (>= 5) and reports median and best per side and the ratio of
+medians.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../build/fdpo-harness"))
+MIN_TIMED_STEPS = 5
+
+
+class StepServer:
+    """One side of a bench: a subprocess speaking the ready/step/quit line protocol."""
+
+    def __init__(self, name, argv):
+        self.name = name
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        self.ready = self._read()
+        self.times = []
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read()
+            sys.exit(f"{self.name}: the step server stopped: {err.strip()}")
+        return json.loads(line)
+
+    def step(self):
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        """Ends the server; returns its summary line (a dict) if it printed one."""
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        out, err = self.proc.communicate()
+        if self.proc.returncode != 0:
+            sys.exit(f"{self.name}: exit {self.proc.returncode}: {err.strip()}")
+        lines = [l for l in out.splitlines() if l.startswith("{")]
+        return json.loads(lines[-1]) if lines else {}
+
+
+def interleave(servers, steps, warmup=1):
+    """Warm-up, then timed rounds until each server has `steps` timed steps. Each round
+    steps every server once, starting one further along the list than the last round."""
+    steps = max(steps, MIN_TIMED_STEPS)
+    for _ in range(warmup):
+        for s in servers:
+            s.step()
+    for r in range(steps):
+        k = r % len(servers)
+        for s in servers[k:] + servers[:k]:
+            s.times.append(s.step()["seconds"])
+    return servers
+
+
+def stats(times):
+    return dict(median=statistics.median(times), best=min(times), n=len(times))
+
+
+def machine_peaks(threads, gemm=None, triad_mib=256):
+    """fp32 sgemm (OpenBLAS) and bf16 GEMM (oneDNN, as fdpo calls it) GFLOP/s and STREAM
+    triad GB/s, measured now by `fdpo-harness model-peaks`."""
+    argv = [HARNESS, "model-peaks", "--threads", str(threads), "--triad-mib", str(triad_mib)]
+    if gemm:
+        argv += ["--gemm", gemm]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"model-peaks failed: {r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def print_peaks(p):
+    print(f"machine peaks (measured now, {p['threads']} threads): fp32 sgemm {p['sgemm_gflops']:.1f} GFLOP/s, "
+          f"bf16 GEMM {p['bf16_gflops']:.1f} GFLOP/s ({'AVX512-BF16' if p['bf16_native'] else 'fp32 fallback'}), "
+          f"triad {p['triad_gbs']:.2f} GB/s  [GEMM {'x'.join(map(str, p['gemm']))}, triad 3 x {p['triad_mib']} MiB]")
+
+
+def gpt2_train_flops(cfg, seq_lens):
+    """FLOPs of one forward + backward (3x forward) of GPT-2 on sequences of these
+    lengths: every linear layer and the LM head (2 N in out), plus the two attention
+    products computed over full T x T tiles (Q K^T and P V: 4 T^2 C per layer)."""
+    C, L, V = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
+    N = sum(seq_lens)
+    fwd = 2 * N * (L * 12 * C * C + C * V) + L * sum(4 * T * T * C for T in seq_lens)
+    return 3 * fwd
+
+
+def report(servers, flops_per_step=None, peaks=None, baseline=None, unit_per_step=None, unit=None):
+    """One line per side: median/best step, optional throughput in `unit`, achieved
+    GFLOP/s and % of the relevant peak (bf16 sides against the bf16 GEMM peak), and the
+    ratio of medians against `baseline` (a server name)."""
+    base = next((s for s in servers if s.name == baseline), None)
+    for s in servers:
+        st = stats(s.times)
+        line = f"  {s.name:24s} median {st['median']:.4f}s  best {st['best']:.4f}s  (n={st['n']})"
+        if unit_per_step:
+            line += f"  {unit_per_step / st['median']:10.1f} {unit}"
+        if flops_per_step:
+            g = flops_per_step / st["median"] * 1e-9
+            line += f"  {g:7.1f} GFLOP/s"
+            if peaks:
+                bf16 = "bf16" in s.name
+                peak = peaks["bf16_gflops"] if bf16 else peaks["sgemm_gflops"]
+                line += f" = {100 * g / peak:5.1f}% of {'bf16' if bf16 else 'sgemm'} peak"
+        if base is not None and s is not base:
+            line += f"  ratio of medians {stats(base.times)['median'] / st['median']:.2f}x vs {base.name}"
+        print(line)
+    sys.stdout.flush()

@@ -1,0 +1,282 @@
+"""bf16 mixed precision (--precision bf16) against PyTorch.
+
+fdpo's bf16 rule: every linear layer and the LM head multiply bf16-rounded operands
+(activation and weight in the forward; upstream gradient and weight, or activation and
+upstream gradient, in the backward) with fp32 accumulation into fp32 outputs; everything
+else (attention, LayerNorm, GELU, softmax, log-probs, gradient sums) is fp32.
+
+References, both computed here with PyTorch:
+  * EMULATED: the float64 plain-PyTorch GPT-2 (tests/py/fdpo_ref) with each of those
+    matmuls replaced by an autograd function that rounds its operands with torch's own
+    float -> bfloat16 conversion (forward and backward). It states the rule exactly, so the
+    tolerance is set by how sensitive the rule itself is: an activation that fdpo holds in
+    fp32 and the reference in float64 can round to the neighbouring bf16 value when it sits
+    at a rounding boundary (one bf16 ulp, 2^-8 relative), and attention carries that change
+    to every later row. Config "small" shows no such flip (logits 5e-8, gradients 6e-7);
+    in "odd" one does (logits 2.7e-3, gradients 5.1e-3), and the same emulation run in
+    float32 instead of float64 differs from itself by the same 2.7e-3. Bounds: 5e-3 (logits,
+    token log-probs) and 2e-2 (gradients). In "small", fp32 fdpo is 5e-3 away from the rule,
+    10^5 times further than bf16 fdpo: the test also proves the bf16 path ran.
+  * AUTOCAST: the float32 model under torch.autocast("cpu", dtype=torch.bfloat16), what
+    TRL's bf16=True runs. Autocast also rounds every matmul OUTPUT to bf16 (fdpo keeps
+    fp32 outputs), so the two differ by bf16 roundings either side: the bound is relative to
+    autocast's own distance from the exact float64 model. Two equally good, independent
+    approximations are ~sqrt(2) times that apart; observed ratios 0.5-1.7; bound 2.5x (plus
+    fp32 noise). fdpo-bf16 is as good an approximation as PyTorch's bf16.
+"""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from fdpo_ref import safetensors as st
+from fdpo_ref.gpt2 import GPT2
+from test_model_parity import CONFIGS, HARNESS, make_model, random_batch, rel_err, run_fdpo
+
+FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../build/fdpo"))
+
+
+def bf16r(t):
+    return t.to(torch.bfloat16).to(t.dtype)
+
+
+class MatmulBF16(torch.autograd.Function):
+    """x @ w with both operands rounded to bf16, in the forward and in the backward."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return bf16r(x) @ bf16r(w)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gb = bf16r(g)
+        return gb @ bf16r(w).t(), bf16r(x).t() @ gb
+
+
+def forward_emulated(model, tokens, pos, mask):
+    """fdpo_ref's GPT2.forward with the bf16 rule applied to the linear layers and the head."""
+    import math
+    import torch.nn.functional as F
+    c = model.cfg
+    T, C, H = len(tokens), c["n_embd"], c["n_head"]
+    hs = C // H
+    mm = MatmulBF16.apply
+    P0 = model.param
+    x = P0("wte.weight")[tokens] + P0("wpe.weight")[pos]
+    eps = c["layer_norm_epsilon"]
+    for i in range(c["n_layer"]):
+        P = lambda n: P0(f"h.{i}.{n}")  # noqa: E731
+        h = F.layer_norm(x, (C,), P("ln_1.weight"), P("ln_1.bias"), eps)
+        q, k, v = (mm(h, P("attn.c_attn.weight")) + P("attn.c_attn.bias")).split(C, dim=-1)
+        q, k, v = (t.view(T, H, hs).transpose(0, 1) for t in (q, k, v))
+        att = torch.softmax(((q @ k.transpose(-1, -2)) / math.sqrt(hs)).masked_fill(~mask, float("-inf")), dim=-1)
+        y = (att @ v).transpose(0, 1).reshape(T, C)
+        x = x + mm(y, P("attn.c_proj.weight")) + P("attn.c_proj.bias")
+        h = F.layer_norm(x, (C,), P("ln_2.weight"), P("ln_2.bias"), eps)
+        h = F.gelu(mm(h, P("mlp.c_fc.weight")) + P("mlp.c_fc.bias"), approximate="tanh")
+        x = x + mm(h, P("mlp.c_proj.weight")) + P("mlp.c_proj.bias")
+    x = F.layer_norm(x, (C,), P0("ln_f.weight"), P0("ln_f.bias"), eps)
+    return mm(x, P0("wte.weight").t())
+
+
+def reference(model, seqs, d, mode):
+    """mode: 'emulated' (float64, bf16 rule), 'autocast' (float32 under torch autocast),
+    'exact' (float64). Returns logits [N,V], token_logp [N], grads {name: array}."""
+    model = model.double() if mode in ("emulated", "exact") else model.float()
+    model.zero_grad()
+    all_logits, all_tlp, off = [], [], 0
+    for s in seqs:
+        T = len(s["tokens"])
+        tokens, tgt = torch.tensor(s["tokens"]), torch.tensor(s["targets"])
+        pos = torch.tensor(s["pos"]) if "pos" in s else torch.arange(T)
+        mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+        if mode == "emulated":
+            logits = forward_emulated(model, tokens, pos, mask)
+        elif mode == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model.forward(tokens, pos, mask)
+            logits = logits.float()
+        else:
+            logits = model.forward(tokens, pos, mask)
+        logp = torch.log_softmax(logits, dim=-1)
+        valid = tgt >= 0
+        tlp = torch.where(valid, logp.gather(1, tgt.clamp(min=0)[:, None])[:, 0], torch.zeros((), dtype=logp.dtype))
+        dd = torch.tensor(d[off:off + T], dtype=tlp.dtype)
+        (tlp * dd * valid).sum().backward()
+        all_logits.append(logits.detach().double().numpy())
+        all_tlp.append(tlp.detach().double().numpy())
+        off += T
+    grads = {k: v.grad.double().numpy() for k, v in model.named().items()}
+    return np.concatenate(all_logits), np.concatenate(all_tlp), grads
+
+
+def setup_case(tmp_path, name, seed=3):
+    cfg = CONFIGS[name]
+    rng = np.random.default_rng(11)
+    model, mdir = make_model(tmp_path, cfg, seed=seed)
+    T = cfg["n_positions"]
+    lengths = [7, T - 6, 1, 13] if name == "small" else [T - 5, 9, 22]
+    seqs = random_batch(rng, cfg["vocab_size"], T, lengths, pos_offset=2)
+    d = rng.normal(size=sum(lengths))
+    return model, mdir, seqs, d
+
+
+def max_grad_err(out, grads):
+    return max(rel_err(out[k], g) for k, g in grads.items())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_bf16_matches_emulated_reference(tmp_path, name):
+    model, mdir, seqs, d = setup_case(tmp_path, name)
+    out = run_fdpo(tmp_path, mdir, seqs, d, extra=("--precision", "bf16"))
+    logits, tlp, grads = reference(model, seqs, d, "emulated")
+    assert rel_err(out["logits"], logits) <= 5e-3
+    assert rel_err(out["token_logp"], tlp) <= 5e-3
+    for k, g in grads.items():
+        assert rel_err(out[k], g) <= 2e-2, k
+    if name == "small":  # no rounding flip here: the bf16 path ran, fp32 is far off
+        out32 = run_fdpo(tmp_path, mdir, seqs, d)
+        assert rel_err(out32["logits"], logits) > 100 * rel_err(out["logits"], logits)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_bf16_close_to_torch_autocast(tmp_path, name):
+    model, mdir, seqs, d = setup_case(tmp_path, name)
+    out = run_fdpo(tmp_path, mdir, seqs, d, extra=("--precision", "bf16"))
+    ex_logits, ex_tlp, ex_grads = reference(model, seqs, d, "exact")
+    ac_logits, ac_tlp, ac_grads = reference(model, seqs, d, "autocast")
+    assert rel_err(out["logits"], ac_logits) <= 2.5 * rel_err(ac_logits, ex_logits) + 1e-5
+    assert rel_err(out["token_logp"], ac_tlp) <= 2.5 * rel_err(ac_tlp, ex_tlp) + 1e-5
+    for k in ex_grads:
+        assert rel_err(out[k], ac_grads[k]) <= 2.5 * rel_err(ac_grads[k], ex_grads[k]) + 1e-4, k
+
+
+def test_bf16_fallback_close_to_native(tmp_path):
+    """FDPO_FORCE_BF16_FALLBACK=1 widens the same bf16 operands to fp32 and calls sgemm:
+    only the fp32 summation order differs (and, through it, an occasional neighbouring bf16
+    rounding of a later activation), so it agrees with the native path to the emulated
+    reference's tolerance."""
+    model, mdir, seqs, d = setup_case(tmp_path, "odd")
+    native = run_fdpo(tmp_path, mdir, seqs, d, extra=("--precision", "bf16"))
+    env = dict(os.environ, FDPO_FORCE_BF16_FALLBACK="1")
+    batch = tmp_path / "b2.json"
+    batch.write_text(json.dumps({"sequences": seqs, "d_token_logp": [float(x) for x in d]}))
+    r = subprocess.run([HARNESS, "model-fb", "--model", mdir, "--batch", batch, "--out", tmp_path / "fb.safetensors",
+                        "--precision", "bf16"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    fb, _ = st.load(str(tmp_path / "fb.safetensors"))
+    assert rel_err(fb["logits"], native["logits"]) <= 5e-3
+    for k in native:
+        if k.startswith("transformer."):
+            assert rel_err(fb[k], native[k]) <= 2e-2, k
+    # and it is still the bf16 rule, not fp32
+    logits, _, _ = reference(model, seqs, d, "emulated")
+    assert rel_err(fb["logits"], logits) <= 5e-3
+
+
+def test_bad_precision_is_rejected(tmp_path):
+    r = subprocess.run([FDPO, "score", "--model", tmp_path, "--data", tmp_path / "x.jsonl", "--precision", "fp16"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "--precision" in r.stderr and "fp16" in r.stderr
+
+
+def test_bf16_pretraining_loss_within_one_percent_of_fp32(tmp_path):
+    """200 optimizer steps of a tiny model on the same text, seed and threads (same batches
+    in the same order), in fp32 and in bf16: the training loss averaged over the last 20
+    steps agrees within 1%, and both have trained (far below the initial ln(257) = 5.55)."""
+    data = tmp_path / "t.txt"
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "red", "ball"]
+    data.write_text("".join(" ".join(rng.choice(words, size=60)) + "\n" for _ in range(100)))
+    losses = {}
+    for prec in ("fp32", "bf16"):
+        out = tmp_path / prec
+        r = subprocess.run([FDPO, "pretrain", "--out", str(out), str(data), "--n-layer", "2", "--n-embd", "32",
+                            "--n-head", "2", "--seq-len", "32", "--n-positions", "32", "--batch-size", "8",
+                            "--steps", "200", "--lr", "2e-3", "--warmup-steps", "10", "--val-fraction", "0",
+                            "--eval-every", "0", "--threads", "1", "--seed", "5", "--precision", prec, "--quiet"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = [x for x in rows if "loss" in x]
+        assert rows[-1]["step"] == 200 and rows[0]["loss"] > 4.5
+        losses[prec] = float(np.mean([x["loss"] for x in rows[-20:]]))
+    assert losses["fp32"] < 2.0, losses
+    assert abs(losses["bf16"] - losses["fp32"]) <= 0.01 * losses["fp32"], losses
+
+
+def test_generate_bf16_logp_follows_the_bf16_rule(tmp_path):
+    """fdpo generate --precision bf16 decodes with bf16 weights (KV-cache path): the logp it
+    reports for each sample is the emulated bf16 reference's log-prob of those tokens, to
+    the bound of test_bf16_matches_emulated_reference (relative 5e-3 of the logp), and not
+    the fp32 model's."""
+    from test_generate import make_model as make_byte_model
+    d = tmp_path / "m"
+    m = make_byte_model(d, 257, seed=3, n_positions=64, scale=20.0, byte_tokenizer=True)
+    pf, out = tmp_path / "p.txt", tmp_path / "o.jsonl"
+    pf.write_text("Hello there, world\nab\n")  # prefill of 20 rows (GEMM) and steps of 4 rows
+    r = subprocess.run([FDPO, "generate", "--model", d, "--prompts", pf, "--out", out, "--n", "2",
+                        "--max-new-tokens", "8", "--seed", "3", "--precision", "bf16"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    m = m.double()
+    errs_bf16, errs_fp32 = [], []
+    for row in [json.loads(l) for l in out.read_text().splitlines()]:
+        ids = list(row["prompt"].encode()) + row["tokens"]
+        n = len(ids)
+        pos, mask = torch.arange(n), torch.tril(torch.ones(n, n, dtype=torch.bool))
+        with torch.no_grad():
+            lp16 = torch.log_softmax(forward_emulated(m, torch.tensor(ids), pos, mask), -1)
+            lp32 = torch.log_softmax(m.forward(torch.tensor(ids)), -1)
+        p0 = len(row["prompt"].encode())
+        want16 = sum(float(lp16[p0 - 1 + i, t]) for i, t in enumerate(row["tokens"]))
+        want32 = sum(float(lp32[p0 - 1 + i, t]) for i, t in enumerate(row["tokens"]))
+        errs_bf16.append(abs(row["logp"] - want16) / max(1.0, abs(want16)))
+        errs_fp32.append(abs(row["logp"] - want32) / max(1.0, abs(want32)))
+    assert max(errs_bf16) <= 5e-3, errs_bf16
+    # observed 1e-8 against bf16 vs 1e-4 against fp32: the bf16 decode path ran
+    assert sum(errs_bf16) < sum(errs_fp32), (errs_bf16, errs_fp32)
+
+
+def test_forced_fallback_is_announced_once(tmp_path):
+    """FDPO_FORCE_BF16_FALLBACK=1: one line through the log hook says the bf16 GEMMs use
+    the fp32 fallback, and generation still runs (same seed, same tokens as native bf16
+    unless a sampled token sits at a probability boundary: here the model is sharp)."""
+    from test_generate import make_model as make_byte_model
+    d = tmp_path / "m"
+    make_byte_model(d, 257, seed=3, n_positions=64, scale=20.0, byte_tokenizer=True)
+    pf = tmp_path / "p.txt"
+    pf.write_text("Hello there, world\nab\n")
+    outs = {}
+    for force in ("0", "1"):
+        out = tmp_path / f"o{force}.jsonl"
+        r = subprocess.run([FDPO, "generate", "--model", d, "--prompts", pf, "--out", out, "--max-new-tokens", "6",
+                            "--temperature", "0", "--precision", "bf16"], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, FDPO_FORCE_BF16_FALLBACK=force))
+        assert r.returncode == 0, r.stderr
+        outs[force] = [json.loads(l)["tokens"] for l in out.read_text().splitlines()]
+        notices = [l for l in r.stderr.splitlines() if "FDPO_FORCE_BF16_FALLBACK=1" in l and "fallback" in l]
+        assert len(notices) == (1 if force == "1" else 0), r.stderr
+    assert outs["0"] == outs["1"]
+
+
+def test_bf16_resume_is_bit_identical(tmp_path):
+    """Same seed + same threads -> same numbers in bf16 too, also across --stop-at/--resume:
+    the bf16 weight copy is rebuilt from the fp32 masters, so nothing bf16 is checkpointed."""
+    data = tmp_path / "t.txt"
+    data.write_text("the cat sat on the mat and the dog ran to the red ball. " * 60)
+    common = [str(data), "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--seq-len", "32", "--n-positions", "32",
+              "--batch-size", "4", "--steps", "12", "--val-fraction", "0", "--eval-every", "0", "--threads", "2",
+              "--seed", "3", "--precision", "bf16", "--quiet"]
+    for args in (["--out", tmp_path / "straight"], ["--out", tmp_path / "split", "--stop-at", "6"],
+                 ["--out", tmp_path / "split", "--resume"]):
+        r = subprocess.run([FDPO, "pretrain", *map(str, args), *common], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    a = (tmp_path / "straight/model.safetensors").read_bytes()
+    b = (tmp_path / "split/model.safetensors").read_bytes()
+    assert a == b
