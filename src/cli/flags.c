@@ -89,6 +89,16 @@ int flags_was_set(const fdpo_flag *flags, size_t n, const char *name) {
 /* Strings kept alive for the process lifetime (config values). */
 static char **g_keep; static size_t g_n_keep;
 
+int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char *text) {
+    ini_ctx c = {flags, n, name, 0, g_keep, g_n_keep};
+    int rc = ini_parse_string(text, on_ini_line, &c);
+    g_keep = c.keep; g_n_keep = c.n_keep;
+    if (c.failed) return fdpo_error_context("%s:%d", name, rc);
+    if (rc > 0) return fdpo_error("%s:%d: syntax error (expected key = value)", name, rc);
+    if (rc < 0) return fdpo_error("%s: cannot parse (out of memory)", name);
+    return 0;
+}
+
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
                 int argc, char **argv, int *n_pos, char ***pos) {
     for (size_t i = 0; i < n; i++) {
@@ -109,12 +119,12 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
             cfg = argv[++i];
         } else if (!strncmp(argv[i], "--config=", 9)) cfg = argv[i] + 9;
         if (cfg) {
-            ini_ctx c = {flags, n, cfg, 0, g_keep, g_n_keep};
-            int rc = ini_parse(cfg, on_ini_line, &c);
-            g_keep = c.keep; g_n_keep = c.n_keep;
-            if (rc == -1) return fdpo_error("--config %s: cannot open", cfg);
-            if (c.failed) return fdpo_error_context("%s:%d", cfg, rc);
-            if (rc > 0) return fdpo_error("%s:%d: syntax error (expected key = value)", cfg, rc);
+            /* read through fdpo_read_file: a FIFO or directory is refused, not waited on */
+            char *text = fdpo_read_file(cfg, NULL);
+            if (!text) return fdpo_error_context("--config");
+            int rc = flags_parse_config(flags, n, cfg, text);
+            free(text);
+            if (rc) return FLAGS_ERROR;
         }
     }
     /* pass 2: flags and positionals */
