@@ -60,7 +60,8 @@ static int on_ini_line(void *user, const char *section, const char *name, const 
     if (!f || names_equal(name, "config")) { fdpo_error("unknown key '%s'", name); c->failed = 1; return 0; }
     /* inih reuses its buffers: keep our own copy for string flags */
     char *copy = fdpo_strdup(value);
-    c->keep = fdpo_realloc(c->keep, (c->n_keep + 1) * sizeof *c->keep);
+    if ((c->n_keep & (c->n_keep - 1)) == 0) /* 0, 1, 2, 4, ...: double the array */
+        c->keep = fdpo_realloc(c->keep, (c->n_keep ? 2 * c->n_keep : 1) * sizeof *c->keep);
     c->keep[c->n_keep++] = copy;
     if (set_value(f, copy, where)) { c->failed = 1; return 0; }
     f->set = 1;

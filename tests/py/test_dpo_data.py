@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from dpo_common import EOT, harness, tokenize_pair, write_jsonl
+from dpo_common import EOT, fdpo, harness, tokenize_pair, write_jsonl
 
 ROWS = [
     {"prompt": "Hi", "chosen": " there", "rejected": " you"},
@@ -216,3 +216,17 @@ def test_fifo_data_is_refused_not_waited_on(tmp_path):
     for args in (("dpo-data", "--data", p), ("data-prompts", p), ("data-sft", p)):
         r = harness(*args, check=False, timeout=20)
         assert r.returncode == 1 and f"{p}: not a regular file (a FIFO)" in r.stderr, r.stderr
+
+
+def test_samples_with_nul_are_refused(tmp_path):
+    """fdpo pairs reads generate/score output: a completion cut at a NUL would become a
+    different preference pair than the one that was scored."""
+    s = tmp_path / "s.jsonl"
+    s.write_text('{"prompt": "p", "completion": "a", "reward": 1}\n'
+                 r'{"prompt": "p", "completion": "b\u0000c", "reward": 0}' "\n")
+    r = fdpo("pairs", "--samples", s, "--out", tmp_path / "o.jsonl", check=False)
+    assert r.returncode == 1 and f"{s}:2: field 'completion' contains a NUL character" in r.stderr, r.stderr
+    os.remove(s)
+    os.mkfifo(s)
+    r = fdpo("pairs", "--samples", s, "--out", tmp_path / "o.jsonl", check=False, timeout=30)
+    assert r.returncode == 1 and f"{s}: not a regular file (a FIFO)" in r.stderr, r.stderr
