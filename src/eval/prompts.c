@@ -54,8 +54,13 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                 memcpy(s, p, m); s[m] = 0;
                 sv_push(out, s);
             } else {
-                cJSON *o = cJSON_ParseWithLength(p, n);
+                const char *end = NULL;
+                cJSON *o = cJSON_ParseWithLengthOpts(p, n, &end, 0);
+                size_t used = o && end ? (size_t)(end - p) : n;
+                while (used < n && blank(p + used, 1)) used++;
                 if (!o) rc = fdpo_error("%s:%zu: invalid JSON", path, line);
+                else if (used < n) /* as the pref and SFT readers: one object per line, nothing after it */
+                    rc = fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", path, line, used + 1);
                 else if (!cJSON_IsObject(o)) rc = fdpo_error("%s:%zu: expected a JSON object", path, line);
                 else {
                     char where[1100];

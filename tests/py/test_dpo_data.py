@@ -171,6 +171,18 @@ def test_prompts_with_byte_order_mark(tmp_path):
     assert json.loads(harness("data-prompts", p).stdout)["prompts"] == ["plain one", "plain two"]
 
 
+@pytest.mark.parametrize("text,msg", [
+    ('{"prompt": "a"}\n{"prompt": "b"} {"prompt": "c"}', "2: unexpected text after the JSON object at column 17"),
+    ('{"prompt": "a"}\n{"prompt": 3}', "2: field \"prompt\" must be a string"),
+    ('{"prompt": "a"}\n{"prompt": "b"', "2: invalid JSON"),
+])
+def test_bad_prompt_lines_name_file_and_line(tmp_path, text, msg):
+    p = tmp_path / "p.jsonl"
+    p.write_text(text + "\n")
+    r = harness("data-prompts", p, check=False)
+    assert r.returncode == 1 and f"{p}:{msg}" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("line", [r'{"prompt": "keep the tail\u0000 of this"}', '{"prompt": "raw\x00byte"}'])
 def test_prompts_with_nul_are_refused(tmp_path, line):
     p = tmp_path / "p.jsonl"
