@@ -270,3 +270,19 @@ def test_bad_checkpoint_is_refused(tmp_path, case):
     for w in words:
         assert w in r.stderr, (w, r.stderr)
     assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
+
+
+def test_dpo_checks_tokenizer_before_the_reference_cache(tmp_path):
+    """A tokenizer larger than vocab_size used to pass until after the reference log-probs
+    were computed and cached; now dpo stops at load, naming both sizes, and caches nothing."""
+    ck = tmp_path / "ck"
+    GPT2(**CFG).save_hf(str(ck))
+    (ck / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte"}))
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n")
+    cache = tmp_path / "cache"
+    r = run(FDPO, "dpo", "--policy", ck, "--data", data, "--out", tmp_path / "out", "--ref-cache-dir", cache,
+            "--steps", 1, "--batch-size", 1)
+    assert r.returncode == 1, r.stderr
+    assert "the tokenizer has 257 tokens but config.json vocab_size is 97" in r.stderr, r.stderr
+    assert not cache.exists() or not any(cache.iterdir())
