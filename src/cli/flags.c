@@ -90,6 +90,13 @@ int flags_was_set(const fdpo_flag *flags, size_t n, const char *name) {
 /* Strings kept alive for the process lifetime (config values). */
 static char **g_keep; static size_t g_n_keep;
 
+void flags_release_config(void) {
+    for (size_t i = 0; i < g_n_keep; i++) free(g_keep[i]);
+    free(g_keep);
+    g_keep = NULL;
+    g_n_keep = 0;
+}
+
 int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char *text) {
     ini_ctx c = {flags, n, name, 0, g_keep, g_n_keep};
     int rc = ini_parse_string(text, on_ini_line, &c);
