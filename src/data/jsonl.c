@@ -29,16 +29,14 @@ static size_t find_nul(const char *raw, size_t n) {
 /* Walk a (NUL-cut) and b (the same text with every NUL made U+0001) together; the
  * first key or string whose lengths differ held a NUL. path gets its name. */
 static int find_cut(const cJSON *a, const cJSON *b, char *path, size_t cap) {
-    size_t len = strlen(path);
-    if (a->string && b->string && strlen(a->string) != strlen(b->string)) {
-        snprintf(path + len, cap - len, "%s%s (a key)", len ? "." : "", b->string);
-        return 1;
-    }
     if (cJSON_IsString(a) && cJSON_IsString(b) && strlen(a->valuestring) != strlen(b->valuestring)) return 1;
-    size_t i = 0;
+    size_t len = strlen(path), i = 0;
     for (const cJSON *x = a->child, *y = b->child; x && y; x = x->next, y = y->next, i++) {
         if (cJSON_IsArray(a)) snprintf(path + len, cap - len, "[%zu]", i);
-        else snprintf(path + len, cap - len, "%s%s", len ? "." : "", y->string ? y->string : "?");
+        else if (x->string && y->string && strlen(x->string) != strlen(y->string)) {
+            snprintf(path + len, cap - len, "%s%s\\u0000... (a key)", len ? "." : "", x->string);
+            return 1;
+        } else snprintf(path + len, cap - len, "%s%s", len ? "." : "", y->string ? y->string : "?");
         if (find_cut(x, y, path, cap)) return 1;
         path[len] = 0;
     }

@@ -99,6 +99,8 @@ BAD = [
     ('{"prompt": "a", "chosen": "ok", "rejected": "b"}\n' r'{"prompt": "q\u0000tail", "chosen": "b", "rejected": "c"}', 2,
      "field 'prompt' contains a NUL character"),
     ('{"prompt": "a", "chosen": "b\x00x", "rejected": "c"}', 1, "field 'chosen' contains a NUL character"),  # raw 0 byte
+    (r'{"prompt": "a", "chosen\u0000x": "b", "rejected": "c"}', 1,  # the key would read as "chosen"
+     "field 'chosen\\u0000... (a key)' contains a NUL character"),
     (r'{"chosen": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "x\u0000"}], '
      r'"rejected": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "y"}]}', 1,
      "field 'chosen[1].content' contains a NUL character"),
