@@ -6,6 +6,8 @@
 #   make test       build, then run every C and Python test
 #   make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench      benchmarks (fdpo vs PyTorch on the same threads)
+#   make fuzz       libFuzzer harnesses (tests/fuzz/, clang), each for FUZZ_SECONDS (60),
+#                   FUZZ_JOBS (1) at a time
 
 BUILD   ?= build
 CC      ?= cc
@@ -34,7 +36,7 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 HAR_OBJ  := $(HAR_SRC:%.c=$(BUILD)/obj/%.o)
 CTEST_BIN:= $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test test-c test-py test-asan asan bench clean deps demo
+.PHONY: all test test-c test-py test-asan asan bench clean deps demo fuzz fuzz-build fuzz-bins
 all: $(BUILD)/fdpo $(BUILD)/fdpo-harness
 
 $(BUILD)/obj/%.o: %.c
@@ -77,8 +79,36 @@ demo:
 	@$(MAKE) --no-print-directory all
 	examples/sentiment/run.sh
 
+# Fuzzing: the library rebuilt by clang into build-fuzz/ with coverage instrumentation and
+# ASan + UBSan, one libFuzzer binary per tests/fuzz/fuzz_NAME.c, each run for FUZZ_SECONDS
+# from the committed seeds in tests/fuzz/corpus/NAME/ (new inputs go to build-fuzz/corpus/).
+FUZZ_CC      ?= clang-14
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_NAMES   := $(sort $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c)))
+
+FUZZ_JOBS    ?= 1
+fuzz: fuzz-build
+	FUZZ_JOBS=$(FUZZ_JOBS) tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_NAMES)
+
+fuzz-build:
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPT="-O1 -g" \
+		SAN="$(FUZZ_SAN) -fsanitize=fuzzer-no-link" fuzz-bins
+
+# The parsers live below train/ and report/ (dependencies point downwards), so the fuzz
+# library leaves those two out: a shorter build in CI. The INI harness drives the CLI's
+# flags.o (config files are read there, through inih).
+FUZZ_LIB_OBJ := $(filter-out $(BUILD)/obj/src/train/% $(BUILD)/obj/src/report/%,$(LIB_OBJ))
+$(BUILD)/libfdpo-fuzz.a: $(FUZZ_LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+fuzz-bins: $(FUZZ_NAMES:%=$(BUILD)/fuzz/fuzz_%)
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(BUILD)/libfdpo-fuzz.a $(BUILD)/obj/src/cli/flags.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $< $(BUILD)/obj/src/cli/flags.o $(BUILD)/libfdpo-fuzz.a $(LDLIBS)
+
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(HAR_OBJ:.o=.d)
 

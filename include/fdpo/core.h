@@ -66,8 +66,11 @@ uint64_t fdpo_rng_below(fdpo_rng *r, uint64_t n); /* uniform in [0, n), unbiased
 void fdpo_rng_shuffle(fdpo_rng *r, size_t *idx, size_t n); /* Fisher-Yates */
 
 /* ---- files ---- */
-/* Read a whole file; *len gets its size. Adds a NUL after the data (not counted). */
+/* Read a whole file; *len gets its size. Adds a NUL after the data (not counted).
+ * Anything but a regular file (a FIFO, a directory, a device) is refused, never waited on. */
 char *fdpo_read_file(const char *path, size_t *len);
+/* fopen(path, "rb") for streaming readers, with the same regular-file check. */
+FILE *fdpo_open_regular(const char *path);
 /* Atomic write: PATH.tmp.<pid>, fwrite, fflush, fsync, rename over PATH, fsync the dir.
  * A crash leaves either the old file or the new one, never half of one. */
 int fdpo_write_file_atomic(const char *path, const void *data, size_t len);

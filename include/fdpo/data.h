@@ -44,10 +44,17 @@ int fdpo_text_load(const char *const *paths, size_t n_paths, const fdpo_tokenize
  *   {"text": T}                     tokens T + <|endoftext|>, loss on every target
  * Prompt and completion are tokenized separately. Sequences longer than seq_len + 1 tokens
  * are cut at the end; an example left with no weighted target is dropped (counted in
- * *n_dropped). Errors name "FILE:LINE" and the field. val as in fdpo_text_load, by example. */
+ * *n_dropped). Errors name "FILE:LINE" and the field; a string with a NUL (\u0000) is an
+ * error (cJSON would cut it there); a leading UTF-8 byte order mark is skipped. val as in
+ * fdpo_text_load, by example. */
 int fdpo_sft_load(const char *const *paths, size_t n_paths, const fdpo_tokenizer *tok,
                   size_t seq_len, double val_fraction, uint64_t seed,
                   fdpo_lm_data *train, fdpo_lm_data *val, size_t *n_dropped);
+
+/* The same for one file's text in memory (name is used in messages). */
+int fdpo_sft_parse(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
+                   size_t seq_len, double val_fraction, uint64_t seed,
+                   fdpo_lm_data *train, fdpo_lm_data *val, size_t *n_dropped);
 
 /* Seeded choice of which of n units go to validation (1 = val), see fdpo_text_load. */
 void fdpo_data_split(size_t n, double val_fraction, uint64_t seed, unsigned char *is_val);

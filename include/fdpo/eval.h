@@ -15,8 +15,12 @@
 
 /* ---- prompts and completions files ---- */
 /* JSONL ({"prompt": "..."} per line) when the first non-blank line starts with '{',
- * otherwise plain text, one prompt per line. Blank lines are skipped. Errors name FILE:LINE. */
+ * otherwise plain text, one prompt per line. Blank lines are skipped; a leading UTF-8 byte
+ * order mark is skipped; a JSON string with a NUL (\u0000) is an error. Errors name
+ * FILE:LINE. */
 int fdpo_read_prompts(const char *path, char ***prompts, size_t *n);
+/* The same from text in memory (name is used in messages). */
+int fdpo_parse_prompts(const char *name, const char *text, size_t len, char ***prompts, size_t *n);
 /* JSONL {"prompt": "...", "completion": "..."} per line (for fdpo score). */
 int fdpo_read_completions(const char *path, char ***prompts, char ***completions, size_t *n);
 void fdpo_free_strings(char **s, size_t n);

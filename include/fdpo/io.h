@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "fdpo/gpt2.h"
+#include "fdpo/tokenizer.h"
 
 /* ---- safetensors ---- */
 typedef enum { FDPO_F32, FDPO_F16, FDPO_BF16, FDPO_I32, FDPO_I64, FDPO_U8, FDPO_F64, FDPO_DTYPE_OTHER } fdpo_dtype;
@@ -26,6 +27,8 @@ typedef struct {
 } fdpo_safetensors;
 /* Open and validate (header length, JSON, offsets within the file, shapes x dtype = bytes). */
 int fdpo_st_open(fdpo_safetensors *st, const char *path);
+/* The same over bytes in memory (name is used in messages); bytes must outlive st. */
+int fdpo_st_open_buffer(fdpo_safetensors *st, const char *name, const void *bytes, size_t len);
 void fdpo_st_close(fdpo_safetensors *st);
 const fdpo_st_tensor *fdpo_st_find(const fdpo_safetensors *st, const char *name);
 const char *fdpo_st_meta(const fdpo_safetensors *st, const char *key);
@@ -51,11 +54,17 @@ void fdpo_st_writer_free(fdpo_st_writer *w);
  * DIR/config.json, DIR/model.safetensors, tokenizer files (text/), and optionally
  * DIR/training_state.safetensors + DIR/training_state.json (train/). */
 int fdpo_config_load(const char *config_json_path, fdpo_gpt2_config *c);
+/* The same from text in memory (path is used in messages). */
+int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_config *c);
 int fdpo_config_save(const char *config_json_path, const fdpo_gpt2_config *c);
 /* Load config.json + model.safetensors: accepts "transformer."-prefixed or bare names,
  * skips attn.bias / attn.masked_bias buffers and lm_head.weight (tied; must equal wte if
- * present), converts f16/bf16. */
+ * present), converts f16/bf16, and refuses NaN/Inf weights naming the tensor and count. */
 fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir);
+/* A checkpoint's tokenizer must fit its embedding: tokenizer vocab <= config vocab_size
+ * (GPT-2 pads vocab_size up; a larger tokenizer means a mismatched pair). dir names the
+ * checkpoint in the message. */
+int fdpo_checkpoint_check_tokenizer(const char *dir, const fdpo_gpt2_config *c, const fdpo_tokenizer *t);
 /* Write config.json + model.safetensors, each atomically. */
 int fdpo_checkpoint_save_model(const char *dir, const fdpo_gpt2 *m);
 

@@ -19,7 +19,9 @@
  * keep their FIRST max_length - len(prompt) tokens (losing <|endoftext|>).
  *
  * Policy for bad data. Always an error naming FILE:LINE: invalid JSON, a line that is not
- * an object, a missing or non-string field, an unknown role, invalid UTF-8. With
+ * an object, a missing or non-string field, an unknown role, invalid UTF-8, a string with a
+ * NUL (\u0000 or a raw 0 byte: cJSON would cut it there; the field is named). A leading
+ * UTF-8 byte order mark is skipped. With
  * on_bad = FDPO_PREF_ERROR (default) also an error: an empty completion, chosen ==
  * rejected; with FDPO_PREF_SKIP those pairs are skipped and counted. Pairs that exceed
  * max_length follow on_long: truncate (counted), skip (counted), or error. A pair whose

@@ -12,6 +12,11 @@ typedef enum { FDPO_TOK_BYTE, FDPO_TOK_BPE } fdpo_tokenizer_kind;
 
 fdpo_tokenizer *fdpo_tokenizer_byte(void);
 fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir);
+/* GPT-2 BPE from file contents in memory (the names are used in messages): vocab.json +
+ * merges.txt (or encoder.json + vocab.bpe), or tokenizer.json. */
+fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vocab_name, const char *vocab_json, size_t vocab_len,
+                                         const char *merges_name, const char *merges_txt, size_t merges_len);
+fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json(const char *name, const char *tokenizer_json, size_t len);
 int fdpo_tokenizer_save_dir(const fdpo_tokenizer *t, const char *dir); /* atomic files */
 void fdpo_tokenizer_free(fdpo_tokenizer *t);
 fdpo_tokenizer_kind fdpo_tokenizer_kind_of(const fdpo_tokenizer *t);

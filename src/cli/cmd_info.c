@@ -45,6 +45,7 @@ int cmd_info(int argc, char **argv) {
     fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(dir);
     const char *tok_kind = !tok ? "none" : fdpo_tokenizer_kind_of(tok) == FDPO_TOK_BPE ? "gpt2-bpe" : "byte";
     size_t tok_vocab = tok ? fdpo_tokenizer_vocab_size(tok) : 0;
+    if (tok && fdpo_checkpoint_check_tokenizer(dir, c, tok)) { fdpo_tokenizer_free(tok); fdpo_gpt2_free(m); return -1; }
     fdpo_clear_error();
     char *state_path = fdpo_path_join(dir, "training_state.json");
     int has_state = fdpo_file_exists(state_path);

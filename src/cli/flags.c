@@ -78,12 +78,16 @@ static const char *nearest(fdpo_flag *flags, size_t n, const char *name) {
 
 /* Strings and lists kept alive for the process lifetime (config values, FLAG_LIST storage):
  * the registry keeps them reachable, so leak checkers stay quiet. */
-static void **g_keep; static size_t g_n_keep;
+static void **g_keep; static size_t g_n_keep, g_cap_keep;
 
 static void *keep_realloc(void *old, size_t size) {
     void *p = fdpo_realloc(old, size);
     for (size_t i = 0; old && i < g_n_keep; i++) if (g_keep[i] == old) { g_keep[i] = p; return p; }
-    g_keep = fdpo_realloc(g_keep, (g_n_keep + 1) * sizeof *g_keep);
+    /* the registry doubles: a config file of many keys stays linear (the INI fuzzer found it quadratic) */
+    if (g_n_keep == g_cap_keep) {
+        g_cap_keep = g_cap_keep ? 2 * g_cap_keep : 16;
+        g_keep = fdpo_realloc(g_keep, g_cap_keep * sizeof *g_keep);
+    }
     g_keep[g_n_keep++] = p;
     return p;
 }
@@ -193,6 +197,22 @@ static int unknown_flag(fdpo_flag *flags, size_t n, const char *dashes, const ch
     return fdpo_error("unknown flag %s%s (--help lists the flags)", dashes, name);
 }
 
+void flags_release_config(void) {
+    for (size_t i = 0; i < g_n_keep; i++) free(g_keep[i]);
+    free(g_keep);
+    g_keep = NULL;
+    g_n_keep = g_cap_keep = 0;
+}
+
+int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char *text) {
+    ini_ctx c = {flags, n, name, 0};
+    int rc = ini_parse_string(text, on_ini_line, &c);
+    if (c.failed) return fdpo_error_context("%s:%d", name, rc);
+    if (rc > 0) return fdpo_error("%s:%d: syntax error (expected key = value)", name, rc);
+    if (rc < 0) return fdpo_error("%s: cannot parse (out of memory)", name);
+    return 0;
+}
+
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
                 int argc, char **argv, int *n_pos, char ***pos) {
     for (size_t i = 0; i < n; i++) {
@@ -214,11 +234,12 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
             cfg = argv[++i];
         } else if (!strncmp(argv[i], "--config=", 9)) cfg = argv[i] + 9;
         if (cfg) {
-            ini_ctx c = {flags, n, cfg, 0};
-            int rc = ini_parse(cfg, on_ini_line, &c);
-            if (rc == -1) return fdpo_error("--config %s: cannot open", cfg);
-            if (c.failed) return fdpo_error_context("%s:%d", cfg, rc);
-            if (rc > 0) return fdpo_error("%s:%d: syntax error (expected key = value)", cfg, rc);
+            /* read through fdpo_read_file: a FIFO or directory is refused, not waited on */
+            char *text = fdpo_read_file(cfg, NULL);
+            if (!text) return fdpo_error_context("--config");
+            int rc = flags_parse_config(flags, n, cfg, text);
+            free(text);
+            if (rc) return FLAGS_ERROR;
         }
     }
     /* pass 2: flags and positionals; a list flag's first command-line value drops the config's */

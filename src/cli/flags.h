@@ -47,6 +47,11 @@ typedef struct {
 #define FLAGS_ERROR (-1)
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n_flags,
                 int argc, char **argv, int *n_pos, char ***pos);
+/* Apply the INI text of a --config file (name is used in messages: "NAME:LINE: ..."). */
+int flags_parse_config(fdpo_flag *flags, size_t n_flags, const char *name, const char *text);
+/* Free the config values kept for the process lifetime (string flags set from a config
+ * point into them): for a long-lived caller such as the fuzz harness. */
+void flags_release_config(void);
 void flags_print_help(const char *cmd, const char *usage, const fdpo_flag *flags, size_t n_flags);
 /* Was this flag given explicitly? */
 int flags_was_set(const fdpo_flag *flags, size_t n_flags, const char *name);

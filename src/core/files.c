@@ -10,9 +10,29 @@
 #include <unistd.h>
 #include "fdpo/core.h"
 
+/* Open with O_NONBLOCK so that a FIFO does not block the open itself, then refuse anything
+ * but a regular file (a FIFO, a directory, a device would block or never end). */
+FILE *fdpo_open_regular(const char *path) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) { fdpo_error("%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    struct stat st;
+    if (fstat(fd, &st) != 0) { fdpo_error("%s: cannot stat: %s", path, strerror(errno)); close(fd); return NULL; }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        fdpo_error("%s: not a regular file (a %s)", path, S_ISDIR(st.st_mode) ? "directory" : S_ISFIFO(st.st_mode) ? "FIFO" :
+                   S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "device" : S_ISSOCK(st.st_mode) ? "socket" : "special file");
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl != -1) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    FILE *f = fdopen(fd, "rb");
+    if (!f) { fdpo_error("%s: cannot open: %s", path, strerror(errno)); close(fd); return NULL; }
+    return f;
+}
+
 char *fdpo_read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { fdpo_error("%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    FILE *f = fdpo_open_regular(path);
+    if (!f) return NULL;
     size_t cap = 1 << 16, n = 0;
     char *buf = fdpo_malloc(cap);
     for (;;) {

@@ -8,6 +8,7 @@
 #include "fdpo/core.h"
 #include "fdpo/objectives.h"
 #include "fdpo/pairs.h"
+#include "data/jsonl.h"
 
 void fdpo_sample_recs_free(fdpo_sample_rec *recs, size_t n) {
     for (size_t i = 0; i < n; i++) { free(recs[i].prompt); free(recs[i].completion); }
@@ -23,8 +24,8 @@ static int get_string(const cJSON *o, const char *key, char **out, const char *p
 }
 
 int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *n_out) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return fdpo_error("%s: cannot open: %s", path, strerror(errno));
+    FILE *f = fdpo_open_regular(path);
+    if (!f) return -1;
     fdpo_sample_rec *recs = NULL;
     size_t n = 0, cap = 0, line_no = 0, len_cap = 0;
     char *line = NULL;
@@ -41,6 +42,9 @@ int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *
             rc = fdpo_error("%s:%zu: not a JSON object", path, line_no);
             break;
         }
+        char where[1100];
+        snprintf(where, sizeof where, "%s:%zu", path, line_no);
+        if (fdpo_jsonl_check_nul(where, line, (size_t)got, o)) { cJSON_Delete(o); rc = -1; break; }
         fdpo_sample_rec r = {0};
         r.line = line_no;
         if (get_string(o, "prompt", &r.prompt, path, line_no) ||

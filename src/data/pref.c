@@ -7,6 +7,7 @@
 #include "fdpo/core.h"
 #include "fdpo/data.h"
 #include "fdpo/pref.h"
+#include "data/jsonl.h"
 
 /* A growable byte string for rendering templates. */
 typedef struct { char *s; size_t n, cap; } strbuf;
@@ -167,7 +168,8 @@ static int make_pair(const where *w, const cJSON *obj, const fdpo_tokenizer *tok
     memset(out, 0, sizeof *out);
     out->line = w->line;
     if (rc) goto done;
-    if (r.chosen.n == r.rejected.n && memcmp(r.chosen.s, r.rejected.s, r.chosen.n) == 0) {
+    /* both may be empty (NULL buffers): memcmp must not see them */
+    if (r.chosen.n == r.rejected.n && (r.chosen.n == 0 || memcmp(r.chosen.s, r.rejected.s, r.chosen.n) == 0)) {
         if (opt->on_bad == FDPO_PREF_SKIP) { count_skip(sum, SKIP_IDENTICAL, w->line); rc = 1; goto done; }
         rc = fdpo_error("%s:%zu: chosen and rejected are identical (no preference to learn); use --bad-pairs skip to skip such pairs",
                         w->name, w->line);
@@ -233,7 +235,7 @@ int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_t
     if (check_options(opt)) return -1;
     size_t cap = 0;
     where w = {name, 0};
-    for (size_t pos = 0; pos < len;) {
+    for (size_t pos = fdpo_jsonl_bom(text, len); pos < len;) { /* a UTF-8 BOM is not data */
         const char *line = text + pos;
         const char *nl = memchr(line, '\n', len - pos);
         size_t n = nl ? (size_t)(nl - line) : len - pos;
@@ -262,6 +264,9 @@ int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_t
             fdpo_pref_free(out);
             return fdpo_error("%s:%zu: expected a JSON object {\"prompt\", \"chosen\", \"rejected\"}", name, w.line);
         }
+        char where_nul[1100];
+        snprintf(where_nul, sizeof where_nul, "%s:%zu", name, w.line);
+        if (fdpo_jsonl_check_nul(where_nul, line, n, obj)) { cJSON_Delete(obj); fdpo_pref_free(out); return -1; }
         fdpo_pref_pair pair;
         int rc = make_pair(&w, obj, tok, opt, &out->summary, &pair);
         cJSON_Delete(obj);

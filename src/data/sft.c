@@ -4,6 +4,7 @@
 #include <string.h>
 #include "fdpo/core.h"
 #include "fdpo/data.h"
+#include "data/jsonl.h"
 
 typedef struct {
     int32_t *tokens; float *weights; size_t n, cap;
@@ -11,6 +12,7 @@ typedef struct {
 } builder;
 
 static void b_push(builder *b, const int32_t *ids, size_t n, float w) {
+    if (n == 0) return; /* ids and b->tokens may both be NULL */
     if (b->n + n > b->cap) {
         b->cap = (b->n + n) * 2 + 64;
         b->tokens = fdpo_realloc(b->tokens, b->cap * sizeof *b->tokens);
@@ -122,16 +124,14 @@ static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs
     return finish_seq(b, begin, seq_len);
 }
 
-static int parse_file(const char *path, builder *b, const fdpo_tokenizer *tok, size_t seq_len, size_t *n_dropped) {
-    size_t len;
-    char *buf = fdpo_read_file(path, &len);
-    if (!buf) return -1;
+static int parse_text(const char *path, const char *buf, size_t len, builder *b, const fdpo_tokenizer *tok,
+                      size_t seq_len, size_t *n_dropped) {
     size_t bad = fdpo_utf8_first_invalid(buf, len);
     size_t line = 1;
     int rc = 0;
-    for (char *p = buf; p < buf + len; line++) {
-        char *nl = memchr(p, '\n', (size_t)(buf + len - p));
-        char *end = nl ? nl : buf + len;
+    for (const char *p = buf + fdpo_jsonl_bom(buf, len); p < buf + len; line++) { /* a UTF-8 BOM is not data */
+        const char *nl = memchr(p, '\n', (size_t)(buf + len - p));
+        const char *end = nl ? nl : buf + len;
         char where[1100];
         snprintf(where, sizeof where, "%s:%zu", path, line);
         if (bad >= (size_t)(p - buf) && bad < (size_t)(end - buf)) {
@@ -147,6 +147,7 @@ static int parse_file(const char *path, builder *b, const fdpo_tokenizer *tok, s
             if (obj) for (const char *q = parse_end; q < end; q++) if (*q != ' ' && *q != '\t' && *q != '\r') trailing = 1;
             if (!obj || trailing) { cJSON_Delete(obj); rc = fdpo_error("%s: not valid JSON", where); break; }
             if (!cJSON_IsObject(obj)) { cJSON_Delete(obj); rc = fdpo_error("%s: expected a JSON object", where); break; }
+            if (fdpo_jsonl_check_nul(where, p, ll, obj)) { cJSON_Delete(obj); rc = -1; break; }
             int err = 0;
             const char *text = NULL, *prompt = NULL, *completion = NULL;
             if (cJSON_GetObjectItemCaseSensitive(obj, "completion") || cJSON_GetObjectItemCaseSensitive(obj, "prompt")) {
@@ -172,8 +173,31 @@ static int parse_file(const char *path, builder *b, const fdpo_tokenizer *tok, s
         }
         p = end + 1;
     }
+    return rc;
+}
+
+static int parse_file(const char *path, builder *b, const fdpo_tokenizer *tok, size_t seq_len, size_t *n_dropped) {
+    size_t len;
+    char *buf = fdpo_read_file(path, &len);
+    if (!buf) return -1;
+    int rc = parse_text(path, buf, len, b, tok, seq_len, n_dropped);
     free(buf);
     return rc;
+}
+
+static void builder_free(builder *b) { free(b->tokens); free(b->weights); free(b->start); free(b->len); }
+static int split_into(builder *b, const char *name, double val_fraction, uint64_t seed, fdpo_lm_data *train, fdpo_lm_data *val);
+
+int fdpo_sft_parse(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
+                   size_t seq_len, double val_fraction, uint64_t seed,
+                   fdpo_lm_data *train, fdpo_lm_data *val, size_t *n_dropped) {
+    memset(train, 0, sizeof *train);
+    memset(val, 0, sizeof *val);
+    *n_dropped = 0;
+    if (seq_len < 1) return fdpo_error("--seq-len must be >= 1");
+    builder b = {0};
+    if (parse_text(name, text, len, &b, tok, seq_len, n_dropped)) { builder_free(&b); return -1; }
+    return split_into(&b, name, val_fraction, seed, train, val);
 }
 
 int fdpo_sft_load(const char *const *paths, size_t n_paths, const fdpo_tokenizer *tok,
@@ -186,15 +210,15 @@ int fdpo_sft_load(const char *const *paths, size_t n_paths, const fdpo_tokenizer
     if (seq_len < 1) return fdpo_error("--seq-len must be >= 1");
     builder b = {0};
     for (size_t f = 0; f < n_paths; f++) {
-        if (parse_file(paths[f], &b, tok, seq_len, n_dropped)) {
-            free(b.tokens); free(b.weights); free(b.start); free(b.len);
-            return -1;
-        }
+        if (parse_file(paths[f], &b, tok, seq_len, n_dropped)) { builder_free(&b); return -1; }
     }
-    if (b.n_seq == 0) {
-        free(b.tokens); free(b.weights); free(b.start); free(b.len);
-        return fdpo_error("%s: no usable examples", paths[0]);
-    }
+    return split_into(&b, paths[0], val_fraction, seed, train, val);
+}
+
+/* The collected sequences -> train/val (frees b). */
+static int split_into(builder *b_, const char *name, double val_fraction, uint64_t seed, fdpo_lm_data *train, fdpo_lm_data *val) {
+    builder b = *b_;
+    if (b.n_seq == 0) { builder_free(&b); return fdpo_error("%s: no usable examples", name); }
     unsigned char *is_val = fdpo_malloc(b.n_seq);
     fdpo_data_split(b.n_seq, val_fraction, seed, is_val);
     for (int part = 0; part < 2; part++) {
@@ -216,6 +240,6 @@ int fdpo_sft_load(const char *const *paths, size_t n_paths, const fdpo_tokenizer
         d->n_tokens = n; d->n_docs = ns;
     }
     free(is_val);
-    free(b.tokens); free(b.weights); free(b.start); free(b.len);
+    builder_free(&b);
     return 0;
 }

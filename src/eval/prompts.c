@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/eval.h"
+#include "data/jsonl.h"
 
 void fdpo_free_strings(char **s, size_t n) {
     if (s) for (size_t i = 0; i < n; i++) free(s[i]);
@@ -27,24 +28,22 @@ static const char *json_string(const cJSON *o, const char *field, const char *pa
     return v->valuestring;
 }
 
-/* Walks the lines of path; for JSONL calls fields[] extraction. n_fields 1 or 2. */
-static int read_lines(const char *path, int allow_text, const char *const *fields, size_t n_fields,
-                      strvec *out) {
-    size_t len;
-    char *text = fdpo_read_file(path, &len);
-    if (!text) return fdpo_error_context("%s", path);
-    if (!fdpo_utf8_valid(text, len)) { free(text); return fdpo_error("%s: not valid UTF-8", path); }
+/* Walks the lines of text; for JSONL calls fields[] extraction. n_fields 1 or 2. */
+static int parse_lines(const char *path, const char *text, size_t len, int allow_text, const char *const *fields,
+                       size_t n_fields, strvec *out) {
+    if (!fdpo_utf8_valid(text, len)) return fdpo_error("%s: not valid UTF-8", path);
+    const char *begin = text + fdpo_jsonl_bom(text, len); /* a UTF-8 BOM is not data */
     /* JSONL iff the first non-blank line starts with '{' */
     int jsonl = !allow_text;
     if (allow_text) {
-        const char *p = text;
-        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
-        jsonl = *p == '{';
+        const char *p = begin;
+        while (p < text + len && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
+        jsonl = p < text + len && *p == '{';
     }
     size_t line = 0;
     int rc = 0;
-    for (char *p = text; p < text + len && rc == 0;) {
-        char *nl = memchr(p, '\n', (size_t)(text + len - p));
+    for (const char *p = begin; p < text + len && rc == 0;) {
+        const char *nl = memchr(p, '\n', (size_t)(text + len - p));
         size_t n = nl ? (size_t)(nl - p) : (size_t)(text + len - p);
         line++;
         if (!blank(p, n)) {
@@ -55,9 +54,19 @@ static int read_lines(const char *path, int allow_text, const char *const *field
                 memcpy(s, p, m); s[m] = 0;
                 sv_push(out, s);
             } else {
-                cJSON *o = cJSON_ParseWithLength(p, n);
+                const char *end = NULL;
+                cJSON *o = cJSON_ParseWithLengthOpts(p, n, &end, 0);
+                size_t used = o && end ? (size_t)(end - p) : n;
+                while (used < n && blank(p + used, 1)) used++;
                 if (!o) rc = fdpo_error("%s:%zu: invalid JSON", path, line);
+                else if (used < n) /* as the pref and SFT readers: one object per line, nothing after it */
+                    rc = fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", path, line, used + 1);
                 else if (!cJSON_IsObject(o)) rc = fdpo_error("%s:%zu: expected a JSON object", path, line);
+                else {
+                    char where[1100];
+                    snprintf(where, sizeof where, "%s:%zu", path, line);
+                    rc = fdpo_jsonl_check_nul(where, p, n, o);
+                }
                 for (size_t f = 0; f < n_fields && rc == 0; f++) {
                     const char *v = json_string(o, fields[f], path, line, &rc);
                     if (v) sv_push(out, fdpo_strdup(v));
@@ -67,9 +76,17 @@ static int read_lines(const char *path, int allow_text, const char *const *field
         }
         p = nl ? nl + 1 : text + len;
     }
-    free(text);
     if (rc == 0 && out->n == 0) rc = fdpo_error("%s: no prompts (the file is empty)", path);
     if (rc) { fdpo_free_strings(out->v, out->n); out->v = NULL; out->n = 0; }
+    return rc;
+}
+
+static int read_lines(const char *path, int allow_text, const char *const *fields, size_t n_fields, strvec *out) {
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) return fdpo_error_context("%s", path);
+    int rc = parse_lines(path, text, len, allow_text, fields, n_fields, out);
+    free(text);
     return rc;
 }
 
@@ -77,6 +94,14 @@ int fdpo_read_prompts(const char *path, char ***prompts, size_t *n) {
     strvec v = {0};
     static const char *const fields[] = {"prompt"};
     if (read_lines(path, 1, fields, 1, &v)) return -1;
+    *prompts = v.v; *n = v.n;
+    return 0;
+}
+
+int fdpo_parse_prompts(const char *name, const char *text, size_t len, char ***prompts, size_t *n) {
+    strvec v = {0};
+    static const char *const fields[] = {"prompt"};
+    if (parse_lines(name, text, len, 1, fields, 1, &v)) return -1;
     *prompts = v.v; *n = v.n;
     return 0;
 }

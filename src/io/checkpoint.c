@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/io.h"
+#include "fdpo/tokenizer.h"
 
 /* A required positive integer key. */
 static int config_size(const char *path, const cJSON *root, const char *key, const char *alt, size_t *out) {
@@ -110,8 +111,13 @@ int fdpo_config_load(const char *path, fdpo_gpt2_config *c) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return -1;
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    int rc = fdpo_config_parse(path, text, len, c);
     free(text);
+    return rc;
+}
+
+int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_config *c) {
+    cJSON *root = cJSON_ParseWithLength(text, len);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return fdpo_error("%s: not a JSON object (malformed config)", path);
@@ -320,6 +326,20 @@ static const fdpo_st_tensor *st_set_find(const st_set *s, const char *name, size
     return NULL;
 }
 
+static size_t count_non_finite(const float *x, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += !isfinite(x[i]);
+    return bad;
+}
+
+int fdpo_checkpoint_check_tokenizer(const char *dir, const fdpo_gpt2_config *c, const fdpo_tokenizer *t) {
+    size_t tv = fdpo_tokenizer_vocab_size(t), mv = c->vocab_size;
+    if (tv > mv)
+        return fdpo_error("%s: the tokenizer has %zu tokens but config.json vocab_size is %zu (ids %zu..%zu would have "
+                          "no embedding row; wrong tokenizer or config?)", dir, tv, mv, mv, tv - 1);
+    return 0;
+}
+
 fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
     char *cfg_path = fdpo_path_join(dir, "config.json");
     fdpo_gpt2 *m = NULL;
@@ -385,7 +405,12 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
                                 ss.files[fi].path, f->name, have, c.vocab_size, c.n_positions, c.n_embd, want);
                 break;
             }
-            rc = fdpo_st_read_f32(&ss.files[fi], f, m->params_memory + t->offset + l * one, one);
+            float *dst = m->params_memory + t->offset + l * one;
+            rc = fdpo_st_read_f32(&ss.files[fi], f, dst, one);
+            /* NaN/Inf weights would only show up later as empty samples or a "diverged" run */
+            size_t bad = rc ? 0 : count_non_finite(dst, one);
+            if (bad) rc = fdpo_error("%s: tensor '%s' has %zu non-finite value%s (NaN or Inf)", ss.files[fi].path, f->name, bad,
+                                     bad == 1 ? "" : "s");
         }
     }
     /* a present lm_head.weight must be the tied embedding; anything else unknown means a different model */

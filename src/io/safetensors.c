@@ -98,8 +98,9 @@ static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
                 rc = fdpo_error("%s: tensor '%s': shape[%d] is not a non-negative integer", st->path, t->name, i);
                 break;
             }
+            /* checked before multiplying: [2^40, 2^40] must not wrap around to 0 elements */
+            if (t->shape[i] && numel > ((size_t)1 << 42) / t->shape[i]) { rc = fdpo_error("%s: tensor '%s': shape too large", st->path, t->name); break; }
             numel *= t->shape[i];
-            if (numel > ((size_t)1 << 42)) { rc = fdpo_error("%s: tensor '%s': shape too large", st->path, t->name); break; }
         }
         if (rc) break;
         if (cJSON_GetArraySize(offs) != 2 || json_size(offs->child, &t->begin) || json_size(offs->child->next, &t->end)) {
@@ -135,10 +136,25 @@ static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
     return rc;
 }
 
+/* Header length, then the header; st->path is set. bytes[0..size) stays owned by the caller. */
+static int st_parse(fdpo_safetensors *st, const unsigned char *bytes, size_t size) {
+    if (size < 8)
+        return fdpo_error("%s: file is %zu bytes, too short for the 8-byte header length (truncated?)", st->path, size);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | bytes[i];
+    if (hlen > size - 8)
+        return fdpo_error("%s: header length %llu runs past the end of the file (%zu bytes; truncated?)", st->path,
+                          (unsigned long long)hlen, size);
+    st->data = (unsigned char *)bytes + 8 + hlen;
+    st->data_len = size - 8 - (size_t)hlen;
+    return parse_header(st, (const char *)bytes + 8, (size_t)hlen);
+}
+
 int fdpo_st_open(fdpo_safetensors *st, const char *path) {
     memset(st, 0, sizeof *st);
     st->path = fdpo_strdup(path);
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: a FIFO must be refused below, not block the open */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) { fdpo_error("%s: %s", path, strerror(errno)); fdpo_st_close(st); return -1; }
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
@@ -159,18 +175,14 @@ int fdpo_st_open(fdpo_safetensors *st, const char *path) {
     if (map == MAP_FAILED) { fdpo_error("%s: mmap: %s", path, strerror(errno)); fdpo_st_close(st); return -1; }
     st->map = map;
     st->map_len = size;
-    const unsigned char *bytes = map;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | bytes[i];
-    if (hlen > size - 8) {
-        fdpo_error("%s: header length %llu runs past the end of the file (%zu bytes; truncated?)", path,
-                   (unsigned long long)hlen, size);
-        fdpo_st_close(st);
-        return -1;
-    }
-    st->data = (unsigned char *)map + 8 + hlen;
-    st->data_len = size - 8 - (size_t)hlen;
-    if (parse_header(st, (const char *)bytes + 8, (size_t)hlen)) { fdpo_st_close(st); return -1; }
+    if (st_parse(st, map, size)) { fdpo_st_close(st); return -1; }
+    return 0;
+}
+
+int fdpo_st_open_buffer(fdpo_safetensors *st, const char *name, const void *bytes, size_t len) {
+    memset(st, 0, sizeof *st);
+    st->path = fdpo_strdup(name);
+    if (st_parse(st, bytes, len)) { fdpo_st_close(st); return -1; }
     return 0;
 }
 

@@ -183,19 +183,13 @@ static int line_of(const char *text, size_t off) {
     return line;
 }
 
-static cJSON *parse_json(const char *path, char **text_out) {
-    size_t n;
-    char *text = fdpo_read_file(path, &n);
-    if (!text) return NULL;
+static cJSON *parse_json(const char *path, const char *text, size_t n) {
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, 0);
     if (!j) {
-        size_t off = end && end >= text ? (size_t)(end - text) : 0;
+        size_t off = end && end >= text && end <= text + n ? (size_t)(end - text) : 0;
         fdpo_error("%s:%d: malformed JSON (near byte %zu)", path, line_of(text, off), off);
-        free(text);
-        return NULL;
     }
-    if (text_out) *text_out = text; else free(text);
     return j;
 }
 
@@ -277,28 +271,25 @@ static void merges_alloc(struct fdpo_bpe *b, size_t n) {
 }
 
 /* merges.txt / vocab.bpe: optional "#version" first line, then "a b" per line. */
-static int load_merges_file(struct fdpo_bpe *b, const char *path) {
-    size_t n;
-    char *text = fdpo_read_file(path, &n);
-    if (!text) return -1;
+static int load_merges(struct fdpo_bpe *b, const char *path, const char *text, size_t n) {
     size_t lines = 1;
     for (size_t i = 0; i < n; i++) lines += text[i] == '\n';
     merges_alloc(b, lines);
     int rc = 0;
     size_t line = 0;
-    for (char *p = text, *end = text + n; p < end && rc == 0;) {
-        char *nl = memchr(p, '\n', (size_t)(end - p));
-        char *le = nl ? nl : end;
+    for (const char *p = text, *end = text + n; p < end && rc == 0;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
         line++;
         size_t len = (size_t)(le - p);
         if (len && p[len - 1] == '\r') len--;
         if (line == 1 && len >= 8 && memcmp(p, "#version", 8) == 0) { p = le + 1; continue; }
         if (len == 0) { /* blank lines are allowed only at the end */
-            for (char *q = p; q < end; q++)
+            for (const char *q = p; q < end; q++)
                 if (*q != '\n' && *q != '\r') { rc = fdpo_error("%s:%zu: empty line inside the merges", path, line); break; }
             break;
         }
-        char *sp = memchr(p, ' ', len);
+        const char *sp = memchr(p, ' ', len);
         if (!sp || sp == p || sp == p + len - 1 || memchr(sp + 1, ' ', (size_t)(p + len - sp - 1)))
             rc = fdpo_error("%s:%zu: expected two symbols separated by one space, got '%.*s'", path, line,
                             (int)(len > 80 ? 80 : len), p);
@@ -309,7 +300,6 @@ static int load_merges_file(struct fdpo_bpe *b, const char *path) {
         }
         p = le + 1;
     }
-    free(text);
     return rc;
 }
 
@@ -362,30 +352,50 @@ static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where) {
     return 0;
 }
 
-static fdpo_tokenizer *load_pair(const char *dir, const char *vname, const char *mname) {
-    char *vp = fdpo_path_join(dir, vname), *mp = fdpo_path_join(dir, mname);
+fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vp, const char *vtext, size_t vlen,
+                                         const char *mp, const char *mtext, size_t mlen) {
     struct fdpo_bpe *b = bpe_new();
     fdpo_tokenizer *t = NULL;
     cJSON *j = NULL;
-    if (!fdpo_file_exists(mp)) { fdpo_error("%s: missing merges file %s (beside %s)", mp, mname, vname); goto done; }
-    if (!(j = parse_json(vp, NULL))) goto done;
+    if (!(j = parse_json(vp, vtext, vlen))) goto done;
     if (load_vocab_object(b, j, vp)) goto done;
     cJSON_Delete(j); j = NULL;
-    if (load_merges_file(b, mp)) goto done;
+    if (load_merges(b, mp, mtext, mlen)) goto done;
     if (check_consistent(b, vp, mp)) goto done;
     if (finish(&t, b, vp)) goto done;
 done:
     cJSON_Delete(j);
     if (!t) fdpo_bpe_free(b);
+    return t;
+}
+
+static fdpo_tokenizer *load_pair(const char *dir, const char *vname, const char *mname) {
+    char *vp = fdpo_path_join(dir, vname), *mp = fdpo_path_join(dir, mname);
+    char *vtext = NULL, *mtext = NULL;
+    size_t vlen = 0, mlen = 0;
+    fdpo_tokenizer *t = NULL;
+    if (!fdpo_file_exists(mp)) fdpo_error("%s: missing merges file %s (beside %s)", mp, mname, vname);
+    else if ((vtext = fdpo_read_file(vp, &vlen)) && (mtext = fdpo_read_file(mp, &mlen)))
+        t = fdpo_tokenizer_bpe_parse(vp, vtext, vlen, mp, mtext, mlen);
+    free(vtext); free(mtext);
     free(vp); free(mp);
     return t;
 }
 
 static fdpo_tokenizer *load_tokenizer_json(const char *dir) {
     char *p = fdpo_path_join(dir, "tokenizer.json");
+    size_t n = 0;
+    char *text = fdpo_read_file(p, &n);
+    fdpo_tokenizer *t = text ? fdpo_tokenizer_bpe_parse_json(p, text, n) : NULL;
+    free(text);
+    free(p);
+    return t;
+}
+
+fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json(const char *p, const char *text, size_t len) {
     struct fdpo_bpe *b = bpe_new();
     fdpo_tokenizer *t = NULL;
-    cJSON *j = parse_json(p, NULL);
+    cJSON *j = parse_json(p, text, len);
     if (!j) goto done;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
@@ -451,7 +461,6 @@ static fdpo_tokenizer *load_tokenizer_json(const char *dir) {
 done:
     cJSON_Delete(j);
     if (!t) fdpo_bpe_free(b);
-    free(p);
     return t;
 }
 

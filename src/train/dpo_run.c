@@ -199,6 +199,8 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
         goto done;
     }
     if (!(tok = fdpo_trainer_load_tokenizer(to))) goto done;
+    /* before the reference cache is built, not after */
+    if (fdpo_checkpoint_check_tokenizer(to->resume ? to->out : policy_dir, &pcfg, tok)) goto done;
     if (fdpo_pref_load(o->data, tok, &popt, &train_src.set)) goto done;
     fdpo_pref_summary_log(o->data, &train_src.set.summary);
     if (o->eval_file) {

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "fdpo/core.h"
 #include "fdpo/gpt2.h"
@@ -119,6 +120,59 @@ START_TEST(reads_spec_file) {
 }
 END_TEST
 
+/* The in-memory reader sees the same bytes as the file reader (the fuzz harness's entry). */
+START_TEST(reads_buffer) {
+    const char *header = "{\"w\":{\"dtype\":\"BF16\",\"shape\":[1,2],\"data_offsets\":[0,4]}}";
+    size_t hl = strlen(header);
+    unsigned char buf[128] = {0};
+    buf[0] = (unsigned char)hl;
+    memcpy(buf + 8, header, hl);
+    uint16_t bf16[2] = {0x4049, 0xbe80}; /* 3.140625, -0.25 */
+    memcpy(buf + 8 + hl, bf16, 4);
+    fdpo_safetensors st;
+    ck_assert_int_eq(fdpo_st_open_buffer(&st, "mem.safetensors", buf, 8 + hl + 4), 0);
+    float out[2];
+    ck_assert_int_eq(fdpo_st_read_f32(&st, fdpo_st_find(&st, "w"), out, 2), 0);
+    ck_assert(out[0] == 3.140625f && out[1] == -0.25f);
+    fdpo_st_close(&st);
+    ck_assert_int_eq(fdpo_st_open_buffer(&st, "mem.safetensors", buf, 7), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "mem.safetensors: file is 7 bytes"));
+}
+END_TEST
+
+/* shape [2^40, 2^40] is 2^80 elements: the element count must not wrap around to 0 and let
+ * a 0-byte tensor through (found while writing the fuzz harness). */
+START_TEST(huge_shape_does_not_wrap) {
+    const char *header = "{\"w\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],\"data_offsets\":[0,0]}}";
+    size_t hl = strlen(header);
+    unsigned char buf[160] = {0};
+    buf[0] = (unsigned char)hl;
+    memcpy(buf + 8, header, hl);
+    fdpo_safetensors st;
+    ck_assert_int_eq(fdpo_st_open_buffer(&st, "big.safetensors", buf, 8 + hl), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "big.safetensors: tensor 'w': shape too large"));
+}
+END_TEST
+
+/* A FIFO (or any non-regular file) is refused at once instead of blocking the open. */
+START_TEST(fifo_is_refused) {
+    char dir[] = "/tmp/fdpo_st_XXXXXX";
+    char *path = tmp_file(dir, "model.safetensors");
+    ck_assert_int_eq(mkfifo(path, 0600), 0);
+    fdpo_safetensors st;
+    ck_assert_int_eq(fdpo_st_open(&st, path), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "not a regular file"));
+    size_t len;
+    ck_assert_ptr_null(fdpo_read_file(path, &len));
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "not a regular file (a FIFO)"));
+    ck_assert_ptr_null(fdpo_read_file(dir, &len));
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "not a regular file (a directory)"));
+    unlink(path);
+    rmdir(dir);
+    free(path);
+}
+END_TEST
+
 /* GPT-2 small has 124,439,808 parameters (the published count with the tied head). */
 START_TEST(gpt2_table_matches_published_sizes) {
     fdpo_gpt2_config c = {.vocab_size = 50257, .n_positions = 1024, .n_embd = 768, .n_layer = 12, .n_head = 12, .layer_norm_epsilon = 1e-5f};
@@ -186,6 +240,9 @@ int main(void) {
     TCase *tc = tcase_create("safetensors");
     tcase_add_test(tc, writer_round_trip);
     tcase_add_test(tc, reads_spec_file);
+    tcase_add_test(tc, reads_buffer);
+    tcase_add_test(tc, huge_shape_does_not_wrap);
+    tcase_add_test(tc, fifo_is_refused);
     tcase_add_test(tc, gpt2_table_matches_published_sizes);
     tcase_add_test(tc, gpt2_buffer_round_trip);
     suite_add_tcase(s, tc);

@@ -6,6 +6,7 @@
 #include "harness.h"
 
 /* one declaration + one table row per subcommand (keep alphabetical) */
+int h_data(int argc, char **argv);
 int h_dpo_bench(int argc, char **argv);
 int h_dpo_data(int argc, char **argv);
 int h_dpo_grad(int argc, char **argv);
@@ -18,6 +19,8 @@ int h_rl(int argc, char **argv);
 int h_tokenizer(int argc, char **argv);
 
 static const struct { const char *name; harness_fn fn; } SUBS[] = {
+    {"data-prompts", h_data},
+    {"data-sft", h_data},
     {"dpo-bench", h_dpo_bench},
     {"dpo-data", h_dpo_data},
     {"dpo-grad", h_dpo_grad},

@@ -559,3 +559,15 @@ def test_bad_command_lines(tmp_path):
     assert "nope.txt" in msg
     msg = err(fdpo("tokenize", "--tokenizer", "byte", "--decode", "--jsonl-field", "t", input=b"", check=False))
     assert "--jsonl-field" in msg
+
+
+@pytest.mark.parametrize("name", ["vocab.json", "merges.txt", "tokenizer.json"])
+def test_fifo_tokenizer_file_is_refused(tmp_path, name):
+    """A FIFO in place of a tokenizer file used to block the open forever."""
+    vocab, merges = tiny_vocab()
+    d = write_hf(str(tmp_path / "t"), vocab, merges) if name != "tokenizer.json" else \
+        write_tokenizer_json(str(tmp_path / "t"), vocab, merges)
+    os.remove(os.path.join(d, name))
+    os.mkfifo(os.path.join(d, name))
+    r = subprocess.run([FDPO, "tokenize", "--tokenizer", d], input=b"x", capture_output=True, timeout=30)
+    assert r.returncode == 1 and f"{name}: not a regular file (a FIFO)" in err(r), err(r)

@@ -20,8 +20,8 @@ HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-ha
 CFG = dict(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4)
 
 
-def run(*args):
-    return subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=120)
+def run(*args, timeout=120):
+    return subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=timeout)
 
 
 def rel_err(got, ref):
@@ -127,6 +127,10 @@ def test_info_prints_config(tmp_path):
         assert line in r.stdout
     n_params = sum(p.numel() for p in GPT2(**CFG).named().values())
     assert f"parameters: {n_params} " in r.stdout
+    # a byte-level tokenizer needs vocab_size >= 257 (a smaller one is refused: see BAD below)
+    byte_cfg = dict(CFG, vocab_size=257)
+    GPT2(**byte_cfg).save_hf(str(tmp_path / "ck"))
+    n_params = sum(p.numel() for p in GPT2(**byte_cfg).named().values())
     (tmp_path / "ck" / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte"}))
     r = run(FDPO, "info", tmp_path / "ck")
     assert "tokenizer: byte (257 tokens)" in r.stdout, r.stdout
@@ -234,6 +238,23 @@ BAD = {
     "key_not_integer": (lambda d: edit_config(d, lambda c: c.update(vocab_size="97")),
                         ["config.json", "'vocab_size'", "positive integer"]),
     "config_not_json": (lambda d: (d / "config.json").write_text("{nope"), ["config.json", "not a JSON object"]),
+    # NaN/Inf weights loaded silently before (generate printed empty completions, dpo blamed --lr)
+    "non_finite_weights": (lambda d: edit_tensors(d, lambda t: t[QKV].reshape(-1).__setitem__(
+                               [3, 50, 700], [np.nan, np.inf, -np.inf])),
+                           ["model.safetensors", f"tensor '{QKV}' has 3 non-finite values"]),
+    "non_finite_f16": (lambda d: edit_tensors(d, lambda t: t.__setitem__(
+                           "transformer.h.0.ln_1.bias", np.full(32, np.inf, np.float16))),
+                       ["model.safetensors", "tensor 'transformer.h.0.ln_1.bias' has 32 non-finite values"]),
+    # a byte-level tokenizer (257 tokens) beside a vocab_size 97 model passed info, then failed inside dpo
+    "tokenizer_larger_than_vocab": (lambda d: (d / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte"})),
+                                    ["the tokenizer has 257 tokens but config.json vocab_size is 97"]),
+    # a FIFO blocked fdpo info forever; a directory is refused as well
+    "fifo_weights": (lambda d: (os.remove(d / "model.safetensors"), os.mkfifo(d / "model.safetensors")),
+                     ["model.safetensors", "not a regular file"]),
+    "fifo_config": (lambda d: (os.remove(d / "config.json"), os.mkfifo(d / "config.json")),
+                    ["config.json", "not a regular file (a FIFO)"]),
+    "directory_weights": (lambda d: (os.remove(d / "model.safetensors"), os.mkdir(d / "model.safetensors")),
+                          ["model.safetensors", "not a regular file"]),
 }
 
 
@@ -243,9 +264,25 @@ def test_bad_checkpoint_is_refused(tmp_path, case):
     GPT2(**CFG).save_hf(str(d))
     edit, words = BAD[case]
     edit(d)
-    r = run(FDPO, "info", d)
+    r = run(FDPO, "info", d, timeout=30)  # a FIFO must be refused, not waited on
     assert r.returncode == 1, r.stderr  # an error, not a crash or a sanitizer exit
     assert r.stderr.startswith("fdpo info: "), r.stderr
     for w in words:
         assert w in r.stderr, (w, r.stderr)
     assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
+
+
+def test_dpo_checks_tokenizer_before_the_reference_cache(tmp_path):
+    """A tokenizer larger than vocab_size used to pass until after the reference log-probs
+    were computed and cached; now dpo stops at load, naming both sizes, and caches nothing."""
+    ck = tmp_path / "ck"
+    GPT2(**CFG).save_hf(str(ck))
+    (ck / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte"}))
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n")
+    cache = tmp_path / "cache"
+    r = run(FDPO, "dpo", "--policy", ck, "--data", data, "--out", tmp_path / "out", "--ref-cache-dir", cache,
+            "--steps", 1, "--batch-size", 1)
+    assert r.returncode == 1, r.stderr
+    assert "the tokenizer has 257 tokens but config.json vocab_size is 97" in r.stderr, r.stderr
+    assert not cache.exists() or not any(cache.iterdir())

@@ -3,10 +3,11 @@ template, truncation and the skip/error policy, checked token by token against a
 independent Python implementation of the documented rules (byte-level tokenizer), and every
 bad input against its error message."""
 import json
+import os
 
 import pytest
 
-from dpo_common import EOT, harness, tokenize_pair, write_jsonl
+from dpo_common import EOT, fdpo, harness, tokenize_pair, write_jsonl
 
 ROWS = [
     {"prompt": "Hi", "chosen": " there", "rejected": " you"},
@@ -90,6 +91,19 @@ BAD = [
      "missing field 'chosen[0].content'"),
     ('{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "user", "content": "x"}], '
      '"rejected": [{"role": "assistant", "content": "y"}]}', 1, "chosen[0] must be an assistant turn"),
+    # conversational, no prompt, chosen == rejected: both completions empty (was memcmp(NULL, NULL, 0), UBSan)
+    ('{"chosen": [{"role": "assistant", "content": "x"}], "rejected": [{"role": "assistant", "content": "x"}]}', 1,
+     "identical"),
+    # NUL: cJSON cuts the string there, so chosen and rejected would both read "b"
+    (r'{"prompt": "a", "chosen": "b\u0000x", "rejected": "b\u0000y"}', 1, "field 'chosen' contains a NUL character"),
+    ('{"prompt": "a", "chosen": "ok", "rejected": "b"}\n' r'{"prompt": "q\u0000tail", "chosen": "b", "rejected": "c"}', 2,
+     "field 'prompt' contains a NUL character"),
+    ('{"prompt": "a", "chosen": "b\x00x", "rejected": "c"}', 1, "field 'chosen' contains a NUL character"),  # raw 0 byte
+    (r'{"prompt": "a", "chosen\u0000x": "b", "rejected": "c"}', 1,  # the key would read as "chosen"
+     "field 'chosen\\u0000... (a key)' contains a NUL character"),
+    (r'{"chosen": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "x\u0000"}], '
+     r'"rejected": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "y"}]}', 1,
+     "field 'chosen[1].content' contains a NUL character"),
 ]
 
 
@@ -128,3 +142,105 @@ def test_invalid_options_name_the_flag(tmp_path):
     assert r.returncode != 0 and "--max-prompt-length 8" in r.stderr
     _, r, _ = load(tmp_path, ["", "  "], check=False)
     assert r.returncode != 0 and "no usable preference pairs" in r.stderr
+
+
+def test_escaped_backslash_before_u0000_is_text(tmp_path):
+    """An escaped backslash followed by the text u0000 is not a NUL: it stays text."""
+    rows = [{"prompt": "a\\u0000", "chosen": " b\\", "rejected": " c"}]
+    out, _, _ = load(tmp_path, rows)
+    P, C, R = tokenize_pair(rows[0])
+    assert (out["pairs"][0]["prompt"], out["pairs"][0]["chosen"], out["pairs"][0]["rejected"]) == (P, C, R)
+    assert out["pairs"][0]["prompt"] == list(b"a\\u0000")
+
+
+def test_byte_order_mark_is_not_data(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in ROWS[:4]).encode() + b"\n")
+    out = json.loads(harness("dpo-data", "--data", p).stdout)
+    for row, got in zip(ROWS[:4], out["pairs"]):
+        assert (got["prompt"], got["chosen"], got["rejected"]) == tokenize_pair(row)
+
+
+# ---- prompts (generate/eval) and SFT readers: BOM and NUL, against Python's json ----
+
+def test_prompts_with_byte_order_mark(tmp_path):
+    rows = [{"prompt": "Once upon a time"}, {"prompt": "caf\u00e9 \"quoted\""}]
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in rows).encode() + b"\n")
+    got = json.loads(harness("data-prompts", p).stdout)["prompts"]
+    assert got == [r["prompt"] for r in rows]  # was: the whole first line as a plain-text prompt
+    p.write_bytes(b"\xef\xbb\xbfplain one\r\nplain two\n")
+    assert json.loads(harness("data-prompts", p).stdout)["prompts"] == ["plain one", "plain two"]
+
+
+@pytest.mark.parametrize("text,msg", [
+    ('{"prompt": "a"}\n{"prompt": "b"} {"prompt": "c"}', "2: unexpected text after the JSON object at column 17"),
+    ('{"prompt": "a"}\n{"prompt": 3}', "2: field \"prompt\" must be a string"),
+    ('{"prompt": "a"}\n{"prompt": "b"', "2: invalid JSON"),
+])
+def test_bad_prompt_lines_name_file_and_line(tmp_path, text, msg):
+    p = tmp_path / "p.jsonl"
+    p.write_text(text + "\n")
+    r = harness("data-prompts", p, check=False)
+    assert r.returncode == 1 and f"{p}:{msg}" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("line", [r'{"prompt": "keep the tail\u0000 of this"}', '{"prompt": "raw\x00byte"}'])
+def test_prompts_with_nul_are_refused(tmp_path, line):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "fine"}\n' + line + "\n")
+    r = harness("data-prompts", p, check=False)
+    assert r.returncode == 1 and f"{p}:2: field 'prompt' contains a NUL character" in r.stderr, r.stderr
+
+
+def sft_reference(row):
+    """Byte-level tokens and target weights of one SFT example (include/fdpo/data.h)."""
+    if "text" in row:
+        t = list(row["text"].encode()) + [EOT]
+        return t, [0.0] + [1.0] * (len(t) - 1)
+    p, c = list(row["prompt"].encode()) or [EOT], list(row["completion"].encode())
+    return p + c + [EOT], [0.0] * len(p) + [1.0] * (len(c) + 1)
+
+
+def test_sft_with_byte_order_mark(tmp_path):
+    rows = [{"prompt": "Q: hi", "completion": " A: hello"}, {"text": "plain text"}]
+    p = tmp_path / "s.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in rows).encode() + b"\n")
+    got = json.loads(harness("data-sft", p).stdout)["sequences"]
+    assert [(g["tokens"], g["weights"]) for g in got] == [sft_reference(r) for r in rows]
+
+
+@pytest.mark.parametrize("line,field", [
+    (r'{"prompt": "a", "completion": "b\u0000c"}', "completion"),
+    (r'{"text": "\u0000"}', "text"),
+    ('{"text": "x\x00 y"}', "text"),   # a raw 0 byte (the fuzzer's find: an empty text, silently dropped)
+    (r'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\u0000"}]}',
+     "messages[1].content"),
+])
+def test_sft_with_nul_is_refused(tmp_path, line, field):
+    p = tmp_path / "s.jsonl"
+    p.write_text('{"text": "ok"}\n' + line + "\n")
+    r = harness("data-sft", p, check=False)
+    assert r.returncode == 1 and f"{p}:2: field '{field}' contains a NUL character" in r.stderr, r.stderr
+
+
+def test_fifo_data_is_refused_not_waited_on(tmp_path):
+    p = tmp_path / "fifo.jsonl"
+    os.mkfifo(p)
+    for args in (("dpo-data", "--data", p), ("data-prompts", p), ("data-sft", p)):
+        r = harness(*args, check=False, timeout=20)
+        assert r.returncode == 1 and f"{p}: not a regular file (a FIFO)" in r.stderr, r.stderr
+
+
+def test_samples_with_nul_are_refused(tmp_path):
+    """fdpo pairs reads generate/score output: a completion cut at a NUL would become a
+    different preference pair than the one that was scored."""
+    s = tmp_path / "s.jsonl"
+    s.write_text('{"prompt": "p", "completion": "a", "reward": 1}\n'
+                 r'{"prompt": "p", "completion": "b\u0000c", "reward": 0}' "\n")
+    r = fdpo("pairs", "--samples", s, "--out", tmp_path / "o.jsonl", check=False)
+    assert r.returncode == 1 and f"{s}:2: field 'completion' contains a NUL character" in r.stderr, r.stderr
+    os.remove(s)
+    os.mkfifo(s)
+    r = fdpo("pairs", "--samples", s, "--out", tmp_path / "o.jsonl", check=False, timeout=30)
+    assert r.returncode == 1 and f"{s}: not a regular file (a FIFO)" in r.stderr, r.stderr

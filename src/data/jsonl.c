@@ -1,0 +1,66 @@
+/* Shared checks for the JSONL readers: byte order mark, NUL escapes. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "data/jsonl.h"
+#include "fdpo/core.h"
+
+size_t fdpo_jsonl_bom(const char *text, size_t len) {
+    return len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0;
+}
+
+/* Offset of the first NUL inside a JSON string of raw[0..n), or n: a "\u0000" escape or a raw
+ * 0 byte (cJSON keeps raw control bytes, and the string ends there too). Escapes are skipped
+ * pairwise so that "\\u0000" (a backslash, then text) does not count. */
+static size_t find_nul(const char *raw, size_t n) {
+    int in_string = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = raw[i];
+        if (!in_string) { in_string = c == '"'; continue; }
+        if (c == '"') { in_string = 0; continue; }
+        if (c == 0) return i;
+        if (c != '\\') continue;
+        if (i + 5 < n && raw[i + 1] == 'u' && !memcmp(raw + i + 2, "0000", 4)) return i;
+        i++; /* the escaped character */
+    }
+    return n;
+}
+
+/* Walk a (NUL-cut) and b (the same text with every NUL made U+0001) together; the
+ * first key or string whose lengths differ held a NUL. path gets its name. */
+static int find_cut(const cJSON *a, const cJSON *b, char *path, size_t cap) {
+    if (cJSON_IsString(a) && cJSON_IsString(b) && strlen(a->valuestring) != strlen(b->valuestring)) return 1;
+    size_t len = strlen(path), i = 0;
+    for (const cJSON *x = a->child, *y = b->child; x && y; x = x->next, y = y->next, i++) {
+        if (cJSON_IsArray(a)) snprintf(path + len, cap - len, "[%zu]", i);
+        else if (x->string && y->string && strlen(x->string) != strlen(y->string)) {
+            snprintf(path + len, cap - len, "%s%s\\u0000... (a key)", len ? "." : "", x->string);
+            return 1;
+        } else snprintf(path + len, cap - len, "%s%s", len ? "." : "", y->string ? y->string : "?");
+        if (find_cut(x, y, path, cap)) return 1;
+        path[len] = 0;
+    }
+    return 0;
+}
+
+int fdpo_jsonl_check_nul(const char *where, const char *raw, size_t n, const cJSON *root) {
+    size_t at = find_nul(raw, n);
+    if (at == n) return 0;
+    char *copy = fdpo_malloc(n + 1);
+    memcpy(copy, raw, n);
+    copy[n] = 0;
+    for (size_t i = at; i < n; i = find_nul(copy, n)) { /* every NUL becomes U+0001 */
+        if (copy[i] == 0) copy[i] = 1;
+        else copy[i + 5] = '1';
+    }
+    cJSON *whole = cJSON_ParseWithLength(copy, n);
+    free(copy);
+    char path[256] = "";
+    int named = whole && root && find_cut(root, whole, path, sizeof path);
+    cJSON_Delete(whole);
+    if (named && path[0])
+        return fdpo_error("%s: field '%s' contains a NUL character (\\u0000); text with NUL cannot be tokenized faithfully",
+                          where, path);
+    return fdpo_error("%s: a string contains a NUL character at column %zu; text with NUL cannot be tokenized faithfully",
+                      where, at + 1);
+}
