@@ -17,7 +17,7 @@ double fdpo_fprime_log(const fdpo_divergence *d, double l) {
     case FDPO_DIV_RKL: return s + 1;
     case FDPO_DIV_FKL: return s;
     case FDPO_DIV_JS: return s + M_LN2;
-    case FDPO_DIV_ALPHA: return s + 1 / d->alpha;
+    case FDPO_DIV_ALPHA: return s;    /* the score keeps its 1/A: (1 - e^(-A l))/A = f'(u) */
     default: return NAN; /* tv, chi2: not admissible */
     }
 }
