@@ -9,7 +9,7 @@
 #include "model/llama_internal.h"
 
 int fdpo_gpt2_config_check(const fdpo_gpt2_config *c) {
-    if (c->arch == FDPO_ARCH_LLAMA) return llama_config_check(c);
+    if (c->arch == FDPO_ARCH_LLAMA) return fdpo_llama_config_check(c);
     if (c->arch != FDPO_ARCH_GPT2) return fdpo_error("config: unknown model family %d", (int)c->arch);
     /* upper bounds keep every size product far from size_t/int overflow (BLAS takes int) */
     if (c->vocab_size == 0 || c->vocab_size > (1u << 24))
@@ -87,7 +87,7 @@ fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
     fdpo_gpt2 *m = fdpo_calloc(1, sizeof *m);
     m->config = *c;
     if (c->arch == FDPO_ARCH_LLAMA) {
-        llama_build(m);
+        fdpo_llama_build(m);
         m->params_memory = fdpo_calloc(m->n_params, sizeof(float));
         if (fdpo_get_precision() == FDPO_PRECISION_BF16)
             fdpo_log(FDPO_LOG_WARN, "--precision bf16: Llama-family models run their matmuls in fp32 for now");
@@ -126,12 +126,12 @@ void fdpo_gpt2_free(fdpo_gpt2 *m) {
     free(m->grads_memory);
     free(m->params_bf16);
     acts_free(m->acts);
-    llama_free(m);
+    fdpo_llama_free(m);
     free(m);
 }
 
 void fdpo_gpt2_init(fdpo_gpt2 *m, uint64_t seed) {
-    if (m->config.arch == FDPO_ARCH_LLAMA) { llama_init(m, seed); return; }
+    if (m->config.arch == FDPO_ARCH_LLAMA) { fdpo_llama_init(m, seed); return; }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, seed);
     double resid_std = 0.02 / sqrt(2.0 * (double)m->config.n_layer);
@@ -247,34 +247,34 @@ static const uint16_t *bf16_of(const fdpo_gpt2 *m, const float *w) { return m->p
 static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, const float *w, const float *bias,
                            size_t N, size_t IC, size_t OC) {
     if (m->precision == FDPO_PRECISION_BF16)
-        matmul_forward_bf16(out, inp, bf16_of(m, w), bias, N, IC, OC, m->acts->bf16_x);
+        fdpo_k_matmul_forward_bf16(out, inp, bf16_of(m, w), bias, N, IC, OC, m->acts->bf16_x);
     else
-        matmul_forward(out, inp, w, bias, N, IC, OC);
+        fdpo_k_matmul_forward(out, inp, w, bias, N, IC, OC);
 }
 
 static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, const float *dout,
                             const float *inp, const float *w, size_t N, size_t IC, size_t OC) {
     if (m->acts->precision == FDPO_PRECISION_BF16) /* the forward's: its bf16 weights are current */
-        matmul_backward_bf16(dinp, dw, dbias, dout, inp, bf16_of(m, w), N, IC, OC, m->acts->bf16_x, m->acts->bf16_y);
+        fdpo_k_matmul_backward_bf16(dinp, dw, dbias, dout, inp, bf16_of(m, w), N, IC, OC, m->acts->bf16_x, m->acts->bf16_y);
     else
-        matmul_backward(dinp, dw, dbias, dout, inp, w, N, IC, OC, 0);
+        fdpo_k_matmul_backward(dinp, dw, dbias, dout, inp, w, N, IC, OC, 0);
 }
 
 static void head_forward(fdpo_gpt2 *m, float *logits, const float *inp, size_t N) {
     const fdpo_gpt2_config *c = &m->config;
     if (m->precision == FDPO_PRECISION_BF16)
-        lmhead_forward_bf16(logits, inp, bf16_of(m, m->params.wte), N, c->n_embd, c->vocab_size, m->acts->bf16_x);
+        fdpo_k_lmhead_forward_bf16(logits, inp, bf16_of(m, m->params.wte), N, c->n_embd, c->vocab_size, m->acts->bf16_x);
     else
-        lmhead_forward(logits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
+        fdpo_k_lmhead_forward(logits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
 }
 
 static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const float *inp, size_t N) {
     const fdpo_gpt2_config *c = &m->config;
     if (m->acts->precision == FDPO_PRECISION_BF16)
-        lmhead_backward_bf16(dinp, m->grads.wte, dlogits, inp, bf16_of(m, m->params.wte), N, c->n_embd,
+        fdpo_k_lmhead_backward_bf16(dinp, m->grads.wte, dlogits, inp, bf16_of(m, m->params.wte), N, c->n_embd,
                              c->vocab_size, m->acts->bf16_x, m->acts->bf16_y);
     else
-        lmhead_backward(dinp, m->grads.wte, dlogits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
+        fdpo_k_lmhead_backward(dinp, m->grads.wte, dlogits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
 }
 
 /* LM head and log-softmax over the K rows a->rows[0..K) only (the rest get logits 0,
@@ -289,7 +289,7 @@ static void lmhead_rows_forward(fdpo_gpt2 *m, float *tlp, size_t K) {
         a->ctargets[k] = a->targets[a->rows[k]];
     }
     head_forward(m, a->logits, lnf_packed, K);
-    logsoftmax_forward(a->clse, a->cd, a->logits, a->ctargets, K, V);
+    fdpo_k_logsoftmax_forward(a->clse, a->cd, a->logits, a->ctargets, K, V);
     memset(a->lse, 0, N * sizeof(float));
     if (tlp) memset(tlp, 0, N * sizeof(float));
     for (size_t k = 0; k < K; k++) {
@@ -310,7 +310,7 @@ static void lmhead_rows_forward(fdpo_gpt2 *m, float *tlp, size_t K) {
 
 int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
     if (fdpo_gpt2_check_batch(m, b)) return -1;
-    if (m->config.arch == FDPO_ARCH_LLAMA) return llama_forward(m, b, token_logp, seq_logp);
+    if (m->config.arch == FDPO_ARCH_LLAMA) return fdpo_llama_forward(m, b, token_logp, seq_logp);
     const fdpo_gpt2_config *c = &m->config;
     size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
     size_t maxT = 0;
@@ -343,27 +343,27 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     if (m->precision == FDPO_PRECISION_BF16) bf16_prepare(m);
 
     const fdpo_gpt2_params *p = &m->params;
-    encoder_forward(a->encoded, a->tokens, a->pos, p->wte, p->wpe, N, C);
+    fdpo_k_encoder_forward(a->encoded, a->tokens, a->pos, p->wte, p->wpe, N, C);
     for (size_t l = 0; l < L; l++) {
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
         float *ln1 = a->ln1 + l * N * C, *qkv = a->qkv + l * N * 3 * C, *atty = a->atty + l * N * C;
         float *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
         float *fch = a->fch + l * N * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C;
         float *res3 = a->residual3 + l * N * C;
-        layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, residual,
+        fdpo_k_layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, residual,
                           p->ln1w + l * C, p->ln1b + l * C, N, C, c->layer_norm_epsilon);
         linear_forward(m, qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, N, C, 3 * C);
-        attention_forward_streaming(atty, a->att_lse + l * N * NH, qkv, a->seq_offset, branch, B, C, NH);
+        fdpo_k_attention_forward_streaming(atty, a->att_lse + l * N * NH, qkv, a->seq_offset, branch, B, C, NH);
         linear_forward(m, res2, atty, p->attprojw + l * C * C, p->attprojb + l * C, N, C, C);
-        residual_forward(res2, res2, residual, N * C);
-        layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
+        fdpo_k_residual_forward(res2, res2, residual, N * C);
+        fdpo_k_layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
                           p->ln2w + l * C, p->ln2b + l * C, N, C, c->layer_norm_epsilon);
         linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, N, C, 4 * C);
-        gelu_forward(fch_gelu, fch, N * 4 * C);
+        fdpo_k_gelu_forward(fch_gelu, fch, N * 4 * C);
         linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, N, 4 * C, C);
-        residual_forward(res3, res3, res2, N * C);
+        fdpo_k_residual_forward(res3, res3, res2, N * C);
     }
-    layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->residual3 + (L - 1) * N * C,
+    fdpo_k_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->residual3 + (L - 1) * N * C,
                       p->lnfw, p->lnfb, N, C, c->layer_norm_epsilon);
     /* token_logp is needed for seq_logp even when the caller did not ask for it */
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL); /* d_residual is free now */
@@ -375,7 +375,7 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     }
     if (K == N) {
         head_forward(m, a->logits, a->lnf, N);
-        logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+        fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
     } else {
         lmhead_rows_forward(m, tlp, K);
     }
@@ -391,7 +391,7 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
 }
 
 const float *fdpo_gpt2_logits(const fdpo_gpt2 *m) {
-    if (m->config.arch == FDPO_ARCH_LLAMA) return llama_logits(m);
+    if (m->config.arch == FDPO_ARCH_LLAMA) return fdpo_llama_logits(m);
     return m->acts && m->acts->has_forward ? m->acts->logits : NULL;
 }
 
@@ -409,7 +409,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
     if (m->config.arch == FDPO_ARCH_LLAMA) {
         if (d_lnf) return fdpo_error("llama backward: reward-model heads are GPT-2 only");
         if (!m->grads_memory) fdpo_gpt2_zero_grad(m);
-        return llama_backward(m, d_token_logp);
+        return fdpo_llama_backward(m, d_token_logp);
     }
     fdpo_gpt2_acts *a = m->acts;
     if (!a || !a->has_forward) return fdpo_error("gpt2 backward: no forward pass to differentiate");
@@ -437,7 +437,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         K++;
     }
     if (K == N) {
-        logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
+        fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
         head_backward(m, a->d_ln, a->logits, a->lnf, N);
     } else {
         float *lnf_packed = a->d_atty, *dlnf_packed = a->d_qkv; /* both free until the blocks */
@@ -447,14 +447,14 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         }
         memset(a->d_ln, 0, N * C * sizeof(float));
         if (K > 0) {
-            logsoftmax_backward(a->logits, a->clse, a->ctargets, a->cd, K, V);
+            fdpo_k_logsoftmax_backward(a->logits, a->clse, a->ctargets, a->cd, K, V);
             head_backward(m, dlnf_packed, a->logits, lnf_packed, K);
             for (size_t k = 0; k < K; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + k * C, C * sizeof(float));
         }
     }
 trunk:
     memset(a->d_residual, 0, N * C * sizeof(float));
-    layernorm_backward(a->d_residual, g->lnfw, g->lnfb, a->d_ln, a->residual3 + (L - 1) * N * C,
+    fdpo_k_layernorm_backward(a->d_residual, g->lnfw, g->lnfb, a->d_ln, a->residual3 + (L - 1) * N * C,
                        p->lnfw, a->lnf_mean, a->lnf_rstd, N, C);
     for (size_t l = L; l-- > 0;) {
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
@@ -464,22 +464,22 @@ trunk:
         /* MLP block: res3 = res2 + gelu(ln2(res2) @ fcw + fcb) @ fcprojw + fcprojb */
         linear_backward(m, a->d_fch, g->fcprojw + l * 4 * C * C, g->fcprojb + l * C, a->d_residual,
                         fch_gelu, p->fcprojw + l * 4 * C * C, N, 4 * C, C);
-        gelu_backward(a->d_fch, fch, a->d_fch, N * 4 * C);
+        fdpo_k_gelu_backward(a->d_fch, fch, a->d_fch, N * 4 * C);
         linear_backward(m, a->d_ln, g->fcw + l * C * 4 * C, g->fcb + l * 4 * C, a->d_fch, ln2,
                         p->fcw + l * C * 4 * C, N, C, 4 * C);
-        layernorm_backward(a->d_residual, g->ln2w + l * C, g->ln2b + l * C, a->d_ln, res2,
+        fdpo_k_layernorm_backward(a->d_residual, g->ln2w + l * C, g->ln2b + l * C, a->d_ln, res2,
                            p->ln2w + l * C, a->ln2_mean + l * N, a->ln2_rstd + l * N, N, C);
         /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
         linear_backward(m, a->d_atty, g->attprojw + l * C * C, g->attprojb + l * C, a->d_residual, atty,
                         p->attprojw + l * C * C, N, C, C);
-        attention_backward_streaming(a->d_qkv, a->d_atty, qkv, atty, a->att_lse + l * N * NH, a->seq_offset,
+        fdpo_k_attention_backward_streaming(a->d_qkv, a->d_atty, qkv, atty, a->att_lse + l * N * NH, a->seq_offset,
                                      branch, B, C, NH);
         linear_backward(m, a->d_ln, g->qkvw + l * C * 3 * C, g->qkvb + l * 3 * C, a->d_qkv, ln1,
                         p->qkvw + l * C * 3 * C, N, C, 3 * C);
-        layernorm_backward(a->d_residual, g->ln1w + l * C, g->ln1b + l * C, a->d_ln, residual,
+        fdpo_k_layernorm_backward(a->d_residual, g->ln1w + l * C, g->ln1b + l * C, a->d_ln, residual,
                            p->ln1w + l * C, a->ln1_mean + l * N, a->ln1_rstd + l * N, N, C);
     }
-    encoder_backward(g->wte, g->wpe, a->d_residual, a->tokens, a->pos, N, C);
+    fdpo_k_encoder_backward(g->wte, g->wpe, a->d_residual, a->tokens, a->pos, N, C);
     a->has_forward = 0; /* the logits are gone; a second backward needs a new forward */
     return 0;
 }

@@ -48,7 +48,7 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
     d->model = m;
     d->max_seqs = max_seqs;
     d->max_len = max_len;
-    if (c->arch == FDPO_ARCH_LLAMA) { d->llama = llama_decoder_create(m, max_seqs, max_len); return d; }
+    if (c->arch == FDPO_ARCH_LLAMA) { d->llama = fdpo_llama_decoder_create(m, max_seqs, max_len); return d; }
     d->len = fdpo_calloc(max_seqs, sizeof *d->len);
     size_t n = c->n_layer * max_seqs * max_len * c->n_embd;
     d->k_cache = fdpo_malloc(n * sizeof(float));
@@ -63,7 +63,7 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
 
 void fdpo_decoder_free(fdpo_decoder *d) {
     if (!d) return;
-    llama_decoder_free(d->llama);
+    fdpo_llama_decoder_free(d->llama);
     free(d->len); free(d->k_cache); free(d->v_cache);
     free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast);
     free(d->row_slot); free(d->row_pos); free(d->scores);
@@ -75,16 +75,16 @@ const fdpo_gpt2 *fdpo_decoder_model(const fdpo_decoder *d) { return d->model; }
 size_t fdpo_decoder_max_len(const fdpo_decoder *d) { return d->max_len; }
 
 void fdpo_decoder_reset(fdpo_decoder *d, size_t slot) {
-    if (d->llama) llama_decoder_reset(d->llama, slot);
+    if (d->llama) fdpo_llama_decoder_reset(d->llama, slot);
     else if (slot < d->max_seqs) d->len[slot] = 0;
 }
 size_t fdpo_decoder_len(const fdpo_decoder *d, size_t slot) {
-    if (d->llama) return llama_decoder_len(d->llama, slot);
+    if (d->llama) return fdpo_llama_decoder_len(d->llama, slot);
     return slot < d->max_seqs ? d->len[slot] : 0;
 }
 
 void fdpo_decoder_copy_slot(fdpo_decoder *d, size_t dst, size_t src) {
-    if (d->llama) { llama_decoder_copy_slot(d->llama, dst, src); return; }
+    if (d->llama) { fdpo_llama_decoder_copy_slot(d->llama, dst, src); return; }
     if (dst == src || dst >= d->max_seqs || src >= d->max_seqs) return;
     size_t C = d->model->config.n_embd, L = d->model->config.n_layer;
     size_t stride = d->max_len * C, n = d->len[src] * C;
@@ -364,7 +364,7 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
         if (tokens[r] < 0 || (size_t)tokens[r] >= V)
             return fdpo_error("decoder: token id %d outside the vocabulary [0, %zu)", tokens[r], V);
     if (R == 0) return 0;
-    if (d->llama) return llama_decoder_forward(d->llama, n_slots, slots, n_new, tokens, logits, all_logits, R);
+    if (d->llama) return fdpo_llama_decoder_forward(d->llama, n_slots, slots, n_new, tokens, logits, all_logits, R);
     grow_rows(d, R, n_slots);
     const fdpo_gpt2 *m = d->model;
     if (d->w16 && d->cap16 < R) {

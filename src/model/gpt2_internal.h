@@ -60,54 +60,54 @@ struct fdpo_gpt2_acts {
 };
 
 /* ---- kernels (src/model/gpt2_kernels.c); one per layer and direction ---- */
-void encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
+void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                      const float *wpe, size_t N, size_t C);
-void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                       const int32_t *pos, size_t N, size_t C);
-void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+void fdpo_k_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, size_t N, size_t C, float eps);
-void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+void fdpo_k_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                         const float *w, const float *mean, const float *rstd, size_t N, size_t C);
-void matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+void fdpo_k_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
                     size_t N, size_t IC, size_t OC);
-void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+void fdpo_k_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp);
 /* the materialised attention (T x T maps; att of (b, h) at att_offset[b] + h*T*T): kept as
  * the reference the streaming kernels are tested against (harness attention-check) */
-void attention_forward(float *out, float *att, const float *qkv, const size_t *seq_offset,
+void fdpo_k_attention_forward(float *out, float *att, const float *qkv, const size_t *seq_offset,
                        const size_t *att_offset, const uint8_t *branch, size_t B, size_t C, size_t NH);
-void attention_backward(float *dqkv, float *datt_scratch, size_t scratch_stride, const float *dout,
+void fdpo_k_attention_backward(float *dqkv, float *datt_scratch, size_t scratch_stride, const float *dout,
                         const float *qkv, const float *att, const size_t *seq_offset,
                         const size_t *att_offset, size_t B, size_t C, size_t NH);
 /* the same attention with O(T) storage: lse [N, NH] instead of the T x T maps */
-void attention_forward_streaming(float *out, float *lse, const float *qkv, const size_t *seq_offset,
+void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv, const size_t *seq_offset,
                                  const uint8_t *branch, size_t B, size_t C, size_t NH);
-void attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
+void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
                                   const float *lse, const size_t *seq_offset, const uint8_t *branch,
                                   size_t B, size_t C, size_t NH);
-void gelu_forward(float *out, const float *inp, size_t n);
-void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n); /* dinp may alias dout */
-void residual_forward(float *out, const float *a, const float *b, size_t n);
-void lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V);
-void logsoftmax_forward(float *lse, float *token_logp, const float *logits, const int32_t *targets,
+void fdpo_k_gelu_forward(float *out, const float *inp, size_t n);
+void fdpo_k_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n); /* dinp may alias dout */
+void fdpo_k_residual_forward(float *out, const float *a, const float *b, size_t n);
+void fdpo_k_lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V);
+void fdpo_k_logsoftmax_forward(float *lse, float *token_logp, const float *logits, const int32_t *targets,
                         size_t N, size_t V);
-void logsoftmax_backward(float *dlogits, const float *lse, const int32_t *targets,
+void fdpo_k_logsoftmax_backward(float *dlogits, const float *lse, const int32_t *targets,
                          const float *d_token_logp, size_t N, size_t V);
-void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
+void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                      const float *wte, size_t N, size_t C, size_t V);
 
 /* ---- bf16 (src/model/gemm_bf16.c and the *_bf16 kernels in gpt2_kernels.c) ---- */
 void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                     const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
-void matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
+void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
                          size_t N, size_t IC, size_t OC, uint16_t *scratch);
-void matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                           const uint16_t *w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
                           uint16_t *scratch_inp);
-void lmhead_forward_bf16(float *logits, const float *inp, const uint16_t *wte, size_t N, size_t C, size_t V,
+void fdpo_k_lmhead_forward_bf16(float *logits, const float *inp, const uint16_t *wte, size_t N, size_t C, size_t V,
                          uint16_t *scratch);
-void lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,
+void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,
                           const uint16_t *wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
                           uint16_t *scratch_inp);
 

@@ -26,7 +26,7 @@ static void column_sums_add(float *acc, const float *x, size_t N, size_t OC) {
 }
 
 /* out [N,C] = wte[tokens] + wpe[pos] */
-void encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
+void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                      const float *wpe, size_t N, size_t C) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++) {
@@ -38,7 +38,7 @@ void encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, cons
 
 /* dwte [V,C], dwpe [maxT,C] += scatter of dout [N,C]. Parallel over channels so that two
  * tokens with the same id never race, and each element sums in token order. */
-void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                       const int32_t *pos, size_t N, size_t C) {
 #pragma omp parallel for schedule(static)
     for (size_t c = 0; c < C; c++) {
@@ -51,7 +51,7 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t
 }
 
 /* out [N,C] = (inp - mean) * rstd * w + b; mean, rstd [N] kept for backward. */
-void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+void fdpo_k_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, size_t N, size_t C, float eps) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++) {
@@ -72,7 +72,7 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, c
 /* dinp [N,C] += LayerNorm backward of dout [N,C]; dw, db [C] += per-channel sums.
  *   xhat = (x - mean) * rstd,  dxhat = dout * w
  *   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
-void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+void fdpo_k_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                         const float *w, const float *mean, const float *rstd, size_t N, size_t C) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++) {
@@ -110,7 +110,7 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
 }
 
 /* out [N,OC] = inp [N,IC] @ w [IC,OC] + bias [OC]  (Conv1D layout; bias may be NULL) */
-void matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+void fdpo_k_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
                     size_t N, size_t IC, size_t OC) {
     float beta = 0.0f;
     if (bias) {
@@ -123,7 +123,7 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
 }
 
 /* dinp [N,IC] (+)= dout [N,OC] @ w^T;  dw [IC,OC] += inp^T @ dout;  dbias [OC] += sum_t dout */
-void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+void fdpo_k_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
                 1.0f, dout, (int)OC, w, (int)OC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
@@ -142,7 +142,7 @@ static inline int may_attend(const uint8_t *branch, size_t i, size_t j) {
  * column offsets h*hs, C + h*hs, 2C + h*hs (row stride 3C):
  *   att [T,T] = softmax(mask(Q K^T / sqrt(hs))),   out [T, hs] (row stride C) = att V
  * att of (b, h) lives at att_offset[b] + h*T*T; masked entries are stored as 0. */
-void attention_forward(float *out, float *att, const float *qkv, const size_t *seq_offset,
+void fdpo_k_attention_forward(float *out, float *att, const float *qkv, const size_t *seq_offset,
                        const size_t *att_offset, const uint8_t *branch, size_t B, size_t C, size_t NH) {
     size_t hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
@@ -177,11 +177,11 @@ void attention_forward(float *out, float *att, const float *qkv, const size_t *s
     }
 }
 
-/* Backward of attention_forward; WRITES dqkv [N,3C] (every element of every sequence).
+/* Backward of fdpo_k_attention_forward; WRITES dqkv [N,3C] (every element of every sequence).
  *   dP = dY V^T;  dV = P^T dY;  dS = P * (dP - rowsum(dP * P));  dQ = dS K / sqrt(hs);
  *   dK = dS^T Q / sqrt(hs).  Masked entries have P = 0, hence dS = 0.
  * datt_scratch holds scratch_stride floats (>= maxT^2) per OpenMP thread. */
-void attention_backward(float *dqkv, float *datt_scratch, size_t scratch_stride, const float *dout,
+void fdpo_k_attention_backward(float *dqkv, float *datt_scratch, size_t scratch_stride, const float *dout,
                         const float *qkv, const float *att, const size_t *seq_offset,
                         const size_t *att_offset, size_t B, size_t C, size_t NH) {
     size_t hs = C / NH, C3 = 3 * C;
@@ -221,7 +221,7 @@ void attention_backward(float *dqkv, float *datt_scratch, size_t scratch_stride,
 /* gelu_new: out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
  * Computed as x * sigmoid(2u), the same function (0.5 (1 + tanh u) = sigmoid(2u)): one
  * expf instead of libm's tanhf, which was a third of a small model's step. */
-void gelu_forward(float *out, const float *inp, size_t n) {
+void fdpo_k_gelu_forward(float *out, const float *inp, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -232,7 +232,7 @@ void gelu_forward(float *out, const float *inp, size_t n) {
 
 /* dinp = gelu'(inp) * dout (dinp may alias dout), with s = sigmoid(2u):
  *   gelu'(x) = s + x * 2 s (1 - s) * du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2) */
-void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+void fdpo_k_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -244,20 +244,20 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
 }
 
 /* out = a + b, n elements */
-void residual_forward(float *out, const float *a, const float *b, size_t n) {
+void fdpo_k_residual_forward(float *out, const float *a, const float *b, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 /* logits [N,V] = inp [N,C] @ wte^T  (tied LM head, wte [V,C]) */
-void lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V) {
+void fdpo_k_lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)V, (int)C,
                 1.0f, inp, (int)C, wte, (int)C, 0.0f, logits, (int)V);
 }
 
 /* lse [N] = log sum_v exp(logits[t,v]) (max-subtracted, summed in double);
  * token_logp [N] = logits[t, target] - lse, 0 where target < 0 (token_logp may be NULL). */
-void logsoftmax_forward(float *lse, float *token_logp, const float *logits, const int32_t *targets,
+void fdpo_k_logsoftmax_forward(float *lse, float *token_logp, const float *logits, const int32_t *targets,
                         size_t N, size_t V) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++) {
@@ -274,7 +274,7 @@ void logsoftmax_forward(float *lse, float *token_logp, const float *logits, cons
 
 /* dlogits [N,V] = d_token_logp[t] * (onehot(target) - softmax(logits)); rows without a
  * target get 0. dlogits may alias the logits it is computed from (it does in gpt2.c). */
-void logsoftmax_backward(float *dlogits, const float *lse, const int32_t *targets,
+void fdpo_k_logsoftmax_backward(float *dlogits, const float *lse, const int32_t *targets,
                          const float *d_token_logp, size_t N, size_t V) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++) {
@@ -288,7 +288,7 @@ void logsoftmax_backward(float *dlogits, const float *lse, const int32_t *target
 }
 
 /* dinp [N,C] = dlogits @ wte;  dwte [V,C] += dlogits^T @ inp */
-void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
+void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                      const float *wte, size_t N, size_t C, size_t V) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)V,
                 1.0f, dlogits, (int)V, wte, (int)C, 0.0f, dinp, (int)C);
@@ -299,7 +299,7 @@ void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float
 /* ---- bf16 variants: inputs rounded to bf16, fp32 accumulation and outputs ---- */
 
 /* out [N,OC] = bf16(inp [N,IC]) @ w [IC,OC] (bf16) + bias [OC]; scratch holds N*IC */
-void matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
+void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
                          size_t N, size_t IC, size_t OC, uint16_t *scratch) {
     float beta = 0.0f;
     if (bias) {
@@ -313,7 +313,7 @@ void matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const 
 
 /* dinp [N,IC] (=) bf16(dout) @ w^T;  dw [IC,OC] += bf16(inp)^T @ bf16(dout);
  * dbias [OC] += sum_t dout (fp32). scratch_dout holds N*OC, scratch_inp N*IC. */
-void matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                           const uint16_t *w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
                           uint16_t *scratch_inp) {
     fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
@@ -324,14 +324,14 @@ void matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dou
 }
 
 /* logits [N,V] = bf16(inp [N,C]) @ wte^T (bf16 [V,C]); scratch holds N*C */
-void lmhead_forward_bf16(float *logits, const float *inp, const uint16_t *wte, size_t N, size_t C, size_t V,
+void fdpo_k_lmhead_forward_bf16(float *logits, const float *inp, const uint16_t *wte, size_t N, size_t C, size_t V,
                          uint16_t *scratch) {
     fdpo_f32_to_bf16(scratch, inp, N * C);
     fdpo_gemm_bf16(0, 1, N, V, C, 1.0f, scratch, C, wte, C, 0.0f, logits, V);
 }
 
 /* dinp [N,C] = bf16(dlogits) @ wte;  dwte [V,C] += bf16(dlogits)^T @ bf16(inp) */
-void lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,
+void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,
                           const uint16_t *wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
                           uint16_t *scratch_inp) {
     fdpo_f32_to_bf16(scratch_dlogits, dlogits, N * V);
@@ -355,13 +355,13 @@ static void attention_scores_tile(float *S, const float *q, const float *k, size
             if (j0 + c > i0 + r || !may_attend(br, i0 + r, j0 + c)) S[r * nk + c] = -INFINITY;
 }
 
-/* Per sequence b (tokens [s, s+T)) and head h, the same output as attention_forward:
+/* Per sequence b (tokens [s, s+T)) and head h, the same output as fdpo_k_attention_forward:
  *   out [T, hs] (row stride C) = softmax(mask(Q K^T / sqrt(hs))) V
  * computed tile by tile with a running row maximum m and sum l (online softmax), so only
  * lse [N, NH] (lse[t*NH + h] = m + log l, the log-sum-exp of row t's scores) is kept for
  * backward: O(T) memory per head instead of T^2. Sequential inside a (sequence, head) job,
  * so the result does not depend on the thread count. */
-void attention_forward_streaming(float *out, float *lse, const float *qkv, const size_t *seq_offset,
+void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv, const size_t *seq_offset,
                                  const uint8_t *branch, size_t B, size_t C, size_t NH) {
     size_t hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
@@ -412,12 +412,12 @@ void attention_forward_streaming(float *out, float *lse, const float *qkv, const
     }
 }
 
-/* Backward of attention_forward_streaming; WRITES dqkv [N,3C]. Recomputes P tile by tile
+/* Backward of fdpo_k_attention_forward_streaming; WRITES dqkv [N,3C]. Recomputes P tile by tile
  * from Q, K and lse:  P = exp(S - lse_i);  dV += P^T dY;  dP = dY V^T;
  *   dS = P * (dP - D_i) with D_i = dY_i . out_i (= rowsum(P * dP));
  *   dQ += dS K / sqrt(hs);  dK += dS^T Q / sqrt(hs).
  * out is the forward's output (the attention output before c_proj). */
-void attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
+void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
                                   const float *lse, const size_t *seq_offset, const uint8_t *branch,
                                   size_t B, size_t C, size_t NH) {
     size_t hs = C / NH, C3 = 3 * C;

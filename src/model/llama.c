@@ -11,7 +11,7 @@
 
 static size_t head_dim(const fdpo_gpt2_config *c) { return c->head_dim ? c->head_dim : c->n_embd / c->n_head; }
 
-int llama_config_check(const fdpo_gpt2_config *c) {
+int fdpo_llama_config_check(const fdpo_gpt2_config *c) {
     if (c->vocab_size == 0 || c->vocab_size > (1u << 24))
         return fdpo_error("config: vocab_size %zu must be in [1, %u]", c->vocab_size, 1u << 24);
     if (c->n_positions == 0 || c->n_positions > (1u << 24))
@@ -43,7 +43,7 @@ int llama_config_check(const fdpo_gpt2_config *c) {
     return 0;
 }
 
-void llama_inv_freq(const fdpo_gpt2_config *c, double *inv_freq) {
+void fdpo_llama_inv_freq(const fdpo_gpt2_config *c, double *inv_freq) {
     size_t hd = head_dim(c), half = hd / 2;
     for (size_t i = 0; i < half; i++) inv_freq[i] = 1.0 / pow(c->rope_theta, (double)(2 * i) / (double)hd);
     if (c->rope_factor == 0) return;
@@ -59,7 +59,7 @@ void llama_inv_freq(const fdpo_gpt2_config *c, double *inv_freq) {
     }
 }
 
-void llama_build(fdpo_gpt2 *m) {
+void fdpo_llama_build(fdpo_gpt2 *m) {
     const fdpo_gpt2_config *c = &m->config;
     size_t V = c->vocab_size, C = c->n_embd, L = c->n_layer, F = c->intermediate_size, hd = head_dim(c);
     size_t QD = c->n_head * hd, KD = c->n_kv_head * hd;
@@ -112,7 +112,7 @@ static void acts_free(llama_acts *a) {
     free(a->targets); free(a->pos); free(a->weights); free(a->branch);
 }
 
-void llama_free(fdpo_gpt2 *m) {
+void fdpo_llama_free(fdpo_gpt2 *m) {
     if (!m->llama) return;
     acts_free(&m->llama->acts);
     free(m->llama);
@@ -121,7 +121,7 @@ void llama_free(fdpo_gpt2 *m) {
 
 /* HF LlamaPreTrainedModel: N(0, 0.02) for Linear and Embedding weights, zero biases,
  * RMSNorm weights 1 (no residual scaling). Deterministic for a seed. */
-void llama_init(fdpo_gpt2 *m, uint64_t seed) {
+void fdpo_llama_init(fdpo_gpt2 *m, uint64_t seed) {
     fdpo_rng rng;
     fdpo_rng_seed(&rng, seed);
     for (size_t i = 0; i < m->n_tensors; i++) {
@@ -183,7 +183,7 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
     a->cap_att = A;
 }
 
-int llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
+int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
     const fdpo_gpt2_config *c = &m->config;
     size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head;
     size_t V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c), QD = NH * hd, KD = NKV * hd;
@@ -214,13 +214,13 @@ int llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *s
     }
     const uint8_t *branch = b->branch ? a->branch : NULL;
     double *inv_freq = fdpo_malloc(hd / 2 * sizeof *inv_freq);
-    llama_inv_freq(c, inv_freq);
-    llama_rope_tables(a->rope_cos, a->rope_sin, a->pos, inv_freq, N, hd / 2);
+    fdpo_llama_inv_freq(c, inv_freq);
+    fdpo_llama_rope_tables(a->rope_cos, a->rope_sin, a->pos, inv_freq, N, hd / 2);
     free(inv_freq);
 
     float *P = m->params_memory;
     float *embed = tensor(m, P, LR_EMBED), *head = m->llama->role[LR_HEAD] >= 0 ? tensor(m, P, LR_HEAD) : embed;
-    llama_embed_forward(a->encoded, a->tokens, embed, N, C);
+    fdpo_llama_embed_forward(a->encoded, a->tokens, embed, N, C);
     for (size_t l = 0; l < L; l++) {
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
         float *ln1 = a->ln1 + l * N * C, *q = a->q + l * N * QD, *k = a->k + l * N * KD, *v = a->v + l * N * KD;
@@ -229,26 +229,26 @@ int llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *s
         float *res3 = a->residual3 + l * N * C;
         float *qb = tensor(m, P, LR_QB), *kb = tensor(m, P, LR_KB), *vb = tensor(m, P, LR_VB), *ob = tensor(m, P, LR_OB);
         float *gb = tensor(m, P, LR_GATEB), *ub = tensor(m, P, LR_UPB), *db = tensor(m, P, LR_DOWNB);
-        llama_rmsnorm_forward(ln1, a->ln1_rstd + l * N, residual, tensor(m, P, LR_LN1) + l * C, N, C, c->layer_norm_epsilon);
-        llama_linear_forward(q, ln1, tensor(m, P, LR_QW) + l * QD * C, qb ? qb + l * QD : NULL, N, C, QD);
-        llama_linear_forward(k, ln1, tensor(m, P, LR_KW) + l * KD * C, kb ? kb + l * KD : NULL, N, C, KD);
-        llama_linear_forward(v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
-        llama_rope_forward(q, a->rope_cos, a->rope_sin, N, NH, hd);
-        llama_rope_forward(k, a->rope_cos, a->rope_sin, N, NKV, hd);
-        llama_gqa_attention_forward(atty, a->att + l * A, q, k, v, a->seq_offset, a->att_offset, branch, B, NH, NKV, hd);
-        llama_linear_forward(res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
-        residual_forward(res2, res2, residual, N * C);
-        llama_rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, N, C, c->layer_norm_epsilon);
-        llama_linear_forward(gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, N, C, F);
-        llama_linear_forward(up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, N, C, F);
-        llama_swiglu_forward(h, gate, up, N * F);
-        llama_linear_forward(res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, N, F, C);
-        residual_forward(res3, res3, res2, N * C);
+        fdpo_llama_rmsnorm_forward(ln1, a->ln1_rstd + l * N, residual, tensor(m, P, LR_LN1) + l * C, N, C, c->layer_norm_epsilon);
+        fdpo_llama_linear_forward(q, ln1, tensor(m, P, LR_QW) + l * QD * C, qb ? qb + l * QD : NULL, N, C, QD);
+        fdpo_llama_linear_forward(k, ln1, tensor(m, P, LR_KW) + l * KD * C, kb ? kb + l * KD : NULL, N, C, KD);
+        fdpo_llama_linear_forward(v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
+        fdpo_llama_rope_forward(q, a->rope_cos, a->rope_sin, N, NH, hd);
+        fdpo_llama_rope_forward(k, a->rope_cos, a->rope_sin, N, NKV, hd);
+        fdpo_llama_gqa_attention_forward(atty, a->att + l * A, q, k, v, a->seq_offset, a->att_offset, branch, B, NH, NKV, hd);
+        fdpo_llama_linear_forward(res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
+        fdpo_k_residual_forward(res2, res2, residual, N * C);
+        fdpo_llama_rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, N, C, c->layer_norm_epsilon);
+        fdpo_llama_linear_forward(gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, N, C, F);
+        fdpo_llama_linear_forward(up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, N, C, F);
+        fdpo_llama_swiglu_forward(h, gate, up, N * F);
+        fdpo_llama_linear_forward(res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, N, F, C);
+        fdpo_k_residual_forward(res3, res3, res2, N * C);
     }
-    llama_rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), N, C, c->layer_norm_epsilon);
-    lmhead_forward(a->logits, a->lnf, head, N, C, V);
+    fdpo_llama_rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), N, C, c->layer_norm_epsilon);
+    fdpo_k_lmhead_forward(a->logits, a->lnf, head, N, C, V);
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL);
-    logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
     if (seq_logp)
         for (size_t s = 0; s < B; s++) {
             double sum = 0.0;
@@ -259,11 +259,11 @@ int llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *s
     return 0;
 }
 
-const float *llama_logits(const fdpo_gpt2 *m) {
+const float *fdpo_llama_logits(const fdpo_gpt2 *m) {
     return m->llama && m->llama->acts.has_forward ? m->llama->acts.logits : NULL;
 }
 
-int llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
+int fdpo_llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
     llama_acts *a = &m->llama->acts;
     if (!a->has_forward) return fdpo_error("llama backward: no forward pass to differentiate");
     const fdpo_gpt2_config *c = &m->config;
@@ -283,10 +283,10 @@ int llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
     float *head = tied ? tensor(m, P, LR_EMBED) : tensor(m, P, LR_HEAD);
     float *dhead = tied ? tensor(m, G, LR_EMBED) : tensor(m, G, LR_HEAD);
     /* the logits buffer becomes d logits */
-    logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
-    lmhead_backward(a->d_ln, dhead, a->logits, a->lnf, head, N, C, V);
+    fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
+    fdpo_k_lmhead_backward(a->d_ln, dhead, a->logits, a->lnf, head, N, C, V);
     memset(a->d_residual, 0, N * C * sizeof(float));
-    llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_NORM), a->d_ln, a->residual3 + (L - 1) * N * C,
+    fdpo_llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_NORM), a->d_ln, a->residual3 + (L - 1) * N * C,
                      tensor(m, P, LR_NORM), a->lnf_rstd, N, C);
 #define GB(role, size) (tensor(m, G, role) ? tensor(m, G, role) + l * (size) : NULL)
     for (size_t l = L; l-- > 0;) {
@@ -295,33 +295,33 @@ int llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
         const float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
         const float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->hmlp + l * N * F;
         /* MLP: res3 = res2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T */
-        llama_linear_backward(a->d_h, tensor(m, G, LR_DOWNW) + l * C * F, GB(LR_DOWNB, C), a->d_residual, h,
+        fdpo_llama_linear_backward(a->d_h, tensor(m, G, LR_DOWNW) + l * C * F, GB(LR_DOWNB, C), a->d_residual, h,
                         tensor(m, P, LR_DOWNW) + l * C * F, a->ones, N, F, C, 0);
-        llama_swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, N * F); /* d_h becomes d up */
-        llama_linear_backward(a->d_ln, tensor(m, G, LR_GATEW) + l * F * C, GB(LR_GATEB, F), a->d_gate, ln2,
+        fdpo_llama_swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, N * F); /* d_h becomes d up */
+        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_GATEW) + l * F * C, GB(LR_GATEB, F), a->d_gate, ln2,
                         tensor(m, P, LR_GATEW) + l * F * C, a->ones, N, C, F, 0);
-        llama_linear_backward(a->d_ln, tensor(m, G, LR_UPW) + l * F * C, GB(LR_UPB, F), a->d_h, ln2,
+        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_UPW) + l * F * C, GB(LR_UPB, F), a->d_h, ln2,
                         tensor(m, P, LR_UPW) + l * F * C, a->ones, N, C, F, 1);
-        llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN2) + l * C, a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
+        fdpo_llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN2) + l * C, a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
                          a->ln2_rstd + l * N, N, C);
         /* attention: res2 = residual + attn(rope(ln1 Wq^T), rope(ln1 Wk^T), ln1 Wv^T) Wo^T */
-        llama_linear_backward(a->d_atty, tensor(m, G, LR_OW) + l * C * QD, GB(LR_OB, C), a->d_residual, atty,
+        fdpo_llama_linear_backward(a->d_atty, tensor(m, G, LR_OW) + l * C * QD, GB(LR_OB, C), a->d_residual, atty,
                         tensor(m, P, LR_OW) + l * C * QD, a->ones, N, QD, C, 0);
-        llama_gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_att, a->d_att_stride, a->d_atty, q, k, v, a->att + l * A,
+        fdpo_llama_gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_att, a->d_att_stride, a->d_atty, q, k, v, a->att + l * A,
                                a->seq_offset, a->att_offset, B, NH, NKV, hd);
-        llama_rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
-        llama_rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
-        llama_linear_backward(a->d_ln, tensor(m, G, LR_QW) + l * QD * C, GB(LR_QB, QD), a->d_q, ln1,
+        fdpo_llama_rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
+        fdpo_llama_rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
+        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_QW) + l * QD * C, GB(LR_QB, QD), a->d_q, ln1,
                         tensor(m, P, LR_QW) + l * QD * C, a->ones, N, C, QD, 0);
-        llama_linear_backward(a->d_ln, tensor(m, G, LR_KW) + l * KD * C, GB(LR_KB, KD), a->d_k, ln1,
+        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_KW) + l * KD * C, GB(LR_KB, KD), a->d_k, ln1,
                         tensor(m, P, LR_KW) + l * KD * C, a->ones, N, C, KD, 1);
-        llama_linear_backward(a->d_ln, tensor(m, G, LR_VW) + l * KD * C, GB(LR_VB, KD), a->d_v, ln1,
+        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_VW) + l * KD * C, GB(LR_VB, KD), a->d_v, ln1,
                         tensor(m, P, LR_VW) + l * KD * C, a->ones, N, C, KD, 1);
-        llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN1) + l * C, a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
+        fdpo_llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN1) + l * C, a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
                          a->ln1_rstd + l * N, N, C);
     }
 #undef GB
-    llama_embed_backward(tensor(m, G, LR_EMBED), a->d_residual, a->tokens, N, C);
+    fdpo_llama_embed_backward(tensor(m, G, LR_EMBED), a->d_residual, a->tokens, N, C);
     a->has_forward = 0;
     return 0;
 }

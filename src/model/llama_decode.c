@@ -31,7 +31,7 @@ static const float *tensor(const fdpo_gpt2 *m, int role) {
     return i < 0 ? NULL : m->params_memory + m->tensors[i].offset;
 }
 
-llama_decoder *llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
+llama_decoder *fdpo_llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
     const fdpo_gpt2_config *c = &m->config;
     llama_decoder *d = fdpo_calloc(1, sizeof *d);
     d->model = m;
@@ -45,11 +45,11 @@ llama_decoder *llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t 
     d->k_cache = fdpo_malloc(n * sizeof(float));
     d->v_cache = fdpo_malloc(n * sizeof(float));
     d->inv_freq = fdpo_malloc(d->hd / 2 * sizeof *d->inv_freq);
-    llama_inv_freq(c, d->inv_freq);
+    fdpo_llama_inv_freq(c, d->inv_freq);
     return d;
 }
 
-void llama_decoder_free(llama_decoder *d) {
+void fdpo_llama_decoder_free(llama_decoder *d) {
     if (!d) return;
     free(d->len); free(d->k_cache); free(d->v_cache); free(d->inv_freq);
     free(d->x); free(d->h); free(d->q); free(d->k); free(d->v); free(d->atty); free(d->gate); free(d->up);
@@ -57,10 +57,10 @@ void llama_decoder_free(llama_decoder *d) {
     free(d);
 }
 
-void llama_decoder_reset(llama_decoder *d, size_t slot) { if (slot < d->max_seqs) d->len[slot] = 0; }
-size_t llama_decoder_len(const llama_decoder *d, size_t slot) { return slot < d->max_seqs ? d->len[slot] : 0; }
+void fdpo_llama_decoder_reset(llama_decoder *d, size_t slot) { if (slot < d->max_seqs) d->len[slot] = 0; }
+size_t fdpo_llama_decoder_len(const llama_decoder *d, size_t slot) { return slot < d->max_seqs ? d->len[slot] : 0; }
 
-void llama_decoder_copy_slot(llama_decoder *d, size_t dst, size_t src) {
+void fdpo_llama_decoder_copy_slot(llama_decoder *d, size_t dst, size_t src) {
     if (dst == src || dst >= d->max_seqs || src >= d->max_seqs) return;
     size_t L = d->model->config.n_layer, stride = d->max_len * d->KD, n = d->len[src] * d->KD;
     for (size_t l = 0; l < L; l++) {
@@ -142,7 +142,7 @@ static void dec_attention(float *out, float *scores, const float *q, const float
         }
 }
 
-int llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots, const size_t *n_new,
+int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots, const size_t *n_new,
                           const int32_t *tokens, float *logits, int all_logits, size_t R) {
     const fdpo_gpt2 *m = d->model;
     const fdpo_gpt2_config *c = &m->config;
@@ -155,7 +155,7 @@ int llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots,
             d->row_slot[r] = slots[i];
             d->row_pos[r] = (int32_t)(d->len[slots[i]] + j);
         }
-    llama_rope_tables(d->rope_cos, d->rope_sin, d->row_pos, d->inv_freq, R, hd / 2);
+    fdpo_llama_rope_tables(d->rope_cos, d->rope_sin, d->row_pos, d->inv_freq, R, hd / 2);
     const float *embed = tensor(m, LR_EMBED), *head = tensor(m, LR_HEAD) ? tensor(m, LR_HEAD) : embed;
     for (size_t r = 0; r < R; r++) memcpy(d->x + r * C, embed + (size_t)tokens[r] * C, C * sizeof(float));
     float *rstd = d->gate; /* scratch: RMSNorm's rstd is not needed after the norm */
@@ -163,12 +163,12 @@ int llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots,
 #define B(role, size) (tensor(m, role) ? tensor(m, role) + l * (size) : NULL)
     for (size_t l = 0; l < L; l++) {
         float *kc = d->k_cache + l * layer_cache, *vc = d->v_cache + l * layer_cache;
-        llama_rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN1) + l * C, R, C, eps);
+        fdpo_llama_rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN1) + l * C, R, C, eps);
         dec_linear(d->q, d->h, tensor(m, LR_QW) + l * QD * C, B(LR_QB, QD), R, C, QD, 0);
         dec_linear(d->k, d->h, tensor(m, LR_KW) + l * KD * C, B(LR_KB, KD), R, C, KD, 0);
         dec_linear(d->v, d->h, tensor(m, LR_VW) + l * KD * C, B(LR_VB, KD), R, C, KD, 0);
-        llama_rope_forward(d->q, d->rope_cos, d->rope_sin, R, NH, hd);
-        llama_rope_forward(d->k, d->rope_cos, d->rope_sin, R, NKV, hd);
+        fdpo_llama_rope_forward(d->q, d->rope_cos, d->rope_sin, R, NH, hd);
+        fdpo_llama_rope_forward(d->k, d->rope_cos, d->rope_sin, R, NKV, hd);
         for (size_t r = 0; r < R; r++) {
             size_t at = (d->row_slot[r] * d->max_len + (size_t)d->row_pos[r]) * KD;
             memcpy(kc + at, d->k + r * KD, KD * sizeof(float));
@@ -176,10 +176,10 @@ int llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots,
         }
         dec_attention(d->atty, d->scores, d->q, kc, vc, d->row_slot, d->row_pos, R, NH, NKV, hd, d->max_len);
         dec_linear(d->x, d->atty, tensor(m, LR_OW) + l * C * QD, B(LR_OB, C), R, QD, C, 1);
-        llama_rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN2) + l * C, R, C, eps);
+        fdpo_llama_rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN2) + l * C, R, C, eps);
         dec_linear(d->gate, d->h, tensor(m, LR_GATEW) + l * F * C, B(LR_GATEB, F), R, C, F, 0);
         dec_linear(d->up, d->h, tensor(m, LR_UPW) + l * F * C, B(LR_UPB, F), R, C, F, 0);
-        llama_swiglu_forward(d->gate, d->gate, d->up, R * F);
+        fdpo_llama_swiglu_forward(d->gate, d->gate, d->up, R * F);
         dec_linear(d->x, d->gate, tensor(m, LR_DOWNW) + l * C * F, B(LR_DOWNB, C), R, F, C, 1);
     }
 #undef B
@@ -195,8 +195,8 @@ int llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots,
         xs = d->xlast;
         rows = n_slots;
     }
-    llama_rmsnorm_forward(d->h, d->up, xs, tensor(m, LR_NORM), rows, C, eps);
+    fdpo_llama_rmsnorm_forward(d->h, d->up, xs, tensor(m, LR_NORM), rows, C, eps);
     if (rows == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)V, (int)C, 1.0f, head, (int)C, d->h, 1, 0.0f, logits, 1);
-    else lmhead_forward(logits, d->h, head, rows, C, V);
+    else fdpo_k_lmhead_forward(logits, d->h, head, rows, C, V);
     return 0;
 }

@@ -50,36 +50,36 @@ struct fdpo_llama_state {
     llama_acts acts;
 };
 
-int  llama_config_check(const fdpo_gpt2_config *c);
-void llama_build(fdpo_gpt2 *m);                  /* tensor table + state */
-void llama_free(fdpo_gpt2 *m);
-void llama_init(fdpo_gpt2 *m, uint64_t seed);
-int  llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp);
-int  llama_backward(fdpo_gpt2 *m, const float *d_token_logp);
-const float *llama_logits(const fdpo_gpt2 *m);
+int  fdpo_llama_config_check(const fdpo_gpt2_config *c);
+void fdpo_llama_build(fdpo_gpt2 *m);                  /* tensor table + state */
+void fdpo_llama_free(fdpo_gpt2 *m);
+void fdpo_llama_init(fdpo_gpt2 *m, uint64_t seed);
+int  fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp);
+int  fdpo_llama_backward(fdpo_gpt2 *m, const float *d_token_logp);
+const float *fdpo_llama_logits(const fdpo_gpt2 *m);
 /* rope angles: inv_freq[i] for i < hd/2 (llama3 rope_scaling applied), in double */
-void llama_inv_freq(const fdpo_gpt2_config *c, double *inv_freq);
+void fdpo_llama_inv_freq(const fdpo_gpt2_config *c, double *inv_freq);
 
 /* ---- kernels (src/model/llama_kernels.c) ---- */
-void llama_embed_forward(float *out, const int32_t *tokens, const float *embed, size_t N, size_t C);
-void llama_embed_backward(float *dembed, const float *dout, const int32_t *tokens, size_t N, size_t C);
-void llama_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, size_t N, size_t C, float eps);
-void llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+void fdpo_llama_embed_forward(float *out, const int32_t *tokens, const float *embed, size_t N, size_t C);
+void fdpo_llama_embed_backward(float *dembed, const float *dout, const int32_t *tokens, size_t N, size_t C);
+void fdpo_llama_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, size_t N, size_t C, float eps);
+void fdpo_llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                       const float *rstd, size_t N, size_t C);
-void llama_linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC);
-void llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
+void fdpo_llama_linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC);
+void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
                      const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp);
-void llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half);
-void llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);
-void llama_rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);
-void llama_gqa_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+void fdpo_llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half);
+void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);
+void fdpo_llama_rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);
+void fdpo_llama_gqa_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                            const size_t *seq_offset, const size_t *att_offset, const uint8_t *branch,
                            size_t B, size_t NH, size_t NKV, size_t hd);
-void llama_gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch, size_t scratch_stride,
+void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch, size_t scratch_stride,
                             const float *dout, const float *q, const float *k, const float *v, const float *att,
                             const size_t *seq_offset, const size_t *att_offset, size_t B, size_t NH, size_t NKV,
                             size_t hd);
-void llama_swiglu_forward(float *h, const float *gate, const float *up, size_t n);
-void llama_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n);
+void fdpo_llama_swiglu_forward(float *h, const float *gate, const float *up, size_t n);
+void fdpo_llama_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n);
 
 #endif

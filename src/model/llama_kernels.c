@@ -11,20 +11,20 @@
 #define COL_BLOCK 64
 
 /* out [N,C] = embed[tokens] */
-void llama_embed_forward(float *out, const int32_t *tokens, const float *embed, size_t N, size_t C) {
+void fdpo_llama_embed_forward(float *out, const int32_t *tokens, const float *embed, size_t N, size_t C) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++) memcpy(out + t * C, embed + (size_t)tokens[t] * C, C * sizeof(float));
 }
 
 /* dembed [V,C] += scatter of dout [N,C]; parallel over channels (no races, token order) */
-void llama_embed_backward(float *dembed, const float *dout, const int32_t *tokens, size_t N, size_t C) {
+void fdpo_llama_embed_backward(float *dembed, const float *dout, const int32_t *tokens, size_t N, size_t C) {
 #pragma omp parallel for schedule(static)
     for (size_t c = 0; c < C; c++)
         for (size_t t = 0; t < N; t++) dembed[(size_t)tokens[t] * C + c] += dout[t * C + c];
 }
 
 /* out [N,C] = inp * rstd * w,  rstd [N] = 1 / sqrt(mean(inp^2) + eps)  (LlamaRMSNorm) */
-void llama_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, size_t N, size_t C, float eps) {
+void fdpo_llama_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, size_t N, size_t C, float eps) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++) {
         const float *x = inp + t * C;
@@ -38,7 +38,7 @@ void llama_rmsnorm_forward(float *out, float *rstd, const float *inp, const floa
 }
 
 /* dinp [N,C] += r (w dy) - x r^3 mean(w dy x);  dw [C] += sum_t dy x r */
-void llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+void fdpo_llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                       const float *rstd, size_t N, size_t C) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++) {
@@ -65,7 +65,7 @@ void llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, const flo
 }
 
 /* out [N,OC] = inp [N,IC] @ w^T + bias,  w [OC,IC] (bias may be NULL) */
-void llama_linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC) {
+void fdpo_llama_linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC) {
     float beta = 0.0f;
     if (bias) {
 #pragma omp parallel for schedule(static)
@@ -77,7 +77,7 @@ void llama_linear_forward(float *out, const float *inp, const float *w, const fl
 }
 
 /* dinp [N,IC] (+)= dout @ w;  dw [OC,IC] += dout^T @ inp;  dbias [OC] += dout^T @ ones */
-void llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
+void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
                      const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC,
                 1.0f, dout, (int)OC, w, (int)IC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
@@ -87,7 +87,7 @@ void llama_linear_backward(float *dinp, float *dw, float *dbias, const float *do
 }
 
 /* cos/sin [N, half] of pos[t] * inv_freq[i], angles in double */
-void llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half) {
+void fdpo_llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half) {
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++)
         for (size_t i = 0; i < half; i++) {
@@ -99,7 +99,7 @@ void llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const dou
 
 /* In place on x [N, n_heads*hd], Hugging Face's rotate-half convention: with h = hd/2,
  *   x'[i]   = x[i] cos_i - x[i+h] sin_i,   x'[i+h] = x[i+h] cos_i + x[i] sin_i */
-void llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
+void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
     size_t h = hd / 2;
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++)
@@ -115,7 +115,7 @@ void llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t
 }
 
 /* In place: the transpose of the rotation above */
-void llama_rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
+void fdpo_llama_rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
     size_t h = hd / 2;
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++)
@@ -137,7 +137,7 @@ static inline int may_attend(const uint8_t *branch, size_t i, size_t j) {
 /* Per sequence b (tokens [s, s+T)) and query head h with key/value head g = h / (NH/NKV):
  *   att [T,T] = softmax(mask(Q_h K_g^T / sqrt(hd))),  out [T, hd] (row stride NH*hd) = att V_g
  * q [N, NH*hd], k, v [N, NKV*hd]; att of (b, h) at att_offset[b] + h*T*T, masked = 0. */
-void llama_gqa_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+void fdpo_llama_gqa_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                            const size_t *seq_offset, const size_t *att_offset, const uint8_t *branch,
                            size_t B, size_t NH, size_t NKV, size_t hd) {
     size_t QD = NH * hd, KD = NKV * hd, group = NH / NKV;
@@ -172,11 +172,11 @@ void llama_gqa_attention_forward(float *out, float *att, const float *q, const f
     }
 }
 
-/* Backward of llama_gqa_attention_forward; WRITES dq, dk, dv (every element of every sequence).
+/* Backward of fdpo_llama_gqa_attention_forward; WRITES dq, dk, dv (every element of every sequence).
  * Jobs are (sequence, kv head) so the heads sharing K_g, V_g add into dK_g, dV_g in head
  * order without races:  dP = dY V^T;  dV += P^T dY;  dS = P (dP - rowsum(dP P));
  * dQ = dS K / sqrt(hd);  dK += dS^T Q / sqrt(hd). */
-void llama_gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch, size_t scratch_stride,
+void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch, size_t scratch_stride,
                             const float *dout, const float *q, const float *k, const float *v, const float *att,
                             const size_t *seq_offset, const size_t *att_offset, size_t B, size_t NH, size_t NKV,
                             size_t hd) {
@@ -218,7 +218,7 @@ void llama_gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_s
 }
 
 /* h = silu(gate) * up,  silu(x) = x sigmoid(x) */
-void llama_swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
+void fdpo_llama_swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
@@ -227,7 +227,7 @@ void llama_swiglu_forward(float *h, const float *gate, const float *up, size_t n
 }
 
 /* dgate = dh up silu'(gate),  silu'(x) = s (1 + x (1 - s));  dup = dh silu(gate) */
-void llama_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
+void fdpo_llama_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i], s = 1.0f / (1.0f + expf(-g));

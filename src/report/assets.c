@@ -21,11 +21,11 @@
 FDPO_INCBIN(fdpo_asset_report_js, "src/report/report.js");
 FDPO_INCBIN(fdpo_asset_report_css, "src/report/report.css");
 
-const char *rp_asset_js(size_t *len) {
+const char *fdpo_rp_asset_js(size_t *len) {
     *len = (size_t)(fdpo_asset_report_js_end - fdpo_asset_report_js);
     return fdpo_asset_report_js;
 }
-const char *rp_asset_css(size_t *len) {
+const char *fdpo_rp_asset_css(size_t *len) {
     *len = (size_t)(fdpo_asset_report_css_end - fdpo_asset_report_css);
     return fdpo_asset_report_css;
 }

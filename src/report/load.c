@@ -13,7 +13,7 @@
 #include "fdpo/core.h"
 #include "report/report_internal.h"
 
-void rp_warn(rp_ctx *c, const char *fmt, ...) {
+void fdpo_rp_warn(rp_ctx *c, const char *fmt, ...) {
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
@@ -24,7 +24,7 @@ void rp_warn(rp_ctx *c, const char *fmt, ...) {
     c->warnings[c->n_warnings++] = fdpo_strdup(msg);
 }
 
-const cJSON *rp_get(const cJSON *obj, const char *const *names) {
+const cJSON *fdpo_rp_get(const cJSON *obj, const char *const *names) {
     if (!cJSON_IsObject(obj)) return NULL;
     for (; *names; names++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, *names);
@@ -33,7 +33,7 @@ const cJSON *rp_get(const cJSON *obj, const char *const *names) {
     return NULL;
 }
 
-int rp_get_num(const cJSON *obj, const char *name, double *v) {
+int fdpo_rp_get_num(const cJSON *obj, const char *name, double *v) {
     const cJSON *x = cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
     if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble)) return 0;
     *v = x->valuedouble;
@@ -42,7 +42,7 @@ int rp_get_num(const cJSON *obj, const char *name, double *v) {
 
 /* A number, or a string holding one ("0.1"): settings files store either. */
 static int get_num_or_text(const cJSON *obj, const char *name, double *v) {
-    if (rp_get_num(obj, name, v)) return 1;
+    if (fdpo_rp_get_num(obj, name, v)) return 1;
     const cJSON *x = cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
     if (!cJSON_IsString(x)) return 0;
     char *end;
@@ -115,9 +115,9 @@ static void find_settings(const cJSON *obj, int depth, char **div, double *beta,
                           char **loss, double *alpha, int *has_alpha) {
     if (!cJSON_IsObject(obj) || depth > 3) return;
     const cJSON *v;
-    if (!*div && (v = rp_get(obj, K_DIV)) && cJSON_IsString(v) && v->valuestring[0])
+    if (!*div && (v = fdpo_rp_get(obj, K_DIV)) && cJSON_IsString(v) && v->valuestring[0])
         *div = fdpo_strdup(v->valuestring);
-    if (!*loss && (v = rp_get(obj, K_LOSS)) && cJSON_IsString(v) && v->valuestring[0])
+    if (!*loss && (v = fdpo_rp_get(obj, K_LOSS)) && cJSON_IsString(v) && v->valuestring[0])
         *loss = fdpo_strdup(v->valuestring);
     double x;
     if (!*has_beta && get_num_or_text(obj, "beta", &x)) { *beta = x; *has_beta = 1; }
@@ -247,7 +247,7 @@ static void make_label(rp_run *r) {
 static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
-    if (!text) { rp_warn(c, "%s", fdpo_last_error()); return; }
+    if (!text) { fdpo_rp_warn(c, "%s", fdpo_last_error()); return; }
     size_t line = 0;
     char *p = text, *end = text + len;
     while (p < end) {
@@ -268,7 +268,7 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
                 while (m > 0 && m < k - s && ((unsigned char)p[s + m] & 0xC0) == 0x80) m--;   /* whole characters */
                 memcpy(snip, p + s, m); snip[m] = 0;
                 for (size_t i = 0; i < m; i++) if ((unsigned char)snip[i] < 0x20 || snip[i] == 0x7f) snip[i] = '?';
-                rp_warn(c, "%s:%zu: %s, line skipped: %s%s", path, line,
+                fdpo_rp_warn(c, "%s:%zu: %s, line skipped: %s%s", path, line,
                         trailing ? "text after the JSON object" : obj ? "not a JSON object" :
                         (e ? "malformed JSON" : "truncated or malformed JSON"),
                         snip, k - s > 40 ? "..." : "");
@@ -296,12 +296,12 @@ static rp_run *new_run(rp_ctx *c, const char *dir, const char *name) {
     return r;
 }
 
-int rp_load_run(rp_ctx *c, const char *dir) {
+int fdpo_rp_load_run(rp_ctx *c, const char *dir) {
     struct stat st;
     if (stat(dir, &st) != 0) return fdpo_error("%s: no such run directory (%s)", dir, strerror(errno));
     if (S_ISREG(st.st_mode)) {           /* a file given directly: dispatch on its kind */
-        if (ends_with(dir, ".csv")) return rp_load_lab(c, dir, 0) < 0 ? -1 : 0;
-        if (is_samples_name(base_name(dir))) return rp_load_samples(c, dir, NULL, 1);
+        if (ends_with(dir, ".csv")) return fdpo_rp_load_lab(c, dir, 0) < 0 ? -1 : 0;
+        if (is_samples_name(base_name(dir))) return fdpo_rp_load_samples(c, dir, NULL, 1);
         if (ends_with(dir, ".jsonl")) {
             char *parent = fdpo_strdup(dir);
             char *slash = strrchr(parent, '/');
@@ -313,7 +313,7 @@ int rp_load_run(rp_ctx *c, const char *dir) {
             make_label(r);
             return 0;
         }
-        return rp_load_eval(c, dir, NULL, 1);
+        return fdpo_rp_load_eval(c, dir, NULL, 1);
     }
     if (!S_ISDIR(st.st_mode)) return fdpo_error("%s: not a run directory", dir);
     size_t n_names;
@@ -336,9 +336,9 @@ int rp_load_run(rp_ctx *c, const char *dir) {
     /* eval*.json here and *.json under eval/; *.csv under lab/ and here (those need a divergence column) */
     for (size_t i = 0; i < n_names; i++) {
         char *path = fdpo_path_join(dir, names[i]);
-        if (is_eval_name(names[i]) && is_file(path)) { rp_load_eval(c, path, &c->runs[run_index], 0); found = 1; }
-        else if (is_samples_name(names[i]) && is_file(path)) { rp_load_samples(c, path, &c->runs[run_index], 0); found = 1; }
-        else if (ends_with(names[i], ".csv") && is_file(path)) found |= rp_load_lab(c, path, 1) == 1;
+        if (is_eval_name(names[i]) && is_file(path)) { fdpo_rp_load_eval(c, path, &c->runs[run_index], 0); found = 1; }
+        else if (is_samples_name(names[i]) && is_file(path)) { fdpo_rp_load_samples(c, path, &c->runs[run_index], 0); found = 1; }
+        else if (ends_with(names[i], ".csv") && is_file(path)) found |= fdpo_rp_load_lab(c, path, 1) == 1;
         free(path);
     }
     static const char *const subs[] = {"eval", "lab"};
@@ -350,9 +350,9 @@ int rp_load_run(rp_ctx *c, const char *dir) {
             for (size_t i = 0; i < m; i++) {
                 char *path = fdpo_path_join(sub, sn[i]);
                 if (!is_file(path)) { free(path); continue; }
-                if (s == 0 && ends_with(sn[i], ".json")) { rp_load_eval(c, path, &c->runs[run_index], 0); found = 1; }
-                if (s == 0 && is_samples_name(sn[i])) { rp_load_samples(c, path, &c->runs[run_index], 0); found = 1; }
-                if (s == 1 && (ends_with(sn[i], ".csv") || ends_with(sn[i], ".json"))) { rp_load_lab(c, path, 0); found = 1; }
+                if (s == 0 && ends_with(sn[i], ".json")) { fdpo_rp_load_eval(c, path, &c->runs[run_index], 0); found = 1; }
+                if (s == 0 && is_samples_name(sn[i])) { fdpo_rp_load_samples(c, path, &c->runs[run_index], 0); found = 1; }
+                if (s == 1 && (ends_with(sn[i], ".csv") || ends_with(sn[i], ".json"))) { fdpo_rp_load_lab(c, path, 0); found = 1; }
                 free(path);
             }
             free_list(sn, m);
@@ -360,7 +360,7 @@ int rp_load_run(rp_ctx *c, const char *dir) {
         free(sub);
     }
     free_list(names, n_names);
-    if (!found) rp_warn(c, "%s: no metrics.jsonl, eval*.json, *samples*.jsonl or lab CSV files (see docs/report.md)", dir);
+    if (!found) fdpo_rp_warn(c, "%s: no metrics.jsonl, eval*.json, *samples*.jsonl or lab CSV files (see docs/report.md)", dir);
     return 0;
 }
 
@@ -413,13 +413,13 @@ static cJSON *collect_samples(const cJSON *arr) {
         if (cJSON_IsString(it)) { add_sample(out, NULL, it, NULL); continue; }
         if (!cJSON_IsObject(it)) continue;
         const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(it, "prompt");
-        const cJSON *text = rp_get(it, K_COMPLETION), *reward = rp_get(it, K_REWARD);
+        const cJSON *text = fdpo_rp_get(it, K_COMPLETION), *reward = fdpo_rp_get(it, K_REWARD);
         if (text) { add_sample(out, prompt, text, reward); continue; }
-        const cJSON *many = rp_get(it, K_SAMPLES);       /* {"prompt", "completions": [...]} */
+        const cJSON *many = fdpo_rp_get(it, K_SAMPLES);       /* {"prompt", "completions": [...]} */
         if (cJSON_IsArray(many)) {
             const cJSON *rewards = cJSON_GetObjectItemCaseSensitive(it, "rewards");
             const cJSON *first = cJSON_GetArrayItem(many, 0);
-            if (cJSON_IsObject(first)) add_sample(out, prompt, rp_get(first, K_COMPLETION), rp_get(first, K_REWARD));
+            if (cJSON_IsObject(first)) add_sample(out, prompt, fdpo_rp_get(first, K_COMPLETION), fdpo_rp_get(first, K_REWARD));
             else add_sample(out, prompt, first, cJSON_GetArrayItem(rewards, 0));
         }
     }
@@ -434,7 +434,7 @@ static int looks_like_reference(const char *name) {
 
 static void add_policy(rp_ctx *c, const cJSON *p, const char *key_name, const char *path,
                        const rp_run *run, size_t index, size_t n_in_file) {
-    const cJSON *nm = rp_get(p, K_NAME);
+    const cJSON *nm = fdpo_rp_get(p, K_NAME);
     char buf[64];
     const char *name;
     if (cJSON_IsString(nm) && nm->valuestring[0]) name = nm->valuestring;
@@ -451,7 +451,7 @@ static void add_policy(rp_ctx *c, const cJSON *p, const char *key_name, const ch
     q->run_index = run ? (long)(run - c->runs) : -1;
     q->metrics = cJSON_CreateObject();
     flatten(q->metrics, p, "", 0);
-    q->samples = collect_samples(rp_get(p, K_SAMPLES));
+    q->samples = collect_samples(fdpo_rp_get(p, K_SAMPLES));
 
     char *div = NULL, *loss = NULL; double beta = 0, alpha = 0; int hb = 0, ha = 0;
     find_settings(p, 0, &div, &beta, &hb, &loss, &alpha, &ha);
@@ -473,10 +473,10 @@ static void add_policy(rp_ctx *c, const cJSON *p, const char *key_name, const ch
 static int is_policy_object(const cJSON *o) {
     if (!cJSON_IsObject(o)) return 0;
     static const char *const marks[] = {"reward_mean", "kl_seq", "kl_token", "entropy", "metrics", "samples", NULL};
-    return rp_get(o, marks) != NULL;
+    return fdpo_rp_get(o, marks) != NULL;
 }
 
-int rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_file) {
+int fdpo_rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_file) {
     if (!is_file(path)) return fdpo_error("%s: no such eval file", path);
     size_t len;
     char *text = fdpo_read_file(path, &len);
@@ -487,7 +487,7 @@ int rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_fi
         const char *at = cJSON_GetErrorPtr();
         if (at && at >= text && at <= text + len) line_col(text, at, &line, &col);
         else { line = 1; col = 1; }
-        rp_warn(c, "%s:%zu:%zu: malformed JSON, eval file skipped", path, line, col);
+        fdpo_rp_warn(c, "%s:%zu:%zu: malformed JSON, eval file skipped", path, line, col);
         free(text);
         return 0;
     }
@@ -516,7 +516,7 @@ int rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_fi
     }
     /* other JSON in a run directory (eval_summary.json of `fdpo dpo`, ...) is not an error */
     if (c->n_pols == before && explicit_file)
-        rp_warn(c, "%s: no policy metrics found (expected {\"policies\": [...]}, see docs/report.md)", path);
+        fdpo_rp_warn(c, "%s: no policy metrics found (expected {\"policies\": [...]}, see docs/report.md)", path);
     cJSON_Delete(doc);
     return 0;
 }
@@ -524,8 +524,8 @@ int rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_fi
 /* ---------------------------------------------------------------- samples JSONL ---- */
 
 /* One line per sample, as `fdpo eval` writes them: {"policy", "prompt", "completion",
- * "reward", ...}. Kept aside until every policy is loaded (rp_attach_samples). */
-int rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int explicit_file) {
+ * "reward", ...}. Kept aside until every policy is loaded (fdpo_rp_attach_samples). */
+int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int explicit_file) {
     if (!is_file(path)) return fdpo_error("%s: no such samples file", path);
     size_t len;
     char *text = fdpo_read_file(path, &len);
@@ -538,14 +538,14 @@ int rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int explicit
         size_t n = e ? (size_t)(e - p) : (size_t)(end - p);
         line++;
         cJSON *obj = n ? cJSON_ParseWithLength(p, n) : NULL;
-        const cJSON *text_item = obj ? rp_get(obj, K_COMPLETION) : NULL;
+        const cJSON *text_item = obj ? fdpo_rp_get(obj, K_COMPLETION) : NULL;
         if (cJSON_IsObject(obj) && cJSON_IsString(text_item)) {
             if (kept < 5000) {
                 cJSON *tmp = cJSON_CreateArray();
-                add_sample(tmp, cJSON_GetObjectItemCaseSensitive(obj, "prompt"), text_item, rp_get(obj, K_REWARD));
+                add_sample(tmp, cJSON_GetObjectItemCaseSensitive(obj, "prompt"), text_item, fdpo_rp_get(obj, K_REWARD));
                 cJSON *smp = cJSON_DetachItemFromArray(tmp, 0);
                 cJSON_Delete(tmp);
-                const cJSON *pol = rp_get(obj, K_NAME);
+                const cJSON *pol = fdpo_rp_get(obj, K_NAME);
                 if (cJSON_IsString(pol)) cJSON_AddStringToObject(smp, "policy", pol->valuestring);
                 cJSON_AddNumberToObject(smp, "run", run ? (double)(run - c->runs) : -1);
                 cJSON_AddStringToObject(smp, "file", path);
@@ -553,19 +553,19 @@ int rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int explicit
             }
             kept++;
         } else if (n && strspn(p, " \t\r") < n) {
-            if (bad++ < 3) rp_warn(c, "%s:%zu: not a sample (a JSON object with \"completion\"), line skipped", path, line);
+            if (bad++ < 3) fdpo_rp_warn(c, "%s:%zu: not a sample (a JSON object with \"completion\"), line skipped", path, line);
         }
         cJSON_Delete(obj);
         if (!e) break;
         p = e + 1;
     }
-    if (bad > 3) rp_warn(c, "%s: %zu more lines skipped", path, bad - 3);
-    if (!kept && explicit_file) rp_warn(c, "%s: no samples found", path);
+    if (bad > 3) fdpo_rp_warn(c, "%s: %zu more lines skipped", path, bad - 3);
+    if (!kept && explicit_file) fdpo_rp_warn(c, "%s: no samples found", path);
     free(text);
     return 0;
 }
 
-void rp_attach_samples(rp_ctx *c) {
+void fdpo_rp_attach_samples(rp_ctx *c) {
     if (!c->pending) return;
     cJSON *smp;
     while ((smp = cJSON_DetachItemFromArray(c->pending, 0))) {
@@ -621,7 +621,7 @@ static int same_dir(const char *a, const char *b) {
  * covers several runs. Link such a policy to the run directory it names (same directory, else
  * a unique directory name) and take that run's settings; a policy naming a directory that is
  * not among the runs gets the settings from the directory's files. */
-void rp_link_policies(rp_ctx *c) {
+void fdpo_rp_link_policies(rp_ctx *c) {
     for (size_t i = 0; i < c->n_pols; i++) {
         rp_policy *q = &c->pols[i];
         if (q->run_index >= 0) continue;
@@ -672,16 +672,16 @@ static char **csv_record(const char **p, const char *end, size_t *line, size_t *
     while (!done) {
         if (s >= end) done = 1;
         else if (quoted) {
-            if (*s == '"' && s + 1 < end && s[1] == '"') { rp_put(&cur, "\"", 1); s += 2; continue; }
+            if (*s == '"' && s + 1 < end && s[1] == '"') { fdpo_rp_put(&cur, "\"", 1); s += 2; continue; }
             if (*s == '"') { quoted = 0; s++; continue; }
             if (*s == '\n') (*line)++;
-            rp_put(&cur, s, 1); s++;
+            fdpo_rp_put(&cur, s, 1); s++;
             continue;
         } else if (*s == '"') { quoted = 1; s++; continue; }
         else if (*s == ',' || *s == '\n' || (*s == '\r' && (s + 1 >= end || s[1] == '\n'))) {
             if (*s == '\r') s++;
             if (*s == '\n') { done = 1; (*line)++; }
-        } else { rp_put(&cur, s, 1); s++; continue; }
+        } else { fdpo_rp_put(&cur, s, 1); s++; continue; }
         f = fdpo_realloc(f, (n + 1) * sizeof *f);
         f[n++] = cur.p ? cur.p : fdpo_strdup("");
         cur.p = NULL; cur.n = cur.cap = 0;
@@ -711,7 +711,7 @@ static int lab_from_json(rp_ctx *c, const char *path, const char *text, size_t l
         size_t line = 1, col = 1;
         const char *at = cJSON_GetErrorPtr();
         if (!doc && at && at >= text && at <= text + len) line_col(text, at, &line, &col);
-        rp_warn(c, "%s:%zu:%zu: %s, lab file skipped", path, line, col, doc ? "not a JSON array" : "malformed JSON");
+        fdpo_rp_warn(c, "%s:%zu:%zu: %s, lab file skipped", path, line, col, doc ? "not a JSON array" : "malformed JSON");
         cJSON_Delete(doc);
         return 0;
     }
@@ -724,7 +724,7 @@ static int lab_from_json(rp_ctx *c, const char *path, const char *text, size_t l
     size_t i = 0;
     cJSON_ArrayForEach(o, doc) {
         i++;
-        if (!cJSON_IsObject(o)) { rp_warn(c, "%s: element %zu is not an object, skipped", path, i); continue; }
+        if (!cJSON_IsObject(o)) { fdpo_rp_warn(c, "%s: element %zu is not an object, skipped", path, i); continue; }
         cJSON *row = cJSON_CreateArray();
         for (size_t k = 0; k < L.n_cols; k++) {
             const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, L.cols[k]);
@@ -739,7 +739,7 @@ static int lab_from_json(rp_ctx *c, const char *path, const char *text, size_t l
     int has_div = 0;
     for (size_t k = 0; k < L.n_cols; k++) has_div |= !strcmp(L.cols[k], "divergence");
     if (L.n_cols == 0 || (must_be_lab && !has_div)) {
-        if (!must_be_lab) rp_warn(c, "%s: no columns, file skipped", path);
+        if (!must_be_lab) fdpo_rp_warn(c, "%s: no columns, file skipped", path);
         free(L.source);
         for (size_t k = 0; k < L.n_cols; k++) free(L.cols[k]);
         free(L.cols);
@@ -753,7 +753,7 @@ static int lab_from_json(rp_ctx *c, const char *path, const char *text, size_t l
 
 /* Returns 1 when a table was added, 0 when skipped (with must_be_lab and no divergence
  * column, or unreadable), -1 when the file is missing. */
-int rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
+int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
     if (!is_file(path)) return fdpo_error("%s: no such lab file", path);
     size_t len;
     char *text = fdpo_read_file(path, &len);
@@ -770,7 +770,7 @@ int rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
     int has_div = 0;
     for (size_t i = 0; i < nh; i++) { char *t = trim(hdr[i]); memmove(hdr[i], t, strlen(t) + 1); has_div |= !strcmp(hdr[i], "divergence"); }
     if ((must_be_lab && !has_div) || nh == 0 || (nh == 1 && !hdr[0][0])) {
-        if (!must_be_lab) rp_warn(c, "%s:1: no CSV header, file skipped", path);
+        if (!must_be_lab) fdpo_rp_warn(c, "%s:1: no CSV header, file skipped", path);
         for (size_t i = 0; i < nh; i++) free(hdr[i]);
         free(hdr); free(text);
         return 0;
@@ -785,7 +785,7 @@ int rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
         char **f = csv_record(&p, end, &line, &nf);
         int blank = nf == 1 && !trim(f[0])[0];
         if (!blank && nf != nh) {
-            rp_warn(c, "%s:%zu: %zu fields, header has %zu; row skipped", path, at, nf, nh);
+            fdpo_rp_warn(c, "%s:%zu: %zu fields, header has %zu; row skipped", path, at, nf, nh);
         } else if (!blank) {
             cJSON *row = cJSON_CreateArray();
             for (size_t i = 0; i < nf; i++) {
@@ -806,7 +806,7 @@ int rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
 
 /* ---------------------------------------------------------------- cleanup ---- */
 
-void rp_ctx_free(rp_ctx *c) {
+void fdpo_rp_ctx_free(rp_ctx *c) {
     for (size_t i = 0; i < c->n_runs; i++) {
         rp_run *r = &c->runs[i];
         free(r->dir); free(r->name); free(r->label); free(r->divergence); free(r->loss); free(r->config_file); free(r->kind);

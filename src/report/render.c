@@ -10,7 +10,7 @@
 
 /* ---------------------------------------------------------------- buffer ---- */
 
-void rp_put(rp_buf *b, const char *s, size_t n) {
+void fdpo_rp_put(rp_buf *b, const char *s, size_t n) {
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
         while (cap < b->n + n + 1) cap *= 2;
@@ -21,23 +21,23 @@ void rp_put(rp_buf *b, const char *s, size_t n) {
     b->n += n;
     b->p[b->n] = 0;
 }
-void rp_puts(rp_buf *b, const char *s) { rp_put(b, s, strlen(s)); }
-void rp_printf(rp_buf *b, const char *fmt, ...) {
+void fdpo_rp_puts(rp_buf *b, const char *s) { fdpo_rp_put(b, s, strlen(s)); }
+void fdpo_rp_printf(rp_buf *b, const char *fmt, ...) {
     char tmp[1024];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
     if (n < 0) return;
-    if ((size_t)n < sizeof tmp) { rp_put(b, tmp, (size_t)n); return; }
+    if ((size_t)n < sizeof tmp) { fdpo_rp_put(b, tmp, (size_t)n); return; }
     char *big = fdpo_malloc((size_t)n + 1);
     va_start(ap, fmt);
     vsnprintf(big, (size_t)n + 1, fmt, ap);
     va_end(ap);
-    rp_put(b, big, (size_t)n);
+    fdpo_rp_put(b, big, (size_t)n);
     free(big);
 }
-void rp_html_n(rp_buf *b, const char *s, size_t n) {
+void fdpo_rp_html_n(rp_buf *b, const char *s, size_t n) {
     size_t start = 0;
     for (size_t i = 0; i < n; i++) {
         const char *rep = NULL;
@@ -49,15 +49,15 @@ void rp_html_n(rp_buf *b, const char *s, size_t n) {
         case '\'': rep = "&#39;"; break;
         default: break;
         }
-        if (rep) { rp_put(b, s + start, i - start); rp_puts(b, rep); start = i + 1; }
+        if (rep) { fdpo_rp_put(b, s + start, i - start); fdpo_rp_puts(b, rep); start = i + 1; }
     }
-    rp_put(b, s + start, n - start);
+    fdpo_rp_put(b, s + start, n - start);
 }
-void rp_html(rp_buf *b, const char *s) { rp_html_n(b, s, strlen(s)); }
-void rp_num(rp_buf *b, double v) {
-    if (!isfinite(v)) { rp_puts(b, "\xe2\x80\x93"); return; }
-    if (v == floor(v) && fabs(v) < 1e7) rp_printf(b, "%.0f", v);
-    else rp_printf(b, "%.4g", v);
+void fdpo_rp_html(rp_buf *b, const char *s) { fdpo_rp_html_n(b, s, strlen(s)); }
+void fdpo_rp_num(rp_buf *b, double v) {
+    if (!isfinite(v)) { fdpo_rp_puts(b, "\xe2\x80\x93"); return; }
+    if (v == floor(v) && fabs(v) < 1e7) fdpo_rp_printf(b, "%.0f", v);
+    else fdpo_rp_printf(b, "%.4g", v);
 }
 
 /* Length of the valid UTF-8 sequence at s[0..n), 0 if invalid. */
@@ -67,7 +67,7 @@ static size_t utf8_seq(const unsigned char *s, size_t n) {
     return fdpo_utf8_valid((const char *)s, k) ? k : 0;
 }
 
-void rp_fix_utf8(rp_buf *b) {
+void fdpo_rp_fix_utf8(rp_buf *b) {
     if (!b->p || fdpo_utf8_valid(b->p, b->n)) return;
     rp_buf out = {0};
     const unsigned char *s = (const unsigned char *)b->p;
@@ -75,11 +75,11 @@ void rp_fix_utf8(rp_buf *b) {
     while (i < b->n) {
         size_t k = utf8_seq(s + i, b->n - i);
         if (k) { i += k; continue; }
-        rp_put(&out, b->p + start, i - start);
-        rp_puts(&out, "\xef\xbf\xbd");     /* U+FFFD, as a browser would show it */
+        fdpo_rp_put(&out, b->p + start, i - start);
+        fdpo_rp_puts(&out, "\xef\xbf\xbd");     /* U+FFFD, as a browser would show it */
         start = ++i;
     }
-    rp_put(&out, b->p + start, b->n - start);
+    fdpo_rp_put(&out, b->p + start, b->n - start);
     free(b->p);
     *b = out;
 }
@@ -87,12 +87,12 @@ void rp_fix_utf8(rp_buf *b) {
 /* Text valid as UTF-8 and at most max bytes (cut on a character boundary, "…" added). */
 static void html_clip(rp_buf *b, const char *s, size_t max) {
     size_t n = strlen(s);
-    if (!fdpo_utf8_valid(s, n)) { rp_puts(b, "(not valid UTF-8)"); return; }
-    if (n <= max) { rp_html_n(b, s, n); return; }
+    if (!fdpo_utf8_valid(s, n)) { fdpo_rp_puts(b, "(not valid UTF-8)"); return; }
+    if (n <= max) { fdpo_rp_html_n(b, s, n); return; }
     size_t k = max;
     while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
-    rp_html_n(b, s, k);
-    rp_puts(b, "\xe2\x80\xa6");
+    fdpo_rp_html_n(b, s, k);
+    fdpo_rp_puts(b, "\xe2\x80\xa6");
 }
 
 /* ---------------------------------------------------------------- charts ---- */
@@ -178,19 +178,19 @@ static int chart_emit(charts *ch, cJSON *series, const char *title, const char *
     cJSON_AddItemToObject(spec, "series", series);
     cJSON_AddItemToArray(ch->specs, spec);
     rp_buf *b = ch->html;
-    rp_puts(b, "<figure class=\"panel\"><h3>");
-    rp_html(b, title);
-    rp_puts(b, "</h3><p class=\"explain\">");
-    rp_html(b, explain);
-    rp_printf(b, "</p><div class=\"canvas-box\"><canvas id=\"%s\" role=\"img\" aria-label=\"", id);
-    rp_html(b, title);
-    rp_puts(b, "\"></canvas></div></figure>\n");
+    fdpo_rp_puts(b, "<figure class=\"panel\"><h3>");
+    fdpo_rp_html(b, title);
+    fdpo_rp_puts(b, "</h3><p class=\"explain\">");
+    fdpo_rp_html(b, explain);
+    fdpo_rp_printf(b, "</p><div class=\"canvas-box\"><canvas id=\"%s\" role=\"img\" aria-label=\"", id);
+    fdpo_rp_html(b, title);
+    fdpo_rp_puts(b, "\"></canvas></div></figure>\n");
     return 1;
 }
 
 /* ---------------------------------------------------------------- training ---- */
 
-static int row_num(const cJSON *row, const char *key, double *v) { return rp_get_num(row, key, v); }
+static int row_num(const cJSON *row, const char *key, double *v) { return fdpo_rp_get_num(row, key, v); }
 
 static int any_run_has(const rp_ctx *c, const char *key) {
     for (size_t i = 0; i < c->n_runs; i++) {
@@ -252,31 +252,31 @@ static const cJSON *last_with(const rp_run *r, const char *key, double *v) {
     return NULL;
 }
 
-static void td_num(rp_buf *b, double v) { rp_puts(b, "<td class=\"num\">"); rp_num(b, v); rp_puts(b, "</td>"); }
-static void td_text(rp_buf *b, const char *s) { rp_puts(b, "<td>"); rp_html(b, s ? s : "\xe2\x80\x93"); rp_puts(b, "</td>"); }
+static void td_num(rp_buf *b, double v) { fdpo_rp_puts(b, "<td class=\"num\">"); fdpo_rp_num(b, v); fdpo_rp_puts(b, "</td>"); }
+static void td_text(rp_buf *b, const char *s) { fdpo_rp_puts(b, "<td>"); fdpo_rp_html(b, s ? s : "\xe2\x80\x93"); fdpo_rp_puts(b, "</td>"); }
 
 static void training_table(rp_ctx *c, rp_buf *b) {
     static const char *const keys[] = {"loss", "val_loss", "eval_loss", "rewards/margins", "rewards/accuracies",
                                        "eval_rewards/margins", "eval_rewards/accuracies", "grad_norm", "tokens_per_sec"};
     int present[sizeof keys / sizeof keys[0]];
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) present[k] = any_run_has(c, keys[k]);
-    rp_puts(b, "<div class=\"table-wrap\"><table id=\"runs-table\"><thead><tr><th>run</th><th>kind</th><th>divergence</th>"
+    fdpo_rp_puts(b, "<div class=\"table-wrap\"><table id=\"runs-table\"><thead><tr><th>run</th><th>kind</th><th>divergence</th>"
                "<th>\xce\xb2</th><th>loss type</th><th>logged rows</th><th>last step</th>");
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
-        if (present[k]) { rp_puts(b, "<th>final "); rp_html(b, keys[k]); rp_puts(b, "</th>"); }
-    rp_puts(b, "<th>settings from</th></tr></thead><tbody>\n");
+        if (present[k]) { fdpo_rp_puts(b, "<th>final "); fdpo_rp_html(b, keys[k]); fdpo_rp_puts(b, "</th>"); }
+    fdpo_rp_puts(b, "<th>settings from</th></tr></thead><tbody>\n");
     for (size_t i = 0; i < c->n_runs; i++) {
         const rp_run *r = &c->runs[i];
-        rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", run_color(i));
-        rp_html(b, r->name);
-        rp_puts(b, "</td>");
+        fdpo_rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", run_color(i));
+        fdpo_rp_html(b, r->name);
+        fdpo_rp_puts(b, "</td>");
         td_text(b, r->kind);
         td_text(b, r->divergence);
         if (r->has_beta) td_num(b, r->beta); else td_text(b, NULL);
         td_text(b, r->loss);
-        rp_printf(b, "<td class=\"num\">%d", cJSON_GetArraySize(r->rows));
-        if (r->n_bad) rp_printf(b, " <span class=\"bad\">(%zu skipped)</span>", r->n_bad);
-        rp_puts(b, "</td>");
+        fdpo_rp_printf(b, "<td class=\"num\">%d", cJSON_GetArraySize(r->rows));
+        if (r->n_bad) fdpo_rp_printf(b, " <span class=\"bad\">(%zu skipped)</span>", r->n_bad);
+        fdpo_rp_puts(b, "</td>");
         double v;
         if (last_with(r, "step", &v)) td_num(b, v); else td_text(b, NULL);
         for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
@@ -285,20 +285,20 @@ static void training_table(rp_ctx *c, rp_buf *b) {
         }
         if (r->config_file) {   /* the file name; the full path on hover */
             const char *slash = strrchr(r->config_file, '/');
-            rp_puts(b, "<td title=\"");
-            rp_html(b, r->config_file);
-            rp_puts(b, "\">");
-            rp_html(b, slash ? slash + 1 : r->config_file);
-            rp_puts(b, "</td>");
+            fdpo_rp_puts(b, "<td title=\"");
+            fdpo_rp_html(b, r->config_file);
+            fdpo_rp_puts(b, "\">");
+            fdpo_rp_html(b, slash ? slash + 1 : r->config_file);
+            fdpo_rp_puts(b, "</td>");
         } else td_text(b, "directory name");
-        rp_puts(b, "</tr>\n");
+        fdpo_rp_puts(b, "</tr>\n");
     }
-    rp_puts(b, "</tbody></table></div>\n");
+    fdpo_rp_puts(b, "</tbody></table></div>\n");
 }
 
 /* ---------------------------------------------------------------- evaluation ---- */
 
-static int pol_num(const rp_policy *q, const char *key, double *v) { return rp_get_num(q->metrics, key, v); }
+static int pol_num(const rp_policy *q, const char *key, double *v) { return fdpo_rp_get_num(q->metrics, key, v); }
 
 static const char *pol_kl_key(const rp_policy *q) {
     static const char *const ks[] = {"kl_seq_mean", "kl_seq", "kl", "kl_tok_mean", "kl_token", "kl_tok", NULL};
@@ -374,19 +374,19 @@ static void policy_table(rp_ctx *c, rp_buf *b, const char *id, const char *const
     for (size_t k = 0; k < n_cols; k++)
         for (size_t i = 0; i < c->n_pols; i++) { double v; if (pol_num(&c->pols[i], cols[k], &v)) { present[k] = 1; any = 1; break; } }
     if (!any) { free(present); return; }
-    rp_printf(b, "<div class=\"table-wrap\"><table id=\"%s\"><thead><tr><th>policy</th><th>run</th><th>divergence</th><th>\xce\xb2</th>", id);
+    fdpo_rp_printf(b, "<div class=\"table-wrap\"><table id=\"%s\"><thead><tr><th>policy</th><th>run</th><th>divergence</th><th>\xce\xb2</th>", id);
     for (size_t k = 0; k < n_cols; k++) {
         if (!present[k]) continue;
         size_t n = strlen(cols[k]);
         if (strip && ends_with(cols[k], strip)) n -= strlen(strip);
-        rp_puts(b, "<th>"); rp_html_n(b, cols[k], n); rp_puts(b, "</th>");
+        fdpo_rp_puts(b, "<th>"); fdpo_rp_html_n(b, cols[k], n); fdpo_rp_puts(b, "</th>");
     }
-    rp_puts(b, "</tr></thead><tbody>\n");
+    fdpo_rp_puts(b, "</tr></thead><tbody>\n");
     for (size_t i = 0; i < c->n_pols; i++) {
         const rp_policy *q = &c->pols[i];
-        rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", div_color(q->divergence));
-        rp_html(b, q->name);
-        rp_puts(b, "</td>");
+        fdpo_rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", div_color(q->divergence));
+        fdpo_rp_html(b, q->name);
+        fdpo_rp_puts(b, "</td>");
         td_text(b, q->run);
         td_text(b, q->divergence);
         if (q->has_beta) td_num(b, q->beta); else td_text(b, NULL);
@@ -395,12 +395,12 @@ static void policy_table(rp_ctx *c, rp_buf *b, const char *id, const char *const
             double v, se;
             if (!pol_num(q, cols[k], &v)) { td_text(b, NULL); continue; }
             if (!strcmp(cols[k], "reward_mean") && (pol_num(q, "reward_se", &se) || pol_num(q, "reward_stderr", &se))) {
-                rp_puts(b, "<td class=\"num\">"); rp_num(b, v); rp_puts(b, " \xc2\xb1 "); rp_num(b, se); rp_puts(b, "</td>");
+                fdpo_rp_puts(b, "<td class=\"num\">"); fdpo_rp_num(b, v); fdpo_rp_puts(b, " \xc2\xb1 "); fdpo_rp_num(b, se); fdpo_rp_puts(b, "</td>");
             } else td_num(b, v);
         }
-        rp_puts(b, "</tr>\n");
+        fdpo_rp_puts(b, "</tr>\n");
     }
-    rp_puts(b, "</tbody></table></div>\n");
+    fdpo_rp_puts(b, "</tbody></table></div>\n");
     free(present);
 }
 
@@ -460,39 +460,39 @@ static void samples_grid(rp_ctx *c, rp_buf *b) {
             if (j == n_prompts && n_prompts < max_prompts && n_prompts < 64) prompts[n_prompts++] = p;
         }
     }
-    rp_puts(b, "<h2 id=\"samples\">Sample completions</h2>\n<p class=\"explain\">The first completion each policy "
+    fdpo_rp_puts(b, "<h2 id=\"samples\">Sample completions</h2>\n<p class=\"explain\">The first completion each policy "
                "produced for the same prompt, side by side (reward in brackets when the eval file has it). Read them "
                "for what the numbers hide: repetition, length, collapse onto one answer.</p>\n");
-    rp_printf(b, "<div class=\"table-wrap\"><table class=\"samples\" id=\"samples-table\"><thead><tr><th>prompt</th>");
+    fdpo_rp_printf(b, "<div class=\"table-wrap\"><table class=\"samples\" id=\"samples-table\"><thead><tr><th>prompt</th>");
     for (size_t i = 0; i < c->n_pols; i++) {
         if (!cJSON_GetArraySize(c->pols[i].samples)) continue;
-        rp_puts(b, "<th>"); rp_html(b, c->pols[i].name);
-        if (c->pols[i].divergence) { rp_puts(b, "<br><small>"); rp_html(b, c->pols[i].divergence);
-            if (c->pols[i].has_beta) rp_printf(b, ", \xce\xb2=%g", c->pols[i].beta);
-            rp_puts(b, "</small>"); }
-        rp_puts(b, "</th>");
+        fdpo_rp_puts(b, "<th>"); fdpo_rp_html(b, c->pols[i].name);
+        if (c->pols[i].divergence) { fdpo_rp_puts(b, "<br><small>"); fdpo_rp_html(b, c->pols[i].divergence);
+            if (c->pols[i].has_beta) fdpo_rp_printf(b, ", \xce\xb2=%g", c->pols[i].beta);
+            fdpo_rp_puts(b, "</small>"); }
+        fdpo_rp_puts(b, "</th>");
     }
-    rp_puts(b, "</tr></thead><tbody>\n");
+    fdpo_rp_puts(b, "</tr></thead><tbody>\n");
     for (size_t j = 0; j < n_prompts; j++) {
-        rp_puts(b, "<tr><td class=\"prompt\">");
+        fdpo_rp_puts(b, "<tr><td class=\"prompt\">");
         html_clip(b, prompts[j][0] ? prompts[j] : "(no prompt given)", 400);
-        rp_puts(b, "</td>");
+        fdpo_rp_puts(b, "</td>");
         for (size_t i = 0; i < c->n_pols; i++) {
             if (!cJSON_GetArraySize(c->pols[i].samples)) continue;
             const cJSON *s, *hit = NULL;
             cJSON_ArrayForEach(s, c->pols[i].samples)
                 if (!strcmp(cJSON_GetObjectItem(s, "prompt")->valuestring, prompts[j])) { hit = s; break; }
-            rp_puts(b, "<td class=\"completion\">");
+            fdpo_rp_puts(b, "<td class=\"completion\">");
             if (hit) {
                 html_clip(b, cJSON_GetObjectItem(hit, "completion")->valuestring, 700);
                 double r;
-                if (rp_get_num(hit, "reward", &r)) { rp_puts(b, " <span class=\"reward\">["); rp_num(b, r); rp_puts(b, "]</span>"); }
-            } else rp_puts(b, "<span class=\"none\">\xe2\x80\x93</span>");
-            rp_puts(b, "</td>");
+                if (fdpo_rp_get_num(hit, "reward", &r)) { fdpo_rp_puts(b, " <span class=\"reward\">["); fdpo_rp_num(b, r); fdpo_rp_puts(b, "]</span>"); }
+            } else fdpo_rp_puts(b, "<span class=\"none\">\xe2\x80\x93</span>");
+            fdpo_rp_puts(b, "</td>");
         }
-        rp_puts(b, "</tr>\n");
+        fdpo_rp_puts(b, "</tr>\n");
     }
-    rp_puts(b, "</tbody></table></div>\n");
+    fdpo_rp_puts(b, "</tbody></table></div>\n");
 }
 
 /* ---------------------------------------------------------------- lab ---- */
@@ -558,12 +558,12 @@ static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char
         const char *d = cell_str(row, dc);
         if (!d) continue;
         rp_buf k = {0};
-        rp_puts(&k, d);
-        rp_puts(&k, "\x1f");
+        fdpo_rp_puts(&k, d);
+        fdpo_rp_puts(&k, "\x1f");
         for (int g = 0; g < ng; g++) {
             char v[128];
             cell_text(row, gcols[g], v, sizeof v);
-            rp_printf(&k, "%s%s=%s", g ? ", " : "", L->cols[gcols[g]], v);
+            fdpo_rp_printf(&k, "%s%s=%s", g ? ", " : "", L->cols[gcols[g]], v);
         }
         size_t j = 0;
         while (j < nk && strcmp(keys[j], k.p)) j++;
@@ -585,7 +585,7 @@ static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char
                 for (int g = 0; g < ng; g++) {
                     char v[128];
                     cell_text(row, gcols[g], v, sizeof v);
-                    rp_printf(&k, "%s%s=%s", g ? ", " : "", L->cols[gcols[g]], v);
+                    fdpo_rp_printf(&k, "%s%s=%s", g ? ", " : "", L->cols[gcols[g]], v);
                 }
                 if (!strcmp(k.p ? k.p : "", sep + 1)) pts[n++] = (xyi){x, y, i};
                 free(k.p);
@@ -620,37 +620,37 @@ static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char
 }
 
 static void lab_table(rp_buf *b, const rp_lab *L, size_t max_rows) {
-    rp_puts(b, "<div class=\"table-wrap\"><table class=\"lab\"><thead><tr>");
-    for (size_t i = 0; i < L->n_cols; i++) { rp_puts(b, "<th>"); rp_html(b, L->cols[i]); rp_puts(b, "</th>"); }
-    rp_puts(b, "</tr></thead><tbody>\n");
+    fdpo_rp_puts(b, "<div class=\"table-wrap\"><table class=\"lab\"><thead><tr>");
+    for (size_t i = 0; i < L->n_cols; i++) { fdpo_rp_puts(b, "<th>"); fdpo_rp_html(b, L->cols[i]); fdpo_rp_puts(b, "</th>"); }
+    fdpo_rp_puts(b, "</tr></thead><tbody>\n");
     size_t n = 0;
     const cJSON *row;
     cJSON_ArrayForEach(row, L->rows) {
         if (n++ >= max_rows) break;
-        rp_puts(b, "<tr>");
+        fdpo_rp_puts(b, "<tr>");
         const cJSON *x;
         cJSON_ArrayForEach(x, row) {
             if (cJSON_IsNumber(x)) td_num(b, x->valuedouble);
             else td_text(b, cJSON_IsString(x) ? x->valuestring : NULL);
         }
-        rp_puts(b, "</tr>\n");
+        fdpo_rp_puts(b, "</tr>\n");
     }
-    rp_puts(b, "</tbody></table></div>\n");
+    fdpo_rp_puts(b, "</tbody></table></div>\n");
     if ((size_t)cJSON_GetArraySize(L->rows) > max_rows)
-        rp_printf(b, "<p class=\"explain\">First %zu of %d rows.</p>\n", max_rows, cJSON_GetArraySize(L->rows));
+        fdpo_rp_printf(b, "<p class=\"explain\">First %zu of %d rows.</p>\n", max_rows, cJSON_GetArraySize(L->rows));
 }
 
 static void lab_section(charts *ch, rp_buf *b) {
     rp_ctx *c = ch->c;
     if (!c->n_labs) return;
-    rp_puts(b, "<h2 id=\"lab\">Lab: exact solutions on finite problems</h2>\n<p class=\"explain\">Computed exactly "
+    fdpo_rp_puts(b, "<h2 id=\"lab\">Lab: exact solutions on finite problems</h2>\n<p class=\"explain\">Computed exactly "
                "by <code>fdpo lab</code> (closed form \xcf\x80* = \xcf\x80_ref\xc2\xb7(f\xe2\x80\xb2)\xe2\x81\xbb\xc2\xb9((r\xe2\x88\x92\xce\xbb)/\xce\xb2), no sampling), so these panels show what each "
                "divergence does without training noise. One line per divergence.</p>\n");
     for (size_t t = 0; t < c->n_labs; t++) {
         const rp_lab *L = &c->labs[t];
-        rp_puts(b, "<h3 class=\"source\">");
-        rp_html(b, L->source);
-        rp_puts(b, "</h3>\n<div class=\"grid\">\n");
+        fdpo_rp_puts(b, "<h3 class=\"source\">");
+        fdpo_rp_html(b, L->source);
+        fdpo_rp_puts(b, "</h3>\n<div class=\"grid\">\n");
         /* need: a column the experiment's table has (gap: noise), so that the reward_gap of
          * coverage and bias tables is not drawn against beta as well */
         static const struct { const char *x, *y, *need, *title, *explain, *xlabel, *ylabel; } P[] = {
@@ -686,11 +686,11 @@ static void lab_section(charts *ch, rp_buf *b) {
             if (P[k].need && lab_col(L, P[k].need) < 0) continue;
             drawn += lab_panel(ch, L, P[k].x, P[k].y, P[k].title, P[k].explain, P[k].xlabel, P[k].ylabel);
         }
-        rp_puts(b, "</div>\n");
+        fdpo_rp_puts(b, "</div>\n");
         if (drawn) {
-            rp_puts(b, "<details><summary>table</summary>\n");
+            fdpo_rp_puts(b, "<details><summary>table</summary>\n");
             lab_table(b, L, 500);
-            rp_puts(b, "</details>\n");
+            fdpo_rp_puts(b, "</details>\n");
         } else {
             lab_table(b, L, 200);
         }
@@ -704,14 +704,14 @@ static void json_into_script(rp_buf *b, const cJSON *v) {
     /* '<' occurs only inside JSON strings, where \u003c means the same: no "</script>" */
     for (char *p = s, *q; *p; p = q + 1) {
         q = strchr(p, '<');
-        if (!q) { rp_puts(b, p); break; }
-        rp_put(b, p, (size_t)(q - p));
-        rp_puts(b, "\\u003c");
+        if (!q) { fdpo_rp_puts(b, p); break; }
+        fdpo_rp_put(b, p, (size_t)(q - p));
+        fdpo_rp_puts(b, "\\u003c");
     }
     free(s);
 }
 
-size_t rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b) {
+size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b) {
     const char *title = c->opts->title ? c->opts->title : "fdpo report";
     rp_buf body = {0};
     charts ch = {c, &body, cJSON_CreateArray(), 0};
@@ -721,11 +721,11 @@ size_t rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b) 
         int any_rows = 0;
         for (size_t i = 0; i < c->n_runs; i++) any_rows |= cJSON_GetArraySize(c->runs[i].rows) > 0;
         if (any_rows) {
-            rp_puts(&body, "<h2 id=\"training\">Training</h2>\n<p class=\"explain\">One line per run, from each "
+            fdpo_rp_puts(&body, "<h2 id=\"training\">Training</h2>\n<p class=\"explain\">One line per run, from each "
                            "run's <code>metrics.jsonl</code>; dashed lines are the held-out (eval_ / val_) values. "
                            "The run's divergence and \xce\xb2 come from its config file, else only the directory name is shown.</p>\n");
             training_table(c, &body);
-            rp_puts(&body, "<div class=\"grid\">\n");
+            fdpo_rp_puts(&body, "<div class=\"grid\">\n");
             training_panel(&ch, "Training loss", "The objective being minimised (preference loss for DPO runs, "
                            "next-token loss for pretrain/SFT). Losses of different divergences are on different "
                            "scales: compare shapes, not levels.", "loss", "loss", NULL,
@@ -741,20 +741,20 @@ size_t rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b) 
                            "rewards/rejected (\xce\xb2 \xc3\x97 log-ratio). When both fall, the margin grows by pushing "
                            "the rejected answer down faster than the chosen one, not by raising the chosen one.",
                            "implicit reward", "rewards/chosen", " chosen", (const char *const[]){"rewards/rejected", NULL}, " rejected");
-            rp_puts(&body, "</div>\n");
+            fdpo_rp_puts(&body, "</div>\n");
         }
     }
 
     /* evaluation */
     if (c->n_pols) {
-        rp_puts(&body, "<h2 id=\"evaluation\">Evaluation: what each divergence cost</h2>\n<p class=\"explain\">From "
+        fdpo_rp_puts(&body, "<h2 id=\"evaluation\">Evaluation: what each divergence cost</h2>\n<p class=\"explain\">From "
                        "<code>fdpo eval</code> output. Each policy is one point; points of one divergence are joined in "
                        "order of the x value, so a line traces that divergence's frontier over \xce\xb2. Up and left is "
                        "better: more reward for less departure from the reference.</p>\n");
         const char *keys[256];
         size_t nk = collect_keys(c, K_SUMMARY, keys, 256);
         policy_table(c, &body, "eval-table", keys, nk, NULL);
-        rp_puts(&body, "<div class=\"grid\">\n");
+        fdpo_rp_puts(&body, "<div class=\"grid\">\n");
         frontier_panel(&ch, "Reward\xe2\x80\x93KL frontier", "Mean reward of sampled completions against the "
                        "sequence-level KL(\xcf\x80\xe2\x80\x96\xcf\x80_ref) (Monte-Carlo; per-token KL when that is all "
                        "the eval file has). Hover a point for its \xce\xb2 and standard error.",
@@ -762,7 +762,7 @@ size_t rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b) 
         frontier_panel(&ch, "Reward\xe2\x80\x93" "entropy frontier", "Mean reward against predictive entropy (mean "
                        "full-vocabulary entropy at sampled positions). Low entropy at equal reward means the policy "
                        "collapsed onto fewer answers.", "entropy (nats)", "entropy");
-        rp_puts(&body, "</div>\n");
+        fdpo_rp_puts(&body, "</div>\n");
         static const struct { int cls; const char *id, *title, *strip; } DIV_TABLES[] = {
             {K_DIV_FLAT, "diversity-table", "Diversity", NULL},
             {K_DIV_PER, "diversity-per-input-table", "Diversity within a prompt (per input: the k samples of each prompt, averaged)", "_per_input"},
@@ -774,19 +774,19 @@ size_t rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b) 
             nk = collect_keys(c, DIV_TABLES[t].cls, keys, 256);
             if (!nk) continue;
             if (!said++)
-                rp_puts(&body, "<h3 id=\"diversity\">Diversity and length</h3>\n<p class=\"explain\">distinct-n: distinct "
+                fdpo_rp_puts(&body, "<h3 id=\"diversity\">Diversity and length</h3>\n<p class=\"explain\">distinct-n: distinct "
                                "n-grams / all n-grams; EAD: distinct n-grams corrected for sample size (higher = more "
                                "diverse); self-BLEU: overlap of each sample with the others (higher = <em>less</em> "
                                "diverse); length in tokens and words, and the correlation of reward with length "
                                "(verbosity bias).</p>\n");
-            rp_puts(&body, "<h4>"); rp_html(&body, DIV_TABLES[t].title); rp_puts(&body, "</h4>\n");
+            fdpo_rp_puts(&body, "<h4>"); fdpo_rp_html(&body, DIV_TABLES[t].title); fdpo_rp_puts(&body, "</h4>\n");
             policy_table(c, &body, DIV_TABLES[t].id, keys, nk, DIV_TABLES[t].strip);
         }
         nk = collect_keys(c, K_OTHER, keys, 256);
         if (nk) {
-            rp_puts(&body, "<details><summary>all other metrics (spreads, log-probs, per-token estimates)</summary>\n");
+            fdpo_rp_puts(&body, "<details><summary>all other metrics (spreads, log-probs, per-token estimates)</summary>\n");
             policy_table(c, &body, "other-table", keys, nk, NULL);
-            rp_puts(&body, "</details>\n");
+            fdpo_rp_puts(&body, "</details>\n");
         }
         samples_grid(c, &body);
     }
@@ -794,10 +794,10 @@ size_t rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b) 
     lab_section(&ch, &body);
 
     if (c->n_warnings) {
-        rp_puts(&body, "<h2 id=\"warnings\">Warnings</h2>\n<p class=\"explain\">Inputs that were skipped while "
+        fdpo_rp_puts(&body, "<h2 id=\"warnings\">Warnings</h2>\n<p class=\"explain\">Inputs that were skipped while "
                        "building this report.</p>\n<ul class=\"warnings\">\n");
-        for (size_t i = 0; i < c->n_warnings; i++) { rp_puts(&body, "<li>"); rp_html(&body, c->warnings[i]); rp_puts(&body, "</li>\n"); }
-        rp_puts(&body, "</ul>\n");
+        for (size_t i = 0; i < c->n_warnings; i++) { fdpo_rp_puts(&body, "<li>"); fdpo_rp_html(&body, c->warnings[i]); fdpo_rp_puts(&body, "</li>\n"); }
+        fdpo_rp_puts(&body, "</ul>\n");
     }
 
     /* assemble */
@@ -806,32 +806,32 @@ size_t rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b) 
     struct tm tmv;
     if (gmtime_r(&now, &tmv)) strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", &tmv);
     size_t css_len, js_len;
-    const char *css = rp_asset_css(&css_len), *js = rp_asset_js(&js_len);
-    rp_puts(b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+    const char *css = fdpo_rp_asset_css(&css_len), *js = fdpo_rp_asset_js(&js_len);
+    fdpo_rp_puts(b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
                "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>");
-    rp_html(b, title);
-    rp_puts(b, "</title>\n<style>\n");
-    rp_put(b, css, css_len);
-    rp_printf(b, "</style>\n</head>\n<body data-charts-expected=\"%zu\">\n<header><h1>", ch.n);
-    rp_html(b, title);
-    rp_printf(b, "</h1><p class=\"meta\">%zu run%s, %zu evaluated polic%s, %zu lab table%s \xc2\xb7 generated %s by "
+    fdpo_rp_html(b, title);
+    fdpo_rp_puts(b, "</title>\n<style>\n");
+    fdpo_rp_put(b, css, css_len);
+    fdpo_rp_printf(b, "</style>\n</head>\n<body data-charts-expected=\"%zu\">\n<header><h1>", ch.n);
+    fdpo_rp_html(b, title);
+    fdpo_rp_printf(b, "</h1><p class=\"meta\">%zu run%s, %zu evaluated polic%s, %zu lab table%s \xc2\xb7 generated %s by "
                  "<code>fdpo report</code> \xc2\xb7 charts: Chart.js (MIT), inlined</p>\n",
               c->n_runs, c->n_runs == 1 ? "" : "s", c->n_pols, c->n_pols == 1 ? "y" : "ies",
               c->n_labs, c->n_labs == 1 ? "" : "s", when);
-    rp_puts(b, "<p id=\"js-status\" class=\"bad\" hidden></p>\n<nav>");
-    if (c->n_runs) rp_puts(b, "<a href=\"#training\">training</a> ");
-    if (c->n_pols) rp_puts(b, "<a href=\"#evaluation\">evaluation</a> ");
-    if (c->n_labs) rp_puts(b, "<a href=\"#lab\">lab</a> ");
-    if (c->n_warnings) rp_printf(b, "<a href=\"#warnings\">%zu warning%s</a>", c->n_warnings, c->n_warnings == 1 ? "" : "s");
-    rp_puts(b, "</nav></header>\n<main>\n");
-    rp_put(b, body.p ? body.p : "", body.n);
-    rp_puts(b, "</main>\n<script type=\"application/json\" id=\"fdpo-charts\">");
+    fdpo_rp_puts(b, "<p id=\"js-status\" class=\"bad\" hidden></p>\n<nav>");
+    if (c->n_runs) fdpo_rp_puts(b, "<a href=\"#training\">training</a> ");
+    if (c->n_pols) fdpo_rp_puts(b, "<a href=\"#evaluation\">evaluation</a> ");
+    if (c->n_labs) fdpo_rp_puts(b, "<a href=\"#lab\">lab</a> ");
+    if (c->n_warnings) fdpo_rp_printf(b, "<a href=\"#warnings\">%zu warning%s</a>", c->n_warnings, c->n_warnings == 1 ? "" : "s");
+    fdpo_rp_puts(b, "</nav></header>\n<main>\n");
+    fdpo_rp_put(b, body.p ? body.p : "", body.n);
+    fdpo_rp_puts(b, "</main>\n<script type=\"application/json\" id=\"fdpo-charts\">");
     json_into_script(b, ch.specs);
-    rp_puts(b, "</script>\n<script>\n");
-    rp_put(b, chartjs, chartjs_len);
-    rp_puts(b, "\n</script>\n<script>\n");
-    rp_put(b, js, js_len);
-    rp_puts(b, "</script>\n</body>\n</html>\n");
+    fdpo_rp_puts(b, "</script>\n<script>\n");
+    fdpo_rp_put(b, chartjs, chartjs_len);
+    fdpo_rp_puts(b, "\n</script>\n<script>\n");
+    fdpo_rp_put(b, js, js_len);
+    fdpo_rp_puts(b, "</script>\n</body>\n</html>\n");
     free(body.p);
     cJSON_Delete(ch.specs);
     return ch.n;

@@ -52,12 +52,12 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
     c.opts = o;
     c.warn = o->warn ? o->warn : stderr;
     int rc = 0;
-    for (size_t i = 0; i < o->n_run_dirs && !rc; i++) rc = rp_load_run(&c, o->run_dirs[i]);
-    for (size_t i = 0; i < o->n_eval_files && !rc; i++) rc = rp_load_eval(&c, o->eval_files[i], NULL, 1);
-    for (size_t i = 0; i < o->n_sample_files && !rc; i++) rc = rp_load_samples(&c, o->sample_files[i], NULL, 1);
-    for (size_t i = 0; i < o->n_lab_files && !rc; i++) rc = rp_load_lab(&c, o->lab_files[i], 0) < 0 ? -1 : 0;
-    rp_link_policies(&c);
-    rp_attach_samples(&c);
+    for (size_t i = 0; i < o->n_run_dirs && !rc; i++) rc = fdpo_rp_load_run(&c, o->run_dirs[i]);
+    for (size_t i = 0; i < o->n_eval_files && !rc; i++) rc = fdpo_rp_load_eval(&c, o->eval_files[i], NULL, 1);
+    for (size_t i = 0; i < o->n_sample_files && !rc; i++) rc = fdpo_rp_load_samples(&c, o->sample_files[i], NULL, 1);
+    for (size_t i = 0; i < o->n_lab_files && !rc; i++) rc = fdpo_rp_load_lab(&c, o->lab_files[i], 0) < 0 ? -1 : 0;
+    fdpo_rp_link_policies(&c);
+    fdpo_rp_attach_samples(&c);
     size_t n_runs = 0;
     for (size_t i = 0; i < c.n_runs; i++) n_runs += cJSON_GetArraySize(c.runs[i].rows) > 0;
     if (!rc && n_runs + c.n_pols + c.n_labs == 0)
@@ -65,8 +65,8 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
                         c.n_warnings, c.n_warnings == 1 ? "" : "s");
     if (!rc) {
         rp_buf page = {0};
-        size_t n_charts = rp_render(&c, cj, cj_len, &page);
-        rp_fix_utf8(&page);     /* names and texts from the inputs are not checked one by one */
+        size_t n_charts = fdpo_rp_render(&c, cj, cj_len, &page);
+        fdpo_rp_fix_utf8(&page);     /* names and texts from the inputs are not checked one by one */
         rc = fdpo_write_file_atomic(out_path, page.p, page.n);
         free(page.p);
         if (stats) {
@@ -78,6 +78,6 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
         }
     }
     free(cj);
-    rp_ctx_free(&c);
+    fdpo_rp_ctx_free(&c);
     return rc;
 }

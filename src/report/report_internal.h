@@ -10,13 +10,13 @@
 
 /* ---- string buffer ---- */
 typedef struct { char *p; size_t n, cap; } rp_buf;
-void rp_put(rp_buf *b, const char *s, size_t n);
-void rp_puts(rp_buf *b, const char *s);
-void rp_printf(rp_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void rp_html(rp_buf *b, const char *s);           /* HTML-escaped text */
-void rp_html_n(rp_buf *b, const char *s, size_t n);
-void rp_num(rp_buf *b, double v);                 /* compact number for tables; "–" if NaN */
-void rp_fix_utf8(rp_buf *b);                      /* invalid UTF-8 bytes -> U+FFFD */
+void fdpo_rp_put(rp_buf *b, const char *s, size_t n);
+void fdpo_rp_puts(rp_buf *b, const char *s);
+void fdpo_rp_printf(rp_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void fdpo_rp_html(rp_buf *b, const char *s);           /* HTML-escaped text */
+void fdpo_rp_html_n(rp_buf *b, const char *s, size_t n);
+void fdpo_rp_num(rp_buf *b, double v);                 /* compact number for tables; "–" if NaN */
+void fdpo_rp_fix_utf8(rp_buf *b);                      /* invalid UTF-8 bytes -> U+FFFD */
 
 /* ---- inputs ---- */
 typedef struct {
@@ -53,24 +53,24 @@ typedef struct {
     cJSON *pending;            /* samples read before their policy is known */
 } rp_ctx;
 
-void rp_warn(rp_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int rp_load_run(rp_ctx *c, const char *dir);                 /* -1 only if dir is missing */
+void fdpo_rp_warn(rp_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int fdpo_rp_load_run(rp_ctx *c, const char *dir);                 /* -1 only if dir is missing */
 /* explicit_file: named on the command line (warn when it holds nothing usable). */
-int rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_file); /* -1 only if missing */
-int rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int explicit_file);
-void rp_link_policies(rp_ctx *c);             /* after all loading: policy named by a run's path */
-void rp_attach_samples(rp_ctx *c);            /* after rp_link_policies */
-int rp_load_lab(rp_ctx *c, const char *path, int must_be_lab);    /* -1 only if missing */
-void rp_ctx_free(rp_ctx *c);
+int fdpo_rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_file); /* -1 only if missing */
+int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int explicit_file);
+void fdpo_rp_link_policies(rp_ctx *c);             /* after all loading: policy named by a run's path */
+void fdpo_rp_attach_samples(rp_ctx *c);            /* after fdpo_rp_link_policies */
+int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab);    /* -1 only if missing */
+void fdpo_rp_ctx_free(rp_ctx *c);
 
 /* Render the page into b; returns the number of charts it draws. */
-size_t rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b);
+size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b);
 
 /* assets.c */
-const char *rp_asset_js(size_t *len);
-const char *rp_asset_css(size_t *len);
+const char *fdpo_rp_asset_js(size_t *len);
+const char *fdpo_rp_asset_css(size_t *len);
 
 /* helpers shared by load.c and render.c */
-const cJSON *rp_get(const cJSON *obj, const char *const *names); /* first present key */
-int rp_get_num(const cJSON *obj, const char *name, double *v);
+const cJSON *fdpo_rp_get(const cJSON *obj, const char *const *names); /* first present key */
+int fdpo_rp_get_num(const cJSON *obj, const char *name, double *v);
 #endif

@@ -23,7 +23,7 @@
  *   attention-check --lengths T1,T2,... --heads NH --head-size HS --seed S [--branches 0|1] --out FILE
  *       random qkv [N,3C] and upstream d_out [N,C] over a packed batch (with --branches 1,
  *       each sequence is [shared | branch 1 | branch 2] as in the shared-prompt DPO layout);
- *       runs the materialised attention (attention_forward/backward, T x T maps) and the
+ *       runs the materialised attention (fdpo_k_attention_forward/backward, T x T maps) and the
  *       streaming one (attention_*_streaming, O(T)) and writes qkv, dout, branch, and each
  *       one's out / dqkv as safetensors; prints one JSON line with each kernel's CPU seconds
  *       (process CPU time: steadier than wall time on a shared machine).
@@ -398,13 +398,13 @@ static int h_attention_check(int argc, char **argv) {
     float *scratch = fdpo_malloc((size_t)nth * maxT * maxT * sizeof(float));
     const uint8_t *bp = with_branch ? br : NULL;
     double c0 = cpu_seconds();
-    attention_forward(o_old, att, qkv, off, att_off, bp, B, C, NH);
+    fdpo_k_attention_forward(o_old, att, qkv, off, att_off, bp, B, C, NH);
     double c1 = cpu_seconds();
-    attention_backward(d_old, scratch, maxT * maxT, dout, qkv, att, off, att_off, B, C, NH);
+    fdpo_k_attention_backward(d_old, scratch, maxT * maxT, dout, qkv, att, off, att_off, B, C, NH);
     double c2 = cpu_seconds();
-    attention_forward_streaming(o_new, lse, qkv, off, bp, B, C, NH);
+    fdpo_k_attention_forward_streaming(o_new, lse, qkv, off, bp, B, C, NH);
     double c3 = cpu_seconds();
-    attention_backward_streaming(d_new, dout, qkv, o_new, lse, off, bp, B, C, NH);
+    fdpo_k_attention_backward_streaming(d_new, dout, qkv, o_new, lse, off, bp, B, C, NH);
     double c4 = cpu_seconds();
     printf("{\"materialised_forward_cpu_s\": %.4f, \"materialised_backward_cpu_s\": %.4f, "
            "\"streaming_forward_cpu_s\": %.4f, \"streaming_backward_cpu_s\": %.4f, "
