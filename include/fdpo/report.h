@@ -3,8 +3,8 @@
  * lab CSV files. See docs/report.md for the inputs it reads and the panels it draws.
  *
  * Bad content (a malformed metrics.jsonl line, an unparseable eval file, a CSV row with the
- * wrong number of fields) is a warning naming FILE:LINE, written to opts->warn (stderr when
- * NULL) and listed in the report; everything else still renders. A path that does not
+ * wrong number of fields) is a warning naming FILE:LINE, written to opts->warn (the log hook,
+ * fdpo_log, when NULL) and listed in the report; everything else still renders. A path that does not
  * exist, or inputs from which nothing at all could be read, is an error (-1, fdpo_error). */
 #ifndef FDPO_REPORT_H
 #define FDPO_REPORT_H
@@ -22,7 +22,7 @@ typedef struct {
                                      at build time (node_modules/chart.js) */
     size_t max_points;            /* per training curve; longer runs are thinned (0: 2000) */
     size_t max_prompts;           /* sample-completion rows (0: 6) */
-    FILE *warn;                   /* where warnings go; NULL: stderr */
+    FILE *warn;                   /* where warnings go; NULL: the log hook (fdpo_log) */
 } fdpo_report_opts;
 
 typedef struct {

@@ -33,7 +33,8 @@ typedef struct {
     const fdpo_words *text; size_t start; size_t count; uint64_t hash;
     size_t max1, max2, arg1; /* self-BLEU: the two largest per-text counts, and whose the largest is */
 } ngram_entry;
-typedef struct { ngram_entry *e; size_t cap, n; size_t order; } ngram_table;
+/* entries in insertion order; the shared open-addressing index (fdpo_itab) finds them */
+typedef struct { ngram_entry *e; size_t n, cap_e; fdpo_itab idx; size_t order; } ngram_table;
 
 static uint64_t ngram_hash(const fdpo_words *t, size_t start, size_t n) {
     uint64_t h = FDPO_HASH_INIT;
@@ -49,56 +50,56 @@ static int ngram_equal(const fdpo_words *a, size_t sa, const fdpo_words *b, size
     return 1;
 }
 
+static uint64_t entry_hash(size_t item, const void *ctx) { return ((const ngram_table *)ctx)->e[item].hash; }
+
 static void table_init(ngram_table *t, size_t order, size_t expected) {
-    t->cap = 16;
-    while (t->cap < 2 * expected + 1) t->cap *= 2;
-    t->e = fdpo_calloc(t->cap, sizeof *t->e);
-    t->n = 0; t->order = order;
+    t->order = order;
+    t->n = 0;
+    t->cap_e = expected > 16 ? expected : 16;
+    t->e = fdpo_malloc(t->cap_e * sizeof *t->e);
+    fdpo_itab_init(&t->idx, t->cap_e);
 }
 
-static ngram_entry *table_find(ngram_table *t, const fdpo_words *w, size_t start, uint64_t h) {
-    size_t i = (size_t)h & (t->cap - 1);
-    while (t->e[i].text) {
-        if (t->e[i].hash == h && ngram_equal(t->e[i].text, t->e[i].start, w, start, t->order)) return &t->e[i];
-        i = (i + 1) & (t->cap - 1);
-    }
-    return &t->e[i]; /* empty slot */
-}
-
-static void table_grow(ngram_table *t) {
-    ngram_table bigger;
-    bigger.cap = t->cap * 2; bigger.n = 0; bigger.order = t->order;
-    bigger.e = fdpo_calloc(bigger.cap, sizeof *bigger.e);
-    for (size_t i = 0; i < t->cap; i++) {
-        if (!t->e[i].text) continue;
-        ngram_entry *slot = table_find(&bigger, t->e[i].text, t->e[i].start, t->e[i].hash);
-        *slot = t->e[i];
-        bigger.n++;
-    }
+static void table_free(ngram_table *t) {
     free(t->e);
-    *t = bigger;
+    fdpo_itab_free(&t->idx);
+}
+
+/* the entry of the n-gram w[start..start+order) with hash h, or NULL; *slot (may be NULL)
+ * gets the empty index slot where it would go */
+static ngram_entry *table_find(const ngram_table *t, const fdpo_words *w, size_t start, uint64_t h, size_t *slot) {
+    size_t i = fdpo_itab_first(&t->idx, h);
+    for (; t->idx.slot[i]; i = fdpo_itab_next(&t->idx, i)) {
+        ngram_entry *e = &t->e[t->idx.slot[i] - 1];
+        if (e->hash == h && ngram_equal(e->text, e->start, w, start, t->order)) return e;
+    }
+    if (slot) *slot = i;
+    return NULL;
+}
+
+/* the entry of the n-gram, added with zero counts when new */
+static ngram_entry *table_get(ngram_table *t, const fdpo_words *w, size_t start, uint64_t h) {
+    size_t slot;
+    ngram_entry *e = table_find(t, w, start, h, &slot);
+    if (e) return e;
+    if (fdpo_itab_reserve(&t->idx, t->n + 1, entry_hash, t)) table_find(t, w, start, h, &slot);
+    if (t->n == t->cap_e) { t->cap_e *= 2; t->e = fdpo_realloc(t->e, t->cap_e * sizeof *t->e); }
+    t->e[t->n] = (ngram_entry){.text = w, .start = start, .hash = h};
+    fdpo_itab_set(&t->idx, slot, t->n);
+    return &t->e[t->n++];
 }
 
 /* Adds every n-gram of text; returns how many it added. */
 static size_t table_add_text(ngram_table *t, const fdpo_words *w) {
     size_t n = t->order;
     if (w->n < n) return 0;
-    for (size_t s = 0; s + n <= w->n; s++) {
-        uint64_t h = ngram_hash(w, s, n);
-        ngram_entry *e = table_find(t, w, s, h);
-        if (!e->text) {
-            if (2 * (t->n + 1) > t->cap) { table_grow(t); e = table_find(t, w, s, h); }
-            e->text = w; e->start = s; e->hash = h; e->count = 0;
-            t->n++;
-        }
-        e->count++;
-    }
+    for (size_t s = 0; s + n <= w->n; s++) table_get(t, w, s, ngram_hash(w, s, n))->count++;
     return w->n - n + 1;
 }
 
-static size_t table_count(ngram_table *t, const fdpo_words *w, size_t start) {
-    ngram_entry *e = table_find(t, w, start, ngram_hash(w, start, t->order));
-    return e->text ? e->count : 0;
+static size_t table_count(const ngram_table *t, const fdpo_words *w, size_t start) {
+    const ngram_entry *e = table_find(t, w, start, ngram_hash(w, start, t->order), NULL);
+    return e ? e->count : 0;
 }
 
 void fdpo_distinct(const fdpo_words *texts, size_t n_texts, size_t n, double vocab, double *distinct, double *ead) {
@@ -116,7 +117,7 @@ void fdpo_distinct(const fdpo_words *texts, size_t n_texts, size_t n, double voc
         double expected = vocab > 1 ? -vocab * expm1(C * log1p(-1.0 / vocab)) : 1.0;
         *ead = total ? N / expected : 0.0;
     }
-    free(t.e);
+    table_free(&t);
 }
 
 /* BLEU from clipped counts num[n-1] / den[n-1] (den already max(1, .)), as nltk: 0 without
@@ -155,19 +156,17 @@ double fdpo_sentence_bleu(const fdpo_words *refs, size_t n_refs, const fdpo_word
                 ngram_table rt;
                 table_init(&rt, n, refs[r].n);
                 table_add_text(&rt, &refs[r]);
-                for (size_t i = 0; i < h.cap; i++) {
-                    if (!h.e[i].text) continue;
+                for (size_t i = 0; i < h.n; i++) {
                     size_t c = table_count(&rt, h.e[i].text, h.e[i].start);
                     if (c > h.e[i].max1) h.e[i].max1 = c;
                 }
-                free(rt.e);
+                table_free(&rt);
             }
-            for (size_t i = 0; i < h.cap; i++) {
-                if (!h.e[i].text) continue;
+            for (size_t i = 0; i < h.n; i++) {
                 num[n - 1] += (double)(h.e[i].count < h.e[i].max1 ? h.e[i].count : h.e[i].max1);
                 den[n - 1] += (double)h.e[i].count;
             }
-            free(h.e);
+            table_free(&h);
         }
         if (den[n - 1] < 1) den[n - 1] = 1;
     }
@@ -194,34 +193,27 @@ double fdpo_self_bleu(const fdpo_words *texts, size_t n_texts, size_t max_n) {
         for (size_t i = 0; i < n_texts; i++) {
             table_init(&per[i], n, texts[i].n);
             table_add_text(&per[i], &texts[i]);
-            for (size_t e = 0; e < per[i].cap; e++) {
+            for (size_t e = 0; e < per[i].n; e++) {
                 const ngram_entry *x = &per[i].e[e];
-                if (!x->text) continue;
-                ngram_entry *g = table_find(&all, x->text, x->start, x->hash);
-                if (!g->text) {
-                    if (2 * (all.n + 1) > all.cap) { table_grow(&all); g = table_find(&all, x->text, x->start, x->hash); }
-                    *g = (ngram_entry){.text = x->text, .start = x->start, .hash = x->hash};
-                    all.n++;
-                }
+                ngram_entry *g = table_get(&all, x->text, x->start, x->hash);
                 if (x->count > g->max1) { g->max2 = g->max1; g->max1 = x->count; g->arg1 = i; }
                 else if (x->count > g->max2) g->max2 = x->count;
             }
         }
         for (size_t i = 0; i < n_texts; i++) {
             double nu = 0, de = 0;
-            for (size_t e = 0; e < per[i].cap; e++) {
+            for (size_t e = 0; e < per[i].n; e++) {
                 const ngram_entry *x = &per[i].e[e];
-                if (!x->text) continue;
-                const ngram_entry *g = table_find(&all, x->text, x->start, x->hash);
+                const ngram_entry *g = table_find(&all, x->text, x->start, x->hash, NULL);
                 size_t other = g->arg1 == i ? g->max2 : g->max1;
                 nu += (double)(x->count < other ? x->count : other);
                 de += (double)x->count;
             }
             num[i * max_n + n - 1] = nu;
             den[i * max_n + n - 1] = de < 1 ? 1 : de;
-            free(per[i].e);
+            table_free(&per[i]);
         }
-        free(all.e);
+        table_free(&all);
     }
     double sum = 0;
     for (size_t i = 0; i < n_texts; i++)

@@ -10,12 +10,6 @@ void fdpo_free_strings(char **s, size_t n) {
     free(s);
 }
 
-typedef struct { char **v; size_t n, cap; } strvec;
-static void sv_push(strvec *s, char *x) {
-    if (s->n == s->cap) { s->cap = s->cap ? 2 * s->cap : 16; s->v = fdpo_realloc(s->v, s->cap * sizeof *s->v); }
-    s->v[s->n++] = x;
-}
-
 static int blank(const char *s, size_t n) {
     for (size_t i = 0; i < n; i++) if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r') return 0;
     return 1;
@@ -30,7 +24,7 @@ static const char *json_string(const cJSON *o, const char *field, const char *pa
 
 /* Walks the lines of text; for JSONL calls fields[] extraction. n_fields 1 or 2. */
 static int parse_lines(const char *path, const char *text, size_t len, int allow_text, const char *const *fields,
-                       size_t n_fields, strvec *out) {
+                       size_t n_fields, fdpo_strv *out) {
     if (!fdpo_utf8_valid(text, len)) return fdpo_error("%s: not valid UTF-8", path);
     const char *begin = text + fdpo_jsonl_bom(text, len); /* a UTF-8 BOM is not data */
     /* JSONL iff the first non-blank line starts with '{' */
@@ -52,7 +46,8 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                 if (m && p[m - 1] == '\r') m--;
                 char *s = fdpo_malloc(m + 1);
                 memcpy(s, p, m); s[m] = 0;
-                sv_push(out, s);
+                fdpo_strv_push(out, s);
+                free(s);
             } else {
                 const char *end = NULL;
                 cJSON *o = cJSON_ParseWithLengthOpts(p, n, &end, 0);
@@ -69,7 +64,7 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                 }
                 for (size_t f = 0; f < n_fields && rc == 0; f++) {
                     const char *v = json_string(o, fields[f], path, line, &rc);
-                    if (v) sv_push(out, fdpo_strdup(v));
+                    if (v) fdpo_strv_push(out, v);
                 }
                 cJSON_Delete(o);
             }
@@ -77,11 +72,11 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
         p = nl ? nl + 1 : text + len;
     }
     if (rc == 0 && out->n == 0) rc = fdpo_error("%s: no prompts (the file is empty)", path);
-    if (rc) { fdpo_free_strings(out->v, out->n); out->v = NULL; out->n = 0; }
+    if (rc) fdpo_strv_free(out);
     return rc;
 }
 
-static int read_lines(const char *path, int allow_text, const char *const *fields, size_t n_fields, strvec *out) {
+static int read_lines(const char *path, int allow_text, const char *const *fields, size_t n_fields, fdpo_strv *out) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return fdpo_error_context("%s", path);
@@ -91,25 +86,25 @@ static int read_lines(const char *path, int allow_text, const char *const *field
 }
 
 int fdpo_read_prompts(const char *path, char ***prompts, size_t *n) {
-    strvec v = {0};
+    fdpo_strv v = {0};
     static const char *const fields[] = {"prompt"};
-    if (read_lines(path, 1, fields, 1, &v)) return -1;
+    if (read_lines(path, 1, fields, 1, &v)) return -1;   /* parse_lines freed what it read */
     *prompts = v.v; *n = v.n;
     return 0;
 }
 
 int fdpo_parse_prompts(const char *name, const char *text, size_t len, char ***prompts, size_t *n) {
-    strvec v = {0};
+    fdpo_strv v = {0};
     static const char *const fields[] = {"prompt"};
-    if (parse_lines(name, text, len, 1, fields, 1, &v)) return -1;
+    if (parse_lines(name, text, len, 1, fields, 1, &v)) return -1;   /* parse_lines freed what it read */
     *prompts = v.v; *n = v.n;
     return 0;
 }
 
 int fdpo_read_completions(const char *path, char ***prompts, char ***completions, size_t *n) {
-    strvec v = {0};
+    fdpo_strv v = {0};
     static const char *const fields[] = {"prompt", "completion"};
-    if (read_lines(path, 0, fields, 2, &v)) return -1;
+    if (read_lines(path, 0, fields, 2, &v)) return -1;   /* parse_lines freed what it read */
     size_t m = v.n / 2;
     *prompts = fdpo_malloc(m * sizeof(char *));
     *completions = fdpo_malloc(m * sizeof(char *));

@@ -19,7 +19,8 @@ void fdpo_rp_warn(rp_ctx *c, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(c->warn, "fdpo report: warning: %s\n", msg);
+    if (c->warn) fprintf(c->warn, "fdpo report: warning: %s\n", msg);
+    else fdpo_log(FDPO_LOG_WARN, "%s", msg);   /* the library prints nothing itself */
     c->warnings = fdpo_realloc(c->warnings, (c->n_warnings + 1) * sizeof *c->warnings);
     c->warnings[c->n_warnings++] = fdpo_strdup(msg);
 }

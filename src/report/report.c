@@ -50,7 +50,7 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
     if (!cj) return -1;
     rp_ctx c = {0};
     c.opts = o;
-    c.warn = o->warn ? o->warn : stderr;
+    c.warn = o->warn;
     int rc = 0;
     for (size_t i = 0; i < o->n_run_dirs && !rc; i++) rc = fdpo_rp_load_run(&c, o->run_dirs[i]);
     for (size_t i = 0; i < o->n_eval_files && !rc; i++) rc = fdpo_rp_load_eval(&c, o->eval_files[i], NULL, 1);
