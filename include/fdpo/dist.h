@@ -38,8 +38,9 @@ static inline int fdpo_dist_mine(size_t i) { return (int)(i % (size_t)fdpo_dist_
 int fdpo_dist_barrier(void);
 /* Seconds spent inside collectives since start (for the allreduce share in metrics). */
 double fdpo_dist_comm_seconds(void);
-/* End every rank of the job with this exit code (MPI_Abort); plain exit for one process.
- * For the CLI only: the library never calls it. */
+/* End every rank of the job with this exit code (MPI_Abort, which Open MPI carries out by
+ * killing the job's processes); returns when not distributed. For the CLI's error path
+ * only: the library never calls it. */
 void fdpo_dist_abort(int code);
 
 #endif
