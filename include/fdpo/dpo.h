@@ -134,6 +134,9 @@ int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o);
  * shaping and reference are fixed on --resume; layout, ref-live and ref-cache-dir are kept
  * unless given again. Appended to s. */
 void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s);
+/* The data-shaping settings every preference trainer saves (dpo, rm, kto): --max-length,
+ * --max-prompt-length, --on-long, --bad-pairs, --eval-fraction, --eval-file; all fixed. */
+void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, const char *eval_file, fdpo_settings *s);
 int fdpo_dpo_train(const fdpo_dpo_run_opts *o);
 
 #endif

@@ -105,28 +105,6 @@ static int parse_divs(const char *spec, fdpo_divergence **out, size_t *count) {
     return 0;
 }
 
-/* comma-separated numbers; sign: LIST_POSITIVE (> 0), LIST_NONNEG (>= 0) or LIST_ANY */
-enum { LIST_ANY, LIST_POSITIVE, LIST_NONNEG };
-static int parse_list(const char *flag, const char *spec, int sign, double **out, size_t *count) {
-    char *s = fdpo_strdup(spec), *save = NULL;
-    size_t cap = 8, n = 0;
-    double *v = fdpo_malloc(cap * sizeof *v);
-    for (char *tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        char *end;
-        double x = strtod(tok, &end);
-        if (end == tok || *end || !isfinite(x)) { fdpo_error("--%s: '%s' is not a finite number", flag, tok); free(s); free(v); return -1; }
-        if (sign == LIST_POSITIVE && !(x > 0)) { fdpo_error("--%s: must be > 0 (got %s)", flag, tok); free(s); free(v); return -1; }
-        if (sign == LIST_NONNEG && x < 0) { fdpo_error("--%s: must be >= 0 (got %s)", flag, tok); free(s); free(v); return -1; }
-        if (n == cap) v = fdpo_realloc(v, (cap *= 2) * sizeof *v);
-        v[n++] = x;
-    }
-    free(s);
-    if (n == 0) { free(v); return fdpo_error("--%s: empty list", flag); }
-    *out = v;
-    *count = n;
-    return 0;
-}
-
 static int check_beta(double beta) {
     if (!(beta > 0)) return fdpo_error("--beta: must be > 0 (got %g)", beta);
     return 0;
@@ -213,7 +191,7 @@ static int lab_solve(int argc, char **argv) {
 /* ---------------- frontier ---------------- */
 
 static int beta_grid(const char *list, double bmin, double bmax, long nb, double **betas, size_t *n) {
-    if (list && *list) return parse_list("betas", list, LIST_POSITIVE, betas, n);
+    if (list && *list) return flags_number_list("betas", list, FLAGS_LIST_POSITIVE, betas, n);
     if (!(bmin > 0) || !(bmax >= bmin)) return fdpo_error("--beta-min/--beta-max: need 0 < min <= max (got %g, %g)", bmin, bmax);
     if (nb < 1) return fdpo_error("--n-betas: must be >= 1 (got %ld)", nb);
     *betas = fdpo_malloc((size_t)nb * sizeof(double));
@@ -294,7 +272,7 @@ static int lab_gap(int argc, char **argv) {
     double *betas = NULL, *noises = NULL;
     size_t nd, nbeta, nnoise;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    if (parse_list("betas", betalist, LIST_POSITIVE, &betas, &nbeta) || parse_list("noise", noiselist, LIST_NONNEG, &noises, &nnoise)) {
+    if (flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE, &betas, &nbeta) || flags_number_list("noise", noiselist, FLAGS_LIST_NONNEG, &noises, &nnoise)) {
         free(divs); free(betas); return -1;
     }
     fdpo_rng rng;
@@ -393,7 +371,7 @@ static int lab_coverage(int argc, char **argv) {
     double *ns = NULL;
     size_t nd, nn;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    if (parse_list("comparisons", nlist, LIST_POSITIVE, &ns, &nn)) { free(divs); return -1; }
+    if (flags_number_list("comparisons", nlist, FLAGS_LIST_POSITIVE, &ns, &nn)) { free(divs); return -1; }
     for (size_t k = 0; k < nn; k++)
         if (ns[k] != floor(ns[k]) || ns[k] > 1e8) { fdpo_error("--comparisons: %g is not a whole number <= 1e8", ns[k]); free(divs); free(ns); return -1; }
     fdpo_rng rng;
@@ -457,7 +435,7 @@ static int lab_bias(int argc, char **argv) {
     double *betas = NULL, *bs = NULL;
     size_t nd, nbeta, nb;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    if (parse_list("betas", betalist, LIST_POSITIVE, &betas, &nbeta) || parse_list("bias", biaslist, LIST_NONNEG, &bs, &nb)) { free(divs); free(betas); return -1; }
+    if (flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE, &betas, &nbeta) || flags_number_list("bias", biaslist, FLAGS_LIST_NONNEG, &bs, &nb)) { free(divs); free(betas); return -1; }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
@@ -658,7 +636,7 @@ static int threshold_grid(const char *spec, double **out, size_t *n) {
         *n = (size_t)k;
         return 0;
     }
-    return parse_list("frontier", spec, LIST_ANY, out, n);
+    return flags_number_list("frontier", spec, FLAGS_LIST_ANY, out, n);
 }
 
 static int lab_constrained(int argc, char **argv) {

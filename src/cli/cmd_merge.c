@@ -10,23 +10,6 @@
 #include "fdpo/tokenizer.h"
 #include "fdpo/trainer.h"
 
-/* "0.3,0.7" -> n doubles; error names --weight and the bad item */
-static int parse_weights(const char *s, double **out, size_t *n) {
-    size_t cap = 1;
-    for (const char *p = s; *p; p++) cap += *p == ',';
-    double *w = fdpo_malloc(cap * sizeof *w);
-    size_t k = 0;
-    for (const char *p = s;; k++) {
-        char *end;
-        w[k] = strtod(p, &end);
-        if (end == p || (*end && *end != ',')) { free(w); return fdpo_error("--weight: item %zu of '%s' is not a number", k + 1, s); }
-        if (!*end) { k++; break; }
-        p = end + 1;
-    }
-    *out = w; *n = k;
-    return 0;
-}
-
 int cmd_merge(int argc, char **argv) {
     /* --model repeats: collect every occurrence before the flag parser sees the last one */
     const char **models = fdpo_malloc((size_t)argc * sizeof *models);
@@ -63,7 +46,7 @@ int cmd_merge(int argc, char **argv) {
     rc = -1;
     if (!out) { fdpo_error("--out: required (usage: %s)", usage); goto done; }
     if (weight_list) {
-        if (parse_weights(weight_list, &weights, &n_weights)) goto done;
+        if (flags_number_list("weight", weight_list, FLAGS_LIST_ANY, &weights, &n_weights)) goto done;
         if (n_weights != n_models) { fdpo_error("--weight: %zu weights for %zu --model checkpoints", n_weights, n_models); goto done; }
     }
     if (!overwrite) {

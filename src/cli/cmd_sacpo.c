@@ -7,23 +7,6 @@
 #include "fdpo/core.h"
 #include "fdpo/sacpo.h"
 
-/* "0.5,1,2" -> doubles; the error names the flag and the item */
-static int parse_list(const char *flag, const char *s, double **out, size_t *n) {
-    size_t cap = 1;
-    for (const char *p = s; *p; p++) cap += *p == ',';
-    double *v = fdpo_malloc(cap * sizeof *v);
-    size_t k = 0;
-    for (const char *p = s;; k++) {
-        char *end;
-        v[k] = strtod(p, &end);
-        if (end == p || (*end && *end != ',')) { free(v); return fdpo_error("--%s: item %zu of '%s' is not a number", flag, k + 1, s); }
-        if (!*end) { k++; break; }
-        p = end + 1;
-    }
-    *out = v; *n = k;
-    return 0;
-}
-
 /* the data and reference of each stage are sacpo's; resume is per stage */
 static const char *const NOT_FOR_SACPO[] = {"data", "eval-file", "ref", "resume", "stop-at"};
 
@@ -52,8 +35,8 @@ int cmd_sacpo(int argc, char **argv) {
     if (n_pos > 0) { fdpo_error("unexpected argument '%s' (data files go in --reward-data and --safety-data)", pos[0]); goto done; }
     if (dpo_flags_finish(&v, flags, n)) goto done;
     if (!lambda_list) { fdpo_error("--lambda: required (one or more safety multipliers, e.g. 0.5,1,2)"); goto done; }
-    if (parse_list("lambda", lambda_list, &lambdas, &so.n_lambdas)) goto done;
-    if (merge_list && parse_list("merge", merge_list, &weights, &so.n_merge_weights)) goto done;
+    if (flags_number_list("lambda", lambda_list, FLAGS_LIST_ANY, &lambdas, &so.n_lambdas)) goto done;
+    if (merge_list && flags_number_list("merge", merge_list, FLAGS_LIST_ANY, &weights, &so.n_merge_weights)) goto done;
     if (!strcmp(order, "reward-first")) so.safety_first = 0;
     else if (!strcmp(order, "safety-first")) so.safety_first = 1;
     else { fdpo_error("--order: '%s' is not reward-first or safety-first", order); goto done; }

@@ -286,3 +286,23 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
     if (n_pos) *n_pos = np;
     return FLAGS_OK;
 }
+
+int flags_number_list(const char *flag, const char *spec, int sign, double **out, size_t *count) {
+    char *s = fdpo_strdup(spec), *save = NULL;
+    size_t cap = 8, n = 0;
+    double *v = fdpo_malloc(cap * sizeof *v);
+    for (char *tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *end;
+        double x = strtod(tok, &end);
+        if (end == tok || *end || !isfinite(x)) { fdpo_error("--%s: '%s' is not a finite number", flag, tok); free(s); free(v); return -1; }
+        if (sign == FLAGS_LIST_POSITIVE && !(x > 0)) { fdpo_error("--%s: must be > 0 (got %s)", flag, tok); free(s); free(v); return -1; }
+        if (sign == FLAGS_LIST_NONNEG && x < 0) { fdpo_error("--%s: must be >= 0 (got %s)", flag, tok); free(s); free(v); return -1; }
+        if (n == cap) v = fdpo_realloc(v, (cap *= 2) * sizeof *v);
+        v[n++] = x;
+    }
+    free(s);
+    if (n == 0) { free(v); return fdpo_error("--%s: empty list", flag); }
+    *out = v;
+    *count = n;
+    return 0;
+}

@@ -60,6 +60,10 @@ int flags_was_set(const fdpo_flag *flags, size_t n_flags, const char *name);
 void flags_prepend_list(const flag_list *l, char ***pos, int *n_pos);
 /* Levenshtein distance of two strings, '-' and '_' counted equal (for "did you mean"). */
 size_t flags_edit_distance(const char *a, const char *b);
+/* "0.1,0.5,2" -> *count finite doubles (malloc'd). sign: FLAGS_LIST_ANY, FLAGS_LIST_POSITIVE
+ * (> 0) or FLAGS_LIST_NONNEG (>= 0). Errors name the flag and the item. */
+enum { FLAGS_LIST_ANY, FLAGS_LIST_POSITIVE, FLAGS_LIST_NONNEG };
+int flags_number_list(const char *flag, const char *spec, int sign, double **out, size_t *count);
 #define NFLAGS(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

@@ -141,6 +141,15 @@ static const char *on_long_name(fdpo_pref_on_long v) {
     return v == FDPO_PREF_LONG_SKIP ? "skip" : v == FDPO_PREF_LONG_ERROR ? "error" : "truncate";
 }
 
+void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, const char *eval_file, fdpo_settings *s) {
+    fdpo_settings_num(s, "max-length", (double)p->max_length, 1);
+    fdpo_settings_num(s, "max-prompt-length", (double)p->max_prompt_length, 1);
+    fdpo_settings_str(s, "on-long", on_long_name(p->on_long), 1);
+    fdpo_settings_str(s, "bad-pairs", p->on_bad == FDPO_PREF_SKIP ? "skip" : "error", 1);
+    fdpo_settings_num(s, "eval-fraction", eval_fraction, 1);
+    fdpo_settings_str(s, "eval-file", eval_file, 1);
+}
+
 void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s) {
     char div[64];
     fdpo_divergence_name(&o->dpo.loss.div, div, sizeof div);   /* canonical: alpha:.5 == alpha:0.5 */
@@ -152,12 +161,7 @@ void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s) {
     fdpo_settings_num(s, "label-smoothing", o->dpo.loss.label_smoothing, 1);
     fdpo_settings_num(s, "simpo-gamma", o->dpo.loss.simpo_gamma, 1);
     fdpo_settings_num(s, "sft-weight", o->dpo.loss.sft_weight, 1);
-    fdpo_settings_num(s, "max-length", (double)o->pref.max_length, 1);
-    fdpo_settings_num(s, "max-prompt-length", (double)o->pref.max_prompt_length, 1);
-    fdpo_settings_str(s, "on-long", on_long_name(o->pref.on_long), 1);
-    fdpo_settings_str(s, "bad-pairs", o->pref.on_bad == FDPO_PREF_SKIP ? "skip" : "error", 1);
-    fdpo_settings_num(s, "eval-fraction", o->eval_fraction, 1);
-    fdpo_settings_str(s, "eval-file", o->eval_file, 1);
+    fdpo_pref_data_settings(&o->pref, o->eval_fraction, o->eval_file, s);
     fdpo_settings_str(s, "ref", o->ref, 1);
     /* the same function either way (docs/dpo.md): kept from the saved run unless given again */
     fdpo_settings_str(s, "layout", o->dpo.layout == FDPO_LAYOUT_PLAIN ? "plain" : "shared", 0);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/dpo.h"
 #include "fdpo/io.h"
 #include "fdpo/kto.h"
 
@@ -132,10 +133,6 @@ static void add_kto_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_kto
 #undef ADD
 }
 
-static const char *on_long_name(fdpo_pref_on_long v) {
-    return v == FDPO_PREF_LONG_SKIP ? "skip" : v == FDPO_PREF_LONG_ERROR ? "error" : "truncate";
-}
-
 int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o) {
     if (!o->train.init) return fdpo_error("--model: required (the policy checkpoint, also the default reference)");
     if (!o->data) return fdpo_error("--data: required (unpaired JSONL {prompt, completion, label})");
@@ -155,12 +152,7 @@ void fdpo_kto_run_opts_settings(const fdpo_kto_run_opts *o, fdpo_settings *s) {
     fdpo_settings_num(s, "beta", o->loss.beta, 1);
     fdpo_settings_num(s, "desirable-weight", o->loss.desirable_weight, 1);
     fdpo_settings_num(s, "undesirable-weight", o->loss.undesirable_weight, 1);
-    fdpo_settings_num(s, "max-length", (double)o->pref.max_length, 1);
-    fdpo_settings_num(s, "max-prompt-length", (double)o->pref.max_prompt_length, 1);
-    fdpo_settings_str(s, "on-long", on_long_name(o->pref.on_long), 1);
-    fdpo_settings_str(s, "bad-pairs", o->pref.on_bad == FDPO_PREF_SKIP ? "skip" : "error", 1);
-    fdpo_settings_num(s, "eval-fraction", o->eval_fraction, 1);
-    fdpo_settings_str(s, "eval-file", o->eval_file, 1);
+    fdpo_pref_data_settings(&o->pref, o->eval_fraction, o->eval_file, s);
 }
 
 int fdpo_kto_train(const fdpo_kto_run_opts *o) {

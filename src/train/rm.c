@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/dpo.h"
 #include "fdpo/io.h"
 #include "fdpo/objectives.h"
 #include "fdpo/rm.h"
@@ -157,10 +158,6 @@ static void add_rm_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_rm_m
 #undef ADD
 }
 
-static const char *on_long_name(fdpo_pref_on_long v) {
-    return v == FDPO_PREF_LONG_SKIP ? "skip" : v == FDPO_PREF_LONG_ERROR ? "error" : "truncate";
-}
-
 int fdpo_rm_run_opts_check(const fdpo_rm_run_opts *o) {
     if (!o->train.init) return fdpo_error("--model: required (the backbone checkpoint)");
     if (!o->data) return fdpo_error("--data: required (preference JSONL)");
@@ -175,12 +172,7 @@ void fdpo_rm_run_opts_settings(const fdpo_rm_run_opts *o, fdpo_settings *s) {
     fdpo_settings_str(s, "model", o->train.init, 1);
     fdpo_settings_str(s, "data", o->data, 1);
     fdpo_settings_num(s, "center-rewards-coefficient", o->center_rewards_coefficient, 1);
-    fdpo_settings_num(s, "max-length", (double)o->pref.max_length, 1);
-    fdpo_settings_num(s, "max-prompt-length", (double)o->pref.max_prompt_length, 1);
-    fdpo_settings_str(s, "on-long", on_long_name(o->pref.on_long), 1);
-    fdpo_settings_str(s, "bad-pairs", o->pref.on_bad == FDPO_PREF_SKIP ? "skip" : "error", 1);
-    fdpo_settings_num(s, "eval-fraction", o->eval_fraction, 1);
-    fdpo_settings_str(s, "eval-file", o->eval_file, 1);
+    fdpo_pref_data_settings(&o->pref, o->eval_fraction, o->eval_file, s);
 }
 
 int fdpo_rm_train(const fdpo_rm_run_opts *o) {

@@ -98,7 +98,7 @@ def test_rerun_skips_done_stages_and_adds_lambdas(data, tmp_path):
 @pytest.mark.parametrize("extra,msg", [
     (["--lambda", "0"], "--lambda: 0 must be a positive number"),
     (["--lambda", "2,1"], "--lambda: the list must be strictly increasing"),
-    (["--lambda", "1,x"], "--lambda: item 2 of '1,x' is not a number"),
+    (["--lambda", "1,x"], "--lambda: 'x' is not a finite number"),
     (["--lambda", "1", "--merge", "0.5"], "--merge: needs two or more --lambda"),
     (["--lambda", "1,2", "--merge", "1.5"], "--merge: weight 1.5 must be in (0, 1)"),
     (["--lambda", "1", "--loss", "simpo"], "--loss simpo"),
