@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cli/commands.h"
+#include "cli/dpo_flags.h"
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
 #include "fdpo/kto.h"
@@ -25,8 +26,8 @@ int cmd_kto(int argc, char **argv) {
     memset(&o, 0, sizeof o);
     fdpo_flag all[TRAIN_FLAGS_MAX], flags[TRAIN_FLAGS_MAX + 16];
     size_t n_all = train_flags_add(all, 0, &o.train), n = 0;
-    const char *model = NULL, *divergence = NULL, *on_long = NULL, *bad = NULL;
-    long max_length, max_prompt_length;
+    const char *model = NULL, *divergence = NULL;
+    pref_data_flags data;
     const fdpo_flag own[] = {
         {"model", FLAG_STR, &model, NULL, "policy checkpoint to align (required); also the reference unless --ref", 0},
         {"data", FLAG_STR, &o.data, NULL, "unpaired JSONL {prompt, completion, label: true|false} (required; docs/kto.md)", 0},
@@ -35,14 +36,9 @@ int cmd_kto(int argc, char **argv) {
         {"divergence", FLAG_STR, &divergence, "rkl", "score s(l) in place of the log-ratio: rkl (= KTO), fkl, js, alpha:A", 0},
         {"desirable-weight", FLAG_FLOAT, &o.loss.desirable_weight, "1", "TRL desirable_weight: weight of desirable examples' losses", 0},
         {"undesirable-weight", FLAG_FLOAT, &o.loss.undesirable_weight, "1", "TRL undesirable_weight: weight of undesirable examples' losses", 0},
-        {"max-length", FLAG_INT, &max_length, "0", "max tokens of prompt + completion (0: the model's n_positions)", 0},
-        {"max-prompt-length", FLAG_INT, &max_prompt_length, "0", "prompt keeps its last N tokens when an example is too long (0: max-length/2)", 0},
-        {"on-long", FLAG_STR, &on_long, "truncate", "examples longer than --max-length: truncate, skip (counted) or error", 0},
-        {"bad-pairs", FLAG_STR, &bad, "error", "empty completions: error or skip (counted)", 0},
-        {"eval-fraction", FLAG_FLOAT, &o.eval_fraction, "0.1", "fraction of examples held out for eval (seeded by --seed)", 0},
-        {"eval-file", FLAG_STR, &o.eval_file, NULL, "held-out unpaired JSONL (replaces --eval-fraction)", 0},
     };
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
+    n = pref_data_flags_add(flags, n, &data, &o.eval_fraction, &o.eval_file, "examples");
     for (size_t i = 0; i < n_all; i++) {
         if (not_for_kto(all[i].name)) continue;
         flags[n] = all[i];
@@ -67,17 +63,7 @@ int cmd_kto(int argc, char **argv) {
     o.train.init = model;
     if (fdpo_divergence_parse(divergence, &o.loss.div)) { fdpo_error_context("--divergence"); goto done; }
     if (fdpo_kto_loss_check(&o.loss)) goto done;
-    if (max_length < 0) { fdpo_error("--max-length: %ld must be >= 0", max_length); goto done; }
-    if (max_prompt_length < 0) { fdpo_error("--max-prompt-length: %ld must be >= 0", max_prompt_length); goto done; }
-    o.pref.max_length = (size_t)max_length;
-    o.pref.max_prompt_length = (size_t)max_prompt_length;
-    if (!strcmp(on_long, "truncate")) o.pref.on_long = FDPO_PREF_LONG_TRUNCATE;
-    else if (!strcmp(on_long, "skip")) o.pref.on_long = FDPO_PREF_LONG_SKIP;
-    else if (!strcmp(on_long, "error")) o.pref.on_long = FDPO_PREF_LONG_ERROR;
-    else { fdpo_error("--on-long: '%s' is not truncate, skip or error", on_long); goto done; }
-    if (!strcmp(bad, "error")) o.pref.on_bad = FDPO_PREF_ERROR;
-    else if (!strcmp(bad, "skip")) o.pref.on_bad = FDPO_PREF_SKIP;
-    else { fdpo_error("--bad-pairs: '%s' is not error or skip", bad); goto done; }
+    if (pref_data_flags_finish(&data, &o.pref)) goto done;
     if (!(o.eval_fraction >= 0 && o.eval_fraction < 1)) { fdpo_error("--eval-fraction: %g is not in [0, 1)", o.eval_fraction); goto done; }
     train_catch_interrupts();
     rc = fdpo_kto_train(&o);

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cli/commands.h"
+#include "cli/dpo_flags.h"
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
 #include "fdpo/rm.h"
@@ -25,20 +26,15 @@ int cmd_rm(int argc, char **argv) {
     memset(&o, 0, sizeof o);
     fdpo_flag all[TRAIN_FLAGS_MAX], flags[TRAIN_FLAGS_MAX + 16];
     size_t n_all = train_flags_add(all, 0, &o.train), n = 0;
-    const char *model = NULL, *on_long = NULL, *bad_pairs = NULL;
-    long max_length, max_prompt_length;
+    const char *model = NULL;
+    pref_data_flags data;
     const fdpo_flag own[] = {
         {"model", FLAG_STR, &model, NULL, "backbone checkpoint (a language model gets a new score head; a reward model continues) (required)", 0},
         {"data", FLAG_STR, &o.data, NULL, "preference JSONL {prompt, chosen, rejected[, margin]} (required; see docs/rm.md)", 0},
         {"center-rewards-coefficient", FLAG_FLOAT, &o.center_rewards_coefficient, "0", "TRL's centering term: adds C * mean((r_chosen + r_rejected)^2)", 0},
-        {"max-length", FLAG_INT, &max_length, "0", "max tokens of prompt + one completion (0: the model's n_positions)", 0},
-        {"max-prompt-length", FLAG_INT, &max_prompt_length, "0", "prompt keeps its last N tokens when a pair is too long (0: max-length/2)", 0},
-        {"on-long", FLAG_STR, &on_long, "truncate", "pairs longer than --max-length: truncate, skip (counted) or error", 0},
-        {"bad-pairs", FLAG_STR, &bad_pairs, "error", "empty completions / chosen == rejected: error or skip (counted)", 0},
-        {"eval-fraction", FLAG_FLOAT, &o.eval_fraction, "0.1", "fraction of pairs held out for eval accuracy (seeded by --seed)", 0},
-        {"eval-file", FLAG_STR, &o.eval_file, NULL, "held-out preference JSONL (replaces --eval-fraction)", 0},
     };
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
+    n = pref_data_flags_add(flags, n, &data, &o.eval_fraction, &o.eval_file, "pairs");
     for (size_t i = 0; i < n_all; i++) {
         if (not_for_rm(all[i].name)) continue;
         flags[n] = all[i];
@@ -62,17 +58,7 @@ int cmd_rm(int argc, char **argv) {
     if (!model) { fdpo_error("--model: required (the backbone checkpoint)"); goto done; }
     if (!o.data) { fdpo_error("--data: required (preference JSONL)"); goto done; }
     o.train.init = model;
-    if (max_length < 0) { fdpo_error("--max-length: %ld must be >= 0", max_length); goto done; }
-    if (max_prompt_length < 0) { fdpo_error("--max-prompt-length: %ld must be >= 0", max_prompt_length); goto done; }
-    o.pref.max_length = (size_t)max_length;
-    o.pref.max_prompt_length = (size_t)max_prompt_length;
-    if (!strcmp(on_long, "truncate")) o.pref.on_long = FDPO_PREF_LONG_TRUNCATE;
-    else if (!strcmp(on_long, "skip")) o.pref.on_long = FDPO_PREF_LONG_SKIP;
-    else if (!strcmp(on_long, "error")) o.pref.on_long = FDPO_PREF_LONG_ERROR;
-    else { fdpo_error("--on-long: '%s' is not truncate, skip or error", on_long); goto done; }
-    if (!strcmp(bad_pairs, "error")) o.pref.on_bad = FDPO_PREF_ERROR;
-    else if (!strcmp(bad_pairs, "skip")) o.pref.on_bad = FDPO_PREF_SKIP;
-    else { fdpo_error("--bad-pairs: '%s' is not error or skip", bad_pairs); goto done; }
+    if (pref_data_flags_finish(&data, &o.pref)) goto done;
     if (!(o.eval_fraction >= 0 && o.eval_fraction < 1)) { fdpo_error("--eval-fraction: %g is not in [0, 1)", o.eval_fraction); goto done; }
     train_catch_interrupts();
     rc = fdpo_rm_train(&o);

@@ -1,4 +1,5 @@
 /* The flag table of `fdpo dpo` and its mapping onto fdpo_dpo_run_opts (cli/dpo_flags.h). */
+#include <stdio.h>
 #include <string.h>
 #include "cli/dpo_flags.h"
 #include "fdpo/core.h"
@@ -29,12 +30,6 @@ size_t dpo_flags_add(dpo_flags *v, fdpo_flag *flags, const char *const *skip, si
         {"label-smoothing", FLAG_FLOAT, &v->smoothing, "0", "label noise e in [0, 0.5) for sigmoid (cDPO) and robust", 0},
         {"simpo-gamma", FLAG_FLOAT, &v->gamma, "0.5", "SimPO target margin gamma", 0},
         {"sft-weight", FLAG_FLOAT, &v->sft, "0", "RPO: add this times the mean NLL per chosen token of the step", 0},
-        {"max-length", FLAG_INT, &v->max_length, "0", "max tokens of prompt + one completion (0: the policy's n_positions)", 0},
-        {"max-prompt-length", FLAG_INT, &v->max_prompt_length, "0", "prompt keeps its last N tokens when a pair is too long (0: max-length/2)", 0},
-        {"on-long", FLAG_STR, &v->on_long, "truncate", "pairs longer than --max-length: truncate, skip (counted) or error", 0},
-        {"bad-pairs", FLAG_STR, &v->bad_pairs, "error", "empty completions / chosen == rejected: error or skip (counted)", 0},
-        {"eval-fraction", FLAG_FLOAT, &o->eval_fraction, "0.1", "fraction of pairs held out for eval (seeded by --seed)", 0},
-        {"eval-file", FLAG_STR, &o->eval_file, NULL, "held-out preference JSONL (replaces --eval-fraction)", 0},
         {"ref", FLAG_STR, &o->ref, NULL, "reference checkpoint (default: the initial policy)", 0},
         {"ref-live", FLAG_BOOL, &o->ref_live, "0", "keep the reference in memory and run it every step instead of caching its log-probs", 0},
         {"ref-cache-dir", FLAG_STR, &o->ref_cache_dir, NULL, "where cached reference log-probs live (default: .fdpo-cache beside --out)", 0},
@@ -42,6 +37,10 @@ size_t dpo_flags_add(dpo_flags *v, fdpo_flag *flags, const char *const *skip, si
     };
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
         if (!listed(own[i].name, skip, n_skip)) flags[n++] = own[i];
+    fdpo_flag data[PREF_DATA_NFLAGS];
+    pref_data_flags_add(data, 0, &v->data, &o->eval_fraction, &o->eval_file, "pairs");
+    for (size_t i = 0; i < PREF_DATA_NFLAGS; i++)
+        if (!listed(data[i].name, skip, n_skip)) flags[n++] = data[i];
     for (size_t i = 0; i < n_all; i++) {
         if (listed(all[i].name, NOT_FOR_DPO, sizeof NOT_FOR_DPO / sizeof NOT_FOR_DPO[0]) || listed(all[i].name, skip, n_skip)) continue;
         flags[n] = all[i];
@@ -71,16 +70,36 @@ int dpo_flags_finish(dpo_flags *v, fdpo_flag *flags, size_t n) {
     o->dpo.loss.label_smoothing = v->smoothing;
     o->dpo.loss.simpo_gamma = v->gamma;
     o->dpo.loss.sft_weight = v->sft;
+    return pref_data_flags_finish(&v->data, &o->pref);
+}
+
+size_t pref_data_flags_add(fdpo_flag *f, size_t n, pref_data_flags *v, double *eval_fraction, const char **eval_file,
+                           const char *what) {
+    static char help[4][160];   /* the texts name what is shaped: pairs or examples */
+    snprintf(help[0], sizeof help[0], "prompt keeps its last N tokens when one of the %s is too long (0: max-length/2)", what);
+    snprintf(help[1], sizeof help[1], "%s longer than --max-length: truncate, skip (counted) or error", what);
+    snprintf(help[2], sizeof help[2], "fraction of %s held out for eval (seeded by --seed)", what);
+    snprintf(help[3], sizeof help[3], "held-out JSONL of %s (replaces --eval-fraction)", what);
+    f[n++] = (fdpo_flag){"max-length", FLAG_INT, &v->max_length, "0", "max tokens of prompt + one completion (0: the model's n_positions)", 0};
+    f[n++] = (fdpo_flag){"max-prompt-length", FLAG_INT, &v->max_prompt_length, "0", help[0], 0};
+    f[n++] = (fdpo_flag){"on-long", FLAG_STR, &v->on_long, "truncate", help[1], 0};
+    f[n++] = (fdpo_flag){"bad-pairs", FLAG_STR, &v->bad_pairs, "error", "empty completions / chosen == rejected: error or skip (counted)", 0};
+    f[n++] = (fdpo_flag){"eval-fraction", FLAG_FLOAT, eval_fraction, "0.1", help[2], 0};
+    f[n++] = (fdpo_flag){"eval-file", FLAG_STR, eval_file, NULL, help[3], 0};
+    return n;
+}
+
+int pref_data_flags_finish(const pref_data_flags *v, fdpo_pref_options *p) {
     if (v->max_length < 0) return fdpo_error("--max-length: %ld must be >= 0", v->max_length);
     if (v->max_prompt_length < 0) return fdpo_error("--max-prompt-length: %ld must be >= 0", v->max_prompt_length);
-    o->pref.max_length = (size_t)v->max_length;
-    o->pref.max_prompt_length = (size_t)v->max_prompt_length;
-    if (!strcmp(v->on_long, "truncate")) o->pref.on_long = FDPO_PREF_LONG_TRUNCATE;
-    else if (!strcmp(v->on_long, "skip")) o->pref.on_long = FDPO_PREF_LONG_SKIP;
-    else if (!strcmp(v->on_long, "error")) o->pref.on_long = FDPO_PREF_LONG_ERROR;
+    p->max_length = (size_t)v->max_length;
+    p->max_prompt_length = (size_t)v->max_prompt_length;
+    if (!strcmp(v->on_long, "truncate")) p->on_long = FDPO_PREF_LONG_TRUNCATE;
+    else if (!strcmp(v->on_long, "skip")) p->on_long = FDPO_PREF_LONG_SKIP;
+    else if (!strcmp(v->on_long, "error")) p->on_long = FDPO_PREF_LONG_ERROR;
     else return fdpo_error("--on-long: '%s' is not truncate, skip or error", v->on_long);
-    if (!strcmp(v->bad_pairs, "error")) o->pref.on_bad = FDPO_PREF_ERROR;
-    else if (!strcmp(v->bad_pairs, "skip")) o->pref.on_bad = FDPO_PREF_SKIP;
+    if (!strcmp(v->bad_pairs, "error")) p->on_bad = FDPO_PREF_ERROR;
+    else if (!strcmp(v->bad_pairs, "skip")) p->on_bad = FDPO_PREF_SKIP;
     else return fdpo_error("--bad-pairs: '%s' is not error or skip", v->bad_pairs);
     return 0;
 }

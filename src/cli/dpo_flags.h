@@ -12,11 +12,21 @@
 #include "fdpo/dpo.h"
 
 #define DPO_FLAGS_MAX (TRAIN_FLAGS_MAX + 24)
+
+/* The data-shaping flags of every preference trainer (dpo, rm, kto): --max-length,
+ * --max-prompt-length, --on-long, --bad-pairs, --eval-fraction, --eval-file. */
+#define PREF_DATA_NFLAGS 6
+typedef struct { const char *on_long, *bad_pairs; long max_length, max_prompt_length; } pref_data_flags;
+/* Appends the six flags at f + n (what: "pairs" or "examples", for the help texts). */
+size_t pref_data_flags_add(fdpo_flag *f, size_t n, pref_data_flags *v, double *eval_fraction, const char **eval_file,
+                           const char *what);
+/* The parsed text flags -> p; errors name the flag. */
+int pref_data_flags_finish(const pref_data_flags *v, fdpo_pref_options *p);
 typedef struct {
     fdpo_dpo_run_opts o;
-    const char *model, *divergence, *loss, *layout, *on_long, *bad_pairs;
+    const char *model, *divergence, *loss, *layout;
     double beta, smoothing, gamma, sft;
-    long max_length, max_prompt_length;
+    pref_data_flags data;
 } dpo_flags;
 
 size_t dpo_flags_add(dpo_flags *v, fdpo_flag *flags, const char *const *skip, size_t n_skip);
