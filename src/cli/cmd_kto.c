@@ -9,13 +9,8 @@
 #include "fdpo/kto.h"
 
 static const char *const NOT_FOR_KTO[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
-                                          "seq-len", "val-fraction"};
+                                          "seq-len", "val-fraction", NULL};
 
-static int not_for_kto(const char *name) {
-    for (size_t i = 0; i < sizeof NOT_FOR_KTO / sizeof NOT_FOR_KTO[0]; i++)
-        if (!strcmp(name, NOT_FOR_KTO[i])) return 1;
-    return 0;
-}
 
 
 int cmd_kto(int argc, char **argv) {
@@ -24,8 +19,8 @@ int cmd_kto(int argc, char **argv) {
         "[--desirable-weight W] [--undesirable-weight W] [flags]";
     fdpo_kto_run_opts o;
     memset(&o, 0, sizeof o);
-    fdpo_flag all[TRAIN_FLAGS_MAX], flags[TRAIN_FLAGS_MAX + 16];
-    size_t n_all = train_flags_add(all, 0, &o.train), n = 0;
+    fdpo_flag flags[TRAIN_FLAGS_MAX + 16];
+    size_t n = 0;
     const char *model = NULL, *divergence = NULL;
     pref_data_flags data;
     const fdpo_flag own[] = {
@@ -39,12 +34,8 @@ int cmd_kto(int argc, char **argv) {
     };
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
     n = pref_data_flags_add(flags, n, &data, &o.eval_fraction, &o.eval_file, "examples");
-    for (size_t i = 0; i < n_all; i++) {
-        if (not_for_kto(all[i].name)) continue;
-        flags[n] = all[i];
-        if (!strcmp(all[i].name, "batch-size")) flags[n].help = "examples per micro-batch (the KL reference point is estimated within it)";
-        n++;
-    }
+    n = train_flags_add_except(flags, n, &o.train, NOT_FOR_KTO);
+    train_flags_set_help(flags, n, "batch-size", "examples per micro-batch (the KL reference point is estimated within it)");
     o.train.n_layer = o.train.n_head = o.train.n_embd = o.train.n_positions = o.train.seq_len = 1;
     train_flags_set_default(flags, n, "lr", "1e-6");
     train_flags_set_default(flags, n, "schedule", "linear");

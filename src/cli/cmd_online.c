@@ -10,29 +10,23 @@
 /* Shared training flags that do not apply: the model is --model, lengths from the samples,
  * every round trains on all its pairs; --resume means "after the last complete round". */
 static const char *const NOT_FOR_ONLINE[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
-                                             "seq-len", "val-fraction", "overwrite", "stop-at"};
-static int not_for_online(const char *name) {
-    for (size_t i = 0; i < sizeof NOT_FOR_ONLINE / sizeof NOT_FOR_ONLINE[0]; i++)
-        if (!strcmp(name, NOT_FOR_ONLINE[i])) return 1;
-    return 0;
-}
+                                             "seq-len", "val-fraction", "overwrite", "stop-at", NULL};
 
 int cmd_online(int argc, char **argv) {
     static const char usage[] =
-        "fdpo online --model CKPT --prompts FILE --reward SPEC --out DIR [--divergence D] [--beta B] "
+        "fdpo online --model CKPT --data PROMPTS --reward SPEC --out DIR [--divergence D] [--beta B] "
         "[--rounds R] [--prompts-per-round P] [--n N] [--ref-update never|round] [flags]";
     fdpo_online_opts o;
     memset(&o, 0, sizeof o);
-    fdpo_flag all[TRAIN_FLAGS_MAX], flags[TRAIN_FLAGS_MAX + 24];
-    size_t n_all = train_flags_add(all, 0, &o.dpo.train), n = 0;
-    const char *divergence, *loss, *ref_update, *data = NULL, *stop = NULL, *pairs_mode, *mode;
+    fdpo_flag flags[TRAIN_FLAGS_MAX + 24];
+    size_t n = 0;
+    const char *divergence, *loss, *ref_update, *stop = NULL, *pairs_mode, *mode;
     double beta, temperature, top_p, timeout;
     long top_k, max_new;
     const fdpo_flag own[] = {
         {"model", FLAG_STR, &o.model, NULL, "initial policy checkpoint (required); also the reference unless --ref", 0},
         {"ref", FLAG_STR, &o.ref, NULL, "reference checkpoint (default: --model)", 0},
         {"data", FLAG_STR, &o.prompts, NULL, "prompts: JSONL {\"prompt\"} or text, one per line (required)", 0},
-        {"data", FLAG_STR, &data, NULL, "same as --prompts", 0},
         {"reward", FLAG_STR, &o.reward, NULL, "reward of a completion: afinn, length, length:words, cmd:PROG (required)", 0},
         {"lexicon", FLAG_STR, &o.reward_opts.lexicon, NULL, "AFINN lexicon file for --reward afinn", 0},
         {"reward-timeout", FLAG_FLOAT, &timeout, "60", "seconds a cmd: reward may take", 0},
@@ -53,15 +47,11 @@ int cmd_online(int argc, char **argv) {
         {"stop", FLAG_STR, &stop, NULL, "stop string", 0},
     };
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
-    for (size_t i = 0; i < n_all; i++) {
-        if (not_for_online(all[i].name)) continue;
-        flags[n] = all[i];
-        if (!strcmp(all[i].name, "out")) flags[n].help = "run directory: round-K/ checkpoints, round-K.pairs.jsonl, metrics.jsonl (required)";
-        if (!strcmp(all[i].name, "resume")) flags[n].help = "continue after the last complete round in --out";
-        if (!strcmp(all[i].name, "batch-size")) flags[n].help = "pairs per micro-batch of each round's f-DPO";
-        if (!strcmp(all[i].name, "epochs")) flags[n].help = "passes over each round's pairs (when --steps is 0)";
-        n++;
-    }
+    n = train_flags_add_except(flags, n, &o.dpo.train, NOT_FOR_ONLINE);
+    train_flags_set_help(flags, n, "out", "run directory: round-K/ checkpoints, round-K.pairs.jsonl, metrics.jsonl (required)");
+    train_flags_set_help(flags, n, "resume", "continue after the last complete round in --out");
+    train_flags_set_help(flags, n, "batch-size", "pairs per micro-batch of each round's f-DPO");
+    train_flags_set_help(flags, n, "epochs", "passes over each round's pairs (when --steps is 0)");
     o.dpo.train.n_layer = o.dpo.train.n_head = o.dpo.train.n_embd = o.dpo.train.n_positions = o.dpo.train.seq_len = 1;
     train_flags_set_default(flags, n, "lr", "1e-4");
     train_flags_set_default(flags, n, "schedule", "constant");
@@ -74,8 +64,6 @@ int cmd_online(int argc, char **argv) {
     if (rc) return -1;
     rc = -1;
     if (n_pos > 0) { fdpo_error("unexpected argument '%s'", pos[0]); goto done; }
-    if (data && o.prompts && strcmp(data, o.prompts)) { fdpo_error("--data: same as --prompts; give one of them"); goto done; }
-    if (!o.prompts) o.prompts = data;
     /* the run directory's --resume is per round (fdpo_online_run), not a trainer resume */
     o.resume = o.dpo.train.resume;
     o.dpo.train.resume = 0;

@@ -12,29 +12,23 @@
 static const char *const NOT_FOR_RL[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions", "seq-len",
                                          "val-fraction", "batch-size", "grad-accum", "epochs", "resume", "stop-at",
                                          "eval-every", "save-every", "eval-max-seqs", "shuffle", "schedule",
-                                         "warmup-steps", "min-lr-ratio"};
-static int not_for_rl(const char *name) {
-    for (size_t i = 0; i < sizeof NOT_FOR_RL / sizeof NOT_FOR_RL[0]; i++)
-        if (!strcmp(name, NOT_FOR_RL[i])) return 1;
-    return 0;
-}
+                                         "warmup-steps", "min-lr-ratio", NULL};
 
 int cmd_rl(int argc, char **argv) {
     static const char usage[] =
-        "fdpo rl --model CKPT --prompts FILE --reward SPEC --out DIR [--algo rloo|grpo] [--divergence D] [--beta B] "
+        "fdpo rl --model CKPT --data PROMPTS --reward SPEC --out DIR [--algo rloo|grpo] [--divergence D] [--beta B] "
         "[--n K] [--steps S] [flags]";
     fdpo_rl_run_opts o;
     memset(&o, 0, sizeof o);
-    fdpo_flag all[TRAIN_FLAGS_MAX], flags[TRAIN_FLAGS_MAX + 24];
-    size_t n_all = train_flags_add(all, 0, &o.train), n = 0;
-    const char *algo, *divergence, *data = NULL, *stop = NULL;
+    fdpo_flag flags[TRAIN_FLAGS_MAX + 24];
+    size_t n = 0;
+    const char *algo, *divergence, *stop = NULL;
     double temperature, top_p, timeout;
     long top_k, max_new, k;
     const fdpo_flag own[] = {
         {"model", FLAG_STR, &o.model, NULL, "initial policy checkpoint (required); also the reference unless --ref", 0},
         {"ref", FLAG_STR, &o.ref, NULL, "reference checkpoint (default: --model)", 0},
         {"data", FLAG_STR, &o.prompts, NULL, "prompts: JSONL {\"prompt\"} or text, one per line (required)", 0},
-        {"data", FLAG_STR, &data, NULL, "same as --prompts", 0},
         {"reward", FLAG_STR, &o.reward, NULL, "reward: afinn, length, length:words, cmd:PROG (required)", 0},
         {"lexicon", FLAG_STR, &o.reward_opts.lexicon, NULL, "AFINN lexicon file for --reward afinn", 0},
         {"reward-timeout", FLAG_FLOAT, &timeout, "60", "seconds a cmd: reward may take", 0},
@@ -51,13 +45,9 @@ int cmd_rl(int argc, char **argv) {
         {"stop", FLAG_STR, &stop, NULL, "stop string", 0},
     };
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
-    for (size_t i = 0; i < n_all; i++) {
-        if (not_for_rl(all[i].name)) continue;
-        flags[n] = all[i];
-        if (!strcmp(all[i].name, "out")) flags[n].help = "output checkpoint directory and metrics.jsonl (required)";
-        if (!strcmp(all[i].name, "steps")) flags[n].help = "policy-gradient steps (each samples new groups)";
-        n++;
-    }
+    n = train_flags_add_except(flags, n, &o.train, NOT_FOR_RL);
+    train_flags_set_help(flags, n, "out", "output checkpoint directory and metrics.jsonl (required)");
+    train_flags_set_help(flags, n, "steps", "policy-gradient steps (each samples new groups)");
     o.train.n_layer = o.train.n_head = o.train.n_embd = o.train.n_positions = o.train.seq_len = 1;
     o.train.batch_size = o.train.grad_accum = 1; /* the dropped flags' fields, for the shared checks */
     o.train.schedule = "constant";
@@ -70,8 +60,6 @@ int cmd_rl(int argc, char **argv) {
     if (rc) return -1;
     rc = -1;
     if (n_pos > 0) { fdpo_error("unexpected argument '%s'", pos[0]); goto done; }
-    if (data && o.prompts && strcmp(data, o.prompts)) { fdpo_error("--data: same as --prompts; give one of them"); goto done; }
-    if (!o.prompts) o.prompts = data;
     if (train_flags_finish(flags, n, &o.train)) goto done;
     if (fdpo_rl_algo_parse(algo, &o.rl.algo)) goto done;
     if (fdpo_divergence_parse(divergence, &o.rl.div)) { fdpo_error_context("--divergence"); goto done; }

@@ -11,21 +11,16 @@
 /* Shared training flags that do not apply: the backbone comes from --model, lengths from
  * --max-length, the split from --eval-fraction. */
 static const char *const NOT_FOR_RM[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
-                                         "seq-len", "val-fraction"};
+                                         "seq-len", "val-fraction", NULL};
 
-static int not_for_rm(const char *name) {
-    for (size_t i = 0; i < sizeof NOT_FOR_RM / sizeof NOT_FOR_RM[0]; i++)
-        if (!strcmp(name, NOT_FOR_RM[i])) return 1;
-    return 0;
-}
 
 
 int cmd_rm(int argc, char **argv) {
     static const char usage[] = "fdpo rm --model CKPT --data pairs.jsonl --out DIR [--center-rewards-coefficient C] [flags]";
     fdpo_rm_run_opts o;
     memset(&o, 0, sizeof o);
-    fdpo_flag all[TRAIN_FLAGS_MAX], flags[TRAIN_FLAGS_MAX + 16];
-    size_t n_all = train_flags_add(all, 0, &o.train), n = 0;
+    fdpo_flag flags[TRAIN_FLAGS_MAX + 16];
+    size_t n = 0;
     const char *model = NULL;
     pref_data_flags data;
     const fdpo_flag own[] = {
@@ -35,13 +30,9 @@ int cmd_rm(int argc, char **argv) {
     };
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
     n = pref_data_flags_add(flags, n, &data, &o.eval_fraction, &o.eval_file, "pairs");
-    for (size_t i = 0; i < n_all; i++) {
-        if (not_for_rm(all[i].name)) continue;
-        flags[n] = all[i];
-        if (!strcmp(all[i].name, "batch-size")) flags[n].help = "pairs per micro-batch (one forward/backward over 2x sequences)";
-        if (!strcmp(all[i].name, "eval-every")) flags[n].help = "held-out loss/accuracy every N steps, at the start and at the end (0: never)";
-        n++;
-    }
+    n = train_flags_add_except(flags, n, &o.train, NOT_FOR_RM);
+    train_flags_set_help(flags, n, "batch-size", "pairs per micro-batch (one forward/backward over 2x sequences)");
+    train_flags_set_help(flags, n, "eval-every", "held-out loss/accuracy every N steps, at the start and at the end (0: never)");
     o.train.n_layer = o.train.n_head = o.train.n_embd = o.train.n_positions = o.train.seq_len = 1;
     train_flags_set_default(flags, n, "lr", "1e-5");
     train_flags_set_default(flags, n, "schedule", "linear");

@@ -57,6 +57,22 @@ int train_flags_set_default(fdpo_flag *flags, size_t n, const char *name, const 
     return fdpo_error("internal: no flag '%s'", name);
 }
 
+int train_flags_set_help(fdpo_flag *flags, size_t n, const char *name, const char *help) {
+    for (size_t i = 0; i < n; i++) if (!strcmp(flags[i].name, name)) { flags[i].help = help; return 0; }
+    return fdpo_error("internal: no flag '%s'", name);
+}
+
+size_t train_flags_add_except(fdpo_flag *f, size_t n, fdpo_train_opts *o, const char *const *except) {
+    fdpo_flag all[TRAIN_FLAGS_MAX];
+    size_t n_all = train_flags_add(all, 0, o);
+    for (size_t i = 0; i < n_all; i++) {
+        int skip = 0;
+        for (const char *const *e = except; e && *e && !skip; e++) skip = !strcmp(all[i].name, *e);
+        if (!skip) f[n++] = all[i];
+    }
+    return n;
+}
+
 static fdpo_flag *find(fdpo_flag *flags, size_t n, const char *name) {
     for (size_t i = 0; i < n; i++) if (!strcmp(flags[i].name, name)) return &flags[i];
     return NULL;

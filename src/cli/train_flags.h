@@ -16,6 +16,10 @@
 #define TRAIN_FLAGS_MAX 40
 size_t train_flags_add(fdpo_flag *flags, size_t n, fdpo_train_opts *o);
 int train_flags_set_default(fdpo_flag *flags, size_t n, const char *name, const char *def);
+int train_flags_set_help(fdpo_flag *flags, size_t n, const char *name, const char *help);
+/* The shared table without the flags named in except (a NULL-terminated list), appended at
+ * f + n; returns the new count. */
+size_t train_flags_add_except(fdpo_flag *f, size_t n, fdpo_train_opts *o, const char *const *except);
 /* With --resume: every flag not given now takes the saved run's value from OUT's
  * training_state.json, and the log lists the values in force. Validation of the options is
  * the library's (fdpo_train_opts_check, fdpo_dpo_run_opts_check), as is refusing a changed

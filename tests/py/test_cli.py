@@ -39,6 +39,13 @@ COMMANDS = {
     "tokenize": ["--data"],
     "report": ["--out"],
     "lab solve": ["--data", "--n", "--seed", "--threads"],
+    "rm": ["--model", "--data", "--out", "--batch-size", "--seed", "--threads"],
+    "kto": ["--model", "--ref", "--data", "--out", "--batch-size", "--seed", "--threads"],
+    "online": ["--model", "--ref", "--data", "--out", "--n", "--batch-size", "--seed", "--threads"],
+    "rl": ["--model", "--ref", "--data", "--out", "--n", "--seed", "--threads"],
+    "sacpo": ["--model", "--out", "--batch-size", "--seed", "--threads"],
+    "merge": ["--model", "--out", "--threads"],
+    "tokenizer train": ["--data", "--out"],
 }
 OLD_NAMES = ["--policy", "--init", "--prompts", "--input", "--k", "--batch"]
 
