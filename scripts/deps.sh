@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential pkg-config libopenblas-openmp-dev libcjson-dev libpcre2-dev
       libinih-dev check python3 python3-torch python3-numpy python3-scipy python3-nltk
       python3-pytest python3-regex)
-# This wave: oneDNN (bf16 GEMM), Open MPI (data parallelism), uthash (the one hash table),
+# oneDNN (bf16 GEMM), Open MPI (data parallelism),
 # clang + libFuzzer (make fuzz).
-PKGS+=(libdnnl-dev libopenmpi-dev openmpi-bin uthash-dev clang libfuzzer-14-dev)
+PKGS+=(libdnnl-dev libopenmpi-dev openmpi-bin clang libfuzzer-14-dev)
 # Headless browser: tests/py/test_report.py opens fdpo report's HTML in it (file://, offline).
 PKGS+=(chromium)
 # Node.js + npm for the reference tokenizer and data sets; any install that provides both.

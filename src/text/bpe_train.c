@@ -14,44 +14,41 @@
  * counted per occurrence, and merging is left to right within a word ("a a a" -> "aa a"),
  * as the encoder applies merges. The pair table is updated incrementally: only words that
  * contain the merged pair are recounted; the best pair comes from a lazy max-heap. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cjson/cJSON.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
-#include <uthash.h>
 #include "fdpo/core.h"
 #include "fdpo/tokenizer.h"
 #include "text/tokenizer_internal.h"
 
 #define EOT_TEXT "<|endoftext|>"
 
-typedef struct { int32_t *sym; size_t n; uint64_t freq; } bt_word;
-
 typedef struct {
-    char *bytes; size_t len;   /* word bytes (key) */
-    size_t index;              /* into the word array */
-    UT_hash_handle hh;
-} bt_word_entry;
+    int32_t *sym; size_t n; uint64_t freq;
+    char *bytes; size_t len; uint64_t hash;   /* the word itself: the key of the word index */
+} bt_word;
 
 typedef struct {
     uint64_t key;              /* (left << 32) | right */
     int64_t count;
     size_t *words; size_t n_words, cap_words; /* words that contained the pair when it was counted (may be stale) */
     size_t stamp;              /* round in which it was last queued for a heap push */
-    UT_hash_handle hh;
 } bt_pair;
 
 typedef struct { int64_t count; uint64_t key; } heap_item;
 
 typedef struct {
     bt_word *words; size_t n_words, cap_words;
-    bt_word_entry *word_index;
-    bt_pair *pairs;
+    fdpo_itab word_index;      /* word bytes -> index into words (the shared index table) */
+    bt_pair *pairs; size_t n_pairs, cap_pairs;
+    fdpo_itab pair_index;      /* pair key -> index into pairs */
     heap_item *heap; size_t n_heap, cap_heap;
     unsigned char **tok; size_t *tok_len; size_t n_tok, cap_tok;
     int32_t (*merges)[2]; size_t n_merges;
-    bt_pair **touched; size_t n_touched, cap_touched; /* pairs whose count changed this round */
+    size_t *touched; size_t n_touched, cap_touched; /* pairs (indices) whose count changed this round */
     size_t round;
 } bt_state;
 
@@ -102,15 +99,31 @@ static heap_item heap_pop(bt_state *s) {
     return top;
 }
 
-static bt_pair *pair_get(bt_state *s, uint64_t key, int create) {
-    bt_pair *p;
-    HASH_FIND(hh, s->pairs, &key, sizeof key, p);
-    if (!p && create) {
-        p = fdpo_calloc(1, sizeof *p);
-        p->key = key;
-        HASH_ADD(hh, s->pairs, key, sizeof p->key, p);
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
+    return x;
+}
+static uint64_t pair_hash_of(size_t item, const void *ctx) { return mix64(((const bt_state *)ctx)->pairs[item].key); }
+static uint64_t word_hash_of(size_t item, const void *ctx) { return ((const bt_state *)ctx)->words[item].hash; }
+
+/* index of the pair with this key (created with count 0 when create), or SIZE_MAX. Indices
+ * stay valid as the array grows; pointers into it do not. */
+static size_t pair_get(bt_state *s, uint64_t key, int create) {
+    size_t i = fdpo_itab_first(&s->pair_index, mix64(key));
+    for (; s->pair_index.slot[i]; i = fdpo_itab_next(&s->pair_index, i))
+        if (s->pairs[s->pair_index.slot[i] - 1].key == key) return s->pair_index.slot[i] - 1;
+    if (!create) return SIZE_MAX;
+    if (s->n_pairs == s->cap_pairs) {
+        s->cap_pairs = s->cap_pairs ? 2 * s->cap_pairs : 1024;
+        s->pairs = fdpo_realloc(s->pairs, s->cap_pairs * sizeof *s->pairs);
     }
-    return p;
+    s->pairs[s->n_pairs] = (bt_pair){.key = key};
+    if (fdpo_itab_reserve(&s->pair_index, s->n_pairs + 1, pair_hash_of, s)) {
+        i = fdpo_itab_first(&s->pair_index, mix64(key));
+        while (s->pair_index.slot[i]) i = fdpo_itab_next(&s->pair_index, i);
+    }
+    fdpo_itab_set(&s->pair_index, i, s->n_pairs);
+    return s->n_pairs++;
 }
 
 /* add delta * freq for every adjacent pair of word w (with delta > 0 also note w in the
@@ -119,7 +132,8 @@ static void count_word(bt_state *s, size_t w, int delta) {
     const bt_word *wd = &s->words[w];
     for (size_t i = 0; i + 1 < wd->n; i++) {
         uint64_t k = pair_key(wd->sym[i], wd->sym[i + 1]);
-        bt_pair *p = pair_get(s, k, 1);
+        size_t pi = pair_get(s, k, 1);
+        bt_pair *p = &s->pairs[pi];
         p->count += delta * (int64_t)wd->freq;
         if (delta > 0 && (p->n_words == 0 || p->words[p->n_words - 1] != w)) {
             if (p->n_words == p->cap_words) { p->cap_words = p->cap_words ? 2 * p->cap_words : 4; p->words = fdpo_realloc(p->words, p->cap_words * sizeof *p->words); }
@@ -128,15 +142,17 @@ static void count_word(bt_state *s, size_t w, int delta) {
         if (p->stamp != s->round + 1) {
             p->stamp = s->round + 1;
             if (s->n_touched == s->cap_touched) { s->cap_touched = s->cap_touched ? 2 * s->cap_touched : 1024; s->touched = fdpo_realloc(s->touched, s->cap_touched * sizeof *s->touched); }
-            s->touched[s->n_touched++] = p;
+            s->touched[s->n_touched++] = pi;
         }
     }
 }
 
 /* push the final count of every pair touched this round; older heap entries become stale */
 static void flush_touched(bt_state *s) {
-    for (size_t i = 0; i < s->n_touched; i++)
-        if (s->touched[i]->count > 0) heap_push(s, s->touched[i]->count, s->touched[i]->key);
+    for (size_t i = 0; i < s->n_touched; i++) {
+        const bt_pair *p = &s->pairs[s->touched[i]];
+        if (p->count > 0) heap_push(s, p->count, p->key);
+    }
     s->n_touched = 0;
     s->round++;
 }
@@ -153,19 +169,25 @@ static void add_token(bt_state *s, const unsigned char *bytes, size_t len) {
 }
 
 static void add_word(bt_state *s, const int32_t *byte_id, const unsigned char *w, size_t n) {
-    bt_word_entry *e;
-    HASH_FIND(hh, s->word_index, w, n, e);
-    if (e) { s->words[e->index].freq++; return; }
+    uint64_t h = fdpo_hash64(FDPO_HASH_INIT, w, n);
+    size_t i = fdpo_itab_first(&s->word_index, h);
+    for (; s->word_index.slot[i]; i = fdpo_itab_next(&s->word_index, i)) {
+        bt_word *x = &s->words[s->word_index.slot[i] - 1];
+        if (x->hash == h && x->len == n && !memcmp(x->bytes, w, n)) { x->freq++; return; }
+    }
     if (s->n_words == s->cap_words) { s->cap_words = s->cap_words ? 2 * s->cap_words : 1024; s->words = fdpo_realloc(s->words, s->cap_words * sizeof *s->words); }
     bt_word *wd = &s->words[s->n_words];
     wd->sym = fdpo_malloc(n * sizeof *wd->sym);
-    for (size_t i = 0; i < n; i++) wd->sym[i] = byte_id[w[i]];
+    for (size_t k = 0; k < n; k++) wd->sym[k] = byte_id[w[k]];
     wd->n = n; wd->freq = 1;
-    e = fdpo_malloc(sizeof *e);
-    e->bytes = fdpo_malloc(n);
-    memcpy(e->bytes, w, n);
-    e->len = n; e->index = s->n_words++;
-    HASH_ADD_KEYPTR(hh, s->word_index, e->bytes, e->len, e);
+    wd->bytes = fdpo_malloc(n);
+    memcpy(wd->bytes, w, n);
+    wd->len = n; wd->hash = h;
+    if (fdpo_itab_reserve(&s->word_index, s->n_words + 1, word_hash_of, s)) {
+        i = fdpo_itab_first(&s->word_index, h);
+        while (s->word_index.slot[i]) i = fdpo_itab_next(&s->word_index, i);
+    }
+    fdpo_itab_set(&s->word_index, i, s->n_words++);
 }
 
 /* pre-tokenise one document into words */
@@ -181,12 +203,12 @@ static void add_document(bt_state *s, const int32_t *byte_id, pcre2_code *re, pc
 }
 
 static void state_free(bt_state *s) {
-    for (size_t i = 0; i < s->n_words; i++) free(s->words[i].sym);
+    for (size_t i = 0; i < s->n_words; i++) { free(s->words[i].sym); free(s->words[i].bytes); }
     free(s->words);
-    bt_word_entry *e, *et;
-    HASH_ITER(hh, s->word_index, e, et) { HASH_DEL(s->word_index, e); free(e->bytes); free(e); }
-    bt_pair *p, *pt;
-    HASH_ITER(hh, s->pairs, p, pt) { HASH_DEL(s->pairs, p); free(p->words); free(p); }
+    fdpo_itab_free(&s->word_index);
+    for (size_t i = 0; i < s->n_pairs; i++) free(s->pairs[i].words);
+    free(s->pairs);
+    fdpo_itab_free(&s->pair_index);
     free(s->heap); free(s->touched);
     for (size_t i = 0; i < s->n_tok; i++) free(s->tok[i]);
     free(s->tok); free(s->tok_len); free(s->merges);
@@ -200,7 +222,8 @@ int fdpo_bpe_train_opts_check(const fdpo_bpe_train_opts *o) {
 }
 
 /* one merge of pair (a, b) -> id c in every word that has it */
-static void apply_merge(bt_state *s, bt_pair *p, int32_t a, int32_t b, int32_t c) {
+static void apply_merge(bt_state *s, size_t pi, int32_t a, int32_t b, int32_t c) {
+    bt_pair *p = &s->pairs[pi];   /* not used below: count_word may move the array */
     size_t n_words = p->n_words;
     size_t *words = p->words;
     p->words = NULL; p->n_words = p->cap_words = 0;
@@ -233,6 +256,8 @@ int fdpo_bpe_train(const char *const *texts, const size_t *lens, size_t n_texts,
     pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
     bt_state s = {0};
+    fdpo_itab_init(&s.word_index, 1024);
+    fdpo_itab_init(&s.pair_index, 1024);
     /* ids 0..255: the byte symbols in GPT-2's order */
     int32_t byte_id[256];
     for (int pass = 0; pass < 2; pass++)
@@ -258,9 +283,9 @@ int fdpo_bpe_train(const char *const *texts, const size_t *lens, size_t n_texts,
     s.merges = fdpo_malloc((target_merges ? target_merges : 1) * sizeof *s.merges);
     while (s.n_merges < target_merges && s.n_heap > 0) {
         heap_item top = heap_pop(&s);
-        bt_pair *p = pair_get(&s, top.key, 0);
-        if (!p || p->count != top.count) continue; /* stale heap entry */
-        if (p->count < (int64_t)o->min_frequency) break;
+        size_t pi = pair_get(&s, top.key, 0);
+        if (pi == SIZE_MAX || s.pairs[pi].count != top.count) continue; /* stale heap entry */
+        if (s.pairs[pi].count < (int64_t)o->min_frequency) break;
         int32_t a = (int32_t)(top.key >> 32), b = (int32_t)(uint32_t)top.key;
         size_t la = s.tok_len[a], lb = s.tok_len[b];
         unsigned char *joined = fdpo_malloc(la + lb);
@@ -269,7 +294,7 @@ int fdpo_bpe_train(const char *const *texts, const size_t *lens, size_t n_texts,
         add_token(&s, joined, la + lb);
         free(joined);
         s.merges[s.n_merges][0] = a; s.merges[s.n_merges][1] = b; s.n_merges++;
-        apply_merge(&s, p, a, b, c);
+        apply_merge(&s, pi, a, b, c);
         flush_touched(&s);
     }
     out->n_tokens = s.n_tok + 1; /* + <|endoftext|> */
