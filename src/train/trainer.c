@@ -112,11 +112,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             if (!tr->model) { fdpo_error_context("--model %s", o->init); goto fail; }
             if (check_model_fits(tr, o->init)) goto fail;
         } else {
-            fdpo_gpt2_config c = {
-                .vocab_size = fdpo_tokenizer_vocab_size(tok), .n_positions = (size_t)o->n_positions,
-                .n_embd = (size_t)o->n_embd, .n_layer = (size_t)o->n_layer, .n_head = (size_t)o->n_head,
-                .layer_norm_epsilon = 1e-5f,
-            };
+            fdpo_gpt2_config c = fdpo_train_opts_model_config(o, fdpo_tokenizer_vocab_size(tok));
             /* the shape options were checked by fdpo_train_opts_check */
             if (fdpo_gpt2_config_check(&c)) goto fail;
             tr->model = fdpo_gpt2_create(&c);
