@@ -26,7 +26,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"n-kv-head",     FLAG_INT,   &o->n_kv_head,     "0",      "--arch llama: key/value heads, dividing --n-head (0: n-head)", 0},
         {"intermediate-size", FLAG_INT, &o->intermediate_size, "0", "--arch llama: SwiGLU width (0: 8/3 * n-embd rounded up to a multiple of 32)", 0},
         {"rope-theta",    FLAG_FLOAT, &o->rope_theta,    "10000",  "--arch llama: rotary embedding base", 0},
-        {"tie-word-embeddings", FLAG_BOOL, &o->tie_word_embeddings, "1", "--arch llama: the LM head is the token embedding (0: a separate lm_head)", 0},
+        {"tie-word-embeddings", FLAG_BOOL, &o->tie_word_embeddings, "1", "--arch llama: the LM head is the token embedding (=0: a separate lm_head)", 0},
         {"seq-len",       FLAG_INT,   &o->seq_len,       "128",    "tokens per training sequence (inputs; <= n-positions)", 0},
         {"batch-size",    FLAG_INT,   &o->batch_size,    "8",      "sequences per micro-batch", 0},
         {"grad-accum",    FLAG_INT,   &o->grad_accum,    "1",      "micro-batches per optimizer step", 0},

@@ -48,6 +48,18 @@ static int check_model_fits(const fdpo_trainer *tr, const char *where) {
     return 0;
 }
 
+/* The random-init architecture settings (fdpo_train_opts_settings), removed. */
+static void drop_arch_settings(fdpo_settings *s) {
+    static const char *const keys[] = {"arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings"};
+    size_t n = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        int drop = 0;
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) drop |= !strcmp(s->v[i].key, keys[k]);
+        if (drop) { free(s->v[i].key); free(s->v[i].str); } else s->v[n++] = s->v[i];
+    }
+    s->n = n;
+}
+
 int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *kind,
                       const fdpo_tokenizer *tok, size_t n_items, uint64_t data_hash,
                       const fdpo_settings *extra) {
@@ -92,6 +104,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             goto fail;
         }
         if (fdpo_settings_check_resume(&s->settings, &now)) goto fail;
+        /* a run that started from --model recorded no random-init architecture: keep it so */
+        if (!fdpo_settings_find(&s->settings, "arch")) drop_arch_settings(&now);
         /* from now on the state records this session's values (a new --save-every sticks) */
         fdpo_settings_free(&s->settings);
         s->settings = now;
