@@ -195,8 +195,8 @@ def test_sft_dpo_generate_eval_run_on_llama(llama):
     assert len(gen) == 4
     fdpo("eval", "--model", llama / "dpo", "--ref", llama / "ref", "--data", llama / "prompts.jsonl", "--n", 2,
          "--max-new-tokens", 6, "--threads", 1, "--out", llama / "eval.json", "--pairs", llama / "pairs.jsonl")
-    ev = json.load(open(llama / "eval.json"))
-    assert ev
+    ev = json.load(open(llama / "eval.json"))["policies"][0]
+    assert ev["n_samples"] == 4 and math.isfinite(ev["kl_seq_mean"]) and ev["pref_n"] == len(ROWS), ev
 
 
 def test_info_names_the_llama_family(llama):
@@ -228,3 +228,48 @@ def test_sft_from_a_llama_model_resumes_without_recording_an_architecture(llama)
     state = json.load(open(llama / "sft2" / "training_state.json"))
     assert "arch" not in json.dumps(state)
     assert len(open(llama / "sft2" / "metrics.jsonl").readlines()) == 4
+
+
+def test_greedy_generate_and_eval_logps_match_pytorch(llama):
+    """greedy decoding is the reference's argmax chain; eval's per-sample logp under the
+    policy and the reference are the reference models' sums over the sampled tokens"""
+    policy, ref = load_reference(llama / "policy"), load_reference(llama / "ref")
+    prompts = ["The cat", "Hi"]
+    write_jsonl(llama / "p2.jsonl", [{"prompt": p} for p in prompts])
+    r = fdpo("generate", "--model", llama / "policy", "--data", llama / "p2.jsonl", "--temperature", 0,
+             "--max-new-tokens", 6, "--threads", 1)
+    gen = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+    assert len(gen) == 2
+    with torch.no_grad():
+        for g, p in zip(gen, prompts):
+            toks = list(p.encode())
+            for _ in range(6):
+                nxt = int(torch.argmax(policy.forward(toks)[-1]))
+                toks.append(nxt)
+                if nxt == EOT:
+                    break
+            assert g["tokens"] == toks[len(p.encode()):], (g["tokens"], toks)
+    fdpo("eval", "--model", llama / "policy", "--ref", llama / "ref", "--data", llama / "p2.jsonl", "--n", 2,
+         "--max-new-tokens", 5, "--threads", 1, "--out", llama / "ev2.json", "--samples-out", llama / "s2.jsonl")
+    # the implicit reward on --pairs (docs/eval.md, calibration): B * (l_w - l_l) for rkl
+    fdpo("eval", "--model", llama / "policy", "--ref", llama / "ref", "--data", llama / "p2.jsonl", "--n", 1,
+         "--max-new-tokens", 2, "--threads", 1, "--out", llama / "ev3.json", "--pairs", llama / "pairs.jsonl",
+         "--beta", 0.3)
+    ev = json.load(open(llama / "ev3.json"))["policies"][0]
+    with torch.no_grad():
+        margins = []
+        for row in ROWS:
+            P, C, R = tokenize_pair(row)
+            lw = completion_logps(Callable(policy), P, C)[0].sum() - completion_logps(Callable(ref), P, C)[0].sum()
+            ll = completion_logps(Callable(policy), P, R)[0].sum() - completion_logps(Callable(ref), P, R)[0].sum()
+            margins.append(0.3 * (lw - ll).item())
+    assert abs(ev["pref_margin_mean"] - np.mean(margins)) <= 1e-5 * max(1.0, abs(np.mean(margins))), (ev, margins)
+    assert ev["pref_accuracy"] == np.mean(np.array(margins) > 0)
+    samples = [json.loads(l) for l in open(llama / "s2.jsonl")]
+    assert len(samples) == 4
+    with torch.no_grad():
+        for s in samples:
+            P = list(prompts[s["prompt_index"]].encode())
+            for model, key in ((policy, "logp"), (ref, "logp_ref")):
+                want = completion_logps(Callable(model), P, s["tokens"])[0].sum().item()
+                assert abs(s[key] - want) <= 1e-5 * max(1.0, abs(want)), (key, s[key], want)
