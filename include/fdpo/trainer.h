@@ -36,6 +36,12 @@
 typedef struct {
     /* model shape for a random init (ignored with init / resume; vocab from the tokenizer) */
     long n_layer, n_head, n_embd, n_positions;
+    /* the family of a random init: NULL or "gpt2", or "llama" with the fields below
+     * (n_kv_head 0 = n_head; intermediate_size 0 = fdpo_train_opts_intermediate_size) */
+    const char *arch;
+    long n_kv_head, intermediate_size;
+    double rope_theta;
+    int tie_word_embeddings;
     /* batches */
     long seq_len, batch_size, grad_accum;
     long steps;          /* optimizer steps; 0 = derive from epochs */
@@ -64,6 +70,12 @@ typedef struct {
  * flag / config key ("--lr: -1 must be >= 0"). */
 void fdpo_train_opts_default(fdpo_train_opts *o);
 int fdpo_train_opts_check(const fdpo_train_opts *o);
+/* The model config a random init builds from o (vocab from the tokenizer); checked by
+ * fdpo_train_opts_check and fdpo_gpt2_config_check. */
+fdpo_gpt2_config fdpo_train_opts_model_config(const fdpo_train_opts *o, size_t vocab_size);
+/* --arch llama's default SwiGLU width: 8/3 * n_embd rounded up to a multiple of 32
+ * (the 2/3 * 4C of the Llama paper, kept at GPT-2's MLP parameter count). */
+long fdpo_train_opts_intermediate_size(long n_embd);
 
 /* ---- run settings ----
  * A run's options as typed values under their flag names ("lr" = 0.001, "schedule" =

@@ -3,6 +3,7 @@
 #include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
@@ -52,11 +53,15 @@ int cmd_info(int argc, char **argv) {
     long step = has_state ? training_step(state_path) : -1;
     free(state_path);
 
+    int llama = c->arch == FDPO_ARCH_LLAMA, qwen2 = llama && !strcmp(c->model_type, "qwen2");
+    const char *model_type = qwen2 ? "qwen2" : llama ? "llama" : "gpt2";
+    const char *architecture = qwen2 ? "Qwen2ForCausalLM" : llama ? "LlamaForCausalLM"
+                             : c->num_labels ? "GPT2ForSequenceClassification" : "GPT2LMHeadModel";
     if (as_json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "checkpoint", dir);
-        cJSON_AddStringToObject(o, "model_type", "gpt2");
-        cJSON_AddStringToObject(o, "architecture", c->num_labels ? "GPT2ForSequenceClassification" : "GPT2LMHeadModel");
+        cJSON_AddStringToObject(o, "model_type", model_type);
+        cJSON_AddStringToObject(o, "architecture", architecture);
         cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
         cJSON_AddNumberToObject(o, "n_positions", (double)c->n_positions);
         cJSON_AddNumberToObject(o, "n_embd", (double)c->n_embd);
@@ -65,7 +70,13 @@ int cmd_info(int argc, char **argv) {
         char eps[32];
         fdpo_fmt_float(eps, sizeof eps, c->layer_norm_epsilon);
         cJSON_AddRawToObject(o, "layer_norm_epsilon", eps);
-        cJSON_AddStringToObject(o, "activation_function", "gelu_new");
+        cJSON_AddStringToObject(o, "activation_function", llama ? "silu" : "gelu_new");
+        if (llama) {
+            cJSON_AddNumberToObject(o, "n_kv_head", (double)c->n_kv_head);
+            cJSON_AddNumberToObject(o, "intermediate_size", (double)c->intermediate_size);
+            cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
+            cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_word_embeddings);
+        }
         cJSON_AddNumberToObject(o, "parameters", (double)m->n_params);
         cJSON_AddStringToObject(o, "tokenizer", tok_kind);
         if (tok) cJSON_AddNumberToObject(o, "tokenizer_vocab_size", (double)tok_vocab);
@@ -77,15 +88,21 @@ int cmd_info(int argc, char **argv) {
         cJSON_Delete(o);
     } else {
         printf("checkpoint: %s\n", dir);
-        printf("model_type: gpt2\n");
-        printf("architecture: %s\n", c->num_labels ? "GPT2ForSequenceClassification (reward model, score.weight [1, n_embd])" : "GPT2LMHeadModel");
+        printf("model_type: %s\n", model_type);
+        printf("architecture: %s%s\n", architecture, c->num_labels ? " (reward model, score.weight [1, n_embd])" : "");
         printf("vocab_size: %zu\n", c->vocab_size);
         printf("n_positions: %zu\n", c->n_positions);
         printf("n_embd: %zu\n", c->n_embd);
         printf("n_layer: %zu\n", c->n_layer);
         printf("n_head: %zu\n", c->n_head);
         printf("layer_norm_epsilon: %g\n", (double)c->layer_norm_epsilon);
-        printf("activation_function: gelu_new\n");
+        printf("activation_function: %s\n", llama ? "silu" : "gelu_new");
+        if (llama) {
+            printf("n_kv_head: %zu\n", c->n_kv_head);
+            printf("intermediate_size: %zu\n", c->intermediate_size);
+            printf("rope_theta: %g\n", c->rope_theta);
+            printf("tie_word_embeddings: %s\n", c->tie_word_embeddings ? "true" : "false");
+        }
         printf("parameters: %zu (%.2fM)\n", m->n_params, (double)m->n_params / 1e6);
         if (tok) printf("tokenizer: %s (%zu tokens)\n", tok_kind, tok_vocab);
         else printf("tokenizer: none\n");

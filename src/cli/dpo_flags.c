@@ -8,6 +8,7 @@
  * required checkpoint, not a random init), lengths from --max-length, the split from
  * --eval-fraction. */
 static const char *const NOT_FOR_DPO[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
+                                          "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
                                           "seq-len", "val-fraction"};
 
 static int listed(const char *name, const char *const *list, size_t n) {

@@ -7,7 +7,7 @@
 #include "model/gpt2_internal.h"
 
 float *fdpo_gpt2_score_weight(fdpo_gpt2 *m) {
-    if (m->config.num_labels != 1) return NULL;
+    if (m->config.num_labels != 1 || m->config.arch != FDPO_ARCH_GPT2) return NULL;
     return m->params.wte + m->config.vocab_size * m->config.n_embd;
 }
 
@@ -64,6 +64,12 @@ fdpo_gpt2 *fdpo_gpt2_reward_model_from_lm(const fdpo_gpt2 *lm, double init_std, 
                                           int32_t pad_token_id) {
     fdpo_gpt2_config c = lm->config;
     if (c.num_labels != 0) { fdpo_error("reward model from LM: the model already has a score head"); return NULL; }
+    /* the score head rides on GPT-2's wte layout; a Llama family head is not written yet */
+    if (c.arch != FDPO_ARCH_GPT2) {
+        fdpo_error("reward model from LM: a %s model cannot get a score head yet (reward models are GPT-2 only, "
+                   "docs/model.md#families)", c.model_type[0] ? c.model_type : "llama");
+        return NULL;
+    }
     c.num_labels = 1;
     c.pad_token_id = pad_token_id;
     fdpo_gpt2 *m = fdpo_gpt2_create(&c);

@@ -239,7 +239,7 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     if (tr.model->config.num_labels == 0) {
         /* a language model: put a fresh score head on its backbone; AdamW is resized (step 0) */
         fdpo_gpt2 *rmodel = fdpo_gpt2_reward_model_from_lm(tr.model, FDPO_RM_INIT_STD, (uint64_t)to->seed, eot);
-        if (!rmodel) goto done;
+        if (!rmodel) { fdpo_error_context("--model %s", to->init ? to->init : to->out); goto done; }
         fdpo_gpt2_free(tr.model);
         tr.model = rmodel;
         fdpo_adamw_free(&tr.opt);

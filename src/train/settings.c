@@ -149,6 +149,8 @@ static const struct { const char *key; field_type type; size_t offset; int fixed
     {"threads", T_LONG, offsetof(fdpo_train_opts, threads), 0},
 };
 
+static int is_llama(const fdpo_train_opts *o) { return o->arch && !strcmp(o->arch, "llama"); }
+
 void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s) {
     const char *base = (const char *)o;
     for (size_t i = 0; i < sizeof TRAIN_FIELDS / sizeof TRAIN_FIELDS[0]; i++) {
@@ -160,6 +162,38 @@ void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s) {
         case T_STR: fdpo_settings_str(s, TRAIN_FIELDS[i].key, *(const char *const *)p, TRAIN_FIELDS[i].fixed); break;
         }
     }
+    /* a random init's family and Llama shape: --resume refuses another architecture */
+    if (o->init) return;
+    int llama = is_llama(o);
+    fdpo_settings_str(s, "arch", llama ? "llama" : "gpt2", 1);
+    if (!llama) return;
+    fdpo_gpt2_config c = fdpo_train_opts_model_config(o, 0);
+    fdpo_settings_num(s, "n-kv-head", (double)c.n_kv_head, 1);
+    fdpo_settings_num(s, "intermediate-size", (double)c.intermediate_size, 1);
+    fdpo_settings_num(s, "rope-theta", c.rope_theta, 1);
+    fdpo_settings_bool(s, "tie-word-embeddings", c.tie_word_embeddings, 1);
+}
+
+long fdpo_train_opts_intermediate_size(long n_embd) {
+    long f = (8 * n_embd + 2) / 3;   /* ceil(8C/3) */
+    return (f + 31) / 32 * 32;
+}
+
+fdpo_gpt2_config fdpo_train_opts_model_config(const fdpo_train_opts *o, size_t vocab_size) {
+    fdpo_gpt2_config c = {
+        .vocab_size = vocab_size, .n_positions = (size_t)o->n_positions,
+        .n_embd = (size_t)o->n_embd, .n_layer = (size_t)o->n_layer, .n_head = (size_t)o->n_head,
+        .layer_norm_epsilon = 1e-5f,
+    };
+    if (!is_llama(o)) return c;
+    c.arch = FDPO_ARCH_LLAMA;
+    snprintf(c.model_type, sizeof c.model_type, "llama");
+    c.n_kv_head = (size_t)(o->n_kv_head > 0 ? o->n_kv_head : o->n_head);
+    c.intermediate_size = (size_t)(o->intermediate_size > 0 ? o->intermediate_size
+                                                            : fdpo_train_opts_intermediate_size(o->n_embd));
+    c.rope_theta = o->rope_theta;
+    c.tie_word_embeddings = o->tie_word_embeddings != 0;
+    return c;
 }
 
 void fdpo_train_opts_default(fdpo_train_opts *o) {
@@ -170,6 +204,7 @@ void fdpo_train_opts_default(fdpo_train_opts *o) {
     o->weight_decay = 0.01; o->beta1 = 0.9; o->beta2 = 0.999; o->adam_eps = 1e-8; o->grad_clip = 1;
     o->seed = 1337; o->eval_every = 100; o->log_every = 1;
     o->val_fraction = 0.05; o->shuffle = 1;
+    o->arch = "gpt2"; o->rope_theta = 10000; o->tie_word_embeddings = 1;
 }
 
 int fdpo_train_opts_check(const fdpo_train_opts *o) {
@@ -202,6 +237,20 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
     if (o->n_head < 1) return fdpo_error("--n-head: %ld must be >= 1", o->n_head);
     if (o->n_embd < 1 || o->n_embd % o->n_head) return fdpo_error("--n-embd: %ld must be a positive multiple of --n-head (%ld)", o->n_embd, o->n_head);
     if (o->n_positions < 1) return fdpo_error("--n-positions: %ld must be >= 1", o->n_positions);
+    if (o->arch && strcmp(o->arch, "gpt2") && strcmp(o->arch, "llama"))
+        return fdpo_error("--arch: '%s' is not a model family fdpo can initialise (gpt2, llama)", o->arch);
+    if (is_llama(o)) {
+        if (o->n_kv_head < 0 || (o->n_kv_head > 0 && o->n_head % o->n_kv_head))
+            return fdpo_error("--n-kv-head: %ld must divide --n-head %ld (0: n-head)", o->n_kv_head, o->n_head);
+        if ((o->n_embd / o->n_head) % 2)
+            return fdpo_error("--n-embd: --arch llama needs an even head size (n-embd / n-head = %ld; rotary "
+                              "embeddings rotate pairs)", o->n_embd / o->n_head);
+        if (o->intermediate_size < 0 || o->intermediate_size > (1L << 20))
+            return fdpo_error("--intermediate-size: %ld is not in [0, %ld] (0: 8/3 * n-embd rounded up to 32)",
+                              o->intermediate_size, 1L << 20);
+        if (!(o->rope_theta > 0) || !isfinite(o->rope_theta))
+            return fdpo_error("--rope-theta: %g must be a positive number", o->rope_theta);
+    }
     if (!o->init && !o->resume && o->seq_len > o->n_positions)
         return fdpo_error("--seq-len: %ld exceeds --n-positions %ld", o->seq_len, o->n_positions);
     return 0;

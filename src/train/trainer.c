@@ -48,6 +48,18 @@ static int check_model_fits(const fdpo_trainer *tr, const char *where) {
     return 0;
 }
 
+/* The random-init architecture settings (fdpo_train_opts_settings), removed. */
+static void drop_arch_settings(fdpo_settings *s) {
+    static const char *const keys[] = {"arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings"};
+    size_t n = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        int drop = 0;
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) drop |= !strcmp(s->v[i].key, keys[k]);
+        if (drop) { free(s->v[i].key); free(s->v[i].str); } else s->v[n++] = s->v[i];
+    }
+    s->n = n;
+}
+
 int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *kind,
                       const fdpo_tokenizer *tok, size_t n_items, uint64_t data_hash,
                       const fdpo_settings *extra) {
@@ -92,6 +104,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             goto fail;
         }
         if (fdpo_settings_check_resume(&s->settings, &now)) goto fail;
+        /* a run that started from --model recorded no random-init architecture: keep it so */
+        if (!fdpo_settings_find(&s->settings, "arch")) drop_arch_settings(&now);
         /* from now on the state records this session's values (a new --save-every sticks) */
         fdpo_settings_free(&s->settings);
         s->settings = now;
@@ -112,11 +126,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             if (!tr->model) { fdpo_error_context("--model %s", o->init); goto fail; }
             if (check_model_fits(tr, o->init)) goto fail;
         } else {
-            fdpo_gpt2_config c = {
-                .vocab_size = fdpo_tokenizer_vocab_size(tok), .n_positions = (size_t)o->n_positions,
-                .n_embd = (size_t)o->n_embd, .n_layer = (size_t)o->n_layer, .n_head = (size_t)o->n_head,
-                .layer_norm_epsilon = 1e-5f,
-            };
+            fdpo_gpt2_config c = fdpo_train_opts_model_config(o, fdpo_tokenizer_vocab_size(tok));
             /* the shape options were checked by fdpo_train_opts_check */
             if (fdpo_gpt2_config_check(&c)) goto fail;
             tr->model = fdpo_gpt2_create(&c);

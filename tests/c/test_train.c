@@ -391,6 +391,50 @@ END_TEST
 /* The held-out preference pairs never reach training: train and eval index sets are
  * disjoint, together cover 0..n-1 once, hold round(fraction * n) eval pairs (at least 1 when
  * fraction > 0 and n >= 2), and the same seed gives the same split. */
+/* --arch llama: the config a random init builds, the SwiGLU default against ceil(8C/3)
+ * rounded up to 32 computed here by integer search, and the flag named by each refusal. */
+START_TEST(llama_random_init_config) {
+    for (long C = 2; C <= 4096; C += 2) {
+        long want = 32;
+        while (3 * want < 8 * C) want += 32;   /* the least multiple of 32 with want >= 8C/3 */
+        ck_assert_int_eq(fdpo_train_opts_intermediate_size(C), want);
+    }
+    fdpo_train_opts o;
+    fdpo_train_opts_default(&o);
+    o.out = "unused";
+    fdpo_gpt2_config g = fdpo_train_opts_model_config(&o, 257);
+    ck_assert_int_eq(g.arch, FDPO_ARCH_GPT2);
+    o.arch = "llama"; o.n_head = 8; o.n_kv_head = 2; o.n_embd = 64; o.rope_theta = 500; o.tie_word_embeddings = 0;
+    ck_assert_int_eq(fdpo_train_opts_check(&o), 0);
+    fdpo_gpt2_config c = fdpo_train_opts_model_config(&o, 300);
+    ck_assert_int_eq(c.arch, FDPO_ARCH_LLAMA);
+    ck_assert_uint_eq(c.vocab_size, 300);
+    ck_assert_uint_eq(c.n_kv_head, 2);
+    ck_assert_uint_eq(c.intermediate_size, 192);   /* 8 * 64 / 3 = 170.7 -> 192 */
+    ck_assert(c.rope_theta == 500 && !c.tie_word_embeddings && !strcmp(c.model_type, "llama"));
+    ck_assert_int_eq(fdpo_gpt2_config_check(&c), 0);
+    o.n_kv_head = 0;
+    ck_assert_uint_eq(fdpo_train_opts_model_config(&o, 300).n_kv_head, 8);
+    struct { const char *field; long v; const char *msg; } bad[] = {
+        {"n_kv_head", 3, "--n-kv-head: 3 must divide --n-head 8"},
+        {"n_embd", 72, "--n-embd: --arch llama needs an even head size"},
+        {"intermediate_size", -5, "--intermediate-size: -5"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        fdpo_train_opts b = o;
+        if (!strcmp(bad[i].field, "n_kv_head")) b.n_kv_head = bad[i].v;
+        else if (!strcmp(bad[i].field, "n_embd")) b.n_embd = bad[i].v;
+        else b.intermediate_size = bad[i].v;
+        ck_assert_int_eq(fdpo_train_opts_check(&b), -1);
+        ck_assert_msg(strstr(fdpo_last_error(), bad[i].msg), "%s", fdpo_last_error());
+    }
+    fdpo_train_opts b = o;
+    b.arch = "gpt3";
+    ck_assert_int_eq(fdpo_train_opts_check(&b), -1);
+    ck_assert(strstr(fdpo_last_error(), "--arch: 'gpt3'"));
+}
+END_TEST
+
 START_TEST(pref_split_is_disjoint_and_complete) {
     const size_t sizes[] = {2, 3, 10, 97, 1000};
     const double fractions[] = {0.0, 0.01, 0.1, 0.5, 0.9};
@@ -439,6 +483,7 @@ int main(void) {
     tcase_add_test(tc, state_and_checkpoint_round_trip);
     tcase_add_test(tc, metrics_writer_and_resume_truncation);
     tcase_add_test(tc, pref_split_is_disjoint_and_complete);
+    tcase_add_test(tc, llama_random_init_config);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

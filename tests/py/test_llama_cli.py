@@ -1,0 +1,275 @@
+"""Llama models through the fdpo commands. `fdpo pretrain --arch llama` writes a checkpoint
+that the float64 PyTorch reference (tests/py/fdpo_ref/llama.py) loads and evaluates to the
+logits of `fdpo-harness model-fb` (max|diff|/max|ref| <= 1e-5); an interrupted run resumes
+bit-exactly; --resume refuses another architecture. On a Llama checkpoint written by the
+reference: the f-DPO step (loss and every parameter gradient) matches the same objective
+written in PyTorch on the reference's log-probs, `fdpo score` reports the reference's
+completion log-probs, and sft, dpo (cached reference), generate and eval run. Bad flags are
+refused naming the flag."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dpo_common import (EOT, completion_logps, fdpo, harness, pair_loss, rel_err, save_byte_tokenizer,
+                        tokenize_pair, write_jsonl)
+from fdpo_ref import safetensors as st
+from fdpo_ref.llama import Llama
+
+torch.set_num_threads(1)
+
+ARCH = ["--arch", "llama", "--n-layer", 2, "--n-head", 4, "--n-kv-head", 2, "--n-embd", 32, "--n-positions", 64]
+TEXT = "\n".join(" ".join(["the cat sat on the mat", "a dog ran", "birds sing at dawn"][(i + j) % 3] for j in range(4))
+                 for i in range(30))
+
+
+class Callable:
+    """completion_logps calls model(tokens): the reference Llama's forward"""
+    def __init__(self, m):
+        self.m = m
+
+    def __call__(self, toks):
+        return self.m.forward(toks)
+
+
+def load_reference(d):
+    """the PyTorch reference Llama with the config and tensors of checkpoint dir d (float64)"""
+    c = json.load(open(d / "config.json"))
+    keys = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta", "tie_word_embeddings"]
+    m = Llama(**{k: c[k] for k in keys})
+    tensors = st.load(str(d / "model.safetensors"))[0]
+    assert set(tensors) == set(m.p), (sorted(tensors), sorted(m.p))
+    m.p = {k: torch.tensor(np.asarray(v), dtype=torch.float64).requires_grad_(True) for k, v in tensors.items()}
+    return m
+
+
+def pretrain(tmp_path, out, *extra):
+    (tmp_path / "t.txt").write_text(TEXT)
+    return fdpo("pretrain", "--data", tmp_path / "t.txt", "--out", out, *ARCH, "--seq-len", 24, "--batch-size", 2,
+                "--steps", 4, "--threads", 1, "--eval-every", 0, "--quiet", "--lr", "3e-3", *extra)
+
+
+@pytest.mark.parametrize("tie", [1, 0])
+def test_pretrain_llama_matches_pytorch_and_resumes_exactly(tmp_path, tie):
+    pretrain(tmp_path, tmp_path / "full", f"--tie-word-embeddings={tie}", "--rope-theta", 500)
+    cfg = json.load(open(tmp_path / "full" / "config.json"))
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]) == \
+        (32, 2, 4, 2)
+    assert cfg["intermediate_size"] == 96  # 8/3 * 32 = 85.3, rounded up to a multiple of 32
+    assert cfg["rope_theta"] == 500 and cfg["tie_word_embeddings"] == bool(tie) and cfg["vocab_size"] == 257
+    ref = load_reference(tmp_path / "full")
+    assert ("lm_head.weight" in ref.p) == (not tie)
+    toks = [int(b) for b in b"the cat sat on the mat"]
+    bp = tmp_path / "batch.json"
+    bp.write_text(json.dumps({"sequences": [{"tokens": toks, "targets": toks[1:] + [EOT]}], "d_token_logp": [0.0] * len(toks)}))
+    harness("model-fb", "--model", tmp_path / "full", "--batch", bp, "--out", tmp_path / "fb.safetensors")
+    got = st.load(str(tmp_path / "fb.safetensors"))[0]["logits"]
+    with torch.no_grad():
+        want = ref.forward(toks).numpy()
+    assert rel_err(got, want) <= 1e-5
+    # interrupted after step 2, resumed without repeating the architecture flags: same bytes
+    pretrain(tmp_path, tmp_path / "split", f"--tie-word-embeddings={tie}", "--rope-theta", 500, "--stop-at", 2)
+    fdpo("pretrain", "--data", tmp_path / "t.txt", "--out", tmp_path / "split", "--resume", "--quiet")
+    a = (tmp_path / "full" / "model.safetensors").read_bytes()
+    assert a == (tmp_path / "split" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--arch", "gpt2"], "--arch: gpt2 differs from the saved run's llama"),
+    (["--n-kv-head", 4], "--n-kv-head: 4 differs from the saved run's 2"),
+    (["--rope-theta", 20000], "--rope-theta"),
+])
+def test_resume_refuses_another_architecture(tmp_path, extra, msg):
+    pretrain(tmp_path, tmp_path / "ck", "--stop-at", 1)
+    r = fdpo("pretrain", "--data", tmp_path / "t.txt", "--out", tmp_path / "ck", "--resume", "--quiet", *extra,
+             check=False)
+    assert r.returncode != 0 and msg in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--arch", "mistral"], "--arch: 'mistral' is not a model family"),
+    (["--arch", "llama", "--n-head", 4, "--n-kv-head", 3], "--n-kv-head: 3 must divide --n-head 4"),
+    (["--arch", "llama", "--n-head", 4, "--n-embd", 12], "--n-embd: --arch llama needs an even head size"),
+    (["--arch", "llama", "--rope-theta", 0], "--rope-theta: 0 must be a positive number"),
+    (["--arch", "llama", "--intermediate-size", -1], "--intermediate-size: -1"),
+])
+def test_bad_architecture_flags_are_refused(tmp_path, extra, msg):
+    (tmp_path / "t.txt").write_text(TEXT)
+    r = fdpo("pretrain", "--data", tmp_path / "t.txt", "--out", tmp_path / "ck", "--steps", 1, "--seq-len", 8,
+             *extra, check=False)
+    assert r.returncode != 0 and msg in r.stderr, r.stderr
+    assert not (tmp_path / "ck" / "model.safetensors").exists()
+
+
+# ---- a Llama checkpoint written by the reference ----
+
+CFG = dict(vocab_size=259, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, max_position_embeddings=64, rope_theta=10000.0, tie_word_embeddings=False)
+ROWS = [
+    {"prompt": "The cat", "chosen": " sat on the mat.", "rejected": " ran."},
+    {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " five, I think"},
+    {"chosen": "Hello there, friend!", "rejected": "Hello there, enemy."},
+    {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}],
+     "rejected": [{"role": "assistant", "content": "Go away."}]},
+]
+MAX_LEN, MAX_PROMPT = 40, 16
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("llama_cli")
+    for name, seed in (("policy", 21), ("ref", 22)):
+        Llama(**CFG, seed=seed).save_hf(str(tmp / name))
+        save_byte_tokenizer(str(tmp / name))
+    write_jsonl(tmp / "pairs.jsonl", ROWS)
+    return tmp
+
+
+def test_dpo_step_on_llama_matches_pytorch(llama):
+    policy, ref = load_reference(llama / "policy"), load_reference(llama / "ref")
+    pairs = [tokenize_pair(r, MAX_LEN, MAX_PROMPT) for r in ROWS]
+    cases = [("rkl", "sigmoid", 0.1, 0.0, 0.0, 0.0), ("alpha:0.5", "sigmoid", 0.5, 0.2, 0.0, 0.7), ("js", "ipo", 0.4, 0.0, 0.0, 0.0)]
+    with torch.no_grad():
+        ref_lp = [(completion_logps(Callable(ref), P, C)[0].sum().item(), completion_logps(Callable(ref), P, R)[0].sum().item())
+                  for P, C, R in pairs]
+    side = [(completion_logps(Callable(policy), P, C)[0], completion_logps(Callable(policy), P, R)[0]) for P, C, R in pairs]
+    out = llama / "dpo_grad"
+    args = ["dpo-grad", "--threads", 1, "--policy", llama / "policy", "--ref", llama / "ref", "--data",
+            llama / "pairs.jsonl", "--out", out, "--max-length", MAX_LEN, "--max-prompt-length", MAX_PROMPT]
+    for c in cases:
+        args += ["--case", " ".join(map(str, c))]
+    harness(*args)
+    res = json.load(open(out / "result.json"))["cases"]
+    names = list(policy.p)
+    for i, (div, loss, beta, eps, gamma, sft) in enumerate(cases):
+        mean = loss == "ipo"
+        total, nll, n_chosen = 0.0, 0.0, 0
+        for (tw, tl), (rw, rl) in zip(side, ref_lp):
+            nw, nl = (len(tw), len(tl)) if mean else (1, 1)
+            total = total + pair_loss(div, loss, beta, eps, gamma, (tw.sum() - rw) / nw, (tl.sum() - rl) / nl)
+            nll = nll - tw.sum()
+            n_chosen += len(tw)
+        objective = total / len(pairs) + sft * nll / n_chosen
+        grads = torch.autograd.grad(objective, [policy.p[k] for k in names], retain_graph=True)
+        assert abs(res[i]["loss"] - objective.item()) <= 1e-5 * max(abs(objective.item()), 1e-3), (cases[i], res[i]["loss"])
+        got = st.load(str(out / f"grads_{i}.safetensors"))[0]
+        assert set(got) == set(names)
+        for k, g in zip(names, grads):
+            assert rel_err(got[k], g.numpy()) < 1e-4, (cases[i], k)
+
+
+def test_score_reports_the_reference_logps(llama):
+    policy = load_reference(llama / "policy")
+    rows = [{"prompt": "The cat", "completion": " sat."}, {"prompt": "Hi", "completion": " there, friend"}]
+    write_jsonl(llama / "comp.jsonl", rows)
+    r = fdpo("score", "--model", llama / "policy", "--ref", llama / "ref", "--data", llama / "comp.jsonl", "--threads", 1)
+    got = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+    assert len(got) == len(rows)
+    with torch.no_grad():
+        for g, row in zip(got, rows):
+            want = completion_logps(Callable(policy), list(row["prompt"].encode()), list(row["completion"].encode()))[0].sum().item()
+            assert abs(g["logp"] - want) <= 1e-5 * max(1.0, abs(want)), (g, want)
+
+
+def test_sft_dpo_generate_eval_run_on_llama(llama):
+    sft_rows = [{"prompt": "Q: %d+%d=" % (i, i), "completion": " %d" % (2 * i)} for i in range(20)]
+    write_jsonl(llama / "sft.jsonl", sft_rows)
+    fdpo("sft", "--model", llama / "policy", "--data", llama / "sft.jsonl", "--out", llama / "sft", "--steps", 3,
+         "--batch-size", 4, "--seq-len", 32, "--threads", 1, "--quiet", "--eval-every", 0)
+    assert json.load(open(llama / "sft" / "config.json"))["architectures"] == ["LlamaForCausalLM"]
+    assert len(open(llama / "sft" / "metrics.jsonl").readlines()) == 3
+    fdpo("dpo", "--model", llama / "sft", "--ref", llama / "ref", "--data", llama / "pairs.jsonl", "--out", llama / "dpo",
+         "--steps", 2, "--batch-size", 2, "--threads", 1, "--quiet", "--eval-every", 0)
+    summary = json.load(open(llama / "dpo" / "data_summary.json"))
+    assert summary["reference"]["mode"] == "cache"
+    m = [json.loads(l) for l in open(llama / "dpo" / "metrics.jsonl")]
+    assert len(m) == 2 and all(math.isfinite(x["loss"]) for x in m)
+    write_jsonl(llama / "prompts.jsonl", [{"prompt": "The cat"}, {"prompt": "Q: 3+3="}])
+    r = fdpo("generate", "--model", llama / "dpo", "--data", llama / "prompts.jsonl", "--n", 2, "--max-new-tokens", 6,
+             "--threads", 1)
+    gen = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+    assert len(gen) == 4
+    fdpo("eval", "--model", llama / "dpo", "--ref", llama / "ref", "--data", llama / "prompts.jsonl", "--n", 2,
+         "--max-new-tokens", 6, "--threads", 1, "--out", llama / "eval.json", "--pairs", llama / "pairs.jsonl")
+    ev = json.load(open(llama / "eval.json"))["policies"][0]
+    assert ev["n_samples"] == 4 and math.isfinite(ev["kl_seq_mean"]) and ev["pref_n"] == len(ROWS), ev
+
+
+def test_info_names_the_llama_family(llama):
+    r = fdpo("info", "--json", llama / "policy")
+    info = json.loads(r.stdout)
+    want = {"model_type": "llama", "architecture": "LlamaForCausalLM", "activation_function": "silu",
+            "n_kv_head": CFG["num_key_value_heads"], "intermediate_size": CFG["intermediate_size"],
+            "rope_theta": CFG["rope_theta"], "tie_word_embeddings": CFG["tie_word_embeddings"],
+            "vocab_size": CFG["vocab_size"], "n_embd": CFG["hidden_size"]}
+    for k, v in want.items():
+        assert info[k] == v, (k, info[k], v)
+    tensors = st.load(str(llama / "policy" / "model.safetensors"))[0]
+    assert info["parameters"] == sum(np.asarray(t).size for t in tensors.values())
+
+
+def test_rm_refuses_a_llama_backbone_clearly(llama):
+    r = fdpo("rm", "--model", llama / "policy", "--data", llama / "pairs.jsonl", "--out", llama / "rm", "--steps", 1,
+             "--quiet", "--threads", 1, check=False)
+    assert r.returncode == 1, r.stderr
+    assert f"--model {llama / 'policy'}" in r.stderr and "reward models are GPT-2 only" in r.stderr, r.stderr
+
+
+def test_sft_from_a_llama_model_resumes_without_recording_an_architecture(llama):
+    write_jsonl(llama / "sft2.jsonl", [{"prompt": "Q%d" % i, "completion": " a%d" % i} for i in range(16)])
+    common = ["--data", llama / "sft2.jsonl", "--out", llama / "sft2", "--quiet", "--threads", 1]
+    fdpo("sft", "--model", llama / "policy", *common, "--steps", 4, "--stop-at", 2, "--batch-size", 2, "--seq-len", 16,
+         "--eval-every", 0)
+    fdpo("sft", *common, "--resume")
+    state = json.load(open(llama / "sft2" / "training_state.json"))
+    assert "arch" not in json.dumps(state)
+    assert len(open(llama / "sft2" / "metrics.jsonl").readlines()) == 4
+
+
+def test_greedy_generate_and_eval_logps_match_pytorch(llama):
+    """greedy decoding is the reference's argmax chain; eval's per-sample logp under the
+    policy and the reference are the reference models' sums over the sampled tokens"""
+    policy, ref = load_reference(llama / "policy"), load_reference(llama / "ref")
+    prompts = ["The cat", "Hi"]
+    write_jsonl(llama / "p2.jsonl", [{"prompt": p} for p in prompts])
+    r = fdpo("generate", "--model", llama / "policy", "--data", llama / "p2.jsonl", "--temperature", 0,
+             "--max-new-tokens", 6, "--threads", 1)
+    gen = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+    assert len(gen) == 2
+    with torch.no_grad():
+        for g, p in zip(gen, prompts):
+            toks = list(p.encode())
+            for _ in range(6):
+                nxt = int(torch.argmax(policy.forward(toks)[-1]))
+                toks.append(nxt)
+                if nxt == EOT:
+                    break
+            assert g["tokens"] == toks[len(p.encode()):], (g["tokens"], toks)
+    fdpo("eval", "--model", llama / "policy", "--ref", llama / "ref", "--data", llama / "p2.jsonl", "--n", 2,
+         "--max-new-tokens", 5, "--threads", 1, "--out", llama / "ev2.json", "--samples-out", llama / "s2.jsonl")
+    # the implicit reward on --pairs (docs/eval.md, calibration): B * (l_w - l_l) for rkl
+    fdpo("eval", "--model", llama / "policy", "--ref", llama / "ref", "--data", llama / "p2.jsonl", "--n", 1,
+         "--max-new-tokens", 2, "--threads", 1, "--out", llama / "ev3.json", "--pairs", llama / "pairs.jsonl",
+         "--beta", 0.3)
+    ev = json.load(open(llama / "ev3.json"))["policies"][0]
+    with torch.no_grad():
+        margins = []
+        for row in ROWS:
+            P, C, R = tokenize_pair(row)
+            lw = completion_logps(Callable(policy), P, C)[0].sum() - completion_logps(Callable(ref), P, C)[0].sum()
+            ll = completion_logps(Callable(policy), P, R)[0].sum() - completion_logps(Callable(ref), P, R)[0].sum()
+            margins.append(0.3 * (lw - ll).item())
+    assert abs(ev["pref_margin_mean"] - np.mean(margins)) <= 1e-5 * max(1.0, abs(np.mean(margins))), (ev, margins)
+    assert ev["pref_accuracy"] == np.mean(np.array(margins) > 0)
+    samples = [json.loads(l) for l in open(llama / "s2.jsonl")]
+    assert len(samples) == 4
+    with torch.no_grad():
+        for s in samples:
+            P = list(prompts[s["prompt_index"]].encode())
+            for model, key in ((policy, "logp"), (ref, "logp_ref")):
+                want = completion_logps(Callable(model), P, s["tokens"])[0].sum().item()
+                assert abs(s[key] - want) <= 1e-5 * max(1.0, abs(want)), (key, s[key], want)
