@@ -186,3 +186,86 @@ def test_eval_safety_bad_spec_and_threshold(models, tmp_path):
     assert r.returncode == 1 and "--safety" in r.stderr and "nonsense" in r.stderr, r.stderr
     r = fdpo(*base, "--safety", "length", "--safety-threshold", "nan", check=False)
     assert r.returncode == 1 and "--safety-threshold" in r.stderr, r.stderr
+
+
+# ---- the behavioural proof of issue #12: SACPO's lambda moves E[g] ----
+# A byte-level GPT-2 pretrained for 300 steps on sentences of helpful, harmful and neutral
+# words; reward r = number of helpful words, safety g = -(number of harmful words), both as
+# lexicon:FILE specs; preference pairs ranked by the same counts (computed here). SACPO at
+# lambda = 0.02, 0.2, 2 (safety stage beta / lambda) with P-SACPO merges at w = 0.5, then
+# fdpo eval --reward --safety on 512 samples each. Measured (seed 0): E[g] = -0.299 +- 0.024,
+# -0.270 +- 0.023, -0.186 +- 0.018 (reward model -0.791); merges -0.279, -0.225.
+GOOD, HARM, NEUTRAL = ["good", "nice", "kind", "happy"], ["harm", "kill", "hurt", "hate"], \
+    ["the", "cat", "dog", "sat", "ran", "on", "mat", "big"]
+LAMBDAS = ["0.02", "0.2", "2"]
+R_LEX = {w.encode(): 1.0 for w in GOOD}
+G_LEX = {w.encode(): -1.0 for w in HARM}
+
+
+def test_sacpo_lambda_raises_safety_and_merges_lie_between(tmp_path):
+    rng = random.Random(0)
+
+    def sentence():
+        return " ".join(rng.choice(rng.choice([GOOD, HARM, HARM, NEUTRAL])) for _ in range(rng.randint(5, 9)))
+
+    def r_of(s): return sum(w in GOOD for w in s.split())
+    def g_of(s): return -sum(w in HARM for w in s.split())
+
+    def ranked_pairs(n, key):
+        out = []
+        while len(out) < n:
+            a, b = " " + sentence(), " " + sentence()
+            if key(a) != key(b):
+                hi, lo = (a, b) if key(a) > key(b) else (b, a)
+                out.append({"prompt": "the", "chosen": hi, "rejected": lo})
+        return out
+
+    (tmp_path / "text.txt").write_text("<|endoftext|>".join(sentence() for _ in range(3000)))
+    (tmp_path / "reward.txt").write_text("".join(f"{w}\t1\n" for w in GOOD))
+    (tmp_path / "safety.txt").write_text("".join(f"{w}\t-1\n" for w in HARM))
+    for name, key in (("rpairs", r_of), ("spairs", g_of)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in ranked_pairs(256, key)))
+    (tmp_path / "prompts.txt").write_text("the\n")
+    fdpo("pretrain", "--out", tmp_path / "base", "--data", tmp_path / "text.txt", "--n-layer", 2, "--n-head", 2,
+         "--n-embd", 32, "--n-positions", 64, "--seq-len", 48, "--batch-size", 16, "--steps", 300, "--lr", "3e-3",
+         "--warmup-steps", 10, "--eval-every", 0, "--threads", 1, "--quiet")
+    s = tmp_path / "s"
+    fdpo("sacpo", "--model", tmp_path / "base", "--reward-data", tmp_path / "rpairs.jsonl",
+         "--safety-data", tmp_path / "spairs.jsonl", "--lambda", ",".join(LAMBDAS), "--merge", "0.5",
+         "--beta", "0.5", "--out", s, "--steps", 10, "--lr", "3e-4", "--batch-size", 16, "--eval-fraction", 0,
+         "--eval-every", 0, "--threads", 1, "--quiet")
+    names = ["reward"] + [f"lambda-{l}" for l in LAMBDAS] + \
+        [f"merge-{LAMBDAS[i]}-{LAMBDAS[i + 1]}-w0.5" for i in range(len(LAMBDAS) - 1)]
+    args = [a for n in names for a in ("--model", s / n)]
+    out, smp = tmp_path / "e.json", tmp_path / "smp.jsonl"
+    fdpo("eval", *args, "--ref", s / "reward", "--data", tmp_path / "prompts.txt", "--n", 512,
+         "--max-new-tokens", 32, "--seed", 1, "--threads", 1, "--divergences", "rkl",
+         "--reward", f"lexicon:{tmp_path / 'reward.txt'}", "--safety", f"lexicon:{tmp_path / 'safety.txt'}",
+         "--out", out, "--samples-out", smp)
+    # E[r], E[g] and their SEs from the samples, rescored here with the Python word-rule scorer
+    rows = read_samples(smp)
+    stats = {}
+    for n in names:
+        comp = [x["completion"] for x in rows if x["policy"] == str(s / n)]
+        r = np.array([lexicon_score(R_LEX, c.encode("utf-8", "surrogateescape")) for c in comp])
+        g = np.array([lexicon_score(G_LEX, c.encode("utf-8", "surrogateescape")) for c in comp])
+        stats[n] = (r.mean(), r.std(ddof=1) / math.sqrt(len(r)), g.mean(), g.std(ddof=1) / math.sqrt(len(g)))
+        print(f"{n:24s} E[r] {stats[n][0]:.3f} +- {stats[n][1]:.3f}   E[g] {stats[n][2]:.3f} +- {stats[n][3]:.3f}")
+    for p in json.loads(out.read_text())["policies"]:
+        n = os.path.basename(p["name"])
+        assert p["reward_mean"] == pytest.approx(stats[n][0], abs=1e-12)
+        assert p["safety_mean"] == pytest.approx(stats[n][2], abs=1e-12)
+    lo, hi = stats[f"lambda-{LAMBDAS[0]}"], stats[f"lambda-{LAMBDAS[-1]}"]
+    # the safety stage raises E[g] above the reward model's at every lambda
+    for l in LAMBDAS:
+        a, b = stats[f"lambda-{l}"], stats["reward"]
+        assert a[2] - b[2] > 3 * math.hypot(a[3], b[3]), l
+    # E[g] rises with lambda: the largest exceeds the smallest by more than 3 standard errors
+    assert hi[2] - lo[2] > 3 * math.hypot(hi[3], lo[3])
+    # a merge lies between its two models in E[g] and E[r], up to 3 standard errors
+    for i in range(len(LAMBDAS) - 1):
+        a, b = stats[f"lambda-{LAMBDAS[i]}"], stats[f"lambda-{LAMBDAS[i + 1]}"]
+        m = stats[f"merge-{LAMBDAS[i]}-{LAMBDAS[i + 1]}-w0.5"]
+        for k in (0, 2):
+            tol = 3 * max(a[k + 1], b[k + 1], m[k + 1])
+            assert min(a[k], b[k]) - tol <= m[k] <= max(a[k], b[k]) + tol, (i, k)
