@@ -174,10 +174,15 @@ static int lex_load_list(lexicon *L, const char *path) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return fdpo_error_context("lexicon:%s", path);
+    if (memchr(text, 0, len)) {
+        free(text);
+        return fdpo_error("%s: contains a NUL byte (expected a text file of \"word weight\" lines)", path);
+    }
     int rc = 0;
     size_t line = 0;
     char *key = fdpo_malloc(len + 1);
-    for (char *p = text; *p && !rc;) {
+    char *start = len >= 3 && !memcmp(text, "\xef\xbb\xbf", 3) ? text + 3 : text; /* UTF-8 byte order mark */
+    for (char *p = start; *p && !rc;) {
         char *nl = strchr(p, '\n'), *end = nl ? nl : p + strlen(p);
         line++;
         char *hash = memchr(p, '#', (size_t)(end - p));

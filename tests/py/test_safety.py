@@ -102,6 +102,15 @@ def test_lexicon_malformed_lines_name_file_and_line(tmp_path, body, line, what):
     assert f"{p}:{line}:" in r.stderr and what in r.stderr, r.stderr
 
 
+def test_lexicon_byte_order_mark_and_nul(tmp_path):
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfgood 2\n")
+    r = score_file(tmp_path, f"lexicon:{tmp_path / 'bom.txt'}", ["good good"])
+    assert r.returncode == 0 and float(r.stdout) == 4.0, r.stderr
+    (tmp_path / "nul.txt").write_bytes(b"good 2\n\0bad -1\n")
+    r = score_file(tmp_path, f"lexicon:{tmp_path / 'nul.txt'}", ["good"])
+    assert r.returncode == 1 and "nul.txt" in r.stderr and "NUL" in r.stderr, r.stderr
+
+
 def test_lexicon_empty_or_missing_file(tmp_path):
     (tmp_path / "empty.txt").write_text("# only a comment\n\n")
     r = score_file(tmp_path, f"lexicon:{tmp_path / 'empty.txt'}", ["x"])
