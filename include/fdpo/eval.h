@@ -100,7 +100,9 @@ typedef struct {
                                  (> 0: there is no "no deadline"; NULL options = 60) */
 } fdpo_reward_options;
 typedef struct fdpo_reward fdpo_reward;
-/* Specs: "afinn" (mean valence per word), "afinn:sum" (sum of valences), "length"
+/* Specs: "afinn" (mean valence per word), "afinn:sum" (sum of valences), "lexicon:FILE"
+ * (sum of the weights of a "word weight" per line list, words split and case-folded as for
+ * afinn; FILE:LINE errors for malformed lines, duplicates, non-finite weights), "length"
  * (completion tokens), "length:words" (whitespace words), "cmd:PROGRAM" (external process,
  * run with /bin/sh -c). */
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o);
@@ -142,6 +144,8 @@ typedef struct {
     const fdpo_divergence *divs;    /* f-divergences to estimate */
     size_t n_div;
     fdpo_reward *reward;            /* NULL: no reward metrics */
+    fdpo_reward *safety;            /* NULL: no safety metrics; g of DESIGN §4 (SACPO) */
+    double safety_threshold;        /* safety_frac_safe = fraction of samples with g >= this */
     double ead_vocab;               /* V of EAD; <= 0: the model's vocabulary size */
     double beta;                    /* implicit reward scale for --pairs */
     fdpo_divergence cal_div;        /* Delta = s(l_w) - s(l_l) with this f for --pairs */

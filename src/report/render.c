@@ -283,6 +283,37 @@ static void frontier_panel(charts *ch, const char *title, const char *explain, c
     chart_emit(ch, series, title, explain, xlabel, "mean reward", 0);
 }
 
+/* Reward against safety (fdpo eval --safety): one labelled point per policy, and the
+ * threshold T of safety_frac_safe as a horizontal line when the eval file gives it. */
+static void safety_panel(charts *ch) {
+    rp_ctx *c = ch->c;
+    cJSON *series = cJSON_CreateArray();
+    double xmin = INFINITY, xmax = -INFINITY, thr = NAN;
+    for (size_t i = 0; i < c->n_pols; i++) {
+        const rp_policy *q = &c->pols[i];
+        double x, y, v;
+        if (!pol_num(q, "reward_mean", &x) || !pol_num(q, "safety_mean", &y)) continue;
+        if (isnan(thr) && pol_num(q, "safety_threshold", &v)) thr = v;
+        if (x < xmin) xmin = x;
+        if (x > xmax) xmax = x;
+        char tip[512], se[64] = "", frac[64] = "";
+        if (pol_num(q, "safety_se", &v)) snprintf(se, sizeof se, " \xc2\xb1 %.3g", v);
+        if (pol_num(q, "safety_frac_safe", &v)) snprintf(frac, sizeof frac, ", %.3g safe", v);
+        snprintf(tip, sizeof tip, "%.200s: reward %.4g, safety %.4g%s%s", q->name, x, y, se, frac);
+        series_add(series_new(series, q->name, run_color(i), 0, 0), x, y, tip);
+    }
+    if (cJSON_GetArraySize(series) && isfinite(thr)) {
+        char label[64];
+        snprintf(label, sizeof label, "threshold %g", thr);
+        cJSON *t = series_new(series, label, "#7f7f7f", 1, 1);
+        series_add(t, xmin, thr, NULL);
+        if (xmax > xmin) series_add(t, xmax, thr, NULL);
+    }
+    chart_emit(ch, series, "Reward vs safety", "Mean reward against mean safety score g of the sampled completions "
+               "(fdpo eval --safety), one point per policy; the dashed line is the threshold of the fraction safe. "
+               "Up and right is better.", "mean reward", "mean safety", 0);
+}
+
 static int starts_with(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
 static int ends_with(const char *s, const char *suf) {
     size_t a = strlen(s), b = strlen(suf);
@@ -686,6 +717,7 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
         frontier_panel(&ch, "Reward\xe2\x80\x93" "entropy frontier", "Mean reward against predictive entropy (mean "
                        "full-vocabulary entropy at sampled positions). Low entropy at equal reward means the policy "
                        "collapsed onto fewer answers.", "entropy (nats)", "entropy");
+        safety_panel(&ch);
         fdpo_rp_puts(&body, "</div>\n");
         static const struct { int cls; const char *id, *title, *strip; } DIV_TABLES[] = {
             {K_DIV_FLAT, "diversity-table", "Diversity", NULL},

@@ -32,7 +32,7 @@ POLICIES = [
     ("alpha:0.5", 0.1, 6.0, 0.75, 1.80),
 ]
 N_STEPS = 30
-EXPECTED_CHARTS = 4 + 2 + 4  # training (loss, margin, accuracy, chosen/rejected), eval frontiers, lab
+EXPECTED_CHARTS = 4 + 3 + 4  # training (loss, margin, accuracy, chosen/rejected), eval frontiers + safety, lab
 
 
 def run(*args, timeout=120):
@@ -73,6 +73,7 @@ def policy_eval(name, kl, reward, entropy, k, prompt_texts):
         "entropy": entropy, "distinct_1": round(0.3 + 0.01 * k, 4), "distinct_2": round(0.6123 + 0.01 * k, 4),
         "distinct_3": 0.8, "distinct_4": 0.9, "ead": 0.55, "self_bleu_3": 0.31, "self_bleu_4": 0.2,
         "len_tokens_mean": 20 + k, "reward_length_corr": 0.12,
+        "safety_mean": round(-0.1 * k, 4), "safety_se": 0.01, "safety_threshold": -0.25, "safety_frac_safe": 0.9,
         "samples": [{"prompt": p, "completion": f"{name} says {p.lower()} #{k}", "reward": 0.5} for p in prompt_texts],
     }
 
@@ -196,7 +197,7 @@ def test_help_lists_every_flag_with_default():
 def test_report_is_written_and_self_contained(report):
     root, runs, out, r = report
     assert "warning:" not in r.stderr and "0 warnings" in r.stderr, r.stderr
-    assert "10 charts" in r.stderr and "6 policies" in r.stderr and "6 runs" in r.stderr, r.stderr
+    assert "11 charts" in r.stderr and "6 policies" in r.stderr and "6 runs" in r.stderr, r.stderr
     text, page, charts = parse(out)
     assert text.startswith("<!DOCTYPE html>")
     assert page.external == [], page.external
@@ -253,6 +254,20 @@ def test_frontiers_group_by_divergence(report):
     e = {s["label"]: s for s in ent["series"]}
     assert flat(e["forward KL"]["points"]) == pytest.approx([2.0, 0.70])
     assert fr["x"]["title"].startswith("KL") and fr["y"]["title"] == "mean reward"
+
+
+def test_reward_vs_safety_panel(report):
+    _, _, out, _ = report
+    _, _, charts = parse(out)
+    sp = chart(charts, "Reward vs safety")
+    series = {s["label"]: s for s in sp["series"]}
+    # one labelled point per policy (reward_mean, safety_mean), the threshold as a dashed line
+    assert flat(series["rkl-b0.5"]["points"]) == pytest.approx([0.55, -0.1])
+    assert flat(series["reference"]["points"]) == pytest.approx([0.30, -0.9])
+    assert len(series) == len(POLICIES) + 2
+    t = series["threshold -0.25"]
+    assert t["line"] and t["dash"] and flat(t["points"]) == pytest.approx([0.30, -0.25, 0.80, -0.25])
+    assert sp["x"]["title"] == "mean reward" and sp["y"]["title"] == "mean safety"
 
 
 def test_tables_and_samples(report):
