@@ -36,6 +36,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../build/fdpo"))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../build/fdpo-harness"))
 MIN_TIMED_STEPS = 5
 
 # name: (INI shapes, batch_size, grad_accum); seq_len = n_positions
@@ -160,6 +161,17 @@ def derive(res):
     return res
 
 
+def allreduce_alone(n_floats, reps):
+    """the gradient allreduce without the training around it (fdpo-harness dist-allreduce under
+    mpirun -np 2; a barrier before each, so no waiting for a slower rank is counted)"""
+    r = subprocess.run([shutil.which("mpirun"), "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+                        "-np", "2", HARNESS, "dist-allreduce", str(n_floats), str(reps)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"dist-allreduce: exit {r.returncode}\n{r.stdout}{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])["seconds"][1:]   # the first one warms up
+
+
 def stats(xs):
     return dict(median=statistics.median(xs), best=min(xs), n=len(xs))
 
@@ -177,7 +189,14 @@ def main():
     a = ap.parse_args()
     if a.project:
         res = derive(json.load(open(a.project)))
-        print(f"node compute: {res['node_seconds_per_flop'] * 1e9:.4f} s per GFLOP (from {a.project})")
+        print(f"node compute: {res['node_seconds_per_flop'] * 1e9:.4f} s per GFLOP (from {a.project}); "
+              f"2-rank allreduce model {res['model_allreduce_seconds']:.4f} s "
+              f"(copy bandwidth {res['copy_bytes_per_second'] / 1e9:.1f} GB/s now) vs measured median "
+              f"{res['allreduce_seconds']['median']:.4f} s, best {res['allreduce_seconds']['best']:.4f} s")
+        if "allreduce_alone_seconds" not in res:   # a result saved before the harness timing existed
+            res["allreduce_alone_seconds"] = stats(allreduce_alone(res["n_params"], 7))
+        print(f"gradient allreduce alone now: median {res['allreduce_alone_seconds']['median']:.4f} s, "
+              f"best {res['allreduce_alone_seconds']['best']:.4f} s")
         print_projection(projection(res["node_seconds_per_flop"]))
         return
     steps = max(a.steps, MIN_TIMED_STEPS)
@@ -201,6 +220,7 @@ def main():
                         comm.append(m["dist/allreduce_seconds"])
                         frac.append(m["dist/comm_fraction"])
             rnd += 1
+        pure = allreduce_alone(n_params(SHAPES[a.shape][0]), 7)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shapes = SHAPES[a.shape][0]
@@ -208,7 +228,7 @@ def main():
                vocab=257, global_tokens_per_step=global_tokens, n_params=n_params(shapes),
                gradient_bytes=4 * n_params(shapes),
                sides={k: stats(v) for k, v in times.items()},
-               allreduce_seconds=stats(comm), comm_fraction=stats(frac),
+               allreduce_seconds=stats(comm), comm_fraction=stats(frac), allreduce_alone_seconds=stats(pure),
                load_average=os.getloadavg(), wall_seconds=time.time() - t_start)
     derive(res)
     one, two = res["sides"]["1 rank x 2 threads"], res["sides"]["2 ranks x 1 thread"]
@@ -221,6 +241,8 @@ def main():
           f"share {res['comm_fraction']['median']:.3f}; "
           f"effective allreduce bandwidth {res['gradient_bytes'] / res['allreduce_seconds']['median'] / 1e9:.2f} GB/s "
           f"(gradient bytes / collective seconds)")
+    print(f"  gradient allreduce alone (fdpo-harness dist-allreduce, 2 ranks): median "
+          f"{res['allreduce_alone_seconds']['median']:.4f} s, best {res['allreduce_alone_seconds']['best']:.4f} s")
     print(f"  model 2(N-1)/N * bytes / copy bandwidth ({res['copy_bytes_per_second'] / 1e9:.1f} GB/s, N=2): "
           f"{res['model_allreduce_seconds']:.4f} s vs measured median {res['allreduce_seconds']['median']:.4f} s, "
           f"best {res['allreduce_seconds']['best']:.4f} s")

@@ -132,6 +132,18 @@ def test_collective_time_is_logged_with_two_ranks_only(work, tmp_path):
         assert rows and all(not (keys & m.keys()) for m in rows)
 
 
+def test_bucketed_allreduce_sums_every_element():
+    """fdpo_dist_sum_f32 over more than one FDPO_DIST_BUCKET (4M floats) plus a remainder: rank r
+    contributes r + 1, so every element must be 1 + 2 = 3 (the harness checks each one)."""
+    harness = os.environ.get("FDPO_HARNESS", os.path.join(os.path.dirname(FDPO), "fdpo-harness"))
+    n = (4 << 20) + 12345
+    r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "2", harness, "dist-allreduce",
+                        str(n), "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["ranks"] == 2 and out["bytes"] == 4 * n and len(out["seconds"]) == 2
+
+
 def test_ranks_with_different_flags_are_refused(work, tmp_path):
     base = [FDPO, "pretrain", "--out", tmp_path / "x", "--steps", 2, *PRETRAIN, work / "text.txt"]
     cmd = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", *map(str, base), "--warmup-steps", "1", ":",
