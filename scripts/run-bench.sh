@@ -15,3 +15,5 @@ T=${THREADS:-2}
 /usr/bin/python3 bench/bench_sample.py --threads "$T"
 /usr/bin/python3 bench/bench_tokenizer.py
 bash bench/bench_lab.sh
+# data parallelism: 2 ranks x 1 thread vs 1 rank x 2 threads (needs mpirun; docs/scaling.md)
+if command -v mpirun >/dev/null; then /usr/bin/python3 bench/bench_mpi.py; fi

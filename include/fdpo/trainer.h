@@ -190,6 +190,9 @@ typedef struct {
     /* last step, for logging */
     double last_lr, last_grad_norm, last_tokens_per_sec;
     double t_step_start;
+    /* under MPI: seconds inside collectives (gradient allreduce, loss sums, waiting for the
+     * slowest rank) during the last step, and that step's wall time */
+    double comm_at_step_start, last_comm_seconds, last_step_seconds;
     int stopped;                /* stop_at reached or interrupted */
     int interrupted;            /* stopped by fdpo_trainer_request_stop */
     size_t start_step;          /* step this process started from (resume) */
@@ -219,7 +222,8 @@ void fdpo_trainer_progress(fdpo_trainer *tr, double loss, const char *extra);
 int fdpo_trainer_want_log(const fdpo_trainer *tr);        /* log_every divides step, or last step */
 int fdpo_trainer_want_eval(const fdpo_trainer *tr);       /* eval_every divides step, or last step */
 /* Standard metrics of the step just taken: step, epoch, loss, learning_rate, grad_norm,
- * tokens_per_sec; the caller adds its own keys then calls fdpo_metrics_end. */
+ * tokens_per_sec, and with more than one rank dist/allreduce_seconds and dist/comm_fraction
+ * (share of the step's wall time spent in collectives); the caller adds its own keys then calls fdpo_metrics_end. */
 void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss);
 /* Ask every running trainer to save and stop after its current step (async-signal-safe:
  * only sets a flag; the CLI calls it from its SIGINT/SIGTERM handler). fdpo_trainer_maybe_save

@@ -186,6 +186,7 @@ size_t fdpo_trainer_next_item(fdpo_trainer *tr) {
 void fdpo_trainer_begin_step(fdpo_trainer *tr) {
     fdpo_gpt2_zero_grad(tr->model);
     tr->t_step_start = fdpo_now();
+    tr->comm_at_step_start = fdpo_dist_comm_seconds();
 }
 
 int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens) {
@@ -203,6 +204,8 @@ int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens) {
     tr->last_lr = lr;
     tr->last_grad_norm = norm;
     double dt = fdpo_now() - tr->t_step_start;
+    tr->last_step_seconds = dt;
+    tr->last_comm_seconds = fdpo_dist_comm_seconds() - tr->comm_at_step_start;
     tr->last_tokens_per_sec = dt > 0 ? (double)n_tokens / dt : 0;
     return 0;
 }
@@ -240,6 +243,11 @@ void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss) {
     fdpo_metrics_add(&tr->metrics, "learning_rate", tr->last_lr);
     fdpo_metrics_add(&tr->metrics, "grad_norm", tr->last_grad_norm);
     fdpo_metrics_add(&tr->metrics, "tokens_per_sec", tr->last_tokens_per_sec);
+    if (fdpo_dist_size() > 1) {   /* what data parallelism costs: see docs/scaling.md */
+        fdpo_metrics_add(&tr->metrics, "dist/allreduce_seconds", tr->last_comm_seconds);
+        fdpo_metrics_add(&tr->metrics, "dist/comm_fraction",
+                         tr->last_step_seconds > 0 ? tr->last_comm_seconds / tr->last_step_seconds : 0);
+    }
 }
 
 int fdpo_trainer_save(fdpo_trainer *tr) {

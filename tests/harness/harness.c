@@ -10,6 +10,7 @@ int h_data(int argc, char **argv);
 int h_dpo_bench(int argc, char **argv);
 int h_dpo_data(int argc, char **argv);
 int h_dpo_grad(int argc, char **argv);
+int h_dist(int argc, char **argv);
 int h_eval(int argc, char **argv);
 int h_model(int argc, char **argv);
 int h_kto_grad(int argc, char **argv);
@@ -23,6 +24,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"data-sft", h_data},
     {"dpo-bench", h_dpo_bench},
     {"dpo-data", h_dpo_data},
+    {"dist-allreduce", h_dist},
     {"dpo-grad", h_dpo_grad},
     {"eval-calibration", h_eval},
     {"eval-logits", h_eval},

@@ -105,6 +105,45 @@ def test_dpo_two_ranks_equal_one_and_resume_with_one(work, tmp_path):
     assert close(params(tmp_path / "one"), params(tmp_path / "split"))
 
 
+def test_collective_time_is_logged_with_two_ranks_only(work, tmp_path):
+    """dist/allreduce_seconds and dist/comm_fraction appear in every metrics line under
+    mpirun -np 2 (pretrain and dpo) and never for one process. The seconds are bounded by the
+    job's wall time measured here, the fraction lies in [0, 1], and seconds / fraction (the
+    step's wall time) is itself within the job's wall time."""
+    keys = {"dist/allreduce_seconds", "dist/comm_fraction"}
+    for cmd in (["pretrain", "--out", tmp_path / "p2", "--steps", 3, *PRETRAIN, work / "text.txt"],
+                dpo_args(work, tmp_path / "d2", "--steps", 3)):
+        t0 = time.time()
+        mpi(2, *cmd)
+        wall = time.time() - t0
+        rows = [json.loads(l) for l in open(cmd[cmd.index("--out") + 1] / "metrics.jsonl")]
+        steps = [m for m in rows if "loss" in m and "tokens_per_sec" in m]
+        assert len(steps) == 3
+        for m in steps:
+            assert keys <= m.keys(), m
+            assert 0 <= m["dist/allreduce_seconds"] < wall
+            assert 0 <= m["dist/comm_fraction"] <= 1
+            if m["dist/comm_fraction"] > 0:
+                assert m["dist/allreduce_seconds"] / m["dist/comm_fraction"] < wall
+    fdpo("pretrain", "--out", tmp_path / "p1", "--steps", 3, *PRETRAIN, work / "text.txt")
+    fdpo(*dpo_args(work, tmp_path / "d1", "--steps", 3))
+    for d in ("p1", "d1"):
+        rows = [json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")]
+        assert rows and all(not (keys & m.keys()) for m in rows)
+
+
+def test_bucketed_allreduce_sums_every_element():
+    """fdpo_dist_sum_f32 over more than one FDPO_DIST_BUCKET (4M floats) plus a remainder: rank r
+    contributes r + 1, so every element must be 1 + 2 = 3 (the harness checks each one)."""
+    harness = os.environ.get("FDPO_HARNESS", os.path.join(os.path.dirname(FDPO), "fdpo-harness"))
+    n = (4 << 20) + 12345
+    r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "2", harness, "dist-allreduce",
+                        str(n), "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["ranks"] == 2 and out["bytes"] == 4 * n and len(out["seconds"]) == 2
+
+
 def test_ranks_with_different_flags_are_refused(work, tmp_path):
     base = [FDPO, "pretrain", "--out", tmp_path / "x", "--steps", 2, *PRETRAIN, work / "text.txt"]
     cmd = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", *map(str, base), "--warmup-steps", "1", ":",

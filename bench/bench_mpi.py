@@ -1,0 +1,259 @@
+"""Data parallelism on one box: 2 ranks x 1 thread (mpirun -np 2) vs 1 rank x 2 threads.
+
+One step = `fdpo pretrain` optimizer step: forward + backward of grad_accum micro-batches of
+B sequences of T tokens, the gradient allreduce (2 ranks only), AdamW. The same global batch
+on both sides, so both compute the same numbers (docs/scaling.md). The shapes go through
+`--config FILE` (an INI file this script writes): --small (default, < 2 minutes) or --124m
+(GPT-2 124M: n_layer 12, n_embd 768, n_head 12, with the BYTE-LEVEL vocabulary of 257
+tokens, not 50257: pretrain's vocabulary is its tokenizer's, and a 50257-token BPE cannot be
+trained from the text at hand; the 38.4M parameters of the larger embedding are added back
+analytically in docs/scaling.md).
+
+Per-step numbers come from each run's metrics.jsonl (--log-every 1): step seconds = global
+tokens / tokens_per_sec, and with 2 ranks dist/allreduce_seconds (all collectives of the
+step, including waiting for the slower rank) and dist/comm_fraction. Interleaving: the two
+configurations run in turn (1x2, 2x1, 2x1, 1x2, ...: the order flips every round), each run
+one warm-up step (dropped) plus --steps-per-run timed steps, until both have >= --steps
+timed steps; report median and best per configuration, the ratio of medians, the allreduce
+seconds and share, and the gradient bytes (n_params * 4).
+
+    /usr/bin/python3 bench/bench_mpi.py                 # small shapes, < 2 minutes
+    /usr/bin/python3 bench/bench_mpi.py --124m --steps 6
+    /usr/bin/python3 bench/bench_mpi.py --json out.json
+
+The machine is shared (other engineers, a sanitizer run): medians of interleaved runs
+spread a load change over both sides, but absolute times carry that caveat.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../build/fdpo"))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../build/fdpo-harness"))
+MIN_TIMED_STEPS = 5
+
+# name: (INI shapes, batch_size, grad_accum); seq_len = n_positions
+SHAPES = {
+    "small": (dict(n_layer=4, n_embd=128, n_head=4, n_positions=128), 2, 4),
+    "124m": (dict(n_layer=12, n_embd=768, n_head=12, n_positions=128), 1, 2),
+}
+
+
+def n_params(s, vocab=257):
+    """GPT-2 parameter count (tied LM head): wte, wpe, per layer 12C^2 + 13C, final LN."""
+    C, L, P = s["n_embd"], s["n_layer"], s["n_positions"]
+    return vocab * C + P * C + L * (12 * C * C + 13 * C) + 2 * C
+
+
+def write_inputs(tmp, name):
+    shapes, B, A = SHAPES[name]
+    cfg = os.path.join(tmp, f"{name}.ini")
+    with open(cfg, "w") as f:
+        f.write(f"[model]\n")
+        for k, v in shapes.items():
+            f.write(f"{k.replace('_', '-')} = {v}\n")
+        f.write(f"[train]\nseq-len = {shapes['n_positions']}\nbatch-size = {B}\ngrad-accum = {A}\n"
+                f"lr = 1e-4\nseed = 1\nlog-every = 1\neval-every = 0\n")
+    text = os.path.join(tmp, "text.txt")
+    readme = open(os.path.join(HERE, "../README.md")).read()
+    with open(text, "w") as f:
+        f.write(readme * 20)
+    return cfg, text, B * A * shapes["n_positions"]
+
+
+def run(ranks, threads, cfg, text, steps, out):
+    argv = [FDPO, "pretrain", "--config", cfg, "--threads", str(threads), "--steps", str(steps),
+            "--out", out, "--quiet", text]
+    if ranks > 1:
+        argv = [shutil.which("mpirun") or sys.exit("mpirun not found (scripts/deps.sh installs Open MPI)"),
+                "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)] + argv
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    r = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(argv)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rows = [json.loads(l) for l in f if l.strip()]
+    shutil.rmtree(out)
+    return [m for m in rows if "tokens_per_sec" in m]
+
+
+# ---- the scaling model of docs/scaling.md ----
+# Projected models: GPT-2 layout, vocab 50257, 1024 positions, tied LM head.
+PROJECTED = {"124M": dict(n_layer=12, n_embd=768, vocab=50257, n_positions=1024),
+             "1.1B": dict(n_layer=20, n_embd=2048, vocab=50257, n_positions=1024)}
+# link bandwidth in Gbit/s -> per-message latency alpha in seconds (TCP on 10 GbE; RDMA-class 100 Gbit/s)
+NETWORKS = {10: 30e-6, 100: 3e-6}
+NODES = [2, 4, 8, 16, 32, 64]
+
+
+def flops_per_token(n_layer, n_embd, vocab, seq):
+    """forward + backward: 6 x (matmul weights incl. the LM head) + 12 L T C for attention (Kaplan et al.)"""
+    return 6 * (12 * n_layer * n_embd ** 2 + vocab * n_embd) + 12 * n_layer * seq * n_embd
+
+
+def ring_allreduce_seconds(nodes, grad_bytes, gbit, alpha):
+    """ring allreduce: reduce-scatter + all-gather move 2(N-1)/N of the buffer through each
+    link; fdpo sends FDPO_DIST_BUCKET (4M floats) per call, each call 2(N-1) latency hops"""
+    buckets = -(-grad_bytes // (4 * (4 << 20)))
+    return 2 * (nodes - 1) / nodes * grad_bytes / (gbit * 1e9 / 8) + 2 * (nodes - 1) * buckets * alpha
+
+
+def projection(sec_per_flop, tokens_per_node=(1024, 16384)):
+    """rows for the doc's table: per model, network and N: allreduce seconds, the global batch
+    (tokens) at which efficiency T_c/N / T(N) falls to 50% (T_c/N = T_ar), and the speed-up
+    T_c / T(N) when each node keeps tokens_per_node tokens per step (weak scaling)"""
+    rows = []
+    for name, m in PROJECTED.items():
+        P = n_params(dict(m, n_head=1), m["vocab"])
+        t_tok = sec_per_flop * flops_per_token(m["n_layer"], m["n_embd"], m["vocab"], m["n_positions"])
+        for gbit, alpha in NETWORKS.items():
+            for N in NODES:
+                t_ar = ring_allreduce_seconds(N, 4 * P, gbit, alpha)
+                row = dict(model=name, params=P, gbit=gbit, nodes=N, allreduce_s=t_ar,
+                           batch50_tokens=N * t_ar / t_tok, node_seconds_per_token=t_tok)
+                for b in tokens_per_node:
+                    t_c = N * b * t_tok   # the global batch on one node
+                    row[f"speedup_{b}"] = t_c / (t_c / N + t_ar)
+                rows.append(row)
+    return rows
+
+
+def print_projection(rows):
+    print("| model | link | N | allreduce s | global batch for 50% efficiency (tokens) "
+          "| speed-up, 1024 tok/node (1 sequence) | speed-up, 16384 tok/node |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['gbit']} Gbit/s | {r['nodes']} | {r['allreduce_s']:.3f} | "
+              f"{r['batch50_tokens']:,.0f} | {r['speedup_1024']:.1f} | {r['speedup_16384']:.1f} |")
+
+
+def copy_bandwidth(nbytes):
+    """bytes/s of one large memory copy (numpy, one thread): the shared-memory transport's ceiling"""
+    import numpy as np
+    a = np.ones(nbytes // 4, dtype=np.float32)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def derive(res):
+    """Adds the node's compute rate and the 2-rank allreduce model to a bench result."""
+    one, two = res["sides"]["1 rank x 2 threads"], res["sides"]["2 ranks x 1 thread"]
+    c = res["config"]
+    # one node (this 2-core box) computes a step in the faster configuration's compute time
+    compute = min(one["median"], two["median"] - res["allreduce_seconds"]["median"])
+    res["node_seconds_per_flop"] = compute / (res["global_tokens_per_step"] * flops_per_token(
+        c["n_layer"], c["n_embd"], res["vocab"], c["n_positions"]))
+    res["copy_bytes_per_second"] = copy_bandwidth(res["gradient_bytes"])
+    # the model for 2 ranks over shared memory: 2(N-1)/N * bytes / copy bandwidth, N = 2
+    res["model_allreduce_seconds"] = res["gradient_bytes"] / res["copy_bytes_per_second"]
+    return res
+
+
+def allreduce_alone(n_floats, reps):
+    """the gradient allreduce without the training around it (fdpo-harness dist-allreduce under
+    mpirun -np 2; a barrier before each, so no waiting for a slower rank is counted)"""
+    r = subprocess.run([shutil.which("mpirun"), "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+                        "-np", "2", HARNESS, "dist-allreduce", str(n_floats), str(reps)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"dist-allreduce: exit {r.returncode}\n{r.stdout}{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])["seconds"][1:]   # the first one warms up
+
+
+def stats(xs):
+    return dict(median=statistics.median(xs), best=min(xs), n=len(xs))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--small", action="store_const", dest="shape", const="small", default="small",
+                    help="small shapes (default, < 2 minutes)")
+    ap.add_argument("--124m", action="store_const", dest="shape", const="124m",
+                    help="GPT-2 124M shapes with the byte-level vocabulary")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per configuration (>= 5)")
+    ap.add_argument("--steps-per-run", type=int, default=3, help="timed steps per run (plus 1 warm-up)")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--project", metavar="JSON", help="print the N-node projection table from a saved --json result and exit")
+    a = ap.parse_args()
+    if a.project:
+        res = derive(json.load(open(a.project)))
+        print(f"node compute: {res['node_seconds_per_flop'] * 1e9:.4f} s per GFLOP (from {a.project}); "
+              f"2-rank allreduce model {res['model_allreduce_seconds']:.4f} s "
+              f"(copy bandwidth {res['copy_bytes_per_second'] / 1e9:.1f} GB/s now) vs measured median "
+              f"{res['allreduce_seconds']['median']:.4f} s, best {res['allreduce_seconds']['best']:.4f} s")
+        if "allreduce_alone_seconds" not in res:   # a result saved before the harness timing existed
+            res["allreduce_alone_seconds"] = stats(allreduce_alone(res["n_params"], 7))
+        print(f"gradient allreduce alone now: median {res['allreduce_alone_seconds']['median']:.4f} s, "
+              f"best {res['allreduce_alone_seconds']['best']:.4f} s")
+        print_projection(projection(res["node_seconds_per_flop"]))
+        return
+    steps = max(a.steps, MIN_TIMED_STEPS)
+    t_start = time.time()
+    tmp = tempfile.mkdtemp(prefix="bench_mpi_")
+    try:
+        cfg, text, global_tokens = write_inputs(tmp, a.shape)
+        sides = {"1 rank x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1)}
+        times = {k: [] for k in sides}
+        comm = []
+        frac = []
+        rnd = 0
+        while min(len(v) for v in times.values()) < steps:
+            order = list(sides) if rnd % 2 == 0 else list(reversed(sides))
+            for name in order:
+                ranks, threads = sides[name]
+                rows = run(ranks, threads, cfg, text, a.steps_per_run + 1, os.path.join(tmp, f"out{rnd}"))
+                for m in rows[1:]:   # the first step is the warm-up
+                    times[name].append(global_tokens / m["tokens_per_sec"])
+                    if ranks > 1:
+                        comm.append(m["dist/allreduce_seconds"])
+                        frac.append(m["dist/comm_fraction"])
+            rnd += 1
+        pure = allreduce_alone(n_params(SHAPES[a.shape][0]), 7)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shapes = SHAPES[a.shape][0]
+    res = dict(shape=a.shape, config=shapes, batch_size=SHAPES[a.shape][1], grad_accum=SHAPES[a.shape][2],
+               vocab=257, global_tokens_per_step=global_tokens, n_params=n_params(shapes),
+               gradient_bytes=4 * n_params(shapes),
+               sides={k: stats(v) for k, v in times.items()},
+               allreduce_seconds=stats(comm), comm_fraction=stats(frac), allreduce_alone_seconds=stats(pure),
+               load_average=os.getloadavg(), wall_seconds=time.time() - t_start)
+    derive(res)
+    one, two = res["sides"]["1 rank x 2 threads"], res["sides"]["2 ranks x 1 thread"]
+    print(f"shape {a.shape}: {shapes}, vocab 257 (byte-level), {res['n_params']:,} parameters, "
+          f"gradient {res['gradient_bytes'] / 2**20:.1f} MiB, {global_tokens} tokens per step")
+    for k, s in res["sides"].items():
+        print(f"  {k:20s} median {s['median']:.4f} s  best {s['best']:.4f} s  ({s['n']} steps)")
+    print(f"  2 ranks / 1 rank (median step): {two['median'] / one['median']:.3f}")
+    print(f"  collectives per step (2 ranks): median {res['allreduce_seconds']['median']:.4f} s, "
+          f"share {res['comm_fraction']['median']:.3f}; "
+          f"effective allreduce bandwidth {res['gradient_bytes'] / res['allreduce_seconds']['median'] / 1e9:.2f} GB/s "
+          f"(gradient bytes / collective seconds)")
+    print(f"  gradient allreduce alone (fdpo-harness dist-allreduce, 2 ranks): median "
+          f"{res['allreduce_alone_seconds']['median']:.4f} s, best {res['allreduce_alone_seconds']['best']:.4f} s")
+    print(f"  model 2(N-1)/N * bytes / copy bandwidth ({res['copy_bytes_per_second'] / 1e9:.1f} GB/s, N=2): "
+          f"{res['model_allreduce_seconds']:.4f} s vs measured median {res['allreduce_seconds']['median']:.4f} s, "
+          f"best {res['allreduce_seconds']['best']:.4f} s")
+    print(f"  node compute {res['node_seconds_per_flop'] * 1e9:.4f} s per GFLOP "
+          f"({1e-9 / res['node_seconds_per_flop']:.1f} GFLOP/s); projection to N nodes (docs/scaling.md):")
+    print_projection(projection(res["node_seconds_per_flop"]))
+    print(f"  load average {res['load_average'][0]:.2f} (shared machine); wall {res['wall_seconds']:.0f} s")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
