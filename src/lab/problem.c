@@ -204,6 +204,14 @@ int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalise
         for (size_t i = 0; i < n; i++) q[i] = (q[i] / m) / s;
         if (renormalised) *renormalised = m * s;
     }
+    /* a value more than double's range below the largest becomes 0 when normalised; the
+     * f-divergence divides by pi_ref, so refuse instead of solving a different problem */
+    for (size_t i = 0; i < n; i++)
+        if (!(q[i] > 0)) {
+            fdpo_error("%s: data row %zu: pi_ref is so much smaller than the largest (%g) that it is 0 once "
+                       "normalised; the lab needs pi_ref > 0 for every response (rescale or drop it)", path, i + 1, m);
+            goto done;
+        }
     p->n = n;
     p->pi_ref = cols[COL_PI_REF];
     p->reward = cols[COL_REWARD];

@@ -516,6 +516,15 @@ def test_pi_ref_sum_overflow_is_normalised(tmp_path):
     assert "renormalised" in r.stderr
 
 
+def test_pi_ref_that_vanishes_when_normalised_is_refused(tmp_path):
+    """1e-320 beside 1e308 is 0 once divided by the sum: refused, not solved as another problem"""
+    p = tmp_path / "span.csv"
+    p.write_text("pi_ref,reward\n1e308,1\n1e-320,2\n")
+    r = lab("solve", "--data", p, "--divergence", "fkl", "--beta", "0.5", check=False)
+    assert r.returncode == 1 and "data row 2" in r.stderr and "pi_ref > 0" in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
 def test_subnormal_pi_ref_is_a_number(tmp_path):
     p, out = tmp_path / "sub.csv", tmp_path / "pi.csv"
     p.write_text("pi_ref,reward\n1,0\n4.9e-324,1\n")
