@@ -19,10 +19,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     double renorm;
     if (fdpo_lab_read_csv(path, &p, &renorm) == 0) {
         if (p.n == 0) abort();
-        /* every column of an accepted file is finite; pi_ref is not negative. (Not checked:
-         * pi_ref > 0 after renormalisation, see docs/ARCHITECTURE.md "Fuzzing".) */
+        /* every column of an accepted file is finite; pi_ref is > 0 after renormalisation */
         for (size_t i = 0; i < p.n; i++) {
-            if (!isfinite(p.pi_ref[i]) || p.pi_ref[i] < 0 || !isfinite(p.reward[i])) abort();
+            if (!isfinite(p.pi_ref[i]) || !(p.pi_ref[i] > 0) || !isfinite(p.reward[i])) abort();
             if ((p.reward_hat && !isfinite(p.reward_hat[i])) || (p.length && !isfinite(p.length[i]))) abort();
         }
         fdpo_lab_problem_free(&p);
