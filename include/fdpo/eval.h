@@ -111,6 +111,17 @@ const char *fdpo_reward_spec(const fdpo_reward *r);
 /* Reward of n (prompt, completion) pairs; n_tokens[i] = completion tokens (for "length"). */
 int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *const *completions,
                       const size_t *n_tokens, double *out);
+/* One batch of the on-policy loops (online rounds and steps, rl steps): the prompts ps[0..P)
+ * encoded, k completions each sampled from m with c's seed mixed with `round` (fresh and
+ * reproducible per round), scored with reward. Fills ids/lens and s (free them with
+ * fdpo_free_ids and fdpo_samples_free, also after an error) and, for the N = P*k samples,
+ * pp/cc (their prompts and texts, borrowed from ps and s) and r (their rewards). Errors
+ * name the round as "WHAT ROUND: --reward SPEC: ...". */
+/* the sampling seed of one round of an on-policy loop: fresh samples every round, reproducible */
+static inline uint64_t fdpo_round_seed(uint64_t seed, long round) { return seed * 1000003u + (uint64_t)round; }
+int fdpo_sample_and_score(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c, const char *what,
+                          long round, char *const *ps, size_t P, size_t k, fdpo_reward *reward, int32_t ***ids,
+                          size_t **lens, fdpo_sample **s, char **pp, char **cc, double *r);
 /* For a program's SIGINT/SIGTERM handler (async-signal-safe; the library installs none):
  * SIGKILLs the process group of the reward program running now, if any, and makes that
  * fdpo_reward_score call, and every later cmd: call, fail with "interrupted". Returns 1 if a

@@ -68,18 +68,9 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
     int32_t **ids = NULL;
     size_t *lens = NULL;
     fdpo_sample *s = NULL;
-    fdpo_sample_config sc = o->sample;
-    sc.seed = o->sample.seed * 1000003u + (uint64_t)k; /* fresh samples every round, reproducible */
     double *r = fdpo_calloc(N, sizeof(double)), *logp = fdpo_calloc(N, sizeof(double)), *lref = fdpo_calloc(N, sizeof(double));
     char **pp = fdpo_calloc(N, sizeof(char *)), **cc = fdpo_calloc(N, sizeof(char *));
-    size_t *nt = fdpo_calloc(N, sizeof(size_t));
-    int rc = fdpo_encode_prompts(tok, ps, P, &ids, &lens);
-    if (rc == 0) rc = fdpo_generate(policy, tok, &sc, ids, lens, P, (size_t)o->n, &s);
-    if (rc == 0) {
-        for (size_t i = 0; i < N; i++) { pp[i] = ps[s[i].prompt_index]; cc[i] = s[i].text; nt[i] = s[i].n_completion; }
-        rc = fdpo_reward_score(reward, N, pp, cc, nt, r);
-        if (rc) fdpo_error_context("round %ld: --reward %s", k, fdpo_reward_spec(reward));
-    }
+    int rc = fdpo_sample_and_score(policy, tok, &o->sample, "round", k, ps, P, (size_t)o->n, reward, &ids, &lens, &s, pp, cc, r);
     if (rc == 0) rc = score_samples(policy, ref, ids, lens, s, N, logp, lref);
     fdpo_atomic_file af;
     int opened = 0;
@@ -90,9 +81,9 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
         fdpo_sample_rec *recs = fdpo_calloc(N, sizeof *recs);
         for (size_t i = 0; i < N; i++) {
             recs[i].prompt = pp[i]; recs[i].completion = cc[i]; recs[i].reward = r[i];
-            recs[i].has_reward = 1; recs[i].n_tokens = nt[i]; recs[i].line = i + 1;
+            recs[i].has_reward = 1; recs[i].n_tokens = s[i].n_completion; recs[i].line = i + 1;
         }
-        fdpo_pairs_config pc = {o->bt_scale, 0, 1, sc.seed};
+        fdpo_pairs_config pc = {o->bt_scale, 0, 1, fdpo_round_seed(o->sample.seed, k)};
         fdpo_pair *bp = NULL;
         size_t nbp = 0;
         rc = fdpo_make_pairs(recs, N, &pc, &bp, &nbp, NULL);
@@ -152,7 +143,7 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
     }
     if (s) fdpo_samples_free(s, N);
     if (ids) fdpo_free_ids(ids, lens, P);
-    free(ps); free(r); free(logp); free(lref); free(pp); free(cc); free(nt);
+    free(ps); free(r); free(logp); free(lref); free(pp); free(cc);
     fdpo_gpt2_free(policy); fdpo_gpt2_free(ref); fdpo_tokenizer_free(tok);
     return rc;
 }
@@ -303,7 +294,6 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (!rc) d_ok = (rc = fdpo_dpo_init(&d, policy, ref, &cfg)) == 0;
     const size_t P = (size_t)o->prompts_per_round, K = (size_t)o->n, N = P * K;
     char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
-    size_t *nt = fdpo_malloc(N * sizeof(size_t));
     double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double));
     fdpo_pref_pair *pairs = fdpo_calloc(P, sizeof *pairs);
     const fdpo_pref_pair **pptr = fdpo_malloc(P * sizeof *pptr);
@@ -314,15 +304,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         int32_t **ids = NULL;
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
-        fdpo_sample_config sc = o->sample;
-        sc.seed = o->sample.seed * 1000003u + (uint64_t)step;
-        rc = fdpo_encode_prompts(tok, ps, P, &ids, &lens);
-        if (!rc) rc = fdpo_generate(policy, tok, &sc, ids, lens, P, K, &s);
-        if (!rc) {
-            for (size_t i = 0; i < N; i++) { pp[i] = ps[s[i].prompt_index]; cc[i] = s[i].text; nt[i] = s[i].n_completion; }
-            rc = fdpo_reward_score(reward, N, pp, cc, nt, r);
-            if (rc) fdpo_error_context("step %ld: --reward %s", step, o->reward);
-        }
+        rc = fdpo_sample_and_score(policy, tok, &o->sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r);
         double *lpol = fdpo_malloc(N * sizeof(double));
         if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
         if (!rc) rc = fdpo_samples_logp(policy, ids, lens, s, N, lpol);
@@ -387,7 +369,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (d_ok) fdpo_dpo_free(&d);
     if (mw_ok) fdpo_metrics_close(&mw);
     if (opt_ok) fdpo_adamw_free(&opt);
-    free(ps); free(pp); free(cc); free(nt); free(r); free(lref); free(pairs); free(pptr);
+    free(ps); free(pp); free(cc); free(r); free(lref); free(pairs); free(pptr);
     if (tok) fdpo_tokenizer_free(tok);
     if (policy) fdpo_gpt2_free(policy);
     if (ref) fdpo_gpt2_free(ref);

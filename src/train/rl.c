@@ -142,7 +142,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (!rc) mw_ok = (rc = fdpo_metrics_open(&mw, t->out, 0)) == 0;
     const size_t P = (size_t)o->prompts_per_step, k = o->rl.k, N = P * k;
     char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
-    size_t *nt = fdpo_malloc(N * sizeof(size_t)), *np = fdpo_malloc(N * sizeof(size_t)), *ny = fdpo_malloc(N * sizeof(size_t));
+    size_t *np = fdpo_malloc(N * sizeof(size_t)), *ny = fdpo_malloc(N * sizeof(size_t));
     int32_t **pi = fdpo_malloc(N * sizeof *pi), **yi = fdpo_malloc(N * sizeof *yi);
     double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double));
     fdpo_progress prog;
@@ -153,15 +153,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         int32_t **ids = NULL;
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
-        fdpo_sample_config sc = o->sample;
-        sc.seed = o->sample.seed * 1000003u + (uint64_t)step;
-        rc = fdpo_encode_prompts(tok, ps, P, &ids, &lens);
-        if (!rc) rc = fdpo_generate(policy, tok, &sc, ids, lens, P, k, &s);
-        if (!rc) {
-            for (size_t i = 0; i < N; i++) { pp[i] = ps[s[i].prompt_index]; cc[i] = s[i].text; nt[i] = s[i].n_completion; }
-            rc = fdpo_reward_score(reward, N, pp, cc, nt, r);
-            if (rc) fdpo_error_context("step %ld: --reward %s", step, o->reward);
-        }
+        rc = fdpo_sample_and_score(policy, tok, &o->sample, "step", step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r);
         if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
         fdpo_rl_metrics m;
         double eos = 0, len = 0, fdiv = 0;
@@ -209,7 +201,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (!rc) rc = fdpo_checkpoint_save_all(t->out, policy, tok, NULL, NULL);
     if (mw_ok) fdpo_metrics_close(&mw);
     if (opt_ok) fdpo_adamw_free(&opt);
-    free(ps); free(pp); free(cc); free(nt); free(np); free(ny); free(pi); free(yi); free(r); free(lref);
+    free(ps); free(pp); free(cc); free(np); free(ny); free(pi); free(yi); free(r); free(lref);
     if (tok) fdpo_tokenizer_free(tok);
     if (policy) fdpo_gpt2_free(policy);
     if (ref) fdpo_gpt2_free(ref);
