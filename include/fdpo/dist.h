@@ -34,6 +34,10 @@ void fdpo_dist_shard(size_t n, size_t *begin, size_t *end);
 /* Is micro-batch i this rank's? (round robin: i % size == rank). Micro-batches keep the
  * boundaries of a single-process run, so each one computes the same numbers on any rank. */
 static inline int fdpo_dist_mine(size_t i) { return (int)(i % (size_t)fdpo_dist_size()) == fdpo_dist_rank(); }
+/* Every rank's n bytes, concatenated in rank order, to every rank: *all (fdpo_malloc'd, the
+ * caller frees it) gets rank 0's bytes, then rank 1's, ...; *len their total. For one process
+ * *all is a copy of mine. Fails (on every rank) when the total exceeds INT_MAX bytes. */
+int fdpo_dist_allgather_bytes(const void *mine, size_t n, char **all, size_t *len);
 /* Every rank waits here (no-op for one process). */
 int fdpo_dist_barrier(void);
 /* Seconds spent inside collectives since start (for the allreduce share in metrics). */

@@ -34,6 +34,9 @@ typedef struct {
     const char *stop;         /* stop string (NULL or "" = none) */
     uint64_t seed;
     size_t batch;             /* sequences decoded together (> 0) */
+    size_t first_prompt;      /* index of prompt_ids[0] among all prompts (0 unless a caller
+                                 generates a slice, as the MPI ranks do): samples are seeded by
+                                 first_prompt + their index in the slice */
 } fdpo_sample_config;
 int fdpo_sample_config_check(const fdpo_sample_config *c); /* names the bad flag */
 
@@ -73,6 +76,14 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
                       int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
                       size_t n_samples, fdpo_sample **out);
 void fdpo_samples_free(fdpo_sample *s, size_t n);
+/* fdpo_generate_eot split over the MPI ranks by prompt (include/fdpo/dist.h): rank r
+ * generates its contiguous block of prompts (seeded by their indices among all prompts, so
+ * every sample is the one a single process draws) and every rank gets all n_prompts *
+ * n_samples samples in prompt order. A rank that fails makes every rank fail with its
+ * message. One process: exactly fdpo_generate_eot. */
+int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
+                        int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
+                        size_t n_samples, fdpo_sample **out);
 
 /* ---- scoring: log-probs and per-position statistics of given completions ---- */
 typedef struct {
@@ -122,6 +133,13 @@ static inline uint64_t fdpo_round_seed(uint64_t seed, long round) { return seed 
 int fdpo_sample_and_score(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c, const char *what,
                           long round, char *const *ps, size_t P, size_t k, fdpo_reward *reward, int32_t ***ids,
                           size_t **lens, fdpo_sample **s, char **pp, char **cc, double *r);
+/* The same split over the MPI ranks by prompt: each rank samples and scores its block of
+ * prompts; samples and rewards are gathered to every rank in prompt order, identical to a
+ * single process's (src/eval/sample_ranks.c). */
+int fdpo_sample_and_score_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c,
+                                const char *what, long round, char *const *ps, size_t P, size_t k,
+                                fdpo_reward *reward, int32_t ***ids, size_t **lens, fdpo_sample **s, char **pp,
+                                char **cc, double *r);
 /* For a program's SIGINT/SIGTERM handler (async-signal-safe; the library installs none):
  * SIGKILLs the process group of the reward program running now, if any, and makes that
  * fdpo_reward_score call, and every later cmd: call, fail with "interrupted". Returns 1 if a

@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "cli/eval_common.h"
 #include "cli/flags.h"
+#include "fdpo/dist.h"
 #include "fdpo/eval.h"
 #include "fdpo/pref.h"
 
@@ -134,7 +135,7 @@ int cmd_eval(int argc, char **argv) {
                             fdpo_tokenizer_vocab_size(pt), fdpo_tokenizer_vocab_size(ref_tok));
         if (!rc) {
             FILE *samples_f = NULL;
-            if (samples_path) {
+            if (samples_path && fdpo_dist_is_root()) {   /* under MPI rank 0 writes */
                 samples_f = fopen(samples_path, p == 0 ? "w" : "a");
                 if (!samples_f) rc = fdpo_error("--samples-out %s: cannot open for writing", samples_path);
             }
@@ -170,9 +171,9 @@ int cmd_eval(int argc, char **argv) {
             cJSON_AddStringToObject(cfg, "divergence", cal_div_spec);
         }
         cJSON *arr = cJSON_AddArrayToObject(root, "policies");
-        print_table(cols, policies, n_pol);
+        if (fdpo_dist_is_root()) print_table(cols, policies, n_pol);
         for (size_t p = 0; p < n_pol; p++) { cJSON_AddItemToArray(arr, cols[p]); cols[p] = NULL; }
-        if (out_path) {
+        if (out_path && fdpo_dist_is_root()) {
             char *s = cJSON_Print(root);
             size_t len = strlen(s);
             s = fdpo_realloc(s, len + 2);

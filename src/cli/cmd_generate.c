@@ -6,6 +6,7 @@
 #include "cli/commands.h"
 #include "cli/eval_common.h"
 #include "cli/flags.h"
+#include "fdpo/dist.h"
 #include "fdpo/eval.h"
 
 static const char *finish_name(fdpo_finish f) {
@@ -47,12 +48,14 @@ int cmd_generate(int argc, char **argv) {
     rc = eval_load_checkpoint("--model", model_dir, &m, &tok);
     if (!rc) rc = fdpo_encode_prompts(tok, prompts, n_prompts, &ids, &lens);
     double t0 = fdpo_now();
-    if (!rc) rc = fdpo_generate(m, tok, &sc, ids, lens, n_prompts, n, &s);
+    /* under MPI each rank generates its block of prompts; rank 0 writes them all */
+    if (!rc) rc = fdpo_generate_ranks(m, tok, fdpo_tokenizer_eot(tok), &sc, ids, lens, n_prompts, n, &s);
     double dt = fdpo_now() - t0;
     if (!rc) {
         fdpo_atomic_file af = {0};
         FILE *f = stdout;
-        if (strcmp(out_path, "-")) {
+        if (!fdpo_dist_is_root()) f = NULL;
+        else if (strcmp(out_path, "-")) {
             if (fdpo_atomic_open(&af, out_path)) rc = fdpo_error_context("--out");
             else f = af.f;
         }
@@ -70,12 +73,12 @@ int cmd_generate(int argc, char **argv) {
             for (size_t j = 0; j < s[i].n_tokens; j++) cJSON_AddItemToArray(t, cJSON_CreateNumber(s[i].tokens[j]));
             cJSON_AddItemToObject(o, "tokens", t);
             char *line = cJSON_PrintUnformatted(o);
-            fprintf(f, "%s\n", line);
+            if (f) fprintf(f, "%s\n", line);
             free(line);
             cJSON_Delete(o);
             new_tokens += s[i].n_tokens;
         }
-        if (f != stdout) {
+        if (f && f != stdout) {
             if (!rc) { if (fdpo_atomic_commit(&af)) rc = fdpo_error_context("--out"); }
             else fdpo_atomic_abort(&af);
         }

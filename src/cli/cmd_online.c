@@ -89,7 +89,7 @@ int cmd_online(int argc, char **argv) {
     o.reward_opts.timeout_s = timeout;
     if (top_k < 0) { fdpo_error("--top-k: must be >= 0 (got %ld)", top_k); goto done; }
     if (max_new <= 0) { fdpo_error("--max-new-tokens: must be > 0 (got %ld)", max_new); goto done; }
-    o.sample = (fdpo_sample_config){temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)o.dpo.train.seed, 8};
+    o.sample = (fdpo_sample_config){temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)o.dpo.train.seed, 8, 0};
     fdpo_set_threads((int)o.dpo.train.threads);
     if (!strcmp(mode, "rounds")) rc = fdpo_online_run(&o);
     else if (!strcmp(mode, "step")) {

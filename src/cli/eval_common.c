@@ -52,7 +52,7 @@ int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config 
     if (s->batch_size <= 0) return fdpo_error("--batch-size: must be > 0 (got %ld)", s->batch_size);
     if (s->seed < 0) return fdpo_error("--seed: must be >= 0 (got %ld)", s->seed);
     *c = (fdpo_sample_config){s->temperature, (size_t)s->top_k, s->top_p, (size_t)s->max_new_tokens, s->stop,
-                              (uint64_t)s->seed, (size_t)s->batch_size};
+                              (uint64_t)s->seed, (size_t)s->batch_size, 0};
     return fdpo_sample_config_check(c);
 }
 

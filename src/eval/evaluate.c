@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/dist.h"
 #include "fdpo/eval.h"
 
 static void put(cJSON *o, const char *name, double v) {
@@ -63,20 +64,30 @@ static void diversity(cJSON *o, const char *suffix, fdpo_words *const *groups, c
 static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_pref_set *pairs,
                       const fdpo_eval_config *c) {
     size_t n = pairs->n;
-    double *p = fdpo_malloc((n ? n : 1) * sizeof(double)), margin = 0;
-    size_t longer = 0;
+    double *p = fdpo_calloc(n ? n : 1, sizeof(double)), *zs = fdpo_calloc(n ? n : 1, sizeof(double)), margin = 0;
+    size_t longer = 0, b, e;
     int rc = 0;
     fdpo_seq_score sw = {0}, sl = {0};
-    for (size_t i = 0; i < n && rc == 0; i++) {
+    fdpo_dist_shard(n, &b, &e);   /* under MPI: this rank's pairs, summed below */
+    for (size_t i = b; i < e && rc == 0; i++) {
         const fdpo_pref_pair *q = &pairs->pairs[i];
         rc = fdpo_score_sequence(pd, rd, q->prompt, q->n_prompt, q->chosen, q->n_chosen, NULL, 0, &sw);
         if (!rc) rc = fdpo_score_sequence(pd, rd, q->prompt, q->n_prompt, q->rejected, q->n_rejected, NULL, 0, &sl);
         if (rc) { fdpo_error_context("--pairs: pair %zu (line %zu)", i + 1, q->line); break; }
         double delta = fdpo_score(&c->cal_div, sw.logp - sw.logp_ref) - fdpo_score(&c->cal_div, sl.logp - sl.logp_ref);
-        double z = c->beta * delta;
-        p[i] = fdpo_sigmoid(z);
-        margin += z;
-        longer += q->n_chosen > q->n_rejected;
+        zs[i] = c->beta * delta;
+        p[i] = fdpo_sigmoid(zs[i]);
+    }
+    if (fdpo_dist_size() > 1) {
+        double failed = rc != 0;
+        if (fdpo_dist_sum_f64(&failed, 1)) rc = -1;
+        else if (failed > 0 && rc == 0) rc = fdpo_error("another rank failed while scoring --pairs (its message is above)");
+        if (rc == 0) rc = fdpo_dist_sum_f64(p, n);
+        if (rc == 0) rc = fdpo_dist_sum_f64(zs, n);
+    }
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        margin += zs[i];
+        longer += pairs->pairs[i].n_chosen > pairs->pairs[i].n_rejected;
     }
     if (rc == 0) {
         double acc, ece;
@@ -87,7 +98,7 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
         put(o, "pref_margin_mean", n ? margin / (double)n : NAN);
         put(o, "pref_chosen_longer", n ? (double)longer / (double)n : NAN);
     }
-    free(p);
+    free(p); free(zs);
     return rc;
 }
 
@@ -103,7 +114,8 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     }
     fdpo_sample *smp = NULL;
     int32_t eot = tok ? fdpo_tokenizer_eot(tok) : c->eot;
-    if (fdpo_generate_eot(policy, tok, eot, &c->sample, prompt_ids, prompt_lens, n_prompts, c->k, &smp)) return NULL;
+    /* under MPI the prompts, then the samples' scores, are split over the ranks (docs/scaling.md) */
+    if (fdpo_generate_ranks(policy, tok, eot, &c->sample, prompt_ids, prompt_lens, n_prompts, c->k, &smp)) return NULL;
     size_t N = n_prompts * c->k, nd = c->n_div, max_len = 0;
     for (size_t i = 0; i < N; i++) {
         size_t l = prompt_lens[smp[i].prompt_index] + smp[i].n_tokens;
@@ -123,7 +135,9 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     double *kl_tok = fdpo_calloc(N, sizeof(double)), *ntok = fdpo_calloc(N, sizeof(double));
     double *nwords = fdpo_calloc(N, sizeof(double)), *safety = fdpo_calloc(N, sizeof(double));
     double *fd_seq = fdpo_calloc(N * (nd ? nd : 1), sizeof(double)), *fd_tok = fdpo_calloc(N * (nd ? nd : 1), sizeof(double));
-    double ent_sum = 0; size_t ent_n = 0, n_eot = 0;
+    double ent_sum = 0, *ent = fdpo_calloc(N, sizeof(double)), *npos = fdpo_calloc(N, sizeof(double));
+    size_t ent_n = 0, n_eot = 0, b, e;
+    fdpo_dist_shard(N, &b, &e);   /* this rank scores samples [b, e); the rest stay 0 until summed */
     char **texts = fdpo_calloc(N, sizeof(char *)), **ptexts = fdpo_calloc(N, sizeof(char *));
     size_t *ntok_sz = fdpo_calloc(N, sizeof(size_t));
     fdpo_words *words = fdpo_calloc(N, sizeof(fdpo_words));
@@ -131,6 +145,14 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     int rc = (!pd || !rd) ? -1 : 0;
     for (size_t i = 0; i < N && rc == 0; i++) {
         fdpo_sample *s = &smp[i];
+        n_eot += s->finish == FDPO_FINISH_EOT;
+        texts[i] = sample_text(s);
+        ptexts[i] = prompts ? fdpo_strdup(prompts[s->prompt_index]) : fdpo_strdup("");
+        ntok_sz[i] = s->n_completion;
+        ntok[i] = (double)s->n_completion;
+        fdpo_words_split(texts[i], &words[i]);
+        nwords[i] = (double)words[i].n;
+        if (i < b || i >= e) continue;
         fdpo_seq_score sc = {.fdiv_tok = fd_tok + i * nd};
         rc = fdpo_score_sequence(pd, rd, prompt_ids[s->prompt_index], prompt_lens[s->prompt_index], s->tokens,
                                  s->n_tokens, c->divs, nd, &sc);
@@ -144,18 +166,23 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
             double u = exp(l);
             fd_seq[i * nd + k] = c->divs[k].kind == FDPO_DIV_RKL ? l : fdpo_f(&c->divs[k], u) / u;
         }
-        ent_sum += sc.entropy_sum; ent_n += sc.n_positions;
-        n_eot += s->finish == FDPO_FINISH_EOT;
-        texts[i] = sample_text(s);
-        ptexts[i] = prompts ? fdpo_strdup(prompts[s->prompt_index]) : fdpo_strdup("");
-        ntok_sz[i] = s->n_completion;
-        ntok[i] = (double)s->n_completion;
-        fdpo_words_split(texts[i], &words[i]);
-        nwords[i] = (double)words[i].n;
+        ent[i] = sc.entropy_sum; npos[i] = (double)sc.n_positions;
     }
-    if (rc == 0 && c->reward) rc = fdpo_reward_score(c->reward, N, ptexts, texts, ntok_sz, reward);
-    if (rc == 0 && c->safety && fdpo_reward_score(c->safety, N, ptexts, texts, ntok_sz, safety))
+    if (rc == 0 && c->reward && e > b) rc = fdpo_reward_score(c->reward, e - b, ptexts + b, texts + b, ntok_sz + b, reward + b);
+    if (rc == 0 && c->safety && e > b && fdpo_reward_score(c->safety, e - b, ptexts + b, texts + b, ntok_sz + b, safety + b))
         rc = fdpo_error_context("--safety %s", fdpo_reward_spec(c->safety));
+    if (fdpo_dist_size() > 1) {
+        /* every rank learns whether any failed (the failing one keeps its own message), then
+         * the blocks are summed: x + 0 is exact, so every value is the single process's */
+        double failed = rc != 0;
+        if (fdpo_dist_sum_f64(&failed, 1)) rc = -1;
+        else if (failed > 0 && rc == 0) rc = fdpo_error("another rank failed while scoring the samples (its message is above)");
+        double *cols[] = {logp, lref, kl_seq, kl_tok, ent, npos, reward, safety};
+        for (size_t k = 0; rc == 0 && k < sizeof cols / sizeof cols[0]; k++) rc = fdpo_dist_sum_f64(cols[k], N);
+        if (rc == 0 && nd) rc = fdpo_dist_sum_f64(fd_seq, N * nd);
+        if (rc == 0 && nd) rc = fdpo_dist_sum_f64(fd_tok, N * nd);
+    }
+    for (size_t i = 0; i < N; i++) { ent_sum += ent[i]; ent_n += (size_t)npos[i]; }
     if (rc == 0) {
         o = cJSON_CreateObject();
         if (name) cJSON_AddStringToObject(o, "name", name);
@@ -237,6 +264,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     if (rc) { cJSON_Delete(o); o = NULL; }
     for (size_t i = 0; i < N; i++) { free(texts[i]); free(ptexts[i]); fdpo_words_free(&words[i]); }
     free(texts); free(ptexts); free(words); free(ntok_sz);
+    free(ent); free(npos);
     free(reward); free(safety); free(logp); free(lref); free(kl_seq); free(kl_tok); free(ntok); free(nwords); free(fd_seq); free(fd_tok);
     fdpo_decoder_free(pd); fdpo_decoder_free(rd);
     fdpo_samples_free(smp, N);

@@ -204,7 +204,7 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
             fdpo_sample *s = &samples[seq];
             s->prompt_index = p; s->sample_index = seq % n_samples;
             st[b] = (slot_state){.out = s, .active = 1};
-            fdpo_sample_rng(&st[b].rng, c->seed, p, s->sample_index);
+            fdpo_sample_rng(&st[b].rng, c->seed, c->first_prompt + p, s->sample_index);
             if (b > 0 && (start + b - 1) / n_samples == p) {
                 row_of[b] = row_of[b - 1]; src_slot[b] = src_slot[b - 1];
                 continue;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
 #include "fdpo/kto.h"
@@ -58,8 +59,13 @@ int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, con
     float *dtok = NULL;
     size_t cap_tok = 0;
     int rc = 0;
+    /* Under MPI: this rank's micro-batches only (fdpo_dist_mine), the sums then added over
+     * ranks. z0 needs no exchange: it is the mean over one micro-batch's KL pairs, and a
+     * micro-batch is computed whole by one rank, so it is the z0 of a single process. */
+    if (out_l && fdpo_dist_size() > 1) memset(out_l, 0, 4 * n * sizeof *out_l);
     for (size_t i0 = 0; i0 < n && !rc; i0 += mb) {
         size_t k = n - i0 < mb ? n - i0 : mb;
+        if (!fdpo_dist_mine(i0 / mb)) continue;
         kb_build(&kb, ex + i0, k, max_length);
         if ((rc = fdpo_gpt2_forward(ref, &kb.batch, NULL, lr))) break;
         if ((rc = fdpo_gpt2_forward(policy, &kb.batch, NULL, lp))) break;
@@ -88,6 +94,15 @@ int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, con
     free(lp); free(lr); free(dseq); free(l_kl); free(dtok);
     free(kb.seq_offset); free(kb.tokens); free(kb.targets);
     if (rc) return -1;
+    if (fdpo_dist_size() > 1) {
+        double sums[12] = {(double)s.desirable, (double)s.undesirable, (double)s.tokens, s.loss, s.kl,
+                           s.rewards_chosen, s.rewards_rejected, s.logps_chosen, s.logps_rejected,
+                           s.scores_chosen, s.scores_rejected, 0};
+        if (fdpo_dist_sum_f64(sums, 12) || (out_l && fdpo_dist_sum_f64(out_l, 4 * n))) return -1;
+        s.desirable = (size_t)sums[0]; s.undesirable = (size_t)sums[1]; s.tokens = (size_t)sums[2];
+        s.loss = sums[3]; s.kl = sums[4]; s.rewards_chosen = sums[5]; s.rewards_rejected = sums[6];
+        s.logps_chosen = sums[7]; s.logps_rejected = sums[8]; s.scores_chosen = sums[9]; s.scores_rejected = sums[10];
+    }
     if (out) {
         s.n = n;
         s.loss /= n ? (double)n : 1;

@@ -39,7 +39,12 @@ static int score_samples(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, int32_t 
     for (size_t i = 0; i < N; i++) if (lens[s[i].prompt_index] + s[i].n_tokens > max_len) max_len = lens[s[i].prompt_index] + s[i].n_tokens;
     fdpo_decoder *pd = fdpo_decoder_create(policy, 1, max_len), *rd = fdpo_decoder_create(ref, 1, max_len);
     int rc = pd && rd ? 0 : -1;
-    for (size_t i = 0; rc == 0 && i < N; i++) {
+    /* under MPI each rank scores its block and the blocks are summed (x + 0 is exact) */
+    size_t b, e;
+    fdpo_dist_shard(N, &b, &e);
+    memset(logp, 0, N * sizeof *logp);
+    memset(logp_ref, 0, N * sizeof *logp_ref);
+    for (size_t i = b; rc == 0 && i < e; i++) {
         fdpo_seq_score sc = {0};
         rc = fdpo_score_sequence(pd, rd, ids[s[i].prompt_index], lens[s[i].prompt_index], s[i].tokens, s[i].n_tokens, NULL, 0, &sc);
         logp[i] = sc.logp;
@@ -47,6 +52,8 @@ static int score_samples(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, int32_t 
     }
     if (pd) fdpo_decoder_free(pd);
     if (rd) fdpo_decoder_free(rd);
+    if (!rc) rc = fdpo_dist_sum_f64(logp, N);
+    if (!rc) rc = fdpo_dist_sum_f64(logp_ref, N);
     return rc;
 }
 
@@ -70,11 +77,11 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
     fdpo_sample *s = NULL;
     double *r = fdpo_calloc(N, sizeof(double)), *logp = fdpo_calloc(N, sizeof(double)), *lref = fdpo_calloc(N, sizeof(double));
     char **pp = fdpo_calloc(N, sizeof(char *)), **cc = fdpo_calloc(N, sizeof(char *));
-    int rc = fdpo_sample_and_score(policy, tok, &o->sample, "round", k, ps, P, (size_t)o->n, reward, &ids, &lens, &s, pp, cc, r);
+    int rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "round", k, ps, P, (size_t)o->n, reward, &ids, &lens, &s, pp, cc, r);
     if (rc == 0) rc = score_samples(policy, ref, ids, lens, s, N, logp, lref);
     fdpo_atomic_file af;
     int opened = 0;
-    if (rc == 0) opened = (rc = fdpo_atomic_open(&af, pairs_path)) == 0;
+    if (rc == 0 && fdpo_dist_is_root()) opened = (rc = fdpo_atomic_open(&af, pairs_path)) == 0;   /* rank 0 writes */
     memset(st, 0, sizeof *st);
     if (rc == 0 && o->pairs_bt) {
         /* every disjoint pair of a prompt's completions, labels drawn from Bradley-Terry */
@@ -96,7 +103,7 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
             cJSON_AddNumberToObject(row, "chosen_reward", r[w]);
             cJSON_AddNumberToObject(row, "rejected_reward", r[l]);
             char *line = cJSON_PrintUnformatted(row);
-            fprintf(af.f, "%s\n", line);
+            if (opened) fprintf(af.f, "%s\n", line);
             free(line);
             cJSON_Delete(row);
             st->pairs += 1;
@@ -119,7 +126,7 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
         cJSON_AddNumberToObject(row, "chosen_reward", r[best]);
         cJSON_AddNumberToObject(row, "rejected_reward", r[worst]);
         char *line = cJSON_PrintUnformatted(row);
-        fprintf(af.f, "%s\n", line);
+        if (opened) fprintf(af.f, "%s\n", line);
         free(line);
         cJSON_Delete(row);
         st->pairs += 1;
@@ -172,7 +179,6 @@ static int append_metrics(const char *out, long k, long rounds, double beta, con
 }
 
 int fdpo_online_run(const fdpo_online_opts *o) {
-    if (fdpo_dist_size() > 1) return fdpo_error("fdpo online does not run data-parallel yet: start it without mpirun");
     if (!o->model) return fdpo_error("--model: required (the policy to align)");
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
     if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
@@ -200,6 +206,8 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         }
         if (start > 0 && !o->resume)
             rc = fdpo_error("--out %s: holds %ld completed round(s); pass --resume to continue after them or choose another --out", o->out, start);
+        /* every rank must see the same completed rounds (OUT on a shared file system) */
+        if (rc == 0) rc = fdpo_dist_check_agree("the completed rounds in --out", (uint64_t)start);
         if (start >= o->rounds && rc == 0) fdpo_log(FDPO_LOG_INFO, "all %ld rounds already complete in %s", o->rounds, o->out);
         else if (start > 0 && rc == 0) fdpo_log(FDPO_LOG_INFO, "resuming after round %ld", start - 1);
     }
@@ -216,10 +224,11 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         fdpo_log(FDPO_LOG_INFO, "round %ld (%ld of %ld): sampling %ld x %ld from %s", k, k + 1, o->rounds,
                  o->prompts_per_round, o->n, prev);
         rc = make_round_pairs(o, k, prev, ref, prompts, n_prompts, reward, pairs, &st);
+        if (rc == 0) rc = fdpo_dist_barrier();   /* rank 0 wrote the pairs the others train on */
         if (rc == 0) {
             fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k,
                      st.scores, st.kl, st.pairs, st.reward_gap);
-            if (is_dir(partial)) rc = fdpo_remove_tree(partial);
+            if (is_dir(partial) && fdpo_dist_is_root()) rc = fdpo_remove_tree(partial);
         }
         if (rc == 0 && st.pairs == 0) {
             /* nothing to learn from: the policy carries over unchanged */
@@ -241,8 +250,11 @@ int fdpo_online_run(const fdpo_online_opts *o) {
             rc = fdpo_dpo_train(&d);
             if (rc) fdpo_error_context("round %ld: f-DPO on %s", k, pairs);
         }
-        if (rc == 0 && rename(partial, done) != 0) rc = fdpo_error("round %ld: rename %s -> %s: %s", k, partial, done, strerror(errno));
-        if (rc == 0) rc = append_metrics(o->out, k, o->rounds, o->dpo.dpo.loss.beta, &st);
+        if (fdpo_dist_is_root()) {   /* rank 0 writes; the others wait for the finished round */
+            if (rc == 0 && rename(partial, done) != 0) rc = fdpo_error("round %ld: rename %s -> %s: %s", k, partial, done, strerror(errno));
+            if (rc == 0) rc = append_metrics(o->out, k, o->rounds, o->dpo.dpo.loss.beta, &st);
+        }
+        if (rc == 0) rc = fdpo_dist_barrier();
         if (rc == 0) {
             char extra[128];
             snprintf(extra, sizeof extra, "reward %.4g kl %.4g pairs %g", st.scores, st.kl, st.pairs);
@@ -259,7 +271,6 @@ int fdpo_online_run(const fdpo_online_opts *o) {
 /* ---- --mode step ---- */
 
 int fdpo_online_step_run(const fdpo_online_opts *o) {
-    if (fdpo_dist_size() > 1) return fdpo_error("fdpo online does not run data-parallel yet: start it without mpirun");
     const fdpo_train_opts *t = &o->dpo.train;
     if (!o->model) return fdpo_error("--model: required (the policy to align)");
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
@@ -304,7 +315,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         int32_t **ids = NULL;
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
-        rc = fdpo_sample_and_score(policy, tok, &o->sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r);
+        rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r);
         double *lpol = fdpo_malloc(N * sizeof(double));
         if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
         if (!rc) rc = fdpo_samples_logp(policy, ids, lens, s, N, lpol);
@@ -335,6 +346,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         if (!rc && np > 0) {
             fdpo_gpt2_zero_grad(policy);
             rc = fdpo_dpo_step(&d, pptr, np, NULL, 1, &m, NULL);
+            /* under MPI fdpo_dpo_step's one micro-batch ran on rank 0: every rank takes its gradient */
+            if (!rc) rc = fdpo_dist_sum_f32(policy->grads_memory, policy->n_params);
             if (!rc) { gn = fdpo_clip_grad_norm(policy, t->grad_clip); fdpo_adamw_step(&opt, policy, t->lr); }
         }
         if (!rc) {
@@ -366,6 +379,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     }
     if (!rc) fdpo_progress_end(&prog);
     if (!rc) rc = fdpo_checkpoint_save_all(o->out, policy, tok, NULL, NULL);
+    if (!rc) rc = fdpo_dist_barrier();   /* nobody reads OUT before rank 0 wrote it */
     if (d_ok) fdpo_dpo_free(&d);
     if (mw_ok) fdpo_metrics_close(&mw);
     if (opt_ok) fdpo_adamw_free(&opt);

@@ -112,7 +112,6 @@ int fdpo_samples_logp(const fdpo_gpt2 *m, int32_t *const *ids, const size_t *len
 }
 
 int fdpo_rl_train(const fdpo_rl_run_opts *o) {
-    if (fdpo_dist_size() > 1) return fdpo_error("fdpo rl does not run data-parallel yet: start it without mpirun");
     const fdpo_train_opts *t = &o->train;
     if (!o->model) return fdpo_error("--model: required (the policy to train)");
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
@@ -153,7 +152,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         int32_t **ids = NULL;
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
-        rc = fdpo_sample_and_score(policy, tok, &o->sample, "step", step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r);
+        rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r);
         if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
         fdpo_rl_metrics m;
         double eos = 0, len = 0, fdiv = 0;
@@ -199,6 +198,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     }
     if (!rc) fdpo_progress_end(&prog);
     if (!rc) rc = fdpo_checkpoint_save_all(t->out, policy, tok, NULL, NULL);
+    if (!rc) rc = fdpo_dist_barrier();   /* under MPI: nobody reads OUT before rank 0 wrote it */
     if (mw_ok) fdpo_metrics_close(&mw);
     if (opt_ok) fdpo_adamw_free(&opt);
     free(ps); free(pp); free(cc); free(np); free(ny); free(pi); free(yi); free(r); free(lref);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
 #include "fdpo/objectives.h"
@@ -53,8 +54,11 @@ int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *p
     size_t mb = micro_batch ? micro_batch : n;
     float *r = fdpo_malloc(2 * (mb ? mb : 1) * sizeof(float)), *dr = fdpo_malloc(2 * (mb ? mb : 1) * sizeof(float));
     int rc = 0;
+    /* under MPI: this rank's micro-batches only; the sums are then added over ranks */
+    if (rewards_out && fdpo_dist_size() > 1) memset(rewards_out, 0, 2 * n * sizeof *rewards_out);
     for (size_t i0 = 0; i0 < n && !rc; i0 += mb) {
         size_t k = n - i0 < mb ? n - i0 : mb;
+        if (!fdpo_dist_mine(i0 / mb)) continue;
         fdpo_rm_batch_reset(rb);
         for (size_t i = 0; i < k; i++) {
             const fdpo_pref_pair *p = pairs[i0 + i];
@@ -78,6 +82,12 @@ int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *p
     }
     free(r); free(dr);
     if (rc) return -1;
+    if (fdpo_dist_size() > 1) {
+        double sums[6] = {s.loss, s.accuracy, s.margin, s.rewards_chosen, s.rewards_rejected, (double)s.tokens};
+        if (fdpo_dist_sum_f64(sums, 6) || (rewards_out && fdpo_dist_sum_f64(rewards_out, 2 * n))) return -1;
+        s.loss = sums[0]; s.accuracy = sums[1]; s.margin = sums[2];
+        s.rewards_chosen = sums[3]; s.rewards_rejected = sums[4]; s.tokens = (size_t)sums[5];
+    }
     if (out) {
         double d = n ? (double)n : 1;
         s.pairs = n;
@@ -296,7 +306,7 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
         cJSON_AddNumberToObject(root, "eval_margin", em.margin);
         char *text = cJSON_Print(root), *path = fdpo_path_join(to->out, "eval_summary.json");
         cJSON_Delete(root);
-        int wrc = fdpo_write_file_atomic(path, text, strlen(text));
+        int wrc = fdpo_dist_is_root() ? fdpo_write_file_atomic(path, text, strlen(text)) : 0;   /* rank 0 writes */
         free(path);
         cJSON_free(text);
         if (wrc) goto done;

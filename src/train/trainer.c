@@ -73,9 +73,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     size_t total = fdpo_train_total_steps(o, n_items);
     if (total == 0) return fdpo_error("--steps: the run has no steps (give --steps N or --epochs X > 0)");
     if (fdpo_schedule_parse(o->schedule, &tr->sched.kind)) return -1;
-    /* data parallelism needs a step loop that takes its share of the micro-batches */
-    if (fdpo_dist_size() > 1 && strcmp(kind, "pretrain") && strcmp(kind, "sft") && strcmp(kind, "dpo"))
-        return fdpo_error("fdpo %s does not run data-parallel yet: start it without mpirun (pretrain, sft, dpo and sacpo do)", kind);
+    /* data parallelism: every step loop on this trainer (pretrain, sft, dpo, rm, kto) computes
+     * only this rank's micro-batches (fdpo_dist_mine) and fdpo_trainer_step sums them */
     tr->sched.lr = o->lr;
     tr->sched.warmup_steps = (size_t)o->warmup_steps;
     tr->sched.total_steps = total;

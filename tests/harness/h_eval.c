@@ -62,6 +62,7 @@ static void sample_config(int argc, char **argv, fdpo_sample_config *c) {
     c->seed = (uint64_t)atoll(opt(argc, argv, "--seed", "1"));
     c->batch = (size_t)atol(opt(argc, argv, "--batch", "8"));
     c->stop = NULL;
+    c->first_prompt = 0;
 }
 
 static size_t parse_divs(const char *list, fdpo_divergence *d, size_t max) {
