@@ -38,6 +38,11 @@ static inline int fdpo_dist_mine(size_t i) { return (int)(i % (size_t)fdpo_dist_
  * caller frees it) gets rank 0's bytes, then rank 1's, ...; *len their total. For one process
  * *all is a copy of mine. Fails (on every rank) when the total exceeds INT_MAX bytes. */
 int fdpo_dist_allgather_bytes(const void *mine, size_t n, char **all, size_t *len);
+/* Did every rank succeed? Each passes its own rc (0 or -1); a failed rank sends its
+ * fdpo_last_error message. Returns 0 when all succeeded; otherwise -1 on every rank, the
+ * others with "rank R of N failed: MESSAGE" (the lowest failed rank), the failed rank with
+ * its own message. So no rank waits in a later collective for one that gave up. */
+int fdpo_dist_all_ok(int rc);
 /* Every rank waits here (no-op for one process). */
 int fdpo_dist_barrier(void);
 /* Seconds spent inside collectives since start (for the allreduce share in metrics). */

@@ -176,6 +176,32 @@ int fdpo_dist_allgather_bytes(const void *mine, size_t n, char **all, size_t *le
     return 0;
 }
 
+int fdpo_dist_all_ok(int rc) {
+    if (g_size == 1) return rc ? -1 : 0;
+    const char *msg = rc ? fdpo_last_error() : "";
+    size_t n = rc ? strlen(msg) + 1 : 0;   /* a failed rank sends its message, NUL included */
+    char *all = NULL;
+    size_t len = 0;
+    char *mine = fdpo_malloc(n + 1);
+    mine[0] = rc ? 1 : 0;
+    memcpy(mine + 1, msg, n);
+    int grc = fdpo_dist_allgather_bytes(mine, rc ? n + 1 : 1, &all, &len);
+    free(mine);
+    if (grc) return -1;
+    /* parts: 1 byte per succeeded rank, 1 + message + NUL per failed one, in rank order */
+    int out = 0;
+    size_t at = 0;
+    for (int r = 0; r < g_size && at < len; r++) {
+        if (!all[at]) { at++; continue; }
+        const char *m = all + at + 1;
+        if (!out && r != g_rank && !rc) fdpo_error("rank %d of %d failed: %s", r, g_size, m);
+        out = -1;
+        at += 1 + strlen(m) + 1;
+    }
+    free(all);
+    return rc ? -1 : out;
+}
+
 int fdpo_dist_barrier(void) {
 #ifdef FDPO_HAVE_MPI
     if (g_size > 1) {

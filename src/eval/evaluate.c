@@ -79,9 +79,7 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
         p[i] = fdpo_sigmoid(zs[i]);
     }
     if (fdpo_dist_size() > 1) {
-        double failed = rc != 0;
-        if (fdpo_dist_sum_f64(&failed, 1)) rc = -1;
-        else if (failed > 0 && rc == 0) rc = fdpo_error("another rank failed while scoring --pairs (its message is above)");
+        rc = fdpo_dist_all_ok(rc);
         if (rc == 0) rc = fdpo_dist_sum_f64(p, n);
         if (rc == 0) rc = fdpo_dist_sum_f64(zs, n);
     }
@@ -172,11 +170,9 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     if (rc == 0 && c->safety && e > b && fdpo_reward_score(c->safety, e - b, ptexts + b, texts + b, ntok_sz + b, safety + b))
         rc = fdpo_error_context("--safety %s", fdpo_reward_spec(c->safety));
     if (fdpo_dist_size() > 1) {
-        /* every rank learns whether any failed (the failing one keeps its own message), then
-         * the blocks are summed: x + 0 is exact, so every value is the single process's */
-        double failed = rc != 0;
-        if (fdpo_dist_sum_f64(&failed, 1)) rc = -1;
-        else if (failed > 0 && rc == 0) rc = fdpo_error("another rank failed while scoring the samples (its message is above)");
+        /* every rank learns whether any failed (and its message), then the blocks are
+         * summed: x + 0 is exact, so every value is the single process's */
+        rc = fdpo_dist_all_ok(rc);
         double *cols[] = {logp, lref, kl_seq, kl_tok, ent, npos, reward, safety};
         for (size_t k = 0; rc == 0 && k < sizeof cols / sizeof cols[0]; k++) rc = fdpo_dist_sum_f64(cols[k], N);
         if (rc == 0 && nd) rc = fdpo_dist_sum_f64(fd_seq, N * nd);

@@ -167,13 +167,13 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
     if (n_samples == 0) return fdpo_error("number of samples per prompt must be > 0");
     size_t V = m->config.vocab_size, maxT = m->config.n_positions, max_prompt = 0;
     for (size_t p = 0; p < n_prompts; p++) {
-        if (prompt_lens[p] == 0) return fdpo_error("prompt %zu: no tokens", p + 1);
+        if (prompt_lens[p] == 0) return fdpo_error("prompt %zu: no tokens", c->first_prompt + p + 1);
         if (prompt_lens[p] >= maxT)
             return fdpo_error("prompt %zu: %zu tokens leave no room to generate (model n_positions %zu)",
-                              p + 1, prompt_lens[p], maxT);
+                              c->first_prompt + p + 1, prompt_lens[p], maxT);
         for (size_t i = 0; i < prompt_lens[p]; i++)
             if (prompt_ids[p][i] < 0 || (size_t)prompt_ids[p][i] >= V)
-                return fdpo_error("prompt %zu: token id %d outside the model's vocabulary of %zu", p + 1, prompt_ids[p][i], V);
+                return fdpo_error("prompt %zu: token id %d outside the model's vocabulary of %zu", c->first_prompt + p + 1, prompt_ids[p][i], V);
         if (prompt_lens[p] > max_prompt) max_prompt = prompt_lens[p];
     }
     size_t total = n_prompts * n_samples;

@@ -132,7 +132,6 @@ int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t e
     mine_c.first_prompt = c->first_prompt + b;
     fdpo_sample *mine = NULL;
     int failed = fdpo_generate_eot(m, tok, eot, &mine_c, prompt_ids + b, prompt_lens + b, e - b, n_samples, &mine);
-    if (failed) fdpo_error_context("rank %d, prompts %zu-%zu", fdpo_dist_rank(), b + 1, e);
     int rc = gather(failed, mine, failed ? 0 : (e - b) * n_samples, c->first_prompt + b, NULL,
                     n_prompts * n_samples, out, NULL);
     if (mine) fdpo_samples_free(mine, (e - b) * n_samples);

@@ -3,7 +3,10 @@ ranks equal the single-process run with the same global batch (parameters within
 relative: the micro-batch gradients are summed in another order, see docs/scaling.md), a
 checkpoint saved by two ranks resumes with one and continues equal, the cached reference
 log-probs are byte-identical whatever the number of ranks, ranks given different flags are
-refused, and a rank killed mid-run ends the job with the last checkpoint intact."""
+refused, and a rank killed mid-run ends the job with the last checkpoint intact. The sampling
+commands (generate, eval, online, rl) split their prompts over the ranks: their completions,
+rewards and reports are identical whatever the number of ranks, and a rank whose reward
+program fails ends every rank with its message; rm and kto train data-parallel like dpo."""
 import json
 import os
 import shutil
@@ -29,6 +32,21 @@ pytestmark = [
 TINY = dict(vocab_size=257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
 
 
+# a reward that varies between random byte-level completions: the number of ASCII letters
+LETTERS = """import json, sys
+for line in sys.stdin.buffer:
+    print(sum(ch.isascii() and ch.isalpha() for ch in json.loads(line.decode("utf-8", "replace"))["completion"]))
+"""
+FAILS_ON_6 = """import json, sys
+for line in sys.stdin.buffer:
+    row = json.loads(line.decode("utf-8", "replace"))
+    if row["prompt"].startswith("prompt 6:"):
+        sys.stderr.write("reward program crashed on prompt 6\\n")
+        sys.exit(3)
+    print(len(row["completion"]))
+"""
+
+
 def mpi(n, *args, check=True, timeout=300):
     r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", str(n), FDPO, *map(str, args)],
                        capture_output=True, text=True, timeout=timeout)
@@ -50,6 +68,24 @@ def close(a, b, tol=1e-6):
     return np.linalg.norm(a - b) / np.linalg.norm(a) <= tol and np.abs(a - b).max() <= 10 * tol * np.abs(a).max()
 
 
+def close_outside_key_bias(d1, d2, lr, steps):
+    """close() over every parameter but the key third of each c_attn.bias. A key bias shifts
+    every score of a query by the same amount, which softmax ignores: its true gradient is 0,
+    so its gradient is pure rounding noise whose sign depends on the summation order, and Adam
+    turns that into steps of up to lr each (measured for rm: 8.8e-6 there, 4e-9 elsewhere). Those
+    elements are only bounded by lr x steps; they change no output."""
+    t1, t2 = st.load(str(d1 / "model.safetensors"))[0], st.load(str(d2 / "model.safetensors"))[0]
+    for name in t1:
+        if name.endswith("attn.c_attn.bias"):
+            C = t1[name].shape[0] // 3
+            assert np.abs(t1[name][C:2 * C] - t2[name][C:2 * C]).max() <= lr * steps, name
+            t1[name], t2[name] = t1[name].copy(), t2[name].copy()
+            t1[name][C:2 * C] = t2[name][C:2 * C] = 0
+    a = np.concatenate([t1[k].ravel().astype(np.float64) for k in sorted(t1)])
+    b = np.concatenate([t2[k].ravel().astype(np.float64) for k in sorted(t1)])
+    return close(a, b)
+
+
 def test_mpi_is_built_in():
     r = subprocess.run([FDPO, "--version"], capture_output=True, text=True)
     assert "MPI: built in" in r.stdout
@@ -62,6 +98,13 @@ def work(tmp_path_factory):
     GPT2(**TINY, seed=3).save_hf(str(tmp / "pol"))
     save_byte_tokenizer(str(tmp / "pol"))
     write_jsonl(tmp / "pairs.jsonl", synthetic_pairs(96, 0))
+    GPT2(**TINY, seed=4).save_hf(str(tmp / "pol2"))
+    save_byte_tokenizer(str(tmp / "pol2"))
+    # 7 prompts: two ranks get 3 and 4, three ranks 2, 2 and 3 (uneven blocks on purpose)
+    (tmp / "prompts.txt").write_text("".join(f"prompt {i}:\n" for i in range(7)))
+    # fails on the last prompt only, which the last rank holds
+    (tmp / "fails_on_6.py").write_text(FAILS_ON_6)
+    (tmp / "letters.py").write_text(LETTERS)
     return tmp
 
 
@@ -206,3 +249,175 @@ def test_sacpo_two_ranks_equal_one(work, tmp_path):
     # the second stage starts from the first's (already 2e-7 apart) and doubles the gap (measured 1.1e-6)
     for d in ("lambda-1", "lambda-2", "merge-1-2-w0.5"):
         assert close(params(tmp_path / "one" / d), params(tmp_path / "two" / d), tol=3e-6), d
+
+
+# ---- sampling split by prompt: generate, eval, online, rl ----
+
+SAMPLE = ["--n", 3, "--max-new-tokens", 10, "--seed", 5, "--threads", 1]
+
+
+def gen_rows(path):
+    return [json.loads(l) for l in open(path)]
+
+
+def test_generate_is_identical_on_one_two_and_three_ranks(work, tmp_path):
+    """Each rank generates its block of prompts, seeded by the prompts' indices among all
+    prompts: every completion (tokens, text, finish) is the single process's for 1, 2 and 3
+    ranks. The recorded log-prob sums agree to 1e-8 relative, not bit for bit: a decoder row's
+    logits round differently with the number of rows batched with it, which changes at the
+    block edges; one process shows the same 4e-9 between --batch-size 4 and 3 (checked here)."""
+    args = ["generate", "--model", work / "pol", "--data", work / "prompts.txt", *SAMPLE]
+    fdpo(*args, "--batch-size", 4, "--out", tmp_path / "g1.jsonl")
+    fdpo(*args, "--batch-size", 3, "--out", tmp_path / "b3.jsonl")
+    mpi(2, *args, "--batch-size", 4, "--out", tmp_path / "g2.jsonl")
+    mpi(3, *args, "--batch-size", 4, "--out", tmp_path / "g3.jsonl")
+    one = gen_rows(tmp_path / "g1.jsonl")
+    assert [(r["prompt_index"], r["sample_index"]) for r in one] == [(p, k) for p in range(7) for k in range(3)]
+    assert len({r["completion"] for r in one}) > 7   # really sampled, not one string
+    for other in ("b3", "g2", "g3"):
+        rows = gen_rows(tmp_path / f"{other}.jsonl")
+        assert len(rows) == len(one)
+        for a, b in zip(one, rows):
+            a, b = dict(a), dict(b)
+            la, lb = a.pop("logp"), b.pop("logp")
+            assert a == b, other
+            assert abs(la - lb) <= 1e-8 * abs(la), (other, la, lb)
+
+
+def test_eval_report_and_samples_are_identical_on_two_ranks(work, tmp_path):
+    """eval splits generation by prompt and the scoring of samples and --pairs by block; the
+    blocks are summed (x + 0 is exact), so the report and the samples file are the same bytes."""
+    args = ["eval", "--model", work / "pol2", "--ref", work / "pol", "--data", work / "prompts.txt", *SAMPLE,
+            "--reward", "length", "--divergences", "rkl,js", "--pairs", work / "pairs.jsonl"]
+    fdpo(*args, "--out", tmp_path / "e1.json", "--samples-out", tmp_path / "s1.jsonl")
+    mpi(2, *args, "--out", tmp_path / "e2.json", "--samples-out", tmp_path / "s2.jsonl")
+    assert (tmp_path / "s2.jsonl").read_bytes() == (tmp_path / "s1.jsonl").read_bytes()
+    e1, e2 = json.load(open(tmp_path / "e1.json")), json.load(open(tmp_path / "e2.json"))
+    assert e1 == e2
+    pol = e1["policies"][0]
+    assert pol["n_samples"] == 21 and pol["pref_n"] == 96 and pol["kl_seq_mean"] != 0
+
+
+def letters_reward(work):
+    return f"cmd:/usr/bin/python3 {work / 'letters.py'}"
+
+
+def online_args(work, out, *extra):
+    return ["online", "--model", work / "pol", "--data", work / "prompts.txt", "--reward", letters_reward(work), "--out", out,
+            "--prompts-per-round", 7, "--n", 3, "--max-new-tokens", 10, "--seed", 5, "--threads", 1, "--quiet",
+            "--lr", "1e-3", "--beta", 0.1, *extra]
+
+
+def test_online_rounds_two_ranks_equal_one(work, tmp_path):
+    """Two rounds: the sampled pairs are the same bytes (round 1 samples from round 0's model,
+    itself equal up to the DPO gradient's summation order), the round statistics are equal and
+    the final parameters within 1e-6 relative."""
+    extra = ["--rounds", 2, "--batch-size", 1, "--grad-accum", 4, "--epochs", 2]
+    fdpo(*online_args(work, tmp_path / "one", *extra))
+    mpi(2, *online_args(work, tmp_path / "two", *extra))
+    for k in (0, 1):
+        a = (tmp_path / "one" / f"round-{k}.pairs.jsonl").read_bytes()
+        assert a and a == (tmp_path / "two" / f"round-{k}.pairs.jsonl").read_bytes(), k
+    m1 = [json.loads(l) for l in open(tmp_path / "one" / "metrics.jsonl")]
+    m2 = [json.loads(l) for l in open(tmp_path / "two" / "metrics.jsonl")]
+    assert len(m1) == len(m2) == 2
+    for a, b in zip(m1, m2):
+        for key in ("objective/scores", "pairs", "val/num_completion_tokens"):
+            assert a[key] == b[key], (key, a[key], b[key])
+    # round 0 scores the samples under the same model: the same KL; round 1 under round 0's
+    # models, 1e-7 apart: KL (a difference of log-probs of size ~entropy) agrees to 1e-6 of them
+    assert abs(m1[0]["objective/kl"] - m2[0]["objective/kl"]) <= 1e-12 * m1[0]["objective/entropy"]
+    assert abs(m1[1]["objective/kl"] - m2[1]["objective/kl"]) <= 1e-6 * m1[1]["objective/entropy"]
+    assert close_outside_key_bias(tmp_path / "one" / "round-1", tmp_path / "two" / "round-1", 1e-3, 8)
+
+
+def test_online_steps_and_rl_two_ranks_equal_one(work, tmp_path):
+    """--mode step and rl: sampling is split by prompt; the gradient of the gathered batch is
+    computed once per step (online: by rank 0, then shared; rl: by every rank on the same
+    samples), so the parameters are bit-identical to one process."""
+    runs = {"online": online_args(work, None, "--mode", "step", "--steps", 3),
+            "rl": ["rl", "--model", work / "pol", "--data", work / "prompts.txt", "--reward", letters_reward(work),
+                   "--prompts-per-step", 7, "--n", 3, "--max-new-tokens", 10, "--seed", 5, "--threads", 1,
+                   "--quiet", "--steps", 3, "--lr", "1e-3", "--out", None]}
+    for name, args in runs.items():
+        i = args.index(None)
+        fdpo(*args[:i], tmp_path / f"{name}1", *args[i + 1:])
+        mpi(2, *args[:i], tmp_path / f"{name}2", *args[i + 1:])
+        p1, p2 = params(tmp_path / f"{name}1"), params(tmp_path / f"{name}2")
+        assert np.array_equal(p1, p2), (name, np.abs(p1 - p2).max())
+        assert not np.array_equal(p1, params(work / "pol")), name   # it trained
+        m1 = [json.loads(l) for l in open(tmp_path / f"{name}1" / "metrics.jsonl")]
+        m2 = [json.loads(l) for l in open(tmp_path / f"{name}2" / "metrics.jsonl")]
+        assert len(m1) == 3
+        for a, b in zip(m1, m2):
+            assert a["objective/scores"] == b["objective/scores"] and a["objective/kl"] == b["objective/kl"], name
+
+
+@pytest.mark.parametrize("cmd", ["online", "rl", "eval", "generate"])
+def test_a_failing_rank_ends_every_rank_with_its_message(work, tmp_path, cmd):
+    """The reward program fails on prompt 6, which only the last rank samples: the job ends
+    quickly, non-zero, and the other rank reports the failing rank's message (no rank waits
+    in a collective). generate has no reward: a prompt too long for the model fails there."""
+    reward = f"cmd:/usr/bin/python3 {work / 'fails_on_6.py'}"
+    if cmd == "online":
+        args = online_args(work, tmp_path / "o", "--rounds", 1)
+        args[args.index("--reward") + 1] = reward
+    elif cmd == "rl":
+        args = ["rl", "--model", work / "pol", "--data", work / "prompts.txt", "--reward", reward, "--out", tmp_path / "o",
+                "--prompts-per-step", 7, "--n", 2, "--max-new-tokens", 4, "--steps", 1, "--threads", 1]
+    elif cmd == "eval":
+        args = ["eval", "--model", work / "pol", "--ref", work / "pol", "--data", work / "prompts.txt", "--n", 2,
+                "--max-new-tokens", 4, "--reward", reward, "--threads", 1]
+    else:
+        (tmp_path / "p.txt").write_text("".join(f"p{i}\n" for i in range(6)) + "x" * 80 + "\n")
+        args = ["generate", "--model", work / "pol", "--data", tmp_path / "p.txt", "--n", 1, "--max-new-tokens", 4,
+                "--threads", 1, "--out", tmp_path / "g.jsonl"]
+    t0 = time.time()
+    r = mpi(2, *args, check=False, timeout=120)
+    assert r.returncode != 0
+    assert time.time() - t0 < 60, "the job did not stop within seconds"
+    # the failing rank's message, naming the prompt by its line in --data. Rank 1 prints it
+    # itself; rank 0 also has it ("rank 1 of 2 failed: ...") but whichever rank calls
+    # MPI_Abort first ends the other, so which of the two lines appears is a race.
+    assert "[rank 1/2]" in r.stderr or "rank 1 of 2 failed" in r.stderr, r.stderr
+    assert ("prompt 7: 80 tokens" if cmd == "generate" else "crashed on prompt 6") in r.stderr, r.stderr
+    if cmd == "generate":
+        assert not (tmp_path / "g.jsonl").exists()
+
+
+# ---- rm and kto: data-parallel through the trainer ----
+
+def test_rm_two_ranks_equal_one(work, tmp_path):
+    args = ["rm", "--model", work / "pol", "--data", work / "pairs.jsonl", "--batch-size", 4, "--grad-accum", 4,
+            "--steps", 5, "--lr", "1e-3", "--threads", 1, "--quiet", "--eval-fraction", 0.25, "--eval-every", 2]
+    fdpo(*args, "--out", tmp_path / "one")
+    mpi(2, *args, "--out", tmp_path / "two")
+    assert close_outside_key_bias(tmp_path / "one", tmp_path / "two", 1e-3, 5)
+    e1 = json.load(open(tmp_path / "one" / "eval_summary.json"))
+    e2 = json.load(open(tmp_path / "two" / "eval_summary.json"))
+    assert e1["pairs"] == e2["pairs"] == 24
+    assert abs(e1["eval_loss"] - e2["eval_loss"]) <= 1e-6 * abs(e1["eval_loss"])
+    assert e1["eval_accuracy"] == e2["eval_accuracy"]
+
+
+def test_kto_two_ranks_equal_one(work, tmp_path):
+    """KTO's KL reference point z0 is the mean over one micro-batch's mismatched pairs
+    (docs/kto.md); a micro-batch is computed whole by one rank, so every z0 is the single
+    process's and the logged kl (their mean) agrees."""
+    rows = []
+    for r in synthetic_pairs(48, 1):
+        rows += [{"prompt": r["prompt"], "completion": r["chosen"], "label": True},
+                 {"prompt": r["prompt"], "completion": r["rejected"], "label": False}]
+    write_jsonl(tmp_path / "kto.jsonl", rows)
+    args = ["kto", "--model", work / "pol", "--data", tmp_path / "kto.jsonl", "--batch-size", 4, "--grad-accum", 4,
+            "--steps", 5, "--lr", "1e-3", "--threads", 1, "--quiet", "--eval-fraction", 0.25, "--eval-every", 2]
+    fdpo(*args, "--out", tmp_path / "one")
+    mpi(2, *args, "--out", tmp_path / "two")
+    assert close_outside_key_bias(tmp_path / "one", tmp_path / "two", 1e-3, 5)
+    m1 = [json.loads(l) for l in open(tmp_path / "one" / "metrics.jsonl")]
+    m2 = [json.loads(l) for l in open(tmp_path / "two" / "metrics.jsonl")]
+    assert [m["step"] for m in m1] == [m["step"] for m in m2]
+    for a, b in zip(m1, m2):
+        for key in ("kl", "eval_kl", "loss", "eval_loss"):
+            if key in a:
+                assert abs(a[key] - b[key]) <= 1e-5 * max(abs(a[key]), 1e-3), (key, a[key], b[key])
