@@ -43,6 +43,27 @@ int fdpo_dist_allgather_bytes(const void *mine, size_t n, char **all, size_t *le
  * others with "rank R of N failed: MESSAGE" (the lowest failed rank), the failed rank with
  * its own message. So no rank waits in a later collective for one that gave up. */
 int fdpo_dist_all_ok(int rc);
+/* The gradient allreduce overlapped with backward. grads[0..n) is split in groups (a
+ * group = one layer's slices of the per-layer tensors, offset[k], len[k] for k < n_slices);
+ * fdpo_dist_overlap_start launches a group's sum (MPI_Iallreduce per contiguous piece)
+ * once its gradients are final, and lets the earlier ones progress; _finish waits for them
+ * and sums, blocking, the groups never started and everything outside the groups. Each
+ * element is summed exactly once per step, by the same reduction as fdpo_dist_sum_f32 (for 2
+ * ranks a + b either way; see docs/scaling.md for more). */
+typedef struct fdpo_dist_overlap fdpo_dist_overlap;
+fdpo_dist_overlap *fdpo_dist_overlap_create(size_t n, size_t n_groups);
+int fdpo_dist_overlap_group(fdpo_dist_overlap *o, size_t group, size_t n_slices, const size_t *offset, const size_t *len);
+int fdpo_dist_overlap_start(fdpo_dist_overlap *o, float *grads, size_t group);
+int fdpo_dist_overlap_finish(fdpo_dist_overlap *o, float *grads);
+void fdpo_dist_overlap_free(fdpo_dist_overlap *o);
+/* The step loops mark the backward of their last micro-batch on this rank: only then are a
+ * layer's gradients final for the step (earlier backwards still add to them). */
+void fdpo_dist_arm_overlap(int last_backward);
+int fdpo_dist_overlap_armed(void);
+/* Is micro-batch i of n this rank's last one? */
+static inline int fdpo_dist_last_mine(size_t i, size_t n) {
+    return fdpo_dist_mine(i) && i + (size_t)fdpo_dist_size() >= n;
+}
 /* Every rank waits here (no-op for one process). */
 int fdpo_dist_barrier(void);
 /* Seconds spent inside collectives since start (for the allreduce share in metrics). */

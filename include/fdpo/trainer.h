@@ -62,6 +62,8 @@ typedef struct {
     int shuffle;         /* 0 = items in file order every epoch */
     int overwrite;       /* allow starting a fresh run in an OUT that holds a checkpoint */
     int quiet;           /* no progress line */
+    int allreduce_overlap; /* under MPI: start each layer's gradient allreduce during the step's
+                              last backward (docs/scaling.md); not a setting: results are equal */
 } fdpo_train_opts;
 
 /* The library owns these options: fdpo_train_opts_default fills the documented defaults
@@ -197,6 +199,8 @@ typedef struct {
     int interrupted;            /* stopped by fdpo_trainer_request_stop */
     size_t start_step;          /* step this process started from (resume) */
     size_t saved_step;          /* step of the last save (SIZE_MAX: none) */
+    struct fdpo_dist_overlap *overlap; /* --allreduce-overlap under MPI, else NULL */
+    int overlap_failed;                /* a launch failed during backward (message set) */
 } fdpo_trainer;
 
 /* Load the tokenizer a run uses: OUT's on --resume, else --tokenizer DIR, else --init's

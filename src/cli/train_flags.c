@@ -51,6 +51,8 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"precision",     FLAG_STR,   &precision_flag,   "fp32",   "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation and master weights)", 0},
         {"seed",          FLAG_INT,   &o->seed,          FLAGS_DEFAULT_SEED,   "seed for init, data split and data order", 0},
         {"quiet",         FLAG_BOOL,  &o->quiet,         "0",      "no progress line", 0},
+        {"allreduce-overlap", FLAG_BOOL, &o->allreduce_overlap, "0", "under mpirun: sum each layer's gradient over the ranks (MPI_Iallreduce) while backward "
+                                                                     "computes the layers below it, instead of one allreduce after backward (same result; docs/scaling.md)", 0},
     };
     size_t k = sizeof shared / sizeof shared[0];
     memcpy(f + n, shared, k * sizeof *f);

@@ -217,3 +217,152 @@ void fdpo_dist_shard(size_t n, size_t *begin, size_t *end) {
     *begin = n * r / s;
     *end = n * (r + 1) / s;
 }
+
+/* ---- the gradient allreduce overlapped with backward ---- */
+
+typedef struct { size_t offset, len; } slice;
+
+struct fdpo_dist_overlap {
+    size_t n, n_groups;
+    slice **slices;          /* [n_groups][n_slices[g]]: contiguous, each at most FDPO_DIST_BUCKET */
+    size_t *n_slices;
+    slice *rest;             /* everything outside the groups */
+    size_t n_rest;
+    int rest_built;
+    int *started;            /* this step */
+#ifdef FDPO_HAVE_MPI
+    MPI_Request *req;        /* one per slice of every group, in group order */
+    size_t n_req;
+    size_t *first_req;       /* [n_groups]: the group's first request */
+#endif
+};
+
+static int g_overlap_armed;
+void fdpo_dist_arm_overlap(int last_backward) { g_overlap_armed = last_backward; }
+int fdpo_dist_overlap_armed(void) { return g_overlap_armed; }
+
+fdpo_dist_overlap *fdpo_dist_overlap_create(size_t n, size_t n_groups) {
+    fdpo_dist_overlap *o = fdpo_calloc(1, sizeof *o);
+    o->n = n; o->n_groups = n_groups;
+    o->slices = fdpo_calloc(n_groups ? n_groups : 1, sizeof *o->slices);
+    o->n_slices = fdpo_calloc(n_groups ? n_groups : 1, sizeof *o->n_slices);
+    o->started = fdpo_calloc(n_groups ? n_groups : 1, sizeof *o->started);
+#ifdef FDPO_HAVE_MPI
+    o->first_req = fdpo_calloc(n_groups ? n_groups : 1, sizeof *o->first_req);
+#endif
+    return o;
+}
+
+/* Open MPI's reductions take contiguous buffers of a predefined type (MPI_SUM on a derived
+ * datatype fails with MPI_ERR_OP), so a group is a list of contiguous pieces */
+static size_t push_pieces(slice **v, size_t k, size_t offset, size_t len) {
+    for (size_t at = 0; at < len; at += FDPO_DIST_BUCKET) {
+        *v = fdpo_realloc(*v, (k + 1) * sizeof **v);
+        (*v)[k++] = (slice){offset + at, len - at < FDPO_DIST_BUCKET ? len - at : FDPO_DIST_BUCKET};
+    }
+    return k;
+}
+
+int fdpo_dist_overlap_group(fdpo_dist_overlap *o, size_t group, size_t n_slices, const size_t *offset, const size_t *len) {
+    if (group >= o->n_groups) return fdpo_error("overlap group %zu out of %zu", group, o->n_groups);
+    size_t k = 0;
+    for (size_t i = 0; i < n_slices; i++) {
+        if (offset[i] + len[i] > o->n) return fdpo_error("overlap group %zu: slice beyond the gradient", group);
+        k = push_pieces(&o->slices[group], k, offset[i], len[i]);
+    }
+    o->n_slices[group] = k;
+    return 0;
+}
+
+static int by_offset(const void *a, const void *b) {
+    const slice *x = a, *y = b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* the complement of the groups' slices in [0, n); and the request table */
+static int build_rest(fdpo_dist_overlap *o) {
+    size_t total = 0, k = 0, r = 0, at = 0;
+    for (size_t g = 0; g < o->n_groups; g++) total += o->n_slices[g];
+    slice *all = fdpo_malloc((total ? total : 1) * sizeof *all);
+    for (size_t g = 0; g < o->n_groups; g++)
+        for (size_t i = 0; i < o->n_slices[g]; i++) all[k++] = o->slices[g][i];
+    qsort(all, k, sizeof *all, by_offset);
+    for (size_t i = 0; i < k; i++) {
+        if (all[i].offset < at) { free(all); return fdpo_error("--allreduce-overlap: gradient groups overlap"); }
+        if (all[i].offset > at) r = push_pieces(&o->rest, r, at, all[i].offset - at);
+        at = all[i].offset + all[i].len;
+    }
+    if (at < o->n) r = push_pieces(&o->rest, r, at, o->n - at);
+    o->n_rest = r;
+    free(all);
+#ifdef FDPO_HAVE_MPI
+    o->req = fdpo_malloc((total ? total : 1) * sizeof *o->req);
+    for (size_t i = 0; i < total; i++) o->req[i] = MPI_REQUEST_NULL;
+    o->n_req = total;
+    for (size_t g = 0, q = 0; g < o->n_groups; q += o->n_slices[g], g++) o->first_req[g] = q;
+#endif
+    o->rest_built = 1;
+    return 0;
+}
+
+int fdpo_dist_overlap_start(fdpo_dist_overlap *o, float *grads, size_t group) {
+    if (!o || group >= o->n_groups || o->started[group]) return 0;
+    if (!o->rest_built && build_rest(o)) return -1;
+    o->started[group] = 1;
+#ifdef FDPO_HAVE_MPI
+    if (g_size > 1) {
+        double t0 = fdpo_now();
+        for (size_t i = 0; i < o->n_slices[group]; i++) {
+            const slice *x = &o->slices[group][i];
+            int rc = MPI_Iallreduce(MPI_IN_PLACE, grads + x->offset, (int)x->len, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                                    &o->req[o->first_req[group] + i]);
+            if (rc != MPI_SUCCESS) return mpi_fail(rc, "iallreduce");
+        }
+        /* Open MPI moves a non-blocking collective on only inside MPI calls: let the pieces
+         * launched so far progress while this rank goes on with the layers below */
+        int done = 0, rc = MPI_Testall((int)o->n_req, o->req, &done, MPI_STATUSES_IGNORE);
+        if (rc != MPI_SUCCESS) return mpi_fail(rc, "testall");
+        g_comm_seconds += fdpo_now() - t0;
+    }
+#endif
+    (void)grads;
+    return 0;
+}
+
+int fdpo_dist_overlap_finish(fdpo_dist_overlap *o, float *grads) {
+    g_overlap_armed = 0;
+    if (!o->rest_built && build_rest(o)) return -1;
+    int rc = 0;
+#ifdef FDPO_HAVE_MPI
+    if (g_size > 1) {
+        double t0 = fdpo_now();
+        int mrc = MPI_Waitall((int)o->n_req, o->req, MPI_STATUSES_IGNORE);
+        if (mrc != MPI_SUCCESS) rc = mpi_fail(mrc, "waitall");
+        /* groups whose backward never ran this step (no tokens, or a model family without the
+         * per-layer hook), then the rest (embeddings, final norm, score head): summed now */
+        for (size_t g = 0; g <= o->n_groups && !rc; g++) {
+            if (g < o->n_groups && o->started[g]) continue;
+            const slice *v = g < o->n_groups ? o->slices[g] : o->rest;
+            size_t k = g < o->n_groups ? o->n_slices[g] : o->n_rest;
+            for (size_t i = 0; i < k && !rc; i++) {
+                mrc = MPI_Allreduce(MPI_IN_PLACE, grads + v[i].offset, (int)v[i].len, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+                if (mrc != MPI_SUCCESS) rc = mpi_fail(mrc, "allreduce");
+            }
+        }
+        g_comm_seconds += fdpo_now() - t0;
+    }
+#endif
+    (void)grads;
+    memset(o->started, 0, (o->n_groups ? o->n_groups : 1) * sizeof *o->started);
+    return rc;
+}
+
+void fdpo_dist_overlap_free(fdpo_dist_overlap *o) {
+    if (!o) return;
+#ifdef FDPO_HAVE_MPI
+    free(o->req); free(o->first_req);
+#endif
+    for (size_t g = 0; g < o->n_groups; g++) free(o->slices[g]);
+    free(o->slices); free(o->n_slices); free(o->started); free(o->rest);
+    free(o);
+}

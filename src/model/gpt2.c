@@ -478,6 +478,7 @@ trunk:
                         p->qkvw + l * C * 3 * C, N, C, 3 * C);
         fdpo_k_layernorm_backward(a->d_residual, g->ln1w + l * C, g->ln1b + l * C, a->d_ln, residual,
                            p->ln1w + l * C, a->ln1_mean + l * N, a->ln1_rstd + l * N, N, C);
+        if (m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, l);   /* layer l is final */
     }
     fdpo_k_encoder_backward(g->wte, g->wpe, a->d_residual, a->tokens, a->pos, N, C);
     a->has_forward = 0; /* the logits are gone; a second backward needs a new forward */

@@ -271,6 +271,7 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
                 for (size_t i = rb; i < re; i++) d->d_token_logp[i] = gl;
             }
         }
+        if (grad) fdpo_dist_arm_overlap(fdpo_dist_last_mine(i, (n + mb - 1) / mb));   /* --allreduce-overlap */
         if (grad && fdpo_gpt2_backward(d->policy, d->d_token_logp)) return fdpo_error_context("policy backward");
     }
     if (fdpo_dist_size() > 1) {

@@ -88,6 +88,7 @@ int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, con
         if (grad) {
             if (kb.batch.n_tokens > cap_tok) { cap_tok = kb.batch.n_tokens; dtok = fdpo_realloc(dtok, cap_tok * sizeof(float)); }
             fdpo_batch_seq_to_token_grad(&kb.batch, dseq, dtok);
+            fdpo_dist_arm_overlap(fdpo_dist_last_mine(i0 / mb, (n + mb - 1) / mb));   /* --allreduce-overlap */
             rc = fdpo_gpt2_backward(policy, dtok);
         }
     }

@@ -123,6 +123,7 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
                 loss_sum -= (double)p.weights[t] * (double)p.token_logp[t];
                 p.d_token_logp[t] = (float)(-(double)p.weights[t] / W);
             }
+            fdpo_dist_arm_overlap(fdpo_dist_last_mine(a, A));   /* --allreduce-overlap: the step's last backward here */
             rc = fdpo_gpt2_backward(tr.model, p.d_token_logp);
         }
         if (rc || (rc = fdpo_dist_sum_f64(&loss_sum, 1))) break;

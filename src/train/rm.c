@@ -78,7 +78,10 @@ int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *p
             s.rewards_rejected += rr;
             if (rewards_out) { rewards_out[2 * (i0 + i)] = rc_; rewards_out[2 * (i0 + i) + 1] = rr; }
         }
-        if (grad) rc = fdpo_gpt2_score_backward(m, dr);
+        if (grad) {
+            fdpo_dist_arm_overlap(fdpo_dist_last_mine(i0 / mb, (n + mb - 1) / mb));   /* --allreduce-overlap */
+            rc = fdpo_gpt2_score_backward(m, dr);
+        }
     }
     free(r); free(dr);
     if (rc) return -1;

@@ -60,6 +60,37 @@ static void drop_arch_settings(fdpo_settings *s) {
     s->n = n;
 }
 
+/* --allreduce-overlap: a layer's gradients are final after the step's last backward passed
+ * it; start their sum then (the model calls this for l = L-1 .. 0) */
+static void on_layer_grads(void *ctx, size_t layer) {
+    fdpo_trainer *tr = ctx;
+    if (!fdpo_dist_overlap_armed() || tr->overlap_failed) return;
+    if (fdpo_dist_overlap_start(tr->overlap, tr->model->grads_memory, layer)) tr->overlap_failed = 1;
+}
+
+/* one group per layer: its slice of every per-layer tensor; the rest is summed at the end */
+static int overlap_open(fdpo_trainer *tr) {
+    fdpo_gpt2 *m = tr->model;
+    size_t L = m->config.n_layer, k = 0;
+    size_t *off = fdpo_malloc(m->n_tensors * sizeof *off), *len = fdpo_malloc(m->n_tensors * sizeof *len);
+    tr->overlap = fdpo_dist_overlap_create(m->n_params, L);
+    int rc = 0;
+    for (size_t l = 0; l < L && !rc; l++) {
+        k = 0;
+        for (size_t t = 0; t < m->n_tensors; t++) {
+            const fdpo_gpt2_tensor *x = &m->tensors[t];
+            if (!x->per_layer) continue;
+            off[k] = x->offset + l * (x->numel / L);
+            len[k++] = x->numel / L;
+        }
+        rc = fdpo_dist_overlap_group(tr->overlap, l, k, off, len);
+    }
+    free(off); free(len);
+    m->on_layer_grads = on_layer_grads;
+    m->on_layer_grads_ctx = tr;
+    return rc;
+}
+
 int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *kind,
                       const fdpo_tokenizer *tok, size_t n_items, uint64_t data_hash,
                       const fdpo_settings *extra) {
@@ -157,6 +188,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (fdpo_dist_check_agree("the flags or training data", h)) goto fail;
         if (fdpo_dist_check_agree("the starting model", fdpo_hash64(FDPO_HASH_INIT, tr->model->params_memory,
                                                                     tr->model->n_params * sizeof(float)))) goto fail;
+        if (fdpo_dist_check_agree("--allreduce-overlap", (uint64_t)(o->allreduce_overlap != 0))) goto fail;
+        if (o->allreduce_overlap && overlap_open(tr)) goto fail;
     }
     tr->start_step = s->step;
     if (o->resume) tr->saved_step = s->step;
@@ -164,6 +197,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     fdpo_progress_start(&tr->progress, "train", total);
     return 0;
 fail:
+    fdpo_dist_overlap_free(tr->overlap);
+    tr->overlap = NULL;
     fdpo_settings_free(&now);
     fdpo_metrics_close(&tr->metrics);
     fdpo_train_state_free(s);
@@ -191,7 +226,10 @@ void fdpo_trainer_begin_step(fdpo_trainer *tr) {
 int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens) {
     /* data parallel: each rank holds the gradient of its micro-batches; the sum is the step's */
     double tokens = (double)n_tokens;
-    if (fdpo_dist_sum_f32(tr->model->grads_memory, tr->model->n_params) || fdpo_dist_sum_f64(&tokens, 1)) return -1;
+    if (tr->overlap) {   /* --allreduce-overlap: the layers' sums started during backward */
+        if (tr->overlap_failed || fdpo_dist_overlap_finish(tr->overlap, tr->model->grads_memory)) return -1;
+    } else if (fdpo_dist_sum_f32(tr->model->grads_memory, tr->model->n_params)) return -1;
+    if (fdpo_dist_sum_f64(&tokens, 1)) return -1;
     n_tokens = (size_t)tokens;
     double norm = fdpo_clip_grad_norm(tr->model, tr->opts.grad_clip);
     if (!isfinite(norm))
@@ -293,6 +331,8 @@ int fdpo_trainer_close(fdpo_trainer *tr, int save_final) {
     fdpo_metrics_close(&tr->metrics);
     fdpo_train_state_free(&tr->state);
     fdpo_adamw_free(&tr->opt);
+    fdpo_dist_overlap_free(tr->overlap);
+    tr->overlap = NULL;
     fdpo_gpt2_free(tr->model);
     tr->model = NULL;
     if (tr->opts.out) fdpo_dir_unlock(tr->opts.out);
