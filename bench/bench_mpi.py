@@ -1,8 +1,14 @@
-"""Data parallelism on one box: 2 ranks x 1 thread (mpirun -np 2) vs 1 rank x 2 threads.
+"""Data parallelism on one box: 2 ranks x 1 thread (mpirun -np 2) vs 1 rank x 2 threads, and
+2 ranks with --allreduce-overlap.
 
-One step = `fdpo pretrain` optimizer step: forward + backward of grad_accum micro-batches of
-B sequences of T tokens, the gradient allreduce (2 ranks only), AdamW. The same global batch
-on both sides, so both compute the same numbers (docs/scaling.md). The shapes go through
+One step = a `fdpo pretrain` optimizer step (default) or, with --dpo, a `fdpo dpo` step (the
+issue's "124M DPO step": policy forward + backward of chosen and rejected, the reference
+log-probs from the cache computed before the first step): forward + backward of grad_accum
+micro-batches, the gradient allreduce (2 ranks only), AdamW. The same global batch on every
+side, so all compute the same numbers (docs/scaling.md). The third side, "2 ranks x 1 thread,
+overlap", passes --allreduce-overlap: each layer's gradient is summed (MPI_Iallreduce) while
+backward computes the layers below; its dist/allreduce_seconds is then the collective time
+left exposed (launches, progress calls, the final wait and the non-layer tensors). The shapes go through
 `--config FILE` (an INI file this script writes): --small (default, < 2 minutes) or --124m
 (GPT-2 124M: n_layer 12, n_embd 768, n_head 12, with the BYTE-LEVEL vocabulary of 257
 tokens, not 50257: pretrain's vocabulary is its tokenizer's, and a 50257-token BPE cannot be
@@ -15,10 +21,15 @@ step, including waiting for the slower rank) and dist/comm_fraction. Interleavin
 configurations run in turn (1x2, 2x1, 2x1, 1x2, ...: the order flips every round), each run
 one warm-up step (dropped) plus --steps-per-run timed steps, until both have >= --steps
 timed steps; report median and best per configuration, the ratio of medians, the allreduce
-seconds and share, and the gradient bytes (n_params * 4).
+seconds and share per 2-rank side, and the gradient bytes (n_params * 4). For --dpo the
+tokens of a step are not in metrics.jsonl: every pair has the same lengths, so a step's tokens
+are the same on every side and come from a 2-rank row (tokens_per_sec x allreduce_seconds /
+comm_fraction, which is the step's wall time times its token rate).
 
     /usr/bin/python3 bench/bench_mpi.py                 # small shapes, < 2 minutes
     /usr/bin/python3 bench/bench_mpi.py --124m --steps 6
+    /usr/bin/python3 bench/bench_mpi.py --124m --dpo --steps 6   # the issue's measurement
+    /usr/bin/python3 bench/bench_mpi.py --no-overlap     # without the third side
     /usr/bin/python3 bench/bench_mpi.py --json out.json
 
 The machine is shared (other engineers, a sanitizer run): medians of interleaved runs
@@ -68,9 +79,40 @@ def write_inputs(tmp, name):
     return cfg, text, B * A * shapes["n_positions"]
 
 
-def run(ranks, threads, cfg, text, steps, out):
-    argv = [FDPO, "pretrain", "--config", cfg, "--threads", str(threads), "--steps", str(steps),
-            "--out", out, "--quiet", text]
+def write_dpo_inputs(tmp, cfg, text):
+    """a starting checkpoint of the bench's shapes (one pretrain step) and 64 pairs with fixed
+    lengths (prompt 24, chosen and rejected 40 bytes: byte-level tokens), so every step has
+    the same tokens"""
+    init = os.path.join(tmp, "init")
+    r = subprocess.run([FDPO, "pretrain", "--config", cfg, "--steps", "1", "--out", init, "--quiet", text],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"pretrain (starting checkpoint): exit {r.returncode}\n{r.stderr}")
+    # dpo takes the model's shapes from the checkpoint: its config has the batch keys only
+    _, B, A = SHAPES[os.path.basename(cfg)[:-len(".ini")]]
+    dpo_cfg = os.path.join(tmp, "dpo.ini")
+    with open(dpo_cfg, "w") as f:
+        f.write(f"[train]\nbatch-size = {B}\ngrad-accum = {A}\nlr = 1e-4\nseed = 1\nlog-every = 1\neval-every = 0\n")
+    pairs = os.path.join(tmp, "pairs.jsonl")
+    with open(pairs, "w") as f:
+        for i in range(64):
+            f.write(json.dumps({"prompt": f"question {i:04d}: which is it?"[:24],
+                                "chosen": ("yes, it is the first one " * 2)[:40],
+                                "rejected": (f"no {i:04d} it is another one " * 2)[:40]}) + "\n")
+    return init, pairs, dpo_cfg
+
+
+def run(ranks, threads, cfg, text, steps, out, overlap=False, dpo=None):
+    if dpo:
+        init, pairs, dpo_cfg = dpo
+        argv = [FDPO, "dpo", "--config", dpo_cfg, "--model", init, "--data", pairs, "--eval-fraction", "0",
+                "--ref-cache-dir", os.path.join(os.path.dirname(out), "cache"), "--threads", str(threads),
+                "--steps", str(steps), "--out", out, "--quiet"]
+    else:
+        argv = [FDPO, "pretrain", "--config", cfg, "--threads", str(threads), "--steps", str(steps),
+                "--out", out, "--quiet", text]
+    if overlap:
+        argv.append("--allreduce-overlap")
     if ranks > 1:
         argv = [shutil.which("mpirun") or sys.exit("mpirun not found (scripts/deps.sh installs Open MPI)"),
                 "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)] + argv
@@ -184,6 +226,8 @@ def main():
                     help="GPT-2 124M shapes with the byte-level vocabulary")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per configuration (>= 5)")
     ap.add_argument("--steps-per-run", type=int, default=3, help="timed steps per run (plus 1 warm-up)")
+    ap.add_argument("--dpo", action="store_true", help="time fdpo dpo steps instead of pretrain steps")
+    ap.add_argument("--no-overlap", action="store_true", help="leave out the --allreduce-overlap side")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--project", metavar="JSON", help="print the N-node projection table from a saved --json result and exit")
     a = ap.parse_args()
@@ -204,39 +248,51 @@ def main():
     tmp = tempfile.mkdtemp(prefix="bench_mpi_")
     try:
         cfg, text, global_tokens = write_inputs(tmp, a.shape)
-        sides = {"1 rank x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1)}
-        times = {k: [] for k in sides}
-        comm = []
-        frac = []
+        dpo = write_dpo_inputs(tmp, cfg, text) if a.dpo else None
+        sides = {"1 rank x 2 threads": (1, 2, False), "2 ranks x 1 thread": (2, 1, False)}
+        if not a.no_overlap:
+            sides["2 ranks x 1 thread, overlap"] = (2, 1, True)
+        rows_of = {k: [] for k in sides}
         rnd = 0
-        while min(len(v) for v in times.values()) < steps:
+        while min(len(v) for v in rows_of.values()) < steps:
             order = list(sides) if rnd % 2 == 0 else list(reversed(sides))
             for name in order:
-                ranks, threads = sides[name]
-                rows = run(ranks, threads, cfg, text, a.steps_per_run + 1, os.path.join(tmp, f"out{rnd}"))
-                for m in rows[1:]:   # the first step is the warm-up
-                    times[name].append(global_tokens / m["tokens_per_sec"])
-                    if ranks > 1:
-                        comm.append(m["dist/allreduce_seconds"])
-                        frac.append(m["dist/comm_fraction"])
+                ranks, threads, overlap = sides[name]
+                rows = run(ranks, threads, cfg, text, a.steps_per_run + 1, os.path.join(tmp, f"out{rnd}"),
+                           overlap, dpo)
+                rows_of[name] += rows[1:]   # the first step is the warm-up
             rnd += 1
+        if dpo:   # the step's tokens (the same on every side): rate x the step's wall time
+            m = next(m for m in rows_of["2 ranks x 1 thread"] if m["dist/comm_fraction"] > 0)
+            global_tokens = round(m["tokens_per_sec"] * m["dist/allreduce_seconds"] / m["dist/comm_fraction"])
+        times = {k: [global_tokens / m["tokens_per_sec"] for m in v] for k, v in rows_of.items()}
+        comm = {k: [m["dist/allreduce_seconds"] for m in v] for k, v in rows_of.items() if sides[k][0] > 1}
+        frac = {k: [m["dist/comm_fraction"] for m in v] for k, v in rows_of.items() if sides[k][0] > 1}
         pure = allreduce_alone(n_params(SHAPES[a.shape][0]), 7)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shapes = SHAPES[a.shape][0]
-    res = dict(shape=a.shape, config=shapes, batch_size=SHAPES[a.shape][1], grad_accum=SHAPES[a.shape][2],
+    res = dict(shape=a.shape, command="dpo" if a.dpo else "pretrain", config=shapes, batch_size=SHAPES[a.shape][1], grad_accum=SHAPES[a.shape][2],
                vocab=257, global_tokens_per_step=global_tokens, n_params=n_params(shapes),
                gradient_bytes=4 * n_params(shapes),
                sides={k: stats(v) for k, v in times.items()},
-               allreduce_seconds=stats(comm), comm_fraction=stats(frac), allreduce_alone_seconds=stats(pure),
+               allreduce_seconds=stats(comm["2 ranks x 1 thread"]), comm_fraction=stats(frac["2 ranks x 1 thread"]),
+               collectives={k: dict(seconds=stats(comm[k]), share=stats(frac[k])) for k in comm},
+               allreduce_alone_seconds=stats(pure),
                load_average=os.getloadavg(), wall_seconds=time.time() - t_start)
     derive(res)
     one, two = res["sides"]["1 rank x 2 threads"], res["sides"]["2 ranks x 1 thread"]
-    print(f"shape {a.shape}: {shapes}, vocab 257 (byte-level), {res['n_params']:,} parameters, "
+    print(f"fdpo {res['command']}, shape {a.shape}: {shapes}, vocab 257 (byte-level), {res['n_params']:,} parameters, "
           f"gradient {res['gradient_bytes'] / 2**20:.1f} MiB, {global_tokens} tokens per step")
     for k, s in res["sides"].items():
         print(f"  {k:20s} median {s['median']:.4f} s  best {s['best']:.4f} s  ({s['n']} steps)")
     print(f"  2 ranks / 1 rank (median step): {two['median'] / one['median']:.3f}")
+    ov = res["sides"].get("2 ranks x 1 thread, overlap")
+    if ov:
+        print(f"  overlap / no overlap, 2 ranks (median step): {ov['median'] / two['median']:.3f} "
+              f"(< 1: --allreduce-overlap pays on this machine)")
+    for k, c in res["collectives"].items():
+        print(f"  collectives per step, {k}: median {c['seconds']['median']:.4f} s, share {c['share']['median']:.3f}")
     print(f"  collectives per step (2 ranks): median {res['allreduce_seconds']['median']:.4f} s, "
           f"share {res['comm_fraction']['median']:.3f}; "
           f"effective allreduce bandwidth {res['gradient_bytes'] / res['allreduce_seconds']['median'] / 1e9:.2f} GB/s "
