@@ -467,3 +467,47 @@ def test_ranks_disagreeing_on_allreduce_overlap_are_refused(work, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "--allreduce-overlap differs between ranks" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["rl", "online", "kto"])
+def test_killed_rank_ends_the_new_commands(work, tmp_path, cmd):
+    """SIGKILL to rank 1 once the run is under way (rank 0 logged a step, or finished a
+    round): the launcher ends the job, non-zero, within seconds; what rank 0 wrote is whole
+    (metrics lines parse; a finished round or checkpoint loads)."""
+    out = tmp_path / "k"
+    if cmd == "rl":
+        args = ["rl", "--model", work / "pol", "--data", work / "prompts.txt", "--reward", letters_reward(work),
+                "--prompts-per-step", 7, "--n", 3, "--max-new-tokens", 10, "--threads", 1, "--quiet",
+                "--steps", 2000, "--out", out]
+        started = out / "metrics.jsonl"
+    elif cmd == "online":
+        args = online_args(work, out, "--rounds", 200, "--batch-size", 1, "--grad-accum", 2, "--epochs", 1)
+        started = out / "round-0"
+    else:
+        rows = [{"prompt": r["prompt"], "completion": r[k], "label": k == "chosen"}
+                for r in synthetic_pairs(32, 2) for k in ("chosen", "rejected")]
+        write_jsonl(tmp_path / "kto.jsonl", rows)
+        args = ["kto", "--model", work / "pol", "--data", tmp_path / "kto.jsonl", "--batch-size", 2, "--grad-accum", 2,
+                "--steps", 4000, "--save-every", 2, "--lr", "1e-4", "--threads", 1, "--quiet", "--eval-fraction", 0,
+                "--out", out]
+        started = out / "training_state.json"
+    p = subprocess.Popen([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "2", FDPO, *map(str, args)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not started.exists() and p.poll() is None:
+        time.sleep(0.2)
+    assert started.exists(), "the run did not get going"
+    pid = rank_pid(p.pid, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.time()
+    p.communicate(timeout=60)
+    assert p.returncode != 0
+    assert time.time() - t0 < 30, "the job did not stop within seconds"
+    if (out / "metrics.jsonl").exists():
+        for line in open(out / "metrics.jsonl"):
+            json.loads(line)
+    if cmd == "online":
+        assert "checkpoint" in fdpo("info", out / "round-0").stdout   # the finished round loads
+    if cmd == "kto":
+        assert "training_state: yes" in fdpo("info", out).stdout
