@@ -196,8 +196,8 @@ def test_ranks_with_different_flags_are_refused(work, tmp_path):
     assert "differs between ranks" in r.stderr and "[rank" in r.stderr, r.stderr
 
 
-def test_a_command_without_data_parallelism_says_so(work, tmp_path):
-    r = mpi(2, "lab", "solve", "--n", 10, check=False)   # not a training command: runs on every rank
+def test_a_command_without_sharding_runs_whole_on_every_rank(work, tmp_path):
+    r = mpi(2, "lab", "solve", "--n", 10, check=False)   # nothing to split: every rank runs it whole
     assert r.returncode == 0
 
 
