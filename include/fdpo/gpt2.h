@@ -109,6 +109,7 @@ typedef struct {
     struct fdpo_llama_state *llama;                  /* Llama family: tensor roles, activations */
     fdpo_precision precision;                        /* from fdpo_get_precision() at create */
     uint16_t *params_bf16;                           /* bf16 copy of params (bf16 only) */
+    struct fdpo_lora *lora;                          /* LoRA adapters (fdpo/lora.h), NULL = none */
 } fdpo_gpt2;
 
 /* A packed batch (see top). Arrays of length N unless noted. The caller owns them. */

@@ -62,6 +62,11 @@ typedef struct {
     int shuffle;         /* 0 = items in file order every epoch */
     int overwrite;       /* allow starting a fresh run in an OUT that holds a checkpoint */
     int quiet;           /* no progress line */
+    /* LoRA (fdpo/lora.h; sft and dpo): lora_r > 0 trains adapters on --model's frozen
+     * weights; OUT then holds PEFT adapter files instead of model.safetensors */
+    long lora_r;
+    double lora_alpha, lora_dropout;
+    const char *lora_targets;
 } fdpo_train_opts;
 
 /* The library owns these options: fdpo_train_opts_default fills the documented defaults
