@@ -80,6 +80,10 @@ static fdpo_gpt2 *lora_model(const fdpo_train_opts *o, const char *kind) {
     }
     m->lora->seed = (uint64_t)o->seed;   /* dropout masks */
     m->lora->base_model = absolute_path(base);
+    if (!o->quiet)   /* PEFT's print_trainable_parameters */
+        fdpo_log(FDPO_LOG_INFO, "LoRA r=%zu alpha=%g on %s: trainable params: %zu || all params: %zu || trainable%%: %.4f",
+                 m->lora->r, m->lora->alpha, m->lora->targets, m->lora->view.n_params, m->n_params + m->lora->view.n_params,
+                 100.0 * (double)m->lora->view.n_params / (double)(m->n_params + m->lora->view.n_params));
 done:
     free(saved_base);
     return m;
