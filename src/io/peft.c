@@ -112,6 +112,13 @@ int fdpo_lora_load_peft(const char *dir, fdpo_gpt2 *m) {
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, unsupported[i]))) {
             fdpo_error("%s: %s is not supported", cfg_path, unsupported[i]); goto done;
         }
+    static const char *const patterns[] = {"rank_pattern", "alpha_pattern"};   /* per-module r / alpha */
+    for (size_t i = 0; i < 2; i++) {
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, patterns[i]);
+        if (p && !cJSON_IsNull(p) && !(cJSON_IsObject(p) && !p->child)) {
+            fdpo_error("%s: %s is not supported (one r and alpha for every module)", cfg_path, patterns[i]); goto done;
+        }
+    }
     const cJSON *mts = cJSON_GetObjectItemCaseSensitive(j, "modules_to_save");
     if (mts && !cJSON_IsNull(mts)) { fdpo_error("%s: modules_to_save is not supported", cfg_path); goto done; }
     if (fifo && cJSON_IsBool(fifo) && cJSON_IsTrue(fifo) != (m->config.arch == FDPO_ARCH_GPT2)) {

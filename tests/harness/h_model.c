@@ -21,6 +21,7 @@
  *       bandwidth from a STREAM triad a = b + s c over three arrays of MIB MiB (GB/s).
  *   model-fb also takes --precision fp32|bf16, and --lora ADAPTER_DIR: PEFT adapters attached
  *       (base frozen); the gradients written are then the adapters' (lora_A / lora_B names).
+ *       --lora-train STEP: as in training step STEP (dropout on, masks keyed by STEP).
  *   attention-check --lengths T1,T2,... --heads NH --head-size HS --seed S [--branches 0|1] --out FILE
  *       random qkv [N,3C] and upstream d_out [N,C] over a packed batch (with --branches 1,
  *       each sequence is [shared | branch 1 | branch 2] as in the shared-prompt DPO layout);
@@ -146,6 +147,8 @@ static int h_model_fb(int argc, char **argv) {
     if (!m) return -1;
     const char *lora = arg(argc, argv, "--lora");
     if (lora && fdpo_lora_load_peft(lora, m)) { fdpo_gpt2_free(m); return -1; }
+    const char *lora_train = arg(argc, argv, "--lora-train");
+    if (lora_train && m->lora) fdpo_lora_begin_step(m->lora, (uint64_t)atoll(lora_train));
     fdpo_gpt2_set_precision(m, precision);
     owned_batch ob;
     int rc = batch_load(bpath, &ob);

@@ -391,3 +391,72 @@ def test_bad_lora_flags_are_refused(tmp_path):
     # an adapter on a model of the other family
     r = fdpo("merge", "--lora", tmp_path / "ad", "--model", llama, "--out", tmp_path / "m", check=False)
     assert r.returncode != 0 and "adapter_config.json: fan_in_fan_out true does not fit this llama" in r.stderr
+
+
+def write_peft(d, base_cfg_layers, modules, dims, r, alpha, dropout, targets, seed=5, extra=None):
+    """an adapter directory as PEFT's save_pretrained writes it (Llama naming)"""
+    d.mkdir()
+    g = torch.Generator().manual_seed(seed)
+    t = {}
+    for i in range(base_cfg_layers):
+        for mod in modules:
+            fan_in, fan_out = dims[mod]
+            key = f"base_model.model.model.layers.{i}.{mod}"
+            t[key + ".lora_A.weight"] = (torch.rand(r, fan_in, generator=g) - 0.5).numpy()
+            t[key + ".lora_B.weight"] = (torch.randn(fan_out, r, generator=g) * 0.2).numpy()
+    st.save(str(d / "adapter_model.safetensors"), t, metadata={"format": "pt"})
+    cfg = {"alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": None, "bias": "none",
+           "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True, "layer_replication": None,
+           "layers_pattern": None, "layers_to_transform": None, "loftq_config": {}, "lora_alpha": alpha,
+           "lora_dropout": dropout, "megatron_config": None, "megatron_core": "megatron.core", "modules_to_save": None,
+           "peft_type": "LORA", "r": r, "rank_pattern": {}, "revision": None, "target_modules": targets,
+           "task_type": "CAUSAL_LM", "use_dora": False, "use_rslora": False}
+    cfg.update(extra or {})
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_peft_files_from_python_load_and_dropout_gradients_are_consistent(tmp_path):
+    base = make_llama(tmp_path / "base")
+    w = st.load(str(base / "model.safetensors"))[0]
+    modules = ["self_attn.v_proj", "mlp.down_proj"]
+    dims = {m: w[f"model.layers.0.{m}.weight"].shape[::-1] for m in modules}
+    ad = write_peft(tmp_path / "ad", 2, modules, dims, 3, 6, 0.5, ["v_proj", "down_proj"])
+    bp, d = batch_file(tmp_path)
+    fb = lambda out, adapter, *a: (harness("model-fb", "--model", base, "--lora", adapter, "--batch", bp, "--out", out,
+                                           "--threads", 1, *a), st.load(str(out))[0])[1]
+    # no --lora-train: dropout off; the Python-written adapter gives the reference's numbers
+    got = fb(tmp_path / "eval.st", ad)
+    logits, grads = reference(LoraRef(base, ad), "llama", d)
+    assert rel_err(got["logits"], logits) <= 1e-5
+    for k, g in grads.items():
+        assert rel_err(got[k], g) <= 1e-4, k
+    # training mode: dropout masks change the output, deterministically per step
+    t5 = fb(tmp_path / "t5.st", ad, "--lora-train", 5)
+    assert rel_err(t5["logits"], got["logits"]) > 1e-4
+    assert np.array_equal(fb(tmp_path / "t5b.st", ad, "--lora-train", 5)["logits"], t5["logits"])
+    assert not np.array_equal(fb(tmp_path / "t6.st", ad, "--lora-train", 6)["logits"], t5["logits"])
+    # the backward uses the forward's masks: central differences of sum_t d_t logp_t
+    # (same step, so the same masks) agree with the adapter gradients
+    tensors = st.load(str(ad / "adapter_model.safetensors"))[0]
+    obj = lambda res: float(np.dot(np.asarray(d, dtype=np.float64), res["token_logp"].astype(np.float64)))
+    h = 1e-2
+    for k in sorted(tensors)[:4]:
+        g = t5[k]
+        idx = np.unravel_index(np.argmax(np.abs(g)), g.shape)
+        vals = []
+        for sign in (1, -1):
+            pert = {n: v.copy() for n, v in tensors.items()}
+            pert[k][idx] += sign * h
+            pd = tmp_path / f"p{sign}"
+            pd.mkdir(exist_ok=True)
+            st.save(str(pd / "adapter_model.safetensors"), pert, metadata={"format": "pt"})
+            (pd / "adapter_config.json").write_text((ad / "adapter_config.json").read_text())
+            vals.append(obj(fb(pd / "r.st", pd, "--lora-train", 5)))
+        fd = (vals[0] - vals[1]) / (2 * h)
+        assert abs(fd - g[idx]) <= 2e-2 * abs(g[idx]) + 1e-4, (k, fd, g[idx])
+    # PEFT options fdpo does not implement are refused by name
+    for i, (key, val) in enumerate([("use_dora", True), ("rank_pattern", {"v_proj": 8}), ("bias", "all")]):
+        bad = write_peft(tmp_path / f"bad{i}", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"], extra={key: val})
+        r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)
+        assert r.returncode != 0 and key in r.stderr, r.stderr
