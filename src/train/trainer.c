@@ -62,8 +62,8 @@ static char *absolute_path(const char *p) {
  * base_model_name_or_path) with the adapters attached (fresh: initialised from the seed;
  * resume: OUT's). */
 static fdpo_gpt2 *lora_model(const fdpo_train_opts *o, const char *kind) {
-    if (strcmp(kind, "sft") && strcmp(kind, "dpo"))
-        { fdpo_error("--lora-r: fdpo %s does not train LoRA adapters (sft and dpo do)", kind); return NULL; }
+    if (strcmp(kind, "sft") && strcmp(kind, "dpo") && strcmp(kind, "kto"))
+        { fdpo_error("--lora-r: fdpo %s does not train LoRA adapters (sft, dpo and kto do)", kind); return NULL; }
     char *saved_base = o->resume && !o->init ? fdpo_lora_peft_base(o->out) : NULL;
     const char *base = o->init ? o->init : saved_base;
     fdpo_gpt2 *m = NULL;

@@ -312,6 +312,23 @@ def test_dpo_lora_live_reference_is_the_base_and_resume_is_exact(tmp_path):
         (tmp_path / "cached" / "adapter_model.safetensors").read_bytes()   # dropout changed the run
 
 
+def test_kto_lora_reference_is_the_base_with_adapters_off(tmp_path):
+    base = make_gpt2(tmp_path / "base")
+    write_jsonl(tmp_path / "kto.jsonl", [{"prompt": f"p{i}:", "completion": [" yes good", " no bad"][i % 2],
+                                          "label": i % 2 == 0} for i in range(12)])
+    run = lambda out, *a: fdpo("kto", "--model", base, "--data", tmp_path / "kto.jsonl", "--out", out, "--steps", 3,
+                               "--batch-size", 4, "--threads", 1, "--quiet", "--eval-every", 0, "--lr", "1e-2",
+                               "--lora-r", 4, "--lora-targets", "c_attn,c_fc", *a)
+    run(tmp_path / "self")                     # the policy with adapters off is the reference
+    run(tmp_path / "copy", "--ref", base)      # a second copy of the base
+    ms, mc = metrics(tmp_path / "self"), metrics(tmp_path / "copy")
+    assert len(ms) == 3 and ms[-1]["loss"] < ms[0]["loss"]
+    for a, b in zip(ms, mc):
+        for k in ("loss", "kl", "grad_norm"):
+            assert abs(a[k] - b[k]) <= 1e-5 * max(1, abs(a[k])), (k, a[k], b[k])
+    assert (tmp_path / "self" / "adapter_model.safetensors").exists()
+
+
 def test_sft_lora_resume_is_exact(tmp_path):
     base = make_gpt2(tmp_path / "base")
     lora = ["--lora-r", 4, "--lora-targets", "c_attn,c_proj", "--lora-dropout", 0.2]
@@ -380,8 +397,12 @@ def test_bad_lora_flags_are_refused(tmp_path):
     assert r.returncode != 0 and "--lora-alpha" in r.stderr
     r = run("--lora-r", 4)   # random init
     assert r.returncode != 0 and "--lora-r: LoRA adapts a pretrained model" in r.stderr
-    r = fdpo("kto", "--model", base, "--lora-r", 4, check=False)
-    assert r.returncode != 0 and "lora-r" in r.stderr
+    for cmd in ("rm", "online", "rl"):   # no LoRA there: the flag does not exist
+        r = fdpo(cmd, "--model", base, "--lora-r", 4, check=False)
+        assert r.returncode != 0 and "lora-r" in r.stderr, cmd
+    r = fdpo("pretrain", "--data", tmp_path / "sft.jsonl", "--out", tmp_path / "p", "--model", base, "--lora-r", 4,
+             check=False)
+    assert r.returncode != 0 and "fdpo pretrain does not train LoRA adapters" in r.stderr
     # an adapter directory is not a model: the message says how to merge it
     train_adapter(tmp_path, base, tmp_path / "ad", "--lora-r", 2, steps=1)
     r = fdpo("info", tmp_path / "ad", check=False)
