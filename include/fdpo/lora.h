@@ -92,6 +92,11 @@ int fdpo_lora_save_peft(const char *dir, const fdpo_gpt2 *m, const char *base_mo
 /* Read DIR's adapter_config.json and attach adapters with its settings and the tensors of
  * adapter_model.safetensors to m (shapes checked against m). */
 int fdpo_lora_load_peft(const char *dir, fdpo_gpt2 *m);
+/* adapter_config.json text -> options for m's family (checked: fdpo_lora_opts_check), the
+ * target list malloc'd into *targets (o->targets points to it; free it). path names the file
+ * in messages. In memory, for the fuzzer (tests/fuzz/fuzz_peft.c). */
+int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const fdpo_gpt2 *m, fdpo_lora_opts *o,
+                           char **targets);
 /* 1 if DIR holds adapter_config.json. */
 int fdpo_lora_dir_has_adapter(const char *dir);
 /* base_model_name_or_path of DIR's adapter_config.json (malloc'd), NULL if absent. */

@@ -85,13 +85,13 @@ char *fdpo_lora_peft_base(const char *dir) {
     return out;
 }
 
-int fdpo_lora_load_peft(const char *dir, fdpo_gpt2 *m) {
-    char *cfg_path = fdpo_path_join(dir, "adapter_config.json");
-    char *st_path = fdpo_path_join(dir, "adapter_model.safetensors");
+int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const fdpo_gpt2 *m, fdpo_lora_opts *o,
+                           char **targets_out) {
     char *targets = NULL;
     int rc = -1;
-    cJSON *j = read_config(cfg_path);
-    if (!j) goto done;
+    *targets_out = NULL;
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    if (!j || !cJSON_IsObject(j)) { fdpo_error("%s: not a JSON object", path); goto done; }
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(j, "peft_type");
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "r");
     const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(j, "lora_alpha");
@@ -99,30 +99,31 @@ int fdpo_lora_load_peft(const char *dir, fdpo_gpt2 *m) {
     const cJSON *tm = cJSON_GetObjectItemCaseSensitive(j, "target_modules");
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(j, "bias");
     const cJSON *fifo = cJSON_GetObjectItemCaseSensitive(j, "fan_in_fan_out");
-    if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA")) { fdpo_error("%s: peft_type must be \"LORA\"", cfg_path); goto done; }
-    if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble != (double)(long)r->valuedouble) {
-        fdpo_error("%s: r must be an integer >= 1", cfg_path); goto done;
+    if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA")) { fdpo_error("%s: peft_type must be \"LORA\"", path); goto done; }
+    if (!cJSON_IsNumber(r) || !(r->valuedouble >= 1 && r->valuedouble <= 65536) || r->valuedouble != (double)(long)r->valuedouble) {
+        fdpo_error("%s: r must be an integer in [1, 65536]", path); goto done;
     }
-    if (!cJSON_IsNumber(alpha)) { fdpo_error("%s: lora_alpha must be a number", cfg_path); goto done; }
+    if (!cJSON_IsNumber(alpha)) { fdpo_error("%s: lora_alpha must be a number", path); goto done; }
+    if (dropout && !cJSON_IsNull(dropout) && !cJSON_IsNumber(dropout)) { fdpo_error("%s: lora_dropout must be a number", path); goto done; }
     if (bias && !cJSON_IsNull(bias) && (!cJSON_IsString(bias) || strcmp(bias->valuestring, "none"))) {
-        fdpo_error("%s: bias must be \"none\" (fdpo's adapters have no bias terms)", cfg_path); goto done;
+        fdpo_error("%s: bias must be \"none\" (fdpo's adapters have no bias terms)", path); goto done;
     }
     static const char *const unsupported[] = {"use_rslora", "use_dora"};
     for (size_t i = 0; i < 2; i++)
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, unsupported[i]))) {
-            fdpo_error("%s: %s is not supported", cfg_path, unsupported[i]); goto done;
+            fdpo_error("%s: %s is not supported", path, unsupported[i]); goto done;
         }
     static const char *const patterns[] = {"rank_pattern", "alpha_pattern"};   /* per-module r / alpha */
     for (size_t i = 0; i < 2; i++) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, patterns[i]);
         if (p && !cJSON_IsNull(p) && !(cJSON_IsObject(p) && !p->child)) {
-            fdpo_error("%s: %s is not supported (one r and alpha for every module)", cfg_path, patterns[i]); goto done;
+            fdpo_error("%s: %s is not supported (one r and alpha for every module)", path, patterns[i]); goto done;
         }
     }
     const cJSON *mts = cJSON_GetObjectItemCaseSensitive(j, "modules_to_save");
-    if (mts && !cJSON_IsNull(mts)) { fdpo_error("%s: modules_to_save is not supported", cfg_path); goto done; }
+    if (mts && !cJSON_IsNull(mts)) { fdpo_error("%s: modules_to_save is not supported", path); goto done; }
     if (fifo && cJSON_IsBool(fifo) && cJSON_IsTrue(fifo) != (m->config.arch == FDPO_ARCH_GPT2)) {
-        fdpo_error("%s: fan_in_fan_out %s does not fit this %s model", cfg_path, cJSON_IsTrue(fifo) ? "true" : "false",
+        fdpo_error("%s: fan_in_fan_out %s does not fit this %s model", path, cJSON_IsTrue(fifo) ? "true" : "false",
                    m->config.arch == FDPO_ARCH_GPT2 ? "gpt2 (Conv1D, true)" : "llama (nn.Linear, false)");
         goto done;
     }
@@ -131,7 +132,9 @@ int fdpo_lora_load_peft(const char *dir, fdpo_gpt2 *m) {
     if (cJSON_IsArray(tm)) {
         const cJSON *x;
         cJSON_ArrayForEach(x, tm) {
-            if (!cJSON_IsString(x)) { fdpo_error("%s: target_modules must hold strings", cfg_path); goto done; }
+            if (!cJSON_IsString(x) || !*x->valuestring || strchr(x->valuestring, ',')) {
+                fdpo_error("%s: target_modules must hold module names", path); goto done;
+            }
             cap += strlen(x->valuestring) + 1;
         }
         targets = fdpo_calloc(cap, 1);
@@ -142,9 +145,28 @@ int fdpo_lora_load_peft(const char *dir, fdpo_gpt2 *m) {
     } else if (cJSON_IsString(tm)) {
         targets = fdpo_strdup(tm->valuestring);
     } else {
-        fdpo_error("%s: target_modules missing (a list of module names)", cfg_path); goto done;
+        fdpo_error("%s: target_modules missing (a list of module names)", path); goto done;
     }
-    fdpo_lora_opts o = {(long)r->valuedouble, alpha->valuedouble, cJSON_IsNumber(dropout) ? dropout->valuedouble : 0.0, targets};
+    *o = (fdpo_lora_opts){(long)r->valuedouble, alpha->valuedouble, cJSON_IsNumber(dropout) ? dropout->valuedouble : 0.0, targets};
+    if (fdpo_lora_opts_check(o, m)) { fdpo_error_context("%s", path); goto done; }
+    *targets_out = targets;
+    targets = NULL;
+    rc = 0;
+done:
+    cJSON_Delete(j);
+    free(targets);
+    return rc;
+}
+
+int fdpo_lora_load_peft(const char *dir, fdpo_gpt2 *m) {
+    char *cfg_path = fdpo_path_join(dir, "adapter_config.json");
+    char *st_path = fdpo_path_join(dir, "adapter_model.safetensors");
+    char *targets = NULL, *text = NULL;
+    int rc = -1;
+    size_t len;
+    fdpo_lora_opts o;
+    if (!(text = fdpo_read_file(cfg_path, &len))) goto done;
+    if (fdpo_lora_config_parse(cfg_path, text, len, m, &o, &targets)) goto done;
     if (fdpo_lora_attach(m, &o, 0)) { fdpo_error_context("%s", cfg_path); goto done; }
     fdpo_safetensors st;
     if (fdpo_st_open(&st, st_path)) { fdpo_lora_detach(m); goto done; }
@@ -152,7 +174,7 @@ int fdpo_lora_load_peft(const char *dir, fdpo_gpt2 *m) {
     fdpo_st_close(&st);
     if (rc) fdpo_lora_detach(m);
 done:
-    cJSON_Delete(j);
+    free(text);
     free(targets);
     free(cfg_path);
     free(st_path);
