@@ -15,7 +15,7 @@
   rounded to float32, and its logits equal the adapter model's; at full rank too.
 - DPO with LoRA: the live reference is the base with adapters off (equals the cached
   reference run), resume is bit-exact (with dropout), and peak RSS is below full DPO's by
-  more than two copies of the weights (gradients + two AdamW moments are gone).
+  more than 1.5 copies of the weights (gradients + two AdamW moments are gone).
 - Bad input: unknown targets (the message lists the model's modules), r <= 0, dropout
   out of range, LoRA without a pretrained model, an adapter directory given as a model."""
 import json
@@ -373,7 +373,9 @@ def test_dpo_lora_peak_memory_below_full_dpo(tmp_path):
                          "--lora-targets", "c_attn,c_proj,c_fc"])
     print(f"peak RSS: full DPO {full:.1f} MiB, LoRA DPO {lora:.1f} MiB ({n_params} parameters, {copy_mib:.1f} MiB per copy)")
     assert lora < full
-    assert full - lora >= 2 * copy_mib, (full, lora, copy_mib)
+    # full DPO trains with 4 copies; LoRA's peak is loading (file pages + the float copy, ~2
+    # copies): at least 1.5 copies apart whatever the loader does (observed 2.3)
+    assert full - lora >= 1.5 * copy_mib, (full, lora, copy_mib)
 
 
 def test_bad_lora_flags_are_refused(tmp_path):
