@@ -21,6 +21,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -483,3 +484,26 @@ def test_peft_files_from_python_load_and_dropout_gradients_are_consistent(tmp_pa
         bad = write_peft(tmp_path / f"bad{i}", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"], extra={key: val})
         r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)
         assert r.returncode != 0 and key in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None or os.environ.get("FDPO_SANITIZED") == "1",
+                    reason="needs Open MPI (and the plain build: LeakSanitizer reports Open MPI's allocations)")
+def test_dpo_lora_data_parallel_equals_one_process(tmp_path):
+    # two ranks take one micro-batch each; the adapter gradients are allreduced (lora->view)
+    base = make_gpt2(tmp_path / "base")
+    lora = ["--lora-r", 4, "--lora-alpha", 8, "--lora-targets", "c_attn,c_fc"]
+    dpo(tmp_path, base, tmp_path / "one", *lora, "--batch-size", 1, "--grad-accum", 2)
+    write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    args = ["dpo", "--model", base, "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "two", "--steps", 4,
+            "--threads", 1, "--quiet", "--eval-every", 0, "--lr", "5e-3", "--ref-cache-dir", tmp_path / "cache",
+            *lora, "--batch-size", 1, "--grad-accum", 2]
+    r = subprocess.run([shutil.which("mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", "2", FDPO,
+                        *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    a = st.load(str(tmp_path / "one" / "adapter_model.safetensors"))[0]
+    b = st.load(str(tmp_path / "two" / "adapter_model.safetensors"))[0]
+    assert set(a) == set(b)
+    va = np.concatenate([a[k].ravel() for k in sorted(a)]).astype(np.float64)
+    vb = np.concatenate([b[k].ravel() for k in sorted(b)]).astype(np.float64)
+    assert np.linalg.norm(va - vb) / np.linalg.norm(va) <= 1e-5
+    assert metrics(tmp_path / "two")[-1]["loss"] < metrics(tmp_path / "two")[0]["loss"]   # and it trained
