@@ -114,6 +114,7 @@ typedef struct {
      * summing them over the ranks while the layers below are computed (src/train/trainer.c). */
     void (*on_layer_grads)(void *ctx, size_t layer);
     void *on_layer_grads_ctx;
+    struct fdpo_lora *lora;                          /* LoRA adapters (fdpo/lora.h), NULL = none */
 } fdpo_gpt2;
 
 /* A packed batch (see top). Arrays of length N unless noted. The caller owns them. */

@@ -26,5 +26,9 @@ int fdpo_merge_opts_check(const fdpo_merge_opts *o);
 fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o);
 /* The weight model i gets under o (the given one or the default). */
 double fdpo_merge_weight(const fdpo_merge_opts *o, size_t i);
+/* LoRA: the base checkpoint (base_dir; NULL = the adapter's base_model_name_or_path) with
+ * the PEFT adapter of adapter_dir folded in, W += (alpha/r) B A (transposed for GPT-2's
+ * [in, out] weights), each element summed in double and rounded once. */
+fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir);
 
 #endif

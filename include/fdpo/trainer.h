@@ -64,6 +64,11 @@ typedef struct {
     int quiet;           /* no progress line */
     int allreduce_overlap; /* under MPI: start each layer's gradient allreduce during the step's
                               last backward (docs/scaling.md); not a setting: results are equal */
+    /* LoRA (fdpo/lora.h; sft and dpo): lora_r > 0 trains adapters on --model's frozen
+     * weights; OUT then holds PEFT adapter files instead of model.safetensors */
+    long lora_r;
+    double lora_alpha, lora_dropout;
+    const char *lora_targets;
 } fdpo_train_opts;
 
 /* The library owns these options: fdpo_train_opts_default fills the documented defaults

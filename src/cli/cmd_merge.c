@@ -22,18 +22,20 @@ int cmd_merge(int argc, char **argv) {
         rest[n_rest++] = argv[i];
     }
     rest[n_rest] = NULL;
-    const char *model_flag = NULL, *weight_list = NULL, *base = NULL, *out = NULL;
+    const char *model_flag = NULL, *weight_list = NULL, *base = NULL, *out = NULL, *lora = NULL;
     int overwrite = 0;
     long threads = 0;
     fdpo_flag flags[] = {
         {"model", FLAG_STR, &model_flag, NULL, "a checkpoint to merge (repeat for each; config files may give one)", 0},
         {"weight", FLAG_STR, &weight_list, NULL, "comma list, one weight per --model (default 1/n; 1 each with --base)", 0},
         {"base", FLAG_STR, &base, NULL, "task arithmetic: theta = base + sum w_i (theta_i - base)", 0},
+        {"lora", FLAG_STR, &lora, NULL, "PEFT LoRA adapter directory to fold into --model: W += (alpha/r) B A (default base: the adapter's base_model_name_or_path)", 0},
         {"out", FLAG_STR, &out, NULL, "output checkpoint directory (required)", 0},
         {"overwrite", FLAG_BOOL, &overwrite, "0", "replace an existing checkpoint in --out", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
     };
-    const char *usage = "fdpo merge --model A --model B [...] [--weight w1,w2,...] [--base CKPT] --out DIR";
+    const char *usage = "fdpo merge --model A --model B [...] [--weight w1,w2,...] [--base CKPT] --out DIR\n"
+                        "       fdpo merge --lora ADAPTER_DIR [--model BASE] --out DIR";
     int rc = flags_parse("merge", usage, flags, NFLAGS(flags), n_rest, rest, NULL, NULL);
     double *weights = NULL;
     size_t n_weights = 0;
@@ -55,15 +57,24 @@ int cmd_merge(int argc, char **argv) {
         free(cfg);
         if (exists) { fdpo_error("--out: %s already holds a checkpoint (use --overwrite to replace it)", out); goto done; }
     }
-    fdpo_merge_opts o = {models, n_models, weights, base};
-    m = fdpo_merge(&o);
-    if (!m) goto done;
-    const char *tok_dir = base ? base : models[0];
+    const char *tok_dir;
+    if (lora) {
+        if (n_models > 1 || base || weight_list) { fdpo_error("--lora: takes one --model (the base) and no --base or --weight"); goto done; }
+        m = fdpo_merge_lora(lora, n_models ? models[0] : NULL);
+        if (!m) goto done;
+        tok_dir = n_models ? models[0] : lora;   /* a LoRA run's OUT holds the tokenizer too */
+    } else {
+        fdpo_merge_opts o = {models, n_models, weights, base};
+        m = fdpo_merge(&o);
+        if (!m) goto done;
+        tok_dir = base ? base : models[0];
+    }
     tok = fdpo_tokenizer_load_dir(tok_dir);
     if (!tok) { fdpo_error_context("%s", tok_dir); goto done; }
     if (fdpo_checkpoint_save_all(out, m, tok, NULL, NULL)) goto done;
-    fdpo_log(FDPO_LOG_INFO, "%s: %s of %zu checkpoints%s%s written", out, base ? "task arithmetic" : "weighted average",
-             n_models, base ? " on " : "", base ? base : "");
+    if (lora) fdpo_log(FDPO_LOG_INFO, "%s: %s merged into its base written", out, lora);
+    else fdpo_log(FDPO_LOG_INFO, "%s: %s of %zu checkpoints%s%s written", out, base ? "task arithmetic" : "weighted average",
+                  n_models, base ? " on " : "", base ? base : "");
     rc = 0;
 done:
     fdpo_tokenizer_free(tok);

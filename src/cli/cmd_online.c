@@ -11,7 +11,7 @@
  * every round trains on all its pairs; --resume means "after the last complete round". */
 static const char *const NOT_FOR_ONLINE[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
                                              "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
-                                             "seq-len", "val-fraction", "overwrite", "stop-at", NULL};
+                                             "seq-len", "val-fraction", "overwrite", "stop-at", "lora-r", "lora-alpha", "lora-dropout", "lora-targets", NULL};
 
 int cmd_online(int argc, char **argv) {
     static const char usage[] =

@@ -13,7 +13,7 @@ static const char *const NOT_FOR_RL[] = {"model", "tokenizer", "n-layer", "n-hea
                                          "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings", "seq-len",
                                          "val-fraction", "batch-size", "grad-accum", "epochs", "resume", "stop-at",
                                          "eval-every", "save-every", "eval-max-seqs", "shuffle", "schedule",
-                                         "warmup-steps", "min-lr-ratio", NULL};
+                                         "warmup-steps", "min-lr-ratio", "lora-r", "lora-alpha", "lora-dropout", "lora-targets", NULL};
 
 int cmd_rl(int argc, char **argv) {
     static const char usage[] =

@@ -53,6 +53,10 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"quiet",         FLAG_BOOL,  &o->quiet,         "0",      "no progress line", 0},
         {"allreduce-overlap", FLAG_BOOL, &o->allreduce_overlap, "0", "under mpirun: sum each layer's gradient over the ranks (MPI_Iallreduce) while backward "
                                                                      "computes the layers below it, instead of one allreduce after backward (same result; docs/scaling.md)", 0},
+        {"lora-r",        FLAG_INT,   &o->lora_r,        "0",      "LoRA rank: train rank-R adapters on --model's frozen weights; OUT gets PEFT adapter files (0: full fine-tuning)", 0},
+        {"lora-alpha",    FLAG_FLOAT, &o->lora_alpha,    "8",      "LoRA scaling alpha (the update is alpha/r * B A)", 0},
+        {"lora-dropout",  FLAG_FLOAT, &o->lora_dropout,  "0",      "dropout on the LoRA adapters' input during training", 0},
+        {"lora-targets",  FLAG_STR,   &o->lora_targets,  NULL,     "comma list of modules to adapt, PEFT names (llama: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; gpt2: c_attn,c_proj,c_fc; default: PEFT's, c_attn / q_proj,v_proj)", 0},
     };
     size_t k = sizeof shared / sizeof shared[0];
     memcpy(f + n, shared, k * sizeof *f);

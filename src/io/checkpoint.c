@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 #include "fdpo/tokenizer.h"
 
 /* A required positive integer key. */
@@ -341,6 +342,14 @@ int fdpo_checkpoint_check_tokenizer(const char *dir, const fdpo_gpt2_config *c, 
 }
 
 fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
+    char *probe = fdpo_path_join(dir, "config.json");
+    int no_config = !fdpo_file_exists(probe);
+    free(probe);
+    if (no_config && fdpo_lora_dir_has_adapter(dir)) {   /* a LoRA run's output: adapters without their base */
+        fdpo_error("%s holds a LoRA adapter (adapter_config.json), not a model: fold it into its base with "
+                   "fdpo merge --lora %s --model BASE --out DIR", dir, dir);
+        return NULL;
+    }
     char *cfg_path = fdpo_path_join(dir, "config.json");
     fdpo_gpt2 *m = NULL;
     st_set ss = {0};

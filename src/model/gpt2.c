@@ -7,6 +7,7 @@
 #include "fdpo/gpt2.h"
 #include "model/gpt2_internal.h"
 #include "model/llama_internal.h"
+#include "fdpo/lora.h"
 
 int fdpo_gpt2_config_check(const fdpo_gpt2_config *c) {
     if (c->arch == FDPO_ARCH_LLAMA) return fdpo_llama_config_check(c);
@@ -125,6 +126,7 @@ void fdpo_gpt2_free(fdpo_gpt2 *m) {
     free(m->params_memory);
     free(m->grads_memory);
     free(m->params_bf16);
+    fdpo_lora_detach(m);
     acts_free(m->acts);
     fdpo_llama_free(m);
     free(m);
@@ -271,10 +273,10 @@ static void head_forward(fdpo_gpt2 *m, float *logits, const float *inp, size_t N
 static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const float *inp, size_t N) {
     const fdpo_gpt2_config *c = &m->config;
     if (m->acts->precision == FDPO_PRECISION_BF16)
-        fdpo_k_lmhead_backward_bf16(dinp, m->grads.wte, dlogits, inp, bf16_of(m, m->params.wte), N, c->n_embd,
+        fdpo_k_lmhead_backward_bf16(dinp, fdpo_lora_frozen(m) ? NULL : m->grads.wte, dlogits, inp, bf16_of(m, m->params.wte), N, c->n_embd,
                              c->vocab_size, m->acts->bf16_x, m->acts->bf16_y);
     else
-        fdpo_k_lmhead_backward(dinp, m->grads.wte, dlogits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
+        fdpo_k_lmhead_backward(dinp, fdpo_lora_frozen(m) ? NULL : m->grads.wte, dlogits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
 }
 
 /* LM head and log-softmax over the K rows a->rows[0..K) only (the rest get logits 0,
@@ -353,14 +355,18 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
         fdpo_k_layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, residual,
                           p->ln1w + l * C, p->ln1b + l * C, N, C, c->layer_norm_epsilon);
         linear_forward(m, qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, N, C, 3 * C);
+        fdpo_lora_forward(m, FDPO_LORA_C_ATTN, l, qkv, ln1, N);
         fdpo_k_attention_forward_streaming(atty, a->att_lse + l * N * NH, qkv, a->seq_offset, branch, B, C, NH);
         linear_forward(m, res2, atty, p->attprojw + l * C * C, p->attprojb + l * C, N, C, C);
+        fdpo_lora_forward(m, FDPO_LORA_ATTN_C_PROJ, l, res2, atty, N);
         fdpo_k_residual_forward(res2, res2, residual, N * C);
         fdpo_k_layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
                           p->ln2w + l * C, p->ln2b + l * C, N, C, c->layer_norm_epsilon);
         linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, N, C, 4 * C);
+        fdpo_lora_forward(m, FDPO_LORA_C_FC, l, fch, ln2, N);
         fdpo_k_gelu_forward(fch_gelu, fch, N * 4 * C);
         linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, N, 4 * C, C);
+        fdpo_lora_forward(m, FDPO_LORA_MLP_C_PROJ, l, res3, fch_gelu, N);
         fdpo_k_residual_forward(res3, res3, res2, N * C);
     }
     fdpo_k_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->residual3 + (L - 1) * N * C,
@@ -396,6 +402,7 @@ const float *fdpo_gpt2_logits(const fdpo_gpt2 *m) {
 }
 
 void fdpo_gpt2_zero_grad(fdpo_gpt2 *m) {
+    if (m->lora) { fdpo_lora_zero_grad(m->lora); return; } /* frozen base: no base gradients at all */
     if (!m->grads_memory) {
         m->grads_memory = fdpo_calloc(m->n_params, sizeof(float));
         if (m->config.arch == FDPO_ARCH_GPT2) point_params(&m->grads, m->grads_memory, m->tensors);
@@ -408,17 +415,21 @@ void fdpo_gpt2_zero_grad(fdpo_gpt2 *m) {
 static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d_lnf) {
     if (m->config.arch == FDPO_ARCH_LLAMA) {
         if (d_lnf) return fdpo_error("llama backward: reward-model heads are GPT-2 only");
-        if (!m->grads_memory) fdpo_gpt2_zero_grad(m);
+        if (!m->grads_memory && !fdpo_lora_frozen(m)) fdpo_gpt2_zero_grad(m);
         return fdpo_llama_backward(m, d_token_logp);
     }
     fdpo_gpt2_acts *a = m->acts;
     if (!a || !a->has_forward) return fdpo_error("gpt2 backward: no forward pass to differentiate");
-    if (!m->grads_memory) fdpo_gpt2_zero_grad(m);
+    if (d_lnf && fdpo_lora_frozen(m)) return fdpo_error("gpt2 backward: LoRA adapters on a reward model are not supported");
+    if (!m->grads_memory && !fdpo_lora_frozen(m)) fdpo_gpt2_zero_grad(m);
     const fdpo_gpt2_config *c = &m->config;
     size_t N = a->n_tokens, B = a->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
     const uint8_t *branch = a->has_branch ? a->branch : NULL;
     const fdpo_gpt2_params *p = &m->params;
     fdpo_gpt2_params *g = &m->grads;
+    /* LoRA: the base is frozen, no base gradient is computed (the kernels skip NULL ones) */
+    const int frozen = fdpo_lora_frozen(m);
+#define G(field, off) (frozen ? NULL : g->field + (off))
 
     /* The logits buffer becomes d logits (the forward's logits are not needed afterwards).
      * Rows without a gradient (prompt tokens, no target) add nothing to the LM head
@@ -454,7 +465,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
     }
 trunk:
     memset(a->d_residual, 0, N * C * sizeof(float));
-    fdpo_k_layernorm_backward(a->d_residual, g->lnfw, g->lnfb, a->d_ln, a->residual3 + (L - 1) * N * C,
+    fdpo_k_layernorm_backward(a->d_residual, G(lnfw, 0), G(lnfb, 0), a->d_ln, a->residual3 + (L - 1) * N * C,
                        p->lnfw, a->lnf_mean, a->lnf_rstd, N, C);
     for (size_t l = L; l-- > 0;) {
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
@@ -462,25 +473,30 @@ trunk:
         const float *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
         const float *fch = a->fch + l * N * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C;
         /* MLP block: res3 = res2 + gelu(ln2(res2) @ fcw + fcb) @ fcprojw + fcprojb */
-        linear_backward(m, a->d_fch, g->fcprojw + l * 4 * C * C, g->fcprojb + l * C, a->d_residual,
+        linear_backward(m, a->d_fch, G(fcprojw, l * 4 * C * C), G(fcprojb, l * C), a->d_residual,
                         fch_gelu, p->fcprojw + l * 4 * C * C, N, 4 * C, C);
+        fdpo_lora_backward(m, FDPO_LORA_MLP_C_PROJ, l, a->d_fch, a->d_residual, fch_gelu, N);
         fdpo_k_gelu_backward(a->d_fch, fch, a->d_fch, N * 4 * C);
-        linear_backward(m, a->d_ln, g->fcw + l * C * 4 * C, g->fcb + l * 4 * C, a->d_fch, ln2,
+        linear_backward(m, a->d_ln, G(fcw, l * C * 4 * C), G(fcb, l * 4 * C), a->d_fch, ln2,
                         p->fcw + l * C * 4 * C, N, C, 4 * C);
-        fdpo_k_layernorm_backward(a->d_residual, g->ln2w + l * C, g->ln2b + l * C, a->d_ln, res2,
+        fdpo_lora_backward(m, FDPO_LORA_C_FC, l, a->d_ln, a->d_fch, ln2, N);
+        fdpo_k_layernorm_backward(a->d_residual, G(ln2w, l * C), G(ln2b, l * C), a->d_ln, res2,
                            p->ln2w + l * C, a->ln2_mean + l * N, a->ln2_rstd + l * N, N, C);
         /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
-        linear_backward(m, a->d_atty, g->attprojw + l * C * C, g->attprojb + l * C, a->d_residual, atty,
+        linear_backward(m, a->d_atty, G(attprojw, l * C * C), G(attprojb, l * C), a->d_residual, atty,
                         p->attprojw + l * C * C, N, C, C);
+        fdpo_lora_backward(m, FDPO_LORA_ATTN_C_PROJ, l, a->d_atty, a->d_residual, atty, N);
         fdpo_k_attention_backward_streaming(a->d_qkv, a->d_atty, qkv, atty, a->att_lse + l * N * NH, a->seq_offset,
                                      branch, B, C, NH);
-        linear_backward(m, a->d_ln, g->qkvw + l * C * 3 * C, g->qkvb + l * 3 * C, a->d_qkv, ln1,
+        linear_backward(m, a->d_ln, G(qkvw, l * C * 3 * C), G(qkvb, l * 3 * C), a->d_qkv, ln1,
                         p->qkvw + l * C * 3 * C, N, C, 3 * C);
-        fdpo_k_layernorm_backward(a->d_residual, g->ln1w + l * C, g->ln1b + l * C, a->d_ln, residual,
+        fdpo_lora_backward(m, FDPO_LORA_C_ATTN, l, a->d_ln, a->d_qkv, ln1, N);
+        fdpo_k_layernorm_backward(a->d_residual, G(ln1w, l * C), G(ln1b, l * C), a->d_ln, residual,
                            p->ln1w + l * C, a->ln1_mean + l * N, a->ln1_rstd + l * N, N, C);
         if (m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, l);   /* layer l is final */
     }
-    fdpo_k_encoder_backward(g->wte, g->wpe, a->d_residual, a->tokens, a->pos, N, C);
+    if (!frozen) fdpo_k_encoder_backward(g->wte, g->wpe, a->d_residual, a->tokens, a->pos, N, C);
+#undef G
     a->has_forward = 0; /* the logits are gone; a second backward needs a new forward */
     return 0;
 }

@@ -92,6 +92,7 @@ void fdpo_k_layernorm_backward(float *dinp, float *dw, float *db, const float *d
             dx[c] += r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
         }
     }
+    if (!dw) return; /* frozen weights (LoRA) */
     long n_blocks = (long)((C + COL_BLOCK - 1) / COL_BLOCK);
 #pragma omp parallel for schedule(static)
     for (long blk = 0; blk < n_blocks; blk++) {
@@ -127,8 +128,9 @@ void fdpo_k_matmul_backward(float *dinp, float *dw, float *dbias, const float *d
                      const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
                 1.0f, dout, (int)OC, w, (int)OC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
-                1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
+    if (dw) /* NULL: frozen weight (LoRA) */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
+                    1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
     if (dbias) column_sums_add(dbias, dout, N, OC);
 }
 
@@ -292,8 +294,9 @@ void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, cons
                      const float *wte, size_t N, size_t C, size_t V) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)V,
                 1.0f, dlogits, (int)V, wte, (int)C, 0.0f, dinp, (int)C);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)C, (int)N,
-                1.0f, dlogits, (int)V, inp, (int)C, 1.0f, dwte, (int)C);
+    if (dwte) /* NULL: frozen (LoRA) */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)C, (int)N,
+                    1.0f, dlogits, (int)V, inp, (int)C, 1.0f, dwte, (int)C);
 }
 
 /* ---- bf16 variants: inputs rounded to bf16, fp32 accumulation and outputs ---- */
@@ -317,9 +320,11 @@ void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const flo
                           const uint16_t *w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
                           uint16_t *scratch_inp) {
     fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
-    fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
     fdpo_gemm_bf16(0, 1, N, IC, OC, 1.0f, scratch_dout, OC, w, OC, 0.0f, dinp, IC);
-    fdpo_gemm_bf16(1, 0, IC, OC, N, 1.0f, scratch_inp, IC, scratch_dout, OC, 1.0f, dw, OC);
+    if (dw) { /* NULL: frozen weight (LoRA) */
+        fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
+        fdpo_gemm_bf16(1, 0, IC, OC, N, 1.0f, scratch_inp, IC, scratch_dout, OC, 1.0f, dw, OC);
+    }
     if (dbias) column_sums_add(dbias, dout, N, OC);
 }
 
@@ -335,9 +340,11 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
                           const uint16_t *wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
                           uint16_t *scratch_inp) {
     fdpo_f32_to_bf16(scratch_dlogits, dlogits, N * V);
-    fdpo_f32_to_bf16(scratch_inp, inp, N * C);
     fdpo_gemm_bf16(0, 0, N, C, V, 1.0f, scratch_dlogits, V, wte, C, 0.0f, dinp, C);
-    fdpo_gemm_bf16(1, 0, V, C, N, 1.0f, scratch_dlogits, V, scratch_inp, C, 1.0f, dwte, C);
+    if (dwte) { /* NULL: frozen (LoRA) */
+        fdpo_f32_to_bf16(scratch_inp, inp, N * C);
+        fdpo_gemm_bf16(1, 0, V, C, N, 1.0f, scratch_dlogits, V, scratch_inp, C, 1.0f, dwte, C);
+    }
 }
 
 /* ---- attention without T x T storage (streaming softmax, recomputing backward) ---- */

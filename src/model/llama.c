@@ -8,6 +8,7 @@
 #include <string.h>
 #include "model/gpt2_internal.h"
 #include "model/llama_internal.h"
+#include "fdpo/lora.h"
 
 static size_t head_dim(const fdpo_gpt2_config *c) { return c->head_dim ? c->head_dim : c->n_embd / c->n_head; }
 
@@ -233,16 +234,23 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         fdpo_llama_linear_forward(q, ln1, tensor(m, P, LR_QW) + l * QD * C, qb ? qb + l * QD : NULL, N, C, QD);
         fdpo_llama_linear_forward(k, ln1, tensor(m, P, LR_KW) + l * KD * C, kb ? kb + l * KD : NULL, N, C, KD);
         fdpo_llama_linear_forward(v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
+        fdpo_lora_forward(m, FDPO_LORA_Q, l, q, ln1, N); /* before the rotation, as in PEFT */
+        fdpo_lora_forward(m, FDPO_LORA_K, l, k, ln1, N);
+        fdpo_lora_forward(m, FDPO_LORA_V, l, v, ln1, N);
         fdpo_llama_rope_forward(q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_forward(k, a->rope_cos, a->rope_sin, N, NKV, hd);
         fdpo_llama_gqa_attention_forward(atty, a->att + l * A, q, k, v, a->seq_offset, a->att_offset, branch, B, NH, NKV, hd);
         fdpo_llama_linear_forward(res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
+        fdpo_lora_forward(m, FDPO_LORA_O, l, res2, atty, N);
         fdpo_k_residual_forward(res2, res2, residual, N * C);
         fdpo_llama_rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, N, C, c->layer_norm_epsilon);
         fdpo_llama_linear_forward(gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, N, C, F);
         fdpo_llama_linear_forward(up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, N, C, F);
+        fdpo_lora_forward(m, FDPO_LORA_GATE, l, gate, ln2, N);
+        fdpo_lora_forward(m, FDPO_LORA_UP, l, up, ln2, N);
         fdpo_llama_swiglu_forward(h, gate, up, N * F);
         fdpo_llama_linear_forward(res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, N, F, C);
+        fdpo_lora_forward(m, FDPO_LORA_DOWN, l, res3, h, N);
         fdpo_k_residual_forward(res3, res3, res2, N * C);
     }
     fdpo_llama_rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), N, C, c->layer_norm_epsilon);
@@ -278,50 +286,58 @@ int fdpo_llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
         a->n_threads_scratch = nth;
         a->d_att_stride = stride;
     }
-    float *P = m->params_memory, *G = m->grads_memory;
+    /* LoRA: the base is frozen, no base gradient (G NULL: the kernels skip NULL gradients) */
+    float *P = m->params_memory, *G = fdpo_lora_frozen(m) ? NULL : m->grads_memory;
     int tied = m->llama->role[LR_HEAD] < 0;
     float *head = tied ? tensor(m, P, LR_EMBED) : tensor(m, P, LR_HEAD);
-    float *dhead = tied ? tensor(m, G, LR_EMBED) : tensor(m, G, LR_HEAD);
+    float *dhead = !G ? NULL : tied ? tensor(m, G, LR_EMBED) : tensor(m, G, LR_HEAD);
     /* the logits buffer becomes d logits */
     fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
     fdpo_k_lmhead_backward(a->d_ln, dhead, a->logits, a->lnf, head, N, C, V);
     memset(a->d_residual, 0, N * C * sizeof(float));
-    fdpo_llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_NORM), a->d_ln, a->residual3 + (L - 1) * N * C,
+    fdpo_llama_rmsnorm_backward(a->d_residual, G ? tensor(m, G, LR_NORM) : NULL, a->d_ln, a->residual3 + (L - 1) * N * C,
                      tensor(m, P, LR_NORM), a->lnf_rstd, N, C);
-#define GB(role, size) (tensor(m, G, role) ? tensor(m, G, role) + l * (size) : NULL)
+#define GB(role, size) (G && tensor(m, G, role) ? tensor(m, G, role) + l * (size) : NULL)
     for (size_t l = L; l-- > 0;) {
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
         const float *ln1 = a->ln1 + l * N * C, *q = a->q + l * N * QD, *k = a->k + l * N * KD, *v = a->v + l * N * KD;
         const float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
         const float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->hmlp + l * N * F;
         /* MLP: res3 = res2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T */
-        fdpo_llama_linear_backward(a->d_h, tensor(m, G, LR_DOWNW) + l * C * F, GB(LR_DOWNB, C), a->d_residual, h,
+        fdpo_llama_linear_backward(a->d_h, GB(LR_DOWNW, C * F), GB(LR_DOWNB, C), a->d_residual, h,
                         tensor(m, P, LR_DOWNW) + l * C * F, a->ones, N, F, C, 0);
+        fdpo_lora_backward(m, FDPO_LORA_DOWN, l, a->d_h, a->d_residual, h, N);
         fdpo_llama_swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, N * F); /* d_h becomes d up */
-        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_GATEW) + l * F * C, GB(LR_GATEB, F), a->d_gate, ln2,
+        fdpo_llama_linear_backward(a->d_ln, GB(LR_GATEW, F * C), GB(LR_GATEB, F), a->d_gate, ln2,
                         tensor(m, P, LR_GATEW) + l * F * C, a->ones, N, C, F, 0);
-        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_UPW) + l * F * C, GB(LR_UPB, F), a->d_h, ln2,
+        fdpo_llama_linear_backward(a->d_ln, GB(LR_UPW, F * C), GB(LR_UPB, F), a->d_h, ln2,
                         tensor(m, P, LR_UPW) + l * F * C, a->ones, N, C, F, 1);
-        fdpo_llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN2) + l * C, a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
+        fdpo_lora_backward(m, FDPO_LORA_GATE, l, a->d_ln, a->d_gate, ln2, N);
+        fdpo_lora_backward(m, FDPO_LORA_UP, l, a->d_ln, a->d_h, ln2, N);
+        fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN2, C), a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
                          a->ln2_rstd + l * N, N, C);
         /* attention: res2 = residual + attn(rope(ln1 Wq^T), rope(ln1 Wk^T), ln1 Wv^T) Wo^T */
-        fdpo_llama_linear_backward(a->d_atty, tensor(m, G, LR_OW) + l * C * QD, GB(LR_OB, C), a->d_residual, atty,
+        fdpo_llama_linear_backward(a->d_atty, GB(LR_OW, C * QD), GB(LR_OB, C), a->d_residual, atty,
                         tensor(m, P, LR_OW) + l * C * QD, a->ones, N, QD, C, 0);
+        fdpo_lora_backward(m, FDPO_LORA_O, l, a->d_atty, a->d_residual, atty, N);
         fdpo_llama_gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_att, a->d_att_stride, a->d_atty, q, k, v, a->att + l * A,
                                a->seq_offset, a->att_offset, B, NH, NKV, hd);
         fdpo_llama_rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
-        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_QW) + l * QD * C, GB(LR_QB, QD), a->d_q, ln1,
+        fdpo_llama_linear_backward(a->d_ln, GB(LR_QW, QD * C), GB(LR_QB, QD), a->d_q, ln1,
                         tensor(m, P, LR_QW) + l * QD * C, a->ones, N, C, QD, 0);
-        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_KW) + l * KD * C, GB(LR_KB, KD), a->d_k, ln1,
+        fdpo_llama_linear_backward(a->d_ln, GB(LR_KW, KD * C), GB(LR_KB, KD), a->d_k, ln1,
                         tensor(m, P, LR_KW) + l * KD * C, a->ones, N, C, KD, 1);
-        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_VW) + l * KD * C, GB(LR_VB, KD), a->d_v, ln1,
+        fdpo_llama_linear_backward(a->d_ln, GB(LR_VW, KD * C), GB(LR_VB, KD), a->d_v, ln1,
                         tensor(m, P, LR_VW) + l * KD * C, a->ones, N, C, KD, 1);
-        fdpo_llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN1) + l * C, a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
+        fdpo_lora_backward(m, FDPO_LORA_Q, l, a->d_ln, a->d_q, ln1, N);
+        fdpo_lora_backward(m, FDPO_LORA_K, l, a->d_ln, a->d_k, ln1, N);
+        fdpo_lora_backward(m, FDPO_LORA_V, l, a->d_ln, a->d_v, ln1, N);
+        fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN1, C), a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
                          a->ln1_rstd + l * N, N, C);
     }
 #undef GB
-    fdpo_llama_embed_backward(tensor(m, G, LR_EMBED), a->d_residual, a->tokens, N, C);
+    if (G) fdpo_llama_embed_backward(tensor(m, G, LR_EMBED), a->d_residual, a->tokens, N, C);
     a->has_forward = 0;
     return 0;
 }

@@ -50,6 +50,7 @@ void fdpo_llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, cons
         float *dx = dinp + t * C;
         for (size_t c = 0; c < C; c++) dx[c] += r * w[c] * dy[c] - x[c] * k;
     }
+    if (!dw) return; /* frozen weights (LoRA) */
     long n_blocks = (long)((C + COL_BLOCK - 1) / COL_BLOCK);
 #pragma omp parallel for schedule(static)
     for (long blk = 0; blk < n_blocks; blk++) {
@@ -81,8 +82,9 @@ void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const floa
                      const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC,
                 1.0f, dout, (int)OC, w, (int)IC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N,
-                1.0f, dout, (int)OC, inp, (int)IC, 1.0f, dw, (int)IC);
+    if (dw) /* NULL: frozen weight (LoRA) */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N,
+                    1.0f, dout, (int)OC, inp, (int)IC, 1.0f, dw, (int)IC);
     if (dbias) cblas_sgemv(CblasRowMajor, CblasTrans, (int)N, (int)OC, 1.0f, dout, (int)OC, ones, 1, 1.0f, dbias, 1);
 }
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 #include "fdpo/trainer.h"
 
 int fdpo_remove_tree(const char *path) {
@@ -49,7 +50,8 @@ static int copy_file(const char *src, const char *dst) {
  * instead of renaming would otherwise write through the link into the old checkpoint). */
 static int rewritten_by_save(const char *name) {
     static const char *const names[] = {"config.json", "model.safetensors", "training_state.json",
-                                        "training_state.safetensors"};
+                                        "training_state.safetensors", "adapter_config.json",
+                                        "adapter_model.safetensors"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) if (!strcmp(name, names[i])) return 1;
     return 0;
 }
@@ -143,9 +145,11 @@ int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tok
     if (fdpo_checkpoint_recover(out) || recover_swap(out)) goto done;
     if (fdpo_mkdir_p(tmp)) goto done;
     if (fdpo_file_exists(out) && carry_over(out, tmp, 1)) goto done;
-    if (fdpo_checkpoint_save_model(tmp, m)) goto done;
+    /* a LoRA run saves the adapter (PEFT files) and the adapter's optimizer state, not the
+     * frozen base it was trained on (adapter_config.json names it) */
+    if (m->lora ? fdpo_lora_save_peft(tmp, m, m->lora->base_model) : fdpo_checkpoint_save_model(tmp, m)) goto done;
     if (tok && fdpo_tokenizer_save_dir(tok, tmp)) goto done;
-    if (s && opt && fdpo_train_state_save(tmp, s, opt, m)) goto done;
+    if (s && opt && fdpo_train_state_save(tmp, s, opt, m->lora ? &m->lora->view : m)) goto done;
     if (fdpo_file_exists(out) && rename(out, old) != 0) { fdpo_error("%s: cannot move aside: %s", out, strerror(errno)); goto done; }
     if (rename(tmp, out) != 0) { fdpo_error("%s: cannot rename %s into place: %s", out, tmp, strerror(errno)); goto done; }
     fsync_parent(out);

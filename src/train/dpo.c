@@ -7,6 +7,7 @@
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
 #include "fdpo/dpo.h"
+#include "fdpo/lora.h"
 
 int fdpo_layout_parse(const char *name, fdpo_pair_layout *l) {
     if (name && !strcmp(name, "shared")) { *l = FDPO_LAYOUT_SHARED; return 0; }
@@ -229,8 +230,13 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
         fdpo_pair_batch_build(pb, d->cfg.layout, pairs + k0, nk);
         ensure_scratch(d, pb->batch.n_tokens);
         if (!simpo && !ref_logp) {
-            if (fdpo_gpt2_forward(d->ref_live, &pb->batch, d->ref_token_logp, NULL))
-                return fdpo_error_context("reference forward");
+            /* LoRA: the live reference may be the policy itself with its adapters off (its
+             * forward comes first; the policy's own forward below replaces the activations) */
+            fdpo_lora *base_only = d->ref_live == d->policy ? d->policy->lora : NULL;
+            if (base_only) base_only->enabled = 0;
+            int frc = fdpo_gpt2_forward(d->ref_live, &pb->batch, d->ref_token_logp, NULL);
+            if (base_only) base_only->enabled = 1;
+            if (frc) return fdpo_error_context("reference forward");
         }
         if (fdpo_gpt2_forward(d->policy, &pb->batch, d->token_logp, NULL)) return fdpo_error_context("policy forward");
         out->tokens += pb->batch.n_tokens;

@@ -191,8 +191,10 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     /* claim OUT before any work: a second run on the same OUT stops here, not after the cache */
     if (fdpo_checkpoint_recover(to->out)) return -1;
 
-    /* the policy's context length bounds --max-length */
-    char *cfg_path = fdpo_path_join(to->resume ? to->out : policy_dir, "config.json");
+    /* the policy's context length bounds --max-length (a LoRA run's OUT holds the adapter
+     * only: the policy's shape is --model's) */
+    const char *shape_dir = to->resume && to->lora_r <= 0 ? to->out : policy_dir;
+    char *cfg_path = fdpo_path_join(shape_dir, "config.json");
     fdpo_gpt2_config pcfg;
     int crc = fdpo_config_load(cfg_path, &pcfg);
     free(cfg_path);
@@ -204,7 +206,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     }
     if (!(tok = fdpo_trainer_load_tokenizer(to))) goto done;
     /* before the reference cache is built, not after */
-    if (fdpo_checkpoint_check_tokenizer(to->resume ? to->out : policy_dir, &pcfg, tok)) goto done;
+    if (fdpo_checkpoint_check_tokenizer(shape_dir, &pcfg, tok)) goto done;
     if (fdpo_pref_load(o->data, tok, &popt, &train_src.set)) goto done;
     fdpo_pref_summary_log(o->data, &train_src.set.summary);
     if (o->eval_file) {
@@ -226,7 +228,10 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     for (size_t i = 0; i < n_eval; i++) eval_pairs[i] = &esrc->set.pairs[eval_idx[i]];
 
     /* the reference: --ref, else the initial policy (also on --resume: --model is fixed) */
-    if (!simpo) {
+    /* LoRA with --ref-live and no --ref: the reference is the policy with its adapters
+     * disabled (fdpo_dpo_step), no second copy of the weights */
+    const int ref_is_base = to->lora_r > 0 && o->ref_live && !o->ref;
+    if (!simpo && !ref_is_base) {
         const char *ref_dir = o->ref ? o->ref : policy_dir;
         if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }
         if (ref->config.vocab_size != pcfg.vocab_size) {
@@ -283,7 +288,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
 
     fdpo_dpo_config dcfg = o->dpo;
     dcfg.micro_batch = (size_t)to->batch_size;
-    if (fdpo_dpo_init(&d, tr.model, ref, &dcfg)) goto done;
+    if (fdpo_dpo_init(&d, tr.model, ref_is_base && !simpo ? tr.model : ref, &dcfg)) goto done;
     d_open = 1;
     const size_t per_step = (size_t)(to->batch_size * to->grad_accum);
     step_pairs = fdpo_malloc(per_step * sizeof *step_pairs);

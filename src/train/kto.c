@@ -9,6 +9,7 @@
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
 #include "fdpo/kto.h"
+#include "fdpo/lora.h"
 
 /* Packed batch of 2k sequences: (prompt i, completion i) for i < k, then the KL pairs
  * (prompt (i+1) mod k, completion i cut to max_length). Inputs p + c[0..|c|-1), targets c. */
@@ -67,7 +68,12 @@ int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, con
         size_t k = n - i0 < mb ? n - i0 : mb;
         if (!fdpo_dist_mine(i0 / mb)) continue;
         kb_build(&kb, ex + i0, k, max_length);
-        if ((rc = fdpo_gpt2_forward(ref, &kb.batch, NULL, lr))) break;
+        /* LoRA: the reference may be the policy itself with its adapters off (forward first) */
+        fdpo_lora *base_only = ref == policy ? policy->lora : NULL;
+        if (base_only) base_only->enabled = 0;
+        rc = fdpo_gpt2_forward(ref, &kb.batch, NULL, lr);
+        if (base_only) base_only->enabled = 1;
+        if (rc) break;
         if ((rc = fdpo_gpt2_forward(policy, &kb.batch, NULL, lp))) break;
         s.tokens += kb.batch.n_tokens;
         for (size_t i = 0; i < k; i++) l_kl[i] = (double)lp[k + i] - (double)lr[k + i];
@@ -183,7 +189,7 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     fdpo_trainer tr;
     fdpo_pref_options popt = o->pref;
 
-    char *cfg_path = fdpo_path_join(to->resume ? to->out : to->init, "config.json");
+    char *cfg_path = fdpo_path_join(to->resume && to->lora_r <= 0 ? to->out : to->init, "config.json");
     fdpo_gpt2_config pcfg;
     int crc = fdpo_config_load(cfg_path, &pcfg);
     free(cfg_path);
@@ -220,7 +226,9 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     eval_ex = fdpo_malloc((n_eval ? n_eval : 1) * sizeof *eval_ex);
     for (size_t i = 0; i < n_eval; i++) eval_ex[i] = &eset->ex[eval_idx[i]];
 
+    /* LoRA without --ref: the reference is the base, i.e. the policy with its adapters off */
     const char *ref_dir = o->ref ? o->ref : to->init;
+    if (to->lora_r > 0 && !o->ref) goto open;
     if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }
     if (ref->config.vocab_size != pcfg.vocab_size || ref->config.num_labels) {
         fdpo_error("--ref %s: not a language model with the policy's vocab_size %zu%s", ref_dir, pcfg.vocab_size,
@@ -231,12 +239,14 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
         fdpo_error("--max-length %zu exceeds the reference's n_positions %zu", popt.max_length, ref->config.n_positions);
         goto done;
     }
+open:;
     fdpo_settings settings = {0};
     fdpo_kto_run_opts_settings(o, &settings);
     int orc = fdpo_trainer_open(&tr, to, "kto", tok, n_train, kto_data_hash(train_ex, n_train), &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;
     tr_open = 1;
+    fdpo_gpt2 *reference = ref ? ref : tr.model;   /* not freed twice: ref stays NULL then */
     const size_t per_step = (size_t)(to->batch_size * to->grad_accum), mb = (size_t)to->batch_size;
     step_ex = fdpo_malloc(per_step * sizeof *step_ex);
     if (!to->quiet && tr.state.step == 0)
@@ -244,7 +254,7 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
                  n_train, n_eval, tr.state.total_steps, (size_t)to->grad_accum, mb);
     fdpo_kto_metrics em = {0};
     if (n_eval && to->eval_every > 0 && tr.state.step == 0) {
-        if (fdpo_kto_step(tr.model, ref, &o->loss, eval_ex, n_eval, mb, popt.max_length, 0, n_eval, &em, NULL)) goto done;
+        if (fdpo_kto_step(tr.model, reference, &o->loss, eval_ex, n_eval, mb, popt.max_length, 0, n_eval, &em, NULL)) goto done;
         fdpo_metrics_begin(&tr.metrics, 0);
         add_kto_metrics(&tr.metrics, "eval_", &em, 1);
         if (fdpo_metrics_end(&tr.metrics)) goto done;
@@ -253,10 +263,10 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
         fdpo_trainer_begin_step(&tr);
         for (size_t i = 0; i < per_step; i++) step_ex[i] = train_ex[fdpo_trainer_next_item(&tr)];
         fdpo_kto_metrics m;
-        if (fdpo_kto_step(tr.model, ref, &o->loss, step_ex, per_step, mb, popt.max_length, 1, per_step, &m, NULL)) goto done;
+        if (fdpo_kto_step(tr.model, reference, &o->loss, step_ex, per_step, mb, popt.max_length, 1, per_step, &m, NULL)) goto done;
         if (fdpo_trainer_step(&tr, m.tokens)) goto done;
         int eval = n_eval && fdpo_trainer_want_eval(&tr);
-        if (eval && fdpo_kto_step(tr.model, ref, &o->loss, eval_ex, n_eval, mb, popt.max_length, 0, n_eval, &em, NULL)) goto done;
+        if (eval && fdpo_kto_step(tr.model, reference, &o->loss, eval_ex, n_eval, mb, popt.max_length, 0, n_eval, &em, NULL)) goto done;
         if (fdpo_trainer_want_log(&tr) || eval) {
             fdpo_trainer_metrics_begin(&tr, m.loss);
             add_kto_metrics(&tr.metrics, "", &m, 0);

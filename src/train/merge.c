@@ -5,6 +5,7 @@
 #include "fdpo/core.h"
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 #include "fdpo/merge.h"
 
 int fdpo_merge_opts_check(const fdpo_merge_opts *o) {
@@ -31,6 +32,29 @@ static int check_compatible(const char *dir, const fdpo_gpt2 *m, const char *fir
     if (fdpo_hash_tokenizer_dir(dir) != fdpo_hash_tokenizer_dir(first_dir))
         return fdpo_error("%s: tokenizer differs from %s's (merged weights would mean different tokens)", dir, first_dir);
     return 0;
+}
+
+fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir) {
+    if (!fdpo_lora_dir_has_adapter(adapter_dir)) {
+        fdpo_error("--lora: %s has no adapter_config.json (a PEFT LoRA adapter directory)", adapter_dir);
+        return NULL;
+    }
+    char *saved = base_dir ? NULL : fdpo_lora_peft_base(adapter_dir);
+    const char *base = base_dir ? base_dir : saved;
+    fdpo_gpt2 *m = NULL;
+    if (!base) { fdpo_error("--model: required (%s names no base_model_name_or_path)", adapter_dir); goto done; }
+    if (!(m = fdpo_checkpoint_load_model(base))) { fdpo_error_context("--model %s", base); goto done; }
+    if (fdpo_lora_load_peft(adapter_dir, m)) { fdpo_error_context("--lora %s", adapter_dir); fdpo_gpt2_free(m); m = NULL; goto done; }
+    fdpo_lora_merge(m);
+    for (size_t k = 0; k < m->n_params; k++)
+        if (!isfinite(m->params_memory[k])) {
+            fdpo_error("--lora %s: the merged parameters overflow float32 (parameter %zu is not finite)", adapter_dir, k);
+            fdpo_gpt2_free(m); m = NULL;
+            break;
+        }
+done:
+    free(saved);
+    return m;
 }
 
 fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o) {

@@ -162,6 +162,12 @@ void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s) {
         case T_STR: fdpo_settings_str(s, TRAIN_FIELDS[i].key, *(const char *const *)p, TRAIN_FIELDS[i].fixed); break;
         }
     }
+    if (o->lora_r > 0) {   /* a LoRA run (only then, so other runs' saved settings stay as they were) */
+        fdpo_settings_num(s, "lora-r", (double)o->lora_r, 1);
+        fdpo_settings_num(s, "lora-alpha", o->lora_alpha, 1);
+        fdpo_settings_num(s, "lora-dropout", o->lora_dropout, 1);
+        fdpo_settings_str(s, "lora-targets", o->lora_targets, 1);
+    }
     /* a random init's family and Llama shape: --resume refuses another architecture */
     if (o->init) return;
     int llama = is_llama(o);
@@ -205,6 +211,7 @@ void fdpo_train_opts_default(fdpo_train_opts *o) {
     o->seed = 1337; o->eval_every = 100; o->log_every = 1;
     o->val_fraction = 0.05; o->shuffle = 1;
     o->arch = "gpt2"; o->rope_theta = 10000; o->tie_word_embeddings = 1;
+    o->lora_alpha = 8;   /* PEFT's LoraConfig defaults: alpha 8, dropout 0 */
 }
 
 int fdpo_train_opts_check(const fdpo_train_opts *o) {
@@ -233,6 +240,15 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
     if (o->eval_max_seqs < 0) return fdpo_error("--eval-max-seqs: %ld must be >= 0", o->eval_max_seqs);
     if (o->threads < 0) return fdpo_error("--threads: %ld must be >= 0", o->threads);
     if (o->seed < 0) return fdpo_error("--seed: %ld must be >= 0", o->seed);
+    if (o->lora_r < 0) return fdpo_error("--lora-r: %ld must be >= 1 (0: no LoRA)", o->lora_r);
+    if (o->lora_r > 0) {   /* the targets are checked against the model when it is loaded */
+        if (!isfinite(o->lora_alpha) || !(o->lora_alpha > 0)) return fdpo_error("--lora-alpha: %g must be a number > 0", o->lora_alpha);
+        if (!(o->lora_dropout >= 0 && o->lora_dropout < 1)) return fdpo_error("--lora-dropout: %g must be in [0, 1)", o->lora_dropout);
+        if (!o->init && !o->resume)
+            return fdpo_error("--lora-r: LoRA adapts a pretrained model: give it with --model (a random init has nothing to adapt)");
+    } else if (o->lora_targets || o->lora_dropout != 0) {
+        return fdpo_error("--%s: has no effect without --lora-r R", o->lora_targets ? "lora-targets" : "lora-dropout");
+    }
     if (o->n_layer < 1) return fdpo_error("--n-layer: %ld must be >= 1", o->n_layer);
     if (o->n_head < 1) return fdpo_error("--n-head: %ld must be >= 1", o->n_head);
     if (o->n_embd < 1 || o->n_embd % o->n_head) return fdpo_error("--n-embd: %ld must be a positive multiple of --n-head (%ld)", o->n_embd, o->n_head);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 #include "fdpo/trainer.h"
 
 size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items) {
@@ -46,6 +47,46 @@ static int check_model_fits(const fdpo_trainer *tr, const char *where) {
     if ((size_t)tr->opts.seq_len > c->n_positions)
         return fdpo_error("--seq-len: %ld exceeds the model's n_positions %zu", tr->opts.seq_len, c->n_positions);
     return 0;
+}
+
+/* What the optimizer, clipping and the training state work on: the adapters of a LoRA
+ * run, else the whole model. */
+static fdpo_gpt2 *trained(const fdpo_trainer *tr) { return tr->model->lora ? &tr->model->lora->view : tr->model; }
+
+static char *absolute_path(const char *p) {
+    char *r = realpath(p, NULL);
+    return r ? r : fdpo_strdup(p);
+}
+
+/* LoRA: the base model of a run (fresh: --model; resume: --model if given, else the adapter's
+ * base_model_name_or_path) with the adapters attached (fresh: initialised from the seed;
+ * resume: OUT's). */
+static fdpo_gpt2 *lora_model(const fdpo_train_opts *o, const char *kind) {
+    if (strcmp(kind, "sft") && strcmp(kind, "dpo") && strcmp(kind, "kto"))
+        { fdpo_error("--lora-r: fdpo %s does not train LoRA adapters (sft, dpo and kto do)", kind); return NULL; }
+    char *saved_base = o->resume && !o->init ? fdpo_lora_peft_base(o->out) : NULL;
+    const char *base = o->init ? o->init : saved_base;
+    fdpo_gpt2 *m = NULL;
+    if (!base) {
+        fdpo_error("--resume: %s holds no LoRA adapter with base_model_name_or_path: give the base with --model", o->out);
+        goto done;
+    }
+    if (!(m = fdpo_checkpoint_load_model(base))) { fdpo_error_context("--model %s (the LoRA base)", base); goto done; }
+    fdpo_lora_opts lo = {o->lora_r, o->lora_alpha, o->lora_dropout, o->lora_targets};
+    if (o->resume ? fdpo_lora_load_peft(o->out, m) : fdpo_lora_attach(m, &lo, (uint64_t)o->seed)) {
+        if (o->resume) fdpo_error_context("--resume %s", o->out);
+        fdpo_gpt2_free(m); m = NULL;
+        goto done;
+    }
+    m->lora->seed = (uint64_t)o->seed;   /* dropout masks */
+    m->lora->base_model = absolute_path(base);
+    if (!o->quiet)   /* PEFT's print_trainable_parameters */
+        fdpo_log(FDPO_LOG_INFO, "LoRA r=%zu alpha=%g on %s: trainable params: %zu || all params: %zu || trainable%%: %.4f",
+                 m->lora->r, m->lora->alpha, m->lora->targets, m->lora->view.n_params, m->n_params + m->lora->view.n_params,
+                 100.0 * (double)m->lora->view.n_params / (double)(m->n_params + m->lora->view.n_params));
+done:
+    free(saved_base);
+    return m;
 }
 
 /* The random-init architecture settings (fdpo_train_opts_settings), removed. */
@@ -122,11 +163,11 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         else fdpo_settings_num(&now, x->key, x->num, x->fixed);
     }
     if (o->resume) {
-        tr->model = fdpo_checkpoint_load_model(o->out);
-        if (!tr->model) { fdpo_error_context("--resume %s", o->out); goto fail; }
+        tr->model = o->lora_r > 0 ? lora_model(o, kind) : fdpo_checkpoint_load_model(o->out);
+        if (!tr->model) { if (o->lora_r <= 0) fdpo_error_context("--resume %s", o->out); goto fail; }
         if (check_model_fits(tr, o->out)) goto fail;
-        if (fdpo_adamw_init(&tr->opt, tr->model->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
-        if (fdpo_train_state_load(o->out, s, &tr->opt, tr->model)) { fdpo_error_context("--resume"); goto fail; }
+        if (fdpo_adamw_init(&tr->opt, trained(tr)->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
+        if (fdpo_train_state_load(o->out, s, &tr->opt, trained(tr))) { fdpo_error_context("--resume"); goto fail; }
         if (strcmp(s->kind, kind)) { fdpo_error("--resume: %s holds a '%s' run, not '%s'", o->out, s->kind, kind); goto fail; }
         if (s->data_hash != data_hash || s->data.n != n_items) {
             fdpo_error("--resume: the training data differ from the saved run's (%zu items then, %zu now): "
@@ -146,12 +187,15 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     } else {
         if (!o->overwrite) {
             char *a = fdpo_path_join(o->out, "training_state.json"), *b = fdpo_path_join(o->out, "model.safetensors");
-            int exists = fdpo_file_exists(a) || fdpo_file_exists(b);
+            int exists = fdpo_file_exists(a) || fdpo_file_exists(b) || fdpo_lora_dir_has_adapter(o->out);
             free(a); free(b);
             if (exists) { fdpo_error("--out: %s already holds a checkpoint (use --resume to continue it, "
                                      "--overwrite to start over)", o->out); goto fail; }
         }
-        if (o->init) {
+        if (o->lora_r > 0) {
+            if (!(tr->model = lora_model(o, kind))) goto fail;
+            if (check_model_fits(tr, o->init)) goto fail;
+        } else if (o->init) {
             tr->model = fdpo_checkpoint_load_model(o->init);
             if (!tr->model) { fdpo_error_context("--model %s", o->init); goto fail; }
             if (check_model_fits(tr, o->init)) goto fail;
@@ -164,7 +208,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             fdpo_gpt2_init(tr->model, (uint64_t)o->seed);
             if (check_model_fits(tr, "model")) goto fail;
         }
-        if (fdpo_adamw_init(&tr->opt, tr->model->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
+        if (fdpo_adamw_init(&tr->opt, trained(tr)->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
         s->kind = fdpo_strdup(kind);
         s->total_steps = total;
         s->data_hash = data_hash;
@@ -189,6 +233,10 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (fdpo_dist_check_agree("the starting model", fdpo_hash64(FDPO_HASH_INIT, tr->model->params_memory,
                                                                     tr->model->n_params * sizeof(float)))) goto fail;
         if (fdpo_dist_check_agree("--allreduce-overlap", (uint64_t)(o->allreduce_overlap != 0))) goto fail;
+        if (o->allreduce_overlap && tr->model->lora) {   /* the adapters' gradients are not laid out per layer */
+            fdpo_error("--allreduce-overlap: not available with --lora-r (the adapters' gradients are summed after backward)");
+            goto fail;
+        }
         if (o->allreduce_overlap && overlap_open(tr)) goto fail;
     }
     tr->start_step = s->step;
@@ -219,6 +267,7 @@ size_t fdpo_trainer_next_item(fdpo_trainer *tr) {
 
 void fdpo_trainer_begin_step(fdpo_trainer *tr) {
     fdpo_gpt2_zero_grad(tr->model);
+    if (tr->model->lora) fdpo_lora_begin_step(tr->model->lora, tr->state.step);   /* dropout on, masks keyed by the step */
     tr->t_step_start = fdpo_now();
     tr->comm_at_step_start = fdpo_dist_comm_seconds();
 }
@@ -226,17 +275,19 @@ void fdpo_trainer_begin_step(fdpo_trainer *tr) {
 int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens) {
     /* data parallel: each rank holds the gradient of its micro-batches; the sum is the step's */
     double tokens = (double)n_tokens;
+    fdpo_gpt2 *p = trained(tr);
+    if (tr->model->lora) tr->model->lora->training = 0;   /* evaluation after the step runs without dropout */
     if (tr->overlap) {   /* --allreduce-overlap: the layers' sums started during backward */
-        if (tr->overlap_failed || fdpo_dist_overlap_finish(tr->overlap, tr->model->grads_memory)) return -1;
-    } else if (fdpo_dist_sum_f32(tr->model->grads_memory, tr->model->n_params)) return -1;
+        if (tr->overlap_failed || fdpo_dist_overlap_finish(tr->overlap, p->grads_memory)) return -1;
+    } else if (fdpo_dist_sum_f32(p->grads_memory, p->n_params)) return -1;
     if (fdpo_dist_sum_f64(&tokens, 1)) return -1;
     n_tokens = (size_t)tokens;
-    double norm = fdpo_clip_grad_norm(tr->model, tr->opts.grad_clip);
+    double norm = fdpo_clip_grad_norm(p, tr->opts.grad_clip);
     if (!isfinite(norm))
         return fdpo_error("step %zu: gradient norm is %g (the loss diverged; lower --lr or raise --warmup-steps)",
                           tr->state.step + 1, norm);
     double lr = fdpo_schedule_lr(&tr->sched, tr->state.step);
-    fdpo_adamw_step(&tr->opt, tr->model, lr);
+    fdpo_adamw_step(&tr->opt, p, lr);
     tr->state.step++;
     tr->last_lr = lr;
     tr->last_grad_norm = norm;

@@ -19,7 +19,9 @@
  *       the machine's measured peaks, one JSON line: fp32 sgemm (OpenBLAS, the library fdpo
  *       calls), bf16 GEMM (fdpo_gemm_bf16: oneDNN, or the fallback) in GFLOP/s, and memory
  *       bandwidth from a STREAM triad a = b + s c over three arrays of MIB MiB (GB/s).
- *   model-fb also takes --precision fp32|bf16.
+ *   model-fb also takes --precision fp32|bf16, and --lora ADAPTER_DIR: PEFT adapters attached
+ *       (base frozen); the gradients written are then the adapters' (lora_A / lora_B names).
+ *       --lora-train STEP: as in training step STEP (dropout on, masks keyed by STEP).
  *   attention-check --lengths T1,T2,... --heads NH --head-size HS --seed S [--branches 0|1] --out FILE
  *       random qkv [N,3C] and upstream d_out [N,C] over a packed batch (with --branches 1,
  *       each sequence is [shared | branch 1 | branch 2] as in the shared-prompt DPO layout);
@@ -37,6 +39,7 @@
 #include "fdpo/core.h"
 #include "fdpo/gpt2.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 #include "fdpo/train.h"
 #include "harness.h"
 #include "model/gpt2_internal.h"
@@ -142,6 +145,10 @@ static int h_model_fb(int argc, char **argv) {
     if (prec && fdpo_precision_parse(prec, &precision)) return -1;
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
     if (!m) return -1;
+    const char *lora = arg(argc, argv, "--lora");
+    if (lora && fdpo_lora_load_peft(lora, m)) { fdpo_gpt2_free(m); return -1; }
+    const char *lora_train = arg(argc, argv, "--lora-train");
+    if (lora_train && m->lora) fdpo_lora_begin_step(m->lora, (uint64_t)atoll(lora_train));
     fdpo_gpt2_set_precision(m, precision);
     owned_batch ob;
     int rc = batch_load(bpath, &ob);
@@ -170,7 +177,10 @@ static int h_model_fb(int argc, char **argv) {
         fdpo_st_writer_add(w, "logits", FDPO_F32, sl, 2, logits);
         fdpo_st_writer_add(w, "token_logp", FDPO_F32, sn, 1, tlp);
         fdpo_st_writer_add(w, "seq_logp", FDPO_F32, sb, 1, slp);
-        if (ob.d_token_logp) fdpo_st_writer_add_gpt2(w, m, m->grads_memory, NULL);
+        if (ob.d_token_logp) {
+            if (m->lora) fdpo_st_writer_add_gpt2(w, &m->lora->view, m->lora->view.grads_memory, NULL);
+            else fdpo_st_writer_add_gpt2(w, m, m->grads_memory, NULL);
+        }
         rc = fdpo_st_writer_write(w, out);
         fdpo_st_writer_free(w);
     }

@@ -1,0 +1,105 @@
+/* LoRA adapters (Hu et al. 2021) on the linear layers of either model family, with
+ * Hugging Face PEFT's conventions so that the files fdpo writes load in PEFT and back:
+ *
+ *   y = base(x) + s * B (A dropout(x)),   s = alpha / r,
+ *   A = lora_A.weight [r, in]  (init kaiming_uniform(a = sqrt(5)): U(-1/sqrt(in), 1/sqrt(in)))
+ *   B = lora_B.weight [out, r] (init 0, so a fresh adapter leaves the model unchanged)
+ *
+ * Dropout acts on the adapter's input only. GPT-2's Conv1D weights are [in, out] (PEFT's
+ * fan_in_fan_out = true): A and B keep the shapes above, only merging transposes B A.
+ *
+ * A model with adapters attached (m->lora) trains the adapters only: its backward computes
+ * no gradient of a base weight (no base grads buffer is allocated, the weight-gradient GEMMs
+ * are skipped), and the optimizer, gradient clipping and the training state see the
+ * adapter's tensor table `view` instead of the model's. docs/lora.md. */
+#ifndef FDPO_LORA_H
+#define FDPO_LORA_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fdpo/gpt2.h"
+
+/* The linear layers an adapter can sit on, per block (both families in one list). */
+typedef enum {
+    FDPO_LORA_C_ATTN, FDPO_LORA_ATTN_C_PROJ, FDPO_LORA_C_FC, FDPO_LORA_MLP_C_PROJ,   /* GPT-2 */
+    FDPO_LORA_Q, FDPO_LORA_K, FDPO_LORA_V, FDPO_LORA_O, FDPO_LORA_GATE, FDPO_LORA_UP, FDPO_LORA_DOWN, /* Llama */
+    FDPO_LORA_N_SITES
+} fdpo_lora_site;
+
+/* --lora-r, --lora-alpha, --lora-dropout, --lora-targets */
+typedef struct {
+    long r;               /* rank; 0 = no LoRA */
+    double alpha;         /* scaling s = alpha / r */
+    double dropout;       /* on the adapter input, in [0, 1) */
+    const char *targets;  /* comma list of module-name suffixes, PEFT's target_modules */
+} fdpo_lora_opts;
+
+typedef struct fdpo_lora {
+    size_t r;
+    double alpha, dropout;
+    float scale;                       /* alpha / r */
+    char *targets;                     /* the comma list as given (adapter_config.json) */
+    char *base_model;                  /* base_model_name_or_path written with the adapter (may be NULL) */
+    int site_tensor[FDPO_LORA_N_SITES]; /* index of the site's lora_A in view.tensors (B follows), -1 = none */
+    size_t site_in[FDPO_LORA_N_SITES], site_out[FDPO_LORA_N_SITES];
+    /* The adapter parameters as a model-shaped table: tensors "base_model.model.<module>.
+     * lora_A.weight" / ".lora_B.weight" with {i} for the layer, per_layer, decay 1;
+     * config.n_layer = the model's. What AdamW, clipping, the training state and the
+     * safetensors helpers iterate (they never look further than the table). */
+    fdpo_gpt2 view;
+    fdpo_strv names;                   /* owns view.tensors[].name */
+    int enabled;                       /* 0: forward is the base model's (a DPO reference) */
+    int training;                      /* 1: dropout active (a training step) */
+    uint64_t seed, mask_step, mask_forward, last_mask_key;
+    /* activations of the last forward: u = dropout(x) A^T per (layer, site) [N, r] */
+    float *u; size_t cap_tokens;
+    float *keep;                       /* [N * max in] dropout keep-scale scratch (0 or 1/(1-p)) */
+    float *du;                         /* [N, r] backward scratch */
+} fdpo_lora;
+
+/* Parse the options against m's family; errors name the flag. A target matches a module
+ * when it equals the module's path or is a suffix of it after a '.', as in PEFT (GPT-2's
+ * "c_proj" matches attn.c_proj and mlp.c_proj); a target matching nothing is an error that
+ * lists the model's module names. */
+int fdpo_lora_opts_check(const fdpo_lora_opts *o, const fdpo_gpt2 *m);
+/* Attach fresh adapters to m (A kaiming-uniform from seed, B zero); m->lora owns them. */
+int fdpo_lora_attach(fdpo_gpt2 *m, const fdpo_lora_opts *o, uint64_t seed);
+/* Remove and free m's adapters (the base weights are untouched). */
+void fdpo_lora_detach(fdpo_gpt2 *m);
+/* W += s * B A for every adapter (GPT-2's [in, out] weights get (B A)^T), summed in
+ * double and rounded once; then detach. */
+void fdpo_lora_merge(fdpo_gpt2 *m);
+/* Zero the adapter gradients (fdpo_gpt2_zero_grad calls it). */
+void fdpo_lora_zero_grad(fdpo_lora *l);
+/* Dropout masks are a function of (seed, step, forward index in the step, layer, site):
+ * call at the start of each training step so a resumed run draws the same masks. */
+void fdpo_lora_begin_step(fdpo_lora *l, uint64_t step);
+/* Module path of a site for m's family, "{i}" for the layer ("transformer.h.{i}.attn.c_attn"). */
+const char *fdpo_lora_module(const fdpo_gpt2 *m, fdpo_lora_site s);
+
+/* ---- hooks the model calls (src/model/gpt2.c, llama.c) after a linear layer ----
+ * forward: out [N, out] += s * dropout(x) A^T B^T for the adapter at (layer, site), if any.
+ * backward: dA, dB += ..., dx [N, in] += the adapter's input gradient. */
+void fdpo_lora_forward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out, const float *x, size_t N);
+void fdpo_lora_backward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *dx, const float *dout, const float *x, size_t N);
+/* 1 when m's base weights are frozen (adapters attached): no base gradients. */
+static inline int fdpo_lora_frozen(const fdpo_gpt2 *m) { return m->lora != NULL; }
+
+/* ---- PEFT files (src/io/peft.c) ----
+ * DIR/adapter_model.safetensors (F32, keys base_model.model.<module>.lora_{A,B}.weight) and
+ * DIR/adapter_config.json (peft_type LORA, task_type CAUSAL_LM, r, lora_alpha, lora_dropout,
+ * target_modules, bias "none", fan_in_fan_out, base_model_name_or_path), each atomic. */
+int fdpo_lora_save_peft(const char *dir, const fdpo_gpt2 *m, const char *base_model);
+/* Read DIR's adapter_config.json and attach adapters with its settings and the tensors of
+ * adapter_model.safetensors to m (shapes checked against m). */
+int fdpo_lora_load_peft(const char *dir, fdpo_gpt2 *m);
+/* adapter_config.json text -> options for m's family (checked: fdpo_lora_opts_check), the
+ * target list malloc'd into *targets (o->targets points to it; free it). path names the file
+ * in messages. In memory, for the fuzzer (tests/fuzz/fuzz_peft.c). */
+int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const fdpo_gpt2 *m, fdpo_lora_opts *o,
+                           char **targets);
+/* 1 if DIR holds adapter_config.json. */
+int fdpo_lora_dir_has_adapter(const char *dir);
+/* base_model_name_or_path of DIR's adapter_config.json (malloc'd), NULL if absent. */
+char *fdpo_lora_peft_base(const char *dir);
+
+#endif

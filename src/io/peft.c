@@ -1,0 +1,182 @@
+/* Hugging Face PEFT adapter files: adapter_config.json + adapter_model.safetensors
+ * (include/fdpo/lora.h). Key names follow PEFT's get_peft_model_state_dict for a
+ * PeftModelForCausalLM: "base_model.model." + the module path + ".lora_A.weight" [r, in] /
+ * ".lora_B.weight" [out, r], the adapter name ("default") removed. */
+#include <cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/io.h"
+#include "fdpo/lora.h"
+
+int fdpo_lora_dir_has_adapter(const char *dir) {
+    char *p = fdpo_path_join(dir, "adapter_config.json");
+    int has = fdpo_file_exists(p);
+    free(p);
+    return has;
+}
+
+int fdpo_lora_save_peft(const char *dir, const fdpo_gpt2 *m, const char *base_model) {
+    const fdpo_lora *l = m->lora;
+    if (!l) return fdpo_error("%s: the model has no LoRA adapters to save", dir);
+    if (fdpo_mkdir_p(dir)) return -1;
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddStringToObject(c, "peft_type", "LORA");
+    cJSON_AddStringToObject(c, "task_type", "CAUSAL_LM");
+    cJSON_AddNumberToObject(c, "r", (double)l->r);
+    cJSON_AddNumberToObject(c, "lora_alpha", l->alpha);
+    cJSON_AddNumberToObject(c, "lora_dropout", l->dropout);
+    cJSON *targets = cJSON_AddArrayToObject(c, "target_modules");
+    for (const char *p = l->targets; *p;) {
+        size_t len = strcspn(p, ",");
+        char buf[128];
+        const char *s = p;
+        while (len && *s == ' ') { s++; len--; }
+        while (len && s[len - 1] == ' ') len--;
+        snprintf(buf, sizeof buf, "%.*s", (int)len, s);
+        if (*buf) cJSON_AddItemToArray(targets, cJSON_CreateString(buf));
+        p += strcspn(p, ",");
+        if (*p) p++;
+    }
+    cJSON_AddStringToObject(c, "bias", "none");
+    cJSON_AddBoolToObject(c, "fan_in_fan_out", m->config.arch == FDPO_ARCH_GPT2); /* Conv1D [in, out] */
+    if (base_model) cJSON_AddStringToObject(c, "base_model_name_or_path", base_model);
+    else cJSON_AddNullToObject(c, "base_model_name_or_path");
+    cJSON_AddBoolToObject(c, "inference_mode", 1);
+    cJSON_AddBoolToObject(c, "init_lora_weights", 1);
+    cJSON_AddBoolToObject(c, "use_rslora", 0);
+    cJSON_AddBoolToObject(c, "use_dora", 0);
+    cJSON_AddNullToObject(c, "modules_to_save");
+    cJSON_AddNullToObject(c, "layers_to_transform");
+    cJSON_AddNullToObject(c, "revision");
+    char *cfg_path = fdpo_path_join(dir, "adapter_config.json");
+    char *st_path = fdpo_path_join(dir, "adapter_model.safetensors");
+    int rc = fdpo_write_json_atomic(cfg_path, c, 1);
+    cJSON_Delete(c);
+    if (!rc) {
+        fdpo_st_writer *w = fdpo_st_writer_new();
+        fdpo_st_writer_add_gpt2(w, &l->view, l->view.params_memory, NULL);
+        fdpo_st_writer_meta(w, "format", "pt");
+        rc = fdpo_st_writer_write(w, st_path);
+        fdpo_st_writer_free(w);
+    }
+    free(cfg_path);
+    free(st_path);
+    return rc;
+}
+
+static cJSON *read_config(const char *path) {
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) return NULL;
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!j || !cJSON_IsObject(j)) { cJSON_Delete(j); fdpo_error("%s: not a JSON object", path); return NULL; }
+    return j;
+}
+
+char *fdpo_lora_peft_base(const char *dir) {
+    char *path = fdpo_path_join(dir, "adapter_config.json");
+    cJSON *j = read_config(path);
+    free(path);
+    if (!j) return NULL;
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "base_model_name_or_path");
+    char *out = cJSON_IsString(b) && *b->valuestring ? fdpo_strdup(b->valuestring) : NULL;
+    cJSON_Delete(j);
+    return out;
+}
+
+int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const fdpo_gpt2 *m, fdpo_lora_opts *o,
+                           char **targets_out) {
+    char *targets = NULL;
+    int rc = -1;
+    *targets_out = NULL;
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    if (!j || !cJSON_IsObject(j)) { fdpo_error("%s: not a JSON object", path); goto done; }
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(j, "peft_type");
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "r");
+    const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(j, "lora_alpha");
+    const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(j, "lora_dropout");
+    const cJSON *tm = cJSON_GetObjectItemCaseSensitive(j, "target_modules");
+    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(j, "bias");
+    const cJSON *fifo = cJSON_GetObjectItemCaseSensitive(j, "fan_in_fan_out");
+    if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA")) { fdpo_error("%s: peft_type must be \"LORA\"", path); goto done; }
+    if (!cJSON_IsNumber(r) || !(r->valuedouble >= 1 && r->valuedouble <= 65536) || r->valuedouble != (double)(long)r->valuedouble) {
+        fdpo_error("%s: r must be an integer in [1, 65536]", path); goto done;
+    }
+    if (!cJSON_IsNumber(alpha)) { fdpo_error("%s: lora_alpha must be a number", path); goto done; }
+    if (dropout && !cJSON_IsNull(dropout) && !cJSON_IsNumber(dropout)) { fdpo_error("%s: lora_dropout must be a number", path); goto done; }
+    if (bias && !cJSON_IsNull(bias) && (!cJSON_IsString(bias) || strcmp(bias->valuestring, "none"))) {
+        fdpo_error("%s: bias must be \"none\" (fdpo's adapters have no bias terms)", path); goto done;
+    }
+    static const char *const unsupported[] = {"use_rslora", "use_dora"};
+    for (size_t i = 0; i < 2; i++)
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, unsupported[i]))) {
+            fdpo_error("%s: %s is not supported", path, unsupported[i]); goto done;
+        }
+    static const char *const patterns[] = {"rank_pattern", "alpha_pattern"};   /* per-module r / alpha */
+    for (size_t i = 0; i < 2; i++) {
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, patterns[i]);
+        if (p && !cJSON_IsNull(p) && !(cJSON_IsObject(p) && !p->child)) {
+            fdpo_error("%s: %s is not supported (one r and alpha for every module)", path, patterns[i]); goto done;
+        }
+    }
+    const cJSON *mts = cJSON_GetObjectItemCaseSensitive(j, "modules_to_save");
+    if (mts && !cJSON_IsNull(mts)) { fdpo_error("%s: modules_to_save is not supported", path); goto done; }
+    if (fifo && cJSON_IsBool(fifo) && cJSON_IsTrue(fifo) != (m->config.arch == FDPO_ARCH_GPT2)) {
+        fdpo_error("%s: fan_in_fan_out %s does not fit this %s model", path, cJSON_IsTrue(fifo) ? "true" : "false",
+                   m->config.arch == FDPO_ARCH_GPT2 ? "gpt2 (Conv1D, true)" : "llama (nn.Linear, false)");
+        goto done;
+    }
+    /* target_modules: a list of names (or one name) -> the comma list of --lora-targets */
+    size_t cap = 1;
+    if (cJSON_IsArray(tm)) {
+        const cJSON *x;
+        cJSON_ArrayForEach(x, tm) {
+            if (!cJSON_IsString(x) || !*x->valuestring || strchr(x->valuestring, ',')) {
+                fdpo_error("%s: target_modules must hold module names", path); goto done;
+            }
+            cap += strlen(x->valuestring) + 1;
+        }
+        targets = fdpo_calloc(cap, 1);
+        cJSON_ArrayForEach(x, tm) {
+            if (*targets) strcat(targets, ",");
+            strcat(targets, x->valuestring);
+        }
+    } else if (cJSON_IsString(tm)) {
+        targets = fdpo_strdup(tm->valuestring);
+    } else {
+        fdpo_error("%s: target_modules missing (a list of module names)", path); goto done;
+    }
+    *o = (fdpo_lora_opts){(long)r->valuedouble, alpha->valuedouble, cJSON_IsNumber(dropout) ? dropout->valuedouble : 0.0, targets};
+    if (fdpo_lora_opts_check(o, m)) { fdpo_error_context("%s", path); goto done; }
+    *targets_out = targets;
+    targets = NULL;
+    rc = 0;
+done:
+    cJSON_Delete(j);
+    free(targets);
+    return rc;
+}
+
+int fdpo_lora_load_peft(const char *dir, fdpo_gpt2 *m) {
+    char *cfg_path = fdpo_path_join(dir, "adapter_config.json");
+    char *st_path = fdpo_path_join(dir, "adapter_model.safetensors");
+    char *targets = NULL, *text = NULL;
+    int rc = -1;
+    size_t len;
+    fdpo_lora_opts o;
+    if (!(text = fdpo_read_file(cfg_path, &len))) goto done;
+    if (fdpo_lora_config_parse(cfg_path, text, len, m, &o, &targets)) goto done;
+    if (fdpo_lora_attach(m, &o, 0)) { fdpo_error_context("%s", cfg_path); goto done; }
+    fdpo_safetensors st;
+    if (fdpo_st_open(&st, st_path)) { fdpo_lora_detach(m); goto done; }
+    rc = fdpo_st_read_gpt2(&st, &m->lora->view, m->lora->view.params_memory, NULL);
+    fdpo_st_close(&st);
+    if (rc) fdpo_lora_detach(m);
+done:
+    free(text);
+    free(targets);
+    free(cfg_path);
+    free(st_path);
+    return rc;
+}

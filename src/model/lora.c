@@ -1,0 +1,326 @@
+/* LoRA adapters on the linear layers of GPT-2 and Llama (include/fdpo/lora.h): options and
+ * target matching, the adapter tensor table, init, the forward/backward kernels the model
+ * calls after each adapted linear layer, and merging into the base weights. */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/lora.h"
+#include "model/llama_internal.h"
+
+/* Hugging Face module paths of the adaptable linear layers, in forward order */
+static const char *const module_path[FDPO_LORA_N_SITES] = {
+    "transformer.h.{i}.attn.c_attn", "transformer.h.{i}.attn.c_proj", "transformer.h.{i}.mlp.c_fc",
+    "transformer.h.{i}.mlp.c_proj",
+    "model.layers.{i}.self_attn.q_proj", "model.layers.{i}.self_attn.k_proj", "model.layers.{i}.self_attn.v_proj",
+    "model.layers.{i}.self_attn.o_proj", "model.layers.{i}.mlp.gate_proj", "model.layers.{i}.mlp.up_proj",
+    "model.layers.{i}.mlp.down_proj",
+};
+
+static void family_sites(const fdpo_gpt2 *m, int *first, int *end) {
+    if (m->config.arch == FDPO_ARCH_LLAMA) { *first = FDPO_LORA_Q; *end = FDPO_LORA_N_SITES; }
+    else { *first = FDPO_LORA_C_ATTN; *end = FDPO_LORA_MLP_C_PROJ + 1; }
+}
+
+const char *fdpo_lora_module(const fdpo_gpt2 *m, fdpo_lora_site s) {
+    int first, end;
+    family_sites(m, &first, &end);
+    return (int)s >= first && (int)s < end ? module_path[s] : NULL;
+}
+
+/* in/out features of a site's linear layer */
+static void site_dims(const fdpo_gpt2_config *c, fdpo_lora_site s, size_t *in, size_t *out) {
+    size_t C = c->n_embd, hd = c->head_dim ? c->head_dim : (c->n_head ? C / c->n_head : 0);
+    size_t QD = c->n_head * hd, KD = c->n_kv_head * hd, F = c->intermediate_size;
+    size_t dims[FDPO_LORA_N_SITES][2] = {
+        {C, 3 * C}, {C, C}, {C, 4 * C}, {4 * C, C},
+        {C, QD}, {C, KD}, {C, KD}, {QD, C}, {C, F}, {C, F}, {F, C},
+    };
+    *in = dims[s][0];
+    *out = dims[s][1];
+}
+
+/* PEFT's rule: target == the module path (after the layer index) or a '.'-suffix of it */
+static int target_matches(const char *target, size_t len, const char *path) {
+    const char *rel = strstr(path, "{i}.") + 4;
+    size_t n = strlen(rel);
+    if (len == n) return !strncmp(rel, target, len);
+    return len < n && rel[n - len - 1] == '.' && !strncmp(rel + n - len, target, len);
+}
+
+/* PEFT's default target_modules for the model type (no --lora-targets) */
+static const char *default_targets(const fdpo_gpt2 *m) { return m->config.arch == FDPO_ARCH_LLAMA ? "q_proj,v_proj" : "c_attn"; }
+
+/* Which sites the comma list selects (mask by site); errors name --lora-targets. */
+static int parse_targets(const char *targets, const fdpo_gpt2 *m, int *selected) {
+    int first, end;
+    family_sites(m, &first, &end);
+    if (!targets) targets = default_targets(m);
+    memset(selected, 0, FDPO_LORA_N_SITES * sizeof *selected);
+    if (!targets || !*targets) return fdpo_error("--lora-targets: empty (name the linear layers to adapt)");
+    for (const char *p = targets; *p;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len && *p == ' ') { p++; len--; }
+        while (len && p[len - 1] == ' ') len--;
+        if (len == 0) return fdpo_error("--lora-targets: '%s' has an empty entry", targets);
+        int hit = 0;
+        for (int s = first; s < end; s++)
+            if (target_matches(p, len, module_path[s])) { selected[s] = 1; hit = 1; }
+        if (!hit) {
+            char list[512] = "";
+            for (int s = first; s < end; s++) {
+                size_t used = strlen(list);
+                snprintf(list + used, sizeof list - used, "%s%s", s > first ? ", " : "", strstr(module_path[s], "{i}.") + 4);
+            }
+            return fdpo_error("--lora-targets: '%.*s' matches no linear layer of this %s model; its modules are %s "
+                              "(each under %.*sN.)", (int)len, p, m->config.arch == FDPO_ARCH_LLAMA ? "llama" : "gpt2",
+                              list, (int)(strstr(module_path[first], "{i}") - module_path[first]), module_path[first]);
+        }
+        p += len;
+        while (*p == ' ') p++;
+        if (*p == ',') p++;
+    }
+    return 0;
+}
+
+int fdpo_lora_opts_check(const fdpo_lora_opts *o, const fdpo_gpt2 *m) {
+    if (o->r <= 0) return fdpo_error("--lora-r: %ld must be >= 1", o->r);
+    if (o->r > 65536) return fdpo_error("--lora-r: %ld is larger than any layer's width", o->r);
+    if (!isfinite(o->alpha) || !(o->alpha > 0)) return fdpo_error("--lora-alpha: %g must be a number > 0", o->alpha);
+    if (!(o->dropout >= 0 && o->dropout < 1)) return fdpo_error("--lora-dropout: %g must be in [0, 1)", o->dropout);
+    if (m->config.num_labels > 0) return fdpo_error("--lora-r: LoRA on a reward model (score head) is not supported");
+    int selected[FDPO_LORA_N_SITES];
+    return parse_targets(o->targets, m, selected);
+}
+
+static char *layer_name(const char *pattern, const char *suffix) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "base_model.model.%s.%s", pattern, suffix);
+    return fdpo_strdup(buf);
+}
+
+int fdpo_lora_attach(fdpo_gpt2 *m, const fdpo_lora_opts *o, uint64_t seed) {
+    if (m->lora) return fdpo_error("--lora-r: the model already has adapters");
+    if (fdpo_lora_opts_check(o, m)) return -1;
+    int selected[FDPO_LORA_N_SITES];
+    parse_targets(o->targets, m, selected);
+    fdpo_lora *l = fdpo_calloc(1, sizeof *l);
+    l->r = (size_t)o->r;
+    l->alpha = o->alpha;
+    l->dropout = o->dropout;
+    l->scale = (float)(o->alpha / (double)o->r);
+    l->targets = fdpo_strdup(o->targets ? o->targets : default_targets(m));
+    l->enabled = 1;
+    l->seed = seed;
+    fdpo_gpt2 *v = &l->view;
+    v->config = m->config;
+    size_t L = m->config.n_layer, r = l->r, offset = 0;
+    for (int s = 0; s < FDPO_LORA_N_SITES; s++) {
+        l->site_tensor[s] = -1;
+        if (!selected[s]) continue;
+        size_t in, out;
+        site_dims(&m->config, (fdpo_lora_site)s, &in, &out);
+        l->site_in[s] = in;
+        l->site_out[s] = out;
+        l->site_tensor[s] = (int)v->n_tensors;
+        for (int ab = 0; ab < 2; ab++) {
+            fdpo_gpt2_tensor *t = &v->tensors[v->n_tensors++];
+            char *name = layer_name(module_path[s], ab ? "lora_B.weight" : "lora_A.weight");
+            t->name = fdpo_strv_push(&l->names, name);
+            free(name);
+            t->per_layer = 1;
+            t->ndim = 2;
+            t->shape[0] = ab ? out : r;
+            t->shape[1] = ab ? r : in;
+            t->numel = L * r * (ab ? out : in);
+            t->offset = offset;
+            t->decay = 1;
+            offset += t->numel;
+        }
+    }
+    v->n_params = offset;
+    v->params_memory = fdpo_calloc(offset ? offset : 1, sizeof(float));
+    v->grads_memory = fdpo_calloc(offset ? offset : 1, sizeof(float));
+    /* A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0 */
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, seed ^ 0x4c6f5241ull);
+    for (size_t ti = 0; ti < v->n_tensors; ti += 2) {
+        const fdpo_gpt2_tensor *t = &v->tensors[ti];
+        double bound = 1.0 / sqrt((double)t->shape[1]);
+        float *a = v->params_memory + t->offset;
+        for (size_t i = 0; i < t->numel; i++) a[i] = (float)((2.0 * fdpo_rng_uniform(&rng) - 1.0) * bound);
+    }
+    m->lora = l;
+    return 0;
+}
+
+void fdpo_lora_detach(fdpo_gpt2 *m) {
+    fdpo_lora *l = m ? m->lora : NULL;
+    if (!l) return;
+    free(l->view.params_memory);
+    free(l->view.grads_memory);
+    fdpo_strv_free(&l->names);
+    free(l->targets);
+    free(l->base_model);
+    free(l->u); free(l->keep); free(l->du);
+    free(l);
+    m->lora = NULL;
+}
+
+void fdpo_lora_zero_grad(fdpo_lora *l) { memset(l->view.grads_memory, 0, l->view.n_params * sizeof(float)); }
+
+void fdpo_lora_begin_step(fdpo_lora *l, uint64_t step) {
+    l->mask_step = step;
+    l->mask_forward = 0;
+    l->training = 1;
+}
+
+/* the base weight a site adds to, one layer's: Llama [out, in], GPT-2 [in, out] */
+static float *base_weight(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer) {
+    size_t in, out;
+    site_dims(&m->config, s, &in, &out);
+    size_t per = in * out;
+    if (m->config.arch == FDPO_ARCH_LLAMA) {
+        static const int role[FDPO_LORA_N_SITES] = {-1, -1, -1, -1, LR_QW, LR_KW, LR_VW, LR_OW, LR_GATEW, LR_UPW, LR_DOWNW};
+        return m->params_memory + m->tensors[m->llama->role[role[s]]].offset + layer * per;
+    }
+    float *w[] = {m->params.qkvw, m->params.attprojw, m->params.fcw, m->params.fcprojw};
+    return w[s] + layer * per;
+}
+
+void fdpo_lora_merge(fdpo_gpt2 *m) {
+    fdpo_lora *l = m->lora;
+    if (!l) return;
+    size_t L = m->config.n_layer, r = l->r;
+    int conv1d = m->config.arch == FDPO_ARCH_GPT2;
+    for (int s = 0; s < FDPO_LORA_N_SITES; s++) {
+        int ti = l->site_tensor[s];
+        if (ti < 0) continue;
+        size_t in = l->site_in[s], out = l->site_out[s];
+        for (size_t layer = 0; layer < L; layer++) {
+            const float *A = l->view.params_memory + l->view.tensors[ti].offset + layer * r * in;
+            const float *B = l->view.params_memory + l->view.tensors[ti + 1].offset + layer * out * r;
+            float *W = base_weight(m, (fdpo_lora_site)s, layer);
+            #pragma omp parallel for schedule(static)
+            for (size_t o = 0; o < out; o++)
+                for (size_t i = 0; i < in; i++) {
+                    double d = 0;
+                    for (size_t k = 0; k < r; k++) d += (double)B[o * r + k] * (double)A[k * in + i];
+                    float *w = conv1d ? &W[i * out + o] : &W[o * in + i];
+                    *w = (float)((double)*w + (double)l->scale * d);
+                }
+        }
+    }
+    fdpo_lora_detach(m);
+}
+
+/* ---- kernels ---- */
+
+/* keep [N*IN] = 0 with probability p, else 1/(1-p) (torch.nn.Dropout), from one xoshiro
+ * stream seeded by the mask key */
+static void lora_dropout_mask(float *keep, size_t n, double p, uint64_t key) {
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, key);
+    const float scale = (float)(1.0 / (1.0 - p));
+    for (size_t i = 0; i < n; i++) keep[i] = fdpo_rng_uniform(&rng) < p ? 0.0f : scale;
+}
+
+/* out [N,OUT] += s * xin [N,IN] @ A^T [IN,r] @ B^T [r,OUT];  u [N,r] = xin @ A^T (kept) */
+static void lora_linear_forward(float *out, float *u, const float *xin, const float *A, const float *B, float s,
+                                size_t N, size_t IN, size_t OUT, size_t r) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)r, (int)IN, 1.0f, xin, (int)IN, A, (int)IN,
+                0.0f, u, (int)r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OUT, (int)r, s, u, (int)r, B, (int)r,
+                1.0f, out, (int)OUT);
+}
+
+/* dB [OUT,r] += s dout^T u;  du [N,r] = s dout B;  dA [r,IN] += du^T xin;  dxa [N,IN] = du A
+ * (dxa: the adapter's share of d input before dropout; beta_dx 1 adds it into dx directly) */
+static void lora_linear_backward(float *dxa, float beta_dx, float *dA, float *dB, float *du, const float *dout,
+                                 const float *u, const float *xin, const float *A, const float *B, float s,
+                                 size_t N, size_t IN, size_t OUT, size_t r) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OUT, (int)r, (int)N, s, dout, (int)OUT, u, (int)r,
+                1.0f, dB, (int)r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)r, (int)OUT, s, dout, (int)OUT, B, (int)r,
+                0.0f, du, (int)r);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)IN, (int)N, 1.0f, du, (int)r, xin, (int)IN,
+                1.0f, dA, (int)IN);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IN, (int)r, 1.0f, du, (int)r, A, (int)IN,
+                beta_dx, dxa, (int)IN);
+}
+
+static size_t max_in(const fdpo_lora *l) {
+    size_t mx = 0;
+    for (int s = 0; s < FDPO_LORA_N_SITES; s++) if (l->site_tensor[s] >= 0 && l->site_in[s] > mx) mx = l->site_in[s];
+    return mx;
+}
+
+static int first_site(const fdpo_lora *l) {
+    for (int s = 0; s < FDPO_LORA_N_SITES; s++) if (l->site_tensor[s] >= 0) return s;
+    return -1;
+}
+
+/* this (layer, site)'s slice of u: [N, r] at slot (layer, adapter index) */
+static float *u_slot(fdpo_lora *l, size_t layer, fdpo_lora_site s) {
+    size_t n_sites = l->view.n_tensors / 2;
+    return l->u + (layer * n_sites + (size_t)l->site_tensor[s] / 2) * l->cap_tokens * l->r;
+}
+
+static int dropout_on(const fdpo_lora *l) { return l->training && l->dropout > 0; }
+
+static uint64_t mask_key(const fdpo_lora *l, size_t layer, fdpo_lora_site s) {
+    uint64_t parts[5] = {l->seed, l->mask_step, l->last_mask_key, (uint64_t)layer, (uint64_t)s};
+    return fdpo_hash64(FDPO_HASH_INIT, parts, sizeof parts);
+}
+
+void fdpo_lora_forward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out, const float *x, size_t N) {
+    fdpo_lora *l = m->lora;
+    if (!l || !l->enabled || l->site_tensor[s] < 0 || N == 0) return;
+    if ((int)s == first_site(l) && layer == 0) {   /* a new forward begins */
+        if (N > l->cap_tokens) {
+            size_t n_sites = l->view.n_tensors / 2;
+            free(l->u); free(l->keep); free(l->du);
+            l->u = fdpo_malloc(m->config.n_layer * n_sites * N * l->r * sizeof(float));
+            l->keep = fdpo_malloc(2 * N * max_in(l) * sizeof(float));
+            l->du = fdpo_malloc(N * l->r * sizeof(float));
+            l->cap_tokens = N;
+        }
+        l->last_mask_key = l->mask_forward++;
+    }
+    int ti = l->site_tensor[s];
+    size_t r = l->r, in = l->site_in[s], o = l->site_out[s];
+    const float *A = l->view.params_memory + l->view.tensors[ti].offset + layer * r * in;
+    const float *B = l->view.params_memory + l->view.tensors[ti + 1].offset + layer * o * r;
+    const float *xin = x;
+    if (dropout_on(l)) {
+        float *keep = l->keep, *xd = l->keep + N * in;
+        lora_dropout_mask(keep, N * in, l->dropout, mask_key(l, layer, s));
+        for (size_t i = 0; i < N * in; i++) xd[i] = x[i] * keep[i];
+        xin = xd;
+    }
+    lora_linear_forward(out, u_slot(l, layer, s), xin, A, B, l->scale, N, in, o, r);
+}
+
+void fdpo_lora_backward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *dx, const float *dout, const float *x, size_t N) {
+    fdpo_lora *l = m->lora;
+    if (!l || !l->enabled || l->site_tensor[s] < 0 || N == 0) return;
+    int ti = l->site_tensor[s];
+    size_t r = l->r, in = l->site_in[s], o = l->site_out[s];
+    const float *A = l->view.params_memory + l->view.tensors[ti].offset + layer * r * in;
+    const float *B = l->view.params_memory + l->view.tensors[ti + 1].offset + layer * o * r;
+    float *dA = l->view.grads_memory + l->view.tensors[ti].offset + layer * r * in;
+    float *dB = l->view.grads_memory + l->view.tensors[ti + 1].offset + layer * o * r;
+    const float *u = u_slot(l, layer, s);
+    if (!dropout_on(l)) {
+        lora_linear_backward(dx, 1.0f, dA, dB, l->du, dout, u, x, A, B, l->scale, N, in, o, r);
+        return;
+    }
+    /* the forward's mask again (same key), then d x = (du A) * keep */
+    float *keep = l->keep, *xd = l->keep + N * in;
+    lora_dropout_mask(keep, N * in, l->dropout, mask_key(l, layer, s));
+    for (size_t i = 0; i < N * in; i++) xd[i] = x[i] * keep[i];
+    lora_linear_backward(xd, 0.0f, dA, dB, l->du, dout, u, xd, A, B, l->scale, N, in, o, r);
+    for (size_t i = 0; i < N * in; i++) dx[i] += xd[i] * keep[i];
+}

@@ -1,0 +1,509 @@
+"""LoRA adapters (docs/lora.md) against references written here.
+
+- Parity: a tiny GPT-2 and a tiny Llama (GQA, untied head) are written by the PyTorch
+  references; `fdpo sft --lora-r ...` trains adapters on them; `fdpo-harness model-fb --lora`
+  runs forward + backward with those adapter files. A float64 PyTorch LoRA written below
+  (y = base(x) + alpha/r * (x A^T) B^T on every targeted layer; GPT-2's Conv1D is x W + b)
+  loaded from the same files must give the same logits (1e-5 relative) and gradients of
+  every lora_A / lora_B (1e-4).
+- The files follow PEFT's documented layout: adapter_config.json keys and values, tensor
+  names base_model.model.<module>.lora_A.weight [r, in] / lora_B.weight [out, r] with
+  GPT-2's in/out taken from its Conv1D weight [in, out] (fan_in_fan_out true).
+- A fresh adapter is PEFT's init: lora_A ~ U(-1/sqrt(in), 1/sqrt(in)), lora_B = 0, so the
+  model's logits are the base's exactly.
+- `fdpo merge --lora` writes W + s B A (transposed for Conv1D) equal to numpy's float64 sum
+  rounded to float32, and its logits equal the adapter model's; at full rank too.
+- DPO with LoRA: the live reference is the base with adapters off (equals the cached
+  reference run), resume is bit-exact (with dropout), and peak RSS is below full DPO's by
+  more than 1.5 copies of the weights (gradients + two AdamW moments are gone).
+- Bad input: unknown targets (the message lists the model's modules), r <= 0, dropout
+  out of range, LoRA without a pretrained model, an adapter directory given as a model."""
+import json
+import math
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dpo_common import EOT, FDPO, fdpo, harness, rel_err, save_byte_tokenizer, write_jsonl
+from fdpo_ref import safetensors as st
+from fdpo_ref.gpt2 import GPT2
+from fdpo_ref.llama import Llama
+
+torch.set_num_threads(1)
+
+GPT2_MODULES = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+LLAMA_MODULES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+LLAMA_ALL = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+def sft_rows(n=12):
+    return [{"prompt": f"q{i} say", "completion": [" the cat sat", " a dog ran", " birds sing"][i % 3]} for i in range(n)]
+
+
+def pair_rows(n=8):
+    return [{"prompt": f"p{i}:", "chosen": [" yes good", " fine day"][i % 2], "rejected": [" no bad", " grim"][i % 2]}
+            for i in range(n)]
+
+
+def make_gpt2(d, C=32, L=2, seed=1):
+    GPT2(vocab_size=257, n_positions=64, n_embd=C, n_layer=L, n_head=4, seed=seed).save_hf(str(d))
+    save_byte_tokenizer(str(d))
+    return d
+
+
+def make_llama(d, seed=2):
+    Llama(vocab_size=257, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+          num_key_value_heads=2, tie_word_embeddings=False, seed=seed, dtype=torch.float32).save_hf(str(d))
+    save_byte_tokenizer(str(d))
+    return d
+
+
+def train_adapter(tmp_path, base, out, *lora, steps=3, lr="1e-2"):
+    write_jsonl(tmp_path / "sft.jsonl", sft_rows())
+    fdpo("sft", "--model", base, "--data", tmp_path / "sft.jsonl", "--out", out, "--steps", steps, "--lr", lr,
+         "--batch-size", 4, "--seq-len", 32, "--threads", 1, "--eval-every", 0, "--quiet", *lora)
+    return out
+
+
+def load64(path):
+    return {k: torch.tensor(np.asarray(v), dtype=torch.float64) for k, v in st.load(str(path))[0].items()}
+
+
+# ---- the PyTorch LoRA reference (float64, one sequence at a time) ----
+
+class LoraRef:
+    """base weights + adapter tensors; lin() is PEFT's LoRA Linear forward (dropout off)"""
+
+    def __init__(self, base_dir, adapter_dir):
+        self.base = load64(base_dir / "model.safetensors")
+        self.ad = {k: v.requires_grad_(True) for k, v in load64(adapter_dir / "adapter_model.safetensors").items()}
+        c = json.load(open(adapter_dir / "adapter_config.json"))
+        self.scale = c["lora_alpha"] / c["r"]
+        self.cfg = json.load(open(base_dir / "config.json"))
+
+    def lin(self, x, module, conv1d):
+        W, b = self.base[module + ".weight"], self.base.get(module + ".bias")
+        y = x @ W if conv1d else x @ W.T
+        if b is not None:
+            y = y + b
+        A = self.ad.get("base_model.model." + module + ".lora_A.weight")
+        if A is not None:
+            B = self.ad["base_model.model." + module + ".lora_B.weight"]
+            y = y + self.scale * ((x @ A.T) @ B.T)
+        return y
+
+    def gpt2(self, tokens):
+        c, p = self.cfg, self.base
+        T, C, H = len(tokens), c["n_embd"], c["n_head"]
+        hs, eps = C // H, c.get("layer_norm_epsilon", 1e-5)
+        x = p["transformer.wte.weight"][torch.tensor(tokens)] + p["transformer.wpe.weight"][:T]
+        mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+        for i in range(c["n_layer"]):
+            pre = f"transformer.h.{i}."
+            h = F.layer_norm(x, (C,), p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
+            q, k, v = self.lin(h, pre + "attn.c_attn", True).split(C, dim=-1)
+            q, k, v = (t.view(T, H, hs).transpose(0, 1) for t in (q, k, v))
+            att = torch.softmax(((q @ k.transpose(-1, -2)) / math.sqrt(hs)).masked_fill(~mask, float("-inf")), -1)
+            x = x + self.lin((att @ v).transpose(0, 1).reshape(T, C), pre + "attn.c_proj", True)
+            h = F.layer_norm(x, (C,), p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps)
+            h = F.gelu(self.lin(h, pre + "mlp.c_fc", True), approximate="tanh")
+            x = x + self.lin(h, pre + "mlp.c_proj", True)
+        x = F.layer_norm(x, (C,), p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], eps)
+        return x @ p["transformer.wte.weight"].T
+
+    def llama(self, tokens):
+        c, p = self.cfg, self.base
+        T, NH, NKV = len(tokens), c["num_attention_heads"], c["num_key_value_heads"]
+        hd, eps = c["hidden_size"] // NH, c["rms_norm_eps"]
+        inv = 1.0 / (c["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+        ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
+        cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+        rot = lambda t: t * cos + torch.cat([-t[..., hd // 2:], t[..., :hd // 2]], -1) * sin
+        rms = lambda t, w: t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps) * w
+        mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+        x = p["model.embed_tokens.weight"][torch.tensor(tokens)]
+        for i in range(c["num_hidden_layers"]):
+            pre = f"model.layers.{i}."
+            h = rms(x, p[pre + "input_layernorm.weight"])
+            q = rot(self.lin(h, pre + "self_attn.q_proj", False).view(T, NH, hd).transpose(0, 1))
+            k = rot(self.lin(h, pre + "self_attn.k_proj", False).view(T, NKV, hd).transpose(0, 1))
+            v = self.lin(h, pre + "self_attn.v_proj", False).view(T, NKV, hd).transpose(0, 1)
+            k, v = k.repeat_interleave(NH // NKV, 0), v.repeat_interleave(NH // NKV, 0)
+            a = torch.softmax(((q @ k.transpose(1, 2)) / math.sqrt(hd)).masked_fill(~mask, float("-inf")), -1) @ v
+            x = x + self.lin(a.transpose(0, 1).reshape(T, NH * hd), pre + "self_attn.o_proj", False)
+            h = rms(x, p[pre + "post_attention_layernorm.weight"])
+            g = self.lin(h, pre + "mlp.gate_proj", False)
+            x = x + self.lin(F.silu(g) * self.lin(h, pre + "mlp.up_proj", False), pre + "mlp.down_proj", False)
+        x = rms(x, p["model.norm.weight"])
+        head = p["model.embed_tokens.weight"] if c.get("tie_word_embeddings") else p["lm_head.weight"]
+        return x @ head.T
+
+
+SEQS = [[int(b) for b in b"the cat sat on"], [int(b) for b in b"a dog ran far away"]]
+
+
+def batch_file(tmp_path, seed=0):
+    """two packed sequences and a random upstream gradient per token"""
+    rng = np.random.default_rng(seed)
+    n = sum(len(s) for s in SEQS)
+    d = rng.normal(size=n).round(6).tolist()
+    bp = tmp_path / "batch.json"
+    bp.write_text(json.dumps({"sequences": [{"tokens": s, "targets": s[1:] + [EOT]} for s in SEQS], "d_token_logp": d}))
+    return bp, d
+
+
+def reference(ref, family, d):
+    """logits of both sequences (concatenated) and the gradient of sum_t d_t logp_t"""
+    logits, obj, t0 = [], 0.0, 0
+    for s in SEQS:
+        lg = ref.gpt2(s) if family == "gpt2" else ref.llama(s)
+        lp = torch.log_softmax(lg, -1).gather(1, torch.tensor(s[1:] + [EOT])[:, None])[:, 0]
+        obj = obj + (torch.tensor(d[t0:t0 + len(s)], dtype=torch.float64) * lp).sum()
+        logits.append(lg.detach())
+        t0 += len(s)
+    obj.backward()
+    return torch.cat(logits).numpy(), {k: v.grad.numpy() for k, v in ref.ad.items()}
+
+
+def check_peft_layout(adapter, family, r, alpha, targets, modules, dims, n_layer):
+    c = json.load(open(adapter / "adapter_config.json"))
+    assert c["peft_type"] == "LORA" and c["task_type"] == "CAUSAL_LM" and c["bias"] == "none"
+    assert c["r"] == r and c["lora_alpha"] == alpha and c["lora_dropout"] == 0
+    assert c["target_modules"] == targets
+    assert c["fan_in_fan_out"] is (family == "gpt2")
+    assert os.path.isabs(c["base_model_name_or_path"])
+    tensors = st.load(str(adapter / "adapter_model.safetensors"))[0]
+    prefix = "transformer.h" if family == "gpt2" else "model.layers"
+    want = {}
+    for i in range(n_layer):
+        for mod in modules:
+            fan_in, fan_out = dims[mod]
+            key = f"base_model.model.{prefix}.{i}.{mod}"
+            want[key + ".lora_A.weight"] = (r, fan_in)
+            want[key + ".lora_B.weight"] = (fan_out, r)
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == want
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_forward_backward_parity_with_pytorch_lora(tmp_path, family):
+    if family == "gpt2":
+        base = make_gpt2(tmp_path / "base")
+        targets, modules = ["c_attn", "c_proj", "c_fc"], GPT2_MODULES  # c_proj: attn.c_proj AND mlp.c_proj (PEFT)
+        w = st.load(str(base / "model.safetensors"))[0]
+        dims = {m: w[f"transformer.h.0.{m}.weight"].shape for m in modules}   # Conv1D [in, out]
+    else:
+        base = make_llama(tmp_path / "base")
+        targets, modules = LLAMA_ALL.split(","), LLAMA_MODULES
+        w = st.load(str(base / "model.safetensors"))[0]
+        dims = {m: w[f"model.layers.0.{m}.weight"].shape[::-1] for m in modules}  # nn.Linear [out, in]
+    ad = train_adapter(tmp_path, base, tmp_path / "ad", "--lora-r", 4, "--lora-alpha", 12,
+                       "--lora-targets", ",".join(targets))
+    check_peft_layout(ad, family, 4, 12, targets, modules, dims, 2)
+    bp, d = batch_file(tmp_path)
+    harness("model-fb", "--model", base, "--lora", ad, "--batch", bp, "--out", tmp_path / "fb.st", "--threads", 1)
+    got = st.load(str(tmp_path / "fb.st"))[0]
+    ref = LoraRef(base, ad)
+    assert all(np.abs(v.detach().numpy()).max() > 0 for k, v in ref.ad.items() if "lora_B" in k)  # trained: B != 0
+    logits, grads = reference(ref, family, d)
+    assert rel_err(got["logits"], logits) <= 1e-5
+    assert set(grads) == {k for k in got if "lora_" in k}
+    for k, g in grads.items():
+        assert rel_err(got[k], g) <= 1e-4, k
+
+
+def test_fresh_adapter_is_peft_init_and_leaves_the_model_unchanged(tmp_path):
+    base = make_gpt2(tmp_path / "base", C=64)
+    # lr 0: one step leaves the adapter at its initial values
+    ad = train_adapter(tmp_path, base, tmp_path / "ad", "--lora-r", 8, "--lora-targets", "c_fc,mlp.c_proj", steps=1, lr=0)
+    t = st.load(str(ad / "adapter_model.safetensors"))[0]
+    a = np.concatenate([v.ravel() for k, v in t.items() if k.endswith("mlp.c_fc.lora_A.weight")])  # in = 64
+    bound = 1 / math.sqrt(64)
+    assert np.abs(a).max() <= bound and a.size == 2 * 8 * 64
+    # U(-b, b): mean 0, variance b^2/3, within 5 standard errors
+    assert abs(a.mean()) <= 5 * bound / math.sqrt(3 * a.size)
+    assert abs(a.var() - bound ** 2 / 3) <= 5 * bound ** 2 * math.sqrt(4 / 45 / a.size)
+    a2 = np.concatenate([v.ravel() for k, v in t.items() if k.endswith("mlp.c_proj.lora_A.weight")])  # in = 256
+    assert np.abs(a2).max() <= 1 / 16 and np.abs(a2).max() > 0.9 / 16
+    assert all(not v.any() for k, v in t.items() if "lora_B" in k)
+    assert not any("attn" in k for k in t)
+    bp, _ = batch_file(tmp_path)
+    harness("model-fb", "--model", base, "--lora", ad, "--batch", bp, "--out", tmp_path / "a.st")
+    harness("model-fb", "--model", base, "--batch", bp, "--out", tmp_path / "b.st")
+    assert np.array_equal(st.load(str(tmp_path / "a.st"))[0]["logits"], st.load(str(tmp_path / "b.st"))[0]["logits"])
+
+
+@pytest.mark.parametrize("family,r", [("gpt2", 4), ("llama", 32)])  # llama r = 32: the full rank of every C x C map
+def test_merge_lora_equals_numpy_and_the_adapter_model(tmp_path, family, r):
+    base = make_gpt2(tmp_path / "base") if family == "gpt2" else make_llama(tmp_path / "base")
+    targets = "c_attn,c_proj,c_fc" if family == "gpt2" else LLAMA_ALL
+    ad = train_adapter(tmp_path, base, tmp_path / "ad", "--lora-r", r, "--lora-alpha", 16, "--lora-targets", targets)
+    fdpo("merge", "--lora", ad, "--model", base, "--out", tmp_path / "merged")
+    W = st.load(str(base / "model.safetensors"))[0]
+    M = st.load(str(tmp_path / "merged" / "model.safetensors"))[0]
+    A = st.load(str(ad / "adapter_model.safetensors"))[0]
+    s = 16 / r
+    changed = 0
+    for k, w in W.items():
+        a = A.get("base_model.model." + k.replace(".weight", ".lora_A.weight"))
+        if a is None or not k.endswith(".weight"):
+            assert np.array_equal(M[k], w), k
+            continue
+        b = A["base_model.model." + k.replace(".weight", ".lora_B.weight")]
+        delta = s * (b.astype(np.float64) @ a.astype(np.float64))       # [out, in]
+        if family == "gpt2":
+            delta = delta.T                                                # Conv1D [in, out]
+        want = (w.astype(np.float64) + delta).astype(np.float32)
+        assert np.abs(M[k].astype(np.float64) - want).max() <= 1e-6 * np.abs(want).max(), k
+        changed += 1
+    assert changed == 2 * (3 if family == "gpt2" else 7) + (2 if family == "gpt2" else 0)  # c_proj: two per layer
+    bp, _ = batch_file(tmp_path)
+    harness("model-fb", "--model", base, "--lora", ad, "--batch", bp, "--out", tmp_path / "a.st")
+    harness("model-fb", "--model", tmp_path / "merged", "--batch", bp, "--out", tmp_path / "m.st")
+    la, lm = st.load(str(tmp_path / "a.st"))[0]["logits"], st.load(str(tmp_path / "m.st"))[0]["logits"]
+    assert rel_err(lm, la) <= 1e-5
+    lb = (harness("model-fb", "--model", base, "--batch", bp, "--out", tmp_path / "b.st"),
+          st.load(str(tmp_path / "b.st"))[0]["logits"])[1]
+    assert rel_err(lm, lb) > 1e-3   # the merge changed the model
+    # the adapter names its base: --model may be left out
+    fdpo("merge", "--lora", ad, "--out", tmp_path / "merged2")
+    assert (tmp_path / "merged2" / "model.safetensors").read_bytes() == (tmp_path / "merged" / "model.safetensors").read_bytes()
+
+
+def dpo(tmp_path, base, out, *extra, steps=4):
+    write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    return fdpo("dpo", "--model", base, "--data", tmp_path / "pairs.jsonl", "--out", out, "--steps", steps,
+                "--batch-size", 2, "--threads", 1, "--quiet", "--eval-every", 0, "--lr", "5e-3",
+                *([] if "--ref-live" in extra else ["--ref-cache-dir", tmp_path / "cache"]), *extra)
+
+
+def metrics(d):
+    return [json.loads(l) for l in open(d / "metrics.jsonl")]
+
+
+def test_dpo_lora_live_reference_is_the_base_and_resume_is_exact(tmp_path):
+    base = make_llama(tmp_path / "base")
+    lora = ["--lora-r", 8, "--lora-alpha", 16, "--lora-targets", "q_proj,k_proj,v_proj,o_proj"]
+    dpo(tmp_path, base, tmp_path / "cached", *lora)
+    dpo(tmp_path, base, tmp_path / "live", *lora, "--ref-live")
+    mc, ml = metrics(tmp_path / "cached"), metrics(tmp_path / "live")
+    assert abs(mc[0]["loss"] - math.log(2)) <= 1e-6      # B = 0: the policy is the reference at step 1
+    assert mc[-1]["loss"] < mc[0]["loss"]                  # and the adapters learn
+    for a, b in zip(mc, ml):
+        for k in ("loss", "rewards/margins", "logps/chosen", "grad_norm"):
+            assert abs(a[k] - b[k]) <= 1e-5 * max(1, abs(a[k])), (k, a[k], b[k])
+    assert not (tmp_path / "cached" / "model.safetensors").exists()
+    state = st.load(str(tmp_path / "cached" / "training_state.safetensors"))[0]
+    assert state and all(k.split(".", 1)[1].startswith("base_model.model.") for k in state)   # the adapter's moments only
+    # interrupted after step 2 and resumed (with dropout): the same bytes as the straight run
+    drop = [*lora, "--lora-dropout", 0.1]
+    dpo(tmp_path, base, tmp_path / "full", *drop)
+    dpo(tmp_path, base, tmp_path / "split", *drop, "--stop-at", 2)
+    write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    fdpo("dpo", "--out", tmp_path / "split", "--resume", "--data", tmp_path / "pairs.jsonl", "--model", base,
+         "--ref-cache-dir", tmp_path / "cache", "--quiet")
+    for f in ("adapter_model.safetensors", "training_state.safetensors"):
+        assert (tmp_path / "full" / f).read_bytes() == (tmp_path / "split" / f).read_bytes(), f
+    assert (tmp_path / "full" / "adapter_model.safetensors").read_bytes() != \
+        (tmp_path / "cached" / "adapter_model.safetensors").read_bytes()   # dropout changed the run
+
+
+def test_kto_lora_reference_is_the_base_with_adapters_off(tmp_path):
+    base = make_gpt2(tmp_path / "base")
+    write_jsonl(tmp_path / "kto.jsonl", [{"prompt": f"p{i}:", "completion": [" yes good", " no bad"][i % 2],
+                                          "label": i % 2 == 0} for i in range(12)])
+    run = lambda out, *a: fdpo("kto", "--model", base, "--data", tmp_path / "kto.jsonl", "--out", out, "--steps", 3,
+                               "--batch-size", 4, "--threads", 1, "--quiet", "--eval-every", 0, "--lr", "1e-2",
+                               "--lora-r", 4, "--lora-targets", "c_attn,c_fc", *a)
+    run(tmp_path / "self")                     # the policy with adapters off is the reference
+    run(tmp_path / "copy", "--ref", base)      # a second copy of the base
+    ms, mc = metrics(tmp_path / "self"), metrics(tmp_path / "copy")
+    assert len(ms) == 3 and ms[-1]["loss"] < ms[0]["loss"]
+    for a, b in zip(ms, mc):
+        for k in ("loss", "kl", "grad_norm"):
+            assert abs(a[k] - b[k]) <= 1e-5 * max(1, abs(a[k])), (k, a[k], b[k])
+    assert (tmp_path / "self" / "adapter_model.safetensors").exists()
+
+
+def test_sft_lora_resume_is_exact(tmp_path):
+    base = make_gpt2(tmp_path / "base")
+    lora = ["--lora-r", 4, "--lora-targets", "c_attn,c_proj", "--lora-dropout", 0.2]
+    train_adapter(tmp_path, base, tmp_path / "full", *lora, steps=4)
+    train_adapter(tmp_path, base, tmp_path / "split", *lora, "--stop-at", 2, steps=4)
+    fdpo("sft", "--out", tmp_path / "split", "--resume", "--data", tmp_path / "sft.jsonl", "--quiet")
+    for f in ("adapter_model.safetensors", "training_state.safetensors"):
+        assert (tmp_path / "full" / f).read_bytes() == (tmp_path / "split" / f).read_bytes(), f
+
+
+# run by a fresh interpreter (without torch): fork + exec fdpo, print the child's ru_maxrss (KiB)
+RSS_PROBE = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, ru = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), ru.ru_maxrss)
+"""
+
+
+def peak_rss_mib(args):
+    """peak RSS of one fdpo run. Measured from a small parent: a child forked from this process
+    (torch loaded, ~300 MiB) would carry the parent's RSS into its own ru_maxrss."""
+    r = subprocess.run(["/usr/bin/python3", "-c", RSS_PROBE, FDPO, *map(str, args)], capture_output=True, text=True)
+    code, kib = r.stdout.split()[-2:]
+    assert code == "0", r.stdout + r.stderr
+    return int(kib) / 1024
+
+
+def test_dpo_lora_peak_memory_below_full_dpo(tmp_path):
+    # GPT-2 with C=256, L=6: 4.8M parameters, 18 MiB per fp32 copy. Full DPO holds weights,
+    # gradients and two AdamW moments (4 copies); LoRA DPO holds the weights and the small
+    # adapter (its gradients and moments), so the difference is structural: ~3 copies.
+    base = make_gpt2(tmp_path / "base", C=256, L=6)
+    n_params = sum(v.size for v in st.load(str(base / "model.safetensors"))[0].values())
+    copy_mib = n_params * 4 / 2 ** 20
+    write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    common = ["dpo", "--model", base, "--data", tmp_path / "pairs.jsonl", "--steps", 2, "--batch-size", 2,
+              "--threads", 1, "--quiet", "--eval-every", 0, "--ref-cache-dir", tmp_path / "cache"]
+    full = peak_rss_mib([*common, "--out", tmp_path / "full"])
+    lora = peak_rss_mib([*common, "--out", tmp_path / "lora", "--lora-r", 16, "--lora-alpha", 32,
+                         "--lora-targets", "c_attn,c_proj,c_fc"])
+    print(f"peak RSS: full DPO {full:.1f} MiB, LoRA DPO {lora:.1f} MiB ({n_params} parameters, {copy_mib:.1f} MiB per copy)")
+    assert lora < full
+    # full DPO trains with 4 copies; LoRA's peak is loading (file pages + the float copy, ~2
+    # copies): at least 1.5 copies apart whatever the loader does (observed 2.3)
+    assert full - lora >= 1.5 * copy_mib, (full, lora, copy_mib)
+
+
+def test_bad_lora_flags_are_refused(tmp_path):
+    base = make_gpt2(tmp_path / "base")
+    llama = make_llama(tmp_path / "lbase")
+    write_jsonl(tmp_path / "sft.jsonl", sft_rows())
+    run = lambda *a: fdpo("sft", "--data", tmp_path / "sft.jsonl", "--out", tmp_path / "o", "--steps", 1,
+                          "--quiet", "--eval-every", 0, *a, check=False)
+    r = run("--model", base, "--lora-r", 4, "--lora-targets", "q_proj")
+    assert r.returncode != 0 and "--lora-targets: 'q_proj' matches no linear layer" in r.stderr
+    assert "attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj" in r.stderr
+    r = run("--model", llama, "--lora-r", 4, "--lora-targets", "q_proj,c_fc")
+    assert r.returncode != 0 and "'c_fc'" in r.stderr and "self_attn.q_proj" in r.stderr and "mlp.down_proj" in r.stderr
+    r = run("--model", base, "--lora-r", -2)
+    assert r.returncode != 0 and "--lora-r: -2 must be >= 1" in r.stderr
+    r = run("--model", base, "--lora-r", 0, "--lora-targets", "c_attn")
+    assert r.returncode != 0 and "--lora-targets: has no effect without --lora-r" in r.stderr
+    r = run("--model", base, "--lora-r", 4, "--lora-dropout", 1)
+    assert r.returncode != 0 and "--lora-dropout" in r.stderr
+    r = run("--model", base, "--lora-r", 4, "--lora-alpha", 0)
+    assert r.returncode != 0 and "--lora-alpha" in r.stderr
+    r = run("--lora-r", 4)   # random init
+    assert r.returncode != 0 and "--lora-r: LoRA adapts a pretrained model" in r.stderr
+    for cmd in ("rm", "online", "rl"):   # no LoRA there: the flag does not exist
+        r = fdpo(cmd, "--model", base, "--lora-r", 4, check=False)
+        assert r.returncode != 0 and "lora-r" in r.stderr, cmd
+    r = fdpo("pretrain", "--data", tmp_path / "sft.jsonl", "--out", tmp_path / "p", "--model", base, "--lora-r", 4,
+             check=False)
+    assert r.returncode != 0 and "fdpo pretrain does not train LoRA adapters" in r.stderr
+    # an adapter directory is not a model: the message says how to merge it
+    train_adapter(tmp_path, base, tmp_path / "ad", "--lora-r", 2, steps=1)
+    r = fdpo("info", tmp_path / "ad", check=False)
+    assert r.returncode != 0 and "holds a LoRA adapter" in r.stderr and "fdpo merge --lora" in r.stderr
+    r = fdpo("merge", "--lora", base, "--model", base, "--out", tmp_path / "m", check=False)
+    assert r.returncode != 0 and "has no adapter_config.json" in r.stderr
+    # an adapter on a model of the other family
+    r = fdpo("merge", "--lora", tmp_path / "ad", "--model", llama, "--out", tmp_path / "m", check=False)
+    assert r.returncode != 0 and "adapter_config.json: fan_in_fan_out true does not fit this llama" in r.stderr
+
+
+def write_peft(d, base_cfg_layers, modules, dims, r, alpha, dropout, targets, seed=5, extra=None):
+    """an adapter directory as PEFT's save_pretrained writes it (Llama naming)"""
+    d.mkdir()
+    g = torch.Generator().manual_seed(seed)
+    t = {}
+    for i in range(base_cfg_layers):
+        for mod in modules:
+            fan_in, fan_out = dims[mod]
+            key = f"base_model.model.model.layers.{i}.{mod}"
+            t[key + ".lora_A.weight"] = (torch.rand(r, fan_in, generator=g) - 0.5).numpy()
+            t[key + ".lora_B.weight"] = (torch.randn(fan_out, r, generator=g) * 0.2).numpy()
+    st.save(str(d / "adapter_model.safetensors"), t, metadata={"format": "pt"})
+    cfg = {"alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": None, "bias": "none",
+           "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True, "layer_replication": None,
+           "layers_pattern": None, "layers_to_transform": None, "loftq_config": {}, "lora_alpha": alpha,
+           "lora_dropout": dropout, "megatron_config": None, "megatron_core": "megatron.core", "modules_to_save": None,
+           "peft_type": "LORA", "r": r, "rank_pattern": {}, "revision": None, "target_modules": targets,
+           "task_type": "CAUSAL_LM", "use_dora": False, "use_rslora": False}
+    cfg.update(extra or {})
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_peft_files_from_python_load_and_dropout_gradients_are_consistent(tmp_path):
+    base = make_llama(tmp_path / "base")
+    w = st.load(str(base / "model.safetensors"))[0]
+    modules = ["self_attn.v_proj", "mlp.down_proj"]
+    dims = {m: w[f"model.layers.0.{m}.weight"].shape[::-1] for m in modules}
+    ad = write_peft(tmp_path / "ad", 2, modules, dims, 3, 6, 0.5, ["v_proj", "down_proj"])
+    bp, d = batch_file(tmp_path)
+    fb = lambda out, adapter, *a: (harness("model-fb", "--model", base, "--lora", adapter, "--batch", bp, "--out", out,
+                                           "--threads", 1, *a), st.load(str(out))[0])[1]
+    # no --lora-train: dropout off; the Python-written adapter gives the reference's numbers
+    got = fb(tmp_path / "eval.st", ad)
+    logits, grads = reference(LoraRef(base, ad), "llama", d)
+    assert rel_err(got["logits"], logits) <= 1e-5
+    for k, g in grads.items():
+        assert rel_err(got[k], g) <= 1e-4, k
+    # training mode: dropout masks change the output, deterministically per step
+    t5 = fb(tmp_path / "t5.st", ad, "--lora-train", 5)
+    assert rel_err(t5["logits"], got["logits"]) > 1e-4
+    assert np.array_equal(fb(tmp_path / "t5b.st", ad, "--lora-train", 5)["logits"], t5["logits"])
+    assert not np.array_equal(fb(tmp_path / "t6.st", ad, "--lora-train", 6)["logits"], t5["logits"])
+    # the backward uses the forward's masks: central differences of sum_t d_t logp_t
+    # (same step, so the same masks) agree with the adapter gradients
+    tensors = st.load(str(ad / "adapter_model.safetensors"))[0]
+    obj = lambda res: float(np.dot(np.asarray(d, dtype=np.float64), res["token_logp"].astype(np.float64)))
+    h = 1e-2
+    for k in sorted(tensors)[:4]:
+        g = t5[k]
+        idx = np.unravel_index(np.argmax(np.abs(g)), g.shape)
+        vals = []
+        for sign in (1, -1):
+            pert = {n: v.copy() for n, v in tensors.items()}
+            pert[k][idx] += sign * h
+            pd = tmp_path / f"p{sign}"
+            pd.mkdir(exist_ok=True)
+            st.save(str(pd / "adapter_model.safetensors"), pert, metadata={"format": "pt"})
+            (pd / "adapter_config.json").write_text((ad / "adapter_config.json").read_text())
+            vals.append(obj(fb(pd / "r.st", pd, "--lora-train", 5)))
+        fd = (vals[0] - vals[1]) / (2 * h)
+        assert abs(fd - g[idx]) <= 2e-2 * abs(g[idx]) + 1e-4, (k, fd, g[idx])
+    # PEFT options fdpo does not implement are refused by name
+    for i, (key, val) in enumerate([("use_dora", True), ("rank_pattern", {"v_proj": 8}), ("bias", "all")]):
+        bad = write_peft(tmp_path / f"bad{i}", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"], extra={key: val})
+        r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)
+        assert r.returncode != 0 and key in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None or os.environ.get("FDPO_SANITIZED") == "1",
+                    reason="needs Open MPI (and the plain build: LeakSanitizer reports Open MPI's allocations)")
+def test_dpo_lora_data_parallel_equals_one_process(tmp_path):
+    # two ranks take one micro-batch each; the adapter gradients are allreduced (lora->view)
+    base = make_gpt2(tmp_path / "base")
+    lora = ["--lora-r", 4, "--lora-alpha", 8, "--lora-targets", "c_attn,c_fc"]
+    dpo(tmp_path, base, tmp_path / "one", *lora, "--batch-size", 1, "--grad-accum", 2)
+    write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    args = ["dpo", "--model", base, "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "two", "--steps", 4,
+            "--threads", 1, "--quiet", "--eval-every", 0, "--lr", "5e-3", "--ref-cache-dir", tmp_path / "cache",
+            *lora, "--batch-size", 1, "--grad-accum", 2]
+    r = subprocess.run([shutil.which("mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", "2", FDPO,
+                        *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    a = st.load(str(tmp_path / "one" / "adapter_model.safetensors"))[0]
+    b = st.load(str(tmp_path / "two" / "adapter_model.safetensors"))[0]
+    assert set(a) == set(b)
+    va = np.concatenate([a[k].ravel() for k in sorted(a)]).astype(np.float64)
+    vb = np.concatenate([b[k].ravel() for k in sorted(b)]).astype(np.float64)
+    assert np.linalg.norm(va - vb) / np.linalg.norm(va) <= 1e-5
+    assert metrics(tmp_path / "two")[-1]["loss"] < metrics(tmp_path / "two")[0]["loss"]   # and it trained
