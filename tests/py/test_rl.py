@@ -270,3 +270,54 @@ def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
     # the phase split is logged, in seconds
     for m in (json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")):
         assert all(m[k] >= 0 for k in TIMING[1:])
+
+
+SLOW_LETTERS = "import time\ntime.sleep(0.3)\n" + LETTERS
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_signalled_run_resumes_bit_exactly(tmp_path, sig):
+    """fdpo rl stopped by a signal while it runs: SIGINT after step 2 is logged (it saves after
+    the step it is in and exits naming --resume), SIGKILL after step 3 is logged with a
+    --save-every 2 checkpoint (step 3's metrics line is then ahead of the checkpoint). Either
+    way --resume ends byte-identical to the uninterrupted run, each step logged once."""
+    import signal
+    import subprocess
+    import time
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(5)))
+    (tmp_path / "slow.py").write_text(SLOW_LETTERS)  # time to signal the run mid-step
+    (tmp_path / "fast.py").write_text(LETTERS)       # the same rewards, for the uninterrupted run
+    args = lambda out: [FDPO, "rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt", "--out", out,
+                        "--reward", f"cmd:/usr/bin/python3 {tmp_path / ('fast.py' if out.name == 'a' else 'slow.py')}",
+                        "--steps", 6, "--n", 2,
+                        "--prompts-per-step", 2, "--max-new-tokens", 6, "--lr", "1e-2", "--threads", 1,
+                        "--save-every", 2]
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = subprocess.run(list(map(str, args(a))), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    p = subprocess.Popen(list(map(str, args(b))), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for = 2 if sig == "SIGINT" else 3
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if (b / "metrics.jsonl").exists() and len((b / "metrics.jsonl").read_text().splitlines()) >= wait_for:
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0
+    saved = json.loads((b / "training_state.json").read_text())["step"]
+    if sig == "SIGINT":
+        assert "interrupted after step" in err and "--resume" in err, err
+        assert saved < 6
+    else:
+        assert saved in (2, 4)
+    r = subprocess.run([FDPO, "rl", "--out", str(b), "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for f in ("model.safetensors", "training_state.safetensors"):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    ma, mb = untimed(a / "metrics.jsonl"), untimed(b / "metrics.jsonl")
+    assert [m["step"] for m in mb] == list(range(1, 7)) and mb == ma
