@@ -187,6 +187,13 @@ def test_resume_continues_the_same_run(tmp_path):
     tb, _ = st.load(str(tmp_path / "b" / "model.safetensors"))
     for k in ta:
         assert np.array_equal(ta[k], tb[k]), k
+    # the AdamW moments too, and the metrics (training and eval lines): each once, the same numbers
+    assert (tmp_path / "a" / "training_state.safetensors").read_bytes() == \
+        (tmp_path / "b" / "training_state.safetensors").read_bytes()
+    untimed = lambda d: [{k: v for k, v in json.loads(x).items() if k != "tokens_per_sec"}
+                         for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert untimed(tmp_path / "a") == untimed(tmp_path / "b")
+    assert sorted({m["step"] for m in untimed(tmp_path / "b")}) == list(range(0, 7))  # 0: the eval before training
 
 
 def test_bad_inputs(rm_dir, tmp_path):
