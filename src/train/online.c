@@ -33,24 +33,6 @@ typedef struct {
     double t_sampling, t_scoring, t_training;   /* seconds: generation; reward + log-probs; f-DPO */
 } round_stats;
 
-/* log pi and log pi_ref of each sample's tokens: l = sequence log-ratio */
-static int score_samples(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, int32_t *const *ids, const size_t *lens,
-                         const fdpo_sample *s, size_t N, double *logp, double *logp_ref) {
-    size_t max_len = 0;
-    for (size_t i = 0; i < N; i++) if (lens[s[i].prompt_index] + s[i].n_tokens > max_len) max_len = lens[s[i].prompt_index] + s[i].n_tokens;
-    fdpo_decoder *pd = fdpo_decoder_create(policy, 1, max_len), *rd = fdpo_decoder_create(ref, 1, max_len);
-    int rc = pd && rd ? 0 : -1;
-    for (size_t i = 0; rc == 0 && i < N; i++) {
-        fdpo_seq_score sc = {0};
-        rc = fdpo_score_sequence(pd, rd, ids[s[i].prompt_index], lens[s[i].prompt_index], s[i].tokens, s[i].n_tokens, NULL, 0, &sc);
-        logp[i] = sc.logp;
-        logp_ref[i] = sc.logp_ref;
-    }
-    if (pd) fdpo_decoder_free(pd);
-    if (rd) fdpo_decoder_free(rd);
-    return rc;
-}
-
 /* Sample, score, pair: writes pairs_path; fills st. */
 static int make_round_pairs(const fdpo_online_opts *o, long k, const char *policy_dir, const char *ref_dir,
                             char **prompts, size_t n_prompts, fdpo_reward *reward, const char *pairs_path,
@@ -74,7 +56,8 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
     double sec[2] = {0, 0};
     int rc = fdpo_sample_and_score(policy, tok, &o->sample, "round", k, ps, P, (size_t)o->n, reward, &ids, &lens, &s, pp, cc, r, sec);
     double t_logp = fdpo_now();
-    if (rc == 0) rc = score_samples(policy, ref, ids, lens, s, N, logp, lref);
+    if (rc == 0) rc = fdpo_samples_logp(policy, ids, lens, s, N, logp);   /* l = log pi - log pi_ref */
+    if (rc == 0) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
     memset(st, 0, sizeof *st);
     st->t_sampling = sec[0];
     st->t_scoring = sec[1] + (fdpo_now() - t_logp);
