@@ -145,6 +145,8 @@ def test_trained_reward_model_agrees_with_synthetic_reward(tmp_path):
         for row in held:
             P, C, R = tokenize_pair(row)
             agree += reward(ref, score, seq(P, C)) > reward(ref, score, seq(P, R))
+    print(f"reward model agrees with the length reward on {int(agree)}/{len(held)} held-out pairs "
+          f"({100 * float(agree) / len(held):.0f}%)")
     assert agree / len(held) >= 0.9, (agree, r.stderr)
     # fdpo's own held-out accuracy is the same count
     summary = json.loads((out / "eval_summary.json").read_text())
