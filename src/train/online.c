@@ -136,30 +136,25 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
     return rc;
 }
 
-static int append_metrics(const char *out, long k, long rounds, double beta, const round_stats *st) {
-    char *path = fdpo_path_join(out, "metrics.jsonl");
-    FILE *f = fopen(path, "a");
-    if (!f) { int rc = fdpo_error("%s: %s", path, strerror(errno)); free(path); return rc; }
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "round", (double)k);
-    cJSON_AddNumberToObject(o, "objective/scores", st->scores);
-    cJSON_AddNumberToObject(o, "objective/kl", st->kl);
-    cJSON_AddNumberToObject(o, "objective/entropy", st->entropy);
-    cJSON_AddNumberToObject(o, "objective/non_score_reward", -beta * st->kl);
-    cJSON_AddNumberToObject(o, "objective/rlhf_reward", st->scores - beta * st->kl);
-    cJSON_AddNumberToObject(o, "val/contain_eos_token", st->eos);
-    cJSON_AddNumberToObject(o, "val/num_completion_tokens", st->length);
-    cJSON_AddNumberToObject(o, "pairs", st->pairs);
-    cJSON_AddNumberToObject(o, "pairs/reward_gap", st->reward_gap);
-    cJSON_AddNumberToObject(o, "time/sampling", st->t_sampling);
-    cJSON_AddNumberToObject(o, "time/scoring", st->t_scoring);
-    cJSON_AddNumberToObject(o, "time/training", st->t_training);
-    cJSON_AddNumberToObject(o, "progress", (double)(k + 1) / (double)rounds);
-    char *line = cJSON_PrintUnformatted(o);
-    fprintf(f, "%s\n", line);
-    int rc = fclose(f) == 0 ? 0 : fdpo_error("%s: write failed", path);
-    free(line); cJSON_Delete(o); free(path);
-    return rc;
+/* One line of DIR/metrics.jsonl per round, "step" = round + 1 (so a resume drops the lines of
+ * rounds after the last complete one, as fdpo_metrics_open does for steps). */
+static int write_round_metrics(fdpo_metrics *mw, long k, long rounds, double beta, const round_stats *st) {
+    fdpo_metrics_begin(mw, (size_t)k + 1);
+    fdpo_metrics_add(mw, "round", (double)k);
+    fdpo_metrics_add(mw, "objective/scores", st->scores);
+    fdpo_metrics_add(mw, "objective/kl", st->kl);
+    fdpo_metrics_add(mw, "objective/entropy", st->entropy);
+    fdpo_metrics_add(mw, "objective/non_score_reward", -beta * st->kl);
+    fdpo_metrics_add(mw, "objective/rlhf_reward", st->scores - beta * st->kl);
+    fdpo_metrics_add(mw, "val/contain_eos_token", st->eos);
+    fdpo_metrics_add(mw, "val/num_completion_tokens", st->length);
+    fdpo_metrics_add(mw, "pairs", st->pairs);
+    fdpo_metrics_add(mw, "pairs/reward_gap", st->reward_gap);
+    fdpo_metrics_add(mw, "time/sampling", st->t_sampling);
+    fdpo_metrics_add(mw, "time/scoring", st->t_scoring);
+    fdpo_metrics_add(mw, "time/training", st->t_training);
+    fdpo_metrics_add(mw, "progress", (double)(k + 1) / (double)rounds);
+    return fdpo_metrics_end(mw);
 }
 
 int fdpo_online_run(const fdpo_online_opts *o) {
@@ -197,6 +192,10 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     const char *ref0 = o->ref ? o->ref : o->model;
     fdpo_progress prog;
     int prog_on = rc == 0 && start < o->rounds;
+    /* the metrics of complete rounds only: a line written for a round that then did not
+     * become round-K (a crash before the rename) is dropped and written again */
+    fdpo_metrics mw = {0};
+    if (prog_on) rc = fdpo_metrics_open(&mw, o->out, (size_t)start);
     if (prog_on) fdpo_progress_start(&prog, "online rounds", (size_t)o->rounds);
     for (long k = start; rc == 0 && k < o->rounds; k++) {
         char *prev = k > 0 ? round_path(o->out, k - 1, "") : fdpo_strdup(o->model);
@@ -234,8 +233,8 @@ int fdpo_online_run(const fdpo_online_opts *o) {
             st.t_training = fdpo_now() - t0;
             if (rc) fdpo_error_context("round %ld: f-DPO on %s", k, pairs);
         }
+        if (rc == 0) rc = write_round_metrics(&mw, k, o->rounds, o->dpo.dpo.loss.beta, &st);
         if (rc == 0 && rename(partial, done) != 0) rc = fdpo_error("round %ld: rename %s -> %s: %s", k, partial, done, strerror(errno));
-        if (rc == 0) rc = append_metrics(o->out, k, o->rounds, o->dpo.dpo.loss.beta, &st);
         if (rc == 0) {
             char extra[128];
             snprintf(extra, sizeof extra, "reward %.4g kl %.4g pairs %g", st.scores, st.kl, st.pairs);
@@ -244,6 +243,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         free(prev); free(pairs); free(partial); free(done);
     }
     if (prog_on && rc == 0) fdpo_progress_end(&prog);
+    fdpo_metrics_close(&mw);
     fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
     return rc;

@@ -147,8 +147,13 @@ def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_pat
     # a fresh run into the same directory is refused; --resume continues after round 0
     r = online(setup, out, "--rounds", 2, check=False)
     assert r.returncode != 0 and "--resume" in r.stderr
+    # a crash after round 1's metrics line was written but before round-1 was renamed into
+    # place leaves a line for a round that is not complete: the resume drops it
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 2, "round": 1, "stale": True}) + "\n")
     online(setup, out, "--rounds", 2, "--resume")
-    assert [x["round"] for x in metrics(out)] == [0, 1]
+    assert [x["round"] for x in metrics(out)] == [0, 1] and not any("stale" in x for x in metrics(out))
+    assert [x["step"] for x in metrics(out)] == [1, 2]
     assert (out / "round-1" / "model.safetensors").exists()
 
 
