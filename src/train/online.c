@@ -174,7 +174,9 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
     if (!reward) { fdpo_free_strings(prompts, n_prompts); return -1; } /* the message names --reward */
-    int rc = fdpo_mkdir_p(o->out);
+    /* one run per directory: a second one would sample and rename the same rounds */
+    int rc = fdpo_mkdir_p(o->out), locked = 0;
+    if (rc == 0) locked = (rc = fdpo_dir_lock(o->out, "--out")) == 0;
     long start = 0;
     if (rc == 0) {
         /* completed rounds: DIR/round-0 .. round-(start-1) */
@@ -244,6 +246,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     }
     if (prog_on && rc == 0) fdpo_progress_end(&prog);
     fdpo_metrics_close(&mw);
+    if (locked) fdpo_dir_unlock(o->out);
     fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
     return rc;

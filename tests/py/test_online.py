@@ -223,3 +223,15 @@ def test_round_without_pairs_carries_the_policy_over(setup, tmp_path):
     assert "no pairs" in r.stderr
     assert [x["pairs"] for x in metrics(out)] == [0, 0]
     assert (out / "round-0" / "model.safetensors").read_bytes() == (out / "round-1" / "model.safetensors").read_bytes()
+
+
+def test_a_directory_in_use_is_refused(setup, tmp_path):
+    # another process holds OUT.lock (as a running `fdpo online` does): refused, naming it
+    import fcntl
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(str(out) + ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = online(setup, out, "--rounds", 1, check=False)
+    assert r.returncode != 0 and "--out" in r.stderr and "in use by another run" in r.stderr, r.stderr
+    assert not (out / "round-0.pairs.jsonl").exists()
