@@ -13,6 +13,8 @@ T=${THREADS:-2}
 /usr/bin/python3 bench/bench_train_step.py --threads "$T"
 /usr/bin/python3 bench/bench_dpo_step.py --threads "$T"
 /usr/bin/python3 bench/bench_sample.py --threads "$T"
+/usr/bin/python3 bench/bench_online.py --threads "$T"
+/usr/bin/python3 bench/bench_rl.py --threads "$T"
 /usr/bin/python3 bench/bench_tokenizer.py
 bash bench/bench_lab.sh
 # data parallelism: 2 ranks x 1 thread vs 1 rank x 2 threads (needs mpirun; docs/scaling.md)

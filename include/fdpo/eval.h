@@ -127,19 +127,20 @@ int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *cons
  * reproducible per round), scored with reward. Fills ids/lens and s (free them with
  * fdpo_free_ids and fdpo_samples_free, also after an error) and, for the N = P*k samples,
  * pp/cc (their prompts and texts, borrowed from ps and s) and r (their rewards). Errors
- * name the round as "WHAT ROUND: --reward SPEC: ...". */
+ * name the round as "WHAT ROUND: --reward SPEC: ...". seconds (may be NULL) gets the wall time
+ * spent sampling [0] and scoring with the reward [1] (the loops' time/sampling, time/scoring). */
 /* the sampling seed of one round of an on-policy loop: fresh samples every round, reproducible */
 static inline uint64_t fdpo_round_seed(uint64_t seed, long round) { return seed * 1000003u + (uint64_t)round; }
 int fdpo_sample_and_score(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c, const char *what,
                           long round, char *const *ps, size_t P, size_t k, fdpo_reward *reward, int32_t ***ids,
-                          size_t **lens, fdpo_sample **s, char **pp, char **cc, double *r);
+                          size_t **lens, fdpo_sample **s, char **pp, char **cc, double *r, double *seconds);
 /* The same split over the MPI ranks by prompt: each rank samples and scores its block of
  * prompts; samples and rewards are gathered to every rank in prompt order, identical to a
  * single process's (src/eval/sample_ranks.c). */
 int fdpo_sample_and_score_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c,
                                 const char *what, long round, char *const *ps, size_t P, size_t k,
                                 fdpo_reward *reward, int32_t ***ids, size_t **lens, fdpo_sample **s, char **pp,
-                                char **cc, double *r);
+                                char **cc, double *r, double *seconds);
 /* For a program's SIGINT/SIGTERM handler (async-signal-safe; the library installs none):
  * SIGKILLs the process group of the reward program running now, if any, and makes that
  * fdpo_reward_score call, and every later cmd: call, fail with "interrupted". Returns 1 if a

@@ -18,6 +18,7 @@
 #define FDPO_ONLINE_H
 #include "fdpo/dpo.h"
 #include "fdpo/eval.h"
+#include "fdpo/trainer.h"
 
 typedef struct {
     const char *model;           /* initial policy checkpoint */
@@ -41,7 +42,13 @@ int fdpo_online_run(const fdpo_online_opts *o);
 /* --mode step, TRL OnlineDPOTrainer's fully online variant: every optimizer step samples n
  * completions for prompts_per_round prompts from the in-memory policy, pairs the best with the
  * worst of each prompt, and takes one f-DPO step on them (reference in memory, run live).
- * dpo.train.steps steps; DIR gets the final checkpoint and one metrics line per step. */
+ * dpo.train.steps steps, an fdpo_trainer run (kind "online-step") whose items are the prompts
+ * in file order: DIR gets one metrics line per step (with time/sampling, time/scoring,
+ * time/training seconds), checkpoints with training state every save_every steps, at
+ * stop_at, on fdpo_trainer_request_stop and at the end; resume continues one bit-exactly
+ * (the sampling seed of step s is fdpo_round_seed(seed, s); the reference is fixed). */
 int fdpo_online_step_run(const fdpo_online_opts *o);
+/* Its settings under their flag names (training_state.json; --resume refuses a different fixed one). */
+void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s);
 
 #endif

@@ -40,8 +40,14 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, int32_t *const
                  double *adv_out, fdpo_rl_metrics *out);
 
 /* A whole run: steps of (sample k completions for each of prompts_per_step prompts from the
- * current policy, score, fdpo_rl_step, clip, AdamW); OUT gets the final checkpoint and
- * metrics.jsonl. train: lr, steps, grad_clip, adam settings, seed, threads, out, log_every. */
+ * current policy, score, fdpo_rl_step, clip, lr schedule, AdamW), an fdpo_trainer run
+ * (include/fdpo/trainer.h) whose items are the prompts in file order: OUT gets metrics.jsonl
+ * (with time/sampling, time/scoring, time/training seconds per step), checkpoints with
+ * training state every save_every steps, at stop_at, on fdpo_trainer_request_stop and at the
+ * end, and train.resume continues one bit-exactly (the sampling seed of step s is
+ * fdpo_round_seed(seed, s), so it needs no RNG state; the reference is fixed). train: lr,
+ * schedule, steps, grad_clip, adam settings, seed, threads, out, resume, stop_at, save_every,
+ * log_every, overwrite, quiet (train.init/tokenizer/batch_size are set from the fields below). */
 typedef struct {
     fdpo_train_opts train;
     const char *model, *ref, *prompts, *reward;
@@ -51,6 +57,13 @@ typedef struct {
     fdpo_sample_config sample;
 } fdpo_rl_run_opts;
 int fdpo_rl_train(const fdpo_rl_run_opts *o);
+/* The run's own settings under their flag names (saved in training_state.json; --resume
+ * refuses a different fixed one). */
+void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s);
+/* Shared by the on-policy loops (rl, online --mode step): the sampling and reward settings,
+ * and the fingerprint of a prompt list (resume refuses other prompts). */
+void fdpo_sample_config_settings(const fdpo_sample_config *c, const fdpo_reward_options *r, fdpo_settings *s);
+uint64_t fdpo_prompts_hash(char *const *prompts, size_t n);
 
 /* Summed log-probs under m of n samples' tokens (completion, EOT included) after their prompts
  * ids[s.prompt_index]: the reference term of the shaped reward and of objective/kl. */

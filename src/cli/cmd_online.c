@@ -8,10 +8,11 @@
 #include "fdpo/online.h"
 
 /* Shared training flags that do not apply: the model is --model, lengths from the samples,
- * every round trains on all its pairs; --resume means "after the last complete round". */
+ * every round trains on all its pairs. --resume means "after the last complete round" in
+ * rounds mode and a trainer resume in step mode (--stop-at, --overwrite: step mode only). */
 static const char *const NOT_FOR_ONLINE[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
                                              "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
-                                             "seq-len", "val-fraction", "overwrite", "stop-at", "lora-r", "lora-alpha", "lora-dropout", "lora-targets", NULL};
+                                             "seq-len", "val-fraction", "lora-r", "lora-alpha", "lora-dropout", "lora-targets", NULL};
 
 int cmd_online(int argc, char **argv) {
     static const char usage[] =
@@ -50,7 +51,7 @@ int cmd_online(int argc, char **argv) {
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
     n = train_flags_add_except(flags, n, &o.dpo.train, NOT_FOR_ONLINE);
     train_flags_set_help(flags, n, "out", "run directory: round-K/ checkpoints, round-K.pairs.jsonl, metrics.jsonl (required)");
-    train_flags_set_help(flags, n, "resume", "continue after the last complete round in --out");
+    train_flags_set_help(flags, n, "resume", "rounds: continue after the last complete round in --out; step: continue the saved run bit-exactly");
     train_flags_set_help(flags, n, "batch-size", "pairs per micro-batch of each round's f-DPO");
     train_flags_set_help(flags, n, "epochs", "passes over each round's pairs (when --steps is 0)");
     o.dpo.train.n_layer = o.dpo.train.n_head = o.dpo.train.n_embd = o.dpo.train.n_positions = o.dpo.train.seq_len = 1;
@@ -65,9 +66,14 @@ int cmd_online(int argc, char **argv) {
     if (rc) return -1;
     rc = -1;
     if (n_pos > 0) { fdpo_error("unexpected argument '%s'", pos[0]); goto done; }
-    /* the run directory's --resume is per round (fdpo_online_run), not a trainer resume */
+    /* rounds mode resumes per round (fdpo_online_run), not as a trainer; a step-mode run
+     * directory holds training_state.json, whose saved flags (--mode among them) then apply */
     o.resume = o.dpo.train.resume;
-    o.dpo.train.resume = 0;
+    if (o.resume && o.dpo.train.out) {
+        char *state = fdpo_path_join(o.dpo.train.out, "training_state.json");
+        if (!fdpo_file_exists(state)) o.dpo.train.resume = 0;
+        free(state);
+    }
     if (train_flags_finish(flags, n, &o.dpo.train)) goto done;
     o.out = o.dpo.train.out;
     if (!strcmp(ref_update, "never")) o.ref_update_round = 0;
@@ -91,12 +97,20 @@ int cmd_online(int argc, char **argv) {
     if (max_new <= 0) { fdpo_error("--max-new-tokens: must be > 0 (got %ld)", max_new); goto done; }
     o.sample = (fdpo_sample_config){temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)o.dpo.train.seed, 8, 0};
     fdpo_set_threads((int)o.dpo.train.threads);
-    if (!strcmp(mode, "rounds")) rc = fdpo_online_run(&o);
+    if (!strcmp(mode, "rounds")) {
+        if (flags_was_set(flags, n, "stop-at") || flags_was_set(flags, n, "overwrite")) {
+            fdpo_error("--stop-at, --overwrite: --mode step only (rounds mode resumes after the last complete round)");
+            goto done;
+        }
+        if (o.dpo.train.resume) { fdpo_error("--resume: %s holds a --mode step run (pass --mode step)", o.out); goto done; }
+        rc = fdpo_online_run(&o);
+    }
     else if (!strcmp(mode, "step")) {
         if (flags_was_set(flags, n, "rounds") || o.ref_update_round) {
             fdpo_error("--mode step: --rounds and --ref-update round belong to --mode rounds");
             goto done;
         }
+        train_catch_interrupts();
         rc = fdpo_online_step_run(&o);
     } else fdpo_error("--mode: '%s' is not rounds or step", mode);
 done:

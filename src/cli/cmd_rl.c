@@ -7,13 +7,12 @@
 #include "fdpo/core.h"
 #include "fdpo/rl.h"
 
-/* Shared training flags that do not apply: batches are sampled groups, no data file epochs,
- * no training state yet (so no resume / mid-run saves). */
+/* Shared training flags that do not apply: batches are sampled groups (--prompts-per-step x
+ * --n), no data file epochs, no validation split. */
 static const char *const NOT_FOR_RL[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
                                          "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings", "seq-len",
-                                         "val-fraction", "batch-size", "grad-accum", "epochs", "resume", "stop-at",
-                                         "eval-every", "save-every", "eval-max-seqs", "shuffle", "schedule",
-                                         "warmup-steps", "min-lr-ratio", "lora-r", "lora-alpha", "lora-dropout", "lora-targets", NULL};
+                                         "val-fraction", "batch-size", "grad-accum", "epochs", "eval-every", "eval-max-seqs",
+                                         "shuffle", "lora-r", "lora-alpha", "lora-dropout", "lora-targets", NULL};
 
 int cmd_rl(int argc, char **argv) {
     static const char usage[] =
@@ -49,9 +48,10 @@ int cmd_rl(int argc, char **argv) {
     n = train_flags_add_except(flags, n, &o.train, NOT_FOR_RL);
     train_flags_set_help(flags, n, "out", "output checkpoint directory and metrics.jsonl (required)");
     train_flags_set_help(flags, n, "steps", "policy-gradient steps (each samples new groups)");
+    train_flags_set_help(flags, n, "resume", "continue the run saved in --out bit-exactly (flags default to the saved ones)");
     o.train.n_layer = o.train.n_head = o.train.n_embd = o.train.n_positions = o.train.seq_len = 1;
     o.train.batch_size = o.train.grad_accum = 1; /* the dropped flags' fields, for the shared checks */
-    o.train.schedule = "constant";
+    train_flags_set_default(flags, n, "schedule", "constant");
     train_flags_set_default(flags, n, "lr", "1e-5");
     train_flags_set_default(flags, n, "steps", "100");
     int n_pos = 0;
@@ -71,6 +71,7 @@ int cmd_rl(int argc, char **argv) {
     o.reward_opts.timeout_s = timeout;
     o.sample = (fdpo_sample_config){temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)o.train.seed, 8, 0};
     fdpo_set_threads((int)o.train.threads);
+    train_catch_interrupts();
     rc = fdpo_rl_train(&o);
 done:
     free(pos);

@@ -284,17 +284,20 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
 
 int fdpo_sample_and_score(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c, const char *what,
                           long round, char *const *ps, size_t P, size_t k, fdpo_reward *reward, int32_t ***ids,
-                          size_t **lens, fdpo_sample **s, char **pp, char **cc, double *r) {
+                          size_t **lens, fdpo_sample **s, char **pp, char **cc, double *r, double *seconds) {
     const size_t N = P * k;
+    double t0 = fdpo_now();
     fdpo_sample_config sc = *c;
     sc.seed = fdpo_round_seed(c->seed, round);
     int rc = fdpo_encode_prompts(tok, ps, P, ids, lens);
     if (!rc) rc = fdpo_generate(m, tok, &sc, *ids, *lens, P, k, s);
     if (rc) return rc;
+    double t1 = fdpo_now();
     size_t *nt = fdpo_malloc((N ? N : 1) * sizeof *nt);
     for (size_t i = 0; i < N; i++) { pp[i] = ps[(*s)[i].prompt_index]; cc[i] = (*s)[i].text; nt[i] = (*s)[i].n_completion; }
     rc = fdpo_reward_score(reward, N, pp, cc, nt, r);
     free(nt);
+    if (seconds) { seconds[0] = t1 - t0; seconds[1] = fdpo_now() - t1; }
     if (rc) fdpo_error_context("%s %ld: --reward %s", what, round, fdpo_reward_spec(reward));
     return rc;
 }

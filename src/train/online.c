@@ -30,32 +30,8 @@ static int is_dir(const char *p) {
 /* Per-round statistics of the sampled completions (TRL OnlineDPO / RLOO names). */
 typedef struct {
     double scores, kl, entropy, eos, length, pairs, reward_gap;
+    double t_sampling, t_scoring, t_training;   /* seconds: generation; reward + log-probs; f-DPO */
 } round_stats;
-
-/* log pi and log pi_ref of each sample's tokens: l = sequence log-ratio */
-static int score_samples(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, int32_t *const *ids, const size_t *lens,
-                         const fdpo_sample *s, size_t N, double *logp, double *logp_ref) {
-    size_t max_len = 0;
-    for (size_t i = 0; i < N; i++) if (lens[s[i].prompt_index] + s[i].n_tokens > max_len) max_len = lens[s[i].prompt_index] + s[i].n_tokens;
-    fdpo_decoder *pd = fdpo_decoder_create(policy, 1, max_len), *rd = fdpo_decoder_create(ref, 1, max_len);
-    int rc = pd && rd ? 0 : -1;
-    /* under MPI each rank scores its block and the blocks are summed (x + 0 is exact) */
-    size_t b, e;
-    fdpo_dist_shard(N, &b, &e);
-    memset(logp, 0, N * sizeof *logp);
-    memset(logp_ref, 0, N * sizeof *logp_ref);
-    for (size_t i = b; rc == 0 && i < e; i++) {
-        fdpo_seq_score sc = {0};
-        rc = fdpo_score_sequence(pd, rd, ids[s[i].prompt_index], lens[s[i].prompt_index], s[i].tokens, s[i].n_tokens, NULL, 0, &sc);
-        logp[i] = sc.logp;
-        logp_ref[i] = sc.logp_ref;
-    }
-    if (pd) fdpo_decoder_free(pd);
-    if (rd) fdpo_decoder_free(rd);
-    if (!rc) rc = fdpo_dist_sum_f64(logp, N);
-    if (!rc) rc = fdpo_dist_sum_f64(logp_ref, N);
-    return rc;
-}
 
 /* Sample, score, pair: writes pairs_path; fills st. */
 static int make_round_pairs(const fdpo_online_opts *o, long k, const char *policy_dir, const char *ref_dir,
@@ -77,12 +53,17 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
     fdpo_sample *s = NULL;
     double *r = fdpo_calloc(N, sizeof(double)), *logp = fdpo_calloc(N, sizeof(double)), *lref = fdpo_calloc(N, sizeof(double));
     char **pp = fdpo_calloc(N, sizeof(char *)), **cc = fdpo_calloc(N, sizeof(char *));
-    int rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "round", k, ps, P, (size_t)o->n, reward, &ids, &lens, &s, pp, cc, r);
-    if (rc == 0) rc = score_samples(policy, ref, ids, lens, s, N, logp, lref);
+    double sec[2] = {0, 0};
+    int rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "round", k, ps, P, (size_t)o->n, reward, &ids, &lens, &s, pp, cc, r, sec);
+    double t_logp = fdpo_now();
+    if (rc == 0) rc = fdpo_samples_logp(policy, ids, lens, s, N, logp);   /* l = log pi - log pi_ref */
+    if (rc == 0) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
+    memset(st, 0, sizeof *st);
+    st->t_sampling = sec[0];
+    st->t_scoring = sec[1] + (fdpo_now() - t_logp);
     fdpo_atomic_file af;
     int opened = 0;
     if (rc == 0 && fdpo_dist_is_root()) opened = (rc = fdpo_atomic_open(&af, pairs_path)) == 0;   /* rank 0 writes */
-    memset(st, 0, sizeof *st);
     if (rc == 0 && o->pairs_bt) {
         /* every disjoint pair of a prompt's completions, labels drawn from Bradley-Terry */
         fdpo_sample_rec *recs = fdpo_calloc(N, sizeof *recs);
@@ -155,27 +136,25 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
     return rc;
 }
 
-static int append_metrics(const char *out, long k, long rounds, double beta, const round_stats *st) {
-    char *path = fdpo_path_join(out, "metrics.jsonl");
-    FILE *f = fopen(path, "a");
-    if (!f) { int rc = fdpo_error("%s: %s", path, strerror(errno)); free(path); return rc; }
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "round", (double)k);
-    cJSON_AddNumberToObject(o, "objective/scores", st->scores);
-    cJSON_AddNumberToObject(o, "objective/kl", st->kl);
-    cJSON_AddNumberToObject(o, "objective/entropy", st->entropy);
-    cJSON_AddNumberToObject(o, "objective/non_score_reward", -beta * st->kl);
-    cJSON_AddNumberToObject(o, "objective/rlhf_reward", st->scores - beta * st->kl);
-    cJSON_AddNumberToObject(o, "val/contain_eos_token", st->eos);
-    cJSON_AddNumberToObject(o, "val/num_completion_tokens", st->length);
-    cJSON_AddNumberToObject(o, "pairs", st->pairs);
-    cJSON_AddNumberToObject(o, "pairs/reward_gap", st->reward_gap);
-    cJSON_AddNumberToObject(o, "progress", (double)(k + 1) / (double)rounds);
-    char *line = cJSON_PrintUnformatted(o);
-    fprintf(f, "%s\n", line);
-    int rc = fclose(f) == 0 ? 0 : fdpo_error("%s: write failed", path);
-    free(line); cJSON_Delete(o); free(path);
-    return rc;
+/* One line of DIR/metrics.jsonl per round, "step" = round + 1 (so a resume drops the lines of
+ * rounds after the last complete one, as fdpo_metrics_open does for steps). */
+static int write_round_metrics(fdpo_metrics *mw, long k, long rounds, double beta, const round_stats *st) {
+    fdpo_metrics_begin(mw, (size_t)k + 1);
+    fdpo_metrics_add(mw, "round", (double)k);
+    fdpo_metrics_add(mw, "objective/scores", st->scores);
+    fdpo_metrics_add(mw, "objective/kl", st->kl);
+    fdpo_metrics_add(mw, "objective/entropy", st->entropy);
+    fdpo_metrics_add(mw, "objective/non_score_reward", -beta * st->kl);
+    fdpo_metrics_add(mw, "objective/rlhf_reward", st->scores - beta * st->kl);
+    fdpo_metrics_add(mw, "val/contain_eos_token", st->eos);
+    fdpo_metrics_add(mw, "val/num_completion_tokens", st->length);
+    fdpo_metrics_add(mw, "pairs", st->pairs);
+    fdpo_metrics_add(mw, "pairs/reward_gap", st->reward_gap);
+    fdpo_metrics_add(mw, "time/sampling", st->t_sampling);
+    fdpo_metrics_add(mw, "time/scoring", st->t_scoring);
+    fdpo_metrics_add(mw, "time/training", st->t_training);
+    fdpo_metrics_add(mw, "progress", (double)(k + 1) / (double)rounds);
+    return fdpo_metrics_end(mw);
 }
 
 int fdpo_online_run(const fdpo_online_opts *o) {
@@ -194,7 +173,10 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
     if (!reward) { fdpo_free_strings(prompts, n_prompts); return -1; } /* the message names --reward */
-    int rc = fdpo_mkdir_p(o->out);
+    /* one run per directory: a second one would sample and rename the same rounds */
+    int rc = fdpo_mkdir_p(o->out), locked = 0;
+    if (rc == 0 && fdpo_dist_is_root()) locked = (rc = fdpo_dir_lock(o->out, "--out")) == 0;   /* rank 0 holds it */
+    rc = fdpo_dist_all_ok(rc);
     long start = 0;
     if (rc == 0) {
         /* completed rounds: DIR/round-0 .. round-(start-1) */
@@ -214,6 +196,10 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     const char *ref0 = o->ref ? o->ref : o->model;
     fdpo_progress prog;
     int prog_on = rc == 0 && start < o->rounds;
+    /* the metrics of complete rounds only: a line written for a round that then did not
+     * become round-K (a crash before the rename) is dropped and written again */
+    fdpo_metrics mw = {0};
+    if (prog_on) rc = fdpo_metrics_open(&mw, o->out, (size_t)start);
     if (prog_on) fdpo_progress_start(&prog, "online rounds", (size_t)o->rounds);
     for (long k = start; rc == 0 && k < o->rounds; k++) {
         char *prev = k > 0 ? round_path(o->out, k - 1, "") : fdpo_strdup(o->model);
@@ -247,12 +233,14 @@ int fdpo_online_run(const fdpo_online_opts *o) {
             d.train.overwrite = 1;
             d.data = pairs;
             d.ref = ref;
+            double t0 = fdpo_now();
             rc = fdpo_dpo_train(&d);
+            st.t_training = fdpo_now() - t0;
             if (rc) fdpo_error_context("round %ld: f-DPO on %s", k, pairs);
         }
         if (fdpo_dist_is_root()) {   /* rank 0 writes; the others wait for the finished round */
+            if (rc == 0) rc = write_round_metrics(&mw, k, o->rounds, o->dpo.dpo.loss.beta, &st);
             if (rc == 0 && rename(partial, done) != 0) rc = fdpo_error("round %ld: rename %s -> %s: %s", k, partial, done, strerror(errno));
-            if (rc == 0) rc = append_metrics(o->out, k, o->rounds, o->dpo.dpo.loss.beta, &st);
         }
         if (rc == 0) rc = fdpo_dist_barrier();
         if (rc == 0) {
@@ -263,6 +251,8 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         free(prev); free(pairs); free(partial); free(done);
     }
     if (prog_on && rc == 0) fdpo_progress_end(&prog);
+    fdpo_metrics_close(&mw);
+    if (locked) fdpo_dir_unlock(o->out);
     fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
     return rc;
@@ -270,56 +260,80 @@ int fdpo_online_run(const fdpo_online_opts *o) {
 
 /* ---- --mode step ---- */
 
+void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
+    char div[64];
+    fdpo_divergence_name(&o->dpo.dpo.loss.div, div, sizeof div);
+    fdpo_settings_str(s, "mode", "step", 1);
+    fdpo_settings_str(s, "model", o->model, 1);
+    fdpo_settings_str(s, "ref", o->ref, 1);
+    fdpo_settings_str(s, "data", o->prompts, 1);
+    fdpo_settings_str(s, "reward", o->reward, 1);
+    fdpo_settings_str(s, "divergence", div, 1);
+    fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);
+    fdpo_settings_num(s, "beta", o->dpo.dpo.loss.beta, 1);
+    fdpo_settings_num(s, "n", (double)o->n, 1);
+    fdpo_settings_num(s, "prompts-per-round", (double)o->prompts_per_round, 1);
+    fdpo_sample_config_settings(&o->sample, &o->reward_opts, s);
+}
+
 int fdpo_online_step_run(const fdpo_online_opts *o) {
-    const fdpo_train_opts *t = &o->dpo.train;
     if (!o->model) return fdpo_error("--model: required (the policy to align)");
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
     if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
     if (!o->out) return fdpo_error("--out: required (run directory)");
-    if (o->resume) return fdpo_error("--resume: --mode step keeps no training state yet (rounds mode resumes)");
     if (o->pairs_bt) return fdpo_error("--pairs all-bt: --mode step pairs the best with the worst sample");
-    if (t->steps < 1) return fdpo_error("--steps: --mode step needs --steps >= 1 (got %ld)", t->steps);
+    if (o->dpo.train.steps < 1) return fdpo_error("--steps: --mode step needs --steps >= 1 (got %ld)", o->dpo.train.steps);
     if (o->prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->prompts_per_round);
     if (o->n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->n);
     if (fdpo_sample_config_check(&o->sample) || fdpo_pref_loss_check(&o->dpo.dpo.loss)) return -1;
+    /* an fdpo_trainer run over the prompts (file order, prompts_per_round per step): it
+     * checkpoints with training state, stops and resumes as the other trainers do */
+    fdpo_train_opts t = o->dpo.train;
+    t.init = o->model;
+    t.tokenizer = NULL;
+    t.shuffle = 0;
+    t.batch_size = o->prompts_per_round;
+    t.grad_accum = 1;
+    t.resume = o->resume;
     char **prompts = NULL;
     size_t n_prompts = 0;
     if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data %s", o->prompts);
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
-    fdpo_gpt2 *policy = reward ? fdpo_checkpoint_load_model(o->model) : NULL, *ref = NULL;
-    fdpo_tokenizer *tok = policy ? fdpo_tokenizer_load_dir(o->model) : NULL;
-    if (tok) ref = fdpo_checkpoint_load_model(o->ref ? o->ref : o->model);
-    int rc = reward && policy && tok && ref ? 0 : -1;
-    if (reward && (!policy || !tok)) fdpo_error_context("--model %s", o->model);
-    else if (reward && !ref) fdpo_error_context("--ref %s", o->ref);
-    fdpo_adamw opt = {0};
-    fdpo_metrics mw = {0};
+    fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
+    fdpo_gpt2 *ref = tok ? fdpo_checkpoint_load_model(o->ref ? o->ref : o->model) : NULL;
+    if (tok && !ref) fdpo_error_context("--ref %s", o->ref ? o->ref : o->model);
+    fdpo_settings extra = {0};
+    fdpo_online_step_settings(o, &extra);
+    fdpo_trainer tr;
     fdpo_dpo d = {0};
-    int opt_ok = 0, mw_ok = 0, d_ok = 0;
-    if (!rc) rc = fdpo_mkdir_p(o->out);
-    if (!rc) opt_ok = (rc = fdpo_adamw_init(&opt, policy->n_params, t->beta1, t->beta2, t->adam_eps, t->weight_decay)) == 0;
-    if (!rc) mw_ok = (rc = fdpo_metrics_open(&mw, o->out, 0)) == 0;
+    int rc = reward && tok && ref ? 0 : -1, tr_ok = 0, d_ok = 0;
+    if (!rc) tr_ok = (rc = fdpo_trainer_open(&tr, &t, "online-step", tok, n_prompts, fdpo_prompts_hash(prompts, n_prompts), &extra)) == 0;
+    fdpo_settings_free(&extra);
+    fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
+    tr.progress.phase = "online";
     fdpo_dpo_config cfg = o->dpo.dpo;
     cfg.micro_batch = 0;
     if (!rc) d_ok = (rc = fdpo_dpo_init(&d, policy, ref, &cfg)) == 0;
     const size_t P = (size_t)o->prompts_per_round, K = (size_t)o->n, N = P * K;
     char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
-    double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double));
+    double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double)), *lpol = fdpo_malloc(N * sizeof(double));
     fdpo_pref_pair *pairs = fdpo_calloc(P, sizeof *pairs);
     const fdpo_pref_pair **pptr = fdpo_malloc(P * sizeof *pptr);
-    fdpo_progress prog;
-    if (!rc) fdpo_progress_start(&prog, "online", (size_t)t->steps);
-    for (long step = 0; rc == 0 && step < t->steps; step++) {
-        for (size_t i = 0; i < P; i++) ps[i] = prompts[((size_t)step * P + i) % n_prompts];
+    while (rc == 0 && !fdpo_trainer_done(&tr)) {
+        const long step = (long)tr.state.step;   /* 0-based; the sampling seed is (seed, step) */
+        fdpo_trainer_begin_step(&tr);
+        for (size_t i = 0; i < P; i++) ps[i] = prompts[fdpo_trainer_next_item(&tr)];
         int32_t **ids = NULL;
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
-        rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r);
-        double *lpol = fdpo_malloc(N * sizeof(double));
+        double sec[2] = {0, 0}, t_score, t_train = 0;
+        rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
+        t_score = fdpo_now();
         if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
         if (!rc) rc = fdpo_samples_logp(policy, ids, lens, s, N, lpol);
-        size_t np = 0;
+        sec[1] += fdpo_now() - t_score;
+        size_t np = 0, tokens = 0;
         double gap = 0, scores = 0, kl = 0, ent = 0, eos = 0;
         for (size_t p = 0; rc == 0 && p < P; p++) {
             size_t best = p * K, worst = best;
@@ -337,55 +351,57 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
             q->line = (size_t)step + 1; q->index = np;
             pptr[np++] = q;
             gap += r[best] - r[worst];
+            tokens += 2 * lens[p] + b->n_tokens + w->n_tokens;
         }
         for (size_t i = 0; rc == 0 && i < N; i++) {
             scores += r[i]; kl += lpol[i] - lref[i]; ent -= lpol[i]; eos += s[i].finish == FDPO_FINISH_EOT;
         }
         fdpo_dpo_metrics m = {0};
-        double gn = NAN;
-        if (!rc && np > 0) {
-            fdpo_gpt2_zero_grad(policy);
-            rc = fdpo_dpo_step(&d, pptr, np, NULL, 1, &m, NULL);
-            /* under MPI fdpo_dpo_step's one micro-batch ran on rank 0: every rank takes its gradient */
-            if (!rc) rc = fdpo_dist_sum_f32(policy->grads_memory, policy->n_params);
-            if (!rc) { gn = fdpo_clip_grad_norm(policy, t->grad_clip); fdpo_adamw_step(&opt, policy, t->lr); }
+        t_train = fdpo_now();
+        if (!rc && np > 0) rc = fdpo_dpo_step(&d, pptr, np, NULL, 1, &m, NULL);
+        /* under MPI fdpo_dpo_step's one micro-batch ran on rank 0: the others add zero gradient and tokens */
+        if (!rc && np > 0) rc = fdpo_trainer_step(&tr, fdpo_dist_is_root() ? tokens : 0);
+        else if (!rc) {
+            /* no pairs (every prompt's samples tied): nothing to learn from, so the policy and
+             * AdamW stay as they are (weight decay and momentum would move it); the step counts */
+            tr.state.step++;
+            tr.last_lr = fdpo_schedule_lr(&tr.sched, tr.state.step - 1);
+            tr.last_grad_norm = NAN;
+            tr.last_tokens_per_sec = 0;
         }
-        if (!rc) {
+        t_train = fdpo_now() - t_train;
+        if (!rc && fdpo_trainer_want_log(&tr)) {
             double beta = o->dpo.dpo.loss.beta;
-            fdpo_metrics_begin(&mw, (size_t)step + 1);
-            fdpo_metrics_add(&mw, "loss", np ? m.loss : NAN);
-            fdpo_metrics_add(&mw, "objective/scores", scores / (double)N);
-            fdpo_metrics_add(&mw, "objective/kl", kl / (double)N);
-            fdpo_metrics_add(&mw, "objective/entropy", ent / (double)N);
-            fdpo_metrics_add(&mw, "objective/non_score_reward", -beta * kl / (double)N);
-            fdpo_metrics_add(&mw, "objective/rlhf_reward", (scores - beta * kl) / (double)N);
-            fdpo_metrics_add(&mw, "val/contain_eos_token", eos / (double)N);
-            fdpo_metrics_add(&mw, "rewards/chosen", np ? m.rewards_chosen : NAN);
-            fdpo_metrics_add(&mw, "rewards/rejected", np ? m.rewards_rejected : NAN);
-            fdpo_metrics_add(&mw, "rewards/margins", np ? m.margins : NAN);
-            fdpo_metrics_add(&mw, "rewards/accuracies", np ? m.accuracy : NAN);
-            fdpo_metrics_add(&mw, "pairs", (double)np);
-            fdpo_metrics_add(&mw, "pairs/reward_gap", np ? gap / (double)np : NAN);
-            fdpo_metrics_add(&mw, "grad_norm", gn);
-            fdpo_metrics_add(&mw, "learning_rate", t->lr);
-            rc = fdpo_metrics_end(&mw);
-            char extra[96];
-            snprintf(extra, sizeof extra, "reward %.4g kl %.4g pairs %zu", scores / (double)N, kl / (double)N, np);
-            fdpo_progress_step(&prog, (size_t)step + 1, np ? m.loss : NAN, t->lr, gn, NAN, extra);
+            fdpo_trainer_metrics_begin(&tr, np ? m.loss : NAN);
+            fdpo_metrics *mw = &tr.metrics;
+            fdpo_metrics_add(mw, "objective/scores", scores / (double)N);
+            fdpo_metrics_add(mw, "objective/kl", kl / (double)N);
+            fdpo_metrics_add(mw, "objective/entropy", ent / (double)N);
+            fdpo_metrics_add(mw, "objective/non_score_reward", -beta * kl / (double)N);
+            fdpo_metrics_add(mw, "objective/rlhf_reward", (scores - beta * kl) / (double)N);
+            fdpo_metrics_add(mw, "val/contain_eos_token", eos / (double)N);
+            fdpo_metrics_add(mw, "rewards/chosen", np ? m.rewards_chosen : NAN);
+            fdpo_metrics_add(mw, "rewards/rejected", np ? m.rewards_rejected : NAN);
+            fdpo_metrics_add(mw, "rewards/margins", np ? m.margins : NAN);
+            fdpo_metrics_add(mw, "rewards/accuracies", np ? m.accuracy : NAN);
+            fdpo_metrics_add(mw, "pairs", (double)np);
+            fdpo_metrics_add(mw, "pairs/reward_gap", np ? gap / (double)np : NAN);
+            fdpo_metrics_add(mw, "time/sampling", sec[0]);
+            fdpo_metrics_add(mw, "time/scoring", sec[1]);
+            fdpo_metrics_add(mw, "time/training", t_train);
+            rc = fdpo_metrics_end(mw);
+            char extra_text[96];
+            snprintf(extra_text, sizeof extra_text, "reward %.4g kl %.4g pairs %zu", scores / (double)N, kl / (double)N, np);
+            fdpo_trainer_progress(&tr, np ? m.loss : NAN, extra_text);
         }
-        free(lpol);
         if (s) fdpo_samples_free(s, N);
         if (ids) fdpo_free_ids(ids, lens, P);
+        if (!rc) rc = fdpo_trainer_maybe_save(&tr);
     }
-    if (!rc) fdpo_progress_end(&prog);
-    if (!rc) rc = fdpo_checkpoint_save_all(o->out, policy, tok, NULL, NULL);
-    if (!rc) rc = fdpo_dist_barrier();   /* nobody reads OUT before rank 0 wrote it */
     if (d_ok) fdpo_dpo_free(&d);
-    if (mw_ok) fdpo_metrics_close(&mw);
-    if (opt_ok) fdpo_adamw_free(&opt);
-    free(ps); free(pp); free(cc); free(r); free(lref); free(pairs); free(pptr);
+    if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
+    free(ps); free(pp); free(cc); free(r); free(lref); free(lpol); free(pairs); free(pptr);
     if (tok) fdpo_tokenizer_free(tok);
-    if (policy) fdpo_gpt2_free(policy);
     if (ref) fdpo_gpt2_free(ref);
     if (reward) fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);

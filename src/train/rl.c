@@ -10,6 +10,7 @@
 #include "fdpo/io.h"
 #include "fdpo/rl.h"
 #include "fdpo/train.h"
+#include "fdpo/trainer.h"
 
 int fdpo_rl_algo_parse(const char *name, fdpo_rl_algo *a) {
     if (!strcmp(name, "rloo")) { *a = FDPO_RL_RLOO; return 0; }
@@ -97,63 +98,108 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, int32_t *const
 /* log-probs of each sample's tokens under model m (sum over the completion, EOT included) */
 int fdpo_samples_logp(const fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
                       double *logp) {
-    size_t max_len = 0;
-    for (size_t i = 0; i < n; i++)
+    /* under MPI each rank scores its block and the blocks are summed (x + 0 is exact), so
+     * every rank gets the single process's numbers; the call is collective */
+    size_t b, e, max_len = 0;
+    fdpo_dist_shard(n, &b, &e);
+    memset(logp, 0, n * sizeof *logp);
+    for (size_t i = b; i < e; i++)
         if (lens[s[i].prompt_index] + s[i].n_tokens > max_len) max_len = lens[s[i].prompt_index] + s[i].n_tokens;
-    fdpo_decoder *d = fdpo_decoder_create(m, 1, max_len);
-    int rc = d ? 0 : -1;
-    for (size_t i = 0; rc == 0 && i < n; i++) {
+    fdpo_decoder *d = e > b ? fdpo_decoder_create(m, 1, max_len) : NULL;
+    int rc = e > b && !d ? -1 : 0;
+    for (size_t i = b; rc == 0 && i < e; i++) {
         fdpo_seq_score sc = {0};
         rc = fdpo_score_sequence(d, NULL, ids[s[i].prompt_index], lens[s[i].prompt_index], s[i].tokens, s[i].n_tokens, NULL, 0, &sc);
         logp[i] = sc.logp;
     }
     if (d) fdpo_decoder_free(d);
-    return rc;
+    rc = fdpo_dist_all_ok(rc);
+    return rc ? rc : fdpo_dist_sum_f64(logp, n);
+}
+
+uint64_t fdpo_prompts_hash(char *const *prompts, size_t n) {
+    uint64_t h = FDPO_HASH_INIT;
+    for (size_t i = 0; i < n; i++) h = fdpo_hash64(h, prompts[i], strlen(prompts[i]) + 1);
+    return h;
+}
+
+void fdpo_sample_config_settings(const fdpo_sample_config *c, const fdpo_reward_options *r, fdpo_settings *s) {
+    fdpo_settings_num(s, "temperature", c->temperature, 1);
+    fdpo_settings_num(s, "top-k", (double)c->top_k, 1);
+    fdpo_settings_num(s, "top-p", c->top_p, 1);
+    fdpo_settings_num(s, "max-new-tokens", (double)c->max_new_tokens, 1);
+    fdpo_settings_str(s, "stop", c->stop, 1);
+    fdpo_settings_str(s, "lexicon", r->lexicon, 1);
+    fdpo_settings_num(s, "reward-timeout", r->timeout_s, 0);
+}
+
+void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
+    char div[64];
+    fdpo_divergence_name(&o->rl.div, div, sizeof div);
+    fdpo_settings_str(s, "model", o->model, 1);
+    fdpo_settings_str(s, "ref", o->ref, 1);
+    fdpo_settings_str(s, "data", o->prompts, 1);
+    fdpo_settings_str(s, "reward", o->reward, 1);
+    fdpo_settings_str(s, "algo", o->rl.algo == FDPO_RL_RLOO ? "rloo" : "grpo", 1);
+    fdpo_settings_str(s, "divergence", div, 1);
+    fdpo_settings_num(s, "beta", o->rl.beta, 1);
+    fdpo_settings_num(s, "n", (double)o->rl.k, 1);
+    fdpo_settings_num(s, "prompts-per-step", (double)o->prompts_per_step, 1);
+    fdpo_settings_num(s, "grpo-eps", o->rl.grpo_eps, 1);
+    fdpo_sample_config_settings(&o->sample, &o->reward_opts, s);
 }
 
 int fdpo_rl_train(const fdpo_rl_run_opts *o) {
-    const fdpo_train_opts *t = &o->train;
     if (!o->model) return fdpo_error("--model: required (the policy to train)");
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
     if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
-    if (!t->out) return fdpo_error("--out: required (checkpoint directory)");
-    if (t->steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", t->steps);
+    if (!o->train.out) return fdpo_error("--out: required (checkpoint directory)");
+    if (o->train.steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->train.steps);
     if (o->prompts_per_step < 1) return fdpo_error("--prompts-per-step: must be >= 1 (got %ld)", o->prompts_per_step);
     if (fdpo_rl_config_check(&o->rl) || fdpo_sample_config_check(&o->sample)) return -1;
+    /* the policy is --model (or OUT's checkpoint on --resume): an fdpo_trainer run whose items
+     * are the prompts, taken in file order, prompts_per_step per step */
+    fdpo_train_opts t = o->train;
+    t.init = o->model;
+    t.tokenizer = NULL;
+    t.shuffle = 0;
+    t.batch_size = o->prompts_per_step;
+    t.grad_accum = 1;
     char **prompts = NULL;
     size_t n_prompts = 0;
     if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data %s", o->prompts);
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
-    fdpo_gpt2 *policy = reward ? fdpo_checkpoint_load_model(o->model) : NULL, *ref = NULL;
-    fdpo_tokenizer *tok = policy ? fdpo_tokenizer_load_dir(o->model) : NULL;
-    if (tok) ref = fdpo_checkpoint_load_model(o->ref ? o->ref : o->model);
-    int rc = reward && policy && tok && ref ? 0 : -1;
-    if (reward && (!policy || !tok)) fdpo_error_context("--model %s", o->model);
-    else if (reward && !ref) fdpo_error_context("--ref %s", o->ref ? o->ref : o->model);
-    if (!rc && (ref->config.vocab_size != policy->config.vocab_size))
-        rc = fdpo_error("--ref: vocabulary %zu != the policy's %zu", ref->config.vocab_size, policy->config.vocab_size);
-    fdpo_adamw opt = {0};
-    fdpo_metrics mw = {0};
-    int opt_ok = 0, mw_ok = 0;
-    if (!rc) rc = fdpo_mkdir_p(t->out);
-    if (!rc) opt_ok = (rc = fdpo_adamw_init(&opt, policy->n_params, t->beta1, t->beta2, t->adam_eps, t->weight_decay)) == 0;
-    if (!rc) mw_ok = (rc = fdpo_metrics_open(&mw, t->out, 0)) == 0;
+    fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
+    fdpo_gpt2 *ref = tok ? fdpo_checkpoint_load_model(o->ref ? o->ref : o->model) : NULL;
+    if (tok && !ref) fdpo_error_context("--ref %s", o->ref ? o->ref : o->model);
+    fdpo_settings extra = {0};
+    fdpo_rl_run_opts_settings(o, &extra);
+    fdpo_trainer tr;
+    int rc = reward && tok && ref ? 0 : -1, tr_ok = 0;
+    if (!rc) tr_ok = (rc = fdpo_trainer_open(&tr, &t, "rl", tok, n_prompts, fdpo_prompts_hash(prompts, n_prompts), &extra)) == 0;
+    fdpo_settings_free(&extra);
+    if (!rc && ref->config.vocab_size != tr.model->config.vocab_size)
+        rc = fdpo_error("--ref: vocabulary %zu != the policy's %zu", ref->config.vocab_size, tr.model->config.vocab_size);
+    fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
+    tr.progress.phase = "rl";
     const size_t P = (size_t)o->prompts_per_step, k = o->rl.k, N = P * k;
     char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
     size_t *np = fdpo_malloc(N * sizeof(size_t)), *ny = fdpo_malloc(N * sizeof(size_t));
     int32_t **pi = fdpo_malloc(N * sizeof *pi), **yi = fdpo_malloc(N * sizeof *yi);
     double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double));
-    fdpo_progress prog;
-    if (!rc) fdpo_progress_start(&prog, "rl", (size_t)t->steps);
-    double t0 = fdpo_now();
-    for (long step = 0; rc == 0 && step < t->steps; step++) {
-        for (size_t i = 0; i < P; i++) ps[i] = prompts[((size_t)step * P + i) % n_prompts];
+    while (rc == 0 && !fdpo_trainer_done(&tr)) {
+        const long step = (long)tr.state.step;   /* 0-based; the sampling seed is (seed, step) */
+        fdpo_trainer_begin_step(&tr);
+        for (size_t i = 0; i < P; i++) ps[i] = prompts[fdpo_trainer_next_item(&tr)];
         int32_t **ids = NULL;
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
-        rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r);
+        double sec[2] = {0, 0}, t_score = fdpo_now(), t_train = 0;
+        rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r, sec);
+        t_score = fdpo_now();
         if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
+        sec[1] += fdpo_now() - t_score;
         fdpo_rl_metrics m;
         double eos = 0, len = 0, fdiv = 0;
         if (!rc) {
@@ -166,44 +212,44 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
                 double u = exp(s[i].logp - lref[i]);
                 fdiv += o->rl.div.kind == FDPO_DIV_RKL ? s[i].logp - lref[i] : fdpo_f(&o->rl.div, u) / u;
             }
-            fdpo_gpt2_zero_grad(policy);
-            rc = fdpo_rl_step(policy, &o->rl, N, pi, np, yi, ny, r, lref, NULL, &m);
+            t_train = fdpo_now();
+            /* under MPI every rank holds the same samples: rank 0 computes the step's gradient
+             * and the others add zeros in fdpo_trainer_step's sum (so the result is exactly one
+             * process's); the sampling and scoring above are what the ranks share */
+            if (fdpo_dist_is_root()) rc = fdpo_rl_step(policy, &o->rl, N, pi, np, yi, ny, r, lref, NULL, &m);
+            else memset(&m, 0, sizeof m);
+            rc = fdpo_dist_all_ok(rc);
         }
-        if (!rc) {
-            double gn = fdpo_clip_grad_norm(policy, t->grad_clip);
-            fdpo_adamw_step(&opt, policy, t->lr);
-            double el = fdpo_now() - t0;
-            fdpo_metrics_begin(&mw, (size_t)step + 1);
-            fdpo_metrics_add(&mw, "loss", m.loss);
-            fdpo_metrics_add(&mw, "objective/scores", m.scores);
-            fdpo_metrics_add(&mw, "objective/kl", m.kl);
-            fdpo_metrics_add(&mw, "objective/entropy", m.entropy);
-            fdpo_metrics_add(&mw, "objective/f_divergence", fdiv / (double)N);
-            fdpo_metrics_add(&mw, "objective/non_score_reward", -o->rl.beta * fdiv / (double)N);
-            fdpo_metrics_add(&mw, "objective/rlhf_reward", m.scores - o->rl.beta * fdiv / (double)N);
-            fdpo_metrics_add(&mw, "objective/shaped_reward", m.shaped);
-            fdpo_metrics_add(&mw, "policy/advantage_std", m.advantage_std);
-            fdpo_metrics_add(&mw, "val/contain_eos_token", eos / (double)N);
-            fdpo_metrics_add(&mw, "val/num_completion_tokens", len / (double)N);
-            fdpo_metrics_add(&mw, "grad_norm", gn);
-            fdpo_metrics_add(&mw, "learning_rate", t->lr);
-            fdpo_metrics_add(&mw, "tokens_per_sec", el > 0 ? (double)m.tokens * (double)(step + 1) / el : NAN);
-            rc = fdpo_metrics_end(&mw);
-            char extra[96];
-            snprintf(extra, sizeof extra, "reward %.4g kl %.4g", m.scores, m.kl);
-            fdpo_progress_step(&prog, (size_t)step + 1, m.loss, t->lr, gn, NAN, extra);
+        if (!rc) rc = fdpo_trainer_step(&tr, m.tokens);
+        if (!rc) t_train = fdpo_now() - t_train;
+        if (!rc && fdpo_trainer_want_log(&tr)) {
+            fdpo_trainer_metrics_begin(&tr, m.loss);
+            fdpo_metrics *mw = &tr.metrics;
+            fdpo_metrics_add(mw, "objective/scores", m.scores);
+            fdpo_metrics_add(mw, "objective/kl", m.kl);
+            fdpo_metrics_add(mw, "objective/entropy", m.entropy);
+            fdpo_metrics_add(mw, "objective/f_divergence", fdiv / (double)N);
+            fdpo_metrics_add(mw, "objective/non_score_reward", -o->rl.beta * fdiv / (double)N);
+            fdpo_metrics_add(mw, "objective/rlhf_reward", m.scores - o->rl.beta * fdiv / (double)N);
+            fdpo_metrics_add(mw, "objective/shaped_reward", m.shaped);
+            fdpo_metrics_add(mw, "policy/advantage_std", m.advantage_std);
+            fdpo_metrics_add(mw, "val/contain_eos_token", eos / (double)N);
+            fdpo_metrics_add(mw, "val/num_completion_tokens", len / (double)N);
+            fdpo_metrics_add(mw, "time/sampling", sec[0]);
+            fdpo_metrics_add(mw, "time/scoring", sec[1]);
+            fdpo_metrics_add(mw, "time/training", t_train);
+            rc = fdpo_metrics_end(mw);
+            char extra_text[96];
+            snprintf(extra_text, sizeof extra_text, "reward %.4g kl %.4g", m.scores, m.kl);
+            fdpo_trainer_progress(&tr, m.loss, extra_text);
         }
         if (s) fdpo_samples_free(s, N);
         if (ids) fdpo_free_ids(ids, lens, P);
+        if (!rc) rc = fdpo_trainer_maybe_save(&tr);
     }
-    if (!rc) fdpo_progress_end(&prog);
-    if (!rc) rc = fdpo_checkpoint_save_all(t->out, policy, tok, NULL, NULL);
-    if (!rc) rc = fdpo_dist_barrier();   /* under MPI: nobody reads OUT before rank 0 wrote it */
-    if (mw_ok) fdpo_metrics_close(&mw);
-    if (opt_ok) fdpo_adamw_free(&opt);
+    if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
     free(ps); free(pp); free(cc); free(np); free(ny); free(pi); free(yi); free(r); free(lref);
     if (tok) fdpo_tokenizer_free(tok);
-    if (policy) fdpo_gpt2_free(policy);
     if (ref) fdpo_gpt2_free(ref);
     if (reward) fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);

@@ -156,6 +156,17 @@ fdpo_gpt2 *fdpo_rm_load(const char *dir, fdpo_tokenizer **tok) {
         fdpo_gpt2_free(m);
         return NULL;
     }
+    /* rm: scores text with the reward model's own tokenizer: one that does not fit the model
+     * (tokenizer files copied from another checkpoint) would index past its embeddings */
+    if (tok && fdpo_tokenizer_vocab_size(*tok) > m->config.vocab_size) {
+        fdpo_error("reward model %s: its tokenizer has %zu tokens but the model's vocab_size is %zu "
+                   "(the tokenizer files belong to another model)", dir, fdpo_tokenizer_vocab_size(*tok),
+                   m->config.vocab_size);
+        fdpo_tokenizer_free(*tok);
+        *tok = NULL;
+        fdpo_gpt2_free(m);
+        return NULL;
+    }
     return m;
 }
 

@@ -185,6 +185,13 @@ def test_kto_run_logs_trl_metrics_and_resumes(models, tmp_path):
     tb, _ = st.load(str(tmp_path / "b" / "model.safetensors"))
     for k in ta:
         assert np.array_equal(ta[k], tb[k]), k
+    # the AdamW moments too, and the metrics: each step once, the same numbers
+    assert (tmp_path / "a" / "training_state.safetensors").read_bytes() == \
+        (tmp_path / "b" / "training_state.safetensors").read_bytes()
+    untimed = lambda d: [{k: v for k, v in json.loads(x).items() if k != "tokens_per_sec"}
+                         for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in untimed(tmp_path / "b")] == [1, 2, 3, 4]
+    assert untimed(tmp_path / "a") == untimed(tmp_path / "b")
 
 
 def word_rows(rng, n):

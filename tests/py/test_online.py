@@ -129,15 +129,31 @@ def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_pat
     r = online(setup, out, "--rounds", 3, reward=f"cmd:/usr/bin/python3 {tmp_path / 'fails.py'}", check=False)
     assert r.returncode != 0
     assert "round 1" in r.stderr and "exited with status 3" in r.stderr and "reward model crashed" in r.stderr
-    assert (out / "round-0" / "model.safetensors").exists()
-    assert not (out / "round-1").exists()
+    assert not (out / "round-1").exists() and not (out / "round-1.partial").exists()
     assert fdpo("info", out / "round-0").returncode == 0  # the completed round is a loadable checkpoint
     assert len(metrics(out)) == 1
+    # the completed round is byte-identical to the same round of a run whose reward never fails
+    # (the same rewards: FAILS_LATER's first call)
+    (tmp_path / "ok.py").write_text(FAILS_LATER.replace("if n >= 1:", "if False:"))
+    ok = tmp_path / "ok"
+    online(setup, ok, "--rounds", 1, reward=f"cmd:/usr/bin/python3 {tmp_path / 'ok.py'}")
+    files = ["round-0/model.safetensors", "round-0/config.json", "round-0.pairs.jsonl"]
+    round0 = {f: (out / f).read_bytes() for f in files}
+    assert round0 == {f: (ok / f).read_bytes() for f in files}
+    # resuming with the reward still failing fails in round 1 again and leaves round 0 as it was
+    r = online(setup, out, "--rounds", 3, "--resume", reward=f"cmd:/usr/bin/python3 {tmp_path / 'fails.py'}", check=False)
+    assert r.returncode != 0 and "round 1" in r.stderr
+    assert {f: (out / f).read_bytes() for f in files} == round0 and len(metrics(out)) == 1
     # a fresh run into the same directory is refused; --resume continues after round 0
     r = online(setup, out, "--rounds", 2, check=False)
     assert r.returncode != 0 and "--resume" in r.stderr
+    # a crash after round 1's metrics line was written but before round-1 was renamed into
+    # place leaves a line for a round that is not complete: the resume drops it
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 2, "round": 1, "stale": True}) + "\n")
     online(setup, out, "--rounds", 2, "--resume")
-    assert [x["round"] for x in metrics(out)] == [0, 1]
+    assert [x["round"] for x in metrics(out)] == [0, 1] and not any("stale" in x for x in metrics(out))
+    assert [x["step"] for x in metrics(out)] == [1, 2]
     assert (out / "round-1" / "model.safetensors").exists()
 
 
@@ -169,7 +185,8 @@ def test_resumed_run_equals_uninterrupted_run(setup, tmp_path):
     online(setup, b, "--rounds", 1, *small)
     online(setup, b, "--rounds", 2, "--resume", *small)
     assert (a / "round-1" / "model.safetensors").read_bytes() == (b / "round-1" / "model.safetensors").read_bytes()
-    drop = lambda ms: [{k: v for k, v in m.items() if k != "progress"} for m in ms]  # progress = round / --rounds
+    # progress = round / --rounds; time/* are wall-clock seconds
+    drop = lambda ms: [{k: v for k, v in m.items() if k != "progress" and not k.startswith("time/")} for m in ms]
     assert drop(metrics(a)) == drop(metrics(b))
 
 
@@ -206,3 +223,15 @@ def test_round_without_pairs_carries_the_policy_over(setup, tmp_path):
     assert "no pairs" in r.stderr
     assert [x["pairs"] for x in metrics(out)] == [0, 0]
     assert (out / "round-0" / "model.safetensors").read_bytes() == (out / "round-1" / "model.safetensors").read_bytes()
+
+
+def test_a_directory_in_use_is_refused(setup, tmp_path):
+    # another process holds OUT.lock (as a running `fdpo online` does): refused, naming it
+    import fcntl
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(str(out) + ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = online(setup, out, "--rounds", 1, check=False)
+    assert r.returncode != 0 and "--out" in r.stderr and "in use by another run" in r.stderr, r.stderr
+    assert not (out / "round-0.pairs.jsonl").exists()

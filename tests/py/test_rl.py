@@ -181,7 +181,143 @@ def test_rl_same_seed_same_numbers(tmp_path):
                             "--max-new-tokens", 6, "--threads", 1, "--algo", "grpo", "--divergence", "fkl"]],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
-        runs.append([{k: v for k, v in json.loads(l).items() if k != "tokens_per_sec"}
+        runs.append([{k: v for k, v in json.loads(l).items() if k != "tokens_per_sec" and not k.startswith("time/")}
                      for l in open(tmp_path / name / "metrics.jsonl")])
     assert runs[0] == runs[1]
     assert (tmp_path / "x" / "model.safetensors").read_bytes() == (tmp_path / "y" / "model.safetensors").read_bytes()
+
+
+# ---------- checkpoints and --resume ----------
+
+# the letters reward, failing once (exit 3) on its third call (step 3's scoring) unless the marker
+# file beside it exists; then it creates the marker, so a resumed run scores normally
+FAILS_ONCE_AT_3 = """import json, os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+count, marker = os.path.join(here, "calls"), os.path.join(here, "failed_once")
+n = int(open(count).read()) if os.path.exists(count) else 0
+open(count, "w").write(str(n + 1))
+if n == 2 and not os.path.exists(marker):
+    open(marker, "w").write("")
+    sys.stderr.write("reward model crashed\\n")
+    sys.exit(3)
+for line in sys.stdin.buffer:
+    c = json.loads(line.decode("utf-8", "replace"))["completion"]
+    print(sum("a" <= ch <= "z" for ch in c))
+"""
+TIMING = ("tokens_per_sec", "time/sampling", "time/scoring", "time/training")
+
+
+def untimed(path):
+    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in open(path)]
+
+
+def state_files(d):
+    return {f: (d / f).read_bytes() for f in ("model.safetensors", "training_state.safetensors")}
+
+
+@pytest.mark.parametrize("cmd", ["rl", "online-step"])
+def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
+    """One uninterrupted 4-step run (A); the same run stopped after step 2 (--stop-at) and resumed
+    (B); the same run whose reward program fails in step 3 after a checkpoint at step 2
+    (--save-every 2) and is resumed (C). B's and C's step-2 checkpoints are byte-identical (the
+    failure leaves the last checkpoint intact), and A, B and C end with byte-identical weights
+    and AdamW moments and the same metrics, each step logged once."""
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(5)))
+    for name, text in (("a", LETTERS), ("b", LETTERS), ("c", FAILS_ONCE_AT_3)):
+        (tmp_path / f"reward_{name}").mkdir()
+        (tmp_path / f"reward_{name}" / "r.py").write_text(text)
+
+    def run(name, *extra, check=True):
+        if cmd == "rl":
+            args = ["rl", "--algo", "rloo", "--divergence", "js", "--prompts-per-step", 2, "--n", 3]
+        else:
+            args = ["online", "--mode", "step", "--divergence", "fkl", "--prompts-per-round", 2, "--n", 3]
+        args += ["--model", tmp_path / "model", "--data", tmp_path / "p.txt", "--out", tmp_path / name,
+                 "--reward", f"cmd:/usr/bin/python3 {tmp_path / f'reward_{name}' / 'r.py'}",
+                 "--steps", 4, "--max-new-tokens", 8, "--lr", "1e-2", "--threads", 1, "--seed", 5, *extra]
+        r = subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=300)
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r
+
+    run("a")
+    run("b", "--stop-at", 2)
+    b2 = state_files(tmp_path / "b")
+    assert [m["step"] for m in untimed(tmp_path / "b" / "metrics.jsonl")] == [1, 2]
+    r = run("c", "--save-every", 2, check=False)
+    assert r.returncode != 0 and "step 2: --reward" in r.stderr and "reward model crashed" in r.stderr, r.stderr
+    assert state_files(tmp_path / "c") == b2  # the failure left the step-2 checkpoint as it was
+    assert json.loads((tmp_path / "c" / "training_state.json").read_text())["step"] == 2
+    # a fresh run into a directory holding a checkpoint is refused; a changed fixed flag too
+    r = run("c", check=False)
+    assert r.returncode != 0 and "--resume" in r.stderr
+    r = run("c", "--resume", "--lr", "2e-2", check=False)
+    assert r.returncode != 0 and "--lr" in r.stderr and "--resume" in r.stderr, r.stderr
+    # --resume alone restores the saved flags
+    r = subprocess.run([FDPO, "rl" if cmd == "rl" else "online", "--out", tmp_path / "b", "--resume"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    run("c", "--resume")
+    a = state_files(tmp_path / "a")
+    assert state_files(tmp_path / "b") == a and state_files(tmp_path / "c") == a
+    ma = untimed(tmp_path / "a" / "metrics.jsonl")
+    assert [m["step"] for m in ma] == [1, 2, 3, 4]
+    assert untimed(tmp_path / "b" / "metrics.jsonl") == ma and untimed(tmp_path / "c" / "metrics.jsonl") == ma
+    # the phase split is logged, in seconds
+    for m in (json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")):
+        assert all(m[k] >= 0 for k in TIMING[1:])
+
+
+SLOW_LETTERS = "import time\ntime.sleep(0.3)\n" + LETTERS
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_signalled_run_resumes_bit_exactly(tmp_path, sig):
+    """fdpo rl stopped by a signal while it runs: SIGINT after step 2 is logged (it saves after
+    the step it is in and exits naming --resume), SIGKILL after step 3 is logged with a
+    --save-every 2 checkpoint (step 3's metrics line is then ahead of the checkpoint). Either
+    way --resume ends byte-identical to the uninterrupted run, each step logged once."""
+    import signal
+    import subprocess
+    import time
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(5)))
+    (tmp_path / "slow.py").write_text(SLOW_LETTERS)  # time to signal the run mid-step
+    (tmp_path / "fast.py").write_text(LETTERS)       # the same rewards, for the uninterrupted run
+    args = lambda out: [FDPO, "rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt", "--out", out,
+                        "--reward", f"cmd:/usr/bin/python3 {tmp_path / ('fast.py' if out.name == 'a' else 'slow.py')}",
+                        "--steps", 6, "--n", 2,
+                        "--prompts-per-step", 2, "--max-new-tokens", 6, "--lr", "1e-2", "--threads", 1,
+                        "--save-every", 2]
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = subprocess.run(list(map(str, args(a))), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    p = subprocess.Popen(list(map(str, args(b))), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for = 2 if sig == "SIGINT" else 3
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if (b / "metrics.jsonl").exists() and len((b / "metrics.jsonl").read_text().splitlines()) >= wait_for:
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0
+    saved = json.loads((b / "training_state.json").read_text())["step"]
+    if sig == "SIGINT":
+        assert "interrupted after step" in err and "--resume" in err, err
+        assert saved < 6
+    else:
+        assert saved in (2, 4)
+    r = subprocess.run([FDPO, "rl", "--out", str(b), "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for f in ("model.safetensors", "training_state.safetensors"):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    ma, mb = untimed(a / "metrics.jsonl"), untimed(b / "metrics.jsonl")
+    assert [m["step"] for m in mb] == list(range(1, 7)) and mb == ma

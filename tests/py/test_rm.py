@@ -145,6 +145,8 @@ def test_trained_reward_model_agrees_with_synthetic_reward(tmp_path):
         for row in held:
             P, C, R = tokenize_pair(row)
             agree += reward(ref, score, seq(P, C)) > reward(ref, score, seq(P, R))
+    print(f"reward model agrees with the length reward on {int(agree)}/{len(held)} held-out pairs "
+          f"({100 * float(agree) / len(held):.0f}%)")
     assert agree / len(held) >= 0.9, (agree, r.stderr)
     # fdpo's own held-out accuracy is the same count
     summary = json.loads((out / "eval_summary.json").read_text())
@@ -187,6 +189,13 @@ def test_resume_continues_the_same_run(tmp_path):
     tb, _ = st.load(str(tmp_path / "b" / "model.safetensors"))
     for k in ta:
         assert np.array_equal(ta[k], tb[k]), k
+    # the AdamW moments too, and the metrics (training and eval lines): each once, the same numbers
+    assert (tmp_path / "a" / "training_state.safetensors").read_bytes() == \
+        (tmp_path / "b" / "training_state.safetensors").read_bytes()
+    untimed = lambda d: [{k: v for k, v in json.loads(x).items() if k != "tokens_per_sec"}
+                         for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert untimed(tmp_path / "a") == untimed(tmp_path / "b")
+    assert sorted({m["step"] for m in untimed(tmp_path / "b")}) == list(range(0, 7))  # 0: the eval before training
 
 
 def test_bad_inputs(rm_dir, tmp_path):
@@ -226,3 +235,29 @@ def test_help_lists_the_commands_and_their_flags():
     h = fdpo("kto", "--help").stdout
     for f in ("--model", "--data", "--out", "--beta", "--divergence", "--desirable-weight", "--undesirable-weight", "--ref"):
         assert f in h, f
+
+
+def test_bad_reward_model_dirs_in_the_loops(rm_dir, tmp_path):
+    """rm:DIR in fdpo online and fdpo rl: a language model, and a reward model whose tokenizer
+    does not fit it (tokenizer files of another model: 257 byte tokens, vocab_size 100), are
+    refused before anything is sampled or written, naming the directory."""
+    tmp, _, _ = rm_dir
+    lm = GPT2(**CFG, seed=3)
+    lm.save_hf(str(tmp_path / "lm"))
+    save_byte_tokenizer(str(tmp_path / "lm"))
+    small = GPT2(**dict(CFG, vocab_size=100), seed=4)
+    small.save_hf(str(tmp_path / "rm100"), config_extra=dict(RM_CONFIG, pad_token_id=99),
+                  extra={"score.weight": torch.zeros(1, CFG["n_embd"])})
+    save_byte_tokenizer(str(tmp_path / "rm100"))
+    (tmp_path / "p.txt").write_text("a\nb\n")
+    cases = [(tmp_path / "lm", "a language model"),
+             (tmp_path / "rm100", "its tokenizer has 257 tokens but the model's vocab_size is 100")]
+    for d, needle in cases:
+        r = harness("eval-reward", f"rm:{d}", tmp / "pairs.jsonl", check=False)
+        assert r.returncode != 0 and needle in r.stderr, r.stderr
+        for cmd in (["online", "--rounds", 1], ["online", "--mode", "step", "--steps", 1], ["rl", "--steps", 1]):
+            out = tmp_path / f"out_{d.name}_{cmd[-3]}_{cmd[-2]}"
+            r = fdpo(*cmd, "--model", tmp_path / "lm", "--data", tmp_path / "p.txt", "--reward", f"rm:{d}",
+                     "--out", out, "--n", 2, check=False)
+            assert r.returncode != 0 and f"--reward rm:{d}" in r.stderr and needle in r.stderr, (cmd, r.stderr)
+            assert not out.exists(), cmd

@@ -1,0 +1,260 @@
+#!/usr/bin/python3
+"""One online f-DPO round, fdpo vs PyTorch, split into its phases.
+
+A round: P prompts (byte-level text, every prompt exactly --prompt-tokens tokens), n
+completions each sampled from the current policy (temperature 1, --new-tokens new tokens),
+scored (the `length:words` reward plus the log-probs under the reference, and, for the round's
+KL metrics, under the policy), the best and the worst completion of each prompt paired, and
+one f-DPO step (sigmoid loss, reverse KL, beta 0.1) over the P pairs with AdamW.
+
+fdpo side: `fdpo online --rounds 2 --batch-size P --epochs 1`, a process per run; the round
+timed is round 1 (round 0 is the warm-up), its split read from fdpo's own metrics.jsonl
+(time/sampling: generation; time/scoring: reward + reference/policy log-probs;
+time/training: the round's f-DPO run, which in rounds mode also loads the round's policy and
+reference from disk, recomputes the reference log-probs of the pairs and writes the round's
+checkpoint -- the whole cost of a round as fdpo runs it).
+PyTorch side (this script's --worker mode, a process per run): the same round written
+here -- sampling with a preallocated key/value cache (use_cache-style: prefill, then one
+token per step over the cache), the reward and the log-probs in one batched forward each,
+and one DPO step (policy forward/backward over the 2P sequences, AdamW, grad clip 1); two
+rounds in the process, the second timed, models kept in memory.
+
+Sides run INTERLEAVED (fdpo, torch, torch, fdpo, ...) for >= 5 runs each; medians per phase
+and of the total, the ratio of medians (torch / fdpo: > 1 means fdpo is faster), and the
+machine peaks measured at the start (fp32 sgemm, triad). Do not quote numbers from a loaded
+machine: the load average is printed before and after.
+
+    /usr/bin/python3 bench/bench_online.py                          # small config, 2 threads
+    /usr/bin/python3 bench/bench_online.py --config 124M --runs 5 --threads 2
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../build/fdpo"))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "../tests/py"))
+import interleave  # noqa: E402
+from bench_sample import CONFIGS, make_checkpoint  # noqa: E402
+
+PHASES = ["sampling", "scoring", "training"]
+LAYER_KEYS = ["ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+              "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+              "mlp.c_proj.weight", "mlp.c_proj.bias"]
+
+
+class TorchGPT2:
+    """GPT-2 (Hugging Face Conv1D layout, tied LM head) as plain tensors, batched: a full
+    forward for scoring/training and a key/value-cached one for sampling."""
+
+    def __init__(self, model_dir, trainable):
+        import torch
+        from fdpo_ref import safetensors as st
+        cfg = json.load(open(os.path.join(model_dir, "config.json")))
+        t, _ = st.load(os.path.join(model_dir, "model.safetensors"))
+        g = lambda k: torch.from_numpy(t.get("transformer." + k, t.get(k)).copy()).requires_grad_(trainable)
+        self.C, self.L, self.H = cfg["n_embd"], cfg["n_layer"], cfg["n_head"]
+        self.eps = cfg.get("layer_norm_epsilon", 1e-5)
+        self.wte, self.wpe = g("wte.weight"), g("wpe.weight")
+        self.layers = [{n: g(f"h.{i}.{n}") for n in LAYER_KEYS} for i in range(self.L)]
+        self.lnfw, self.lnfb = g("ln_f.weight"), g("ln_f.bias")
+
+    def parameters(self):
+        return [self.wte, self.wpe, self.lnfw, self.lnfb] + [p for l in self.layers for p in l.values()]
+
+    def forward(self, ids, pos0=0, cache=None, last_only=False):
+        """ids [B, T] at positions pos0.. -> logits [B, T, V] (or [B, V] with last_only).
+        cache: None (no cache: causal attention over ids) or a list per layer that is filled
+        with preallocated [B, H, max_len, hs] keys/values and written in place."""
+        import torch
+        import torch.nn.functional as F
+        B, T = ids.shape
+        C, H = self.C, self.H
+        hs = C // H
+        x = self.wte[ids] + self.wpe[pos0:pos0 + T]
+        for i, p in enumerate(self.layers):
+            h = F.layer_norm(x, (C,), p["ln_1.weight"], p["ln_1.bias"], self.eps)
+            q, k, v = torch.addmm(p["attn.c_attn.bias"], h.reshape(-1, C), p["attn.c_attn.weight"]).view(B, T, 3 * C).split(C, -1)
+            q, k, v = (z.reshape(B, T, H, hs).transpose(1, 2) for z in (q, k, v))
+            if cache is not None:
+                cache[i][0][:, :, pos0:pos0 + T] = k
+                cache[i][1][:, :, pos0:pos0 + T] = v
+                k, v = cache[i][0][:, :, :pos0 + T], cache[i][1][:, :, :pos0 + T]
+            att = (q @ k.transpose(-1, -2)) / math.sqrt(hs)
+            if T > 1:
+                S = k.shape[2]
+                att = att.masked_fill(torch.ones(T, S, dtype=torch.bool).triu(S - T + 1), float("-inf"))
+            y = (torch.softmax(att, -1) @ v).transpose(1, 2).reshape(B * T, C)
+            x = x + torch.addmm(p["attn.c_proj.bias"], y, p["attn.c_proj.weight"]).view(B, T, C)
+            h = F.layer_norm(x, (C,), p["ln_2.weight"], p["ln_2.bias"], self.eps).reshape(-1, C)
+            h = F.gelu(torch.addmm(p["mlp.c_fc.bias"], h, p["mlp.c_fc.weight"]), approximate="tanh")
+            x = x + torch.addmm(p["mlp.c_proj.bias"], h, p["mlp.c_proj.weight"]).view(B, T, C)
+        if last_only:
+            x = x[:, -1]
+        return F.layer_norm(x, (C,), self.lnfw, self.lnfb, self.eps) @ self.wte.t()
+
+    def sample(self, prompt_ids, new_tokens, generator):
+        """prompt_ids [B, P] -> completions [B, new_tokens], temperature 1, with a KV cache."""
+        import torch
+        B, P = prompt_ids.shape
+        hs = self.C // self.H
+        max_len = P + new_tokens
+        cache = [(torch.empty(B, self.H, max_len, hs), torch.empty(B, self.H, max_len, hs)) for _ in range(self.L)]
+        out = torch.empty(B, new_tokens, dtype=torch.long)
+        with torch.no_grad():
+            logits = self.forward(prompt_ids, 0, cache, last_only=True)
+            for j in range(new_tokens):
+                out[:, j] = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+                if j + 1 < new_tokens:
+                    logits = self.forward(out[:, j:j + 1], P + j, cache, last_only=True)
+        return out
+
+
+def words_reward(comp):
+    """The `length:words` reward of fdpo: whitespace-separated words of each completion's bytes."""
+    import torch
+    return torch.tensor([float(len(bytes(t for t in row.tolist() if t < 256).split())) for row in comp],
+                        dtype=torch.float64)
+
+
+def completion_logp(model, seqs, P):
+    """Summed log-probs of the completion tokens seqs[:, P:] (seqs [B, T]) -> [B]."""
+    import torch
+    lp = torch.log_softmax(model.forward(seqs[:, :-1]), -1)
+    return lp[:, P - 1:].gather(-1, seqs[:, P:].unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
+def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, generator):
+    """One round; returns the seconds of each phase."""
+    import torch
+    import torch.nn.functional as F
+    P, Pt = prompt_ids.shape
+    t0 = time.perf_counter()
+    comp = policy.sample(prompt_ids.repeat_interleave(n, 0), new_tokens, generator)
+    t1 = time.perf_counter()
+    seqs = torch.cat([prompt_ids.repeat_interleave(n, 0), comp], 1)
+    with torch.no_grad():
+        reward = words_reward(comp)
+        lref = completion_logp(ref, seqs, Pt)
+        lpol = completion_logp(policy, seqs, Pt)  # the round's KL metric, as fdpo logs it
+    r = reward.view(P, n)
+    best, worst = r.argmax(1) + torch.arange(P) * n, r.argmin(1) + torch.arange(P) * n
+    t2 = time.perf_counter()
+    pairs = torch.cat([seqs[best], seqs[worst]], 0)
+    logp = completion_logp(policy, pairs, Pt)
+    margin = (logp[:P] - lref[best]) - (logp[P:] - lref[worst])
+    loss = -F.logsigmoid(beta * margin).mean()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    opt.step()
+    t3 = time.perf_counter()
+    _ = lpol
+    return {"sampling": t1 - t0, "scoring": t2 - t1, "training": t3 - t2}
+
+
+def prompt_texts(n, tokens):
+    return [f"Prompt {i:02d}: once upon a time"[:tokens].ljust(tokens, ".") for i in range(n)]
+
+
+def torch_worker(a):
+    import torch
+    torch.set_num_threads(a.threads)
+    policy, ref = TorchGPT2(a.worker, True), TorchGPT2(a.worker, False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    ids = torch.tensor([list(p.encode()) for p in prompt_texts(a.prompts, a.prompt_tokens)])
+    g = torch.Generator().manual_seed(1)
+    times = [torch_online_round(policy, ref, opt, ids, a.n, a.new_tokens, 0.1, g) for _ in range(2)]
+    print(json.dumps(times[-1]))
+
+
+def fdpo_online(d, tmp, a):
+    out = os.path.join(tmp, "run")
+    r = subprocess.run([FDPO, "online", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
+                        "--out", out, "--rounds", "2", "--prompts-per-round", str(a.prompts),
+                        "--n", str(a.n), "--max-new-tokens", str(a.new_tokens), "--batch-size", str(a.prompts),
+                        "--epochs", "1", "--beta", "0.1", "--lr", "1e-4", "--threads", str(a.threads), "--quiet"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"fdpo online failed: {r.stderr}")
+    m = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][-1]
+    subprocess.run(["rm", "-rf", out])
+    if m["pairs"] < a.prompts:
+        print(f"  (fdpo round with {m['pairs']:g} of {a.prompts} pairs: tied rewards)")
+    return {p: m[f"time/{p}"] for p in PHASES}
+
+
+def run_bench(a, title, fdpo_side, worker_args):
+    """Interleaved runs of the fdpo side and the torch worker; prints the per-phase medians."""
+    print(f"{title}; {a.threads} threads, >= {max(a.runs, 5)} interleaved runs per side; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
+    interleave.print_peaks(peaks)
+    cfg = CONFIGS[a.config]
+    C, L, V, Pn = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"], cfg["n_positions"]
+    n_params = V * C + Pn * C + L * (12 * C * C + 13 * C) + 2 * C
+    res = {"fdpo": [], "torch": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = os.path.join(tmp, "model")
+        make_checkpoint(cfg, d)
+        open(os.path.join(tmp, "prompts.txt"), "w").write("\n".join(prompt_texts(a.prompts, a.prompt_tokens)) + "\n")
+        for r in range(max(a.runs, 5)):
+            for side in (["fdpo", "torch"] if r % 2 == 0 else ["torch", "fdpo"]):
+                if side == "fdpo":
+                    res[side].append(fdpo_side(d, tmp, a))
+                    continue
+                w = subprocess.run([sys.executable, sys.argv[0], "--worker", d, "--threads", str(a.threads),
+                                    "--prompts", str(a.prompts), "--prompt-tokens", str(a.prompt_tokens),
+                                    "--new-tokens", str(a.new_tokens), "--n", str(a.n)] + worker_args,
+                                   capture_output=True, text=True)
+                if w.returncode:
+                    sys.exit(f"torch worker failed: {w.stderr}")
+                res[side].append(json.loads(w.stdout.strip().splitlines()[-1]))
+    print(f"{a.config} ({n_params / 1e6:.1f}M params), seconds (median of {len(res['fdpo'])}; best in brackets):")
+    med = {s: {p: statistics.median(x[p] for x in res[s]) for p in PHASES} for s in res}
+    tot = {s: statistics.median(sum(x[p] for p in PHASES) for x in res[s]) for s in res}
+    print("  " + " " * 8 + "".join(f"{p:>22s}" for p in PHASES) + f"{'total':>22s}")
+    for s in res:
+        cells = [f"{med[s][p]:10.4f} ({min(x[p] for x in res[s]):8.4f})" for p in PHASES]
+        best_total = min(sum(x[p] for p in PHASES) for x in res[s])
+        print(f"  {s:8s}" + "".join(f"{c:>22s}" for c in cells) + f"{tot[s]:12.4f} ({best_total:8.4f})")
+    ratio = [med["torch"][p] / med["fdpo"][p] if med["fdpo"][p] > 0 else float("nan") for p in PHASES]
+    print("  torch/fdpo" + "".join(f"{r:20.2f}x" for r in ratio) + f"{tot['torch'] / tot['fdpo']:20.2f}x"
+          "   (ratio of medians; > 1: fdpo faster)")
+    share = {s: ", ".join(f"{p} {100 * med[s][p] / sum(med[s].values()):.0f}%" for p in PHASES) for s in res}
+    print(f"  split: fdpo {share['fdpo']}; torch {share['torch']}")
+    print(f"  load average after: {os.getloadavg()[0]:.1f}")
+
+
+def parse_args(doc, n_default, prompts_default, new_tokens_default):
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="small", choices=sorted(CONFIGS), help="model shape (124M: GPT-2 small)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=prompts_default)
+    ap.add_argument("--n", type=int, default=n_default, help="completions per prompt")
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=new_tokens_default)
+    ap.add_argument("--runs", type=int, default=5, help="interleaved runs per side (at least 5)")
+    ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    return ap.parse_args()
+
+
+def main():
+    a = parse_args(__doc__, n_default=4, prompts_default=4, new_tokens_default=64)
+    if a.worker:
+        torch_worker(a)
+        return
+    run_bench(a, f"online round: {a.prompts} prompts x {a.n} samples x {a.new_tokens} new tokens, "
+                 f"prompt {a.prompt_tokens} tokens, best-worst pairs, one f-DPO step", fdpo_online, [])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+#!/usr/bin/python3
+"""One RL step (RLOO with the reverse-KL-shaped reward), fdpo vs PyTorch, split into phases.
+
+A step: P prompts (byte-level text, every prompt exactly --prompt-tokens tokens), k samples
+each from the current policy (temperature 1, --new-tokens new tokens; defaults: 4 prompts,
+k = 4, 64 new tokens), scored (the `length:words` reward and the log-probs under the
+reference), the shaped reward r - beta f'(pi/pi_ref) (reverse KL: f'(u) = log u + 1,
+beta 0.05), leave-one-out advantages over each prompt's k samples, loss
+-mean(adv * log pi(y)), backward, grad clip 1, AdamW.
+
+fdpo side: `fdpo rl --steps 2`, a process per run; the step timed is step 2 (step 1 is the
+warm-up), its split read from fdpo's own metrics.jsonl (time/sampling, time/scoring,
+time/training). PyTorch side (this script's --worker mode, a process per run): the same
+step written here (bench_online.py's GPT-2: sampling with a preallocated key/value cache,
+batched full forwards for scoring and training), two steps in the process, the second timed.
+
+Sides run INTERLEAVED for >= 5 runs each; medians per phase and of the total, the ratio of
+medians (torch / fdpo: > 1 means fdpo is faster), the machine peaks measured at the start.
+Do not quote numbers from a loaded machine: the load average is printed before and after.
+
+    /usr/bin/python3 bench/bench_rl.py                          # small config, 2 threads
+    /usr/bin/python3 bench/bench_rl.py --config 124M --runs 5 --threads 2
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_online import (FDPO, PHASES, TorchGPT2, completion_logp, parse_args, prompt_texts,  # noqa: E402
+                          run_bench, words_reward)
+
+BETA = 0.05
+
+
+def torch_rl_step(policy, ref, opt, prompt_ids, k, new_tokens, generator):
+    """One RLOO step; returns the seconds of each phase."""
+    import torch
+    P, Pt = prompt_ids.shape
+    t0 = time.perf_counter()
+    prompts = prompt_ids.repeat_interleave(k, 0)
+    comp = policy.sample(prompts, new_tokens, generator)
+    t1 = time.perf_counter()
+    seqs = torch.cat([prompts, comp], 1)
+    with torch.no_grad():
+        reward = words_reward(comp)
+        lref = completion_logp(ref, seqs, Pt)
+    t2 = time.perf_counter()
+    logp = completion_logp(policy, seqs, Pt)
+    shaped = (reward - BETA * ((logp.detach().double() - lref.double()) + 1)).view(P, k)
+    adv = (shaped - (shaped.sum(1, keepdim=True) - shaped) / (k - 1)).reshape(-1)  # TRL RLOO baseline
+    loss = -(adv.float() * logp).mean()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    opt.step()
+    t3 = time.perf_counter()
+    return {"sampling": t1 - t0, "scoring": t2 - t1, "training": t3 - t2}
+
+
+def torch_worker(a):
+    import torch
+    torch.set_num_threads(a.threads)
+    policy, ref = TorchGPT2(a.worker, True), TorchGPT2(a.worker, False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    ids = torch.tensor([list(p.encode()) for p in prompt_texts(a.prompts, a.prompt_tokens)])
+    g = torch.Generator().manual_seed(1)
+    times = [torch_rl_step(policy, ref, opt, ids, a.n, a.new_tokens, g) for _ in range(2)]
+    print(json.dumps(times[-1]))
+
+
+def fdpo_rl(d, tmp, a):
+    out = os.path.join(tmp, "run")
+    r = subprocess.run([FDPO, "rl", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
+                        "--out", out, "--algo", "rloo", "--divergence", "rkl", "--beta", str(BETA), "--steps", "2",
+                        "--prompts-per-step", str(a.prompts), "--n", str(a.n), "--max-new-tokens", str(a.new_tokens),
+                        "--lr", "1e-5", "--threads", str(a.threads), "--quiet"], capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"fdpo rl failed: {r.stderr}")
+    m = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][-1]
+    subprocess.run(["rm", "-rf", out])
+    return {p: m[f"time/{p}"] for p in PHASES}
+
+
+def main():
+    a = parse_args(__doc__, n_default=4, prompts_default=4, new_tokens_default=64)
+    if a.worker:
+        torch_worker(a)
+        return
+    run_bench(a, f"RL step (RLOO): {a.prompts} prompts x k={a.n} samples x {a.new_tokens} new tokens, "
+                 f"prompt {a.prompt_tokens} tokens", fdpo_rl, [])
+
+
+if __name__ == "__main__":
+    main()
