@@ -141,9 +141,10 @@ int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t e
 int fdpo_sample_and_score_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c,
                                 const char *what, long round, char *const *ps, size_t P, size_t k,
                                 fdpo_reward *reward, int32_t ***ids, size_t **lens, fdpo_sample **s, char **pp,
-                                char **cc, double *r) {
+                                char **cc, double *r, double *seconds) {
     if (fdpo_dist_size() == 1)
-        return fdpo_sample_and_score(m, tok, c, what, round, ps, P, k, reward, ids, lens, s, pp, cc, r);
+        return fdpo_sample_and_score(m, tok, c, what, round, ps, P, k, reward, ids, lens, s, pp, cc, r, seconds);
+    double t0 = fdpo_now(), t1 = t0;
     /* every rank encodes every prompt: the callers score and train on all samples */
     if (fdpo_encode_prompts(tok, ps, P, ids, lens)) return -1;
     size_t b, e;
@@ -155,6 +156,7 @@ int fdpo_sample_and_score_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, c
     fdpo_sample *mine = NULL;
     double *r_mine = fdpo_malloc((n_mine ? n_mine : 1) * sizeof(double));
     int failed = fdpo_generate(m, tok, &sc, *ids + b, *lens + b, e - b, k, &mine);
+    t1 = fdpo_now();
     if (!failed && n_mine > 0) {
         char **mp = fdpo_malloc(n_mine * sizeof *mp), **mc = fdpo_malloc(n_mine * sizeof *mc);
         size_t *nt = fdpo_malloc(n_mine * sizeof *nt);
@@ -166,6 +168,7 @@ int fdpo_sample_and_score_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, c
         free(mp); free(mc); free(nt);
     }
     int rc = gather(failed, mine, failed ? 0 : n_mine, b, r_mine, P * k, s, r);
+    if (seconds) { seconds[0] = t1 - t0; seconds[1] = fdpo_now() - t1; }   /* this rank's; the gather counts as scoring */
     if (mine) fdpo_samples_free(mine, n_mine);
     free(r_mine);
     for (size_t i = 0; !rc && i < P * k; i++) { pp[i] = ps[(*s)[i].prompt_index]; cc[i] = (*s)[i].text; }
