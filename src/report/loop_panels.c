@@ -1,7 +1,7 @@
 /* The loop's runs in fdpo report (docs/report.md "The loop"): reward-model runs (fdpo rm),
  * online / iterative f-DPO rounds (fdpo online), per-step on-policy runs (fdpo rl, fdpo online
- * --mode step). Their kind comes from training_state.json when it names one ("rm", "rl"), from
- * the round directories of an online run, else from the metrics keys each writes. */
+ * --mode step). Their kind comes from the metrics keys each writes (and "rm" from
+ * training_state.json); an online run's reference mode from its round directories. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,23 +59,23 @@ static int has_key(const rp_run *r, const char *key) {
     return 0;
 }
 
+/* The keys decide, so that a state file whose kind names the trainer underneath (an online
+ * step run's "dpo", say) does not hide a loop run; "rm" is also taken from the state. */
 static loop_kind kind_of(const rp_run *r) {
-    if (r->kind && !strcmp(r->kind, "rm")) return LOOP_RM;
-    if (r->kind && !strncmp(r->kind, "online", 6)) return has_key(r, "round") ? LOOP_ROUNDS : LOOP_STEPS;
-    if (r->kind && !strcmp(r->kind, "rl")) return LOOP_STEPS;
-    if (r->kind) return LOOP_NONE;   /* dpo, sft, pretrain, kto, ... */
-    /* no state file: the keys each command writes */
     if (has_key(r, "round") && has_key(r, "objective/scores")) return LOOP_ROUNDS;
     if (has_key(r, "step") && has_key(r, "objective/rlhf_reward")) return LOOP_STEPS;
-    if (has_key(r, "accuracy") && has_key(r, "mean_reward")) return LOOP_RM;
+    if ((r->kind && !strcmp(r->kind, "rm")) || (has_key(r, "accuracy") && has_key(r, "mean_reward"))) return LOOP_RM;
     return LOOP_NONE;
 }
 
-/* what the table and legends call a run of that kind when its state names none */
+/* what the runs table and the legends call a run */
 static const char *kind_name(const rp_run *r, loop_kind k) {
-    if (r->kind) return r->kind;
-    if (k == LOOP_STEPS) return has_key(r, "rewards/chosen") ? "online (per step)" : "rl";
-    return k == LOOP_ROUNDS ? "online" : k == LOOP_RM ? "rm" : NULL;
+    switch (k) {
+    case LOOP_ROUNDS: return r->kind && !strncmp(r->kind, "online", 6) ? r->kind : "online";
+    case LOOP_STEPS: return has_key(r, "rewards/chosen") ? "online (per step)" : "rl";
+    case LOOP_RM: return "rm";
+    default: return r->kind;
+    }
 }
 
 /* One series per run of kind k logging ykey (x = xkey), dashed for dkey (its held-out twin, or

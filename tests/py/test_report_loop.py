@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_generate import make_model  # noqa: E402
-from test_report import parse  # noqa: E402
+from test_report import CONSOLE_ERROR, body_attr, chromium, parse, requires_chromium  # noqa: E402
 
 FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
 SAMPLING = ["--max-new-tokens", 8, "--threads", 1, "--quiet"]
@@ -145,3 +145,12 @@ def test_rl_step_panels_carry_the_metrics(runs):
     # a DPO run is not a loop run
     assert not any(s["label"].startswith("dpo") for c in charts if c["title"].startswith(("RL", "Online", "Reward model"))
                    for s in c["series"])
+
+
+@requires_chromium
+def test_browser_draws_every_loop_chart(runs):
+    d, _, charts = runs
+    r = chromium(["--virtual-time-budget=10000", "--dump-dom", "file://" + str(d / "report.html")])
+    assert body_attr(r.stdout, "data-charts-error") is None, body_attr(r.stdout, "data-charts-error")
+    assert body_attr(r.stdout, "data-charts-ready") == str(len(charts)), r.stderr[-3000:]
+    assert not [line for line in r.stderr.splitlines() if CONSOLE_ERROR.search(line)]
