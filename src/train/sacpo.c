@@ -85,8 +85,13 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
         cJSON_AddNumberToObject(on, "n", (double)o->online.n);
         cJSON_AddStringToObject(on, "pairs", o->online.pairs_bt ? "all-bt" : "best-worst");
         cJSON_AddStringToObject(on, "ref_update", o->online.ref_update_round ? "round" : "never");
+        if (o->online.pairs_bt) cJSON_AddNumberToObject(on, "bt_scale", o->online.bt_scale);
         cJSON_AddNumberToObject(on, "temperature", o->online.sample.temperature);
+        cJSON_AddNumberToObject(on, "top_k", (double)o->online.sample.top_k);
+        cJSON_AddNumberToObject(on, "top_p", o->online.sample.top_p);
         cJSON_AddNumberToObject(on, "max_new_tokens", (double)o->online.sample.max_new_tokens);
+        if (o->online.sample.stop) cJSON_AddStringToObject(on, "stop", o->online.sample.stop);
+        if (o->online.reward_opts.lexicon) cJSON_AddStringToObject(on, "lexicon", o->online.reward_opts.lexicon);
     }
     cJSON_AddStringToObject(p, "divergence", div);
     cJSON_AddNumberToObject(p, "beta", o->dpo.dpo.loss.beta);
