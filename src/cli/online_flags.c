@@ -4,6 +4,7 @@
 #include "fdpo/core.h"
 
 size_t online_flags_add(online_flags *v, fdpo_online_opts *o, fdpo_flag *f, size_t n) {
+    memset(v, 0, sizeof *v);   /* flags without a default (--stop) keep NULL unless given */
     const fdpo_flag table[ONLINE_FLAGS_N] = {
         {"data", FLAG_STR, &o->prompts, NULL, "prompts: JSONL {\"prompt\"} or text, one per line (required)", 0},
         {"reward", FLAG_STR, &o->reward, NULL, "reward of a completion: afinn, lexicon:FILE, length, length:words, cmd:PROG, rm:DIR (required)", 0},
