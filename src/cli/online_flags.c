@@ -36,7 +36,9 @@ int online_flags_finish(const online_flags *v, fdpo_online_opts *o, uint64_t see
     if (v->top_k < 0) return fdpo_error("--top-k: must be >= 0 (got %ld)", v->top_k);
     if (v->max_new <= 0) return fdpo_error("--max-new-tokens: must be > 0 (got %ld)", v->max_new);
     o->reward_opts.timeout_s = v->timeout;
-    o->sample = (fdpo_sample_config){v->temperature, (size_t)v->top_k, v->top_p, (size_t)v->max_new, v->stop, seed, 8};
+    /* designated: members added later (a slice's first prompt, say) start at 0 */
+    o->sample = (fdpo_sample_config){.temperature = v->temperature, .top_k = (size_t)v->top_k, .top_p = v->top_p,
+                                     .max_new_tokens = (size_t)v->max_new, .stop = v->stop, .seed = seed, .batch = 8};
     return 0;
 }
 
