@@ -12,6 +12,13 @@
  *           distribution is not differentiated, as in TRL's OnlineDPOTrainer).
  *   rloo    REINFORCE on the shaped reward r - beta f'(pi/pi_ref) with leave-one-out baselines.
  *   grpo    the same with group-normalised advantages (x - mean)/(std + eps).
+ *   kto     offline KTO (fdpo_kto_loss_one): unpaired completions y ~ pi_ref, labelled
+ *           desirable with probability p(y) (labels below), z0 = max(0, E_pi_ref[s~(l)])
+ *           held constant per evaluation; minimises the exact expected loss (L-BFGS). Its
+ *           limit is NOT pi*: it puts no mass on the net-undesirable responses
+ *           (p w_d <= (1 - p) w_u) and on the others minimises
+ *           sum_y pi_ref(y) (p w_d - (1 - p) w_u) sigma(-beta s~(l_y)) (docs/lab.md);
+ *           target_diff measures the distance to that limit.
  *
  * exact = 1 replaces every sample by its expectation (rloo: the exact policy gradient of
  * E[r] - beta D_f; grpo: the average over all n^k ordered groups; online: the exact expected
@@ -22,9 +29,14 @@
 #include <stdint.h>
 #include "fdpo/lab.h"
 
-typedef enum { FDPO_LAB_DPO, FDPO_LAB_ONLINE, FDPO_LAB_RLOO, FDPO_LAB_GRPO } fdpo_lab_method;
+typedef enum { FDPO_LAB_DPO, FDPO_LAB_ONLINE, FDPO_LAB_RLOO, FDPO_LAB_GRPO, FDPO_LAB_KTO } fdpo_lab_method;
+#define FDPO_LAB_NMETHODS 5
 
-int fdpo_lab_method_parse(const char *name, fdpo_lab_method *m); /* "dpo", "online", "rloo", "grpo" */
+/* KTO labels from the reward: bt: P(desirable | y) = sigma(r(y) - threshold) (a Bradley-Terry
+ * comparison with a response of reward threshold); threshold: desirable iff r(y) > threshold. */
+typedef enum { FDPO_LAB_LABELS_BT, FDPO_LAB_LABELS_THRESHOLD } fdpo_lab_labels;
+
+int fdpo_lab_method_parse(const char *name, fdpo_lab_method *m); /* "dpo", "online", "rloo", "grpo", "kto" */
 const char *fdpo_lab_method_name(fdpo_lab_method m);
 
 typedef struct {
@@ -38,6 +50,10 @@ typedef struct {
     double lr;          /* step size (sampled: lr / sqrt(1 + t / 1000)) */
     double grpo_eps;    /* GRPO's std epsilon (TRL: 1e-4) */
     uint64_t seed;
+    /* kto */
+    fdpo_lab_labels labels;
+    double label_threshold;   /* NaN = E_pi_ref[r] */
+    double desirable_weight, undesirable_weight;   /* TRL's names (> 0) */
 } fdpo_lab_algo_opts;
 
 typedef struct {
@@ -46,7 +62,13 @@ typedef struct {
     double uncovered_mass;   /* pi* mass on responses the pair distribution never proposes (dpo) */
     long samples;            /* responses drawn (0 for exact runs) */
     long iterations;         /* gradient steps or L-BFGS iterations */
+    double target_diff;      /* max_y |pi(y) - target(y)|: target = pi*, for kto its own limit */
+    double z0;               /* kto: the reference point at the final policy (0 otherwise) */
+    double undesirable_mass; /* kto: pi_ref mass of the net-undesirable responses (0 otherwise) */
 } fdpo_lab_algo_result;
+
+/* kto: the limit the run targets (pi, n), z0 = 0 there; errors name the flag. */
+int fdpo_lab_kto_target(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi);
 
 /* Runs one method; pi (n, may be NULL) receives the final policy. Errors name the flag. */
 int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi,

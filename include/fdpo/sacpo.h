@@ -17,16 +17,29 @@
  *   OUT/merge-LA-LB-wW        P-SACPO: (1-W) lambda-LA + W lambda-LB
  *   OUT/sacpo.json            the plan and the stages completed (resume skips them)
  * Every stage is an f-DPO run (fdpo_dpo_train) with the template's loss, divergence,
- * trainer options and reference cache; a stage interrupted half-way resumes. */
+ * trainer options and reference cache; a stage interrupted half-way resumes.
+ *
+ * Online stages: a stage given a reward spec (reward_spec / safety_spec) instead of a data file
+ * runs online f-DPO (fdpo_online_run, include/fdpo/online.h) from its starting model, which
+ * is also its reference, with the stage's beta, against that spec: rounds of sampling,
+ * scoring, pairing and f-DPO into OUT/<stage>.online/ (round-K/, metrics.jsonl); its last
+ * round is then saved as OUT/<stage>, so every stage directory is a checkpoint whichever way
+ * it was trained. An interrupted online stage resumes after its last complete round. */
 #ifndef FDPO_SACPO_H
 #define FDPO_SACPO_H
 #include <stddef.h>
 #include "fdpo/dpo.h"
+#include "fdpo/online.h"
 
 typedef struct {
     fdpo_dpo_run_opts dpo;        /* template: train.init = the model, loss (divergence, beta), trainer options */
-    const char *reward_data;      /* preference JSONL for helpfulness/reward */
-    const char *safety_data;      /* preference JSONL for safety */
+    const char *reward_data;      /* preference JSONL for helpfulness/reward, or NULL with reward_spec */
+    const char *safety_data;      /* preference JSONL for safety, or NULL with safety_spec */
+    const char *reward_spec;      /* online reward stage: the reward of a completion (exclusive with reward_data) */
+    const char *safety_spec;      /* online safety stage: the safety of a completion (exclusive with safety_data) */
+    fdpo_online_opts online;      /* online stages' template: prompts, rounds, n, sampling, pairs,
+                                     reward options, dpo (each round's f-DPO run); model, ref, reward,
+                                     out, resume and the beta are set per stage */
     const double *lambdas;        /* > 0 each, ascending */
     size_t n_lambdas;
     int safety_first;             /* order: 0 reward-first, 1 safety-first */

@@ -466,40 +466,49 @@ static int lab_bias(int argc, char **argv) {
 
 /* ---------------- check --method (src/lab/algos.c) ---------------- */
 
-/* Offline f-DPO, online f-DPO, f-RLOO and f-GRPO on the tabular problem, each against pi*. */
+/* Offline f-DPO, online f-DPO, f-RLOO, f-GRPO and offline KTO on the tabular problem, each
+ * against pi* (and KTO against its own limit). */
 static int lab_check_method(int argc, char **argv) {
     common_opts o;
-    const char *divspec, *methodspec, *export_pi;
-    double beta, lr, grpo_eps;
+    const char *divspec, *methodspec, *export_pi, *labels_name;
+    double beta, lr, grpo_eps, label_threshold = NAN, w_d, w_u;
     long pair_top, steps, k;
     int sampled;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "6"),
-        {"method", FLAG_STR, &methodspec, "dpo,online,rloo,grpo", "comma list of algorithms: dpo, online, rloo, grpo", 0},
+        {"method", FLAG_STR, &methodspec, "dpo,online,rloo,grpo", "comma list of algorithms: dpo, online, rloo, grpo, kto", 0},
         {"divergence", FLAG_STR, &divspec, "rkl,fkl,js,alpha:0.5", "comma list of admissible divergences", 0},
         {"beta", FLAG_FLOAT, &beta, "0.5", "regularisation strength beta > 0", 0},
         {"sampled", FLAG_BOOL, &sampled, "0", "sample pairs/groups (fdpo_rng) instead of exact expectations", 0},
         {"pair-top", FLAG_INT, &pair_top, "0", "dpo: offline pairs among the N most likely responses under pi_ref (0 = n/2)", 0},
-        {"steps", FLAG_INT, &steps, "0", "online/rloo/grpo iterations (0 = 100000 sampled, 200000 exact, 20000 exact grpo)", 0},
+        {"steps", FLAG_INT, &steps, "0", "online/rloo/grpo/kto iterations (0 = 100000 sampled, 200000 exact, 20000 exact grpo and kto)", 0},
         {"k", FLAG_INT, &k, "4", "samples per step: online pairs, rloo/grpo group size", 0},
-        {"lr", FLAG_FLOAT, &lr, "0", "step size (0 = the method's default: online 5 exact / 1 sampled, rloo 1, grpo 0.05)", 0},
+        {"lr", FLAG_FLOAT, &lr, "0", "step size (0 = the method's default: online 5 exact / 1 sampled, rloo 1, grpo 0.05, kto 5)", 0},
         {"grpo-eps", FLAG_FLOAT, &grpo_eps, "1e-4", "GRPO's std epsilon (TRL's default)", 0},
+        {"labels", FLAG_STR, &labels_name, "bt", "kto labels: bt (P(desirable) = sigmoid(r - threshold)) or threshold (r > threshold)", 0},
+        {"label-threshold", FLAG_FLOAT, &label_threshold, NULL, "kto: the labels' reward threshold (default E_pi_ref[r])", 0},
+        {"desirable-weight", FLAG_FLOAT, &w_d, "1", "kto: weight of desirable examples (TRL desirable_weight)", 0},
+        {"undesirable-weight", FLAG_FLOAT, &w_u, "1", "kto: weight of undesirable examples (TRL undesirable_weight)", 0},
         {"export-pi", FLAG_STR, &export_pi, NULL, "write every final policy as CSV method,divergence,response,pi", 0},
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("check", "fdpo lab check --method LIST [flags]");
+    fdpo_lab_labels labels;
+    if (!strcmp(labels_name, "bt")) labels = FDPO_LAB_LABELS_BT;
+    else if (!strcmp(labels_name, "threshold")) labels = FDPO_LAB_LABELS_THRESHOLD;
+    else return fdpo_error("--labels: unknown labelling '%s' (expected bt or threshold)", labels_name);
     if (pair_top < 0) return fdpo_error("--pair-top: must be >= 0 (got %ld)", pair_top);
     if (steps < 0) return fdpo_error("--steps: must be >= 0 (got %ld)", steps);
     if (!(lr >= 0) || !isfinite(lr)) return fdpo_error("--lr: must be > 0, or 0 for the method default (got %g)", lr);
     fdpo_divergence *divs;
     size_t nd;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    fdpo_lab_method methods[4];
+    fdpo_lab_method methods[FDPO_LAB_NMETHODS];
     size_t nm = 0;
     char *ms = fdpo_strdup(methodspec);
     int rc = 0;
     for (char *tok = strtok(ms, ","); tok && rc == 0; tok = strtok(NULL, ",")) {
-        if (nm == 4) rc = fdpo_error("--method: at most 4 methods (got '%s')", methodspec);
+        if (nm == FDPO_LAB_NMETHODS) rc = fdpo_error("--method: at most %d methods (got '%s')", FDPO_LAB_NMETHODS, methodspec);
         else rc = fdpo_lab_method_parse(tok, &methods[nm++]);
     }
     free(ms);
@@ -512,23 +521,27 @@ static int lab_check_method(int argc, char **argv) {
     fdpo_lab_prepared pp;
     fdpo_lab_prepare(&pp, p.pi_ref, p.reward, p.n);
     static const char *cols[] = {"method", "variant", "divergence", "beta", "max_abs_diff", "objective_gap",
-                                 "uncovered_mass", "samples", "iterations"};
+                                 "uncovered_mass", "samples", "iterations", "target_diff", "z0", "undesirable_mass"};
     static const char *pi_cols[] = {"method", "divergence", "response", "pi"};
     table t, tp;
     double *pi = fdpo_malloc(p.n * sizeof(double));
-    rc = table_open(&t, o.out, o.format, cols, 9);
+    rc = table_open(&t, o.out, o.format, cols, 12);
     int opened = rc == 0, opened_pi = 0;
     if (rc == 0 && export_pi) opened_pi = (rc = table_open(&tp, export_pi, "csv", pi_cols, 4)) == 0;
     for (size_t a = 0; rc == 0 && a < nm; a++)
         for (size_t d = 0; rc == 0 && d < nd; d++) {
-            /* defaults by method (dpo, online, rloo, grpo): online's sampled pair loss is noisy
+            /* defaults by method (dpo, online, rloo, grpo, kto): online's sampled pair loss is noisy
              * (Bradley-Terry labels stay random at pi*), exact grpo averages n^k groups a step */
-            static const double lr_exact[] = {0, 5, 1, 0.05}, lr_sampled[] = {0, 1, 1, 0.05};
-            long def_steps = sampled ? 100000 : methods[a] == FDPO_LAB_GRPO ? 20000 : 200000;
+            static const double lr_exact[] = {0, 5, 1, 0.05, 5}, lr_sampled[] = {0, 1, 1, 0.05, 0};
+            if (methods[a] == FDPO_LAB_KTO && sampled) {
+                rc = fdpo_error("--sampled: kto runs on the exact expected loss only (offline, like dpo)");
+                break;
+            }
+            long def_steps = sampled ? 100000 : methods[a] == FDPO_LAB_GRPO || methods[a] == FDPO_LAB_KTO ? 20000 : 200000;
             fdpo_lab_algo_opts ao = {methods[a], divs[d], beta, !sampled, pair_top ? (size_t)pair_top : p.n / 2,
                                      steps ? steps : def_steps, k,
                                      lr > 0 ? lr : sampled ? lr_sampled[methods[a]] : lr_exact[methods[a]],
-                                     grpo_eps, (uint64_t)o.seed};
+                                     grpo_eps, (uint64_t)o.seed, labels, label_threshold, w_d, w_u};
             fdpo_lab_algo_result res;
             if ((rc = fdpo_lab_algo_run(&pp, &ao, pi, &res))) break;
             char name[64];
@@ -539,10 +552,11 @@ static int lab_check_method(int argc, char **argv) {
                 table_end_row(&tp);
             }
             table_str(&t, fdpo_lab_method_name(methods[a]));
-            table_str(&t, methods[a] == FDPO_LAB_DPO ? "offline" : sampled ? "sampled" : "exact");
+            table_str(&t, methods[a] == FDPO_LAB_DPO || methods[a] == FDPO_LAB_KTO ? "offline" : sampled ? "sampled" : "exact");
             table_str(&t, name); table_num(&t, beta);
             table_num(&t, res.max_abs_diff); table_num(&t, res.objective_gap); table_num(&t, res.uncovered_mass);
             table_int(&t, res.samples); table_int(&t, res.iterations);
+            table_num(&t, res.target_diff); table_num(&t, res.z0); table_num(&t, res.undesirable_mass);
             table_end_row(&t);
         }
     if (opened_pi) { int c = table_close(&tp, rc == 0); if (rc == 0) rc = c; }
@@ -570,7 +584,7 @@ static int lab_check(int argc, char **argv) {
         {"label-smoothing", FLAG_FLOAT, &smoothing, "0", "label smoothing e of sigmoid (cDPO) / robust", 0},
         {"label-noise", FLAG_FLOAT, &noise, "0", "labels flipped at this rate in the expected loss", 0},
         {"export-policy", FLAG_STR, &export_policy, NULL, "write divergence,response,pi_ref,reward,pi_theta (the trained policy) to this CSV", 0},
-        {"method", FLAG_STR, &method_listed, NULL, "dpo,online,rloo,grpo: algorithm checks instead (see --method x --help)", 0},
+        {"method", FLAG_STR, &method_listed, NULL, "dpo,online,rloo,grpo,kto: algorithm checks instead (see --method x --help)", 0},
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("check", "fdpo lab check [flags]");

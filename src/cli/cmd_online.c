@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cli/commands.h"
+#include "cli/online_flags.h"
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
 #include "fdpo/online.h"
@@ -20,35 +21,21 @@ int cmd_online(int argc, char **argv) {
         "[--rounds R] [--prompts-per-round P] [--n N] [--ref-update never|round] [flags]";
     fdpo_online_opts o;
     memset(&o, 0, sizeof o);
-    fdpo_flag flags[TRAIN_FLAGS_MAX + 24];
+    fdpo_flag flags[TRAIN_FLAGS_MAX + ONLINE_FLAGS_N + 8];
     size_t n = 0;
-    const char *divergence, *loss, *ref_update, *stop = NULL, *pairs_mode, *mode;
-    double beta, temperature, top_p, timeout;
-    long top_k, max_new;
+    const char *divergence, *loss, *mode;
+    double beta;
+    online_flags of;
     const fdpo_flag own[] = {
         {"model", FLAG_STR, &o.model, NULL, "initial policy checkpoint (required); also the reference unless --ref", 0},
         {"ref", FLAG_STR, &o.ref, NULL, "reference checkpoint (default: --model)", 0},
-        {"data", FLAG_STR, &o.prompts, NULL, "prompts: JSONL {\"prompt\"} or text, one per line (required)", 0},
-        {"reward", FLAG_STR, &o.reward, NULL, "reward of a completion: afinn, lexicon:FILE, length, length:words, cmd:PROG, rm:DIR (required)", 0},
-        {"lexicon", FLAG_STR, &o.reward_opts.lexicon, NULL, "AFINN lexicon file for --reward afinn", 0},
-        {"reward-timeout", FLAG_FLOAT, &timeout, "60", "seconds a cmd: reward may take", 0},
         {"divergence", FLAG_STR, &divergence, "rkl", "f-divergence: rkl, fkl, js, alpha:A", 0},
         {"loss", FLAG_STR, &loss, "sigmoid", "preference loss: sigmoid, robust, hinge, ipo", 0},
         {"beta", FLAG_FLOAT, &beta, "0.1", "strength of the divergence constraint (> 0)", 0},
-        {"rounds", FLAG_INT, &o.rounds, "3", "sample -> pair -> f-DPO rounds", 0},
-        {"prompts-per-round", FLAG_INT, &o.prompts_per_round, "16", "prompts sampled each round (cycling through the file)", 0},
-        {"n", FLAG_INT, &o.n, "4", "completions sampled per prompt", 0},
-        {"pairs", FLAG_STR, &pairs_mode, "best-worst", "pairs per prompt: best-worst (the best and the worst completion) or all-bt (all disjoint pairs, Bradley-Terry-sampled labels, as fdpo pairs)", 0},
-        {"bt-scale", FLAG_FLOAT, &o.bt_scale, "1", "--pairs all-bt: P(a chosen) = sigmoid((r_a - r_b) / scale)", 0},
         {"mode", FLAG_STR, &mode, "rounds", "rounds (sample -> pair -> f-DPO run per round) or step (fresh samples every optimizer step, TRL OnlineDPOTrainer; --steps steps)", 0},
-        {"ref-update", FLAG_STR, &ref_update, "never", "never: fixed reference (online DPO); round: the previous round's policy (iterative DPO)", 0},
-        {"temperature", FLAG_FLOAT, &temperature, "1", "sampling temperature", 0},
-        {"top-k", FLAG_INT, &top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
-        {"top-p", FLAG_FLOAT, &top_p, "1", "nucleus mass in (0, 1] (1 = off)", 0},
-        {"max-new-tokens", FLAG_INT, &max_new, "32", "most tokens per completion", 0},
-        {"stop", FLAG_STR, &stop, NULL, "stop string", 0},
     };
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
+    n = online_flags_add(&of, &o, flags, n);
     n = train_flags_add_except(flags, n, &o.dpo.train, NOT_FOR_ONLINE);
     train_flags_set_help(flags, n, "out", "run directory: round-K/ checkpoints, round-K.pairs.jsonl, metrics.jsonl (required)");
     train_flags_set_help(flags, n, "resume", "rounds: continue after the last complete round in --out; step: continue the saved run bit-exactly");
@@ -76,26 +63,13 @@ int cmd_online(int argc, char **argv) {
     }
     if (train_flags_finish(flags, n, &o.dpo.train)) goto done;
     o.out = o.dpo.train.out;
-    if (!strcmp(ref_update, "never")) o.ref_update_round = 0;
-    else if (!strcmp(ref_update, "round")) o.ref_update_round = 1;
-    else { fdpo_error("--ref-update: '%s' is not never or round", ref_update); goto done; }
-    if (!strcmp(pairs_mode, "best-worst")) o.pairs_bt = 0;
-    else if (!strcmp(pairs_mode, "all-bt")) o.pairs_bt = 1;
-    else { fdpo_error("--pairs: '%s' is not best-worst or all-bt", pairs_mode); goto done; }
+    if (online_flags_finish(&of, &o, (uint64_t)o.dpo.train.seed)) goto done;
     if (fdpo_divergence_parse(divergence, &o.dpo.dpo.loss.div)) { fdpo_error_context("--divergence"); goto done; }
     if (fdpo_loss_parse(loss, &o.dpo.dpo.loss.kind)) goto done;
     if (o.dpo.dpo.loss.kind == FDPO_LOSS_SIMPO) { fdpo_error("--loss simpo: online f-DPO needs a reference"); goto done; }
     o.dpo.dpo.loss.beta = beta;
     if (fdpo_pref_loss_check(&o.dpo.dpo.loss)) goto done;
-    o.dpo.dpo.layout = FDPO_LAYOUT_SHARED;
-    o.dpo.eval_fraction = 0;
-    o.dpo.pref.on_long = FDPO_PREF_LONG_TRUNCATE;
-    o.dpo.pref.on_bad = FDPO_PREF_SKIP;
-    o.dpo.train.quiet = 1;
-    o.reward_opts.timeout_s = timeout;
-    if (top_k < 0) { fdpo_error("--top-k: must be >= 0 (got %ld)", top_k); goto done; }
-    if (max_new <= 0) { fdpo_error("--max-new-tokens: must be > 0 (got %ld)", max_new); goto done; }
-    o.sample = (fdpo_sample_config){temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)o.dpo.train.seed, 8, 0};
+    online_flags_dpo_template(&o.dpo);
     fdpo_set_threads((int)o.dpo.train.threads);
     if (!strcmp(mode, "rounds")) {
         if (flags_was_set(flags, n, "stop-at") || flags_was_set(flags, n, "overwrite")) {

@@ -1,9 +1,11 @@
 /* fdpo sacpo: stepwise safety-constrained alignment (SACPO) and P-SACPO merges, each stage
- * an f-DPO run with every flag of fdpo dpo (a thin layer over fdpo_sacpo_run). */
+ * an f-DPO run with every flag of fdpo dpo, on a file or online against a spec with the
+ * sampling flags of fdpo online (a thin layer over fdpo_sacpo_run). */
 #include <stdlib.h>
 #include <string.h>
 #include "cli/commands.h"
 #include "cli/dpo_flags.h"
+#include "cli/online_flags.h"
 #include "fdpo/core.h"
 #include "fdpo/sacpo.h"
 
@@ -13,16 +15,22 @@ static const char *const NOT_FOR_SACPO[] = {"data", "eval-file", "ref", "resume"
 
 int cmd_sacpo(int argc, char **argv) {
     static const char usage[] =
-        "fdpo sacpo --model CKPT --reward-data R.jsonl --safety-data S.jsonl --lambda L[,L2,...] "
-        "[--order reward-first|safety-first] [--merge w1,...] [--divergence D] [--beta B] --out DIR [dpo flags]";
+        "fdpo sacpo --model CKPT (--reward-data R.jsonl | --reward SPEC) (--safety-data S.jsonl | --safety SPEC) "
+        "[--data PROMPTS] --lambda L[,L2,...] [--order reward-first|safety-first] [--merge w1,...] [--divergence D] "
+        "[--beta B] --out DIR [dpo flags] [online flags]";
     dpo_flags v;
-    fdpo_flag flags[DPO_FLAGS_MAX + 8];
+    online_flags of;
+    fdpo_flag flags[DPO_FLAGS_MAX + ONLINE_FLAGS_N + 8];
     size_t n = dpo_flags_add(&v, flags, NOT_FOR_SACPO, sizeof NOT_FOR_SACPO / sizeof NOT_FOR_SACPO[0]);
     fdpo_sacpo_opts so;
     memset(&so, 0, sizeof so);
     const char *lambda_list = NULL, *merge_list = NULL, *order = NULL;
-    flags[n++] = (fdpo_flag){"reward-data", FLAG_STR, &so.reward_data, NULL, "preference JSONL of the reward (helpfulness) stage (required)", 0};
-    flags[n++] = (fdpo_flag){"safety-data", FLAG_STR, &so.safety_data, NULL, "preference JSONL of the safety stage (required)", 0};
+    flags[n++] = (fdpo_flag){"reward-data", FLAG_STR, &so.reward_data, NULL, "preference JSONL of the reward (helpfulness) stage (or --reward)", 0};
+    flags[n++] = (fdpo_flag){"safety-data", FLAG_STR, &so.safety_data, NULL, "preference JSONL of the safety stage (or --safety)", 0};
+    n = online_flags_add(&of, &so.online, flags, n);
+    train_flags_set_help(flags, n, "data", "prompts of the online stages: JSONL {\"prompt\"} or text, one per line");
+    train_flags_set_help(flags, n, "reward", "run the reward stage online against this reward (afinn, lexicon:FILE, length, cmd:PROG, rm:DIR) instead of --reward-data");
+    flags[n++] = (fdpo_flag){"safety", FLAG_STR, &so.safety_spec, NULL, "run the safety stage online against this safety signal (same specs as --reward) instead of --safety-data", 0};
     flags[n++] = (fdpo_flag){"lambda", FLAG_STR, &lambda_list, NULL, "safety multipliers, increasing, > 0: one model per value; the safety stage runs at beta/lambda (required)", 0};
     flags[n++] = (fdpo_flag){"order", FLAG_STR, &order, "reward-first", "reward-first (one reward stage shared by every lambda) or safety-first", 0};
     flags[n++] = (fdpo_flag){"merge", FLAG_STR, &merge_list, NULL, "P-SACPO: weights in (0,1); merge each pair of neighbouring lambdas at each weight", 0};
@@ -42,6 +50,11 @@ int cmd_sacpo(int argc, char **argv) {
     else if (!strcmp(order, "safety-first")) so.safety_first = 1;
     else { fdpo_error("--order: '%s' is not reward-first or safety-first", order); goto done; }
     so.dpo = v.o;
+    so.reward_spec = so.online.reward;
+    so.online.reward = NULL;
+    if (online_flags_finish(&of, &so.online, (uint64_t)v.o.train.seed)) goto done;
+    so.online.dpo = v.o;
+    online_flags_dpo_template(&so.online.dpo);
     so.lambdas = lambdas;
     so.merge_weights = weights;
     so.out = v.o.train.out;

@@ -1,22 +1,22 @@
 /* Tabular algorithm checks (include/fdpo/lab_algos.h): offline f-DPO on a pair distribution
  * that does not cover pi*, online f-DPO, f-RLOO and f-GRPO on a softmax policy, each compared
  * with the exact optimum of fdpo_lab_solve. The losses and shaped rewards are the trainer's
- * own pure functions (fdpo_pref_loss_pair, fdpo_shaped_reward, fdpo_rloo/grpo_advantages). */
+ * own pure functions (fdpo_pref_loss_pair, fdpo_shaped_reward, fdpo_rloo/grpo_advantages,
+ * fdpo_kto_loss_one). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/lab_algos.h"
 
-static const char *const METHOD_NAMES[] = {"dpo", "online", "rloo", "grpo"};
+static const char *const METHOD_NAMES[FDPO_LAB_NMETHODS] = {"dpo", "online", "rloo", "grpo", "kto"};
 
 int fdpo_lab_method_parse(const char *name, fdpo_lab_method *m) {
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < FDPO_LAB_NMETHODS; i++)
         if (name && !strcmp(name, METHOD_NAMES[i])) { *m = (fdpo_lab_method)i; return 0; }
-    return fdpo_error("--method: unknown method '%s' (expected dpo, online, rloo, grpo)", name ? name : "");
+    return fdpo_error("--method: unknown method '%s' (expected dpo, online, rloo, grpo, kto)", name ? name : "");
 }
 const char *fdpo_lab_method_name(fdpo_lab_method m) { return METHOD_NAMES[m]; }
 
-static double sigmoid(double x) { return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x)); }
 static double max_abs(const double *a, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) if (fabs(a[i]) > m) m = fabs(a[i]);
@@ -85,7 +85,7 @@ static void bt_pair_weights(const fdpo_lab_prepared *pp, const double *q, double
     const size_t n = pp->n;
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < n; j++)
-            w[i * n + j] = i == j ? 0 : q[i] * q[j] * sigmoid(pp->reward[i] - pp->reward[j]);
+            w[i * n + j] = i == j ? 0 : q[i] * q[j] * fdpo_sigmoid(pp->reward[i] - pp->reward[j]);
 }
 
 typedef struct { double v; size_t i; } keyed;
@@ -183,7 +183,7 @@ static void sampled_step_grad(step_ctx *c, const double *theta, fdpo_rng *rng, d
         memset(c->gl, 0, n * sizeof(double));
         for (size_t p = 0; p < k; p++) {
             size_t a = sample(rng, c->pi, n), b = sample(rng, c->pi, n);
-            if (fdpo_rng_uniform(rng) >= sigmoid(c->pp->reward[a] - c->pp->reward[b])) { size_t s = a; a = b; b = s; }
+            if (fdpo_rng_uniform(rng) >= fdpo_sigmoid(c->pp->reward[a] - c->pp->reward[b])) { size_t s = a; a = b; b = s; }
             double dw, dl;
             fdpo_pref_loss_pair(c->L, c->l[a], c->l[b], &dw, &dl);
             c->gl[a] += dw / (double)k;
@@ -247,6 +247,153 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
     return 0;
 }
 
+
+/* ---- offline KTO: completions y ~ pi_ref, P(desirable | y) = p_y ---- */
+
+typedef struct {
+    const fdpo_lab_prepared *pp;
+    fdpo_kto_loss K;
+    const double *p;          /* p[n]: label probabilities */
+    const unsigned char *in;  /* in[n]: responses the policy may put mass on (theta = -inf elsewhere) */
+    int z0_zero;              /* the target: z0 = 0 exactly (docs/lab.md: Jensen) */
+    double z0;                /* the last evaluation's reference point */
+    double *pi, *l, *gl;
+} kto_ctx;
+
+/* sum_y pi_ref(y) [p_y L_d(l_y) + (1 - p_y) L_u(l_y)] with z0 = max(0, E_pi_ref[s~(l)]) held
+ * constant (TRL computes z0 without gradient), and its (semi-)gradient wrt theta */
+static double kto_fg(const double *theta, double *g, void *vctx) {
+    kto_ctx *c = vctx;
+    const size_t n = c->pp->n;
+    policy(c->pp, theta, c->pi, c->l);
+    double z0 = 0;
+    if (!c->z0_zero) {
+        for (size_t i = 0; i < n; i++) z0 += c->pp->pi_ref[i] * fdpo_kto_score(&c->K.div, c->l[i]);
+        if (!(z0 > 0)) z0 = 0;
+    }
+    c->z0 = z0;
+    double f = 0;
+    for (size_t i = 0; i < n; i++) {
+        c->gl[i] = 0;
+        if (!c->in[i]) continue;
+        double dd, du, q = c->pp->pi_ref[i];
+        f += q * (c->p[i] * fdpo_kto_loss_one(&c->K, c->l[i], 1, z0, &dd) +
+                  (1 - c->p[i]) * fdpo_kto_loss_one(&c->K, c->l[i], 0, z0, &du));
+        c->gl[i] = q * (c->p[i] * dd + (1 - c->p[i]) * du);
+    }
+    l_to_theta_grad(c->pi, c->gl, n, g);
+    for (size_t i = 0; i < n; i++) if (!c->in[i]) g[i] = 0;
+    return f;
+}
+
+static int kto_setup(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, kto_ctx *c, double *p, unsigned char *in,
+                     double *undesirable_mass) {
+    const size_t n = pp->n;
+    memset(c, 0, sizeof *c);
+    c->pp = pp;
+    c->K.div = o->div;
+    c->K.beta = o->beta;
+    c->K.desirable_weight = o->desirable_weight;
+    c->K.undesirable_weight = o->undesirable_weight;
+    if (!(o->desirable_weight > 0) || !isfinite(o->desirable_weight))
+        return fdpo_error("--desirable-weight: must be > 0 (got %g)", o->desirable_weight);
+    if (!(o->undesirable_weight > 0) || !isfinite(o->undesirable_weight))
+        return fdpo_error("--undesirable-weight: must be > 0 (got %g)", o->undesirable_weight);
+    if (isinf(o->label_threshold)) return fdpo_error("--label-threshold: must be finite (got %g)", o->label_threshold);
+    if (fdpo_kto_loss_check(&c->K)) return -1;
+    double tau = o->label_threshold;
+    if (isnan(tau)) {
+        tau = 0;
+        for (size_t i = 0; i < n; i++) tau += pp->pi_ref[i] * pp->reward[i];
+    }
+    /* net weight of a response: p w_d - (1 - p) w_u; its loss falls with l iff it is > 0 */
+    size_t kept = 0;
+    *undesirable_mass = 0;
+    for (size_t i = 0; i < n; i++) {
+        p[i] = o->labels == FDPO_LAB_LABELS_BT ? fdpo_sigmoid(pp->reward[i] - tau) : pp->reward[i] > tau ? 1.0 : 0.0;
+        in[i] = p[i] * o->desirable_weight > (1 - p[i]) * o->undesirable_weight;
+        if (in[i]) kept++;
+        else *undesirable_mass += pp->pi_ref[i];
+    }
+    /* no net-desirable response: every loss rises with l, the minimum is interior on all of them */
+    if (kept == 0) memset(in, 1, n);
+    c->p = p;
+    c->in = in;
+    c->pi = fdpo_malloc(n * sizeof(double));
+    c->l = fdpo_malloc(n * sizeof(double));
+    c->gl = fdpo_malloc(n * sizeof(double));
+    return 0;
+}
+static void kto_free(kto_ctx *c) { free(c->pi); free(c->l); free(c->gl); }
+
+/* the target's variables are the logits of the responses it keeps; the others sit at -inf */
+typedef struct { kto_ctx *c; const size_t *keep; size_t m; double *theta, *g; } kto_sub_ctx;
+static double kto_sub_fg(const double *x, double *gx, void *vctx) {
+    kto_sub_ctx *s = vctx;
+    for (size_t j = 0; j < s->m; j++) s->theta[s->keep[j]] = x[j];
+    double f = kto_fg(s->theta, s->g, s->c);
+    for (size_t j = 0; j < s->m; j++) gx[j] = s->g[s->keep[j]];
+    return f;
+}
+
+int fdpo_lab_kto_target(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi) {
+    const size_t n = pp->n;
+    kto_ctx c;
+    double *p = fdpo_malloc(n * sizeof(double)), um, gnorm;
+    unsigned char *in = fdpo_malloc(n);
+    int rc = kto_setup(pp, o, &c, p, in, &um);
+    if (rc == 0) {
+        size_t *keep = fdpo_malloc(n * sizeof(size_t)), m = 0;
+        double *x = fdpo_malloc(n * sizeof(double));
+        kto_sub_ctx sc = {&c, keep, 0, fdpo_malloc(n * sizeof(double)), fdpo_malloc(n * sizeof(double))};
+        for (size_t i = 0; i < n; i++) {
+            sc.theta[i] = -INFINITY;
+            if (in[i]) { keep[m] = i; x[m++] = pp->log_pi_ref[i]; }
+        }
+        sc.m = m;
+        c.z0_zero = 1;
+        fdpo_lab_lbfgs(m, x, kto_sub_fg, &sc, 1e-15, 10000, &gnorm);
+        for (size_t j = 0; j < m; j++) sc.theta[keep[j]] = x[j];
+        policy(pp, sc.theta, pi, c.l);
+        free(keep); free(x); free(sc.theta); free(sc.g);
+        kto_free(&c);
+    }
+    free(p); free(in);
+    return rc;
+}
+
+/* the run: gradient descent from pi_ref with a fixed step (the flow an SGD trainer follows; a
+ * quasi-Newton step can jump to a corner of the simplex, where softmax's gradient vanishes
+ * although the loss is not minimal); the net-undesirable responses only tend to 0 */
+static int run_kto(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *theta, fdpo_lab_algo_result *res) {
+    const size_t n = pp->n;
+    if (o->steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->steps);
+    if (!(o->lr > 0) || !isfinite(o->lr)) return fdpo_error("--lr: must be > 0 (got %g)", o->lr);
+    kto_ctx c;
+    double *p = fdpo_malloc(n * sizeof(double)), *g = fdpo_malloc(n * sizeof(double));
+    unsigned char *in = fdpo_malloc(n);
+    int rc = kto_setup(pp, o, &c, p, in, &res->undesirable_mass);
+    if (rc == 0) {
+        memset(in, 1, n);
+        long t;
+        for (t = 0; t < o->steps; t++) {
+            kto_fg(theta, g, &c);
+            if (max_abs(g, n) * o->lr <= 1e-16) break;
+            for (size_t i = 0; i < n; i++) theta[i] -= o->lr * g[i];
+        }
+        res->iterations = t;
+        /* near the limit the flow is slow (the error falls like 1/t): finish with L-BFGS, which
+         * from here stays in the basin the flow found */
+        double gnorm;
+        res->iterations += fdpo_lab_lbfgs(n, theta, kto_fg, &c, 1e-15, 10000, &gnorm);
+        kto_fg(theta, g, &c); /* z0 at the final policy */
+        res->z0 = c.z0;
+        kto_free(&c);
+    }
+    free(p); free(g); free(in);
+    return rc;
+}
+
 int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi_out, fdpo_lab_algo_result *res) {
     const size_t n = pp->n;
     const char *why;
@@ -263,17 +410,27 @@ int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, 
     fdpo_lab_result star, got;
     int rc = fdpo_lab_solve(pp, &o->div, o->beta, pistar, &star);
     for (size_t i = 0; i < n; i++) theta[i] = pp->log_pi_ref[i]; /* start at pi_ref */
-    if (rc == 0) rc = o->method == FDPO_LAB_DPO ? run_dpo(pp, o, &L, pistar, theta, res) : run_iterative(pp, o, &L, theta, res);
+    if (rc == 0)
+        rc = o->method == FDPO_LAB_DPO   ? run_dpo(pp, o, &L, pistar, theta, res)
+           : o->method == FDPO_LAB_KTO   ? run_kto(pp, o, theta, res)
+                                         : run_iterative(pp, o, &L, theta, res);
+    double *target = pistar;
+    if (rc == 0 && o->method == FDPO_LAB_KTO) {
+        target = fdpo_malloc(n * sizeof(double));
+        rc = fdpo_lab_kto_target(pp, o, target);
+    }
     if (rc == 0) {
         policy(pp, theta, pi, l);
         for (size_t i = 0; i < n; i++) {
-            double e = fabs(pi[i] - pistar[i]);
+            double e = fabs(pi[i] - pistar[i]), et = fabs(pi[i] - target[i]);
             if (e > res->max_abs_diff) res->max_abs_diff = e;
+            if (et > res->target_diff) res->target_diff = et;
             if (pi_out) pi_out[i] = pi[i];
         }
         fdpo_lab_evaluate(&o->div, o->beta, pp->pi_ref, pp->reward, pi, n, &got);
         res->objective_gap = star.objective - got.objective;
     }
+    if (target != pistar) free(target);
     free(pistar); free(theta); free(pi); free(l);
     return rc;
 }

@@ -333,6 +333,7 @@ int fdpo_rp_load_run(rp_ctx *c, const char *dir) {
     if (is_file(mpath)) { load_metrics(c, r, mpath); found = 1; }
     free(mpath);
     discover_settings(c, r, names, n_names);
+    fdpo_rp_loop_discover(r);
     make_label(r);
     /* eval*.json here and *.json under eval/; *.csv under lab/ and here (those need a divergence column) */
     for (size_t i = 0; i < n_names; i++) {

@@ -50,7 +50,7 @@ static const char *div_title(const char *div) {
     return div;
 }
 
-typedef struct {
+typedef struct rp_charts {
     rp_ctx *c;
     rp_buf *html;
     cJSON *specs;
@@ -111,6 +111,17 @@ static int chart_emit(charts *ch, cJSON *series, const char *title, const char *
     fdpo_rp_puts(b, "\"></canvas></div></figure>\n");
     return 1;
 }
+
+/* the helpers above, for panels in other files (loop_panels.c) */
+cJSON *fdpo_rp_series_new(cJSON *list, const char *label, const char *color, int line, int dash) {
+    return series_new(list, label, color, line, dash);
+}
+void fdpo_rp_series_add(cJSON *s, double x, double y, const char *tip) { series_add(s, x, y, tip); }
+int fdpo_rp_chart_emit(rp_charts *ch, cJSON *series, const char *title, const char *explain, const char *xlabel,
+                       const char *ylabel, int xlog) {
+    return chart_emit(ch, series, title, explain, xlabel, ylabel, xlog);
+}
+const char *fdpo_rp_run_color(size_t i) { return run_color(i); }
 
 /* ---------------------------------------------------------------- training ---- */
 
@@ -194,7 +205,7 @@ static void training_table(rp_ctx *c, rp_buf *b) {
         fdpo_rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", run_color(i));
         fdpo_rp_html(b, r->name);
         fdpo_rp_puts(b, "</td>");
-        td_text(b, r->kind);
+        td_text(b, fdpo_rp_loop_kind_name(r));
         td_text(b, r->divergence);
         if (r->has_beta) td_num(b, r->beta); else td_text(b, NULL);
         td_text(b, r->loss);
@@ -697,6 +708,7 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
                            "the rejected answer down faster than the chosen one, not by raising the chosen one.",
                            "implicit reward", "rewards/chosen", " chosen", (const char *const[]){"rewards/rejected", NULL}, " rejected");
             fdpo_rp_puts(&body, "</div>\n");
+            fdpo_rp_loop_section(c, &ch, &body);
         }
     }
 
@@ -776,6 +788,7 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
               c->n_labs, c->n_labs == 1 ? "" : "s", when);
     fdpo_rp_puts(b, "<p id=\"js-status\" class=\"bad\" hidden></p>\n<nav>");
     if (c->n_runs) fdpo_rp_puts(b, "<a href=\"#training\">training</a> ");
+    if (strstr(body.p ? body.p : "", "<h2 id=\"loop\">")) fdpo_rp_puts(b, "<a href=\"#loop\">loop</a> ");
     if (c->n_pols) fdpo_rp_puts(b, "<a href=\"#evaluation\">evaluation</a> ");
     if (c->n_labs) fdpo_rp_puts(b, "<a href=\"#lab\">lab</a> ");
     if (c->n_warnings) fdpo_rp_printf(b, "<a href=\"#warnings\">%zu warning%s</a>", c->n_warnings, c->n_warnings == 1 ? "" : "s");

@@ -66,6 +66,20 @@ void fdpo_rp_ctx_free(rp_ctx *c);
 /* Render the page into b; returns the number of charts it draws. */
 size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b);
 
+/* render.c's chart list and helpers, for the panels written in other files */
+typedef struct rp_charts rp_charts;
+cJSON *fdpo_rp_series_new(cJSON *list, const char *label, const char *color, int line, int dash);
+void fdpo_rp_series_add(cJSON *s, double x, double y, const char *tip);
+/* Emits a panel if any series has a point (takes ownership of series); returns 1 if drawn. */
+int fdpo_rp_chart_emit(rp_charts *ch, cJSON *series, const char *title, const char *explain, const char *xlabel,
+                       const char *ylabel, int xlog);
+const char *fdpo_rp_run_color(size_t i);
+
+/* loop_panels.c: rm, online and rl runs */
+void fdpo_rp_loop_discover(rp_run *r);                     /* load time: online run dirs' settings and kind */
+void fdpo_rp_loop_section(rp_ctx *c, rp_charts *ch, rp_buf *b);
+const char *fdpo_rp_loop_kind_name(const rp_run *r);       /* r->kind, else the kind its metrics show; NULL */
+
 /* assets.c */
 const char *fdpo_rp_asset_js(size_t *len);
 const char *fdpo_rp_asset_css(size_t *len);

@@ -14,8 +14,25 @@
 
 int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     if (!o->dpo.train.init) return fdpo_error("--model: required (the checkpoint to align)");
-    if (!o->reward_data) return fdpo_error("--reward-data: required (preference JSONL for the reward stage)");
-    if (!o->safety_data) return fdpo_error("--safety-data: required (preference JSONL for the safety stage)");
+    if (!o->reward_data && !o->reward_spec)
+        return fdpo_error("--reward-data or --reward: required (preference JSONL for the reward stage, or a reward spec to run it online)");
+    if (o->reward_data && o->reward_spec)
+        return fdpo_error("--reward-data and --reward: give one (the reward stage trains on the file or online against the spec)");
+    if (!o->safety_data && !o->safety_spec)
+        return fdpo_error("--safety-data or --safety: required (preference JSONL for the safety stage, or a safety spec to run it online)");
+    if (o->safety_data && o->safety_spec)
+        return fdpo_error("--safety-data and --safety: give one (the safety stage trains on the file or online against the spec)");
+    if (o->reward_spec || o->safety_spec) {
+        if (!o->online.prompts) return fdpo_error("--data: required with --reward/--safety (the prompts the online stages sample from)");
+        if (o->online.rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->online.rounds);
+        if (o->online.prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->online.prompts_per_round);
+        if (o->online.n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->online.n);
+        if (fdpo_sample_config_check(&o->online.sample)) return -1;
+        if (o->online.ref_update_round)
+            return fdpo_error("--ref-update round: a SACPO stage's reference is its starting model (the stepwise "
+                              "composition of DESIGN §4 needs it); use never");
+    } else if (o->online.prompts)
+        return fdpo_error("--data: the prompts of online stages; with --reward-data and --safety-data no stage is online");
     if (!o->out) return fdpo_error("--out: required (the directory that receives every stage)");
     if (o->n_lambdas == 0) return fdpo_error("--lambda: at least one multiplier is required");
     for (size_t i = 0; i < o->n_lambdas; i++) {
@@ -32,7 +49,8 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
         return fdpo_error("--loss simpo: SACPO's second stage needs the first stage as its reference; simpo has none");
     if (o->dpo.ref) return fdpo_error("--ref: not used by sacpo (each stage's reference is its starting model)");
     return fdpo_dpo_run_opts_check(&(fdpo_dpo_run_opts){
-        .train = o->dpo.train, .data = o->reward_data, .pref = o->dpo.pref, .dpo = o->dpo.dpo,
+        .train = o->dpo.train, .data = o->reward_data ? o->reward_data : o->safety_data ? o->safety_data : o->online.prompts,
+        .pref = o->dpo.pref, .dpo = o->dpo.dpo,
         .eval_fraction = o->dpo.eval_fraction, .ref_live = o->dpo.ref_live, .ref_cache_dir = o->dpo.ref_cache_dir});
 }
 
@@ -54,8 +72,27 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     char div[64];
     fdpo_divergence_name(&o->dpo.dpo.loss.div, div, sizeof div);
     cJSON_AddStringToObject(p, "model", o->dpo.train.init);
-    cJSON_AddStringToObject(p, "reward_data", o->reward_data);
-    cJSON_AddStringToObject(p, "safety_data", o->safety_data);
+    /* file stages keep the plan of earlier versions; online stages add their spec and sampling */
+    if (o->reward_data) cJSON_AddStringToObject(p, "reward_data", o->reward_data);
+    else cJSON_AddStringToObject(p, "reward", o->reward_spec);
+    if (o->safety_data) cJSON_AddStringToObject(p, "safety_data", o->safety_data);
+    else cJSON_AddStringToObject(p, "safety", o->safety_spec);
+    if (o->reward_spec || o->safety_spec) {
+        cJSON *on = cJSON_AddObjectToObject(p, "online");
+        cJSON_AddStringToObject(on, "data", o->online.prompts);
+        cJSON_AddNumberToObject(on, "rounds", (double)o->online.rounds);
+        cJSON_AddNumberToObject(on, "prompts_per_round", (double)o->online.prompts_per_round);
+        cJSON_AddNumberToObject(on, "n", (double)o->online.n);
+        cJSON_AddStringToObject(on, "pairs", o->online.pairs_bt ? "all-bt" : "best-worst");
+        cJSON_AddStringToObject(on, "ref_update", o->online.ref_update_round ? "round" : "never");
+        if (o->online.pairs_bt) cJSON_AddNumberToObject(on, "bt_scale", o->online.bt_scale);
+        cJSON_AddNumberToObject(on, "temperature", o->online.sample.temperature);
+        cJSON_AddNumberToObject(on, "top_k", (double)o->online.sample.top_k);
+        cJSON_AddNumberToObject(on, "top_p", o->online.sample.top_p);
+        cJSON_AddNumberToObject(on, "max_new_tokens", (double)o->online.sample.max_new_tokens);
+        if (o->online.sample.stop) cJSON_AddStringToObject(on, "stop", o->online.sample.stop);
+        if (o->online.reward_opts.lexicon) cJSON_AddStringToObject(on, "lexicon", o->online.reward_opts.lexicon);
+    }
     cJSON_AddStringToObject(p, "divergence", div);
     cJSON_AddNumberToObject(p, "beta", o->dpo.dpo.loss.beta);
     cJSON_AddStringToObject(p, "order", o->safety_first ? "safety-first" : "reward-first");
@@ -110,12 +147,48 @@ static int state_mark(sacpo_state *st, const char *dir) {
     return fdpo_write_json_atomic(st->path, st->root, 1);
 }
 
-/* one f-DPO stage: init -> dir on data with beta; resumes a stage left half-way */
+/* an online stage: online f-DPO rounds from init (also the reference) against spec into
+ * dir.online, then its last round saved as dir; resumes after the last complete round */
+static int run_online_stage(const fdpo_sacpo_opts *o, const char *what, const char *init, const char *spec,
+                            double beta, const char *dir) {
+    size_t len = strlen(dir);
+    char *run = fdpo_malloc(len + 8);
+    memcpy(run, dir, len);
+    memcpy(run + len, ".online", 8);
+    fdpo_online_opts on = o->online;
+    on.model = init;
+    on.ref = NULL;
+    on.reward = spec;
+    on.out = run;
+    on.resume = 1;                /* a fresh directory starts at round 0 */
+    on.dpo.dpo.loss.beta = beta;
+    fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s online against %s, beta %g, %ld round(s) in %s", what, init, dir, spec, beta,
+             on.rounds, run);
+    int rc = fdpo_online_run(&on);
+    char name[32];
+    snprintf(name, sizeof name, "round-%ld", on.rounds - 1);
+    char *last = fdpo_path_join(run, name);
+    if (rc == 0) rc = fdpo_checkpoint_recover(dir);
+    fdpo_gpt2 *m = rc == 0 ? fdpo_checkpoint_load_model(last) : NULL;
+    fdpo_tokenizer *tok = m ? fdpo_tokenizer_load_dir(last) : NULL;
+    if (rc == 0) rc = m && tok ? fdpo_checkpoint_save_all(dir, m, tok, NULL, NULL) : -1;
+    if (tok) fdpo_tokenizer_free(tok);
+    if (m) fdpo_gpt2_free(m);
+    free(last);
+    free(run);
+    return rc;
+}
+
+/* one f-DPO stage: init -> dir on data (or online against spec) with beta; resumes a stage left half-way */
 static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what, const char *init, const char *data,
-                     double beta, const char *dir) {
+                     const char *spec, double beta, const char *dir) {
     if (stage_done(st, dir)) {
         fdpo_log(FDPO_LOG_INFO, "%s: done before (%s)", what, dir);
         return 0;
+    }
+    if (!data) {
+        if (run_online_stage(o, what, init, spec, beta, dir)) return fdpo_error_context("sacpo %s", what);
+        return state_mark(st, dir);
     }
     fdpo_dpo_run_opts d = o->dpo;
     d.train.init = init;
@@ -150,8 +223,21 @@ static int run_merge(sacpo_state *st, const char *a, const char *b, double w, co
     return state_mark(st, dir);
 }
 
+/* a bad spec is named before any stage runs (the online library would only meet it later,
+ * and call it --reward) */
+static int check_spec(const char *spec, const fdpo_reward_options *ro, const char *flag) {
+    if (!spec) return 0;
+    fdpo_reward *r = fdpo_reward_create(spec, ro);
+    if (!r) return fdpo_error_context("%s %s", flag, spec);
+    fdpo_reward_free(r);
+    return 0;
+}
+
 int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     if (fdpo_sacpo_opts_check(o)) return -1;
+    if (check_spec(o->reward_spec, &o->online.reward_opts, "--reward") ||
+        check_spec(o->safety_spec, &o->online.reward_opts, "--safety"))
+        return -1;
     if (fdpo_dist_rank() == 0 && (fdpo_mkdir_p(o->out) || fdpo_dir_lock(o->out, "--out"))) return -1;
     if (fdpo_dist_barrier()) return -1;
     sacpo_state st = {0};
@@ -159,19 +245,19 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     const double beta = o->dpo.dpo.loss.beta;
     char *reward_dir = fdpo_path_join(o->out, "reward");
     if (!rc && !o->safety_first)
-        rc = run_stage(o, &st, "reward stage", o->dpo.train.init, o->reward_data, beta, reward_dir);
+        rc = run_stage(o, &st, "reward stage", o->dpo.train.init, o->reward_data, o->reward_spec, beta, reward_dir);
     for (size_t i = 0; !rc && i < o->n_lambdas; i++) {
         double lam = o->lambdas[i];
         char *final = fdpo_sacpo_lambda_dir(o->out, lam), what[64];
         if (!o->safety_first) {
             snprintf(what, sizeof what, "safety stage (lambda %g)", lam);
-            rc = run_stage(o, &st, what, reward_dir, o->safety_data, beta / lam, final);
+            rc = run_stage(o, &st, what, reward_dir, o->safety_data, o->safety_spec, beta / lam, final);
         } else {
             char *safety_dir = fmt_dir(o->out, "safety-lambda", lam, 0, 0);
             snprintf(what, sizeof what, "safety stage (lambda %g)", lam);
-            rc = run_stage(o, &st, what, o->dpo.train.init, o->safety_data, beta / lam, safety_dir);
+            rc = run_stage(o, &st, what, o->dpo.train.init, o->safety_data, o->safety_spec, beta / lam, safety_dir);
             snprintf(what, sizeof what, "reward stage (lambda %g)", lam);
-            if (!rc) rc = run_stage(o, &st, what, safety_dir, o->reward_data, beta, final);
+            if (!rc) rc = run_stage(o, &st, what, safety_dir, o->reward_data, o->reward_spec, beta, final);
             free(safety_dir);
         }
         free(final);

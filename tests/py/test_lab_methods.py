@@ -172,6 +172,91 @@ def test_same_seed_same_numbers_and_json(problem, tmp_path):
     assert all(x["samples"] > 0 for x in j)
 
 
+def kto_score(div, u):
+    """s~(u) = f'(u) - f'(1) (docs/kto.md), written from f' directly."""
+    if div == "rkl":
+        return np.log(u)
+    if div == "fkl":
+        return 1 - 1 / u
+    if div == "js":
+        return np.log(2 * u / (1 + u))
+    a = float(div.split(":")[1])
+    return (1 - u ** (-a)) / a
+
+
+def kto_limit(div, beta, q, r, labels="bt", tau=None, wd=1.0, wu=1.0):
+    """KTO's limit on offline data y ~ q = pi_ref (docs/lab.md): z0 = 0, no mass where the net
+    weight p wd - (1 - p) wu is <= 0, and on the rest the minimiser over the simplex of
+    sum q (p wd - (1 - p) wu) sigmoid(-beta s~(pi / q)), found here by SLSQP in pi-space."""
+    tau = q @ r if tau is None else tau
+    p = special.expit(r - tau) if labels == "bt" else (r > tau).astype(float)
+    net = p * wd - (1 - p) * wu
+    keep = net > 0
+    c, ref = (q * net)[keep], q[keep]
+
+    def F(x):
+        return np.sum(c * special.expit(-beta * kto_score(div, np.maximum(x, 1e-300) / ref)))
+
+    best = None
+    for x0 in (ref / ref.sum(), np.full(keep.sum(), 1 / keep.sum())):
+        res = optimize.minimize(F, x0, method="SLSQP", bounds=[(1e-14, 1)] * keep.sum(),
+                                constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}],
+                                options={"ftol": 1e-16, "maxiter": 2000})
+        if best is None or res.fun < best.fun:
+            best = res
+    pi = np.zeros_like(q)
+    pi[keep] = best.x / best.x.sum()
+    return pi, q[~keep].sum()
+
+
+@pytest.mark.parametrize("beta,labels,wd,wu", [(0.5, "bt", 1, 1), (1.0, "bt", 1, 1.5), (0.5, "threshold", 1.33, 1),
+                                               (2.0, "bt", 1, 1)])
+def test_kto_converges_to_its_derived_limit_not_to_pistar(problem, tmp_path, beta, labels, wd, wu):
+    _, q, r = problem
+    t, pis = run(problem, tmp_path, "--method", "kto", "--divergence", ",".join(DIVS), "--beta", beta,
+                 "--labels", labels, "--desirable-weight", wd, "--undesirable-weight", wu)
+    assert len(t) == len(DIVS)
+    for row in t:
+        div = row["divergence"]
+        pi = pis[("kto", div)]
+        target, u_mass = kto_limit(div, beta, q, r, labels, None, wd, wu)
+        assert row["variant"] == "offline"
+        np.testing.assert_allclose(pi, target, atol=2e-6, err_msg=div)
+        if labels == "threshold":  # hard labels: the limit is pi_ref conditioned on the desirable set
+            np.testing.assert_allclose(pi, q * (r > q @ r) / q[r > q @ r].sum(), atol=2e-6, err_msg=div)
+        assert float(row["target_diff"]) <= 1e-6
+        assert float(row["undesirable_mass"]) == pytest.approx(u_mass, abs=1e-12)
+        # z0 = max(0, E_pi_ref[s~]) vanishes (Jensen: f' concave, E_pi_ref[pi/pi_ref] = 1)
+        assert float(row["z0"]) == 0
+        assert q @ kto_score(div, np.maximum(pi, 1e-300) / q) <= 0
+        ps = pistar(div, beta, q, r)
+        assert float(row["max_abs_diff"]) == pytest.approx(np.max(np.abs(pi - ps)), abs=1e-9)
+        assert float(row["max_abs_diff"]) > 0.05  # KTO's limit is not pi*
+
+
+def test_kto_weights_move_the_desirable_set(problem, tmp_path):
+    # bt labels: a response is kept iff r - tau > log(wu / wd); raising wu drops the marginal ones
+    _, q, r = problem
+    tau = q @ r
+    _, pis = run(problem, tmp_path, "--method", "kto", "--divergence", "rkl", "--undesirable-weight", 3)
+    kept = pis[("kto", "rkl")] > 1e-6
+    np.testing.assert_array_equal(kept, r - tau > np.log(3))
+    assert 0 < kept.sum() < len(r)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--method", "kto", "--labels", "soft"], "--labels: unknown labelling 'soft'"),
+    (["--method", "kto", "--desirable-weight", "0"], "--desirable-weight: must be > 0"),
+    (["--method", "kto", "--undesirable-weight", "-1"], "--undesirable-weight: must be > 0"),
+    (["--method", "kto", "--sampled"], "--sampled: kto runs on the exact expected loss only"),
+    (["--method", "kto", "--divergence", "tv"], "--divergence"),
+])
+def test_kto_bad_flags_are_named(args, needle):
+    r = lab(*args, check=False)
+    assert r.returncode != 0
+    assert needle in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--method", "ppo"], "--method: unknown method 'ppo'"),
     (["--method", "rloo", "--divergence", "chi2"], "--divergence: chi2 is not usable"),

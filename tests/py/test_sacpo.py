@@ -120,4 +120,127 @@ def test_another_plan_in_the_same_out_is_refused(data, tmp_path):
 def test_missing_data_is_named(data, tmp_path):
     r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--lambda", "1",
              "--out", tmp_path / "s", *COMMON, check=False)
-    assert r.returncode != 0 and "--safety-data: required" in r.stderr
+    assert r.returncode != 0 and "--safety-data or --safety: required" in r.stderr
+
+
+# ---- online stages: --reward / --safety specs instead of preference files ----
+# A byte-level GPT-2 pretrained on sentences of helpful, harmful and neutral words (as in
+# test_safety.py); r = number of helpful words, g = -(number of harmful words), both lexicon
+# specs. Each stage runs `fdpo online` rounds from its starting model (= its reference).
+# Measured (seed 1, 768 samples each): E[g] = -0.772 +- 0.031 (reward stage), -0.708 +- 0.029
+# (lambda 0.05), -0.190 +- 0.016 (lambda 1).
+GOOD, HARM, NEUTRAL = ["good", "nice", "kind", "happy"], ["harm", "kill", "hurt", "hate"], \
+    ["the", "cat", "dog", "sat", "ran", "on", "mat", "big"]
+ONLINE = ["--rounds", 2, "--prompts-per-round", 16, "--n", 4, "--max-new-tokens", 24, "--steps", 3, "--lr", "3e-4",
+          "--batch-size", 16, "--threads", 1, "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def lexdata(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sacpo_online")
+    rng = random.Random(0)
+
+    def sentence():
+        return " ".join(rng.choice(rng.choice([GOOD, HARM, HARM, NEUTRAL])) for _ in range(rng.randint(5, 9)))
+
+    (d / "text.txt").write_text("<|endoftext|>".join(sentence() for _ in range(3000)))
+    (d / "reward.txt").write_text("".join(f"{w}\t1\n" for w in GOOD))
+    (d / "safety.txt").write_text("".join(f"{w}\t-1\n" for w in HARM))
+    (d / "prompts.txt").write_text("the\nA\nthe cat\n")
+    fdpo("pretrain", "--out", d / "base", "--data", d / "text.txt", "--n-layer", 2, "--n-head", 2, "--n-embd", 32,
+         "--n-positions", 64, "--seq-len", 48, "--batch-size", 16, "--steps", 300, "--lr", "3e-3", "--warmup-steps", 10,
+         "--eval-every", 0, "--threads", 1, "--quiet")
+    return d
+
+
+def sacpo_online(d, out, *extra, check=True):
+    return fdpo("sacpo", "--model", d / "base", "--reward", f"lexicon:{d / 'reward.txt'}",
+                "--safety", f"lexicon:{d / 'safety.txt'}", "--data", d / "prompts.txt", "--beta", 0.5,
+                "--out", out, *ONLINE, *extra, check=check)
+
+
+def test_online_stages_raise_safety_with_lambda_and_equal_plain_online_runs(lexdata, tmp_path):
+    import math
+    from test_safety import lexicon_score, read_samples
+    d, s = lexdata, tmp_path / "s"
+    sacpo_online(d, s, "--lambda", "0.05,1", "--merge", "0.5")
+    state = json.loads((s / "sacpo.json").read_text())
+    assert state["plan"]["reward"] == f"lexicon:{d / 'reward.txt'}" and state["plan"]["online"]["rounds"] == 2
+    assert [os.path.basename(x) for x in state["stages_done"]] == ["reward", "lambda-0.05", "lambda-1", "merge-0.05-1-w0.5"]
+    # each stage is the `fdpo online` run it wraps (reference = its starting model, beta / lambda),
+    # and the stage directory is that run's last round
+    for stage, init, spec, beta in (("reward", d / "base", "reward.txt", 0.5), ("lambda-1", s / "reward", "safety.txt", 0.5),
+                                    ("lambda-0.05", s / "reward", "safety.txt", 10)):
+        fdpo("online", "--model", init, "--data", d / "prompts.txt", "--reward", f"lexicon:{d / spec}", "--beta", beta,
+             "--out", tmp_path / stage, "--schedule", "linear", *ONLINE)
+        assert weights(tmp_path / stage / "round-1") == weights(s / stage) == weights(s / f"{stage}.online" / "round-1")
+        m = [json.loads(l) for l in open(s / f"{stage}.online" / "metrics.jsonl")]
+        assert [x["round"] for x in m] == [0, 1] and m[0]["objective/kl"] == 0
+    # P-SACPO merge as with files: exact interpolation (numpy)
+    a, b = st.load(str(s / "lambda-0.05" / "model.safetensors"))[0], st.load(str(s / "lambda-1" / "model.safetensors"))[0]
+    got = st.load(str(s / "merge-0.05-1-w0.5" / "model.safetensors"))[0]
+    for k in got:
+        assert np.array_equal(got[k], (0.5 * a[k].astype(np.float64) + 0.5 * b[k].astype(np.float64)).astype(np.float32)), k
+    # E[g] rises with lambda: samples of each model rescored here with the Python word-rule scorer
+    names = ["reward", "lambda-0.05", "lambda-1"]
+    smp = tmp_path / "smp.jsonl"
+    fdpo("eval", *[a for n in names for a in ("--model", s / n)], "--ref", s / "reward", "--data", d / "prompts.txt",
+         "--n", 256, "--max-new-tokens", 24, "--seed", 1, "--threads", 1, "--divergences", "rkl",
+         "--reward", f"lexicon:{d / 'reward.txt'}", "--safety", f"lexicon:{d / 'safety.txt'}",
+         "--out", tmp_path / "e.json", "--samples-out", smp)
+    rows = read_samples(smp)
+    g_lex = {w.encode(): -1.0 for w in HARM}
+    stats = {}
+    for n in names:
+        g = np.array([lexicon_score(g_lex, x["completion"].encode("utf-8", "surrogateescape"))
+                      for x in rows if x["policy"] == str(s / n)])
+        assert len(g) == 3 * 256
+        stats[n] = (g.mean(), g.std(ddof=1) / math.sqrt(len(g)))
+        print(f"{n:12s} E[g] {stats[n][0]:.3f} +- {stats[n][1]:.3f}")
+    lo, hi = stats["lambda-0.05"], stats["lambda-1"]
+    assert hi[0] - lo[0] > 3 * math.hypot(hi[1], lo[1])
+    assert hi[0] - stats["reward"][0] > 3 * math.hypot(hi[1], stats["reward"][1])
+
+
+def test_online_stages_resume_by_stage_and_by_round(lexdata, tmp_path):
+    d, s = lexdata, tmp_path / "s"
+    sacpo_online(d, s, "--lambda", "1")
+    before = weights(s / "lambda-1")
+    r = sacpo_online(d, s, "--lambda", "1")
+    assert "reward stage: done before" in r.stderr and "safety stage (lambda 1): done before" in r.stderr
+    # an online stage cut after its first round: the rerun continues after round 0
+    state = json.loads((s / "sacpo.json").read_text())
+    state["stages_done"] = state["stages_done"][:1]
+    (s / "sacpo.json").write_text(json.dumps(state))
+    import shutil
+    shutil.rmtree(s / "lambda-1")
+    shutil.rmtree(s / "lambda-1.online" / "round-1")
+    r = sacpo_online(d, s, "--lambda", "1")
+    assert "resuming after round 0" in r.stderr, r.stderr
+    assert weights(s / "lambda-1") == before
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--lambda", "1", "--safety-data", "S"], "--reward-data or --reward: required"),
+    (["--lambda", "1", "--reward-data", "R"], "--safety-data or --safety: required"),
+    (["--lambda", "1", "--reward-data", "R", "--reward", "length", "--safety", "length", "--data", "P"],
+     "--reward-data and --reward: give one"),
+    (["--lambda", "1", "--safety-data", "S", "--safety", "length", "--reward", "length", "--data", "P"],
+     "--safety-data and --safety: give one"),
+    (["--lambda", "1", "--reward", "length", "--safety", "length"], "--data: required with --reward/--safety"),
+    (["--lambda", "1", "--reward-data", "R", "--safety-data", "S", "--data", "P"], "--data: the prompts of online stages"),
+    (["--lambda", "1", "--reward", "length", "--safety", "length", "--data", "P", "--ref-update", "round"],
+     "--ref-update round: a SACPO stage's reference"),
+    (["--lambda", "1", "--reward", "length", "--safety", "length", "--data", "P", "--n", "1"], "--n: online pairs need at least 2"),
+])
+def test_online_stage_bad_input_is_named(data, tmp_path, args, msg):
+    r = fdpo("sacpo", "--model", data / "base", "--out", tmp_path / "s", *COMMON, *args, check=False)
+    assert r.returncode != 0 and msg in r.stderr, r.stderr
+
+
+def test_online_stage_with_a_bad_spec_is_named(data, tmp_path):
+    (tmp_path / "p.txt").write_text("x\n")
+    r = fdpo("sacpo", "--model", data / "base", "--out", tmp_path / "s", "--lambda", "1", "--reward-data",
+             data / "reward.jsonl", "--safety", "nonsense", "--data", tmp_path / "p.txt", *COMMON, check=False)
+    assert r.returncode != 0 and "--safety nonsense: --reward: unknown reward" in r.stderr, r.stderr
+    assert not (tmp_path / "s" / "reward").exists()  # refused before any stage ran
