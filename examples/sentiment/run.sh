@@ -10,7 +10,9 @@
 # data. A stage that completed is skipped ("cached"), so a second run only redoes what
 # is missing; `fdpo dpo` also reuses the reference log-probs it cached on the first run.
 # Environment: RUN (output dir, default runs/demo), DATA (default data/brown), THREADS,
-# FDPO (the binary), SCALE (full|tiny), DIVERGENCES, BETA, BETAS (rkl sweep).
+# FDPO (the binary), SCALE (full|tiny), DIVERGENCES, BETAS (every divergence), RKL_BETAS
+# (rkl's sweep), BYTE_BASELINE=1 (also pretrain a byte-level model of the same shape and
+# steps, for the bits-per-byte comparison).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 FDPO=${FDPO:-$ROOT/build/fdpo}
@@ -19,16 +21,23 @@ RUN=${RUN:-$ROOT/runs/demo}
 DATA=${DATA:-$ROOT/data/brown}
 THREADS=${THREADS:-0}
 DIVERGENCES=${DIVERGENCES:-"rkl js fkl alpha:0.3 alpha:0.5 alpha:0.7"}
-BETA=${BETA:-0.1}
-BETAS=${BETAS:-"0.03 0.3"}
+BYTE_BASELINE=${BYTE_BASELINE:-0}
+BT_SCALE=0.25   # Bradley-Terry temperature of the pair labels: DPO sees the reward r / BT_SCALE
 
+# VOCAB: BPE vocabulary trained on the Brown training split (fdpo tokenizer train); a
+# 2,048-token head costs a 128-wide model little, and at ~3 bytes per token each sequence
+# covers three times the text of a byte-level one.
 case "$SCALE" in
-  full) PRE_STEPS=1200; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16
-        PAIR_PROMPTS=1024; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=48; DPO_EPOCHS=2; DPO_LR=1e-4; K_EVAL=8 ;;
-  tiny) PRE_STEPS=500; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=16
-        PAIR_PROMPTS=2048; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=32; DPO_EPOCHS=2; DPO_LR=3e-4; K_EVAL=8 ;;
+  full) VOCAB=2048; PRE_STEPS=800; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16
+        PAIR_PROMPTS=1024; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=32; DPO_EPOCHS=2; DPO_LR=1e-4; K_EVAL=8
+        DEF_BETAS="0.03 0.1 0.3"; DEF_RKL_BETAS="0.03 0.1 0.3 1" ;;
+  tiny) VOCAB=1024; PRE_STEPS=500; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=16
+        PAIR_PROMPTS=2048; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=24; DPO_EPOCHS=2; DPO_LR=3e-4; K_EVAL=8
+        DEF_BETAS="0.1"; DEF_RKL_BETAS="0.03 0.1 0.3" ;;
   *) echo "run.sh: SCALE must be full or tiny" >&2; exit 2 ;;
 esac
+BETAS=${BETAS:-$DEF_BETAS}
+RKL_BETAS=${RKL_BETAS:-$DEF_RKL_BETAS}
 
 say() { printf '\n== %s\n' "$*" >&2; }
 run() { printf '+ %s\n' "$*" >&2; "$@"; }
@@ -53,20 +62,33 @@ say "a. Brown corpus -> plain text, split by document"
 stage "$DATA/prompts" node "$ROOT/examples/sentiment/prepare_brown.js" "$CORPUS" "$DATA" \
       --prompts "$PAIR_PROMPTS" --eval-prompts "$EVAL_PROMPTS"
 
-say "b. pretrain a small GPT-2 (byte-level tokenizer)"
+say "b. train a $VOCAB-token BPE tokenizer on the training split, pretrain a small GPT-2 with it"
+TOK=$RUN/tokenizer
+stage "$TOK" "$FDPO" tokenizer train --vocab-size $VOCAB --out "$TOK" --overwrite "$DATA/train.txt"
 BASE=$RUN/base
-stage "$BASE" "$FDPO" pretrain --out "$BASE" --data "$DATA/train.txt" --n-layer $N_LAYER --n-embd $N_EMBD --n-head $N_HEAD \
-      --n-positions $((SEQ * 2)) --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
-      --lr 3e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
-      --eval-every $((PRE_STEPS / 4)) --threads $THREADS --seed 1 --overwrite --quiet
+pretrain() { # out tokenizer
+  stage "$1" "$FDPO" pretrain --out "$1" --tokenizer "$2" --data "$DATA/train.txt" --n-layer $N_LAYER --n-embd $N_EMBD \
+        --n-head $N_HEAD --n-positions $((SEQ * 2)) --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
+        --lr 3e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
+        --eval-every $((PRE_STEPS / 4)) --eval-max-seqs 64 --threads $THREADS --seed 1 --overwrite --quiet
+}
+pretrain "$BASE" "$TOK"
+# held-out bits per byte: the test sentences scored from <|endoftext|> (summarize.js sums them)
+stage "$RUN/bpb_base.jsonl" "$FDPO" score --model "$BASE" --data "$DATA/bpb_test.jsonl" --threads $THREADS \
+      --out "$RUN/bpb_base.jsonl"
+if [ "$BYTE_BASELINE" = 1 ]; then
+  pretrain "$RUN/base-bytes" byte
+  stage "$RUN/bpb_bytes.jsonl" "$FDPO" score --model "$RUN/base-bytes" --data "$DATA/bpb_test.jsonl" \
+        --threads $THREADS --out "$RUN/bpb_bytes.jsonl"
+fi
 
 say "c. sample completions, score them with AFINN, label pairs by Bradley-Terry"
 stage "$RUN/samples.jsonl" "$FDPO" generate --model "$BASE" --data "$DATA/prompts_train.jsonl" --n $K_GEN \
       --max-new-tokens $NEW_TOK --temperature 1 --seed 2 --threads $THREADS --out "$RUN/samples.jsonl"
 stage "$RUN/pairs.jsonl" "$FDPO" pairs --data "$RUN/samples.jsonl" --reward afinn --lexicon "$LEXICON" \
-      --bt-scale 0.25 --skip-ties --seed 3 --out "$RUN/pairs.jsonl"
+      --bt-scale $BT_SCALE --skip-ties --seed 3 --out "$RUN/pairs.jsonl"
 
-say "d. f-DPO from the base model: each divergence at beta=$BETA, and a beta sweep for rkl"
+say "d. f-DPO from the base model: each divergence at beta in {$BETAS} (rkl: {$RKL_BETAS})"
 POLICIES=()
 dpo() { # name divergence beta
   local out=$RUN/dpo-$1
@@ -75,20 +97,27 @@ dpo() { # name divergence beta
         --loss sigmoid --lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --epochs $DPO_EPOCHS \
         --eval-fraction 0.1 --eval-every 50 --threads $THREADS --seed 4 --overwrite --quiet --out "$out"
 }
-for d in $DIVERGENCES; do dpo "${d/:/}-b$BETA" "$d" "$BETA"; done
-for b in $BETAS; do dpo "rkl-b$b" rkl "$b"; done
+for d in $DIVERGENCES; do
+  betas=$BETAS; [ "$d" = rkl ] && betas=$RKL_BETAS
+  for b in $betas; do dpo "${d/:/}-b$b" "$d" "$b"; done
+done
 
 say "e. evaluate base and every policy on held-out prompts"
 stage "$RUN/eval.json" "$FDPO" eval --model "$BASE" $(printf -- '--model %s ' "${POLICIES[@]}") --ref "$BASE" \
-      --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --n $K_EVAL \
+      --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --words "$DATA/words.txt" --n $K_EVAL \
       --max-new-tokens $NEW_TOK --seed 5 --threads $THREADS \
       --out "$RUN/eval.json" --samples-out "$RUN/eval_samples.jsonl"
 
-say "f. the theory on a finite problem, and the report"
+say "f. the theory on the demo's own problem: the base model's held-out samples as pi_ref, their rewards as r"
 mkdir -p "$RUN/lab"
-stage "$RUN/lab/frontier.csv" "$FDPO" lab frontier --n 1000 --seed 6 --out "$RUN/lab/frontier.csv"
+LAB_DIVS=$(echo $DIVERGENCES | tr ' ' ,)
+LAB_BETAS=$(echo $RKL_BETAS $BETAS | tr ' ' '\n' | sort -gu | paste -sd,)
+stage "$RUN/lab/problem.csv" node "$ROOT/examples/sentiment/lab_problem.js" "$RUN/eval_samples.jsonl" "$RUN/base" \
+      --bt-scale $BT_SCALE --out "$RUN/lab/problem.csv"
+stage "$RUN/lab/frontier.csv" "$FDPO" lab frontier --data "$RUN/lab/problem.csv" --divergence "$LAB_DIVS" \
+      --betas "$LAB_BETAS" --out "$RUN/lab/frontier.csv"
+say "g. the report and the summary"
+node "$ROOT/examples/sentiment/summarize.js" "$RUN" | tee "$RUN/summary.txt"
 run "$FDPO" report "${POLICIES[@]}" --eval "$RUN/eval.json" --samples "$RUN/eval_samples.jsonl" \
-    --lab "$RUN/lab/frontier.csv" --title "fdpo sentiment demo" --out "$RUN/report.html"
-say "what each divergence cost (held-out prompts; diversity over the samples of each prompt)"
-node "$ROOT/examples/sentiment/summarize.js" "$RUN/eval.json" | tee "$RUN/summary.txt"
+    --lab "$RUN/lab/frontier.csv" --notes "$RUN/conclusion.md" --title "fdpo sentiment demo" --out "$RUN/report.html"
 printf '\ndemo done in %ss: open %s\n' "$(( $(date +%s) - t0 ))" "$RUN/report.html" >&2

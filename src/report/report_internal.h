@@ -51,6 +51,7 @@ typedef struct {
     rp_lab *labs; size_t n_labs;
     char **warnings; size_t n_warnings;
     cJSON *pending;            /* samples read before their policy is known */
+    char *notes;               /* contents of opts->notes_path, NULL without one */
 } rp_ctx;
 
 void fdpo_rp_warn(rp_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -65,6 +66,9 @@ void fdpo_rp_ctx_free(rp_ctx *c);
 
 /* Render the page into b; returns the number of charts it draws. */
 size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b);
+
+/* notes.c: the notes file as the page's summary section */
+void fdpo_rp_notes(rp_buf *b, const char *text);
 
 /* assets.c */
 const char *fdpo_rp_asset_js(size_t *len);
