@@ -30,10 +30,12 @@ BT_SCALE=0.25   # Bradley-Terry temperature of the pair labels: DPO sees the rew
 case "$SCALE" in
   full) VOCAB=2048; PRE_STEPS=800; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16
         PAIR_PROMPTS=1024; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=32; DPO_EPOCHS=2; DPO_LR=1e-4; K_EVAL=8
-        DEF_BETAS="0.03 0.1 0.3"; DEF_RKL_BETAS="0.03 0.1 0.3 1" ;;
+        DEF_BETAS="0.03 0.1 0.3"; DEF_RKL_BETAS="0.03 0.1 0.3 1"
+        ONLINE_ROUNDS=4; ONLINE_PROMPTS=$((PAIR_PROMPTS / 4)); LAMBDAS="0.5,2"; RM_EPOCHS=1 ;;
   tiny) VOCAB=1024; PRE_STEPS=500; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=16
         PAIR_PROMPTS=2048; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=24; DPO_EPOCHS=2; DPO_LR=3e-4; K_EVAL=8
-        DEF_BETAS="0.1"; DEF_RKL_BETAS="0.03 0.1 0.3" ;;
+        DEF_BETAS="0.1"; DEF_RKL_BETAS="0.03 0.1 0.3"
+        ONLINE_ROUNDS=2; ONLINE_PROMPTS=64; LAMBDAS="0.5,2"; RM_EPOCHS=1 ;;
   *) echo "run.sh: SCALE must be full or tiny" >&2; exit 2 ;;
 esac
 BETAS=${BETAS:-$DEF_BETAS}
@@ -94,7 +96,7 @@ dpo() { # name divergence beta
   local out=$RUN/dpo-$1
   POLICIES+=("$out")
   stage "$out" "$FDPO" dpo --model "$BASE" --data "$RUN/pairs.jsonl" --divergence "$2" --beta "$3" \
-        --loss sigmoid --lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --epochs $DPO_EPOCHS \
+        --loss sigmoid --bad-pairs skip --lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --epochs $DPO_EPOCHS \
         --eval-fraction 0.1 --eval-every 50 --threads $THREADS --seed 4 --overwrite --quiet --out "$out"
 }
 for d in $DIVERGENCES; do
@@ -108,6 +110,51 @@ stage "$RUN/eval.json" "$FDPO" eval --model "$BASE" $(printf -- '--model %s ' "$
       --max-new-tokens $NEW_TOK --seed 5 --threads $THREADS \
       --out "$RUN/eval.json" --samples-out "$RUN/eval_samples.jsonl"
 
+COMMON_TRAIN=(--lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --threads $THREADS --seed 4 --quiet)
+say "e2. online vs offline: reward queries offline $((PAIR_PROMPTS * K_GEN)), online $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN))"
+# offline: the $PAIR_PROMPTS x $K_GEN base samples scored once (stage c); online: ONLINE_ROUNDS rounds of
+# ONLINE_PROMPTS prompts x K_GEN fresh samples of the current policy, the same pairing rule (all disjoint
+# pairs, Bradley-Terry labels at BT_SCALE) and the same epochs over each round's pairs. At full scale the
+# two budgets are equal; SCALE=tiny spends less online (it only checks that the stage runs).
+stage "$RUN/online-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward afinn \
+      --lexicon "$LEXICON" --divergence rkl --beta 0.1 --rounds $ONLINE_ROUNDS \
+      --prompts-per-round $ONLINE_PROMPTS --n $K_GEN --pairs all-bt --bt-scale $BT_SCALE \
+      --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" --out "$RUN/online-rkl-b0.1"
+# a reward model trained on the offline pairs, then optimised online: proxy (rm) vs gold (AFINN)
+stage "$RUN/rm" "$FDPO" rm --model "$BASE" --data "$RUN/pairs.jsonl" --bad-pairs skip --epochs $RM_EPOCHS --lr 3e-4 --batch-size 16 \
+      --eval-fraction 0.1 --threads $THREADS --seed 8 --quiet --overwrite --out "$RUN/rm"
+stage "$RUN/online-rm-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward "rm:$RUN/rm" \
+      --divergence rkl --beta 0.1 --rounds $ONLINE_ROUNDS --prompts-per-round $ONLINE_PROMPTS \
+      --n $K_GEN --pairs all-bt --bt-scale 1 --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" \
+      --out "$RUN/online-rm-rkl-b0.1"
+printf '{"offline_queries": %d, "online_queries": %d}\n' $((PAIR_PROMPTS * K_GEN)) $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN)) \
+  > "$RUN/budget.json"
+ONLINE_MODELS=()
+for ((k = 0; k < ONLINE_ROUNDS; k++)); do ONLINE_MODELS+=(--model "$RUN/online-rkl-b0.1/round-$k"); done
+RM_MODELS=()
+for ((k = 0; k < ONLINE_ROUNDS; k++)); do RM_MODELS+=(--model "$RUN/online-rm-rkl-b0.1/round-$k"); done
+stage "$RUN/eval_online.json" "$FDPO" eval "${ONLINE_MODELS[@]}" "${RM_MODELS[@]}" --ref "$BASE" \
+      --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --n $K_EVAL --max-new-tokens $NEW_TOK \
+      --seed 5 --threads $THREADS --out "$RUN/eval_online.json"
+# the proxy reward of the same policies (same seed: the same samples), for over-optimisation
+stage "$RUN/eval_proxy.json" "$FDPO" eval --model "$BASE" "${RM_MODELS[@]}" --ref "$BASE" \
+      --data "$DATA/prompts_eval.jsonl" --reward "rm:$RUN/rm" --n $K_EVAL --max-new-tokens $NEW_TOK \
+      --seed 5 --threads $THREADS --out "$RUN/eval_proxy.json"
+
+say "e3. safety: positive sentiment subject to a harm-lexicon constraint (SACPO, lambda in {$LAMBDAS}, merged)"
+HARM=$RUN/harm_lexicon.txt
+stage "$HARM" node "$ROOT/examples/sentiment/harm_lexicon.js" "$LEXICON" "$HARM"
+stage "$RUN/safety_pairs.jsonl" "$FDPO" pairs --data "$RUN/samples.jsonl" --reward "lexicon:$HARM" --bt-scale $BT_SCALE \
+      --skip-ties --seed 9 --out "$RUN/safety_pairs.jsonl"
+stage "$RUN/sacpo" "$FDPO" sacpo --model "$BASE" --reward-data "$RUN/pairs.jsonl" --safety-data "$RUN/safety_pairs.jsonl" \
+      --lambda $LAMBDAS --merge 0.5 --divergence rkl --beta 0.1 --loss sigmoid --bad-pairs skip --epochs $DPO_EPOCHS \
+      --eval-fraction 0.1 --eval-every 50 "${COMMON_TRAIN[@]}" --out "$RUN/sacpo"
+SACPO_MODELS=(--model "$RUN/sacpo/reward")
+for m in "$RUN"/sacpo/lambda-* "$RUN"/sacpo/merge-*; do [ -d "$m" ] && SACPO_MODELS+=(--model "$m"); done
+stage "$RUN/eval_safety.json" "$FDPO" eval "${SACPO_MODELS[@]}" --ref "$BASE" --data "$DATA/prompts_eval.jsonl" \
+      --reward afinn --lexicon "$LEXICON" --safety "lexicon:$HARM" --safety-threshold 0 --n $K_EVAL \
+      --max-new-tokens $NEW_TOK --seed 5 --threads $THREADS --out "$RUN/eval_safety.json"
+
 say "f. the theory on the demo's own problem: the base model's held-out samples as pi_ref, their rewards as r"
 mkdir -p "$RUN/lab"
 LAB_DIVS=$(echo $DIVERGENCES | tr ' ' ,)
@@ -118,6 +165,7 @@ stage "$RUN/lab/frontier.csv" "$FDPO" lab frontier --data "$RUN/lab/problem.csv"
       --betas "$LAB_BETAS" --out "$RUN/lab/frontier.csv"
 say "g. the report and the summary"
 node "$ROOT/examples/sentiment/summarize.js" "$RUN" | tee "$RUN/summary.txt"
-run "$FDPO" report "${POLICIES[@]}" --eval "$RUN/eval.json" --samples "$RUN/eval_samples.jsonl" \
+run "$FDPO" report "${POLICIES[@]}" --eval "$RUN/eval.json" --eval "$RUN/eval_online.json" --eval "$RUN/eval_safety.json" \
+    --samples "$RUN/eval_samples.jsonl" \
     --lab "$RUN/lab/frontier.csv" --notes "$RUN/conclusion.md" --title "fdpo sentiment demo" --out "$RUN/report.html"
 printf '\ndemo done in %ss: open %s\n' "$(( $(date +%s) - t0 ))" "$RUN/report.html" >&2

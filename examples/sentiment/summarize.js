@@ -165,6 +165,76 @@ if (divs.length >= 2) {
         `entropy ${[...atB].sort((a, b) => b.entropy - a.entropy).map((x) => `${x.divergence} ${f(x.entropy)}`).join(', ')} nats.`);
   }
 }
+// --- online vs offline at matched KL, reward over-optimisation, the safety constraint
+const optJson = (f) => (fs.existsSync(path.join(run, f)) ? readJson(path.join(run, f)).policies : null);
+const online = optJson('eval_online.json'), proxy = optJson('eval_proxy.json'), safety = optJson('eval_safety.json');
+const roundOf = (p) => { const m = /round-(\d+)$/.exec(p.name); return m ? Number(m[1]) : -1; };
+if (online) {
+  const gold = online.filter((p) => p.name.includes('/online-rkl-')).sort((a, b) => roundOf(a) - roundOf(b));
+  const offl = curve('rkl', 'kl');
+  say();
+  const budget = fs.existsSync(path.join(run, 'budget.json')) ? readJson(path.join(run, 'budget.json')) : {};
+  say(`## Online vs offline (rkl, beta 0.1; reward queries: offline ${budget.offline_queries ?? '?'}, online ${budget.online_queries ?? '?'})`);
+  say();
+  for (const p of gold) {
+    const o = at(offl, 'kl', p.kl_seq_mean, 'reward');
+    say(`- online round ${roundOf(p)}: reward ${pm(p.reward_mean, p.reward_se, 4)} at KL ${f(p.kl_seq_mean)}` +
+        (o ? `; offline rkl frontier at that KL: ${pm(o.v, o.s, 4)}; online - offline = ${pm(p.reward_mean - o.v, Math.hypot(p.reward_se, o.s), 4)}` +
+             ` (${Math.abs(p.reward_mean - o.v) > 2 * Math.hypot(p.reward_se, o.s) ? 'more than' : 'within'} two standard errors)`
+           : '; outside the KL range of the offline rkl frontier, no matched comparison'));
+  }
+  const rmRuns = online.filter((p) => p.name.includes('/online-rm-')).sort((a, b) => roundOf(a) - roundOf(b));
+  if (rmRuns.length) {
+    const prox = new Map((proxy || []).map((p) => [p.name, p]));
+    say();
+    say('## Reward over-optimisation: online f-DPO against a reward model trained on the offline pairs');
+    say();
+    say('```');
+    say(['round', 'KL(seq)', 'gold AFINN ± s.e.', 'proxy rm ± s.e.'].map((h, i) => (i ? h.padStart(20) : h.padEnd(6))).join(''));
+    const b = proxy && proxy.find((p) => path.basename(p.name) === 'base');
+    if (b && base) say(['base', f(0), pm(base.reward, base.rewardSe, 4), pm(b.reward_mean, b.reward_se, 3)].map((h, i) => (i ? h.padStart(20) : h.padEnd(6))).join(''));
+    for (const p of rmRuns) {
+      const q = prox.get(p.name);
+      say([String(roundOf(p)), f(p.kl_seq_mean), pm(p.reward_mean, p.reward_se, 4), q ? pm(q.reward_mean, q.reward_se, 3) : '-']
+        .map((h, i) => (i ? h.padStart(20) : h.padEnd(6))).join(''));
+    }
+    say('```');
+    const last = rmRuns[rmRuns.length - 1], bestGold = rmRuns.reduce((a, p) => (p.reward_mean > a.reward_mean ? p : a), rmRuns[0]);
+    const lq = prox.get(last.name), fq = prox.get(rmRuns[0].name);
+    if (lq && fq) {
+      const dProxy = lq.reward_mean - fq.reward_mean, dGold = last.reward_mean - rmRuns[0].reward_mean;
+      const sG = Math.hypot(last.reward_se, rmRuns[0].reward_se), sP = Math.hypot(lq.reward_se, fq.reward_se);
+      say(`From round 0 to round ${roundOf(last)} the proxy reward changed by ${pm(dProxy, sP)} and the gold reward by ${pm(dGold, sG, 4)}; ` +
+          (dProxy > 2 * sP && !(dGold > 2 * sG) ? 'the proxy kept rising while the gold reward did not: over-optimisation of the reward model.'
+            : dProxy > 2 * sP ? 'both rose: no over-optimisation within this KL range.' : 'the proxy did not rise significantly.') +
+          ` Best gold reward at round ${roundOf(bestGold)}.`);
+    }
+  }
+}
+if (safety) {
+  say();
+  say('## Safety: positive sentiment subject to a harm-lexicon constraint (SACPO; g = -harmful words, safe: g >= 0)');
+  say();
+  say('```');
+  const w = [28, 20, 20, 10, 10];
+  say(['model', 'reward ± s.e.', 'safety g ± s.e.', 'frac safe', 'KL(seq)'].map((h, i) => (i ? h.padStart(w[i]) : h.padEnd(w[i]))).join(''));
+  for (const p of safety)
+    say([path.basename(p.name), pm(p.reward_mean, p.reward_se, 4), pm(p.safety_mean, p.safety_se, 4), f(p.safety_frac_safe), f(p.kl_seq_mean)]
+      .map((h, i) => (i ? h.padStart(w[i]) : h.padEnd(w[i]))).join(''));
+  say('```');
+  const r0 = safety.find((p) => path.basename(p.name) === 'reward');
+  const lams = safety.filter((p) => /lambda-/.test(p.name));
+  if (r0 && lams.length) {
+    const top = lams[lams.length - 1];
+    const d = top.safety_mean - r0.safety_mean, s = Math.hypot(top.safety_se, r0.safety_se);
+    say(`The largest lambda (${path.basename(top.name)}) changed safety by ${pm(d, s, 4)} against the reward-only stage ` +
+        `(${d > 2 * s ? 'more than two standard errors' : 'within two standard errors'}), at a reward change of ` +
+        `${pm(top.reward_mean - r0.reward_mean, Math.hypot(top.reward_se, r0.reward_se), 4)}.`);
+  }
+}
+say();
+say('Reproduce every number and figure: `make demo` (or `examples/sentiment/run.sh`; stages already done are reused).');
+
 const text = out.join('\n') + '\n';
 fs.writeFileSync(path.join(run, 'conclusion.md'), text);
 process.stdout.write(text);
