@@ -80,13 +80,14 @@ pretrain() { # out tokenizer
         --eval-every $((PRE_STEPS / 4)) --eval-max-seqs 64 --threads $THREADS --seed 1 --overwrite $QUIET
 }
 pretrain "$BASE" "$TOK"
-# held-out bits per byte: the test sentences scored from <|endoftext|> (summarize.js sums them)
-stage "$RUN/bpb_base.jsonl" "$FDPO" score --model "$BASE" --data "$DATA/bpb_test.jsonl" --threads $THREADS \
+# held-out bits per byte: the test sentences scored from <|endoftext|> (summarize.js sums them), on one
+# thread: one short sentence per forward is too little work to share (2 threads: 30x slower under load)
+stage "$RUN/bpb_base.jsonl" "$FDPO" score --model "$BASE" --data "$DATA/bpb_test.jsonl" --threads 1 \
       --out "$RUN/bpb_base.jsonl"
 if [ "$BYTE_BASELINE" = 1 ]; then
   pretrain "$RUN/base-bytes" byte
   stage "$RUN/bpb_bytes.jsonl" "$FDPO" score --model "$RUN/base-bytes" --data "$DATA/bpb_test.jsonl" \
-        --threads $THREADS --out "$RUN/bpb_bytes.jsonl"
+        --threads 1 --out "$RUN/bpb_bytes.jsonl"
 fi
 
 say "c. sample completions, score them with AFINN, label pairs by Bradley-Terry"
