@@ -24,16 +24,19 @@ DIVERGENCES=${DIVERGENCES:-"rkl js fkl alpha:0.3 alpha:0.5 alpha:0.7"}
 BYTE_BASELINE=${BYTE_BASELINE:-0}
 BT_SCALE=0.25   # Bradley-Terry temperature of the pair labels: DPO sees the reward r / BT_SCALE
 
+# K_EVAL samples of each of EVAL_PROMPTS held-out prompts per policy: at SCALE=tiny, 128 x 12 puts
+# rkl's gain over the base model at about 4-5 standard errors (64 x 8 measured 2.9); the online,
+# proxy and safety evaluations use K_AUX samples per prompt.
 # VOCAB: BPE vocabulary trained on the Brown training split (fdpo tokenizer train); a
 # 2,048-token head costs a 128-wide model little, and at ~3 bytes per token each sequence
 # covers three times the text of a byte-level one.
 case "$SCALE" in
   full) VOCAB=2048; PRE_STEPS=800; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16
-        PAIR_PROMPTS=1024; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=32; DPO_EPOCHS=2; DPO_LR=1e-4; K_EVAL=8
+        PAIR_PROMPTS=1024; EVAL_PROMPTS=128; K_GEN=8; NEW_TOK=32; DPO_EPOCHS=2; DPO_LR=1e-4; K_EVAL=8; K_AUX=8
         DEF_BETAS="0.03 0.1 0.3"; DEF_RKL_BETAS="0.03 0.1 0.3 1"
         ONLINE_ROUNDS=4; ONLINE_PROMPTS=$((PAIR_PROMPTS / 4)); LAMBDAS="0.5,2"; RM_EPOCHS=1 ;;
   tiny) VOCAB=1024; PRE_STEPS=500; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=16
-        PAIR_PROMPTS=2048; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=24; DPO_EPOCHS=2; DPO_LR=3e-4; K_EVAL=8
+        PAIR_PROMPTS=2048; EVAL_PROMPTS=128; K_GEN=8; NEW_TOK=24; DPO_EPOCHS=2; DPO_LR=3e-4; K_EVAL=12; K_AUX=4
         DEF_BETAS="0.1"; DEF_RKL_BETAS="0.03 0.1 0.3"
         ONLINE_ROUNDS=2; ONLINE_PROMPTS=64; LAMBDAS="0.5,2"; RM_EPOCHS=1 ;;
   *) echo "run.sh: SCALE must be full or tiny" >&2; exit 2 ;;
@@ -140,11 +143,11 @@ for ((k = 0; k < ONLINE_ROUNDS; k++)); do ONLINE_MODELS+=(--model "$RUN/online-r
 RM_MODELS=()
 for ((k = 0; k < ONLINE_ROUNDS; k++)); do RM_MODELS+=(--model "$RUN/online-rm-rkl-b0.1/round-$k"); done
 stage "$RUN/eval_online.json" "$FDPO" eval "${ONLINE_MODELS[@]}" "${RM_MODELS[@]}" --ref "$BASE" \
-      --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --n $K_EVAL --max-new-tokens $NEW_TOK \
+      --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --n $K_AUX --max-new-tokens $NEW_TOK \
       --seed 5 --threads $THREADS --out "$RUN/eval_online.json"
 # the proxy reward of the same policies (same seed: the same samples), for over-optimisation
 stage "$RUN/eval_proxy.json" "$FDPO" eval --model "$BASE" "${RM_MODELS[@]}" --ref "$BASE" \
-      --data "$DATA/prompts_eval.jsonl" --reward "rm:$RUN/rm" --n $K_EVAL --max-new-tokens $NEW_TOK \
+      --data "$DATA/prompts_eval.jsonl" --reward "rm:$RUN/rm" --n $K_AUX --max-new-tokens $NEW_TOK \
       --seed 5 --threads $THREADS --out "$RUN/eval_proxy.json"
 
 say "e3. safety: positive sentiment subject to a harm-lexicon constraint (SACPO, lambda in {$LAMBDAS}, merged)"
@@ -158,7 +161,7 @@ stage "$RUN/sacpo" "$FDPO" sacpo --model "$BASE" --reward-data "$RUN/pairs.jsonl
 SACPO_MODELS=(--model "$RUN/sacpo/reward")
 for m in "$RUN"/sacpo/lambda-* "$RUN"/sacpo/merge-*; do [ -d "$m" ] && SACPO_MODELS+=(--model "$m"); done
 stage "$RUN/eval_safety.json" "$FDPO" eval "${SACPO_MODELS[@]}" --ref "$BASE" --data "$DATA/prompts_eval.jsonl" \
-      --reward afinn --lexicon "$LEXICON" --safety "lexicon:$HARM" --safety-threshold 0 --n $K_EVAL \
+      --reward afinn --lexicon "$LEXICON" --safety "lexicon:$HARM" --safety-threshold 0 --n $K_AUX \
       --max-new-tokens $NEW_TOK --seed 5 --threads $THREADS --out "$RUN/eval_safety.json"
 
 say "f. the theory on the demo's own problem: the base model's held-out samples as pi_ref, their rewards as r"

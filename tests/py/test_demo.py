@@ -38,11 +38,15 @@ def test_tiny_demo_end_to_end(tmp_path):
     r = subprocess.run(["bash", os.path.join(ROOT, "examples/sentiment/run.sh")], env=env,
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    run = tmp_path / "run"
+    check_demo_run(tmp_path / "run", tmp_path / "data", r.stderr)
+
+
+def check_demo_run(run, data, log):
+    """The claims of a finished SCALE=tiny run (RUN dir, DATA dir, its stderr log)."""
     # every stage echoed its command so users can copy it
     for sub in ["tokenizer train", "pretrain", "score", "generate", "pairs", "dpo", "online", "rm", "sacpo",
                 "eval", "lab", "report"]:
-        assert re.search(r"^\+ \S*fdpo " + sub + " ", r.stderr, re.M), sub
+        assert re.search(r"^\+ \S*fdpo " + sub + " ", log, re.M), sub
 
     ev = json.load(open(run / "eval.json"))
     by_name = {os.path.basename(p["name"]): p for p in ev["policies"]}
@@ -69,7 +73,7 @@ def test_tiny_demo_end_to_end(tmp_path):
 
     # English: the fraction of the base model's sampled words that occur in the Brown corpus,
     # recomputed from the samples and the corpus vocabulary (threshold measured: see README)
-    vocab = set((tmp_path / "data" / "words.txt").read_text().split())
+    vocab = set((data / "words.txt").read_text().split())
     known = total = 0
     for line in open(run / "eval_samples.jsonl"):
         smp = json.loads(line)
