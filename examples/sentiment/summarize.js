@@ -124,9 +124,14 @@ if (divs.length >= 2) {
   say('## Conclusion (generated from the numbers above)');
   say();
   if (!multi || kLow > kStar) {
-    say(`The divergences' KL ranges do not overlap${multi ? '' : ' (some divergence has a single beta)'}, so they are compared at their own points, not at matched KL:`);
+    // a beta every divergence was trained at, else each divergence's largest-KL point
+    const shared = [...new Set(pols.filter((q) => q.div).map((q) => q.beta))]
+      .filter((b) => divs.every((d) => curve(d, 'kl').some((q) => q.beta === b)));
+    const pick = (d) => { const c = curve(d, 'kl'); return shared.length ? c.find((q) => q.beta === shared[0]) : c[c.length - 1]; };
+    say(`The divergences' KL ranges do not overlap${multi ? '' : ' (some divergence has a single beta)'}, so they are compared ` +
+        (shared.length ? `at the same beta = ${shared[0]}` : 'at their largest-KL points') + ', not at matched KL:');
     for (const [yk, what] of [['reward', 'Most reward'], ['d2', 'Most diversity (distinct-2 within a prompt)']]) {
-      const vals = divs.map((d) => { const c = curve(d, 'kl'); const q = c[c.length - 1]; return { d, q }; });
+      const vals = divs.map((d) => ({ d, q: pick(d) }));
       vals.sort((a, b) => b.q[yk] - a.q[yk]);
       say(`- ${what}: ${vals.map((e) => `${e.d} ${pm(e.q[yk], e.q[yk + 'Se'])} at KL ${f(e.q.kl)}`).join('; ')}.`);
     }
