@@ -114,7 +114,7 @@ function compare(xk, x, yk, what, unit, higherBetter) {
   const g1 = gap(top, next), gAll = gap(top, last);
   const sig = (g) => (Number.isFinite(g.s) ? (g.v > 2 * g.s ? 'more than two standard errors' : 'within two standard errors: not a measured difference') : 'no standard error');
   say(`- ${what}: **${top.d}** (${pm(top.r.v, top.r.s)}${unit}); ahead of ${next.d} by ${pm(g1.v, g1.s)} (${sig(g1)}), ` +
-      `of ${last.d} (the least) by ${pm(gAll.v, gAll.s)} (${sig(gAll)}). Order: ${vals.map((e) => `${e.d} ${f(e.r.v)}`).join(', ')}.`);
+      `of ${last.d} (the last) by ${pm(gAll.v, gAll.s)} (${sig(gAll)}). Order: ${vals.map((e) => `${e.d} ${f(e.r.v)}`).join(', ')}.`);
   return vals;
 }
 if (divs.length >= 2) {
