@@ -126,7 +126,8 @@ if (divs.length >= 2) {
   if (!multi || kLow > kStar) {
     // a beta every divergence was trained at, else each divergence's largest-KL point
     const shared = [...new Set(pols.filter((q) => q.div).map((q) => q.beta))]
-      .filter((b) => divs.every((d) => curve(d, 'kl').some((q) => q.beta === b)));
+      .filter((b) => divs.every((d) => curve(d, 'kl').some((q) => q.beta === b)))
+      .sort((a, b) => Math.abs(Math.log(a / 0.1)) - Math.abs(Math.log(b / 0.1))); // the one nearest the usual 0.1 first
     const pick = (d) => { const c = curve(d, 'kl'); return shared.length ? c.find((q) => q.beta === shared[0]) : c[c.length - 1]; };
     say(`The divergences' KL ranges do not overlap${multi ? '' : ' (some divergence has a single beta)'}, so they are compared ` +
         (shared.length ? `at the same beta = ${shared[0]}` : 'at their largest-KL points') + ', not at matched KL:');
