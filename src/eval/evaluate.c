@@ -29,6 +29,21 @@ void fdpo_eval_div_key(const fdpo_divergence *d, char *buf, size_t n) {
 
 /* Text of a sample for word metrics: the decoded completion, or without a tokenizer the
  * token ids written as words ("3 1 4"). */
+/* Pooled rate of known words, sum(known) / sum(total) over the samples, with the standard
+ * error of a ratio estimator (the delta method; samples are the units, so long samples
+ * weigh more): se = sqrt(sum_i (k_i - R n_i)^2 / (N (N-1))) / mean(n). NaN without words. */
+static void word_rate(const double *known, const double *total, size_t n, double *rate, double *se) {
+    double sk = 0, sn = 0;
+    for (size_t i = 0; i < n; i++) { sk += known[i]; sn += total[i]; }
+    *rate = *se = NAN;
+    if (!(sn > 0)) return;
+    *rate = sk / sn;
+    if (n < 2) return;
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) { double d = known[i] - *rate * total[i]; ss += d * d; }
+    *se = sqrt(ss / ((double)n * (double)(n - 1))) / (sn / (double)n);
+}
+
 static char *sample_text(const fdpo_sample *s) {
     if (s->text) return fdpo_strdup(s->text);
     char *t = fdpo_malloc(12 * (s->n_completion + 1));
@@ -131,6 +146,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     double *reward = fdpo_calloc(N, sizeof(double)), *logp = fdpo_calloc(N, sizeof(double));
     double *lref = fdpo_calloc(N, sizeof(double)), *kl_seq = fdpo_calloc(N, sizeof(double));
     double *kl_tok = fdpo_calloc(N, sizeof(double)), *ntok = fdpo_calloc(N, sizeof(double));
+    double *nwords_vocab = fdpo_calloc(N, sizeof(double)), nwords_vocab_total = 0;
     double *nwords = fdpo_calloc(N, sizeof(double)), *safety = fdpo_calloc(N, sizeof(double));
     double *fd_seq = fdpo_calloc(N * (nd ? nd : 1), sizeof(double)), *fd_tok = fdpo_calloc(N * (nd ? nd : 1), sizeof(double));
     double ent_sum = 0, *ent = fdpo_calloc(N, sizeof(double)), *npos = fdpo_calloc(N, sizeof(double));
@@ -179,6 +195,14 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
         if (rc == 0 && nd) rc = fdpo_dist_sum_f64(fd_tok, N * nd);
     }
     for (size_t i = 0; i < N; i++) { ent_sum += ent[i]; ent_n += (size_t)npos[i]; }
+    double *known = fdpo_calloc(N, sizeof(double));
+    for (size_t i = 0; i < N && rc == 0 && c->words; i++) {
+        size_t kn, tot;
+        rc = fdpo_reward_word_counts(c->words, texts[i], &kn, &tot);
+        known[i] = (double)kn;
+        nwords_vocab_total += (double)tot;
+        nwords_vocab[i] = (double)tot;
+    }
     if (rc == 0) {
         o = cJSON_CreateObject();
         if (name) cJSON_AddStringToObject(o, "name", name);
@@ -196,6 +220,13 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
             put_stats(o, "safety", safety, N);
             put(o, "safety_threshold", c->safety_threshold);
             put(o, "safety_frac_safe", (double)n_safe / (double)N);
+        }
+        if (c->words) {
+            double rate, se;
+            word_rate(known, nwords_vocab, N, &rate, &se);
+            put(o, "word_rate", rate);
+            put(o, "word_rate_se", se);
+            put(o, "word_rate_words", nwords_vocab_total);
         }
         put_stats(o, "kl_seq", kl_seq, N);
         put_stats(o, "kl_tok", kl_tok, N);
@@ -240,6 +271,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
             cJSON_AddNumberToObject(j, "n_words", nwords[i]);
             if (c->reward) put(j, "reward", reward[i]);
             if (c->safety) put(j, "safety", safety[i]);
+            if (c->words) put(j, "word_rate", nwords_vocab[i] > 0 ? known[i] / nwords_vocab[i] : NAN);
             put(j, "logp", logp[i]);
             put(j, "logp_ref", lref[i]);
             put(j, "kl_tok", kl_tok[i]);
@@ -261,7 +293,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     for (size_t i = 0; i < N; i++) { free(texts[i]); free(ptexts[i]); fdpo_words_free(&words[i]); }
     free(texts); free(ptexts); free(words); free(ntok_sz);
     free(ent); free(npos);
-    free(reward); free(safety); free(logp); free(lref); free(kl_seq); free(kl_tok); free(ntok); free(nwords); free(fd_seq); free(fd_tok);
+    free(reward); free(safety); free(logp); free(lref); free(kl_seq); free(kl_tok); free(ntok); free(nwords); free(known); free(nwords_vocab); free(fd_seq); free(fd_tok);
     fdpo_decoder_free(pd); fdpo_decoder_free(rd);
     fdpo_samples_free(smp, N);
     return o;

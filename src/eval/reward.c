@@ -15,7 +15,7 @@
 #include "fdpo/eval.h"
 #include "fdpo/rm.h"
 
-typedef enum { REWARD_AFINN, REWARD_AFINN_SUM, REWARD_LEXICON, REWARD_LENGTH_TOKENS, REWARD_LENGTH_WORDS, REWARD_CMD, REWARD_RM } reward_kind;
+typedef enum { REWARD_AFINN, REWARD_AFINN_SUM, REWARD_LEXICON, REWARD_LENGTH_TOKENS, REWARD_LENGTH_WORDS, REWARD_CMD, REWARD_RM, REWARD_WORDS } reward_kind;
 
 /* AFINN lexicon: lowercase key (a word, a hyphenated word or a phrase of words separated
  * by single spaces) -> valence, in an open-addressing table. */
@@ -224,6 +224,39 @@ static int lex_load_list(lexicon *L, const char *path) {
     if (!rc && L->n == 0) rc = fdpo_error("%s: the lexicon has no words", path);
     free(key); free(text);
     return rc;
+}
+
+static void afinn_words(const char *text, fdpo_words *out);
+
+/* words:FILE, a vocabulary: one word per line, '#' starts a comment, blank lines skipped.
+ * Each line is split into words exactly as completions are (afinn_words: ASCII-lowercased
+ * runs of letters, apostrophes, hyphens), so a vocabulary built from any text by the same
+ * rule matches it; repeats are fine (a vocabulary often lists "The" and "the"). */
+static int lex_load_words(lexicon *L, const char *path) {
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    if (!text) return fdpo_error_context("words:%s", path);
+    if (memchr(text, 0, len)) {
+        free(text);
+        return fdpo_error("%s: contains a NUL byte (expected a text file with one word per line)", path);
+    }
+    size_t line = 0;
+    for (char *p = text; *p;) {
+        char *nl = strchr(p, '\n');
+        if (nl) *nl = 0;
+        line++;
+        char *hash = strchr(p, '#');
+        if (hash) *hash = 0;
+        fdpo_words w;
+        afinn_words(p, &w);
+        for (size_t i = 0; i < w.n; i++) lex_put(L, w.w[i], strlen(w.w[i]), 1);
+        fdpo_words_free(&w);
+        if (!nl) break;
+        p = nl + 1;
+    }
+    free(text);
+    if (L->n == 0) return fdpo_error("%s: the word list has no words (%zu lines)", path, line);
+    return 0;
 }
 
 /* Words: maximal runs of letters, apostrophes, hyphens and non-ASCII bytes, ASCII-lowercased,
@@ -534,7 +567,7 @@ static int rm_score(fdpo_reward *r, size_t n, char *const *prompts, char *const 
 
 /* ---- interface ---- */
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) {
-    if (!spec || !*spec) { fdpo_error("--reward: empty spec (afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR)"); return NULL; }
+    if (!spec || !*spec) { fdpo_error("--reward: empty spec (afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR, words:FILE)"); return NULL; }
     fdpo_reward *r = fdpo_calloc(1, sizeof *r);
     r->spec = fdpo_strdup(spec);
     if (!strcmp(spec, "afinn") || !strcmp(spec, "afinn:sum")) {
@@ -544,6 +577,10 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
         if (!spec[8]) { fdpo_error("%s: needs a word-list file, e.g. lexicon:safety.txt", spec); fdpo_reward_free(r); return NULL; }
         r->kind = REWARD_LEXICON;
         if (lex_load_list(&r->lex, spec + 8)) { fdpo_reward_free(r); return NULL; }
+    } else if (!strncmp(spec, "words:", 6)) {
+        if (!spec[6]) { fdpo_error("%s: needs a word-list file, e.g. words:brown_words.txt", spec); fdpo_reward_free(r); return NULL; }
+        r->kind = REWARD_WORDS;
+        if (lex_load_words(&r->lex, spec + 6)) { fdpo_reward_free(r); return NULL; }
     } else if (!strcmp(spec, "length") || !strcmp(spec, "length:tokens")) {
         r->kind = REWARD_LENGTH_TOKENS;
     } else if (!strcmp(spec, "length:words")) {
@@ -564,7 +601,7 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
             return NULL;
         }
     } else {
-        fdpo_error("--reward: unknown reward '%s' (expected afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM or rm:DIR)", spec);
+        fdpo_error("--reward: unknown reward '%s' (expected afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR or words:FILE)", spec);
         fdpo_reward_free(r);
         return NULL;
     }
@@ -594,6 +631,13 @@ int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *cons
             out[i] = r->kind != REWARD_AFINN ? s : s / (double)(nw ? nw : 1);
         }
         return 0;
+    case REWARD_WORDS:
+        for (size_t i = 0; i < n; i++) {
+            size_t known, total;
+            fdpo_reward_word_counts(r, completions[i], &known, &total);
+            out[i] = total ? (double)known / (double)total : 0;
+        }
+        return 0;
     case REWARD_LENGTH_TOKENS:
         if (!n_tokens) return fdpo_error("reward length: token counts unavailable");
         for (size_t i = 0; i < n; i++) out[i] = (double)n_tokens[i];
@@ -614,4 +658,15 @@ int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *cons
         return rm_score(r, n, prompts, completions, out);
     }
     return fdpo_error("reward: unknown kind");
+}
+
+int fdpo_reward_word_counts(const fdpo_reward *r, const char *text, size_t *known, size_t *total) {
+    *known = *total = 0;
+    if (r->kind != REWARD_WORDS) return fdpo_error("reward %s: not a word list (words:FILE)", r->spec);
+    fdpo_words w;
+    afinn_words(text, &w);
+    for (size_t i = 0; i < w.n; i++) *known += lex_get(&r->lex, w.w[i], strlen(w.w[i])) != NULL;
+    *total = w.n;
+    fdpo_words_free(&w);
+    return 0;
 }

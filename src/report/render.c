@@ -682,6 +682,8 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
     rp_buf body = {0};
     charts ch = {c, &body, cJSON_CreateArray(), 0};
 
+    if (c->notes) fdpo_rp_notes(&body, c->notes);
+
     /* training */
     if (c->n_runs) {
         int any_rows = 0;
@@ -729,6 +731,12 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
         frontier_panel(&ch, "Reward\xe2\x80\x93" "entropy frontier", "Mean reward against predictive entropy (mean "
                        "full-vocabulary entropy at sampled positions). Low entropy at equal reward means the policy "
                        "collapsed onto fewer answers.", "entropy (nats)", "entropy");
+        frontier_panel(&ch, "Reward\xe2\x80\x93" "diversity frontier (distinct-2)", "Mean reward against distinct-2 "
+                       "within a prompt (distinct word bigrams / all bigrams of the k samples of each prompt, averaged "
+                       "over prompts). Right is more diverse.", "distinct-2 per input", "distinct_2_per_input");
+        frontier_panel(&ch, "Reward\xe2\x80\x93" "diversity frontier (self-BLEU)", "Mean reward against word-level "
+                       "self-BLEU-4 within a prompt. Left is more diverse (less overlap between samples).",
+                       "self-BLEU-4 per input", "self_bleu_4_per_input");
         safety_panel(&ch);
         fdpo_rp_puts(&body, "</div>\n");
         static const struct { int cls; const char *id, *title, *strip; } DIV_TABLES[] = {
@@ -787,6 +795,7 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
               c->n_runs, c->n_runs == 1 ? "" : "s", c->n_pols, c->n_pols == 1 ? "y" : "ies",
               c->n_labs, c->n_labs == 1 ? "" : "s", when);
     fdpo_rp_puts(b, "<p id=\"js-status\" class=\"bad\" hidden></p>\n<nav>");
+    if (c->notes) fdpo_rp_puts(b, "<a href=\"#summary\">summary</a> ");
     if (c->n_runs) fdpo_rp_puts(b, "<a href=\"#training\">training</a> ");
     if (strstr(body.p ? body.p : "", "<h2 id=\"loop\">")) fdpo_rp_puts(b, "<a href=\"#loop\">loop</a> ");
     if (c->n_pols) fdpo_rp_puts(b, "<a href=\"#evaluation\">evaluation</a> ");

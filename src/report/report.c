@@ -56,6 +56,11 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
     for (size_t i = 0; i < o->n_eval_files && !rc; i++) rc = fdpo_rp_load_eval(&c, o->eval_files[i], NULL, 1);
     for (size_t i = 0; i < o->n_sample_files && !rc; i++) rc = fdpo_rp_load_samples(&c, o->sample_files[i], NULL, 1);
     for (size_t i = 0; i < o->n_lab_files && !rc; i++) rc = fdpo_rp_load_lab(&c, o->lab_files[i], 0) < 0 ? -1 : 0;
+    if (!rc && o->notes_path) {
+        size_t len;
+        if (!(c.notes = fdpo_read_file(o->notes_path, &len))) rc = fdpo_error_context("--notes");
+        else if (memchr(c.notes, 0, len)) rc = fdpo_error("--notes %s: contains a NUL byte (expected a text file)", o->notes_path);
+    }
     fdpo_rp_link_policies(&c);
     fdpo_rp_attach_samples(&c);
     size_t n_runs = 0;
@@ -78,6 +83,7 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
         }
     }
     free(cj);
+    free(c.notes);
     fdpo_rp_ctx_free(&c);
     return rc;
 }

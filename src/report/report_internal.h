@@ -51,6 +51,7 @@ typedef struct {
     rp_lab *labs; size_t n_labs;
     char **warnings; size_t n_warnings;
     cJSON *pending;            /* samples read before their policy is known */
+    char *notes;               /* contents of opts->notes_path, NULL without one */
 } rp_ctx;
 
 void fdpo_rp_warn(rp_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -79,6 +80,9 @@ const char *fdpo_rp_run_color(size_t i);
 void fdpo_rp_loop_discover(rp_run *r);                     /* load time: online run dirs' settings and kind */
 void fdpo_rp_loop_section(rp_ctx *c, rp_charts *ch, rp_buf *b);
 const char *fdpo_rp_loop_kind_name(const rp_run *r);       /* r->kind, else the kind its metrics show; NULL */
+
+/* notes.c: the notes file as the page's summary section */
+void fdpo_rp_notes(rp_buf *b, const char *text);
 
 /* assets.c */
 const char *fdpo_rp_asset_js(size_t *len);

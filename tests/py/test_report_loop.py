@@ -73,6 +73,10 @@ def series(c, label):
     return hits[0]
 
 
+# rl runs keep a training_state.json, so their label carries the divergence and beta
+RL = "rl (rkl, \u03b2=0.05)"
+
+
 def expect(d, name, x, key):
     return [[r[x], r[key]] for r in rows(d, name) if key in r and x in r]
 
@@ -130,14 +134,14 @@ def test_online_round_panels_carry_the_metrics_and_the_reference_mode(runs):
 def test_rl_step_panels_carry_the_metrics(runs):
     d, _, charts = runs
     c = chart(charts, "RL steps: objective")
-    assert same(series(c, "rl")["points"], expect(d, "rl", "step", "objective/rlhf_reward"))
-    assert same(series(c, "rl objective/scores")["points"], expect(d, "rl", "step", "objective/scores"))
-    assert series(c, "rl objective/scores")["dash"]
+    assert same(series(c, RL)["points"], expect(d, "rl", "step", "objective/rlhf_reward"))
+    assert same(series(c, RL + " objective/scores")["points"], expect(d, "rl", "step", "objective/scores"))
+    assert series(c, RL + " objective/scores")["dash"]
     for title, key in (("RL steps: KL to the reference", "objective/kl"), ("RL steps: entropy", "objective/entropy"),
                        ("RL steps: loss", "loss")):
         c = chart(charts, title)
-        assert same(series(c, "rl")["points"], expect(d, "rl", "step", key))
-        assert len(series(c, "rl")["points"]) == 4
+        assert same(series(c, RL)["points"], expect(d, "rl", "step", key))
+        assert len(series(c, RL)["points"]) == 4
         # online --mode step logs the same names per step
         step = [s for s in c["series"] if s["label"].startswith("online_step")]
         assert len(step) == 1 and step[0]["label"].endswith("(per step)")
