@@ -89,8 +89,7 @@ fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
     if (c->arch == FDPO_ARCH_LLAMA) {
         fdpo_llama_build(m);
         m->params_memory = fdpo_calloc(m->n_params, sizeof(float));
-        if (fdpo_get_precision() == FDPO_PRECISION_BF16)
-            fdpo_log(FDPO_LOG_WARN, "--precision bf16: Llama-family models run their matmuls in fp32 for now");
+        m->precision = fdpo_get_precision();
         return m;
     }
     build_tensor_table(m);
@@ -223,14 +222,18 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t maxT) {
 /* bf16: refresh the bf16 weight copy (once per forward: every writer of params, the
  * optimizer, loading, copy_params, is then covered without a hook) and size the scratch
  * that holds bf16-rounded matmul inputs. */
-static void bf16_prepare(fdpo_gpt2 *m) {
-    fdpo_gpt2_acts *a = m->acts;
-    size_t C = m->config.n_embd, V = m->config.vocab_size, wide = 4 * C > V ? 4 * C : V;
+void fdpo_model_bf16_refresh(fdpo_gpt2 *m) { /* both families */
     if (!m->params_bf16) {
         fdpo_bf16_native(); /* says once if the GEMMs fall back */
         m->params_bf16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
     }
     fdpo_f32_to_bf16(m->params_bf16, m->params_memory, m->n_params);
+}
+
+static void bf16_prepare(fdpo_gpt2 *m) {
+    fdpo_gpt2_acts *a = m->acts;
+    size_t C = m->config.n_embd, V = m->config.vocab_size, wide = 4 * C > V ? 4 * C : V;
+    fdpo_model_bf16_refresh(m);
     if (a->bf16_cap < a->cap_tokens) {
         free(a->bf16_x);
         free(a->bf16_y);

@@ -108,6 +108,7 @@ void fdpo_llama_build(fdpo_gpt2 *m) {
 }
 
 static void acts_free(llama_acts *a) {
+    free(a->bf16_x); free(a->bf16_y);
     free(a->memory); free(a->d_att); free(a->seq_offset); free(a->att_offset); free(a->tokens);
     free(a->targets); free(a->pos); free(a->weights); free(a->branch);
 }
@@ -183,6 +184,65 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
     a->cap_att = A;
 }
 
+/* bf16: the shared bf16 weight copy (fdpo_model_bf16_refresh, once per forward) and the
+ * scratch for bf16-rounded operands, sized for the activations' capacity */
+static void bf16_prepare(fdpo_gpt2 *m) {
+    llama_acts *a = &m->llama->acts;
+    const fdpo_gpt2_config *c = &m->config;
+    size_t QD = c->n_head * head_dim(c), C = c->n_embd, F = c->intermediate_size, V = c->vocab_size;
+    size_t act = C > QD ? C : QD;
+    act = act > F ? act : F;
+    size_t wide = act > V ? act : V;
+    fdpo_model_bf16_refresh(m);
+    if (a->bf16_cap < a->cap_tokens) {
+        free(a->bf16_x);
+        free(a->bf16_y);
+        a->bf16_x = fdpo_malloc(a->cap_tokens * wide * sizeof(uint16_t));
+        a->bf16_y = fdpo_malloc(a->cap_tokens * act * sizeof(uint16_t));
+        a->bf16_cap = a->cap_tokens;
+    }
+}
+
+/* the bf16 copy of the weight tensor w (which points into params_memory) */
+static const uint16_t *w16_of(const fdpo_gpt2 *m, const float *w) { return m->params_bf16 + (w - m->params_memory); }
+
+/* Linear layers and the LM head in the model's precision (the kernels do the maths). */
+static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, const float *w, const float *bias, size_t N,
+                           size_t IC, size_t OC) {
+    if (m->precision == FDPO_PRECISION_BF16)
+        fdpo_llama_linear_forward_bf16(out, inp, w16_of(m, w), bias, N, IC, OC, m->llama->acts.bf16_x);
+    else
+        fdpo_llama_linear_forward(out, inp, w, bias, N, IC, OC);
+}
+
+static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                            const float *w, const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
+    llama_acts *a = &m->llama->acts;
+    if (a->precision == FDPO_PRECISION_BF16) /* the forward's: its bf16 weights are current */
+        fdpo_llama_linear_backward_bf16(dinp, dw, dbias, dout, inp, w16_of(m, w), ones, N, IC, OC, accumulate_dinp,
+                                        a->bf16_x, a->bf16_y);
+    else
+        fdpo_llama_linear_backward(dinp, dw, dbias, dout, inp, w, ones, N, IC, OC, accumulate_dinp);
+}
+
+static void head_forward(fdpo_gpt2 *m, float *logits, const float *inp, const float *head, size_t N) {
+    size_t C = m->config.n_embd, V = m->config.vocab_size;
+    if (m->precision == FDPO_PRECISION_BF16)
+        fdpo_k_lmhead_forward_bf16(logits, inp, w16_of(m, head), N, C, V, m->llama->acts.bf16_x);
+    else
+        fdpo_k_lmhead_forward(logits, inp, head, N, C, V);
+}
+
+static void head_backward(fdpo_gpt2 *m, float *dinp, float *dhead, const float *dlogits, const float *inp,
+                          const float *head, size_t N) {
+    llama_acts *a = &m->llama->acts;
+    size_t C = m->config.n_embd, V = m->config.vocab_size;
+    if (a->precision == FDPO_PRECISION_BF16)
+        fdpo_k_lmhead_backward_bf16(dinp, dhead, dlogits, inp, w16_of(m, head), N, C, V, a->bf16_x, a->bf16_y);
+    else
+        fdpo_k_lmhead_backward(dinp, dhead, dlogits, inp, head, N, C, V);
+}
+
 int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
     const fdpo_gpt2_config *c = &m->config;
     size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head;
@@ -213,6 +273,8 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         memcpy(a->branch, b->branch, N);
     }
     const uint8_t *branch = b->branch ? a->branch : NULL;
+    a->precision = m->precision; /* backward follows the forward even if m->precision changes */
+    if (m->precision == FDPO_PRECISION_BF16) bf16_prepare(m);
     double *inv_freq = fdpo_malloc(hd / 2 * sizeof *inv_freq);
     fdpo_llama_inv_freq(c, inv_freq);
     fdpo_llama_rope_tables(a->rope_cos, a->rope_sin, a->pos, inv_freq, N, hd / 2);
@@ -230,23 +292,23 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         float *qb = tensor(m, P, LR_QB), *kb = tensor(m, P, LR_KB), *vb = tensor(m, P, LR_VB), *ob = tensor(m, P, LR_OB);
         float *gb = tensor(m, P, LR_GATEB), *ub = tensor(m, P, LR_UPB), *db = tensor(m, P, LR_DOWNB);
         fdpo_llama_rmsnorm_forward(ln1, a->ln1_rstd + l * N, residual, tensor(m, P, LR_LN1) + l * C, N, C, c->layer_norm_epsilon);
-        fdpo_llama_linear_forward(q, ln1, tensor(m, P, LR_QW) + l * QD * C, qb ? qb + l * QD : NULL, N, C, QD);
-        fdpo_llama_linear_forward(k, ln1, tensor(m, P, LR_KW) + l * KD * C, kb ? kb + l * KD : NULL, N, C, KD);
-        fdpo_llama_linear_forward(v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
+        linear_forward(m, q, ln1, tensor(m, P, LR_QW) + l * QD * C, qb ? qb + l * QD : NULL, N, C, QD);
+        linear_forward(m, k, ln1, tensor(m, P, LR_KW) + l * KD * C, kb ? kb + l * KD : NULL, N, C, KD);
+        linear_forward(m, v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
         fdpo_llama_rope_forward(q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_forward(k, a->rope_cos, a->rope_sin, N, NKV, hd);
         fdpo_llama_gqa_attention_forward(atty, a->att + l * A, q, k, v, a->seq_offset, a->att_offset, branch, B, NH, NKV, hd);
-        fdpo_llama_linear_forward(res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
+        linear_forward(m, res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
         fdpo_k_residual_forward(res2, res2, residual, N * C);
         fdpo_llama_rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, N, C, c->layer_norm_epsilon);
-        fdpo_llama_linear_forward(gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, N, C, F);
-        fdpo_llama_linear_forward(up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, N, C, F);
+        linear_forward(m, gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, N, C, F);
+        linear_forward(m, up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, N, C, F);
         fdpo_llama_swiglu_forward(h, gate, up, N * F);
-        fdpo_llama_linear_forward(res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, N, F, C);
+        linear_forward(m, res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, N, F, C);
         fdpo_k_residual_forward(res3, res3, res2, N * C);
     }
     fdpo_llama_rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), N, C, c->layer_norm_epsilon);
-    fdpo_k_lmhead_forward(a->logits, a->lnf, head, N, C, V);
+    head_forward(m, a->logits, a->lnf, head, N);
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL);
     fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
     if (seq_logp)
@@ -284,7 +346,7 @@ int fdpo_llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
     float *dhead = tied ? tensor(m, G, LR_EMBED) : tensor(m, G, LR_HEAD);
     /* the logits buffer becomes d logits */
     fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
-    fdpo_k_lmhead_backward(a->d_ln, dhead, a->logits, a->lnf, head, N, C, V);
+    head_backward(m, a->d_ln, dhead, a->logits, a->lnf, head, N);
     memset(a->d_residual, 0, N * C * sizeof(float));
     fdpo_llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_NORM), a->d_ln, a->residual3 + (L - 1) * N * C,
                      tensor(m, P, LR_NORM), a->lnf_rstd, N, C);
@@ -295,27 +357,27 @@ int fdpo_llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
         const float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
         const float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->hmlp + l * N * F;
         /* MLP: res3 = res2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T */
-        fdpo_llama_linear_backward(a->d_h, tensor(m, G, LR_DOWNW) + l * C * F, GB(LR_DOWNB, C), a->d_residual, h,
+        linear_backward(m, a->d_h, tensor(m, G, LR_DOWNW) + l * C * F, GB(LR_DOWNB, C), a->d_residual, h,
                         tensor(m, P, LR_DOWNW) + l * C * F, a->ones, N, F, C, 0);
         fdpo_llama_swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, N * F); /* d_h becomes d up */
-        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_GATEW) + l * F * C, GB(LR_GATEB, F), a->d_gate, ln2,
+        linear_backward(m, a->d_ln, tensor(m, G, LR_GATEW) + l * F * C, GB(LR_GATEB, F), a->d_gate, ln2,
                         tensor(m, P, LR_GATEW) + l * F * C, a->ones, N, C, F, 0);
-        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_UPW) + l * F * C, GB(LR_UPB, F), a->d_h, ln2,
+        linear_backward(m, a->d_ln, tensor(m, G, LR_UPW) + l * F * C, GB(LR_UPB, F), a->d_h, ln2,
                         tensor(m, P, LR_UPW) + l * F * C, a->ones, N, C, F, 1);
         fdpo_llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN2) + l * C, a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
                          a->ln2_rstd + l * N, N, C);
         /* attention: res2 = residual + attn(rope(ln1 Wq^T), rope(ln1 Wk^T), ln1 Wv^T) Wo^T */
-        fdpo_llama_linear_backward(a->d_atty, tensor(m, G, LR_OW) + l * C * QD, GB(LR_OB, C), a->d_residual, atty,
+        linear_backward(m, a->d_atty, tensor(m, G, LR_OW) + l * C * QD, GB(LR_OB, C), a->d_residual, atty,
                         tensor(m, P, LR_OW) + l * C * QD, a->ones, N, QD, C, 0);
         fdpo_llama_gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_att, a->d_att_stride, a->d_atty, q, k, v, a->att + l * A,
                                a->seq_offset, a->att_offset, B, NH, NKV, hd);
         fdpo_llama_rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
-        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_QW) + l * QD * C, GB(LR_QB, QD), a->d_q, ln1,
+        linear_backward(m, a->d_ln, tensor(m, G, LR_QW) + l * QD * C, GB(LR_QB, QD), a->d_q, ln1,
                         tensor(m, P, LR_QW) + l * QD * C, a->ones, N, C, QD, 0);
-        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_KW) + l * KD * C, GB(LR_KB, KD), a->d_k, ln1,
+        linear_backward(m, a->d_ln, tensor(m, G, LR_KW) + l * KD * C, GB(LR_KB, KD), a->d_k, ln1,
                         tensor(m, P, LR_KW) + l * KD * C, a->ones, N, C, KD, 1);
-        fdpo_llama_linear_backward(a->d_ln, tensor(m, G, LR_VW) + l * KD * C, GB(LR_VB, KD), a->d_v, ln1,
+        linear_backward(m, a->d_ln, tensor(m, G, LR_VW) + l * KD * C, GB(LR_VB, KD), a->d_v, ln1,
                         tensor(m, P, LR_VW) + l * KD * C, a->ones, N, C, KD, 1);
         fdpo_llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_LN1) + l * C, a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
                          a->ln1_rstd + l * N, N, C);

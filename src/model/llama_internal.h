@@ -36,6 +36,11 @@ typedef struct {
     float *d_atty;               /* [N, QD] */
     float *d_h, *d_gate;         /* [N, F] */
     float *d_att; int n_threads_scratch; size_t d_att_stride;
+    /* bf16 precision: bf16-rounded matmul operands, bf16_x [cap, max(C, QD, F, V)] (inputs,
+     * upstream gradients, d logits), bf16_y [cap, max(C, QD, F)] (weight-gradient inputs) */
+    uint16_t *bf16_x, *bf16_y;
+    size_t bf16_cap;
+    fdpo_precision precision;    /* of the last forward (backward follows it) */
     /* the batch (copied) */
     size_t n_seq, n_tokens;
     size_t *seq_offset, *att_offset;
@@ -69,6 +74,11 @@ void fdpo_llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, cons
 void fdpo_llama_linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC);
 void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
                      const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp);
+void fdpo_llama_linear_forward_bf16(float *out, const float *inp, const uint16_t *w16, const float *bias, size_t N,
+                                    size_t IC, size_t OC, uint16_t *scratch);
+void fdpo_llama_linear_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                                     const uint16_t *w16, const float *ones, size_t N, size_t IC, size_t OC,
+                                     int accumulate_dinp, uint16_t *scratch_dout, uint16_t *scratch_inp);
 void fdpo_llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half);
 void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);
 void fdpo_llama_rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <omp.h>
 #include <string.h>
+#include "model/gpt2_internal.h"
 #include "model/llama_internal.h"
 
 #define COL_BLOCK 64
@@ -83,6 +84,32 @@ void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const floa
                 1.0f, dout, (int)OC, w, (int)IC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N,
                 1.0f, dout, (int)OC, inp, (int)IC, 1.0f, dw, (int)IC);
+    if (dbias) cblas_sgemv(CblasRowMajor, CblasTrans, (int)N, (int)OC, 1.0f, dout, (int)OC, ones, 1, 1.0f, dbias, 1);
+}
+
+/* bf16 (the rule of fdpo/gpt2.h): out [N,OC] = bf16(inp [N,IC]) @ w16^T + bias, w16 [OC,IC]
+ * the bf16 copy of the weight, fp32 accumulation and output; scratch holds N*IC */
+void fdpo_llama_linear_forward_bf16(float *out, const float *inp, const uint16_t *w16, const float *bias, size_t N,
+                                    size_t IC, size_t OC, uint16_t *scratch) {
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
+        beta = 1.0f;
+    }
+    fdpo_f32_to_bf16(scratch, inp, N * IC);
+    fdpo_gemm_bf16(0, 1, N, OC, IC, 1.0f, scratch, IC, w16, IC, beta, out, OC);
+}
+
+/* bf16: dinp [N,IC] (+)= bf16(dout) @ w16;  dw [OC,IC] += bf16(dout)^T @ bf16(inp);
+ * dbias [OC] += dout^T @ ones (fp32). scratch_dout holds N*OC, scratch_inp N*IC. */
+void fdpo_llama_linear_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                                     const uint16_t *w16, const float *ones, size_t N, size_t IC, size_t OC,
+                                     int accumulate_dinp, uint16_t *scratch_dout, uint16_t *scratch_inp) {
+    fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
+    fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
+    fdpo_gemm_bf16(0, 0, N, IC, OC, 1.0f, scratch_dout, OC, w16, IC, accumulate_dinp ? 1.0f : 0.0f, dinp, IC);
+    fdpo_gemm_bf16(1, 0, OC, IC, N, 1.0f, scratch_dout, OC, scratch_inp, IC, 1.0f, dw, IC);
     if (dbias) cblas_sgemv(CblasRowMajor, CblasTrans, (int)N, (int)OC, 1.0f, dout, (int)OC, ones, 1, 1.0f, dbias, 1);
 }
 
