@@ -410,9 +410,8 @@ void fdpo_gpt2_zero_grad(fdpo_gpt2 *m) {
 /* d_lnf == NULL: from d_token_logp through the LM head; else from the final hidden states */
 static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d_lnf) {
     if (m->config.arch == FDPO_ARCH_LLAMA) {
-        if (d_lnf) return fdpo_error("llama backward: reward-model heads are GPT-2 only");
         if (!m->grads_memory) fdpo_gpt2_zero_grad(m);
-        return fdpo_llama_backward(m, d_token_logp);
+        return d_lnf ? fdpo_llama_backward_hidden(m, d_lnf) : fdpo_llama_backward(m, d_token_logp);
     }
     fdpo_gpt2_acts *a = m->acts;
     if (!a || !a->has_forward) return fdpo_error("gpt2 backward: no forward pass to differentiate");
@@ -489,7 +488,10 @@ trunk:
 
 int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) { return gpt2_backward(m, d_token_logp, NULL); }
 int fdpo_gpt2_backward_hidden(fdpo_gpt2 *m, const float *d_lnf) { return gpt2_backward(m, NULL, d_lnf); }
-const float *fdpo_gpt2_hidden(const fdpo_gpt2 *m) { return m->acts && m->acts->has_forward ? m->acts->lnf : NULL; }
+const float *fdpo_gpt2_hidden(const fdpo_gpt2 *m) {
+    if (m->config.arch == FDPO_ARCH_LLAMA) return fdpo_llama_hidden(m);
+    return m->acts && m->acts->has_forward ? m->acts->lnf : NULL;
+}
 
 void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp) {
     for (size_t s = 0; s < b->n_seq; s++) {

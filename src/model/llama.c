@@ -30,6 +30,7 @@ int fdpo_llama_config_check(const fdpo_gpt2_config *c) {
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta)) return fdpo_error("config: rope_theta %g must be positive", c->rope_theta);
     if (!(c->layer_norm_epsilon > 0.0f) || !isfinite(c->layer_norm_epsilon))
         return fdpo_error("config: rms_norm_eps %g must be a positive number", (double)c->layer_norm_epsilon);
+    if (c->num_labels > 1) return fdpo_error("config: num_labels %zu is not supported (a reward model has 1)", c->num_labels);
     if (c->rope_factor != 0) {
         if (!(c->rope_factor >= 1) || !(c->rope_low_freq_factor > 0) || !(c->rope_high_freq_factor > c->rope_low_freq_factor) ||
             c->rope_original_max_position == 0)
@@ -82,7 +83,8 @@ void fdpo_llama_build(fdpo_gpt2 *m) {
         {LR_DOWNW, "model.layers.{i}.mlp.down_proj.weight", 1, C, F, 2, 1, 1},
         {LR_DOWNB, "model.layers.{i}.mlp.down_proj.bias", 1, C, 0, 1, 0, c->mlp_bias},
         {LR_NORM, "model.norm.weight", 0, C, 0, 1, 0, 1},
-        {LR_HEAD, "lm_head.weight", 0, V, C, 2, 1, !c->tie_word_embeddings},
+        {LR_HEAD, "lm_head.weight", 0, V, C, 2, 1, !c->tie_word_embeddings && !c->num_labels},
+        {LR_SCORE, "score.weight", 0, c->num_labels, C, 2, 1, c->num_labels > 0},
     };
     m->llama = fdpo_calloc(1, sizeof *m->llama);
     size_t off = 0, n = 0;
@@ -308,9 +310,13 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         fdpo_k_residual_forward(res3, res3, res2, N * C);
     }
     fdpo_llama_rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), N, C, c->layer_norm_epsilon);
-    head_forward(m, a->logits, a->lnf, head, N);
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL);
-    fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    if (c->num_labels) { /* a reward model has no LM head: the score head reads a->lnf */
+        if (tlp) memset(tlp, 0, N * sizeof(float));
+    } else {
+        head_forward(m, a->logits, a->lnf, head, N);
+        fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    }
     if (seq_logp)
         for (size_t s = 0; s < B; s++) {
             double sum = 0.0;
@@ -322,10 +328,26 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
 }
 
 const float *fdpo_llama_logits(const fdpo_gpt2 *m) {
-    return m->llama && m->llama->acts.has_forward ? m->llama->acts.logits : NULL;
+    return m->llama && m->llama->acts.has_forward && !m->config.num_labels ? m->llama->acts.logits : NULL;
 }
 
+const float *fdpo_llama_hidden(const fdpo_gpt2 *m) {
+    return m->llama && m->llama->acts.has_forward ? m->llama->acts.lnf : NULL;
+}
+
+float *fdpo_llama_score_weight(fdpo_gpt2 *m, float *memory) {
+    return m->llama && m->llama->role[LR_SCORE] >= 0 ? tensor(m, memory, LR_SCORE) : NULL;
+}
+
+static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d_lnf);
 int fdpo_llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
+    if (m->config.num_labels) return fdpo_error("llama backward: a reward model has no LM head (use the score backward)");
+    return llama_backward(m, d_token_logp, NULL);
+}
+int fdpo_llama_backward_hidden(fdpo_gpt2 *m, const float *d_lnf) { return llama_backward(m, NULL, d_lnf); }
+
+/* d_lnf == NULL: from d_token_logp through the LM head; else from the final hidden states */
+static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d_lnf) {
     llama_acts *a = &m->llama->acts;
     if (!a->has_forward) return fdpo_error("llama backward: no forward pass to differentiate");
     const fdpo_gpt2_config *c = &m->config;
@@ -344,9 +366,11 @@ int fdpo_llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
     int tied = m->llama->role[LR_HEAD] < 0;
     float *head = tied ? tensor(m, P, LR_EMBED) : tensor(m, P, LR_HEAD);
     float *dhead = tied ? tensor(m, G, LR_EMBED) : tensor(m, G, LR_HEAD);
-    /* the logits buffer becomes d logits */
-    fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
-    head_backward(m, a->d_ln, dhead, a->logits, a->lnf, head, N);
+    if (d_lnf) memcpy(a->d_ln, d_lnf, N * C * sizeof(float));
+    else { /* the logits buffer becomes d logits */
+        fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
+        head_backward(m, a->d_ln, dhead, a->logits, a->lnf, head, N);
+    }
     memset(a->d_residual, 0, N * C * sizeof(float));
     fdpo_llama_rmsnorm_backward(a->d_residual, tensor(m, G, LR_NORM), a->d_ln, a->residual3 + (L - 1) * N * C,
                      tensor(m, P, LR_NORM), a->lnf_rstd, N, C);

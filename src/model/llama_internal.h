@@ -10,7 +10,9 @@
 /* tensor roles; per-layer roles hold all layers contiguously ([L, ...]) */
 enum {
     LR_EMBED, LR_LN1, LR_QW, LR_QB, LR_KW, LR_KB, LR_VW, LR_VB, LR_OW, LR_OB, LR_LN2,
-    LR_GATEW, LR_GATEB, LR_UPW, LR_UPB, LR_DOWNW, LR_DOWNB, LR_NORM, LR_HEAD, LR_N_ROLES
+    LR_GATEW, LR_GATEB, LR_UPW, LR_UPB, LR_DOWNW, LR_DOWNB, LR_NORM, LR_HEAD,
+    LR_SCORE, /* reward model (LlamaForSequenceClassification): score.weight [num_labels, C], no lm_head */
+    LR_N_ROLES
 };
 
 /* Activations of the last forward (one allocation), N tokens, A attention entries/layer. */
@@ -61,6 +63,10 @@ void fdpo_llama_free(fdpo_gpt2 *m);
 void fdpo_llama_init(fdpo_gpt2 *m, uint64_t seed);
 int  fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp);
 int  fdpo_llama_backward(fdpo_gpt2 *m, const float *d_token_logp);
+/* backward from a gradient on the final hidden states d_lnf [N, C] (the LM head gets none) */
+int  fdpo_llama_backward_hidden(fdpo_gpt2 *m, const float *d_lnf);
+const float *fdpo_llama_hidden(const fdpo_gpt2 *m);   /* [N, C] after model.norm, NULL if none */
+float *fdpo_llama_score_weight(fdpo_gpt2 *m, float *memory); /* score.weight in memory, NULL for an LM */
 const float *fdpo_llama_logits(const fdpo_gpt2 *m);
 /* rope angles: inv_freq[i] for i < hd/2 (llama3 rope_scaling applied), in double */
 void fdpo_llama_inv_freq(const fdpo_gpt2_config *c, double *inv_freq);
