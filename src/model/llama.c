@@ -110,7 +110,7 @@ void fdpo_llama_build(fdpo_gpt2 *m) {
 }
 
 static void acts_free(llama_acts *a) {
-    free(a->bf16_x); free(a->bf16_y);
+    free(a->bf16_x); free(a->bf16_y); free(a->head_rows); free(a->head_targets); free(a->head_d);
     free(a->memory); free(a->d_att); free(a->seq_offset); free(a->att_offset); free(a->tokens);
     free(a->targets); free(a->pos); free(a->weights); free(a->branch);
 }
@@ -158,6 +158,9 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
         a->targets = fdpo_realloc(a->targets, N * sizeof(int32_t));
         a->pos = fdpo_realloc(a->pos, N * sizeof(int32_t));
         a->weights = fdpo_realloc(a->weights, N * sizeof(float));
+        a->head_rows = fdpo_realloc(a->head_rows, N * sizeof(size_t));
+        a->head_targets = fdpo_realloc(a->head_targets, N * sizeof(int32_t));
+        a->head_d = fdpo_realloc(a->head_d, N * sizeof(float));
         free(a->branch);
         a->branch = NULL;
     }
@@ -245,6 +248,49 @@ static void head_backward(fdpo_gpt2 *m, float *dinp, float *dhead, const float *
         fdpo_k_lmhead_backward(dinp, dhead, dlogits, inp, head, N, C, V);
 }
 
+/* x [N, W]: rows 0..K) go to rows[0..K) (ascending, rows[k] >= k), every other row
+ * becomes 0. From the back, so no row is overwritten before it has moved. */
+static void scatter_rows(float *x, const size_t *rows, size_t K, size_t N, size_t W) {
+    size_t next = N;
+    for (size_t k = K; k-- > 0;) {
+        size_t t = rows[k];
+        if (next > t + 1) memset(x + (t + 1) * W, 0, (next - t - 1) * W * sizeof(float));
+        if (t != k) memcpy(x + t * W, x + k * W, W * sizeof(float));
+        next = t;
+    }
+    if (next > 0) memset(x, 0, next * W * sizeof(float));
+}
+
+/* dst [K, W] = src [rows[k], W]; dst may be src (rows[k] >= k: no later source is clobbered) */
+static void gather_rows(float *dst, const float *src, const size_t *rows, size_t K, size_t W) {
+    for (size_t k = 0; k < K; k++)
+        if (dst + k * W != src + rows[k] * W) memmove(dst + k * W, src + rows[k] * W, W * sizeof(float));
+}
+
+/* LM head + log-softmax over the weighted rows only (skip_unweighted): pack their
+ * model.norm outputs, one K x V GEMM instead of N x V, then put each logits row back at its
+ * token (the others 0, as GPT-2 does; fdpo_gpt2_logits keeps one meaning) */
+static void head_rows_forward(fdpo_gpt2 *m, const float *head, float *tlp) {
+    llama_acts *a = &m->llama->acts;
+    size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size, K = a->n_head_rows;
+    float *lnf_packed = a->d_ln, *lse_packed = a->head_d, *tlp_packed = a->d_residual; /* backward scratch */
+    gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+    for (size_t k = 0; k < K; k++) a->head_targets[k] = a->targets[a->head_rows[k]];
+    if (K > 0) {
+        head_forward(m, a->logits, lnf_packed, head, K);
+        fdpo_k_logsoftmax_forward(lse_packed, tlp_packed, a->logits, a->head_targets, K, V);
+    }
+    memset(a->lse, 0, N * sizeof(float));
+    for (size_t k = 0; k < K; k++) a->lse[a->head_rows[k]] = lse_packed[k];
+    if (tlp) {
+        float *tmp = a->d_q; /* tlp may alias d_residual: go through a third buffer */
+        memcpy(tmp, tlp_packed, K * sizeof(float));
+        memset(tlp, 0, N * sizeof(float));
+        for (size_t k = 0; k < K; k++) tlp[a->head_rows[k]] = tmp[k];
+    }
+    scatter_rows(a->logits, a->head_rows, K, N, V);
+}
+
 int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
     const fdpo_gpt2_config *c = &m->config;
     size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head;
@@ -314,8 +360,17 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
     if (c->num_labels) { /* a reward model has no LM head: the score head reads a->lnf */
         if (tlp) memset(tlp, 0, N * sizeof(float));
     } else {
-        head_forward(m, a->logits, a->lnf, head, N);
-        fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+        a->skip_unweighted = b->skip_unweighted;
+        a->n_head_rows = 0;
+        if (b->skip_unweighted)
+            for (size_t t = 0; t < N; t++) if (a->weights[t] != 0.0f) a->head_rows[a->n_head_rows++] = t;
+        if (!b->skip_unweighted || a->n_head_rows == N) {
+            a->skip_unweighted = 0;
+            head_forward(m, a->logits, a->lnf, head, N);
+            fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+        } else {
+            head_rows_forward(m, head, tlp);
+        }
     }
     if (seq_logp)
         for (size_t s = 0; s < B; s++) {
@@ -367,7 +422,26 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
     float *head = tied ? tensor(m, P, LR_EMBED) : tensor(m, P, LR_HEAD);
     float *dhead = tied ? tensor(m, G, LR_EMBED) : tensor(m, G, LR_HEAD);
     if (d_lnf) memcpy(a->d_ln, d_lnf, N * C * sizeof(float));
-    else { /* the logits buffer becomes d logits */
+    else if (a->skip_unweighted) { /* the K rows of the forward's LM head, packed */
+        size_t K = a->n_head_rows;
+        for (size_t t = 0, k = 0; t < N; t++) {
+            int in_head = k < K && a->head_rows[k] == t;
+            if (in_head) a->head_d[k++] = a->targets[t] < 0 ? 0.0f : d_token_logp[t];
+            else if (a->targets[t] >= 0 && d_token_logp[t] != 0.0f)
+                return fdpo_error("llama backward: d_token_logp[%zu] = %g but the forward skipped that token "
+                                  "(skip_unweighted: its weight is 0)", t, (double)d_token_logp[t]);
+        }
+        for (size_t k = 0; k < K; k++) a->head_targets[k] = a->targets[a->head_rows[k]];
+        float *lse_packed = a->d_q, *lnf_packed = a->d_residual; /* free until the blocks */
+        for (size_t k = 0; k < K; k++) lse_packed[k] = a->lse[a->head_rows[k]];
+        gather_rows(a->logits, a->logits, a->head_rows, K, V);
+        gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+        if (K > 0) {
+            fdpo_k_logsoftmax_backward(a->logits, lse_packed, a->head_targets, a->head_d, K, V);
+            head_backward(m, a->d_ln, dhead, a->logits, lnf_packed, head, K);
+        }
+        scatter_rows(a->d_ln, a->head_rows, K, N, C);
+    } else { /* the logits buffer becomes d logits */
         fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
         head_backward(m, a->d_ln, dhead, a->logits, a->lnf, head, N);
     }

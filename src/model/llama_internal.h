@@ -49,6 +49,12 @@ typedef struct {
     int32_t *tokens, *targets, *pos;
     float *weights;
     uint8_t *branch;
+    /* skip_unweighted: the LM head ran over the K rows head_rows[0..K) only (ascending);
+     * head_targets/head_d [N] are their packed targets and upstream gradients */
+    size_t *head_rows, n_head_rows;
+    int32_t *head_targets;
+    float *head_d;
+    int skip_unweighted;
     int has_forward;
 } llama_acts;
 
