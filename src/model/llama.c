@@ -3,7 +3,6 @@
  * optional llama3 frequency scaling), grouped-query attention, SwiGLU MLP, tied or untied
  * LM head. Kernels in llama_kernels.c; the LM head and log-softmax are GPT-2's. */
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include "model/gpt2_internal.h"
@@ -111,7 +110,7 @@ void fdpo_llama_build(fdpo_gpt2 *m) {
 
 static void acts_free(llama_acts *a) {
     free(a->bf16_x); free(a->bf16_y); free(a->head_rows); free(a->head_targets); free(a->head_d);
-    free(a->memory); free(a->d_att); free(a->seq_offset); free(a->att_offset); free(a->tokens);
+    free(a->memory); free(a->seq_offset); free(a->tokens);
     free(a->targets); free(a->pos); free(a->weights); free(a->branch);
 }
 
@@ -143,16 +142,14 @@ static float *tensor(const fdpo_gpt2 *m, float *memory, int role) {
     return i < 0 ? NULL : memory + m->tensors[i].offset;
 }
 
-static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT) {
+static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B) {
     llama_acts *a = &m->llama->acts;
     const fdpo_gpt2_config *c = &m->config;
     if (B > a->cap_seq) {
         a->seq_offset = fdpo_realloc(a->seq_offset, (B + 1) * sizeof(size_t));
-        a->att_offset = fdpo_realloc(a->att_offset, (B + 1) * sizeof(size_t));
         a->cap_seq = B;
     }
-    if (maxT > a->cap_maxT) a->cap_maxT = maxT;
-    if (N <= a->cap_tokens && A <= a->cap_att && a->memory) return;
+    if (N <= a->cap_tokens && a->memory) return;
     if (N > a->cap_tokens) {
         a->tokens = fdpo_realloc(a->tokens, N * sizeof(int32_t));
         a->targets = fdpo_realloc(a->targets, N * sizeof(int32_t));
@@ -165,12 +162,11 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
         a->branch = NULL;
     }
     N = N > a->cap_tokens ? N : a->cap_tokens;
-    A = A > a->cap_att ? A : a->cap_att;
     size_t C = c->n_embd, L = c->n_layer, V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c);
     size_t QD = c->n_head * hd, KD = c->n_kv_head * hd;
     struct { float **p; size_t n; } parts[] = {
         {&a->encoded, N * C}, {&a->ln1, L * N * C}, {&a->ln1_rstd, L * N}, {&a->q, L * N * QD},
-        {&a->k, L * N * KD}, {&a->v, L * N * KD}, {&a->att, L * A}, {&a->atty, L * N * QD},
+        {&a->k, L * N * KD}, {&a->v, L * N * KD}, {&a->att_lse, L * N * c->n_head}, {&a->atty, L * N * QD},
         {&a->residual2, L * N * C}, {&a->ln2, L * N * C}, {&a->ln2_rstd, L * N}, {&a->gate, L * N * F},
         {&a->up, L * N * F}, {&a->hmlp, L * N * F}, {&a->residual3, L * N * C}, {&a->lnf, N * C},
         {&a->lnf_rstd, N}, {&a->logits, N * V}, {&a->lse, N}, {&a->rope_cos, N * hd / 2},
@@ -186,7 +182,6 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
     for (size_t t = 0; t < N; t++) a->ones[t] = 1.0f;
     a->cap_tokens = N;
-    a->cap_att = A;
 }
 
 /* bf16: the shared bf16 weight copy (fdpo_model_bf16_refresh, once per forward) and the
@@ -295,24 +290,14 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
     const fdpo_gpt2_config *c = &m->config;
     size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head;
     size_t V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c), QD = NH * hd, KD = NKV * hd;
-    size_t A = 0, maxT = 0;
-    for (size_t s = 0; s < B; s++) {
-        size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
-        A += NH * T * T;
-        if (T > maxT) maxT = T;
-    }
-    acts_reserve(m, N, B, A, maxT);
+    acts_reserve(m, N, B);
     llama_acts *a = &m->llama->acts;
     a->n_seq = B;
     a->n_tokens = N;
     memcpy(a->seq_offset, b->seq_offset, (B + 1) * sizeof(size_t));
-    a->att_offset[0] = 0;
-    for (size_t s = 0; s < B; s++) {
-        size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
-        a->att_offset[s + 1] = a->att_offset[s] + NH * T * T;
+    for (size_t s = 0; s < B; s++)
         for (size_t t = b->seq_offset[s]; t < b->seq_offset[s + 1]; t++)
             a->pos[t] = b->pos ? b->pos[t] : (int32_t)(t - b->seq_offset[s]);
-    }
     memcpy(a->tokens, b->tokens, N * sizeof(int32_t));
     memcpy(a->targets, b->targets, N * sizeof(int32_t));
     for (size_t t = 0; t < N; t++) a->weights[t] = b->targets[t] < 0 ? 0.0f : (b->weights ? b->weights[t] : 1.0f);
@@ -320,6 +305,7 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         if (!a->branch) a->branch = fdpo_malloc(a->cap_tokens);
         memcpy(a->branch, b->branch, N);
     }
+    a->has_branch = b->branch != NULL;
     const uint8_t *branch = b->branch ? a->branch : NULL;
     a->precision = m->precision; /* backward follows the forward even if m->precision changes */
     if (m->precision == FDPO_PRECISION_BF16) bf16_prepare(m);
@@ -345,7 +331,7 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         linear_forward(m, v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
         fdpo_llama_rope_forward(q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_forward(k, a->rope_cos, a->rope_sin, N, NKV, hd);
-        fdpo_llama_gqa_attention_forward(atty, a->att + l * A, q, k, v, a->seq_offset, a->att_offset, branch, B, NH, NKV, hd);
+        fdpo_llama_gqa_attention_forward(atty, a->att_lse + l * N * NH, q, k, v, a->seq_offset, branch, B, NH, NKV, hd);
         linear_forward(m, res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
         fdpo_k_residual_forward(res2, res2, residual, N * C);
         fdpo_llama_rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, N, C, c->layer_norm_epsilon);
@@ -408,15 +394,6 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
     const fdpo_gpt2_config *c = &m->config;
     size_t N = a->n_tokens, B = a->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head;
     size_t V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c), QD = NH * hd, KD = NKV * hd;
-    size_t A = a->att_offset[B];
-    int nth = omp_get_max_threads();
-    size_t stride = a->cap_maxT * a->cap_maxT;
-    if (!a->d_att || nth > a->n_threads_scratch || stride > a->d_att_stride) {
-        free(a->d_att);
-        a->d_att = fdpo_malloc((size_t)nth * stride * sizeof(float));
-        a->n_threads_scratch = nth;
-        a->d_att_stride = stride;
-    }
     float *P = m->params_memory, *G = m->grads_memory;
     int tied = m->llama->role[LR_HEAD] < 0;
     float *head = tied ? tensor(m, P, LR_EMBED) : tensor(m, P, LR_HEAD);
@@ -467,8 +444,8 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         /* attention: res2 = residual + attn(rope(ln1 Wq^T), rope(ln1 Wk^T), ln1 Wv^T) Wo^T */
         linear_backward(m, a->d_atty, tensor(m, G, LR_OW) + l * C * QD, GB(LR_OB, C), a->d_residual, atty,
                         tensor(m, P, LR_OW) + l * C * QD, a->ones, N, QD, C, 0);
-        fdpo_llama_gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_att, a->d_att_stride, a->d_atty, q, k, v, a->att + l * A,
-                               a->seq_offset, a->att_offset, B, NH, NKV, hd);
+        fdpo_llama_gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_atty, q, k, v, atty, a->att_lse + l * N * NH,
+                                          a->seq_offset, a->has_branch ? a->branch : NULL, B, NH, NKV, hd);
         fdpo_llama_rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
         linear_backward(m, a->d_ln, tensor(m, G, LR_QW) + l * QD * C, GB(LR_QB, QD), a->d_q, ln1,

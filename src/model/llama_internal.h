@@ -15,14 +15,14 @@ enum {
     LR_N_ROLES
 };
 
-/* Activations of the last forward (one allocation), N tokens, A attention entries/layer. */
+/* Activations of the last forward (one allocation), N tokens. */
 typedef struct {
-    size_t cap_tokens, cap_att, cap_seq, cap_maxT;
+    size_t cap_tokens, cap_seq;
     float *memory;
     float *encoded;              /* [N, C] */
     float *ln1, *ln1_rstd;       /* [L, N, C], [L, N] */
     float *q, *k, *v;            /* [L, N, QD], [L, N, KD], [L, N, KD]; q, k rotated */
-    float *att;                  /* [L, A] softmax probabilities per (sequence, head) */
+    float *att_lse;              /* [L, N, NH] log-sum-exp of each attention row (backward recomputes P) */
     float *atty;                 /* [L, N, QD] */
     float *residual2;            /* [L, N, C] after attention */
     float *ln2, *ln2_rstd;       /* [L, N, C], [L, N] */
@@ -37,7 +37,6 @@ typedef struct {
     float *d_q, *d_k, *d_v;      /* [N, QD], [N, KD], [N, KD] */
     float *d_atty;               /* [N, QD] */
     float *d_h, *d_gate;         /* [N, F] */
-    float *d_att; int n_threads_scratch; size_t d_att_stride;
     /* bf16 precision: bf16-rounded matmul operands, bf16_x [cap, max(C, QD, F, V)] (inputs,
      * upstream gradients, d logits), bf16_y [cap, max(C, QD, F)] (weight-gradient inputs) */
     uint16_t *bf16_x, *bf16_y;
@@ -45,10 +44,11 @@ typedef struct {
     fdpo_precision precision;    /* of the last forward (backward follows it) */
     /* the batch (copied) */
     size_t n_seq, n_tokens;
-    size_t *seq_offset, *att_offset;
+    size_t *seq_offset;
     int32_t *tokens, *targets, *pos;
     float *weights;
     uint8_t *branch;
+    int has_branch;              /* the last forward had branch masks (in branch) */
     /* skip_unweighted: the LM head ran over the K rows head_rows[0..K) only (ascending);
      * head_targets/head_d [N] are their packed targets and upstream gradients */
     size_t *head_rows, n_head_rows;
@@ -94,13 +94,13 @@ void fdpo_llama_linear_backward_bf16(float *dinp, float *dw, float *dbias, const
 void fdpo_llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half);
 void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);
 void fdpo_llama_rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);
-void fdpo_llama_gqa_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                           const size_t *seq_offset, const size_t *att_offset, const uint8_t *branch,
-                           size_t B, size_t NH, size_t NKV, size_t hd);
-void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch, size_t scratch_stride,
-                            const float *dout, const float *q, const float *k, const float *v, const float *att,
-                            const size_t *seq_offset, const size_t *att_offset, size_t B, size_t NH, size_t NKV,
-                            size_t hd);
+/* streaming (O(T) memory): lse [N, NH] instead of T x T probabilities */
+void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                      const size_t *seq_offset, const uint8_t *branch, size_t B, size_t NH, size_t NKV,
+                                      size_t hd);
+void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                       const float *v, const float *out, const float *lse, const size_t *seq_offset,
+                                       const uint8_t *branch, size_t B, size_t NH, size_t NKV, size_t hd);
 void fdpo_llama_swiglu_forward(float *h, const float *gate, const float *up, size_t n);
 void fdpo_llama_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n);
 
