@@ -201,6 +201,8 @@ int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *s
                           const int32_t *tokens, float *logits, int all_logits, size_t R) {
     const fdpo_gpt2 *m = d->model;
     const fdpo_gpt2_config *c = &m->config;
+    if (c->num_labels)
+        return fdpo_error("decoder: a reward model (...ForSequenceClassification) has no LM head to sample from");
     size_t C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head, V = c->vocab_size, F = c->intermediate_size;
     size_t hd = d->hd, QD = d->QD, KD = d->KD;
     float eps = c->layer_norm_epsilon;

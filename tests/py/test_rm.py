@@ -283,6 +283,13 @@ def test_llama_rewards_and_gradients_match_pytorch(tmp_path, model_type, center,
     assert set(g) == set(m.p) and "lm_head.weight" not in g and g["score.weight"].shape == (1, LLAMA["hidden_size"])
     for name, p in m.p.items():
         assert rel(g[name], p.grad.numpy()) < 1e-5, name
+    # fdpo's re-save is the same LlamaForSequenceClassification / Qwen2ForSequenceClassification
+    harness("model-load", "--model", tmp_path / "rm", "--save", tmp_path / "rm2")
+    cfg = json.loads((tmp_path / "rm2" / "config.json").read_text())
+    assert cfg["architectures"] == m.cfg["architectures"] and cfg["model_type"] == model_type
+    assert cfg["num_labels"] == 1 and cfg["pad_token_id"] == SPACE and cfg["id2label"] == {"0": "LABEL_0"}
+    ta, tb = st.load(str(tmp_path / "rm" / "model.safetensors"))[0], st.load(str(tmp_path / "rm2" / "model.safetensors"))[0]
+    assert set(ta) == set(tb) and all(np.array_equal(ta[k], tb[k]) for k in ta)
     # the pad rows pool before their trailing spaces (a last-token head would not match)
     P, C, _ = tokenize_pair(LLAMA_ROWS[-2])
     s = seq(P, C)
@@ -343,3 +350,15 @@ def test_llama_rm_bad_inputs(tmp_path):
     m.save_hf(str(tmp_path / "shape"))
     r = harness("eval-reward", f"rm:{tmp_path / 'shape'}", tmp_path / "c.jsonl", check=False)
     assert r.returncode != 0 and "score.weight" in r.stderr and "[1,8]" in r.stderr, r.stderr
+    # a Llama reward model has no LM head: sampling from it or aligning it is refused
+    m = llama_rm(3, pad=EOT)
+    m.save_hf(str(tmp_path / "rmok"))
+    save_byte_tokenizer(str(tmp_path / "rmok"))
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Hi"}])
+    r = fdpo("generate", "--model", tmp_path / "rmok", "--data", tmp_path / "prompts.jsonl", "--n", "1",
+             "--max-new-tokens", "2", check=False)
+    assert r.returncode != 0 and "no LM head" in r.stderr, r.stderr
+    write_jsonl(tmp_path / "pairs.jsonl", ROWS)
+    r = fdpo("dpo", "--model", tmp_path / "rmok", "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "d",
+             "--steps", "1", "--quiet", check=False)
+    assert r.returncode != 0 and "no LM head" in r.stderr, r.stderr
