@@ -362,3 +362,18 @@ def test_llama_rm_bad_inputs(tmp_path):
     r = fdpo("dpo", "--model", tmp_path / "rmok", "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "d",
              "--steps", "1", "--quiet", check=False)
     assert r.returncode != 0 and "no LM head" in r.stderr, r.stderr
+
+
+def test_llama_rm_resume_continues_the_same_run(tmp_path):
+    """fdpo rm on a Llama LM, interrupted and resumed (in bf16, the precision given again):
+    the same bytes as the straight run"""
+    write_jsonl(tmp_path / "d.jsonl", length_rows(random.Random(6), 24))
+    Llama(**LLAMA, seed=2).save_hf(str(tmp_path / "lm"))
+    save_byte_tokenizer(str(tmp_path / "lm"))
+    common = ["--model", tmp_path / "lm", "--data", tmp_path / "d.jsonl", "--steps", "4", "--batch-size", "4",
+              "--threads", "1", "--quiet", "--eval-every", "2", "--precision", "bf16"]
+    fdpo("rm", *common, "--out", tmp_path / "a")
+    fdpo("rm", *common, "--out", tmp_path / "b", "--stop-at", "2")
+    fdpo("rm", *common, "--out", tmp_path / "b", "--resume")
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]
