@@ -173,7 +173,9 @@ int fdpo_gpt2_backward_hidden(fdpo_gpt2 *m, const float *d_lnf);
 const float *fdpo_gpt2_hidden(const fdpo_gpt2 *m);
 
 /* ---- scalar head (GPT2ForSequenceClassification, num_labels 1; src/model/gpt2_score.c) ----
- * r_b = score.weight . h_b, h_b the final hidden state of sequence b's LAST token. */
+ * (and Llama/Qwen2 ...ForSequenceClassification: score.weight [1, C] stands alone, no lm_head).
+ * r_b = score.weight . h_b, h_b the final hidden state of sequence b's last token that is
+ * not pad_token_id (transformers' pooling; pad_token_id < 0: the last token). */
 float *fdpo_gpt2_score_weight(fdpo_gpt2 *m);     /* [C] inside params_memory; NULL for an LM */
 /* Forward over a packed batch (targets may all be -1): rewards[B]. */
 int fdpo_gpt2_score_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *rewards);

@@ -55,8 +55,9 @@ int cmd_info(int argc, char **argv) {
 
     int llama = c->arch == FDPO_ARCH_LLAMA, qwen2 = llama && !strcmp(c->model_type, "qwen2");
     const char *model_type = qwen2 ? "qwen2" : llama ? "llama" : "gpt2";
-    const char *architecture = qwen2 ? "Qwen2ForCausalLM" : llama ? "LlamaForCausalLM"
-                             : c->num_labels ? "GPT2ForSequenceClassification" : "GPT2LMHeadModel";
+    const char *architecture = c->num_labels ? (qwen2 ? "Qwen2ForSequenceClassification" : llama ? "LlamaForSequenceClassification"
+                                                                                        : "GPT2ForSequenceClassification")
+                             : qwen2 ? "Qwen2ForCausalLM" : llama ? "LlamaForCausalLM" : "GPT2LMHeadModel";
     if (as_json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "checkpoint", dir);

@@ -90,22 +90,33 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
     return rc;
 }
 
-/* GPT2ForSequenceClassification (a reward model) or the LM: architectures, num_labels
- * (or the size of id2label), pad_token_id. */
+/* <Family>ForSequenceClassification (a reward model: GPT2, Llama, Qwen2) or the LM:
+ * architectures, num_labels (or the size of id2label), pad_token_id. */
 static int config_head(const char *path, const cJSON *root, fdpo_gpt2_config *c) {
     const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
     const cJSON *a0 = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
-    if (!cJSON_IsString(a0) || strcmp(a0->valuestring, "GPT2ForSequenceClassification")) return 0;
+    const char *want = c->arch == FDPO_ARCH_GPT2 ? "GPT2ForSequenceClassification"
+                       : !strcmp(c->model_type, "qwen2") ? "Qwen2ForSequenceClassification"
+                                                         : "LlamaForSequenceClassification";
+    if (!cJSON_IsString(a0) || strcmp(a0->valuestring, want)) return 0;
     const cJSON *nl = cJSON_GetObjectItemCaseSensitive(root, "num_labels");
     const cJSON *id2label = cJSON_GetObjectItemCaseSensitive(root, "id2label");
     double n = cJSON_IsNumber(nl) ? nl->valuedouble : cJSON_IsObject(id2label) ? cJSON_GetArraySize(id2label) : 2;
     if (n != 1)
-        return fdpo_error("%s: GPT2ForSequenceClassification with %g labels (num_labels / id2label): fdpo reads "
-                          "reward models, which have num_labels 1", path, n);
+        return fdpo_error("%s: %s with %g labels (num_labels / id2label): fdpo reads "
+                          "reward models, which have num_labels 1", path, want, n);
     c->num_labels = 1;
     const cJSON *pad = cJSON_GetObjectItemCaseSensitive(root, "pad_token_id");
     c->pad_token_id = cJSON_IsNumber(pad) ? (int32_t)pad->valuedouble : -1;
     return 0;
+}
+
+/* what transformers writes for a num_labels 1 head, plus num_labels for readers that want it */
+static void config_json_head(cJSON *root, const fdpo_gpt2_config *c) {
+    cJSON_AddItemToObject(root, "id2label", cJSON_Parse("{\"0\": \"LABEL_0\"}"));
+    cJSON_AddItemToObject(root, "label2id", cJSON_Parse("{\"LABEL_0\": 0}"));
+    cJSON_AddNumberToObject(root, "num_labels", (double)c->num_labels);
+    if (c->pad_token_id >= 0) cJSON_AddNumberToObject(root, "pad_token_id", (double)c->pad_token_id);
 }
 
 int fdpo_config_load(const char *path, fdpo_gpt2_config *c) {
@@ -135,6 +146,7 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
     if (!mt) rc = fdpo_error("%s: missing key 'model_type' (want \"gpt2\", \"llama\" or \"qwen2\")", path);
     else if (cJSON_IsString(mt) && (!strcmp(mt->valuestring, "llama") || !strcmp(mt->valuestring, "qwen2"))) {
         rc = config_load_llama(path, root, mt->valuestring, c);
+        if (!rc) rc = config_head(path, root, c);
         cJSON_Delete(root);
         if (!rc && fdpo_gpt2_config_check(c)) rc = fdpo_error_context("%s", path);
         return rc;
@@ -173,7 +185,9 @@ static cJSON *config_json_llama(const fdpo_gpt2_config *c) {
     cJSON *root = cJSON_CreateObject();
     int qwen2 = !strcmp(c->model_type, "qwen2");
     cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString(qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
+    cJSON_AddItemToArray(arch, cJSON_CreateString(c->num_labels ? (qwen2 ? "Qwen2ForSequenceClassification" : "LlamaForSequenceClassification")
+                                                                 : (qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM")));
+    if (c->num_labels) config_json_head(root, c);
     if (!qwen2) cJSON_AddBoolToObject(root, "attention_bias", c->qkv_bias);
     if (c->head_dim) cJSON_AddNumberToObject(root, "head_dim", (double)c->head_dim);
     cJSON_AddStringToObject(root, "hidden_act", "silu");
@@ -212,13 +226,7 @@ static cJSON *config_json_gpt2(const fdpo_gpt2_config *c) {
     cJSON_AddStringToObject(root, "activation_function", "gelu_new");
     cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
     cJSON_AddItemToArray(arch, cJSON_CreateString(c->num_labels ? "GPT2ForSequenceClassification" : "GPT2LMHeadModel"));
-    if (c->num_labels) {
-        /* what transformers writes for num_labels 1, plus num_labels for readers that want it */
-        cJSON_AddItemToObject(root, "id2label", cJSON_Parse("{\"0\": \"LABEL_0\"}"));
-        cJSON_AddItemToObject(root, "label2id", cJSON_Parse("{\"LABEL_0\": 0}"));
-        cJSON_AddNumberToObject(root, "num_labels", (double)c->num_labels);
-        if (c->pad_token_id >= 0) cJSON_AddNumberToObject(root, "pad_token_id", (double)c->pad_token_id);
-    }
+    if (c->num_labels) config_json_head(root, c);
     char eps[32];
     fdpo_fmt_float(eps, sizeof eps, c->layer_norm_epsilon);
     cJSON_AddRawToObject(root, "layer_norm_epsilon", eps);
@@ -389,7 +397,7 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
             if (!f) { rc = fdpo_error("%s: missing tensor '%s'", ss.where, name); break; }
             used[fi][f - ss.files[fi].tensors] = 1;
             size_t want_shape[3] = {t->shape[0], t->shape[1], t->shape[2]};
-            if (i == 0 && c.num_labels) {
+            if (i == 0 && c.num_labels && c.arch == FDPO_ARCH_GPT2) {
                 /* a reward model: wte in the file has vocab_size rows, score.weight the rest */
                 want_shape[0] = c.vocab_size;
                 one = c.vocab_size * c.n_embd;
@@ -429,7 +437,7 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
             if (used[fi][k]) continue;
             if (!strcmp(f->name, "score.weight")) {
                 rc = fdpo_error("%s: unexpected tensor 'score.weight' (a reward-model head, but config.json's architectures "
-                                "is not GPT2ForSequenceClassification)", ss.files[fi].path);
+                                "is not a ...ForSequenceClassification)", ss.files[fi].path);
                 break;
             }
             if (!is_skipped_name(f->name)) {
@@ -511,7 +519,7 @@ int fdpo_checkpoint_save_model(const char *dir, const fdpo_gpt2 *m) {
     if (!rc) {
         fdpo_st_writer *w = fdpo_st_writer_new();
         fdpo_st_writer_meta(w, "format", "pt");
-        if (m->config.num_labels) add_reward_model(w, m);
+        if (m->config.num_labels && m->config.arch == FDPO_ARCH_GPT2) add_reward_model(w, m);
         else fdpo_st_writer_add_gpt2(w, m, m->params_memory, NULL);
         rc = fdpo_st_writer_write(w, st_path);
         fdpo_st_writer_free(w);

@@ -90,8 +90,7 @@ fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
     if (c->arch == FDPO_ARCH_LLAMA) {
         fdpo_llama_build(m);
         m->params_memory = fdpo_calloc(m->n_params, sizeof(float));
-        if (fdpo_get_precision() == FDPO_PRECISION_BF16)
-            fdpo_log(FDPO_LOG_WARN, "--precision bf16: Llama-family models run their matmuls in fp32 for now");
+        m->precision = fdpo_get_precision();
         return m;
     }
     build_tensor_table(m);
@@ -225,14 +224,18 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t maxT) {
 /* bf16: refresh the bf16 weight copy (once per forward: every writer of params, the
  * optimizer, loading, copy_params, is then covered without a hook) and size the scratch
  * that holds bf16-rounded matmul inputs. */
-static void bf16_prepare(fdpo_gpt2 *m) {
-    fdpo_gpt2_acts *a = m->acts;
-    size_t C = m->config.n_embd, V = m->config.vocab_size, wide = 4 * C > V ? 4 * C : V;
+void fdpo_model_bf16_refresh(fdpo_gpt2 *m) { /* both families */
     if (!m->params_bf16) {
         fdpo_bf16_native(); /* says once if the GEMMs fall back */
         m->params_bf16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
     }
     fdpo_f32_to_bf16(m->params_bf16, m->params_memory, m->n_params);
+}
+
+static void bf16_prepare(fdpo_gpt2 *m) {
+    fdpo_gpt2_acts *a = m->acts;
+    size_t C = m->config.n_embd, V = m->config.vocab_size, wide = 4 * C > V ? 4 * C : V;
+    fdpo_model_bf16_refresh(m);
     if (a->bf16_cap < a->cap_tokens) {
         free(a->bf16_x);
         free(a->bf16_y);
@@ -414,9 +417,8 @@ void fdpo_gpt2_zero_grad(fdpo_gpt2 *m) {
 /* d_lnf == NULL: from d_token_logp through the LM head; else from the final hidden states */
 static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d_lnf) {
     if (m->config.arch == FDPO_ARCH_LLAMA) {
-        if (d_lnf) return fdpo_error("llama backward: reward-model heads are GPT-2 only");
         if (!m->grads_memory && !fdpo_lora_frozen(m)) fdpo_gpt2_zero_grad(m);
-        return fdpo_llama_backward(m, d_token_logp);
+        return d_lnf ? fdpo_llama_backward_hidden(m, d_lnf) : fdpo_llama_backward(m, d_token_logp);
     }
     fdpo_gpt2_acts *a = m->acts;
     if (!a || !a->has_forward) return fdpo_error("gpt2 backward: no forward pass to differentiate");
@@ -503,7 +505,10 @@ trunk:
 
 int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) { return gpt2_backward(m, d_token_logp, NULL); }
 int fdpo_gpt2_backward_hidden(fdpo_gpt2 *m, const float *d_lnf) { return gpt2_backward(m, NULL, d_lnf); }
-const float *fdpo_gpt2_hidden(const fdpo_gpt2 *m) { return m->acts && m->acts->has_forward ? m->acts->lnf : NULL; }
+const float *fdpo_gpt2_hidden(const fdpo_gpt2 *m) {
+    if (m->config.arch == FDPO_ARCH_LLAMA) return fdpo_llama_hidden(m);
+    return m->acts && m->acts->has_forward ? m->acts->lnf : NULL;
+}
 
 void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp) {
     for (size_t s = 0; s < b->n_seq; s++) {

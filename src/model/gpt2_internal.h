@@ -98,6 +98,9 @@ void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, cons
 
 /* ---- bf16 (src/model/gemm_bf16.c and the *_bf16 kernels in gpt2_kernels.c) ---- */
 void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
+/* (Re)build m->params_bf16 from the fp32 masters; each forward in bf16 calls it, so every
+ * writer of params (optimizer, load, copy) is covered without a hook (src/model/gpt2.c). */
+void fdpo_model_bf16_refresh(fdpo_gpt2 *m);
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                     const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
 void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,

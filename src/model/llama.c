@@ -3,7 +3,6 @@
  * optional llama3 frequency scaling), grouped-query attention, SwiGLU MLP, tied or untied
  * LM head. Kernels in llama_kernels.c; the LM head and log-softmax are GPT-2's. */
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include "model/gpt2_internal.h"
@@ -31,6 +30,7 @@ int fdpo_llama_config_check(const fdpo_gpt2_config *c) {
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta)) return fdpo_error("config: rope_theta %g must be positive", c->rope_theta);
     if (!(c->layer_norm_epsilon > 0.0f) || !isfinite(c->layer_norm_epsilon))
         return fdpo_error("config: rms_norm_eps %g must be a positive number", (double)c->layer_norm_epsilon);
+    if (c->num_labels > 1) return fdpo_error("config: num_labels %zu is not supported (a reward model has 1)", c->num_labels);
     if (c->rope_factor != 0) {
         if (!(c->rope_factor >= 1) || !(c->rope_low_freq_factor > 0) || !(c->rope_high_freq_factor > c->rope_low_freq_factor) ||
             c->rope_original_max_position == 0)
@@ -83,7 +83,8 @@ void fdpo_llama_build(fdpo_gpt2 *m) {
         {LR_DOWNW, "model.layers.{i}.mlp.down_proj.weight", 1, C, F, 2, 1, 1},
         {LR_DOWNB, "model.layers.{i}.mlp.down_proj.bias", 1, C, 0, 1, 0, c->mlp_bias},
         {LR_NORM, "model.norm.weight", 0, C, 0, 1, 0, 1},
-        {LR_HEAD, "lm_head.weight", 0, V, C, 2, 1, !c->tie_word_embeddings},
+        {LR_HEAD, "lm_head.weight", 0, V, C, 2, 1, !c->tie_word_embeddings && !c->num_labels},
+        {LR_SCORE, "score.weight", 0, c->num_labels, C, 2, 1, c->num_labels > 0},
     };
     m->llama = fdpo_calloc(1, sizeof *m->llama);
     size_t off = 0, n = 0;
@@ -109,7 +110,8 @@ void fdpo_llama_build(fdpo_gpt2 *m) {
 }
 
 static void acts_free(llama_acts *a) {
-    free(a->memory); free(a->d_att); free(a->seq_offset); free(a->att_offset); free(a->tokens);
+    free(a->bf16_x); free(a->bf16_y); free(a->head_rows); free(a->head_targets); free(a->head_d);
+    free(a->memory); free(a->seq_offset); free(a->tokens);
     free(a->targets); free(a->pos); free(a->weights); free(a->branch);
 }
 
@@ -141,31 +143,31 @@ static float *tensor(const fdpo_gpt2 *m, float *memory, int role) {
     return i < 0 ? NULL : memory + m->tensors[i].offset;
 }
 
-static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT) {
+static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B) {
     llama_acts *a = &m->llama->acts;
     const fdpo_gpt2_config *c = &m->config;
     if (B > a->cap_seq) {
         a->seq_offset = fdpo_realloc(a->seq_offset, (B + 1) * sizeof(size_t));
-        a->att_offset = fdpo_realloc(a->att_offset, (B + 1) * sizeof(size_t));
         a->cap_seq = B;
     }
-    if (maxT > a->cap_maxT) a->cap_maxT = maxT;
-    if (N <= a->cap_tokens && A <= a->cap_att && a->memory) return;
+    if (N <= a->cap_tokens && a->memory) return;
     if (N > a->cap_tokens) {
         a->tokens = fdpo_realloc(a->tokens, N * sizeof(int32_t));
         a->targets = fdpo_realloc(a->targets, N * sizeof(int32_t));
         a->pos = fdpo_realloc(a->pos, N * sizeof(int32_t));
         a->weights = fdpo_realloc(a->weights, N * sizeof(float));
+        a->head_rows = fdpo_realloc(a->head_rows, N * sizeof(size_t));
+        a->head_targets = fdpo_realloc(a->head_targets, N * sizeof(int32_t));
+        a->head_d = fdpo_realloc(a->head_d, N * sizeof(float));
         free(a->branch);
         a->branch = NULL;
     }
     N = N > a->cap_tokens ? N : a->cap_tokens;
-    A = A > a->cap_att ? A : a->cap_att;
     size_t C = c->n_embd, L = c->n_layer, V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c);
     size_t QD = c->n_head * hd, KD = c->n_kv_head * hd;
     struct { float **p; size_t n; } parts[] = {
         {&a->encoded, N * C}, {&a->ln1, L * N * C}, {&a->ln1_rstd, L * N}, {&a->q, L * N * QD},
-        {&a->k, L * N * KD}, {&a->v, L * N * KD}, {&a->att, L * A}, {&a->atty, L * N * QD},
+        {&a->k, L * N * KD}, {&a->v, L * N * KD}, {&a->att_lse, L * N * c->n_head}, {&a->atty, L * N * QD},
         {&a->residual2, L * N * C}, {&a->ln2, L * N * C}, {&a->ln2_rstd, L * N}, {&a->gate, L * N * F},
         {&a->up, L * N * F}, {&a->hmlp, L * N * F}, {&a->residual3, L * N * C}, {&a->lnf, N * C},
         {&a->lnf_rstd, N}, {&a->logits, N * V}, {&a->lse, N}, {&a->rope_cos, N * hd / 2},
@@ -181,31 +183,126 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t A, size_t maxT
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
     for (size_t t = 0; t < N; t++) a->ones[t] = 1.0f;
     a->cap_tokens = N;
-    a->cap_att = A;
+}
+
+/* bf16: the shared bf16 weight copy (fdpo_model_bf16_refresh, once per forward) and the
+ * scratch for bf16-rounded operands, sized for the activations' capacity */
+static void bf16_prepare(fdpo_gpt2 *m) {
+    llama_acts *a = &m->llama->acts;
+    const fdpo_gpt2_config *c = &m->config;
+    size_t QD = c->n_head * head_dim(c), C = c->n_embd, F = c->intermediate_size, V = c->vocab_size;
+    size_t act = C > QD ? C : QD;
+    act = act > F ? act : F;
+    size_t wide = act > V ? act : V;
+    fdpo_model_bf16_refresh(m);
+    if (a->bf16_cap < a->cap_tokens) {
+        free(a->bf16_x);
+        free(a->bf16_y);
+        a->bf16_x = fdpo_malloc(a->cap_tokens * wide * sizeof(uint16_t));
+        a->bf16_y = fdpo_malloc(a->cap_tokens * act * sizeof(uint16_t));
+        a->bf16_cap = a->cap_tokens;
+    }
+}
+
+/* the bf16 copy of the weight tensor w (which points into params_memory) */
+static const uint16_t *w16_of(const fdpo_gpt2 *m, const float *w) { return m->params_bf16 + (w - m->params_memory); }
+
+/* Linear layers and the LM head in the model's precision (the kernels do the maths). */
+static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, const float *w, const float *bias, size_t N,
+                           size_t IC, size_t OC) {
+    if (m->precision == FDPO_PRECISION_BF16)
+        fdpo_llama_linear_forward_bf16(out, inp, w16_of(m, w), bias, N, IC, OC, m->llama->acts.bf16_x);
+    else
+        fdpo_llama_linear_forward(out, inp, w, bias, N, IC, OC);
+}
+
+static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                            const float *w, const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
+    llama_acts *a = &m->llama->acts;
+    if (a->precision == FDPO_PRECISION_BF16) /* the forward's: its bf16 weights are current */
+        fdpo_llama_linear_backward_bf16(dinp, dw, dbias, dout, inp, w16_of(m, w), ones, N, IC, OC, accumulate_dinp,
+                                        a->bf16_x, a->bf16_y);
+    else
+        fdpo_llama_linear_backward(dinp, dw, dbias, dout, inp, w, ones, N, IC, OC, accumulate_dinp);
+}
+
+static void head_forward(fdpo_gpt2 *m, float *logits, const float *inp, const float *head, size_t N) {
+    size_t C = m->config.n_embd, V = m->config.vocab_size;
+    if (m->precision == FDPO_PRECISION_BF16)
+        fdpo_k_lmhead_forward_bf16(logits, inp, w16_of(m, head), N, C, V, m->llama->acts.bf16_x);
+    else
+        fdpo_k_lmhead_forward(logits, inp, head, N, C, V);
+}
+
+static void head_backward(fdpo_gpt2 *m, float *dinp, float *dhead, const float *dlogits, const float *inp,
+                          const float *head, size_t N) {
+    llama_acts *a = &m->llama->acts;
+    size_t C = m->config.n_embd, V = m->config.vocab_size;
+    if (a->precision == FDPO_PRECISION_BF16)
+        fdpo_k_lmhead_backward_bf16(dinp, dhead, dlogits, inp, w16_of(m, head), N, C, V, a->bf16_x, a->bf16_y);
+    else
+        fdpo_k_lmhead_backward(dinp, dhead, dlogits, inp, head, N, C, V);
+}
+
+/* x [N, W]: rows 0..K) go to rows[0..K) (ascending, rows[k] >= k), every other row
+ * becomes 0. From the back, so no row is overwritten before it has moved. */
+static void scatter_rows(float *x, const size_t *rows, size_t K, size_t N, size_t W) {
+    size_t next = N;
+    for (size_t k = K; k-- > 0;) {
+        size_t t = rows[k];
+        if (next > t + 1) memset(x + (t + 1) * W, 0, (next - t - 1) * W * sizeof(float));
+        if (t != k) memcpy(x + t * W, x + k * W, W * sizeof(float));
+        next = t;
+    }
+    if (next > 0) memset(x, 0, next * W * sizeof(float));
+}
+
+/* dst [K, W] = src [rows[k], W]; dst may be src (rows[k] >= k: no later source is clobbered) */
+static void gather_rows(float *dst, const float *src, const size_t *rows, size_t K, size_t W) {
+    for (size_t k = 0; k < K; k++)
+        if (dst + k * W != src + rows[k] * W) memmove(dst + k * W, src + rows[k] * W, W * sizeof(float));
+}
+
+/* LM head + log-softmax over the weighted rows only (skip_unweighted): pack their
+ * model.norm outputs, one K x V GEMM instead of N x V, then put each logits row back at its
+ * token (the others 0, as GPT-2 does; fdpo_gpt2_logits keeps one meaning) */
+static void head_rows_forward(fdpo_gpt2 *m, const float *head, float *tlp) {
+    llama_acts *a = &m->llama->acts;
+    size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size, K = a->n_head_rows;
+    float *lnf_packed = a->d_ln, *lse_packed = a->head_d, *tlp_packed = a->d_residual; /* backward scratch */
+    gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+    for (size_t k = 0; k < K; k++) a->head_targets[k] = a->targets[a->head_rows[k]];
+    if (K > 0) {
+        head_forward(m, a->logits, lnf_packed, head, K);
+        fdpo_k_logsoftmax_forward(lse_packed, tlp_packed, a->logits, a->head_targets, K, V);
+    }
+    memset(a->lse, 0, N * sizeof(float));
+    for (size_t k = 0; k < K; k++) a->lse[a->head_rows[k]] = lse_packed[k];
+    if (tlp) {
+        float *tmp = a->d_q; /* tlp may alias d_residual: go through a third buffer */
+        memcpy(tmp, tlp_packed, K * sizeof(float));
+        memset(tlp, 0, N * sizeof(float));
+        for (size_t k = 0; k < K; k++) tlp[a->head_rows[k]] = tmp[k];
+    }
+    scatter_rows(a->logits, a->head_rows, K, N, V);
 }
 
 int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
     const fdpo_gpt2_config *c = &m->config;
+    if (c->num_labels && (token_logp || seq_logp))
+        return fdpo_error("a reward model (%s) has no LM head: it scores whole sequences (rm:DIR), not token "
+                          "log-probs", !strcmp(c->model_type, "qwen2") ? "Qwen2ForSequenceClassification"
+                                                                       : "LlamaForSequenceClassification");
     size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head;
     size_t V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c), QD = NH * hd, KD = NKV * hd;
-    size_t A = 0, maxT = 0;
-    for (size_t s = 0; s < B; s++) {
-        size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
-        A += NH * T * T;
-        if (T > maxT) maxT = T;
-    }
-    acts_reserve(m, N, B, A, maxT);
+    acts_reserve(m, N, B);
     llama_acts *a = &m->llama->acts;
     a->n_seq = B;
     a->n_tokens = N;
     memcpy(a->seq_offset, b->seq_offset, (B + 1) * sizeof(size_t));
-    a->att_offset[0] = 0;
-    for (size_t s = 0; s < B; s++) {
-        size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
-        a->att_offset[s + 1] = a->att_offset[s] + NH * T * T;
+    for (size_t s = 0; s < B; s++)
         for (size_t t = b->seq_offset[s]; t < b->seq_offset[s + 1]; t++)
             a->pos[t] = b->pos ? b->pos[t] : (int32_t)(t - b->seq_offset[s]);
-    }
     memcpy(a->tokens, b->tokens, N * sizeof(int32_t));
     memcpy(a->targets, b->targets, N * sizeof(int32_t));
     for (size_t t = 0; t < N; t++) a->weights[t] = b->targets[t] < 0 ? 0.0f : (b->weights ? b->weights[t] : 1.0f);
@@ -213,7 +310,10 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         if (!a->branch) a->branch = fdpo_malloc(a->cap_tokens);
         memcpy(a->branch, b->branch, N);
     }
+    a->has_branch = b->branch != NULL;
     const uint8_t *branch = b->branch ? a->branch : NULL;
+    a->precision = m->precision; /* backward follows the forward even if m->precision changes */
+    if (m->precision == FDPO_PRECISION_BF16) bf16_prepare(m);
     double *inv_freq = fdpo_malloc(hd / 2 * sizeof *inv_freq);
     fdpo_llama_inv_freq(c, inv_freq);
     fdpo_llama_rope_tables(a->rope_cos, a->rope_sin, a->pos, inv_freq, N, hd / 2);
@@ -231,32 +331,45 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         float *qb = tensor(m, P, LR_QB), *kb = tensor(m, P, LR_KB), *vb = tensor(m, P, LR_VB), *ob = tensor(m, P, LR_OB);
         float *gb = tensor(m, P, LR_GATEB), *ub = tensor(m, P, LR_UPB), *db = tensor(m, P, LR_DOWNB);
         fdpo_llama_rmsnorm_forward(ln1, a->ln1_rstd + l * N, residual, tensor(m, P, LR_LN1) + l * C, N, C, c->layer_norm_epsilon);
-        fdpo_llama_linear_forward(q, ln1, tensor(m, P, LR_QW) + l * QD * C, qb ? qb + l * QD : NULL, N, C, QD);
-        fdpo_llama_linear_forward(k, ln1, tensor(m, P, LR_KW) + l * KD * C, kb ? kb + l * KD : NULL, N, C, KD);
-        fdpo_llama_linear_forward(v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
+        linear_forward(m, q, ln1, tensor(m, P, LR_QW) + l * QD * C, qb ? qb + l * QD : NULL, N, C, QD);
+        linear_forward(m, k, ln1, tensor(m, P, LR_KW) + l * KD * C, kb ? kb + l * KD : NULL, N, C, KD);
+        linear_forward(m, v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
         fdpo_lora_forward(m, FDPO_LORA_Q, l, q, ln1, N); /* before the rotation, as in PEFT */
         fdpo_lora_forward(m, FDPO_LORA_K, l, k, ln1, N);
         fdpo_lora_forward(m, FDPO_LORA_V, l, v, ln1, N);
         fdpo_llama_rope_forward(q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_forward(k, a->rope_cos, a->rope_sin, N, NKV, hd);
-        fdpo_llama_gqa_attention_forward(atty, a->att + l * A, q, k, v, a->seq_offset, a->att_offset, branch, B, NH, NKV, hd);
-        fdpo_llama_linear_forward(res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
+        fdpo_llama_gqa_attention_forward(atty, a->att_lse + l * N * NH, q, k, v, a->seq_offset, branch, B, NH, NKV, hd);
+        linear_forward(m, res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
         fdpo_lora_forward(m, FDPO_LORA_O, l, res2, atty, N);
         fdpo_k_residual_forward(res2, res2, residual, N * C);
         fdpo_llama_rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, N, C, c->layer_norm_epsilon);
-        fdpo_llama_linear_forward(gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, N, C, F);
-        fdpo_llama_linear_forward(up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, N, C, F);
+        linear_forward(m, gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, N, C, F);
+        linear_forward(m, up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, N, C, F);
         fdpo_lora_forward(m, FDPO_LORA_GATE, l, gate, ln2, N);
         fdpo_lora_forward(m, FDPO_LORA_UP, l, up, ln2, N);
         fdpo_llama_swiglu_forward(h, gate, up, N * F);
-        fdpo_llama_linear_forward(res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, N, F, C);
+        linear_forward(m, res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, N, F, C);
         fdpo_lora_forward(m, FDPO_LORA_DOWN, l, res3, h, N);
         fdpo_k_residual_forward(res3, res3, res2, N * C);
     }
     fdpo_llama_rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), N, C, c->layer_norm_epsilon);
-    fdpo_k_lmhead_forward(a->logits, a->lnf, head, N, C, V);
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL);
-    fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    if (c->num_labels) { /* a reward model has no LM head: the score head reads a->lnf */
+        if (tlp) memset(tlp, 0, N * sizeof(float));
+    } else {
+        a->skip_unweighted = b->skip_unweighted;
+        a->n_head_rows = 0;
+        if (b->skip_unweighted)
+            for (size_t t = 0; t < N; t++) if (a->weights[t] != 0.0f) a->head_rows[a->n_head_rows++] = t;
+        if (!b->skip_unweighted || a->n_head_rows == N) {
+            a->skip_unweighted = 0;
+            head_forward(m, a->logits, a->lnf, head, N);
+            fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+        } else {
+            head_rows_forward(m, head, tlp);
+        }
+    }
     if (seq_logp)
         for (size_t s = 0; s < B; s++) {
             double sum = 0.0;
@@ -268,32 +381,60 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
 }
 
 const float *fdpo_llama_logits(const fdpo_gpt2 *m) {
-    return m->llama && m->llama->acts.has_forward ? m->llama->acts.logits : NULL;
+    return m->llama && m->llama->acts.has_forward && !m->config.num_labels ? m->llama->acts.logits : NULL;
 }
 
+const float *fdpo_llama_hidden(const fdpo_gpt2 *m) {
+    return m->llama && m->llama->acts.has_forward ? m->llama->acts.lnf : NULL;
+}
+
+float *fdpo_llama_score_weight(fdpo_gpt2 *m, float *memory) {
+    return m->llama && m->llama->role[LR_SCORE] >= 0 ? tensor(m, memory, LR_SCORE) : NULL;
+}
+
+static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d_lnf);
 int fdpo_llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
+    if (m->config.num_labels) return fdpo_error("llama backward: a reward model has no LM head (use the score backward)");
+    return llama_backward(m, d_token_logp, NULL);
+}
+int fdpo_llama_backward_hidden(fdpo_gpt2 *m, const float *d_lnf) { return llama_backward(m, NULL, d_lnf); }
+
+/* d_lnf == NULL: from d_token_logp through the LM head; else from the final hidden states */
+static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d_lnf) {
     llama_acts *a = &m->llama->acts;
     if (!a->has_forward) return fdpo_error("llama backward: no forward pass to differentiate");
     const fdpo_gpt2_config *c = &m->config;
     size_t N = a->n_tokens, B = a->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head;
     size_t V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c), QD = NH * hd, KD = NKV * hd;
-    size_t A = a->att_offset[B];
-    int nth = omp_get_max_threads();
-    size_t stride = a->cap_maxT * a->cap_maxT;
-    if (!a->d_att || nth > a->n_threads_scratch || stride > a->d_att_stride) {
-        free(a->d_att);
-        a->d_att = fdpo_malloc((size_t)nth * stride * sizeof(float));
-        a->n_threads_scratch = nth;
-        a->d_att_stride = stride;
-    }
     /* LoRA: the base is frozen, no base gradient (G NULL: the kernels skip NULL gradients) */
     float *P = m->params_memory, *G = fdpo_lora_frozen(m) ? NULL : m->grads_memory;
     int tied = m->llama->role[LR_HEAD] < 0;
     float *head = tied ? tensor(m, P, LR_EMBED) : tensor(m, P, LR_HEAD);
     float *dhead = !G ? NULL : tied ? tensor(m, G, LR_EMBED) : tensor(m, G, LR_HEAD);
-    /* the logits buffer becomes d logits */
-    fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
-    fdpo_k_lmhead_backward(a->d_ln, dhead, a->logits, a->lnf, head, N, C, V);
+    if (d_lnf) memcpy(a->d_ln, d_lnf, N * C * sizeof(float));
+    else if (a->skip_unweighted) { /* the K rows of the forward's LM head, packed */
+        size_t K = a->n_head_rows;
+        for (size_t t = 0, k = 0; t < N; t++) {
+            int in_head = k < K && a->head_rows[k] == t;
+            if (in_head) a->head_d[k++] = a->targets[t] < 0 ? 0.0f : d_token_logp[t];
+            else if (a->targets[t] >= 0 && d_token_logp[t] != 0.0f)
+                return fdpo_error("llama backward: d_token_logp[%zu] = %g but the forward skipped that token "
+                                  "(skip_unweighted: its weight is 0)", t, (double)d_token_logp[t]);
+        }
+        for (size_t k = 0; k < K; k++) a->head_targets[k] = a->targets[a->head_rows[k]];
+        float *lse_packed = a->d_q, *lnf_packed = a->d_residual; /* free until the blocks */
+        for (size_t k = 0; k < K; k++) lse_packed[k] = a->lse[a->head_rows[k]];
+        gather_rows(a->logits, a->logits, a->head_rows, K, V);
+        gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+        if (K > 0) {
+            fdpo_k_logsoftmax_backward(a->logits, lse_packed, a->head_targets, a->head_d, K, V);
+            head_backward(m, a->d_ln, dhead, a->logits, lnf_packed, head, K);
+        }
+        scatter_rows(a->d_ln, a->head_rows, K, N, C);
+    } else { /* the logits buffer becomes d logits */
+        fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
+        head_backward(m, a->d_ln, dhead, a->logits, a->lnf, head, N);
+    }
     memset(a->d_residual, 0, N * C * sizeof(float));
     fdpo_llama_rmsnorm_backward(a->d_residual, G ? tensor(m, G, LR_NORM) : NULL, a->d_ln, a->residual3 + (L - 1) * N * C,
                      tensor(m, P, LR_NORM), a->lnf_rstd, N, C);
@@ -304,31 +445,31 @@ int fdpo_llama_backward(fdpo_gpt2 *m, const float *d_token_logp) {
         const float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
         const float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->hmlp + l * N * F;
         /* MLP: res3 = res2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T */
-        fdpo_llama_linear_backward(a->d_h, GB(LR_DOWNW, C * F), GB(LR_DOWNB, C), a->d_residual, h,
+        linear_backward(m, a->d_h, GB(LR_DOWNW, C * F), GB(LR_DOWNB, C), a->d_residual, h,
                         tensor(m, P, LR_DOWNW) + l * C * F, a->ones, N, F, C, 0);
         fdpo_lora_backward(m, FDPO_LORA_DOWN, l, a->d_h, a->d_residual, h, N);
         fdpo_llama_swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, N * F); /* d_h becomes d up */
-        fdpo_llama_linear_backward(a->d_ln, GB(LR_GATEW, F * C), GB(LR_GATEB, F), a->d_gate, ln2,
+        linear_backward(m, a->d_ln, GB(LR_GATEW, F * C), GB(LR_GATEB, F), a->d_gate, ln2,
                         tensor(m, P, LR_GATEW) + l * F * C, a->ones, N, C, F, 0);
-        fdpo_llama_linear_backward(a->d_ln, GB(LR_UPW, F * C), GB(LR_UPB, F), a->d_h, ln2,
+        linear_backward(m, a->d_ln, GB(LR_UPW, F * C), GB(LR_UPB, F), a->d_h, ln2,
                         tensor(m, P, LR_UPW) + l * F * C, a->ones, N, C, F, 1);
         fdpo_lora_backward(m, FDPO_LORA_GATE, l, a->d_ln, a->d_gate, ln2, N);
         fdpo_lora_backward(m, FDPO_LORA_UP, l, a->d_ln, a->d_h, ln2, N);
         fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN2, C), a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
                          a->ln2_rstd + l * N, N, C);
         /* attention: res2 = residual + attn(rope(ln1 Wq^T), rope(ln1 Wk^T), ln1 Wv^T) Wo^T */
-        fdpo_llama_linear_backward(a->d_atty, GB(LR_OW, C * QD), GB(LR_OB, C), a->d_residual, atty,
+        linear_backward(m, a->d_atty, GB(LR_OW, C * QD), GB(LR_OB, C), a->d_residual, atty,
                         tensor(m, P, LR_OW) + l * C * QD, a->ones, N, QD, C, 0);
         fdpo_lora_backward(m, FDPO_LORA_O, l, a->d_atty, a->d_residual, atty, N);
-        fdpo_llama_gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_att, a->d_att_stride, a->d_atty, q, k, v, a->att + l * A,
-                               a->seq_offset, a->att_offset, B, NH, NKV, hd);
+        fdpo_llama_gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_atty, q, k, v, atty, a->att_lse + l * N * NH,
+                                          a->seq_offset, a->has_branch ? a->branch : NULL, B, NH, NKV, hd);
         fdpo_llama_rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
-        fdpo_llama_linear_backward(a->d_ln, GB(LR_QW, QD * C), GB(LR_QB, QD), a->d_q, ln1,
+        linear_backward(m, a->d_ln, GB(LR_QW, QD * C), GB(LR_QB, QD), a->d_q, ln1,
                         tensor(m, P, LR_QW) + l * QD * C, a->ones, N, C, QD, 0);
-        fdpo_llama_linear_backward(a->d_ln, GB(LR_KW, KD * C), GB(LR_KB, KD), a->d_k, ln1,
+        linear_backward(m, a->d_ln, GB(LR_KW, KD * C), GB(LR_KB, KD), a->d_k, ln1,
                         tensor(m, P, LR_KW) + l * KD * C, a->ones, N, C, KD, 1);
-        fdpo_llama_linear_backward(a->d_ln, GB(LR_VW, KD * C), GB(LR_VB, KD), a->d_v, ln1,
+        linear_backward(m, a->d_ln, GB(LR_VW, KD * C), GB(LR_VB, KD), a->d_v, ln1,
                         tensor(m, P, LR_VW) + l * KD * C, a->ones, N, C, KD, 1);
         fdpo_lora_backward(m, FDPO_LORA_Q, l, a->d_ln, a->d_q, ln1, N);
         fdpo_lora_backward(m, FDPO_LORA_K, l, a->d_ln, a->d_k, ln1, N);

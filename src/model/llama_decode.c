@@ -24,6 +24,10 @@ struct llama_decoder {
     size_t *row_slot;
     int32_t *row_pos;
     int n_threads_scores;
+    /* bf16 precision (the model's, at create): the bf16 weight copy the decoder reads and
+     * the bf16-rounded matmul inputs [cap16 rows, max(C, QD, F)] */
+    uint16_t *w16, *in16;
+    size_t cap16;
 };
 
 static const float *tensor(const fdpo_gpt2 *m, int role) {
@@ -46,6 +50,11 @@ llama_decoder *fdpo_llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, si
     d->v_cache = fdpo_malloc(n * sizeof(float));
     d->inv_freq = fdpo_malloc(d->hd / 2 * sizeof *d->inv_freq);
     fdpo_llama_inv_freq(c, d->inv_freq);
+    if (m->precision == FDPO_PRECISION_BF16) {
+        fdpo_bf16_native(); /* says once if the GEMMs (prefill) fall back */
+        d->w16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
+        fdpo_f32_to_bf16(d->w16, m->params_memory, m->n_params);
+    }
     return d;
 }
 
@@ -54,6 +63,7 @@ void fdpo_llama_decoder_free(llama_decoder *d) {
     free(d->len); free(d->k_cache); free(d->v_cache); free(d->inv_freq);
     free(d->x); free(d->h); free(d->q); free(d->k); free(d->v); free(d->atty); free(d->gate); free(d->up);
     free(d->xlast); free(d->rope_cos); free(d->rope_sin); free(d->scores); free(d->row_slot); free(d->row_pos);
+    free(d->w16); free(d->in16);
     free(d);
 }
 
@@ -90,6 +100,13 @@ static void grow(llama_decoder *d, size_t R, size_t n_slots) {
         d->row_pos = fdpo_realloc(d->row_pos, R * sizeof(int32_t));
     }
     d->xlast = fdpo_realloc(d->xlast, (n_slots ? n_slots : 1) * C * sizeof(float));
+    if (d->w16 && R > d->cap16) {
+        size_t wide = C > d->QD ? C : d->QD;
+        wide = wide > F ? wide : F;
+        free(d->in16);
+        d->in16 = fdpo_malloc(R * wide * sizeof(uint16_t));
+        d->cap16 = R;
+    }
     int threads = omp_get_max_threads();
     if (threads > d->n_threads_scores) {
         d->n_threads_scores = threads;
@@ -97,12 +114,50 @@ static void grow(llama_decoder *d, size_t R, size_t n_slots) {
     }
 }
 
-/* out [R, OC] (+)= inp [R, IC] @ w^T + bias, w [OC, IC] */
-static void dec_linear(float *out, const float *inp, const float *w, const float *bias, size_t R, size_t IC, size_t OC,
-                       int accumulate) {
+static inline float bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* bf16, few rows: out [R, OC] += in16 [R, IC] @ w16^T, w16 [OC, IC]; both operands widened
+ * exactly to fp32, fp32 accumulation (the bf16 rule). One pass over the weights, which is
+ * what a decode step's time is; 16 partial sums so the dot products vectorise. */
+static void dec_linear_small_rows_bf16(float *out, const uint16_t *in16, const uint16_t *w16, size_t R, size_t IC,
+                                       size_t OC) {
+#pragma omp parallel for schedule(static) if (OC * IC >= 65536)
+    for (size_t o = 0; o < OC; o++) {
+        const uint16_t *wr = w16 + o * IC;
+        for (size_t r = 0; r < R; r++) {
+            const uint16_t *x = in16 + r * IC;
+            float acc[16] = {0};
+            size_t i = 0;
+            for (; i + 16 <= IC; i += 16)
+                for (size_t j = 0; j < 16; j++) acc[j] += bf16_value(x[i + j]) * bf16_value(wr[i + j]);
+            float sum = 0.0f;
+            for (; i < IC; i++) sum += bf16_value(x[i]) * bf16_value(wr[i]);
+            for (size_t j = 0; j < 16; j++) sum += acc[j];
+            out[r * OC + o] += sum;
+        }
+    }
+}
+
+#define DEC_SMALL_ROWS 4
+
+/* out [R, OC] (+)= inp [R, IC] @ w^T + bias, w [OC, IC]; in bf16 (d->w16 set) the product
+ * takes bf16(inp) and the bf16 copy of w */
+static void dec_linear(llama_decoder *d, float *out, const float *inp, const float *w, const float *bias, size_t R,
+                       size_t IC, size_t OC, int accumulate) {
     if (bias) for (size_t r = 0; r < R; r++) for (size_t o = 0; o < OC; o++) out[r * OC + o] = (accumulate ? out[r * OC + o] : 0) + bias[o];
     int beta_one = accumulate || bias;
-    if (R == 1)
+    if (d->w16) {
+        const uint16_t *w16 = d->w16 + (w - d->model->params_memory);
+        if (!beta_one) memset(out, 0, R * OC * sizeof(float));
+        fdpo_f32_to_bf16(d->in16, inp, R * IC);
+        if (R <= DEC_SMALL_ROWS) dec_linear_small_rows_bf16(out, d->in16, w16, R, IC, OC);
+        else fdpo_gemm_bf16(0, 1, R, OC, IC, 1.0f, d->in16, IC, w16, IC, 1.0f, out, OC);
+    } else if (R == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)OC, (int)IC, 1.0f, w, (int)IC, inp, 1, beta_one ? 1.0f : 0.0f, out, 1);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)OC, (int)IC, 1.0f, inp, (int)IC, w, (int)IC,
@@ -146,6 +201,8 @@ int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *s
                           const int32_t *tokens, float *logits, int all_logits, size_t R) {
     const fdpo_gpt2 *m = d->model;
     const fdpo_gpt2_config *c = &m->config;
+    if (c->num_labels)
+        return fdpo_error("decoder: a reward model (...ForSequenceClassification) has no LM head to sample from");
     size_t C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head, V = c->vocab_size, F = c->intermediate_size;
     size_t hd = d->hd, QD = d->QD, KD = d->KD;
     float eps = c->layer_norm_epsilon;
@@ -164,9 +221,9 @@ int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *s
     for (size_t l = 0; l < L; l++) {
         float *kc = d->k_cache + l * layer_cache, *vc = d->v_cache + l * layer_cache;
         fdpo_llama_rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN1) + l * C, R, C, eps);
-        dec_linear(d->q, d->h, tensor(m, LR_QW) + l * QD * C, B(LR_QB, QD), R, C, QD, 0);
-        dec_linear(d->k, d->h, tensor(m, LR_KW) + l * KD * C, B(LR_KB, KD), R, C, KD, 0);
-        dec_linear(d->v, d->h, tensor(m, LR_VW) + l * KD * C, B(LR_VB, KD), R, C, KD, 0);
+        dec_linear(d, d->q, d->h, tensor(m, LR_QW) + l * QD * C, B(LR_QB, QD), R, C, QD, 0);
+        dec_linear(d, d->k, d->h, tensor(m, LR_KW) + l * KD * C, B(LR_KB, KD), R, C, KD, 0);
+        dec_linear(d, d->v, d->h, tensor(m, LR_VW) + l * KD * C, B(LR_VB, KD), R, C, KD, 0);
         fdpo_llama_rope_forward(d->q, d->rope_cos, d->rope_sin, R, NH, hd);
         fdpo_llama_rope_forward(d->k, d->rope_cos, d->rope_sin, R, NKV, hd);
         for (size_t r = 0; r < R; r++) {
@@ -175,12 +232,12 @@ int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *s
             memcpy(vc + at, d->v + r * KD, KD * sizeof(float));
         }
         dec_attention(d->atty, d->scores, d->q, kc, vc, d->row_slot, d->row_pos, R, NH, NKV, hd, d->max_len);
-        dec_linear(d->x, d->atty, tensor(m, LR_OW) + l * C * QD, B(LR_OB, C), R, QD, C, 1);
+        dec_linear(d, d->x, d->atty, tensor(m, LR_OW) + l * C * QD, B(LR_OB, C), R, QD, C, 1);
         fdpo_llama_rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN2) + l * C, R, C, eps);
-        dec_linear(d->gate, d->h, tensor(m, LR_GATEW) + l * F * C, B(LR_GATEB, F), R, C, F, 0);
-        dec_linear(d->up, d->h, tensor(m, LR_UPW) + l * F * C, B(LR_UPB, F), R, C, F, 0);
+        dec_linear(d, d->gate, d->h, tensor(m, LR_GATEW) + l * F * C, B(LR_GATEB, F), R, C, F, 0);
+        dec_linear(d, d->up, d->h, tensor(m, LR_UPW) + l * F * C, B(LR_UPB, F), R, C, F, 0);
         fdpo_llama_swiglu_forward(d->gate, d->gate, d->up, R * F);
-        dec_linear(d->x, d->gate, tensor(m, LR_DOWNW) + l * C * F, B(LR_DOWNB, C), R, F, C, 1);
+        dec_linear(d, d->x, d->gate, tensor(m, LR_DOWNW) + l * C * F, B(LR_DOWNB, C), R, F, C, 1);
     }
 #undef B
     for (size_t i = 0; i < n_slots; i++) d->len[slots[i]] += n_new[i];
@@ -196,7 +253,7 @@ int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *s
         rows = n_slots;
     }
     fdpo_llama_rmsnorm_forward(d->h, d->up, xs, tensor(m, LR_NORM), rows, C, eps);
-    if (rows == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)V, (int)C, 1.0f, head, (int)C, d->h, 1, 0.0f, logits, 1);
+    if (d->w16 || rows == 1) dec_linear(d, logits, d->h, head, NULL, rows, C, V, 0);
     else fdpo_k_lmhead_forward(logits, d->h, head, rows, C, V);
     return 0;
 }

@@ -10,17 +10,19 @@
 /* tensor roles; per-layer roles hold all layers contiguously ([L, ...]) */
 enum {
     LR_EMBED, LR_LN1, LR_QW, LR_QB, LR_KW, LR_KB, LR_VW, LR_VB, LR_OW, LR_OB, LR_LN2,
-    LR_GATEW, LR_GATEB, LR_UPW, LR_UPB, LR_DOWNW, LR_DOWNB, LR_NORM, LR_HEAD, LR_N_ROLES
+    LR_GATEW, LR_GATEB, LR_UPW, LR_UPB, LR_DOWNW, LR_DOWNB, LR_NORM, LR_HEAD,
+    LR_SCORE, /* reward model (LlamaForSequenceClassification): score.weight [num_labels, C], no lm_head */
+    LR_N_ROLES
 };
 
-/* Activations of the last forward (one allocation), N tokens, A attention entries/layer. */
+/* Activations of the last forward (one allocation), N tokens. */
 typedef struct {
-    size_t cap_tokens, cap_att, cap_seq, cap_maxT;
+    size_t cap_tokens, cap_seq;
     float *memory;
     float *encoded;              /* [N, C] */
     float *ln1, *ln1_rstd;       /* [L, N, C], [L, N] */
     float *q, *k, *v;            /* [L, N, QD], [L, N, KD], [L, N, KD]; q, k rotated */
-    float *att;                  /* [L, A] softmax probabilities per (sequence, head) */
+    float *att_lse;              /* [L, N, NH] log-sum-exp of each attention row (backward recomputes P) */
     float *atty;                 /* [L, N, QD] */
     float *residual2;            /* [L, N, C] after attention */
     float *ln2, *ln2_rstd;       /* [L, N, C], [L, N] */
@@ -35,13 +37,24 @@ typedef struct {
     float *d_q, *d_k, *d_v;      /* [N, QD], [N, KD], [N, KD] */
     float *d_atty;               /* [N, QD] */
     float *d_h, *d_gate;         /* [N, F] */
-    float *d_att; int n_threads_scratch; size_t d_att_stride;
+    /* bf16 precision: bf16-rounded matmul operands, bf16_x [cap, max(C, QD, F, V)] (inputs,
+     * upstream gradients, d logits), bf16_y [cap, max(C, QD, F)] (weight-gradient inputs) */
+    uint16_t *bf16_x, *bf16_y;
+    size_t bf16_cap;
+    fdpo_precision precision;    /* of the last forward (backward follows it) */
     /* the batch (copied) */
     size_t n_seq, n_tokens;
-    size_t *seq_offset, *att_offset;
+    size_t *seq_offset;
     int32_t *tokens, *targets, *pos;
     float *weights;
     uint8_t *branch;
+    int has_branch;              /* the last forward had branch masks (in branch) */
+    /* skip_unweighted: the LM head ran over the K rows head_rows[0..K) only (ascending);
+     * head_targets/head_d [N] are their packed targets and upstream gradients */
+    size_t *head_rows, n_head_rows;
+    int32_t *head_targets;
+    float *head_d;
+    int skip_unweighted;
     int has_forward;
 } llama_acts;
 
@@ -56,6 +69,10 @@ void fdpo_llama_free(fdpo_gpt2 *m);
 void fdpo_llama_init(fdpo_gpt2 *m, uint64_t seed);
 int  fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp);
 int  fdpo_llama_backward(fdpo_gpt2 *m, const float *d_token_logp);
+/* backward from a gradient on the final hidden states d_lnf [N, C] (the LM head gets none) */
+int  fdpo_llama_backward_hidden(fdpo_gpt2 *m, const float *d_lnf);
+const float *fdpo_llama_hidden(const fdpo_gpt2 *m);   /* [N, C] after model.norm, NULL if none */
+float *fdpo_llama_score_weight(fdpo_gpt2 *m, float *memory); /* score.weight in memory, NULL for an LM */
 const float *fdpo_llama_logits(const fdpo_gpt2 *m);
 /* rope angles: inv_freq[i] for i < hd/2 (llama3 rope_scaling applied), in double */
 void fdpo_llama_inv_freq(const fdpo_gpt2_config *c, double *inv_freq);
@@ -69,16 +86,21 @@ void fdpo_llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, cons
 void fdpo_llama_linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC);
 void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
                      const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp);
+void fdpo_llama_linear_forward_bf16(float *out, const float *inp, const uint16_t *w16, const float *bias, size_t N,
+                                    size_t IC, size_t OC, uint16_t *scratch);
+void fdpo_llama_linear_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                                     const uint16_t *w16, const float *ones, size_t N, size_t IC, size_t OC,
+                                     int accumulate_dinp, uint16_t *scratch_dout, uint16_t *scratch_inp);
 void fdpo_llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half);
 void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);
 void fdpo_llama_rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);
-void fdpo_llama_gqa_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                           const size_t *seq_offset, const size_t *att_offset, const uint8_t *branch,
-                           size_t B, size_t NH, size_t NKV, size_t hd);
-void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch, size_t scratch_stride,
-                            const float *dout, const float *q, const float *k, const float *v, const float *att,
-                            const size_t *seq_offset, const size_t *att_offset, size_t B, size_t NH, size_t NKV,
-                            size_t hd);
+/* streaming (O(T) memory): lse [N, NH] instead of T x T probabilities */
+void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                      const size_t *seq_offset, const uint8_t *branch, size_t B, size_t NH, size_t NKV,
+                                      size_t hd);
+void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                       const float *v, const float *out, const float *lse, const size_t *seq_offset,
+                                       const uint8_t *branch, size_t B, size_t NH, size_t NKV, size_t hd);
 void fdpo_llama_swiglu_forward(float *h, const float *gate, const float *up, size_t n);
 void fdpo_llama_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n);
 

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <omp.h>
 #include <string.h>
+#include "model/gpt2_internal.h"
 #include "model/llama_internal.h"
 
 #define COL_BLOCK 64
@@ -88,6 +89,34 @@ void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const floa
     if (dbias) cblas_sgemv(CblasRowMajor, CblasTrans, (int)N, (int)OC, 1.0f, dout, (int)OC, ones, 1, 1.0f, dbias, 1);
 }
 
+/* bf16 (the rule of fdpo/gpt2.h): out [N,OC] = bf16(inp [N,IC]) @ w16^T + bias, w16 [OC,IC]
+ * the bf16 copy of the weight, fp32 accumulation and output; scratch holds N*IC */
+void fdpo_llama_linear_forward_bf16(float *out, const float *inp, const uint16_t *w16, const float *bias, size_t N,
+                                    size_t IC, size_t OC, uint16_t *scratch) {
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
+        beta = 1.0f;
+    }
+    fdpo_f32_to_bf16(scratch, inp, N * IC);
+    fdpo_gemm_bf16(0, 1, N, OC, IC, 1.0f, scratch, IC, w16, IC, beta, out, OC);
+}
+
+/* bf16: dinp [N,IC] (+)= bf16(dout) @ w16;  dw [OC,IC] += bf16(dout)^T @ bf16(inp);
+ * dbias [OC] += dout^T @ ones (fp32). scratch_dout holds N*OC, scratch_inp N*IC. */
+void fdpo_llama_linear_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                                     const uint16_t *w16, const float *ones, size_t N, size_t IC, size_t OC,
+                                     int accumulate_dinp, uint16_t *scratch_dout, uint16_t *scratch_inp) {
+    fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
+    fdpo_gemm_bf16(0, 0, N, IC, OC, 1.0f, scratch_dout, OC, w16, IC, accumulate_dinp ? 1.0f : 0.0f, dinp, IC);
+    if (dw) { /* NULL: a frozen weight (LoRA), no gradient */
+        fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
+        fdpo_gemm_bf16(1, 0, OC, IC, N, 1.0f, scratch_dout, OC, scratch_inp, IC, 1.0f, dw, IC);
+    }
+    if (dbias) cblas_sgemv(CblasRowMajor, CblasTrans, (int)N, (int)OC, 1.0f, dout, (int)OC, ones, 1, 1.0f, dbias, 1);
+}
+
 /* cos/sin [N, half] of pos[t] * inv_freq[i], angles in double */
 void fdpo_llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half) {
 #pragma omp parallel for schedule(static)
@@ -136,12 +165,28 @@ static inline int may_attend(const uint8_t *branch, size_t i, size_t j) {
     return !branch || branch[j] == 0 || branch[j] == branch[i];
 }
 
+#define ATT_TILE 64 /* query rows x key columns per score tile (16 KB per thread) */
+
+/* Scores of one tile, masked: S [nq, nk] = scale * Q[i0:i0+nq] K[j0:j0+nk]^T (row strides
+ * qs, ks), entries that may not be attended (j > i, or another branch) set to -inf. */
+static void scores_tile(float *S, const float *q, size_t qs, const float *k, size_t ks, size_t hd, float scale,
+                        const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hd, scale, q + i0 * qs, (int)qs,
+                k + j0 * ks, (int)ks, 0.0f, S, (int)nk);
+    for (size_t r = 0; r < nq; r++)
+        for (size_t c = 0; c < nk; c++)
+            if (j0 + c > i0 + r || !may_attend(br, i0 + r, j0 + c)) S[r * nk + c] = -INFINITY;
+}
+
 /* Per sequence b (tokens [s, s+T)) and query head h with key/value head g = h / (NH/NKV):
- *   att [T,T] = softmax(mask(Q_h K_g^T / sqrt(hd))),  out [T, hd] (row stride NH*hd) = att V_g
- * q [N, NH*hd], k, v [N, NKV*hd]; att of (b, h) at att_offset[b] + h*T*T, masked = 0. */
-void fdpo_llama_gqa_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                           const size_t *seq_offset, const size_t *att_offset, const uint8_t *branch,
-                           size_t B, size_t NH, size_t NKV, size_t hd) {
+ *   out [T, hd] (row stride NH*hd) = softmax(mask(Q_h K_g^T / sqrt(hd))) V_g
+ * q [N, NH*hd], k, v [N, NKV*hd]. Streaming softmax over key tiles (running row maximum m
+ * and sum l), so only lse [N, NH] (lse[t*NH + h] = m + log l) is kept for backward: O(T)
+ * memory per head instead of T^2. Sequential inside a (sequence, head) job, so the result
+ * does not depend on the thread count. */
+void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                      const size_t *seq_offset, const uint8_t *branch, size_t B, size_t NH, size_t NKV,
+                                      size_t hd) {
     size_t QD = NH * hd, KD = NKV * hd, group = NH / NKV;
     float scale = 1.0f / sqrtf((float)hd);
     long n_jobs = (long)(B * NH);
@@ -150,38 +195,56 @@ void fdpo_llama_gqa_attention_forward(float *out, float *att, const float *q, co
         size_t b = (size_t)job / NH, h = (size_t)job % NH, g = h / group;
         size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
         const float *qh = q + s * QD + h * hd, *kg = k + s * KD + g * hd, *vg = v + s * KD + g * hd;
-        float *a = att + att_offset[b] + h * T * T;
+        float *o = out + s * QD + h * hd;
         const uint8_t *br = branch ? branch + s : NULL;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)hd,
-                    scale, qh, (int)QD, kg, (int)KD, 0.0f, a, (int)T);
-        for (size_t i = 0; i < T; i++) {
-            float *row = a + i * T;
-            float mx = -INFINITY;
-            for (size_t j = 0; j <= i; j++)
-                if (may_attend(br, i, j) && row[j] > mx) mx = row[j];
-            double sum = 0.0;
-            for (size_t j = 0; j <= i; j++) {
-                float e = may_attend(br, i, j) ? expf(row[j] - mx) : 0.0f;
-                row[j] = e;
-                sum += e;
+        float S[ATT_TILE * ATT_TILE], m[ATT_TILE], l[ATT_TILE];
+        for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
+            size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
+            for (size_t r = 0; r < nq; r++) {
+                m[r] = -INFINITY;
+                l[r] = 0.0f;
+                memset(o + (i0 + r) * QD, 0, hd * sizeof(float));
             }
-            float inv = (float)(1.0 / sum);
-            for (size_t j = 0; j <= i; j++) row[j] *= inv;
-            for (size_t j = i + 1; j < T; j++) row[j] = 0.0f;
+            for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
+                size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
+                scores_tile(S, qh, QD, kg, KD, hd, scale, br, i0, nq, j0, nk);
+                for (size_t r = 0; r < nq; r++) {
+                    float *row = S + r * nk, mx = -INFINITY;
+                    for (size_t c = 0; c < nk; c++) if (row[c] > mx) mx = row[c];
+                    if (mx == -INFINITY) { memset(row, 0, nk * sizeof(float)); continue; } /* all masked */
+                    float m_new = mx > m[r] ? mx : m[r], corr = expf(m[r] - m_new), sum = 0.0f;
+                    for (size_t c = 0; c < nk; c++) {
+                        row[c] = expf(row[c] - m_new); /* exp(-inf) = 0 for masked entries */
+                        sum += row[c];
+                    }
+                    l[r] = l[r] * corr + sum;
+                    m[r] = m_new;
+                    if (corr != 1.0f) {
+                        float *orow = o + (i0 + r) * QD;
+                        for (size_t d = 0; d < hd; d++) orow[d] *= corr;
+                    }
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hd, (int)nk, 1.0f, S, (int)nk,
+                            vg + j0 * KD, (int)KD, 1.0f, o + i0 * QD, (int)QD);
+            }
+            for (size_t r = 0; r < nq; r++) { /* j = i is always allowed, so l >= 1 */
+                float inv = 1.0f / l[r], *orow = o + (i0 + r) * QD;
+                for (size_t d = 0; d < hd; d++) orow[d] *= inv;
+                lse[(s + i0 + r) * NH + h] = m[r] + logf(l[r]);
+            }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)hd, (int)T,
-                    1.0f, a, (int)T, vg, (int)KD, 0.0f, out + s * QD + h * hd, (int)QD);
     }
 }
 
-/* Backward of fdpo_llama_gqa_attention_forward; WRITES dq, dk, dv (every element of every sequence).
+/* Backward of fdpo_llama_gqa_attention_forward; WRITES dq, dk, dv (every element of every
+ * sequence). Recomputes P tile by tile from Q, K and lse:  P = exp(S - lse_i);
+ *   dV += P^T dY;  dP = dY V^T;  dS = P * (dP - D_i), D_i = dY_i . out_i (= rowsum(P * dP));
+ *   dQ += dS K / sqrt(hd);  dK += dS^T Q / sqrt(hd).
  * Jobs are (sequence, kv head) so the heads sharing K_g, V_g add into dK_g, dV_g in head
- * order without races:  dP = dY V^T;  dV += P^T dY;  dS = P (dP - rowsum(dP P));
- * dQ = dS K / sqrt(hd);  dK += dS^T Q / sqrt(hd). */
-void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, float *datt_scratch, size_t scratch_stride,
-                            const float *dout, const float *q, const float *k, const float *v, const float *att,
-                            const size_t *seq_offset, const size_t *att_offset, size_t B, size_t NH, size_t NKV,
-                            size_t hd) {
+ * order without races. out is the forward's output. */
+void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                       const float *v, const float *out, const float *lse, const size_t *seq_offset,
+                                       const uint8_t *branch, size_t B, size_t NH, size_t NKV, size_t hd) {
     size_t QD = NH * hd, KD = NKV * hd, group = NH / NKV;
     float scale = 1.0f / sqrtf((float)hd);
     long n_jobs = (long)(B * NKV);
@@ -189,32 +252,46 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, float *d
     for (long job = 0; job < n_jobs; job++) {
         size_t b = (size_t)job / NKV, g = (size_t)job % NKV;
         size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
-        float *dP = datt_scratch + (size_t)omp_get_thread_num() * scratch_stride;
         const float *kg = k + s * KD + g * hd, *vg = v + s * KD + g * hd;
         float *dkg = dk + s * KD + g * hd, *dvg = dv + s * KD + g * hd;
+        const uint8_t *br = branch ? branch + s : NULL;
+        float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE], D[ATT_TILE];
+        for (size_t t = 0; t < T; t++) {
+            memset(dkg + t * KD, 0, hd * sizeof(float));
+            memset(dvg + t * KD, 0, hd * sizeof(float));
+        }
         for (size_t hi = 0; hi < group; hi++) {
             size_t h = g * group + hi;
-            const float *qh = q + s * QD + h * hd, *dy = dout + s * QD + h * hd;
+            const float *qh = q + s * QD + h * hd, *dy = dout + s * QD + h * hd, *o = out + s * QD + h * hd;
             float *dqh = dq + s * QD + h * hd;
-            const float *P = att + att_offset[b] + h * T * T;
-            float acc = hi ? 1.0f : 0.0f;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)hd,
-                        1.0f, dy, (int)QD, vg, (int)KD, 0.0f, dP, (int)T);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)hd, (int)T,
-                        1.0f, P, (int)T, dy, (int)QD, acc, dvg, (int)KD);
-            for (size_t i = 0; i < T; i++) {
-                const float *p = P + i * T;
-                float *d = dP + i * T;
-                double dot = 0.0;
-                for (size_t j = 0; j <= i; j++) dot += (double)p[j] * d[j];
-                float fdot = (float)dot;
-                for (size_t j = 0; j <= i; j++) d[j] = p[j] * (d[j] - fdot);
-                for (size_t j = i + 1; j < T; j++) d[j] = 0.0f;
+            for (size_t t = 0; t < T; t++) memset(dqh + t * QD, 0, hd * sizeof(float));
+            for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
+                size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
+                for (size_t r = 0; r < nq; r++) {
+                    const float *a = dy + (i0 + r) * QD, *c = o + (i0 + r) * QD;
+                    float dot = 0.0f;
+                    for (size_t d = 0; d < hd; d++) dot += a[d] * c[d];
+                    D[r] = dot;
+                }
+                for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
+                    size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
+                    scores_tile(P, qh, QD, kg, KD, hd, scale, br, i0, nq, j0, nk);
+                    for (size_t r = 0; r < nq; r++) {
+                        float L = lse[(s + i0 + r) * NH + h];
+                        for (size_t c = 0; c < nk; c++) P[r * nk + c] = expf(P[r * nk + c] - L);
+                    }
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hd, (int)nq, 1.0f, P, (int)nk,
+                                dy + i0 * QD, (int)QD, 1.0f, dvg + j0 * KD, (int)KD);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hd, 1.0f, dy + i0 * QD,
+                                (int)QD, vg + j0 * KD, (int)KD, 0.0f, dP, (int)nk);
+                    for (size_t r = 0; r < nq; r++)
+                        for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hd, (int)nk, scale, dP, (int)nk,
+                                kg + j0 * KD, (int)KD, 1.0f, dqh + i0 * QD, (int)QD);
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hd, (int)nq, scale, dP, (int)nk,
+                                qh + i0 * QD, (int)QD, 1.0f, dkg + j0 * KD, (int)KD);
+                }
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)hd, (int)T,
-                        scale, dP, (int)T, kg, (int)KD, 0.0f, dqh, (int)QD);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)hd, (int)T,
-                        scale, dP, (int)T, qh, (int)QD, acc, dkg, (int)KD);
         }
     }
 }

@@ -146,7 +146,7 @@ fdpo_gpt2 *fdpo_rm_load(const char *dir, fdpo_tokenizer **tok) {
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
     if (!m) { fdpo_error_context("reward model %s", dir); return NULL; }
     if (m->config.num_labels != 1) {
-        fdpo_error("reward model %s: a language model (architectures GPT2LMHeadModel, no score.weight), "
+        fdpo_error("reward model %s: a language model (architectures ...LMHeadModel / ...ForCausalLM, no score.weight), "
                    "not a reward model (train one with fdpo rm)", dir);
         fdpo_gpt2_free(m);
         return NULL;

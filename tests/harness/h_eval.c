@@ -3,6 +3,7 @@
  *
  *   eval-logits CKPT MODE OUT IDS        logits [T, V] float32 of IDS ("3 1 4") into OUT;
  *                                        MODE step | prefill | batched | forward
+ *                                        [--precision fp32|bf16] (the model's matmuls)
  *   eval-sample CKPT --prompts "1 2;3" --eot E --n N [--max-new M --temperature T
  *               --top-k K --top-p P --seed S --batch B]   one JSON line per sample
  *   eval-run POLICY REF --prompts P --eot E --k K [sampling options, --div LIST,
@@ -76,6 +77,7 @@ static size_t parse_divs(const char *list, fdpo_divergence *d, size_t max) {
 
 static int h_logits(int argc, char **argv) {
     if (argc < 5) return fdpo_error("usage: eval-logits CKPT MODE OUT IDS");
+    if (fdpo_set_precision(opt(argc, argv, "--precision", "fp32"))) return -1;
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(argv[1]);
     if (!m) return -1;
     const char *mode = argv[2];

@@ -206,3 +206,77 @@ def test_kv_cache_decoding_matches_pytorch(tmp_path, name, mode):
     with torch.no_grad():
         ref = model.forward(ids).numpy()
     assert rel_err(got, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["gqa-llama3", "qwen2"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_skip_unweighted_lm_head_rows(tmp_path, name, precision):
+    """skip_unweighted (what DPO, SFT and rm batches set): the LM head runs only over tokens
+    with a target and a non-zero weight. Their token log-probs, the logits rows and every
+    gradient equal the full computation's (the same kernels on fewer rows: <= 1e-6), and
+    PyTorch's in fp32 (the parity tolerances); skipped tokens get token_logp 0 and zero
+    logits; a non-zero upstream gradient on a skipped token is an error naming d_token_logp."""
+    rng = np.random.default_rng(8)
+    model = Llama(**CONFIGS[name], seed=4)
+    d = tmp_path / "ck"
+    model.save_hf(str(d))
+    seqs = batch(rng, CONFIGS[name]["vocab_size"])
+    for s in seqs:  # a prompt of weight 0 per sequence, as in DPO/SFT
+        s["weights"] = [0.0 if t < len(s["tokens"]) // 2 else 1.0 for t in range(len(s["tokens"]))]
+    weights = np.concatenate([s["weights"] for s in seqs])
+    targets = np.concatenate([s["targets"] for s in seqs])
+    used = (weights != 0) & (targets >= 0)
+    assert 0 < used.sum() < len(used)
+    dtl = np.where(used, rng.normal(size=len(used)), 0.0)
+    outs = {}
+    for skip in (False, True):
+        bp, out = tmp_path / f"b{skip}.json", tmp_path / f"o{skip}.safetensors"
+        bp.write_text(json.dumps({"sequences": seqs, "d_token_logp": [float(x) for x in dtl], "skip_unweighted": skip}))
+        harness("model-fb", "--model", d, "--batch", bp, "--out", out, "--precision", precision)
+        outs[skip] = st.load(str(out))[0]
+    full, sk = outs[False], outs[True]
+    assert rel_err(sk["token_logp"][used], full["token_logp"][used]) <= 1e-6
+    assert np.all(sk["token_logp"][~used] == 0) and np.all(sk["logits"][~used] == 0)
+    assert rel_err(sk["logits"][used], full["logits"][used]) <= 1e-6
+    assert rel_err(sk["seq_logp"], full["seq_logp"]) <= 1e-6
+    grads = [k for k in full if k not in ("logits", "token_logp", "seq_logp")]
+    for k in grads:
+        assert rel_err(sk[k], full[k]) <= 1e-6, k
+    if precision == "fp32":
+        ref_logits, ref_grads = reference(model, seqs, dtl)
+        assert rel_err(sk["logits"][used], ref_logits[used]) <= 1e-5
+        for k, g in ref_grads.items():
+            assert rel_err(sk[k], g) <= 1e-4, k
+    bp = tmp_path / "bad.json"
+    bp.write_text(json.dumps({"sequences": seqs, "d_token_logp": [float(x) for x in np.where(used, dtl, 1.0)],
+                              "skip_unweighted": True}))
+    r = harness("model-fb", "--model", d, "--batch", bp, "--out", tmp_path / "bad.safetensors", check=False)
+    assert r.returncode != 0 and "d_token_logp" in r.stderr and "skip_unweighted" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["gqa-llama3", "qwen2"])
+def test_streaming_attention_across_tiles_matches_pytorch(tmp_path, name):
+    """attention keeps only each row's log-sum-exp and recomputes the probabilities in
+    backward, in 64 x 64 tiles: sequences of 1, 64, 65 and 150 tokens and a shared-prompt
+    branch layout of 70 + 60 + 60 tokens cross every tile boundary case; logits 1e-5 and
+    every gradient 1e-4 against the float64 reference, as on the short batches"""
+    rng = np.random.default_rng(11)
+    model = Llama(**CONFIGS[name], max_position_embeddings=256, seed=6)
+    d = tmp_path / "ck"
+    model.save_hf(str(d))
+    V = CONFIGS[name]["vocab_size"]
+    seqs = []
+    for T in (1, 64, 65, 150):
+        seqs.append({"tokens": list(map(int, rng.integers(0, V, size=T))), "targets": list(map(int, rng.integers(0, V, size=T))),
+                     "pos": list(range(T)), "branch": [0] * T})
+    P, Cc = 70, 60
+    seqs.append({"tokens": list(map(int, rng.integers(0, V, size=P + 2 * Cc))),
+                 "targets": list(map(int, rng.integers(0, V, size=P + 2 * Cc))),
+                 "pos": list(range(P + Cc)) + list(range(P, P + Cc)), "branch": [0] * P + [1] * Cc + [2] * Cc})
+    N = sum(len(s["tokens"]) for s in seqs)
+    dtl = rng.normal(size=N)
+    out = run_fdpo(tmp_path, d, seqs, dtl)
+    ref_logits, ref_grads = reference(model, seqs, dtl)
+    assert rel_err(out["logits"], ref_logits) <= 1e-5
+    for k, g in ref_grads.items():
+        assert rel_err(out[k], g) <= 1e-4, k

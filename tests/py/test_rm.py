@@ -261,3 +261,154 @@ def test_bad_reward_model_dirs_in_the_loops(rm_dir, tmp_path):
                      "--out", out, "--n", 2, check=False)
             assert r.returncode != 0 and f"--reward rm:{d}" in r.stderr and needle in r.stderr, (cmd, r.stderr)
             assert not out.exists(), cmd
+
+
+# ---- Llama-family reward models (LlamaForSequenceClassification / Qwen2ForSequenceClassification) ----
+
+from fdpo_ref.llama import Llama  # noqa: E402
+
+LLAMA = dict(vocab_size=259, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64)
+SPACE = ord(" ")
+# pad_token_id = the space byte: trailing spaces are padding to transformers' pooling (the
+# rightmost token that is not pad), so these rows check where the reward is read
+LLAMA_ROWS = ROWS + [{"prompt": "Pad:", "chosen": " ok.   ", "rejected": " no  "},
+                     {"prompt": "x", "chosen": "   ", "rejected": " y"}]  # all-pad completion still has the prompt
+
+
+def llama_rm(seed, model_type="llama", pad=SPACE):
+    kw = dict(LLAMA, qkv_bias=True, model_type="qwen2", tie_word_embeddings=True) if model_type == "qwen2" else LLAMA
+    m = Llama(**kw, seed=seed)
+    m.p.pop("lm_head.weight", None)  # ...ForSequenceClassification has no LM head
+    m.p["score.weight"] = (torch.randn(1, LLAMA["hidden_size"], generator=torch.Generator().manual_seed(seed + 1),
+                                       dtype=torch.float64) * 0.5).float().double().requires_grad_(True)
+    m.cfg["num_labels"] = 1
+    m.cfg["pad_token_id"] = pad
+    m.cfg["architectures"] = ["Qwen2ForSequenceClassification" if model_type == "qwen2" else "LlamaForSequenceClassification"]
+    return m
+
+
+def llama_reward(m, toks, pad=SPACE):
+    """transformers' LlamaForSequenceClassification: score at the rightmost non-pad token"""
+    ids = torch.tensor(toks)
+    pool = int((torch.arange(len(toks)) * (ids != pad)).argmax())
+    return m.hidden(toks)[pool] @ m.p["score.weight"][0]
+
+
+@pytest.mark.parametrize("model_type,center,micro", [("llama", 0.0, 0), ("llama", 0.3, 2), ("qwen2", 0.1, 0)])
+def test_llama_rewards_and_gradients_match_pytorch(tmp_path, model_type, center, micro):
+    m = llama_rm(31, model_type)
+    m.save_hf(str(tmp_path / "rm"))
+    save_byte_tokenizer(str(tmp_path / "rm"))
+    write_jsonl(tmp_path / "pairs.jsonl", LLAMA_ROWS)
+    harness("rm-grad", "--model", tmp_path / "rm", "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "out",
+            "--center", center, "--micro-batch", micro)
+    res = json.loads((tmp_path / "out" / "result.json").read_text())
+    losses, rewards = [], []
+    for row in LLAMA_ROWS:
+        P, C, R = tokenize_pair(row)
+        rc, rr = llama_reward(m, seq(P, C)), llama_reward(m, seq(P, R))
+        losses.append(-F.logsigmoid(rc - rr - row.get("margin", 0.0)) + center * (rc + rr) ** 2)
+        rewards.append([rc.item(), rr.item()])
+    loss = torch.stack(losses).mean()
+    loss.backward()
+    assert np.max(np.abs(np.array(res["rewards"]) - np.array(rewards))) < 1e-5
+    assert abs(res["loss"] - loss.item()) < 1e-5
+    g, _ = st.load(str(tmp_path / "out" / "grads.safetensors"))
+    assert set(g) == set(m.p) and "lm_head.weight" not in g and g["score.weight"].shape == (1, LLAMA["hidden_size"])
+    for name, p in m.p.items():
+        assert rel(g[name], p.grad.numpy()) < 1e-5, name
+    # fdpo's re-save is the same LlamaForSequenceClassification / Qwen2ForSequenceClassification
+    harness("model-load", "--model", tmp_path / "rm", "--save", tmp_path / "rm2")
+    cfg = json.loads((tmp_path / "rm2" / "config.json").read_text())
+    assert cfg["architectures"] == m.cfg["architectures"] and cfg["model_type"] == model_type
+    assert cfg["num_labels"] == 1 and cfg["pad_token_id"] == SPACE and cfg["id2label"] == {"0": "LABEL_0"}
+    ta, tb = st.load(str(tmp_path / "rm" / "model.safetensors"))[0], st.load(str(tmp_path / "rm2" / "model.safetensors"))[0]
+    assert set(ta) == set(tb) and all(np.array_equal(ta[k], tb[k]) for k in ta)
+    # the pad rows pool before their trailing spaces (a last-token head would not match)
+    P, C, _ = tokenize_pair(LLAMA_ROWS[-2])
+    s = seq(P, C)
+    with torch.no_grad():
+        assert abs(llama_reward(m, s).item() - (m.hidden(s)[-1] @ m.p["score.weight"][0]).item()) > 1e-3
+
+
+def test_llama_rm_trains_saves_and_scores_like_transformers_layout(tmp_path):
+    """fdpo rm on a Llama LM: the saved LlamaForSequenceClassification (score.weight, no
+    lm_head, the LM's backbone trained on) loads in the reference, and rm:DIR gives the
+    reference's rewards; a few steps of training lower the loss"""
+    rng = random.Random(5)
+    write_jsonl(tmp_path / "train.jsonl", length_rows(rng, 64))
+    lm = Llama(**LLAMA, seed=4)
+    lm.save_hf(str(tmp_path / "lm"))
+    save_byte_tokenizer(str(tmp_path / "lm"))
+    out = tmp_path / "rm"
+    fdpo("rm", "--model", tmp_path / "lm", "--data", tmp_path / "train.jsonl", "--out", out, "--lr", "3e-3",
+         "--batch-size", "8", "--steps", "12", "--eval-every", "0", "--threads", "1", "--quiet", "--eval-fraction", "0")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForSequenceClassification"] and cfg["model_type"] == "llama"
+    assert cfg["num_labels"] == 1 and cfg["pad_token_id"] == EOT
+    t, _ = st.load(str(out / "model.safetensors"))
+    assert t["score.weight"].shape == (1, 32) and "lm_head.weight" not in t
+    assert set(t) == (set(lm.p) - {"lm_head.weight"}) | {"score.weight"}
+    assert not np.array_equal(t["model.layers.0.mlp.up_proj.weight"], lm.p["model.layers.0.mlp.up_proj.weight"].detach().numpy())
+    ref = Llama(**LLAMA)
+    ref.p = {k: torch.tensor(np.asarray(v), dtype=torch.float64) for k, v in t.items()}
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert np.mean([x["loss"] for x in lines[-3:]]) < np.mean([x["loss"] for x in lines[:3]])
+    comps = [{"prompt": "Say:", "completion": " apple blue cat"}, {"prompt": "Q:", "completion": " dog"},
+             {"prompt": "Tell me:", "completion": " fig green hat egg"}]
+    write_jsonl(tmp_path / "comps.jsonl", comps)
+    got = [float(x) for x in harness("eval-reward", f"rm:{out}", tmp_path / "comps.jsonl").stdout.split()]
+    with torch.no_grad():
+        want = [llama_reward(ref, list(c["prompt"].encode()) + list(c["completion"].encode()), pad=EOT).item()
+                for c in comps]
+    assert np.max(np.abs(np.array(got) - np.array(want))) < 1e-4
+    assert "architecture: LlamaForSequenceClassification" in fdpo("info", out).stdout
+
+
+def test_llama_rm_bad_inputs(tmp_path):
+    write_jsonl(tmp_path / "c.jsonl", [{"prompt": "a", "completion": "b"}])
+    m = llama_rm(3)
+    d = tmp_path / "noscore"
+    m.p.pop("score.weight")
+    m.save_hf(str(d))
+    save_byte_tokenizer(str(d))
+    r = harness("eval-reward", f"rm:{d}", tmp_path / "c.jsonl", check=False)
+    assert r.returncode != 0 and "missing tensor 'score.weight'" in r.stderr, r.stderr
+    m = llama_rm(3)
+    m.cfg["num_labels"] = 3
+    m.save_hf(str(tmp_path / "three"))
+    r = harness("eval-reward", f"rm:{tmp_path / 'three'}", tmp_path / "c.jsonl", check=False)
+    assert r.returncode != 0 and "LlamaForSequenceClassification with 3 labels" in r.stderr, r.stderr
+    m = llama_rm(3)
+    m.p["score.weight"] = torch.zeros(1, 8, dtype=torch.float64)
+    m.save_hf(str(tmp_path / "shape"))
+    r = harness("eval-reward", f"rm:{tmp_path / 'shape'}", tmp_path / "c.jsonl", check=False)
+    assert r.returncode != 0 and "score.weight" in r.stderr and "[1,8]" in r.stderr, r.stderr
+    # a Llama reward model has no LM head: sampling from it or aligning it is refused
+    m = llama_rm(3, pad=EOT)
+    m.save_hf(str(tmp_path / "rmok"))
+    save_byte_tokenizer(str(tmp_path / "rmok"))
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Hi"}])
+    r = fdpo("generate", "--model", tmp_path / "rmok", "--data", tmp_path / "prompts.jsonl", "--n", "1",
+             "--max-new-tokens", "2", check=False)
+    assert r.returncode != 0 and "no LM head" in r.stderr, r.stderr
+    write_jsonl(tmp_path / "pairs.jsonl", ROWS)
+    r = fdpo("dpo", "--model", tmp_path / "rmok", "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "d",
+             "--steps", "1", "--quiet", check=False)
+    assert r.returncode != 0 and "no LM head" in r.stderr, r.stderr
+
+
+def test_llama_rm_resume_continues_the_same_run(tmp_path):
+    """fdpo rm on a Llama LM, interrupted and resumed (in bf16, the precision given again):
+    the same bytes as the straight run"""
+    write_jsonl(tmp_path / "d.jsonl", length_rows(random.Random(6), 24))
+    Llama(**LLAMA, seed=2).save_hf(str(tmp_path / "lm"))
+    save_byte_tokenizer(str(tmp_path / "lm"))
+    common = ["--model", tmp_path / "lm", "--data", tmp_path / "d.jsonl", "--steps", "4", "--batch-size", "4",
+              "--threads", "1", "--quiet", "--eval-every", "2", "--precision", "bf16"]
+    fdpo("rm", *common, "--out", tmp_path / "a")
+    fdpo("rm", *common, "--out", tmp_path / "b", "--stop-at", "2")
+    fdpo("rm", *common, "--out", tmp_path / "b", "--resume")
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]

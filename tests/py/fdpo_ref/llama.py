@@ -79,18 +79,33 @@ class Llama:
         return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
 
     def linear(self, x, name):
-        y = x @ self.p[name + ".weight"].T
+        y = self.matmul_t(x, self.p[name + ".weight"])
         b = self.p.get(name + ".bias")
         return y if b is None else y + b
 
     def forward(self, tokens, pos=None, branch=None):
+        return self.lm_head(self.hidden(tokens, pos, branch))
+
+    def lm_head(self, x):
+        head = self.p["model.embed_tokens.weight"] if self.cfg["tie_word_embeddings"] else self.p["lm_head.weight"]
+        return self.matmul_t(x, head)
+
+    @staticmethod
+    def matmul_t(x, w):
+        """x @ w^T: every linear layer and the LM head go through here (the bf16 tests
+        replace it with a rounding version)"""
+        return x @ w.T
+
+    def hidden(self, tokens, pos=None, branch=None):
+        """final hidden states (after model.norm) [T, C]"""
         c = self.cfg
         T = len(tokens)
         tokens = torch.as_tensor(tokens)
         pos = torch.arange(T) if pos is None else torch.as_tensor(pos)
         NH, NKV, hd = c["num_attention_heads"], c["num_key_value_heads"], self.hd
         ang = pos.double()[:, None] * self.inv_freq()[None, :]
-        cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
+        dt = self.p["model.embed_tokens.weight"].dtype  # the angles in float64, the tables in the model's dtype
+        cos, sin = torch.cat([ang.cos(), ang.cos()], -1).to(dt), torch.cat([ang.sin(), ang.sin()], -1).to(dt)
         i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
         allowed = j <= i
         if branch is not None:
@@ -115,9 +130,7 @@ class Llama:
             h = self.rms(x, self.p[pre + "post_attention_layernorm.weight"], eps)
             gate = self.linear(h, pre + "mlp.gate_proj")
             x = x + self.linear(torch.nn.functional.silu(gate) * self.linear(h, pre + "mlp.up_proj"), pre + "mlp.down_proj")
-        x = self.rms(x, self.p["model.norm.weight"], eps)
-        head = self.p["model.embed_tokens.weight"] if c["tie_word_embeddings"] else self.p["lm_head.weight"]
-        return x @ head.T
+        return self.rms(x, self.p["model.norm.weight"], eps)
 
     def save_hf(self, d, shards=1):
         os.makedirs(d, exist_ok=True)
