@@ -162,8 +162,8 @@ static int resume_defaults(fdpo_flag *flags, size_t n, const char *out) {
 
 int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o) {
     if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
+    if (o->resume && resume_defaults(flags, n, o->out)) return -1;   /* may set --precision from the saved run */
     if (fdpo_set_precision(precision_flag)) return -1;
-    if (o->resume && resume_defaults(flags, n, o->out)) return -1;
     return 0;
 }
 

@@ -162,6 +162,9 @@ void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s) {
         case T_STR: fdpo_settings_str(s, TRAIN_FIELDS[i].key, *(const char *const *)p, TRAIN_FIELDS[i].fixed); break;
         }
     }
+    /* kept from the saved run unless given again: a resumed bf16 run stays bf16 (the
+     * precision is the process's, fdpo_set_precision, not a train option) */
+    fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 0);
     if (o->lora_r > 0) {   /* a LoRA run (only then, so other runs' saved settings stay as they were) */
         fdpo_settings_num(s, "lora-r", (double)o->lora_r, 1);
         fdpo_settings_num(s, "lora-alpha", o->lora_alpha, 1);

@@ -175,6 +175,11 @@ def test_bf16_pretraining_resumes_bit_identically_and_announces_the_fallback(tmp
     fdpo("pretrain", "--data", tmp_path / "t.txt", "--out", tmp_path / "split", "--resume", "--quiet", "--precision", "bf16")
     a = (tmp_path / "full" / "model.safetensors").read_bytes()
     assert a == (tmp_path / "split" / "model.safetensors").read_bytes()
+    # --precision is a kept setting: a resume that does not repeat it stays bf16
+    pretrain(tmp_path, tmp_path / "kept", "--precision", "bf16", "--stop-at", 2)
+    r = fdpo("pretrain", "--data", tmp_path / "t.txt", "--out", tmp_path / "kept", "--resume", "--quiet")
+    assert "precision=bf16" in r.stderr, r.stderr
+    assert a == (tmp_path / "kept" / "model.safetensors").read_bytes()
     pretrain(tmp_path, tmp_path / "fp32")
     assert a != (tmp_path / "fp32" / "model.safetensors").read_bytes()
     from test_llama_cli import ARCH
