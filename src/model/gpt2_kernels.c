@@ -466,3 +466,98 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
         }
     }
 }
+
+/* ---- LM head + log-softmax + gather fused over vocabulary chunks (no [K, V] logits) ----
+ * For training losses only the target's log-prob of each row is used, so the [K, V] logits
+ * need never exist at once: the vocabulary is swept `chunk` columns at a time, memory
+ * O(K x chunk). wte_bf16 != NULL selects bf16 GEMMs (bf16-rounded inputs, fp32
+ * accumulation) exactly as fdpo_k_lmhead_*_bf16 do. Callable by any family whose head is
+ * a [V, C] matrix (GPT-2's tied wte, Llama's lm_head or embed_tokens). */
+
+/* S [K, nv] = inp [K, C] @ wte[v0 : v0+nv]^T, in fp32 or from the bf16 copies */
+static void lmhead_chunk_logits(float *S, const float *inp, const uint16_t *inp_bf16, const float *wte,
+                                const uint16_t *wte_bf16, size_t K, size_t C, size_t v0, size_t nv) {
+    if (wte_bf16)
+        fdpo_gemm_bf16(0, 1, K, nv, C, 1.0f, inp_bf16, C, wte_bf16 + v0 * C, C, 0.0f, S, nv);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)K, (int)nv, (int)C, 1.0f, inp, (int)C,
+                    wte + v0 * C, (int)C, 0.0f, S, (int)nv);
+}
+
+/* lse [K] = log sum_v exp(logits[k, v]);  token_logp [K] (may be NULL) = logits[k, target] - lse,
+ * 0 where target < 0;  logit_sum [K] (may be NULL) = sum_v logits[k, v].
+ * Online log-sum-exp across chunks: with the running max m and sum s (double),
+ *   m' = max(m, max of the chunk),  s' = s exp(m - m') + sum_chunk exp(x - m').
+ * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*C; acc: 3K doubles. Each row is
+ * updated by one thread in chunk order, so results depend only on the thread count. */
+void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, float *logit_sum, const float *inp,
+                                              const float *wte, const uint16_t *wte_bf16, const int32_t *targets,
+                                              size_t K, size_t C, size_t V, size_t chunk, float *scratch,
+                                              uint16_t *scratch_bf16, double *acc) {
+    double *m = acc, *s = acc + K, *sum = acc + 2 * K;
+    for (size_t k = 0; k < K; k++) { m[k] = -INFINITY; s[k] = 0.0; sum[k] = 0.0; }
+    if (wte_bf16) fdpo_f32_to_bf16(scratch_bf16, inp, K * C);
+    for (size_t v0 = 0; v0 < V; v0 += chunk) {
+        size_t nv = V - v0 < chunk ? V - v0 : chunk;
+        lmhead_chunk_logits(scratch, inp, scratch_bf16, wte, wte_bf16, K, C, v0, nv);
+#pragma omp parallel for schedule(static)
+        for (size_t k = 0; k < K; k++) {
+            const float *row = scratch + k * nv;
+            float mx = -INFINITY;
+            double rs = 0.0;
+            for (size_t v = 0; v < nv; v++) { if (row[v] > mx) mx = row[v]; rs += row[v]; }
+            double m_new = mx > m[k] ? mx : m[k], e = 0.0;
+            float fm = (float)m_new;
+            for (size_t v = 0; v < nv; v++) e += expf(row[v] - fm);
+            s[k] = s[k] * exp(m[k] - m_new) + e; /* exp(-inf) = 0 on the first chunk */
+            m[k] = m_new;
+            sum[k] += rs;
+            int32_t tg = targets[k];
+            if (token_logp && tg >= 0 && (size_t)tg >= v0 && (size_t)tg < v0 + nv) token_logp[k] = row[tg - v0];
+        }
+    }
+    for (size_t k = 0; k < K; k++) {
+        double l = m[k] + log(s[k]);
+        lse[k] = (float)l;
+        if (token_logp) token_logp[k] = targets[k] >= 0 ? (float)((double)token_logp[k] - l) : 0.0f;
+        if (logit_sum) logit_sum[k] = (float)sum[k];
+    }
+}
+
+/* Backward of the above for upstream d_token_logp [K]; recomputes each chunk's logits:
+ *   dlogits[k, v] = d_k (onehot(target_k) - exp(logits[k, v] - lse_k))   (0 where target < 0)
+ *   dinp [K, C] = sum over chunks dlogits_c @ wte_c   (WRITTEN)
+ *   dwte [V, C] += dlogits^T @ inp                     (chunk by chunk, ACCUMULATED)
+ * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*(C + chunk). */
+void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const float *d_token_logp, const float *lse,
+                                               const int32_t *targets, const float *inp, const float *wte,
+                                               const uint16_t *wte_bf16, size_t K, size_t C, size_t V, size_t chunk,
+                                               float *scratch, uint16_t *scratch_bf16) {
+    uint16_t *inp_bf16 = scratch_bf16, *dS_bf16 = scratch_bf16 ? scratch_bf16 + K * C : NULL;
+    if (wte_bf16) fdpo_f32_to_bf16(inp_bf16, inp, K * C);
+    if (K == 0) return;
+    for (size_t v0 = 0; v0 < V; v0 += chunk) {
+        size_t nv = V - v0 < chunk ? V - v0 : chunk;
+        float beta = v0 == 0 ? 0.0f : 1.0f;
+        lmhead_chunk_logits(scratch, inp, inp_bf16, wte, wte_bf16, K, C, v0, nv);
+#pragma omp parallel for schedule(static)
+        for (size_t k = 0; k < K; k++) {
+            float *row = scratch + k * nv;
+            float d = targets[k] >= 0 ? d_token_logp[k] : 0.0f, l = lse[k];
+            if (d == 0.0f) { memset(row, 0, nv * sizeof(float)); continue; }
+            for (size_t v = 0; v < nv; v++) row[v] = -d * expf(row[v] - l);
+            int32_t tg = targets[k];
+            if ((size_t)tg >= v0 && (size_t)tg < v0 + nv) row[tg - v0] += d;
+        }
+        if (wte_bf16) {
+            fdpo_f32_to_bf16(dS_bf16, scratch, K * nv);
+            fdpo_gemm_bf16(0, 0, K, C, nv, 1.0f, dS_bf16, nv, wte_bf16 + v0 * C, C, beta, dinp, C);
+            fdpo_gemm_bf16(1, 0, nv, C, K, 1.0f, dS_bf16, nv, inp_bf16, C, 1.0f, dwte + v0 * C, C);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
+                        wte + v0 * C, (int)C, beta, dinp, (int)C);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, scratch, (int)nv, inp,
+                        (int)C, 1.0f, dwte + v0 * C, (int)C);
+        }
+    }
+}

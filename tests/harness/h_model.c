@@ -3,8 +3,9 @@
  *   model-fb --model DIR --batch batch.json --out out.safetensors [--threads N] [--pre FILE]
  *       batch.json: {"sequences": [{"tokens": [..], "targets": [..], "weights"?: [..],
  *                    "pos"?: [..], "branch"?: [..]}, ...], "d_token_logp"?: [N floats],
- *                    "skip_unweighted"?: true}
- *       Writes logits [N,V], token_logp [N], seq_logp [B] and, when d_token_logp is given,
+ *                    "skip_unweighted"?: true, "fused_head"?: true}
+ *       Writes logits [N,V] (zeros after a fused_head forward), logit_sums [N], token_logp [N],
+       seq_logp [B] and, when d_token_logp is given,
  *       every parameter gradient under its HF name. --pre FILE first runs forward+backward on
  *       another batch (exercises buffer reuse and growth; its gradients are dropped).
  *   model-init --config config.json --seed S --out DIR     initialised checkpoint
@@ -125,10 +126,11 @@ static int batch_load(const char *path, owned_batch *ob) {
         for (const cJSON *v = d->child; v && !rc; v = v->next) ob->d_token_logp[t++] = (float)v->valuedouble;
     }
     int skip = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "skip_unweighted"));
+    int fused = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "fused_head"));
     cJSON_Delete(root);
     ob->b = (fdpo_batch){.n_seq = B, .n_tokens = N, .seq_offset = ob->seq_offset, .tokens = ob->tokens,
                          .targets = ob->targets, .weights = ob->weights, .pos = ob->pos, .branch = ob->branch,
-                         .skip_unweighted = skip};
+                         .skip_unweighted = skip, .fused_head = fused};
     return rc ? fdpo_error_context("%s", path) : 0;
 }
 
@@ -157,9 +159,10 @@ static int h_model_fb(int argc, char **argv) {
         batch_free(&pb);
     }
     float *tlp = fdpo_calloc(N + 1, sizeof(float)), *slp = fdpo_calloc(B + 1, sizeof(float));
-    float *logits = fdpo_malloc((N * V + 1) * sizeof(float));
+    float *logits = fdpo_calloc(N * V + 1, sizeof(float)), *lsum = fdpo_calloc(N + 1, sizeof(float));
     if (!rc) rc = fdpo_gpt2_forward(m, &ob.b, tlp, slp);
-    if (!rc) memcpy(logits, fdpo_gpt2_logits(m), N * V * sizeof(float));
+    if (!rc && fdpo_gpt2_logits(m)) memcpy(logits, fdpo_gpt2_logits(m), N * V * sizeof(float)); /* fused: zeros */
+    if (!rc) rc = fdpo_gpt2_logit_sums(m, lsum);
     if (!rc && ob.d_token_logp) {
         fdpo_gpt2_zero_grad(m);
         rc = fdpo_gpt2_backward(m, ob.d_token_logp);
@@ -170,11 +173,12 @@ static int h_model_fb(int argc, char **argv) {
         fdpo_st_writer_add(w, "logits", FDPO_F32, sl, 2, logits);
         fdpo_st_writer_add(w, "token_logp", FDPO_F32, sn, 1, tlp);
         fdpo_st_writer_add(w, "seq_logp", FDPO_F32, sb, 1, slp);
+        fdpo_st_writer_add(w, "logit_sums", FDPO_F32, sn, 1, lsum);
         if (ob.d_token_logp) fdpo_st_writer_add_gpt2(w, m, m->grads_memory, NULL);
         rc = fdpo_st_writer_write(w, out);
         fdpo_st_writer_free(w);
     }
-    free(tlp); free(slp); free(logits);
+    free(tlp); free(slp); free(logits); free(lsum);
     batch_free(&ob);
     fdpo_gpt2_free(m);
     return rc;
