@@ -26,6 +26,38 @@ static int by_prob_desc(const void *a, const void *b, void *ctx) {
     return i < j ? -1 : i > j; /* ties: lower id first, so the order is deterministic */
 }
 
+/* Does token i come before token j in by_prob_desc's order? */
+static inline int prob_before(const double *p, size_t i, size_t j) { return p[i] > p[j] || (p[i] == p[j] && i < j); }
+
+/* order[0..k) = the first k tokens of by_prob_desc's order, in that order, without sorting
+ * all V: a k-element heap whose root is the last token kept so far (O(V log k)), then a
+ * sort of the k. The order is total (ties go by id), so this is exactly the prefix a full
+ * sort gives. */
+static void top_k_order(size_t *order, const double *p, size_t V, size_t k) {
+    size_t *h = order, n = 0;
+    for (size_t v = 0; v < V; v++) {
+        size_t i;
+        if (n < k) { /* push, sift up: a parent comes after its children */
+            h[i = n++] = v;
+            while (i > 0 && prob_before(p, h[(i - 1) / 2], h[i])) {
+                size_t up = (i - 1) / 2, t = h[up];
+                h[up] = h[i]; h[i] = t; i = up;
+            }
+            continue;
+        }
+        if (!prob_before(p, v, h[0])) continue;
+        h[i = 0] = v; /* replace the root, sift down */
+        for (;;) {
+            size_t w = i, l = 2 * i + 1, r = l + 1;
+            if (l < n && prob_before(p, h[w], h[l])) w = l;
+            if (r < n && prob_before(p, h[w], h[r])) w = r;
+            if (w == i) break;
+            size_t t = h[w]; h[w] = h[i]; h[i] = t; i = w;
+        }
+    }
+    qsort_r(order, n, sizeof *order, by_prob_desc, (void *)p);
+}
+
 int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_config *c, fdpo_rng *r,
                           double *work, size_t *order, double *logp) {
     float mx = -INFINITY;
@@ -69,9 +101,13 @@ int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_confi
     }
     /* truncation: tokens in decreasing probability; top-k keeps the first k, top-p then keeps
      * the shortest prefix (of those) whose mass reaches top_p of the kept mass */
-    for (size_t v = 0; v < V; v++) order[v] = v;
-    qsort_r(order, V, sizeof *order, by_prob_desc, p);
     size_t keep = c->top_k > 0 && c->top_k < V ? c->top_k : V;
+    if (keep < V) {
+        top_k_order(order, p, V, keep);
+    } else { /* top-p alone: its threshold is a share of the mass summed in sorted order */
+        for (size_t v = 0; v < V; v++) order[v] = v;
+        qsort_r(order, V, sizeof *order, by_prob_desc, p);
+    }
     double kept = 0;
     for (size_t i = 0; i < keep; i++) kept += p[order[i]];
     if (c->top_p < 1) {
