@@ -156,6 +156,8 @@ def peak_rss(sides, a):
             seconds = srv.step()["seconds"]
             rss[side] = srv.close().get("max_rss_kb", 0) / 1024
             print(f"  {side:24s} peak RSS {rss[side]:8.0f} MiB  (one step, {seconds:.1f} s)", flush=True)
+    interleave.write_json(a.json, {"bench": "dpo_peak_rss", "config": a.config, "pairs": a.pairs, "prompt": a.prompt,
+                                   "completion": a.completion, "threads": a.threads, "rss_mib": rss})
     for side in sides:
         if side.startswith("fdpo"):
             vs = [f"{100 * rss[side] / rss[t]:.0f}% of {t}" for t in sides if t.startswith("torch") and rss[t] > 0]
@@ -174,6 +176,10 @@ def main():
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side after one warm-up (at least 5)")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
     ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
+    ap.add_argument("--quick", action="store_true",
+                    help="5 timed steps, the goal sides only (torch-fp32, torch-bf16, fdpo-shared-cached-bf16), "
+                         "a 64 MiB triad")
+    ap.add_argument("--json", help="append one JSON line with each side's median step seconds (or peak RSS MiB)")
     ap.add_argument("--peak-rss", action="store_true",
                     help="measure each side's peak RSS over one step, in separate processes, instead of timing")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -183,10 +189,17 @@ def main():
     if a.worker:
         torch_worker(cfg, a.pairs, a.prompt, a.completion, a.threads, a.bf16)
         return
+    if a.quick:
+        a.steps, a.triad_mib = interleave.MIN_TIMED_STEPS, 64
+        if a.sides == ",".join(SIDES):
+            a.sides = "torch-fp32,torch-bf16,fdpo-shared-cached-bf16"
     sides = a.sides.split(",")
     for s in sides:
         if s not in SIDES:
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
+    blas_note = interleave.fair_blas_env()
+    if blas_note:
+        print(blas_note)
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY",
                                       "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
     print(f"{a.config}: {a.pairs} pairs x (prompt {a.prompt} + chosen {a.completion} + rejected {a.completion}); "
@@ -211,6 +224,9 @@ def main():
                       unit_per_step=a.pairs, unit="pairs/s")
     print("  peak RSS " + ", ".join(f"{k} {v.get('max_rss_kb', 0) / 1024:.0f} MiB" for k, v in tails.items()))
     print(f"  load average after: {os.getloadavg()[0]:.1f}")
+    interleave.write_json(a.json, {"bench": "dpo_step", "config": a.config, "pairs": a.pairs, "prompt": a.prompt,
+                                   "completion": a.completion, "threads": a.threads,
+                                   "median_seconds": interleave.medians(servers), "peaks": peaks})
     sys.stdout.flush()
 
 

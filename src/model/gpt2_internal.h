@@ -104,6 +104,11 @@ void fdpo_k_logsoftmax_backward(float *dlogits, const float *lse, const int32_t 
 void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                      const float *wte, size_t N, size_t C, size_t V);
 
+/* fp32 GEMM with cblas_sgemm's arguments (CblasRowMajor, CblasNoTrans/CblasTrans as ints),
+ * run by oneDNN (FDPO_SGEMM=openblas: OpenBLAS); src/model/gemm_bf16.c */
+void fdpo_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc);
+
 /* ---- bf16 (src/model/gemm_bf16.c and the *_bf16 kernels in gpt2_kernels.c) ---- */
 void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,

@@ -118,16 +118,16 @@ void fdpo_k_matmul_forward(float *out, const float *inp, const float *w, const f
         for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)OC, (int)IC,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)OC, (int)IC,
                 1.0f, inp, (int)IC, w, (int)OC, beta, out, (int)OC);
 }
 
 /* dinp [N,IC] (+)= dout [N,OC] @ w^T;  dw [IC,OC] += inp^T @ dout;  dbias [OC] += sum_t dout */
 void fdpo_k_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
                 1.0f, dout, (int)OC, w, (int)OC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
+    fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
                 1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
     if (dbias) column_sums_add(dbias, dout, N, OC);
 }
@@ -251,7 +251,7 @@ void fdpo_k_residual_forward(float *out, const float *a, const float *b, size_t 
 
 /* logits [N,V] = inp [N,C] @ wte^T  (tied LM head, wte [V,C]) */
 void fdpo_k_lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)V, (int)C,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)V, (int)C,
                 1.0f, inp, (int)C, wte, (int)C, 0.0f, logits, (int)V);
 }
 
@@ -290,9 +290,9 @@ void fdpo_k_logsoftmax_backward(float *dlogits, const float *lse, const int32_t 
 /* dinp [N,C] = dlogits @ wte;  dwte [V,C] += dlogits^T @ inp */
 void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                      const float *wte, size_t N, size_t C, size_t V) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)V,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)V,
                 1.0f, dlogits, (int)V, wte, (int)C, 0.0f, dinp, (int)C);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)C, (int)N,
+    fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)C, (int)N,
                 1.0f, dlogits, (int)V, inp, (int)C, 1.0f, dwte, (int)C);
 }
 
@@ -348,7 +348,7 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
  * may not be attended (j > i, or another branch) set to -inf. */
 static void attention_scores_tile(float *S, const float *q, const float *k, size_t C3, size_t hs, float scale,
                                   const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * C3, (int)C3,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * C3, (int)C3,
                 k + j0 * C3, (int)C3, 0.0f, S, (int)nk);
     for (size_t r = 0; r < nq; r++)
         for (size_t c = 0; c < nk; c++)
@@ -400,7 +400,7 @@ void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv
                         for (size_t d = 0; d < hs; d++) orow[d] *= corr;
                     }
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, 1.0f, S, (int)nk,
+                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, 1.0f, S, (int)nk,
                             v + j0 * C3, (int)C3, 1.0f, o + i0 * C, (int)C);
             }
             for (size_t r = 0; r < nq; r++) { /* j = i is always allowed, so l >= 1 */
@@ -452,15 +452,15 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
                     float L = lse[(s + i0 + r) * NH + h];
                     for (size_t c = 0; c < nk; c++) P[r * nk + c] = expf(P[r * nk + c] - L);
                 }
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, 1.0f, P, (int)nk,
+                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, 1.0f, P, (int)nk,
                             dy + i0 * C, (int)C, 1.0f, dv + j0 * C3, (int)C3);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, 1.0f, dy + i0 * C,
+                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, 1.0f, dy + i0 * C,
                             (int)C, v + j0 * C3, (int)C3, 0.0f, dP, (int)nk);
                 for (size_t r = 0; r < nq; r++)
                     for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, scale, dP, (int)nk,
+                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, scale, dP, (int)nk,
                             k + j0 * C3, (int)C3, 1.0f, dq + i0 * C3, (int)C3);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, scale, dP, (int)nk,
+                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, scale, dP, (int)nk,
                             q + i0 * C3, (int)C3, 1.0f, dk + j0 * C3, (int)C3);
             }
         }
@@ -480,7 +480,7 @@ static void lmhead_chunk_logits(float *S, const float *inp, const uint16_t *inp_
     if (wte_bf16)
         fdpo_gemm_bf16(0, 1, K, nv, C, 1.0f, inp_bf16, C, wte_bf16 + v0 * C, C, 0.0f, S, nv);
     else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)K, (int)nv, (int)C, 1.0f, inp, (int)C,
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)K, (int)nv, (int)C, 1.0f, inp, (int)C,
                     wte + v0 * C, (int)C, 0.0f, S, (int)nv);
 }
 
@@ -554,9 +554,9 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const f
             fdpo_gemm_bf16(0, 0, K, C, nv, 1.0f, dS_bf16, nv, wte_bf16 + v0 * C, C, beta, dinp, C);
             fdpo_gemm_bf16(1, 0, nv, C, K, 1.0f, dS_bf16, nv, inp_bf16, C, 1.0f, dwte + v0 * C, C);
         } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
+            fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
                         wte + v0 * C, (int)C, beta, dinp, (int)C);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, scratch, (int)nv, inp,
+            fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, scratch, (int)nv, inp,
                         (int)C, 1.0f, dwte + v0 * C, (int)C);
         }
     }

@@ -17,8 +17,8 @@
  *       on stdin and answer {"seconds": S, "cpu_seconds": C}; "quit" (or EOF) prints the
  *       summary line and exits. The benches interleave fdpo and PyTorch steps this way.
  *   model-peaks [--threads N] [--gemm M,K,N] [--triad-mib MIB]
- *       the machine's measured peaks, one JSON line: fp32 sgemm (OpenBLAS, the library fdpo
- *       calls), bf16 GEMM (fdpo_gemm_bf16: oneDNN, or the fallback) in GFLOP/s, and memory
+ *       the machine's measured peaks, one JSON line: fp32 sgemm (fdpo_sgemm: oneDNN, what
+ *       fdpo calls; and OpenBLAS's cblas_sgemm, what PyTorch's fp32 matmuls call), bf16 GEMM (fdpo_gemm_bf16: oneDNN, or the fallback) in GFLOP/s, and memory
  *       bandwidth from a STREAM triad a = b + s c over three arrays of MIB MiB (GB/s).
  *   model-fb also takes --precision fp32|bf16.
  *   attention-check --lengths T1,T2,... --heads NH --head-size HS --seed S [--branches 0|1] --out FILE
@@ -308,7 +308,13 @@ typedef struct {
     uint16_t *ha, *hb;
 } peak_ctx;
 
-static void run_sgemm(void *p) {
+static void run_sgemm(void *p) { /* the fp32 GEMM fdpo's kernels call (oneDNN) */
+    peak_ctx *x = p;
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)x->M, (int)x->N, (int)x->K, 1.0f, x->a, (int)x->K,
+               x->b, (int)x->N, 0.0f, x->c, (int)x->N);
+}
+
+static void run_sgemm_openblas(void *p) { /* what PyTorch's fp32 matmuls call here */
     peak_ctx *x = p;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)x->M, (int)x->N, (int)x->K, 1.0f, x->a, (int)x->K,
                 x->b, (int)x->N, 0.0f, x->c, (int)x->N);
@@ -343,6 +349,7 @@ static int h_model_peaks(int argc, char **argv) {
     fdpo_f32_to_bf16(x.hb, x.b, big);
     double flops = 2.0 * (double)x.M * (double)x.K * (double)x.N;
     double t_s = best_seconds(run_sgemm, &x, 5, 0.5);
+    double t_o = best_seconds(run_sgemm_openblas, &x, 5, 0.5);
     double t_h = best_seconds(run_gemm_bf16, &x, 5, 0.5);
     int native = fdpo_bf16_native();
     free(x.a); free(x.b); free(x.c); free(x.ha); free(x.hb);
@@ -355,9 +362,9 @@ static int h_model_peaks(int argc, char **argv) {
     double t_t = best_seconds(run_triad, &x, 5, 0.5);
     free(x.a); free(x.b); free(x.c);
     printf("{\"threads\": %d, \"gemm\": [%zu, %zu, %zu], \"sgemm_gflops\": %.1f, \"bf16_gflops\": %.1f, "
-           "\"bf16_native\": %d, \"triad_mib\": %zu, \"triad_gbs\": %.2f}\n",
+           "\"bf16_native\": %d, \"triad_mib\": %zu, \"triad_gbs\": %.2f, \"openblas_sgemm_gflops\": %.1f}\n",
            fdpo_get_threads(), x.M, x.K, x.N, flops / t_s * 1e-9, flops / t_h * 1e-9, native,
-           x.n * sizeof(float) / (1024 * 1024), 3.0 * (double)x.n * sizeof(float) / t_t * 1e-9);
+           x.n * sizeof(float) / (1024 * 1024), 3.0 * (double)x.n * sizeof(float) / t_t * 1e-9, flops / t_o * 1e-9);
     return 0;
 }
 
