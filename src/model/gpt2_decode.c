@@ -249,7 +249,7 @@ static void decode_matmul_forward(float *out, const float *inp, const float *w, 
     } else if (R <= DECODE_SMALL_ROWS)
         decode_matmul_small_rows(out, inp, w, R, IC, OC);
     else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
                     inp, (int)IC, w, (int)OC, 1.0f, out, (int)OC);
 }
 
@@ -337,11 +337,11 @@ static void decode_lmhead_forward(float *logits, const float *inp, const float *
             size_t v0 = blk * DECODE_LMHEAD_BLOCK;
             size_t nv = V - v0 < DECODE_LMHEAD_BLOCK ? V - v0 : DECODE_LMHEAD_BLOCK;
             /* logits [R, v0 : v0 + nv] = inp [R, C] @ wte [v0 : v0 + nv, C]^T */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nv, (int)C, 1.0f, inp, (int)C,
+            fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nv, (int)C, 1.0f, inp, (int)C,
                         wte + v0 * C, (int)C, 0.0f, logits + v0, (int)V);
         }
     } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)V, (int)C, 1.0f, inp, (int)C,
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)V, (int)C, 1.0f, inp, (int)C,
                     wte, (int)C, 0.0f, logits, (int)V);
     }
 }
