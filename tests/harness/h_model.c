@@ -4,8 +4,9 @@
  *       batch.json: {"sequences": [{"tokens": [..], "targets": [..], "weights"?: [..],
  *                    "pos"?: [..], "branch"?: [..]}, ...], "d_token_logp"?: [N floats],
  *                    "skip_unweighted"?: true, "fused_head"?: true}
- *       Writes logits [N,V] (zeros after a fused_head forward), logit_sums [N], token_logp [N],
-       seq_logp [B] and, when d_token_logp is given,
+ *       Writes logits [N,V] (zeros after a fused_head forward), logit_sums [N] (when the batch
+       has a "fused_head" key, true or false), token_logp [N], seq_logp [B] and, when
+       d_token_logp is given,
  *       every parameter gradient under its HF name. --pre FILE first runs forward+backward on
  *       another batch (exercises buffer reuse and growth; its gradients are dropped).
  *   model-init --config config.json --seed S --out DIR     initialised checkpoint
@@ -55,6 +56,7 @@ typedef struct {
     size_t *seq_offset;
     int32_t *tokens, *targets, *pos;
     float *weights, *d_token_logp;
+    int logit_sums; /* write logit_sums (the batch names fused_head) */
     uint8_t *branch;
 } owned_batch;
 
@@ -126,7 +128,9 @@ static int batch_load(const char *path, owned_batch *ob) {
         for (const cJSON *v = d->child; v && !rc; v = v->next) ob->d_token_logp[t++] = (float)v->valuedouble;
     }
     int skip = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "skip_unweighted"));
-    int fused = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "fused_head"));
+    const cJSON *fh = cJSON_GetObjectItemCaseSensitive(root, "fused_head");
+    int fused = cJSON_IsTrue(fh);
+    ob->logit_sums = fh != NULL; /* the key, true or false, asks for logit_sums in the output */
     cJSON_Delete(root);
     ob->b = (fdpo_batch){.n_seq = B, .n_tokens = N, .seq_offset = ob->seq_offset, .tokens = ob->tokens,
                          .targets = ob->targets, .weights = ob->weights, .pos = ob->pos, .branch = ob->branch,
@@ -173,7 +177,7 @@ static int h_model_fb(int argc, char **argv) {
         fdpo_st_writer_add(w, "logits", FDPO_F32, sl, 2, logits);
         fdpo_st_writer_add(w, "token_logp", FDPO_F32, sn, 1, tlp);
         fdpo_st_writer_add(w, "seq_logp", FDPO_F32, sb, 1, slp);
-        fdpo_st_writer_add(w, "logit_sums", FDPO_F32, sn, 1, lsum);
+        if (ob.logit_sums) fdpo_st_writer_add(w, "logit_sums", FDPO_F32, sn, 1, lsum);
         if (ob.d_token_logp) fdpo_st_writer_add_gpt2(w, m, m->grads_memory, NULL);
         rc = fdpo_st_writer_write(w, out);
         fdpo_st_writer_free(w);

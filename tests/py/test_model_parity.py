@@ -337,7 +337,7 @@ def test_fused_lm_head_matches_materialised_and_pytorch(tmp_path, name, skip, ch
     d = np.where(used, rng.normal(size=len(used)), 0.0)
     batch = {"sequences": seqs, "d_token_logp": [float(x) for x in d], "skip_unweighted": skip}
     env = {} if chunk == "default" else {"FDPO_LMHEAD_CHUNK": chunk}
-    full = run_fb_env(tmp_path, mdir, batch, "full", env)
+    full = run_fb_env(tmp_path, mdir, {**batch, "fused_head": False}, "full", env)
     fused = run_fb_env(tmp_path, mdir, {**batch, "fused_head": True}, "fused", env)
     assert np.all(fused["logits"] == 0)  # never materialised
     assert np.all(fused["token_logp"][~used] == 0)
