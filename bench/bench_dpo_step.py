@@ -21,6 +21,12 @@ torch-fp32.
 
     /usr/bin/python3 bench/bench_dpo_step.py                       # small config, 4 pairs
     /usr/bin/python3 bench/bench_dpo_step.py --config 124M --steps 5
+    /usr/bin/python3 bench/bench_dpo_step.py --peak-rss --config 124M --pairs 1 --prompt 512 --completion 512
+
+--peak-rss: peak resident memory (getrusage ru_maxrss) of one step, each side in its own
+fresh process run alone (so no side's allocations count against another), reported in
+MiB and as a % of each PyTorch side's. The goal row of issue #13 is the 124M step at
+T = 1024 (TRL's concatenated sequences: prompt 512 + completion 512): <= 60 % of PyTorch.
 """
 import argparse
 import json
@@ -136,6 +142,30 @@ def server(side, cfg_path, a):
                                  + (["--bf16"] if side == "torch-bf16" else []))
 
 
+def peak_rss(sides, a):
+    """One step per side, each in a fresh process started after the previous one ended;
+    prints peak RSS (MiB) and each fdpo side's as a % of each torch side's."""
+    cfg = CONFIGS[a.config]
+    rss = {}
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "config.json")
+        with open(path, "w") as f:
+            json.dump(dict(cfg, model_type="gpt2"), f)
+        for side in sides:
+            srv = server(side, path, a)
+            seconds = srv.step()["seconds"]
+            rss[side] = srv.close().get("max_rss_kb", 0) / 1024
+            print(f"  {side:24s} peak RSS {rss[side]:8.0f} MiB  (one step, {seconds:.1f} s)", flush=True)
+    interleave.write_json(a.json, {"bench": "dpo_peak_rss", "config": a.config, "pairs": a.pairs, "prompt": a.prompt,
+                                   "completion": a.completion, "threads": a.threads, "rss_mib": rss})
+    for side in sides:
+        if side.startswith("fdpo"):
+            vs = [f"{100 * rss[side] / rss[t]:.0f}% of {t}" for t in sides if t.startswith("torch") and rss[t] > 0]
+            if vs:
+                print(f"  {side:24s} " + ", ".join(vs))
+    sys.stdout.flush()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--config", default="small", choices=sorted(CONFIGS))
@@ -146,6 +176,12 @@ def main():
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side after one warm-up (at least 5)")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
     ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
+    ap.add_argument("--quick", action="store_true",
+                    help="5 timed steps, the goal sides only (torch-fp32, torch-bf16, fdpo-shared-cached-bf16), "
+                         "a 64 MiB triad")
+    ap.add_argument("--json", help="append one JSON line with each side's median step seconds (or peak RSS MiB)")
+    ap.add_argument("--peak-rss", action="store_true",
+                    help="measure each side's peak RSS over one step, in separate processes, instead of timing")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -153,15 +189,25 @@ def main():
     if a.worker:
         torch_worker(cfg, a.pairs, a.prompt, a.completion, a.threads, a.bf16)
         return
+    if a.quick:
+        a.steps, a.triad_mib = interleave.MIN_TIMED_STEPS, 64
+        if a.sides == ",".join(SIDES):
+            a.sides = "torch-fp32,torch-bf16,fdpo-shared-cached-bf16"
     sides = a.sides.split(",")
     for s in sides:
         if s not in SIDES:
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
+    blas_note = interleave.fair_blas_env()
+    if blas_note:
+        print(blas_note)
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY",
                                       "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
     print(f"{a.config}: {a.pairs} pairs x (prompt {a.prompt} + chosen {a.completion} + rejected {a.completion}); "
           f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), "
           f"interleaved; env {env or 'no OPENBLAS overrides'}; load average {os.getloadavg()[0]:.1f}")
+    if a.peak_rss:
+        peak_rss(sides, a)
+        return
     peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
     interleave.print_peaks(peaks)
     with tempfile.TemporaryDirectory() as d:
@@ -178,6 +224,9 @@ def main():
                       unit_per_step=a.pairs, unit="pairs/s")
     print("  peak RSS " + ", ".join(f"{k} {v.get('max_rss_kb', 0) / 1024:.0f} MiB" for k, v in tails.items()))
     print(f"  load average after: {os.getloadavg()[0]:.1f}")
+    interleave.write_json(a.json, {"bench": "dpo_step", "config": a.config, "pairs": a.pairs, "prompt": a.prompt,
+                                   "completion": a.completion, "threads": a.threads,
+                                   "median_seconds": interleave.medians(servers), "peaks": peaks})
     sys.stdout.flush()
 
 

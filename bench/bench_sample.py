@@ -151,6 +151,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (at least 5)")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
     ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
+    ap.add_argument("--quick", action="store_true",
+                    help="5 rounds, the goal sides only (fdpo-bf16, fdpo-fp32, torch-fp32), a 64 MiB triad")
+    ap.add_argument("--json", help="append one JSON line per config with each side's median tokens/s")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -162,10 +165,17 @@ def main():
     import statistics
     sys.path.insert(0, HERE)
     import interleave
+    if a.quick:
+        a.rounds, a.triad_mib = 5, 64
+        if a.sides == ",".join(SIDES):
+            a.sides = "fdpo-fp32,fdpo-bf16,torch-fp32"
     sides = a.sides.split(",")
     for s in sides:
         if s not in SIDES:
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
+    blas_note = interleave.fair_blas_env()
+    if blas_note:
+        print(blas_note)
     env_note = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
     print(f"sampling: {a.prompts} prompts x {a.new_tokens} new tokens, prompt {a.prompt_tokens} tokens, "
           f"{a.threads} threads, >= {max(a.rounds, 5)} interleaved rounds" + (f", env {env_note}" if env_note else "")
@@ -197,6 +207,10 @@ def main():
                 line += f"  ratio of medians {med / base:.2f}x vs torch-fp32"
             print(line)
         print(f"  load average after: {os.getloadavg()[0]:.1f}")
+        interleave.write_json(a.json, {"bench": "sample", "config": name, "prompts": a.prompts,
+                                       "new_tokens": a.new_tokens, "threads": a.threads, "n_params": n_params,
+                                       "median_tokens_per_sec": {s: statistics.median(tps[s]) for s in sides},
+                                       "peaks": peaks})
         sys.stdout.flush()
 
 

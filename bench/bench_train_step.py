@@ -122,6 +122,10 @@ def main():
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side after one warm-up (at least 5)")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
     ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
+    ap.add_argument("--quick", action="store_true",
+                    help="5 timed steps, the goal sides only (fdpo-bf16, fdpo-fp32 on the small config, torch-fp32, "
+                         "torch-bf16), a 64 MiB triad")
+    ap.add_argument("--json", help="append one JSON line per config with each side's median step seconds")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -129,10 +133,15 @@ def main():
         cfg, B, T = CONFIGS[a.worker]
         torch_worker(cfg, B, T, a.threads, a.bf16)
         return
+    if a.quick:
+        a.steps, a.triad_mib = interleave.MIN_TIMED_STEPS, 64
     sides = a.sides.split(",")
     for s in sides:
         if s not in SIDES:
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
+    blas_note = interleave.fair_blas_env()
+    if blas_note:
+        print(blas_note)
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY",
                                       "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
     print(f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), "
@@ -145,7 +154,8 @@ def main():
             path = os.path.join(d, "config.json")
             with open(path, "w") as f:
                 json.dump(dict(cfg, model_type="gpt2"), f)
-            servers = [server(s, name, path, B, T, a.threads) for s in sides]
+            run_sides = [s for s in sides if not (a.quick and name != "small" and s == "fdpo-fp32")]
+            servers = [server(s, name, path, B, T, a.threads) for s in run_sides]
             interleave.interleave(servers, a.steps)
             tails = {s.name: s.close() for s in servers}
         n_params = next((s.ready["n_params"] for s in servers if "n_params" in s.ready), 0)
@@ -155,6 +165,8 @@ def main():
                           unit_per_step=B * T, unit="tok/s")
         print("  peak RSS " + ", ".join(f"{k} {v.get('max_rss_kb', 0) / 1024:.0f} MiB" for k, v in tails.items()))
         print(f"  load average after: {os.getloadavg()[0]:.1f}")
+        interleave.write_json(a.json, {"bench": "train_step", "config": name, "B": B, "T": T, "threads": a.threads,
+                                       "median_seconds": interleave.medians(servers), "peaks": peaks})
         sys.stdout.flush()
 
 

@@ -21,6 +21,26 @@ HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../build/fdpo-harne
 MIN_TIMED_STEPS = 5
 
 
+def fair_blas_env():
+    """PyTorch's fp32 matmuls (Debian torch 1.13) go to OpenBLAS 0.3.21, which does not
+    recognise some AVX-512 CPUs (Zen 4 here) and then runs generic SSE3 kernels, 3-5x
+    slower; fdpo's fp32 GEMMs go to oneDNN, which picks its kernels at run time. So that
+    the ratios compare both sides at their best, the benches set OPENBLAS_CORETYPE=SkylakeX
+    (inherited by every side) on AVX-512 CPUs when it is not set already;
+    FDPO_BENCH_KEEP_BLAS=1 keeps the environment as it is. Returns a note to print."""
+    if "OPENBLAS_CORETYPE" in os.environ or os.environ.get("FDPO_BENCH_KEEP_BLAS") == "1":
+        return ""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return ""
+    if " avx512f" not in flags:
+        return ""
+    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    return ("OPENBLAS_CORETYPE=SkylakeX set for every side (OpenBLAS misdetects this AVX-512 CPU; "
+            "FDPO_BENCH_KEEP_BLAS=1 to keep it)")
+
+
 class StepServer:
     """One side of a bench: a subprocess speaking the ready/step/quit line protocol."""
 
@@ -88,7 +108,9 @@ def machine_peaks(threads, gemm=None, triad_mib=256):
 
 
 def print_peaks(p):
-    print(f"machine peaks (measured now, {p['threads']} threads): fp32 sgemm {p['sgemm_gflops']:.1f} GFLOP/s, "
+    print(f"machine peaks (measured now, {p['threads']} threads): fp32 sgemm {p['sgemm_gflops']:.1f} GFLOP/s "
+          f"(oneDNN, fdpo's; OpenBLAS {p.get('openblas_sgemm_gflops', 0):.1f}"
+          f"{', OPENBLAS_CORETYPE=' + os.environ['OPENBLAS_CORETYPE'] if 'OPENBLAS_CORETYPE' in os.environ else ''}), "
           f"bf16 GEMM {p['bf16_gflops']:.1f} GFLOP/s ({'AVX512-BF16' if p['bf16_native'] else 'fp32 fallback'}), "
           f"triad {p['triad_gbs']:.2f} GB/s  [GEMM {'x'.join(map(str, p['gemm']))}, triad 3 x {p['triad_mib']} MiB]")
 
@@ -101,6 +123,17 @@ def gpt2_train_flops(cfg, seq_lens):
     N = sum(seq_lens)
     fwd = 2 * N * (L * 12 * C * C + C * V) + L * sum(4 * T * T * C for T in seq_lens)
     return 3 * fwd
+
+
+def write_json(path, record):
+    """Append one JSON line (a bench's medians, for scripts/run-bench.sh --goals)."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def medians(servers):
+    return {s.name: stats(s.times)["median"] for s in servers}
 
 
 def report(servers, flops_per_step=None, peaks=None, baseline=None, unit_per_step=None, unit=None):

@@ -6,10 +6,20 @@
 # (pass --configs 124M / --config 124M by hand for GPT-2 124M shapes).
 # THREADS (default 2) is passed to the ones that take it. Benchmarks, not tests: the
 # numbers depend on the machine and its load.
+#
+#   scripts/run-bench.sh --goals [--quick] [--repeats N] [--only dpo,train124,trainsmall,sample,rss]
+# instead runs the rows of issue #13's goal table (bench/goals.py): each goal bench in
+# sequence, the whole set three times, then one table with every run's figure, the spread
+# across runs (goal <= 15 %) and whether the median meets the goal. --quick: goal sides only,
+# 5 timed steps per side.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export FDPO_BIN="$PWD/build/fdpo" FDPO_HARNESS="$PWD/build/fdpo-harness"
 T=${THREADS:-2}
+if [ "${1:-}" = "--goals" ]; then
+    shift
+    exec /usr/bin/python3 bench/goals.py --threads "$T" "$@"
+fi
 /usr/bin/python3 bench/bench_train_step.py --threads "$T"
 /usr/bin/python3 bench/bench_dpo_step.py --threads "$T"
 /usr/bin/python3 bench/bench_sample.py --threads "$T"

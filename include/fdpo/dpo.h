@@ -67,6 +67,7 @@ typedef struct {
     fdpo_dpo_config cfg;
     fdpo_pair_batch pb;
     float *token_logp, *ref_token_logp, *d_token_logp;
+    float *logit_sums;   /* [cap_tokens] sum over V of each policy logits row (logits/ metrics) */
     size_t cap_tokens;
 } fdpo_dpo;
 

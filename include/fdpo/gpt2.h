@@ -132,6 +132,12 @@ typedef struct {
      * token_logp 0 and logits rows of 0, and must get d_token_logp 0 in backward (an error
      * otherwise). 0 (default): every token with a target. */
     int skip_unweighted;
+    /* 1: the LM head, log-softmax and target gather run fused over vocabulary chunks, never
+     * holding the [N, V] logits (memory O(rows x chunk), the backward recomputes each
+     * chunk's logits). Only tokens with a target (and, with skip_unweighted, a non-zero
+     * weight) get a log-prob. fdpo_gpt2_logits() is then NULL; fdpo_gpt2_logit_sums() still
+     * works. For the training losses (DPO/SFT/RL) that use target log-probs only. */
+    int fused_head;
 } fdpo_batch;
 
 int  fdpo_gpt2_config_check(const fdpo_gpt2_config *c); /* error names the bad key */
@@ -148,8 +154,12 @@ int  fdpo_gpt2_check_batch(const fdpo_gpt2 *m, const fdpo_batch *b); /* ids < V,
  *   seq_logp[B]    (out, may be NULL): sum_t weight_t * token_logp[t] over sequence b
  * Keeps activations and logits for a following fdpo_gpt2_backward(). */
 int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp);
-/* Logits [N, V] of the last forward (valid until the next forward or backward). */
+/* Logits [N, V] of the last forward (valid until the next forward or backward); NULL after
+ * a fused_head forward, which never materialises them. */
 const float *fdpo_gpt2_logits(const fdpo_gpt2 *m);
+/* out [N] = sum over the vocabulary of each token's logits in the last forward (0 for rows
+ * the head skipped); works with and without fused_head (TRL's logits/chosen metric). */
+int fdpo_gpt2_logit_sums(const fdpo_gpt2 *m, float *out);
 
 /* Backward of the last forward for an arbitrary upstream gradient d_token_logp[N]
  * (dObjective/dtoken_logp[t]; entries where targets < 0 are ignored). ACCUMULATES into

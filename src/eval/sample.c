@@ -26,6 +26,38 @@ static int by_prob_desc(const void *a, const void *b, void *ctx) {
     return i < j ? -1 : i > j; /* ties: lower id first, so the order is deterministic */
 }
 
+/* Does token i come before token j in by_prob_desc's order? */
+static inline int prob_before(const double *p, size_t i, size_t j) { return p[i] > p[j] || (p[i] == p[j] && i < j); }
+
+/* order[0..k) = the first k tokens of by_prob_desc's order, in that order, without sorting
+ * all V: a k-element heap whose root is the last token kept so far (O(V log k)), then a
+ * sort of the k. The order is total (ties go by id), so this is exactly the prefix a full
+ * sort gives. */
+static void top_k_order(size_t *order, const double *p, size_t V, size_t k) {
+    size_t *h = order, n = 0;
+    for (size_t v = 0; v < V; v++) {
+        size_t i;
+        if (n < k) { /* push, sift up: a parent comes after its children */
+            h[i = n++] = v;
+            while (i > 0 && prob_before(p, h[(i - 1) / 2], h[i])) {
+                size_t up = (i - 1) / 2, t = h[up];
+                h[up] = h[i]; h[i] = t; i = up;
+            }
+            continue;
+        }
+        if (!prob_before(p, v, h[0])) continue;
+        h[i = 0] = v; /* replace the root, sift down */
+        for (;;) {
+            size_t w = i, l = 2 * i + 1, r = l + 1;
+            if (l < n && prob_before(p, h[w], h[l])) w = l;
+            if (r < n && prob_before(p, h[w], h[r])) w = r;
+            if (w == i) break;
+            size_t t = h[w]; h[w] = h[i]; h[i] = t; i = w;
+        }
+    }
+    qsort_r(order, n, sizeof *order, by_prob_desc, (void *)p);
+}
+
 int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_config *c, fdpo_rng *r,
                           double *work, size_t *order, double *logp) {
     float mx = -INFINITY;
@@ -69,9 +101,13 @@ int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_confi
     }
     /* truncation: tokens in decreasing probability; top-k keeps the first k, top-p then keeps
      * the shortest prefix (of those) whose mass reaches top_p of the kept mass */
-    for (size_t v = 0; v < V; v++) order[v] = v;
-    qsort_r(order, V, sizeof *order, by_prob_desc, p);
     size_t keep = c->top_k > 0 && c->top_k < V ? c->top_k : V;
+    if (keep < V) {
+        top_k_order(order, p, V, keep);
+    } else { /* top-p alone: its threshold is a share of the mass summed in sorted order */
+        for (size_t v = 0; v < V; v++) order[v] = v;
+        qsort_r(order, V, sizeof *order, by_prob_desc, p);
+    }
     double kept = 0;
     for (size_t i = 0; i < keep; i++) kept += p[order[i]];
     if (c->top_p < 1) {
@@ -184,63 +220,80 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
     if (cache_len > maxT) cache_len = maxT;
     fdpo_decoder *dec = fdpo_decoder_create(m, B, cache_len);
     if (!dec) { free(samples); return -1; }
-    float *logits = fdpo_malloc(B * V * sizeof(float));
+    float *logits = fdpo_malloc(B * V * sizeof(float)), *prefill = fdpo_malloc(B * V * sizeof(float));
     int truncate = (c->top_k > 0 && c->top_k < V) || c->top_p < 1;
     double *work = fdpo_malloc(B * V * sizeof(double));
     size_t *order = truncate ? fdpo_malloc(B * V * sizeof(size_t)) : NULL;
     slot_state *st = fdpo_calloc(B, sizeof *st);
     size_t *slots = fdpo_malloc(B * sizeof *slots), *n_new = fdpo_malloc(B * sizeof *n_new);
     int32_t *feed = fdpo_malloc((B * max_prompt + B) * sizeof *feed);
+    /* refill bookkeeping: filled slot i is row_of[i], its prompt was prefilled as unique row src_slot[i] */
     size_t *row_of = fdpo_malloc(B * sizeof *row_of), *src_slot = fdpo_malloc(B * sizeof *src_slot);
     int rc = 0;
 
-    for (size_t start = 0; start < total && rc == 0; start += B) {
-        size_t nb = total - start < B ? total - start : B;
-        /* prefill each distinct prompt once, then copy its cache to the other slots */
-        size_t n_unique = 0, n_feed = 0;
-        for (size_t b = 0; b < nb; b++) {
-            size_t seq = start + b, p = seq / n_samples;
+    /* Continuous batching: B slots decode together (one forward over the rows of every
+     * active sequence per step, so each weight is read once per step for all of them);
+     * a slot whose sample ends takes the next sample at once instead of idling until the
+     * slowest sequence of its batch ends. Samples of the same prompt that start together
+     * share one prefill (the cache is copied). A sample's tokens depend only on its own
+     * rows and RNG stream (seed, prompt, sample), not on which slot or batch it ran in. */
+    size_t next = 0;
+    for (;;) {
+        /* refill the free slots with the next samples, prompt-major */
+        size_t n_unique = 0, n_feed = 0, n_fill = 0;
+        for (size_t b = 0; b < B && next < total; b++) {
+            if (st[b].active) continue;
+            size_t seq = next++, p = seq / n_samples;
             fdpo_decoder_reset(dec, b);
             fdpo_sample *s = &samples[seq];
             s->prompt_index = p; s->sample_index = seq % n_samples;
             st[b] = (slot_state){.out = s, .active = 1};
             fdpo_sample_rng(&st[b].rng, c->seed, c->first_prompt + p, s->sample_index);
-            if (b > 0 && (start + b - 1) / n_samples == p) {
-                row_of[b] = row_of[b - 1]; src_slot[b] = src_slot[b - 1];
+            row_of[n_fill] = b;
+            if (n_fill > 0 && st[row_of[n_fill - 1]].out->prompt_index == p) { /* same prompt: share */
+                src_slot[n_fill] = src_slot[n_fill - 1];
+                n_fill++;
                 continue;
             }
+            src_slot[n_fill++] = n_unique;
             slots[n_unique] = b; n_new[n_unique] = prompt_lens[p];
             memcpy(feed + n_feed, prompt_ids[p], prompt_lens[p] * sizeof *feed);
             n_feed += prompt_lens[p];
-            row_of[b] = n_unique++; src_slot[b] = b;
+            n_unique++;
         }
-        if ((rc = fdpo_decoder_forward(dec, n_unique, slots, n_new, feed, logits, 0))) break;
-        /* spread the packed rows to one row per slot; row_of[b] <= b, so going backwards
-         * never overwrites a row that is still to be read */
-        for (size_t b = nb; b-- > 0;) {
-            if (row_of[b] != b) memcpy(logits + b * V, logits + row_of[b] * V, V * sizeof(float));
-            if (src_slot[b] != b) fdpo_decoder_copy_slot(dec, b, src_slot[b]);
-        }
-        for (size_t step = 0;; step++) {
-            /* sample one token for every active slot; each slot has its own RNG */
-            #pragma omp parallel for schedule(dynamic) if (nb * V >= 65536)
-            for (size_t b = 0; b < nb; b++) {
-                if (!st[b].active) continue;
-                const float *row = logits + b * V;
-                double lp;
-                int32_t t = fdpo_sample_token(row, V, c, &st[b].rng, work + b * V, order ? order + b * V : NULL, &lp);
-                fdpo_sample *s = st[b].out;
-                s->logp += lp;
-                append_token(s, t);
-                st[b].next = t;
+        if (n_unique > 0) {
+            if ((rc = fdpo_decoder_forward(dec, n_unique, slots, n_new, feed, prefill, 0))) break;
+            /* each filled slot gets its prompt's last-token logits (and cache, if shared) */
+            for (size_t i = 0; i < n_fill; i++) {
+                size_t b = row_of[i], u = src_slot[i];
+                memcpy(logits + b * V, prefill + u * V, V * sizeof(float));
+                if (slots[u] != b) fdpo_decoder_copy_slot(dec, b, slots[u]);
             }
-            size_t n_active = 0;
-            for (size_t b = 0; b < nb; b++) {
-                if (!st[b].active) continue;
-                fdpo_sample *s = st[b].out;
-                int32_t t = st[b].next;
-                size_t used = prompt_lens[s->prompt_index] + s->n_tokens;
-                if (t == eot) { s->finish = FDPO_FINISH_EOT; st[b].active = 0; continue; }
+        }
+        size_t n_running = 0;
+        for (size_t b = 0; b < B; b++) n_running += st[b].active;
+        if (n_running == 0) break;
+        /* sample one token for every active slot; each slot has its own RNG */
+        #pragma omp parallel for schedule(dynamic) if (B * V >= 65536)
+        for (size_t b = 0; b < B; b++) {
+            if (!st[b].active) continue;
+            const float *row = logits + b * V;
+            double lp;
+            int32_t t = fdpo_sample_token(row, V, c, &st[b].rng, work + b * V, order ? order + b * V : NULL, &lp);
+            fdpo_sample *s = st[b].out;
+            s->logp += lp;
+            append_token(s, t);
+            st[b].next = t;
+        }
+        size_t n_active = 0;
+        for (size_t b = 0; b < B; b++) {
+            if (!st[b].active) continue;
+            fdpo_sample *s = st[b].out;
+            int32_t t = st[b].next;
+            size_t used = prompt_lens[s->prompt_index] + s->n_tokens;
+            int done = 0;
+            if (t == eot) { s->finish = FDPO_FINISH_EOT; done = 1; }
+            else {
                 s->n_completion++;
                 if (c->stop && *c->stop && tok) {
                     size_t len;
@@ -254,29 +307,29 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
                     st[b].bytes[st[b].n_bytes] = 0;
                     /* only the tail can hold a new occurrence */
                     size_t sl = strlen(c->stop), from = st[b].n_bytes > len + sl ? st[b].n_bytes - len - sl : 0;
-                    if (memmem(st[b].bytes + from, st[b].n_bytes - from, c->stop, sl)) {
-                        s->finish = FDPO_FINISH_STOP; st[b].active = 0; continue;
-                    }
+                    if (memmem(st[b].bytes + from, st[b].n_bytes - from, c->stop, sl)) { s->finish = FDPO_FINISH_STOP; done = 1; }
                 }
-                if (s->n_tokens >= c->max_new_tokens || used >= cache_len) {
-                    s->finish = FDPO_FINISH_LENGTH; st[b].active = 0; continue;
-                }
-                slots[n_active] = b; n_new[n_active] = 1; feed[n_active] = t;
-                n_active++;
+                if (!done && (s->n_tokens >= c->max_new_tokens || used >= cache_len)) { s->finish = FDPO_FINISH_LENGTH; done = 1; }
             }
-            if (n_active == 0) break;
-            if ((rc = fdpo_decoder_forward(dec, n_active, slots, n_new, feed, logits, 0))) break;
-            /* logits rows come back packed in slot order: move them to their slot rows */
-            for (size_t i = n_active; i-- > 0;)
-                if (slots[i] != i) memcpy(logits + slots[i] * V, logits + i * V, V * sizeof(float));
+            if (done) { /* the slot is free for the next sample */
+                finish_text(s, tok, c->stop);
+                free(st[b].bytes);
+                st[b] = (slot_state){0};
+                continue;
+            }
+            slots[n_active] = b; n_new[n_active] = 1; feed[n_active] = t;
+            n_active++;
         }
-        for (size_t b = 0; b < nb; b++) {
-            finish_text(st[b].out, tok, c->stop);
-            free(st[b].bytes);
-        }
+        if (n_active == 0) continue;
+        if ((rc = fdpo_decoder_forward(dec, n_active, slots, n_new, feed, logits, 0))) break;
+        /* logits rows come back packed in slot order: move them to their slot rows */
+        for (size_t i = n_active; i-- > 0;)
+            if (slots[i] != i) memcpy(logits + slots[i] * V, logits + i * V, V * sizeof(float));
     }
+    for (size_t b = 0; b < B; b++) free(st[b].bytes);
     fdpo_decoder_free(dec);
-    free(logits); free(work); free(order); free(st); free(slots); free(n_new); free(feed); free(row_of); free(src_slot);
+    free(logits); free(prefill); free(work); free(order); free(st); free(slots); free(n_new); free(feed); free(row_of);
+    free(src_slot);
     if (rc) { fdpo_samples_free(samples, total); return -1; }
     *out = samples;
     return 0;

@@ -103,3 +103,32 @@ void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, floa
     free(a);
     free(b);
 }
+
+/* ---- fp32 GEMM ----
+ * cblas_sgemm's signature, computed by oneDNN's dnnl_sgemm (row-major). Why: Debian's
+ * OpenBLAS 0.3.21 does not recognise every AVX-512 CPU and then runs its generic SSE3
+ * ("Prescott") kernels; on the Zen 4 development machine that made fdpo's fp32 GEMMs 3-5x
+ * slower than oneDNN's, whose JIT kernels pick the ISA at run time (docs/model.md#speed).
+ * FDPO_SGEMM=openblas goes back to cblas_sgemm (for A/B measurements). Deterministic for a
+ * given thread count, like OpenBLAS. Inside an OpenMP parallel region oneDNN runs on the
+ * calling thread. */
+static int sgemm_use_openblas(void) {
+    static int state = -1;
+    if (state < 0) {
+        const char *e = getenv("FDPO_SGEMM");
+        state = e && !strcmp(e, "openblas");
+    }
+    return state;
+}
+
+void fdpo_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (order == CblasRowMajor && K > 0 && !sgemm_use_openblas()) {
+        dnnl_status_t s = dnnl_sgemm(trans_a == CblasTrans ? 'T' : 'N', trans_b == CblasTrans ? 'T' : 'N', M, N, K,
+                                     alpha, A, lda, B, ldb, beta, C, ldc);
+        if (s == dnnl_success) return;
+    }
+    cblas_sgemm((CBLAS_ORDER)order, (CBLAS_TRANSPOSE)trans_a, (CBLAS_TRANSPOSE)trans_b, M, N, K, alpha, A, lda, B,
+                ldb, beta, C, ldc);
+}

@@ -117,6 +117,10 @@ static void acts_free(fdpo_gpt2_acts *a) {
     free(a->clse);
     free(a->bf16_x);
     free(a->bf16_y);
+    free(a->logits);
+    free(a->head_scratch);
+    free(a->head_bf16);
+    free(a->head_acc);
     free(a);
 }
 
@@ -203,13 +207,13 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t maxT) {
         a->branch = NULL;
     }
     N = N > a->cap_tokens ? N : a->cap_tokens;
-    size_t C = m->config.n_embd, L = m->config.n_layer, V = m->config.vocab_size, NH = m->config.n_head;
+    size_t C = m->config.n_embd, L = m->config.n_layer, NH = m->config.n_head;
     struct { float **p; size_t n; } parts[] = {
         {&a->encoded, N * C}, {&a->ln1, L * N * C}, {&a->ln1_mean, L * N}, {&a->ln1_rstd, L * N},
         {&a->qkv, L * N * 3 * C}, {&a->atty, L * N * C}, {&a->att_lse, L * N * NH}, {&a->residual2, L * N * C},
         {&a->ln2, L * N * C}, {&a->ln2_mean, L * N}, {&a->ln2_rstd, L * N}, {&a->fch, L * N * 4 * C},
         {&a->fch_gelu, L * N * 4 * C}, {&a->residual3, L * N * C}, {&a->lnf, N * C}, {&a->lnf_mean, N},
-        {&a->lnf_rstd, N}, {&a->logits, N * V}, {&a->lse, N}, {&a->d_residual, N * C}, {&a->d_ln, N * C},
+        {&a->lnf_rstd, N}, {&a->lse, N}, {&a->logit_sum, N}, {&a->d_residual, N * C}, {&a->d_ln, N * C},
         {&a->d_qkv, N * 3 * C}, {&a->d_atty, N * C}, {&a->d_fch, N * 4 * C},
     };
     size_t total = 0;
@@ -219,6 +223,30 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t maxT) {
     float *p = a->memory;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
     a->cap_tokens = N;
+}
+
+/* Grow a scratch buffer to hold at least n elements of size elem (never shrinks). */
+static void *grow(void *p, size_t *cap, size_t n, size_t elem) {
+    if (n <= *cap && p) return p;
+    free(p);
+    *cap = n;
+    return fdpo_malloc((n ? n : 1) * elem);
+}
+
+/* The [N, V] logits buffer, only for forwards that materialise logits. */
+static void logits_reserve(fdpo_gpt2_acts *a, size_t N, size_t V) {
+    if (N <= a->logits_cap && a->logits) return;
+    free(a->logits);
+    a->logits = fdpo_malloc((N ? N : 1) * V * sizeof(float));
+    a->logits_cap = N;
+}
+
+/* Vocabulary columns per chunk of the fused head: FDPO_LMHEAD_CHUNK, or the environment
+ * variable of that name (tests use it to put chunk boundaries inside tiny vocabularies). */
+static size_t lmhead_chunk(size_t V) {
+    const char *e = getenv("FDPO_LMHEAD_CHUNK");
+    size_t c = e && atol(e) > 0 ? (size_t)atol(e) : FDPO_LMHEAD_CHUNK;
+    return c < V ? c : V;
 }
 
 /* bf16: refresh the bf16 weight copy (once per forward: every writer of params, the
@@ -234,12 +262,12 @@ void fdpo_model_bf16_refresh(fdpo_gpt2 *m) { /* both families */
 
 static void bf16_prepare(fdpo_gpt2 *m) {
     fdpo_gpt2_acts *a = m->acts;
-    size_t C = m->config.n_embd, V = m->config.vocab_size, wide = 4 * C > V ? 4 * C : V;
+    size_t C = m->config.n_embd;
     fdpo_model_bf16_refresh(m);
     if (a->bf16_cap < a->cap_tokens) {
         free(a->bf16_x);
         free(a->bf16_y);
-        a->bf16_x = fdpo_malloc(a->cap_tokens * wide * sizeof(uint16_t));
+        a->bf16_x = fdpo_malloc(a->cap_tokens * 4 * C * sizeof(uint16_t));
         a->bf16_y = fdpo_malloc(a->cap_tokens * 4 * C * sizeof(uint16_t));
         a->bf16_cap = a->cap_tokens;
     }
@@ -275,11 +303,50 @@ static void head_forward(fdpo_gpt2 *m, float *logits, const float *inp, size_t N
 
 static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const float *inp, size_t N) {
     const fdpo_gpt2_config *c = &m->config;
-    if (m->acts->precision == FDPO_PRECISION_BF16)
+    fdpo_gpt2_acts *a = m->acts;
+    if (a->precision == FDPO_PRECISION_BF16) {
+        a->head_bf16 = grow(a->head_bf16, &a->head_bf16_cap, N * c->vocab_size, sizeof(uint16_t));
         fdpo_k_lmhead_backward_bf16(dinp, fdpo_lora_frozen(m) ? NULL : m->grads.wte, dlogits, inp, bf16_of(m, m->params.wte), N, c->n_embd,
-                             c->vocab_size, m->acts->bf16_x, m->acts->bf16_y);
+                             c->vocab_size, a->head_bf16, a->bf16_y);
+    }
     else
         fdpo_k_lmhead_backward(dinp, fdpo_lora_frozen(m) ? NULL : m->grads.wte, dlogits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
+}
+
+/* The fused head's scratch for K rows: one chunk of logits, bf16 operands, row state. */
+static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk) {
+    fdpo_gpt2_acts *a = m->acts;
+    size_t C = m->config.n_embd;
+    a->head_scratch = grow(a->head_scratch, &a->head_scratch_cap, K * chunk, sizeof(float));
+    a->head_acc = grow(a->head_acc, &a->head_acc_cap, 3 * K, sizeof(double));
+    if (a->precision == FDPO_PRECISION_BF16)
+        a->head_bf16 = grow(a->head_bf16, &a->head_bf16_cap, K * (C + chunk), sizeof(uint16_t));
+}
+
+/* Fused LM head over the K rows a->rows[0..K): log-probs, lse and logit sums chunk by
+ * chunk over the vocabulary; no [N, V] logits. Rows not listed get lse, logit_sum and
+ * token_logp 0. */
+static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t K) {
+    fdpo_gpt2_acts *a = m->acts;
+    size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size, chunk = lmhead_chunk(V);
+    float *lnf_packed = a->d_atty; /* backward scratch, free during forward */
+    for (size_t k = 0; k < K; k++) {
+        memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
+        a->ctargets[k] = a->targets[a->rows[k]];
+    }
+    fused_head_reserve(m, K, chunk);
+    float *csum = a->d_ln; /* free during forward */
+    const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, m->params.wte) : NULL;
+    fdpo_k_lmhead_logsoftmax_forward_chunked(a->clse, a->cd, csum, lnf_packed, m->params.wte, wb, a->ctargets, K, C, V,
+                                             chunk, a->head_scratch, a->head_bf16, a->head_acc);
+    memset(a->lse, 0, N * sizeof(float));
+    memset(a->logit_sum, 0, N * sizeof(float));
+    if (tlp) memset(tlp, 0, N * sizeof(float));
+    for (size_t k = 0; k < K; k++) {
+        a->lse[a->rows[k]] = a->clse[k];
+        a->logit_sum[a->rows[k]] = csum[k];
+        if (tlp) tlp[a->rows[k]] = a->cd[k];
+    }
 }
 
 /* LM head and log-softmax over the K rows a->rows[0..K) only (the rest get logits 0,
@@ -377,16 +444,25 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     /* token_logp is needed for seq_logp even when the caller did not ask for it */
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL); /* d_residual is free now */
     a->skip_unweighted = b->skip_unweighted;
+    a->fused_head = b->fused_head;
     size_t K = N;
-    if (b->skip_unweighted) { /* the LM head only over tokens whose log-prob is used */
+    if (b->fused_head) { /* rows with a target (and a weight, if skipping) only, never [N, V] */
         K = 0;
-        for (size_t t = 0; t < N; t++) if (a->weights[t] != 0.0f) a->rows[K++] = t;
-    }
-    if (K == N) {
-        head_forward(m, a->logits, a->lnf, N);
-        fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+        for (size_t t = 0; t < N; t++)
+            if (a->targets[t] >= 0 && (!b->skip_unweighted || a->weights[t] != 0.0f)) a->rows[K++] = t;
+        lmhead_rows_forward_fused(m, tlp, K);
     } else {
-        lmhead_rows_forward(m, tlp, K);
+        logits_reserve(a, N, V);
+        if (b->skip_unweighted) { /* the LM head only over tokens whose log-prob is used */
+            K = 0;
+            for (size_t t = 0; t < N; t++) if (a->weights[t] != 0.0f) a->rows[K++] = t;
+        }
+        if (K == N) {
+            head_forward(m, a->logits, a->lnf, N);
+            fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+        } else {
+            lmhead_rows_forward(m, tlp, K);
+        }
     }
     if (seq_logp) {
         for (size_t s = 0; s < B; s++) {
@@ -401,7 +477,24 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
 
 const float *fdpo_gpt2_logits(const fdpo_gpt2 *m) {
     if (m->config.arch == FDPO_ARCH_LLAMA) return fdpo_llama_logits(m);
-    return m->acts && m->acts->has_forward ? m->acts->logits : NULL;
+    return m->acts && m->acts->has_forward && !m->acts->fused_head ? m->acts->logits : NULL;
+}
+
+int fdpo_gpt2_logit_sums(const fdpo_gpt2 *m, float *out) {
+    const float *logits = fdpo_gpt2_logits(m);
+    size_t V = m->config.vocab_size;
+    if (m->config.arch == FDPO_ARCH_GPT2 && m->acts && m->acts->has_forward && m->acts->fused_head) {
+        memcpy(out, m->acts->logit_sum, m->acts->n_tokens * sizeof(float));
+        return 0;
+    }
+    if (!logits) return fdpo_error("logit sums: no forward pass");
+    size_t N = m->config.arch == FDPO_ARCH_LLAMA ? m->llama->acts.n_tokens : m->acts->n_tokens;
+    for (size_t t = 0; t < N; t++) {
+        double r = 0;
+        for (size_t v = 0; v < V; v++) r += logits[t * V + v];
+        out[t] = (float)r;
+    }
+    return 0;
 }
 
 void fdpo_gpt2_zero_grad(fdpo_gpt2 *m) {
@@ -449,7 +542,17 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         a->clse[K] = a->lse[t];
         K++;
     }
-    if (K == N) {
+    if (a->fused_head) { /* recompute the logits chunk by chunk; dW and d lnf accumulate as we go */
+        float *lnf_packed = a->d_atty, *dlnf_packed = a->d_qkv; /* both free until the blocks */
+        size_t chunk = lmhead_chunk(V);
+        for (size_t k = 0; k < K; k++) memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
+        fused_head_reserve(m, K, chunk);
+        const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, p->wte) : NULL;
+        fdpo_k_lmhead_logsoftmax_backward_chunked(dlnf_packed, G(wte, 0), a->cd, a->clse, a->ctargets, lnf_packed, p->wte,
+                                                  wb, K, C, V, chunk, a->head_scratch, a->head_bf16);
+        memset(a->d_ln, 0, N * C * sizeof(float));
+        for (size_t k = 0; k < K; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + k * C, C * sizeof(float));
+    } else if (K == N) {
         fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
         head_backward(m, a->d_ln, a->logits, a->lnf, N);
     } else {

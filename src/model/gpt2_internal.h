@@ -31,8 +31,16 @@ struct fdpo_gpt2_acts {
     float *lnf;       /* [N, C] */
     float *lnf_mean;  /* [N] */
     float *lnf_rstd;  /* [N] */
-    float *logits;    /* [N, V]; backward overwrites it with d logits */
+    float *logits;    /* [N, V]; backward overwrites it with d logits. Its own allocation
+                       * (logits_cap rows), made only when a forward materialises logits */
+    size_t logits_cap;
     float *lse;       /* [N] log-sum-exp of each logits row */
+    float *logit_sum; /* [N] sum over V of each row's logits (fused head: the only trace of them) */
+    int fused_head;   /* the last forward ran the chunked head: no logits */
+    /* chunked head scratch (grown on demand): logits of one chunk, bf16 operands, row state */
+    float *head_scratch;  size_t head_scratch_cap;  /* floats */
+    uint16_t *head_bf16;  size_t head_bf16_cap;     /* bf16 elements (also unfused bf16 d logits) */
+    double *head_acc;     size_t head_acc_cap;      /* doubles */
     /* backward scratch */
     float *d_residual; /* [N, C] gradient flowing down the residual stream */
     float *d_ln;       /* [N, C] gradient w.r.t. a LayerNorm output */
@@ -53,7 +61,7 @@ struct fdpo_gpt2_acts {
     int32_t *ctargets;   /* [N] targets, d_token_logp and lse of the packed rows */
     float *cd, *clse;
     /* bf16 precision: matmul inputs rounded to bf16 (sized for the capacities above) */
-    uint16_t *bf16_x;    /* [cap_tokens * max(4C, V)] first operand (activations, d logits) */
+    uint16_t *bf16_x;    /* [cap_tokens * 4C] first operand (activations) */
     uint16_t *bf16_y;    /* [cap_tokens * 4C] second operand of the weight-gradient GEMM */
     size_t bf16_cap;     /* tokens the two buffers hold */
     int has_forward;
@@ -96,6 +104,11 @@ void fdpo_k_logsoftmax_backward(float *dlogits, const float *lse, const int32_t 
 void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                      const float *wte, size_t N, size_t C, size_t V);
 
+/* fp32 GEMM with cblas_sgemm's arguments (CblasRowMajor, CblasNoTrans/CblasTrans as ints),
+ * run by oneDNN (FDPO_SGEMM=openblas: OpenBLAS); src/model/gemm_bf16.c */
+void fdpo_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc);
+
 /* ---- bf16 (src/model/gemm_bf16.c and the *_bf16 kernels in gpt2_kernels.c) ---- */
 void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
 /* (Re)build m->params_bf16 from the fp32 masters; each forward in bf16 calls it, so every
@@ -113,5 +126,18 @@ void fdpo_k_lmhead_forward_bf16(float *logits, const float *inp, const uint16_t 
 void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,
                           const uint16_t *wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
                           uint16_t *scratch_inp);
+
+/* LM head + log-softmax + gather over vocabulary chunks, never holding [K, V] logits (the
+ * training path: only target log-probs are used). head [V, C]; head_bf16 != NULL = bf16
+ * GEMMs. Scratch: K*chunk floats, bf16 K*C (forward) / K*(C+chunk) (backward), 3K doubles. */
+void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, float *logit_sum, const float *inp,
+                                              const float *head, const uint16_t *head_bf16, const int32_t *targets,
+                                              size_t K, size_t C, size_t V, size_t chunk, float *scratch,
+                                              uint16_t *scratch_bf16, double *acc);
+void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dhead, const float *d_token_logp, const float *lse,
+                                               const int32_t *targets, const float *inp, const float *head,
+                                               const uint16_t *head_bf16, size_t K, size_t C, size_t V, size_t chunk,
+                                               float *scratch, uint16_t *scratch_bf16);
+#define FDPO_LMHEAD_CHUNK 2048 /* vocabulary columns per chunk (FDPO_LMHEAD_CHUNK=n overrides, for tests) */
 
 #endif

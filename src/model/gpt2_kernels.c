@@ -119,17 +119,17 @@ void fdpo_k_matmul_forward(float *out, const float *inp, const float *w, const f
         for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)OC, (int)IC,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)OC, (int)IC,
                 1.0f, inp, (int)IC, w, (int)OC, beta, out, (int)OC);
 }
 
 /* dinp [N,IC] (+)= dout [N,OC] @ w^T;  dw [IC,OC] += inp^T @ dout;  dbias [OC] += sum_t dout */
 void fdpo_k_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
                 1.0f, dout, (int)OC, w, (int)OC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
     if (dw) /* NULL: frozen weight (LoRA) */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
+        fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
                     1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
     if (dbias) column_sums_add(dbias, dout, N, OC);
 }
@@ -253,7 +253,7 @@ void fdpo_k_residual_forward(float *out, const float *a, const float *b, size_t 
 
 /* logits [N,V] = inp [N,C] @ wte^T  (tied LM head, wte [V,C]) */
 void fdpo_k_lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)V, (int)C,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)V, (int)C,
                 1.0f, inp, (int)C, wte, (int)C, 0.0f, logits, (int)V);
 }
 
@@ -292,10 +292,10 @@ void fdpo_k_logsoftmax_backward(float *dlogits, const float *lse, const int32_t 
 /* dinp [N,C] = dlogits @ wte;  dwte [V,C] += dlogits^T @ inp */
 void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                      const float *wte, size_t N, size_t C, size_t V) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)V,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)V,
                 1.0f, dlogits, (int)V, wte, (int)C, 0.0f, dinp, (int)C);
-    if (dwte) /* NULL: frozen (LoRA) */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)C, (int)N,
+    if (dwte) /* NULL: frozen weight (LoRA) */
+        fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)C, (int)N,
                     1.0f, dlogits, (int)V, inp, (int)C, 1.0f, dwte, (int)C);
 }
 
@@ -355,7 +355,7 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
  * may not be attended (j > i, or another branch) set to -inf. */
 static void attention_scores_tile(float *S, const float *q, const float *k, size_t C3, size_t hs, float scale,
                                   const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * C3, (int)C3,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * C3, (int)C3,
                 k + j0 * C3, (int)C3, 0.0f, S, (int)nk);
     for (size_t r = 0; r < nq; r++)
         for (size_t c = 0; c < nk; c++)
@@ -407,7 +407,7 @@ void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv
                         for (size_t d = 0; d < hs; d++) orow[d] *= corr;
                     }
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, 1.0f, S, (int)nk,
+                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, 1.0f, S, (int)nk,
                             v + j0 * C3, (int)C3, 1.0f, o + i0 * C, (int)C);
             }
             for (size_t r = 0; r < nq; r++) { /* j = i is always allowed, so l >= 1 */
@@ -459,17 +459,113 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
                     float L = lse[(s + i0 + r) * NH + h];
                     for (size_t c = 0; c < nk; c++) P[r * nk + c] = expf(P[r * nk + c] - L);
                 }
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, 1.0f, P, (int)nk,
+                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, 1.0f, P, (int)nk,
                             dy + i0 * C, (int)C, 1.0f, dv + j0 * C3, (int)C3);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, 1.0f, dy + i0 * C,
+                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, 1.0f, dy + i0 * C,
                             (int)C, v + j0 * C3, (int)C3, 0.0f, dP, (int)nk);
                 for (size_t r = 0; r < nq; r++)
                     for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, scale, dP, (int)nk,
+                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, scale, dP, (int)nk,
                             k + j0 * C3, (int)C3, 1.0f, dq + i0 * C3, (int)C3);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, scale, dP, (int)nk,
+                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, scale, dP, (int)nk,
                             q + i0 * C3, (int)C3, 1.0f, dk + j0 * C3, (int)C3);
             }
+        }
+    }
+}
+
+/* ---- LM head + log-softmax + gather fused over vocabulary chunks (no [K, V] logits) ----
+ * For training losses only the target's log-prob of each row is used, so the [K, V] logits
+ * need never exist at once: the vocabulary is swept `chunk` columns at a time, memory
+ * O(K x chunk). wte_bf16 != NULL selects bf16 GEMMs (bf16-rounded inputs, fp32
+ * accumulation) exactly as fdpo_k_lmhead_*_bf16 do. Callable by any family whose head is
+ * a [V, C] matrix (GPT-2's tied wte, Llama's lm_head or embed_tokens). */
+
+/* S [K, nv] = inp [K, C] @ wte[v0 : v0+nv]^T, in fp32 or from the bf16 copies */
+static void lmhead_chunk_logits(float *S, const float *inp, const uint16_t *inp_bf16, const float *wte,
+                                const uint16_t *wte_bf16, size_t K, size_t C, size_t v0, size_t nv) {
+    if (wte_bf16)
+        fdpo_gemm_bf16(0, 1, K, nv, C, 1.0f, inp_bf16, C, wte_bf16 + v0 * C, C, 0.0f, S, nv);
+    else
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)K, (int)nv, (int)C, 1.0f, inp, (int)C,
+                    wte + v0 * C, (int)C, 0.0f, S, (int)nv);
+}
+
+/* lse [K] = log sum_v exp(logits[k, v]);  token_logp [K] (may be NULL) = logits[k, target] - lse,
+ * 0 where target < 0;  logit_sum [K] (may be NULL) = sum_v logits[k, v].
+ * Online log-sum-exp across chunks: with the running max m and sum s (double),
+ *   m' = max(m, max of the chunk),  s' = s exp(m - m') + sum_chunk exp(x - m').
+ * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*C; acc: 3K doubles. Each row is
+ * updated by one thread in chunk order, so results depend only on the thread count. */
+void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, float *logit_sum, const float *inp,
+                                              const float *wte, const uint16_t *wte_bf16, const int32_t *targets,
+                                              size_t K, size_t C, size_t V, size_t chunk, float *scratch,
+                                              uint16_t *scratch_bf16, double *acc) {
+    double *m = acc, *s = acc + K, *sum = acc + 2 * K;
+    for (size_t k = 0; k < K; k++) { m[k] = -INFINITY; s[k] = 0.0; sum[k] = 0.0; }
+    if (wte_bf16) fdpo_f32_to_bf16(scratch_bf16, inp, K * C);
+    for (size_t v0 = 0; v0 < V; v0 += chunk) {
+        size_t nv = V - v0 < chunk ? V - v0 : chunk;
+        lmhead_chunk_logits(scratch, inp, scratch_bf16, wte, wte_bf16, K, C, v0, nv);
+#pragma omp parallel for schedule(static)
+        for (size_t k = 0; k < K; k++) {
+            const float *row = scratch + k * nv;
+            float mx = -INFINITY;
+            double rs = 0.0;
+            for (size_t v = 0; v < nv; v++) { if (row[v] > mx) mx = row[v]; rs += row[v]; }
+            double m_new = mx > m[k] ? mx : m[k], e = 0.0;
+            float fm = (float)m_new;
+            for (size_t v = 0; v < nv; v++) e += expf(row[v] - fm);
+            s[k] = s[k] * exp(m[k] - m_new) + e; /* exp(-inf) = 0 on the first chunk */
+            m[k] = m_new;
+            sum[k] += rs;
+            int32_t tg = targets[k];
+            if (token_logp && tg >= 0 && (size_t)tg >= v0 && (size_t)tg < v0 + nv) token_logp[k] = row[tg - v0];
+        }
+    }
+    for (size_t k = 0; k < K; k++) {
+        double l = m[k] + log(s[k]);
+        lse[k] = (float)l;
+        if (token_logp) token_logp[k] = targets[k] >= 0 ? (float)((double)token_logp[k] - l) : 0.0f;
+        if (logit_sum) logit_sum[k] = (float)sum[k];
+    }
+}
+
+/* Backward of the above for upstream d_token_logp [K]; recomputes each chunk's logits:
+ *   dlogits[k, v] = d_k (onehot(target_k) - exp(logits[k, v] - lse_k))   (0 where target < 0)
+ *   dinp [K, C] = sum over chunks dlogits_c @ wte_c   (WRITTEN)
+ *   dwte [V, C] += dlogits^T @ inp                     (chunk by chunk, ACCUMULATED; NULL: frozen)
+ * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*(C + chunk). */
+void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const float *d_token_logp, const float *lse,
+                                               const int32_t *targets, const float *inp, const float *wte,
+                                               const uint16_t *wte_bf16, size_t K, size_t C, size_t V, size_t chunk,
+                                               float *scratch, uint16_t *scratch_bf16) {
+    uint16_t *inp_bf16 = scratch_bf16, *dS_bf16 = scratch_bf16 ? scratch_bf16 + K * C : NULL;
+    if (wte_bf16) fdpo_f32_to_bf16(inp_bf16, inp, K * C);
+    if (K == 0) return;
+    for (size_t v0 = 0; v0 < V; v0 += chunk) {
+        size_t nv = V - v0 < chunk ? V - v0 : chunk;
+        float beta = v0 == 0 ? 0.0f : 1.0f;
+        lmhead_chunk_logits(scratch, inp, inp_bf16, wte, wte_bf16, K, C, v0, nv);
+#pragma omp parallel for schedule(static)
+        for (size_t k = 0; k < K; k++) {
+            float *row = scratch + k * nv;
+            float d = targets[k] >= 0 ? d_token_logp[k] : 0.0f, l = lse[k];
+            if (d == 0.0f) { memset(row, 0, nv * sizeof(float)); continue; }
+            for (size_t v = 0; v < nv; v++) row[v] = -d * expf(row[v] - l);
+            int32_t tg = targets[k];
+            if ((size_t)tg >= v0 && (size_t)tg < v0 + nv) row[tg - v0] += d;
+        }
+        if (wte_bf16) {
+            fdpo_f32_to_bf16(dS_bf16, scratch, K * nv);
+            fdpo_gemm_bf16(0, 0, K, C, nv, 1.0f, dS_bf16, nv, wte_bf16 + v0 * C, C, beta, dinp, C);
+            if (dwte) fdpo_gemm_bf16(1, 0, nv, C, K, 1.0f, dS_bf16, nv, inp_bf16, C, 1.0f, dwte + v0 * C, C);
+        } else {
+            fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
+                        wte + v0 * C, (int)C, beta, dinp, (int)C);
+            if (dwte) /* NULL: frozen (LoRA) */
+                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, scratch, (int)nv, inp,
+                           (int)C, 1.0f, dwte + v0 * C, (int)C);
         }
     }
 }

@@ -111,6 +111,7 @@ void fdpo_pair_batch_build(fdpo_pair_batch *pb, fdpo_pair_layout layout, const f
         .pos = layout == FDPO_LAYOUT_PLAIN ? NULL : pb->pos,
         .branch = layout == FDPO_LAYOUT_PLAIN ? NULL : pb->branch,
         .skip_unweighted = 1, /* LM head over completion tokens only (src/model) */
+        .fused_head = 1,      /* and chunked over the vocabulary: no [N, V] logits */
     };
 }
 
@@ -126,15 +127,10 @@ static double range_sum(const float *x, size_t b, size_t e) {
     return s;
 }
 
-/* Mean over positions [b, e) and the vocabulary of the logits. */
-static double logits_sum(const float *logits, size_t V, size_t b, size_t e) {
+/* Sum over positions [b, e) of each row's mean logit (row_sums: sums over the vocabulary). */
+static double logits_sum(const float *row_sums, size_t V, size_t b, size_t e) {
     double s = 0;
-    for (size_t i = b; i < e; i++) {
-        const float *row = logits + i * V;
-        double r = 0;
-        for (size_t v = 0; v < V; v++) r += row[v];
-        s += r / (double)V;
-    }
+    for (size_t i = b; i < e; i++) s += (double)row_sums[i] / (double)V;
     return s;
 }
 
@@ -151,7 +147,7 @@ int fdpo_dpo_init(fdpo_dpo *d, fdpo_gpt2 *policy, fdpo_gpt2 *ref_live, const fdp
 
 void fdpo_dpo_free(fdpo_dpo *d) {
     fdpo_pair_batch_free(&d->pb);
-    free(d->token_logp); free(d->ref_token_logp); free(d->d_token_logp);
+    free(d->token_logp); free(d->ref_token_logp); free(d->d_token_logp); free(d->logit_sums);
     memset(d, 0, sizeof *d);
 }
 
@@ -161,6 +157,7 @@ static void ensure_scratch(fdpo_dpo *d, size_t n_tokens) {
     d->token_logp = fdpo_realloc(d->token_logp, n_tokens * sizeof(float));
     d->ref_token_logp = fdpo_realloc(d->ref_token_logp, n_tokens * sizeof(float));
     d->d_token_logp = fdpo_realloc(d->d_token_logp, n_tokens * sizeof(float));
+    d->logit_sums = fdpo_realloc(d->logit_sums, n_tokens * sizeof(float));
 }
 
 static int check_pairs(const fdpo_gpt2 *m, const fdpo_pref_pair *const *pairs, size_t n) {
@@ -240,7 +237,7 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
         }
         if (fdpo_gpt2_forward(d->policy, &pb->batch, d->token_logp, NULL)) return fdpo_error_context("policy forward");
         out->tokens += pb->batch.n_tokens;
-        const float *logits = fdpo_gpt2_logits(d->policy);
+        if (fdpo_gpt2_logit_sums(d->policy, d->logit_sums)) return fdpo_error_context("policy forward");
         if (grad) memset(d->d_token_logp, 0, pb->batch.n_tokens * sizeof(float));
         for (size_t k = 0; k < nk; k++) {
             const fdpo_pref_pair *p = pairs[k0 + k];
@@ -263,8 +260,8 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
             sum_acc += lw > ll ? 1.0 : lw == ll ? 0.5 : 0.0;
             sum_lpw += lp_w / nw; sum_lpl += lp_l / nl;
             if (!simpo) { sum_sw += L->beta * fdpo_score(&L->div, lw); sum_sl += L->beta * fdpo_score(&L->div, ll); }
-            sum_logit_w += logits_sum(logits, V, cb, ce);
-            sum_logit_l += logits_sum(logits, V, rb, re);
+            sum_logit_w += logits_sum(d->logit_sums, V, cb, ce);
+            sum_logit_l += logits_sum(d->logit_sums, V, rb, re);
             if (pair_out) {
                 double *po = pair_out + 5 * (k0 + k);
                 po[0] = lp_w; po[1] = lp_l; po[2] = lw; po[3] = ll; po[4] = loss;

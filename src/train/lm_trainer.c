@@ -50,6 +50,7 @@ static void packed_fill(packed *p, const fdpo_lm_data *d, const size_t *items, s
         .n_seq = n, .n_tokens = k, .seq_offset = p->seq_offset, .tokens = p->tokens,
         .targets = p->targets, .weights = p->weights, .pos = NULL, .branch = NULL,
         .skip_unweighted = 1, /* LM head over weighted (not prompt-masked) tokens only */
+        .fused_head = 1,      /* chunked over the vocabulary: no [N, V] logits */
     };
 }
 

@@ -55,7 +55,7 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, int32_t *const
         tokens += n_comp[i];
     }
     off[n] = t;
-    fdpo_batch b = {n, N, off, tok, tgt, NULL, NULL, NULL, 0};
+    fdpo_batch b = {n, N, off, tok, tgt, NULL, NULL, NULL, 0, 1}; /* fused head: target log-probs only */
     int rc = fdpo_gpt2_check_batch(m, &b);
     if (rc == 0) rc = fdpo_gpt2_forward(m, &b, tlp, slp);
     if (rc == 0) {

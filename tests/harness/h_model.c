@@ -3,8 +3,10 @@
  *   model-fb --model DIR --batch batch.json --out out.safetensors [--threads N] [--pre FILE]
  *       batch.json: {"sequences": [{"tokens": [..], "targets": [..], "weights"?: [..],
  *                    "pos"?: [..], "branch"?: [..]}, ...], "d_token_logp"?: [N floats],
- *                    "skip_unweighted"?: true}
- *       Writes logits [N,V], token_logp [N], seq_logp [B] and, when d_token_logp is given,
+ *                    "skip_unweighted"?: true, "fused_head"?: true}
+ *       Writes logits [N,V] (zeros after a fused_head forward), logit_sums [N] (when the batch
+       has a "fused_head" key, true or false), token_logp [N], seq_logp [B] and, when
+       d_token_logp is given,
  *       every parameter gradient under its HF name. --pre FILE first runs forward+backward on
  *       another batch (exercises buffer reuse and growth; its gradients are dropped).
  *   model-init --config config.json --seed S --out DIR     initialised checkpoint
@@ -16,8 +18,8 @@
  *       on stdin and answer {"seconds": S, "cpu_seconds": C}; "quit" (or EOF) prints the
  *       summary line and exits. The benches interleave fdpo and PyTorch steps this way.
  *   model-peaks [--threads N] [--gemm M,K,N] [--triad-mib MIB]
- *       the machine's measured peaks, one JSON line: fp32 sgemm (OpenBLAS, the library fdpo
- *       calls), bf16 GEMM (fdpo_gemm_bf16: oneDNN, or the fallback) in GFLOP/s, and memory
+ *       the machine's measured peaks, one JSON line: fp32 sgemm (fdpo_sgemm: oneDNN, what
+ *       fdpo calls; and OpenBLAS's cblas_sgemm, what PyTorch's fp32 matmuls call), bf16 GEMM (fdpo_gemm_bf16: oneDNN, or the fallback) in GFLOP/s, and memory
  *       bandwidth from a STREAM triad a = b + s c over three arrays of MIB MiB (GB/s).
  *   model-fb also takes --precision fp32|bf16, and --lora ADAPTER_DIR: PEFT adapters attached
  *       (base frozen); the gradients written are then the adapters' (lora_A / lora_B names).
@@ -57,6 +59,7 @@ typedef struct {
     size_t *seq_offset;
     int32_t *tokens, *targets, *pos;
     float *weights, *d_token_logp;
+    int logit_sums; /* write logit_sums (the batch names fused_head) */
     uint8_t *branch;
 } owned_batch;
 
@@ -128,10 +131,13 @@ static int batch_load(const char *path, owned_batch *ob) {
         for (const cJSON *v = d->child; v && !rc; v = v->next) ob->d_token_logp[t++] = (float)v->valuedouble;
     }
     int skip = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "skip_unweighted"));
+    const cJSON *fh = cJSON_GetObjectItemCaseSensitive(root, "fused_head");
+    int fused = cJSON_IsTrue(fh);
+    ob->logit_sums = fh != NULL; /* the key, true or false, asks for logit_sums in the output */
     cJSON_Delete(root);
     ob->b = (fdpo_batch){.n_seq = B, .n_tokens = N, .seq_offset = ob->seq_offset, .tokens = ob->tokens,
                          .targets = ob->targets, .weights = ob->weights, .pos = ob->pos, .branch = ob->branch,
-                         .skip_unweighted = skip};
+                         .skip_unweighted = skip, .fused_head = fused};
     return rc ? fdpo_error_context("%s", path) : 0;
 }
 
@@ -164,9 +170,10 @@ static int h_model_fb(int argc, char **argv) {
         batch_free(&pb);
     }
     float *tlp = fdpo_calloc(N + 1, sizeof(float)), *slp = fdpo_calloc(B + 1, sizeof(float));
-    float *logits = fdpo_malloc((N * V + 1) * sizeof(float));
+    float *logits = fdpo_calloc(N * V + 1, sizeof(float)), *lsum = fdpo_calloc(N + 1, sizeof(float));
     if (!rc) rc = fdpo_gpt2_forward(m, &ob.b, tlp, slp);
-    if (!rc) memcpy(logits, fdpo_gpt2_logits(m), N * V * sizeof(float));
+    if (!rc && fdpo_gpt2_logits(m)) memcpy(logits, fdpo_gpt2_logits(m), N * V * sizeof(float)); /* fused: zeros */
+    if (!rc) rc = fdpo_gpt2_logit_sums(m, lsum);
     if (!rc && ob.d_token_logp) {
         fdpo_gpt2_zero_grad(m);
         rc = fdpo_gpt2_backward(m, ob.d_token_logp);
@@ -177,6 +184,7 @@ static int h_model_fb(int argc, char **argv) {
         fdpo_st_writer_add(w, "logits", FDPO_F32, sl, 2, logits);
         fdpo_st_writer_add(w, "token_logp", FDPO_F32, sn, 1, tlp);
         fdpo_st_writer_add(w, "seq_logp", FDPO_F32, sb, 1, slp);
+        if (ob.logit_sums) fdpo_st_writer_add(w, "logit_sums", FDPO_F32, sn, 1, lsum);
         if (ob.d_token_logp) {
             if (m->lora) fdpo_st_writer_add_gpt2(w, &m->lora->view, m->lora->view.grads_memory, NULL);
             else fdpo_st_writer_add_gpt2(w, m, m->grads_memory, NULL);
@@ -184,7 +192,7 @@ static int h_model_fb(int argc, char **argv) {
         rc = fdpo_st_writer_write(w, out);
         fdpo_st_writer_free(w);
     }
-    free(tlp); free(slp); free(logits);
+    free(tlp); free(slp); free(logits); free(lsum);
     batch_free(&ob);
     fdpo_gpt2_free(m);
     return rc;
@@ -314,7 +322,13 @@ typedef struct {
     uint16_t *ha, *hb;
 } peak_ctx;
 
-static void run_sgemm(void *p) {
+static void run_sgemm(void *p) { /* the fp32 GEMM fdpo's kernels call (oneDNN) */
+    peak_ctx *x = p;
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)x->M, (int)x->N, (int)x->K, 1.0f, x->a, (int)x->K,
+               x->b, (int)x->N, 0.0f, x->c, (int)x->N);
+}
+
+static void run_sgemm_openblas(void *p) { /* what PyTorch's fp32 matmuls call here */
     peak_ctx *x = p;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)x->M, (int)x->N, (int)x->K, 1.0f, x->a, (int)x->K,
                 x->b, (int)x->N, 0.0f, x->c, (int)x->N);
@@ -349,6 +363,7 @@ static int h_model_peaks(int argc, char **argv) {
     fdpo_f32_to_bf16(x.hb, x.b, big);
     double flops = 2.0 * (double)x.M * (double)x.K * (double)x.N;
     double t_s = best_seconds(run_sgemm, &x, 5, 0.5);
+    double t_o = best_seconds(run_sgemm_openblas, &x, 5, 0.5);
     double t_h = best_seconds(run_gemm_bf16, &x, 5, 0.5);
     int native = fdpo_bf16_native();
     free(x.a); free(x.b); free(x.c); free(x.ha); free(x.hb);
@@ -361,9 +376,9 @@ static int h_model_peaks(int argc, char **argv) {
     double t_t = best_seconds(run_triad, &x, 5, 0.5);
     free(x.a); free(x.b); free(x.c);
     printf("{\"threads\": %d, \"gemm\": [%zu, %zu, %zu], \"sgemm_gflops\": %.1f, \"bf16_gflops\": %.1f, "
-           "\"bf16_native\": %d, \"triad_mib\": %zu, \"triad_gbs\": %.2f}\n",
+           "\"bf16_native\": %d, \"triad_mib\": %zu, \"triad_gbs\": %.2f, \"openblas_sgemm_gflops\": %.1f}\n",
            fdpo_get_threads(), x.M, x.K, x.N, flops / t_s * 1e-9, flops / t_h * 1e-9, native,
-           x.n * sizeof(float) / (1024 * 1024), 3.0 * (double)x.n * sizeof(float) / t_t * 1e-9);
+           x.n * sizeof(float) / (1024 * 1024), 3.0 * (double)x.n * sizeof(float) / t_t * 1e-9, flops / t_o * 1e-9);
     return 0;
 }
 

@@ -128,6 +128,36 @@ def test_greedy_equals_pytorch_argmax(byte_model, tmp_path):
             assert row["completion"].encode("utf-8", "surrogatepass") == bytes(want).decode("utf-8", "replace").encode()
 
 
+def test_continuous_batching_prompts_of_different_lengths(tmp_path):
+    """Prompts of 1 to 19 tokens, n = 3 samples each, top-p 0.95: samples end at different
+    steps (EOT or the length limit), and a freed slot takes the next sample at once
+    (continuous batching; samples of one prompt that start together share a prefill).
+    Every batch size (1 = one sequence at a time; 2 and 5 split prompts' samples across
+    refills; 16 holds all) and thread count gives the same tokens for the same seed, and
+    each sample's log-prob equals PyTorch's log-probability of its tokens after its own
+    prompt (a cache copied from the wrong slot or position would not)."""
+    d = tmp_path / "model"
+    d.mkdir()
+    m = make_model(d, 257, seed=3, n_positions=64, scale=3.0, byte_tokenizer=True)
+    prompts = ["a", "hello there", "xy", "the quick brown fox", "q"]
+    outs = []
+    for batch, threads in [("1", "1"), ("2", "2"), ("5", "1"), ("16", "2")]:
+        r, rows = generate(str(d), tmp_path, "\n".join(prompts) + "\n", "--n", "3", "--top-p", "0.95",
+                           "--max-new-tokens", "24", "--seed", "5", "--batch-size", batch, "--threads", threads)
+        assert r.returncode == 0, r.stderr
+        outs.append([x["tokens"] for x in rows])
+    assert all(o == outs[0] for o in outs)
+    lengths = {len(t) for t in outs[0]}
+    assert len(lengths) > 3 and any(t[-1] == 256 for t in outs[0])  # samples really end at different steps
+    for k, row in enumerate(rows):
+        ids = list(prompts[k // 3].encode())
+        toks = row["tokens"]
+        with torch.no_grad():
+            lp = torch.log_softmax(m.forward(torch.tensor(ids + toks)).double(), -1)
+        want = sum(float(lp[len(ids) - 1 + i, t]) for i, t in enumerate(toks))
+        assert abs(row["logp"] - want) < 1e-5, k  # <= 24 float32 log-probs
+
+
 def test_jsonl_prompts_and_logp_under_model(byte_model, tmp_path):
     d, m = byte_model
     r, rows = generate(d, tmp_path, '{"prompt": "x"}\n\n{"prompt": "yz"}\n', "--n", "3", "--max-new-tokens", "6",
