@@ -136,11 +136,13 @@ static void append_token(fdpo_sample *s, int32_t t) {
     s->tokens[s->n_tokens++] = t;
 }
 
-/* Decode the completion text; with a stop string, cut at its first occurrence. */
+/* Decode the completion text without special tokens (as Hugging Face's
+ * skip_special_tokens=True; the ids keep them); with a stop string, cut at its first
+ * occurrence. */
 static void finish_text(fdpo_sample *s, const fdpo_tokenizer *tok, const char *stop) {
     if (!tok) return;
     size_t n = s->n_completion;
-    s->text = fdpo_tokenizer_decode(tok, s->tokens, n, NULL);
+    s->text = fdpo_tokenizer_decode_ex(tok, s->tokens, n, 1, NULL);
     if (!s->text) s->text = fdpo_strdup("");
     if (stop && *stop) {
         char *at = strstr(s->text, stop);

@@ -499,18 +499,34 @@ static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where, c
         add_mark(b, list);
         cJSON_Delete(list);
     }
+    char *chat = NULL;
+    if (cfg) {
+        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
+        if (cJSON_IsString(ct)) chat = fdpo_strdup(ct->valuestring);
+        else if (cJSON_IsArray(ct)) { /* [{"name", "template"}]: the one named "default" */
+            const cJSON *e;
+            cJSON_ArrayForEach(e, ct) {
+                const cJSON *nm = cJSON_GetObjectItemCaseSensitive(e, "name"), *tp = cJSON_GetObjectItemCaseSensitive(e, "template");
+                if (cJSON_IsString(nm) && cJSON_IsString(tp) && !strcmp(nm->valuestring, "default") && !chat)
+                    chat = fdpo_strdup(tp->valuestring);
+            }
+        } else if (ct && !cJSON_IsNull(ct)) {
+            return fdpo_error("%s: chat_template must be a string or a list of {\"name\", \"template\"}", cfg_name);
+        }
+    }
     char *pat = pattern_rewrite(b->pattern ? b->pattern : GPT2_PATTERN, where);
-    if (!pat) return -1;
+    if (!pat) { free(chat); return -1; }
     int err; PCRE2_SIZE eoff;
     b->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED,
                           PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &eoff, NULL);
     free(pat);
     if (!b->re) {
+        free(chat);
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
         return fdpo_error("%s: pre_tokenizer regex: %s at offset %zu", where, (char *)msg, (size_t)eoff);
     }
-    if (pcre2_jit_compile(b->re, PCRE2_JIT_COMPLETE) != 0) return fdpo_error("%s: pre_tokenizer regex: PCRE2 JIT unavailable", where);
+    if (pcre2_jit_compile(b->re, PCRE2_JIT_COMPLETE) != 0) { free(chat); return fdpo_error("%s: pre_tokenizer regex: PCRE2 JIT unavailable", where); }
     fdpo_tokenizer *t = fdpo_calloc(1, sizeof *t);
     t->kind = FDPO_TOK_BPE;
     t->vocab_size = b->n_vocab;
@@ -518,21 +534,7 @@ static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where, c
     t->bos = bos;
     t->pad = pad;
     t->bpe = b;
-    if (cfg) {
-        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
-        if (cJSON_IsString(ct)) t->chat_template_src = fdpo_strdup(ct->valuestring);
-        else if (cJSON_IsArray(ct)) { /* [{"name", "template"}]: the one named "default" */
-            const cJSON *e;
-            cJSON_ArrayForEach(e, ct) {
-                const cJSON *nm = cJSON_GetObjectItemCaseSensitive(e, "name"), *tp = cJSON_GetObjectItemCaseSensitive(e, "template");
-                if (cJSON_IsString(nm) && cJSON_IsString(tp) && !strcmp(nm->valuestring, "default"))
-                    t->chat_template_src = fdpo_strdup(tp->valuestring);
-            }
-        } else if (ct && !cJSON_IsNull(ct)) {
-            fdpo_tokenizer_free(t);
-            return fdpo_error("%s: chat_template must be a string or a list of {\"name\", \"template\"}", cfg_name);
-        }
-    }
+    t->chat_template_src = chat;
     *out = t;
     return 0;
 }

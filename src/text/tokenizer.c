@@ -154,7 +154,7 @@ char *fdpo_tokenizer_decode_ex(const fdpo_tokenizer *t, const int32_t *ids, size
         memcpy(raw + k, b, l); k += l;
     }
     char *out = fdpo_malloc(3 * total + 1);
-    size_t m = utf8_repair(raw, total, out);
+    size_t m = utf8_repair(raw, k, out);
     out[m] = 0;
     free(raw);
     if (len) *len = m;
