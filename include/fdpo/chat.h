@@ -67,4 +67,9 @@ void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsi
  * token's loss weight: 1 if any of its bytes is trained. *ids, *w malloc'd. */
 int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t, int32_t **ids, float **w, size_t *n);
 
+/* A prompt that is the JSON text of a message list ('[{"role", "content"}, ...]', as
+ * fdpo_read_prompts keeps conversational prompts): rendered from the start with the
+ * generation prompt and encoded. 0 done, 1 not such a prompt (nothing set), -1 error. */
+int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n);
+
 #endif

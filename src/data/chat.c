@@ -1,5 +1,6 @@
 /* Chat templates (include/fdpo/chat.h): recognition by content, rendering with template and
  * training masks, and encoding with specials matched in template text only. */
+#include <cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/chat.h"
@@ -217,4 +218,31 @@ int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t, int32_t
         off += l;
     }
     return 0;
+}
+
+int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n) {
+    if (prompt[0] != '[') return 1;
+    cJSON *a = cJSON_Parse(prompt);
+    size_t k = 0, len = a && cJSON_IsArray(a) ? (size_t)cJSON_GetArraySize(a) : 0;
+    fdpo_chat_msg *m = fdpo_malloc((len ? len : 1) * sizeof *m);
+    for (const cJSON *e = len ? a->child : NULL; e; e = e->next) {
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "role"), *c = cJSON_GetObjectItemCaseSensitive(e, "content");
+        if (!cJSON_IsString(r) || !cJSON_IsString(c)) break;
+        m[k++] = (fdpo_chat_msg){r->valuestring, c->valuestring};
+    }
+    int rc = 1;
+    if (len && k == len) {
+        fdpo_chat chat;
+        rc = fdpo_chat_for(tok, &chat);
+        if (rc == 0) {
+            fdpo_chat_text t = {0};
+            fdpo_chat_render(&chat, m, k, FDPO_CHAT_START | FDPO_CHAT_GENERATION_PROMPT, &t);
+            rc = fdpo_chat_encode(tok, &t, ids, NULL, n);
+            fdpo_chat_text_free(&t);
+            fdpo_chat_free(&chat);
+        }
+    }
+    free(m);
+    cJSON_Delete(a);
+    return rc;
 }

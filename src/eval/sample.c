@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/chat.h"
 #include "fdpo/eval.h"
 
 int fdpo_sample_config_check(const fdpo_sample_config *c) {
@@ -97,7 +98,8 @@ int fdpo_encode_prompts(const fdpo_tokenizer *tok, char *const *prompts, size_t 
     *ids = fdpo_calloc(n ? n : 1, sizeof **ids);
     *lens = fdpo_calloc(n ? n : 1, sizeof **lens);
     for (size_t i = 0; i < n; i++) {
-        if (fdpo_tokenizer_encode(tok, prompts[i], strlen(prompts[i]), 0, &(*ids)[i], &(*lens)[i])) {
+        int chat = fdpo_chat_encode_prompt(tok, prompts[i], &(*ids)[i], &(*lens)[i]); /* 1: not a conversation */
+        if (chat < 0 || (chat == 1 && fdpo_tokenizer_encode(tok, prompts[i], strlen(prompts[i]), 0, &(*ids)[i], &(*lens)[i]))) {
             fdpo_free_ids(*ids, *lens, i);
             *ids = NULL; *lens = NULL;
             return fdpo_error_context("prompt %zu", i + 1);

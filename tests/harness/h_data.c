@@ -4,6 +4,8 @@
  *                       byte tokenizer, --seq-len 64, no validation split)
  *   data-chat-sft TOK TEMPLATE FILE   the same with tokenizer directory TOK and
  *                       --chat-template TEMPLATE (auto: the tokenizer's), --seq-len 4096
+ *   data-chat-prompts TOK TEMPLATE FILE  {"prompts": [...], "ids": [[...]]}
+ *                       (fdpo_read_prompts + fdpo_encode_prompts)
  *   data-chat-pref TOK TEMPLATE FILE  {"pairs": [{"prompt", "chosen", "rejected"}]} token ids
  *                       (fdpo_pref_load, no truncation) */
 #include <cJSON.h>
@@ -68,6 +70,27 @@ static int h_chat_pref(int argc, char **argv) {
     return print_json(o);
 }
 
+static int h_chat_prompts(int argc, char **argv) {
+    if (argc != 4) return fdpo_error("usage: data-chat-prompts TOK TEMPLATE FILE");
+    fdpo_tokenizer *tok = chat_tokenizer(argv[1], argv[2]);
+    if (!tok) return -1;
+    char **p = NULL;
+    size_t n = 0, *lens = NULL;
+    int32_t **ids = NULL;
+    int rc = fdpo_read_prompts(argv[3], &p, &n);
+    if (!rc) rc = fdpo_encode_prompts(tok, p, n, &ids, &lens);
+    fdpo_tokenizer_free(tok);
+    if (rc) { fdpo_free_strings(p, n); return -1; }
+    cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "prompts"), *b = cJSON_AddArrayToObject(o, "ids");
+    for (size_t i = 0; i < n; i++) {
+        cJSON_AddItemToArray(a, cJSON_CreateString(p[i]));
+        cJSON_AddItemToArray(b, ids_json(ids[i], lens[i]));
+    }
+    fdpo_free_ids(ids, lens, n);
+    fdpo_free_strings(p, n);
+    return print_json(o);
+}
+
 static int h_sft(int argc, char **argv) {
     int chat = !strcmp(argv[0], "data-chat-sft");
     if (chat ? argc != 4 : argc < 2) return fdpo_error(chat ? "usage: data-chat-sft TOK TEMPLATE FILE" : "usage: data-sft FILE...");
@@ -98,5 +121,6 @@ int h_data(int argc, char **argv) {
     if (!strcmp(argv[0], "data-prompts")) return h_prompts(argc, argv);
     if (!strcmp(argv[0], "data-sft") || !strcmp(argv[0], "data-chat-sft")) return h_sft(argc, argv);
     if (!strcmp(argv[0], "data-chat-pref")) return h_chat_pref(argc, argv);
+    if (!strcmp(argv[0], "data-chat-prompts")) return h_chat_prompts(argc, argv);
     return fdpo_error("unknown subcommand %s", argv[0]);
 }

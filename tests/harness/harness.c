@@ -21,6 +21,7 @@ int h_tokenizer(int argc, char **argv);
 
 static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"data-chat-pref", h_data},
+    {"data-chat-prompts", h_data},
     {"data-chat-sft", h_data},
     {"data-prompts", h_data},
     {"data-sft", h_data},

@@ -297,3 +297,53 @@ def test_sft_and_dpo_run_on_a_chatml_tokenizer(tmp_path):
     r = run("dpo", "--model", str(tmp_path / "sft"), "--data", pairs, "--out", str(tmp_path / "dpo"), "--steps", "1",
             "--batch-size", "2", "--eval-fraction", "0", "--quiet")
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("case", ["smollm2", "llama31", "zephyr"])
+def test_conversational_prompts_get_the_generation_prompt(case, tmp_path):
+    """Prompt files for generate/eval/online/rl: {"messages": [...]} or {"prompt": [...]}
+    lines are rendered with add_generation_prompt; plain string prompts stay text."""
+    need_jinja()
+    template, _, _, cfg, _, _ = CASES[case]
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    convs = [[{"role": "user", "content": "Name a colour."}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]]
+    rows = [{"messages": convs[0]}, {"prompt": convs[1]}, {"prompt": "plain <|im_end|> text"}]
+    got = harness("data-chat-prompts", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "p.jsonl", rows))
+    for conv, ids in zip(convs, got["ids"]):
+        assert ids == ref.encode(render(template, conv, cfg, True), True)
+    assert got["ids"][2] == ref.encode("plain <|im_end|> text", False)
+    assert json.loads(got["prompts"][0]) == convs[0]
+
+
+def test_bad_conversational_prompt(tmp_path):
+    p = write_jsonl(tmp_path / "p.jsonl", [{"messages": [{"role": "bot", "content": "x"}]}])
+    r = subprocess.run([HARNESS, "data-chat-prompts", "byte", "auto", p], capture_output=True, text=True)
+    assert r.returncode == 1 and "p.jsonl:1: messages[0].role is 'bot'" in r.stderr
+
+
+def test_generate_renders_chat_prompts_and_skips_specials(tmp_path):
+    """fdpo generate on a ChatML checkpoint: the written completion text holds no special
+    token, while the ids keep them."""
+    make_tok(tmp_path / "tok", "smollm2")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS[:2]] * 2)
+    r = run("sft", "--out", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "tok"), "--n-layer", "1", "--n-embd", "16",
+            "--n-head", "2", "--n-positions", "128", "--seq-len", "96", "--steps", "1", "--batch-size", "2",
+            "--eval-every", "0", "--quiet", data)
+    assert r.returncode == 0, r.stderr
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"messages": [{"role": "user", "content": "Name a colour."}]}])
+    r = run("generate", "--model", str(tmp_path / "m"), "--data", prompts, "--n", "8", "--max-new-tokens", "40",
+            "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    info = harness("tok-info", str(tmp_path / "m"))
+    specials = set(info["special"]) - {info["eos"]}
+    tok_json = json.load(open(tmp_path / "m" / "tokenizer.json"))
+    names = [a["content"] for a in tok_json["added_tokens"] if a["special"]]
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 8
+    with_special = [s for s in rows if specials & set(s["tokens"])]
+    assert with_special, "the seed should sample a special token somewhere; pick another seed"
+    for s in rows:
+        assert not any(n in s["completion"] for n in names), s
+    r = run("generate", "--model", str(tmp_path / "m"), "--data", prompts, "--chat-template", "alpaca")
+    assert r.returncode == 1 and "plain, chatml, llama3, zephyr" in r.stderr
