@@ -105,6 +105,28 @@ static size_t common_prefix(const char *a, const char *b) {
 
 typedef struct { fdpo_chat_text prompt, chosen, rejected; size_t chosen_content, rejected_content; int chat; } rendered;
 
+/* A string prompt that is the JSON text of a message list: how prompt files keep
+ * conversational prompts (fdpo_read_prompts), so pairs made from samples of them (fdpo
+ * online, fdpo pairs) carry it. Returns the parsed list, or NULL. */
+static cJSON *prompt_messages(const cJSON *p) {
+    if (!cJSON_IsString(p) || p->valuestring[0] != '[') return NULL;
+    cJSON *a = cJSON_Parse(p->valuestring);
+    int ok = cJSON_IsArray(a) && cJSON_GetArraySize(a) > 0;
+    for (const cJSON *m = ok ? a->child : NULL; m; m = m->next) {
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role"), *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsString(r) || !cJSON_IsString(c)) ok = 0;
+    }
+    if (!ok) { cJSON_Delete(a); return NULL; }
+    return a;
+}
+static cJSON *assistant_turn(const cJSON *text) {
+    cJSON *a = cJSON_CreateArray(), *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "role", "assistant");
+    cJSON_AddStringToObject(m, "content", text->valuestring);
+    cJSON_AddItemToArray(a, m);
+    return a;
+}
+
 /* Fill r from one JSON object. Returns 0 ok, -1 error, 1 skip (reason in *skip). */
 static int render_pair(where *w, const cJSON *obj, rendered *r, fdpo_pref_summary *sum) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(obj, "prompt");
@@ -113,6 +135,16 @@ static int render_pair(where *w, const cJSON *obj, rendered *r, fdpo_pref_summar
     if (!c) return fdpo_error("%s:%zu: missing field 'chosen'", w->name, w->line);
     if (!j) return fdpo_error("%s:%zu: missing field 'rejected'", w->name, w->line);
     if (!p) sum->implicit_prompt++;
+    cJSON *pm = cJSON_IsString(c) && cJSON_IsString(j) ? prompt_messages(p) : NULL;
+    if (pm) { /* {"prompt": "[messages]", "chosen": text, "rejected": text} */
+        cJSON *conv = cJSON_CreateObject();
+        cJSON_AddItemToObject(conv, "prompt", pm);
+        cJSON_AddItemToObject(conv, "chosen", assistant_turn(c));
+        cJSON_AddItemToObject(conv, "rejected", assistant_turn(j));
+        int rc = render_pair(w, conv, r, sum);
+        cJSON_Delete(conv);
+        return rc;
+    }
     if (cJSON_IsArray(c) || cJSON_IsArray(j)) {
         sum->conversational++;
         if (!cJSON_IsArray(c)) return fdpo_error("%s:%zu: field 'chosen' must be a list of messages like 'rejected'", w->name, w->line);
@@ -380,6 +412,7 @@ int fdpo_pref_encode_single(const char *name, size_t line, const cJSON *prompt, 
     where w = {name, line, tok, {0}, 0};
     fdpo_chat_text ps = {0}, cs = {0};
     int eot = 1;
+    cJSON *pm = NULL;
     int rc = 0;
     *p = *c = NULL;
     if (cJSON_IsArray(completion)) {
@@ -391,6 +424,15 @@ int fdpo_pref_encode_single(const char *name, size_t line, const cJSON *prompt, 
             rc = render_completion(&w, completion, 0, "completion", &cs, content_len);
             eot = 2;
         }
+    } else if (cJSON_IsString(completion) && (pm = prompt_messages(prompt))) { /* see prompt_messages */
+        cJSON *turn = assistant_turn(completion);
+        rc = need_chat(&w);
+        if (!rc) {
+            render_prompt(&w, pm, (size_t)cJSON_GetArraySize(pm), &ps);
+            rc = render_completion(&w, turn, 0, "completion", &cs, content_len);
+            eot = 2;
+        }
+        cJSON_Delete(turn);
     } else {
         const char *pt = "", *ct = "";
         rc = string_field(&w, completion, "completion", &ct) || string_field(&w, prompt, "prompt", &pt) ? -1 : 0;
@@ -401,6 +443,6 @@ int fdpo_pref_encode_single(const char *name, size_t line, const cJSON *prompt, 
         free(*p); free(*c); *p = *c = NULL;
         rc = -1;
     }
-    fdpo_chat_text_free(&ps); fdpo_chat_text_free(&cs); fdpo_chat_free(&w.chat);
+    fdpo_chat_text_free(&ps); fdpo_chat_text_free(&cs); fdpo_chat_free(&w.chat); cJSON_Delete(pm);
     return rc;
 }

@@ -347,3 +347,18 @@ def test_generate_renders_chat_prompts_and_skips_specials(tmp_path):
         assert not any(n in s["completion"] for n in names), s
     r = run("generate", "--model", str(tmp_path / "m"), "--data", prompts, "--chat-template", "alpaca")
     assert r.returncode == 1 and "plain, chatml, llama3, zephyr" in r.stderr
+
+
+def test_pairs_from_sampled_chat_prompts_are_conversational(tmp_path):
+    """Samples of a conversational prompt carry it as the JSON text of its messages (the
+    prompt files' convention), and online/pairs write {"prompt": that text, "chosen": text,
+    "rejected": text}: the pair renders exactly as the message-list form."""
+    make_tok(tmp_path / "tok", "qwen25")
+    prompt = [{"role": "user", "content": "Name a colour."}]
+    rows = [{"prompt": prompt, "chosen": [{"role": "assistant", "content": "Red."}],
+             "rejected": [{"role": "assistant", "content": "Blue!"}]},
+            {"prompt": json.dumps(prompt, separators=(",", ":")), "chosen": "Red.", "rejected": "Blue!"},
+            {"prompt": "[not messages]", "chosen": "Red.", "rejected": "Blue!"}]
+    got = harness("data-chat-pref", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "p.jsonl", rows))["pairs"]
+    assert got[0] == got[1]
+    assert got[2]["prompt"] != got[0]["prompt"]  # a string that is not a message list stays text
