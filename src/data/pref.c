@@ -274,18 +274,30 @@ static int check_options(const fdpo_pref_options *opt) {
     return 0;
 }
 
+static int parse_lines(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
+                       const fdpo_pref_options *opt, fdpo_pref_set *out, where *wp);
+
 int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
                     const fdpo_pref_options *opt, fdpo_pref_set *out) {
+    where w = {name, 0, tok, {0}, 0};
+    int rc = parse_lines(name, text, len, tok, opt, out, &w);
+    fdpo_chat_free(&w.chat);
+    return rc;
+}
+
+/* The lines of a preference file; w holds the chat template once a conversation needs it
+ * (the caller frees it, also after an error). */
+static int parse_lines(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
+                       const fdpo_pref_options *opt, fdpo_pref_set *out, where *w) {
     memset(out, 0, sizeof *out);
     if (check_options(opt)) return -1;
     size_t cap = 0;
-    where w = {name, 0, tok, {0}, 0};
     for (size_t pos = fdpo_jsonl_bom(text, len); pos < len;) { /* a UTF-8 BOM is not data */
         const char *line = text + pos;
         const char *nl = memchr(line, '\n', len - pos);
         size_t n = nl ? (size_t)(nl - line) : len - pos;
         pos += n + (nl ? 1 : 0);
-        w.line++;
+        w->line++;
         size_t k = 0;
         while (k < n && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
         if (k == n) continue;
@@ -295,27 +307,27 @@ int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_t
         if (!obj) {
             size_t col = end && end >= line ? (size_t)(end - line) + 1 : 1;
             fdpo_pref_free(out);
-            return fdpo_error("%s:%zu: invalid JSON near column %zu", name, w.line, col);
+            return fdpo_error("%s:%zu: invalid JSON near column %zu", name, w->line, col);
         }
         size_t used = end && end >= line ? (size_t)(end - line) : n;
         while (used < n && (line[used] == ' ' || line[used] == '\t' || line[used] == '\r')) used++;
         if (used < n) {
             cJSON_Delete(obj);
             fdpo_pref_free(out);
-            return fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", name, w.line, used + 1);
+            return fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", name, w->line, used + 1);
         }
         if (!cJSON_IsObject(obj)) {
             cJSON_Delete(obj);
             fdpo_pref_free(out);
-            return fdpo_error("%s:%zu: expected a JSON object {\"prompt\", \"chosen\", \"rejected\"}", name, w.line);
+            return fdpo_error("%s:%zu: expected a JSON object {\"prompt\", \"chosen\", \"rejected\"}", name, w->line);
         }
         char where_nul[1100];
-        snprintf(where_nul, sizeof where_nul, "%s:%zu", name, w.line);
+        snprintf(where_nul, sizeof where_nul, "%s:%zu", name, w->line);
         if (fdpo_jsonl_check_nul(where_nul, line, n, obj)) { cJSON_Delete(obj); fdpo_pref_free(out); return -1; }
         fdpo_pref_pair pair;
-        int rc = make_pair(&w, obj, tok, opt, &out->summary, &pair);
+        int rc = make_pair(w, obj, tok, opt, &out->summary, &pair);
         cJSON_Delete(obj);
-        if (rc < 0) { fdpo_pref_free(out); fdpo_chat_free(&w.chat); return -1; }
+        if (rc < 0) { fdpo_pref_free(out); return -1; }
         if (rc > 0) continue;
         if (out->n == cap) {
             cap = cap ? cap * 2 : 64;
@@ -324,7 +336,6 @@ int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_t
         pair.index = out->n;
         out->pairs[out->n++] = pair;
     }
-    fdpo_chat_free(&w.chat);
     out->summary.pairs = out->n;
     if (out->n == 0) {
         const fdpo_pref_summary *sm = &out->summary;

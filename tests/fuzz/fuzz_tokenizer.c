@@ -65,7 +65,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     fdpo_chat chat;
     if (fdpo_chat_for(t, &chat) == 0) {
-        const fdpo_chat_msg m[3] = {{"system", sample}, {"user", "hi <|im_end|>"}, {"assistant", " ok "}};
+        char *content = fdpo_malloc(sample_len + 1); /* message content is a C string */
+        memcpy(content, sample, sample_len);
+        content[sample_len] = 0;
+        const fdpo_chat_msg m[3] = {{"system", content}, {"user", "hi <|im_end|>"}, {"assistant", " ok "}};
         fdpo_chat_text text = {0};
         fdpo_chat_render(&chat, m, 3, FDPO_CHAT_START | FDPO_CHAT_GENERATION_PROMPT, &text);
         int32_t *ids = NULL;
@@ -82,6 +85,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         free(ids); free(w);
         fdpo_chat_text_free(&text);
         fdpo_chat_free(&chat);
+        free(content);
     }
     fdpo_tokenizer_free(t);
     return 0;
