@@ -40,6 +40,10 @@ int fdpo_chat_for(const fdpo_tokenizer *t, fdpo_chat *out);
 void fdpo_chat_free(fdpo_chat *c);
 /* Recognise a chat_template source: 0 and *kind, or -1 (no message) when unknown. */
 int fdpo_chat_detect(const char *source, fdpo_chat_kind *kind);
+/* A Jinja chat_template that renders as the built-in does (no default system turn or
+ * preamble); fdpo_chat_detect recognises it. Saved with a tokenizer whose template was
+ * named (fdpo_tokenizer_save_dir). */
+const char *fdpo_chat_source(fdpo_chat_kind kind);
 /* A built-in by name; the error lists the built-ins. */
 int fdpo_chat_parse_name(const char *name, fdpo_chat_kind *kind);
 const char *fdpo_chat_name(fdpo_chat_kind kind);

@@ -7,9 +7,9 @@
 #include "fdpo/core.h"
 #include "fdpo/online.h"
 
-/* Shared training flags that do not apply: the model is --model, lengths from the samples,
+/* Shared training flags that do not apply: the model is --model (and its chat template), lengths from the samples,
  * every round trains on all its pairs; --resume means "after the last complete round". */
-static const char *const NOT_FOR_ONLINE[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
+static const char *const NOT_FOR_ONLINE[] = {"model", "tokenizer", "chat-template", "n-layer", "n-head", "n-embd", "n-positions",
                                              "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
                                              "seq-len", "val-fraction", "overwrite", "stop-at", NULL};
 

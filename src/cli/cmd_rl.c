@@ -9,7 +9,7 @@
 
 /* Shared training flags that do not apply: batches are sampled groups, no data file epochs,
  * no training state yet (so no resume / mid-run saves). */
-static const char *const NOT_FOR_RL[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
+static const char *const NOT_FOR_RL[] = {"model", "tokenizer", "chat-template", "n-layer", "n-head", "n-embd", "n-positions",
                                          "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings", "seq-len",
                                          "val-fraction", "batch-size", "grad-accum", "epochs", "resume", "stop-at",
                                          "eval-every", "save-every", "eval-max-seqs", "shuffle", "schedule",

@@ -16,11 +16,29 @@ int fdpo_chat_parse_name(const char *name, fdpo_chat_kind *kind) {
     return fdpo_error("--chat-template: '%s' is not a built-in template (" FDPO_CHAT_BUILTINS ", or auto)", name);
 }
 
+/* Jinja sources that render as the built-ins do (without a default system turn or
+ * preamble), written into a checkpoint's tokenizer_config.json when a run names its
+ * template, so that later commands (and transformers) render the same way. */
+static const char *const SOURCES[] = {
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}",
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + "
+    "message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{# <|user|> <|assistant|> #}",
+};
+
+const char *fdpo_chat_source(fdpo_chat_kind kind) { return SOURCES[kind]; }
+
 /* By the markers each family's template writes. */
 int fdpo_chat_detect(const char *s, fdpo_chat_kind *kind) {
     if (strstr(s, "<|start_header_id|>") && strstr(s, "<|end_header_id|>") && strstr(s, "<|eot_id|>")) *kind = FDPO_CHAT_LLAMA3;
     else if (strstr(s, "<|im_start|>") && strstr(s, "<|im_end|>")) *kind = FDPO_CHAT_CHATML;
     else if (strstr(s, "<|user|>") && strstr(s, "<|assistant|>") && strstr(s, "eos_token")) *kind = FDPO_CHAT_ZEPHYR;
+    else if (!strcmp(s, SOURCES[FDPO_CHAT_PLAIN])) *kind = FDPO_CHAT_PLAIN;
     else return -1;
     return 0;
 }

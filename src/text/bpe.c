@@ -21,6 +21,7 @@
 #include <cjson/cJSON.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "text/tokenizer_internal.h"
 
@@ -839,10 +840,29 @@ static int save_text(const char *dir, const char *name, const char *text, size_t
 
 /* ---- saving: the tokenizer.json read (verbatim), else vocab.json + merges.txt; and the
  * tokenizer_config.json read ---- */
+/* tokenizer_config.json: as read, with "chat_template" replaced by the named built-in's
+ * source when the tokenizer's template was named (a run's --chat-template). */
+static int save_config(const fdpo_tokenizer *t, const char *dir) {
+    const struct fdpo_bpe *b = t->bpe;
+    fdpo_chat_kind kind;
+    const char *name = t->chat_template_name;
+    if (!name || !strcmp(name, "auto") || fdpo_chat_parse_name(name, &kind))
+        return b->src_config ? save_text(dir, "tokenizer_config.json", b->src_config, b->src_config_len) : 0;
+    cJSON *cfg = b->src_config ? cJSON_Parse(b->src_config) : cJSON_CreateObject();
+    if (!cJSON_IsObject(cfg)) { cJSON_Delete(cfg); cfg = cJSON_CreateObject(); }
+    cJSON_DeleteItemFromObjectCaseSensitive(cfg, "chat_template");
+    cJSON_AddStringToObject(cfg, "chat_template", fdpo_chat_source(kind));
+    char *js = cJSON_Print(cfg);
+    cJSON_Delete(cfg);
+    int rc = save_text(dir, "tokenizer_config.json", js, strlen(js));
+    cJSON_free(js);
+    return rc;
+}
+
 int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir) {
     const struct fdpo_bpe *b = t->bpe;
     if (fdpo_mkdir_p(dir)) return -1;
-    if (b->src_config && save_text(dir, "tokenizer_config.json", b->src_config, b->src_config_len)) return -1;
+    if (save_config(t, dir)) return -1;
     if (b->src_json) return save_text(dir, "tokenizer.json", b->src_json, b->src_json_len);
     cJSON *v = cJSON_CreateObject();
     for (size_t i = 0; i < b->n_vocab; i++) cJSON_AddItemToObject(v, b->str[i], cJSON_CreateNumber((double)i));

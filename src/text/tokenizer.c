@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <cJSON.h>
+#include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "text/tokenizer_internal.h"
 
@@ -29,11 +31,16 @@ fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
     if (has_byte) {
         size_t n;
         char *s = fdpo_read_file(p, &n);
-        int ok = s && strstr(s, "\"byte\"") != NULL;
+        cJSON *j = s ? cJSON_ParseWithLength(s, n) : NULL;
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(j, "type"), *ct = cJSON_GetObjectItemCaseSensitive(j, "chat_template");
+        int ok = cJSON_IsString(ty) && !strcmp(ty->valuestring, "byte");
         free(s);
-        if (!ok) { fdpo_error("%s: expected {\"type\": \"byte\"}", p); free(p); return NULL; }
+        if (!ok) { cJSON_Delete(j); fdpo_error("%s: expected {\"type\": \"byte\"}", p); free(p); return NULL; }
         free(p);
-        return fdpo_tokenizer_byte();
+        fdpo_tokenizer *t = fdpo_tokenizer_byte();
+        if (cJSON_IsString(ct)) t->chat_template_src = fdpo_strdup(ct->valuestring);
+        cJSON_Delete(j);
+        return t;
     }
     free(p);
     if (fdpo_bpe_dir_has_files(dir)) return fdpo_bpe_load_dir(dir);
@@ -46,8 +53,23 @@ int fdpo_tokenizer_save_dir(const fdpo_tokenizer *t, const char *dir) {
     if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_save_dir(t, dir);
     if (fdpo_mkdir_p(dir)) return -1;
     char *p = fdpo_path_join(dir, "fdpo_tokenizer.json");
-    static const char body[] = "{\"type\": \"byte\", \"vocab_size\": 257, \"eos_token_id\": 256}\n";
-    int rc = fdpo_write_file_atomic(p, body, sizeof body - 1);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "type", "byte");
+    cJSON_AddNumberToObject(o, "vocab_size", 257);
+    cJSON_AddNumberToObject(o, "eos_token_id", 256);
+    fdpo_chat_kind kind; /* a named template travels with the checkpoint (as in tokenizer_config.json) */
+    const char *name = t->chat_template_name;
+    if (name && strcmp(name, "auto") && fdpo_chat_parse_name(name, &kind) == 0)
+        cJSON_AddStringToObject(o, "chat_template", fdpo_chat_source(kind));
+    else if (t->chat_template_src)
+        cJSON_AddStringToObject(o, "chat_template", t->chat_template_src);
+    char *body = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    size_t len = strlen(body);
+    body = fdpo_realloc(body, len + 2);
+    body[len++] = '\n';
+    int rc = fdpo_write_file_atomic(p, body, len);
+    free(body);
     free(p);
     return rc;
 }

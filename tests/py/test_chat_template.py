@@ -130,9 +130,10 @@ def token_len(vocab_inv, added, tid):
 U2B = {u: b for b, u in B2U.items()}
 
 
-def expected_sft(case, ref, vocab, conv):
+def expected_sft(case, ref, vocab, conv, template=None, eot=None):
     """Tokens and loss weights of one conversation, from Jinja renders of its prefixes."""
-    template, _, added, cfg, eot, _ = CASES[case]
+    t0, _, added, cfg, eot0, _ = CASES[case]
+    template, eot = template or t0, eot or eot0
     full = render(template, conv, cfg, False)
     spans = []
     for i, m in enumerate(conv):
@@ -362,3 +363,35 @@ def test_pairs_from_sampled_chat_prompts_are_conversational(tmp_path):
     got = harness("data-chat-pref", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "p.jsonl", rows))["pairs"]
     assert got[0] == got[1]
     assert got[2]["prompt"] != got[0]["prompt"]  # a string that is not a message list stays text
+
+
+@pytest.mark.parametrize("name,eot", [("plain", "\n"), ("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>"), ("zephyr", "<|im_end|>")])
+def test_a_named_template_travels_with_the_checkpoint(name, eot, tmp_path):
+    """sft --chat-template NAME writes a Jinja chat_template into the checkpoint's
+    tokenizer_config.json; Jinja2's render of it is what fdpo trained on, and later
+    commands (auto) recognise it."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", "smollm2", with_template=False)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    r = run("sft", "--out", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "tok"), "--chat-template", name,
+            "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--n-positions", "256", "--seq-len", "200",
+            "--steps", "1", "--batch-size", "2", "--eval-every", "0", "--quiet", data)
+    assert r.returncode == 0, r.stderr
+    cfg = json.load(open(tmp_path / "m" / "tokenizer_config.json"))
+    assert harness("tok-info", str(tmp_path / "m"))["chat"] == name
+    trained = harness("data-chat-sft", str(tmp_path / "tok"), name, data)["sequences"]
+    again = harness("data-chat-sft", str(tmp_path / "m"), "auto", data)["sequences"]
+    assert trained == again
+    for conv, seq in zip(CONVS, trained):
+        ids, w, text = expected_sft("smollm2", ref, vocab, conv, template=cfg["chat_template"], eot=eot)
+        assert seq["tokens"] == ids and seq["weights"] == w, text
+
+
+def test_byte_tokenizer_keeps_a_named_template(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS[:2]])
+    r = run("sft", "--out", str(tmp_path / "m"), "--chat-template", "chatml", "--n-layer", "1", "--n-embd", "16",
+            "--n-head", "2", "--n-positions", "256", "--seq-len", "200", "--steps", "1", "--batch-size", "2",
+            "--eval-every", "0", "--quiet", data)
+    assert r.returncode == 0, r.stderr
+    assert "<|im_start|>" in json.load(open(tmp_path / "m" / "fdpo_tokenizer.json"))["chat_template"]
+    assert harness("tok-info", str(tmp_path / "m"))["chat"] == "chatml"
