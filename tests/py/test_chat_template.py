@@ -292,6 +292,10 @@ def test_sft_and_dpo_run_on_a_chatml_tokenizer(tmp_path):
     for f in ["tokenizer.json", "tokenizer_config.json"]:
         assert os.path.isfile(tmp_path / "sft" / f)
     assert harness("tok-info", str(tmp_path / "sft"))["chat"] == "chatml"
+    info = json.loads(run("info", "--json", str(tmp_path / "sft")).stdout)
+    tj = json.load(open(tmp_path / "tok" / "tokenizer.json"))
+    im_end = next(a["id"] for a in tj["added_tokens"] if a["content"] == "<|im_end|>")
+    assert info["chat_template"] == "chatml" and info["eos_token_id"] == im_end
     p = [{"role": "user", "content": "Name a colour."}]
     pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p, "chosen": [{"role": "assistant", "content": "Red."}],
                                                 "rejected": [{"role": "assistant", "content": "Blue!"}]}] * 4)
