@@ -65,6 +65,8 @@ struct fdpo_bpe {
     char b2u[256][4]; uint8_t b2u_len[256]; /* each byte's symbol, UTF-8 */
     int ignore_merges;       /* tokenizer.json "ignore_merges": whole words in vocab win */
     char *pattern;           /* pre-tokenisation regex as written in the file (NULL: GPT-2's) */
+    int digits;              /* Digits pre-tokenizer first: 0 none, 1 individual_digits, 2 runs */
+    pcre2_code *digits_re;   /* \p{N} or \p{N}+ */
     unsigned char *special;  /* [n_vocab] 1 = a special added token (decode may skip it) */
     int32_t *added; size_t n_added; /* added tokens matched in text, longest first */
     unsigned char added_first[256]; /* 1 if some added token starts with this byte */
@@ -180,6 +182,7 @@ void fdpo_bpe_free(struct fdpo_bpe *b) {
     free(b->str); free(b->bytes); free(b->n_bytes); fdpo_itab_free(&b->map); free(b->pairs); fdpo_itab_free(&b->pair_index); free(b->merges);
     for (int i = 0; i < CACHE_SLOTS; i++) { cache_release(&b->cache[i]); pthread_mutex_destroy(&b->cache[i].lock); }
     if (b->re) pcre2_code_free(b->re);
+    if (b->digits_re) pcre2_code_free(b->digits_re);
     free(b->pattern); free(b->special); free(b->added); free(b->src_json); free(b->src_config);
     free(b);
 }
@@ -528,6 +531,14 @@ static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where, c
         return fdpo_error("%s: pre_tokenizer regex: %s at offset %zu", where, (char *)msg, (size_t)eoff);
     }
     if (pcre2_jit_compile(b->re, PCRE2_JIT_COMPLETE) != 0) { free(chat); return fdpo_error("%s: pre_tokenizer regex: PCRE2 JIT unavailable", where); }
+    if (b->digits) {
+        b->digits_re = pcre2_compile((PCRE2_SPTR)(b->digits == 1 ? "\\p{N}" : "\\p{N}+"), PCRE2_ZERO_TERMINATED,
+                                     PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &eoff, NULL);
+        if (!b->digits_re || pcre2_jit_compile(b->digits_re, PCRE2_JIT_COMPLETE) != 0) {
+            free(chat);
+            return fdpo_error("%s: Digits pre-tokenizer: cannot compile \\p{N}", where);
+        }
+    }
     fdpo_tokenizer *t = fdpo_calloc(1, sizeof *t);
     t->kind = FDPO_TOK_BPE;
     t->vocab_size = b->n_vocab;
@@ -690,7 +701,11 @@ static int check_pre_tokenizer(struct fdpo_bpe *b, const char *p, const cJSON *p
         snprintf(field, sizeof field, "pre_tokenizer.pretokenizers[%zu]", i);
         const cJSON *et = cJSON_GetObjectItemCaseSensitive(e, "type");
         const char *s = cJSON_IsString(et) ? et->valuestring : "(missing)";
-        if (!strcmp(s, "Split")) {
+        if (!strcmp(s, "Digits")) { /* before any regex: each digit (or run) its own piece */
+            if (n_byte || b->pattern || b->digits)
+                return fdpo_error("%s: %s: Digits is supported only first in the sequence", p, field);
+            b->digits = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "individual_digits")) ? 1 : 2;
+        } else if (!strcmp(s, "Split")) {
             if (n_byte) return fdpo_error("%s: %s: a Split after ByteLevel is not supported", p, field);
             if (split_pattern(b, p, e, field)) return -1;
         } else if (!strcmp(s, "ByteLevel")) {
@@ -701,7 +716,7 @@ static int check_pre_tokenizer(struct fdpo_bpe *b, const char *p, const cJSON *p
             snprintf(why, sizeof why, "%s.type is Metaspace", field);
             return refuse_sentencepiece(p, why);
         } else {
-            return fdpo_error("%s: %s.type '%s' is not supported (Split, ByteLevel)", p, field, s);
+            return fdpo_error("%s: %s.type '%s' is not supported (Digits, Split, ByteLevel)", p, field, s);
         }
     }
     if (!n_byte) return fdpo_error("%s: pre_tokenizer Sequence has no ByteLevel: not a byte-level BPE", p);
@@ -1052,15 +1067,54 @@ static void encode_word(const struct fdpo_bpe *b, word_cache *c, const unsigned 
 
 /* Pre-tokenise s[0..n) and encode each piece. Bytes no match covers are ill-formed UTF-8:
  * each becomes its byte token. */
-static void encode_segment(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
-                           const unsigned char *s, size_t n, idvec *o) {
+/* Text the pattern does not cover is its own piece (Split's Isolated behaviour), byte-pair
+ * encoded; its ill-formed UTF-8 bytes (which no pattern matches) are byte tokens each. */
+static void encode_gap(const struct fdpo_bpe *b, word_cache *c, const unsigned char *s, size_t n, idvec *o) {
+    while (n) {
+        size_t ok = fdpo_utf8_first_invalid((const char *)s, n);
+        if (ok > n) ok = n;
+        if (ok) encode_word(b, c, s, ok, o);
+        if (ok == n) break;
+        idvec_push(o, b->byte_id[s[ok]]);
+        s += ok + 1; n -= ok + 1;
+    }
+}
+
+/* Pre-tokenise s[0..n) with the regex and encode each piece. */
+static void encode_regex(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                         const unsigned char *s, size_t n, idvec *o) {
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
     size_t off = 0;
     while (off < n) {
         int rc = pcre2_jit_match(b->re, s, n, off, 0, md, NULL);
         size_t start = rc > 0 ? ov[0] : n, end = rc > 0 ? ov[1] : n;
-        for (; off < start; off++) idvec_push(o, b->byte_id[s[off]]);
+        if (start > off) encode_gap(b, c, s + off, start - off, o);
         if (rc <= 0) break;
+        if (end == start) { /* an empty match covers nothing: step over one code point */
+            if (start >= n) break;
+            size_t k = 1;
+            while (start + k < n && (s[start + k] & 0xC0) == 0x80) k++;
+            encode_gap(b, c, s + start, k, o);
+            end = start + k;
+        } else {
+            encode_word(b, c, s + start, end - start, o);
+        }
+        off = end;
+    }
+}
+
+/* A Digits pre-tokenizer first (StarCoder, SmolLM2): every digit (individual_digits) or
+ * run of digits is its own piece; the regex runs on the stretches between them. */
+static void encode_segment(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                           const unsigned char *s, size_t n, idvec *o) {
+    if (!b->digits_re) { encode_regex(b, c, md, s, n, o); return; }
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+    size_t off = 0;
+    while (off < n) {
+        int rc = pcre2_jit_match(b->digits_re, s, n, off, 0, md, NULL);
+        size_t start = rc > 0 ? ov[0] : n, end = rc > 0 ? ov[1] : n; /* copied: encode_regex reuses md */
+        if (start > off) encode_regex(b, c, md, s + off, start - off, o);
+        if (rc <= 0 || end == start) break;
         encode_word(b, c, s + start, end - start, o);
         off = end;
     }

@@ -25,8 +25,13 @@ QWEN2_ADDED = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", T
                ("</tool_call>", False), ("<|x|>", True), ("<|x|>y", True)]
 GPT2_ADDED = [("<|endoftext|>", True)]
 
+SMOLLM2_ADDED = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<repo_name>", True)]
+
 FAMILIES = {
     "gpt2": (GPT2_PAT, GPT2_ADDED, {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}),
+    # SmolLM2 (StarCoder's scheme): Digits(individual_digits) then ByteLevel with GPT-2's regex
+    "smollm2": (GPT2_PAT, SMOLLM2_ADDED, {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+                                          "pad_token": "<|im_end|>"}),
     "llama3": (LLAMA3_PAT, LLAMA3_ADDED, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
                                           "pad_token": None}),
     "qwen2": (QWEN2_PAT, QWEN2_ADDED, {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
@@ -66,7 +71,8 @@ def ok(r):
 
 def make(d, family, *, with_config=True, **edit):
     pattern, added, cfg = FAMILIES[family]
-    merges = train_merges(CORPUS, pattern, 120)
+    digits = family == "smollm2"
+    merges = train_merges(CORPUS, pattern, 120, digits)
     vocab = build_vocab(merges, added)
     config = None
     if with_config:
@@ -75,8 +81,9 @@ def make(d, family, *, with_config=True, **edit):
                                                           "normalized": False, "single_word": False}
                                           for c, s in added}
     normalizer = {"type": "NFC"} if family == "qwen2" else None
-    write_tokenizer(str(d), family, pattern, vocab, merges, added, config, normalizer, **edit)
-    return RefBPE(vocab, merges, pattern, added), vocab, merges
+    kind = "digits" if digits else family
+    write_tokenizer(str(d), kind, pattern, vocab, merges, added, config, normalizer, **edit)
+    return RefBPE(vocab, merges, pattern, added, digits), vocab, merges
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +123,7 @@ def test_the_patterns_differ_where_they_should(toks, tmp_path):
     ids = {f: fdpo_ids(toks[f][0], t, str(tmp_path))[0] for f in FAMILIES}
     pieces = {f: len(ids[f]) for f in FAMILIES}
     assert ids["gpt2"] != ids["llama3"] and ids["llama3"] != ids["qwen2"], pieces
+    assert ids["smollm2"] != ids["gpt2"], pieces
 
 
 def test_tokenizer_json_is_read_before_vocab_json(toks, tmp_path):
@@ -213,8 +221,12 @@ def test_save_keeps_the_files(toks, family, tmp_path):
 SP = "SentencePiece"
 BAD = [
     ("pre_tokenizer", {"type": "Whitespace"}, "pre_tokenizer.type 'Whitespace' is not supported"),
-    ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}]},
-     "pre_tokenizer.pretokenizers[0].type 'Digits' is not supported"),
+    ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [{"type": "Punctuation"}]},
+     "pre_tokenizer.pretokenizers[0].type 'Punctuation' is not supported"),
+    ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Isolated", "invert": False},
+        {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "use_regex": False}]},
+     "pre_tokenizer.pretokenizers[1]: Digits is supported only first in the sequence"),
     ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Removed", "invert": False},
         {"type": "ByteLevel", "use_regex": False}]}, "behavior 'Removed' is not supported"),

@@ -45,11 +45,21 @@ def pieces(pattern, text):
     return out
 
 
-def train_merges(corpus, pattern, n_merges):
+def pieces_digits(pattern, text, individual=True):
+    r"""Sequence [Digits, ByteLevel]: every \p{N} character (or run) is a piece; the regex
+    splits the stretches between them."""
+    out, pos = [], 0
+    for m in regex.finditer(r"\p{N}" if individual else r"\p{N}+", text):
+        out += pieces(pattern, text[pos:m.start()]) + [m.group()]
+        pos = m.end()
+    return out + pieces(pattern, text[pos:])
+
+
+def train_merges(corpus, pattern, n_merges, digits=False):
     """Naive BPE training: most frequent adjacent pair, ties to the smallest pair."""
     words = {}
     for t in corpus:
-        for p in pieces(pattern, t):
+        for p in (pieces_digits(pattern, t) if digits else pieces(pattern, t)):
             w = tuple(B2U[b] for b in p.encode("utf-8"))
             words[w] = words.get(w, 0) + 1
     merges = []
@@ -76,9 +86,10 @@ def train_merges(corpus, pattern, n_merges):
 
 
 class RefBPE:
-    def __init__(self, vocab, merges, pattern, added):
-        """added: [(content, special)] (ids from vocab)."""
-        self.vocab, self.pattern = vocab, pattern
+    def __init__(self, vocab, merges, pattern, added, digits=False):
+        """added: [(content, special)] (ids from vocab); digits: a Digits(individual_digits)
+        pre-tokenizer before the regex."""
+        self.vocab, self.pattern, self.digits = vocab, pattern, digits
         self.rank = {m: i for i, m in enumerate(merges)}
         self.added = sorted(added, key=lambda a: -len(a[0].encode("utf-8")))
 
@@ -100,7 +111,8 @@ class RefBPE:
         return [self.vocab[s] for s in w]
 
     def encode_text(self, text):
-        return [i for p in pieces(self.pattern, text) for i in self.bpe(p)]
+        ps = pieces_digits(self.pattern, text) if self.digits else pieces(self.pattern, text)
+        return [i for p in ps for i in self.bpe(p)]
 
     def encode(self, text, allow_special=False):
         ok = [a for a in self.added if allow_special or not a[1]]
@@ -132,6 +144,10 @@ def build_vocab(merges, added):
 def pre_tokenizer(kind, pattern):
     if kind == "gpt2":
         return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    if kind == "digits":  # StarCoder / SmolLM2
+        return {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
     return {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
