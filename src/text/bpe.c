@@ -670,11 +670,14 @@ static int split_pattern(struct fdpo_bpe *b, const char *p, const cJSON *e, cons
                           cJSON_IsString(beh) ? beh->valuestring : "(missing)");
     if (b->pattern) return fdpo_error("%s: %s: a second Split is not supported", p, field);
     if (cJSON_IsString(re) && *re->valuestring) b->pattern = fdpo_strdup(re->valuestring);
-    else if (cJSON_IsString(str) && *str->valuestring) { /* a literal: \Q...\E */
-        if (strstr(str->valuestring, "\\E")) return fdpo_error("%s: %s.pattern.String contains \\E", p, field);
-        size_t l = strlen(str->valuestring);
-        b->pattern = fdpo_malloc(l + 5);
-        snprintf(b->pattern, l + 5, "\\Q%s\\E", str->valuestring);
+    else if (cJSON_IsString(str) && *str->valuestring) { /* a literal: metacharacters escaped */
+        const char *t = str->valuestring;
+        char *q = b->pattern = fdpo_malloc(2 * strlen(t) + 1);
+        for (; *t; t++) {
+            if (strchr("\\^$.|?*+()[]{}", *t)) *q++ = '\\';
+            *q++ = *t;
+        }
+        *q = 0;
     } else return fdpo_error("%s: %s.pattern must be {\"Regex\": string} or {\"String\": string}", p, field);
     return 0;
 }

@@ -284,3 +284,22 @@ def test_bad_tokenizer_config(tmp_path, cfg, msg):
     (d / "tokenizer_config.json").write_text(cfg)
     r = run("tokenize", "--tokenizer", str(d), input=b"x")
     assert r.returncode == 1 and msg in r.stderr.decode(), r.stderr
+
+
+def test_split_on_a_literal_string_leaves_gaps_as_pieces(tmp_path):
+    """Split {"String": "+."} (regex metacharacters taken literally): the matches and the text
+    between them are the pieces (Isolated), each byte-pair encoded."""
+    import regex
+    from tok_ref import pieces
+    lit = "+."
+    merges = train_merges(CORPUS, regex.escape(lit), 60)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "lit"
+    write_tokenizer(str(d), "split", "x", vocab, merges, GPT2_ADDED, None, None)
+    tj = json.load(open(d / "tokenizer.json"))
+    tj["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {"String": lit}
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    ref = RefBPE(vocab, merges, regex.escape(lit), GPT2_ADDED)
+    texts = ["a+.b", "hello world+.+.again", "x+y.z", "no match at all", "+.", "ends with+."]
+    assert pieces(regex.escape(lit), "a+.b") == ["a", "+.", "b"]
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts]
