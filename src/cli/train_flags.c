@@ -53,6 +53,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"seed",          FLAG_INT,   &o->seed,          FLAGS_DEFAULT_SEED,   "seed for init, data split and data order", 0},
         {"quiet",         FLAG_BOOL,  &o->quiet,         "0",      "no progress line", 0},
     };
+    _Static_assert(sizeof shared / sizeof shared[0] <= TRAIN_FLAGS_MAX, "raise TRAIN_FLAGS_MAX (train_flags.h)");
     size_t k = sizeof shared / sizeof shared[0];
     memcpy(f + n, shared, k * sizeof *f);
     return n + k;

@@ -13,7 +13,7 @@
 #include "cli/flags.h"
 #include "fdpo/trainer.h"
 
-#define TRAIN_FLAGS_MAX 40
+#define TRAIN_FLAGS_MAX 48
 size_t train_flags_add(fdpo_flag *flags, size_t n, fdpo_train_opts *o);
 int train_flags_set_default(fdpo_flag *flags, size_t n, const char *name, const char *def);
 int train_flags_set_help(fdpo_flag *flags, size_t n, const char *name, const char *help);
