@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential pkg-config libopenblas-openmp-dev libcjson-dev libpcre2-dev
       libinih-dev check python3 python3-torch python3-numpy python3-scipy python3-nltk
-      python3-pytest python3-regex)
+      python3-pytest python3-regex python3-jinja2)
 # oneDNN (bf16 GEMM), Open MPI (data parallelism),
 # clang + libFuzzer (make fuzz).
 PKGS+=(libdnnl-dev libopenmpi-dev openmpi-bin clang libfuzzer-14-dev)

@@ -15,7 +15,10 @@
 
 /* ---- prompts and completions files ---- */
 /* JSONL ({"prompt": "..."} per line) when the first non-blank line starts with '{',
- * otherwise plain text, one prompt per line. Blank lines are skipped; a leading UTF-8 byte
+ * otherwise plain text, one prompt per line. A conversational prompt ({"prompt": [messages]}
+ * or {"messages": [messages]}) is kept as the compact JSON text of its messages;
+ * fdpo_encode_prompts renders it with the tokenizer's chat template and the generation
+ * prompt (include/fdpo/chat.h). Blank lines are skipped; a leading UTF-8 byte
  * order mark is skipped; a JSON string with a NUL (\u0000) is an error. Errors name
  * FILE:LINE. */
 int fdpo_read_prompts(const char *path, char ***prompts, size_t *n);
@@ -61,7 +64,9 @@ typedef struct {
     fdpo_finish finish;
 } fdpo_sample;
 
-/* Tokenize prompts (an empty prompt becomes the single token EOT, GPT-2's convention). */
+/* Tokenize prompts (an empty prompt becomes the single token EOT, GPT-2's convention); a
+ * conversational prompt (a JSON list of messages, see fdpo_read_prompts) is rendered with
+ * the chat template + generation prompt. */
 int fdpo_encode_prompts(const fdpo_tokenizer *tok, char *const *prompts, size_t n,
                         int32_t ***ids, size_t **lens);
 void fdpo_free_ids(int32_t **ids, size_t *lens, size_t n);

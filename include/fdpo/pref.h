@@ -6,13 +6,16 @@
  *     boundary; a trailing space goes back to the completions, as TRL does, because GPT-2's
  *     BPE attaches a leading space to the following word).
  *   - conversational: lists of {"role", "content"}; without "prompt" the prompt is the
- *     common leading MESSAGES of chosen and rejected. Rendered with the chat template
- *       "<|ROLE|>\nCONTENT\n" per message; the prompt ends with "<|assistant|>\n"; the
- *       completion is the first (assistant) message's content + "\n", then any further
- *       messages rendered as blocks. The completion must start with an assistant turn.
- * Prompt and completions are encoded separately (specials off: a literal "<|endoftext|>"
- * in data is text); every completion ends with <|endoftext|>. An empty prompt becomes the
- * single token <|endoftext|> so that the first completion token has a context.
+ *     common leading MESSAGES of chosen and rejected. Rendered with the tokenizer's chat
+ *     template (include/fdpo/chat.h; default "plain": "<|ROLE|>\nCONTENT\n" per message):
+ *     the prompt from the start of the conversation + the generation prompt ("<|assistant|>\n");
+ *     the completion is the first (assistant) message's content, then any further
+ *     messages, up to the last end-of-turn marker. The completion must start with an
+ *     assistant turn.
+ * Prompt and completions are encoded separately (a literal "<|endoftext|>" in data is
+ * text; special tokens are matched in template markers only); every completion ends with
+ * eos (not repeated when the template's end-of-turn marker is eos). An empty prompt becomes
+ * the single token eos so that the first completion token has a context.
  *
  * Truncation (max_length > 0): if len(prompt) + max(len(chosen), len(rejected)) exceeds
  * max_length, the prompt keeps its LAST max_prompt_length tokens, then the completions
@@ -91,7 +94,7 @@ int fdpo_pref_split(size_t n, double fraction, uint64_t seed, size_t **train_idx
                     size_t **eval_idx, size_t *n_eval);
 
 /* One (prompt, completion) with the rules of a pair's chosen side: strings, or message
- * lists (prompt rendered + "<|assistant|>\n", the completion starting with an assistant
+ * lists (prompt rendered + the generation prompt, the completion starting with an assistant
  * turn); prompt ids (an empty prompt becomes <|endoftext|>) and completion ids +
  * <|endoftext|> (malloc'd). *content_len: bytes of completion content (0 = empty). Errors
  * name NAME:LINE and the field. For unpaired data (kto.h). */

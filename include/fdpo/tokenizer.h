@@ -1,7 +1,11 @@
-/* Tokenizers: byte-level (256 bytes + <|endoftext|>) and GPT-2 byte-level BPE.
- * A checkpoint directory carries its tokenizer; fdpo_tokenizer_load_dir picks the kind:
- *   vocab.json + merges.txt, encoder.json + vocab.bpe, or tokenizer.json  -> GPT-2 BPE
- *   fdpo_tokenizer.json {"type": "byte"}                                   -> byte-level */
+/* Tokenizers: byte-level (256 bytes + <|endoftext|>) and byte-level BPE (GPT-2, Llama-3,
+ * Qwen2, SmolLM2). A checkpoint directory carries its tokenizer; fdpo_tokenizer_load_dir
+ * picks the kind:
+ *   tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe  -> byte-level BPE
+ *     (tokenizer.json first; tokenizer_config.json beside them gives bos/eos/pad, extra
+ *     added tokens and the chat template)
+ *   fdpo_tokenizer.json {"type": "byte"}                                   -> byte-level
+ * docs/tokenizer.md lists what of tokenizer.json is read and what is refused. */
 #ifndef FDPO_TOKENIZER_H
 #define FDPO_TOKENIZER_H
 #include <stddef.h>
@@ -17,19 +21,48 @@ fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir);
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vocab_name, const char *vocab_json, size_t vocab_len,
                                          const char *merges_name, const char *merges_txt, size_t merges_len);
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json(const char *name, const char *tokenizer_json, size_t len);
+/* The same with a tokenizer_config.json (config NULL: none). */
+fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *name, const char *tokenizer_json, size_t len,
+                                                     const char *config_name, const char *config, size_t config_len);
+fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vocab_name, const char *vocab_json, size_t vocab_len,
+                                                const char *merges_name, const char *merges_txt, size_t merges_len,
+                                                const char *config_name, const char *config, size_t config_len);
 int fdpo_tokenizer_save_dir(const fdpo_tokenizer *t, const char *dir); /* atomic files */
 void fdpo_tokenizer_free(fdpo_tokenizer *t);
 fdpo_tokenizer_kind fdpo_tokenizer_kind_of(const fdpo_tokenizer *t);
 size_t fdpo_tokenizer_vocab_size(const fdpo_tokenizer *t);
-int32_t fdpo_tokenizer_eot(const fdpo_tokenizer *t);   /* <|endoftext|>: 256 byte-level, 50256 GPT-2 */
+/* End of sequence: tokenizer_config.json's eos_token, else <|endoftext|> (256 byte-level,
+ * 50256 GPT-2). Completions end with it and generation stops at it. */
+int32_t fdpo_tokenizer_eot(const fdpo_tokenizer *t);
+int32_t fdpo_tokenizer_bos(const fdpo_tokenizer *t);   /* -1: none */
+int32_t fdpo_tokenizer_pad(const fdpo_tokenizer *t);   /* -1: none */
+/* 1 if id is a special token (added with "special": true; <|endoftext|> when the files
+ * list no added tokens). */
+int fdpo_tokenizer_is_special(const fdpo_tokenizer *t, int32_t id);
+/* The id of a token given its text (an added token's content, or a vocabulary string in
+ * the byte alphabet); -1 if none. */
+int32_t fdpo_tokenizer_token_id(const fdpo_tokenizer *t, const char *text);
 
-/* Encode len bytes of text. With allow_special, the literal "<|endoftext|>" becomes the
- * EOT id; otherwise it is encoded as ordinary text. *ids is malloc'd. */
+/* Encode len bytes of text. Added tokens that are not special are always matched in the
+ * text (longest first); special ones ("<|endoftext|>", "<|im_start|>", ...) only with
+ * allow_special, else they are ordinary text. *ids is malloc'd. */
 int fdpo_tokenizer_encode(const fdpo_tokenizer *t, const char *text, size_t len,
                           int allow_special, int32_t **ids, size_t *n_ids);
+/* The same where special tokens are matched only when they start at a byte i with
+ * mask[i] != 0 (chat templates: the template's markers, not the messages' content). */
+int fdpo_tokenizer_encode_masked(const fdpo_tokenizer *t, const char *text, size_t len,
+                                 const unsigned char *mask, int32_t **ids, size_t *n_ids);
 /* Decode to a malloc'd NUL-terminated string; *len gets its length (may be NULL). Byte
  * sequences that are not valid UTF-8 become U+FFFD, as Hugging Face's decode does. */
 char *fdpo_tokenizer_decode(const fdpo_tokenizer *t, const int32_t *ids, size_t n, size_t *len);
+/* The same, leaving out special tokens when skip_special (Hugging Face's
+ * skip_special_tokens=True). */
+char *fdpo_tokenizer_decode_ex(const fdpo_tokenizer *t, const int32_t *ids, size_t n, int skip_special, size_t *len);
+/* The chat template (include/fdpo/chat.h): NULL/"auto" = tokenizer_config.json's
+ * chat_template, else a built-in's name (checked when rendering: fdpo_chat_for). */
+void fdpo_tokenizer_set_chat_template(fdpo_tokenizer *t, const char *name);
+/* tokenizer_config.json's chat_template source (NULL: none); *name the name set (or NULL). */
+const char *fdpo_tokenizer_chat_template(const fdpo_tokenizer *t, const char **name);
 /* Raw bytes of one token (no UTF-8 repair), for streaming output. */
 const char *fdpo_tokenizer_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *len);
 

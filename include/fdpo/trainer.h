@@ -56,6 +56,7 @@ typedef struct {
     int resume;          /* continue from out's training state */
     const char *init;    /* start from this checkpoint instead of a random init */
     const char *tokenizer; /* tokenizer directory (default: init's, else byte-level) */
+    const char *chat_template; /* built-in chat template for message data (NULL/"auto": the tokenizer's) */
     long eval_every, save_every, log_every;
     long eval_max_seqs;  /* pretrain/sft: evaluate only the first N validation sequences (0 = all) */
     double val_fraction;

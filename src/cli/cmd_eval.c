@@ -39,7 +39,7 @@ static void print_table(cJSON *const *cols, char *const *names, size_t n_cols) {
 
 int cmd_eval(int argc, char **argv) {
     const char *ref_dir, *prompts_path, *reward_spec, *safety_spec, *lexicon, *div_list, *pairs_path, *bad_pairs,
-        *cal_div_spec, *out_path, *samples_path, *precision, *words_path;
+        *cal_div_spec, *out_path, *samples_path, *precision, *words_path, *chat_template;
     flag_list models;
     long threads;
     double reward_timeout, beta, ead_vocab, safety_threshold;
@@ -48,6 +48,7 @@ int cmd_eval(int argc, char **argv) {
         {"model", FLAG_LIST, &models, NULL, "policy checkpoint (required; repeat for several columns)", 0},
         {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint for KL and f-divergences (required)", 0},
         {"data", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or text, one per line (required)", 0},
+        {"chat-template", FLAG_STR, &chat_template, "auto", "conversational prompts and --pairs: auto (--ref's tokenizer_config.json), plain, chatml, llama3, zephyr", 0},
         {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR, words:FILE (none = no reward metrics)", 0},
         {"safety", FLAG_STR, &safety_spec, NULL, "safety score g, any reward spec (e.g. lexicon:FILE): mean, SE, fraction >= --safety-threshold", 0},
         {"safety-threshold", FLAG_FLOAT, &safety_threshold, "0", "a sample is safe when its safety score g >= this", 0},
@@ -128,6 +129,7 @@ int cmd_eval(int argc, char **argv) {
     }
     if (!rc && fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) rc = fdpo_error_context("--data");
     if (!rc) rc = eval_load_checkpoint("--ref", ref_dir, &ref, &ref_tok);
+    if (!rc) rc = eval_set_chat_template(ref_tok, chat_template);
     if (!rc) rc = fdpo_encode_prompts(ref_tok, prompts, n_prompts, &ids, &lens);
     if (!rc && pairs_path) {
         if (fdpo_pref_load(pairs_path, ref_tok, &po, &pairs)) rc = fdpo_error_context("--pairs");

@@ -14,17 +14,18 @@ static const char *finish_name(fdpo_finish f) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *model_dir, *prompts_path, *out_path, *precision;
+    const char *model_dir, *prompts_path, *out_path, *precision, *chat_template;
     long threads;
     eval_sampling_flags sf;
-    fdpo_flag flags[5 + EVAL_SAMPLING_NFLAGS] = {
+    fdpo_flag flags[6 + EVAL_SAMPLING_NFLAGS] = {
         {"model", FLAG_STR, &model_dir, NULL, "checkpoint directory (required)", 0},
         {"data", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or plain text, one per line (required)", 0},
+        {"chat-template", FLAG_STR, &chat_template, "auto", "conversational prompts ({\"messages\"}): auto (the checkpoint's tokenizer_config.json), plain, chatml, llama3, zephyr", 0},
         {"out", FLAG_STR, &out_path, "-", "output JSONL file ('-' = stdout)", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
         {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
     };
-    size_t n_flags = eval_sampling_flags_add(flags, 5, &sf, "1");
+    size_t n_flags = eval_sampling_flags_add(flags, 6, &sf, "1");
     int rc = flags_parse("generate", "fdpo generate --model CKPT --data PROMPTS [flags]", flags, n_flags,
                          argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;
@@ -46,6 +47,7 @@ int cmd_generate(int argc, char **argv) {
     size_t *lens = NULL;
     fdpo_sample *s = NULL;
     rc = eval_load_checkpoint("--model", model_dir, &m, &tok);
+    if (!rc) rc = eval_set_chat_template(tok, chat_template);
     if (!rc) rc = fdpo_encode_prompts(tok, prompts, n_prompts, &ids, &lens);
     double t0 = fdpo_now();
     /* under MPI each rank generates its block of prompts; rank 0 writes them all */

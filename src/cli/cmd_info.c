@@ -6,6 +6,7 @@
 #include <string.h>
 #include "cli/commands.h"
 #include "cli/flags.h"
+#include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "fdpo/io.h"
 #include "fdpo/tokenizer.h"
@@ -46,6 +47,10 @@ int cmd_info(int argc, char **argv) {
     fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(dir);
     const char *tok_kind = !tok ? "none" : fdpo_tokenizer_kind_of(tok) == FDPO_TOK_BPE ? "gpt2-bpe" : "byte";
     size_t tok_vocab = tok ? fdpo_tokenizer_vocab_size(tok) : 0;
+    const char *chat_name = "none";
+    fdpo_chat chat;
+    if (tok && fdpo_chat_for(tok, &chat) == 0) { chat_name = fdpo_chat_name(chat.kind); fdpo_chat_free(&chat); }
+    else if (tok) chat_name = "unrecognised";
     if (tok && fdpo_checkpoint_check_tokenizer(dir, c, tok)) { fdpo_tokenizer_free(tok); fdpo_gpt2_free(m); return -1; }
     fdpo_clear_error();
     char *state_path = fdpo_path_join(dir, "training_state.json");
@@ -80,7 +85,12 @@ int cmd_info(int argc, char **argv) {
         }
         cJSON_AddNumberToObject(o, "parameters", (double)m->n_params);
         cJSON_AddStringToObject(o, "tokenizer", tok_kind);
-        if (tok) cJSON_AddNumberToObject(o, "tokenizer_vocab_size", (double)tok_vocab);
+        if (tok) {
+            cJSON_AddNumberToObject(o, "tokenizer_vocab_size", (double)tok_vocab);
+            cJSON_AddNumberToObject(o, "eos_token_id", fdpo_tokenizer_eot(tok));
+            if (fdpo_tokenizer_bos(tok) >= 0) cJSON_AddNumberToObject(o, "bos_token_id", fdpo_tokenizer_bos(tok));
+            cJSON_AddStringToObject(o, "chat_template", chat_name);
+        }
         cJSON_AddBoolToObject(o, "training_state", has_state);
         if (step >= 0) cJSON_AddNumberToObject(o, "step", (double)step);
         char *s = cJSON_PrintUnformatted(o);
@@ -105,7 +115,8 @@ int cmd_info(int argc, char **argv) {
             printf("tie_word_embeddings: %s\n", c->tie_word_embeddings ? "true" : "false");
         }
         printf("parameters: %zu (%.2fM)\n", m->n_params, (double)m->n_params / 1e6);
-        if (tok) printf("tokenizer: %s (%zu tokens)\n", tok_kind, tok_vocab);
+        if (tok) printf("tokenizer: %s (%zu tokens)\neos_token_id: %d\nchat_template: %s\n", tok_kind, tok_vocab,
+                        fdpo_tokenizer_eot(tok), chat_name);
         else printf("tokenizer: none\n");
         if (has_state && step >= 0) printf("training_state: yes (step %ld)\n", step);
         else printf("training_state: %s\n", has_state ? "yes" : "no");

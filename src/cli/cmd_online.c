@@ -9,9 +9,9 @@
 #include "fdpo/online.h"
 
 /* Shared training flags that do not apply: the model is --model, lengths from the samples,
- * every round trains on all its pairs. --resume means "after the last complete round" in
+ * every round trains on all its pairs; the chat template is the checkpoint's. --resume means "after the last complete round" in
  * rounds mode and a trainer resume in step mode (--stop-at, --overwrite: step mode only). */
-static const char *const NOT_FOR_ONLINE[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
+static const char *const NOT_FOR_ONLINE[] = {"model", "tokenizer", "chat-template", "n-layer", "n-head", "n-embd", "n-positions",
                                              "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
                                              "seq-len", "val-fraction", "lora-r", "lora-alpha", "lora-dropout", "lora-targets", NULL};
 

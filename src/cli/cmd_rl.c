@@ -8,8 +8,8 @@
 #include "fdpo/rl.h"
 
 /* Shared training flags that do not apply: batches are sampled groups (--prompts-per-step x
- * --n), no data file epochs, no validation split. */
-static const char *const NOT_FOR_RL[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
+ * --n), no data file epochs, no validation split; the chat template is the checkpoint's. */
+static const char *const NOT_FOR_RL[] = {"model", "tokenizer", "chat-template", "n-layer", "n-head", "n-embd", "n-positions",
                                          "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings", "seq-len",
                                          "val-fraction", "batch-size", "grad-accum", "epochs", "eval-every", "eval-max-seqs",
                                          "shuffle", "lora-r", "lora-alpha", "lora-dropout", "lora-targets", NULL};

@@ -89,7 +89,7 @@ static int encode_jsonl(enc_ctx *c, const char *path, const char *s, size_t n, c
     return 0;
 }
 
-static int decode_text(const fdpo_tokenizer *tok, const char *path, const char *s, size_t n, int lines, buf *out) {
+static int decode_text(const fdpo_tokenizer *tok, const char *path, const char *s, size_t n, int lines, int skip_special, buf *out) {
     size_t vocab = fdpo_tokenizer_vocab_size(tok), line = 0, cap = 1024;
     int32_t *ids = fdpo_malloc(cap * sizeof *ids);
     int rc = 0;
@@ -118,7 +118,7 @@ static int decode_text(const fdpo_tokenizer *tok, const char *path, const char *
         }
         if (rc) break;
         size_t len;
-        char *text = fdpo_tokenizer_decode(tok, ids, k, &len);
+        char *text = fdpo_tokenizer_decode_ex(tok, ids, k, skip_special, &len);
         buf_put(out, text, len);
         if (lines) buf_put(out, "\n", 1);
         free(text);
@@ -131,7 +131,7 @@ static int decode_text(const fdpo_tokenizer *tok, const char *path, const char *
 
 int cmd_tokenize(int argc, char **argv) {
     const char *tok_dir, *field;
-    int decode, lines, allow_special, stats;
+    int decode, lines, allow_special, skip_special, stats;
     flag_list data;
     fdpo_flag flags[] = {
         {"data", FLAG_LIST, &data, NULL, "input file (repeatable; positional FILEs work too; none = stdin)", 0},
@@ -139,7 +139,8 @@ int cmd_tokenize(int argc, char **argv) {
         {"decode", FLAG_BOOL, &decode, "0", "ids -> text instead of text -> ids", 0},
         {"lines", FLAG_BOOL, &lines, "0", "one output line per input line (encode); '\\n' after each decoded line", 0},
         {"jsonl-field", FLAG_STR, &field, NULL, "encode the string field NAME of each JSONL record, one line each", 0},
-        {"allow-special", FLAG_BOOL, &allow_special, "0", "encode the text <|endoftext|> as the EOT id", 0},
+        {"allow-special", FLAG_BOOL, &allow_special, "0", "match special tokens (<|endoftext|>, <|im_start|>, ...) in the text; otherwise they are text", 0},
+        {"skip-special-tokens", FLAG_BOOL, &skip_special, "0", "--decode: leave special tokens out of the text", 0},
         {"stats", FLAG_BOOL, &stats, "0", "print texts, bytes, tokens and encode throughput to stderr", 0},
     };
     int npos; char **pos;
@@ -151,6 +152,7 @@ int cmd_tokenize(int argc, char **argv) {
     if (!tok_dir) { free(pos); return fdpo_error("--tokenizer: required (a directory or 'byte')"); }
     if (field && (lines || decode)) { free(pos); return fdpo_error("--jsonl-field: cannot be combined with %s", lines ? "--lines" : "--decode"); }
     if (field && !*field) { free(pos); return fdpo_error("--jsonl-field: empty field name"); }
+    if (skip_special && !decode) { free(pos); return fdpo_error("--skip-special-tokens: only with --decode"); }
     double t0 = fdpo_now();
     fdpo_tokenizer *tok = strcmp(tok_dir, "byte") == 0 ? fdpo_tokenizer_byte() : fdpo_tokenizer_load_dir(tok_dir);
     if (!tok) { free(pos); return fdpo_error_context("--tokenizer"); }
@@ -166,7 +168,7 @@ int cmd_tokenize(int argc, char **argv) {
         size_t n;
         char *s = read_input(files[i], &n);
         if (!s) { rc = -1; break; }
-        if (decode) rc = decode_text(tok, name, s, n, lines, &c.out);
+        if (decode) rc = decode_text(tok, name, s, n, lines, skip_special, &c.out);
         else if (field) rc = encode_jsonl(&c, name, s, n, field);
         else if (lines) {
             for (const char *p = s, *end = s + n; p < end && rc == 0;) {

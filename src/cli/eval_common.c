@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cli/eval_common.h"
+#include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "fdpo/io.h"
 #include "fdpo/objectives.h"
@@ -20,6 +21,15 @@ int eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **model, f
         return fdpo_error("%s %s: tokenizer has %zu tokens but the model's vocab_size is %zu", flag, dir, tv, mv);
     }
     *model = m; *tok = t;
+    return 0;
+}
+
+int eval_set_chat_template(fdpo_tokenizer *tok, const char *name) {
+    fdpo_tokenizer_set_chat_template(tok, name);
+    if (!name || !strcmp(name, "auto")) return 0; /* an unknown file template is reported where it is needed */
+    fdpo_chat chat;
+    if (fdpo_chat_for(tok, &chat)) return -1;
+    fdpo_chat_free(&chat);
     return 0;
 }
 

@@ -12,6 +12,8 @@
  * flag names the flag in messages ("--model"). */
 int eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **model, fdpo_tokenizer **tok);
 /* Parses a comma-separated list of divergences ("rkl,fkl,alpha:0.5"); *divs is malloc'd. */
+/* --chat-template NAME on a loaded tokenizer ("auto": its files'); a bad name is an error. */
+int eval_set_chat_template(fdpo_tokenizer *tok, const char *name);
 int eval_parse_divergences(const char *flag, const char *list, fdpo_divergence **divs, size_t *n);
 
 /* The sampling flags of fdpo generate and fdpo eval: --n, --temperature, --top-k, --top-p,

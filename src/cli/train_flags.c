@@ -18,6 +18,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"overwrite",     FLAG_BOOL,  &o->overwrite,     "0",      "start a fresh run even if --out already holds a checkpoint", 0},
         {"model",         FLAG_STR,   &o->init,          NULL,     "start from this checkpoint directory instead of a random init", 0},
         {"tokenizer",     FLAG_STR,   &o->tokenizer,     NULL,     "tokenizer directory (default: --model's, else byte-level)", 0},
+        {"chat-template", FLAG_STR,   &o->chat_template, "auto",   "how {\"messages\"} data are rendered: auto (tokenizer_config.json's chat_template), plain, chatml, llama3, zephyr", 0},
         {"n-layer",       FLAG_INT,   &o->n_layer,       "4",      "transformer blocks (random init only)", 0},
         {"n-head",        FLAG_INT,   &o->n_head,        "4",      "attention heads (random init only)", 0},
         {"n-embd",        FLAG_INT,   &o->n_embd,        "128",    "embedding width (random init only)", 0},
@@ -58,6 +59,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"lora-dropout",  FLAG_FLOAT, &o->lora_dropout,  "0",      "dropout on the LoRA adapters' input during training", 0},
         {"lora-targets",  FLAG_STR,   &o->lora_targets,  NULL,     "comma list of modules to adapt, PEFT names (llama: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; gpt2: c_attn,c_proj,c_fc; default: PEFT's, c_attn / q_proj,v_proj)", 0},
     };
+    _Static_assert(sizeof shared / sizeof shared[0] <= TRAIN_FLAGS_MAX, "raise TRAIN_FLAGS_MAX (train_flags.h)");
     size_t k = sizeof shared / sizeof shared[0];
     memcpy(f + n, shared, k * sizeof *f);
     return n + k;

@@ -4,25 +4,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "fdpo/data.h"
 #include "fdpo/pref.h"
 #include "data/jsonl.h"
 
-/* A growable byte string for rendering templates. */
-typedef struct { char *s; size_t n, cap; } strbuf;
-static void sb_add(strbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        b->cap = (b->n + n + 1) * 2;
-        b->s = fdpo_realloc(b->s, b->cap);
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-}
-static void sb_str(strbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
+/* Data text (no template, nothing matched as a special token). */
+static void sb_add(fdpo_chat_text *b, const char *s, size_t n) { fdpo_chat_text_put(b, s, n, 0, 0); }
+static void sb_str(fdpo_chat_text *b, const char *s) { sb_add(b, s, strlen(s)); }
 
-typedef struct { const char *name; size_t line; } where;
+/* The chat template, looked up at the first conversational record (a file of plain
+ * strings needs none, so an unrecognised template does not stop it). */
+typedef struct { const char *name; size_t line; const fdpo_tokenizer *tok; fdpo_chat chat; int have_chat; } where;
+static int need_chat(where *w) {
+    if (w->have_chat) return 0;
+    if (fdpo_chat_for(w->tok, &w->chat)) return fdpo_error_context("%s:%zu", w->name, w->line);
+    w->have_chat = 1;
+    return 0;
+}
 
 static int string_field(const where *w, const cJSON *v, const char *field, const char **out) {
     if (!cJSON_IsString(v)) return fdpo_error("%s:%zu: field '%s' must be a string", w->name, w->line, field);
@@ -60,12 +60,24 @@ static const char *msg_content(const cJSON *m) { return cJSON_GetObjectItemCaseS
 static int msg_equal(const cJSON *a, const cJSON *b) {
     return !strcmp(msg_role(a), msg_role(b)) && !strcmp(msg_content(a), msg_content(b));
 }
-static void render_block(strbuf *b, const cJSON *m) {
-    sb_str(b, "<|"); sb_str(b, msg_role(m)); sb_str(b, "|>\n");
-    sb_str(b, msg_content(m)); sb_str(b, "\n");
+/* messages[from..to) of a checked array -> fdpo_chat_msg (pointers into the JSON). */
+static fdpo_chat_msg *msgs_of(const cJSON *arr, size_t from, size_t to) {
+    fdpo_chat_msg *m = fdpo_malloc((to > from ? to - from : 1) * sizeof *m);
+    for (size_t i = from; i < to; i++) {
+        const cJSON *e = cJSON_GetArrayItem(arr, (int)i);
+        m[i - from] = (fdpo_chat_msg){msg_role(e), msg_content(e)};
+    }
+    return m;
 }
-/* Completion = messages[from..]: first must be the assistant's; its content + "\n", then blocks. */
-static int render_completion(const where *w, const cJSON *arr, size_t from, const char *field, strbuf *b, size_t *content_len) {
+/* Prompt = messages rendered from the start of the conversation + the generation prompt. */
+static void render_prompt(const where *w, const cJSON *arr, size_t n, fdpo_chat_text *b) {
+    fdpo_chat_msg *m = msgs_of(arr, 0, n);
+    fdpo_chat_render(&w->chat, m, n, FDPO_CHAT_START | FDPO_CHAT_GENERATION_PROMPT, b);
+    free(m);
+}
+/* Completion = messages[from..]: first must be the assistant's (its header ends the prompt);
+ * it ends at the last message's end-of-turn marker. */
+static int render_completion(const where *w, const cJSON *arr, size_t from, const char *field, fdpo_chat_text *b, size_t *content_len) {
     size_t n = (size_t)cJSON_GetArraySize(arr);
     *content_len = 0;
     if (from >= n) return 0; /* empty completion: the caller decides */
@@ -73,13 +85,10 @@ static int render_completion(const where *w, const cJSON *arr, size_t from, cons
     if (strcmp(msg_role(first), "assistant"))
         return fdpo_error("%s:%zu: %s[%zu] must be an assistant turn (the completion starts there), not '%s'",
                           w->name, w->line, field, from, msg_role(first));
-    sb_str(b, msg_content(first)); sb_str(b, "\n");
-    *content_len += strlen(msg_content(first));
-    for (size_t i = from + 1; i < n; i++) {
-        const cJSON *m = cJSON_GetArrayItem(arr, (int)i);
-        render_block(b, m);
-        *content_len += strlen(msg_content(m));
-    }
+    for (size_t i = from; i < n; i++) *content_len += strlen(msg_content(cJSON_GetArrayItem(arr, (int)i)));
+    fdpo_chat_msg *m = msgs_of(arr, from, n);
+    fdpo_chat_render(&w->chat, m, n - from, FDPO_CHAT_CONTINUE | FDPO_CHAT_END_AT_EOT, b);
+    free(m);
     return 0;
 }
 
@@ -94,32 +103,64 @@ static size_t common_prefix(const char *a, const char *b) {
     return n;
 }
 
-typedef struct { strbuf prompt, chosen, rejected; size_t chosen_content, rejected_content; } rendered;
+typedef struct { fdpo_chat_text prompt, chosen, rejected; size_t chosen_content, rejected_content; int chat; } rendered;
+
+/* A string prompt that is the JSON text of a message list: how prompt files keep
+ * conversational prompts (fdpo_read_prompts), so pairs made from samples of them (fdpo
+ * online, fdpo pairs) carry it. Returns the parsed list, or NULL. */
+static cJSON *prompt_messages(const cJSON *p) {
+    if (!cJSON_IsString(p) || p->valuestring[0] != '[') return NULL;
+    cJSON *a = cJSON_Parse(p->valuestring);
+    int ok = cJSON_IsArray(a) && cJSON_GetArraySize(a) > 0;
+    for (const cJSON *m = ok ? a->child : NULL; m; m = m->next) {
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role"), *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsString(r) || !cJSON_IsString(c)) ok = 0;
+    }
+    if (!ok) { cJSON_Delete(a); return NULL; }
+    return a;
+}
+static cJSON *assistant_turn(const cJSON *text) {
+    cJSON *a = cJSON_CreateArray(), *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "role", "assistant");
+    cJSON_AddStringToObject(m, "content", text->valuestring);
+    cJSON_AddItemToArray(a, m);
+    return a;
+}
 
 /* Fill r from one JSON object. Returns 0 ok, -1 error, 1 skip (reason in *skip). */
-static int render_pair(const where *w, const cJSON *obj, rendered *r, fdpo_pref_summary *sum) {
+static int render_pair(where *w, const cJSON *obj, rendered *r, fdpo_pref_summary *sum) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(obj, "prompt");
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(obj, "chosen");
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, "rejected");
     if (!c) return fdpo_error("%s:%zu: missing field 'chosen'", w->name, w->line);
     if (!j) return fdpo_error("%s:%zu: missing field 'rejected'", w->name, w->line);
     if (!p) sum->implicit_prompt++;
+    cJSON *pm = cJSON_IsString(c) && cJSON_IsString(j) ? prompt_messages(p) : NULL;
+    if (pm) { /* {"prompt": "[messages]", "chosen": text, "rejected": text} */
+        cJSON *conv = cJSON_CreateObject();
+        cJSON_AddItemToObject(conv, "prompt", pm);
+        cJSON_AddItemToObject(conv, "chosen", assistant_turn(c));
+        cJSON_AddItemToObject(conv, "rejected", assistant_turn(j));
+        int rc = render_pair(w, conv, r, sum);
+        cJSON_Delete(conv);
+        return rc;
+    }
     if (cJSON_IsArray(c) || cJSON_IsArray(j)) {
         sum->conversational++;
         if (!cJSON_IsArray(c)) return fdpo_error("%s:%zu: field 'chosen' must be a list of messages like 'rejected'", w->name, w->line);
         if (!cJSON_IsArray(j)) return fdpo_error("%s:%zu: field 'rejected' must be a list of messages like 'chosen'", w->name, w->line);
         if (p && !cJSON_IsArray(p)) return fdpo_error("%s:%zu: field 'prompt' must be a list of messages like 'chosen'", w->name, w->line);
         if (check_messages(w, c, "chosen") || check_messages(w, j, "rejected") || (p && check_messages(w, p, "prompt"))) return -1;
+        if (need_chat(w)) return -1;
+        r->chat = 1;
         size_t from = 0;
         if (p) {
-            const cJSON *m;
-            cJSON_ArrayForEach(m, p) render_block(&r->prompt, m);
+            render_prompt(w, p, (size_t)cJSON_GetArraySize(p), &r->prompt);
         } else {
             size_t nc = (size_t)cJSON_GetArraySize(c), nj = (size_t)cJSON_GetArraySize(j);
             while (from < nc && from < nj && msg_equal(cJSON_GetArrayItem(c, (int)from), cJSON_GetArrayItem(j, (int)from))) from++;
-            for (size_t i = 0; i < from; i++) render_block(&r->prompt, cJSON_GetArrayItem(c, (int)i));
+            render_prompt(w, c, from, &r->prompt);
         }
-        sb_str(&r->prompt, "<|assistant|>\n");
         if (render_completion(w, c, from, "chosen", &r->chosen, &r->chosen_content)) return -1;
         if (render_completion(w, j, from, "rejected", &r->rejected, &r->rejected_content)) return -1;
         return 0;
@@ -139,10 +180,13 @@ static int render_pair(const where *w, const cJSON *obj, rendered *r, fdpo_pref_
     return 0;
 }
 
-static int encode(const fdpo_tokenizer *tok, const strbuf *b, int add_eot, int32_t **ids, size_t *n) {
+/* add_eot: 1 always (text completions), 2 unless the text already ends with it (a chat
+ * completion whose end-of-turn marker is the eos token). An empty text becomes eos. */
+static int encode(const fdpo_tokenizer *tok, const fdpo_chat_text *b, int add_eot, int32_t **ids, size_t *n) {
     int32_t *t = NULL;
     size_t k = 0;
-    if (fdpo_tokenizer_encode(tok, b->s ? b->s : "", b->n, 0, &t, &k)) return -1;
+    if (fdpo_chat_encode(tok, b, &t, NULL, &k)) return -1;
+    if (add_eot == 2 && k && t[k - 1] == fdpo_tokenizer_eot(tok)) add_eot = 0;
     if (add_eot || k == 0) {
         t = fdpo_realloc(t, (k + 1) * sizeof *t);
         t[k++] = fdpo_tokenizer_eot(tok);
@@ -161,7 +205,7 @@ static void count_skip(fdpo_pref_summary *s, int why, size_t line) {
 }
 
 /* One parsed object -> pair. 0 kept, 1 skipped (counted), -1 error. */
-static int make_pair(const where *w, const cJSON *obj, const fdpo_tokenizer *tok, const fdpo_pref_options *opt,
+static int make_pair(where *w, const cJSON *obj, const fdpo_tokenizer *tok, const fdpo_pref_options *opt,
                      fdpo_pref_summary *sum, fdpo_pref_pair *out) {
     rendered r = {0};
     int rc = render_pair(w, obj, &r, sum);
@@ -169,7 +213,7 @@ static int make_pair(const where *w, const cJSON *obj, const fdpo_tokenizer *tok
     out->line = w->line;
     if (rc) goto done;
     /* both may be empty (NULL buffers): memcmp must not see them */
-    if (r.chosen.n == r.rejected.n && (r.chosen.n == 0 || memcmp(r.chosen.s, r.rejected.s, r.chosen.n) == 0)) {
+    if (r.chosen.n == r.rejected.n && (r.chosen.n == 0 || memcmp(r.chosen.text, r.rejected.text, r.chosen.n) == 0)) {
         if (opt->on_bad == FDPO_PREF_SKIP) { count_skip(sum, SKIP_IDENTICAL, w->line); rc = 1; goto done; }
         rc = fdpo_error("%s:%zu: chosen and rejected are identical (no preference to learn); use --bad-pairs skip to skip such pairs",
                         w->name, w->line);
@@ -182,8 +226,9 @@ static int make_pair(const where *w, const cJSON *obj, const fdpo_tokenizer *tok
                         w->name, w->line, which);
         goto done;
     }
-    if (encode(tok, &r.prompt, 0, &out->prompt, &out->n_prompt) || encode(tok, &r.chosen, 1, &out->chosen, &out->n_chosen) ||
-        encode(tok, &r.rejected, 1, &out->rejected, &out->n_rejected)) {
+    int eot = r.chat ? 2 : 1;
+    if (encode(tok, &r.prompt, 0, &out->prompt, &out->n_prompt) || encode(tok, &r.chosen, eot, &out->chosen, &out->n_chosen) ||
+        encode(tok, &r.rejected, eot, &out->rejected, &out->n_rejected)) {
         fdpo_error_context("%s:%zu", w->name, w->line);
         rc = -1; goto done;
     }
@@ -215,7 +260,7 @@ static int make_pair(const where *w, const cJSON *obj, const fdpo_tokenizer *tok
     }
 done:
     if (rc) pair_free(out);
-    free(r.prompt.s); free(r.chosen.s); free(r.rejected.s);
+    fdpo_chat_text_free(&r.prompt); fdpo_chat_text_free(&r.chosen); fdpo_chat_text_free(&r.rejected);
     return rc;
 }
 
@@ -229,18 +274,30 @@ static int check_options(const fdpo_pref_options *opt) {
     return 0;
 }
 
+static int parse_lines(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
+                       const fdpo_pref_options *opt, fdpo_pref_set *out, where *wp);
+
 int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
                     const fdpo_pref_options *opt, fdpo_pref_set *out) {
+    where w = {name, 0, tok, {0}, 0};
+    int rc = parse_lines(name, text, len, tok, opt, out, &w);
+    fdpo_chat_free(&w.chat);
+    return rc;
+}
+
+/* The lines of a preference file; w holds the chat template once a conversation needs it
+ * (the caller frees it, also after an error). */
+static int parse_lines(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
+                       const fdpo_pref_options *opt, fdpo_pref_set *out, where *w) {
     memset(out, 0, sizeof *out);
     if (check_options(opt)) return -1;
     size_t cap = 0;
-    where w = {name, 0};
     for (size_t pos = fdpo_jsonl_bom(text, len); pos < len;) { /* a UTF-8 BOM is not data */
         const char *line = text + pos;
         const char *nl = memchr(line, '\n', len - pos);
         size_t n = nl ? (size_t)(nl - line) : len - pos;
         pos += n + (nl ? 1 : 0);
-        w.line++;
+        w->line++;
         size_t k = 0;
         while (k < n && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
         if (k == n) continue;
@@ -250,25 +307,25 @@ int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_t
         if (!obj) {
             size_t col = end && end >= line ? (size_t)(end - line) + 1 : 1;
             fdpo_pref_free(out);
-            return fdpo_error("%s:%zu: invalid JSON near column %zu", name, w.line, col);
+            return fdpo_error("%s:%zu: invalid JSON near column %zu", name, w->line, col);
         }
         size_t used = end && end >= line ? (size_t)(end - line) : n;
         while (used < n && (line[used] == ' ' || line[used] == '\t' || line[used] == '\r')) used++;
         if (used < n) {
             cJSON_Delete(obj);
             fdpo_pref_free(out);
-            return fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", name, w.line, used + 1);
+            return fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", name, w->line, used + 1);
         }
         if (!cJSON_IsObject(obj)) {
             cJSON_Delete(obj);
             fdpo_pref_free(out);
-            return fdpo_error("%s:%zu: expected a JSON object {\"prompt\", \"chosen\", \"rejected\"}", name, w.line);
+            return fdpo_error("%s:%zu: expected a JSON object {\"prompt\", \"chosen\", \"rejected\"}", name, w->line);
         }
         char where_nul[1100];
-        snprintf(where_nul, sizeof where_nul, "%s:%zu", name, w.line);
+        snprintf(where_nul, sizeof where_nul, "%s:%zu", name, w->line);
         if (fdpo_jsonl_check_nul(where_nul, line, n, obj)) { cJSON_Delete(obj); fdpo_pref_free(out); return -1; }
         fdpo_pref_pair pair;
-        int rc = make_pair(&w, obj, tok, opt, &out->summary, &pair);
+        int rc = make_pair(w, obj, tok, opt, &out->summary, &pair);
         cJSON_Delete(obj);
         if (rc < 0) { fdpo_pref_free(out); return -1; }
         if (rc > 0) continue;
@@ -363,29 +420,40 @@ int fdpo_pref_split(size_t n, double fraction, uint64_t seed, size_t **train_idx
 int fdpo_pref_encode_single(const char *name, size_t line, const cJSON *prompt, const cJSON *completion,
                             const fdpo_tokenizer *tok, int32_t **p, size_t *np, int32_t **c, size_t *nc,
                             size_t *content_len) {
-    where w = {name, line};
-    strbuf ps = {0}, cs = {0};
+    where w = {name, line, tok, {0}, 0};
+    fdpo_chat_text ps = {0}, cs = {0};
+    int eot = 1;
+    cJSON *pm = NULL;
     int rc = 0;
     *p = *c = NULL;
     if (cJSON_IsArray(completion)) {
         if (!cJSON_IsArray(prompt)) rc = fdpo_error("%s:%zu: field 'prompt' must be a list of messages like 'completion'", name, line);
         if (!rc) rc = check_messages(&w, prompt, "prompt") || check_messages(&w, completion, "completion") ? -1 : 0;
+        if (!rc) rc = need_chat(&w);
         if (!rc) {
-            const cJSON *m;
-            cJSON_ArrayForEach(m, prompt) render_block(&ps, m);
-            sb_str(&ps, "<|assistant|>\n");
+            render_prompt(&w, prompt, (size_t)cJSON_GetArraySize(prompt), &ps);
             rc = render_completion(&w, completion, 0, "completion", &cs, content_len);
+            eot = 2;
         }
+    } else if (cJSON_IsString(completion) && (pm = prompt_messages(prompt))) { /* see prompt_messages */
+        cJSON *turn = assistant_turn(completion);
+        rc = need_chat(&w);
+        if (!rc) {
+            render_prompt(&w, pm, (size_t)cJSON_GetArraySize(pm), &ps);
+            rc = render_completion(&w, turn, 0, "completion", &cs, content_len);
+            eot = 2;
+        }
+        cJSON_Delete(turn);
     } else {
         const char *pt = "", *ct = "";
         rc = string_field(&w, completion, "completion", &ct) || string_field(&w, prompt, "prompt", &pt) ? -1 : 0;
         if (!rc) { sb_str(&ps, pt); sb_str(&cs, ct); *content_len = strlen(ct); }
     }
-    if (!rc && (encode(tok, &ps, 0, p, np) || encode(tok, &cs, 1, c, nc))) {
+    if (!rc && (encode(tok, &ps, 0, p, np) || encode(tok, &cs, eot, c, nc))) {
         fdpo_error_context("%s:%zu", name, line);
         free(*p); free(*c); *p = *c = NULL;
         rc = -1;
     }
-    free(ps.s); free(cs.s);
+    fdpo_chat_text_free(&ps); fdpo_chat_text_free(&cs); fdpo_chat_free(&w.chat); cJSON_Delete(pm);
     return rc;
 }

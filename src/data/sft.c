@@ -2,6 +2,7 @@
 #include <cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "fdpo/data.h"
 #include "data/jsonl.h"
@@ -58,14 +59,6 @@ static int add_example(builder *b, const fdpo_tokenizer *tok, const char *prompt
     return finish_seq(b, begin, seq_len);
 }
 
-static int push_text(builder *b, const fdpo_tokenizer *tok, const char *text, float w) {
-    int32_t *ids; size_t n;
-    if (fdpo_tokenizer_encode(tok, text, strlen(text), 0, &ids, &n)) return -1;
-    b_push(b, ids, n, w);
-    free(ids);
-    return 0;
-}
-
 /* Ends the sequence that started at begin: cut to seq_len + 1, drop it if nothing is left
  * to learn, else record it. 1 kept, 0 dropped. */
 static int finish_seq(builder *b, size_t begin, size_t seq_len) {
@@ -84,9 +77,10 @@ static int finish_seq(builder *b, size_t begin, size_t seq_len) {
     return 1;
 }
 
-/* {"messages": [{"role", "content"}, ...]} with the chat template of the preference data:
- * each message "<|ROLE|>\nCONTENT\n"; loss on the assistant messages' "CONTENT\n" (not their
- * header) and on the final <|endoftext|> when the last message is the assistant's. */
+/* {"messages": [{"role", "content"}, ...]} rendered whole with the tokenizer's chat
+ * template (include/fdpo/chat.h), encoded as one text; loss on the tokens of the assistant
+ * messages' content and end-of-turn markers (not their headers), then eos (unless the last
+ * end-of-turn marker is eos), trained when the last message is the assistant's. */
 static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs, const char *where, size_t seq_len) {
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
         return fdpo_error("%s: field 'messages' must be a non-empty array of {\"role\", \"content\"}", where);
@@ -104,23 +98,27 @@ static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs
         i++;
     }
     if (n_assistant == 0) return fdpo_error("%s: field 'messages' has no assistant message (nothing to learn)", where);
+    fdpo_chat chat;
+    if (fdpo_chat_for(tok, &chat)) return fdpo_error_context("%s", where);
+    fdpo_chat_msg *msg = fdpo_malloc(i * sizeof *msg);
+    size_t k = 0;
+    cJSON_ArrayForEach(m, msgs)
+        msg[k++] = (fdpo_chat_msg){cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring,
+                                   cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring};
+    int last_is_assistant = !strcmp(msg[k - 1].role, "assistant");
+    fdpo_chat_text text = {0};
+    fdpo_chat_render(&chat, msg, k, FDPO_CHAT_START | FDPO_CHAT_END_AT_EOT, &text);
+    free(msg);
+    fdpo_chat_free(&chat);
+    int32_t *ids = NULL; float *w = NULL; size_t n = 0;
+    int rc = fdpo_chat_encode(tok, &text, &ids, &w, &n);
+    fdpo_chat_text_free(&text);
+    if (rc) return fdpo_error_context("%s", where);
     const int32_t eot = fdpo_tokenizer_eot(tok);
     size_t begin = b->n;
-    int last_is_assistant = 0;
-    char header[32];
-    cJSON_ArrayForEach(m, msgs) {
-        const char *r = cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring;
-        const char *c = cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring;
-        last_is_assistant = !strcmp(r, "assistant");
-        snprintf(header, sizeof header, "<|%s|>\n", r);
-        size_t clen = strlen(c);
-        char *body = fdpo_malloc(clen + 2);
-        memcpy(body, c, clen); body[clen] = '\n'; body[clen + 1] = 0;
-        int rc = push_text(b, tok, header, 0.0f) || push_text(b, tok, body, last_is_assistant ? 1.0f : 0.0f);
-        free(body);
-        if (rc) { b->n = begin; return fdpo_error_context("%s", where); }
-    }
-    b_push(b, &eot, 1, last_is_assistant ? 1.0f : 0.0f);
+    for (size_t t = 0; t < n; t++) b_push(b, &ids[t], 1, w[t]);
+    if (n == 0 || ids[n - 1] != eot) b_push(b, &eot, 1, last_is_assistant ? 1.0f : 0.0f);
+    free(ids); free(w);
     return finish_seq(b, begin, seq_len);
 }
 

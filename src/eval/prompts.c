@@ -22,6 +22,31 @@ static const char *json_string(const cJSON *o, const char *field, const char *pa
     return v->valuestring;
 }
 
+/* A conversational prompt: a non-empty array of {"role": system|user|assistant, "content":
+ * string}, kept as its compact JSON text (fdpo_encode_prompts renders it with the chat
+ * template and the generation prompt). */
+static char *messages_text(const cJSON *a, const char *field, const char *path, size_t line, int *err) {
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) == 0) {
+        *err = fdpo_error("%s:%zu: field \"%s\" must be a non-empty list of {\"role\", \"content\"}", path, line, field);
+        return NULL;
+    }
+    size_t i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, a) {
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role"), *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(r) || !cJSON_IsString(c)) {
+            *err = fdpo_error("%s:%zu: %s[%zu] must be an object with string \"role\" and \"content\"", path, line, field, i);
+            return NULL;
+        }
+        if (strcmp(r->valuestring, "system") && strcmp(r->valuestring, "user") && strcmp(r->valuestring, "assistant")) {
+            *err = fdpo_error("%s:%zu: %s[%zu].role is '%s'; expected system, user or assistant", path, line, field, i, r->valuestring);
+            return NULL;
+        }
+        i++;
+    }
+    return cJSON_PrintUnformatted(a);
+}
+
 /* Walks the lines of text; for JSONL calls fields[] extraction. n_fields 1 or 2. */
 static int parse_lines(const char *path, const char *text, size_t len, int allow_text, const char *const *fields,
                        size_t n_fields, fdpo_strv *out) {
@@ -62,7 +87,18 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                     snprintf(where, sizeof where, "%s:%zu", path, line);
                     rc = fdpo_jsonl_check_nul(where, p, n, o);
                 }
-                for (size_t f = 0; f < n_fields && rc == 0; f++) {
+                const cJSON *msgs = NULL;
+                const char *mfield = "prompt";
+                if (rc == 0 && n_fields == 1 && !strcmp(fields[0], "prompt")) { /* prompts may be conversations */
+                    const cJSON *pv = cJSON_GetObjectItemCaseSensitive(o, "prompt");
+                    if (cJSON_IsArray(pv)) msgs = pv;
+                    else if (!pv && (msgs = cJSON_GetObjectItemCaseSensitive(o, "messages"))) mfield = "messages";
+                }
+                if (msgs) {
+                    char *js = messages_text(msgs, mfield, path, line, &rc);
+                    if (js) { fdpo_strv_push(out, js); cJSON_free(js); }
+                }
+                for (size_t f = 0; !msgs && f < n_fields && rc == 0; f++) {
                     const char *v = json_string(o, fields[f], path, line, &rc);
                     if (v) fdpo_strv_push(out, v);
                 }

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/chat.h"
 #include "fdpo/eval.h"
 
 int fdpo_sample_config_check(const fdpo_sample_config *c) {
@@ -133,7 +134,8 @@ int fdpo_encode_prompts(const fdpo_tokenizer *tok, char *const *prompts, size_t 
     *ids = fdpo_calloc(n ? n : 1, sizeof **ids);
     *lens = fdpo_calloc(n ? n : 1, sizeof **lens);
     for (size_t i = 0; i < n; i++) {
-        if (fdpo_tokenizer_encode(tok, prompts[i], strlen(prompts[i]), 0, &(*ids)[i], &(*lens)[i])) {
+        int chat = fdpo_chat_encode_prompt(tok, prompts[i], &(*ids)[i], &(*lens)[i]); /* 1: not a conversation */
+        if (chat < 0 || (chat == 1 && fdpo_tokenizer_encode(tok, prompts[i], strlen(prompts[i]), 0, &(*ids)[i], &(*lens)[i]))) {
             fdpo_free_ids(*ids, *lens, i);
             *ids = NULL; *lens = NULL;
             return fdpo_error_context("prompt %zu", i + 1);
@@ -172,11 +174,13 @@ static void append_token(fdpo_sample *s, int32_t t) {
     s->tokens[s->n_tokens++] = t;
 }
 
-/* Decode the completion text; with a stop string, cut at its first occurrence. */
+/* Decode the completion text without special tokens (as Hugging Face's
+ * skip_special_tokens=True; the ids keep them); with a stop string, cut at its first
+ * occurrence. */
 static void finish_text(fdpo_sample *s, const fdpo_tokenizer *tok, const char *stop) {
     if (!tok) return;
     size_t n = s->n_completion;
-    s->text = fdpo_tokenizer_decode(tok, s->tokens, n, NULL);
+    s->text = fdpo_tokenizer_decode_ex(tok, s->tokens, n, 1, NULL);
     if (!s->text) s->text = fdpo_strdup("");
     if (stop && *stop) {
         char *at = strstr(s->text, stop);

@@ -21,6 +21,7 @@
 #include <cjson/cJSON.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "text/tokenizer_internal.h"
 
@@ -63,6 +64,14 @@ struct fdpo_bpe {
     int32_t byte_id[256];
     char b2u[256][4]; uint8_t b2u_len[256]; /* each byte's symbol, UTF-8 */
     int ignore_merges;       /* tokenizer.json "ignore_merges": whole words in vocab win */
+    char *pattern;           /* pre-tokenisation regex as written in the file (NULL: GPT-2's) */
+    int digits;              /* Digits pre-tokenizer first: 0 none, 1 individual_digits, 2 runs */
+    pcre2_code *digits_re;   /* \p{N} or \p{N}+ */
+    unsigned char *special;  /* [n_vocab] 1 = a special added token (decode may skip it) */
+    int32_t *added; size_t n_added; /* added tokens matched in text, longest first */
+    unsigned char added_first[256]; /* 1 if some added token starts with this byte */
+    char *src_json, *src_config;    /* tokenizer.json / tokenizer_config.json as read (saved verbatim) */
+    size_t src_json_len, src_config_len;
     pcre2_code *re;
     word_cache cache[CACHE_SLOTS];
 };
@@ -173,6 +182,8 @@ void fdpo_bpe_free(struct fdpo_bpe *b) {
     free(b->str); free(b->bytes); free(b->n_bytes); fdpo_itab_free(&b->map); free(b->pairs); fdpo_itab_free(&b->pair_index); free(b->merges);
     for (int i = 0; i < CACHE_SLOTS; i++) { cache_release(&b->cache[i]); pthread_mutex_destroy(&b->cache[i].lock); }
     if (b->re) pcre2_code_free(b->re);
+    if (b->digits_re) pcre2_code_free(b->digits_re);
+    free(b->pattern); free(b->special); free(b->added); free(b->src_json); free(b->src_config);
     free(b);
 }
 
@@ -303,8 +314,9 @@ static int load_merges(struct fdpo_bpe *b, const char *path, const char *text, s
     return rc;
 }
 
-/* Every token must be a byte, a merge result or a special-looking token ("<...>"): a
- * vocabulary bigger than its merges explain means a truncated or mismatched merges file. */
+/* Every token must be a byte, a merge result, an added token or a special-looking token
+ * ("<...>"): a vocabulary bigger than its merges explain means a truncated or mismatched
+ * merges file. */
 static int check_consistent(struct fdpo_bpe *b, const char *vocab_where, const char *merges_where) {
     for (int i = 0; i < 256; i++) {
         char s[4];
@@ -315,6 +327,7 @@ static int check_consistent(struct fdpo_bpe *b, const char *vocab_where, const c
     }
     unsigned char *reach = fdpo_calloc(b->n_vocab, 1);
     for (int i = 0; i < 256; i++) reach[b->byte_id[i]] = 1;
+    for (size_t i = 0; i < b->n_added; i++) reach[b->added[i]] = 1;
     for (size_t i = 0; i < b->pair_index.cap; i++)
         if (b->pair_index.slot[i]) reach[b->pairs[b->pair_index.slot[i] - 1].merged] = 1;
     size_t bad = 0, first = 0;
@@ -331,109 +344,445 @@ static int check_consistent(struct fdpo_bpe *b, const char *vocab_where, const c
     return 0;
 }
 
-static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where) {
-    int32_t eot = strmap_get(b, EOT_TEXT, EOT_LEN);
-    if (eot < 0) { fdpo_error("%s: no '%s' token", where, EOT_TEXT); return -1; }
+/* ---- added tokens (tokenizer.json "added_tokens", tokenizer_config.json
+ * "added_tokens_decoder") ----
+ * Each entry {"id", "content", "special", ...} joins the vocabulary (when its content is not
+ * there already) and is matched in text before pre-tokenisation: non-special ones always,
+ * special ones when the caller allows specials. Collected into `list` as {id, content,
+ * special} for add_mark once the vocabulary is built. */
+static int added_entry(cJSON *vocab, cJSON *list, const cJSON *a, double id, const char *where) {
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(a, "content");
+    if (!cJSON_IsString(c) || !*c->valuestring) return fdpo_error("%s: 'content' missing or not a non-empty string", where);
+    if (!(id >= 0 && id <= 1e8 && id == (double)(int64_t)id)) return fdpo_error("%s: 'id' is not a non-negative integer", where);
+    static const char *const unsupported[] = {"lstrip", "rstrip", "single_word"};
+    for (size_t k = 0; k < 3; k++)
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, unsupported[k])))
+            return fdpo_error("%s: '%s' = true is not supported (token '%s')", where, unsupported[k], c->valuestring);
+    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(a, "special");
+    if (sp && !cJSON_IsBool(sp)) return fdpo_error("%s: 'special' must be true or false", where);
+    const cJSON *have = cJSON_GetObjectItemCaseSensitive(vocab, c->valuestring);
+    if (have && have->valuedouble != id)
+        return fdpo_error("%s: token '%s' has id %.0f, but the vocabulary gives it id %.0f", where, c->valuestring, id, have->valuedouble);
+    if (!have) cJSON_AddNumberToObject(vocab, c->valuestring, id);
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "content", c->valuestring);
+    cJSON_AddBoolToObject(e, "special", cJSON_IsTrue(sp));
+    cJSON_AddItemToArray(list, e);
+    return 0;
+}
+
+/* tokenizer.json "added_tokens": [{"id", "content", ...}] */
+static int added_from_array(cJSON *vocab, cJSON *list, const cJSON *arr, const char *file) {
+    if (!arr || cJSON_IsNull(arr)) return 0;
+    if (!cJSON_IsArray(arr)) return fdpo_error("%s: added_tokens is not an array", file);
+    size_t i = 0;
+    for (const cJSON *a = arr->child; a; a = a->next, i++) {
+        char where[1100];
+        snprintf(where, sizeof where, "%s: added_tokens[%zu]", file, i);
+        if (!cJSON_IsObject(a)) return fdpo_error("%s: not an object {\"id\", \"content\", ...}", where);
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(a, "id");
+        if (!cJSON_IsNumber(id)) return fdpo_error("%s: 'id' missing or not a number", where);
+        if (added_entry(vocab, list, a, id->valuedouble, where)) return -1;
+    }
+    return 0;
+}
+
+/* tokenizer_config.json "added_tokens_decoder": {"ID": {"content", "special", ...}} */
+static int added_from_decoder(cJSON *vocab, cJSON *list, const cJSON *cfg, const char *file) {
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder");
+    if (!d || cJSON_IsNull(d)) return 0;
+    if (!cJSON_IsObject(d)) return fdpo_error("%s: added_tokens_decoder is not an object {\"id\": {...}}", file);
+    for (const cJSON *a = d->child; a; a = a->next) {
+        char where[1100], *end = NULL;
+        snprintf(where, sizeof where, "%s: added_tokens_decoder[\"%.40s\"]", file, a->string);
+        double id = strtod(a->string, &end);
+        if (!*a->string || *end) return fdpo_error("%s: the key is not a token id", where);
+        if (!cJSON_IsObject(a)) return fdpo_error("%s: not an object {\"content\", ...}", where);
+        if (added_entry(vocab, list, a, id, where)) return -1;
+    }
+    return 0;
+}
+
+static int added_len_desc(const void *x, const void *y, void *ctx) {
+    const struct fdpo_bpe *b = ctx;
+    int32_t i = *(const int32_t *)x, j = *(const int32_t *)y;
+    size_t li = b->n_bytes[i], lj = b->n_bytes[j];
+    return li != lj ? (li < lj ? 1 : -1) : (i > j) - (i < j);
+}
+
+/* After the vocabulary is built: added tokens are literal text (not byte-alphabet symbols),
+ * marked special or not, and sorted longest first for matching. */
+static void add_mark(struct fdpo_bpe *b, const cJSON *list) {
+    b->special = fdpo_calloc(b->n_vocab, 1);
+    b->added = fdpo_malloc(((size_t)cJSON_GetArraySize(list) + 1) * sizeof *b->added);
+    for (const cJSON *e = list->child; e; e = e->next) {
+        const char *c = cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring;
+        int32_t id = strmap_get(b, c, strlen(c));
+        if (id < 0) continue; /* cannot happen: added_entry put it in the vocabulary */
+        int seen = 0;
+        for (size_t k = 0; k < b->n_added; k++) seen |= b->added[k] == id;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "special"))) b->special[id] = 1;
+        if (seen) continue;
+        free(b->str[id]); free(b->bytes[id]);
+        set_token(b, id, c, 1);
+        b->added[b->n_added++] = id;
+    }
+    qsort_r(b->added, b->n_added, sizeof *b->added, added_len_desc, b);
+    for (size_t k = 0; k < b->n_added; k++) b->added_first[b->bytes[b->added[k]][0]] = 1;
+}
+
+/* ---- tokenizer_config.json: bos/eos/pad and the chat template ---- */
+/* A special-token field: "text", {"content": "text", ...}, null or absent. */
+static int config_token(const cJSON *cfg, const char *key, const char *file, const struct fdpo_bpe *b, int32_t *id) {
+    *id = -1;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
+    if (!cJSON_IsString(v)) return fdpo_error("%s: %s must be a string or {\"content\": string}", file, key);
+    *id = strmap_get(b, v->valuestring, strlen(v->valuestring));
+    if (*id < 0) return fdpo_error("%s: %s '%s' is not in the vocabulary", file, key, v->valuestring);
+    return 0;
+}
+
+/* White_Space written out, for \s in patterns read from files (see the header comment). */
+static const char WS_CLASS[] = WS;
+
+/* The file's regex with \s and \S spelled as Unicode White_Space (Hugging Face's
+ * Oniguruma semantics; PCRE2's \s differs at U+180E). \S inside a class cannot be
+ * expanded in place and is refused. */
+static char *pattern_rewrite(const char *pat, const char *where) {
+    size_t n = strlen(pat), cap = 4 * n + 64 + 16 * sizeof WS_CLASS;
+    char *out = fdpo_malloc(cap);
+    size_t k = 0;
+    int in_class = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (k + 2 * sizeof WS_CLASS + 8 > cap) { cap *= 2; out = fdpo_realloc(out, cap); }
+        char c = pat[i];
+        if (c == '\\' && i + 1 < n) {
+            char d = pat[++i];
+            if (d == 's') k += (size_t)sprintf(out + k, in_class ? "%s" : "[%s]", WS_CLASS);
+            else if (d == 'S') {
+                if (in_class) {
+                    free(out);
+                    fdpo_error("%s: \\S inside a character class is not supported", where);
+                    return NULL;
+                }
+                k += (size_t)sprintf(out + k, "[^%s]", WS_CLASS);
+            } else { out[k++] = c; out[k++] = d; }
+            continue;
+        }
+        if (c == '[' && !in_class) {
+            in_class = 1;
+            out[k++] = c;
+            if (i + 1 < n && pat[i + 1] == '^') out[k++] = pat[++i];
+            if (i + 1 < n && pat[i + 1] == ']') out[k++] = pat[++i]; /* a leading ] is literal */
+            continue;
+        }
+        if (c == ']' && in_class) in_class = 0;
+        out[k++] = c;
+    }
+    out[k] = 0;
+    return out;
+}
+
+static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where, const cJSON *cfg, const char *cfg_name) {
+    int32_t eos = -1, bos = -1, pad = -1;
+    if (cfg && (config_token(cfg, "eos_token", cfg_name, b, &eos) || config_token(cfg, "bos_token", cfg_name, b, &bos) ||
+                config_token(cfg, "pad_token", cfg_name, b, &pad)))
+        return -1;
+    if (eos < 0) eos = strmap_get(b, EOT_TEXT, EOT_LEN);
+    if (eos < 0) {
+        fdpo_error("%s: no '%s' token and no eos_token in tokenizer_config.json", where, EOT_TEXT);
+        return -1;
+    }
+    if (!b->special) { /* no added tokens in the files: <|endoftext|> is the one special token */
+        cJSON *list = cJSON_CreateArray(), *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "content", b->str[eos]);
+        cJSON_AddBoolToObject(e, "special", 1);
+        cJSON_AddItemToArray(list, e);
+        add_mark(b, list);
+        cJSON_Delete(list);
+    }
+    char *chat = NULL;
+    if (cfg) {
+        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
+        if (cJSON_IsString(ct)) chat = fdpo_strdup(ct->valuestring);
+        else if (cJSON_IsArray(ct)) { /* [{"name", "template"}]: the one named "default" */
+            const cJSON *e;
+            cJSON_ArrayForEach(e, ct) {
+                const cJSON *nm = cJSON_GetObjectItemCaseSensitive(e, "name"), *tp = cJSON_GetObjectItemCaseSensitive(e, "template");
+                if (cJSON_IsString(nm) && cJSON_IsString(tp) && !strcmp(nm->valuestring, "default") && !chat)
+                    chat = fdpo_strdup(tp->valuestring);
+            }
+        } else if (ct && !cJSON_IsNull(ct)) {
+            return fdpo_error("%s: chat_template must be a string or a list of {\"name\", \"template\"}", cfg_name);
+        }
+    }
+    char *pat = pattern_rewrite(b->pattern ? b->pattern : GPT2_PATTERN, where);
+    if (!pat) { free(chat); return -1; }
     int err; PCRE2_SIZE eoff;
-    b->re = pcre2_compile((PCRE2_SPTR)GPT2_PATTERN, PCRE2_ZERO_TERMINATED,
+    b->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED,
                           PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &eoff, NULL);
+    free(pat);
     if (!b->re) {
+        free(chat);
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
-        return fdpo_error("GPT-2 regex: %s at offset %zu", (char *)msg, (size_t)eoff);
+        return fdpo_error("%s: pre_tokenizer regex: %s at offset %zu", where, (char *)msg, (size_t)eoff);
     }
-    if (pcre2_jit_compile(b->re, PCRE2_JIT_COMPLETE) != 0) return fdpo_error("GPT-2 regex: PCRE2 JIT unavailable");
+    if (pcre2_jit_compile(b->re, PCRE2_JIT_COMPLETE) != 0) { free(chat); return fdpo_error("%s: pre_tokenizer regex: PCRE2 JIT unavailable", where); }
+    if (b->digits) {
+        b->digits_re = pcre2_compile((PCRE2_SPTR)(b->digits == 1 ? "\\p{N}" : "\\p{N}+"), PCRE2_ZERO_TERMINATED,
+                                     PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &eoff, NULL);
+        if (!b->digits_re || pcre2_jit_compile(b->digits_re, PCRE2_JIT_COMPLETE) != 0) {
+            free(chat);
+            return fdpo_error("%s: Digits pre-tokenizer: cannot compile \\p{N}", where);
+        }
+    }
     fdpo_tokenizer *t = fdpo_calloc(1, sizeof *t);
     t->kind = FDPO_TOK_BPE;
     t->vocab_size = b->n_vocab;
-    t->eot = eot;
+    t->eot = eos;
+    t->bos = bos;
+    t->pad = pad;
     t->bpe = b;
+    t->chat_template_src = chat;
     *out = t;
     return 0;
 }
 
-fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vp, const char *vtext, size_t vlen,
-                                         const char *mp, const char *mtext, size_t mlen) {
+static cJSON *parse_config(const char *name, const char *text, size_t len) {
+    if (!text) return NULL;
+    cJSON *c = parse_json(name, text, len);
+    if (c && !cJSON_IsObject(c)) { cJSON_Delete(c); fdpo_error("%s: not a JSON object", name); return NULL; }
+    return c;
+}
+
+static void keep_config(struct fdpo_bpe *b, const char *text, size_t len) {
+    if (!text) return;
+    b->src_config = fdpo_malloc(len + 1);
+    memcpy(b->src_config, text, len); b->src_config[len] = 0;
+    b->src_config_len = len;
+}
+
+fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vp, const char *vtext, size_t vlen,
+                                                const char *mp, const char *mtext, size_t mlen,
+                                                const char *cp, const char *ctext, size_t clen) {
     struct fdpo_bpe *b = bpe_new();
     fdpo_tokenizer *t = NULL;
-    cJSON *j = NULL;
+    cJSON *j = NULL, *cfg = NULL, *list = cJSON_CreateArray();
+    if (ctext && !(cfg = parse_config(cp, ctext, clen))) goto done;
     if (!(j = parse_json(vp, vtext, vlen))) goto done;
+    if (cfg && cJSON_IsObject(j) && added_from_decoder(j, list, cfg, cp)) goto done;
     if (load_vocab_object(b, j, vp)) goto done;
     cJSON_Delete(j); j = NULL;
+    if (cJSON_GetArraySize(list)) add_mark(b, list);
     if (load_merges(b, mp, mtext, mlen)) goto done;
     if (check_consistent(b, vp, mp)) goto done;
-    if (finish(&t, b, vp)) goto done;
+    keep_config(b, ctext, clen);
+    if (finish(&t, b, vp, cfg, cp)) goto done;
 done:
-    cJSON_Delete(j);
+    cJSON_Delete(j); cJSON_Delete(cfg); cJSON_Delete(list);
     if (!t) fdpo_bpe_free(b);
     return t;
 }
 
+fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vp, const char *vtext, size_t vlen,
+                                         const char *mp, const char *mtext, size_t mlen) {
+    return fdpo_tokenizer_bpe_parse_config(vp, vtext, vlen, mp, mtext, mlen, NULL, NULL, 0);
+}
+
+/* tokenizer_config.json beside the tokenizer files, if any (*text NULL when absent). */
+static int read_config(const char *dir, char **path, char **text, size_t *len) {
+    *path = fdpo_path_join(dir, "tokenizer_config.json");
+    *text = NULL; *len = 0;
+    if (!fdpo_file_exists(*path)) return 0;
+    return (*text = fdpo_read_file(*path, len)) ? 0 : -1;
+}
+
 static fdpo_tokenizer *load_pair(const char *dir, const char *vname, const char *mname) {
-    char *vp = fdpo_path_join(dir, vname), *mp = fdpo_path_join(dir, mname);
-    char *vtext = NULL, *mtext = NULL;
-    size_t vlen = 0, mlen = 0;
+    char *vp = fdpo_path_join(dir, vname), *mp = fdpo_path_join(dir, mname), *cp = NULL;
+    char *vtext = NULL, *mtext = NULL, *ctext = NULL;
+    size_t vlen = 0, mlen = 0, clen = 0;
     fdpo_tokenizer *t = NULL;
     if (!fdpo_file_exists(mp)) fdpo_error("%s: missing merges file %s (beside %s)", mp, mname, vname);
-    else if ((vtext = fdpo_read_file(vp, &vlen)) && (mtext = fdpo_read_file(mp, &mlen)))
-        t = fdpo_tokenizer_bpe_parse(vp, vtext, vlen, mp, mtext, mlen);
-    free(vtext); free(mtext);
-    free(vp); free(mp);
+    else if ((vtext = fdpo_read_file(vp, &vlen)) && (mtext = fdpo_read_file(mp, &mlen)) &&
+             read_config(dir, &cp, &ctext, &clen) == 0)
+        t = fdpo_tokenizer_bpe_parse_config(vp, vtext, vlen, mp, mtext, mlen, cp, ctext, clen);
+    free(vtext); free(mtext); free(ctext);
+    free(vp); free(mp); free(cp);
     return t;
 }
 
 static fdpo_tokenizer *load_tokenizer_json(const char *dir) {
-    char *p = fdpo_path_join(dir, "tokenizer.json");
-    size_t n = 0;
+    char *p = fdpo_path_join(dir, "tokenizer.json"), *cp = NULL, *ctext = NULL;
+    size_t n = 0, clen = 0;
     char *text = fdpo_read_file(p, &n);
-    fdpo_tokenizer *t = text ? fdpo_tokenizer_bpe_parse_json(p, text, n) : NULL;
-    free(text);
+    fdpo_tokenizer *t = NULL;
+    if (text && read_config(dir, &cp, &ctext, &clen) == 0)
+        t = fdpo_tokenizer_bpe_parse_json_config(p, text, n, cp, ctext, clen);
+    free(text); free(ctext); free(cp);
     free(p);
     return t;
 }
 
+/* What fdpo cannot run, refused by name: SentencePiece-style BPE (Llama-2, TinyLlama). */
+static int refuse_sentencepiece(const char *p, const char *why) {
+    return fdpo_error("%s: %s: this is SentencePiece-style BPE (Llama-2/TinyLlama: '\xe2\x96\x81' for spaces + "
+                      "byte fallback), which fdpo does not support; only byte-level BPE (GPT-2, Llama-3, Qwen2, "
+                      "SmolLM2) is", p, why);
+}
+
+/* normalizer: none, or NFC (assumed: fdpo does not normalise; see docs/tokenizer.md). */
+static int check_normalizer(const char *p, const cJSON *nz, int depth) {
+    if (!nz || cJSON_IsNull(nz)) return 0;
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(nz, "type");
+    const char *s = cJSON_IsString(ty) ? ty->valuestring : NULL;
+    if (!s) return fdpo_error("%s: normalizer.type missing or not a string", p);
+    if (!strcmp(s, "NFC")) return 0;
+    if (!strcmp(s, "Sequence") && depth == 0) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(nz, "normalizers"), *e;
+        if (!cJSON_IsArray(list)) return fdpo_error("%s: normalizer.normalizers is not an array", p);
+        cJSON_ArrayForEach(e, list) if (check_normalizer(p, e, 1)) return -1;
+        return 0;
+    }
+    if (!strcmp(s, "Prepend") || !strcmp(s, "Replace")) return refuse_sentencepiece(p, "normalizer.type is Prepend/Replace");
+    return fdpo_error("%s: normalizer.type '%s' is not supported (none or NFC are)", p, s);
+}
+
+/* pre_tokenizer: ByteLevel (GPT-2's regex unless use_regex = false), or a Sequence of at
+ * most one Split (Isolated, the regex to use) and a ByteLevel with use_regex = false, as
+ * Llama-3 and Qwen2 files have it. Sets b->pattern (NULL = GPT-2's). */
+static int byte_level(const char *p, const cJSON *e, const char *field, int *use_regex) {
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "add_prefix_space")))
+        return fdpo_error("%s: %s.add_prefix_space = true is not supported", p, field);
+    const cJSON *ur = cJSON_GetObjectItemCaseSensitive(e, "use_regex");
+    *use_regex = !cJSON_IsFalse(ur);
+    return 0;
+}
+static int split_pattern(struct fdpo_bpe *b, const char *p, const cJSON *e, const char *field) {
+    const cJSON *pat = cJSON_GetObjectItemCaseSensitive(e, "pattern");
+    const cJSON *re = cJSON_GetObjectItemCaseSensitive(pat, "Regex"), *str = cJSON_GetObjectItemCaseSensitive(pat, "String");
+    const cJSON *beh = cJSON_GetObjectItemCaseSensitive(e, "behavior");
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "invert"))) return fdpo_error("%s: %s.invert = true is not supported", p, field);
+    if (!cJSON_IsString(beh) || strcmp(beh->valuestring, "Isolated"))
+        return fdpo_error("%s: %s.behavior '%s' is not supported (Isolated is)", p, field,
+                          cJSON_IsString(beh) ? beh->valuestring : "(missing)");
+    if (b->pattern) return fdpo_error("%s: %s: a second Split is not supported", p, field);
+    if (cJSON_IsString(re) && *re->valuestring) b->pattern = fdpo_strdup(re->valuestring);
+    else if (cJSON_IsString(str) && *str->valuestring) { /* a literal: metacharacters escaped */
+        const char *t = str->valuestring;
+        char *q = b->pattern = fdpo_malloc(2 * strlen(t) + 1);
+        for (; *t; t++) {
+            if (strchr("\\^$.|?*+()[]{}", *t)) *q++ = '\\';
+            *q++ = *t;
+        }
+        *q = 0;
+    } else return fdpo_error("%s: %s.pattern must be {\"Regex\": string} or {\"String\": string}", p, field);
+    return 0;
+}
+static int check_pre_tokenizer(struct fdpo_bpe *b, const char *p, const cJSON *pre) {
+    if (!pre || cJSON_IsNull(pre))
+        return fdpo_error("%s: pre_tokenizer is null; byte-level BPE needs ByteLevel (or Sequence [Split, ByteLevel])", p);
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(pre, "type");
+    if (!cJSON_IsString(ty)) return fdpo_error("%s: pre_tokenizer.type missing or not a string", p);
+    int use_regex = 1;
+    if (!strcmp(ty->valuestring, "ByteLevel")) {
+        if (byte_level(p, pre, "pre_tokenizer", &use_regex)) return -1;
+        if (!use_regex) return fdpo_error("%s: pre_tokenizer ByteLevel with use_regex = false and no Split is not supported", p);
+        return 0;
+    }
+    if (!strcmp(ty->valuestring, "Metaspace")) return refuse_sentencepiece(p, "pre_tokenizer.type is Metaspace");
+    if (strcmp(ty->valuestring, "Sequence"))
+        return fdpo_error("%s: pre_tokenizer.type '%s' is not supported (ByteLevel, or Sequence of Split and ByteLevel)", p, ty->valuestring);
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(pre, "pretokenizers");
+    if (!cJSON_IsArray(list)) return fdpo_error("%s: pre_tokenizer.pretokenizers is not an array", p);
+    int n_byte = 0, byte_regex = 0;
+    size_t i = 0;
+    for (const cJSON *e = list->child; e; e = e->next, i++) {
+        char field[64];
+        snprintf(field, sizeof field, "pre_tokenizer.pretokenizers[%zu]", i);
+        const cJSON *et = cJSON_GetObjectItemCaseSensitive(e, "type");
+        const char *s = cJSON_IsString(et) ? et->valuestring : "(missing)";
+        if (!strcmp(s, "Digits")) { /* before any regex: each digit (or run) its own piece */
+            if (n_byte || b->pattern || b->digits)
+                return fdpo_error("%s: %s: Digits is supported only first in the sequence", p, field);
+            b->digits = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "individual_digits")) ? 1 : 2;
+        } else if (!strcmp(s, "Split")) {
+            if (n_byte) return fdpo_error("%s: %s: a Split after ByteLevel is not supported", p, field);
+            if (split_pattern(b, p, e, field)) return -1;
+        } else if (!strcmp(s, "ByteLevel")) {
+            if (n_byte++) return fdpo_error("%s: %s: a second ByteLevel is not supported", p, field);
+            if (byte_level(p, e, field, &byte_regex)) return -1;
+        } else if (!strcmp(s, "Metaspace")) {
+            char why[96];
+            snprintf(why, sizeof why, "%s.type is Metaspace", field);
+            return refuse_sentencepiece(p, why);
+        } else {
+            return fdpo_error("%s: %s.type '%s' is not supported (Digits, Split, ByteLevel)", p, field, s);
+        }
+    }
+    if (!n_byte) return fdpo_error("%s: pre_tokenizer Sequence has no ByteLevel: not a byte-level BPE", p);
+    if (byte_regex && b->pattern)
+        return fdpo_error("%s: pre_tokenizer: Split followed by ByteLevel with use_regex = true (two regexes) is not supported", p);
+    return 0;
+}
+
+/* decoder: ByteLevel or none; a SentencePiece decoder chain is refused by name. */
+static int check_decoder(const char *p, const cJSON *d) {
+    if (!d || cJSON_IsNull(d)) return 0;
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(d, "type");
+    const char *s = cJSON_IsString(ty) ? ty->valuestring : "(missing)";
+    if (!strcmp(s, "ByteLevel")) return 0;
+    if (!strcmp(s, "Sequence") || !strcmp(s, "ByteFallback") || !strcmp(s, "Metaspace"))
+        return refuse_sentencepiece(p, "decoder is not ByteLevel");
+    return fdpo_error("%s: decoder.type '%s' is not supported (ByteLevel is)", p, s);
+}
+
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json(const char *p, const char *text, size_t len) {
+    return fdpo_tokenizer_bpe_parse_json_config(p, text, len, NULL, NULL, 0);
+}
+
+fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *p, const char *text, size_t len,
+                                                     const char *cp, const char *ctext, size_t clen) {
     struct fdpo_bpe *b = bpe_new();
     fdpo_tokenizer *t = NULL;
+    cJSON *v2 = NULL, *cfg = NULL, *list = cJSON_CreateArray();
     cJSON *j = parse_json(p, text, len);
     if (!j) goto done;
+    if (!cJSON_IsObject(j)) { fdpo_error("%s: not a JSON object", p); goto done; }
+    if (ctext && !(cfg = parse_config(cp, ctext, clen))) goto done;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
     if (!cJSON_IsObject(model)) { fdpo_error("%s: no \"model\" object", p); goto done; }
     if (type && !(cJSON_IsString(type) && strcmp(type->valuestring, "BPE") == 0)) {
-        fdpo_error("%s: model.type is %s; only \"BPE\" is supported", p,
+        fdpo_error("%s: model.type is %s; only \"BPE\" (byte-level) is supported", p,
                    cJSON_IsString(type) ? type->valuestring : "not a string");
         goto done;
     }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback"))) { refuse_sentencepiece(p, "model.byte_fallback is true"); goto done; }
     static const char *must_be_null[] = {"continuing_subword_prefix", "end_of_word_suffix", "dropout"};
     for (size_t i = 0; i < 3; i++) {
         const cJSON *f = cJSON_GetObjectItemCaseSensitive(model, must_be_null[i]);
         if (f && !cJSON_IsNull(f) && !(cJSON_IsString(f) && !*f->valuestring)) {
-            fdpo_error("%s: model.%s is set; byte-level GPT-2 BPE does not use it", p, must_be_null[i]);
+            fdpo_error("%s: model.%s is set; byte-level BPE does not use it", p, must_be_null[i]);
             goto done;
         }
     }
-    const cJSON *pre = cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer");
-    const cJSON *aps = cJSON_GetObjectItemCaseSensitive(pre, "add_prefix_space");
-    if (cJSON_IsTrue(aps)) { fdpo_error("%s: pre_tokenizer.add_prefix_space = true is not supported", p); goto done; }
+    if (check_normalizer(p, cJSON_GetObjectItemCaseSensitive(j, "normalizer"), 0)) goto done;
+    if (check_pre_tokenizer(b, p, cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer"))) goto done;
+    if (check_decoder(p, cJSON_GetObjectItemCaseSensitive(j, "decoder"))) goto done;
     b->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
     char where[1100];
     snprintf(where, sizeof where, "%s: model.vocab", p);
     /* added tokens outside model.vocab extend it (literal text, e.g. <|endoftext|>) */
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-    const cJSON *added = cJSON_GetObjectItemCaseSensitive(j, "added_tokens");
-    cJSON *v2 = cJSON_Duplicate(vocab, 1);
-    if (cJSON_IsObject(v2) && cJSON_IsArray(added)) {
-        const cJSON *a;
-        cJSON_ArrayForEach(a, added) {
-            const cJSON *c = cJSON_GetObjectItemCaseSensitive(a, "content"), *id = cJSON_GetObjectItemCaseSensitive(a, "id");
-            if (!cJSON_IsString(c) || !cJSON_IsNumber(id)) { cJSON_Delete(v2); fdpo_error("%s: added_tokens: entry without content/id", p); goto done; }
-            if (!cJSON_GetObjectItemCaseSensitive(v2, c->valuestring)) cJSON_AddNumberToObject(v2, c->valuestring, id->valuedouble);
-        }
-    }
-    int rc = load_vocab_object(b, v2, where);
-    cJSON_Delete(v2);
-    if (rc) goto done;
+    if (!cJSON_IsObject(vocab)) { fdpo_error("%s: model.vocab is not a JSON object {token: id}", p); goto done; }
+    v2 = cJSON_Duplicate(vocab, 1);
+    if (added_from_array(v2, list, cJSON_GetObjectItemCaseSensitive(j, "added_tokens"), p)) goto done;
+    if (cfg && added_from_decoder(v2, list, cfg, cp)) goto done;
+    if (load_vocab_object(b, v2, where)) goto done;
+    if (cJSON_GetArraySize(list)) add_mark(b, list);
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
     if (!cJSON_IsArray(merges)) { fdpo_error("%s: model.merges is not an array", p); goto done; }
     merges_alloc(b, (size_t)cJSON_GetArraySize(merges));
@@ -457,9 +806,13 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json(const char *p, const char *text, s
     }
     snprintf(where, sizeof where, "%s: model.vocab", p);
     if (check_consistent(b, where, "model.merges")) goto done;
-    if (finish(&t, b, p)) goto done;
+    b->src_json = fdpo_malloc(len + 1);
+    memcpy(b->src_json, text, len); b->src_json[len] = 0;
+    b->src_json_len = len;
+    keep_config(b, ctext, clen);
+    if (finish(&t, b, p, cfg, cp)) goto done;
 done:
-    cJSON_Delete(j);
+    cJSON_Delete(j); cJSON_Delete(v2); cJSON_Delete(cfg); cJSON_Delete(list);
     if (!t) fdpo_bpe_free(b);
     return t;
 }
@@ -476,12 +829,14 @@ int fdpo_bpe_dir_has_files(const char *dir) {
            has(dir, "vocab.bpe") || has(dir, "tokenizer.json");
 }
 
+/* tokenizer.json first, as Hugging Face's fast tokenizers: it alone carries the regex and
+ * the added tokens (Qwen2 directories hold vocab.json + merges.txt as well). */
 fdpo_tokenizer *fdpo_bpe_load_dir(const char *dir) {
     int v = has(dir, "vocab.json"), m = has(dir, "merges.txt");
     int e = has(dir, "encoder.json"), vb = has(dir, "vocab.bpe"), tj = has(dir, "tokenizer.json");
+    if (tj) return load_tokenizer_json(dir);
     if (v && m) return load_pair(dir, "vocab.json", "merges.txt");
     if (e && vb) return load_pair(dir, "encoder.json", "vocab.bpe");
-    if (tj) return load_tokenizer_json(dir);
     char *p;
     if (v || e) {
         p = fdpo_path_join(dir, v ? "merges.txt" : "vocab.bpe");
@@ -494,18 +849,46 @@ fdpo_tokenizer *fdpo_bpe_load_dir(const char *dir) {
     return NULL;
 }
 
-/* ---- saving: vocab.json + merges.txt ---- */
+static int save_text(const char *dir, const char *name, const char *text, size_t len) {
+    char *p = fdpo_path_join(dir, name);
+    int rc = fdpo_write_file_atomic(p, text, len);
+    free(p);
+    return rc;
+}
+
+/* ---- saving: the tokenizer.json read (verbatim), else vocab.json + merges.txt; and the
+ * tokenizer_config.json read ---- */
+/* tokenizer_config.json: as read, with "chat_template" replaced by the named built-in's
+ * source when the tokenizer's template was named (a run's --chat-template). */
+static int save_config(const fdpo_tokenizer *t, const char *dir) {
+    const struct fdpo_bpe *b = t->bpe;
+    fdpo_chat_kind kind;
+    const char *name = t->chat_template_name;
+    if (!name || !strcmp(name, "auto") || fdpo_chat_parse_name(name, &kind))
+        return b->src_config ? save_text(dir, "tokenizer_config.json", b->src_config, b->src_config_len) : 0;
+    cJSON *cfg = b->src_config ? cJSON_Parse(b->src_config) : cJSON_CreateObject();
+    if (!cJSON_IsObject(cfg)) { cJSON_Delete(cfg); cfg = cJSON_CreateObject(); }
+    cJSON_DeleteItemFromObjectCaseSensitive(cfg, "chat_template");
+    cJSON_AddStringToObject(cfg, "chat_template", fdpo_chat_source(kind));
+    char *js = cJSON_Print(cfg);
+    cJSON_Delete(cfg);
+    int rc = save_text(dir, "tokenizer_config.json", js, strlen(js));
+    cJSON_free(js);
+    return rc;
+}
+
 int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir) {
     const struct fdpo_bpe *b = t->bpe;
     if (fdpo_mkdir_p(dir)) return -1;
+    if (save_config(t, dir)) return -1;
+    if (b->src_json) return save_text(dir, "tokenizer.json", b->src_json, b->src_json_len);
     cJSON *v = cJSON_CreateObject();
     for (size_t i = 0; i < b->n_vocab; i++) cJSON_AddItemToObject(v, b->str[i], cJSON_CreateNumber((double)i));
     char *js = cJSON_PrintUnformatted(v);
     cJSON_Delete(v);
     if (!js) return fdpo_error("%s: cannot serialise vocab.json", dir);
-    char *vp = fdpo_path_join(dir, "vocab.json");
-    int rc = fdpo_write_file_atomic(vp, js, strlen(js));
-    free(vp); free(js);
+    int rc = save_text(dir, "vocab.json", js, strlen(js));
+    free(js);
     if (rc) return rc;
     size_t cap = 32;
     for (size_t i = 0; i < b->n_merges; i++) cap += strlen(b->str[b->merges[i][0]]) + strlen(b->str[b->merges[i][1]]) + 2;
@@ -517,9 +900,8 @@ int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir) {
         memcpy(q, a, la); q += la; *q++ = ' ';
         memcpy(q, c, lc); q += lc; *q++ = '\n';
     }
-    char *mp = fdpo_path_join(dir, "merges.txt");
-    rc = fdpo_write_file_atomic(mp, buf, (size_t)(q - buf));
-    free(mp); free(buf);
+    rc = save_text(dir, "merges.txt", buf, (size_t)(q - buf));
+    free(buf);
     return rc;
 }
 
@@ -688,22 +1070,81 @@ static void encode_word(const struct fdpo_bpe *b, word_cache *c, const unsigned 
 
 /* Pre-tokenise s[0..n) and encode each piece. Bytes no match covers are ill-formed UTF-8:
  * each becomes its byte token. */
-static void encode_segment(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
-                           const unsigned char *s, size_t n, idvec *o) {
+/* Text the pattern does not cover is its own piece (Split's Isolated behaviour), byte-pair
+ * encoded; its ill-formed UTF-8 bytes (which no pattern matches) are byte tokens each. */
+static void encode_gap(const struct fdpo_bpe *b, word_cache *c, const unsigned char *s, size_t n, idvec *o) {
+    while (n) {
+        size_t ok = fdpo_utf8_first_invalid((const char *)s, n);
+        if (ok > n) ok = n;
+        if (ok) encode_word(b, c, s, ok, o);
+        if (ok == n) break;
+        idvec_push(o, b->byte_id[s[ok]]);
+        s += ok + 1; n -= ok + 1;
+    }
+}
+
+/* Pre-tokenise s[0..n) with the regex and encode each piece. */
+static void encode_regex(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                         const unsigned char *s, size_t n, idvec *o) {
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
     size_t off = 0;
     while (off < n) {
         int rc = pcre2_jit_match(b->re, s, n, off, 0, md, NULL);
         size_t start = rc > 0 ? ov[0] : n, end = rc > 0 ? ov[1] : n;
-        for (; off < start; off++) idvec_push(o, b->byte_id[s[off]]);
+        if (start > off) encode_gap(b, c, s + off, start - off, o);
         if (rc <= 0) break;
+        if (end == start) { /* an empty match covers nothing: step over one code point */
+            if (start >= n) break;
+            size_t k = 1;
+            while (start + k < n && (s[start + k] & 0xC0) == 0x80) k++;
+            encode_gap(b, c, s + start, k, o);
+            end = start + k;
+        } else {
+            encode_word(b, c, s + start, end - start, o);
+        }
+        off = end;
+    }
+}
+
+/* A Digits pre-tokenizer first (StarCoder, SmolLM2): every digit (individual_digits) or
+ * run of digits is its own piece; the regex runs on the stretches between them. */
+static void encode_segment(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                           const unsigned char *s, size_t n, idvec *o) {
+    if (!b->digits_re) { encode_regex(b, c, md, s, n, o); return; }
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+    size_t off = 0;
+    while (off < n) {
+        int rc = pcre2_jit_match(b->digits_re, s, n, off, 0, md, NULL);
+        size_t start = rc > 0 ? ov[0] : n, end = rc > 0 ? ov[1] : n; /* copied: encode_regex reuses md */
+        if (start > off) encode_regex(b, c, md, s + off, start - off, o);
+        if (rc <= 0 || end == start) break;
         encode_word(b, c, s + start, end - start, o);
         off = end;
     }
 }
 
+/* The added token (longest first) that s[0..n) starts with, eligible under allow_special
+ * (non-special added tokens always are, as in Hugging Face); -1 if none. */
+static int32_t added_at(const struct fdpo_bpe *b, const unsigned char *s, size_t n, int allow_special) {
+    if (!b->added_first[s[0]]) return -1;
+    for (size_t k = 0; k < b->n_added; k++) {
+        int32_t id = b->added[k];
+        size_t l = b->n_bytes[id];
+        if (l <= n && b->bytes[id][0] == s[0] && (allow_special || !b->special[id]) && memcmp(b->bytes[id], s, l) == 0)
+            return id;
+    }
+    return -1;
+}
+
 int fdpo_bpe_encode(const fdpo_tokenizer *t, const char *text, size_t len, int allow_special,
                     int32_t **ids, size_t *n_ids) {
+    return fdpo_bpe_encode_marked(t, text, len, allow_special, NULL, ids, n_ids);
+}
+
+/* With allow_special and a mask, a special token is matched only where it starts at a byte
+ * with mask[i] != 0 (template text, not message content). */
+int fdpo_bpe_encode_marked(const fdpo_tokenizer *t, const char *text, size_t len, int allow_special,
+                           const unsigned char *mask, int32_t **ids, size_t *n_ids) {
     struct fdpo_bpe *b = t->bpe;
     word_cache *c = NULL;
     for (int i = 0; i < CACHE_SLOTS && !c; i++)
@@ -719,19 +1160,26 @@ int fdpo_bpe_encode(const fdpo_tokenizer *t, const char *text, size_t len, int a
     o.cap = len / 3 + 16;
     o.v = fdpo_malloc(o.cap * sizeof *o.v);
     const unsigned char *s = (const unsigned char *)text;
-    size_t pos = 0;
-    while (pos < len) {
-        const unsigned char *sp = allow_special ? memmem(s + pos, len - pos, EOT_TEXT, EOT_LEN) : NULL;
-        size_t seg_end = sp ? (size_t)(sp - s) : len;
-        encode_segment(b, c, md, s + pos, seg_end - pos, &o);
-        if (!sp) break;
-        idvec_push(&o, t->eot);
-        pos = seg_end + EOT_LEN;
+    size_t seg = 0;
+    for (size_t pos = 0; pos < len;) {
+        int ok = allow_special && (!mask || mask[pos]);
+        int32_t id = added_at(b, s + pos, len - pos, ok);
+        if (id < 0) { pos++; continue; }
+        encode_segment(b, c, md, s + seg, pos - seg, &o);
+        idvec_push(&o, id);
+        pos += b->n_bytes[id];
+        seg = pos;
     }
+    encode_segment(b, c, md, s + seg, len - seg, &o);
     if (c) pthread_mutex_unlock(&c->lock);
     else pcre2_match_data_free(md);
     *ids = o.v; *n_ids = o.n;
     return 0;
+}
+
+int fdpo_bpe_is_special(const fdpo_tokenizer *t, int32_t id) {
+    const struct fdpo_bpe *b = t->bpe;
+    return id >= 0 && (size_t)id < b->n_vocab && b->special && b->special[id];
 }
 
 const char *fdpo_bpe_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *len) {
@@ -739,4 +1187,8 @@ const char *fdpo_bpe_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *le
     if (id < 0 || (size_t)id >= b->n_vocab) { *len = 0; return ""; }
     *len = b->n_bytes[id];
     return (const char *)b->bytes[id];
+}
+
+int32_t fdpo_bpe_token_id(const fdpo_tokenizer *t, const char *text) {
+    return strmap_get(t->bpe, text, strlen(text));
 }

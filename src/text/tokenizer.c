@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <cJSON.h>
+#include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "text/tokenizer_internal.h"
 
@@ -14,6 +16,7 @@ fdpo_tokenizer *fdpo_tokenizer_byte(void) {
     t->kind = FDPO_TOK_BYTE;
     t->vocab_size = 257;
     t->eot = BYTE_EOT;
+    t->bos = t->pad = -1;
     return t;
 }
 
@@ -28,11 +31,16 @@ fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
     if (has_byte) {
         size_t n;
         char *s = fdpo_read_file(p, &n);
-        int ok = s && strstr(s, "\"byte\"") != NULL;
+        cJSON *j = s ? cJSON_ParseWithLength(s, n) : NULL;
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(j, "type"), *ct = cJSON_GetObjectItemCaseSensitive(j, "chat_template");
+        int ok = cJSON_IsString(ty) && !strcmp(ty->valuestring, "byte");
         free(s);
-        if (!ok) { fdpo_error("%s: expected {\"type\": \"byte\"}", p); free(p); return NULL; }
+        if (!ok) { cJSON_Delete(j); fdpo_error("%s: expected {\"type\": \"byte\"}", p); free(p); return NULL; }
         free(p);
-        return fdpo_tokenizer_byte();
+        fdpo_tokenizer *t = fdpo_tokenizer_byte();
+        if (cJSON_IsString(ct)) t->chat_template_src = fdpo_strdup(ct->valuestring);
+        cJSON_Delete(j);
+        return t;
     }
     free(p);
     if (fdpo_bpe_dir_has_files(dir)) return fdpo_bpe_load_dir(dir);
@@ -45,8 +53,23 @@ int fdpo_tokenizer_save_dir(const fdpo_tokenizer *t, const char *dir) {
     if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_save_dir(t, dir);
     if (fdpo_mkdir_p(dir)) return -1;
     char *p = fdpo_path_join(dir, "fdpo_tokenizer.json");
-    static const char body[] = "{\"type\": \"byte\", \"vocab_size\": 257, \"eos_token_id\": 256}\n";
-    int rc = fdpo_write_file_atomic(p, body, sizeof body - 1);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "type", "byte");
+    cJSON_AddNumberToObject(o, "vocab_size", 257);
+    cJSON_AddNumberToObject(o, "eos_token_id", 256);
+    fdpo_chat_kind kind; /* a named template travels with the checkpoint (as in tokenizer_config.json) */
+    const char *name = t->chat_template_name;
+    if (name && strcmp(name, "auto") && fdpo_chat_parse_name(name, &kind) == 0)
+        cJSON_AddStringToObject(o, "chat_template", fdpo_chat_source(kind));
+    else if (t->chat_template_src)
+        cJSON_AddStringToObject(o, "chat_template", t->chat_template_src);
+    char *body = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    size_t len = strlen(body);
+    body = fdpo_realloc(body, len + 2);
+    body[len++] = '\n';
+    int rc = fdpo_write_file_atomic(p, body, len);
+    free(body);
     free(p);
     return rc;
 }
@@ -54,20 +77,34 @@ int fdpo_tokenizer_save_dir(const fdpo_tokenizer *t, const char *dir) {
 void fdpo_tokenizer_free(fdpo_tokenizer *t) {
     if (!t) return;
     if (t->bpe) fdpo_bpe_free(t->bpe);
+    free(t->chat_template_src); free(t->chat_template_name);
     free(t);
 }
 
 fdpo_tokenizer_kind fdpo_tokenizer_kind_of(const fdpo_tokenizer *t) { return t->kind; }
 size_t fdpo_tokenizer_vocab_size(const fdpo_tokenizer *t) { return t->vocab_size; }
 int32_t fdpo_tokenizer_eot(const fdpo_tokenizer *t) { return t->eot; }
+int32_t fdpo_tokenizer_bos(const fdpo_tokenizer *t) { return t->bos; }
+int32_t fdpo_tokenizer_pad(const fdpo_tokenizer *t) { return t->pad; }
 
-int fdpo_tokenizer_encode(const fdpo_tokenizer *t, const char *text, size_t len,
-                          int allow_special, int32_t **ids, size_t *n_ids) {
-    if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_encode(t, text, len, allow_special, ids, n_ids);
+int fdpo_tokenizer_is_special(const fdpo_tokenizer *t, int32_t id) {
+    if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_is_special(t, id);
+    return id == BYTE_EOT;
+}
+
+int32_t fdpo_tokenizer_token_id(const fdpo_tokenizer *t, const char *text) {
+    if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_token_id(t, text);
+    if (!strcmp(text, EOT_TEXT)) return BYTE_EOT;
+    return strlen(text) == 1 ? (unsigned char)text[0] : -1;
+}
+
+int fdpo_tokenizer_encode_masked(const fdpo_tokenizer *t, const char *text, size_t len,
+                                 const unsigned char *mask, int32_t **ids, size_t *n_ids) {
+    if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_encode_marked(t, text, len, 1, mask, ids, n_ids);
     int32_t *out = fdpo_malloc((len + 1) * sizeof *out);
     size_t n = 0, elen = sizeof EOT_TEXT - 1;
     for (size_t i = 0; i < len;) {
-        if (allow_special && len - i >= elen && memcmp(text + i, EOT_TEXT, elen) == 0) {
+        if ((!mask || mask[i]) && len - i >= elen && memcmp(text + i, EOT_TEXT, elen) == 0) {
             out[n++] = BYTE_EOT; i += elen;
         } else {
             out[n++] = (unsigned char)text[i++];
@@ -75,6 +112,18 @@ int fdpo_tokenizer_encode(const fdpo_tokenizer *t, const char *text, size_t len,
     }
     *ids = out; *n_ids = n;
     return 0;
+}
+
+int fdpo_tokenizer_encode(const fdpo_tokenizer *t, const char *text, size_t len,
+                          int allow_special, int32_t **ids, size_t *n_ids) {
+    if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_encode(t, text, len, allow_special, ids, n_ids);
+    if (!allow_special) {
+        int32_t *out = fdpo_malloc((len + 1) * sizeof *out);
+        for (size_t i = 0; i < len; i++) out[i] = (unsigned char)text[i];
+        *ids = out; *n_ids = len;
+        return 0;
+    }
+    return fdpo_tokenizer_encode_masked(t, text, len, NULL, ids, n_ids);
 }
 
 const char *fdpo_tokenizer_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *len) {
@@ -112,19 +161,34 @@ static size_t utf8_repair(const unsigned char *s, size_t n, char *out) {
 }
 
 char *fdpo_tokenizer_decode(const fdpo_tokenizer *t, const int32_t *ids, size_t n, size_t *len) {
+    return fdpo_tokenizer_decode_ex(t, ids, n, 0, len);
+}
+
+char *fdpo_tokenizer_decode_ex(const fdpo_tokenizer *t, const int32_t *ids, size_t n, int skip_special, size_t *len) {
     size_t total = 0;
     for (size_t i = 0; i < n; i++) { size_t l; fdpo_tokenizer_token_bytes(t, ids[i], &l); total += l; }
     unsigned char *raw = fdpo_malloc(total + 1);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         size_t l;
+        if (skip_special && fdpo_tokenizer_is_special(t, ids[i])) continue;
         const char *b = fdpo_tokenizer_token_bytes(t, ids[i], &l);
         memcpy(raw + k, b, l); k += l;
     }
     char *out = fdpo_malloc(3 * total + 1);
-    size_t m = utf8_repair(raw, total, out);
+    size_t m = utf8_repair(raw, k, out);
     out[m] = 0;
     free(raw);
     if (len) *len = m;
     return out;
+}
+
+void fdpo_tokenizer_set_chat_template(fdpo_tokenizer *t, const char *name) {
+    free(t->chat_template_name);
+    t->chat_template_name = name ? fdpo_strdup(name) : NULL;
+}
+
+const char *fdpo_tokenizer_chat_template(const fdpo_tokenizer *t, const char **name) {
+    if (name) *name = t->chat_template_name;
+    return t->chat_template_src;
 }

@@ -8,8 +8,11 @@ struct fdpo_bpe; /* src/text/bpe.c */
 struct fdpo_tokenizer {
     fdpo_tokenizer_kind kind;
     size_t vocab_size;
-    int32_t eot;
-    struct fdpo_bpe *bpe; /* FDPO_TOK_BPE only */
+    int32_t eot;            /* eos_token of tokenizer_config.json, else <|endoftext|> */
+    int32_t bos, pad;       /* -1 when the files name none */
+    char *chat_template_src; /* tokenizer_config.json "chat_template" (NULL: none) */
+    char *chat_template_name; /* --chat-template NAME (NULL: from the files) */
+    struct fdpo_bpe *bpe;   /* FDPO_TOK_BPE only */
 };
 
 /* Implemented in bpe.c (GPT-2 BPE). */
@@ -19,6 +22,10 @@ int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir);
 void fdpo_bpe_free(struct fdpo_bpe *b);
 int fdpo_bpe_encode(const fdpo_tokenizer *t, const char *text, size_t len, int allow_special,
                     int32_t **ids, size_t *n_ids);
+int fdpo_bpe_encode_marked(const fdpo_tokenizer *t, const char *text, size_t len, int allow_special,
+                           const unsigned char *mask, int32_t **ids, size_t *n_ids);
+int fdpo_bpe_is_special(const fdpo_tokenizer *t, int32_t id);
+int32_t fdpo_bpe_token_id(const fdpo_tokenizer *t, const char *text);
 /* GPT-2's byte-to-unicode alphabet: byte b's symbol as UTF-8 (1-2 bytes); and the GPT-2
  * pre-tokenisation pattern (PCRE2 syntax, UTF + UCP) the encoder uses. For the trainer. */
 size_t fdpo_bpe_byte_symbol(int b, char out[4]);

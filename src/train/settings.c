@@ -141,6 +141,7 @@ static const struct { const char *key; field_type type; size_t offset; int fixed
     {"seed", T_LONG, offsetof(fdpo_train_opts, seed), 1},
     {"val-fraction", T_DOUBLE, offsetof(fdpo_train_opts, val_fraction), 1},
     {"shuffle", T_BOOL, offsetof(fdpo_train_opts, shuffle), 1},
+    {"chat-template", T_STR, offsetof(fdpo_train_opts, chat_template), 1},
     /* kept from the saved run unless given again (a resumed run used to drop them) */
     {"eval-every", T_LONG, offsetof(fdpo_train_opts, eval_every), 0},
     {"save-every", T_LONG, offsetof(fdpo_train_opts, save_every), 0},

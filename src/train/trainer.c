@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/chat.h"
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
@@ -35,6 +36,12 @@ fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o) {
         if (!t) fdpo_error_context("--model %s (pass --tokenizer DIR for a checkpoint without tokenizer files)", o->init);
     } else {
         t = fdpo_tokenizer_byte();
+    }
+    if (t && o->chat_template) { /* checked here, before any data is read */
+        fdpo_tokenizer_set_chat_template(t, o->chat_template);
+        fdpo_chat chat;
+        if (fdpo_chat_for(t, &chat) && strcmp(o->chat_template, "auto")) { fdpo_tokenizer_free(t); return NULL; }
+        fdpo_chat_free(&chat);
     }
     return t;
 }

@@ -1,10 +1,12 @@
-/* libFuzzer: GPT-2 BPE tokenizer files. First byte even: the rest is tokenizer.json; odd:
- * vocab.json, a line "=====", then merges.txt. A tokenizer that loads must round-trip
- * text exactly (byte-level BPE loses nothing): the tail after a second "=====" line, or a
- * fixed sentence. */
+/* libFuzzer: byte-level BPE tokenizer files. First byte % 4: 0 the rest is tokenizer.json;
+ * 2 tokenizer.json, a line "=====", then tokenizer_config.json; odd: vocab.json, a line
+ * "=====", then merges.txt. A tokenizer that loads must round-trip text exactly (byte-level
+ * BPE loses nothing; added tokens are their literal text): the tail after a second "====="
+ * line, or a fixed sentence; so must a conversation rendered with its chat template. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "fdpo/tokenizer.h"
 
@@ -21,8 +23,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *sample = "Hello world, it's 2024!\n\tcaf\xc3\xa9 <|endoftext|>  done";
     size_t sample_len = strlen(sample);
     fdpo_tokenizer *t;
-    if (data[0] % 2 == 0) {
+    if (data[0] % 4 == 0) {
         t = fdpo_tokenizer_bpe_parse_json("tokenizer.json", s, n);
+    } else if (data[0] % 4 == 2) {
+        const char *sep = find_sep(s, n);
+        if (!sep) return 0;
+        const char *c = sep + sizeof SEP - 1;
+        t = fdpo_tokenizer_bpe_parse_json_config("tokenizer.json", s, (size_t)(sep - s), "tokenizer_config.json",
+                                                 c, (size_t)(s + n - c));
     } else {
         const char *sep = find_sep(s, n);
         if (!sep) return 0;
@@ -47,7 +55,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (size_t i = 0; i < k; i++) {
             size_t bl;
             const char *b = fdpo_tokenizer_token_bytes(t, ids[i], &bl);
-            if (ids[i] == fdpo_tokenizer_eot(t) && special) { b = "<|endoftext|>"; bl = 13; }
             if (pos + bl > sample_len || memcmp(sample + pos, b, bl)) abort();
             pos += bl;
         }
@@ -55,6 +62,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         size_t dl;
         free(fdpo_tokenizer_decode(t, ids, k, &dl));
         free(ids);
+    }
+    fdpo_chat chat;
+    if (fdpo_chat_for(t, &chat) == 0) {
+        char *content = fdpo_malloc(sample_len + 1); /* message content is a C string */
+        memcpy(content, sample, sample_len);
+        content[sample_len] = 0;
+        const fdpo_chat_msg m[3] = {{"system", content}, {"user", "hi <|im_end|>"}, {"assistant", " ok "}};
+        fdpo_chat_text text = {0};
+        fdpo_chat_render(&chat, m, 3, FDPO_CHAT_START | FDPO_CHAT_GENERATION_PROMPT, &text);
+        int32_t *ids = NULL;
+        float *w = NULL;
+        size_t k = 0, pos = 0;
+        if (fdpo_chat_encode(t, &text, &ids, &w, &k)) abort();
+        for (size_t i = 0; i < k; i++) {
+            size_t bl;
+            const char *b = fdpo_tokenizer_token_bytes(t, ids[i], &bl);
+            if (pos + bl > text.n || memcmp(text.text + pos, b, bl) || (w[i] != 0.0f && w[i] != 1.0f)) abort();
+            pos += bl;
+        }
+        if (pos != text.n) abort();
+        free(ids); free(w);
+        fdpo_chat_text_free(&text);
+        fdpo_chat_free(&chat);
+        free(content);
     }
     fdpo_tokenizer_free(t);
     return 0;

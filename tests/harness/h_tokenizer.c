@@ -1,4 +1,5 @@
-/* Tokenizer harness subcommands (tests/py/test_bpe.py):
+/* Tokenizer harness subcommands (tests/py/test_bpe.py, test_tokenizer_json.py):
+ *   tok-info DIR            {"vocab_size", "eos", "bos", "pad", "special": [ids], "chat": NAME}
  *   tok-save SRC DST        load SRC (a directory or "byte"), save it into DST
  *   tok-threads DIR FILE N  encode FILE's lines from N OpenMP threads at once (each line
  *                           several times, so threads share the word caches) and print
@@ -7,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/chat.h"
 #include "fdpo/tokenizer.h"
 #include "harness.h"
 
@@ -14,7 +16,28 @@ static fdpo_tokenizer *load(const char *src) {
     return strcmp(src, "byte") == 0 ? fdpo_tokenizer_byte() : fdpo_tokenizer_load_dir(src);
 }
 
+static int info(const char *dir) {
+    fdpo_tokenizer *t = load(dir);
+    if (!t) return -1;
+    fdpo_chat chat;
+    int have_chat = fdpo_chat_for(t, &chat) == 0;
+    printf("{\"vocab_size\": %zu, \"eos\": %d, \"bos\": %d, \"pad\": %d, \"chat\": \"%s\", \"special\": [",
+           fdpo_tokenizer_vocab_size(t), fdpo_tokenizer_eot(t), fdpo_tokenizer_bos(t), fdpo_tokenizer_pad(t),
+           have_chat ? fdpo_chat_name(chat.kind) : "unknown");
+    int first = 1;
+    for (size_t i = 0; i < fdpo_tokenizer_vocab_size(t); i++)
+        if (fdpo_tokenizer_is_special(t, (int32_t)i)) { printf(first ? "%zu" : ", %zu", i); first = 0; }
+    printf("]}\n");
+    if (have_chat) fdpo_chat_free(&chat);
+    fdpo_tokenizer_free(t);
+    return 0;
+}
+
 int h_tokenizer(int argc, char **argv) {
+    if (!strcmp(argv[0], "tok-info")) {
+        if (argc != 2) return fdpo_error("usage: tok-info DIR");
+        return info(argv[1]);
+    }
     if (!strcmp(argv[0], "tok-save")) {
         if (argc != 3) return fdpo_error("usage: tok-save SRC DST");
         fdpo_tokenizer *t = load(argv[1]);

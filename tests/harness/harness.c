@@ -20,6 +20,9 @@ int h_rl(int argc, char **argv);
 int h_tokenizer(int argc, char **argv);
 
 static const struct { const char *name; harness_fn fn; } SUBS[] = {
+    {"data-chat-pref", h_data},
+    {"data-chat-prompts", h_data},
+    {"data-chat-sft", h_data},
     {"data-prompts", h_data},
     {"data-sft", h_data},
     {"dpo-bench", h_dpo_bench},
@@ -43,6 +46,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"objectives", h_objectives},
     {"rm-grad", h_rm_grad},
     {"rl-grad", h_rl},
+    {"tok-info", h_tokenizer},
     {"tok-save", h_tokenizer},
     {"tok-threads", h_tokenizer},
     {NULL, NULL},

@@ -107,7 +107,7 @@ def write_tokenizer_json(d, vocab, merges, pairs=False, **model_extra):
              "merges": [m.split(" ") for m in merges] if pairs else merges}
     model.update(model_extra)
     tj = {"version": "1.0", "truncation": None, "padding": None,
-          "added_tokens": [{"id": EOT, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
+          "added_tokens": [{"id": vocab.get("<|endoftext|>", EOT), "content": "<|endoftext|>", "single_word": False, "lstrip": False,
                             "rstrip": False, "normalized": True, "special": True}],
           "normalizer": None,
           "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},

@@ -1,0 +1,79 @@
+/* Chat templates: how {"role", "content"} messages become text, which parts of that text are
+ * template markers (special tokens are matched there, never in message content) and which
+ * are trained (assistant content and its end-of-turn marker).
+ *
+ * There is no Jinja here: tokenizer_config.json's chat_template is recognised by content as
+ * one of the built-ins, or one is named with --chat-template NAME:
+ *   plain   fdpo's format: "<|ROLE|>\nCONTENT\n"; generation prompt "<|assistant|>\n"
+ *           (the default for tokenizers without a chat_template, e.g. GPT-2)
+ *   chatml  SmolLM2 / Qwen2: "<|im_start|>ROLE\nCONTENT<|im_end|>\n"; generation prompt
+ *           "<|im_start|>assistant\n"; the template's default system turn, if it has one,
+ *           when the first message is not a system message
+ *   llama3  "<|begin_of_text|>" once, then "<|start_header_id|>ROLE<|end_header_id|>\n\n"
+ *           + trimmed CONTENT + "<|eot_id|>"; Llama-3.1/3.2 templates also get their
+ *           system preamble ("Cutting Knowledge Date: ...\nToday Date: ...\n\n")
+ *   zephyr  Zephyr / TinyLlama: "<|ROLE|>\nCONTENT" + eos_token + "\n"; generation prompt
+ *           "<|assistant|>\n"
+ * docs/training.md#chat-templates has the rules in full. */
+#ifndef FDPO_CHAT_H
+#define FDPO_CHAT_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fdpo/tokenizer.h"
+
+typedef enum { FDPO_CHAT_PLAIN, FDPO_CHAT_CHATML, FDPO_CHAT_LLAMA3, FDPO_CHAT_ZEPHYR } fdpo_chat_kind;
+#define FDPO_CHAT_BUILTINS "plain, chatml, llama3, zephyr"
+
+typedef struct {
+    fdpo_chat_kind kind;
+    char *default_system;   /* chatml: system turn added when messages[0] is not one (NULL: none) */
+    char *preamble;         /* llama3.1+: system preamble before the system message (NULL: none) */
+    char *bos, *eos;        /* token texts: llama3's leading bos, zephyr's end of turn */
+} fdpo_chat;
+
+typedef struct { const char *role, *content; } fdpo_chat_msg;
+
+/* The template the tokenizer's files or its explicit choice (fdpo_tokenizer_set_chat_template)
+ * give. Errors name tokenizer_config.json's chat_template when it is not recognised, with
+ * the built-ins. Free with fdpo_chat_free. */
+int fdpo_chat_for(const fdpo_tokenizer *t, fdpo_chat *out);
+void fdpo_chat_free(fdpo_chat *c);
+/* Recognise a chat_template source: 0 and *kind, or -1 (no message) when unknown. */
+int fdpo_chat_detect(const char *source, fdpo_chat_kind *kind);
+/* A Jinja chat_template that renders as the built-in does (no default system turn or
+ * preamble); fdpo_chat_detect recognises it. Saved with a tokenizer whose template was
+ * named (fdpo_tokenizer_save_dir). */
+const char *fdpo_chat_source(fdpo_chat_kind kind);
+/* A built-in by name; the error lists the built-ins. */
+int fdpo_chat_parse_name(const char *name, fdpo_chat_kind *kind);
+const char *fdpo_chat_name(fdpo_chat_kind kind);
+
+/* Rendered text with two byte masks. */
+typedef struct {
+    char *text; size_t n, cap;
+    unsigned char *tmpl;   /* [n] 1 = template text (special tokens matched here) */
+    unsigned char *train;  /* [n] 1 = assistant content and its end of turn */
+} fdpo_chat_text;
+void fdpo_chat_text_free(fdpo_chat_text *t);
+/* Appends s[0..n) with the given masks (plain data text: tmpl = train = 0). */
+void fdpo_chat_text_put(fdpo_chat_text *t, const char *s, size_t n, int tmpl, int train);
+
+enum {
+    FDPO_CHAT_START = 1,             /* the conversation starts here: bos, default system turn */
+    FDPO_CHAT_GENERATION_PROMPT = 2, /* append the assistant header (add_generation_prompt) */
+    FDPO_CHAT_CONTINUE = 4,          /* m[0] is an assistant turn whose header the text before holds */
+    FDPO_CHAT_END_AT_EOT = 8,        /* stop after the last message's end-of-turn marker */
+};
+/* Renders m[0..n) onto out. Roles are system, user, assistant (the callers check). */
+void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsigned flags, fdpo_chat_text *out);
+
+/* Tokens of t (specials matched in template text only) and, when w is not NULL, each
+ * token's loss weight: 1 if any of its bytes is trained. *ids, *w malloc'd. */
+int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t, int32_t **ids, float **w, size_t *n);
+
+/* A prompt that is the JSON text of a message list ('[{"role", "content"}, ...]', as
+ * fdpo_read_prompts keeps conversational prompts): rendered from the start with the
+ * generation prompt and encoded. 0 done, 1 not such a prompt (nothing set), -1 error. */
+int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n);
+
+#endif

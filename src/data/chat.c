@@ -1,0 +1,266 @@
+/* Chat templates (include/fdpo/chat.h): recognition by content, rendering with template and
+ * training masks, and encoding with specials matched in template text only. */
+#include <cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/chat.h"
+#include "fdpo/core.h"
+
+static const char *const NAMES[] = {"plain", "chatml", "llama3", "zephyr"};
+
+const char *fdpo_chat_name(fdpo_chat_kind kind) { return NAMES[kind]; }
+
+int fdpo_chat_parse_name(const char *name, fdpo_chat_kind *kind) {
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, NAMES[i])) { *kind = (fdpo_chat_kind)i; return 0; }
+    return fdpo_error("--chat-template: '%s' is not a built-in template (" FDPO_CHAT_BUILTINS ", or auto)", name);
+}
+
+/* Jinja sources that render as the built-ins do (without a default system turn or
+ * preamble), written into a checkpoint's tokenizer_config.json when a run names its
+ * template, so that later commands (and transformers) render the same way. */
+static const char *const SOURCES[] = {
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}",
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + "
+    "message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{# <|user|> <|assistant|> #}",
+};
+
+const char *fdpo_chat_source(fdpo_chat_kind kind) { return SOURCES[kind]; }
+
+/* By the markers each family's template writes. */
+int fdpo_chat_detect(const char *s, fdpo_chat_kind *kind) {
+    if (strstr(s, "<|start_header_id|>") && strstr(s, "<|end_header_id|>") && strstr(s, "<|eot_id|>")) *kind = FDPO_CHAT_LLAMA3;
+    else if (strstr(s, "<|im_start|>") && strstr(s, "<|im_end|>")) *kind = FDPO_CHAT_CHATML;
+    else if (strstr(s, "<|user|>") && strstr(s, "<|assistant|>") && strstr(s, "eos_token")) *kind = FDPO_CHAT_ZEPHYR;
+    else if (!strcmp(s, SOURCES[FDPO_CHAT_PLAIN])) *kind = FDPO_CHAT_PLAIN;
+    else return -1;
+    return 0;
+}
+
+/* A literal of the template source starting at s: up to a quote or the end marker, with
+ * the escapes \n and \\ of Jinja string literals undone. NULL if it is not a plain literal
+ * (an expression interrupts it before `end`). */
+static char *literal_until(const char *s, const char *end) {
+    const char *e = strstr(s, end);
+    if (!e) return NULL;
+    char *out = fdpo_malloc((size_t)(e - s) + 1);
+    size_t k = 0;
+    for (const char *p = s; p < e; p++) {
+        if (*p == '\'' || *p == '"' || *p == '{' || *p == '}') { free(out); return NULL; }
+        if (*p == '\\' && p + 1 < e) {
+            p++;
+            out[k++] = *p == 'n' ? '\n' : *p == 't' ? '\t' : *p;
+        } else out[k++] = *p;
+    }
+    out[k] = 0;
+    return out;
+}
+
+/* ChatML's default system turn: the first "<|im_start|>system" + newline (literal or \n)
+ * followed by literal text up to "<|im_end|>" (SmolLM2, Qwen2). */
+static char *chatml_default_system(const char *src) {
+    static const char tag[] = "<|im_start|>system";
+    for (const char *p = strstr(src, tag); p; p = strstr(p + 1, tag)) {
+        const char *q = p + sizeof tag - 1;
+        if (*q == '\n') q++;
+        else if (q[0] == '\\' && q[1] == 'n') q += 2;
+        else continue;
+        char *lit = literal_until(q, "<|im_end|>");
+        if (lit && *lit) return lit;
+        free(lit);
+    }
+    return NULL;
+}
+
+/* Llama-3.1/3.2's system preamble: "Cutting Knowledge Date: K\nToday Date: D\n\n", D the
+ * template's literal date_string default (transformers' strftime_now is not reproduced). */
+static char *llama3_preamble(const char *src) {
+    static const char ck[] = "Cutting Knowledge Date: ", ds[] = "date_string = \"";
+    const char *p = strstr(src, ck);
+    if (!p) return NULL;
+    p += sizeof ck - 1;
+    size_t kl = 0;
+    while (p[kl] && p[kl] != '\\' && p[kl] != '\n' && p[kl] != '"' && p[kl] != '\'') kl++;
+    const char *d = strstr(src, ds);
+    const char *date = "26 Jul 2024";
+    size_t dl = strlen(date);
+    if (d) {
+        d += sizeof ds - 1;
+        const char *e = strchr(d, '"');
+        if (e && e - d < 40) { date = d; dl = (size_t)(e - d); }
+    }
+    size_t n = sizeof ck + kl + dl + 32;
+    char *out = fdpo_malloc(n);
+    snprintf(out, n, "%s%.*s\nToday Date: %.*s\n\n", ck, (int)kl, p, (int)dl, date);
+    return out;
+}
+
+static char *token_text(const fdpo_tokenizer *t, int32_t id) {
+    if (id < 0) return NULL;
+    size_t l;
+    const char *b = fdpo_tokenizer_token_bytes(t, id, &l);
+    char *s = fdpo_malloc(l + 1);
+    memcpy(s, b, l); s[l] = 0;
+    return s;
+}
+
+int fdpo_chat_for(const fdpo_tokenizer *t, fdpo_chat *out) {
+    memset(out, 0, sizeof *out);
+    const char *name = NULL;
+    const char *src = fdpo_tokenizer_chat_template(t, &name);
+    fdpo_chat_kind detected = FDPO_CHAT_PLAIN;
+    int known = src && fdpo_chat_detect(src, &detected) == 0;
+    if (name && strcmp(name, "auto")) {
+        if (fdpo_chat_parse_name(name, &out->kind)) return -1;
+    } else if (src && !known) {
+        return fdpo_error("tokenizer_config.json: chat_template is not one fdpo recognises (built-ins: "
+                          FDPO_CHAT_BUILTINS "); name one with --chat-template NAME");
+    } else {
+        out->kind = detected; /* plain when the files have no template */
+    }
+    if (known && detected == out->kind) { /* the file's own parameters */
+        if (out->kind == FDPO_CHAT_CHATML) out->default_system = chatml_default_system(src);
+        if (out->kind == FDPO_CHAT_LLAMA3) out->preamble = llama3_preamble(src);
+    }
+    out->bos = token_text(t, fdpo_tokenizer_bos(t));
+    out->eos = token_text(t, fdpo_tokenizer_eot(t));
+    if (out->kind == FDPO_CHAT_LLAMA3 && !out->bos) {
+        int32_t id = fdpo_tokenizer_token_id(t, "<|begin_of_text|>");
+        out->bos = token_text(t, id);
+    }
+    return 0;
+}
+
+void fdpo_chat_free(fdpo_chat *c) {
+    free(c->default_system); free(c->preamble); free(c->bos); free(c->eos);
+    memset(c, 0, sizeof *c);
+}
+
+void fdpo_chat_text_free(fdpo_chat_text *t) {
+    free(t->text); free(t->tmpl); free(t->train);
+    memset(t, 0, sizeof *t);
+}
+
+void fdpo_chat_text_put(fdpo_chat_text *t, const char *s, size_t n, int tmpl, int train) {
+    if (t->n + n + 1 > t->cap) {
+        t->cap = 2 * (t->n + n + 1) + 64;
+        t->text = fdpo_realloc(t->text, t->cap);
+        t->tmpl = fdpo_realloc(t->tmpl, t->cap);
+        t->train = fdpo_realloc(t->train, t->cap);
+    }
+    if (n) memcpy(t->text + t->n, s, n);
+    memset(t->tmpl + t->n, tmpl, n);
+    memset(t->train + t->n, train, n);
+    t->n += n;
+    t->text[t->n] = 0;
+}
+static void put_str(fdpo_chat_text *t, const char *s, int tmpl, int train) { if (s) fdpo_chat_text_put(t, s, strlen(s), tmpl, train); }
+
+/* Jinja's trim: leading and trailing whitespace. */
+static void trimmed(const char *s, const char **b, size_t *n) {
+    size_t l = strlen(s);
+    while (l && strchr(" \t\n\r\v\f", s[l - 1])) l--;
+    size_t i = 0;
+    while (i < l && strchr(" \t\n\r\v\f", s[i])) i++;
+    *b = s + i; *n = l - i;
+}
+
+static void header(const fdpo_chat *c, const char *role, fdpo_chat_text *o) {
+    switch (c->kind) {
+    case FDPO_CHAT_PLAIN: case FDPO_CHAT_ZEPHYR: put_str(o, "<|", 1, 0); put_str(o, role, 1, 0); put_str(o, "|>\n", 1, 0); break;
+    case FDPO_CHAT_CHATML: put_str(o, "<|im_start|>", 1, 0); put_str(o, role, 1, 0); put_str(o, "\n", 1, 0); break;
+    case FDPO_CHAT_LLAMA3:
+        put_str(o, "<|start_header_id|>", 1, 0); put_str(o, role, 1, 0); put_str(o, "<|end_header_id|>\n\n", 1, 0);
+        break;
+    }
+}
+
+/* Content, end-of-turn marker (trained for the assistant), then the text between turns
+ * unless this is the last turn and END_AT_EOT. */
+static void body(const fdpo_chat *c, const char *role, const char *content, int last_end, fdpo_chat_text *o) {
+    int tr = !strcmp(role, "assistant");
+    const char *s = content;
+    size_t n = strlen(content);
+    if (c->kind == FDPO_CHAT_LLAMA3) trimmed(content, &s, &n);
+    fdpo_chat_text_put(o, s, n, 0, tr);
+    switch (c->kind) {
+    case FDPO_CHAT_PLAIN: put_str(o, "\n", 1, tr); break;
+    case FDPO_CHAT_CHATML: put_str(o, "<|im_end|>", 1, tr); if (!last_end) put_str(o, "\n", 1, 0); break;
+    case FDPO_CHAT_LLAMA3: put_str(o, "<|eot_id|>", 1, tr); break;
+    case FDPO_CHAT_ZEPHYR: put_str(o, c->eos, 1, tr); if (!last_end) put_str(o, "\n", 1, 0); break;
+    }
+}
+
+void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsigned flags, fdpo_chat_text *o) {
+    size_t i = 0;
+    if (flags & FDPO_CHAT_START) {
+        if (c->kind == FDPO_CHAT_LLAMA3) put_str(o, c->bos, 1, 0);
+        if (c->kind == FDPO_CHAT_CHATML && c->default_system && (n == 0 || strcmp(m[0].role, "system"))) {
+            header(c, "system", o);
+            body(c, "system", c->default_system, 0, o);
+        }
+        if (c->kind == FDPO_CHAT_LLAMA3 && c->preamble) { /* the system turn is always there */
+            header(c, "system", o);
+            put_str(o, c->preamble, 1, 0);
+            const char *s = "";
+            size_t sl = 0;
+            if (n && !strcmp(m[0].role, "system")) { trimmed(m[0].content, &s, &sl); i = 1; }
+            fdpo_chat_text_put(o, s, sl, 0, 0);
+            put_str(o, "<|eot_id|>", 1, 0);
+        }
+    }
+    for (; i < n; i++) {
+        if (!(i == 0 && (flags & FDPO_CHAT_CONTINUE))) header(c, m[i].role, o);
+        body(c, m[i].role, m[i].content, i + 1 == n && (flags & FDPO_CHAT_END_AT_EOT), o);
+    }
+    if (flags & FDPO_CHAT_GENERATION_PROMPT) header(c, "assistant", o);
+}
+
+int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t, int32_t **ids, float **w, size_t *n) {
+    if (fdpo_tokenizer_encode_masked(tok, t->text ? t->text : "", t->n, t->tmpl, ids, n)) return -1;
+    if (!w) return 0;
+    *w = fdpo_malloc((*n ? *n : 1) * sizeof **w);
+    size_t off = 0;
+    for (size_t i = 0; i < *n; i++) {
+        size_t l;
+        fdpo_tokenizer_token_bytes(tok, (*ids)[i], &l);
+        int any = 0;
+        for (size_t k = off; k < off + l && k < t->n; k++) any |= t->train[k];
+        (*w)[i] = any ? 1.0f : 0.0f;
+        off += l;
+    }
+    return 0;
+}
+
+int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n) {
+    if (prompt[0] != '[') return 1;
+    cJSON *a = cJSON_Parse(prompt);
+    size_t k = 0, len = a && cJSON_IsArray(a) ? (size_t)cJSON_GetArraySize(a) : 0;
+    fdpo_chat_msg *m = fdpo_malloc((len ? len : 1) * sizeof *m);
+    for (const cJSON *e = len ? a->child : NULL; e; e = e->next) {
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "role"), *c = cJSON_GetObjectItemCaseSensitive(e, "content");
+        if (!cJSON_IsString(r) || !cJSON_IsString(c)) break;
+        m[k++] = (fdpo_chat_msg){r->valuestring, c->valuestring};
+    }
+    int rc = 1;
+    if (len && k == len) {
+        fdpo_chat chat;
+        rc = fdpo_chat_for(tok, &chat);
+        if (rc == 0) {
+            fdpo_chat_text t = {0};
+            fdpo_chat_render(&chat, m, k, FDPO_CHAT_START | FDPO_CHAT_GENERATION_PROMPT, &t);
+            rc = fdpo_chat_encode(tok, &t, ids, NULL, n);
+            fdpo_chat_text_free(&t);
+            fdpo_chat_free(&chat);
+        }
+    }
+    free(m);
+    cJSON_Delete(a);
+    return rc;
+}

@@ -1,0 +1,401 @@
+"""Chat templates: tokenizer_config.json's chat_template decides how {"messages"} SFT data
+and conversational preference pairs are rendered and which tokens carry the loss. The
+independent reference is the template itself rendered with Jinja2 (python3-jinja2, as
+transformers' apply_chat_template does: trim_blocks, lstrip_blocks) and tokenized by the
+Python byte-level BPE of tok_ref.py; the assistant spans come from rendering growing
+prefixes of the conversation, not from fdpo."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from tok_ref import B2U, QWEN2_PAT, LLAMA3_PAT, GPT2_PAT, CORPUS, RefBPE, build_vocab, train_merges, write_tokenizer
+
+try:
+    import jinja2
+except ImportError:  # pragma: no cover
+    jinja2 = None
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+FDPO = os.environ.get("FDPO_BIN", os.path.join(ROOT, "build/fdpo"))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(ROOT, "build/fdpo-harness"))
+
+# The published templates (SmolLM2-Instruct; Qwen2.5-Instruct without its tools branch;
+# Meta-Llama-3-Instruct; Llama-3.1/3.2-Instruct without tools; Zephyr / TinyLlama-Chat).
+SMOLLM2 = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+           "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+           "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+QWEN25 = r"""{%- if messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+{%- else %}
+    {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant") %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+          "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+          "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+          "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+LLAMA31 = r"""{{- bos_token }}
+{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{{- "Cutting Knowledge Date: December 2023\n" }}
+{{- "Today Date: " + date_string + "\n\n" }}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+{%- for message in messages %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+"""
+ZEPHYR = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+          "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+          "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+          "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
+
+CHATML_ADDED = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True)]
+LLAMA3_ADDED = [("<|begin_of_text|>", True), ("<|end_of_text|>", True), ("<|start_header_id|>", True),
+                ("<|end_header_id|>", True), ("<|eot_id|>", True)]
+ZEPHYR_ADDED = [("<unk>", True), ("<s>", True), ("</s>", True)]
+
+# name: (template, regex, added tokens, config tokens, end-of-turn marker, fdpo built-in)
+CASES = {
+    "smollm2": (SMOLLM2, GPT2_PAT, CHATML_ADDED, {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}, "<|im_end|>", "chatml"),
+    "qwen25": (QWEN25, QWEN2_PAT, CHATML_ADDED, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, "<|im_end|>", "chatml"),
+    "qwen25-base-eos": (QWEN25, QWEN2_PAT, CHATML_ADDED, {"eos_token": "<|endoftext|>"}, "<|im_end|>", "chatml"),
+    "llama3": (LLAMA3, LLAMA3_PAT, LLAMA3_ADDED, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, "<|eot_id|>", "llama3"),
+    "llama31": (LLAMA31, LLAMA3_PAT, LLAMA3_ADDED, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, "<|eot_id|>", "llama3"),
+    "zephyr": (ZEPHYR, LLAMA3_PAT, ZEPHYR_ADDED, {"bos_token": "<s>", "eos_token": "</s>"}, "</s>", "zephyr"),
+}
+
+CONVS = [
+    [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
+     {"role": "assistant", "content": "Red."}, {"role": "user", "content": "Another one, please"},
+     {"role": "assistant", "content": "Blue, or green!"}],
+    [{"role": "user", "content": "  spaced question \n"}, {"role": "assistant", "content": "\n answer with spaces  "}],
+    [{"role": "user", "content": "first"}, {"role": "assistant", "content": "one"}, {"role": "user", "content": "last word"}],
+]
+
+
+def need_jinja():
+    if jinja2 is None:
+        pytest.fail("python3-jinja2 missing: run scripts/deps.sh")
+
+
+def render(template, messages, cfg, add_generation_prompt):
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                            bos_token=cfg.get("bos_token") or "", eos_token=cfg.get("eos_token") or "")
+
+
+def make_tok(d, case, with_template=True):
+    template, pattern, added, cfg, _, _ = CASES[case]
+    merges = train_merges(CORPUS + ["What is it? Name a colour. Another one, please. Blue, or green! Red."], pattern, 80)
+    vocab = build_vocab(merges, added)
+    config = dict(cfg)
+    if with_template:
+        config["chat_template"] = template
+    kind = "gpt2" if pattern == GPT2_PAT else "split"
+    write_tokenizer(str(d), kind, pattern, vocab, merges, added, config)
+    return RefBPE(vocab, merges, pattern, added), vocab
+
+
+def token_len(vocab_inv, added, tid):
+    s = vocab_inv[tid]
+    if s in added:
+        return len(s.encode("utf-8"))
+    return len(s)  # one byte per byte-alphabet symbol
+
+
+U2B = {u: b for b, u in B2U.items()}
+
+
+def expected_sft(case, ref, vocab, conv, template=None, eot=None):
+    """Tokens and loss weights of one conversation, from Jinja renders of its prefixes."""
+    t0, _, added, cfg, eot0, _ = CASES[case]
+    template, eot = template or t0, eot or eot0
+    full = render(template, conv, cfg, False)
+    spans = []
+    for i, m in enumerate(conv):
+        if m["role"] != "assistant":
+            continue
+        start = len(render(template, conv[:i], cfg, True).encode("utf-8"))
+        done = render(template, conv[:i + 1], cfg, False)
+        end = done.rfind(eot) + len(eot)
+        spans.append((start, len(done[:end].encode("utf-8"))))
+    last = full.rfind(eot) + len(eot)  # the text after the last end-of-turn is not data
+    text = full[:last] if full[last:].strip("\n") == "" else full
+    ids = ref.encode(text, True)
+    inv = {v: k for k, v in vocab.items()}
+    added_set = {a for a, _ in added}
+    w, off = [], 0
+    for t in ids:
+        n = token_len(inv, added_set, t)
+        w.append(1.0 if any(off < e and off + n > s for s, e in spans) else 0.0)
+        off += n
+    eos = vocab[cfg["eos_token"]]
+    if ids[-1] != eos:
+        ids.append(eos)
+        w.append(1.0 if conv[-1]["role"] == "assistant" else 0.0)
+    w[0] = 0.0
+    return ids, w, text
+
+
+def harness(*args):
+    r = subprocess.run([HARNESS, *args], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    return json.loads(r.stdout)
+
+
+def write_jsonl(p, rows):
+    with open(p, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(p)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sft_messages_match_the_jinja_render(case, tmp_path):
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    info = harness("tok-info", str(tmp_path / "tok"))
+    assert info["chat"] == CASES[case][5]
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "auto", data)["sequences"]
+    assert len(got) == len(CONVS)
+    for conv, seq in zip(CONVS, got):
+        ids, w, text = expected_sft(case, ref, vocab, conv)
+        assert seq["tokens"] == ids, text
+        assert seq["weights"] == w, text
+        if conv[-1]["role"] == "assistant":
+            assert sum(w) > 0
+
+
+@pytest.mark.parametrize("case", ["smollm2", "qwen25", "llama31", "zephyr"])
+def test_pref_pairs_match_the_jinja_render(case, tmp_path):
+    """Prompt = the render with add_generation_prompt; each completion = the rest of the full
+    render up to the assistant's end-of-turn marker, then eos unless that marker is eos.
+    Explicit prompts and prompts implied by a common prefix of messages give the same ids."""
+    need_jinja()
+    template, _, _, cfg, eot, _ = CASES[case]
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+    chosen, rejected = [{"role": "assistant", "content": "Red."}], [{"role": "assistant", "content": "Blue, or green!"}]
+    rows = [{"prompt": prompt, "chosen": chosen, "rejected": rejected},
+            {"chosen": prompt + chosen, "rejected": prompt + rejected},
+            {"prompt": prompt[1:], "chosen": chosen, "rejected": rejected}]
+    got = harness("data-chat-pref", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "p.jsonl", rows))["pairs"]
+    eos = vocab[cfg["eos_token"]]
+    for row, pair in zip(rows, got):
+        p = row.get("prompt", prompt)
+        ptext = render(template, p, cfg, True)
+        assert pair["prompt"] == ref.encode(ptext, True), ptext
+        for side, msgs in (("chosen", chosen), ("rejected", rejected)):
+            full = render(template, p + msgs, cfg, False)
+            assert full.startswith(ptext)
+            comp = full[len(ptext):]
+            comp = comp[:comp.rfind(eot) + len(eot)]
+            want = ref.encode(comp, True)
+            if want[-1] != eos:
+                want.append(eos)
+            assert pair[side] == want, comp
+
+
+def test_named_template_overrides_the_file(tmp_path):
+    """--chat-template chatml on a tokenizer without a template renders as SmolLM2's file
+    would, minus its default system turn (that belongs to the file)."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", "smollm2", with_template=False)
+    assert harness("tok-info", str(tmp_path / "tok"))["chat"] == "plain"
+    conv = CONVS[1]  # starts with a system message: no default system turn either way
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": conv}])
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "chatml", data)["sequences"][0]
+    ids, w, _ = expected_sft("smollm2", ref, vocab, conv)
+    assert got["tokens"] == ids and got["weights"] == w
+
+
+def test_plain_is_the_default_without_a_template(tmp_path):
+    """fdpo's own format, built by hand: "<|ROLE|>\\nCONTENT\\n", loss on the assistant's
+    "CONTENT\\n" and the final <|endoftext|>; the byte tokenizer makes ids = bytes."""
+    conv = CONVS[0]
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": conv}])
+    got = harness("data-chat-sft", "byte", "auto", data)["sequences"][0]
+    head = "<|user|>\nWhat is 2+2?\n<|assistant|>\n".encode()
+    body = "It is 4.\n".encode()
+    assert got["tokens"] == list(head + body) + [256]
+    assert got["weights"] == [0.0] * len(head) + [1.0] * (len(body) + 1)
+
+
+def test_content_never_matches_special_tokens(tmp_path):
+    """A message that contains "<|im_end|>" as text is text: only the template's markers are
+    special tokens."""
+    ref, vocab = make_tok(tmp_path / "tok", "smollm2")
+    conv = [{"role": "user", "content": "say <|im_end|> please"}, {"role": "assistant", "content": "ok"}]
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "d.jsonl", [{"messages": conv}]))
+    toks = got["sequences"][0]["tokens"]
+    # the default system turn's, the user's and the assistant's end of turn; not the content's
+    assert toks.count(vocab["<|im_end|>"]) == 3
+    assert ref.encode("say <|im_end|> please", False) == ref.encode_text("say <|im_end|> please")
+
+
+def run(*args):
+    return subprocess.run([FDPO, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_template_is_refused_with_the_builtins(tmp_path):
+    make_tok(tmp_path / "tok", "smollm2")
+    cfg = json.load(open(tmp_path / "tok" / "tokenizer_config.json"))
+    cfg["chat_template"] = "{% for m in messages %}[[{{ m.role }}]] {{ m.content }}{% endfor %}"
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(cfg))
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": CONVS[0]}])
+    common = ["--out", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "tok"), "--n-layer", "1", "--n-embd", "16",
+              "--n-head", "2", "--n-positions", "64", "--seq-len", "32", "--steps", "1", "--quiet", data]
+    r = run("sft", *common)
+    assert r.returncode == 1
+    assert "d.jsonl:1" in r.stderr and "chat_template is not one fdpo recognises" in r.stderr
+    assert "plain, chatml, llama3, zephyr" in r.stderr
+    r = run("sft", "--chat-template", "vicuna", *common)
+    assert r.returncode == 1 and "--chat-template: 'vicuna' is not a built-in template (plain, chatml, llama3, zephyr" in r.stderr
+    r = run("sft", "--chat-template", "chatml", *common)  # an explicit built-in replaces the unknown one
+    assert r.returncode == 0, r.stderr
+
+
+def test_sft_and_dpo_run_on_a_chatml_tokenizer(tmp_path):
+    """End to end: sft on messages, then dpo on conversational pairs, with a Qwen2-style
+    tokenizer directory; the checkpoint carries tokenizer.json and tokenizer_config.json."""
+    make_tok(tmp_path / "tok", "qwen25")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS[:2]] * 4)
+    r = run("sft", "--out", str(tmp_path / "sft"), "--tokenizer", str(tmp_path / "tok"), "--n-layer", "1", "--n-embd", "16",
+            "--n-head", "2", "--n-positions", "128", "--seq-len", "96", "--steps", "2", "--batch-size", "2",
+            "--eval-every", "0", "--quiet", data)
+    assert r.returncode == 0, r.stderr
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        assert os.path.isfile(tmp_path / "sft" / f)
+    assert harness("tok-info", str(tmp_path / "sft"))["chat"] == "chatml"
+    info = json.loads(run("info", "--json", str(tmp_path / "sft")).stdout)
+    tj = json.load(open(tmp_path / "tok" / "tokenizer.json"))
+    im_end = next(a["id"] for a in tj["added_tokens"] if a["content"] == "<|im_end|>")
+    assert info["chat_template"] == "chatml" and info["eos_token_id"] == im_end
+    p = [{"role": "user", "content": "Name a colour."}]
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p, "chosen": [{"role": "assistant", "content": "Red."}],
+                                                "rejected": [{"role": "assistant", "content": "Blue!"}]}] * 4)
+    r = run("dpo", "--model", str(tmp_path / "sft"), "--data", pairs, "--out", str(tmp_path / "dpo"), "--steps", "1",
+            "--batch-size", "2", "--eval-fraction", "0", "--quiet")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("case", ["smollm2", "llama31", "zephyr"])
+def test_conversational_prompts_get_the_generation_prompt(case, tmp_path):
+    """Prompt files for generate/eval/online/rl: {"messages": [...]} or {"prompt": [...]}
+    lines are rendered with add_generation_prompt; plain string prompts stay text."""
+    need_jinja()
+    template, _, _, cfg, _, _ = CASES[case]
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    convs = [[{"role": "user", "content": "Name a colour."}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]]
+    rows = [{"messages": convs[0]}, {"prompt": convs[1]}, {"prompt": "plain <|im_end|> text"}]
+    got = harness("data-chat-prompts", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "p.jsonl", rows))
+    for conv, ids in zip(convs, got["ids"]):
+        assert ids == ref.encode(render(template, conv, cfg, True), True)
+    assert got["ids"][2] == ref.encode("plain <|im_end|> text", False)
+    assert json.loads(got["prompts"][0]) == convs[0]
+
+
+def test_bad_conversational_prompt(tmp_path):
+    p = write_jsonl(tmp_path / "p.jsonl", [{"messages": [{"role": "bot", "content": "x"}]}])
+    r = subprocess.run([HARNESS, "data-chat-prompts", "byte", "auto", p], capture_output=True, text=True)
+    assert r.returncode == 1 and "p.jsonl:1: messages[0].role is 'bot'" in r.stderr
+
+
+def test_generate_renders_chat_prompts_and_skips_specials(tmp_path):
+    """fdpo generate on a ChatML checkpoint: the written completion text holds no special
+    token, while the ids keep them."""
+    make_tok(tmp_path / "tok", "smollm2")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS[:2]] * 2)
+    r = run("sft", "--out", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "tok"), "--n-layer", "1", "--n-embd", "16",
+            "--n-head", "2", "--n-positions", "128", "--seq-len", "96", "--steps", "1", "--batch-size", "2",
+            "--eval-every", "0", "--quiet", data)
+    assert r.returncode == 0, r.stderr
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"messages": [{"role": "user", "content": "Name a colour."}]}])
+    r = run("generate", "--model", str(tmp_path / "m"), "--data", prompts, "--n", "8", "--max-new-tokens", "40",
+            "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    info = harness("tok-info", str(tmp_path / "m"))
+    specials = set(info["special"]) - {info["eos"]}
+    tok_json = json.load(open(tmp_path / "m" / "tokenizer.json"))
+    names = [a["content"] for a in tok_json["added_tokens"] if a["special"]]
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 8
+    with_special = [s for s in rows if specials & set(s["tokens"])]
+    assert with_special, "the seed should sample a special token somewhere; pick another seed"
+    for s in rows:
+        assert not any(n in s["completion"] for n in names), s
+    r = run("generate", "--model", str(tmp_path / "m"), "--data", prompts, "--chat-template", "alpaca")
+    assert r.returncode == 1 and "plain, chatml, llama3, zephyr" in r.stderr
+
+
+def test_pairs_from_sampled_chat_prompts_are_conversational(tmp_path):
+    """Samples of a conversational prompt carry it as the JSON text of its messages (the
+    prompt files' convention), and online/pairs write {"prompt": that text, "chosen": text,
+    "rejected": text}: the pair renders exactly as the message-list form."""
+    make_tok(tmp_path / "tok", "qwen25")
+    prompt = [{"role": "user", "content": "Name a colour."}]
+    rows = [{"prompt": prompt, "chosen": [{"role": "assistant", "content": "Red."}],
+             "rejected": [{"role": "assistant", "content": "Blue!"}]},
+            {"prompt": json.dumps(prompt, separators=(",", ":")), "chosen": "Red.", "rejected": "Blue!"},
+            {"prompt": "[not messages]", "chosen": "Red.", "rejected": "Blue!"}]
+    got = harness("data-chat-pref", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "p.jsonl", rows))["pairs"]
+    assert got[0] == got[1]
+    assert got[2]["prompt"] != got[0]["prompt"]  # a string that is not a message list stays text
+
+
+@pytest.mark.parametrize("name,eot", [("plain", "\n"), ("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>"), ("zephyr", "<|im_end|>")])
+def test_a_named_template_travels_with_the_checkpoint(name, eot, tmp_path):
+    """sft --chat-template NAME writes a Jinja chat_template into the checkpoint's
+    tokenizer_config.json; Jinja2's render of it is what fdpo trained on, and later
+    commands (auto) recognise it."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", "smollm2", with_template=False)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    r = run("sft", "--out", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "tok"), "--chat-template", name,
+            "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--n-positions", "256", "--seq-len", "200",
+            "--steps", "1", "--batch-size", "2", "--eval-every", "0", "--quiet", data)
+    assert r.returncode == 0, r.stderr
+    cfg = json.load(open(tmp_path / "m" / "tokenizer_config.json"))
+    assert harness("tok-info", str(tmp_path / "m"))["chat"] == name
+    trained = harness("data-chat-sft", str(tmp_path / "tok"), name, data)["sequences"]
+    again = harness("data-chat-sft", str(tmp_path / "m"), "auto", data)["sequences"]
+    assert trained == again
+    for conv, seq in zip(CONVS, trained):
+        ids, w, text = expected_sft("smollm2", ref, vocab, conv, template=cfg["chat_template"], eot=eot)
+        assert seq["tokens"] == ids and seq["weights"] == w, text
+
+
+def test_byte_tokenizer_keeps_a_named_template(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS[:2]])
+    r = run("sft", "--out", str(tmp_path / "m"), "--chat-template", "chatml", "--n-layer", "1", "--n-embd", "16",
+            "--n-head", "2", "--n-positions", "256", "--seq-len", "200", "--steps", "1", "--batch-size", "2",
+            "--eval-every", "0", "--quiet", data)
+    assert r.returncode == 0, r.stderr
+    assert "<|im_start|>" in json.load(open(tmp_path / "m" / "fdpo_tokenizer.json"))["chat_template"]
+    assert harness("tok-info", str(tmp_path / "m"))["chat"] == "chatml"

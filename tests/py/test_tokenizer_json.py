@@ -1,0 +1,305 @@
+"""tokenizer.json in general: the pre-tokenizer's Split regex read from the file (GPT-2,
+Llama-3 and Qwen2 patterns), added tokens matched in text (special ones only when allowed,
+longest first), tokenizer_config.json (bos/eos/pad, added_tokens_decoder), decoding with
+and without special tokens, saving, and clear refusals. Ids are checked against an
+independent byte-level BPE in Python (tok_ref.py, the `regex` module), not fdpo output."""
+import json
+import os
+import random
+import shutil
+import subprocess
+
+import pytest
+
+from tok_ref import (CORPUS, GPT2_PAT, LLAMA3_PAT, QWEN2_PAT, RefBPE, build_vocab, train_merges,
+                     write_tokenizer)
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+FDPO = os.environ.get("FDPO_BIN", os.path.join(ROOT, "build/fdpo"))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(ROOT, "build/fdpo-harness"))
+
+LLAMA3_ADDED = [("<|begin_of_text|>", True), ("<|end_of_text|>", True), ("<|start_header_id|>", True),
+                ("<|end_header_id|>", True), ("<|eot_id|>", True), ("<|reserved_special_token_0|>", True)]
+# Qwen2.5 marks its tool-call tags non-special; "<|x|>" / "<|x|>y" test longest-first matching.
+QWEN2_ADDED = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<tool_call>", False),
+               ("</tool_call>", False), ("<|x|>", True), ("<|x|>y", True)]
+GPT2_ADDED = [("<|endoftext|>", True)]
+
+SMOLLM2_ADDED = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<repo_name>", True)]
+
+FAMILIES = {
+    "gpt2": (GPT2_PAT, GPT2_ADDED, {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}),
+    # SmolLM2 (StarCoder's scheme): Digits(individual_digits) then ByteLevel with GPT-2's regex
+    "smollm2": (GPT2_PAT, SMOLLM2_ADDED, {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+                                          "pad_token": "<|im_end|>"}),
+    "llama3": (LLAMA3_PAT, LLAMA3_ADDED, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                                          "pad_token": None}),
+    "qwen2": (QWEN2_PAT, QWEN2_ADDED, {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
+}
+
+TEXTS = [
+    "Hello world! It's 2024, DON'T panic; they'RE here and we'Ve won.",
+    "numbers 1234567 and 3.14159, 42 times",
+    "Ünïcödé café naïve — 日本語のテキスト 🤖🚀 Ελληνικά",
+    "  Indented\tline\r\nend\n\n\n   trailing spaces   ",
+    "code:\n    return x+y  # comment\n\n\tdone!!!\n",
+    "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>",
+    "a<|x|>yb<|x|>c<|x|>",
+    "<tool_call>{\"name\": \"f\"}</tool_call> after",
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>",
+    "text <|endoftext|> more <|reserved_special_token_0|><|eot_id|>",
+    "",
+    " leading space and 'quotes' and 's",
+]
+
+
+def random_texts(seed, n):
+    rng = random.Random(seed)
+    alphabet = list("abcXYZ019 '\n\t.,!é日🤖") + ["<|im_end|>", "<|x|>", "<|x|>y", "<tool_call>", "<|eot_id|>",
+                                                "<|endoftext|>", "  ", "\r\n", "'s", "123456"]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(n)]
+
+
+def run(*args, input=None):
+    return subprocess.run([FDPO, *args], input=input, capture_output=True, timeout=120)
+
+
+def ok(r):
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    return r.stdout.decode()
+
+
+def make(d, family, *, with_config=True, **edit):
+    pattern, added, cfg = FAMILIES[family]
+    digits = family == "smollm2"
+    merges = train_merges(CORPUS, pattern, 120, digits)
+    vocab = build_vocab(merges, added)
+    config = None
+    if with_config:
+        config = dict(cfg)
+        config["added_tokens_decoder"] = {str(vocab[c]): {"content": c, "special": s, "lstrip": False, "rstrip": False,
+                                                          "normalized": False, "single_word": False}
+                                          for c, s in added}
+    normalizer = {"type": "NFC"} if family == "qwen2" else None
+    kind = "digits" if digits else family
+    write_tokenizer(str(d), kind, pattern, vocab, merges, added, config, normalizer, **edit)
+    return RefBPE(vocab, merges, pattern, added, digits), vocab, merges
+
+
+@pytest.fixture(scope="module")
+def toks(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tj")
+    out = {}
+    for fam in FAMILIES:
+        ref, vocab, merges = make(base / fam, fam)
+        out[fam] = (str(base / fam), ref, vocab)
+    return out
+
+
+def fdpo_ids(tok_dir, texts, tmp, *extra):
+    p = os.path.join(tmp, "texts.jsonl")
+    with open(p, "w", encoding="utf-8") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    out = ok(run("tokenize", "--tokenizer", tok_dir, "--jsonl-field", "text", *extra, p))
+    return [[int(x) for x in line.split()] for line in out.split("\n")[:-1]]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("allow_special", [False, True])
+def test_ids_match_the_reference(toks, family, allow_special, tmp_path):
+    tok_dir, ref, _ = toks[family]
+    texts = TEXTS + random_texts(hash(family) % 1000 + allow_special, 60)
+    got = fdpo_ids(tok_dir, texts, str(tmp_path), *(["--allow-special"] if allow_special else []))
+    want = [ref.encode(t, allow_special) for t in texts]
+    for t, g, w in zip(texts, got, want):
+        assert g == w, f"{family} allow_special={allow_special}: {t!r}"
+
+
+def test_the_patterns_differ_where_they_should(toks, tmp_path):
+    """The three regexes give different ids on digits and case-insensitive contractions, so
+    the previous test would catch a pattern that is not read from the file."""
+    t = ["1234567 DON'T"]
+    ids = {f: fdpo_ids(toks[f][0], t, str(tmp_path))[0] for f in FAMILIES}
+    pieces = {f: len(ids[f]) for f in FAMILIES}
+    assert ids["gpt2"] != ids["llama3"] and ids["llama3"] != ids["qwen2"], pieces
+    assert ids["smollm2"] != ids["gpt2"], pieces
+
+
+def test_tokenizer_json_is_read_before_vocab_json(toks, tmp_path):
+    """Qwen2 directories also hold vocab.json + merges.txt (no added tokens, no regex); the
+    tokenizer.json wins, as in Hugging Face's fast tokenizers."""
+    tok_dir, ref, vocab = toks["qwen2"]
+    d = tmp_path / "q"
+    shutil.copytree(tok_dir, d)
+    base = {k: v for k, v in vocab.items() if k not in {a for a, _ in QWEN2_ADDED}}
+    (d / "vocab.json").write_text(json.dumps(base))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(
+        json.load(open(os.path.join(tok_dir, "tokenizer.json")))["model"]["merges"]) + "\n")
+    t = ["abc 1234 <|im_start|>x"]
+    assert fdpo_ids(str(d), t, str(tmp_path), "--allow-special") == [ref.encode(t[0], True)]
+
+
+def test_vocab_json_with_added_tokens_decoder(toks, tmp_path):
+    """vocab.json + merges.txt + tokenizer_config.json: the config's added_tokens_decoder
+    extends the vocabulary and its special tokens are matched (GPT-2's regex)."""
+    _, _, vocab = toks["qwen2"]
+    tj = json.load(open(os.path.join(toks["qwen2"][0], "tokenizer.json")))
+    d = tmp_path / "v"
+    d.mkdir()
+    base = tj["model"]["vocab"]
+    (d / "vocab.json").write_text(json.dumps(base))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(tj["model"]["merges"]) + "\n")
+    cfg = json.load(open(os.path.join(toks["qwen2"][0], "tokenizer_config.json")))
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    merges = [tuple(m.split(" ")) for m in tj["model"]["merges"]]
+    ref = RefBPE(vocab, merges, GPT2_PAT, QWEN2_ADDED)
+    texts = TEXTS + random_texts(7, 30)
+    got = fdpo_ids(str(d), texts, str(tmp_path), "--allow-special")
+    assert got == [ref.encode(t, True) for t in texts]
+
+
+def harness_json(*args):
+    r = subprocess.run([HARNESS, *args], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_config_tokens_and_specials(toks, family):
+    tok_dir, _, vocab = toks[family]
+    _, added, cfg = FAMILIES[family]
+    info = harness_json("tok-info", tok_dir)
+    assert info["vocab_size"] == len(vocab)
+    assert info["eos"] == vocab[cfg["eos_token"]]
+    assert info["bos"] == (vocab[cfg["bos_token"]] if cfg.get("bos_token") else -1)
+    assert info["pad"] == (vocab[cfg["pad_token"]] if cfg.get("pad_token") else -1)
+    assert sorted(info["special"]) == sorted(vocab[c] for c, s in added if s)
+
+
+def test_without_config_eos_is_endoftext(tmp_path):
+    make(tmp_path / "g", "gpt2", with_config=False)
+    info = harness_json("tok-info", str(tmp_path / "g"))
+    assert info["eos"] == info["special"][0] and info["bos"] == -1 and info["chat"] == "plain"
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2"])
+def test_decode_keeps_or_skips_specials(toks, family, tmp_path):
+    tok_dir, ref, vocab = toks[family]
+    _, added, _ = FAMILIES[family]
+    text = TEXTS[5] if family == "qwen2" else TEXTS[8]
+    ids = ref.encode(text, True)
+    p = tmp_path / "ids.txt"
+    p.write_text(" ".join(map(str, ids)) + "\n")
+    assert ok(run("tokenize", "--tokenizer", tok_dir, "--decode", str(p))) == text
+    stripped = text
+    for c, s in sorted(added, key=lambda a: -len(a[0])):
+        if s:
+            stripped = stripped.replace(c, "")
+    assert ok(run("tokenize", "--tokenizer", tok_dir, "--decode", "--skip-special-tokens", str(p))) == stripped
+    assert stripped != text
+
+
+def test_skip_special_tokens_needs_decode(toks):
+    r = run("tokenize", "--tokenizer", toks["qwen2"][0], "--skip-special-tokens", input=b"x")
+    assert r.returncode != 0 and b"--skip-special-tokens" in r.stderr
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2"])
+def test_save_keeps_the_files(toks, family, tmp_path):
+    tok_dir, ref, _ = toks[family]
+    dst = tmp_path / "saved"
+    r = subprocess.run([HARNESS, "tok-save", tok_dir, str(dst)], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    texts = TEXTS + random_texts(3, 20)
+    assert fdpo_ids(str(dst), texts, str(tmp_path), "--allow-special") == [ref.encode(t, True) for t in texts]
+    assert harness_json("tok-info", str(dst)) == harness_json("tok-info", tok_dir)
+
+
+# ---- bad input: the field at fault is named ----
+
+SP = "SentencePiece"
+BAD = [
+    ("pre_tokenizer", {"type": "Whitespace"}, "pre_tokenizer.type 'Whitespace' is not supported"),
+    ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [{"type": "Punctuation"}]},
+     "pre_tokenizer.pretokenizers[0].type 'Punctuation' is not supported"),
+    ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Isolated", "invert": False},
+        {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "use_regex": False}]},
+     "pre_tokenizer.pretokenizers[1]: Digits is supported only first in the sequence"),
+    ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Removed", "invert": False},
+        {"type": "ByteLevel", "use_regex": False}]}, "behavior 'Removed' is not supported"),
+    ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "use_regex": False}]}, "pre_tokenizer regex: missing closing parenthesis"),
+    ("pre_tokenizer", {"type": "Metaspace", "replacement": "\u2581"}, SP),
+    ("pre_tokenizer", None, "pre_tokenizer is null"),
+    ("normalizer", {"type": "Lowercase"}, "normalizer.type 'Lowercase' is not supported"),
+    ("decoder", {"type": "Sequence", "decoders": [{"type": "ByteFallback"}]}, SP),
+    ("added_tokens", [{"id": "7", "content": "<|a|>", "special": True}], "added_tokens[0]: 'id' missing or not a number"),
+    ("added_tokens", [{"id": 9999, "content": "<|a|>", "special": True, "rstrip": True}],
+     "added_tokens[0]: 'rstrip' = true is not supported"),
+    ("added_tokens", [{"id": 5, "content": "!", "special": True}], "token '!' has id 5, but the vocabulary gives it id 0"),
+    ("added_tokens", {"id": 5}, "added_tokens is not an array"),
+]
+
+
+@pytest.mark.parametrize("field,value,msg", BAD, ids=[b[2][:30] for b in BAD])
+def test_bad_tokenizer_json(tmp_path, field, value, msg):
+    d = tmp_path / "bad"
+    make(d, "gpt2", with_config=False)
+    tj = json.load(open(d / "tokenizer.json"))
+    tj[field] = value
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and msg in err and "tokenizer.json" in err, err
+
+
+@pytest.mark.parametrize("edit,msg", [
+    ({"type": "Unigram", "vocab": []}, "model.type is Unigram; only \"BPE\""),
+    ({"byte_fallback": True}, SP),
+])
+def test_bad_model(tmp_path, edit, msg):
+    d = tmp_path / "bad"
+    make(d, "gpt2")
+    tj = json.load(open(d / "tokenizer.json"))
+    tj["model"].update(edit)
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    assert r.returncode == 1 and msg in r.stderr.decode(), r.stderr
+
+
+@pytest.mark.parametrize("cfg,msg", [
+    ('{"eos_token": "<|nope|>"}', "tokenizer_config.json: eos_token '<|nope|>' is not in the vocabulary"),
+    ('{"bos_token": 3}', "tokenizer_config.json: bos_token must be a string"),
+    ('{"eos_token": ', "tokenizer_config.json:1: malformed JSON"),
+    ('{"added_tokens_decoder": {"x1": {"content": "<|q|>"}}}', "added_tokens_decoder[\"x1\"]: the key is not a token id"),
+    ('{"chat_template": 5}', "chat_template must be a string"),
+])
+def test_bad_tokenizer_config(tmp_path, cfg, msg):
+    d = tmp_path / "bad"
+    make(d, "gpt2", with_config=False)
+    (d / "tokenizer_config.json").write_text(cfg)
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    assert r.returncode == 1 and msg in r.stderr.decode(), r.stderr
+
+
+def test_split_on_a_literal_string_leaves_gaps_as_pieces(tmp_path):
+    """Split {"String": "+."} (regex metacharacters taken literally): the matches and the text
+    between them are the pieces (Isolated), each byte-pair encoded."""
+    import regex
+    from tok_ref import pieces
+    lit = "+."
+    merges = train_merges(CORPUS, regex.escape(lit), 60)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "lit"
+    write_tokenizer(str(d), "split", "x", vocab, merges, GPT2_ADDED, None, None)
+    tj = json.load(open(d / "tokenizer.json"))
+    tj["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {"String": lit}
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    ref = RefBPE(vocab, merges, regex.escape(lit), GPT2_ADDED)
+    texts = ["a+.b", "hello world+.+.again", "x+y.z", "no match at all", "+.", "ends with+."]
+    assert pieces(regex.escape(lit), "a+.b") == ["a", "+.", "b"]
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts]
