@@ -44,7 +44,7 @@ int cmd_eval(int argc, char **argv) {
     long threads;
     double reward_timeout, beta, ead_vocab, safety_threshold;
     eval_sampling_flags sf;
-    fdpo_flag flags[19 + EVAL_SAMPLING_NFLAGS] = {
+    const fdpo_flag own[] = {
         {"model", FLAG_LIST, &models, NULL, "policy checkpoint (required; repeat for several columns)", 0},
         {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint for KL and f-divergences (required)", 0},
         {"data", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or text, one per line (required)", 0},
@@ -66,7 +66,10 @@ int cmd_eval(int argc, char **argv) {
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
         {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
     };
-    size_t n_flags = eval_sampling_flags_add(flags, 19, &sf, "4");
+    /* the sampling flags follow this command's own (sized from the list: adding a flag cannot overwrite one) */
+    fdpo_flag flags[sizeof own / sizeof own[0] + EVAL_SAMPLING_NFLAGS];
+    memcpy(flags, own, sizeof own);
+    size_t n_flags = eval_sampling_flags_add(flags, sizeof own / sizeof own[0], &sf, "4");
     int rc = flags_parse("eval", "fdpo eval --model CKPT [--model CKPT2 ...] --ref CKPT --data PROMPTS [--n N] [flags]",
                          flags, n_flags, argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;

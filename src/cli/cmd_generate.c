@@ -17,7 +17,7 @@ int cmd_generate(int argc, char **argv) {
     const char *model_dir, *prompts_path, *out_path, *precision, *chat_template;
     long threads;
     eval_sampling_flags sf;
-    fdpo_flag flags[6 + EVAL_SAMPLING_NFLAGS] = {
+    const fdpo_flag own[] = {
         {"model", FLAG_STR, &model_dir, NULL, "checkpoint directory (required)", 0},
         {"data", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or plain text, one per line (required)", 0},
         {"chat-template", FLAG_STR, &chat_template, "auto", "conversational prompts ({\"messages\"}): auto (the checkpoint's tokenizer_config.json), plain, chatml, llama3, zephyr", 0},
@@ -25,7 +25,10 @@ int cmd_generate(int argc, char **argv) {
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
         {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
     };
-    size_t n_flags = eval_sampling_flags_add(flags, 6, &sf, "1");
+    /* the sampling flags follow this command's own (sized from the list: adding a flag cannot overwrite one) */
+    fdpo_flag flags[sizeof own / sizeof own[0] + EVAL_SAMPLING_NFLAGS];
+    memcpy(flags, own, sizeof own);
+    size_t n_flags = eval_sampling_flags_add(flags, sizeof own / sizeof own[0], &sf, "1");
     int rc = flags_parse("generate", "fdpo generate --model CKPT --data PROMPTS [flags]", flags, n_flags,
                          argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;
