@@ -2,8 +2,10 @@
  * Other subsystems read m->params only (KV-cache decoding reuses the kernels below). */
 #ifndef FDPO_GPT2_INTERNAL_H
 #define FDPO_GPT2_INTERNAL_H
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include "fdpo/gpt2.h"
 
 /* Activations of the last forward, carved from one allocation (acts->memory).
@@ -139,5 +141,31 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dhead, const 
                                                const uint16_t *head_bf16, size_t K, size_t C, size_t V, size_t chunk,
                                                float *scratch, uint16_t *scratch_bf16);
 #define FDPO_LMHEAD_CHUNK 2048 /* vocabulary columns per chunk (FDPO_LMHEAD_CHUNK=n overrides, for tests) */
+
+
+/* One key tile of the streaming (flash-style) softmax, shared by GPT-2's and Llama's
+ * attention. S [nq, nk] holds the tile's scores (-inf where masked); per query row r the
+ * running max m[r] and sum l[r] are updated, S's row becomes exp(S - m_new) (zeros for a
+ * fully masked row) and the output row o + r*os [hd] is rescaled by exp(m_old - m_new); the
+ * caller then adds S @ V_tile into o and divides by l once all tiles are done. */
+static inline void fdpo_k_softmax_tile_step(float *S, size_t nq, size_t nk, float *m, float *l, float *o, size_t os,
+                                            size_t hd) {
+    for (size_t r = 0; r < nq; r++) {
+        float *row = S + r * nk, mx = -INFINITY;
+        for (size_t c = 0; c < nk; c++) if (row[c] > mx) mx = row[c];
+        if (mx == -INFINITY) { memset(row, 0, nk * sizeof(float)); continue; } /* all masked */
+        float m_new = mx > m[r] ? mx : m[r], corr = expf(m[r] - m_new), sum = 0.0f;
+        for (size_t c = 0; c < nk; c++) {
+            row[c] = expf(row[c] - m_new); /* exp(-inf) = 0 for masked entries */
+            sum += row[c];
+        }
+        l[r] = l[r] * corr + sum;
+        m[r] = m_new;
+        if (corr != 1.0f) {
+            float *orow = o + r * os;
+            for (size_t d = 0; d < hd; d++) orow[d] *= corr;
+        }
+    }
+}
 
 #endif

@@ -208,22 +208,7 @@ void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, co
             for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
                 size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
                 scores_tile(S, qh, QD, kg, KD, hd, scale, br, i0, nq, j0, nk);
-                for (size_t r = 0; r < nq; r++) {
-                    float *row = S + r * nk, mx = -INFINITY;
-                    for (size_t c = 0; c < nk; c++) if (row[c] > mx) mx = row[c];
-                    if (mx == -INFINITY) { memset(row, 0, nk * sizeof(float)); continue; } /* all masked */
-                    float m_new = mx > m[r] ? mx : m[r], corr = expf(m[r] - m_new), sum = 0.0f;
-                    for (size_t c = 0; c < nk; c++) {
-                        row[c] = expf(row[c] - m_new); /* exp(-inf) = 0 for masked entries */
-                        sum += row[c];
-                    }
-                    l[r] = l[r] * corr + sum;
-                    m[r] = m_new;
-                    if (corr != 1.0f) {
-                        float *orow = o + (i0 + r) * QD;
-                        for (size_t d = 0; d < hd; d++) orow[d] *= corr;
-                    }
-                }
+                fdpo_k_softmax_tile_step(S, nq, nk, m, l, o + i0 * QD, QD, hd);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hd, (int)nk, 1.0f, S, (int)nk,
                             vg + j0 * KD, (int)KD, 1.0f, o + i0 * QD, (int)QD);
             }
