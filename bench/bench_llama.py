@@ -185,18 +185,7 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16, lora):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    print(json.dumps({"ready": 1, "torch": torch.__version__}), flush=True)
-    for line in sys.stdin:
-        if not line.startswith("step"):
-            break
-        t0 = time.perf_counter()
-        if bf16:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                step()
-        else:
-            step()
-        print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
-    print(json.dumps({"max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
+    interleave.serve_torch_steps(step, bf16)
 
 
 def server(side, cfg_path, a):

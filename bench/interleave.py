@@ -157,3 +157,24 @@ def report(servers, flops_per_step=None, peaks=None, baseline=None, unit_per_ste
             line += f"  ratio of medians {stats(base.times)['median'] / st['median']:.2f}x vs {base.name}"
         print(line)
     sys.stdout.flush()
+
+
+def serve_torch_steps(step, bf16):
+    """The PyTorch side of an interleaved bench, in its server process: after warm-up the
+    caller built step(); answer each "step" line on stdin with its wall and CPU seconds
+    (under bf16 autocast, what TRL's bf16=True does on a CPU), then the peak RSS."""
+    import resource
+    import time
+    import torch
+    print(json.dumps({"ready": 1, "torch": torch.__version__}), flush=True)
+    for line in sys.stdin:
+        if not line.startswith("step"):
+            break
+        t0, c0 = time.perf_counter(), time.process_time()
+        if bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                step()
+        else:
+            step()
+        print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}), flush=True)
+    print(json.dumps({"max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
