@@ -160,8 +160,8 @@ static void dec_linear(llama_decoder *d, float *out, const float *inp, const flo
     } else if (R == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)OC, (int)IC, 1.0f, w, (int)IC, inp, 1, beta_one ? 1.0f : 0.0f, out, 1);
     else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)OC, (int)IC, 1.0f, inp, (int)IC, w, (int)IC,
-                    beta_one ? 1.0f : 0.0f, out, (int)OC);
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)OC, (int)IC, 1.0f, inp, (int)IC, w, (int)IC,
+                   beta_one ? 1.0f : 0.0f, out, (int)OC);
 }
 
 /* out [R, NH*hd]: row r, head h attends over its slot's cached keys/values 0..pos[r] */

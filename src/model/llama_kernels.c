@@ -67,6 +67,7 @@ void fdpo_llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, cons
 }
 
 /* out [N,OC] = inp [N,IC] @ w^T + bias,  w [OC,IC] (bias may be NULL) */
+/* fp32 GEMMs through fdpo_sgemm (oneDNN), as GPT-2's: docs/model.md says why */
 void fdpo_llama_linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC) {
     float beta = 0.0f;
     if (bias) {
@@ -74,17 +75,17 @@ void fdpo_llama_linear_forward(float *out, const float *inp, const float *w, con
         for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)IC,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)IC,
                 1.0f, inp, (int)IC, w, (int)IC, beta, out, (int)OC);
 }
 
 /* dinp [N,IC] (+)= dout @ w;  dw [OC,IC] += dout^T @ inp;  dbias [OC] += dout^T @ ones */
 void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
                      const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC,
+    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC,
                 1.0f, dout, (int)OC, w, (int)IC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
     if (dw) /* NULL: frozen weight (LoRA) */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N,
+        fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N,
                     1.0f, dout, (int)OC, inp, (int)IC, 1.0f, dw, (int)IC);
     if (dbias) cblas_sgemv(CblasRowMajor, CblasTrans, (int)N, (int)OC, 1.0f, dout, (int)OC, ones, 1, 1.0f, dbias, 1);
 }
