@@ -303,6 +303,9 @@ def main():
     for s in sides:
         if s not in known:
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(known)})")
+    blas_note = interleave.fair_blas_env()   # PyTorch gets OpenBLAS's right kernels too
+    if blas_note:
+        print(blas_note)
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY",
                                       "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
     C, F = cfg["hidden_size"], cfg["intermediate_size"]

@@ -193,6 +193,9 @@ def fdpo_online(d, tmp, a):
 
 def run_bench(a, title, fdpo_side, worker_args):
     """Interleaved runs of the fdpo side and the torch worker; prints the per-phase medians."""
+    blas_note = interleave.fair_blas_env()   # PyTorch gets OpenBLAS's right kernels too
+    if blas_note:
+        print(blas_note)
     print(f"{title}; {a.threads} threads, >= {max(a.runs, 5)} interleaved runs per side; "
           f"load average {os.getloadavg()[0]:.1f}")
     peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
