@@ -61,7 +61,9 @@ typedef struct fdpo_lora {
  * "c_proj" matches attn.c_proj and mlp.c_proj); a target matching nothing is an error that
  * lists the model's module names. */
 int fdpo_lora_opts_check(const fdpo_lora_opts *o, const fdpo_gpt2 *m);
-/* Attach fresh adapters to m (A kaiming-uniform from seed, B zero); m->lora owns them. */
+/* Attach fresh adapters to m (A kaiming-uniform from seed, B zero); m->lora owns them.
+ * Adapters m already has (a model read from a LoRA checkpoint) are first folded into the
+ * base weights (fdpo_lora_merge): a new adapter adapts the merged model. */
 int fdpo_lora_attach(fdpo_gpt2 *m, const fdpo_lora_opts *o, uint64_t seed);
 /* Remove and free m's adapters (the base weights are untouched). */
 void fdpo_lora_detach(fdpo_gpt2 *m);
@@ -81,6 +83,12 @@ const char *fdpo_lora_module(const fdpo_gpt2 *m, fdpo_lora_site s);
  * backward: dA, dB += ..., dx [N, in] += the adapter's input gradient. */
 void fdpo_lora_forward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out, const float *x, size_t N);
 void fdpo_lora_backward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *dx, const float *dout, const float *x, size_t N);
+/* decoder hook (src/model/gpt2_decode.c, llama_decode.c): out [N, out] += s * x A^T B^T,
+ * no dropout, nothing kept; a no-op without an enabled adapter at (layer, site). */
+void fdpo_lora_apply(const fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out, const float *x, size_t N);
+/* Switch m's adapters on (1) or off (0: the forward and the decoder are the base model's,
+ * the reference of a LoRA policy); returns the previous setting (0 without adapters). */
+int fdpo_lora_set_enabled(fdpo_gpt2 *m, int on);
 /* 1 when m's base weights are frozen (adapters attached): no base gradients. */
 static inline int fdpo_lora_frozen(const fdpo_gpt2 *m) { return m->lora != NULL; }
 
@@ -97,6 +105,11 @@ int fdpo_lora_load_peft(const char *dir, fdpo_gpt2 *m);
  * in messages. In memory, for the fuzzer (tests/fuzz/fuzz_peft.c). */
 int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const fdpo_gpt2 *m, fdpo_lora_opts *o,
                            char **targets);
+/* A LoRA checkpoint directory as a model: the base named by DIR's adapter_config.json
+ * (base_model_name_or_path, a full checkpoint) with DIR's adapters attached and enabled.
+ * fdpo_checkpoint_load_model calls it for a directory with adapter_config.json and no
+ * config.json, so every command that reads a model reads a LoRA run's output directly. */
+fdpo_gpt2 *fdpo_lora_load_checkpoint(const char *dir);
 /* 1 if DIR holds adapter_config.json. */
 int fdpo_lora_dir_has_adapter(const char *dir);
 /* base_model_name_or_path of DIR's adapter_config.json (malloc'd), NULL if absent. */

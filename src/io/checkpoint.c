@@ -353,11 +353,8 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
     char *probe = fdpo_path_join(dir, "config.json");
     int no_config = !fdpo_file_exists(probe);
     free(probe);
-    if (no_config && fdpo_lora_dir_has_adapter(dir)) {   /* a LoRA run's output: adapters without their base */
-        fdpo_error("%s holds a LoRA adapter (adapter_config.json), not a model: fold it into its base with "
-                   "fdpo merge --lora %s --model BASE --out DIR", dir, dir);
-        return NULL;
-    }
+    if (no_config && fdpo_lora_dir_has_adapter(dir))   /* a LoRA run's output: its base + the adapters */
+        return fdpo_lora_load_checkpoint(dir);
     char *cfg_path = fdpo_path_join(dir, "config.json");
     fdpo_gpt2 *m = NULL;
     st_set ss = {0};

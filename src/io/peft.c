@@ -180,3 +180,28 @@ done:
     free(st_path);
     return rc;
 }
+
+fdpo_gpt2 *fdpo_lora_load_checkpoint(const char *dir) {
+    char *base = fdpo_lora_peft_base(dir);
+    fdpo_gpt2 *m = NULL;
+    if (!base) {
+        fdpo_error("%s holds a LoRA adapter whose adapter_config.json names no base model (base_model_name_or_path): "
+                   "fold it into its base with fdpo merge --lora %s --model BASE --out DIR", dir, dir);
+        return NULL;
+    }
+    char *probe = fdpo_path_join(base, "config.json");
+    int base_is_adapter = !fdpo_file_exists(probe) && fdpo_lora_dir_has_adapter(base);
+    free(probe);
+    if (base_is_adapter) {   /* one level only: a chain of adapter directories is not followed */
+        fdpo_error("%s: base_model_name_or_path %s is itself a LoRA adapter directory; merge it first "
+                   "(fdpo merge --lora %s --out DIR)", dir, base, base);
+        goto done;
+    }
+    if (!(m = fdpo_checkpoint_load_model(base))) { fdpo_error_context("%s: base_model_name_or_path %s", dir, base); goto done; }
+    if (fdpo_lora_load_peft(dir, m)) { fdpo_gpt2_free(m); m = NULL; goto done; }
+    m->lora->base_model = base;
+    base = NULL;
+done:
+    free(base);
+    return m;
+}

@@ -9,6 +9,7 @@
 #include <string.h>
 #include "fdpo/core.h"
 #include "fdpo/decode.h"
+#include "fdpo/lora.h"
 #include "model/llama_decode.h"
 #include "model/gpt2_internal.h"
 
@@ -399,16 +400,20 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
         decode_layernorm_forward(d->h, d->x, p->ln1w + l * C, p->ln1b + l * C, R, C, c->layer_norm_epsilon);
         decode_matmul_forward(d->qkv, d->h, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
                               W16(p->qkvw + l * C * 3 * C), d->in16);
+        fdpo_lora_apply(m, FDPO_LORA_C_ATTN, l, d->qkv, d->h, R);
         decode_cache_store(kc, vc, d->qkv, d->row_slot, d->row_pos, R, C, d->max_len);
         decode_attention_forward(d->atty, d->scores, d->qkv, kc, vc, d->row_slot, d->row_pos, R, C, NH, d->max_len);
         decode_matmul_forward(d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1,
                               W16(p->attprojw + l * C * C), d->in16);
+        fdpo_lora_apply(m, FDPO_LORA_ATTN_C_PROJ, l, d->x, d->atty, R);
         decode_layernorm_forward(d->h, d->x, p->ln2w + l * C, p->ln2b + l * C, R, C, c->layer_norm_epsilon);
         decode_matmul_forward(d->fch, d->h, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0,
                               W16(p->fcw + l * C * 4 * C), d->in16);
+        fdpo_lora_apply(m, FDPO_LORA_C_FC, l, d->fch, d->h, R);
         decode_gelu_forward(d->fch, R * 4 * C);
         decode_matmul_forward(d->x, d->fch, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, R, 4 * C, C, 1,
                               W16(p->fcprojw + l * 4 * C * C), d->in16);
+        fdpo_lora_apply(m, FDPO_LORA_MLP_C_PROJ, l, d->x, d->fch, R);
     }
     for (size_t i = 0; i < n_slots; i++) d->len[slots[i]] += n_new[i];
 

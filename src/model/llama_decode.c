@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/lora.h"
 #include "model/llama_decode.h"
 #include "model/gpt2_internal.h"
 #include "model/llama_internal.h"
@@ -222,8 +223,11 @@ int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *s
         float *kc = d->k_cache + l * layer_cache, *vc = d->v_cache + l * layer_cache;
         fdpo_llama_rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN1) + l * C, R, C, eps);
         dec_linear(d, d->q, d->h, tensor(m, LR_QW) + l * QD * C, B(LR_QB, QD), R, C, QD, 0);
+        fdpo_lora_apply(m, FDPO_LORA_Q, l, d->q, d->h, R);
         dec_linear(d, d->k, d->h, tensor(m, LR_KW) + l * KD * C, B(LR_KB, KD), R, C, KD, 0);
+        fdpo_lora_apply(m, FDPO_LORA_K, l, d->k, d->h, R);
         dec_linear(d, d->v, d->h, tensor(m, LR_VW) + l * KD * C, B(LR_VB, KD), R, C, KD, 0);
+        fdpo_lora_apply(m, FDPO_LORA_V, l, d->v, d->h, R);
         fdpo_llama_rope_forward(d->q, d->rope_cos, d->rope_sin, R, NH, hd);
         fdpo_llama_rope_forward(d->k, d->rope_cos, d->rope_sin, R, NKV, hd);
         for (size_t r = 0; r < R; r++) {
@@ -233,11 +237,15 @@ int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *s
         }
         dec_attention(d->atty, d->scores, d->q, kc, vc, d->row_slot, d->row_pos, R, NH, NKV, hd, d->max_len);
         dec_linear(d, d->x, d->atty, tensor(m, LR_OW) + l * C * QD, B(LR_OB, C), R, QD, C, 1);
+        fdpo_lora_apply(m, FDPO_LORA_O, l, d->x, d->atty, R);
         fdpo_llama_rmsnorm_forward(d->h, rstd, d->x, tensor(m, LR_LN2) + l * C, R, C, eps);
         dec_linear(d, d->gate, d->h, tensor(m, LR_GATEW) + l * F * C, B(LR_GATEB, F), R, C, F, 0);
+        fdpo_lora_apply(m, FDPO_LORA_GATE, l, d->gate, d->h, R);
         dec_linear(d, d->up, d->h, tensor(m, LR_UPW) + l * F * C, B(LR_UPB, F), R, C, F, 0);
+        fdpo_lora_apply(m, FDPO_LORA_UP, l, d->up, d->h, R);
         fdpo_llama_swiglu_forward(d->gate, d->gate, d->up, R * F);
         dec_linear(d, d->x, d->gate, tensor(m, LR_DOWNW) + l * C * F, B(LR_DOWNB, C), R, F, C, 1);
+        fdpo_lora_apply(m, FDPO_LORA_DOWN, l, d->x, d->gate, R);
     }
 #undef B
     for (size_t i = 0; i < n_slots; i++) d->len[slots[i]] += n_new[i];

@@ -102,8 +102,8 @@ static char *layer_name(const char *pattern, const char *suffix) {
 }
 
 int fdpo_lora_attach(fdpo_gpt2 *m, const fdpo_lora_opts *o, uint64_t seed) {
-    if (m->lora) return fdpo_error("--lora-r: the model already has adapters");
     if (fdpo_lora_opts_check(o, m)) return -1;
+    if (m->lora) fdpo_lora_merge(m);
     int selected[FDPO_LORA_N_SITES];
     parse_targets(o->targets, m, selected);
     fdpo_lora *l = fdpo_calloc(1, sizeof *l);
@@ -323,4 +323,26 @@ void fdpo_lora_backward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *dx,
     for (size_t i = 0; i < N * in; i++) xd[i] = x[i] * keep[i];
     lora_linear_backward(xd, 0.0f, dA, dB, l->du, dout, u, xd, A, B, l->scale, N, in, o, r);
     for (size_t i = 0; i < N * in; i++) dx[i] += xd[i] * keep[i];
+}
+
+/* out [N,OUT] += s * x [N,IN] @ A^T @ B^T for the adapter at (layer, site): the decoder's
+ * hook (generation and scoring). No dropout and nothing kept for a backward pass; the
+ * [N, r] intermediate lives for the call only, so decoders of one model may run side by side. */
+void fdpo_lora_apply(const fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out, const float *x, size_t N) {
+    const fdpo_lora *l = m->lora;
+    if (!l || !l->enabled || l->site_tensor[s] < 0 || N == 0) return;
+    int ti = l->site_tensor[s];
+    size_t r = l->r, in = l->site_in[s], o = l->site_out[s];
+    const float *A = l->view.params_memory + l->view.tensors[ti].offset + layer * r * in;
+    const float *B = l->view.params_memory + l->view.tensors[ti + 1].offset + layer * o * r;
+    float *u = fdpo_malloc(N * r * sizeof(float));
+    lora_linear_forward(out, u, x, A, B, l->scale, N, in, o, r);
+    free(u);
+}
+
+int fdpo_lora_set_enabled(fdpo_gpt2 *m, int on) {
+    if (!m || !m->lora) return 0;
+    int was = m->lora->enabled;
+    m->lora->enabled = on;
+    return was;
 }

@@ -205,6 +205,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         } else if (o->init) {
             tr->model = fdpo_checkpoint_load_model(o->init);
             if (!tr->model) { fdpo_error_context("--model %s", o->init); goto fail; }
+            fdpo_lora_merge(tr->model);   /* a LoRA checkpoint: full training starts from the merged model */
             if (check_model_fits(tr, o->init)) goto fail;
         } else {
             fdpo_gpt2_config c = fdpo_train_opts_model_config(o, fdpo_tokenizer_vocab_size(tok));
