@@ -12,7 +12,7 @@
 static const char *const NOT_FOR_RL[] = {"model", "tokenizer", "chat-template", "n-layer", "n-head", "n-embd", "n-positions",
                                          "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings", "seq-len",
                                          "val-fraction", "batch-size", "grad-accum", "epochs", "eval-every", "eval-max-seqs",
-                                         "shuffle", "lora-r", "lora-alpha", "lora-dropout", "lora-targets", NULL};
+                                         "shuffle", NULL};
 
 int cmd_rl(int argc, char **argv) {
     static const char usage[] =

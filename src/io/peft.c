@@ -205,3 +205,16 @@ done:
     free(base);
     return m;
 }
+
+int fdpo_checkpoint_load_config(const char *dir, fdpo_gpt2_config *c) {
+    char *path = fdpo_path_join(dir, "config.json");
+    char *base = !fdpo_file_exists(path) && fdpo_lora_dir_has_adapter(dir) ? fdpo_lora_peft_base(dir) : NULL;
+    if (base) {   /* a LoRA checkpoint: the shape is its base's */
+        free(path);
+        path = fdpo_path_join(base, "config.json");
+    }
+    int rc = fdpo_config_load(path, c);
+    free(path);
+    free(base);
+    return rc;
+}

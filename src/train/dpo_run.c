@@ -10,6 +10,7 @@
 #include "fdpo/dist.h"
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 
 /* Everything one data file contributes: the pairs and the reference log-probs of all of them. */
 typedef struct {
@@ -194,10 +195,8 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     /* the policy's context length bounds --max-length (a LoRA run's OUT holds the adapter
      * only: the policy's shape is --model's) */
     const char *shape_dir = to->resume && to->lora_r <= 0 ? to->out : policy_dir;
-    char *cfg_path = fdpo_path_join(shape_dir, "config.json");
     fdpo_gpt2_config pcfg;
-    int crc = fdpo_config_load(cfg_path, &pcfg);
-    free(cfg_path);
+    int crc = fdpo_checkpoint_load_config(shape_dir, &pcfg);   /* a LoRA checkpoint: its base's */
     if (crc) { fdpo_error_context("--model %s", policy_dir); goto done; }
     if (popt.max_length == 0) popt.max_length = pcfg.n_positions;
     if (popt.max_length > pcfg.n_positions) {

@@ -189,10 +189,8 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     fdpo_trainer tr;
     fdpo_pref_options popt = o->pref;
 
-    char *cfg_path = fdpo_path_join(to->resume && to->lora_r <= 0 ? to->out : to->init, "config.json");
-    fdpo_gpt2_config pcfg;
-    int crc = fdpo_config_load(cfg_path, &pcfg);
-    free(cfg_path);
+    fdpo_gpt2_config pcfg;   /* a LoRA checkpoint's shape is its base's */
+    int crc = fdpo_checkpoint_load_config(to->resume && to->lora_r <= 0 ? to->out : to->init, &pcfg);
     if (crc) { fdpo_error_context("--model %s", to->init); goto done; }
     if (pcfg.num_labels) {
         fdpo_error("--model %s: a reward model (GPT2ForSequenceClassification), not a language model to align", to->init);

@@ -10,6 +10,7 @@
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 #include "fdpo/online.h"
 #include "fdpo/pairs.h"
 #include "fdpo/rl.h"
@@ -39,7 +40,11 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
                             round_stats *st) {
     fdpo_gpt2 *policy = fdpo_checkpoint_load_model(policy_dir), *ref = NULL;
     fdpo_tokenizer *tok = policy ? fdpo_tokenizer_load_dir(policy_dir) : NULL;
-    if (policy && tok) ref = fdpo_checkpoint_load_model(ref_dir);
+    /* a LoRA policy whose reference is its base: the policy with its adapters off (no second copy) */
+    char *ref_real = policy && policy->lora && policy->lora->base_model ? realpath(ref_dir, NULL) : NULL;
+    const int ref_is_base = ref_real && !strcmp(ref_real, policy->lora->base_model);
+    free(ref_real);
+    if (policy && tok) ref = ref_is_base ? policy : fdpo_checkpoint_load_model(ref_dir);
     if (!policy || !tok || !ref) {
         if (tok) fdpo_tokenizer_free(tok);
         if (policy) fdpo_gpt2_free(policy);
@@ -57,7 +62,9 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
     int rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "round", k, ps, P, (size_t)o->n, reward, &ids, &lens, &s, pp, cc, r, sec);
     double t_logp = fdpo_now();
     if (rc == 0) rc = fdpo_samples_logp(policy, ids, lens, s, N, logp);   /* l = log pi - log pi_ref */
+    int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
     if (rc == 0) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
+    if (ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
     memset(st, 0, sizeof *st);
     st->t_sampling = sec[0];
     st->t_scoring = sec[1] + (fdpo_now() - t_logp);
@@ -132,7 +139,7 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
     if (s) fdpo_samples_free(s, N);
     if (ids) fdpo_free_ids(ids, lens, P);
     free(ps); free(r); free(logp); free(lref); free(pp); free(cc);
-    fdpo_gpt2_free(policy); fdpo_gpt2_free(ref); fdpo_tokenizer_free(tok);
+    fdpo_gpt2_free(policy); if (!ref_is_base) fdpo_gpt2_free(ref); fdpo_tokenizer_free(tok);
     return rc;
 }
 
@@ -301,16 +308,19 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
     fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
-    fdpo_gpt2 *ref = tok ? fdpo_checkpoint_load_model(o->ref ? o->ref : o->model) : NULL;
-    if (tok && !ref) fdpo_error_context("--ref %s", o->ref ? o->ref : o->model);
+    /* LoRA without --ref: the reference is the policy with its adapters off (no second copy) */
+    const int ref_is_base = t.lora_r > 0 && !o->ref;
+    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_checkpoint_load_model(o->ref ? o->ref : o->model) : NULL;
+    if (tok && !ref && !ref_is_base) fdpo_error_context("--ref %s", o->ref ? o->ref : o->model);
     fdpo_settings extra = {0};
     fdpo_online_step_settings(o, &extra);
     fdpo_trainer tr;
     fdpo_dpo d = {0};
-    int rc = reward && tok && ref ? 0 : -1, tr_ok = 0, d_ok = 0;
+    int rc = reward && tok && (ref || ref_is_base) ? 0 : -1, tr_ok = 0, d_ok = 0;
     if (!rc) tr_ok = (rc = fdpo_trainer_open(&tr, &t, "online-step", tok, n_prompts, fdpo_prompts_hash(prompts, n_prompts), &extra)) == 0;
     fdpo_settings_free(&extra);
     fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
+    if (ref_is_base) ref = policy;
     tr.progress.phase = "online";
     fdpo_dpo_config cfg = o->dpo.dpo;
     cfg.micro_batch = 0;
@@ -330,7 +340,9 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         double sec[2] = {0, 0}, t_score, t_train = 0;
         rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
         t_score = fdpo_now();
+        int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
         if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
+        if (ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
         if (!rc) rc = fdpo_samples_logp(policy, ids, lens, s, N, lpol);
         sec[1] += fdpo_now() - t_score;
         size_t np = 0, tokens = 0;
@@ -402,7 +414,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
     free(ps); free(pp); free(cc); free(r); free(lref); free(lpol); free(pairs); free(pptr);
     if (tok) fdpo_tokenizer_free(tok);
-    if (ref) fdpo_gpt2_free(ref);
+    if (ref && !ref_is_base) fdpo_gpt2_free(ref);
     if (reward) fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
     return rc;

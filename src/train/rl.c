@@ -8,6 +8,7 @@
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 #include "fdpo/rl.h"
 #include "fdpo/train.h"
 #include "fdpo/trainer.h"
@@ -171,14 +172,17 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
     fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
-    fdpo_gpt2 *ref = tok ? fdpo_checkpoint_load_model(o->ref ? o->ref : o->model) : NULL;
-    if (tok && !ref) fdpo_error_context("--ref %s", o->ref ? o->ref : o->model);
+    /* LoRA without --ref: the reference is the policy with its adapters off (no second copy) */
+    const int ref_is_base = t.lora_r > 0 && !o->ref;
+    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_checkpoint_load_model(o->ref ? o->ref : o->model) : NULL;
+    if (tok && !ref && !ref_is_base) fdpo_error_context("--ref %s", o->ref ? o->ref : o->model);
     fdpo_settings extra = {0};
     fdpo_rl_run_opts_settings(o, &extra);
     fdpo_trainer tr;
-    int rc = reward && tok && ref ? 0 : -1, tr_ok = 0;
+    int rc = reward && tok && (ref || ref_is_base) ? 0 : -1, tr_ok = 0;
     if (!rc) tr_ok = (rc = fdpo_trainer_open(&tr, &t, "rl", tok, n_prompts, fdpo_prompts_hash(prompts, n_prompts), &extra)) == 0;
     fdpo_settings_free(&extra);
+    if (!rc && ref_is_base) ref = tr.model;
     if (!rc && ref->config.vocab_size != tr.model->config.vocab_size)
         rc = fdpo_error("--ref: vocabulary %zu != the policy's %zu", ref->config.vocab_size, tr.model->config.vocab_size);
     fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
@@ -198,7 +202,9 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         double sec[2] = {0, 0}, t_score = fdpo_now(), t_train = 0;
         rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r, sec);
         t_score = fdpo_now();
+        int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
         if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
+        if (ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
         sec[1] += fdpo_now() - t_score;
         fdpo_rl_metrics m;
         double eos = 0, len = 0, fdiv = 0;
@@ -250,7 +256,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
     free(ps); free(pp); free(cc); free(np); free(ny); free(pi); free(yi); free(r); free(lref);
     if (tok) fdpo_tokenizer_free(tok);
-    if (ref) fdpo_gpt2_free(ref);
+    if (ref && !ref_is_base) fdpo_gpt2_free(ref);
     if (reward) fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
     return rc;

@@ -67,25 +67,40 @@ static char *absolute_path(const char *p) {
 
 /* LoRA: the base model of a run (fresh: --model; resume: --model if given, else the adapter's
  * base_model_name_or_path) with the adapters attached (fresh: initialised from the seed;
- * resume: OUT's). */
+ * resume: OUT's). A --model that is itself a LoRA checkpoint is continued: its base is the
+ * run's base and its adapters are the starting point (each round of fdpo online, each stage
+ * of sacpo), so every checkpoint stays one PEFT adapter on the original base. */
 static fdpo_gpt2 *lora_model(const fdpo_train_opts *o, const char *kind) {
-    if (strcmp(kind, "sft") && strcmp(kind, "dpo") && strcmp(kind, "kto"))
-        { fdpo_error("--lora-r: fdpo %s does not train LoRA adapters (sft, dpo and kto do)", kind); return NULL; }
-    char *saved_base = o->resume && !o->init ? fdpo_lora_peft_base(o->out) : NULL;
-    const char *base = o->init ? o->init : saved_base;
+    if (strcmp(kind, "sft") && strcmp(kind, "dpo") && strcmp(kind, "kto") && strcmp(kind, "rl") && strcmp(kind, "online-step"))
+        { fdpo_error("--lora-r: fdpo %s does not train LoRA adapters (sft, dpo, kto, online, rl and sacpo do)", kind); return NULL; }
+    char *probe = o->init ? fdpo_path_join(o->init, "config.json") : NULL;
+    const int from_adapter = o->init && !fdpo_file_exists(probe) && fdpo_lora_dir_has_adapter(o->init);
+    free(probe);
+    char *saved_base = from_adapter ? fdpo_lora_peft_base(o->init) : o->resume && !o->init ? fdpo_lora_peft_base(o->out) : NULL;
+    const char *base = from_adapter ? saved_base : o->init ? o->init : saved_base;
     fdpo_gpt2 *m = NULL;
     if (!base) {
-        fdpo_error("--resume: %s holds no LoRA adapter with base_model_name_or_path: give the base with --model", o->out);
+        fdpo_error("%s: %s holds no LoRA adapter with base_model_name_or_path: give the base with --model",
+                   from_adapter ? "--model" : "--resume", from_adapter ? o->init : o->out);
         goto done;
     }
     if (!(m = fdpo_checkpoint_load_model(base))) { fdpo_error_context("--model %s (the LoRA base)", base); goto done; }
     fdpo_lora_opts lo = {o->lora_r, o->lora_alpha, o->lora_dropout, o->lora_targets};
-    if (o->resume ? fdpo_lora_load_peft(o->out, m) : fdpo_lora_attach(m, &lo, (uint64_t)o->seed)) {
-        if (o->resume) fdpo_error_context("--resume %s", o->out);
+    const char *adapter = o->resume ? o->out : from_adapter ? o->init : NULL;
+    if (adapter ? fdpo_lora_load_peft(adapter, m) : fdpo_lora_attach(m, &lo, (uint64_t)o->seed)) {
+        if (adapter) fdpo_error_context("%s %s", o->resume ? "--resume" : "--model", adapter);
+        fdpo_gpt2_free(m); m = NULL;
+        goto done;
+    }
+    if (from_adapter && !o->resume && ((long)m->lora->r != o->lora_r || m->lora->alpha != o->lora_alpha)) {
+        fdpo_error("--lora-r/--lora-alpha: %ld/%g differ from the adapter of --model %s (r=%zu, alpha=%g), which this run "
+                   "continues", o->lora_r, o->lora_alpha, o->init, m->lora->r, m->lora->alpha);
         fdpo_gpt2_free(m); m = NULL;
         goto done;
     }
     m->lora->seed = (uint64_t)o->seed;   /* dropout masks */
+    m->lora->dropout = o->lora_dropout;
+    free(m->lora->base_model);
     m->lora->base_model = absolute_path(base);
     if (!o->quiet)   /* PEFT's print_trainable_parameters */
         fdpo_log(FDPO_LOG_INFO, "LoRA r=%zu alpha=%g on %s: trainable params: %zu || all params: %zu || trainable%%: %.4f",

@@ -144,3 +144,101 @@ def test_adapter_checkpoint_errors(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
     r = fdpo("generate", "--model", ad, "--data", tmp_path / "p.jsonl", check=False)
     assert r.returncode != 0 and "base_model_name_or_path" in r.stderr and "nowhere" in r.stderr
+
+
+# ---- LoRA on the loop commands ----
+
+def files_hash(d):
+    import hashlib
+    return {f: hashlib.sha256((d / f).read_bytes()).hexdigest() for f in sorted(os.listdir(d))}
+
+
+LETTERS = """import json, sys
+for line in sys.stdin.buffer:
+    c = json.loads(line.decode("utf-8", "replace"))["completion"]
+    print(sum("a" <= ch <= "z" for ch in c))
+"""
+
+
+def loop_cmd(cmd, tmp_path, base, out, *extra, check=True):
+    (tmp_path / "prompts.txt").write_text("".join(f"prompt {i}:\n" for i in range(6)))
+    (tmp_path / "letters.py").write_text(LETTERS)
+    args = {"rl": ["rl", "--algo", "rloo", "--divergence", "js", "--prompts-per-step", 2, "--n", 3, "--steps", 4],
+            "online-step": ["online", "--mode", "step", "--divergence", "fkl", "--prompts-per-round", 2, "--n", 3,
+                            "--steps", 4],
+            "online-rounds": ["online", "--rounds", 2, "--prompts-per-round", 3, "--n", 3, "--batch-size", 2]}[cmd]
+    return fdpo(*args, "--model", base, "--data", tmp_path / "prompts.txt", "--out", out,
+                "--reward", f"cmd:/usr/bin/python3 {tmp_path / 'letters.py'}",
+                "--max-new-tokens", 8, "--lr", "2e-2", "--threads", 1, "--seed", 5, "--lora-r", 4, "--lora-alpha", 16,
+                *extra, check=check)
+
+
+def check_adapter_dir(d, base):
+    """a PEFT adapter on base: adapter files, no weights of its own, B trained"""
+    assert (d / "adapter_config.json").exists() and not (d / "model.safetensors").exists()
+    assert json.load(open(d / "adapter_config.json"))["base_model_name_or_path"] == str(base.resolve())
+    t = st.load(str(d / "adapter_model.safetensors"))[0]
+    assert t and all(".lora_A." in k or ".lora_B." in k for k in t)
+    assert any(np.abs(v).max() > 0 for k, v in t.items() if ".lora_B." in k)   # it learned something
+
+
+def check_evaluates_as_merge(tmp_path, d, base, family):
+    merged = numpy_merge(base, d, tmp_path / (d.name + "_merged"), family)
+    write_jsonl(tmp_path / "hp.jsonl", [{"prompt": p} for p in PROMPTS])
+    a = generate(d, tmp_path / "hp.jsonl", tmp_path / "ga.jsonl")
+    b = generate(merged, tmp_path / "hp.jsonl", tmp_path / "gb.jsonl")
+    assert [r["completion"] for r in a] == [r["completion"] for r in b]
+    rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in a[:6]]
+    write_jsonl(tmp_path / "sc.jsonl", rows)
+    sa, sb = ([json.loads(l) for l in open(fdpo_out)] for fdpo_out in (
+        (fdpo("score", "--model", m, "--data", tmp_path / "sc.jsonl", "--out", tmp_path / f"s_{i}.jsonl", "--threads", 1),
+         tmp_path / f"s_{i}.jsonl")[1] for i, m in ((0, d), (1, merged))))
+    for x, y in zip(sa, sb):
+        assert abs(x["logp"] - y["logp"]) <= 1e-5 * max(1.0, abs(y["logp"]))
+
+
+@pytest.mark.parametrize("cmd,family", [("rl", "gpt2"), ("online-step", "llama")])
+def test_lora_step_loops_train_adapters_only_and_resume_exactly(tmp_path, cmd, family):
+    base = make_base(tmp_path, family)
+    before = files_hash(base)
+    loop_cmd(cmd, tmp_path, base, tmp_path / "a")
+    check_adapter_dir(tmp_path / "a", base)
+    assert files_hash(base) == before   # the base is only read
+    # the optimizer state holds the adapters' moments only
+    state = st.load(str(tmp_path / "a" / "training_state.safetensors"))[0]
+    assert state and all("lora_" in k for k in state)
+    m = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
+    assert [x["step"] for x in m] == [1, 2, 3, 4] and abs(m[0]["objective/kl"]) < 1e-6   # step 1: B = 0, policy = reference
+    assert max(abs(x["objective/kl"]) for x in m[1:]) > 1e-4
+    # stopped after step 2 and resumed: byte-identical adapters and AdamW moments
+    loop_cmd(cmd, tmp_path, base, tmp_path / "b", "--stop-at", 2)
+    loop_cmd(cmd, tmp_path, base, tmp_path / "b", "--resume")
+    for f in ("adapter_model.safetensors", "training_state.safetensors"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    # the reference is the base with the adapters off: the same run with --ref BASE (a second
+    # copy of the weights) gives the same adapters
+    loop_cmd(cmd, tmp_path, base, tmp_path / "c", "--ref", base)
+    assert (tmp_path / "a" / "adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "c" / "adapter_model.safetensors").read_bytes()
+    check_evaluates_as_merge(tmp_path, tmp_path / "a", base, family)
+
+
+def test_lora_online_rounds_continue_one_adapter_on_the_base(tmp_path):
+    base = make_base(tmp_path, "gpt2")
+    before = files_hash(base)
+    loop_cmd("online-rounds", tmp_path, base, tmp_path / "a")
+    assert files_hash(base) == before
+    for k in (0, 1):   # every round is one PEFT adapter on the original base
+        check_adapter_dir(tmp_path / "a" / f"round-{k}", base)
+    r0 = st.load(str(tmp_path / "a" / "round-0" / "adapter_model.safetensors"))[0]
+    r1 = st.load(str(tmp_path / "a" / "round-1" / "adapter_model.safetensors"))[0]
+    assert r0.keys() == r1.keys() and any(not np.array_equal(r0[k], r1[k]) for k in r0)
+    m = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
+    assert m[0]["objective/kl"] == 0 and abs(m[1]["objective/kl"]) > 1e-4   # reference: the base (adapters off)
+    # resume after round 0 gives round 1 byte for byte
+    loop_cmd("online-rounds", tmp_path, base, tmp_path / "b", "--rounds", 1)
+    loop_cmd("online-rounds", tmp_path, base, tmp_path / "b", "--rounds", 2, "--resume")
+    for k in (0, 1):
+        assert (tmp_path / "a" / f"round-{k}" / "adapter_model.safetensors").read_bytes() == \
+            (tmp_path / "b" / f"round-{k}" / "adapter_model.safetensors").read_bytes()
+    check_evaluates_as_merge(tmp_path, tmp_path / "a" / "round-1", base, "gpt2")
