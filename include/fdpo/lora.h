@@ -112,6 +112,8 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
 fdpo_gpt2 *fdpo_lora_load_checkpoint(const char *dir);
 /* DIR/config.json, or for a LoRA checkpoint directory its base's (the model's shape). */
 int fdpo_checkpoint_load_config(const char *dir, fdpo_gpt2_config *c);
+/* 1 if DIR is a LoRA checkpoint: adapter_config.json and no config.json of its own. */
+int fdpo_lora_is_checkpoint(const char *dir);
 /* 1 if DIR holds adapter_config.json. */
 int fdpo_lora_dir_has_adapter(const char *dir);
 /* base_model_name_or_path of DIR's adapter_config.json (malloc'd), NULL if absent. */

@@ -10,8 +10,7 @@
 #include "fdpo/sacpo.h"
 
 /* the data and reference of each stage are sacpo's; resume is per stage */
-static const char *const NOT_FOR_SACPO[] = {"data", "eval-file", "ref", "resume", "stop-at", "lora-r", "lora-alpha",
-                                            "lora-dropout", "lora-targets"};
+static const char *const NOT_FOR_SACPO[] = {"data", "eval-file", "ref", "resume", "stop-at"};
 
 int cmd_sacpo(int argc, char **argv) {
     static const char usage[] =

@@ -15,6 +15,13 @@ int fdpo_lora_dir_has_adapter(const char *dir) {
     return has;
 }
 
+int fdpo_lora_is_checkpoint(const char *dir) {
+    char *cfg = fdpo_path_join(dir, "config.json");
+    int adapter = !fdpo_file_exists(cfg) && fdpo_lora_dir_has_adapter(dir);
+    free(cfg);
+    return adapter;
+}
+
 int fdpo_lora_save_peft(const char *dir, const fdpo_gpt2 *m, const char *base_model) {
     const fdpo_lora *l = m->lora;
     if (!l) return fdpo_error("%s: the model has no LoRA adapters to save", dir);
@@ -189,10 +196,7 @@ fdpo_gpt2 *fdpo_lora_load_checkpoint(const char *dir) {
                    "fold it into its base with fdpo merge --lora %s --model BASE --out DIR", dir, dir);
         return NULL;
     }
-    char *probe = fdpo_path_join(base, "config.json");
-    int base_is_adapter = !fdpo_file_exists(probe) && fdpo_lora_dir_has_adapter(base);
-    free(probe);
-    if (base_is_adapter) {   /* one level only: a chain of adapter directories is not followed */
+    if (fdpo_lora_is_checkpoint(base)) {   /* one level only: a chain of adapter directories is not followed */
         fdpo_error("%s: base_model_name_or_path %s is itself a LoRA adapter directory; merge it first "
                    "(fdpo merge --lora %s --out DIR)", dir, base, base);
         goto done;
@@ -207,12 +211,8 @@ done:
 }
 
 int fdpo_checkpoint_load_config(const char *dir, fdpo_gpt2_config *c) {
-    char *path = fdpo_path_join(dir, "config.json");
-    char *base = !fdpo_file_exists(path) && fdpo_lora_dir_has_adapter(dir) ? fdpo_lora_peft_base(dir) : NULL;
-    if (base) {   /* a LoRA checkpoint: the shape is its base's */
-        free(path);
-        path = fdpo_path_join(base, "config.json");
-    }
+    char *base = fdpo_lora_is_checkpoint(dir) ? fdpo_lora_peft_base(dir) : NULL;
+    char *path = fdpo_path_join(base ? base : dir, "config.json");   /* a LoRA checkpoint: its base's shape */
     int rc = fdpo_config_load(path, c);
     free(path);
     free(base);

@@ -229,7 +229,9 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     /* the reference: --ref, else the initial policy (also on --resume: --model is fixed) */
     /* LoRA with --ref-live and no --ref: the reference is the policy with its adapters
      * disabled (fdpo_dpo_step), no second copy of the weights */
-    const int ref_is_base = to->lora_r > 0 && o->ref_live && !o->ref;
+    /* (not when --model is itself a LoRA checkpoint being continued: the reference is that
+     * checkpoint, base + its adapters as they were, e.g. SACPO's second stage) */
+    const int ref_is_base = to->lora_r > 0 && o->ref_live && !o->ref && !fdpo_lora_is_checkpoint(policy_dir);
     if (!simpo && !ref_is_base) {
         const char *ref_dir = o->ref ? o->ref : policy_dir;
         if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }

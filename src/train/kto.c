@@ -224,9 +224,10 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     eval_ex = fdpo_malloc((n_eval ? n_eval : 1) * sizeof *eval_ex);
     for (size_t i = 0; i < n_eval; i++) eval_ex[i] = &eset->ex[eval_idx[i]];
 
-    /* LoRA without --ref: the reference is the base, i.e. the policy with its adapters off */
+    /* LoRA without --ref: the reference is the base, i.e. the policy with its adapters off
+     * (unless --model is a LoRA checkpoint being continued: then it is that checkpoint) */
     const char *ref_dir = o->ref ? o->ref : to->init;
-    if (to->lora_r > 0 && !o->ref) goto open;
+    if (to->lora_r > 0 && !o->ref && !fdpo_lora_is_checkpoint(to->init)) goto open;
     if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }
     if (ref->config.vocab_size != pcfg.vocab_size || ref->config.num_labels) {
         fdpo_error("--ref %s: not a language model with the policy's vocab_size %zu%s", ref_dir, pcfg.vocab_size,

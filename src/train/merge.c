@@ -62,12 +62,14 @@ fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o) {
     const char *first_dir = o->base ? o->base : o->models[0];
     fdpo_gpt2 *first = fdpo_checkpoint_load_model(first_dir);
     if (!first) return NULL;
+    fdpo_lora_merge(first);   /* LoRA checkpoints are averaged as the models they define (base + s B A) */
     size_t n = first->n_params;
     double *acc = calloc(n, sizeof *acc);   /* theta in double: the base (or 0), then each term in order */
     if (!acc) { fdpo_gpt2_free(first); fdpo_error("merge: out of memory for %zu parameters", n); return NULL; }
     if (acc && o->base) for (size_t k = 0; k < n; k++) acc[k] = first->params_memory[k];
     for (size_t i = 0; i < o->n_models; i++) {
         fdpo_gpt2 *m = fdpo_checkpoint_load_model(o->models[i]);
+        if (m) fdpo_lora_merge(m);
         if (!m || check_compatible(o->models[i], m, first_dir, first)) {
             fdpo_gpt2_free(m); fdpo_gpt2_free(first); free(acc);
             return NULL;

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/lora.h"
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
 #include "fdpo/dpo.h"
@@ -18,7 +19,14 @@ uint64_t fdpo_hash_model(const fdpo_gpt2 *m) {
     size_t dims[5] = {c->vocab_size, c->n_positions, c->n_embd, c->n_layer, c->n_head};
     h = fdpo_hash64(h, dims, sizeof dims);
     h = fdpo_hash64(h, &c->layer_norm_epsilon, sizeof c->layer_norm_epsilon);
-    return fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
+    h = fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
+    const fdpo_lora *l = m->lora;
+    if (l && l->enabled) {   /* a LoRA checkpoint read as a model: its adapters are part of it */
+        h = fdpo_hash64(h, &l->scale, sizeof l->scale);
+        h = fdpo_hash64(h, l->site_tensor, sizeof l->site_tensor);
+        h = fdpo_hash64(h, l->view.params_memory, l->view.n_params * sizeof(float));
+    }
+    return h;
 }
 
 uint64_t fdpo_hash_pair(uint64_t h, const fdpo_pref_pair *p) {

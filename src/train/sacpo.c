@@ -93,6 +93,13 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
         if (o->online.sample.stop) cJSON_AddStringToObject(on, "stop", o->online.sample.stop);
         if (o->online.reward_opts.lexicon) cJSON_AddStringToObject(on, "lexicon", o->online.reward_opts.lexicon);
     }
+    if (o->dpo.train.lora_r > 0) {   /* LoRA stages (absent otherwise, so earlier plans still match) */
+        cJSON *lo = cJSON_AddObjectToObject(p, "lora");
+        cJSON_AddNumberToObject(lo, "r", (double)o->dpo.train.lora_r);
+        cJSON_AddNumberToObject(lo, "alpha", o->dpo.train.lora_alpha);
+        cJSON_AddNumberToObject(lo, "dropout", o->dpo.train.lora_dropout);
+        if (o->dpo.train.lora_targets) cJSON_AddStringToObject(lo, "targets", o->dpo.train.lora_targets);
+    }
     cJSON_AddStringToObject(p, "divergence", div);
     cJSON_AddNumberToObject(p, "beta", o->dpo.dpo.loss.beta);
     cJSON_AddStringToObject(p, "order", o->safety_first ? "safety-first" : "reward-first");
@@ -123,7 +130,7 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         cJSON_Delete(a); cJSON_Delete(b);
         if (!same) {
             cJSON_Delete(plan);
-            return fdpo_error("--out: %s holds a sacpo run with another model, data, divergence, beta or order "
+            return fdpo_error("--out: %s holds a sacpo run with another model, data, divergence, beta, order or LoRA settings "
                               "(see its sacpo.json; use another --out)", o->out);
         }
         cJSON_ReplaceItemInObject(st->root, "plan", plan);

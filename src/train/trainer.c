@@ -73,9 +73,7 @@ static char *absolute_path(const char *p) {
 static fdpo_gpt2 *lora_model(const fdpo_train_opts *o, const char *kind) {
     if (strcmp(kind, "sft") && strcmp(kind, "dpo") && strcmp(kind, "kto") && strcmp(kind, "rl") && strcmp(kind, "online-step"))
         { fdpo_error("--lora-r: fdpo %s does not train LoRA adapters (sft, dpo, kto, online, rl and sacpo do)", kind); return NULL; }
-    char *probe = o->init ? fdpo_path_join(o->init, "config.json") : NULL;
-    const int from_adapter = o->init && !fdpo_file_exists(probe) && fdpo_lora_dir_has_adapter(o->init);
-    free(probe);
+    const int from_adapter = o->init && fdpo_lora_is_checkpoint(o->init);
     char *saved_base = from_adapter ? fdpo_lora_peft_base(o->init) : o->resume && !o->init ? fdpo_lora_peft_base(o->out) : NULL;
     const char *base = from_adapter ? saved_base : o->init ? o->init : saved_base;
     fdpo_gpt2 *m = NULL;

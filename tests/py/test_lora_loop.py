@@ -242,3 +242,39 @@ def test_lora_online_rounds_continue_one_adapter_on_the_base(tmp_path):
         assert (tmp_path / "a" / f"round-{k}" / "adapter_model.safetensors").read_bytes() == \
             (tmp_path / "b" / f"round-{k}" / "adapter_model.safetensors").read_bytes()
     check_evaluates_as_merge(tmp_path, tmp_path / "a" / "round-1", base, "gpt2")
+
+
+def test_lora_sacpo_stages_are_adapters_on_the_base(tmp_path):
+    """file stages with --lora-r: every stage is one PEFT adapter on the original base; the
+    safety stage continues the reward stage's adapter with the reward model as its reference
+    (its first loss is log 2: policy = reference); a P-SACPO merge is numpy's interpolation of
+    the two merged models; the base is only read"""
+    from test_sacpo import pairs
+    base = make_base(tmp_path, "gpt2")
+    before = files_hash(base)
+    write_jsonl(tmp_path / "reward.jsonl", pairs(32, 0, "aeiou", "xyzqw"))
+    write_jsonl(tmp_path / "safety.jsonl", pairs(32, 1, "mnlr ", "!#$%&"))
+    s = tmp_path / "s"
+    fdpo("sacpo", "--model", base, "--reward-data", tmp_path / "reward.jsonl", "--safety-data", tmp_path / "safety.jsonl",
+         "--beta", "0.2", "--out", s, "--threads", 1, "--batch-size", 8, "--steps", 3, "--lr", "2e-2",
+         "--eval-fraction", 0, "--quiet", "--lambda", "1,3", "--merge", "0.5", "--lora-r", 4, "--lora-alpha", 16)
+    assert files_hash(base) == before
+    for d in ("reward", "lambda-1", "lambda-3"):
+        check_adapter_dir(s / d, base)
+    for lam in (1, 3):
+        m = [json.loads(l) for l in open(s / f"lambda-{lam}" / "metrics.jsonl")]
+        assert abs(m[0]["loss"] - np.log(2)) < 1e-6, m[0]   # reference = the reward stage's model
+        assert abs(m[-1]["loss"] - np.log(2)) > 1e-4
+    ma = numpy_merge(base, s / "lambda-1", tmp_path / "ma", "gpt2")
+    mb = numpy_merge(base, s / "lambda-3", tmp_path / "mb", "gpt2")
+    a, b = st.load(str(ma / "model.safetensors"))[0], st.load(str(mb / "model.safetensors"))[0]
+    got = st.load(str(s / "merge-1-3-w0.5" / "model.safetensors"))[0]
+    assert got.keys() == a.keys()
+    for k in got:
+        want = 0.5 * a[k].astype(np.float64) + 0.5 * b[k].astype(np.float64)
+        assert np.abs(got[k] - want).max() <= 1e-6 * max(1.0, np.abs(want).max()), k
+    assert any(not np.array_equal(a[k], b[k]) for k in a)
+    # a rerun with other LoRA settings is another plan
+    r = fdpo("sacpo", "--model", base, "--reward-data", tmp_path / "reward.jsonl", "--safety-data", tmp_path / "safety.jsonl",
+             "--beta", "0.2", "--out", s, "--lambda", "1,3", "--lora-r", 8, "--lora-alpha", 16, check=False)
+    assert r.returncode != 0 and "holds a sacpo run with another" in r.stderr and "LoRA settings" in r.stderr
