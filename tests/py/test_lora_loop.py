@@ -278,3 +278,21 @@ def test_lora_sacpo_stages_are_adapters_on_the_base(tmp_path):
     r = fdpo("sacpo", "--model", base, "--reward-data", tmp_path / "reward.jsonl", "--safety-data", tmp_path / "safety.jsonl",
              "--beta", "0.2", "--out", s, "--lambda", "1,3", "--lora-r", 8, "--lora-alpha", 16, check=False)
     assert r.returncode != 0 and "holds a sacpo run with another" in r.stderr and "LoRA settings" in r.stderr
+
+
+def test_rl_lora_peak_memory_below_full_rl(tmp_path):
+    """peak RSS of fdpo rl: full fine-tuning holds the policy, its gradients, two AdamW moments
+    and a second copy of the weights as the reference (5 copies); LoRA holds the base once (the
+    reference is the base with the adapters off) plus the small adapter state. Structural, not
+    timing: at least 2.5 fp32 copies apart."""
+    from test_lora import peak_rss_mib
+    base = make_gpt2(tmp_path / "base", C=256, L=6)
+    copy_mib = sum(v.size for v in st.load(str(base / "model.safetensors"))[0].values()) * 4 / 2 ** 20
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(4)))
+    common = ["rl", "--model", base, "--data", tmp_path / "p.txt", "--reward", "length", "--steps", 2,
+              "--prompts-per-step", 2, "--n", 2, "--max-new-tokens", 8, "--threads", 1, "--quiet"]
+    full = peak_rss_mib([*common, "--out", tmp_path / "full"])
+    lora = peak_rss_mib([*common, "--out", tmp_path / "lora", "--lora-r", 16, "--lora-alpha", 32,
+                         "--lora-targets", "c_attn,c_proj,c_fc"])
+    print(f"peak RSS: full rl {full:.1f} MiB, LoRA rl {lora:.1f} MiB ({copy_mib:.1f} MiB per fp32 copy)")
+    assert full - lora >= 2.5 * copy_mib, (full, lora, copy_mib)
