@@ -40,6 +40,8 @@ typedef struct fdpo_lora {
     char *targets;                     /* the comma list as given (adapter_config.json) */
     char *base_model;                  /* base_model_name_or_path written with the adapter (may be NULL) */
     int site_tensor[FDPO_LORA_N_SITES]; /* index of the site's lora_A in view.tensors (B follows), -1 = none */
+    int score_tensor;                  /* a reward model's score head, trained in full (PEFT's modules_to_save
+                                        * ["score"]): index of "base_model.model.score.weight" in view, -1 = none */
     size_t site_in[FDPO_LORA_N_SITES], site_out[FDPO_LORA_N_SITES];
     /* The adapter parameters as a model-shaped table: tensors "base_model.model.<module>.
      * lora_A.weight" / ".lora_B.weight" with {i} for the layer, per_layer, decay 1;
@@ -61,7 +63,8 @@ typedef struct fdpo_lora {
  * "c_proj" matches attn.c_proj and mlp.c_proj); a target matching nothing is an error that
  * lists the model's module names. */
 int fdpo_lora_opts_check(const fdpo_lora_opts *o, const fdpo_gpt2 *m);
-/* Attach fresh adapters to m (A kaiming-uniform from seed, B zero); m->lora owns them.
+/* Attach fresh adapters to m (A kaiming-uniform from seed, B zero); m->lora owns them. On a
+ * reward model the score head joins the trainable tensors (initialised from m's).
  * Adapters m already has (a model read from a LoRA checkpoint) are first folded into the
  * base weights (fdpo_lora_merge): a new adapter adapts the merged model. */
 int fdpo_lora_attach(fdpo_gpt2 *m, const fdpo_lora_opts *o, uint64_t seed);
@@ -70,6 +73,9 @@ void fdpo_lora_detach(fdpo_gpt2 *m);
 /* W += s * B A for every adapter (GPT-2's [in, out] weights get (B A)^T), summed in
  * double and rounded once; then detach. */
 void fdpo_lora_merge(fdpo_gpt2 *m);
+/* The score head of a LoRA reward model (trained in full beside the adapters, kept in the
+ * view): its weights (grad 0) or gradient (grad 1); NULL without one. */
+float *fdpo_lora_score(fdpo_lora *l, int grad);
 /* Zero the adapter gradients (fdpo_gpt2_zero_grad calls it). */
 void fdpo_lora_zero_grad(fdpo_lora *l);
 /* Dropout masks are a function of (seed, step, forward index in the step, layer, site):
@@ -112,6 +118,10 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
 fdpo_gpt2 *fdpo_lora_load_checkpoint(const char *dir);
 /* DIR/config.json, or for a LoRA checkpoint directory its base's (the model's shape). */
 int fdpo_checkpoint_load_config(const char *dir, fdpo_gpt2_config *c);
+/* DIR's adapters attached to base (consumed: freed on error). An adapter that trains a
+ * score head (modules_to_save ["score"], fdpo rm --lora-r) on a language model turns base
+ * into a reward model first (pad = DIR's tokenizer's end of text). */
+fdpo_gpt2 *fdpo_lora_load_onto(const char *dir, fdpo_gpt2 *base);
 /* 1 if DIR is a LoRA checkpoint: adapter_config.json and no config.json of its own. */
 int fdpo_lora_is_checkpoint(const char *dir);
 /* 1 if DIR holds adapter_config.json. */

@@ -7,6 +7,7 @@
 #include <string.h>
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
+#include "fdpo/tokenizer.h"
 
 int fdpo_lora_dir_has_adapter(const char *dir) {
     char *p = fdpo_path_join(dir, "adapter_config.json");
@@ -28,7 +29,7 @@ int fdpo_lora_save_peft(const char *dir, const fdpo_gpt2 *m, const char *base_mo
     if (fdpo_mkdir_p(dir)) return -1;
     cJSON *c = cJSON_CreateObject();
     cJSON_AddStringToObject(c, "peft_type", "LORA");
-    cJSON_AddStringToObject(c, "task_type", "CAUSAL_LM");
+    cJSON_AddStringToObject(c, "task_type", l->score_tensor >= 0 ? "SEQ_CLS" : "CAUSAL_LM");
     cJSON_AddNumberToObject(c, "r", (double)l->r);
     cJSON_AddNumberToObject(c, "lora_alpha", l->alpha);
     cJSON_AddNumberToObject(c, "lora_dropout", l->dropout);
@@ -52,7 +53,8 @@ int fdpo_lora_save_peft(const char *dir, const fdpo_gpt2 *m, const char *base_mo
     cJSON_AddBoolToObject(c, "init_lora_weights", 1);
     cJSON_AddBoolToObject(c, "use_rslora", 0);
     cJSON_AddBoolToObject(c, "use_dora", 0);
-    cJSON_AddNullToObject(c, "modules_to_save");
+    if (l->score_tensor >= 0) cJSON_AddItemToArray(cJSON_AddArrayToObject(c, "modules_to_save"), cJSON_CreateString("score"));
+    else cJSON_AddNullToObject(c, "modules_to_save");
     cJSON_AddNullToObject(c, "layers_to_transform");
     cJSON_AddNullToObject(c, "revision");
     char *cfg_path = fdpo_path_join(dir, "adapter_config.json");
@@ -128,7 +130,18 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
         }
     }
     const cJSON *mts = cJSON_GetObjectItemCaseSensitive(j, "modules_to_save");
-    if (mts && !cJSON_IsNull(mts)) { fdpo_error("%s: modules_to_save is not supported", path); goto done; }
+    if (mts && !cJSON_IsNull(mts)) {
+        /* ["score"] on a reward model: its score head, trained in full (fdpo rm --lora-r) */
+        const int score_only = cJSON_IsArray(mts) && cJSON_GetArraySize(mts) == 1 && cJSON_IsString(cJSON_GetArrayItem(mts, 0)) &&
+                               !strcmp(cJSON_GetArrayItem(mts, 0)->valuestring, "score");
+        if (!score_only || !m->config.num_labels) {
+            fdpo_error("%s: modules_to_save is not supported (only [\"score\"], the score head of a reward model)", path);
+            goto done;
+        }
+    } else if (m->config.num_labels) {
+        fdpo_error("%s: a LoRA adapter of a reward model must train its score head (modules_to_save [\"score\"])", path);
+        goto done;
+    }
     if (fifo && cJSON_IsBool(fifo) && cJSON_IsTrue(fifo) != (m->config.arch == FDPO_ARCH_GPT2)) {
         fdpo_error("%s: fan_in_fan_out %s does not fit this %s model", path, cJSON_IsTrue(fifo) ? "true" : "false",
                    m->config.arch == FDPO_ARCH_GPT2 ? "gpt2 (Conv1D, true)" : "llama (nn.Linear, false)");
@@ -188,6 +201,34 @@ done:
     return rc;
 }
 
+/* DIR's adapter_config.json saves the score head (modules_to_save ["score"]) */
+static int wants_score_head(const char *dir) {
+    char *path = fdpo_path_join(dir, "adapter_config.json");
+    cJSON *j = read_config(path);
+    free(path);
+    const cJSON *mts = j ? cJSON_GetObjectItemCaseSensitive(j, "modules_to_save") : NULL;
+    int score = 0;
+    const cJSON *x;
+    if (cJSON_IsArray(mts)) cJSON_ArrayForEach(x, mts) score |= cJSON_IsString(x) && !strcmp(x->valuestring, "score");
+    cJSON_Delete(j);
+    fdpo_clear_error();
+    return score;
+}
+
+fdpo_gpt2 *fdpo_lora_load_onto(const char *dir, fdpo_gpt2 *m) {
+    if (m->config.num_labels == 0 && wants_score_head(dir)) {
+        /* a LoRA reward model on a language model (fdpo rm --lora-r): the base gets a score
+         * head (pad = the tokenizer's end of text, as fdpo rm pools) that the adapter fills */
+        fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(dir);
+        fdpo_gpt2 *rm = tok ? fdpo_gpt2_reward_model_from_lm(m, 0.0, 0, fdpo_tokenizer_eot(tok)) : NULL;
+        if (tok) fdpo_tokenizer_free(tok);
+        fdpo_gpt2_free(m);
+        if (!(m = rm)) { fdpo_error_context("%s: a LoRA reward model", dir); return NULL; }
+    }
+    if (fdpo_lora_load_peft(dir, m)) { fdpo_gpt2_free(m); return NULL; }
+    return m;
+}
+
 fdpo_gpt2 *fdpo_lora_load_checkpoint(const char *dir) {
     char *base = fdpo_lora_peft_base(dir);
     fdpo_gpt2 *m = NULL;
@@ -202,7 +243,7 @@ fdpo_gpt2 *fdpo_lora_load_checkpoint(const char *dir) {
         goto done;
     }
     if (!(m = fdpo_checkpoint_load_model(base))) { fdpo_error_context("%s: base_model_name_or_path %s", dir, base); goto done; }
-    if (fdpo_lora_load_peft(dir, m)) { fdpo_gpt2_free(m); m = NULL; goto done; }
+    if (!(m = fdpo_lora_load_onto(dir, m))) goto done;
     m->lora->base_model = base;
     base = NULL;
 done:

@@ -515,7 +515,6 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
     }
     fdpo_gpt2_acts *a = m->acts;
     if (!a || !a->has_forward) return fdpo_error("gpt2 backward: no forward pass to differentiate");
-    if (d_lnf && fdpo_lora_frozen(m)) return fdpo_error("gpt2 backward: LoRA adapters on a reward model are not supported");
     if (!m->grads_memory && !fdpo_lora_frozen(m)) fdpo_gpt2_zero_grad(m);
     const fdpo_gpt2_config *c = &m->config;
     size_t N = a->n_tokens, B = a->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;

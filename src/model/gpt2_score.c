@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/gpt2.h"
+#include "fdpo/lora.h"
 #include "model/gpt2_internal.h"
 #include "model/llama_internal.h"
 
@@ -17,7 +18,11 @@ static float *score_in(fdpo_gpt2 *m, float *memory) {
     return memory + m->tensors[0].offset + m->config.vocab_size * m->config.n_embd;
 }
 
-float *fdpo_gpt2_score_weight(fdpo_gpt2 *m) { return score_in(m, m->params_memory); }
+/* a LoRA reward model trains its score head in the adapters' table (fdpo_lora_score) */
+float *fdpo_gpt2_score_weight(fdpo_gpt2 *m) {
+    float *w = m->lora ? fdpo_lora_score(m->lora, 0) : NULL;
+    return w ? w : score_in(m, m->params_memory);
+}
 
 /* The packed batch of the last forward, whichever family ran it. */
 typedef struct { size_t n_seq, n_tokens; const size_t *seq_offset; const int32_t *tokens; } last_batch;
@@ -78,11 +83,13 @@ int fdpo_gpt2_score_backward(fdpo_gpt2 *m, const float *d_rewards) {
     if (!w) return fdpo_error("score backward: the model has no score head");
     const float *h = fdpo_gpt2_hidden(m);
     if (!h) return fdpo_error("score backward: no forward pass to differentiate");
-    if (!m->grads_memory) fdpo_gpt2_zero_grad(m);
+    if (!m->grads_memory && !fdpo_lora_frozen(m)) fdpo_gpt2_zero_grad(m);
     last_batch lb = batch_of(m);
     size_t C = m->config.n_embd;
     float *dh = fdpo_malloc(lb.n_tokens * C * sizeof(float));
-    score_backward(dh, score_in(m, m->grads_memory), d_rewards, h, w, &lb, m->config.pad_token_id, C);
+    float *dw = m->lora ? fdpo_lora_score(m->lora, 1) : score_in(m, m->grads_memory);
+    if (!dw) { free(dh); return fdpo_error("score backward: LoRA adapters on a reward model without its score head"); }
+    score_backward(dh, dw, d_rewards, h, w, &lb, m->config.pad_token_id, C);
     int rc = fdpo_gpt2_backward_hidden(m, dh);
     free(dh);
     return rc;

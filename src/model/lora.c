@@ -90,7 +90,6 @@ int fdpo_lora_opts_check(const fdpo_lora_opts *o, const fdpo_gpt2 *m) {
     if (o->r > 65536) return fdpo_error("--lora-r: %ld is larger than any layer's width", o->r);
     if (!isfinite(o->alpha) || !(o->alpha > 0)) return fdpo_error("--lora-alpha: %g must be a number > 0", o->alpha);
     if (!(o->dropout >= 0 && o->dropout < 1)) return fdpo_error("--lora-dropout: %g must be in [0, 1)", o->dropout);
-    if (m->config.num_labels > 0) return fdpo_error("--lora-r: LoRA on a reward model (score head) is not supported");
     int selected[FDPO_LORA_N_SITES];
     return parse_targets(o->targets, m, selected);
 }
@@ -116,6 +115,7 @@ int fdpo_lora_attach(fdpo_gpt2 *m, const fdpo_lora_opts *o, uint64_t seed) {
     l->seed = seed;
     fdpo_gpt2 *v = &l->view;
     v->config = m->config;
+    l->score_tensor = -1;
     size_t L = m->config.n_layer, r = l->r, offset = 0;
     for (int s = 0; s < FDPO_LORA_N_SITES; s++) {
         l->site_tensor[s] = -1;
@@ -140,13 +140,28 @@ int fdpo_lora_attach(fdpo_gpt2 *m, const fdpo_lora_opts *o, uint64_t seed) {
             offset += t->numel;
         }
     }
+    const size_t n_adapter_tensors = v->n_tensors;
+    const float *score = m->config.num_labels ? fdpo_gpt2_score_weight(m) : NULL;   /* m->lora not set yet: m's own */
+    if (score) {   /* a reward model: the score head trains in full (PEFT's modules_to_save = ["score"]) */
+        fdpo_gpt2_tensor *t = &v->tensors[v->n_tensors];
+        l->score_tensor = (int)v->n_tensors++;
+        t->name = fdpo_strv_push(&l->names, "base_model.model.score.weight");
+        t->ndim = 2;
+        t->shape[0] = m->config.num_labels;
+        t->shape[1] = m->config.n_embd;
+        t->numel = m->config.num_labels * m->config.n_embd;
+        t->offset = offset;
+        t->decay = 1;
+        offset += t->numel;
+    }
     v->n_params = offset;
     v->params_memory = fdpo_calloc(offset ? offset : 1, sizeof(float));
     v->grads_memory = fdpo_calloc(offset ? offset : 1, sizeof(float));
+    if (score) memcpy(v->params_memory + v->tensors[l->score_tensor].offset, score, v->tensors[l->score_tensor].numel * sizeof(float));
     /* A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0 */
     fdpo_rng rng;
     fdpo_rng_seed(&rng, seed ^ 0x4c6f5241ull);
-    for (size_t ti = 0; ti < v->n_tensors; ti += 2) {
+    for (size_t ti = 0; ti < n_adapter_tensors; ti += 2) {
         const fdpo_gpt2_tensor *t = &v->tensors[ti];
         double bound = 1.0 / sqrt((double)t->shape[1]);
         float *a = v->params_memory + t->offset;
@@ -167,6 +182,11 @@ void fdpo_lora_detach(fdpo_gpt2 *m) {
     free(l->u); free(l->keep); free(l->du);
     free(l);
     m->lora = NULL;
+}
+
+float *fdpo_lora_score(fdpo_lora *l, int grad) {
+    if (!l || l->score_tensor < 0) return NULL;
+    return (grad ? l->view.grads_memory : l->view.params_memory) + l->view.tensors[l->score_tensor].offset;
 }
 
 void fdpo_lora_zero_grad(fdpo_lora *l) { memset(l->view.grads_memory, 0, l->view.n_params * sizeof(float)); }
@@ -212,6 +232,11 @@ void fdpo_lora_merge(fdpo_gpt2 *m) {
                     *w = (float)((double)*w + (double)l->scale * d);
                 }
         }
+    }
+    if (l->score_tensor >= 0) {   /* the trained score head goes back into the model */
+        m->lora = NULL;
+        memcpy(fdpo_gpt2_score_weight(m), fdpo_lora_score(l, 0), l->view.tensors[l->score_tensor].numel * sizeof(float));
+        m->lora = l;
     }
     fdpo_lora_detach(m);
 }

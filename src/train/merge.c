@@ -44,7 +44,7 @@ fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir) {
     fdpo_gpt2 *m = NULL;
     if (!base) { fdpo_error("--model: required (%s names no base_model_name_or_path)", adapter_dir); goto done; }
     if (!(m = fdpo_checkpoint_load_model(base))) { fdpo_error_context("--model %s", base); goto done; }
-    if (fdpo_lora_load_peft(adapter_dir, m)) { fdpo_error_context("--lora %s", adapter_dir); fdpo_gpt2_free(m); m = NULL; goto done; }
+    if (!(m = fdpo_lora_load_onto(adapter_dir, m))) { fdpo_error_context("--lora %s", adapter_dir); goto done; }
     fdpo_lora_merge(m);
     for (size_t k = 0; k < m->n_params; k++)
         if (!isfinite(m->params_memory[k])) {

@@ -9,6 +9,7 @@
 #include "fdpo/dist.h"
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 #include "fdpo/objectives.h"
 #include "fdpo/rm.h"
 
@@ -212,10 +213,8 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     fdpo_trainer tr;
     fdpo_pref_options popt = o->pref;
 
-    char *cfg_path = fdpo_path_join(to->resume ? to->out : to->init, "config.json");
-    fdpo_gpt2_config mcfg;
-    int crc = fdpo_config_load(cfg_path, &mcfg);
-    free(cfg_path);
+    fdpo_gpt2_config mcfg;   /* a LoRA checkpoint's shape is its base's */
+    int crc = fdpo_checkpoint_load_config(to->resume ? to->out : to->init, &mcfg);
     if (crc) { fdpo_error_context("--model %s", to->init); goto done; }
     if (popt.max_length == 0) popt.max_length = mcfg.n_positions;
     if (popt.max_length > mcfg.n_positions) {

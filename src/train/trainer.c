@@ -9,6 +9,7 @@
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
+#include "fdpo/rm.h"
 #include "fdpo/trainer.h"
 
 size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items) {
@@ -70,9 +71,10 @@ static char *absolute_path(const char *p) {
  * resume: OUT's). A --model that is itself a LoRA checkpoint is continued: its base is the
  * run's base and its adapters are the starting point (each round of fdpo online, each stage
  * of sacpo), so every checkpoint stays one PEFT adapter on the original base. */
-static fdpo_gpt2 *lora_model(const fdpo_train_opts *o, const char *kind) {
-    if (strcmp(kind, "sft") && strcmp(kind, "dpo") && strcmp(kind, "kto") && strcmp(kind, "rl") && strcmp(kind, "online-step"))
-        { fdpo_error("--lora-r: fdpo %s does not train LoRA adapters (sft, dpo, kto, online, rl and sacpo do)", kind); return NULL; }
+static fdpo_gpt2 *lora_model(const fdpo_train_opts *o, const char *kind, const fdpo_tokenizer *tok) {
+    if (strcmp(kind, "sft") && strcmp(kind, "dpo") && strcmp(kind, "kto") && strcmp(kind, "rl") && strcmp(kind, "online-step") &&
+        strcmp(kind, "rm"))
+        { fdpo_error("--lora-r: fdpo %s does not train LoRA adapters (sft, dpo, kto, rm, online, rl and sacpo do)", kind); return NULL; }
     const int from_adapter = o->init && fdpo_lora_is_checkpoint(o->init);
     char *saved_base = from_adapter ? fdpo_lora_peft_base(o->init) : o->resume && !o->init ? fdpo_lora_peft_base(o->out) : NULL;
     const char *base = from_adapter ? saved_base : o->init ? o->init : saved_base;
@@ -83,6 +85,13 @@ static fdpo_gpt2 *lora_model(const fdpo_train_opts *o, const char *kind) {
         goto done;
     }
     if (!(m = fdpo_checkpoint_load_model(base))) { fdpo_error_context("--model %s (the LoRA base)", base); goto done; }
+    if (!strcmp(kind, "rm") && m->config.num_labels == 0) {
+        /* fdpo rm on a language model: a fresh score head (as fdpo_rm_train puts on one), then
+         * the adapters; the head trains in full beside them */
+        fdpo_gpt2 *rm = fdpo_gpt2_reward_model_from_lm(m, FDPO_RM_INIT_STD, (uint64_t)o->seed, fdpo_tokenizer_eot(tok));
+        fdpo_gpt2_free(m);
+        if (!(m = rm)) { fdpo_error_context("--model %s", base); goto done; }
+    }
     fdpo_lora_opts lo = {o->lora_r, o->lora_alpha, o->lora_dropout, o->lora_targets};
     const char *adapter = o->resume ? o->out : from_adapter ? o->init : NULL;
     if (adapter ? fdpo_lora_load_peft(adapter, m) : fdpo_lora_attach(m, &lo, (uint64_t)o->seed)) {
@@ -183,7 +192,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         else fdpo_settings_num(&now, x->key, x->num, x->fixed);
     }
     if (o->resume) {
-        tr->model = o->lora_r > 0 ? lora_model(o, kind) : fdpo_checkpoint_load_model(o->out);
+        tr->model = o->lora_r > 0 ? lora_model(o, kind, tok) : fdpo_checkpoint_load_model(o->out);
         if (!tr->model) { if (o->lora_r <= 0) fdpo_error_context("--resume %s", o->out); goto fail; }
         if (check_model_fits(tr, o->out)) goto fail;
         if (fdpo_adamw_init(&tr->opt, trained(tr)->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
@@ -213,7 +222,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
                                      "--overwrite to start over)", o->out); goto fail; }
         }
         if (o->lora_r > 0) {
-            if (!(tr->model = lora_model(o, kind))) goto fail;
+            if (!(tr->model = lora_model(o, kind, tok))) goto fail;
             if (check_model_fits(tr, o->init)) goto fail;
         } else if (o->init) {
             tr->model = fdpo_checkpoint_load_model(o->init);

@@ -296,3 +296,52 @@ def test_rl_lora_peak_memory_below_full_rl(tmp_path):
                          "--lora-targets", "c_attn,c_proj,c_fc"])
     print(f"peak RSS: full rl {full:.1f} MiB, LoRA rl {lora:.1f} MiB ({copy_mib:.1f} MiB per fp32 copy)")
     assert full - lora >= 2.5 * copy_mib, (full, lora, copy_mib)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_lora_reward_model(tmp_path, family):
+    """fdpo rm --lora-r on a language model: adapters + the score head trained in full (PEFT's
+    task_type SEQ_CLS, modules_to_save ["score"], key base_model.model.score.weight); the base
+    only read; resume bit-exact; rm:OUT scores as a float64 PyTorch LoRA with that score head
+    reads the final hidden state of the last token; fdpo merge --lora gives a reward model that
+    scores the same"""
+    from test_lora import pair_rows
+    base = make_base(tmp_path, family)
+    before = files_hash(base)
+    write_jsonl(tmp_path / "pairs.jsonl", pair_rows(16))
+    rm = lambda out, *x: fdpo("rm", "--model", base, "--data", tmp_path / "pairs.jsonl", "--out", out, "--steps", 4,
+                              "--batch-size", 4, "--lr", "2e-2", "--threads", 1, "--eval-fraction", 0, "--quiet",
+                              "--lora-r", 4, "--lora-alpha", 8, "--lora-dropout", 0.1, *x)
+    rm(tmp_path / "a")
+    assert files_hash(base) == before
+    a = tmp_path / "a"
+    cfg = json.load(open(a / "adapter_config.json"))
+    assert cfg["task_type"] == "SEQ_CLS" and cfg["modules_to_save"] == ["score"] and not (a / "model.safetensors").exists()
+    t = st.load(str(a / "adapter_model.safetensors"))[0]
+    C = json.load(open(base / "config.json")).get("n_embd") or json.load(open(base / "config.json"))["hidden_size"]
+    assert t["base_model.model.score.weight"].shape == (1, C)
+    assert all(".lora_" in k for k in t if k != "base_model.model.score.weight")
+    assert any(np.abs(v).max() > 0 for k, v in t.items() if ".lora_B." in k)
+    rm(tmp_path / "b", "--stop-at", 2)
+    fdpo("rm", "--out", tmp_path / "b", "--resume", "--model", base, "--data", tmp_path / "pairs.jsonl", "--quiet")
+    for f in ("adapter_model.safetensors", "training_state.safetensors"):
+        assert (a / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+    rows = [{"prompt": p, "completion": c} for p, c in zip(PROMPTS, [" yes good", " no bad", " fine day", " grim"])]
+    write_jsonl(tmp_path / "s.jsonl", rows)
+    got = [json.loads(l)["reward"] for l in fdpo("score", "--model", base, "--data", tmp_path / "s.jsonl",
+                                                  "--reward", f"rm:{a}", "--threads", 1).stdout.splitlines()]
+    ref = LoraRef(base, a)
+    score = torch.tensor(t["base_model.model.score.weight"], dtype=torch.float64)
+    head = "transformer.wte.weight" if family == "gpt2" else "lm_head.weight"
+    ref.base[head] = torch.cat([ref.base[head], score])   # logits[:, V] = hidden . score
+    V = json.load(open(base / "config.json"))["vocab_size"]
+    for row, g in zip(rows, got):
+        seq = list((row["prompt"] + row["completion"]).encode())
+        with torch.no_grad():
+            want = (ref.gpt2(seq) if family == "gpt2" else ref.llama(seq))[-1, V].item()
+        assert abs(g - want) <= 1e-5 * max(1.0, abs(want)), (g, want)
+    fdpo("merge", "--lora", a, "--out", tmp_path / "merged")
+    merged = [json.loads(l)["reward"] for l in fdpo("score", "--model", base, "--data", tmp_path / "s.jsonl", "--reward",
+                                                    f"rm:{tmp_path / 'merged'}", "--threads", 1).stdout.splitlines()]
+    assert np.allclose(merged, got, rtol=1e-5, atol=1e-6)
