@@ -144,6 +144,19 @@ def test_adapter_checkpoint_errors(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
     r = fdpo("generate", "--model", ad, "--data", tmp_path / "p.jsonl", check=False)
     assert r.returncode != 0 and "base_model_name_or_path" in r.stderr and "nowhere" in r.stderr
+    # an adapter whose base is itself an adapter directory: refused, naming the base to merge
+    good = write_adapter(tmp_path / "good", base, "gpt2")
+    chained = write_adapter(tmp_path / "chained", base, "gpt2")
+    cfg = json.load(open(chained / "adapter_config.json"))
+    cfg["base_model_name_or_path"] = str(good)
+    (chained / "adapter_config.json").write_text(json.dumps(cfg))
+    r = fdpo("generate", "--model", chained, "--data", tmp_path / "p.jsonl", check=False)
+    assert r.returncode != 0 and "is itself a LoRA adapter directory" in r.stderr and f"fdpo merge --lora {good}" in r.stderr
+    # continuing an adapter (--model ADAPTER --lora-r) with another rank or alpha
+    (tmp_path / "prompts.txt").write_text("a\nb\n")
+    r = fdpo("rl", "--model", good, "--data", tmp_path / "prompts.txt", "--reward", "length", "--out", tmp_path / "o",
+             "--steps", 1, "--lora-r", 8, "--lora-alpha", 8, check=False)
+    assert r.returncode != 0 and "--lora-r/--lora-alpha: 8/8 differ from the adapter of --model" in r.stderr and "r=4" in r.stderr
 
 
 # ---- LoRA on the loop commands ----
