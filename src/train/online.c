@@ -228,6 +228,12 @@ int fdpo_online_run(const fdpo_online_opts *o) {
             fdpo_log(FDPO_LOG_WARN, "round %ld: every prompt's %ld completions got the same reward: no pairs, the policy "
                      "carries over unchanged (raise --n or the sampling temperature)", k, o->n);
             fdpo_gpt2 *m = fdpo_checkpoint_load_model(prev);
+            if (m && !m->lora && o->dpo.train.lora_r > 0) {   /* LoRA from the base: a fresh adapter, as training would start */
+                const fdpo_train_opts *t = &o->dpo.train;
+                fdpo_lora_opts lo = {t->lora_r, t->lora_alpha, t->lora_dropout, t->lora_targets};
+                if (fdpo_lora_attach(m, &lo, (uint64_t)t->seed)) { fdpo_gpt2_free(m); m = NULL; }
+                else m->lora->base_model = realpath(prev, NULL);
+            }
             fdpo_tokenizer *tk = m ? fdpo_tokenizer_load_dir(prev) : NULL;
             rc = m && tk ? fdpo_checkpoint_save_all(partial, m, tk, NULL, NULL) : -1;
             if (tk) fdpo_tokenizer_free(tk);

@@ -291,6 +291,14 @@ def test_lora_sacpo_stages_are_adapters_on_the_base(tmp_path):
     r = fdpo("sacpo", "--model", base, "--reward-data", tmp_path / "reward.jsonl", "--safety-data", tmp_path / "safety.jsonl",
              "--beta", "0.2", "--out", s, "--lambda", "1,3", "--lora-r", 8, "--lora-alpha", 16, check=False)
     assert r.returncode != 0 and "holds a sacpo run with another" in r.stderr and "LoRA settings" in r.stderr
+    # online stages: every round and stage an adapter on the base, also a round without pairs
+    # (all completions of --max-new-tokens 8 have the same length: the policy carries over)
+    (tmp_path / "prompts.txt").write_text("p1:\np2:\n")
+    fdpo("sacpo", "--model", base, "--reward", "length", "--safety", "length:words", "--data", tmp_path / "prompts.txt",
+         "--rounds", 2, "--prompts-per-round", 2, "--n", 3, "--max-new-tokens", 8, "--lambda", 1, "--beta", 0.2,
+         "--out", tmp_path / "on", "--threads", 1, "--steps", 2, "--batch-size", 2, "--lora-r", 4, "--quiet")
+    for d in ("reward", "reward.online/round-0", "reward.online/round-1", "lambda-1", "lambda-1.online/round-1"):
+        assert json.load(open(tmp_path / "on" / d / "adapter_config.json"))["base_model_name_or_path"] == str(base.resolve()), d
 
 
 def test_rl_lora_peak_memory_below_full_rl(tmp_path):
