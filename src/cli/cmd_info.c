@@ -9,6 +9,7 @@
 #include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 #include "fdpo/tokenizer.h"
 
 /* "step" of training_state.json, or -1 when absent/unreadable */
@@ -91,6 +92,14 @@ int cmd_info(int argc, char **argv) {
             if (fdpo_tokenizer_bos(tok) >= 0) cJSON_AddNumberToObject(o, "bos_token_id", fdpo_tokenizer_bos(tok));
             cJSON_AddStringToObject(o, "chat_template", chat_name);
         }
+        if (m->lora) {   /* a LoRA checkpoint: its base + these adapters */
+            cJSON *lo = cJSON_AddObjectToObject(o, "lora");
+            cJSON_AddStringToObject(lo, "base_model_name_or_path", m->lora->base_model ? m->lora->base_model : "");
+            cJSON_AddNumberToObject(lo, "r", (double)m->lora->r);
+            cJSON_AddNumberToObject(lo, "lora_alpha", m->lora->alpha);
+            cJSON_AddStringToObject(lo, "target_modules", m->lora->targets);
+            cJSON_AddNumberToObject(lo, "parameters", (double)m->lora->view.n_params);
+        }
         cJSON_AddBoolToObject(o, "training_state", has_state);
         if (step >= 0) cJSON_AddNumberToObject(o, "step", (double)step);
         char *s = cJSON_PrintUnformatted(o);
@@ -115,6 +124,9 @@ int cmd_info(int argc, char **argv) {
             printf("tie_word_embeddings: %s\n", c->tie_word_embeddings ? "true" : "false");
         }
         printf("parameters: %zu (%.2fM)\n", m->n_params, (double)m->n_params / 1e6);
+        if (m->lora)
+            printf("lora: r=%zu alpha=%g on %s, %zu parameters, base %s\n", m->lora->r, m->lora->alpha, m->lora->targets,
+                   m->lora->view.n_params, m->lora->base_model ? m->lora->base_model : "?");
         if (tok) printf("tokenizer: %s (%zu tokens)\neos_token_id: %d\nchat_template: %s\n", tok_kind, tok_vocab,
                         fdpo_tokenizer_eot(tok), chat_name);
         else printf("tokenizer: none\n");

@@ -91,6 +91,8 @@ def test_adapter_checkpoint_decodes_as_its_merge(tmp_path, family):
     base = make_base(tmp_path, family)
     ad = write_adapter(tmp_path / "ad", base, family)
     merged = numpy_merge(base, ad, tmp_path / "merged", family)
+    info = json.loads(fdpo("info", "--json", ad).stdout)
+    assert info["lora"]["r"] == 4 and info["lora"]["base_model_name_or_path"] == str(base.resolve())
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in PROMPTS])
     got = generate(ad, tmp_path / "p.jsonl", tmp_path / "ad.jsonl")
     want = generate(merged, tmp_path / "p.jsonl", tmp_path / "m.jsonl")
