@@ -342,6 +342,8 @@ void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss) {
         fdpo_metrics_add(&tr->metrics, "dist/allreduce_seconds", tr->last_comm_seconds);
         fdpo_metrics_add(&tr->metrics, "dist/comm_fraction",
                          tr->last_step_seconds > 0 ? tr->last_comm_seconds / tr->last_step_seconds : 0);
+        if (tr->overlap)   /* --allreduce-overlap: the layers whose sum ran during backward */
+            fdpo_metrics_add(&tr->metrics, "dist/overlapped_layers", (double)fdpo_dist_overlap_last_overlapped(tr->overlap));
     }
 }
 
