@@ -232,6 +232,7 @@ def test_killed_rank_ends_the_job_and_keeps_the_checkpoint(work, tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode != 0
     assert time.time() - t0 < 30, "the job did not stop within seconds"
+    assert "rank 1" in err and "signal 9" in err, err   # the launcher names the killed rank
     step = json.load(open(out / "training_state.json"))["step"]
     assert step % 2 == 0 and step < 400
     r = fdpo("info", out)   # the checkpoint loads
@@ -501,9 +502,10 @@ def test_killed_rank_ends_the_new_commands(work, tmp_path, cmd):
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     t0 = time.time()
-    p.communicate(timeout=60)
+    _, err = p.communicate(timeout=60)
     assert p.returncode != 0
     assert time.time() - t0 < 30, "the job did not stop within seconds"
+    assert "rank 1" in err and "signal 9" in err, err   # the launcher names the killed rank
     if (out / "metrics.jsonl").exists():
         for line in open(out / "metrics.jsonl"):
             json.loads(line)
