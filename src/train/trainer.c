@@ -273,6 +273,13 @@ size_t fdpo_trainer_next_item(fdpo_trainer *tr) {
 }
 
 void fdpo_trainer_begin_step(fdpo_trainer *tr) {
+    if (tr->overlap && tr->model->on_layer_grads_ctx != tr) {
+        /* the command replaced the model after open (rm puts a score head on the language
+         * model): lay the groups out again over the model now trained, and hook its backward */
+        fdpo_dist_overlap_free(tr->overlap);
+        tr->overlap = NULL;
+        if (overlap_open(tr)) tr->overlap_failed = 1;   /* fdpo_trainer_step fails with the message */
+    }
     fdpo_gpt2_zero_grad(tr->model);
     if (tr->model->lora) fdpo_lora_begin_step(tr->model->lora, tr->state.step);   /* dropout on, masks keyed by the step */
     tr->t_step_start = fdpo_now();

@@ -450,6 +450,10 @@ def test_allreduce_overlap_gives_the_same_parameters(work, tmp_path):
         mpi(2, *args, "--out", tmp_path / f"{name}-overlap", "--allreduce-overlap")
         a, b = params(tmp_path / f"{name}-plain"), params(tmp_path / f"{name}-overlap")
         assert np.array_equal(a, b), (name, np.abs(a - b).max())
+        # and the sums really ran during backward: both layers' (rm: on the reward model that
+        # replaced the language model after the trainer opened; it used to sum blocking)
+        rows = [json.loads(l) for l in open(tmp_path / f"{name}-overlap" / "metrics.jsonl")]
+        assert rows and all(m["dist/overlapped_layers"] == 2 for m in rows if "loss" in m), (name, rows)
     three = ["pretrain", "--steps", 3, *PRETRAIN, work / "text.txt"]
     three[three.index("--grad-accum") + 1] = 6
     mpi(3, *three, "--out", tmp_path / "p3-plain")

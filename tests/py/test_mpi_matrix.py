@@ -1,7 +1,7 @@
 """Every command of the MPI issue under `mpirun -np 2`, beyond tests/py/test_mpi.py:
 
 - the training commands not covered there: sft with 2 ranks equals 1; Llama pretrain and dpo
-  with 2 ranks equal 1, with and without --allreduce-overlap (bit-identical with 2 ranks: every
+  (and rm) with 2 ranks equal 1, with and without --allreduce-overlap (bit-identical with 2 ranks: every
   element is a + b either way), and the overlap really runs during the Llama backward
   (dist/overlapped_layers = n_layer each step);
 - resume with another number of ranks than the run that saved: pretrain 1 -> 2, sft, dpo
@@ -88,7 +88,7 @@ def test_llama_pretrain_two_ranks_equal_one_and_overlap_runs_in_backward(work, t
     assert all("dist/overlapped_layers" not in m for m in metrics(tmp_path / "two"))
 
 
-def test_llama_dpo_two_ranks_equal_one_overlap_and_resume_with_one(work, tmp_path):
+def test_llama_dpo_and_rm_two_ranks_equal_one_overlap_and_resume_with_one(work, tmp_path):
     Llama(**LLAMA, seed=7).save_hf(str(tmp_path / "llama"))
     save_byte_tokenizer(str(tmp_path / "llama"))
 
@@ -108,6 +108,15 @@ def test_llama_dpo_two_ranks_equal_one_overlap_and_resume_with_one(work, tmp_pat
     assert state_step(tmp_path / "split") == 3
     fdpo(*args(tmp_path / "split", "--resume"))
     assert close(one, params(tmp_path / "split"))
+    # a Llama reward model: the hook runs in the trunk's backward below the score head
+    rm = ["rm", "--model", tmp_path / "llama", "--data", work / "pairs.jsonl", "--batch-size", 4, "--grad-accum", 4,
+          "--steps", 3, "--lr", "1e-3", "--threads", 1, "--quiet", "--eval-fraction", 0]
+    fdpo(*rm, "--out", tmp_path / "rm-one")
+    mpi(2, *rm, "--out", tmp_path / "rm-two")
+    mpi(2, *rm, "--out", tmp_path / "rm-overlap", "--allreduce-overlap")
+    one, two = params(tmp_path / "rm-one"), params(tmp_path / "rm-two")
+    assert close(one, two) and np.array_equal(two, params(tmp_path / "rm-overlap"))
+    assert all(m["dist/overlapped_layers"] == 2 for m in metrics(tmp_path / "rm-overlap") if "loss" in m)
 
 
 def kto_rows(n, seed):
