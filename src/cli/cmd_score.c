@@ -84,6 +84,19 @@ int cmd_score(int argc, char **argv) {
         if (!rc && !(md = fdpo_decoder_create(m, 1, max_len ? max_len : 1))) rc = -1;
         if (!rc && ref && !(rd = fdpo_decoder_create(ref, 1, max_len ? max_len : 1))) rc = -1;
     }
+    if (!rc && fdpo_dist_size() > 1) {   /* every rank must score the same lines with the same models */
+        uint64_t h = FDPO_HASH_INIT;
+        for (size_t i = 0; i < n; i++) {
+            h = fdpo_hash64(h, &plens[i], sizeof plens[i]);
+            h = fdpo_hash64(h, pids[i], plens[i] * sizeof(int32_t));
+            h = fdpo_hash64(h, &clens[i], sizeof clens[i]);
+            h = fdpo_hash64(h, cids[i], clens[i] * sizeof(int32_t));
+        }
+        h = fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
+        if (ref) h = fdpo_hash64(h, ref->params_memory, ref->n_params * sizeof(float));
+        if (reward_spec) h = fdpo_hash64(h, reward_spec, strlen(reward_spec) + 1);
+        rc = fdpo_dist_check_agree("the --data lines, --model, --ref or --reward", h);
+    }
     /* under MPI each rank scores (and rewards) its block of lines, the blocks are summed
      * (x + 0 is exact: the same numbers as one process) and rank 0 writes */
     enum { S_LOGP, S_ENTROPY, S_LOGP_REF, S_KL_TOK, S_N };

@@ -7,7 +7,8 @@
 - resume with another number of ranks than the run that saved: pretrain 1 -> 2, sft, dpo
   (Llama), rm, kto, rl, online --mode step and online rounds 2 -> 1, each compared with the
   uninterrupted single-process run;
-- score and pairs write the same bytes for 1, 2 and 3 ranks;
+- score and pairs write the same bytes for 1, 2 and 3 ranks; ranks of generate, eval or score
+  given different jobs (seed, prompts, reward) are refused;
 - faults: a rank of generate, eval or rm SIGKILLed mid-run ends the job within seconds, non-zero,
   with the launcher's message naming the killed rank; generate's and eval's earlier --out files
   are untouched (no half-written file replaces them); rm's last checkpoint loads and resumes.
@@ -209,6 +210,39 @@ def test_score_failing_on_one_rank_ends_every_rank_with_its_message(work, tmp_pa
     assert "[rank 1/2]" in r.stderr or "rank 1 of 2 failed" in r.stderr, r.stderr
     assert "crashed on prompt 6" in r.stderr, r.stderr
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def mpmd(args0, args1):
+    """one rank with each command line (mpirun's MPMD form)"""
+    cmd = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", FDPO, *map(str, args0), ":",
+           "-np", "1", FDPO, *map(str, args1)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_sampling_and_scoring_ranks_that_disagree_are_refused(work, tmp_path):
+    """generate and eval (through fdpo_generate_ranks) and score split one job over the ranks:
+    ranks given another --seed, other prompts or another --reward would each compute a block
+    of a different job. They are refused on every rank, naming what differs."""
+    gen = ["generate", "--model", work / "pol", "--data", work / "prompts.txt", "--n", 2, "--max-new-tokens", 4,
+           "--threads", 1, "--out", tmp_path / "g.jsonl"]
+    (tmp_path / "other.txt").write_text("".join(f"prompt {i}?\n" for i in range(7)))
+    ev = ["eval", "--model", work / "pol", "--ref", work / "pol", "--n", 2, "--max-new-tokens", 4, "--threads", 1]
+    write_jsonl(tmp_path / "c.jsonl", [{"prompt": f"prompt {i}:", "completion": " x"} for i in range(5)])
+    score = ["score", "--model", work / "pol", "--data", tmp_path / "c.jsonl", "--threads", 1]
+    cases = {"generate": (gen + ["--seed", 1], gen + ["--seed", 2], "the sampling flags, prompts or model"),
+             "eval": (ev + ["--data", work / "prompts.txt"], ev + ["--data", tmp_path / "other.txt"],
+                      "the sampling flags, prompts or model"),
+             "score": (score + ["--reward", "length"], score + ["--reward", "length:words"],
+                       "the --data lines, --model, --ref or --reward")}
+    for name, (a0, a1, what) in cases.items():
+        r = mpmd(a0, a1)
+        assert r.returncode != 0, name
+        assert f"{what} differs between ranks" in r.stderr, (name, r.stderr)
+    assert not (tmp_path / "g.jsonl").exists()
+    # --threads and --batch-size do not change the samples: ranks may differ there
+    r = mpmd(gen + ["--batch-size", 2], gen[:-4] + ["--threads", 2, "--out", tmp_path / "g.jsonl", "--batch-size", 3])
+    assert r.returncode == 0, r.stderr
+    assert len((tmp_path / "g.jsonl").read_text().splitlines()) == 14
 
 
 # ---- a rank killed mid-run: generate, eval, rm ----
