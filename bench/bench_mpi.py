@@ -30,6 +30,8 @@ comm_fraction, which is the step's wall time times its token rate).
     /usr/bin/python3 bench/bench_mpi.py --124m --steps 6
     /usr/bin/python3 bench/bench_mpi.py --124m --dpo --steps 6   # the issue's measurement
     /usr/bin/python3 bench/bench_mpi.py --no-overlap     # without the third side
+    /usr/bin/python3 bench/bench_mpi.py --llama          # the same shapes as --arch llama (GQA: n_head / 2
+                                                         # key/value heads), e.g. the Llama overlap hook
     /usr/bin/python3 bench/bench_mpi.py --json out.json
 
 The machine is shared (other engineers, a sanitizer run): medians of interleaved runs
@@ -58,13 +60,32 @@ SHAPES = {
 
 
 def n_params(s, vocab=257):
-    """GPT-2 parameter count (tied LM head): wte, wpe, per layer 12C^2 + 13C, final LN."""
+    """GPT-2 parameter count (tied LM head): wte, wpe, per layer 12C^2 + 13C, final LN.
+    --arch llama (tied head, no biases): embedding, per layer two RMSNorms, q/k/v/o and the
+    SwiGLU's three matrices, final RMSNorm."""
     C, L, P = s["n_embd"], s["n_layer"], s["n_positions"]
+    if s.get("arch") == "llama":
+        return vocab * C + L * (2 * C + llama_layer_matmul_params(s)) + C
     return vocab * C + P * C + L * (12 * C * C + 13 * C) + 2 * C
 
 
-def write_inputs(tmp, name):
+def llama_layer_matmul_params(s):
+    """q, k, v, o and gate, up, down of one Llama layer; the SwiGLU width is fdpo's default
+    (fdpo_train_opts_intermediate_size: 8/3 C rounded up to a multiple of 32)"""
+    C, KD = s["n_embd"], s["n_embd"] // s["n_head"] * s["n_kv_head"]
+    F = (8 * C + 3 * 32 - 1) // (3 * 32) * 32   # ceil(8 C / 3 / 32) * 32
+    return C * (C + 2 * KD) + C * C + 3 * C * F
+
+
+def shapes_of(name, llama):
     shapes, B, A = SHAPES[name]
+    if llama:
+        shapes = dict(shapes, arch="llama", n_kv_head=shapes["n_head"] // 2)
+    return shapes, B, A
+
+
+def write_inputs(tmp, name, llama=False):
+    shapes, B, A = shapes_of(name, llama)
     cfg = os.path.join(tmp, f"{name}.ini")
     with open(cfg, "w") as f:
         f.write(f"[model]\n")
@@ -135,9 +156,11 @@ NETWORKS = {10: 30e-6, 100: 3e-6}
 NODES = [2, 4, 8, 16, 32, 64]
 
 
-def flops_per_token(n_layer, n_embd, vocab, seq):
-    """forward + backward: 6 x (matmul weights incl. the LM head) + 12 L T C for attention (Kaplan et al.)"""
-    return 6 * (12 * n_layer * n_embd ** 2 + vocab * n_embd) + 12 * n_layer * seq * n_embd
+def flops_per_token(n_layer, n_embd, vocab, seq, layer_matmul_params=None):
+    """forward + backward: 6 x (matmul weights incl. the LM head) + 12 L T C for attention (Kaplan et al.);
+    a layer's matmul weights are GPT-2's 12 C^2 unless given"""
+    per_layer = 12 * n_embd ** 2 if layer_matmul_params is None else layer_matmul_params
+    return 6 * (n_layer * per_layer + vocab * n_embd) + 12 * n_layer * seq * n_embd
 
 
 def ring_allreduce_seconds(nodes, grad_bytes, gbit, alpha):
@@ -196,7 +219,8 @@ def derive(res):
     # one node (this 2-core box) computes a step in the faster configuration's compute time
     compute = min(one["median"], two["median"] - res["allreduce_seconds"]["median"])
     res["node_seconds_per_flop"] = compute / (res["global_tokens_per_step"] * flops_per_token(
-        c["n_layer"], c["n_embd"], res["vocab"], c["n_positions"]))
+        c["n_layer"], c["n_embd"], res["vocab"], c["n_positions"],
+        llama_layer_matmul_params(c) if c.get("arch") == "llama" else None))
     res["copy_bytes_per_second"] = copy_bandwidth(res["gradient_bytes"])
     # the model for 2 ranks over shared memory: 2(N-1)/N * bytes / copy bandwidth, N = 2
     res["model_allreduce_seconds"] = res["gradient_bytes"] / res["copy_bytes_per_second"]
@@ -227,6 +251,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6, help="timed steps per configuration (>= 5)")
     ap.add_argument("--steps-per-run", type=int, default=3, help="timed steps per run (plus 1 warm-up)")
     ap.add_argument("--dpo", action="store_true", help="time fdpo dpo steps instead of pretrain steps")
+    ap.add_argument("--llama", action="store_true", help="the same shapes as a Llama (--arch llama, n_head / 2 key/value heads)")
     ap.add_argument("--no-overlap", action="store_true", help="leave out the --allreduce-overlap side")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--project", metavar="JSON", help="print the N-node projection table from a saved --json result and exit")
@@ -247,7 +272,7 @@ def main():
     t_start = time.time()
     tmp = tempfile.mkdtemp(prefix="bench_mpi_")
     try:
-        cfg, text, global_tokens = write_inputs(tmp, a.shape)
+        cfg, text, global_tokens = write_inputs(tmp, a.shape, a.llama)
         dpo = write_dpo_inputs(tmp, cfg, text) if a.dpo else None
         sides = {"1 rank x 2 threads": (1, 2, False), "2 ranks x 1 thread": (2, 1, False)}
         if not a.no_overlap:
@@ -268,17 +293,18 @@ def main():
         times = {k: [global_tokens / m["tokens_per_sec"] for m in v] for k, v in rows_of.items()}
         comm = {k: [m["dist/allreduce_seconds"] for m in v] for k, v in rows_of.items() if sides[k][0] > 1}
         frac = {k: [m["dist/comm_fraction"] for m in v] for k, v in rows_of.items() if sides[k][0] > 1}
-        pure = allreduce_alone(n_params(SHAPES[a.shape][0]), 7)
+        overlapped = [m["dist/overlapped_layers"] for m in rows_of.get("2 ranks x 1 thread, overlap", [])]
+        pure = allreduce_alone(n_params(shapes_of(a.shape, a.llama)[0]), 7)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    shapes = SHAPES[a.shape][0]
+    shapes = shapes_of(a.shape, a.llama)[0]
     res = dict(shape=a.shape, command="dpo" if a.dpo else "pretrain", config=shapes, batch_size=SHAPES[a.shape][1], grad_accum=SHAPES[a.shape][2],
                vocab=257, global_tokens_per_step=global_tokens, n_params=n_params(shapes),
                gradient_bytes=4 * n_params(shapes),
                sides={k: stats(v) for k, v in times.items()},
                allreduce_seconds=stats(comm["2 ranks x 1 thread"]), comm_fraction=stats(frac["2 ranks x 1 thread"]),
                collectives={k: dict(seconds=stats(comm[k]), share=stats(frac[k])) for k in comm},
-               allreduce_alone_seconds=stats(pure),
+               allreduce_alone_seconds=stats(pure), overlapped_layers=overlapped,
                load_average=os.getloadavg(), wall_seconds=time.time() - t_start)
     derive(res)
     one, two = res["sides"]["1 rank x 2 threads"], res["sides"]["2 ranks x 1 thread"]
@@ -290,7 +316,8 @@ def main():
     ov = res["sides"].get("2 ranks x 1 thread, overlap")
     if ov:
         print(f"  overlap / no overlap, 2 ranks (median step): {ov['median'] / two['median']:.3f} "
-              f"(< 1: --allreduce-overlap pays on this machine)")
+              f"(< 1: --allreduce-overlap pays on this machine); layers summed during backward: "
+              f"{min(overlapped)}-{max(overlapped)} of {shapes['n_layer']}")
     for k, c in res["collectives"].items():
         print(f"  collectives per step, {k}: median {c['seconds']['median']:.4f} s, share {c['share']['median']:.3f}")
     print(f"  collectives per step (2 ranks): median {res['allreduce_seconds']['median']:.4f} s, "

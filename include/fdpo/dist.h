@@ -55,6 +55,9 @@ fdpo_dist_overlap *fdpo_dist_overlap_create(size_t n, size_t n_groups);
 int fdpo_dist_overlap_group(fdpo_dist_overlap *o, size_t group, size_t n_slices, const size_t *offset, const size_t *len);
 int fdpo_dist_overlap_start(fdpo_dist_overlap *o, float *grads, size_t group);
 int fdpo_dist_overlap_finish(fdpo_dist_overlap *o, float *grads);
+/* How many groups the last _finish found already started during backward (the rest were
+ * summed there, blocking): n_groups when the model's backward calls the per-layer hook. */
+size_t fdpo_dist_overlap_last_overlapped(const fdpo_dist_overlap *o);
 void fdpo_dist_overlap_free(fdpo_dist_overlap *o);
 /* The step loops mark the backward of their last micro-batch on this rank: only then are a
  * layer's gradients final for the step (earlier backwards still add to them). */

@@ -109,9 +109,10 @@ typedef struct {
     struct fdpo_llama_state *llama;                  /* Llama family: tensor roles, activations */
     fdpo_precision precision;                        /* from fdpo_get_precision() at create */
     uint16_t *params_bf16;                           /* bf16 copy of params (bf16 only) */
-    /* When set, called by the GPT-2 backward as soon as layer l's parameter gradients are
-     * complete for this backward (l = L-1 down to 0): the data-parallel trainer starts
-     * summing them over the ranks while the layers below are computed (src/train/trainer.c). */
+    /* When set, called by the GPT-2 and Llama backwards as soon as layer l's parameter
+     * gradients are complete for this backward (l = L-1 down to 0): the data-parallel
+     * trainer starts summing them over the ranks while the layers below are computed
+     * (src/train/trainer.c). */
     void (*on_layer_grads)(void *ctx, size_t layer);
     void *on_layer_grads_ctx;
     struct fdpo_lora *lora;                          /* LoRA adapters (fdpo/lora.h), NULL = none */

@@ -233,7 +233,8 @@ int fdpo_trainer_want_log(const fdpo_trainer *tr);        /* log_every divides s
 int fdpo_trainer_want_eval(const fdpo_trainer *tr);       /* eval_every divides step, or last step */
 /* Standard metrics of the step just taken: step, epoch, loss, learning_rate, grad_norm,
  * tokens_per_sec, and with more than one rank dist/allreduce_seconds and dist/comm_fraction
- * (share of the step's wall time spent in collectives); the caller adds its own keys then calls fdpo_metrics_end. */
+ * (share of the step's wall time spent in collectives), with --allreduce-overlap also
+ * dist/overlapped_layers; the caller adds its own keys then calls fdpo_metrics_end. */
 void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss);
 /* Ask every running trainer to save and stop after its current step (async-signal-safe:
  * only sets a flag; the CLI calls it from its SIGINT/SIGTERM handler). fdpo_trainer_maybe_save

@@ -138,6 +138,11 @@ int cmd_eval(int argc, char **argv) {
         if (fdpo_pref_load(pairs_path, ref_tok, &po, &pairs)) rc = fdpo_error_context("--pairs");
         else { have_pairs = 1; c.pairs = &pairs; }
     }
+    /* --samples-out appears whole or not at all: a run that fails or is killed midway leaves
+     * the previous file in place (under MPI rank 0 writes) */
+    fdpo_atomic_file samples_af = {0};
+    if (!rc && samples_path && fdpo_dist_is_root() && fdpo_atomic_open(&samples_af, samples_path))
+        rc = fdpo_error_context("--samples-out");
     for (size_t p = 0; p < n_pol && !rc; p++) {
         fdpo_gpt2 *pm = NULL;
         fdpo_tokenizer *pt = NULL;
@@ -147,20 +152,16 @@ int cmd_eval(int argc, char **argv) {
             rc = fdpo_error("--model %s: its tokenizer differs from --ref's (%zu vs %zu tokens)", policies[p],
                             fdpo_tokenizer_vocab_size(pt), fdpo_tokenizer_vocab_size(ref_tok));
         if (!rc) {
-            FILE *samples_f = NULL;
-            if (samples_path && fdpo_dist_is_root()) {   /* under MPI rank 0 writes */
-                samples_f = fopen(samples_path, p == 0 ? "w" : "a");
-                if (!samples_f) rc = fdpo_error("--samples-out %s: cannot open for writing", samples_path);
-            }
-            if (!rc) {
-                fdpo_log(FDPO_LOG_INFO, "%s (%zu prompts x %ld samples)", policies[p], n_prompts, sf.n);
-                cols[p] = fdpo_evaluate(pm, ref, pt, prompts, ids, lens, n_prompts, &c, samples_f, policies[p]);
-                if (!cols[p]) rc = fdpo_error_context("--model %s", policies[p]);
-            }
-            if (samples_f) fclose(samples_f);
+            fdpo_log(FDPO_LOG_INFO, "%s (%zu prompts x %ld samples)", policies[p], n_prompts, sf.n);
+            cols[p] = fdpo_evaluate(pm, ref, pt, prompts, ids, lens, n_prompts, &c, samples_af.f, policies[p]);
+            if (!cols[p]) rc = fdpo_error_context("--model %s", policies[p]);
         }
         fdpo_tokenizer_free(pt);
         fdpo_gpt2_free(pm);
+    }
+    if (samples_af.f) {
+        if (!rc) { if (fdpo_atomic_commit(&samples_af)) rc = fdpo_error_context("--samples-out"); }
+        else fdpo_atomic_abort(&samples_af);
     }
     if (!rc) {
         cJSON *root = cJSON_CreateObject(), *cfg = cJSON_AddObjectToObject(root, "config");

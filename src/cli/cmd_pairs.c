@@ -7,6 +7,7 @@
 #include "cli/eval_common.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
 #include "fdpo/eval.h"
 #include "fdpo/pairs.h"
 
@@ -59,6 +60,11 @@ int cmd_pairs(int argc, char **argv) {
     if (fdpo_make_pairs(recs, n, &pc, &pairs, &np, &skipped)) {
         fdpo_sample_recs_free(recs, n);
         return fdpo_error_context("%s", samples);
+    }
+    if (!fdpo_dist_is_root()) {   /* under MPI every rank computes the same pairs; rank 0 writes them */
+        free(pairs);
+        fdpo_sample_recs_free(recs, n);
+        return 0;
     }
     fdpo_atomic_file af;
     if (fdpo_atomic_open(&af, out)) { free(pairs); fdpo_sample_recs_free(recs, n); return -1; }

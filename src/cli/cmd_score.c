@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "cli/eval_common.h"
 #include "cli/flags.h"
+#include "fdpo/dist.h"
 #include "fdpo/eval.h"
 
 static void put(cJSON *o, const char *k, double v) {
@@ -83,22 +84,53 @@ int cmd_score(int argc, char **argv) {
         if (!rc && !(md = fdpo_decoder_create(m, 1, max_len ? max_len : 1))) rc = -1;
         if (!rc && ref && !(rd = fdpo_decoder_create(ref, 1, max_len ? max_len : 1))) rc = -1;
     }
+    if (!rc && fdpo_dist_size() > 1) {   /* every rank must score the same lines with the same models */
+        uint64_t h = FDPO_HASH_INIT;
+        for (size_t i = 0; i < n; i++) {
+            h = fdpo_hash64(h, &plens[i], sizeof plens[i]);
+            h = fdpo_hash64(h, pids[i], plens[i] * sizeof(int32_t));
+            h = fdpo_hash64(h, &clens[i], sizeof clens[i]);
+            h = fdpo_hash64(h, cids[i], clens[i] * sizeof(int32_t));
+        }
+        h = fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
+        if (ref) h = fdpo_hash64(h, ref->params_memory, ref->n_params * sizeof(float));
+        if (reward_spec) h = fdpo_hash64(h, reward_spec, strlen(reward_spec) + 1);
+        rc = fdpo_dist_check_agree("the --data lines, --model, --ref or --reward", h);
+    }
+    /* under MPI each rank scores (and rewards) its block of lines, the blocks are summed
+     * (x + 0 is exact: the same numbers as one process) and rank 0 writes */
+    enum { S_LOGP, S_ENTROPY, S_LOGP_REF, S_KL_TOK, S_N };
+    double *sc = rc ? NULL : fdpo_calloc(n ? n * S_N : 1, sizeof *sc);
+    size_t mine_begin = 0, mine_end = n;
+    fdpo_dist_shard(n, &mine_begin, &mine_end);
     if (!rc && reward) {
-        rw = fdpo_calloc(n, sizeof *rw);
-        rc = fdpo_reward_score(reward, n, prompts, comps, ntok, rw);
+        rw = fdpo_calloc(n ? n : 1, sizeof *rw);
+        size_t b = mine_begin, k = mine_end - mine_begin;
+        if (k) rc = fdpo_reward_score(reward, k, prompts + b, comps + b, ntok + b, rw + b);
+    }
+    for (size_t i = mine_begin; i < mine_end && !rc; i++) {
+        fdpo_seq_score s = {0};
+        if (fdpo_score_sequence(md, rd, pids[i], plens[i], cids[i], clens[i], NULL, 0, &s))
+            rc = fdpo_error_context("--data: line %zu", i + 1);
+        sc[i * S_N + S_LOGP] = s.logp;
+        sc[i * S_N + S_ENTROPY] = s.entropy_sum;
+        sc[i * S_N + S_LOGP_REF] = s.logp_ref;
+        sc[i * S_N + S_KL_TOK] = s.kl_tok;
+    }
+    if (fdpo_dist_size() > 1 && sc) {   /* every rank reaches this, failed or not */
+        rc = fdpo_dist_all_ok(rc);
+        if (!rc) rc = fdpo_dist_sum_f64(sc, n * S_N);
+        if (!rc && rw) rc = fdpo_dist_sum_f64(rw, n);
     }
     fdpo_atomic_file af = {0};
-    FILE *f = stdout;
-    if (!rc && strcmp(out_path, "-")) {
+    FILE *f = fdpo_dist_is_root() ? stdout : NULL;
+    if (!rc && f && strcmp(out_path, "-")) {
         if (fdpo_atomic_open(&af, out_path)) rc = fdpo_error_context("--out");
         else f = af.f;
     }
-    for (size_t i = 0; i < n && !rc; i++) {
-        fdpo_seq_score s = {0};
-        if (fdpo_score_sequence(md, rd, pids[i], plens[i], cids[i], clens[i], NULL, 0, &s)) {
-            rc = fdpo_error_context("--data: line %zu", i + 1);
-            break;
-        }
+    for (size_t i = 0; i < n && !rc && f; i++) {
+        fdpo_seq_score s = {.logp = sc[i * S_N + S_LOGP], .entropy_sum = sc[i * S_N + S_ENTROPY],
+                            .logp_ref = sc[i * S_N + S_LOGP_REF], .kl_tok = sc[i * S_N + S_KL_TOK]};
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "prompt", prompts[i]);
         cJSON_AddStringToObject(o, "completion", comps[i]);
@@ -117,10 +149,11 @@ int cmd_score(int argc, char **argv) {
         free(line);
         cJSON_Delete(o);
     }
-    if (f != stdout) {
+    if (af.f) {
         if (!rc) { if (fdpo_atomic_commit(&af)) rc = fdpo_error_context("--out"); }
         else fdpo_atomic_abort(&af);
     }
+    free(sc);
     fdpo_decoder_free(md); fdpo_decoder_free(rd);
     if (cids) for (size_t i = 0; i < n; i++) free(cids[i]);
     free(cids); free(clens); free(ntok); free(rw);

@@ -230,6 +230,7 @@ struct fdpo_dist_overlap {
     size_t n_rest;
     int rest_built;
     int *started;            /* this step */
+    size_t last_overlapped;  /* groups the last finished step had started during backward */
 #ifdef FDPO_HAVE_MPI
     MPI_Request *req;        /* one per slice of every group, in group order */
     size_t n_req;
@@ -332,6 +333,8 @@ int fdpo_dist_overlap_start(fdpo_dist_overlap *o, float *grads, size_t group) {
 int fdpo_dist_overlap_finish(fdpo_dist_overlap *o, float *grads) {
     g_overlap_armed = 0;
     if (!o->rest_built && build_rest(o)) return -1;
+    o->last_overlapped = 0;
+    for (size_t g = 0; g < o->n_groups; g++) o->last_overlapped += o->started[g] != 0;
     int rc = 0;
 #ifdef FDPO_HAVE_MPI
     if (g_size > 1) {
@@ -356,6 +359,8 @@ int fdpo_dist_overlap_finish(fdpo_dist_overlap *o, float *grads) {
     memset(o->started, 0, (o->n_groups ? o->n_groups : 1) * sizeof *o->started);
     return rc;
 }
+
+size_t fdpo_dist_overlap_last_overlapped(const fdpo_dist_overlap *o) { return o ? o->last_overlapped : 0; }
 
 void fdpo_dist_overlap_free(fdpo_dist_overlap *o) {
     if (!o) return;

@@ -126,6 +126,21 @@ int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t e
     if (fdpo_dist_size() == 1)
         return fdpo_generate_eot(m, tok, eot, c, prompt_ids, prompt_lens, n_prompts, n_samples, out);
     *out = NULL;
+    /* every rank must sample the same job (each generates a block of it): the settings that
+     * change samples, the prompts and the weights (--batch-size and --threads may differ) */
+    uint64_t h = FDPO_HASH_INIT;
+    const double real[2] = {c->temperature, c->top_p};
+    const uint64_t whole[5] = {c->top_k, c->max_new_tokens, c->seed, c->first_prompt, n_samples};
+    h = fdpo_hash64(h, real, sizeof real);
+    h = fdpo_hash64(h, whole, sizeof whole);
+    h = fdpo_hash64(h, &eot, sizeof eot);
+    if (c->stop) h = fdpo_hash64(h, c->stop, strlen(c->stop) + 1);
+    for (size_t i = 0; i < n_prompts; i++) {
+        h = fdpo_hash64(h, &prompt_lens[i], sizeof prompt_lens[i]);
+        h = fdpo_hash64(h, prompt_ids[i], prompt_lens[i] * sizeof(int32_t));
+    }
+    h = fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
+    if (fdpo_dist_check_agree("the sampling flags, prompts or model", h)) return -1;
     size_t b, e;
     fdpo_dist_shard(n_prompts, &b, &e);
     fdpo_sample_config mine_c = *c;

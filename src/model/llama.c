@@ -476,6 +476,7 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         fdpo_lora_backward(m, FDPO_LORA_V, l, a->d_ln, a->d_v, ln1, N);
         fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN1, C), a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
                          a->ln1_rstd + l * N, N, C);
+        if (m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, l);   /* layer l is final (--allreduce-overlap) */
     }
 #undef GB
     if (G) fdpo_llama_embed_backward(tensor(m, G, LR_EMBED), a->d_residual, a->tokens, N, C);

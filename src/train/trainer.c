@@ -296,6 +296,13 @@ size_t fdpo_trainer_next_item(fdpo_trainer *tr) {
 }
 
 void fdpo_trainer_begin_step(fdpo_trainer *tr) {
+    if (tr->overlap && tr->model->on_layer_grads_ctx != tr) {
+        /* the command replaced the model after open (rm puts a score head on the language
+         * model): lay the groups out again over the model now trained, and hook its backward */
+        fdpo_dist_overlap_free(tr->overlap);
+        tr->overlap = NULL;
+        if (overlap_open(tr)) tr->overlap_failed = 1;   /* fdpo_trainer_step fails with the message */
+    }
     fdpo_gpt2_zero_grad(tr->model);
     if (tr->model->lora) fdpo_lora_begin_step(tr->model->lora, tr->state.step);   /* dropout on, masks keyed by the step */
     tr->t_step_start = fdpo_now();
@@ -365,6 +372,8 @@ void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss) {
         fdpo_metrics_add(&tr->metrics, "dist/allreduce_seconds", tr->last_comm_seconds);
         fdpo_metrics_add(&tr->metrics, "dist/comm_fraction",
                          tr->last_step_seconds > 0 ? tr->last_comm_seconds / tr->last_step_seconds : 0);
+        if (tr->overlap)   /* --allreduce-overlap: the layers whose sum ran during backward */
+            fdpo_metrics_add(&tr->metrics, "dist/overlapped_layers", (double)fdpo_dist_overlap_last_overlapped(tr->overlap));
     }
 }
 

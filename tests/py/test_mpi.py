@@ -232,6 +232,7 @@ def test_killed_rank_ends_the_job_and_keeps_the_checkpoint(work, tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode != 0
     assert time.time() - t0 < 30, "the job did not stop within seconds"
+    assert "rank 1" in err and "signal 9" in err, err   # the launcher names the killed rank
     step = json.load(open(out / "training_state.json"))["step"]
     assert step % 2 == 0 and step < 400
     r = fdpo("info", out)   # the checkpoint loads
@@ -249,6 +250,18 @@ def test_sacpo_two_ranks_equal_one(work, tmp_path):
     # the second stage starts from the first's (already 2e-7 apart) and doubles the gap (measured 1.1e-6)
     for d in ("lambda-1", "lambda-2", "merge-1-2-w0.5"):
         assert close(params(tmp_path / "one" / d), params(tmp_path / "two" / d), tol=3e-6), d
+    # resume with another number of ranks: 2 ranks run the reward stage and lambda 1, then one
+    # process reruns with lambda 1,2 and the merge (only the new stages run)
+    i = args.index("--lambda")
+    split = args[:i] + ["--lambda", "1"] + args[i + 4:]   # without --merge
+    mpi(2, *split, "--out", tmp_path / "split")
+    assert not (tmp_path / "split" / "lambda-2").exists()
+    written = {d: (tmp_path / "split" / d / "model.safetensors").stat().st_mtime_ns for d in ("reward", "lambda-1")}
+    fdpo(*args, "--out", tmp_path / "split")
+    for d, t in written.items():   # the completed stages are not run again
+        assert (tmp_path / "split" / d / "model.safetensors").stat().st_mtime_ns == t, d
+    for d in ("reward", "lambda-1", "lambda-2", "merge-1-2-w0.5"):
+        assert close(params(tmp_path / "one" / d), params(tmp_path / "split" / d), tol=3e-6), d
 
 
 # ---- sampling split by prompt: generate, eval, online, rl ----
@@ -449,6 +462,10 @@ def test_allreduce_overlap_gives_the_same_parameters(work, tmp_path):
         mpi(2, *args, "--out", tmp_path / f"{name}-overlap", "--allreduce-overlap")
         a, b = params(tmp_path / f"{name}-plain"), params(tmp_path / f"{name}-overlap")
         assert np.array_equal(a, b), (name, np.abs(a - b).max())
+        # and the sums really ran during backward: both layers' (rm: on the reward model that
+        # replaced the language model after the trainer opened; it used to sum blocking)
+        rows = [json.loads(l) for l in open(tmp_path / f"{name}-overlap" / "metrics.jsonl")]
+        assert rows and all(m["dist/overlapped_layers"] == 2 for m in rows if "loss" in m), (name, rows)
     three = ["pretrain", "--steps", 3, *PRETRAIN, work / "text.txt"]
     three[three.index("--grad-accum") + 1] = 6
     mpi(3, *three, "--out", tmp_path / "p3-plain")
@@ -501,9 +518,10 @@ def test_killed_rank_ends_the_new_commands(work, tmp_path, cmd):
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     t0 = time.time()
-    p.communicate(timeout=60)
+    _, err = p.communicate(timeout=60)
     assert p.returncode != 0
     assert time.time() - t0 < 30, "the job did not stop within seconds"
+    assert "rank 1" in err and "signal 9" in err, err   # the launcher names the killed rank
     if (out / "metrics.jsonl").exists():
         for line in open(out / "metrics.jsonl"):
             json.loads(line)
