@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "cli/omp_spin.h"
 #include "harness.h"
 
 /* one declaration + one table row per subcommand (keep alphabetical) */
@@ -53,6 +54,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
 };
 
 int main(int argc, char **argv) {
+    fdpo_omp_spin_reexec(argv); /* libgomp's spin before it sleeps: see cli/omp_spin.h */
     if (argc >= 2) {
         for (size_t i = 0; SUBS[i].name; i++) {
             if (!strcmp(argv[1], SUBS[i].name)) {
