@@ -31,6 +31,9 @@
  *       streaming one (attention_*_streaming, O(T)) and writes qkv, dout, branch, and each
  *       one's out / dqkv as safetensors; prints one JSON line with each kernel's CPU seconds
  *       (process CPU time: steadier than wall time on a shared machine).
+ *   kernel-expf
+ *       reads floats from stdin (C99 hex "%a" or decimal, inf/nan), writes fdpo_k_expf of
+ *       each, one "%a" per line (the tests compare with numpy's float64 exp).
  */
 #include <cJSON.h>
 #include <stdio.h>
@@ -454,8 +457,20 @@ static int h_attention_check(int argc, char **argv) {
     return rc;
 }
 
+static int h_kernel_expf(void) {
+    char word[128];
+    while (scanf("%127s", word) == 1) {
+        char *end;
+        float x = strtof(word, &end);
+        if (*end) return fdpo_error("kernel-expf: '%s' is not a float", word);
+        printf("%a\n", (double)fdpo_k_expf(x));
+    }
+    return 0;
+}
+
 int h_model(int argc, char **argv);
 int h_model(int argc, char **argv) {
+    if (!strcmp(argv[0], "kernel-expf")) return h_kernel_expf();
     if (!strcmp(argv[0], "model-fb")) return h_model_fb(argc, argv);
     if (!strcmp(argv[0], "model-init")) return h_model_init(argc, argv);
     if (!strcmp(argv[0], "model-load")) return h_model_load(argc, argv);

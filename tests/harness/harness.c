@@ -44,6 +44,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"model-load", h_model},
     {"model-peaks", h_model},
     {"attention-check", h_model},
+    {"kernel-expf", h_model},
     {"objectives", h_objectives},
     {"rm-grad", h_rm_grad},
     {"rl-grad", h_rl},
