@@ -187,7 +187,8 @@ static inline void fdpo_k_softmax_tile_step(float *S, size_t nq, size_t nk, floa
                                             size_t hd) {
     for (size_t r = 0; r < nq; r++) {
         float *row = S + r * nk, mx = -INFINITY;
-        for (size_t c = 0; c < nk; c++) if (row[c] > mx) mx = row[c];
+#pragma omp simd reduction(max : mx)
+        for (size_t c = 0; c < nk; c++) mx = row[c] > mx ? row[c] : mx;
         if (mx == -INFINITY) { memset(row, 0, nk * sizeof(float)); continue; } /* all masked */
         float m_new = mx > m[r] ? mx : m[r], corr = fdpo_k_expf(m[r] - m_new), sum = 0.0f;
 #pragma omp simd reduction(+ : sum)

@@ -36,16 +36,23 @@ void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *po
     }
 }
 
-/* dwte [V,C], dwpe [maxT,C] += scatter of dout [N,C]. Parallel over channels so that two
- * tokens with the same id never race, and each element sums in token order. */
+/* dwte [V,C], dwpe [maxT,C] += scatter of dout [N,C]. Parallel over blocks of channels so
+ * that two tokens with the same id never race, and each element sums in token order; a
+ * block reads a contiguous run of each row (one channel per thread read a float per row). */
 void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                       const int32_t *pos, size_t N, size_t C) {
+    long n_blocks = (long)((C + COL_BLOCK - 1) / COL_BLOCK);
 #pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < C; c++) {
+    for (long blk = 0; blk < n_blocks; blk++) {
+        size_t c0 = (size_t)blk * COL_BLOCK, w = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
         for (size_t t = 0; t < N; t++) {
-            float d = dout[t * C + c];
-            dwte[(size_t)tokens[t] * C + c] += d;
-            dwpe[(size_t)pos[t] * C + c] += d;
+            const float *d = dout + t * C + c0;
+            float *te = dwte + (size_t)tokens[t] * C + c0, *pe = dwpe + (size_t)pos[t] * C + c0;
+#pragma omp simd
+            for (size_t j = 0; j < w; j++) {
+                te[j] += d[j];
+                pe[j] += d[j];
+            }
         }
     }
 }
@@ -339,7 +346,8 @@ void fdpo_k_logsoftmax_forward(float *lse, float *token_logp, const float *logit
     for (size_t t = 0; t < N; t++) {
         const float *row = logits + t * V;
         float mx = -INFINITY;
-        for (size_t v = 0; v < V; v++) if (row[v] > mx) mx = row[v];
+#pragma omp simd reduction(max : mx)
+        for (size_t v = 0; v < V; v++) mx = row[v] > mx ? row[v] : mx;
         double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
         for (size_t v = 0; v < V; v++) sum += fdpo_k_expf(row[v] - mx);
@@ -433,9 +441,15 @@ static void attention_scores_tile(float *S, const float *q, const float *k, size
                                   const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
     fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * C3, (int)C3,
                 k + j0 * C3, (int)C3, 0.0f, S, (int)nk);
-    for (size_t r = 0; r < nq; r++)
-        for (size_t c = 0; c < nk; c++)
-            if (j0 + c > i0 + r || !may_attend(br, i0 + r, j0 + c)) S[r * nk + c] = -INFINITY;
+    for (size_t r = 0; r < nq; r++) {
+        size_t i = i0 + r, c_end = i + 1 > j0 ? i + 1 - j0 : 0; /* keys j0 .. i are causally allowed */
+        float *row = S + r * nk;
+        if (c_end > nk) c_end = nk;
+        for (size_t c = c_end; c < nk; c++) row[c] = -INFINITY;
+        if (br)
+            for (size_t c = 0; c < c_end; c++)
+                if (!may_attend(br, i, j0 + c)) row[c] = -INFINITY;
+    }
 }
 
 /* Per sequence b (tokens [s, s+T)) and head h, the same output as fdpo_k_attention_forward:
@@ -510,6 +524,7 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
             for (size_t r = 0; r < nq; r++) {
                 const float *a = dy + (i0 + r) * C, *c = o + (i0 + r) * C;
                 float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
                 for (size_t d = 0; d < hs; d++) dot += a[d] * c[d];
                 D[r] = dot;
             }
@@ -574,7 +589,8 @@ void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, flo
             const float *row = scratch + k * nv;
             float mx = -INFINITY;
             double rs = 0.0;
-            for (size_t v = 0; v < nv; v++) { if (row[v] > mx) mx = row[v]; rs += row[v]; }
+#pragma omp simd reduction(max : mx) reduction(+ : rs)
+            for (size_t v = 0; v < nv; v++) { mx = row[v] > mx ? row[v] : mx; rs += row[v]; }
             double m_new = mx > m[k] ? mx : m[k], e = 0.0;
             float fm = (float)m_new;
 #pragma omp simd reduction(+ : e)
