@@ -306,12 +306,13 @@ void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t 
 /* d [N,OC] = gelu'(fch) * d (in place);  dbias [OC] += column sums of the new d (NULL:
  * frozen). Parallel over blocks of columns so each dbias element sums its rows in order,
  * as column_sums_add does: one pass and one region instead of two. */
+#define GELU_COL_BLOCK 256
 void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *fch, size_t N, size_t OC) {
-    long n_blocks = (long)((OC + COL_BLOCK - 1) / COL_BLOCK);
+    long n_blocks = (long)((OC + GELU_COL_BLOCK - 1) / GELU_COL_BLOCK);
 #pragma omp parallel for schedule(static)
     for (long blk = 0; blk < n_blocks; blk++) {
-        size_t o0 = (size_t)blk * COL_BLOCK, w = OC - o0 < COL_BLOCK ? OC - o0 : COL_BLOCK;
-        float s[COL_BLOCK] = {0};
+        size_t o0 = (size_t)blk * GELU_COL_BLOCK, w = OC - o0 < GELU_COL_BLOCK ? OC - o0 : GELU_COL_BLOCK;
+        float s[GELU_COL_BLOCK] = {0};
         for (size_t t = 0; t < N; t++) {
             float *row = d + t * OC + o0;
             const float *x = fch + t * OC + o0;
