@@ -69,6 +69,12 @@ struct fdpo_gpt2_acts {
     int has_forward;
 };
 
+/* Elements (floats touched per pass) below which an elementwise or row kernel runs on one
+ * thread: a fork/join costs microseconds on an idle machine and much more on a shared one,
+ * more than splitting ~10 us of work saves (DPO micro-batches of a few hundred tokens).
+ * Only the thread count changes, never the arithmetic of an element, so results are the same. */
+#define FDPO_PAR_MIN 65536
+
 /* ---- kernels (src/model/gpt2_kernels.c); one per layer and direction ---- */
 void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                      const float *wpe, size_t N, size_t C);

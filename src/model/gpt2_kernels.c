@@ -13,7 +13,7 @@
 #define COL_BLOCK 64
 static void column_sums_add(float *acc, const float *x, size_t N, size_t OC) {
     long n_blocks = (long)((OC + COL_BLOCK - 1) / COL_BLOCK);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
     for (long blk = 0; blk < n_blocks; blk++) {
         size_t o0 = (size_t)blk * COL_BLOCK, w = OC - o0 < COL_BLOCK ? OC - o0 : COL_BLOCK;
         float s[COL_BLOCK] = {0};
@@ -28,7 +28,7 @@ static void column_sums_add(float *acc, const float *x, size_t N, size_t OC) {
 /* out [N,C] = wte[tokens] + wpe[pos] */
 void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                      const float *wpe, size_t N, size_t C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
     for (size_t t = 0; t < N; t++) {
         const float *te = wte + (size_t)tokens[t] * C, *pe = wpe + (size_t)pos[t] * C;
         float *o = out + t * C;
@@ -42,7 +42,7 @@ void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *po
 void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                       const int32_t *pos, size_t N, size_t C) {
     long n_blocks = (long)((C + COL_BLOCK - 1) / COL_BLOCK);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
     for (long blk = 0; blk < n_blocks; blk++) {
         size_t c0 = (size_t)blk * COL_BLOCK, w = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
         for (size_t t = 0; t < N; t++) {
@@ -77,7 +77,7 @@ static inline void layernorm_row(float *o, float *mean, float *rstd, const float
 /* out [N,C] = (inp - mean) * rstd * w + b; mean, rstd [N] kept for backward. */
 void fdpo_k_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, size_t N, size_t C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
     for (size_t t = 0; t < N; t++) layernorm_row(out + t * C, mean + t, rstd + t, inp + t * C, w, b, C, eps);
 }
 
@@ -88,7 +88,7 @@ void fdpo_k_layernorm_forward(float *out, float *mean, float *rstd, const float 
 void fdpo_k_residual_layernorm_forward(float *res, float *out, float *mean, float *rstd, const float *bias,
                                 const float *residual, const float *w, const float *b, size_t N, size_t C,
                                 float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
     for (size_t t = 0; t < N; t++) {
         float *x = res + t * C;
         const float *r = residual + t * C;
@@ -111,7 +111,7 @@ void fdpo_k_layernorm_backward(float *dinp, float *dw, float *db, const float *d
     long n_blocks = dw ? (long)((C + COL_BLOCK - 1) / COL_BLOCK) : 0; /* dw NULL: frozen weights (LoRA) */
     /* one region: the row pass (dinp) and the column pass (dw, db) read the same inputs and
      * write different outputs, so neither waits for the other */
-#pragma omp parallel
+#pragma omp parallel if (N * C >= FDPO_PAR_MIN)
     {
 #pragma omp for schedule(static) nowait
         for (size_t t = 0; t < N; t++) {
@@ -155,7 +155,7 @@ void fdpo_k_matmul_forward(float *out, const float *inp, const float *w, const f
                     size_t N, size_t IC, size_t OC) {
     float beta = 0.0f;
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
         for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
@@ -277,13 +277,13 @@ static inline float gelu_grad(float x) {
 }
 
 void fdpo_k_gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= FDPO_PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = gelu_value(inp[i]);
 }
 
 /* dinp = gelu'(inp) * dout (dinp may alias dout) */
 void fdpo_k_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= FDPO_PAR_MIN)
     for (size_t i = 0; i < n; i++) dinp[i] = gelu_grad(inp[i]) * dout[i];
 }
 
@@ -291,7 +291,7 @@ void fdpo_k_gelu_backward(float *dinp, const float *inp, const float *dout, size
  * out [N,OC] = gelu(fch). The c_fc layer's bias, added here instead of by a copy before
  * its GEMM. */
 void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t N, size_t OC) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
     for (size_t t = 0; t < N; t++) {
         float *x = fch + t * OC, *o = out + t * OC;
 #pragma omp simd
@@ -309,7 +309,7 @@ void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t 
 #define GELU_COL_BLOCK 256
 void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *fch, size_t N, size_t OC) {
     long n_blocks = (long)((OC + GELU_COL_BLOCK - 1) / GELU_COL_BLOCK);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
     for (long blk = 0; blk < n_blocks; blk++) {
         size_t o0 = (size_t)blk * GELU_COL_BLOCK, w = OC - o0 < GELU_COL_BLOCK ? OC - o0 : GELU_COL_BLOCK;
         float s[GELU_COL_BLOCK] = {0};
@@ -329,7 +329,7 @@ void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *fch, size_t 
 
 /* out = a + b, n elements */
 void fdpo_k_residual_forward(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= FDPO_PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
@@ -343,7 +343,7 @@ void fdpo_k_lmhead_forward(float *logits, const float *inp, const float *wte, si
  * token_logp [N] = logits[t, target] - lse, 0 where target < 0 (token_logp may be NULL). */
 void fdpo_k_logsoftmax_forward(float *lse, float *token_logp, const float *logits, const int32_t *targets,
                         size_t N, size_t V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * V >= FDPO_PAR_MIN)
     for (size_t t = 0; t < N; t++) {
         const float *row = logits + t * V;
         float mx = -INFINITY;
@@ -362,7 +362,7 @@ void fdpo_k_logsoftmax_forward(float *lse, float *token_logp, const float *logit
  * target get 0. dlogits may alias the logits it is computed from (it does in gpt2.c). */
 void fdpo_k_logsoftmax_backward(float *dlogits, const float *lse, const int32_t *targets,
                          const float *d_token_logp, size_t N, size_t V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * V >= FDPO_PAR_MIN)
     for (size_t t = 0; t < N; t++) {
         float *row = dlogits + t * V;
         float d = targets[t] >= 0 ? d_token_logp[t] : 0.0f;
@@ -391,7 +391,7 @@ void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w,
                          size_t N, size_t IC, size_t OC, uint16_t *scratch) {
     float beta = 0.0f;
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
         for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
@@ -585,7 +585,7 @@ void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, flo
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
         lmhead_chunk_logits(scratch, inp, scratch_bf16, wte, wte_bf16, K, C, v0, nv);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
             const float *row = scratch + k * nv;
             float mx = -INFINITY;
@@ -627,7 +627,7 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const f
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
         float beta = v0 == 0 ? 0.0f : 1.0f;
         lmhead_chunk_logits(scratch, inp, inp_bf16, wte, wte_bf16, K, C, v0, nv);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
             float *row = scratch + k * nv;
             float d = targets[k] >= 0 ? d_token_logp[k] : 0.0f, l = lse[k];
