@@ -104,10 +104,8 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
 void fdpo_k_residual_layernorm_forward(float *res, float *out, float *mean, float *rstd, const float *bias,
                                 const float *residual, const float *w, const float *b, size_t N, size_t C,
                                 float eps);
-void fdpo_k_gelu_forward(float *out, const float *inp, size_t n);
 void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t N, size_t OC);
 void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *fch, size_t N, size_t OC);
-void fdpo_k_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n); /* dinp may alias dout */
 void fdpo_k_residual_forward(float *out, const float *a, const float *b, size_t n);
 void fdpo_k_lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V);
 void fdpo_k_logsoftmax_forward(float *lse, float *token_logp, const float *logits, const int32_t *targets,

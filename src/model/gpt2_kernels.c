@@ -262,7 +262,7 @@ void fdpo_k_attention_backward(float *dqkv, float *datt_scratch, size_t scratch_
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
 /* gelu_new: out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
  * Computed as x * sigmoid(2u), the same function (0.5 (1 + tanh u) = sigmoid(2u)): one
- * expf instead of libm's tanhf, which was a third of a small model's step. */
+ * exp (fdpo_k_expf) instead of libm's tanhf, which was a third of a small model's step. */
 static inline float gelu_value(float x) {
     float u = GELU_SCALE * (x + 0.044715f * x * x * x);
     return x / (1.0f + fdpo_k_expf(-2.0f * u));
@@ -274,17 +274,6 @@ static inline float gelu_grad(float x) {
     float sg = 1.0f / (1.0f + fdpo_k_expf(-2.0f * u));
     float du = GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
     return sg + 2.0f * x * sg * (1.0f - sg) * du;
-}
-
-void fdpo_k_gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for simd schedule(static) if (n >= FDPO_PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = gelu_value(inp[i]);
-}
-
-/* dinp = gelu'(inp) * dout (dinp may alias dout) */
-void fdpo_k_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-#pragma omp parallel for simd schedule(static) if (n >= FDPO_PAR_MIN)
-    for (size_t i = 0; i < n; i++) dinp[i] = gelu_grad(inp[i]) * dout[i];
 }
 
 /* fch [N,OC] += bias [OC] (in place: backward differentiates at the biased value), then
