@@ -189,7 +189,7 @@ def main():
     blas_note = interleave.fair_blas_env()
     if blas_note:
         print(blas_note)
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY",
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                       "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
     print(f"{a.config}: {a.pairs} pairs x (prompt {a.prompt} + chosen {a.completion} + rejected {a.completion}); "
           f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), "

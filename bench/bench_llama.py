@@ -306,7 +306,7 @@ def main():
     blas_note = interleave.fair_blas_env()   # PyTorch gets OpenBLAS's right kernels too
     if blas_note:
         print(blas_note)
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY",
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                       "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
     C, F = cfg["hidden_size"], cfg["intermediate_size"]
     KD = C // cfg["num_attention_heads"] * cfg["num_key_value_heads"]

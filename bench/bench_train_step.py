@@ -4,7 +4,8 @@ One step = forward + backward of the mean next-token loss (SFT) + AdamW update, 
 sequences of T tokens (random ids), GPT-2 architecture. Four sides, each a long-lived
 subprocess stepped in turn (bench/interleave.py: fdpo step, torch step, ... until every side
 has >= 5 timed steps after one warm-up step):
-  fdpo-fp32      fdpo-harness model-bench --serve --precision fp32
+  fdpo-fp32      fdpo-harness model-bench --serve --precision fp32 (the chunked LM head, as
+                 fdpo pretrain/sft run it)
   fdpo-bf16      the same with --precision bf16 (bf16 matmul inputs, fp32 accumulation)
   torch-fp32     a batched PyTorch implementation (below)
   torch-bf16     the same step under torch.autocast("cpu", dtype=torch.bfloat16), which is
@@ -131,7 +132,7 @@ def main():
     blas_note = interleave.fair_blas_env()
     if blas_note:
         print(blas_note)
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY",
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                       "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
     print(f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), "
           f"interleaved; env {env or 'no OPENBLAS/OMP overrides'}; load average {os.getloadavg()[0]:.1f}")

@@ -26,19 +26,26 @@ def fair_blas_env():
     recognise some AVX-512 CPUs (Zen 4 here) and then runs generic SSE3 kernels, 3-5x
     slower; fdpo's fp32 GEMMs go to oneDNN, which picks its kernels at run time. So that
     the ratios compare both sides at their best, the benches set OPENBLAS_CORETYPE=SkylakeX
-    (inherited by every side) on AVX-512 CPUs when it is not set already;
+    (inherited by every side) on AVX-512 CPUs when it is not set already, and
+    GOMP_SPINCOUNT=1000 (the fdpo programs' own choice) when no OpenMP wait setting is;
     FDPO_BENCH_KEEP_BLAS=1 keeps the environment as it is. Returns a note to print."""
-    if "OPENBLAS_CORETYPE" in os.environ or os.environ.get("FDPO_BENCH_KEEP_BLAS") == "1":
+    if os.environ.get("FDPO_BENCH_KEEP_BLAS") == "1":
         return ""
+    notes = []
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        # the fdpo programs set this themselves (src/cli/omp_spin.h): libgomp's default spin
+        # of milliseconds per barrier wastes the partner thread's time slice on a shared
+        # machine; PyTorch (GOMP too) gets the same setting
+        os.environ["GOMP_SPINCOUNT"] = "1000"
+        notes.append("GOMP_SPINCOUNT=1000 set for every side (what the fdpo programs use)")
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
-        return ""
-    if " avx512f" not in flags:
-        return ""
-    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
-    return ("OPENBLAS_CORETYPE=SkylakeX set for every side (OpenBLAS misdetects this AVX-512 CPU; "
-            "FDPO_BENCH_KEEP_BLAS=1 to keep it)")
+        flags = ""
+    if "OPENBLAS_CORETYPE" not in os.environ and " avx512f" in flags:
+        os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+        notes.append("OPENBLAS_CORETYPE=SkylakeX set for every side (OpenBLAS misdetects this AVX-512 CPU)")
+    return "; ".join(notes) + ("; FDPO_BENCH_KEEP_BLAS=1 to keep the environment as it is" if notes else "")
 
 
 class StepServer:

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "cli/commands.h"
+#include "cli/omp_spin.h"
 #include "cli/term.h"
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
@@ -46,6 +47,7 @@ static void version(void) {
 }
 
 int main(int argc, char **argv) {
+    fdpo_omp_spin_reexec(argv); /* libgomp's spin before it sleeps: see cli/omp_spin.h */
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
     if (!strcmp(argv[1], "--version")) { version(); return 0; }

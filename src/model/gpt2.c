@@ -415,32 +415,37 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     if (m->precision == FDPO_PRECISION_BF16) bf16_prepare(m);
 
     const fdpo_gpt2_params *p = &m->params;
+    const float eps = c->layer_norm_epsilon;
+    /* The c_proj, c_fc and mlp c_proj biases are added by the next elementwise pass (GELU, or
+     * residual + LayerNorm, which also computes the next layer's ln_1 or ln_f) instead of a
+     * copy before the GEMM: fewer passes over [N, C] and fewer parallel regions per layer. */
     fdpo_k_encoder_forward(a->encoded, a->tokens, a->pos, p->wte, p->wpe, N, C);
+    fdpo_k_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->encoded, p->ln1w, p->ln1b, N, C, eps);
     for (size_t l = 0; l < L; l++) {
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
         float *ln1 = a->ln1 + l * N * C, *qkv = a->qkv + l * N * 3 * C, *atty = a->atty + l * N * C;
         float *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
         float *fch = a->fch + l * N * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C;
         float *res3 = a->residual3 + l * N * C;
-        fdpo_k_layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, residual,
-                          p->ln1w + l * C, p->ln1b + l * C, N, C, c->layer_norm_epsilon);
         linear_forward(m, qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, N, C, 3 * C);
         fdpo_lora_forward(m, FDPO_LORA_C_ATTN, l, qkv, ln1, N);
         fdpo_k_attention_forward_streaming(atty, a->att_lse + l * N * NH, qkv, a->seq_offset, branch, B, C, NH);
-        linear_forward(m, res2, atty, p->attprojw + l * C * C, p->attprojb + l * C, N, C, C);
+        linear_forward(m, res2, atty, p->attprojw + l * C * C, NULL, N, C, C);
         fdpo_lora_forward(m, FDPO_LORA_ATTN_C_PROJ, l, res2, atty, N);
-        fdpo_k_residual_forward(res2, res2, residual, N * C);
-        fdpo_k_layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
-                          p->ln2w + l * C, p->ln2b + l * C, N, C, c->layer_norm_epsilon);
-        linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, N, C, 4 * C);
+        fdpo_k_residual_layernorm_forward(res2, ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, p->attprojb + l * C,
+                                          residual, p->ln2w + l * C, p->ln2b + l * C, N, C, eps);
+        linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, NULL, N, C, 4 * C);
         fdpo_lora_forward(m, FDPO_LORA_C_FC, l, fch, ln2, N);
-        fdpo_k_gelu_forward(fch_gelu, fch, N * 4 * C);
-        linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, N, 4 * C, C);
+        fdpo_k_bias_gelu_forward(fch_gelu, fch, p->fcb + l * 4 * C, N, 4 * C);
+        linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, NULL, N, 4 * C, C);
         fdpo_lora_forward(m, FDPO_LORA_MLP_C_PROJ, l, res3, fch_gelu, N);
-        fdpo_k_residual_forward(res3, res3, res2, N * C);
+        int last = l + 1 == L;
+        fdpo_k_residual_layernorm_forward(res3, last ? a->lnf : ln1 + N * C,
+                                          last ? a->lnf_mean : a->ln1_mean + (l + 1) * N,
+                                          last ? a->lnf_rstd : a->ln1_rstd + (l + 1) * N, p->fcprojb + l * C, res2,
+                                          last ? p->lnfw : p->ln1w + (l + 1) * C,
+                                          last ? p->lnfb : p->ln1b + (l + 1) * C, N, C, eps);
     }
-    fdpo_k_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->residual3 + (L - 1) * N * C,
-                      p->lnfw, p->lnfb, N, C, c->layer_norm_epsilon);
     /* token_logp is needed for seq_logp even when the caller did not ask for it */
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL); /* d_residual is free now */
     a->skip_unweighted = b->skip_unweighted;
@@ -580,8 +585,8 @@ trunk:
         linear_backward(m, a->d_fch, G(fcprojw, l * 4 * C * C), G(fcprojb, l * C), a->d_residual,
                         fch_gelu, p->fcprojw + l * 4 * C * C, N, 4 * C, C);
         fdpo_lora_backward(m, FDPO_LORA_MLP_C_PROJ, l, a->d_fch, a->d_residual, fch_gelu, N);
-        fdpo_k_gelu_backward(a->d_fch, fch, a->d_fch, N * 4 * C);
-        linear_backward(m, a->d_ln, G(fcw, l * C * 4 * C), G(fcb, l * 4 * C), a->d_fch, ln2,
+        fdpo_k_gelu_backward_bias(a->d_fch, G(fcb, l * 4 * C), fch, N, 4 * C); /* c_fc's bias gradient too */
+        linear_backward(m, a->d_ln, G(fcw, l * C * 4 * C), NULL, a->d_fch, ln2,
                         p->fcw + l * C * 4 * C, N, C, 4 * C);
         fdpo_lora_backward(m, FDPO_LORA_C_FC, l, a->d_ln, a->d_fch, ln2, N);
         fdpo_k_layernorm_backward(a->d_residual, G(ln2w, l * C), G(ln2b, l * C), a->d_ln, res2,

@@ -69,6 +69,12 @@ struct fdpo_gpt2_acts {
     int has_forward;
 };
 
+/* Elements (floats touched per pass) below which an elementwise or row kernel runs on one
+ * thread: a fork/join costs microseconds on an idle machine and much more on a shared one,
+ * more than splitting ~10 us of work saves (DPO micro-batches of a few hundred tokens).
+ * Only the thread count changes, never the arithmetic of an element, so results are the same. */
+#define FDPO_PAR_MIN 65536
+
 /* ---- kernels (src/model/gpt2_kernels.c); one per layer and direction ---- */
 void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                      const float *wpe, size_t N, size_t C);
@@ -95,8 +101,11 @@ void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv
 void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
                                   const float *lse, const size_t *seq_offset, const uint8_t *branch,
                                   size_t B, size_t C, size_t NH);
-void fdpo_k_gelu_forward(float *out, const float *inp, size_t n);
-void fdpo_k_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n); /* dinp may alias dout */
+void fdpo_k_residual_layernorm_forward(float *res, float *out, float *mean, float *rstd, const float *bias,
+                                const float *residual, const float *w, const float *b, size_t N, size_t C,
+                                float eps);
+void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t N, size_t OC);
+void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *fch, size_t N, size_t OC);
 void fdpo_k_residual_forward(float *out, const float *a, const float *b, size_t n);
 void fdpo_k_lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V);
 void fdpo_k_logsoftmax_forward(float *lse, float *token_logp, const float *logits, const int32_t *targets,
@@ -143,6 +152,36 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dhead, const 
 #define FDPO_LMHEAD_CHUNK 2048 /* vocabulary columns per chunk (FDPO_LMHEAD_CHUNK=n overrides, for tests) */
 
 
+/* exp(x) in fp32 that the compiler can vectorise (libm's expf is a scalar call, and it was
+ * the largest single cost of a small model's step: GELU, softmax, log-softmax). Cody-Waite
+ * reduction x = n ln2 + r, |r| <= ln2/2, and Cephes' degree-6 polynomial for exp(r):
+ * within 2 ulp of expf on [-86, 88.72]. exp(-inf) and anything below -86 (where exp < 2^-124,
+ * within a few FLT_MIN of 0) give exactly 0; above 88.72, +inf; NaN stays NaN. Branch-free
+ * (selects only) so `#pragma omp simd` loops vectorise it. */
+static inline float fdpo_k_expf(float x) {
+    const float shift = 12582912.0f; /* 1.5 * 2^23: x + shift rounds x to an integer held in the low mantissa bits */
+    float xc = x < -86.0f ? -86.0f : (x > 88.72283905f ? 88.72283905f : x); /* NaN passes through */
+    float t = xc * 1.44269504088896341f + shift;
+    float n = t - shift;                                 /* round(x / ln2), in [-124, 128] */
+    float r = xc - n * 0.693359375f;                     /* ln2 split in two: exact product first */
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    uint32_t ti, bits;
+    memcpy(&ti, &t, sizeof ti);
+    bits = (ti + 126u) << 23;                            /* 2^(n-1): n = 128 stays finite */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float y = p * scale * 2.0f;
+    y = x < -86.0f ? 0.0f : y;
+    return x > 88.72283905f ? INFINITY : y;
+}
+
 /* One key tile of the streaming (flash-style) softmax, shared by GPT-2's and Llama's
  * attention. S [nq, nk] holds the tile's scores (-inf where masked); per query row r the
  * running max m[r] and sum l[r] are updated, S's row becomes exp(S - m_new) (zeros for a
@@ -152,11 +191,13 @@ static inline void fdpo_k_softmax_tile_step(float *S, size_t nq, size_t nk, floa
                                             size_t hd) {
     for (size_t r = 0; r < nq; r++) {
         float *row = S + r * nk, mx = -INFINITY;
-        for (size_t c = 0; c < nk; c++) if (row[c] > mx) mx = row[c];
+#pragma omp simd reduction(max : mx)
+        for (size_t c = 0; c < nk; c++) mx = row[c] > mx ? row[c] : mx;
         if (mx == -INFINITY) { memset(row, 0, nk * sizeof(float)); continue; } /* all masked */
-        float m_new = mx > m[r] ? mx : m[r], corr = expf(m[r] - m_new), sum = 0.0f;
+        float m_new = mx > m[r] ? mx : m[r], corr = fdpo_k_expf(m[r] - m_new), sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
         for (size_t c = 0; c < nk; c++) {
-            row[c] = expf(row[c] - m_new); /* exp(-inf) = 0 for masked entries */
+            row[c] = fdpo_k_expf(row[c] - m_new); /* exp(-inf) = 0 for masked entries */
             sum += row[c];
         }
         l[r] = l[r] * corr + sum;

@@ -13,7 +13,7 @@
 #define COL_BLOCK 64
 static void column_sums_add(float *acc, const float *x, size_t N, size_t OC) {
     long n_blocks = (long)((OC + COL_BLOCK - 1) / COL_BLOCK);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
     for (long blk = 0; blk < n_blocks; blk++) {
         size_t o0 = (size_t)blk * COL_BLOCK, w = OC - o0 < COL_BLOCK ? OC - o0 : COL_BLOCK;
         float s[COL_BLOCK] = {0};
@@ -28,7 +28,7 @@ static void column_sums_add(float *acc, const float *x, size_t N, size_t OC) {
 /* out [N,C] = wte[tokens] + wpe[pos] */
 void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                      const float *wpe, size_t N, size_t C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
     for (size_t t = 0; t < N; t++) {
         const float *te = wte + (size_t)tokens[t] * C, *pe = wpe + (size_t)pos[t] * C;
         float *o = out + t * C;
@@ -36,36 +36,70 @@ void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *po
     }
 }
 
-/* dwte [V,C], dwpe [maxT,C] += scatter of dout [N,C]. Parallel over channels so that two
- * tokens with the same id never race, and each element sums in token order. */
+/* dwte [V,C], dwpe [maxT,C] += scatter of dout [N,C]. Parallel over blocks of channels so
+ * that two tokens with the same id never race, and each element sums in token order; a
+ * block reads a contiguous run of each row (one channel per thread read a float per row). */
 void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                       const int32_t *pos, size_t N, size_t C) {
-#pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < C; c++) {
+    long n_blocks = (long)((C + COL_BLOCK - 1) / COL_BLOCK);
+#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
+    for (long blk = 0; blk < n_blocks; blk++) {
+        size_t c0 = (size_t)blk * COL_BLOCK, w = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
         for (size_t t = 0; t < N; t++) {
-            float d = dout[t * C + c];
-            dwte[(size_t)tokens[t] * C + c] += d;
-            dwpe[(size_t)pos[t] * C + c] += d;
+            const float *d = dout + t * C + c0;
+            float *te = dwte + (size_t)tokens[t] * C + c0, *pe = dwpe + (size_t)pos[t] * C + c0;
+#pragma omp simd
+            for (size_t j = 0; j < w; j++) {
+                te[j] += d[j];
+                pe[j] += d[j];
+            }
         }
     }
+}
+
+/* One row of LayerNorm: o [C] = (x - mean) * rstd * w + b; sums in double. */
+static inline void layernorm_row(float *o, float *mean, float *rstd, const float *x, const float *w, const float *b,
+                                 size_t C, float eps) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (size_t c = 0; c < C; c++) s += x[c];
+    float m = (float)(s / (double)C);
+    double v = 0.0;
+#pragma omp simd reduction(+ : v)
+    for (size_t c = 0; c < C; c++) { double d = x[c] - m; v += d * d; }
+    float r = (float)(1.0 / sqrt(v / (double)C + eps));
+#pragma omp simd
+    for (size_t c = 0; c < C; c++) o[c] = (x[c] - m) * r * w[c] + b[c];
+    *mean = m;
+    *rstd = r;
 }
 
 /* out [N,C] = (inp - mean) * rstd * w + b; mean, rstd [N] kept for backward. */
 void fdpo_k_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, size_t N, size_t C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
+    for (size_t t = 0; t < N; t++) layernorm_row(out + t * C, mean + t, rstd + t, inp + t * C, w, b, C, eps);
+}
+
+/* res [N,C] += bias [C] + residual [N,C], then out [N,C] = LayerNorm(res) as above.
+ * res holds a linear layer's output computed without its bias; one pass per row (the
+ * row is still in cache when it is normalised) instead of a bias copy, a residual add and
+ * a LayerNorm, each with its own parallel region. bias may be NULL. */
+void fdpo_k_residual_layernorm_forward(float *res, float *out, float *mean, float *rstd, const float *bias,
+                                const float *residual, const float *w, const float *b, size_t N, size_t C,
+                                float eps) {
+#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
     for (size_t t = 0; t < N; t++) {
-        const float *x = inp + t * C;
-        double s = 0.0;
-        for (size_t c = 0; c < C; c++) s += x[c];
-        float m = (float)(s / (double)C);
-        double v = 0.0;
-        for (size_t c = 0; c < C; c++) { double d = x[c] - m; v += d * d; }
-        float r = (float)(1.0 / sqrt(v / (double)C + eps));
-        float *o = out + t * C;
-        for (size_t c = 0; c < C; c++) o[c] = (x[c] - m) * r * w[c] + b[c];
-        mean[t] = m;
-        rstd[t] = r;
+        float *x = res + t * C;
+        const float *r = residual + t * C;
+        if (bias) {
+#pragma omp simd
+            for (size_t c = 0; c < C; c++) x[c] = x[c] + bias[c] + r[c];
+        } else {
+#pragma omp simd
+            for (size_t c = 0; c < C; c++) x[c] += r[c];
+        }
+        layernorm_row(out + t * C, mean + t, rstd + t, x, w, b, C, eps);
     }
 }
 
@@ -74,39 +108,45 @@ void fdpo_k_layernorm_forward(float *out, float *mean, float *rstd, const float 
  *   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
 void fdpo_k_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                         const float *w, const float *mean, const float *rstd, size_t N, size_t C) {
-#pragma omp parallel for schedule(static)
-    for (size_t t = 0; t < N; t++) {
-        const float *dy = dout + t * C, *x = inp + t * C;
-        float m = mean[t], r = rstd[t];
-        double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
-        for (size_t c = 0; c < C; c++) {
-            float xhat = (x[c] - m) * r, dxhat = dy[c] * w[c];
-            sum_dxhat += dxhat;
-            sum_dxhat_xhat += dxhat * xhat;
-        }
-        float mean_dxhat = (float)(sum_dxhat / (double)C);
-        float mean_dxhat_xhat = (float)(sum_dxhat_xhat / (double)C);
-        float *dx = dinp + t * C;
-        for (size_t c = 0; c < C; c++) {
-            float xhat = (x[c] - m) * r, dxhat = dy[c] * w[c];
-            dx[c] += r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
-        }
-    }
-    if (!dw) return; /* frozen weights (LoRA) */
-    long n_blocks = (long)((C + COL_BLOCK - 1) / COL_BLOCK);
-#pragma omp parallel for schedule(static)
-    for (long blk = 0; blk < n_blocks; blk++) {
-        size_t c0 = (size_t)blk * COL_BLOCK, w = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
-        float sw[COL_BLOCK] = {0}, sb[COL_BLOCK] = {0};
+    long n_blocks = dw ? (long)((C + COL_BLOCK - 1) / COL_BLOCK) : 0; /* dw NULL: frozen weights (LoRA) */
+    /* one region: the row pass (dinp) and the column pass (dw, db) read the same inputs and
+     * write different outputs, so neither waits for the other */
+#pragma omp parallel if (N * C >= FDPO_PAR_MIN)
+    {
+#pragma omp for schedule(static) nowait
         for (size_t t = 0; t < N; t++) {
-            const float *x = inp + t * C + c0, *dy = dout + t * C + c0;
+            const float *dy = dout + t * C, *x = inp + t * C;
             float m = mean[t], r = rstd[t];
-            for (size_t j = 0; j < w; j++) {
-                sw[j] += dy[j] * ((x[j] - m) * r);
-                sb[j] += dy[j];
+            double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
+#pragma omp simd reduction(+ : sum_dxhat, sum_dxhat_xhat)
+            for (size_t c = 0; c < C; c++) {
+                float xhat = (x[c] - m) * r, dxhat = dy[c] * w[c];
+                sum_dxhat += dxhat;
+                sum_dxhat_xhat += dxhat * xhat;
+            }
+            float mean_dxhat = (float)(sum_dxhat / (double)C);
+            float mean_dxhat_xhat = (float)(sum_dxhat_xhat / (double)C);
+            float *dx = dinp + t * C;
+#pragma omp simd
+            for (size_t c = 0; c < C; c++) {
+                float xhat = (x[c] - m) * r, dxhat = dy[c] * w[c];
+                dx[c] += r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
             }
         }
-        for (size_t j = 0; j < w; j++) { dw[c0 + j] += sw[j]; db[c0 + j] += sb[j]; }
+#pragma omp for schedule(static) nowait
+        for (long blk = 0; blk < n_blocks; blk++) {
+            size_t c0 = (size_t)blk * COL_BLOCK, w = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
+            float sw[COL_BLOCK] = {0}, sb[COL_BLOCK] = {0};
+            for (size_t t = 0; t < N; t++) {
+                const float *x = inp + t * C + c0, *dy = dout + t * C + c0;
+                float m = mean[t], r = rstd[t];
+                for (size_t j = 0; j < w; j++) {
+                    sw[j] += dy[j] * ((x[j] - m) * r);
+                    sb[j] += dy[j];
+                }
+            }
+            for (size_t j = 0; j < w; j++) { dw[c0 + j] += sw[j]; db[c0 + j] += sb[j]; }
+        }
     }
 }
 
@@ -115,7 +155,7 @@ void fdpo_k_matmul_forward(float *out, const float *inp, const float *w, const f
                     size_t N, size_t IC, size_t OC) {
     float beta = 0.0f;
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
         for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
@@ -222,32 +262,63 @@ void fdpo_k_attention_backward(float *dqkv, float *datt_scratch, size_t scratch_
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
 /* gelu_new: out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
  * Computed as x * sigmoid(2u), the same function (0.5 (1 + tanh u) = sigmoid(2u)): one
- * expf instead of libm's tanhf, which was a third of a small model's step. */
-void fdpo_k_gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        out[i] = x / (1.0f + expf(-2.0f * u));
+ * exp (fdpo_k_expf) instead of libm's tanhf, which was a third of a small model's step. */
+static inline float gelu_value(float x) {
+    float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+    return x / (1.0f + fdpo_k_expf(-2.0f * u));
+}
+
+/* gelu'(x) = s + x * 2 s (1 - s) * du/dx with s = sigmoid(2u), du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2) */
+static inline float gelu_grad(float x) {
+    float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+    float sg = 1.0f / (1.0f + fdpo_k_expf(-2.0f * u));
+    float du = GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+    return sg + 2.0f * x * sg * (1.0f - sg) * du;
+}
+
+/* fch [N,OC] += bias [OC] (in place: backward differentiates at the biased value), then
+ * out [N,OC] = gelu(fch). The c_fc layer's bias, added here instead of by a copy before
+ * its GEMM. */
+void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t N, size_t OC) {
+#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
+    for (size_t t = 0; t < N; t++) {
+        float *x = fch + t * OC, *o = out + t * OC;
+#pragma omp simd
+        for (size_t c = 0; c < OC; c++) {
+            float v = x[c] + bias[c];
+            x[c] = v;
+            o[c] = gelu_value(v);
+        }
     }
 }
 
-/* dinp = gelu'(inp) * dout (dinp may alias dout), with s = sigmoid(2u):
- *   gelu'(x) = s + x * 2 s (1 - s) * du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2) */
-void fdpo_k_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        float sg = 1.0f / (1.0f + expf(-2.0f * u));
-        float du = GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
-        dinp[i] = (sg + 2.0f * x * sg * (1.0f - sg) * du) * dout[i];
+/* d [N,OC] = gelu'(fch) * d (in place);  dbias [OC] += column sums of the new d (NULL:
+ * frozen). Parallel over blocks of columns so each dbias element sums its rows in order,
+ * as column_sums_add does: one pass and one region instead of two. */
+#define GELU_COL_BLOCK 256
+void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *fch, size_t N, size_t OC) {
+    long n_blocks = (long)((OC + GELU_COL_BLOCK - 1) / GELU_COL_BLOCK);
+#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
+    for (long blk = 0; blk < n_blocks; blk++) {
+        size_t o0 = (size_t)blk * GELU_COL_BLOCK, w = OC - o0 < GELU_COL_BLOCK ? OC - o0 : GELU_COL_BLOCK;
+        float s[GELU_COL_BLOCK] = {0};
+        for (size_t t = 0; t < N; t++) {
+            float *row = d + t * OC + o0;
+            const float *x = fch + t * OC + o0;
+#pragma omp simd
+            for (size_t j = 0; j < w; j++) {
+                row[j] = gelu_grad(x[j]) * row[j];
+                s[j] += row[j];
+            }
+        }
+        if (dbias)
+            for (size_t j = 0; j < w; j++) dbias[o0 + j] += s[j];
     }
 }
 
 /* out = a + b, n elements */
 void fdpo_k_residual_forward(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= FDPO_PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
@@ -261,13 +332,15 @@ void fdpo_k_lmhead_forward(float *logits, const float *inp, const float *wte, si
  * token_logp [N] = logits[t, target] - lse, 0 where target < 0 (token_logp may be NULL). */
 void fdpo_k_logsoftmax_forward(float *lse, float *token_logp, const float *logits, const int32_t *targets,
                         size_t N, size_t V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * V >= FDPO_PAR_MIN)
     for (size_t t = 0; t < N; t++) {
         const float *row = logits + t * V;
         float mx = -INFINITY;
-        for (size_t v = 0; v < V; v++) if (row[v] > mx) mx = row[v];
+#pragma omp simd reduction(max : mx)
+        for (size_t v = 0; v < V; v++) mx = row[v] > mx ? row[v] : mx;
         double sum = 0.0;
-        for (size_t v = 0; v < V; v++) sum += expf(row[v] - mx);
+#pragma omp simd reduction(+ : sum)
+        for (size_t v = 0; v < V; v++) sum += fdpo_k_expf(row[v] - mx);
         double l = (double)mx + log(sum);
         lse[t] = (float)l;
         if (token_logp) token_logp[t] = targets[t] >= 0 ? (float)((double)row[targets[t]] - l) : 0.0f;
@@ -278,13 +351,14 @@ void fdpo_k_logsoftmax_forward(float *lse, float *token_logp, const float *logit
  * target get 0. dlogits may alias the logits it is computed from (it does in gpt2.c). */
 void fdpo_k_logsoftmax_backward(float *dlogits, const float *lse, const int32_t *targets,
                          const float *d_token_logp, size_t N, size_t V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * V >= FDPO_PAR_MIN)
     for (size_t t = 0; t < N; t++) {
         float *row = dlogits + t * V;
         float d = targets[t] >= 0 ? d_token_logp[t] : 0.0f;
         if (d == 0.0f) { memset(row, 0, V * sizeof(float)); continue; }
         float l = lse[t];
-        for (size_t v = 0; v < V; v++) row[v] = -d * expf(row[v] - l);
+#pragma omp simd
+        for (size_t v = 0; v < V; v++) row[v] = -d * fdpo_k_expf(row[v] - l);
         row[targets[t]] += d;
     }
 }
@@ -306,7 +380,7 @@ void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w,
                          size_t N, size_t IC, size_t OC, uint16_t *scratch) {
     float beta = 0.0f;
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
         for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
@@ -357,9 +431,15 @@ static void attention_scores_tile(float *S, const float *q, const float *k, size
                                   const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
     fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * C3, (int)C3,
                 k + j0 * C3, (int)C3, 0.0f, S, (int)nk);
-    for (size_t r = 0; r < nq; r++)
-        for (size_t c = 0; c < nk; c++)
-            if (j0 + c > i0 + r || !may_attend(br, i0 + r, j0 + c)) S[r * nk + c] = -INFINITY;
+    for (size_t r = 0; r < nq; r++) {
+        size_t i = i0 + r, c_end = i + 1 > j0 ? i + 1 - j0 : 0; /* keys j0 .. i are causally allowed */
+        float *row = S + r * nk;
+        if (c_end > nk) c_end = nk;
+        for (size_t c = c_end; c < nk; c++) row[c] = -INFINITY;
+        if (br)
+            for (size_t c = 0; c < c_end; c++)
+                if (!may_attend(br, i, j0 + c)) row[c] = -INFINITY;
+    }
 }
 
 /* Per sequence b (tokens [s, s+T)) and head h, the same output as fdpo_k_attention_forward:
@@ -434,6 +514,7 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
             for (size_t r = 0; r < nq; r++) {
                 const float *a = dy + (i0 + r) * C, *c = o + (i0 + r) * C;
                 float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
                 for (size_t d = 0; d < hs; d++) dot += a[d] * c[d];
                 D[r] = dot;
             }
@@ -442,7 +523,8 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
                 attention_scores_tile(P, q, k, C3, hs, scale, br, i0, nq, j0, nk);
                 for (size_t r = 0; r < nq; r++) {
                     float L = lse[(s + i0 + r) * NH + h];
-                    for (size_t c = 0; c < nk; c++) P[r * nk + c] = expf(P[r * nk + c] - L);
+#pragma omp simd
+                    for (size_t c = 0; c < nk; c++) P[r * nk + c] = fdpo_k_expf(P[r * nk + c] - L);
                 }
                 fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, 1.0f, P, (int)nk,
                             dy + i0 * C, (int)C, 1.0f, dv + j0 * C3, (int)C3);
@@ -492,15 +574,17 @@ void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, flo
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
         lmhead_chunk_logits(scratch, inp, scratch_bf16, wte, wte_bf16, K, C, v0, nv);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
             const float *row = scratch + k * nv;
             float mx = -INFINITY;
             double rs = 0.0;
-            for (size_t v = 0; v < nv; v++) { if (row[v] > mx) mx = row[v]; rs += row[v]; }
+#pragma omp simd reduction(max : mx) reduction(+ : rs)
+            for (size_t v = 0; v < nv; v++) { mx = row[v] > mx ? row[v] : mx; rs += row[v]; }
             double m_new = mx > m[k] ? mx : m[k], e = 0.0;
             float fm = (float)m_new;
-            for (size_t v = 0; v < nv; v++) e += expf(row[v] - fm);
+#pragma omp simd reduction(+ : e)
+            for (size_t v = 0; v < nv; v++) e += fdpo_k_expf(row[v] - fm);
             s[k] = s[k] * exp(m[k] - m_new) + e; /* exp(-inf) = 0 on the first chunk */
             m[k] = m_new;
             sum[k] += rs;
@@ -532,12 +616,13 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const f
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
         float beta = v0 == 0 ? 0.0f : 1.0f;
         lmhead_chunk_logits(scratch, inp, inp_bf16, wte, wte_bf16, K, C, v0, nv);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
             float *row = scratch + k * nv;
             float d = targets[k] >= 0 ? d_token_logp[k] : 0.0f, l = lse[k];
             if (d == 0.0f) { memset(row, 0, nv * sizeof(float)); continue; }
-            for (size_t v = 0; v < nv; v++) row[v] = -d * expf(row[v] - l);
+#pragma omp simd
+            for (size_t v = 0; v < nv; v++) row[v] = -d * fdpo_k_expf(row[v] - l);
             int32_t tg = targets[k];
             if ((size_t)tg >= v0 && (size_t)tg < v0 + nv) row[tg - v0] += d;
         }

@@ -37,6 +37,10 @@ void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
     const float b1 = (float)o->beta1, b2 = (float)o->beta2;
     const float one_minus_b1 = (float)(1.0 - o->beta1), one_minus_b2 = (float)(1.0 - o->beta2);
     const float eps = (float)o->eps;
+    /* One parallel region for the whole model (a small model has ~50 tensors, some of 128
+     * elements: a region per tensor cost more in fork/join than the update itself). Each
+     * tensor's elements are split statically; nowait because tensors are disjoint. */
+    #pragma omp parallel
     for (int ti = 0; ti < (int)model->n_tensors; ti++) {
         const fdpo_gpt2_tensor *t = &model->tensors[ti];
         float *p = model->params_memory + t->offset;
@@ -44,7 +48,7 @@ void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
         float *m = o->m + t->offset, *v = o->v + t->offset;
         const float decay = t->decay ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
         const size_t n = t->numel;
-        #pragma omp parallel for schedule(static)
+        #pragma omp for simd schedule(static) nowait
         for (size_t i = 0; i < n; i++) {
             float pi = p[i] * decay;
             float mi = m[i] * b1 + one_minus_b1 * g[i];

@@ -12,7 +12,8 @@
  *   model-init --config config.json --seed S --out DIR     initialised checkpoint
  *   model-load --model DIR [--save OUT]                    load (and re-save) a checkpoint
  *   model-bench --config config.json --batch B --seq T --steps S [--threads N] [--adamw 0|1]
- *               [--precision fp32|bf16] [--serve]
+ *               [--precision fp32|bf16] [--fused-head 0|1] [--serve]
+ *       --fused-head 1 (default): the chunked LM head that pretrain and sft use; 0: [N, V] logits.
  *       prints one JSON line: tokens_per_sec, step_seconds, ... (synthetic tokens).
  *       --serve: after setup print {"ready": ...}, then run one step per "step" line read
  *       on stdin and answer {"seconds": S, "cpu_seconds": C}; "quit" (or EOF) prints the
@@ -31,6 +32,9 @@
  *       streaming one (attention_*_streaming, O(T)) and writes qkv, dout, branch, and each
  *       one's out / dqkv as safetensors; prints one JSON line with each kernel's CPU seconds
  *       (process CPU time: steadier than wall time on a shared machine).
+ *   kernel-expf
+ *       reads floats from stdin (C99 hex "%a" or decimal, inf/nan), writes fdpo_k_expf of
+ *       each, one "%a" per line (the tests compare with numpy's float64 exp).
  */
 #include <cJSON.h>
 #include <stdio.h>
@@ -233,6 +237,7 @@ static int h_model_bench(int argc, char **argv) {
     const char *cfg = arg(argc, argv, "--config"), *threads = arg(argc, argv, "--threads");
     const char *bs = arg(argc, argv, "--batch"), *ts = arg(argc, argv, "--seq"), *ss = arg(argc, argv, "--steps");
     const char *adam = arg(argc, argv, "--adamw"), *prec = arg(argc, argv, "--precision");
+    const char *fused = arg(argc, argv, "--fused-head");
     int serve = 0;
     for (int i = 1; i < argc; i++) serve |= !strcmp(argv[i], "--serve");
     fdpo_precision precision = FDPO_PRECISION_FP32;
@@ -258,7 +263,9 @@ static int h_model_bench(int argc, char **argv) {
         tgt[t] = (int32_t)fdpo_rng_below(&rng, c.vocab_size);
         d[t] = -1.0f / (float)N; /* the SFT gradient */
     }
-    fdpo_batch b = {.n_seq = B, .n_tokens = N, .seq_offset = off, .tokens = tok, .targets = tgt};
+    /* the LM head as pretrain/sft run it (chunked, no [N, V] logits) unless --fused-head 0 */
+    fdpo_batch b = {.n_seq = B, .n_tokens = N, .seq_offset = off, .tokens = tok, .targets = tgt,
+                    .fused_head = !fused || atoi(fused)};
     fdpo_adamw opt;
     if (use_adamw) fdpo_adamw_init(&opt, m->n_params, 0.9, 0.95, 1e-8, 0.1);
     double t_total = 0.0, best = 1e30, cpu_total = 0.0;
@@ -454,8 +461,20 @@ static int h_attention_check(int argc, char **argv) {
     return rc;
 }
 
+static int h_kernel_expf(void) {
+    char word[128];
+    while (scanf("%127s", word) == 1) {
+        char *end;
+        float x = strtof(word, &end);
+        if (*end) return fdpo_error("kernel-expf: '%s' is not a float", word);
+        printf("%a\n", (double)fdpo_k_expf(x));
+    }
+    return 0;
+}
+
 int h_model(int argc, char **argv);
 int h_model(int argc, char **argv) {
+    if (!strcmp(argv[0], "kernel-expf")) return h_kernel_expf();
     if (!strcmp(argv[0], "model-fb")) return h_model_fb(argc, argv);
     if (!strcmp(argv[0], "model-init")) return h_model_init(argc, argv);
     if (!strcmp(argv[0], "model-load")) return h_model_load(argc, argv);

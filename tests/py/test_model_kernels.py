@@ -1,0 +1,78 @@
+"""The small-model speed work (docs/model.md#threads): fdpo_k_expf and the OpenMP spin setting.
+
+fdpo_k_expf (src/model/gpt2_internal.h) replaces libm's scalar expf in GELU, the attention
+softmax and the log-softmax so that those loops vectorise. `fdpo-harness kernel-expf` maps
+floats through it; the reference is numpy's float64 exp rounded to float32. Stated accuracy:
+<= 2 ulp on [-86, 88.72] (observed 1), exactly 0 below -86 and for -inf, +inf above
+log(FLT_MAX), NaN stays NaN. The fused kernels it feeds (bias+GELU, bias+residual+LayerNorm,
+GELU backward with the bias gradient) are checked end to end against PyTorch by
+test_model_parity.py / test_lora.py at the unchanged fp32 tolerances.
+
+The fdpo programs set GOMP_SPINCOUNT=1000 before libgomp starts unless the user set an OpenMP
+wait setting (src/cli/omp_spin.h); libgomp's OMP_DISPLAY_ENV report of the running process
+shows what it read.
+"""
+import os
+import subprocess
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-harness"))
+FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
+
+
+def fdpo_expf(x):
+    x = np.asarray(x, dtype=np.float32)
+    inp = "\n".join(float(v).hex() if np.isfinite(v) else str(float(v)) for v in x)
+    out = subprocess.run([HARNESS, "kernel-expf"], input=inp, capture_output=True, text=True, check=True).stdout
+    return np.array([float.fromhex(w) if "n" not in w else float(w.replace("-nan", "nan")) for w in out.split()],
+                    dtype=np.float32)
+
+
+def ulps(a, b):
+    ia = a.view(np.int32).astype(np.int64)
+    ib = b.view(np.int32).astype(np.int64)
+    return np.abs(ia - ib)
+
+
+def test_expf_within_2_ulp_of_float64_exp():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([
+        np.linspace(-86.0, 88.72, 40001, dtype=np.float32),          # the whole finite range, dense
+        rng.uniform(-10, 10, 20000).astype(np.float32),               # where softmax and GELU live
+        rng.uniform(-1e-3, 1e-3, 2000).astype(np.float32),            # around exp(0) = 1
+        np.float32([0.0, -0.0, 0.5 * np.log(2), -0.5 * np.log(2), 1.0, -1.0, 88.72283]),
+    ]).astype(np.float32)
+    got = fdpo_expf(x)
+    ref = np.exp(x.astype(np.float64)).astype(np.float32)
+    u = ulps(got, ref)
+    assert u.max() <= 2, f"max {u.max()} ulp at x = {x[u.argmax()]!r}: {got[u.argmax()]!r} vs {ref[u.argmax()]!r}"
+
+
+def test_expf_special_values():
+    x = np.float32([-np.inf, -1e30, -1000.0, -86.5, 88.73, 89.0, 1e30, np.inf, np.nan])
+    got = fdpo_expf(x)
+    assert np.all(got[:4] == 0.0), got[:4]                          # exp(-inf) = 0: masked softmax entries
+    assert np.all(np.isposinf(got[4:8])), got[4:8]
+    assert np.isnan(got[8])
+
+
+def omp_env_report(prog, args, extra_env):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(extra_env, OMP_DISPLAY_ENV="verbose")
+    r = subprocess.run([prog] + args, env=env, capture_output=True, text=True)
+    spins = [ln.split("=")[1].strip().strip("'") for ln in (r.stdout + r.stderr).splitlines()
+             if ln.strip().startswith("GOMP_SPINCOUNT")]
+    assert spins, r.stderr[-2000:]
+    return spins[-1], r   # the last report is the process that ran the command
+
+
+def test_programs_set_a_short_spin_unless_the_user_chose():
+    for prog, args in ((FDPO, ["--help"]), (HARNESS, ["kernel-expf"])):
+        spin, r = omp_env_report(prog, args, {})
+        assert spin == "1000", (prog, spin)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert omp_env_report(prog, args, {"GOMP_SPINCOUNT": "7"})[0] == "7"
+        # OMP_WAIT_POLICY chosen: libgomp's own spin for that policy, not fdpo's
+        assert omp_env_report(prog, args, {"OMP_WAIT_POLICY": "passive"})[0] != "1000"
