@@ -383,7 +383,10 @@ int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fd
     if (rc) return -1;
     fdpo_dpo d;
     fdpo_dpo_config dcfg = o->dpo;
-    dcfg.micro_batch = (size_t)to->batch_size;
+    /* data parallel: the ranks share out micro-batches; with one per step (--grad-accum 1) that
+     * left every rank but rank 0 idle, so under MPI a micro-batch is a rank's part of one */
+    const size_t ranks = (size_t)fdpo_dist_size();
+    dcfg.micro_batch = ((size_t)to->batch_size + ranks - 1) / ranks;
     if (fdpo_dpo_init(&d, tr.model, NULL, &dcfg)) { fdpo_trainer_close(&tr, 0); return -1; }
     const size_t per_step = (size_t)(to->batch_size * to->grad_accum);
     const fdpo_pref_pair **step_pairs = fdpo_malloc(per_step * sizeof *step_pairs);

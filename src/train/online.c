@@ -382,6 +382,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double)), *lpol = fdpo_malloc(N * sizeof(double));
     fdpo_pref_pair *pairs = fdpo_calloc(P, sizeof *pairs);
     const fdpo_pref_pair **pptr = fdpo_malloc(P * sizeof *pptr);
+    double *pair_ref = fdpo_malloc(2 * P * sizeof *pair_ref);
+    const int ref_is_model = !o->ref || !strcmp(o->ref, o->model);
     while (rc == 0 && !fdpo_trainer_done(&tr)) {
         const long step = (long)tr.state.step;   /* 0-based; the sampling seed is (seed, step) */
         fdpo_trainer_begin_step(&tr);
@@ -392,8 +394,11 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         double sec[2] = {0, 0}, t_score, t_train = 0;
         rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
         t_score = fdpo_now();
-        if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
-        if (!rc) rc = fdpo_samples_logp(policy, ids, lens, s, N, lpol);
+        /* log pi: the sampler's own sums (untempered, over the tokens scored here); log pi_ref:
+         * the same at step 0 of a run whose reference is --model, else one scoring pass */
+        for (size_t i = 0; !rc && i < N; i++) lpol[i] = s[i].logp;
+        if (!rc && step == 0 && ref_is_model) memcpy(lref, lpol, N * sizeof *lref);
+        else if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
         sec[1] += fdpo_now() - t_score;
         size_t np = 0, tokens = 0;
         double gap = 0, scores = 0, kl = 0, ent = 0, eos = 0;
@@ -411,6 +416,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
             q->chosen = b->tokens; q->n_chosen = b->n_tokens;
             q->rejected = w->tokens; q->n_rejected = w->n_tokens;
             q->line = (size_t)step + 1; q->index = np;
+            pair_ref[2 * np] = lref[best];   /* the reference log-probs the step needs: scored above */
+            pair_ref[2 * np + 1] = lref[worst];
             pptr[np++] = q;
             gap += r[best] - r[worst];
             tokens += 2 * lens[p] + b->n_tokens + w->n_tokens;
@@ -420,8 +427,13 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         }
         fdpo_dpo_metrics m = {0};
         t_train = fdpo_now();
-        if (!rc && np > 0) rc = fdpo_dpo_step(&d, pptr, np, NULL, 1, &m, NULL);
-        /* under MPI fdpo_dpo_step's one micro-batch ran on rank 0: the others add zero gradient and tokens */
+        /* under MPI every rank holds the same pairs: one micro-batch per rank, so each computes
+         * the loss and gradient of its own block (fdpo_dist_mine: block r on rank r) and the
+         * trainer sums them; the step's denominators are the whole step's (fdpo_dpo_step), so
+         * the sum is the single process's gradient up to the order of the float additions */
+        d.cfg.micro_batch = (np + (size_t)fdpo_dist_size() - 1) / (size_t)fdpo_dist_size();
+        if (!rc && np > 0) rc = fdpo_dpo_step(&d, pptr, np, pair_ref, 1, &m, NULL);
+        /* tokens: the step's total, counted once (rank 0) in the trainer's sum */
         if (!rc && np > 0) rc = fdpo_trainer_step(&tr, fdpo_dist_is_root() ? tokens : 0);
         else if (!rc) {
             /* no pairs (every prompt's samples tied): nothing to learn from, so the policy and
@@ -462,7 +474,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     }
     if (d_ok) fdpo_dpo_free(&d);
     if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
-    free(ps); free(pp); free(cc); free(r); free(lref); free(lpol); free(pairs); free(pptr);
+    free(ps); free(pp); free(cc); free(r); free(lref); free(lpol); free(pairs); free(pptr); free(pair_ref);
     if (tok) fdpo_tokenizer_free(tok);
     if (ref) fdpo_gpt2_free(ref);
     if (reward) fdpo_reward_free(reward);
