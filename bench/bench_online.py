@@ -2,22 +2,24 @@
 """One online f-DPO round, fdpo vs PyTorch, split into its phases.
 
 A round: P prompts (byte-level text, every prompt exactly --prompt-tokens tokens), n
-completions each sampled from the current policy (temperature 1, --new-tokens new tokens),
-scored (the `length:words` reward plus the log-probs under the reference, and, for the round's
-KL metrics, under the policy), the best and the worst completion of each prompt paired, and
-one f-DPO step (sigmoid loss, reverse KL, beta 0.1) over the P pairs with AdamW.
+completions each sampled from the current policy (temperature 1, --new-tokens new tokens;
+the policy's log-prob of each completion, for the round's KL metric, taken from the
+sampler's own softmax on both sides), scored (the `length:words` reward plus the log-probs
+under the reference), the best and the worst completion of each prompt paired, and one f-DPO
+step (sigmoid loss, reverse KL, beta 0.1) over the P pairs with AdamW, the pairs' reference
+log-probs taken from the scoring.
 
 fdpo side: `fdpo online --rounds 2 --batch-size P --epochs 1`, a process per run; the round
-timed is round 1 (round 0 is the warm-up), its split read from fdpo's own metrics.jsonl
-(time/sampling: generation; time/scoring: reward + reference/policy log-probs;
-time/training: the round's f-DPO run, which in rounds mode also loads the round's policy and
-reference from disk, recomputes the reference log-probs of the pairs and writes the round's
-checkpoint -- the whole cost of a round as fdpo runs it).
+timed is round 1 (round 0 is the warm-up; in round 1 the reference is no longer the policy,
+so it is scored), its split read from fdpo's own metrics.jsonl (time/sampling: generation;
+time/scoring: reward + reference log-probs; time/training: the round's f-DPO step on the
+in-memory policy plus the round's checkpoint, written atomically with fsync for resume --
+the whole cost of a round as fdpo runs it; PyTorch writes nothing).
 PyTorch side (this script's --worker mode, a process per run): the same round written
 here -- sampling with a preallocated key/value cache (use_cache-style: prefill, then one
-token per step over the cache), the reward and the log-probs in one batched forward each,
-and one DPO step (policy forward/backward over the 2P sequences, AdamW, grad clip 1); two
-rounds in the process, the second timed, models kept in memory.
+token per step over the cache), the reward and the reference log-probs in one batched
+forward, and one DPO step (policy forward/backward over the 2P sequences, AdamW, grad clip
+1); two rounds in the process, the second timed, models kept in memory.
 
 Sides run INTERLEAVED (fdpo, torch, torch, fdpo, ...) for >= 5 runs each; medians per phase
 and of the total, the ratio of medians (torch / fdpo: > 1 means fdpo is faster), and the
@@ -101,20 +103,25 @@ class TorchGPT2:
         return F.layer_norm(x, (C,), self.lnfw, self.lnfb, self.eps) @ self.wte.t()
 
     def sample(self, prompt_ids, new_tokens, generator):
-        """prompt_ids [B, P] -> completions [B, new_tokens], temperature 1, with a KV cache."""
+        """prompt_ids [B, P] -> completions [B, new_tokens], temperature 1, with a KV cache, and
+        each completion's summed log-prob under the sampling model (from the same softmax, as
+        fdpo's sampler returns it)."""
         import torch
         B, P = prompt_ids.shape
         hs = self.C // self.H
         max_len = P + new_tokens
         cache = [(torch.empty(B, self.H, max_len, hs), torch.empty(B, self.H, max_len, hs)) for _ in range(self.L)]
         out = torch.empty(B, new_tokens, dtype=torch.long)
+        logp = torch.zeros(B, dtype=torch.float64)
         with torch.no_grad():
             logits = self.forward(prompt_ids, 0, cache, last_only=True)
             for j in range(new_tokens):
-                out[:, j] = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+                lp = torch.log_softmax(logits, -1)
+                out[:, j] = torch.multinomial(lp.exp(), 1, generator=generator)[:, 0]
+                logp += lp.gather(-1, out[:, j:j + 1])[:, 0]
                 if j + 1 < new_tokens:
                     logits = self.forward(out[:, j:j + 1], P + j, cache, last_only=True)
-        return out
+        return out, logp
 
 
 def words_reward(comp):
@@ -137,13 +144,13 @@ def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, genera
     import torch.nn.functional as F
     P, Pt = prompt_ids.shape
     t0 = time.perf_counter()
-    comp = policy.sample(prompt_ids.repeat_interleave(n, 0), new_tokens, generator)
+    comp, lpol = policy.sample(prompt_ids.repeat_interleave(n, 0), new_tokens, generator)
     t1 = time.perf_counter()
     seqs = torch.cat([prompt_ids.repeat_interleave(n, 0), comp], 1)
     with torch.no_grad():
         reward = words_reward(comp)
         lref = completion_logp(ref, seqs, Pt)
-        lpol = completion_logp(policy, seqs, Pt)  # the round's KL metric, as fdpo logs it
+        kl = (lpol - lref).mean()  # the round's KL metric, as fdpo logs it
     r = reward.view(P, n)
     best, worst = r.argmax(1) + torch.arange(P) * n, r.argmin(1) + torch.arange(P) * n
     t2 = time.perf_counter()
@@ -156,7 +163,7 @@ def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, genera
     torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
     opt.step()
     t3 = time.perf_counter()
-    _ = lpol
+    _ = kl
     return {"sampling": t1 - t0, "scoring": t2 - t1, "training": t3 - t2}
 
 

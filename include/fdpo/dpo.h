@@ -139,5 +139,13 @@ void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s);
  * --max-prompt-length, --on-long, --bad-pairs, --eval-fraction, --eval-file; all fixed. */
 void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, const char *eval_file, fdpo_settings *s);
 int fdpo_dpo_train(const fdpo_dpo_run_opts *o);
+/* The same trainer loop on pairs already in memory (an online round, src/train/online.c):
+ * policy is trained in place (o->train.init only names where it came from, for the saved
+ * settings; o->data names the pairs' record file and is not read), tok is saved with it,
+ * ref_logp[2i], ref_logp[2i+1] are the reference log-probs of pair i's chosen and rejected
+ * completions (NULL for simpo). No held-out split, no reference cache, no data_summary.json:
+ * OUT gets the checkpoint with training state and metrics.jsonl, as fdpo_dpo_train writes them. */
+int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fdpo_tokenizer *tok,
+                         const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp);
 
 #endif

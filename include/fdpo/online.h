@@ -4,10 +4,12 @@
  * sample n completions each from the current policy (round k-1's checkpoint, or the initial
  * model), score them with the reward, pair the best with the worst completion of every prompt
  * (prompts whose completions all score the same give no pair) -- or, with pairs_bt, pair them
- * off with Bradley-Terry-sampled labels as `fdpo pairs` does -- write them as preference JSONL
- * DIR/round-K.pairs.jsonl and run f-DPO on them (fdpo_dpo_train, every loss/divergence) into
+ * off with Bradley-Terry-sampled labels as `fdpo pairs` does -- record them as preference JSONL
+ * DIR/round-K.pairs.jsonl and run f-DPO on their sampled token ids straight from memory
+ * (fdpo_dpo_train_pairs, every loss/divergence; the reference log-probs from the scoring) into
  * DIR/round-K. The reference is the initial model (ref_update_round = 0: online DPO) or the
- * previous round's policy (1: iterative DPO, Xiong et al. 2024).
+ * previous round's policy (1: iterative DPO, Xiong et al. 2024). The policy (and a fixed
+ * reference) stay in memory across rounds; each is read from disk once per run.
  *
  * A round trains into DIR/round-K.partial and is renamed to DIR/round-K only when complete, so
  * an interrupted or failed round (a reward program that fails, say) leaves every earlier round
@@ -41,7 +43,8 @@ int fdpo_online_run(const fdpo_online_opts *o);
 
 /* --mode step, TRL OnlineDPOTrainer's fully online variant: every optimizer step samples n
  * completions for prompts_per_round prompts from the in-memory policy, pairs the best with the
- * worst of each prompt, and takes one f-DPO step on them (reference in memory, run live).
+ * worst of each prompt, and takes one f-DPO step on them (the pairs' reference log-probs from
+ * the step's scoring pass; under MPI each rank computes the gradient of its block of pairs).
  * dpo.train.steps steps, an fdpo_trainer run (kind "online-step") whose items are the prompts
  * in file order: DIR gets one metrics line per step (with time/sampling, time/scoring,
  * time/training seconds), checkpoints with training state every save_every steps, at

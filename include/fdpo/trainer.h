@@ -55,6 +55,11 @@ typedef struct {
     const char *out;     /* checkpoint directory (required) */
     int resume;          /* continue from out's training state */
     const char *init;    /* start from this checkpoint instead of a random init */
+    fdpo_gpt2 *init_model; /* or from this model in memory (init then only names it, for the
+                              settings): trained in place, borrowed (close does not free it);
+                              the online rounds keep their policy in memory this way */
+    int skip_moments;    /* checkpoints hold training_state.json but not the AdamW moments
+                            (an online round's: a round is redone, never resumed mid-way) */
     const char *tokenizer; /* tokenizer directory (default: init's, else byte-level) */
     const char *chat_template; /* built-in chat template for message data (NULL/"auto": the tokenizer's) */
     long eval_every, save_every, log_every;
@@ -144,7 +149,7 @@ typedef struct {
     char *kind;             /* "pretrain", "sft", "dpo" */
 } fdpo_train_state;
 void fdpo_train_state_free(fdpo_train_state *s);
-/* Write both state files into dir (atomic each). */
+/* Write both state files into dir (atomic each); opt NULL: training_state.json alone. */
 int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo_adamw *opt,
                           const fdpo_gpt2 *m);
 /* Read both state files; opt must already be sized for m (fdpo_adamw_init). */
@@ -155,7 +160,7 @@ int fdpo_train_state_read_settings(const char *dir, fdpo_settings *settings, siz
 
 /* ---- checkpoint directories with atomic replacement ----
  * fdpo_checkpoint_save_all writes config.json, model.safetensors, the tokenizer files and,
- * when s != NULL, the training state, all into the sibling OUT.tmp; then OUT -> OUT.old,
+ * when s != NULL, the training state (the AdamW moments only when opt != NULL), all into the sibling OUT.tmp; then OUT -> OUT.old,
  * OUT.tmp -> OUT, remove OUT.old. A crash leaves OUT complete (old or new) or, between the
  * two renames, only OUT.old, which fdpo_checkpoint_recover renames back. Files in OUT that
  * are not part of a checkpoint (metrics.jsonl, anything a user put there) are hard-linked

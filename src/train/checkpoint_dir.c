@@ -149,7 +149,7 @@ int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tok
      * frozen base it was trained on (adapter_config.json names it) */
     if (m->lora ? fdpo_lora_save_peft(tmp, m, m->lora->base_model) : fdpo_checkpoint_save_model(tmp, m)) goto done;
     if (tok && fdpo_tokenizer_save_dir(tok, tmp)) goto done;
-    if (s && opt && fdpo_train_state_save(tmp, s, opt, m->lora ? &m->lora->view : m)) goto done;
+    if (s && fdpo_train_state_save(tmp, s, opt, m->lora ? &m->lora->view : m)) goto done;
     if (fdpo_file_exists(out) && rename(out, old) != 0) { fdpo_error("%s: cannot move aside: %s", out, strerror(errno)); goto done; }
     if (rename(tmp, out) != 0) { fdpo_error("%s: cannot rename %s into place: %s", out, tmp, strerror(errno)); goto done; }
     fsync_parent(out);

@@ -366,3 +366,55 @@ done:
     fdpo_tokenizer_free(tok);
     return rc;
 }
+
+int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fdpo_tokenizer *tok,
+                         const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp) {
+    const fdpo_train_opts *to = &o->train;
+    if (fdpo_dpo_run_opts_check(o)) return -1;
+    if (n == 0) return fdpo_error("%s: no training pairs", o->data);
+    const int simpo = o->dpo.loss.kind == FDPO_LOSS_SIMPO;
+    if (!simpo && !ref_logp) return fdpo_error("dpo: no reference log-probs for the pairs of %s", o->data);
+    fdpo_train_opts t = *to;
+    t.init_model = policy;
+    fdpo_settings settings = {0};
+    fdpo_dpo_run_opts_settings(o, &settings);
+    fdpo_trainer tr;
+    int rc = fdpo_trainer_open(&tr, &t, "dpo", tok, n, run_data_hash(pairs, n, NULL, 0), &settings);
+    fdpo_settings_free(&settings);
+    if (rc) return -1;
+    fdpo_dpo d;
+    fdpo_dpo_config dcfg = o->dpo;
+    /* data parallel: the ranks share out micro-batches; with one per step (--grad-accum 1) that
+     * left every rank but rank 0 idle, so under MPI a micro-batch is a rank's part of one */
+    const size_t ranks = (size_t)fdpo_dist_size();
+    dcfg.micro_batch = ((size_t)to->batch_size + ranks - 1) / ranks;
+    if (fdpo_dpo_init(&d, tr.model, NULL, &dcfg)) { fdpo_trainer_close(&tr, 0); return -1; }
+    const size_t per_step = (size_t)(to->batch_size * to->grad_accum);
+    const fdpo_pref_pair **step_pairs = fdpo_malloc(per_step * sizeof *step_pairs);
+    double *step_ref = fdpo_malloc(2 * per_step * sizeof *step_ref);
+    while (rc == 0 && !fdpo_trainer_done(&tr)) {
+        fdpo_trainer_begin_step(&tr);
+        for (size_t i = 0; i < per_step; i++) {
+            size_t k = fdpo_trainer_next_item(&tr);
+            step_pairs[i] = pairs[k];
+            if (!simpo) { step_ref[2 * i] = ref_logp[2 * k]; step_ref[2 * i + 1] = ref_logp[2 * k + 1]; }
+        }
+        fdpo_dpo_metrics m;
+        rc = fdpo_dpo_step(&d, step_pairs, per_step, simpo ? NULL : step_ref, 1, &m, NULL);
+        if (!rc) rc = fdpo_trainer_step(&tr, m.tokens);
+        if (!rc && fdpo_trainer_want_log(&tr)) {
+            fdpo_trainer_metrics_begin(&tr, m.loss);
+            add_dpo_metrics(&tr.metrics, "", &m, 0, dcfg.loss.sft_weight);
+            rc = fdpo_metrics_end(&tr.metrics);
+            char extra[96];
+            snprintf(extra, sizeof extra, "acc %.2f | margin %.3g", m.accuracy, m.margins);
+            fdpo_trainer_progress(&tr, m.loss, extra);
+        }
+        if (!rc) rc = fdpo_trainer_maybe_save(&tr);
+    }
+    fdpo_dpo_free(&d);
+    free(step_pairs);
+    free(step_ref);
+    int crc = fdpo_trainer_close(&tr, rc == 0);
+    return rc ? rc : crc;
+}

@@ -34,91 +34,124 @@ typedef struct {
     double t_sampling, t_scoring, t_training;   /* seconds: generation; reward + log-probs; f-DPO */
 } round_stats;
 
-/* Sample, score, pair: writes pairs_path; fills st. */
-static int make_round_pairs(const fdpo_online_opts *o, long k, const char *policy_dir, const char *ref_dir,
-                            char **prompts, size_t n_prompts, fdpo_reward *reward, const char *pairs_path,
+/* What a round works on, sized once for the whole run (N = P * n samples; a round has at
+ * most N / 2 pairs either way of pairing). */
+typedef struct {
+    size_t P, K, N;
+    char **ps, **pp, **cc;         /* the round's prompts; each sample's prompt and completion text */
+    double *r, *logp, *lref;       /* reward, log pi and log pi_ref of each sample's tokens */
+    fdpo_sample_rec *recs;         /* --pairs all-bt */
+    fdpo_pref_pair *pairs;         /* over the samples' token ids */
+    const fdpo_pref_pair **pair_ptr;
+    double *pair_ref;              /* [2 * pairs] reference log-probs of chosen, rejected */
+    size_t n_pairs;
+} round_buf;
+
+static void round_buf_init(round_buf *b, size_t P, size_t K) {
+    memset(b, 0, sizeof *b);
+    b->P = P; b->K = K; b->N = P * K;
+    b->ps = fdpo_malloc(P * sizeof *b->ps);
+    b->pp = fdpo_calloc(b->N, sizeof *b->pp);
+    b->cc = fdpo_calloc(b->N, sizeof *b->cc);
+    b->r = fdpo_calloc(b->N, sizeof(double));
+    b->logp = fdpo_calloc(b->N, sizeof(double));
+    b->lref = fdpo_calloc(b->N, sizeof(double));
+    b->recs = fdpo_calloc(b->N, sizeof *b->recs);
+    b->pairs = fdpo_calloc(b->N, sizeof *b->pairs);
+    b->pair_ptr = fdpo_calloc(b->N, sizeof *b->pair_ptr);
+    b->pair_ref = fdpo_calloc(2 * b->N, sizeof(double));
+}
+
+static void round_buf_free(round_buf *b) {
+    free(b->ps); free(b->pp); free(b->cc); free(b->r); free(b->logp); free(b->lref);
+    free(b->recs); free(b->pairs); free(b->pair_ptr); free(b->pair_ref);
+}
+
+/* Pair q = samples w (chosen) and l (rejected): its record line in the pairs file and its
+ * training pair over the sampled token ids (the prompt's ids, the completion's tokens with
+ * the EOT the sampler drew, if any: exactly what was sampled and scored). */
+static void add_pair(round_buf *b, round_stats *st, FILE *f, int32_t **ids, const size_t *lens,
+                     const fdpo_sample *s, size_t w, size_t l) {
+    /* an empty completion (EOT at once) makes no pair, as an empty side of a preference file
+     * does not (the rounds mode has always skipped them: docs/online.md) */
+    if (s[w].n_completion == 0 || s[l].n_completion == 0) return;
+    size_t q = b->n_pairs++;
+    fdpo_pref_pair *x = &b->pairs[q];
+    x->prompt = ids[s[w].prompt_index]; x->n_prompt = lens[s[w].prompt_index];
+    x->chosen = s[w].tokens; x->n_chosen = s[w].n_tokens;
+    x->rejected = s[l].tokens; x->n_rejected = s[l].n_tokens;
+    x->line = q + 1; x->index = q; x->truncated = 0;
+    b->pair_ptr[q] = x;
+    b->pair_ref[2 * q] = b->lref[w];
+    b->pair_ref[2 * q + 1] = b->lref[l];
+    st->pairs += 1;
+    st->reward_gap += b->r[w] - b->r[l];
+    if (!f) return;
+    cJSON *row = cJSON_CreateObject();
+    cJSON_AddStringToObject(row, "prompt", b->pp[w]);
+    cJSON_AddStringToObject(row, "chosen", b->cc[w]);
+    cJSON_AddStringToObject(row, "rejected", b->cc[l]);
+    cJSON_AddNumberToObject(row, "chosen_reward", b->r[w]);
+    cJSON_AddNumberToObject(row, "rejected_reward", b->r[l]);
+    char *line = cJSON_PrintUnformatted(row);
+    fprintf(f, "%s\n", line);
+    free(line);
+    cJSON_Delete(row);
+}
+
+/* Sample from the policy, score, pair: fills b (pairs over *s's tokens: the caller frees *s,
+ * *ids after training on them) and st; rank 0 writes the pairs as preference JSONL to
+ * pairs_path, the round's record (not read back). ref == NULL: the reference is the policy
+ * itself this round (round 0 of online DPO from --model; every round of iterative DPO), so
+ * log pi_ref = log pi. log pi of a sample is the sampler's own sum (fdpo_sample.logp:
+ * untempered, over the same tokens fdpo_samples_logp scores). */
+static int make_round_pairs(const fdpo_online_opts *o, long k, fdpo_gpt2 *policy, fdpo_gpt2 *ref,
+                            const fdpo_tokenizer *tok, char **prompts, size_t n_prompts, fdpo_reward *reward,
+                            const char *pairs_path, round_buf *b, int32_t ***ids, size_t **lens, fdpo_sample **s,
                             round_stats *st) {
-    fdpo_gpt2 *policy = fdpo_checkpoint_load_model(policy_dir), *ref = NULL;
-    fdpo_tokenizer *tok = policy ? fdpo_tokenizer_load_dir(policy_dir) : NULL;
-    /* a LoRA policy whose reference is its base: the policy with its adapters off (no second copy) */
-    char *ref_real = policy && policy->lora && policy->lora->base_model ? realpath(ref_dir, NULL) : NULL;
-    const int ref_is_base = ref_real && !strcmp(ref_real, policy->lora->base_model);
-    free(ref_real);
-    if (policy && tok) ref = ref_is_base ? policy : fdpo_checkpoint_load_model(ref_dir);
-    if (!policy || !tok || !ref) {
-        if (tok) fdpo_tokenizer_free(tok);
-        if (policy) fdpo_gpt2_free(policy);
-        return fdpo_error_context("round %ld: loading %s", k, !policy || !tok ? policy_dir : ref_dir);
-    }
-    size_t P = (size_t)o->prompts_per_round, N = P * (size_t)o->n;
-    char **ps = fdpo_malloc(P * sizeof *ps);
-    for (size_t i = 0; i < P; i++) ps[i] = prompts[((size_t)k * P + i) % n_prompts];
-    int32_t **ids = NULL;
-    size_t *lens = NULL;
-    fdpo_sample *s = NULL;
-    double *r = fdpo_calloc(N, sizeof(double)), *logp = fdpo_calloc(N, sizeof(double)), *lref = fdpo_calloc(N, sizeof(double));
-    char **pp = fdpo_calloc(N, sizeof(char *)), **cc = fdpo_calloc(N, sizeof(char *));
+    const size_t P = b->P, K = b->K, N = b->N;
+    for (size_t i = 0; i < P; i++) b->ps[i] = prompts[((size_t)k * P + i) % n_prompts];
     double sec[2] = {0, 0};
-    int rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "round", k, ps, P, (size_t)o->n, reward, &ids, &lens, &s, pp, cc, r, sec);
-    double t_logp = fdpo_now();
-    if (rc == 0) rc = fdpo_samples_logp(policy, ids, lens, s, N, logp);   /* l = log pi - log pi_ref */
-    int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
-    if (rc == 0) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
-    if (ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
     memset(st, 0, sizeof *st);
+    b->n_pairs = 0;
+    int rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "round", k, b->ps, P, K, reward, ids, lens, s,
+                                         b->pp, b->cc, b->r, sec);
+    double t_logp = fdpo_now();
+    for (size_t i = 0; rc == 0 && i < N; i++) b->logp[i] = (*s)[i].logp;
+    /* ref == policy: a LoRA policy whose reference is its base, i.e. itself with the adapters off */
+    if (rc == 0 && ref) {
+        int lora_on = ref == policy ? fdpo_lora_set_enabled(policy, 0) : 0;
+        rc = fdpo_samples_logp(ref, *ids, *lens, *s, N, b->lref);   /* l = log pi - log pi_ref */
+        if (ref == policy) fdpo_lora_set_enabled(policy, lora_on);
+    } else if (rc == 0) {
+        memcpy(b->lref, b->logp, N * sizeof(double));
+    }
     st->t_sampling = sec[0];
     st->t_scoring = sec[1] + (fdpo_now() - t_logp);
     fdpo_atomic_file af;
     int opened = 0;
     if (rc == 0 && fdpo_dist_is_root()) opened = (rc = fdpo_atomic_open(&af, pairs_path)) == 0;   /* rank 0 writes */
+    FILE *f = opened ? af.f : NULL;
+    const fdpo_sample *x = *s;
     if (rc == 0 && o->pairs_bt) {
         /* every disjoint pair of a prompt's completions, labels drawn from Bradley-Terry */
-        fdpo_sample_rec *recs = fdpo_calloc(N, sizeof *recs);
-        for (size_t i = 0; i < N; i++) {
-            recs[i].prompt = pp[i]; recs[i].completion = cc[i]; recs[i].reward = r[i];
-            recs[i].has_reward = 1; recs[i].n_tokens = s[i].n_completion; recs[i].line = i + 1;
-        }
+        for (size_t i = 0; i < N; i++)
+            b->recs[i] = (fdpo_sample_rec){b->pp[i], b->cc[i], b->r[i], x[i].n_completion, 1, i + 1};
         fdpo_pairs_config pc = {o->bt_scale, 0, 1, fdpo_round_seed(o->sample.seed, k)};
         fdpo_pair *bp = NULL;
         size_t nbp = 0;
-        rc = fdpo_make_pairs(recs, N, &pc, &bp, &nbp, NULL);
-        for (size_t q = 0; rc == 0 && q < nbp; q++) {
-            size_t w = bp[q].chosen, l = bp[q].rejected;
-            cJSON *row = cJSON_CreateObject();
-            cJSON_AddStringToObject(row, "prompt", pp[w]);
-            cJSON_AddStringToObject(row, "chosen", cc[w]);
-            cJSON_AddStringToObject(row, "rejected", cc[l]);
-            cJSON_AddNumberToObject(row, "chosen_reward", r[w]);
-            cJSON_AddNumberToObject(row, "rejected_reward", r[l]);
-            char *line = cJSON_PrintUnformatted(row);
-            if (opened) fprintf(af.f, "%s\n", line);
-            free(line);
-            cJSON_Delete(row);
-            st->pairs += 1;
-            st->reward_gap += r[w] - r[l];
-        }
+        rc = fdpo_make_pairs(b->recs, N, &pc, &bp, &nbp, NULL);
+        for (size_t q = 0; rc == 0 && q < nbp; q++) add_pair(b, st, f, *ids, *lens, x, bp[q].chosen, bp[q].rejected);
         free(bp);
-        free(recs);
     }
     for (size_t p = 0; rc == 0 && !o->pairs_bt && p < P; p++) {
-        size_t best = p * (size_t)o->n, worst = best;
-        for (size_t j = p * (size_t)o->n; j < (p + 1) * (size_t)o->n; j++) {
-            if (r[j] > r[best]) best = j;
-            if (r[j] < r[worst]) worst = j;
+        size_t best = p * K, worst = best;
+        for (size_t j = p * K; j < (p + 1) * K; j++) {
+            if (b->r[j] > b->r[best]) best = j;
+            if (b->r[j] < b->r[worst]) worst = j;
         }
-        if (!(r[best] > r[worst]) || !strcmp(s[best].text, s[worst].text)) continue;
-        cJSON *row = cJSON_CreateObject();
-        cJSON_AddStringToObject(row, "prompt", ps[p]);
-        cJSON_AddStringToObject(row, "chosen", s[best].text);
-        cJSON_AddStringToObject(row, "rejected", s[worst].text);
-        cJSON_AddNumberToObject(row, "chosen_reward", r[best]);
-        cJSON_AddNumberToObject(row, "rejected_reward", r[worst]);
-        char *line = cJSON_PrintUnformatted(row);
-        if (opened) fprintf(af.f, "%s\n", line);
-        free(line);
-        cJSON_Delete(row);
-        st->pairs += 1;
-        st->reward_gap += r[best] - r[worst];
+        if (!(b->r[best] > b->r[worst]) || !strcmp(x[best].text, x[worst].text)) continue;
+        add_pair(b, st, f, *ids, *lens, x, best, worst);
     }
     if (opened) {
         if (rc == 0) rc = fdpo_atomic_commit(&af);
@@ -126,20 +159,16 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, const char *polic
     }
     if (rc == 0) {
         for (size_t i = 0; i < N; i++) {
-            st->scores += r[i];
-            st->kl += logp[i] - lref[i];
-            st->entropy += -logp[i];
-            st->eos += s[i].finish == FDPO_FINISH_EOT;
-            st->length += (double)s[i].n_completion;
+            st->scores += b->r[i];
+            st->kl += b->logp[i] - b->lref[i];
+            st->entropy += -b->logp[i];
+            st->eos += x[i].finish == FDPO_FINISH_EOT;
+            st->length += (double)x[i].n_completion;
         }
         st->scores /= (double)N; st->kl /= (double)N; st->entropy /= (double)N;
         st->eos /= (double)N; st->length /= (double)N;
         st->reward_gap = st->pairs > 0 ? st->reward_gap / st->pairs : NAN;
     }
-    if (s) fdpo_samples_free(s, N);
-    if (ids) fdpo_free_ids(ids, lens, P);
-    free(ps); free(r); free(logp); free(lref); free(pp); free(cc);
-    fdpo_gpt2_free(policy); if (!ref_is_base) fdpo_gpt2_free(ref); fdpo_tokenizer_free(tok);
     return rc;
 }
 
@@ -162,6 +191,35 @@ static int write_round_metrics(fdpo_metrics *mw, long k, long rounds, double bet
     fdpo_metrics_add(mw, "time/training", st->t_training);
     fdpo_metrics_add(mw, "progress", (double)(k + 1) / (double)rounds);
     return fdpo_metrics_end(mw);
+}
+
+/* --lora-r: the policy trains adapters on its base and every round-K is one PEFT adapter on
+ * the original base. A --model (or a completed round, on --resume) that holds an adapter is
+ * continued; a plain --model gets fresh adapters from --seed, as the trainer would attach them.
+ * Without --lora-r an adapter checkpoint is merged and trained in full, as fdpo dpo does. */
+static int policy_lora_setup(const fdpo_online_opts *o, fdpo_gpt2 *policy, const char *from) {
+    const fdpo_train_opts *t = &o->dpo.train;
+    if (t->lora_r <= 0) { if (policy->lora) fdpo_lora_merge(policy); return 0; }
+    if (!policy->lora) {
+        fdpo_lora_opts lo = {t->lora_r, t->lora_alpha, t->lora_dropout, t->lora_targets};
+        if (fdpo_lora_attach(policy, &lo, (uint64_t)t->seed)) return fdpo_error_context("--model %s", from);
+        policy->lora->base_model = realpath(from, NULL);
+    } else if ((long)policy->lora->r != t->lora_r || policy->lora->alpha != t->lora_alpha) {
+        return fdpo_error("--lora-r/--lora-alpha: %ld/%g differ from the adapter of %s (r=%zu, alpha=%g), which this run "
+                          "continues", t->lora_r, t->lora_alpha, from, policy->lora->r, policy->lora->alpha);
+    }
+    policy->lora->seed = (uint64_t)t->seed;   /* dropout masks */
+    policy->lora->dropout = t->lora_dropout;
+    return 0;
+}
+
+/* Is path the LoRA policy's base (the file system's idea of the same directory)? */
+static int is_lora_base(const fdpo_gpt2 *policy, const char *path) {
+    if (!policy->lora || !policy->lora->base_model) return 0;
+    char *real = realpath(path, NULL);
+    int same = real && !strcmp(real, policy->lora->base_model);
+    free(real);
+    return same;
 }
 
 int fdpo_online_run(const fdpo_online_opts *o) {
@@ -203,54 +261,80 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     const char *ref0 = o->ref ? o->ref : o->model;
     fdpo_progress prog;
     int prog_on = rc == 0 && start < o->rounds;
+    /* the models stay in memory for the whole run: the policy (trained in place, round by
+     * round) and, with a fixed reference, the reference; both are read from disk once */
+    fdpo_gpt2 *policy = NULL, *ref = NULL;
+    fdpo_tokenizer *tok = NULL;
+    if (prog_on) {
+        char *from = start > 0 ? round_path(o->out, start - 1, "") : fdpo_strdup(o->model);
+        policy = fdpo_checkpoint_load_model(from);
+        tok = policy ? fdpo_tokenizer_load_dir(from) : NULL;
+        if (!policy || !tok) rc = fdpo_error_context("round %ld: loading %s", start, from);
+        if (rc == 0) rc = policy_lora_setup(o, policy, from);
+        free(from);
+        if (rc == 0 && !o->ref_update_round && is_lora_base(policy, ref0)) {
+            ref = policy;   /* the base with the adapters off: no second copy */
+        } else if (rc == 0 && !o->ref_update_round) {
+            ref = fdpo_checkpoint_load_model(ref0);
+            if (!ref) rc = fdpo_error_context("--ref %s", ref0);
+            else if (ref->config.vocab_size != policy->config.vocab_size)
+                rc = fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", ref0, ref->config.vocab_size,
+                                policy->config.vocab_size);
+        }
+    }
+    /* the reference is the round's starting policy itself in iterative DPO, and in round 0
+     * of online DPO whose reference is --model: then log pi_ref = log pi, no second scoring */
+    const int ref_is_model = !o->ref || !strcmp(o->ref, o->model);
+    round_buf buf;
+    round_buf_init(&buf, (size_t)o->prompts_per_round, (size_t)o->n);
     /* the metrics of complete rounds only: a line written for a round that then did not
      * become round-K (a crash before the rename) is dropped and written again */
     fdpo_metrics mw = {0};
-    if (prog_on) rc = fdpo_metrics_open(&mw, o->out, (size_t)start);
-    if (prog_on) fdpo_progress_start(&prog, "online rounds", (size_t)o->rounds);
+    if (prog_on && rc == 0) rc = fdpo_metrics_open(&mw, o->out, (size_t)start);
+    if (prog_on && rc == 0) fdpo_progress_start(&prog, "online rounds", (size_t)o->rounds);
     for (long k = start; rc == 0 && k < o->rounds; k++) {
         char *prev = k > 0 ? round_path(o->out, k - 1, "") : fdpo_strdup(o->model);
-        const char *ref = o->ref_update_round && k > 0 ? prev : ref0;
+        const char *ref_name = o->ref_update_round && k > 0 ? prev : ref0;
         char *pairs = round_path(o->out, k, ".pairs.jsonl"), *partial = round_path(o->out, k, ".partial");
         char *done = round_path(o->out, k, "");
         round_stats st;
+        int32_t **ids = NULL;
+        size_t *lens = NULL;
+        fdpo_sample *samples = NULL;
         fdpo_log(FDPO_LOG_INFO, "round %ld (%ld of %ld): sampling %ld x %ld from %s", k, k + 1, o->rounds,
                  o->prompts_per_round, o->n, prev);
-        rc = make_round_pairs(o, k, prev, ref, prompts, n_prompts, reward, pairs, &st);
-        if (rc == 0) rc = fdpo_dist_barrier();   /* rank 0 wrote the pairs the others train on */
+        fdpo_gpt2 *round_ref = o->ref_update_round || (k == 0 && ref_is_model) ? NULL : ref;
+        rc = make_round_pairs(o, k, policy, round_ref, tok, prompts, n_prompts, reward, pairs, &buf, &ids, &lens,
+                              &samples, &st);
         if (rc == 0) {
             fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k,
                      st.scores, st.kl, st.pairs, st.reward_gap);
             if (is_dir(partial) && fdpo_dist_is_root()) rc = fdpo_remove_tree(partial);
+            rc = fdpo_dist_all_ok(rc);
         }
         if (rc == 0 && st.pairs == 0) {
             /* nothing to learn from: the policy carries over unchanged */
             fdpo_log(FDPO_LOG_WARN, "round %ld: every prompt's %ld completions got the same reward: no pairs, the policy "
                      "carries over unchanged (raise --n or the sampling temperature)", k, o->n);
-            fdpo_gpt2 *m = fdpo_checkpoint_load_model(prev);
-            if (m && !m->lora && o->dpo.train.lora_r > 0) {   /* LoRA from the base: a fresh adapter, as training would start */
-                const fdpo_train_opts *t = &o->dpo.train;
-                fdpo_lora_opts lo = {t->lora_r, t->lora_alpha, t->lora_dropout, t->lora_targets};
-                if (fdpo_lora_attach(m, &lo, (uint64_t)t->seed)) { fdpo_gpt2_free(m); m = NULL; }
-                else m->lora->base_model = realpath(prev, NULL);
-            }
-            fdpo_tokenizer *tk = m ? fdpo_tokenizer_load_dir(prev) : NULL;
-            rc = m && tk ? fdpo_checkpoint_save_all(partial, m, tk, NULL, NULL) : -1;
-            if (tk) fdpo_tokenizer_free(tk);
-            if (m) fdpo_gpt2_free(m);
+            if (fdpo_dist_is_root()) rc = fdpo_checkpoint_save_all(partial, policy, tok, NULL, NULL);
         } else if (rc == 0) {
+            /* f-DPO on the round's pairs straight from memory: the trainer of `fdpo dpo`, with
+             * the pairs' reference log-probs taken from the scoring above */
             fdpo_dpo_run_opts d = o->dpo;
             d.train.init = prev;
             d.train.out = partial;
             d.train.resume = 0;
             d.train.overwrite = 1;
+            d.train.skip_moments = 1;   /* 2x the model's bytes that nothing reads */
             d.data = pairs;
-            d.ref = ref;
+            d.ref = ref_name;
             double t0 = fdpo_now();
-            rc = fdpo_dpo_train(&d);
+            rc = fdpo_dpo_train_pairs(&d, policy, tok, buf.pair_ptr, buf.n_pairs, buf.pair_ref);
             st.t_training = fdpo_now() - t0;
             if (rc) fdpo_error_context("round %ld: f-DPO on %s", k, pairs);
         }
+        if (samples) fdpo_samples_free(samples, buf.N);
+        if (ids) fdpo_free_ids(ids, lens, buf.P);
         if (fdpo_dist_is_root()) {   /* rank 0 writes; the others wait for the finished round */
             if (rc == 0) rc = write_round_metrics(&mw, k, o->rounds, o->dpo.dpo.loss.beta, &st);
             if (rc == 0 && rename(partial, done) != 0) rc = fdpo_error("round %ld: rename %s -> %s: %s", k, partial, done, strerror(errno));
@@ -264,6 +348,10 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         free(prev); free(pairs); free(partial); free(done);
     }
     if (prog_on && rc == 0) fdpo_progress_end(&prog);
+    round_buf_free(&buf);
+    if (ref != policy) fdpo_gpt2_free(ref);
+    fdpo_gpt2_free(policy);
+    if (tok) fdpo_tokenizer_free(tok);
     fdpo_metrics_close(&mw);
     if (locked) fdpo_dir_unlock(o->out);
     fdpo_reward_free(reward);
@@ -336,6 +424,9 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double)), *lpol = fdpo_malloc(N * sizeof(double));
     fdpo_pref_pair *pairs = fdpo_calloc(P, sizeof *pairs);
     const fdpo_pref_pair **pptr = fdpo_malloc(P * sizeof *pptr);
+    double *pair_ref = fdpo_malloc(2 * P * sizeof *pair_ref);
+    /* (a continued adapter --model with the adapters-off reference: the reference is its base, not it) */
+    const int ref_is_model = (!o->ref || !strcmp(o->ref, o->model)) && !(ref_is_base && fdpo_lora_is_checkpoint(o->model));
     while (rc == 0 && !fdpo_trainer_done(&tr)) {
         const long step = (long)tr.state.step;   /* 0-based; the sampling seed is (seed, step) */
         fdpo_trainer_begin_step(&tr);
@@ -346,10 +437,15 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         double sec[2] = {0, 0}, t_score, t_train = 0;
         rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
         t_score = fdpo_now();
-        int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
-        if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
-        if (ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
-        if (!rc) rc = fdpo_samples_logp(policy, ids, lens, s, N, lpol);
+        /* log pi: the sampler's own sums (untempered, over the tokens scored here); log pi_ref:
+         * the same at step 0 of a run whose reference is --model, else one scoring pass */
+        for (size_t i = 0; !rc && i < N; i++) lpol[i] = s[i].logp;
+        if (!rc && step == 0 && ref_is_model) memcpy(lref, lpol, N * sizeof *lref);
+        else if (!rc) {
+            int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
+            rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
+            if (ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
+        }
         sec[1] += fdpo_now() - t_score;
         size_t np = 0, tokens = 0;
         double gap = 0, scores = 0, kl = 0, ent = 0, eos = 0;
@@ -367,6 +463,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
             q->chosen = b->tokens; q->n_chosen = b->n_tokens;
             q->rejected = w->tokens; q->n_rejected = w->n_tokens;
             q->line = (size_t)step + 1; q->index = np;
+            pair_ref[2 * np] = lref[best];   /* the reference log-probs the step needs: scored above */
+            pair_ref[2 * np + 1] = lref[worst];
             pptr[np++] = q;
             gap += r[best] - r[worst];
             tokens += 2 * lens[p] + b->n_tokens + w->n_tokens;
@@ -376,8 +474,13 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         }
         fdpo_dpo_metrics m = {0};
         t_train = fdpo_now();
-        if (!rc && np > 0) rc = fdpo_dpo_step(&d, pptr, np, NULL, 1, &m, NULL);
-        /* under MPI fdpo_dpo_step's one micro-batch ran on rank 0: the others add zero gradient and tokens */
+        /* under MPI every rank holds the same pairs: one micro-batch per rank, so each computes
+         * the loss and gradient of its own block (fdpo_dist_mine: block r on rank r) and the
+         * trainer sums them; the step's denominators are the whole step's (fdpo_dpo_step), so
+         * the sum is the single process's gradient up to the order of the float additions */
+        d.cfg.micro_batch = (np + (size_t)fdpo_dist_size() - 1) / (size_t)fdpo_dist_size();
+        if (!rc && np > 0) rc = fdpo_dpo_step(&d, pptr, np, pair_ref, 1, &m, NULL);
+        /* tokens: the step's total, counted once (rank 0) in the trainer's sum */
         if (!rc && np > 0) rc = fdpo_trainer_step(&tr, fdpo_dist_is_root() ? tokens : 0);
         else if (!rc) {
             /* no pairs (every prompt's samples tied): nothing to learn from, so the policy and
@@ -418,7 +521,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     }
     if (d_ok) fdpo_dpo_free(&d);
     if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
-    free(ps); free(pp); free(cc); free(r); free(lref); free(lpol); free(pairs); free(pptr);
+    free(ps); free(pp); free(cc); free(r); free(lref); free(lpol); free(pairs); free(pptr); free(pair_ref);
     if (tok) fdpo_tokenizer_free(tok);
     if (ref && !ref_is_base) fdpo_gpt2_free(ref);
     if (reward) fdpo_reward_free(reward);

@@ -89,8 +89,9 @@ static int load_moments(const char *path, fdpo_adamw *opt, const fdpo_gpt2 *m) {
 
 int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo_adamw *opt,
                           const fdpo_gpt2 *m) {
+    /* opt NULL: the state of a run that is never resumed mid-way (an online round), no moments */
     char *st_path = fdpo_path_join(dir, "training_state.safetensors");
-    int rc = save_moments(st_path, opt, m);
+    int rc = opt ? save_moments(st_path, opt, m) : 0;
     free(st_path);
     if (rc) return -1;
     cJSON *j = cJSON_CreateObject();
@@ -99,7 +100,7 @@ int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo
     cJSON_AddStringToObject(j, "kind", s->kind ? s->kind : "");
     cJSON_AddNumberToObject(j, "step", (double)s->step);
     cJSON_AddNumberToObject(j, "total_steps", (double)s->total_steps);
-    cJSON_AddNumberToObject(j, "adamw_step", (double)opt->t);
+    if (opt) cJSON_AddNumberToObject(j, "adamw_step", (double)opt->t);
     cJSON *rng = cJSON_AddArrayToObject(j, "rng");
     for (int i = 0; i < 4; i++) { char h[17]; hex64(h, s->rng.s[i]); cJSON_AddItemToArray(rng, cJSON_CreateString(h)); }
     char h[17]; hex64(h, s->data_hash);

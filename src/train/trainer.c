@@ -221,7 +221,13 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             if (exists) { fdpo_error("--out: %s already holds a checkpoint (use --resume to continue it, "
                                      "--overwrite to start over)", o->out); goto fail; }
         }
-        if (o->lora_r > 0) {
+        if (o->init_model) {
+            /* a borrowed model in memory (online rounds): LoRA adapters, if any, already attached */
+            if ((o->lora_r > 0) != (o->init_model->lora != NULL))
+                { fdpo_error("--lora-r: the model in memory %s LoRA adapters", o->init_model->lora ? "has" : "has no"); goto fail; }
+            tr->model = o->init_model;
+            if (check_model_fits(tr, o->init ? o->init : "model")) goto fail;
+        } else if (o->lora_r > 0) {
             if (!(tr->model = lora_model(o, kind, tok))) goto fail;
             if (check_model_fits(tr, o->init)) goto fail;
         } else if (o->init) {
@@ -275,13 +281,14 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     fdpo_progress_start(&tr->progress, "train", total);
     return 0;
 fail:
+    if (tr->overlap && tr->model) { tr->model->on_layer_grads = NULL; tr->model->on_layer_grads_ctx = NULL; }
     fdpo_dist_overlap_free(tr->overlap);
     tr->overlap = NULL;
     fdpo_settings_free(&now);
     fdpo_metrics_close(&tr->metrics);
     fdpo_train_state_free(s);
     fdpo_adamw_free(&tr->opt);
-    fdpo_gpt2_free(tr->model);
+    if (tr->model != o->init_model) fdpo_gpt2_free(tr->model);
     tr->model = NULL;
     fdpo_dir_unlock(o->out);   /* the run is over before it began: OUT is free again */
     return -1;
@@ -381,7 +388,8 @@ int fdpo_trainer_save(fdpo_trainer *tr) {
     if (fdpo_dist_rank() > 0) { tr->saved_step = tr->state.step; return 0; }   /* rank 0 alone writes */
     /* metrics.jsonl is carried into the new directory by the swap; reopen it there */
     if (tr->metrics.f) { fclose(tr->metrics.f); tr->metrics.f = NULL; }
-    int rc = fdpo_checkpoint_save_all(tr->opts.out, tr->model, tr->tok, &tr->state, &tr->opt);
+    int rc = fdpo_checkpoint_save_all(tr->opts.out, tr->model, tr->tok, &tr->state,
+                                      tr->opts.skip_moments ? NULL : &tr->opt);
     if (!rc) tr->saved_step = tr->state.step;
     tr->metrics.f = fopen(tr->metrics.path, "a");
     if (!tr->metrics.f && !rc) rc = fdpo_error("%s: cannot reopen", tr->metrics.path);
@@ -421,9 +429,10 @@ int fdpo_trainer_close(fdpo_trainer *tr, int save_final) {
     fdpo_metrics_close(&tr->metrics);
     fdpo_train_state_free(&tr->state);
     fdpo_adamw_free(&tr->opt);
+    if (tr->overlap && tr->model) { tr->model->on_layer_grads = NULL; tr->model->on_layer_grads_ctx = NULL; }
     fdpo_dist_overlap_free(tr->overlap);
     tr->overlap = NULL;
-    fdpo_gpt2_free(tr->model);
+    if (tr->model != tr->opts.init_model) fdpo_gpt2_free(tr->model);   /* a borrowed one goes back */
     tr->model = NULL;
     if (tr->opts.out) fdpo_dir_unlock(tr->opts.out);
     return rc;

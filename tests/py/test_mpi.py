@@ -344,10 +344,33 @@ def test_online_rounds_two_ranks_equal_one(work, tmp_path):
     assert close_outside_key_bias(tmp_path / "one" / "round-1", tmp_path / "two" / "round-1", 1e-3, 8)
 
 
+def test_online_rounds_split_each_step_over_the_ranks(work, tmp_path):
+    """--grad-accum 1 (one micro-batch per step): under MPI the round's f-DPO gives each rank
+    its part of every step's pairs; the parameters equal one process's within 1e-6 and so does
+    the logged gradient norm (a rank that also computed the other's part would double it, which
+    AdamW and clipping would hide in the parameters)."""
+    extra = ["--rounds", 1, "--batch-size", 4, "--epochs", 2]
+    fdpo(*online_args(work, tmp_path / "one", *extra))
+    mpi(2, *online_args(work, tmp_path / "two", *extra))
+    assert (tmp_path / "one" / "round-0.pairs.jsonl").read_bytes() == (tmp_path / "two" / "round-0.pairs.jsonl").read_bytes()
+    assert close_outside_key_bias(tmp_path / "one" / "round-0", tmp_path / "two" / "round-0", 1e-3, 4)
+    # not bit-equal: two blocks summed by the allreduce (bit-equal was rank 0 doing all of it)
+    assert not np.array_equal(params(tmp_path / "one" / "round-0"), params(tmp_path / "two" / "round-0"))
+    s1 = [json.loads(l) for l in open(tmp_path / "one" / "round-0" / "metrics.jsonl")]
+    s2 = [json.loads(l) for l in open(tmp_path / "two" / "round-0" / "metrics.jsonl")]
+    assert len(s1) == len(s2) >= 2   # up to 7 pairs, 4 per step, 2 epochs
+    for a, b in zip(s1, s2):
+        for key in ("grad_norm", "loss"):
+            assert abs(a[key] - b[key]) <= 1e-6 * max(abs(a[key]), 1e-3), (key, a[key], b[key])
+
+
 def test_online_steps_and_rl_two_ranks_equal_one(work, tmp_path):
-    """--mode step and rl: sampling is split by prompt; the gradient of the gathered batch is
-    computed once per step (online: by rank 0, then shared; rl: by every rank on the same
-    samples), so the parameters are bit-identical to one process."""
+    """--mode step and rl: sampling is split by prompt. rl computes the gradient of the
+    gathered batch once per step on rank 0, so its parameters are bit-identical to one
+    process's. online --mode step gives each rank its block of the step's pairs (loss and
+    gradient, summed by the trainer): parameters within 1e-6 relative (the float sums run in
+    another order), gradient norms and losses within 1e-6 (a rank computing the other's block
+    too would double the norm; clipping and AdamW would hide it in the parameters)."""
     runs = {"online": online_args(work, None, "--mode", "step", "--steps", 3),
             "rl": ["rl", "--model", work / "pol", "--data", work / "prompts.txt", "--reward", letters_reward(work),
                    "--prompts-per-step", 7, "--n", 3, "--max-new-tokens", 10, "--seed", 5, "--threads", 1,
@@ -357,13 +380,22 @@ def test_online_steps_and_rl_two_ranks_equal_one(work, tmp_path):
         fdpo(*args[:i], tmp_path / f"{name}1", *args[i + 1:])
         mpi(2, *args[:i], tmp_path / f"{name}2", *args[i + 1:])
         p1, p2 = params(tmp_path / f"{name}1"), params(tmp_path / f"{name}2")
-        assert np.array_equal(p1, p2), (name, np.abs(p1 - p2).max())
         assert not np.array_equal(p1, params(work / "pol")), name   # it trained
         m1 = [json.loads(l) for l in open(tmp_path / f"{name}1" / "metrics.jsonl")]
         m2 = [json.loads(l) for l in open(tmp_path / f"{name}2" / "metrics.jsonl")]
-        assert len(m1) == 3
+        assert len(m1) == len(m2) == 3
+        if name == "rl":
+            assert np.array_equal(p1, p2), (name, np.abs(p1 - p2).max())
+            for a, b in zip(m1, m2):
+                assert a["objective/scores"] == b["objective/scores"] and a["objective/kl"] == b["objective/kl"], name
+            continue
+        assert close_outside_key_bias(tmp_path / f"{name}1", tmp_path / f"{name}2", 1e-3, 3)
+        assert not np.array_equal(p1, p2)   # bit-equal was rank 0 computing every pair
         for a, b in zip(m1, m2):
-            assert a["objective/scores"] == b["objective/scores"] and a["objective/kl"] == b["objective/kl"], name
+            assert a["objective/scores"] == b["objective/scores"] and a["pairs"] == b["pairs"] > 0
+            assert abs(a["objective/kl"] - b["objective/kl"]) <= 1e-6 * a["objective/entropy"]
+            for key in ("grad_norm", "loss"):
+                assert abs(a[key] - b[key]) <= 1e-6 * max(abs(a[key]), 1e-3), (key, a[key], b[key])
 
 
 @pytest.mark.parametrize("cmd", ["online", "rl", "eval", "generate"])

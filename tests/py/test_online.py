@@ -235,3 +235,69 @@ def test_a_directory_in_use_is_refused(setup, tmp_path):
         r = online(setup, out, "--rounds", 1, check=False)
     assert r.returncode != 0 and "--out" in r.stderr and "in use by another run" in r.stderr, r.stderr
     assert not (out / "round-0.pairs.jsonl").exists()
+
+
+def test_round_trains_on_the_sampled_tokens_against_its_reference(setup, tmp_path):
+    """What a round's f-DPO sees, checked against PyTorch (float64) on the saved checkpoints:
+    round 1's first step takes, for every pair, the sampled tokens (EOT included exactly when
+    the sampler drew it, i.e. when the completion is shorter than --max-new-tokens) under round
+    0's policy -- kept in memory, equal to its checkpoint -- and the reference log-probs of the
+    same tokens under the fixed reference (--model) or, with --ref-update round, under round 0
+    itself (then every reward is 0). The model's LM head can only emit ASCII bytes 1..127 and
+    EOT (the pairs file, text, is how the test sees the tokens: a NUL would end a completion's
+    text, a byte >= 128 could become U+FFFD)."""
+    import torch
+    import torch.nn.functional as F
+    from fdpo_ref.gpt2 import GPT2
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = tmp_path / "m"
+        m = make_model(model, 257, seed=5, n_positions=64, byte_tokenizer=True)
+        with torch.no_grad():   # h = ln_f bias everywhere (weight 0): logit -60 for byte 0 and >= 128
+            m.param("ln_f.weight").zero_()
+            b = m.param("ln_f.bias")
+            b.copy_(torch.randn(b.shape[0], generator=torch.Generator().manual_seed(1)))
+            for v in [0] + list(range(128, 256)):
+                m.param("wte.weight")[v] = -60 * b / b.dot(b)
+        m.save_hf(str(model))
+
+        def logp(net, prompt, comp):
+            lp = F.log_softmax(net(torch.tensor(prompt + comp[:-1])), -1)
+            return sum(float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(comp))
+
+        def load(d):
+            g = GPT2(257, 64, 16, 2, 2)
+            g.load_hf(str(d))
+            return g
+
+        base = load(model)
+        for mode, beta in (("never", 0.1), ("round", 0.5)):
+            out = tmp_path / mode
+            fdpo("online", "--model", model, "--data", setup / "prompts.txt", "--reward",
+                 f"cmd:/usr/bin/python3 {setup / 'letters.py'}", "--out", out, "--rounds", 2, "--prompts-per-round", 4,
+                 "--n", 4, "--max-new-tokens", 16, "--batch-size", 1, "--epochs", 1, "--lr", "1e-2", "--beta", beta,
+                 "--ref-update", mode, "--threads", 1)
+            rows = [json.loads(l.decode("utf-8", "surrogateescape")) for l in open(out / "round-1.pairs.jsonl", "rb")]
+            assert rows
+            enc = lambda s: list(s.encode("utf-8", "surrogateescape"))
+            done = lambda c: enc(c) + ([256] if len(enc(c)) < 16 else [])
+            pol, ref = load(out / "round-0"), base if mode == "never" else load(out / "round-0")
+            with torch.no_grad():
+                lw = [logp(pol, enc(r["prompt"]), done(r["chosen"])) for r in rows]
+                rw = [logp(ref, enc(r["prompt"]), done(r["chosen"])) for r in rows]
+                ll = [logp(pol, enc(r["prompt"]), done(r["rejected"])) for r in rows]
+                rl = [logp(ref, enc(r["prompt"]), done(r["rejected"])) for r in rows]
+            # --batch-size 1: step 1 is one pair (which one, the trainer's seeded order says); its
+            # four logged values must be one row's, all four from the same row
+            step1 = json.loads(open(out / "round-1" / "metrics.jsonl").readline())
+            got = [step1[k] for k in ("logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected")]
+            want = [(a, c, beta * (a - e), beta * (c - f)) for a, e, c, f in zip(lw, rw, ll, rl)]
+            tol = 2e-6 * max(abs(x) for x in lw)
+            match = [w for w in want if all(abs(g - v) <= tol for g, v in zip(got, w))]
+            assert len(match) == 1, (mode, got, want)
+            if mode == "never":   # the reference is not round 0's policy: the rewards are not 0
+                assert abs(match[0][2]) > 100 * tol, match
+            else:
+                assert abs(match[0][2]) <= tol and abs(match[0][3]) <= tol
+    finally:
+        torch.set_default_dtype(torch.float32)
