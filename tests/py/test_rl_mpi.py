@@ -15,9 +15,9 @@ from test_mpi import (close_outside_key_bias, fdpo, letters_reward, mpi, params,
 LR, STEPS = 1e-3, 3
 
 
-def rl_args(work, out, *extra):
+def rl_args(work, out, *extra, prompts_per_step=7):
     return ["rl", "--model", work / "pol", "--data", work / "prompts.txt", "--reward", letters_reward(work),
-            "--prompts-per-step", 7, "--n", 3, "--max-new-tokens", 10, "--seed", 5, "--threads", 1, "--quiet",
+            "--prompts-per-step", prompts_per_step, "--n", 3, "--max-new-tokens", 10, "--seed", 5, "--threads", 1, "--quiet",
             "--lr", LR, "--out", out, *extra]
 
 
@@ -60,3 +60,13 @@ def test_rl_saved_by_two_ranks_resumes_with_one(work, tmp_path):
     assert close_outside_key_bias(tmp_path / "one", tmp_path / "mixed", LR, 4)
     for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "mixed")):
         assert a["objective/scores"] == b["objective/scores"], (a["step"], a["objective/scores"], b["objective/scores"])
+
+
+def test_rl_with_a_rank_that_has_no_prompt(work, tmp_path):
+    """2 prompts a step on 3 ranks: one rank samples nothing and adds a zero gradient."""
+    fdpo(*rl_args(work, tmp_path / "one", "--steps", 2, prompts_per_step=2))
+    mpi(3, *rl_args(work, tmp_path / "three", "--steps", 2, prompts_per_step=2))
+    assert close_outside_key_bias(tmp_path / "one", tmp_path / "three", LR, 2)
+    for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "three")):
+        assert a["objective/scores"] == b["objective/scores"]
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * a["grad_norm"], (a["grad_norm"], b["grad_norm"])
