@@ -14,15 +14,21 @@ time/training). PyTorch side (this script's --worker mode, a process per run): t
 step written here (bench_online.py's GPT-2: sampling with a preallocated key/value cache,
 batched full forwards for scoring and training), two steps in the process, the second timed.
 
+--ranks N runs the fdpo side as `mpirun -np N fdpo rl ... --threads THREADS/N` (each rank
+samples, scores and computes the gradient of its block of prompts; the times are rank 0's)
+against PyTorch on THREADS threads: the same cores, split into processes.
+
 Sides run INTERLEAVED for >= 5 runs each; medians per phase and of the total, the ratio of
 medians (torch / fdpo: > 1 means fdpo is faster), the machine peaks measured at the start.
 Do not quote numbers from a loaded machine: the load average is printed before and after.
 
     /usr/bin/python3 bench/bench_rl.py                          # small config, 2 threads
     /usr/bin/python3 bench/bench_rl.py --config 124M --runs 5 --threads 2
+    /usr/bin/python3 bench/bench_rl.py --ranks 2                # fdpo: 2 ranks x 1 thread
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -71,12 +77,29 @@ def torch_worker(a):
     print(json.dumps(times[-1]))
 
 
+def pop_ranks(argv):
+    """--ranks N (this script's own flag; the shared parser of bench_online.py does not know it)"""
+    if "--ranks" not in argv:
+        return 1
+    i = argv.index("--ranks")
+    n = int(argv[i + 1])
+    del argv[i:i + 2]
+    return n
+
+
+RANKS = pop_ranks(sys.argv)
+
+
 def fdpo_rl(d, tmp, a):
     out = os.path.join(tmp, "run")
-    r = subprocess.run([FDPO, "rl", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
+    launch, threads = [FDPO], a.threads
+    if RANKS > 1:
+        launch = [shutil.which("mpirun") or "mpirun", "--oversubscribe", "--allow-run-as-root", "-np", str(RANKS), FDPO]
+        threads = max(1, a.threads // RANKS)
+    r = subprocess.run([*launch, "rl", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
                         "--out", out, "--algo", "rloo", "--divergence", "rkl", "--beta", str(BETA), "--steps", "2",
                         "--prompts-per-step", str(a.prompts), "--n", str(a.n), "--max-new-tokens", str(a.new_tokens),
-                        "--lr", "1e-5", "--threads", str(a.threads), "--quiet"], capture_output=True, text=True)
+                        "--lr", "1e-5", "--threads", str(threads), "--quiet"], capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"fdpo rl failed: {r.stderr}")
     m = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][-1]
@@ -89,8 +112,9 @@ def main():
     if a.worker:
         torch_worker(a)
         return
+    ranks = f"; fdpo on {RANKS} MPI ranks x {max(1, a.threads // RANKS)} threads" if RANKS > 1 else ""
     run_bench(a, f"RL step (RLOO): {a.prompts} prompts x k={a.n} samples x {a.new_tokens} new tokens, "
-                 f"prompt {a.prompt_tokens} tokens", fdpo_rl, [])
+                 f"prompt {a.prompt_tokens} tokens{ranks}", fdpo_rl, [])
 
 
 if __name__ == "__main__":

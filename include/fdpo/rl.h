@@ -22,9 +22,11 @@ typedef struct {
 } fdpo_rl_config;
 int fdpo_rl_config_check(const fdpo_rl_config *c); /* names the flag */
 
-/* Means over one step's samples, TRL names in docs/rl.md. */
+/* Means over one step's samples, TRL names in docs/rl.md. A rank's fdpo_rl_step gives its
+ * share of them (its sum / n_total), so the ranks' values add up to the step's;
+ * advantage_sq is the mean square of the advantages, advantage_std its square root. */
 typedef struct {
-    double loss, scores, kl, entropy, shaped, advantage_std, logp;
+    double loss, scores, kl, entropy, shaped, advantage_std, advantage_sq, logp;
     size_t samples, tokens;
 } fdpo_rl_metrics;
 
@@ -33,11 +35,14 @@ typedef struct {
  * include a final EOT when sampling ended there, and it is scored). reward[i] the reward,
  * ref_logp[i] = sum of log pi_ref over the completion tokens.
  * Runs the policy forward, l_i = logp_i - ref_logp_i, shaped_i = r_i - beta f'(e^l_i) (held
- * constant), advantages per group, loss = -(1/n) sum_i adv_i logp_i, and ACCUMULATES its
- * gradient into m->grads. adv_out (may be NULL) gets the n advantages. */
-int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, int32_t *const *prompt, const size_t *n_prompt,
-                 int32_t *const *comp, const size_t *n_comp, const double *reward, const double *ref_logp,
-                 double *adv_out, fdpo_rl_metrics *out);
+ * constant), advantages per group, loss = -(1/n_total) sum_i adv_i logp_i, and ACCUMULATES its
+ * gradient into m->grads. n_total >= n is the number of samples in the whole step: n when one
+ * process takes them all; under MPI each rank passes its block of whole groups, and the sum
+ * of the ranks' losses and gradients is the step's. adv_out (may be NULL) gets the n
+ * advantages. */
+int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total, int32_t *const *prompt,
+                 const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, const double *reward,
+                 const double *ref_logp, double *adv_out, fdpo_rl_metrics *out);
 
 /* A whole run: steps of (sample k completions for each of prompts_per_step prompts from the
  * current policy, score, fdpo_rl_step, clip, lr schedule, AdamW), an fdpo_trainer run
@@ -47,7 +52,9 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, int32_t *const
  * end, and train.resume continues one bit-exactly (the sampling seed of step s is
  * fdpo_round_seed(seed, s), so it needs no RNG state; the reference is fixed). train: lr,
  * schedule, steps, grad_clip, adam settings, seed, threads, out, resume, stop_at, save_every,
- * log_every, overwrite, quiet (train.init/tokenizer/batch_size are set from the fields below). */
+ * log_every, overwrite, quiet (train.init/tokenizer/batch_size are set from the fields below;
+ * sample.batch is the run's: all of a step's samples on a rank decode together, up to 64).
+ * Under MPI each rank samples, and computes the gradient of, its block of each step's prompts. */
 typedef struct {
     fdpo_train_opts train;
     const char *model, *ref, *prompts, *reward;
@@ -66,8 +73,12 @@ void fdpo_sample_config_settings(const fdpo_sample_config *c, const fdpo_reward_
 uint64_t fdpo_prompts_hash(char *const *prompts, size_t n);
 
 /* Summed log-probs under m of n samples' tokens (completion, EOT included) after their prompts
- * ids[s.prompt_index]: the reference term of the shaped reward and of objective/kl. */
-int fdpo_samples_logp(const fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
+ * ids[s.prompt_index]: the reference term of the shaped reward and of objective/kl. One
+ * training forward (fused head, completion rows only) per micro-batch of <= 1024 tokens,
+ * not one decoder pass per sample; it overwrites m's activations (so m is not const), LoRA
+ * dropout off. Collective under MPI: the ranks split the micro-batches and every rank gets
+ * all n values, bit-identical whatever the number of ranks. */
+int fdpo_samples_logp(fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
                       double *logp);
 
 #endif

@@ -28,63 +28,72 @@ int fdpo_rl_config_check(const fdpo_rl_config *c) {
     return 0;
 }
 
-int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, int32_t *const *prompt, const size_t *n_prompt,
-                 int32_t *const *comp, const size_t *n_comp, const double *reward, const double *ref_logp,
-                 double *adv_out, fdpo_rl_metrics *out) {
+/* The packed batch of n samples: sample i is prompt[i] then comp[i] without its last token
+ * (nothing predicts past it), targets on the completion tokens only, so the fused head runs
+ * on those rows alone. Returns the token count; with off == NULL it only counts. */
+static size_t pack_samples(size_t n, int32_t *const *prompt, const size_t *n_prompt, int32_t *const *comp,
+                           const size_t *n_comp, size_t *off, int32_t *tok, int32_t *tgt) {
+    size_t t = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t P = n_prompt[i], L = n_prompt[i] + n_comp[i] - 1;
+        if (off) {
+            off[i] = t;
+            for (size_t j = 0; j < L; j++) {
+                tok[t + j] = j < P ? prompt[i][j] : comp[i][j - P];
+                tgt[t + j] = j + 1 < P ? -1 : comp[i][j + 1 - P];
+            }
+        }
+        t += L;
+    }
+    if (off) off[n] = t;
+    return t;
+}
+
+int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total, int32_t *const *prompt,
+                 const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, const double *reward,
+                 const double *ref_logp, double *adv_out, fdpo_rl_metrics *out) {
     if (fdpo_rl_config_check(c)) return -1;
     if (n == 0 || n % c->k) return fdpo_error("rl step: %zu samples is not a whole number of groups of %zu", n, c->k);
-    /* packed batch: sample i = prompt + completion[0..n_comp-1); targets on completion tokens */
-    size_t N = 0;
+    if (n_total < n) return fdpo_error("rl step: %zu samples in a step of %zu", n, n_total);
+    size_t tokens = 0;
     for (size_t i = 0; i < n; i++) {
         if (n_prompt[i] < 1 || n_comp[i] < 1) return fdpo_error("rl step: sample %zu has an empty prompt or completion", i);
-        N += n_prompt[i] + n_comp[i] - 1;
+        tokens += n_comp[i];
     }
+    const size_t N = pack_samples(n, prompt, n_prompt, comp, n_comp, NULL, NULL, NULL);
     size_t *off = fdpo_malloc((n + 1) * sizeof(size_t));
     int32_t *tok = fdpo_malloc(N * sizeof(int32_t)), *tgt = fdpo_malloc(N * sizeof(int32_t));
     float *tlp = fdpo_malloc(N * sizeof(float)), *slp = fdpo_malloc(n * sizeof(float));
     float *dtok = fdpo_malloc(N * sizeof(float)), *dseq = fdpo_malloc(n * sizeof(float));
     double *shaped = fdpo_malloc(n * sizeof(double)), *adv = fdpo_malloc(n * sizeof(double));
-    size_t t = 0, tokens = 0;
-    for (size_t i = 0; i < n; i++) {
-        off[i] = t;
-        size_t P = n_prompt[i], L = n_prompt[i] + n_comp[i] - 1;
-        for (size_t j = 0; j < L; j++) {
-            tok[t + j] = j < P ? prompt[i][j] : comp[i][j - P];
-            tgt[t + j] = j + 1 < P ? -1 : comp[i][j + 1 - P];
-        }
-        t += L;
-        tokens += n_comp[i];
-    }
-    off[n] = t;
+    pack_samples(n, prompt, n_prompt, comp, n_comp, off, tok, tgt);
     fdpo_batch b = {n, N, off, tok, tgt, NULL, NULL, NULL, 0, 1}; /* fused head: target log-probs only */
     int rc = fdpo_gpt2_check_batch(m, &b);
     if (rc == 0) rc = fdpo_gpt2_forward(m, &b, tlp, slp);
     if (rc == 0) {
+        /* every mean is over the step's n_total samples: the ranks' shares add up to it */
+        const double inv = 1.0 / (double)n_total;
         memset(out, 0, sizeof *out);
         for (size_t i = 0; i < n; i++) {
             double l = (double)slp[i] - ref_logp[i];
             shaped[i] = fdpo_shaped_reward(&c->div, c->beta, reward[i], l);
-            out->scores += reward[i];
-            out->kl += l;
-            out->entropy -= slp[i];
-            out->shaped += shaped[i];
-            out->logp += slp[i];
+            out->scores += reward[i] * inv;
+            out->kl += l * inv;
+            out->entropy -= slp[i] * inv;
+            out->shaped += shaped[i] * inv;
+            out->logp += slp[i] * inv;
         }
         for (size_t g = 0; g < n / c->k; g++) {
             if (c->algo == FDPO_RL_RLOO) fdpo_rloo_advantages(shaped + g * c->k, c->k, adv + g * c->k);
             else fdpo_grpo_advantages(shaped + g * c->k, c->k, c->grpo_eps, adv + g * c->k);
         }
-        double loss = 0, s2 = 0;
         for (size_t i = 0; i < n; i++) {
-            loss -= adv[i] * slp[i] / (double)n;
-            dseq[i] = (float)(-adv[i] / (double)n); /* dLoss/dlogp_i */
-            s2 += adv[i] * adv[i];
+            out->loss -= adv[i] * slp[i] * inv;
+            dseq[i] = (float)(-adv[i] * inv); /* dLoss/dlogp_i */
+            out->advantage_sq += adv[i] * adv[i] * inv;
             if (adv_out) adv_out[i] = adv[i];
         }
-        out->loss = loss;
-        out->scores /= (double)n; out->kl /= (double)n; out->entropy /= (double)n;
-        out->shaped /= (double)n; out->logp /= (double)n;
-        out->advantage_std = sqrt(s2 / (double)n);
+        out->advantage_std = sqrt(out->advantage_sq);
         out->samples = n;
         out->tokens = tokens;
         fdpo_batch_seq_to_token_grad(&b, dseq, dtok);
@@ -96,24 +105,76 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, int32_t *const
 
 /* ---- a whole run ---- */
 
-/* log-probs of each sample's tokens under model m (sum over the completion, EOT included) */
-int fdpo_samples_logp(const fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
+/* the most sequences one sampling batch decodes together: the key/value cache is
+ * batch x (prompt + new tokens) x 2C per layer (124M, 80 tokens: 6 MB a sequence) */
+#define RL_SAMPLE_BATCH_MAX 64
+
+/* the ranks' shares of one step's means (fdpo_rl_step) summed into the step's */
+static int rl_metrics_sum(fdpo_rl_metrics *m) {
+    double v[9] = {m->loss, m->scores, m->kl, m->entropy, m->shaped, m->logp, m->advantage_sq, (double)m->samples,
+                   (double)m->tokens};
+    if (fdpo_dist_sum_f64(v, 9)) return -1;
+    m->loss = v[0]; m->scores = v[1]; m->kl = v[2]; m->entropy = v[3]; m->shaped = v[4]; m->logp = v[5];
+    m->advantage_sq = v[6]; m->advantage_std = sqrt(v[6]);
+    m->samples = (size_t)v[7]; m->tokens = (size_t)v[8];
+    return 0;
+}
+
+/* Scoring runs the training forward (fused head, completion rows only) over micro-batches of
+ * consecutive samples holding at most SCORE_TOKENS tokens (one sample at least). The split
+ * depends on the samples alone, so each sample is scored in the same batch whatever the
+ * number of ranks (the ranks take contiguous runs of micro-batches) and its log-prob is the
+ * same bits; the budget bounds the activations (124M: ~0.7 MB a token). */
+#define SCORE_TOKENS 1024
+
+int fdpo_samples_logp(fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
                       double *logp) {
-    /* under MPI each rank scores its block and the blocks are summed (x + 0 is exact), so
-     * every rank gets the single process's numbers; the call is collective */
-    size_t b, e, max_len = 0;
-    fdpo_dist_shard(n, &b, &e);
     memset(logp, 0, n * sizeof *logp);
-    for (size_t i = b; i < e; i++)
-        if (lens[s[i].prompt_index] + s[i].n_tokens > max_len) max_len = lens[s[i].prompt_index] + s[i].n_tokens;
-    fdpo_decoder *d = e > b ? fdpo_decoder_create(m, 1, max_len) : NULL;
-    int rc = e > b && !d ? -1 : 0;
-    for (size_t i = b; rc == 0 && i < e; i++) {
-        fdpo_seq_score sc = {0};
-        rc = fdpo_score_sequence(d, NULL, ids[s[i].prompt_index], lens[s[i].prompt_index], s[i].tokens, s[i].n_tokens, NULL, 0, &sc);
-        logp[i] = sc.logp;
+    int32_t **pr = fdpo_malloc((n ? n : 1) * sizeof *pr), **co = fdpo_malloc((n ? n : 1) * sizeof *co);
+    size_t *np = fdpo_malloc((n ? n : 1) * sizeof *np), *nc = fdpo_malloc((n ? n : 1) * sizeof *nc);
+    size_t *idx = fdpo_malloc((n ? n : 1) * sizeof *idx), *mb = fdpo_malloc((n + 1) * sizeof *mb), n_mb = 0, tokens = 0, max_tokens = 0;
+    mb[0] = 0;
+    for (size_t i = 0; i < n; i++) {   /* micro-batch j is samples [mb[j], mb[j + 1]) */
+        pr[i] = ids[s[i].prompt_index]; np[i] = lens[s[i].prompt_index];
+        co[i] = s[i].tokens; nc[i] = s[i].n_tokens;
+        size_t L = nc[i] ? np[i] + nc[i] - 1 : 0;   /* an empty completion has log-prob 0 */
+        if (i > mb[n_mb] && tokens + L > SCORE_TOKENS) { mb[++n_mb] = i; tokens = 0; }
+        tokens += L;
+        if (tokens > max_tokens) max_tokens = tokens;
     }
-    if (d) fdpo_decoder_free(d);
+    if (n > 0) mb[++n_mb] = n;
+    size_t b, e;
+    fdpo_dist_shard(n_mb, &b, &e);
+    size_t *off = fdpo_malloc((n + 1) * sizeof *off);
+    int32_t *tok = fdpo_malloc((max_tokens ? max_tokens : 1) * sizeof *tok);
+    int32_t *tgt = fdpo_malloc((max_tokens ? max_tokens : 1) * sizeof *tgt);
+    float *tlp = fdpo_malloc((max_tokens ? max_tokens : 1) * sizeof *tlp);
+    int rc = 0, lora_training = m->lora ? m->lora->training : 0;
+    if (m->lora) m->lora->training = 0;   /* scoring is evaluation: no adapter dropout */
+    for (size_t j = b; rc == 0 && j < e; j++) {
+        /* the micro-batch's non-empty samples, packed */
+        size_t first = mb[j], cnt = 0;
+        int32_t **bp = pr + first, **bc = co + first;
+        size_t *bnp = np + first, *bnc = nc + first;
+        for (size_t i = first; i < mb[j + 1]; i++) {
+            if (!nc[i]) continue;
+            bp[cnt] = pr[i]; bc[cnt] = co[i]; bnp[cnt] = np[i]; bnc[cnt] = nc[i];
+            idx[cnt++] = i;
+        }
+        if (cnt == 0) continue;
+        size_t N = pack_samples(cnt, bp, bnp, bc, bnc, off, tok, tgt);
+        fdpo_batch batch = {cnt, N, off, tok, tgt, NULL, NULL, NULL, 0, 1};
+        rc = fdpo_gpt2_forward(m, &batch, tlp, NULL);
+        for (size_t q = 0; rc == 0 && q < cnt; q++) {
+            double sum = 0;   /* in double, as the decoder's scorer sums */
+            for (size_t t = off[q] + bnp[q] - 1; t < off[q + 1]; t++) sum += tlp[t];
+            logp[idx[q]] = sum;
+        }
+    }
+    if (m->lora) m->lora->training = lora_training;
+    free(pr); free(co); free(np); free(nc); free(idx); free(mb); free(off); free(tok); free(tgt); free(tlp);
+    /* each rank scored its micro-batches and the blocks are summed (x + 0 is exact): every
+     * rank gets the single process's numbers; the call is collective */
     rc = fdpo_dist_all_ok(rc);
     return rc ? rc : fdpo_dist_sum_f64(logp, n);
 }
@@ -192,6 +253,12 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     size_t *np = fdpo_malloc(N * sizeof(size_t)), *ny = fdpo_malloc(N * sizeof(size_t));
     int32_t **pi = fdpo_malloc(N * sizeof *pi), **yi = fdpo_malloc(N * sizeof *yi);
     double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double));
+    size_t pb, pe;   /* this rank's prompts of each step (fdpo_sample_and_score_ranks samples the same block) */
+    fdpo_dist_shard(P, &pb, &pe);
+    /* all of a step's samples on this rank decode together (one weight read per token for all) */
+    fdpo_sample_config sample = o->sample;
+    sample.batch = (pe - pb) * k < RL_SAMPLE_BATCH_MAX ? (pe - pb) * k : RL_SAMPLE_BATCH_MAX;
+    if (sample.batch < 1) sample.batch = 1;
     while (rc == 0 && !fdpo_trainer_done(&tr)) {
         const long step = (long)tr.state.step;   /* 0-based; the sampling seed is (seed, step) */
         fdpo_trainer_begin_step(&tr);
@@ -200,14 +267,16 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
         double sec[2] = {0, 0}, t_score = fdpo_now(), t_train = 0;
-        rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r, sec);
+        rc = fdpo_sample_and_score_ranks(policy, tok, &sample, "step", step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r, sec);
         t_score = fdpo_now();
         int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
         if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
         if (ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
         sec[1] += fdpo_now() - t_score;
         fdpo_rl_metrics m;
+        memset(&m, 0, sizeof m);
         double eos = 0, len = 0, fdiv = 0;
+        size_t my_tokens = 0;   /* this rank's: fdpo_trainer_step sums them over the ranks */
         if (!rc) {
             for (size_t i = 0; i < N; i++) {
                 pi[i] = ids[s[i].prompt_index]; np[i] = lens[s[i].prompt_index];
@@ -219,14 +288,20 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
                 fdiv += o->rl.div.kind == FDPO_DIV_RKL ? s[i].logp - lref[i] : fdpo_f(&o->rl.div, u) / u;
             }
             t_train = fdpo_now();
-            /* under MPI every rank holds the same samples: rank 0 computes the step's gradient
-             * and the others add zeros in fdpo_trainer_step's sum (so the result is exactly one
-             * process's); the sampling and scoring above are what the ranks share */
-            if (fdpo_dist_is_root()) rc = fdpo_rl_step(policy, &o->rl, N, pi, np, yi, ny, r, lref, NULL, &m);
-            else memset(&m, 0, sizeof m);
+            /* under MPI each rank computes the loss and gradient of its block of prompts (the
+             * block it sampled; a prompt's k samples stay together, so the per-prompt
+             * baselines are the single process's), scaled by 1/N of the whole step:
+             * fdpo_trainer_step's sum over the ranks is the step's gradient */
+            if (pe > pb) rc = fdpo_rl_step(policy, &o->rl, (pe - pb) * k, N, pi + pb * k, np + pb * k, yi + pb * k,
+                                           ny + pb * k, r + pb * k, lref + pb * k, NULL, &m);
             rc = fdpo_dist_all_ok(rc);
+            my_tokens = m.tokens;
+            if (!rc && fdpo_dist_size() > 1) rc = rl_metrics_sum(&m);
+            double scores = 0;   /* every rank holds every reward: their mean in one order on any rank count */
+            for (size_t i = 0; i < N; i++) scores += r[i];
+            m.scores = scores / (double)N;
         }
-        if (!rc) rc = fdpo_trainer_step(&tr, m.tokens);
+        if (!rc) rc = fdpo_trainer_step(&tr, my_tokens);
         if (!rc) t_train = fdpo_now() - t_train;
         if (!rc && fdpo_trainer_want_log(&tr)) {
             fdpo_trainer_metrics_begin(&tr, m.loss);

@@ -1,8 +1,14 @@
 /* rl-grad --model DIR --spec FILE.json --out DIR: one fdpo_rl_step on FIXED samples.
  * spec: {"algo", "divergence", "beta", "k", "grpo_eps",
- *        "samples": [{"prompt": [ids], "completion": [ids], "reward": r, "ref_logp": x}, ...]}
- * Writes OUT/result.json {"loss", "advantages", metrics} and OUT/grads.safetensors. */
+ *        "samples": [{"prompt": [ids], "completion": [ids], "reward": r, "ref_logp": x}, ...],
+ *        "blocks": [groups, ...] (optional: the step as MPI ranks run it, one fdpo_rl_step per
+ *        block of that many groups with n_total = all samples, gradients accumulated, metric
+ *        shares summed)}
+ * Writes OUT/result.json {"loss", "advantages", metrics} and OUT/grads.safetensors.
+ * rl-logp --model DIR --spec FILE.json --out DIR: fdpo_samples_logp of the spec's samples
+ * (prompt, completion) -> OUT/result.json {"logp": [...]}. */
 #include <cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
@@ -51,14 +57,46 @@ int h_rl(int argc, char **argv) {
     }
     fdpo_gpt2 *m = rc ? NULL : fdpo_checkpoint_load_model(model);
     if (!m) rc = -1;
+    if (!rc && !strcmp(argv[0], "rl-logp")) {
+        fdpo_sample *smp = fdpo_calloc(n ? n : 1, sizeof *smp);
+        for (size_t i = 0; i < n; i++) { smp[i].prompt_index = i; smp[i].tokens = y[i]; smp[i].n_tokens = ny[i]; }
+        rc = fdpo_samples_logp(m, p, np, smp, n, lr);
+        free(smp);
+        if (!rc) rc = fdpo_mkdir_p(outdir);
+        if (!rc) {
+            cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "logp");
+            for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(lr[i]));
+            char *js = cJSON_Print(o), *path = fdpo_path_join(outdir, "result.json");
+            rc = fdpo_write_file_atomic(path, js, strlen(js));
+            free(path); cJSON_free(js); cJSON_Delete(o);
+        }
+        goto done;
+    }
     fdpo_rl_metrics met;
-    if (!rc) { fdpo_gpt2_zero_grad(m); rc = fdpo_rl_step(m, &c, n, p, np, y, ny, r, lr, adv, &met); }
+    if (!rc) fdpo_gpt2_zero_grad(m);
+    const cJSON *blocks = cJSON_GetObjectItem(root, "blocks");
+    if (!rc && !blocks) rc = fdpo_rl_step(m, &c, n, n, p, np, y, ny, r, lr, adv, &met);
+    if (!rc && blocks) {   /* the ranks' shares, summed as rl_metrics_sum does */
+        memset(&met, 0, sizeof met);
+        size_t first = 0;
+        for (int b = 0; !rc && b < cJSON_GetArraySize(blocks); b++) {
+            size_t cnt = (size_t)cJSON_GetArrayItem(blocks, b)->valuedouble * c.k;
+            if (first + cnt > n) { rc = fdpo_error("blocks: more groups than samples"); break; }
+            fdpo_rl_metrics part;
+            rc = fdpo_rl_step(m, &c, cnt, n, p + first, np + first, y + first, ny + first, r + first, lr + first,
+                              adv + first, &part);
+            met.loss += part.loss; met.kl += part.kl; met.scores += part.scores; met.advantage_sq += part.advantage_sq;
+            first += cnt;
+        }
+        met.advantage_std = sqrt(met.advantage_sq);
+    }
     if (!rc) rc = fdpo_mkdir_p(outdir);
     if (!rc) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "loss", met.loss);
         cJSON_AddNumberToObject(o, "kl", met.kl);
         cJSON_AddNumberToObject(o, "scores", met.scores);
+        cJSON_AddNumberToObject(o, "advantage_std", met.advantage_std);
         cJSON *a = cJSON_AddArrayToObject(o, "advantages");
         for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(adv[i]));
         char *s = cJSON_Print(o), *path = fdpo_path_join(outdir, "result.json");
@@ -71,6 +109,7 @@ int h_rl(int argc, char **argv) {
         fdpo_st_writer_free(w);
         free(path);
     }
+done:
     for (size_t i = 0; i < n; i++) { free(p[i]); free(y[i]); }
     free(p); free(y); free(np); free(ny); free(r); free(lr); free(adv);
     if (m) fdpo_gpt2_free(m);

@@ -48,6 +48,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"objectives", h_objectives},
     {"rm-grad", h_rm_grad},
     {"rl-grad", h_rl},
+    {"rl-logp", h_rl},
     {"tok-info", h_tokenizer},
     {"tok-save", h_tokenizer},
     {"tok-threads", h_tokenizer},

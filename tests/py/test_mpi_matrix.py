@@ -155,7 +155,9 @@ def test_rl_and_online_step_resume_from_two_ranks_with_one(work, tmp_path):
         assert state_step(split) == 2, name
         fdpo(*args[:i], split, *args[i + 1:], "--resume")
         assert state_step(split) == 3, name
-        assert close(params(one), params(split)), name
+        # both split the step's gradient over the ranks: the key biases' rounding noise, which Adam
+        # scales to lr per step, is bounded apart (close_outside_key_bias)
+        assert close_outside_key_bias(one, split, 1e-3, 3), name
         m1, m2 = metrics(one), metrics(split)
         assert [m["step"] for m in m1] == [m["step"] for m in m2] == [1, 2, 3], name
         for a, b in zip(m1, m2):
