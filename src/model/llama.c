@@ -554,17 +554,21 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
                                           a->seq_offset, a->has_branch ? a->branch : NULL, B, NH, NKV, hd);
         fdpo_llama_rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
-        linear_backward(m, a->d_ln, GB(LR_QW, QD * C), GB(LR_QB, QD), a->d_q, ln1,
+        /* frozen base (LoRA): below layer 0's q/k/v only the embedding would take a
+         * gradient, and it has none, so their d input and ln1's backward are not computed */
+        float *d_ln1 = l == 0 && !G ? NULL : a->d_ln;
+        linear_backward(m, d_ln1, GB(LR_QW, QD * C), GB(LR_QB, QD), a->d_q, ln1,
                         tensor(m, P, LR_QW) + l * QD * C, a->ones, N, C, QD, 0);
-        linear_backward(m, a->d_ln, GB(LR_KW, KD * C), GB(LR_KB, KD), a->d_k, ln1,
+        linear_backward(m, d_ln1, GB(LR_KW, KD * C), GB(LR_KB, KD), a->d_k, ln1,
                         tensor(m, P, LR_KW) + l * KD * C, a->ones, N, C, KD, 1);
-        linear_backward(m, a->d_ln, GB(LR_VW, KD * C), GB(LR_VB, KD), a->d_v, ln1,
+        linear_backward(m, d_ln1, GB(LR_VW, KD * C), GB(LR_VB, KD), a->d_v, ln1,
                         tensor(m, P, LR_VW) + l * KD * C, a->ones, N, C, KD, 1);
-        fdpo_lora_backward(m, FDPO_LORA_Q, l, a->d_ln, a->d_q, ln1, N);
+        fdpo_lora_backward(m, FDPO_LORA_Q, l, a->d_ln, a->d_q, ln1, N); /* (their d input unused at layer 0) */
         fdpo_lora_backward(m, FDPO_LORA_K, l, a->d_ln, a->d_k, ln1, N);
         fdpo_lora_backward(m, FDPO_LORA_V, l, a->d_ln, a->d_v, ln1, N);
-        fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN1, C), a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
-                         a->ln1_rstd + l * N, N, C);
+        if (d_ln1)
+            fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN1, C), a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
+                                        a->ln1_rstd + l * N, N, C);
     }
 #undef GB
     if (G) fdpo_llama_embed_backward(tensor(m, G, LR_EMBED), a->d_residual, a->tokens, N, C);

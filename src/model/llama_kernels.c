@@ -79,11 +79,13 @@ void fdpo_llama_linear_forward(float *out, const float *inp, const float *w, con
                 1.0f, inp, (int)IC, w, (int)IC, beta, out, (int)OC);
 }
 
-/* dinp [N,IC] (+)= dout @ w;  dw [OC,IC] += dout^T @ inp;  dbias [OC] += dout^T @ ones */
+/* dinp [N,IC] (+)= dout @ w;  dw [OC,IC] += dout^T @ inp;  dbias [OC] += dout^T @ ones
+ * (dinp, dw, dbias NULL: not wanted) */
 void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
                      const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
-    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC,
-                1.0f, dout, (int)OC, w, (int)IC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
+    if (dinp)
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC,
+                    1.0f, dout, (int)OC, w, (int)IC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
     if (dw) /* NULL: frozen weight (LoRA) */
         fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N,
                     1.0f, dout, (int)OC, inp, (int)IC, 1.0f, dw, (int)IC);
@@ -105,12 +107,13 @@ void fdpo_llama_linear_forward_bf16(float *out, const float *inp, const uint16_t
 }
 
 /* bf16: dinp [N,IC] (+)= bf16(dout) @ w16;  dw [OC,IC] += bf16(dout)^T @ bf16(inp);
- * dbias [OC] += dout^T @ ones (fp32). scratch_dout holds N*OC, scratch_inp N*IC. */
+ * dbias [OC] += dout^T @ ones (fp32); NULL ones are not wanted. scratch_dout holds N*OC,
+ * scratch_inp N*IC. */
 void fdpo_llama_linear_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                                      const uint16_t *w16, const float *ones, size_t N, size_t IC, size_t OC,
                                      int accumulate_dinp, uint16_t *scratch_dout, uint16_t *scratch_inp) {
     fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
-    fdpo_gemm_bf16(0, 0, N, IC, OC, 1.0f, scratch_dout, OC, w16, IC, accumulate_dinp ? 1.0f : 0.0f, dinp, IC);
+    if (dinp) fdpo_gemm_bf16(0, 0, N, IC, OC, 1.0f, scratch_dout, OC, w16, IC, accumulate_dinp ? 1.0f : 0.0f, dinp, IC);
     if (dw) { /* NULL: a frozen weight (LoRA), no gradient */
         fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
         fdpo_gemm_bf16(1, 0, OC, IC, N, 1.0f, scratch_dout, OC, scratch_inp, IC, 1.0f, dw, IC);
