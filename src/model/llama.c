@@ -172,7 +172,7 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B) {
         {&a->encoded, N * C}, {&a->ln1, L * N * C}, {&a->ln1_rstd, L * N}, {&a->q, L * N * QD},
         {&a->k, L * N * KD}, {&a->v, L * N * KD}, {&a->att_lse, L * N * c->n_head}, {&a->atty, L * N * QD},
         {&a->residual2, L * N * C}, {&a->ln2, L * N * C}, {&a->ln2_rstd, L * N}, {&a->gate, L * N * F},
-        {&a->up, L * N * F}, {&a->hmlp, L * N * F}, {&a->residual3, L * N * C}, {&a->lnf, N * C},
+        {&a->up, L * N * F}, {&a->residual3, L * N * C}, {&a->lnf, N * C},
         {&a->lnf_rstd, N}, {&a->lse, N}, {&a->logit_sum, N}, {&a->rope_cos, N * hd / 2},
         {&a->rope_sin, N * hd / 2}, {&a->ones, N}, {&a->d_residual, N * C}, {&a->d_ln, N * C},
         {&a->d_q, N * QD}, {&a->d_k, N * KD}, {&a->d_v, N * KD}, {&a->d_atty, N * QD},
@@ -388,7 +388,8 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
         float *ln1 = a->ln1 + l * N * C, *q = a->q + l * N * QD, *k = a->k + l * N * KD, *v = a->v + l * N * KD;
         float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
-        float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->hmlp + l * N * F;
+        /* h = silu(gate) * up is not kept: backward recomputes it (one elementwise pass) */
+        float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->d_gate; /* backward scratch */
         float *res3 = a->residual3 + l * N * C;
         float *qb = tensor(m, P, LR_QB), *kb = tensor(m, P, LR_KB), *vb = tensor(m, P, LR_VB), *ob = tensor(m, P, LR_OB);
         float *gb = tensor(m, P, LR_GATEB), *ub = tensor(m, P, LR_UPB), *db = tensor(m, P, LR_DOWNB);
@@ -532,7 +533,9 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
         const float *ln1 = a->ln1 + l * N * C, *q = a->q + l * N * QD, *k = a->k + l * N * KD, *v = a->v + l * N * KD;
         const float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
-        const float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->hmlp + l * N * F;
+        const float *gate = a->gate + l * N * F, *up = a->up + l * N * F;
+        float *h = a->d_gate; /* the forward's silu(gate) * up, recomputed; d_gate once used */
+        fdpo_llama_swiglu_forward(h, gate, up, N * F);
         /* MLP: res3 = res2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T */
         linear_backward(m, a->d_h, GB(LR_DOWNW, C * F), GB(LR_DOWNB, C), a->d_residual, h,
                         tensor(m, P, LR_DOWNW) + l * C * F, a->ones, N, F, C, 0);

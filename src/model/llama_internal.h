@@ -26,7 +26,7 @@ typedef struct {
     float *atty;                 /* [L, N, QD] */
     float *residual2;            /* [L, N, C] after attention */
     float *ln2, *ln2_rstd;       /* [L, N, C], [L, N] */
-    float *gate, *up, *hmlp;     /* [L, N, F] each: x Wg^T, x Wu^T, silu(gate) * up */
+    float *gate, *up;            /* [L, N, F] each: x Wg^T, x Wu^T (silu(gate) * up is recomputed) */
     float *residual3;            /* [L, N, C] after the MLP */
     float *lnf, *lnf_rstd;       /* [N, C], [N] */
     float *logits;               /* [N, V], its own allocation (logits_cap rows), made only by a
@@ -39,7 +39,8 @@ typedef struct {
     float *d_residual, *d_ln;    /* [N, C] */
     float *d_q, *d_k, *d_v;      /* [N, QD], [N, KD], [N, KD] */
     float *d_atty;               /* [N, QD] */
-    float *d_h, *d_gate;         /* [N, F] */
+    float *d_h, *d_gate;         /* [N, F]; d_gate also holds silu(gate) * up (forward: the layer's,
+                                  * backward: recomputed) until the SwiGLU backward */
     /* bf16 precision: bf16-rounded matmul operands, bf16_x and bf16_y [cap, max(C, QD, F)]
      * (inputs and upstream gradients; weight-gradient inputs) */
     uint16_t *bf16_x, *bf16_y;
