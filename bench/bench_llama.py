@@ -320,8 +320,10 @@ def main():
     print(f"Llama {shape} ({n_params / 1e6:.1f}M parameters: {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
           f"{cfg['num_attention_heads']} heads / {cfg['num_key_value_heads']} KV, intermediate {cfg['intermediate_size']}, "
           f"vocab {cfg['vocab_size']}, tied): {a.pairs} pairs x (prompt {a.prompt} + chosen {a.completion} + rejected "
-          f"{a.completion}); threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side "
-          f"(+1 warm-up), interleaved; env {env or 'no OPENBLAS overrides'}; load average {os.getloadavg()[0]:.1f}")
+          f"{a.completion}); threads {a.threads}, "
+          + (f"fdpo dpo runs only, {a.steps} steps (+1 warm-up)" if a.cli_only else
+             f">= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), interleaved")
+          + f"; env {env or 'no OPENBLAS overrides'}; load average {os.getloadavg()[0]:.1f}")
     if a.cli_only and not a.lora:
         sys.exit("--cli-only: needs --lora (the fdpo dpo runs are the LoRA comparison)")
     if a.cli_only:
