@@ -15,8 +15,9 @@ OPT     ?= -O3 -march=native
 SAN     ?=
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude -Isrc $(SAN)
-CFLAGS  += $(shell pkg-config --cflags libcjson libpcre2-8 2>/dev/null)
-LDLIBS  += -lopenblas -ldnnl -lcjson -lpcre2-8 -linih -lm -fopenmp $(SAN)
+CFLAGS  += $(shell pkg-config --cflags libcjson libpcre2-8 icu-uc 2>/dev/null)
+# ICU (icu-uc): NFC normalisation for tokenizer.json files that ask for it (src/text/tokenizer.c)
+LDLIBS  += -lopenblas -ldnnl -lcjson -lpcre2-8 -linih $(shell pkg-config --libs icu-uc 2>/dev/null || echo -licuuc) -lm -fopenmp $(SAN)
 # Open MPI (src/dist): on when pkg-config finds ompi-c; `make MPI=0` builds without it.
 MPI     ?= $(shell pkg-config --exists ompi-c 2>/dev/null && echo 1 || echo 0)
 ifeq ($(MPI),1)

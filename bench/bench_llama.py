@@ -37,6 +37,9 @@ peaks come first (interleave.print_peaks). Numbers from a loaded machine are not
     /usr/bin/python3 bench/bench_llama.py                  # small shape, full weights
     /usr/bin/python3 bench/bench_llama.py --lora           # + LoRA sides
     /usr/bin/python3 bench/bench_llama.py --smollm --lora  # SmolLM2-135M shape
+    /usr/bin/python3 bench/bench_llama.py --smollm --lora --cli-only --steps 1
+        # only the `fdpo dpo` runs (full and LoRA): peak RSS and the LoRA/full ratio, which
+        # do not depend on the machine's load (their step times do)
 """
 import argparse
 import json
@@ -260,7 +263,8 @@ def cli_sides(d, cfg, a, warmup):
     if not has_lora:
         print("  skip fdpo-lora-fp32, fdpo-lora-bf16: this fdpo has no `fdpo dpo --lora-r` (LoRA, issue #14, "
               "not merged yet); the full-weight fdpo dpo runs still go")
-    n_steps = warmup + max(a.steps, interleave.MIN_TIMED_STEPS)
+    # --cli-only measures memory: --steps as given (the step times then are not medians of >= 5)
+    n_steps = warmup + (a.steps if a.cli_only else max(a.steps, interleave.MIN_TIMED_STEPS))
     ck, data = write_cli_inputs(d, cfg, a, a.pairs * n_steps)
     tokens_per_step = a.pairs * ((a.prompt - 1) + 2 * a.completion)  # shared layout, src/train/dpo.c
     runs = []
@@ -288,6 +292,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side after one warm-up (at least 5)")
     ap.add_argument("--sides", default=None, help="comma list of the interleaved sides (default: all that apply)")
+    ap.add_argument("--cli-only", action="store_true",
+                    help="with --lora: only the fdpo dpo runs (full and LoRA), no interleaved servers or peaks")
     ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
@@ -314,16 +320,24 @@ def main():
     print(f"Llama {shape} ({n_params / 1e6:.1f}M parameters: {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
           f"{cfg['num_attention_heads']} heads / {cfg['num_key_value_heads']} KV, intermediate {cfg['intermediate_size']}, "
           f"vocab {cfg['vocab_size']}, tied): {a.pairs} pairs x (prompt {a.prompt} + chosen {a.completion} + rejected "
-          f"{a.completion}); threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side "
-          f"(+1 warm-up), interleaved; env {env or 'no OPENBLAS overrides'}; load average {os.getloadavg()[0]:.1f}")
-    peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
-    interleave.print_peaks(peaks)
+          f"{a.completion}); threads {a.threads}, "
+          + (f"fdpo dpo runs only, {a.steps} steps (+1 warm-up)" if a.cli_only else
+             f">= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), interleaved")
+          + f"; env {env or 'no OPENBLAS overrides'}; load average {os.getloadavg()[0]:.1f}")
+    if a.cli_only and not a.lora:
+        sys.exit("--cli-only: needs --lora (the fdpo dpo runs are the LoRA comparison)")
+    if a.cli_only:
+        sides = []
+    peaks = None if a.cli_only else interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
+    if peaks:
+        interleave.print_peaks(peaks)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "config.json")
         with open(path, "w") as f:
             json.dump(cfg, f)
         servers = [server(s, path, a) for s in sides]
-        interleave.interleave(servers, a.steps)
+        if servers:
+            interleave.interleave(servers, a.steps)
         tails = {s.name: s.close() for s in servers}
         cli = cli_sides(d, cfg, a, warmup=1) if a.lora else []
     seqs = [a.prompt + a.completion] * (2 * a.pairs)

@@ -10,6 +10,8 @@ PKGS=(build-essential pkg-config libopenblas-openmp-dev libcjson-dev libpcre2-de
 # oneDNN (bf16 GEMM), Open MPI (data parallelism),
 # clang + libFuzzer (make fuzz).
 PKGS+=(libdnnl-dev libopenmpi-dev openmpi-bin clang libfuzzer-14-dev)
+# ICU: NFC normalisation (tokenizer.json normalizer "NFC", as Qwen2's files ask).
+PKGS+=(libicu-dev)
 # Headless browser: tests/py/test_report.py opens fdpo report's HTML in it (file://, offline).
 PKGS+=(chromium)
 # Node.js + npm for the reference tokenizer and data sets; any install that provides both.

@@ -52,6 +52,13 @@ int fdpo_tokenizer_encode(const fdpo_tokenizer *t, const char *text, size_t len,
  * mask[i] != 0 (chat templates: the template's markers, not the messages' content). */
 int fdpo_tokenizer_encode_masked(const fdpo_tokenizer *t, const char *text, size_t len,
                                  const unsigned char *mask, int32_t **ids, size_t *n_ids);
+/* 1 if encoding normalises text first: a tokenizer.json whose normalizer is NFC (Qwen2).
+ * Each stretch between added tokens is NFC-normalised (ICU) before pre-tokenisation, as
+ * Hugging Face does; bytes that are not valid UTF-8 pass through unchanged. */
+int fdpo_tokenizer_normalizes(const fdpo_tokenizer *t);
+/* text[0..len) as the tokenizer's normalizer leaves it (NFC, or a copy); malloc'd,
+ * NUL-terminated, *out_len bytes. */
+char *fdpo_tokenizer_normalize(const fdpo_tokenizer *t, const char *text, size_t len, size_t *out_len);
 /* Decode to a malloc'd NUL-terminated string; *len gets its length (may be NULL). Byte
  * sequences that are not valid UTF-8 become U+FFFD, as Hugging Face's decode does. */
 char *fdpo_tokenizer_decode(const fdpo_tokenizer *t, const int32_t *ids, size_t n, size_t *len);

@@ -222,9 +222,29 @@ void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsi
     if (flags & FDPO_CHAT_GENERATION_PROMPT) header(c, "assistant", o);
 }
 
-int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t, int32_t **ids, float **w, size_t *n) {
-    if (fdpo_tokenizer_encode_masked(tok, t->text ? t->text : "", t->n, t->tmpl, ids, n)) return -1;
-    if (!w) return 0;
+/* The text as a normalising (NFC) tokenizer encodes it, masks carried along: each run of
+ * bytes with the same masks normalised on its own, so trained bytes stay trained. */
+static void normalize_runs(const fdpo_tokenizer *tok, const fdpo_chat_text *t, fdpo_chat_text *o) {
+    for (size_t i = 0; i < t->n;) {
+        size_t j = i;
+        while (j < t->n && t->tmpl[j] == t->tmpl[i] && t->train[j] == t->train[i]) j++;
+        size_t m;
+        char *u = fdpo_tokenizer_normalize(tok, t->text + i, j - i, &m);
+        fdpo_chat_text_put(o, u, m, t->tmpl[i], t->train[i]);
+        free(u);
+        i = j;
+    }
+}
+
+int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t_in, int32_t **ids, float **w, size_t *n) {
+    fdpo_chat_text norm = {0};
+    const fdpo_chat_text *t = t_in;
+    if (w && fdpo_tokenizer_normalizes(tok)) { /* token bytes then line up with the masks */
+        normalize_runs(tok, t_in, &norm);
+        t = &norm;
+    }
+    int rc = fdpo_tokenizer_encode_masked(tok, t->text ? t->text : "", t->n, t->tmpl, ids, n);
+    if (rc || !w) { fdpo_chat_text_free(&norm); return rc ? -1 : 0; }
     *w = fdpo_malloc((*n ? *n : 1) * sizeof **w);
     size_t off = 0;
     for (size_t i = 0; i < *n; i++) {
@@ -234,6 +254,15 @@ int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t, int32_t
         for (size_t k = off; k < off + l && k < t->n; k++) any |= t->train[k];
         (*w)[i] = any ? 1.0f : 0.0f;
         off += l;
+    }
+    size_t total = t->n;
+    fdpo_chat_text_free(&norm);
+    if (off != total) { /* NFC joined a template character with the message text after it */
+        free(*ids); free(*w);
+        *ids = NULL; *w = NULL;
+        return fdpo_error("chat text: the tokenizer's NFC normalizer changes the text across a template/message "
+                          "boundary, so the loss mask cannot follow the roles (a message starting with a "
+                          "combining mark?)");
     }
     return 0;
 }

@@ -233,6 +233,8 @@ static void *grow(void *p, size_t *cap, size_t n, size_t elem) {
     return fdpo_malloc((n ? n : 1) * elem);
 }
 
+void *fdpo_model_grow(void *p, size_t *cap, size_t n, size_t elem) { return grow(p, cap, n, elem); }
+
 /* The [N, V] logits buffer, only for forwards that materialise logits. */
 static void logits_reserve(fdpo_gpt2_acts *a, size_t N, size_t V) {
     if (N <= a->logits_cap && a->logits) return;
@@ -243,7 +245,7 @@ static void logits_reserve(fdpo_gpt2_acts *a, size_t N, size_t V) {
 
 /* Vocabulary columns per chunk of the fused head: FDPO_LMHEAD_CHUNK, or the environment
  * variable of that name (tests use it to put chunk boundaries inside tiny vocabularies). */
-static size_t lmhead_chunk(size_t V) {
+size_t fdpo_lmhead_chunk(size_t V) {
     const char *e = getenv("FDPO_LMHEAD_CHUNK");
     size_t c = e && atol(e) > 0 ? (size_t)atol(e) : FDPO_LMHEAD_CHUNK;
     return c < V ? c : V;
@@ -328,7 +330,7 @@ static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk) {
  * token_logp 0. */
 static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t K) {
     fdpo_gpt2_acts *a = m->acts;
-    size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size, chunk = lmhead_chunk(V);
+    size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size, chunk = fdpo_lmhead_chunk(V);
     float *lnf_packed = a->d_atty; /* backward scratch, free during forward */
     for (size_t k = 0; k < K; k++) {
         memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
@@ -492,6 +494,10 @@ int fdpo_gpt2_logit_sums(const fdpo_gpt2 *m, float *out) {
         memcpy(out, m->acts->logit_sum, m->acts->n_tokens * sizeof(float));
         return 0;
     }
+    if (m->config.arch == FDPO_ARCH_LLAMA && fdpo_llama_fused_logit_sums(m)) {
+        memcpy(out, fdpo_llama_fused_logit_sums(m), m->llama->acts.n_tokens * sizeof(float));
+        return 0;
+    }
     if (!logits) return fdpo_error("logit sums: no forward pass");
     size_t N = m->config.arch == FDPO_ARCH_LLAMA ? m->llama->acts.n_tokens : m->acts->n_tokens;
     for (size_t t = 0; t < N; t++) {
@@ -548,7 +554,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
     }
     if (a->fused_head) { /* recompute the logits chunk by chunk; dW and d lnf accumulate as we go */
         float *lnf_packed = a->d_atty, *dlnf_packed = a->d_qkv; /* both free until the blocks */
-        size_t chunk = lmhead_chunk(V);
+        size_t chunk = fdpo_lmhead_chunk(V);
         for (size_t k = 0; k < K; k++) memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
         fused_head_reserve(m, K, chunk);
         const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, p->wte) : NULL;

@@ -150,6 +150,9 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dhead, const 
                                                const uint16_t *head_bf16, size_t K, size_t C, size_t V, size_t chunk,
                                                float *scratch, uint16_t *scratch_bf16);
 #define FDPO_LMHEAD_CHUNK 2048 /* vocabulary columns per chunk (FDPO_LMHEAD_CHUNK=n overrides, for tests) */
+/* p with room for n elements of elem bytes (*cap counts elements); contents are not kept */
+void *fdpo_model_grow(void *p, size_t *cap, size_t n, size_t elem);
+size_t fdpo_lmhead_chunk(size_t V); /* FDPO_LMHEAD_CHUNK or the environment's, at most V (gpt2.c) */
 
 
 /* exp(x) in fp32 that the compiler can vectorise (libm's expf is a scalar call, and it was

@@ -1,7 +1,8 @@
 /* Llama family (LlamaForCausalLM; Qwen2 = q/k/v biases): tensor table, init, forward and
  * backward over a packed batch. RMSNorm, rotary embeddings (rotate-half, rope_theta,
  * optional llama3 frequency scaling), grouped-query attention, SwiGLU MLP, tied or untied
- * LM head. Kernels in llama_kernels.c; the LM head and log-softmax are GPT-2's. */
+ * LM head. Kernels in llama_kernels.c; the LM head and log-softmax are GPT-2's, fused and
+ * chunked over the vocabulary (fdpo_batch.fused_head) or materialised. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,7 +111,8 @@ void fdpo_llama_build(fdpo_gpt2 *m) {
 }
 
 static void acts_free(llama_acts *a) {
-    free(a->bf16_x); free(a->bf16_y); free(a->head_rows); free(a->head_targets); free(a->head_d);
+    free(a->bf16_x); free(a->bf16_y); free(a->head_rows); free(a->head_targets); free(a->head_d); free(a->head_lse);
+    free(a->logits); free(a->head_scratch); free(a->head_bf16); free(a->head_acc);
     free(a->memory); free(a->seq_offset); free(a->tokens);
     free(a->targets); free(a->pos); free(a->weights); free(a->branch);
 }
@@ -159,18 +161,19 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B) {
         a->head_rows = fdpo_realloc(a->head_rows, N * sizeof(size_t));
         a->head_targets = fdpo_realloc(a->head_targets, N * sizeof(int32_t));
         a->head_d = fdpo_realloc(a->head_d, N * sizeof(float));
+        a->head_lse = fdpo_realloc(a->head_lse, N * sizeof(float));
         free(a->branch);
         a->branch = NULL;
     }
     N = N > a->cap_tokens ? N : a->cap_tokens;
-    size_t C = c->n_embd, L = c->n_layer, V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c);
+    size_t C = c->n_embd, L = c->n_layer, F = c->intermediate_size, hd = head_dim(c);
     size_t QD = c->n_head * hd, KD = c->n_kv_head * hd;
     struct { float **p; size_t n; } parts[] = {
         {&a->encoded, N * C}, {&a->ln1, L * N * C}, {&a->ln1_rstd, L * N}, {&a->q, L * N * QD},
         {&a->k, L * N * KD}, {&a->v, L * N * KD}, {&a->att_lse, L * N * c->n_head}, {&a->atty, L * N * QD},
         {&a->residual2, L * N * C}, {&a->ln2, L * N * C}, {&a->ln2_rstd, L * N}, {&a->gate, L * N * F},
-        {&a->up, L * N * F}, {&a->hmlp, L * N * F}, {&a->residual3, L * N * C}, {&a->lnf, N * C},
-        {&a->lnf_rstd, N}, {&a->logits, N * V}, {&a->lse, N}, {&a->rope_cos, N * hd / 2},
+        {&a->up, L * N * F}, {&a->residual3, L * N * C}, {&a->lnf, N * C},
+        {&a->lnf_rstd, N}, {&a->lse, N}, {&a->logit_sum, N}, {&a->rope_cos, N * hd / 2},
         {&a->rope_sin, N * hd / 2}, {&a->ones, N}, {&a->d_residual, N * C}, {&a->d_ln, N * C},
         {&a->d_q, N * QD}, {&a->d_k, N * KD}, {&a->d_v, N * KD}, {&a->d_atty, N * QD},
         {&a->d_h, N * F}, {&a->d_gate, N * F},
@@ -190,15 +193,14 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B) {
 static void bf16_prepare(fdpo_gpt2 *m) {
     llama_acts *a = &m->llama->acts;
     const fdpo_gpt2_config *c = &m->config;
-    size_t QD = c->n_head * head_dim(c), C = c->n_embd, F = c->intermediate_size, V = c->vocab_size;
+    size_t QD = c->n_head * head_dim(c), C = c->n_embd, F = c->intermediate_size;
     size_t act = C > QD ? C : QD;
     act = act > F ? act : F;
-    size_t wide = act > V ? act : V;
     fdpo_model_bf16_refresh(m);
     if (a->bf16_cap < a->cap_tokens) {
         free(a->bf16_x);
         free(a->bf16_y);
-        a->bf16_x = fdpo_malloc(a->cap_tokens * wide * sizeof(uint16_t));
+        a->bf16_x = fdpo_malloc(a->cap_tokens * act * sizeof(uint16_t));
         a->bf16_y = fdpo_malloc(a->cap_tokens * act * sizeof(uint16_t));
         a->bf16_cap = a->cap_tokens;
     }
@@ -238,8 +240,10 @@ static void head_backward(fdpo_gpt2 *m, float *dinp, float *dhead, const float *
                           const float *head, size_t N) {
     llama_acts *a = &m->llama->acts;
     size_t C = m->config.n_embd, V = m->config.vocab_size;
-    if (a->precision == FDPO_PRECISION_BF16)
-        fdpo_k_lmhead_backward_bf16(dinp, dhead, dlogits, inp, w16_of(m, head), N, C, V, a->bf16_x, a->bf16_y);
+    if (a->precision == FDPO_PRECISION_BF16) {
+        a->head_bf16 = fdpo_model_grow(a->head_bf16, &a->head_bf16_cap, N * V, sizeof(uint16_t)); /* bf16 d logits */
+        fdpo_k_lmhead_backward_bf16(dinp, dhead, dlogits, inp, w16_of(m, head), N, C, V, a->head_bf16, a->bf16_y);
+    }
     else
         fdpo_k_lmhead_backward(dinp, dhead, dlogits, inp, head, N, C, V);
 }
@@ -261,6 +265,47 @@ static void scatter_rows(float *x, const size_t *rows, size_t K, size_t N, size_
 static void gather_rows(float *dst, const float *src, const size_t *rows, size_t K, size_t W) {
     for (size_t k = 0; k < K; k++)
         if (dst + k * W != src + rows[k] * W) memmove(dst + k * W, src + rows[k] * W, W * sizeof(float));
+}
+
+/* The [N, V] logits, only for forwards that materialise them */
+static void logits_reserve(llama_acts *a, size_t N, size_t V) {
+    a->logits = fdpo_model_grow(a->logits, &a->logits_cap, N * V, sizeof(float));
+}
+
+/* The fused head's scratch for K rows: one chunk of logits, bf16 operands, row state */
+static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk) {
+    llama_acts *a = &m->llama->acts;
+    a->head_scratch = fdpo_model_grow(a->head_scratch, &a->head_scratch_cap, K * chunk, sizeof(float));
+    a->head_acc = fdpo_model_grow(a->head_acc, &a->head_acc_cap, 3 * K, sizeof(double));
+    if (a->precision == FDPO_PRECISION_BF16)
+        a->head_bf16 = fdpo_model_grow(a->head_bf16, &a->head_bf16_cap, K * (m->config.n_embd + chunk), sizeof(uint16_t));
+}
+
+/* Fused LM head over the K rows head_rows[0..K): log-probs, lse and logit sums chunk by
+ * chunk over the vocabulary (as GPT-2's), never [N, V] logits. Rows not listed get lse,
+ * logit_sum and token_logp 0. */
+static void head_fused_forward(fdpo_gpt2 *m, const float *head, float *tlp) {
+    llama_acts *a = &m->llama->acts;
+    size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size, K = a->n_head_rows;
+    size_t chunk = fdpo_lmhead_chunk(V);
+    /* backward scratch, free during forward (tlp may alias d_residual) */
+    float *lnf_packed = a->d_ln, *tlp_packed = a->head_d, *lse_packed = a->head_lse, *sum_packed = a->d_q;
+    gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+    for (size_t k = 0; k < K; k++) a->head_targets[k] = a->targets[a->head_rows[k]];
+    fused_head_reserve(m, K, chunk);
+    if (K > 0)
+        fdpo_k_lmhead_logsoftmax_forward_chunked(lse_packed, tlp_packed, sum_packed, lnf_packed, head,
+                                                 a->precision == FDPO_PRECISION_BF16 ? w16_of(m, head) : NULL,
+                                                 a->head_targets, K, C, V, chunk, a->head_scratch, a->head_bf16,
+                                                 a->head_acc);
+    memset(a->lse, 0, N * sizeof(float));
+    memset(a->logit_sum, 0, N * sizeof(float));
+    if (tlp) memset(tlp, 0, N * sizeof(float));
+    for (size_t k = 0; k < K; k++) {
+        a->lse[a->head_rows[k]] = lse_packed[k];
+        a->logit_sum[a->head_rows[k]] = sum_packed[k];
+        if (tlp) tlp[a->head_rows[k]] = tlp_packed[k];
+    }
 }
 
 /* LM head + log-softmax over the weighted rows only (skip_unweighted): pack their
@@ -287,6 +332,23 @@ static void head_rows_forward(fdpo_gpt2 *m, const float *head, float *tlp) {
     scatter_rows(a->logits, a->head_rows, K, N, V);
 }
 
+/* LM head + log-softmax holding the [N, V] logits (fdpo_gpt2_logits reads them): over
+ * every row, or over the weighted rows only when skip_unweighted */
+static void head_materialised_forward(fdpo_gpt2 *m, const float *head, float *tlp) {
+    llama_acts *a = &m->llama->acts;
+    size_t N = a->n_tokens, V = m->config.vocab_size;
+    logits_reserve(a, N, V);
+    if (a->skip_unweighted)
+        for (size_t t = 0; t < N; t++) if (a->weights[t] != 0.0f) a->head_rows[a->n_head_rows++] = t;
+    if (!a->skip_unweighted || a->n_head_rows == N) {
+        a->skip_unweighted = 0;
+        head_forward(m, a->logits, a->lnf, head, N);
+        fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    } else {
+        head_rows_forward(m, head, tlp);
+    }
+}
+
 int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
     const fdpo_gpt2_config *c = &m->config;
     if (c->num_labels && (token_logp || seq_logp))
@@ -294,7 +356,7 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
                           "log-probs", !strcmp(c->model_type, "qwen2") ? "Qwen2ForSequenceClassification"
                                                                        : "LlamaForSequenceClassification");
     size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head;
-    size_t V = c->vocab_size, F = c->intermediate_size, hd = head_dim(c), QD = NH * hd, KD = NKV * hd;
+    size_t F = c->intermediate_size, hd = head_dim(c), QD = NH * hd, KD = NKV * hd;
     acts_reserve(m, N, B);
     llama_acts *a = &m->llama->acts;
     a->n_seq = B;
@@ -326,7 +388,8 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
         float *ln1 = a->ln1 + l * N * C, *q = a->q + l * N * QD, *k = a->k + l * N * KD, *v = a->v + l * N * KD;
         float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
-        float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->hmlp + l * N * F;
+        /* h = silu(gate) * up is not kept: backward recomputes it (one elementwise pass) */
+        float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->d_gate; /* backward scratch */
         float *res3 = a->residual3 + l * N * C;
         float *qb = tensor(m, P, LR_QB), *kb = tensor(m, P, LR_KB), *vb = tensor(m, P, LR_VB), *ob = tensor(m, P, LR_OB);
         float *gb = tensor(m, P, LR_GATEB), *ub = tensor(m, P, LR_UPB), *db = tensor(m, P, LR_DOWNB);
@@ -359,15 +422,14 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         if (tlp) memset(tlp, 0, N * sizeof(float));
     } else {
         a->skip_unweighted = b->skip_unweighted;
+        a->fused_head = b->fused_head;
         a->n_head_rows = 0;
-        if (b->skip_unweighted)
-            for (size_t t = 0; t < N; t++) if (a->weights[t] != 0.0f) a->head_rows[a->n_head_rows++] = t;
-        if (!b->skip_unweighted || a->n_head_rows == N) {
-            a->skip_unweighted = 0;
-            head_forward(m, a->logits, a->lnf, head, N);
-            fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+        if (b->fused_head) { /* rows with a target (and a weight, if skipping) only, never [N, V] */
+            for (size_t t = 0; t < N; t++) /* weights are 0 where there is no target */
+                if (a->targets[t] >= 0 && (!b->skip_unweighted || a->weights[t] != 0.0f)) a->head_rows[a->n_head_rows++] = t;
+            head_fused_forward(m, head, tlp);
         } else {
-            head_rows_forward(m, head, tlp);
+            head_materialised_forward(m, head, tlp);
         }
     }
     if (seq_logp)
@@ -381,7 +443,13 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
 }
 
 const float *fdpo_llama_logits(const fdpo_gpt2 *m) {
-    return m->llama && m->llama->acts.has_forward && !m->config.num_labels ? m->llama->acts.logits : NULL;
+    const llama_acts *a = m->llama ? &m->llama->acts : NULL;
+    return a && a->has_forward && !a->fused_head && !m->config.num_labels ? a->logits : NULL;
+}
+
+const float *fdpo_llama_fused_logit_sums(const fdpo_gpt2 *m) {
+    const llama_acts *a = m->llama ? &m->llama->acts : NULL;
+    return a && a->has_forward && a->fused_head && !m->config.num_labels ? a->logit_sum : NULL;
 }
 
 const float *fdpo_llama_hidden(const fdpo_gpt2 *m) {
@@ -412,7 +480,29 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
     float *head = tied ? tensor(m, P, LR_EMBED) : tensor(m, P, LR_HEAD);
     float *dhead = !G ? NULL : tied ? tensor(m, G, LR_EMBED) : tensor(m, G, LR_HEAD);
     if (d_lnf) memcpy(a->d_ln, d_lnf, N * C * sizeof(float));
-    else if (a->skip_unweighted) { /* the K rows of the forward's LM head, packed */
+    else if (a->fused_head) { /* recompute the logits chunk by chunk; d head and d lnf accumulate */
+        size_t K = 0; /* the rows with a gradient, packed */
+        for (size_t t = 0; t < N; t++) {
+            if (a->targets[t] < 0 || d_token_logp[t] == 0.0f) continue;
+            if (a->skip_unweighted && a->weights[t] == 0.0f)
+                return fdpo_error("llama backward: d_token_logp[%zu] = %g but the forward skipped that token "
+                                  "(skip_unweighted: its weight is 0)", t, (double)d_token_logp[t]);
+            a->head_rows[K] = t;
+            a->head_targets[K] = a->targets[t];
+            a->head_d[K] = d_token_logp[t];
+            a->head_lse[K] = a->lse[t];
+            K++;
+        }
+        size_t chunk = fdpo_lmhead_chunk(V);
+        float *lnf_packed = a->d_residual; /* free until the blocks */
+        gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+        fused_head_reserve(m, K, chunk);
+        if (K > 0)
+            fdpo_k_lmhead_logsoftmax_backward_chunked(a->d_ln, dhead, a->head_d, a->head_lse, a->head_targets, lnf_packed,
+                                                      head, a->precision == FDPO_PRECISION_BF16 ? w16_of(m, head) : NULL,
+                                                      K, C, V, chunk, a->head_scratch, a->head_bf16);
+        scatter_rows(a->d_ln, a->head_rows, K, N, C);
+    } else if (a->skip_unweighted) { /* the K rows of the forward's LM head, packed */
         size_t K = a->n_head_rows;
         for (size_t t = 0, k = 0; t < N; t++) {
             int in_head = k < K && a->head_rows[k] == t;
@@ -443,7 +533,9 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
         const float *ln1 = a->ln1 + l * N * C, *q = a->q + l * N * QD, *k = a->k + l * N * KD, *v = a->v + l * N * KD;
         const float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
-        const float *gate = a->gate + l * N * F, *up = a->up + l * N * F, *h = a->hmlp + l * N * F;
+        const float *gate = a->gate + l * N * F, *up = a->up + l * N * F;
+        float *h = a->d_gate; /* the forward's silu(gate) * up, recomputed; d_gate once used */
+        fdpo_llama_swiglu_forward(h, gate, up, N * F);
         /* MLP: res3 = res2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T */
         linear_backward(m, a->d_h, GB(LR_DOWNW, C * F), GB(LR_DOWNB, C), a->d_residual, h,
                         tensor(m, P, LR_DOWNW) + l * C * F, a->ones, N, F, C, 0);
@@ -465,17 +557,21 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
                                           a->seq_offset, a->has_branch ? a->branch : NULL, B, NH, NKV, hd);
         fdpo_llama_rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
-        linear_backward(m, a->d_ln, GB(LR_QW, QD * C), GB(LR_QB, QD), a->d_q, ln1,
+        /* frozen base (LoRA): below layer 0's q/k/v only the embedding would take a
+         * gradient, and it has none, so their d input and ln1's backward are not computed */
+        float *d_ln1 = l == 0 && !G ? NULL : a->d_ln;
+        linear_backward(m, d_ln1, GB(LR_QW, QD * C), GB(LR_QB, QD), a->d_q, ln1,
                         tensor(m, P, LR_QW) + l * QD * C, a->ones, N, C, QD, 0);
-        linear_backward(m, a->d_ln, GB(LR_KW, KD * C), GB(LR_KB, KD), a->d_k, ln1,
+        linear_backward(m, d_ln1, GB(LR_KW, KD * C), GB(LR_KB, KD), a->d_k, ln1,
                         tensor(m, P, LR_KW) + l * KD * C, a->ones, N, C, KD, 1);
-        linear_backward(m, a->d_ln, GB(LR_VW, KD * C), GB(LR_VB, KD), a->d_v, ln1,
+        linear_backward(m, d_ln1, GB(LR_VW, KD * C), GB(LR_VB, KD), a->d_v, ln1,
                         tensor(m, P, LR_VW) + l * KD * C, a->ones, N, C, KD, 1);
-        fdpo_lora_backward(m, FDPO_LORA_Q, l, a->d_ln, a->d_q, ln1, N);
+        fdpo_lora_backward(m, FDPO_LORA_Q, l, a->d_ln, a->d_q, ln1, N); /* (their d input unused at layer 0) */
         fdpo_lora_backward(m, FDPO_LORA_K, l, a->d_ln, a->d_k, ln1, N);
         fdpo_lora_backward(m, FDPO_LORA_V, l, a->d_ln, a->d_v, ln1, N);
-        fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN1, C), a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
-                         a->ln1_rstd + l * N, N, C);
+        if (d_ln1)
+            fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN1, C), a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
+                                        a->ln1_rstd + l * N, N, C);
         if (m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, l);   /* layer l is final (--allreduce-overlap) */
     }
 #undef GB

@@ -26,21 +26,31 @@ typedef struct {
     float *atty;                 /* [L, N, QD] */
     float *residual2;            /* [L, N, C] after attention */
     float *ln2, *ln2_rstd;       /* [L, N, C], [L, N] */
-    float *gate, *up, *hmlp;     /* [L, N, F] each: x Wg^T, x Wu^T, silu(gate) * up */
+    float *gate, *up;            /* [L, N, F] each: x Wg^T, x Wu^T (silu(gate) * up is recomputed) */
     float *residual3;            /* [L, N, C] after the MLP */
     float *lnf, *lnf_rstd;       /* [N, C], [N] */
-    float *logits, *lse;         /* [N, V], [N] */
+    float *logits;               /* [N, V], its own allocation (logits_cap rows), made only by a
+                                  * forward that materialises logits (not fused_head) */
+    size_t logits_cap;
+    float *lse, *logit_sum;      /* [N] log-sum-exp and sum over V of each logits row */
     float *rope_cos, *rope_sin;  /* [N, hd/2] for the batch's positions */
     float *ones;                 /* [N] for bias gradients */
     /* backward scratch */
     float *d_residual, *d_ln;    /* [N, C] */
     float *d_q, *d_k, *d_v;      /* [N, QD], [N, KD], [N, KD] */
     float *d_atty;               /* [N, QD] */
-    float *d_h, *d_gate;         /* [N, F] */
-    /* bf16 precision: bf16-rounded matmul operands, bf16_x [cap, max(C, QD, F, V)] (inputs,
-     * upstream gradients, d logits), bf16_y [cap, max(C, QD, F)] (weight-gradient inputs) */
+    float *d_h, *d_gate;         /* [N, F]; d_gate also holds silu(gate) * up (forward: the layer's,
+                                  * backward: recomputed) until the SwiGLU backward */
+    /* bf16 precision: bf16-rounded matmul operands, bf16_x and bf16_y [cap, max(C, QD, F)]
+     * (inputs and upstream gradients; weight-gradient inputs) */
     uint16_t *bf16_x, *bf16_y;
     size_t bf16_cap;
+    /* the LM head's scratch, grown on demand: one vocabulary chunk of logits (fused), bf16
+     * operands (fused: K (C + chunk); materialised bf16 backward: d logits N V), row state */
+    float *head_scratch;  size_t head_scratch_cap;  /* floats */
+    uint16_t *head_bf16;  size_t head_bf16_cap;     /* bf16 elements */
+    double *head_acc;     size_t head_acc_cap;      /* doubles */
+    int fused_head;              /* the last forward ran the chunked head: no logits */
     fdpo_precision precision;    /* of the last forward (backward follows it) */
     /* the batch (copied) */
     size_t n_seq, n_tokens;
@@ -49,11 +59,12 @@ typedef struct {
     float *weights;
     uint8_t *branch;
     int has_branch;              /* the last forward had branch masks (in branch) */
-    /* skip_unweighted: the LM head ran over the K rows head_rows[0..K) only (ascending);
-     * head_targets/head_d [N] are their packed targets and upstream gradients */
+    /* skip_unweighted or fused_head: the LM head ran over the K rows head_rows[0..K) only
+     * (ascending); head_targets/head_d/head_lse [N] are their packed targets, upstream
+     * gradients (forward: token log-probs) and log-sum-exps */
     size_t *head_rows, n_head_rows;
     int32_t *head_targets;
-    float *head_d;
+    float *head_d, *head_lse;
     int skip_unweighted;
     int has_forward;
 } llama_acts;
@@ -74,6 +85,8 @@ int  fdpo_llama_backward_hidden(fdpo_gpt2 *m, const float *d_lnf);
 const float *fdpo_llama_hidden(const fdpo_gpt2 *m);   /* [N, C] after model.norm, NULL if none */
 float *fdpo_llama_score_weight(fdpo_gpt2 *m, float *memory); /* score.weight in memory, NULL for an LM */
 const float *fdpo_llama_logits(const fdpo_gpt2 *m);
+/* [N] sum over V of each row's logits after a fused_head forward (NULL otherwise) */
+const float *fdpo_llama_fused_logit_sums(const fdpo_gpt2 *m);
 /* rope angles: inv_freq[i] for i < hd/2 (llama3 rope_scaling applied), in double */
 void fdpo_llama_inv_freq(const fdpo_gpt2_config *c, double *inv_freq);
 

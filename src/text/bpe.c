@@ -64,6 +64,7 @@ struct fdpo_bpe {
     int32_t byte_id[256];
     char b2u[256][4]; uint8_t b2u_len[256]; /* each byte's symbol, UTF-8 */
     int ignore_merges;       /* tokenizer.json "ignore_merges": whole words in vocab win */
+    int nfc;                 /* normalizer NFC: text between added tokens is NFC-normalised */
     char *pattern;           /* pre-tokenisation regex as written in the file (NULL: GPT-2's) */
     int digits;              /* Digits pre-tokenizer first: 0 none, 1 individual_digits, 2 runs */
     pcre2_code *digits_re;   /* \p{N} or \p{N}+ */
@@ -633,17 +634,17 @@ static int refuse_sentencepiece(const char *p, const char *why) {
                       "SmolLM2) is", p, why);
 }
 
-/* normalizer: none, or NFC (assumed: fdpo does not normalise; see docs/tokenizer.md). */
-static int check_normalizer(const char *p, const cJSON *nz, int depth) {
+/* normalizer: none, or NFC (applied by the encoder through ICU: b->nfc), or a Sequence of those */
+static int check_normalizer(struct fdpo_bpe *b, const char *p, const cJSON *nz, int depth) {
     if (!nz || cJSON_IsNull(nz)) return 0;
     const cJSON *ty = cJSON_GetObjectItemCaseSensitive(nz, "type");
     const char *s = cJSON_IsString(ty) ? ty->valuestring : NULL;
     if (!s) return fdpo_error("%s: normalizer.type missing or not a string", p);
-    if (!strcmp(s, "NFC")) return 0;
+    if (!strcmp(s, "NFC")) { b->nfc = 1; return 0; }
     if (!strcmp(s, "Sequence") && depth == 0) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(nz, "normalizers"), *e;
         if (!cJSON_IsArray(list)) return fdpo_error("%s: normalizer.normalizers is not an array", p);
-        cJSON_ArrayForEach(e, list) if (check_normalizer(p, e, 1)) return -1;
+        cJSON_ArrayForEach(e, list) if (check_normalizer(b, p, e, 1)) return -1;
         return 0;
     }
     if (!strcmp(s, "Prepend") || !strcmp(s, "Replace")) return refuse_sentencepiece(p, "normalizer.type is Prepend/Replace");
@@ -769,7 +770,7 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *p, const char *
             goto done;
         }
     }
-    if (check_normalizer(p, cJSON_GetObjectItemCaseSensitive(j, "normalizer"), 0)) goto done;
+    if (check_normalizer(b, p, cJSON_GetObjectItemCaseSensitive(j, "normalizer"), 0)) goto done;
     if (check_pre_tokenizer(b, p, cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer"))) goto done;
     if (check_decoder(p, cJSON_GetObjectItemCaseSensitive(j, "decoder"))) goto done;
     b->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
@@ -1123,6 +1124,17 @@ static void encode_segment(const struct fdpo_bpe *b, word_cache *c, pcre2_match_
     }
 }
 
+/* One stretch of text between added tokens: NFC-normalised first when the tokenizer's
+ * normalizer asks for it (Hugging Face normalises each split that is not an added token) */
+static void encode_stretch(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                           const unsigned char *s, size_t n, idvec *o) {
+    if (!b->nfc || n == 0) { encode_segment(b, c, md, s, n, o); return; }
+    size_t m;
+    char *u = fdpo_text_nfc((const char *)s, n, &m);
+    encode_segment(b, c, md, (const unsigned char *)u, m, o);
+    free(u);
+}
+
 /* The added token (longest first) that s[0..n) starts with, eligible under allow_special
  * (non-special added tokens always are, as in Hugging Face); -1 if none. */
 static int32_t added_at(const struct fdpo_bpe *b, const unsigned char *s, size_t n, int allow_special) {
@@ -1165,17 +1177,19 @@ int fdpo_bpe_encode_marked(const fdpo_tokenizer *t, const char *text, size_t len
         int ok = allow_special && (!mask || mask[pos]);
         int32_t id = added_at(b, s + pos, len - pos, ok);
         if (id < 0) { pos++; continue; }
-        encode_segment(b, c, md, s + seg, pos - seg, &o);
+        encode_stretch(b, c, md, s + seg, pos - seg, &o);
         idvec_push(&o, id);
         pos += b->n_bytes[id];
         seg = pos;
     }
-    encode_segment(b, c, md, s + seg, len - seg, &o);
+    encode_stretch(b, c, md, s + seg, len - seg, &o);
     if (c) pthread_mutex_unlock(&c->lock);
     else pcre2_match_data_free(md);
     *ids = o.v; *n_ids = o.n;
     return 0;
 }
+
+int fdpo_bpe_normalizes(const fdpo_tokenizer *t) { return t->bpe->nfc; }
 
 int fdpo_bpe_is_special(const fdpo_tokenizer *t, int32_t id) {
     const struct fdpo_bpe *b = t->bpe;

@@ -1,9 +1,12 @@
 /* Tokenizer dispatch and the byte-level tokenizer: ids 0..255 are bytes, 256 is
  * <|endoftext|>. Any text round-trips exactly; no vocabulary file is needed. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <cJSON.h>
+#include <unicode/unorm2.h>
+#include <unicode/ustring.h>
 #include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "text/tokenizer_internal.h"
@@ -137,27 +140,103 @@ const char *fdpo_tokenizer_token_bytes(const fdpo_tokenizer *t, int32_t id, size
     return bytes + id;
 }
 
+/* The UTF-8 sequence at s[0..n) (n >= 1): its length (1-4) if valid (no overlongs,
+ * surrogates or code points above U+10FFFF), else 0 with *bad = the length of the maximal
+ * invalid subsequence there (Unicode's "maximal subpart", what U+FFFD replaces). */
+static size_t utf8_seq(const unsigned char *s, size_t n, size_t *bad) {
+    unsigned c = s[0];
+    size_t need; unsigned lo = 0x80, hi = 0xBF;
+    if (c < 0x80) return 1;
+    else if (c >= 0xC2 && c <= 0xDF) need = 1;
+    else if (c >= 0xE0 && c <= 0xEF) { need = 2; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
+    else if (c >= 0xF0 && c <= 0xF4) { need = 3; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
+    else { *bad = 1; return 0; }
+    size_t j = 1;
+    for (; j <= need && j < n; j++) {
+        unsigned b = s[j];
+        if (j == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) break;
+    }
+    if (j == need + 1) return need + 1;
+    *bad = j;
+    return 0;
+}
+
 /* Append s[0..n) to out, replacing each maximal invalid UTF-8 subsequence with U+FFFD
  * (as Python's bytes.decode(errors="replace"), which Hugging Face's decode uses). */
 static size_t utf8_repair(const unsigned char *s, size_t n, char *out) {
     size_t i = 0, k = 0;
     while (i < n) {
-        unsigned c = s[i];
-        size_t need; unsigned lo = 0x80, hi = 0xBF;
-        if (c < 0x80) { out[k++] = (char)c; i++; continue; }
-        else if (c >= 0xC2 && c <= 0xDF) need = 1;
-        else if (c >= 0xE0 && c <= 0xEF) { need = 2; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
-        else if (c >= 0xF0 && c <= 0xF4) { need = 3; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
-        else { memcpy(out + k, "\xEF\xBF\xBD", 3); k += 3; i++; continue; }
-        size_t j = 1;
-        for (; j <= need && i + j < n; j++) {
-            unsigned b = s[i + j];
-            if (j == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) break;
-        }
-        if (j == need + 1) { memcpy(out + k, s + i, need + 1); k += need + 1; i += need + 1; }
-        else { memcpy(out + k, "\xEF\xBF\xBD", 3); k += 3; i += j; }
+        size_t bad = 0, l = utf8_seq(s + i, n - i, &bad);
+        if (l) { memcpy(out + k, s + i, l); k += l; i += l; }
+        else { memcpy(out + k, "\xEF\xBF\xBD", 3); k += 3; i += bad; }
     }
     return k;
+}
+
+/* NFC of one valid UTF-8 run through ICU (UTF-8 -> UTF-16 -> unorm2 -> UTF-8), appended at
+ * out + *k (room: 3 bytes per UTF-16 unit of the result). 0, or -1 when ICU fails (the run
+ * is then left as it is). */
+static int nfc_run(const char *s, size_t n, char **out, size_t *cap, size_t *k) {
+    UErrorCode e = U_ZERO_ERROR;
+    const UNormalizer2 *nfc = unorm2_getNFCInstance(&e);
+    if (U_FAILURE(e) || n > INT32_MAX / 4) return -1;
+    UChar *u = fdpo_malloc((n + 1) * sizeof *u); /* UTF-16 units <= UTF-8 bytes */
+    int32_t un = 0, vn = 0;
+    u_strFromUTF8(u, (int32_t)n + 1, &un, s, (int32_t)n, &e);
+    UChar *v = NULL;
+    if (U_SUCCESS(e)) {
+        int32_t vcap = 3 * un + 16; /* NFC grows a string by at most 3x */
+        v = fdpo_malloc((size_t)vcap * sizeof *v);
+        vn = unorm2_normalize(nfc, u, un, v, vcap, &e);
+    }
+    int rc = -1;
+    if (U_SUCCESS(e)) {
+        size_t need = *k + 3 * (size_t)vn + 1;
+        if (need > *cap) { *cap = 2 * need; *out = fdpo_realloc(*out, *cap); }
+        int32_t m = 0;
+        u_strToUTF8(*out + *k, (int32_t)(*cap - *k), &m, v, vn, &e);
+        if (U_SUCCESS(e)) { *k += (size_t)m; rc = 0; }
+    }
+    free(u);
+    free(v);
+    return rc;
+}
+
+char *fdpo_text_nfc(const char *text, size_t n, size_t *out_len) {
+    const unsigned char *s = (const unsigned char *)text;
+    size_t cap = n + 16, k = 0;
+    char *out = fdpo_malloc(cap);
+    for (size_t i = 0; i < n;) {
+        size_t run = i, bad = 0, ascii = 1;
+        for (size_t l; run < n && (l = utf8_seq(s + run, n - run, &bad)) > 0; run += l) ascii &= l == 1;
+        if (run > i) { /* a valid run: ASCII is NFC already */
+            if (ascii || nfc_run(text + i, run - i, &out, &cap, &k)) {
+                if (k + (run - i) + 1 > cap) { cap = 2 * (k + run - i + 1); out = fdpo_realloc(out, cap); }
+                memcpy(out + k, text + i, run - i);
+                k += run - i;
+            }
+            i = run;
+            continue;
+        }
+        if (k + bad + 1 > cap) { cap = 2 * (k + bad + 1); out = fdpo_realloc(out, cap); }
+        memcpy(out + k, text + i, bad); /* invalid bytes pass through (byte-level BPE encodes them) */
+        k += bad;
+        i += bad;
+    }
+    out[k] = 0;
+    *out_len = k;
+    return out;
+}
+
+int fdpo_tokenizer_normalizes(const fdpo_tokenizer *t) { return t->kind == FDPO_TOK_BPE && fdpo_bpe_normalizes(t); }
+
+char *fdpo_tokenizer_normalize(const fdpo_tokenizer *t, const char *text, size_t len, size_t *out_len) {
+    if (fdpo_tokenizer_normalizes(t)) return fdpo_text_nfc(text, len, out_len);
+    char *out = fdpo_malloc(len + 1);
+    memcpy(out, text, len);
+    out[len] = 0;
+    *out_len = len;
+    return out;
 }
 
 char *fdpo_tokenizer_decode(const fdpo_tokenizer *t, const int32_t *ids, size_t n, size_t *len) {

@@ -25,6 +25,10 @@ int fdpo_bpe_encode(const fdpo_tokenizer *t, const char *text, size_t len, int a
 int fdpo_bpe_encode_marked(const fdpo_tokenizer *t, const char *text, size_t len, int allow_special,
                            const unsigned char *mask, int32_t **ids, size_t *n_ids);
 int fdpo_bpe_is_special(const fdpo_tokenizer *t, int32_t id);
+int fdpo_bpe_normalizes(const fdpo_tokenizer *t); /* tokenizer.json normalizer NFC */
+/* NFC (ICU) of each maximal valid UTF-8 run of text[0..n); invalid bytes pass through.
+ * malloc'd, NUL-terminated (tokenizer.c). */
+char *fdpo_text_nfc(const char *text, size_t n, size_t *out_len);
 int32_t fdpo_bpe_token_id(const fdpo_tokenizer *t, const char *text);
 /* GPT-2's byte-to-unicode alphabet: byte b's symbol as UTF-8 (1-2 bytes); and the GPT-2
  * pre-tokenisation pattern (PCRE2 syntax, UTF + UCP) the encoder uses. For the trainer. */

@@ -7,6 +7,7 @@ prefixes of the conversation, not from fdpo."""
 import json
 import os
 import subprocess
+import unicodedata
 
 import pytest
 
@@ -108,7 +109,7 @@ def render(template, messages, cfg, add_generation_prompt):
                                             bos_token=cfg.get("bos_token") or "", eos_token=cfg.get("eos_token") or "")
 
 
-def make_tok(d, case, with_template=True):
+def make_tok(d, case, with_template=True, normalizer=None):
     template, pattern, added, cfg, _, _ = CASES[case]
     merges = train_merges(CORPUS + ["What is it? Name a colour. Another one, please. Blue, or green! Red."], pattern, 80)
     vocab = build_vocab(merges, added)
@@ -116,8 +117,8 @@ def make_tok(d, case, with_template=True):
     if with_template:
         config["chat_template"] = template
     kind = "gpt2" if pattern == GPT2_PAT else "split"
-    write_tokenizer(str(d), kind, pattern, vocab, merges, added, config)
-    return RefBPE(vocab, merges, pattern, added), vocab
+    write_tokenizer(str(d), kind, pattern, vocab, merges, added, config, normalizer)
+    return RefBPE(vocab, merges, pattern, added, nfc=normalizer is not None), vocab
 
 
 def token_len(vocab_inv, added, tid):
@@ -399,3 +400,26 @@ def test_byte_tokenizer_keeps_a_named_template(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "<|im_start|>" in json.load(open(tmp_path / "m" / "fdpo_tokenizer.json"))["chat_template"]
     assert harness("tok-info", str(tmp_path / "m"))["chat"] == "chatml"
+
+
+def test_nfc_tokenizer_keeps_loss_masks_on_the_roles(tmp_path):
+    """A Qwen2.5-style tokenizer with the NFC normalizer and messages written decomposed
+    (e + U+0301, Hangul jamo): the tokens and loss weights are those of the conversation
+    with NFC-normalised contents (the Jinja render, encoded by the reference BPE), so the
+    trained tokens stay exactly on the assistant's turns although NFC shortened the text
+    before them; without NFC the ids differ."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", "qwen25", normalizer={"type": "NFC"})
+    conv = [{"role": "user", "content": "Cafe\u0301 or the\u0301? " * 3 + "\u1100\u1161"},
+            {"role": "assistant", "content": "The\u0301, s\u2019il vous plai\u0302t."},
+            {"role": "user", "content": "Merci, c\u0327a va"}, {"role": "assistant", "content": "Tre\u0300s bien!"}]
+    nfc = [{"role": m["role"], "content": unicodedata.normalize("NFC", m["content"])} for m in conv]
+    assert nfc != conv
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "d.jsonl", [{"messages": conv}]))
+    ids, w, text = expected_sft("qwen25", ref, vocab, nfc)
+    seq = got["sequences"][0]
+    assert seq["tokens"] == ids, text
+    assert seq["weights"] == w, text
+    assert sum(w) > 0
+    raw, _ = make_tok(tmp_path / "raw", "qwen25")
+    assert raw.encode(render(CASES["qwen25"][0], conv, CASES["qwen25"][3], False), True) != ids

@@ -283,3 +283,90 @@ def test_streaming_attention_across_tiles_matches_pytorch(tmp_path, name):
     assert rel_err(out["logits"], ref_logits) <= 1e-5
     for k, g in ref_grads.items():
         assert rel_err(out[k], g) <= 1e-4, k
+
+
+@pytest.mark.parametrize("name", ["mha-tied", "gqa-llama3", "qwen2"])
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("chunk", ["1", "7", "default"])
+def test_fused_lm_head_matches_materialised_and_pytorch(tmp_path, name, skip, chunk):
+    """fused_head (what DPO, SFT and pretraining batches set): the LM head, log-softmax and
+    target gather run over vocabulary chunks (online log-sum-exp; backward recomputes each
+    chunk's logits), never holding [N, V], with a tied (mha-tied, qwen2) or untied
+    (gqa-llama3) head. Chunks of 1 and 7 put boundaries inside V = 61 / 53 / 47, "default"
+    is one chunk. Against the materialised path: token log-probs, sequence log-probs and
+    logit row sums 1e-6, gradients 1e-5 (the same fp32 products; d model.norm sums its
+    chunks in another order); against float64 PyTorch: logit row sums and log-probs 1e-5,
+    every gradient 1e-4. Rows without a target (with skip, rows of weight 0 too) get 0."""
+    rng = np.random.default_rng(13)
+    model = Llama(**CONFIGS[name], seed=2)
+    d = tmp_path / "ck"
+    model.save_hf(str(d))
+    seqs = batch(rng, CONFIGS[name]["vocab_size"])
+    for s in seqs:  # a prompt of weight 0 per sequence, as in DPO/SFT
+        s["weights"] = [0.0 if t < len(s["tokens"]) // 2 else 1.0 for t in range(len(s["tokens"]))]
+    weights = np.concatenate([s["weights"] for s in seqs])
+    targets = np.concatenate([s["targets"] for s in seqs])
+    used = (targets >= 0) & ((weights != 0) if skip else True)
+    assert 0 < used.sum() < len(used)
+    dtl = np.where(used, rng.normal(size=len(used)), 0.0)
+    env = {**os.environ, **({} if chunk == "default" else {"FDPO_LMHEAD_CHUNK": chunk})}
+    outs = {}
+    for fused in (False, True):
+        bp, out = tmp_path / f"b{fused}.json", tmp_path / f"o{fused}.safetensors"
+        bp.write_text(json.dumps({"sequences": seqs, "d_token_logp": [float(x) for x in dtl], "skip_unweighted": skip,
+                                  "fused_head": fused}))
+        r = subprocess.run([HARNESS, "model-fb", "--model", str(d), "--batch", str(bp), "--out", str(out)],
+                           capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr
+        outs[fused] = st.load(str(out))[0]
+    full, fu = outs[False], outs[True]
+    assert np.all(fu["logits"] == 0)  # never materialised
+    assert np.all(fu["token_logp"][~used] == 0) and np.all(fu["logit_sums"][~used] == 0)
+    assert rel_err(fu["token_logp"][used], full["token_logp"][used]) <= 1e-6
+    assert rel_err(fu["seq_logp"], full["seq_logp"]) <= 1e-6
+    assert rel_err(fu["logit_sums"][used], full["logit_sums"][used]) <= 1e-6
+    ref_logits, ref_grads = reference(model, seqs, dtl)
+    ref_lp = torch.log_softmax(torch.tensor(ref_logits), -1).numpy()
+    ref_tlp = np.where(targets >= 0, ref_lp[np.arange(len(targets)), np.maximum(targets, 0)], 0.0)
+    assert rel_err(fu["token_logp"][used], ref_tlp[used]) <= 1e-5
+    assert rel_err(fu["logit_sums"][used], ref_logits.sum(-1)[used]) <= 1e-5
+    for k, g in ref_grads.items():
+        assert rel_err(fu[k], full[k]) <= 1e-5, k
+        assert rel_err(fu[k], g) <= 1e-4, k
+    if skip:  # a gradient on a token the head skipped is an error naming it
+        bp = tmp_path / "bad.json"
+        bp.write_text(json.dumps({"sequences": seqs, "d_token_logp": [float(x) for x in np.where(used, dtl, 1.0)],
+                                  "skip_unweighted": True, "fused_head": True}))
+        r = harness("model-fb", "--model", d, "--batch", bp, "--out", tmp_path / "bad.safetensors", check=False)
+        assert r.returncode != 0 and "d_token_logp" in r.stderr and "skip_unweighted" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["mha-tied", "gqa-llama3"])
+def test_fused_lm_head_bf16_matches_materialised_bf16(tmp_path, name):
+    """bf16: the fused head rounds the same operands (model.norm rows and the head's bf16
+    copy) to bf16 and accumulates in fp32 as the materialised bf16 head does, so log-probs
+    and gradients agree to fp32 summation order (chunks of 7; 1e-5 log-probs, 1e-4
+    gradients relative to the largest entry)"""
+    rng = np.random.default_rng(17)
+    model = Llama(**CONFIGS[name], seed=8)
+    d = tmp_path / "ck"
+    model.save_hf(str(d))
+    seqs = batch(rng, CONFIGS[name]["vocab_size"])
+    N = sum(len(s["tokens"]) for s in seqs)
+    targets = np.concatenate([s["targets"] for s in seqs])
+    dtl = np.where(targets >= 0, rng.normal(size=N), 0.0)
+    outs = {}
+    for fused in (False, True):
+        bp, out = tmp_path / f"b{fused}.json", tmp_path / f"o{fused}.safetensors"
+        bp.write_text(json.dumps({"sequences": seqs, "d_token_logp": [float(x) for x in dtl], "fused_head": fused}))
+        r = subprocess.run([HARNESS, "model-fb", "--model", str(d), "--batch", str(bp), "--out", str(out),
+                            "--precision", "bf16"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "FDPO_LMHEAD_CHUNK": "7"})
+        assert r.returncode == 0, r.stderr
+        outs[fused] = st.load(str(out))[0]
+    full, fu = outs[False], outs[True]
+    assert np.all(fu["logits"] == 0)
+    assert rel_err(fu["token_logp"], full["token_logp"]) <= 1e-5
+    for k in full:
+        if k not in ("logits", "token_logp", "seq_logp", "logit_sums"):
+            assert rel_err(fu[k], full[k]) <= 1e-4, k

@@ -29,7 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpo_common import EOT, FDPO, fdpo, harness, rel_err, save_byte_tokenizer, write_jsonl
+from dpo_common import EOT, FDPO, HARNESS, fdpo, harness, rel_err, save_byte_tokenizer, write_jsonl
 from fdpo_ref import safetensors as st
 from fdpo_ref.gpt2 import GPT2
 from fdpo_ref.llama import Llama
@@ -190,8 +190,10 @@ def check_peft_layout(adapter, family, r, alpha, targets, modules, dims, n_layer
     assert {k: tuple(v.shape) for k, v in tensors.items()} == want
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_forward_backward_parity_with_pytorch_lora(tmp_path, family):
+@pytest.mark.parametrize("family,fused", [("gpt2", False), ("llama", False), ("gpt2", True), ("llama", True)])
+def test_forward_backward_parity_with_pytorch_lora(tmp_path, family, fused):
+    """with fused (the chunked LM head that DPO/SFT use, chunks of 5): no logits, the
+    log-probs and the A/B gradients at the same tolerances; the frozen head takes none"""
     if family == "gpt2":
         base = make_gpt2(tmp_path / "base")
         targets, modules = ["c_attn", "c_proj", "c_fc"], GPT2_MODULES  # c_proj: attn.c_proj AND mlp.c_proj (PEFT)
@@ -206,12 +208,25 @@ def test_forward_backward_parity_with_pytorch_lora(tmp_path, family):
                        "--lora-targets", ",".join(targets))
     check_peft_layout(ad, family, 4, 12, targets, modules, dims, 2)
     bp, d = batch_file(tmp_path)
-    harness("model-fb", "--model", base, "--lora", ad, "--batch", bp, "--out", tmp_path / "fb.st", "--threads", 1)
+    if fused:
+        b = json.loads(bp.read_text())
+        b["fused_head"] = True
+        bp.write_text(json.dumps(b))
+    r = subprocess.run([HARNESS, "model-fb", "--model", str(base), "--lora", str(ad), "--batch", str(bp), "--out",
+                        str(tmp_path / "fb.st"), "--threads", "1"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "FDPO_LMHEAD_CHUNK": "5"})
+    assert r.returncode == 0, r.stderr
     got = st.load(str(tmp_path / "fb.st"))[0]
     ref = LoraRef(base, ad)
     assert all(np.abs(v.detach().numpy()).max() > 0 for k, v in ref.ad.items() if "lora_B" in k)  # trained: B != 0
     logits, grads = reference(ref, family, d)
-    assert rel_err(got["logits"], logits) <= 1e-5
+    targets = np.concatenate([s[1:] + [EOT] for s in SEQS])
+    ref_tlp = torch.log_softmax(torch.tensor(logits), -1).numpy()[np.arange(len(targets)), targets]
+    assert rel_err(got["token_logp"], ref_tlp) <= 1e-5
+    if fused:
+        assert np.all(got["logits"] == 0)
+    else:
+        assert rel_err(got["logits"], logits) <= 1e-5
     assert set(grads) == {k for k in got if "lora_" in k}
     for k, g in grads.items():
         assert rel_err(got[k], g) <= 1e-4, k

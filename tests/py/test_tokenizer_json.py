@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import subprocess
+import unicodedata
 
 import pytest
 
@@ -83,7 +84,7 @@ def make(d, family, *, with_config=True, **edit):
     normalizer = {"type": "NFC"} if family == "qwen2" else None
     kind = "digits" if digits else family
     write_tokenizer(str(d), kind, pattern, vocab, merges, added, config, normalizer, **edit)
-    return RefBPE(vocab, merges, pattern, added, digits), vocab, merges
+    return RefBPE(vocab, merges, pattern, added, digits, nfc=normalizer is not None), vocab, merges
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +304,50 @@ def test_split_on_a_literal_string_leaves_gaps_as_pieces(tmp_path):
     texts = ["a+.b", "hello world+.+.again", "x+y.z", "no match at all", "+.", "ends with+."]
     assert pieces(regex.escape(lit), "a+.b") == ["a", "+.", "b"]
     assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts]
+
+
+# Decomposed (NFD-style) text: NFC composes e + U+0301 -> U+00E9, Hangul jamo -> syllables,
+# reorders combining marks canonically, maps the singletons U+212B/U+2126, keeps
+# compatibility characters (U+FB01, U+00BD: NFKC would change them), and composes '>' +
+# U+0338 -> U+226F, except across a special token matched in between.
+DECOMPOSED = ["cafe\u0301", "nai\u0308ve Cafe\u0301!", "A\u030angstro\u0308m", "\u1100\u1161\u11a8 \ud55c",
+              "a\u0302\u0323 vs a\u0323\u0302", "\u212b ohm \u2126", "x\ufb01 \u00bd", "e\u0301<|im_end|>\u0301x",
+              "1 <|im_end|>\u0338 2", "plain ascii", ""]
+
+
+@pytest.mark.parametrize("allow_special", [False, True])
+def test_nfc_normalizer_is_applied(toks, allow_special, tmp_path):
+    """Qwen2's tokenizer.json asks for NFC: fdpo normalises each stretch of text between added
+    tokens (ICU) before the regex, as Hugging Face does. Ids equal the reference's on
+    unicodedata.normalize('NFC', stretch) and the ids of the composed text, and differ from
+    the ids of the raw decomposed bytes; a tokenizer without the normalizer keeps them."""
+    tok_dir, ref, _ = toks["qwen2"]
+    extra = ["--allow-special"] if allow_special else []
+    got = fdpo_ids(tok_dir, DECOMPOSED, str(tmp_path), *extra)
+    assert got == [ref.encode(t, allow_special) for t in DECOMPOSED]
+    assert ref.nfc
+    composed = [unicodedata.normalize("NFC", t) for t in DECOMPOSED[:7]]
+    assert fdpo_ids(tok_dir, composed, str(tmp_path), *extra) == got[:7]
+    raw = RefBPE(ref.vocab, list(ref.rank), ref.pattern, ref.added)
+    changed = [t for t, g in zip(DECOMPOSED, got) if g != raw.encode(t, allow_special)]
+    # all but the compatibility characters, the ASCII, the empty text and, when the special
+    # token is matched between them, '>' + U+0338
+    assert len(changed) == (7 if allow_special else 8), changed
+    # the same vocabulary without a normalizer encodes the decomposed bytes as they are
+    plain = tmp_path / "plain"
+    shutil.copytree(tok_dir, plain)
+    j = json.loads((plain / "tokenizer.json").read_text())
+    j["normalizer"] = None
+    (plain / "tokenizer.json").write_text(json.dumps(j))
+    assert fdpo_ids(str(plain), DECOMPOSED, str(tmp_path), *extra) == [raw.encode(t, allow_special) for t in DECOMPOSED]
+
+
+def test_nfc_in_a_normalizer_sequence(toks, tmp_path):
+    """{"type": "Sequence", "normalizers": [{"type": "NFC"}]} normalises too"""
+    tok_dir, ref, _ = toks["qwen2"]
+    d = tmp_path / "seq"
+    shutil.copytree(tok_dir, d)
+    j = json.loads((d / "tokenizer.json").read_text())
+    j["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFC"}]}
+    (d / "tokenizer.json").write_text(json.dumps(j))
+    assert fdpo_ids(str(d), DECOMPOSED, str(tmp_path)) == [ref.encode(t) for t in DECOMPOSED]

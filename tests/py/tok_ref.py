@@ -5,6 +5,7 @@ byte-to-unicode alphabet, merges by rank. Also a naive BPE trainer to make small
 vocabularies, and writers for tokenizer.json / tokenizer_config.json."""
 import json
 import os
+import unicodedata
 
 import regex
 
@@ -86,10 +87,11 @@ def train_merges(corpus, pattern, n_merges, digits=False):
 
 
 class RefBPE:
-    def __init__(self, vocab, merges, pattern, added, digits=False):
+    def __init__(self, vocab, merges, pattern, added, digits=False, nfc=False):
         """added: [(content, special)] (ids from vocab); digits: a Digits(individual_digits)
-        pre-tokenizer before the regex."""
-        self.vocab, self.pattern, self.digits = vocab, pattern, digits
+        pre-tokenizer before the regex; nfc: the NFC normalizer (Python's unicodedata) on
+        each stretch of text between added tokens, as Hugging Face's tokenizers apply it."""
+        self.vocab, self.pattern, self.digits, self.nfc = vocab, pattern, digits, nfc
         self.rank = {m: i for i, m in enumerate(merges)}
         self.added = sorted(added, key=lambda a: -len(a[0].encode("utf-8")))
 
@@ -111,6 +113,8 @@ class RefBPE:
         return [self.vocab[s] for s in w]
 
     def encode_text(self, text):
+        if self.nfc:
+            text = unicodedata.normalize("NFC", text)
         ps = pieces_digits(self.pattern, text) if self.digits else pieces(self.pattern, text)
         return [i for p in ps for i in self.bpe(p)]
 
