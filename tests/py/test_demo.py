@@ -108,3 +108,22 @@ def check_demo_run(run, data, log):
         assert math.isfinite(p["safety_mean"]) and 0 <= p["safety_frac_safe"] <= 1
     lab = (run / "lab" / "frontier.csv").read_text().splitlines()
     assert lab[0].startswith("divergence,beta") and len(lab) > 6
+
+    # the lab's exact frontier is drawn on the measured reward-KL axes, in gold units: the lab
+    # solved reward = gold / BT scale, so its expected reward times the BT scale (0.25), at the
+    # lab's own KL, one dashed line per divergence
+    bt = json.load(open(run / "budget.json"))["bt_scale"]
+    assert bt == 0.25
+    head = lab[0].split(",")
+    rows = [dict(zip(head, l.split(","))) for l in lab[1:]]
+    charts = json.loads(re.search(r'<script type="application/json" id="fdpo-charts">(.*?)</script>', html, re.S).group(1))
+    fr = [c for c in charts if c["title"] == "Reward\u2013KL frontier"]
+    assert len(fr) == 1
+    exact = {s["label"]: s for s in fr[0]["series"] if s["label"].endswith("exact (lab)")}
+    assert len(exact) == len(DIVS), sorted(exact)
+    rkl_exact = exact["reverse KL (DPO) exact (lab)"]
+    want = sorted((float(r["kl"]), bt * float(r["expected_reward"])) for r in rows if r["divergence"] == "rkl")
+    assert [v for p in rkl_exact["points"] for v in p] == pytest.approx([v for p in want for v in p], rel=1e-9)
+    assert rkl_exact["dash"]
+    # the conclusion names the differences it cannot call differences
+    assert "pairs within two standard errors" in summary
