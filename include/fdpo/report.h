@@ -17,6 +17,10 @@ typedef struct {
     const char *const *eval_files; size_t n_eval_files; /* extra `fdpo eval --out` files */
     const char *const *lab_files;  size_t n_lab_files;  /* extra `fdpo lab` CSV files */
     const char *const *sample_files; size_t n_sample_files; /* samples JSONL of `fdpo eval` */
+    const char *const *lab_frontier_files; size_t n_lab_frontier_files; /* `fdpo lab frontier` tables
+                                     (divergence, beta, kl, expected_reward) drawn on the evaluation's
+                                     reward-KL panel as "exact (lab)" lines: their expected_reward
+                                     must be in the eval files' reward units */
     const char *title;            /* page title; NULL: "fdpo report" */
     const char *chartjs_path;     /* Chart.js UMD bundle to inline; NULL: the copy embedded
                                      at build time (node_modules/chart.js) */

@@ -9,12 +9,13 @@
 
 int cmd_report(int argc, char **argv) {
     const char *out, *title, *chartjs, *notes;
-    flag_list evals, labs, smps;
+    flag_list evals, labs, smps, lab_fronts;
     long max_points, max_prompts;
     fdpo_flag flags[] = {
         {"out",         FLAG_STR, &out,         "report.html", "HTML file to write (self-contained, opens offline)", 0},
         {"eval",        FLAG_LIST, &evals,      NULL,          "eval JSON from `fdpo eval --out` (repeatable)", 0},
         {"lab",         FLAG_LIST, &labs,       NULL,          "lab CSV from `fdpo lab` (repeatable)", 0},
+        {"lab-frontier", FLAG_LIST, &lab_fronts, NULL,         "lab frontier CSV (`fdpo lab frontier`) drawn on the evaluation's reward-KL panel as dashed \"exact (lab)\" lines; its expected_reward must be in the eval's reward units (repeatable)", 0},
         {"samples",     FLAG_LIST, &smps,       NULL,          "samples JSONL from `fdpo eval` (repeatable)", 0},
         {"title",       FLAG_STR, &title,       "fdpo report", "page title", 0},
         {"notes",       FLAG_STR, &notes,       NULL,          "text file shown first as the summary (Markdown subset: # headings, - lists, ``` blocks)", 0},
@@ -22,7 +23,7 @@ int cmd_report(int argc, char **argv) {
         {"max-points",  FLAG_INT, &max_points,  "2000",        "points per training curve (longer runs are thinned)", 0},
         {"max-prompts", FLAG_INT, &max_prompts, "6",           "prompts in the sample-completions table", 0},
     };
-    const char *usage = "fdpo report RUN_DIR... [--eval FILE]... [--samples FILE]... [--lab FILE]... [--notes FILE] [--out FILE]";
+    const char *usage = "fdpo report RUN_DIR... [--eval FILE]... [--samples FILE]... [--lab FILE]... [--lab-frontier FILE]... [--notes FILE] [--out FILE]";
     int n_pos = 0;
     char **pos = NULL;
     int rc = flags_parse("report", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
@@ -30,7 +31,7 @@ int cmd_report(int argc, char **argv) {
     if (rc != FLAGS_OK) return -1;
     if (max_points < 2 || max_prompts < 1) { free(pos); return fdpo_error("--max-points must be >= 2 and --max-prompts >= 1"); }
 
-    if (n_pos == 0 && evals.n == 0 && labs.n == 0 && smps.n == 0) {
+    if (n_pos == 0 && evals.n == 0 && labs.n == 0 && smps.n == 0 && lab_fronts.n == 0) {
         free(pos);
         return fdpo_error("no inputs: give at least one RUN_DIR, --eval FILE or --lab FILE (usage: %s)", usage);
     }
@@ -39,6 +40,7 @@ int cmd_report(int argc, char **argv) {
     o.eval_files = evals.v; o.n_eval_files = evals.n;
     o.lab_files = labs.v; o.n_lab_files = labs.n;
     o.sample_files = smps.v; o.n_sample_files = smps.n;
+    o.lab_frontier_files = lab_fronts.v; o.n_lab_frontier_files = lab_fronts.n;
     o.title = title;
     o.chartjs_path = chartjs;
     o.notes_path = notes;

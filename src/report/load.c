@@ -781,6 +781,7 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
     rp_lab *L = &c->labs[c->n_labs++];
     L->source = fdpo_strdup(path);
     L->cols = hdr; L->n_cols = nh;
+    L->on_frontier = 0;
     L->rows = cJSON_CreateArray();
     while (p < end) {
         size_t at = line, nf;

@@ -260,6 +260,57 @@ static int cmp_xyi(const void *a, const void *b) {
     return (p->x > q->x) - (p->x < q->x);
 }
 
+static int lab_col(const rp_lab *L, const char *name);
+
+/* The --lab-frontier tables on the reward-KL panel: per table and divergence, the exact
+ * optimum's (KL, expected reward) over beta as one dashed line in the divergence's colour,
+ * labelled "exact (lab)", so theory and measurement share the axes. */
+static void lab_frontier_series(const rp_ctx *c, cJSON *series) {
+    for (size_t t = 0; t < c->n_labs; t++) {
+        const rp_lab *L = &c->labs[t];
+        if (!L->on_frontier) continue;
+        int dc = lab_col(L, "divergence"), bc = lab_col(L, "beta"), xc = lab_col(L, "kl"), yc = lab_col(L, "expected_reward");
+        size_t nrows = (size_t)cJSON_GetArraySize(L->rows), nd = 0;
+        const char **divs = fdpo_malloc((nrows + 1) * sizeof *divs);
+        xyi *pts = fdpo_malloc((nrows + 1) * sizeof *pts);
+        const cJSON *row;
+        cJSON_ArrayForEach(row, L->rows) {
+            const cJSON *d = cJSON_GetArrayItem(row, dc);
+            if (!cJSON_IsString(d)) continue;
+            size_t j = 0;
+            while (j < nd && strcmp(divs[j], d->valuestring)) j++;
+            if (j == nd) divs[nd++] = d->valuestring;
+        }
+        for (size_t j = 0; j < nd; j++) {
+            size_t n = 0, i = 0;
+            cJSON_ArrayForEach(row, L->rows) {
+                const cJSON *d = cJSON_GetArrayItem(row, dc), *x = cJSON_GetArrayItem(row, xc), *y = cJSON_GetArrayItem(row, yc);
+                if (cJSON_IsString(d) && !strcmp(d->valuestring, divs[j]) && cJSON_IsNumber(x) && cJSON_IsNumber(y))
+                    pts[n++] = (xyi){x->valuedouble, y->valuedouble, i};
+                i++;
+            }
+            qsort(pts, n, sizeof *pts, cmp_xyi);
+            char label[300];
+            snprintf(label, sizeof label, "%s exact (lab)", div_title(divs[j]));
+            cJSON *s = series_new(series, label, div_color(divs[j]), 1, 1);
+            for (size_t k = 0; k < n; k++) {
+                char tip[800];
+                const cJSON *b = cJSON_GetArrayItem(cJSON_GetArrayItem(L->rows, (int)pts[k].i), bc);
+                snprintf(tip, sizeof tip, "%s, \xce\xb2=%g: expected reward %.4g at KL %.4g (exact, %.200s)", label,
+                         cJSON_IsNumber(b) ? b->valuedouble : NAN, pts[k].y, pts[k].x, L->source);
+                series_add(s, pts[k].x, pts[k].y, tip);
+            }
+        }
+        free(divs);
+        free(pts);
+    }
+}
+
+static int any_lab_frontier(const rp_ctx *c) {
+    for (size_t t = 0; t < c->n_labs; t++) if (c->labs[t].on_frontier) return 1;
+    return 0;
+}
+
 /* Reward against x_key (NULL: the KL key each policy has), one line per divergence. */
 static void frontier_panel(charts *ch, const char *title, const char *explain, const char *xlabel, const char *x_key) {
     rp_ctx *c = ch->c;
@@ -291,6 +342,7 @@ static void frontier_panel(charts *ch, const char *title, const char *explain, c
         }
     }
     free(pts);
+    if (!x_key) lab_frontier_series(c, series);
     chart_emit(ch, series, title, explain, xlabel, "mean reward", 0);
 }
 
@@ -650,6 +702,7 @@ static void lab_section(charts *ch, rp_buf *b) {
         int drawn = 0;
         for (size_t k = 0; k < sizeof P / sizeof P[0]; k++) {
             if (P[k].need && lab_col(L, P[k].need) < 0) continue;
+            if (k == 0 && L->on_frontier && c->n_pols) continue;   /* drawn on the evaluation's reward-KL panel */
             drawn += lab_panel(ch, L, P[k].x, P[k].y, P[k].title, P[k].explain, P[k].xlabel, P[k].ylabel);
         }
         fdpo_rp_puts(b, "</div>\n");
@@ -724,7 +777,13 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
         size_t nk = collect_keys(c, K_SUMMARY, keys, 256);
         policy_table(c, &body, "eval-table", keys, nk, NULL);
         fdpo_rp_puts(&body, "<div class=\"grid\">\n");
-        frontier_panel(&ch, "Reward\xe2\x80\x93KL frontier", "Mean reward of sampled completions against the "
+        frontier_panel(&ch, "Reward\xe2\x80\x93KL frontier", any_lab_frontier(c) ?
+                       "Mean reward of sampled completions against the sequence-level KL(\xcf\x80\xe2\x80\x96\xcf\x80_ref) "
+                       "(Monte-Carlo). Hover a point for its \xce\xb2 and standard error. Dashed, \"exact (lab)\": the "
+                       "exact optimum of each divergence at the same \xce\xb2s on the finite problem of --lab-frontier "
+                       "(fdpo lab frontier), in the same reward units: what the objective would reach without "
+                       "sampling, optimisation or function-approximation error." :
+                       "Mean reward of sampled completions against the "
                        "sequence-level KL(\xcf\x80\xe2\x80\x96\xcf\x80_ref) (Monte-Carlo; per-token KL when that is all "
                        "the eval file has). Hover a point for its \xce\xb2 and standard error.",
                        "KL(\xcf\x80 \xe2\x80\x96 \xcf\x80_ref) (nats)", NULL);

@@ -41,9 +41,25 @@ static char *chartjs_text(const fdpo_report_opts *o, size_t *len) {
     return text;
 }
 
+/* A --lab-frontier table: a lab table that has the columns the reward-KL panel draws. */
+static int load_lab_frontier(rp_ctx *c, const char *path) {
+    int got = fdpo_rp_load_lab(c, path, 1);
+    if (got < 0) return fdpo_error_context("--lab-frontier");
+    static const char *const need[] = {"divergence", "beta", "kl", "expected_reward"};
+    for (size_t k = 0; k < sizeof need / sizeof need[0]; k++) {
+        int have = 0;
+        for (size_t i = 0; got && i < c->labs[c->n_labs - 1].n_cols; i++) have |= !strcmp(c->labs[c->n_labs - 1].cols[i], need[k]);
+        if (!have)
+            return fdpo_error("--lab-frontier %s: no column \"%s\" (expected the table of `fdpo lab frontier`: "
+                              "divergence,beta,expected_reward,...,kl,...)", path, need[k]);
+    }
+    c->labs[c->n_labs - 1].on_frontier = 1;
+    return 0;
+}
+
 int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_report_stats *stats) {
     if (!out_path || !*out_path) return fdpo_error("report: no output file");
-    if (o->n_run_dirs + o->n_eval_files + o->n_lab_files + o->n_sample_files == 0)
+    if (o->n_run_dirs + o->n_eval_files + o->n_lab_files + o->n_sample_files + o->n_lab_frontier_files == 0)
         return fdpo_error("report: nothing to read (give RUN_DIR..., --eval FILE or --lab FILE)");
     size_t cj_len;
     char *cj = chartjs_text(o, &cj_len);
@@ -56,6 +72,7 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
     for (size_t i = 0; i < o->n_eval_files && !rc; i++) rc = fdpo_rp_load_eval(&c, o->eval_files[i], NULL, 1);
     for (size_t i = 0; i < o->n_sample_files && !rc; i++) rc = fdpo_rp_load_samples(&c, o->sample_files[i], NULL, 1);
     for (size_t i = 0; i < o->n_lab_files && !rc; i++) rc = fdpo_rp_load_lab(&c, o->lab_files[i], 0) < 0 ? -1 : 0;
+    for (size_t i = 0; i < o->n_lab_frontier_files && !rc; i++) rc = load_lab_frontier(&c, o->lab_frontier_files[i]);
     if (!rc && o->notes_path) {
         size_t len;
         if (!(c.notes = fdpo_read_file(o->notes_path, &len))) rc = fdpo_error_context("--notes");

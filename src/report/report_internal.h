@@ -41,6 +41,7 @@ typedef struct {
     char *source;
     size_t n_cols; char **cols;
     cJSON *rows;               /* array of arrays: number, string or null per column */
+    int on_frontier;           /* from --lab-frontier: also drawn on the evaluation's reward-KL panel */
 } rp_lab;
 
 typedef struct {

@@ -108,3 +108,45 @@ def check_demo_run(run, data, log):
         assert math.isfinite(p["safety_mean"]) and 0 <= p["safety_frac_safe"] <= 1
     lab = (run / "lab" / "frontier.csv").read_text().splitlines()
     assert lab[0].startswith("divergence,beta") and len(lab) > 6
+
+    # the lab's exact frontier is drawn on the measured reward-KL axes, in gold units: the lab
+    # solved reward = gold / BT scale, so its expected reward times the BT scale (0.25), at the
+    # lab's own KL, one dashed line per divergence
+    bt = json.load(open(run / "budget.json"))["bt_scale"]
+    assert bt == 0.25
+    head = lab[0].split(",")
+    rows = [dict(zip(head, l.split(","))) for l in lab[1:]]
+    charts = json.loads(re.search(r'<script type="application/json" id="fdpo-charts">(.*?)</script>', html, re.S).group(1))
+    fr = [c for c in charts if c["title"] == "Reward\u2013KL frontier"]
+    assert len(fr) == 1
+    exact = {s["label"]: s for s in fr[0]["series"] if s["label"].endswith("exact (lab)")}
+    assert len(exact) == len(DIVS), sorted(exact)
+    rkl_exact = exact["reverse KL (DPO) exact (lab)"]
+    want = sorted((float(r["kl"]), bt * float(r["expected_reward"])) for r in rows if r["divergence"] == "rkl")
+    assert [v for p in rkl_exact["points"] for v in p] == pytest.approx([v for p in want for v in p], rel=1e-9)
+    assert rkl_exact["dash"]
+    # the conclusion names the differences it cannot call differences
+    assert "pairs within two standard errors" in summary
+
+
+def test_lab_problem_to_gold_scales_expected_reward_and_refuses_bad_tables(tmp_path):
+    """lab_problem.js --to-gold: expected_reward x BT scale, every other cell unchanged; a table
+    without expected_reward, or with a short row or a non-number, is refused with FILE:LINE."""
+    script = os.path.join(ROOT, "examples/sentiment/lab_problem.js")
+    src = tmp_path / "frontier.csv"
+    src.write_text("divergence,beta,expected_reward,kl\nrkl,0.1,0.8,2.5\nfkl,0.3,-0.4,1\n")
+    out = tmp_path / "gold.csv"
+    r = subprocess.run(["node", script, "--to-gold", str(src), "--bt-scale", "0.25", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = [l.split(",") for l in out.read_text().splitlines()]
+    assert rows[0] == ["divergence", "beta", "expected_reward", "kl"]
+    assert rows[1][:2] == ["rkl", "0.1"] and float(rows[1][2]) == pytest.approx(0.2) and rows[1][3] == "2.5"
+    assert float(rows[2][2]) == pytest.approx(-0.1) and rows[2][3] == "1"
+    for text, where in [("divergence,beta,kl\nrkl,0.1,2\n", ":1: no expected_reward"),
+                        ("divergence,beta,expected_reward,kl\nrkl,0.1\n", ":2: 2 fields"),
+                        ("divergence,beta,expected_reward,kl\nrkl,0.1,abc,2\n", ":2: expected_reward")]:
+        src.write_text(text)
+        r = subprocess.run(["node", script, "--to-gold", str(src), "--bt-scale", "0.25", "--out", str(out)],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and f"{src}{where}" in r.stderr, r.stderr

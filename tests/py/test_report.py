@@ -707,3 +707,39 @@ def test_max_prompts_shows_exactly_that_many_prompts_in_first_seen_order(tmp_pat
     table = table[:table.index("</table>")]
     shown = re.findall(r'<td class="prompt">([^<]*)</td>', table)
     assert shown == [f"prompt {i:02d}" for i in range(min(max_prompts, 10))]
+
+
+def test_lab_frontier_is_drawn_on_the_evaluation_reward_kl_axes(tmp_path):
+    """--lab-frontier: each divergence's exact (KL, expected_reward) over beta, read from the
+    CSV, becomes a dashed "exact (lab)" line on the measured reward-KL panel (same colour as
+    the divergence's measured frontier), and is not drawn a second time in the lab section."""
+    runs, ref, lab = make_fixture(str(tmp_path))
+    out = str(tmp_path / "r.html")
+    r = run(*runs, "--eval", ref, "--lab-frontier", lab, "--out", out)
+    assert r.returncode == 0, r.stderr
+    text, _, charts = parse(out)
+    fr = chart(charts, "Reward\u2013KL frontier")
+    series = {s["label"]: s for s in fr["series"]}
+    rows = [l.split(",") for l in open(lab).read().split("\n")[1:] if l]
+    for div, title in [("rkl", "reverse KL (DPO)"), ("fkl", "forward KL"), ("chi2", "\u03c7\u00b2")]:
+        want = sorted((float(x[4]), float(x[2])) for x in rows if x[0] == div)
+        s = series[f"{title} exact (lab)"]
+        assert flat(s["points"]) == pytest.approx(flat(want))
+        assert s["line"] and s["dash"]
+        assert "\u03b2=" in s["tips"][0] and "exact" in s["tips"][0]
+    assert series["forward KL exact (lab)"]["color"] == series["forward KL"]["color"]
+    assert not series["reverse KL (DPO)"]["dash"]  # the measured line stays solid
+    assert "Dashed, &quot;exact (lab)&quot;" in text or 'Dashed, "exact (lab)"' in text  # the panel says what the dashes are
+    assert not [c for c in charts if c["title"] == "Lab: exact reward\u2013KL frontier"]
+    assert chart(charts, "Lab: entropy of the optimum vs \u03b2")  # the other lab panels stay
+
+
+def test_lab_frontier_without_its_columns_is_an_error(tmp_path):
+    bad = tmp_path / "gap.csv"
+    bad.write_text("divergence,beta,reward_gap\nrkl,0.1,0.5\n")
+    r = run("--lab-frontier", str(bad), "--out", str(tmp_path / "r.html"))
+    assert r.returncode != 0
+    assert "--lab-frontier" in r.stderr and str(bad) in r.stderr and '"kl"' in r.stderr
+    r = run("--lab-frontier", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r.html"))
+    assert r.returncode != 0 and "missing.csv" in r.stderr and "--lab-frontier" in r.stderr
+    assert not (tmp_path / "r.html").exists()
