@@ -12,6 +12,13 @@
 #include "model/llama_decode.h"
 #include "model/gpt2_internal.h"
 
+/* Decoding steps of up to DECODE_SMALL_ROWS rows take the bandwidth-bound matmul kernels
+ * (48-column strips, DECODE_STRIP) and up to DECODE_HEAD_ROWS the one-pass LM head; more
+ * rows (prefill, scoring) take the library GEMMs. */
+#define DECODE_SMALL_ROWS 8
+#define DECODE_STRIP 48
+#define DECODE_HEAD_ROWS 16
+
 struct fdpo_decoder {
     const fdpo_gpt2 *model;
     llama_decoder *llama;   /* Llama family: all the work happens there */
@@ -27,6 +34,8 @@ struct fdpo_decoder {
     float *atty;        /* [R, C] attention output before c_proj */
     float *fch;         /* [R, 4C] */
     float *xlast;       /* [n_slots, C] last rows when all_logits = 0 */
+    float *acc;         /* [DECODE_SMALL_ROWS, 4C + DECODE_STRIP] small-rows matmul accumulators */
+    float *xpad;        /* [DECODE_HEAD_ROWS, C] LM head input rows, zero-padded to groups of 8 */
     size_t *row_slot;   /* [R] */
     int32_t *row_pos;   /* [R] */
     float *scores;      /* [threads, max_len] attention scores per thread */
@@ -65,7 +74,7 @@ void fdpo_decoder_free(fdpo_decoder *d) {
     if (!d) return;
     fdpo_llama_decoder_free(d->llama);
     free(d->len); free(d->k_cache); free(d->v_cache);
-    free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast);
+    free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast); free(d->acc); free(d->xpad);
     free(d->row_slot); free(d->row_pos); free(d->scores);
     free(d->w16); free(d->in16);
     free(d);
@@ -109,6 +118,10 @@ static void grow_rows(fdpo_decoder *d, size_t R, size_t n_slots) {
         d->row_pos = fdpo_realloc(d->row_pos, R * sizeof(int32_t));
     }
     d->xlast = fdpo_realloc(d->xlast, (n_slots ? n_slots : 1) * C * sizeof(float));
+    if (!d->acc) {
+        d->acc = fdpo_malloc(DECODE_SMALL_ROWS * (4 * C + DECODE_STRIP) * sizeof(float));
+        d->xpad = fdpo_malloc(DECODE_HEAD_ROWS * C * sizeof(float));
+    }
     int threads = omp_get_max_threads();
     if (threads > d->n_threads_scores) {
         d->n_threads_scores = threads;
@@ -141,52 +154,82 @@ static void decode_layernorm_forward(float *out, const float *inp, const float *
     }
 }
 
-/* out [R, OC] += inp [R, IC] @ w [IC, OC] for R <= 8 rows (decoding steps). BLAS would
- * pack the whole weight matrix for a handful of rows, which costs as much as the product;
- * here each 48-column strip of w streams through once and the R x 48 accumulators stay in
- * registers (24 of the 32 AVX-512 registers; 48 columns ran at about 1.4x the speed of 32,
- * 64 spills). Each output is summed in i order by one thread: results do not depend on the
- * thread count. The multiply-adds are fused where the target has a fast fma (-std=c11
- * keeps GCC from contracting a * b + c itself): ~10% faster, one rounding per step. */
-#define DECODE_SMALL_ROWS 8
-#define DECODE_STRIP 48
+/* out [R, OC] += inp [R, IC] @ w [IC, OC] for R <= 8 rows (decoding steps). A decoding
+ * step reads every weight once and does little arithmetic with it, so its speed is the
+ * speed of streaming w. BLAS would pack the whole weight matrix for a handful of rows,
+ * which costs as much as the product. Here each 48-column strip keeps its R x 48
+ * accumulators in registers (24 of the 32 AVX-512 registers; 48 columns ran at about 1.4x
+ * the speed of 32, 64 spills), and w is read in blocks of DECODE_IBLOCK rows: for each
+ * block, every strip of the thread's column range loads its accumulators from acc, runs
+ * over the block's rows and stores them back. So w is read row after row (DECODE_IBLOCK
+ * sequential streams the prefetcher follows), where one strip's walk down all IC rows
+ * read a 192-byte piece of a new 9 KB row (a new page) per step: 1.5x faster at 1 thread
+ * (768 x 3072, R = 8). Each output is still summed in i order from 0, then added to out,
+ * by one thread: results do not depend on the thread count and are bit-identical to the
+ * strip-at-a-time loop. The multiply-adds are fused where the target has a fast fma
+ * (-std=c11 keeps GCC from contracting a * b + c itself): ~10% faster, one rounding per
+ * step. acc is scratch of R * n_strips * DECODE_STRIP floats. */
+#define DECODE_IBLOCK 32
 #ifdef FP_FAST_FMAF
 #define DECODE_FMA(a, b, c) fmaf(a, b, c)
 #else
 #define DECODE_FMA(a, b, c) ((a) * (b) + (c))
 #endif
-static void decode_matmul_small_rows(float *out, const float *inp, const float *w, size_t R, size_t IC, size_t OC) {
-    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
-    #pragma omp parallel for schedule(static) if (R * IC * OC >= (1 << 20))
-    for (size_t s = 0; s < n_strips; s++) {
-        size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
-        float acc[DECODE_SMALL_ROWS][DECODE_STRIP] = {{0}};
-        if (ob == DECODE_STRIP) {
-            for (size_t i = 0; i < IC; i++) {
-                const float *wi = w + i * OC + o0;
-                for (size_t r = 0; r < R; r++) {
-                    float a = inp[r * IC + i];
-                    for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
-                }
-            }
-        } else {
-            for (size_t i = 0; i < IC; i++) {
-                const float *wi = w + i * OC + o0;
-                for (size_t r = 0; r < R; r++) {
-                    float a = inp[r * IC + i];
-                    for (size_t j = 0; j < ob; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
-                }
+
+/* acc [R, ob] += inp [R, i0:i1] @ w [i0:i1, o0:o0+ob] (ob <= DECODE_STRIP) */
+static inline void decode_strip_block(float acc[DECODE_SMALL_ROWS][DECODE_STRIP], const float *inp, const float *w,
+                                      size_t R, size_t IC, size_t OC, size_t o0, size_t ob, size_t i0, size_t i1) {
+    if (ob == DECODE_STRIP) {
+        for (size_t i = i0; i < i1; i++) {
+            const float *wi = w + i * OC + o0;
+            for (size_t r = 0; r < R; r++) {
+                float a = inp[r * IC + i];
+                for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
             }
         }
-        for (size_t r = 0; r < R; r++)
-            for (size_t j = 0; j < ob; j++) out[r * OC + o0 + j] += acc[r][j];
+    } else {
+        for (size_t i = i0; i < i1; i++) {
+            const float *wi = w + i * OC + o0;
+            for (size_t r = 0; r < R; r++) {
+                float a = inp[r * IC + i];
+                for (size_t j = 0; j < ob; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
+            }
+        }
+    }
+}
+
+static void decode_matmul_small_rows(float *out, const float *inp, const float *w, size_t R, size_t IC, size_t OC,
+                                     float *acc) {
+    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
+    #pragma omp parallel if (R * IC * OC >= (1 << 20))
+    {
+        size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
+        size_t s0 = n_strips * t / nt, s1 = n_strips * (t + 1) / nt;
+        float *mine = acc + s0 * R * DECODE_STRIP;
+        memset(mine, 0, (s1 - s0) * R * DECODE_STRIP * sizeof(float));
+        for (size_t i0 = 0; i0 < IC; i0 += DECODE_IBLOCK) {
+            size_t i1 = i0 + DECODE_IBLOCK < IC ? i0 + DECODE_IBLOCK : IC;
+            for (size_t s = s0; s < s1; s++) {
+                size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+                float a[DECODE_SMALL_ROWS][DECODE_STRIP], *saved = mine + (s - s0) * R * DECODE_STRIP;
+                memcpy(a, saved, R * DECODE_STRIP * sizeof(float));
+                decode_strip_block(a, inp, w, R, IC, OC, o0, ob, i0, i1);
+                memcpy(saved, a, R * DECODE_STRIP * sizeof(float));
+            }
+        }
+        for (size_t s = s0; s < s1; s++) {
+            size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+            const float *saved = mine + (s - s0) * R * DECODE_STRIP;
+            for (size_t r = 0; r < R; r++)
+                for (size_t j = 0; j < ob; j++) out[r * OC + o0 + j] += saved[r * DECODE_STRIP + j];
+        }
     }
 }
 
 /* bf16 weights, few rows: out [R, OC] += in16 [R, IC] @ w16 [IC, OC], both operands bf16
  * widened exactly to fp32, fp32 accumulation (the bf16 rule). Decoding reads every weight
  * once per step, so half the bytes is the point; a library GEMM would repack the weight
- * on every call. Same strip loop as decode_matmul_small_rows. */
+ * on every call. Same blocked strip loop as decode_matmul_small_rows. */
 static inline float bf16_value(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -194,53 +237,113 @@ static inline float bf16_value(uint16_t h) {
     return f;
 }
 
-static void decode_matmul_small_rows_bf16(float *out, const uint16_t *in16, const uint16_t *w16, size_t R,
-                                          size_t IC, size_t OC) {
-    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
-    #pragma omp parallel for schedule(static) if (R * IC * OC >= (1 << 20))
-    for (size_t s = 0; s < n_strips; s++) {
-        size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
-        float acc[DECODE_SMALL_ROWS][DECODE_STRIP] = {{0}};
-        for (size_t i = 0; i < IC; i++) {
-            const uint16_t *wi = w16 + i * OC + o0;
-            float wf[DECODE_STRIP];
+/* acc [R, ob] += in16 [R, i0:i1] @ w16 [i0:i1, o0:o0+ob] (ob <= DECODE_STRIP) */
+static inline void decode_strip_block_bf16(float acc[DECODE_SMALL_ROWS][DECODE_STRIP], const uint16_t *in16,
+                                           const uint16_t *w16, size_t R, size_t IC, size_t OC, size_t o0,
+                                           size_t ob, size_t i0, size_t i1) {
+    for (size_t i = i0; i < i1; i++) {
+        const uint16_t *wi = w16 + i * OC + o0;
+        float wf[DECODE_STRIP];
+        if (ob == DECODE_STRIP) {
+            for (size_t j = 0; j < DECODE_STRIP; j++) wf[j] = bf16_value(wi[j]);
+            for (size_t r = 0; r < R; r++) {
+                float a = bf16_value(in16[r * IC + i]);
+                for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wf[j], acc[r][j]);
+            }
+        } else {
             for (size_t j = 0; j < ob; j++) wf[j] = bf16_value(wi[j]);
             for (size_t r = 0; r < R; r++) {
                 float a = bf16_value(in16[r * IC + i]);
                 for (size_t j = 0; j < ob; j++) acc[r][j] = DECODE_FMA(a, wf[j], acc[r][j]);
             }
         }
-        for (size_t r = 0; r < R; r++)
-            for (size_t j = 0; j < ob; j++) out[r * OC + o0 + j] += acc[r][j];
     }
 }
 
-/* logits [R, V] = in16 [R, C] @ wte16 [V, C]^T for few rows, parallel over the vocabulary.
- * Each dot product keeps DECODE_LANES independent partial sums (lane j takes c = j mod
- * DECODE_LANES), added pairwise at the end: the lanes vectorise, where one running sum was
- * a chain of dependent multiply-adds (latency-bound, ~4x slower at C = 768). Every output
- * is still summed in a fixed order by one thread. */
-#define DECODE_LANES 16
-static void decode_lmhead_small_rows_bf16(float *logits, const uint16_t *in16, const uint16_t *wte16, size_t R,
-                                          size_t C, size_t V) {
-    size_t C0 = C - C % DECODE_LANES;
-    #pragma omp parallel for schedule(static) if (R * V * C >= (1 << 20))
-    for (size_t v = 0; v < V; v++) {
-        const uint16_t *w = wte16 + v * C;
-        for (size_t r = 0; r < R; r++) {
-            const uint16_t *x = in16 + r * C;
-            float lane[DECODE_LANES] = {0};
-            for (size_t c = 0; c < C0; c += DECODE_LANES)
-                for (size_t j = 0; j < DECODE_LANES; j++)
-                    lane[j] = DECODE_FMA(bf16_value(x[c + j]), bf16_value(w[c + j]), lane[j]);
-            for (size_t c = C0; c < C; c++)
-                lane[c - C0] = DECODE_FMA(bf16_value(x[c]), bf16_value(w[c]), lane[c - C0]);
-            for (size_t width = DECODE_LANES / 2; width > 0; width /= 2)
-                for (size_t j = 0; j < width; j++) lane[j] += lane[j + width];
-            logits[r * V + v] = lane[0];
+static void decode_matmul_small_rows_bf16(float *out, const uint16_t *in16, const uint16_t *w16, size_t R,
+                                          size_t IC, size_t OC, float *acc) {
+    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
+    #pragma omp parallel if (R * IC * OC >= (1 << 20))
+    {
+        size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
+        size_t s0 = n_strips * t / nt, s1 = n_strips * (t + 1) / nt;
+        float *mine = acc + s0 * R * DECODE_STRIP;
+        memset(mine, 0, (s1 - s0) * R * DECODE_STRIP * sizeof(float));
+        for (size_t i0 = 0; i0 < IC; i0 += DECODE_IBLOCK) {
+            size_t i1 = i0 + DECODE_IBLOCK < IC ? i0 + DECODE_IBLOCK : IC;
+            for (size_t s = s0; s < s1; s++) {
+                size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+                float a[DECODE_SMALL_ROWS][DECODE_STRIP], *saved = mine + (s - s0) * R * DECODE_STRIP;
+                memcpy(a, saved, R * DECODE_STRIP * sizeof(float));
+                decode_strip_block_bf16(a, in16, w16, R, IC, OC, o0, ob, i0, i1);
+                memcpy(saved, a, R * DECODE_STRIP * sizeof(float));
+            }
+        }
+        for (size_t s = s0; s < s1; s++) {
+            size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+            const float *saved = mine + (s - s0) * R * DECODE_STRIP;
+            for (size_t r = 0; r < R; r++)
+                for (size_t j = 0; j < ob; j++) out[r * OC + o0 + j] += saved[r * DECODE_STRIP + j];
         }
     }
 }
+
+/* logits [R, V] = x [R, C] @ wte [V, C]^T for R <= DECODE_HEAD_ROWS rows, wte fp32 (w32) or
+ * bf16 (w16; x is then already bf16-rounded). One pass over wte, parallel over the
+ * vocabulary. The rows go in groups of 8 (xpad [ceil(R/8)*8, C], the rows past R zero),
+ * and each dot product keeps DECODE_LANES partial sums (lane j takes c = j mod
+ * DECODE_LANES), added pairwise at the end (then the columns past the last multiple of
+ * DECODE_LANES, summed apart): 8 rows x 16 lanes are 8 independent vector
+ * accumulators, which hides the multiply-add latency (one dot product at a time is a
+ * chain of dependent multiply-adds), and each wte vector is loaded once for the 8 rows.
+ * Every logit is summed in the same order whatever R and the thread count, so a sample
+ * does not depend on the batch it runs in. */
+#define DECODE_LANES 16
+#define DECODE_HEAD_CHUNK 256
+
+/* lane [8, DECODE_LANES] += the products of x [8 rows, row stride ldx] [0:n] and w [0:n]
+ * (n a multiple of DECODE_LANES), lane j of a row taking the columns c = j mod DECODE_LANES */
+static inline void decode_dot8(float lane[8][DECODE_LANES], const float *x, size_t ldx, const float *w, size_t n) {
+    for (size_t c = 0; c < n; c += DECODE_LANES)
+        for (size_t r = 0; r < 8; r++)
+            for (size_t j = 0; j < DECODE_LANES; j++) lane[r][j] = DECODE_FMA(x[r * ldx + c + j], w[c + j], lane[r][j]);
+}
+
+static void decode_lmhead_small_rows(float *logits, const float *xpad, const float *w32, const uint16_t *w16,
+                                     size_t R, size_t C, size_t V) {
+    size_t C0 = C - C % DECODE_LANES, groups = (R + 7) / 8;
+    #pragma omp parallel for schedule(static) if (R * V * C >= (1 << 20))
+    for (size_t v = 0; v < V; v++) {
+        float wbuf[DECODE_HEAD_CHUNK]; /* a piece of a bf16 row, widened */
+        for (size_t g = 0; g < groups; g++) {
+            const float *x = xpad + g * 8 * C;
+            float lane[8][DECODE_LANES] = {{0}}, tail[8] = {0};
+            if (w16) {
+                for (size_t c0 = 0; c0 < C0; c0 += DECODE_HEAD_CHUNK) {
+                    size_t n = C0 - c0 < DECODE_HEAD_CHUNK ? C0 - c0 : DECODE_HEAD_CHUNK;
+                    for (size_t j = 0; j < n; j++) wbuf[j] = bf16_value(w16[v * C + c0 + j]);
+                    decode_dot8(lane, x + c0, C, wbuf, n);
+                }
+            } else
+                decode_dot8(lane, x, C, w32 + v * C, C0);
+            for (size_t c = C0; c < C; c++) { /* C not a multiple of DECODE_LANES */
+                float wc = w16 ? bf16_value(w16[v * C + c]) : w32[v * C + c];
+                for (size_t r = 0; r < 8; r++) tail[r] = DECODE_FMA(x[r * C + c], wc, tail[r]);
+            }
+            for (size_t r = 0; r < 8 && g * 8 + r < R; r++) {
+                for (size_t width = DECODE_LANES / 2; width > 0; width /= 2)
+                    for (size_t j = 0; j < width; j++) lane[r][j] += lane[r][j + width];
+                logits[(g * 8 + r) * V + v] = lane[r][0] + tail[r];
+            }
+        }
+    }
+}
+
+/* The accumulator scratch of the small-rows matmuls (decoder->acc) for the decoder this
+ * thread is running: set by fdpo_decoder_forward, so that decode_matmul_forward keeps the
+ * argument list its call sites (and the LoRA hooks after them) share with the training
+ * kernels' linear layers. Thread-local: two decoders may run in two threads. */
+static _Thread_local float *decode_acc;
 
 /* out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] + bias [OC]; accumulate adds into out
  * (the residual stream) instead of overwriting it. */
@@ -255,11 +358,11 @@ static void decode_matmul_forward(float *out, const float *inp, const float *w, 
     if (w16) { /* bf16: out += bf16(inp) @ w16, fp32 accumulation */
         fdpo_f32_to_bf16(in16, inp, R * IC);
         if (R <= DECODE_SMALL_ROWS)
-            decode_matmul_small_rows_bf16(out, in16, w16, R, IC, OC);
+            decode_matmul_small_rows_bf16(out, in16, w16, R, IC, OC, decode_acc);
         else
             fdpo_gemm_bf16(0, 0, R, OC, IC, 1.0f, in16, IC, w16, OC, 1.0f, out, OC);
     } else if (R <= DECODE_SMALL_ROWS)
-        decode_matmul_small_rows(out, inp, w, R, IC, OC);
+        decode_matmul_small_rows(out, inp, w, R, IC, OC, decode_acc);
     else
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
                     inp, (int)IC, w, (int)OC, 1.0f, out, (int)OC);
@@ -324,38 +427,24 @@ static void decode_gelu_forward(float *x, size_t n) {
     }
 }
 
-/* logits [R, V] = inp [R, C] @ wte [V, C]^T (tied LM head). For a few rows one sgemm over
- * all of wte [50257, 768] (154 MB at 124M) spends more time packing wte than multiplying,
- * and OpenBLAS's own threads made it slower at 2 threads than at 1. Instead each thread
- * takes blocks of DECODE_LMHEAD_BLOCK vocabulary rows and calls a single-threaded sgemm
- * on them (OpenBLAS runs single-threaded inside a parallel region), so the packed block
- * stays in cache. */
-#define DECODE_LMHEAD_ROWS 64
-#define DECODE_LMHEAD_BLOCK 128
-static void decode_lmhead_forward(float *logits, const float *inp, const float *wte, size_t R,
-                                  size_t C, size_t V, const uint16_t *wte16, uint16_t *in16) {
-    if (wte16) { /* bf16: logits = bf16(inp) @ wte16^T */
-        fdpo_f32_to_bf16(in16, inp, R * C);
-        if (R <= DECODE_SMALL_ROWS)
-            decode_lmhead_small_rows_bf16(logits, in16, wte16, R, C, V);
-        else
-            fdpo_gemm_bf16(0, 1, R, V, C, 1.0f, in16, C, wte16, C, 0.0f, logits, V);
-    } else if (R == 1) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)V, (int)C, 1.0f, wte, (int)C, inp, 1, 0.0f, logits, 1);
-    } else if (R <= DECODE_LMHEAD_ROWS) {
-        size_t n_blocks = (V + DECODE_LMHEAD_BLOCK - 1) / DECODE_LMHEAD_BLOCK;
-        #pragma omp parallel for schedule(static) if (R * V * C >= (1 << 20))
-        for (size_t blk = 0; blk < n_blocks; blk++) {
-            size_t v0 = blk * DECODE_LMHEAD_BLOCK;
-            size_t nv = V - v0 < DECODE_LMHEAD_BLOCK ? V - v0 : DECODE_LMHEAD_BLOCK;
-            /* logits [R, v0 : v0 + nv] = inp [R, C] @ wte [v0 : v0 + nv, C]^T */
-            fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nv, (int)C, 1.0f, inp, (int)C,
-                        wte + v0 * C, (int)C, 0.0f, logits + v0, (int)V);
-        }
-    } else {
+/* logits [R, V] = inp [R, C] @ wte [V, C]^T (tied LM head). A decoding step (R <=
+ * DECODE_HEAD_ROWS) reads wte once for all rows (decode_lmhead_small_rows); a library GEMM
+ * would pack all of wte [50257, 768] (154 MB at 124M) for a handful of rows. Prefill and
+ * scoring (more rows) take the GEMM. xpad [ceil(R/8)*8, C] is scratch. */
+static void decode_lmhead_forward(float *logits, const float *inp, const float *wte, size_t R, size_t C, size_t V,
+                                  const uint16_t *wte16, uint16_t *in16, float *xpad) {
+    if (wte16) fdpo_f32_to_bf16(in16, inp, R * C); /* bf16: logits = bf16(inp) @ wte16^T */
+    if (R <= DECODE_HEAD_ROWS) {
+        size_t padded = (R + 7) / 8 * 8;
+        if (wte16) for (size_t i = 0; i < R * C; i++) xpad[i] = bf16_value(in16[i]);
+        else memcpy(xpad, inp, R * C * sizeof(float));
+        memset(xpad + R * C, 0, (padded - R) * C * sizeof(float));
+        decode_lmhead_small_rows(logits, xpad, wte16 ? NULL : wte, wte16, R, C, V);
+    } else if (wte16)
+        fdpo_gemm_bf16(0, 1, R, V, C, 1.0f, in16, C, wte16, C, 0.0f, logits, V);
+    else
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)V, (int)C, 1.0f, inp, (int)C,
                     wte, (int)C, 0.0f, logits, (int)V);
-    }
 }
 
 int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
@@ -392,6 +481,7 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
             d->row_pos[r] = (int32_t)(d->len[slots[i]] + j);
         }
 
+    decode_acc = d->acc;
     decode_embed_forward(d->x, tokens, d->row_pos, p->wte, p->wpe, R, C);
     size_t layer_cache = d->max_seqs * d->max_len * C;
     for (size_t l = 0; l < L; l++) {
@@ -414,7 +504,7 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
 
     if (all_logits) {
         decode_layernorm_forward(d->h, d->x, p->lnfw, p->lnfb, R, C, c->layer_norm_epsilon);
-        decode_lmhead_forward(logits, d->h, p->wte, R, C, V, W16(p->wte), d->in16);
+        decode_lmhead_forward(logits, d->h, p->wte, R, C, V, W16(p->wte), d->in16, d->xpad);
     } else {
         size_t r_end = 0;
         for (size_t i = 0; i < n_slots; i++) {
@@ -422,7 +512,7 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
             memcpy(d->xlast + i * C, d->x + (r_end - 1) * C, C * sizeof(float));
         }
         decode_layernorm_forward(d->h, d->xlast, p->lnfw, p->lnfb, n_slots, C, c->layer_norm_epsilon);
-        decode_lmhead_forward(logits, d->h, p->wte, n_slots, C, V, W16(p->wte), d->in16);
+        decode_lmhead_forward(logits, d->h, p->wte, n_slots, C, V, W16(p->wte), d->in16, d->xpad);
     }
 #undef W16
     return 0;
