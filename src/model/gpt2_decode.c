@@ -17,7 +17,6 @@
  * rows (prefill, scoring) take the library GEMMs. */
 #define DECODE_SMALL_ROWS 8
 #define DECODE_STRIP 48
-#define DECODE_HEAD_ROWS 16
 
 struct fdpo_decoder {
     const fdpo_gpt2 *model;
@@ -288,18 +287,19 @@ static void decode_matmul_small_rows_bf16(float *out, const uint16_t *in16, cons
     }
 }
 
-/* logits [R, V] = x [R, C] @ wte [V, C]^T for R <= DECODE_HEAD_ROWS rows, wte fp32 (w32) or
- * bf16 (w16; x is then already bf16-rounded). One pass over wte, parallel over the
- * vocabulary. The rows go in groups of 8 (xpad [ceil(R/8)*8, C], the rows past R zero),
- * and each dot product keeps DECODE_LANES partial sums (lane j takes c = j mod
- * DECODE_LANES), added pairwise at the end (then the columns past the last multiple of
- * DECODE_LANES, summed apart): 8 rows x 16 lanes are 8 independent vector
- * accumulators, which hides the multiply-add latency (one dot product at a time is a
- * chain of dependent multiply-adds), and each wte vector is loaded once for the 8 rows.
- * Every logit is summed in the same order whatever R and the thread count, so a sample
- * does not depend on the batch it runs in. */
+/* out [R, OC] (= or +=, accumulate) x [R, IC] @ w [OC, IC]^T for R <= DECODE_HEAD_ROWS rows,
+ * w fp32 (w32) or bf16 (w16; x then already bf16-rounded): the tied LM head (w = wte) and
+ * every Llama linear layer of a decoding step. One pass over w, parallel over its rows.
+ * The rows of x go in groups of 8 (xpad [ceil(R/8)*8, IC], the rows past R zero; see
+ * fdpo_decode_rows_pad), and each dot product keeps DECODE_LANES partial sums (lane j takes
+ * the columns c = j mod DECODE_LANES), added pairwise at the end, then the columns past the
+ * last multiple of DECODE_LANES, summed apart: 8 rows x 16 lanes are 8 independent vector
+ * accumulators, which hides the multiply-add latency (one dot product at a time is a chain
+ * of dependent multiply-adds), and each vector of w is loaded once for the 8 rows. Every
+ * output is summed in the same order whatever R and the thread count, so a sample does not
+ * depend on the batch it runs in. */
 #define DECODE_LANES 16
-#define DECODE_HEAD_CHUNK 256
+#define DECODE_W_CHUNK 256
 
 /* lane [8, DECODE_LANES] += the products of x [8 rows, row stride ldx] [0:n] and w [0:n]
  * (n a multiple of DECODE_LANES), lane j of a row taking the columns c = j mod DECODE_LANES */
@@ -309,34 +309,44 @@ static inline void decode_dot8(float lane[8][DECODE_LANES], const float *x, size
             for (size_t j = 0; j < DECODE_LANES; j++) lane[r][j] = DECODE_FMA(x[r * ldx + c + j], w[c + j], lane[r][j]);
 }
 
-static void decode_lmhead_small_rows(float *logits, const float *xpad, const float *w32, const uint16_t *w16,
-                                     size_t R, size_t C, size_t V) {
-    size_t C0 = C - C % DECODE_LANES, groups = (R + 7) / 8;
-    #pragma omp parallel for schedule(static) if (R * V * C >= (1 << 20))
-    for (size_t v = 0; v < V; v++) {
-        float wbuf[DECODE_HEAD_CHUNK]; /* a piece of a bf16 row, widened */
+void fdpo_decode_rows_matmul_wt(float *out, const float *xpad, const float *w32, const uint16_t *w16, size_t R,
+                                size_t IC, size_t OC, int accumulate) {
+    size_t IC0 = IC - IC % DECODE_LANES, groups = (R + 7) / 8;
+    #pragma omp parallel for schedule(static) if (R * OC * IC >= (1 << 20))
+    for (size_t o = 0; o < OC; o++) {
+        float wbuf[DECODE_W_CHUNK]; /* a piece of a bf16 row of w, widened */
         for (size_t g = 0; g < groups; g++) {
-            const float *x = xpad + g * 8 * C;
+            const float *x = xpad + g * 8 * IC;
             float lane[8][DECODE_LANES] = {{0}}, tail[8] = {0};
             if (w16) {
-                for (size_t c0 = 0; c0 < C0; c0 += DECODE_HEAD_CHUNK) {
-                    size_t n = C0 - c0 < DECODE_HEAD_CHUNK ? C0 - c0 : DECODE_HEAD_CHUNK;
-                    for (size_t j = 0; j < n; j++) wbuf[j] = bf16_value(w16[v * C + c0 + j]);
-                    decode_dot8(lane, x + c0, C, wbuf, n);
+                for (size_t c0 = 0; c0 < IC0; c0 += DECODE_W_CHUNK) {
+                    size_t n = IC0 - c0 < DECODE_W_CHUNK ? IC0 - c0 : DECODE_W_CHUNK;
+                    for (size_t j = 0; j < n; j++) wbuf[j] = bf16_value(w16[o * IC + c0 + j]);
+                    decode_dot8(lane, x + c0, IC, wbuf, n);
                 }
             } else
-                decode_dot8(lane, x, C, w32 + v * C, C0);
-            for (size_t c = C0; c < C; c++) { /* C not a multiple of DECODE_LANES */
-                float wc = w16 ? bf16_value(w16[v * C + c]) : w32[v * C + c];
-                for (size_t r = 0; r < 8; r++) tail[r] = DECODE_FMA(x[r * C + c], wc, tail[r]);
+                decode_dot8(lane, x, IC, w32 + o * IC, IC0);
+            for (size_t c = IC0; c < IC; c++) {
+                float wc = w16 ? bf16_value(w16[o * IC + c]) : w32[o * IC + c];
+                for (size_t r = 0; r < 8; r++) tail[r] = DECODE_FMA(x[r * IC + c], wc, tail[r]);
             }
             for (size_t r = 0; r < 8 && g * 8 + r < R; r++) {
                 for (size_t width = DECODE_LANES / 2; width > 0; width /= 2)
                     for (size_t j = 0; j < width; j++) lane[r][j] += lane[r][j + width];
-                logits[(g * 8 + r) * V + v] = lane[r][0] + tail[r];
+                float *y = out + (g * 8 + r) * OC + o;
+                *y = (accumulate ? *y : 0.0f) + (lane[r][0] + tail[r]);
             }
         }
     }
+}
+
+/* xpad [ceil(R/8)*8, C] = inp [R, C] (fp32), or in16 widened when in16 is given; the rows
+ * past R zero */
+void fdpo_decode_rows_pad(float *xpad, const float *inp, const uint16_t *in16, size_t R, size_t C) {
+    size_t padded = (R + 7) / 8 * 8;
+    if (in16) for (size_t i = 0; i < R * C; i++) xpad[i] = bf16_value(in16[i]);
+    else memcpy(xpad, inp, R * C * sizeof(float));
+    memset(xpad + R * C, 0, (padded - R) * C * sizeof(float));
 }
 
 /* The accumulator scratch of the small-rows matmuls (decoder->acc) for the decoder this
@@ -429,18 +439,15 @@ static void decode_gelu_forward(float *x, size_t n) {
 }
 
 /* logits [R, V] = inp [R, C] @ wte [V, C]^T (tied LM head). A decoding step (R <=
- * DECODE_HEAD_ROWS) reads wte once for all rows (decode_lmhead_small_rows); a library GEMM
+ * DECODE_HEAD_ROWS) reads wte once for all rows (fdpo_decode_rows_matmul_wt); a library GEMM
  * would pack all of wte [50257, 768] (154 MB at 124M) for a handful of rows. Prefill and
  * scoring (more rows) take the GEMM. xpad [ceil(R/8)*8, C] is scratch. */
 static void decode_lmhead_forward(float *logits, const float *inp, const float *wte, size_t R, size_t C, size_t V,
                                   const uint16_t *wte16, uint16_t *in16, float *xpad) {
     if (wte16) fdpo_f32_to_bf16(in16, inp, R * C); /* bf16: logits = bf16(inp) @ wte16^T */
     if (R <= DECODE_HEAD_ROWS) {
-        size_t padded = (R + 7) / 8 * 8;
-        if (wte16) for (size_t i = 0; i < R * C; i++) xpad[i] = bf16_value(in16[i]);
-        else memcpy(xpad, inp, R * C * sizeof(float));
-        memset(xpad + R * C, 0, (padded - R) * C * sizeof(float));
-        decode_lmhead_small_rows(logits, xpad, wte16 ? NULL : wte, wte16, R, C, V);
+        fdpo_decode_rows_pad(xpad, inp, wte16 ? in16 : NULL, R, C);
+        fdpo_decode_rows_matmul_wt(logits, xpad, wte16 ? NULL : wte, wte16, R, C, V, 0);
     } else if (wte16)
         fdpo_gemm_bf16(0, 1, R, V, C, 1.0f, in16, C, wte16, C, 0.0f, logits, V);
     else
