@@ -15,7 +15,7 @@
 /* Decoding steps of up to DECODE_SMALL_ROWS rows take the bandwidth-bound matmul kernels
  * (48-column strips, DECODE_STRIP) and up to DECODE_HEAD_ROWS the one-pass LM head; more
  * rows (prefill, scoring) take the library GEMMs. */
-#define DECODE_SMALL_ROWS 8
+#define DECODE_SMALL_ROWS 16
 #define DECODE_STRIP 48
 
 struct fdpo_decoder {
@@ -153,14 +153,15 @@ static void decode_layernorm_forward(float *out, const float *inp, const float *
     }
 }
 
-/* out [R, OC] += inp [R, IC] @ w [IC, OC] for R <= 8 rows (decoding steps). A decoding
+/* out [R, OC] += inp [R, IC] @ w [IC, OC] for R <= 16 rows (decoding steps). A decoding
  * step reads every weight once and does little arithmetic with it, so its speed is the
  * speed of streaming w. BLAS would pack the whole weight matrix for a handful of rows,
- * which costs as much as the product. Here each 48-column strip keeps its R x 48
- * accumulators in registers (24 of the 32 AVX-512 registers; 48 columns ran at about 1.4x
- * the speed of 32, 64 spills), and w is read in blocks of DECODE_IBLOCK rows: for each
- * block, every strip of the thread's column range loads its accumulators from acc, runs
- * over the block's rows and stores them back. So w is read row after row (DECODE_IBLOCK
+ * which costs as much as the product. Here each 48-column strip keeps the 8 x 48
+ * accumulators of a group of up to 8 rows in registers (24 of the 32 AVX-512 registers;
+ * 48 columns ran at about 1.4x the speed of 32, 64 spills), and w is read in blocks of
+ * DECODE_IBLOCK rows: for each block, every strip of the thread's column range and every
+ * row group loads its accumulators from acc, runs over the block's rows and stores them
+ * back (a second row group reads the block's strip again from L1). So w is read row after row (DECODE_IBLOCK
  * sequential streams the prefetcher follows), where one strip's walk down all IC rows
  * read a 192-byte piece of a new 9 KB row (a new page) per step: 1.5x faster at 1 thread
  * (768 x 3072, R = 8). Each output is still summed in i order from 0, then added to out,
@@ -169,6 +170,7 @@ static void decode_layernorm_forward(float *out, const float *inp, const float *
  * (-std=c11 keeps GCC from contracting a * b + c itself): ~10% faster, one rounding per
  * step. acc is scratch of R * n_strips * DECODE_STRIP floats. */
 #define DECODE_IBLOCK 32
+#define DECODE_GROUP_ROWS 8
 #ifdef FP_FAST_FMAF
 #define DECODE_FMA(a, b, c) fmaf(a, b, c)
 #else
@@ -176,7 +178,7 @@ static void decode_layernorm_forward(float *out, const float *inp, const float *
 #endif
 
 /* acc [R, ob] += inp [R, i0:i1] @ w [i0:i1, o0:o0+ob] (ob <= DECODE_STRIP) */
-static inline void decode_strip_block(float acc[DECODE_SMALL_ROWS][DECODE_STRIP], const float *inp, const float *w,
+static inline void decode_strip_block(float acc[DECODE_GROUP_ROWS][DECODE_STRIP], const float *inp, const float *w,
                                       size_t R, size_t IC, size_t OC, size_t o0, size_t ob, size_t i0, size_t i1) {
     if (ob == DECODE_STRIP) {
         for (size_t i = i0; i < i1; i++) {
@@ -210,10 +212,13 @@ static void decode_matmul_small_rows(float *out, const float *inp, const float *
             size_t i1 = i0 + DECODE_IBLOCK < IC ? i0 + DECODE_IBLOCK : IC;
             for (size_t s = s0; s < s1; s++) {
                 size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
-                float a[DECODE_SMALL_ROWS][DECODE_STRIP], *saved = mine + (s - s0) * R * DECODE_STRIP;
-                memcpy(a, saved, R * DECODE_STRIP * sizeof(float));
-                decode_strip_block(a, inp, w, R, IC, OC, o0, ob, i0, i1);
-                memcpy(saved, a, R * DECODE_STRIP * sizeof(float));
+                for (size_t r0 = 0; r0 < R; r0 += DECODE_GROUP_ROWS) {
+                    size_t nr = R - r0 < DECODE_GROUP_ROWS ? R - r0 : DECODE_GROUP_ROWS;
+                    float a[DECODE_GROUP_ROWS][DECODE_STRIP], *saved = mine + ((s - s0) * R + r0) * DECODE_STRIP;
+                    memcpy(a, saved, nr * DECODE_STRIP * sizeof(float));
+                    decode_strip_block(a, inp + r0 * IC, w, nr, IC, OC, o0, ob, i0, i1);
+                    memcpy(saved, a, nr * DECODE_STRIP * sizeof(float));
+                }
             }
         }
         for (size_t s = s0; s < s1; s++) {
@@ -237,7 +242,7 @@ static inline float bf16_value(uint16_t h) {
 }
 
 /* acc [R, ob] += in16 [R, i0:i1] @ w16 [i0:i1, o0:o0+ob] (ob <= DECODE_STRIP) */
-static inline void decode_strip_block_bf16(float acc[DECODE_SMALL_ROWS][DECODE_STRIP], const uint16_t *in16,
+static inline void decode_strip_block_bf16(float acc[DECODE_GROUP_ROWS][DECODE_STRIP], const uint16_t *in16,
                                            const uint16_t *w16, size_t R, size_t IC, size_t OC, size_t o0,
                                            size_t ob, size_t i0, size_t i1) {
     for (size_t i = i0; i < i1; i++) {
@@ -272,10 +277,13 @@ static void decode_matmul_small_rows_bf16(float *out, const uint16_t *in16, cons
             size_t i1 = i0 + DECODE_IBLOCK < IC ? i0 + DECODE_IBLOCK : IC;
             for (size_t s = s0; s < s1; s++) {
                 size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
-                float a[DECODE_SMALL_ROWS][DECODE_STRIP], *saved = mine + (s - s0) * R * DECODE_STRIP;
-                memcpy(a, saved, R * DECODE_STRIP * sizeof(float));
-                decode_strip_block_bf16(a, in16, w16, R, IC, OC, o0, ob, i0, i1);
-                memcpy(saved, a, R * DECODE_STRIP * sizeof(float));
+                for (size_t r0 = 0; r0 < R; r0 += DECODE_GROUP_ROWS) {
+                    size_t nr = R - r0 < DECODE_GROUP_ROWS ? R - r0 : DECODE_GROUP_ROWS;
+                    float a[DECODE_GROUP_ROWS][DECODE_STRIP], *saved = mine + ((s - s0) * R + r0) * DECODE_STRIP;
+                    memcpy(a, saved, nr * DECODE_STRIP * sizeof(float));
+                    decode_strip_block_bf16(a, in16 + r0 * IC, w16, nr, IC, OC, o0, ob, i0, i1);
+                    memcpy(saved, a, nr * DECODE_STRIP * sizeof(float));
+                }
             }
         }
         for (size_t s = s0; s < s1; s++) {

@@ -1,10 +1,10 @@
 """The decoder's small-rows kernels (src/model/gpt2_decode.c) against PyTorch.
 
-A decoding step of up to 8 rows takes the blocked 48-column-strip matmul and up to 16
-rows the one-pass LM head (8 rows x 16 lanes per vocabulary row); more rows take the
+A decoding step of up to 16 rows takes the blocked 48-column-strip matmul (rows in
+groups of 8) and the one-pass LM head (8 rows x 16 lanes per vocabulary row); more rows take the
 library GEMMs. These tests pick widths that are NOT multiples of the strip (48) or of the
 lane count (16), so the tail strips and tail columns run, and row counts on both sides
-of each threshold (1, 3, 8 + decoys, 13, 16, 17 rows), in fp32 against the float64
+of each threshold and group size (1, 3, 13, 16, 17 rows), in fp32 against the float64
 PyTorch model of tests/py/fdpo_ref and in bf16 against the float64 emulation of the bf16
 rule (tests/py/test_model_bf16.py)."""
 import json
@@ -44,8 +44,8 @@ def odd_model(request, tmp_path_factory):
 
 
 # step: 1 row per call; batched: 3 slots (1 + 1 + 1 rows per step, prefills of 2 + T/2 + 1);
-# prefill T rows in one call (13 and 16: the one-pass head with a padded second group of
-# 8 and the GEMM matmuls; 17: GEMM head too)
+# prefill T rows in one call (13 and 16: a second row group of 8, padded in the head at 13;
+# 17: the library GEMMs)
 @pytest.mark.parametrize("mode,T", [("step", 12), ("batched", 12), ("prefill", 13), ("prefill", 16),
                                     ("prefill", 17)])
 def test_decoder_odd_widths_match_pytorch_fp32(odd_model, tmp_path, mode, T):
@@ -82,9 +82,9 @@ def test_decoder_odd_widths_follow_the_bf16_rule(odd_model, tmp_path, mode, T):
 
 def test_same_sample_whatever_the_batch(tmp_path):
     """A sample's tokens and log-prob depend on (seed, prompt, sample) only: batch sizes 1
-    to 8 put it in a decoding step of 1 to 8 rows (the small-rows kernels sum each output
-    in a fixed order whatever the row count) and 1 or 2 threads split the columns
-    differently. Prompts of one length, so every prefill is one row set of the same kernel
+    to 16 put it in a decoding step of 1 to 9 rows (the small-rows kernels sum each output
+    in a fixed order whatever the row count and row group) and 1 or 2 threads split the
+    columns differently. Prompts of one length, so every prefill is one row set of the same kernel
     family and the comparison can be exact."""
     d = tmp_path / "m"
     d.mkdir()
@@ -92,7 +92,7 @@ def test_same_sample_whatever_the_batch(tmp_path):
     pf = tmp_path / "p.txt"
     pf.write_text("ab\ncd\nef\n")
     runs = []
-    for batch, threads in [("1", "1"), ("3", "2"), ("8", "1"), ("8", "2")]:
+    for batch, threads in [("1", "1"), ("3", "2"), ("8", "1"), ("8", "2"), ("16", "2")]:
         out = tmp_path / f"o{batch}_{threads}.jsonl"
         r = subprocess.run([os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo")),
                             "generate", "--model", str(d), "--prompts", str(pf), "--out", str(out), "--n", "3",
