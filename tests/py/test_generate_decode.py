@@ -102,3 +102,42 @@ def test_same_sample_whatever_the_batch(tmp_path):
         runs.append([(x["tokens"], x["logp"]) for x in map(json.loads, out.read_text().splitlines())])
     assert len(runs[0]) == 9 and len({len(t) for t, _ in runs[0]}) > 1  # some end early (EOT)
     assert all(run == runs[0] for run in runs)
+
+
+@pytest.mark.parametrize("scale,top_p,nucleus", [(10.0, 0.5, (4, 64)), (0.5, 0.99, (65, 257))])
+def test_top_p_alone_matches_the_rule(tmp_path, scale, top_p, nucleus):
+    """Top-p without top-k orders only a prefix of the vocabulary (the first 64, 256, ...
+    tokens by a heap) until it holds top_p of the mass, and sorts all of it only for a flat
+    distribution. First tokens of 4000 samples from one prompt against the rule computed
+    from PyTorch's probabilities (test_generate.truncate: sorted order, shortest prefix
+    reaching top_p): chi-square, and no token outside the nucleus. The cases put the
+    nucleus inside the first heap (4-64 tokens of 257) and past V/4 (the full sort)."""
+    import scipy.stats
+    from test_generate import truncate
+    d = tmp_path / "m"
+    d.mkdir()
+    m = make_model(d, 257, seed=9, n_positions=16, scale=scale)
+    prompt = [5, 17, 200]
+    with torch.no_grad():
+        p = torch.softmax(m.double().forward(torch.tensor(prompt))[-1], -1).numpy()
+    q = truncate(p, 1.0, 0, top_p)
+    support = int((q > 0).sum())
+    assert nucleus[0] <= support <= nucleus[1], support
+    n = 4000
+    r = subprocess.run([HARNESS, "eval-sample", str(d), "--prompts", " ".join(map(str, prompt)), "--eot", "256",
+                        "--n", str(n), "--max-new", "1", "--top-p", str(top_p), "--seed", "77", "--batch", "16"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    counts = np.zeros(257)
+    for line in r.stdout.splitlines():
+        counts[json.loads(line)["tokens"][0]] += 1
+    assert counts.sum() == n and counts[q == 0].sum() == 0
+    order = np.argsort(-q)  # pool the rare tail so every expected count is >= 5
+    obs, exp, acc_o, acc_e = [], [], 0.0, 0.0
+    for t in order[:support]:
+        acc_o += counts[t]; acc_e += q[t] * n
+        if acc_e >= 5:
+            obs.append(acc_o); exp.append(acc_e); acc_o = acc_e = 0.0
+    obs[-1] += acc_o; exp[-1] += acc_e
+    assert len(obs) >= 3
+    assert scipy.stats.chisquare(obs, exp).pvalue > 1e-3
