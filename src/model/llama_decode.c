@@ -120,22 +120,24 @@ static void grow(llama_decoder *d, size_t R, size_t n_slots) {
 }
 
 /* out [R, OC] (+)= inp [R, IC] @ w^T + bias, w [OC, IC]; in bf16 (d->w16 set) the product
- * takes bf16(inp) and the bf16 copy of w. A decoding step (R <= DECODE_HEAD_ROWS) reads w
- * once for all rows (fdpo_decode_rows_matmul_wt, gpt2_decode.c); a library GEMM would pack
- * all of w for a handful of rows. Prefill (more rows) takes the GEMMs. */
+ * takes bf16(inp) and the bf16 copy of w: a bf16 decoding step (R <= DECODE_HEAD_ROWS)
+ * reads w once for all rows (fdpo_decode_rows_matmul_wt, gpt2_decode.c; it was one
+ * latency-bound dot product per output). fp32 and prefill take sgemv / the GEMMs. */
 static void dec_linear(llama_decoder *d, float *out, const float *inp, const float *w, const float *bias, size_t R,
                        size_t IC, size_t OC, int accumulate) {
     if (bias) for (size_t r = 0; r < R; r++) for (size_t o = 0; o < OC; o++) out[r * OC + o] = (accumulate ? out[r * OC + o] : 0) + bias[o];
     int beta_one = accumulate || bias;
     const uint16_t *w16 = d->w16 ? d->w16 + (w - d->model->params_memory) : NULL;
     if (w16) fdpo_f32_to_bf16(d->in16, inp, R * IC);
-    if (R <= DECODE_HEAD_ROWS) {
-        fdpo_decode_rows_pad(d->xpad, inp, w16 ? d->in16 : NULL, R, IC);
-        fdpo_decode_rows_matmul_wt(out, d->xpad, w16 ? NULL : w, w16, R, IC, OC, beta_one);
+    if (w16 && R <= DECODE_HEAD_ROWS) {
+        fdpo_decode_rows_pad(d->xpad, NULL, d->in16, R, IC);
+        fdpo_decode_rows_matmul_wt(out, d->xpad, NULL, w16, R, IC, OC, beta_one);
     } else if (w16) {
         if (!beta_one) memset(out, 0, R * OC * sizeof(float));
         fdpo_gemm_bf16(0, 1, R, OC, IC, 1.0f, d->in16, IC, w16, IC, 1.0f, out, OC);
-    } else
+    } else if (R == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)OC, (int)IC, 1.0f, w, (int)IC, inp, 1, beta_one ? 1.0f : 0.0f, out, 1);
+    else
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)OC, (int)IC, 1.0f, inp, (int)IC, w, (int)IC,
                    beta_one ? 1.0f : 0.0f, out, (int)OC);
 }

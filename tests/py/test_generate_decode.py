@@ -81,11 +81,12 @@ def test_decoder_odd_widths_follow_the_bf16_rule(odd_model, tmp_path, mode, T):
 
 
 def test_same_sample_whatever_the_batch(tmp_path):
-    """A sample's tokens and log-prob depend on (seed, prompt, sample) only: batch sizes 1
-    to 16 put it in a decoding step of 1 to 9 rows (the small-rows kernels sum each output
-    in a fixed order whatever the row count and row group) and 1 or 2 threads split the
-    columns differently. Prompts of one length, so every prefill is one row set of the same kernel
-    family and the comparison can be exact."""
+    """A sample's tokens depend on (seed, prompt, sample) only: batch sizes 1 to 16 put it in
+    a decoding step of 1 to 9 rows and 1 or 2 threads split the work differently. The
+    layers' small-rows matmuls sum each output in a fixed order whatever the row count; the
+    fp32 LM head is oneDNN sgemm per block of vocabulary rows, whose order may depend on
+    the row count, so log-probs agree to float rounding (measured <= 4.4e-7 abs, sums of 20
+    float32 log-probs; bound 2e-6) rather than exactly."""
     d = tmp_path / "m"
     d.mkdir()
     make_model(d, 257, seed=5, n_positions=48, n_embd=40, n_layer=2, n_head=5, scale=2.0, byte_tokenizer=True)
@@ -101,7 +102,9 @@ def test_same_sample_whatever_the_batch(tmp_path):
         assert r.returncode == 0, r.stderr
         runs.append([(x["tokens"], x["logp"]) for x in map(json.loads, out.read_text().splitlines())])
     assert len(runs[0]) == 9 and len({len(t) for t, _ in runs[0]}) > 1  # some end early (EOT)
-    assert all(run == runs[0] for run in runs)
+    for run in runs[1:]:
+        assert [t for t, _ in run] == [t for t, _ in runs[0]]
+        assert all(abs(a - b) <= 2e-6 for (_, a), (_, b) in zip(run, runs[0]))
 
 
 @pytest.mark.parametrize("scale,top_p,nucleus", [(10.0, 0.5, (4, 64)), (0.5, 0.99, (65, 257))])
