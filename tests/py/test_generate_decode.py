@@ -1,7 +1,8 @@
 """The decoder's small-rows kernels (src/model/gpt2_decode.c) against PyTorch.
 
 A decoding step of up to 16 rows takes the blocked 48-column-strip matmul (rows in
-groups of 8) and the one-pass LM head (8 rows x 16 lanes per vocabulary row); more rows take the
+groups of 8) and, in bf16, the one-pass LM head (8 rows x 16 lanes per vocabulary row; fp32:
+oneDNN sgemm per block of 128 vocabulary rows); more rows take the
 library GEMMs. These tests pick widths that are NOT multiples of the strip (48) or of the
 lane count (16), so the tail strips and tail columns run, and row counts on both sides
 of each threshold and group size (1, 3, 13, 16, 17 rows), in fp32 against the float64
