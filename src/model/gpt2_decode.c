@@ -316,29 +316,25 @@ static void decode_matmul_small_rows_bf16(float *out, const uint16_t *in16, cons
  * 1.4x slower (CPU seconds, 124M head, 1 thread). Multiply, then add (-std=c11 does not
  * contract them). */
 typedef float decode_vec __attribute__((vector_size(DECODE_LANES * sizeof(float))));
-static inline decode_vec decode_vload(const float *p) {
-    decode_vec v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+/* v = p [0 : DECODE_LANES] (a macro, not a function: a vector argument or return value
+ * would depend on the target's ABI, which GCC warns about without -march) */
+#define DECODE_VLOAD(v, p) memcpy(&(v), (p), sizeof(decode_vec))
+
 static inline void decode_dot8(float lane[8][DECODE_LANES], const float *x, size_t ldx, const float *w, size_t n) {
-    decode_vec a0 = decode_vload(lane[0]), a1 = decode_vload(lane[1]), a2 = decode_vload(lane[2]);
-    decode_vec a3 = decode_vload(lane[3]), a4 = decode_vload(lane[4]), a5 = decode_vload(lane[5]);
-    decode_vec a6 = decode_vload(lane[6]), a7 = decode_vload(lane[7]);
+    decode_vec a[8], wv, xv;
+    for (size_t r = 0; r < 8; r++) DECODE_VLOAD(a[r], lane[r]);
     for (size_t c = 0; c < n; c += DECODE_LANES) {
-        decode_vec wv = decode_vload(w + c);
-        a0 += decode_vload(x + 0 * ldx + c) * wv;
-        a1 += decode_vload(x + 1 * ldx + c) * wv;
-        a2 += decode_vload(x + 2 * ldx + c) * wv;
-        a3 += decode_vload(x + 3 * ldx + c) * wv;
-        a4 += decode_vload(x + 4 * ldx + c) * wv;
-        a5 += decode_vload(x + 5 * ldx + c) * wv;
-        a6 += decode_vload(x + 6 * ldx + c) * wv;
-        a7 += decode_vload(x + 7 * ldx + c) * wv;
+        DECODE_VLOAD(wv, w + c);
+        DECODE_VLOAD(xv, x + 0 * ldx + c); a[0] += xv * wv;
+        DECODE_VLOAD(xv, x + 1 * ldx + c); a[1] += xv * wv;
+        DECODE_VLOAD(xv, x + 2 * ldx + c); a[2] += xv * wv;
+        DECODE_VLOAD(xv, x + 3 * ldx + c); a[3] += xv * wv;
+        DECODE_VLOAD(xv, x + 4 * ldx + c); a[4] += xv * wv;
+        DECODE_VLOAD(xv, x + 5 * ldx + c); a[5] += xv * wv;
+        DECODE_VLOAD(xv, x + 6 * ldx + c); a[6] += xv * wv;
+        DECODE_VLOAD(xv, x + 7 * ldx + c); a[7] += xv * wv;
     }
-    memcpy(lane[0], &a0, sizeof a0); memcpy(lane[1], &a1, sizeof a1); memcpy(lane[2], &a2, sizeof a2);
-    memcpy(lane[3], &a3, sizeof a3); memcpy(lane[4], &a4, sizeof a4); memcpy(lane[5], &a5, sizeof a5);
-    memcpy(lane[6], &a6, sizeof a6); memcpy(lane[7], &a7, sizeof a7);
+    for (size_t r = 0; r < 8; r++) memcpy(lane[r], &a[r], sizeof a[r]);
 }
 
 void fdpo_decode_rows_matmul_wt(float *out, const float *xpad, const float *w32, const uint16_t *w16, size_t R,
