@@ -180,7 +180,15 @@ static void decode_layernorm_forward(float *out, const float *inp, const float *
 /* acc [R, ob] += inp [R, i0:i1] @ w [i0:i1, o0:o0+ob] (ob <= DECODE_STRIP) */
 static inline void decode_strip_block(float acc[DECODE_GROUP_ROWS][DECODE_STRIP], const float *inp, const float *w,
                                       size_t R, size_t IC, size_t OC, size_t o0, size_t ob, size_t i0, size_t i1) {
-    if (ob == DECODE_STRIP) {
+    if (R == DECODE_GROUP_ROWS && ob == DECODE_STRIP) { /* constant bounds: acc stays in registers */
+        for (size_t i = i0; i < i1; i++) {
+            const float *wi = w + i * OC + o0;
+            for (size_t r = 0; r < DECODE_GROUP_ROWS; r++) {
+                float a = inp[r * IC + i];
+                for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
+            }
+        }
+    } else if (ob == DECODE_STRIP) {
         for (size_t i = i0; i < i1; i++) {
             const float *wi = w + i * OC + o0;
             for (size_t r = 0; r < R; r++) {
@@ -245,6 +253,18 @@ static inline float bf16_value(uint16_t h) {
 static inline void decode_strip_block_bf16(float acc[DECODE_GROUP_ROWS][DECODE_STRIP], const uint16_t *in16,
                                            const uint16_t *w16, size_t R, size_t IC, size_t OC, size_t o0,
                                            size_t ob, size_t i0, size_t i1) {
+    if (R == DECODE_GROUP_ROWS && ob == DECODE_STRIP) { /* constant bounds: acc stays in registers */
+        for (size_t i = i0; i < i1; i++) {
+            const uint16_t *wi = w16 + i * OC + o0;
+            float wf[DECODE_STRIP];
+            for (size_t j = 0; j < DECODE_STRIP; j++) wf[j] = bf16_value(wi[j]);
+            for (size_t r = 0; r < DECODE_GROUP_ROWS; r++) {
+                float a = bf16_value(in16[r * IC + i]);
+                for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wf[j], acc[r][j]);
+            }
+        }
+        return;
+    }
     for (size_t i = i0; i < i1; i++) {
         const uint16_t *wi = w16 + i * OC + o0;
         float wf[DECODE_STRIP];
