@@ -17,6 +17,12 @@ the STREAM triad bandwidth measured at the start of the same invocation.
 
     /usr/bin/python3 bench/bench_sample.py                       # small config, 2 threads
     /usr/bin/python3 bench/bench_sample.py --configs 124M --rounds 5 --threads 2
+    /usr/bin/python3 bench/bench_sample.py --configs 124M --baseline /tmp/fdpo-before \
+        --sides fdpo-fp32,base-fp32,torch-fp32          # A/B of two fdpo builds, interleaved
+
+--baseline BIN adds the sides base-fp32 and base-bf16: the same `fdpo generate` run with
+another fdpo binary (a build from before a change), interleaved with the others, so a
+before/after comparison shares the machine's state round by round.
 
 The PyTorch loop is a fair one: batched matmuls over the B rows, keys/values written in
 place into a preallocated cache per layer (torch.cat of the whole cache every step, as
@@ -119,9 +125,9 @@ def make_checkpoint(cfg, directory):
 
 def run_side(side, d, tmp, a):
     """One generation run; returns tokens/s (generation only, as each side times it)."""
-    if side.startswith("fdpo"):
+    if side.startswith("fdpo") or side.startswith("base"):
         pf = os.path.join(tmp, "prompts.txt")
-        r = subprocess.run([FDPO, "generate", "--model", d, "--prompts", pf, "--out", os.path.join(tmp, "o.jsonl"),
+        r = subprocess.run([a.baseline if side.startswith("base") else FDPO, "generate", "--model", d, "--prompts", pf, "--out", os.path.join(tmp, "o.jsonl"),
                             "--max-new-tokens", str(a.new_tokens), "--batch", str(a.prompts), "--threads",
                             str(a.threads), "--seed", "1", "--precision", side.split("-")[1]],
                            capture_output=True, text=True)
@@ -139,6 +145,7 @@ def run_side(side, d, tmp, a):
 
 
 SIDES = ["fdpo-fp32", "fdpo-bf16", "torch-fp32", "torch-bf16"]
+BASE_SIDES = ["base-fp32", "base-bf16"]  # --baseline BIN
 
 
 def main():
@@ -153,6 +160,8 @@ def main():
     ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
     ap.add_argument("--quick", action="store_true",
                     help="5 rounds, the goal sides only (fdpo-bf16, fdpo-fp32, torch-fp32), a 64 MiB triad")
+    ap.add_argument("--baseline", help="another fdpo binary (e.g. a build from before a change): adds the sides "
+                    "base-fp32 and base-bf16, interleaved with the others")
     ap.add_argument("--json", help="append one JSON line per config with each side's median tokens/s")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
@@ -170,9 +179,12 @@ def main():
         if a.sides == ",".join(SIDES):
             a.sides = "fdpo-fp32,fdpo-bf16,torch-fp32"
     sides = a.sides.split(",")
+    known = SIDES + (BASE_SIDES if a.baseline else [])
     for s in sides:
-        if s not in SIDES:
-            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
+        if s not in known:
+            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(known)}; base-* need --baseline BIN)")
+    if a.baseline and not os.access(a.baseline, os.X_OK):
+        sys.exit(f"--baseline: {a.baseline} is not an executable file")
     blas_note = interleave.fair_blas_env()
     if blas_note:
         print(blas_note)
@@ -205,6 +217,9 @@ def main():
                     f"weights read {gbs:6.2f} GB/s = {100 * gbs / peaks['triad_gbs']:5.1f}% of triad")
             if base and s != "torch-fp32":
                 line += f"  ratio of medians {med / base:.2f}x vs torch-fp32"
+            twin = "base-" + s.split("-")[1] if s.startswith("fdpo") else None
+            if twin in tps:
+                line += f", {med / statistics.median(tps[twin]):.2f}x vs {twin}"
             print(line)
         print(f"  load average after: {os.getloadavg()[0]:.1f}")
         interleave.write_json(a.json, {"bench": "sample", "config": name, "prompts": a.prompts,

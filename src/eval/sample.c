@@ -59,6 +59,24 @@ static void top_k_order(size_t *order, const double *p, size_t V, size_t k) {
     qsort_r(order, n, sizeof *order, by_prob_desc, (void *)p);
 }
 
+/* Top-p alone: the nucleus is the shortest prefix of by_prob_desc's order whose mass
+ * reaches target, so only that prefix needs ordering. order[0..k) = the first k tokens
+ * (top_k_order, O(V log k)) for k = 64, 256, ... until they hold target; a flat
+ * distribution (k past V/4) sorts the whole vocabulary. Returns k (V after the sort).
+ * Sorting all V took 9 ms per row at V = 50257 (CPU time, loaded machine): for 8 rows more
+ * than a 124M decoding step's forward. */
+static size_t top_p_order(size_t *order, const double *p, size_t V, double target) {
+    for (size_t k = 64; k <= V / 4; k *= 4) {
+        top_k_order(order, p, V, k);
+        double cum = 0;
+        for (size_t i = 0; i < k; i++) cum += p[order[i]];
+        if (cum >= target) return k;
+    }
+    for (size_t v = 0; v < V; v++) order[v] = v;
+    qsort_r(order, V, sizeof *order, by_prob_desc, (void *)p);
+    return V;
+}
+
 int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_config *c, fdpo_rng *r,
                           double *work, size_t *order, double *logp) {
     float mx = -INFINITY;
@@ -102,15 +120,16 @@ int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_confi
     }
     /* truncation: tokens in decreasing probability; top-k keeps the first k, top-p then keeps
      * the shortest prefix (of those) whose mass reaches top_p of the kept mass */
-    size_t keep = c->top_k > 0 && c->top_k < V ? c->top_k : V;
-    if (keep < V) {
-        top_k_order(order, p, V, keep);
-    } else { /* top-p alone: its threshold is a share of the mass summed in sorted order */
-        for (size_t v = 0; v < V; v++) order[v] = v;
-        qsort_r(order, V, sizeof *order, by_prob_desc, p);
-    }
+    size_t keep;
     double kept = 0;
-    for (size_t i = 0; i < keep; i++) kept += p[order[i]];
+    if (c->top_k > 0 && c->top_k < V) {
+        keep = c->top_k;
+        top_k_order(order, p, V, keep);
+        for (size_t i = 0; i < keep; i++) kept += p[order[i]];
+    } else { /* top-p alone: its threshold is top_p of all the mass */
+        keep = top_p_order(order, p, V, c->top_p * total);
+        kept = total;
+    }
     if (c->top_p < 1) {
         double cum = 0, target = c->top_p * kept;
         size_t i = 0;

@@ -13,6 +13,13 @@
 #include "model/llama_decode.h"
 #include "model/gpt2_internal.h"
 
+/* Decoding steps of up to DECODE_SMALL_ROWS rows take the bandwidth-bound strip matmuls
+ * (48-column strips, DECODE_STRIP); the LM head takes oneDNN per vocabulary block (fp32)
+ * or, up to DECODE_HEAD_ROWS rows, the one-pass kernel (bf16); more rows (prefill,
+ * scoring) take the library GEMMs. */
+#define DECODE_SMALL_ROWS 16
+#define DECODE_STRIP 48
+
 struct fdpo_decoder {
     const fdpo_gpt2 *model;
     llama_decoder *llama;   /* Llama family: all the work happens there */
@@ -28,6 +35,8 @@ struct fdpo_decoder {
     float *atty;        /* [R, C] attention output before c_proj */
     float *fch;         /* [R, 4C] */
     float *xlast;       /* [n_slots, C] last rows when all_logits = 0 */
+    float *acc;         /* [DECODE_SMALL_ROWS, 4C + DECODE_STRIP] small-rows matmul accumulators */
+    float *xpad;        /* [DECODE_HEAD_ROWS, C] bf16 LM head input rows, widened, zero-padded to groups of 8 */
     size_t *row_slot;   /* [R] */
     int32_t *row_pos;   /* [R] */
     float *scores;      /* [threads, max_len] attention scores per thread */
@@ -66,7 +75,7 @@ void fdpo_decoder_free(fdpo_decoder *d) {
     if (!d) return;
     fdpo_llama_decoder_free(d->llama);
     free(d->len); free(d->k_cache); free(d->v_cache);
-    free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast);
+    free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast); free(d->acc); free(d->xpad);
     free(d->row_slot); free(d->row_pos); free(d->scores);
     free(d->w16); free(d->in16);
     free(d);
@@ -110,6 +119,10 @@ static void grow_rows(fdpo_decoder *d, size_t R, size_t n_slots) {
         d->row_pos = fdpo_realloc(d->row_pos, R * sizeof(int32_t));
     }
     d->xlast = fdpo_realloc(d->xlast, (n_slots ? n_slots : 1) * C * sizeof(float));
+    if (!d->acc) {
+        d->acc = fdpo_malloc(DECODE_SMALL_ROWS * (4 * C + DECODE_STRIP) * sizeof(float));
+        d->xpad = fdpo_malloc(DECODE_HEAD_ROWS * C * sizeof(float));
+    }
     int threads = omp_get_max_threads();
     if (threads > d->n_threads_scores) {
         d->n_threads_scores = threads;
@@ -142,52 +155,95 @@ static void decode_layernorm_forward(float *out, const float *inp, const float *
     }
 }
 
-/* out [R, OC] += inp [R, IC] @ w [IC, OC] for R <= 8 rows (decoding steps). BLAS would
- * pack the whole weight matrix for a handful of rows, which costs as much as the product;
- * here each 48-column strip of w streams through once and the R x 48 accumulators stay in
- * registers (24 of the 32 AVX-512 registers; 48 columns ran at about 1.4x the speed of 32,
- * 64 spills). Each output is summed in i order by one thread: results do not depend on the
- * thread count. The multiply-adds are fused where the target has a fast fma (-std=c11
- * keeps GCC from contracting a * b + c itself): ~10% faster, one rounding per step. */
-#define DECODE_SMALL_ROWS 8
-#define DECODE_STRIP 48
+/* out [R, OC] += inp [R, IC] @ w [IC, OC] for R <= 16 rows (decoding steps). A decoding
+ * step reads every weight once and does little arithmetic with it, so its speed is the
+ * speed of streaming w. BLAS would pack the whole weight matrix for a handful of rows,
+ * which costs as much as the product. Here each 48-column strip keeps the 8 x 48
+ * accumulators of a group of up to 8 rows in registers (24 of the 32 AVX-512 registers;
+ * 48 columns ran at about 1.4x the speed of 32, 64 spills), and w is read in blocks of
+ * DECODE_IBLOCK rows: for each block, every strip of the thread's column range and every
+ * row group loads its accumulators from acc, runs over the block's rows and stores them
+ * back (a second row group reads the block's strip again from L1). So w is read row after row (DECODE_IBLOCK
+ * sequential streams the prefetcher follows), where one strip's walk down all IC rows
+ * read a 192-byte piece of a new 9 KB row (a new page) per step: 1.5x faster at 1 thread
+ * (768 x 3072, R = 8). Each output is still summed in i order from 0, then added to out,
+ * by one thread: results do not depend on the thread count and are bit-identical to the
+ * strip-at-a-time loop. The multiply-adds are fused where the target has a fast fma
+ * (-std=c11 keeps GCC from contracting a * b + c itself): ~10% faster, one rounding per
+ * step. acc is scratch of R * n_strips * DECODE_STRIP floats. */
+#define DECODE_IBLOCK 32
+#define DECODE_GROUP_ROWS 8
 #ifdef FP_FAST_FMAF
 #define DECODE_FMA(a, b, c) fmaf(a, b, c)
 #else
 #define DECODE_FMA(a, b, c) ((a) * (b) + (c))
 #endif
-static void decode_matmul_small_rows(float *out, const float *inp, const float *w, size_t R, size_t IC, size_t OC) {
-    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
-    #pragma omp parallel for schedule(static) if (R * IC * OC >= (1 << 20))
-    for (size_t s = 0; s < n_strips; s++) {
-        size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
-        float acc[DECODE_SMALL_ROWS][DECODE_STRIP] = {{0}};
-        if (ob == DECODE_STRIP) {
-            for (size_t i = 0; i < IC; i++) {
-                const float *wi = w + i * OC + o0;
-                for (size_t r = 0; r < R; r++) {
-                    float a = inp[r * IC + i];
-                    for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
-                }
+
+/* acc [R, ob] += inp [R, i0:i1] @ w [i0:i1, o0:o0+ob] (ob <= DECODE_STRIP) */
+static inline void decode_strip_block(float acc[DECODE_GROUP_ROWS][DECODE_STRIP], const float *inp, const float *w,
+                                      size_t R, size_t IC, size_t OC, size_t o0, size_t ob, size_t i0, size_t i1) {
+    if (R == DECODE_GROUP_ROWS && ob == DECODE_STRIP) { /* constant bounds: acc stays in registers */
+        for (size_t i = i0; i < i1; i++) {
+            const float *wi = w + i * OC + o0;
+            for (size_t r = 0; r < DECODE_GROUP_ROWS; r++) {
+                float a = inp[r * IC + i];
+                for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
             }
-        } else {
-            for (size_t i = 0; i < IC; i++) {
-                const float *wi = w + i * OC + o0;
-                for (size_t r = 0; r < R; r++) {
-                    float a = inp[r * IC + i];
-                    for (size_t j = 0; j < ob; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
+        }
+    } else if (ob == DECODE_STRIP) {
+        for (size_t i = i0; i < i1; i++) {
+            const float *wi = w + i * OC + o0;
+            for (size_t r = 0; r < R; r++) {
+                float a = inp[r * IC + i];
+                for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
+            }
+        }
+    } else {
+        for (size_t i = i0; i < i1; i++) {
+            const float *wi = w + i * OC + o0;
+            for (size_t r = 0; r < R; r++) {
+                float a = inp[r * IC + i];
+                for (size_t j = 0; j < ob; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
+            }
+        }
+    }
+}
+
+static void decode_matmul_small_rows(float *out, const float *inp, const float *w, size_t R, size_t IC, size_t OC,
+                                     float *acc) {
+    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
+    #pragma omp parallel if (R * IC * OC >= (1 << 20))
+    {
+        size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
+        size_t s0 = n_strips * t / nt, s1 = n_strips * (t + 1) / nt;
+        float *mine = acc + s0 * R * DECODE_STRIP;
+        memset(mine, 0, (s1 - s0) * R * DECODE_STRIP * sizeof(float));
+        for (size_t i0 = 0; i0 < IC; i0 += DECODE_IBLOCK) {
+            size_t i1 = i0 + DECODE_IBLOCK < IC ? i0 + DECODE_IBLOCK : IC;
+            for (size_t s = s0; s < s1; s++) {
+                size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+                for (size_t r0 = 0; r0 < R; r0 += DECODE_GROUP_ROWS) {
+                    size_t nr = R - r0 < DECODE_GROUP_ROWS ? R - r0 : DECODE_GROUP_ROWS;
+                    float a[DECODE_GROUP_ROWS][DECODE_STRIP], *saved = mine + ((s - s0) * R + r0) * DECODE_STRIP;
+                    memcpy(a, saved, nr * DECODE_STRIP * sizeof(float));
+                    decode_strip_block(a, inp + r0 * IC, w, nr, IC, OC, o0, ob, i0, i1);
+                    memcpy(saved, a, nr * DECODE_STRIP * sizeof(float));
                 }
             }
         }
-        for (size_t r = 0; r < R; r++)
-            for (size_t j = 0; j < ob; j++) out[r * OC + o0 + j] += acc[r][j];
+        for (size_t s = s0; s < s1; s++) {
+            size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+            const float *saved = mine + (s - s0) * R * DECODE_STRIP;
+            for (size_t r = 0; r < R; r++)
+                for (size_t j = 0; j < ob; j++) out[r * OC + o0 + j] += saved[r * DECODE_STRIP + j];
+        }
     }
 }
 
 /* bf16 weights, few rows: out [R, OC] += in16 [R, IC] @ w16 [IC, OC], both operands bf16
  * widened exactly to fp32, fp32 accumulation (the bf16 rule). Decoding reads every weight
  * once per step, so half the bytes is the point; a library GEMM would repack the weight
- * on every call. Same strip loop as decode_matmul_small_rows. */
+ * on every call. Same blocked strip loop as decode_matmul_small_rows. */
 static inline float bf16_value(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -195,53 +251,160 @@ static inline float bf16_value(uint16_t h) {
     return f;
 }
 
-static void decode_matmul_small_rows_bf16(float *out, const uint16_t *in16, const uint16_t *w16, size_t R,
-                                          size_t IC, size_t OC) {
-    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
-    #pragma omp parallel for schedule(static) if (R * IC * OC >= (1 << 20))
-    for (size_t s = 0; s < n_strips; s++) {
-        size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
-        float acc[DECODE_SMALL_ROWS][DECODE_STRIP] = {{0}};
-        for (size_t i = 0; i < IC; i++) {
+/* acc [R, ob] += in16 [R, i0:i1] @ w16 [i0:i1, o0:o0+ob] (ob <= DECODE_STRIP) */
+static inline void decode_strip_block_bf16(float acc[DECODE_GROUP_ROWS][DECODE_STRIP], const uint16_t *in16,
+                                           const uint16_t *w16, size_t R, size_t IC, size_t OC, size_t o0,
+                                           size_t ob, size_t i0, size_t i1) {
+    if (R == DECODE_GROUP_ROWS && ob == DECODE_STRIP) { /* constant bounds: acc stays in registers */
+        for (size_t i = i0; i < i1; i++) {
             const uint16_t *wi = w16 + i * OC + o0;
             float wf[DECODE_STRIP];
+            for (size_t j = 0; j < DECODE_STRIP; j++) wf[j] = bf16_value(wi[j]);
+            for (size_t r = 0; r < DECODE_GROUP_ROWS; r++) {
+                float a = bf16_value(in16[r * IC + i]);
+                for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wf[j], acc[r][j]);
+            }
+        }
+        return;
+    }
+    for (size_t i = i0; i < i1; i++) {
+        const uint16_t *wi = w16 + i * OC + o0;
+        float wf[DECODE_STRIP];
+        if (ob == DECODE_STRIP) {
+            for (size_t j = 0; j < DECODE_STRIP; j++) wf[j] = bf16_value(wi[j]);
+            for (size_t r = 0; r < R; r++) {
+                float a = bf16_value(in16[r * IC + i]);
+                for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wf[j], acc[r][j]);
+            }
+        } else {
             for (size_t j = 0; j < ob; j++) wf[j] = bf16_value(wi[j]);
             for (size_t r = 0; r < R; r++) {
                 float a = bf16_value(in16[r * IC + i]);
                 for (size_t j = 0; j < ob; j++) acc[r][j] = DECODE_FMA(a, wf[j], acc[r][j]);
             }
         }
-        for (size_t r = 0; r < R; r++)
-            for (size_t j = 0; j < ob; j++) out[r * OC + o0 + j] += acc[r][j];
     }
 }
 
-/* logits [R, V] = in16 [R, C] @ wte16 [V, C]^T for few rows, parallel over the vocabulary.
- * Each dot product keeps DECODE_LANES independent partial sums (lane j takes c = j mod
- * DECODE_LANES), added pairwise at the end: the lanes vectorise, where one running sum was
- * a chain of dependent multiply-adds (latency-bound, ~4x slower at C = 768). Every output
- * is still summed in a fixed order by one thread. */
-#define DECODE_LANES 16
-static void decode_lmhead_small_rows_bf16(float *logits, const uint16_t *in16, const uint16_t *wte16, size_t R,
-                                          size_t C, size_t V) {
-    size_t C0 = C - C % DECODE_LANES;
-    #pragma omp parallel for schedule(static) if (R * V * C >= (1 << 20))
-    for (size_t v = 0; v < V; v++) {
-        const uint16_t *w = wte16 + v * C;
-        for (size_t r = 0; r < R; r++) {
-            const uint16_t *x = in16 + r * C;
-            float lane[DECODE_LANES] = {0};
-            for (size_t c = 0; c < C0; c += DECODE_LANES)
-                for (size_t j = 0; j < DECODE_LANES; j++)
-                    lane[j] = DECODE_FMA(bf16_value(x[c + j]), bf16_value(w[c + j]), lane[j]);
-            for (size_t c = C0; c < C; c++)
-                lane[c - C0] = DECODE_FMA(bf16_value(x[c]), bf16_value(w[c]), lane[c - C0]);
-            for (size_t width = DECODE_LANES / 2; width > 0; width /= 2)
-                for (size_t j = 0; j < width; j++) lane[j] += lane[j + width];
-            logits[r * V + v] = lane[0];
+static void decode_matmul_small_rows_bf16(float *out, const uint16_t *in16, const uint16_t *w16, size_t R,
+                                          size_t IC, size_t OC, float *acc) {
+    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
+    #pragma omp parallel if (R * IC * OC >= (1 << 20))
+    {
+        size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
+        size_t s0 = n_strips * t / nt, s1 = n_strips * (t + 1) / nt;
+        float *mine = acc + s0 * R * DECODE_STRIP;
+        memset(mine, 0, (s1 - s0) * R * DECODE_STRIP * sizeof(float));
+        for (size_t i0 = 0; i0 < IC; i0 += DECODE_IBLOCK) {
+            size_t i1 = i0 + DECODE_IBLOCK < IC ? i0 + DECODE_IBLOCK : IC;
+            for (size_t s = s0; s < s1; s++) {
+                size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+                for (size_t r0 = 0; r0 < R; r0 += DECODE_GROUP_ROWS) {
+                    size_t nr = R - r0 < DECODE_GROUP_ROWS ? R - r0 : DECODE_GROUP_ROWS;
+                    float a[DECODE_GROUP_ROWS][DECODE_STRIP], *saved = mine + ((s - s0) * R + r0) * DECODE_STRIP;
+                    memcpy(a, saved, nr * DECODE_STRIP * sizeof(float));
+                    decode_strip_block_bf16(a, in16 + r0 * IC, w16, nr, IC, OC, o0, ob, i0, i1);
+                    memcpy(saved, a, nr * DECODE_STRIP * sizeof(float));
+                }
+            }
+        }
+        for (size_t s = s0; s < s1; s++) {
+            size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+            const float *saved = mine + (s - s0) * R * DECODE_STRIP;
+            for (size_t r = 0; r < R; r++)
+                for (size_t j = 0; j < ob; j++) out[r * OC + o0 + j] += saved[r * DECODE_STRIP + j];
         }
     }
 }
+
+/* out [R, OC] (= or +=, accumulate) x [R, IC] @ w [OC, IC]^T for R <= DECODE_HEAD_ROWS rows,
+ * w fp32 (w32) or bf16 (w16; x then already bf16-rounded): in bf16, the tied LM head
+ * (w = wte) and every Llama linear layer of a decoding step (in fp32 oneDNN per block of
+ * rows of w measured 1.15-1.3x faster, so fp32 calls keep it; this kernel handles fp32
+ * weights too). One pass over w, parallel over its rows.
+ * The rows of x go in groups of 8 (xpad [ceil(R/8)*8, IC], the rows past R zero; see
+ * fdpo_decode_rows_pad), and each dot product keeps DECODE_LANES partial sums (lane j takes
+ * the columns c = j mod DECODE_LANES), added pairwise at the end, then the columns past the
+ * last multiple of DECODE_LANES, summed apart: 8 rows x 16 lanes are 8 independent vector
+ * accumulators, which hides the multiply-add latency (one dot product at a time is a chain
+ * of dependent multiply-adds), and each vector of w is loaded once for the 8 rows. Every
+ * output is summed in the same order whatever R and the thread count, so a sample does not
+ * depend on the batch it runs in. */
+#define DECODE_LANES 16
+#define DECODE_W_CHUNK 256
+
+/* lane [8, DECODE_LANES] += the products of x [8 rows, row stride ldx] [0:n] and w [0:n]
+ * (n a multiple of DECODE_LANES), lane j of a row taking the columns c = j mod DECODE_LANES.
+ * Written with GCC/Clang vector types and eight named accumulators: as a plain array loop
+ * GCC interchanged it into one dependent chain per row with a store every step, which ran
+ * 1.4x slower (CPU seconds, 124M head, 1 thread). Multiply, then add (-std=c11 does not
+ * contract them). */
+typedef float decode_vec __attribute__((vector_size(DECODE_LANES * sizeof(float))));
+/* v = p [0 : DECODE_LANES] (a macro, not a function: a vector argument or return value
+ * would depend on the target's ABI, which GCC warns about without -march) */
+#define DECODE_VLOAD(v, p) memcpy(&(v), (p), sizeof(decode_vec))
+
+static inline void decode_dot8(float lane[8][DECODE_LANES], const float *x, size_t ldx, const float *w, size_t n) {
+    decode_vec a[8], wv, xv;
+    for (size_t r = 0; r < 8; r++) DECODE_VLOAD(a[r], lane[r]);
+    for (size_t c = 0; c < n; c += DECODE_LANES) {
+        DECODE_VLOAD(wv, w + c);
+        DECODE_VLOAD(xv, x + 0 * ldx + c); a[0] += xv * wv;
+        DECODE_VLOAD(xv, x + 1 * ldx + c); a[1] += xv * wv;
+        DECODE_VLOAD(xv, x + 2 * ldx + c); a[2] += xv * wv;
+        DECODE_VLOAD(xv, x + 3 * ldx + c); a[3] += xv * wv;
+        DECODE_VLOAD(xv, x + 4 * ldx + c); a[4] += xv * wv;
+        DECODE_VLOAD(xv, x + 5 * ldx + c); a[5] += xv * wv;
+        DECODE_VLOAD(xv, x + 6 * ldx + c); a[6] += xv * wv;
+        DECODE_VLOAD(xv, x + 7 * ldx + c); a[7] += xv * wv;
+    }
+    for (size_t r = 0; r < 8; r++) memcpy(lane[r], &a[r], sizeof a[r]);
+}
+
+void fdpo_decode_rows_matmul_wt(float *out, const float *xpad, const float *w32, const uint16_t *w16, size_t R,
+                                size_t IC, size_t OC, int accumulate) {
+    size_t IC0 = IC - IC % DECODE_LANES, groups = (R + 7) / 8;
+    #pragma omp parallel for schedule(static) if (R * OC * IC >= (1 << 20))
+    for (size_t o = 0; o < OC; o++) {
+        float wbuf[DECODE_W_CHUNK]; /* a piece of a bf16 row of w, widened */
+        for (size_t g = 0; g < groups; g++) {
+            const float *x = xpad + g * 8 * IC;
+            float lane[8][DECODE_LANES] = {{0}}, tail[8] = {0};
+            if (w16) {
+                for (size_t c0 = 0; c0 < IC0; c0 += DECODE_W_CHUNK) {
+                    size_t n = IC0 - c0 < DECODE_W_CHUNK ? IC0 - c0 : DECODE_W_CHUNK;
+                    for (size_t j = 0; j < n; j++) wbuf[j] = bf16_value(w16[o * IC + c0 + j]);
+                    decode_dot8(lane, x + c0, IC, wbuf, n);
+                }
+            } else
+                decode_dot8(lane, x, IC, w32 + o * IC, IC0);
+            for (size_t c = IC0; c < IC; c++) {
+                float wc = w16 ? bf16_value(w16[o * IC + c]) : w32[o * IC + c];
+                for (size_t r = 0; r < 8; r++) tail[r] = DECODE_FMA(x[r * IC + c], wc, tail[r]);
+            }
+            for (size_t r = 0; r < 8 && g * 8 + r < R; r++) {
+                for (size_t width = DECODE_LANES / 2; width > 0; width /= 2)
+                    for (size_t j = 0; j < width; j++) lane[r][j] += lane[r][j + width];
+                float *y = out + (g * 8 + r) * OC + o;
+                *y = (accumulate ? *y : 0.0f) + (lane[r][0] + tail[r]);
+            }
+        }
+    }
+}
+
+/* xpad [ceil(R/8)*8, C] = inp [R, C] (fp32), or in16 widened when in16 is given; the rows
+ * past R zero */
+void fdpo_decode_rows_pad(float *xpad, const float *inp, const uint16_t *in16, size_t R, size_t C) {
+    size_t padded = (R + 7) / 8 * 8;
+    for (size_t i = 0; i < R * C; i++) xpad[i] = in16 ? bf16_value(in16[i]) : inp[i];
+    memset(xpad + R * C, 0, (padded - R) * C * sizeof(float));
+}
+
+/* The accumulator scratch of the small-rows matmuls (decoder->acc) for the decoder this
+ * thread is running: set by fdpo_decoder_forward, so that decode_matmul_forward keeps the
+ * argument list its call sites (and the LoRA hooks after them) share with the training
+ * kernels' linear layers. Thread-local: two decoders may run in two threads. */
+static _Thread_local float *decode_acc;
 
 /* out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] + bias [OC]; accumulate adds into out
  * (the residual stream) instead of overwriting it. */
@@ -256,11 +419,11 @@ static void decode_matmul_forward(float *out, const float *inp, const float *w, 
     if (w16) { /* bf16: out += bf16(inp) @ w16, fp32 accumulation */
         fdpo_f32_to_bf16(in16, inp, R * IC);
         if (R <= DECODE_SMALL_ROWS)
-            decode_matmul_small_rows_bf16(out, in16, w16, R, IC, OC);
+            decode_matmul_small_rows_bf16(out, in16, w16, R, IC, OC, decode_acc);
         else
             fdpo_gemm_bf16(0, 0, R, OC, IC, 1.0f, in16, IC, w16, OC, 1.0f, out, OC);
     } else if (R <= DECODE_SMALL_ROWS)
-        decode_matmul_small_rows(out, inp, w, R, IC, OC);
+        decode_matmul_small_rows(out, inp, w, R, IC, OC, decode_acc);
     else
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
                     inp, (int)IC, w, (int)OC, 1.0f, out, (int)OC);
@@ -285,8 +448,9 @@ static void decode_attention_forward(float *out, float *scores, const float *qkv
     size_t hs = C / NH, max_T = 0;
     for (size_t r = 0; r < R; r++) if ((size_t)row_pos[r] + 1 > max_T) max_T = (size_t)row_pos[r] + 1;
     float scale = 1.0f / sqrtf((float)hs);
-    /* threads only pay off when there is real work: waking a team costs microseconds */
-    #pragma omp parallel for collapse(2) if (R * NH * max_T * hs >= (1 << 20))
+    /* threads only pay off when there is real work: waking a team costs microseconds, one
+     * decoding step of 8 rows at 124M (12 heads, 16 cached positions) is ~50 us per layer */
+    #pragma omp parallel for collapse(2) if (R * NH * max_T * hs >= (1 << 15))
     for (size_t r = 0; r < R; r++) {
         for (size_t h = 0; h < NH; h++) {
             float *s = scores + (size_t)omp_get_thread_num() * max_len;
@@ -317,7 +481,7 @@ static void decode_attention_forward(float *out, float *scores, const float *qkv
 /* x [n] = GELU(x), tanh approximation ("gelu_new") */
 static void decode_gelu_forward(float *x, size_t n) {
     const float s = 0.7978845608028654f; /* sqrt(2/pi) */
-    #pragma omp parallel for if (n > 65536)
+    #pragma omp parallel for if (n > 8192) /* expf is scalar: ~0.1 ms per 124M layer of 8 rows */
     for (size_t i = 0; i < n; i++) {
         float u = x[i];
         /* 0.5 u (1 + tanh(a)) = u / (1 + exp(-2a)): one expf instead of tanhf */
@@ -325,24 +489,25 @@ static void decode_gelu_forward(float *x, size_t n) {
     }
 }
 
-/* logits [R, V] = inp [R, C] @ wte [V, C]^T (tied LM head). For a few rows one sgemm over
- * all of wte [50257, 768] (154 MB at 124M) spends more time packing wte than multiplying,
- * and OpenBLAS's own threads made it slower at 2 threads than at 1. Instead each thread
- * takes blocks of DECODE_LMHEAD_BLOCK vocabulary rows and calls a single-threaded sgemm
- * on them (OpenBLAS runs single-threaded inside a parallel region), so the packed block
- * stays in cache. */
+/* logits [R, V] = inp [R, C] @ wte [V, C]^T (tied LM head; 154 MB at 124M in fp32). A
+ * library GEMM over all of wte would pack it whole for a handful of rows. fp32, up to
+ * DECODE_LMHEAD_ROWS rows: each thread takes blocks of DECODE_LMHEAD_BLOCK vocabulary rows
+ * and calls a single-threaded sgemm on them, so the packed block stays in cache (measured
+ * 1.15-1.3x faster than fdpo_decode_rows_matmul_wt in CPU seconds at 1 thread, 8 rows).
+ * bf16, up to DECODE_HEAD_ROWS rows: fdpo_decode_rows_matmul_wt on the bf16 copy (a bf16
+ * GEMM per block would convert and pack each block). More rows (prefill, scoring): the
+ * GEMMs. xpad [ceil(R/8)*8, C] is scratch. */
 #define DECODE_LMHEAD_ROWS 64
 #define DECODE_LMHEAD_BLOCK 128
-static void decode_lmhead_forward(float *logits, const float *inp, const float *wte, size_t R,
-                                  size_t C, size_t V, const uint16_t *wte16, uint16_t *in16) {
+static void decode_lmhead_forward(float *logits, const float *inp, const float *wte, size_t R, size_t C, size_t V,
+                                  const uint16_t *wte16, uint16_t *in16, float *xpad) {
     if (wte16) { /* bf16: logits = bf16(inp) @ wte16^T */
         fdpo_f32_to_bf16(in16, inp, R * C);
-        if (R <= DECODE_SMALL_ROWS)
-            decode_lmhead_small_rows_bf16(logits, in16, wte16, R, C, V);
-        else
+        if (R <= DECODE_HEAD_ROWS) {
+            fdpo_decode_rows_pad(xpad, NULL, in16, R, C);
+            fdpo_decode_rows_matmul_wt(logits, xpad, NULL, wte16, R, C, V, 0);
+        } else
             fdpo_gemm_bf16(0, 1, R, V, C, 1.0f, in16, C, wte16, C, 0.0f, logits, V);
-    } else if (R == 1) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)V, (int)C, 1.0f, wte, (int)C, inp, 1, 0.0f, logits, 1);
     } else if (R <= DECODE_LMHEAD_ROWS) {
         size_t n_blocks = (V + DECODE_LMHEAD_BLOCK - 1) / DECODE_LMHEAD_BLOCK;
         #pragma omp parallel for schedule(static) if (R * V * C >= (1 << 20))
@@ -353,10 +518,9 @@ static void decode_lmhead_forward(float *logits, const float *inp, const float *
             fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nv, (int)C, 1.0f, inp, (int)C,
                         wte + v0 * C, (int)C, 0.0f, logits + v0, (int)V);
         }
-    } else {
+    } else
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)V, (int)C, 1.0f, inp, (int)C,
                     wte, (int)C, 0.0f, logits, (int)V);
-    }
 }
 
 int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
@@ -393,6 +557,7 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
             d->row_pos[r] = (int32_t)(d->len[slots[i]] + j);
         }
 
+    decode_acc = d->acc;
     decode_embed_forward(d->x, tokens, d->row_pos, p->wte, p->wpe, R, C);
     size_t layer_cache = d->max_seqs * d->max_len * C;
     for (size_t l = 0; l < L; l++) {
@@ -419,7 +584,7 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
 
     if (all_logits) {
         decode_layernorm_forward(d->h, d->x, p->lnfw, p->lnfb, R, C, c->layer_norm_epsilon);
-        decode_lmhead_forward(logits, d->h, p->wte, R, C, V, W16(p->wte), d->in16);
+        decode_lmhead_forward(logits, d->h, p->wte, R, C, V, W16(p->wte), d->in16, d->xpad);
     } else {
         size_t r_end = 0;
         for (size_t i = 0; i < n_slots; i++) {
@@ -427,7 +592,7 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
             memcpy(d->xlast + i * C, d->x + (r_end - 1) * C, C * sizeof(float));
         }
         decode_layernorm_forward(d->h, d->xlast, p->lnfw, p->lnfb, n_slots, C, c->layer_norm_epsilon);
-        decode_lmhead_forward(logits, d->h, p->wte, n_slots, C, V, W16(p->wte), d->in16);
+        decode_lmhead_forward(logits, d->h, p->wte, n_slots, C, V, W16(p->wte), d->in16, d->xpad);
     }
 #undef W16
     return 0;

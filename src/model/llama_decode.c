@@ -22,6 +22,7 @@ struct llama_decoder {
     double *inv_freq;         /* [hd/2] */
     size_t cap_rows;
     float *x, *h, *q, *k, *v, *atty, *gate, *up, *xlast, *rope_cos, *rope_sin, *scores;
+    float *xpad;              /* [DECODE_HEAD_ROWS, max(C, QD, F)] small-rows matmul inputs */
     size_t *row_slot;
     int32_t *row_pos;
     int n_threads_scores;
@@ -64,7 +65,7 @@ void fdpo_llama_decoder_free(llama_decoder *d) {
     free(d->len); free(d->k_cache); free(d->v_cache); free(d->inv_freq);
     free(d->x); free(d->h); free(d->q); free(d->k); free(d->v); free(d->atty); free(d->gate); free(d->up);
     free(d->xlast); free(d->rope_cos); free(d->rope_sin); free(d->scores); free(d->row_slot); free(d->row_pos);
-    free(d->w16); free(d->in16);
+    free(d->w16); free(d->in16); free(d->xpad);
     free(d);
 }
 
@@ -101,6 +102,10 @@ static void grow(llama_decoder *d, size_t R, size_t n_slots) {
         d->row_pos = fdpo_realloc(d->row_pos, R * sizeof(int32_t));
     }
     d->xlast = fdpo_realloc(d->xlast, (n_slots ? n_slots : 1) * C * sizeof(float));
+    if (!d->xpad) {
+        size_t wide = C > d->QD ? C : d->QD;
+        d->xpad = fdpo_malloc(DECODE_HEAD_ROWS * (wide > F ? wide : F) * sizeof(float));
+    }
     if (d->w16 && R > d->cap16) {
         size_t wide = C > d->QD ? C : d->QD;
         wide = wide > F ? wide : F;
@@ -115,49 +120,22 @@ static void grow(llama_decoder *d, size_t R, size_t n_slots) {
     }
 }
 
-static inline float bf16_value(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* bf16, few rows: out [R, OC] += in16 [R, IC] @ w16^T, w16 [OC, IC]; both operands widened
- * exactly to fp32, fp32 accumulation (the bf16 rule). One pass over the weights, which is
- * what a decode step's time is; 16 partial sums so the dot products vectorise. */
-static void dec_linear_small_rows_bf16(float *out, const uint16_t *in16, const uint16_t *w16, size_t R, size_t IC,
-                                       size_t OC) {
-#pragma omp parallel for schedule(static) if (OC * IC >= 65536)
-    for (size_t o = 0; o < OC; o++) {
-        const uint16_t *wr = w16 + o * IC;
-        for (size_t r = 0; r < R; r++) {
-            const uint16_t *x = in16 + r * IC;
-            float acc[16] = {0};
-            size_t i = 0;
-            for (; i + 16 <= IC; i += 16)
-                for (size_t j = 0; j < 16; j++) acc[j] += bf16_value(x[i + j]) * bf16_value(wr[i + j]);
-            float sum = 0.0f;
-            for (; i < IC; i++) sum += bf16_value(x[i]) * bf16_value(wr[i]);
-            for (size_t j = 0; j < 16; j++) sum += acc[j];
-            out[r * OC + o] += sum;
-        }
-    }
-}
-
-#define DEC_SMALL_ROWS 4
-
 /* out [R, OC] (+)= inp [R, IC] @ w^T + bias, w [OC, IC]; in bf16 (d->w16 set) the product
- * takes bf16(inp) and the bf16 copy of w */
+ * takes bf16(inp) and the bf16 copy of w: a bf16 decoding step (R <= DECODE_HEAD_ROWS)
+ * reads w once for all rows (fdpo_decode_rows_matmul_wt, gpt2_decode.c; it was one
+ * latency-bound dot product per output). fp32 and prefill take sgemv / the GEMMs. */
 static void dec_linear(llama_decoder *d, float *out, const float *inp, const float *w, const float *bias, size_t R,
                        size_t IC, size_t OC, int accumulate) {
     if (bias) for (size_t r = 0; r < R; r++) for (size_t o = 0; o < OC; o++) out[r * OC + o] = (accumulate ? out[r * OC + o] : 0) + bias[o];
     int beta_one = accumulate || bias;
-    if (d->w16) {
-        const uint16_t *w16 = d->w16 + (w - d->model->params_memory);
+    const uint16_t *w16 = d->w16 ? d->w16 + (w - d->model->params_memory) : NULL;
+    if (w16) fdpo_f32_to_bf16(d->in16, inp, R * IC);
+    if (w16 && R <= DECODE_HEAD_ROWS) {
+        fdpo_decode_rows_pad(d->xpad, NULL, d->in16, R, IC);
+        fdpo_decode_rows_matmul_wt(out, d->xpad, NULL, w16, R, IC, OC, beta_one);
+    } else if (w16) {
         if (!beta_one) memset(out, 0, R * OC * sizeof(float));
-        fdpo_f32_to_bf16(d->in16, inp, R * IC);
-        if (R <= DEC_SMALL_ROWS) dec_linear_small_rows_bf16(out, d->in16, w16, R, IC, OC);
-        else fdpo_gemm_bf16(0, 1, R, OC, IC, 1.0f, d->in16, IC, w16, IC, 1.0f, out, OC);
+        fdpo_gemm_bf16(0, 1, R, OC, IC, 1.0f, d->in16, IC, w16, IC, 1.0f, out, OC);
     } else if (R == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)OC, (int)IC, 1.0f, w, (int)IC, inp, 1, beta_one ? 1.0f : 0.0f, out, 1);
     else
@@ -261,7 +239,6 @@ int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *s
         rows = n_slots;
     }
     fdpo_llama_rmsnorm_forward(d->h, d->up, xs, tensor(m, LR_NORM), rows, C, eps);
-    if (d->w16 || rows == 1) dec_linear(d, logits, d->h, head, NULL, rows, C, V, 0);
-    else fdpo_k_lmhead_forward(logits, d->h, head, rows, C, V);
+    dec_linear(d, logits, d->h, head, NULL, rows, C, V, 0);
     return 0;
 }

@@ -1,0 +1,147 @@
+"""The decoder's small-rows kernels (src/model/gpt2_decode.c) against PyTorch.
+
+A decoding step of up to 16 rows takes the blocked 48-column-strip matmul (rows in
+groups of 8) and, in bf16, the one-pass LM head (8 rows x 16 lanes per vocabulary row; fp32:
+oneDNN sgemm per block of 128 vocabulary rows); more rows take the
+library GEMMs. These tests pick widths that are NOT multiples of the strip (48) or of the
+lane count (16), so the tail strips and tail columns run, and row counts on both sides
+of each threshold and group size (1, 3, 13, 16, 17 rows), in fp32 against the float64
+PyTorch model of tests/py/fdpo_ref and in bf16 against the float64 emulation of the bf16
+rule (tests/py/test_model_bf16.py)."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from test_generate import HARNESS, make_model
+
+# (n_embd, n_head): C % 16 = 8 and 3C, C, 4C leave tail strips (72 = 48 + 24, 96 = 2 x 48
+# for 24; 120 = 2 x 48 + 24, 160 = 3 x 48 + 16 for 40)
+WIDTHS = [(24, 3), (40, 5)]
+
+
+def ids_of(n, vocab=257, seed=0):
+    g = np.random.default_rng(seed)
+    return [int(x) for x in g.integers(0, vocab, n)]
+
+
+def harness_logits(d, mode, ids, tmp_path, precision="fp32"):
+    out = tmp_path / f"{mode}.bin"
+    r = subprocess.run([HARNESS, "eval-logits", d, mode, str(out), " ".join(map(str, ids)), "--precision", precision],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return np.fromfile(out, dtype=np.float32).reshape(len(ids), -1)
+
+
+@pytest.fixture(scope="module", params=WIDTHS, ids=lambda w: f"C{w[0]}")
+def odd_model(request, tmp_path_factory):
+    C, H = request.param
+    d = tmp_path_factory.mktemp(f"odd{C}")
+    m = make_model(d, 257, seed=7, n_positions=40, n_embd=C, n_layer=2, n_head=H, scale=4.0)
+    return str(d), m.double()
+
+
+# step: 1 row per call; batched: 3 slots (1 + 1 + 1 rows per step, prefills of 2 + T/2 + 1);
+# prefill T rows in one call (13 and 16: a second row group of 8, padded in the head at 13;
+# 17: the library GEMMs)
+@pytest.mark.parametrize("mode,T", [("step", 12), ("batched", 12), ("prefill", 13), ("prefill", 16),
+                                    ("prefill", 17)])
+def test_decoder_odd_widths_match_pytorch_fp32(odd_model, tmp_path, mode, T):
+    d, m = odd_model
+    ids = ids_of(T, seed=T)
+    got = harness_logits(d, mode, ids, tmp_path)
+    with torch.no_grad():
+        want = m.forward(torch.tensor(ids)).numpy()
+    # float32 kernels vs the float64 model: measured <= 3.2e-7 of max|logit| (1.2-2.3); 1.5e-6
+    # is ~5x (test_generate's bound for the same model family)
+    assert np.abs(got - want).max() <= 1.5e-6 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("mode,T", [("step", 12), ("batched", 12), ("prefill", 13)])
+def test_decoder_odd_widths_follow_the_bf16_rule(odd_model, tmp_path, mode, T):
+    """--precision bf16: every linear layer and the head multiply bf16-rounded operands with
+    fp32 sums. Measured <= 8e-8 relative against the float64 emulation (no activation sits
+    at a bf16 rounding boundary in these cases, which test_model_bf16's 5e-3 allows for);
+    bound 1e-6. A tail strip or tail column that read fp32 weights would be ~1e-3 off. The
+    exact fp32 model is 3e-3 to 6e-3 away: the bf16 path ran."""
+    from test_model_bf16 import forward_emulated
+    d, m = odd_model
+    ids = ids_of(T, seed=100 + T)
+    got = harness_logits(d, mode, ids, tmp_path, "bf16")
+    pos, mask = torch.arange(T), torch.tril(torch.ones(T, T, dtype=torch.bool))
+    with torch.no_grad():
+        want = forward_emulated(m, torch.tensor(ids), pos, mask).numpy()
+        exact = m.forward(torch.tensor(ids)).numpy()
+    scale = max(1.0, np.abs(want).max())
+    err = np.abs(got - want).max() / scale
+    assert err <= 1e-6
+    assert np.abs(exact - want).max() / scale > 1e-3
+
+
+def test_same_sample_whatever_the_batch(tmp_path):
+    """A sample's tokens depend on (seed, prompt, sample) only: batch sizes 1 to 16 put it in
+    a decoding step of 1 to 9 rows and 1 or 2 threads split the work differently. The
+    layers' small-rows matmuls sum each output in a fixed order whatever the row count; the
+    fp32 LM head is oneDNN sgemm per block of vocabulary rows, whose order may depend on
+    the row count, so log-probs agree to float rounding (measured <= 4.4e-7 abs, sums of 20
+    float32 log-probs; bound 2e-6) rather than exactly."""
+    d = tmp_path / "m"
+    d.mkdir()
+    make_model(d, 257, seed=5, n_positions=48, n_embd=40, n_layer=2, n_head=5, scale=2.0, byte_tokenizer=True)
+    pf = tmp_path / "p.txt"
+    pf.write_text("ab\ncd\nef\n")
+    runs = []
+    for batch, threads in [("1", "1"), ("3", "2"), ("8", "1"), ("8", "2"), ("16", "2")]:
+        out = tmp_path / f"o{batch}_{threads}.jsonl"
+        r = subprocess.run([os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo")),
+                            "generate", "--model", str(d), "--prompts", str(pf), "--out", str(out), "--n", "3",
+                            "--max-new-tokens", "20", "--seed", "4", "--batch-size", batch, "--threads", threads],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        runs.append([(x["tokens"], x["logp"]) for x in map(json.loads, out.read_text().splitlines())])
+    assert len(runs[0]) == 9 and len({len(t) for t, _ in runs[0]}) > 1  # some end early (EOT)
+    for run in runs[1:]:
+        assert [t for t, _ in run] == [t for t, _ in runs[0]]
+        assert all(abs(a - b) <= 2e-6 for (_, a), (_, b) in zip(run, runs[0]))
+
+
+@pytest.mark.parametrize("scale,top_p,nucleus", [(10.0, 0.5, (4, 64)), (0.5, 0.99, (65, 257))])
+def test_top_p_alone_matches_the_rule(tmp_path, scale, top_p, nucleus):
+    """Top-p without top-k orders only a prefix of the vocabulary (the first 64, 256, ...
+    tokens by a heap) until it holds top_p of the mass, and sorts all of it only for a flat
+    distribution. First tokens of 4000 samples from one prompt against the rule computed
+    from PyTorch's probabilities (test_generate.truncate: sorted order, shortest prefix
+    reaching top_p): chi-square, and no token outside the nucleus. The cases put the
+    nucleus inside the first heap (4-64 tokens of 257) and past V/4 (the full sort)."""
+    import scipy.stats
+    from test_generate import truncate
+    d = tmp_path / "m"
+    d.mkdir()
+    m = make_model(d, 257, seed=9, n_positions=16, scale=scale)
+    prompt = [5, 17, 200]
+    with torch.no_grad():
+        p = torch.softmax(m.double().forward(torch.tensor(prompt))[-1], -1).numpy()
+    q = truncate(p, 1.0, 0, top_p)
+    support = int((q > 0).sum())
+    assert nucleus[0] <= support <= nucleus[1], support
+    n = 4000
+    r = subprocess.run([HARNESS, "eval-sample", str(d), "--prompts", " ".join(map(str, prompt)), "--eot", "256",
+                        "--n", str(n), "--max-new", "1", "--top-p", str(top_p), "--seed", "77", "--batch", "16"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    counts = np.zeros(257)
+    for line in r.stdout.splitlines():
+        counts[json.loads(line)["tokens"][0]] += 1
+    assert counts.sum() == n and counts[q == 0].sum() == 0
+    order = np.argsort(-q)  # pool the rare tail so every expected count is >= 5
+    obs, exp, acc_o, acc_e = [], [], 0.0, 0.0
+    for t in order[:support]:
+        acc_o += counts[t]; acc_e += q[t] * n
+        if acc_e >= 5:
+            obs.append(acc_o); exp.append(acc_e); acc_o = acc_e = 0.0
+    obs[-1] += acc_o; exp[-1] += acc_e
+    assert len(obs) >= 3
+    assert scipy.stats.chisquare(obs, exp).pvalue > 1e-3
