@@ -47,7 +47,7 @@ def torch_rl_step(policy, ref, opt, prompt_ids, k, new_tokens, generator):
     P, Pt = prompt_ids.shape
     t0 = time.perf_counter()
     prompts = prompt_ids.repeat_interleave(k, 0)
-    comp = policy.sample(prompts, new_tokens, generator)
+    comp, _ = policy.sample(prompts, new_tokens, generator)   # (fdpo rl recomputes log pi in training too)
     t1 = time.perf_counter()
     seqs = torch.cat([prompts, comp], 1)
     with torch.no_grad():

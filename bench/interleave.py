@@ -66,8 +66,11 @@ class StepServer:
         return json.loads(line)
 
     def step(self):
-        self.proc.stdin.write("step\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write("step\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:   # the server died: say why, as _read does
+            sys.exit(f"{self.name}: the step server stopped (exit {self.proc.wait()}): {self.proc.stderr.read().strip()}")
         return self._read()
 
     def close(self):
