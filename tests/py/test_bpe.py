@@ -13,6 +13,8 @@ import subprocess
 
 import pytest
 
+from tok_ref import B2U
+
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "../.."))
 FDPO = os.environ.get("FDPO_BIN", os.path.join(ROOT, "build/fdpo"))
 HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(ROOT, "build/fdpo-harness"))
@@ -66,21 +68,7 @@ def fdpo_encode(tok, texts, tmp, *extra):
     return ids_lines(fdpo("tokenize", "--tokenizer", tok, *extra, *write_texts(tmp, texts)).stdout)
 
 
-# ---- GPT-2's byte alphabet (the published definition), for building vocabularies ----
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
-B2U = bytes_to_unicode()
+# GPT-2's byte alphabet (the published definition) for building vocabularies: tok_ref.B2U
 
 
 def openai_vocab():
