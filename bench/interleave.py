@@ -106,15 +106,22 @@ def stats(times):
 
 
 def machine_peaks(threads, gemm=None, triad_mib=256):
-    """fp32 sgemm (OpenBLAS) and bf16 GEMM (oneDNN, as fdpo calls it) GFLOP/s and STREAM
-    triad GB/s, measured now by `fdpo-harness model-peaks`."""
+    """fp32 sgemm (oneDNN, fdpo's; and OpenBLAS) and bf16 GEMM (as fdpo calls it) GFLOP/s and
+    STREAM triad GB/s, measured now by `fdpo-harness model-peaks`, plus the fp32 FMA and
+    vdpbf16ps instruction rates (`fdpo-harness isa-peaks`) under "isa"."""
     argv = [HARNESS, "model-peaks", "--threads", str(threads), "--triad-mib", str(triad_mib)]
     if gemm:
         argv += ["--gemm", gemm]
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"model-peaks failed: {r.stderr}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    peaks = json.loads(r.stdout.strip().splitlines()[-1])
+    # the instruction ceilings (register-resident, per second of CPU time: steady under
+    # load): whether vdpbf16ps can beat fp32 FMA here at all (docs/model.md, bf16 on this CPU)
+    r = subprocess.run([HARNESS, "isa-peaks", "--threads", str(threads)], capture_output=True, text=True)
+    if r.returncode == 0:
+        peaks["isa"] = json.loads(r.stdout.strip().splitlines()[-1])
+    return peaks
 
 
 def print_peaks(p):
@@ -123,6 +130,11 @@ def print_peaks(p):
           f"{', OPENBLAS_CORETYPE=' + os.environ['OPENBLAS_CORETYPE'] if 'OPENBLAS_CORETYPE' in os.environ else ''}), "
           f"bf16 GEMM {p['bf16_gflops']:.1f} GFLOP/s ({'AVX512-BF16' if p['bf16_native'] else 'fp32 fallback'}), "
           f"triad {p['triad_gbs']:.2f} GB/s  [GEMM {'x'.join(map(str, p['gemm']))}, triad 3 x {p['triad_mib']} MiB]")
+    isa = p.get("isa")
+    if isa:
+        print(f"instruction ceilings ({isa['threads']} threads, register-resident, per CPU second): fp32 FMA "
+              f"{isa['fma_fp32_cpu_gflops']:.0f} GFLOP/s, vdpbf16ps {isa['dpbf16_cpu_gflops']:.0f} "
+              f"({isa['bf16_over_fp32']:.2f}x fp32)")
 
 
 def gpt2_train_flops(cfg, seq_lens):
