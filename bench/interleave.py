@@ -51,12 +51,13 @@ def fair_blas_env():
 class StepServer:
     """One side of a bench: a subprocess speaking the ready/step/quit line protocol."""
 
-    def __init__(self, name, argv):
+    def __init__(self, name, argv, env=None):
         self.name = name
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, env=env)
         self.ready = self._read()
         self.times = []
+        self.cpu_times = []  # each step's process CPU seconds, when the server reports them
 
     def _read(self):
         line = self.proc.stdout.readline()
@@ -97,7 +98,10 @@ def interleave(servers, steps, warmup=1):
     for r in range(steps):
         k = r % len(servers)
         for s in servers[k:] + servers[:k]:
-            s.times.append(s.step()["seconds"])
+            r_ = s.step()
+            s.times.append(r_["seconds"])
+            if "cpu_seconds" in r_:
+                s.cpu_times.append(r_["cpu_seconds"])
     return servers
 
 

@@ -20,8 +20,11 @@
  *       summary line and exits. The benches interleave fdpo and PyTorch steps this way.
  *   model-peaks [--threads N] [--gemm M,K,N] [--triad-mib MIB]
  *       the machine's measured peaks, one JSON line: fp32 sgemm (fdpo_sgemm: oneDNN, what
- *       fdpo calls; and OpenBLAS's cblas_sgemm, what PyTorch's fp32 matmuls call), bf16 GEMM (fdpo_gemm_bf16: oneDNN, or the fallback) in GFLOP/s, and memory
+ *       fdpo calls; and OpenBLAS's cblas_sgemm, what PyTorch's fp32 matmuls call), bf16 GEMM
+ *       (fdpo_gemm_bf16 on the route it picks here: vdpbf16ps or fp32 FMA, FDPO_BF16_GEMM) in GFLOP/s, and memory
  *       bandwidth from a STREAM triad a = b + s c over three arrays of MIB MiB (GB/s).
+ *   isa-peaks [--threads N]   (h_isa.c) fp32 FMA vs vdpbf16ps instruction rates
+ *   gemm-check ...            (h_gemm.c) both GEMM entry points on random operands
  *   model-fb also takes --precision fp32|bf16, and --lora ADAPTER_DIR: PEFT adapters attached
  *       (base frozen); the gradients written are then the adapters' (lora_A / lora_B names).
  *       --lora-train STEP: as in training step STEP (dropout on, masks keyed by STEP).
