@@ -132,7 +132,8 @@ def print_peaks(p):
     print(f"machine peaks (measured now, {p['threads']} threads): fp32 sgemm {p['sgemm_gflops']:.1f} GFLOP/s "
           f"(oneDNN, fdpo's; OpenBLAS {p.get('openblas_sgemm_gflops', 0):.1f}"
           f"{', OPENBLAS_CORETYPE=' + os.environ['OPENBLAS_CORETYPE'] if 'OPENBLAS_CORETYPE' in os.environ else ''}), "
-          f"bf16 GEMM {p['bf16_gflops']:.1f} GFLOP/s ({'AVX512-BF16' if p['bf16_native'] else 'fp32 fallback'}), "
+          f"bf16 GEMM {p['bf16_gflops']:.1f} GFLOP/s (as fdpo runs it; "
+          f"{'oneDNN vdpbf16ps ' + format(p.get('dpbf16_gemm_gflops', 0), '.1f') if p['bf16_native'] else 'no AVX512-BF16: fp32 route'}), "
           f"triad {p['triad_gbs']:.2f} GB/s  [GEMM {'x'.join(map(str, p['gemm']))}, triad 3 x {p['triad_mib']} MiB]")
     isa = p.get("isa")
     if isa:

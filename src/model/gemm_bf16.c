@@ -106,9 +106,13 @@ __attribute__((target("avx512f,avx512bf16"))) static double probe_dpbf16_rate(lo
 }
 
 /* FDPO_BF16_GEMM: 1 = dpbf16 (every bf16 GEMM on vdpbf16ps), 0 = fp32 (every one widened),
- * -1 = unset: by shape and the probe below. Read once. */
+ * -1 = unset: by shape and the probe below. Read once (fdpo_gemm_bf16_force_route sets it). */
+static int bf16_route_state = -2;
+
+void fdpo_gemm_bf16_force_route(int route) { bf16_route_state = route < 0 ? -1 : route > 0; }
+
 static int bf16_gemm_forced(void) {
-    static int state = -2;
+    int state = bf16_route_state;
     if (state > -2) return state;
     const char *e = getenv("FDPO_BF16_GEMM");
     state = -1;
@@ -116,7 +120,7 @@ static int bf16_gemm_forced(void) {
     else if (e && !strcmp(e, "fp32")) state = 0;
     else if (e && *e)
         fdpo_log(FDPO_LOG_WARN, "FDPO_BF16_GEMM: '%s' is not one of dpbf16, fp32; choosing by measurement", e);
-    return state;
+    return bf16_route_state = state;
 }
 
 /* 1 if vdpbf16ps is at least 0.75x as fast as fp32 FMA here (probed once, said once) */
@@ -182,7 +186,7 @@ static float *widen_scratch(size_t n) {
 /* FLOPs per widened element above which the fp32 route pays for its widening (2MN/(M+N):
  * below it, e.g. a decode step's few rows against a weight, the GEMM is a pass over the
  * weight and bf16's half-size reads win) */
-#define WIDEN_MIN_INTENSITY 96.0
+#define WIDEN_MIN_INTENSITY 128.0
 
 /* C [M,N] = alpha * op(A) op(B) + beta * C, row-major; op(A) is [M,K], op(B) is [K,N];
  * A, B bf16, C fp32, fp32 accumulation. The only bf16 GEMM in fdpo. */
