@@ -22,6 +22,7 @@ torch-fp32.
     /usr/bin/python3 bench/bench_dpo_step.py                       # small config, 4 pairs
     /usr/bin/python3 bench/bench_dpo_step.py --config 124M --steps 5
     /usr/bin/python3 bench/bench_dpo_step.py --peak-rss --config 124M --pairs 1 --prompt 512 --completion 512
+    /usr/bin/python3 bench/bench_dpo_step.py --thread-scaling --config 124M [--precision-scaling bf16]
 
 --peak-rss: peak resident memory (getrusage ru_maxrss) of one step, each side in its own
 fresh process run alone (so no side's allocations count against another), reported in
@@ -118,13 +119,14 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16):
     interleave.serve_torch_steps(step, bf16)
 
 
-def server(side, cfg_path, a):
+def server(side, cfg_path, a, threads=None, env=None):
     if side.startswith("fdpo"):
-        _, layout, ref, prec = side.split("-")
+        _, layout, ref, prec = side.split("@")[0].split("-")
         return interleave.StepServer(side, [interleave.HARNESS, "dpo-bench", "--config", cfg_path, "--layout", layout,
                                             "--ref", ref, "--pairs", str(a.pairs), "--prompt", str(a.prompt),
                                             "--chosen", str(a.completion), "--rejected", str(a.completion),
-                                            "--threads", str(a.threads), "--precision", prec, "--serve"])
+                                            "--threads", str(threads or a.threads), "--precision", prec, "--serve"],
+                                     env=env)
     return interleave.StepServer(side, [sys.executable, os.path.abspath(__file__), "--worker", "--config", a.config,
                                         "--pairs", str(a.pairs), "--prompt", str(a.prompt), "--completion",
                                         str(a.completion), "--threads", str(a.threads)]
@@ -155,6 +157,39 @@ def peak_rss(sides, a):
     sys.stdout.flush()
 
 
+def thread_scaling(cfg_path, a):
+    """fdpo's DPO step at 1 thread and at a.threads threads (and, for the wait policy, at
+    a.threads with GOMP_SPINCOUNT=100000: libgomp's threads then spin ~5 ms before they
+    sleep between parallel regions instead of ~50 us), interleaved: median wall and process
+    CPU seconds per step, the speedup wall(1) / wall(N) and its efficiency speedup / N. CPU
+    seconds that stay flat while the wall time does not halve point at waiting (serial
+    stretches, barriers, wake-ups), not at extra work."""
+    prec = a.precision_scaling
+    side = f"fdpo-shared-cached-{prec}"
+    servers = [server(side, cfg_path, a, threads=1), server(side, cfg_path, a, threads=a.threads)]
+    servers[0].name, servers[1].name = f"{side}@1t", f"{side}@{a.threads}t"
+    env = dict(os.environ, GOMP_SPINCOUNT="100000")
+    spin = server(side, cfg_path, a, threads=a.threads, env=env)
+    spin.name = f"{side}@{a.threads}t-spin100k"
+    servers.append(spin)
+    interleave.interleave(servers, a.steps)
+    for s in servers:
+        s.close()
+    base = interleave.stats(servers[0].times)["median"]
+    for s in servers:
+        w = interleave.stats(s.times)
+        c = interleave.stats(s.cpu_times)["median"] if s.cpu_times else float("nan")
+        line = f"  {s.name:40s} wall median {w['median']:.3f}s best {w['best']:.3f}s  CPU {c:.3f}s/step"
+        if s is not servers[0]:
+            line += f"  speedup {base / w['median']:.2f}x = {100 * base / w['median'] / a.threads:.0f}% efficiency"
+        print(line)
+    interleave.write_json(a.json, {"bench": "dpo_thread_scaling", "config": a.config, "pairs": a.pairs,
+                                   "threads": a.threads, "median_seconds": interleave.medians(servers),
+                                   "median_cpu_seconds": {s.name: interleave.stats(s.cpu_times)["median"]
+                                                          for s in servers if s.cpu_times}})
+    sys.stdout.flush()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--config", default="small", choices=sorted(CONFIGS))
@@ -171,6 +206,11 @@ def main():
     ap.add_argument("--json", help="append one JSON line with each side's median step seconds (or peak RSS MiB)")
     ap.add_argument("--peak-rss", action="store_true",
                     help="measure each side's peak RSS over one step, in separate processes, instead of timing")
+    ap.add_argument("--thread-scaling", action="store_true",
+                    help="fdpo only: the step at 1 thread vs --threads (and with a longer OpenMP spin), wall and CPU "
+                         "seconds, speedup and efficiency")
+    ap.add_argument("--precision-scaling", default="fp32", choices=["fp32", "bf16"],
+                    help="precision of the --thread-scaling sides")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -196,6 +236,13 @@ def main():
           f"interleaved; env {env or 'no OPENBLAS overrides'}; load average {os.getloadavg()[0]:.1f}")
     if a.peak_rss:
         peak_rss(sides, a)
+        return
+    if a.thread_scaling:
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "config.json")
+            with open(path, "w") as f:
+                json.dump(dict(cfg, model_type="gpt2"), f)
+            thread_scaling(path, a)
         return
     peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
     interleave.print_peaks(peaks)

@@ -51,12 +51,13 @@ def fair_blas_env():
 class StepServer:
     """One side of a bench: a subprocess speaking the ready/step/quit line protocol."""
 
-    def __init__(self, name, argv):
+    def __init__(self, name, argv, env=None):
         self.name = name
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, env=env)
         self.ready = self._read()
         self.times = []
+        self.cpu_times = []  # each step's process CPU seconds, when the server reports them
 
     def _read(self):
         line = self.proc.stdout.readline()
@@ -97,7 +98,10 @@ def interleave(servers, steps, warmup=1):
     for r in range(steps):
         k = r % len(servers)
         for s in servers[k:] + servers[:k]:
-            s.times.append(s.step()["seconds"])
+            r_ = s.step()
+            s.times.append(r_["seconds"])
+            if "cpu_seconds" in r_:
+                s.cpu_times.append(r_["cpu_seconds"])
     return servers
 
 
@@ -106,23 +110,36 @@ def stats(times):
 
 
 def machine_peaks(threads, gemm=None, triad_mib=256):
-    """fp32 sgemm (OpenBLAS) and bf16 GEMM (oneDNN, as fdpo calls it) GFLOP/s and STREAM
-    triad GB/s, measured now by `fdpo-harness model-peaks`."""
+    """fp32 sgemm (oneDNN, fdpo's; and OpenBLAS) and bf16 GEMM (as fdpo calls it) GFLOP/s and
+    STREAM triad GB/s, measured now by `fdpo-harness model-peaks`, plus the fp32 FMA and
+    vdpbf16ps instruction rates (`fdpo-harness isa-peaks`) under "isa"."""
     argv = [HARNESS, "model-peaks", "--threads", str(threads), "--triad-mib", str(triad_mib)]
     if gemm:
         argv += ["--gemm", gemm]
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"model-peaks failed: {r.stderr}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    peaks = json.loads(r.stdout.strip().splitlines()[-1])
+    # the instruction ceilings (register-resident, per second of CPU time: steady under
+    # load): whether vdpbf16ps can beat fp32 FMA here at all (docs/model.md, bf16 on this CPU)
+    r = subprocess.run([HARNESS, "isa-peaks", "--threads", str(threads)], capture_output=True, text=True)
+    if r.returncode == 0:
+        peaks["isa"] = json.loads(r.stdout.strip().splitlines()[-1])
+    return peaks
 
 
 def print_peaks(p):
     print(f"machine peaks (measured now, {p['threads']} threads): fp32 sgemm {p['sgemm_gflops']:.1f} GFLOP/s "
           f"(oneDNN, fdpo's; OpenBLAS {p.get('openblas_sgemm_gflops', 0):.1f}"
           f"{', OPENBLAS_CORETYPE=' + os.environ['OPENBLAS_CORETYPE'] if 'OPENBLAS_CORETYPE' in os.environ else ''}), "
-          f"bf16 GEMM {p['bf16_gflops']:.1f} GFLOP/s ({'AVX512-BF16' if p['bf16_native'] else 'fp32 fallback'}), "
+          f"bf16 GEMM {p['bf16_gflops']:.1f} GFLOP/s (as fdpo runs it; "
+          f"{'oneDNN vdpbf16ps ' + format(p.get('dpbf16_gemm_gflops', 0), '.1f') if p['bf16_native'] else 'no AVX512-BF16: fp32 route'}), "
           f"triad {p['triad_gbs']:.2f} GB/s  [GEMM {'x'.join(map(str, p['gemm']))}, triad 3 x {p['triad_mib']} MiB]")
+    isa = p.get("isa")
+    if isa:
+        print(f"instruction ceilings ({isa['threads']} threads, register-resident, per CPU second): fp32 FMA "
+              f"{isa['fma_fp32_cpu_gflops']:.0f} GFLOP/s, vdpbf16ps {isa['dpbf16_cpu_gflops']:.0f} "
+              f"({isa['bf16_over_fp32']:.2f}x fp32)")
 
 
 def gpt2_train_flops(cfg, seq_lens):

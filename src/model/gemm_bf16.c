@@ -1,17 +1,22 @@
 /* bf16 mixed precision: the one GEMM entry point (fdpo_gemm_bf16), fp32 <-> bf16
  * conversion, CPU detection and the --precision setting.
  *
- * bf16 matmuls take bf16 inputs and accumulate in fp32 into an fp32 output (what
- * vdpbf16ps does). The fast path is oneDNN's dnnl_gemm_bf16bf16f32, which libdnnl 2.6
- * exports but does not declare: the prototype below is its documented C++ signature
- * (row-major, dnnl_dim_t sizes, like dnnl_sgemm). See docs/model.md for why this and not
- * the matmul primitive. Without AVX512-BF16 (or with FDPO_FORCE_BF16_FALLBACK=1) the
- * inputs are widened to fp32 (exact) and multiplied by cblas_sgemm: same rounding of the
- * inputs, only the summation order differs. */
+ * bf16 matmuls take bf16 inputs and accumulate in fp32 into an fp32 output. Two routes
+ * compute that product (only the fp32 summation order differs between them):
+ *   - vdpbf16ps: oneDNN's dnnl_gemm_bf16bf16f32, which libdnnl 2.6 exports but does not
+ *     declare: the prototype below is its documented C++ signature (row-major, dnnl_dim_t
+ *     sizes, like dnnl_sgemm). See docs/model.md for why this and not the matmul primitive.
+ *   - fp32 FMA: both operands widened to fp32 (exact) and multiplied by fdpo_sgemm. Taken
+ *     without AVX512-BF16 (or with FDPO_FORCE_BF16_FALLBACK=1), and for large GEMMs on CPUs
+ *     where vdpbf16ps is the slower instruction (below: this Intel Xeon runs it at half the
+ *     fp32 FMA's FLOP rate; docs/model.md, bf16 on this CPU). FDPO_BF16_GEMM=dpbf16|fp32
+ *     forces one route for every bf16 GEMM. */
 #include <cblas.h>
+#include <immintrin.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "model/gpt2_internal.h"
 
 dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t M, dnnl_dim_t N, dnnl_dim_t K,
@@ -53,6 +58,88 @@ int fdpo_bf16_native(void) {
     return state;
 }
 
+/* ---- which instruction multiplies bf16 operands ----
+ * vdpbf16ps (16 lanes x 2 bf16 products per instruction) is twice the fp32 FMA's FLOPs per
+ * instruction, but not every core issues it as often: on the Zen 4 the bf16 goals were set
+ * on it runs at 2x the fp32 FMA rate, on this Intel Xeon (KVM) at 0.49x (`fdpo-harness
+ * isa-peaks`: 86 vs 175 GFLOP/s per core, register-resident), and oneDNN's bf16 GEMM then
+ * reaches half of its fp32 sgemm. A product of two bf16 numbers is exact in fp32, so an
+ * fp32 GEMM of the bf16-rounded operands computes the same bf16 x bf16 -> fp32 product (only
+ * the summation order differs, as between any two GEMMs): where vdpbf16ps is the slower
+ * instruction, bf16 GEMMs large enough to amortise the widening run that way.
+ * Decided once per process by a register-resident probe of both instructions (best of 3,
+ * thread CPU time, ~2 ms), with a wide margin (the two rates differ by 2x either way on the
+ * machines measured); FDPO_BF16_GEMM=dpbf16|fp32 overrides it (tests, A/B runs). */
+static double thread_cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+__attribute__((target("avx512f"))) static double probe_fma_rate(long iters) {
+    __m512 a = _mm512_set1_ps(1.0f), b = _mm512_set1_ps(1e-7f), acc[12];
+    for (int i = 0; i < 12; i++) acc[i] = _mm512_set1_ps((float)i);
+    double c0 = thread_cpu_seconds();
+    for (long it = 0; it < iters; it++) {
+        for (int i = 0; i < 12; i++) acc[i] = _mm512_fmadd_ps(a, b, acc[i]);
+        __asm__ volatile("" : "+v"(a));
+    }
+    double dt = thread_cpu_seconds() - c0;
+    float s = 0.0f;
+    for (int i = 0; i < 12; i++) s += _mm512_reduce_add_ps(acc[i]);
+    return s == 12345.0f ? 0.0 : 32.0 * 12 * (double)iters / dt; /* the test keeps s alive */
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static double probe_dpbf16_rate(long iters) {
+    __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3380);
+    __m512 acc[12];
+    for (int i = 0; i < 12; i++) acc[i] = _mm512_set1_ps((float)i);
+    double c0 = thread_cpu_seconds();
+    for (long it = 0; it < iters; it++) {
+        for (int i = 0; i < 12; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+        __asm__ volatile("" : "+v"(a));
+    }
+    double dt = thread_cpu_seconds() - c0;
+    float s = 0.0f;
+    for (int i = 0; i < 12; i++) s += _mm512_reduce_add_ps(acc[i]);
+    return s == 12345.0f ? 0.0 : 64.0 * 12 * (double)iters / dt;
+}
+
+/* FDPO_BF16_GEMM: 1 = dpbf16 (every bf16 GEMM on vdpbf16ps), 0 = fp32 (every one widened),
+ * -1 = unset: by shape and the probe below. Read once (fdpo_gemm_bf16_force_route sets it). */
+static int bf16_route_state = -2;
+
+void fdpo_gemm_bf16_force_route(int route) { bf16_route_state = route < 0 ? -1 : route > 0; }
+
+static int bf16_gemm_forced(void) {
+    int state = bf16_route_state;
+    if (state > -2) return state;
+    const char *e = getenv("FDPO_BF16_GEMM");
+    state = -1;
+    if (e && !strcmp(e, "dpbf16")) state = 1;
+    else if (e && !strcmp(e, "fp32")) state = 0;
+    else if (e && *e)
+        fdpo_log(FDPO_LOG_WARN, "FDPO_BF16_GEMM: '%s' is not one of dpbf16, fp32; choosing by measurement", e);
+    return bf16_route_state = state;
+}
+
+/* 1 if vdpbf16ps is at least 0.75x as fast as fp32 FMA here (probed once, said once) */
+static int dpbf16_is_fast(void) {
+    static int state = -1;
+    if (state >= 0) return state;
+    double fma = 0.0, dp = 0.0;
+    for (int r = 0; r < 3; r++) { /* best of 3, alternating */
+        double f = probe_fma_rate(4000), d = probe_dpbf16_rate(4000);
+        fma = f > fma ? f : fma;
+        dp = d > dp ? d : dp;
+    }
+    state = dp >= 0.75 * fma;
+    fdpo_log(FDPO_LOG_INFO, "bf16: vdpbf16ps runs at %.2fx the fp32 FMA rate on this CPU; large bf16 GEMMs %s "
+             "(FDPO_BF16_GEMM=dpbf16|fp32 overrides)", fma > 0 ? dp / fma : 0.0,
+             state ? "use it" : "multiply the bf16-rounded operands with fp32 FMA");
+    return state;
+}
+
 /* Round to nearest even; NaN stays NaN (quiet). */
 static inline uint16_t f32_to_bf16(float f) {
     uint32_t u;
@@ -75,33 +162,56 @@ void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = f32_to_bf16(src[i]);
 }
 
-/* dense fp32 copy [rows, cols] of a bf16 matrix with leading dimension ld */
-static float *widen(const uint16_t *x, size_t rows, size_t cols, size_t ld) {
-    float *w = fdpo_malloc((rows * cols + 1) * sizeof(float));
-#pragma omp parallel for schedule(static)
+/* dense fp32 copy [rows, cols] of a bf16 matrix with leading dimension ld, into w */
+static void widen(float *w, const uint16_t *x, size_t rows, size_t cols, size_t ld) {
+#pragma omp parallel for schedule(static) if (rows * cols >= FDPO_PAR_MIN)
     for (size_t r = 0; r < rows; r++)
         for (size_t c = 0; c < cols; c++) w[r * cols + c] = bf16_to_f32(x[r * ld + c]);
-    return w;
 }
+
+/* Per-thread scratch for the widened operands, grown on demand and kept: a GEMM per layer
+ * and direction would otherwise map and fault in megabytes each call. */
+static _Thread_local float *widen_buf;
+static _Thread_local size_t widen_cap;
+
+static float *widen_scratch(size_t n) {
+    if (n > widen_cap) {
+        free(widen_buf);
+        widen_buf = fdpo_malloc(n * sizeof(float));
+        widen_cap = n;
+    }
+    return widen_buf;
+}
+
+/* FLOPs per widened element above which the fp32 route pays for its widening (2MN/(M+N):
+ * below it, e.g. a decode step's few rows against a weight, the GEMM is a pass over the
+ * weight and bf16's half-size reads win) */
+#define WIDEN_MIN_INTENSITY 128.0
 
 /* C [M,N] = alpha * op(A) op(B) + beta * C, row-major; op(A) is [M,K], op(B) is [K,N];
  * A, B bf16, C fp32, fp32 accumulation. The only bf16 GEMM in fdpo. */
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                     const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc) {
     if (M == 0 || N == 0) return;
+    int use_dpbf16 = 0;
     if (fdpo_bf16_native()) {
+        int forced = bf16_gemm_forced();
+        use_dpbf16 = forced >= 0 ? forced
+                                 : 2.0 * (double)M * (double)N / (double)(M + N) < WIDEN_MIN_INTENSITY || dpbf16_is_fast();
+    }
+    if (use_dpbf16) {
         dnnl_status_t s = dnnl_gemm_bf16bf16f32(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', (dnnl_dim_t)M,
                                                 (dnnl_dim_t)N, (dnnl_dim_t)K, alpha, A, (dnnl_dim_t)lda, B,
                                                 (dnnl_dim_t)ldb, beta, C, (dnnl_dim_t)ldc);
         if (s == dnnl_success) return;
-        /* not expected with valid sizes; the fallback below computes the same product */
+        /* not expected with valid sizes; the fp32 route below computes the same product */
     }
     size_t ar = trans_a ? K : M, ac = trans_a ? M : K, br = trans_b ? N : K, bc = trans_b ? K : N;
-    float *a = widen(A, ar, ac, lda), *b = widen(B, br, bc, ldb);
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                (int)M, (int)N, (int)K, alpha, a, (int)ac, b, (int)bc, beta, C, (int)ldc);
-    free(a);
-    free(b);
+    float *a = widen_scratch(ar * ac + br * bc + 1), *b = a + ar * ac;
+    widen(a, A, ar, ac, lda);
+    widen(b, B, br, bc, ldb);
+    fdpo_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M,
+               (int)N, (int)K, alpha, a, (int)ac, b, (int)bc, beta, C, (int)ldc);
 }
 
 /* ---- fp32 GEMM ----

@@ -127,6 +127,9 @@ void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
 void fdpo_model_bf16_refresh(fdpo_gpt2 *m);
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                     const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
+/* the route of every later bf16 GEMM: 1 vdpbf16ps, 0 fp32 FMA on the widened operands, -1 by
+ * shape and CPU (the default; FDPO_BF16_GEMM sets it from the environment). For measurements. */
+void fdpo_gemm_bf16_force_route(int route);
 void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
                          size_t N, size_t IC, size_t OC, uint16_t *scratch);
 void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,

@@ -223,7 +223,13 @@ int h_dpo_grad(int argc, char **argv) {
  * JSON line: pairs_per_sec (mean over the timed steps after one warm-up), step_seconds,
  * best_step_seconds, tokens per step, peak RSS. [--precision fp32|bf16] sets the models'
  * matmul precision; [--serve] runs one step per "step" line on stdin, answering
- * {"seconds": S} (the benches interleave fdpo and PyTorch steps; see h_model.c). */
+ * {"seconds": S, "cpu_seconds": C (process CPU time, all threads)} (the benches interleave
+ * fdpo and PyTorch steps; see h_model.c). */
+static double process_cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec + 1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
 static const char *bench_arg(int argc, char **argv, const char *name, const char *def) {
     for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], name)) return argv[i + 1];
     return def;
@@ -292,17 +298,17 @@ int h_dpo_bench(int argc, char **argv) {
     char line[64];
     for (size_t s = 0; !rc; s++) {
         if (serve ? !fgets(line, sizeof line, stdin) || strncmp(line, "step", 4) != 0 : s > steps) break;
-        double t0 = fdpo_now();
+        double t0 = fdpo_now(), c0 = process_cpu_seconds();
         fdpo_gpt2_zero_grad(policy);
         fdpo_dpo_metrics m;
         rc = fdpo_dpo_step(&d, pp, n_pairs, ref_logps, 1, &m, NULL);
         if (rc) break;
         fdpo_clip_grad_norm(policy, 1.0);
         fdpo_adamw_step(&opt, policy, 1e-6);
-        double dt = fdpo_now() - t0;
+        double dt = fdpo_now() - t0, dc = process_cpu_seconds() - c0;
         tokens = m.tokens;
         if (serve) {
-            printf("{\"seconds\": %.6f, \"tokens\": %zu}\n", dt, tokens);
+            printf("{\"seconds\": %.6f, \"cpu_seconds\": %.6f, \"tokens\": %zu}\n", dt, dc, tokens);
             fflush(stdout);
             steps++;
             total += dt;

@@ -20,8 +20,12 @@
  *       summary line and exits. The benches interleave fdpo and PyTorch steps this way.
  *   model-peaks [--threads N] [--gemm M,K,N] [--triad-mib MIB]
  *       the machine's measured peaks, one JSON line: fp32 sgemm (fdpo_sgemm: oneDNN, what
- *       fdpo calls; and OpenBLAS's cblas_sgemm, what PyTorch's fp32 matmuls call), bf16 GEMM (fdpo_gemm_bf16: oneDNN, or the fallback) in GFLOP/s, and memory
+ *       fdpo calls; and OpenBLAS's cblas_sgemm, what PyTorch's fp32 matmuls call), bf16 GEMM
+ *       (fdpo_gemm_bf16 on the route it picks here: vdpbf16ps or fp32 FMA, FDPO_BF16_GEMM;
+ *       dpbf16_gemm_gflops: forced onto oneDNN's vdpbf16ps GEMM, 0 without AVX512-BF16) in GFLOP/s, and memory
  *       bandwidth from a STREAM triad a = b + s c over three arrays of MIB MiB (GB/s).
+ *   isa-peaks [--threads N]   (h_isa.c) fp32 FMA vs vdpbf16ps instruction rates
+ *   gemm-check ...            (h_gemm.c) both GEMM entry points on random operands
  *   model-fb also takes --precision fp32|bf16, and --lora ADAPTER_DIR: PEFT adapters attached
  *       (base frozen); the gradients written are then the adapters' (lora_A / lora_B names).
  *       --lora-train STEP: as in training step STEP (dropout on, masks keyed by STEP).
@@ -373,6 +377,12 @@ static int h_model_peaks(int argc, char **argv) {
     double t_o = best_seconds(run_sgemm_openblas, &x, 5, 0.5);
     double t_h = best_seconds(run_gemm_bf16, &x, 5, 0.5);
     int native = fdpo_bf16_native();
+    double t_d = 0.0; /* oneDNN's vdpbf16ps GEMM, whichever route fdpo picked above */
+    if (native) {
+        fdpo_gemm_bf16_force_route(1);
+        t_d = best_seconds(run_gemm_bf16, &x, 5, 0.5);
+        fdpo_gemm_bf16_force_route(-1);
+    }
     free(x.a); free(x.b); free(x.c); free(x.ha); free(x.hb);
     x.n = (size_t)(mib ? atol(mib) : 256) * 1024 * 1024 / sizeof(float);
     if (x.n == 0) return fdpo_error("--triad-mib: must be >= 1");
@@ -383,9 +393,11 @@ static int h_model_peaks(int argc, char **argv) {
     double t_t = best_seconds(run_triad, &x, 5, 0.5);
     free(x.a); free(x.b); free(x.c);
     printf("{\"threads\": %d, \"gemm\": [%zu, %zu, %zu], \"sgemm_gflops\": %.1f, \"bf16_gflops\": %.1f, "
-           "\"bf16_native\": %d, \"triad_mib\": %zu, \"triad_gbs\": %.2f, \"openblas_sgemm_gflops\": %.1f}\n",
+           "\"bf16_native\": %d, \"triad_mib\": %zu, \"triad_gbs\": %.2f, \"openblas_sgemm_gflops\": %.1f, "
+           "\"dpbf16_gemm_gflops\": %.1f}\n",
            fdpo_get_threads(), x.M, x.K, x.N, flops / t_s * 1e-9, flops / t_h * 1e-9, native,
-           x.n * sizeof(float) / (1024 * 1024), 3.0 * (double)x.n * sizeof(float) / t_t * 1e-9, flops / t_o * 1e-9);
+           x.n * sizeof(float) / (1024 * 1024), 3.0 * (double)x.n * sizeof(float) / t_t * 1e-9, flops / t_o * 1e-9,
+           t_d > 0 ? flops / t_d * 1e-9 : 0.0);
     return 0;
 }
 

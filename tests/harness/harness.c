@@ -14,6 +14,8 @@ int h_dpo_grad(int argc, char **argv);
 int h_dist(int argc, char **argv);
 int h_eval(int argc, char **argv);
 int h_model(int argc, char **argv);
+int h_isa_peaks(int argc, char **argv);
+int h_gemm_check(int argc, char **argv);
 int h_kto_grad(int argc, char **argv);
 int h_objectives(int argc, char **argv);
 int h_rm_grad(int argc, char **argv);
@@ -37,12 +39,14 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"eval-sample", h_eval},
     {"eval-score", h_eval},
     {"eval-text", h_eval},
+    {"gemm-check", h_gemm_check},
     {"kto-grad", h_kto_grad},
     {"model-bench", h_model},
     {"model-fb", h_model},
     {"model-init", h_model},
     {"model-load", h_model},
     {"model-peaks", h_model},
+    {"isa-peaks", h_isa_peaks},
     {"attention-check", h_model},
     {"kernel-expf", h_model},
     {"objectives", h_objectives},
