@@ -34,7 +34,8 @@
  *       (process CPU time: steadier than wall time on a shared machine).
  *   kernel-expf
  *       reads floats from stdin (C99 hex "%a" or decimal, inf/nan), writes fdpo_k_expf of
- *       each, one "%a" per line (the tests compare with numpy's float64 exp).
+ *       each, one "%a" per line (the tests compare with numpy's float64 exp), computed in a
+ *       vectorised loop; fails if any differs from the scalar call on the same float.
  */
 #include <cJSON.h>
 #include <stdio.h>
@@ -461,15 +462,37 @@ static int h_attention_check(int argc, char **argv) {
     return rc;
 }
 
+/* the array through one `omp simd` loop: the vector code path of fdpo_k_expf */
+static void expf_array(float *restrict y, const float *restrict x, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) y[i] = fdpo_k_expf(x[i]);
+}
+
 static int h_kernel_expf(void) {
     char word[128];
+    size_t n = 0, cap = 1024;
+    float *x = fdpo_malloc(cap * sizeof(float));
+    int rc = 0;
     while (scanf("%127s", word) == 1) {
         char *end;
-        float x = strtof(word, &end);
-        if (*end) return fdpo_error("kernel-expf: '%s' is not a float", word);
-        printf("%a\n", (double)fdpo_k_expf(x));
+        float v = strtof(word, &end);
+        if (*end) { rc = fdpo_error("kernel-expf: '%s' is not a float", word); break; }
+        if (n == cap) x = fdpo_realloc(x, (cap *= 2) * sizeof(float));
+        x[n++] = v;
     }
-    return 0;
+    float *y = fdpo_malloc((n + 1) * sizeof(float));
+    if (!rc) expf_array(y, x, n);
+    for (size_t i = 0; i < n && !rc; i++) {
+        volatile float xi = x[i]; /* the scalar path */
+        float s = fdpo_k_expf(xi);
+        if (memcmp(&s, &y[i], sizeof s) != 0)
+            rc = fdpo_error("kernel-expf: x = %a: vector %a, scalar %a", (double)x[i], (double)y[i], (double)s);
+        else
+            printf("%a\n", (double)y[i]);
+    }
+    free(x);
+    free(y);
+    return rc;
 }
 
 int h_model(int argc, char **argv);
