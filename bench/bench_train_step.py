@@ -2,8 +2,10 @@
 
 One step = forward + backward of the mean next-token loss (SFT) + AdamW update, on B
 sequences of T tokens (random ids), GPT-2 architecture. Four sides, each a long-lived
-subprocess stepped in turn (bench/interleave.py: fdpo step, torch step, ... until every side
-has >= 5 timed steps after one warm-up step):
+subprocess stepped in turn (bench/interleave.py: fdpo step, torch step, ...): warm-up rounds
+until every side has run >= 1 step and >= 1.5 s, then timed rounds until every side has >= 5
+timed steps and >= 2 s of them (the small config's 40 ms fdpo steps: ~50 samples, so the
+median holds still while the machine's load moves; see docs/model.md#benchmarks):
   fdpo-fp32      fdpo-harness model-bench --serve --precision fp32 (the chunked LM head, as
                  fdpo pretrain/sft run it)
   fdpo-bf16      the same with --precision bf16 (bf16 matmul inputs, fp32 accumulation)
@@ -109,11 +111,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--configs", default="small", help="comma list of: " + ", ".join(CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per side after one warm-up (at least 5)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per side after the warm-up (at least 5)")
+    ap.add_argument("--warmup", type=int, default=1, help="warm-up steps per side, untimed (at least this many ...)")
+    ap.add_argument("--warmup-seconds", type=float, default=1.5, help="... and at least this long per side)")
+    ap.add_argument("--min-seconds", type=float, default=2.0,
+                    help="timed rounds continue until every side's timed steps add up to this many seconds")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
     ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
     ap.add_argument("--quick", action="store_true",
-                    help="5 timed steps, the goal sides only (fdpo-bf16, fdpo-fp32 on the small config, torch-fp32, "
+                    help=">= 5 timed steps (and --min-seconds), the goal sides only (fdpo-bf16, fdpo-fp32 on the small config, torch-fp32, "
                          "torch-bf16), a 64 MiB triad")
     ap.add_argument("--json", help="append one JSON line per config with each side's median step seconds")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -134,7 +140,8 @@ def main():
         print(blas_note)
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                       "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
-    print(f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), "
+    print(f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps and >= {a.min_seconds:g} s "
+          f"per side after >= {a.warmup} warm-up steps and >= {a.warmup_seconds:g} s, "
           f"interleaved; env {env or 'no OPENBLAS/OMP overrides'}; load average {os.getloadavg()[0]:.1f}")
     peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
     interleave.print_peaks(peaks)
@@ -146,7 +153,8 @@ def main():
                 json.dump(dict(cfg, model_type="gpt2"), f)
             run_sides = [s for s in sides if not (a.quick and name != "small" and s == "fdpo-fp32")]
             servers = [server(s, name, path, B, T, a.threads) for s in run_sides]
-            interleave.interleave(servers, a.steps)
+            interleave.interleave(servers, a.steps, warmup=a.warmup, min_seconds=a.min_seconds,
+                                  warmup_seconds=a.warmup_seconds)
             tails = {s.name: s.close() for s in servers}
         n_params = next((s.ready["n_params"] for s in servers if "n_params" in s.ready), 0)
         print(f"{name} (B={B}, T={T}, params {n_params / 1e6:.1f}M, AdamW):")

@@ -41,6 +41,9 @@ struct fdpo_gpt2_acts {
     int fused_head;   /* the last forward ran the chunked head: no logits */
     /* chunked head scratch (grown on demand): logits of one chunk, bf16 operands, row state */
     float *head_scratch;  size_t head_scratch_cap;  /* floats */
+    size_t head_logits_rows; /* the last fused forward's vocabulary fit in one chunk: head_scratch still
+                              * holds the [K, V] logits of its K packed rows (backward reuses them);
+                              * SIZE_MAX: it does not */
     uint16_t *head_bf16;  size_t head_bf16_cap;     /* bf16 elements (also unfused bf16 d logits) */
     double *head_acc;     size_t head_acc_cap;      /* doubles */
     /* backward scratch */
@@ -140,7 +143,9 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
 
 /* LM head + log-softmax + gather over vocabulary chunks, never holding [K, V] logits (the
  * training path: only target log-probs are used). head [V, C]; head_bf16 != NULL = bf16
- * GEMMs. Scratch: K*chunk floats, bf16 K*C (forward) / K*(C+chunk) (backward), 3K doubles. */
+ * GEMMs. Scratch: K*chunk floats, bf16 K*C (forward) / K*(C+chunk) (backward), 3K doubles.
+ * logits_ready (backward): V <= chunk and scratch still holds the forward's [K, V] logits of
+ * the same K rows, so the backward skips recomputing them (one GEMM of K x V x C fewer). */
 void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, float *logit_sum, const float *inp,
                                               const float *head, const uint16_t *head_bf16, const int32_t *targets,
                                               size_t K, size_t C, size_t V, size_t chunk, float *scratch,
@@ -148,7 +153,7 @@ void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, flo
 void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dhead, const float *d_token_logp, const float *lse,
                                                const int32_t *targets, const float *inp, const float *head,
                                                const uint16_t *head_bf16, size_t K, size_t C, size_t V, size_t chunk,
-                                               float *scratch, uint16_t *scratch_bf16);
+                                               float *scratch, uint16_t *scratch_bf16, int logits_ready);
 #define FDPO_LMHEAD_CHUNK 2048 /* vocabulary columns per chunk (FDPO_LMHEAD_CHUNK=n overrides, for tests) */
 /* p with room for n elements of elem bytes (*cap counts elements); contents are not kept */
 void *fdpo_model_grow(void *p, size_t *cap, size_t n, size_t elem);

@@ -4,6 +4,7 @@
  * order per output element, so results depend only on the thread count. */
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 #include "model/gpt2_internal.h"
@@ -163,14 +164,43 @@ void fdpo_k_matmul_forward(float *out, const float *inp, const float *w, const f
                 1.0f, inp, (int)IC, w, (int)OC, beta, out, (int)OC);
 }
 
+/* A backward's two GEMMs (d input and d weight) are independent and equal in FLOPs. On two
+ * threads, when each is small (<= GEMM_PAIR_MAX_FLOPS), one parallel region runs one GEMM
+ * per thread (oneDNN runs single-threaded inside a region): one fork/join instead of two,
+ * and no small GEMM split in halves that then wait for each other. Larger GEMMs, other
+ * thread counts and FDPO_GEMM_PAIR=0 (for A/B runs) keep one threaded GEMM after the other.
+ * Either way each result is a function of the shapes and the thread count only. */
+#define GEMM_PAIR_MAX_FLOPS ((size_t)1 << 28)
+static int gemm_pair(size_t flops_each) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("FDPO_GEMM_PAIR");
+        env = !(e && !strcmp(e, "0"));
+    }
+    return env && flops_each <= GEMM_PAIR_MAX_FLOPS && !omp_in_parallel() && omp_get_max_threads() == 2;
+}
+
 /* dinp [N,IC] (+)= dout [N,OC] @ w^T;  dw [IC,OC] += inp^T @ dout;  dbias [OC] += sum_t dout */
 void fdpo_k_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
-    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
-                1.0f, dout, (int)OC, w, (int)OC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
-    if (dw) /* NULL: frozen weight (LoRA) */
-        fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
-                    1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
+    const float beta = accumulate_dinp ? 1.0f : 0.0f;
+    if (dw && gemm_pair(2 * N * IC * OC)) {
+#pragma omp parallel sections num_threads(2)
+        {
+#pragma omp section
+            fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
+                       1.0f, dout, (int)OC, w, (int)OC, beta, dinp, (int)IC);
+#pragma omp section
+            fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
+                       1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
+        }
+    } else {
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
+                   1.0f, dout, (int)OC, w, (int)OC, beta, dinp, (int)IC);
+        if (dw) /* NULL: frozen weight (LoRA) */
+            fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
+                       1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
+    }
     if (dbias) column_sums_add(dbias, dout, N, OC);
 }
 
@@ -604,18 +634,19 @@ void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, flo
  *   dlogits[k, v] = d_k (onehot(target_k) - exp(logits[k, v] - lse_k))   (0 where target < 0)
  *   dinp [K, C] = sum over chunks dlogits_c @ wte_c   (WRITTEN)
  *   dwte [V, C] += dlogits^T @ inp                     (chunk by chunk, ACCUMULATED; NULL: frozen)
- * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*(C + chunk). */
+ * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*(C + chunk). logits_ready: with one chunk
+ * (V <= chunk), scratch already holds the forward's logits of these K rows: not recomputed. */
 void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const float *d_token_logp, const float *lse,
                                                const int32_t *targets, const float *inp, const float *wte,
                                                const uint16_t *wte_bf16, size_t K, size_t C, size_t V, size_t chunk,
-                                               float *scratch, uint16_t *scratch_bf16) {
+                                               float *scratch, uint16_t *scratch_bf16, int logits_ready) {
     uint16_t *inp_bf16 = scratch_bf16, *dS_bf16 = scratch_bf16 ? scratch_bf16 + K * C : NULL;
     if (wte_bf16) fdpo_f32_to_bf16(inp_bf16, inp, K * C);
     if (K == 0) return;
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
         float beta = v0 == 0 ? 0.0f : 1.0f;
-        lmhead_chunk_logits(scratch, inp, inp_bf16, wte, wte_bf16, K, C, v0, nv);
+        if (!(logits_ready && nv == V)) lmhead_chunk_logits(scratch, inp, inp_bf16, wte, wte_bf16, K, C, v0, nv);
 #pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
             float *row = scratch + k * nv;
@@ -630,6 +661,16 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const f
             fdpo_f32_to_bf16(dS_bf16, scratch, K * nv);
             fdpo_gemm_bf16(0, 0, K, C, nv, 1.0f, dS_bf16, nv, wte_bf16 + v0 * C, C, beta, dinp, C);
             if (dwte) fdpo_gemm_bf16(1, 0, nv, C, K, 1.0f, dS_bf16, nv, inp_bf16, C, 1.0f, dwte + v0 * C, C);
+        } else if (dwte && gemm_pair(2 * K * C * nv)) { /* as in fdpo_k_matmul_backward */
+#pragma omp parallel sections num_threads(2)
+            {
+#pragma omp section
+                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
+                           wte + v0 * C, (int)C, beta, dinp, (int)C);
+#pragma omp section
+                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, scratch, (int)nv,
+                           inp, (int)C, 1.0f, dwte + v0 * C, (int)C);
+            }
         } else {
             fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
                         wte + v0 * C, (int)C, beta, dinp, (int)C);
