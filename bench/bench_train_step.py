@@ -19,6 +19,10 @@ peak, and the ratio of medians against torch-fp32.
     /usr/bin/python3 bench/bench_train_step.py                       # small config (default)
     /usr/bin/python3 bench/bench_train_step.py --configs 124M --steps 5 --threads 2
     /usr/bin/python3 bench/bench_train_step.py --sides fdpo-fp32,torch-fp32
+    /usr/bin/python3 bench/bench_train_step.py --sides fdpo-fp32,torch-fp32,base-fp32 --baseline /tmp/old/fdpo-harness
+
+--baseline HARNESS adds base-fp32 / base-bf16: the same model-bench server from another
+build (e.g. main before a change), so a before/after A/B runs interleaved in one invocation.
 
 The PyTorch side is a fair batched implementation: [B,T] tensors, one matmul per linear
 layer over all B*T tokens, fused F.cross_entropy, torch.optim.AdamW, torch.set_num_threads(n).
@@ -40,6 +44,7 @@ CONFIGS = {
     "small": (dict(vocab_size=512, n_positions=256, n_embd=128, n_layer=4, n_head=4), 8, 128),
 }
 SIDES = ["fdpo-fp32", "fdpo-bf16", "torch-fp32", "torch-bf16"]
+BASE_SIDES = ["base-fp32", "base-bf16"]  # --baseline HARNESS
 
 
 def torch_worker(cfg, B, T, threads, bf16):
@@ -98,9 +103,10 @@ def torch_worker(cfg, B, T, threads, bf16):
     interleave.serve_torch_steps(step, bf16)
 
 
-def server(side, name, cfg_path, B, T, threads):
-    if side.startswith("fdpo"):
-        return interleave.StepServer(side, [interleave.HARNESS, "model-bench", "--config", cfg_path, "--batch", str(B),
+def server(side, name, cfg_path, B, T, threads, baseline=None):
+    if side.startswith(("fdpo", "base")):
+        harness = baseline if side.startswith("base") else interleave.HARNESS
+        return interleave.StepServer(side, [harness, "model-bench", "--config", cfg_path, "--batch", str(B),
                                             "--seq", str(T), "--threads", str(threads), "--serve",
                                             "--precision", side.split("-")[1]])
     return interleave.StepServer(side, [sys.executable, os.path.abspath(__file__), "--worker", name,
@@ -121,6 +127,8 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help=">= 5 timed steps (and --min-seconds), the goal sides only (fdpo-bf16, fdpo-fp32 on the small config, torch-fp32, "
                          "torch-bf16), a 64 MiB triad")
+    ap.add_argument("--baseline", help="another fdpo-harness (e.g. a build from before a change): adds the sides "
+                    "base-fp32 / base-bf16 (for each fdpo side run), stepped in turn with the others")
     ap.add_argument("--json", help="append one JSON line per config with each side's median step seconds")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
@@ -132,9 +140,15 @@ def main():
     if a.quick:
         a.steps, a.triad_mib = interleave.MIN_TIMED_STEPS, 64
     sides = a.sides.split(",")
+    if a.baseline:
+        if not os.access(a.baseline, os.X_OK):
+            sys.exit(f"--baseline: {a.baseline} is not an executable file")
+        if a.sides == ",".join(SIDES) or a.quick:
+            sides += [b for b in BASE_SIDES if b.replace("base", "fdpo") in sides]
+    known = SIDES + (BASE_SIDES if a.baseline else [])
     for s in sides:
-        if s not in SIDES:
-            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
+        if s not in known:
+            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(known)}; base-* need --baseline HARNESS)")
     blas_note = interleave.fair_blas_env()
     if blas_note:
         print(blas_note)
@@ -151,8 +165,8 @@ def main():
             path = os.path.join(d, "config.json")
             with open(path, "w") as f:
                 json.dump(dict(cfg, model_type="gpt2"), f)
-            run_sides = [s for s in sides if not (a.quick and name != "small" and s == "fdpo-fp32")]
-            servers = [server(s, name, path, B, T, a.threads) for s in run_sides]
+            run_sides = [s for s in sides if not (a.quick and name != "small" and s in ("fdpo-fp32", "base-fp32"))]
+            servers = [server(s, name, path, B, T, a.threads, a.baseline) for s in run_sides]
             interleave.interleave(servers, a.steps, warmup=a.warmup, min_seconds=a.min_seconds,
                                   warmup_seconds=a.warmup_seconds)
             tails = {s.name: s.close() for s in servers}
