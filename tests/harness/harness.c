@@ -43,6 +43,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"model-init", h_model},
     {"model-load", h_model},
     {"model-peaks", h_model},
+    {"model-ops", h_model},
     {"attention-check", h_model},
     {"kernel-expf", h_model},
     {"objectives", h_objectives},

@@ -86,3 +86,28 @@ def test_programs_set_a_short_spin_unless_the_user_chose():
         assert omp_env_report(prog, args, {"GOMP_SPINCOUNT": "7"})[0] == "7"
         # OMP_WAIT_POLICY chosen: libgomp's own spin for that policy, not fdpo's
         assert omp_env_report(prog, args, {"OMP_WAIT_POLICY": "passive"})[0] != "1000"
+
+
+def test_model_ops_times_every_kernel_of_a_step(tmp_path):
+    """`fdpo-harness model-ops` (the per-op timer of docs/model.md's wave-5 profile): one
+    JSON line per op of an fp32 training step with its calls per step and CPU / wall ms,
+    then a total that is their sum; bad arguments are refused with the flag named."""
+    import json
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "gpt2", "vocab_size": 67, "n_positions": 32, "n_embd": 32,
+                               "n_layer": 2, "n_head": 2}))
+    r = subprocess.run([HARNESS, "model-ops", "--config", str(cfg), "--batch", "2", "--seq", "24", "--reps", "1",
+                        "--threads", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    ops, total = lines[:-1], lines[-1]
+    names = {o["op"] for o in ops}
+    for must in ("attention_forward", "attention_backward", "matmul_backward qkv", "lmhead_logsoftmax_forward",
+                 "gelu_backward_bias", "adamw_step"):
+        assert must in names
+    assert all(o["cpu_ms_per_step"] >= 0 and o["calls_per_step"] >= 1 for o in ops)
+    assert {o["op"]: o["calls_per_step"] for o in ops}["layernorm_backward"] == 2 * 2 + 1
+    assert total["op"] == "total" and abs(total["cpu_ms_per_step"] - sum(o["cpu_ms_per_step"] for o in ops)) < 5e-3
+    bad = subprocess.run([HARNESS, "model-ops", "--config", str(cfg), "--batch", "2", "--seq", "99"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--seq" in bad.stderr
