@@ -12,9 +12,10 @@ Tolerances: streaming vs materialised and both vs float64 PyTorch, max|diff| / m
 <= 1e-5 for outputs and 1e-4 for gradients (the model parity tolerances; fp32 summation
 orders differ, observed ~1e-7 / ~1e-6). Lengths cover T = 1, tile edges (63, 64, 65), several
 tiles (130) and the model's n_positions (1024 for GPT-2). Head sizes that are multiples of 16 up
-to 128 (16, 32, 48, 64, 80) run the streaming kernels' small path (score tiles kept
-transposed, register-blocked tile products with vector types, the softmax down columns);
-4, 8 and 144 run the tile products through fdpo_sgemm.
+to 128 (16, 32, 48, 64, 80) run the streaming forward's small path (score tiles kept
+transposed, register-blocked tile products with vector types, the softmax down columns),
+and up to 32 (16, 32) the backward's; the others (4, 8, 144; 48-80 in backward) run the
+tile products through fdpo_sgemm.
 """
 import math
 import os
