@@ -2,8 +2,10 @@
 
 One step = forward + backward of the mean next-token loss (SFT) + AdamW update, on B
 sequences of T tokens (random ids), GPT-2 architecture. Four sides, each a long-lived
-subprocess stepped in turn (bench/interleave.py: fdpo step, torch step, ... until every side
-has >= 5 timed steps after one warm-up step):
+subprocess stepped in turn (bench/interleave.py: fdpo step, torch step, ...): warm-up rounds
+until every side has run >= 1 step and >= 1.5 s, then timed rounds until every side has >= 5
+timed steps and >= 2 s of them (the small config's 40 ms fdpo steps: ~50 samples, so the
+median holds still while the machine's load moves; see docs/model.md#benchmarks):
   fdpo-fp32      fdpo-harness model-bench --serve --precision fp32 (the chunked LM head, as
                  fdpo pretrain/sft run it)
   fdpo-bf16      the same with --precision bf16 (bf16 matmul inputs, fp32 accumulation)
@@ -17,6 +19,10 @@ peak, and the ratio of medians against torch-fp32.
     /usr/bin/python3 bench/bench_train_step.py                       # small config (default)
     /usr/bin/python3 bench/bench_train_step.py --configs 124M --steps 5 --threads 2
     /usr/bin/python3 bench/bench_train_step.py --sides fdpo-fp32,torch-fp32
+    /usr/bin/python3 bench/bench_train_step.py --sides fdpo-fp32,torch-fp32,base-fp32 --baseline /tmp/old/fdpo-harness
+
+--baseline HARNESS adds base-fp32 / base-bf16: the same model-bench server from another
+build (e.g. main before a change), so a before/after A/B runs interleaved in one invocation.
 
 The PyTorch side is a fair batched implementation: [B,T] tensors, one matmul per linear
 layer over all B*T tokens, fused F.cross_entropy, torch.optim.AdamW, torch.set_num_threads(n).
@@ -38,6 +44,7 @@ CONFIGS = {
     "small": (dict(vocab_size=512, n_positions=256, n_embd=128, n_layer=4, n_head=4), 8, 128),
 }
 SIDES = ["fdpo-fp32", "fdpo-bf16", "torch-fp32", "torch-bf16"]
+BASE_SIDES = ["base-fp32", "base-bf16"]  # --baseline HARNESS
 
 
 def torch_worker(cfg, B, T, threads, bf16):
@@ -96,9 +103,10 @@ def torch_worker(cfg, B, T, threads, bf16):
     interleave.serve_torch_steps(step, bf16)
 
 
-def server(side, name, cfg_path, B, T, threads):
-    if side.startswith("fdpo"):
-        return interleave.StepServer(side, [interleave.HARNESS, "model-bench", "--config", cfg_path, "--batch", str(B),
+def server(side, name, cfg_path, B, T, threads, baseline=None):
+    if side.startswith(("fdpo", "base")):
+        harness = baseline if side.startswith("base") else interleave.HARNESS
+        return interleave.StepServer(side, [harness, "model-bench", "--config", cfg_path, "--batch", str(B),
                                             "--seq", str(T), "--threads", str(threads), "--serve",
                                             "--precision", side.split("-")[1]])
     return interleave.StepServer(side, [sys.executable, os.path.abspath(__file__), "--worker", name,
@@ -109,12 +117,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--configs", default="small", help="comma list of: " + ", ".join(CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per side after one warm-up (at least 5)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per side after the warm-up (at least 5)")
+    ap.add_argument("--warmup", type=int, default=1, help="warm-up steps per side, untimed (at least this many ...)")
+    ap.add_argument("--warmup-seconds", type=float, default=1.5, help="... and at least this long per side)")
+    ap.add_argument("--min-seconds", type=float, default=2.0,
+                    help="timed rounds continue until every side's timed steps add up to this many seconds")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
     ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
     ap.add_argument("--quick", action="store_true",
-                    help="5 timed steps, the goal sides only (fdpo-bf16, fdpo-fp32 on the small config, torch-fp32, "
+                    help=">= 5 timed steps (and --min-seconds), the goal sides only (fdpo-bf16, fdpo-fp32 on the small config, torch-fp32, "
                          "torch-bf16), a 64 MiB triad")
+    ap.add_argument("--baseline", help="another fdpo-harness (e.g. a build from before a change): adds the sides "
+                    "base-fp32 / base-bf16 (for each fdpo side run), stepped in turn with the others")
     ap.add_argument("--json", help="append one JSON line per config with each side's median step seconds")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
@@ -126,15 +140,22 @@ def main():
     if a.quick:
         a.steps, a.triad_mib = interleave.MIN_TIMED_STEPS, 64
     sides = a.sides.split(",")
+    if a.baseline:
+        if not os.access(a.baseline, os.X_OK):
+            sys.exit(f"--baseline: {a.baseline} is not an executable file")
+        if a.sides == ",".join(SIDES) or a.quick:
+            sides += [b for b in BASE_SIDES if b.replace("base", "fdpo") in sides]
+    known = SIDES + (BASE_SIDES if a.baseline else [])
     for s in sides:
-        if s not in SIDES:
-            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
+        if s not in known:
+            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(known)}; base-* need --baseline HARNESS)")
     blas_note = interleave.fair_blas_env()
     if blas_note:
         print(blas_note)
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                       "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
-    print(f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), "
+    print(f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps and >= {a.min_seconds:g} s "
+          f"per side after >= {a.warmup} warm-up steps and >= {a.warmup_seconds:g} s, "
           f"interleaved; env {env or 'no OPENBLAS/OMP overrides'}; load average {os.getloadavg()[0]:.1f}")
     peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
     interleave.print_peaks(peaks)
@@ -144,9 +165,10 @@ def main():
             path = os.path.join(d, "config.json")
             with open(path, "w") as f:
                 json.dump(dict(cfg, model_type="gpt2"), f)
-            run_sides = [s for s in sides if not (a.quick and name != "small" and s == "fdpo-fp32")]
-            servers = [server(s, name, path, B, T, a.threads) for s in run_sides]
-            interleave.interleave(servers, a.steps)
+            run_sides = [s for s in sides if not (a.quick and name != "small" and s in ("fdpo-fp32", "base-fp32"))]
+            servers = [server(s, name, path, B, T, a.threads, a.baseline) for s in run_sides]
+            interleave.interleave(servers, a.steps, warmup=a.warmup, min_seconds=a.min_seconds,
+                                  warmup_seconds=a.warmup_seconds)
             tails = {s.name: s.close() for s in servers}
         n_params = next((s.ready["n_params"] for s in servers if "n_params" in s.ready), 0)
         print(f"{name} (B={B}, T={T}, params {n_params / 1e6:.1f}M, AdamW):")

@@ -88,25 +88,35 @@ class StepServer:
         return json.loads(lines[-1]) if lines else {}
 
 
-def interleave(servers, steps, warmup=1):
-    """Warm-up, then timed rounds until each server has `steps` timed steps. Each round
-    steps every server once, starting one further along the list than the last round."""
+def interleave(servers, steps, warmup=1, min_seconds=0.0, warmup_seconds=0.0):
+    """Warm-up, then timed rounds. Each round steps every server once, starting one further
+    along the list than the last round. Warm-up rounds run until every server has done
+    `warmup` steps and spent `warmup_seconds` stepping (first-touch page faults, oneDNN's
+    JIT, caches and the CPU clock settle there, not in the timed steps); timed rounds run
+    until every server has `steps` (>= 5) timed steps summing to at least `min_seconds`, so
+    a fast side gets enough samples for a stable median on a machine whose load moves."""
     steps = max(steps, MIN_TIMED_STEPS)
-    for _ in range(warmup):
+    spent = {id(s): 0.0 for s in servers}
+    done = 0
+    while done < warmup or min(spent.values()) < warmup_seconds:
         for s in servers:
-            s.step()
-    for r in range(steps):
+            spent[id(s)] += s.step()["seconds"]
+        done += 1
+    r = 0
+    while r < steps or min(sum(s.times) for s in servers) < min_seconds:
         k = r % len(servers)
         for s in servers[k:] + servers[:k]:
             r_ = s.step()
             s.times.append(r_["seconds"])
             if "cpu_seconds" in r_:
                 s.cpu_times.append(r_["cpu_seconds"])
+        r += 1
     return servers
 
 
 def stats(times):
-    return dict(median=statistics.median(times), best=min(times), n=len(times))
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return dict(median=statistics.median(times), best=min(times), n=len(times), iqr=q[2] - q[0])
 
 
 def machine_peaks(threads, gemm=None, triad_mib=256):
@@ -170,7 +180,8 @@ def report(servers, flops_per_step=None, peaks=None, baseline=None, unit_per_ste
     base = next((s for s in servers if s.name == baseline), None)
     for s in servers:
         st = stats(s.times)
-        line = f"  {s.name:24s} median {st['median']:.4f}s  best {st['best']:.4f}s  (n={st['n']})"
+        line = (f"  {s.name:24s} median {st['median']:.4f}s  best {st['best']:.4f}s  (n={st['n']}, "
+                f"IQR {100 * st['iqr'] / st['median']:.0f}%)")
         if unit_per_step:
             line += f"  {unit_per_step / st['median']:10.1f} {unit}"
         if flops_per_step:

@@ -28,7 +28,7 @@ tests_for() {
     src/eval/*) echo "tests/py/test_eval_metrics.py" ;;
     src/lab/*) echo "tests/py/test_lab.py tests/py/test_lab_newton.py" ;;
     src/model/lora.c|src/io/peft.c) echo "tests/py/test_lora.py" ;;
-    src/model/*) echo "tests/py/test_model_parity.py tests/py/test_dpo_metrics.py" ;;
+    src/model/*) echo "tests/py/test_model_parity.py tests/py/test_dpo_metrics.py tests/py/test_attention.py" ;;
     src/data/*) echo "tests/py/test_pairs.py tests/py/test_dpo_data.py" ;;
     *) echo "" ;;
   esac

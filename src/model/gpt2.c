@@ -341,6 +341,7 @@ static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t K) {
     const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, m->params.wte) : NULL;
     fdpo_k_lmhead_logsoftmax_forward_chunked(a->clse, a->cd, csum, lnf_packed, m->params.wte, wb, a->ctargets, K, C, V,
                                              chunk, a->head_scratch, a->head_bf16, a->head_acc);
+    a->head_logits_rows = chunk >= V ? K : SIZE_MAX; /* one chunk: its logits stay in head_scratch */
     memset(a->lse, 0, N * sizeof(float));
     memset(a->logit_sum, 0, N * sizeof(float));
     if (tlp) memset(tlp, 0, N * sizeof(float));
@@ -558,8 +559,12 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         for (size_t k = 0; k < K; k++) memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
         fused_head_reserve(m, K, chunk);
         const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, p->wte) : NULL;
+        /* the backward's rows are the forward's rows with a gradient, in the same order: the same
+         * count means the same rows, whose logits the forward may have left in head_scratch */
+        int logits_ready = a->head_logits_rows == K;
         fdpo_k_lmhead_logsoftmax_backward_chunked(dlnf_packed, G(wte, 0), a->cd, a->clse, a->ctargets, lnf_packed, p->wte,
-                                                  wb, K, C, V, chunk, a->head_scratch, a->head_bf16);
+                                                  wb, K, C, V, chunk, a->head_scratch, a->head_bf16, logits_ready);
+        a->head_logits_rows = SIZE_MAX; /* head_scratch now holds d logits */
         memset(a->d_ln, 0, N * C * sizeof(float));
         for (size_t k = 0; k < K; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + k * C, C * sizeof(float));
     } else if (K == N) {

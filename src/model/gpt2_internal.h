@@ -41,6 +41,9 @@ struct fdpo_gpt2_acts {
     int fused_head;   /* the last forward ran the chunked head: no logits */
     /* chunked head scratch (grown on demand): logits of one chunk, bf16 operands, row state */
     float *head_scratch;  size_t head_scratch_cap;  /* floats */
+    size_t head_logits_rows; /* the last fused forward's vocabulary fit in one chunk: head_scratch still
+                              * holds the [K, V] logits of its K packed rows (backward reuses them);
+                              * SIZE_MAX: it does not */
     uint16_t *head_bf16;  size_t head_bf16_cap;     /* bf16 elements (also unfused bf16 d logits) */
     double *head_acc;     size_t head_acc_cap;      /* doubles */
     /* backward scratch */
@@ -143,7 +146,9 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
 
 /* LM head + log-softmax + gather over vocabulary chunks, never holding [K, V] logits (the
  * training path: only target log-probs are used). head [V, C]; head_bf16 != NULL = bf16
- * GEMMs. Scratch: K*chunk floats, bf16 K*C (forward) / K*(C+chunk) (backward), 3K doubles. */
+ * GEMMs. Scratch: K*chunk floats, bf16 K*C (forward) / K*(C+chunk) (backward), 3K doubles.
+ * logits_ready (backward): V <= chunk and scratch still holds the forward's [K, V] logits of
+ * the same K rows, so the backward skips recomputing them (one GEMM of K x V x C fewer). */
 void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, float *logit_sum, const float *inp,
                                               const float *head, const uint16_t *head_bf16, const int32_t *targets,
                                               size_t K, size_t C, size_t V, size_t chunk, float *scratch,
@@ -151,41 +156,47 @@ void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, flo
 void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dhead, const float *d_token_logp, const float *lse,
                                                const int32_t *targets, const float *inp, const float *head,
                                                const uint16_t *head_bf16, size_t K, size_t C, size_t V, size_t chunk,
-                                               float *scratch, uint16_t *scratch_bf16);
+                                               float *scratch, uint16_t *scratch_bf16, int logits_ready);
 #define FDPO_LMHEAD_CHUNK 2048 /* vocabulary columns per chunk (FDPO_LMHEAD_CHUNK=n overrides, for tests) */
 /* p with room for n elements of elem bytes (*cap counts elements); contents are not kept */
 void *fdpo_model_grow(void *p, size_t *cap, size_t n, size_t elem);
 size_t fdpo_lmhead_chunk(size_t V); /* FDPO_LMHEAD_CHUNK or the environment's, at most V (gpt2.c) */
 
 
-/* exp(x) in fp32 that the compiler can vectorise (libm's expf is a scalar call, and it was
- * the largest single cost of a small model's step: GELU, softmax, log-softmax). Cody-Waite
- * reduction x = n ln2 + r, |r| <= ln2/2, and Cephes' degree-6 polynomial for exp(r):
- * within 2 ulp of expf on [-86, 88.72]. exp(-inf) and anything below -86 (where exp < 2^-124,
- * within a few FLT_MIN of 0) give exactly 0; above 88.72, +inf; NaN stays NaN. Branch-free
- * (selects only) so `#pragma omp simd` loops vectorise it. */
+/* exp(x) in fp32, inline so that `#pragma omp simd` loops vectorise it together with the
+ * work around it (GELU, softmax, log-softmax, SiLU); the one exp of fdpo's kernels, GPT-2's
+ * and Llama's. Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, Cephes' degree-6
+ * polynomial for exp(r) in fmaf steps, then p * 2^n built in the exponent bits. Within
+ * 1 ulp of exp on [-86.9, 88.72] (every float checked); x = n ln2 + r with n <= -126
+ * (x < -86.99, also -inf) gives exactly 0 (the true value is below 1.7e-38: a flush to
+ * zero, never a subnormal); above log(FLT_MAX) the product overflows to +inf by itself; NaN
+ * stays NaN. Only two range guards and no selects on the result: x is clamped below so n
+ * stays >= -126, and n's bits are capped (an integer min) at 128, so the whole function is
+ * ~20 vector instructions, as fast as glibc's libmvec expf (0.26 ns per float on one core,
+ * docs/model.md#exp) and more accurate (1 ulp vs 3), and the scalar and vector code paths
+ * give the same bits, so results never depend on where an element falls in a loop. */
 static inline float fdpo_k_expf(float x) {
     const float shift = 12582912.0f; /* 1.5 * 2^23: x + shift rounds x to an integer held in the low mantissa bits */
-    float xc = x < -86.0f ? -86.0f : (x > 88.72283905f ? 88.72283905f : x); /* NaN passes through */
-    float t = xc * 1.44269504088896341f + shift;
-    float n = t - shift;                                 /* round(x / ln2), in [-124, 128] */
-    float r = xc - n * 0.693359375f;                     /* ln2 split in two: exact product first */
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    uint32_t ti, bits;
+    float xc = x < -87.5f ? -87.5f : x;                        /* NaN passes through */
+    float t = fmaf(xc, 1.44269504088896341f, shift);
+    uint32_t ti;
     memcpy(&ti, &t, sizeof ti);
-    bits = (ti + 126u) << 23;                            /* 2^(n-1): n = 128 stays finite */
+    ti = ti > 0x4B400080u ? 0x4B400080u : ti;                  /* n <= 128: large x, +inf and NaN */
+    memcpy(&t, &ti, sizeof t);
+    float n = t - shift;                                       /* round(x / ln2), in [-126, 128] */
+    float r = fmaf(n, -0.693359375f, xc);                      /* ln2 split in two: exact product first */
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    uint32_t bits = (ti + 126u) << 23;                         /* 2^(n-1); n = -126 gives +0 */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    float y = p * scale * 2.0f;
-    y = x < -86.0f ? 0.0f : y;
-    return x > 88.72283905f ? INFINITY : y;
+    return p * scale * 2.0f;                                   /* n = 128, p >= 1: +inf */
 }
 
 /* One key tile of the streaming (flash-style) softmax, shared by GPT-2's and Llama's

@@ -4,6 +4,7 @@
  * order per output element, so results depend only on the thread count. */
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 #include "model/gpt2_internal.h"
@@ -163,14 +164,43 @@ void fdpo_k_matmul_forward(float *out, const float *inp, const float *w, const f
                 1.0f, inp, (int)IC, w, (int)OC, beta, out, (int)OC);
 }
 
+/* A backward's two GEMMs (d input and d weight) are independent and equal in FLOPs. On two
+ * threads, when each is small (<= GEMM_PAIR_MAX_FLOPS), one parallel region runs one GEMM
+ * per thread (oneDNN runs single-threaded inside a region): one fork/join instead of two,
+ * and no small GEMM split in halves that then wait for each other. Larger GEMMs, other
+ * thread counts and FDPO_GEMM_PAIR=0 (for A/B runs) keep one threaded GEMM after the other.
+ * Either way each result is a function of the shapes and the thread count only. */
+#define GEMM_PAIR_MAX_FLOPS ((size_t)1 << 28)
+static int gemm_pair(size_t flops_each) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("FDPO_GEMM_PAIR");
+        env = !(e && !strcmp(e, "0"));
+    }
+    return env && flops_each <= GEMM_PAIR_MAX_FLOPS && !omp_in_parallel() && omp_get_max_threads() == 2;
+}
+
 /* dinp [N,IC] (+)= dout [N,OC] @ w^T;  dw [IC,OC] += inp^T @ dout;  dbias [OC] += sum_t dout */
 void fdpo_k_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
-    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
-                1.0f, dout, (int)OC, w, (int)OC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
-    if (dw) /* NULL: frozen weight (LoRA) */
-        fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
-                    1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
+    const float beta = accumulate_dinp ? 1.0f : 0.0f;
+    if (dw && gemm_pair(2 * N * IC * OC)) {
+#pragma omp parallel sections num_threads(2)
+        {
+#pragma omp section
+            fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
+                       1.0f, dout, (int)OC, w, (int)OC, beta, dinp, (int)IC);
+#pragma omp section
+            fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
+                       1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
+        }
+    } else {
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)IC, (int)OC,
+                   1.0f, dout, (int)OC, w, (int)OC, beta, dinp, (int)IC);
+        if (dw) /* NULL: frozen weight (LoRA) */
+            fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
+                       1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
+    }
     if (dbias) column_sums_add(dbias, dout, N, OC);
 }
 
@@ -425,6 +455,230 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
 
 #define ATT_TILE 64 /* query rows x key columns per score tile (16 KB per thread) */
 
+/* ---- the streaming attention's small path: head sizes of 16 .. 128 in steps of 16 ----
+ * oneDNN takes ~2.5 us per 64 x 64 x 32 tile product (setup per call is a large part of
+ * so little work; ~2,700 calls per small-model step), and the row-wise softmax of a score
+ * tile needs a horizontal max and sum per row. Here the score tile is kept transposed,
+ * St [keys, queries]: every product of the forward and backward is then an "axpy" form
+ *   C [M, N] (=/+=) alpha * sum_k a(m, k) B[k, :]   (B's rows contiguous)
+ * with B a row block of K, V, Q or dY as stored, or the query tile's Q (scaled) or dY
+ * transposed once per query tile (Qt, dYt [hs, 64]); and the online softmax runs down the
+ * columns of St as plain vector operations over queries. tile_product keeps RB x NV vectors
+ * of C in registers (4 rows x up to 4 vectors of 16, or 8 x 2: GCC/Clang vector types), loads each
+ * vector of B once for the RB rows, and sums in k order: results depend only on the
+ * shapes, never on the thread count. */
+#define ATT_LANES 16
+#define ATT_SMALL_MAX_HS 128
+typedef float att_vec __attribute__((vector_size(ATT_LANES * sizeof(float))));
+/* -std=c11 turns off GCC's multiply-add contraction; these products want fused
+ * multiply-adds (one rounding per step instead of two, as the GEMM's kernels do) */
+#if defined(__GNUC__) && !defined(__clang__)
+#define ATT_FMA __attribute__((optimize("fp-contract=fast")))
+#else
+#define ATT_FMA
+#endif
+
+/* C [RB, n] (=/+=) alpha * sum_k A[r*sam + k*sak] B [k, 0:NV*16] (row stride ldb); the first
+ * n <= NV*16 columns are stored; RB and NV are constants at every call (unrolled) */
+static inline __attribute__((always_inline)) ATT_FMA void tile_block(float *C, size_t ldc, const float *A, size_t sam,
+                                                              size_t sak, const float *B, size_t ldb, size_t K,
+                                                              float alpha, int accumulate, size_t n, const int RB,
+                                                              const int NV) {
+    att_vec acc[8][4], b[4];
+    for (int r = 0; r < RB; r++)
+        for (int j = 0; j < NV; j++) acc[r][j] = (att_vec){0};
+    for (size_t k = 0; k < K; k++) {
+        for (int j = 0; j < NV; j++) memcpy(&b[j], B + k * ldb + (size_t)j * ATT_LANES, sizeof b[j]);
+        for (int r = 0; r < RB; r++) {
+            float a = A[(size_t)r * sam + k * sak];
+            for (int j = 0; j < NV; j++) acc[r][j] += a * b[j];
+        }
+    }
+    for (int r = 0; r < RB; r++)
+        for (int j = 0; j < NV; j++) {
+            float *c = C + (size_t)r * ldc + (size_t)j * ATT_LANES;
+            size_t w = n - (size_t)j * ATT_LANES < ATT_LANES ? n - (size_t)j * ATT_LANES : ATT_LANES;
+            att_vec v = acc[r][j] * alpha, cv;
+            if (w == ATT_LANES) {
+                if (accumulate) {
+                    memcpy(&cv, c, sizeof cv);
+                    v += cv;
+                }
+                memcpy(c, &v, sizeof v);
+            } else { /* never for the shapes used here (N is hs or a padded tile width) */
+                float out[ATT_LANES];
+                memcpy(out, &v, sizeof out);
+                for (size_t i = 0; i < w; i++) c[i] = (accumulate ? c[i] : 0.0f) + out[i];
+            }
+        }
+}
+
+/* C [M, N] (=/+=) alpha * sum_k a(m, k) B [k, 0:N]; a(m, k) = A[m*sam + k*sak]; B has row
+ * stride ldb and readable columns up to N rounded up to 16 */
+static ATT_FMA void tile_product(float *C, size_t ldc, const float *A, size_t sam, size_t sak, const float *B,
+                                 size_t ldb, size_t M, size_t N, size_t K, float alpha, int accumulate) {
+    for (size_t n0 = 0; n0 < N; n0 += 4 * ATT_LANES) {
+        size_t n = N - n0 < 4 * ATT_LANES ? N - n0 : 4 * ATT_LANES, nv = (n + ATT_LANES - 1) / ATT_LANES, m = 0;
+        float *c = C + n0;
+        const float *b = B + n0;
+#define ATT_BLOCKS(RB)                                                                                       \
+        switch (nv) {                                                                                        \
+        case 1: tile_block(c + m * ldc, ldc, A + m * sam, sam, sak, b, ldb, K, alpha, accumulate, n, RB, 1); break; \
+        case 2: tile_block(c + m * ldc, ldc, A + m * sam, sam, sak, b, ldb, K, alpha, accumulate, n, RB, 2); break; \
+        case 3: tile_block(c + m * ldc, ldc, A + m * sam, sam, sak, b, ldb, K, alpha, accumulate, n, RB, 3); break; \
+        default: tile_block(c + m * ldc, ldc, A + m * sam, sam, sak, b, ldb, K, alpha, accumulate, n, RB, 4); break; \
+        }
+        if (nv <= 2) /* 8 rows x 2 vectors: 16 accumulators, as 4 x 4 below */
+            for (; m + 8 <= M; m += 8) ATT_BLOCKS(8)
+        for (; m + 4 <= M; m += 4) ATT_BLOCKS(4)
+        for (; m < M; m++) ATT_BLOCKS(1)
+#undef ATT_BLOCKS
+    }
+}
+
+/* Xt [hs, ATT_TILE] = alpha * rows 0 .. n of X (row stride ld) transposed; columns n .. np zero */
+static void tile_transpose(float *Xt, const float *X, size_t ld, size_t n, size_t np, size_t hs, float alpha) {
+    for (size_t d = 0; d < hs; d++) {
+        float *row = Xt + d * ATT_TILE;
+        for (size_t c = 0; c < n; c++) row[c] = alpha * X[c * ld + d];
+        for (size_t c = n; c < np; c++) row[c] = 0.0f;
+    }
+}
+
+/* St [nk, np] = scores of keys j0.. (rows) against queries i0.. (columns) from K's rows and
+ * Qt (Q's tile transposed and scaled), then -inf where a key may not be attended */
+static void attention_scores_tile_t(float *St, size_t np, const float *k, size_t C3, const float *qt, size_t hs,
+                                    const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
+    tile_product(St, np, k + j0 * C3, C3, 1, qt, ATT_TILE, nk, np, hs, 1.0f, 0);
+    for (size_t c = 0; c < nk; c++) {
+        size_t j = j0 + c, r_min = j > i0 ? j - i0 : 0; /* queries i >= j may attend key j */
+        float *row = St + c * np;
+        for (size_t r = 0; r < r_min && r < nq; r++) row[r] = -INFINITY;
+        if (br)
+            for (size_t r = r_min; r < nq; r++)
+                if (!may_attend(br, i0 + r, j)) row[r] = -INFINITY;
+    }
+}
+
+/* Which head sizes take the small path, by measurement (CPU per step, model-ops, 1 thread):
+ * the forward wins at every multiple of 16 tried (hs 32: -21 %, hs 64: -4..-9 %), the
+ * backward at hs 32 (-8 %) but not at 64 (+11..13 %: oneDNN's 64-deep products are
+ * efficient there), so the backward takes it up to ATT_SMALL_MAX_HS_BACKWARD only. */
+#define ATT_SMALL_MAX_HS_BACKWARD 32
+static int attention_small_path(size_t hs, int backward) {
+    static int env = -1; /* FDPO_ATT_SMALL=0: every head size through fdpo_sgemm (A/B runs) */
+    if (env < 0) {
+        const char *e = getenv("FDPO_ATT_SMALL");
+        env = !(e && !strcmp(e, "0"));
+    }
+    return env && hs % ATT_LANES == 0 && hs <= (backward ? ATT_SMALL_MAX_HS_BACKWARD : ATT_SMALL_MAX_HS);
+}
+
+/* fdpo_k_attention_forward_streaming for one (sequence, head) on the small path */
+static void attention_forward_small(float *o, float *lse, size_t lse_stride, const float *q, const float *k,
+                                    const float *v, const uint8_t *br, size_t T, size_t C, size_t hs, float scale) {
+    size_t C3 = 3 * C;
+    float St[ATT_TILE * ATT_TILE], qt[ATT_SMALL_MAX_HS * ATT_TILE], m[ATT_TILE], l[ATT_TILE], ms[ATT_TILE];
+    for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
+        size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE, np = (nq + ATT_LANES - 1) / ATT_LANES * ATT_LANES;
+        tile_transpose(qt, q + i0 * C3, C3, nq, np, hs, scale);
+        for (size_t r = 0; r < np; r++) { m[r] = -INFINITY; l[r] = 0.0f; }
+        for (size_t r = 0; r < nq; r++) memset(o + (i0 + r) * C, 0, hs * sizeof(float));
+        for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
+            size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
+            attention_scores_tile_t(St, np, k, C3, qt, hs, br, i0, nq, j0, nk);
+            /* online softmax down each column r: m_new = max(m, column max), l = l exp(m - m_new) + sum */
+            float cmax[ATT_TILE], corr[ATT_TILE], csum[ATT_TILE];
+            for (size_t r = 0; r < np; r++) cmax[r] = -INFINITY;
+            for (size_t c = 0; c < nk; c++) {
+                const float *row = St + c * np;
+#pragma omp simd
+                for (size_t r = 0; r < np; r++) cmax[r] = row[r] > cmax[r] ? row[r] : cmax[r];
+            }
+#pragma omp simd
+            for (size_t r = 0; r < np; r++) {
+                float mn = cmax[r] > m[r] ? cmax[r] : m[r];
+                ms[r] = mn == -INFINITY ? 0.0f : mn; /* nothing attended yet: exp(-inf - 0) = 0, no NaN */
+                corr[r] = fdpo_k_expf(m[r] - ms[r]);
+                m[r] = mn;
+                csum[r] = 0.0f;
+            }
+            for (size_t c = 0; c < nk; c++) {
+                float *row = St + c * np;
+#pragma omp simd
+                for (size_t r = 0; r < np; r++) {
+                    row[r] = fdpo_k_expf(row[r] - ms[r]);
+                    csum[r] += row[r];
+                }
+            }
+            for (size_t r = 0; r < nq; r++) {
+                l[r] = l[r] * corr[r] + csum[r];
+                if (corr[r] != 1.0f) {
+                    float *orow = o + (i0 + r) * C;
+                    for (size_t d = 0; d < hs; d++) orow[d] *= corr[r];
+                }
+            }
+            tile_product(o + i0 * C, C, St, 1, np, v + j0 * C3, C3, nq, hs, nk, 1.0f, 1);
+        }
+        for (size_t r = 0; r < nq; r++) { /* j = i is always allowed, so l >= 1 */
+            float inv = 1.0f / l[r], *orow = o + (i0 + r) * C;
+            for (size_t d = 0; d < hs; d++) orow[d] *= inv;
+            lse[(i0 + r) * lse_stride] = m[r] + logf(l[r]);
+        }
+    }
+}
+
+/* fdpo_k_attention_backward_streaming for one (sequence, head) on the small path; dq, dk, dv
+ * rows (stride 3C) are written */
+static void attention_backward_small(float *dq, float *dk, float *dv, const float *dy, const float *o,
+                                     const float *q, const float *k, const float *v, const float *lse,
+                                     size_t lse_stride, const uint8_t *br, size_t T, size_t C, size_t hs,
+                                     float scale) {
+    size_t C3 = 3 * C;
+    float Pt[ATT_TILE * ATT_TILE], dPt[ATT_TILE * ATT_TILE], qt[ATT_SMALL_MAX_HS * ATT_TILE];
+    float dyt[ATT_SMALL_MAX_HS * ATT_TILE], D[ATT_TILE], L[ATT_TILE];
+    for (size_t t = 0; t < T; t++) {
+        memset(dq + t * C3, 0, hs * sizeof(float));
+        memset(dk + t * C3, 0, hs * sizeof(float));
+        memset(dv + t * C3, 0, hs * sizeof(float));
+    }
+    for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
+        size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE, np = (nq + ATT_LANES - 1) / ATT_LANES * ATT_LANES;
+        tile_transpose(qt, q + i0 * C3, C3, nq, np, hs, scale);
+        tile_transpose(dyt, dy + i0 * C, C, nq, np, hs, 1.0f);
+        for (size_t r = 0; r < np; r++) {
+            float dot = 0.0f;
+            if (r < nq) {
+                const float *a = dy + (i0 + r) * C, *c = o + (i0 + r) * C;
+#pragma omp simd reduction(+ : dot)
+                for (size_t d = 0; d < hs; d++) dot += a[d] * c[d];
+            }
+            D[r] = dot;
+            L[r] = r < nq ? lse[(i0 + r) * lse_stride] : 0.0f;
+        }
+        for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
+            size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
+            attention_scores_tile_t(Pt, np, k, C3, qt, hs, br, i0, nq, j0, nk);
+            for (size_t c = 0; c < nk; c++) {
+                float *row = Pt + c * np;
+#pragma omp simd
+                for (size_t r = 0; r < np; r++) row[r] = fdpo_k_expf(row[r] - L[r]);
+            }
+            /* dV += P^T dY;  dP^T = V dY^T;  dS^T = P^T (dP^T - D);  dQ += dS K s;  dK += dS^T Q s */
+            tile_product(dv + j0 * C3, C3, Pt, np, 1, dy + i0 * C, C, nk, hs, nq, 1.0f, 1);
+            tile_product(dPt, np, v + j0 * C3, C3, 1, dyt, ATT_TILE, nk, np, hs, 1.0f, 0);
+            for (size_t c = 0; c < nk; c++) {
+                float *d = dPt + c * np;
+                const float *p = Pt + c * np;
+#pragma omp simd
+                for (size_t r = 0; r < np; r++) d[r] = p[r] * (d[r] - D[r]);
+            }
+            tile_product(dq + i0 * C3, C3, dPt, 1, np, k + j0 * C3, C3, nq, hs, nk, scale, 1);
+            tile_product(dk + j0 * C3, C3, dPt, np, 1, q + i0 * C3, C3, nk, hs, nq, scale, 1);
+        }
+    }
+}
+
 /* Scores of one tile, masked: S [nq, nk] = scale * Q[i0:i0+nq] K[j0:j0+nk]^T, entries that
  * may not be attended (j > i, or another branch) set to -inf. */
 static void attention_scores_tile(float *S, const float *q, const float *k, size_t C3, size_t hs, float scale,
@@ -453,6 +707,7 @@ void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv
     size_t hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     long n_jobs = (long)(B * NH);
+    const int small = attention_small_path(hs, 0);
 #pragma omp parallel for schedule(dynamic, 1)
     for (long job = 0; job < n_jobs; job++) {
         size_t b = (size_t)job / NH, h = (size_t)job % NH;
@@ -460,6 +715,10 @@ void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv
         const float *q = qkv + s * C3 + h * hs, *k = q + C, *v = q + 2 * C;
         float *o = out + s * C + h * hs;
         const uint8_t *br = branch ? branch + s : NULL;
+        if (small) {
+            attention_forward_small(o, lse + s * NH + h, NH, q, k, v, br, T, C, hs, scale);
+            continue;
+        }
         float S[ATT_TILE * ATT_TILE], m[ATT_TILE], l[ATT_TILE];
         for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
             size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
@@ -495,6 +754,7 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
     size_t hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     long n_jobs = (long)(B * NH);
+    const int small = attention_small_path(hs, 1);
 #pragma omp parallel for schedule(dynamic, 1)
     for (long job = 0; job < n_jobs; job++) {
         size_t b = (size_t)job / NH, h = (size_t)job % NH;
@@ -503,6 +763,10 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
         float *dq = dqkv + s * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
         const float *dy = dout + s * C + h * hs, *o = out + s * C + h * hs;
         const uint8_t *br = branch ? branch + s : NULL;
+        if (small) {
+            attention_backward_small(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale);
+            continue;
+        }
         float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE], D[ATT_TILE];
         for (size_t t = 0; t < T; t++) {
             memset(dq + t * C3, 0, hs * sizeof(float));
@@ -604,18 +868,19 @@ void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, flo
  *   dlogits[k, v] = d_k (onehot(target_k) - exp(logits[k, v] - lse_k))   (0 where target < 0)
  *   dinp [K, C] = sum over chunks dlogits_c @ wte_c   (WRITTEN)
  *   dwte [V, C] += dlogits^T @ inp                     (chunk by chunk, ACCUMULATED; NULL: frozen)
- * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*(C + chunk). */
+ * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*(C + chunk). logits_ready: with one chunk
+ * (V <= chunk), scratch already holds the forward's logits of these K rows: not recomputed. */
 void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const float *d_token_logp, const float *lse,
                                                const int32_t *targets, const float *inp, const float *wte,
                                                const uint16_t *wte_bf16, size_t K, size_t C, size_t V, size_t chunk,
-                                               float *scratch, uint16_t *scratch_bf16) {
+                                               float *scratch, uint16_t *scratch_bf16, int logits_ready) {
     uint16_t *inp_bf16 = scratch_bf16, *dS_bf16 = scratch_bf16 ? scratch_bf16 + K * C : NULL;
     if (wte_bf16) fdpo_f32_to_bf16(inp_bf16, inp, K * C);
     if (K == 0) return;
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
         float beta = v0 == 0 ? 0.0f : 1.0f;
-        lmhead_chunk_logits(scratch, inp, inp_bf16, wte, wte_bf16, K, C, v0, nv);
+        if (!(logits_ready && nv == V)) lmhead_chunk_logits(scratch, inp, inp_bf16, wte, wte_bf16, K, C, v0, nv);
 #pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
             float *row = scratch + k * nv;
@@ -630,6 +895,16 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const f
             fdpo_f32_to_bf16(dS_bf16, scratch, K * nv);
             fdpo_gemm_bf16(0, 0, K, C, nv, 1.0f, dS_bf16, nv, wte_bf16 + v0 * C, C, beta, dinp, C);
             if (dwte) fdpo_gemm_bf16(1, 0, nv, C, K, 1.0f, dS_bf16, nv, inp_bf16, C, 1.0f, dwte + v0 * C, C);
+        } else if (dwte && gemm_pair(2 * K * C * nv)) { /* as in fdpo_k_matmul_backward */
+#pragma omp parallel sections num_threads(2)
+            {
+#pragma omp section
+                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
+                           wte + v0 * C, (int)C, beta, dinp, (int)C);
+#pragma omp section
+                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, scratch, (int)nv,
+                           inp, (int)C, 1.0f, dwte + v0 * C, (int)C);
+            }
         } else {
             fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
                         wte + v0 * C, (int)C, beta, dinp, (int)C);

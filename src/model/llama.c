@@ -500,7 +500,7 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         if (K > 0)
             fdpo_k_lmhead_logsoftmax_backward_chunked(a->d_ln, dhead, a->head_d, a->head_lse, a->head_targets, lnf_packed,
                                                       head, a->precision == FDPO_PRECISION_BF16 ? w16_of(m, head) : NULL,
-                                                      K, C, V, chunk, a->head_scratch, a->head_bf16);
+                                                      K, C, V, chunk, a->head_scratch, a->head_bf16, 0);
         scatter_rows(a->d_ln, a->head_rows, K, N, C);
     } else if (a->skip_unweighted) { /* the K rows of the forward's LM head, packed */
         size_t K = a->n_head_rows;

@@ -11,39 +11,6 @@
 
 #define COL_BLOCK 64
 
-/* exp over arrays: glibc's libmvec has SIMD variants of expf (AVX-512: 16 lanes, <= 4 ulp;
- * libm.so pulls it in), which GCC calls from a vectorised loop once expf is declared
- * "simd"; the scalar expf was a fifth of a SmolLM2-shaped LoRA step (SwiGLU and the
- * attention backward). Arrays go through fixed blocks of EXP_BLOCK, the tail padded, so
- * every element takes the same code path wherever it sits in the batch: results do not
- * depend on the thread count or on a sequence's offset in the packed batch. Other
- * compilers keep the scalar expf. */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((simd("notinbranch"))) float expf(float);
-#endif
-#define EXP_BLOCK 16
-
-static inline void exp_block(float *restrict y, const float *restrict x) {
-#pragma omp simd
-    for (int i = 0; i < EXP_BLOCK; i++) y[i] = expf(x[i]);
-}
-
-/* x[0..n) = expf(x[0..n)) in place, single-threaded (callers parallelise around it) */
-static void exp_inplace(float *x, size_t n) {
-    float y[EXP_BLOCK];
-    size_t i = 0;
-    for (; i + EXP_BLOCK <= n; i += EXP_BLOCK) {
-        exp_block(y, x + i);
-        memcpy(x + i, y, sizeof y);
-    }
-    if (i < n) {
-        float t[EXP_BLOCK] = {0};
-        memcpy(t, x + i, (n - i) * sizeof(float));
-        exp_block(y, t);
-        memcpy(x + i, y, (n - i) * sizeof(float));
-    }
-}
-
 /* out [N,C] = embed[tokens] */
 void fdpo_llama_embed_forward(float *out, const int32_t *tokens, const float *embed, size_t N, size_t C) {
 #pragma omp parallel for schedule(static)
@@ -300,9 +267,9 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
                     scores_tile(P, qh, QD, kg, KD, hd, scale, br, i0, nq, j0, nk);
                     for (size_t r = 0; r < nq; r++) {
                         float L = lse[(s + i0 + r) * NH + h];
-                        for (size_t c = 0; c < nk; c++) P[r * nk + c] -= L;
+#pragma omp simd
+                        for (size_t c = 0; c < nk; c++) P[r * nk + c] = fdpo_k_expf(P[r * nk + c] - L);
                     }
-                    exp_inplace(P, nq * nk);
                     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hd, (int)nq, 1.0f, P, (int)nk,
                                 dy + i0 * QD, (int)QD, 1.0f, dvg + j0 * KD, (int)KD);
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hd, 1.0f, dy + i0 * QD,
@@ -321,31 +288,16 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
 
 /* h = silu(gate) * up,  silu(x) = x sigmoid(x) = x / (1 + exp(-x)) */
 void fdpo_llama_swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
-    long n_blocks = (long)((n + EXP_BLOCK - 1) / EXP_BLOCK);
-#pragma omp parallel for schedule(static)
-    for (long blk = 0; blk < n_blocks; blk++) {
-        size_t i0 = (size_t)blk * EXP_BLOCK, m = n - i0 < EXP_BLOCK ? n - i0 : EXP_BLOCK;
-        float e[EXP_BLOCK] = {0};
-        for (size_t j = 0; j < m; j++) e[j] = -gate[i0 + j];
-        exp_inplace(e, EXP_BLOCK);
-        for (size_t j = 0; j < m; j++) h[i0 + j] = gate[i0 + j] / (1.0f + e[j]) * up[i0 + j];
-    }
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) h[i] = gate[i] / (1.0f + fdpo_k_expf(-gate[i])) * up[i];
 }
 
 /* dgate = dh up silu'(gate),  silu'(x) = s (1 + x (1 - s));  dup = dh silu(gate) */
 void fdpo_llama_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
-    long n_blocks = (long)((n + EXP_BLOCK - 1) / EXP_BLOCK);
-#pragma omp parallel for schedule(static)
-    for (long blk = 0; blk < n_blocks; blk++) {
-        size_t i0 = (size_t)blk * EXP_BLOCK, m = n - i0 < EXP_BLOCK ? n - i0 : EXP_BLOCK;
-        float e[EXP_BLOCK] = {0};
-        for (size_t j = 0; j < m; j++) e[j] = -gate[i0 + j];
-        exp_inplace(e, EXP_BLOCK);
-        for (size_t j = 0; j < m; j++) { /* dup may be dh (in place): dh is read first */
-            size_t i = i0 + j;
-            float g = gate[i], s = 1.0f / (1.0f + e[j]), d = dh[i];
-            dgate[i] = d * up[i] * s * (1.0f + g * (1.0f - s));
-            dup[i] = d * g * s;
-        }
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) { /* dup may be dh (in place): dh is read first */
+        float g = gate[i], s = 1.0f / (1.0f + fdpo_k_expf(-g)), d = dh[i];
+        dgate[i] = d * up[i] * s * (1.0f + g * (1.0f - s));
+        dup[i] = d * g * s;
     }
 }

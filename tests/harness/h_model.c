@@ -26,6 +26,12 @@
  *       bandwidth from a STREAM triad a = b + s c over three arrays of MIB MiB (GB/s).
  *   isa-peaks [--threads N]   (h_isa.c) fp32 FMA vs vdpbf16ps instruction rates
  *   gemm-check ...            (h_gemm.c) both GEMM entry points on random operands
+ *   model-ops --config config.json --batch B --seq T [--threads N] [--reps R]
+ *       per-op timer of one fp32 training step at these shapes: runs each kernel of the
+ *       forward/backward (fdpo_k_*, the linear GEMMs, the chunked LM head) and the AdamW
+ *       step on random inputs, best of R (default 5) batches of 10 calls, and prints one JSON
+ *       line per op: calls per step, CPU and wall ms per step (process CPU time: steadier
+ *       than wall time on a shared machine), then a "total" line. docs/model.md#wave-5.
  *   model-fb also takes --precision fp32|bf16, and --lora ADAPTER_DIR: PEFT adapters attached
  *       (base frozen); the gradients written are then the adapters' (lora_A / lora_B names).
  *       --lora-train STEP: as in training step STEP (dropout on, masks keyed by STEP).
@@ -38,7 +44,8 @@
  *       (process CPU time: steadier than wall time on a shared machine).
  *   kernel-expf
  *       reads floats from stdin (C99 hex "%a" or decimal, inf/nan), writes fdpo_k_expf of
- *       each, one "%a" per line (the tests compare with numpy's float64 exp).
+ *       each, one "%a" per line (the tests compare with numpy's float64 exp), computed in a
+ *       vectorised loop; fails if any differs from the scalar call on the same float.
  */
 #include <cJSON.h>
 #include <stdio.h>
@@ -314,6 +321,113 @@ static int h_model_bench(int argc, char **argv) {
     return rc;
 }
 
+/* ---- model-ops: per-op timer (CPU and wall ms per training step) ---- */
+typedef struct {
+    double cpu_ms, wall_ms;
+} op_time;
+
+static float *ops_random(fdpo_rng *rng, size_t n) {
+    float *p = fdpo_malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = (float)(fdpo_rng_uniform(rng) - 0.5);
+    return p;
+}
+
+static double ops_total_cpu, ops_total_wall;
+static void ops_report(const char *name, int calls, op_time t) {
+    printf("{\"op\": \"%s\", \"calls_per_step\": %d, \"cpu_ms_per_step\": %.4f, \"wall_ms_per_step\": %.4f}\n", name,
+           calls, t.cpu_ms * calls, t.wall_ms * calls);
+    ops_total_cpu += t.cpu_ms * calls;
+    ops_total_wall += t.wall_ms * calls;
+}
+
+/* ops_report(NAME, CALLS, best of reps batches of 10 calls of STMT, per call, in ms) */
+#define OPS_TIME(name, calls, reps, STMT)                                                            \
+    do {                                                                                             \
+        op_time best_ = {1e30, 1e30};                                                                \
+        for (int r_ = 0; r_ < (reps); r_++) {                                                        \
+            double w0_ = fdpo_now(), c0_ = cpu_seconds();                                            \
+            for (int i_ = 0; i_ < 10; i_++) { STMT; }                                                \
+            double w_ = (fdpo_now() - w0_) * 100.0, c_ = (cpu_seconds() - c0_) * 100.0;              \
+            if (c_ < best_.cpu_ms) best_.cpu_ms = c_;                                                \
+            if (w_ < best_.wall_ms) best_.wall_ms = w_;                                              \
+        }                                                                                            \
+        ops_report(name, calls, best_);                                                              \
+    } while (0)
+
+static int h_model_ops(int argc, char **argv) {
+    const char *cfg = arg(argc, argv, "--config"), *threads = arg(argc, argv, "--threads");
+    const char *bs = arg(argc, argv, "--batch"), *ts = arg(argc, argv, "--seq"), *rs = arg(argc, argv, "--reps");
+    if (!cfg || !bs || !ts) return fdpo_error("usage: model-ops --config FILE --batch B --seq T [--threads N] [--reps R]");
+    if (threads) fdpo_set_threads(atoi(threads));
+    fdpo_gpt2_config c;
+    if (fdpo_config_load(cfg, &c)) return -1;
+    if (c.arch != FDPO_ARCH_GPT2) return fdpo_error("model-ops: --config: GPT-2 configs only");
+    int reps = rs && atoi(rs) > 0 ? atoi(rs) : 5, L = (int)c.n_layer;
+    size_t B = (size_t)atoi(bs), T = (size_t)atoi(ts), N = B * T, C = c.n_embd, NH = c.n_head, V = c.vocab_size;
+    if (B == 0 || T == 0 || T > c.n_positions) return fdpo_error("model-ops: --batch/--seq: need B >= 1, 1 <= T <= n_positions");
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, 5);
+    float *x = ops_random(&rng, N * 4 * C), *y = ops_random(&rng, N * 4 * C), *o = ops_random(&rng, N * 4 * C);
+    float *w = ops_random(&rng, 16 * C * C), *dw = ops_random(&rng, 16 * C * C), *bias = ops_random(&rng, 4 * C);
+    float *qkv = ops_random(&rng, N * 3 * C), *dqkv = ops_random(&rng, N * 3 * C), *att = ops_random(&rng, N * C);
+    float *lse = ops_random(&rng, N * NH), *mean = ops_random(&rng, N), *rstd = ops_random(&rng, N);
+    float *lw = ops_random(&rng, C), *lb = ops_random(&rng, C), *dlw = ops_random(&rng, C), *dlb = ops_random(&rng, 4 * C);
+    float *wte = ops_random(&rng, V * C), *dwte = ops_random(&rng, V * C), *wpe = ops_random(&rng, T * C);
+    float *dwpe = ops_random(&rng, T * C), *tlp = ops_random(&rng, N), *lsum = ops_random(&rng, N);
+    float *dt = fdpo_malloc(N * sizeof(float)), *scratch = fdpo_malloc(N * fdpo_lmhead_chunk(V) * sizeof(float));
+    double *acc = fdpo_malloc(3 * N * sizeof(double));
+    int32_t *tok = fdpo_malloc(N * sizeof(int32_t)), *pos = fdpo_malloc(N * sizeof(int32_t));
+    size_t *off = fdpo_malloc((B + 1) * sizeof(size_t)), chunk = fdpo_lmhead_chunk(V);
+    for (size_t b = 0; b <= B; b++) off[b] = b * T;
+    for (size_t t = 0; t < N; t++) {
+        tok[t] = (int32_t)fdpo_rng_below(&rng, V);
+        pos[t] = (int32_t)(t % T);
+        dt[t] = -1.0f / (float)N;
+    }
+    for (size_t i = 0; i < N; i++) rstd[i] = 1.0f;
+    fdpo_k_attention_forward_streaming(att, lse, qkv, off, NULL, B, C, NH); /* a consistent lse */
+    ops_total_cpu = ops_total_wall = 0.0;
+    const int R = reps;
+    OPS_TIME("encoder_forward", 1, R, fdpo_k_encoder_forward(o, tok, pos, wte, wpe, N, C));
+    OPS_TIME("layernorm_forward", 1, R, fdpo_k_layernorm_forward(o, mean, rstd, x, lw, lb, N, C, 1e-5f));
+    OPS_TIME("matmul_forward qkv", L, R, fdpo_k_matmul_forward(o, x, w, bias, N, C, 3 * C));
+    OPS_TIME("attention_forward", L, R, fdpo_k_attention_forward_streaming(att, lse, qkv, off, NULL, B, C, NH));
+    OPS_TIME("matmul_forward attn_proj", L, R, fdpo_k_matmul_forward(o, x, w, NULL, N, C, C));
+    OPS_TIME("residual_layernorm_forward", 2 * L, R, fdpo_k_residual_layernorm_forward(y, o, mean, rstd, lb, x, lw, lb, N, C, 1e-5f));
+    OPS_TIME("matmul_forward fc", L, R, fdpo_k_matmul_forward(o, x, w, NULL, N, C, 4 * C));
+    OPS_TIME("bias_gelu_forward", L, R, fdpo_k_bias_gelu_forward(o, y, bias, N, 4 * C));
+    OPS_TIME("matmul_forward fc_proj", L, R, fdpo_k_matmul_forward(o, x, w, NULL, N, 4 * C, C));
+    OPS_TIME("lmhead_logsoftmax_forward", 1, R, fdpo_k_lmhead_logsoftmax_forward_chunked(lse, tlp, lsum, x, wte, NULL, tok, N, C, V, chunk,
+                                                                    scratch, NULL, acc));
+    OPS_TIME("lmhead_logsoftmax_backward", 1, R, fdpo_k_lmhead_logsoftmax_backward_chunked(o, dwte, dt, lse, tok, x, wte, NULL, N, C, V, chunk,
+                                                                     scratch, NULL, chunk >= V));
+    OPS_TIME("layernorm_backward", 2 * L + 1, R, fdpo_k_layernorm_backward(o, dlw, dlb, y, x, lw, mean, rstd, N, C));
+    OPS_TIME("matmul_backward fc_proj", L, R, fdpo_k_matmul_backward(o, dw, dlb, y, x, w, N, 4 * C, C, 0));
+    OPS_TIME("gelu_backward_bias", L, R, fdpo_k_gelu_backward_bias(o, dlb, x, N, 4 * C));
+    OPS_TIME("matmul_backward fc", L, R, fdpo_k_matmul_backward(o, dw, NULL, y, x, w, N, C, 4 * C, 0));
+    OPS_TIME("matmul_backward attn_proj", L, R, fdpo_k_matmul_backward(o, dw, dlb, y, x, w, N, C, C, 0));
+    OPS_TIME("attention_backward", L, R, fdpo_k_attention_backward_streaming(dqkv, y, qkv, att, lse, off, NULL, B, C, NH));
+    OPS_TIME("matmul_backward qkv", L, R, fdpo_k_matmul_backward(o, dw, dlb, y, x, w, N, C, 3 * C, 0));
+    OPS_TIME("encoder_backward", 1, R, fdpo_k_encoder_backward(dwte, dwpe, y, tok, pos, N, C));
+    fdpo_gpt2 *m = fdpo_gpt2_create(&c);
+    if (!m) return -1;
+    fdpo_gpt2_init(m, 1);
+    fdpo_gpt2_zero_grad(m);
+    fdpo_adamw opt;
+    fdpo_adamw_init(&opt, m->n_params, 0.9, 0.95, 1e-8, 0.1);
+    OPS_TIME("zero_grad", 1, R, fdpo_gpt2_zero_grad(m));
+    OPS_TIME("adamw_step", 1, R, fdpo_adamw_step(&opt, m, 1e-4));
+    printf("{\"op\": \"total\", \"cpu_ms_per_step\": %.4f, \"wall_ms_per_step\": %.4f, \"threads\": %d}\n",
+           ops_total_cpu, ops_total_wall, fdpo_get_threads());
+    fdpo_adamw_free(&opt);
+    fdpo_gpt2_free(m);
+    float *bufs[] = {x, y, o, w, dw, bias, qkv, dqkv, att, lse, mean, rstd, lw, lb, dlw, dlb, wte, dwte, wpe, dwpe,
+                     tlp, lsum, dt, scratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    free(acc); free(tok); free(pos); free(off);
+    return 0;
+}
+
 /* best of several runs of fn, at least min_reps and until min_seconds have passed */
 static double best_seconds(void (*fn)(void *), void *ctx, int min_reps, double min_seconds) {
     double best = 1e30, start = fdpo_now();
@@ -473,15 +587,37 @@ static int h_attention_check(int argc, char **argv) {
     return rc;
 }
 
+/* the array through one `omp simd` loop: the vector code path of fdpo_k_expf */
+static void expf_array(float *restrict y, const float *restrict x, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) y[i] = fdpo_k_expf(x[i]);
+}
+
 static int h_kernel_expf(void) {
     char word[128];
+    size_t n = 0, cap = 1024;
+    float *x = fdpo_malloc(cap * sizeof(float));
+    int rc = 0;
     while (scanf("%127s", word) == 1) {
         char *end;
-        float x = strtof(word, &end);
-        if (*end) return fdpo_error("kernel-expf: '%s' is not a float", word);
-        printf("%a\n", (double)fdpo_k_expf(x));
+        float v = strtof(word, &end);
+        if (*end) { rc = fdpo_error("kernel-expf: '%s' is not a float", word); break; }
+        if (n == cap) x = fdpo_realloc(x, (cap *= 2) * sizeof(float));
+        x[n++] = v;
     }
-    return 0;
+    float *y = fdpo_malloc((n + 1) * sizeof(float));
+    if (!rc) expf_array(y, x, n);
+    for (size_t i = 0; i < n && !rc; i++) {
+        volatile float xi = x[i]; /* the scalar path */
+        float s = fdpo_k_expf(xi);
+        if (memcmp(&s, &y[i], sizeof s) != 0)
+            rc = fdpo_error("kernel-expf: x = %a: vector %a, scalar %a", (double)x[i], (double)y[i], (double)s);
+        else
+            printf("%a\n", (double)y[i]);
+    }
+    free(x);
+    free(y);
+    return rc;
 }
 
 int h_model(int argc, char **argv);
@@ -492,6 +628,7 @@ int h_model(int argc, char **argv) {
     if (!strcmp(argv[0], "model-load")) return h_model_load(argc, argv);
     if (!strcmp(argv[0], "model-bench")) return h_model_bench(argc, argv);
     if (!strcmp(argv[0], "model-peaks")) return h_model_peaks(argc, argv);
+    if (!strcmp(argv[0], "model-ops")) return h_model_ops(argc, argv);
     if (!strcmp(argv[0], "attention-check")) return h_attention_check(argc, argv);
     return fdpo_error("unknown model subcommand");
 }

@@ -47,6 +47,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"model-load", h_model},
     {"model-peaks", h_model},
     {"isa-peaks", h_isa_peaks},
+    {"model-ops", h_model},
     {"attention-check", h_model},
     {"kernel-expf", h_model},
     {"objectives", h_objectives},

@@ -11,7 +11,11 @@ branch[i]).
 Tolerances: streaming vs materialised and both vs float64 PyTorch, max|diff| / max|ref|
 <= 1e-5 for outputs and 1e-4 for gradients (the model parity tolerances; fp32 summation
 orders differ, observed ~1e-7 / ~1e-6). Lengths cover T = 1, tile edges (63, 64, 65), several
-tiles (130) and the model's n_positions (1024 for GPT-2).
+tiles (130) and the model's n_positions (1024 for GPT-2). Head sizes that are multiples of 16 up
+to 128 (16, 32, 48, 64, 80) run the streaming forward's small path (score tiles kept
+transposed, register-blocked tile products with vector types, the softmax down columns),
+and up to 32 (16, 32) the backward's; the others (4, 8, 144; 48-80 in backward) run the
+tile products through fdpo_sgemm.
 """
 import math
 import os
@@ -60,6 +64,13 @@ def reference(qkv, dout, branch, off, NH):
     ("5,63,64,65,130", 3, 16, 1),
     ("1024", 2, 8, 0),
     ("300,1024", 1, 8, 1),
+    # head sizes that are multiples of 16 take the small-tile products (tile_product)
+    ("5,63,64,65,130", 2, 32, 0),
+    ("5,63,64,65,130", 2, 32, 1),
+    ("1,17,100", 1, 48, 0),
+    ("200", 2, 64, 1),
+    ("70", 1, 80, 0),
+    ("33,70", 1, 144, 1),
 ])
 def test_streaming_attention_matches_materialised_and_pytorch(tmp_path, lengths, heads, head_size, branches):
     out_path = tmp_path / "a.safetensors"
