@@ -363,7 +363,10 @@ static void safety_panel(charts *ch) {
         if (pol_num(q, "safety_se", &v)) snprintf(se, sizeof se, " \xc2\xb1 %.3g", v);
         if (pol_num(q, "safety_frac_safe", &v)) snprintf(frac, sizeof frac, ", %.3g safe", v);
         snprintf(tip, sizeof tip, "%.200s: reward %.4g, safety %.4g%s%s", q->name, x, y, se, frac);
-        series_add(series_new(series, q->name, run_color(i), 0, 0), x, y, tip);
+        /* labelled by the last path component (sacpo's reward, lambda-L, merge-...; base), the
+         * tooltip names the whole path */
+        const char *slash = strrchr(q->name, '/'), *label = slash && slash[1] ? slash + 1 : q->name;
+        series_add(series_new(series, label, run_color(i), 0, 0), x, y, tip);
     }
     if (cJSON_GetArraySize(series) && isfinite(thr)) {
         char label[64];
@@ -373,7 +376,8 @@ static void safety_panel(charts *ch) {
         if (xmax > xmin) series_add(t, xmax, thr, NULL);
     }
     chart_emit(ch, series, "Reward vs safety", "Mean reward against mean safety score g of the sampled completions "
-               "(fdpo eval --safety), one point per policy; the dashed line is the threshold of the fraction safe. "
+               "(fdpo eval --safety), one point per policy; the dashed line is the threshold T of --safety-threshold, "
+               "the constraint E[g] \xe2\x89\xa5 T (each tooltip's fraction safe counts the samples with g \xe2\x89\xa5 T). "
                "Up and right is better.", "mean reward", "mean safety", 0);
 }
 
