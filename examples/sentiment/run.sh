@@ -202,8 +202,8 @@ rm_then_online() {
 }
 par_do rm_then_online
 par_wait
-printf '{"offline_queries": %d, "online_queries": %d, "bt_scale": %s}\n' $((PAIR_PROMPTS * K_GEN)) \
-  $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN)) $BT_SCALE > "$RUN/budget.json"
+printf '{"offline_queries": %d, "online_queries": %d, "bt_scale": %s, "safety_bt_scale": %s}\n' $((PAIR_PROMPTS * K_GEN)) \
+  $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN)) $BT_SCALE $SAFETY_BT > "$RUN/budget.json"
 
 say "e. evaluate base and every policy on held-out prompts (offline, online, proxy reward, safety), ${SAMPLE[*]:-T = 1}"
 # Per-token f-divergences over the whole vocabulary are 40% of eval's CPU (4.5 vs 2.7 s for 128 samples, BPE
@@ -228,7 +228,8 @@ SACPO_MODELS=(--model "$BASE" --model "$RUN/sacpo/reward")
 for m in "$RUN"/sacpo/lambda-* "$RUN"/sacpo/merge-*; do [ -d "$m" ] && SACPO_MODELS+=(--model "$m"); done
 par_stage "$RUN/eval_safety.json" "$FDPO" eval "${SACPO_MODELS[@]}" --ref "$BASE" --data "$DATA/prompts_eval.jsonl" \
       --reward afinn --lexicon "$LEXICON" --safety "lexicon:$HARM" --safety-threshold $SAFETY_B --n $K_AUX \
-      --max-new-tokens $NEW_TOK "${SAMPLE[@]}" --divergences rkl --seed 5 --threads $PTHREADS --out "$RUN/eval_safety.json"
+      --max-new-tokens $NEW_TOK "${SAMPLE[@]}" --divergences rkl --seed 5 --threads $PTHREADS --out "$RUN/eval_safety.json" \
+      --samples-out "$RUN/eval_safety_samples.jsonl"
 par_wait
 
 say "f. the theory on the demo's own problem: the base model's held-out samples as pi_ref, their rewards as r"

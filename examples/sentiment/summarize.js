@@ -289,6 +289,33 @@ if (safety) {
   for (const p of lams)
     say(`- lambda ${lamOf(p)} ${side(p)}: E[g] ${pm(p.safety_mean, p.safety_se)}, reward ${pm(p.reward_mean, p.reward_se, 4)}, KL ${f(p.kl_seq_mean)}` +
         (r0 ? `; against the reward-only policy: safety ${pm(d2(p, r0, 'safety').v, d2(p, r0, 'safety').s)}, reward ${pm(d2(p, r0, 'reward').v, d2(p, r0, 'reward').s, 4)}.` : '.'));
+  // Theory: for reverse KL the stepwise optimum is exact, pi_lambda = pi_reward * exp(lambda g / (beta s)) / Z
+  // (s: the BT scale of the safety labels), so reweighting the reward stage's own evaluation samples
+  // predicts each lambda's E[g] and reward (self-normalised importance sampling, its delta-method s.e.)
+  const safSamplesFile = path.join(run, 'eval_safety_samples.jsonl');
+  const sacpoPlan = fs.existsSync(path.join(run, 'sacpo', 'sacpo.json')) ? readJson(path.join(run, 'sacpo', 'sacpo.json')).plan : null;
+  const budgetS = fs.existsSync(path.join(run, 'budget.json')) ? readJson(path.join(run, 'budget.json')) : {};
+  if (r0 && lams.length && sacpoPlan && sacpoPlan.divergence === 'rkl' && fs.existsSync(safSamplesFile) && Number.isFinite(budgetS.safety_bt_scale)) {
+    const ref = readJsonl(safSamplesFile).filter((x) => x.policy === r0.name && Number.isFinite(x.safety) && Number.isFinite(x.reward));
+    const scale = sacpoPlan.beta * budgetS.safety_bt_scale;
+    const tilt = (lam, key) => {
+      const w = ref.map((x) => Math.exp(lam * x.safety / scale)), W = w.reduce((a, v) => a + v, 0);
+      const mu = ref.reduce((a, x, i) => a + w[i] * x[key], 0) / W;
+      return { v: mu, s: Math.sqrt(ref.reduce((a, x, i) => a + (w[i] * (x[key] - mu)) ** 2, 0)) / W, ess: W * W / w.reduce((a, v) => a + v * v, 0) };
+    };
+    if (ref.length > 1) {
+      say(`- Theory (reverse KL: the stepwise optimum is exact, the reward-only policy times exp(lambda g / (beta ${sacpoPlan.beta} x BT scale ${budgetS.safety_bt_scale})) ` +
+          `per completion; predicted by reweighting the reward stage's ${ref.length} evaluation samples, measured by training):`);
+      for (const p of lams) {
+        const g = tilt(lamOf(p), 'safety'), r = tilt(lamOf(p), 'reward');
+        const dz = (p.safety_mean - g.v) / Math.hypot(p.safety_se, g.s);
+        say(`  - lambda ${lamOf(p)}: predicted E[g] ${pm(g.v, g.s)}, reward ${pm(r.v, r.s, 4)} (effective samples ${f(g.ess, 0)}); ` +
+            `measured E[g] ${pm(p.safety_mean, p.safety_se)}, reward ${pm(p.reward_mean, p.reward_se, 4)}; E[g] measured - predicted ` +
+            `${f(dz, 1)} s.e. (${Math.abs(dz) > 2 ? 'more than two: training did not land on the optimum' : 'within two'}), ` +
+            `reward measured - predicted ${pm(p.reward_mean - r.v, Math.hypot(p.reward_se, r.s), 4)}.`);
+      }
+    }
+  }
   const chain = r0 ? [r0, ...lams] : lams;
   if (chain.length >= 2) {
     const steps = [];
