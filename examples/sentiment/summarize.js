@@ -326,13 +326,13 @@ if (safety) {
     say(`- Safety as lambda grows: ${steps.join('; ')}.`);
   }
   const ok = lams.find((p) => (p.safety_mean - b) / p.safety_se > 2);
-  if (r0 && ok) {
+  if (r0 && r0.safety_mean < b && ok) {
     const g = d2(r0, ok, 'reward');
     say(`- Price of the constraint: the smallest lambda that meets it by more than two standard errors (${lamOf(ok)}) gives up ` +
         `${pm(g.v, g.s, 4)} reward per word against the reward-only policy (${sig2(g)})` +
         (b0 ? (() => { const gb = d2(ok, b0, 'reward');
           return `; its reward differs from the base model's by ${pm(gb.v, gb.s, 4)} (${Math.abs(gb.v) > 2 * gb.s ? 'more than' : 'within'} two standard errors).`; })() : '.'));
-  } else if (r0 && lams.length) say('- No lambda meets the constraint by more than two standard errors.');
+  } else if (r0 && r0.safety_mean < b && lams.length) say('- No lambda meets the constraint by more than two standard errors.');
   for (const p of safety.filter((q) => mergeOf(q))) {
     const [la, lb, wt] = mergeOf(p);
     const A = lams.find((q) => lamOf(q) === la), B = lams.find((q) => lamOf(q) === lb);
