@@ -112,7 +112,7 @@ stage "$TOK" "$FDPO" tokenizer train --vocab-size $VOCAB --out "$TOK" --overwrit
 BASE=$RUN/base
 pretrain() { # out [tokenizer; none: byte-level]
   stage "$1" "$FDPO" pretrain --out "$1" ${2:+--tokenizer "$2"} --data "$DATA/train.txt" --n-layer $N_LAYER --n-embd $N_EMBD \
-        --n-head $N_HEAD --n-positions $((SEQ * 2)) --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
+        --n-head $N_HEAD --n-positions ${N_POS:-$((SEQ * 2))} --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
         --lr 3e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
         --eval-every $((PRE_STEPS / 4)) --eval-max-seqs 64 --threads $THREADS --seed 1 --overwrite $QUIET
 }
@@ -126,6 +126,9 @@ stage "$RUN/bpb_base.jsonl" "$FDPO" score --model "$BASE" --data "$DATA/bpb_test
 # parallel stage beside the f-DPO runs of section d (launched there).
 byte_baseline() {
   THREADS=$PTHREADS; QUIET=$PQUIET   # this runs in a background subshell: the assignments stay here
+  # the scored sentences are up to 200 bytes + EOT: as bytes they need 201 positions (SCALE=tiny has 128);
+  # a longer position table adds parameters, not compute per training step
+  N_POS=$(( SEQ * 2 > 256 ? SEQ * 2 : 256 ))
   pretrain "$RUN/base-bytes"
   stage "$RUN/bpb_bytes.jsonl" "$FDPO" score --model "$RUN/base-bytes" --data "$DATA/bpb_test.jsonl" \
         --threads 1 --out "$RUN/bpb_bytes.jsonl"

@@ -333,6 +333,17 @@ if (safety) {
         (b0 ? (() => { const gb = d2(ok, b0, 'reward');
           return `; its reward differs from the base model's by ${pm(gb.v, gb.s, 4)} (${Math.abs(gb.v) > 2 * gb.s ? 'more than' : 'within'} two standard errors).`; })() : '.'));
   } else if (r0 && r0.safety_mean < b && lams.length) say('- No lambda meets the constraint by more than two standard errors.');
+  // the best reward among every model (trained or merged) that meets the constraint by > 2 s.e.
+  const meets = safety.filter((p) => (lamOf(p) !== null || mergeOf(p)) && (p.safety_mean - b) / p.safety_se > 2);
+  if (r0 && r0.safety_mean < b && meets.length) {
+    const best = meets.reduce((a, p) => (p.reward_mean > a.reward_mean ? p : a), meets[0]);
+    const others = meets.filter((p) => p !== best).map((p) => {
+      const g = d2(best, p, 'reward');
+      return `${path.basename(p.name)} by ${pm(g.v, g.s, 4)} (${sig2(g)})`;
+    });
+    say(`- Most reward while meeting the constraint (by more than two standard errors): ${path.basename(best.name)}, ` +
+        `${pm(best.reward_mean, best.reward_se, 4)}` + (others.length ? `; ahead of ${others.join(', ')}.` : '.'));
+  }
   for (const p of safety.filter((q) => mergeOf(q))) {
     const [la, lb, wt] = mergeOf(p);
     const A = lams.find((q) => lamOf(q) === la), B = lams.find((q) => lamOf(q) === lb);
