@@ -129,6 +129,7 @@ typedef struct {
     /* seconds: generation; reward + log-probs; f-DPO; waiting for the previous round's
      * checkpoint writer (the part of the save the round does not hide) */
     double t_sampling, t_scoring, t_training, t_checkpoint;
+    double t_round;                             /* the whole round, up to its metrics line */
 } round_stats;
 
 /* What a round works on, sized once for the whole run (N = P * n samples; a round has at
@@ -290,6 +291,7 @@ static int write_round_metrics(fdpo_metrics *mw, long k, long rounds, double bet
     fdpo_metrics_add(mw, "time/scoring", st->t_scoring);
     fdpo_metrics_add(mw, "time/training", st->t_training);
     fdpo_metrics_add(mw, "time/checkpoint", st->t_checkpoint);
+    fdpo_metrics_add(mw, "time/round", st->t_round);
     fdpo_metrics_add(mw, "progress", (double)(k + 1) / (double)rounds);
     return fdpo_metrics_end(mw);
 }
@@ -417,6 +419,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         size_t pairs_len = 0;
         fdpo_log(FDPO_LOG_INFO, "round %ld (%ld of %ld): sampling %ld x %ld from %s", k, k + 1, o->rounds,
                  o->prompts_per_round, o->n, prev);
+        const double t_round = fdpo_now();
         fdpo_gpt2 *round_ref = o->ref_update_round || (k == 0 && ref_is_model) ? NULL : ref;
         /* (round k-1's writer may still be reading the policy: sampling and scoring only read it) */
         rc = make_round_pairs(o, k, policy, round_ref, tok, prompts, n_prompts, reward, &pairs_text, &pairs_len, &buf, &ids,
@@ -463,6 +466,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (ids) fdpo_free_ids(ids, lens, buf.P);
         if (fdpo_dist_is_root()) {   /* rank 0 writes; the others go on with the policy in memory */
             /* the metrics line before the writer's rename: a crash between the two drops it on --resume */
+            st.t_round = fdpo_now() - t_round;
             if (rc == 0) rc = write_round_metrics(&mw, k, o->rounds, o->dpo.dpo.loss.beta, &st);
             if (rc == 0) {
                 rc = round_writer_start(&writer, k, partial, done, pairs, policy, tok, state_text, pairs_text, pairs_len);
