@@ -157,18 +157,24 @@ def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, genera
         kl = (lpol - lref).mean()  # the round's KL metric, as fdpo logs it
     r = reward.view(P, n)
     best, worst = r.argmax(1) + torch.arange(P) * n, r.argmin(1) + torch.arange(P) * n
+    # fdpo's rule: a prompt whose completions all score the same (or whose best and worst are
+    # the same tokens) gives no pair -- so both sides train on the pairs the round's rule keeps
+    keep = (r.max(1).values > r.min(1).values) & (seqs[best] != seqs[worst]).any(1)
+    best, worst = best[keep], worst[keep]
     t2 = time.perf_counter()
-    pairs = torch.cat([seqs[best], seqs[worst]], 0)
-    logp = completion_logp(policy, pairs, Pt)
-    margin = (logp[:P] - lref[best]) - (logp[P:] - lref[worst])
-    loss = -F.logsigmoid(beta * margin).mean()
-    opt.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-    opt.step()
+    npairs = len(best)
+    if npairs:
+        pairs = torch.cat([seqs[best], seqs[worst]], 0)
+        logp = completion_logp(policy, pairs, Pt)
+        margin = (logp[:npairs] - lref[best]) - (logp[npairs:] - lref[worst])
+        loss = -F.logsigmoid(beta * margin).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
     t3 = time.perf_counter()
     _ = kl
-    return {"sampling": t1 - t0, "scoring": t2 - t1, "training": t3 - t2}
+    return {"sampling": t1 - t0, "scoring": t2 - t1, "training": t3 - t2, "pairs": npairs}
 
 
 def prompt_texts(n, tokens):
@@ -201,10 +207,9 @@ def fdpo_online(d, tmp, a):
         sys.exit(f"fdpo online failed: {r.stderr}")
     m = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][-1]
     subprocess.run(["rm", "-rf", out])
-    if m["pairs"] < a.prompts:
-        print(f"  (fdpo round with {m['pairs']:g} of {a.prompts} pairs: tied rewards)")
     t = {p: m[f"time/{p}"] for p in PHASES + ["checkpoint"]}
     t["other"] = max(0.0, m["time/round"] - sum(t.values()))
+    t["pairs"] = m["pairs"]
     return t
 
 
@@ -269,6 +274,11 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
     share = {s: ", ".join(f"{p} {100 * med[s][p] / max(1e-12, sum(med[s].values())):.0f}%" for p in PHASES + extra
                           if s == "fdpo" or p in PHASES) for s in res}
     print(f"  split: fdpo {share['fdpo']}; torch {share['torch']}")
+    if all("pairs" in x for s in res for x in res[s]):
+        # ties give no pair on either side: the training phases compare like with like only
+        # when the sides trained on about as many pairs
+        counts = {s: " ".join(format(x["pairs"], "g") for x in res[s]) for s in res}
+        print("  pairs trained on per round: " + "; ".join(f"{s} {counts[s]}" for s in res))
     print(f"  load average after: {os.getloadavg()[0]:.1f}")
 
 
