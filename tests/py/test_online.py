@@ -412,3 +412,18 @@ def test_killed_mid_save_leaves_the_last_round_and_resume_equals_uninterrupted(s
         assert (a / f"round-{k}.pairs.jsonl").read_bytes() == (b / f"round-{k}.pairs.jsonl").read_bytes()
     drop = lambda ms: [{k: v for k, v in m.items() if k != "progress" and not k.startswith("time/")} for m in ms]
     assert drop(metrics(a)) == drop(metrics(b)) and [m["step"] for m in metrics(b)] == [1, 2, 3]
+
+
+def test_a_failed_checkpoint_write_fails_the_run_naming_the_round(setup, tmp_path):
+    # the background writer cannot put round 0's pairs record in place (a directory holds its
+    # name): the run fails naming the round and the file, round 0 never becomes complete, and
+    # once the obstacle is gone a fresh run into the directory starts over cleanly
+    out = tmp_path / "w"
+    (out / "round-0.pairs.jsonl").mkdir(parents=True)
+    r = online(setup, out, "--rounds", 2, "--prompts-per-round", 4, check=False)
+    assert r.returncode != 0
+    assert "round 0: saving" in r.stderr and "round-0.pairs.jsonl" in r.stderr, r.stderr
+    assert not (out / "round-0").exists() and not (out / "round-1").exists()
+    (out / "round-0.pairs.jsonl").rmdir()
+    online(setup, out, "--rounds", 1, "--prompts-per-round", 4)
+    assert [m["round"] for m in metrics(out)] == [0] and (out / "round-0" / "model.safetensors").exists()
