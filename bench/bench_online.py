@@ -142,8 +142,10 @@ def completion_logp(model, seqs, P):
     return lp[:, P - 1:].gather(-1, seqs[:, P:].unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
-def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, generator):
-    """One round; returns the seconds of each phase."""
+def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, generator, n_pairs=None):
+    """One round; returns the seconds of each phase. n_pairs: train on exactly this many pairs
+    (the fdpo run's count, so that both sides' training phases do the same work whatever the
+    ties): the prompts with a reward gap first, then tied ones; None: fdpo's rule alone."""
     import torch
     import torch.nn.functional as F
     P, Pt = prompt_ids.shape
@@ -160,7 +162,11 @@ def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, genera
     # fdpo's rule: a prompt whose completions all score the same (or whose best and worst are
     # the same tokens) gives no pair -- so both sides train on the pairs the round's rule keeps
     keep = (r.max(1).values > r.min(1).values) & (seqs[best] != seqs[worst]).any(1)
-    best, worst = best[keep], worst[keep]
+    if n_pairs is None:
+        best, worst = best[keep], worst[keep]
+    else:
+        order = torch.cat([torch.nonzero(keep)[:, 0], torch.nonzero(~keep)[:, 0]])[:n_pairs]
+        best, worst = best[order], worst[order]
     t2 = time.perf_counter()
     npairs = len(best)
     if npairs:
@@ -188,7 +194,7 @@ def torch_worker(a):
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     ids = torch.tensor([list(p.encode()) for p in prompt_texts(a.prompts, a.prompt_tokens)])
     g = torch.Generator().manual_seed(1)
-    times = [torch_online_round(policy, ref, opt, ids, a.n, a.new_tokens, 0.1, g) for _ in range(2)]
+    times = [torch_online_round(policy, ref, opt, ids, a.n, a.new_tokens, 0.1, g, a.pairs) for _ in range(2)]
     print(json.dumps(times[-1]))
 
 
@@ -237,9 +243,14 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
                 if side == "fdpo":
                     res[side].append(fdpo_side(d, tmp, a))
                     continue
+                # as many pairs as the latest fdpo run trained on (the runs alternate fdpo first),
+                # so that the training phases do the same work (ties vary from run to run)
+                same_pairs = []
+                if res["fdpo"] and "pairs" in res["fdpo"][-1]:
+                    same_pairs = ["--pairs", str(int(res["fdpo"][-1]["pairs"]))]
                 w = subprocess.run([sys.executable, sys.argv[0], "--worker", d, "--threads", str(a.threads),
                                     "--prompts", str(a.prompts), "--prompt-tokens", str(a.prompt_tokens),
-                                    "--new-tokens", str(a.new_tokens), "--n", str(a.n)] + worker_args,
+                                    "--new-tokens", str(a.new_tokens), "--n", str(a.n)] + same_pairs + worker_args,
                                    capture_output=True, text=True)
                 if w.returncode:
                     sys.exit(f"torch worker failed: {w.stderr}")
@@ -293,6 +304,7 @@ def parse_args(doc, n_default, prompts_default, new_tokens_default):
     ap.add_argument("--runs", type=int, default=5, help="interleaved runs per side (at least 5)")
     ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--pairs", type=int, help=argparse.SUPPRESS)   # worker: train on this many pairs
     return ap.parse_args()
 
 
