@@ -11,10 +11,14 @@ log-probs taken from the scoring.
 
 fdpo side: `fdpo online --rounds 2 --batch-size P --epochs 1`, a process per run; the round
 timed is round 1 (round 0 is the warm-up; in round 1 the reference is no longer the policy,
-so it is scored), its split read from fdpo's own metrics.jsonl (time/sampling: generation;
-time/scoring: reward + reference log-probs; time/training: the round's f-DPO step on the
-in-memory policy plus the round's checkpoint, written atomically with fsync for resume --
-the whole cost of a round as fdpo runs it; PyTorch writes nothing).
+so it is scored), its split read from fdpo's own metrics.jsonl: the three phases both sides
+do -- time/sampling: generation; time/scoring: reward + reference log-probs; time/training:
+the round's f-DPO step on the in-memory policy (trainer, clipping, AdamW) -- and two that only
+fdpo has, shown apart: time/checkpoint, what writing the previous round's checkpoint (atomic,
+fsynced, for resume per round; a background thread writes it while this round samples) cost
+this round in waiting, and "other", the rest of the round's wall time (time/round minus the
+phases: pairing, the metrics line, the glue). PyTorch writes nothing. The ratio is given
+without them (the same work) and with them (the round as fdpo runs it).
 PyTorch side (this script's --worker mode, a process per run): the same round written
 here -- sampling with a preallocated key/value cache (use_cache-style: prefill, then one
 token per step over the cache), the reward and the reference log-probs in one batched
@@ -138,8 +142,10 @@ def completion_logp(model, seqs, P):
     return lp[:, P - 1:].gather(-1, seqs[:, P:].unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
-def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, generator):
-    """One round; returns the seconds of each phase."""
+def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, generator, n_pairs=None):
+    """One round; returns the seconds of each phase. n_pairs: train on exactly this many pairs
+    (the fdpo run's count, so that both sides' training phases do the same work whatever the
+    ties): the prompts with a reward gap first, then tied ones; None: fdpo's rule alone."""
     import torch
     import torch.nn.functional as F
     P, Pt = prompt_ids.shape
@@ -153,18 +159,28 @@ def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, genera
         kl = (lpol - lref).mean()  # the round's KL metric, as fdpo logs it
     r = reward.view(P, n)
     best, worst = r.argmax(1) + torch.arange(P) * n, r.argmin(1) + torch.arange(P) * n
+    # fdpo's rule: a prompt whose completions all score the same (or whose best and worst are
+    # the same tokens) gives no pair -- so both sides train on the pairs the round's rule keeps
+    keep = (r.max(1).values > r.min(1).values) & (seqs[best] != seqs[worst]).any(1)
+    if n_pairs is None:
+        best, worst = best[keep], worst[keep]
+    else:
+        order = torch.cat([torch.nonzero(keep)[:, 0], torch.nonzero(~keep)[:, 0]])[:n_pairs]
+        best, worst = best[order], worst[order]
     t2 = time.perf_counter()
-    pairs = torch.cat([seqs[best], seqs[worst]], 0)
-    logp = completion_logp(policy, pairs, Pt)
-    margin = (logp[:P] - lref[best]) - (logp[P:] - lref[worst])
-    loss = -F.logsigmoid(beta * margin).mean()
-    opt.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-    opt.step()
+    npairs = len(best)
+    if npairs:
+        pairs = torch.cat([seqs[best], seqs[worst]], 0)
+        logp = completion_logp(policy, pairs, Pt)
+        margin = (logp[:npairs] - lref[best]) - (logp[npairs:] - lref[worst])
+        loss = -F.logsigmoid(beta * margin).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
     t3 = time.perf_counter()
     _ = kl
-    return {"sampling": t1 - t0, "scoring": t2 - t1, "training": t3 - t2}
+    return {"sampling": t1 - t0, "scoring": t2 - t1, "training": t3 - t2, "pairs": npairs}
 
 
 def prompt_texts(n, tokens):
@@ -178,8 +194,12 @@ def torch_worker(a):
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     ids = torch.tensor([list(p.encode()) for p in prompt_texts(a.prompts, a.prompt_tokens)])
     g = torch.Generator().manual_seed(1)
-    times = [torch_online_round(policy, ref, opt, ids, a.n, a.new_tokens, 0.1, g) for _ in range(2)]
+    times = [torch_online_round(policy, ref, opt, ids, a.n, a.new_tokens, 0.1, g, a.pairs) for _ in range(2)]
     print(json.dumps(times[-1]))
+
+
+# fdpo-only phases (bench_online: the round's checkpoint wait and the rest of its wall time)
+EXTRA = ["checkpoint", "other"]
 
 
 def fdpo_online(d, tmp, a):
@@ -193,13 +213,16 @@ def fdpo_online(d, tmp, a):
         sys.exit(f"fdpo online failed: {r.stderr}")
     m = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][-1]
     subprocess.run(["rm", "-rf", out])
-    if m["pairs"] < a.prompts:
-        print(f"  (fdpo round with {m['pairs']:g} of {a.prompts} pairs: tied rewards)")
-    return {p: m[f"time/{p}"] for p in PHASES}
+    t = {p: m[f"time/{p}"] for p in PHASES + ["checkpoint"]}
+    t["other"] = max(0.0, m["time/round"] - sum(t.values()))
+    t["pairs"] = m["pairs"]
+    return t
 
 
-def run_bench(a, title, fdpo_side, worker_args):
-    """Interleaved runs of the fdpo side and the torch worker; prints the per-phase medians."""
+def run_bench(a, title, fdpo_side, worker_args, extra=()):
+    """Interleaved runs of the fdpo side and the torch worker; prints the per-phase medians.
+    extra: phases only the fdpo side has (absent from torch's results: 0 there), shown after
+    the shared ones with a second total and ratio."""
     blas_note = interleave.fair_blas_env()   # PyTorch gets OpenBLAS's right kernels too
     if blas_note:
         print(blas_note)
@@ -220,26 +243,53 @@ def run_bench(a, title, fdpo_side, worker_args):
                 if side == "fdpo":
                     res[side].append(fdpo_side(d, tmp, a))
                     continue
+                # as many pairs as the latest fdpo run trained on (the runs alternate fdpo first),
+                # so that the training phases do the same work (ties vary from run to run)
+                same_pairs = []
+                if res["fdpo"] and "pairs" in res["fdpo"][-1]:
+                    same_pairs = ["--pairs", str(int(res["fdpo"][-1]["pairs"]))]
                 w = subprocess.run([sys.executable, sys.argv[0], "--worker", d, "--threads", str(a.threads),
                                     "--prompts", str(a.prompts), "--prompt-tokens", str(a.prompt_tokens),
-                                    "--new-tokens", str(a.new_tokens), "--n", str(a.n)] + worker_args,
+                                    "--new-tokens", str(a.new_tokens), "--n", str(a.n)] + same_pairs + worker_args,
                                    capture_output=True, text=True)
                 if w.returncode:
                     sys.exit(f"torch worker failed: {w.stderr}")
                 res[side].append(json.loads(w.stdout.strip().splitlines()[-1]))
+    extra = list(extra)
+    for x in res["torch"]:
+        x.update({p: 0.0 for p in extra})
     print(f"{a.config} ({n_params / 1e6:.1f}M params), seconds (median of {len(res['fdpo'])}; best in brackets):")
-    med = {s: {p: statistics.median(x[p] for x in res[s]) for p in PHASES} for s in res}
+    med = {s: {p: statistics.median(x[p] for x in res[s]) for p in PHASES + extra} for s in res}
     tot = {s: statistics.median(sum(x[p] for p in PHASES) for x in res[s]) for s in res}
-    print("  " + " " * 8 + "".join(f"{p:>22s}" for p in PHASES) + f"{'total':>22s}")
+    tot_all = {s: statistics.median(sum(x[p] for p in PHASES + extra) for x in res[s]) for s in res}
+    cell = lambda s, ps: f"{statistics.median(sum(x[p] for p in ps) for x in res[s]):10.4f} ({min(sum(x[p] for p in ps) for x in res[s]):8.4f})"
+    head = "".join(f"{p:>22s}" for p in PHASES) + f"{'total':>22s}"
+    if extra:
+        head += "".join(f"{p:>22s}" for p in extra) + f"{'round':>22s}"
+    print("  " + " " * 8 + head)
     for s in res:
-        cells = [f"{med[s][p]:10.4f} ({min(x[p] for x in res[s]):8.4f})" for p in PHASES]
-        best_total = min(sum(x[p] for p in PHASES) for x in res[s])
-        print(f"  {s:8s}" + "".join(f"{c:>22s}" for c in cells) + f"{tot[s]:12.4f} ({best_total:8.4f})")
+        row = "".join(f"{cell(s, [p]):>22s}" for p in PHASES) + f"{cell(s, PHASES):>22s}"
+        if extra:
+            row += "".join(f"{cell(s, [p]):>22s}" for p in extra) + f"{cell(s, PHASES + extra):>22s}"
+        print(f"  {s:8s}" + row)
     ratio = [med["torch"][p] / med["fdpo"][p] if med["fdpo"][p] > 0 else float("nan") for p in PHASES]
-    print("  torch/fdpo" + "".join(f"{r:20.2f}x" for r in ratio) + f"{tot['torch'] / tot['fdpo']:20.2f}x"
-          "   (ratio of medians; > 1: fdpo faster)")
-    share = {s: ", ".join(f"{p} {100 * med[s][p] / sum(med[s].values()):.0f}%" for p in PHASES) for s in res}
+    line = "  torch/fdpo" + "".join(f"{r:20.2f}x" for r in ratio) + f"{tot['torch'] / tot['fdpo']:20.2f}x"
+    if extra:
+        line += " " * 22 * len(extra) + f"{tot_all['torch'] / tot_all['fdpo']:20.2f}x"
+    print(line + "   (ratio of medians; > 1: fdpo faster)")
+    if extra:
+        secs = " + ".join(f"{med['fdpo'][p]:.4f}" for p in extra)
+        print(f"  fdpo's {' + '.join(extra)}: {secs} s "
+              f"(PyTorch has no such phase); the total ratio {tot['torch'] / tot['fdpo']:.2f}x is the same work, "
+              f"the round ratio {tot_all['torch'] / tot_all['fdpo']:.2f}x the round as fdpo runs it")
+    share = {s: ", ".join(f"{p} {100 * med[s][p] / max(1e-12, sum(med[s].values())):.0f}%" for p in PHASES + extra
+                          if s == "fdpo" or p in PHASES) for s in res}
     print(f"  split: fdpo {share['fdpo']}; torch {share['torch']}")
+    if all("pairs" in x for s in res for x in res[s]):
+        # ties give no pair on either side: the training phases compare like with like only
+        # when the sides trained on about as many pairs
+        counts = {s: " ".join(format(x["pairs"], "g") for x in res[s]) for s in res}
+        print("  pairs trained on per round: " + "; ".join(f"{s} {counts[s]}" for s in res))
     print(f"  load average after: {os.getloadavg()[0]:.1f}")
 
 
@@ -254,6 +304,7 @@ def parse_args(doc, n_default, prompts_default, new_tokens_default):
     ap.add_argument("--runs", type=int, default=5, help="interleaved runs per side (at least 5)")
     ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--pairs", type=int, help=argparse.SUPPRESS)   # worker: train on this many pairs
     return ap.parse_args()
 
 
@@ -263,7 +314,7 @@ def main():
         torch_worker(a)
         return
     run_bench(a, f"online round: {a.prompts} prompts x {a.n} samples x {a.new_tokens} new tokens, "
-                 f"prompt {a.prompt_tokens} tokens, best-worst pairs, one f-DPO step", fdpo_online, [])
+                 f"prompt {a.prompt_tokens} tokens, best-worst pairs, one f-DPO step", fdpo_online, [], EXTRA)
 
 
 if __name__ == "__main__":

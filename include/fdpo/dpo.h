@@ -144,8 +144,13 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o);
  * settings; o->data names the pairs' record file and is not read), tok is saved with it,
  * ref_logp[2i], ref_logp[2i+1] are the reference log-probs of pair i's chosen and rejected
  * completions (NULL for simpo). No held-out split, no reference cache, no data_summary.json:
- * OUT gets the checkpoint with training state and metrics.jsonl, as fdpo_dpo_train writes them. */
+ * OUT gets the checkpoint with training state and metrics.jsonl, as fdpo_dpo_train writes them.
+ * state_out != NULL: no checkpoint at all (OUT gets metrics.jsonl alone); the run's final
+ * training state is moved to *state_out (free with fdpo_train_state_free) for the caller to
+ * save with the model (the online rounds' background writer). A stop request (SIGINT) then
+ * fails the run without saving: a round is redone, never resumed mid-way. */
 int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fdpo_tokenizer *tok,
-                         const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp);
+                         const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp,
+                         fdpo_train_state *state_out);
 
 #endif

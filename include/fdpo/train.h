@@ -19,10 +19,14 @@ double fdpo_schedule_lr(const fdpo_schedule *s, size_t step); /* step counts fro
 typedef struct {
     double beta1, beta2, eps, weight_decay;
     size_t n;            /* number of parameters */
-    float *m, *v;        /* moments [n] */
+    float *m, *v;        /* moments [n]; while t == 0 they are zero by definition and never
+                            read (the first step writes them), so a reset need not clear them */
     size_t t;            /* steps taken */
 } fdpo_adamw;
 int fdpo_adamw_init(fdpo_adamw *o, size_t n, double beta1, double beta2, double eps, double wd);
+/* A fresh optimizer (t = 0, moments zero) with these hyperparameters in o's memory: no
+ * allocation, no clearing (the online rounds reuse one pair of moment buffers). */
+int fdpo_adamw_reset(fdpo_adamw *o, double beta1, double beta2, double eps, double wd);
 void fdpo_adamw_free(fdpo_adamw *o);
 /* PyTorch AdamW semantics (decoupled decay p *= 1 - lr*wd, bias correction), weight decay
  * only on tensors with decay = 1 (2-D weights). */

@@ -60,6 +60,12 @@ typedef struct {
                               the online rounds keep their policy in memory this way */
     int skip_moments;    /* checkpoints hold training_state.json but not the AdamW moments
                             (an online round's: a round is redone, never resumed mid-way) */
+    fdpo_adamw *init_opt;  /* with init_model: the optimizer's memory, borrowed and reset at open
+                              to a fresh AdamW (the online rounds reuse one pair of moment
+                              buffers instead of allocating 2x the parameters per round); close
+                              hands it back with the steps taken */
+    int out_claimed;     /* the caller already holds the lock that covers OUT (an online
+                            round's OUT inside the run's locked directory): no OUT.lock */
     const char *tokenizer; /* tokenizer directory (default: init's, else byte-level) */
     const char *chat_template; /* built-in chat template for message data (NULL/"auto": the tokenizer's) */
     long eval_every, save_every, log_every;
@@ -152,6 +158,9 @@ void fdpo_train_state_free(fdpo_train_state *s);
 /* Write both state files into dir (atomic each); opt NULL: training_state.json alone. */
 int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo_adamw *opt,
                           const fdpo_gpt2 *m);
+/* The text fdpo_train_state_save(dir, s, NULL, m) writes as training_state.json (one line,
+ * no moments), for a writer that saves it elsewhere or later (the online rounds). Free it. */
+char *fdpo_train_state_text(const fdpo_train_state *s);
 /* Read both state files; opt must already be sized for m (fdpo_adamw_init). */
 int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt, const fdpo_gpt2 *m);
 /* Read only the settings and the step of DIR/training_state.json (for the CLI to default

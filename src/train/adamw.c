@@ -5,11 +5,23 @@
 #include <string.h>
 #include "fdpo/train.h"
 
-int fdpo_adamw_init(fdpo_adamw *o, size_t n, double beta1, double beta2, double eps, double wd) {
+static int check_hyper(double beta1, double beta2, double eps, double wd) {
     if (!(beta1 >= 0 && beta1 < 1)) return fdpo_error("--beta1: %g is not in [0, 1)", beta1);
     if (!(beta2 >= 0 && beta2 < 1)) return fdpo_error("--beta2: %g is not in [0, 1)", beta2);
     if (!(eps > 0)) return fdpo_error("--adam-eps: %g must be > 0", eps);
     if (!(wd >= 0)) return fdpo_error("--weight-decay: %g must be >= 0", wd);
+    return 0;
+}
+
+int fdpo_adamw_reset(fdpo_adamw *o, double beta1, double beta2, double eps, double wd) {
+    if (check_hyper(beta1, beta2, eps, wd)) return -1;
+    o->beta1 = beta1; o->beta2 = beta2; o->eps = eps; o->weight_decay = wd;
+    o->t = 0;
+    return 0;
+}
+
+int fdpo_adamw_init(fdpo_adamw *o, size_t n, double beta1, double beta2, double eps, double wd) {
+    if (check_hyper(beta1, beta2, eps, wd)) return -1;
     o->beta1 = beta1; o->beta2 = beta2; o->eps = eps; o->weight_decay = wd;
     o->n = n;
     o->m = fdpo_calloc(n ? n : 1, sizeof(float));
@@ -27,8 +39,12 @@ void fdpo_adamw_free(fdpo_adamw *o) {
  * tensors flagged decay (2-D weights), as the usual two PyTorch param groups do.
  * Per element, in PyTorch's order and float32 arithmetic:
  *   p *= 1 - lr*wd;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g;
- *   p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)                      */
+ *   p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+ * The first step (t == 0 before it) takes m = v = 0 without reading them: the same values
+ * (0*b1 + x is x, and +0 where x is -0: the "+ 0.0f"), and a reset optimizer need not clear
+ * 2x the model's bytes first.                                                              */
 void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
+    const int first = o->t == 0;
     o->t++;
     double bc1 = 1.0 - pow(o->beta1, (double)o->t);
     double bc2 = 1.0 - pow(o->beta2, (double)o->t);
@@ -48,6 +64,18 @@ void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
         float *m = o->m + t->offset, *v = o->v + t->offset;
         const float decay = t->decay ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
         const size_t n = t->numel;
+        if (first) {
+            #pragma omp for simd schedule(static) nowait
+            for (size_t i = 0; i < n; i++) {
+                float pi = p[i] * decay;
+                float mi = one_minus_b1 * g[i] + 0.0f;
+                float vi = one_minus_b2 * g[i] * g[i] + 0.0f;
+                m[i] = mi; v[i] = vi;
+                float denom = sqrtf(vi) / bc2_sqrt + eps;
+                p[i] = pi - step_size * (mi / denom);
+            }
+            continue;
+        }
         #pragma omp for simd schedule(static) nowait
         for (size_t i = 0; i < n; i++) {
             float pi = p[i] * decay;

@@ -368,7 +368,8 @@ done:
 }
 
 int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fdpo_tokenizer *tok,
-                         const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp) {
+                         const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp,
+                         fdpo_train_state *state_out) {
     const fdpo_train_opts *to = &o->train;
     if (fdpo_dpo_run_opts_check(o)) return -1;
     if (n == 0) return fdpo_error("%s: no training pairs", o->data);
@@ -376,6 +377,7 @@ int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fd
     if (!simpo && !ref_logp) return fdpo_error("dpo: no reference log-probs for the pairs of %s", o->data);
     fdpo_train_opts t = *to;
     t.init_model = policy;
+    if (state_out) { t.save_every = 0; t.stop_at = 0; }   /* the caller saves */
     fdpo_settings settings = {0};
     fdpo_dpo_run_opts_settings(o, &settings);
     fdpo_trainer tr;
@@ -410,11 +412,17 @@ int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fd
             snprintf(extra, sizeof extra, "acc %.2f | margin %.3g", m.accuracy, m.margins);
             fdpo_trainer_progress(&tr, m.loss, extra);
         }
-        if (!rc) rc = fdpo_trainer_maybe_save(&tr);
+        if (!rc && !state_out) rc = fdpo_trainer_maybe_save(&tr);
+        else if (!rc && fdpo_trainer_stop_requested())
+            rc = fdpo_error("interrupted in step %zu of %zu", tr.state.step, tr.state.total_steps);
     }
     fdpo_dpo_free(&d);
     free(step_pairs);
     free(step_ref);
-    int crc = fdpo_trainer_close(&tr, rc == 0);
+    if (state_out && rc == 0) {   /* handed over: close frees an empty state and saves nothing */
+        *state_out = tr.state;
+        memset(&tr.state, 0, sizeof tr.state);
+    }
+    int crc = fdpo_trainer_close(&tr, rc == 0 && !state_out);
     return rc ? rc : crc;
 }

@@ -2,11 +2,14 @@
  * pieces: fdpo_generate (sampling), fdpo_reward_score, preference JSONL, fdpo_dpo_train. */
 #include <cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
@@ -28,10 +31,105 @@ static int is_dir(const char *p) {
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* ---- a round's checkpoint, written in the background ----
+ * Round k's files (model or adapter, tokenizer, training_state.json, the pairs record) are
+ * written by a thread while round k+1 samples and scores, which only read the policy; the
+ * thread is joined before anything writes the policy (round k+1's f-DPO step), before the next
+ * save and before the run ends, so it reads weights nobody changes. Atomicity is as before:
+ * round-K.pairs.jsonl and every file of round-K.partial are written atomically (fsynced), and
+ * only then round-K.partial becomes round-K by a rename (DIR fsynced); a crash before that
+ * leaves round-K.partial, which --resume removes, and round K is redone. */
+typedef struct {
+    pthread_t thread;
+    int running;
+    long round;
+    char *partial, *done, *pairs_path;
+    const fdpo_gpt2 *model;
+    const fdpo_tokenizer *tok;
+    char *state_text;          /* training_state.json, or NULL (a round without pairs) */
+    char *pairs_text;          /* the round's preference JSONL */
+    size_t pairs_len;
+    int rc;
+    char err[1024];            /* fdpo_error is per thread: the writer's message, for the joiner */
+} round_writer;
+
+static int fsync_path(const char *path, int flags) {
+    int fd = open(path, flags | O_CLOEXEC);
+    if (fd < 0) return fdpo_error("%s: cannot open: %s", path, strerror(errno));
+    int rc = fsync(fd) == 0 ? 0 : fdpo_error("%s: fsync: %s", path, strerror(errno));
+    close(fd);
+    return rc;
+}
+
+static void *round_writer_main(void *arg) {
+    round_writer *w = arg;
+    const fdpo_gpt2 *m = w->model;
+    int rc = fdpo_write_file_atomic(w->pairs_path, w->pairs_text, w->pairs_len);
+    if (!rc) rc = m->lora ? fdpo_lora_save_peft(w->partial, m, m->lora->base_model) : fdpo_checkpoint_save_model(w->partial, m);
+    if (!rc) rc = fdpo_tokenizer_save_dir(w->tok, w->partial);
+    if (!rc && w->state_text) {
+        char *p = fdpo_path_join(w->partial, "training_state.json");
+        rc = fdpo_write_file_atomic(p, w->state_text, strlen(w->state_text));
+        free(p);
+    }
+    char *metrics = fdpo_path_join(w->partial, "metrics.jsonl");   /* the round's f-DPO steps */
+    if (!rc && fdpo_file_exists(metrics)) rc = fsync_path(metrics, O_RDONLY);
+    free(metrics);
+    if (!rc && rename(w->partial, w->done) != 0)
+        rc = fdpo_error("rename %s -> %s: %s", w->partial, w->done, strerror(errno));
+    if (!rc) {
+        char *dir = fdpo_strdup(w->done), *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        rc = fsync_path(slash ? dir : ".", O_RDONLY | O_DIRECTORY);
+        free(dir);
+    }
+    if (rc) snprintf(w->err, sizeof w->err, "%s", fdpo_last_error());
+    w->rc = rc;
+    return NULL;
+}
+
+static void round_writer_clear(round_writer *w) {
+    free(w->partial); free(w->done); free(w->pairs_path); free(w->state_text); free(w->pairs_text);
+    w->partial = w->done = w->pairs_path = w->state_text = w->pairs_text = NULL;
+}
+
+/* Wait for the writer, if one runs; its failure becomes this thread's error. */
+static int round_writer_join(round_writer *w) {
+    if (!w->running) return 0;
+    pthread_join(w->thread, NULL);
+    w->running = 0;
+    int rc = w->rc;
+    if (rc) fdpo_error("round %ld: saving %s: %s", w->round, w->done, w->err);
+    round_writer_clear(w);
+    return rc;
+}
+
+/* Start writing round k (the previous writer must have been joined); takes state_text and
+ * pairs_text. */
+static int round_writer_start(round_writer *w, long k, const char *partial, const char *done, const char *pairs_path,
+                              const fdpo_gpt2 *m, const fdpo_tokenizer *tok, char *state_text, char *pairs_text,
+                              size_t pairs_len) {
+    w->round = k;
+    w->partial = fdpo_strdup(partial); w->done = fdpo_strdup(done); w->pairs_path = fdpo_strdup(pairs_path);
+    w->model = m; w->tok = tok;
+    w->state_text = state_text; w->pairs_text = pairs_text; w->pairs_len = pairs_len;
+    w->rc = 0; w->err[0] = 0;
+    int e = pthread_create(&w->thread, NULL, round_writer_main, w);
+    if (e) {
+        round_writer_clear(w);
+        return fdpo_error("round %ld: cannot start the checkpoint writer: %s", k, strerror(e));
+    }
+    w->running = 1;
+    return 0;
+}
+
 /* Per-round statistics of the sampled completions (TRL OnlineDPO / RLOO names). */
 typedef struct {
     double scores, kl, entropy, eos, length, pairs, reward_gap;
-    double t_sampling, t_scoring, t_training;   /* seconds: generation; reward + log-probs; f-DPO */
+    /* seconds: generation; reward + log-probs; f-DPO; waiting for the previous round's
+     * checkpoint writer (the part of the save the round does not hide) */
+    double t_sampling, t_scoring, t_training, t_checkpoint;
+    double t_round;                             /* the whole round, up to its metrics line */
 } round_stats;
 
 /* What a round works on, sized once for the whole run (N = P * n samples; a round has at
@@ -100,15 +198,16 @@ static void add_pair(round_buf *b, round_stats *st, FILE *f, int32_t **ids, cons
 }
 
 /* Sample from the policy, score, pair: fills b (pairs over *s's tokens: the caller frees *s,
- * *ids after training on them) and st; rank 0 writes the pairs as preference JSONL to
- * pairs_path, the round's record (not read back). ref == NULL: the reference is the policy
+ * *ids after training on them) and st; on rank 0 *pairs_text (*pairs_len bytes, the caller
+ * frees it) is the pairs as preference JSONL, the round's record (written by the round's
+ * checkpoint writer, not read back). ref == NULL: the reference is the policy
  * itself this round (round 0 of online DPO from --model; every round of iterative DPO), so
  * log pi_ref = log pi. log pi of a sample is the sampler's own sum (fdpo_sample.logp:
  * untempered, over the same tokens fdpo_samples_logp scores). */
 static int make_round_pairs(const fdpo_online_opts *o, long k, fdpo_gpt2 *policy, fdpo_gpt2 *ref,
                             const fdpo_tokenizer *tok, char **prompts, size_t n_prompts, fdpo_reward *reward,
-                            const char *pairs_path, round_buf *b, int32_t ***ids, size_t **lens, fdpo_sample **s,
-                            round_stats *st) {
+                            char **pairs_text, size_t *pairs_len, round_buf *b, int32_t ***ids, size_t **lens,
+                            fdpo_sample **s, round_stats *st) {
     const size_t P = b->P, K = b->K, N = b->N;
     for (size_t i = 0; i < P; i++) b->ps[i] = prompts[((size_t)k * P + i) % n_prompts];
     double sec[2] = {0, 0};
@@ -128,10 +227,10 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, fdpo_gpt2 *policy
     }
     st->t_sampling = sec[0];
     st->t_scoring = sec[1] + (fdpo_now() - t_logp);
-    fdpo_atomic_file af;
-    int opened = 0;
-    if (rc == 0 && fdpo_dist_is_root()) opened = (rc = fdpo_atomic_open(&af, pairs_path)) == 0;   /* rank 0 writes */
-    FILE *f = opened ? af.f : NULL;
+    *pairs_text = NULL;
+    *pairs_len = 0;
+    FILE *f = rc == 0 && fdpo_dist_is_root() ? open_memstream(pairs_text, pairs_len) : NULL;   /* rank 0 writes */
+    if (rc == 0 && fdpo_dist_is_root() && !f) rc = fdpo_error("round %ld: cannot buffer the pairs: %s", k, strerror(errno));
     const fdpo_sample *x = *s;
     if (rc == 0 && o->pairs_bt) {
         /* every disjoint pair of a prompt's completions, labels drawn from Bradley-Terry */
@@ -153,9 +252,11 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, fdpo_gpt2 *policy
         if (!(b->r[best] > b->r[worst]) || !strcmp(x[best].text, x[worst].text)) continue;
         add_pair(b, st, f, *ids, *lens, x, best, worst);
     }
-    if (opened) {
-        if (rc == 0) rc = fdpo_atomic_commit(&af);
-        else fdpo_atomic_abort(&af);
+    if (f && (fclose(f) != 0 || rc)) {
+        if (rc == 0) rc = fdpo_error("round %ld: cannot buffer the pairs", k);
+        free(*pairs_text);
+        *pairs_text = NULL;
+        *pairs_len = 0;
     }
     if (rc == 0) {
         for (size_t i = 0; i < N; i++) {
@@ -189,6 +290,8 @@ static int write_round_metrics(fdpo_metrics *mw, long k, long rounds, double bet
     fdpo_metrics_add(mw, "time/sampling", st->t_sampling);
     fdpo_metrics_add(mw, "time/scoring", st->t_scoring);
     fdpo_metrics_add(mw, "time/training", st->t_training);
+    fdpo_metrics_add(mw, "time/checkpoint", st->t_checkpoint);
+    fdpo_metrics_add(mw, "time/round", st->t_round);
     fdpo_metrics_add(mw, "progress", (double)(k + 1) / (double)rounds);
     return fdpo_metrics_end(mw);
 }
@@ -287,10 +390,21 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     const int ref_is_model = !o->ref || !strcmp(o->ref, o->model);
     round_buf buf;
     round_buf_init(&buf, (size_t)o->prompts_per_round, (size_t)o->n);
+    /* one pair of AdamW moment buffers for the whole run: every round's f-DPO starts a fresh
+     * optimizer in them (fdpo_adamw_reset) instead of allocating and faulting in 2x the
+     * parameters per round */
+    fdpo_adamw opt = {0};
+    int opt_ok = 0;
+    round_writer writer = {0};
     /* the metrics of complete rounds only: a line written for a round that then did not
      * become round-K (a crash before the rename) is dropped and written again */
     fdpo_metrics mw = {0};
     if (prog_on && rc == 0) rc = fdpo_metrics_open(&mw, o->out, (size_t)start);
+    if (prog_on && rc == 0) {
+        const fdpo_train_opts *t = &o->dpo.train;
+        fdpo_gpt2 *trained = policy->lora ? &policy->lora->view : policy;
+        opt_ok = (rc = fdpo_adamw_init(&opt, trained->n_params, t->beta1, t->beta2, t->adam_eps, t->weight_decay)) == 0;
+    }
     if (prog_on && rc == 0) fdpo_progress_start(&prog, "online rounds", (size_t)o->rounds);
     for (long k = start; rc == 0 && k < o->rounds; k++) {
         char *prev = k > 0 ? round_path(o->out, k - 1, "") : fdpo_strdup(o->model);
@@ -301,44 +415,65 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         int32_t **ids = NULL;
         size_t *lens = NULL;
         fdpo_sample *samples = NULL;
+        char *pairs_text = NULL, *state_text = NULL;
+        size_t pairs_len = 0;
         fdpo_log(FDPO_LOG_INFO, "round %ld (%ld of %ld): sampling %ld x %ld from %s", k, k + 1, o->rounds,
                  o->prompts_per_round, o->n, prev);
+        const double t_round = fdpo_now();
         fdpo_gpt2 *round_ref = o->ref_update_round || (k == 0 && ref_is_model) ? NULL : ref;
-        rc = make_round_pairs(o, k, policy, round_ref, tok, prompts, n_prompts, reward, pairs, &buf, &ids, &lens,
-                              &samples, &st);
+        /* (round k-1's writer may still be reading the policy: sampling and scoring only read it) */
+        rc = make_round_pairs(o, k, policy, round_ref, tok, prompts, n_prompts, reward, &pairs_text, &pairs_len, &buf, &ids,
+                              &lens, &samples, &st);
         if (rc == 0) {
             fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k,
                      st.scores, st.kl, st.pairs, st.reward_gap);
             if (is_dir(partial) && fdpo_dist_is_root()) rc = fdpo_remove_tree(partial);
             rc = fdpo_dist_all_ok(rc);
         }
+        /* the policy is about to change (or to be saved again): round k-1's files must be out */
+        double t_wait = fdpo_now();
+        if (rc == 0) rc = round_writer_join(&writer);
+        st.t_checkpoint = fdpo_now() - t_wait;
         if (rc == 0 && st.pairs == 0) {
             /* nothing to learn from: the policy carries over unchanged */
             fdpo_log(FDPO_LOG_WARN, "round %ld: every prompt's %ld completions got the same reward: no pairs, the policy "
                      "carries over unchanged (raise --n or the sampling temperature)", k, o->n);
-            if (fdpo_dist_is_root()) rc = fdpo_checkpoint_save_all(partial, policy, tok, NULL, NULL);
         } else if (rc == 0) {
             /* f-DPO on the round's pairs straight from memory: the trainer of `fdpo dpo`, with
-             * the pairs' reference log-probs taken from the scoring above */
+             * the pairs' reference log-probs taken from the scoring above; it saves nothing
+             * (the writer below does) and hands its final state over */
             fdpo_dpo_run_opts d = o->dpo;
             d.train.init = prev;
+            d.train.init_opt = &opt;
             d.train.out = partial;
+            d.train.out_claimed = 1;   /* inside --out, whose lock this run holds */
             d.train.resume = 0;
             d.train.overwrite = 1;
-            d.train.skip_moments = 1;   /* 2x the model's bytes that nothing reads */
+            d.train.skip_moments = 1;   /* a round is redone, never resumed half-way: nothing reads them */
             d.data = pairs;
             d.ref = ref_name;
+            fdpo_train_state ts;
             double t0 = fdpo_now();
-            rc = fdpo_dpo_train_pairs(&d, policy, tok, buf.pair_ptr, buf.n_pairs, buf.pair_ref);
+            rc = fdpo_dpo_train_pairs(&d, policy, tok, buf.pair_ptr, buf.n_pairs, buf.pair_ref, &ts);
             st.t_training = fdpo_now() - t0;
             if (rc) fdpo_error_context("round %ld: f-DPO on %s", k, pairs);
+            else {
+                if (fdpo_dist_is_root()) state_text = fdpo_train_state_text(&ts);
+                fdpo_train_state_free(&ts);
+            }
         }
         if (samples) fdpo_samples_free(samples, buf.N);
         if (ids) fdpo_free_ids(ids, lens, buf.P);
-        if (fdpo_dist_is_root()) {   /* rank 0 writes; the others wait for the finished round */
+        if (fdpo_dist_is_root()) {   /* rank 0 writes; the others go on with the policy in memory */
+            /* the metrics line before the writer's rename: a crash between the two drops it on --resume */
+            st.t_round = fdpo_now() - t_round;
             if (rc == 0) rc = write_round_metrics(&mw, k, o->rounds, o->dpo.dpo.loss.beta, &st);
-            if (rc == 0 && rename(partial, done) != 0) rc = fdpo_error("round %ld: rename %s -> %s: %s", k, partial, done, strerror(errno));
+            if (rc == 0) {
+                rc = round_writer_start(&writer, k, partial, done, pairs, policy, tok, state_text, pairs_text, pairs_len);
+                state_text = pairs_text = NULL;   /* the writer's now */
+            }
         }
+        free(state_text); free(pairs_text);
         if (rc == 0) rc = fdpo_dist_barrier();
         if (rc == 0) {
             char extra[128];
@@ -347,8 +482,14 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         }
         free(prev); free(pairs); free(partial); free(done);
     }
+    /* the last round's files (also after a failure: a finished round stays finished) */
+    if (writer.running) {
+        int wrc = round_writer_join(&writer);
+        if (rc == 0) rc = wrc;
+    }
     if (prog_on && rc == 0) fdpo_progress_end(&prog);
     round_buf_free(&buf);
+    if (opt_ok) fdpo_adamw_free(&opt);
     if (ref != policy) fdpo_gpt2_free(ref);
     fdpo_gpt2_free(policy);
     if (tok) fdpo_tokenizer_free(tok);

@@ -39,8 +39,11 @@ static void tensor_name(char *buf, size_t n, const char *prefix, const char *pat
 static int save_moments(const char *path, const fdpo_adamw *opt, const fdpo_gpt2 *m) {
     fdpo_st_writer *w = fdpo_st_writer_new();
     fdpo_strv names = {0};   /* the writer keeps pointers to the names until it writes */
+    /* before the first step the moments are zero by definition, whatever the buffers hold
+     * (fdpo_adamw_reset does not clear them) */
+    float *zeros = opt->t == 0 ? fdpo_calloc(opt->n ? opt->n : 1, sizeof(float)) : NULL;
     for (int which = 0; which < 2; which++) {
-        const float *base = which ? opt->v : opt->m;
+        const float *base = zeros ? zeros : which ? opt->v : opt->m;
         const char *prefix = which ? "exp_avg_sq." : "exp_avg.";
         for (int ti = 0; ti < (int)m->n_tensors; ti++) {
             const fdpo_gpt2_tensor *t = &m->tensors[ti];
@@ -60,6 +63,7 @@ static int save_moments(const char *path, const fdpo_adamw *opt, const fdpo_gpt2
     int rc = fdpo_st_writer_write(w, path);
     fdpo_st_writer_free(w);
     fdpo_strv_free(&names);
+    free(zeros);
     return rc;
 }
 
@@ -87,13 +91,7 @@ static int load_moments(const char *path, fdpo_adamw *opt, const fdpo_gpt2 *m) {
     return rc;
 }
 
-int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo_adamw *opt,
-                          const fdpo_gpt2 *m) {
-    /* opt NULL: the state of a run that is never resumed mid-way (an online round), no moments */
-    char *st_path = fdpo_path_join(dir, "training_state.safetensors");
-    int rc = opt ? save_moments(st_path, opt, m) : 0;
-    free(st_path);
-    if (rc) return -1;
+static cJSON *state_json(const fdpo_train_state *s, const fdpo_adamw *opt) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "format", "fdpo-training-state");
     cJSON_AddNumberToObject(j, "version", 2);   /* 2: typed "settings" + "fixed" names */
@@ -116,11 +114,35 @@ int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo
     cJSON *fixed = cJSON_AddArrayToObject(j, "fixed");
     for (size_t i = 0; i < s->settings.n; i++)
         if (s->settings.v[i].fixed) cJSON_AddItemToArray(fixed, cJSON_CreateString(s->settings.v[i].key));
+    return j;
+}
+
+int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo_adamw *opt,
+                          const fdpo_gpt2 *m) {
+    /* opt NULL: the state of a run that is never resumed mid-way (an online round), no moments */
+    char *st_path = fdpo_path_join(dir, "training_state.safetensors");
+    int rc = opt ? save_moments(st_path, opt, m) : 0;
+    free(st_path);
+    if (rc) return -1;
+    cJSON *j = state_json(s, opt);
     char *path = fdpo_path_join(dir, "training_state.json");
     rc = fdpo_write_json_atomic(path, j, 0);
     cJSON_Delete(j);
     free(path);
     return rc;
+}
+
+char *fdpo_train_state_text(const fdpo_train_state *s) {
+    cJSON *j = state_json(s, NULL);
+    char *text = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    size_t n = strlen(text);
+    char *line = fdpo_malloc(n + 2);   /* as fdpo_write_json_atomic writes it: one line */
+    memcpy(line, text, n);
+    line[n] = '\n';
+    line[n + 1] = 0;
+    cJSON_free(text);
+    return line;
 }
 
 static cJSON *read_state_json(const char *dir, char **path_out) {

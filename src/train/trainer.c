@@ -161,6 +161,16 @@ static int overlap_open(fdpo_trainer *tr) {
     return rc;
 }
 
+/* The optimizer's memory: freed, or a borrowed one (init_opt) handed back with its steps. */
+static void release_opt(fdpo_trainer *tr) {
+    if (tr->opts.init_opt && tr->opt.m && tr->opt.m == tr->opts.init_opt->m) {
+        *tr->opts.init_opt = tr->opt;
+        memset(&tr->opt, 0, sizeof tr->opt);
+    } else {
+        fdpo_adamw_free(&tr->opt);
+    }
+}
+
 int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *kind,
                       const fdpo_tokenizer *tok, size_t n_items, uint64_t data_hash,
                       const fdpo_settings *extra) {
@@ -180,7 +190,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     tr->sched.warmup_steps = (size_t)o->warmup_steps;
     tr->sched.total_steps = total;
     tr->sched.min_lr_ratio = o->min_lr_ratio;
-    if (fdpo_checkpoint_recover(o->out)) return -1;
+    if (!o->out_claimed && fdpo_checkpoint_recover(o->out)) return -1;
     fdpo_train_state *s = &tr->state;
     /* this run's settings: the shared options, then the command's own */
     fdpo_settings now = {0};
@@ -244,7 +254,13 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             fdpo_gpt2_init(tr->model, (uint64_t)o->seed);
             if (check_model_fits(tr, "model")) goto fail;
         }
-        if (fdpo_adamw_init(&tr->opt, trained(tr)->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
+        if (o->init_opt && o->init_opt->n != trained(tr)->n_params) {
+            fdpo_error("optimizer memory for %zu parameters given for a model with %zu", o->init_opt->n, trained(tr)->n_params);
+            goto fail;
+        }
+        if (o->init_opt ? (tr->opt = *o->init_opt, fdpo_adamw_reset(&tr->opt, o->beta1, o->beta2, o->adam_eps, o->weight_decay))
+                        : fdpo_adamw_init(&tr->opt, trained(tr)->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay))
+            goto fail;
         s->kind = fdpo_strdup(kind);
         s->total_steps = total;
         s->data_hash = data_hash;
@@ -287,10 +303,10 @@ fail:
     fdpo_settings_free(&now);
     fdpo_metrics_close(&tr->metrics);
     fdpo_train_state_free(s);
-    fdpo_adamw_free(&tr->opt);
+    release_opt(tr);
     if (tr->model != o->init_model) fdpo_gpt2_free(tr->model);
     tr->model = NULL;
-    fdpo_dir_unlock(o->out);   /* the run is over before it began: OUT is free again */
+    if (!o->out_claimed) fdpo_dir_unlock(o->out);   /* the run is over before it began: OUT is free again */
     return -1;
 }
 
@@ -428,12 +444,12 @@ int fdpo_trainer_close(fdpo_trainer *tr, int save_final) {
     if (save_final && !rc && !tr->opts.quiet && tr->model) fdpo_progress_end(&tr->progress);
     fdpo_metrics_close(&tr->metrics);
     fdpo_train_state_free(&tr->state);
-    fdpo_adamw_free(&tr->opt);
+    release_opt(tr);
     if (tr->overlap && tr->model) { tr->model->on_layer_grads = NULL; tr->model->on_layer_grads_ctx = NULL; }
     fdpo_dist_overlap_free(tr->overlap);
     tr->overlap = NULL;
     if (tr->model != tr->opts.init_model) fdpo_gpt2_free(tr->model);   /* a borrowed one goes back */
     tr->model = NULL;
-    if (tr->opts.out) fdpo_dir_unlock(tr->opts.out);
+    if (tr->opts.out && !tr->opts.out_claimed) fdpo_dir_unlock(tr->opts.out);
     return rc;
 }
