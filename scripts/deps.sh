@@ -14,6 +14,8 @@ PKGS+=(libdnnl-dev libopenmpi-dev openmpi-bin clang libfuzzer-14-dev)
 PKGS+=(libicu-dev)
 # Headless browser: tests/py/test_report.py opens fdpo report's HTML in it (file://, offline).
 PKGS+=(chromium)
+# strace: tests/py/test_online.py slows a round checkpoint's fsyncs to kill the run mid-save.
+PKGS+=(strace)
 # Node.js + npm for the reference tokenizer and data sets; any install that provides both.
 command -v node >/dev/null && command -v npm >/dev/null || PKGS+=(nodejs npm)
 
