@@ -244,7 +244,7 @@ function overoptimisation(rmRuns) {
   const gb = pb && pols.find((q) => q.p.name === pb.name);
   const rm = fs.existsSync(path.join(run, 'rm', 'eval_summary.json')) ? readJson(path.join(run, 'rm', 'eval_summary.json')) : null;
   say();
-  say('## Reward over-optimisation: online f-DPO against a reward model trained on the base samples');
+  say('## Reward over-optimisation: online f-DPO against a reward model trained on the offline pairs');
   say();
   if (rm && Number.isFinite(rm.eval_accuracy))
     say(`Reward model (the proxy): held-out pair accuracy ${f(rm.eval_accuracy)} on ${rm.pairs ?? '?'} held-out pairs` +
@@ -268,21 +268,31 @@ function overoptimisation(rmRuns) {
   if (!(gb && pb) || rows.length < 3) { say('(The base model is missing from eval_proxy.json or eval.json: no gains computed.)'); return; }
   const b = rows[0], last = rows[rows.length - 1];
   const peak = rows.slice(1).reduce((a, r) => (r.g > a.g ? r : a), rows[1]);
+  const worst = rows.slice(1).reduce((a, r) => (r.g < a.g ? r : a), rows[1]);
   const dP = { v: last.p - b.p, s: Math.hypot(last.pSe, b.pSe) }, dG = { v: last.g - b.g, s: Math.hypot(last.gSe, b.gSe) };
   const fall = { v: peak.g - last.g, s: Math.hypot(peak.gSe, last.gSe) };
+  const drop = { v: b.g - worst.g, s: Math.hypot(b.gSe, worst.gSe) };
   // the gap between the two gains in s.d. units (the s.d.s are treated as known)
   const gap = { v: z(last.p, b.p, pSd) - z(last.g, b.g, gSd), s: Math.hypot(Math.hypot(last.pSe, b.pSe) / pSd, Math.hypot(last.gSe, b.gSe) / gSd) };
   const sig = (d) => d.v > 2 * d.s;
+  const goldRose = rows.slice(1).some((r) => sig({ v: r.g - b.g, s: Math.hypot(r.gSe, b.gSe) }));
   let verdict;
   if (!sig(dP)) verdict = 'the proxy reward did not rise by more than two standard errors, so the reward model was not optimised and nothing can be said about over-optimisation.';
+  else if (!goldRose)
+    verdict = `the proxy rose while the gold reward rose at no round by more than two standard errors; its lowest, at ${worst.name} (KL ${f(worst.kl, 2)}), ` +
+              `is ${pm(drop.v, drop.s, 4)} below the base model's (${sig(drop) ? 'more than' : 'within'} two standard errors): ` +
+              'the policy learned what the reward model rewards and the gold reward does not, over-optimisation of the proxy' +
+              (sig(drop) ? ', which here lowered the gold reward.' : '.');
   else if (peak !== last && sig(fall))
-    verdict = `the proxy kept rising while the gold reward peaked at ${peak.name} (KL ${f(peak.kl, 2)}) and then fell by ${pm(fall.v, fall.s, 4)} ` +
-              'by the last round: over-optimisation of the reward model.';
+    verdict = `the gold reward peaked at ${peak.name} (KL ${f(peak.kl, 2)}) and then fell by ${pm(fall.v, fall.s, 4)} by the last round, ` +
+              `while the proxy changed by ${pm(last.p - peak.p, Math.hypot(last.pSe, peak.pSe))} over the same rounds: over-optimisation of the reward model.`;
   else if (sig(gap))
     verdict = `both rose, but the gold reward rose less than the proxy: at KL ${f(last.kl, 2)} the proxy gained ${f(z(last.p, b.p, pSd), 2)} and the gold ` +
-              `${f(z(last.g, b.g, gSd), 2)} base-model standard deviations (gap ${pm(gap.v, gap.s, 2)}), ` +
-              (peak !== last ? `and the gold reward was highest at ${peak.name} (the last round is ${pm(fall.v, fall.s, 4)} below it, ${sig(fall) ? 'more than' : 'within'} two standard errors): ` : ': ') +
-              'the proxy overstates the gain, the seed\'s reward-error point; a fall of the gold reward itself was not measured in this KL range.';
+              `${f(z(last.g, b.g, gSd), 2)} base-model standard deviations (gap ${pm(gap.v, gap.s, 2)}): the proxy overstates the gain, the seed's ` +
+              'reward-error point; a fall of the gold reward itself was not measured in this KL range.';
+  else if (-gap.v > 2 * gap.s)
+    verdict = `both rose, and the gold reward rose more than the proxy in base-model standard deviations (gold ${f(z(last.g, b.g, gSd), 2)}, ` +
+              `proxy ${f(z(last.p, b.p, pSd), 2)}, gap ${pm(gap.v, gap.s, 2)}): the proxy saturated first and no over-optimisation was measured in this KL range.`;
   else verdict = `both rose by similar amounts in base-model standard deviations (gap ${pm(gap.v, gap.s, 2)}): no over-optimisation within this KL range.`;
   say(`From the base model to ${last.name} (KL ${f(last.kl, 2)}) the proxy reward changed by ${pm(dP.v, dP.s)} and the gold reward by ${pm(dG.v, dG.s, 4)}; ${verdict}`);
 }
