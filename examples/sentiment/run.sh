@@ -50,11 +50,13 @@ case "$SCALE" in
   full) VOCAB=8192; PRE_STEPS=600; N_LAYER=4; N_EMBD=128; N_HEAD=4; SEQ=128; PRE_BATCH=16; SAMPLE=(--top-k 40)
         PAIR_PROMPTS=1024; EVAL_PROMPTS=128; K_GEN=8; NEW_TOK=24; DPO_EPOCHS=1; DPO_LR=2e-4; K_EVAL=8; K_AUX=4
         DEF_BETAS="0.03 0.1 0.3"; DEF_RKL_BETAS="0.03 0.1 0.3"
-        ONLINE_ROUNDS=4; ONLINE_PROMPTS=$((PAIR_PROMPTS / 4)); LAMBDAS="0.03,0.1,0.3"; RM_EPOCHS=1 ;;
+        ONLINE_ROUNDS=4; ONLINE_PROMPTS=$((PAIR_PROMPTS / 4)); LAMBDAS="0.03,0.1,0.3"
+        RM_EPOCHS=3; RM_ROUNDS=6; RM_PROMPTS=128; RM_ROUND_EPOCHS=2; RM_BETA=0.1 ;;
   tiny) VOCAB=1024; PRE_STEPS=500; N_LAYER=2; N_EMBD=64; N_HEAD=2; SEQ=64; PRE_BATCH=16; SAMPLE=()
         PAIR_PROMPTS=2048; EVAL_PROMPTS=128; K_GEN=8; NEW_TOK=24; DPO_EPOCHS=2; DPO_LR=3e-4; K_EVAL=12; K_AUX=4
         DEF_BETAS="0.1"; DEF_RKL_BETAS="0.03 0.1 0.3"
-        ONLINE_ROUNDS=2; ONLINE_PROMPTS=64; LAMBDAS="0.03,0.1,0.3"; RM_EPOCHS=1 ;;
+        ONLINE_ROUNDS=2; ONLINE_PROMPTS=64; LAMBDAS="0.03,0.1,0.3"
+        RM_EPOCHS=1; RM_ROUNDS=2; RM_PROMPTS=64; RM_ROUND_EPOCHS=2; RM_BETA=0.1 ;;
   *) echo "run.sh: SCALE must be full or tiny" >&2; exit 2 ;;
 esac
 BETAS=${BETAS:-$DEF_BETAS}
@@ -194,14 +196,22 @@ par_stage "$RUN/online-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/pr
       --lexicon "$LEXICON" --divergence rkl --beta 0.1 --rounds $ONLINE_ROUNDS \
       --prompts-per-round $ONLINE_PROMPTS --n $K_GEN --pairs all-bt --bt-scale $BT_SCALE "${SAMPLE[@]}" \
       --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" --out "$RUN/online-rkl-b0.1"
-# a reward model trained on the offline pairs, then optimised online: proxy (rm) vs gold (AFINN)
+# Reward over-optimisation: a reward model trained on the offline pairs (the same reward queries),
+# then optimised online; every round is scored with the proxy (rm) and the gold reward (AFINN).
+# Chosen by measurement (README, "Reward over-optimisation"): trained for 1 epoch at lr 3e-4 the rm
+# stayed at chance (held-out accuracy 0.535, reward spread ~0.07 on base samples, so --bt-scale 1
+# labels against it were coin flips and the proxy did not rise). Now RM_EPOCHS epochs at lr 1e-3,
+# and the online rounds pair each prompt's best and worst sample under the rm (no label noise
+# whatever the rm's scale): RM_ROUNDS rounds of RM_PROMPTS prompts x K_GEN samples, RM_ROUND_EPOCHS
+# passes over each round's pairs. The offline pairs' Bradley-Terry labels (BT_SCALE) disagree with
+# the gold order in 38% of pairs: the rm fits that noise too, and the policy finds it.
 rm_then_online() {
-  stage "$RUN/rm" "$FDPO" rm --model "$BASE" --data "$RUN/pairs.jsonl" --bad-pairs skip --epochs $RM_EPOCHS --lr 3e-4 \
+  stage "$RUN/rm" "$FDPO" rm --model "$BASE" --data "$RUN/pairs.jsonl" --bad-pairs skip --epochs $RM_EPOCHS --lr 1e-3 \
         --batch-size 16 --eval-fraction 0.1 --threads $PTHREADS --seed 8 $PQUIET --overwrite --out "$RUN/rm"
-  stage "$RUN/online-rm-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward "rm:$RUN/rm" \
-        --divergence rkl --beta 0.1 --rounds $ONLINE_ROUNDS --prompts-per-round $ONLINE_PROMPTS "${SAMPLE[@]}" \
-        --n $K_GEN --pairs all-bt --bt-scale 1 --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" \
-        --out "$RUN/online-rm-rkl-b0.1"
+  stage "$RUN/online-rm-rkl-b$RM_BETA" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward "rm:$RUN/rm" \
+        --divergence rkl --beta $RM_BETA --rounds $RM_ROUNDS --prompts-per-round $RM_PROMPTS "${SAMPLE[@]}" \
+        --n $K_GEN --pairs best-worst --max-new-tokens $NEW_TOK --epochs $RM_ROUND_EPOCHS "${COMMON_TRAIN[@]}" \
+        --out "$RUN/online-rm-rkl-b$RM_BETA"
 }
 par_do rm_then_online
 par_wait
@@ -219,7 +229,7 @@ par_stage "$RUN/eval.json" "$FDPO" eval --model "$BASE" $(printf -- '--model %s 
 ONLINE_MODELS=()
 for ((k = 0; k < ONLINE_ROUNDS; k++)); do ONLINE_MODELS+=(--model "$RUN/online-rkl-b0.1/round-$k"); done
 RM_MODELS=()
-for ((k = 0; k < ONLINE_ROUNDS; k++)); do RM_MODELS+=(--model "$RUN/online-rm-rkl-b0.1/round-$k"); done
+for ((k = 0; k < RM_ROUNDS; k++)); do RM_MODELS+=(--model "$RUN/online-rm-rkl-b$RM_BETA/round-$k"); done
 par_stage "$RUN/eval_online.json" "$FDPO" eval "${ONLINE_MODELS[@]}" "${RM_MODELS[@]}" --ref "$BASE" \
       --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --n $K_AUX --max-new-tokens $NEW_TOK \
       "${SAMPLE[@]}" --divergences rkl --seed 5 --threads $PTHREADS --out "$RUN/eval_online.json"
@@ -235,7 +245,7 @@ par_stage "$RUN/eval_safety.json" "$FDPO" eval "${SACPO_MODELS[@]}" --ref "$BASE
       --samples-out "$RUN/eval_safety_samples.jsonl"
 par_wait
 
-say "f. the theory on the demo's own problem: the base model's held-out samples as pi_ref, their rewards as r"
+say "f. the theory on the demo's own problem: per held-out prompt, the base model's samples as pi_ref(.|x), their rewards as r"
 mkdir -p "$RUN/lab"
 LAB_DIVS=$(echo $DIVERGENCES | tr ' ' ,)
 LAB_BETAS=$(echo $RKL_BETAS $BETAS | tr ' ' '\n' | sort -gu | paste -sd,)
@@ -249,6 +259,6 @@ stage "$RUN/lab/frontier_gold.csv" node "$ROOT/examples/sentiment/lab_problem.js
 say "g. the report and the summary"
 node "$ROOT/examples/sentiment/summarize.js" "$RUN" | tee "$RUN/summary.txt"
 run "$FDPO" report "${POLICIES[@]}" --eval "$RUN/eval.json" --eval "$RUN/eval_online.json" --eval "$RUN/eval_safety.json" \
-    --samples "$RUN/eval_samples.jsonl" \
+    --samples "$RUN/eval_samples.jsonl" --proxy-eval "$RUN/eval_proxy.json" \
     --lab-frontier "$RUN/lab/frontier_gold.csv" --notes "$RUN/conclusion.md" --title "fdpo sentiment demo" --out "$RUN/report.html"
 printf '\ndemo done in %ss (per stage: %s): open %s\n' "$(( $(date +%s) - T0 ))" "$RUN/timings.tsv" "$RUN/report.html" >&2

@@ -186,7 +186,20 @@ if (divs.length >= 2) {
     say();
     say(`## Theory on the demo's own problem (the lab; dashed "exact (lab)" lines on the report's reward-KL panel)`);
     say();
-    say(`\`fdpo lab frontier\` solved exactly on the base model's held-out samples (pi_ref uniform on the pooled samples of all prompts, ` +
+    // the problem's shape: per prompt (a prompt column) or pooled
+    const probFile = path.join(run, 'lab', 'problem.csv');
+    let shape = 'the pooled samples of all prompts as one response set', kMax = NaN;
+    if (fs.existsSync(probFile)) {
+      const [ph, ...pl] = fs.readFileSync(probFile, 'utf8').trim().split('\n');
+      const pc = ph.split(',').indexOf('prompt');
+      const count = new Map();
+      for (const l of pl) { const k = pc >= 0 ? l.split(',')[pc] : ''; count.set(k, (count.get(k) || 0) + 1); }
+      kMax = Math.max(...count.values());
+      if (pc >= 0) shape = `each of the ${count.size} held-out prompts x on its own: pi_ref(y|x) = 1/k on its k = ${kMax === Math.min(...count.values()) ? kMax : `${Math.min(...count.values())}-${kMax}`} base samples, ` +
+                           'pi*(y|x) ∝ pi_ref(y|x) exp(r(x,y)/beta) solved per prompt, reward and KL averaged over prompts';
+      else shape += ` (pi_ref = 1/${kMax})`;
+    }
+    say(`\`fdpo lab frontier\` solved exactly on the base model's held-out samples (${shape}; ` +
         `reward = gold / BT scale ${bt}, so beta means what it means in training) at beta = ${b0}, against the policies trained at that beta ` +
         `(reward in gold units per word, KL in nats):`);
     for (const x of atB) {
@@ -194,7 +207,8 @@ if (divs.length >= 2) {
       say(`- ${x.divergence}: exact ${f(bt * x.expected_reward, 4)} at KL ${f(x.kl)} (entropy ${f(x.entropy)} nats)` +
           (q ? `; measured ${pm(q.reward, q.rewardSe, 4)} at KL ${f(q.kl)}` : '; not trained at this beta'));
     }
-    say(`The exact optimum lives on the sampled support only (its KL is at most log N), and is what the objective ` +
+    say(`The exact optimum lives on the sampled support only (its KL is at most log ${Number.isFinite(kMax) ? `${kMax} = ${f(Math.log(kMax), 2)} nats` : 'N'}, ` +
+        'while a policy\'s KL(seq) is over all sequences), and is what the objective ' +
         'reaches without sampling, optimisation or model error; the gap to the measured points is what training on ' +
         'Bradley-Terry pairs from a small model leaves on the table.');
   }
@@ -218,32 +232,69 @@ if (online) {
            : '; outside the KL range of the offline rkl frontier, no matched comparison'));
   }
   const rmRuns = online.filter((p) => p.name.includes('/online-rm-')).sort((a, b) => roundOf(a) - roundOf(b));
-  if (rmRuns.length) {
-    const prox = new Map((proxy || []).map((p) => [p.name, p]));
-    say();
-    say('## Reward over-optimisation: online f-DPO against a reward model trained on the offline pairs');
-    say();
-    say('```');
-    say(['round', 'KL(seq)', 'gold AFINN ± s.e.', 'proxy rm ± s.e.'].map((h, i) => (i ? h.padStart(20) : h.padEnd(6))).join(''));
-    const b = proxy && proxy.find((p) => path.basename(p.name) === 'base');
-    if (b && base) say(['base', f(0), pm(base.reward, base.rewardSe, 4), pm(b.reward_mean, b.reward_se, 3)].map((h, i) => (i ? h.padStart(20) : h.padEnd(6))).join(''));
-    for (const p of rmRuns) {
-      const q = prox.get(p.name);
-      say([String(roundOf(p)), f(p.kl_seq_mean), pm(p.reward_mean, p.reward_se, 4), q ? pm(q.reward_mean, q.reward_se, 3) : '-']
-        .map((h, i) => (i ? h.padStart(20) : h.padEnd(6))).join(''));
-    }
-    say('```');
-    const last = rmRuns[rmRuns.length - 1], bestGold = rmRuns.reduce((a, p) => (p.reward_mean > a.reward_mean ? p : a), rmRuns[0]);
-    const lq = prox.get(last.name), fq = prox.get(rmRuns[0].name);
-    if (lq && fq) {
-      const dProxy = lq.reward_mean - fq.reward_mean, dGold = last.reward_mean - rmRuns[0].reward_mean;
-      const sG = Math.hypot(last.reward_se, rmRuns[0].reward_se), sP = Math.hypot(lq.reward_se, fq.reward_se);
-      say(`From round 0 to round ${roundOf(last)} the proxy reward changed by ${pm(dProxy, sP)} and the gold reward by ${pm(dGold, sG, 4)}; ` +
-          (dProxy > 2 * sP && !(dGold > 2 * sG) ? 'the proxy kept rising while the gold reward did not: over-optimisation of the reward model.'
-            : dProxy > 2 * sP ? 'both rose: no over-optimisation within this KL range.' : 'the proxy did not rise significantly.') +
-          ` Best gold reward at round ${roundOf(bestGold)}.`);
-    }
+  if (rmRuns.length) overoptimisation(rmRuns);
+}
+// Reward over-optimisation: the online run against the reward model, each round scored with the
+// gold reward (eval_online.json) and with the proxy it optimised (eval_proxy.json, same seed: the
+// same samples). Gains are over the base model, also in units of the base model's reward s.d.
+// under each reward, so the two rewards can be compared; every verdict below is computed.
+function overoptimisation(rmRuns) {
+  const prox = new Map((proxy || []).map((p) => [p.name, p]));
+  const pb = proxy && proxy.find((p) => p.kl_seq_mean === 0);
+  const gb = pb && pols.find((q) => q.p.name === pb.name);
+  const rm = fs.existsSync(path.join(run, 'rm', 'eval_summary.json')) ? readJson(path.join(run, 'rm', 'eval_summary.json')) : null;
+  say();
+  say('## Reward over-optimisation: online f-DPO against a reward model trained on the offline pairs');
+  say();
+  if (rm && Number.isFinite(rm.eval_accuracy))
+    say(`Reward model (the proxy): held-out pair accuracy ${f(rm.eval_accuracy)} on ${rm.pairs ?? '?'} held-out pairs` +
+        (Number.isFinite(rm.eval_margin) ? `, mean held-out margin ${f(rm.eval_margin)}` : '') + '.');
+  const rows = [];
+  if (gb && pb) rows.push({ name: 'base', kl: 0, klSe: 0, g: gb.reward, gSe: gb.rewardSe, p: pb.reward_mean, pSe: pb.reward_se });
+  for (const q of rmRuns) {
+    const pq = prox.get(q.name);
+    rows.push({ name: `round ${roundOf(q)}`, kl: q.kl_seq_mean, klSe: q.kl_seq_se, g: q.reward_mean, gSe: q.reward_se,
+                p: pq ? pq.reward_mean : NaN, pSe: pq ? pq.reward_se : NaN });
   }
+  const gSd = gb ? gb.p.reward_std : NaN, pSd = pb ? pb.reward_std : NaN;
+  const z = (v, b, sd) => (v - b) / sd;
+  say('```');
+  const W = [9, 16, 20, 18, 14, 14];
+  say(['policy', 'KL(seq)', 'gold AFINN', 'proxy rm', 'gold gain/sd', 'proxy gain/sd'].map((h, i) => (i ? h.padStart(W[i]) : h.padEnd(W[i]))).join(''));
+  for (const r of rows)
+    say([r.name, pm(r.kl, r.klSe, 2), pm(r.g, r.gSe, 4), pm(r.p, r.pSe, 3), gb ? f(z(r.g, rows[0].g, gSd), 2) : '-', pb ? f(z(r.p, rows[0].p, pSd), 2) : '-']
+      .map((h, i) => (i ? h.padStart(W[i]) : h.padEnd(W[i]))).join(''));
+  say('```');
+  if (!(gb && pb) || rows.length < 3) { say('(The base model is missing from eval_proxy.json or eval.json: no gains computed.)'); return; }
+  const b = rows[0], last = rows[rows.length - 1];
+  const peak = rows.slice(1).reduce((a, r) => (r.g > a.g ? r : a), rows[1]);
+  const worst = rows.slice(1).reduce((a, r) => (r.g < a.g ? r : a), rows[1]);
+  const dP = { v: last.p - b.p, s: Math.hypot(last.pSe, b.pSe) }, dG = { v: last.g - b.g, s: Math.hypot(last.gSe, b.gSe) };
+  const fall = { v: peak.g - last.g, s: Math.hypot(peak.gSe, last.gSe) };
+  const drop = { v: b.g - worst.g, s: Math.hypot(b.gSe, worst.gSe) };
+  // the gap between the two gains in s.d. units (the s.d.s are treated as known)
+  const gap = { v: z(last.p, b.p, pSd) - z(last.g, b.g, gSd), s: Math.hypot(Math.hypot(last.pSe, b.pSe) / pSd, Math.hypot(last.gSe, b.gSe) / gSd) };
+  const sig = (d) => d.v > 2 * d.s;
+  const goldRose = rows.slice(1).some((r) => sig({ v: r.g - b.g, s: Math.hypot(r.gSe, b.gSe) }));
+  let verdict;
+  if (!sig(dP)) verdict = 'the proxy reward did not rise by more than two standard errors, so the reward model was not optimised and nothing can be said about over-optimisation.';
+  else if (!goldRose)
+    verdict = `the proxy rose while the gold reward rose at no round by more than two standard errors; its lowest, at ${worst.name} (KL ${f(worst.kl, 2)}), ` +
+              `is ${pm(drop.v, drop.s, 4)} below the base model's (${sig(drop) ? 'more than' : 'within'} two standard errors): ` +
+              'the policy learned what the reward model rewards and the gold reward does not, over-optimisation of the proxy' +
+              (sig(drop) ? ', which here lowered the gold reward.' : '.');
+  else if (peak !== last && sig(fall))
+    verdict = `the gold reward peaked at ${peak.name} (KL ${f(peak.kl, 2)}) and then fell by ${pm(fall.v, fall.s, 4)} by the last round, ` +
+              `while the proxy changed by ${pm(last.p - peak.p, Math.hypot(last.pSe, peak.pSe))} over the same rounds: over-optimisation of the reward model.`;
+  else if (sig(gap))
+    verdict = `both rose, but the gold reward rose less than the proxy: at KL ${f(last.kl, 2)} the proxy gained ${f(z(last.p, b.p, pSd), 2)} and the gold ` +
+              `${f(z(last.g, b.g, gSd), 2)} base-model standard deviations (gap ${pm(gap.v, gap.s, 2)}): the proxy overstates the gain, the seed's ` +
+              'reward-error point; a fall of the gold reward itself was not measured in this KL range.';
+  else if (-gap.v > 2 * gap.s)
+    verdict = `both rose, and the gold reward rose more than the proxy in base-model standard deviations (gold ${f(z(last.g, b.g, gSd), 2)}, ` +
+              `proxy ${f(z(last.p, b.p, pSd), 2)}, gap ${pm(gap.v, gap.s, 2)}): the proxy saturated first and no over-optimisation was measured in this KL range.`;
+  else verdict = `both rose by similar amounts in base-model standard deviations (gap ${pm(gap.v, gap.s, 2)}): no over-optimisation within this KL range.`;
+  say(`From the base model to ${last.name} (KL ${f(last.kl, 2)}) the proxy reward changed by ${pm(dP.v, dP.s)} and the gold reward by ${pm(dG.v, dG.s, 4)}; ${verdict}`);
 }
 if (safety) {
   // what g counts: the header line harm_lexicon.js wrote ("# AFINN-165 words with |valence| >= 3: ...")

@@ -12,10 +12,14 @@
 #include "fdpo/core.h"
 #include "fdpo/objectives.h"
 
-/* One prompt's responses. reward_hat, length and safety are optional (NULL). */
+/* One prompt's responses, or several prompts' (a CSV with a `prompt` column): then rows
+ * prompt_offset[x] .. prompt_offset[x + 1] - 1 are prompt x's responses and pi_ref sums to 1
+ * within each prompt. n_prompts = 0 and prompt_offset = NULL mean one prompt. reward_hat,
+ * length and safety are optional (NULL). */
 typedef struct {
     size_t n;
     double *pi_ref, *reward, *reward_hat, *length, *safety;
+    size_t n_prompts, *prompt_offset;
 } fdpo_lab_problem;
 void fdpo_lab_problem_free(fdpo_lab_problem *p);
 
@@ -33,11 +37,14 @@ int fdpo_lab_generate(const fdpo_lab_gen *g, size_t n, fdpo_rng *rng, fdpo_lab_p
  * corr(g, r) ~ c (c < 0: the rewarded answers are the less safe ones). |c| <= 1. */
 void fdpo_lab_generate_safety(fdpo_lab_problem *p, double correlation, fdpo_rng *rng);
 
-/* CSV with a header naming columns pi_ref, reward (required) and reward_hat, length, safety
- * (optional), one row per response; a UTF-8 byte-order mark is skipped, a NUL byte is an
- * error. Errors name FILE:LINE and the column. pi_ref must be > 0 (subnormals are fine);
+/* CSV with a header naming columns pi_ref, reward (required) and reward_hat, length, safety,
+ * prompt (optional), one row per response; a UTF-8 byte-order mark is skipped, a NUL byte is
+ * an error. Errors name FILE:LINE and the column. pi_ref must be > 0 (subnormals are fine);
  * if it sums to 1 +- more than 1e-9 it is renormalised (overflow-safe: divided by its max
- * first) and *renormalised gets its old sum (inf if that overflows a double; else 0). */
+ * first) and *renormalised gets its old sum (inf if that overflows a double; else 0).
+ * `prompt` is a label (any text without commas): each prompt's rows must be contiguous, and
+ * pi_ref is normalised per prompt (*renormalised: the old sum of the first prompt that was
+ * renormalised). A file with a prompt column always gets prompt_offset, even for one label. */
 int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalised);
 /* Validates an in-memory problem (what names it in messages). */
 int fdpo_lab_validate(const fdpo_lab_problem *p, const char *what);
@@ -120,6 +127,13 @@ int fdpo_lab_bias(const fdpo_divergence *d, double beta, double bias, const fdpo
  * is sequential, so the rows do not depend on the thread count). */
 int fdpo_lab_frontier(const fdpo_lab_prepared *pp, const fdpo_divergence *divs, size_t ndivs,
                       const double *betas, size_t nbetas, fdpo_lab_result *rows);
+/* The same over n_prompts prompts (pps[x]: prompt x), pi*(.|x) solved per prompt: each row is
+ * the mean over prompts (uniform weight) of expected_reward, entropy (so H(Y|X)), kl,
+ * f_divergence and objective; support is the sum over prompts, iterations the largest,
+ * lambda NaN (it is per prompt). Prompts are summed in order inside one solve task, so the
+ * rows do not depend on the thread count; with one prompt the rows equal fdpo_lab_frontier's. */
+int fdpo_lab_frontier_prompts(const fdpo_lab_prepared *pps, size_t n_prompts, const fdpo_divergence *divs,
+                              size_t ndivs, const double *betas, size_t nbetas, fdpo_lab_result *rows);
 
 /* Coverage: for each N in n_comparisons and each prompt, draw N pairs from the data policy,
  * label them by Bradley-Terry on the true reward, fit r_hat (fdpo_lab_bt_fit) and compare

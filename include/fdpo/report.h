@@ -21,6 +21,11 @@ typedef struct {
                                      (divergence, beta, kl, expected_reward) drawn on the evaluation's
                                      reward-KL panel as "exact (lab)" lines: their expected_reward
                                      must be in the eval files' reward units */
+    const char *const *proxy_eval_files; size_t n_proxy_eval_files; /* `fdpo eval --out` files whose
+                                     reward is a proxy (e.g. rm:DIR) of the --eval files' gold reward:
+                                     policies of the same name are drawn as gold and proxy reward
+                                     against KL (reward over-optimisation); the file must also hold
+                                     the reference as a policy (KL 0) */
     const char *title;            /* page title; NULL: "fdpo report" */
     const char *chartjs_path;     /* Chart.js UMD bundle to inline; NULL: the copy embedded
                                      at build time (node_modules/chart.js) */

@@ -73,7 +73,7 @@ typedef struct {
 } common_opts;
 
 #define COMMON_FLAGS(o, n_default)                                                                      \
-    {"data", FLAG_STR, &(o).data, NULL, "CSV problem: header pi_ref,reward[,reward_hat][,length][,safety], one row per response", 0}, \
+    {"data", FLAG_STR, &(o).data, NULL, "CSV problem: header pi_ref,reward[,reward_hat][,length][,safety][,prompt], one row per response (prompt: frontier only)", 0}, \
     {"n", FLAG_INT, &(o).n, n_default, "responses per prompt when generating", 0},                         \
     {"pi-ref", FLAG_STR, &(o).pi_ref, "zipf", "generated pi_ref: zipf, dirichlet, uniform", 0},            \
     {"zipf-s", FLAG_FLOAT, &(o).zipf_s, "1", "Zipf exponent: pi_ref(k) ∝ k^-s", 0},                         \
@@ -86,13 +86,21 @@ typedef struct {
     {"threads", FLAG_INT, &(o).threads, "0", "OpenMP threads (0 = default)", 0},                           \
     {"format", FLAG_STR, &(o).format, "csv", "output table format: csv or json", 0}
 
-static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf, fdpo_rng *rng, fdpo_lab_problem *p) {
+/* prompts_ok: the experiment reads a CSV's `prompt` column (several prompts); the others refuse it */
+static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf, fdpo_rng *rng, fdpo_lab_problem *p,
+                        int prompts_ok) {
     if (o->input) {
         if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --data (the file sets the responses)");
         double renorm;
         if (fdpo_lab_read_csv(o->input, p, &renorm)) return fdpo_error_context("--data");
+        if (p->prompt_offset && !prompts_ok) {
+            fdpo_lab_problem_free(p);
+            return fdpo_error("--data %s: column 'prompt': this experiment solves one prompt; `fdpo lab frontier` "
+                              "reads several (drop the column to pool the rows into one problem)", o->input);
+        }
         if (renorm != 0)
-            fdpo_log(FDPO_LOG_WARN, "%s: pi_ref sums to %.17g, renormalised to 1", o->input, renorm);
+            fdpo_log(FDPO_LOG_WARN, "%s: pi_ref sums to %.17g, renormalised to 1%s", o->input, renorm,
+                     p->prompt_offset ? " (per prompt; the first prompt off by more than 1e-9)" : "");
         return 0;
     }
     if (o->n < 1) return fdpo_error("--n: must be >= 1 (got %ld)", o->n);
@@ -142,7 +150,7 @@ static int lab_solve(int argc, char **argv) {
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
-    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p)) { free(divs); return -1; }
+    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0)) { free(divs); return -1; }
     fdpo_lab_prepared pp;
     fdpo_lab_prepare(&pp, p.pi_ref, p.reward, p.n);
     double *pis = fdpo_malloc(nd * p.n * sizeof(double));
@@ -224,14 +232,19 @@ static int lab_frontier(int argc, char **argv) {
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
-    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p)) { free(divs); free(betas); return -1; }
-    fdpo_lab_prepared pp;
-    fdpo_lab_prepare(&pp, p.pi_ref, p.reward, p.n);
+    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, 1)) { free(divs); free(betas); return -1; }
+    /* one prepared problem per prompt (a CSV with a prompt column), else the whole set */
+    const size_t np = p.prompt_offset ? p.n_prompts : 1;
+    fdpo_lab_prepared *pp = fdpo_calloc(np, sizeof *pp);
+    for (size_t x = 0; x < np; x++) {
+        const size_t lo = p.prompt_offset ? p.prompt_offset[x] : 0, hi = p.prompt_offset ? p.prompt_offset[x + 1] : p.n;
+        fdpo_lab_prepare(&pp[x], p.pi_ref + lo, p.reward + lo, hi - lo);
+    }
     size_t ntask = nd * nbeta;
     fdpo_lab_result *res = fdpo_calloc(ntask, sizeof *res);
     static const char *cols[] = {"divergence", "beta", "expected_reward", "entropy", "kl", "f_divergence", "support"};
     table t;
-    int rc = fdpo_lab_frontier(&pp, divs, nd, betas, nbeta, res);
+    int rc = fdpo_lab_frontier_prompts(pp, np, divs, nd, betas, nbeta, res);
     if (rc == 0) rc = table_open(&t, o.out, o.format, cols, 7);
     for (size_t k = 0; rc == 0 && k < ntask; k++) {
         char name[64];
@@ -243,7 +256,8 @@ static int lab_frontier(int argc, char **argv) {
     }
     if (rc == 0) rc = table_close(&t, 1);
     free(res); free(divs); free(betas);
-    fdpo_lab_prepared_free(&pp);
+    for (size_t x = 0; x < np; x++) fdpo_lab_prepared_free(&pp[x]);
+    free(pp);
     fdpo_lab_problem_free(&p);
     return rc;
 }
@@ -279,7 +293,7 @@ static int lab_gap(int argc, char **argv) {
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem *P = fdpo_calloc((size_t)prompts, sizeof *P);
     int rc = 0;
-    for (long x = 0; rc == 0 && x < prompts; x++) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &P[x]);
+    for (long x = 0; rc == 0 && x < prompts; x++) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &P[x], 0);
     int from_file = o.input && P[0].reward_hat;
     if (from_file) nnoise = 1;
     static const char *cols[] = {"noise", "divergence", "beta", "reward_gap", "objective_gap", "bound", "bound_held"};
@@ -378,7 +392,7 @@ static int lab_coverage(int argc, char **argv) {
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem *P = fdpo_calloc((size_t)prompts, sizeof *P);
     int rc = 0;
-    for (long x = 0; rc == 0 && x < prompts; x++) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &P[x]);
+    for (long x = 0; rc == 0 && x < prompts; x++) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &P[x], 0);
     fdpo_atomic_file ec = {0}, ef = {0};
     table t;
     int opened = 0;
@@ -439,7 +453,7 @@ static int lab_bias(int argc, char **argv) {
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
-    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p)) { free(divs); free(betas); free(bs); return -1; }
+    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0)) { free(divs); free(betas); free(bs); return -1; }
     int rc = 0;
     if (!p.length) rc = fdpo_error("--data %s: the bias experiment needs a 'length' column", o.input);
     static const char *cols[] = {"bias", "divergence", "beta", "length_pistar", "length_pihat", "length_increase", "reward_gap"};
@@ -516,7 +530,7 @@ static int lab_check_method(int argc, char **argv) {
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p = {0};
-    if (rc == 0) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p);
+    if (rc == 0) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0);
     if (rc) { free(divs); fdpo_lab_problem_free(&p); return -1; }
     fdpo_lab_prepared pp;
     fdpo_lab_prepare(&pp, p.pi_ref, p.reward, p.n);
@@ -602,7 +616,7 @@ static int lab_check(int argc, char **argv) {
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
-    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p)) { free(divs); return -1; }
+    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0)) { free(divs); return -1; }
     fdpo_lab_prepared pp;
     fdpo_lab_prepare(&pp, p.pi_ref, p.reward, p.n);
     static const char *cols[] = {"divergence", "beta", "loss", "max_abs_diff", "final_loss", "grad_norm", "iterations"};
@@ -683,7 +697,7 @@ static int lab_constrained(int argc, char **argv) {
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
-    int rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p);
+    int rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0);
     if (rc == 0 && o.input && !p.safety) rc = fdpo_error("--data %s: lab constrained needs a 'safety' column", o.input);
     if (rc == 0 && !o.input) fdpo_lab_generate_safety(&p, correlation, &rng);
     if (rc) { fdpo_lab_problem_free(&p); free(divs); free(bs); return -1; }

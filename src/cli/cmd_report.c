@@ -9,13 +9,14 @@
 
 int cmd_report(int argc, char **argv) {
     const char *out, *title, *chartjs, *notes;
-    flag_list evals, labs, smps, lab_fronts;
+    flag_list evals, labs, smps, lab_fronts, proxies;
     long max_points, max_prompts;
     fdpo_flag flags[] = {
         {"out",         FLAG_STR, &out,         "report.html", "HTML file to write (self-contained, opens offline)", 0},
         {"eval",        FLAG_LIST, &evals,      NULL,          "eval JSON from `fdpo eval --out` (repeatable)", 0},
         {"lab",         FLAG_LIST, &labs,       NULL,          "lab CSV from `fdpo lab` (repeatable)", 0},
         {"lab-frontier", FLAG_LIST, &lab_fronts, NULL,         "lab frontier CSV (`fdpo lab frontier`) drawn on the evaluation's reward-KL panel as dashed \"exact (lab)\" lines; its expected_reward must be in the eval's reward units (repeatable)", 0},
+        {"proxy-eval",  FLAG_LIST, &proxies,    NULL,          "eval JSON of the same policies scored with a proxy reward (e.g. `fdpo eval --reward rm:DIR`, with the reference as a policy): gold and proxy reward against KL, the reward over-optimisation panel (repeatable)", 0},
         {"samples",     FLAG_LIST, &smps,       NULL,          "samples JSONL from `fdpo eval` (repeatable)", 0},
         {"title",       FLAG_STR, &title,       "fdpo report", "page title", 0},
         {"notes",       FLAG_STR, &notes,       NULL,          "text file shown first as the summary (Markdown subset: # headings, - lists, ``` blocks)", 0},
@@ -23,7 +24,7 @@ int cmd_report(int argc, char **argv) {
         {"max-points",  FLAG_INT, &max_points,  "2000",        "points per training curve (longer runs are thinned)", 0},
         {"max-prompts", FLAG_INT, &max_prompts, "6",           "prompts in the sample-completions table", 0},
     };
-    const char *usage = "fdpo report RUN_DIR... [--eval FILE]... [--samples FILE]... [--lab FILE]... [--lab-frontier FILE]... [--notes FILE] [--out FILE]";
+    const char *usage = "fdpo report RUN_DIR... [--eval FILE]... [--samples FILE]... [--lab FILE]... [--lab-frontier FILE]... [--proxy-eval FILE]... [--notes FILE] [--out FILE]";
     int n_pos = 0;
     char **pos = NULL;
     int rc = flags_parse("report", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
@@ -41,6 +42,7 @@ int cmd_report(int argc, char **argv) {
     o.lab_files = labs.v; o.n_lab_files = labs.n;
     o.sample_files = smps.v; o.n_sample_files = smps.n;
     o.lab_frontier_files = lab_fronts.v; o.n_lab_frontier_files = lab_fronts.n;
+    o.proxy_eval_files = proxies.v; o.n_proxy_eval_files = proxies.n;
     o.title = title;
     o.chartjs_path = chartjs;
     o.notes_path = notes;

@@ -73,7 +73,37 @@ int fdpo_lab_bias(const fdpo_divergence *d, double beta, double bias, const fdpo
 
 int fdpo_lab_frontier(const fdpo_lab_prepared *pp, const fdpo_divergence *divs, size_t ndivs,
                       const double *betas, size_t nbetas, fdpo_lab_result *rows) {
+    return fdpo_lab_frontier_prompts(pp, 1, divs, ndivs, betas, nbetas, rows);
+}
+
+/* One (divergence, beta) over every prompt: the mean of the per-prompt statistics (DESIGN §4's
+ * objective is an expectation over prompts; pi*(.|x) depends on x's responses only). */
+static int frontier_row(const fdpo_lab_prepared *pps, size_t n_prompts, const fdpo_divergence *d, double beta,
+                        fdpo_lab_result *row) {
+    fdpo_lab_result sum = {0};
+    for (size_t x = 0; x < n_prompts; x++) {
+        fdpo_lab_result r;
+        if (fdpo_lab_solve(&pps[x], d, beta, NULL, &r)) return -1;
+        if (n_prompts == 1) { *row = r; return 0; }
+        sum.expected_reward += r.expected_reward;
+        sum.entropy += r.entropy;
+        sum.kl += r.kl;
+        sum.f_divergence += r.f_divergence;
+        sum.objective += r.objective;
+        sum.support += r.support;
+        if (r.iterations > sum.iterations) sum.iterations = r.iterations;
+    }
+    const double P = (double)n_prompts;
+    *row = (fdpo_lab_result){.lambda = NAN, .expected_reward = sum.expected_reward / P, .entropy = sum.entropy / P,
+                             .kl = sum.kl / P, .f_divergence = sum.f_divergence / P, .objective = sum.objective / P,
+                             .support = sum.support, .iterations = sum.iterations};
+    return 0;
+}
+
+int fdpo_lab_frontier_prompts(const fdpo_lab_prepared *pps, size_t n_prompts, const fdpo_divergence *divs,
+                              size_t ndivs, const double *betas, size_t nbetas, fdpo_lab_result *rows) {
     /* validate up front: the parallel loop cannot stop at the first error */
+    if (n_prompts < 1) return fdpo_error("frontier: no prompts");
     for (size_t b = 0; b < nbetas; b++)
         if (!(betas[b] > 0) || !isfinite(betas[b])) return fdpo_error("--betas: must be finite and > 0 (got %g)", betas[b]);
     for (size_t k = 0; k < ndivs; k++)
@@ -83,6 +113,6 @@ int fdpo_lab_frontier(const fdpo_lab_prepared *pp, const fdpo_divergence *divs, 
     int failed = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : failed)
     for (long long k = 0; k < nt; k++)
-        failed |= fdpo_lab_solve(pp, &divs[k / (long long)nbetas], betas[k % (long long)nbetas], NULL, &rows[k]) != 0;
+        failed |= frontier_row(pps, n_prompts, &divs[k / (long long)nbetas], betas[k % (long long)nbetas], &rows[k]) != 0;
     return failed ? fdpo_error("frontier: a solve failed") : 0;
 }

@@ -9,7 +9,7 @@
 #include "fdpo/lab.h"
 
 void fdpo_lab_problem_free(fdpo_lab_problem *p) {
-    free(p->pi_ref); free(p->reward); free(p->reward_hat); free(p->length); free(p->safety);
+    free(p->pi_ref); free(p->reward); free(p->reward_hat); free(p->length); free(p->safety); free(p->prompt_offset);
     memset(p, 0, sizeof *p);
 }
 
@@ -78,6 +78,26 @@ int fdpo_lab_generate(const fdpo_lab_gen *g, size_t n, fdpo_rng *rng, fdpo_lab_p
 
 int fdpo_lab_validate(const fdpo_lab_problem *p, const char *what) {
     if (p->n == 0) return fdpo_error("%s: no responses (n = 0)", what);
+    if (p->prompt_offset) {
+        if (p->n_prompts < 1 || p->prompt_offset[0] != 0 || p->prompt_offset[p->n_prompts] != p->n)
+            return fdpo_error("%s: prompt offsets do not cover the %zu responses", what, p->n);
+        for (size_t x = 0; x < p->n_prompts; x++) {
+            if (p->prompt_offset[x + 1] <= p->prompt_offset[x]) return fdpo_error("%s: prompt %zu has no responses", what, x);
+            fdpo_lab_problem one = *p;
+            one.n = p->prompt_offset[x + 1] - p->prompt_offset[x];
+            one.n_prompts = 0;
+            one.prompt_offset = NULL;
+            const size_t o = p->prompt_offset[x];
+            one.pi_ref += o; one.reward += o;
+            if (one.reward_hat) one.reward_hat += o;
+            if (one.length) one.length += o;
+            if (one.safety) one.safety += o;
+            char w[256];
+            snprintf(w, sizeof w, "%s, prompt %zu", what, x);
+            if (fdpo_lab_validate(&one, w)) return -1;
+        }
+        return 0;
+    }
     double s = 0;
     for (size_t i = 0; i < p->n; i++) {
         if (!(p->pi_ref[i] > 0) || !isfinite(p->pi_ref[i]))
@@ -93,8 +113,30 @@ int fdpo_lab_validate(const fdpo_lab_problem *p, const char *what) {
 
 /* ---- CSV ---- */
 
-enum { COL_PI_REF, COL_REWARD, COL_REWARD_HAT, COL_LENGTH, COL_SAFETY, N_COLS };
-static const char *COL_NAMES[N_COLS] = {"pi_ref", "reward", "reward_hat", "length", "safety"};
+enum { COL_PI_REF, COL_REWARD, COL_REWARD_HAT, COL_LENGTH, COL_SAFETY, COL_PROMPT, N_COLS };
+static const char *COL_NAMES[N_COLS] = {"pi_ref", "reward", "reward_hat", "length", "safety", "prompt"};
+
+/* a prompt label and the line where its rows start (for the contiguity check) */
+typedef struct { char *label; size_t line; } prompt_start;
+static int cmp_prompt_start(const void *a, const void *b) {
+    const prompt_start *x = a, *y = b;
+    int c = strcmp(x->label, y->label);
+    return c ? c : (x->line > y->line) - (x->line < y->line);
+}
+
+/* pi_ref[0..n) scaled to sum to 1 when it is off by more than 1e-9; *old_sum gets the old sum
+ * (0 when untouched). The sum of values near DBL_MAX overflows: sum pi_ref / max instead, and
+ * report max * that (inf when the true sum is not representable). */
+static void normalise(double *q, size_t n, double *old_sum) {
+    double m = 0, s = 0;
+    *old_sum = 0;
+    for (size_t i = 0; i < n; i++) if (q[i] > m) m = q[i];
+    for (size_t i = 0; i < n; i++) s += q[i] / m;
+    if (fabs(m * s - 1) > 1e-9) {
+        for (size_t i = 0; i < n; i++) q[i] = (q[i] / m) / s;
+        *old_sum = m * s;
+    }
+}
 
 /* Splits line in place at commas; trims spaces. Returns the number of fields (<= max). */
 static size_t split_fields(char *line, char **fields, size_t max) {
@@ -127,7 +169,10 @@ int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalise
     if (!text) return -1; /* the message names the path */
     int rc = -1;
     int col_of_field[16];
-    int field_of_col[N_COLS] = {-1, -1, -1, -1, -1};
+    int field_of_col[N_COLS];
+    for (int c = 0; c < N_COLS; c++) field_of_col[c] = -1;
+    prompt_start *starts = NULL; /* one per prompt, in file order */
+    size_t n_starts = 0, cap_starts = 0, *offsets = NULL;
     /* a NUL would end the line scan early and silently drop the rest of the file */
     const char *nul = memchr(text, 0, len);
     if (nul) {
@@ -157,7 +202,7 @@ int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalise
             for (size_t j = 0; j < k; j++) {
                 int c = -1;
                 for (int t = 0; t < N_COLS; t++) if (!strcmp(f[j], COL_NAMES[t])) c = t;
-                if (c < 0) { fdpo_error("%s:%zu: unknown column '%s' (expected pi_ref, reward, and optionally reward_hat, length, safety)", path, lineno, f[j]); goto done; }
+                if (c < 0) { fdpo_error("%s:%zu: unknown column '%s' (expected pi_ref, reward, and optionally reward_hat, length, safety, prompt)", path, lineno, f[j]); goto done; }
                 if (field_of_col[c] >= 0) { fdpo_error("%s:%zu: column '%s' appears twice", path, lineno, f[j]); goto done; }
                 field_of_col[c] = (int)j;
                 col_of_field[j] = c;
@@ -171,10 +216,22 @@ int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalise
         if (k != n_fields) { fdpo_error("%s:%zu: expected %zu fields, got %zu", path, lineno, n_fields, k); goto done; }
         if (n == cap) {
             cap = cap ? 2 * cap : 256;
-            for (int c = 0; c < N_COLS; c++) if (field_of_col[c] >= 0) cols[c] = fdpo_realloc(cols[c], cap * sizeof(double));
+            for (int c = 0; c < N_COLS; c++)
+                if (field_of_col[c] >= 0 && c != COL_PROMPT) cols[c] = fdpo_realloc(cols[c], cap * sizeof(double));
         }
         for (size_t j = 0; j < k; j++) {
             int c = col_of_field[j];
+            if (c == COL_PROMPT) { /* a label: a new one starts the next prompt's rows */
+                if (n_starts && !strcmp(starts[n_starts - 1].label, f[j])) continue;
+                if (n_starts + 1 >= cap_starts) {
+                    cap_starts = cap_starts ? 2 * cap_starts : 64;
+                    starts = fdpo_realloc(starts, cap_starts * sizeof *starts);
+                    offsets = fdpo_realloc(offsets, (cap_starts + 1) * sizeof *offsets);
+                }
+                starts[n_starts] = (prompt_start){fdpo_strdup(f[j]), lineno};
+                offsets[n_starts++] = n;
+                continue;
+            }
             char *end;
             errno = 0;
             double v = strtod(f[j], &end);
@@ -195,33 +252,51 @@ int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalise
     }
     if (!have_header) { fdpo_error("%s: empty file (expected a header pi_ref,reward)", path); goto done; }
     if (n == 0) { fdpo_error("%s: no data rows (need at least one response)", path); goto done; }
-    /* the sum of values near DBL_MAX overflows: sum pi_ref / max instead, and report
-     * max * that (inf when the true sum is not representable) */
-    double *q = cols[COL_PI_REF], m = 0, s = 0;
-    for (size_t i = 0; i < n; i++) if (q[i] > m) m = q[i];
-    for (size_t i = 0; i < n; i++) s += q[i] / m;
-    if (fabs(m * s - 1) > 1e-9) {
-        for (size_t i = 0; i < n; i++) q[i] = (q[i] / m) / s;
-        if (renormalised) *renormalised = m * s;
+    if (n_starts) {
+        /* each prompt's rows are one block: a label seen before another prompt's rows is an error */
+        prompt_start *sorted = fdpo_malloc(n_starts * sizeof *sorted);
+        memcpy(sorted, starts, n_starts * sizeof *sorted);
+        qsort(sorted, n_starts, sizeof *sorted, cmp_prompt_start);
+        size_t again = 0;
+        for (size_t x = 1; x < n_starts && !again; x++)
+            if (!strcmp(sorted[x].label, sorted[x - 1].label)) again = x;
+        if (again) fdpo_error("%s:%zu: column 'prompt': '%s' appears again after other prompts' rows (line %zu); "
+                              "each prompt's rows must be contiguous", path, sorted[again].line, sorted[again].label,
+                              sorted[again - 1].line);
+        free(sorted);
+        if (again) goto done;
+        offsets[n_starts] = n;
     }
-    /* a value more than double's range below the largest becomes 0 when normalised; the
-     * f-divergence divides by pi_ref, so refuse instead of solving a different problem */
-    for (size_t i = 0; i < n; i++)
-        if (!(q[i] > 0)) {
-            fdpo_error("%s: data row %zu: pi_ref is so much smaller than the largest (%g) that it is 0 once "
-                       "normalised; the lab needs pi_ref > 0 for every response (rescale or drop it)", path, i + 1, m);
-            goto done;
-        }
+    /* pi_ref is a distribution per prompt */
+    double *q = cols[COL_PI_REF];
+    for (size_t x = 0; x < (n_starts ? n_starts : 1); x++) {
+        const size_t lo = n_starts ? offsets[x] : 0, hi = n_starts ? offsets[x + 1] : n;
+        double old, m = 0;
+        for (size_t i = lo; i < hi; i++) if (q[i] > m) m = q[i];
+        normalise(q + lo, hi - lo, &old);
+        if (old != 0 && renormalised && *renormalised == 0) *renormalised = old;
+        /* a value more than double's range below the largest becomes 0 when normalised; the
+         * f-divergence divides by pi_ref, so refuse instead of solving a different problem */
+        for (size_t i = lo; i < hi; i++)
+            if (!(q[i] > 0)) {
+                fdpo_error("%s: data row %zu: pi_ref is so much smaller than the largest (%g) that it is 0 once "
+                           "normalised; the lab needs pi_ref > 0 for every response (rescale or drop it)", path, i + 1, m);
+                goto done;
+            }
+    }
     p->n = n;
     p->pi_ref = cols[COL_PI_REF];
     p->reward = cols[COL_REWARD];
     p->reward_hat = cols[COL_REWARD_HAT];
     p->length = cols[COL_LENGTH];
     p->safety = cols[COL_SAFETY];
+    if (n_starts) { p->n_prompts = n_starts; p->prompt_offset = offsets; offsets = NULL; }
     memset(cols, 0, sizeof cols);
     rc = 0;
 done:
     for (int c = 0; c < N_COLS; c++) free(cols[c]);
+    for (size_t x = 0; x < n_starts; x++) free(starts[x].label);
+    free(starts); free(offsets);
     free(text);
     return rc;
 }

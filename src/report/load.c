@@ -815,10 +815,13 @@ void fdpo_rp_ctx_free(rp_ctx *c) {
         free(r->dir); free(r->name); free(r->label); free(r->divergence); free(r->loss); free(r->config_file); free(r->kind);
         cJSON_Delete(r->rows);
     }
-    for (size_t i = 0; i < c->n_pols; i++) {
-        rp_policy *q = &c->pols[i];
-        free(q->name); free(q->run); free(q->source); free(q->divergence);
-        cJSON_Delete(q->metrics); cJSON_Delete(q->samples);
+    for (size_t k = 0; k < 2; k++) {
+        rp_policy *list = k ? c->proxy : c->pols;
+        for (size_t i = 0, n = k ? c->n_proxy : c->n_pols; i < n; i++) {
+            rp_policy *q = &list[i];
+            free(q->name); free(q->run); free(q->source); free(q->divergence);
+            cJSON_Delete(q->metrics); cJSON_Delete(q->samples);
+        }
     }
     for (size_t i = 0; i < c->n_labs; i++) {
         rp_lab *L = &c->labs[i];
@@ -829,6 +832,6 @@ void fdpo_rp_ctx_free(rp_ctx *c) {
     }
     for (size_t i = 0; i < c->n_warnings; i++) free(c->warnings[i]);
     cJSON_Delete(c->pending);
-    free(c->runs); free(c->pols); free(c->labs); free(c->warnings);
+    free(c->runs); free(c->pols); free(c->proxy); free(c->labs); free(c->warnings);
     memset(c, 0, sizeof *c);
 }

@@ -394,6 +394,65 @@ static void sacpo_path_series(rp_ctx *c, cJSON *series) {
     free(pts);
 }
 
+/* The reference among list: the policy whose KL to the reference is exactly 0 (log pi - log
+ * pi_ref vanishes term by term when the policy is the reference itself). */
+static const rp_policy *kl_zero_policy(const rp_policy *list, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const char *k = pol_kl_key(&list[i]);
+        double v;
+        if (k && pol_num(&list[i], k, &v) && v == 0) return &list[i];
+    }
+    return NULL;
+}
+static const rp_policy *policy_named(const rp_policy *list, size_t n, const char *name) {
+    for (size_t i = 0; i < n; i++) if (!strcmp(list[i].name, name)) return &list[i];
+    return NULL;
+}
+
+/* Reward over-optimisation (--proxy-eval): the policies of the proxy file that the gold files
+ * also evaluated, in the proxy file's order (an online run's rounds), as two lines against
+ * the gold evaluation's KL: gold and proxy reward as a gain over the reference in units of the
+ * reference's reward standard deviation, so two rewards of different scales share one axis
+ * (raw means and standard errors in the tooltips). Needs the reference (KL 0) in both. */
+static void overoptimisation_panel(charts *ch) {
+    rp_ctx *c = ch->c;
+    if (!c->n_proxy) return;
+    const rp_policy *pref = kl_zero_policy(c->proxy, c->n_proxy);
+    const rp_policy *gref = pref ? policy_named(c->pols, c->n_pols, pref->name) : NULL;
+    double gm, gs, pm, ps;
+    if (!gref || !pol_num(gref, "reward_mean", &gm) || !pol_num(gref, "reward_std", &gs) || !(gs > 0) ||
+        !pol_num(pref, "reward_mean", &pm) || !pol_num(pref, "reward_std", &ps) || !(ps > 0)) {
+        fdpo_rp_warn(c, "--proxy-eval: no reference policy (KL 0, reward_std > 0) in both the proxy and the gold "
+                        "eval files: the over-optimisation panel needs it to put both rewards on one axis");
+        return;
+    }
+    cJSON *series = cJSON_CreateArray();
+    cJSON *sg = series_new(series, "gold reward", PALETTE[2], 1, 0), *sp = series_new(series, "proxy reward", PALETTE[1], 1, 1);
+    for (size_t i = 0; i < c->n_proxy; i++) {
+        const rp_policy *p = &c->proxy[i], *g = policy_named(c->pols, c->n_pols, p->name);
+        const char *xk = g ? pol_kl_key(g) : NULL;
+        double x, yg, yp, seg = NAN, sep = NAN;
+        if (!xk || !pol_num(g, xk, &x) || !pol_num(g, "reward_mean", &yg) || !pol_num(p, "reward_mean", &yp)) continue;
+        pol_num(g, "reward_se", &seg);
+        pol_num(p, "reward_se", &sep);
+        char tip[600];
+        snprintf(tip, sizeof tip, "%.200s: gold reward %.4g Â± %.2g (gain %.3g Â± %.2g s.d.) at KL %.4g", p->name, yg,
+                 seg, (yg - gm) / gs, seg / gs, x);
+        series_add(sg, x, (yg - gm) / gs, tip);
+        snprintf(tip, sizeof tip, "%.200s: proxy reward %.4g Â± %.2g (gain %.3g Â± %.2g s.d.) at KL %.4g", p->name, yp,
+                 sep, (yp - pm) / ps, sep / ps, x);
+        series_add(sp, x, (yp - pm) / ps, tip);
+    }
+    chart_emit(ch, series, "Reward over-optimisation: gold vs proxy reward",
+               "The same policies (in the order of the proxy eval file: an online run's rounds against a "
+               "reward model) scored with the gold reward (--eval) and with the proxy they were optimised "
+               "against (--proxy-eval), against KL(ÏâÏ_ref) from the gold evaluation. "
+               "Each reward is shown as its gain over the reference policy in units of the reference's reward "
+               "standard deviation, so both start at 0; hover for the raw means Â± s.e. A proxy that keeps "
+               "rising while gold rises less, stalls or falls is the reward model being over-optimised.",
+               "KL(Ï â Ï_ref) (nats)", "reward gain over the reference (reference s.d.)", 0);
+}
+
 /* Reward against safety (fdpo eval --safety): one labelled point per policy, and the
  * threshold T of safety_frac_safe as a horizontal line when the eval file gives it. */
 static void safety_panel(charts *ch) {
@@ -851,6 +910,7 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
                        "self-BLEU-4 within a prompt. Left is more diverse (less overlap between samples).",
                        "self-BLEU-4 per input", "self_bleu_4_per_input");
         safety_panel(&ch);
+        overoptimisation_panel(&ch);
         fdpo_rp_puts(&body, "</div>\n");
         static const struct { int cls; const char *id, *title, *strip; } DIV_TABLES[] = {
             {K_DIV_FLAT, "diversity-table", "Diversity", NULL},

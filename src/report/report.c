@@ -57,6 +57,24 @@ static int load_lab_frontier(rp_ctx *c, const char *path) {
     return 0;
 }
 
+/* A --proxy-eval file: its policies go to c->proxy, not to the evaluation's tables and panels
+ * (they are the gold-evaluated policies again, under another reward). */
+static int load_proxy_eval(rp_ctx *c, const char *path) {
+    rp_ctx tmp = {.opts = c->opts, .warn = c->warn};
+    int rc = fdpo_rp_load_eval(&tmp, path, NULL, 1);
+    if (rc) rc = fdpo_error_context("--proxy-eval");
+    c->proxy = fdpo_realloc(c->proxy, (c->n_proxy + tmp.n_pols + 1) * sizeof *c->proxy);
+    memcpy(c->proxy + c->n_proxy, tmp.pols, tmp.n_pols * sizeof *tmp.pols);
+    c->n_proxy += tmp.n_pols;
+    tmp.n_pols = 0;
+    c->warnings = fdpo_realloc(c->warnings, (c->n_warnings + tmp.n_warnings + 1) * sizeof *c->warnings);
+    memcpy(c->warnings + c->n_warnings, tmp.warnings, tmp.n_warnings * sizeof *tmp.warnings);
+    c->n_warnings += tmp.n_warnings;
+    tmp.n_warnings = 0;
+    fdpo_rp_ctx_free(&tmp);
+    return rc;
+}
+
 int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_report_stats *stats) {
     if (!out_path || !*out_path) return fdpo_error("report: no output file");
     if (o->n_run_dirs + o->n_eval_files + o->n_lab_files + o->n_sample_files + o->n_lab_frontier_files == 0)
@@ -73,6 +91,7 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
     for (size_t i = 0; i < o->n_sample_files && !rc; i++) rc = fdpo_rp_load_samples(&c, o->sample_files[i], NULL, 1);
     for (size_t i = 0; i < o->n_lab_files && !rc; i++) rc = fdpo_rp_load_lab(&c, o->lab_files[i], 0) < 0 ? -1 : 0;
     for (size_t i = 0; i < o->n_lab_frontier_files && !rc; i++) rc = load_lab_frontier(&c, o->lab_frontier_files[i]);
+    for (size_t i = 0; i < o->n_proxy_eval_files && !rc; i++) rc = load_proxy_eval(&c, o->proxy_eval_files[i]);
     if (!rc && o->notes_path) {
         size_t len;
         if (!(c.notes = fdpo_read_file(o->notes_path, &len))) rc = fdpo_error_context("--notes");

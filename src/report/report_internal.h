@@ -49,6 +49,7 @@ typedef struct {
     FILE *warn;
     rp_run *runs; size_t n_runs;
     rp_policy *pols; size_t n_pols;
+    rp_policy *proxy; size_t n_proxy; /* --proxy-eval: the same policies scored with a proxy reward */
     rp_lab *labs; size_t n_labs;
     char **warnings; size_t n_warnings;
     cJSON *pending;            /* samples read before their policy is known */

@@ -61,7 +61,7 @@ START_TEST(gap_bound_and_zero_gap) {
     double rh3[3] = {0.4, -1, 2};
     ck_assert_int_eq(fdpo_lab_gap(&d, 0.3, q, rr, rh3, 3, a, b, &g), 0);
     ck_assert_double_gt(g.reward_gap, 0);
-    fdpo_lab_problem P[2] = {{3, q, rr, NULL, NULL, NULL}, {3, q, rr, NULL, NULL, NULL}};
+    fdpo_lab_problem P[2] = {{.n = 3, .pi_ref = q, .reward = rr}, {.n = 3, .pi_ref = q, .reward = rr}};
     const double *rhs[2] = {rh3, rr};
     fdpo_lab_gap_row m;
     int held;
@@ -76,7 +76,7 @@ START_TEST(rkl_gap_and_bias_closed_form) {
     /* rkl: pi ∝ q e^{r/beta}. Two responses, q uniform, beta = 1, r = (0, 0), lengths (1, 3),
      * bias 0.5: r_hat = (0.5, 1.5), pi_hat = (1, e)/(1 + e), pi* = (1/2, 1/2). */
     double q[2] = {0.5, 0.5}, r[2] = {0, 0}, len[2] = {1, 3};
-    fdpo_lab_problem p = {2, q, r, NULL, len, NULL};
+    fdpo_lab_problem p = {.n = 2, .pi_ref = q, .reward = r, .length = len};
     fdpo_divergence d;
     fdpo_divergence_parse("rkl", &d);
     fdpo_lab_bias_row row;

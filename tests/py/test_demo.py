@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 
+import numpy as np
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
@@ -125,6 +126,40 @@ def check_demo_run(run, data, log):
     want = sorted((float(r["kl"]), bt * float(r["expected_reward"])) for r in rows if r["divergence"] == "rkl")
     assert [v for p in rkl_exact["points"] for v in p] == pytest.approx([v for p in want for v in p], rel=1e-9)
     assert rkl_exact["dash"]
+    # the lab solved each held-out prompt on its own (lab_problem.js: pi_ref(y|x) = 1/k on the base
+    # model's k samples of x, reward gold / BT scale): every rkl row is the mean over prompts of an
+    # independent softmax pi*(y|x) ∝ exp(r/beta) on that prompt's samples
+    groups = {}
+    for line in open(run / "eval_samples.jsonl"):
+        smp = json.loads(line)
+        if os.path.basename(smp["policy"]) == "base":
+            groups.setdefault(smp["prompt_index"], []).append(smp["reward"] / bt)
+    assert len(groups) > 1
+    for row in (r for r in rows if r["divergence"] == "rkl"):
+        beta, er, kl = float(row["beta"]), [], []
+        for rs in groups.values():
+            rs = np.array(rs)
+            pi = np.exp(rs / beta - np.max(rs / beta))
+            pi /= pi.sum()
+            er.append(pi @ rs)
+            kl.append(np.sum(pi[pi > 0] * np.log(pi[pi > 0] * len(rs))))
+        assert float(row["expected_reward"]) == pytest.approx(np.mean(er), rel=1e-9, abs=1e-12)
+        assert float(row["kl"]) == pytest.approx(np.mean(kl), rel=1e-9, abs=1e-12)
+    # reward over-optimisation: each reward-model round scored with gold (eval_online) and proxy
+    # (eval_proxy) is a point of the panel, as its gain over the base model in base s.d.
+    proxy = json.load(open(run / "eval_proxy.json"))["policies"]
+    pbase = next(p for p in proxy if p["kl_seq_mean"] == 0)
+    oo = [c for c in charts if c["title"] == "Reward over-optimisation: gold vs proxy reward"]
+    assert len(oo) == 1
+    ser = {x["label"]: x for x in oo[0]["series"]}
+    gold_of = {p["name"]: p for p in json.load(open(run / "eval_online.json"))["policies"] + ev["policies"]}
+    want_p = [(gold_of[p["name"]]["kl_seq_mean"], (p["reward_mean"] - pbase["reward_mean"]) / pbase["reward_std"]) for p in proxy]
+    want_g = [(gold_of[p["name"]]["kl_seq_mean"], (gold_of[p["name"]]["reward_mean"] - base["reward_mean"]) / base["reward_std"])
+              for p in proxy]
+    assert len(want_p) == 3  # the base model and two rounds at SCALE=tiny
+    assert [v for q in ser["proxy reward"]["points"] for v in q] == pytest.approx([v for q in want_p for v in q], rel=1e-9)
+    assert [v for q in ser["gold reward"]["points"] for v in q] == pytest.approx([v for q in want_g for v in q], rel=1e-9)
+    assert "Reward over-optimisation" in summary and "proxy reward changed by" in summary
     # the conclusion names the differences it cannot call differences
     assert "pairs within two standard errors" in summary
 
@@ -150,3 +185,30 @@ def test_lab_problem_to_gold_scales_expected_reward_and_refuses_bad_tables(tmp_p
         r = subprocess.run(["node", script, "--to-gold", str(src), "--bt-scale", "0.25", "--out", str(out)],
                            capture_output=True, text=True)
         assert r.returncode != 0 and f"{src}{where}" in r.stderr, r.stderr
+
+
+def test_lab_problem_groups_samples_by_prompt(tmp_path):
+    """lab_problem.js: one CSV row per sample of the named policy, with its prompt_index as the
+    prompt column, pi_ref = 1/k within the prompt and reward / BT scale; --pooled: one response
+    set (pi_ref = 1/N); a policy named by another path with the same directory name is found."""
+    script = os.path.join(ROOT, "examples/sentiment/lab_problem.js")
+    src = tmp_path / "samples.jsonl"
+    recs = [("/old/run/base", 0, 0.5), ("/old/run/base", 0, 0.0), ("/old/run/dpo", 0, 9.0), ("/old/run/base", 0, 0.25),
+            ("/old/run/base", 3, 1.0), ("/old/run/base", 3, 0.0)]
+    src.write_text("".join(json.dumps({"policy": p, "prompt_index": i, "reward": r}) + "\n" for p, i, r in recs))
+    out = tmp_path / "p.csv"
+    r = subprocess.run(["node", script, str(src), "/new/run/base", "--bt-scale", "0.25", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = [l.split(",") for l in out.read_text().splitlines()]
+    assert rows[0] == ["prompt", "pi_ref", "reward"]
+    got = [(int(a), float(b), float(c)) for a, b, c in rows[1:]]
+    assert got == pytest.approx([(0, 1 / 3, 2.0), (0, 1 / 3, 0.0), (0, 1 / 3, 1.0), (3, 0.5, 4.0), (3, 0.5, 0.0)])
+    r = subprocess.run(["node", script, str(src), "/old/run/base", "--bt-scale", "0.25", "--pooled", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = [l.split(",") for l in out.read_text().splitlines()]
+    assert rows[0] == ["pi_ref", "reward"] and len(rows) == 6 and all(float(x[0]) == pytest.approx(0.2) for x in rows[1:])
+    r = subprocess.run(["node", script, str(src), "/old/run/none", "--bt-scale", "0.25", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "fewer than 2 samples" in r.stderr

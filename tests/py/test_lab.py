@@ -744,3 +744,84 @@ def test_data_is_the_spelling_of_input_for_every_experiment(tmp_path):
         assert lab(exp, "--data", p, "--divergence", "rkl").stdout == lab(exp, "--input", p, "--divergence", "rkl").stdout
     a = rows(lab("solve", "--data", p, "--divergence", "rkl", "--beta", "0.3").stdout)[0]
     assert float(a["expected_reward"]) == pytest.approx(special.softmax(np.log(q) + r / 0.3) @ r, rel=1e-12)
+
+
+# ---- several prompts: pi*(.|x) per prompt, statistics averaged over prompts ----
+
+def write_prompts(path, groups, labels):
+    """groups: [(q, r)] per prompt; one row per response with its prompt label"""
+    with open(path, "w") as f:
+        f.write("prompt,pi_ref,reward\n")
+        for lab_, (q, r) in zip(labels, groups):
+            for i in range(len(q)):
+                f.write(f"{lab_},{float(q[i])!r},{float(r[i])!r}\n")
+
+
+def prompt_groups(seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in (3, 7, 12, 5):
+        q = rng.dirichlet(np.ones(n))
+        out.append((q, rng.normal(scale=1.5, size=n)))
+    return out
+
+
+def test_frontier_per_prompt_matches_brentq_averaged(tmp_path):
+    groups = prompt_groups(11)
+    labels = ["p0", "the second prompt", "3", "p0b"]
+    p = tmp_path / "p.csv"
+    # prompt 1's pi_ref is given unnormalised (x 3): renormalised within that prompt only
+    write_prompts(p, [groups[0], (3 * groups[1][0], groups[1][1])] + groups[2:], labels)
+    betas = [0.05, 0.3, 2.0]
+    args = ["frontier", "--data", p, "--divergence", ",".join(ADMISSIBLE), "--betas", ",".join(map(str, betas))]
+    r1 = lab(*args, "--threads", "1")
+    r2 = lab(*args, "--threads", "2")
+    assert r1.stdout == r2.stdout
+    assert "per prompt" in r1.stderr and "renormalised" in r1.stderr
+    t = rows(r1.stdout)
+    assert len(t) == len(ADMISSIBLE) * len(betas)
+    for row in t:
+        div, beta = row["divergence"], float(row["beta"])
+        er, ent, kl, fd = [], [], [], []
+        for q, r in groups:
+            pi = brentq_solution(div, q, r, beta)
+            er.append(pi @ r)
+            ent.append(special.entr(pi).sum())
+            kl.append(special.rel_entr(pi, q).sum())
+            fd.append(np.sum(q * fdiv(div, pi / q)))
+        assert float(row["expected_reward"]) == pytest.approx(np.mean(er), rel=1e-9), row
+        assert float(row["entropy"]) == pytest.approx(np.mean(ent), rel=1e-9, abs=1e-12), row
+        assert float(row["kl"]) == pytest.approx(np.mean(kl), rel=1e-8, abs=1e-12), row
+        assert float(row["f_divergence"]) == pytest.approx(np.mean(fd), rel=1e-8, abs=1e-12), row
+        assert int(row["support"]) == sum(len(q) for q, _ in groups)
+    # pooling the same rows into one problem (no prompt column) is a different problem
+    pooled = tmp_path / "pooled.csv"
+    q_all = np.concatenate([q for q, _ in groups]) / len(groups)
+    write_problem(pooled, q_all, np.concatenate([r for _, r in groups]))
+    tp = rows(lab("frontier", "--data", pooled, "--divergence", "rkl", "--betas", "0.3").stdout)[0]
+    tg = next(x for x in t if x["divergence"] == "rkl" and float(x["beta"]) == 0.3)
+    assert abs(float(tp["expected_reward"]) - float(tg["expected_reward"])) > 1e-3
+
+
+def test_frontier_one_prompt_label_equals_no_column(tmp_path):
+    q, r = problem(15, 5)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    write_problem(a, q, r)
+    write_prompts(b, [(q, r)], ["only"])
+    args = ["frontier", "--divergence", "rkl,fkl,js,alpha:0.5,tv,chi2", "--n-betas", "7"]
+    assert lab(*args, "--data", a).stdout == lab(*args, "--data", b).stdout
+
+
+@pytest.mark.parametrize("exp", ["solve", "gap", "bias", "check", "coverage"])
+def test_prompt_column_refused_where_one_prompt_is_solved(tmp_path, exp):
+    p = tmp_path / "p.csv"
+    write_prompts(p, prompt_groups(3)[:2], ["a", "b"])
+    r = lab(exp, "--data", p, check=False)
+    assert r.returncode == 1 and f"--data {p}: column 'prompt'" in r.stderr and "lab frontier" in r.stderr, r.stderr
+
+
+def test_prompt_rows_must_be_contiguous(tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_text("prompt,pi_ref,reward\na,0.5,1\na,0.5,0\nb,1,2\na,1,3\n")
+    r = lab("frontier", "--data", p, check=False)
+    assert r.returncode == 1 and f"{p}:5: column 'prompt': 'a' appears again" in r.stderr, r.stderr

@@ -772,3 +772,50 @@ def test_safety_panel_joins_sacpo_models_in_lambda_order(tmp_path):
     assert sorted(series) == sorted(["base", "lambda-0.3", "merge-0.03-0.3-w0.5", "reward", "lambda-0.03", "lambda-1"])
     assert all(not x["line"] and len(x["points"]) == 1 for x in series.values())
     assert f"{s}/lambda-0.03" in series["lambda-0.03"]["tips"][0]
+
+
+def test_proxy_eval_draws_gold_and_proxy_reward_against_kl(tmp_path):
+    """--proxy-eval: the policies a proxy-reward eval file shares (by name) with the gold eval
+    files become two lines against the gold file's KL, each reward as its gain over the
+    reference (the policy with KL 0) in units of the reference's reward standard deviation;
+    the proxy file's policies are not added to the evaluation tables."""
+    names = ["runs/base", "online/round-0", "online/round-1", "online/round-2"]
+    kl = [0.0, 1.5, 3.25, 6.0]
+    gold = [(0.02, 0.1, 0.004), (0.05, 0.12, 0.005), (0.06, 0.13, 0.006), (0.045, 0.14, 0.006)]
+    proxy = [(-0.5, 2.0, 0.09), (1.0, 2.5, 0.1), (2.5, 2.2, 0.1), (4.0, 2.1, 0.1)]
+
+    def pol(n, k, m, sd, se):
+        return {"name": n, "kl_seq_mean": k, "kl_seq_se": 0.1, "reward_mean": m, "reward_std": sd, "reward_se": se}
+    g = tmp_path / "gold.json"
+    g.write_text(json.dumps({"policies": [pol(n, k, *v) for n, k, v in zip(names, kl, gold)]}))
+    p = tmp_path / "proxy.json"
+    # the proxy file's own KL values differ: the panel uses the gold file's
+    p.write_text(json.dumps({"config": {"reward": "rm:runs/rm"},
+                             "policies": [pol(n, 0.0 if i == 0 else 99.0, *v) for i, (n, v) in enumerate(zip(names, proxy))]}))
+    out = tmp_path / "r.html"
+    r = run("--eval", str(g), "--proxy-eval", str(p), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    text, _, charts = parse(str(out))
+    c = chart(charts, "Reward over-optimisation: gold vs proxy reward")
+    s = {x["label"]: x for x in c["series"]}
+    want_gold = [(k, (m - gold[0][0]) / gold[0][1]) for k, (m, _, _) in zip(kl, gold)]
+    want_proxy = [(k, (m - proxy[0][0]) / proxy[0][1]) for k, (m, _, _) in zip(kl, proxy)]
+    assert flat(s["gold reward"]["points"]) == pytest.approx(flat(want_gold), rel=1e-12, abs=1e-12)
+    assert flat(s["proxy reward"]["points"]) == pytest.approx(flat(want_proxy), rel=1e-12, abs=1e-12)
+    assert "0.045" in s["gold reward"]["tips"][3] and "\u00b1" in s["proxy reward"]["tips"][2]
+    assert "4 evaluated policies" in text  # the proxy file adds no policy
+
+
+def test_proxy_eval_without_a_reference_warns_and_draws_nothing(tmp_path):
+    g = tmp_path / "gold.json"
+    g.write_text(json.dumps({"policies": [{"name": "a", "kl_seq_mean": 1.0, "reward_mean": 0.1, "reward_std": 0.1}]}))
+    p = tmp_path / "proxy.json"
+    p.write_text(json.dumps({"policies": [{"name": "a", "kl_seq_mean": 1.0, "reward_mean": 2.0, "reward_std": 1.0}]}))
+    out = tmp_path / "r.html"
+    r = run("--eval", str(g), "--proxy-eval", str(p), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "--proxy-eval: no reference policy" in r.stderr
+    _, _, charts = parse(str(out))
+    assert not [c for c in charts if c["title"].startswith("Reward over-optimisation")]
+    r = run("--eval", str(g), "--proxy-eval", str(tmp_path / "missing.json"), "--out", str(out))
+    assert r.returncode != 0 and "missing.json" in r.stderr and "--proxy-eval" in r.stderr
