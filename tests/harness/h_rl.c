@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "fdpo/core.h"
 #include "fdpo/io.h"
 #include "fdpo/rl.h"
@@ -60,16 +61,31 @@ int h_rl(int argc, char **argv) {
     if (!rc && !strcmp(argv[0], "rl-logp")) {
         fdpo_sample *smp = fdpo_calloc(n ? n : 1, sizeof *smp);
         for (size_t i = 0; i < n; i++) { smp[i].prompt_index = i; smp[i].tokens = y[i]; smp[i].n_tokens = ny[i]; }
-        rc = fdpo_samples_logp(m, p, np, smp, n, lr);
+        /* "repeat": N scores N times and records each pass's wall and CPU seconds (bench/) */
+        const cJSON *rep = cJSON_GetObjectItem(root, "repeat");
+        int reps = rep ? (int)rep->valuedouble : 1;
+        double *sec = fdpo_calloc(2 * (size_t)(reps > 0 ? reps : 1), sizeof(double));
+        for (int it = 0; !rc && it < (reps > 0 ? reps : 1); it++) {
+            double t0 = fdpo_now(), c0 = (double)clock() / CLOCKS_PER_SEC;
+            rc = fdpo_samples_logp(m, p, np, smp, n, lr);
+            sec[2 * it] = fdpo_now() - t0;
+            sec[2 * it + 1] = (double)clock() / CLOCKS_PER_SEC - c0;
+        }
         free(smp);
         if (!rc) rc = fdpo_mkdir_p(outdir);
         if (!rc) {
             cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "logp");
             for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(lr[i]));
+            cJSON *w = cJSON_AddArrayToObject(o, "seconds"), *cpu = cJSON_AddArrayToObject(o, "cpu_seconds");
+            for (int it = 0; it < (reps > 0 ? reps : 1); it++) {
+                cJSON_AddItemToArray(w, cJSON_CreateNumber(sec[2 * it]));
+                cJSON_AddItemToArray(cpu, cJSON_CreateNumber(sec[2 * it + 1]));
+            }
             char *js = cJSON_Print(o), *path = fdpo_path_join(outdir, "result.json");
             rc = fdpo_write_file_atomic(path, js, strlen(js));
             free(path); cJSON_free(js); cJSON_Delete(o);
         }
+        free(sec);
         goto done;
     }
     fdpo_rl_metrics met;

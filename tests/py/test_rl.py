@@ -347,6 +347,36 @@ def test_samples_logp_matches_pytorch(tmp_path):
         assert abs(g - w) <= 2e-6 * max(1.0, abs(w)), (i, g, w)
 
 
+def test_samples_logp_shared_prompts_match_pytorch(tmp_path):
+    """The scorer packs consecutive samples of one prompt into one sequence, the prompt once
+    and a branch per sample: every log-prob still equals PyTorch's float64 sum over the
+    sample run alone. Covers a one-token prompt (no shared rows), more samples of one prompt
+    than a sequence has branch tags (255), a group split by the 1024-token micro-batch budget,
+    a prompt that comes back after another, and empty completions (log-prob 0)."""
+    V = 13
+    model = GPT2(V, 64, 16, 2, 2, seed=9)
+    model.save_hf(str(tmp_path / "policy"))
+    rng = np.random.default_rng(6)
+    a, b, c = ([int(x) for x in rng.integers(0, V, size=n)] for n in (1, 9, 4))
+    comp = lambda n: [int(x) for x in rng.integers(0, V, size=n)]
+    samples = [{"prompt": a, "completion": comp(0 if i % 50 == 7 else 1 + i % 3)} for i in range(300)]
+    samples += [{"prompt": b, "completion": comp(20 + i % 11)} for i in range(40)]
+    samples += [{"prompt": c, "completion": comp(1 + 2 * i)} for i in range(3)]
+    samples += [{"prompt": a, "completion": comp(2)} for i in range(2)]
+    for s in samples:
+        s.update(reward=0.0, ref_logp=0.0)
+    spec = {"algo": "rloo", "divergence": "rkl", "beta": 0.1, "k": 1, "grpo_eps": 1e-4, "samples": samples}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    harness("rl-logp", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
+    got = json.load(open(tmp_path / "out" / "result.json"))["logp"]
+    with torch.no_grad():
+        want = [completion_logp(model, s["prompt"], s["completion"]).item() if s["completion"] else 0.0
+                for s in samples]
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert abs(g - w) <= 2e-6 * max(1.0, abs(w)), (i, g, w)
+
+
 @pytest.mark.parametrize("blocks", [[1, 2], [2, 1], [1, 1, 1]])
 def test_step_split_into_rank_blocks_is_the_whole_step(tmp_path, blocks):
     """Under MPI each rank runs fdpo_rl_step on its block of whole groups, scaled by the whole
