@@ -19,7 +19,13 @@ typedef struct {
     double beta;           /* > 0 */
     size_t k;              /* samples per prompt (>= 2); samples are prompt-major */
     double grpo_eps;       /* TRL: 1e-4 */
+    /* The training step keeps the completion rows' [N, V] logits for its backward when they
+     * take at most this many bytes (0: FDPO_RL_LOGITS_MAX_BYTES), and runs the fused,
+     * chunked LM head (no logits kept, recomputed in backward: one more K x V x C GEMM)
+     * above it. Both give the same log-probs and gradients up to rounding. */
+    size_t logits_max_bytes;
 } fdpo_rl_config;
+#define FDPO_RL_LOGITS_MAX_BYTES ((size_t)256 << 20)
 int fdpo_rl_config_check(const fdpo_rl_config *c); /* names the flag */
 
 /* Means over one step's samples, TRL names in docs/rl.md. A rank's fdpo_rl_step gives its

@@ -116,6 +116,13 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
     size_t *row0 = fdpo_malloc(n * sizeof(size_t));
     fdpo_batch b = rl_pack_samples(&pk, n, prompt, n_prompt, comp, n_comp, row0);
     const size_t N = b.n_tokens;
+    /* Logits kept when they fit (no recompute in backward: at GPT-2 124M the recompute is
+     * 2 x 1024 x 50257 x 768 = 79 GFLOP a step, ~9 % of its FLOPs, against ~6 passes over
+     * 200 MB); the fused head beyond, so memory stays O(rows x chunk) for large steps. The
+     * unfused path computes the head on the target rows only too (skip_unweighted). */
+    const size_t max_bytes = c->logits_max_bytes ? c->logits_max_bytes : FDPO_RL_LOGITS_MAX_BYTES;
+    b.fused_head = N * m->config.vocab_size * sizeof(float) > max_bytes;
+    b.skip_unweighted = 1;
     float *tlp = fdpo_malloc(N * sizeof(float)), *slp = fdpo_malloc(n * sizeof(float));
     float *dtok = fdpo_calloc(N ? N : 1, sizeof(float));   /* 0 on the prompt rows */
     double *shaped = fdpo_malloc(n * sizeof(double)), *adv = fdpo_malloc(n * sizeof(double));

@@ -44,6 +44,8 @@ int h_rl(int argc, char **argv) {
     c.beta = cJSON_GetObjectItem(root, "beta")->valuedouble;
     c.k = (size_t)cJSON_GetObjectItem(root, "k")->valuedouble;
     c.grpo_eps = cJSON_GetObjectItem(root, "grpo_eps")->valuedouble;
+    const cJSON *lmax = cJSON_GetObjectItem(root, "logits_max_bytes");   /* 1: force the fused head */
+    if (lmax) c.logits_max_bytes = (size_t)lmax->valuedouble;
     const cJSON *ss = cJSON_GetObjectItem(root, "samples");
     size_t n = (size_t)cJSON_GetArraySize(ss);
     int32_t **p = fdpo_calloc(n, sizeof *p), **y = fdpo_calloc(n, sizeof *y);
@@ -91,7 +93,15 @@ int h_rl(int argc, char **argv) {
     fdpo_rl_metrics met;
     if (!rc) fdpo_gpt2_zero_grad(m);
     const cJSON *blocks = cJSON_GetObjectItem(root, "blocks");
-    if (!rc && !blocks) rc = fdpo_rl_step(m, &c, n, n, p, np, y, ny, r, lr, adv, &met);
+    /* "repeat": N runs the step N times (gradients zeroed between) and times the last (bench/) */
+    const cJSON *rep_g = cJSON_GetObjectItem(root, "repeat");
+    double t0 = 0, c0 = 0;
+    for (int it = rep_g ? (int)rep_g->valuedouble : 1; !rc && !blocks && it > 0; it--) {
+        fdpo_gpt2_zero_grad(m);
+        t0 = fdpo_now(); c0 = (double)clock() / CLOCKS_PER_SEC;
+        rc = fdpo_rl_step(m, &c, n, n, p, np, y, ny, r, lr, adv, &met);
+    }
+    const double step_s = fdpo_now() - t0, step_cpu = (double)clock() / CLOCKS_PER_SEC - c0;
     if (!rc && blocks) {   /* the ranks' shares, summed as rl_metrics_sum does */
         memset(&met, 0, sizeof met);
         size_t first = 0;
@@ -113,6 +123,8 @@ int h_rl(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "kl", met.kl);
         cJSON_AddNumberToObject(o, "scores", met.scores);
         cJSON_AddNumberToObject(o, "advantage_std", met.advantage_std);
+        cJSON_AddNumberToObject(o, "seconds", step_s);
+        cJSON_AddNumberToObject(o, "cpu_seconds", step_cpu);
         cJSON *a = cJSON_AddArrayToObject(o, "advantages");
         for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(adv[i]));
         char *s = cJSON_Print(o), *path = fdpo_path_join(outdir, "result.json");

@@ -60,8 +60,11 @@ def reference_step(model, samples, algo, div, beta, k, eps=1e-4):
     return loss.item(), adv.numpy(), grads
 
 
-@pytest.mark.parametrize("algo,div", [("rloo", "rkl"), ("rloo", "alpha:0.5"), ("grpo", "fkl"), ("grpo", "js")])
-def test_step_matches_pytorch(tmp_path, algo, div):
+@pytest.mark.parametrize("algo,div,fused", [("rloo", "rkl", False), ("rloo", "alpha:0.5", False), ("grpo", "fkl", False),
+                                            ("grpo", "js", False), ("rloo", "rkl", True), ("grpo", "js", True)])
+def test_step_matches_pytorch(tmp_path, algo, div, fused):
+    """fused: the step's logits budget set to 1 byte, so the fused chunked LM head (logits
+    recomputed in backward) runs instead of the kept logits of a small step"""
     torch.manual_seed(0)
     V, k = 11, 3
     model = GPT2(V, 16, 8, 2, 2, seed=5)
@@ -75,6 +78,8 @@ def test_step_matches_pytorch(tmp_path, algo, div):
             samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
                             "ref_logp": float(-2.4 * len(comp) + rng.normal() * 0.3)})
     spec = {"algo": algo, "divergence": div, "beta": 0.3, "k": k, "grpo_eps": 1e-4, "samples": samples}
+    if fused:
+        spec["logits_max_bytes"] = 1
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
     res = json.load(open(tmp_path / "out" / "result.json"))
