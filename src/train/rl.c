@@ -186,35 +186,11 @@ static int rl_metrics_sum(fdpo_rl_metrics *m) {
 
 /* Scoring runs the training forward (fused head, completion rows only, each prompt shared
  * by its consecutive samples: rl_pack_samples) over micro-batches of consecutive samples
- * holding at most SCORE_TOKENS packed tokens (one sequence at least), as few as that budget
- * allows and as even as a smaller budget keeps that count (GPT-2 124M, 4 prompts x 4 x 64
- * tokens: 542 + 542 tokens, not 813 + 271: the GEMMs of a short micro-batch run below their
- * peak, and under MPI the ranks' shares are even). The split depends on the samples alone,
- * so each sample is scored in the same batch whatever the number of ranks (the ranks take
- * contiguous runs of micro-batches) and its log-prob is the same bits; the budget bounds the
- * activations (124M: ~0.7 MB a token). */
+ * holding at most SCORE_TOKENS packed tokens (one sequence at least). The split depends on
+ * the samples alone, so each sample is scored in the same batch whatever the number of ranks
+ * (the ranks take contiguous runs of micro-batches) and its log-prob is the same bits; the
+ * budget bounds the activations (124M: ~0.7 MB a token). */
 #define SCORE_TOKENS 1024
-
-/* Split the cnt packed samples into micro-batches of at most budget tokens, as
- * rl_pack_samples packs them: micro-batch j is [mb[j], mb[j + 1]). Returns their count;
- * *total and *max_tokens get the packed tokens in all and in the largest. */
-static size_t score_plan(size_t cnt, int32_t *const *pr, const size_t *np, const size_t *nc, size_t budget,
-                         size_t *mb, size_t *total, size_t *max_tokens) {
-    size_t n_mb = 0, tokens = 0, nb = 0;
-    *total = *max_tokens = 0;
-    mb[0] = 0;
-    for (size_t q = 0; q < cnt; q++) {
-        int joins = q > mb[n_mb] && rl_shares_prompt(pr, np, q, q - 1, nb) && tokens + nc[q] <= budget;
-        size_t cost = joins ? nc[q] : np[q] - 1 + nc[q];
-        if (!joins && q > mb[n_mb] && tokens + cost > budget) { mb[++n_mb] = q; tokens = 0; }
-        nb = joins ? nb + 1 : 1;
-        tokens += cost;
-        *total += cost;
-        if (tokens > *max_tokens) *max_tokens = tokens;
-    }
-    if (cnt > 0) mb[++n_mb] = cnt;
-    return n_mb;
-}
 
 int fdpo_samples_logp(fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
                       double *logp) {
@@ -222,23 +198,24 @@ int fdpo_samples_logp(fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, con
     const size_t n1 = n ? n : 1;
     int32_t **pr = fdpo_malloc(n1 * sizeof *pr), **co = fdpo_malloc(n1 * sizeof *co);
     size_t *np = fdpo_malloc(n1 * sizeof *np), *nc = fdpo_malloc(n1 * sizeof *nc), *idx = fdpo_malloc(n1 * sizeof *idx);
-    size_t *mb = fdpo_malloc((n + 1) * sizeof *mb), cnt = 0, total, max_tokens;
-    for (size_t i = 0; i < n; i++) {   /* the non-empty samples (an empty completion has log-prob 0), in order */
+    size_t *mb = fdpo_malloc((n + 1) * sizeof *mb), n_mb = 0, cnt = 0, tokens = 0, nb = 0, max_tokens = 0;
+    /* the non-empty samples (an empty completion has log-prob 0), in order; micro-batch j is
+     * packed samples [mb[j], mb[j + 1]), split as rl_pack_samples will pack them */
+    mb[0] = 0;
+    for (size_t i = 0; i < n; i++) {
         if (!s[i].n_tokens) continue;
-        idx[cnt] = i;
-        pr[cnt] = ids[s[i].prompt_index]; np[cnt] = lens[s[i].prompt_index];
-        co[cnt] = s[i].tokens; nc[cnt] = s[i].n_tokens;
-        cnt++;
+        size_t q = cnt++;
+        idx[q] = i;
+        pr[q] = ids[s[i].prompt_index]; np[q] = lens[s[i].prompt_index];
+        co[q] = s[i].tokens; nc[q] = s[i].n_tokens;
+        int joins = q > mb[n_mb] && rl_shares_prompt(pr, np, q, q - 1, nb) && tokens + nc[q] <= SCORE_TOKENS;
+        size_t cost = joins ? nc[q] : np[q] - 1 + nc[q];
+        if (!joins && q > mb[n_mb] && tokens + cost > SCORE_TOKENS) { mb[++n_mb] = q; tokens = 0; }
+        nb = joins ? nb + 1 : 1;
+        tokens += cost;
+        if (tokens > max_tokens) max_tokens = tokens;
     }
-    const size_t n_mb_min = score_plan(cnt, pr, np, nc, SCORE_TOKENS, mb, &total, &max_tokens);
-    size_t n_mb = n_mb_min;
-    if (n_mb_min > 1) {   /* the smallest budget from the even share up that keeps the count */
-        size_t budget = (total + n_mb_min - 1) / n_mb_min;
-        while (budget < SCORE_TOKENS && score_plan(cnt, pr, np, nc, budget, mb, &total, &max_tokens) > n_mb_min)
-            budget += 16;
-        if (budget >= SCORE_TOKENS) budget = SCORE_TOKENS;
-        n_mb = score_plan(cnt, pr, np, nc, budget, mb, &total, &max_tokens);
-    }
+    if (cnt > 0) mb[++n_mb] = cnt;
     size_t b, e;
     fdpo_dist_shard(n_mb, &b, &e);
     rl_pack pk;
