@@ -15,7 +15,7 @@ step written here (bench_online.py's GPT-2: sampling with a preallocated key/val
 batched full forwards for scoring and training), two steps in the process, the second timed.
 What fdpo does that the PyTorch step does not (docs/rl.md "Where the time goes"): scoring and
 training pack each prompt's k samples as one sequence with the prompt computed once, and the
-LM head runs on the completion rows only (PyTorch: every row, padded-free [B, T] batches).
+LM head runs on the completion rows only (PyTorch: every row of its [B, T] batch).
 
 --ranks N runs the fdpo side as `mpirun -np N fdpo rl ... --threads THREADS/N` (each rank
 samples, scores and computes the gradient of its block of prompts; the times are rank 0's)
