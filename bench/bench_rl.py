@@ -13,6 +13,9 @@ warm-up), its split read from fdpo's own metrics.jsonl (time/sampling, time/scor
 time/training). PyTorch side (this script's --worker mode, a process per run): the same
 step written here (bench_online.py's GPT-2: sampling with a preallocated key/value cache,
 batched full forwards for scoring and training), two steps in the process, the second timed.
+What fdpo does that the PyTorch step does not (docs/rl.md "Where the time goes"): scoring and
+training pack each prompt's k samples as one sequence with the prompt computed once, and the
+LM head runs on the completion rows only (PyTorch: every row of its [B, T] batch).
 
 --ranks N runs the fdpo side as `mpirun -np N fdpo rl ... --threads THREADS/N` (each rank
 samples, scores and computes the gradient of its block of prompts; the times are rank 0's)

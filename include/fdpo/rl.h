@@ -19,7 +19,13 @@ typedef struct {
     double beta;           /* > 0 */
     size_t k;              /* samples per prompt (>= 2); samples are prompt-major */
     double grpo_eps;       /* TRL: 1e-4 */
+    /* The training step keeps the completion rows' [N, V] logits for its backward when they
+     * take at most this many bytes (0: FDPO_RL_LOGITS_MAX_BYTES), and runs the fused,
+     * chunked LM head (no logits kept, recomputed in backward: one more K x V x C GEMM)
+     * above it. Both give the same log-probs and gradients up to rounding. */
+    size_t logits_max_bytes;
 } fdpo_rl_config;
+#define FDPO_RL_LOGITS_MAX_BYTES ((size_t)256 << 20)
 int fdpo_rl_config_check(const fdpo_rl_config *c); /* names the flag */
 
 /* Means over one step's samples, TRL names in docs/rl.md. A rank's fdpo_rl_step gives its
@@ -39,7 +45,8 @@ typedef struct {
  * gradient into m->grads. n_total >= n is the number of samples in the whole step: n when one
  * process takes them all; under MPI each rank passes its block of whole groups, and the sum
  * of the ranks' losses and gradients is the step's. adv_out (may be NULL) gets the n
- * advantages. */
+ * advantages. Consecutive samples with the same prompt (equal ids) run as one sequence
+ * with the prompt computed once (docs/rl.md "Shared prompts"). */
 int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total, int32_t *const *prompt,
                  const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, const double *reward,
                  const double *ref_logp, double *adv_out, fdpo_rl_metrics *out);
@@ -74,8 +81,9 @@ uint64_t fdpo_prompts_hash(char *const *prompts, size_t n);
 
 /* Summed log-probs under m of n samples' tokens (completion, EOT included) after their prompts
  * ids[s.prompt_index]: the reference term of the shaped reward and of objective/kl. One
- * training forward (fused head, completion rows only) per micro-batch of <= 1024 tokens,
- * not one decoder pass per sample; it overwrites m's activations (so m is not const), LoRA
+ * training forward (fused head, completion rows only; consecutive samples of one prompt
+ * share it, as in fdpo_rl_step) per micro-batch of <= 1024 packed tokens, not one decoder
+ * pass per sample; it overwrites m's activations (so m is not const), LoRA
  * dropout off. Collective under MPI: the ranks split the micro-batches and every rank gets
  * all n values, bit-identical whatever the number of ranks. */
 int fdpo_samples_logp(fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,

@@ -28,25 +28,76 @@ int fdpo_rl_config_check(const fdpo_rl_config *c) {
     return 0;
 }
 
-/* The packed batch of n samples: sample i is prompt[i] then comp[i] without its last token
- * (nothing predicts past it), targets on the completion tokens only, so the fused head runs
- * on those rows alone. Returns the token count; with off == NULL it only counts. */
-static size_t pack_samples(size_t n, int32_t *const *prompt, const size_t *n_prompt, int32_t *const *comp,
-                           const size_t *n_comp, size_t *off, int32_t *tok, int32_t *tgt) {
+/* Samples packed with their prompt shared, as `fdpo dpo` packs a pair (include/fdpo/gpt2.h
+ * branches): consecutive samples of the same prompt form one sequence, the prompt's first
+ * P-1 tokens once in branch 0 at positions 0..P-2, then per sample a branch
+ * [p[P-1], y[0..n-2]] at positions P-1.. whose targets are y[0..n-1] (nothing predicts past
+ * the last token). The prompt's layers then run once for its k samples, and the fused head
+ * runs on the completion rows only. Sample i's log-prob is the sum over its rows
+ * [row0[i], row0[i] + n_comp[i]). Every completion must be non-empty. */
+typedef struct {
+    size_t n_seq, n_tok;
+    size_t *seq_off;        /* [n + 1] */
+    int32_t *tok, *tgt, *pos;
+    uint8_t *branch;        /* NULL when no sequence holds two samples (plain causal attention) */
+} rl_pack;
+
+#define RL_MAX_BRANCHES 255 /* a branch tag is a byte, 0 the prompt's */
+
+/* 1 if sample i can go into the sequence of sample j (the one before it), holding nb branches */
+static int rl_shares_prompt(int32_t *const *prompt, const size_t *n_prompt, size_t i, size_t j, size_t nb) {
+    return nb < RL_MAX_BRANCHES && n_prompt[i] == n_prompt[j] &&
+           (prompt[i] == prompt[j] || !memcmp(prompt[i], prompt[j], n_prompt[i] * sizeof(int32_t)));
+}
+
+/* Tokens of the unshared packing of n samples: an upper bound of the shared one's */
+static size_t rl_tokens_bound(size_t n, const size_t *n_prompt, const size_t *n_comp) {
     size_t t = 0;
+    for (size_t i = 0; i < n; i++) t += n_prompt[i] - 1 + n_comp[i];
+    return t;
+}
+
+static void rl_pack_alloc(rl_pack *pk, size_t n, size_t tokens) {
+    pk->seq_off = fdpo_malloc((n + 1) * sizeof(size_t));
+    pk->tok = fdpo_malloc((tokens ? tokens : 1) * sizeof(int32_t));
+    pk->tgt = fdpo_malloc((tokens ? tokens : 1) * sizeof(int32_t));
+    pk->pos = fdpo_malloc((tokens ? tokens : 1) * sizeof(int32_t));
+    pk->branch = fdpo_malloc(tokens ? tokens : 1);
+}
+
+static void rl_pack_free(rl_pack *pk) { free(pk->seq_off); free(pk->tok); free(pk->tgt); free(pk->pos); free(pk->branch); }
+
+/* Fill pk (allocated for at least rl_tokens_bound tokens and n sequences) with n samples;
+ * row0[i] gets sample i's first completion row. Returns the batch over pk. */
+static fdpo_batch rl_pack_samples(rl_pack *pk, size_t n, int32_t *const *prompt,
+                                  const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, size_t *row0) {
+    size_t t = 0, B = 0, nb = 0;
+    int shared = 0;
     for (size_t i = 0; i < n; i++) {
-        size_t P = n_prompt[i], L = n_prompt[i] + n_comp[i] - 1;
-        if (off) {
-            off[i] = t;
-            for (size_t j = 0; j < L; j++) {
-                tok[t + j] = j < P ? prompt[i][j] : comp[i][j - P];
-                tgt[t + j] = j + 1 < P ? -1 : comp[i][j + 1 - P];
+        const size_t P = n_prompt[i];
+        if (i > 0 && rl_shares_prompt(prompt, n_prompt, i, i - 1, nb)) {
+            shared = 1;
+        } else {   /* a new sequence: the prompt but its last token, in branch 0 */
+            pk->seq_off[B++] = t;
+            nb = 0;
+            for (size_t j = 0; j + 1 < P; j++, t++) {
+                pk->tok[t] = prompt[i][j]; pk->tgt[t] = -1; pk->pos[t] = (int32_t)j; pk->branch[t] = 0;
             }
         }
-        t += L;
+        nb++;
+        row0[i] = t;
+        for (size_t j = 0; j < n_comp[i]; j++, t++) {
+            pk->tok[t] = j == 0 ? prompt[i][P - 1] : comp[i][j - 1];
+            pk->tgt[t] = comp[i][j];
+            pk->pos[t] = (int32_t)(P - 1 + j);
+            pk->branch[t] = (uint8_t)nb;
+        }
     }
-    if (off) off[n] = t;
-    return t;
+    pk->seq_off[B] = t;
+    pk->n_seq = B;
+    pk->n_tok = t;
+    fdpo_batch b = {B, t, pk->seq_off, pk->tok, pk->tgt, NULL, pk->pos, shared ? pk->branch : NULL, 0, 1};
+    return b;   /* fused head: the target (completion) rows only */
 }
 
 int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total, int32_t *const *prompt,
@@ -60,17 +111,29 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
         if (n_prompt[i] < 1 || n_comp[i] < 1) return fdpo_error("rl step: sample %zu has an empty prompt or completion", i);
         tokens += n_comp[i];
     }
-    const size_t N = pack_samples(n, prompt, n_prompt, comp, n_comp, NULL, NULL, NULL);
-    size_t *off = fdpo_malloc((n + 1) * sizeof(size_t));
-    int32_t *tok = fdpo_malloc(N * sizeof(int32_t)), *tgt = fdpo_malloc(N * sizeof(int32_t));
+    rl_pack pk;
+    rl_pack_alloc(&pk, n, rl_tokens_bound(n, n_prompt, n_comp));
+    size_t *row0 = fdpo_malloc(n * sizeof(size_t));
+    fdpo_batch b = rl_pack_samples(&pk, n, prompt, n_prompt, comp, n_comp, row0);
+    const size_t N = b.n_tokens;
+    /* Logits kept when they fit (no recompute in backward: at GPT-2 124M the recompute is
+     * 2 x 1024 x 50257 x 768 = 79 GFLOP a step, ~9 % of its FLOPs, against ~6 passes over
+     * 200 MB); the fused head beyond, so memory stays O(rows x chunk) for large steps. The
+     * unfused path computes the head on the target rows only too (skip_unweighted). */
+    const size_t max_bytes = c->logits_max_bytes ? c->logits_max_bytes : FDPO_RL_LOGITS_MAX_BYTES;
+    b.fused_head = N * m->config.vocab_size * sizeof(float) > max_bytes;
+    b.skip_unweighted = 1;
     float *tlp = fdpo_malloc(N * sizeof(float)), *slp = fdpo_malloc(n * sizeof(float));
-    float *dtok = fdpo_malloc(N * sizeof(float)), *dseq = fdpo_malloc(n * sizeof(float));
+    float *dtok = fdpo_calloc(N ? N : 1, sizeof(float));   /* 0 on the prompt rows */
     double *shaped = fdpo_malloc(n * sizeof(double)), *adv = fdpo_malloc(n * sizeof(double));
-    pack_samples(n, prompt, n_prompt, comp, n_comp, off, tok, tgt);
-    fdpo_batch b = {n, N, off, tok, tgt, NULL, NULL, NULL, 0, 1}; /* fused head: target log-probs only */
     int rc = fdpo_gpt2_check_batch(m, &b);
-    if (rc == 0) rc = fdpo_gpt2_forward(m, &b, tlp, slp);
+    if (rc == 0) rc = fdpo_gpt2_forward(m, &b, tlp, NULL);
     if (rc == 0) {
+        for (size_t i = 0; i < n; i++) {   /* a sequence may hold several samples: sum each one's rows */
+            double sum = 0;
+            for (size_t t = row0[i]; t < row0[i] + n_comp[i]; t++) sum += tlp[t];
+            slp[i] = (float)sum;
+        }
         /* every mean is over the step's n_total samples: the ranks' shares add up to it */
         const double inv = 1.0 / (double)n_total;
         memset(out, 0, sizeof *out);
@@ -89,17 +152,18 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
         }
         for (size_t i = 0; i < n; i++) {
             out->loss -= adv[i] * slp[i] * inv;
-            dseq[i] = (float)(-adv[i] * inv); /* dLoss/dlogp_i */
+            const float d = (float)(-adv[i] * inv); /* dLoss/dlogp_i, on each of its tokens' log-probs */
+            for (size_t t = row0[i]; t < row0[i] + n_comp[i]; t++) dtok[t] = d;
             out->advantage_sq += adv[i] * adv[i] * inv;
             if (adv_out) adv_out[i] = adv[i];
         }
         out->advantage_std = sqrt(out->advantage_sq);
         out->samples = n;
         out->tokens = tokens;
-        fdpo_batch_seq_to_token_grad(&b, dseq, dtok);
         rc = fdpo_gpt2_backward(m, dtok);
     }
-    free(off); free(tok); free(tgt); free(tlp); free(slp); free(dtok); free(dseq); free(shaped); free(adv);
+    rl_pack_free(&pk);
+    free(row0); free(tlp); free(slp); free(dtok); free(shaped); free(adv);
     return rc;
 }
 
@@ -120,59 +184,59 @@ static int rl_metrics_sum(fdpo_rl_metrics *m) {
     return 0;
 }
 
-/* Scoring runs the training forward (fused head, completion rows only) over micro-batches of
- * consecutive samples holding at most SCORE_TOKENS tokens (one sample at least). The split
- * depends on the samples alone, so each sample is scored in the same batch whatever the
- * number of ranks (the ranks take contiguous runs of micro-batches) and its log-prob is the
- * same bits; the budget bounds the activations (124M: ~0.7 MB a token). */
+/* Scoring runs the training forward (fused head, completion rows only, each prompt shared
+ * by its consecutive samples: rl_pack_samples) over micro-batches of consecutive samples
+ * holding at most SCORE_TOKENS packed tokens (one sequence at least). The split depends on
+ * the samples alone, so each sample is scored in the same batch whatever the number of ranks
+ * (the ranks take contiguous runs of micro-batches) and its log-prob is the same bits; the
+ * budget bounds the activations (124M: ~0.7 MB a token). */
 #define SCORE_TOKENS 1024
 
 int fdpo_samples_logp(fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
                       double *logp) {
     memset(logp, 0, n * sizeof *logp);
-    int32_t **pr = fdpo_malloc((n ? n : 1) * sizeof *pr), **co = fdpo_malloc((n ? n : 1) * sizeof *co);
-    size_t *np = fdpo_malloc((n ? n : 1) * sizeof *np), *nc = fdpo_malloc((n ? n : 1) * sizeof *nc);
-    size_t *idx = fdpo_malloc((n ? n : 1) * sizeof *idx), *mb = fdpo_malloc((n + 1) * sizeof *mb), n_mb = 0, tokens = 0, max_tokens = 0;
+    const size_t n1 = n ? n : 1;
+    int32_t **pr = fdpo_malloc(n1 * sizeof *pr), **co = fdpo_malloc(n1 * sizeof *co);
+    size_t *np = fdpo_malloc(n1 * sizeof *np), *nc = fdpo_malloc(n1 * sizeof *nc), *idx = fdpo_malloc(n1 * sizeof *idx);
+    size_t *mb = fdpo_malloc((n + 1) * sizeof *mb), n_mb = 0, cnt = 0, tokens = 0, nb = 0, max_tokens = 0;
+    /* the non-empty samples (an empty completion has log-prob 0), in order; micro-batch j is
+     * packed samples [mb[j], mb[j + 1]), split as rl_pack_samples will pack them */
     mb[0] = 0;
-    for (size_t i = 0; i < n; i++) {   /* micro-batch j is samples [mb[j], mb[j + 1]) */
-        pr[i] = ids[s[i].prompt_index]; np[i] = lens[s[i].prompt_index];
-        co[i] = s[i].tokens; nc[i] = s[i].n_tokens;
-        size_t L = nc[i] ? np[i] + nc[i] - 1 : 0;   /* an empty completion has log-prob 0 */
-        if (i > mb[n_mb] && tokens + L > SCORE_TOKENS) { mb[++n_mb] = i; tokens = 0; }
-        tokens += L;
+    for (size_t i = 0; i < n; i++) {
+        if (!s[i].n_tokens) continue;
+        size_t q = cnt++;
+        idx[q] = i;
+        pr[q] = ids[s[i].prompt_index]; np[q] = lens[s[i].prompt_index];
+        co[q] = s[i].tokens; nc[q] = s[i].n_tokens;
+        int joins = q > mb[n_mb] && rl_shares_prompt(pr, np, q, q - 1, nb) && tokens + nc[q] <= SCORE_TOKENS;
+        size_t cost = joins ? nc[q] : np[q] - 1 + nc[q];
+        if (!joins && q > mb[n_mb] && tokens + cost > SCORE_TOKENS) { mb[++n_mb] = q; tokens = 0; }
+        nb = joins ? nb + 1 : 1;
+        tokens += cost;
         if (tokens > max_tokens) max_tokens = tokens;
     }
-    if (n > 0) mb[++n_mb] = n;
+    if (cnt > 0) mb[++n_mb] = cnt;
     size_t b, e;
     fdpo_dist_shard(n_mb, &b, &e);
-    size_t *off = fdpo_malloc((n + 1) * sizeof *off);
-    int32_t *tok = fdpo_malloc((max_tokens ? max_tokens : 1) * sizeof *tok);
-    int32_t *tgt = fdpo_malloc((max_tokens ? max_tokens : 1) * sizeof *tgt);
+    rl_pack pk;
+    rl_pack_alloc(&pk, cnt, max_tokens);
+    size_t *row0 = fdpo_malloc(n1 * sizeof *row0);
     float *tlp = fdpo_malloc((max_tokens ? max_tokens : 1) * sizeof *tlp);
     int rc = 0, lora_training = m->lora ? m->lora->training : 0;
     if (m->lora) m->lora->training = 0;   /* scoring is evaluation: no adapter dropout */
     for (size_t j = b; rc == 0 && j < e; j++) {
-        /* the micro-batch's non-empty samples, packed */
-        size_t first = mb[j], cnt = 0;
-        int32_t **bp = pr + first, **bc = co + first;
-        size_t *bnp = np + first, *bnc = nc + first;
-        for (size_t i = first; i < mb[j + 1]; i++) {
-            if (!nc[i]) continue;
-            bp[cnt] = pr[i]; bc[cnt] = co[i]; bnp[cnt] = np[i]; bnc[cnt] = nc[i];
-            idx[cnt++] = i;
-        }
-        if (cnt == 0) continue;
-        size_t N = pack_samples(cnt, bp, bnp, bc, bnc, off, tok, tgt);
-        fdpo_batch batch = {cnt, N, off, tok, tgt, NULL, NULL, NULL, 0, 1};
+        const size_t first = mb[j], k = mb[j + 1] - mb[j];
+        fdpo_batch batch = rl_pack_samples(&pk, k, pr + first, np + first, co + first, nc + first, row0);
         rc = fdpo_gpt2_forward(m, &batch, tlp, NULL);
-        for (size_t q = 0; rc == 0 && q < cnt; q++) {
+        for (size_t q = 0; rc == 0 && q < k; q++) {
             double sum = 0;   /* in double, as the decoder's scorer sums */
-            for (size_t t = off[q] + bnp[q] - 1; t < off[q + 1]; t++) sum += tlp[t];
-            logp[idx[q]] = sum;
+            for (size_t t = row0[q]; t < row0[q] + nc[first + q]; t++) sum += tlp[t];
+            logp[idx[first + q]] = sum;
         }
     }
     if (m->lora) m->lora->training = lora_training;
-    free(pr); free(co); free(np); free(nc); free(idx); free(mb); free(off); free(tok); free(tgt); free(tlp);
+    rl_pack_free(&pk);
+    free(pr); free(co); free(np); free(nc); free(idx); free(mb); free(row0); free(tlp);
     /* each rank scored its micro-batches and the blocks are summed (x + 0 is exact): every
      * rank gets the single process's numbers; the call is collective */
     rc = fdpo_dist_all_ok(rc);

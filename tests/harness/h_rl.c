@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "fdpo/core.h"
 #include "fdpo/io.h"
 #include "fdpo/rl.h"
@@ -43,6 +44,8 @@ int h_rl(int argc, char **argv) {
     c.beta = cJSON_GetObjectItem(root, "beta")->valuedouble;
     c.k = (size_t)cJSON_GetObjectItem(root, "k")->valuedouble;
     c.grpo_eps = cJSON_GetObjectItem(root, "grpo_eps")->valuedouble;
+    const cJSON *lmax = cJSON_GetObjectItem(root, "logits_max_bytes");   /* 1: force the fused head */
+    if (lmax) c.logits_max_bytes = (size_t)lmax->valuedouble;
     const cJSON *ss = cJSON_GetObjectItem(root, "samples");
     size_t n = (size_t)cJSON_GetArraySize(ss);
     int32_t **p = fdpo_calloc(n, sizeof *p), **y = fdpo_calloc(n, sizeof *y);
@@ -60,22 +63,45 @@ int h_rl(int argc, char **argv) {
     if (!rc && !strcmp(argv[0], "rl-logp")) {
         fdpo_sample *smp = fdpo_calloc(n ? n : 1, sizeof *smp);
         for (size_t i = 0; i < n; i++) { smp[i].prompt_index = i; smp[i].tokens = y[i]; smp[i].n_tokens = ny[i]; }
-        rc = fdpo_samples_logp(m, p, np, smp, n, lr);
+        /* "repeat": N scores N times and records each pass's wall and CPU seconds (bench/) */
+        const cJSON *rep = cJSON_GetObjectItem(root, "repeat");
+        int reps = rep ? (int)rep->valuedouble : 1;
+        double *sec = fdpo_calloc(2 * (size_t)(reps > 0 ? reps : 1), sizeof(double));
+        for (int it = 0; !rc && it < (reps > 0 ? reps : 1); it++) {
+            double t0 = fdpo_now(), c0 = (double)clock() / CLOCKS_PER_SEC;
+            rc = fdpo_samples_logp(m, p, np, smp, n, lr);
+            sec[2 * it] = fdpo_now() - t0;
+            sec[2 * it + 1] = (double)clock() / CLOCKS_PER_SEC - c0;
+        }
         free(smp);
         if (!rc) rc = fdpo_mkdir_p(outdir);
         if (!rc) {
             cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "logp");
             for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(lr[i]));
+            cJSON *w = cJSON_AddArrayToObject(o, "seconds"), *cpu = cJSON_AddArrayToObject(o, "cpu_seconds");
+            for (int it = 0; it < (reps > 0 ? reps : 1); it++) {
+                cJSON_AddItemToArray(w, cJSON_CreateNumber(sec[2 * it]));
+                cJSON_AddItemToArray(cpu, cJSON_CreateNumber(sec[2 * it + 1]));
+            }
             char *js = cJSON_Print(o), *path = fdpo_path_join(outdir, "result.json");
             rc = fdpo_write_file_atomic(path, js, strlen(js));
             free(path); cJSON_free(js); cJSON_Delete(o);
         }
+        free(sec);
         goto done;
     }
     fdpo_rl_metrics met;
     if (!rc) fdpo_gpt2_zero_grad(m);
     const cJSON *blocks = cJSON_GetObjectItem(root, "blocks");
-    if (!rc && !blocks) rc = fdpo_rl_step(m, &c, n, n, p, np, y, ny, r, lr, adv, &met);
+    /* "repeat": N runs the step N times (gradients zeroed between) and times the last (bench/) */
+    const cJSON *rep_g = cJSON_GetObjectItem(root, "repeat");
+    double t0 = 0, c0 = 0;
+    for (int it = rep_g ? (int)rep_g->valuedouble : 1; !rc && !blocks && it > 0; it--) {
+        fdpo_gpt2_zero_grad(m);
+        t0 = fdpo_now(); c0 = (double)clock() / CLOCKS_PER_SEC;
+        rc = fdpo_rl_step(m, &c, n, n, p, np, y, ny, r, lr, adv, &met);
+    }
+    const double step_s = fdpo_now() - t0, step_cpu = (double)clock() / CLOCKS_PER_SEC - c0;
     if (!rc && blocks) {   /* the ranks' shares, summed as rl_metrics_sum does */
         memset(&met, 0, sizeof met);
         size_t first = 0;
@@ -97,6 +123,8 @@ int h_rl(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "kl", met.kl);
         cJSON_AddNumberToObject(o, "scores", met.scores);
         cJSON_AddNumberToObject(o, "advantage_std", met.advantage_std);
+        cJSON_AddNumberToObject(o, "seconds", step_s);
+        cJSON_AddNumberToObject(o, "cpu_seconds", step_cpu);
         cJSON *a = cJSON_AddArrayToObject(o, "advantages");
         for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(adv[i]));
         char *s = cJSON_Print(o), *path = fdpo_path_join(outdir, "result.json");

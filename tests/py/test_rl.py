@@ -60,8 +60,11 @@ def reference_step(model, samples, algo, div, beta, k, eps=1e-4):
     return loss.item(), adv.numpy(), grads
 
 
-@pytest.mark.parametrize("algo,div", [("rloo", "rkl"), ("rloo", "alpha:0.5"), ("grpo", "fkl"), ("grpo", "js")])
-def test_step_matches_pytorch(tmp_path, algo, div):
+@pytest.mark.parametrize("algo,div,fused", [("rloo", "rkl", False), ("rloo", "alpha:0.5", False), ("grpo", "fkl", False),
+                                            ("grpo", "js", False), ("rloo", "rkl", True), ("grpo", "js", True)])
+def test_step_matches_pytorch(tmp_path, algo, div, fused):
+    """fused: the step's logits budget set to 1 byte, so the fused chunked LM head (logits
+    recomputed in backward) runs instead of the kept logits of a small step"""
     torch.manual_seed(0)
     V, k = 11, 3
     model = GPT2(V, 16, 8, 2, 2, seed=5)
@@ -75,6 +78,8 @@ def test_step_matches_pytorch(tmp_path, algo, div):
             samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
                             "ref_logp": float(-2.4 * len(comp) + rng.normal() * 0.3)})
     spec = {"algo": algo, "divergence": div, "beta": 0.3, "k": k, "grpo_eps": 1e-4, "samples": samples}
+    if fused:
+        spec["logits_max_bytes"] = 1
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
     res = json.load(open(tmp_path / "out" / "result.json"))
@@ -342,6 +347,36 @@ def test_samples_logp_matches_pytorch(tmp_path):
     got = json.load(open(tmp_path / "out" / "result.json"))["logp"]
     with torch.no_grad():
         want = [completion_logp(model, s["prompt"], s["completion"]).item() for s in samples]
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert abs(g - w) <= 2e-6 * max(1.0, abs(w)), (i, g, w)
+
+
+def test_samples_logp_shared_prompts_match_pytorch(tmp_path):
+    """The scorer packs consecutive samples of one prompt into one sequence, the prompt once
+    and a branch per sample: every log-prob still equals PyTorch's float64 sum over the
+    sample run alone. Covers a one-token prompt (no shared rows), more samples of one prompt
+    than a sequence has branch tags (255), a group split by the 1024-token micro-batch budget,
+    a prompt that comes back after another, and empty completions (log-prob 0)."""
+    V = 13
+    model = GPT2(V, 64, 16, 2, 2, seed=9)
+    model.save_hf(str(tmp_path / "policy"))
+    rng = np.random.default_rng(6)
+    a, b, c = ([int(x) for x in rng.integers(0, V, size=n)] for n in (1, 9, 4))
+    comp = lambda n: [int(x) for x in rng.integers(0, V, size=n)]
+    samples = [{"prompt": a, "completion": comp(0 if i % 50 == 7 else 1 + i % 3)} for i in range(300)]
+    samples += [{"prompt": b, "completion": comp(20 + i % 11)} for i in range(40)]
+    samples += [{"prompt": c, "completion": comp(1 + 2 * i)} for i in range(3)]
+    samples += [{"prompt": a, "completion": comp(2)} for i in range(2)]
+    for s in samples:
+        s.update(reward=0.0, ref_logp=0.0)
+    spec = {"algo": "rloo", "divergence": "rkl", "beta": 0.1, "k": 1, "grpo_eps": 1e-4, "samples": samples}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    harness("rl-logp", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
+    got = json.load(open(tmp_path / "out" / "result.json"))["logp"]
+    with torch.no_grad():
+        want = [completion_logp(model, s["prompt"], s["completion"]).item() if s["completion"] else 0.0
+                for s in samples]
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
         assert abs(g - w) <= 2e-6 * max(1.0, abs(w)), (i, g, w)
