@@ -298,7 +298,7 @@ static void decode_matmul_small_rows(float *out, const void *x, size_t ldx, cons
     }
 }
 
-/* scratch floats decode_matmul_small_rows needs for R rows of a packed W */
+/* scratch floats decode_matmul_small_rows needs for R rows of a packed W and this many threads */
 static size_t decode_packed_scratch(size_t R, size_t threads) { return threads * R * DECODE_STRIP; }
 
 struct fdpo_decoder {
@@ -330,7 +330,6 @@ struct fdpo_decoder {
     uint16_t *wp, *in16;
     size_t *wp_off;
     size_t cap16;
-    decode_tile_fn *tile16; /* vdpbf16ps or portable */
 };
 
 fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
@@ -357,7 +356,7 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
         /* W [IC, OC] of layer l's k-th linear layer: fp32 source, IC, OC */
         const float *src[4];
         size_t ic[4] = {C, C, C, 4 * C}, oc[4] = {3 * C, C, 4 * C, C}, total = 0;
-        d->tile16 = decode_tile_bf16(); /* says once if it falls back */
+        decode_tile_bf16(); /* says once if it falls back */
         d->wp_off = fdpo_malloc((4 * L + 1) * sizeof *d->wp_off);
         for (size_t k = 0; k < 4 * L; k++) { d->wp_off[k] = total; total += decode_packed_size(ic[k % 4], oc[k % 4]); }
         d->wp_off[4 * L] = total;
@@ -427,7 +426,7 @@ static void grow_rows(fdpo_decoder *d, size_t R, size_t n_slots) {
     /* fp32: R <= DECODE_SMALL_ROWS rows x every strip of the widest layer (4C); bf16: R rows
      * of one strip per thread */
     size_t need = DECODE_SMALL_ROWS * (4 * C + DECODE_STRIP);
-    if (d->wp && decode_packed_scratch(R, (size_t)threads) > need) need = decode_packed_scratch(R, (size_t)threads);
+    if (d->wp && fdpo_decode_packed_scratch(R) > need) need = fdpo_decode_packed_scratch(R);
     if (need > d->cap_acc) {
         free(d->acc);
         d->acc = fdpo_malloc(need * sizeof(float));
@@ -464,87 +463,18 @@ static void decode_layernorm_forward(float *out, const float *inp, const float *
     }
 }
 
-/* out [R, OC] (= or +=, accumulate) x [R, IC] @ w [OC, IC]^T for R <= DECODE_HEAD_ROWS rows,
- * w fp32 (w32) or bf16 (w16; x then already bf16-rounded): in bf16, the tied LM head
- * (w = wte) and every Llama linear layer of a decoding step (in fp32 oneDNN per block of
- * rows of w measured 1.15-1.3x faster, so fp32 calls keep it; this kernel handles fp32
- * weights too). One pass over w, parallel over its rows.
- * The rows of x go in groups of 8 (xpad [ceil(R/8)*8, IC], the rows past R zero; see
- * fdpo_decode_rows_pad), and each dot product keeps DECODE_LANES partial sums (lane j takes
- * the columns c = j mod DECODE_LANES), added pairwise at the end, then the columns past the
- * last multiple of DECODE_LANES, summed apart: 8 rows x 16 lanes are 8 independent vector
- * accumulators, which hides the multiply-add latency (one dot product at a time is a chain
- * of dependent multiply-adds), and each vector of w is loaded once for the 8 rows. Every
- * output is summed in the same order whatever R and the thread count, so a sample does not
- * depend on the batch it runs in. */
-#define DECODE_LANES 16
-#define DECODE_W_CHUNK 256
+size_t fdpo_decode_packed_size(size_t IC, size_t OC) { return decode_packed_size(IC, OC); }
 
-/* lane [8, DECODE_LANES] += the products of x [8 rows, row stride ldx] [0:n] and w [0:n]
- * (n a multiple of DECODE_LANES), lane j of a row taking the columns c = j mod DECODE_LANES.
- * Written with GCC/Clang vector types and eight named accumulators: as a plain array loop
- * GCC interchanged it into one dependent chain per row with a store every step, which ran
- * 1.4x slower (CPU seconds, 124M head, 1 thread). Multiply, then add (-std=c11 does not
- * contract them). */
-typedef float decode_vec __attribute__((vector_size(DECODE_LANES * sizeof(float))));
-/* v = p [0 : DECODE_LANES] (a macro, not a function: a vector argument or return value
- * would depend on the target's ABI, which GCC warns about without -march) */
-#define DECODE_VLOAD(v, p) memcpy(&(v), (p), sizeof(decode_vec))
-
-static inline void decode_dot8(float lane[8][DECODE_LANES], const float *x, size_t ldx, const float *w, size_t n) {
-    decode_vec a[8], wv, xv;
-    for (size_t r = 0; r < 8; r++) DECODE_VLOAD(a[r], lane[r]);
-    for (size_t c = 0; c < n; c += DECODE_LANES) {
-        DECODE_VLOAD(wv, w + c);
-        DECODE_VLOAD(xv, x + 0 * ldx + c); a[0] += xv * wv;
-        DECODE_VLOAD(xv, x + 1 * ldx + c); a[1] += xv * wv;
-        DECODE_VLOAD(xv, x + 2 * ldx + c); a[2] += xv * wv;
-        DECODE_VLOAD(xv, x + 3 * ldx + c); a[3] += xv * wv;
-        DECODE_VLOAD(xv, x + 4 * ldx + c); a[4] += xv * wv;
-        DECODE_VLOAD(xv, x + 5 * ldx + c); a[5] += xv * wv;
-        DECODE_VLOAD(xv, x + 6 * ldx + c); a[6] += xv * wv;
-        DECODE_VLOAD(xv, x + 7 * ldx + c); a[7] += xv * wv;
-    }
-    for (size_t r = 0; r < 8; r++) memcpy(lane[r], &a[r], sizeof a[r]);
+void fdpo_decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t OC, size_t si, size_t so) {
+    decode_pack_bf16(dst, src, IC, OC, si, so);
 }
 
-void fdpo_decode_rows_matmul_wt(float *out, const float *xpad, const float *w32, const uint16_t *w16, size_t R,
-                                size_t IC, size_t OC, int accumulate) {
-    size_t IC0 = IC - IC % DECODE_LANES, groups = (R + 7) / 8;
-    #pragma omp parallel for schedule(static) if (R * OC * IC >= (1 << 20))
-    for (size_t o = 0; o < OC; o++) {
-        float wbuf[DECODE_W_CHUNK]; /* a piece of a bf16 row of w, widened */
-        for (size_t g = 0; g < groups; g++) {
-            const float *x = xpad + g * 8 * IC;
-            float lane[8][DECODE_LANES] = {{0}}, tail[8] = {0};
-            if (w16) {
-                for (size_t c0 = 0; c0 < IC0; c0 += DECODE_W_CHUNK) {
-                    size_t n = IC0 - c0 < DECODE_W_CHUNK ? IC0 - c0 : DECODE_W_CHUNK;
-                    for (size_t j = 0; j < n; j++) wbuf[j] = bf16_value(w16[o * IC + c0 + j]);
-                    decode_dot8(lane, x + c0, IC, wbuf, n);
-                }
-            } else
-                decode_dot8(lane, x, IC, w32 + o * IC, IC0);
-            for (size_t c = IC0; c < IC; c++) {
-                float wc = w16 ? bf16_value(w16[o * IC + c]) : w32[o * IC + c];
-                for (size_t r = 0; r < 8; r++) tail[r] = DECODE_FMA(x[r * IC + c], wc, tail[r]);
-            }
-            for (size_t r = 0; r < 8 && g * 8 + r < R; r++) {
-                for (size_t width = DECODE_LANES / 2; width > 0; width /= 2)
-                    for (size_t j = 0; j < width; j++) lane[r][j] += lane[r][j + width];
-                float *y = out + (g * 8 + r) * OC + o;
-                *y = (accumulate ? *y : 0.0f) + (lane[r][0] + tail[r]);
-            }
-        }
-    }
-}
+size_t fdpo_decode_packed_scratch(size_t R) { return decode_packed_scratch(R, (size_t)omp_get_max_threads()); }
 
-/* xpad [ceil(R/8)*8, C] = inp [R, C] (fp32), or in16 widened when in16 is given; the rows
- * past R zero */
-void fdpo_decode_rows_pad(float *xpad, const float *inp, const uint16_t *in16, size_t R, size_t C) {
-    size_t padded = (R + 7) / 8 * 8;
-    for (size_t i = 0; i < R * C; i++) xpad[i] = in16 ? bf16_value(in16[i]) : inp[i];
-    memset(xpad + R * C, 0, (padded - R) * C * sizeof(float));
+void fdpo_decode_packed_matmul(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC, size_t OC,
+                               int accumulate, uint16_t *in16, float *acc) {
+    decode_rows_to_bf16(in16, inp, R, IC);
+    decode_matmul_small_rows(out, in16, (IC + 1) / 2 * 2, wp, R, IC, OC, accumulate, acc, decode_tile_bf16(), IC, 1);
 }
 
 /* out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] + bias [OC]; accumulate adds into out
@@ -557,10 +487,9 @@ static void decode_matmul_forward(fdpo_decoder *d, float *out, const float *inp,
     } else {
         for (size_t r = 0; r < R; r++) for (size_t o = 0; o < OC; o++) out[r * OC + o] += bias[o];
     }
-    if (wp) {
-        decode_rows_to_bf16(d->in16, inp, R, IC);
-        decode_matmul_small_rows(out, d->in16, (IC + 1) / 2 * 2, wp, R, IC, OC, 1, d->acc, d->tile16, IC, 1);
-    } else if (R <= DECODE_SMALL_ROWS)
+    if (wp)
+        fdpo_decode_packed_matmul(out, inp, wp, R, IC, OC, 1, d->in16, d->acc);
+    else if (R <= DECODE_SMALL_ROWS)
         decode_matmul_small_rows(out, inp, IC, w, R, IC, OC, 1, d->acc, decode_tile_f32, DECODE_IBLOCK, 0);
     else
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
@@ -679,10 +608,9 @@ static void decode_gelu_forward(float *x, size_t n) {
 #define DECODE_LMHEAD_BLOCK 128
 static void decode_lmhead_forward(fdpo_decoder *d, float *logits, const float *inp, const float *wte, size_t R,
                                   size_t C, size_t V, const uint16_t *wte16p) {
-    if (wte16p) { /* bf16: logits = bf16(inp) @ bf16(wte)^T */
-        decode_rows_to_bf16(d->in16, inp, R, C);
-        decode_matmul_small_rows(logits, d->in16, (C + 1) / 2 * 2, wte16p, R, C, V, 0, d->acc, d->tile16, C, 1);
-    } else if (R <= DECODE_LMHEAD_ROWS) {
+    if (wte16p) /* bf16: logits = bf16(inp) @ bf16(wte)^T */
+        fdpo_decode_packed_matmul(logits, inp, wte16p, R, C, V, 0, d->in16, d->acc);
+    else if (R <= DECODE_LMHEAD_ROWS) {
         size_t n_blocks = (V + DECODE_LMHEAD_BLOCK - 1) / DECODE_LMHEAD_BLOCK;
         #pragma omp parallel for schedule(static) if (R * V * C >= (1 << 20))
         for (size_t blk = 0; blk < n_blocks; blk++) {
