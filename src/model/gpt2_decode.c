@@ -147,6 +147,27 @@ static void decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t 
     #pragma omp parallel for schedule(static)
     for (size_t s = 0; s < n_strips; s++) {
         uint16_t *d = dst + s * n_pairs * DECODE_STRIP * 2;
+        size_t o0 = s * DECODE_STRIP;
+        /* full strips of an even IC without bounds checks (vectorised: the generic loop
+         * made packing 124M cost 3x the plain bf16 copy) */
+        if (o0 + DECODE_STRIP <= OC && IC % 2 == 0 && so == 1) { /* W's rows contiguous */
+            for (size_t p = 0; p < n_pairs; p++) {
+                const float *r0 = src + 2 * p * si + o0, *r1 = r0 + si;
+                uint16_t *dp = d + p * DECODE_STRIP * 2;
+                for (size_t j = 0; j < DECODE_STRIP; j++) { dp[2 * j] = bf16_round(r0[j]); dp[2 * j + 1] = bf16_round(r1[j]); }
+            }
+            continue;
+        }
+        if (o0 + DECODE_STRIP <= OC && IC % 2 == 0 && si == 1) { /* W's columns contiguous */
+            for (size_t j = 0; j < DECODE_STRIP; j++) {
+                const float *col = src + (o0 + j) * so;
+                for (size_t p = 0; p < n_pairs; p++) {
+                    d[(p * DECODE_STRIP + j) * 2] = bf16_round(col[2 * p]);
+                    d[(p * DECODE_STRIP + j) * 2 + 1] = bf16_round(col[2 * p + 1]);
+                }
+            }
+            continue;
+        }
         for (size_t p = 0; p < n_pairs; p++)
             for (size_t j = 0; j < DECODE_STRIP; j++)
                 for (size_t q = 0; q < 2; q++) {
