@@ -612,9 +612,18 @@ static void decode_attention_forward(float *out, float *scores, const float *qkv
     }
 }
 
-/* x [n] = GELU(x), tanh approximation ("gelu_new") */
-static void decode_gelu_forward(float *x, size_t n) {
+/* x [n] = GELU(x), tanh approximation ("gelu_new"); vector_exp: fdpo_k_expf (<= 2 ulp) */
+static void decode_gelu_forward(float *x, size_t n, int vector_exp) {
     const float s = 0.7978845608028654f; /* sqrt(2/pi) */
+    if (vector_exp) { /* bf16: fdpo_k_expf, as the training forward's GELU (vectorises) */
+        #pragma omp parallel for if (n > 8192)
+        for (size_t i = 0; i < n; i++) {
+            float u = x[i];
+            x[i] = u / (1.0f + fdpo_k_expf(-2.0f * s * (u + 0.044715f * u * u * u)));
+        }
+        return;
+    }
+    /* fp32: libm's expf, the bits fp32 samples have always had */
     #pragma omp parallel for if (n > 8192) /* expf is scalar: ~0.1 ms per 124M layer of 8 rows */
     for (size_t i = 0; i < n; i++) {
         float u = x[i];
@@ -703,7 +712,7 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
         decode_matmul_forward(d, d->fch, d->h, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0,
                               WP(l, 2));
         fdpo_lora_apply(m, FDPO_LORA_C_FC, l, d->fch, d->h, R);
-        decode_gelu_forward(d->fch, R * 4 * C);
+        decode_gelu_forward(d->fch, R * 4 * C, d->wp != NULL);
         decode_matmul_forward(d, d->x, d->fch, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, R, 4 * C, C, 1,
                               WP(l, 3));
         fdpo_lora_apply(m, FDPO_LORA_MLP_C_PROJ, l, d->x, d->fch, R);
