@@ -73,7 +73,8 @@ static inline void decode_strip_block(float acc[DECODE_GROUP_ROWS][DECODE_STRIP]
     if (R == DECODE_GROUP_ROWS && ob == DECODE_STRIP) { /* constant bounds: acc stays in registers */
         for (size_t i = i0; i < i1; i++) {
             const float *wi = w + i * OC + o0;
-            /* the same piece of the next block's row: read after this block's other strips */
+            /* the same piece of the next block's row: read after this block's other strips
+             * (past the last block it points beyond w: a prefetch never faults) */
             __builtin_prefetch(wi + DECODE_IBLOCK * OC, 0, 2);
             __builtin_prefetch(wi + DECODE_IBLOCK * OC + 16, 0, 2);
             __builtin_prefetch(wi + DECODE_IBLOCK * OC + 32, 0, 2);
@@ -124,7 +125,8 @@ static inline float bf16_value(uint16_t h) {
     return f;
 }
 
-/* Round to nearest even (as fdpo_f32_to_bf16); NaN stays NaN. */
+/* Round to nearest even, NaN stays NaN: fdpo_f32_to_bf16 for one value (gemm_bf16.c keeps
+ * its scalar form static; a call per element would cost an OpenMP region each). */
 static inline uint16_t bf16_round(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
@@ -148,8 +150,8 @@ static void decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t 
     for (size_t s = 0; s < n_strips; s++) {
         uint16_t *d = dst + s * n_pairs * DECODE_STRIP * 2;
         size_t o0 = s * DECODE_STRIP;
-        /* full strips of an even IC without bounds checks (vectorised: the generic loop
-         * made packing 124M cost 3x the plain bf16 copy) */
+        /* full strips of an even IC without bounds checks (vectorised: 124M packed in 193
+         * ms of CPU, against 276 with the generic loop) */
         if (o0 + DECODE_STRIP <= OC && IC % 2 == 0 && so == 1) { /* W's rows contiguous */
             for (size_t p = 0; p < n_pairs; p++) {
                 const float *r0 = src + 2 * p * si + o0, *r1 = r0 + si;

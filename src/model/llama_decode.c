@@ -33,7 +33,7 @@ struct llama_decoder {
     uint16_t *wp, *in16;
     size_t wp_used, wp_cap;
     struct { const float *w; size_t at; } *packed;
-    size_t n_packed;
+    size_t n_packed, cap_packed;
     size_t cap16;
     float *acc;
     size_t cap_acc;
@@ -63,7 +63,8 @@ llama_decoder *fdpo_llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, si
         d->bf16 = 1;
         fdpo_bf16_native(); /* says once if the small-rows driver falls back */
         /* every weight dec_linear reads: 7 per layer and the head */
-        d->packed = fdpo_malloc((7 * c->n_layer + 1) * sizeof *d->packed);
+        d->cap_packed = 7 * c->n_layer + 1;
+        d->packed = fdpo_malloc(d->cap_packed * sizeof *d->packed);
     }
     return d;
 }
@@ -142,6 +143,10 @@ static const uint16_t *packed_weight(llama_decoder *d, const float *w, size_t IC
         d->wp_cap = cap + n;
     }
     fdpo_decode_pack_bf16(d->wp + d->wp_used, w, IC, OC, 1, IC);
+    if (d->n_packed == d->cap_packed) {
+        d->cap_packed = 2 * d->cap_packed + 8;
+        d->packed = fdpo_realloc(d->packed, d->cap_packed * sizeof *d->packed);
+    }
     d->packed[d->n_packed].w = w;
     d->packed[d->n_packed++].at = d->wp_used;
     d->wp_used += n;
