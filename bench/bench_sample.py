@@ -13,7 +13,8 @@ Each run is its own process; the sides run INTERLEAVED, round after round (the o
 rotates each round), for >= 5 rounds, and each side reports median and best tokens/s and
 the ratio of medians vs torch-fp32. Decoding reads every weight once per step, so each
 figure is also given as weight-read bandwidth (decode steps/s x weight bytes) and as a % of
-the STREAM triad bandwidth measured at the start of the same invocation.
+the STREAM triad bandwidth measured at the start of the same invocation; in brackets the
+same % counting the key/value cache each step reads too (fp32, mean cached length).
 
     /usr/bin/python3 bench/bench_sample.py                       # small config, 2 threads
     /usr/bin/python3 bench/bench_sample.py --configs 124M --rounds 5 --threads 2
@@ -213,8 +214,13 @@ def main():
             med, best = statistics.median(tps[s]), max(tps[s])
             weight_bytes = n_params * (2 if "bf16" in s else 4)
             gbs = med / a.prompts * weight_bytes * 1e-9  # decode steps/s x weights read per step
+            # the key/value cache every step also reads: fp32 keys and values of every layer
+            # at the mean cached length (fdpo and PyTorch both keep it in fp32)
+            kv_bytes = L * 2 * C * 4 * a.prompts * (a.prompt_tokens + a.new_tokens / 2)
+            gbs_kv = med / a.prompts * (weight_bytes + kv_bytes) * 1e-9
             line = (f"  {s:11s} median {med:9.1f} tok/s  best {best:9.1f} tok/s  (n={len(tps[s])})  "
-                    f"weights read {gbs:6.2f} GB/s = {100 * gbs / peaks['triad_gbs']:5.1f}% of triad")
+                    f"weights read {gbs:6.2f} GB/s = {100 * gbs / peaks['triad_gbs']:5.1f}% of triad "
+                    f"({100 * gbs_kv / peaks['triad_gbs']:.1f}% with the KV cache)")
             if base and s != "torch-fp32":
                 line += f"  ratio of medians {med / base:.2f}x vs torch-fp32"
             twin = "base-" + s.split("-")[1] if s.startswith("fdpo") else None

@@ -22,14 +22,21 @@ struct llama_decoder {
     double *inv_freq;         /* [hd/2] */
     size_t cap_rows;
     float *x, *h, *q, *k, *v, *atty, *gate, *up, *xlast, *rope_cos, *rope_sin, *scores;
-    float *xpad;              /* [DECODE_HEAD_ROWS, max(C, QD, F)] small-rows matmul inputs */
     size_t *row_slot;
     int32_t *row_pos;
     int n_threads_scores;
-    /* bf16 precision (the model's, at create): the bf16 weight copy the decoder reads and
-     * the bf16-rounded matmul inputs [cap16 rows, max(C, QD, F)] */
-    uint16_t *w16, *in16;
+    /* bf16 precision (the model's, at create): each linear layer's weight packed for the
+     * small-rows driver on its first use (packed [n_packed]: the fp32 weight it was made
+     * from and where its copy starts in wp), the bf16-rounded matmul inputs
+     * [cap16 rows, max(C, QD, F) + 1] and the driver's scratch [cap_acc floats] */
+    int bf16;
+    uint16_t *wp, *in16;
+    size_t wp_used, wp_cap;
+    struct { const float *w; size_t at; } *packed;
+    size_t n_packed, cap_packed;
     size_t cap16;
+    float *acc;
+    size_t cap_acc;
 };
 
 static const float *tensor(const fdpo_gpt2 *m, int role) {
@@ -53,9 +60,11 @@ llama_decoder *fdpo_llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, si
     d->inv_freq = fdpo_malloc(d->hd / 2 * sizeof *d->inv_freq);
     fdpo_llama_inv_freq(c, d->inv_freq);
     if (m->precision == FDPO_PRECISION_BF16) {
-        fdpo_bf16_native(); /* says once if the GEMMs (prefill) fall back */
-        d->w16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
-        fdpo_f32_to_bf16(d->w16, m->params_memory, m->n_params);
+        d->bf16 = 1;
+        fdpo_bf16_native(); /* says once if the small-rows driver falls back */
+        /* every weight dec_linear reads: 7 per layer and the head */
+        d->cap_packed = 7 * c->n_layer + 1;
+        d->packed = fdpo_malloc(d->cap_packed * sizeof *d->packed);
     }
     return d;
 }
@@ -65,7 +74,7 @@ void fdpo_llama_decoder_free(llama_decoder *d) {
     free(d->len); free(d->k_cache); free(d->v_cache); free(d->inv_freq);
     free(d->x); free(d->h); free(d->q); free(d->k); free(d->v); free(d->atty); free(d->gate); free(d->up);
     free(d->xlast); free(d->rope_cos); free(d->rope_sin); free(d->scores); free(d->row_slot); free(d->row_pos);
-    free(d->w16); free(d->in16); free(d->xpad);
+    free(d->wp); free(d->packed); free(d->in16); free(d->acc);
     free(d);
 }
 
@@ -102,16 +111,17 @@ static void grow(llama_decoder *d, size_t R, size_t n_slots) {
         d->row_pos = fdpo_realloc(d->row_pos, R * sizeof(int32_t));
     }
     d->xlast = fdpo_realloc(d->xlast, (n_slots ? n_slots : 1) * C * sizeof(float));
-    if (!d->xpad) {
-        size_t wide = C > d->QD ? C : d->QD;
-        d->xpad = fdpo_malloc(DECODE_HEAD_ROWS * (wide > F ? wide : F) * sizeof(float));
-    }
-    if (d->w16 && R > d->cap16) {
+    if (d->bf16 && R > d->cap16) {
         size_t wide = C > d->QD ? C : d->QD;
         wide = wide > F ? wide : F;
         free(d->in16);
-        d->in16 = fdpo_malloc(R * wide * sizeof(uint16_t));
+        d->in16 = fdpo_malloc(R * (wide + 1) * sizeof(uint16_t));
         d->cap16 = R;
+    }
+    if (d->bf16 && fdpo_decode_packed_scratch(R) > d->cap_acc) {
+        free(d->acc);
+        d->cap_acc = fdpo_decode_packed_scratch(R);
+        d->acc = fdpo_malloc(d->cap_acc * sizeof(float));
     }
     int threads = omp_get_max_threads();
     if (threads > d->n_threads_scores) {
@@ -120,22 +130,38 @@ static void grow(llama_decoder *d, size_t R, size_t n_slots) {
     }
 }
 
-/* out [R, OC] (+)= inp [R, IC] @ w^T + bias, w [OC, IC]; in bf16 (d->w16 set) the product
- * takes bf16(inp) and the bf16 copy of w: a bf16 decoding step (R <= DECODE_HEAD_ROWS)
- * reads w once for all rows (fdpo_decode_rows_matmul_wt, gpt2_decode.c; it was one
- * latency-bound dot product per output). fp32 and prefill take sgemv / the GEMMs. */
+/* w [OC, IC] packed in bf16 for the small-rows driver, packed on first use (a decoder lives
+ * for one generate/eval call, during which the weights do not change) */
+static const uint16_t *packed_weight(llama_decoder *d, const float *w, size_t IC, size_t OC) {
+    for (size_t i = 0; i < d->n_packed; i++)
+        if (d->packed[i].w == w) return d->wp + d->packed[i].at;
+    size_t n = fdpo_decode_packed_size(IC, OC);
+    if (d->wp_used + n > d->wp_cap) {
+        /* all of the model's linear weights, once: 2 bytes per parameter is enough */
+        size_t cap = d->model->n_params > d->wp_used + n ? d->model->n_params : d->wp_used + n;
+        d->wp = fdpo_realloc(d->wp, (cap + n) * sizeof(uint16_t));
+        d->wp_cap = cap + n;
+    }
+    fdpo_decode_pack_bf16(d->wp + d->wp_used, w, IC, OC, 1, IC);
+    if (d->n_packed == d->cap_packed) {
+        d->cap_packed = 2 * d->cap_packed + 8;
+        d->packed = fdpo_realloc(d->packed, d->cap_packed * sizeof *d->packed);
+    }
+    d->packed[d->n_packed].w = w;
+    d->packed[d->n_packed++].at = d->wp_used;
+    d->wp_used += n;
+    return d->wp + d->packed[d->n_packed - 1].at;
+}
+
+/* out [R, OC] (+)= inp [R, IC] @ w^T + bias, w [OC, IC]; in bf16 the product takes
+ * bf16(inp) and w packed in bf16 (fdpo_decode_packed_matmul, gpt2_decode.c: every row
+ * count, each weight read once per call for all rows). fp32 takes sgemv / the GEMMs. */
 static void dec_linear(llama_decoder *d, float *out, const float *inp, const float *w, const float *bias, size_t R,
                        size_t IC, size_t OC, int accumulate) {
     if (bias) for (size_t r = 0; r < R; r++) for (size_t o = 0; o < OC; o++) out[r * OC + o] = (accumulate ? out[r * OC + o] : 0) + bias[o];
     int beta_one = accumulate || bias;
-    const uint16_t *w16 = d->w16 ? d->w16 + (w - d->model->params_memory) : NULL;
-    if (w16) fdpo_f32_to_bf16(d->in16, inp, R * IC);
-    if (w16 && R <= DECODE_HEAD_ROWS) {
-        fdpo_decode_rows_pad(d->xpad, NULL, d->in16, R, IC);
-        fdpo_decode_rows_matmul_wt(out, d->xpad, NULL, w16, R, IC, OC, beta_one);
-    } else if (w16) {
-        if (!beta_one) memset(out, 0, R * OC * sizeof(float));
-        fdpo_gemm_bf16(0, 1, R, OC, IC, 1.0f, d->in16, IC, w16, IC, 1.0f, out, OC);
+    if (d->bf16) {
+        fdpo_decode_packed_matmul(out, inp, packed_weight(d, w, IC, OC), R, IC, OC, beta_one, d->in16, d->acc);
     } else if (R == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)OC, (int)IC, 1.0f, w, (int)IC, inp, 1, beta_one ? 1.0f : 0.0f, out, 1);
     else

@@ -1,5 +1,5 @@
 /* Private to src/model: the Llama decoder behind fdpo_decoder (include/fdpo/decode.h), and
- * the small-rows kernel both decoders share (gpt2_decode.c). */
+ * the packed bf16 small-rows matmul both decoders share (gpt2_decode.c). */
 #ifndef FDPO_LLAMA_DECODE_H
 #define FDPO_LLAMA_DECODE_H
 #include <stddef.h>
@@ -16,13 +16,16 @@ void fdpo_llama_decoder_copy_slot(llama_decoder *d, size_t dst, size_t src);
 int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots, const size_t *n_new,
                           const int32_t *tokens, float *logits, int all_logits, size_t R);
 
-/* Decoding steps of up to DECODE_HEAD_ROWS rows: out [R, OC] (= or +=, accumulate)
- * x [R, IC] @ w [OC, IC]^T in one pass over w, fp32 (w32) or bf16 (w16, w32 NULL; x then
- * bf16-rounded), each output summed in an order that depends on neither R nor the thread
- * count. xpad [ceil(R/8)*8, IC] comes from fdpo_decode_rows_pad. */
-#define DECODE_HEAD_ROWS 16
-void fdpo_decode_rows_matmul_wt(float *out, const float *xpad, const float *w32, const uint16_t *w16, size_t R,
-                                size_t IC, size_t OC, int accumulate);
-/* xpad [ceil(R/8)*8, C] = inp [R, C], or in16 widened when in16 is not NULL; the rows past R zero */
-void fdpo_decode_rows_pad(float *xpad, const float *inp, const uint16_t *in16, size_t R, size_t C);
+/* bf16 weights packed for the decoders' small-rows driver (gpt2_decode.c): W [IC, OC] with
+ * W [i, o] = src [i * si + o * so] (a [OC, IC] weight packs with si = 1, so = IC), rounded
+ * to bf16, fdpo_decode_packed_size(IC, OC) elements. */
+size_t fdpo_decode_packed_size(size_t IC, size_t OC);
+void fdpo_decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t OC, size_t si, size_t so);
+/* out [R, OC] (= or +=, accumulate) bf16(inp [R, IC]) @ W (packed), fp32 sums, any R, each
+ * output summed in an order that depends on neither R nor the thread count (vdpbf16ps, or
+ * the portable tile with the same sums without AVX512-BF16). Scratch: in16 R * (IC + 1)
+ * bf16, acc fdpo_decode_packed_scratch(R) floats (for the current thread count). */
+void fdpo_decode_packed_matmul(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC, size_t OC,
+                               int accumulate, uint16_t *in16, float *acc);
+size_t fdpo_decode_packed_scratch(size_t R);
 #endif
