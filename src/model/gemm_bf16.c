@@ -140,15 +140,6 @@ static int dpbf16_is_fast(void) {
     return state;
 }
 
-/* Round to nearest even; NaN stays NaN (quiet). */
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -159,7 +150,7 @@ static inline float bf16_to_f32(uint16_t h) {
 /* dst [n] = bf16(src [n]) */
 void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) dst[i] = f32_to_bf16(src[i]);
+    for (size_t i = 0; i < n; i++) dst[i] = fdpo_bf16_round(src[i]);
 }
 
 /* dense fp32 copy [rows, cols] of a bf16 matrix with leading dimension ld, into w */

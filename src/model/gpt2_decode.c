@@ -125,16 +125,6 @@ static inline float bf16_value(uint16_t h) {
     return f;
 }
 
-/* Round to nearest even, NaN stays NaN: fdpo_f32_to_bf16 for one value (gemm_bf16.c keeps
- * its scalar form static; a call per element would cost an OpenMP region each). */
-static inline uint16_t bf16_round(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 /* Packed bf16 layout of W [IC, OC] for the small-rows driver: strip s, row pair p, column
  * j < DECODE_STRIP, q < 2 at ((s * ceil(IC/2) + p) * DECODE_STRIP + j) * 2 + q holds
  * bf16(W [2p + q, 48 s + j]), zero past IC or OC. */
@@ -156,7 +146,7 @@ static void decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t 
             for (size_t p = 0; p < n_pairs; p++) {
                 const float *r0 = src + 2 * p * si + o0, *r1 = r0 + si;
                 uint16_t *dp = d + p * DECODE_STRIP * 2;
-                for (size_t j = 0; j < DECODE_STRIP; j++) { dp[2 * j] = bf16_round(r0[j]); dp[2 * j + 1] = bf16_round(r1[j]); }
+                for (size_t j = 0; j < DECODE_STRIP; j++) { dp[2 * j] = fdpo_bf16_round(r0[j]); dp[2 * j + 1] = fdpo_bf16_round(r1[j]); }
             }
             continue;
         }
@@ -164,8 +154,8 @@ static void decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t 
             for (size_t j = 0; j < DECODE_STRIP; j++) {
                 const float *col = src + (o0 + j) * so;
                 for (size_t p = 0; p < n_pairs; p++) {
-                    d[(p * DECODE_STRIP + j) * 2] = bf16_round(col[2 * p]);
-                    d[(p * DECODE_STRIP + j) * 2 + 1] = bf16_round(col[2 * p + 1]);
+                    d[(p * DECODE_STRIP + j) * 2] = fdpo_bf16_round(col[2 * p]);
+                    d[(p * DECODE_STRIP + j) * 2 + 1] = fdpo_bf16_round(col[2 * p + 1]);
                 }
             }
             continue;
@@ -174,7 +164,7 @@ static void decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t 
             for (size_t j = 0; j < DECODE_STRIP; j++)
                 for (size_t q = 0; q < 2; q++) {
                     size_t i = 2 * p + q, o = s * DECODE_STRIP + j;
-                    *d++ = i < IC && o < OC ? bf16_round(src[i * si + o * so]) : 0;
+                    *d++ = i < IC && o < OC ? fdpo_bf16_round(src[i * si + o * so]) : 0;
                 }
     }
 }

@@ -124,6 +124,15 @@ void fdpo_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float 
                 const float *B, int ldb, float beta, float *C, int ldc);
 
 /* ---- bf16 (src/model/gemm_bf16.c and the *_bf16 kernels in gpt2_kernels.c) ---- */
+/* One value to bf16: round to nearest even; NaN stays NaN (quiet). The rule of every bf16
+ * conversion (fdpo_f32_to_bf16, the decoder's packed weights). */
+static inline uint16_t fdpo_bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
 void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
 /* (Re)build m->params_bf16 from the fp32 masters; each forward in bf16 calls it, so every
  * writer of params (optimizer, load, copy) is covered without a hook (src/model/gpt2.c). */

@@ -97,13 +97,13 @@ def test_bf16_routes_really_differ(tmp_path):
 def test_bad_route_is_named(tmp_path):
     """An unknown FDPO_BF16_GEMM value is named in one warning (through the log hook: the
     fdpo command prints it) and the run still succeeds, choosing by measurement."""
-    from test_generate import make_model as make_byte_model
-    d = tmp_path / "m"
-    make_byte_model(d, 257, seed=3, n_positions=64, scale=20.0, byte_tokenizer=True)
-    pf = tmp_path / "p.txt"
-    pf.write_text("Hello there, world\n")
-    r = subprocess.run([FDPO, "generate", "--model", d, "--prompts", pf, "--out", tmp_path / "o.jsonl",
-                        "--max-new-tokens", "4", "--temperature", "0", "--precision", "bf16"], capture_output=True,
+    # a 2-step bf16 pretrain: its forward/backward GEMMs go through the bf16 GEMM (the decoder's
+    # packed kernels do not, so `generate` would never read the variable)
+    tf = tmp_path / "t.txt"
+    tf.write_text("Hello there, world. " * 200)
+    r = subprocess.run([FDPO, "pretrain", "--data", tf, "--out", tmp_path / "run", "--n-layer", "1", "--n-embd", "256",
+                        "--n-head", "2", "--n-positions", "64", "--seq-len", "64", "--batch-size", "4", "--steps", "2",
+                        "--threads", "1", "--quiet", "--precision", "bf16"], capture_output=True,
                        text=True, timeout=120, env=dict(os.environ, FDPO_BF16_GEMM="fp8"))
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stderr.splitlines() if "FDPO_BF16_GEMM" in l and "'fp8'" in l]
