@@ -64,11 +64,11 @@ static int load_proxy_eval(rp_ctx *c, const char *path) {
     int rc = fdpo_rp_load_eval(&tmp, path, NULL, 1);
     if (rc) rc = fdpo_error_context("--proxy-eval");
     c->proxy = fdpo_realloc(c->proxy, (c->n_proxy + tmp.n_pols + 1) * sizeof *c->proxy);
-    memcpy(c->proxy + c->n_proxy, tmp.pols, tmp.n_pols * sizeof *tmp.pols);
+    if (tmp.n_pols) memcpy(c->proxy + c->n_proxy, tmp.pols, tmp.n_pols * sizeof *tmp.pols);   /* NULL when none */
     c->n_proxy += tmp.n_pols;
     tmp.n_pols = 0;
     c->warnings = fdpo_realloc(c->warnings, (c->n_warnings + tmp.n_warnings + 1) * sizeof *c->warnings);
-    memcpy(c->warnings + c->n_warnings, tmp.warnings, tmp.n_warnings * sizeof *tmp.warnings);
+    if (tmp.n_warnings) memcpy(c->warnings + c->n_warnings, tmp.warnings, tmp.n_warnings * sizeof *tmp.warnings);
     c->n_warnings += tmp.n_warnings;
     tmp.n_warnings = 0;
     fdpo_rp_ctx_free(&tmp);
