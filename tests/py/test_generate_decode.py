@@ -93,11 +93,7 @@ def test_same_sample_whatever_the_batch(tmp_path):
     fp32 LM head is oneDNN sgemm per block of vocabulary rows, whose order may depend on
     the row count, so log-probs agree to float rounding (measured <= 4.4e-7 abs, sums of 20
     float32 log-probs; bound 2e-6) rather than exactly."""
-    d = tmp_path / "m"
-    d.mkdir()
-    make_model(d, 257, seed=5, n_positions=48, n_embd=40, n_layer=2, n_head=5, scale=2.0, byte_tokenizer=True)
-    pf = tmp_path / "p.txt"
-    pf.write_text("ab\ncd\nef\n")
+    d, pf = small_model_and_prompts(tmp_path)
     runs = []
     for batch, threads in [("1", "1"), ("3", "2"), ("8", "1"), ("8", "2"), ("16", "2")]:
         out = tmp_path / f"o{batch}_{threads}.jsonl"
@@ -152,6 +148,16 @@ def test_top_p_alone_matches_the_rule(tmp_path, scale, top_p, nucleus):
     assert scipy.stats.chisquare(obs, exp).pvalue > 1e-3
 
 
+def small_model_and_prompts(tmp_path):
+    """A 2-layer byte-level model (width 40, 5 heads) and three two-byte prompts."""
+    d = tmp_path / "m"
+    d.mkdir()
+    make_model(d, 257, seed=5, n_positions=48, n_embd=40, n_layer=2, n_head=5, scale=2.0, byte_tokenizer=True)
+    pf = tmp_path / "p.txt"
+    pf.write_text("ab\ncd\nef\n")
+    return d, pf
+
+
 def fallback_env():
     return dict(os.environ, FDPO_FORCE_BF16_FALLBACK="1")
 
@@ -204,11 +210,7 @@ def test_decoder_head_size_64_over_70_positions(head64_model, tmp_path):
 def test_generate_bf16_fallback_same_samples(tmp_path):
     """fdpo generate --precision bf16 with FDPO_FORCE_BF16_FALLBACK=1 writes the same
     samples (tokens and log-probs) as the native path, and says it fell back."""
-    d = tmp_path / "m"
-    d.mkdir()
-    make_model(d, 257, seed=5, n_positions=48, n_embd=40, n_layer=2, n_head=5, scale=2.0, byte_tokenizer=True)
-    pf = tmp_path / "p.txt"
-    pf.write_text("ab\ncd\nef\n")
+    d, pf = small_model_and_prompts(tmp_path)
     outs = []
     for env in (None, fallback_env()):
         out = tmp_path / f"o{len(outs)}.jsonl"
