@@ -513,26 +513,52 @@ static inline __attribute__((always_inline)) ATT_FMA void tile_block(float *C, s
         }
 }
 
+/* On a diagonal tile (keys j0 == queries i0) the causal mask zeroes half of every product:
+ * key c may be attended by queries r >= c only. tile_product's `tri` skips, per block of
+ * rows m .. m+RB-1, the terms that are exactly zero there (P = exp(-inf) = 0, hence dS = 0):
+ *   TRI_K_END    rows are queries, k keys:   k < m + RB only   (O += P V,  dQ += dS K)
+ *   TRI_K_START  rows are keys, k queries:   k >= m only       (dV += P^T dY,  dK += dS^T Q)
+ *   TRI_N_START  rows are keys, columns queries: vectors from m/16 on; the skipped ones are
+ *                all masked and are stored as 0 (scores: overwritten with -inf by the caller)
+ * Skipping an exact zero term leaves every sum bit-identical to the full product. */
+enum { TRI_NONE, TRI_K_END, TRI_K_START, TRI_N_START };
+
+/* rows m .. m+RB-1 of tile_product (one chunk of n <= 4*16 columns, nv vectors) */
+static inline __attribute__((always_inline)) ATT_FMA void tile_rows(float *C, size_t ldc, const float *A, size_t sam,
+                                                             size_t sak, const float *B, size_t ldb, size_t K,
+                                                             float alpha, int accumulate, size_t n, size_t nv,
+                                                             size_t m, const int RB, int tri) {
+    size_t k0 = 0, k1 = K, v0 = 0;
+    if (tri == TRI_K_END && m + (size_t)RB < K) k1 = m + (size_t)RB;
+    if (tri == TRI_K_START) k0 = m < K ? m : K;
+    if (tri == TRI_N_START) {
+        v0 = m / ATT_LANES < nv ? m / ATT_LANES : nv - 1;
+        for (int r = 0; r < RB; r++) memset(C + (m + (size_t)r) * ldc, 0, v0 * ATT_LANES * sizeof(float));
+    }
+    float *c = C + m * ldc + v0 * ATT_LANES;
+    const float *a = A + m * sam + k0 * sak, *b = B + k0 * ldb + v0 * ATT_LANES;
+    size_t nn = n - v0 * ATT_LANES;
+    switch (nv - v0) {
+    case 1: tile_block(c, ldc, a, sam, sak, b, ldb, k1 - k0, alpha, accumulate, nn, RB, 1); break;
+    case 2: tile_block(c, ldc, a, sam, sak, b, ldb, k1 - k0, alpha, accumulate, nn, RB, 2); break;
+    case 3: tile_block(c, ldc, a, sam, sak, b, ldb, k1 - k0, alpha, accumulate, nn, RB, 3); break;
+    default: tile_block(c, ldc, a, sam, sak, b, ldb, k1 - k0, alpha, accumulate, nn, RB, 4); break;
+    }
+}
+
 /* C [M, N] (=/+=) alpha * sum_k a(m, k) B [k, 0:N]; a(m, k) = A[m*sam + k*sak]; B has row
- * stride ldb and readable columns up to N rounded up to 16 */
+ * stride ldb and readable columns up to N rounded up to 16. tri != TRI_NONE (diagonal tiles,
+ * above) needs N <= 64 (one chunk of columns). */
 static ATT_FMA void tile_product(float *C, size_t ldc, const float *A, size_t sam, size_t sak, const float *B,
-                                 size_t ldb, size_t M, size_t N, size_t K, float alpha, int accumulate) {
+                                 size_t ldb, size_t M, size_t N, size_t K, float alpha, int accumulate, int tri) {
     for (size_t n0 = 0; n0 < N; n0 += 4 * ATT_LANES) {
         size_t n = N - n0 < 4 * ATT_LANES ? N - n0 : 4 * ATT_LANES, nv = (n + ATT_LANES - 1) / ATT_LANES, m = 0;
         float *c = C + n0;
         const float *b = B + n0;
-#define ATT_BLOCKS(RB)                                                                                       \
-        switch (nv) {                                                                                        \
-        case 1: tile_block(c + m * ldc, ldc, A + m * sam, sam, sak, b, ldb, K, alpha, accumulate, n, RB, 1); break; \
-        case 2: tile_block(c + m * ldc, ldc, A + m * sam, sam, sak, b, ldb, K, alpha, accumulate, n, RB, 2); break; \
-        case 3: tile_block(c + m * ldc, ldc, A + m * sam, sam, sak, b, ldb, K, alpha, accumulate, n, RB, 3); break; \
-        default: tile_block(c + m * ldc, ldc, A + m * sam, sam, sak, b, ldb, K, alpha, accumulate, n, RB, 4); break; \
-        }
         if (nv <= 2) /* 8 rows x 2 vectors: 16 accumulators, as 4 x 4 below */
-            for (; m + 8 <= M; m += 8) ATT_BLOCKS(8)
-        for (; m + 4 <= M; m += 4) ATT_BLOCKS(4)
-        for (; m < M; m++) ATT_BLOCKS(1)
-#undef ATT_BLOCKS
+            for (; m + 8 <= M; m += 8) tile_rows(c, ldc, A, sam, sak, b, ldb, K, alpha, accumulate, n, nv, m, 8, tri);
+        for (; m + 4 <= M; m += 4) tile_rows(c, ldc, A, sam, sak, b, ldb, K, alpha, accumulate, n, nv, m, 4, tri);
+        for (; m < M; m++) tile_rows(c, ldc, A, sam, sak, b, ldb, K, alpha, accumulate, n, nv, m, 1, tri);
     }
 }
 
@@ -549,7 +575,7 @@ static void tile_transpose(float *Xt, const float *X, size_t ld, size_t n, size_
  * Qt (Q's tile transposed and scaled), then -inf where a key may not be attended */
 static void attention_scores_tile_t(float *St, size_t np, const float *k, size_t C3, const float *qt, size_t hs,
                                     const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
-    tile_product(St, np, k + j0 * C3, C3, 1, qt, ATT_TILE, nk, np, hs, 1.0f, 0);
+    tile_product(St, np, k + j0 * C3, C3, 1, qt, ATT_TILE, nk, np, hs, 1.0f, 0, j0 == i0 ? TRI_N_START : TRI_NONE);
     for (size_t c = 0; c < nk; c++) {
         size_t j = j0 + c, r_min = j > i0 ? j - i0 : 0; /* queries i >= j may attend key j */
         float *row = St + c * np;
@@ -618,7 +644,7 @@ static void attention_forward_small(float *o, float *lse, size_t lse_stride, con
                     for (size_t d = 0; d < hs; d++) orow[d] *= corr[r];
                 }
             }
-            tile_product(o + i0 * C, C, St, 1, np, v + j0 * C3, C3, nq, hs, nk, 1.0f, 1);
+            tile_product(o + i0 * C, C, St, 1, np, v + j0 * C3, C3, nq, hs, nk, 1.0f, 1, j0 == i0 ? TRI_K_END : TRI_NONE);
         }
         for (size_t r = 0; r < nq; r++) { /* j = i is always allowed, so l >= 1 */
             float inv = 1.0f / l[r], *orow = o + (i0 + r) * C;
@@ -665,16 +691,17 @@ static void attention_backward_small(float *dq, float *dk, float *dv, const floa
                 for (size_t r = 0; r < np; r++) row[r] = fdpo_k_expf(row[r] - L[r]);
             }
             /* dV += P^T dY;  dP^T = V dY^T;  dS^T = P^T (dP^T - D);  dQ += dS K s;  dK += dS^T Q s */
-            tile_product(dv + j0 * C3, C3, Pt, np, 1, dy + i0 * C, C, nk, hs, nq, 1.0f, 1);
-            tile_product(dPt, np, v + j0 * C3, C3, 1, dyt, ATT_TILE, nk, np, hs, 1.0f, 0);
+            const int diag = j0 == i0; /* causal zeros skipped: tile_product's tri */
+            tile_product(dv + j0 * C3, C3, Pt, np, 1, dy + i0 * C, C, nk, hs, nq, 1.0f, 1, diag ? TRI_K_START : TRI_NONE);
+            tile_product(dPt, np, v + j0 * C3, C3, 1, dyt, ATT_TILE, nk, np, hs, 1.0f, 0, diag ? TRI_N_START : TRI_NONE);
             for (size_t c = 0; c < nk; c++) {
                 float *d = dPt + c * np;
                 const float *p = Pt + c * np;
 #pragma omp simd
                 for (size_t r = 0; r < np; r++) d[r] = p[r] * (d[r] - D[r]);
             }
-            tile_product(dq + i0 * C3, C3, dPt, 1, np, k + j0 * C3, C3, nq, hs, nk, scale, 1);
-            tile_product(dk + j0 * C3, C3, dPt, np, 1, q + i0 * C3, C3, nk, hs, nq, scale, 1);
+            tile_product(dq + i0 * C3, C3, dPt, 1, np, k + j0 * C3, C3, nq, hs, nk, scale, 1, diag ? TRI_K_END : TRI_NONE);
+            tile_product(dk + j0 * C3, C3, dPt, np, 1, q + i0 * C3, C3, nk, hs, nq, scale, 1, diag ? TRI_K_START : TRI_NONE);
         }
     }
 }
