@@ -121,6 +121,7 @@ static void acts_free(fdpo_gpt2_acts *a) {
     free(a->head_scratch);
     free(a->head_bf16);
     free(a->head_acc);
+    free(a->slice_grads);
     free(a);
 }
 
@@ -325,29 +326,30 @@ static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk) {
         a->head_bf16 = grow(a->head_bf16, &a->head_bf16_cap, K * (C + chunk), sizeof(uint16_t));
 }
 
-/* Fused LM head over the K rows a->rows[0..K): log-probs, lse and logit sums chunk by
- * chunk over the vocabulary; no [N, V] logits. Rows not listed get lse, logit_sum and
- * token_logp 0. */
-static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t K) {
+/* Fused LM head over the packed rows a->rows[k0..k1), the active rows of tokens [t0, t1):
+ * log-probs, lse and logit sums chunk by chunk over the vocabulary; no [N, V] logits. Tokens
+ * of [t0, t1) not listed get lse, logit_sum and token_logp 0. The packed ln_f rows and the
+ * chunk logits live in the slice's own rows of the scratch (tokens t0.. of d_atty, rows
+ * k0.. of head_scratch), so slices of a batch can run this side by side (forward_sliced). */
+static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t k0, size_t k1, size_t t0, size_t t1) {
     fdpo_gpt2_acts *a = m->acts;
-    size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size, chunk = fdpo_lmhead_chunk(V);
-    float *lnf_packed = a->d_atty; /* backward scratch, free during forward */
-    for (size_t k = 0; k < K; k++) {
-        memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
+    size_t C = m->config.n_embd, V = m->config.vocab_size, chunk = fdpo_lmhead_chunk(V), K = k1 - k0;
+    float *lnf_packed = a->d_atty + t0 * C; /* backward scratch, free during forward */
+    for (size_t k = k0; k < k1; k++) {
+        memcpy(lnf_packed + (k - k0) * C, a->lnf + a->rows[k] * C, C * sizeof(float));
         a->ctargets[k] = a->targets[a->rows[k]];
     }
-    fused_head_reserve(m, K, chunk);
-    float *csum = a->d_ln; /* free during forward */
+    float *csum = a->d_ln + t0; /* free during forward */
     const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, m->params.wte) : NULL;
-    fdpo_k_lmhead_logsoftmax_forward_chunked(a->clse, a->cd, csum, lnf_packed, m->params.wte, wb, a->ctargets, K, C, V,
-                                             chunk, a->head_scratch, a->head_bf16, a->head_acc);
-    a->head_logits_rows = chunk >= V ? K : SIZE_MAX; /* one chunk: its logits stay in head_scratch */
-    memset(a->lse, 0, N * sizeof(float));
-    memset(a->logit_sum, 0, N * sizeof(float));
-    if (tlp) memset(tlp, 0, N * sizeof(float));
-    for (size_t k = 0; k < K; k++) {
+    fdpo_k_lmhead_logsoftmax_forward_chunked(a->clse + k0, a->cd + k0, csum, lnf_packed, m->params.wte, wb,
+                                             a->ctargets + k0, K, C, V, chunk, a->head_scratch + k0 * chunk,
+                                             a->head_bf16, a->head_acc + 3 * k0);
+    memset(a->lse + t0, 0, (t1 - t0) * sizeof(float));
+    memset(a->logit_sum + t0, 0, (t1 - t0) * sizeof(float));
+    if (tlp) memset(tlp + t0, 0, (t1 - t0) * sizeof(float));
+    for (size_t k = k0; k < k1; k++) {
         a->lse[a->rows[k]] = a->clse[k];
-        a->logit_sum[a->rows[k]] = csum[k];
+        a->logit_sum[a->rows[k]] = csum[k - k0];
         if (tlp) tlp[a->rows[k]] = a->cd[k];
     }
 }
@@ -383,11 +385,115 @@ static void lmhead_rows_forward(fdpo_gpt2 *m, float *tlp, size_t K) {
     if (next > 0) memset(a->logits, 0, next * V * sizeof(float));
 }
 
+/* The forward from the embeddings to ln_f for sequences [s0, s1) of the packed batch (its
+ * tokens t0 .. t0+n): every kernel over those rows only, attention over those sequences. The
+ * whole batch (0, B) lets each kernel split its work over the threads; a slice (forward_sliced)
+ * runs on one thread inside the caller's region.
+ * The c_proj, c_fc and mlp c_proj biases are added by the next elementwise pass (GELU, or
+ * residual + LayerNorm, which also computes the next layer's ln_1 or ln_f) instead of a copy
+ * before the GEMM: fewer passes over [N, C] and fewer parallel regions per layer. */
+static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1) {
+    fdpo_gpt2_acts *a = m->acts;
+    const fdpo_gpt2_config *c = &m->config;
+    const fdpo_gpt2_params *p = &m->params;
+    const size_t N = a->n_tokens, C = c->n_embd, L = c->n_layer, NH = c->n_head, B = s1 - s0;
+    const size_t t0 = a->seq_offset[s0], n = a->seq_offset[s1] - t0;
+    const size_t *seq = a->seq_offset + s0; /* absolute token offsets */
+    const uint8_t *branch = a->has_branch ? a->branch : NULL;
+    const float eps = c->layer_norm_epsilon;
+    fdpo_k_encoder_forward(a->encoded + t0 * C, a->tokens + t0, a->pos + t0, p->wte, p->wpe, n, C);
+    fdpo_k_layernorm_forward(a->ln1 + t0 * C, a->ln1_mean + t0, a->ln1_rstd + t0, a->encoded + t0 * C, p->ln1w,
+                             p->ln1b, n, C, eps);
+    for (size_t l = 0; l < L; l++) {
+        const float *residual = (l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C) + t0 * C;
+        float *ln1 = a->ln1 + l * N * C + t0 * C, *qkv_l = a->qkv + l * N * 3 * C, *qkv = qkv_l + t0 * 3 * C;
+        float *atty_l = a->atty + l * N * C, *atty = atty_l + t0 * C;
+        float *res2 = a->residual2 + l * N * C + t0 * C, *ln2 = a->ln2 + l * N * C + t0 * C;
+        float *fch = a->fch + l * N * 4 * C + t0 * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C + t0 * 4 * C;
+        float *res3 = a->residual3 + l * N * C + t0 * C;
+        size_t ln2_row = l * N + t0;
+        linear_forward(m, qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, n, C, 3 * C);
+        fdpo_lora_forward(m, FDPO_LORA_C_ATTN, l, qkv, ln1, n);
+        fdpo_k_attention_forward_streaming(atty_l, a->att_lse + l * N * NH, qkv_l, seq, branch, B, C, NH);
+        linear_forward(m, res2, atty, p->attprojw + l * C * C, NULL, n, C, C);
+        fdpo_lora_forward(m, FDPO_LORA_ATTN_C_PROJ, l, res2, atty, n);
+        fdpo_k_residual_layernorm_forward(res2, ln2, a->ln2_mean + ln2_row, a->ln2_rstd + ln2_row, p->attprojb + l * C,
+                                          residual, p->ln2w + l * C, p->ln2b + l * C, n, C, eps);
+        linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, NULL, n, C, 4 * C);
+        fdpo_lora_forward(m, FDPO_LORA_C_FC, l, fch, ln2, n);
+        fdpo_k_bias_gelu_forward(fch_gelu, fch, p->fcb + l * 4 * C, n, 4 * C);
+        linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, NULL, n, 4 * C, C);
+        fdpo_lora_forward(m, FDPO_LORA_MLP_C_PROJ, l, res3, fch_gelu, n);
+        int last = l + 1 == L;
+        fdpo_k_residual_layernorm_forward(res3, last ? a->lnf + t0 * C : ln1 + N * C,
+                                          last ? a->lnf_mean + t0 : a->ln1_mean + (l + 1) * N + t0,
+                                          last ? a->lnf_rstd + t0 : a->ln1_rstd + (l + 1) * N + t0,
+                                          p->fcprojb + l * C, res2, last ? p->lnfw : p->ln1w + (l + 1) * C,
+                                          last ? p->lnfb : p->ln1b + (l + 1) * C, n, C, eps);
+    }
+}
+
+/* ---- sliced batches: one thread per group of whole sequences ----
+ * A small model's step is ~90 short kernels, each its own parallel region (or a GEMM that
+ * oneDNN splits): on 2 threads the fork/joins, wake-ups and halves of small GEMMs cost a
+ * large part of the step. A batch of several sequences splits instead into n_threads slices
+ * of whole sequences with about equal token counts; every kernel is row-local or works per
+ * sequence, so each thread runs its slice through the whole forward (one region, no
+ * barrier) and the whole backward, accumulating weight gradients into its own buffer; one
+ * pass at the end adds the buffers to the model's gradients in thread order. Results depend
+ * only on the batch and the thread count (the slices are a function of both), as before.
+ * Taken for fp32 GPT-2 with the fused head, no LoRA, >= 2 threads, up to
+ * FDPO_SLICE_MAX_PARAMS parameters (each extra thread holds a gradient copy) and slices
+ * within 20 % of an equal share; FDPO_SLICES=0 turns it off (A/B runs). */
+#define FDPO_SLICE_MAX_PARAMS ((size_t)16 << 20)
+#define FDPO_SLICE_MIN_TOKENS 64
+
+/* bounds[0..n]: sequence index where slice i starts; returns n (0: run unsliced) */
+static int slice_plan(const fdpo_gpt2 *m, size_t *bounds) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("FDPO_SLICES");
+        env = !(e && !strcmp(e, "0"));
+    }
+    const fdpo_gpt2_acts *a = m->acts;
+    int n = omp_get_max_threads();
+    if (n > FDPO_MAX_SLICES) n = FDPO_MAX_SLICES;
+    size_t B = a->n_seq, N = a->n_tokens;
+    if (!env || n < 2 || m->config.arch != FDPO_ARCH_GPT2 || m->lora || a->precision != FDPO_PRECISION_FP32 ||
+        !a->fused_head || m->n_params > FDPO_SLICE_MAX_PARAMS || B < (size_t)n ||
+        N < (size_t)n * FDPO_SLICE_MIN_TOKENS || omp_in_parallel() || omp_get_max_active_levels() > 1)
+        return 0;
+    bounds[0] = 0;
+    for (int i = 1; i < n; i++) { /* the sequence boundary nearest to i/n of the tokens */
+        size_t target = N * (size_t)i / (size_t)n, s = bounds[i - 1] + 1;
+        while (s + 1 <= B - (size_t)(n - i) && a->seq_offset[s + 1] <= target) s++;
+        if (s + 1 <= B - (size_t)(n - i) && a->seq_offset[s] < target &&
+            target - a->seq_offset[s] > a->seq_offset[s + 1] - target)
+            s++;
+        bounds[i] = s;
+    }
+    bounds[n] = B;
+    for (int i = 0; i < n; i++) /* within 20 % of N / n (the unsliced path loses about that much) */
+        if (5 * (a->seq_offset[bounds[i + 1]] - a->seq_offset[bounds[i]]) * (size_t)n > 6 * N) return 0;
+    return n;
+}
+
+/* kb[i]: the first packed row (a->rows[0..K)) of slice i */
+static void slice_rows(const fdpo_gpt2_acts *a, size_t K, int n, size_t *kb) {
+    size_t k = 0;
+    for (int i = 0; i < n; i++) {
+        size_t t0 = a->seq_offset[a->slice_bounds[i]];
+        while (k < K && a->rows[k] < t0) k++;
+        kb[i] = k;
+    }
+    kb[n] = K;
+}
+
 int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, float *seq_logp) {
     if (fdpo_gpt2_check_batch(m, b)) return -1;
     if (m->config.arch == FDPO_ARCH_LLAMA) return fdpo_llama_forward(m, b, token_logp, seq_logp);
     const fdpo_gpt2_config *c = &m->config;
-    size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
+    size_t N = b->n_tokens, B = b->n_seq, V = c->vocab_size;
     size_t maxT = 0;
     for (size_t s = 0; s < B; s++) {
         size_t T = b->seq_offset[s + 1] - b->seq_offset[s];
@@ -413,63 +519,48 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
         memcpy(a->branch, b->branch, N);
     }
     a->has_branch = b->branch != NULL;
-    const uint8_t *branch = b->branch ? a->branch : NULL;
     a->precision = m->precision; /* backward follows the forward even if m->precision changes */
     if (m->precision == FDPO_PRECISION_BF16) bf16_prepare(m);
 
-    const fdpo_gpt2_params *p = &m->params;
-    const float eps = c->layer_norm_epsilon;
-    /* The c_proj, c_fc and mlp c_proj biases are added by the next elementwise pass (GELU, or
-     * residual + LayerNorm, which also computes the next layer's ln_1 or ln_f) instead of a
-     * copy before the GEMM: fewer passes over [N, C] and fewer parallel regions per layer. */
-    fdpo_k_encoder_forward(a->encoded, a->tokens, a->pos, p->wte, p->wpe, N, C);
-    fdpo_k_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->encoded, p->ln1w, p->ln1b, N, C, eps);
-    for (size_t l = 0; l < L; l++) {
-        const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
-        float *ln1 = a->ln1 + l * N * C, *qkv = a->qkv + l * N * 3 * C, *atty = a->atty + l * N * C;
-        float *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
-        float *fch = a->fch + l * N * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C;
-        float *res3 = a->residual3 + l * N * C;
-        linear_forward(m, qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, N, C, 3 * C);
-        fdpo_lora_forward(m, FDPO_LORA_C_ATTN, l, qkv, ln1, N);
-        fdpo_k_attention_forward_streaming(atty, a->att_lse + l * N * NH, qkv, a->seq_offset, branch, B, C, NH);
-        linear_forward(m, res2, atty, p->attprojw + l * C * C, NULL, N, C, C);
-        fdpo_lora_forward(m, FDPO_LORA_ATTN_C_PROJ, l, res2, atty, N);
-        fdpo_k_residual_layernorm_forward(res2, ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, p->attprojb + l * C,
-                                          residual, p->ln2w + l * C, p->ln2b + l * C, N, C, eps);
-        linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, NULL, N, C, 4 * C);
-        fdpo_lora_forward(m, FDPO_LORA_C_FC, l, fch, ln2, N);
-        fdpo_k_bias_gelu_forward(fch_gelu, fch, p->fcb + l * 4 * C, N, 4 * C);
-        linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, NULL, N, 4 * C, C);
-        fdpo_lora_forward(m, FDPO_LORA_MLP_C_PROJ, l, res3, fch_gelu, N);
-        int last = l + 1 == L;
-        fdpo_k_residual_layernorm_forward(res3, last ? a->lnf : ln1 + N * C,
-                                          last ? a->lnf_mean : a->ln1_mean + (l + 1) * N,
-                                          last ? a->lnf_rstd : a->ln1_rstd + (l + 1) * N, p->fcprojb + l * C, res2,
-                                          last ? p->lnfw : p->ln1w + (l + 1) * C,
-                                          last ? p->lnfb : p->ln1b + (l + 1) * C, N, C, eps);
-    }
     /* token_logp is needed for seq_logp even when the caller did not ask for it */
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL); /* d_residual is free now */
     a->skip_unweighted = b->skip_unweighted;
     a->fused_head = b->fused_head;
+    int n_slices = slice_plan(m, a->slice_bounds);
     size_t K = N;
     if (b->fused_head) { /* rows with a target (and a weight, if skipping) only, never [N, V] */
         K = 0;
         for (size_t t = 0; t < N; t++)
             if (a->targets[t] >= 0 && (!b->skip_unweighted || a->weights[t] != 0.0f)) a->rows[K++] = t;
-        lmhead_rows_forward_fused(m, tlp, K);
-    } else {
-        logits_reserve(a, N, V);
-        if (b->skip_unweighted) { /* the LM head only over tokens whose log-prob is used */
-            K = 0;
-            for (size_t t = 0; t < N; t++) if (a->weights[t] != 0.0f) a->rows[K++] = t;
+        fused_head_reserve(m, K, fdpo_lmhead_chunk(V));
+        a->head_logits_rows = fdpo_lmhead_chunk(V) >= V ? K : SIZE_MAX; /* one chunk: its logits stay in head_scratch */
+    }
+    if (n_slices) { /* one region, no barrier: each thread runs its sequences through the whole model */
+        size_t kb[FDPO_MAX_SLICES + 1];
+        slice_rows(a, K, n_slices, kb);
+#pragma omp parallel num_threads(n_slices)
+        {
+            int i = omp_get_thread_num();
+            size_t s0 = a->slice_bounds[i], s1 = a->slice_bounds[i + 1];
+            forward_trunk(m, s0, s1);
+            lmhead_rows_forward_fused(m, tlp, kb[i], kb[i + 1], a->seq_offset[s0], a->seq_offset[s1]);
         }
-        if (K == N) {
-            head_forward(m, a->logits, a->lnf, N);
-            fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+    } else {
+        forward_trunk(m, 0, B);
+        if (b->fused_head) {
+            lmhead_rows_forward_fused(m, tlp, 0, K, 0, N);
         } else {
-            lmhead_rows_forward(m, tlp, K);
+            logits_reserve(a, N, V);
+            if (b->skip_unweighted) { /* the LM head only over tokens whose log-prob is used */
+                K = 0;
+                for (size_t t = 0; t < N; t++) if (a->weights[t] != 0.0f) a->rows[K++] = t;
+            }
+            if (K == N) {
+                head_forward(m, a->logits, a->lnf, N);
+                fdpo_k_logsoftmax_forward(a->lse, tlp, a->logits, a->targets, N, V);
+            } else {
+                lmhead_rows_forward(m, tlp, K);
+            }
         }
     }
     if (seq_logp) {
@@ -519,6 +610,109 @@ void fdpo_gpt2_zero_grad(fdpo_gpt2 *m) {
     memset(m->grads_memory, 0, m->n_params * sizeof(float));
 }
 
+/* Backward from d ln_f (a->d_ln, rows of tokens t0.. of sequences [s0, s1)) down to the
+ * embeddings, accumulating weight gradients into g (NULL: frozen base, LoRA); the whole batch
+ * (0, B, the model's gradients) or one thread's slice (its own gradient buffer). */
+static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t s1, int layer_hooks) {
+    fdpo_gpt2_acts *a = m->acts;
+    const fdpo_gpt2_config *c = &m->config;
+    const fdpo_gpt2_params *p = &m->params;
+    const size_t N = a->n_tokens, C = c->n_embd, L = c->n_layer, NH = c->n_head, B = s1 - s0;
+    const size_t t0 = a->seq_offset[s0], n = a->seq_offset[s1] - t0;
+    const size_t *seq = a->seq_offset + s0;
+    const uint8_t *branch = a->has_branch ? a->branch : NULL;
+#define G(field, off) (g ? g->field + (off) : NULL)
+    float *d_res = a->d_residual + t0 * C, *d_ln = a->d_ln + t0 * C, *d_fch = a->d_fch + t0 * 4 * C;
+    float *d_atty = a->d_atty + t0 * C, *d_qkv_all = a->d_qkv, *d_qkv = a->d_qkv + t0 * 3 * C;
+    memset(d_res, 0, n * C * sizeof(float));
+    fdpo_k_layernorm_backward(d_res, G(lnfw, 0), G(lnfb, 0), d_ln, a->residual3 + (L - 1) * N * C + t0 * C, p->lnfw,
+                              a->lnf_mean + t0, a->lnf_rstd + t0, n, C);
+    for (size_t l = L; l-- > 0;) {
+        const float *residual = (l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C) + t0 * C;
+        const float *ln1 = a->ln1 + l * N * C + t0 * C, *qkv_l = a->qkv + l * N * 3 * C;
+        const float *atty_l = a->atty + l * N * C, *atty = atty_l + t0 * C;
+        const float *res2 = a->residual2 + l * N * C + t0 * C, *ln2 = a->ln2 + l * N * C + t0 * C;
+        const float *fch = a->fch + l * N * 4 * C + t0 * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C + t0 * 4 * C;
+        size_t row = l * N + t0;
+        /* MLP block: res3 = res2 + gelu(ln2(res2) @ fcw + fcb) @ fcprojw + fcprojb */
+        linear_backward(m, d_fch, G(fcprojw, l * 4 * C * C), G(fcprojb, l * C), d_res, fch_gelu,
+                        p->fcprojw + l * 4 * C * C, n, 4 * C, C);
+        fdpo_lora_backward(m, FDPO_LORA_MLP_C_PROJ, l, d_fch, d_res, fch_gelu, n);
+        fdpo_k_gelu_backward_bias(d_fch, G(fcb, l * 4 * C), fch, n, 4 * C); /* c_fc's bias gradient too */
+        linear_backward(m, d_ln, G(fcw, l * C * 4 * C), NULL, d_fch, ln2, p->fcw + l * C * 4 * C, n, C, 4 * C);
+        fdpo_lora_backward(m, FDPO_LORA_C_FC, l, d_ln, d_fch, ln2, n);
+        fdpo_k_layernorm_backward(d_res, G(ln2w, l * C), G(ln2b, l * C), d_ln, res2, p->ln2w + l * C,
+                                  a->ln2_mean + row, a->ln2_rstd + row, n, C);
+        /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
+        linear_backward(m, d_atty, G(attprojw, l * C * C), G(attprojb, l * C), d_res, atty, p->attprojw + l * C * C,
+                        n, C, C);
+        fdpo_lora_backward(m, FDPO_LORA_ATTN_C_PROJ, l, d_atty, d_res, atty, n);
+        fdpo_k_attention_backward_streaming(d_qkv_all, a->d_atty, qkv_l, atty_l, a->att_lse + l * N * NH, seq, branch,
+                                            B, C, NH);
+        linear_backward(m, d_ln, G(qkvw, l * C * 3 * C), G(qkvb, l * 3 * C), d_qkv, ln1, p->qkvw + l * C * 3 * C,
+                        n, C, 3 * C);
+        fdpo_lora_backward(m, FDPO_LORA_C_ATTN, l, d_ln, d_qkv, ln1, n);
+        fdpo_k_layernorm_backward(d_res, G(ln1w, l * C), G(ln1b, l * C), d_ln, residual, p->ln1w + l * C,
+                                  a->ln1_mean + row, a->ln1_rstd + row, n, C);
+        if (layer_hooks && m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, l); /* layer l is final */
+    }
+    if (g) fdpo_k_encoder_backward(g->wte, g->wpe, d_res, a->tokens + t0, a->pos + t0, n, C);
+#undef G
+}
+
+/* The fused LM head's backward over the packed rows k0..k1 (tokens [t0, t1)): d ln_f into
+ * a->d_ln's rows t0..t1 (0 for rows without a gradient), dW into dwte (NULL: frozen). The
+ * packed operands live in the slice's own rows of d_atty and d_qkv, free until its blocks. */
+static void lmhead_rows_backward_fused(fdpo_gpt2 *m, float *dwte, size_t k0, size_t k1, size_t t0, size_t t1,
+                                       int logits_ready) {
+    fdpo_gpt2_acts *a = m->acts;
+    size_t C = m->config.n_embd, V = m->config.vocab_size, chunk = fdpo_lmhead_chunk(V);
+    float *lnf_packed = a->d_atty + t0 * C, *dlnf_packed = a->d_qkv + t0 * 3 * C;
+    for (size_t k = k0; k < k1; k++) memcpy(lnf_packed + (k - k0) * C, a->lnf + a->rows[k] * C, C * sizeof(float));
+    const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, m->params.wte) : NULL;
+    fdpo_k_lmhead_logsoftmax_backward_chunked(dlnf_packed, dwte, a->cd + k0, a->clse + k0, a->ctargets + k0, lnf_packed,
+                                              m->params.wte, wb, k1 - k0, C, V, chunk, a->head_scratch + k0 * chunk,
+                                              a->head_bf16, logits_ready);
+    memset(a->d_ln + t0 * C, 0, (t1 - t0) * C * sizeof(float));
+    for (size_t k = k0; k < k1; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + (k - k0) * C, C * sizeof(float));
+}
+
+/* Sliced backward (see slice_plan): thread i runs its slice's head and trunk into its own
+ * gradients (thread 0: the model's), then all add the others' buffers to the model's in
+ * thread order and clear them. Layer hooks run afterwards, when every layer is final. */
+static void backward_sliced(fdpo_gpt2 *m, int n_slices, size_t K, int logits_ready) {
+    fdpo_gpt2_acts *a = m->acts;
+    size_t P = m->n_params, kb[FDPO_MAX_SLICES + 1];
+    slice_rows(a, K, n_slices, kb);
+    if (a->slice_grads_cap < (size_t)(n_slices - 1) * P) { /* zeroed once; the sum below re-zeroes them */
+        free(a->slice_grads);
+        a->slice_grads_cap = (size_t)(n_slices - 1) * P;
+        a->slice_grads = fdpo_calloc(a->slice_grads_cap, sizeof(float));
+    }
+#pragma omp parallel num_threads(n_slices)
+    {
+        int i = omp_get_thread_num();
+        fdpo_gpt2_params gi = m->grads;
+        if (i > 0) point_params(&gi, a->slice_grads + (size_t)(i - 1) * P, m->tensors);
+        size_t s0 = a->slice_bounds[i], s1 = a->slice_bounds[i + 1];
+        lmhead_rows_backward_fused(m, gi.wte, kb[i], kb[i + 1], a->seq_offset[s0], a->seq_offset[s1], logits_ready);
+        backward_trunk(m, &gi, s0, s1, 0);
+#pragma omp barrier
+        float *g = m->grads_memory, *sg = a->slice_grads;
+#pragma omp for schedule(static)
+        for (size_t j = 0; j < P; j++) {
+            float v = g[j];
+            for (int t = 1; t < n_slices; t++) {
+                v += sg[(size_t)(t - 1) * P + j];
+                sg[(size_t)(t - 1) * P + j] = 0.0f;
+            }
+            g[j] = v;
+        }
+    }
+    if (m->on_layer_grads)
+        for (size_t l = m->config.n_layer; l-- > 0;) m->on_layer_grads(m->on_layer_grads_ctx, l);
+}
+
 /* d_lnf == NULL: from d_token_logp through the LM head; else from the final hidden states */
 static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d_lnf) {
     if (m->config.arch == FDPO_ARCH_LLAMA) {
@@ -529,13 +723,9 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
     if (!a || !a->has_forward) return fdpo_error("gpt2 backward: no forward pass to differentiate");
     if (!m->grads_memory && !fdpo_lora_frozen(m)) fdpo_gpt2_zero_grad(m);
     const fdpo_gpt2_config *c = &m->config;
-    size_t N = a->n_tokens, B = a->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
-    const uint8_t *branch = a->has_branch ? a->branch : NULL;
-    const fdpo_gpt2_params *p = &m->params;
-    fdpo_gpt2_params *g = &m->grads;
+    size_t N = a->n_tokens, B = a->n_seq, C = c->n_embd, V = c->vocab_size;
     /* LoRA: the base is frozen, no base gradient is computed (the kernels skip NULL ones) */
-    const int frozen = fdpo_lora_frozen(m);
-#define G(field, off) (frozen ? NULL : g->field + (off))
+    fdpo_gpt2_params *g = fdpo_lora_frozen(m) ? NULL : &m->grads;
 
     /* The logits buffer becomes d logits (the forward's logits are not needed afterwards).
      * Rows without a gradient (prompt tokens, no target) add nothing to the LM head
@@ -554,19 +744,18 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         K++;
     }
     if (a->fused_head) { /* recompute the logits chunk by chunk; dW and d lnf accumulate as we go */
-        float *lnf_packed = a->d_atty, *dlnf_packed = a->d_qkv; /* both free until the blocks */
-        size_t chunk = fdpo_lmhead_chunk(V);
-        for (size_t k = 0; k < K; k++) memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
-        fused_head_reserve(m, K, chunk);
-        const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, p->wte) : NULL;
+        fused_head_reserve(m, K, fdpo_lmhead_chunk(V));
         /* the backward's rows are the forward's rows with a gradient, in the same order: the same
          * count means the same rows, whose logits the forward may have left in head_scratch */
         int logits_ready = a->head_logits_rows == K;
-        fdpo_k_lmhead_logsoftmax_backward_chunked(dlnf_packed, G(wte, 0), a->cd, a->clse, a->ctargets, lnf_packed, p->wte,
-                                                  wb, K, C, V, chunk, a->head_scratch, a->head_bf16, logits_ready);
         a->head_logits_rows = SIZE_MAX; /* head_scratch now holds d logits */
-        memset(a->d_ln, 0, N * C * sizeof(float));
-        for (size_t k = 0; k < K; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + k * C, C * sizeof(float));
+        int n_slices = slice_plan(m, a->slice_bounds);
+        if (n_slices) {
+            backward_sliced(m, n_slices, K, logits_ready);
+            a->has_forward = 0;
+            return 0;
+        }
+        lmhead_rows_backward_fused(m, g ? g->wte : NULL, 0, K, 0, N, logits_ready);
     } else if (K == N) {
         fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
         head_backward(m, a->d_ln, a->logits, a->lnf, N);
@@ -584,39 +773,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         }
     }
 trunk:
-    memset(a->d_residual, 0, N * C * sizeof(float));
-    fdpo_k_layernorm_backward(a->d_residual, G(lnfw, 0), G(lnfb, 0), a->d_ln, a->residual3 + (L - 1) * N * C,
-                       p->lnfw, a->lnf_mean, a->lnf_rstd, N, C);
-    for (size_t l = L; l-- > 0;) {
-        const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
-        const float *ln1 = a->ln1 + l * N * C, *qkv = a->qkv + l * N * 3 * C, *atty = a->atty + l * N * C;
-        const float *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
-        const float *fch = a->fch + l * N * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C;
-        /* MLP block: res3 = res2 + gelu(ln2(res2) @ fcw + fcb) @ fcprojw + fcprojb */
-        linear_backward(m, a->d_fch, G(fcprojw, l * 4 * C * C), G(fcprojb, l * C), a->d_residual,
-                        fch_gelu, p->fcprojw + l * 4 * C * C, N, 4 * C, C);
-        fdpo_lora_backward(m, FDPO_LORA_MLP_C_PROJ, l, a->d_fch, a->d_residual, fch_gelu, N);
-        fdpo_k_gelu_backward_bias(a->d_fch, G(fcb, l * 4 * C), fch, N, 4 * C); /* c_fc's bias gradient too */
-        linear_backward(m, a->d_ln, G(fcw, l * C * 4 * C), NULL, a->d_fch, ln2,
-                        p->fcw + l * C * 4 * C, N, C, 4 * C);
-        fdpo_lora_backward(m, FDPO_LORA_C_FC, l, a->d_ln, a->d_fch, ln2, N);
-        fdpo_k_layernorm_backward(a->d_residual, G(ln2w, l * C), G(ln2b, l * C), a->d_ln, res2,
-                           p->ln2w + l * C, a->ln2_mean + l * N, a->ln2_rstd + l * N, N, C);
-        /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
-        linear_backward(m, a->d_atty, G(attprojw, l * C * C), G(attprojb, l * C), a->d_residual, atty,
-                        p->attprojw + l * C * C, N, C, C);
-        fdpo_lora_backward(m, FDPO_LORA_ATTN_C_PROJ, l, a->d_atty, a->d_residual, atty, N);
-        fdpo_k_attention_backward_streaming(a->d_qkv, a->d_atty, qkv, atty, a->att_lse + l * N * NH, a->seq_offset,
-                                     branch, B, C, NH);
-        linear_backward(m, a->d_ln, G(qkvw, l * C * 3 * C), G(qkvb, l * 3 * C), a->d_qkv, ln1,
-                        p->qkvw + l * C * 3 * C, N, C, 3 * C);
-        fdpo_lora_backward(m, FDPO_LORA_C_ATTN, l, a->d_ln, a->d_qkv, ln1, N);
-        fdpo_k_layernorm_backward(a->d_residual, G(ln1w, l * C), G(ln1b, l * C), a->d_ln, residual,
-                           p->ln1w + l * C, a->ln1_mean + l * N, a->ln1_rstd + l * N, N, C);
-        if (m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, l);   /* layer l is final */
-    }
-    if (!frozen) fdpo_k_encoder_backward(g->wte, g->wpe, a->d_residual, a->tokens, a->pos, N, C);
-#undef G
+    backward_trunk(m, g, 0, B, 1);
     a->has_forward = 0; /* the logits are gone; a second backward needs a new forward */
     return 0;
 }

@@ -11,6 +11,7 @@
 /* Activations of the last forward, carved from one allocation (acts->memory).
  * N = tokens in the packed batch. Attention keeps only the per-row log-sum-exp (O(N NH)),
  * not the T x T maps: backward recomputes them tile by tile. */
+#define FDPO_MAX_SLICES 16 /* threads a batch is split over, at most */
 struct fdpo_gpt2_acts {
     /* capacities the buffers were sized for */
     size_t cap_tokens, cap_seq, cap_maxT;
@@ -70,6 +71,9 @@ struct fdpo_gpt2_acts {
     uint16_t *bf16_y;    /* [cap_tokens * 4C] second operand of the weight-gradient GEMM */
     size_t bf16_cap;     /* tokens the two buffers hold */
     int has_forward;
+    /* sliced batches (gpt2.c: one thread per group of whole sequences) */
+    size_t slice_bounds[FDPO_MAX_SLICES + 1]; /* sequence index where each slice starts */
+    float *slice_grads; size_t slice_grads_cap; /* gradients of threads 1.. ([n_params] each), kept zero */
 };
 
 /* Elements (floats touched per pass) below which an elementwise or row kernel runs on one
