@@ -46,11 +46,13 @@ def corpus(tmp_path):
     return paths
 
 
-def test_resume_is_bit_exact(tmp_path, corpus):
+@pytest.mark.parametrize("batch", ["2", "6"])
+def test_resume_is_bit_exact(tmp_path, corpus, batch):
     """2N steps straight == N steps, interruption, --resume, N more (shuffle, accumulation,
-    warmup + cosine, periodic saves and evals all on)."""
+    warmup + cosine, periodic saves and evals all on). Batch 6 x 24 tokens on 2 threads runs
+    sliced (gpt2.c slice_plan: one slice of sequences per thread, >= 64 tokens each)."""
     # two threads: resume must be exact with OpenMP/BLAS work split as well
-    common = [*TINY, "--threads", "2", "--batch-size", "2", "--grad-accum", "3", "--steps", "12", "--lr", "3e-3",
+    common = [*TINY, "--threads", "2", "--batch-size", batch, "--grad-accum", "3", "--steps", "12", "--lr", "3e-3",
               "--warmup-steps", "2", "--eval-every", "4", "--save-every", "5", "--quiet", *corpus]
     ok("pretrain", "--out", tmp_path / "straight", *common)
     ok("pretrain", "--out", tmp_path / "split", "--stop-at", "6", *common)
