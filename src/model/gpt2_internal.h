@@ -28,7 +28,7 @@ struct fdpo_gpt2_acts {
     float *ln2;       /* [L, N, C] */
     float *ln2_mean;  /* [L, N] */
     float *ln2_rstd;  /* [L, N] */
-    float *fch;       /* [L, N, 4C] c_fc output (pre-GELU) */
+    float *fch;       /* [L, N, 4C] c_fc output (pre-GELU); the GELU pass replaces it with gelu' of it */
     float *fch_gelu;  /* [L, N, 4C] */
     float *residual3; /* [L, N, C] after the MLP block */
     float *lnf;       /* [N, C] */
@@ -112,7 +112,7 @@ void fdpo_k_residual_layernorm_forward(float *res, float *out, float *mean, floa
                                 const float *residual, const float *w, const float *b, size_t N, size_t C,
                                 float eps);
 void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t N, size_t OC);
-void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *fch, size_t N, size_t OC);
+void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *dgelu, size_t N, size_t OC);
 void fdpo_k_residual_forward(float *out, const float *a, const float *b, size_t n);
 void fdpo_k_lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V);
 void fdpo_k_logsoftmax_forward(float *lse, float *token_logp, const float *logits, const int32_t *targets,
