@@ -430,3 +430,27 @@ def test_sliced_batch_matches_unsliced_and_pytorch(tmp_path, threads, layout):
     for k, g in ref.grads().items():
         assert rel_err(sliced[k], whole[k]) <= 1e-5, k
         assert rel_err(sliced[k], g) <= 1e-4, k
+
+
+@pytest.mark.parametrize("lengths,sliced", [([64, 64, 64, 64], True),   # 128 | 128 tokens
+                                            ([64, 64, 64], False),      # best split 64 | 128: > 20 % over 96
+                                            ([30, 30, 30, 30], False),  # 60 tokens per thread: < 64
+                                            ([64, 64, 64, 64, 64], True)])
+def test_slice_plan_takes_only_balanced_batches(tmp_path, lengths, sliced):
+    """On 2 threads a batch is sliced only when each thread gets >= 64 tokens of whole
+    sequences within 20 % of an equal share; otherwise it runs unsliced and its results are
+    bit for bit those of FDPO_SLICES=0. A sliced run groups the weight-gradient sums per
+    thread, so its gradients differ from the unsliced ones in the last bits (and stay within
+    the 1e-5 of the sliced test above)."""
+    cfg = CONFIGS["odd"]
+    rng = np.random.default_rng(len(lengths) + lengths[0])
+    _, mdir = make_model(tmp_path, cfg, seed=2)
+    seqs = random_batch(rng, cfg["vocab_size"], cfg["n_positions"], lengths, all_targets=True)
+    d = rng.normal(size=sum(lengths))
+    batch = {"sequences": seqs, "d_token_logp": [float(x) for x in d], "fused_head": True}
+    on = run_fb_env(tmp_path, mdir, batch, "on", {"FDPO_SLICES": "1"}, ("--threads", "2"))
+    off = run_fb_env(tmp_path, mdir, batch, "off", {"FDPO_SLICES": "0"}, ("--threads", "2"))
+    same = all(np.array_equal(on[k], off[k]) for k in on)
+    assert same != sliced
+    for k in on:
+        assert rel_err(on[k], off[k]) <= 1e-5, k
