@@ -550,8 +550,9 @@ static inline __attribute__((always_inline)) ATT_FMA void tile_rows(float *C, si
 }
 
 /* C [M, N] (=/+=) alpha * sum_k a(m, k) B [k, 0:N]; a(m, k) = A[m*sam + k*sak]; B has row
- * stride ldb and readable columns up to N rounded up to 16. tri != TRI_NONE (diagonal tiles,
- * above) needs N <= 64 (one chunk of columns). */
+ * stride ldb and readable columns up to N rounded up to 16. tri (diagonal tiles, above):
+ * TRI_N_START needs N <= 64 (one chunk of columns); RB (8 or 4) divides every block's first
+ * row, so each block reads only entries at or after the 16-vector holding its first row. */
 static ATT_FMA void tile_product(float *C, size_t ldc, const float *A, size_t sam, size_t sak, const float *B,
                                  size_t ldb, size_t M, size_t N, size_t K, float alpha, int accumulate, int tri) {
     for (size_t n0 = 0; n0 < N; n0 += 4 * ATT_LANES) {
@@ -618,11 +619,14 @@ static void attention_forward_small(float *o, float *lse, size_t lse_stride, con
             attention_scores_tile_t(St, np, k, C3, qt, hs, br, i0, nq, j0, nk);
             /* online softmax down each column r: m_new = max(m, column max), l = l exp(m - m_new) + sum */
             float cmax[ATT_TILE], corr[ATT_TILE], csum[ATT_TILE];
+            /* diagonal tile: key row c is masked (-inf, exp 0) for queries r < c; from the vector
+             * holding r = c on (tile_product's TRI_K_END reads no entry before it) */
+            const int diag = j0 == i0;
             for (size_t r = 0; r < np; r++) cmax[r] = -INFINITY;
             for (size_t c = 0; c < nk; c++) {
                 const float *row = St + c * np;
 #pragma omp simd
-                for (size_t r = 0; r < np; r++) cmax[r] = row[r] > cmax[r] ? row[r] : cmax[r];
+                for (size_t r = diag ? c / ATT_LANES * ATT_LANES : 0; r < np; r++) cmax[r] = row[r] > cmax[r] ? row[r] : cmax[r];
             }
 #pragma omp simd
             for (size_t r = 0; r < np; r++) {
@@ -635,7 +639,7 @@ static void attention_forward_small(float *o, float *lse, size_t lse_stride, con
             for (size_t c = 0; c < nk; c++) {
                 float *row = St + c * np;
 #pragma omp simd
-                for (size_t r = 0; r < np; r++) {
+                for (size_t r = diag ? c / ATT_LANES * ATT_LANES : 0; r < np; r++) {
                     row[r] = fdpo_k_expf(row[r] - ms[r]);
                     csum[r] += row[r];
                 }
@@ -688,20 +692,22 @@ static void attention_backward_small(float *dq, float *dk, float *dv, const floa
         for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
             size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
             attention_scores_tile_t(Pt, np, k, C3, qt, hs, br, i0, nq, j0, nk);
+            /* diagonal tile: causal zeros skipped (tile_product's tri); key row c from the vector
+             * holding query c on, the entries before it are masked and read by no product */
+            const int diag = j0 == i0;
             for (size_t c = 0; c < nk; c++) {
                 float *row = Pt + c * np;
 #pragma omp simd
-                for (size_t r = 0; r < np; r++) row[r] = fdpo_k_expf(row[r] - L[r]);
+                for (size_t r = diag ? c / ATT_LANES * ATT_LANES : 0; r < np; r++) row[r] = fdpo_k_expf(row[r] - L[r]);
             }
             /* dV += P^T dY;  dP^T = V dY^T;  dS^T = P^T (dP^T - D);  dQ += dS K s;  dK += dS^T Q s */
-            const int diag = j0 == i0; /* causal zeros skipped: tile_product's tri */
             tile_product(dv + j0 * C3, C3, Pt, np, 1, dy + i0 * C, C, nk, hs, nq, 1.0f, 1, diag ? TRI_K_START : TRI_NONE);
             tile_product(dPt, np, v + j0 * C3, C3, 1, dyt, ATT_TILE, nk, np, hs, 1.0f, 0, diag ? TRI_N_START : TRI_NONE);
             for (size_t c = 0; c < nk; c++) {
                 float *d = dPt + c * np;
                 const float *p = Pt + c * np;
 #pragma omp simd
-                for (size_t r = 0; r < np; r++) d[r] = p[r] * (d[r] - D[r]);
+                for (size_t r = diag ? c / ATT_LANES * ATT_LANES : 0; r < np; r++) d[r] = p[r] * (d[r] - D[r]);
             }
             tile_product(dq + i0 * C3, C3, dPt, 1, np, k + j0 * C3, C3, nq, hs, nk, scale, 1, diag ? TRI_K_END : TRI_NONE);
             tile_product(dk + j0 * C3, C3, dPt, np, 1, q + i0 * C3, C3, nk, hs, nq, scale, 1, diag ? TRI_K_START : TRI_NONE);
