@@ -330,7 +330,7 @@ static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk) {
  * log-probs, lse and logit sums chunk by chunk over the vocabulary; no [N, V] logits. Tokens
  * of [t0, t1) not listed get lse, logit_sum and token_logp 0. The packed ln_f rows and the
  * chunk logits live in the slice's own rows of the scratch (tokens t0.. of d_atty, rows
- * k0.. of head_scratch), so slices of a batch can run this side by side (forward_sliced). */
+ * k0.. of head_scratch), so slices of a batch can run this side by side (slice_plan). */
 static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t k0, size_t k1, size_t t0, size_t t1) {
     fdpo_gpt2_acts *a = m->acts;
     size_t C = m->config.n_embd, V = m->config.vocab_size, chunk = fdpo_lmhead_chunk(V), K = k1 - k0;
@@ -387,7 +387,7 @@ static void lmhead_rows_forward(fdpo_gpt2 *m, float *tlp, size_t K) {
 
 /* The forward from the embeddings to ln_f for sequences [s0, s1) of the packed batch (its
  * tokens t0 .. t0+n): every kernel over those rows only, attention over those sequences. The
- * whole batch (0, B) lets each kernel split its work over the threads; a slice (forward_sliced)
+ * whole batch (0, B) lets each kernel split its work over the threads; a slice (slice_plan)
  * runs on one thread inside the caller's region.
  * The c_proj, c_fc and mlp c_proj biases are added by the next elementwise pass (GELU, or
  * residual + LayerNorm, which also computes the next layer's ln_1 or ln_f) instead of a copy
@@ -446,6 +446,7 @@ static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1) {
  * FDPO_SLICE_MAX_PARAMS parameters (each extra thread holds a gradient copy) and slices
  * within 20 % of an equal share; FDPO_SLICES=0 turns it off (A/B runs). */
 #define FDPO_SLICE_MAX_PARAMS ((size_t)16 << 20)
+#define FDPO_SLICE_MAX_EXTRA ((size_t)64 << 20) /* floats of gradient copies (256 MB), with > 2 threads */
 #define FDPO_SLICE_MIN_TOKENS 64
 
 /* bounds[0..n]: sequence index where slice i starts; returns n (0: run unsliced) */
@@ -458,6 +459,7 @@ static int slice_plan(const fdpo_gpt2 *m, size_t *bounds) {
     const fdpo_gpt2_acts *a = m->acts;
     int n = omp_get_max_threads();
     if (n > FDPO_MAX_SLICES) n = FDPO_MAX_SLICES;
+    while (n > 2 && (size_t)(n - 1) * m->n_params > FDPO_SLICE_MAX_EXTRA) n--; /* gradient copies' memory */
     size_t B = a->n_seq, N = a->n_tokens;
     if (!env || n < 2 || m->config.arch != FDPO_ARCH_GPT2 || m->lora || a->precision != FDPO_PRECISION_FP32 ||
         !a->fused_head || m->n_params > FDPO_SLICE_MAX_PARAMS || B < (size_t)n ||
@@ -539,8 +541,7 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
         size_t kb[FDPO_MAX_SLICES + 1];
         slice_rows(a, K, n_slices, kb);
 #pragma omp parallel num_threads(n_slices)
-        {
-            int i = omp_get_thread_num();
+        for (int i = omp_get_thread_num(); i < n_slices; i += omp_get_num_threads()) { /* fewer threads: still every slice */
             size_t s0 = a->slice_bounds[i], s1 = a->slice_bounds[i + 1];
             forward_trunk(m, s0, s1);
             lmhead_rows_forward_fused(m, tlp, kb[i], kb[i + 1], a->seq_offset[s0], a->seq_offset[s1]);
@@ -698,12 +699,13 @@ static void backward_sliced(fdpo_gpt2 *m, int n_slices, size_t K, int logits_rea
     }
 #pragma omp parallel num_threads(n_slices)
     {
-        int i = omp_get_thread_num();
-        fdpo_gpt2_params gi = m->grads;
-        if (i > 0) point_params(&gi, a->slice_grads + (size_t)(i - 1) * P, m->tensors);
-        size_t s0 = a->slice_bounds[i], s1 = a->slice_bounds[i + 1];
-        lmhead_rows_backward_fused(m, gi.wte, kb[i], kb[i + 1], a->seq_offset[s0], a->seq_offset[s1], logits_ready);
-        backward_trunk(m, &gi, s0, s1, 0);
+        for (int i = omp_get_thread_num(); i < n_slices; i += omp_get_num_threads()) { /* slice i: buffer i */
+            fdpo_gpt2_params gi = m->grads;
+            if (i > 0) point_params(&gi, a->slice_grads + (size_t)(i - 1) * P, m->tensors);
+            size_t s0 = a->slice_bounds[i], s1 = a->slice_bounds[i + 1];
+            lmhead_rows_backward_fused(m, gi.wte, kb[i], kb[i + 1], a->seq_offset[s0], a->seq_offset[s1], logits_ready);
+            backward_trunk(m, &gi, s0, s1, 0);
+        }
 #pragma omp barrier
         float *g = m->grads_memory, *sg = a->slice_grads;
 #pragma omp for schedule(static)
