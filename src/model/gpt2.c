@@ -330,7 +330,7 @@ static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk) {
  * token_logp 0. */
 static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t K) {
     fdpo_gpt2_acts *a = m->acts;
-    size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size, chunk = fdpo_lmhead_chunk(V);
+    size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size, chunk = a->head_chunk;
     float *lnf_packed = a->d_atty; /* backward scratch, free during forward */
     for (size_t k = 0; k < K; k++) {
         memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
@@ -453,6 +453,7 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL); /* d_residual is free now */
     a->skip_unweighted = b->skip_unweighted;
     a->fused_head = b->fused_head;
+    a->head_chunk = b->head_chunk ? (b->head_chunk < V ? b->head_chunk : V) : fdpo_lmhead_chunk(V);
     size_t K = N;
     if (b->fused_head) { /* rows with a target (and a weight, if skipping) only, never [N, V] */
         K = 0;
@@ -555,7 +556,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
     }
     if (a->fused_head) { /* recompute the logits chunk by chunk; dW and d lnf accumulate as we go */
         float *lnf_packed = a->d_atty, *dlnf_packed = a->d_qkv; /* both free until the blocks */
-        size_t chunk = fdpo_lmhead_chunk(V);
+        size_t chunk = a->head_chunk;
         for (size_t k = 0; k < K; k++) memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
         fused_head_reserve(m, K, chunk);
         const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, p->wte) : NULL;
