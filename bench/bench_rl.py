@@ -24,6 +24,9 @@ against PyTorch on THREADS threads: the same cores, split into processes.
 Sides run INTERLEAVED for >= 5 runs each; medians per phase and of the total, the ratio of
 medians (torch / fdpo: > 1 means fdpo is faster), the machine peaks measured at the start.
 Do not quote numbers from a loaded machine: the load average is printed before and after.
+After the table: the work of each phase on each side in GFLOP (matmuls and attention,
+counted from the shapes: `step_gflop`), and the rate fdpo's median phase times give, to
+compare with the sgemm peak printed at the start (docs/rl.md "What each phase computes").
 
     /usr/bin/python3 bench/bench_rl.py                          # small config, 2 threads
     /usr/bin/python3 bench/bench_rl.py --config 124M --runs 5 --threads 2
@@ -40,6 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_online import (FDPO, PHASES, TorchGPT2, completion_logp, parse_args, prompt_texts,  # noqa: E402
                           run_bench, words_reward)
+from bench_sample import CONFIGS  # noqa: E402
 
 BETA = 0.05
 
@@ -67,6 +71,48 @@ def torch_rl_step(policy, ref, opt, prompt_ids, k, new_tokens, generator):
     opt.step()
     t3 = time.perf_counter()
     return {"sampling": t1 - t0, "scoring": t2 - t1, "training": t3 - t2}
+
+
+def step_gflop(cfg, P, Pt, k, T):
+    """GFLOP of each phase of one step, counted from the shapes (a multiply-add = 2 FLOP):
+    the trunk's matmuls (12 C^2 per token and layer), attention (QK^T and AV: 4 C per query
+    token, layer and key in its context), the tied LM head (2 C V per row), x3 for a
+    forward + backward. fdpo: each prompt's k samples packed with the prompt once (Pt - 1
+    prompt rows, k branches of T rows), the head on the T completion rows of each sample only;
+    sampling decodes the prompt once per prompt. PyTorch (this script): [P k, Pt + T - 1]
+    batches, the head on every row; sampling prefills each of the P k rows."""
+    C, L, V = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
+    trunk, head = 2 * 12 * C * C * L, 2 * C * V
+
+    def attn(contexts):  # one forward over query tokens whose contexts (keys seen) are listed
+        return sum(4 * C * L * c for c in contexts)
+
+    comp_ctx = [Pt + j for j in range(T)]              # completion row j sees the prompt + j earlier tokens
+    prompt_ctx = list(range(1, Pt))                      # the prompt's first Pt - 1 rows
+    f = {}
+    # fdpo: scoring = one reference forward, training = the policy's forward + backward
+    fwd = P * ((Pt - 1 + k * T) * trunk + k * T * head + attn(prompt_ctx) + k * attn(comp_ctx))
+    f["fdpo"] = {"sampling": P * (Pt * trunk + head + attn(range(1, Pt + 1)))
+                 + P * k * (T - 1) * (trunk + head) + P * k * attn(comp_ctx[1:]),
+                 "scoring": fwd, "training": 3 * fwd}
+    rows = Pt + T - 1
+    fwd_t = P * k * (rows * (trunk + head) + attn(range(1, rows + 1)))
+    f["torch"] = {"sampling": P * k * (Pt * trunk + head + attn(range(1, Pt + 1)) + (T - 1) * (trunk + head)
+                                       + attn(comp_ctx[1:])),
+                  "scoring": fwd_t, "training": 3 * fwd_t}
+    return {s: {p: v / 1e9 for p, v in d.items()} for s, d in f.items()}
+
+
+def print_work(a, fdpo_times):
+    """Each side's GFLOP per phase and fdpo's rate at its median phase times."""
+    import statistics
+    g = step_gflop(CONFIGS[a.config], a.prompts, a.prompt_tokens, a.n, a.new_tokens)
+    for s in ("fdpo", "torch"):
+        print(f"  work {s:6s}" + "".join(f"{g[s][p]:13.1f} GFLOP {p}" for p in PHASES)
+              + f"{sum(g[s].values()):13.1f} GFLOP total")
+    med = {p: statistics.median(x[p] for x in fdpo_times) for p in PHASES}
+    print("  fdpo rate  " + "".join(f"{g['fdpo'][p] / med[p]:13.1f} GFLOP/s {p}" if med[p] > 0 else "" for p in PHASES)
+          + "   (compare with the sgemm peak above)")
 
 
 def torch_worker(a):
@@ -107,7 +153,11 @@ def fdpo_rl(d, tmp, a):
         sys.exit(f"fdpo rl failed: {r.stderr}")
     m = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][-1]
     subprocess.run(["rm", "-rf", out])
-    return {p: m[f"time/{p}"] for p in PHASES}
+    FDPO_TIMES.append({p: m[f"time/{p}"] for p in PHASES})
+    return dict(FDPO_TIMES[-1])
+
+
+FDPO_TIMES = []   # every fdpo run's phase times (run_bench keeps its own copy)
 
 
 def main():
@@ -118,6 +168,7 @@ def main():
     ranks = f"; fdpo on {RANKS} MPI ranks x {max(1, a.threads // RANKS)} threads" if RANKS > 1 else ""
     run_bench(a, f"RL step (RLOO): {a.prompts} prompts x k={a.n} samples x {a.new_tokens} new tokens, "
                  f"prompt {a.prompt_tokens} tokens{ranks}", fdpo_rl, [])
+    print_work(a, FDPO_TIMES)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,12 @@ typedef struct {
      * weight) get a log-prob. fdpo_gpt2_logits() is then NULL; fdpo_gpt2_logit_sums() still
      * works. For the training losses (DPO/SFT/RL) that use target log-probs only. */
     int fused_head;
+    /* With fused_head, GPT-2 family: vocabulary columns per chunk; 0 = FDPO_LMHEAD_CHUNK (or
+     * the environment's). >= vocab_size: one chunk, whose [K, V] logits stay in the head's
+     * scratch for the backward (no recompute, and no [N, V] buffer whose rows the unfused
+     * path moves to their tokens' places and back: the memory of unfused logits of the K
+     * rows, the work of neither). Llama always takes FDPO_LMHEAD_CHUNK. */
+    size_t head_chunk;
 } fdpo_batch;
 
 int  fdpo_gpt2_config_check(const fdpo_gpt2_config *c); /* error names the bad key */

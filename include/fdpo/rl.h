@@ -19,10 +19,11 @@ typedef struct {
     double beta;           /* > 0 */
     size_t k;              /* samples per prompt (>= 2); samples are prompt-major */
     double grpo_eps;       /* TRL: 1e-4 */
-    /* The training step keeps the completion rows' [N, V] logits for its backward when they
-     * take at most this many bytes (0: FDPO_RL_LOGITS_MAX_BYTES), and runs the fused,
-     * chunked LM head (no logits kept, recomputed in backward: one more K x V x C GEMM)
-     * above it. Both give the same log-probs and gradients up to rounding. */
+    /* The training step keeps the completion rows' [K, V] logits for its backward (K the
+     * step's completion tokens) when they take at most this many bytes (0:
+     * FDPO_RL_LOGITS_MAX_BYTES), and runs the fused, chunked LM head (no logits kept,
+     * recomputed in backward: one more K x V x C GEMM) above it. Both give the same
+     * log-probs and gradients up to rounding. */
     size_t logits_max_bytes;
 } fdpo_rl_config;
 #define FDPO_RL_LOGITS_MAX_BYTES ((size_t)256 << 20)

@@ -333,7 +333,7 @@ static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk) {
  * k0.. of head_scratch), so slices of a batch can run this side by side (slice_plan). */
 static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t k0, size_t k1, size_t t0, size_t t1) {
     fdpo_gpt2_acts *a = m->acts;
-    size_t C = m->config.n_embd, V = m->config.vocab_size, chunk = fdpo_lmhead_chunk(V), K = k1 - k0;
+    size_t C = m->config.n_embd, V = m->config.vocab_size, chunk = a->head_chunk, K = k1 - k0;
     float *lnf_packed = a->d_atty + t0 * C; /* backward scratch, free during forward */
     for (size_t k = k0; k < k1; k++) {
         memcpy(lnf_packed + (k - k0) * C, a->lnf + a->rows[k] * C, C * sizeof(float));
@@ -529,13 +529,14 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     a->skip_unweighted = b->skip_unweighted;
     a->fused_head = b->fused_head;
     int n_slices = slice_plan(m, a->slice_bounds);
+    a->head_chunk = b->head_chunk ? (b->head_chunk < V ? b->head_chunk : V) : fdpo_lmhead_chunk(V);
     size_t K = N;
     if (b->fused_head) { /* rows with a target (and a weight, if skipping) only, never [N, V] */
         K = 0;
         for (size_t t = 0; t < N; t++)
             if (a->targets[t] >= 0 && (!b->skip_unweighted || a->weights[t] != 0.0f)) a->rows[K++] = t;
-        fused_head_reserve(m, K, fdpo_lmhead_chunk(V));
-        a->head_logits_rows = fdpo_lmhead_chunk(V) >= V ? K : SIZE_MAX; /* one chunk: its logits stay in head_scratch */
+        fused_head_reserve(m, K, a->head_chunk);
+        a->head_logits_rows = a->head_chunk >= V ? K : SIZE_MAX; /* one chunk: its logits stay in head_scratch */
     }
     if (n_slices) { /* one region, no barrier: each thread runs its sequences through the whole model */
         size_t kb[FDPO_MAX_SLICES + 1];
@@ -674,7 +675,7 @@ static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t 
 static void lmhead_rows_backward_fused(fdpo_gpt2 *m, float *dwte, size_t k0, size_t k1, size_t t0, size_t t1,
                                        int logits_ready) {
     fdpo_gpt2_acts *a = m->acts;
-    size_t C = m->config.n_embd, V = m->config.vocab_size, chunk = fdpo_lmhead_chunk(V);
+    size_t C = m->config.n_embd, V = m->config.vocab_size, chunk = a->head_chunk;
     float *lnf_packed = a->d_atty + t0 * C, *dlnf_packed = a->d_qkv + t0 * 3 * C;
     for (size_t k = k0; k < k1; k++) memcpy(lnf_packed + (k - k0) * C, a->lnf + a->rows[k] * C, C * sizeof(float));
     const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, m->params.wte) : NULL;
@@ -753,7 +754,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         K++;
     }
     if (a->fused_head) { /* recompute the logits chunk by chunk; dW and d lnf accumulate as we go */
-        fused_head_reserve(m, K, fdpo_lmhead_chunk(V));
+        fused_head_reserve(m, K, a->head_chunk);
         /* the backward's rows are the forward's rows with a gradient, in the same order: the same
          * count means the same rows, whose logits the forward may have left in head_scratch */
         int logits_ready = a->head_logits_rows == K;

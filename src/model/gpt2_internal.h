@@ -40,6 +40,7 @@ struct fdpo_gpt2_acts {
     float *lse;       /* [N] log-sum-exp of each logits row */
     float *logit_sum; /* [N] sum over V of each row's logits (fused head: the only trace of them) */
     int fused_head;   /* the last forward ran the chunked head: no logits */
+    size_t head_chunk; /* its vocabulary columns per chunk (fdpo_batch.head_chunk resolved, <= V) */
     /* chunked head scratch (grown on demand): logits of one chunk, bf16 operands, row state */
     float *head_scratch;  size_t head_scratch_cap;  /* floats */
     size_t head_logits_rows; /* the last fused forward's vocabulary fit in one chunk: head_scratch still

@@ -93,14 +93,22 @@ void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
 double fdpo_clip_grad_norm(fdpo_gpt2 *model, double max_norm) {
     const float *g = model->grads_memory;
     const size_t n = model->n_params;
-    /* fixed chunks summed in order: the same norm for any thread count */
-    enum { CHUNKS = 64 };
+    /* fixed chunks summed in order: the same norm for any thread count. Within a chunk,
+     * LANES independent sums (element i goes to lane (i - lo) % LANES, added up in lane
+     * order at the end): the compiler keeps them in vector registers, where one running sum
+     * is a chain of dependent double adds, ~4 cycles an element (124M: ~0.1 s a step, 3-4x
+     * the memory-bound pass this is now). */
+    enum { CHUNKS = 64, LANES = 16 };
     double partial[CHUNKS];
     #pragma omp parallel for schedule(static)
     for (size_t c = 0; c < CHUNKS; c++) {
-        size_t lo = n * c / CHUNKS, hi = n * (c + 1) / CHUNKS;
+        size_t lo = n * c / CHUNKS, hi = n * (c + 1) / CHUNKS, i = lo;
+        double lane[LANES] = {0};
+        for (; i + LANES <= hi; i += LANES)
+            for (size_t j = 0; j < LANES; j++) lane[j] += (double)g[i + j] * (double)g[i + j];
+        for (size_t j = 0; i < hi; i++, j++) lane[j] += (double)g[i] * (double)g[i];
         double ss = 0;
-        for (size_t i = lo; i < hi; i++) ss += (double)g[i] * (double)g[i];
+        for (size_t j = 0; j < LANES; j++) ss += lane[j];
         partial[c] = ss;
     }
     double ss = 0;

@@ -96,7 +96,8 @@ static fdpo_batch rl_pack_samples(rl_pack *pk, size_t n, int32_t *const *prompt,
     pk->seq_off[B] = t;
     pk->n_seq = B;
     pk->n_tok = t;
-    fdpo_batch b = {B, t, pk->seq_off, pk->tok, pk->tgt, NULL, pk->pos, shared ? pk->branch : NULL, 0, 1};
+    fdpo_batch b = {.n_seq = B, .n_tokens = t, .seq_offset = pk->seq_off, .tokens = pk->tok, .targets = pk->tgt,
+                    .pos = pk->pos, .branch = shared ? pk->branch : NULL, .fused_head = 1};
     return b;   /* fused head: the target (completion) rows only */
 }
 
@@ -116,12 +117,16 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
     size_t *row0 = fdpo_malloc(n * sizeof(size_t));
     fdpo_batch b = rl_pack_samples(&pk, n, prompt, n_prompt, comp, n_comp, row0);
     const size_t N = b.n_tokens;
-    /* Logits kept when they fit (no recompute in backward: at GPT-2 124M the recompute is
-     * 2 x 1024 x 50257 x 768 = 79 GFLOP a step, ~9 % of its FLOPs, against ~6 passes over
-     * 200 MB); the fused head beyond, so memory stays O(rows x chunk) for large steps. The
-     * unfused path computes the head on the target rows only too (skip_unweighted). */
+    /* The completion rows' logits kept for the backward when they fit (no recompute: at
+     * GPT-2 124M the recompute is 2 x 1024 x 50257 x 768 = 79 GFLOP a step, ~9 % of its
+     * FLOPs); the chunked head beyond, so memory stays O(rows x chunk) for large steps.
+     * GPT-2 keeps them as the fused head's one chunk of [tokens, V] (head_chunk = V: packed
+     * rows, nothing moved); Llama, whose fused backward always recomputes, as the unfused
+     * head's logits on the target rows (skip_unweighted). */
     const size_t max_bytes = c->logits_max_bytes ? c->logits_max_bytes : FDPO_RL_LOGITS_MAX_BYTES;
-    b.fused_head = N * m->config.vocab_size * sizeof(float) > max_bytes;
+    const int keep = tokens * m->config.vocab_size * sizeof(float) <= max_bytes;
+    if (m->config.arch == FDPO_ARCH_GPT2) b.head_chunk = keep ? m->config.vocab_size : 0;
+    else b.fused_head = !keep;
     b.skip_unweighted = 1;
     float *tlp = fdpo_malloc(N * sizeof(float)), *slp = fdpo_malloc(n * sizeof(float));
     float *dtok = fdpo_calloc(N ? N : 1, sizeof(float));   /* 0 on the prompt rows */

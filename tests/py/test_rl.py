@@ -62,9 +62,13 @@ def reference_step(model, samples, algo, div, beta, k, eps=1e-4):
 
 @pytest.mark.parametrize("algo,div,fused", [("rloo", "rkl", False), ("rloo", "alpha:0.5", False), ("grpo", "fkl", False),
                                             ("grpo", "js", False), ("rloo", "rkl", True), ("grpo", "js", True)])
-def test_step_matches_pytorch(tmp_path, algo, div, fused):
-    """fused: the step's logits budget set to 1 byte, so the fused chunked LM head (logits
-    recomputed in backward) runs instead of the kept logits of a small step"""
+def test_step_matches_pytorch(tmp_path, monkeypatch, algo, div, fused):
+    """not fused: a small step keeps its completion rows' logits (the head as one chunk of
+    the whole vocabulary, reused by the backward); fused: the step's logits budget set to 1
+    byte and chunks of 4 columns, so the chunked LM head runs over 3 chunks and recomputes
+    each chunk's logits in backward"""
+    if fused:
+        monkeypatch.setenv("FDPO_LMHEAD_CHUNK", "4")
     torch.manual_seed(0)
     V, k = 11, 3
     model = GPT2(V, 16, 8, 2, 2, seed=5)
