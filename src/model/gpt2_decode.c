@@ -490,6 +490,15 @@ void fdpo_decode_packed_matmul(float *out, const float *inp, const uint16_t *wp,
     decode_matmul_small_rows(out, in16, (IC + 1) / 2 * 2, wp, R, IC, OC, accumulate, acc, decode_tile_bf16(), IC, 1);
 }
 
+size_t fdpo_decode_f32_scratch(size_t R, size_t OC) {
+    return R * ((OC + DECODE_STRIP - 1) / DECODE_STRIP * DECODE_STRIP);
+}
+
+void fdpo_decode_f32_matmul(float *out, const float *inp, const float *w, size_t R, size_t IC, size_t OC,
+                            int accumulate, float *acc) {
+    decode_matmul_small_rows(out, inp, IC, w, R, IC, OC, accumulate, acc, decode_tile_f32, DECODE_IBLOCK, 0);
+}
+
 /* out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] + bias [OC]; accumulate adds into out
  * (the residual stream) instead of overwriting it. wp: w packed in bf16 (bf16 precision;
  * out += bf16(inp) @ wp with fp32 sums), NULL in fp32. */
@@ -503,7 +512,7 @@ static void decode_matmul_forward(fdpo_decoder *d, float *out, const float *inp,
     if (wp)
         fdpo_decode_packed_matmul(out, inp, wp, R, IC, OC, 1, d->in16, d->acc);
     else if (R <= DECODE_SMALL_ROWS)
-        decode_matmul_small_rows(out, inp, IC, w, R, IC, OC, 1, d->acc, decode_tile_f32, DECODE_IBLOCK, 0);
+        fdpo_decode_f32_matmul(out, inp, w, R, IC, OC, 1, d->acc);
     else
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
                     inp, (int)IC, w, (int)OC, 1.0f, out, (int)OC);

@@ -28,4 +28,11 @@ void fdpo_decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t OC
 void fdpo_decode_packed_matmul(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC, size_t OC,
                                int accumulate, uint16_t *in16, float *acc);
 size_t fdpo_decode_packed_scratch(size_t R);
+/* fp32: out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] as stored, R <= 16 (the decoder's
+ * small-rows path; more rows go to the GEMM), each output summed in i order from 0 with one
+ * fused multiply-add per term whatever R and the thread count. acc: fdpo_decode_f32_scratch
+ * (R, OC) floats. */
+void fdpo_decode_f32_matmul(float *out, const float *inp, const float *w, size_t R, size_t IC, size_t OC,
+                            int accumulate, float *acc);
+size_t fdpo_decode_f32_scratch(size_t R, size_t OC);
 #endif
