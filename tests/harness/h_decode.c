@@ -10,7 +10,9 @@
  *       fp32 FMA, register-resident; --peaks 0 skips them), then one line per (precision,
  *       shape, rows): median and best milliseconds per call, GFLOP/s (2 R IC OC per call),
  *       GB/s of weights read (fp32 4 bytes, bf16 2 bytes per weight; the activations are
- *       noise next to them) and both as % of the peaks (from the median).
+ *       noise next to them) and both as % of the peaks (from the median); cpu_ms_median:
+ *       the median call's CPU time over all threads (steadier than wall time under load;
+ *       at 2 threads it includes OpenMP's waiting).
  *       The kernel is what the decoder calls: fdpo_decode_f32_matmul (W [IC, OC] as stored)
  *       and fdpo_decode_packed_matmul (bf16-packed W; FDPO_DECODE_BF16 picks its route).
  *       Each call reads a different copy of W, enough copies to pass 384 MiB (more than
@@ -21,7 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "fdpo/core.h"
+#include "fdpo/io.h"
 #include "harness.h"
 #include "model/llama_decode.h"
 
@@ -43,6 +47,14 @@ static size_t parse_list(const char *s, size_t *v, size_t max) {
         s = end;
     }
     return n;
+}
+
+/* CPU seconds of all the process's threads (OpenMP's waiting included): on a shared machine
+ * a call's CPU time, unlike its wall time, does not grow while other processes run */
+static double process_cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -123,32 +135,89 @@ int h_decode_matmul(int argc, char **argv) {
                     float *acc = fdpo_malloc(n_acc * sizeof(float));
                     uint16_t *in16 = fdpo_malloc(R * (IC + 1) * sizeof(uint16_t));
                     size_t cap = 4096, n = 0;
-                    double *ms = fdpo_malloc(cap * sizeof(double)), start = 0.0;
+                    double *ms = fdpo_malloc(cap * sizeof(double)), *cpu = fdpo_malloc(cap * sizeof(double)), start = 0.0;
                     for (size_t call = 0; n < 20 || fdpo_now() - start < min_seconds; call++) {
                         const char *wc = w + (call % copies) * bytes;
-                        double t0 = fdpo_now();
+                        double t0 = fdpo_now(), c0 = process_cpu_seconds();
                         if (bf16) fdpo_decode_packed_matmul(out, x, (const uint16_t *)wc, R, IC, OC, 0, in16, acc);
                         else fdpo_decode_f32_matmul(out, x, (const float *)wc, R, IC, OC, 0, acc);
-                        double dt = fdpo_now() - t0;
+                        double dt = fdpo_now() - t0, dc = process_cpu_seconds() - c0;
                         if (call == 2) start = t0;
-                        if (call >= 2 && n < cap) ms[n++] = dt * 1e3; /* two calls of warm-up */
+                        if (call >= 2 && n < cap) { cpu[n] = dc * 1e3; ms[n++] = dt * 1e3; } /* two calls of warm-up */
                         if (n == cap) break;
                     }
                     qsort(ms, n, sizeof *ms, cmp_double);
+                    qsort(cpu, n, sizeof *cpu, cmp_double);
                     double med = n % 2 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]);
                     double gflops = 2.0 * (double)R * (double)IC * (double)OC / (med * 1e-3) * 1e-9;
                     double gbs = (double)IC * (double)OC * (double)elem / (med * 1e-3) * 1e-9;
                     printf("{\"precision\": \"%s\", \"shape\": [%zu, %zu], \"rows\": %zu, \"threads\": %d, "
                            "\"calls\": %zu, \"ms_median\": %.4f, \"ms_best\": %.4f, \"gflops\": %.1f, \"gbs\": %.2f, "
-                           "\"pct_triad\": %.1f, \"pct_fma\": %.1f}\n",
+                           "\"pct_triad\": %.1f, \"pct_fma\": %.1f, \"cpu_ms_median\": %.4f}\n",
                            bf16 ? "bf16" : "fp32", IC, OC, R, fdpo_get_threads(), n, med, ms[0], gflops, gbs,
-                           triad > 0 ? 100.0 * gbs / triad : 0.0, fma > 0 ? 100.0 * gflops / fma : 0.0);
+                           triad > 0 ? 100.0 * gbs / triad : 0.0, fma > 0 ? 100.0 * gflops / fma : 0.0,
+                           n % 2 ? cpu[n / 2] : 0.5 * (cpu[n / 2 - 1] + cpu[n / 2]));
                     fflush(stdout);
-                    free(x); free(out); free(acc); free(in16); free(ms);
+                    free(x); free(out); free(acc); free(in16); free(ms); free(cpu);
                 }
                 free(w);
             }
         }
     }
     return 0;
+}
+
+/* decode-matmul-check --ic IC --oc OC [--seed S] [--threads N] --out FILE
+ *   random x [16, IC], W [IC, OC] and base [16, OC] (uniform in [-1, 1)); for R in 1, 5, 8,
+ *   16: out = base + x [0:R] @ W through the decoder's kernels (accumulate, as the decoder's
+ *   linear layers call them): bf16_R (W packed, the bf16 route of this process) and f32_R (W
+ *   as stored). Writes x, w, base and the eight outputs as safetensors (tests/py/
+ *   test_decode_kernel.py compares them with numpy). */
+int h_decode_matmul_check(int argc, char **argv);
+int h_decode_matmul_check(int argc, char **argv) {
+    const char *ic_s = darg(argc, argv, "--ic", NULL), *oc_s = darg(argc, argv, "--oc", NULL);
+    const char *out = darg(argc, argv, "--out", NULL), *th = darg(argc, argv, "--threads", NULL);
+    uint64_t rng = (uint64_t)atol(darg(argc, argv, "--seed", "1")) * 2654435761u + 1;
+    if (!ic_s || !oc_s || !out)
+        return fdpo_error("usage: decode-matmul-check --ic IC --oc OC [--seed S] [--threads N] --out FILE");
+    size_t IC = (size_t)atol(ic_s), OC = (size_t)atol(oc_s), RMAX = 16;
+    if (IC < 1 || OC < 1) return fdpo_error("--ic, --oc: must be >= 1");
+    if (th) fdpo_set_threads(atoi(th));
+    float *x = fdpo_malloc(RMAX * IC * sizeof(float)), *w = fdpo_malloc(IC * OC * sizeof(float));
+    float *base = fdpo_malloc(RMAX * OC * sizeof(float));
+    float *vals[3] = {x, w, base};
+    size_t lens[3] = {RMAX * IC, IC * OC, RMAX * OC};
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; i < lens[k]; i++) {
+            rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+            vals[k][i] = (float)(rng >> 40) / (float)(1 << 23) - 1.0f;
+        }
+    uint16_t *wp = fdpo_malloc(fdpo_decode_packed_size(IC, OC) * sizeof(uint16_t));
+    fdpo_decode_pack_bf16(wp, w, IC, OC, OC, 1);
+    size_t n_acc = fdpo_decode_packed_scratch(RMAX), n_f32 = fdpo_decode_f32_scratch(RMAX, OC);
+    float *acc = fdpo_malloc((n_acc > n_f32 ? n_acc : n_f32) * sizeof(float));
+    uint16_t *in16 = fdpo_malloc(RMAX * (IC + 1) * sizeof(uint16_t));
+    static const size_t rows[4] = {1, 5, 8, 16};
+    float *res[8];
+    char names[8][16];
+    size_t sx[2] = {RMAX, IC}, sw[2] = {IC, OC}, sb[2] = {RMAX, OC}, so[8][2];
+    fdpo_st_writer *wr = fdpo_st_writer_new();
+    fdpo_st_writer_add(wr, "x", FDPO_F32, sx, 2, x);
+    fdpo_st_writer_add(wr, "w", FDPO_F32, sw, 2, w);
+    fdpo_st_writer_add(wr, "base", FDPO_F32, sb, 2, base);
+    for (int k = 0; k < 8; k++) {
+        size_t R = rows[k % 4];
+        res[k] = fdpo_malloc(R * OC * sizeof(float));
+        memcpy(res[k], base, R * OC * sizeof(float));
+        if (k < 4) fdpo_decode_packed_matmul(res[k], x, wp, R, IC, OC, 1, in16, acc);
+        else fdpo_decode_f32_matmul(res[k], x, w, R, IC, OC, 1, acc);
+        snprintf(names[k], sizeof names[k], "%s_%zu", k < 4 ? "bf16" : "f32", R);
+        so[k][0] = R; so[k][1] = OC;
+        fdpo_st_writer_add(wr, names[k], FDPO_F32, so[k], 2, res[k]);
+    }
+    int rc = fdpo_st_writer_write(wr, out);
+    fdpo_st_writer_free(wr);
+    for (int k = 0; k < 8; k++) free(res[k]);
+    free(x); free(w); free(base); free(wp); free(acc); free(in16);
+    return rc;
 }
