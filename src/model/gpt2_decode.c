@@ -246,10 +246,11 @@ decode_tile_widen_rows(float *acc, const float *xb, size_t ldx, const uint16_t *
         for (size_t k = 0; k < 3; k++) a[r][k] = load ? _mm512_loadu_ps(acc + r * DECODE_STRIP + 16 * k) : _mm512_setzero_ps();
     for (size_t p = 0; p < np; p++) {
         const uint16_t *wp = ws + p * DECODE_STRIP * 2;
-        /* 2 KB ahead (3 lines per pair): the hardware prefetcher alone left the stream slow */
-        _mm_prefetch((const char *)(wp + 1024), _MM_HINT_T0);
-        _mm_prefetch((const char *)(wp + 1024 + 32), _MM_HINT_T0);
-        _mm_prefetch((const char *)(wp + 1024 + 64), _MM_HINT_T0);
+        /* 4 KB ahead (3 lines per pair; 1, 2 and 8 KB ran 0-25% slower on one loaded core:
+         * fdpo-harness decode-matmul, 768 x 3072 and 3072 x 768 at 1 and 8 rows) */
+        _mm_prefetch((const char *)(wp + 2048), _MM_HINT_T0);
+        _mm_prefetch((const char *)(wp + 2048 + 32), _MM_HINT_T0);
+        _mm_prefetch((const char *)(wp + 2048 + 64), _MM_HINT_T0);
         __m512 we[3], wo[3];
         for (size_t k = 0; k < 3; k++) {
             __m512i v = _mm512_loadu_si512(wp + 32 * k);
