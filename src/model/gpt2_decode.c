@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
@@ -421,13 +422,16 @@ static void decode_matmul_widen(float *out, const float *inp, const uint16_t *wp
         size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num(), ldx = 2 * kp;
         size_t s0 = n_strips * t / nt, s1 = n_strips * (t + 1) / nt;
         float *mine = acc + t * DECODE_GROUP_STRIPS * R * DECODE_STRIP;
+        size_t in_xb = SIZE_MAX; /* the K-block xb holds (one block: rounded once per call) */
         for (size_t g0 = s0; g0 < s1; g0 += DECODE_GROUP_STRIPS) {
             size_t g1 = g0 + DECODE_GROUP_STRIPS < s1 ? g0 + DECODE_GROUP_STRIPS : s1;
             for (size_t p0 = 0; p0 < n_pairs; p0 += kp) {
                 size_t np = n_pairs - p0 < kp ? n_pairs - p0 : kp, i0 = 2 * p0;
-                for (size_t r = 0; r < R; r++)
-                    for (size_t j = 0; j < 2 * np; j++)
-                        xb[r * ldx + j] = i0 + j < IC ? bf16_value(fdpo_bf16_round(inp[r * IC + i0 + j])) : 0.0f;
+                if (in_xb != p0)
+                    for (size_t r = 0; r < R; r++)
+                        for (size_t j = 0; j < 2 * np; j++)
+                            xb[r * ldx + j] = i0 + j < IC ? bf16_value(fdpo_bf16_round(inp[r * IC + i0 + j])) : 0.0f;
+                in_xb = p0;
                 for (size_t s = g0; s < g1; s++)
                     for (size_t r0 = 0; r0 < R; r0 += DECODE_GROUP_ROWS)
                         tile(mine + ((s - g0) * R + r0) * DECODE_STRIP, xb + r0 * ldx, ldx,
