@@ -27,29 +27,31 @@ typedef float decode_keys __attribute__((vector_size(DECODE_KEYS * sizeof(float)
 /* ---- Small-rows matmuls: out [R, OC] (= or +=) x [R, IC] @ W [IC, OC] ----
  * A decoding step reads every weight once and does little arithmetic with it, so its speed
  * is the speed of streaming W. BLAS would pack the whole weight matrix for a handful of
- * rows, which costs as much as the product. One driver (decode_matmul_small_rows) cuts W
- * into 48-column strips (DECODE_STRIP), gives each thread a contiguous range of strips and
- * calls a tile kernel per (block of W's rows, strip, group of up to 8 rows of x): the tile
- * keeps the 8 x 48 accumulators of its row group in registers (24 of the 32 AVX-512
- * registers; 48 columns ran at about 1.4x the speed of 32, 64 spills) while it runs down
- * its block of W, and the driver keeps them in scratch (acc) between blocks. Each output
- * is summed in i order from 0 by one thread, then added to out, so results do not depend
- * on the thread count or on R. Two weight layouts, two tile kernels, two traversals:
+ * rows, which costs as much as the product. The drivers cut W into 48-column strips
+ * (DECODE_STRIP), give each thread a contiguous range of strips (one parallel region per
+ * call) and call a tile kernel per (block of W's rows, strip, group of up to 8 rows of x):
+ * the tile keeps the 8 x 48 accumulators of its row group in registers (24 of the 32
+ * AVX-512 registers; 48 columns ran at about 1.4x the speed of 32, 64 spills) while it runs
+ * down its block of W, and the driver keeps them in scratch (acc) between blocks. Each
+ * output is summed in i order from 0 by one thread, then added to out, so results do not
+ * depend on the thread count or on R. Two weight layouts:
  *
- * - fp32, W as the model stores it ([IC, OC] row-major): blocks of DECODE_IBLOCK rows, and
- *   for each block every strip of the thread's range, so W is read row after row
- *   (DECODE_IBLOCK sequential streams the prefetcher follows; one strip's walk down all IC
- *   rows read a 192-byte piece of a new 9 KB row per step: 1.5x slower at 1 thread,
- *   768 x 3072, R = 8). A second row group reads the block's strip again from L1.
+ * - fp32, W as the model stores it ([IC, OC] row-major; decode_matmul_small_rows with
+ *   decode_tile_f32): blocks of DECODE_IBLOCK rows, and for each block every strip of the
+ *   thread's range, so W is read row after row (DECODE_IBLOCK sequential streams the
+ *   prefetcher follows; one strip's walk down all IC rows read a 192-byte piece of a new
+ *   9 KB row per step: 1.5x slower at 1 thread, 768 x 3072, R = 8; blocks of 8, 16, 64 and
+ *   128 rows measured 5-80% slower than 32). A second row group reads the block's strip
+ *   again from L1.
  * - bf16, W packed once per decoder (decode_pack_bf16): strip after strip, each strip
- *   [ceil(IC/2) row pairs][48 columns][2] bf16, so a strip is one contiguous run of memory
- *   and the tile runs down all of IC in one call (one block), its accumulators never
- *   leaving the registers; a second row group reads the strip again from L2. The pairs are
- *   the operand layout of AVX512-BF16's vdpbf16ps, which multiplies 16 columns x 2 rows of
- *   W by a broadcast pair of x and adds both products into 16 fp32 sums: the row pair's
- *   weights go straight from memory into the multiply-add (no widening to fp32). Without
- *   AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1) a portable tile does the same sums in
- *   the same order with widened operands and fmaf.
+ *   [ceil(IC/2) row pairs][48 columns][2] bf16, so a thread's strips are one contiguous run
+ *   of memory. Two tiles read the pairs, one route per process (decode_bf16_route): fp32
+ *   FMAs of the pairs widened in registers (decode_matmul_widen, below; where vdpbf16ps is
+ *   slow, as on this Xeon), or AVX512-BF16's vdpbf16ps, which multiplies 16 columns x 2
+ *   rows of W by a broadcast pair of x and adds both products into 16 fp32 sums
+ *   (decode_matmul_small_rows with decode_tile_dpbf16, all of IC in one block). Without
+ *   AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1) a portable tile does the widening route's
+ *   sums in the same order.
  *
  * The multiply-adds are fused where the target has a fast fma (-std=c11 keeps GCC from
  * contracting a * b + c itself): ~10% faster, one rounding per step. */
@@ -188,6 +190,9 @@ static void decode_rows_to_bf16(uint16_t *in16, const float *inp, size_t R, size
 #define DECODE_XBLOCK 6144
 /* strips whose accumulators wait in scratch while a thread runs over the K-blocks */
 #define DECODE_GROUP_STRIPS 16
+/* rows per call of the widening driver (more rows, prefills: several calls), so a K-block
+ * holds >= 48 row pairs */
+#define DECODE_WIDEN_ROWS 64
 
 /* acc [nr, 48] (+)= xb [nr, 0 : 2 np] @ ws [np row pairs of one strip] (load: add to acc,
  * else start from 0); xb's rows ldx floats apart, bf16-rounded; nr <= DECODE_GROUP_ROWS */
@@ -455,7 +460,8 @@ static void decode_matmul_widen(float *out, const float *inp, const uint16_t *wp
 /* scratch floats the bf16 drivers need for R rows and this many threads (the widening
  * driver's groups of strips; the vdpbf16ps one needs a strip's) */
 static size_t decode_packed_scratch(size_t R, size_t threads) {
-    return threads * DECODE_GROUP_STRIPS * R * DECODE_STRIP;
+    size_t widen = DECODE_GROUP_STRIPS * (R < DECODE_WIDEN_ROWS ? R : DECODE_WIDEN_ROWS);
+    return threads * DECODE_STRIP * (widen > R ? widen : R);
 }
 
 struct fdpo_decoder {
@@ -630,16 +636,23 @@ size_t fdpo_decode_packed_scratch(size_t R) { return decode_packed_scratch(R, (s
 
 void fdpo_decode_packed_matmul(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC, size_t OC,
                                int accumulate, uint16_t *in16, float *acc) {
-    switch (decode_bf16_route()) {
+    int route = decode_bf16_route();
+    decode_widen_tile_fn *tile = decode_tile_widen_portable;
 #ifdef DECODE_HAVE_AVX512
-    case DECODE_BF16_DPBF16:
+    if (route == DECODE_BF16_DPBF16) {
         decode_rows_to_bf16(in16, inp, R, IC);
         decode_matmul_small_rows(out, in16, (IC + 1) / 2 * 2, wp, R, IC, OC, accumulate, acc, decode_tile_dpbf16, IC, 1);
-        break;
-    case DECODE_BF16_WIDEN: decode_matmul_widen(out, inp, wp, R, IC, OC, accumulate, acc, decode_tile_widen); break;
-#endif
-    default: decode_matmul_widen(out, inp, wp, R, IC, OC, accumulate, acc, decode_tile_widen_portable); break;
+        return;
     }
+    if (route == DECODE_BF16_WIDEN) tile = decode_tile_widen;
+#else
+    (void)route; (void)in16;
+#endif
+    /* prefills and scoring: DECODE_WIDEN_ROWS rows at a time (each output's sum is its row's
+     * alone, so the bits do not depend on the cut) */
+    for (size_t r0 = 0; r0 < R; r0 += DECODE_WIDEN_ROWS)
+        decode_matmul_widen(out + r0 * OC, inp + r0 * IC, wp, R - r0 < DECODE_WIDEN_ROWS ? R - r0 : DECODE_WIDEN_ROWS, IC,
+                            OC, accumulate, acc, tile);
 }
 
 size_t fdpo_decode_f32_scratch(size_t R, size_t OC) {

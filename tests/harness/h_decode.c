@@ -168,10 +168,10 @@ int h_decode_matmul(int argc, char **argv) {
 }
 
 /* decode-matmul-check --ic IC --oc OC [--seed S] [--threads N] --out FILE
- *   random x [16, IC], W [IC, OC] and base [16, OC] (uniform in [-1, 1)); for R in 1, 5, 8,
- *   16: out = base + x [0:R] @ W through the decoder's kernels (accumulate, as the decoder's
+ *   random x [70, IC], W [IC, OC] and base [70, OC] (uniform in [-1, 1)); for R in 1, 5, 8,
+ *   16, 70 (a prefill: the bf16 driver takes 64 rows at a time): out = base + x [0:R] @ W through the decoder's kernels (accumulate, as the decoder's
  *   linear layers call them): bf16_R (W packed, the bf16 route of this process) and f32_R (W
- *   as stored). Writes x, w, base and the eight outputs as safetensors (tests/py/
+ *   as stored). Writes x, w, base and the ten outputs as safetensors (tests/py/
  *   test_decode_kernel.py compares them with numpy). */
 int h_decode_matmul_check(int argc, char **argv);
 int h_decode_matmul_check(int argc, char **argv) {
@@ -180,7 +180,7 @@ int h_decode_matmul_check(int argc, char **argv) {
     uint64_t rng = (uint64_t)atol(darg(argc, argv, "--seed", "1")) * 2654435761u + 1;
     if (!ic_s || !oc_s || !out)
         return fdpo_error("usage: decode-matmul-check --ic IC --oc OC [--seed S] [--threads N] --out FILE");
-    size_t IC = (size_t)atol(ic_s), OC = (size_t)atol(oc_s), RMAX = 16;
+    size_t IC = (size_t)atol(ic_s), OC = (size_t)atol(oc_s), RMAX = 70;
     if (IC < 1 || OC < 1) return fdpo_error("--ic, --oc: must be >= 1");
     if (th) fdpo_set_threads(atoi(th));
     float *x = fdpo_malloc(RMAX * IC * sizeof(float)), *w = fdpo_malloc(IC * OC * sizeof(float));
@@ -197,27 +197,27 @@ int h_decode_matmul_check(int argc, char **argv) {
     size_t n_acc = fdpo_decode_packed_scratch(RMAX), n_f32 = fdpo_decode_f32_scratch(RMAX, OC);
     float *acc = fdpo_malloc((n_acc > n_f32 ? n_acc : n_f32) * sizeof(float));
     uint16_t *in16 = fdpo_malloc(RMAX * (IC + 1) * sizeof(uint16_t));
-    static const size_t rows[4] = {1, 5, 8, 16};
-    float *res[8];
-    char names[8][16];
-    size_t sx[2] = {RMAX, IC}, sw[2] = {IC, OC}, sb[2] = {RMAX, OC}, so[8][2];
+    static const size_t rows[5] = {1, 5, 8, 16, 70};
+    float *res[10];
+    char names[10][16];
+    size_t sx[2] = {RMAX, IC}, sw[2] = {IC, OC}, sb[2] = {RMAX, OC}, so[10][2];
     fdpo_st_writer *wr = fdpo_st_writer_new();
     fdpo_st_writer_add(wr, "x", FDPO_F32, sx, 2, x);
     fdpo_st_writer_add(wr, "w", FDPO_F32, sw, 2, w);
     fdpo_st_writer_add(wr, "base", FDPO_F32, sb, 2, base);
-    for (int k = 0; k < 8; k++) {
-        size_t R = rows[k % 4];
+    for (int k = 0; k < 10; k++) {
+        size_t R = rows[k % 5];
         res[k] = fdpo_malloc(R * OC * sizeof(float));
         memcpy(res[k], base, R * OC * sizeof(float));
-        if (k < 4) fdpo_decode_packed_matmul(res[k], x, wp, R, IC, OC, 1, in16, acc);
+        if (k < 5) fdpo_decode_packed_matmul(res[k], x, wp, R, IC, OC, 1, in16, acc);
         else fdpo_decode_f32_matmul(res[k], x, w, R, IC, OC, 1, acc);
-        snprintf(names[k], sizeof names[k], "%s_%zu", k < 4 ? "bf16" : "f32", R);
+        snprintf(names[k], sizeof names[k], "%s_%zu", k < 5 ? "bf16" : "f32", R);
         so[k][0] = R; so[k][1] = OC;
         fdpo_st_writer_add(wr, names[k], FDPO_F32, so[k], 2, res[k]);
     }
     int rc = fdpo_st_writer_write(wr, out);
     fdpo_st_writer_free(wr);
-    for (int k = 0; k < 8; k++) free(res[k]);
+    for (int k = 0; k < 10; k++) free(res[k]);
     free(x); free(w); free(base); free(wp); free(acc); free(in16);
     return rc;
 }

@@ -1,5 +1,6 @@
 """The decoder's small-rows linear kernels alone (src/model/gpt2_decode.c, through
-`fdpo-harness decode-matmul-check`): out = base + x [R, IC] @ W [IC, OC] for R = 1, 5, 8, 16.
+`fdpo-harness decode-matmul-check`): out = base + x [R, IC] @ W [IC, OC] for R = 1, 5, 8, 16
+and 70 (a prefill: more rows than the bf16 driver's 64 per call).
 
 bf16 on the widening route (the default where vdpbf16ps is slow, and the portable tile):
 each output is the fp32 sum, in i order from 0, of the products bf16(x) bf16(W), one
@@ -26,7 +27,7 @@ from fdpo_ref import safetensors as st
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-harness"))
-ROWS = [1, 5, 8, 16]
+ROWS = [1, 5, 8, 16, 70]
 SHAPES = [(777, 100), (1000, 2000)]
 
 
@@ -68,7 +69,7 @@ def test_bf16_widen_route_is_the_exact_fp32_sum_of_bf16_products(tmp_path, ic, o
         np.testing.assert_array_equal(got[f"bf16_{R}"], want[:R], err_msg=f"R={R}")
     # the bf16 rounding ran: the exact float64 product is far from it somewhere
     exact = base.astype(np.float64) + x.astype(np.float64) @ w.astype(np.float64)
-    assert np.abs(got["bf16_16"] - exact).max() > 1e-3
+    assert np.abs(got["bf16_70"] - exact).max() > 1e-3
 
 
 @pytest.mark.parametrize("ic,oc", SHAPES)
@@ -94,7 +95,7 @@ def test_bf16_dpbf16_route_follows_the_bf16_rule(tmp_path, ic, oc):
     for R in ROWS:
         err = np.abs(got[f"bf16_{R}"] - ref[:R]) / scale[:R]
         assert err.max() < 2e-6 * np.sqrt(ic), f"R={R}: {err.max()}"
-        np.testing.assert_array_equal(got[f"bf16_{R}"], got["bf16_16"][:R], err_msg=f"rows R={R}")
+        np.testing.assert_array_equal(got[f"bf16_{R}"], got["bf16_70"][:R], err_msg=f"rows R={R}")
 
 
 @pytest.mark.parametrize("ic,oc", SHAPES)
@@ -106,4 +107,4 @@ def test_fp32_kernel_matches_float64_and_not_depends_on_rows(tmp_path, ic, oc):
     for R in ROWS:
         err = np.abs(got[f"f32_{R}"] - ref[:R]) / scale[:R]
         assert err.max() < 2e-6 * np.sqrt(ic), f"R={R}: {err.max()}"
-        np.testing.assert_array_equal(got[f"f32_{R}"], got["f32_16"][:R], err_msg=f"rows R={R}")
+        np.testing.assert_array_equal(got[f"f32_{R}"], got["f32_70"][:R], err_msg=f"rows R={R}")
