@@ -152,8 +152,8 @@ int h_decode_matmul(int argc, char **argv) {
                     double gflops = 2.0 * (double)R * (double)IC * (double)OC / (med * 1e-3) * 1e-9;
                     double gbs = (double)IC * (double)OC * (double)elem / (med * 1e-3) * 1e-9;
                     printf("{\"precision\": \"%s\", \"shape\": [%zu, %zu], \"rows\": %zu, \"threads\": %d, "
-                           "\"calls\": %zu, \"ms_median\": %.4f, \"ms_best\": %.4f, \"gflops\": %.1f, \"gbs\": %.2f, "
-                           "\"pct_triad\": %.1f, \"pct_fma\": %.1f, \"cpu_ms_median\": %.4f}\n",
+                           "\"calls\": %zu, \"ms_median\": %.6f, \"ms_best\": %.6f, \"gflops\": %.2f, \"gbs\": %.3f, "
+                           "\"pct_triad\": %.1f, \"pct_fma\": %.1f, \"cpu_ms_median\": %.6f}\n",
                            bf16 ? "bf16" : "fp32", IC, OC, R, fdpo_get_threads(), n, med, ms[0], gflops, gbs,
                            triad > 0 ? 100.0 * gbs / triad : 0.0, fma > 0 ? 100.0 * gflops / fma : 0.0,
                            n % 2 ? cpu[n / 2] : 0.5 * (cpu[n / 2 - 1] + cpu[n / 2]));

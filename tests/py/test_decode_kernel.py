@@ -108,3 +108,36 @@ def test_fp32_kernel_matches_float64_and_not_depends_on_rows(tmp_path, ic, oc):
         err = np.abs(got[f"f32_{R}"] - ref[:R]) / scale[:R]
         assert err.max() < 2e-6 * np.sqrt(ic), f"R={R}: {err.max()}"
         np.testing.assert_array_equal(got[f"f32_{R}"], got["f32_70"][:R], err_msg=f"rows R={R}")
+
+
+def test_microbench_runs_every_case_and_counts_the_weight_bytes():
+    """decode-matmul (the kernel's microbench): one line per (precision, shape, rows) with
+    GB/s = weight bytes / median time (4 bytes per fp32 weight, 2 per bf16) and GFLOP/s =
+    2 R IC OC / median time; --peaks 0 skips the triad and FMA peaks"""
+    import json
+    r = subprocess.run([HARNESS, "decode-matmul", "--shapes", "96x100,33x48", "--rows", "1,3", "--threads", "1",
+                        "--min-seconds", "0", "--peaks", "0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    assert [(x["precision"], x["shape"], x["rows"]) for x in rows] == [
+        (p, s, R) for p in ("fp32", "bf16") for s in ([96, 100], [33, 48]) for R in (1, 3)]
+    for x in rows:
+        ic, oc = x["shape"]
+        seconds = x["ms_median"] * 1e-3
+        assert x["calls"] >= 20 and x["ms_best"] <= x["ms_median"]
+        assert x["gbs"] == pytest.approx(ic * oc * (4 if x["precision"] == "fp32" else 2) / seconds * 1e-9, rel=0.02, abs=0.01)
+        assert x["gflops"] == pytest.approx(2 * x["rows"] * ic * oc / seconds * 1e-9, rel=0.02, abs=0.01)
+
+
+@pytest.mark.parametrize("args,flag", [(["--rows", "17"], "--rows"), (["--rows", "4,x"], "--rows"),
+                                       (["--shapes", "768"], "--shapes"), (["--shapes", "0x5"], "--shapes"),
+                                       (["--precision", "fp16"], "--precision"), (["--threads", "0"], "--threads"),
+                                       (["--bogus", "1"], "--bogus")])
+def test_microbench_names_the_bad_flag(args, flag):
+    r = subprocess.run([HARNESS, "decode-matmul", *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and flag in r.stderr, r.stderr
+
+
+def test_check_needs_its_shape():
+    r = subprocess.run([HARNESS, "decode-matmul-check", "--ic", "8"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "--oc" in r.stderr, r.stderr
