@@ -41,7 +41,7 @@ typedef float decode_keys __attribute__((vector_size(DECODE_KEYS * sizeof(float)
  *   thread's range, so W is read row after row (DECODE_IBLOCK sequential streams the
  *   prefetcher follows; one strip's walk down all IC rows read a 192-byte piece of a new
  *   9 KB row per step: 1.5x slower at 1 thread, 768 x 3072, R = 8; blocks of 8, 16, 64 and
- *   128 rows measured 5-80% slower than 32). A second row group reads the block's strip
+ *   128 rows measured 3-80% slower than 32). A second row group reads the block's strip
  *   again from L1.
  * - bf16, W packed once per decoder (decode_pack_bf16): strip after strip, each strip
  *   [ceil(IC/2) row pairs][48 columns][2] bf16, so a thread's strips are one contiguous run
