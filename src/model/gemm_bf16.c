@@ -140,6 +140,8 @@ static int dpbf16_is_fast(void) {
     return state;
 }
 
+int fdpo_bf16_dpbf16_is_fast(void) { return dpbf16_is_fast(); }
+
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;

@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
@@ -26,29 +27,31 @@ typedef float decode_keys __attribute__((vector_size(DECODE_KEYS * sizeof(float)
 /* ---- Small-rows matmuls: out [R, OC] (= or +=) x [R, IC] @ W [IC, OC] ----
  * A decoding step reads every weight once and does little arithmetic with it, so its speed
  * is the speed of streaming W. BLAS would pack the whole weight matrix for a handful of
- * rows, which costs as much as the product. One driver (decode_matmul_small_rows) cuts W
- * into 48-column strips (DECODE_STRIP), gives each thread a contiguous range of strips and
- * calls a tile kernel per (block of W's rows, strip, group of up to 8 rows of x): the tile
- * keeps the 8 x 48 accumulators of its row group in registers (24 of the 32 AVX-512
- * registers; 48 columns ran at about 1.4x the speed of 32, 64 spills) while it runs down
- * its block of W, and the driver keeps them in scratch (acc) between blocks. Each output
- * is summed in i order from 0 by one thread, then added to out, so results do not depend
- * on the thread count or on R. Two weight layouts, two tile kernels, two traversals:
+ * rows, which costs as much as the product. The drivers cut W into 48-column strips
+ * (DECODE_STRIP), give each thread a contiguous range of strips (one parallel region per
+ * call) and call a tile kernel per (block of W's rows, strip, group of up to 8 rows of x):
+ * the tile keeps the 8 x 48 accumulators of its row group in registers (24 of the 32
+ * AVX-512 registers; 48 columns ran at about 1.4x the speed of 32, 64 spills) while it runs
+ * down its block of W, and the driver keeps them in scratch (acc) between blocks. Each
+ * output is summed in i order from 0 by one thread, then added to out, so results do not
+ * depend on the thread count or on R. Two weight layouts:
  *
- * - fp32, W as the model stores it ([IC, OC] row-major): blocks of DECODE_IBLOCK rows, and
- *   for each block every strip of the thread's range, so W is read row after row
- *   (DECODE_IBLOCK sequential streams the prefetcher follows; one strip's walk down all IC
- *   rows read a 192-byte piece of a new 9 KB row per step: 1.5x slower at 1 thread,
- *   768 x 3072, R = 8). A second row group reads the block's strip again from L1.
+ * - fp32, W as the model stores it ([IC, OC] row-major; decode_matmul_small_rows with
+ *   decode_tile_f32): blocks of DECODE_IBLOCK rows, and for each block every strip of the
+ *   thread's range, so W is read row after row (DECODE_IBLOCK sequential streams the
+ *   prefetcher follows; one strip's walk down all IC rows read a 192-byte piece of a new
+ *   9 KB row per step: 1.5x slower at 1 thread, 768 x 3072, R = 8; blocks of 8, 16, 64 and
+ *   128 rows measured 3-80% slower than 32). A second row group reads the block's strip
+ *   again from L1.
  * - bf16, W packed once per decoder (decode_pack_bf16): strip after strip, each strip
- *   [ceil(IC/2) row pairs][48 columns][2] bf16, so a strip is one contiguous run of memory
- *   and the tile runs down all of IC in one call (one block), its accumulators never
- *   leaving the registers; a second row group reads the strip again from L2. The pairs are
- *   the operand layout of AVX512-BF16's vdpbf16ps, which multiplies 16 columns x 2 rows of
- *   W by a broadcast pair of x and adds both products into 16 fp32 sums: the row pair's
- *   weights go straight from memory into the multiply-add (no widening to fp32). Without
- *   AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1) a portable tile does the same sums in
- *   the same order with widened operands and fmaf.
+ *   [ceil(IC/2) row pairs][48 columns][2] bf16, so a thread's strips are one contiguous run
+ *   of memory. Two tiles read the pairs, one route per process (decode_bf16_route): fp32
+ *   FMAs of the pairs widened in registers (decode_matmul_widen, below; where vdpbf16ps is
+ *   slow, as on this Xeon), or AVX512-BF16's vdpbf16ps, which multiplies 16 columns x 2
+ *   rows of W by a broadcast pair of x and adds both products into 16 fp32 sums
+ *   (decode_matmul_small_rows with decode_tile_dpbf16, all of IC in one block). Without
+ *   AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1) a portable tile does the widening route's
+ *   sums in the same order.
  *
  * The multiply-adds are fused where the target has a fast fma (-std=c11 keeps GCC from
  * contracting a * b + c itself): ~10% faster, one rounding per step. */
@@ -118,13 +121,6 @@ static void decode_tile_f32(float *acc, const void *x, size_t ldx, size_t r0, si
     memcpy(acc, a, nr * DECODE_STRIP * sizeof(float));
 }
 
-static inline float bf16_value(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* Packed bf16 layout of W [IC, OC] for the small-rows driver: strip s, row pair p, column
  * j < DECODE_STRIP, q < 2 at ((s * ceil(IC/2) + p) * DECODE_STRIP + j) * 2 + q holds
  * bf16(W [2p + q, 48 s + j]), zero past IC or OC. */
@@ -178,46 +174,124 @@ static void decode_rows_to_bf16(uint16_t *in16, const float *inp, size_t R, size
     }
 }
 
-/* Portable bf16 tile: acc [nr, 48] += x16 [r0 : r0 + nr, pairs p0 : p1] @ the strip's pairs,
- * each pair added as vdpbf16ps adds it (the odd row's product, then the even row's: each
- * product of two bf16 values is exact in fp32, so each step is one fmaf). */
-static inline void decode_tile_bf16_portable_rows(float acc[DECODE_GROUP_ROWS][DECODE_STRIP], const uint16_t *x,
-                                                  size_t ldx, const uint16_t *ws, size_t nr, size_t p0, size_t p1) {
-    for (size_t p = p0; p < p1; p++) {
+/* ---- bf16: the strip's row pairs widened to fp32 (the route where vdpbf16ps is slow) ----
+ * A 512-bit load of a packed row pair holds 16 columns of row 2p in its low halves and of
+ * row 2p + 1 in its high halves: shifting left by 16 makes the first 16 fp32 weights, zeroing
+ * the low halves (a masked 16-bit move) the second (the bf16 value is the fp32's top 16 bits), two operations per
+ * 32 weights. Each then meets the row's activations in plain fp32 FMAs. The activations are
+ * rounded to bf16 and kept as fp32 (xb), so every product is bf16 x bf16, exact in fp32: the
+ * sums are "bf16 inputs, fp32 accumulation", one rounding per step, each output summed in i
+ * order from 0 (as the fp32 path sums). At 8 rows that is 6 widening ops and 48 FMAs per
+ * pair of 48 columns (192 bytes), against 24 vdpbf16ps, which run at a quarter of the FMA's
+ * instruction rate on this Xeon (fdpo-harness isa-peaks): 27 against 48 cycles, and the
+ * stream of weights, not the arithmetic, becomes the limit. */
+
+/* activations of one K-block per thread (floats): with the strip's stream they stay in L1 */
+#define DECODE_XBLOCK 6144
+/* strips whose accumulators wait in scratch while a thread runs over the K-blocks */
+#define DECODE_GROUP_STRIPS 16
+/* rows per call of the widening driver (more rows, prefills: several calls), so a K-block
+ * holds >= 48 row pairs */
+#define DECODE_WIDEN_ROWS 64
+
+/* acc [nr, 48] (+)= xb [nr, 0 : 2 np] @ ws [np row pairs of one strip] (load: add to acc,
+ * else start from 0); xb's rows ldx floats apart, bf16-rounded; nr <= DECODE_GROUP_ROWS */
+typedef void decode_widen_tile_fn(float *acc, const float *xb, size_t ldx, const uint16_t *ws, size_t np, size_t nr,
+                                  int load);
+
+static inline float bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Portable tile (no AVX-512, or FDPO_FORCE_BF16_FALLBACK=1): the same sums in the same
+ * order, bit for bit. The products of bf16 values are exact, so fmaf and a * b + c agree
+ * too. */
+static inline void decode_tile_widen_portable_rows(float acc[DECODE_GROUP_ROWS][DECODE_STRIP], const float *xb,
+                                                   size_t ldx, const uint16_t *ws, size_t np, size_t nr) {
+    for (size_t p = 0; p < np; p++) {
         const uint16_t *wp = ws + p * DECODE_STRIP * 2;
         float w0[DECODE_STRIP], w1[DECODE_STRIP];
         for (size_t j = 0; j < DECODE_STRIP; j++) { w0[j] = bf16_value(wp[2 * j]); w1[j] = bf16_value(wp[2 * j + 1]); }
         for (size_t r = 0; r < nr; r++) {
-            float x0 = bf16_value(x[r * ldx + 2 * p]), x1 = bf16_value(x[r * ldx + 2 * p + 1]);
+            float x0 = xb[r * ldx + 2 * p], x1 = xb[r * ldx + 2 * p + 1];
             for (size_t j = 0; j < DECODE_STRIP; j++) {
-                acc[r][j] = DECODE_FMA(x1, w1[j], acc[r][j]);
                 acc[r][j] = DECODE_FMA(x0, w0[j], acc[r][j]);
+                acc[r][j] = DECODE_FMA(x1, w1[j], acc[r][j]);
             }
         }
     }
 }
 
-static void decode_tile_bf16_portable(float *acc, const void *x, size_t ldx, size_t r0, size_t nr, const void *w,
-                                      size_t IC, size_t OC, size_t s, size_t i0, size_t i1) {
-    (void)OC;
-    size_t n_pairs = (IC + 1) / 2;
-    const uint16_t *ws = (const uint16_t *)w + s * n_pairs * DECODE_STRIP * 2;
+static void decode_tile_widen_portable(float *acc, const float *xb, size_t ldx, const uint16_t *ws, size_t np,
+                                       size_t nr, int load) {
     float a[DECODE_GROUP_ROWS][DECODE_STRIP];
-    memcpy(a, acc, nr * DECODE_STRIP * sizeof(float));
-    if (nr == DECODE_GROUP_ROWS) /* constant bounds */
-        decode_tile_bf16_portable_rows(a, (const uint16_t *)x + r0 * ldx, ldx, ws, DECODE_GROUP_ROWS, i0 / 2, (i1 + 1) / 2);
-    else
-        decode_tile_bf16_portable_rows(a, (const uint16_t *)x + r0 * ldx, ldx, ws, nr, i0 / 2, (i1 + 1) / 2);
+    if (load) memcpy(a, acc, nr * DECODE_STRIP * sizeof(float));
+    else memset(a, 0, sizeof a);
+    if (nr == DECODE_GROUP_ROWS) decode_tile_widen_portable_rows(a, xb, ldx, ws, np, DECODE_GROUP_ROWS); /* constant */
+    else decode_tile_widen_portable_rows(a, xb, ldx, ws, np, nr);
     memcpy(acc, a, nr * DECODE_STRIP * sizeof(float));
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define DECODE_HAVE_DPBF16 1
+#define DECODE_HAVE_AVX512 1
+#define DECODE_AVX512_TARGET __attribute__((target("avx512f,avx512bw")))
 #define DECODE_DPBF16_TARGET __attribute__((target("avx512f,avx512bf16")))
 
-/* vdpbf16ps tile for exactly NR rows (a constant after inlining: 3 NR accumulators in
- * registers). The pair (x [r, 2p], x [r, 2p + 1]) is one 32-bit broadcast. */
+/* AVX-512 widening tile for exactly NR rows (a constant after inlining): 3 NR accumulators
+ * and the pair's 6 widened weight vectors in registers, each activation one broadcast used
+ * by 3 FMAs. */
+DECODE_AVX512_TARGET static inline __attribute__((always_inline)) void
+decode_tile_widen_rows(float *acc, const float *xb, size_t ldx, const uint16_t *ws, size_t np, int load,
+                       const size_t NR) {
+    __m512 a[DECODE_GROUP_ROWS][3];
+    for (size_t r = 0; r < NR; r++)
+        for (size_t k = 0; k < 3; k++) a[r][k] = load ? _mm512_loadu_ps(acc + r * DECODE_STRIP + 16 * k) : _mm512_setzero_ps();
+    for (size_t p = 0; p < np; p++) {
+        const uint16_t *wp = ws + p * DECODE_STRIP * 2;
+        /* 4 KB ahead (3 lines per pair; 1, 2 and 8 KB ran 0-25% slower on one loaded core:
+         * fdpo-harness decode-matmul, 768 x 3072 and 3072 x 768 at 1 and 8 rows) */
+        _mm_prefetch((const char *)(wp + 2048), _MM_HINT_T0);
+        _mm_prefetch((const char *)(wp + 2048 + 32), _MM_HINT_T0);
+        _mm_prefetch((const char *)(wp + 2048 + 64), _MM_HINT_T0);
+        __m512 we[3], wo[3];
+        for (size_t k = 0; k < 3; k++) {
+            __m512i v = _mm512_loadu_si512(wp + 32 * k);
+            we[k] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+            wo[k] = _mm512_castsi512_ps(_mm512_maskz_mov_epi16(0xaaaaaaaau, v)); /* a k mask: no zmm held */
+        }
+        for (size_t r = 0; r < NR; r++) {
+            __m512 x0 = _mm512_set1_ps(xb[r * ldx + 2 * p]), x1 = _mm512_set1_ps(xb[r * ldx + 2 * p + 1]);
+            for (size_t k = 0; k < 3; k++) a[r][k] = _mm512_fmadd_ps(x0, we[k], a[r][k]);
+            for (size_t k = 0; k < 3; k++) a[r][k] = _mm512_fmadd_ps(x1, wo[k], a[r][k]);
+        }
+    }
+    for (size_t r = 0; r < NR; r++)
+        for (size_t k = 0; k < 3; k++) _mm512_storeu_ps(acc + r * DECODE_STRIP + 16 * k, a[r][k]);
+}
+
+DECODE_AVX512_TARGET static void decode_tile_widen(float *acc, const float *xb, size_t ldx, const uint16_t *ws,
+                                                   size_t np, size_t nr, int load) {
+    switch (nr) {
+    case 8: decode_tile_widen_rows(acc, xb, ldx, ws, np, load, 8); break;
+    case 7: decode_tile_widen_rows(acc, xb, ldx, ws, np, load, 7); break;
+    case 6: decode_tile_widen_rows(acc, xb, ldx, ws, np, load, 6); break;
+    case 5: decode_tile_widen_rows(acc, xb, ldx, ws, np, load, 5); break;
+    case 4: decode_tile_widen_rows(acc, xb, ldx, ws, np, load, 4); break;
+    case 3: decode_tile_widen_rows(acc, xb, ldx, ws, np, load, 3); break;
+    case 2: decode_tile_widen_rows(acc, xb, ldx, ws, np, load, 2); break;
+    default: decode_tile_widen_rows(acc, xb, ldx, ws, np, load, 1); break;
+    }
+}
+
+/* ---- bf16: vdpbf16ps (the route where it is fast: Zen 4 runs it at 2x the FMA's FLOPs) ----
+ * tile for exactly NR rows (a constant after inlining: 3 NR accumulators in registers). The
+ * pair (x [r, 2p], x [r, 2p + 1]) is one 32-bit broadcast. Its sums are not the widening
+ * route's bits (vdpbf16ps adds a pair's two products in its own order and flushes denormals);
+ * both follow the bf16 rule. */
 DECODE_DPBF16_TARGET static inline __attribute__((always_inline)) void
 decode_tile_dpbf16_rows(float *acc, const uint16_t *x, size_t ldx, const uint16_t *ws, size_t p0, size_t p1,
                         const size_t NR) {
@@ -264,19 +338,41 @@ DECODE_DPBF16_TARGET static void decode_tile_dpbf16(float *acc, const void *x, s
 }
 #endif
 
-/* The bf16 tile this process uses: vdpbf16ps where the CPU has it (fdpo_bf16_native:
- * FDPO_FORCE_BF16_FALLBACK=1 forces the portable one). */
-static decode_tile_fn *decode_tile_bf16(void) {
-#ifdef DECODE_HAVE_DPBF16
-    if (fdpo_bf16_native()) return decode_tile_dpbf16;
+/* The bf16 route of this process, decided once (at decoder creation): DECODE_BF16_DPBF16
+ * where the CPU has AVX512-BF16 and vdpbf16ps is at least 0.75x the fp32 FMA's FLOP rate
+ * (gemm_bf16.c's probe, the rule the bf16 GEMMs follow: then it is the faster instruction
+ * at 4 or more rows), DECODE_BF16_WIDEN where it is slower (this Xeon: 0.49x), the portable
+ * widening tile without AVX512-BF16 or with FDPO_FORCE_BF16_FALLBACK=1 (same bits as
+ * DECODE_BF16_WIDEN). FDPO_DECODE_BF16=dpbf16|widen overrides the probe (tests, A/B). One
+ * route per process, never per shape or row count, so the sums of an output do not depend
+ * on R. */
+enum { DECODE_BF16_PORTABLE, DECODE_BF16_WIDEN, DECODE_BF16_DPBF16 };
+static int decode_bf16_route(void) {
+    static int route = -1;
+    if (route >= 0) return route;
+    route = DECODE_BF16_PORTABLE;
+#ifdef DECODE_HAVE_AVX512
+    if (fdpo_bf16_native()) {
+        const char *e = getenv("FDPO_DECODE_BF16");
+        if (e && !strcmp(e, "dpbf16")) route = DECODE_BF16_DPBF16;
+        else if (e && !strcmp(e, "widen")) route = DECODE_BF16_WIDEN;
+        else {
+            if (e && *e)
+                fdpo_log(FDPO_LOG_WARN, "FDPO_DECODE_BF16: '%s' is not one of dpbf16, widen; choosing by measurement", e);
+            route = fdpo_bf16_dpbf16_is_fast() ? DECODE_BF16_DPBF16 : DECODE_BF16_WIDEN;
+        }
+        fdpo_log(FDPO_LOG_DEBUG, "decode: bf16 linear layers on %s",
+                 route == DECODE_BF16_DPBF16 ? "vdpbf16ps" : "fp32 FMA of the widened bf16 weights");
+    }
 #endif
-    return decode_tile_bf16_portable;
+    return route;
 }
 
-/* The driver. out [R, OC] (= or +=, accumulate) x [R, IC] @ W through tile; iblock: rows of
- * W per tile call; one_strip: 1 = a thread finishes a strip (all blocks) before the next
- * (packed W), 0 = block by block across all its strips (W as stored). acc: scratch of
- * R * DECODE_STRIP floats per thread (one_strip) or R * (OC rounded up to DECODE_STRIP). */
+/* The generic driver (fp32, and bf16 on vdpbf16ps). out [R, OC] (= or +=, accumulate)
+ * x [R, IC] @ W through tile; iblock: rows of W per tile call; one_strip: 1 = a thread
+ * finishes a strip (all blocks) before the next (packed W), 0 = block by block across all
+ * its strips (W as stored). acc: scratch of R * DECODE_STRIP floats per thread (one_strip)
+ * or R * (OC rounded up to DECODE_STRIP). */
 static void decode_matmul_small_rows(float *out, const void *x, size_t ldx, const void *w, size_t R, size_t IC,
                                      size_t OC, int accumulate, float *acc, decode_tile_fn *tile, size_t iblock,
                                      int one_strip) {
@@ -311,8 +407,62 @@ static void decode_matmul_small_rows(float *out, const void *x, size_t ldx, cons
     }
 }
 
-/* scratch floats decode_matmul_small_rows needs for R rows of a packed W and this many threads */
-static size_t decode_packed_scratch(size_t R, size_t threads) { return threads * R * DECODE_STRIP; }
+/* The widening driver: out [R, OC] (= or +=) bf16(inp [R, IC]) @ W packed, one parallel
+ * region. Thread t owns the contiguous strips [s0, s1) (so it streams one contiguous run of
+ * the packed W, and no two threads write the same output line but at a strip boundary,
+ * once per call), in groups of up to DECODE_GROUP_STRIPS strips; per group it runs over IC
+ * in K-blocks of kp row pairs, rounding the block's activations to bf16 into its own xb
+ * (<= DECODE_XBLOCK floats: they stay in L1 while the weights stream past), and per block
+ * runs each strip of the group down the block, accumulators in registers, parked in acc
+ * (DECODE_GROUP_STRIPS * R * DECODE_STRIP floats per thread) between blocks. Where all of
+ * IC fits one block (every 124M layer but mlp.c_proj at 8 rows) a strip is one pass. */
+static void decode_matmul_widen(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC, size_t OC,
+                                int accumulate, float *acc, decode_widen_tile_fn *tile) {
+    size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP, n_pairs = (IC + 1) / 2;
+    size_t kp = DECODE_XBLOCK / (2 * R);
+    if (kp > n_pairs) kp = n_pairs;
+    #pragma omp parallel if (R * IC * OC >= (1 << 20))
+    {
+        float xb[DECODE_XBLOCK] __attribute__((aligned(64)));
+        size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num(), ldx = 2 * kp;
+        size_t s0 = n_strips * t / nt, s1 = n_strips * (t + 1) / nt;
+        float *mine = acc + t * DECODE_GROUP_STRIPS * R * DECODE_STRIP;
+        size_t in_xb = SIZE_MAX; /* the K-block xb holds (one block: rounded once per call) */
+        for (size_t g0 = s0; g0 < s1; g0 += DECODE_GROUP_STRIPS) {
+            size_t g1 = g0 + DECODE_GROUP_STRIPS < s1 ? g0 + DECODE_GROUP_STRIPS : s1;
+            for (size_t p0 = 0; p0 < n_pairs; p0 += kp) {
+                size_t np = n_pairs - p0 < kp ? n_pairs - p0 : kp, i0 = 2 * p0;
+                if (in_xb != p0)
+                    for (size_t r = 0; r < R; r++)
+                        for (size_t j = 0; j < 2 * np; j++)
+                            xb[r * ldx + j] = i0 + j < IC ? bf16_value(fdpo_bf16_round(inp[r * IC + i0 + j])) : 0.0f;
+                in_xb = p0;
+                for (size_t s = g0; s < g1; s++)
+                    for (size_t r0 = 0; r0 < R; r0 += DECODE_GROUP_ROWS)
+                        tile(mine + ((s - g0) * R + r0) * DECODE_STRIP, xb + r0 * ldx, ldx,
+                             wp + (s * n_pairs + p0) * DECODE_STRIP * 2, np,
+                             R - r0 < DECODE_GROUP_ROWS ? R - r0 : DECODE_GROUP_ROWS, p0 > 0);
+            }
+            for (size_t s = g0; s < g1; s++) {
+                size_t o0 = s * DECODE_STRIP, ob = OC - o0 < DECODE_STRIP ? OC - o0 : DECODE_STRIP;
+                const float *saved = mine + (s - g0) * R * DECODE_STRIP;
+                for (size_t r = 0; r < R; r++) {
+                    float *y = out + r * OC + o0;
+                    const float *a = saved + r * DECODE_STRIP;
+                    if (accumulate) for (size_t j = 0; j < ob; j++) y[j] += a[j];
+                    else memcpy(y, a, ob * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
+/* scratch floats the bf16 drivers need for R rows and this many threads (the widening
+ * driver's groups of strips; the vdpbf16ps one needs a strip's) */
+static size_t decode_packed_scratch(size_t R, size_t threads) {
+    size_t widen = DECODE_GROUP_STRIPS * (R < DECODE_WIDEN_ROWS ? R : DECODE_WIDEN_ROWS);
+    return threads * DECODE_STRIP * (widen > R ? widen : R);
+}
 
 struct fdpo_decoder {
     const fdpo_gpt2 *model;
@@ -369,7 +519,7 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
         /* W [IC, OC] of layer l's k-th linear layer: fp32 source, IC, OC */
         const float *src[4];
         size_t ic[4] = {C, C, C, 4 * C}, oc[4] = {3 * C, C, 4 * C, C}, total = 0;
-        decode_tile_bf16(); /* says once if it falls back */
+        decode_bf16_route(); /* decided (and said) once, before any parallel region */
         d->wp_off = fdpo_malloc((4 * L + 1) * sizeof *d->wp_off);
         for (size_t k = 0; k < 4 * L; k++) { d->wp_off[k] = total; total += decode_packed_size(ic[k % 4], oc[k % 4]); }
         d->wp_off[4 * L] = total;
@@ -486,8 +636,32 @@ size_t fdpo_decode_packed_scratch(size_t R) { return decode_packed_scratch(R, (s
 
 void fdpo_decode_packed_matmul(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC, size_t OC,
                                int accumulate, uint16_t *in16, float *acc) {
-    decode_rows_to_bf16(in16, inp, R, IC);
-    decode_matmul_small_rows(out, in16, (IC + 1) / 2 * 2, wp, R, IC, OC, accumulate, acc, decode_tile_bf16(), IC, 1);
+    int route = decode_bf16_route();
+    decode_widen_tile_fn *tile = decode_tile_widen_portable;
+#ifdef DECODE_HAVE_AVX512
+    if (route == DECODE_BF16_DPBF16) {
+        decode_rows_to_bf16(in16, inp, R, IC);
+        decode_matmul_small_rows(out, in16, (IC + 1) / 2 * 2, wp, R, IC, OC, accumulate, acc, decode_tile_dpbf16, IC, 1);
+        return;
+    }
+    if (route == DECODE_BF16_WIDEN) tile = decode_tile_widen;
+#else
+    (void)route; (void)in16;
+#endif
+    /* prefills and scoring: DECODE_WIDEN_ROWS rows at a time (each output's sum is its row's
+     * alone, so the bits do not depend on the cut) */
+    for (size_t r0 = 0; r0 < R; r0 += DECODE_WIDEN_ROWS)
+        decode_matmul_widen(out + r0 * OC, inp + r0 * IC, wp, R - r0 < DECODE_WIDEN_ROWS ? R - r0 : DECODE_WIDEN_ROWS, IC,
+                            OC, accumulate, acc, tile);
+}
+
+size_t fdpo_decode_f32_scratch(size_t R, size_t OC) {
+    return R * ((OC + DECODE_STRIP - 1) / DECODE_STRIP * DECODE_STRIP);
+}
+
+void fdpo_decode_f32_matmul(float *out, const float *inp, const float *w, size_t R, size_t IC, size_t OC,
+                            int accumulate, float *acc) {
+    decode_matmul_small_rows(out, inp, IC, w, R, IC, OC, accumulate, acc, decode_tile_f32, DECODE_IBLOCK, 0);
 }
 
 /* out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] + bias [OC]; accumulate adds into out
@@ -503,7 +677,7 @@ static void decode_matmul_forward(fdpo_decoder *d, float *out, const float *inp,
     if (wp)
         fdpo_decode_packed_matmul(out, inp, wp, R, IC, OC, 1, d->in16, d->acc);
     else if (R <= DECODE_SMALL_ROWS)
-        decode_matmul_small_rows(out, inp, IC, w, R, IC, OC, 1, d->acc, decode_tile_f32, DECODE_IBLOCK, 0);
+        fdpo_decode_f32_matmul(out, inp, w, R, IC, OC, 1, d->acc);
     else
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
                     inp, (int)IC, w, (int)OC, 1.0f, out, (int)OC);

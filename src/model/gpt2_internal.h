@@ -147,6 +147,9 @@ void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, floa
 /* the route of every later bf16 GEMM: 1 vdpbf16ps, 0 fp32 FMA on the widened operands, -1 by
  * shape and CPU (the default; FDPO_BF16_GEMM sets it from the environment). For measurements. */
 void fdpo_gemm_bf16_force_route(int route);
+/* 1 if vdpbf16ps runs at >= 0.75x the fp32 FMA's FLOP rate here (probed once, said once;
+ * call only where fdpo_bf16_native()): the bf16 GEMMs' and the decoder's choice */
+int fdpo_bf16_dpbf16_is_fast(void);
 void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
                          size_t N, size_t IC, size_t OC, uint16_t *scratch);
 void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,

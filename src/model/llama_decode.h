@@ -22,10 +22,19 @@ int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *s
 size_t fdpo_decode_packed_size(size_t IC, size_t OC);
 void fdpo_decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t OC, size_t si, size_t so);
 /* out [R, OC] (= or +=, accumulate) bf16(inp [R, IC]) @ W (packed), fp32 sums, any R, each
- * output summed in an order that depends on neither R nor the thread count (vdpbf16ps, or
- * the portable tile with the same sums without AVX512-BF16). Scratch: in16 R * (IC + 1)
- * bf16, acc fdpo_decode_packed_scratch(R) floats (for the current thread count). */
+ * output summed in an order that depends on neither R nor the thread count (fp32 FMAs of
+ * the widened bf16 pairs in i order, or vdpbf16ps where the CPU runs it fast; the portable
+ * tile has the widening route's sums). Scratch: in16 R * (IC + 1) bf16 (the vdpbf16ps
+ * route's operands), acc fdpo_decode_packed_scratch(R) floats (for the current thread
+ * count). */
 void fdpo_decode_packed_matmul(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC, size_t OC,
                                int accumulate, uint16_t *in16, float *acc);
 size_t fdpo_decode_packed_scratch(size_t R);
+/* fp32: out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] as stored, R <= 16 (the decoder's
+ * small-rows path; more rows go to the GEMM), each output summed in i order from 0 with one
+ * fused multiply-add per term whatever R and the thread count. acc: fdpo_decode_f32_scratch
+ * (R, OC) floats. */
+void fdpo_decode_f32_matmul(float *out, const float *inp, const float *w, size_t R, size_t IC, size_t OC,
+                            int accumulate, float *acc);
+size_t fdpo_decode_f32_scratch(size_t R, size_t OC);
 #endif

@@ -101,6 +101,15 @@ static double probe_gflops(void (*fn)(long), long iters, double flop_per_insn, i
     return best;
 }
 
+/* wall GFLOP/s of 512-bit fp32 FMA on all current threads at once (0 without AVX-512);
+ * decode-matmul reports its kernels against it */
+double harness_fma_fp32_gflops(void) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f")) return 0.0;
+    double cpu;
+    return probe_gflops(probe_fma_fp32, 20000000 / ACC, 32.0, 5, &cpu);
+}
+
 int h_isa_peaks(int argc, char **argv);
 int h_isa_peaks(int argc, char **argv) {
     int threads = 0;

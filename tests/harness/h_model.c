@@ -473,6 +473,19 @@ static void run_triad(void *p) {
     for (long i = 0; i < n; i++) a[i] = b[i] + 3.0f * c[i];
 }
 
+/* GB/s of a STREAM triad over three arrays of mib MiB on the current threads (best of >= 5
+ * runs and 0.5 s); model-peaks and decode-matmul report it */
+double harness_triad_gbs(size_t mib) {
+    peak_ctx x = {.n = mib * 1024 * 1024 / sizeof(float)};
+    x.a = fdpo_malloc(x.n * sizeof(float)); x.b = fdpo_malloc(x.n * sizeof(float)); x.c = fdpo_malloc(x.n * sizeof(float));
+    long n = (long)x.n;
+#pragma omp parallel for schedule(static) /* first touch by the threads that run the triad */
+    for (long i = 0; i < n; i++) { x.a[i] = 0.0f; x.b[i] = 1.0f; x.c[i] = 2.0f; }
+    double t_t = best_seconds(run_triad, &x, 5, 0.5);
+    free(x.a); free(x.b); free(x.c);
+    return 3.0 * (double)x.n * sizeof(float) / t_t * 1e-9;
+}
+
 static int h_model_peaks(int argc, char **argv) {
     const char *threads = arg(argc, argv, "--threads"), *gemm = arg(argc, argv, "--gemm"), *mib = arg(argc, argv, "--triad-mib");
     if (threads) fdpo_set_threads(atoi(threads));
@@ -498,19 +511,14 @@ static int h_model_peaks(int argc, char **argv) {
         fdpo_gemm_bf16_force_route(-1);
     }
     free(x.a); free(x.b); free(x.c); free(x.ha); free(x.hb);
-    x.n = (size_t)(mib ? atol(mib) : 256) * 1024 * 1024 / sizeof(float);
-    if (x.n == 0) return fdpo_error("--triad-mib: must be >= 1");
-    x.a = fdpo_malloc(x.n * sizeof(float)); x.b = fdpo_malloc(x.n * sizeof(float)); x.c = fdpo_malloc(x.n * sizeof(float));
-    long n = (long)x.n;
-#pragma omp parallel for schedule(static) /* first touch by the threads that run the triad */
-    for (long i = 0; i < n; i++) { x.a[i] = 0.0f; x.b[i] = 1.0f; x.c[i] = 2.0f; }
-    double t_t = best_seconds(run_triad, &x, 5, 0.5);
-    free(x.a); free(x.b); free(x.c);
+    size_t triad_mib = (size_t)(mib ? atol(mib) : 256);
+    if (triad_mib == 0) return fdpo_error("--triad-mib: must be >= 1");
+    double triad_gbs = harness_triad_gbs(triad_mib);
     printf("{\"threads\": %d, \"gemm\": [%zu, %zu, %zu], \"sgemm_gflops\": %.1f, \"bf16_gflops\": %.1f, "
            "\"bf16_native\": %d, \"triad_mib\": %zu, \"triad_gbs\": %.2f, \"openblas_sgemm_gflops\": %.1f, "
            "\"dpbf16_gemm_gflops\": %.1f}\n",
            fdpo_get_threads(), x.M, x.K, x.N, flops / t_s * 1e-9, flops / t_h * 1e-9, native,
-           x.n * sizeof(float) / (1024 * 1024), 3.0 * (double)x.n * sizeof(float) / t_t * 1e-9, flops / t_o * 1e-9,
+           triad_mib, triad_gbs, flops / t_o * 1e-9,
            t_d > 0 ? flops / t_d * 1e-9 : 0.0);
     return 0;
 }

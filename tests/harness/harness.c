@@ -8,6 +8,8 @@
 
 /* one declaration + one table row per subcommand (keep alphabetical) */
 int h_data(int argc, char **argv);
+int h_decode_matmul(int argc, char **argv);
+int h_decode_matmul_check(int argc, char **argv);
 int h_dpo_bench(int argc, char **argv);
 int h_dpo_data(int argc, char **argv);
 int h_dpo_grad(int argc, char **argv);
@@ -28,6 +30,8 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"data-chat-sft", h_data},
     {"data-prompts", h_data},
     {"data-sft", h_data},
+    {"decode-matmul", h_decode_matmul},
+    {"decode-matmul-check", h_decode_matmul_check},
     {"dpo-bench", h_dpo_bench},
     {"dpo-data", h_dpo_data},
     {"dist-allreduce", h_dist},

@@ -3,8 +3,9 @@
 fp32: a decoding step of up to 16 rows takes the blocked 48-column-strip matmul (rows in
 groups of 8) and the LM head oneDNN sgemm per block of 128 vocabulary rows; more rows take
 the library GEMMs. bf16: every linear layer and the head, any row count, take the same
-strip driver on weights packed in row pairs (vdpbf16ps, or the portable tile with the same
-sums when FDPO_FORCE_BF16_FALLBACK=1). These tests pick widths that are NOT multiples of
+strip drivers on weights packed in row pairs (fp32 FMAs of the widened pairs where
+vdpbf16ps is slow, as here, or vdpbf16ps; the portable tile has the widening route's sums
+when FDPO_FORCE_BF16_FALLBACK=1). These tests pick widths that are NOT multiples of
 the strip (48) or of the lane count (16), one with an odd width (a zero pad row in the
 pairs), so the tail strips and tail columns run, and row counts on both sides of each
 threshold and group size (1, 3, 13, 16, 17 rows), in fp32 against the float64 PyTorch
@@ -162,16 +163,22 @@ def fallback_env():
     return dict(os.environ, FDPO_FORCE_BF16_FALLBACK="1")
 
 
+def widen_env():
+    """the native widening route, whatever the probe would pick on this CPU (vdpbf16ps
+    where it is fast, whose sums are not the fallback's bits: test_decode_kernel.py)"""
+    return dict(os.environ, FDPO_DECODE_BF16="widen")
+
+
 @pytest.mark.parametrize("mode,T", [("step", 12), ("batched", 12), ("prefill", 13), ("prefill", 17)])
 def test_decoder_bf16_fallback_gives_the_same_logits(odd_model, tmp_path, mode, T):
     """FDPO_FORCE_BF16_FALLBACK=1 (what a CPU without AVX512-BF16 runs): the portable tile
-    widens each bf16 pair and adds the odd row's product, then the even row's, with fmaf,
-    which is what vdpbf16ps does (each product of two bf16 values is exact in fp32), so
-    the logits are the same bits (vdpbf16ps flushes denormals, which these activations
-    never are). Both follow the bf16 rule (test above for the native path)."""
+    adds the products of the bf16 values in the order the AVX-512 widening route adds them
+    (i order, one fmaf each: each product of two bf16 values is exact in fp32), so the
+    logits are the same bits. Both follow the bf16 rule (test above for the native path;
+    the kernel's exact bits: test_decode_kernel.py)."""
     d, _ = odd_model
     ids = ids_of(T, seed=200 + T)
-    native = harness_logits(d, mode, ids, tmp_path, "bf16")
+    native = harness_logits(d, mode, ids, tmp_path, "bf16", env=widen_env())
     fallback = harness_logits(d, mode, ids, tmp_path, "bf16", env=fallback_env())
     assert np.array_equal(native, fallback)
 
@@ -212,7 +219,7 @@ def test_generate_bf16_fallback_same_samples(tmp_path):
     samples (tokens and log-probs) as the native path, and says it fell back."""
     d, pf = small_model_and_prompts(tmp_path)
     outs = []
-    for env in (None, fallback_env()):
+    for env in (widen_env(), fallback_env()):
         out = tmp_path / f"o{len(outs)}.jsonl"
         r = subprocess.run([os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo")),
                             "generate", "--model", str(d), "--prompts", str(pf), "--out", str(out), "--n", "3",
@@ -220,6 +227,6 @@ def test_generate_bf16_fallback_same_samples(tmp_path):
                             "--precision", "bf16"], capture_output=True, text=True, timeout=120, env=env)
         assert r.returncode == 0, r.stderr
         outs.append([(x["tokens"], x["logp"]) for x in map(json.loads, out.read_text().splitlines())])
-        if env:
+        if "FDPO_FORCE_BF16_FALLBACK" in env:
             assert "FDPO_FORCE_BF16_FALLBACK" in r.stderr
     assert len(outs[0]) == 9 and outs[0] == outs[1]
