@@ -51,11 +51,6 @@ void fdpo_sample_rng(fdpo_rng *r, uint64_t seed, size_t prompt_index, size_t sam
  * the token's log-probability under the untempered, untruncated model. */
 int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_config *c, fdpo_rng *r,
                           double *work, size_t *order, double *logp);
-/* 1 when the sampler computes its exponentials 8 at a time (AVX-512), bit-equal to libm's
- * expf (checked at first use; FDPO_SAMPLE_SCALAR_EXP=1: off). The check itself, 1 in
- * stride of the floats in (-88, 88): how many differ (0 when the vector path is off). */
-int fdpo_sample_vector_exp(void);
-size_t fdpo_sample_vector_exp_check(uint32_t stride);
 
 typedef enum { FDPO_FINISH_LENGTH, FDPO_FINISH_EOT, FDPO_FINISH_STOP } fdpo_finish;
 typedef struct {

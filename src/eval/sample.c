@@ -1,123 +1,11 @@
 /* Sampling completions with the KV-cache decoder: temperature, top-k, top-p, stop at EOT or
  * a stop string, n samples per prompt, one RNG stream per (seed, prompt, sample). */
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/chat.h"
+#include "fdpo/decode.h"
 #include "fdpo/eval.h"
-
-/* ---- The sampler's exponentials, 8 at a time, bit-equal to libm's expf ----
- * A draw takes one expf per vocabulary entry (50257 per row at GPT-2 size; scalar, with a
- * call each, they were the larger half of the sampler's time). The sampled token depends
- * on every bit of those values (it is the first v whose running sum exceeds u), so a
- * faster exp must return exactly what expf returns: sample_exp8 is the algorithm of glibc's
- * expf (exp(x) = 2^(k/32) 2^(r/32), a 32-entry table and a cubic in double precision, then
- * one rounding to float) with the fused multiply-adds that Debian 12's libm uses (its
- * __expf_fma, read in its disassembly), on 8 doubles per AVX-512 vector. The table is
- * computed, not copied, and the whole routine is checked against expf itself at first use
- * (1 in 9973 of the floats in (-88, 88) and every 1/64 step; the test suite checks 1 in 13):
- * any difference, or no AVX-512, and the sampler keeps calling expf.
- * FDPO_SAMPLE_SCALAR_EXP=1 forces that. */
-static struct {
-    uint64_t tab[32];   /* bits of 2^(i/32) minus i << 47 (adding k << 47 then scales by 2^(k/32 - i/32)) */
-    double invln2n, shift, c0, c1, c2;
-} vexp;
-static int vexp_ok; /* 1: sample_exp8 may be used (set once, by sample_vexp_init) */
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define SAMPLE_HAVE_VEXP 1
-/* out [0:8] = expf (x [0:8]) for |x| < 88 (glibc's fast range; the caller checks) */
-__attribute__((target("avx512f"))) static void sample_exp8(float *out, const float *x) {
-    __m512d xd = _mm512_cvtps_pd(_mm256_loadu_ps(x)), invln2n = _mm512_set1_pd(vexp.invln2n),
-            shift = _mm512_set1_pd(vexp.shift);
-    __m512d kd = _mm512_fmadd_pd(invln2n, xd, shift); /* k = round(x 32 / ln 2) in the low bits */
-    __m512i ki = _mm512_castpd_si512(kd);
-    kd = _mm512_sub_pd(kd, shift);
-    __m512d r = _mm512_fmsub_pd(invln2n, xd, kd);     /* x 32 / ln 2 - k, in [-1/2, 1/2] */
-    __m512i t = _mm512_i64gather_epi64(_mm512_and_si512(ki, _mm512_set1_epi64(31)), (const void *)vexp.tab, 8);
-    __m512d s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64(ki, 47))); /* 2^(k/32) */
-    __m512d z = _mm512_fmadd_pd(_mm512_set1_pd(vexp.c0), r, _mm512_set1_pd(vexp.c1));
-    __m512d r2 = _mm512_mul_pd(r, r);
-    __m512d y = _mm512_fmadd_pd(_mm512_set1_pd(vexp.c2), r, _mm512_set1_pd(1.0));
-    y = _mm512_fmadd_pd(z, r2, y);
-    _mm256_storeu_ps(out, _mm512_cvtpd_ps(_mm512_mul_pd(y, s)));
-}
-#endif
-
-/* Does every x [0:8] lie where sample_exp8 equals expf's main path (|x| < 88, not NaN)? */
-static inline int vexp_in_range(const float *x) {
-    int ok = 1;
-    for (int j = 0; j < 8; j++) ok &= fabsf(x[j]) < 88.0f;
-    return ok;
-}
-
-/* e [0:8] = expf (x [0:8]) */
-static inline void sample_expf8(float *e, const float *x) {
-#ifdef SAMPLE_HAVE_VEXP
-    if (vexp_ok && vexp_in_range(x)) { sample_exp8(e, x); return; }
-#endif
-    for (int j = 0; j < 8; j++) e[j] = expf(x[j]);
-}
-
-/* Floats where sample_exp8 differs from expf, over the bit patterns of (-88, 88) taken 1 in
- * stride (both signs) and every 1/64 step of (-88, 88) */
-static size_t sample_vexp_mismatches(uint32_t stride) {
-    size_t bad = 0;
-#ifdef SAMPLE_HAVE_VEXP
-    float x[8], e[8];
-    int n = 0;
-    for (uint64_t b = 0; b <= 0x42b00000u; b += stride)
-        for (int sign = 0; sign < 2; sign++) {
-            uint32_t bits = (uint32_t)b | (sign ? 0x80000000u : 0);
-            memcpy(&x[n], &bits, sizeof bits);
-            if (++n < 8) continue;
-            n = 0;
-            if (!vexp_in_range(x)) continue;
-            sample_exp8(e, x);
-            for (int j = 0; j < 8; j++) bad += memcmp(&e[j], &(float){expf(x[j])}, sizeof(float)) != 0;
-        }
-    for (int k = -88 * 64 + 1; k + 8 <= 88 * 64; k += 8) {
-        for (int j = 0; j < 8; j++) x[j] = (float)(k + j) / 64;
-        sample_exp8(e, x);
-        for (int j = 0; j < 8; j++) bad += memcmp(&e[j], &(float){expf(x[j])}, sizeof(float)) != 0;
-    }
-#else
-    (void)stride;
-#endif
-    return bad;
-}
-
-static void sample_vexp_init(void) {
-#ifdef SAMPLE_HAVE_VEXP
-    const char *env = getenv("FDPO_SAMPLE_SCALAR_EXP");
-    if ((env && *env && strcmp(env, "0")) || !__builtin_cpu_supports("avx512f")) return;
-    for (int i = 0; i < 32; i++) {
-        double v = (double)exp2l((long double)i / 32); /* 2^(i/32) rounded to double */
-        uint64_t u;
-        memcpy(&u, &v, sizeof u);
-        vexp.tab[i] = u - ((uint64_t)i << 47);
-    }
-    vexp.invln2n = 0x1.71547652b82fep+0 * 32; /* 32 / ln 2 */
-    vexp.shift = 0x1.8p+52;                  /* adding it rounds to an integer */
-    vexp.c0 = 0x1.c6af84b912394p-5 / 32 / 32 / 32; /* the cubic for 2^(r/32) */
-    vexp.c1 = 0x1.ebfce50fac4f3p-3 / 32 / 32;
-    vexp.c2 = 0x1.62e42ff0c52d6p-1 / 32;
-    vexp_ok = sample_vexp_mismatches(9973) == 0;
-#endif
-}
-
-/* 1 when the sampler's exponentials run 8 at a time (AVX-512 and the check passed) */
-int fdpo_sample_vector_exp(void) {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, sample_vexp_init);
-    return vexp_ok;
-}
-
-size_t fdpo_sample_vector_exp_check(uint32_t stride) {
-    return fdpo_sample_vector_exp() ? sample_vexp_mismatches(stride ? stride : 1) : 0;
-}
 
 int fdpo_sample_config_check(const fdpo_sample_config *c) {
     if (!(c->temperature >= 0)) return fdpo_error("--temperature: %g must be >= 0 (0 = greedy)", c->temperature);
@@ -199,11 +87,14 @@ static double sample_weights(double *p, const float *logits, size_t V, float mx,
     double total = 0, z = 0;
     size_t v = 0;
     float x[8], e[8], d[8], e1[8];
-    if (fdpo_sample_vector_exp())
+    /* expf 8 at a time, bit for bit (fdpo_expf8): the token depends on every bit of the
+     * weights (it is the first v whose running sum exceeds u); one by one, the calls were
+     * the larger half of the sampler's time */
+    if (fdpo_expf8_ready())
         for (; v + 8 <= V; v += 8) {
             for (int j = 0; j < 8; j++) { d[j] = logits[v + j] - mx; x[j] = d[j] * inv_t; }
-            sample_expf8(e, x);
-            if (z1) sample_expf8(e1, d);
+            fdpo_expf8(e, x);
+            if (z1) fdpo_expf8(e1, d);
             for (int j = 0; j < 8; j++) {
                 total += (double)e[j];
                 if (p) p[v + j] = prefix ? total : (double)e[j];

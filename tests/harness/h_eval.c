@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/decode.h"
 #include "fdpo/eval.h"
 #include "fdpo/io.h"
 #include "harness.h"
@@ -159,12 +160,12 @@ static int h_sample(int argc, char **argv) {
     return rc;
 }
 
-/* eval-sample-exp STRIDE: is the sampler's 8-wide exponential on, and on how many of 1 in
+/* eval-sample-exp STRIDE: is fdpo_expf8 (the sampler's and fp32 decoder's exponential) 8 wide, and on how many of 1 in
  * STRIDE floats of (-88, 88) does it differ from libm's expf (test_generate_decode.py) */
 static int h_sample_exp(int argc, char **argv) {
     uint32_t stride = argc > 1 ? (uint32_t)atol(argv[1]) : 7;
-    int on = fdpo_sample_vector_exp();
-    printf("{\"vector\": %d, \"mismatches\": %zu}\n", on, fdpo_sample_vector_exp_check(stride));
+    int on = fdpo_expf8_ready();
+    printf("{\"vector\": %d, \"mismatches\": %zu}\n", on, fdpo_expf8_check(stride));
     return 0;
 }
 

@@ -233,11 +233,12 @@ def has_avx512f():
 
 
 def test_sampler_vector_exp_is_libm_expf():
-    """The sampler's 8-wide exponential (src/eval/sample.c) returns libm's expf bit for bit:
+    """fdpo_expf8 (src/model/expf_libm.c: the sampler's and the fp32 decoder's GELU and
+    softmax exponential) returns libm's expf bit for bit:
     1 in 13 of all float bit patterns in (-88, 88), both signs, and every 1/64 step, each
     compared with expf itself (glibc: the reference the sampled tokens were always drawn
     with). On a CPU with AVX-512 it must be on (the check at first use passed); forced off
-    with FDPO_SAMPLE_SCALAR_EXP=1."""
+    with FDPO_EXPF8_SCALAR=1."""
     r = subprocess.run([HARNESS, "eval-sample-exp", "13"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
@@ -245,7 +246,7 @@ def test_sampler_vector_exp_is_libm_expf():
     if has_avx512f():
         assert got["vector"] == 1
     r = subprocess.run([HARNESS, "eval-sample-exp", "9973"], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, FDPO_SAMPLE_SCALAR_EXP="1"))
+                       env=dict(os.environ, FDPO_EXPF8_SCALAR="1"))
     assert r.returncode == 0 and json.loads(r.stdout)["vector"] == 0, r.stderr
 
 
@@ -256,7 +257,7 @@ def test_sampler_vector_exp_is_libm_expf():
 def test_generate_same_samples_with_scalar_exp(tmp_path, flags):
     """fdpo generate writes the same samples (tokens, log-probs: byte for byte) with the
     sampler's exponentials 8 at a time as with libm's expf one by one
-    (FDPO_SAMPLE_SCALAR_EXP=1), for every sampler path: the untruncated draw (bisection over
+    (FDPO_EXPF8_SCALAR=1), for every sampler path: the untruncated draw (bisection over
     the running sums), temperature, top-k, top-p and greedy. A vocabulary of 301 leaves a
     tail of 5 after the groups of 8 (and of 16 in the max)."""
     d = tmp_path / "m"
@@ -265,7 +266,7 @@ def test_generate_same_samples_with_scalar_exp(tmp_path, flags):
     pf = tmp_path / "p.txt"
     pf.write_text("ab\ncd\nef\n")
     outs = []
-    for env in (None, dict(os.environ, FDPO_SAMPLE_SCALAR_EXP="1")):
+    for env in (None, dict(os.environ, FDPO_EXPF8_SCALAR="1")):
         out = tmp_path / f"o{len(outs)}.jsonl"
         r = subprocess.run([os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo")),
                             "generate", "--model", str(d), "--prompts", str(pf), "--out", str(out), "--n", "3",
