@@ -25,9 +25,11 @@ tests_for() {
     src/objectives/*) echo "tests/py/test_objectives.py tests/py/test_dpo_metrics.py build/tests/test_objectives" ;;
     src/train/dpo.c) echo "tests/py/test_dpo_metrics.py tests/py/test_dpo.py" ;;
     src/train/*) echo "tests/py/test_train.py tests/py/test_dpo_metrics.py build/tests/test_train" ;;
+    src/eval/sample.c) echo "tests/py/test_generate_decode.py tests/py/test_generate.py" ;;
     src/eval/*) echo "tests/py/test_eval_metrics.py" ;;
     src/lab/*) echo "tests/py/test_lab.py tests/py/test_lab_newton.py" ;;
     src/model/lora.c|src/io/peft.c) echo "tests/py/test_lora.py" ;;
+    src/model/expf_libm.c|src/model/gpt2_decode.c) echo "tests/py/test_generate_decode.py" ;;
     src/model/*) echo "tests/py/test_model_parity.py tests/py/test_dpo_metrics.py tests/py/test_attention.py" ;;
     src/data/*) echo "tests/py/test_pairs.py tests/py/test_dpo_data.py" ;;
     *) echo "" ;;

@@ -34,4 +34,14 @@ void fdpo_decoder_copy_slot(fdpo_decoder *d, size_t dst, size_t src);
 int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
                          const size_t *n_new, const int32_t *tokens, float *logits, int all_logits);
 
+/* e [0:8] = expf (x [0:8]) bit for bit (libm's, glibc's algorithm 8 wide on AVX-512; expf
+ * itself outside (-88, 88), without AVX-512, with FDPO_EXPF8_SCALAR=1, or if the check at
+ * first use failed): for fp32 results that must keep the bits of a scalar expf loop (the
+ * sampler's weights, the fp32 decoder's GELU and softmax). fdpo_expf8_ready: 1 when it
+ * runs vectorised. fdpo_expf8_check: how many of 1 in stride of the floats in (-88, 88)
+ * differ from expf (0 when not vectorised). */
+void fdpo_expf8(float *e, const float *x);
+int fdpo_expf8_ready(void);
+size_t fdpo_expf8_check(uint32_t stride);
+
 #endif

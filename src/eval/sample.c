@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/chat.h"
+#include "fdpo/decode.h"
 #include "fdpo/eval.h"
 
 int fdpo_sample_config_check(const fdpo_sample_config *c) {
@@ -77,47 +78,90 @@ static size_t top_p_order(size_t *order, const double *p, size_t V, double targe
     return V;
 }
 
+/* One pass over logits [V] in v order: w_v = expf ((logits [v] - mx) * inv_t) (inv_t = 1:
+ * expf (logits [v] - mx) exactly). p [v] = w_v (prefix 0) or the running sum up to and
+ * including v (prefix 1; p may be NULL: neither). Returns the sum of w_v (double, in v
+ * order); z1 (not NULL) += expf (logits [v] - mx) in v order, the untempered normaliser. */
+static double sample_weights(double *p, const float *logits, size_t V, float mx, float inv_t, int prefix,
+                             double *z1) {
+    double total = 0, z = 0;
+    size_t v = 0;
+    float x[8], e[8], d[8], e1[8];
+    /* expf 8 at a time, bit for bit (fdpo_expf8): the token depends on every bit of the
+     * weights (it is the first v whose running sum exceeds u); one by one, the calls were
+     * the larger half of the sampler's time */
+    if (fdpo_expf8_ready())
+        for (; v + 8 <= V; v += 8) {
+            for (int j = 0; j < 8; j++) { d[j] = logits[v + j] - mx; x[j] = d[j] * inv_t; }
+            fdpo_expf8(e, x);
+            if (z1) fdpo_expf8(e1, d);
+            for (int j = 0; j < 8; j++) {
+                total += (double)e[j];
+                if (p) p[v + j] = prefix ? total : (double)e[j];
+                if (z1) z += (double)e1[j];
+            }
+        }
+    for (; v < V; v++) {
+        float dv = logits[v] - mx, w = expf(dv * inv_t);
+        total += (double)w;
+        if (p) p[v] = prefix ? total : (double)w;
+        if (z1) z += (double)expf(dv);
+    }
+    if (z1) *z1 += z;
+    return total;
+}
+
+/* max of logits [V], NaNs skipped (as a scalar "if (x > mx) mx = x" skips them), 16 lanes
+ * at a time: each lane's "x > m ? x : m" is one vmaxps, and a maximum does not depend on
+ * the order it is taken in */
+static float sample_max(const float *logits, size_t V) {
+    float m[16], mx = -INFINITY;
+    size_t v = 0;
+    for (int j = 0; j < 16; j++) m[j] = -INFINITY;
+    for (; v + 16 <= V; v += 16)
+        for (int j = 0; j < 16; j++) m[j] = logits[v + j] > m[j] ? logits[v + j] : m[j];
+    for (int j = 0; j < 16; j++) if (m[j] > mx) mx = m[j];
+    for (; v < V; v++) if (logits[v] > mx) mx = logits[v];
+    return mx;
+}
+
 int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_config *c, fdpo_rng *r,
                           double *work, size_t *order, double *logp) {
-    float mx = -INFINITY;
-    for (size_t v = 0; v < V; v++) if (logits[v] > mx) mx = logits[v];
+    float mx = sample_max(logits, V);
     /* one pass of expf gives both the sampling weights and, at temperature 1, the
      * normaliser of log pi: float exponentials of values <= 0, summed in double */
     double *p = work, total = 0, z1 = 0;
     int32_t token = 0;
     if (c->temperature == 0) {
         size_t best = 0;
-        for (size_t v = 0; v < V; v++) {
-            if (logits[v] > logits[best]) best = v;
-            z1 += (double)expf(logits[v] - mx);
-        }
+        for (size_t v = 0; v < V; v++) if (logits[v] > logits[best]) best = v;
+        z1 = sample_weights(NULL, logits, V, mx, 1.0f, 0, NULL);
         token = (int32_t)best;
         goto done;
     }
-    if (c->temperature == 1) {
-        for (size_t v = 0; v < V; v++) { p[v] = (double)expf(logits[v] - mx); total += p[v]; }
-        z1 = total;
-    } else {
-        float inv_t = (float)(1.0 / c->temperature);
-        for (size_t v = 0; v < V; v++) {
-            float d = logits[v] - mx;
-            p[v] = (double)expf(d * inv_t);
-            total += p[v];
-            z1 += (double)expf(d);
-        }
-    }
     int truncate = (c->top_k > 0 && c->top_k < V) || c->top_p < 1;
+    float inv_t = (float)(1.0 / c->temperature);
     if (!truncate) {
-        double u = fdpo_rng_uniform(r) * total, cum = 0;
-        size_t last = 0, v = 0;
-        for (; v < V; v++) {
-            if (p[v] <= 0) continue;
-            cum += p[v]; last = v;
-            if (u < cum) break;
+        /* p [v] = the running total after token v (the sum in v order, so the same doubles a
+         * scan adding weight after weight reaches): the token is the first v with u < p [v],
+         * found by bisection instead of a second pass of dependent adds over V */
+        total = sample_weights(p, logits, V, mx, inv_t, 1, c->temperature == 1 ? NULL : &z1);
+        if (c->temperature == 1) z1 = total;
+        double u = fdpo_rng_uniform(r) * total;
+        size_t lo = 0, hi = V; /* the first v in [lo, hi) with u < p [v]; V: none */
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (u < p[mid]) hi = mid; else lo = mid + 1;
         }
-        token = (int32_t)(v < V ? v : last); /* past the end: u landed on the rounding slack */
+        if (lo == V) { /* u landed on the rounding slack: the last token of positive weight */
+            lo = V - 1;
+            while (lo > 0 && !(expf((logits[lo] - mx) * inv_t) > 0)) lo--;
+        }
+        token = (int32_t)lo;
         goto done;
     }
+    total = sample_weights(p, logits, V, mx, inv_t, 0, c->temperature == 1 ? NULL : &z1);
+    if (c->temperature == 1) z1 = total;
     /* truncation: tokens in decreasing probability; top-k keeps the first k, top-p then keeps
      * the shortest prefix (of those) whose mass reaches top_p of the kept mass */
     size_t keep;
@@ -250,6 +294,9 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
     slot_state *st = fdpo_calloc(B, sizeof *st);
     size_t *slots = fdpo_malloc(B * sizeof *slots), *n_new = fdpo_malloc(B * sizeof *n_new);
     int32_t *feed = fdpo_malloc((B * max_prompt + B) * sizeof *feed);
+    /* slot b's logits for the next draw: a row of prefill (just filled) or of logits (the
+     * step's rows come back packed in slot order), read where they are, never moved */
+    const float **lrow = fdpo_calloc(B, sizeof *lrow);
     /* refill bookkeeping: filled slot i is row_of[i], its prompt was prefilled as unique row src_slot[i] */
     size_t *row_of = fdpo_malloc(B * sizeof *row_of), *src_slot = fdpo_malloc(B * sizeof *src_slot);
     int rc = 0;
@@ -289,7 +336,7 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
             /* each filled slot gets its prompt's last-token logits (and cache, if shared) */
             for (size_t i = 0; i < n_fill; i++) {
                 size_t b = row_of[i], u = src_slot[i];
-                memcpy(logits + b * V, prefill + u * V, V * sizeof(float));
+                lrow[b] = prefill + u * V;
                 if (slots[u] != b) fdpo_decoder_copy_slot(dec, b, slots[u]);
             }
         }
@@ -300,7 +347,7 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
         #pragma omp parallel for schedule(dynamic) if (B * V >= 65536)
         for (size_t b = 0; b < B; b++) {
             if (!st[b].active) continue;
-            const float *row = logits + b * V;
+            const float *row = lrow[b];
             double lp;
             int32_t t = fdpo_sample_token(row, V, c, &st[b].rng, work + b * V, order ? order + b * V : NULL, &lp);
             fdpo_sample *s = st[b].out;
@@ -345,14 +392,12 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
         }
         if (n_active == 0) continue;
         if ((rc = fdpo_decoder_forward(dec, n_active, slots, n_new, feed, logits, 0))) break;
-        /* logits rows come back packed in slot order: move them to their slot rows */
-        for (size_t i = n_active; i-- > 0;)
-            if (slots[i] != i) memcpy(logits + slots[i] * V, logits + i * V, V * sizeof(float));
+        for (size_t i = 0; i < n_active; i++) lrow[slots[i]] = logits + i * V;
     }
     for (size_t b = 0; b < B; b++) free(st[b].bytes);
     fdpo_decoder_free(dec);
     free(logits); free(prefill); free(work); free(order); free(st); free(slots); free(n_new); free(feed); free(row_of);
-    free(src_slot);
+    free(src_slot); free(lrow);
     if (rc) { fdpo_samples_free(samples, total); return -1; }
     *out = samples;
     return 0;

@@ -471,7 +471,7 @@ struct fdpo_decoder {
     size_t ldk;         /* max_len rounded up to DECODE_KEYS */
     size_t *len;        /* [max_seqs] tokens cached per slot */
     float *k_cache;     /* [L, max_seqs, C, ldk] keys channel by channel */
-    float *v_cache;     /* [L, max_seqs, max_len, C] */
+    float *v_cache;     /* [L, max_seqs, NH, max_len, hs] values head by head (see decode_cache_store) */
     /* scratch for R rows, grown on demand */
     size_t cap_rows;
     float *x;           /* [R, C] residual stream */
@@ -562,10 +562,13 @@ void fdpo_decoder_copy_slot(fdpo_decoder *d, size_t dst, size_t src) {
     if (d->llama) { fdpo_llama_decoder_copy_slot(d->llama, dst, src); return; }
     if (dst == src || dst >= d->max_seqs || src >= d->max_seqs) return;
     size_t C = d->model->config.n_embd, L = d->model->config.n_layer;
-    size_t stride = d->max_len * C, n = d->len[src] * C, kstride = C * d->ldk;
+    size_t NH = d->model->config.n_head, hs = C / NH;
+    size_t stride = d->max_len * C, n = d->len[src] * hs, kstride = C * d->ldk;
     for (size_t l = 0; l < L; l++) {
         size_t base = l * d->max_seqs * stride;
-        memcpy(d->v_cache + base + dst * stride, d->v_cache + base + src * stride, n * sizeof(float));
+        for (size_t h = 0; h < NH; h++) /* each head's first len[src] positions */
+            memcpy(d->v_cache + base + dst * stride + h * d->max_len * hs,
+                   d->v_cache + base + src * stride + h * d->max_len * hs, n * sizeof(float));
         float *kd = d->k_cache + (l * d->max_seqs + dst) * kstride, *ks = d->k_cache + (l * d->max_seqs + src) * kstride;
         for (size_t ch = 0; ch < C; ch++) memcpy(kd + ch * d->ldk, ks + ch * d->ldk, d->len[src] * sizeof(float));
     }
@@ -685,19 +688,25 @@ static void decode_matmul_forward(fdpo_decoder *d, float *out, const float *inp,
 
 /* Store the keys and values of qkv [R, 3C] at (slot, pos) of this layer's caches:
  * k [max_seqs, C, ldk] (a slot's keys channel by channel, positions contiguous: see
- * decode_attention_forward), v [max_seqs, max_len, C]. */
+ * decode_attention_forward), v [max_seqs, NH, max_len, hs] (a slot's values head by head,
+ * so the values one head reads are one contiguous run: with v [max_seqs, max_len, C] a head
+ * read 256 of every 3072 bytes at 124M, a pattern the hardware prefetcher does not follow
+ * across 4 KB pages). */
 static void decode_cache_store(float *k, float *v, const float *qkv, const size_t *row_slot,
-                               const int32_t *row_pos, size_t R, size_t C, size_t max_len, size_t ldk) {
+                               const int32_t *row_pos, size_t R, size_t C, size_t NH, size_t max_len, size_t ldk) {
+    size_t hs = C / NH;
     for (size_t r = 0; r < R; r++) {
         const float *kr = qkv + r * 3 * C + C;
         float *kc = k + row_slot[r] * C * ldk + (size_t)row_pos[r];
         for (size_t c = 0; c < C; c++) kc[c * ldk] = kr[c];
-        memcpy(v + (row_slot[r] * max_len + (size_t)row_pos[r]) * C, qkv + r * 3 * C + 2 * C, C * sizeof(float));
+        for (size_t h = 0; h < NH; h++)
+            memcpy(v + ((row_slot[r] * NH + h) * max_len + (size_t)row_pos[r]) * hs, qkv + r * 3 * C + 2 * C + h * hs,
+                   hs * sizeof(float));
     }
 }
 
 /* out [R, C]: row r, head h attends with its query qkv[r, h*hs ..] over keys/values
- * 0..pos[r] of its slot in k [max_seqs, C, ldk], v [max_seqs, max_len, C]. scores
+ * 0..pos[r] of its slot in k [max_seqs, C, ldk], v [max_seqs, NH, max_len, hs]. scores
  * [threads, ldk]. Each score is the dot product of q and one key summed in channel order,
  * one multiply and one add per channel (as a plain loop over the channels does), but 16
  * keys at a time: with the keys stored channel by channel (ldk a multiple of
@@ -740,7 +749,7 @@ static void decode_attention_forward(float *out, float *scores, const float *qkv
             const float *q = qkv + r * 3 * C + h * hs;
             size_t T = (size_t)row_pos[r] + 1;
             const float *kb = k + (row_slot[r] * C + h * hs) * ldk;
-            const float *vb = v + row_slot[r] * max_len * C + h * hs;
+            const float *vb = v + (row_slot[r] * NH + h) * max_len * hs;
             for (size_t t0 = 0; t0 < T; t0 += 4 * DECODE_KEYS) {
                 size_t nv = (T - t0 + DECODE_KEYS - 1) / DECODE_KEYS;
                 if (nv >= 4) decode_attention_scores(s, q, kb, ldk, hs, t0, scale, 4);
@@ -751,15 +760,22 @@ static void decode_attention_forward(float *out, float *scores, const float *qkv
             float mx = -INFINITY;
             for (size_t t = 0; t < T; t++) if (s[t] > mx) mx = s[t];
             float sum = 0;
-            for (size_t t = 0; t < T; t++) { s[t] = expf(s[t] - mx); sum += s[t]; }
+            size_t t8 = T / 8 * 8;
+            for (size_t t = 0; t < t8; t += 8) { /* expf's bits 8 at a time (fdpo_expf8) */
+                float dx[8];
+                for (size_t j = 0; j < 8; j++) dx[j] = s[t + j] - mx;
+                fdpo_expf8(s + t, dx);
+                for (size_t j = 0; j < 8; j++) sum += s[t + j];
+            }
+            for (size_t t = t8; t < T; t++) { s[t] = expf(s[t] - mx); sum += s[t]; }
             float inv = 1.0f / sum;
             float *o = out + r * C + h * hs;
             if (hs == 4 * DECODE_KEYS) { /* GPT-2's 64: the four sums stay in registers */
                 decode_keys o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0}, vv;
                 for (size_t t = 0; t < T; t++) {
                     float a = s[t] * inv;
-                    const float *vt = vb + t * C;
-                    for (size_t k = 0; k < 4; k++) __builtin_prefetch(vt + 8 * C + k * DECODE_KEYS); /* as the keys */
+                    const float *vt = vb + t * hs;
+                    for (size_t k = 0; k < 4; k++) __builtin_prefetch(vt + 8 * hs + k * DECODE_KEYS); /* as the keys */
                     memcpy(&vv, vt, sizeof vv); o0 = o0 + a * vv;
                     memcpy(&vv, vt + DECODE_KEYS, sizeof vv); o1 = o1 + a * vv;
                     memcpy(&vv, vt + 2 * DECODE_KEYS, sizeof vv); o2 = o2 + a * vv;
@@ -771,7 +787,7 @@ static void decode_attention_forward(float *out, float *scores, const float *qkv
                 for (size_t i = 0; i < hs; i++) o[i] = 0;
                 for (size_t t = 0; t < T; t++) {
                     float a = s[t] * inv;
-                    for (size_t i = 0; i < hs; i++) o[i] += a * vb[t * C + i];
+                    for (size_t i = 0; i < hs; i++) o[i] += a * vb[t * hs + i];
                 }
             }
         }
@@ -789,11 +805,18 @@ static void decode_gelu_forward(float *x, size_t n, int vector_exp) {
         }
         return;
     }
-    /* fp32: libm's expf, the bits fp32 samples have always had */
-    #pragma omp parallel for if (n > 8192) /* expf is scalar: ~0.1 ms per 124M layer of 8 rows */
-    for (size_t i = 0; i < n; i++) {
+    /* fp32: libm's expf bits, the bits fp32 samples have always had, 8 at a time
+     * (fdpo_expf8); 0.5 u (1 + tanh(a)) = u / (1 + exp(-2a)): one expf instead of tanhf */
+    size_t n8 = n / 8 * 8;
+    #pragma omp parallel for if (n > 8192)
+    for (size_t i = 0; i < n8; i += 8) {
+        float a[8], e[8];
+        for (size_t j = 0; j < 8; j++) { float u = x[i + j]; a[j] = -2.0f * s * (u + 0.044715f * u * u * u); }
+        fdpo_expf8(e, a);
+        for (size_t j = 0; j < 8; j++) x[i + j] = x[i + j] / (1.0f + e[j]);
+    }
+    for (size_t i = n8; i < n; i++) {
         float u = x[i];
-        /* 0.5 u (1 + tanh(a)) = u / (1 + exp(-2a)): one expf instead of tanhf */
         x[i] = u / (1.0f + expf(-2.0f * s * (u + 0.044715f * u * u * u)));
     }
 }
@@ -868,7 +891,7 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
         decode_matmul_forward(d, d->qkv, d->h, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
                               WP(l, 0));
         fdpo_lora_apply(m, FDPO_LORA_C_ATTN, l, d->qkv, d->h, R);
-        decode_cache_store(kc, vc, d->qkv, d->row_slot, d->row_pos, R, C, d->max_len, d->ldk);
+        decode_cache_store(kc, vc, d->qkv, d->row_slot, d->row_pos, R, C, NH, d->max_len, d->ldk);
         decode_attention_forward(d->atty, d->scores, d->qkv, kc, vc, d->row_slot, d->row_pos, R, C, NH, d->max_len,
                                  d->ldk);
         decode_matmul_forward(d, d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1,

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/decode.h"
 #include "fdpo/eval.h"
 #include "fdpo/io.h"
 #include "harness.h"
@@ -159,6 +160,15 @@ static int h_sample(int argc, char **argv) {
     return rc;
 }
 
+/* eval-sample-exp STRIDE: is fdpo_expf8 (the sampler's and fp32 decoder's exponential) 8 wide, and on how many of 1 in
+ * STRIDE floats of (-88, 88) does it differ from libm's expf (test_generate_decode.py) */
+static int h_sample_exp(int argc, char **argv) {
+    uint32_t stride = argc > 1 ? (uint32_t)atol(argv[1]) : 7;
+    int on = fdpo_expf8_ready();
+    printf("{\"vector\": %d, \"mismatches\": %zu}\n", on, fdpo_expf8_check(stride));
+    return 0;
+}
+
 static int h_run(int argc, char **argv) {
     if (argc < 3) return fdpo_error("usage: eval-run POLICY REF --prompts P --eot E --k K ...");
     fdpo_gpt2 *pm = fdpo_checkpoint_load_model(argv[1]);
@@ -284,6 +294,7 @@ int h_eval(int argc, char **argv) {
     const char *sub = argv[0];
     if (!strcmp(sub, "eval-logits")) return h_logits(argc, argv);
     if (!strcmp(sub, "eval-sample")) return h_sample(argc, argv);
+    if (!strcmp(sub, "eval-sample-exp")) return h_sample_exp(argc, argv);
     if (!strcmp(sub, "eval-run")) return h_run(argc, argv);
     if (!strcmp(sub, "eval-score")) return h_score(argc, argv);
     if (!strcmp(sub, "eval-text")) return h_text(argc, argv);
