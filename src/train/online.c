@@ -359,8 +359,9 @@ static int policy_lora_setup(const fdpo_online_opts *o, fdpo_gpt2 *policy, const
 /* Samples decoded together: all of a round's (or step's) samples on this rank, up to
  * ONLINE_SAMPLE_BATCH_MAX (rl.c's cap), as fdpo rl samples its step, so that each weight is
  * read once per new token for all of them. A fixed 8 read the 124M weights twice per token
- * for the bench's 16 samples. A sample's tokens depend only on its RNG stream and its own
- * rows (src/eval/sample.c), not on the batch, so the samples are the same bits. */
+ * for the bench's 16 samples. A sample's RNG stream does not depend on the batch; the
+ * decoder's logits can differ in their last bits with the number of rows decoded together,
+ * so log-probs (and, rarely, a token drawn at a boundary) may differ from a smaller batch's. */
 #define ONLINE_SAMPLE_BATCH_MAX 64
 static fdpo_sample_config online_sample_config(const fdpo_online_opts *o) {
     fdpo_sample_config c = o->sample;
