@@ -80,6 +80,16 @@ typedef struct { FILE *f; char *path; char *tmp_path; } fdpo_atomic_file;
 int fdpo_atomic_open(fdpo_atomic_file *af, const char *path);
 int fdpo_atomic_commit(fdpo_atomic_file *af);
 void fdpo_atomic_abort(fdpo_atomic_file *af);
+/* Large files written past the page cache, atomically as fdpo_atomic_file (PATH.tmp.<pid>,
+ * fsync, rename, fsync the dir): O_DIRECT through an aligned bounce buffer, so the kernel
+ * does not copy every byte into the page cache on a core the caller computes on (a 500 MB
+ * checkpoint: ~1 s of CPU buffered, ~0.02 s direct). A file system that refuses O_DIRECT
+ * gets plain writes through the same buffer. Errors name the file. */
+typedef struct { int fd, direct, err; char *path, *tmp_path; unsigned char *buf; size_t n; } fdpo_direct_file;
+int fdpo_direct_open(fdpo_direct_file *f, const char *path);
+int fdpo_direct_write(fdpo_direct_file *f, const void *data, size_t len);
+int fdpo_direct_commit(fdpo_direct_file *f);
+void fdpo_direct_abort(fdpo_direct_file *f);
 int fdpo_mkdir_p(const char *path);
 int fdpo_file_exists(const char *path);
 /* Exclusive, non-blocking flock on DIR.lock (beside DIR: DIR itself is swapped by rename),

@@ -34,6 +34,8 @@ typedef struct {
     int pairs_bt;                /* 0: best vs worst per prompt; 1: all disjoint pairs with Bradley-Terry-
                                     sampled labels (fdpo_make_pairs, as `fdpo pairs`) */
     double bt_scale;             /* BT temperature for pairs_bt */
+    int ref_logps_all;           /* 0: reference log-probs for the pairs' samples only (objective/kl is
+                                    their mean); 1: for every sample (objective/kl over all) */
     int resume;
     fdpo_sample_config sample;   /* seed is mixed with the round number */
     fdpo_dpo_run_opts dpo;       /* template of each round's f-DPO run (data/out/init/ref set per round) */

@@ -13,9 +13,9 @@
 #include "cli/flags.h"
 #include "fdpo/online.h"
 
-#define ONLINE_FLAGS_N 15
+#define ONLINE_FLAGS_N 16
 typedef struct {
-    const char *ref_update, *pairs_mode, *stop;
+    const char *ref_update, *pairs_mode, *ref_logps, *stop;
     double temperature, top_p, timeout;
     long top_k, max_new;
 } online_flags;

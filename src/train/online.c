@@ -142,6 +142,8 @@ typedef struct {
     fdpo_pref_pair *pairs;         /* over the samples' token ids */
     const fdpo_pref_pair **pair_ptr;
     double *pair_ref;              /* [2 * pairs] reference log-probs of chosen, rejected */
+    size_t *pair_sample;           /* [2 * pairs] their samples */
+    unsigned char *need_ref;       /* [N] the samples that get reference log-probs */
     size_t n_pairs;
 } round_buf;
 
@@ -158,11 +160,14 @@ static void round_buf_init(round_buf *b, size_t P, size_t K) {
     b->pairs = fdpo_calloc(b->N, sizeof *b->pairs);
     b->pair_ptr = fdpo_calloc(b->N, sizeof *b->pair_ptr);
     b->pair_ref = fdpo_calloc(2 * b->N, sizeof(double));
+    b->pair_sample = fdpo_calloc(2 * b->N, sizeof(size_t));
+    b->need_ref = fdpo_calloc(b->N, 1);
 }
 
 static void round_buf_free(round_buf *b) {
     free(b->ps); free(b->pp); free(b->cc); free(b->r); free(b->logp); free(b->lref);
     free(b->recs); free(b->pairs); free(b->pair_ptr); free(b->pair_ref);
+    free(b->pair_sample); free(b->need_ref);
 }
 
 /* Pair q = samples w (chosen) and l (rejected): its record line in the pairs file and its
@@ -180,8 +185,8 @@ static void add_pair(round_buf *b, round_stats *st, FILE *f, int32_t **ids, cons
     x->rejected = s[l].tokens; x->n_rejected = s[l].n_tokens;
     x->line = q + 1; x->index = q; x->truncated = 0;
     b->pair_ptr[q] = x;
-    b->pair_ref[2 * q] = b->lref[w];
-    b->pair_ref[2 * q + 1] = b->lref[l];
+    b->pair_sample[2 * q] = w;   /* their reference log-probs: scored once the pairs are known */
+    b->pair_sample[2 * q + 1] = l;
     st->pairs += 1;
     st->reward_gap += b->r[w] - b->r[l];
     if (!f) return;
@@ -197,6 +202,39 @@ static void add_pair(round_buf *b, round_stats *st, FILE *f, int32_t **ids, cons
     cJSON_Delete(row);
 }
 
+/* log pi_ref of the samples marked in need (NAN for the others): one fdpo_samples_logp pass
+ * over just them, in sample order, so a prompt's scored samples still share its prompt.
+ * Best-worst pairing uses 2 of a prompt's n samples; the reference forward is the round's
+ * scoring cost, so the others are not scored unless --ref-logps all asks for them. ref ==
+ * policy: a LoRA policy whose reference is its base, itself with the adapters off.
+ * Collective under MPI (every rank holds every sample and the same need). */
+static int ref_logps(fdpo_gpt2 *ref, fdpo_gpt2 *policy, int32_t *const *ids, const size_t *lens, const fdpo_sample *s,
+                     size_t N, const unsigned char *need, double *lref) {
+    fdpo_sample *sub = fdpo_malloc((N ? N : 1) * sizeof *sub);
+    size_t *at = fdpo_malloc((N ? N : 1) * sizeof *at), n = 0;
+    double *lp = fdpo_malloc((N ? N : 1) * sizeof *lp);
+    for (size_t i = 0; i < N; i++) {
+        lref[i] = NAN;
+        if (need[i]) { sub[n] = s[i]; at[n++] = i; }   /* shallow: the tokens stay the sample's */
+    }
+    int lora_on = ref == policy ? fdpo_lora_set_enabled(policy, 0) : 0;
+    int rc = fdpo_samples_logp(ref, ids, lens, sub, n, lp);
+    if (ref == policy) fdpo_lora_set_enabled(policy, lora_on);
+    for (size_t q = 0; rc == 0 && q < n; q++) lref[at[q]] = lp[q];
+    free(sub); free(at); free(lp);
+    return rc;
+}
+
+/* objective/kl: the mean of log pi - log pi_ref over the samples that have log pi_ref (all, or
+ * the pairs' with --ref-logps pairs); NAN when none has */
+static double mean_kl(const double *logp, const double *lref, size_t N) {
+    double kl = 0;
+    size_t n = 0;
+    for (size_t i = 0; i < N; i++)
+        if (!isnan(lref[i])) { kl += logp[i] - lref[i]; n++; }
+    return n ? kl / (double)n : NAN;
+}
+
 /* Sample from the policy, score, pair: fills b (pairs over *s's tokens: the caller frees *s,
  * *ids after training on them) and st; on rank 0 *pairs_text (*pairs_len bytes, the caller
  * frees it) is the pairs as preference JSONL, the round's record (written by the round's
@@ -204,7 +242,8 @@ static void add_pair(round_buf *b, round_stats *st, FILE *f, int32_t **ids, cons
  * itself this round (round 0 of online DPO from --model; every round of iterative DPO), so
  * log pi_ref = log pi. log pi of a sample is the sampler's own sum (fdpo_sample.logp:
  * untempered, over the same tokens fdpo_samples_logp scores). */
-static int make_round_pairs(const fdpo_online_opts *o, long k, fdpo_gpt2 *policy, fdpo_gpt2 *ref,
+static int make_round_pairs(const fdpo_online_opts *o, const fdpo_sample_config *sample, long k, fdpo_gpt2 *policy,
+                            fdpo_gpt2 *ref,
                             const fdpo_tokenizer *tok, char **prompts, size_t n_prompts, fdpo_reward *reward,
                             char **pairs_text, size_t *pairs_len, round_buf *b, int32_t ***ids, size_t **lens,
                             fdpo_sample **s, round_stats *st) {
@@ -213,20 +252,10 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, fdpo_gpt2 *policy
     double sec[2] = {0, 0};
     memset(st, 0, sizeof *st);
     b->n_pairs = 0;
-    int rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "round", k, b->ps, P, K, reward, ids, lens, s,
+    int rc = fdpo_sample_and_score_ranks(policy, tok, sample, "round", k, b->ps, P, K, reward, ids, lens, s,
                                          b->pp, b->cc, b->r, sec);
-    double t_logp = fdpo_now();
     for (size_t i = 0; rc == 0 && i < N; i++) b->logp[i] = (*s)[i].logp;
-    /* ref == policy: a LoRA policy whose reference is its base, i.e. itself with the adapters off */
-    if (rc == 0 && ref) {
-        int lora_on = ref == policy ? fdpo_lora_set_enabled(policy, 0) : 0;
-        rc = fdpo_samples_logp(ref, *ids, *lens, *s, N, b->lref);   /* l = log pi - log pi_ref */
-        if (ref == policy) fdpo_lora_set_enabled(policy, lora_on);
-    } else if (rc == 0) {
-        memcpy(b->lref, b->logp, N * sizeof(double));
-    }
     st->t_sampling = sec[0];
-    st->t_scoring = sec[1] + (fdpo_now() - t_logp);
     *pairs_text = NULL;
     *pairs_len = 0;
     FILE *f = rc == 0 && fdpo_dist_is_root() ? open_memstream(pairs_text, pairs_len) : NULL;   /* rank 0 writes */
@@ -258,15 +287,26 @@ static int make_round_pairs(const fdpo_online_opts *o, long k, fdpo_gpt2 *policy
         *pairs_text = NULL;
         *pairs_len = 0;
     }
+    /* the reference log-probs of the pairs' samples (of all with --ref-logps all): l = log pi - log pi_ref */
+    double t_logp = fdpo_now();
+    if (rc == 0 && ref) {
+        memset(b->need_ref, o->ref_logps_all, N);
+        for (size_t q = 0; q < 2 * b->n_pairs; q++) b->need_ref[b->pair_sample[q]] = 1;
+        rc = ref_logps(ref, policy, *ids, *lens, *s, N, b->need_ref, b->lref);
+    } else if (rc == 0) {
+        memcpy(b->lref, b->logp, N * sizeof(double));
+    }
+    for (size_t q = 0; rc == 0 && q < 2 * b->n_pairs; q++) b->pair_ref[q] = b->lref[b->pair_sample[q]];
+    st->t_scoring = sec[1] + (fdpo_now() - t_logp);
     if (rc == 0) {
+        st->kl = mean_kl(b->logp, b->lref, N);
         for (size_t i = 0; i < N; i++) {
             st->scores += b->r[i];
-            st->kl += b->logp[i] - b->lref[i];
             st->entropy += -b->logp[i];
             st->eos += x[i].finish == FDPO_FINISH_EOT;
             st->length += (double)x[i].n_completion;
         }
-        st->scores /= (double)N; st->kl /= (double)N; st->entropy /= (double)N;
+        st->scores /= (double)N; st->entropy /= (double)N;
         st->eos /= (double)N; st->length /= (double)N;
         st->reward_gap = st->pairs > 0 ? st->reward_gap / st->pairs : NAN;
     }
@@ -314,6 +354,23 @@ static int policy_lora_setup(const fdpo_online_opts *o, fdpo_gpt2 *policy, const
     policy->lora->seed = (uint64_t)t->seed;   /* dropout masks */
     policy->lora->dropout = t->lora_dropout;
     return 0;
+}
+
+/* Samples decoded together: all of a round's (or step's) samples on this rank, up to
+ * ONLINE_SAMPLE_BATCH_MAX (rl.c's cap), as fdpo rl samples its step, so that each weight is
+ * read once per new token for all of them. A fixed 8 read the 124M weights twice per token
+ * for the bench's 16 samples. A sample's RNG stream does not depend on the batch; the
+ * decoder's logits can differ in their last bits with the number of rows decoded together,
+ * so log-probs (and, rarely, a token drawn at a boundary) may differ from a smaller batch's. */
+#define ONLINE_SAMPLE_BATCH_MAX 64
+static fdpo_sample_config online_sample_config(const fdpo_online_opts *o) {
+    fdpo_sample_config c = o->sample;
+    size_t pb, pe;
+    fdpo_dist_shard((size_t)o->prompts_per_round, &pb, &pe);
+    size_t mine = (pe - pb) * (size_t)o->n;
+    c.batch = mine < ONLINE_SAMPLE_BATCH_MAX ? mine : ONLINE_SAMPLE_BATCH_MAX;
+    if (c.batch < 1) c.batch = 1;
+    return c;
 }
 
 /* Is path the LoRA policy's base (the file system's idea of the same directory)? */
@@ -390,6 +447,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     const int ref_is_model = !o->ref || !strcmp(o->ref, o->model);
     round_buf buf;
     round_buf_init(&buf, (size_t)o->prompts_per_round, (size_t)o->n);
+    const fdpo_sample_config sample = online_sample_config(o);
     /* one pair of AdamW moment buffers for the whole run: every round's f-DPO starts a fresh
      * optimizer in them (fdpo_adamw_reset) instead of allocating and faulting in 2x the
      * parameters per round */
@@ -422,7 +480,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         const double t_round = fdpo_now();
         fdpo_gpt2 *round_ref = o->ref_update_round || (k == 0 && ref_is_model) ? NULL : ref;
         /* (round k-1's writer may still be reading the policy: sampling and scoring only read it) */
-        rc = make_round_pairs(o, k, policy, round_ref, tok, prompts, n_prompts, reward, &pairs_text, &pairs_len, &buf, &ids,
+        rc = make_round_pairs(o, &sample, k, policy, round_ref, tok, prompts, n_prompts, reward, &pairs_text, &pairs_len, &buf, &ids,
                               &lens, &samples, &st);
         if (rc == 0) {
             fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k,
@@ -515,6 +573,7 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     fdpo_settings_num(s, "beta", o->dpo.dpo.loss.beta, 1);
     fdpo_settings_num(s, "n", (double)o->n, 1);
     fdpo_settings_num(s, "prompts-per-round", (double)o->prompts_per_round, 1);
+    fdpo_settings_str(s, "ref-logps", o->ref_logps_all ? "all" : "pairs", 1);
     fdpo_sample_config_settings(&o->sample, &o->reward_opts, s);
 }
 
@@ -561,11 +620,14 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     cfg.micro_batch = 0;
     if (!rc) d_ok = (rc = fdpo_dpo_init(&d, policy, ref, &cfg)) == 0;
     const size_t P = (size_t)o->prompts_per_round, K = (size_t)o->n, N = P * K;
+    const fdpo_sample_config sample = online_sample_config(o);
     char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
     double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double)), *lpol = fdpo_malloc(N * sizeof(double));
     fdpo_pref_pair *pairs = fdpo_calloc(P, sizeof *pairs);
     const fdpo_pref_pair **pptr = fdpo_malloc(P * sizeof *pptr);
     double *pair_ref = fdpo_malloc(2 * P * sizeof *pair_ref);
+    size_t *pair_sample = fdpo_malloc(2 * P * sizeof *pair_sample);
+    unsigned char *need_ref = fdpo_malloc(N);
     /* (a continued adapter --model with the adapters-off reference: the reference is its base, not it) */
     const int ref_is_model = (!o->ref || !strcmp(o->ref, o->model)) && !(ref_is_base && fdpo_lora_is_checkpoint(o->model));
     while (rc == 0 && !fdpo_trainer_done(&tr)) {
@@ -576,18 +638,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
         double sec[2] = {0, 0}, t_score, t_train = 0;
-        rc = fdpo_sample_and_score_ranks(policy, tok, &o->sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
-        t_score = fdpo_now();
-        /* log pi: the sampler's own sums (untempered, over the tokens scored here); log pi_ref:
-         * the same at step 0 of a run whose reference is --model, else one scoring pass */
-        for (size_t i = 0; !rc && i < N; i++) lpol[i] = s[i].logp;
-        if (!rc && step == 0 && ref_is_model) memcpy(lref, lpol, N * sizeof *lref);
-        else if (!rc) {
-            int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
-            rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
-            if (ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
-        }
-        sec[1] += fdpo_now() - t_score;
+        rc = fdpo_sample_and_score_ranks(policy, tok, &sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
         size_t np = 0, tokens = 0;
         double gap = 0, scores = 0, kl = 0, ent = 0, eos = 0;
         for (size_t p = 0; rc == 0 && p < P; p++) {
@@ -604,14 +655,28 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
             q->chosen = b->tokens; q->n_chosen = b->n_tokens;
             q->rejected = w->tokens; q->n_rejected = w->n_tokens;
             q->line = (size_t)step + 1; q->index = np;
-            pair_ref[2 * np] = lref[best];   /* the reference log-probs the step needs: scored above */
-            pair_ref[2 * np + 1] = lref[worst];
+            pair_sample[2 * np] = best;   /* their reference log-probs: scored below */
+            pair_sample[2 * np + 1] = worst;
             pptr[np++] = q;
             gap += r[best] - r[worst];
             tokens += 2 * lens[p] + b->n_tokens + w->n_tokens;
         }
+        t_score = fdpo_now();
+        /* log pi: the sampler's own sums (untempered, over the tokens scored here); log pi_ref:
+         * the same at step 0 of a run whose reference is --model, else one scoring pass over
+         * the pairs' samples (all with --ref-logps all) */
+        for (size_t i = 0; !rc && i < N; i++) lpol[i] = s[i].logp;
+        if (!rc && step == 0 && ref_is_model) memcpy(lref, lpol, N * sizeof *lref);
+        else if (!rc) {
+            memset(need_ref, o->ref_logps_all, N);
+            for (size_t q = 0; q < 2 * np; q++) need_ref[pair_sample[q]] = 1;
+            rc = ref_logps(ref, policy, ids, lens, s, N, need_ref, lref);
+        }
+        for (size_t q = 0; !rc && q < 2 * np; q++) pair_ref[q] = lref[pair_sample[q]];
+        sec[1] += fdpo_now() - t_score;
+        if (!rc) kl = mean_kl(lpol, lref, N);
         for (size_t i = 0; rc == 0 && i < N; i++) {
-            scores += r[i]; kl += lpol[i] - lref[i]; ent -= lpol[i]; eos += s[i].finish == FDPO_FINISH_EOT;
+            scores += r[i]; ent -= lpol[i]; eos += s[i].finish == FDPO_FINISH_EOT;
         }
         fdpo_dpo_metrics m = {0};
         t_train = fdpo_now();
@@ -637,10 +702,10 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
             fdpo_trainer_metrics_begin(&tr, np ? m.loss : NAN);
             fdpo_metrics *mw = &tr.metrics;
             fdpo_metrics_add(mw, "objective/scores", scores / (double)N);
-            fdpo_metrics_add(mw, "objective/kl", kl / (double)N);
+            fdpo_metrics_add(mw, "objective/kl", kl);
             fdpo_metrics_add(mw, "objective/entropy", ent / (double)N);
-            fdpo_metrics_add(mw, "objective/non_score_reward", -beta * kl / (double)N);
-            fdpo_metrics_add(mw, "objective/rlhf_reward", (scores - beta * kl) / (double)N);
+            fdpo_metrics_add(mw, "objective/non_score_reward", -beta * kl);
+            fdpo_metrics_add(mw, "objective/rlhf_reward", scores / (double)N - beta * kl);
             fdpo_metrics_add(mw, "val/contain_eos_token", eos / (double)N);
             fdpo_metrics_add(mw, "rewards/chosen", np ? m.rewards_chosen : NAN);
             fdpo_metrics_add(mw, "rewards/rejected", np ? m.rewards_rejected : NAN);
@@ -653,7 +718,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
             fdpo_metrics_add(mw, "time/training", t_train);
             rc = fdpo_metrics_end(mw);
             char extra_text[96];
-            snprintf(extra_text, sizeof extra_text, "reward %.4g kl %.4g pairs %zu", scores / (double)N, kl / (double)N, np);
+            snprintf(extra_text, sizeof extra_text, "reward %.4g kl %.4g pairs %zu", scores / (double)N, kl, np);
             fdpo_trainer_progress(&tr, np ? m.loss : NAN, extra_text);
         }
         if (s) fdpo_samples_free(s, N);
@@ -663,6 +728,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (d_ok) fdpo_dpo_free(&d);
     if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
     free(ps); free(pp); free(cc); free(r); free(lref); free(lpol); free(pairs); free(pptr); free(pair_ref);
+    free(pair_sample); free(need_ref);
     if (tok) fdpo_tokenizer_free(tok);
     if (ref && !ref_is_base) fdpo_gpt2_free(ref);
     if (reward) fdpo_reward_free(reward);

@@ -164,6 +164,7 @@ def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_pat
     (["--divergence", "tv"], "--divergence tv"),
     (["--pairs", "all"], "--pairs: 'all' is not best-worst or all-bt"),
     (["--pairs", "all-bt", "--bt-scale", "0"], "--bt-scale"),
+    (["--ref-logps", "some"], "--ref-logps: 'some' is not pairs or all"),
 ])
 def test_bad_flags(setup, tmp_path, args, needle):
     r = online(setup, tmp_path / "bad", *args, check=False)
@@ -321,6 +322,42 @@ def test_round_trains_on_the_sampled_tokens_against_its_reference(setup, tmp_pat
                 assert abs(match[0][2]) > 100 * tol, match
             else:
                 assert abs(match[0][2]) <= tol and abs(match[0][3]) <= tol
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_kl_is_over_the_samples_scored_under_the_reference(setup, tmp_path):
+    """--ref-logps pairs (default) scores only the pairs' samples under the reference, and round
+    1's objective/kl is their mean log pi_round0(y) - log pi_ref(y), checked against float64
+    PyTorch on the saved checkpoints and the pairs file (ASCII-only model: the text gives back
+    the tokens). --ref-logps all scores every sample: the same samples (same seed), so the
+    pairs, their training and round 1's weights are as before up to float rounding, while the KL
+    is over all 16 samples -- a different mean here."""
+    import torch
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = ascii_model(tmp_path / "m")
+        base = load_gpt2(model)
+        runs = {}
+        for mode in ("pairs", "all"):
+            out = tmp_path / mode
+            fdpo("online", "--model", model, "--data", setup / "prompts.txt", "--reward",
+                 f"cmd:/usr/bin/python3 {setup / 'letters.py'}", "--out", out, "--rounds", 2, "--prompts-per-round", 4,
+                 "--n", 4, "--max-new-tokens", 16, "--batch-size", 4, "--epochs", 1, "--lr", "1e-2", "--beta", 0.1,
+                 "--ref-logps", mode, "--threads", 1)
+            runs[mode] = out
+        rows = pair_rows(runs["pairs"] / "round-1.pairs.jsonl")
+        assert len(rows) >= 2 and rows == pair_rows(runs["all"] / "round-1.pairs.jsonl")
+        pol = load_gpt2(runs["pairs"] / "round-0")
+        with torch.no_grad():
+            lr = [float(logp(pol, enc(r["prompt"]), done(r[k])) - logp(base, enc(r["prompt"]), done(r[k])))
+                  for r in rows for k in ("chosen", "rejected")]
+        kl = {m: metrics(runs[m])[1]["objective/kl"] for m in runs}
+        assert kl["pairs"] == pytest.approx(sum(lr) / len(lr), rel=1e-5, abs=1e-5), (kl, lr)
+        assert abs(kl["all"] - kl["pairs"]) > 1e-3, kl   # 16 samples, not the 2 x pairs above
+        for m in runs:   # the TRL identities hold with either KL
+            x = metrics(runs[m])[1]
+            assert x["objective/rlhf_reward"] == pytest.approx(x["objective/scores"] - 0.1 * x["objective/kl"])
     finally:
         torch.set_default_dtype(torch.float32)
 
