@@ -34,8 +34,9 @@ typedef struct {
     int pairs_bt;                /* 0: best vs worst per prompt; 1: all disjoint pairs with Bradley-Terry-
                                     sampled labels (fdpo_make_pairs, as `fdpo pairs`) */
     double bt_scale;             /* BT temperature for pairs_bt */
-    int ref_logps_all;           /* 0: reference log-probs for the pairs' samples only (objective/kl is
-                                    their mean); 1: for every sample (objective/kl over all) */
+    int ref_logps_pairs;         /* 0 (default): reference log-probs for every sample, so objective/kl
+                                    is TRL's unbiased mean over all samples; 1: for the pairs' samples
+                                    only (one reference forward less; objective/kl is their mean) */
     int resume;
     fdpo_sample_config sample;   /* seed is mixed with the round number */
     fdpo_dpo_run_opts dpo;       /* template of each round's f-DPO run (data/out/init/ref set per round) */

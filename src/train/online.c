@@ -290,7 +290,7 @@ static int make_round_pairs(const fdpo_online_opts *o, const fdpo_sample_config 
     /* the reference log-probs of the pairs' samples (of all with --ref-logps all): l = log pi - log pi_ref */
     double t_logp = fdpo_now();
     if (rc == 0 && ref) {
-        memset(b->need_ref, o->ref_logps_all, N);
+        memset(b->need_ref, !o->ref_logps_pairs, N);
         for (size_t q = 0; q < 2 * b->n_pairs; q++) b->need_ref[b->pair_sample[q]] = 1;
         rc = ref_logps(ref, policy, *ids, *lens, *s, N, b->need_ref, b->lref);
     } else if (rc == 0) {
@@ -573,7 +573,7 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     fdpo_settings_num(s, "beta", o->dpo.dpo.loss.beta, 1);
     fdpo_settings_num(s, "n", (double)o->n, 1);
     fdpo_settings_num(s, "prompts-per-round", (double)o->prompts_per_round, 1);
-    fdpo_settings_str(s, "ref-logps", o->ref_logps_all ? "all" : "pairs", 1);
+    fdpo_settings_str(s, "ref-logps", o->ref_logps_pairs ? "pairs" : "all", 1);
     fdpo_sample_config_settings(&o->sample, &o->reward_opts, s);
 }
 
@@ -668,7 +668,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         for (size_t i = 0; !rc && i < N; i++) lpol[i] = s[i].logp;
         if (!rc && step == 0 && ref_is_model) memcpy(lref, lpol, N * sizeof *lref);
         else if (!rc) {
-            memset(need_ref, o->ref_logps_all, N);
+            memset(need_ref, !o->ref_logps_pairs, N);
             for (size_t q = 0; q < 2 * np; q++) need_ref[pair_sample[q]] = 1;
             rc = ref_logps(ref, policy, ids, lens, s, N, need_ref, lref);
         }

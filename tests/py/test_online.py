@@ -327,10 +327,10 @@ def test_round_trains_on_the_sampled_tokens_against_its_reference(setup, tmp_pat
 
 
 def test_kl_is_over_the_samples_scored_under_the_reference(setup, tmp_path):
-    """--ref-logps pairs (default) scores only the pairs' samples under the reference, and round
+    """--ref-logps pairs scores only the pairs' samples under the reference, and round
     1's objective/kl is their mean log pi_round0(y) - log pi_ref(y), checked against float64
     PyTorch on the saved checkpoints and the pairs file (ASCII-only model: the text gives back
-    the tokens). --ref-logps all scores every sample: the same samples (same seed), so the
+    the tokens). --ref-logps all (default) scores every sample: the same samples (same seed), so the
     pairs, their training and round 1's weights are as before up to float rounding, while the KL
     is over all 16 samples -- a different mean here."""
     import torch
