@@ -315,11 +315,25 @@ static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const
         fdpo_k_lmhead_backward(dinp, fdpo_lora_frozen(m) ? NULL : m->grads.wte, dlogits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
 }
 
-/* The fused head's scratch for K rows: one chunk of logits, bf16 operands, row state. */
-static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk) {
+/* Does the fused head keep its K x V logits for the backward? Only in a model being trained
+ * (a gradient buffer or LoRA adapters: a reference model's forward has no backward) and only
+ * when they fit FDPO_LMHEAD_KEEP_MAX_BYTES (or the environment variable of that name). */
+static int head_keeps_logits(const fdpo_gpt2 *m, size_t K, size_t V) {
+    static long long env = -2;
+    if (env == -2) {
+        const char *e = getenv("FDPO_LMHEAD_KEEP_MAX_BYTES");
+        env = e && *e ? atoll(e) : -1;
+    }
+    size_t max = env >= 0 ? (size_t)env : FDPO_LMHEAD_KEEP_MAX_BYTES;
+    return (m->grads_memory || m->lora) && K > 0 && V > fdpo_lmhead_chunk(V) && K * V * sizeof(float) <= max;
+}
+
+/* The fused head's scratch for K rows: one chunk of logits (or all of them: keep), bf16
+ * operands, row state. */
+static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk, int keep) {
     fdpo_gpt2_acts *a = m->acts;
     size_t C = m->config.n_embd;
-    a->head_scratch = grow(a->head_scratch, &a->head_scratch_cap, K * chunk, sizeof(float));
+    a->head_scratch = grow(a->head_scratch, &a->head_scratch_cap, K * (keep ? m->config.vocab_size : chunk), sizeof(float));
     a->head_acc = grow(a->head_acc, &a->head_acc_cap, 3 * K, sizeof(double));
     if (a->precision == FDPO_PRECISION_BF16)
         a->head_bf16 = grow(a->head_bf16, &a->head_bf16_cap, K * (C + chunk), sizeof(uint16_t));
@@ -336,12 +350,14 @@ static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t K) {
         memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
         a->ctargets[k] = a->targets[a->rows[k]];
     }
-    fused_head_reserve(m, K, chunk);
+    int keep = head_keeps_logits(m, K, V);
+    fused_head_reserve(m, K, chunk, keep);
     float *csum = a->d_ln; /* free during forward */
     const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, m->params.wte) : NULL;
     fdpo_k_lmhead_logsoftmax_forward_chunked(a->clse, a->cd, csum, lnf_packed, m->params.wte, wb, a->ctargets, K, C, V,
-                                             chunk, a->head_scratch, a->head_bf16, a->head_acc);
-    a->head_logits_rows = chunk >= V ? K : SIZE_MAX; /* one chunk: its logits stay in head_scratch */
+                                             chunk, a->head_scratch, a->head_bf16, a->head_acc, keep);
+    /* kept, or one chunk: the logits stay in head_scratch (chunk by chunk) for the backward */
+    a->head_logits_rows = keep || chunk >= V ? K : SIZE_MAX;
     memset(a->lse, 0, N * sizeof(float));
     memset(a->logit_sum, 0, N * sizeof(float));
     if (tlp) memset(tlp, 0, N * sizeof(float));
@@ -557,7 +573,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         float *lnf_packed = a->d_atty, *dlnf_packed = a->d_qkv; /* both free until the blocks */
         size_t chunk = fdpo_lmhead_chunk(V);
         for (size_t k = 0; k < K; k++) memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
-        fused_head_reserve(m, K, chunk);
+        fused_head_reserve(m, K, chunk, 0); /* kept logits: the forward grew it to K x V */
         const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, p->wte) : NULL;
         /* the backward's rows are the forward's rows with a gradient, in the same order: the same
          * count means the same rows, whose logits the forward may have left in head_scratch */

@@ -154,19 +154,25 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
                           uint16_t *scratch_inp);
 
 /* LM head + log-softmax + gather over vocabulary chunks, never holding [K, V] logits (the
- * training path: only target log-probs are used). head [V, C]; head_bf16 != NULL = bf16
- * GEMMs. Scratch: K*chunk floats, bf16 K*C (forward) / K*(C+chunk) (backward), 3K doubles.
- * logits_ready (backward): V <= chunk and scratch still holds the forward's [K, V] logits of
- * the same K rows, so the backward skips recomputing them (one GEMM of K x V x C fewer). */
+ * training path: only target log-probs are used) unless keep_logits. head [V, C];
+ * head_bf16 != NULL = bf16 GEMMs. Scratch: K*chunk floats (K*V with keep_logits), bf16 K*C
+ * (forward) / K*(C+chunk) (backward), 3K doubles. keep_logits (forward) leaves chunk
+ * [v0, v0+nv) of the logits at scratch + v0*K; logits_ready (backward): scratch still holds
+ * the forward's logits of the same K rows that way (kept, or V <= chunk), so the backward
+ * skips recomputing them (one GEMM of K x V x C fewer). */
 void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, float *logit_sum, const float *inp,
                                               const float *head, const uint16_t *head_bf16, const int32_t *targets,
                                               size_t K, size_t C, size_t V, size_t chunk, float *scratch,
-                                              uint16_t *scratch_bf16, double *acc);
+                                              uint16_t *scratch_bf16, double *acc, int keep_logits);
 void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dhead, const float *d_token_logp, const float *lse,
                                                const int32_t *targets, const float *inp, const float *head,
                                                const uint16_t *head_bf16, size_t K, size_t C, size_t V, size_t chunk,
                                                float *scratch, uint16_t *scratch_bf16, int logits_ready);
 #define FDPO_LMHEAD_CHUNK 2048 /* vocabulary columns per chunk (FDPO_LMHEAD_CHUNK=n overrides, for tests) */
+/* A trained GPT-2's fused head keeps its K x V logits for the backward when they take at most
+ * this many bytes (FDPO_LMHEAD_KEEP_MAX_BYTES=n overrides; 0 = always recompute): 103 MB
+ * for the 512 completion rows of the 124M DPO goal step, whose recompute is 40 GFLOP. */
+#define FDPO_LMHEAD_KEEP_MAX_BYTES ((size_t)128 << 20)
 /* p with room for n elements of elem bytes (*cap counts elements); contents are not kept */
 void *fdpo_model_grow(void *p, size_t *cap, size_t n, size_t elem);
 size_t fdpo_lmhead_chunk(size_t V); /* FDPO_LMHEAD_CHUNK or the environment's, at most V (gpt2.c) */

@@ -826,21 +826,24 @@ static void lmhead_chunk_logits(float *S, const float *inp, const uint16_t *inp_
  * 0 where target < 0;  logit_sum [K] (may be NULL) = sum_v logits[k, v].
  * Online log-sum-exp across chunks: with the running max m and sum s (double),
  *   m' = max(m, max of the chunk),  s' = s exp(m - m') + sum_chunk exp(x - m').
- * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*C; acc: 3K doubles. Each row is
+ * scratch: K*chunk floats, or K*V with keep_logits: chunk [v0, v0+nv) is then left at
+ * scratch + v0*K as [K, nv] for the backward (logits_ready there: one GEMM of K x V x C fewer
+ * per step, for K*V floats of memory); scratch_bf16 (bf16 only): K*C; acc: 3K doubles. Each row is
  * updated by one thread in chunk order, so results depend only on the thread count. */
 void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, float *logit_sum, const float *inp,
                                               const float *wte, const uint16_t *wte_bf16, const int32_t *targets,
                                               size_t K, size_t C, size_t V, size_t chunk, float *scratch,
-                                              uint16_t *scratch_bf16, double *acc) {
+                                              uint16_t *scratch_bf16, double *acc, int keep_logits) {
     double *m = acc, *s = acc + K, *sum = acc + 2 * K;
     for (size_t k = 0; k < K; k++) { m[k] = -INFINITY; s[k] = 0.0; sum[k] = 0.0; }
     if (wte_bf16) fdpo_f32_to_bf16(scratch_bf16, inp, K * C);
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
-        lmhead_chunk_logits(scratch, inp, scratch_bf16, wte, wte_bf16, K, C, v0, nv);
+        float *S = keep_logits ? scratch + v0 * K : scratch; /* kept: chunk after chunk, for the backward */
+        lmhead_chunk_logits(S, inp, scratch_bf16, wte, wte_bf16, K, C, v0, nv);
 #pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
-            const float *row = scratch + k * nv;
+            const float *row = S + k * nv;
             float mx = -INFINITY;
             double rs = 0.0;
 #pragma omp simd reduction(max : mx) reduction(+ : rs)
@@ -868,8 +871,9 @@ void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, flo
  *   dlogits[k, v] = d_k (onehot(target_k) - exp(logits[k, v] - lse_k))   (0 where target < 0)
  *   dinp [K, C] = sum over chunks dlogits_c @ wte_c   (WRITTEN)
  *   dwte [V, C] += dlogits^T @ inp                     (chunk by chunk, ACCUMULATED; NULL: frozen)
- * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*(C + chunk). logits_ready: with one chunk
- * (V <= chunk), scratch already holds the forward's logits of these K rows: not recomputed. */
+ * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*(C + chunk). logits_ready: scratch holds
+ * the forward's logits of these K rows (keep_logits there, or one chunk: V <= chunk), chunk
+ * [v0, v0+nv) at scratch + v0*K: not recomputed, d logits overwrite them. */
 void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const float *d_token_logp, const float *lse,
                                                const int32_t *targets, const float *inp, const float *wte,
                                                const uint16_t *wte_bf16, size_t K, size_t C, size_t V, size_t chunk,
@@ -880,10 +884,11 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const f
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
         float beta = v0 == 0 ? 0.0f : 1.0f;
-        if (!(logits_ready && nv == V)) lmhead_chunk_logits(scratch, inp, inp_bf16, wte, wte_bf16, K, C, v0, nv);
+        float *S = logits_ready ? scratch + v0 * K : scratch; /* the forward's chunk, or recomputed */
+        if (!logits_ready) lmhead_chunk_logits(S, inp, inp_bf16, wte, wte_bf16, K, C, v0, nv);
 #pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
-            float *row = scratch + k * nv;
+            float *row = S + k * nv;
             float d = targets[k] >= 0 ? d_token_logp[k] : 0.0f, l = lse[k];
             if (d == 0.0f) { memset(row, 0, nv * sizeof(float)); continue; }
 #pragma omp simd
@@ -892,24 +897,24 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const f
             if ((size_t)tg >= v0 && (size_t)tg < v0 + nv) row[tg - v0] += d;
         }
         if (wte_bf16) {
-            fdpo_f32_to_bf16(dS_bf16, scratch, K * nv);
+            fdpo_f32_to_bf16(dS_bf16, S, K * nv);
             fdpo_gemm_bf16(0, 0, K, C, nv, 1.0f, dS_bf16, nv, wte_bf16 + v0 * C, C, beta, dinp, C);
             if (dwte) fdpo_gemm_bf16(1, 0, nv, C, K, 1.0f, dS_bf16, nv, inp_bf16, C, 1.0f, dwte + v0 * C, C);
         } else if (dwte && gemm_pair(2 * K * C * nv)) { /* as in fdpo_k_matmul_backward */
 #pragma omp parallel sections num_threads(2)
             {
 #pragma omp section
-                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
+                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, S, (int)nv,
                            wte + v0 * C, (int)C, beta, dinp, (int)C);
 #pragma omp section
-                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, scratch, (int)nv,
+                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, S, (int)nv,
                            inp, (int)C, 1.0f, dwte + v0 * C, (int)C);
             }
         } else {
-            fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
+            fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, S, (int)nv,
                         wte + v0 * C, (int)C, beta, dinp, (int)C);
             if (dwte) /* NULL: frozen (LoRA) */
-                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, scratch, (int)nv, inp,
+                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, S, (int)nv, inp,
                            (int)C, 1.0f, dwte + v0 * C, (int)C);
         }
     }
