@@ -139,6 +139,14 @@ void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
 void fdpo_model_bf16_refresh(fdpo_gpt2 *m);
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                     const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
+/* The fp32 route of the bf16 kernels, for callers that prepare its operands themselves (once
+ * for two GEMMs): 1 if fdpo_gemm_bf16 multiplies an [M, N] result's operands widened to fp32;
+ * the operands: activations rounded to bf16 in fp32 in one pass, bf16 weights widened (exact);
+ * per-thread buffers for them (slot 0 or 1; contents not kept across calls). */
+int fdpo_gemm_bf16_widens(size_t M, size_t N);
+void fdpo_f32_round_bf16(float *dst, const float *src, size_t n);
+void fdpo_bf16_widen(float *dst, const uint16_t *x, size_t n);
+float *fdpo_bf16_operand_scratch(int slot, size_t n);
 /* the route of every later bf16 GEMM: 1 vdpbf16ps, 0 fp32 FMA on the widened operands, -1 by
  * shape and CPU (the default; FDPO_BF16_GEMM sets it from the environment). For measurements. */
 void fdpo_gemm_bf16_force_route(int route);
