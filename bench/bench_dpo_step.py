@@ -17,7 +17,9 @@ timed steps after one warm-up):
   fdpo-shared-cached-bf16   the same with --precision bf16
 Prints the machine's measured peaks first, then median/best step, pairs/s, GFLOP/s of the
 policy forward+backward as a % of the matching GEMM peak, and ratios of medians vs
-torch-fp32.
+torch-fp32; then fdpo's own FLOPs per step (shared layout: completion rows only in the LM
+head, kept head logits) and the floor they put on a step at the measured sgemm peak, as a
+ratio to torch-fp32's median: the most any fdpo side could reach on this machine.
 
     /usr/bin/python3 bench/bench_dpo_step.py                       # small config, 4 pairs
     /usr/bin/python3 bench/bench_dpo_step.py --config 124M --steps 5
@@ -117,6 +119,20 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16):
         opt.zero_grad(set_to_none=True)
 
     interleave.serve_torch_steps(step, bf16)
+
+
+def fdpo_shared_flops(cfg, pairs, Tp, Tc):
+    """FLOPs of the shared-layout step as fdpo computes it (docs/model.md, the 124M step's
+    floor): each pair packed as [prompt | chosen | rejected] less the last rejected token,
+    the linear layers over every token (forward + d input + d weight), the LM head over the
+    completion rows only (forward + d input + d wte; the forward's logits are kept for the
+    backward), and the attention pairs the branch mask allows (QK^T and PV forward, ~2.5x
+    that backward)."""
+    C, L, V = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
+    N, K = pairs * (Tp + 2 * Tc - 1), pairs * 2 * Tc
+    tri = lambda n: n * (n + 1) // 2  # noqa: E731
+    qk = pairs * (tri(Tp) + Tc * Tp + tri(Tc) + (Tc - 1) * Tp + tri(Tc - 1))
+    return 3 * 2 * N * 12 * C * C * L + 3 * 2 * K * C * V + 3.5 * 4 * C * qk * L
 
 
 def server(side, cfg_path, a, threads=None, env=None):
@@ -258,6 +274,17 @@ def main():
     print(f"  (GFLOP/s counts the TRL-layout policy forward+backward, {flops / 1e9:.1f} GFLOP/step, for every side)")
     interleave.report(servers, flops, peaks, baseline="torch-fp32" if "torch-fp32" in sides else None,
                       unit_per_step=a.pairs, unit="pairs/s")
+    own = fdpo_shared_flops(cfg, a.pairs, a.prompt, a.completion)
+    floor = own / (peaks["sgemm_gflops"] * 1e9)
+    line = (f"  fdpo's own work, shared layout: {own / 1e9:.1f} GFLOP/step; at the sgemm peak measured above that "
+            f"is a floor of {floor:.3f}s/step")
+    if "torch-fp32" in sides:
+        torch_median = interleave.stats(next(s for s in servers if s.name == "torch-fp32").times)["median"]
+        line += f" = {torch_median / floor:.2f}x torch-fp32's median (the most any fdpo side could reach here)"
+    for s in servers:
+        if s.name.startswith("fdpo-shared"):
+            line += f"; {s.name} {own / interleave.stats(s.times)['median'] * 1e-9:.0f} GFLOP/s"
+    print(line)
     print("  peak RSS " + ", ".join(f"{k} {v.get('max_rss_kb', 0) / 1024:.0f} MiB" for k, v in tails.items()))
     print(f"  load average after: {os.getloadavg()[0]:.1f}")
     interleave.write_json(a.json, {"bench": "dpo_step", "config": a.config, "pairs": a.pairs, "prompt": a.prompt,

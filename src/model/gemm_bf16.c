@@ -181,17 +181,48 @@ static float *widen_scratch(size_t n) {
  * weight and bf16's half-size reads win) */
 #define WIDEN_MIN_INTENSITY 128.0
 
+/* 1 if a bf16 GEMM with an [M, N] result runs as an fp32 GEMM of the widened (bf16-rounded)
+ * operands here, 0 if on vdpbf16ps: the route fdpo_gemm_bf16 takes for that shape. */
+int fdpo_gemm_bf16_widens(size_t M, size_t N) {
+    if (!fdpo_bf16_native()) return 1;
+    int forced = bf16_gemm_forced();
+    if (forced >= 0) return !forced;
+    return !(2.0 * (double)M * (double)N / (double)(M + N) < WIDEN_MIN_INTENSITY || dpbf16_is_fast());
+}
+
+/* dst [n] = src [n] rounded to bf16 and kept in fp32 (the fp32 route's operand, in one pass
+ * instead of rounding to bf16 and widening again; the same values bit for bit) */
+void fdpo_f32_round_bf16(float *dst, const float *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(fdpo_bf16_round(src[i]));
+}
+
+/* dst [n] = the bf16 values x [n] in fp32 (exact) */
+void fdpo_bf16_widen(float *dst, const uint16_t *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(x[i]);
+}
+
+/* Per-thread fp32 operand buffers of the bf16 kernels' fp32 route (slot 0 or 1), grown on
+ * demand and kept, like widen_scratch. Contents are not kept across calls. */
+static _Thread_local float *operand_buf[2];
+static _Thread_local size_t operand_cap[2];
+
+float *fdpo_bf16_operand_scratch(int slot, size_t n) {
+    if (n > operand_cap[slot]) {
+        free(operand_buf[slot]);
+        operand_buf[slot] = fdpo_malloc(n * sizeof(float));
+        operand_cap[slot] = n;
+    }
+    return operand_buf[slot];
+}
+
 /* C [M,N] = alpha * op(A) op(B) + beta * C, row-major; op(A) is [M,K], op(B) is [K,N];
  * A, B bf16, C fp32, fp32 accumulation. The only bf16 GEMM in fdpo. */
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                     const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc) {
     if (M == 0 || N == 0) return;
-    int use_dpbf16 = 0;
-    if (fdpo_bf16_native()) {
-        int forced = bf16_gemm_forced();
-        use_dpbf16 = forced >= 0 ? forced
-                                 : 2.0 * (double)M * (double)N / (double)(M + N) < WIDEN_MIN_INTENSITY || dpbf16_is_fast();
-    }
+    int use_dpbf16 = !fdpo_gemm_bf16_widens(M, N);
     if (use_dpbf16) {
         dnnl_status_t s = dnnl_gemm_bf16bf16f32(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', (dnnl_dim_t)M,
                                                 (dnnl_dim_t)N, (dnnl_dim_t)K, alpha, A, (dnnl_dim_t)lda, B,

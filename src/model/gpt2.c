@@ -316,11 +316,25 @@ static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const
         fdpo_k_lmhead_backward(dinp, fdpo_lora_frozen(m) ? NULL : m->grads.wte, dlogits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
 }
 
-/* The fused head's scratch for K rows: one chunk of logits, bf16 operands, row state. */
-static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk) {
+/* Does the fused head keep its K x V logits for the backward? Only in a model being trained
+ * (a gradient buffer or LoRA adapters: a reference model's forward has no backward) and only
+ * when they fit FDPO_LMHEAD_KEEP_MAX_BYTES (or the environment variable of that name). */
+static int head_keeps_logits(const fdpo_gpt2 *m, size_t K, size_t V) {
+    static long long env = -2;
+    if (env == -2) {
+        const char *e = getenv("FDPO_LMHEAD_KEEP_MAX_BYTES");
+        env = e && *e ? atoll(e) : -1;
+    }
+    size_t max = env >= 0 ? (size_t)env : FDPO_LMHEAD_KEEP_MAX_BYTES;
+    return (m->grads_memory || m->lora) && K > 0 && V > m->acts->head_chunk && K * V * sizeof(float) <= max;
+}
+
+/* The fused head's scratch for K rows: one chunk of logits (or all of them: keep), bf16
+ * operands, row state. */
+static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk, int keep) {
     fdpo_gpt2_acts *a = m->acts;
     size_t C = m->config.n_embd;
-    a->head_scratch = grow(a->head_scratch, &a->head_scratch_cap, K * chunk, sizeof(float));
+    a->head_scratch = grow(a->head_scratch, &a->head_scratch_cap, K * (keep ? m->config.vocab_size : chunk), sizeof(float));
     a->head_acc = grow(a->head_acc, &a->head_acc_cap, 3 * K, sizeof(double));
     if (a->precision == FDPO_PRECISION_BF16)
         a->head_bf16 = grow(a->head_bf16, &a->head_bf16_cap, K * (C + chunk), sizeof(uint16_t));
@@ -342,8 +356,8 @@ static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t k0, size_
     float *csum = a->d_ln + t0; /* free during forward */
     const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, m->params.wte) : NULL;
     fdpo_k_lmhead_logsoftmax_forward_chunked(a->clse + k0, a->cd + k0, csum, lnf_packed, m->params.wte, wb,
-                                             a->ctargets + k0, K, C, V, chunk, a->head_scratch + k0 * chunk,
-                                             a->head_bf16, a->head_acc + 3 * k0);
+                                             a->ctargets + k0, K, C, V, chunk, a->head_scratch + k0 * (a->head_keep ? V : chunk),
+                                             a->head_bf16, a->head_acc + 3 * k0, a->head_keep);
     memset(a->lse + t0, 0, (t1 - t0) * sizeof(float));
     memset(a->logit_sum + t0, 0, (t1 - t0) * sizeof(float));
     if (tlp) memset(tlp + t0, 0, (t1 - t0) * sizeof(float));
@@ -535,8 +549,11 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
         K = 0;
         for (size_t t = 0; t < N; t++)
             if (a->targets[t] >= 0 && (!b->skip_unweighted || a->weights[t] != 0.0f)) a->rows[K++] = t;
-        fused_head_reserve(m, K, a->head_chunk);
-        a->head_logits_rows = a->head_chunk >= V ? K : SIZE_MAX; /* one chunk: its logits stay in head_scratch */
+        a->head_keep = head_keeps_logits(m, K, V);
+        fused_head_reserve(m, K, a->head_chunk, a->head_keep);
+        /* kept, or one chunk: the logits stay in head_scratch (a slice's K_i x V block at row k0,
+         * chunk by chunk inside it) for the backward */
+        a->head_logits_rows = a->head_keep || a->head_chunk >= V ? K : SIZE_MAX;
     }
     if (n_slices) { /* one region, no barrier: each thread runs its sequences through the whole model */
         size_t kb[FDPO_MAX_SLICES + 1];
@@ -680,7 +697,8 @@ static void lmhead_rows_backward_fused(fdpo_gpt2 *m, float *dwte, size_t k0, siz
     for (size_t k = k0; k < k1; k++) memcpy(lnf_packed + (k - k0) * C, a->lnf + a->rows[k] * C, C * sizeof(float));
     const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, m->params.wte) : NULL;
     fdpo_k_lmhead_logsoftmax_backward_chunked(dlnf_packed, dwte, a->cd + k0, a->clse + k0, a->ctargets + k0, lnf_packed,
-                                              m->params.wte, wb, k1 - k0, C, V, chunk, a->head_scratch + k0 * chunk,
+                                              m->params.wte, wb, k1 - k0, C, V, chunk,
+                                              a->head_scratch + k0 * (a->head_keep ? V : chunk),
                                               a->head_bf16, logits_ready);
     memset(a->d_ln + t0 * C, 0, (t1 - t0) * C * sizeof(float));
     for (size_t k = k0; k < k1; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + (k - k0) * C, C * sizeof(float));
@@ -754,7 +772,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         K++;
     }
     if (a->fused_head) { /* recompute the logits chunk by chunk; dW and d lnf accumulate as we go */
-        fused_head_reserve(m, K, a->head_chunk);
+        fused_head_reserve(m, K, a->head_chunk, a->head_keep); /* kept: the forward grew it to K x V */
         /* the backward's rows are the forward's rows with a gradient, in the same order: the same
          * count means the same rows, whose logits the forward may have left in head_scratch */
         int logits_ready = a->head_logits_rows == K;

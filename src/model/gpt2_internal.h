@@ -41,6 +41,7 @@ struct fdpo_gpt2_acts {
     float *logit_sum; /* [N] sum over V of each row's logits (fused head: the only trace of them) */
     int fused_head;   /* the last forward ran the chunked head: no logits */
     size_t head_chunk; /* its vocabulary columns per chunk (fdpo_batch.head_chunk resolved, <= V) */
+    int head_keep;     /* the fused head keeps all K x V logits for the backward (head_keeps_logits) */
     /* chunked head scratch (grown on demand): logits of one chunk, bf16 operands, row state */
     float *head_scratch;  size_t head_scratch_cap;  /* floats */
     size_t head_logits_rows; /* the last fused forward's vocabulary fit in one chunk: head_scratch still
@@ -144,6 +145,14 @@ void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
 void fdpo_model_bf16_refresh(fdpo_gpt2 *m);
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                     const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
+/* The fp32 route of the bf16 kernels, for callers that prepare its operands themselves (once
+ * for two GEMMs): 1 if fdpo_gemm_bf16 multiplies an [M, N] result's operands widened to fp32;
+ * the operands: activations rounded to bf16 in fp32 in one pass, bf16 weights widened (exact);
+ * per-thread buffers for them (slot 0 or 1; contents not kept across calls). */
+int fdpo_gemm_bf16_widens(size_t M, size_t N);
+void fdpo_f32_round_bf16(float *dst, const float *src, size_t n);
+void fdpo_bf16_widen(float *dst, const uint16_t *x, size_t n);
+float *fdpo_bf16_operand_scratch(int slot, size_t n);
 /* the route of every later bf16 GEMM: 1 vdpbf16ps, 0 fp32 FMA on the widened operands, -1 by
  * shape and CPU (the default; FDPO_BF16_GEMM sets it from the environment). For measurements. */
 void fdpo_gemm_bf16_force_route(int route);
@@ -162,19 +171,27 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
                           uint16_t *scratch_inp);
 
 /* LM head + log-softmax + gather over vocabulary chunks, never holding [K, V] logits (the
- * training path: only target log-probs are used). head [V, C]; head_bf16 != NULL = bf16
- * GEMMs. Scratch: K*chunk floats, bf16 K*C (forward) / K*(C+chunk) (backward), 3K doubles.
- * logits_ready (backward): V <= chunk and scratch still holds the forward's [K, V] logits of
- * the same K rows, so the backward skips recomputing them (one GEMM of K x V x C fewer). */
+ * training path: only target log-probs are used) unless keep_logits. head [V, C];
+ * head_bf16 != NULL = bf16 GEMMs. Scratch: K*chunk floats (K*V with keep_logits), bf16 K*C
+ * (forward) / K*(C+chunk) (backward), 3K doubles. keep_logits (forward) leaves chunk
+ * [v0, v0+nv) of the logits at scratch + v0*K; logits_ready (backward): scratch still holds
+ * the forward's logits of the same K rows that way (kept, or V <= chunk), so the backward
+ * skips recomputing them (one GEMM of K x V x C fewer). */
 void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, float *logit_sum, const float *inp,
                                               const float *head, const uint16_t *head_bf16, const int32_t *targets,
                                               size_t K, size_t C, size_t V, size_t chunk, float *scratch,
-                                              uint16_t *scratch_bf16, double *acc);
+                                              uint16_t *scratch_bf16, double *acc, int keep_logits);
 void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dhead, const float *d_token_logp, const float *lse,
                                                const int32_t *targets, const float *inp, const float *head,
                                                const uint16_t *head_bf16, size_t K, size_t C, size_t V, size_t chunk,
                                                float *scratch, uint16_t *scratch_bf16, int logits_ready);
 #define FDPO_LMHEAD_CHUNK 2048 /* vocabulary columns per chunk (FDPO_LMHEAD_CHUNK=n overrides, for tests) */
+/* A trained GPT-2's fused head keeps its K x V logits for the backward when they take at most
+ * this many bytes (FDPO_LMHEAD_KEEP_MAX_BYTES=n overrides; 0 = always recompute): 103 MB
+ * for the 512 completion rows of the 124M DPO goal step (a 40 GFLOP recompute saved), 206 MB
+ * for 1024 rows (the T = 1024 peak-RSS step, the B4 T256 train step: 79 GFLOP); the same
+ * budget as the RL step's kept logits (FDPO_RL_LOGITS_MAX_BYTES). */
+#define FDPO_LMHEAD_KEEP_MAX_BYTES ((size_t)256 << 20)
 /* p with room for n elements of elem bytes (*cap counts elements); contents are not kept */
 void *fdpo_model_grow(void *p, size_t *cap, size_t n, size_t elem);
 size_t fdpo_lmhead_chunk(size_t V); /* FDPO_LMHEAD_CHUNK or the environment's, at most V (gpt2.c) */

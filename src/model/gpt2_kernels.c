@@ -417,6 +417,14 @@ void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w,
         for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
+    if (fdpo_gemm_bf16_widens(N, OC)) { /* fp32 route: one rounding pass, the weight widened */
+        float *xr = fdpo_bf16_operand_scratch(0, N * IC), *wf = fdpo_bf16_operand_scratch(1, IC * OC);
+        fdpo_f32_round_bf16(xr, inp, N * IC);
+        fdpo_bf16_widen(wf, w, IC * OC);
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)OC, (int)IC, 1.0f, xr, (int)IC, wf,
+                   (int)OC, beta, out, (int)OC);
+        return;
+    }
     fdpo_f32_to_bf16(scratch, inp, N * IC);
     fdpo_gemm_bf16(0, 0, N, OC, IC, 1.0f, scratch, IC, w, OC, beta, out, OC);
 }
@@ -426,13 +434,24 @@ void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w,
 void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                           const uint16_t *w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
                           uint16_t *scratch_inp) {
+    if (dbias) column_sums_add(dbias, dout, N, OC);
+    if (fdpo_gemm_bf16_widens(N, IC)) {
+        /* fp32 route: dout rounded once for both GEMMs (not rounded, then widened by each),
+         * the weight widened once; then the fp32 backward (its two-GEMM region included) */
+        float *dr = fdpo_bf16_operand_scratch(0, N * OC), *wf = fdpo_bf16_operand_scratch(1, IC * OC + N * IC);
+        float *xr = wf + IC * OC;
+        fdpo_f32_round_bf16(dr, dout, N * OC);
+        fdpo_bf16_widen(wf, w, IC * OC);
+        if (dw) fdpo_f32_round_bf16(xr, inp, N * IC);
+        fdpo_k_matmul_backward(dinp, dw, NULL, dr, xr, wf, N, IC, OC, 0);
+        return;
+    }
     fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
     fdpo_gemm_bf16(0, 1, N, IC, OC, 1.0f, scratch_dout, OC, w, OC, 0.0f, dinp, IC);
     if (dw) { /* NULL: frozen weight (LoRA) */
         fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
         fdpo_gemm_bf16(1, 0, IC, OC, N, 1.0f, scratch_inp, IC, scratch_dout, OC, 1.0f, dw, OC);
     }
-    if (dbias) column_sums_add(dbias, dout, N, OC);
 }
 
 /* logits [N,V] = bf16(inp [N,C]) @ wte^T (bf16 [V,C]); scratch holds N*C */
@@ -848,35 +867,61 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
  * accumulation) exactly as fdpo_k_lmhead_*_bf16 do. Callable by any family whose head is
  * a [V, C] matrix (GPT-2's tied wte, Llama's lm_head or embed_tokens). */
 
-/* S [K, nv] = inp [K, C] @ wte[v0 : v0+nv]^T, in fp32 or from the bf16 copies */
+/* S [K, nv] = inp [K, C] @ wte[v0 : v0+nv]^T, in fp32 or from the bf16 copies; bf16 on the
+ * fp32 route: xr = inp rounded to bf16 in fp32, wf = the chunk of wte widened ([nv, C]) */
 static void lmhead_chunk_logits(float *S, const float *inp, const uint16_t *inp_bf16, const float *wte,
-                                const uint16_t *wte_bf16, size_t K, size_t C, size_t v0, size_t nv) {
-    if (wte_bf16)
+                                const uint16_t *wte_bf16, const float *xr, const float *wf, size_t K, size_t C,
+                                size_t v0, size_t nv) {
+    if (xr)
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)K, (int)nv, (int)C, 1.0f, xr, (int)C, wf, (int)C,
+                   0.0f, S, (int)nv);
+    else if (wte_bf16)
         fdpo_gemm_bf16(0, 1, K, nv, C, 1.0f, inp_bf16, C, wte_bf16 + v0 * C, C, 0.0f, S, nv);
     else
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)K, (int)nv, (int)C, 1.0f, inp, (int)C,
                     wte + v0 * C, (int)C, 0.0f, S, (int)nv);
 }
 
+/* bf16 head on the fp32 route (fdpo_gemm_bf16_widens for the chunk GEMM [K, chunk]): inp
+ * rounded once for every chunk into operand slot 0 (returned), else NULL */
+static const float *lmhead_rounded_inp(const float *inp, const uint16_t *wte_bf16, size_t K, size_t C, size_t chunk) {
+    if (!wte_bf16 || !fdpo_gemm_bf16_widens(K, chunk)) return NULL;
+    float *xr = fdpo_bf16_operand_scratch(0, K * C);
+    fdpo_f32_round_bf16(xr, inp, K * C);
+    return xr;
+}
+
+/* the chunk [v0, v0+nv) of the bf16 head widened into operand slot 1 */
+static const float *lmhead_widened_chunk(const uint16_t *wte_bf16, size_t C, size_t v0, size_t nv) {
+    float *wf = fdpo_bf16_operand_scratch(1, nv * C);
+    fdpo_bf16_widen(wf, wte_bf16 + v0 * C, nv * C);
+    return wf;
+}
+
 /* lse [K] = log sum_v exp(logits[k, v]);  token_logp [K] (may be NULL) = logits[k, target] - lse,
  * 0 where target < 0;  logit_sum [K] (may be NULL) = sum_v logits[k, v].
  * Online log-sum-exp across chunks: with the running max m and sum s (double),
  *   m' = max(m, max of the chunk),  s' = s exp(m - m') + sum_chunk exp(x - m').
- * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*C; acc: 3K doubles. Each row is
+ * scratch: K*chunk floats, or K*V with keep_logits: chunk [v0, v0+nv) is then left at
+ * scratch + v0*K as [K, nv] for the backward (logits_ready there: one GEMM of K x V x C fewer
+ * per step, for K*V floats of memory); scratch_bf16 (bf16 only): K*C; acc: 3K doubles. Each row is
  * updated by one thread in chunk order, so results depend only on the thread count. */
 void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, float *logit_sum, const float *inp,
                                               const float *wte, const uint16_t *wte_bf16, const int32_t *targets,
                                               size_t K, size_t C, size_t V, size_t chunk, float *scratch,
-                                              uint16_t *scratch_bf16, double *acc) {
+                                              uint16_t *scratch_bf16, double *acc, int keep_logits) {
     double *m = acc, *s = acc + K, *sum = acc + 2 * K;
     for (size_t k = 0; k < K; k++) { m[k] = -INFINITY; s[k] = 0.0; sum[k] = 0.0; }
-    if (wte_bf16) fdpo_f32_to_bf16(scratch_bf16, inp, K * C);
+    const float *xr = lmhead_rounded_inp(inp, wte_bf16, K, C, chunk);
+    if (wte_bf16 && !xr) fdpo_f32_to_bf16(scratch_bf16, inp, K * C);
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
-        lmhead_chunk_logits(scratch, inp, scratch_bf16, wte, wte_bf16, K, C, v0, nv);
+        float *S = keep_logits ? scratch + v0 * K : scratch; /* kept: chunk after chunk, for the backward */
+        lmhead_chunk_logits(S, inp, scratch_bf16, wte, wte_bf16, xr, xr ? lmhead_widened_chunk(wte_bf16, C, v0, nv) : NULL,
+                            K, C, v0, nv);
 #pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
-            const float *row = scratch + k * nv;
+            const float *row = S + k * nv;
             float mx = -INFINITY;
             double rs = 0.0;
 #pragma omp simd reduction(max : mx) reduction(+ : rs)
@@ -904,22 +949,28 @@ void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, flo
  *   dlogits[k, v] = d_k (onehot(target_k) - exp(logits[k, v] - lse_k))   (0 where target < 0)
  *   dinp [K, C] = sum over chunks dlogits_c @ wte_c   (WRITTEN)
  *   dwte [V, C] += dlogits^T @ inp                     (chunk by chunk, ACCUMULATED; NULL: frozen)
- * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*(C + chunk). logits_ready: with one chunk
- * (V <= chunk), scratch already holds the forward's logits of these K rows: not recomputed. */
+ * scratch: K*chunk floats; scratch_bf16 (bf16 only): K*(C + chunk). logits_ready: scratch holds
+ * the forward's logits of these K rows (keep_logits there, or one chunk: V <= chunk), chunk
+ * [v0, v0+nv) at scratch + v0*K: not recomputed, d logits overwrite them. */
 void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const float *d_token_logp, const float *lse,
                                                const int32_t *targets, const float *inp, const float *wte,
                                                const uint16_t *wte_bf16, size_t K, size_t C, size_t V, size_t chunk,
                                                float *scratch, uint16_t *scratch_bf16, int logits_ready) {
     uint16_t *inp_bf16 = scratch_bf16, *dS_bf16 = scratch_bf16 ? scratch_bf16 + K * C : NULL;
-    if (wte_bf16) fdpo_f32_to_bf16(inp_bf16, inp, K * C);
     if (K == 0) return;
+    /* bf16 on the fp32 route: inp rounded once, each chunk of the head widened once for its
+     * (recompute and) two GEMMs, d logits rounded in place; then the fp32 code below */
+    const float *xr = lmhead_rounded_inp(inp, wte_bf16, K, C, chunk);
+    if (wte_bf16 && !xr) fdpo_f32_to_bf16(inp_bf16, inp, K * C);
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
         float beta = v0 == 0 ? 0.0f : 1.0f;
-        if (!(logits_ready && nv == V)) lmhead_chunk_logits(scratch, inp, inp_bf16, wte, wte_bf16, K, C, v0, nv);
+        float *S = logits_ready ? scratch + v0 * K : scratch; /* the forward's chunk, or recomputed */
+        const float *wf = xr ? lmhead_widened_chunk(wte_bf16, C, v0, nv) : NULL;
+        if (!logits_ready) lmhead_chunk_logits(S, inp, inp_bf16, wte, wte_bf16, xr, wf, K, C, v0, nv);
 #pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
-            float *row = scratch + k * nv;
+            float *row = S + k * nv;
             float d = targets[k] >= 0 ? d_token_logp[k] : 0.0f, l = lse[k];
             if (d == 0.0f) { memset(row, 0, nv * sizeof(float)); continue; }
 #pragma omp simd
@@ -927,25 +978,27 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const f
             int32_t tg = targets[k];
             if ((size_t)tg >= v0 && (size_t)tg < v0 + nv) row[tg - v0] += d;
         }
-        if (wte_bf16) {
-            fdpo_f32_to_bf16(dS_bf16, scratch, K * nv);
+        const float *X = xr ? xr : inp, *W = xr ? wf : wte + v0 * C; /* fp32 operands */
+        if (xr) fdpo_f32_round_bf16(S, S, K * nv);
+        if (wte_bf16 && !xr) {
+            fdpo_f32_to_bf16(dS_bf16, S, K * nv);
             fdpo_gemm_bf16(0, 0, K, C, nv, 1.0f, dS_bf16, nv, wte_bf16 + v0 * C, C, beta, dinp, C);
             if (dwte) fdpo_gemm_bf16(1, 0, nv, C, K, 1.0f, dS_bf16, nv, inp_bf16, C, 1.0f, dwte + v0 * C, C);
         } else if (dwte && gemm_pair(2 * K * C * nv)) { /* as in fdpo_k_matmul_backward */
 #pragma omp parallel sections num_threads(2)
             {
 #pragma omp section
-                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
-                           wte + v0 * C, (int)C, beta, dinp, (int)C);
+                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, S, (int)nv,
+                           W, (int)C, beta, dinp, (int)C);
 #pragma omp section
-                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, scratch, (int)nv,
-                           inp, (int)C, 1.0f, dwte + v0 * C, (int)C);
+                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, S, (int)nv,
+                           X, (int)C, 1.0f, dwte + v0 * C, (int)C);
             }
         } else {
-            fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, scratch, (int)nv,
-                        wte + v0 * C, (int)C, beta, dinp, (int)C);
+            fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, S, (int)nv,
+                        W, (int)C, beta, dinp, (int)C);
             if (dwte) /* NULL: frozen (LoRA) */
-                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, scratch, (int)nv, inp,
+                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)C, (int)K, 1.0f, S, (int)nv, X,
                            (int)C, 1.0f, dwte + v0 * C, (int)C);
         }
     }

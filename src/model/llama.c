@@ -297,7 +297,7 @@ static void head_fused_forward(fdpo_gpt2 *m, const float *head, float *tlp) {
         fdpo_k_lmhead_logsoftmax_forward_chunked(lse_packed, tlp_packed, sum_packed, lnf_packed, head,
                                                  a->precision == FDPO_PRECISION_BF16 ? w16_of(m, head) : NULL,
                                                  a->head_targets, K, C, V, chunk, a->head_scratch, a->head_bf16,
-                                                 a->head_acc);
+                                                 a->head_acc, 0);
     memset(a->lse, 0, N * sizeof(float));
     memset(a->logit_sum, 0, N * sizeof(float));
     if (tlp) memset(tlp, 0, N * sizeof(float));

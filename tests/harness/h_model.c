@@ -186,13 +186,13 @@ static int h_model_fb(int argc, char **argv) {
     }
     float *tlp = fdpo_calloc(N + 1, sizeof(float)), *slp = fdpo_calloc(B + 1, sizeof(float));
     float *logits = fdpo_calloc(N * V + 1, sizeof(float)), *lsum = fdpo_calloc(N + 1, sizeof(float));
+    /* a trained model's order: gradients zeroed before the forward (a GPT-2 with a gradient
+     * buffer may keep its fused head's logits for the backward) */
+    if (!rc && ob.d_token_logp) fdpo_gpt2_zero_grad(m);
     if (!rc) rc = fdpo_gpt2_forward(m, &ob.b, tlp, slp);
     if (!rc && fdpo_gpt2_logits(m)) memcpy(logits, fdpo_gpt2_logits(m), N * V * sizeof(float)); /* fused: zeros */
     if (!rc) rc = fdpo_gpt2_logit_sums(m, lsum);
-    if (!rc && ob.d_token_logp) {
-        fdpo_gpt2_zero_grad(m);
-        rc = fdpo_gpt2_backward(m, ob.d_token_logp);
-    }
+    if (!rc && ob.d_token_logp) rc = fdpo_gpt2_backward(m, ob.d_token_logp);
     if (!rc) {
         fdpo_st_writer *w = fdpo_st_writer_new();
         size_t sl[2] = {N, V}, sn[1] = {N}, sb[1] = {B};
@@ -398,7 +398,7 @@ static int h_model_ops(int argc, char **argv) {
     OPS_TIME("bias_gelu_forward", L, R, fdpo_k_bias_gelu_forward(o, y, bias, N, 4 * C));
     OPS_TIME("matmul_forward fc_proj", L, R, fdpo_k_matmul_forward(o, x, w, NULL, N, 4 * C, C));
     OPS_TIME("lmhead_logsoftmax_forward", 1, R, fdpo_k_lmhead_logsoftmax_forward_chunked(lse, tlp, lsum, x, wte, NULL, tok, N, C, V, chunk,
-                                                                    scratch, NULL, acc));
+                                                                    scratch, NULL, acc, 0));
     OPS_TIME("lmhead_logsoftmax_backward", 1, R, fdpo_k_lmhead_logsoftmax_backward_chunked(o, dwte, dt, lse, tok, x, wte, NULL, N, C, V, chunk,
                                                                      scratch, NULL, chunk >= V));
     OPS_TIME("layernorm_backward", 2 * L + 1, R, fdpo_k_layernorm_backward(o, dlw, dlb, y, x, lw, mean, rstd, N, C));

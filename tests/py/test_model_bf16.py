@@ -305,3 +305,30 @@ def test_bf16_fused_lm_head_matches_the_bf16_rule(tmp_path, name):
     for k, g in grads.items():
         assert rel_err(fused[k], g) <= 2e-2, k
         assert rel_err(fused[k], full[k]) <= 2e-2, k
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("fused", [False, True])
+def test_bf16_fp32_route_matches_emulated_reference(tmp_path, name, fused):
+    """The bf16 kernels' fp32 route (what large GEMMs take on a CPU whose vdpbf16ps is slow:
+    activations rounded to bf16 in fp32 in one pass, the bf16 weight widened, dout rounded
+    once for both backward GEMMs, the fp32 backward's two-GEMM region), forced here with
+    FDPO_BF16_GEMM=fp32 since these tiny shapes would run on vdpbf16ps: the emulated float64
+    bf16 reference within the bounds above (5e-3 log-probs, 2e-2 gradients), with the
+    materialised head and with the fused head over chunks of 7 columns."""
+    from test_model_parity import run_fb_env
+    model, mdir, seqs, d = setup_case(tmp_path, name)
+    batch = {"sequences": seqs, "d_token_logp": [float(x) for x in d], "fused_head": fused}
+    env = {"FDPO_BF16_GEMM": "fp32", "FDPO_LMHEAD_CHUNK": "7"}
+    out = run_fb_env(tmp_path, mdir, batch, "fp32route", env, ("--precision", "bf16"))
+    logits, tlp, grads = reference(model, seqs, d, "emulated")
+    if not fused:
+        assert rel_err(out["logits"], logits) <= 5e-3
+    assert rel_err(out["token_logp"], tlp) <= 5e-3
+    for k, g in grads.items():
+        assert rel_err(out[k], g) <= 2e-2, k
+    if name == "small":  # the operands were rounded: unrounded fp32 is far off (as in the test above)
+        out32 = run_fb_env(tmp_path, mdir, batch, "fp32", env)
+        assert rel_err(out32["token_logp"], tlp) > 30 * rel_err(out["token_logp"], tlp)
+        for k in ("transformer.h.0.mlp.c_fc.weight", "transformer.h.1.attn.c_attn.weight", "transformer.wte.weight"):
+            assert rel_err(out32[k], grads[k]) > 10 * rel_err(out[k], grads[k]), k

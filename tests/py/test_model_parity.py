@@ -315,7 +315,7 @@ def run_fb_env(tmp_path, mdir, batch, tag, env=None, extra=()):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("skip", [False, True])
-@pytest.mark.parametrize("chunk", ["1", "7", "64", "default", "default-zero-d"])
+@pytest.mark.parametrize("chunk", ["1", "7", "64", "7-recompute", "7-zero-d", "default", "default-zero-d"])
 def test_fused_lm_head_matches_materialised_and_pytorch(tmp_path, name, skip, chunk):
     """fused_head: LM head + log-softmax + gather swept over the vocabulary in chunks
     (online log-sum-exp; backward recomputes each chunk's logits and accumulates d wte and
@@ -328,7 +328,10 @@ def test_fused_lm_head_matches_materialised_and_pytorch(tmp_path, name, skip, ch
     the backward reuses the logits the forward left in its scratch when it has a gradient on
     every row the forward computed ("default"); "default-zero-d" puts d = 0 on every third
     such row, so the backward's rows differ and it must recompute (stale logits would move
-    the gradients far outside the tolerances)."""
+    the gradients far outside the tolerances). A trained model's fused head keeps all its
+    chunks' logits for the backward when they fit FDPO_LMHEAD_KEEP_MAX_BYTES (every case here
+    fits); "7-recompute" sets that budget to 0, so every chunk is recomputed, and "7-zero-d"
+    makes the kept chunks stale for a backward over fewer rows."""
     cfg = CONFIGS[name]
     rng = np.random.default_rng(11)
     model, mdir = make_model(tmp_path, cfg, seed=4)
@@ -339,10 +342,12 @@ def test_fused_lm_head_matches_materialised_and_pytorch(tmp_path, name, skip, ch
     targets = np.concatenate([s["targets"] for s in seqs])
     used = (targets >= 0) & ((weights != 0) if skip else True)
     d = np.where(used, rng.normal(size=len(used)), 0.0)
-    if chunk == "default-zero-d":
+    if chunk.endswith("-zero-d"):
         d[np.flatnonzero(used)[::3]] = 0.0
     batch = {"sequences": seqs, "d_token_logp": [float(x) for x in d], "skip_unweighted": skip}
-    env = {} if chunk.startswith("default") else {"FDPO_LMHEAD_CHUNK": chunk}
+    env = {} if chunk.startswith("default") else {"FDPO_LMHEAD_CHUNK": chunk.split("-")[0]}
+    if chunk == "7-recompute":
+        env["FDPO_LMHEAD_KEEP_MAX_BYTES"] = "0"
     full = run_fb_env(tmp_path, mdir, {**batch, "fused_head": False}, "full", env)
     fused = run_fb_env(tmp_path, mdir, {**batch, "fused_head": True}, "fused", env)
     assert np.all(fused["logits"] == 0)  # never materialised
