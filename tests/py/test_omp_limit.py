@@ -27,15 +27,28 @@ FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
 LIMIT1 = {"OMP_THREAD_LIMIT": "1"}
 
 
-def model_fb(tmp_path, mdir, batch, tag, env, threads):
+def model_fb(tmp_path, mdir, batch, tag, env, threads, extra=()):
     bp, out = tmp_path / f"{tag}.json", tmp_path / f"{tag}.safetensors"
     bp.write_text(json.dumps(batch))
     e = {k: v for k, v in os.environ.items() if k not in ("OMP_THREAD_LIMIT", "OMP_DYNAMIC", "OMP_NUM_THREADS")}
     flags = ["--threads", str(threads)] if threads else []  # None: the library's default count
-    r = subprocess.run([HARNESS, "model-fb", "--model", str(mdir), "--batch", str(bp), "--out", str(out), *flags],
+    r = subprocess.run([HARNESS, "model-fb", "--model", str(mdir), "--batch", str(bp), "--out", str(out), *flags, *extra],
                        capture_output=True, text=True, timeout=300, env={**e, **env})
     assert r.returncode == 0, r.stderr
     return st.load(str(out))[0]
+
+
+def llama_batch(rng, V, lengths=(40, 25, 33)):
+    """test_llama's three short sequences (shifted positions, the shared-prompt branch layout)
+    and longer plain ones: with only those 21 tokens the GEMMs were too small for oneDNN to
+    split them and the unfixed code already passed"""
+    seqs = llama.batch(rng, V)
+    for T in lengths:
+        targets = list(map(int, rng.integers(0, V, size=T)))
+        targets[-1] = -1
+        seqs.append({"tokens": list(map(int, rng.integers(0, V, size=T))), "targets": targets,
+                     "pos": list(range(T)), "branch": [0] * T})
+    return seqs
 
 
 def assert_same(a, b):
@@ -88,6 +101,20 @@ def test_default_thread_count_under_thread_limit(tmp_path, fused):
     assert_same(default, one)
 
 
+def test_bf16_under_thread_limit_is_the_one_thread_run(tmp_path):
+    """--precision bf16 (oneDNN's bf16 GEMM on CPUs that have it, else widened to fp32) with
+    OMP_THREAD_LIMIT=1 --threads 2: bit for bit the --threads 1 bf16 run (the 1-thread bf16
+    path itself is checked against PyTorch in test_model_bf16)."""
+    rng = np.random.default_rng(12)
+    cfg = parity.CONFIGS["odd"]
+    _, mdir = parity.make_model(tmp_path, cfg, seed=7)
+    seqs = parity.random_batch(rng, cfg["vocab_size"], cfg["n_positions"], [59, 9, 22], all_targets=True)
+    batch = {"sequences": seqs, "d_token_logp": [float(x) for x in rng.normal(size=90)]}
+    limited = model_fb(tmp_path, mdir, batch, "limited", LIMIT1, 2, ("--precision", "bf16"))
+    one = model_fb(tmp_path, mdir, batch, "one", {}, 1, ("--precision", "bf16"))
+    assert_same(limited, one)
+
+
 def test_gpt2_thread_limit_caps_three_threads_at_two(tmp_path):
     """OMP_THREAD_LIMIT=2 with --threads 3: the run is the 2-thread run, bit for bit (the
     sliced batch, so the slice count follows the capped count too)."""
@@ -123,7 +150,7 @@ def test_llama_gradients_under_thread_limit_match_pytorch(tmp_path, name):
     model = Llama(**llama.CONFIGS[name], seed=4)
     d = tmp_path / "ck"
     model.save_hf(str(d))
-    seqs = llama.batch(rng, llama.CONFIGS[name]["vocab_size"])
+    seqs = llama_batch(rng, llama.CONFIGS[name]["vocab_size"])
     dtl = rng.normal(size=sum(len(s["tokens"]) for s in seqs))
     batch = {"sequences": seqs, "d_token_logp": [float(x) for x in dtl]}
     limited = model_fb(tmp_path, d, batch, "limited", LIMIT1, 2)
@@ -167,3 +194,27 @@ def test_sampler_under_thread_limit(tmp_path):
             lp = torch.log_softmax(m.forward(torch.tensor(ids + toks)).double(), -1)
         want = sum(float(lp[len(ids) - 1 + i, t]) for i, t in enumerate(toks))
         assert abs(row["logp"] - want) < 5e-6, k  # <= 16 float32 log-probs
+
+
+def test_training_under_thread_limit_is_the_one_thread_run(tmp_path):
+    """fdpo pretrain (tiny GPT-2, batch 6 x 24 tokens: sliced on 2 threads, 4 steps of AdamW)
+    with OMP_THREAD_LIMIT=1 --threads 2: the final weights, optimizer state and losses are
+    bit for bit the --threads 1 run's (before the fix, the first step's gradients were wrong)."""
+    words = "the cat sat on a mat while dogs ran far away with a big red ball".split()
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n<|endoftext|>\n".join(" ".join(rng.choice(words, 30)) for _ in range(6)) + "\n")
+    common = ["--n-layer", "2", "--n-embd", "16", "--n-head", "2", "--n-positions", "32", "--seq-len", "24",
+              "--batch-size", "6", "--steps", "4", "--lr", "3e-3", "--eval-every", "0", "--quiet", str(corpus)]
+    e = {k: v for k, v in os.environ.items() if k not in ("OMP_THREAD_LIMIT", "OMP_DYNAMIC", "OMP_NUM_THREADS")}
+    for tag, env, threads in [("limited", LIMIT1, "2"), ("one", {}, "1")]:
+        r = subprocess.run([FDPO, "pretrain", "--out", str(tmp_path / tag), "--threads", threads, *common],
+                           capture_output=True, text=True, timeout=120, env={**e, **env})
+        assert r.returncode == 0, r.stderr
+    for f in ["model.safetensors", "training_state.safetensors"]:
+        a, _ = st.load(str(tmp_path / "limited" / f))
+        b, _ = st.load(str(tmp_path / "one" / f))
+        assert_same(a, b)
+    la = [json.loads(x)["loss"] for x in (tmp_path / "limited/metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "one/metrics.jsonl").read_text().splitlines()]
+    assert la == lb and len(la) == 4
