@@ -118,8 +118,14 @@ size_t fdpo_utf8_first_invalid(const char *s, size_t n);
 
 /* ---- time, threads, progress ---- */
 double fdpo_now(void); /* monotonic seconds */
-/* Set OpenMP + OpenBLAS threads (n <= 0: leave the defaults). */
+/* Set OpenMP + OpenBLAS threads (n <= 0: the default count). Either way the count is capped
+ * at OMP_THREAD_LIMIT (a warning through the log hook says so) and OpenMP's dynamic team
+ * sizing is turned off: the GEMM libraries split their work by the thread count and need
+ * teams of that size. fdpo_threads_settle() does the same (keeping the count) when the
+ * settings allow a smaller team again, e.g. in a program that never called
+ * fdpo_set_threads; the GEMM entry points call it. */
 void fdpo_set_threads(int n);
+void fdpo_threads_settle(void);
 int fdpo_get_threads(void);
 
 /* ---- log and progress hook ----

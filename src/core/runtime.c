@@ -19,12 +19,40 @@ double fdpo_now(void) {
 }
 
 static int g_threads = 0;
-void fdpo_set_threads(int n) {
-    if (n <= 0) return;
-    g_threads = n;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
+
+/* Make the thread count fdpo asks for the team size OpenMP gives. oneDNN's GEMMs and
+ * OpenBLAS's OpenMP build split their work into omp_get_max_threads() parts and open a region
+ * for them; a smaller team (OMP_THREAD_LIMIT below the count, or OMP_DYNAMIC shrinking teams
+ * on a loaded machine) leaves parts uncomputed (wrong products) or waits for threads that
+ * never come (OpenBLAS). So: at most the thread limit, and no dynamic team sizes (fdpo's
+ * results are defined per thread count). Returns the count; called outside parallel regions. */
+static int threads_settle(int n) {
+    int limit = omp_get_thread_limit(), want = n > 0 ? n : omp_get_max_threads();
+    if (want > limit) {
+        fdpo_log(FDPO_LOG_WARN, "%s %d exceeds OMP_THREAD_LIMIT=%d: running %d thread%s",
+                 n > 0 ? "--threads" : "the default thread count", want, limit, limit, limit == 1 ? "" : "s");
+        want = limit;
+    }
+    omp_set_dynamic(0);
+    if (n > 0 || want != omp_get_max_threads()) { /* n <= 0 and within the limit: defaults untouched */
+        omp_set_num_threads(want);
+        openblas_set_num_threads(want);
+    }
+    return want;
 }
+
+void fdpo_set_threads(int n) {
+    if (omp_in_parallel()) return; /* would set only this thread's count */
+    int got = threads_settle(n);
+    if (n > 0) g_threads = got;
+}
+
+/* three reads of OpenMP's settings: cheap next to the GEMM that calls it */
+void fdpo_threads_settle(void) {
+    if ((omp_get_dynamic() || omp_get_max_threads() > omp_get_thread_limit()) && !omp_in_parallel())
+        threads_settle(0);
+}
+
 int fdpo_get_threads(void) { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
 
 static fdpo_log_fn g_log_fn;

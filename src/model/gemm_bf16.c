@@ -222,6 +222,7 @@ float *fdpo_bf16_operand_scratch(int slot, size_t n) {
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                     const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc) {
     if (M == 0 || N == 0) return;
+    fdpo_threads_settle();
     int use_dpbf16 = !fdpo_gemm_bf16_widens(M, N);
     if (use_dpbf16) {
         dnnl_status_t s = dnnl_gemm_bf16bf16f32(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', (dnnl_dim_t)M,
@@ -258,6 +259,7 @@ static int sgemm_use_openblas(void) {
 void fdpo_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                 const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
+    fdpo_threads_settle();
     if (order == CblasRowMajor && K > 0 && !sgemm_use_openblas()) {
         dnnl_status_t s = dnnl_sgemm(trans_a == CblasTrans ? 'T' : 'N', trans_b == CblasTrans ? 'T' : 'N', M, N, K,
                                      alpha, A, lda, B, ldb, beta, C, ldc);

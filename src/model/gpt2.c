@@ -471,6 +471,7 @@ static int slice_plan(const fdpo_gpt2 *m, size_t *bounds) {
         env = !(e && !strcmp(e, "0"));
     }
     const fdpo_gpt2_acts *a = m->acts;
+    fdpo_threads_settle(); /* the count a team really gets (OMP_THREAD_LIMIT), before any GEMM did it */
     int n = omp_get_max_threads();
     if (n > FDPO_MAX_SLICES) n = FDPO_MAX_SLICES;
     while (n > 2 && (size_t)(n - 1) * m->n_params > FDPO_SLICE_MAX_EXTRA) n--; /* gradient copies' memory */
