@@ -510,6 +510,9 @@ struct fdpo_decoder {
     uint16_t *wp, *in16;
     size_t *wp_off;
     size_t cap16;
+    /* 1: steps run in one parallel region (decode_layers_one_region); 0 with
+     * FDPO_DECODE_ONE_REGION=0, one region per kernel call (tests, A/B) */
+    int one_region;
 };
 
 fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
@@ -523,6 +526,8 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
     d->model = m;
     d->max_seqs = max_seqs;
     d->max_len = max_len;
+    const char *one_region = getenv("FDPO_DECODE_ONE_REGION");
+    d->one_region = !(one_region && !strcmp(one_region, "0"));
     if (c->arch == FDPO_ARCH_LLAMA) { d->llama = fdpo_llama_decoder_create(m, max_seqs, max_len); return d; }
     d->len = fdpo_calloc(max_seqs, sizeof *d->len);
     size_t n = c->n_layer * max_seqs * max_len * c->n_embd;
@@ -1043,7 +1048,7 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
             d->row_pos[r] = (int32_t)(d->len[slots[i]] + j);
         }
 
-    if (!(m->lora && m->lora->enabled) && (d->wp || R <= DECODE_SMALL_ROWS)) {
+    if (d->one_region && !(m->lora && m->lora->enabled) && (d->wp || R <= DECODE_SMALL_ROWS)) {
         decode_layers_one_region(d, tokens, R, n_slots, n_new, logits, all_logits);
         for (size_t i = 0; i < n_slots; i++) d->len[slots[i]] += n_new[i];
         if (!d->wp) decode_lmhead_forward(d, logits, d->h, p->wte, all_logits ? R : n_slots, C, V, NULL);
