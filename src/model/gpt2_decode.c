@@ -426,7 +426,7 @@ static void decode_matmul_small_rows(float *out, const void *x, size_t ldx, cons
  * IC fits one block (every 124M layer but mlp.c_proj at 8 rows) a strip is one pass. */
 static void decode_matmul_widen_share(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC,
                                       size_t OC, int accumulate, float *acc, decode_widen_tile_fn *tile, size_t t,
-                                      size_t nt) {
+                                      size_t nt, size_t acc_rows) {
     size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP, n_pairs = (IC + 1) / 2;
     size_t kp = DECODE_XBLOCK / (2 * R);
     if (kp > n_pairs) kp = n_pairs;
@@ -434,7 +434,9 @@ static void decode_matmul_widen_share(float *out, const float *inp, const uint16
         float xb[DECODE_XBLOCK] __attribute__((aligned(64)));
         size_t ldx = 2 * kp;
         size_t s0 = n_strips * t / nt, s1 = n_strips * (t + 1) / nt;
-        float *mine = acc + t * DECODE_GROUP_STRIPS * R * DECODE_STRIP;
+        /* acc_rows (>= R): the rows of each thread's scratch, the same for every call of a
+         * region (a thread on a later, shorter chunk of rows must not land in another's) */
+        float *mine = acc + t * DECODE_GROUP_STRIPS * acc_rows * DECODE_STRIP;
         size_t in_xb = SIZE_MAX; /* the K-block xb holds (one block: rounded once per call) */
         for (size_t g0 = s0; g0 < s1; g0 += DECODE_GROUP_STRIPS) {
             size_t g1 = g0 + DECODE_GROUP_STRIPS < s1 ? g0 + DECODE_GROUP_STRIPS : s1;
@@ -471,7 +473,7 @@ static void decode_matmul_widen(float *out, const float *inp, const uint16_t *wp
                                 int accumulate, float *acc, decode_widen_tile_fn *tile) {
     #pragma omp parallel if (R * IC * OC >= (1 << 20))
     decode_matmul_widen_share(out, inp, wp, R, IC, OC, accumulate, acc, tile, (size_t)omp_get_thread_num(),
-                              (size_t)omp_get_num_threads());
+                              (size_t)omp_get_num_threads(), R);
 }
 
 /* scratch floats the bf16 drivers need for R rows and this many threads (the widening
@@ -940,7 +942,7 @@ static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, c
 #endif
     for (size_t r0 = 0; r0 < R; r0 += DECODE_WIDEN_ROWS)
         decode_matmul_widen_share(out + r0 * OC, inp + r0 * IC, wp, R - r0 < DECODE_WIDEN_ROWS ? R - r0 : DECODE_WIDEN_ROWS,
-                                  IC, OC, accumulate, d->acc, tile, t, nt);
+                                  IC, OC, accumulate, d->acc, tile, t, nt, R < DECODE_WIDEN_ROWS ? R : DECODE_WIDEN_ROWS);
 }
 
 /* The layers (and in bf16 the LM head) of fdpo_decoder_forward in one region, for steps
