@@ -515,6 +515,8 @@ struct fdpo_decoder {
     /* 1: steps run in one parallel region (decode_layers_one_region); 0 with
      * FDPO_DECODE_ONE_REGION=0, one region per kernel call (tests, A/B) */
     int one_region;
+    float *h_team;      /* [threads, R, C] each thread's LayerNorm output in that step */
+    size_t cap_h_team;  /* floats */
 };
 
 fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
@@ -566,7 +568,7 @@ void fdpo_decoder_free(fdpo_decoder *d) {
     free(d->len); free(d->k_cache); free(d->v_cache);
     free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast); free(d->acc);
     free(d->row_slot); free(d->row_pos); free(d->scores);
-    free(d->wp); free(d->wp_off); free(d->in16);
+    free(d->wp); free(d->wp_off); free(d->in16); free(d->h_team);
     free(d);
 }
 
@@ -728,6 +730,23 @@ static void decode_cache_store(float *k, float *v, const float *qkv, const size_
         for (size_t h = 0; h < NH; h++)
             memcpy(v + ((row_slot[r] * NH + h) * max_len + (size_t)row_pos[r]) * hs, qkv + r * 3 * C + 2 * C + h * hs,
                    hs * sizeof(float));
+    }
+}
+
+/* decode_cache_store of the columns [o0, o1) of qkv [R, 3C] only (the ones a thread of
+ * the one-region step computed: the keys' and values' part of them) */
+static void decode_cache_store_cols(float *k, float *v, const float *qkv, const size_t *row_slot,
+                                    const int32_t *row_pos, size_t R, size_t C, size_t NH, size_t max_len, size_t ldk,
+                                    size_t o0, size_t o1) {
+    size_t hs = C / NH;
+    for (size_t r = 0; r < R; r++) {
+        const float *q = qkv + r * 3 * C;
+        float *kc = k + row_slot[r] * C * ldk + (size_t)row_pos[r];
+        for (size_t o = o0 > C ? o0 : C; o < o1 && o < 2 * C; o++) kc[(o - C) * ldk] = q[o];
+        for (size_t o = o0 > 2 * C ? o0 : 2 * C; o < o1; o++) {
+            size_t c = o - 2 * C;
+            v[((row_slot[r] * NH + c / hs) * max_len + (size_t)row_pos[r]) * hs + c % hs] = q[o];
+        }
     }
 }
 
@@ -905,12 +924,19 @@ static inline void decode_share(size_t n, size_t t, size_t nt, size_t *i0, size_
 /* thread t of nt's share of decode_matmul_forward: its strips' columns of out get the bias
  * (= or +=), then its strips of the product (in16: the dpbf16 route's bf16 rows, written
  * here by rows, hence one barrier inside). bias NULL: out = product (the LM head). */
+/* [*o0, *o1): the output columns of thread t of nt's strips (o0 >= o1: none) */
+static inline void decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *o1) {
+    size_t s0, s1;
+    decode_share((OC + DECODE_STRIP - 1) / DECODE_STRIP, t, nt, &s0, &s1);
+    *o0 = s0 * DECODE_STRIP;
+    *o1 = s1 * DECODE_STRIP < OC ? s1 * DECODE_STRIP : OC;
+}
+
 static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, const float *w, const float *bias,
                                 size_t R, size_t IC, size_t OC, int accumulate, const uint16_t *wp, size_t t,
                                 size_t nt) {
-    size_t s0, s1, n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
-    decode_share(n_strips, t, nt, &s0, &s1);
-    size_t o0 = s0 * DECODE_STRIP, o1 = s1 * DECODE_STRIP < OC ? s1 * DECODE_STRIP : OC;
+    size_t o0, o1;
+    decode_share_cols(OC, t, nt, &o0, &o1);
     if (bias) {
         for (size_t r = 0; r < R; r++) {
             float *y = out + r * OC;
@@ -957,11 +983,21 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
     float eps = c->layer_norm_epsilon;
     size_t layer_cache = d->max_seqs * d->max_len * C, layer_kcache = d->max_seqs * C * d->ldk;
 #define WP(l, k) (d->wp ? d->wp + d->wp_off[4 * (l) + (k)] : NULL)
+    /* fp32's GELU runs in groups of 8 from 0 (decode_gelu_range): a thread's columns (48 k to
+     * 48 k' or 4C) are whole groups when 4C is a multiple of 8; bf16's is per element
+     * (fdpo_k_expf: the same bits on any lane) */
+    int gelu_own_cols = d->wp != NULL || (4 * C) % 8 == 0;
+    size_t need = (size_t)omp_get_max_threads() * R * C;
+    if (need > d->cap_h_team) {
+        free(d->h_team);
+        d->h_team = fdpo_malloc(need * sizeof(float));
+        d->cap_h_team = need;
+    }
     #pragma omp parallel
     {
-        size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num(), r0, r1, a0, a1, g0, g1;
+        size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num(), r0, r1, a0, a1, g0, g1, o0, o1;
         size_t n_fc = R * 4 * C, n_groups = (n_fc + 7) / 8;
-        float *scores = d->scores + t * d->ldk;
+        float *scores = d->scores + t * d->ldk, *hm = d->h_team + t * R * C;
         decode_share(R, t, nt, &r0, &r1);
         decode_share(R * NH, t, nt, &a0, &a1);
         decode_share(n_groups, t, nt, &g0, &g1);
@@ -969,14 +1005,14 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
         #pragma omp barrier
         for (size_t l = 0; l < L; l++) {
             float *kc = d->k_cache + l * layer_kcache, *vc = d->v_cache + l * layer_cache;
-            for (size_t r = r0; r < r1; r++)
-                decode_layernorm_row(d->h + r * C, d->x + r * C, p->ln1w + l * C, p->ln1b + l * C, C, eps);
-            #pragma omp barrier
-            decode_matmul_share(d, d->qkv, d->h, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
+            /* every thread normalises all R rows into its own h (a few microseconds of
+             * duplicated work instead of a barrier) */
+            for (size_t r = 0; r < R; r++)
+                decode_layernorm_row(hm + r * C, d->x + r * C, p->ln1w + l * C, p->ln1b + l * C, C, eps);
+            decode_matmul_share(d, d->qkv, hm, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
                                 WP(l, 0), t, nt);
-            #pragma omp barrier
-            decode_cache_store(kc, vc, d->qkv + r0 * 3 * C, d->row_slot + r0, d->row_pos + r0, r1 - r0, C, NH,
-                               d->max_len, d->ldk);
+            decode_share_cols(3 * C, t, nt, &o0, &o1);
+            decode_cache_store_cols(kc, vc, d->qkv, d->row_slot, d->row_pos, R, C, NH, d->max_len, d->ldk, o0, o1);
             #pragma omp barrier
             for (size_t a = a0; a < a1; a++)
                 decode_attention_head(d->atty, scores, d->qkv, kc, vc, d->row_slot, d->row_pos, a / NH, a % NH, C, NH,
@@ -985,13 +1021,18 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
             decode_matmul_share(d, d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1, WP(l, 1),
                                 t, nt);
             #pragma omp barrier
-            for (size_t r = r0; r < r1; r++)
-                decode_layernorm_row(d->h + r * C, d->x + r * C, p->ln2w + l * C, p->ln2b + l * C, C, eps);
-            #pragma omp barrier
-            decode_matmul_share(d, d->fch, d->h, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0,
+            for (size_t r = 0; r < R; r++)
+                decode_layernorm_row(hm + r * C, d->x + r * C, p->ln2w + l * C, p->ln2b + l * C, C, eps);
+            decode_matmul_share(d, d->fch, hm, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0,
                                 WP(l, 2), t, nt);
-            #pragma omp barrier
-            decode_gelu_range(d->fch, 8 * g0, 8 * g1 < n_fc ? 8 * g1 : n_fc, n_fc, d->wp != NULL);
+            if (gelu_own_cols) { /* GELU of the thread's own columns, no barrier between */
+                decode_share_cols(4 * C, t, nt, &o0, &o1);
+                for (size_t r = 0; r < R && o0 < o1; r++)
+                    decode_gelu_range(d->fch, r * 4 * C + o0, r * 4 * C + o1, n_fc, d->wp != NULL);
+            } else {
+                #pragma omp barrier
+                decode_gelu_range(d->fch, 8 * g0, 8 * g1 < n_fc ? 8 * g1 : n_fc, n_fc, d->wp != NULL);
+            }
             #pragma omp barrier
             decode_matmul_share(d, d->x, d->fch, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, R, 4 * C, C, 1,
                                 WP(l, 3), t, nt);
