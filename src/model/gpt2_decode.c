@@ -28,8 +28,8 @@ typedef float decode_keys __attribute__((vector_size(DECODE_KEYS * sizeof(float)
  * A decoding step reads every weight once and does little arithmetic with it, so its speed
  * is the speed of streaming W. BLAS would pack the whole weight matrix for a handful of
  * rows, which costs as much as the product. The drivers cut W into 48-column strips
- * (DECODE_STRIP), give each thread a contiguous range of strips (one parallel region per
- * call) and call a tile kernel per (block of W's rows, strip, group of up to 8 rows of x):
+ * (DECODE_STRIP), give each thread a contiguous range of strips (in the caller's region,
+ * or one of their own) and call a tile kernel per (block of W's rows, strip, group of up to 8 rows of x):
  * the tile keeps the 8 x 48 accumulators of its row group in registers (24 of the 32
  * AVX-512 registers; 48 columns ran at about 1.4x the speed of 32, 64 spills) while it runs
  * down its block of W, and the driver keeps them in scratch (acc) between blocks. Each
@@ -372,9 +372,9 @@ static int decode_bf16_route(void) {
  * x [R, IC] @ W through tile; iblock: rows of W per tile call; one_strip: 1 = a thread
  * finishes a strip (all blocks) before the next (packed W), 0 = block by block across all
  * its strips (W as stored). acc: scratch of R * DECODE_STRIP floats per thread (one_strip)
- * or R * (OC rounded up to DECODE_STRIP). */
-/* Thread t of a team of nt's share of decode_matmul_small_rows (its strips, see there): no
- * region and no barrier of its own, for callers already inside a parallel region. */
+ * or R * (OC rounded up to DECODE_STRIP). This is thread t of a team of nt's share (its
+ * strips), with no region or barrier of its own, for callers already inside a parallel
+ * region (decode_layers_one_region); decode_matmul_small_rows below opens one. */
 static void decode_matmul_small_rows_share(float *out, const void *x, size_t ldx, const void *w, size_t R, size_t IC,
                                            size_t OC, int accumulate, float *acc, decode_tile_fn *tile, size_t iblock,
                                            int one_strip, size_t t, size_t nt) {
