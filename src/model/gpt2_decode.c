@@ -28,8 +28,8 @@ typedef float decode_keys __attribute__((vector_size(DECODE_KEYS * sizeof(float)
  * A decoding step reads every weight once and does little arithmetic with it, so its speed
  * is the speed of streaming W. BLAS would pack the whole weight matrix for a handful of
  * rows, which costs as much as the product. The drivers cut W into 48-column strips
- * (DECODE_STRIP), give each thread a contiguous range of strips (one parallel region per
- * call) and call a tile kernel per (block of W's rows, strip, group of up to 8 rows of x):
+ * (DECODE_STRIP), give each thread a contiguous range of strips (in the caller's region,
+ * or one of their own) and call a tile kernel per (block of W's rows, strip, group of up to 8 rows of x):
  * the tile keeps the 8 x 48 accumulators of its row group in registers (24 of the 32
  * AVX-512 registers; 48 columns ran at about 1.4x the speed of 32, 64 spills) while it runs
  * down its block of W, and the driver keeps them in scratch (acc) between blocks. Each
@@ -372,14 +372,14 @@ static int decode_bf16_route(void) {
  * x [R, IC] @ W through tile; iblock: rows of W per tile call; one_strip: 1 = a thread
  * finishes a strip (all blocks) before the next (packed W), 0 = block by block across all
  * its strips (W as stored). acc: scratch of R * DECODE_STRIP floats per thread (one_strip)
- * or R * (OC rounded up to DECODE_STRIP). */
-static void decode_matmul_small_rows(float *out, const void *x, size_t ldx, const void *w, size_t R, size_t IC,
-                                     size_t OC, int accumulate, float *acc, decode_tile_fn *tile, size_t iblock,
-                                     int one_strip) {
+ * or R * (OC rounded up to DECODE_STRIP). This is thread t of a team of nt's share (its
+ * strips), with no region or barrier of its own, for callers already inside a parallel
+ * region (decode_layers_one_region); decode_matmul_small_rows below opens one. */
+static void decode_matmul_small_rows_share(float *out, const void *x, size_t ldx, const void *w, size_t R, size_t IC,
+                                           size_t OC, int accumulate, float *acc, decode_tile_fn *tile, size_t iblock,
+                                           int one_strip, size_t t, size_t nt) {
     size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP;
-    #pragma omp parallel if (R * IC * OC >= (1 << 20))
     {
-        size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
         size_t s0 = n_strips * t / nt, s1 = n_strips * (t + 1) / nt, pass = one_strip ? 1 : s1 - s0;
         float *mine = acc + (one_strip ? t : s0) * R * DECODE_STRIP;
         for (size_t sp = s0; sp < s1; sp += pass) {
@@ -407,8 +407,16 @@ static void decode_matmul_small_rows(float *out, const void *x, size_t ldx, cons
     }
 }
 
-/* The widening driver: out [R, OC] (= or +=) bf16(inp [R, IC]) @ W packed, one parallel
- * region. Thread t owns the contiguous strips [s0, s1) (so it streams one contiguous run of
+static void decode_matmul_small_rows(float *out, const void *x, size_t ldx, const void *w, size_t R, size_t IC,
+                                     size_t OC, int accumulate, float *acc, decode_tile_fn *tile, size_t iblock,
+                                     int one_strip) {
+    #pragma omp parallel if (R * IC * OC >= (1 << 20))
+    decode_matmul_small_rows_share(out, x, ldx, w, R, IC, OC, accumulate, acc, tile, iblock, one_strip,
+                                   (size_t)omp_get_thread_num(), (size_t)omp_get_num_threads());
+}
+
+/* The widening driver: out [R, OC] (= or +=) bf16(inp [R, IC]) @ W packed, thread t of a
+ * team of nt's share (decode_matmul_widen below: in a region of its own). Thread t owns the contiguous strips [s0, s1) (so it streams one contiguous run of
  * the packed W, and no two threads write the same output line but at a strip boundary,
  * once per call), in groups of up to DECODE_GROUP_STRIPS strips; per group it runs over IC
  * in K-blocks of kp row pairs, rounding the block's activations to bf16 into its own xb
@@ -416,17 +424,19 @@ static void decode_matmul_small_rows(float *out, const void *x, size_t ldx, cons
  * runs each strip of the group down the block, accumulators in registers, parked in acc
  * (DECODE_GROUP_STRIPS * R * DECODE_STRIP floats per thread) between blocks. Where all of
  * IC fits one block (every 124M layer but mlp.c_proj at 8 rows) a strip is one pass. */
-static void decode_matmul_widen(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC, size_t OC,
-                                int accumulate, float *acc, decode_widen_tile_fn *tile) {
+static void decode_matmul_widen_share(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC,
+                                      size_t OC, int accumulate, float *acc, decode_widen_tile_fn *tile, size_t t,
+                                      size_t nt, size_t acc_rows) {
     size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP, n_pairs = (IC + 1) / 2;
     size_t kp = DECODE_XBLOCK / (2 * R);
     if (kp > n_pairs) kp = n_pairs;
-    #pragma omp parallel if (R * IC * OC >= (1 << 20))
     {
         float xb[DECODE_XBLOCK] __attribute__((aligned(64)));
-        size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num(), ldx = 2 * kp;
+        size_t ldx = 2 * kp;
         size_t s0 = n_strips * t / nt, s1 = n_strips * (t + 1) / nt;
-        float *mine = acc + t * DECODE_GROUP_STRIPS * R * DECODE_STRIP;
+        /* acc_rows (>= R): the rows of each thread's scratch, the same for every call of a
+         * region (a thread on a later, shorter chunk of rows must not land in another's) */
+        float *mine = acc + t * DECODE_GROUP_STRIPS * acc_rows * DECODE_STRIP;
         size_t in_xb = SIZE_MAX; /* the K-block xb holds (one block: rounded once per call) */
         for (size_t g0 = s0; g0 < s1; g0 += DECODE_GROUP_STRIPS) {
             size_t g1 = g0 + DECODE_GROUP_STRIPS < s1 ? g0 + DECODE_GROUP_STRIPS : s1;
@@ -455,6 +465,15 @@ static void decode_matmul_widen(float *out, const float *inp, const uint16_t *wp
             }
         }
     }
+}
+
+/* thread t of nt's share above is decode_matmul_widen_share; this is the call with its own
+ * region */
+static void decode_matmul_widen(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC, size_t OC,
+                                int accumulate, float *acc, decode_widen_tile_fn *tile) {
+    #pragma omp parallel if (R * IC * OC >= (1 << 20))
+    decode_matmul_widen_share(out, inp, wp, R, IC, OC, accumulate, acc, tile, (size_t)omp_get_thread_num(),
+                              (size_t)omp_get_num_threads(), R);
 }
 
 /* scratch floats the bf16 drivers need for R rows and this many threads (the widening
@@ -493,6 +512,11 @@ struct fdpo_decoder {
     uint16_t *wp, *in16;
     size_t *wp_off;
     size_t cap16;
+    /* 1: steps run in one parallel region (decode_layers_one_region); 0 with
+     * FDPO_DECODE_ONE_REGION=0, one region per kernel call (tests, A/B) */
+    int one_region;
+    float *h_team;      /* [threads, R, C] each thread's LayerNorm output in that step */
+    size_t cap_h_team;  /* floats */
 };
 
 fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
@@ -506,6 +530,8 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
     d->model = m;
     d->max_seqs = max_seqs;
     d->max_len = max_len;
+    const char *one_region = getenv("FDPO_DECODE_ONE_REGION");
+    d->one_region = !(one_region && !strcmp(one_region, "0"));
     if (c->arch == FDPO_ARCH_LLAMA) { d->llama = fdpo_llama_decoder_create(m, max_seqs, max_len); return d; }
     d->len = fdpo_calloc(max_seqs, sizeof *d->len);
     size_t n = c->n_layer * max_seqs * max_len * c->n_embd;
@@ -542,7 +568,7 @@ void fdpo_decoder_free(fdpo_decoder *d) {
     free(d->len); free(d->k_cache); free(d->v_cache);
     free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast); free(d->acc);
     free(d->row_slot); free(d->row_pos); free(d->scores);
-    free(d->wp); free(d->wp_off); free(d->in16);
+    free(d->wp); free(d->wp_off); free(d->in16); free(d->h_team);
     free(d);
 }
 
@@ -614,19 +640,21 @@ static void decode_embed_forward(float *out, const int32_t *tokens, const int32_
 }
 
 /* out [R, C] = LayerNorm(inp [R, C]) * w [C] + b [C] */
+static inline void decode_layernorm_row(float *out, const float *x, const float *w, const float *b, size_t C,
+                                        float eps) {
+    float mean = 0, var = 0;
+    for (size_t i = 0; i < C; i++) mean += x[i];
+    mean /= (float)C;
+    for (size_t i = 0; i < C; i++) { float dx = x[i] - mean; var += dx * dx; }
+    var /= (float)C;
+    float rstd = 1.0f / sqrtf(var + eps);
+    for (size_t i = 0; i < C; i++) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
 static void decode_layernorm_forward(float *out, const float *inp, const float *w, const float *b,
                                      size_t R, size_t C, float eps) {
     #pragma omp parallel for if (R * C > 32768)
-    for (size_t r = 0; r < R; r++) {
-        const float *x = inp + r * C;
-        float mean = 0, var = 0;
-        for (size_t i = 0; i < C; i++) mean += x[i];
-        mean /= (float)C;
-        for (size_t i = 0; i < C; i++) { float dx = x[i] - mean; var += dx * dx; }
-        var /= (float)C;
-        float rstd = 1.0f / sqrtf(var + eps);
-        for (size_t i = 0; i < C; i++) out[r * C + i] = (x[i] - mean) * rstd * w[i] + b[i];
-    }
+    for (size_t r = 0; r < R; r++) decode_layernorm_row(out + r * C, inp + r * C, w, b, C, eps);
 }
 
 size_t fdpo_decode_packed_size(size_t IC, size_t OC) { return decode_packed_size(IC, OC); }
@@ -705,6 +733,23 @@ static void decode_cache_store(float *k, float *v, const float *qkv, const size_
     }
 }
 
+/* decode_cache_store of the columns [o0, o1) of qkv [R, 3C] only (the ones a thread of
+ * the one-region step computed: the keys' and values' part of them) */
+static void decode_cache_store_cols(float *k, float *v, const float *qkv, const size_t *row_slot,
+                                    const int32_t *row_pos, size_t R, size_t C, size_t NH, size_t max_len, size_t ldk,
+                                    size_t o0, size_t o1) {
+    size_t hs = C / NH;
+    for (size_t r = 0; r < R; r++) {
+        const float *q = qkv + r * 3 * C;
+        float *kc = k + row_slot[r] * C * ldk + (size_t)row_pos[r];
+        for (size_t o = o0 > C ? o0 : C; o < o1 && o < 2 * C; o++) kc[(o - C) * ldk] = q[o];
+        for (size_t o = o0 > 2 * C ? o0 : 2 * C; o < o1; o++) {
+            size_t c = o - 2 * C;
+            v[((row_slot[r] * NH + c / hs) * max_len + (size_t)row_pos[r]) * hs + c % hs] = q[o];
+        }
+    }
+}
+
 /* out [R, C]: row r, head h attends with its query qkv[r, h*hs ..] over keys/values
  * 0..pos[r] of its slot in k [max_seqs, C, ldk], v [max_seqs, NH, max_len, hs]. scores
  * [threads, ldk]. Each score is the dot product of q and one key summed in channel order,
@@ -734,72 +779,79 @@ static inline __attribute__((always_inline)) void decode_attention_scores(float 
     }
 }
 
+/* out [r, h*hs : (h+1)*hs]: row r, head h of decode_attention_forward; s: ldk floats of
+ * scratch for the scores */
+static void decode_attention_head(float *out, float *s, const float *qkv, const float *k, const float *v,
+                                  const size_t *row_slot, const int32_t *row_pos, size_t r, size_t h, size_t C,
+                                  size_t NH, size_t max_len, size_t ldk) {
+    size_t hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    const float *q = qkv + r * 3 * C + h * hs;
+    size_t T = (size_t)row_pos[r] + 1;
+    const float *kb = k + (row_slot[r] * C + h * hs) * ldk;
+    const float *vb = v + (row_slot[r] * NH + h) * max_len * hs;
+    for (size_t t0 = 0; t0 < T; t0 += 4 * DECODE_KEYS) {
+        size_t nv = (T - t0 + DECODE_KEYS - 1) / DECODE_KEYS;
+        if (nv >= 4) decode_attention_scores(s, q, kb, ldk, hs, t0, scale, 4);
+        else if (nv == 3) decode_attention_scores(s, q, kb, ldk, hs, t0, scale, 3);
+        else if (nv == 2) decode_attention_scores(s, q, kb, ldk, hs, t0, scale, 2);
+        else decode_attention_scores(s, q, kb, ldk, hs, t0, scale, 1);
+    }
+    float mx = -INFINITY;
+    for (size_t t = 0; t < T; t++) if (s[t] > mx) mx = s[t];
+    float sum = 0;
+    size_t t8 = T / 8 * 8;
+    for (size_t t = 0; t < t8; t += 8) { /* expf's bits 8 at a time (fdpo_expf8) */
+        float dx[8];
+        for (size_t j = 0; j < 8; j++) dx[j] = s[t + j] - mx;
+        fdpo_expf8(s + t, dx);
+        for (size_t j = 0; j < 8; j++) sum += s[t + j];
+    }
+    for (size_t t = t8; t < T; t++) { s[t] = expf(s[t] - mx); sum += s[t]; }
+    float inv = 1.0f / sum;
+    float *o = out + r * C + h * hs;
+    if (hs == 4 * DECODE_KEYS) { /* GPT-2's 64: the four sums stay in registers */
+        decode_keys o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0}, vv;
+        for (size_t t = 0; t < T; t++) {
+            float a = s[t] * inv;
+            const float *vt = vb + t * hs;
+            for (size_t k = 0; k < 4; k++) __builtin_prefetch(vt + 8 * hs + k * DECODE_KEYS); /* as the keys */
+            memcpy(&vv, vt, sizeof vv); o0 = o0 + a * vv;
+            memcpy(&vv, vt + DECODE_KEYS, sizeof vv); o1 = o1 + a * vv;
+            memcpy(&vv, vt + 2 * DECODE_KEYS, sizeof vv); o2 = o2 + a * vv;
+            memcpy(&vv, vt + 3 * DECODE_KEYS, sizeof vv); o3 = o3 + a * vv;
+        }
+        memcpy(o, &o0, sizeof o0); memcpy(o + DECODE_KEYS, &o1, sizeof o1);
+        memcpy(o + 2 * DECODE_KEYS, &o2, sizeof o2); memcpy(o + 3 * DECODE_KEYS, &o3, sizeof o3);
+    } else {
+        for (size_t i = 0; i < hs; i++) o[i] = 0;
+        for (size_t t = 0; t < T; t++) {
+            float a = s[t] * inv;
+            for (size_t i = 0; i < hs; i++) o[i] += a * vb[t * hs + i];
+        }
+    }
+}
+
 static void decode_attention_forward(float *out, float *scores, const float *qkv, const float *k,
                                      const float *v, const size_t *row_slot, const int32_t *row_pos,
                                      size_t R, size_t C, size_t NH, size_t max_len, size_t ldk) {
     size_t hs = C / NH, max_T = 0;
     for (size_t r = 0; r < R; r++) if ((size_t)row_pos[r] + 1 > max_T) max_T = (size_t)row_pos[r] + 1;
-    float scale = 1.0f / sqrtf((float)hs);
     /* threads only pay off when there is real work: waking a team costs microseconds, one
      * decoding step of 8 rows at 124M (12 heads, 16 cached positions) is ~50 us per layer */
     #pragma omp parallel for collapse(2) if (R * NH * max_T * hs >= (1 << 15))
-    for (size_t r = 0; r < R; r++) {
-        for (size_t h = 0; h < NH; h++) {
-            float *s = scores + (size_t)omp_get_thread_num() * ldk;
-            const float *q = qkv + r * 3 * C + h * hs;
-            size_t T = (size_t)row_pos[r] + 1;
-            const float *kb = k + (row_slot[r] * C + h * hs) * ldk;
-            const float *vb = v + (row_slot[r] * NH + h) * max_len * hs;
-            for (size_t t0 = 0; t0 < T; t0 += 4 * DECODE_KEYS) {
-                size_t nv = (T - t0 + DECODE_KEYS - 1) / DECODE_KEYS;
-                if (nv >= 4) decode_attention_scores(s, q, kb, ldk, hs, t0, scale, 4);
-                else if (nv == 3) decode_attention_scores(s, q, kb, ldk, hs, t0, scale, 3);
-                else if (nv == 2) decode_attention_scores(s, q, kb, ldk, hs, t0, scale, 2);
-                else decode_attention_scores(s, q, kb, ldk, hs, t0, scale, 1);
-            }
-            float mx = -INFINITY;
-            for (size_t t = 0; t < T; t++) if (s[t] > mx) mx = s[t];
-            float sum = 0;
-            size_t t8 = T / 8 * 8;
-            for (size_t t = 0; t < t8; t += 8) { /* expf's bits 8 at a time (fdpo_expf8) */
-                float dx[8];
-                for (size_t j = 0; j < 8; j++) dx[j] = s[t + j] - mx;
-                fdpo_expf8(s + t, dx);
-                for (size_t j = 0; j < 8; j++) sum += s[t + j];
-            }
-            for (size_t t = t8; t < T; t++) { s[t] = expf(s[t] - mx); sum += s[t]; }
-            float inv = 1.0f / sum;
-            float *o = out + r * C + h * hs;
-            if (hs == 4 * DECODE_KEYS) { /* GPT-2's 64: the four sums stay in registers */
-                decode_keys o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0}, vv;
-                for (size_t t = 0; t < T; t++) {
-                    float a = s[t] * inv;
-                    const float *vt = vb + t * hs;
-                    for (size_t k = 0; k < 4; k++) __builtin_prefetch(vt + 8 * hs + k * DECODE_KEYS); /* as the keys */
-                    memcpy(&vv, vt, sizeof vv); o0 = o0 + a * vv;
-                    memcpy(&vv, vt + DECODE_KEYS, sizeof vv); o1 = o1 + a * vv;
-                    memcpy(&vv, vt + 2 * DECODE_KEYS, sizeof vv); o2 = o2 + a * vv;
-                    memcpy(&vv, vt + 3 * DECODE_KEYS, sizeof vv); o3 = o3 + a * vv;
-                }
-                memcpy(o, &o0, sizeof o0); memcpy(o + DECODE_KEYS, &o1, sizeof o1);
-                memcpy(o + 2 * DECODE_KEYS, &o2, sizeof o2); memcpy(o + 3 * DECODE_KEYS, &o3, sizeof o3);
-            } else {
-                for (size_t i = 0; i < hs; i++) o[i] = 0;
-                for (size_t t = 0; t < T; t++) {
-                    float a = s[t] * inv;
-                    for (size_t i = 0; i < hs; i++) o[i] += a * vb[t * hs + i];
-                }
-            }
-        }
-    }
+    for (size_t r = 0; r < R; r++)
+        for (size_t h = 0; h < NH; h++)
+            decode_attention_head(out, scores + (size_t)omp_get_thread_num() * ldk, qkv, k, v, row_slot, row_pos, r,
+                                  h, C, NH, max_len, ldk);
 }
 
-/* x [n] = GELU(x), tanh approximation ("gelu_new"); vector_exp: fdpo_k_expf (<= 2 ulp) */
-static void decode_gelu_forward(float *x, size_t n, int vector_exp) {
+/* x [i0 : i1] = GELU(x), tanh approximation ("gelu_new"), for decode_gelu_forward (x of n
+ * floats; fp32: i0 a multiple of 8, the groups of 8 below n8 = n / 8 * 8 on fdpo_expf8) */
+static inline void decode_gelu_range(float *x, size_t i0, size_t i1, size_t n, int vector_exp) {
     const float s = 0.7978845608028654f; /* sqrt(2/pi) */
     if (vector_exp) { /* bf16: fdpo_k_expf, as the training forward's GELU (vectorises) */
-        #pragma omp parallel for if (n > 8192)
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = i0; i < i1; i++) {
             float u = x[i];
             x[i] = u / (1.0f + fdpo_k_expf(-2.0f * s * (u + 0.044715f * u * u * u)));
         }
@@ -807,18 +859,24 @@ static void decode_gelu_forward(float *x, size_t n, int vector_exp) {
     }
     /* fp32: libm's expf bits, the bits fp32 samples have always had, 8 at a time
      * (fdpo_expf8); 0.5 u (1 + tanh(a)) = u / (1 + exp(-2a)): one expf instead of tanhf */
-    size_t n8 = n / 8 * 8;
-    #pragma omp parallel for if (n > 8192)
-    for (size_t i = 0; i < n8; i += 8) {
+    size_t n8 = n / 8 * 8, e8 = i1 < n8 ? i1 : n8;
+    for (size_t i = i0; i < e8; i += 8) {
         float a[8], e[8];
         for (size_t j = 0; j < 8; j++) { float u = x[i + j]; a[j] = -2.0f * s * (u + 0.044715f * u * u * u); }
         fdpo_expf8(e, a);
         for (size_t j = 0; j < 8; j++) x[i + j] = x[i + j] / (1.0f + e[j]);
     }
-    for (size_t i = n8; i < n; i++) {
+    for (size_t i = i0 > n8 ? i0 : n8; i < i1; i++) {
         float u = x[i];
         x[i] = u / (1.0f + expf(-2.0f * s * (u + 0.044715f * u * u * u)));
     }
+}
+
+/* x [n] = GELU(x) (decode_gelu_range); vector_exp: fdpo_k_expf (<= 2 ulp) */
+static void decode_gelu_forward(float *x, size_t n, int vector_exp) {
+    size_t n_chunks = (n + 1023) / 1024; /* chunks of 1024 (a multiple of 8) */
+    #pragma omp parallel for if (n > 8192)
+    for (size_t g = 0; g < n_chunks; g++) decode_gelu_range(x, 1024 * g, 1024 * g + 1024 < n ? 1024 * g + 1024 : n, n, vector_exp);
 }
 
 /* logits [R, V] = inp [R, C] @ wte [V, C]^T (tied LM head; 154 MB at 124M in fp32). A
@@ -847,6 +905,156 @@ static void decode_lmhead_forward(fdpo_decoder *d, float *logits, const float *i
     } else
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)V, (int)C, 1.0f, inp, (int)C,
                     wte, (int)C, 0.0f, logits, (int)V);
+}
+
+/* ---- One parallel region per decoding step ----
+ * The step below opens one region for all its layers instead of one per kernel call (~75
+ * per step at 124M: the team's wake-ups and joins were 7-10% of a step's CPU time). Each
+ * kernel runs thread t of nt's share of its work (rows, (row, head) pairs or strips of
+ * output columns, cut the way its own region cuts it), and a barrier stands only where the
+ * next kernel reads what others wrote. Every output is computed by the same code in the
+ * same order as in the kernels' own regions, so the bits are the same at any team size. */
+
+/* [*i0, *i1): thread t of nt's share of n items */
+static inline void decode_share(size_t n, size_t t, size_t nt, size_t *i0, size_t *i1) {
+    *i0 = n * t / nt;
+    *i1 = n * (t + 1) / nt;
+}
+
+/* thread t of nt's share of decode_matmul_forward: its strips' columns of out get the bias
+ * (= or +=), then its strips of the product (in16: the dpbf16 route's bf16 rows, written
+ * here by rows, hence one barrier inside). bias NULL: out = product (the LM head). */
+/* [*o0, *o1): the output columns of thread t of nt's strips (o0 >= o1: none) */
+static inline void decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *o1) {
+    size_t s0, s1;
+    decode_share((OC + DECODE_STRIP - 1) / DECODE_STRIP, t, nt, &s0, &s1);
+    *o0 = s0 * DECODE_STRIP;
+    *o1 = s1 * DECODE_STRIP < OC ? s1 * DECODE_STRIP : OC;
+}
+
+static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, const float *w, const float *bias,
+                                size_t R, size_t IC, size_t OC, int accumulate, const uint16_t *wp, size_t t,
+                                size_t nt) {
+    size_t o0, o1;
+    decode_share_cols(OC, t, nt, &o0, &o1);
+    if (bias) {
+        for (size_t r = 0; r < R; r++) {
+            float *y = out + r * OC;
+            if (!accumulate) memcpy(y + o0, bias + o0, (o1 > o0 ? o1 - o0 : 0) * sizeof(float));
+            else for (size_t o = o0; o < o1; o++) y[o] += bias[o];
+        }
+        accumulate = 1;
+    }
+    if (!wp) {
+        decode_matmul_small_rows_share(out, inp, IC, w, R, IC, OC, accumulate, d->acc, decode_tile_f32, DECODE_IBLOCK,
+                                       0, t, nt);
+        return;
+    }
+    int route = decode_bf16_route();
+    decode_widen_tile_fn *tile = decode_tile_widen_portable;
+#ifdef DECODE_HAVE_AVX512
+    if (route == DECODE_BF16_DPBF16) {
+        size_t r0, r1, ICp = (IC + 1) / 2 * 2;
+        decode_share(R, t, nt, &r0, &r1);
+        decode_rows_to_bf16(d->in16 + r0 * ICp, inp + r0 * IC, r1 - r0, IC);
+        #pragma omp barrier
+        decode_matmul_small_rows_share(out, d->in16, ICp, wp, R, IC, OC, accumulate, d->acc, decode_tile_dpbf16, IC,
+                                       1, t, nt);
+        return;
+    }
+    if (route == DECODE_BF16_WIDEN) tile = decode_tile_widen;
+#else
+    (void)route;
+#endif
+    for (size_t r0 = 0; r0 < R; r0 += DECODE_WIDEN_ROWS)
+        decode_matmul_widen_share(out + r0 * OC, inp + r0 * IC, wp, R - r0 < DECODE_WIDEN_ROWS ? R - r0 : DECODE_WIDEN_ROWS,
+                                  IC, OC, accumulate, d->acc, tile, t, nt, R < DECODE_WIDEN_ROWS ? R : DECODE_WIDEN_ROWS);
+}
+
+/* The layers (and in bf16 the LM head) of fdpo_decoder_forward in one region, for steps
+ * without LoRA whose linear layers all take the strip matmuls (bf16, or fp32 up to
+ * DECODE_SMALL_ROWS rows). h [n_slots, C] = the final LayerNorm of each slot's last row
+ * (all_logits = 0) or of every row; logits computed here in bf16 only. */
+static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, size_t R, size_t n_slots,
+                                     const size_t *n_new, float *logits, int all_logits) {
+    const fdpo_gpt2_config *c = &d->model->config;
+    const fdpo_gpt2_params *p = &d->model->params;
+    size_t C = c->n_embd, L = c->n_layer, NH = c->n_head, V = c->vocab_size;
+    float eps = c->layer_norm_epsilon;
+    size_t layer_cache = d->max_seqs * d->max_len * C, layer_kcache = d->max_seqs * C * d->ldk;
+#define WP(l, k) (d->wp ? d->wp + d->wp_off[4 * (l) + (k)] : NULL)
+    /* fp32's GELU runs in groups of 8 from 0 (decode_gelu_range): a thread's columns (48 k to
+     * 48 k' or 4C) are whole groups when 4C is a multiple of 8; bf16's is per element
+     * (fdpo_k_expf: the same bits on any lane) */
+    int gelu_own_cols = d->wp != NULL || (4 * C) % 8 == 0;
+    size_t need = (size_t)omp_get_max_threads() * R * C;
+    if (need > d->cap_h_team) {
+        free(d->h_team);
+        d->h_team = fdpo_malloc(need * sizeof(float));
+        d->cap_h_team = need;
+    }
+    #pragma omp parallel
+    {
+        size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num(), r0, r1, a0, a1, g0, g1, o0, o1;
+        size_t n_fc = R * 4 * C, n_groups = (n_fc + 7) / 8;
+        float *scores = d->scores + t * d->ldk, *hm = d->h_team + t * R * C;
+        decode_share(R, t, nt, &r0, &r1);
+        decode_share(R * NH, t, nt, &a0, &a1);
+        decode_share(n_groups, t, nt, &g0, &g1);
+        decode_embed_forward(d->x + r0 * C, tokens + r0, d->row_pos + r0, p->wte, p->wpe, r1 - r0, C);
+        #pragma omp barrier
+        for (size_t l = 0; l < L; l++) {
+            float *kc = d->k_cache + l * layer_kcache, *vc = d->v_cache + l * layer_cache;
+            /* every thread normalises all R rows into its own h (a few microseconds of
+             * duplicated work instead of a barrier) */
+            for (size_t r = 0; r < R; r++)
+                decode_layernorm_row(hm + r * C, d->x + r * C, p->ln1w + l * C, p->ln1b + l * C, C, eps);
+            decode_matmul_share(d, d->qkv, hm, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
+                                WP(l, 0), t, nt);
+            decode_share_cols(3 * C, t, nt, &o0, &o1);
+            decode_cache_store_cols(kc, vc, d->qkv, d->row_slot, d->row_pos, R, C, NH, d->max_len, d->ldk, o0, o1);
+            #pragma omp barrier
+            for (size_t a = a0; a < a1; a++)
+                decode_attention_head(d->atty, scores, d->qkv, kc, vc, d->row_slot, d->row_pos, a / NH, a % NH, C, NH,
+                                      d->max_len, d->ldk);
+            #pragma omp barrier
+            decode_matmul_share(d, d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1, WP(l, 1),
+                                t, nt);
+            #pragma omp barrier
+            for (size_t r = 0; r < R; r++)
+                decode_layernorm_row(hm + r * C, d->x + r * C, p->ln2w + l * C, p->ln2b + l * C, C, eps);
+            decode_matmul_share(d, d->fch, hm, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0,
+                                WP(l, 2), t, nt);
+            if (gelu_own_cols) { /* GELU of the thread's own columns, no barrier between */
+                decode_share_cols(4 * C, t, nt, &o0, &o1);
+                for (size_t r = 0; r < R && o0 < o1; r++)
+                    decode_gelu_range(d->fch, r * 4 * C + o0, r * 4 * C + o1, n_fc, d->wp != NULL);
+            } else {
+                #pragma omp barrier
+                decode_gelu_range(d->fch, 8 * g0, 8 * g1 < n_fc ? 8 * g1 : n_fc, n_fc, d->wp != NULL);
+            }
+            #pragma omp barrier
+            decode_matmul_share(d, d->x, d->fch, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, R, 4 * C, C, 1,
+                                WP(l, 3), t, nt);
+            #pragma omp barrier
+        }
+        size_t n_out = all_logits ? R : n_slots, q0, q1;
+        decode_share(n_out, t, nt, &q0, &q1);
+        for (size_t q = q0; q < q1; q++) {
+            size_t r = q; /* all_logits: row q; else slot q's last row */
+            if (!all_logits) {
+                r = 0;
+                for (size_t i = 0; i <= q; i++) r += n_new[i];
+                r--;
+            }
+            decode_layernorm_row(d->h + q * C, d->x + r * C, p->lnfw, p->lnfb, C, eps);
+        }
+        if (d->wp) {
+            #pragma omp barrier
+            decode_matmul_share(d, logits, d->h, NULL, NULL, n_out, C, V, 0, WP(L, 0), t, nt);
+        }
+    }
+#undef WP
 }
 
 int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
@@ -883,6 +1091,12 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
             d->row_pos[r] = (int32_t)(d->len[slots[i]] + j);
         }
 
+    if (d->one_region && !(m->lora && m->lora->enabled) && (d->wp || R <= DECODE_SMALL_ROWS)) {
+        decode_layers_one_region(d, tokens, R, n_slots, n_new, logits, all_logits);
+        for (size_t i = 0; i < n_slots; i++) d->len[slots[i]] += n_new[i];
+        if (!d->wp) decode_lmhead_forward(d, logits, d->h, p->wte, all_logits ? R : n_slots, C, V, NULL);
+        return 0;
+    }
     decode_embed_forward(d->x, tokens, d->row_pos, p->wte, p->wpe, R, C);
     size_t layer_cache = d->max_seqs * d->max_len * C, layer_kcache = d->max_seqs * C * d->ldk;
     for (size_t l = 0; l < L; l++) {

@@ -282,3 +282,44 @@ def test_generate_same_samples_with_scalar_exp(tmp_path, flags):
         assert r.returncode == 0, r.stderr
         outs.append(out.read_bytes())
     assert len(outs[0].splitlines()) == 9 and outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("mode,T", [("step", 12), ("batched", 12), ("prefill", 13), ("prefill", 17)])
+def test_decoder_one_region_gives_the_same_logits(odd_model, tmp_path, precision, mode, T):
+    """A step's kernels in one parallel region (the default) or each in its own
+    (FDPO_DECODE_ONE_REGION=0): each output is summed by one thread in the same order, so
+    the logits are the same bits, at 2 threads and on a team of 1 where 2 were asked
+    (OMP_THREAD_LIMIT=1; each against the per-kernel run of the same environment). The
+    per-kernel path's values are checked against PyTorch above."""
+    d, _ = odd_model
+    ids = ids_of(T, seed=300 + T)
+    base = dict(os.environ, OMP_NUM_THREADS="2", FDPO_DECODE_BF16="widen")  # not the probe's choice of the moment
+    for env in (base, dict(base, OMP_THREAD_LIMIT="1")):
+        per_kernel = harness_logits(d, mode, ids, tmp_path, precision, env=dict(env, FDPO_DECODE_ONE_REGION="0"))
+        assert np.array_equal(harness_logits(d, mode, ids, tmp_path, precision, env=env), per_kernel)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_generate_one_region_same_samples(tmp_path, precision):
+    """fdpo generate writes the same samples (tokens and log-probs, byte for byte) with the
+    step in one region or one region per kernel, at 1 and 2 threads and on a team of 1
+    where 2 were asked (compared with the per-kernel run of the same environment: the fp32
+    LM head's oneDNN blocks may sum in another order when the team is cut)."""
+    d, pf = small_model_and_prompts(tmp_path)
+    outs = {}
+    for name, threads, extra in [("one1", "1", {}), ("one2", "2", {}), ("limit", "2", {"OMP_THREAD_LIMIT": "1"}),
+                                 ("per1", "1", {"FDPO_DECODE_ONE_REGION": "0"}),
+                                 ("per2", "2", {"FDPO_DECODE_ONE_REGION": "0"}),
+                                 ("perlimit", "2", {"OMP_THREAD_LIMIT": "1", "FDPO_DECODE_ONE_REGION": "0"})]:
+        out = tmp_path / f"{name}.jsonl"
+        r = subprocess.run([os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo")),
+                            "generate", "--model", str(d), "--prompts", str(pf), "--out", str(out), "--n", "3",
+                            "--max-new-tokens", "20", "--seed", "4", "--batch-size", "4", "--threads", threads,
+                            "--precision", precision], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, FDPO_DECODE_BF16="widen", **extra))
+        assert r.returncode == 0, r.stderr
+        outs[name] = out.read_bytes()
+    assert len(outs["one1"].splitlines()) == 9
+    assert outs["one1"] == outs["per1"] and outs["one2"] == outs["per2"]
+    assert outs["limit"] == outs["perlimit"]
