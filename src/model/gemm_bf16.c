@@ -67,8 +67,8 @@ int fdpo_bf16_native(void) {
  * fp32 GEMM of the bf16-rounded operands computes the same bf16 x bf16 -> fp32 product (only
  * the summation order differs, as between any two GEMMs): where vdpbf16ps is the slower
  * instruction, bf16 GEMMs large enough to amortise the widening run that way.
- * Decided once per process by a register-resident probe of both instructions (best of 3,
- * thread CPU time, ~2 ms), with a wide margin (the two rates differ by 2x either way on the
+ * Decided once per process by a register-resident probe of both instructions (best of 7,
+ * thread CPU time, < 1 ms), with a wide margin (the two rates differ by 2x either way on the
  * machines measured); FDPO_BF16_GEMM=dpbf16|fp32 overrides it (tests, A/B runs). */
 static double thread_cpu_seconds(void) {
     struct timespec ts;
@@ -128,8 +128,11 @@ static int dpbf16_is_fast(void) {
     static int state = -1;
     if (state >= 0) return state;
     double fma = 0.0, dp = 0.0;
-    for (int r = 0; r < 3; r++) { /* best of 3, alternating */
-        double f = probe_fma_rate(4000), d = probe_dpbf16_rate(4000);
+    /* best of 7, alternating, ~40 us each: a busy SMT sibling or a preemption only lowers a
+     * rate, so the best of several short runs is the instruction's; best of 3 x 8 us picked
+     * the other route now and then under heavy load (seen in the decode tests, wave 6) */
+    for (int r = 0; r < 7; r++) {
+        double f = probe_fma_rate(20000), d = probe_dpbf16_rate(20000);
         fma = f > fma ? f : fma;
         dp = d > dp ? d : dp;
     }
