@@ -188,10 +188,11 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dhead, const 
 #define FDPO_LMHEAD_CHUNK 2048 /* vocabulary columns per chunk (FDPO_LMHEAD_CHUNK=n overrides, for tests) */
 /* A trained GPT-2's fused head keeps its K x V logits for the backward when they take at most
  * this many bytes (FDPO_LMHEAD_KEEP_MAX_BYTES=n overrides; 0 = always recompute): 103 MB
- * for the 512 completion rows of the 124M DPO goal step (a 40 GFLOP recompute saved), 206 MB
- * for 1024 rows (the T = 1024 peak-RSS step, the B4 T256 train step: 79 GFLOP); the same
- * budget as the RL step's kept logits (FDPO_RL_LOGITS_MAX_BYTES). */
-#define FDPO_LMHEAD_KEEP_MAX_BYTES ((size_t)256 << 20)
+ * for the 512 completion rows of the 124M DPO goal step (a 40 GFLOP recompute saved). 1024
+ * rows (206 MB: the T = 1024 peak-RSS step, the B4 T256 train step) recompute: kept, they
+ * put the bf16 DPO step at T = 1024 at 62 % of PyTorch's peak RSS, over #13's 60 % (idle,
+ * wave 6), so long sequences spend FLOPs, not memory. */
+#define FDPO_LMHEAD_KEEP_MAX_BYTES ((size_t)128 << 20)
 /* p with room for n elements of elem bytes (*cap counts elements); contents are not kept */
 void *fdpo_model_grow(void *p, size_t *cap, size_t n, size_t elem);
 size_t fdpo_lmhead_chunk(size_t V); /* FDPO_LMHEAD_CHUNK or the environment's, at most V (gpt2.c) */
