@@ -51,6 +51,20 @@ def llama_batch(rng, V, lengths=(40, 25, 33)):
     return seqs
 
 
+def assert_matches_pytorch(got, model, seqs, d):
+    """token log-probs (1e-5) and every gradient (1e-4) against float64 PyTorch for upstream d"""
+    ref = parity.Reference(model)
+    off, ref_tlp = 0, []
+    for s in seqs:
+        n = len(s["tokens"])
+        _, tlp = ref.run(s["tokens"], s["targets"], s.get("pos"), None, d[off:off + n])
+        ref_tlp.append(tlp)
+        off += n
+    assert parity.rel_err(got["token_logp"], np.concatenate(ref_tlp)) <= 1e-5
+    for k, g in ref.grads().items():
+        assert parity.rel_err(got[k], g) <= 1e-4, k
+
+
 def assert_same(a, b):
     assert a.keys() == b.keys()
     for k in a:
@@ -73,16 +87,7 @@ def test_gpt2_gradients_under_thread_limit_match_pytorch(tmp_path, layout):
     limited = model_fb(tmp_path, mdir, batch, "limited", LIMIT1, 2)
     one = model_fb(tmp_path, mdir, batch, "one", {}, 1)
     assert_same(limited, one)
-    ref = parity.Reference(model)
-    off, ref_tlp = 0, []
-    for s in seqs:
-        n = len(s["tokens"])
-        _, tlp = ref.run(s["tokens"], s["targets"], s.get("pos"), None, d[off:off + n])
-        ref_tlp.append(tlp)
-        off += n
-    assert parity.rel_err(limited["token_logp"], np.concatenate(ref_tlp)) <= 1e-5
-    for k, g in ref.grads().items():
-        assert parity.rel_err(limited[k], g) <= 1e-4, k
+    assert_matches_pytorch(limited, model, seqs, d)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -129,17 +134,43 @@ def test_gpt2_thread_limit_caps_three_threads_at_two(tmp_path):
     assert_same(capped, two)
 
 
+# libgomp sizes a dynamic team as the online CPUs minus the 15-minute load average (from
+# getloadavg), one thread at the least; this stand-in reports a load of 64, so a dynamic team
+# is one thread on an idle machine too (preloaded: libgomp calls getloadavg through the PLT)
+LOADED_SHIM = """
+int getloadavg(double loadavg[], int nelem) {
+    for (int i = 0; i < nelem && i < 3; i++) loadavg[i] = 64.0;
+    return nelem < 3 ? nelem : 3;
+}
+"""
+
+
+def loaded_machine_env(tmp_path):
+    """env making getloadavg() report a load of 64 (LD_PRELOAD of LOADED_SHIM, built here with cc)"""
+    src, so = tmp_path / "loaded.c", tmp_path / "libloaded.so"
+    src.write_text(LOADED_SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(so), str(src)], check=True, capture_output=True)
+    # an ASan build checks that its runtime is loaded first; the shim only replaces getloadavg
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    return {"LD_PRELOAD": str(so), "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+
+
 def test_dynamic_teams_are_turned_off(tmp_path):
     """OMP_DYNAMIC=true lets OpenMP shrink a team by the load average (on a busy machine to
-    one thread); fdpo turns it off, so --threads 2 is the 2-thread run bit for bit."""
+    one thread); fdpo turns it off, so --threads 2 is the 2-thread run bit for bit. The load
+    is forced (getloadavg reports 64: loaded_machine_env), so that the unfixed code gets
+    one-thread teams under oneDNN's 2-part GEMMs, and fails, on an idle machine too."""
     cfg = parity.CONFIGS["odd"]
     rng = np.random.default_rng(4)
-    _, mdir = parity.make_model(tmp_path, cfg, seed=1)
-    seqs = parity.random_batch(rng, cfg["vocab_size"], cfg["n_positions"], [59, 9, 22], all_targets=True)
-    batch = {"sequences": seqs, "d_token_logp": [float(x) for x in rng.normal(size=90)]}
-    dyn = model_fb(tmp_path, mdir, batch, "dyn", {"OMP_DYNAMIC": "true"}, 2)
+    model, mdir = parity.make_model(tmp_path, cfg, seed=1)
+    lengths = [59, 9, 22]
+    seqs = parity.random_batch(rng, cfg["vocab_size"], cfg["n_positions"], lengths, all_targets=True)
+    d = rng.normal(size=sum(lengths))
+    batch = {"sequences": seqs, "d_token_logp": [float(x) for x in d]}
+    dyn = model_fb(tmp_path, mdir, batch, "dyn", {"OMP_DYNAMIC": "true", **loaded_machine_env(tmp_path)}, 2)
     two = model_fb(tmp_path, mdir, batch, "two", {}, 2)
     assert_same(dyn, two)
+    assert_matches_pytorch(dyn, model, seqs, d)
 
 
 @pytest.mark.parametrize("name", ["gqa-llama3", "qwen2"])
