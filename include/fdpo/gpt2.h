@@ -139,12 +139,13 @@ typedef struct {
      * weight) get a log-prob. fdpo_gpt2_logits() is then NULL; fdpo_gpt2_logit_sums() still
      * works. For the training losses (DPO/SFT/RL) that use target log-probs only. */
     int fused_head;
-    /* With fused_head, GPT-2 family: vocabulary columns per chunk; 0 = FDPO_LMHEAD_CHUNK (or
-     * the environment's). >= vocab_size: one chunk, whose [K, V] logits stay in the head's
-     * scratch for the backward (no recompute, and no [N, V] buffer whose rows the unfused
-     * path moves to their tokens' places and back: the memory of unfused logits of the K
-     * rows, the work of neither). Llama always takes FDPO_LMHEAD_CHUNK. */
-    size_t head_chunk;
+    /* With fused_head, GPT-2 family, in a model being trained (gradients or LoRA): the head
+     * keeps the [K, V] logits of its K rows for the backward (no recompute there: one
+     * K x V x C GEMM less) when they take at most this many bytes; 0 = the general budget,
+     * FDPO_LMHEAD_KEEP_MAX_BYTES (128 MiB; the environment variable of that name overrides
+     * it). A caller whose step is worth more memory passes its own (fdpo_rl_step). Llama's
+     * fused backward always recomputes. */
+    size_t head_keep_max_bytes;
 } fdpo_batch;
 
 int  fdpo_gpt2_config_check(const fdpo_gpt2_config *c); /* error names the bad key */

@@ -21,9 +21,10 @@ typedef struct {
     double grpo_eps;       /* TRL: 1e-4 */
     /* The training step keeps the completion rows' [K, V] logits for its backward (K the
      * step's completion tokens) when they take at most this many bytes (0:
-     * FDPO_RL_LOGITS_MAX_BYTES), and runs the fused, chunked LM head (no logits kept,
-     * recomputed in backward: one more K x V x C GEMM) above it. Both give the same
-     * log-probs and gradients up to rounding. */
+     * FDPO_RL_LOGITS_MAX_BYTES; GPT-2: the fused head's per-batch budget,
+     * fdpo_batch.head_keep_max_bytes), and recomputes them chunk by chunk in the backward
+     * (one more K x V x C GEMM) above it. Both give the same log-probs and gradients up to
+     * rounding. */
     size_t logits_max_bytes;
 } fdpo_rl_config;
 #define FDPO_RL_LOGITS_MAX_BYTES ((size_t)256 << 20)

@@ -318,14 +318,15 @@ static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const
 
 /* Does the fused head keep its K x V logits for the backward? Only in a model being trained
  * (a gradient buffer or LoRA adapters: a reference model's forward has no backward) and only
- * when they fit FDPO_LMHEAD_KEEP_MAX_BYTES (or the environment variable of that name). */
-static int head_keeps_logits(const fdpo_gpt2 *m, size_t K, size_t V) {
+ * when they fit the batch's budget, max_bytes, or else FDPO_LMHEAD_KEEP_MAX_BYTES (or the
+ * environment variable of that name). */
+static int head_keeps_logits(const fdpo_gpt2 *m, size_t K, size_t V, size_t max_bytes) {
     static long long env = -2;
     if (env == -2) {
         const char *e = getenv("FDPO_LMHEAD_KEEP_MAX_BYTES");
         env = e && *e ? atoll(e) : -1;
     }
-    size_t max = env >= 0 ? (size_t)env : FDPO_LMHEAD_KEEP_MAX_BYTES;
+    size_t max = max_bytes ? max_bytes : env >= 0 ? (size_t)env : FDPO_LMHEAD_KEEP_MAX_BYTES;
     return (m->grads_memory || m->lora) && K > 0 && V > m->acts->head_chunk && K * V * sizeof(float) <= max;
 }
 
@@ -544,13 +545,13 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     a->skip_unweighted = b->skip_unweighted;
     a->fused_head = b->fused_head;
     int n_slices = slice_plan(m, a->slice_bounds);
-    a->head_chunk = b->head_chunk ? (b->head_chunk < V ? b->head_chunk : V) : fdpo_lmhead_chunk(V);
+    a->head_chunk = fdpo_lmhead_chunk(V);
     size_t K = N;
     if (b->fused_head) { /* rows with a target (and a weight, if skipping) only, never [N, V] */
         K = 0;
         for (size_t t = 0; t < N; t++)
             if (a->targets[t] >= 0 && (!b->skip_unweighted || a->weights[t] != 0.0f)) a->rows[K++] = t;
-        a->head_keep = head_keeps_logits(m, K, V);
+        a->head_keep = head_keeps_logits(m, K, V, b->head_keep_max_bytes);
         fused_head_reserve(m, K, a->head_chunk, a->head_keep);
         /* kept, or one chunk: the logits stay in head_scratch (a slice's K_i x V block at row k0,
          * chunk by chunk inside it) for the backward */

@@ -40,7 +40,7 @@ struct fdpo_gpt2_acts {
     float *lse;       /* [N] log-sum-exp of each logits row */
     float *logit_sum; /* [N] sum over V of each row's logits (fused head: the only trace of them) */
     int fused_head;   /* the last forward ran the chunked head: no logits */
-    size_t head_chunk; /* its vocabulary columns per chunk (fdpo_batch.head_chunk resolved, <= V) */
+    size_t head_chunk; /* its vocabulary columns per chunk (fdpo_lmhead_chunk, <= V) */
     int head_keep;     /* the fused head keeps all K x V logits for the backward (head_keeps_logits) */
     /* chunked head scratch (grown on demand): logits of one chunk, bf16 operands, row state */
     float *head_scratch;  size_t head_scratch_cap;  /* floats */
@@ -187,7 +187,8 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dhead, const 
                                                float *scratch, uint16_t *scratch_bf16, int logits_ready);
 #define FDPO_LMHEAD_CHUNK 2048 /* vocabulary columns per chunk (FDPO_LMHEAD_CHUNK=n overrides, for tests) */
 /* A trained GPT-2's fused head keeps its K x V logits for the backward when they take at most
- * this many bytes (FDPO_LMHEAD_KEEP_MAX_BYTES=n overrides; 0 = always recompute): 103 MB
+ * this many bytes, unless the batch gives its own budget (fdpo_batch.head_keep_max_bytes; the
+ * RL step's is 256 MiB) (FDPO_LMHEAD_KEEP_MAX_BYTES=n overrides; 0 = always recompute): 103 MB
  * for the 512 completion rows of the 124M DPO goal step (a 40 GFLOP recompute saved). 1024
  * rows (206 MB: the T = 1024 peak-RSS step, the B4 T256 train step) recompute: kept, they
  * put the bf16 DPO step at T = 1024 at 62 % of PyTorch's peak RSS, over #13's 60 % (idle,

@@ -119,14 +119,14 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
     const size_t N = b.n_tokens;
     /* The completion rows' logits kept for the backward when they fit (no recompute: at
      * GPT-2 124M the recompute is 2 x 1024 x 50257 x 768 = 79 GFLOP a step, ~9 % of its
-     * FLOPs); the chunked head beyond, so memory stays O(rows x chunk) for large steps.
-     * GPT-2 keeps them as the fused head's one chunk of [tokens, V] (head_chunk = V: packed
-     * rows, nothing moved); Llama, whose fused backward always recomputes, as the unfused
+     * FLOPs), with a bigger budget than the fused head's general one (a 124M step's 1024
+     * completion rows take 206 MB); the chunked head recomputes beyond, so memory stays
+     * O(rows x chunk) for large steps. GPT-2 keeps them in the fused head
+     * (head_keep_max_bytes); Llama, whose fused backward always recomputes, as the unfused
      * head's logits on the target rows (skip_unweighted). */
     const size_t max_bytes = c->logits_max_bytes ? c->logits_max_bytes : FDPO_RL_LOGITS_MAX_BYTES;
-    const int keep = tokens * m->config.vocab_size * sizeof(float) <= max_bytes;
-    if (m->config.arch == FDPO_ARCH_GPT2) b.head_chunk = keep ? m->config.vocab_size : 0;
-    else b.fused_head = !keep;
+    if (m->config.arch == FDPO_ARCH_GPT2) b.head_keep_max_bytes = max_bytes;
+    else b.fused_head = tokens * m->config.vocab_size * sizeof(float) > max_bytes;
     b.skip_unweighted = 1;
     float *tlp = fdpo_malloc(N * sizeof(float)), *slp = fdpo_malloc(n * sizeof(float));
     float *dtok = fdpo_calloc(N ? N : 1, sizeof(float));   /* 0 on the prompt rows */
