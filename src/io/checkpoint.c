@@ -250,10 +250,11 @@ int fdpo_config_save(const char *path, const fdpo_gpt2_config *c) {
 }
 
 /* "transformer.h.{i}.x" -> "transformer.h.<layer>.x" (or the name itself) into buf */
-static void tensor_name(char *buf, size_t n, const char *pattern, size_t layer) {
-    const char *brace = strstr(pattern, "{i}");
-    if (!brace) snprintf(buf, n, "%s", pattern);
-    else snprintf(buf, n, "%.*s%zu%s", (int)(brace - pattern), pattern, layer, brace + 3);
+/* prefix (may be NULL) + pattern with "{i}" replaced by layer */
+static void tensor_name(char *buf, size_t n, const char *prefix, const char *pattern, size_t layer) {
+    const char *brace = strstr(pattern, "{i}"), *p = prefix ? prefix : "";
+    if (!brace) snprintf(buf, n, "%s%s", p, pattern);
+    else snprintf(buf, n, "%s%.*s%zu%s", p, (int)(brace - pattern), pattern, layer, brace + 3);
 }
 
 static void fmt_shape(char *buf, size_t n, const size_t *shape, int ndim) {
@@ -387,7 +388,7 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
         size_t n_copies = t->per_layer ? c.n_layer : 1, one = t->numel / n_copies;
         for (size_t l = 0; !rc && l < n_copies; l++) {
             char name[160];
-            tensor_name(name, sizeof name, t->name, l);
+            tensor_name(name, sizeof name, NULL, t->name, l);
             size_t fi = 0;
             const fdpo_st_tensor *f = st_set_find(&ss, name, &fi);
             if (!f && c.arch == FDPO_ARCH_GPT2) f = st_set_find(&ss, name + strlen("transformer."), &fi);
@@ -464,9 +465,8 @@ void fdpo_st_writer_add_gpt2(fdpo_st_writer *w, const fdpo_gpt2 *m, const float 
         const fdpo_gpt2_tensor *t = &m->tensors[i];
         size_t n_copies = t->per_layer ? m->config.n_layer : 1, one = t->numel / n_copies;
         for (size_t l = 0; l < n_copies; l++) {
-            char name[160], full[256];
-            tensor_name(name, sizeof name, t->name, l);
-            snprintf(full, sizeof full, "%s%s", prefix ? prefix : "", name);
+            char full[256];
+            tensor_name(full, sizeof full, prefix, t->name, l);
             fdpo_st_writer_add(w, full, FDPO_F32, t->shape, t->ndim, memory + t->offset + l * one);
         }
     }
@@ -477,9 +477,8 @@ int fdpo_st_read_gpt2(const fdpo_safetensors *st, const fdpo_gpt2 *m, float *mem
         const fdpo_gpt2_tensor *t = &m->tensors[i];
         size_t n_copies = t->per_layer ? m->config.n_layer : 1, one = t->numel / n_copies;
         for (size_t l = 0; l < n_copies; l++) {
-            char name[160], full[256];
-            tensor_name(name, sizeof name, t->name, l);
-            snprintf(full, sizeof full, "%s%s", prefix ? prefix : "", name);
+            char full[256];
+            tensor_name(full, sizeof full, prefix, t->name, l);
             const fdpo_st_tensor *f = fdpo_st_find(st, full);
             if (!f) return fdpo_error("%s: missing tensor '%s'", st->path, full);
             int same = f->ndim == t->ndim;

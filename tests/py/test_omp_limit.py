@@ -18,6 +18,7 @@ import torch
 
 import test_llama as llama
 import test_model_parity as parity
+from test_generate import completion_logp
 from fdpo_ref import safetensors as st
 from fdpo_ref.llama import Llama
 
@@ -221,9 +222,7 @@ def test_sampler_under_thread_limit(tmp_path):
     for k, row in enumerate(rows["limited"]):
         ids = list(prompts[k // 2].encode())
         toks = row["tokens"]
-        with torch.no_grad():
-            lp = torch.log_softmax(m.forward(torch.tensor(ids + toks)).double(), -1)
-        want = sum(float(lp[len(ids) - 1 + i, t]) for i, t in enumerate(toks))
+        want = completion_logp(m, ids, toks)
         assert abs(row["logp"] - want) < 5e-6, k  # <= 16 float32 log-probs
 
 
