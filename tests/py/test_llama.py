@@ -14,6 +14,7 @@ import torch
 
 from fdpo_ref import safetensors as st
 from fdpo_ref.llama import Llama
+from test_model_parity import harness, rel_err  # the same harness runner and error measure as GPT-2's
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-harness"))
@@ -35,19 +36,6 @@ CONFIGS = {
     "all-bias": dict(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
                      num_key_value_heads=2, qkv_bias=True, o_bias=True, mlp_bias=True),
 }
-
-
-def harness(*args, check=True):
-    r = subprocess.run([HARNESS, *map(str, args)], capture_output=True, text=True, timeout=300)
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
-
-
-def rel_err(got, ref):
-    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
 def batch(rng, V):
