@@ -60,14 +60,16 @@ def reference_step(model, samples, algo, div, beta, k, eps=1e-4):
     return loss.item(), adv.numpy(), grads
 
 
-@pytest.mark.parametrize("algo,div,fused", [("rloo", "rkl", False), ("rloo", "alpha:0.5", False), ("grpo", "fkl", False),
-                                            ("grpo", "js", False), ("rloo", "rkl", True), ("grpo", "js", True)])
-def test_step_matches_pytorch(tmp_path, monkeypatch, algo, div, fused):
-    """not fused: a small step keeps its completion rows' logits (the head as one chunk of
-    the whole vocabulary, reused by the backward); fused: the step's logits budget set to 1
-    byte and chunks of 4 columns, so the chunked LM head runs over 3 chunks and recomputes
-    each chunk's logits in backward"""
-    if fused:
+@pytest.mark.parametrize("algo,div,head", [("rloo", "rkl", "one"), ("rloo", "alpha:0.5", "one"), ("grpo", "fkl", "one"),
+                                           ("grpo", "js", "one"), ("rloo", "rkl", "kept"), ("grpo", "js", "kept"),
+                                           ("rloo", "rkl", "fused"), ("grpo", "js", "fused")])
+def test_step_matches_pytorch(tmp_path, monkeypatch, algo, div, head):
+    """one: V = 11 fits one chunk of the fused head, whose logits the backward reuses;
+    kept: chunks of 4 columns (3 chunks), kept for the backward within the step's logits
+    budget (fdpo_batch.head_keep_max_bytes); fused: the same chunks with the budget set to
+    1 byte, so the backward recomputes each chunk's logits"""
+    fused = head == "fused"
+    if head != "one":
         monkeypatch.setenv("FDPO_LMHEAD_CHUNK", "4")
     torch.manual_seed(0)
     V, k = 11, 3
