@@ -595,14 +595,18 @@ static void tile_transpose(float *Xt, const float *X, size_t ld, size_t n, size_
 }
 
 /* St [nk, np] = scores of keys j0.. (rows) against queries i0.. (columns) from K's rows and
- * Qt (Q's tile transposed and scaled), then -inf where a key may not be attended */
+ * Qt (Q's tile transposed and scaled), then -inf where a key may not be attended. On a
+ * diagonal tile key row c is read only from the vector holding query c on (the softmax
+ * loops start there, tile_product's tri reads nothing before it), so only that vector's
+ * masked entries are set: setting all c of them was ~2,000 scalar stores per tile. */
 static void attention_scores_tile_t(float *St, size_t np, const float *k, size_t C3, const float *qt, size_t hs,
                                     const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
-    tile_product(St, np, k + j0 * C3, C3, 1, qt, ATT_TILE, nk, np, hs, 1.0f, 0, j0 == i0 ? TRI_N_START : TRI_NONE);
+    const int diag = j0 == i0;
+    tile_product(St, np, k + j0 * C3, C3, 1, qt, ATT_TILE, nk, np, hs, 1.0f, 0, diag ? TRI_N_START : TRI_NONE);
     for (size_t c = 0; c < nk; c++) {
         size_t j = j0 + c, r_min = j > i0 ? j - i0 : 0; /* queries i >= j may attend key j */
         float *row = St + c * np;
-        for (size_t r = 0; r < r_min && r < nq; r++) row[r] = -INFINITY;
+        for (size_t r = diag ? c / ATT_LANES * ATT_LANES : 0; r < r_min && r < nq; r++) row[r] = -INFINITY;
         if (br)
             for (size_t r = r_min; r < nq; r++)
                 if (!may_attend(br, i0 + r, j)) row[r] = -INFINITY;
