@@ -706,6 +706,29 @@ static void lmhead_rows_backward_fused(fdpo_gpt2 *m, float *dwte, size_t k0, siz
     for (size_t k = k0; k < k1; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + (k - k0) * C, C * sizeof(float));
 }
 
+/* g [P] += the n_slices - 1 buffers sg [n_slices - 1, P], added in buffer order per element,
+ * and the buffers cleared for the next backward; called by every thread of the region, each
+ * taking blocks of SUM_BLOCK elements. Buffer by buffer over a block (contiguous rows, which
+ * vectorise; the block of g stays in L1): the old loop nest, buffers inside, ran scalar
+ * (~1.5 % of a small model's step). The same adds in the same order per element. */
+#define SUM_BLOCK 2048
+static void slice_grads_sum(float *g, float *sg, size_t P, int n_slices) {
+    long n_blocks = (long)((P + SUM_BLOCK - 1) / SUM_BLOCK);
+#pragma omp for schedule(static)
+    for (long blk = 0; blk < n_blocks; blk++) {
+        size_t lo = (size_t)blk * SUM_BLOCK, len = P - lo < SUM_BLOCK ? P - lo : SUM_BLOCK;
+        float *restrict gb = g + lo;
+        for (int t = 1; t < n_slices; t++) {
+            float *restrict sb = sg + (size_t)(t - 1) * P + lo;
+#pragma omp simd
+            for (size_t j = 0; j < len; j++) {
+                gb[j] += sb[j];
+                sb[j] = 0.0f;
+            }
+        }
+    }
+}
+
 /* Sliced backward (see slice_plan): thread i runs its slice's head and trunk into its own
  * gradients (thread 0: the model's), then all add the others' buffers to the model's in
  * thread order and clear them. Layer hooks run afterwards, when every layer is final. */
@@ -728,16 +751,7 @@ static void backward_sliced(fdpo_gpt2 *m, int n_slices, size_t K, int logits_rea
             backward_trunk(m, &gi, s0, s1, 0);
         }
 #pragma omp barrier
-        float *g = m->grads_memory, *sg = a->slice_grads;
-#pragma omp for schedule(static)
-        for (size_t j = 0; j < P; j++) {
-            float v = g[j];
-            for (int t = 1; t < n_slices; t++) {
-                v += sg[(size_t)(t - 1) * P + j];
-                sg[(size_t)(t - 1) * P + j] = 0.0f;
-            }
-            g[j] = v;
-        }
+        slice_grads_sum(m->grads_memory, a->slice_grads, P, n_slices);
     }
     if (m->on_layer_grads)
         for (size_t l = m->config.n_layer; l-- > 0;) m->on_layer_grads(m->on_layer_grads_ctx, l);

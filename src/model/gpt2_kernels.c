@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include "model/gpt2_internal.h"
 
 /* acc [OC] += sum over rows t of x [N,OC]. Blocks of columns per thread, rows read
@@ -151,17 +154,22 @@ void fdpo_k_layernorm_backward(float *dinp, float *dw, float *db, const float *d
     }
 }
 
-/* out [N,OC] = inp [N,IC] @ w [IC,OC] + bias [OC]  (Conv1D layout; bias may be NULL) */
+/* out [N,OC] = inp [N,IC] @ w [IC,OC] + bias [OC]  (Conv1D layout; bias may be NULL).
+ * The bias is added after the GEMM, to rows still in cache: copied into out first (as the
+ * GEMM's beta = 1 operand) it cost a pass of its own over the cold output, ~1.3 % of a small
+ * model's training step (the qkv layer's). The same sum, the product plus the bias once,
+ * where the GEMM does not split the inner dimension (IC <= oneDNN's K block). */
 void fdpo_k_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
                     size_t N, size_t IC, size_t OC) {
-    float beta = 0.0f;
-    if (bias) {
-#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
-        for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
-        beta = 1.0f;
-    }
     fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)OC, (int)IC,
-                1.0f, inp, (int)IC, w, (int)OC, beta, out, (int)OC);
+                1.0f, inp, (int)IC, w, (int)OC, 0.0f, out, (int)OC);
+    if (!bias) return;
+#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
+    for (size_t t = 0; t < N; t++) {
+        float *o = out + t * OC;
+#pragma omp simd
+        for (size_t c = 0; c < OC; c++) o[c] += bias[c];
+    }
 }
 
 /* A backward's two GEMMs (d input and d weight) are independent and equal in FLOPs. On two
@@ -585,24 +593,69 @@ static ATT_FMA void tile_product(float *C, size_t ldc, const float *A, size_t sa
     }
 }
 
-/* Xt [hs, ATT_TILE] = alpha * rows 0 .. n of X (row stride ld) transposed; columns n .. np zero */
+#ifdef __AVX512F__
+/* r [16] (16 rows of 16 floats) transposed in registers: r[j] becomes column j */
+static inline void transpose16x16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) { /* interleave row pairs */
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int b = 0; b < 16; b += 4) { /* 4 x 4 blocks inside each 128-bit lane */
+        r[b] = _mm512_shuffle_ps(t[b], t[b + 2], 0x44);
+        r[b + 1] = _mm512_shuffle_ps(t[b], t[b + 2], 0xEE);
+        r[b + 2] = _mm512_shuffle_ps(t[b + 1], t[b + 3], 0x44);
+        r[b + 3] = _mm512_shuffle_ps(t[b + 1], t[b + 3], 0xEE);
+    }
+    for (int b = 0; b < 16; b += 8) /* then the 128-bit lanes */
+        for (int k = 0; k < 4; k++) {
+            t[b + k] = _mm512_shuffle_f32x4(r[b + k], r[b + 4 + k], 0x88);
+            t[b + 4 + k] = _mm512_shuffle_f32x4(r[b + k], r[b + 4 + k], 0xDD);
+        }
+    for (int k = 0; k < 8; k++) {
+        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+        r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xDD);
+    }
+}
+#endif
+
+/* Xt [hs, ATT_TILE] = alpha * rows 0 .. n of X (row stride ld) transposed; columns n .. np zero.
+ * AVX-512: 16 x 16 blocks transposed in registers (the scalar strided loop was a quarter of
+ * the small path's own time, ~1 % of a small model's step); the same products. */
 static void tile_transpose(float *Xt, const float *X, size_t ld, size_t n, size_t np, size_t hs, float alpha) {
+    size_t c0 = 0;
+#ifdef __AVX512F__
+    if (hs % ATT_LANES == 0) {
+        const __m512 va = _mm512_set1_ps(alpha);
+        for (; c0 + ATT_LANES <= n; c0 += ATT_LANES)
+            for (size_t d0 = 0; d0 < hs; d0 += ATT_LANES) {
+                __m512 r[16];
+                for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(X + (c0 + (size_t)i) * ld + d0);
+                transpose16x16(r);
+                for (int j = 0; j < 16; j++) _mm512_storeu_ps(Xt + (d0 + (size_t)j) * ATT_TILE + c0, _mm512_mul_ps(va, r[j]));
+            }
+    }
+#endif
     for (size_t d = 0; d < hs; d++) {
         float *row = Xt + d * ATT_TILE;
-        for (size_t c = 0; c < n; c++) row[c] = alpha * X[c * ld + d];
+        for (size_t c = c0; c < n; c++) row[c] = alpha * X[c * ld + d];
         for (size_t c = n; c < np; c++) row[c] = 0.0f;
     }
 }
 
 /* St [nk, np] = scores of keys j0.. (rows) against queries i0.. (columns) from K's rows and
- * Qt (Q's tile transposed and scaled), then -inf where a key may not be attended */
+ * Qt (Q's tile transposed and scaled), then -inf where a key may not be attended. On a
+ * diagonal tile key row c is read only from the vector holding query c on (the softmax
+ * loops start there, tile_product's tri reads nothing before it), so only that vector's
+ * masked entries are set: setting all c of them was ~2,000 scalar stores per tile. */
 static void attention_scores_tile_t(float *St, size_t np, const float *k, size_t C3, const float *qt, size_t hs,
                                     const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
-    tile_product(St, np, k + j0 * C3, C3, 1, qt, ATT_TILE, nk, np, hs, 1.0f, 0, j0 == i0 ? TRI_N_START : TRI_NONE);
+    const int diag = j0 == i0;
+    tile_product(St, np, k + j0 * C3, C3, 1, qt, ATT_TILE, nk, np, hs, 1.0f, 0, diag ? TRI_N_START : TRI_NONE);
     for (size_t c = 0; c < nk; c++) {
         size_t j = j0 + c, r_min = j > i0 ? j - i0 : 0; /* queries i >= j may attend key j */
         float *row = St + c * np;
-        for (size_t r = 0; r < r_min && r < nq; r++) row[r] = -INFINITY;
+        for (size_t r = diag ? c / ATT_LANES * ATT_LANES : 0; r < r_min && r < nq; r++) row[r] = -INFINITY;
         if (br)
             for (size_t r = r_min; r < nq; r++)
                 if (!may_attend(br, i0 + r, j)) row[r] = -INFINITY;
@@ -632,7 +685,8 @@ static void attention_forward_small(float *o, float *lse, size_t lse_stride, con
         size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE, np = (nq + ATT_LANES - 1) / ATT_LANES * ATT_LANES;
         tile_transpose(qt, q + i0 * C3, C3, nq, np, hs, scale);
         for (size_t r = 0; r < np; r++) { m[r] = -INFINITY; l[r] = 0.0f; }
-        for (size_t r = 0; r < nq; r++) memset(o + (i0 + r) * C, 0, hs * sizeof(float));
+        /* o's rows are not cleared: the first key tile (j0 = 0) stores its product, the later
+         * ones rescale and add (a memset of hs floats per row was ~1 % of a small step) */
         for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
             size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
             attention_scores_tile_t(St, np, k, C3, qt, hs, br, i0, nq, j0, nk);
@@ -665,12 +719,12 @@ static void attention_forward_small(float *o, float *lse, size_t lse_stride, con
             }
             for (size_t r = 0; r < nq; r++) {
                 l[r] = l[r] * corr[r] + csum[r];
-                if (corr[r] != 1.0f) {
+                if (j0 > 0 && corr[r] != 1.0f) {
                     float *orow = o + (i0 + r) * C;
                     for (size_t d = 0; d < hs; d++) orow[d] *= corr[r];
                 }
             }
-            tile_product(o + i0 * C, C, St, 1, np, v + j0 * C3, C3, nq, hs, nk, 1.0f, 1, j0 == i0 ? TRI_K_END : TRI_NONE);
+            tile_product(o + i0 * C, C, St, 1, np, v + j0 * C3, C3, nq, hs, nk, 1.0f, j0 > 0, j0 == i0 ? TRI_K_END : TRI_NONE);
         }
         for (size_t r = 0; r < nq; r++) { /* j = i is always allowed, so l >= 1 */
             float inv = 1.0f / l[r], *orow = o + (i0 + r) * C;
@@ -689,11 +743,10 @@ static void attention_backward_small(float *dq, float *dk, float *dv, const floa
     size_t C3 = 3 * C;
     float Pt[ATT_TILE * ATT_TILE], dPt[ATT_TILE * ATT_TILE], qt[ATT_SMALL_MAX_HS * ATT_TILE];
     float dyt[ATT_SMALL_MAX_HS * ATT_TILE], D[ATT_TILE], L[ATT_TILE];
-    for (size_t t = 0; t < T; t++) {
-        memset(dq + t * C3, 0, hs * sizeof(float));
-        memset(dk + t * C3, 0, hs * sizeof(float));
-        memset(dv + t * C3, 0, hs * sizeof(float));
-    }
+    /* dq, dk, dv are not cleared first (3 memsets of hs floats per token were ~1.3 % of a
+     * small step): a query tile's first product (j0 = 0) and a key tile's first (the diagonal
+     * tile, i0 = j0: query tiles run in order) store, the later ones add. Every row is stored
+     * once before it is added to, and x instead of 0 + x is the same value. */
     for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
         size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE, np = (nq + ATT_LANES - 1) / ATT_LANES * ATT_LANES;
         tile_transpose(qt, q + i0 * C3, C3, nq, np, hs, scale);
@@ -720,7 +773,7 @@ static void attention_backward_small(float *dq, float *dk, float *dv, const floa
                 for (size_t r = diag ? c / ATT_LANES * ATT_LANES : 0; r < np; r++) row[r] = fdpo_k_expf(row[r] - L[r]);
             }
             /* dV += P^T dY;  dP^T = V dY^T;  dS^T = P^T (dP^T - D);  dQ += dS K s;  dK += dS^T Q s */
-            tile_product(dv + j0 * C3, C3, Pt, np, 1, dy + i0 * C, C, nk, hs, nq, 1.0f, 1, diag ? TRI_K_START : TRI_NONE);
+            tile_product(dv + j0 * C3, C3, Pt, np, 1, dy + i0 * C, C, nk, hs, nq, 1.0f, !diag, diag ? TRI_K_START : TRI_NONE);
             tile_product(dPt, np, v + j0 * C3, C3, 1, dyt, ATT_TILE, nk, np, hs, 1.0f, 0, diag ? TRI_N_START : TRI_NONE);
             for (size_t c = 0; c < nk; c++) {
                 float *d = dPt + c * np;
@@ -728,8 +781,8 @@ static void attention_backward_small(float *dq, float *dk, float *dv, const floa
 #pragma omp simd
                 for (size_t r = diag ? c / ATT_LANES * ATT_LANES : 0; r < np; r++) d[r] = p[r] * (d[r] - D[r]);
             }
-            tile_product(dq + i0 * C3, C3, dPt, 1, np, k + j0 * C3, C3, nq, hs, nk, scale, 1, diag ? TRI_K_END : TRI_NONE);
-            tile_product(dk + j0 * C3, C3, dPt, np, 1, q + i0 * C3, C3, nk, hs, nq, scale, 1, diag ? TRI_K_START : TRI_NONE);
+            tile_product(dq + i0 * C3, C3, dPt, 1, np, k + j0 * C3, C3, nq, hs, nk, scale, j0 > 0, diag ? TRI_K_END : TRI_NONE);
+            tile_product(dk + j0 * C3, C3, dPt, np, 1, q + i0 * C3, C3, nk, hs, nq, scale, !diag, diag ? TRI_K_START : TRI_NONE);
         }
     }
 }

@@ -3,6 +3,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include "fdpo/train.h"
 
 static int check_hyper(double beta1, double beta2, double eps, double wd) {
@@ -35,55 +39,82 @@ void fdpo_adamw_free(fdpo_adamw *o) {
     o->m = o->v = NULL; o->n = 0;
 }
 
+/* One AdamW update of n elements (one thread's share of one tensor), per element in
+ * PyTorch's order and float32 arithmetic:
+ *   p *= decay;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g;
+ *   p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
+ * first: m = v = 0 are not read (the same values: 0*b1 + x is x, and +0 where x is -0: the
+ * "+ 0.0f"), so a reset optimizer need not clear 2x the model's bytes first.
+ * AVX-512: 16 elements at a time with intrinsics. GCC does not vectorise the plain loop
+ * (`omp simd` or not): sqrtf may set errno, so without -fno-math-errno each element gets a
+ * scalar sqrtss and an errno branch, and neither the optimize attribute nor the pragma
+ * lifts that (GCC 12). Scalar, the update ran ~9 cycles an element, ~5 % of a small
+ * model's training step. Each element goes through the same IEEE operations in the same
+ * order (no contraction into FMAs: the build's -std=c11 has none either), so both paths
+ * give the same bits. */
+typedef struct {
+    float decay, b1, b2, one_minus_b1, one_minus_b2, step_size, bc2_sqrt, eps;
+} adamw_coef;
+
+static inline float adamw_element(float *p, float g, float *m, float *v, adamw_coef k, int first) {
+    float pi = *p * k.decay;
+    float mi = first ? k.one_minus_b1 * g + 0.0f : *m * k.b1 + k.one_minus_b1 * g;
+    float vi = first ? k.one_minus_b2 * g * g + 0.0f : *v * k.b2 + k.one_minus_b2 * g * g;
+    *m = mi; *v = vi;
+    float denom = sqrtf(vi) / k.bc2_sqrt + k.eps;
+    return pi - k.step_size * (mi / denom);
+}
+
+static void adamw_update(float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
+                         size_t n, adamw_coef k, int first) {
+    size_t i = 0;
+#ifdef __AVX512F__
+    const __m512 decay = _mm512_set1_ps(k.decay), b1 = _mm512_set1_ps(k.b1), b2 = _mm512_set1_ps(k.b2);
+    const __m512 omb1 = _mm512_set1_ps(k.one_minus_b1), omb2 = _mm512_set1_ps(k.one_minus_b2);
+    const __m512 step = _mm512_set1_ps(k.step_size), bc2s = _mm512_set1_ps(k.bc2_sqrt), eps = _mm512_set1_ps(k.eps);
+    const __m512 zero = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        __m512 gi = _mm512_loadu_ps(g + i);
+        __m512 pi = _mm512_mul_ps(_mm512_loadu_ps(p + i), decay);
+        __m512 mg = _mm512_mul_ps(omb1, gi), vg = _mm512_mul_ps(_mm512_mul_ps(omb2, gi), gi);
+        __m512 mi = first ? _mm512_add_ps(mg, zero) : _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(m + i), b1), mg);
+        __m512 vi = first ? _mm512_add_ps(vg, zero) : _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(v + i), b2), vg);
+        _mm512_storeu_ps(m + i, mi);
+        _mm512_storeu_ps(v + i, vi);
+        __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), bc2s), eps);
+        _mm512_storeu_ps(p + i, _mm512_sub_ps(pi, _mm512_mul_ps(step, _mm512_div_ps(mi, denom))));
+    }
+#endif
+    for (; i < n; i++) p[i] = adamw_element(p + i, g[i], m + i, v + i, k, first);
+}
+
 /* params, grads, m, v: [n_params], walked tensor by tensor so that decay applies only to
- * tensors flagged decay (2-D weights), as the usual two PyTorch param groups do.
- * Per element, in PyTorch's order and float32 arithmetic:
- *   p *= 1 - lr*wd;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g;
- *   p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
- * The first step (t == 0 before it) takes m = v = 0 without reading them: the same values
- * (0*b1 + x is x, and +0 where x is -0: the "+ 0.0f"), and a reset optimizer need not clear
- * 2x the model's bytes first.                                                              */
+ * tensors flagged decay (2-D weights), as the usual two PyTorch param groups do
+ * (torch.optim.AdamW; the update per element: adamw_update). */
 void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
     const int first = o->t == 0;
     o->t++;
     double bc1 = 1.0 - pow(o->beta1, (double)o->t);
     double bc2 = 1.0 - pow(o->beta2, (double)o->t);
-    const float step_size = (float)(lr / bc1);
-    const float bc2_sqrt = (float)sqrt(bc2);
-    const float b1 = (float)o->beta1, b2 = (float)o->beta2;
-    const float one_minus_b1 = (float)(1.0 - o->beta1), one_minus_b2 = (float)(1.0 - o->beta2);
-    const float eps = (float)o->eps;
+    adamw_coef k = {.b1 = (float)o->beta1, .b2 = (float)o->beta2, .one_minus_b1 = (float)(1.0 - o->beta1),
+                    .one_minus_b2 = (float)(1.0 - o->beta2), .step_size = (float)(lr / bc1),
+                    .bc2_sqrt = (float)sqrt(bc2), .eps = (float)o->eps};
+    const float wd_decay = (float)(1.0 - lr * o->weight_decay);
     /* One parallel region for the whole model (a small model has ~50 tensors, some of 128
      * elements: a region per tensor cost more in fork/join than the update itself). Each
-     * tensor's elements are split statically; nowait because tensors are disjoint. */
-    #pragma omp parallel
-    for (int ti = 0; ti < (int)model->n_tensors; ti++) {
-        const fdpo_gpt2_tensor *t = &model->tensors[ti];
-        float *p = model->params_memory + t->offset;
-        const float *g = model->grads_memory + t->offset;
-        float *m = o->m + t->offset, *v = o->v + t->offset;
-        const float decay = t->decay ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
-        const size_t n = t->numel;
-        if (first) {
-            #pragma omp for simd schedule(static) nowait
-            for (size_t i = 0; i < n; i++) {
-                float pi = p[i] * decay;
-                float mi = one_minus_b1 * g[i] + 0.0f;
-                float vi = one_minus_b2 * g[i] * g[i] + 0.0f;
-                m[i] = mi; v[i] = vi;
-                float denom = sqrtf(vi) / bc2_sqrt + eps;
-                p[i] = pi - step_size * (mi / denom);
-            }
-            continue;
-        }
-        #pragma omp for simd schedule(static) nowait
-        for (size_t i = 0; i < n; i++) {
-            float pi = p[i] * decay;
-            float mi = m[i] * b1 + one_minus_b1 * g[i];
-            float vi = v[i] * b2 + one_minus_b2 * g[i] * g[i];
-            m[i] = mi; v[i] = vi;
-            float denom = sqrtf(vi) / bc2_sqrt + eps;
-            p[i] = pi - step_size * (mi / denom);
+     * tensor's elements are split in equal static parts (multiples of 16, whole vectors);
+     * no barrier between tensors, which are disjoint. */
+    #pragma omp parallel firstprivate(k)
+    {
+        const size_t nt = (size_t)omp_get_num_threads(), it = (size_t)omp_get_thread_num();
+        for (size_t ti = 0; ti < model->n_tensors; ti++) {
+            const fdpo_gpt2_tensor *t = &model->tensors[ti];
+            const size_t n = t->numel, per = (n + nt * 16 - 1) / (nt * 16) * 16;
+            size_t lo = it * per, hi = lo + per < n ? lo + per : n;
+            if (lo >= hi) continue;
+            const size_t off = t->offset + lo;
+            k.decay = t->decay ? wd_decay : 1.0f;
+            adamw_update(model->params_memory + off, model->grads_memory + off, o->m + off, o->v + off, hi - lo, k, first);
         }
     }
 }
