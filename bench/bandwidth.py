@@ -6,7 +6,7 @@ caches used in the run (or 1 million of STREAM's 8-byte elements, whichever is l
 the arrays cannot stay in cache between passes; the best of 10 timed runs after an untimed
 one. This machine's L3 is 260 MiB, so each array is 1040 MiB and the three 3.05 GiB; a
 triad over 3 x 64 MiB (192 MiB) partly runs from that L3 and read 33-38 GB/s idle against
-22-27 GB/s at 3 x 256 MiB: two sizes, two answers, and neither was DRAM's.
+22-27 GB/s at 3 x 256 MiB (2.95 x LLC: short of STREAM's 4 x): two sizes, two answers.
 
 The sizes come from pure functions (`llc_from_caches`, `triad_sizes`) that the tests check
 against hand-computed values; `machine_llc` and `mem_available_bytes` read them from
@@ -162,11 +162,11 @@ def decode_pct(tokens_per_sec, rows, step_bytes, triad_gbs):
     return gbs, 100 * gbs / triad_gbs
 
 
-def measure_triad(harness, threads, dram_mib=None, repeats=10):
+def measure_triad(harness, threads, dram_mib=None, repeats=10, cache=True):
     """Runs the DRAM triad (STREAM's rule, or dram_mib MiB per array when given: --triad-mib)
-    and the in-cache one on `threads` threads. Returns a dict: triad_gbs (DRAM, best of
-    repeats), triad_median_gbs, triad_mib, triad_cache_gbs, triad_cache_mib, llc (machine_llc),
-    mem_available, capped, rule."""
+    and, with cache=True, the in-cache one on `threads` threads. Returns a dict: triad_gbs
+    (DRAM, best of repeats), triad_median_gbs, triad_mib, triad_cache_gbs, triad_cache_mib
+    (with cache=True), llc (machine_llc), mem_available, capped, rule."""
     llc = machine_llc()
     avail = mem_available_bytes()
     sizes = triad_sizes(llc["bytes"], avail)
@@ -175,18 +175,22 @@ def measure_triad(harness, threads, dram_mib=None, repeats=10):
     if dram_mib:
         rule, capped = f"--triad-mib {dram_mib} (STREAM's rule would take {sizes['dram_mib']} MiB)", False
         sizes["dram_mib"] = dram_mib
-    argv = [harness, "triad", "--mib", f"{sizes['dram_mib']},{sizes['cache_mib']}", "--threads", str(threads),
-            "--repeats", str(repeats)]
+    mibs = f"{sizes['dram_mib']},{sizes['cache_mib']}" if cache else str(sizes["dram_mib"])
+    argv = [harness, "triad", "--mib", mibs, "--threads", str(threads), "--repeats", str(repeats)]
     # not pinned (OMP_PROC_BIND / OMP_PLACES as the caller has them): pinned one thread per
-    # core, the best of 10 read 25-35 % less under load (a pinned thread waits for its busy
-    # core instead of moving), and on an idle machine the scheduler keeps them apart anyway
+    # core, the median pass read 11-22 % less under load (4 interleaved pairs at load 8; a
+    # pinned thread waits for its busy core instead of moving), and on an idle machine the
+    # scheduler keeps the two threads apart anyway
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"triad failed: {r.stderr.strip()}")
-    dram, cache = [json.loads(l) for l in r.stdout.strip().splitlines()[-2:]]
-    return dict(triad_gbs=dram["best_gbs"], triad_median_gbs=dram["median_gbs"], triad_mib=sizes["dram_mib"],
-                triad_cache_gbs=cache["best_gbs"], triad_cache_mib=sizes["cache_mib"], llc=llc,
-                mem_available=avail, capped=capped, rule=rule)
+    lines = [json.loads(l) for l in r.stdout.strip().splitlines()]
+    dram = lines[0]
+    out = dict(triad_gbs=dram["best_gbs"], triad_median_gbs=dram["median_gbs"], triad_mib=sizes["dram_mib"], llc=llc,
+               mem_available=avail, capped=capped, rule=rule)
+    if cache:
+        out.update(triad_cache_gbs=lines[1]["best_gbs"], triad_cache_mib=sizes["cache_mib"])
+    return out
 
 
 def triad_line(p):
