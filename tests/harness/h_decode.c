@@ -104,8 +104,8 @@ int h_decode_matmul(int argc, char **argv) {
         if (peaks) {
             if (triad_mib > 0 && (triad = harness_triad_gbs((size_t)triad_mib)) <= 0.0) return -1;
             fma = harness_fma_fp32_gflops();
-            printf("{\"peaks\": true, \"threads\": %d, \"triad_gbs\": %.2f, \"fma_gflops\": %.1f}\n", fdpo_get_threads(),
-                   triad, fma);
+            printf("{\"peaks\": true, \"threads\": %d, \"triad_mib\": %ld, \"triad_gbs\": %.2f, \"fma_gflops\": %.1f}\n",
+                   fdpo_get_threads(), triad_mib, triad, fma);
             fflush(stdout);
         }
         for (int bf16 = 0; bf16 < 2; bf16++) {

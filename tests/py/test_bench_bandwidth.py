@@ -182,3 +182,22 @@ def test_measure_triad_override():
     assert p["triad_gbs"] > 0 and p["triad_cache_gbs"] > 0
     line = bandwidth.triad_line(dict(p, threads=1))
     assert "3 x 3 MiB" in line and "last-level cache" in line
+
+
+def test_goals_sample_pct():
+    # the goal table's sampling row from a bench_sample record: 367 tok/s bf16 at 124M, 8 rows
+    # x (16 + 128): 296,392,736 bytes per step (above) -> 54.39 % of a 25 GB/s DRAM triad,
+    # 27.19 % of a 50 GB/s in-cache one; fp32 (494,662,656 + 47,185,920 + 1,608,224 =
+    # 543,456,800 bytes per step) at 200 tok/s: 25 steps/s x 543,456,800 = 13.5864 GB/s = 54.35 %
+    sys.path.insert(0, os.path.join(HERE, "../../bench"))
+    import goals
+    rec = dict(cfg=GPT2_124M, prompts=8, prompt_tokens=16, new_tokens=128,
+               median_tokens_per_sec={"fdpo-bf16": 367.0, "fdpo-fp32": 200.0},
+               peaks=dict(triad_gbs=25.0, triad_cache_gbs=50.0))
+    assert goals.sample_pct(rec, "fdpo-bf16") == pytest.approx(54.388067, rel=1e-6)
+    assert goals.sample_pct(rec, "fdpo-bf16", "triad_cache_gbs") == pytest.approx(27.194034, rel=1e-6)
+    assert goals.sample_pct(rec, "fdpo-fp32") == pytest.approx(54.34568, rel=1e-6)
+    assert goals.sample_pct(rec, "torch-bf16") is None
+    old = dict(rec)
+    del old["cfg"]   # a record from before the bytes-per-step formula: no figure, not a wrong one
+    assert goals.sample_pct(old, "fdpo-bf16") is None
