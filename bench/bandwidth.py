@@ -174,6 +174,8 @@ def measure_triad(harness, threads, dram_mib=None, repeats=10, cache=True):
     capped = sizes["capped"]
     if dram_mib:
         rule, capped = f"--triad-mib {dram_mib} (STREAM's rule would take {sizes['dram_mib']} MiB)", False
+        if dram_mib * MIB < STREAM_LLC_MULTIPLE * llc["bytes"]:
+            rule += f"; {dram_mib * MIB / llc['bytes']:.2f} x LLC, below STREAM's {STREAM_LLC_MULTIPLE} x: may include cache"
         sizes["dram_mib"] = dram_mib
     mibs = f"{sizes['dram_mib']},{sizes['cache_mib']}" if cache else str(sizes["dram_mib"])
     argv = [harness, "triad", "--mib", mibs, "--threads", str(threads), "--repeats", str(repeats)]

@@ -8,10 +8,9 @@
  *       write-allocate read of a is not counted, as in STREAM). --huge 1 asks the kernel for
  *       transparent huge pages on the arrays (madvise; default 0, what fdpo's buffers get).
  *
- * How large the arrays must be is the caller's choice: bench/machine.py sizes them by
+ * How large the arrays must be is the caller's choice: bench/bandwidth.py sizes them by
  * STREAM's rule (each array >= 4 x the last-level cache, capped by free memory) and passes
  * the size; the same function serves model-peaks and decode-matmul when given --triad-mib. */
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

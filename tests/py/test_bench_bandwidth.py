@@ -178,6 +178,7 @@ def test_measure_triad_override():
     p = bandwidth.measure_triad(HARNESS, 1, dram_mib=3, repeats=2)
     assert p["triad_mib"] == 3 and p["capped"] is False
     assert p["rule"].startswith("--triad-mib 3 (STREAM's rule would take")
+    assert "below STREAM's 4 x: may include cache" in p["rule"]   # 3 MiB < 4 x any LLC assumed here
     assert p["triad_cache_mib"] == bandwidth.triad_sizes(p["llc"]["bytes"])["cache_mib"]
     assert p["triad_gbs"] > 0 and p["triad_cache_gbs"] > 0
     line = bandwidth.triad_line(dict(p, threads=1))
