@@ -10,8 +10,13 @@ means much; the peaks line (measured by NEW once per thread count) says how load
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bandwidth  # noqa: E402
 
 
 def run(binary, args):
@@ -32,9 +37,11 @@ def main():
     a = ap.parse_args()
     times = {}  # (side, key) -> [ms_median per round]
     gbytes = {}
+    # the peaks line's triad: STREAM's array size for this machine (bench/bandwidth.py)
+    triad_mib = bandwidth.triad_sizes(bandwidth.machine_llc()["bytes"], bandwidth.mem_available_bytes())["dram_mib"]
     for t in a.threads.split(","):
         peaks = run(a.new, ["--threads", t, "--shapes", "768x768", "--rows", "1", "--precision", "bf16",
-                            "--min-seconds", "0.01"])[0]
+                            "--min-seconds", "0.01", "--triad-mib", str(triad_mib)])[0]
         print(json.dumps(peaks), flush=True)
         for rnd in range(a.rounds):
             order = ["old", "new"] if rnd % 2 == 0 else ["new", "old"]

@@ -215,10 +215,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side after one warm-up (at least 5)")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
-    ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
+    interleave.add_triad_arg(ap)  # default: STREAM's rule (bench/bandwidth.py), the same in every bench
     ap.add_argument("--quick", action="store_true",
-                    help="5 timed steps, the goal sides only (torch-fp32, torch-bf16, fdpo-shared-cached-bf16), "
-                         "a 64 MiB triad")
+                    help="5 timed steps, the goal sides only (torch-fp32, torch-bf16, fdpo-shared-cached-bf16)")
     ap.add_argument("--json", help="append one JSON line with each side's median step seconds (or peak RSS MiB)")
     ap.add_argument("--peak-rss", action="store_true",
                     help="measure each side's peak RSS over one step, in separate processes, instead of timing")
@@ -235,7 +234,7 @@ def main():
         torch_worker(cfg, a.pairs, a.prompt, a.completion, a.threads, a.bf16)
         return
     if a.quick:
-        a.steps, a.triad_mib = interleave.MIN_TIMED_STEPS, 64
+        a.steps = interleave.MIN_TIMED_STEPS
         if a.sides == ",".join(SIDES):
             a.sides = "torch-fp32,torch-bf16,fdpo-shared-cached-bf16"
     sides = a.sides.split(",")

@@ -294,7 +294,7 @@ def main():
     ap.add_argument("--sides", default=None, help="comma list of the interleaved sides (default: all that apply)")
     ap.add_argument("--cli-only", action="store_true",
                     help="with --lora: only the fdpo dpo runs (full and LoRA), no interleaved servers or peaks")
-    ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
+    interleave.add_triad_arg(ap)  # default: STREAM's rule (bench/bandwidth.py), the same in every bench
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()

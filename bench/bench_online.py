@@ -302,7 +302,7 @@ def parse_args(doc, n_default, prompts_default, new_tokens_default):
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=new_tokens_default)
     ap.add_argument("--runs", type=int, default=5, help="interleaved runs per side (at least 5)")
-    ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
+    interleave.add_triad_arg(ap)  # default: STREAM's rule (bench/bandwidth.py), the same in every bench
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--pairs", type=int, help=argparse.SUPPRESS)   # worker: train on this many pairs
     return ap.parse_args()

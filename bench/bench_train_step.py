@@ -123,10 +123,10 @@ def main():
     ap.add_argument("--min-seconds", type=float, default=2.0,
                     help="timed rounds continue until every side's timed steps add up to this many seconds")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
-    ap.add_argument("--triad-mib", type=int, default=256, help="MiB per array of the bandwidth triad")
+    interleave.add_triad_arg(ap)  # default: STREAM's rule (bench/bandwidth.py), the same in every bench
     ap.add_argument("--quick", action="store_true",
                     help=">= 5 timed steps (and --min-seconds), the goal sides only (fdpo-bf16, fdpo-fp32 on the small config, torch-fp32, "
-                         "torch-bf16), a 64 MiB triad")
+                         "torch-bf16)")
     ap.add_argument("--baseline", help="another fdpo-harness (e.g. a build from before a change): adds the sides "
                     "base-fp32 / base-bf16 (for each fdpo side run), stepped in turn with the others")
     ap.add_argument("--json", help="append one JSON line per config with each side's median step seconds")
@@ -138,7 +138,7 @@ def main():
         torch_worker(cfg, B, T, a.threads, a.bf16)
         return
     if a.quick:
-        a.steps, a.triad_mib = interleave.MIN_TIMED_STEPS, 64
+        a.steps = interleave.MIN_TIMED_STEPS
     sides = a.sides.split(",")
     if a.baseline:
         if not os.access(a.baseline, os.X_OK):

@@ -8,7 +8,8 @@ Rows (2 threads by default; ratios are ratios of medians within one invocation):
   DPO step 124M, shared + cached, bf16     bench_dpo_step.py --config 124M
   train step 124M B4 T256, bf16            bench_train_step.py --configs 124M
   train step, small config (0.9M params)   bench_train_step.py --configs small
-  sampling 124M, 8 prompts x 128 tokens    bench_sample.py --configs 124M
+  sampling 124M, 8 prompts x 128 tokens    bench_sample.py --configs 124M (ratio; % of the DRAM
+                                           triad, the bandwidth limit: bench/bandwidth.py)
   peak RSS, DPO step 124M at T = 1024      bench_dpo_step.py --peak-rss (once: memory, not timing)
 
     /usr/bin/python3 bench/goals.py [--quick] [--repeats 3] [--threads 2] [--only dpo,train124,...]
@@ -27,6 +28,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
+sys.path.insert(0, HERE)
+import bandwidth  # noqa: E402
 
 
 def benches(a):
@@ -67,8 +70,11 @@ ROWS = [
      ">= 3x", lambda x: x >= 3),
     ("sampling 124M 8x128 fp32 vs torch fp32", "sample", lambda r: ratio(r, "fdpo-fp32", "torch-fp32", True),
      "(info)", None),
-    ("sampling 124M bf16, % of bandwidth limit", "sample", lambda r: sample_pct(r, "fdpo-bf16"), ">= 50%",
+    ("sampling 124M bf16, % of DRAM bandwidth limit", "sample", lambda r: sample_pct(r, "fdpo-bf16"), ">= 50%",
      lambda x: x >= 50),
+    ("sampling 124M bf16, % of in-cache triad", "sample", lambda r: sample_pct(r, "fdpo-bf16", "triad_cache_gbs"),
+     "(info %)", None),
+    ("DRAM triad GB/s (the limit)", "sample", lambda r: r["peaks"].get("triad_gbs"), "(info GB/s)", None),
     ("peak RSS DPO 124M T=1024 bf16, % of torch fp32", "rss", lambda r: rss_pct(r, "fdpo-shared-cached-bf16"),
      "<= 60%", lambda x: x <= 60),
     ("peak RSS DPO 124M T=1024 fp32, % of torch fp32", "rss", lambda r: rss_pct(r, "fdpo-shared-cached-fp32"),
@@ -76,13 +82,16 @@ ROWS = [
 ]
 
 
-def sample_pct(r, side):
-    """decode steps/s x bytes of weights read per step, as a % of the measured triad."""
+def sample_pct(r, side, limit="triad_gbs"):
+    """decode steps/s x the bytes one step reads (bench/bandwidth.py's decode_step_bytes:
+    weights at the side's precision, fp32 vectors, KV cache at the mean length, logits), as a
+    % of the run's DRAM triad (limit="triad_cache_gbs": of its in-cache triad)."""
     tps = r["median_tokens_per_sec"].get(side)
-    if tps is None:
+    if tps is None or limit not in r["peaks"] or "cfg" not in r:
         return None
-    gbs = tps / r["prompts"] * r["n_params"] * (2 if "bf16" in side else 4) * 1e-9
-    return 100 * gbs / r["peaks"]["triad_gbs"]
+    step = bandwidth.decode_step_bytes(r["cfg"], "bf16" if "bf16" in side else "fp32", r["prompts"],
+                                       r["prompt_tokens"], r["new_tokens"])
+    return bandwidth.decode_pct(tps, r["prompts"], step["total"], r["peaks"][limit])[1]
 
 
 def rss_pct(r, side):
@@ -127,8 +136,9 @@ def main():
             continue
         xs = [fig(rec) for rec in records[key]]
         xs = [x for x in xs if x is not None]
-        unit = "%" if "%" in goal else "x"
-        cells = [f"{x:.2f}{unit}" if unit == "x" else f"{x:.0f}%" for x in xs] + ["-"] * (a.repeats - len(xs))
+        unit = "GB/s" if "GB/s" in goal else "%" if "%" in goal else "x"
+        cells = ([f"{x:.2f}{unit}" if unit == "x" else f"{x:.1f} GB/s" if unit == "GB/s" else f"{x:.0f}%" for x in xs]
+                 + ["-"] * (a.repeats - len(xs)))
         if len(xs) > 1:
             med = statistics.median(xs)
             spread = (max(xs) - min(xs)) / med * 100

@@ -17,6 +17,8 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import bandwidth  # noqa: E402  (bench/bandwidth.py: the triad's size and the decode step's bytes)
 HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../build/fdpo-harness"))
 MIN_TIMED_STEPS = 5
 
@@ -119,17 +121,20 @@ def stats(times):
     return dict(median=statistics.median(times), best=min(times), n=len(times), iqr=q[2] - q[0])
 
 
-def machine_peaks(threads, gemm=None, triad_mib=256):
-    """fp32 sgemm (oneDNN, fdpo's; and OpenBLAS) and bf16 GEMM (as fdpo calls it) GFLOP/s and
-    STREAM triad GB/s, measured now by `fdpo-harness model-peaks`, plus the fp32 FMA and
-    vdpbf16ps instruction rates (`fdpo-harness isa-peaks`) under "isa"."""
-    argv = [HARNESS, "model-peaks", "--threads", str(threads), "--triad-mib", str(triad_mib)]
+def machine_peaks(threads, gemm=None, triad_mib=None):
+    """fp32 sgemm (oneDNN, fdpo's; and OpenBLAS) and bf16 GEMM (as fdpo calls it) GFLOP/s,
+    measured now by `fdpo-harness model-peaks`; the memory-bandwidth limit: the DRAM STREAM
+    triad with arrays sized by STREAM's rule (bench/bandwidth.py; triad_mib overrides the
+    size: --triad-mib) under triad_gbs, the in-cache one under triad_cache_gbs; plus the fp32
+    FMA and vdpbf16ps instruction rates (`fdpo-harness isa-peaks`) under "isa"."""
+    argv = [HARNESS, "model-peaks", "--threads", str(threads)]
     if gemm:
         argv += ["--gemm", gemm]
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"model-peaks failed: {r.stderr}")
     peaks = json.loads(r.stdout.strip().splitlines()[-1])
+    peaks.update(bandwidth.measure_triad(HARNESS, threads, dram_mib=triad_mib))
     # the instruction ceilings (register-resident, per second of CPU time: steady under
     # load): whether vdpbf16ps can beat fp32 FMA here at all (docs/model.md, bf16 on this CPU)
     r = subprocess.run([HARNESS, "isa-peaks", "--threads", str(threads)], capture_output=True, text=True)
@@ -138,13 +143,21 @@ def machine_peaks(threads, gemm=None, triad_mib=256):
     return peaks
 
 
+def add_triad_arg(ap):
+    """--triad-mib, the same in every bench: default STREAM's rule (bench/bandwidth.py)."""
+    ap.add_argument("--triad-mib", type=int, default=None,
+                    help="MiB per array of the DRAM bandwidth triad (default: STREAM's rule, each array >= 4 x the "
+                         "last-level cache, capped by free memory)")
+
+
 def print_peaks(p):
     print(f"machine peaks (measured now, {p['threads']} threads): fp32 sgemm {p['sgemm_gflops']:.1f} GFLOP/s "
           f"(oneDNN, fdpo's; OpenBLAS {p.get('openblas_sgemm_gflops', 0):.1f}"
           f"{', OPENBLAS_CORETYPE=' + os.environ['OPENBLAS_CORETYPE'] if 'OPENBLAS_CORETYPE' in os.environ else ''}), "
           f"bf16 GEMM {p['bf16_gflops']:.1f} GFLOP/s (as fdpo runs it; "
-          f"{'oneDNN vdpbf16ps ' + format(p.get('dpbf16_gemm_gflops', 0), '.1f') if p['bf16_native'] else 'no AVX512-BF16: fp32 route'}), "
-          f"triad {p['triad_gbs']:.2f} GB/s  [GEMM {'x'.join(map(str, p['gemm']))}, triad 3 x {p['triad_mib']} MiB]")
+          f"{'oneDNN vdpbf16ps ' + format(p.get('dpbf16_gemm_gflops', 0), '.1f') if p['bf16_native'] else 'no AVX512-BF16: fp32 route'})"
+          f"  [GEMM {'x'.join(map(str, p['gemm']))}]")
+    print(bandwidth.triad_line(p))
     isa = p.get("isa")
     if isa:
         print(f"instruction ceilings ({isa['threads']} threads, register-resident, per CPU second): fp32 FMA "

@@ -2,7 +2,8 @@
 # Runs every benchmark in bench/: each runs fdpo and its competitor (PyTorch on the same
 # threads, or gpt-3-encoder under node) in one invocation and prints the ratio. The model
 # benches interleave fdpo and PyTorch step by step (bench/interleave.py), print the
-# machine's measured sgemm / bf16 GEMM / triad peaks first, and default to small configs
+# machine's measured sgemm / bf16 GEMM peaks and the memory-bandwidth limit first (the DRAM
+# STREAM triad, arrays >= 4 x the last-level cache: bench/bandwidth.py), and default to small configs
 # (pass --configs 124M / --config 124M by hand for GPT-2 124M shapes).
 # THREADS (default 2) is passed to the ones that take it. Benchmarks, not tests: the
 # numbers depend on the machine and its load.

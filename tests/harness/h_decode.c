@@ -6,8 +6,9 @@
  *       Default shapes: GPT-2 124M's c_attn 768x2304, attn.c_proj 768x768, c_fc 768x3072,
  *       mlp.c_proj 3072x768 and, bf16 only, the tied LM head 768x50257 (fp32 decodes the head
  *       with blocked sgemm over wte, not this kernel). Per thread count: one JSON line of
- *       peaks (triad_gbs: STREAM triad over 3 x MIB MiB, default 256; fma_gflops: 512-bit
- *       fp32 FMA, register-resident; --peaks 0 skips them), then one line per (precision,
+ *       peaks (triad_gbs: the STREAM triad of h_triad.c over 3 x MIB MiB, only with --triad-mib:
+ *       bench/bandwidth.py's triad_sizes gives STREAM's size for this machine, 1040 MiB here;
+ *       fma_gflops: 512-bit fp32 FMA, register-resident; --peaks 0 skips them), then one line per (precision,
  *       shape, rows): median and best milliseconds per call, GFLOP/s (2 R IC OC per call),
  *       GB/s of weights read (fp32 4 bytes, bf16 2 bytes per weight; the activations are
  *       noise next to them) and both as % of the peaks (from the median); cpu_ms_median:
@@ -16,8 +17,8 @@
  *       The kernel is what the decoder calls: fdpo_decode_f32_matmul (W [IC, OC] as stored)
  *       and fdpo_decode_packed_matmul (bf16-packed W; FDPO_DECODE_BF16 picks its route).
  *       Each call reads a different copy of W, enough copies to pass 384 MiB (more than
- *       this machine's L3), so the weights come from memory as in a decoding step, where
- *       the whole model streams through once per token. Calls are timed one by one for at
+ *       this machine's 260 MiB L3; weights of the last pass mostly evicted), so the weights come
+ *       from memory as in a decoding step, where the whole model streams through once per token. Calls are timed one by one for at
  *       least 20 calls and --min-seconds (default 0.3) per case. */
 #include <omp.h>
 #include <stdio.h>
@@ -77,12 +78,12 @@ int h_decode_matmul(int argc, char **argv) {
     size_t rows[16], threads[8], n_rows = parse_list(darg(argc, argv, "--rows", "1,4,8,16"), rows, 16);
     size_t n_threads = parse_list(darg(argc, argv, "--threads", "1,2"), threads, 8);
     double min_seconds = atof(darg(argc, argv, "--min-seconds", "0.3"));
-    long triad_mib = atol(darg(argc, argv, "--triad-mib", "256"));
+    long triad_mib = atol(darg(argc, argv, "--triad-mib", "0")); /* 0: no triad */
     int peaks = atoi(darg(argc, argv, "--peaks", "1"));
     if (!n_rows) return fdpo_error("--rows: not a list of positive numbers");
     for (size_t i = 0; i < n_rows; i++) if (rows[i] > 16) return fdpo_error("--rows: %zu > 16 (the small-rows path)", rows[i]);
     if (!n_threads) return fdpo_error("--threads: not a list of positive numbers");
-    if (triad_mib < 1) return fdpo_error("--triad-mib: must be >= 1");
+    if (darg(argc, argv, "--triad-mib", NULL) && triad_mib < 1) return fdpo_error("--triad-mib: must be >= 1");
     int want_f32 = strstr(prec_s, "fp32") != NULL, want_bf16 = strstr(prec_s, "bf16") != NULL;
     if (!want_f32 && !want_bf16) return fdpo_error("--precision: '%s' names neither fp32 nor bf16", prec_s);
     size_t ic[16], oc[16], n_shapes = 0;
@@ -101,10 +102,10 @@ int h_decode_matmul(int argc, char **argv) {
         fdpo_set_threads((int)threads[ti]);
         double triad = 0.0, fma = 0.0;
         if (peaks) {
-            triad = harness_triad_gbs((size_t)triad_mib);
+            if (triad_mib > 0 && (triad = harness_triad_gbs((size_t)triad_mib)) <= 0.0) return -1;
             fma = harness_fma_fp32_gflops();
-            printf("{\"peaks\": true, \"threads\": %d, \"triad_gbs\": %.2f, \"fma_gflops\": %.1f}\n", fdpo_get_threads(),
-                   triad, fma);
+            printf("{\"peaks\": true, \"threads\": %d, \"triad_mib\": %ld, \"triad_gbs\": %.2f, \"fma_gflops\": %.1f}\n",
+                   fdpo_get_threads(), triad_mib, triad, fma);
             fflush(stdout);
         }
         for (int bf16 = 0; bf16 < 2; bf16++) {

@@ -22,8 +22,9 @@
  *       the machine's measured peaks, one JSON line: fp32 sgemm (fdpo_sgemm: oneDNN, what
  *       fdpo calls; and OpenBLAS's cblas_sgemm, what PyTorch's fp32 matmuls call), bf16 GEMM
  *       (fdpo_gemm_bf16 on the route it picks here: vdpbf16ps or fp32 FMA, FDPO_BF16_GEMM;
- *       dpbf16_gemm_gflops: forced onto oneDNN's vdpbf16ps GEMM, 0 without AVX512-BF16) in GFLOP/s, and memory
- *       bandwidth from a STREAM triad a = b + s c over three arrays of MIB MiB (GB/s).
+ *       dpbf16_gemm_gflops: forced onto oneDNN's vdpbf16ps GEMM, 0 without AVX512-BF16) in GFLOP/s;
+ *       with --triad-mib, also triad_gbs: the STREAM triad of h_triad.c over three arrays of
+ *       MIB MiB (the benches size and run it themselves: bench/bandwidth.py, `triad`).
  *   isa-peaks [--threads N]   (h_isa.c) fp32 FMA vs vdpbf16ps instruction rates
  *   gemm-check ...            (h_gemm.c) both GEMM entry points on random operands
  *   model-ops --config config.json --batch B --seq T [--threads N] [--reps R]
@@ -442,7 +443,7 @@ static double best_seconds(void (*fn)(void *), void *ctx, int min_reps, double m
 }
 
 typedef struct {
-    size_t M, K, N, n;
+    size_t M, K, N;
     float *a, *b, *c;
     uint16_t *ha, *hb;
 } peak_ctx;
@@ -462,28 +463,6 @@ static void run_sgemm_openblas(void *p) { /* what PyTorch's fp32 matmuls call he
 static void run_gemm_bf16(void *p) {
     peak_ctx *x = p;
     fdpo_gemm_bf16(0, 0, x->M, x->N, x->K, 1.0f, x->ha, x->K, x->hb, x->N, 0.0f, x->c, x->N);
-}
-
-/* STREAM triad a = b + 3 c, OpenMP over the arrays */
-static void run_triad(void *p) {
-    peak_ctx *x = p;
-    float *a = x->a, *b = x->b, *c = x->c;
-    long n = (long)x->n;
-#pragma omp parallel for schedule(static)
-    for (long i = 0; i < n; i++) a[i] = b[i] + 3.0f * c[i];
-}
-
-/* GB/s of a STREAM triad over three arrays of mib MiB on the current threads (best of >= 5
- * runs and 0.5 s); model-peaks and decode-matmul report it */
-double harness_triad_gbs(size_t mib) {
-    peak_ctx x = {.n = mib * 1024 * 1024 / sizeof(float)};
-    x.a = fdpo_malloc(x.n * sizeof(float)); x.b = fdpo_malloc(x.n * sizeof(float)); x.c = fdpo_malloc(x.n * sizeof(float));
-    long n = (long)x.n;
-#pragma omp parallel for schedule(static) /* first touch by the threads that run the triad */
-    for (long i = 0; i < n; i++) { x.a[i] = 0.0f; x.b[i] = 1.0f; x.c[i] = 2.0f; }
-    double t_t = best_seconds(run_triad, &x, 5, 0.5);
-    free(x.a); free(x.b); free(x.c);
-    return 3.0 * (double)x.n * sizeof(float) / t_t * 1e-9;
 }
 
 static int h_model_peaks(int argc, char **argv) {
@@ -511,15 +490,16 @@ static int h_model_peaks(int argc, char **argv) {
         fdpo_gemm_bf16_force_route(-1);
     }
     free(x.a); free(x.b); free(x.c); free(x.ha); free(x.hb);
-    size_t triad_mib = (size_t)(mib ? atol(mib) : 256);
-    if (triad_mib == 0) return fdpo_error("--triad-mib: must be >= 1");
-    double triad_gbs = harness_triad_gbs(triad_mib);
+    long triad_mib = mib ? atol(mib) : 0; /* no --triad-mib: no triad (bench/bandwidth.py sizes and runs it) */
+    if (mib && triad_mib < 1) return fdpo_error("--triad-mib: must be >= 1");
+    double triad_gbs = triad_mib ? harness_triad_gbs((size_t)triad_mib) : 0.0;
+    if (triad_mib && triad_gbs <= 0.0) return -1;
     printf("{\"threads\": %d, \"gemm\": [%zu, %zu, %zu], \"sgemm_gflops\": %.1f, \"bf16_gflops\": %.1f, "
-           "\"bf16_native\": %d, \"triad_mib\": %zu, \"triad_gbs\": %.2f, \"openblas_sgemm_gflops\": %.1f, "
-           "\"dpbf16_gemm_gflops\": %.1f}\n",
-           fdpo_get_threads(), x.M, x.K, x.N, flops / t_s * 1e-9, flops / t_h * 1e-9, native,
-           triad_mib, triad_gbs, flops / t_o * 1e-9,
+           "\"bf16_native\": %d, \"openblas_sgemm_gflops\": %.1f, \"dpbf16_gemm_gflops\": %.1f",
+           fdpo_get_threads(), x.M, x.K, x.N, flops / t_s * 1e-9, flops / t_h * 1e-9, native, flops / t_o * 1e-9,
            t_d > 0 ? flops / t_d * 1e-9 : 0.0);
+    if (triad_mib) printf(", \"triad_mib\": %ld, \"triad_gbs\": %.2f", triad_mib, triad_gbs);
+    printf("}\n");
     return 0;
 }
 

@@ -23,6 +23,7 @@ int h_objectives(int argc, char **argv);
 int h_rm_grad(int argc, char **argv);
 int h_rl(int argc, char **argv);
 int h_tokenizer(int argc, char **argv);
+int h_triad(int argc, char **argv);
 
 static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"data-chat-pref", h_data},
@@ -62,6 +63,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"tok-info", h_tokenizer},
     {"tok-save", h_tokenizer},
     {"tok-threads", h_tokenizer},
+    {"triad", h_triad},
     {NULL, NULL},
 };
 

@@ -1,0 +1,204 @@
+"""bench/bandwidth.py: STREAM's array-size rule for the memory-bandwidth limit and the bytes
+one GPT-2 decoding step reads, against values computed by hand (the arithmetic is in the
+comments); the sysfs cache reader on a fake sysfs tree; `fdpo-harness triad`'s output and
+its errors. No timing assertions: bandwidth figures are only checked to be ordered and > 0."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "../../bench"))
+import bandwidth  # noqa: E402
+
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-harness"))
+MIB = 1 << 20
+GPT2_124M = dict(n_embd=768, n_layer=12, vocab_size=50257)
+
+
+def test_parse_size():
+    assert bandwidth.parse_size("48K") == 48 * 1024
+    assert bandwidth.parse_size("266240K\n") == 272629760   # this VM's L3: 260 MiB
+    assert bandwidth.parse_size("2M") == 2097152
+    assert bandwidth.parse_size("4096") == 4096
+
+
+def cache(level, type_, size, shared):
+    return dict(level=level, type=type_, size=size, shared=shared)
+
+
+def test_llc_one_shared_l3():
+    # this VM: per-core L1d 48K, L1i 32K, L2 2M; one 260 MiB L3 shared by CPUs 0-1, listed
+    # under both CPUs: it counts once
+    caches = []
+    for cpu in ("0", "1"):
+        caches += [cache(1, "Data", 48 << 10, cpu), cache(1, "Instruction", 32 << 10, cpu),
+                   cache(2, "Unified", 2 << 20, cpu), cache(3, "Unified", 260 * MIB, "0-1")]
+    assert bandwidth.llc_from_caches(caches) == (3, 260 * MIB, 1)
+
+
+def test_llc_two_sockets_sum():
+    # STREAM sums every last-level cache of the run: two sockets of 32 MiB = 64 MiB
+    caches = [cache(3, "Unified", 32 * MIB, "0-1"), cache(3, "Unified", 32 * MIB, "0-1"),
+              cache(3, "Unified", 32 * MIB, "2-3"), cache(3, "Unified", 32 * MIB, "2-3"),
+              cache(2, "Unified", 1 * MIB, "0")]
+    assert bandwidth.llc_from_caches(caches) == (3, 64 * MIB, 2)
+
+
+def test_llc_without_l3_and_instruction_only():
+    # no L3: the private L2s are the last level, one per core: 2 x 2 MiB
+    caches = [cache(2, "Unified", 2 * MIB, "0"), cache(2, "Unified", 2 * MIB, "1"),
+              cache(1, "Data", 48 << 10, "0")]
+    assert bandwidth.llc_from_caches(caches) == (2, 4 * MIB, 2)
+    # an instruction cache is never the data's last level, even listed at a higher level
+    assert bandwidth.llc_from_caches([cache(1, "Data", 32 << 10, "0"), cache(2, "Instruction", MIB, "0")]) == \
+        (1, 32 << 10, 1)
+    assert bandwidth.llc_from_caches([cache(1, "Instruction", 32 << 10, "0")]) is None
+
+
+def test_read_caches_fake_sysfs(tmp_path):
+    # the sysfs layout: cpuN/cache/indexK/{level,type,size,shared_cpu_list}
+    for cpu in (0, 1):
+        for k, (level, type_, size, shared) in enumerate(
+                [(1, "Data", "48K", str(cpu)), (1, "Instruction", "32K", str(cpu)),
+                 (2, "Unified", "2048K", str(cpu)), (3, "Unified", "266240K", "0-1")]):
+            d = tmp_path / f"cpu{cpu}" / "cache" / f"index{k}"
+            d.mkdir(parents=True)
+            for name, value in (("level", level), ("type", type_), ("size", size), ("shared_cpu_list", shared)):
+                (d / name).write_text(f"{value}\n")
+    caches = bandwidth.read_caches([0, 1], root=str(tmp_path))
+    assert len(caches) == 8
+    assert bandwidth.llc_from_caches(caches) == (3, 266240 * 1024, 1)
+    assert bandwidth.read_caches([5], root=str(tmp_path)) == []   # a CPU without a cache directory
+
+
+def test_parse_meminfo():
+    text = "MemTotal:       24684084 kB\nMemFree:        14000000 kB\nMemAvailable:   24062996 kB\n"
+    assert bandwidth.parse_meminfo(text) == 24062996 * 1024
+    assert bandwidth.parse_meminfo("MemTotal: 1 kB\n") is None
+
+
+def test_triad_sizes_stream_rule():
+    # 260 MiB L3, 24 GiB free: each array 4 x 260 = 1040 MiB (three: 3120 MiB, under half of
+    # 24 GiB); the in-cache triad's arrays 260 / 8 = 32.5 -> 32 MiB
+    s = bandwidth.triad_sizes(260 * MIB, 24 << 30)
+    assert (s["dram_mib"], s["capped"], s["cache_mib"]) == (1040, False, 32)
+    assert "4 x LLC (260 MiB)" in s["rule"]
+    # unknown free memory: never capped
+    assert bandwidth.triad_sizes(260 * MIB, None)["dram_mib"] == 1040
+    # two 32 MiB sockets: 4 x 64 = 256 MiB
+    assert bandwidth.triad_sizes(64 * MIB, 24 << 30)["dram_mib"] == 256
+    # an LLC not a whole MiB rounds up: 4 x 1.5 MiB = 6 MiB... below 8 MB, so 1 million
+    # 8-byte elements: 8,000,000 bytes = 7.63 MiB -> 8 MiB
+    s = bandwidth.triad_sizes(3 * MIB // 2, 24 << 30)
+    assert (s["dram_mib"], s["cache_mib"]) == (8, 1)
+    assert "1 million" in s["rule"]
+    # 4 x 2.5 MiB = 10 MiB exactly; 4 x (2.5 MiB + 1 byte) rounds up to 11
+    assert bandwidth.triad_sizes(5 * MIB // 2, None)["dram_mib"] == 10
+    assert bandwidth.triad_sizes(5 * MIB // 2 + 1, None)["dram_mib"] == 11
+
+
+def test_triad_sizes_capped_by_free_memory():
+    # 4 GiB free: the three arrays get at most 2 GiB = 2048 MiB -> 682 MiB each (3 x 682 =
+    # 2046), below the rule's 1040: capped, and the rule line says so
+    s = bandwidth.triad_sizes(260 * MIB, 4 << 30)
+    assert (s["dram_mib"], s["capped"]) == (682, True)
+    assert "CAPPED" in s["rule"] and "682 MiB" in s["rule"]
+    # exactly enough: 3 x 1040 MiB = 3120 MiB = half of 6240 MiB
+    assert bandwidth.triad_sizes(260 * MIB, 6240 * MIB)["capped"] is False
+    assert bandwidth.triad_sizes(260 * MIB, 6240 * MIB - 1)["capped"] is True
+
+
+def test_decode_step_bytes_gpt2_124m():
+    # 8 rows, prompts of 16 tokens, 128 new tokens (the goal's sampling row)
+    # matrices: 12 layers x 12 x 768^2 = 84,934,656, plus the head 50257 x 768 = 38,597,376:
+    # 123,532,032 weights. bf16: x 2 = 247,064,064 bytes. fp32 vectors: 12 x 13 x 768 +
+    # 2 x 768 = 121,344 floats = 485,376 bytes; wte + wpe rows: 8 x 2 x 768 x 4 = 49,152.
+    b = bandwidth.decode_step_bytes(GPT2_124M, "bf16", 8, 16, 128)
+    assert b["weights"] == 247064064 + 485376 + 49152
+    # mean cached length 16 + 128 / 2 = 80; KV: 8 rows x 12 layers x 2 x 768 x 80 x 4 bytes
+    # = 47,185,920
+    assert b["mean_len"] == 80
+    assert b["kv"] == 47185920
+    # logits: 8 x 50257 x 4 = 1,608,224
+    assert b["logits"] == 1608224
+    assert b["total"] == 247598592 + 47185920 + 1608224
+    # fp32: the matrices at 4 bytes: 494,128,128; the rest is the same
+    f = bandwidth.decode_step_bytes(GPT2_124M, "fp32", 8, 16, 128)
+    assert f["weights"] == 494128128 + 485376 + 49152
+    assert f["total"] - f["weights"] == b["total"] - b["weights"]
+    # one row, no prompt beyond one token, 2 new tokens: mean length 1 + 1 = 2
+    one = bandwidth.decode_step_bytes(dict(n_embd=4, n_layer=1, vocab_size=10), "fp32", 1, 1, 2)
+    # matrices 12 x 16 + 40 = 232 floats; vectors 13 x 4 + 8 = 60; rows 2 x 4 = 8 -> 300 x 4
+    assert one == dict(weights=1200, kv=1 * 1 * 8 * 2 * 4, logits=40, total=1200 + 64 + 40, mean_len=2)
+    with pytest.raises(KeyError):
+        bandwidth.decode_step_bytes(GPT2_124M, "fp16", 8, 16, 128)
+
+
+def test_decode_pct():
+    # 367 tok/s over 8 rows = 45.875 steps/s x 296,392,736 bytes = 13.5970 GB/s; of a 25 GB/s
+    # triad: 54.39 %
+    gbs, pct = bandwidth.decode_pct(367.0, 8, 296392736, 25.0)
+    assert gbs == pytest.approx(13.597016764, rel=1e-9)
+    assert pct == pytest.approx(54.388067, rel=1e-6)
+
+
+def run_triad(*args):
+    return subprocess.run([HARNESS, "triad", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_harness_triad_output():
+    r = run_triad("--mib", "2,3", "--threads", "1", "--repeats", "3")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(l) for l in r.stdout.splitlines()]
+    assert [l["array_mib"] for l in lines] == [2, 3]
+    for l in lines:
+        assert l["threads"] == 1 and l["repeats"] == 3
+        assert l["best_gbs"] >= l["median_gbs"] >= l["worst_gbs"] > 0
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--mib", "0"], "--mib"),
+    (["--mib", "4,x"], "--mib"),
+    (["--mib", "4", "--repeats", "0"], "--repeats"),
+    (["--mib", "4", "--bogus", "1"], "--bogus"),
+    ([], "usage"),
+])
+def test_harness_triad_errors(args, msg):
+    r = run_triad(*args)
+    assert r.returncode != 0
+    assert msg in r.stderr and r.stdout == ""
+
+
+def test_measure_triad_override():
+    # --triad-mib N replaces the rule's size and the rule line says so; the in-cache triad
+    # still runs at LLC / 8
+    p = bandwidth.measure_triad(HARNESS, 1, dram_mib=3, repeats=2)
+    assert p["triad_mib"] == 3 and p["capped"] is False
+    assert p["rule"].startswith("--triad-mib 3 (STREAM's rule would take")
+    assert "below STREAM's 4 x: may include cache" in p["rule"]   # 3 MiB < 4 x any LLC assumed here
+    assert p["triad_cache_mib"] == bandwidth.triad_sizes(p["llc"]["bytes"])["cache_mib"]
+    assert p["triad_gbs"] > 0 and p["triad_cache_gbs"] > 0
+    line = bandwidth.triad_line(dict(p, threads=1))
+    assert "3 x 3 MiB" in line and "last-level cache" in line
+
+
+def test_goals_sample_pct():
+    # the goal table's sampling row from a bench_sample record: 367 tok/s bf16 at 124M, 8 rows
+    # x (16 + 128): 296,392,736 bytes per step (above) -> 54.39 % of a 25 GB/s DRAM triad,
+    # 27.19 % of a 50 GB/s in-cache one; fp32 (494,662,656 + 47,185,920 + 1,608,224 =
+    # 543,456,800 bytes per step) at 200 tok/s: 25 steps/s x 543,456,800 = 13.5864 GB/s = 54.35 %
+    sys.path.insert(0, os.path.join(HERE, "../../bench"))
+    import goals
+    rec = dict(cfg=GPT2_124M, prompts=8, prompt_tokens=16, new_tokens=128,
+               median_tokens_per_sec={"fdpo-bf16": 367.0, "fdpo-fp32": 200.0},
+               peaks=dict(triad_gbs=25.0, triad_cache_gbs=50.0))
+    assert goals.sample_pct(rec, "fdpo-bf16") == pytest.approx(54.388067, rel=1e-6)
+    assert goals.sample_pct(rec, "fdpo-bf16", "triad_cache_gbs") == pytest.approx(27.194034, rel=1e-6)
+    assert goals.sample_pct(rec, "fdpo-fp32") == pytest.approx(54.34568, rel=1e-6)
+    assert goals.sample_pct(rec, "torch-bf16") is None
+    old = dict(rec)
+    del old["cfg"]   # a record from before the bytes-per-step formula: no figure, not a wrong one
+    assert goals.sample_pct(old, "fdpo-bf16") is None
