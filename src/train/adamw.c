@@ -35,16 +35,37 @@ void fdpo_adamw_free(fdpo_adamw *o) {
     o->m = o->v = NULL; o->n = 0;
 }
 
+/* One tensor's update, n elements (params p, grads g, moments m, v: [n]), in PyTorch's order
+ * and float32 arithmetic, with g read as g * gscale (the clip factor: the float product
+ * clip_grad_norm_ would have stored, so the same bits as clipping in place first):
+ *   p *= decay;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g;
+ *   p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
+ * first: the step after a reset (t == 0): m = v = 0 without reading them, the same values
+ * (0*b1 + x is x, and +0 where x is -0: the "+ 0.0f"), so a reset optimizer need not clear
+ * 2x the model's bytes first. store = 0: m and v are not written back (a run's last step
+ * whose moments nobody reads: the online rounds, fdpo_adamw_step_ex). Called with constant
+ * flags inside the caller's parallel region (the omp for splits the elements). */
+static inline void adamw_tensor(float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
+                                size_t n, float gscale, float decay, float b1, float b2, float one_minus_b1,
+                                float one_minus_b2, float step_size, float bc2_sqrt, float eps, const int first,
+                                const int store) {
+    #pragma omp for simd schedule(static) nowait
+    for (size_t i = 0; i < n; i++) {
+        const float gi = g[i] * gscale;
+        float pi = p[i] * decay;
+        float mi = first ? one_minus_b1 * gi + 0.0f : m[i] * b1 + one_minus_b1 * gi;
+        float vi = first ? one_minus_b2 * gi * gi + 0.0f : v[i] * b2 + one_minus_b2 * gi * gi;
+        if (store) { m[i] = mi; v[i] = vi; }
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        p[i] = pi - step_size * (mi / denom);
+    }
+}
+
 /* params, grads, m, v: [n_params], walked tensor by tensor so that decay applies only to
- * tensors flagged decay (2-D weights), as the usual two PyTorch param groups do.
- * Per element, in PyTorch's order and float32 arithmetic:
- *   p *= 1 - lr*wd;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g;
- *   p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
- * The first step (t == 0 before it) takes m = v = 0 without reading them: the same values
- * (0*b1 + x is x, and +0 where x is -0: the "+ 0.0f"), and a reset optimizer need not clear
- * 2x the model's bytes first.                                                              */
-void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
-    const int first = o->t == 0;
+ * tensors flagged decay (2-D weights), as the usual two PyTorch param groups do:
+ * p *= 1 - lr*wd, bias corrections step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t). */
+void fdpo_adamw_step_ex(fdpo_adamw *o, fdpo_gpt2 *model, double lr, float grad_scale, int store_moments) {
+    const int first = o->t == 0, store = store_moments != 0;
     o->t++;
     double bc1 = 1.0 - pow(o->beta1, (double)o->t);
     double bc2 = 1.0 - pow(o->beta2, (double)o->t);
@@ -63,34 +84,21 @@ void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
         const float *g = model->grads_memory + t->offset;
         float *m = o->m + t->offset, *v = o->v + t->offset;
         const float decay = t->decay ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
-        const size_t n = t->numel;
-        if (first) {
-            #pragma omp for simd schedule(static) nowait
-            for (size_t i = 0; i < n; i++) {
-                float pi = p[i] * decay;
-                float mi = one_minus_b1 * g[i] + 0.0f;
-                float vi = one_minus_b2 * g[i] * g[i] + 0.0f;
-                m[i] = mi; v[i] = vi;
-                float denom = sqrtf(vi) / bc2_sqrt + eps;
-                p[i] = pi - step_size * (mi / denom);
-            }
-            continue;
-        }
-        #pragma omp for simd schedule(static) nowait
-        for (size_t i = 0; i < n; i++) {
-            float pi = p[i] * decay;
-            float mi = m[i] * b1 + one_minus_b1 * g[i];
-            float vi = v[i] * b2 + one_minus_b2 * g[i] * g[i];
-            m[i] = mi; v[i] = vi;
-            float denom = sqrtf(vi) / bc2_sqrt + eps;
-            p[i] = pi - step_size * (mi / denom);
-        }
+#define ADAMW_TENSOR(F, S) adamw_tensor(p, g, m, v, t->numel, grad_scale, decay, b1, b2, one_minus_b1, one_minus_b2, \
+                                        step_size, bc2_sqrt, eps, F, S)
+        if (first && store) ADAMW_TENSOR(1, 1);
+        else if (first) ADAMW_TENSOR(1, 0);
+        else if (store) ADAMW_TENSOR(0, 1);
+        else ADAMW_TENSOR(0, 0);
+#undef ADAMW_TENSOR
     }
 }
 
+void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) { fdpo_adamw_step_ex(o, model, lr, 1.0f, 1); }
+
 /* Total L2 norm over every gradient element (accumulated in double, so the result does not
- * depend on the thread count); scale by max_norm / (norm + 1e-6) when norm > max_norm. */
-double fdpo_clip_grad_norm(fdpo_gpt2 *model, double max_norm) {
+ * depend on the thread count). */
+double fdpo_grad_norm(const fdpo_gpt2 *model) {
     const float *g = model->grads_memory;
     const size_t n = model->n_params;
     /* fixed chunks summed in order: the same norm for any thread count. Within a chunk,
@@ -113,10 +121,19 @@ double fdpo_clip_grad_norm(fdpo_gpt2 *model, double max_norm) {
     }
     double ss = 0;
     for (size_t c = 0; c < CHUNKS; c++) ss += partial[c];
-    double norm = sqrt(ss);
+    return sqrt(ss);
+}
+
+float fdpo_clip_scale(double norm, double max_norm) {
+    return max_norm > 0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
+double fdpo_clip_grad_norm(fdpo_gpt2 *model, double max_norm) {
+    double norm = fdpo_grad_norm(model);
     if (max_norm > 0 && norm > max_norm) {
-        const float scale = (float)(max_norm / (norm + 1e-6));
+        const float scale = fdpo_clip_scale(norm, max_norm);
         float *gw = model->grads_memory;
+        const size_t n = model->n_params;
         #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) gw[i] *= scale;
     }
