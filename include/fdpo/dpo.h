@@ -143,7 +143,9 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o);
  * policy is trained in place (o->train.init only names where it came from, for the saved
  * settings; o->data names the pairs' record file and is not read), tok is saved with it,
  * ref_logp[2i], ref_logp[2i+1] are the reference log-probs of pair i's chosen and rejected
- * completions (NULL for simpo). No held-out split, no reference cache, no data_summary.json:
+ * completions (NULL for simpo). Fewer pairs than a step takes (--batch-size x --grad-accum):
+ * a step takes each pair once (an epoch is one step), not a wrap-around into the next epoch.
+ * No held-out split, no reference cache, no data_summary.json:
  * OUT gets the checkpoint with training state and metrics.jsonl, as fdpo_dpo_train writes them.
  * state_out != NULL: no checkpoint at all (OUT gets metrics.jsonl alone); the run's final
  * training state is moved to *state_out (free with fdpo_train_state_free) for the caller to

@@ -109,6 +109,8 @@ typedef struct {
     struct fdpo_llama_state *llama;                  /* Llama family: tensor roles, activations */
     fdpo_precision precision;                        /* from fdpo_get_precision() at create */
     uint16_t *params_bf16;                           /* bf16 copy of params (bf16 only) */
+    int params_frozen;   /* set by an owner that writes params no more (online's fixed reference):
+                            the bf16 copy is made at the first forward, not at every one */
     /* When set, called by the GPT-2 and Llama backwards as soon as layer l's parameter
      * gradients are complete for this backward (l = L-1 down to 0): the data-parallel
      * trainer starts summing them over the ranks while the layers below are computed

@@ -59,7 +59,9 @@ typedef struct {
                               settings): trained in place, borrowed (close does not free it);
                               the online rounds keep their policy in memory this way */
     int skip_moments;    /* checkpoints hold training_state.json but not the AdamW moments
-                            (an online round's: a round is redone, never resumed mid-way) */
+                            (an online round's: a round is redone, never resumed mid-way); the
+                            run's last step does not store them either (the optimizer handed
+                            back through init_opt is to be reset before another step) */
     fdpo_adamw *init_opt;  /* with init_model: the optimizer's memory, borrowed and reset at open
                               to a fresh AdamW (the online rounds reuse one pair of moment
                               buffers instead of allocating 2x the parameters per round); close

@@ -259,6 +259,8 @@ void fdpo_model_bf16_refresh(fdpo_gpt2 *m) { /* both families */
     if (!m->params_bf16) {
         fdpo_bf16_native(); /* says once if the GEMMs fall back */
         m->params_bf16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
+    } else if (m->params_frozen) {
+        return; /* made once: 124M, 0.75 GB of traffic per forward saved */
     }
     fdpo_f32_to_bf16(m->params_bf16, m->params_memory, m->n_params);
 }

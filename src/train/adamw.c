@@ -40,11 +40,15 @@ void fdpo_adamw_free(fdpo_adamw *o) {
 }
 
 /* One AdamW update of n elements (one thread's share of one tensor), per element in
- * PyTorch's order and float32 arithmetic:
+ * PyTorch's order and float32 arithmetic, with g read as g * gscale (the clip factor: the
+ * float product clip_grad_norm_ would have stored, so the same bits as clipping in place
+ * first; gscale = 1 leaves g as it is):
  *   p *= decay;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g;
  *   p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
- * first: m = v = 0 are not read (the same values: 0*b1 + x is x, and +0 where x is -0: the
- * "+ 0.0f"), so a reset optimizer need not clear 2x the model's bytes first.
+ * first: the step after a reset (t == 0): m = v = 0 are not read (the same values: 0*b1 + x
+ * is x, and +0 where x is -0: the "+ 0.0f"), so a reset optimizer need not clear 2x the
+ * model's bytes first. store = 0: m and v are not written back (a run's last step whose
+ * moments nobody reads: the online rounds, fdpo_adamw_step_ex).
  * AVX-512: 16 elements at a time with intrinsics. GCC does not vectorise the plain loop
  * (`omp simd` or not): sqrtf may set errno, so without -fno-math-errno each element gets a
  * scalar sqrtss and an errno branch, and neither the optimize attribute nor the pragma
@@ -53,50 +57,55 @@ void fdpo_adamw_free(fdpo_adamw *o) {
  * order (no contraction into FMAs: the build's -std=c11 has none either), so both paths
  * give the same bits. */
 typedef struct {
-    float decay, b1, b2, one_minus_b1, one_minus_b2, step_size, bc2_sqrt, eps;
+    float gscale, decay, b1, b2, one_minus_b1, one_minus_b2, step_size, bc2_sqrt, eps;
 } adamw_coef;
 
-static inline float adamw_element(float *p, float g, float *m, float *v, adamw_coef k, int first) {
+static inline float adamw_element(float *p, float g_raw, float *m, float *v, adamw_coef k, int first, int store) {
+    const float g = g_raw * k.gscale;
     float pi = *p * k.decay;
     float mi = first ? k.one_minus_b1 * g + 0.0f : *m * k.b1 + k.one_minus_b1 * g;
     float vi = first ? k.one_minus_b2 * g * g + 0.0f : *v * k.b2 + k.one_minus_b2 * g * g;
-    *m = mi; *v = vi;
+    if (store) { *m = mi; *v = vi; }
     float denom = sqrtf(vi) / k.bc2_sqrt + k.eps;
     return pi - k.step_size * (mi / denom);
 }
 
 static void adamw_update(float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
-                         size_t n, adamw_coef k, int first) {
+                         size_t n, adamw_coef k, int first, int store) {
     size_t i = 0;
 #ifdef __AVX512F__
-    const __m512 decay = _mm512_set1_ps(k.decay), b1 = _mm512_set1_ps(k.b1), b2 = _mm512_set1_ps(k.b2);
+    const __m512 gscale = _mm512_set1_ps(k.gscale), decay = _mm512_set1_ps(k.decay);
+    const __m512 b1 = _mm512_set1_ps(k.b1), b2 = _mm512_set1_ps(k.b2);
     const __m512 omb1 = _mm512_set1_ps(k.one_minus_b1), omb2 = _mm512_set1_ps(k.one_minus_b2);
     const __m512 step = _mm512_set1_ps(k.step_size), bc2s = _mm512_set1_ps(k.bc2_sqrt), eps = _mm512_set1_ps(k.eps);
     const __m512 zero = _mm512_setzero_ps();
     for (; i + 16 <= n; i += 16) {
-        __m512 gi = _mm512_loadu_ps(g + i);
+        __m512 gi = _mm512_mul_ps(_mm512_loadu_ps(g + i), gscale);
         __m512 pi = _mm512_mul_ps(_mm512_loadu_ps(p + i), decay);
         __m512 mg = _mm512_mul_ps(omb1, gi), vg = _mm512_mul_ps(_mm512_mul_ps(omb2, gi), gi);
         __m512 mi = first ? _mm512_add_ps(mg, zero) : _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(m + i), b1), mg);
         __m512 vi = first ? _mm512_add_ps(vg, zero) : _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(v + i), b2), vg);
-        _mm512_storeu_ps(m + i, mi);
-        _mm512_storeu_ps(v + i, vi);
+        if (store) {
+            _mm512_storeu_ps(m + i, mi);
+            _mm512_storeu_ps(v + i, vi);
+        }
         __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), bc2s), eps);
         _mm512_storeu_ps(p + i, _mm512_sub_ps(pi, _mm512_mul_ps(step, _mm512_div_ps(mi, denom))));
     }
 #endif
-    for (; i < n; i++) p[i] = adamw_element(p + i, g[i], m + i, v + i, k, first);
+    for (; i < n; i++) p[i] = adamw_element(p + i, g[i], m + i, v + i, k, first, store);
 }
 
 /* params, grads, m, v: [n_params], walked tensor by tensor so that decay applies only to
  * tensors flagged decay (2-D weights), as the usual two PyTorch param groups do
- * (torch.optim.AdamW; the update per element: adamw_update). */
-void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
-    const int first = o->t == 0;
+ * (torch.optim.AdamW: p *= 1 - lr*wd, bias corrections step_size = lr / (1 - b1^t),
+ * bc2_sqrt = sqrt(1 - b2^t); the update per element: adamw_update). */
+void fdpo_adamw_step_ex(fdpo_adamw *o, fdpo_gpt2 *model, double lr, float grad_scale, int store_moments) {
+    const int first = o->t == 0, store = store_moments != 0;
     o->t++;
     double bc1 = 1.0 - pow(o->beta1, (double)o->t);
     double bc2 = 1.0 - pow(o->beta2, (double)o->t);
-    adamw_coef k = {.b1 = (float)o->beta1, .b2 = (float)o->beta2, .one_minus_b1 = (float)(1.0 - o->beta1),
+    adamw_coef k = {.gscale = grad_scale, .b1 = (float)o->beta1, .b2 = (float)o->beta2, .one_minus_b1 = (float)(1.0 - o->beta1),
                     .one_minus_b2 = (float)(1.0 - o->beta2), .step_size = (float)(lr / bc1),
                     .bc2_sqrt = (float)sqrt(bc2), .eps = (float)o->eps};
     const float wd_decay = (float)(1.0 - lr * o->weight_decay);
@@ -114,14 +123,17 @@ void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) {
             if (lo >= hi) continue;
             const size_t off = t->offset + lo;
             k.decay = t->decay ? wd_decay : 1.0f;
-            adamw_update(model->params_memory + off, model->grads_memory + off, o->m + off, o->v + off, hi - lo, k, first);
+            adamw_update(model->params_memory + off, model->grads_memory + off, o->m + off, o->v + off, hi - lo, k,
+                         first, store);
         }
     }
 }
 
+void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) { fdpo_adamw_step_ex(o, model, lr, 1.0f, 1); }
+
 /* Total L2 norm over every gradient element (accumulated in double, so the result does not
- * depend on the thread count); scale by max_norm / (norm + 1e-6) when norm > max_norm. */
-double fdpo_clip_grad_norm(fdpo_gpt2 *model, double max_norm) {
+ * depend on the thread count). */
+double fdpo_grad_norm(const fdpo_gpt2 *model) {
     const float *g = model->grads_memory;
     const size_t n = model->n_params;
     /* fixed chunks summed in order: the same norm for any thread count. Within a chunk,
@@ -144,10 +156,19 @@ double fdpo_clip_grad_norm(fdpo_gpt2 *model, double max_norm) {
     }
     double ss = 0;
     for (size_t c = 0; c < CHUNKS; c++) ss += partial[c];
-    double norm = sqrt(ss);
+    return sqrt(ss);
+}
+
+float fdpo_clip_scale(double norm, double max_norm) {
+    return max_norm > 0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
+double fdpo_clip_grad_norm(fdpo_gpt2 *model, double max_norm) {
+    double norm = fdpo_grad_norm(model);
     if (max_norm > 0 && norm > max_norm) {
-        const float scale = (float)(max_norm / (norm + 1e-6));
+        const float scale = fdpo_clip_scale(norm, max_norm);
         float *gw = model->grads_memory;
+        const size_t n = model->n_params;
         #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) gw[i] *= scale;
     }

@@ -378,6 +378,17 @@ int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fd
     fdpo_train_opts t = *to;
     t.init_model = policy;
     if (state_out) { t.save_every = 0; t.stop_at = 0; }   /* the caller saves */
+    /* A round has as many pairs as it kept (ties drop prompts), often fewer than a step takes
+     * (--batch-size x --grad-accum): a step then takes each pair once, and an epoch is one step.
+     * The order's wrap-around would fill the step from the next epoch instead: the same pair
+     * twice in one step (2 pairs at --batch-size 4: 4 forward/backward passes for 2 pairs'
+     * gradient; 3 pairs: one of them weighted double). The micro-batch stays --batch-size's. */
+    size_t micro = (size_t)to->batch_size;
+    if ((size_t)(t.batch_size * t.grad_accum) > n) {
+        t.batch_size = (long)n;
+        t.grad_accum = 1;
+        if (micro > n) micro = n;
+    }
     fdpo_settings settings = {0};
     fdpo_dpo_run_opts_settings(o, &settings);
     fdpo_trainer tr;
@@ -389,9 +400,9 @@ int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fd
     /* data parallel: the ranks share out micro-batches; with one per step (--grad-accum 1) that
      * left every rank but rank 0 idle, so under MPI a micro-batch is a rank's part of one */
     const size_t ranks = (size_t)fdpo_dist_size();
-    dcfg.micro_batch = ((size_t)to->batch_size + ranks - 1) / ranks;
+    dcfg.micro_batch = (micro + ranks - 1) / ranks;
     if (fdpo_dpo_init(&d, tr.model, NULL, &dcfg)) { fdpo_trainer_close(&tr, 0); return -1; }
-    const size_t per_step = (size_t)(to->batch_size * to->grad_accum);
+    const size_t per_step = (size_t)(t.batch_size * t.grad_accum);
     const fdpo_pref_pair **step_pairs = fdpo_malloc(per_step * sizeof *step_pairs);
     double *step_ref = fdpo_malloc(2 * per_step * sizeof *step_ref);
     while (rc == 0 && !fdpo_trainer_done(&tr)) {

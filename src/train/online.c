@@ -440,6 +440,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
             else if (ref->config.vocab_size != policy->config.vocab_size)
                 rc = fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", ref0, ref->config.vocab_size,
                                 policy->config.vocab_size);
+            if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
         }
     }
     /* the reference is the round's starting policy itself in iterative DPO, and in round 0

@@ -342,12 +342,17 @@ int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens) {
     } else if (fdpo_dist_sum_f32(p->grads_memory, p->n_params)) return -1;
     if (fdpo_dist_sum_f64(&tokens, 1)) return -1;
     n_tokens = (size_t)tokens;
-    double norm = fdpo_clip_grad_norm(p, tr->opts.grad_clip);
+    /* clipping folded into the update: AdamW reads g * scale (the same bits as scaling the
+     * gradients in place first, one pass over them less) */
+    double norm = fdpo_grad_norm(p);
     if (!isfinite(norm))
         return fdpo_error("step %zu: gradient norm is %g (the loss diverged; lower --lr or raise --warmup-steps)",
                           tr->state.step + 1, norm);
     double lr = fdpo_schedule_lr(&tr->sched, tr->state.step);
-    fdpo_adamw_step(&tr->opt, p, lr);
+    /* a run without moments in its checkpoints (an online round) need not store them after
+     * its last step: nothing reads them (the next round resets the optimizer) */
+    int store_moments = !(tr->opts.skip_moments && tr->state.step + 1 >= tr->state.total_steps);
+    fdpo_adamw_step_ex(&tr->opt, p, lr, fdpo_clip_scale(norm, tr->opts.grad_clip), store_moments);
     tr->state.step++;
     tr->last_lr = lr;
     tr->last_grad_norm = norm;

@@ -109,6 +109,57 @@ START_TEST(adamw_two_steps_closed_form) {
 }
 END_TEST
 
+/* The trainer's step: clipping folded into AdamW (g read as g * scale) and, on a last step whose
+ * moments nobody reads, the moments not stored. Against torch.optim.AdamW on clipped gradients
+ * written out in double; the moments keep their previous values; the gradients stay unscaled. */
+START_TEST(adamw_scaled_step_closed_form) {
+    fdpo_gpt2 *m = tiny_model();
+    size_t n = m->n_params;
+    float *p0 = malloc(n * sizeof *p0);
+    memcpy(p0, m->params_memory, n * sizeof *p0);
+    fdpo_adamw o;
+    const double b1 = 0.9, b2 = 0.99, eps = 1e-3, wd = 0.5, lr1 = 0.1, lr2 = 0.05, max_norm = 0.5;
+    ck_assert_int_eq(fdpo_adamw_init(&o, n, b1, b2, eps, wd), 0);
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) {
+        m->grads_memory[i] = (float)(((double)(i % 7) - 3.0) * 0.1);
+        ss += (double)m->grads_memory[i] * m->grads_memory[i];
+    }
+    double norm = fdpo_grad_norm(m);
+    ck_assert_double_eq_tol(norm, sqrt(ss), 1e-12 * sqrt(ss));
+    ck_assert_float_eq(fdpo_clip_scale(norm, 0), 1.0f);          /* no clipping asked */
+    ck_assert_float_eq(fdpo_clip_scale(norm, 2 * norm), 1.0f);   /* below the max */
+    float s1 = fdpo_clip_scale(norm, max_norm);
+    ck_assert_double_eq_tol(s1, max_norm / (norm + 1e-6), 1e-7);
+    fdpo_adamw_step_ex(&o, m, lr1, s1, 1);   /* the first step, moments stored */
+    float *m1 = malloc(n * sizeof *m1), *v1 = malloc(n * sizeof *v1);
+    memcpy(m1, o.m, n * sizeof *m1);
+    memcpy(v1, o.v, n * sizeof *v1);
+    for (size_t i = 0; i < n; i++) m->grads_memory[i] = (float)(((double)(i % 5) - 2.0) * 0.2);
+    fdpo_adamw_step_ex(&o, m, lr2, 1.0f, 0);   /* the last: moments not stored */
+    ck_assert_uint_eq(o.t, 2);
+    for (size_t i = 0; i < n; i++) {
+        double g1 = ((double)(i % 7) - 3.0) * 0.1 * (max_norm / (sqrt(ss) + 1e-6)), g2 = ((double)(i % 5) - 2.0) * 0.2;
+        double w = is_decay(m, i) ? wd : 0.0, p = p0[i];
+        double mm = (1 - b1) * g1, vv = (1 - b2) * g1 * g1;
+        ck_assert_double_eq_tol(m1[i], mm, 1e-7);
+        ck_assert_double_eq_tol(v1[i], vv, 1e-8);
+        p *= 1 - lr1 * w;
+        p -= lr1 / (1 - b1) * mm / (sqrt(vv) / sqrt(1 - b2) + eps);
+        mm = b1 * mm + (1 - b1) * g2; vv = b2 * vv + (1 - b2) * g2 * g2;
+        p *= 1 - lr2 * w;
+        p -= lr2 / (1 - b1 * b1) * mm / (sqrt(vv) / sqrt(1 - b2 * b2) + eps);
+        ck_assert_double_eq_tol(m->params_memory[i], p, 2e-6 * (1 + fabs(p)));
+        ck_assert_float_eq(o.m[i], m1[i]);   /* not stored */
+        ck_assert_float_eq(o.v[i], v1[i]);
+        ck_assert_float_eq(m->grads_memory[i], (float)(((double)(i % 5) - 2.0) * 0.2));   /* unscaled */
+    }
+    fdpo_adamw_free(&o);
+    free(p0); free(m1); free(v1);
+    fdpo_gpt2_free(m);
+}
+END_TEST
+
 START_TEST(clip_grad_norm_scales_above_max_only) {
     fdpo_gpt2 *m = tiny_model();
     size_t n = m->n_params;
@@ -473,6 +524,7 @@ int main(void) {
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, schedule_closed_forms);
     tcase_add_test(tc, adamw_two_steps_closed_form);
+    tcase_add_test(tc, adamw_scaled_step_closed_form);
     tcase_add_test(tc, clip_grad_norm_scales_above_max_only);
     tcase_add_test(tc, data_order_epochs);
     tcase_add_test(tc, utf8_first_invalid_offsets);

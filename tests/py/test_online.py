@@ -362,12 +362,15 @@ def test_kl_is_over_the_samples_scored_under_the_reference(setup, tmp_path):
         torch.set_default_dtype(torch.float32)
 
 
-def test_each_round_is_one_fresh_adamw_run_as_pytorch(setup, tmp_path):
-    """Round 1's f-DPO -- one step over all its pairs (--batch-size 3, 3 pairs) -- from round 0's
+@pytest.mark.parametrize("batch", [3, 8])
+def test_each_round_is_one_fresh_adamw_run_as_pytorch(setup, tmp_path, batch):
+    """Round 1's f-DPO -- one step over all its pairs (3 pairs) -- from round 0's
     weights equals one float64 PyTorch step: the DPO sigmoid loss on the sampled tokens against
     the fixed reference, clip_grad_norm_(1.0), and a FRESH torch.optim.AdamW (decay 0.01 on the
     2-D weights). The rounds keep one pair of moment buffers and reset them (not clear them):
-    a reset that let round 0's moments or step count through moves the weights by O(lr)."""
+    a reset that let round 0's moments or step count through moves the weights by O(lr).
+    --batch-size 8 > 3 pairs: the step still takes each pair once (the trainer's order used to
+    wrap into further epochs to fill 8 places: 3 + 3 + 2, two pairs weighted 3/8, one 2/8)."""
     import torch
     import torch.nn.functional as F
     torch.set_default_dtype(torch.float64)
@@ -376,7 +379,7 @@ def test_each_round_is_one_fresh_adamw_run_as_pytorch(setup, tmp_path):
         out, lr, beta = tmp_path / "run", 1e-2, 0.1
         fdpo("online", "--model", model, "--data", setup / "prompts.txt", "--reward",
              f"cmd:/usr/bin/python3 {setup / 'letters.py'}", "--out", out, "--rounds", 2, "--prompts-per-round", 4,
-             "--n", 4, "--max-new-tokens", 16, "--batch-size", 3, "--epochs", 1, "--lr", lr, "--beta", beta,
+             "--n", 4, "--max-new-tokens", 16, "--batch-size", batch, "--epochs", 1, "--lr", lr, "--beta", beta,
              "--threads", 1)
         assert [m["pairs"] for m in metrics(out)] == [3, 3]   # (the seed's samples: one step of all three)
         rows = pair_rows(out / "round-1.pairs.jsonl")
@@ -404,6 +407,8 @@ def test_each_round_is_one_fresh_adamw_run_as_pytorch(setup, tmp_path):
         # to the gradient's last bits, hence the max; a leaked moment or step count is O(1) here
         assert moved.median() > 0.5
         assert diff.median() < 1e-5 and diff.quantile(0.99) < 1e-3 and diff.max() < 2e-2
+        steps = [json.loads(l) for l in open(out / "round-1" / "metrics.jsonl")]
+        assert [(m["step"], m["epoch"]) for m in steps] == [(1, 1)], steps   # one step, one pass over the pairs
     finally:
         torch.set_default_dtype(torch.float32)
 
