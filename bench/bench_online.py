@@ -243,6 +243,12 @@ def bench_sides(a):
     return [f"fdpo-{p}" for p in a.precision] + [f"torch-{t}" for t in a.torch]
 
 
+def show_run(r, side, t):
+    """One line per run as it ends (a run at 124M takes minutes under load: what was measured
+    stays on screen if the bench is stopped)."""
+    print(f"  run {r + 1} {side:10s} " + " ".join(f"{p} {v:.4f}" for p, v in t.items()), flush=True)
+
+
 def run_bench(a, title, fdpo_side, worker_args, extra=()):
     """Interleaved runs of the fdpo sides (fdpo_side(model_dir, tmp, a, precision) -> phase
     seconds) and the torch worker (fp32, or its forwards under bf16 autocast); prints the
@@ -274,6 +280,7 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
                 if kind == "fdpo":
                     res[side].append(fdpo_side(d, tmp, a, prec))
                     last_pairs = res[side][-1].get("pairs", last_pairs)
+                    show_run(r, side, res[side][-1])
                     continue
                 # as many pairs as the latest fdpo run trained on, so that the training phases
                 # do the same work (ties vary from run to run)
@@ -286,6 +293,7 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
                 if w.returncode:
                     sys.exit(f"torch worker ({side}) failed: {w.stderr}")
                 res[side].append(json.loads(w.stdout.strip().splitlines()[-1]))
+                show_run(r, side, res[side][-1])
     extra = list(extra)
     for s in sides:
         if s.startswith("torch"):
