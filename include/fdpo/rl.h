@@ -34,7 +34,7 @@ int fdpo_rl_config_check(const fdpo_rl_config *c); /* names the flag */
  * advantage_sq is the mean square of the advantages, advantage_std its square root. kl,
  * entropy, fdiv (the estimate E_pi[f(u)/u] of D_f(pi || pi_ref)) and shaped all take log pi
  * from the training forward, the one the loss differentiates (not the sampler's sums, which
- * differ from it in the last bits in fp32 and by ~1e-3 per sequence in bf16: docs/rl.md). */
+ * differ from it in the last bits in fp32 and by ~3e-3 per sequence in bf16: docs/rl.md). */
 typedef struct {
     double loss, scores, kl, entropy, shaped, advantage_std, advantage_sq, logp, fdiv;
     size_t samples, tokens;
