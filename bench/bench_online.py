@@ -114,13 +114,17 @@ class TorchGPT2:
         B, P = prompt_ids.shape
         hs = self.C // self.H
         max_len = P + new_tokens
-        cache = [(torch.empty(B, self.H, max_len, hs), torch.empty(B, self.H, max_len, hs)) for _ in range(self.L)]
+        # under bf16 autocast the projections give bf16 keys/values: the cache holds them as
+        # they come (as Hugging Face's cache does), half the bytes each step reads
+        dt = torch.bfloat16 if torch.is_autocast_cpu_enabled() else torch.float32
+        cache = [(torch.empty(B, self.H, max_len, hs, dtype=dt), torch.empty(B, self.H, max_len, hs, dtype=dt))
+                 for _ in range(self.L)]
         out = torch.empty(B, new_tokens, dtype=torch.long)
         logp = torch.zeros(B, dtype=torch.float64)
         with torch.no_grad():
             logits = self.forward(prompt_ids, 0, cache, last_only=True)
             for j in range(new_tokens):
-                lp = torch.log_softmax(logits, -1)
+                lp = torch.log_softmax(logits.float(), -1)
                 out[:, j] = torch.multinomial(lp.exp(), 1, generator=generator)[:, 0]
                 logp += lp.gather(-1, out[:, j:j + 1])[:, 0]
                 if j + 1 < new_tokens:
@@ -138,22 +142,33 @@ def words_reward(comp):
 def completion_logp(model, seqs, P):
     """Summed log-probs of the completion tokens seqs[:, P:] (seqs [B, T]) -> [B]."""
     import torch
-    lp = torch.log_softmax(model.forward(seqs[:, :-1]), -1)
+    lp = torch.log_softmax(model.forward(seqs[:, :-1]).float(), -1)   # fp32 log-softmax under autocast too
     return lp[:, P - 1:].gather(-1, seqs[:, P:].unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
-def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, generator, n_pairs=None):
+def autocast(bf16):
+    """The PyTorch side's bf16 variant: the forward passes (sampling, scoring, the training
+    forward) under torch.autocast("cpu", dtype=torch.bfloat16), the backward and the
+    optimizer outside it -- what TRL's bf16=True (accelerate's autocast) runs on a CPU.
+    Master weights, AdamW state and the log-softmax stay fp32. bf16=False: a no-op context."""
+    import torch
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, generator, n_pairs=None, bf16=False):
     """One round; returns the seconds of each phase. n_pairs: train on exactly this many pairs
     (the fdpo run's count, so that both sides' training phases do the same work whatever the
-    ties): the prompts with a reward gap first, then tied ones; None: fdpo's rule alone."""
+    ties): the prompts with a reward gap first, then tied ones; None: fdpo's rule alone.
+    bf16: the forwards under bf16 autocast (autocast())."""
     import torch
     import torch.nn.functional as F
     P, Pt = prompt_ids.shape
     t0 = time.perf_counter()
-    comp, lpol = policy.sample(prompt_ids.repeat_interleave(n, 0), new_tokens, generator)
+    with autocast(bf16):
+        comp, lpol = policy.sample(prompt_ids.repeat_interleave(n, 0), new_tokens, generator)
     t1 = time.perf_counter()
     seqs = torch.cat([prompt_ids.repeat_interleave(n, 0), comp], 1)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(bf16):
         reward = words_reward(comp)
         lref = completion_logp(ref, seqs, Pt)
         kl = (lpol - lref).mean()  # the round's KL metric, as fdpo logs it
@@ -171,7 +186,8 @@ def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, genera
     npairs = len(best)
     if npairs:
         pairs = torch.cat([seqs[best], seqs[worst]], 0)
-        logp = completion_logp(policy, pairs, Pt)
+        with autocast(bf16):
+            logp = completion_logp(policy, pairs, Pt)
         margin = (logp[:npairs] - lref[best]) - (logp[npairs:] - lref[worst])
         loss = -F.logsigmoid(beta * margin).mean()
         opt.zero_grad()
@@ -194,7 +210,8 @@ def torch_worker(a):
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     ids = torch.tensor([list(p.encode()) for p in prompt_texts(a.prompts, a.prompt_tokens)])
     g = torch.Generator().manual_seed(1)
-    times = [torch_online_round(policy, ref, opt, ids, a.n, a.new_tokens, 0.1, g, a.pairs) for _ in range(2)]
+    times = [torch_online_round(policy, ref, opt, ids, a.n, a.new_tokens, 0.1, g, a.pairs, a.worker_bf16)
+             for _ in range(2)]
     print(json.dumps(times[-1]))
 
 
@@ -202,12 +219,13 @@ def torch_worker(a):
 EXTRA = ["checkpoint", "other"]
 
 
-def fdpo_online(d, tmp, a):
+def fdpo_online(d, tmp, a, precision):
     out = os.path.join(tmp, "run")
     r = subprocess.run([FDPO, "online", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
                         "--out", out, "--rounds", "2", "--prompts-per-round", str(a.prompts),
                         "--n", str(a.n), "--max-new-tokens", str(a.new_tokens), "--batch-size", str(a.prompts),
-                        "--epochs", "1", "--beta", "0.1", "--lr", "1e-4", "--threads", str(a.threads), "--quiet"],
+                        "--epochs", "1", "--beta", "0.1", "--lr", "1e-4", "--threads", str(a.threads),
+                        "--precision", precision, "--quiet"],
                        capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"fdpo online failed: {r.stderr}")
@@ -219,46 +237,69 @@ def fdpo_online(d, tmp, a):
     return t
 
 
+def bench_sides(a):
+    """The sides of one invocation, in their first round's order: fdpo at each --precision,
+    then PyTorch fp32 and/or bf16 autocast (--torch)."""
+    return [f"fdpo-{p}" for p in a.precision] + [f"torch-{t}" for t in a.torch]
+
+
+def show_run(r, side, t):
+    """One line per run as it ends (a run at 124M takes minutes under load: what was measured
+    stays on screen if the bench is stopped)."""
+    print(f"  run {r + 1} {side:10s} " + " ".join(f"{p} {v:.4f}" for p, v in t.items()), flush=True)
+
+
 def run_bench(a, title, fdpo_side, worker_args, extra=()):
-    """Interleaved runs of the fdpo side and the torch worker; prints the per-phase medians.
-    extra: phases only the fdpo side has (absent from torch's results: 0 there), shown after
-    the shared ones with a second total and ratio."""
+    """Interleaved runs of the fdpo sides (fdpo_side(model_dir, tmp, a, precision) -> phase
+    seconds) and the torch worker (fp32, or its forwards under bf16 autocast); prints the
+    per-phase medians and every fdpo side's ratios against every PyTorch side. extra: phases
+    only the fdpo side has (absent from torch's results: 0 there), shown after the shared
+    ones with a second total and ratio. Returns {side: [phase seconds of each run]}."""
     blas_note = interleave.fair_blas_env()   # PyTorch gets OpenBLAS's right kernels too
     if blas_note:
         print(blas_note)
-    print(f"{title}; {a.threads} threads, >= {max(a.runs, 5)} interleaved runs per side; "
+    sides = bench_sides(a)
+    runs = max(a.runs, 5)
+    print(f"{title}; {a.threads} threads, sides {', '.join(sides)}, >= {runs} interleaved runs per side; "
           f"load average {os.getloadavg()[0]:.1f}")
     peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
     interleave.print_peaks(peaks)
     cfg = CONFIGS[a.config]
     C, L, V, Pn = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"], cfg["n_positions"]
     n_params = V * C + Pn * C + L * (12 * C * C + 13 * C) + 2 * C
-    res = {"fdpo": [], "torch": []}
+    res = {s: [] for s in sides}
+    last_pairs = None   # pairs the latest fdpo run trained on
     with tempfile.TemporaryDirectory() as tmp:
         d = os.path.join(tmp, "model")
         make_checkpoint(cfg, d)
         open(os.path.join(tmp, "prompts.txt"), "w").write("\n".join(prompt_texts(a.prompts, a.prompt_tokens)) + "\n")
-        for r in range(max(a.runs, 5)):
-            for side in (["fdpo", "torch"] if r % 2 == 0 else ["torch", "fdpo"]):
-                if side == "fdpo":
-                    res[side].append(fdpo_side(d, tmp, a))
+        for r in range(runs):
+            k = r % len(sides)   # the order rotates every run: no side always follows another
+            for side in sides[k:] + sides[:k]:
+                kind, prec = side.split("-")
+                if kind == "fdpo":
+                    res[side].append(fdpo_side(d, tmp, a, prec))
+                    last_pairs = res[side][-1].get("pairs", last_pairs)
+                    show_run(r, side, res[side][-1])
                     continue
-                # as many pairs as the latest fdpo run trained on (the runs alternate fdpo first),
-                # so that the training phases do the same work (ties vary from run to run)
-                same_pairs = []
-                if res["fdpo"] and "pairs" in res["fdpo"][-1]:
-                    same_pairs = ["--pairs", str(int(res["fdpo"][-1]["pairs"]))]
+                # as many pairs as the latest fdpo run trained on, so that the training phases
+                # do the same work (ties vary from run to run)
+                same_pairs = ["--pairs", str(int(last_pairs))] if last_pairs is not None else []
                 w = subprocess.run([sys.executable, sys.argv[0], "--worker", d, "--threads", str(a.threads),
                                     "--prompts", str(a.prompts), "--prompt-tokens", str(a.prompt_tokens),
-                                    "--new-tokens", str(a.new_tokens), "--n", str(a.n)] + same_pairs + worker_args,
+                                    "--new-tokens", str(a.new_tokens), "--n", str(a.n)]
+                                   + same_pairs + (["--worker-bf16"] if prec == "bf16" else []) + worker_args,
                                    capture_output=True, text=True)
                 if w.returncode:
-                    sys.exit(f"torch worker failed: {w.stderr}")
+                    sys.exit(f"torch worker ({side}) failed: {w.stderr}")
                 res[side].append(json.loads(w.stdout.strip().splitlines()[-1]))
+                show_run(r, side, res[side][-1])
     extra = list(extra)
-    for x in res["torch"]:
-        x.update({p: 0.0 for p in extra})
-    print(f"{a.config} ({n_params / 1e6:.1f}M params), seconds (median of {len(res['fdpo'])}; best in brackets):")
+    for s in sides:
+        if s.startswith("torch"):
+            for x in res[s]:
+                x.update({p: 0.0 for p in extra})
+    print(f"{a.config} ({n_params / 1e6:.1f}M params), seconds (median of {runs}; best in brackets):")
     med = {s: {p: statistics.median(x[p] for x in res[s]) for p in PHASES + extra} for s in res}
     tot = {s: statistics.median(sum(x[p] for p in PHASES) for x in res[s]) for s in res}
     tot_all = {s: statistics.median(sum(x[p] for p in PHASES + extra) for x in res[s]) for s in res}
@@ -266,31 +307,43 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
     head = "".join(f"{p:>22s}" for p in PHASES) + f"{'total':>22s}"
     if extra:
         head += "".join(f"{p:>22s}" for p in extra) + f"{'round':>22s}"
-    print("  " + " " * 8 + head)
+    print("  " + " " * 22 + head)
     for s in res:
         row = "".join(f"{cell(s, [p]):>22s}" for p in PHASES) + f"{cell(s, PHASES):>22s}"
         if extra:
             row += "".join(f"{cell(s, [p]):>22s}" for p in extra) + f"{cell(s, PHASES + extra):>22s}"
-        print(f"  {s:8s}" + row)
-    ratio = [med["torch"][p] / med["fdpo"][p] if med["fdpo"][p] > 0 else float("nan") for p in PHASES]
-    line = "  torch/fdpo" + "".join(f"{r:20.2f}x" for r in ratio) + f"{tot['torch'] / tot['fdpo']:20.2f}x"
-    if extra:
-        line += " " * 22 * len(extra) + f"{tot_all['torch'] / tot_all['fdpo']:20.2f}x"
-    print(line + "   (ratio of medians; > 1: fdpo faster)")
-    if extra:
-        secs = " + ".join(f"{med['fdpo'][p]:.4f}" for p in extra)
-        print(f"  fdpo's {' + '.join(extra)}: {secs} s "
-              f"(PyTorch has no such phase); the total ratio {tot['torch'] / tot['fdpo']:.2f}x is the same work, "
-              f"the round ratio {tot_all['torch'] / tot_all['fdpo']:.2f}x the round as fdpo runs it")
+        print(f"  {s:22s}" + row)
+    ratios = {}
+    for f in (s for s in sides if s.startswith("fdpo")):
+        for t in (s for s in sides if s.startswith("torch")):
+            r_ = {p: med[t][p] / med[f][p] if med[f][p] > 0 else float("nan") for p in PHASES}
+            r_["total"] = tot[t] / tot[f]
+            if extra:
+                r_["round"] = tot_all[t] / tot_all[f]
+            ratios[f"{t}/{f}"] = r_
+            line = f"  {t + '/' + f:22s}" + "".join(f"{r_[p]:21.2f}x" for p in PHASES) + f"{r_['total']:21.2f}x"
+            if extra:
+                line += " " * 22 * len(extra) + f"{r_['round']:21.2f}x"
+            print(line)
+    print("  (ratios of medians; > 1: fdpo faster)")
+    for f in (s for s in sides if s.startswith("fdpo")):
+        if extra:
+            secs = " + ".join(f"{med[f][p]:.4f}" for p in extra)
+            print(f"  {f}'s {' + '.join(extra)}: {secs} s (PyTorch has no such phase): the total ratios are the "
+                  f"same work, the round ratios the round as fdpo runs it")
     share = {s: ", ".join(f"{p} {100 * med[s][p] / max(1e-12, sum(med[s].values())):.0f}%" for p in PHASES + extra
-                          if s == "fdpo" or p in PHASES) for s in res}
-    print(f"  split: fdpo {share['fdpo']}; torch {share['torch']}")
+                          if s.startswith("fdpo") or p in PHASES) for s in res}
+    print("  split: " + "; ".join(f"{s} {share[s]}" for s in res))
     if all("pairs" in x for s in res for x in res[s]):
         # ties give no pair on either side: the training phases compare like with like only
         # when the sides trained on about as many pairs
         counts = {s: " ".join(format(x["pairs"], "g") for x in res[s]) for s in res}
         print("  pairs trained on per round: " + "; ".join(f"{s} {counts[s]}" for s in res))
     print(f"  load average after: {os.getloadavg()[0]:.1f}")
+    interleave.write_json(a.json, {"bench": os.path.basename(sys.argv[0]), "config": a.config, "threads": a.threads,
+                                   "runs": runs, "median_seconds": med, "median_total": tot, "ratios": ratios,
+                                   "peaks": {k: peaks[k] for k in ("sgemm_gflops", "bf16_gflops", "triad_gbs")}})
+    return res
 
 
 def parse_args(doc, n_default, prompts_default, new_tokens_default):
@@ -303,9 +356,23 @@ def parse_args(doc, n_default, prompts_default, new_tokens_default):
     ap.add_argument("--new-tokens", type=int, default=new_tokens_default)
     ap.add_argument("--runs", type=int, default=5, help="interleaved runs per side (at least 5)")
     interleave.add_triad_arg(ap)  # default: STREAM's rule (bench/bandwidth.py), the same in every bench
+    ap.add_argument("--precision", default="fp32",
+                    help="the fdpo side's --precision: fp32, bf16, or fp32,bf16 (a side each)")
+    ap.add_argument("--torch", choices=["fp32", "bf16", "both"],
+                    help="PyTorch sides: fp32, bf16 (the forwards under bf16 autocast) or both "
+                         "(default: fp32 when --precision is fp32, else both)")
+    ap.add_argument("--json", help="append one JSON line of medians and ratios to this file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-bf16", action="store_true", help=argparse.SUPPRESS)   # worker: under bf16 autocast
     ap.add_argument("--pairs", type=int, help=argparse.SUPPRESS)   # worker: train on this many pairs
-    return ap.parse_args()
+    a = ap.parse_args()
+    a.precision = a.precision.split(",")
+    if not a.precision or any(p not in ("fp32", "bf16") for p in a.precision) or len(set(a.precision)) < len(a.precision):
+        ap.error(f"--precision: expected fp32, bf16 or fp32,bf16 (got {','.join(a.precision)})")
+    if a.torch is None:
+        a.torch = "fp32" if a.precision == ["fp32"] else "both"
+    a.torch = ["fp32", "bf16"] if a.torch == "both" else [a.torch]
+    return a
 
 
 def main():

@@ -41,27 +41,31 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_online import (FDPO, PHASES, TorchGPT2, completion_logp, parse_args, prompt_texts,  # noqa: E402
+from bench_online import (FDPO, PHASES, TorchGPT2, autocast, completion_logp, parse_args, prompt_texts,  # noqa: E402
                           run_bench, words_reward)
 from bench_sample import CONFIGS  # noqa: E402
 
 BETA = 0.05
 
 
-def torch_rl_step(policy, ref, opt, prompt_ids, k, new_tokens, generator):
-    """One RLOO step; returns the seconds of each phase."""
+def torch_rl_step(policy, ref, opt, prompt_ids, k, new_tokens, generator, bf16=False):
+    """One RLOO step; returns the seconds of each phase. bf16: the forwards (sampling,
+    scoring, the training forward) under bf16 autocast, backward and AdamW outside it
+    (bench_online.autocast: TRL's bf16=True on a CPU)."""
     import torch
     P, Pt = prompt_ids.shape
     t0 = time.perf_counter()
     prompts = prompt_ids.repeat_interleave(k, 0)
-    comp, _ = policy.sample(prompts, new_tokens, generator)   # (fdpo rl recomputes log pi in training too)
+    with autocast(bf16):
+        comp, _ = policy.sample(prompts, new_tokens, generator)   # (fdpo rl recomputes log pi in training too)
     t1 = time.perf_counter()
     seqs = torch.cat([prompts, comp], 1)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(bf16):
         reward = words_reward(comp)
         lref = completion_logp(ref, seqs, Pt)
     t2 = time.perf_counter()
-    logp = completion_logp(policy, seqs, Pt)
+    with autocast(bf16):
+        logp = completion_logp(policy, seqs, Pt)
     shaped = (reward - BETA * ((logp.detach().double() - lref.double()) + 1)).view(P, k)
     adv = (shaped - (shaped.sum(1, keepdim=True) - shaped) / (k - 1)).reshape(-1)  # TRL RLOO baseline
     loss = -(adv.float() * logp).mean()
@@ -103,16 +107,17 @@ def step_gflop(cfg, P, Pt, k, T):
     return {s: {p: v / 1e9 for p, v in d.items()} for s, d in f.items()}
 
 
-def print_work(a, fdpo_times):
-    """Each side's GFLOP per phase and fdpo's rate at its median phase times."""
+def print_work(a, res):
+    """Each side's GFLOP per phase and each fdpo side's rate at its median phase times."""
     import statistics
     g = step_gflop(CONFIGS[a.config], a.prompts, a.prompt_tokens, a.n, a.new_tokens)
     for s in ("fdpo", "torch"):
         print(f"  work {s:6s}" + "".join(f"{g[s][p]:13.1f} GFLOP {p}" for p in PHASES)
               + f"{sum(g[s].values()):13.1f} GFLOP total")
-    med = {p: statistics.median(x[p] for x in fdpo_times) for p in PHASES}
-    print("  fdpo rate  " + "".join(f"{g['fdpo'][p] / med[p]:13.1f} GFLOP/s {p}" if med[p] > 0 else "" for p in PHASES)
-          + "   (compare with the sgemm peak above)")
+    for side in (s for s in res if s.startswith("fdpo")):
+        med = {p: statistics.median(x[p] for x in res[side]) for p in PHASES}
+        print(f"  {side} rate" + "".join(f"{g['fdpo'][p] / med[p]:13.1f} GFLOP/s {p}" if med[p] > 0 else "" for p in PHASES)
+              + "   (compare with the sgemm peak above)")
 
 
 def torch_worker(a):
@@ -122,7 +127,7 @@ def torch_worker(a):
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     ids = torch.tensor([list(p.encode()) for p in prompt_texts(a.prompts, a.prompt_tokens)])
     g = torch.Generator().manual_seed(1)
-    times = [torch_rl_step(policy, ref, opt, ids, a.n, a.new_tokens, g) for _ in range(2)]
+    times = [torch_rl_step(policy, ref, opt, ids, a.n, a.new_tokens, g, a.worker_bf16) for _ in range(2)]
     print(json.dumps(times[-1]))
 
 
@@ -139,7 +144,7 @@ def pop_ranks(argv):
 RANKS = pop_ranks(sys.argv)
 
 
-def fdpo_rl(d, tmp, a):
+def fdpo_rl(d, tmp, a, precision):
     out = os.path.join(tmp, "run")
     launch, threads = [FDPO], a.threads
     if RANKS > 1:
@@ -148,16 +153,12 @@ def fdpo_rl(d, tmp, a):
     r = subprocess.run([*launch, "rl", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
                         "--out", out, "--algo", "rloo", "--divergence", "rkl", "--beta", str(BETA), "--steps", "2",
                         "--prompts-per-step", str(a.prompts), "--n", str(a.n), "--max-new-tokens", str(a.new_tokens),
-                        "--lr", "1e-5", "--threads", str(threads), "--quiet"], capture_output=True, text=True)
+                        "--lr", "1e-5", "--threads", str(threads), "--precision", precision, "--quiet"], capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"fdpo rl failed: {r.stderr}")
     m = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][-1]
     subprocess.run(["rm", "-rf", out])
-    FDPO_TIMES.append({p: m[f"time/{p}"] for p in PHASES})
-    return dict(FDPO_TIMES[-1])
-
-
-FDPO_TIMES = []   # every fdpo run's phase times (run_bench keeps its own copy)
+    return {p: m[f"time/{p}"] for p in PHASES}
 
 
 def main():
@@ -166,9 +167,9 @@ def main():
         torch_worker(a)
         return
     ranks = f"; fdpo on {RANKS} MPI ranks x {max(1, a.threads // RANKS)} threads" if RANKS > 1 else ""
-    run_bench(a, f"RL step (RLOO): {a.prompts} prompts x k={a.n} samples x {a.new_tokens} new tokens, "
+    res = run_bench(a, f"RL step (RLOO): {a.prompts} prompts x k={a.n} samples x {a.new_tokens} new tokens, "
                  f"prompt {a.prompt_tokens} tokens{ranks}", fdpo_rl, [])
-    print_work(a, FDPO_TIMES)
+    print_work(a, res)
 
 
 if __name__ == "__main__":

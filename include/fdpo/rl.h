@@ -32,9 +32,12 @@ int fdpo_rl_config_check(const fdpo_rl_config *c); /* names the flag */
 
 /* Means over one step's samples, TRL names in docs/rl.md. A rank's fdpo_rl_step gives its
  * share of them (its sum / n_total), so the ranks' values add up to the step's;
- * advantage_sq is the mean square of the advantages, advantage_std its square root. */
+ * advantage_sq is the mean square of the advantages, advantage_std its square root. kl,
+ * entropy, fdiv (the estimate E_pi[f(u)/u] of D_f(pi || pi_ref)) and shaped all take log pi
+ * from the training forward, the one the loss differentiates (not the sampler's sums, which
+ * differ from it in the last bits in fp32 and by ~3e-3 per sequence in bf16: docs/rl.md). */
 typedef struct {
-    double loss, scores, kl, entropy, shaped, advantage_std, advantage_sq, logp;
+    double loss, scores, kl, entropy, shaped, advantage_std, advantage_sq, logp, fdiv;
     size_t samples, tokens;
 } fdpo_rl_metrics;
 

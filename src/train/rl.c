@@ -147,6 +147,9 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
             shaped[i] = fdpo_shaped_reward(&c->div, c->beta, reward[i], l);
             out->scores += reward[i] * inv;
             out->kl += l * inv;
+            /* D_f(pi || pi_ref) = E_pi[f(u)/u]; reverse KL's f(u)/u = log u exactly */
+            const double u = exp(l);
+            out->fdiv += (c->div.kind == FDPO_DIV_RKL ? l : fdpo_f(&c->div, u) / u) * inv;
             out->entropy -= slp[i] * inv;
             out->shaped += shaped[i] * inv;
             out->logp += slp[i] * inv;
@@ -180,12 +183,12 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
 
 /* the ranks' shares of one step's means (fdpo_rl_step) summed into the step's */
 static int rl_metrics_sum(fdpo_rl_metrics *m) {
-    double v[9] = {m->loss, m->scores, m->kl, m->entropy, m->shaped, m->logp, m->advantage_sq, (double)m->samples,
-                   (double)m->tokens};
-    if (fdpo_dist_sum_f64(v, 9)) return -1;
+    double v[10] = {m->loss, m->scores, m->kl, m->entropy, m->shaped, m->logp, m->advantage_sq, (double)m->samples,
+                    (double)m->tokens, m->fdiv};
+    if (fdpo_dist_sum_f64(v, 10)) return -1;
     m->loss = v[0]; m->scores = v[1]; m->kl = v[2]; m->entropy = v[3]; m->shaped = v[4]; m->logp = v[5];
     m->advantage_sq = v[6]; m->advantage_std = sqrt(v[6]);
-    m->samples = (size_t)v[7]; m->tokens = (size_t)v[8];
+    m->samples = (size_t)v[7]; m->tokens = (size_t)v[8]; m->fdiv = v[9];
     return 0;
 }
 
@@ -344,7 +347,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         sec[1] += fdpo_now() - t_score;
         fdpo_rl_metrics m;
         memset(&m, 0, sizeof m);
-        double eos = 0, len = 0, fdiv = 0;
+        double eos = 0, len = 0;
         size_t my_tokens = 0;   /* this rank's: fdpo_trainer_step sums them over the ranks */
         if (!rc) {
             for (size_t i = 0; i < N; i++) {
@@ -352,9 +355,6 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
                 yi[i] = s[i].tokens; ny[i] = s[i].n_tokens;
                 eos += s[i].finish == FDPO_FINISH_EOT;
                 len += (double)s[i].n_completion;
-                /* D_f(pi || pi_ref) = E_pi[f(u)/u], u from the sampler's own log-prob */
-                double u = exp(s[i].logp - lref[i]);
-                fdiv += o->rl.div.kind == FDPO_DIV_RKL ? s[i].logp - lref[i] : fdpo_f(&o->rl.div, u) / u;
             }
             t_train = fdpo_now();
             /* under MPI each rank computes the loss and gradient of its block of prompts (the
@@ -378,9 +378,10 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
             fdpo_metrics_add(mw, "objective/scores", m.scores);
             fdpo_metrics_add(mw, "objective/kl", m.kl);
             fdpo_metrics_add(mw, "objective/entropy", m.entropy);
-            fdpo_metrics_add(mw, "objective/f_divergence", fdiv / (double)N);
-            fdpo_metrics_add(mw, "objective/non_score_reward", -o->rl.beta * fdiv / (double)N);
-            fdpo_metrics_add(mw, "objective/rlhf_reward", m.scores - o->rl.beta * fdiv / (double)N);
+            /* u from the training forward's log pi, as the shaped reward and objective/kl take it */
+            fdpo_metrics_add(mw, "objective/f_divergence", m.fdiv);
+            fdpo_metrics_add(mw, "objective/non_score_reward", -o->rl.beta * m.fdiv);
+            fdpo_metrics_add(mw, "objective/rlhf_reward", m.scores - o->rl.beta * m.fdiv);
             fdpo_metrics_add(mw, "objective/shaped_reward", m.shaped);
             fdpo_metrics_add(mw, "policy/advantage_std", m.advantage_std);
             fdpo_metrics_add(mw, "val/contain_eos_token", eos / (double)N);

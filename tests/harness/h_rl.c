@@ -6,7 +6,8 @@
  *        shares summed)}
  * Writes OUT/result.json {"loss", "advantages", metrics} and OUT/grads.safetensors.
  * rl-logp --model DIR --spec FILE.json --out DIR: fdpo_samples_logp of the spec's samples
- * (prompt, completion) -> OUT/result.json {"logp": [...]}. */
+ * (prompt, completion) -> OUT/result.json {"logp": [...]}.
+ * Both take [--precision fp32|bf16] (the model's matmuls; default fp32). */
 #include <cJSON.h>
 #include <math.h>
 #include <stdlib.h>
@@ -24,14 +25,16 @@ static int32_t *ids_of(const cJSON *a, size_t *n) {
 }
 
 int h_rl(int argc, char **argv) {
-    const char *model = NULL, *spec = NULL, *outdir = NULL;
+    const char *model = NULL, *spec = NULL, *outdir = NULL, *precision = "fp32";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--model")) model = argv[i + 1];
+        else if (!strcmp(argv[i], "--precision")) precision = argv[i + 1];
         else if (!strcmp(argv[i], "--spec")) spec = argv[i + 1];
         else if (!strcmp(argv[i], "--out")) outdir = argv[i + 1];
         else return fdpo_error("unknown flag %s", argv[i]);
     }
     if (!model || !spec || !outdir) return fdpo_error("--model, --spec and --out are required");
+    if (fdpo_set_precision(precision)) return -1;   /* the model loaded below takes it */
     size_t len;
     char *text = fdpo_read_file(spec, &len);
     if (!text) return -1;
@@ -112,6 +115,7 @@ int h_rl(int argc, char **argv) {
             rc = fdpo_rl_step(m, &c, cnt, n, p + first, np + first, y + first, ny + first, r + first, lr + first,
                               adv + first, &part);
             met.loss += part.loss; met.kl += part.kl; met.scores += part.scores; met.advantage_sq += part.advantage_sq;
+            met.fdiv += part.fdiv; met.entropy += part.entropy;
             first += cnt;
         }
         met.advantage_std = sqrt(met.advantage_sq);
@@ -121,6 +125,8 @@ int h_rl(int argc, char **argv) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "loss", met.loss);
         cJSON_AddNumberToObject(o, "kl", met.kl);
+        cJSON_AddNumberToObject(o, "fdiv", met.fdiv);
+        cJSON_AddNumberToObject(o, "entropy", met.entropy);
         cJSON_AddNumberToObject(o, "scores", met.scores);
         cJSON_AddNumberToObject(o, "advantage_std", met.advantage_std);
         cJSON_AddNumberToObject(o, "seconds", step_s);

@@ -469,3 +469,36 @@ def test_a_failed_checkpoint_write_fails_the_run_naming_the_round(setup, tmp_pat
     (out / "round-0.pairs.jsonl").rmdir()
     online(setup, out, "--rounds", 1, "--prompts-per-round", 4)
     assert [m["round"] for m in metrics(out)] == [0] and (out / "round-0" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("mode", ["rounds", "step"])
+def test_bf16_same_seed_and_resume_bit_exact(setup, tmp_path, mode):
+    """--precision bf16 (sampling on bf16 decode weights, the f-DPO step's matmuls on bf16
+    operands): a run stopped after round/step 1 and resumed ends byte-identical to the
+    uninterrupted bf16 run, metrics too; an fp32 run of the same seed ends elsewhere (so bf16
+    did run, both times). Step mode resumes with --resume alone (the saved settings bring
+    back --precision bf16); rounds mode takes its flags again on --resume (it restores no
+    saved flag), --precision among them."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    if mode == "rounds":
+        small = ["--prompts-per-round", 4, "--threads", 1]
+        online(setup, a, "--rounds", 2, *small, "--precision", "bf16")
+        online(setup, b, "--rounds", 1, *small, "--precision", "bf16")
+        online(setup, b, "--rounds", 2, "--resume", *small, "--precision", "bf16")
+        online(setup, c, "--rounds", 2, *small)
+        final = lambda d: (d / "round-1" / "model.safetensors").read_bytes()
+        state = b / "round-1" / "training_state.json"
+    else:
+        small = ["--mode", "step", "--prompts-per-round", 2, "--n", 3, "--threads", 1, "--steps", 3]
+        online(setup, a, *small, "--precision", "bf16")
+        online(setup, b, *small, "--precision", "bf16", "--stop-at", 1)
+        fdpo("online", "--out", b, "--resume")
+        online(setup, c, *small)
+        final = lambda d: (d / "model.safetensors").read_bytes() + (d / "training_state.safetensors").read_bytes()
+        state = b / "training_state.json"
+    assert final(a) == final(b)
+    assert final(a) != final(c)
+    drop = lambda ms: [{k: v for k, v in m.items() if k not in ("progress", "tokens_per_sec") and not k.startswith("time/")}
+                       for m in ms]
+    assert drop(metrics(a)) == drop(metrics(b))
+    assert json.loads(state.read_text())["settings"]["precision"] == "bf16"

@@ -97,6 +97,131 @@ def test_step_matches_pytorch(tmp_path, monkeypatch, algo, div, head):
         assert rel_err(grads[name], g) < 1e-4, name
 
 
+def f_over_u(div, l):
+    """f(u)/u at u = e^l (DESIGN.md's table): D_f(pi || pi_ref) = E_pi[f(u)/u]"""
+    u = np.exp(l)
+    if div == "rkl":
+        return l
+    if div == "fkl":
+        return -np.log(u) / u
+    if div == "js":
+        return (u * np.log(u) - (u + 1) * np.log((u + 1) / 2)) / u
+    a = float(div.split(":")[1])
+    return (u ** (1 - a) - (1 - a) * u - a) / (a * (a - 1)) / u
+
+
+def bf16_case(tmp_path, algo, div, k=3, V=13):
+    """A tiny policy and fixed samples: two prompts, k completions each (lengths 1-6), rewards
+    and reference log-probs drawn near the policy's own (so u = pi/pi_ref stays near 1-10)."""
+    model = GPT2(V, 16, 16, 2, 2, seed=7)
+    model.save_hf(str(tmp_path / "policy"))
+    rng = np.random.default_rng(4)
+    samples = []
+    for p in range(2):
+        prompt = [int(x) for x in rng.integers(0, V, size=3 + p)]
+        for j in range(k):
+            comp = [int(x) for x in rng.integers(0, V, size=1 + (2 * j + p) % 6)]
+            samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
+                            "ref_logp": float(-np.log(V) * len(comp) + rng.normal() * 0.5)})
+    spec = {"algo": algo, "divergence": div, "beta": 0.3, "k": k, "grpo_eps": 1e-4, "samples": samples}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    return model, samples, spec
+
+
+def reference_step_mode(model, samples, algo, div, beta, k, mode, eps=1e-4):
+    """reference_step with the policy's forward in one of test_model_bf16's modes: 'exact'
+    (float64), 'emulated' (float64 with every linear layer and the head on bf16-rounded
+    operands, forward and backward: fdpo's bf16 rule stated exactly) or 'autocast' (float32
+    under torch.autocast("cpu", bfloat16): TRL's bf16=True). Returns (loss, advantages,
+    grads, per-sample log pi)."""
+    from test_model_bf16 import forward_emulated
+    model = model.double() if mode in ("exact", "emulated") else model.float()
+    model.zero_grad()
+    logps = []
+    for s in samples:
+        seq = torch.tensor(s["prompt"] + s["completion"][:-1])
+        T = len(seq)
+        pos, mask = torch.arange(T), torch.tril(torch.ones(T, T, dtype=torch.bool))
+        if mode == "emulated":
+            logits = forward_emulated(model, seq, pos, mask)
+        elif mode == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model.forward(seq, pos, mask)
+            logits = logits.float()
+        else:
+            logits = model.forward(seq, pos, mask)
+        lp = F.log_softmax(logits, -1)
+        P = len(s["prompt"])
+        logps.append(sum(lp[P - 1 + j, c] for j, c in enumerate(s["completion"])))
+    logp = torch.stack(logps)
+    l = logp.detach().double() - torch.tensor([s["ref_logp"] for s in samples], dtype=torch.float64)
+    shaped = torch.tensor([s["reward"] for s in samples], dtype=torch.float64) - beta * fprime(div, torch.exp(l))
+    g = shaped.view(-1, k)
+    if algo == "rloo":
+        adv = g - (g.sum(1, keepdim=True) - g) / (k - 1)
+    else:
+        adv = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + eps)
+    adv = adv.reshape(-1)
+    loss = -(adv.to(logp.dtype) * logp).mean()
+    loss.backward()
+    grads = {n: p.grad.detach().double().numpy().copy() for n, p in model.named().items()}
+    return loss.item(), adv.numpy(), grads, logp.detach().double().numpy()
+
+
+def run_rl_grad(tmp_path, precision, name):
+    harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / name,
+            "--precision", precision)
+    res = json.load(open(tmp_path / name / "result.json"))
+    grads, _ = st.load(str(tmp_path / name / "grads.safetensors"))
+    return res, grads
+
+
+@pytest.mark.parametrize("algo,div", [("rloo", "rkl"), ("grpo", "fkl"), ("rloo", "alpha:0.5")])
+def test_step_bf16_matches_emulated_reference(tmp_path, algo, div):
+    """fdpo rl --precision bf16's step (loss, advantages, gradients) against the float64 step
+    with fdpo's bf16 rule emulated (test_model_bf16.py's reference). The step adds no bf16
+    of its own (shaping, advantages, loss in double from the fp32 token log-probs), so the
+    bounds are the model's: 5e-3 for what the log-probs carry (loss, advantages: one bf16
+    rounding flip near a boundary moves a log-prob by ~1e-3 relative), 2e-2 for gradients
+    (observed here: loss and advantages 1e-8 to 5e-8, gradients 2e-3 to 3e-3, where the
+    backward's upstream gradients round to the neighbouring bf16 value now and then). And
+    the bf16 path ran: fp32 fdpo's loss and advantages are >= 100 times further from the
+    bf16 reference (observed 400-3000x)."""
+    model, samples, spec = bf16_case(tmp_path, algo, div)
+    res, grads = run_rl_grad(tmp_path, "bf16", "bf16")
+    loss, adv, g_ref, logp = reference_step_mode(model, samples, algo, div, 0.3, 3, "emulated")
+    assert abs(res["loss"] - loss) <= 5e-3 * max(abs(loss), 1e-2), (res["loss"], loss)
+    assert rel_err(res["advantages"], adv) <= 5e-3
+    for name, g in g_ref.items():
+        assert rel_err(grads[name], g) <= 2e-2, name
+    # the step's f-divergence estimate: the same log pi as the loss (training forward)
+    l = logp - np.array([s["ref_logp"] for s in samples])
+    assert res["fdiv"] == pytest.approx(np.mean(f_over_u(div, l)), rel=5e-3, abs=1e-4)
+    r32, _ = run_rl_grad(tmp_path, "fp32", "fp32")
+    assert abs(r32["loss"] - loss) > 100 * abs(res["loss"] - loss), (r32["loss"], res["loss"], loss)
+    assert rel_err(r32["advantages"], adv) > 100 * rel_err(res["advantages"], adv)
+
+
+@pytest.mark.parametrize("algo,div", [("rloo", "rkl"), ("grpo", "js")])
+def test_step_bf16_close_to_torch_autocast(tmp_path, algo, div):
+    """The same step against PyTorch's bf16 autocast (TRL's bf16=True): autocast also rounds
+    every matmul OUTPUT to bf16, fdpo keeps fp32 outputs, so the two are independent
+    approximations of the exact float64 step; fdpo's distance to autocast is bounded by 2.5x
+    autocast's own distance to exact (two equally good approximations are ~sqrt(2) apart),
+    plus fp32 noise: fdpo bf16 is as good a bf16 step as PyTorch's. Compared: the
+    advantages (they carry every sample's log pi) and each gradient tensor; not the scalar
+    loss, whose autocast error can cancel by luck (grpo-js: 1.1e-5 relative, 6x below its
+    advantages' error), which would make a ratio bound on it a coin toss -- the loss is
+    checked tightly against the emulated rule above."""
+    model, samples, spec = bf16_case(tmp_path, algo, div)
+    res, grads = run_rl_grad(tmp_path, "bf16", "bf16")
+    _, ex_adv, ex_g, _ = reference_step_mode(model, samples, algo, div, 0.3, 3, "exact")
+    _, ac_adv, ac_g, _ = reference_step_mode(model, samples, algo, div, 0.3, 3, "autocast")
+    assert rel_err(res["advantages"], ac_adv) <= 2.5 * rel_err(ac_adv, ex_adv) + 1e-5
+    for name in ex_g:
+        assert rel_err(grads[name], ac_g[name]) <= 2.5 * rel_err(ac_g[name], ex_g[name]) + 1e-4, name
+
+
 def test_grpo_group_of_equal_rewards_gives_no_gradient(tmp_path):
     V = 7
     model = GPT2(V, 16, 8, 1, 2, seed=2)
@@ -196,6 +321,40 @@ def test_rl_same_seed_same_numbers(tmp_path):
                      for l in open(tmp_path / name / "metrics.jsonl")])
     assert runs[0] == runs[1]
     assert (tmp_path / "x" / "model.safetensors").read_bytes() == (tmp_path / "y" / "model.safetensors").read_bytes()
+
+
+def test_rl_bf16_same_seed_and_resume_bit_exact(tmp_path):
+    """fdpo rl --precision bf16: a run stopped after step 2 and resumed with --resume alone
+    (the saved settings bring back bf16) ends byte-identical to the uninterrupted run, weights,
+    AdamW moments and metrics; an fp32 run of the same seed ends elsewhere. objective/kl and
+    objective/f_divergence take log pi from the same training forward (for reverse KL
+    f(u)/u = log u: the two are the same number), not the sampler's bf16 sums."""
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(5)))
+
+    def run(name, *extra):
+        args = ["rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt", "--out", tmp_path / name,
+                "--reward", "length", "--algo", "rloo", "--divergence", "rkl", "--prompts-per-step", 2, "--n", 3,
+                "--steps", 4, "--max-new-tokens", 8, "--lr", "1e-2", "--threads", 1, "--seed", 5, *extra]
+        r = subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+
+    run("a", "--precision", "bf16")
+    run("b", "--precision", "bf16", "--stop-at", 2)
+    r = subprocess.run([FDPO, "rl", "--out", tmp_path / "b", "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    run("c")
+    a = state_files(tmp_path / "a")
+    assert state_files(tmp_path / "b") == a
+    assert state_files(tmp_path / "c")["model.safetensors"] != a["model.safetensors"]
+    ma = untimed(tmp_path / "a" / "metrics.jsonl")
+    assert [m["step"] for m in ma] == [1, 2, 3, 4]
+    assert untimed(tmp_path / "b" / "metrics.jsonl") == ma
+    for m in ma:
+        assert m["objective/f_divergence"] == m["objective/kl"]
 
 
 # ---------- checkpoints and --resume ----------

@@ -44,7 +44,7 @@ def test_rl_gradient_split_over_ranks_equals_one_process(work, tmp_path):
                 assert a[key] == b[key], (n, key, a[key], b[key])
             # log-probs of models 1e-7 apart (step 1: the same model, summed in blocks)
             scale = a["objective/entropy"]
-            for key in ("objective/kl", "objective/entropy", "loss", "objective/shaped_reward"):
+            for key in ("objective/kl", "objective/f_divergence", "objective/entropy", "loss", "objective/shaped_reward"):
                 assert abs(a[key] - b[key]) <= 1e-6 * scale, (n, key, a[key], b[key])
             assert abs(a["policy/advantage_std"] - b["policy/advantage_std"]) <= 1e-6 * a["policy/advantage_std"]
             assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * a["grad_norm"], (n, a["grad_norm"], b["grad_norm"])
