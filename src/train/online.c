@@ -26,6 +26,27 @@ static char *round_path(const char *out, long k, const char *suffix) {
     return fdpo_path_join(out, name);
 }
 
+/* Rounds mode resumes with the flags given now, but a run must not switch precision half-way
+ * silently (the rounds before would be fp32 and the ones after bf16, or the reverse): the last
+ * completed round's saved settings name the precision it ran in. A round without them (a
+ * run of an older fdpo) is taken as it is. */
+static int check_round_precision(const char *out, long k) {
+    char *dir = round_path(out, k, "");
+    fdpo_settings saved = {0};
+    size_t step = 0;
+    int rc = 0;
+    if (fdpo_train_state_read_settings(dir, &saved, &step) == 0) {
+        const fdpo_setting *x = fdpo_settings_find(&saved, "precision");
+        const char *now = fdpo_precision_name(fdpo_get_precision());
+        if (x && x->type == FDPO_SETTING_STR && x->str && strcmp(x->str, now))
+            rc = fdpo_error("--precision: %s ran in %s, this run would continue in %s; pass --precision %s "
+                            "(rounds mode takes its flags from the command line)", dir, x->str, now, x->str);
+        fdpo_settings_free(&saved);
+    }
+    free(dir);
+    return rc;
+}
+
 static int is_dir(const char *p) {
     struct stat st;
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
@@ -417,6 +438,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (rc == 0) rc = fdpo_dist_check_agree("the completed rounds in --out", (uint64_t)start);
         if (start >= o->rounds && rc == 0) fdpo_log(FDPO_LOG_INFO, "all %ld rounds already complete in %s", o->rounds, o->out);
         else if (start > 0 && rc == 0) fdpo_log(FDPO_LOG_INFO, "resuming after round %ld", start - 1);
+        if (start > 0 && start < o->rounds && rc == 0) rc = check_round_precision(o->out, start - 1);
     }
     const char *ref0 = o->ref ? o->ref : o->model;
     fdpo_progress prog;

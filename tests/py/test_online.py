@@ -502,3 +502,18 @@ def test_bf16_same_seed_and_resume_bit_exact(setup, tmp_path, mode):
                        for m in ms]
     assert drop(metrics(a)) == drop(metrics(b))
     assert json.loads(state.read_text())["settings"]["precision"] == "bf16"
+
+
+def test_rounds_resume_refuses_another_precision(setup, tmp_path):
+    """Rounds mode takes its flags from the command line on --resume; a run whose completed
+    rounds ran in bf16 must not continue in fp32 silently (nor the reverse): a clear error
+    naming --precision and the round, and the completed round left as it was."""
+    a = tmp_path / "a"
+    small = ["--prompts-per-round", 4, "--threads", 1]
+    online(setup, a, "--rounds", 1, *small, "--precision", "bf16")
+    before = (a / "round-0" / "model.safetensors").read_bytes()
+    r = online(setup, a, "--rounds", 2, "--resume", *small, check=False)
+    assert r.returncode != 0
+    assert "--precision" in r.stderr and "round-0" in r.stderr and "bf16" in r.stderr, r.stderr
+    assert not (a / "round-1").exists()
+    assert (a / "round-0" / "model.safetensors").read_bytes() == before
