@@ -316,6 +316,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (!rc) tr_ok = (rc = fdpo_trainer_open(&tr, &t, "rl", tok, n_prompts, fdpo_prompts_hash(prompts, n_prompts), &extra)) == 0;
     fdpo_settings_free(&extra);
     if (!rc && ref_is_base) ref = tr.model;
+    else if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
     if (!rc && ref->config.vocab_size != tr.model->config.vocab_size)
         rc = fdpo_error("--ref: vocabulary %zu != the policy's %zu", ref->config.vocab_size, tr.model->config.vocab_size);
     fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
