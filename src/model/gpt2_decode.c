@@ -426,13 +426,19 @@ static void decode_matmul_small_rows(float *out, const void *x, size_t ldx, cons
  * IC fits one block (every 124M layer but mlp.c_proj at 8 rows) a strip is one pass. */
 static void decode_matmul_widen_share(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC,
                                       size_t OC, int accumulate, float *acc, decode_widen_tile_fn *tile, size_t t,
-                                      size_t nt, size_t acc_rows) {
+                                      size_t nt, size_t acc_rows, int rounded) {
     size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP, n_pairs = (IC + 1) / 2;
     size_t kp = DECODE_XBLOCK / (2 * R);
     if (kp > n_pairs) kp = n_pairs;
+    /* rounded: inp holds bf16 values already (the one-region step rounds each matmul input
+     * where it is produced), so the tile reads inp's rows in place, K-block by K-block (the
+     * same kp, the same sums), instead of a copy rounded by every thread for every group of
+     * strips and K-block (at 16 rows two K-blocks per 768-wide input, so the LM head's
+     * thread re-rounded its input 66 times per step) */
+    if (IC % 2) rounded = 0; /* the tile reads a pad column past the row */
     {
         float xb[DECODE_XBLOCK] __attribute__((aligned(64)));
-        size_t ldx = 2 * kp;
+        size_t ldx = rounded ? IC : 2 * kp;
         size_t s0 = n_strips * t / nt, s1 = n_strips * (t + 1) / nt;
         /* acc_rows (>= R): the rows of each thread's scratch, the same for every call of a
          * region (a thread on a later, shorter chunk of rows must not land in another's) */
@@ -442,14 +448,15 @@ static void decode_matmul_widen_share(float *out, const float *inp, const uint16
             size_t g1 = g0 + DECODE_GROUP_STRIPS < s1 ? g0 + DECODE_GROUP_STRIPS : s1;
             for (size_t p0 = 0; p0 < n_pairs; p0 += kp) {
                 size_t np = n_pairs - p0 < kp ? n_pairs - p0 : kp, i0 = 2 * p0;
-                if (in_xb != p0)
+                const float *xk = rounded ? inp + i0 : xb;
+                if (!rounded && in_xb != p0)
                     for (size_t r = 0; r < R; r++)
                         for (size_t j = 0; j < 2 * np; j++)
                             xb[r * ldx + j] = i0 + j < IC ? bf16_value(fdpo_bf16_round(inp[r * IC + i0 + j])) : 0.0f;
                 in_xb = p0;
                 for (size_t s = g0; s < g1; s++)
                     for (size_t r0 = 0; r0 < R; r0 += DECODE_GROUP_ROWS)
-                        tile(mine + ((s - g0) * R + r0) * DECODE_STRIP, xb + r0 * ldx, ldx,
+                        tile(mine + ((s - g0) * R + r0) * DECODE_STRIP, xk + r0 * ldx, ldx,
                              wp + (s * n_pairs + p0) * DECODE_STRIP * 2, np,
                              R - r0 < DECODE_GROUP_ROWS ? R - r0 : DECODE_GROUP_ROWS, p0 > 0);
             }
@@ -473,7 +480,7 @@ static void decode_matmul_widen(float *out, const float *inp, const uint16_t *wp
                                 int accumulate, float *acc, decode_widen_tile_fn *tile) {
     #pragma omp parallel if (R * IC * OC >= (1 << 20))
     decode_matmul_widen_share(out, inp, wp, R, IC, OC, accumulate, acc, tile, (size_t)omp_get_thread_num(),
-                              (size_t)omp_get_num_threads(), R);
+                              (size_t)omp_get_num_threads(), R, 0);
 }
 
 /* scratch floats the bf16 drivers need for R rows and this many threads (the widening
@@ -743,9 +750,29 @@ static void decode_cache_store_cols(float *k, float *v, const float *qkv, const 
         const float *q = qkv + r * 3 * C;
         float *kc = k + row_slot[r] * C * ldk + (size_t)row_pos[r];
         for (size_t o = o0 > C ? o0 : C; o < o1 && o < 2 * C; o++) kc[(o - C) * ldk] = q[o];
-        for (size_t o = o0 > 2 * C ? o0 : 2 * C; o < o1; o++) {
+        for (size_t o = o0 > 2 * C ? o0 : 2 * C; o < o1;) { /* one run per head */
+            size_t c = o - 2 * C, e = (c / hs + 1) * hs + 2 * C < o1 ? (c / hs + 1) * hs + 2 * C : o1;
+            memcpy(v + ((row_slot[r] * NH + c / hs) * max_len + (size_t)row_pos[r]) * hs + c % hs, q + o,
+                   (e - o) * sizeof(float));
+            o = e;
+        }
+    }
+}
+
+/* Ask for the cache lines decode_cache_store_cols will write (for writing), before the
+ * matmul that computes what goes in them: each key lands on a line of its own (channel
+ * major, one float of a 16-position line per step), and the stores' misses, one after the
+ * other after the matmul, were half of the step's time outside kernels (perf, 16 rows) */
+static void decode_cache_prefetch_cols(const float *k, const float *v, const size_t *row_slot, const int32_t *row_pos,
+                                       size_t R, size_t C, size_t NH, size_t max_len, size_t ldk, size_t o0,
+                                       size_t o1) {
+    size_t hs = C / NH;
+    for (size_t r = 0; r < R; r++) {
+        const float *kc = k + row_slot[r] * C * ldk + (size_t)row_pos[r];
+        for (size_t o = o0 > C ? o0 : C; o < o1 && o < 2 * C; o++) __builtin_prefetch(kc + (o - C) * ldk, 1, 3);
+        for (size_t o = o0 > 2 * C ? o0 : 2 * C; o < o1; o += 16) {
             size_t c = o - 2 * C;
-            v[((row_slot[r] * NH + c / hs) * max_len + (size_t)row_pos[r]) * hs + c % hs] = q[o];
+            __builtin_prefetch(v + ((row_slot[r] * NH + c / hs) * max_len + (size_t)row_pos[r]) * hs + c % hs, 1, 3);
         }
     }
 }
@@ -915,6 +942,13 @@ static void decode_lmhead_forward(fdpo_decoder *d, float *logits, const float *i
  * next kernel reads what others wrote. Every output is computed by the same code in the
  * same order as in the kernels' own regions, so the bits are the same at any team size. */
 
+/* x [n] = bf16(x [n]) as fp32: the one-region step rounds each bf16 matmul input where it
+ * is produced (decode_matmul_widen_share reads it in place); the widening driver would round
+ * the same values to the same bits */
+static void decode_round_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = bf16_value(fdpo_bf16_round(x[i]));
+}
+
 /* [*i0, *i1): thread t of nt's share of n items */
 static inline void decode_share(size_t n, size_t t, size_t nt, size_t *i0, size_t *i1) {
     *i0 = n * t / nt;
@@ -932,6 +966,7 @@ static inline void decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0,
     *o1 = s1 * DECODE_STRIP < OC ? s1 * DECODE_STRIP : OC;
 }
 
+/* bf16 (wp): inp must hold bf16 values (decode_round_bf16) */
 static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, const float *w, const float *bias,
                                 size_t R, size_t IC, size_t OC, int accumulate, const uint16_t *wp, size_t t,
                                 size_t nt) {
@@ -968,7 +1003,8 @@ static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, c
 #endif
     for (size_t r0 = 0; r0 < R; r0 += DECODE_WIDEN_ROWS)
         decode_matmul_widen_share(out + r0 * OC, inp + r0 * IC, wp, R - r0 < DECODE_WIDEN_ROWS ? R - r0 : DECODE_WIDEN_ROWS,
-                                  IC, OC, accumulate, d->acc, tile, t, nt, R < DECODE_WIDEN_ROWS ? R : DECODE_WIDEN_ROWS);
+                                  IC, OC, accumulate, d->acc, tile, t, nt, R < DECODE_WIDEN_ROWS ? R : DECODE_WIDEN_ROWS,
+                                  1);
 }
 
 /* The layers (and in bf16 the LM head) of fdpo_decoder_forward in one region, for steps
@@ -986,7 +1022,7 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
     /* fp32's GELU runs in groups of 8 from 0 (decode_gelu_range): a thread's columns (48 k to
      * 48 k' or 4C) are whole groups when 4C is a multiple of 8; bf16's is per element
      * (fdpo_k_expf: the same bits on any lane) */
-    int gelu_own_cols = d->wp != NULL || (4 * C) % 8 == 0;
+    int bf16 = d->wp != NULL, gelu_own_cols = bf16 || (4 * C) % 8 == 0;
     size_t need = (size_t)omp_get_max_threads() * R * C;
     if (need > d->cap_h_team) {
         free(d->h_team);
@@ -1009,26 +1045,34 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
              * duplicated work instead of a barrier) */
             for (size_t r = 0; r < R; r++)
                 decode_layernorm_row(hm + r * C, d->x + r * C, p->ln1w + l * C, p->ln1b + l * C, C, eps);
+            if (bf16) decode_round_bf16(hm, R * C);
+            decode_share_cols(3 * C, t, nt, &o0, &o1);
+            decode_cache_prefetch_cols(kc, vc, d->row_slot, d->row_pos, R, C, NH, d->max_len, d->ldk, o0, o1);
             decode_matmul_share(d, d->qkv, hm, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
                                 WP(l, 0), t, nt);
-            decode_share_cols(3 * C, t, nt, &o0, &o1);
             decode_cache_store_cols(kc, vc, d->qkv, d->row_slot, d->row_pos, R, C, NH, d->max_len, d->ldk, o0, o1);
             #pragma omp barrier
             for (size_t a = a0; a < a1; a++)
+            {
                 decode_attention_head(d->atty, scores, d->qkv, kc, vc, d->row_slot, d->row_pos, a / NH, a % NH, C, NH,
                                       d->max_len, d->ldk);
+                if (bf16) decode_round_bf16(d->atty + (a / NH) * C + (a % NH) * (C / NH), C / NH);
+            }
             #pragma omp barrier
             decode_matmul_share(d, d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1, WP(l, 1),
                                 t, nt);
             #pragma omp barrier
             for (size_t r = 0; r < R; r++)
                 decode_layernorm_row(hm + r * C, d->x + r * C, p->ln2w + l * C, p->ln2b + l * C, C, eps);
+            if (bf16) decode_round_bf16(hm, R * C);
             decode_matmul_share(d, d->fch, hm, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0,
                                 WP(l, 2), t, nt);
             if (gelu_own_cols) { /* GELU of the thread's own columns, no barrier between */
                 decode_share_cols(4 * C, t, nt, &o0, &o1);
-                for (size_t r = 0; r < R && o0 < o1; r++)
-                    decode_gelu_range(d->fch, r * 4 * C + o0, r * 4 * C + o1, n_fc, d->wp != NULL);
+                for (size_t r = 0; r < R && o0 < o1; r++) {
+                    decode_gelu_range(d->fch, r * 4 * C + o0, r * 4 * C + o1, n_fc, bf16);
+                    if (bf16) decode_round_bf16(d->fch + r * 4 * C + o0, o1 - o0);
+                }
             } else {
                 #pragma omp barrier
                 decode_gelu_range(d->fch, 8 * g0, 8 * g1 < n_fc ? 8 * g1 : n_fc, n_fc, d->wp != NULL);
@@ -1048,6 +1092,7 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
                 r--;
             }
             decode_layernorm_row(d->h + q * C, d->x + r * C, p->lnfw, p->lnfb, C, eps);
+            if (bf16) decode_round_bf16(d->h + q * C, C);
         }
         if (d->wp) {
             #pragma omp barrier
