@@ -726,55 +726,22 @@ static void decode_matmul_forward(fdpo_decoder *d, float *out, const float *inp,
  * decode_attention_forward), v [max_seqs, NH, max_len, hs] (a slot's values head by head,
  * so the values one head reads are one contiguous run: with v [max_seqs, max_len, C] a head
  * read 256 of every 3072 bytes at 124M, a pattern the hardware prefetcher does not follow
- * across 4 KB pages). */
+ * across 4 KB pages). This is row r, head h's share: the head's hs keys (one float on each
+ * of hs lines) and its run of hs values; decode_cache_store below, every row and head. */
+static void decode_cache_store_head(float *k, float *v, const float *qkv, const size_t *row_slot,
+                                    const int32_t *row_pos, size_t r, size_t h, size_t C, size_t NH, size_t max_len,
+                                    size_t ldk) {
+    size_t hs = C / NH;
+    const float *kr = qkv + r * 3 * C + C + h * hs;
+    float *kc = k + (row_slot[r] * C + h * hs) * ldk + (size_t)row_pos[r];
+    for (size_t c = 0; c < hs; c++) kc[c * ldk] = kr[c];
+    memcpy(v + ((row_slot[r] * NH + h) * max_len + (size_t)row_pos[r]) * hs, kr + C, hs * sizeof(float));
+}
+
 static void decode_cache_store(float *k, float *v, const float *qkv, const size_t *row_slot,
                                const int32_t *row_pos, size_t R, size_t C, size_t NH, size_t max_len, size_t ldk) {
-    size_t hs = C / NH;
-    for (size_t r = 0; r < R; r++) {
-        const float *kr = qkv + r * 3 * C + C;
-        float *kc = k + row_slot[r] * C * ldk + (size_t)row_pos[r];
-        for (size_t c = 0; c < C; c++) kc[c * ldk] = kr[c];
-        for (size_t h = 0; h < NH; h++)
-            memcpy(v + ((row_slot[r] * NH + h) * max_len + (size_t)row_pos[r]) * hs, qkv + r * 3 * C + 2 * C + h * hs,
-                   hs * sizeof(float));
-    }
-}
-
-/* decode_cache_store of the columns [o0, o1) of qkv [R, 3C] only (the ones a thread of
- * the one-region step computed: the keys' and values' part of them) */
-static void decode_cache_store_cols(float *k, float *v, const float *qkv, const size_t *row_slot,
-                                    const int32_t *row_pos, size_t R, size_t C, size_t NH, size_t max_len, size_t ldk,
-                                    size_t o0, size_t o1) {
-    size_t hs = C / NH;
-    for (size_t r = 0; r < R; r++) {
-        const float *q = qkv + r * 3 * C;
-        float *kc = k + row_slot[r] * C * ldk + (size_t)row_pos[r];
-        for (size_t o = o0 > C ? o0 : C; o < o1 && o < 2 * C; o++) kc[(o - C) * ldk] = q[o];
-        for (size_t o = o0 > 2 * C ? o0 : 2 * C; o < o1;) { /* one run per head */
-            size_t c = o - 2 * C, e = (c / hs + 1) * hs + 2 * C < o1 ? (c / hs + 1) * hs + 2 * C : o1;
-            memcpy(v + ((row_slot[r] * NH + c / hs) * max_len + (size_t)row_pos[r]) * hs + c % hs, q + o,
-                   (e - o) * sizeof(float));
-            o = e;
-        }
-    }
-}
-
-/* Ask for the cache lines decode_cache_store_cols will write (for writing), before the
- * matmul that computes what goes in them: each key lands on a line of its own (channel
- * major, one float of a 16-position line per step), and the stores' misses, one after the
- * other after the matmul, were half of the step's time outside kernels (perf, 16 rows) */
-static void decode_cache_prefetch_cols(const float *k, const float *v, const size_t *row_slot, const int32_t *row_pos,
-                                       size_t R, size_t C, size_t NH, size_t max_len, size_t ldk, size_t o0,
-                                       size_t o1) {
-    size_t hs = C / NH;
-    for (size_t r = 0; r < R; r++) {
-        const float *kc = k + row_slot[r] * C * ldk + (size_t)row_pos[r];
-        for (size_t o = o0 > C ? o0 : C; o < o1 && o < 2 * C; o++) __builtin_prefetch(kc + (o - C) * ldk, 1, 3);
-        for (size_t o = o0 > 2 * C ? o0 : 2 * C; o < o1; o += 16) {
-            size_t c = o - 2 * C;
-            __builtin_prefetch(v + ((row_slot[r] * NH + c / hs) * max_len + (size_t)row_pos[r]) * hs + c % hs, 1, 3);
-        }
-    }
+    for (size_t r = 0; r < R; r++)
+        for (size_t h = 0; h < NH; h++) decode_cache_store_head(k, v, qkv, row_slot, row_pos, r, h, C, NH, max_len, ldk);
 }
 
 /* out [R, C]: row r, head h attends with its query qkv[r, h*hs ..] over keys/values
@@ -985,26 +952,37 @@ static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, c
                                        0, t, nt);
         return;
     }
+    fdpo_decode_packed_matmul_share(out, inp, wp, R, IC, OC, accumulate, d->in16, d->acc, t, nt, 1);
+}
+
+void fdpo_decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *o1) {
+    decode_share_cols(OC, t, nt, o0, o1);
+}
+
+void fdpo_decode_packed_matmul_share(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC,
+                                     size_t OC, int accumulate, uint16_t *in16, float *acc, size_t t, size_t nt,
+                                     int rounded) {
     int route = decode_bf16_route();
     decode_widen_tile_fn *tile = decode_tile_widen_portable;
 #ifdef DECODE_HAVE_AVX512
     if (route == DECODE_BF16_DPBF16) {
         size_t r0, r1, ICp = (IC + 1) / 2 * 2;
         decode_share(R, t, nt, &r0, &r1);
-        decode_rows_to_bf16(d->in16 + r0 * ICp, inp + r0 * IC, r1 - r0, IC);
+        decode_rows_to_bf16(in16 + r0 * ICp, inp + r0 * IC, r1 - r0, IC);
         #pragma omp barrier
-        decode_matmul_small_rows_share(out, d->in16, ICp, wp, R, IC, OC, accumulate, d->acc, decode_tile_dpbf16, IC,
-                                       1, t, nt);
+        decode_matmul_small_rows_share(out, in16, ICp, wp, R, IC, OC, accumulate, acc, decode_tile_dpbf16, IC, 1, t,
+                                       nt);
+        #pragma omp barrier /* in16 is read to the end before the next call rewrites it */
         return;
     }
     if (route == DECODE_BF16_WIDEN) tile = decode_tile_widen;
 #else
-    (void)route;
+    (void)route; (void)in16;
 #endif
     for (size_t r0 = 0; r0 < R; r0 += DECODE_WIDEN_ROWS)
         decode_matmul_widen_share(out + r0 * OC, inp + r0 * IC, wp, R - r0 < DECODE_WIDEN_ROWS ? R - r0 : DECODE_WIDEN_ROWS,
-                                  IC, OC, accumulate, d->acc, tile, t, nt, R < DECODE_WIDEN_ROWS ? R : DECODE_WIDEN_ROWS,
-                                  1);
+                                  IC, OC, accumulate, acc, tile, t, nt, R < DECODE_WIDEN_ROWS ? R : DECODE_WIDEN_ROWS,
+                                  rounded);
 }
 
 /* The layers (and in bf16 the LM head) of fdpo_decoder_forward in one region, for steps
@@ -1022,7 +1000,7 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
     /* fp32's GELU runs in groups of 8 from 0 (decode_gelu_range): a thread's columns (48 k to
      * 48 k' or 4C) are whole groups when 4C is a multiple of 8; bf16's is per element
      * (fdpo_k_expf: the same bits on any lane) */
-    int bf16 = d->wp != NULL, gelu_own_cols = bf16 || (4 * C) % 8 == 0;
+    int bf16 = d->wp != NULL, gelu_own_cols = bf16 || (4 * C) % 8 == 0, one_row_per_slot = R == n_slots;
     size_t need = (size_t)omp_get_max_threads() * R * C;
     if (need > d->cap_h_team) {
         free(d->h_team);
@@ -1046,14 +1024,25 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
             for (size_t r = 0; r < R; r++)
                 decode_layernorm_row(hm + r * C, d->x + r * C, p->ln1w + l * C, p->ln1b + l * C, C, eps);
             if (bf16) decode_round_bf16(hm, R * C);
-            decode_share_cols(3 * C, t, nt, &o0, &o1);
-            decode_cache_prefetch_cols(kc, vc, d->row_slot, d->row_pos, R, C, NH, d->max_len, d->ldk, o0, o1);
             decode_matmul_share(d, d->qkv, hm, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
                                 WP(l, 0), t, nt);
-            decode_cache_store_cols(kc, vc, d->qkv, d->row_slot, d->row_pos, R, C, NH, d->max_len, d->ldk, o0, o1);
             #pragma omp barrier
-            for (size_t a = a0; a < a1; a++)
-            {
+            /* the keys and values of a (row, head) go into the cache on the thread that
+             * attends with them, just before: a key is one float on each of hs lines, and
+             * the lines' misses then overlap with the attention that reads those lines anyway
+             * (stored by the qkv columns' threads after c_attn they were half of the step's
+             * time outside the kernels, perf at 16 rows). Rows that attend to other rows of
+             * their slot (a prefill) wait for every row's store. */
+            if (!one_row_per_slot) {
+                for (size_t a = a0; a < a1; a++)
+                    decode_cache_store_head(kc, vc, d->qkv, d->row_slot, d->row_pos, a / NH, a % NH, C, NH, d->max_len,
+                                            d->ldk);
+                #pragma omp barrier
+            }
+            for (size_t a = a0; a < a1; a++) {
+                if (one_row_per_slot)
+                    decode_cache_store_head(kc, vc, d->qkv, d->row_slot, d->row_pos, a / NH, a % NH, C, NH, d->max_len,
+                                            d->ldk);
                 decode_attention_head(d->atty, scores, d->qkv, kc, vc, d->row_slot, d->row_pos, a / NH, a % NH, C, NH,
                                       d->max_len, d->ldk);
                 if (bf16) decode_round_bf16(d->atty + (a / NH) * C + (a % NH) * (C / NH), C / NH);
