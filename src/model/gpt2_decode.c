@@ -426,13 +426,19 @@ static void decode_matmul_small_rows(float *out, const void *x, size_t ldx, cons
  * IC fits one block (every 124M layer but mlp.c_proj at 8 rows) a strip is one pass. */
 static void decode_matmul_widen_share(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC,
                                       size_t OC, int accumulate, float *acc, decode_widen_tile_fn *tile, size_t t,
-                                      size_t nt, size_t acc_rows) {
+                                      size_t nt, size_t acc_rows, int rounded) {
     size_t n_strips = (OC + DECODE_STRIP - 1) / DECODE_STRIP, n_pairs = (IC + 1) / 2;
     size_t kp = DECODE_XBLOCK / (2 * R);
     if (kp > n_pairs) kp = n_pairs;
+    /* rounded: inp holds bf16 values already (the one-region step rounds each matmul input
+     * where it is produced), so the tile reads inp's rows in place, K-block by K-block (the
+     * same kp, the same sums), instead of a copy rounded by every thread for every group of
+     * strips and K-block (at 16 rows two K-blocks per 768-wide input, so the LM head's
+     * thread re-rounded its input 66 times per step) */
+    if (IC % 2) rounded = 0; /* the tile reads a pad column past the row */
     {
         float xb[DECODE_XBLOCK] __attribute__((aligned(64)));
-        size_t ldx = 2 * kp;
+        size_t ldx = rounded ? IC : 2 * kp;
         size_t s0 = n_strips * t / nt, s1 = n_strips * (t + 1) / nt;
         /* acc_rows (>= R): the rows of each thread's scratch, the same for every call of a
          * region (a thread on a later, shorter chunk of rows must not land in another's) */
@@ -442,14 +448,15 @@ static void decode_matmul_widen_share(float *out, const float *inp, const uint16
             size_t g1 = g0 + DECODE_GROUP_STRIPS < s1 ? g0 + DECODE_GROUP_STRIPS : s1;
             for (size_t p0 = 0; p0 < n_pairs; p0 += kp) {
                 size_t np = n_pairs - p0 < kp ? n_pairs - p0 : kp, i0 = 2 * p0;
-                if (in_xb != p0)
+                const float *xk = rounded ? inp + i0 : xb;
+                if (!rounded && in_xb != p0)
                     for (size_t r = 0; r < R; r++)
                         for (size_t j = 0; j < 2 * np; j++)
                             xb[r * ldx + j] = i0 + j < IC ? bf16_value(fdpo_bf16_round(inp[r * IC + i0 + j])) : 0.0f;
                 in_xb = p0;
                 for (size_t s = g0; s < g1; s++)
                     for (size_t r0 = 0; r0 < R; r0 += DECODE_GROUP_ROWS)
-                        tile(mine + ((s - g0) * R + r0) * DECODE_STRIP, xb + r0 * ldx, ldx,
+                        tile(mine + ((s - g0) * R + r0) * DECODE_STRIP, xk + r0 * ldx, ldx,
                              wp + (s * n_pairs + p0) * DECODE_STRIP * 2, np,
                              R - r0 < DECODE_GROUP_ROWS ? R - r0 : DECODE_GROUP_ROWS, p0 > 0);
             }
@@ -473,7 +480,7 @@ static void decode_matmul_widen(float *out, const float *inp, const uint16_t *wp
                                 int accumulate, float *acc, decode_widen_tile_fn *tile) {
     #pragma omp parallel if (R * IC * OC >= (1 << 20))
     decode_matmul_widen_share(out, inp, wp, R, IC, OC, accumulate, acc, tile, (size_t)omp_get_thread_num(),
-                              (size_t)omp_get_num_threads(), R);
+                              (size_t)omp_get_num_threads(), R, 0);
 }
 
 /* scratch floats the bf16 drivers need for R rows and this many threads (the widening
@@ -719,35 +726,22 @@ static void decode_matmul_forward(fdpo_decoder *d, float *out, const float *inp,
  * decode_attention_forward), v [max_seqs, NH, max_len, hs] (a slot's values head by head,
  * so the values one head reads are one contiguous run: with v [max_seqs, max_len, C] a head
  * read 256 of every 3072 bytes at 124M, a pattern the hardware prefetcher does not follow
- * across 4 KB pages). */
-static void decode_cache_store(float *k, float *v, const float *qkv, const size_t *row_slot,
-                               const int32_t *row_pos, size_t R, size_t C, size_t NH, size_t max_len, size_t ldk) {
+ * across 4 KB pages). This is row r, head h's share: the head's hs keys (one float on each
+ * of hs lines) and its run of hs values; decode_cache_store below, every row and head. */
+static void decode_cache_store_head(float *k, float *v, const float *qkv, const size_t *row_slot,
+                                    const int32_t *row_pos, size_t r, size_t h, size_t C, size_t NH, size_t max_len,
+                                    size_t ldk) {
     size_t hs = C / NH;
-    for (size_t r = 0; r < R; r++) {
-        const float *kr = qkv + r * 3 * C + C;
-        float *kc = k + row_slot[r] * C * ldk + (size_t)row_pos[r];
-        for (size_t c = 0; c < C; c++) kc[c * ldk] = kr[c];
-        for (size_t h = 0; h < NH; h++)
-            memcpy(v + ((row_slot[r] * NH + h) * max_len + (size_t)row_pos[r]) * hs, qkv + r * 3 * C + 2 * C + h * hs,
-                   hs * sizeof(float));
-    }
+    const float *kr = qkv + r * 3 * C + C + h * hs;
+    float *kc = k + (row_slot[r] * C + h * hs) * ldk + (size_t)row_pos[r];
+    for (size_t c = 0; c < hs; c++) kc[c * ldk] = kr[c];
+    memcpy(v + ((row_slot[r] * NH + h) * max_len + (size_t)row_pos[r]) * hs, kr + C, hs * sizeof(float));
 }
 
-/* decode_cache_store of the columns [o0, o1) of qkv [R, 3C] only (the ones a thread of
- * the one-region step computed: the keys' and values' part of them) */
-static void decode_cache_store_cols(float *k, float *v, const float *qkv, const size_t *row_slot,
-                                    const int32_t *row_pos, size_t R, size_t C, size_t NH, size_t max_len, size_t ldk,
-                                    size_t o0, size_t o1) {
-    size_t hs = C / NH;
-    for (size_t r = 0; r < R; r++) {
-        const float *q = qkv + r * 3 * C;
-        float *kc = k + row_slot[r] * C * ldk + (size_t)row_pos[r];
-        for (size_t o = o0 > C ? o0 : C; o < o1 && o < 2 * C; o++) kc[(o - C) * ldk] = q[o];
-        for (size_t o = o0 > 2 * C ? o0 : 2 * C; o < o1; o++) {
-            size_t c = o - 2 * C;
-            v[((row_slot[r] * NH + c / hs) * max_len + (size_t)row_pos[r]) * hs + c % hs] = q[o];
-        }
-    }
+static void decode_cache_store(float *k, float *v, const float *qkv, const size_t *row_slot,
+                               const int32_t *row_pos, size_t R, size_t C, size_t NH, size_t max_len, size_t ldk) {
+    for (size_t r = 0; r < R; r++)
+        for (size_t h = 0; h < NH; h++) decode_cache_store_head(k, v, qkv, row_slot, row_pos, r, h, C, NH, max_len, ldk);
 }
 
 /* out [R, C]: row r, head h attends with its query qkv[r, h*hs ..] over keys/values
@@ -915,6 +909,13 @@ static void decode_lmhead_forward(fdpo_decoder *d, float *logits, const float *i
  * next kernel reads what others wrote. Every output is computed by the same code in the
  * same order as in the kernels' own regions, so the bits are the same at any team size. */
 
+/* x [n] = bf16(x [n]) as fp32: the one-region step rounds each bf16 matmul input where it
+ * is produced (decode_matmul_widen_share reads it in place); the widening driver would round
+ * the same values to the same bits */
+static void decode_round_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = bf16_value(fdpo_bf16_round(x[i]));
+}
+
 /* [*i0, *i1): thread t of nt's share of n items */
 static inline void decode_share(size_t n, size_t t, size_t nt, size_t *i0, size_t *i1) {
     *i0 = n * t / nt;
@@ -932,6 +933,7 @@ static inline void decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0,
     *o1 = s1 * DECODE_STRIP < OC ? s1 * DECODE_STRIP : OC;
 }
 
+/* bf16 (wp): inp must hold bf16 values (decode_round_bf16) */
 static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, const float *w, const float *bias,
                                 size_t R, size_t IC, size_t OC, int accumulate, const uint16_t *wp, size_t t,
                                 size_t nt) {
@@ -950,25 +952,37 @@ static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, c
                                        0, t, nt);
         return;
     }
+    fdpo_decode_packed_matmul_share(out, inp, wp, R, IC, OC, accumulate, d->in16, d->acc, t, nt, 1);
+}
+
+void fdpo_decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *o1) {
+    decode_share_cols(OC, t, nt, o0, o1);
+}
+
+void fdpo_decode_packed_matmul_share(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC,
+                                     size_t OC, int accumulate, uint16_t *in16, float *acc, size_t t, size_t nt,
+                                     int rounded) {
     int route = decode_bf16_route();
     decode_widen_tile_fn *tile = decode_tile_widen_portable;
 #ifdef DECODE_HAVE_AVX512
     if (route == DECODE_BF16_DPBF16) {
         size_t r0, r1, ICp = (IC + 1) / 2 * 2;
         decode_share(R, t, nt, &r0, &r1);
-        decode_rows_to_bf16(d->in16 + r0 * ICp, inp + r0 * IC, r1 - r0, IC);
+        decode_rows_to_bf16(in16 + r0 * ICp, inp + r0 * IC, r1 - r0, IC);
         #pragma omp barrier
-        decode_matmul_small_rows_share(out, d->in16, ICp, wp, R, IC, OC, accumulate, d->acc, decode_tile_dpbf16, IC,
-                                       1, t, nt);
+        decode_matmul_small_rows_share(out, in16, ICp, wp, R, IC, OC, accumulate, acc, decode_tile_dpbf16, IC, 1, t,
+                                       nt);
+        #pragma omp barrier /* in16 is read to the end before the next call rewrites it */
         return;
     }
     if (route == DECODE_BF16_WIDEN) tile = decode_tile_widen;
 #else
-    (void)route;
+    (void)route; (void)in16;
 #endif
     for (size_t r0 = 0; r0 < R; r0 += DECODE_WIDEN_ROWS)
         decode_matmul_widen_share(out + r0 * OC, inp + r0 * IC, wp, R - r0 < DECODE_WIDEN_ROWS ? R - r0 : DECODE_WIDEN_ROWS,
-                                  IC, OC, accumulate, d->acc, tile, t, nt, R < DECODE_WIDEN_ROWS ? R : DECODE_WIDEN_ROWS);
+                                  IC, OC, accumulate, acc, tile, t, nt, R < DECODE_WIDEN_ROWS ? R : DECODE_WIDEN_ROWS,
+                                  rounded);
 }
 
 /* The layers (and in bf16 the LM head) of fdpo_decoder_forward in one region, for steps
@@ -986,7 +1000,7 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
     /* fp32's GELU runs in groups of 8 from 0 (decode_gelu_range): a thread's columns (48 k to
      * 48 k' or 4C) are whole groups when 4C is a multiple of 8; bf16's is per element
      * (fdpo_k_expf: the same bits on any lane) */
-    int gelu_own_cols = d->wp != NULL || (4 * C) % 8 == 0;
+    int bf16 = d->wp != NULL, gelu_own_cols = bf16 || (4 * C) % 8 == 0, one_row_per_slot = R == n_slots;
     size_t need = (size_t)omp_get_max_threads() * R * C;
     if (need > d->cap_h_team) {
         free(d->h_team);
@@ -1009,26 +1023,45 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
              * duplicated work instead of a barrier) */
             for (size_t r = 0; r < R; r++)
                 decode_layernorm_row(hm + r * C, d->x + r * C, p->ln1w + l * C, p->ln1b + l * C, C, eps);
+            if (bf16) decode_round_bf16(hm, R * C);
             decode_matmul_share(d, d->qkv, hm, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
                                 WP(l, 0), t, nt);
-            decode_share_cols(3 * C, t, nt, &o0, &o1);
-            decode_cache_store_cols(kc, vc, d->qkv, d->row_slot, d->row_pos, R, C, NH, d->max_len, d->ldk, o0, o1);
             #pragma omp barrier
-            for (size_t a = a0; a < a1; a++)
+            /* the keys and values of a (row, head) go into the cache on the thread that
+             * attends with them, just before: a key is one float on each of hs lines, and
+             * the lines' misses then overlap with the attention that reads those lines anyway
+             * (stored by the qkv columns' threads after c_attn they were half of the step's
+             * time outside the kernels, perf at 16 rows). Rows that attend to other rows of
+             * their slot (a prefill) wait for every row's store. */
+            if (!one_row_per_slot) {
+                for (size_t a = a0; a < a1; a++)
+                    decode_cache_store_head(kc, vc, d->qkv, d->row_slot, d->row_pos, a / NH, a % NH, C, NH, d->max_len,
+                                            d->ldk);
+                #pragma omp barrier
+            }
+            for (size_t a = a0; a < a1; a++) {
+                if (one_row_per_slot)
+                    decode_cache_store_head(kc, vc, d->qkv, d->row_slot, d->row_pos, a / NH, a % NH, C, NH, d->max_len,
+                                            d->ldk);
                 decode_attention_head(d->atty, scores, d->qkv, kc, vc, d->row_slot, d->row_pos, a / NH, a % NH, C, NH,
                                       d->max_len, d->ldk);
+                if (bf16) decode_round_bf16(d->atty + (a / NH) * C + (a % NH) * (C / NH), C / NH);
+            }
             #pragma omp barrier
             decode_matmul_share(d, d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1, WP(l, 1),
                                 t, nt);
             #pragma omp barrier
             for (size_t r = 0; r < R; r++)
                 decode_layernorm_row(hm + r * C, d->x + r * C, p->ln2w + l * C, p->ln2b + l * C, C, eps);
+            if (bf16) decode_round_bf16(hm, R * C);
             decode_matmul_share(d, d->fch, hm, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0,
                                 WP(l, 2), t, nt);
             if (gelu_own_cols) { /* GELU of the thread's own columns, no barrier between */
                 decode_share_cols(4 * C, t, nt, &o0, &o1);
-                for (size_t r = 0; r < R && o0 < o1; r++)
-                    decode_gelu_range(d->fch, r * 4 * C + o0, r * 4 * C + o1, n_fc, d->wp != NULL);
+                for (size_t r = 0; r < R && o0 < o1; r++) {
+                    decode_gelu_range(d->fch, r * 4 * C + o0, r * 4 * C + o1, n_fc, bf16);
+                    if (bf16) decode_round_bf16(d->fch + r * 4 * C + o0, o1 - o0);
+                }
             } else {
                 #pragma omp barrier
                 decode_gelu_range(d->fch, 8 * g0, 8 * g1 < n_fc ? 8 * g1 : n_fc, n_fc, d->wp != NULL);
@@ -1048,6 +1081,7 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
                 r--;
             }
             decode_layernorm_row(d->h + q * C, d->x + r * C, p->lnfw, p->lnfb, C, eps);
+            if (bf16) decode_round_bf16(d->h + q * C, C);
         }
         if (d->wp) {
             #pragma omp barrier

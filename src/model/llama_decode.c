@@ -37,6 +37,11 @@ struct llama_decoder {
     size_t cap16;
     float *acc;
     size_t cap_acc;
+    /* 1: bf16 steps without LoRA run in one parallel region (dec_layers_one_region); 0 with
+     * FDPO_DECODE_ONE_REGION=0 (the per-kernel regions: tests, A/B) */
+    int one_region;
+    float *h_team;            /* [threads, R, C + 1]: each thread's RMSNorm output and rstd */
+    size_t cap_h_team;        /* floats */
 };
 
 static const float *tensor(const fdpo_gpt2 *m, int role) {
@@ -59,6 +64,8 @@ llama_decoder *fdpo_llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, si
     d->v_cache = fdpo_malloc(n * sizeof(float));
     d->inv_freq = fdpo_malloc(d->hd / 2 * sizeof *d->inv_freq);
     fdpo_llama_inv_freq(c, d->inv_freq);
+    const char *one_region = getenv("FDPO_DECODE_ONE_REGION");
+    d->one_region = !(one_region && !strcmp(one_region, "0"));
     if (m->precision == FDPO_PRECISION_BF16) {
         d->bf16 = 1;
         fdpo_bf16_native(); /* says once if the small-rows driver falls back */
@@ -74,7 +81,7 @@ void fdpo_llama_decoder_free(llama_decoder *d) {
     free(d->len); free(d->k_cache); free(d->v_cache); free(d->inv_freq);
     free(d->x); free(d->h); free(d->q); free(d->k); free(d->v); free(d->atty); free(d->gate); free(d->up);
     free(d->xlast); free(d->rope_cos); free(d->rope_sin); free(d->scores); free(d->row_slot); free(d->row_pos);
-    free(d->wp); free(d->packed); free(d->in16); free(d->acc);
+    free(d->wp); free(d->packed); free(d->in16); free(d->acc); free(d->h_team);
     free(d);
 }
 
@@ -169,37 +176,152 @@ static void dec_linear(llama_decoder *d, float *out, const float *inp, const flo
                    beta_one ? 1.0f : 0.0f, out, (int)OC);
 }
 
-/* out [R, NH*hd]: row r, head h attends over its slot's cached keys/values 0..pos[r] */
+/* out [r, h*hd : (h+1)*hd]: row r, head h attends over its slot's cached keys/values
+ * 0..pos[r] (query head h reads key/value head h / (NH / NKV)); s: max_len floats of scratch */
+static void dec_attention_head(float *out, float *s, const float *q, const float *k, const float *v,
+                               const size_t *row_slot, const int32_t *row_pos, size_t r, size_t h, size_t NH,
+                               size_t NKV, size_t hd, size_t max_len) {
+    size_t QD = NH * hd, KD = NKV * hd, group = NH / NKV;
+    float scale = 1.0f / sqrtf((float)hd);
+    const float *qh = q + r * QD + h * hd;
+    size_t T = (size_t)row_pos[r] + 1, g = h / group;
+    const float *kb = k + row_slot[r] * max_len * KD + g * hd, *vb = v + row_slot[r] * max_len * KD + g * hd;
+    float mx = -INFINITY;
+    for (size_t t = 0; t < T; t++) {
+        float dot = 0;
+        for (size_t i = 0; i < hd; i++) dot += qh[i] * kb[t * KD + i];
+        s[t] = dot * scale;
+        if (s[t] > mx) mx = s[t];
+    }
+    float sum = 0;
+    for (size_t t = 0; t < T; t++) { s[t] = expf(s[t] - mx); sum += s[t]; }
+    float inv = 1.0f / sum, *o = out + r * QD + h * hd;
+    for (size_t i = 0; i < hd; i++) o[i] = 0;
+    for (size_t t = 0; t < T; t++) {
+        float a = s[t] * inv;
+        for (size_t i = 0; i < hd; i++) o[i] += a * vb[t * KD + i];
+    }
+}
+
+/* out [R, NH*hd]: every row and head of dec_attention_head; scores [threads, max_len] */
 static void dec_attention(float *out, float *scores, const float *q, const float *k, const float *v,
                           const size_t *row_slot, const int32_t *row_pos, size_t R, size_t NH, size_t NKV,
                           size_t hd, size_t max_len) {
-    size_t QD = NH * hd, KD = NKV * hd, group = NH / NKV;
-    float scale = 1.0f / sqrtf((float)hd);
     size_t max_T = 0;
     for (size_t r = 0; r < R; r++) if ((size_t)row_pos[r] + 1 > max_T) max_T = (size_t)row_pos[r] + 1;
     #pragma omp parallel for collapse(2) if (R * NH * max_T * hd >= (1 << 20))
     for (size_t r = 0; r < R; r++)
-        for (size_t h = 0; h < NH; h++) {
-            float *s = scores + (size_t)omp_get_thread_num() * max_len;
-            const float *qh = q + r * QD + h * hd;
-            size_t T = (size_t)row_pos[r] + 1, g = h / group;
-            const float *kb = k + row_slot[r] * max_len * KD + g * hd, *vb = v + row_slot[r] * max_len * KD + g * hd;
-            float mx = -INFINITY;
-            for (size_t t = 0; t < T; t++) {
-                float dot = 0;
-                for (size_t i = 0; i < hd; i++) dot += qh[i] * kb[t * KD + i];
-                s[t] = dot * scale;
-                if (s[t] > mx) mx = s[t];
+        for (size_t h = 0; h < NH; h++)
+            dec_attention_head(out, scores + (size_t)omp_get_thread_num() * max_len, q, k, v, row_slot, row_pos, r, h,
+                               NH, NKV, hd, max_len);
+}
+
+/* [*i0, *i1): thread t of nt's share of n items */
+static inline void dec_share(size_t n, size_t t, size_t nt, size_t *i0, size_t *i1) {
+    *i0 = n * t / nt;
+    *i1 = n * (t + 1) / nt;
+}
+
+/* dec_linear (bf16) as thread t of nt's share inside a region: the bias of its output
+ * columns, then its columns of the product */
+static void dec_linear_share(llama_decoder *d, float *out, const float *inp, const float *w, const float *bias,
+                             size_t R, size_t IC, size_t OC, int accumulate, size_t t, size_t nt) {
+    if (bias) {
+        size_t o0, o1;
+        fdpo_decode_share_cols(OC, t, nt, &o0, &o1);
+        for (size_t r = 0; r < R; r++)
+            for (size_t o = o0; o < o1; o++) out[r * OC + o] = (accumulate ? out[r * OC + o] : 0) + bias[o];
+        accumulate = 1;
+    }
+    fdpo_decode_packed_matmul_share(out, inp, packed_weight(d, w, IC, OC), R, IC, OC, accumulate, d->in16, d->acc,
+                                    t, nt, 0);
+}
+
+/* The bf16 step of fdpo_llama_decoder_forward (no LoRA) in one parallel region, as the
+ * GPT-2 decoder's (gpt2_decode.c, decode_layers_one_region): each kernel runs thread t's
+ * share of its work (rows, (row, head) pairs or strips of output columns) with the same
+ * code in the same order as in its own region, so the bits are those of the per-kernel
+ * path at any team size; a barrier stands only where the next kernel reads what other
+ * threads wrote (5 per layer). Every thread normalises all R rows into its own buffer
+ * (a few microseconds of duplicated work instead of a barrier). The weights are packed
+ * before the region (packed_weight packs on first use, in a region of its own). */
+static void dec_layers_one_region(llama_decoder *d, const int32_t *tokens, size_t R, size_t n_slots,
+                                  const size_t *n_new, float *logits, int all_logits) {
+    const fdpo_gpt2 *m = d->model;
+    const fdpo_gpt2_config *c = &m->config;
+    size_t C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head, V = c->vocab_size, F = c->intermediate_size;
+    size_t hd = d->hd, QD = d->QD, KD = d->KD, layer_cache = d->max_seqs * d->max_len * KD;
+    float eps = c->layer_norm_epsilon;
+    const float *embed = tensor(m, LR_EMBED), *head = tensor(m, LR_HEAD) ? tensor(m, LR_HEAD) : embed;
+    static const int roles[7] = {LR_QW, LR_KW, LR_VW, LR_OW, LR_GATEW, LR_UPW, LR_DOWNW};
+    for (size_t l = 0; l < L; l++) {
+        size_t ic[7] = {C, C, C, QD, C, C, F}, oc[7] = {QD, KD, KD, C, F, F, C};
+        for (size_t k = 0; k < 7; k++) packed_weight(d, tensor(m, roles[k]) + l * ic[k] * oc[k], ic[k], oc[k]);
+    }
+    packed_weight(d, head, C, V);
+    size_t need = (size_t)omp_get_max_threads() * R * (C + 1);
+    if (need > d->cap_h_team) {
+        free(d->h_team);
+        d->h_team = fdpo_malloc(need * sizeof(float));
+        d->cap_h_team = need;
+    }
+#define B(role, size) (tensor(m, role) ? tensor(m, role) + l * (size) : NULL)
+    #pragma omp parallel
+    {
+        size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num(), r0, r1, a0, a1, o0, o1;
+        float *hm = d->h_team + t * R * (C + 1), *rstd = hm + R * C, *scores = d->scores + t * d->max_len;
+        dec_share(R, t, nt, &r0, &r1);
+        dec_share(R * NH, t, nt, &a0, &a1);
+        for (size_t r = r0; r < r1; r++) memcpy(d->x + r * C, embed + (size_t)tokens[r] * C, C * sizeof(float));
+        #pragma omp barrier
+        for (size_t l = 0; l < L; l++) {
+            float *kc = d->k_cache + l * layer_cache, *vc = d->v_cache + l * layer_cache;
+            fdpo_llama_rmsnorm_forward(hm, rstd, d->x, tensor(m, LR_LN1) + l * C, R, C, eps);
+            dec_linear_share(d, d->q, hm, tensor(m, LR_QW) + l * QD * C, B(LR_QB, QD), R, C, QD, 0, t, nt);
+            dec_linear_share(d, d->k, hm, tensor(m, LR_KW) + l * KD * C, B(LR_KB, KD), R, C, KD, 0, t, nt);
+            dec_linear_share(d, d->v, hm, tensor(m, LR_VW) + l * KD * C, B(LR_VB, KD), R, C, KD, 0, t, nt);
+            #pragma omp barrier
+            /* RoPE and the cache of the thread's rows (a row's rotation needs all its columns) */
+            fdpo_llama_rope_forward(d->q + r0 * QD, d->rope_cos + r0 * hd / 2, d->rope_sin + r0 * hd / 2, r1 - r0, NH, hd);
+            fdpo_llama_rope_forward(d->k + r0 * KD, d->rope_cos + r0 * hd / 2, d->rope_sin + r0 * hd / 2, r1 - r0, NKV, hd);
+            for (size_t r = r0; r < r1; r++) {
+                size_t at = (d->row_slot[r] * d->max_len + (size_t)d->row_pos[r]) * KD;
+                memcpy(kc + at, d->k + r * KD, KD * sizeof(float));
+                memcpy(vc + at, d->v + r * KD, KD * sizeof(float));
             }
-            float sum = 0;
-            for (size_t t = 0; t < T; t++) { s[t] = expf(s[t] - mx); sum += s[t]; }
-            float inv = 1.0f / sum, *o = out + r * QD + h * hd;
-            for (size_t i = 0; i < hd; i++) o[i] = 0;
-            for (size_t t = 0; t < T; t++) {
-                float a = s[t] * inv;
-                for (size_t i = 0; i < hd; i++) o[i] += a * vb[t * KD + i];
-            }
+            #pragma omp barrier
+            for (size_t a = a0; a < a1; a++)
+                dec_attention_head(d->atty, scores, d->q, kc, vc, d->row_slot, d->row_pos, a / NH, a % NH, NH, NKV, hd,
+                                   d->max_len);
+            #pragma omp barrier
+            dec_linear_share(d, d->x, d->atty, tensor(m, LR_OW) + l * C * QD, B(LR_OB, C), R, QD, C, 1, t, nt);
+            #pragma omp barrier
+            fdpo_llama_rmsnorm_forward(hm, rstd, d->x, tensor(m, LR_LN2) + l * C, R, C, eps);
+            dec_linear_share(d, d->gate, hm, tensor(m, LR_GATEW) + l * F * C, B(LR_GATEB, F), R, C, F, 0, t, nt);
+            dec_linear_share(d, d->up, hm, tensor(m, LR_UPW) + l * F * C, B(LR_UPB, F), R, C, F, 0, t, nt);
+            /* SwiGLU of the thread's own columns of gate and up (the same strips of F) */
+            fdpo_decode_share_cols(F, t, nt, &o0, &o1);
+            for (size_t r = 0; r < R && o0 < o1; r++)
+                fdpo_llama_swiglu_forward(d->gate + r * F + o0, d->gate + r * F + o0, d->up + r * F + o0, o1 - o0);
+            #pragma omp barrier
+            dec_linear_share(d, d->x, d->gate, tensor(m, LR_DOWNW) + l * C * F, B(LR_DOWNB, C), R, F, C, 1, t, nt);
+            #pragma omp barrier
         }
+        size_t n_out = all_logits ? R : n_slots, q0, q1;
+        dec_share(n_out, t, nt, &q0, &q1);
+        for (size_t q = q0; q < q1; q++) {
+            size_t r = q; /* all_logits: row q; else slot q's last row */
+            if (!all_logits) {
+                r = 0;
+                for (size_t i = 0; i <= q; i++) r += n_new[i];
+                r--;
+            }
+            fdpo_llama_rmsnorm_forward(d->h + q * C, rstd, d->x + r * C, tensor(m, LR_NORM), 1, C, eps);
+        }
+        #pragma omp barrier
+        dec_linear_share(d, logits, d->h, head, NULL, n_out, C, V, 0, t, nt);
+    }
+#undef B
 }
 
 int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *slots, const size_t *n_new,
@@ -218,6 +340,11 @@ int fdpo_llama_decoder_forward(llama_decoder *d, size_t n_slots, const size_t *s
             d->row_pos[r] = (int32_t)(d->len[slots[i]] + j);
         }
     fdpo_llama_rope_tables(d->rope_cos, d->rope_sin, d->row_pos, d->inv_freq, R, hd / 2);
+    if (d->bf16 && d->one_region && !(m->lora && m->lora->enabled)) {
+        dec_layers_one_region(d, tokens, R, n_slots, n_new, logits, all_logits);
+        for (size_t i = 0; i < n_slots; i++) d->len[slots[i]] += n_new[i];
+        return 0;
+    }
     const float *embed = tensor(m, LR_EMBED), *head = tensor(m, LR_HEAD) ? tensor(m, LR_HEAD) : embed;
     for (size_t r = 0; r < R; r++) memcpy(d->x + r * C, embed + (size_t)tokens[r] * C, C * sizeof(float));
     float *rstd = d->gate; /* scratch: RMSNorm's rstd is not needed after the norm */

@@ -30,6 +30,16 @@ void fdpo_decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t OC
 void fdpo_decode_packed_matmul(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC, size_t OC,
                                int accumulate, uint16_t *in16, float *acc);
 size_t fdpo_decode_packed_scratch(size_t R);
+/* fdpo_decode_packed_matmul as thread t of a team of nt's share, inside the caller's
+ * parallel region (every thread of the team calls it; the vdpbf16ps route has a barrier
+ * inside). Thread t computes the output columns fdpo_decode_share_cols gives it. rounded:
+ * inp holds bf16 values already (read in place, no rounded copy). */
+void fdpo_decode_packed_matmul_share(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC,
+                                     size_t OC, int accumulate, uint16_t *in16, float *acc, size_t t, size_t nt,
+                                     int rounded);
+/* [*o0, *o1): the output columns of out [R, OC] thread t of nt computes in
+ * fdpo_decode_packed_matmul_share (o0 >= o1: none) */
+void fdpo_decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *o1);
 /* fp32: out [R, OC] (= or +=) inp [R, IC] @ w [IC, OC] as stored, R <= 16 (the decoder's
  * small-rows path; more rows go to the GEMM), each output summed in i order from 0 with one
  * fused multiply-add per term whatever R and the thread count. acc: fdpo_decode_f32_scratch

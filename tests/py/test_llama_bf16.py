@@ -187,3 +187,39 @@ def test_bf16_pretraining_resumes_bit_identically_and_announces_the_fallback(tmp
              "--batch-size", 2, "--steps", 2, "--threads", 1, "--eval-every", 0, "--precision", "bf16",
              env=dict(os.environ, FDPO_FORCE_BF16_FALLBACK="1"))
     assert sum("FDPO_FORCE_BF16_FALLBACK=1" in l and "fallback" in l for l in r.stderr.splitlines()) == 1, r.stderr
+
+
+# wide enough for several 48-column strips per thread in every linear layer and the head
+# (C 96, F 200, V 300, GQA 6/2); the CONFIGS models (OC < 48 here and there) leave the
+# second thread without a strip, the other edge of the same code
+WIDE = dict(vocab_size=300, hidden_size=96, intermediate_size=200, num_hidden_layers=2, num_attention_heads=6,
+            num_key_value_heads=2, qkv_bias=True, model_type="qwen2", rope_theta=1e6)
+
+
+@pytest.mark.parametrize("name", ["wide", "gqa-llama3", "all-bias"])
+@pytest.mark.parametrize("mode", ["step", "prefill", "batched"])
+def test_bf16_decoder_one_region_gives_the_same_logits(tmp_path, name, mode):
+    """A bf16 decoding step in one parallel region (the default, as GPT-2's) or with each
+    kernel in its own (FDPO_DECODE_ONE_REGION=0): every output is computed by the same code
+    in the same order, so the logits are the same bits, on both bf16 routes (the widening
+    FMAs and vdpbf16ps, whose rows are converted in a shared buffer between barriers), at 2
+    threads and on a team of 1 where 2 were asked (OMP_THREAD_LIMIT=1). The per-kernel
+    path's values are checked against the emulated reference above."""
+    cfg = WIDE if name == "wide" else CONFIGS[name]
+    d = tmp_path / "ck"
+    Llama(**cfg, seed=5, dtype=torch.float64).save_hf(str(d))
+    ids = " ".join(map(str, np.random.default_rng(7).integers(0, cfg["vocab_size"], size=19)))
+    out = tmp_path / "logits.bin"
+
+    def logits(env):
+        r = subprocess.run([HARNESS, "eval-logits", str(d), mode, str(out), ids, "--precision", "bf16"],
+                           capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr
+        return np.fromfile(out, dtype=np.float32)
+
+    for route in ("widen", "dpbf16"):
+        base = dict(os.environ, OMP_NUM_THREADS="2", FDPO_DECODE_BF16=route)
+        for env in (base, dict(base, OMP_THREAD_LIMIT="1")):
+            one = logits(env)
+            assert one.size == 19 * cfg["vocab_size"] and np.isfinite(one).all()
+            assert np.array_equal(one, logits(dict(env, FDPO_DECODE_ONE_REGION="0"))), (route, env.get("OMP_THREAD_LIMIT"))
