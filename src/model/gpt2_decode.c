@@ -347,10 +347,8 @@ DECODE_DPBF16_TARGET static void decode_tile_dpbf16(float *acc, const void *x, s
  * route per process, never per shape or row count, so the sums of an output do not depend
  * on R. */
 enum { DECODE_BF16_PORTABLE, DECODE_BF16_WIDEN, DECODE_BF16_DPBF16 };
-static int decode_bf16_route(void) {
-    static int route = -1;
-    if (route >= 0) return route;
-    route = DECODE_BF16_PORTABLE;
+static int decode_bf16_route_decide(void) {
+    int route = DECODE_BF16_PORTABLE;
 #ifdef DECODE_HAVE_AVX512
     if (fdpo_bf16_native()) {
         const char *e = getenv("FDPO_DECODE_BF16");
@@ -366,6 +364,30 @@ static int decode_bf16_route(void) {
     }
 #endif
     return route;
+}
+
+/* Once per process. Every thread of a team must see the same route: the dpbf16 share has
+ * barriers the widen share has not, so a thread that read a provisional value while another
+ * ran the probe left its team waiting at a barrier for ever (seen under ASan, where the
+ * probe picks dpbf16). The decision is published only when final, under a critical section;
+ * the decoders also decide it before their first parallel region. */
+static int decode_bf16_route(void) {
+    static int route = -1;
+    int r;
+    #pragma omp atomic read
+    r = route;
+    if (r >= 0) return r;
+    #pragma omp critical(fdpo_decode_bf16_route)
+    {
+        #pragma omp atomic read
+        r = route;
+        if (r < 0) {
+            r = decode_bf16_route_decide();
+            #pragma omp atomic write
+            route = r;
+        }
+    }
+    return r;
 }
 
 /* The generic driver (fp32, and bf16 on vdpbf16ps). out [R, OC] (= or +=, accumulate)
@@ -667,6 +689,7 @@ static void decode_layernorm_forward(float *out, const float *inp, const float *
 size_t fdpo_decode_packed_size(size_t IC, size_t OC) { return decode_packed_size(IC, OC); }
 
 void fdpo_decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t OC, size_t si, size_t so) {
+    decode_bf16_route(); /* decided before the packed weights are used in any parallel region */
     decode_pack_bf16(dst, src, IC, OC, si, so);
 }
 
