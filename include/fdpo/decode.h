@@ -41,6 +41,9 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
  * runs vectorised. fdpo_expf8_check: how many of 1 in stride of the floats in (-88, 88)
  * differ from expf (0 when not vectorised). */
 void fdpo_expf8(float *e, const float *x);
+/* e [0:n] = expf (x [0:n]), the bits of fdpo_expf8 (and so of expf) on every element, with
+ * one call for the block (the sampler's rows) */
+void fdpo_expf_block(float *e, const float *x, size_t n);
 int fdpo_expf8_ready(void);
 size_t fdpo_expf8_check(uint32_t stride);
 

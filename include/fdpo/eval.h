@@ -51,6 +51,13 @@ void fdpo_sample_rng(fdpo_rng *r, uint64_t seed, size_t prompt_index, size_t sam
  * the token's log-probability under the untempered, untruncated model. */
 int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_config *c, fdpo_rng *r,
                           double *work, size_t *order, double *logp);
+/* fdpo_sample_token for n rows: tokens [i] (and logp [i], logp may be NULL) drawn from
+ * logits [i] with r [i], work [i] and order [i] (order may be NULL as above), the same
+ * tokens and log-probabilities, bit for bit, as n calls of fdpo_sample_token; faster, as
+ * the rows' running sums are computed together (up to 4 at a time). */
+void fdpo_sample_tokens(size_t n, const float *const *logits, size_t V, const fdpo_sample_config *c,
+                        fdpo_rng *const *r, double *const *work, size_t *const *order, int32_t *tokens,
+                        double *logp);
 
 typedef enum { FDPO_FINISH_LENGTH, FDPO_FINISH_EOT, FDPO_FINISH_STOP } fdpo_finish;
 typedef struct {

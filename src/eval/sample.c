@@ -1,6 +1,7 @@
 /* Sampling completions with the KV-cache decoder: temperature, top-k, top-p, stop at EOT or
  * a stop string, n samples per prompt, one RNG stream per (seed, prompt, sample). */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/chat.h"
@@ -78,46 +79,101 @@ static size_t top_p_order(size_t *order, const double *p, size_t V, double targe
     return V;
 }
 
-/* One pass over logits [V] in v order: w_v = expf ((logits [v] - mx) * inv_t) (inv_t = 1:
- * expf (logits [v] - mx) exactly). p [v] = w_v (prefix 0) or the running sum up to and
- * including v (prefix 1; p may be NULL: neither). Returns the sum of w_v (double, in v
- * order); z1 (not NULL) += expf (logits [v] - mx) in v order, the untempered normaliser. */
-static double sample_weights(double *p, const float *logits, size_t V, float mx, float inv_t, int prefix,
-                             double *z1) {
-    double total = 0, z = 0;
-    size_t v = 0;
-    float x[8], e[8], d[8], e1[8];
-    /* expf 8 at a time, bit for bit (fdpo_expf8): the token depends on every bit of the
-     * weights (it is the first v whose running sum exceeds u); one by one, the calls were
-     * the larger half of the sampler's time */
-    if (fdpo_expf8_ready())
-        for (; v + 8 <= V; v += 8) {
-            for (int j = 0; j < 8; j++) { d[j] = logits[v + j] - mx; x[j] = d[j] * inv_t; }
-            fdpo_expf8(e, x);
-            if (z1) fdpo_expf8(e1, d);
-            for (int j = 0; j < 8; j++) {
-                total += (double)e[j];
-                if (p) p[v + j] = prefix ? total : (double)e[j];
-                if (z1) z += (double)e1[j];
-            }
+/* rows whose weights one call of sample_weights_rows computes together: each row's running
+ * sum is a chain of dependent double adds (50257 at GPT-2 size, one per token, each waiting
+ * for the last), so a row alone runs at the adder's latency; 4 rows' chains interleaved in
+ * one loop keep it busy, and the rows' exponentials fill the gaps */
+#define SAMPLE_ROWS 4
+/* tokens per block: a block's exponentials are computed into stack buffers, then summed */
+#define SAMPLE_BLOCK 256
+
+/* w [0:n] = expf ((lg [0:n] - mx) * inv_t) (inv_t = 1: expf (lg - mx) exactly), the
+ * weights of one block; d (not NULL) = expf (lg - mx), the untempered ones */
+static inline void sample_block_weights(float *w, float *d, const float *lg, size_t n, float mx, float inv_t) {
+    for (size_t j = 0; j < n; j++) { float dj = lg[j] - mx; w[j] = dj * inv_t; if (d) d[j] = dj; }
+    /* expf with its bits, 8 at a time (fdpo_expf_block): the token depends on every bit of
+     * the weights (it is the first v whose running sum exceeds u) */
+    fdpo_expf_block(w, w, n);
+    if (d) fdpo_expf_block(d, d, n);
+}
+
+/* what sample_weights_rows stores in p [i] */
+enum {
+    SAMPLE_EACH,       /* p [i][v] = w_v (truncation orders the tokens by it) */
+    SAMPLE_BLOCK_SUMS  /* p [i][b] = row i's running sum at the end of block b (SAMPLE_BLOCK
+                        * tokens): the draw finds u's block by them and sums that block
+                        * again (sample_draw), instead of storing and reading a running
+                        * sum per token (8 bytes per token: 3.2 MB per step of 8 rows at
+                        * GPT-2 size, more than the L2 holds) */
+};
+
+/* One pass over each row's logits in v order, for n <= SAMPLE_ROWS rows at once (NR, a
+ * constant after inlining): the weights w_v of sample_block_weights, into p [i] as `store`
+ * says (p may be NULL: nothing). total [i] = the sum of row i's w_v (double, in v order);
+ * z1 (not NULL): z1 [i] = the sum of expf (lg [v] - mx) in v order, the untempered
+ * normaliser. Every row's sums are the same doubles as a loop over that row alone. */
+static inline __attribute__((always_inline)) void
+sample_weights_rows_n(double *const *p, const float *const *lg, size_t V, const float *mx, float inv_t, int store,
+                      double *total, double *z1, const size_t NR) {
+    float x[SAMPLE_ROWS][SAMPLE_BLOCK], d[SAMPLE_ROWS][SAMPLE_BLOCK];
+    double t[SAMPLE_ROWS] = {0}, z[SAMPLE_ROWS] = {0};
+    for (size_t v0 = 0; v0 < V; v0 += SAMPLE_BLOCK) {
+        size_t nb = V - v0 < SAMPLE_BLOCK ? V - v0 : SAMPLE_BLOCK;
+        for (size_t i = 0; i < NR; i++) sample_block_weights(x[i], z1 ? d[i] : NULL, lg[i] + v0, nb, mx[i], inv_t);
+        /* the rows' chains side by side, one loop per kind of output (no tests inside) */
+        if (p && store == SAMPLE_EACH) {
+            double *pb[SAMPLE_ROWS];
+            for (size_t i = 0; i < NR; i++) pb[i] = p[i] + v0;
+            for (size_t j = 0; j < nb; j++)
+                for (size_t i = 0; i < NR; i++) { t[i] += (double)x[i][j]; pb[i][j] = (double)x[i][j]; }
+        } else {
+            for (size_t j = 0; j < nb; j++)
+                for (size_t i = 0; i < NR; i++) t[i] += (double)x[i][j];
+            if (p) for (size_t i = 0; i < NR; i++) p[i][v0 / SAMPLE_BLOCK] = t[i];
         }
-    for (; v < V; v++) {
-        float dv = logits[v] - mx, w = expf(dv * inv_t);
-        total += (double)w;
-        if (p) p[v] = prefix ? total : (double)w;
-        if (z1) z += (double)expf(dv);
+        if (z1)
+            for (size_t j = 0; j < nb; j++)
+                for (size_t i = 0; i < NR; i++) z[i] += (double)d[i][j];
     }
-    if (z1) *z1 += z;
-    return total;
+    for (size_t i = 0; i < NR; i++) {
+        total[i] = t[i];
+        if (z1) z1[i] = z[i];
+    }
+}
+
+static void sample_weights_rows(size_t n, double *const *p, const float *const *lg, size_t V, const float *mx,
+                                float inv_t, int store, double *total, double *z1) {
+    switch (n) {
+    case 4: sample_weights_rows_n(p, lg, V, mx, inv_t, store, total, z1, 4); break;
+    case 3: sample_weights_rows_n(p, lg, V, mx, inv_t, store, total, z1, 3); break;
+    case 2: sample_weights_rows_n(p, lg, V, mx, inv_t, store, total, z1, 2); break;
+    default: sample_weights_rows_n(p, lg, V, mx, inv_t, store, total, z1, 1); break;
+    }
 }
 
 /* max of logits [V], NaNs skipped (as a scalar "if (x > mx) mx = x" skips them), 16 lanes
  * at a time: each lane's "x > m ? x : m" is one vmaxps, and a maximum does not depend on
  * the order it is taken in */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+/* sample_max's lanes with AVX-512 (GCC 12 at -O2 left the loop below scalar): vmaxps (a, b)
+ * is "a > b ? a : b", lane by lane */
+__attribute__((target("avx512f"))) static size_t sample_max16_avx512(float *m, const float *logits, size_t V) {
+    __m512 mv = _mm512_loadu_ps(m);
+    size_t v = 0;
+    for (; v + 16 <= V; v += 16) mv = _mm512_max_ps(_mm512_loadu_ps(logits + v), mv);
+    _mm512_storeu_ps(m, mv);
+    return v;
+}
+#endif
+
 static float sample_max(const float *logits, size_t V) {
     float m[16], mx = -INFINITY;
     size_t v = 0;
     for (int j = 0; j < 16; j++) m[j] = -INFINITY;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (__builtin_cpu_supports("avx512f")) v = sample_max16_avx512(m, logits, V);
+#endif
     for (; v + 16 <= V; v += 16)
         for (int j = 0; j < 16; j++) m[j] = logits[v + j] > m[j] ? logits[v + j] : m[j];
     for (int j = 0; j < 16; j++) if (m[j] > mx) mx = m[j];
@@ -125,43 +181,38 @@ static float sample_max(const float *logits, size_t V) {
     return mx;
 }
 
-int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_config *c, fdpo_rng *r,
-                          double *work, size_t *order, double *logp) {
-    float mx = sample_max(logits, V);
-    /* one pass of expf gives both the sampling weights and, at temperature 1, the
-     * normaliser of log pi: float exponentials of values <= 0, summed in double */
-    double *p = work, total = 0, z1 = 0;
-    int32_t token = 0;
-    if (c->temperature == 0) {
-        size_t best = 0;
-        for (size_t v = 0; v < V; v++) if (logits[v] > logits[best]) best = v;
-        z1 = sample_weights(NULL, logits, V, mx, 1.0f, 0, NULL);
-        token = (int32_t)best;
-        goto done;
-    }
-    int truncate = (c->top_k > 0 && c->top_k < V) || c->top_p < 1;
+/* The draw of one row once its weights are known (fdpo_sample_tokens' last part): p = work
+ * as sample_weights_rows left it (SAMPLE_BLOCK_SUMS without truncation, else SAMPLE_EACH),
+ * total its sum, mx the row's max */
+static int32_t sample_draw(const float *logits, size_t V, const fdpo_sample_config *c, fdpo_rng *r, double *p,
+                           size_t *order, float mx, double total) {
     float inv_t = (float)(1.0 / c->temperature);
+    int truncate = (c->top_k > 0 && c->top_k < V) || c->top_p < 1;
     if (!truncate) {
-        /* p [v] = the running total after token v (the sum in v order, so the same doubles a
-         * scan adding weight after weight reaches): the token is the first v with u < p [v],
-         * found by bisection instead of a second pass of dependent adds over V */
-        total = sample_weights(p, logits, V, mx, inv_t, 1, c->temperature == 1 ? NULL : &z1);
-        if (c->temperature == 1) z1 = total;
+        /* the token is the first v whose running total (the sum in v order: the doubles a
+         * scan adding weight after weight reaches) exceeds u. The totals never decrease, so
+         * it lies in the first block whose end total p [b] exceeds u; that block's weights
+         * are computed again (the same bits) and summed from the previous block's end total,
+         * which reaches p [b] again: the same doubles as a scan of all V. */
         double u = fdpo_rng_uniform(r) * total;
-        size_t lo = 0, hi = V; /* the first v in [lo, hi) with u < p [v]; V: none */
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            if (u < p[mid]) hi = mid; else lo = mid + 1;
+        size_t n_blocks = (V + SAMPLE_BLOCK - 1) / SAMPLE_BLOCK, b = 0, lo = V; /* V: none */
+        while (b < n_blocks && !(u < p[b])) b++;
+        if (b < n_blocks) {
+            float w[SAMPLE_BLOCK];
+            size_t v0 = b * SAMPLE_BLOCK, nb = V - v0 < SAMPLE_BLOCK ? V - v0 : SAMPLE_BLOCK;
+            double run = b > 0 ? p[b - 1] : 0;
+            sample_block_weights(w, NULL, logits + v0, nb, mx, inv_t);
+            for (size_t j = 0; j < nb; j++) {
+                run += (double)w[j];
+                if (u < run) { lo = v0 + j; break; }
+            }
         }
         if (lo == V) { /* u landed on the rounding slack: the last token of positive weight */
             lo = V - 1;
             while (lo > 0 && !(expf((logits[lo] - mx) * inv_t) > 0)) lo--;
         }
-        token = (int32_t)lo;
-        goto done;
+        return (int32_t)lo;
     }
-    total = sample_weights(p, logits, V, mx, inv_t, 0, c->temperature == 1 ? NULL : &z1);
-    if (c->temperature == 1) z1 = total;
     /* truncation: tokens in decreasing probability; top-k keeps the first k, top-p then keeps
      * the shortest prefix (of those) whose mass reaches top_p of the kept mass */
     size_t keep;
@@ -183,13 +234,53 @@ int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_confi
         for (size_t j = 0; j < keep; j++) kept += p[order[j]];
     }
     double u = fdpo_rng_uniform(r) * kept, cum = 0;
-    token = (int32_t)order[keep - 1];
+    int32_t token = (int32_t)order[keep - 1];
     for (size_t i = 0; i < keep; i++) {
         cum += p[order[i]];
         if (u < cum) { token = (int32_t)order[i]; break; }
     }
-done:
-    if (logp) *logp = (double)(logits[token] - mx) - log(z1);
+    return token;
+}
+
+void fdpo_sample_tokens(size_t n, const float *const *logits, size_t V, const fdpo_sample_config *c,
+                        fdpo_rng *const *r, double *const *work, size_t *const *order, int32_t *tokens,
+                        double *logp) {
+    for (size_t i0 = 0; i0 < n; i0 += SAMPLE_ROWS) {
+        size_t m = n - i0 < SAMPLE_ROWS ? n - i0 : SAMPLE_ROWS;
+        const float *const *lg = logits + i0;
+        float mx[SAMPLE_ROWS];
+        /* one pass of expf gives both the sampling weights and, at temperature 1, the
+         * normaliser of log pi: float exponentials of values <= 0, summed in double */
+        double total[SAMPLE_ROWS], z1[SAMPLE_ROWS];
+        for (size_t i = 0; i < m; i++) mx[i] = sample_max(lg[i], V);
+        if (c->temperature == 0) {
+            sample_weights_rows(m, NULL, lg, V, mx, 1.0f, SAMPLE_EACH, z1, NULL);
+            for (size_t i = 0; i < m; i++) {
+                size_t best = 0;
+                for (size_t v = 0; v < V; v++) if (lg[i][v] > lg[i][best]) best = v;
+                tokens[i0 + i] = (int32_t)best;
+            }
+        } else {
+            int truncate = (c->top_k > 0 && c->top_k < V) || c->top_p < 1;
+            sample_weights_rows(m, work + i0, lg, V, mx, (float)(1.0 / c->temperature),
+                                truncate ? SAMPLE_EACH : SAMPLE_BLOCK_SUMS, total, c->temperature == 1 ? NULL : z1);
+            for (size_t i = 0; i < m; i++) {
+                if (c->temperature == 1) z1[i] = total[i];
+                tokens[i0 + i] = sample_draw(lg[i], V, c, r[i0 + i], work[i0 + i], order ? order[i0 + i] : NULL,
+                                             mx[i], total[i]);
+            }
+        }
+        if (logp)
+            for (size_t i = 0; i < m; i++) logp[i0 + i] = (double)(lg[i][tokens[i0 + i]] - mx[i]) - log(z1[i]);
+    }
+}
+
+int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_config *c, fdpo_rng *r,
+                          double *work, size_t *order, double *logp) {
+    int32_t token;
+    double lp;
+    fdpo_sample_tokens(1, &logits, V, c, &r, &work, &order, &token, &lp);
+    if (logp) *logp = lp;
     return token;
 }
 
@@ -299,6 +390,12 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
     const float **lrow = fdpo_calloc(B, sizeof *lrow);
     /* refill bookkeeping: filled slot i is row_of[i], its prompt was prefilled as unique row src_slot[i] */
     size_t *row_of = fdpo_malloc(B * sizeof *row_of), *src_slot = fdpo_malloc(B * sizeof *src_slot);
+    /* one step's draws: the active slots, their RNGs, rows of work and order, the results */
+    size_t *draw_slot = fdpo_malloc(B * sizeof *draw_slot);
+    fdpo_rng **draw_rng = fdpo_malloc(B * sizeof *draw_rng);
+    double **draw_work = fdpo_malloc(B * sizeof *draw_work), *draw_logp = fdpo_malloc(B * sizeof *draw_logp);
+    size_t **draw_order = fdpo_malloc(B * sizeof *draw_order);
+    int32_t *draw_token = fdpo_malloc(B * sizeof *draw_token);
     int rc = 0;
 
     /* Continuous batching: B slots decode together (one forward over the rows of every
@@ -343,17 +440,33 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
         size_t n_running = 0;
         for (size_t b = 0; b < B; b++) n_running += st[b].active;
         if (n_running == 0) break;
-        /* sample one token for every active slot; each slot has its own RNG */
-        #pragma omp parallel for schedule(dynamic) if (B * V >= 65536)
+        /* sample one token for every active slot; each slot has its own RNG. The rows go
+         * in groups of up to 4 (fdpo_sample_tokens sums a group's rows together), at least
+         * one group per thread */
+        size_t n_draw = 0;
         for (size_t b = 0; b < B; b++) {
             if (!st[b].active) continue;
-            const float *row = lrow[b];
-            double lp;
-            int32_t t = fdpo_sample_token(row, V, c, &st[b].rng, work + b * V, order ? order + b * V : NULL, &lp);
+            draw_slot[n_draw] = b; draw_rng[n_draw] = &st[b].rng;
+            draw_work[n_draw] = work + b * V; draw_order[n_draw] = order ? order + b * V : NULL;
+            n_draw++;
+        }
+        size_t n_threads = (size_t)omp_get_max_threads(), per = (n_draw + n_threads - 1) / n_threads;
+        if (per > 4) per = 4;
+        if (per < 1) per = 1;
+        #pragma omp parallel for schedule(dynamic) if (n_draw * V >= 65536)
+        for (size_t g = 0; g < n_draw; g += per) {
+            size_t m = n_draw - g < per ? n_draw - g : per;
+            const float *rows[4];
+            for (size_t i = 0; i < m; i++) rows[i] = lrow[draw_slot[g + i]];
+            fdpo_sample_tokens(m, rows, V, c, draw_rng + g, draw_work + g, order ? draw_order + g : NULL, draw_token + g,
+                               draw_logp + g);
+        }
+        for (size_t i = 0; i < n_draw; i++) {
+            size_t b = draw_slot[i];
             fdpo_sample *s = st[b].out;
-            s->logp += lp;
-            append_token(s, t);
-            st[b].next = t;
+            s->logp += draw_logp[i];
+            append_token(s, draw_token[i]);
+            st[b].next = draw_token[i];
         }
         size_t n_active = 0;
         for (size_t b = 0; b < B; b++) {
@@ -398,6 +511,7 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
     fdpo_decoder_free(dec);
     free(logits); free(prefill); free(work); free(order); free(st); free(slots); free(n_new); free(feed); free(row_of);
     free(src_slot); free(lrow);
+    free(draw_slot); free(draw_rng); free(draw_work); free(draw_logp); free(draw_order); free(draw_token);
     if (rc) { fdpo_samples_free(samples, total); return -1; }
     *out = samples;
     return 0;

@@ -33,14 +33,19 @@ static int vexp_ok; /* 1: expf8_vector may be used (set once, by expf8_init) */
 #include <immintrin.h>
 #define EXPF8_VECTOR 1
 /* out [0:8] = expf (x [0:8]) on glibc's main path (|x| < 88; the caller checks) */
-__attribute__((target("avx512f"))) static void expf8_vector(float *out, const float *x) {
+__attribute__((target("avx512f"))) static inline void expf8_vector(float *out, const float *x) {
     __m512d xd = _mm512_cvtps_pd(_mm256_loadu_ps(x)), invln2n = _mm512_set1_pd(vexp.invln2n),
             shift = _mm512_set1_pd(vexp.shift);
     __m512d kd = _mm512_fmadd_pd(invln2n, xd, shift); /* k = round(x 32 / ln 2), in the low bits */
     __m512i ki = _mm512_castpd_si512(kd);
     kd = _mm512_sub_pd(kd, shift);
     __m512d r = _mm512_fmsub_pd(invln2n, xd, kd);     /* x 32 / ln 2 - k, in [-1/2, 1/2] */
-    __m512i t = _mm512_i64gather_epi64(_mm512_and_si512(ki, _mm512_set1_epi64(31)), (const void *)vexp.tab, 8);
+    /* tab [k mod 32]: two two-register permutes (entries 0-15, 16-31: each reads the index's
+     * low 4 bits) and a blend on bit 4, in registers; a gather made 8 loads of it */
+    const __m512i *tab = (const __m512i *)(const void *)vexp.tab;
+    __m512i t = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(ki, _mm512_set1_epi64(16)),
+                                        _mm512_permutex2var_epi64(_mm512_loadu_si512(tab), ki, _mm512_loadu_si512(tab + 1)),
+                                        _mm512_permutex2var_epi64(_mm512_loadu_si512(tab + 2), ki, _mm512_loadu_si512(tab + 3)));
     __m512d s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64(ki, 47))); /* 2^(k/32) */
     __m512d z = _mm512_fmadd_pd(_mm512_set1_pd(vexp.c0), r, _mm512_set1_pd(vexp.c1));
     __m512d r2 = _mm512_mul_pd(r, r);
@@ -115,6 +120,29 @@ void fdpo_expf8(float *e, const float *x) {
     if (fdpo_expf8_ready() && expf8_in_range(x)) { expf8_vector(e, x); return; }
 #endif
     for (int j = 0; j < 8; j++) e[j] = expf(x[j]);
+}
+
+#ifdef EXPF8_VECTOR
+/* e [0:n] = expf (x [0:n]), groups of 8 on expf8_vector (inlined: one call and one check of
+ * the init for a whole block, the range test as one vector compare), the rest expf */
+__attribute__((target("avx512f"))) static size_t expf_block_vector(float *e, const float *x, size_t n) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), lim = _mm256_set1_ps(88.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 ax = _mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(ax, lim, _CMP_LT_OQ)) == 0xff) expf8_vector(e + i, x + i); /* |x| < 88 */
+        else for (int j = 0; j < 8; j++) e[i + j] = expf(x[i + j]);
+    }
+    return i;
+}
+#endif
+
+void fdpo_expf_block(float *e, const float *x, size_t n) {
+    size_t i = 0;
+#ifdef EXPF8_VECTOR
+    if (fdpo_expf8_ready()) i = expf_block_vector(e, x, n);
+#endif
+    for (; i < n; i++) e[i] = expf(x[i]);
 }
 
 size_t fdpo_expf8_check(uint32_t stride) { return fdpo_expf8_ready() ? expf8_mismatches(stride ? stride : 1) : 0; }

@@ -6,6 +6,8 @@
  *                                        [--precision fp32|bf16] (the model's matmuls)
  *   eval-sample CKPT --prompts "1 2;3" --eot E --n N [--max-new M --temperature T
  *               --top-k K --top-p P --seed S --batch B]   one JSON line per sample
+ *   eval-sample-rows FILE R V --draws K [--group G, sampling options]   the sampler alone on
+ *               logits [R, V] from FILE, G rows per fdpo_sample_tokens call
  *   eval-run POLICY REF --prompts P --eot E --k K [sampling options, --div LIST,
  *            --samples FILE, --ead-vocab V]               fdpo_evaluate's JSON object
  *   eval-score POLICY REF --prompt IDS --seqs FILE [--div LIST]   one JSON line per line of FILE
@@ -169,6 +171,55 @@ static int h_sample_exp(int argc, char **argv) {
     return 0;
 }
 
+/* eval-sample-rows FILE R V --draws K [--group G --temperature T --top-k K --top-p P]:
+ * logits [R, V] float32 from FILE; row i's RNG is fdpo_rng_seed (i); K times, all R rows are
+ * drawn by fdpo_sample_tokens in groups of G rows (G = 1: one fdpo_sample_token per row).
+ * One JSON line per row: its K tokens and log-probs (test_generate.py) */
+static int h_sample_rows(int argc, char **argv) {
+    if (argc < 4) return fdpo_error("usage: eval-sample-rows FILE R V --draws K ...");
+    size_t R = (size_t)atol(argv[2]), V = (size_t)atol(argv[3]), K = (size_t)atol(opt(argc, argv, "--draws", "1"));
+    size_t G = (size_t)atol(opt(argc, argv, "--group", "4"));
+    if (R == 0 || V == 0 || G == 0) return fdpo_error("eval-sample-rows: R, V and --group must be > 0");
+    fdpo_sample_config c;
+    sample_config(argc, argv, &c);
+    float *lg = fdpo_malloc(R * V * sizeof *lg);
+    FILE *f = fopen(argv[1], "rb");
+    size_t got = f ? fread(lg, sizeof *lg, R * V, f) : 0;
+    if (f) fclose(f);
+    if (got != R * V) { free(lg); return fdpo_error("%s: expected %zu floats", argv[1], R * V); }
+    fdpo_rng *rng = fdpo_malloc(R * sizeof *rng);
+    double *work = fdpo_malloc(R * V * sizeof *work), *lp = fdpo_malloc(R * K * sizeof *lp);
+    size_t *order = fdpo_malloc(R * V * sizeof *order);
+    int32_t *tok = fdpo_malloc(R * K * sizeof *tok);
+    const float **rows = fdpo_malloc(R * sizeof *rows);
+    fdpo_rng **rp = fdpo_malloc(R * sizeof *rp);
+    double **wp = fdpo_malloc(R * sizeof *wp);
+    size_t **op = fdpo_malloc(R * sizeof *op);
+    for (size_t i = 0; i < R; i++) {
+        fdpo_rng_seed(&rng[i], i);
+        rows[i] = lg + i * V; rp[i] = &rng[i]; wp[i] = work + i * V; op[i] = order + i * V;
+    }
+    int32_t t[64];
+    double l[64];
+    for (size_t k = 0; k < K; k++)
+        for (size_t i0 = 0; i0 < R; i0 += G) {
+            size_t m = R - i0 < G ? R - i0 : G;
+            if (m > 64) m = 64;
+            if (G == 1) t[0] = fdpo_sample_token(rows[i0], V, &c, rp[i0], wp[i0], op[i0], &l[0]);
+            else fdpo_sample_tokens(m, rows + i0, V, &c, rp + i0, wp + i0, op + i0, t, l);
+            for (size_t i = 0; i < m; i++) { tok[(i0 + i) * K + k] = t[i]; lp[(i0 + i) * K + k] = l[i]; }
+        }
+    for (size_t i = 0; i < R; i++) {
+        printf("{\"tokens\": [");
+        for (size_t k = 0; k < K; k++) printf(k ? ", %d" : "%d", tok[i * K + k]);
+        printf("], \"logp\": [");
+        for (size_t k = 0; k < K; k++) printf(k ? ", %.17g" : "%.17g", lp[i * K + k]);
+        printf("]}\n");
+    }
+    free(lg); free(rng); free(work); free(lp); free(order); free(tok); free(rows); free(rp); free(wp); free(op);
+    return 0;
+}
+
 static int h_run(int argc, char **argv) {
     if (argc < 3) return fdpo_error("usage: eval-run POLICY REF --prompts P --eot E --k K ...");
     fdpo_gpt2 *pm = fdpo_checkpoint_load_model(argv[1]);
@@ -295,6 +346,7 @@ int h_eval(int argc, char **argv) {
     if (!strcmp(sub, "eval-logits")) return h_logits(argc, argv);
     if (!strcmp(sub, "eval-sample")) return h_sample(argc, argv);
     if (!strcmp(sub, "eval-sample-exp")) return h_sample_exp(argc, argv);
+    if (!strcmp(sub, "eval-sample-rows")) return h_sample_rows(argc, argv);
     if (!strcmp(sub, "eval-run")) return h_run(argc, argv);
     if (!strcmp(sub, "eval-score")) return h_score(argc, argv);
     if (!strcmp(sub, "eval-text")) return h_text(argc, argv);

@@ -43,6 +43,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"eval-run", h_eval},
     {"eval-sample", h_eval},
     {"eval-sample-exp", h_eval},
+    {"eval-sample-rows", h_eval},
     {"eval-score", h_eval},
     {"eval-text", h_eval},
     {"gemm-check", h_gemm_check},

@@ -336,3 +336,116 @@ def test_sample_logp_is_untempered_model_logp(tiny):
             lp = torch.log_softmax(m.forward(torch.tensor([1] + toks)).double(), -1)
         want = sum(float(lp[i, t]) for i, t in enumerate(toks))
         assert abs(row["logp"] - want) < 1e-4
+
+
+# ---------- the sampler alone: every draw against the inverse CDF written out here ----------
+
+M64 = (1 << 64) - 1
+
+
+class Xoshiro:
+    """fdpo's RNG (src/core/rng.c): xoshiro256** seeded through splitmix64, uniform = top 53
+    bits, written from the published algorithms"""
+
+    def __init__(self, seed):
+        x, self.s = seed, []
+        for _ in range(4):
+            x = (x + 0x9E3779B97F4A7C15) & M64
+            z = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+            self.s.append(z ^ (z >> 31))
+
+    def uniform(self):
+        s = self.s
+        rotl = lambda v, k: ((v << k) | (v >> (64 - k))) & M64
+        result = (rotl((s[1] * 5) & M64, 7) * 9) & M64
+        t = (s[1] << 17) & M64
+        s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = rotl(s[3], 45)
+        return (result >> 11) * 2.0 ** -53
+
+
+def expected_draws(row, draws, seed, temperature, top_k):
+    """The documented rule (docs/eval.md "Sampling") on one row of float32 logits: weights
+    float32(exp((l - max) / T)) summed in float64 in token order; without truncation the
+    token is the first whose running sum exceeds u * total, with top-k the first in the
+    (probability, id) order whose running sum over that order exceeds u * kept. Returns
+    (token, log-prob, margin) per draw: margin is u's distance to the nearest running sum
+    that decides it, relative to the total (numpy's exp may differ from libm's expf in the
+    last bit, so a draw within 1e-6 of a boundary is not compared)."""
+    mx = row.max()
+    d = (row - mx).astype(np.float32)
+    w = np.exp((d * np.float32(1.0 / temperature)).astype(np.float64)).astype(np.float32).astype(np.float64)
+    z1 = np.exp(d.astype(np.float64)).astype(np.float32).astype(np.float64).sum()
+    rng, out = Xoshiro(seed), []
+    for _ in range(draws):
+        if top_k:
+            order = sorted(range(len(w)), key=lambda i: (-w[i], i))[:top_k]
+            cum = np.cumsum(w[order])
+            u = rng.uniform() * cum[-1]
+            k = int(np.searchsorted(cum, u, side="right"))
+            tok = order[min(k, top_k - 1)]
+        else:
+            cum = np.cumsum(w)
+            u = rng.uniform() * cum[-1]
+            k = int(np.searchsorted(cum, u, side="right"))
+            tok = min(k, len(w) - 1)
+        near = [abs(u - cum[j]) for j in (k - 1, k) if 0 <= j < len(cum)]
+        out.append((tok, float(d[tok]) - math.log(z1), min(near) / cum[-1]))
+    return out
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.8, 0), (1.0, 20), (1.3, 7)])
+def test_sampler_rows_follow_the_inverse_cdf(tmp_path, temperature, top_k):
+    """fdpo_sample_tokens (the rows of a decoding step in groups of up to 4, their running
+    sums computed together, and without truncation only each 256-token block's end total
+    stored: the draw sums u's block again) against the rule written out above, draw by draw,
+    on 7 rows (a group of 4 and one of 3) of V = 1100 logits (4 blocks of 256 and a tail of
+    76): flat rows whose draws land in every block, one whose mass is on tokens 255 and 256
+    (the two sides of a block boundary) and one on tokens 0 and 1099 (the first and the last
+    token). Groups of 4 and one row per call give the same bytes."""
+    R, V, K = 7, 1100, 40
+    g = np.random.default_rng(5)
+    lg = (1.5 * g.standard_normal((R, V))).astype(np.float32)
+    lg[5] = -30; lg[5, 255] = 0.3; lg[5, 256] = 0.0
+    lg[6] = -30; lg[6, 0] = 0.0; lg[6, 1099] = 0.2
+    f = tmp_path / "logits.bin"
+    lg.tofile(f)
+    outs = {}
+    for group in (4, 1):
+        r = run(HARNESS, "eval-sample-rows", f, R, V, "--draws", K, "--group", group, "--temperature", temperature,
+                "--top-k", top_k)
+        assert r.returncode == 0, r.stderr
+        outs[group] = r.stdout
+    assert outs[4] == outs[1]
+    rows = [json.loads(line) for line in outs[4].splitlines()]
+    blocks, compared = set(), 0
+    for i, got in enumerate(rows):
+        for (tok, lp, margin), gt, gl in zip(expected_draws(lg[i], K, i, temperature, top_k), got["tokens"],
+                                             got["logp"]):
+            assert abs(gl - lp) < 1e-6, (i, gt, gl, lp)
+            if margin > 1e-6:
+                assert gt == tok, (i, gt, tok, margin)
+                compared += 1
+            blocks.add(gt // 256)
+    assert compared >= R * K - 2
+    if not top_k:
+        assert blocks == {0, 1, 2, 3, 4}
+        assert set(rows[5]["tokens"]) == {255, 256} and set(rows[6]["tokens"]) == {0, 1099}
+
+
+def test_sampler_rows_greedy(tmp_path):
+    """temperature 0: the first maximum of each row, log-prob under the untempered model"""
+    R, V = 5, 600
+    lg = np.random.default_rng(2).standard_normal((R, V)).astype(np.float32)
+    lg[3, 10] = lg[3, 400] = 9.0  # a tie: the lower id
+    f = tmp_path / "logits.bin"
+    lg.tofile(f)
+    r = run(HARNESS, "eval-sample-rows", f, R, V, "--draws", 2, "--temperature", 0)
+    assert r.returncode == 0, r.stderr
+    for i, line in enumerate(r.stdout.splitlines()):
+        got = json.loads(line)
+        z = np.exp((lg[i] - lg[i].max()).astype(np.float64)).sum()
+        assert got["tokens"] == [int(np.argmax(lg[i]))] * 2
+        assert abs(got["logp"][0] - (-math.log(z))) < 1e-6
