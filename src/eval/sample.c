@@ -151,13 +151,10 @@ static void sample_weights_rows(size_t n, double *const *p, const float *const *
     }
 }
 
-/* max of logits [V], NaNs skipped (as a scalar "if (x > mx) mx = x" skips them), 16 lanes
- * at a time: each lane's "x > m ? x : m" is one vmaxps, and a maximum does not depend on
- * the order it is taken in */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-/* sample_max's lanes with AVX-512 (GCC 12 at -O2 left the loop below scalar): vmaxps (a, b)
- * is "a > b ? a : b", lane by lane */
+/* sample_max's lanes on AVX-512 (GCC 12 leaves its loop scalar, vmaxss by vmaxss): vmaxps
+ * (a, b) is "a > b ? a : b", lane by lane, NaNs and signed zeros included */
 __attribute__((target("avx512f"))) static size_t sample_max16_avx512(float *m, const float *logits, size_t V) {
     __m512 mv = _mm512_loadu_ps(m);
     size_t v = 0;
@@ -167,6 +164,9 @@ __attribute__((target("avx512f"))) static size_t sample_max16_avx512(float *m, c
 }
 #endif
 
+/* max of logits [V], NaNs skipped (as a scalar "if (x > mx) mx = x" skips them), 16 lanes
+ * at a time: each lane's "x > m ? x : m" is one vmaxps, and a maximum does not depend on
+ * the order it is taken in */
 static float sample_max(const float *logits, size_t V) {
     float m[16], mx = -INFINITY;
     size_t v = 0;
