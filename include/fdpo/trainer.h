@@ -186,6 +186,14 @@ int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tok
 int fdpo_checkpoint_recover(const char *out);
 /* Remove a directory tree (files and subdirectories). */
 int fdpo_remove_tree(const char *path);
+/* What in OUT shows that a run already wrote there, so that two runs never share an output
+ * silently: a trainer's checkpoint (training_state.json, model.safetensors, a LoRA adapter's
+ * adapter_config.json), online rounds (round-0/) or a sacpo plan (sacpo.json). Returns a
+ * description naming the file ("a checkpoint (training_state.json)", ...) or NULL when OUT
+ * holds none of them; a kind listed in `ignore` (FDPO_RUN_* bits: the caller's own kind,
+ * which it resumes) is not reported. */
+enum { FDPO_RUN_CHECKPOINT = 1, FDPO_RUN_ROUNDS = 2, FDPO_RUN_SACPO = 4 };
+const char *fdpo_out_holds_run(const char *out, unsigned ignore);
 
 /* ---- metrics JSONL: DIR/metrics.jsonl, one object per logged step ---- */
 typedef struct {

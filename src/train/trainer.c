@@ -225,11 +225,14 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (s->step >= total) fdpo_log(FDPO_LOG_INFO, "%s already finished (%zu/%zu steps)", o->out, s->step, total);
     } else {
         if (!o->overwrite) {
-            char *a = fdpo_path_join(o->out, "training_state.json"), *b = fdpo_path_join(o->out, "model.safetensors");
-            int exists = fdpo_file_exists(a) || fdpo_file_exists(b) || fdpo_lora_dir_has_adapter(o->out);
-            free(a); free(b);
-            if (exists) { fdpo_error("--out: %s already holds a checkpoint (use --resume to continue it, "
-                                     "--overwrite to start over)", o->out); goto fail; }
+            const char *held = fdpo_out_holds_run(o->out, 0);
+            if (held && !strncmp(held, "a checkpoint", 12)) {
+                fdpo_error("--out: %s already holds a checkpoint (use --resume to continue it, "
+                           "--overwrite to start over)", o->out); goto fail;
+            }
+            /* another kind of run (online rounds, sacpo stages): its metrics.jsonl would be replaced */
+            if (held) { fdpo_error("--out: %s already holds %s of another run (choose another --out, or "
+                                   "--overwrite to write over its files)", o->out, held); goto fail; }
         }
         if (o->init_model) {
             /* a borrowed model in memory (online rounds): LoRA adapters, if any, already attached */
