@@ -147,7 +147,7 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         cJSON_Delete(a); cJSON_Delete(b);
         if (!same) {
             cJSON_Delete(plan);
-            return fdpo_error("--out: %s holds a sacpo run with another model, data, divergence, beta, order, LoRA or training settings "
+            return fdpo_error("--out: %s holds a sacpo run with another model, data, divergence, beta, order, LoRA settings or training settings "
                               "(see its sacpo.json; use another --out)", o->out);
         }
         cJSON_ReplaceItemInObject(st->root, "plan", plan);
