@@ -606,6 +606,8 @@ def test_score_end_to_end(byte_models, tmp_path):
     (["--divergences", "rkl,kl"], "unknown divergence 'kl'"),
     (["--reward", "afinn", "--lexicon", "/nonexistent/afinn.json"], "--lexicon /nonexistent/afinn.json"),
     (["--pairs", "/nonexistent/pairs.jsonl"], "--pairs"),
+    (["--ead-vocab", "-1"], "--ead-vocab: must be 0 (the policy's vocabulary size) or >= 1 (got -1)"),
+    (["--ead-vocab", "0.5"], "--ead-vocab: must be 0"),
 ])
 def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
     d, _, _ = byte_models
