@@ -617,6 +617,16 @@ def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
     assert msg in r.stderr, r.stderr
 
 
+def test_score_names_the_record_too_long_for_the_model(byte_models, tmp_path):
+    """n_positions 64: the second record (after a blank line, so not line 2) is 70 tokens"""
+    d, _, _ = byte_models
+    (tmp_path / "c.jsonl").write_text(json.dumps({"prompt": "Hi", "completion": " there"}) + "\n\n" +
+                                      json.dumps({"prompt": "x" * 30, "completion": "y" * 40}) + "\n")
+    r = run(FDPO, "score", "--model", d / "pol", "--data", tmp_path / "c.jsonl", "--threads", 1)
+    assert r.returncode == 1
+    assert f"--data {tmp_path / 'c.jsonl'}: record 2: prompt + completion of 70 tokens exceed n_positions 64" in r.stderr, r.stderr
+
+
 def test_eval_bad_pairs_message_names_a_flag_eval_takes(byte_models, tmp_path):
     d, _, _ = byte_models
     (tmp_path / "p.txt").write_text("Hi\n")
