@@ -297,7 +297,8 @@ def test_rl_run_raises_heldout_reward(tmp_path):
 def test_rl_bad_flags(tmp_path):
     import subprocess
     from dpo_common import FDPO
-    for args, needle in [(["--algo", "ppo"], "--algo"), (["--n", "1"], "--n"), (["--divergence", "tv"], "--divergence")]:
+    for args, needle in [(["--algo", "ppo"], "--algo"), (["--n", "1"], "--n"), (["--divergence", "tv"], "--divergence"),
+                         (["--grpo-eps", "-1"], "--grpo-eps: must be > 0 (got -1)")]:   # under rloo too
         r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path, "--data", tmp_path / "p", "--reward",
                             "length", "--out", tmp_path / "o", *args]], capture_output=True, text=True)
         assert r.returncode != 0 and needle in r.stderr, r.stderr
