@@ -91,6 +91,10 @@ typedef struct {
  * flag / config key ("--lr: -1 must be >= 0"). */
 void fdpo_train_opts_default(fdpo_train_opts *o);
 int fdpo_train_opts_check(const fdpo_train_opts *o);
+/* A fresh run (no --resume, no --overwrite) refuses an OUT that holds a checkpoint or another
+ * kind of run (fdpo_out_holds_run); fdpo_trainer_open checks it, and a command that does
+ * costly work first (dpo's reference cache) checks it before. */
+int fdpo_train_out_check(const fdpo_train_opts *o);
 /* The model config a random init builds from o (vocab from the tokenizer); checked by
  * fdpo_train_opts_check and fdpo_gpt2_config_check. */
 fdpo_gpt2_config fdpo_train_opts_model_config(const fdpo_train_opts *o, size_t vocab_size);

@@ -128,3 +128,14 @@ def test_tokenizer_train_refuses_a_checkpoint_directory(d, tmp_path):
     save_byte_tokenizer(str(ck))
     r = fdpo("tokenizer", "train", "--vocab-size", 260, "--overwrite", "--out", ck, tmp_path / "text.txt", check=False)
     refused(r, "the tokenizer that loads from there has 257 tokens, not the 260 trained")
+
+
+def test_dpo_refuses_a_checkpoint_before_reading_data_or_the_reference(d, tmp_path):
+    """the --out check comes first: no pairs read, no reference cache built, before the refusal"""
+    before = snapshot(d / "dpo_run")
+    r = fdpo("dpo", "--model", d / "base", "--data", d / "pairs.jsonl", "--out", d / "dpo_run", "--steps", 1,
+             "--ref-cache-dir", tmp_path / "cache", "--threads", 1, check=False)
+    refused(r, f"--out: {d / 'dpo_run'} already holds a checkpoint (use --resume to continue it, --overwrite to start over)")
+    assert "pairs from" not in r.stderr and "ref cache" not in r.stderr, r.stderr
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    assert snapshot(d / "dpo_run") == before
