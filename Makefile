@@ -106,9 +106,14 @@ FUZZ_LIB_OBJ := $(filter-out $(BUILD)/obj/src/train/% $(BUILD)/obj/src/report/%,
 $(BUILD)/libfdpo-fuzz.a: $(FUZZ_LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 fuzz-bins: $(FUZZ_NAMES:%=$(BUILD)/fuzz/fuzz_%)
+# The reward specs (lexicon:, words:) live in eval/reward.c, whose rm: spec calls train/rm.c:
+# that harness links train/ too, as the training state's does; the report's links report/ too.
+$(BUILD)/fuzz/fuzz_lexicon: $(filter $(BUILD)/obj/src/train/%,$(LIB_OBJ))
+$(BUILD)/fuzz/fuzz_report: $(filter $(BUILD)/obj/src/train/% $(BUILD)/obj/src/report/%,$(LIB_OBJ))
+$(BUILD)/fuzz/fuzz_state: $(filter $(BUILD)/obj/src/train/%,$(LIB_OBJ))
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(BUILD)/libfdpo-fuzz.a $(BUILD)/obj/src/cli/flags.o
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $< $(BUILD)/obj/src/cli/flags.o $(BUILD)/libfdpo-fuzz.a $(LDLIBS)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $< $(filter %.o,$^) $(BUILD)/libfdpo-fuzz.a $(LDLIBS)
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -91,6 +91,10 @@ typedef struct {
  * flag / config key ("--lr: -1 must be >= 0"). */
 void fdpo_train_opts_default(fdpo_train_opts *o);
 int fdpo_train_opts_check(const fdpo_train_opts *o);
+/* A fresh run (no --resume, no --overwrite) refuses an OUT that holds a checkpoint or another
+ * kind of run (fdpo_out_holds_run); fdpo_trainer_open checks it, and a command that does
+ * costly work first (dpo's reference cache) checks it before. */
+int fdpo_train_out_check(const fdpo_train_opts *o);
 /* The model config a random init builds from o (vocab from the tokenizer); checked by
  * fdpo_train_opts_check and fdpo_gpt2_config_check. */
 fdpo_gpt2_config fdpo_train_opts_model_config(const fdpo_train_opts *o, size_t vocab_size);
@@ -186,6 +190,14 @@ int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tok
 int fdpo_checkpoint_recover(const char *out);
 /* Remove a directory tree (files and subdirectories). */
 int fdpo_remove_tree(const char *path);
+/* What in OUT shows that a run already wrote there, so that two runs never share an output
+ * silently: a trainer's checkpoint (training_state.json, model.safetensors, a LoRA adapter's
+ * adapter_config.json), online rounds (round-0/) or a sacpo plan (sacpo.json). Returns a
+ * description naming the file ("a checkpoint (training_state.json)", ...) or NULL when OUT
+ * holds none of them; a kind listed in `ignore` (FDPO_RUN_* bits: the caller's own kind,
+ * which it resumes) is not reported. */
+enum { FDPO_RUN_CHECKPOINT = 1, FDPO_RUN_ROUNDS = 2, FDPO_RUN_SACPO = 4 };
+const char *fdpo_out_holds_run(const char *out, unsigned ignore);
 
 /* ---- metrics JSONL: DIR/metrics.jsonl, one object per logged step ---- */
 typedef struct {

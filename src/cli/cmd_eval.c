@@ -93,10 +93,16 @@ int cmd_eval(int argc, char **argv) {
     if (n_pol == 0) rc = fdpo_error("--model: required (a checkpoint directory)");
     else if (!ref_dir) rc = fdpo_error("--ref: required (a checkpoint directory)");
     else if (!prompts_path) rc = fdpo_error("--data: required (prompts: JSONL or text file)");
+    else if (out_path && samples_path && !strcmp(out_path, samples_path))   /* the second write would replace the first */
+        rc = fdpo_error("--samples-out %s: the same file as --out (the metrics JSON)", samples_path);
     else if (!(beta > 0)) rc = fdpo_error("--beta: must be > 0 (got %g)", beta);
     else if (!strcmp(bad_pairs, "skip")) po.on_bad = FDPO_PREF_SKIP;
     else if (strcmp(bad_pairs, "error")) rc = fdpo_error("--bad-pairs: '%s' is not error or skip", bad_pairs);
     else po.on_bad = FDPO_PREF_ERROR;
+    for (size_t i = 1; i < n_pol && !rc; i++) {   /* a policy's column and samples are keyed by its name */
+        for (size_t j = 0; j < i && !rc; j++)
+            if (!strcmp(policies[i], policies[j])) rc = fdpo_error("--model %s: given twice", policies[i]);
+    }
     if (!rc) rc = eval_sampling_flags_finish(&sf, &c.sample);
     if (!rc) {
         c.k = (size_t)sf.n;

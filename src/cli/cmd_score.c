@@ -64,7 +64,7 @@ int cmd_score(int argc, char **argv) {
         cids = fdpo_calloc(n, sizeof *cids);
         clens = fdpo_calloc(n, sizeof *clens);
         ntok = fdpo_calloc(n, sizeof *ntok);
-        size_t max_len = 0;
+        size_t max_len = 0, longest = 0;
         for (size_t i = 0; i < n && !rc; i++) {
             if (fdpo_tokenizer_encode(tok, comps[i], strlen(comps[i]), 0, &cids[i], &clens[i])) {
                 rc = fdpo_error_context("--data: line %zu completion", i + 1);
@@ -76,11 +76,13 @@ int cmd_score(int argc, char **argv) {
                 cids[i][clens[i]++] = fdpo_tokenizer_eot(tok);
             }
             size_t l = plens[i] + clens[i];
-            if (l > max_len) max_len = l;
+            if (l > max_len) { max_len = l; longest = i; }
         }
         size_t cap = m->config.n_positions;
         if (ref && ref->config.n_positions < cap) cap = ref->config.n_positions;
-        if (!rc && max_len > cap) rc = fdpo_error("--data: a prompt + completion of %zu tokens exceeds n_positions %zu", max_len, cap);
+        if (!rc && max_len > cap)   /* records, not lines: blank lines are skipped */
+            rc = fdpo_error("--data %s: record %zu: prompt + completion of %zu tokens exceed n_positions %zu",
+                            data_path, longest + 1, max_len, cap);
         if (!rc && !(md = fdpo_decoder_create(m, 1, max_len ? max_len : 1))) rc = -1;
         if (!rc && ref && !(rd = fdpo_decoder_create(ref, 1, max_len ? max_len : 1))) rc = -1;
     }

@@ -39,10 +39,14 @@ static int tokenizer_train(int argc, char **argv) {
     if (n_files == 0) { fdpo_error("no text files given (usage: %s)", usage); goto done; }
     if (fdpo_bpe_train_opts_check(&o)) goto done;
     if (!overwrite) {
-        char *v = fdpo_path_join(out, "vocab.json");
-        int exists = fdpo_file_exists(v);
-        free(v);
-        if (exists) { fdpo_error("--out: %s already holds vocab.json (use --overwrite to replace it)", out); goto done; }
+        /* another tokenizer, or a checkpoint whose tokenizer this one would silently replace */
+        static const char *const HELD[] = {"vocab.json", "merges.txt", "tokenizer.json", "encoder.json", "fdpo_tokenizer.json", "config.json"};
+        for (size_t i = 0; i < sizeof HELD / sizeof HELD[0]; i++) {
+            char *v = fdpo_path_join(out, HELD[i]);
+            int exists = fdpo_file_exists(v);
+            free(v);
+            if (exists) { fdpo_error("--out: %s already holds %s (use --overwrite to replace it)", out, HELD[i]); goto done; }
+        }
     }
     size_t total = 0;
     for (size_t i = 0; i < n_files; i++) {
@@ -55,6 +59,12 @@ static int tokenizer_train(int argc, char **argv) {
     if (fdpo_bpe_trained_save(&t, out)) goto done;
     check = fdpo_tokenizer_load_dir(out); /* what every other command will load */
     if (!check) { fdpo_error_context("reloading the trained tokenizer"); goto done; }
+    if (fdpo_tokenizer_vocab_size(check) != t.n_tokens) {   /* --overwrite over a directory with other files */
+        fdpo_error("--out: %s: the tokenizer that loads from there has %zu tokens, not the %zu trained (another "
+                   "tokenizer file there takes precedence over vocab.json; use an empty --out)", out,
+                   fdpo_tokenizer_vocab_size(check), t.n_tokens);
+        goto done;
+    }
     fdpo_log(FDPO_LOG_INFO, "%s: %zu tokens (%zu merges) from %zu bytes, %zu distinct pre-tokens, in %.1fs",
              out, t.n_tokens, t.n_merges, total, t.n_words, fdpo_now() - t0);
     if (t.n_tokens < o.vocab_size)

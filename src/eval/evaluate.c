@@ -119,6 +119,10 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
                      char *const *prompts, int32_t *const *prompt_ids, const size_t *prompt_lens,
                      size_t n_prompts, const fdpo_eval_config *c, FILE *samples_out, const char *name) {
     if (c->k == 0) { fdpo_error("--n: must be > 0"); return NULL; }
+    if (!(c->ead_vocab == 0 || (c->ead_vocab >= 1 && isfinite(c->ead_vocab)))) {   /* EAD's V: a vocabulary size */
+        fdpo_error("--ead-vocab: must be 0 (the policy's vocabulary size) or >= 1 (got %g)", c->ead_vocab);
+        return NULL;
+    }
     if (n_prompts == 0) { fdpo_error("no prompts"); return NULL; }
     if (policy->config.vocab_size != ref->config.vocab_size) {
         fdpo_error("policy vocabulary %zu != reference vocabulary %zu (both must share one tokenizer)",

@@ -14,6 +14,25 @@
 #include "fdpo/lora.h"
 #include "fdpo/trainer.h"
 
+const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
+    static const struct { unsigned kind; const char *name, *what; } MARKS[] = {
+        {FDPO_RUN_CHECKPOINT, "training_state.json", "a checkpoint (training_state.json)"},
+        {FDPO_RUN_CHECKPOINT, "model.safetensors", "a checkpoint (model.safetensors)"},
+        {FDPO_RUN_ROUNDS, "round-0", "online rounds (round-0)"},
+        {FDPO_RUN_SACPO, "sacpo.json", "sacpo stages (sacpo.json)"},
+    };
+    if (!(ignore & FDPO_RUN_CHECKPOINT) && fdpo_lora_dir_has_adapter(out)) return "a checkpoint (adapter_config.json)";
+    for (size_t i = 0; i < sizeof MARKS / sizeof MARKS[0]; i++) {
+        if (ignore & MARKS[i].kind) continue;
+        char *p = fdpo_path_join(out, MARKS[i].name);
+        struct stat st;
+        int there = stat(p, &st) == 0;
+        free(p);
+        if (there) return MARKS[i].what;
+    }
+    return NULL;
+}
+
 int fdpo_remove_tree(const char *path) {
     struct stat st;
     if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : fdpo_error("%s: %s", path, strerror(errno));

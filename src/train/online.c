@@ -434,6 +434,9 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         }
         if (start > 0 && !o->resume)
             rc = fdpo_error("--out %s: holds %ld completed round(s); pass --resume to continue after them or choose another --out", o->out, start);
+        /* a trainer's checkpoint or sacpo stages: the rounds' metrics.jsonl would replace that run's */
+        const char *held = rc == 0 ? fdpo_out_holds_run(o->out, FDPO_RUN_ROUNDS) : NULL;
+        if (held) rc = fdpo_error("--out %s: already holds %s of another run; choose another --out", o->out, held);
         /* every rank must see the same completed rounds (OUT on a shared file system) */
         if (rc == 0) rc = fdpo_dist_check_agree("the completed rounds in --out", (uint64_t)start);
         if (start >= o->rounds && rc == 0) fdpo_log(FDPO_LOG_INFO, "all %ld rounds already complete in %s", o->rounds, o->out);

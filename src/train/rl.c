@@ -24,7 +24,7 @@ int fdpo_rl_config_check(const fdpo_rl_config *c) {
     if (!fdpo_divergence_admissible(&c->div, &why)) return fdpo_error("--divergence: %s", why);
     if (!(c->beta > 0) || !isfinite(c->beta)) return fdpo_error("--beta: must be > 0 (got %g)", c->beta);
     if (c->k < 2) return fdpo_error("--n: RLOO/GRPO need at least 2 samples per prompt (got %zu)", c->k);
-    if (c->algo == FDPO_RL_GRPO && !(c->grpo_eps > 0)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", c->grpo_eps);
+    if (!(c->grpo_eps > 0) || !isfinite(c->grpo_eps)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", c->grpo_eps);   /* also under rloo: a bad value is not silently ignored */
     return 0;
 }
 

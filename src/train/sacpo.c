@@ -10,6 +10,7 @@
 #include "fdpo/io.h"
 #include "fdpo/merge.h"
 #include "fdpo/sacpo.h"
+#include "train/settings_json.h"
 #include "fdpo/tokenizer.h"
 
 int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
@@ -103,6 +104,21 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     cJSON_AddStringToObject(p, "divergence", div);
     cJSON_AddNumberToObject(p, "beta", o->dpo.dpo.loss.beta);
     cJSON_AddStringToObject(p, "order", o->safety_first ? "safety-first" : "reward-first");
+    /* the stages' training settings (steps, lr, batch, seed, loss, precision, ...): a stage done
+     * before is reused only when they match (absent from the plans of earlier versions) */
+    cJSON *tr = cJSON_AddObjectToObject(p, "training");
+    fdpo_settings ts = {0};
+    fdpo_train_opts_settings(&o->dpo.train, &ts);
+    fdpo_settings_str(&ts, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);
+    fdpo_settings_num(&ts, "label-smoothing", o->dpo.dpo.loss.label_smoothing, 1);
+    fdpo_settings_num(&ts, "simpo-gamma", o->dpo.dpo.loss.simpo_gamma, 1);
+    fdpo_settings_num(&ts, "sft-weight", o->dpo.dpo.loss.sft_weight, 1);
+    fdpo_settings_str(&ts, "precision", fdpo_precision_name(fdpo_get_precision()), 1);
+    cJSON *all = fdpo_settings_to_json(&ts);
+    for (size_t i = 0; i < ts.n; i++)
+        if (ts.v[i].fixed) cJSON_AddItemToObject(tr, ts.v[i].key, cJSON_DetachItemFromObjectCaseSensitive(all, ts.v[i].key));
+    cJSON_Delete(all);
+    fdpo_settings_free(&ts);
     cJSON *l = cJSON_AddArrayToObject(p, "lambdas");
     for (size_t i = 0; i < o->n_lambdas; i++) cJSON_AddItemToArray(l, cJSON_CreateNumber(o->lambdas[i]));
     return p;
@@ -126,11 +142,12 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         cJSON *a = cJSON_Duplicate(saved, 1), *b = cJSON_Duplicate(plan, 1);
         cJSON_DeleteItemFromObject(a, "lambdas");
         cJSON_DeleteItemFromObject(b, "lambdas");
+        if (!cJSON_GetObjectItemCaseSensitive(a, "training")) cJSON_DeleteItemFromObject(b, "training");
         int same = cJSON_Compare(a, b, 1);
         cJSON_Delete(a); cJSON_Delete(b);
         if (!same) {
             cJSON_Delete(plan);
-            return fdpo_error("--out: %s holds a sacpo run with another model, data, divergence, beta, order or LoRA settings "
+            return fdpo_error("--out: %s holds a sacpo run with another model, data, divergence, beta, order, LoRA settings or training settings "
                               "(see its sacpo.json; use another --out)", o->out);
         }
         cJSON_ReplaceItemInObject(st->root, "plan", plan);
@@ -248,7 +265,10 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     if (fdpo_dist_rank() == 0 && (fdpo_mkdir_p(o->out) || fdpo_dir_lock(o->out, "--out"))) return -1;
     if (fdpo_dist_barrier()) return -1;
     sacpo_state st = {0};
-    int rc = state_open(&st, o);
+    /* a dpo/rl/online run's files next to the stages would be mixed with them */
+    const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_SACPO);
+    int rc = held ? fdpo_error("--out: %s already holds %s of another run; choose another --out", o->out, held)
+                  : state_open(&st, o);
     const double beta = o->dpo.dpo.loss.beta;
     char *reward_dir = fdpo_path_join(o->out, "reward");
     if (!rc && !o->safety_first)

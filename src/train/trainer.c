@@ -12,6 +12,17 @@
 #include "fdpo/rm.h"
 #include "fdpo/trainer.h"
 
+int fdpo_train_out_check(const fdpo_train_opts *o) {
+    if (o->resume || o->overwrite || !o->out) return 0;
+    if (fdpo_out_holds_run(o->out, FDPO_RUN_ROUNDS | FDPO_RUN_SACPO))
+        return fdpo_error("--out: %s already holds a checkpoint (use --resume to continue it, --overwrite to start over)", o->out);
+    /* another kind of run (online rounds, sacpo stages): its metrics.jsonl would be replaced */
+    const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_CHECKPOINT);
+    if (held) return fdpo_error("--out: %s already holds %s of another run (choose another --out, or "
+                                "--overwrite to write over its files)", o->out, held);
+    return 0;
+}
+
 size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items) {
     if (o->steps > 0) return (size_t)o->steps;
     size_t per_step = (size_t)(o->batch_size * o->grad_accum);
@@ -225,11 +236,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (s->step >= total) fdpo_log(FDPO_LOG_INFO, "%s already finished (%zu/%zu steps)", o->out, s->step, total);
     } else {
         if (!o->overwrite) {
-            char *a = fdpo_path_join(o->out, "training_state.json"), *b = fdpo_path_join(o->out, "model.safetensors");
-            int exists = fdpo_file_exists(a) || fdpo_file_exists(b) || fdpo_lora_dir_has_adapter(o->out);
-            free(a); free(b);
-            if (exists) { fdpo_error("--out: %s already holds a checkpoint (use --resume to continue it, "
-                                     "--overwrite to start over)", o->out); goto fail; }
+            if (fdpo_train_out_check(o)) goto fail;
         }
         if (o->init_model) {
             /* a borrowed model in memory (online rounds): LoRA adapters, if any, already attached */

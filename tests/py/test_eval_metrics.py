@@ -606,6 +606,9 @@ def test_score_end_to_end(byte_models, tmp_path):
     (["--divergences", "rkl,kl"], "unknown divergence 'kl'"),
     (["--reward", "afinn", "--lexicon", "/nonexistent/afinn.json"], "--lexicon /nonexistent/afinn.json"),
     (["--pairs", "/nonexistent/pairs.jsonl"], "--pairs"),
+    (["--ead-vocab", "-1"], "--ead-vocab: must be 0 (the policy's vocabulary size) or >= 1 (got -1)"),
+    (["--ead-vocab", "0.5"], "--ead-vocab: must be 0"),
+    (["--out", "/tmp/x.json", "--samples-out", "/tmp/x.json"], "--samples-out /tmp/x.json: the same file as --out"),
 ])
 def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
     d, _, _ = byte_models
@@ -613,6 +616,25 @@ def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
     r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", *extra)
     assert r.returncode == 1
     assert msg in r.stderr, r.stderr
+
+
+def test_score_names_the_record_too_long_for_the_model(byte_models, tmp_path):
+    """n_positions 64: the second record (after a blank line, so not line 2) is 70 tokens"""
+    d, _, _ = byte_models
+    (tmp_path / "c.jsonl").write_text(json.dumps({"prompt": "Hi", "completion": " there"}) + "\n\n" +
+                                      json.dumps({"prompt": "x" * 30, "completion": "y" * 40}) + "\n")
+    r = run(FDPO, "score", "--model", d / "pol", "--data", tmp_path / "c.jsonl", "--threads", 1)
+    assert r.returncode == 1
+    assert f"--data {tmp_path / 'c.jsonl'}: record 2: prompt + completion of 70 tokens exceed n_positions 64" in r.stderr, r.stderr
+
+
+def test_eval_refuses_the_same_policy_twice(byte_models, tmp_path):
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text("Hi\n")
+    r = run(FDPO, "eval", "--model", d / "pol", "--model", d / "ref", "--model", d / "pol", "--ref", d / "ref",
+            "--data", tmp_path / "p.txt", "--out", tmp_path / "e.json")
+    assert r.returncode == 1 and f"--model {d / 'pol'}: given twice" in r.stderr, r.stderr
+    assert not (tmp_path / "e.json").exists()
 
 
 def test_eval_bad_pairs_message_names_a_flag_eval_takes(byte_models, tmp_path):

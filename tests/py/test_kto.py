@@ -230,3 +230,43 @@ def test_kto_separates_held_out_examples(tmp_path, div):
             P, C = tokenize(row)
             r[row["label"]].append(0.1 * (seq_logp(pol, P, C) - seq_logp(base, P, C)).item())
     assert np.mean(r[True]) - np.mean(r[False]) > 0.5, (np.mean(r[True]), np.mean(r[False]))
+
+
+@pytest.mark.parametrize("policy,div", [("policy_up", "rkl"), ("policy", "js")])
+def test_kto_run_logs_the_trl_metric_values(models, tmp_path, policy, div):
+    """The values `fdpo kto` logs at step 1 (before its update) against TRL's definitions
+    computed here in PyTorch float64 on the same weights: one step over all rows in file order
+    (one micro-batch, so the mismatched KL pairs are trl_kto's): loss, kl (z0), rewards/* =
+    beta * l and scores/* = beta * s~(l) averaged per side, logps/* the policy's summed
+    log-probs, grad_norm the gradient's global norm before clipping. (The earlier run test
+    checked only that the names are there.)"""
+    tmp, beta = models, 0.5
+    fdpo("kto", "--model", tmp / policy, "--ref", tmp / "ref", "--data", tmp / "data.jsonl", "--out", tmp_path / "k",
+         "--divergence", div, "--beta", beta, "--steps", 1, "--batch-size", len(ROWS), "--shuffle=false",
+         "--max-length", MAX_LEN, "--eval-fraction", 0, "--lr", "1e-3", "--threads", 1, "--quiet")
+    m = json.loads((tmp_path / "k" / "metrics.jsonl").read_text().splitlines()[0])
+    assert m["step"] == 1
+    pol, ref = GPT2(**CFG).double(), GPT2(**CFG).double()
+    pol.load_hf(str(tmp / policy))
+    ref.load_hf(str(tmp / "ref"))
+    toks = [tokenize(r) for r in ROWS]
+    labels = [r["label"] for r in ROWS]
+    loss, z0s = trl_kto(pol, ref, toks, labels, div, beta, 1.0, 1.0, 0)
+    loss.backward()
+    grad_norm = float(torch.sqrt(sum((p.grad ** 2).sum() for p in pol.named().values())))
+    with torch.no_grad():
+        lp = [float(seq_logp(pol, P, C)) for P, C in toks]
+        l = [a - float(seq_logp(ref, P, C)) for a, (P, C) in zip(lp, toks)]
+        sc = [float(s_tilde(div, torch.tensor(x, dtype=torch.float64))) for x in l]
+    side = lambda xs, lab: float(np.mean([x for x, y in zip(xs, labels) if y == lab]))
+    want = {"loss": loss.item(), "kl": z0s[0], "grad_norm": grad_norm,
+            "rewards/chosen": beta * side(l, True), "rewards/rejected": beta * side(l, False),
+            "rewards/margins": beta * (side(l, True) - side(l, False)),
+            "scores/chosen": beta * side(sc, True), "scores/rejected": beta * side(sc, False),
+            "logps/chosen": side(lp, True), "logps/rejected": side(lp, False)}
+    for k, v in want.items():
+        assert abs(m[k] - v) <= 1e-5 * max(1.0, abs(v)), (k, m[k], v)
+    if policy == "policy_up":   # z0 > 0 here: the clamp is not what makes kl agree
+        assert m["kl"] > 1e-3, m["kl"]
+    if div == "js":   # s~(l) != l: the scores are not the rewards
+        assert abs(m["scores/chosen"] - m["rewards/chosen"]) > 1e-3

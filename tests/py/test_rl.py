@@ -297,7 +297,8 @@ def test_rl_run_raises_heldout_reward(tmp_path):
 def test_rl_bad_flags(tmp_path):
     import subprocess
     from dpo_common import FDPO
-    for args, needle in [(["--algo", "ppo"], "--algo"), (["--n", "1"], "--n"), (["--divergence", "tv"], "--divergence")]:
+    for args, needle in [(["--algo", "ppo"], "--algo"), (["--n", "1"], "--n"), (["--divergence", "tv"], "--divergence"),
+                         (["--grpo-eps", "-1"], "--grpo-eps: must be > 0 (got -1)")]:   # under rloo too
         r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path, "--data", tmp_path / "p", "--reward",
                             "length", "--out", tmp_path / "o", *args]], capture_output=True, text=True)
         assert r.returncode != 0 and needle in r.stderr, r.stderr
@@ -577,3 +578,63 @@ def test_step_split_into_rank_blocks_is_the_whole_step(tmp_path, blocks):
     assert abs(res["scores"] - np.mean([s["reward"] for s in samples])) <= 1e-12
     for name, g in g_ref.items():
         assert rel_err(grads[name], g) < 1e-4, name
+
+
+def test_rl_logged_objective_values_match_pytorch(tmp_path):
+    """The objective/* and val/* values `fdpo rl` logs at step 1, against PyTorch float64 on
+    the same completions: with --temperature 0 (greedy) the completions are the argmax
+    continuations of the starting policy, computed here; the reference is another model, so
+    the log-ratios are not 0. objective/scores = mean reward (the cmd: script's character code
+    sum mod 97),
+    objective/kl = mean sum_t (log pi - log pi_ref), objective/entropy = mean -sum_t log pi,
+    objective/f_divergence = mean f(u)/u (js), non_score_reward = -beta * that, rlhf_reward =
+    scores - beta * that, val/contain_eos_token = fraction that drew EOT (0 here: this
+    policy's greedy token is the same byte at every position). (The run test above checks
+    the names only.) The policy can emit ASCII and EOT only, so a completion's text is its
+    tokens."""
+    import subprocess
+    from dpo_common import FDPO
+    from test_generate import make_model
+    from test_online import ascii_model, load_gpt2
+    code_sum = lambda text: sum(ord(ch) for ch in text) % 97
+    pol_dir = ascii_model(tmp_path / "pol")
+    make_model(tmp_path / "ref", 257, seed=9, n_positions=64, byte_tokenizer=True)
+    prompts = ["p0:", "q1 ", "the cat"]
+    (tmp_path / "prompts.txt").write_text("".join(p + "\n" for p in prompts))
+    (tmp_path / "codes.py").write_text("import json, sys\nfor line in sys.stdin.buffer:\n"
+                                       "    print(sum(ord(ch) for ch in json.loads(line)['completion']) % 97)\n")
+    beta, max_new = 0.3, 8
+    r = subprocess.run([str(a) for a in [
+        FDPO, "rl", "--model", pol_dir, "--ref", tmp_path / "ref", "--data", tmp_path / "prompts.txt", "--out",
+        tmp_path / "out", "--reward", f"cmd:/usr/bin/python3 {tmp_path / 'codes.py'}", "--divergence", "js",
+        "--beta", beta, "--steps", 1, "--n", 2, "--prompts-per-step", 3, "--temperature", 0,
+        "--max-new-tokens", max_new, "--threads", 1, "--quiet"]], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(open(tmp_path / "out" / "metrics.jsonl").readline())
+    pol, ref = load_gpt2(pol_dir).double(), load_gpt2(tmp_path / "ref").double()
+    lp, lr, rewards, eos = [], [], [], []
+    with torch.no_grad():
+        for p in prompts:
+            ids, comp, a, b = list(p.encode()), [], 0.0, 0.0
+            while len(comp) < max_new:
+                x = torch.tensor(ids + comp)
+                lpi, lref = F.log_softmax(pol(x)[-1], -1), F.log_softmax(ref(x)[-1], -1)
+                t = int(torch.argmax(lpi))
+                s = torch.sort(lpi, descending=True).values
+                assert float(s[0] - s[1]) > 1e-6   # no near-tie: fp32 greedy picks the same token
+                a, b = a + float(lpi[t]), b + float(lref[t])
+                comp.append(t)
+                if t == 256:
+                    break
+            text = bytes(c for c in comp if c < 256).decode()
+            for _ in range(2):   # --n 2: both greedy samples are this one
+                lp.append(a); lr.append(b); rewards.append(code_sum(text)); eos.append(comp[-1] == 256)
+    lp, lr = np.array(lp), np.array(lr)
+    fdiv = float(np.mean(f_over_u("js", lp - lr)))
+    want = {"objective/scores": float(np.mean(rewards)), "objective/kl": float(np.mean(lp - lr)),
+            "objective/entropy": float(np.mean(-lp)), "objective/f_divergence": fdiv,
+            "objective/non_score_reward": -beta * fdiv, "objective/rlhf_reward": float(np.mean(rewards)) - beta * fdiv,
+            "val/contain_eos_token": float(np.mean(eos))}
+    assert want["objective/scores"] > 0 and abs(want["objective/kl"]) > 0.1, want   # nothing vanishes by chance
+    for k, v in want.items():
+        assert abs(m[k] - v) <= 1e-5 * max(1.0, abs(v)), (k, m[k], v)

@@ -412,3 +412,35 @@ def test_llama_rm_resume_continues_the_same_run(tmp_path):
     fdpo("rm", *common, "--out", tmp_path / "b", "--resume")
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert json.loads((tmp_path / "b" / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]
+
+
+@pytest.mark.parametrize("center", [0.0, 0.3])
+def test_rm_run_logs_the_trl_metric_values(rm_dir, tmp_path, center):
+    """The values `fdpo rm` logs at step 1 (before its update) against RewardTrainer's
+    definitions computed here in PyTorch float64 on the starting weights, one step over all
+    rows: loss (with the margins and the centering term), accuracy (r_chosen > r_rejected),
+    margin (mean r_chosen - r_rejected), grad_norm (global norm before clipping). The run test
+    above checks only that the names are there."""
+    tmp, model, score = rm_dir
+    fdpo("rm", "--model", tmp / "rm", "--data", tmp / "pairs.jsonl", "--out", tmp_path / "r", "--steps", 1,
+         "--batch-size", len(ROWS), "--center-rewards-coefficient", center, "--eval-fraction", 0, "--lr", "1e-3",
+         "--threads", 1, "--quiet")
+    m = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert m["step"] == 1
+    ref = GPT2(**CFG).double()
+    ref.load_hf(str(tmp / "rm"))
+    w = score.detach().double().clone().requires_grad_(True)
+    losses, diffs = [], []
+    for row in ROWS:
+        P, C, R = tokenize_pair(row)
+        rc, rr = reward(ref, w, seq(P, C)), reward(ref, w, seq(P, R))
+        losses.append(-F.logsigmoid(rc - rr - row.get("margin", 0.0)) + center * (rc + rr) ** 2)
+        diffs.append((rc - rr).item())
+    loss = torch.stack(losses).mean()
+    loss.backward()
+    sq = (w.grad ** 2).sum() + sum((p.grad ** 2).sum() for p in ref.named().values())
+    want = {"loss": loss.item(), "accuracy": float(np.mean([d > 0 for d in diffs])), "margin": float(np.mean(diffs)),
+            "grad_norm": float(torch.sqrt(sq))}
+    assert 0 < want["accuracy"] < 1, diffs   # both outcomes occur: the count is tested
+    for k, v in want.items():
+        assert abs(m[k] - v) <= 1e-5 * max(1.0, abs(v)), (k, m[k], v)

@@ -1,0 +1,141 @@
+"""Two runs never share an --out silently: a command that would write metrics.jsonl, a
+checkpoint, stages or tokenizer files into a directory that holds another kind of run stops
+with an error naming --out and the file it found, exit status 1, and leaves that run's files
+byte for byte as they were (the audit found dpo/rl/online replacing each other's
+metrics.jsonl, sacpo reusing stages trained with other --steps, and `tokenizer train` adding
+vocab.json next to a checkpoint's fdpo_tokenizer.json, which still took precedence)."""
+import json
+
+import pytest
+
+from dpo_common import fdpo, save_byte_tokenizer, write_jsonl
+from fdpo_ref.gpt2 import GPT2
+
+FAST = ["--threads", 1, "--quiet"]
+SAMPLE = ["--n", 2, "--max-new-tokens", 4, "--prompts-per-round", 2]
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("outguard")
+    GPT2(257, 48, 16, 1, 2, seed=5).save_hf(str(tmp / "base"))
+    save_byte_tokenizer(str(tmp / "base"))
+    write_jsonl(tmp / "pairs.jsonl", [{"prompt": "a:", "chosen": " good", "rejected": " bad"},
+                                      {"prompt": "b:", "chosen": " nice", "rejected": " awful"}])
+    (tmp / "prompts.txt").write_text("hi\nyo\n")
+    # one run of each kind whose directory the others must not write into
+    fdpo("dpo", "--model", tmp / "base", "--data", tmp / "pairs.jsonl", "--out", tmp / "dpo_run", "--steps", 1,
+         "--eval-fraction", 0, *FAST)
+    fdpo("online", "--model", tmp / "base", "--data", tmp / "prompts.txt", "--reward", "length",
+         "--out", tmp / "online_run", "--rounds", 1, *SAMPLE, *FAST)
+    return tmp
+
+
+def snapshot(directory):
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+            and not p.name.endswith(".lock")}
+
+
+def refused(r, *needles):
+    assert r.returncode == 1, (r.returncode, r.stdout + r.stderr)
+    for n in needles:
+        assert n in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["dpo", "rl", "online-step", "kto"])
+def test_a_trainer_refuses_an_online_rounds_directory(d, cmd):
+    before = snapshot(d / "online_run")
+    args = {
+        "dpo": ["dpo", "--model", d / "base", "--data", d / "pairs.jsonl", "--steps", 1],
+        "rl": ["rl", "--model", d / "base", "--data", d / "prompts.txt", "--reward", "length", "--steps", 1,
+               "--n", 2, "--max-new-tokens", 4],
+        "online-step": ["online", "--mode", "step", "--model", d / "base", "--data", d / "prompts.txt",
+                        "--reward", "length", "--steps", 1, *SAMPLE],
+        "kto": ["kto", "--model", d / "base", "--data", d / "pairs.jsonl", "--steps", 1],
+    }[cmd]
+    if cmd == "kto":   # an unpaired file; the check on --out must come before any training
+        (d / "unpaired.jsonl").write_text('{"prompt":"a","completion":" b","label":true}\n'
+                                          '{"prompt":"c","completion":" d","label":false}\n')
+        args[4] = d / "unpaired.jsonl"
+    r = fdpo(*args, "--out", d / "online_run", *FAST, check=False)
+    refused(r, f"--out: {d / 'online_run'} already holds online rounds (round-0) of another run")
+    assert snapshot(d / "online_run") == before
+
+
+def test_online_rounds_refuse_a_trainer_checkpoint(d):
+    before = snapshot(d / "dpo_run")
+    r = fdpo("online", "--model", d / "base", "--data", d / "prompts.txt", "--reward", "length",
+             "--out", d / "dpo_run", "--rounds", 1, *SAMPLE, *FAST, check=False)
+    refused(r, f"--out {d / 'dpo_run'}: already holds a checkpoint (training_state.json) of another run")
+    assert snapshot(d / "dpo_run") == before
+
+
+def test_online_rounds_still_resume_their_own_directory(d, tmp_path):
+    out = tmp_path / "o"
+    common = ["--model", d / "base", "--data", d / "prompts.txt", "--reward", "length", "--out", out, *SAMPLE, *FAST]
+    fdpo("online", *common, "--rounds", 1)
+    fdpo("online", *common, "--rounds", 2, "--resume")
+    assert (out / "round-1").is_dir()
+
+
+def sacpo(d, out, *extra, check=True):
+    return fdpo("sacpo", "--model", d / "base", "--reward-data", d / "pairs.jsonl", "--safety-data",
+                d / "pairs.jsonl", "--lambda", 1, "--eval-fraction", 0, "--out", out, *FAST, *extra, check=check)
+
+
+def test_sacpo_refuses_a_dpo_run_directory(d):
+    before = snapshot(d / "dpo_run")
+    refused(sacpo(d, d / "dpo_run", "--steps", 1, check=False),
+            f"--out: {d / 'dpo_run'} already holds a checkpoint (training_state.json) of another run")
+    assert snapshot(d / "dpo_run") == before
+
+
+@pytest.mark.parametrize("change", [["--steps", 2], ["--lr", "1e-3"], ["--loss", "ipo"], ["--seed", 7],
+                                    ["--precision", "bf16"]])
+def test_sacpo_does_not_reuse_stages_trained_with_other_settings(d, tmp_path, change):
+    out = tmp_path / "s"
+    sacpo(d, out, "--steps", 1)
+    before = snapshot(out)
+    refused(sacpo(d, out, "--steps", 1, *change, check=False), "holds a sacpo run with another", "training settings")
+    assert snapshot(out) == before
+    # the same settings again (and another --threads, which does not change the result) reuse both stages
+    sacpo(d, out, "--steps", 1, "--threads", 2)
+    assert snapshot(out) == before
+
+
+def test_sacpo_plans_written_before_training_settings_were_recorded_still_match(d, tmp_path):
+    out = tmp_path / "s"
+    sacpo(d, out, "--steps", 1)
+    state = json.loads((out / "sacpo.json").read_text())
+    assert state["plan"]["training"]["steps"] == 1 and state["plan"]["training"]["loss"] == "sigmoid"
+    del state["plan"]["training"]          # as an earlier version wrote it
+    (out / "sacpo.json").write_text(json.dumps(state))
+    weights = (out / "lambda-1" / "model.safetensors").read_bytes()
+    sacpo(d, out, "--steps", 1)
+    assert (out / "lambda-1" / "model.safetensors").read_bytes() == weights
+    assert json.loads((out / "sacpo.json").read_text())["stages_done"] == state["stages_done"]
+
+
+def test_tokenizer_train_refuses_a_checkpoint_directory(d, tmp_path):
+    (tmp_path / "text.txt").write_text("the cat sat on the mat " * 20)
+    before = snapshot(d / "dpo_run")
+    r = fdpo("tokenizer", "train", "--vocab-size", 260, "--out", d / "dpo_run", tmp_path / "text.txt", check=False)
+    refused(r, f"--out: {d / 'dpo_run'} already holds fdpo_tokenizer.json (use --overwrite to replace it)")
+    assert snapshot(d / "dpo_run") == before
+    # --overwrite cannot make the trained files win over fdpo_tokenizer.json: said, not reported as done
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    save_byte_tokenizer(str(ck))
+    r = fdpo("tokenizer", "train", "--vocab-size", 260, "--overwrite", "--out", ck, tmp_path / "text.txt", check=False)
+    refused(r, "the tokenizer that loads from there has 257 tokens, not the 260 trained")
+
+
+def test_dpo_refuses_a_checkpoint_before_reading_data_or_the_reference(d, tmp_path):
+    """the --out check comes first: no pairs read, no reference cache built, before the refusal"""
+    before = snapshot(d / "dpo_run")
+    r = fdpo("dpo", "--model", d / "base", "--data", d / "pairs.jsonl", "--out", d / "dpo_run", "--steps", 1,
+             "--ref-cache-dir", tmp_path / "cache", "--threads", 1, check=False)
+    refused(r, f"--out: {d / 'dpo_run'} already holds a checkpoint (use --resume to continue it, --overwrite to start over)")
+    assert "pairs from" not in r.stderr and "ref cache" not in r.stderr, r.stderr
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    assert snapshot(d / "dpo_run") == before
