@@ -269,10 +269,22 @@ void fdpo_model_bf16_refresh(fdpo_gpt2 *m) { /* both families */
     if (!m->params_frozen) m->params_bf16_current = 0;
 }
 
+/* FDPO_BF16_WEIGHT_COPY=0: no fp32 copy; fp32-route GEMMs widen the bf16 copy each time, as
+ * before wave 8 (2 bytes per parameter less, the same bits; for A/B runs and tight memory) */
+static int bf16_weight_copy_enabled(void) {
+    static _Atomic int state = -1;
+    int s = state;
+    if (s < 0) {
+        const char *e = getenv("FDPO_BF16_WEIGHT_COPY");
+        state = s = !(e && !strcmp(e, "0"));
+    }
+    return s;
+}
+
 fdpo_bf16_weight fdpo_model_bf16_weight(fdpo_gpt2 *m, const float *w, size_t M, size_t N) {
     size_t off = (size_t)(w - m->params_memory);
     if (M == 0 || N == 0) return (fdpo_bf16_weight){NULL, NULL}; /* no product: no copy made for it */
-    if (fdpo_gemm_bf16_widens(M, N)) {
+    if (fdpo_gemm_bf16_widens(M, N) && bf16_weight_copy_enabled()) {
         if (!(m->params_bf16_current & 2u)) {
             if (!m->params_bf16f) m->params_bf16f = fdpo_malloc(m->n_params * sizeof(float));
             fdpo_f32_round_bf16(m->params_bf16f, m->params_memory, m->n_params);
