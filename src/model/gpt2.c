@@ -254,37 +254,50 @@ size_t fdpo_lmhead_chunk(size_t V) {
 }
 
 /* bf16 weights: two copies of the fp32 masters, each made only if a GEMM reads it.
- *   params_bf16  (uint16): the operand of vdpbf16ps GEMMs;
- *   params_bf16f (fp32, the same bf16 values exactly): the weight of GEMMs that take the fp32
- *     route (fdpo_gemm_bf16_widens: every large GEMM on a CPU whose vdpbf16ps is the slower
- *     instruction, every one without AVX512-BF16), so no GEMM widens its weight again.
+ *   params_bf16  (uint16): the operand of vdpbf16ps GEMMs, and of fp32-route GEMMs that
+ *     widen it themselves;
+ *   params_bf16f (fp32, the same bf16 values exactly): the weight of fp32-route GEMMs
+ *     (fdpo_gemm_bf16_widens: every large GEMM on a CPU whose vdpbf16ps is the slower
+ *     instruction, every one without AVX512-BF16), which then widen nothing.
  * Out of date at each forward (every writer of params, the optimizer, loading, copy_params,
  * is then covered without a hook), remade at their first use after it: at most once per
  * forward, and the backward uses the forward's. A params_frozen model's are made once per
- * run (124M: 0.75-1 GB of traffic per forward saved). Where every GEMM widens (training and
- * scoring batches at 124M on this Xeon) the uint16 copy is never allocated: the fp32 copy
- * replaces it (+2 bytes per parameter), and the decoder packs its own. */
-void fdpo_model_bf16_refresh(fdpo_gpt2 *m) { /* both families */
-    fdpo_bf16_native(); /* says once if the GEMMs fall back */
-    if (!m->params_frozen) m->params_bf16_current = 0;
-}
+ * run (124M: 0.75-1 GB of traffic per forward saved).
+ * When the fp32 copy is worth its memory (+2 bytes per parameter over the bf16 copy it
+ * replaces: +237 MiB at 124M): widening a weight costs a GEMM of M rows about 45 / 2M of its
+ * time on 2 threads (~2 % at M = 1024; the 124M DPO step of 1020 rows measured 1 % CPU
+ * less with the copy, under load), while the copy put the 124M DPO step at T = 1024 (1535
+ * rows) at 63 % of PyTorch's peak RSS against #13's 60 % (59 % without). So a forward makes
+ * it when it has at most FDPO_BF16_COPY_MAX_ROWS token rows, for a frozen model (made once),
+ * or when the model has one already (remaking it costs less than widening every weight
+ * again); a larger forward's fp32-route GEMMs widen the bf16 copy. The products, and so the
+ * results, are the same bits either way. FDPO_BF16_WEIGHT_COPY=0 never makes it, =1 always
+ * does (A/B runs). The decoder packs its own bf16 weights and reads neither. */
+#define FDPO_BF16_COPY_MAX_ROWS 1024
 
-/* FDPO_BF16_WEIGHT_COPY=0: no fp32 copy; fp32-route GEMMs widen the bf16 copy each time, as
- * before wave 8 (2 bytes per parameter less, the same bits; for A/B runs and tight memory) */
-static int bf16_weight_copy_enabled(void) {
-    static _Atomic int state = -1;
+static int bf16_weight_copy_setting(void) { /* -1: by the rule above; 0 never; 1 always */
+    static _Atomic int state = -2;
     int s = state;
-    if (s < 0) {
+    if (s == -2) {
         const char *e = getenv("FDPO_BF16_WEIGHT_COPY");
-        state = s = !(e && !strcmp(e, "0"));
+        s = e && !strcmp(e, "0") ? 0 : e && !strcmp(e, "1") ? 1 : -1;
+        state = s;
     }
     return s;
+}
+
+void fdpo_model_bf16_refresh(fdpo_gpt2 *m, size_t n_rows) { /* both families */
+    fdpo_bf16_native(); /* says once if the GEMMs fall back */
+    if (!m->params_frozen) m->params_bf16_current = 0;
+    int set = bf16_weight_copy_setting();
+    int copy = set >= 0 ? set : m->params_frozen || m->params_bf16f || n_rows <= FDPO_BF16_COPY_MAX_ROWS;
+    m->params_bf16_current = (m->params_bf16_current & ~4u) | (copy ? 4u : 0u);
 }
 
 fdpo_bf16_weight fdpo_model_bf16_weight(fdpo_gpt2 *m, const float *w, size_t M, size_t N) {
     size_t off = (size_t)(w - m->params_memory);
     if (M == 0 || N == 0) return (fdpo_bf16_weight){NULL, NULL}; /* no product: no copy made for it */
-    if (fdpo_gemm_bf16_widens(M, N) && bf16_weight_copy_enabled()) {
+    if ((m->params_bf16_current & 4u) && fdpo_gemm_bf16_widens(M, N)) {
         if (!(m->params_bf16_current & 2u)) {
             if (!m->params_bf16f) m->params_bf16f = fdpo_malloc(m->n_params * sizeof(float));
             fdpo_f32_round_bf16(m->params_bf16f, m->params_memory, m->n_params);
@@ -303,7 +316,7 @@ fdpo_bf16_weight fdpo_model_bf16_weight(fdpo_gpt2 *m, const float *w, size_t M, 
 static void bf16_prepare(fdpo_gpt2 *m) {
     fdpo_gpt2_acts *a = m->acts;
     size_t C = m->config.n_embd;
-    fdpo_model_bf16_refresh(m);
+    fdpo_model_bf16_refresh(m, a->n_tokens);
     if (a->bf16_cap < a->cap_tokens) {
         free(a->bf16_x);
         free(a->bf16_y);

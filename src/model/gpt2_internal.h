@@ -145,13 +145,15 @@ void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
  * fp32 route on it; given only h, it routes as fdpo_gemm_bf16 does (widening h itself on the
  * fp32 route). Both NULL: only for an empty product. */
 typedef struct { const uint16_t *h; const float *f; } fdpo_bf16_weight;
-/* Each forward in bf16 calls this first: the model's bf16 weight copies are out of date (so
- * every writer of params, optimizer, load, copy, is covered without a hook), except a
- * params_frozen model's once made (src/model/gpt2.c). */
-void fdpo_model_bf16_refresh(fdpo_gpt2 *m);
+/* Each forward in bf16 calls this first, with its token rows: the model's bf16 weight copies
+ * are out of date (so every writer of params, optimizer, load, copy, is covered without a
+ * hook), except a params_frozen model's once made; and whether this forward's fp32-route
+ * GEMMs read an fp32 copy or widen the bf16 one (src/model/gpt2.c). */
+void fdpo_model_bf16_refresh(fdpo_gpt2 *m, size_t n_rows);
 /* The bf16 copy of weight w (a tensor in params_memory) for a bf16 GEMM whose result is
- * [M, N]: the fp32 copy (.f) where fdpo_gemm_bf16_widens(M, N), else the bf16 one (.h), each
- * made from the masters at its first use after the refresh (serial callers only). */
+ * [M, N]: the fp32 copy (.f) where fdpo_gemm_bf16_widens(M, N) and the forward reads one,
+ * else the bf16 one (.h), each made from the masters at its first use after the refresh
+ * (serial callers only). */
 fdpo_bf16_weight fdpo_model_bf16_weight(fdpo_gpt2 *m, const float *w, size_t M, size_t N);
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                     const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
