@@ -109,8 +109,11 @@ typedef struct {
     struct fdpo_llama_state *llama;                  /* Llama family: tensor roles, activations */
     fdpo_precision precision;                        /* from fdpo_get_precision() at create */
     uint16_t *params_bf16;                           /* bf16 copy of params (bf16 only) */
+    float *params_bf16f;  /* the same bf16 values in fp32: the weights of bf16 GEMMs that run as fp32 GEMMs */
+    unsigned params_bf16_current; /* bit 1: params_bf16, bit 2: params_bf16f made since the last
+                                     refresh; bit 4: this forward reads params_bf16f (src/model/gpt2.c) */
     int params_frozen;   /* set by an owner that writes params no more (online's fixed reference):
-                            the bf16 copy is made at the first forward, not at every one */
+                            the bf16 copies are made at their first use, not at every forward */
     /* When set, called by the GPT-2 and Llama backwards as soon as layer l's parameter
      * gradients are complete for this backward (l = L-1 down to 0): the data-parallel
      * trainer starts summing them over the ranks while the layers below are computed

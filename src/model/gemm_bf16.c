@@ -14,6 +14,7 @@
 #include <cblas.h>
 #include <immintrin.h>
 #include <oneapi/dnnl/dnnl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -43,19 +44,25 @@ int fdpo_set_precision(const char *name) {
 fdpo_precision fdpo_get_precision(void) { return default_precision; }
 
 /* 1 if the bf16 GEMM runs on AVX512-BF16 hardware, 0 for the fp32 fallback; the first
- * call that picks the fallback says so once through the log hook. */
-int fdpo_bf16_native(void) {
-    static int state = -1; /* decided once per process */
-    if (state >= 0) return state;
+ * call that picks the fallback says so once through the log hook. Decided once per process
+ * (pthread_once: callers on several threads wait for the one answer and one notice). */
+static int bf16_native_state;
+static pthread_once_t bf16_native_once = PTHREAD_ONCE_INIT;
+
+static void bf16_native_decide(void) {
     const char *force = getenv("FDPO_FORCE_BF16_FALLBACK");
     int forced = force && *force && strcmp(force, "0") != 0;
     __builtin_cpu_init();
     int has = __builtin_cpu_supports("avx512bf16") != 0;
-    state = has && !forced;
-    if (!state)
+    bf16_native_state = has && !forced;
+    if (!bf16_native_state)
         fdpo_log(FDPO_LOG_INFO, "bf16: %s; matmuls use the slower fp32 fallback (bf16-rounded inputs, sgemm)",
                  forced ? "FDPO_FORCE_BF16_FALLBACK=1" : "this CPU has no AVX512-BF16");
-    return state;
+}
+
+int fdpo_bf16_native(void) {
+    pthread_once(&bf16_native_once, bf16_native_decide);
+    return bf16_native_state;
 }
 
 /* ---- which instruction multiplies bf16 operands ----
@@ -107,7 +114,7 @@ __attribute__((target("avx512f,avx512bf16"))) static double probe_dpbf16_rate(lo
 
 /* FDPO_BF16_GEMM: 1 = dpbf16 (every bf16 GEMM on vdpbf16ps), 0 = fp32 (every one widened),
  * -1 = unset: by shape and the probe below. Read once (fdpo_gemm_bf16_force_route sets it). */
-static int bf16_route_state = -2;
+static _Atomic int bf16_route_state = -2; /* atomic: read by any thread (the value is the environment's either way) */
 
 void fdpo_gemm_bf16_force_route(int route) { bf16_route_state = route < 0 ? -1 : route > 0; }
 
@@ -123,10 +130,14 @@ static int bf16_gemm_forced(void) {
     return bf16_route_state = state;
 }
 
-/* 1 if vdpbf16ps is at least 0.75x as fast as fp32 FMA here (probed once, said once) */
-static int dpbf16_is_fast(void) {
-    static int state = -1;
-    if (state >= 0) return state;
+/* 1 if vdpbf16ps is at least 0.75x as fast as fp32 FMA here (probed once, said once). The
+ * probe is timed, so two threads probing at once could disagree (one GEMM on each route, or
+ * a decoder team split between the routes' barriers): pthread_once runs it on one thread
+ * while any other caller waits for its answer. */
+static int dpbf16_fast_state;
+static pthread_once_t dpbf16_fast_once = PTHREAD_ONCE_INIT;
+
+static void dpbf16_fast_decide(void) {
     double fma = 0.0, dp = 0.0;
     /* best of 7, alternating, ~40 us each: a busy SMT sibling or a preemption only lowers a
      * rate, so the best of several short runs is the instruction's; best of 3 x 8 us picked
@@ -136,11 +147,15 @@ static int dpbf16_is_fast(void) {
         fma = f > fma ? f : fma;
         dp = d > dp ? d : dp;
     }
-    state = dp >= 0.75 * fma;
+    dpbf16_fast_state = dp >= 0.75 * fma;
     fdpo_log(FDPO_LOG_INFO, "bf16: vdpbf16ps runs at %.2fx the fp32 FMA rate on this CPU; large bf16 GEMMs %s "
              "(FDPO_BF16_GEMM=dpbf16|fp32 overrides)", fma > 0 ? dp / fma : 0.0,
-             state ? "use it" : "multiply the bf16-rounded operands with fp32 FMA");
-    return state;
+             dpbf16_fast_state ? "use it" : "multiply the bf16-rounded operands with fp32 FMA");
+}
+
+static int dpbf16_is_fast(void) {
+    pthread_once(&dpbf16_fast_once, dpbf16_fast_decide);
+    return dpbf16_fast_state;
 }
 
 int fdpo_bf16_dpbf16_is_fast(void) { return dpbf16_is_fast(); }

@@ -130,6 +130,7 @@ void fdpo_gpt2_free(fdpo_gpt2 *m) {
     free(m->params_memory);
     free(m->grads_memory);
     free(m->params_bf16);
+    free(m->params_bf16f);
     fdpo_lora_detach(m);
     acts_free(m->acts);
     fdpo_llama_free(m);
@@ -252,23 +253,70 @@ size_t fdpo_lmhead_chunk(size_t V) {
     return c < V ? c : V;
 }
 
-/* bf16: refresh the bf16 weight copy (once per forward: every writer of params, the
- * optimizer, loading, copy_params, is then covered without a hook) and size the scratch
- * that holds bf16-rounded matmul inputs. */
-void fdpo_model_bf16_refresh(fdpo_gpt2 *m) { /* both families */
-    if (!m->params_bf16) {
-        fdpo_bf16_native(); /* says once if the GEMMs fall back */
-        m->params_bf16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
-    } else if (m->params_frozen) {
-        return; /* made once: 124M, 0.75 GB of traffic per forward saved */
+/* bf16 weights: two copies of the fp32 masters, each made only if a GEMM reads it.
+ *   params_bf16  (uint16): the operand of vdpbf16ps GEMMs, and of fp32-route GEMMs that
+ *     widen it themselves;
+ *   params_bf16f (fp32, the same bf16 values exactly): the weight of fp32-route GEMMs
+ *     (fdpo_gemm_bf16_widens: every large GEMM on a CPU whose vdpbf16ps is the slower
+ *     instruction, every one without AVX512-BF16), which then widen nothing.
+ * Out of date at each forward (every writer of params, the optimizer, loading, copy_params,
+ * is then covered without a hook), remade at their first use after it: at most once per
+ * forward, and the backward uses the forward's. A params_frozen model's are made once per
+ * run (124M: 0.75-1 GB of traffic per forward saved).
+ * When the fp32 copy is worth its memory (+2 bytes per parameter over the bf16 copy it
+ * replaces: +237 MiB at 124M): widening a weight costs a GEMM of M rows about 45 / 2M of its
+ * time on 2 threads (~2 % at M = 1024; the 124M DPO step of 1020 rows measured 1 % CPU
+ * less with the copy, under load), while the copy put the 124M DPO step at T = 1024 (1535
+ * rows) at 63 % of PyTorch's peak RSS against #13's 60 % (59 % without). So a forward makes
+ * it when it has at most FDPO_BF16_COPY_MAX_ROWS token rows, for a frozen model (made once),
+ * or when the model has one already (remaking it costs less than widening every weight
+ * again); a larger forward's fp32-route GEMMs widen the bf16 copy. The products, and so the
+ * results, are the same bits either way. FDPO_BF16_WEIGHT_COPY=0 never makes it, =1 always
+ * does (A/B runs). The decoder packs its own bf16 weights and reads neither. */
+#define FDPO_BF16_COPY_MAX_ROWS 1024
+
+static int bf16_weight_copy_setting(void) { /* -1: by the rule above; 0 never; 1 always */
+    static _Atomic int state = -2;
+    int s = state;
+    if (s == -2) {
+        const char *e = getenv("FDPO_BF16_WEIGHT_COPY");
+        s = e && !strcmp(e, "0") ? 0 : e && !strcmp(e, "1") ? 1 : -1;
+        state = s;
     }
-    fdpo_f32_to_bf16(m->params_bf16, m->params_memory, m->n_params);
+    return s;
+}
+
+void fdpo_model_bf16_refresh(fdpo_gpt2 *m, size_t n_rows) { /* both families */
+    fdpo_bf16_native(); /* says once if the GEMMs fall back */
+    if (!m->params_frozen) m->params_bf16_current = 0;
+    int set = bf16_weight_copy_setting();
+    int copy = set >= 0 ? set : m->params_frozen || m->params_bf16f || n_rows <= FDPO_BF16_COPY_MAX_ROWS;
+    m->params_bf16_current = (m->params_bf16_current & ~4u) | (copy ? 4u : 0u);
+}
+
+fdpo_bf16_weight fdpo_model_bf16_weight(fdpo_gpt2 *m, const float *w, size_t M, size_t N) {
+    size_t off = (size_t)(w - m->params_memory);
+    if (M == 0 || N == 0) return (fdpo_bf16_weight){NULL, NULL}; /* no product: no copy made for it */
+    if ((m->params_bf16_current & 4u) && fdpo_gemm_bf16_widens(M, N)) {
+        if (!(m->params_bf16_current & 2u)) {
+            if (!m->params_bf16f) m->params_bf16f = fdpo_malloc(m->n_params * sizeof(float));
+            fdpo_f32_round_bf16(m->params_bf16f, m->params_memory, m->n_params);
+            m->params_bf16_current |= 2u;
+        }
+        return (fdpo_bf16_weight){NULL, m->params_bf16f + off};
+    }
+    if (!(m->params_bf16_current & 1u)) {
+        if (!m->params_bf16) m->params_bf16 = fdpo_malloc(m->n_params * sizeof(uint16_t));
+        fdpo_f32_to_bf16(m->params_bf16, m->params_memory, m->n_params);
+        m->params_bf16_current |= 1u;
+    }
+    return (fdpo_bf16_weight){m->params_bf16 + off, NULL};
 }
 
 static void bf16_prepare(fdpo_gpt2 *m) {
     fdpo_gpt2_acts *a = m->acts;
     size_t C = m->config.n_embd;
-    fdpo_model_bf16_refresh(m);
+    fdpo_model_bf16_refresh(m, a->n_tokens);
     if (a->bf16_cap < a->cap_tokens) {
         free(a->bf16_x);
         free(a->bf16_y);
@@ -278,14 +326,11 @@ static void bf16_prepare(fdpo_gpt2 *m) {
     }
 }
 
-/* the bf16 copy of the weight tensor w points into params_memory */
-static const uint16_t *bf16_of(const fdpo_gpt2 *m, const float *w) { return m->params_bf16 + (w - m->params_memory); }
-
 /* Linear layers and the LM head in the model's precision (the kernels do the maths). */
 static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, const float *w, const float *bias,
                            size_t N, size_t IC, size_t OC) {
     if (m->precision == FDPO_PRECISION_BF16)
-        fdpo_k_matmul_forward_bf16(out, inp, bf16_of(m, w), bias, N, IC, OC, m->acts->bf16_x);
+        fdpo_k_matmul_forward_bf16(out, inp, fdpo_model_bf16_weight(m, w, N, OC), bias, N, IC, OC, m->acts->bf16_x);
     else
         fdpo_k_matmul_forward(out, inp, w, bias, N, IC, OC);
 }
@@ -293,7 +338,8 @@ static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, const flo
 static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, const float *dout,
                             const float *inp, const float *w, size_t N, size_t IC, size_t OC) {
     if (m->acts->precision == FDPO_PRECISION_BF16) /* the forward's: its bf16 weights are current */
-        fdpo_k_matmul_backward_bf16(dinp, dw, dbias, dout, inp, bf16_of(m, w), N, IC, OC, m->acts->bf16_x, m->acts->bf16_y);
+        fdpo_k_matmul_backward_bf16(dinp, dw, dbias, dout, inp, fdpo_model_bf16_weight(m, w, N, IC), N, IC, OC,
+                                    m->acts->bf16_x, m->acts->bf16_y);
     else
         fdpo_k_matmul_backward(dinp, dw, dbias, dout, inp, w, N, IC, OC, 0);
 }
@@ -301,7 +347,8 @@ static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, 
 static void head_forward(fdpo_gpt2 *m, float *logits, const float *inp, size_t N) {
     const fdpo_gpt2_config *c = &m->config;
     if (m->precision == FDPO_PRECISION_BF16)
-        fdpo_k_lmhead_forward_bf16(logits, inp, bf16_of(m, m->params.wte), N, c->n_embd, c->vocab_size, m->acts->bf16_x);
+        fdpo_k_lmhead_forward_bf16(logits, inp, fdpo_model_bf16_weight(m, m->params.wte, N, c->vocab_size), N, c->n_embd,
+                                   c->vocab_size, m->acts->bf16_x);
     else
         fdpo_k_lmhead_forward(logits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
 }
@@ -311,8 +358,9 @@ static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const
     fdpo_gpt2_acts *a = m->acts;
     if (a->precision == FDPO_PRECISION_BF16) {
         a->head_bf16 = grow(a->head_bf16, &a->head_bf16_cap, N * c->vocab_size, sizeof(uint16_t));
-        fdpo_k_lmhead_backward_bf16(dinp, fdpo_lora_frozen(m) ? NULL : m->grads.wte, dlogits, inp, bf16_of(m, m->params.wte), N, c->n_embd,
-                             c->vocab_size, a->head_bf16, a->bf16_y);
+        fdpo_k_lmhead_backward_bf16(dinp, fdpo_lora_frozen(m) ? NULL : m->grads.wte, dlogits, inp,
+                                    fdpo_model_bf16_weight(m, m->params.wte, N, c->n_embd), N, c->n_embd,
+                                    c->vocab_size, a->head_bf16, a->bf16_y);
     }
     else
         fdpo_k_lmhead_backward(dinp, fdpo_lora_frozen(m) ? NULL : m->grads.wte, dlogits, inp, m->params.wte, N, c->n_embd, c->vocab_size);
@@ -357,7 +405,8 @@ static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t k0, size_
         a->ctargets[k] = a->targets[a->rows[k]];
     }
     float *csum = a->d_ln + t0; /* free during forward */
-    const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, m->params.wte) : NULL;
+    fdpo_bf16_weight wb = {NULL, NULL};
+    if (a->precision == FDPO_PRECISION_BF16) wb = fdpo_model_bf16_weight(m, m->params.wte, K, chunk);
     fdpo_k_lmhead_logsoftmax_forward_chunked(a->clse + k0, a->cd + k0, csum, lnf_packed, m->params.wte, wb,
                                              a->ctargets + k0, K, C, V, chunk, a->head_scratch + k0 * (a->head_keep ? V : chunk),
                                              a->head_bf16, a->head_acc + 3 * k0, a->head_keep);
@@ -699,7 +748,8 @@ static void lmhead_rows_backward_fused(fdpo_gpt2 *m, float *dwte, size_t k0, siz
     size_t C = m->config.n_embd, V = m->config.vocab_size, chunk = a->head_chunk;
     float *lnf_packed = a->d_atty + t0 * C, *dlnf_packed = a->d_qkv + t0 * 3 * C;
     for (size_t k = k0; k < k1; k++) memcpy(lnf_packed + (k - k0) * C, a->lnf + a->rows[k] * C, C * sizeof(float));
-    const uint16_t *wb = a->precision == FDPO_PRECISION_BF16 ? bf16_of(m, m->params.wte) : NULL;
+    fdpo_bf16_weight wb = {NULL, NULL};
+    if (a->precision == FDPO_PRECISION_BF16) wb = fdpo_model_bf16_weight(m, m->params.wte, k1 - k0, chunk);
     fdpo_k_lmhead_logsoftmax_backward_chunked(dlnf_packed, dwte, a->cd + k0, a->clse + k0, a->ctargets + k0, lnf_packed,
                                               m->params.wte, wb, k1 - k0, C, V, chunk,
                                               a->head_scratch + k0 * (a->head_keep ? V : chunk),

@@ -140,9 +140,21 @@ static inline uint16_t fdpo_bf16_round(float f) {
     return (uint16_t)(u >> 16);
 }
 void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
-/* (Re)build m->params_bf16 from the fp32 masters; each forward in bf16 calls it, so every
- * writer of params (optimizer, load, copy) is covered without a hook (src/model/gpt2.c). */
-void fdpo_model_bf16_refresh(fdpo_gpt2 *m);
+/* A bf16 weight as the bf16 kernels read it: h, its bf16 values; f, the same values in fp32
+ * (exact), the operand of the fp32 route (fdpo_gemm_bf16_widens). A kernel given f takes the
+ * fp32 route on it; given only h, it routes as fdpo_gemm_bf16 does (widening h itself on the
+ * fp32 route). Both NULL: only for an empty product. */
+typedef struct { const uint16_t *h; const float *f; } fdpo_bf16_weight;
+/* Each forward in bf16 calls this first, with its token rows: the model's bf16 weight copies
+ * are out of date (so every writer of params, optimizer, load, copy, is covered without a
+ * hook), except a params_frozen model's once made; and whether this forward's fp32-route
+ * GEMMs read an fp32 copy or widen the bf16 one (src/model/gpt2.c). */
+void fdpo_model_bf16_refresh(fdpo_gpt2 *m, size_t n_rows);
+/* The bf16 copy of weight w (a tensor in params_memory) for a bf16 GEMM whose result is
+ * [M, N]: the fp32 copy (.f) where fdpo_gemm_bf16_widens(M, N) and the forward reads one,
+ * else the bf16 one (.h), each made from the masters at its first use after the refresh
+ * (serial callers only). */
+fdpo_bf16_weight fdpo_model_bf16_weight(fdpo_gpt2 *m, const float *w, size_t M, size_t N);
 void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                     const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
 /* The fp32 route of the bf16 kernels, for callers that prepare its operands themselves (once
@@ -159,31 +171,32 @@ void fdpo_gemm_bf16_force_route(int route);
 /* 1 if vdpbf16ps runs at >= 0.75x the fp32 FMA's FLOP rate here (probed once, said once;
  * call only where fdpo_bf16_native()): the bf16 GEMMs' and the decoder's choice */
 int fdpo_bf16_dpbf16_is_fast(void);
-void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
+void fdpo_k_matmul_forward_bf16(float *out, const float *inp, fdpo_bf16_weight w, const float *bias,
                          size_t N, size_t IC, size_t OC, uint16_t *scratch);
 void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
-                          const uint16_t *w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
+                          fdpo_bf16_weight w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
                           uint16_t *scratch_inp);
-void fdpo_k_lmhead_forward_bf16(float *logits, const float *inp, const uint16_t *wte, size_t N, size_t C, size_t V,
+void fdpo_k_lmhead_forward_bf16(float *logits, const float *inp, fdpo_bf16_weight wte, size_t N, size_t C, size_t V,
                          uint16_t *scratch);
 void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,
-                          const uint16_t *wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
+                          fdpo_bf16_weight wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
                           uint16_t *scratch_inp);
 
 /* LM head + log-softmax + gather over vocabulary chunks, never holding [K, V] logits (the
  * training path: only target log-probs are used) unless keep_logits. head [V, C];
- * head_bf16 != NULL = bf16 GEMMs. Scratch: K*chunk floats (K*V with keep_logits), bf16 K*C
+ * head_bf16.h or .f set = bf16 GEMMs (the weight for a [K, chunk] result; .f: the fp32 route
+ * on it). Scratch: K*chunk floats (K*V with keep_logits), bf16 K*C
  * (forward) / K*(C+chunk) (backward), 3K doubles. keep_logits (forward) leaves chunk
  * [v0, v0+nv) of the logits at scratch + v0*K; logits_ready (backward): scratch still holds
  * the forward's logits of the same K rows that way (kept, or V <= chunk), so the backward
  * skips recomputing them (one GEMM of K x V x C fewer). */
 void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, float *logit_sum, const float *inp,
-                                              const float *head, const uint16_t *head_bf16, const int32_t *targets,
+                                              const float *head, fdpo_bf16_weight head_bf16, const int32_t *targets,
                                               size_t K, size_t C, size_t V, size_t chunk, float *scratch,
                                               uint16_t *scratch_bf16, double *acc, int keep_logits);
 void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dhead, const float *d_token_logp, const float *lse,
                                                const int32_t *targets, const float *inp, const float *head,
-                                               const uint16_t *head_bf16, size_t K, size_t C, size_t V, size_t chunk,
+                                               fdpo_bf16_weight head_bf16, size_t K, size_t C, size_t V, size_t chunk,
                                                float *scratch, uint16_t *scratch_bf16, int logits_ready);
 #define FDPO_LMHEAD_CHUNK 2048 /* vocabulary columns per chunk (FDPO_LMHEAD_CHUNK=n overrides, for tests) */
 /* A trained GPT-2's fused head keeps its K x V logits for the backward when they take at most

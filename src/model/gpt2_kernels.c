@@ -416,8 +416,10 @@ void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, cons
 
 /* ---- bf16 variants: inputs rounded to bf16, fp32 accumulation and outputs ---- */
 
-/* out [N,OC] = bf16(inp [N,IC]) @ w [IC,OC] (bf16) + bias [OC]; scratch holds N*IC */
-void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w, const float *bias,
+/* out [N,OC] = bf16(inp [N,IC]) @ w [IC,OC] (bf16) + bias [OC]; scratch holds N*IC.
+ * w.f: the fp32 route on that fp32 copy of the bf16 weight (the caller's, made once per
+ * refresh); only w.h: as fdpo_gemm_bf16 routes it, widening w.h here on the fp32 route. */
+void fdpo_k_matmul_forward_bf16(float *out, const float *inp, fdpo_bf16_weight w, const float *bias,
                          size_t N, size_t IC, size_t OC, uint16_t *scratch) {
     float beta = 0.0f;
     if (bias) {
@@ -425,56 +427,90 @@ void fdpo_k_matmul_forward_bf16(float *out, const float *inp, const uint16_t *w,
         for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
-    if (fdpo_gemm_bf16_widens(N, OC)) { /* fp32 route: one rounding pass, the weight widened */
-        float *xr = fdpo_bf16_operand_scratch(0, N * IC), *wf = fdpo_bf16_operand_scratch(1, IC * OC);
+    if (w.f || fdpo_gemm_bf16_widens(N, OC)) { /* fp32 route: one rounding pass, the fp32 weight */
+        float *xr = fdpo_bf16_operand_scratch(0, N * IC);
+        const float *wf = w.f;
+        if (!wf) {
+            float *t = fdpo_bf16_operand_scratch(1, IC * OC);
+            fdpo_bf16_widen(t, w.h, IC * OC);
+            wf = t;
+        }
         fdpo_f32_round_bf16(xr, inp, N * IC);
-        fdpo_bf16_widen(wf, w, IC * OC);
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)OC, (int)IC, 1.0f, xr, (int)IC, wf,
                    (int)OC, beta, out, (int)OC);
         return;
     }
     fdpo_f32_to_bf16(scratch, inp, N * IC);
-    fdpo_gemm_bf16(0, 0, N, OC, IC, 1.0f, scratch, IC, w, OC, beta, out, OC);
+    fdpo_gemm_bf16(0, 0, N, OC, IC, 1.0f, scratch, IC, w.h, OC, beta, out, OC);
 }
 
 /* dinp [N,IC] (=) bf16(dout) @ w^T;  dw [IC,OC] += bf16(inp)^T @ bf16(dout);
- * dbias [OC] += sum_t dout (fp32). scratch_dout holds N*OC, scratch_inp N*IC. */
+ * dbias [OC] += sum_t dout (fp32). scratch_dout holds N*OC, scratch_inp N*IC. w as in the
+ * forward (w.f: the fp32 route). */
 void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
-                          const uint16_t *w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
+                          fdpo_bf16_weight w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
                           uint16_t *scratch_inp) {
     if (dbias) column_sums_add(dbias, dout, N, OC);
-    if (fdpo_gemm_bf16_widens(N, IC)) {
+    if (w.f || fdpo_gemm_bf16_widens(N, IC)) {
         /* fp32 route: dout rounded once for both GEMMs (not rounded, then widened by each),
-         * the weight widened once; then the fp32 backward (its two-GEMM region included) */
-        float *dr = fdpo_bf16_operand_scratch(0, N * OC), *wf = fdpo_bf16_operand_scratch(1, IC * OC + N * IC);
-        float *xr = wf + IC * OC;
+         * the fp32 weight (widened here once without w.f); then the fp32 backward (its
+         * two-GEMM region included) */
+        float *dr = fdpo_bf16_operand_scratch(0, N * OC), *xr = fdpo_bf16_operand_scratch(1, N * IC + (w.f ? 0 : IC * OC));
+        const float *wf = w.f;
+        if (!wf) {
+            fdpo_bf16_widen(xr + N * IC, w.h, IC * OC);
+            wf = xr + N * IC;
+        }
         fdpo_f32_round_bf16(dr, dout, N * OC);
-        fdpo_bf16_widen(wf, w, IC * OC);
         if (dw) fdpo_f32_round_bf16(xr, inp, N * IC);
         fdpo_k_matmul_backward(dinp, dw, NULL, dr, xr, wf, N, IC, OC, 0);
         return;
     }
     fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
-    fdpo_gemm_bf16(0, 1, N, IC, OC, 1.0f, scratch_dout, OC, w, OC, 0.0f, dinp, IC);
+    fdpo_gemm_bf16(0, 1, N, IC, OC, 1.0f, scratch_dout, OC, w.h, OC, 0.0f, dinp, IC);
     if (dw) { /* NULL: frozen weight (LoRA) */
         fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
         fdpo_gemm_bf16(1, 0, IC, OC, N, 1.0f, scratch_inp, IC, scratch_dout, OC, 1.0f, dw, OC);
     }
 }
 
-/* logits [N,V] = bf16(inp [N,C]) @ wte^T (bf16 [V,C]); scratch holds N*C */
-void fdpo_k_lmhead_forward_bf16(float *logits, const float *inp, const uint16_t *wte, size_t N, size_t C, size_t V,
+/* logits [N,V] = bf16(inp [N,C]) @ wte^T (bf16 [V,C]); scratch holds N*C; wte.f: the fp32
+ * route on it */
+void fdpo_k_lmhead_forward_bf16(float *logits, const float *inp, fdpo_bf16_weight wte, size_t N, size_t C, size_t V,
                          uint16_t *scratch) {
+    if (wte.f) {
+        float *xr = fdpo_bf16_operand_scratch(0, N * C);
+        fdpo_f32_round_bf16(xr, inp, N * C);
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)V, (int)C, 1.0f, xr, (int)C, wte.f, (int)C,
+                   0.0f, logits, (int)V);
+        return;
+    }
     fdpo_f32_to_bf16(scratch, inp, N * C);
-    fdpo_gemm_bf16(0, 1, N, V, C, 1.0f, scratch, C, wte, C, 0.0f, logits, V);
+    fdpo_gemm_bf16(0, 1, N, V, C, 1.0f, scratch, C, wte.h, C, 0.0f, logits, V);
 }
 
-/* dinp [N,C] = bf16(dlogits) @ wte;  dwte [V,C] += bf16(dlogits)^T @ bf16(inp) */
+/* dinp [N,C] = bf16(dlogits) @ wte;  dwte [V,C] += bf16(dlogits)^T @ bf16(inp); wte.f: the
+ * fp32 route on it for dinp (dlogits rounded once, for dwte's GEMM too where that widens) */
 void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,
-                          const uint16_t *wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
+                          fdpo_bf16_weight wte, size_t N, size_t C, size_t V, uint16_t *scratch_dlogits,
                           uint16_t *scratch_inp) {
-    fdpo_f32_to_bf16(scratch_dlogits, dlogits, N * V);
-    fdpo_gemm_bf16(0, 0, N, C, V, 1.0f, scratch_dlogits, V, wte, C, 0.0f, dinp, C);
+    if (wte.f) {
+        float *dr = fdpo_bf16_operand_scratch(0, N * V);
+        fdpo_f32_round_bf16(dr, dlogits, N * V);
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)V, 1.0f, dr, (int)V, wte.f, (int)C,
+                   0.0f, dinp, (int)C);
+        if (dwte && fdpo_gemm_bf16_widens(V, C)) {
+            float *xr = fdpo_bf16_operand_scratch(1, N * C);
+            fdpo_f32_round_bf16(xr, inp, N * C);
+            fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)C, (int)N, 1.0f, dr, (int)V, xr, (int)C,
+                       1.0f, dwte, (int)C);
+            return;
+        }
+        if (dwte) fdpo_f32_to_bf16(scratch_dlogits, dlogits, N * V);
+    } else {
+        fdpo_f32_to_bf16(scratch_dlogits, dlogits, N * V);
+        fdpo_gemm_bf16(0, 0, N, C, V, 1.0f, scratch_dlogits, V, wte.h, C, 0.0f, dinp, C);
+    }
     if (dwte) { /* NULL: frozen (LoRA) */
         fdpo_f32_to_bf16(scratch_inp, inp, N * C);
         fdpo_gemm_bf16(1, 0, V, C, N, 1.0f, scratch_dlogits, V, scratch_inp, C, 1.0f, dwte, C);
@@ -916,12 +952,12 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
 /* ---- LM head + log-softmax + gather fused over vocabulary chunks (no [K, V] logits) ----
  * For training losses only the target's log-prob of each row is used, so the [K, V] logits
  * need never exist at once: the vocabulary is swept `chunk` columns at a time, memory
- * O(K x chunk). wte_bf16 != NULL selects bf16 GEMMs (bf16-rounded inputs, fp32
- * accumulation) exactly as fdpo_k_lmhead_*_bf16 do. Callable by any family whose head is
+ * O(K x chunk). wte_bf16.h or .f set selects bf16 GEMMs (bf16-rounded inputs, fp32
+ * accumulation) exactly as fdpo_k_lmhead_*_bf16 do (.f: the fp32 route on that copy). Callable by any family whose head is
  * a [V, C] matrix (GPT-2's tied wte, Llama's lm_head or embed_tokens). */
 
 /* S [K, nv] = inp [K, C] @ wte[v0 : v0+nv]^T, in fp32 or from the bf16 copies; bf16 on the
- * fp32 route: xr = inp rounded to bf16 in fp32, wf = the chunk of wte widened ([nv, C]) */
+ * fp32 route: xr = inp rounded to bf16 in fp32, wf = the chunk of wte in fp32 ([nv, C]) */
 static void lmhead_chunk_logits(float *S, const float *inp, const uint16_t *inp_bf16, const float *wte,
                                 const uint16_t *wte_bf16, const float *xr, const float *wf, size_t K, size_t C,
                                 size_t v0, size_t nv) {
@@ -935,19 +971,22 @@ static void lmhead_chunk_logits(float *S, const float *inp, const uint16_t *inp_
                     wte + v0 * C, (int)C, 0.0f, S, (int)nv);
 }
 
-/* bf16 head on the fp32 route (fdpo_gemm_bf16_widens for the chunk GEMM [K, chunk]): inp
- * rounded once for every chunk into operand slot 0 (returned), else NULL */
-static const float *lmhead_rounded_inp(const float *inp, const uint16_t *wte_bf16, size_t K, size_t C, size_t chunk) {
-    if (!wte_bf16 || !fdpo_gemm_bf16_widens(K, chunk)) return NULL;
+/* bf16 head on the fp32 route (the caller's fp32 copy, or fdpo_gemm_bf16_widens for the
+ * chunk GEMM [K, chunk]): inp rounded once for every chunk into operand slot 0 (returned),
+ * else NULL */
+static const float *lmhead_rounded_inp(const float *inp, fdpo_bf16_weight wte_bf16, size_t K, size_t C, size_t chunk) {
+    if (!wte_bf16.f && (!wte_bf16.h || !fdpo_gemm_bf16_widens(K, chunk))) return NULL;
     float *xr = fdpo_bf16_operand_scratch(0, K * C);
     fdpo_f32_round_bf16(xr, inp, K * C);
     return xr;
 }
 
-/* the chunk [v0, v0+nv) of the bf16 head widened into operand slot 1 */
-static const float *lmhead_widened_chunk(const uint16_t *wte_bf16, size_t C, size_t v0, size_t nv) {
+/* the chunk [v0, v0+nv) of the bf16 head in fp32: in the fp32 copy, or widened into operand
+ * slot 1 */
+static const float *lmhead_widened_chunk(fdpo_bf16_weight wte_bf16, size_t C, size_t v0, size_t nv) {
+    if (wte_bf16.f) return wte_bf16.f + v0 * C;
     float *wf = fdpo_bf16_operand_scratch(1, nv * C);
-    fdpo_bf16_widen(wf, wte_bf16 + v0 * C, nv * C);
+    fdpo_bf16_widen(wf, wte_bf16.h + v0 * C, nv * C);
     return wf;
 }
 
@@ -960,17 +999,17 @@ static const float *lmhead_widened_chunk(const uint16_t *wte_bf16, size_t C, siz
  * per step, for K*V floats of memory); scratch_bf16 (bf16 only): K*C; acc: 3K doubles. Each row is
  * updated by one thread in chunk order, so results depend only on the thread count. */
 void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, float *logit_sum, const float *inp,
-                                              const float *wte, const uint16_t *wte_bf16, const int32_t *targets,
+                                              const float *wte, fdpo_bf16_weight wte_bf16, const int32_t *targets,
                                               size_t K, size_t C, size_t V, size_t chunk, float *scratch,
                                               uint16_t *scratch_bf16, double *acc, int keep_logits) {
     double *m = acc, *s = acc + K, *sum = acc + 2 * K;
     for (size_t k = 0; k < K; k++) { m[k] = -INFINITY; s[k] = 0.0; sum[k] = 0.0; }
     const float *xr = lmhead_rounded_inp(inp, wte_bf16, K, C, chunk);
-    if (wte_bf16 && !xr) fdpo_f32_to_bf16(scratch_bf16, inp, K * C);
+    if (wte_bf16.h && !xr) fdpo_f32_to_bf16(scratch_bf16, inp, K * C);
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
         float *S = keep_logits ? scratch + v0 * K : scratch; /* kept: chunk after chunk, for the backward */
-        lmhead_chunk_logits(S, inp, scratch_bf16, wte, wte_bf16, xr, xr ? lmhead_widened_chunk(wte_bf16, C, v0, nv) : NULL,
+        lmhead_chunk_logits(S, inp, scratch_bf16, wte, wte_bf16.h, xr, xr ? lmhead_widened_chunk(wte_bf16, C, v0, nv) : NULL,
                             K, C, v0, nv);
 #pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
@@ -1007,20 +1046,21 @@ void fdpo_k_lmhead_logsoftmax_forward_chunked(float *lse, float *token_logp, flo
  * [v0, v0+nv) at scratch + v0*K: not recomputed, d logits overwrite them. */
 void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const float *d_token_logp, const float *lse,
                                                const int32_t *targets, const float *inp, const float *wte,
-                                               const uint16_t *wte_bf16, size_t K, size_t C, size_t V, size_t chunk,
+                                               fdpo_bf16_weight wte_bf16, size_t K, size_t C, size_t V, size_t chunk,
                                                float *scratch, uint16_t *scratch_bf16, int logits_ready) {
     uint16_t *inp_bf16 = scratch_bf16, *dS_bf16 = scratch_bf16 ? scratch_bf16 + K * C : NULL;
     if (K == 0) return;
-    /* bf16 on the fp32 route: inp rounded once, each chunk of the head widened once for its
-     * (recompute and) two GEMMs, d logits rounded in place; then the fp32 code below */
+    /* bf16 on the fp32 route: inp rounded once, each chunk of the head in fp32 (the copy's,
+     * or widened once for its recompute and two GEMMs), d logits rounded in place; then the
+     * fp32 code below */
     const float *xr = lmhead_rounded_inp(inp, wte_bf16, K, C, chunk);
-    if (wte_bf16 && !xr) fdpo_f32_to_bf16(inp_bf16, inp, K * C);
+    if (wte_bf16.h && !xr) fdpo_f32_to_bf16(inp_bf16, inp, K * C);
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t nv = V - v0 < chunk ? V - v0 : chunk;
         float beta = v0 == 0 ? 0.0f : 1.0f;
         float *S = logits_ready ? scratch + v0 * K : scratch; /* the forward's chunk, or recomputed */
         const float *wf = xr ? lmhead_widened_chunk(wte_bf16, C, v0, nv) : NULL;
-        if (!logits_ready) lmhead_chunk_logits(S, inp, inp_bf16, wte, wte_bf16, xr, wf, K, C, v0, nv);
+        if (!logits_ready) lmhead_chunk_logits(S, inp, inp_bf16, wte, wte_bf16.h, xr, wf, K, C, v0, nv);
 #pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
             float *row = S + k * nv;
@@ -1033,9 +1073,9 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const f
         }
         const float *X = xr ? xr : inp, *W = xr ? wf : wte + v0 * C; /* fp32 operands */
         if (xr) fdpo_f32_round_bf16(S, S, K * nv);
-        if (wte_bf16 && !xr) {
+        if (wte_bf16.h && !xr) {
             fdpo_f32_to_bf16(dS_bf16, S, K * nv);
-            fdpo_gemm_bf16(0, 0, K, C, nv, 1.0f, dS_bf16, nv, wte_bf16 + v0 * C, C, beta, dinp, C);
+            fdpo_gemm_bf16(0, 0, K, C, nv, 1.0f, dS_bf16, nv, wte_bf16.h + v0 * C, C, beta, dinp, C);
             if (dwte) fdpo_gemm_bf16(1, 0, nv, C, K, 1.0f, dS_bf16, nv, inp_bf16, C, 1.0f, dwte + v0 * C, C);
         } else if (dwte && gemm_pair(2 * K * C * nv)) { /* as in fdpo_k_matmul_backward */
 #pragma omp parallel sections num_threads(2)

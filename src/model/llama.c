@@ -188,15 +188,16 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B) {
     a->cap_tokens = N;
 }
 
-/* bf16: the shared bf16 weight copy (fdpo_model_bf16_refresh, once per forward) and the
- * scratch for bf16-rounded operands, sized for the activations' capacity */
+/* bf16: the shared bf16 weight copies (fdpo_model_bf16_refresh: out of date at each forward;
+ * fdpo_model_bf16_weight makes the one a GEMM reads) and the scratch for bf16-rounded
+ * operands, sized for the activations' capacity */
 static void bf16_prepare(fdpo_gpt2 *m) {
     llama_acts *a = &m->llama->acts;
     const fdpo_gpt2_config *c = &m->config;
     size_t QD = c->n_head * head_dim(c), C = c->n_embd, F = c->intermediate_size;
     size_t act = C > QD ? C : QD;
     act = act > F ? act : F;
-    fdpo_model_bf16_refresh(m);
+    fdpo_model_bf16_refresh(m, a->n_tokens);
     if (a->bf16_cap < a->cap_tokens) {
         free(a->bf16_x);
         free(a->bf16_y);
@@ -206,14 +207,17 @@ static void bf16_prepare(fdpo_gpt2 *m) {
     }
 }
 
-/* the bf16 copy of the weight tensor w (which points into params_memory) */
-static const uint16_t *w16_of(const fdpo_gpt2 *m, const float *w) { return m->params_bf16 + (w - m->params_memory); }
+/* the bf16 copy of the weight tensor w (which points into params_memory) for a GEMM whose
+ * result is [M, N]: the fp32 one on the fp32 route (fdpo_model_bf16_weight) */
+static fdpo_bf16_weight w16_of(fdpo_gpt2 *m, const float *w, size_t M, size_t N) {
+    return fdpo_model_bf16_weight(m, w, M, N);
+}
 
 /* Linear layers and the LM head in the model's precision (the kernels do the maths). */
 static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, const float *w, const float *bias, size_t N,
                            size_t IC, size_t OC) {
     if (m->precision == FDPO_PRECISION_BF16)
-        fdpo_llama_linear_forward_bf16(out, inp, w16_of(m, w), bias, N, IC, OC, m->llama->acts.bf16_x);
+        fdpo_llama_linear_forward_bf16(out, inp, w16_of(m, w, N, OC), bias, N, IC, OC, m->llama->acts.bf16_x);
     else
         fdpo_llama_linear_forward(out, inp, w, bias, N, IC, OC);
 }
@@ -222,7 +226,7 @@ static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, 
                             const float *w, const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
     llama_acts *a = &m->llama->acts;
     if (a->precision == FDPO_PRECISION_BF16) /* the forward's: its bf16 weights are current */
-        fdpo_llama_linear_backward_bf16(dinp, dw, dbias, dout, inp, w16_of(m, w), ones, N, IC, OC, accumulate_dinp,
+        fdpo_llama_linear_backward_bf16(dinp, dw, dbias, dout, inp, w16_of(m, w, N, IC), ones, N, IC, OC, accumulate_dinp,
                                         a->bf16_x, a->bf16_y);
     else
         fdpo_llama_linear_backward(dinp, dw, dbias, dout, inp, w, ones, N, IC, OC, accumulate_dinp);
@@ -231,7 +235,7 @@ static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, 
 static void head_forward(fdpo_gpt2 *m, float *logits, const float *inp, const float *head, size_t N) {
     size_t C = m->config.n_embd, V = m->config.vocab_size;
     if (m->precision == FDPO_PRECISION_BF16)
-        fdpo_k_lmhead_forward_bf16(logits, inp, w16_of(m, head), N, C, V, m->llama->acts.bf16_x);
+        fdpo_k_lmhead_forward_bf16(logits, inp, w16_of(m, head, N, V), N, C, V, m->llama->acts.bf16_x);
     else
         fdpo_k_lmhead_forward(logits, inp, head, N, C, V);
 }
@@ -242,7 +246,7 @@ static void head_backward(fdpo_gpt2 *m, float *dinp, float *dhead, const float *
     size_t C = m->config.n_embd, V = m->config.vocab_size;
     if (a->precision == FDPO_PRECISION_BF16) {
         a->head_bf16 = fdpo_model_grow(a->head_bf16, &a->head_bf16_cap, N * V, sizeof(uint16_t)); /* bf16 d logits */
-        fdpo_k_lmhead_backward_bf16(dinp, dhead, dlogits, inp, w16_of(m, head), N, C, V, a->head_bf16, a->bf16_y);
+        fdpo_k_lmhead_backward_bf16(dinp, dhead, dlogits, inp, w16_of(m, head, N, C), N, C, V, a->head_bf16, a->bf16_y);
     }
     else
         fdpo_k_lmhead_backward(dinp, dhead, dlogits, inp, head, N, C, V);
@@ -295,7 +299,8 @@ static void head_fused_forward(fdpo_gpt2 *m, const float *head, float *tlp) {
     fused_head_reserve(m, K, chunk);
     if (K > 0)
         fdpo_k_lmhead_logsoftmax_forward_chunked(lse_packed, tlp_packed, sum_packed, lnf_packed, head,
-                                                 a->precision == FDPO_PRECISION_BF16 ? w16_of(m, head) : NULL,
+                                                 a->precision == FDPO_PRECISION_BF16 ? w16_of(m, head, K, chunk)
+                                                                                     : (fdpo_bf16_weight){NULL, NULL},
                                                  a->head_targets, K, C, V, chunk, a->head_scratch, a->head_bf16,
                                                  a->head_acc, 0);
     memset(a->lse, 0, N * sizeof(float));
@@ -499,7 +504,9 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         fused_head_reserve(m, K, chunk);
         if (K > 0)
             fdpo_k_lmhead_logsoftmax_backward_chunked(a->d_ln, dhead, a->head_d, a->head_lse, a->head_targets, lnf_packed,
-                                                      head, a->precision == FDPO_PRECISION_BF16 ? w16_of(m, head) : NULL,
+                                                      head,
+                                                      a->precision == FDPO_PRECISION_BF16 ? w16_of(m, head, K, chunk)
+                                                                                          : (fdpo_bf16_weight){NULL, NULL},
                                                       K, C, V, chunk, a->head_scratch, a->head_bf16, 0);
         scatter_rows(a->d_ln, a->head_rows, K, N, C);
     } else if (a->skip_unweighted) { /* the K rows of the forward's LM head, packed */

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "fdpo/gpt2.h"
+#include "model/gpt2_internal.h" /* fdpo_bf16_weight */
 
 /* tensor roles; per-layer roles hold all layers contiguously ([L, ...]) */
 enum {
@@ -99,10 +100,10 @@ void fdpo_llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, cons
 void fdpo_llama_linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC);
 void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
                      const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp);
-void fdpo_llama_linear_forward_bf16(float *out, const float *inp, const uint16_t *w16, const float *bias, size_t N,
+void fdpo_llama_linear_forward_bf16(float *out, const float *inp, fdpo_bf16_weight w16, const float *bias, size_t N,
                                     size_t IC, size_t OC, uint16_t *scratch);
 void fdpo_llama_linear_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
-                                     const uint16_t *w16, const float *ones, size_t N, size_t IC, size_t OC,
+                                     fdpo_bf16_weight w16, const float *ones, size_t N, size_t IC, size_t OC,
                                      int accumulate_dinp, uint16_t *scratch_dout, uint16_t *scratch_inp);
 void fdpo_llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half);
 void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);

@@ -93,8 +93,9 @@ void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const floa
 }
 
 /* bf16 (the rule of fdpo/gpt2.h): out [N,OC] = bf16(inp [N,IC]) @ w16^T + bias, w16 [OC,IC]
- * the bf16 copy of the weight, fp32 accumulation and output; scratch holds N*IC */
-void fdpo_llama_linear_forward_bf16(float *out, const float *inp, const uint16_t *w16, const float *bias, size_t N,
+ * the bf16 copy of the weight, fp32 accumulation and output; scratch holds N*IC. w16.f: the
+ * fp32 route on that fp32 copy (inp rounded in fp32, one sgemm); only w16.h: fdpo_gemm_bf16. */
+void fdpo_llama_linear_forward_bf16(float *out, const float *inp, fdpo_bf16_weight w16, const float *bias, size_t N,
                                     size_t IC, size_t OC, uint16_t *scratch) {
     float beta = 0.0f;
     if (bias) {
@@ -102,18 +103,43 @@ void fdpo_llama_linear_forward_bf16(float *out, const float *inp, const uint16_t
         for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
+    if (w16.f) {
+        float *xr = fdpo_bf16_operand_scratch(0, N * IC);
+        fdpo_f32_round_bf16(xr, inp, N * IC);
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)IC, 1.0f, xr, (int)IC, w16.f,
+                   (int)IC, beta, out, (int)OC);
+        return;
+    }
     fdpo_f32_to_bf16(scratch, inp, N * IC);
-    fdpo_gemm_bf16(0, 1, N, OC, IC, 1.0f, scratch, IC, w16, IC, beta, out, OC);
+    fdpo_gemm_bf16(0, 1, N, OC, IC, 1.0f, scratch, IC, w16.h, IC, beta, out, OC);
 }
 
 /* bf16: dinp [N,IC] (+)= bf16(dout) @ w16;  dw [OC,IC] += bf16(dout)^T @ bf16(inp);
  * dbias [OC] += dout^T @ ones (fp32); NULL ones are not wanted. scratch_dout holds N*OC,
- * scratch_inp N*IC. */
+ * scratch_inp N*IC. w16.f: dinp on the fp32 route on it (dout rounded once in fp32, also for
+ * dw's GEMM where that widens). */
 void fdpo_llama_linear_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
-                                     const uint16_t *w16, const float *ones, size_t N, size_t IC, size_t OC,
+                                     fdpo_bf16_weight w16, const float *ones, size_t N, size_t IC, size_t OC,
                                      int accumulate_dinp, uint16_t *scratch_dout, uint16_t *scratch_inp) {
-    fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
-    if (dinp) fdpo_gemm_bf16(0, 0, N, IC, OC, 1.0f, scratch_dout, OC, w16, IC, accumulate_dinp ? 1.0f : 0.0f, dinp, IC);
+    if (w16.f) {
+        float *dr = fdpo_bf16_operand_scratch(0, N * OC);
+        fdpo_f32_round_bf16(dr, dout, N * OC);
+        if (dinp)
+            fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC, 1.0f, dr, (int)OC, w16.f,
+                       (int)IC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
+        if (dw && fdpo_gemm_bf16_widens(OC, IC)) {
+            float *xr = fdpo_bf16_operand_scratch(1, N * IC);
+            fdpo_f32_round_bf16(xr, inp, N * IC);
+            fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N, 1.0f, dr, (int)OC, xr,
+                       (int)IC, 1.0f, dw, (int)IC);
+            dw = NULL; /* done */
+        }
+        if (dw) fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
+    } else {
+        fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
+        if (dinp)
+            fdpo_gemm_bf16(0, 0, N, IC, OC, 1.0f, scratch_dout, OC, w16.h, IC, accumulate_dinp ? 1.0f : 0.0f, dinp, IC);
+    }
     if (dw) { /* NULL: a frozen weight (LoRA), no gradient */
         fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
         fdpo_gemm_bf16(1, 0, OC, IC, N, 1.0f, scratch_dout, OC, scratch_inp, IC, 1.0f, dw, IC);

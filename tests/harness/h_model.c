@@ -386,6 +386,7 @@ static int h_model_ops(int argc, char **argv) {
         dt[t] = -1.0f / (float)N;
     }
     for (size_t i = 0; i < N; i++) rstd[i] = 1.0f;
+    const fdpo_bf16_weight fp32_head = {NULL, NULL}; /* the fp32 head */
     fdpo_k_attention_forward_streaming(att, lse, qkv, off, NULL, B, C, NH); /* a consistent lse */
     ops_total_cpu = ops_total_wall = 0.0;
     const int R = reps;
@@ -398,9 +399,9 @@ static int h_model_ops(int argc, char **argv) {
     OPS_TIME("matmul_forward fc", L, R, fdpo_k_matmul_forward(o, x, w, NULL, N, C, 4 * C));
     OPS_TIME("bias_gelu_forward", L, R, fdpo_k_bias_gelu_forward(o, y, bias, N, 4 * C));
     OPS_TIME("matmul_forward fc_proj", L, R, fdpo_k_matmul_forward(o, x, w, NULL, N, 4 * C, C));
-    OPS_TIME("lmhead_logsoftmax_forward", 1, R, fdpo_k_lmhead_logsoftmax_forward_chunked(lse, tlp, lsum, x, wte, NULL, tok, N, C, V, chunk,
+    OPS_TIME("lmhead_logsoftmax_forward", 1, R, fdpo_k_lmhead_logsoftmax_forward_chunked(lse, tlp, lsum, x, wte, fp32_head, tok, N, C, V, chunk,
                                                                     scratch, NULL, acc, 0));
-    OPS_TIME("lmhead_logsoftmax_backward", 1, R, fdpo_k_lmhead_logsoftmax_backward_chunked(o, dwte, dt, lse, tok, x, wte, NULL, N, C, V, chunk,
+    OPS_TIME("lmhead_logsoftmax_backward", 1, R, fdpo_k_lmhead_logsoftmax_backward_chunked(o, dwte, dt, lse, tok, x, wte, fp32_head, N, C, V, chunk,
                                                                      scratch, NULL, chunk >= V));
     OPS_TIME("layernorm_backward", 2 * L + 1, R, fdpo_k_layernorm_backward(o, dlw, dlb, y, x, lw, mean, rstd, N, C));
     OPS_TIME("matmul_backward fc_proj", L, R, fdpo_k_matmul_backward(o, dw, dlb, y, x, w, N, 4 * C, C, 0));
