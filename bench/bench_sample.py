@@ -16,7 +16,9 @@ at and as a % of the memory-bandwidth limit measured in the same invocation:
 decode steps/s (tokens/s / B) x the bytes one step must read (bench/bandwidth.py's
 decode_step_bytes: every weight matrix at the side's precision, the fp32 vectors, the fp32
 key/value cache at the mean cached length P + N/2, each row's fp32 logits), against the DRAM
-STREAM triad (arrays >= 4 x the last-level cache: bench/bandwidth.py), measured once more in
+STREAM triad (arrays >= 4 x the last-level cache: bench/bandwidth.py; on 2 MiB pages, as
+the decoder's weights and cache are, or on 4 KiB pages for both with FDPO_HUGEPAGES=0 in
+the environment: bandwidth.triad_huge), measured once more in
 every round (one more item of the rotation) and taken as the median of those rounds, so it
 sees the same load as the sides; in brackets the same against the in-cache triad of the
 start, for information. The 124M bf16 weights (247 MB) are smaller than
@@ -215,23 +217,32 @@ def main():
             # the DRAM triad is one more item of every round, in the rotation, so the limit
             # is measured under the same load as the sides (the start-of-run figure alone
             # can meet another load than the minutes of sampling after it)
-            triads = []
-            order = sides + ["triad"]
+            # the limit's triad runs on the pages fdpo's buffers get (peaks["triad_huge"]); the
+            # other pages' triad runs beside it every round, for information: how much the
+            # limit itself moves with the page size
+            triads, other_triads = [], []
+            order = sides + ["triad", "triad-other"]
             for r in range(max(a.rounds, 5)):
                 k = r % len(order)
                 for s in order[k:] + order[:k]:
-                    if s == "triad":
-                        triads.append(bandwidth.measure_triad(interleave.HARNESS, a.threads, dram_mib=peaks["triad_mib"],
-                                                              cache=False)["triad_gbs"])
+                    if s.startswith("triad"):
+                        other = s == "triad-other"
+                        t = bandwidth.measure_triad(interleave.HARNESS, a.threads, dram_mib=peaks["triad_mib"],
+                                                    cache=False, huge=peaks["triad_huge"] ^ other)["triad_gbs"]
+                        (other_triads if other else triads).append(t)
                     else:
                         tps[s].append(run_side(s, d, tmp, a))
         limit = dict(peaks, triad_gbs=statistics.median(triads), triad_start_gbs=peaks["triad_gbs"],
-                     triad_rounds_gbs=triads)
+                     triad_rounds_gbs=triads, triad_other_pages_gbs=statistics.median(other_triads),
+                     triad_other_pages_rounds_gbs=other_triads)
         print(f"{name} ({n_params / 1e6:.1f}M params):")
         base = statistics.median(tps["torch-fp32"]) if "torch-fp32" in tps else None
         step = {p: bandwidth.decode_step_bytes(cfg, p, a.prompts, a.prompt_tokens, a.new_tokens) for p in ("fp32", "bf16")}
-        print(f"  DRAM triad in each round: {', '.join(f'{x:.2f}' for x in triads)} GB/s; the limit used: their "
-              f"median {limit['triad_gbs']:.2f} GB/s (at the start: {peaks['triad_gbs']:.2f})")
+        pages = ("2 MiB", "4 KiB") if peaks["triad_huge"] else ("4 KiB", "2 MiB")
+        print(f"  DRAM triad in each round ({pages[0]} pages, fdpo's): {', '.join(f'{x:.2f}' for x in triads)} GB/s; "
+              f"the limit used: their median {limit['triad_gbs']:.2f} GB/s (at the start: {peaks['triad_gbs']:.2f}); "
+              f"on {pages[1]} pages (for information): median {limit['triad_other_pages_gbs']:.2f} GB/s "
+              f"({', '.join(f'{x:.2f}' for x in other_triads)})")
         for p, b in step.items():
             print(f"  bytes one decoding step reads, {p}: {b['total'] / 1e6:.1f} MB = weights {b['weights'] / 1e6:.1f} "
                   f"+ KV cache {b['kv'] / 1e6:.1f} ({a.prompts} rows x {b['mean_len']:g} mean positions, fp32) "

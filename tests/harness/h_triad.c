@@ -6,7 +6,9 @@
  *       default 10, after one untimed run), median_gbs, worst_gbs, init_seconds.
  *       GB/s counts STREAM's 3 x 4 bytes per element (two arrays read, one written; the
  *       write-allocate read of a is not counted, as in STREAM). --huge 1 asks the kernel for
- *       transparent huge pages on the arrays (madvise; default 0, what fdpo's buffers get).
+ *       transparent huge pages on the arrays (MADV_HUGEPAGE), 0 for 4 KiB pages
+ *       (MADV_NOHUGEPAGE); the default is what fdpo's streamed buffers get (fdpo_alloc_large:
+ *       1, or 0 with FDPO_HUGEPAGES=0), as is harness_triad_gbs's (decode-matmul, model-peaks).
  *
  * How large the arrays must be is the caller's choice: bench/bandwidth.py sizes them by
  * STREAM's rule (each array >= 4 x the last-level cache, capped by free memory) and passes
@@ -47,7 +49,7 @@ static float *triad_alloc(size_t bytes, int huge) {
         return NULL;
     }
 #ifdef MADV_HUGEPAGE
-    if (huge) madvise(p, bytes, MADV_HUGEPAGE);
+    madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); /* 0: 4 KiB also where THP is "always" */
 #else
     (void)huge;
 #endif
@@ -86,7 +88,7 @@ int harness_triad(size_t mib, int repeats, int huge, harness_triad_result *out) 
 
 double harness_triad_gbs(size_t mib) {
     harness_triad_result r;
-    return harness_triad(mib, 10, 0, &r) ? 0.0 : r.best_gbs;
+    return harness_triad(mib, 10, fdpo_hugepages_wanted(), &r) ? 0.0 : r.best_gbs;
 }
 
 static const char *targ(int argc, char **argv, const char *name, const char *def) {
@@ -105,7 +107,7 @@ int h_triad(int argc, char **argv) {
     }
     const char *mibs = targ(argc, argv, "--mib", NULL), *th = targ(argc, argv, "--threads", NULL);
     if (!mibs) return fdpo_error("usage: triad --mib N[,M...] [--threads T] [--repeats R] [--huge 0|1]");
-    int repeats = atoi(targ(argc, argv, "--repeats", "10")), huge = atoi(targ(argc, argv, "--huge", "0"));
+    int repeats = atoi(targ(argc, argv, "--repeats", "10")), huge = atoi(targ(argc, argv, "--huge", fdpo_hugepages_wanted() ? "1" : "0"));
     if (repeats < 1) return fdpo_error("--repeats: must be >= 1");
     if (th) fdpo_set_threads(atoi(th));
     long mib[16];

@@ -202,3 +202,25 @@ def test_goals_sample_pct():
     old = dict(rec)
     del old["cfg"]   # a record from before the bytes-per-step formula: no figure, not a wrong one
     assert goals.sample_pct(old, "fdpo-bf16") is None
+
+
+def test_triad_pages_follow_fdpo_buffers():
+    # the limit is measured on the pages fdpo's streamed buffers get (fdpo_alloc_large: 2 MiB
+    # pages unless FDPO_HUGEPAGES=0), in bandwidth.py and in the harness's default alike
+    assert bandwidth.triad_huge({}) == 1
+    assert bandwidth.triad_huge({"FDPO_HUGEPAGES": "1"}) == 1
+    assert bandwidth.triad_huge({"FDPO_HUGEPAGES": "0"}) == 0
+    for env_value, want in [(None, 1), ("0", 0)]:
+        env = {k: v for k, v in os.environ.items() if k != "FDPO_HUGEPAGES"}
+        if env_value is not None:
+            env["FDPO_HUGEPAGES"] = env_value
+        r = subprocess.run([HARNESS, "triad", "--mib", "2", "--threads", "1", "--repeats", "1"],
+                           capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["huge"] == want
+    for huge in (0, 1):
+        p = bandwidth.measure_triad(HARNESS, 1, dram_mib=2, repeats=1, cache=False, huge=huge)
+        assert p["triad_huge"] == huge and p["triad_init_seconds"] >= 0
+        line = bandwidth.triad_line(dict(p, threads=1, triad_cache_mib=1, triad_cache_gbs=1.0))
+        assert ("2 MiB pages as fdpo's buffers" in line) == bool(huge)
+        assert ("4 KiB pages as fdpo's buffers (FDPO_HUGEPAGES=0)" in line) == (not huge)
