@@ -16,9 +16,10 @@ at and as a % of the memory-bandwidth limit measured in the same invocation:
 decode steps/s (tokens/s / B) x the bytes one step must read (bench/bandwidth.py's
 decode_step_bytes: every weight matrix at the side's precision, the fp32 vectors, the fp32
 key/value cache at the mean cached length P + N/2, each row's fp32 logits), against the DRAM
-STREAM triad (arrays >= 4 x the last-level cache: bench/bandwidth.py; on 2 MiB pages, as
-the decoder's weights and cache are, or on 4 KiB pages for both with FDPO_HUGEPAGES=0 in
-the environment: bandwidth.triad_huge), measured once more in
+STREAM triad (arrays >= 4 x the last-level cache: bench/bandwidth.py; on the pages the
+decoder's weights and cache get: FDPO_HUGEPAGES=1 2 MiB, =0 4 KiB, unset the system's THP
+policy, bandwidth.triad_huge; the other page size's triad runs too, for information),
+measured once more in
 every round (one more item of the rotation) and taken as the median of those rounds, so it
 sees the same load as the sides; in brackets the same against the in-cache triad of the
 start, for information. The 124M bf16 weights (247 MB) are smaller than
@@ -227,8 +228,9 @@ def main():
                 for s in order[k:] + order[:k]:
                     if s.startswith("triad"):
                         other = s == "triad-other"
+                        huge = (0 if peaks["triad_huge"] == 1 else 1) if other else peaks["triad_huge"]
                         t = bandwidth.measure_triad(interleave.HARNESS, a.threads, dram_mib=peaks["triad_mib"],
-                                                    cache=False, huge=peaks["triad_huge"] ^ other)["triad_gbs"]
+                                                    cache=False, huge=huge)["triad_gbs"]
                         (other_triads if other else triads).append(t)
                     else:
                         tps[s].append(run_side(s, d, tmp, a))
@@ -238,10 +240,11 @@ def main():
         print(f"{name} ({n_params / 1e6:.1f}M params):")
         base = statistics.median(tps["torch-fp32"]) if "torch-fp32" in tps else None
         step = {p: bandwidth.decode_step_bytes(cfg, p, a.prompts, a.prompt_tokens, a.new_tokens) for p in ("fp32", "bf16")}
-        pages = ("2 MiB", "4 KiB") if peaks["triad_huge"] else ("4 KiB", "2 MiB")
-        print(f"  DRAM triad in each round ({pages[0]} pages, fdpo's): {', '.join(f'{x:.2f}' for x in triads)} GB/s; "
+        other_label = "4 KiB pages (--huge 0)" if peaks["triad_huge"] == 1 else "2 MiB pages (--huge 1)"
+        print(f"  DRAM triad in each round ({bandwidth.pages_label(peaks['triad_huge'], bandwidth.thp_mode())}): "
+              f"{', '.join(f'{x:.2f}' for x in triads)} GB/s; "
               f"the limit used: their median {limit['triad_gbs']:.2f} GB/s (at the start: {peaks['triad_gbs']:.2f}); "
-              f"on {pages[1]} pages (for information): median {limit['triad_other_pages_gbs']:.2f} GB/s "
+              f"on {other_label}, for information: median {limit['triad_other_pages_gbs']:.2f} GB/s "
               f"({', '.join(f'{x:.2f}' for x in other_triads)})")
         for p, b in step.items():
             print(f"  bytes one decoding step reads, {p}: {b['total'] / 1e6:.1f} MB = weights {b['weights'] / 1e6:.1f} "

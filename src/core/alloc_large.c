@@ -8,9 +8,16 @@
  * neither. So the buffer is mapped here directly: 2 MiB aligned, its length rounded up to
  * 2 MiB (the kernel can only back whole aligned 2 MiB ranges), and advised.
  *
- * FDPO_HUGEPAGES=0 advises MADV_NOHUGEPAGE instead (4 KiB pages also where THP is
- * "always"), for A/B runs. Where mmap/madvise do not exist the buffer comes from malloc,
- * 2 MiB aligned and zeroed as well.
+ * Opt-in, because on this VM a fresh 2 MiB page is expensive: it is a Firecracker guest
+ * with virtio-balloon free page reporting, so free 2 MiB blocks go back to the host and
+ * the first touch of each faults there. Measured under load (round 8, docs/eval.md "Pages"):
+ * the bf16 decoder's creation took 1.2-2 s longer on huge pages (0.41-0.51 -> 1.37-1.78 s
+ * of system time per process), more than what a 124M 8 x 128 run then saves per step
+ * (the kernels' CPU time 3-30 % lower). So: FDPO_HUGEPAGES=1 advises MADV_HUGEPAGE,
+ * FDPO_HUGEPAGES=0 MADV_NOHUGEPAGE (4 KiB also where THP is "always"), unset: no advice,
+ * the system's THP policy (none in "madvise" mode, huge pages in "always": the 2 MiB
+ * alignment lets them back the whole buffer). Where mmap/madvise do not exist the buffer
+ * comes from malloc, 2 MiB aligned and zeroed as well.
  *
  * Each buffer's mapping (start and length) is kept in a small header just before the
  * returned address, inside the first 4 KiB page of the mapping, so fdpo_free_large needs
@@ -36,9 +43,9 @@ typedef struct {
 
 static large_head *head_of(void *p) { return (large_head *)((char *)p - sizeof(large_head)); }
 
-int fdpo_hugepages_wanted(void) {
+int fdpo_hugepages_advice(void) {
     const char *e = getenv("FDPO_HUGEPAGES");
-    return !(e && !strcmp(e, "0"));
+    return !e || !*e ? -1 : strcmp(e, "0") ? 1 : 0;
 }
 
 void *fdpo_alloc_large(size_t bytes) {
@@ -62,7 +69,8 @@ void *fdpo_alloc_large(size_t bytes) {
     /* give back the slack on both sides: only [header page, end of body) stays mapped */
     if (keep > base) munmap(base, (size_t)(keep - base));
     if (base + len > end) munmap(end, (size_t)(base + len - end));
-    madvise(p, body, fdpo_hugepages_wanted() ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); /* advice: failure is harmless */
+    int advice = fdpo_hugepages_advice();
+    if (advice >= 0) madvise(p, body, advice ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); /* failure is harmless */
     *head_of(p) = (large_head){.base = keep, .len = (size_t)(end - keep), .magic = LARGE_MAGIC};
     return p; /* anonymous pages read as zero until written */
 #else

@@ -568,8 +568,8 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
     d->len = fdpo_calloc(max_seqs, sizeof *d->len);
     size_t n = c->n_layer * max_seqs * max_len * c->n_embd;
     d->ldk = (max_len + DECODE_KEYS - 1) / DECODE_KEYS * DECODE_KEYS;
-    /* on huge pages (src/core/alloc_large.c); zeroed: the lanes past a row's length read it
-     * (and never use it) */
+    /* streamed every step: fdpo_alloc_large (huge pages with FDPO_HUGEPAGES=1); zeroed: the
+     * lanes past a row's length read it (and never use it) */
     d->k_cache = fdpo_alloc_large(c->n_layer * max_seqs * c->n_embd * d->ldk * sizeof(float));
     d->v_cache = d->k_cache ? fdpo_alloc_large(n * sizeof(float)) : NULL;
     if (!d->v_cache) { fdpo_error_context("decoder: key/value cache"); fdpo_decoder_free(d); return NULL; }
@@ -584,7 +584,7 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
         for (size_t k = 0; k < 4 * L; k++) { d->wp_off[k] = total; total += decode_packed_size(ic[k % 4], oc[k % 4]); }
         d->wp_off[4 * L] = total;
         total += decode_packed_size(C, V);
-        d->wp = fdpo_alloc_large(total * sizeof(uint16_t)); /* streamed every step: on huge pages */
+        d->wp = fdpo_alloc_large(total * sizeof(uint16_t)); /* streamed every step: as the cache */
         if (!d->wp) { fdpo_error_context("decoder: bf16 weights"); fdpo_decoder_free(d); return NULL; }
         for (size_t l = 0; l < L; l++) {
             src[0] = p->qkvw + l * C * 3 * C; src[1] = p->attprojw + l * C * C;

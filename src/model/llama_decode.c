@@ -60,7 +60,7 @@ llama_decoder *fdpo_llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, si
     d->KD = c->n_kv_head * d->hd;
     d->len = fdpo_calloc(max_seqs, sizeof *d->len);
     size_t n = c->n_layer * max_seqs * max_len * d->KD;
-    d->k_cache = fdpo_alloc_large(n * sizeof(float)); /* on huge pages: src/core/alloc_large.c */
+    d->k_cache = fdpo_alloc_large(n * sizeof(float)); /* streamed every step: src/core/alloc_large.c */
     d->v_cache = d->k_cache ? fdpo_alloc_large(n * sizeof(float)) : NULL;
     if (!d->v_cache) { fdpo_error_context("decoder: key/value cache"); fdpo_llama_decoder_free(d); return NULL; }
     d->inv_freq = fdpo_malloc(d->hd / 2 * sizeof *d->inv_freq);
@@ -147,7 +147,7 @@ static const uint16_t *packed_weight(llama_decoder *d, const float *w, size_t IC
     if (d->wp_used + n > d->wp_cap) {
         /* all of the model's linear weights, once: 2 bytes per parameter is enough */
         size_t cap = d->model->n_params > d->wp_used + n ? d->model->n_params : d->wp_used + n;
-        /* streamed every step: on huge pages. No error path reaches here (packing runs
+        /* streamed every step: fdpo_alloc_large. No error path reaches here (packing runs
          * inside the step), so out of memory is fdpo_malloc's: logged, then abort() */
         uint16_t *wp = fdpo_alloc_large((cap + n) * sizeof(uint16_t));
         if (!wp) { fdpo_log(FDPO_LOG_ERROR, "%s", fdpo_last_error()); abort(); }

@@ -245,19 +245,22 @@ START_TEST(alloc_large_aligned_zeroed_advised) {
         fdpo_free_large(p);
     }
 #ifdef __linux__
-    char flags[256];
-    unsetenv("FDPO_HUGEPAGES");
-    ck_assert_int_eq(fdpo_hugepages_wanted(), 1);
-    void *p = fdpo_alloc_large((size_t)4 << 20);
-    smaps_flags(p, flags, sizeof flags);
-    ck_assert_msg(strstr(flags, " hg") && !strstr(flags, " nh"), "VmFlags of the buffer:%s", flags);
-    fdpo_free_large(p);
-    setenv("FDPO_HUGEPAGES", "0", 1);
-    ck_assert_int_eq(fdpo_hugepages_wanted(), 0);
-    p = fdpo_alloc_large((size_t)4 << 20);
-    smaps_flags(p, flags, sizeof flags);
-    ck_assert_msg(strstr(flags, " nh") && !strstr(flags, " hg"), "VmFlags with FDPO_HUGEPAGES=0:%s", flags);
-    fdpo_free_large(p);
+    /* FDPO_HUGEPAGES=1: MADV_HUGEPAGE ("hg"), =0: MADV_NOHUGEPAGE ("nh"), unset: neither */
+    const char *values[] = {"1", "0", NULL};
+    const char *want[] = {" hg", " nh", NULL}, *unwanted[] = {" nh", " hg", NULL};
+    const int advice[] = {1, 0, -1};
+    for (int i = 0; i < 3; i++) {
+        char flags[256];
+        if (values[i]) setenv("FDPO_HUGEPAGES", values[i], 1);
+        else unsetenv("FDPO_HUGEPAGES");
+        ck_assert_int_eq(fdpo_hugepages_advice(), advice[i]);
+        void *p = fdpo_alloc_large((size_t)4 << 20);
+        smaps_flags(p, flags, sizeof flags);
+        ck_assert_msg(flags[0], "no smaps entry for the buffer");
+        if (want[i]) ck_assert_msg(strstr(flags, want[i]) && !strstr(flags, unwanted[i]), "FDPO_HUGEPAGES=%s:%s", values[i], flags);
+        else ck_assert_msg(!strstr(flags, " hg") && !strstr(flags, " nh"), "FDPO_HUGEPAGES unset:%s", flags);
+        fdpo_free_large(p);
+    }
     unsetenv("FDPO_HUGEPAGES");
 #endif
 }

@@ -19,8 +19,8 @@
  *       Each call reads a different copy of W, enough copies to pass 384 MiB (more than
  *       this machine's 260 MiB L3; weights of the last pass mostly evicted), so the weights come
  *       from memory as in a decoding step, where the whole model streams through once per token. The copies
- *       live where the decoder keeps its weights (fdpo_alloc_large: huge pages; FDPO_HUGEPAGES=0
- *       for 4 KiB ones). Calls are timed one by one for at
+ *       live where the decoder keeps its weights (fdpo_alloc_large: 2 MiB pages with
+ *       FDPO_HUGEPAGES=1, 4 KiB with 0). Calls are timed one by one for at
  *       least 20 calls and --min-seconds (default 0.3) per case. */
 #include <omp.h>
 #include <stdio.h>
@@ -124,7 +124,7 @@ int h_decode_matmul(int argc, char **argv) {
                     rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
                     src[i] = ((float)(rng >> 40) / (float)(1 << 24) - 0.5f) * 0.1f;
                 }
-                char *w = fdpo_alloc_large(copies * bytes); /* as the decoder's weights: huge pages */
+                char *w = fdpo_alloc_large(copies * bytes); /* as the decoder's weights */
                 if (!w) { free(src); return -1; }
                 for (size_t c = 0; c < copies; c++) {
                     if (bf16) fdpo_decode_pack_bf16((uint16_t *)(w + c * bytes), src, IC, OC, OC, 1);
