@@ -13,7 +13,7 @@
  * the first touch of each faults there. Measured under load (round 8, docs/eval.md "Pages"):
  * the bf16 decoder's creation took 1.2-2 s longer on huge pages (0.41-0.51 -> 1.37-1.78 s
  * of system time per process), more than what a 124M 8 x 128 run then saves per step
- * (the kernels' CPU time 3-30 % lower). So: FDPO_HUGEPAGES=1 advises MADV_HUGEPAGE,
+ * (the kernels' CPU time per call 12-35 % lower). So: FDPO_HUGEPAGES=1 advises MADV_HUGEPAGE,
  * FDPO_HUGEPAGES=0 MADV_NOHUGEPAGE (4 KiB also where THP is "always"), unset: no advice,
  * the system's THP policy (none in "madvise" mode, huge pages in "always": the 2 MiB
  * alignment lets them back the whole buffer). Where mmap/madvise do not exist the buffer
