@@ -162,11 +162,48 @@ def decode_pct(tokens_per_sec, rows, step_bytes, triad_gbs):
     return gbs, 100 * gbs / triad_gbs
 
 
-def measure_triad(harness, threads, dram_mib=None, repeats=10, cache=True):
+def triad_huge(env=None):
+    """The pages the triad's arrays get: the pages fdpo's streamed buffers get. Model
+    parameters and the decoder's packed weights and key/value cache come from
+    fdpo_alloc_large (src/core/alloc_large.c: 2 MiB aligned; FDPO_HUGEPAGES=1 advises
+    MADV_HUGEPAGE, =0 MADV_NOHUGEPAGE, unset no advice: the system's THP policy), so the
+    limit they are compared with is measured on the same pages: 1, 0 or -1 (unset) from
+    FDPO_HUGEPAGES in env (default os.environ), as `fdpo-harness triad --huge` takes it."""
+    env = os.environ if env is None else env
+    v = env.get("FDPO_HUGEPAGES")
+    return -1 if not v else 0 if v == "0" else 1
+
+
+def thp_mode(path="/sys/kernel/mm/transparent_hugepage/enabled"):
+    """The system's THP policy ("always", "madvise", "never"; None when unknown): the
+    bracketed word of sysfs's enabled file."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return None
+    i, j = text.find("["), text.find("]")
+    return text[i + 1:j] if 0 <= i < j else None
+
+
+def pages_label(huge, mode=None):
+    """How the header names the triad's pages (those fdpo's buffers get too)."""
+    if huge == 1:
+        return "2 MiB pages (FDPO_HUGEPAGES=1), as fdpo's buffers"
+    if huge == 0:
+        return "4 KiB pages (FDPO_HUGEPAGES=0), as fdpo's buffers"
+    what = {"always": "2 MiB pages", "madvise": "4 KiB pages", "never": "4 KiB pages"}.get(mode, "pages unknown")
+    return f"the system's THP policy ({mode or '?'}: {what}), as fdpo's buffers"
+
+
+def measure_triad(harness, threads, dram_mib=None, repeats=10, cache=True, huge=None):
     """Runs the DRAM triad (STREAM's rule, or dram_mib MiB per array when given: --triad-mib)
-    and, with cache=True, the in-cache one on `threads` threads. Returns a dict: triad_gbs
+    and, with cache=True, the in-cache one on `threads` threads, on huge pages when huge
+    is 1 (0: 4 KiB pages, -1: no advice; None: triad_huge(), the pages fdpo's buffers
+    get). Returns a dict: triad_gbs
     (DRAM, best of repeats), triad_median_gbs, triad_mib, triad_cache_gbs, triad_cache_mib
-    (with cache=True), llc (machine_llc), mem_available, capped, rule."""
+    (with cache=True), triad_huge, triad_init_seconds (first touch of the DRAM arrays),
+    llc (machine_llc), mem_available, capped, rule."""
+    huge = triad_huge() if huge is None else int(huge)
     llc = machine_llc()
     avail = mem_available_bytes()
     sizes = triad_sizes(llc["bytes"], avail)
@@ -178,7 +215,7 @@ def measure_triad(harness, threads, dram_mib=None, repeats=10, cache=True):
             rule += f"; {dram_mib * MIB / llc['bytes']:.2f} x LLC, below STREAM's {STREAM_LLC_MULTIPLE} x: may include cache"
         sizes["dram_mib"] = dram_mib
     mibs = f"{sizes['dram_mib']},{sizes['cache_mib']}" if cache else str(sizes["dram_mib"])
-    argv = [harness, "triad", "--mib", mibs, "--threads", str(threads), "--repeats", str(repeats)]
+    argv = [harness, "triad", "--mib", mibs, "--threads", str(threads), "--repeats", str(repeats), "--huge", str(huge)]
     # not pinned (OMP_PROC_BIND / OMP_PLACES as the caller has them): pinned one thread per
     # core, the median pass read 11-22 % less under load (4 interleaved pairs at load 8; a
     # pinned thread waits for its busy core instead of moving), and on an idle machine the
@@ -189,7 +226,7 @@ def measure_triad(harness, threads, dram_mib=None, repeats=10, cache=True):
     lines = [json.loads(l) for l in r.stdout.strip().splitlines()]
     dram = lines[0]
     out = dict(triad_gbs=dram["best_gbs"], triad_median_gbs=dram["median_gbs"], triad_mib=sizes["dram_mib"], llc=llc,
-               mem_available=avail, capped=capped, rule=rule)
+               mem_available=avail, capped=capped, rule=rule, triad_huge=huge, triad_init_seconds=dram["init_seconds"])
     if cache:
         out.update(triad_cache_gbs=lines[1]["best_gbs"], triad_cache_mib=sizes["cache_mib"])
     return out
@@ -199,7 +236,8 @@ def triad_line(p):
     """The bench header's bandwidth line: the limit, its array size and the rule."""
     llc = p["llc"]
     where = f"L{llc['level']}" if llc["level"] else "LLC"
-    return (f"memory bandwidth limit (DRAM, STREAM triad, {p.get('threads', '?')} threads, best of 10): "
+    pages = pages_label(p.get("triad_huge"), thp_mode())
+    return (f"memory bandwidth limit (DRAM, STREAM triad, {p.get('threads', '?')} threads, best of 10, {pages}): "
             f"{p['triad_gbs']:.2f} GB/s (median {p['triad_median_gbs']:.2f}) over 3 x {p['triad_mib']} MiB; "
             f"last-level cache {where} {llc['bytes'] / MIB:g} MiB x {llc['instances']}; {p['rule']}. "
             f"In-cache triad (3 x {p['triad_cache_mib']} MiB, for information): {p['triad_cache_gbs']:.2f} GB/s")

@@ -16,7 +16,11 @@ at and as a % of the memory-bandwidth limit measured in the same invocation:
 decode steps/s (tokens/s / B) x the bytes one step must read (bench/bandwidth.py's
 decode_step_bytes: every weight matrix at the side's precision, the fp32 vectors, the fp32
 key/value cache at the mean cached length P + N/2, each row's fp32 logits), against the DRAM
-STREAM triad (arrays >= 4 x the last-level cache: bench/bandwidth.py), measured once more in
+STREAM triad (arrays >= 4 x the last-level cache: bench/bandwidth.py; on the pages the
+decoder's weights and cache get: FDPO_HUGEPAGES=1 2 MiB, =0 4 KiB, unset the system's THP
+policy, bandwidth.triad_huge; with --triad-both-pages the other page size's triad runs
+too, for information),
+measured once more in
 every round (one more item of the rotation) and taken as the median of those rounds, so it
 sees the same load as the sides; in brackets the same against the in-cache triad of the
 start, for information. The 124M bf16 weights (247 MB) are smaller than
@@ -174,6 +178,10 @@ def main():
     ap.add_argument("--baseline", help="another fdpo binary (e.g. a build from before a change): adds the sides "
                     "base-fp32 and base-bf16, interleaved with the others")
     ap.add_argument("--json", help="append one JSON line per config with each side's median tokens/s")
+    ap.add_argument("--triad-both-pages", action="store_true",
+                    help="also run the DRAM triad on the other page size (2 MiB when fdpo's buffers get 4 KiB, and "
+                         "the reverse) in every round, for information; on this VM a fresh 2 MiB-page triad takes "
+                         "10-50 s to first-touch its 3 GiB (docs/eval.md, round 8)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -215,23 +223,35 @@ def main():
             # the DRAM triad is one more item of every round, in the rotation, so the limit
             # is measured under the same load as the sides (the start-of-run figure alone
             # can meet another load than the minutes of sampling after it)
-            triads = []
-            order = sides + ["triad"]
+            # the limit's triad runs on the pages fdpo's buffers get (peaks["triad_huge"]); the
+            # other pages' triad runs beside it every round, for information: how much the
+            # limit itself moves with the page size
+            triads, other_triads = [], []
+            order = sides + ["triad"] + (["triad-other"] if a.triad_both_pages else [])
             for r in range(max(a.rounds, 5)):
                 k = r % len(order)
                 for s in order[k:] + order[:k]:
-                    if s == "triad":
-                        triads.append(bandwidth.measure_triad(interleave.HARNESS, a.threads, dram_mib=peaks["triad_mib"],
-                                                              cache=False)["triad_gbs"])
+                    if s.startswith("triad"):
+                        other = s == "triad-other"
+                        huge = (0 if peaks["triad_huge"] == 1 else 1) if other else peaks["triad_huge"]
+                        t = bandwidth.measure_triad(interleave.HARNESS, a.threads, dram_mib=peaks["triad_mib"],
+                                                    cache=False, huge=huge)["triad_gbs"]
+                        (other_triads if other else triads).append(t)
                     else:
                         tps[s].append(run_side(s, d, tmp, a))
         limit = dict(peaks, triad_gbs=statistics.median(triads), triad_start_gbs=peaks["triad_gbs"],
                      triad_rounds_gbs=triads)
+        if other_triads:
+            limit.update(triad_other_pages_gbs=statistics.median(other_triads), triad_other_pages_rounds_gbs=other_triads)
         print(f"{name} ({n_params / 1e6:.1f}M params):")
         base = statistics.median(tps["torch-fp32"]) if "torch-fp32" in tps else None
         step = {p: bandwidth.decode_step_bytes(cfg, p, a.prompts, a.prompt_tokens, a.new_tokens) for p in ("fp32", "bf16")}
-        print(f"  DRAM triad in each round: {', '.join(f'{x:.2f}' for x in triads)} GB/s; the limit used: their "
-              f"median {limit['triad_gbs']:.2f} GB/s (at the start: {peaks['triad_gbs']:.2f})")
+        other_label = "4 KiB pages (--huge 0)" if peaks["triad_huge"] == 1 else "2 MiB pages (--huge 1)"
+        print(f"  DRAM triad in each round ({bandwidth.pages_label(peaks['triad_huge'], bandwidth.thp_mode())}): "
+              f"{', '.join(f'{x:.2f}' for x in triads)} GB/s; "
+              f"the limit used: their median {limit['triad_gbs']:.2f} GB/s (at the start: {peaks['triad_gbs']:.2f})"
+              + (f"; on {other_label}, for information: median {limit['triad_other_pages_gbs']:.2f} GB/s "
+                 f"({', '.join(f'{x:.2f}' for x in other_triads)})" if other_triads else ""))
         for p, b in step.items():
             print(f"  bytes one decoding step reads, {p}: {b['total'] / 1e6:.1f} MB = weights {b['weights'] / 1e6:.1f} "
                   f"+ KV cache {b['kv'] / 1e6:.1f} ({a.prompts} rows x {b['mean_len']:g} mean positions, fp32) "

@@ -89,12 +89,14 @@ fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
     m->config = *c;
     if (c->arch == FDPO_ARCH_LLAMA) {
         fdpo_llama_build(m);
-        m->params_memory = fdpo_calloc(m->n_params, sizeof(float));
+        if (!(m->params_memory = fdpo_alloc_large(m->n_params * sizeof(float)))) { fdpo_gpt2_free(m); return NULL; }
         m->precision = fdpo_get_precision();
         return m;
     }
     build_tensor_table(m);
-    m->params_memory = fdpo_calloc(m->n_params, sizeof(float));
+    /* zeroed; fp32 decoding streams all of it every step: fdpo_alloc_large (huge pages with
+     * FDPO_HUGEPAGES=1) */
+    if (!(m->params_memory = fdpo_alloc_large(m->n_params * sizeof(float)))) { fdpo_gpt2_free(m); return NULL; }
     point_params(&m->params, m->params_memory, m->tensors);
     m->precision = fdpo_get_precision();
     return m;
@@ -127,7 +129,7 @@ static void acts_free(fdpo_gpt2_acts *a) {
 
 void fdpo_gpt2_free(fdpo_gpt2 *m) {
     if (!m) return;
-    free(m->params_memory);
+    fdpo_free_large(m->params_memory);
     free(m->grads_memory);
     free(m->params_bf16);
     free(m->params_bf16f);

@@ -561,13 +561,18 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
     d->max_len = max_len;
     const char *one_region = getenv("FDPO_DECODE_ONE_REGION");
     d->one_region = !(one_region && !strcmp(one_region, "0"));
-    if (c->arch == FDPO_ARCH_LLAMA) { d->llama = fdpo_llama_decoder_create(m, max_seqs, max_len); return d; }
+    if (c->arch == FDPO_ARCH_LLAMA) {
+        if (!(d->llama = fdpo_llama_decoder_create(m, max_seqs, max_len))) { free(d); return NULL; }
+        return d;
+    }
     d->len = fdpo_calloc(max_seqs, sizeof *d->len);
     size_t n = c->n_layer * max_seqs * max_len * c->n_embd;
     d->ldk = (max_len + DECODE_KEYS - 1) / DECODE_KEYS * DECODE_KEYS;
-    /* zeroed: the lanes past a row's length read it (and never use it) */
-    d->k_cache = fdpo_calloc(c->n_layer * max_seqs * c->n_embd * d->ldk, sizeof(float));
-    d->v_cache = fdpo_malloc(n * sizeof(float));
+    /* streamed every step: fdpo_alloc_large (huge pages with FDPO_HUGEPAGES=1); zeroed: the
+     * lanes past a row's length read it (and never use it) */
+    d->k_cache = fdpo_alloc_large(c->n_layer * max_seqs * c->n_embd * d->ldk * sizeof(float));
+    d->v_cache = d->k_cache ? fdpo_alloc_large(n * sizeof(float)) : NULL;
+    if (!d->v_cache) { fdpo_error_context("decoder: key/value cache"); fdpo_decoder_free(d); return NULL; }
     if (m->precision == FDPO_PRECISION_BF16) {
         const fdpo_gpt2_params *p = &m->params;
         size_t C = c->n_embd, L = c->n_layer, V = c->vocab_size;
@@ -579,7 +584,8 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
         for (size_t k = 0; k < 4 * L; k++) { d->wp_off[k] = total; total += decode_packed_size(ic[k % 4], oc[k % 4]); }
         d->wp_off[4 * L] = total;
         total += decode_packed_size(C, V);
-        d->wp = fdpo_malloc(total * sizeof(uint16_t));
+        d->wp = fdpo_alloc_large(total * sizeof(uint16_t)); /* streamed every step: as the cache */
+        if (!d->wp) { fdpo_error_context("decoder: bf16 weights"); fdpo_decoder_free(d); return NULL; }
         for (size_t l = 0; l < L; l++) {
             src[0] = p->qkvw + l * C * 3 * C; src[1] = p->attprojw + l * C * C;
             src[2] = p->fcw + l * C * 4 * C;  src[3] = p->fcprojw + l * 4 * C * C;
@@ -594,10 +600,10 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
 void fdpo_decoder_free(fdpo_decoder *d) {
     if (!d) return;
     fdpo_llama_decoder_free(d->llama);
-    free(d->len); free(d->k_cache); free(d->v_cache);
+    free(d->len); fdpo_free_large(d->k_cache); fdpo_free_large(d->v_cache);
     free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast); free(d->acc);
     free(d->row_slot); free(d->row_pos); free(d->scores);
-    free(d->wp); free(d->wp_off); free(d->in16); free(d->h_team);
+    fdpo_free_large(d->wp); free(d->wp_off); free(d->in16); free(d->h_team);
     free(d);
 }
 

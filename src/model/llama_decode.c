@@ -60,8 +60,9 @@ llama_decoder *fdpo_llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, si
     d->KD = c->n_kv_head * d->hd;
     d->len = fdpo_calloc(max_seqs, sizeof *d->len);
     size_t n = c->n_layer * max_seqs * max_len * d->KD;
-    d->k_cache = fdpo_malloc(n * sizeof(float));
-    d->v_cache = fdpo_malloc(n * sizeof(float));
+    d->k_cache = fdpo_alloc_large(n * sizeof(float)); /* streamed every step: src/core/alloc_large.c */
+    d->v_cache = d->k_cache ? fdpo_alloc_large(n * sizeof(float)) : NULL;
+    if (!d->v_cache) { fdpo_error_context("decoder: key/value cache"); fdpo_llama_decoder_free(d); return NULL; }
     d->inv_freq = fdpo_malloc(d->hd / 2 * sizeof *d->inv_freq);
     fdpo_llama_inv_freq(c, d->inv_freq);
     const char *one_region = getenv("FDPO_DECODE_ONE_REGION");
@@ -78,10 +79,10 @@ llama_decoder *fdpo_llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, si
 
 void fdpo_llama_decoder_free(llama_decoder *d) {
     if (!d) return;
-    free(d->len); free(d->k_cache); free(d->v_cache); free(d->inv_freq);
+    free(d->len); fdpo_free_large(d->k_cache); fdpo_free_large(d->v_cache); free(d->inv_freq);
     free(d->x); free(d->h); free(d->q); free(d->k); free(d->v); free(d->atty); free(d->gate); free(d->up);
     free(d->xlast); free(d->rope_cos); free(d->rope_sin); free(d->scores); free(d->row_slot); free(d->row_pos);
-    free(d->wp); free(d->packed); free(d->in16); free(d->acc); free(d->h_team);
+    fdpo_free_large(d->wp); free(d->packed); free(d->in16); free(d->acc); free(d->h_team);
     free(d);
 }
 
@@ -146,7 +147,13 @@ static const uint16_t *packed_weight(llama_decoder *d, const float *w, size_t IC
     if (d->wp_used + n > d->wp_cap) {
         /* all of the model's linear weights, once: 2 bytes per parameter is enough */
         size_t cap = d->model->n_params > d->wp_used + n ? d->model->n_params : d->wp_used + n;
-        d->wp = fdpo_realloc(d->wp, (cap + n) * sizeof(uint16_t));
+        /* streamed every step: fdpo_alloc_large. No error path reaches here (packing runs
+         * inside the step), so out of memory is fdpo_malloc's: logged, then abort() */
+        uint16_t *wp = fdpo_alloc_large((cap + n) * sizeof(uint16_t));
+        if (!wp) { fdpo_log(FDPO_LOG_ERROR, "%s", fdpo_last_error()); abort(); }
+        if (d->wp_used) memcpy(wp, d->wp, d->wp_used * sizeof(uint16_t));
+        fdpo_free_large(d->wp);
+        d->wp = wp;
         d->wp_cap = cap + n;
     }
     fdpo_decode_pack_bf16(d->wp + d->wp_used, w, IC, OC, 1, IC);

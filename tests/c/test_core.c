@@ -215,6 +215,69 @@ START_TEST(oom_calls_the_handler) {
 }
 END_TEST
 
+/* The VmFlags line of the /proc/self/smaps mapping that holds p ("" when not found): "hg"
+ * there is MADV_HUGEPAGE, "nh" MADV_NOHUGEPAGE (proc(5)) */
+static void smaps_flags(const void *p, char *flags, size_t cap) {
+    flags[0] = 0;
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return;
+    char line[512];
+    int inside = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+            inside = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+        else if (inside && !strncmp(line, "VmFlags:", 8)) { snprintf(flags, cap, "%.200s", line + 8); break; }
+    }
+    fclose(f);
+}
+
+START_TEST(alloc_large_aligned_zeroed_advised) {
+    size_t sizes[] = {1, 4096, (3u << 20) + 5, (size_t)8 << 20};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        unsigned char *p = fdpo_alloc_large(sizes[i]);
+        ck_assert_ptr_nonnull(p);
+        ck_assert_uint_eq((uintptr_t)p % ((uintptr_t)2 << 20), 0);
+        size_t nonzero = 0;
+        for (size_t k = 0; k < sizes[i]; k++) nonzero += p[k] != 0;
+        ck_assert_msg(nonzero == 0, "%zu of %zu bytes not zero", nonzero, sizes[i]);
+        memset(p, 0xab, sizes[i]); /* all of it writable; the next one must be zero again */
+        fdpo_free_large(p);
+    }
+#ifdef __linux__
+    /* FDPO_HUGEPAGES=1: MADV_HUGEPAGE ("hg"), =0: MADV_NOHUGEPAGE ("nh"), unset: neither */
+    const char *values[] = {"1", "0", NULL};
+    const char *want[] = {" hg", " nh", NULL}, *unwanted[] = {" nh", " hg", NULL};
+    const int advice[] = {1, 0, -1};
+    for (int i = 0; i < 3; i++) {
+        char flags[256];
+        if (values[i]) setenv("FDPO_HUGEPAGES", values[i], 1);
+        else unsetenv("FDPO_HUGEPAGES");
+        ck_assert_int_eq(fdpo_hugepages_advice(), advice[i]);
+        void *p = fdpo_alloc_large((size_t)4 << 20);
+        smaps_flags(p, flags, sizeof flags);
+        ck_assert_msg(flags[0], "no smaps entry for the buffer");
+        if (want[i]) ck_assert_msg(strstr(flags, want[i]) && !strstr(flags, unwanted[i]), "FDPO_HUGEPAGES=%s:%s", values[i], flags);
+        else ck_assert_msg(!strstr(flags, " hg") && !strstr(flags, " nh"), "FDPO_HUGEPAGES unset:%s", flags);
+        fdpo_free_large(p);
+    }
+    unsetenv("FDPO_HUGEPAGES");
+#endif
+}
+END_TEST
+
+START_TEST(alloc_large_failure_is_an_error) {
+    fdpo_free_large(NULL);
+    fdpo_clear_error();
+    ck_assert_ptr_null(fdpo_alloc_large(SIZE_MAX - 10)); /* past the address space: caught before mmap */
+    ck_assert_msg(strstr(fdpo_last_error(), "cannot allocate") != NULL, "%s", fdpo_last_error());
+    fdpo_clear_error();
+    ck_assert_ptr_null(fdpo_alloc_large(SIZE_MAX / 4)); /* 4 EiB: the kernel refuses */
+    ck_assert_msg(strstr(fdpo_last_error(), "cannot allocate 4611686018427387903 bytes") != NULL, "%s",
+                  fdpo_last_error());
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("core");
     TCase *tc = tcase_create("core");
@@ -227,6 +290,8 @@ int main(void) {
     tcase_add_test(tc, stale_tmp_files_of_dead_writers_only);
     tcase_add_test(tc, strv_and_json_writer);
     tcase_add_test(tc, oom_calls_the_handler);
+    tcase_add_test(tc, alloc_large_aligned_zeroed_advised);
+    tcase_add_test(tc, alloc_large_failure_is_an_error);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -1,12 +1,15 @@
 /* The memory-bandwidth peak every bench reports: a STREAM triad (McCalpin's stream.c,
  * a[i] = b[i] + s * c[i]) over three arrays, OpenMP over the current threads.
  *
- *   triad --mib N[,M...] [--threads T] [--repeats R] [--huge 0|1]
+ *   triad --mib N[,M...] [--threads T] [--repeats R] [--huge 1|0|-1]
  *       one JSON line per array size N MiB: best_gbs (STREAM's figure: the best of R runs,
  *       default 10, after one untimed run), median_gbs, worst_gbs, init_seconds.
  *       GB/s counts STREAM's 3 x 4 bytes per element (two arrays read, one written; the
  *       write-allocate read of a is not counted, as in STREAM). --huge 1 asks the kernel for
- *       transparent huge pages on the arrays (madvise; default 0, what fdpo's buffers get).
+ *       transparent huge pages on the arrays (MADV_HUGEPAGE), 0 for 4 KiB pages
+ *       (MADV_NOHUGEPAGE), -1 gives no advice (the system's THP policy); the default is what
+ *       fdpo's streamed buffers get (fdpo_alloc_large: FDPO_HUGEPAGES=1 / 0 / unset), as is
+ *       harness_triad_gbs's (decode-matmul, model-peaks).
  *
  * How large the arrays must be is the caller's choice: bench/bandwidth.py sizes them by
  * STREAM's rule (each array >= 4 x the last-level cache, capped by free memory) and passes
@@ -47,7 +50,7 @@ static float *triad_alloc(size_t bytes, int huge) {
         return NULL;
     }
 #ifdef MADV_HUGEPAGE
-    if (huge) madvise(p, bytes, MADV_HUGEPAGE);
+    if (huge >= 0) madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); /* 0: 4 KiB also where THP is "always" */
 #else
     (void)huge;
 #endif
@@ -86,7 +89,7 @@ int harness_triad(size_t mib, int repeats, int huge, harness_triad_result *out) 
 
 double harness_triad_gbs(size_t mib) {
     harness_triad_result r;
-    return harness_triad(mib, 10, 0, &r) ? 0.0 : r.best_gbs;
+    return harness_triad(mib, 10, fdpo_hugepages_advice(), &r) ? 0.0 : r.best_gbs;
 }
 
 static const char *targ(int argc, char **argv, const char *name, const char *def) {
@@ -104,9 +107,10 @@ int h_triad(int argc, char **argv) {
             return fdpo_error("unknown flag or missing value '%s' (--mib, --threads, --repeats, --huge)", argv[i]);
     }
     const char *mibs = targ(argc, argv, "--mib", NULL), *th = targ(argc, argv, "--threads", NULL);
-    if (!mibs) return fdpo_error("usage: triad --mib N[,M...] [--threads T] [--repeats R] [--huge 0|1]");
-    int repeats = atoi(targ(argc, argv, "--repeats", "10")), huge = atoi(targ(argc, argv, "--huge", "0"));
+    if (!mibs) return fdpo_error("usage: triad --mib N[,M...] [--threads T] [--repeats R] [--huge 1|0|-1]");
+    int repeats = atoi(targ(argc, argv, "--repeats", "10")), huge = atoi(targ(argc, argv, "--huge", fdpo_hugepages_advice() < 0 ? "-1" : fdpo_hugepages_advice() ? "1" : "0"));
     if (repeats < 1) return fdpo_error("--repeats: must be >= 1");
+    if (huge < -1 || huge > 1) return fdpo_error("--huge: must be 1, 0 or -1 (no advice)");
     if (th) fdpo_set_threads(atoi(th));
     long mib[16];
     size_t n = 0;

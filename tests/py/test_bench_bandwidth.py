@@ -202,3 +202,39 @@ def test_goals_sample_pct():
     old = dict(rec)
     del old["cfg"]   # a record from before the bytes-per-step formula: no figure, not a wrong one
     assert goals.sample_pct(old, "fdpo-bf16") is None
+
+
+def test_triad_pages_follow_fdpo_buffers():
+    # the limit is measured on the pages fdpo's streamed buffers get (fdpo_alloc_large:
+    # FDPO_HUGEPAGES=1 MADV_HUGEPAGE, =0 MADV_NOHUGEPAGE, unset no advice), in bandwidth.py
+    # and in the harness's default alike
+    assert bandwidth.triad_huge({}) == -1
+    assert bandwidth.triad_huge({"FDPO_HUGEPAGES": ""}) == -1
+    assert bandwidth.triad_huge({"FDPO_HUGEPAGES": "1"}) == 1
+    assert bandwidth.triad_huge({"FDPO_HUGEPAGES": "0"}) == 0
+    for env_value, want in [(None, -1), ("0", 0), ("1", 1)]:
+        env = {k: v for k, v in os.environ.items() if k != "FDPO_HUGEPAGES"}
+        if env_value is not None:
+            env["FDPO_HUGEPAGES"] = env_value
+        r = subprocess.run([HARNESS, "triad", "--mib", "2", "--threads", "1", "--repeats", "1"],
+                           capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["huge"] == want
+    r = run_triad("--mib", "2", "--huge", "2")
+    assert r.returncode != 0 and "--huge" in r.stderr
+    for huge in (-1, 0, 1):
+        p = bandwidth.measure_triad(HARNESS, 1, dram_mib=2, repeats=1, cache=False, huge=huge)
+        assert p["triad_huge"] == huge and p["triad_init_seconds"] >= 0
+    assert bandwidth.pages_label(1) == "2 MiB pages (FDPO_HUGEPAGES=1), as fdpo's buffers"
+    assert bandwidth.pages_label(0) == "4 KiB pages (FDPO_HUGEPAGES=0), as fdpo's buffers"
+    assert bandwidth.pages_label(-1, "madvise") == "the system's THP policy (madvise: 4 KiB pages), as fdpo's buffers"
+    assert bandwidth.pages_label(-1, "always") == "the system's THP policy (always: 2 MiB pages), as fdpo's buffers"
+
+
+def test_thp_mode(tmp_path):
+    f = tmp_path / "enabled"
+    f.write_text("always [madvise] never\n")
+    assert bandwidth.thp_mode(str(f)) == "madvise"
+    f.write_text("[always] madvise never\n")
+    assert bandwidth.thp_mode(str(f)) == "always"
+    assert bandwidth.thp_mode(str(tmp_path / "missing")) is None

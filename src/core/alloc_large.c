@@ -1,0 +1,99 @@
+/* Large long-lived buffers (decoder weights, key/value caches) on transparent huge pages.
+ *
+ * Why: a bf16 decoding step at 124M streams ~250 MB of packed weights, 61k 4-KiB pages,
+ * while the second-level TLB holds a few thousand entries, so nearly every new page costs a
+ * page walk. With 2 MiB pages the same bytes are ~120 TLB entries. Linux backs anonymous
+ * memory with huge pages only where the range is 2 MiB aligned and, in THP's common
+ * "madvise" mode (this VM's), only after madvise(MADV_HUGEPAGE): glibc's malloc does
+ * neither. So the buffer is mapped here directly: 2 MiB aligned, its length rounded up to
+ * 2 MiB (the kernel can only back whole aligned 2 MiB ranges), and advised.
+ *
+ * Opt-in, because on this VM a fresh 2 MiB page is expensive: it is a Firecracker guest
+ * with virtio-balloon free page reporting, so free 2 MiB blocks go back to the host and
+ * the first touch of each faults there. Measured under load (round 8, docs/eval.md "Pages"):
+ * the bf16 decoder's creation took 1.2-2 s longer on huge pages (0.41-0.51 -> 1.37-1.78 s
+ * of system time per process), more than what a 124M 8 x 128 run then saves per step
+ * (the kernels' CPU time per call 12-35 % lower). So: FDPO_HUGEPAGES=1 advises MADV_HUGEPAGE,
+ * FDPO_HUGEPAGES=0 MADV_NOHUGEPAGE (4 KiB also where THP is "always"), unset: no advice,
+ * the system's THP policy (none in "madvise" mode, huge pages in "always": the 2 MiB
+ * alignment lets them back the whole buffer). Where mmap/madvise do not exist the buffer
+ * comes from malloc, 2 MiB aligned and zeroed as well.
+ *
+ * Each buffer's mapping (start and length) is kept in a small header just before the
+ * returned address, inside the first 4 KiB page of the mapping, so fdpo_free_large needs
+ * only the pointer. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/core.h"
+#if defined(__unix__)
+#include <sys/mman.h>
+#endif
+
+#define LARGE_ALIGN ((size_t)2 << 20) /* x86-64's huge page */
+#define LARGE_HEAD ((size_t)4096)     /* the header's page, before the aligned buffer */
+#define LARGE_MAGIC 0x6c617267656275ULL
+
+typedef struct {
+    void *base;    /* what mmap (or malloc) returned: given back by fdpo_free_large */
+    size_t len;    /* mapped bytes from base (0 for malloc) */
+    uint64_t magic;
+} large_head;
+
+static large_head *head_of(void *p) { return (large_head *)((char *)p - sizeof(large_head)); }
+
+int fdpo_hugepages_advice(void) {
+    const char *e = getenv("FDPO_HUGEPAGES");
+    return !e || !*e ? -1 : strcmp(e, "0") ? 1 : 0;
+}
+
+void *fdpo_alloc_large(size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    if (bytes > SIZE_MAX - 2 * LARGE_ALIGN - LARGE_HEAD) {
+        fdpo_error("cannot allocate %zu bytes for a large buffer: more than the address space", bytes);
+        return NULL;
+    }
+    size_t body = (bytes + LARGE_ALIGN - 1) / LARGE_ALIGN * LARGE_ALIGN;
+#if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
+    /* body + one alignment's slack: the first 2 MiB boundary at least LARGE_HEAD past the
+     * start lies within LARGE_ALIGN of it (mmap returns page-aligned addresses) */
+    size_t len = body + LARGE_ALIGN;
+    char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        fdpo_error("cannot allocate %zu bytes (%zu MiB) for a large buffer: %s", bytes, bytes >> 20, strerror(errno));
+        return NULL;
+    }
+    char *p = (char *)(((uintptr_t)base + LARGE_HEAD + LARGE_ALIGN - 1) & ~(uintptr_t)(LARGE_ALIGN - 1));
+    char *keep = p - LARGE_HEAD, *end = p + body;
+    /* give back the slack on both sides: only [header page, end of body) stays mapped */
+    if (keep > base) munmap(base, (size_t)(keep - base));
+    if (base + len > end) munmap(end, (size_t)(base + len - end));
+    int advice = fdpo_hugepages_advice();
+    if (advice >= 0) madvise(p, body, advice ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); /* failure is harmless */
+    *head_of(p) = (large_head){.base = keep, .len = (size_t)(end - keep), .magic = LARGE_MAGIC};
+    return p; /* anonymous pages read as zero until written */
+#else
+    char *base = malloc(bytes + LARGE_ALIGN + sizeof(large_head));
+    if (!base) {
+        fdpo_error("cannot allocate %zu bytes (%zu MiB) for a large buffer", bytes, bytes >> 20);
+        return NULL;
+    }
+    char *p = (char *)(((uintptr_t)base + sizeof(large_head) + LARGE_ALIGN - 1) & ~(uintptr_t)(LARGE_ALIGN - 1));
+    memset(p, 0, bytes);
+    *head_of(p) = (large_head){.base = base, .len = 0, .magic = LARGE_MAGIC};
+    (void)body;
+    return p;
+#endif
+}
+
+void fdpo_free_large(void *p) {
+    if (!p) return;
+    large_head h = *head_of(p);
+    if (h.magic != LARGE_MAGIC) abort(); /* not from fdpo_alloc_large: a bug, as free() of a stray pointer */
+#if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
+    munmap(h.base, h.len);
+#else
+    free(h.base);
+#endif
+}
