@@ -39,6 +39,7 @@ machine: the load average is printed before and after.
 
     /usr/bin/python3 bench/bench_online.py                          # small config, 2 threads
     /usr/bin/python3 bench/bench_online.py --config 124M --runs 5 --threads 2
+    /usr/bin/python3 bench/bench_online.py --config 124M --baseline OLD/fdpo   # + base-P sides: another build, A/B
 """
 import argparse
 import json
@@ -234,9 +235,9 @@ def torch_worker(a):
 EXTRA = ["checkpoint", "other"]
 
 
-def fdpo_online(d, tmp, a, precision):
+def fdpo_online(d, tmp, a, precision, binary=FDPO):
     out = os.path.join(tmp, "run")
-    r = subprocess.run([FDPO, "online", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
+    r = subprocess.run([binary, "online", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
                         "--out", out, "--rounds", "2", "--prompts-per-round", str(a.prompts),
                         "--n", str(a.n), "--max-new-tokens", str(a.new_tokens), "--batch-size", str(a.prompts),
                         "--epochs", "1", "--beta", "0.1", "--lr", "1e-4", "--threads", str(a.threads),
@@ -254,8 +255,9 @@ def fdpo_online(d, tmp, a, precision):
 
 def bench_sides(a):
     """The sides of one invocation, in their first round's order: fdpo at each --precision,
-    then PyTorch fp32 and/or bf16 autocast (--torch)."""
-    return [f"fdpo-{p}" for p in a.precision] + [f"torch-{t}" for t in a.torch]
+    the --baseline binary at each (base-P), then PyTorch fp32 and/or bf16 autocast (--torch)."""
+    return ([f"fdpo-{p}" for p in a.precision] + ([f"base-{p}" for p in a.precision] if a.baseline else [])
+            + [f"torch-{t}" for t in a.torch])
 
 
 def show_run(r, side, t):
@@ -283,7 +285,7 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
     C, L, V, Pn = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"], cfg["n_positions"]
     n_params = V * C + Pn * C + L * (12 * C * C + 13 * C) + 2 * C
     res = {s: [] for s in sides}
-    fdpo_sides = [s for s in sides if s.startswith("fdpo")]
+    fdpo_sides = [s for s in sides if not s.startswith("torch")]   # this build's and the baseline's
     torch_sides = [s for s in sides if s.startswith("torch")]
     with tempfile.TemporaryDirectory() as tmp:
         d = os.path.join(tmp, "model")
@@ -294,8 +296,8 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
             # (run 1 starts with the fdpo sides, so every torch run knows their pair counts)
             for side in sides[k:] + sides[:k]:
                 kind, prec = side.split("-")
-                if kind == "fdpo":
-                    res[side].append(fdpo_side(d, tmp, a, prec))
+                if kind in ("fdpo", "base"):
+                    res[side].append(fdpo_side(d, tmp, a, prec, a.baseline if kind == "base" else FDPO))
                     show_run(r, side, res[side][-1])
                     continue
                 # the torch round trains once on as many pairs as each fdpo side kept (its
@@ -371,6 +373,17 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
             if extra:
                 line += " " * 22 * len(extra) + f"{r_['round']:21.2f}x"
             print(line)
+    for p in a.precision if a.baseline else []:
+        f, b = f"fdpo-{p}", f"base-{p}"
+        r_ = {ph: med[b][ph] / med[f][ph] if med[f][ph] > 0 else float("nan") for ph in PHASES}
+        r_["total"] = tot[b] / tot[f]
+        if extra:
+            r_["round"] = tot_all[b] / tot_all[f]
+        ratios[f"{b}/{f}"] = r_
+        line = f"  {b + '/' + f:{width}s}" + "".join(f"{r_[ph]:21.2f}x" for ph in PHASES) + f"{r_['total']:21.2f}x"
+        if extra:
+            line += " " * 22 * len(extra) + f"{r_['round']:21.2f}x"
+        print(line + "   (this build against --baseline: > 1 faster)")
     print("  (ratios of medians; > 1: fdpo faster" + ("; each fdpo side against PyTorch's training on as many pairs"
                                                        if any("pairs" in x for x in res[fdpo_sides[0]]) else "") + ")")
     for f in fdpo_sides:
@@ -379,7 +392,7 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
             print(f"  {f}'s {' + '.join(extra)}: {secs} s (PyTorch has no such phase): the total ratios are the "
                   f"same work, the round ratios the round as fdpo runs it")
     share = {s: ", ".join(f"{p} {100 * med[s][p] / max(1e-12, sum(med[s].values())):.0f}%" for p in PHASES + extra
-                          if s.startswith("fdpo") or p in PHASES) for s in rows}
+                          if not s.startswith("torch") or p in PHASES) for s in rows}
     print("  split: " + "; ".join(f"{s} {share[s]}" for s in rows))
     if all("pairs" in x for s in rows for x in rows[s]):
         # ties give no pair on either side: each ratio above pairs an fdpo side with PyTorch's
@@ -410,6 +423,9 @@ def parse_args(doc, n_default, prompts_default, new_tokens_default):
                     help="PyTorch sides: fp32, bf16 (the forwards under bf16 autocast) or both "
                          "(default: fp32 when --precision is fp32, else both)")
     ap.add_argument("--json", help="append one JSON line of medians and ratios to this file")
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="a second fdpo binary (e.g. main's build): its sides base-P run interleaved with the others "
+                         "at each --precision P, with a base-P/fdpo-P ratio line (> 1: this build faster)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-bf16", action="store_true", help=argparse.SUPPRESS)   # worker: under bf16 autocast
     ap.add_argument("--pairs", type=lambda v: [int(x) for x in v.split(",")],
