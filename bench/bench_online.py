@@ -25,6 +25,13 @@ token per step over the cache), the reward and the reference log-probs in one ba
 forward, and one DPO step (policy forward/backward over the 2P sequences, AdamW, grad clip
 1); two rounds in the process, the second timed, models kept in memory.
 
+Pairs: a prompt whose samples tie gives no pair, so how many pairs a round trains on
+depends on the samples, and the fdpo sides differ (fp32 and bf16 draw different samples).
+The PyTorch round trains once per distinct pair count of the fdpo sides (one DPO step on
+that many pairs each, timed apart), and each fdpo side's ratios use PyTorch's step on its
+own count: every ratio compares the same work. The table has a PyTorch row per count
+("torch-fp32 (2 pairs)") and the pair counts of every run are printed.
+
 Sides run INTERLEAVED (fdpo, torch, torch, fdpo, ...) for >= 5 runs each; medians per phase
 and of the total, the ratio of medians (torch / fdpo: > 1 means fdpo is faster), and the
 machine peaks measured at the start (fp32 sgemm, triad). Do not quote numbers from a loaded
@@ -32,6 +39,7 @@ machine: the load average is printed before and after.
 
     /usr/bin/python3 bench/bench_online.py                          # small config, 2 threads
     /usr/bin/python3 bench/bench_online.py --config 124M --runs 5 --threads 2
+    /usr/bin/python3 bench/bench_online.py --config 124M --baseline OLD/fdpo   # + base-P sides: another build, A/B
 """
 import argparse
 import json
@@ -156,10 +164,13 @@ def autocast(bf16):
 
 
 def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, generator, n_pairs=None, bf16=False):
-    """One round; returns the seconds of each phase. n_pairs: train on exactly this many pairs
-    (the fdpo run's count, so that both sides' training phases do the same work whatever the
-    ties): the prompts with a reward gap first, then tied ones; None: fdpo's rule alone.
-    bf16: the forwards under bf16 autocast (autocast())."""
+    """One round; returns the seconds of each phase. n_pairs: a list of pair counts (the fdpo
+    sides' counts, so that each fdpo side's training phase is compared with PyTorch training
+    on as many pairs, whatever the ties): the round trains once per count, one DPO step each
+    on that many pairs (the prompts with a reward gap first, then tied ones), each step timed
+    apart ("training_at": {count: seconds}; "training" and "pairs": the first count's);
+    None: one step on the pairs of fdpo's rule alone. bf16: the forwards under bf16
+    autocast (autocast())."""
     import torch
     import torch.nn.functional as F
     P, Pt = prompt_ids.shape
@@ -177,26 +188,31 @@ def torch_online_round(policy, ref, opt, prompt_ids, n, new_tokens, beta, genera
     # fdpo's rule: a prompt whose completions all score the same (or whose best and worst are
     # the same tokens) gives no pair -- so both sides train on the pairs the round's rule keeps
     keep = (r.max(1).values > r.min(1).values) & (seqs[best] != seqs[worst]).any(1)
-    if n_pairs is None:
-        best, worst = best[keep], worst[keep]
-    else:
-        order = torch.cat([torch.nonzero(keep)[:, 0], torch.nonzero(~keep)[:, 0]])[:n_pairs]
-        best, worst = best[order], worst[order]
     t2 = time.perf_counter()
-    npairs = len(best)
-    if npairs:
-        pairs = torch.cat([seqs[best], seqs[worst]], 0)
-        with autocast(bf16):
-            logp = completion_logp(policy, pairs, Pt)
-        margin = (logp[:npairs] - lref[best]) - (logp[npairs:] - lref[worst])
-        loss = -F.logsigmoid(beta * margin).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-    t3 = time.perf_counter()
+    training_at = {}
+    for count in (n_pairs if n_pairs is not None else [None]):
+        t_start = time.perf_counter()
+        if count is None:
+            b, w = best[keep], worst[keep]
+        else:
+            order = torch.cat([torch.nonzero(keep)[:, 0], torch.nonzero(~keep)[:, 0]])[:count]
+            b, w = best[order], worst[order]
+        npairs = len(b)
+        if npairs:
+            pairs = torch.cat([seqs[b], seqs[w]], 0)
+            with autocast(bf16):
+                logp = completion_logp(policy, pairs, Pt)
+            margin = (logp[:npairs] - lref[b]) - (logp[npairs:] - lref[w])
+            loss = -F.logsigmoid(beta * margin).mean()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+        training_at[npairs] = time.perf_counter() - t_start
     _ = kl
-    return {"sampling": t1 - t0, "scoring": t2 - t1, "training": t3 - t2, "pairs": npairs}
+    first = next(iter(training_at))
+    return {"sampling": t1 - t0, "scoring": t2 - t1, "training": training_at[first], "pairs": first,
+            "training_at": {str(k): v for k, v in training_at.items()}}
 
 
 def prompt_texts(n, tokens):
@@ -219,9 +235,9 @@ def torch_worker(a):
 EXTRA = ["checkpoint", "other"]
 
 
-def fdpo_online(d, tmp, a, precision):
+def fdpo_online(d, tmp, a, precision, binary=FDPO):
     out = os.path.join(tmp, "run")
-    r = subprocess.run([FDPO, "online", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
+    r = subprocess.run([binary, "online", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
                         "--out", out, "--rounds", "2", "--prompts-per-round", str(a.prompts),
                         "--n", str(a.n), "--max-new-tokens", str(a.new_tokens), "--batch-size", str(a.prompts),
                         "--epochs", "1", "--beta", "0.1", "--lr", "1e-4", "--threads", str(a.threads),
@@ -239,8 +255,9 @@ def fdpo_online(d, tmp, a, precision):
 
 def bench_sides(a):
     """The sides of one invocation, in their first round's order: fdpo at each --precision,
-    then PyTorch fp32 and/or bf16 autocast (--torch)."""
-    return [f"fdpo-{p}" for p in a.precision] + [f"torch-{t}" for t in a.torch]
+    the --baseline binary at each (base-P), then PyTorch fp32 and/or bf16 autocast (--torch)."""
+    return ([f"fdpo-{p}" for p in a.precision] + ([f"base-{p}" for p in a.precision] if a.baseline else [])
+            + [f"torch-{t}" for t in a.torch])
 
 
 def show_run(r, side, t):
@@ -268,23 +285,27 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
     C, L, V, Pn = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"], cfg["n_positions"]
     n_params = V * C + Pn * C + L * (12 * C * C + 13 * C) + 2 * C
     res = {s: [] for s in sides}
-    last_pairs = None   # pairs the latest fdpo run trained on
+    fdpo_sides = [s for s in sides if not s.startswith("torch")]   # this build's and the baseline's
+    torch_sides = [s for s in sides if s.startswith("torch")]
     with tempfile.TemporaryDirectory() as tmp:
         d = os.path.join(tmp, "model")
         make_checkpoint(cfg, d)
         open(os.path.join(tmp, "prompts.txt"), "w").write("\n".join(prompt_texts(a.prompts, a.prompt_tokens)) + "\n")
         for r in range(runs):
             k = r % len(sides)   # the order rotates every run: no side always follows another
+            # (run 1 starts with the fdpo sides, so every torch run knows their pair counts)
             for side in sides[k:] + sides[:k]:
                 kind, prec = side.split("-")
-                if kind == "fdpo":
-                    res[side].append(fdpo_side(d, tmp, a, prec))
-                    last_pairs = res[side][-1].get("pairs", last_pairs)
+                if kind in ("fdpo", "base"):
+                    res[side].append(fdpo_side(d, tmp, a, prec, a.baseline if kind == "base" else FDPO))
                     show_run(r, side, res[side][-1])
                     continue
-                # as many pairs as the latest fdpo run trained on, so that the training phases
-                # do the same work (ties vary from run to run)
-                same_pairs = ["--pairs", str(int(last_pairs))] if last_pairs is not None else []
+                # the torch round trains once on as many pairs as each fdpo side kept (its
+                # latest run; ties vary with the precision), each step timed apart, so every
+                # fdpo side's training phase is compared with the same work
+                counts = sorted({int(res[f][-1]["pairs"]) for f in fdpo_sides if res[f] and "pairs" in res[f][-1]},
+                                reverse=True)
+                same_pairs = ["--pairs", ",".join(map(str, counts))] if counts else []
                 w = subprocess.run([sys.executable, sys.argv[0], "--worker", d, "--threads", str(a.threads),
                                     "--prompts", str(a.prompts), "--prompt-tokens", str(a.prompt_tokens),
                                     "--new-tokens", str(a.new_tokens), "--n", str(a.n)]
@@ -293,55 +314,95 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
                 if w.returncode:
                     sys.exit(f"torch worker ({side}) failed: {w.stderr}")
                 res[side].append(json.loads(w.stdout.strip().splitlines()[-1]))
-                show_run(r, side, res[side][-1])
+                show_run(r, side, {p: v for p, v in res[side][-1].items() if p != "training_at"})
     extra = list(extra)
-    for s in sides:
-        if s.startswith("torch"):
-            for x in res[s]:
-                x.update({p: 0.0 for p in extra})
+    for s in torch_sides:
+        for x in res[s]:
+            x.update({p: 0.0 for p in extra})
+
+    def like(t, f):
+        """torch side t's runs with the training phase of the step on fdpo side f's pair count
+        of the same run (all of t's runs when nothing counts pairs: the RL step)"""
+        out = []
+        for i, x in enumerate(res[t]):
+            if "training_at" not in x:
+                out.append(x)
+                continue
+            n = str(int(res[f][i]["pairs"]))
+            if n not in x["training_at"]:   # (fdpo's count changed after this torch run: left out)
+                continue
+            out.append(dict(x, training=x["training_at"][n], pairs=int(n)))
+        return out
+
+    # the rows: each fdpo side, and each torch side once per distinct fdpo pair count
+    rows = {f: res[f] for f in fdpo_sides}
+    like_row = {}   # (t, f) -> row name
+    has_pairs = any("training_at" in x for t in torch_sides for x in res[t])
+    for t in torch_sides:
+        for f in fdpo_sides:
+            runs_tf = like(t, f)
+            counts = sorted({x["pairs"] for x in runs_tf}, reverse=True) if has_pairs else []
+            name = f"{t} ({'/'.join(map(str, counts))} pairs)" if has_pairs else t
+            rows.setdefault(name, runs_tf)   # two fdpo sides with the same count share the row
+            like_row[t, f] = name
     print(f"{a.config} ({n_params / 1e6:.1f}M params), seconds (median of {runs}; best in brackets):")
-    med = {s: {p: statistics.median(x[p] for x in res[s]) for p in PHASES + extra} for s in res}
-    tot = {s: statistics.median(sum(x[p] for p in PHASES) for x in res[s]) for s in res}
-    tot_all = {s: statistics.median(sum(x[p] for p in PHASES + extra) for x in res[s]) for s in res}
-    cell = lambda s, ps: f"{statistics.median(sum(x[p] for p in ps) for x in res[s]):10.4f} ({min(sum(x[p] for p in ps) for x in res[s]):8.4f})"
+    med = {s: {p: statistics.median(x[p] for x in rows[s]) for p in PHASES + extra} for s in rows}
+    tot = {s: statistics.median(sum(x[p] for p in PHASES) for x in rows[s]) for s in rows}
+    tot_all = {s: statistics.median(sum(x[p] for p in PHASES + extra) for x in rows[s]) for s in rows}
+    cell = lambda s, ps: f"{statistics.median(sum(x[p] for p in ps) for x in rows[s]):10.4f} ({min(sum(x[p] for p in ps) for x in rows[s]):8.4f})"
     head = "".join(f"{p:>22s}" for p in PHASES) + f"{'total':>22s}"
     if extra:
         head += "".join(f"{p:>22s}" for p in extra) + f"{'round':>22s}"
-    print("  " + " " * 22 + head)
-    for s in res:
+    width = max(22, max(len(s) for s in rows) + 1)
+    print("  " + " " * width + head)
+    for s in rows:
         row = "".join(f"{cell(s, [p]):>22s}" for p in PHASES) + f"{cell(s, PHASES):>22s}"
         if extra:
             row += "".join(f"{cell(s, [p]):>22s}" for p in extra) + f"{cell(s, PHASES + extra):>22s}"
-        print(f"  {s:22s}" + row)
+        print(f"  {s:{width}s}" + row)
     ratios = {}
-    for f in (s for s in sides if s.startswith("fdpo")):
-        for t in (s for s in sides if s.startswith("torch")):
-            r_ = {p: med[t][p] / med[f][p] if med[f][p] > 0 else float("nan") for p in PHASES}
-            r_["total"] = tot[t] / tot[f]
+    for f in fdpo_sides:
+        for t in torch_sides:
+            tr_ = like_row[t, f]
+            r_ = {p: med[tr_][p] / med[f][p] if med[f][p] > 0 else float("nan") for p in PHASES}
+            r_["total"] = tot[tr_] / tot[f]
             if extra:
-                r_["round"] = tot_all[t] / tot_all[f]
+                r_["round"] = tot_all[tr_] / tot_all[f]
             ratios[f"{t}/{f}"] = r_
-            line = f"  {t + '/' + f:22s}" + "".join(f"{r_[p]:21.2f}x" for p in PHASES) + f"{r_['total']:21.2f}x"
+            line = f"  {t + '/' + f:{width}s}" + "".join(f"{r_[p]:21.2f}x" for p in PHASES) + f"{r_['total']:21.2f}x"
             if extra:
                 line += " " * 22 * len(extra) + f"{r_['round']:21.2f}x"
             print(line)
-    print("  (ratios of medians; > 1: fdpo faster)")
-    for f in (s for s in sides if s.startswith("fdpo")):
+    for p in a.precision if a.baseline else []:
+        f, b = f"fdpo-{p}", f"base-{p}"
+        r_ = {ph: med[b][ph] / med[f][ph] if med[f][ph] > 0 else float("nan") for ph in PHASES}
+        r_["total"] = tot[b] / tot[f]
+        if extra:
+            r_["round"] = tot_all[b] / tot_all[f]
+        ratios[f"{b}/{f}"] = r_
+        line = f"  {b + '/' + f:{width}s}" + "".join(f"{r_[ph]:21.2f}x" for ph in PHASES) + f"{r_['total']:21.2f}x"
+        if extra:
+            line += " " * 22 * len(extra) + f"{r_['round']:21.2f}x"
+        print(line + "   (this build against --baseline: > 1 faster)")
+    print("  (ratios of medians; > 1: fdpo faster" + ("; each fdpo side against PyTorch's training on as many pairs"
+                                                       if any("pairs" in x for x in res[fdpo_sides[0]]) else "") + ")")
+    for f in fdpo_sides:
         if extra:
             secs = " + ".join(f"{med[f][p]:.4f}" for p in extra)
             print(f"  {f}'s {' + '.join(extra)}: {secs} s (PyTorch has no such phase): the total ratios are the "
                   f"same work, the round ratios the round as fdpo runs it")
     share = {s: ", ".join(f"{p} {100 * med[s][p] / max(1e-12, sum(med[s].values())):.0f}%" for p in PHASES + extra
-                          if s.startswith("fdpo") or p in PHASES) for s in res}
-    print("  split: " + "; ".join(f"{s} {share[s]}" for s in res))
-    if all("pairs" in x for s in res for x in res[s]):
-        # ties give no pair on either side: the training phases compare like with like only
-        # when the sides trained on about as many pairs
-        counts = {s: " ".join(format(x["pairs"], "g") for x in res[s]) for s in res}
-        print("  pairs trained on per round: " + "; ".join(f"{s} {counts[s]}" for s in res))
+                          if not s.startswith("torch") or p in PHASES) for s in rows}
+    print("  split: " + "; ".join(f"{s} {share[s]}" for s in rows))
+    if all("pairs" in x for s in rows for x in rows[s]):
+        # ties give no pair on either side: each ratio above pairs an fdpo side with PyTorch's
+        # step on the same number of pairs
+        counts = {s: " ".join(format(x["pairs"], "g") for x in rows[s]) for s in rows}
+        print("  pairs trained on per round: " + "; ".join(f"{s} {counts[s]}" for s in rows))
     print(f"  load average after: {os.getloadavg()[0]:.1f}")
     interleave.write_json(a.json, {"bench": os.path.basename(sys.argv[0]), "config": a.config, "threads": a.threads,
                                    "runs": runs, "median_seconds": med, "median_total": tot, "ratios": ratios,
+                                   "pairs": {s: [x["pairs"] for x in rows[s]] for s in rows if all("pairs" in x for x in rows[s])},
                                    "peaks": {k: peaks[k] for k in ("sgemm_gflops", "bf16_gflops", "triad_gbs")}})
     return res
 
@@ -362,9 +423,13 @@ def parse_args(doc, n_default, prompts_default, new_tokens_default):
                     help="PyTorch sides: fp32, bf16 (the forwards under bf16 autocast) or both "
                          "(default: fp32 when --precision is fp32, else both)")
     ap.add_argument("--json", help="append one JSON line of medians and ratios to this file")
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="a second fdpo binary (e.g. main's build): its sides base-P run interleaved with the others "
+                         "at each --precision P, with a base-P/fdpo-P ratio line (> 1: this build faster)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-bf16", action="store_true", help=argparse.SUPPRESS)   # worker: under bf16 autocast
-    ap.add_argument("--pairs", type=int, help=argparse.SUPPRESS)   # worker: train on this many pairs
+    ap.add_argument("--pairs", type=lambda v: [int(x) for x in v.split(",")],
+                    help=argparse.SUPPRESS)   # worker: train on each of these pair counts (comma-separated)
     a = ap.parse_args()
     a.precision = a.precision.split(",")
     if not a.precision or any(p not in ("fp32", "bf16") for p in a.precision) or len(set(a.precision)) < len(a.precision):

@@ -31,6 +31,7 @@ compare with the sgemm peak printed at the start (docs/rl.md "What each phase co
     /usr/bin/python3 bench/bench_rl.py                          # small config, 2 threads
     /usr/bin/python3 bench/bench_rl.py --config 124M --runs 5 --threads 2
     /usr/bin/python3 bench/bench_rl.py --ranks 2                # fdpo: 2 ranks x 1 thread
+    /usr/bin/python3 bench/bench_rl.py --config 124M --baseline OLD/fdpo   # + base-P sides: another build, A/B
 """
 import json
 import os
@@ -114,7 +115,7 @@ def print_work(a, res):
     for s in ("fdpo", "torch"):
         print(f"  work {s:6s}" + "".join(f"{g[s][p]:13.1f} GFLOP {p}" for p in PHASES)
               + f"{sum(g[s].values()):13.1f} GFLOP total")
-    for side in (s for s in res if s.startswith("fdpo")):
+    for side in (s for s in res if not s.startswith("torch")):
         med = {p: statistics.median(x[p] for x in res[side]) for p in PHASES}
         print(f"  {side} rate" + "".join(f"{g['fdpo'][p] / med[p]:13.1f} GFLOP/s {p}" if med[p] > 0 else "" for p in PHASES)
               + "   (compare with the sgemm peak above)")
@@ -144,11 +145,11 @@ def pop_ranks(argv):
 RANKS = pop_ranks(sys.argv)
 
 
-def fdpo_rl(d, tmp, a, precision):
+def fdpo_rl(d, tmp, a, precision, binary=FDPO):
     out = os.path.join(tmp, "run")
-    launch, threads = [FDPO], a.threads
+    launch, threads = [binary], a.threads
     if RANKS > 1:
-        launch = [shutil.which("mpirun") or "mpirun", "--oversubscribe", "--allow-run-as-root", "-np", str(RANKS), FDPO]
+        launch = [shutil.which("mpirun") or "mpirun", "--oversubscribe", "--allow-run-as-root", "-np", str(RANKS), binary]
         threads = max(1, a.threads // RANKS)
     r = subprocess.run([*launch, "rl", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
                         "--out", out, "--algo", "rloo", "--divergence", "rkl", "--beta", str(BETA), "--steps", "2",

@@ -5,7 +5,10 @@
  * new tokens of all slots are packed into R rows, every matmul runs over the R rows (one
  * sgemm per weight), and attention runs per row over its own slot's cache. Prefill (many
  * tokens, one slot or several) and decoding steps (one token per slot) are the same call.
- * The model's parameters are only read; the decoder owns its cache and scratch buffers. */
+ * The model's parameters are only read; the decoder owns its cache and scratch buffers.
+ * In bf16 (the model's precision at create) it reads its own packed bf16 copy of the
+ * weights, made at create: after the parameters change (an optimizer step), call
+ * fdpo_decoder_refresh_weights before the next forward. */
 #ifndef FDPO_DECODE_H
 #define FDPO_DECODE_H
 #include <stddef.h>
@@ -17,6 +20,10 @@ typedef struct fdpo_decoder fdpo_decoder;
 /* max_len <= n_positions (error otherwise). */
 fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len);
 void fdpo_decoder_free(fdpo_decoder *d);
+/* Make the packed bf16 weights again from the model's current parameters, in the buffers
+ * they already have (no allocation); nothing to do in fp32, which reads the parameters. The
+ * caches and slots are kept. */
+void fdpo_decoder_refresh_weights(fdpo_decoder *d);
 const fdpo_gpt2 *fdpo_decoder_model(const fdpo_decoder *d);
 size_t fdpo_decoder_max_len(const fdpo_decoder *d);
 /* Forget a slot's tokens (its length becomes 0). */

@@ -88,6 +88,23 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
                       int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
                       size_t n_samples, fdpo_sample **out);
 void fdpo_samples_free(fdpo_sample *s, size_t n);
+/* A sampler keeps fdpo_generate's decoder (key/value cache, bf16 packed weights) and
+ * buffers from one call to the next, for a loop that samples from one model again and
+ * again (fdpo rl's steps, fdpo online's rounds and steps): fdpo_generate_eot is create,
+ * generate, free, and a sampler's calls give the same samples, bit for bit. Each call after
+ * the first takes the model's parameters as they are now (bf16: the decoder's packed copy
+ * is made again in place, no allocation: an optimizer step may have changed them), except
+ * for a model marked params_frozen, packed once. A call that needs more slots (the batch)
+ * or a longer cache (prompt + max_new_tokens) than the decoder has replaces it by one that
+ * covers both. The sampler reads m (which must outlive it) and never writes it; free it on
+ * every path out of the loop. */
+typedef struct fdpo_sampler fdpo_sampler;
+fdpo_sampler *fdpo_sampler_create(const fdpo_gpt2 *m);
+void fdpo_sampler_free(fdpo_sampler *s);
+const fdpo_gpt2 *fdpo_sampler_model(const fdpo_sampler *s);
+int fdpo_sampler_generate(fdpo_sampler *s, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
+                          int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
+                          size_t n_samples, fdpo_sample **out);
 /* fdpo_generate_eot split over the MPI ranks by prompt (include/fdpo/dist.h): rank r
  * generates its contiguous block of prompts (seeded by their indices among all prompts, so
  * every sample is the one a single process draws) and every rank gets all n_prompts *
@@ -137,7 +154,8 @@ const char *fdpo_reward_spec(const fdpo_reward *r);
 int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *const *completions,
                       const size_t *n_tokens, double *out);
 /* One batch of the on-policy loops (online rounds and steps, rl steps): the prompts ps[0..P)
- * encoded, k completions each sampled from m with c's seed mixed with `round` (fresh and
+ * encoded, k completions each sampled from the sampler's model (the loop's sampler, kept
+ * across its rounds or steps) with c's seed mixed with `round` (fresh and
  * reproducible per round), scored with reward. Fills ids/lens and s (free them with
  * fdpo_free_ids and fdpo_samples_free, also after an error) and, for the N = P*k samples,
  * pp/cc (their prompts and texts, borrowed from ps and s) and r (their rewards). Errors
@@ -145,13 +163,13 @@ int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *cons
  * spent sampling [0] and scoring with the reward [1] (the loops' time/sampling, time/scoring). */
 /* the sampling seed of one round of an on-policy loop: fresh samples every round, reproducible */
 static inline uint64_t fdpo_round_seed(uint64_t seed, long round) { return seed * 1000003u + (uint64_t)round; }
-int fdpo_sample_and_score(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c, const char *what,
+int fdpo_sample_and_score(fdpo_sampler *smp, const fdpo_tokenizer *tok, const fdpo_sample_config *c, const char *what,
                           long round, char *const *ps, size_t P, size_t k, fdpo_reward *reward, int32_t ***ids,
                           size_t **lens, fdpo_sample **s, char **pp, char **cc, double *r, double *seconds);
 /* The same split over the MPI ranks by prompt: each rank samples and scores its block of
  * prompts; samples and rewards are gathered to every rank in prompt order, identical to a
  * single process's (src/eval/sample_ranks.c). */
-int fdpo_sample_and_score_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c,
+int fdpo_sample_and_score_ranks(fdpo_sampler *smp, const fdpo_tokenizer *tok, const fdpo_sample_config *c,
                                 const char *what, long round, char *const *ps, size_t P, size_t k,
                                 fdpo_reward *reward, int32_t ***ids, size_t **lens, fdpo_sample **s, char **pp,
                                 char **cc, double *r, double *seconds);

@@ -353,9 +353,123 @@ int fdpo_generate(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_samp
                              n_prompts, n_samples, out);
 }
 
+/* The sampler: fdpo_generate's decoder and buffers, kept from one call to the next. A
+ * call that needs more slots or a longer cache than the decoder has makes a new one (sized
+ * for the larger of the old and the new shapes); a larger decoder than a call needs gives
+ * the same samples (each slot attends over its own positions only). */
+struct fdpo_sampler {
+    const fdpo_gpt2 *model;
+    fdpo_decoder *dec;
+    size_t dec_seqs, dec_len;       /* the decoder's slots and cache length */
+    fdpo_precision dec_precision;   /* the model's precision when dec was made */
+    size_t cap_b, cap_feed;         /* slots and prompt tokens the buffers below hold */
+    int has_order;
+    float *logits, *prefill;        /* [cap_b, V] */
+    double *work;                   /* [cap_b, V] */
+    size_t *order;                  /* [cap_b, V] (top-k / top-p only) */
+    slot_state *st;
+    size_t *slots, *n_new, *row_of, *src_slot;
+    int32_t *feed;                  /* [cap_feed] */
+    const float **lrow;
+    /* one step's draws: the active slots, their RNGs, rows of work and order, the results */
+    size_t *draw_slot;
+    fdpo_rng **draw_rng;
+    double **draw_work, *draw_logp;
+    size_t **draw_order;
+    int32_t *draw_token;
+};
+
+fdpo_sampler *fdpo_sampler_create(const fdpo_gpt2 *m) {
+    fdpo_sampler *s = fdpo_calloc(1, sizeof *s);
+    s->model = m;
+    return s;
+}
+
+const fdpo_gpt2 *fdpo_sampler_model(const fdpo_sampler *s) { return s->model; }
+
+void fdpo_sampler_free(fdpo_sampler *s) {
+    if (!s) return;
+    fdpo_decoder_free(s->dec);
+    free(s->logits); free(s->prefill); free(s->work); free(s->order); free(s->st); free(s->slots); free(s->n_new);
+    free(s->row_of); free(s->src_slot); free(s->feed); free(s->lrow);
+    free(s->draw_slot); free(s->draw_rng); free(s->draw_work); free(s->draw_logp); free(s->draw_order);
+    free(s->draw_token);
+    free(s);
+}
+
+/* A decoder of at least B slots of cache_len tokens with weights that are the model's now,
+ * and buffers for B slots and feed_len tokens fed at once. */
+static int sampler_prepare(fdpo_sampler *s, size_t B, size_t cache_len, size_t feed_len, int truncate) {
+    const fdpo_gpt2 *m = s->model;
+    const size_t V = m->config.vocab_size;
+    if (s->dec && (B > s->dec_seqs || cache_len > s->dec_len || m->precision != s->dec_precision)) {
+        if (m->precision == s->dec_precision) {   /* grow to cover both shapes: no back and forth */
+            if (s->dec_seqs > B) B = s->dec_seqs;
+            if (s->dec_len > cache_len) cache_len = s->dec_len;
+        }
+        fdpo_decoder_free(s->dec);
+        s->dec = NULL;
+    }
+    if (!s->dec) {
+        s->dec = fdpo_decoder_create(m, B, cache_len);
+        if (!s->dec) return -1;
+        s->dec_seqs = B; s->dec_len = cache_len; s->dec_precision = m->precision;
+    } else if (!m->params_frozen) {
+        /* made in an earlier call: the parameters may have changed since (an optimizer
+         * step), and bf16 decodes from a packed copy of them (fp32: nothing to do) */
+        fdpo_decoder_refresh_weights(s->dec);
+    }
+    if (B > s->cap_b) {
+        free(s->logits); free(s->prefill); free(s->work); free(s->order); free(s->st); free(s->slots); free(s->n_new);
+        free(s->row_of); free(s->src_slot); free(s->lrow);
+        free(s->draw_slot); free(s->draw_rng); free(s->draw_work); free(s->draw_logp); free(s->draw_order);
+        free(s->draw_token);
+        s->logits = fdpo_malloc(B * V * sizeof(float));
+        s->prefill = fdpo_malloc(B * V * sizeof(float));
+        s->work = fdpo_malloc(B * V * sizeof(double));
+        s->order = NULL;
+        s->has_order = 0;
+        s->st = fdpo_malloc(B * sizeof *s->st);
+        s->slots = fdpo_malloc(B * sizeof *s->slots);
+        s->n_new = fdpo_malloc(B * sizeof *s->n_new);
+        s->row_of = fdpo_malloc(B * sizeof *s->row_of);
+        s->src_slot = fdpo_malloc(B * sizeof *s->src_slot);
+        s->lrow = fdpo_malloc(B * sizeof *s->lrow);
+        s->draw_slot = fdpo_malloc(B * sizeof *s->draw_slot);
+        s->draw_rng = fdpo_malloc(B * sizeof *s->draw_rng);
+        s->draw_work = fdpo_malloc(B * sizeof *s->draw_work);
+        s->draw_logp = fdpo_malloc(B * sizeof *s->draw_logp);
+        s->draw_order = fdpo_malloc(B * sizeof *s->draw_order);
+        s->draw_token = fdpo_malloc(B * sizeof *s->draw_token);
+        s->cap_b = B;
+    }
+    if (truncate && !s->has_order) {
+        s->order = fdpo_malloc(s->cap_b * V * sizeof(size_t));
+        s->has_order = 1;
+    }
+    if (feed_len > s->cap_feed) {
+        free(s->feed);
+        s->feed = fdpo_malloc(feed_len * sizeof *s->feed);
+        s->cap_feed = feed_len;
+    }
+    memset(s->st, 0, B * sizeof *s->st);
+    memset(s->lrow, 0, B * sizeof *s->lrow);
+    return 0;
+}
+
 int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
                       int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
                       size_t n_samples, fdpo_sample **out) {
+    fdpo_sampler *smp = fdpo_sampler_create(m);
+    int rc = fdpo_sampler_generate(smp, tok, eot, c, prompt_ids, prompt_lens, n_prompts, n_samples, out);
+    fdpo_sampler_free(smp);
+    return rc;
+}
+
+int fdpo_sampler_generate(fdpo_sampler *smp, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
+                          int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
+                          size_t n_samples, fdpo_sample **out) {
+    const fdpo_gpt2 *m = smp->model;
     *out = NULL;
     if (fdpo_sample_config_check(c)) return -1;
     if (n_samples == 0) return fdpo_error("number of samples per prompt must be > 0");
@@ -376,26 +490,24 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
     size_t B = c->batch < total ? c->batch : total;
     size_t cache_len = max_prompt + c->max_new_tokens;
     if (cache_len > maxT) cache_len = maxT;
-    fdpo_decoder *dec = fdpo_decoder_create(m, B, cache_len);
-    if (!dec) { free(samples); return -1; }
-    float *logits = fdpo_malloc(B * V * sizeof(float)), *prefill = fdpo_malloc(B * V * sizeof(float));
     int truncate = (c->top_k > 0 && c->top_k < V) || c->top_p < 1;
-    double *work = fdpo_malloc(B * V * sizeof(double));
-    size_t *order = truncate ? fdpo_malloc(B * V * sizeof(size_t)) : NULL;
-    slot_state *st = fdpo_calloc(B, sizeof *st);
-    size_t *slots = fdpo_malloc(B * sizeof *slots), *n_new = fdpo_malloc(B * sizeof *n_new);
-    int32_t *feed = fdpo_malloc((B * max_prompt + B) * sizeof *feed);
+    if (sampler_prepare(smp, B, cache_len, B * max_prompt + B, truncate)) { free(samples); return -1; }
+    fdpo_decoder *dec = smp->dec;
+    float *logits = smp->logits, *prefill = smp->prefill;
+    double *work = smp->work;
+    size_t *order = truncate ? smp->order : NULL;
+    slot_state *st = smp->st;
+    size_t *slots = smp->slots, *n_new = smp->n_new;
+    int32_t *feed = smp->feed;
     /* slot b's logits for the next draw: a row of prefill (just filled) or of logits (the
      * step's rows come back packed in slot order), read where they are, never moved */
-    const float **lrow = fdpo_calloc(B, sizeof *lrow);
+    const float **lrow = smp->lrow;
     /* refill bookkeeping: filled slot i is row_of[i], its prompt was prefilled as unique row src_slot[i] */
-    size_t *row_of = fdpo_malloc(B * sizeof *row_of), *src_slot = fdpo_malloc(B * sizeof *src_slot);
-    /* one step's draws: the active slots, their RNGs, rows of work and order, the results */
-    size_t *draw_slot = fdpo_malloc(B * sizeof *draw_slot);
-    fdpo_rng **draw_rng = fdpo_malloc(B * sizeof *draw_rng);
-    double **draw_work = fdpo_malloc(B * sizeof *draw_work), *draw_logp = fdpo_malloc(B * sizeof *draw_logp);
-    size_t **draw_order = fdpo_malloc(B * sizeof *draw_order);
-    int32_t *draw_token = fdpo_malloc(B * sizeof *draw_token);
+    size_t *row_of = smp->row_of, *src_slot = smp->src_slot;
+    size_t *draw_slot = smp->draw_slot, **draw_order = smp->draw_order;
+    fdpo_rng **draw_rng = smp->draw_rng;
+    double **draw_work = smp->draw_work, *draw_logp = smp->draw_logp;
+    int32_t *draw_token = smp->draw_token;
     int rc = 0;
 
     /* Continuous batching: B slots decode together (one forward over the rows of every
@@ -507,17 +619,13 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
         if ((rc = fdpo_decoder_forward(dec, n_active, slots, n_new, feed, logits, 0))) break;
         for (size_t i = 0; i < n_active; i++) lrow[slots[i]] = logits + i * V;
     }
-    for (size_t b = 0; b < B; b++) free(st[b].bytes);
-    fdpo_decoder_free(dec);
-    free(logits); free(prefill); free(work); free(order); free(st); free(slots); free(n_new); free(feed); free(row_of);
-    free(src_slot); free(lrow);
-    free(draw_slot); free(draw_rng); free(draw_work); free(draw_logp); free(draw_order); free(draw_token);
+    for (size_t b = 0; b < B; b++) { free(st[b].bytes); st[b] = (slot_state){0}; }
     if (rc) { fdpo_samples_free(samples, total); return -1; }
     *out = samples;
     return 0;
 }
 
-int fdpo_sample_and_score(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c, const char *what,
+int fdpo_sample_and_score(fdpo_sampler *smp, const fdpo_tokenizer *tok, const fdpo_sample_config *c, const char *what,
                           long round, char *const *ps, size_t P, size_t k, fdpo_reward *reward, int32_t ***ids,
                           size_t **lens, fdpo_sample **s, char **pp, char **cc, double *r, double *seconds) {
     const size_t N = P * k;
@@ -525,7 +633,7 @@ int fdpo_sample_and_score(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const f
     fdpo_sample_config sc = *c;
     sc.seed = fdpo_round_seed(c->seed, round);
     int rc = fdpo_encode_prompts(tok, ps, P, ids, lens);
-    if (!rc) rc = fdpo_generate(m, tok, &sc, *ids, *lens, P, k, s);
+    if (!rc) rc = fdpo_sampler_generate(smp, tok, fdpo_tokenizer_eot(tok), &sc, *ids, *lens, P, k, s);
     if (rc) return rc;
     double t1 = fdpo_now();
     size_t *nt = fdpo_malloc((N ? N : 1) * sizeof *nt);

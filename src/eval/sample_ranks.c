@@ -153,12 +153,12 @@ int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t e
     return rc;
 }
 
-int fdpo_sample_and_score_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c,
+int fdpo_sample_and_score_ranks(fdpo_sampler *smp, const fdpo_tokenizer *tok, const fdpo_sample_config *c,
                                 const char *what, long round, char *const *ps, size_t P, size_t k,
                                 fdpo_reward *reward, int32_t ***ids, size_t **lens, fdpo_sample **s, char **pp,
                                 char **cc, double *r, double *seconds) {
     if (fdpo_dist_size() == 1)
-        return fdpo_sample_and_score(m, tok, c, what, round, ps, P, k, reward, ids, lens, s, pp, cc, r, seconds);
+        return fdpo_sample_and_score(smp, tok, c, what, round, ps, P, k, reward, ids, lens, s, pp, cc, r, seconds);
     double t0 = fdpo_now(), t1 = t0;
     /* every rank encodes every prompt: the callers score and train on all samples */
     if (fdpo_encode_prompts(tok, ps, P, ids, lens)) return -1;
@@ -170,7 +170,7 @@ int fdpo_sample_and_score_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, c
     sc.first_prompt = b;
     fdpo_sample *mine = NULL;
     double *r_mine = fdpo_malloc((n_mine ? n_mine : 1) * sizeof(double));
-    int failed = fdpo_generate(m, tok, &sc, *ids + b, *lens + b, e - b, k, &mine);
+    int failed = fdpo_sampler_generate(smp, tok, fdpo_tokenizer_eot(tok), &sc, *ids + b, *lens + b, e - b, k, &mine);
     t1 = fdpo_now();
     if (!failed && n_mine > 0) {
         char **mp = fdpo_malloc(n_mine * sizeof *mp), **mc = fdpo_malloc(n_mine * sizeof *mc);

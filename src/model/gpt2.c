@@ -222,19 +222,23 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t maxT) {
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += parts[i].n;
-    free(a->memory);
-    a->memory = fdpo_malloc(total * sizeof(float));
+    /* realloc, not free + malloc: every activation is written before it is read, but a large
+     * block grows by mremap, so the pages an earlier (smaller) batch touched stay mapped and
+     * only the new ones fault (124M: an online round with one pair more than the round
+     * before faulted all ~170 MB again) */
+    a->memory = fdpo_realloc(a->memory, total * sizeof(float));
     float *p = a->memory;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
     a->cap_tokens = N;
 }
 
-/* Grow a scratch buffer to hold at least n elements of size elem (never shrinks). */
+/* Grow a scratch buffer to hold at least n elements of size elem (never shrinks; the
+ * contents are not kept for the caller, but realloc keeps a large block's touched pages, as
+ * acts_reserve's). */
 static void *grow(void *p, size_t *cap, size_t n, size_t elem) {
     if (n <= *cap && p) return p;
-    free(p);
     *cap = n;
-    return fdpo_malloc((n ? n : 1) * elem);
+    return fdpo_realloc(p, (n ? n : 1) * elem);
 }
 
 void *fdpo_model_grow(void *p, size_t *cap, size_t n, size_t elem) { return grow(p, cap, n, elem); }

@@ -548,6 +548,24 @@ struct fdpo_decoder {
     size_t cap_h_team;  /* floats */
 };
 
+/* W [IC, OC] of a layer's k-th linear layer (c_attn, attn.c_proj, c_fc, mlp.c_proj) */
+static size_t decode_ic(size_t C, size_t k) { return k == 3 ? 4 * C : C; }
+static size_t decode_oc(size_t C, size_t k) { return k == 0 ? 3 * C : k == 2 ? 4 * C : C; }
+
+/* bf16: pack the model's current weights into d->wp (laid out by fdpo_decoder_create) */
+static void decode_pack_model(fdpo_decoder *d) {
+    const fdpo_gpt2_params *p = &d->model->params;
+    const fdpo_gpt2_config *c = &d->model->config;
+    size_t C = c->n_embd, L = c->n_layer, V = c->vocab_size;
+    for (size_t l = 0; l < L; l++) {
+        const float *src[4] = {p->qkvw + l * C * 3 * C, p->attprojw + l * C * C, p->fcw + l * C * 4 * C,
+                               p->fcprojw + l * 4 * C * C};
+        for (size_t k = 0; k < 4; k++)
+            decode_pack_bf16(d->wp + d->wp_off[4 * l + k], src[k], decode_ic(C, k), decode_oc(C, k), decode_oc(C, k), 1);
+    }
+    decode_pack_bf16(d->wp + d->wp_off[4 * L], p->wte, C, V, 1, C); /* logits = x @ wte^T */
+}
+
 fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
     const fdpo_gpt2_config *c = &m->config;
     if (max_seqs == 0) { fdpo_error("decoder: max_seqs must be > 0"); return NULL; }
@@ -574,27 +592,22 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
     d->v_cache = d->k_cache ? fdpo_alloc_large(n * sizeof(float)) : NULL;
     if (!d->v_cache) { fdpo_error_context("decoder: key/value cache"); fdpo_decoder_free(d); return NULL; }
     if (m->precision == FDPO_PRECISION_BF16) {
-        const fdpo_gpt2_params *p = &m->params;
-        size_t C = c->n_embd, L = c->n_layer, V = c->vocab_size;
-        /* W [IC, OC] of layer l's k-th linear layer: fp32 source, IC, OC */
-        const float *src[4];
-        size_t ic[4] = {C, C, C, 4 * C}, oc[4] = {3 * C, C, 4 * C, C}, total = 0;
+        size_t C = c->n_embd, L = c->n_layer, V = c->vocab_size, total = 0;
         decode_bf16_route(); /* decided (and said) once, before any parallel region */
         d->wp_off = fdpo_malloc((4 * L + 1) * sizeof *d->wp_off);
-        for (size_t k = 0; k < 4 * L; k++) { d->wp_off[k] = total; total += decode_packed_size(ic[k % 4], oc[k % 4]); }
+        for (size_t k = 0; k < 4 * L; k++) { d->wp_off[k] = total; total += decode_packed_size(decode_ic(C, k % 4), decode_oc(C, k % 4)); }
         d->wp_off[4 * L] = total;
         total += decode_packed_size(C, V);
         d->wp = fdpo_alloc_large(total * sizeof(uint16_t)); /* streamed every step: as the cache */
         if (!d->wp) { fdpo_error_context("decoder: bf16 weights"); fdpo_decoder_free(d); return NULL; }
-        for (size_t l = 0; l < L; l++) {
-            src[0] = p->qkvw + l * C * 3 * C; src[1] = p->attprojw + l * C * C;
-            src[2] = p->fcw + l * C * 4 * C;  src[3] = p->fcprojw + l * 4 * C * C;
-            for (size_t k = 0; k < 4; k++)
-                decode_pack_bf16(d->wp + d->wp_off[4 * l + k], src[k], ic[k], oc[k], oc[k], 1);
-        }
-        decode_pack_bf16(d->wp + d->wp_off[4 * L], p->wte, C, V, 1, C); /* logits = x @ wte^T */
+        decode_pack_model(d);
     }
     return d;
+}
+
+void fdpo_decoder_refresh_weights(fdpo_decoder *d) {
+    if (d->llama) fdpo_llama_decoder_refresh_weights(d->llama);
+    else if (d->wp) decode_pack_model(d);
 }
 
 void fdpo_decoder_free(fdpo_decoder *d) {

@@ -180,8 +180,7 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B) {
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += parts[i].n;
-    free(a->memory);
-    a->memory = fdpo_malloc(total * sizeof(float));
+    a->memory = fdpo_realloc(a->memory, total * sizeof(float));   /* keeps touched pages: gpt2.c acts_reserve */
     float *p = a->memory;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
     for (size_t t = 0; t < N; t++) a->ones[t] = 1.0f;

@@ -86,6 +86,12 @@ void fdpo_llama_decoder_free(llama_decoder *d) {
     free(d);
 }
 
+void fdpo_llama_decoder_refresh_weights(llama_decoder *d) {
+    /* packed_weight packs each weight again on its next use, into the same buffer */
+    d->n_packed = 0;
+    d->wp_used = 0;
+}
+
 void fdpo_llama_decoder_reset(llama_decoder *d, size_t slot) { if (slot < d->max_seqs) d->len[slot] = 0; }
 size_t fdpo_llama_decoder_len(const llama_decoder *d, size_t slot) { return slot < d->max_seqs ? d->len[slot] : 0; }
 
@@ -138,8 +144,8 @@ static void grow(llama_decoder *d, size_t R, size_t n_slots) {
     }
 }
 
-/* w [OC, IC] packed in bf16 for the small-rows driver, packed on first use (a decoder lives
- * for one generate/eval call, during which the weights do not change) */
+/* w [OC, IC] packed in bf16 for the small-rows driver, packed on first use (after
+ * fdpo_llama_decoder_refresh_weights: on the first use after it) */
 static const uint16_t *packed_weight(llama_decoder *d, const float *w, size_t IC, size_t OC) {
     for (size_t i = 0; i < d->n_packed; i++)
         if (d->packed[i].w == w) return d->wp + d->packed[i].at;

@@ -10,6 +10,8 @@ typedef struct llama_decoder llama_decoder;
 llama_decoder *fdpo_llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len);
 void fdpo_llama_decoder_free(llama_decoder *d);
 void fdpo_llama_decoder_reset(llama_decoder *d, size_t slot);
+/* The model's parameters changed: every packed bf16 weight is made again at its next use. */
+void fdpo_llama_decoder_refresh_weights(llama_decoder *d);
 size_t fdpo_llama_decoder_len(const llama_decoder *d, size_t slot);
 void fdpo_llama_decoder_copy_slot(llama_decoder *d, size_t dst, size_t src);
 /* Arguments checked by fdpo_decoder_forward; R = sum n_new. */

@@ -264,7 +264,7 @@ static double mean_kl(const double *logp, const double *lref, size_t N) {
  * log pi_ref = log pi. log pi of a sample is the sampler's own sum (fdpo_sample.logp:
  * untempered, over the same tokens fdpo_samples_logp scores). */
 static int make_round_pairs(const fdpo_online_opts *o, const fdpo_sample_config *sample, long k, fdpo_gpt2 *policy,
-                            fdpo_gpt2 *ref,
+                            fdpo_sampler *sampler, fdpo_gpt2 *ref,
                             const fdpo_tokenizer *tok, char **prompts, size_t n_prompts, fdpo_reward *reward,
                             char **pairs_text, size_t *pairs_len, round_buf *b, int32_t ***ids, size_t **lens,
                             fdpo_sample **s, round_stats *st) {
@@ -273,7 +273,7 @@ static int make_round_pairs(const fdpo_online_opts *o, const fdpo_sample_config 
     double sec[2] = {0, 0};
     memset(st, 0, sizeof *st);
     b->n_pairs = 0;
-    int rc = fdpo_sample_and_score_ranks(policy, tok, sample, "round", k, b->ps, P, K, reward, ids, lens, s,
+    int rc = fdpo_sample_and_score_ranks(sampler, tok, sample, "round", k, b->ps, P, K, reward, ids, lens, s,
                                          b->pp, b->cc, b->r, sec);
     for (size_t i = 0; rc == 0 && i < N; i++) b->logp[i] = (*s)[i].logp;
     st->t_sampling = sec[0];
@@ -473,6 +473,9 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     const int ref_is_model = !o->ref || !strcmp(o->ref, o->model);
     round_buf buf;
     round_buf_init(&buf, (size_t)o->prompts_per_round, (size_t)o->n);
+    /* one decoder for every round (its cache, buffers and bf16 packed weights; re-packed in
+     * place at each round's sampling, after the round before trained the policy) */
+    fdpo_sampler *sampler = prog_on && rc == 0 ? fdpo_sampler_create(policy) : NULL;
     const fdpo_sample_config sample = online_sample_config(o);
     /* one pair of AdamW moment buffers for the whole run: every round's f-DPO starts a fresh
      * optimizer in them (fdpo_adamw_reset) instead of allocating and faulting in 2x the
@@ -506,7 +509,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         const double t_round = fdpo_now();
         fdpo_gpt2 *round_ref = o->ref_update_round || (k == 0 && ref_is_model) ? NULL : ref;
         /* (round k-1's writer may still be reading the policy: sampling and scoring only read it) */
-        rc = make_round_pairs(o, &sample, k, policy, round_ref, tok, prompts, n_prompts, reward, &pairs_text, &pairs_len, &buf, &ids,
+        rc = make_round_pairs(o, &sample, k, policy, sampler, round_ref, tok, prompts, n_prompts, reward, &pairs_text, &pairs_len, &buf, &ids,
                               &lens, &samples, &st);
         if (rc == 0) {
             fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k,
@@ -572,6 +575,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (rc == 0) rc = wrc;
     }
     if (prog_on && rc == 0) fdpo_progress_end(&prog);
+    fdpo_sampler_free(sampler);
     round_buf_free(&buf);
     if (opt_ok) fdpo_adamw_free(&opt);
     if (ref != policy) fdpo_gpt2_free(ref);
@@ -641,6 +645,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     fdpo_settings_free(&extra);
     fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
     if (ref_is_base) ref = policy;
+    /* one decoder for the whole run, re-packed in place (bf16) at each step's sampling */
+    fdpo_sampler *sampler = policy ? fdpo_sampler_create(policy) : NULL;
     tr.progress.phase = "online";
     fdpo_dpo_config cfg = o->dpo.dpo;
     cfg.micro_batch = 0;
@@ -664,7 +670,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
         double sec[2] = {0, 0}, t_score, t_train = 0;
-        rc = fdpo_sample_and_score_ranks(policy, tok, &sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
+        rc = fdpo_sample_and_score_ranks(sampler, tok, &sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
         size_t np = 0, tokens = 0;
         double gap = 0, scores = 0, kl = 0, ent = 0, eos = 0;
         for (size_t p = 0; rc == 0 && p < P; p++) {
@@ -751,6 +757,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         if (ids) fdpo_free_ids(ids, lens, P);
         if (!rc) rc = fdpo_trainer_maybe_save(&tr);
     }
+    fdpo_sampler_free(sampler);
     if (d_ok) fdpo_dpo_free(&d);
     if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
     free(ps); free(pp); free(cc); free(r); free(lref); free(lpol); free(pairs); free(pptr); free(pair_ref);

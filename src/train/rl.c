@@ -320,6 +320,9 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (!rc && ref->config.vocab_size != tr.model->config.vocab_size)
         rc = fdpo_error("--ref: vocabulary %zu != the policy's %zu", ref->config.vocab_size, tr.model->config.vocab_size);
     fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
+    /* one decoder for the whole run (its cache, buffers and bf16 packed weights; re-packed
+     * in place at each step's sampling, after the optimizer step before it) */
+    fdpo_sampler *sampler = policy ? fdpo_sampler_create(policy) : NULL;
     tr.progress.phase = "rl";
     const size_t P = (size_t)o->prompts_per_step, k = o->rl.k, N = P * k;
     char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
@@ -340,7 +343,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
         double sec[2] = {0, 0}, t_score = fdpo_now(), t_train = 0;
-        rc = fdpo_sample_and_score_ranks(policy, tok, &sample, "step", step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r, sec);
+        rc = fdpo_sample_and_score_ranks(sampler, tok, &sample, "step", step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r, sec);
         t_score = fdpo_now();
         int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
         if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
@@ -399,6 +402,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         if (ids) fdpo_free_ids(ids, lens, P);
         if (!rc) rc = fdpo_trainer_maybe_save(&tr);
     }
+    fdpo_sampler_free(sampler);
     if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
     free(ps); free(pp); free(cc); free(np); free(ny); free(pi); free(yi); free(r); free(lref);
     if (tok) fdpo_tokenizer_free(tok);

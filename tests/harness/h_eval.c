@@ -8,6 +8,8 @@
  *               --top-k K --top-p P --seed S --batch B]   one JSON line per sample
  *   eval-sample-rows FILE R V --draws K [--group G, sampling options]   the sampler alone on
  *               logits [R, V] from FILE, G rows per fdpo_sample_tokens call
+ *   eval-sampler CKPT_A CKPT_B [eval-sample's options, --precision P]   one sampler over
+ *               four calls while the weights change (h_sampler)
  *   eval-run POLICY REF --prompts P --eot E --k K [sampling options, --div LIST,
  *            --samples FILE, --ead-vocab V]               fdpo_evaluate's JSON object
  *   eval-score POLICY REF --prompt IDS --seqs FILE [--div LIST]   one JSON line per line of FILE
@@ -159,6 +161,55 @@ static int h_sample(int argc, char **argv) {
     for (size_t i = 0; i < np; i++) free(ids[i]);
     free(ids); free(lens);
     fdpo_gpt2_free(m);
+    return rc;
+}
+
+static void print_samples(const fdpo_sample *s, size_t n, int call, const char *via) {
+    for (size_t i = 0; i < n; i++) {
+        printf("{\"call\": %d, \"via\": \"%s\", \"p\": %zu, \"s\": %zu, \"logp\": %.17g, \"finish\": %d, \"tokens\": [",
+               call, via, s[i].prompt_index, s[i].sample_index, s[i].logp, (int)s[i].finish);
+        for (size_t t = 0; t < s[i].n_tokens; t++) printf(t ? ", %d" : "%d", s[i].tokens[t]);
+        printf("]}\n");
+    }
+}
+
+/* eval-sampler CKPT_A CKPT_B [eval-sample's options, --precision]: one fdpo_sampler kept
+ * over four calls while the model's weights change under it, as a training loop's do:
+ * call 1 A's weights with the options given, call 2 B's (copied into the same model), call
+ * 3 A's with twice the new tokens and a batch 2 larger (the decoder must grow), call 4 B's
+ * with half the new tokens and batch 1 (a decoder larger than the call needs). Each call's
+ * samples, then a fresh fdpo_generate_eot's on the same weights (via "fresh"), one JSON
+ * line per sample (test_generate.py). */
+static int h_sampler(int argc, char **argv) {
+    if (argc < 3) return fdpo_error("usage: eval-sampler CKPT_A CKPT_B --prompts P --eot E --n N ...");
+    if (fdpo_set_precision(opt(argc, argv, "--precision", "fp32"))) return -1;
+    fdpo_gpt2 *a = fdpo_checkpoint_load_model(argv[1]), *b = a ? fdpo_checkpoint_load_model(argv[2]) : NULL;
+    fdpo_gpt2 *m = b ? fdpo_checkpoint_load_model(argv[1]) : NULL;
+    if (!m) { fdpo_gpt2_free(a); fdpo_gpt2_free(b); return -1; }
+    fdpo_sample_config c;
+    sample_config(argc, argv, &c);
+    int32_t **ids; size_t *lens;
+    size_t np = parse_prompts(opt(argc, argv, "--prompts", "0"), &ids, &lens);
+    size_t n = (size_t)atol(opt(argc, argv, "--n", "1"));
+    int32_t eot = (int32_t)atol(opt(argc, argv, "--eot", "-1"));
+    fdpo_sampler *smp = fdpo_sampler_create(m);
+    int rc = 0;
+    for (int call = 1; call <= 4 && !rc; call++) {
+        fdpo_sample_config cc = c;
+        if (call == 3) { cc.max_new_tokens = 2 * c.max_new_tokens; cc.batch = c.batch + 2; }
+        if (call == 4) { cc.max_new_tokens = c.max_new_tokens / 2 ? c.max_new_tokens / 2 : 1; cc.batch = 1; }
+        rc = fdpo_gpt2_copy_params(m, call % 2 ? a : b);
+        fdpo_sample *s = NULL, *f = NULL;
+        if (!rc) rc = fdpo_sampler_generate(smp, NULL, eot, &cc, ids, lens, np, n, &s);
+        if (!rc) rc = fdpo_generate_eot(m, NULL, eot, &cc, ids, lens, np, n, &f);
+        if (!rc) { print_samples(s, np * n, call, "sampler"); print_samples(f, np * n, call, "fresh"); }
+        if (s) fdpo_samples_free(s, np * n);
+        if (f) fdpo_samples_free(f, np * n);
+    }
+    fdpo_sampler_free(smp);
+    for (size_t i = 0; i < np; i++) free(ids[i]);
+    free(ids); free(lens);
+    fdpo_gpt2_free(m); fdpo_gpt2_free(a); fdpo_gpt2_free(b);
     return rc;
 }
 
@@ -345,6 +396,7 @@ int h_eval(int argc, char **argv) {
     const char *sub = argv[0];
     if (!strcmp(sub, "eval-logits")) return h_logits(argc, argv);
     if (!strcmp(sub, "eval-sample")) return h_sample(argc, argv);
+    if (!strcmp(sub, "eval-sampler")) return h_sampler(argc, argv);
     if (!strcmp(sub, "eval-sample-exp")) return h_sample_exp(argc, argv);
     if (!strcmp(sub, "eval-sample-rows")) return h_sample_rows(argc, argv);
     if (!strcmp(sub, "eval-run")) return h_run(argc, argv);

@@ -42,6 +42,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"eval-reward", h_eval},
     {"eval-run", h_eval},
     {"eval-sample", h_eval},
+    {"eval-sampler", h_eval},
     {"eval-sample-exp", h_eval},
     {"eval-sample-rows", h_eval},
     {"eval-score", h_eval},
