@@ -132,9 +132,13 @@ void fdpo_llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, cons
         }
 }
 
-/* In place on x [N, n_heads*hd], Hugging Face's rotate-half convention: with h = hd/2,
- *   x'[i]   = x[i] cos_i - x[i+h] sin_i,   x'[i+h] = x[i+h] cos_i + x[i] sin_i */
-void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
+/* In place on x [N, n_heads*hd], the rotation by angle sign * theta (Hugging Face's
+ * rotate-half convention): with h = hd/2 and s_i = sign * sin_i,
+ *   x'[i]   = x[i] cos_i - x[i+h] s_i,   x'[i+h] = x[i+h] cos_i + x[i] s_i
+ * sign -1 is the transpose (backward); multiplying by -1 is exact, so it rounds as the
+ * rotation written out with + and - does. */
+static void rope_rotate(float *x, const float *cos_t, const float *sin_t, float sign, size_t N, size_t n_heads,
+                        size_t hd) {
     size_t h = hd / 2;
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++)
@@ -142,27 +146,20 @@ void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, s
             float *r = x + (t * n_heads + head) * hd;
             const float *c = cos_t + t * h, *s = sin_t + t * h;
             for (size_t i = 0; i < h; i++) {
-                float a = r[i], b = r[i + h];
-                r[i] = a * c[i] - b * s[i];
-                r[i + h] = b * c[i] + a * s[i];
+                float a = r[i], b = r[i + h], si = sign * s[i];
+                r[i] = a * c[i] - b * si;
+                r[i + h] = b * c[i] + a * si;
             }
         }
 }
 
+void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
+    rope_rotate(x, cos_t, sin_t, 1.0f, N, n_heads, hd);
+}
+
 /* In place: the transpose of the rotation above */
 void fdpo_llama_rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
-    size_t h = hd / 2;
-#pragma omp parallel for schedule(static)
-    for (size_t t = 0; t < N; t++)
-        for (size_t head = 0; head < n_heads; head++) {
-            float *r = dx + (t * n_heads + head) * hd;
-            const float *c = cos_t + t * h, *s = sin_t + t * h;
-            for (size_t i = 0; i < h; i++) {
-                float a = r[i], b = r[i + h];
-                r[i] = a * c[i] + b * s[i];
-                r[i + h] = b * c[i] - a * s[i];
-            }
-        }
+    rope_rotate(dx, cos_t, sin_t, -1.0f, N, n_heads, hd);
 }
 
 /* Llama's attention GEMMs are OpenBLAS's (GPT-2's are oneDNN's, fdpo_sgemm): the shared
