@@ -32,13 +32,9 @@ MiB and as a % of each PyTorch side's. The goal row of issue #13 is the 124M ste
 T = 1024 (TRL's concatenated sequences: prompt 512 + completion 512): <= 60 % of PyTorch.
 """
 import argparse
-import json
 import math
 import os
-import resource
 import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -82,12 +78,8 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16):
     opt = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     T = Tp + Tc
     B = 2 * pairs  # concatenated chosen + rejected
-    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
-    g = torch.Generator().manual_seed(7)
-    ids = torch.randint(0, V, (B, T), generator=g)
+    ids, mask, loss_mask = interleave.torch_dpo_batch(V, pairs, Tp, Tc)
     pos = torch.arange(T)
-    loss_mask = torch.zeros(B, T - 1)
-    loss_mask[:, Tp - 1:] = 1  # targets that are completion tokens
 
     def forward(p):
         x = p["wte"][ids] + p["wpe"][pos]
@@ -107,18 +99,7 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16):
         lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None])[..., 0]
         return (lp * loss_mask).sum(-1)
 
-    def step():
-        logps = forward(policy)
-        with torch.no_grad():
-            ref_logps = forward(ref)
-        lw, ll = (logps - ref_logps)[:pairs], (logps - ref_logps)[pairs:]
-        loss = -F.logsigmoid(0.1 * (lw - ll)).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    interleave.serve_torch_steps(step, bf16)
+    interleave.serve_torch_dpo_steps(lambda: forward(policy), lambda: forward(ref), pairs, params, opt, bf16)
 
 
 def fdpo_shared_flops(cfg, pairs, Tp, Tc):
@@ -154,10 +135,7 @@ def peak_rss(sides, a):
     prints peak RSS (MiB) and each fdpo side's as a % of each torch side's."""
     cfg = CONFIGS[a.config]
     rss = {}
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "config.json")
-        with open(path, "w") as f:
-            json.dump(dict(cfg, model_type="gpt2"), f)
+    with interleave.gpt2_config_file(cfg) as path:
         for side in sides:
             srv = server(side, path, a)
             seconds = srv.step()["seconds"]
@@ -241,11 +219,7 @@ def main():
     for s in sides:
         if s not in SIDES:
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
-    blas_note = interleave.fair_blas_env()
-    if blas_note:
-        print(blas_note)
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
-                                      "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
+    env = interleave.set_fair_env()
     print(f"{a.config}: {a.pairs} pairs x (prompt {a.prompt} + chosen {a.completion} + rejected {a.completion}); "
           f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), "
           f"interleaved; env {env or 'no OPENBLAS overrides'}; load average {os.getloadavg()[0]:.1f}")
@@ -253,18 +227,12 @@ def main():
         peak_rss(sides, a)
         return
     if a.thread_scaling:
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "config.json")
-            with open(path, "w") as f:
-                json.dump(dict(cfg, model_type="gpt2"), f)
+        with interleave.gpt2_config_file(cfg) as path:
             thread_scaling(path, a)
         return
     peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
     interleave.print_peaks(peaks)
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "config.json")
-        with open(path, "w") as f:
-            json.dump(dict(cfg, model_type="gpt2"), f)
+    with interleave.gpt2_config_file(cfg) as path:
         servers = [server(s, path, a) for s in sides]
         interleave.interleave(servers, a.steps)
         tails = {s.name: s.close() for s in servers}

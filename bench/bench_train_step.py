@@ -28,12 +28,8 @@ The PyTorch side is a fair batched implementation: [B,T] tensors, one matmul per
 layer over all B*T tokens, fused F.cross_entropy, torch.optim.AdamW, torch.set_num_threads(n).
 """
 import argparse
-import json
 import os
-import resource
 import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -149,11 +145,7 @@ def main():
     for s in sides:
         if s not in known:
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(known)}; base-* need --baseline HARNESS)")
-    blas_note = interleave.fair_blas_env()
-    if blas_note:
-        print(blas_note)
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
-                                      "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
+    env = interleave.set_fair_env()
     print(f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps and >= {a.min_seconds:g} s "
           f"per side after >= {a.warmup} warm-up steps and >= {a.warmup_seconds:g} s, "
           f"interleaved; env {env or 'no OPENBLAS/OMP overrides'}; load average {os.getloadavg()[0]:.1f}")
@@ -161,10 +153,7 @@ def main():
     interleave.print_peaks(peaks)
     for name in a.configs.split(","):
         cfg, B, T = CONFIGS[name]
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "config.json")
-            with open(path, "w") as f:
-                json.dump(dict(cfg, model_type="gpt2"), f)
+        with interleave.gpt2_config_file(cfg) as path:
             run_sides = [s for s in sides if not (a.quick and name != "small" and s in ("fdpo-fp32", "base-fp32"))]
             servers = [server(s, name, path, B, T, a.threads, a.baseline) for s in run_sides]
             interleave.interleave(servers, a.steps, warmup=a.warmup, min_seconds=a.min_seconds,
