@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from dpo_common import harness, rel_err  # noqa: E402
+from dpo_common import TIMING, assert_same_run, harness, rel_err, state_files, untimed_metrics  # noqa: E402
 from fdpo_ref import safetensors as st  # noqa: E402
 from fdpo_ref.gpt2 import GPT2  # noqa: E402
 
@@ -347,12 +347,9 @@ def test_rl_bf16_same_seed_and_resume_bit_exact(tmp_path):
     r = subprocess.run([FDPO, "rl", "--out", tmp_path / "b", "--resume"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     run("c")
-    a = state_files(tmp_path / "a")
-    assert state_files(tmp_path / "b") == a
-    assert state_files(tmp_path / "c")["model.safetensors"] != a["model.safetensors"]
-    ma = untimed(tmp_path / "a" / "metrics.jsonl")
+    ma = assert_same_run(tmp_path / "a", tmp_path / "b")
     assert [m["step"] for m in ma] == [1, 2, 3, 4]
-    assert untimed(tmp_path / "b" / "metrics.jsonl") == ma
+    assert state_files(tmp_path / "c")["model.safetensors"] != state_files(tmp_path / "a")["model.safetensors"]
     for m in ma:
         assert m["objective/f_divergence"] == m["objective/kl"]
 
@@ -374,17 +371,6 @@ for line in sys.stdin.buffer:
     c = json.loads(line.decode("utf-8", "replace"))["completion"]
     print(sum("a" <= ch <= "z" for ch in c))
 """
-TIMING = ("tokens_per_sec", "time/sampling", "time/scoring", "time/training")
-
-
-def untimed(path):
-    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in open(path)]
-
-
-def state_files(d):
-    return {f: (d / f).read_bytes() for f in ("model.safetensors", "training_state.safetensors")}
-
-
 @pytest.mark.parametrize("cmd", ["rl", "online-step"])
 def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
     """One uninterrupted 4-step run (A); the same run stopped after step 2 (--stop-at) and resumed
@@ -417,7 +403,7 @@ def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
     run("a")
     run("b", "--stop-at", 2)
     b2 = state_files(tmp_path / "b")
-    assert [m["step"] for m in untimed(tmp_path / "b" / "metrics.jsonl")] == [1, 2]
+    assert [m["step"] for m in untimed_metrics(tmp_path / "b" / "metrics.jsonl")] == [1, 2]
     r = run("c", "--save-every", 2, check=False)
     assert r.returncode != 0 and "step 2: --reward" in r.stderr and "reward model crashed" in r.stderr, r.stderr
     assert state_files(tmp_path / "c") == b2  # the failure left the step-2 checkpoint as it was
@@ -432,11 +418,9 @@ def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     run("c", "--resume")
-    a = state_files(tmp_path / "a")
-    assert state_files(tmp_path / "b") == a and state_files(tmp_path / "c") == a
-    ma = untimed(tmp_path / "a" / "metrics.jsonl")
+    ma = assert_same_run(tmp_path / "a", tmp_path / "b")
+    assert assert_same_run(tmp_path / "a", tmp_path / "c") == ma
     assert [m["step"] for m in ma] == [1, 2, 3, 4]
-    assert untimed(tmp_path / "b" / "metrics.jsonl") == ma and untimed(tmp_path / "c" / "metrics.jsonl") == ma
     # the phase split is logged, in seconds
     for m in (json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")):
         assert all(m[k] >= 0 for k in TIMING[1:])
@@ -487,10 +471,7 @@ def test_signalled_run_resumes_bit_exactly(tmp_path, sig):
         assert saved in (2, 4)
     r = subprocess.run([FDPO, "rl", "--out", str(b), "--resume"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    for f in ("model.safetensors", "training_state.safetensors"):
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
-    ma, mb = untimed(a / "metrics.jsonl"), untimed(b / "metrics.jsonl")
-    assert [m["step"] for m in mb] == list(range(1, 7)) and mb == ma
+    assert [m["step"] for m in assert_same_run(a, b)] == list(range(1, 7))
 
 
 def test_samples_logp_matches_pytorch(tmp_path):
