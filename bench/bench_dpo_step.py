@@ -32,7 +32,6 @@ MiB and as a % of each PyTorch side's. The goal row of issue #13 is the 124M ste
 T = 1024 (TRL's concatenated sequences: prompt 512 + completion 512): <= 60 % of PyTorch.
 """
 import argparse
-import math
 import os
 import sys
 
@@ -53,21 +52,10 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16):
     import torch.nn.functional as F
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    V, C, L, H = cfg["vocab_size"], cfg["n_embd"], cfg["n_layer"], cfg["n_head"]
-    hs = C // H
+    V, C, H = cfg["vocab_size"], cfg["n_embd"], cfg["n_head"]
 
-    def make_params(requires_grad):
-        def w(*shape, std=0.02):
-            return torch.nn.Parameter(torch.randn(*shape) * std, requires_grad=requires_grad)
-        z = lambda *s: torch.nn.Parameter(torch.zeros(*s), requires_grad=requires_grad)
-        o = lambda *s: torch.nn.Parameter(torch.ones(*s), requires_grad=requires_grad)
-        return dict(wte=w(V, C), wpe=w(cfg["n_positions"], C), lnfw=o(C), lnfb=z(C), layers=[
-            dict(ln1w=o(C), ln1b=z(C), qkvw=w(C, 3 * C), qkvb=z(3 * C), projw=w(C, C, std=0.02 / math.sqrt(2 * L)),
-                 projb=z(C), ln2w=o(C), ln2b=z(C), fcw=w(C, 4 * C), fcb=z(4 * C),
-                 fcprojw=w(4 * C, C, std=0.02 / math.sqrt(2 * L)), fcprojb=z(C)) for _ in range(L)])
-
-    policy = make_params(True)
-    ref = make_params(False)
+    policy = interleave.torch_gpt2_params(cfg, True)
+    ref = interleave.torch_gpt2_params(cfg, False)
     with torch.no_grad():  # the reference starts as a copy of the policy, as in DPO
         for k in ("wte", "wpe", "lnfw", "lnfb"):
             ref[k].copy_(policy[k])
@@ -77,23 +65,12 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16):
     params = [policy["wte"], policy["wpe"], policy["lnfw"], policy["lnfb"]] + [p for l in policy["layers"] for p in l.values()]
     opt = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     T = Tp + Tc
-    B = 2 * pairs  # concatenated chosen + rejected
     ids, mask, loss_mask = interleave.torch_dpo_batch(V, pairs, Tp, Tc)
     pos = torch.arange(T)
 
     def forward(p):
         x = p["wte"][ids] + p["wpe"][pos]
-        for l in p["layers"]:
-            h = F.layer_norm(x, (C,), l["ln1w"], l["ln1b"], 1e-5)
-            q, k, v = (h @ l["qkvw"] + l["qkvb"]).split(C, dim=-1)
-            q, k, v = (t.view(B, T, H, hs).transpose(1, 2) for t in (q, k, v))
-            att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hs))
-            att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
-            y = (att @ v).transpose(1, 2).reshape(B, T, C)
-            x = x + y @ l["projw"] + l["projb"]
-            h = F.layer_norm(x, (C,), l["ln2w"], l["ln2b"], 1e-5)
-            h = F.gelu(h @ l["fcw"] + l["fcb"], approximate="tanh")
-            x = x + h @ l["fcprojw"] + l["fcprojb"]
+        x = interleave.torch_gpt2_blocks(x, p["layers"], mask, H)
         x = F.layer_norm(x, (C,), p["lnfw"], p["lnfb"], 1e-5)
         logits = x @ p["wte"].t()
         lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None])[..., 0]

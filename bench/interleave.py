@@ -289,3 +289,48 @@ def serve_torch_dpo_steps(policy_logps, ref_logps, pairs, params, opt, bf16):
         opt.zero_grad(set_to_none=True)
 
     serve_torch_steps(step, bf16)
+
+
+def torch_gpt2_params(cfg, requires_grad=True):
+    """GPT-2's parameters in the TRL layout the PyTorch sides time (weights [in, out]; GPT-2's
+    init: N(0, 0.02), the residual projections 0.02 / sqrt(2 L)), drawn from torch's global
+    generator: dict(wte, wpe, lnfw, lnfb, layers=[dict(ln1w, ..., fcprojb)])."""
+    import math
+    import torch
+    V, C, L = cfg["vocab_size"], cfg["n_embd"], cfg["n_layer"]
+
+    def w(*shape, std=0.02):
+        return torch.nn.Parameter(torch.randn(*shape) * std, requires_grad=requires_grad)
+
+    def z(*shape):
+        return torch.nn.Parameter(torch.zeros(*shape), requires_grad=requires_grad)
+
+    def o(*shape):
+        return torch.nn.Parameter(torch.ones(*shape), requires_grad=requires_grad)
+
+    return dict(wte=w(V, C), wpe=w(cfg["n_positions"], C), lnfw=o(C), lnfb=z(C), layers=[
+        dict(ln1w=o(C), ln1b=z(C), qkvw=w(C, 3 * C), qkvb=z(3 * C), projw=w(C, C, std=0.02 / math.sqrt(2 * L)),
+             projb=z(C), ln2w=o(C), ln2b=z(C), fcw=w(C, 4 * C), fcb=z(4 * C),
+             fcprojw=w(4 * C, C, std=0.02 / math.sqrt(2 * L)), fcprojb=z(C)) for _ in range(L)])
+
+
+def torch_gpt2_blocks(x, layers, mask, n_head):
+    """x [B, T, C] through GPT-2's transformer blocks (torch_gpt2_params' layers; mask [T, T]
+    True where a query may attend), before the final layer norm."""
+    import math
+    import torch
+    import torch.nn.functional as F
+    B, T, C = x.shape
+    hs = C // n_head
+    for l in layers:
+        h = F.layer_norm(x, (C,), l["ln1w"], l["ln1b"], 1e-5)
+        q, k, v = (h @ l["qkvw"] + l["qkvb"]).split(C, dim=-1)
+        q, k, v = (t.view(B, T, n_head, hs).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hs))
+        att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + y @ l["projw"] + l["projb"]
+        h = F.layer_norm(x, (C,), l["ln2w"], l["ln2b"], 1e-5)
+        h = F.gelu(h @ l["fcw"] + l["fcb"], approximate="tanh")
+        x = x + h @ l["fcprojw"] + l["fcprojb"]
+    return x
