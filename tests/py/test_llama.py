@@ -97,6 +97,19 @@ def reference(model, seqs, d, autocast=False):
             {k: v.grad.double().numpy() for k, v in model.p.items()})
 
 
+def assert_matches_reference(tmp_path, model_dir, model, seqs, rng):
+    """fdpo's forward/backward of sum_t d_t token_logp_t (d ~ N(0, 1) from rng) on seqs against
+    the float64 reference: logits 1e-5, every gradient 1e-4. Returns fdpo's outputs and the
+    reference gradients."""
+    dtl = rng.normal(size=sum(len(s["tokens"]) for s in seqs))
+    out = run_fdpo(tmp_path, model_dir, seqs, dtl)
+    ref_logits, _, ref_grads = reference(model, seqs, dtl)
+    assert rel_err(out["logits"], ref_logits) <= 1e-5
+    for k, g in ref_grads.items():
+        assert rel_err(out[k], g) <= 1e-4, k
+    return out, ref_grads
+
+
 @pytest.mark.parametrize("name,shards", [(n, 1) for n in CONFIGS] + [("gqa-llama3", 2), ("qwen2", 3)])
 def test_forward_backward_match_pytorch(tmp_path, name, shards):
     rng = np.random.default_rng(7)
@@ -104,13 +117,7 @@ def test_forward_backward_match_pytorch(tmp_path, name, shards):
     d = tmp_path / "ck"
     model.save_hf(str(d), shards=shards)
     seqs = batch(rng, CONFIGS[name]["vocab_size"])
-    N = sum(len(s["tokens"]) for s in seqs)
-    dtl = rng.normal(size=N)
-    out = run_fdpo(tmp_path, d, seqs, dtl)
-    ref_logits, _, ref_grads = reference(model, seqs, dtl)
-    assert rel_err(out["logits"], ref_logits) <= 1e-5
-    for k, g in ref_grads.items():
-        assert rel_err(out[k], g) <= 1e-4, k
+    out, ref_grads = assert_matches_reference(tmp_path, d, model, seqs, rng)
     assert set(k for k in out if k not in ("logits", "token_logp", "seq_logp")) == set(ref_grads)
 
 
@@ -277,13 +284,7 @@ def test_streaming_attention_across_tiles_matches_pytorch(tmp_path, name):
     seqs.append({"tokens": list(map(int, rng.integers(0, V, size=P + 2 * Cc))),
                  "targets": list(map(int, rng.integers(0, V, size=P + 2 * Cc))),
                  "pos": list(range(P + Cc)) + list(range(P, P + Cc)), "branch": [0] * P + [1] * Cc + [2] * Cc})
-    N = sum(len(s["tokens"]) for s in seqs)
-    dtl = rng.normal(size=N)
-    out = run_fdpo(tmp_path, d, seqs, dtl)
-    ref_logits, _, ref_grads = reference(model, seqs, dtl)
-    assert rel_err(out["logits"], ref_logits) <= 1e-5
-    for k, g in ref_grads.items():
-        assert rel_err(out[k], g) <= 1e-4, k
+    assert_matches_reference(tmp_path, d, model, seqs, rng)
 
 
 @pytest.mark.parametrize("name", ["mha-tied", "gqa-llama3", "qwen2"])

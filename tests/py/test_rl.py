@@ -35,6 +35,20 @@ def fprime(div, u):
     return (1 - u ** (-a)) / a
 
 
+def random_groups(rng, V, k, prompt_lens, completion_len, ref_per_token, ref_noise):
+    """Samples for an RL step: a random prompt of each length in prompt_lens, k random completions
+    of it (completion j of prompt p: completion_len(p, j) tokens), each with a N(0, 1) reward and
+    a reference log-prob ref_per_token * length + N(0, ref_noise^2)."""
+    samples = []
+    for p, n in enumerate(prompt_lens):
+        prompt = [int(x) for x in rng.integers(0, V, size=n)]
+        for j in range(k):
+            comp = [int(x) for x in rng.integers(0, V, size=completion_len(p, j))]
+            samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
+                            "ref_logp": float(ref_per_token * len(comp) + rng.normal() * ref_noise)})
+    return samples
+
+
 def completion_logp(model, prompt, comp):
     seq = torch.tensor(prompt + comp[:-1])
     logits = model(seq)
@@ -76,13 +90,7 @@ def test_step_matches_pytorch(tmp_path, monkeypatch, algo, div, head):
     model = GPT2(V, 16, 8, 2, 2, seed=5)
     model.save_hf(str(tmp_path / "policy"))
     rng = np.random.default_rng(1)
-    samples = []
-    for p in range(2):
-        prompt = [int(x) for x in rng.integers(0, V, size=2 + p)]
-        for j in range(k):
-            comp = [int(x) for x in rng.integers(0, V, size=1 + (j + p) % 4)]
-            samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
-                            "ref_logp": float(-2.4 * len(comp) + rng.normal() * 0.3)})
+    samples = random_groups(rng, V, k, [2, 3], lambda p, j: 1 + (j + p) % 4, -2.4, 0.3)
     spec = {"algo": algo, "divergence": div, "beta": 0.3, "k": k, "grpo_eps": 1e-4, "samples": samples}
     if fused:
         spec["logits_max_bytes"] = 1
@@ -116,13 +124,7 @@ def bf16_case(tmp_path, algo, div, k=3, V=13):
     model = GPT2(V, 16, 16, 2, 2, seed=7)
     model.save_hf(str(tmp_path / "policy"))
     rng = np.random.default_rng(4)
-    samples = []
-    for p in range(2):
-        prompt = [int(x) for x in rng.integers(0, V, size=3 + p)]
-        for j in range(k):
-            comp = [int(x) for x in rng.integers(0, V, size=1 + (2 * j + p) % 6)]
-            samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
-                            "ref_logp": float(-np.log(V) * len(comp) + rng.normal() * 0.5)})
+    samples = random_groups(rng, V, k, [3, 4], lambda p, j: 1 + (2 * j + p) % 6, -np.log(V), 0.5)
     spec = {"algo": algo, "divergence": div, "beta": 0.3, "k": k, "grpo_eps": 1e-4, "samples": samples}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     return model, samples, spec
@@ -538,13 +540,7 @@ def test_step_split_into_rank_blocks_is_the_whole_step(tmp_path, blocks):
     model = GPT2(V, 16, 8, 2, 2, seed=6)
     model.save_hf(str(tmp_path / "policy"))
     rng = np.random.default_rng(2)
-    samples = []
-    for p in range(3):
-        prompt = [int(x) for x in rng.integers(0, V, size=2 + p)]
-        for j in range(k):
-            comp = [int(x) for x in rng.integers(0, V, size=1 + (j + 2 * p) % 5)]
-            samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
-                            "ref_logp": float(-2.4 * len(comp) + rng.normal() * 0.3)})
+    samples = random_groups(rng, V, k, [2, 3, 4], lambda p, j: 1 + (j + 2 * p) % 5, -2.4, 0.3)
     spec = {"algo": "rloo", "divergence": "js", "beta": 0.3, "k": k, "grpo_eps": 1e-4, "samples": samples,
             "blocks": blocks}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
