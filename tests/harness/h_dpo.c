@@ -201,11 +201,9 @@ int h_dpo_grad(int argc, char **argv) {
         free(path);
     }
     if (!rc) {
-        char *s = cJSON_Print(root);
         char *path = fdpo_path_join(a.out, "result.json");
-        rc = fdpo_write_file_atomic(path, s, strlen(s));
+        rc = fdpo_write_json_atomic(path, root, 1);
         free(path);
-        cJSON_free(s);
     }
     cJSON_Delete(root);
     free(pairs); free(pair_out); free(ref_logps);
