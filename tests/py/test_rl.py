@@ -136,7 +136,7 @@ def reference_step_mode(model, samples, algo, div, beta, k, mode, eps=1e-4):
     operands, forward and backward: fdpo's bf16 rule stated exactly) or 'autocast' (float32
     under torch.autocast("cpu", bfloat16): TRL's bf16=True). Returns (loss, advantages,
     grads, per-sample log pi)."""
-    from test_model_bf16 import forward_emulated
+    from test_model_bf16 import forward_in_mode
     model = model.double() if mode in ("exact", "emulated") else model.float()
     model.zero_grad()
     logps = []
@@ -144,14 +144,7 @@ def reference_step_mode(model, samples, algo, div, beta, k, mode, eps=1e-4):
         seq = torch.tensor(s["prompt"] + s["completion"][:-1])
         T = len(seq)
         pos, mask = torch.arange(T), torch.tril(torch.ones(T, T, dtype=torch.bool))
-        if mode == "emulated":
-            logits = forward_emulated(model, seq, pos, mask)
-        elif mode == "autocast":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model.forward(seq, pos, mask)
-            logits = logits.float()
-        else:
-            logits = model.forward(seq, pos, mask)
+        logits = forward_in_mode(model, seq, pos, mask, mode)
         lp = F.log_softmax(logits, -1)
         P = len(s["prompt"])
         logps.append(sum(lp[P - 1 + j, c] for j, c in enumerate(s["completion"])))
