@@ -32,13 +32,8 @@ MiB and as a % of each PyTorch side's. The goal row of issue #13 is the 124M ste
 T = 1024 (TRL's concatenated sequences: prompt 512 + completion 512): <= 60 % of PyTorch.
 """
 import argparse
-import json
-import math
 import os
-import resource
 import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -57,21 +52,10 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16):
     import torch.nn.functional as F
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    V, C, L, H = cfg["vocab_size"], cfg["n_embd"], cfg["n_layer"], cfg["n_head"]
-    hs = C // H
+    V, C, H = cfg["vocab_size"], cfg["n_embd"], cfg["n_head"]
 
-    def make_params(requires_grad):
-        def w(*shape, std=0.02):
-            return torch.nn.Parameter(torch.randn(*shape) * std, requires_grad=requires_grad)
-        z = lambda *s: torch.nn.Parameter(torch.zeros(*s), requires_grad=requires_grad)
-        o = lambda *s: torch.nn.Parameter(torch.ones(*s), requires_grad=requires_grad)
-        return dict(wte=w(V, C), wpe=w(cfg["n_positions"], C), lnfw=o(C), lnfb=z(C), layers=[
-            dict(ln1w=o(C), ln1b=z(C), qkvw=w(C, 3 * C), qkvb=z(3 * C), projw=w(C, C, std=0.02 / math.sqrt(2 * L)),
-                 projb=z(C), ln2w=o(C), ln2b=z(C), fcw=w(C, 4 * C), fcb=z(4 * C),
-                 fcprojw=w(4 * C, C, std=0.02 / math.sqrt(2 * L)), fcprojb=z(C)) for _ in range(L)])
-
-    policy = make_params(True)
-    ref = make_params(False)
+    policy = interleave.torch_gpt2_params(cfg, True)
+    ref = interleave.torch_gpt2_params(cfg, False)
     with torch.no_grad():  # the reference starts as a copy of the policy, as in DPO
         for k in ("wte", "wpe", "lnfw", "lnfb"):
             ref[k].copy_(policy[k])
@@ -81,44 +65,18 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16):
     params = [policy["wte"], policy["wpe"], policy["lnfw"], policy["lnfb"]] + [p for l in policy["layers"] for p in l.values()]
     opt = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     T = Tp + Tc
-    B = 2 * pairs  # concatenated chosen + rejected
-    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
-    g = torch.Generator().manual_seed(7)
-    ids = torch.randint(0, V, (B, T), generator=g)
+    ids, mask, loss_mask = interleave.torch_dpo_batch(V, pairs, Tp, Tc)
     pos = torch.arange(T)
-    loss_mask = torch.zeros(B, T - 1)
-    loss_mask[:, Tp - 1:] = 1  # targets that are completion tokens
 
     def forward(p):
         x = p["wte"][ids] + p["wpe"][pos]
-        for l in p["layers"]:
-            h = F.layer_norm(x, (C,), l["ln1w"], l["ln1b"], 1e-5)
-            q, k, v = (h @ l["qkvw"] + l["qkvb"]).split(C, dim=-1)
-            q, k, v = (t.view(B, T, H, hs).transpose(1, 2) for t in (q, k, v))
-            att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hs))
-            att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
-            y = (att @ v).transpose(1, 2).reshape(B, T, C)
-            x = x + y @ l["projw"] + l["projb"]
-            h = F.layer_norm(x, (C,), l["ln2w"], l["ln2b"], 1e-5)
-            h = F.gelu(h @ l["fcw"] + l["fcb"], approximate="tanh")
-            x = x + h @ l["fcprojw"] + l["fcprojb"]
+        x = interleave.torch_gpt2_blocks(x, p["layers"], mask, H)
         x = F.layer_norm(x, (C,), p["lnfw"], p["lnfb"], 1e-5)
         logits = x @ p["wte"].t()
         lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None])[..., 0]
         return (lp * loss_mask).sum(-1)
 
-    def step():
-        logps = forward(policy)
-        with torch.no_grad():
-            ref_logps = forward(ref)
-        lw, ll = (logps - ref_logps)[:pairs], (logps - ref_logps)[pairs:]
-        loss = -F.logsigmoid(0.1 * (lw - ll)).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    interleave.serve_torch_steps(step, bf16)
+    interleave.serve_torch_dpo_steps(lambda: forward(policy), lambda: forward(ref), pairs, params, opt, bf16)
 
 
 def fdpo_shared_flops(cfg, pairs, Tp, Tc):
@@ -154,10 +112,7 @@ def peak_rss(sides, a):
     prints peak RSS (MiB) and each fdpo side's as a % of each torch side's."""
     cfg = CONFIGS[a.config]
     rss = {}
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "config.json")
-        with open(path, "w") as f:
-            json.dump(dict(cfg, model_type="gpt2"), f)
+    with interleave.gpt2_config_file(cfg) as path:
         for side in sides:
             srv = server(side, path, a)
             seconds = srv.step()["seconds"]
@@ -241,11 +196,7 @@ def main():
     for s in sides:
         if s not in SIDES:
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
-    blas_note = interleave.fair_blas_env()
-    if blas_note:
-        print(blas_note)
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
-                                      "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
+    env = interleave.set_fair_env()
     print(f"{a.config}: {a.pairs} pairs x (prompt {a.prompt} + chosen {a.completion} + rejected {a.completion}); "
           f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), "
           f"interleaved; env {env or 'no OPENBLAS overrides'}; load average {os.getloadavg()[0]:.1f}")
@@ -253,18 +204,12 @@ def main():
         peak_rss(sides, a)
         return
     if a.thread_scaling:
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "config.json")
-            with open(path, "w") as f:
-                json.dump(dict(cfg, model_type="gpt2"), f)
+        with interleave.gpt2_config_file(cfg) as path:
             thread_scaling(path, a)
         return
     peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
     interleave.print_peaks(peaks)
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "config.json")
-        with open(path, "w") as f:
-            json.dump(dict(cfg, model_type="gpt2"), f)
+    with interleave.gpt2_config_file(cfg) as path:
         servers = [server(s, path, a) for s in sides]
         interleave.interleave(servers, a.steps)
         tails = {s.name: s.close() for s in servers}

@@ -9,25 +9,10 @@
 #
 # Wall time includes generating the problem and sorting the rewards (~0.4 s at n = 1e6).
 # Not a test: timings depend on the machine and its load (read `uptime` in the output).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-FDPO=${FDPO_BIN:-build/fdpo}
 N=${N:-1000000}
-THREADS=${THREADS:-"1 2"}
-[ -x "$FDPO" ] || { echo "build first: make" >&2; exit 1; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-echo "machine: $(nproc) cores, load: $(uptime | sed 's/.*load average: //')"
+source "$(dirname "$0")/lab_threads.sh"
 echo "problem: n=$N responses, 50 betas in [0.01, 10], divergences rkl,fkl,js,alpha:0.5,tv,chi2"
-first=""
-for t in $THREADS; do
-  start=$(date +%s.%N)
-  "$FDPO" lab frontier --n "$N" --n-betas 50 --divergence all --threads "$t" --out "$tmp/frontier_$t.csv"
-  end=$(date +%s.%N)
-  printf 'threads=%s  wall %.2f s  (%d rows)\n' "$t" "$(echo "$end - $start" | bc)" "$(($(wc -l < "$tmp/frontier_$t.csv") - 1))"
-  if [ -z "$first" ]; then first="$tmp/frontier_$t.csv"
-  elif ! cmp -s "$first" "$tmp/frontier_$t.csv"; then echo "MISMATCH: thread counts gave different tables" >&2; exit 1; fi
-done
+lab_thread_runs frontier --n "$N" --n-betas 50 --divergence all
 echo "per divergence, 1 thread (user seconds):"
 for d in rkl fkl js alpha:0.5 tv chi2; do
   /usr/bin/time -f "  $d %U s" "$FDPO" lab frontier --n "$N" --n-betas 50 --divergence "$d" --threads 1 > /dev/null

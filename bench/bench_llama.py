@@ -46,12 +46,10 @@ import json
 import math
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -132,16 +130,11 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16, lora):
     opt = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     T = Tp + Tc
     B = 2 * pairs  # concatenated chosen + rejected
-    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
-    g = torch.Generator().manual_seed(7)
-    ids = torch.randint(0, V, (B, T), generator=g)
+    ids, mask, loss_mask = interleave.torch_dpo_batch(V, pairs, Tp, Tc)
     inv_freq = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
     ang = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq[None, :]
     cos = torch.cat([ang.cos(), ang.cos()], -1).float()
     sin = torch.cat([ang.sin(), ang.sin()], -1).float()
-    loss_mask = torch.zeros(B, T - 1)
-    loss_mask[:, Tp - 1:] = 1  # targets that are completion tokens
-
     def rms(x, w):
         return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype) * w
 
@@ -177,18 +170,9 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16, lora):
         lp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None])[..., 0]
         return (lp * loss_mask).sum(-1)
 
-    def step():
-        logps = forward(policy, adapters)
-        with torch.no_grad():
-            ref_logps = forward(ref, None) if ref is not None else forward(policy, None)
-        lw, ll = (logps - ref_logps)[:pairs], (logps - ref_logps)[pairs:]
-        loss = -F.logsigmoid(0.1 * (lw - ll)).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    interleave.serve_torch_steps(step, bf16)
+    interleave.serve_torch_dpo_steps(lambda: forward(policy, adapters),
+                                     lambda: forward(ref, None) if ref is not None else forward(policy, None),
+                                     pairs, params, opt, bf16)
 
 
 def server(side, cfg_path, a):
@@ -314,11 +298,7 @@ def main():
     for s in sides:
         if s not in known:
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(known)})")
-    blas_note = interleave.fair_blas_env()   # PyTorch gets OpenBLAS's right kernels too
-    if blas_note:
-        print(blas_note)
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
-                                      "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
+    env = interleave.set_fair_env()   # PyTorch gets OpenBLAS's right kernels too
     C, F = cfg["hidden_size"], cfg["intermediate_size"]
     KD = C // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
     n_params = cfg["vocab_size"] * C + C + cfg["num_hidden_layers"] * (2 * C + C * (C + 2 * KD) + C * C + 3 * C * F)

@@ -28,12 +28,8 @@ The PyTorch side is a fair batched implementation: [B,T] tensors, one matmul per
 layer over all B*T tokens, fused F.cross_entropy, torch.optim.AdamW, torch.set_num_threads(n).
 """
 import argparse
-import json
 import os
-import resource
 import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -49,28 +45,13 @@ BASE_SIDES = ["base-fp32", "base-bf16"]  # --baseline HARNESS
 
 def torch_worker(cfg, B, T, threads, bf16):
     """Step server (interleave.StepServer protocol) for the PyTorch side."""
-    import math
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    V, C, L, H = cfg["vocab_size"], cfg["n_embd"], cfg["n_layer"], cfg["n_head"]
-    hs = C // H
-
-    def w(*shape, std=0.02):
-        return torch.nn.Parameter(torch.randn(*shape) * std)
-
-    def z(*shape):
-        return torch.nn.Parameter(torch.zeros(*shape))
-
-    def o(*shape):
-        return torch.nn.Parameter(torch.ones(*shape))
-
-    wte, wpe = w(V, C), w(cfg["n_positions"], C)
-    layers = [dict(ln1w=o(C), ln1b=z(C), qkvw=w(C, 3 * C), qkvb=z(3 * C), projw=w(C, C, std=0.02 / math.sqrt(2 * L)),
-                   projb=z(C), ln2w=o(C), ln2b=z(C), fcw=w(C, 4 * C), fcb=z(4 * C),
-                   fcprojw=w(4 * C, C, std=0.02 / math.sqrt(2 * L)), fcprojb=z(C)) for _ in range(L)]
-    lnfw, lnfb = o(C), z(C)
+    V, C, H = cfg["vocab_size"], cfg["n_embd"], cfg["n_head"]
+    gpt2 = interleave.torch_gpt2_params(cfg)
+    wte, wpe, layers, lnfw, lnfb = gpt2["wte"], gpt2["wpe"], gpt2["layers"], gpt2["lnfw"], gpt2["lnfb"]
     decay = [wte, wpe] + [p for l in layers for k, p in l.items() if k.endswith("w") and not k.startswith("ln")]
     no_decay = [lnfw, lnfb] + [p for l in layers for k, p in l.items() if not (k.endswith("w") and not k.startswith("ln"))]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -83,17 +64,7 @@ def torch_worker(cfg, B, T, threads, bf16):
 
     def step():
         x = wte[idx] + wpe[pos]
-        for l in layers:
-            h = F.layer_norm(x, (C,), l["ln1w"], l["ln1b"], 1e-5)
-            q, k, v = (h @ l["qkvw"] + l["qkvb"]).split(C, dim=-1)
-            q, k, v = (t.view(B, T, H, hs).transpose(1, 2) for t in (q, k, v))
-            att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hs))
-            att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
-            y = (att @ v).transpose(1, 2).reshape(B, T, C)
-            x = x + y @ l["projw"] + l["projb"]
-            h = F.layer_norm(x, (C,), l["ln2w"], l["ln2b"], 1e-5)
-            h = F.gelu(h @ l["fcw"] + l["fcb"], approximate="tanh")
-            x = x + h @ l["fcprojw"] + l["fcprojb"]
+        x = interleave.torch_gpt2_blocks(x, layers, mask, H)
         x = F.layer_norm(x, (C,), lnfw, lnfb, 1e-5)
         loss = F.cross_entropy((x @ wte.t()).view(B * T, V), tgt.view(-1))
         loss.backward()
@@ -149,11 +120,7 @@ def main():
     for s in sides:
         if s not in known:
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(known)}; base-* need --baseline HARNESS)")
-    blas_note = interleave.fair_blas_env()
-    if blas_note:
-        print(blas_note)
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
-                                      "FDPO_FORCE_BF16_FALLBACK") if k in os.environ}
+    env = interleave.set_fair_env()
     print(f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps and >= {a.min_seconds:g} s "
           f"per side after >= {a.warmup} warm-up steps and >= {a.warmup_seconds:g} s, "
           f"interleaved; env {env or 'no OPENBLAS/OMP overrides'}; load average {os.getloadavg()[0]:.1f}")
@@ -161,10 +128,7 @@ def main():
     interleave.print_peaks(peaks)
     for name in a.configs.split(","):
         cfg, B, T = CONFIGS[name]
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "config.json")
-            with open(path, "w") as f:
-                json.dump(dict(cfg, model_type="gpt2"), f)
+        with interleave.gpt2_config_file(cfg) as path:
             run_sides = [s for s in sides if not (a.quick and name != "small" and s in ("fdpo-fp32", "base-fp32"))]
             servers = [server(s, name, path, B, T, a.threads, a.baseline) for s in run_sides]
             interleave.interleave(servers, a.steps, warmup=a.warmup, min_seconds=a.min_seconds,

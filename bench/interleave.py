@@ -10,11 +10,13 @@ machine load hits every side alike. After the warm-up steps it repeats until eve
 has `steps` timed steps (>= 5) and reports median and best per side and the ratio of
 medians.
 """
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -48,6 +50,29 @@ def fair_blas_env():
         os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
         notes.append("OPENBLAS_CORETYPE=SkylakeX set for every side (OpenBLAS misdetects this AVX-512 CPU)")
     return "; ".join(notes) + ("; FDPO_BENCH_KEEP_BLAS=1 to keep the environment as it is" if notes else "")
+
+
+# the environment a bench's header names when set (the BLAS, OpenMP and bf16 overrides)
+ENV_KEYS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "FDPO_FORCE_BF16_FALLBACK")
+
+
+def set_fair_env():
+    """fair_blas_env(), its note printed; returns {key: value} of the ENV_KEYS set, for the header."""
+    note = fair_blas_env()
+    if note:
+        print(note)
+    return {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
+
+
+@contextlib.contextmanager
+def gpt2_config_file(cfg):
+    """The path of a temporary config.json of the GPT-2 shape cfg (what the harness's servers
+    read), removed on leaving."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "config.json")
+        with open(path, "w") as f:
+            json.dump(dict(cfg, model_type="gpt2"), f)
+        yield path
 
 
 class StepServer:
@@ -229,3 +254,83 @@ def serve_torch_steps(step, bf16):
             step()
         print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}), flush=True)
     print(json.dumps({"max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
+
+
+def torch_dpo_batch(V, pairs, Tp, Tc):
+    """The PyTorch DPO sides' batch: 2 * pairs random sequences (chosen rows first) of a
+    Tp-token prompt and a Tc-token completion. Returns (ids [B, T], the causal mask [T, T],
+    loss_mask [B, T-1]: 1 where the target is a completion token)."""
+    import torch
+    T = Tp + Tc
+    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, V, (2 * pairs, T), generator=g)
+    loss_mask = torch.zeros(2 * pairs, T - 1)
+    loss_mask[:, Tp - 1:] = 1
+    return ids, mask, loss_mask
+
+
+def serve_torch_dpo_steps(policy_logps, ref_logps, pairs, params, opt, bf16):
+    """serve_torch_steps of the sigmoid DPO step the benches time (beta 0.1, gradient norm
+    clipped to 1): policy_logps() and ref_logps() give the sequence log-probs of the batch's
+    2 * pairs rows, chosen first; the reference's under no_grad."""
+    import torch
+    import torch.nn.functional as F
+
+    def step():
+        logps = policy_logps()
+        with torch.no_grad():
+            ref = ref_logps()
+        lw, ll = (logps - ref)[:pairs], (logps - ref)[pairs:]
+        loss = -F.logsigmoid(0.1 * (lw - ll)).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    serve_torch_steps(step, bf16)
+
+
+def torch_gpt2_params(cfg, requires_grad=True):
+    """GPT-2's parameters in the TRL layout the PyTorch sides time (weights [in, out]; GPT-2's
+    init: N(0, 0.02), the residual projections 0.02 / sqrt(2 L)), drawn from torch's global
+    generator: dict(wte, wpe, lnfw, lnfb, layers=[dict(ln1w, ..., fcprojb)])."""
+    import math
+    import torch
+    V, C, L = cfg["vocab_size"], cfg["n_embd"], cfg["n_layer"]
+
+    def w(*shape, std=0.02):
+        return torch.nn.Parameter(torch.randn(*shape) * std, requires_grad=requires_grad)
+
+    def z(*shape):
+        return torch.nn.Parameter(torch.zeros(*shape), requires_grad=requires_grad)
+
+    def o(*shape):
+        return torch.nn.Parameter(torch.ones(*shape), requires_grad=requires_grad)
+
+    return dict(wte=w(V, C), wpe=w(cfg["n_positions"], C), lnfw=o(C), lnfb=z(C), layers=[
+        dict(ln1w=o(C), ln1b=z(C), qkvw=w(C, 3 * C), qkvb=z(3 * C), projw=w(C, C, std=0.02 / math.sqrt(2 * L)),
+             projb=z(C), ln2w=o(C), ln2b=z(C), fcw=w(C, 4 * C), fcb=z(4 * C),
+             fcprojw=w(4 * C, C, std=0.02 / math.sqrt(2 * L)), fcprojb=z(C)) for _ in range(L)])
+
+
+def torch_gpt2_blocks(x, layers, mask, n_head):
+    """x [B, T, C] through GPT-2's transformer blocks (torch_gpt2_params' layers; mask [T, T]
+    True where a query may attend), before the final layer norm."""
+    import math
+    import torch
+    import torch.nn.functional as F
+    B, T, C = x.shape
+    hs = C // n_head
+    for l in layers:
+        h = F.layer_norm(x, (C,), l["ln1w"], l["ln1b"], 1e-5)
+        q, k, v = (h @ l["qkvw"] + l["qkvb"]).split(C, dim=-1)
+        q, k, v = (t.view(B, T, n_head, hs).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hs))
+        att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + y @ l["projw"] + l["projb"]
+        h = F.layer_norm(x, (C,), l["ln2w"], l["ln2b"], 1e-5)
+        h = F.gelu(h @ l["fcw"] + l["fcb"], approximate="tanh")
+        x = x + h @ l["fcprojw"] + l["fcprojb"]
+    return x

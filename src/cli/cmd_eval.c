@@ -195,12 +195,7 @@ int cmd_eval(int argc, char **argv) {
         if (fdpo_dist_is_root()) print_table(cols, policies, n_pol);
         for (size_t p = 0; p < n_pol; p++) { cJSON_AddItemToArray(arr, cols[p]); cols[p] = NULL; }
         if (out_path && fdpo_dist_is_root()) {
-            char *s = cJSON_Print(root);
-            size_t len = strlen(s);
-            s = fdpo_realloc(s, len + 2);
-            s[len] = '\n'; s[len + 1] = 0;
-            if (fdpo_write_file_atomic(out_path, s, len + 1)) rc = fdpo_error_context("--out");
-            free(s);
+            if (fdpo_write_json_atomic(out_path, root, 1)) rc = fdpo_error_context("--out");
         }
         cJSON_Delete(root);
     }

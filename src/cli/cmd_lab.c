@@ -64,6 +64,29 @@ static int table_close(table *t, int ok) {
     return fdpo_atomic_commit(&t->af);
 }
 
+/* Finishes what table_open opened (nothing when !opened): kept when rc == 0, else dropped;
+ * returns the first error. */
+static int table_finish(table *t, int opened, int rc) {
+    if (!opened) return rc;
+    int c = table_close(t, rc == 0);
+    return rc == 0 ? c : rc;
+}
+
+/* An optional CSV beside the table (--export-*): opened atomically with its header line,
+ * nothing when path is NULL; export_finish keeps it when rc == 0, else drops it. */
+static int export_open(fdpo_atomic_file *af, const char *flag, const char *path, const char *header) {
+    if (!path) return 0;
+    if (fdpo_atomic_open(af, path)) return fdpo_error_context("--%s %s", flag, path);
+    fprintf(af->f, "%s\n", header);
+    return 0;
+}
+static int export_finish(fdpo_atomic_file *af, int rc) {
+    if (!af->f) return rc;
+    if (rc == 0) return fdpo_atomic_commit(af);
+    fdpo_atomic_abort(af);
+    return rc;
+}
+
 /* ---------------- shared flags and inputs ---------------- */
 
 typedef struct {
@@ -301,10 +324,7 @@ static int lab_gap(int argc, char **argv) {
     fdpo_atomic_file ex = {0};
     if (rc == 0) rc = table_open(&t, o.out, o.format, cols, 7);
     int table_opened = rc == 0;
-    if (rc == 0 && export_path) {
-        if (fdpo_atomic_open(&ex, export_path)) rc = fdpo_error_context("--export-problem %s", export_path);
-        else fprintf(ex.f, "noise,prompt,pi_ref,reward,reward_hat\n");
-    }
+    if (rc == 0) rc = export_open(&ex, "export-problem", export_path, "noise,prompt,pi_ref,reward,reward_hat");
     for (size_t s = 0; rc == 0 && s < nnoise; s++) {
         /* r_hat per prompt; the noise stream depends only on (seed, noise index) */
         double **rh = fdpo_calloc((size_t)prompts, sizeof *rh);
@@ -335,8 +355,8 @@ static int lab_gap(int argc, char **argv) {
         for (long x = 0; x < prompts; x++) free(rh[x]);
         free(rh);
     }
-    if (ex.f) { if (rc == 0) rc = fdpo_atomic_commit(&ex); else fdpo_atomic_abort(&ex); }
-    if (table_opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
+    rc = export_finish(&ex, rc);
+    rc = table_finish(&t, table_opened, rc);
     for (long x = 0; x < prompts; x++) fdpo_lab_problem_free(&P[x]);
     free(P); free(divs); free(betas); free(noises);
     return rc;
@@ -396,14 +416,8 @@ static int lab_coverage(int argc, char **argv) {
     fdpo_atomic_file ec = {0}, ef = {0};
     table t;
     int opened = 0;
-    if (rc == 0 && export_cmp) {
-        if (fdpo_atomic_open(&ec, export_cmp)) rc = fdpo_error_context("--export-comparisons %s", export_cmp);
-        else fprintf(ec.f, "n_comparisons,prompt,winner,loser\n");
-    }
-    if (rc == 0 && export_fit) {
-        if (fdpo_atomic_open(&ef, export_fit)) rc = fdpo_error_context("--export-fit %s", export_fit);
-        else fprintf(ef.f, "n_comparisons,prompt,response,reward_hat\n");
-    }
+    if (rc == 0) rc = export_open(&ec, "export-comparisons", export_cmp, "n_comparisons,prompt,winner,loser");
+    if (rc == 0) rc = export_open(&ef, "export-fit", export_fit, "n_comparisons,prompt,response,reward_hat");
     static const char *cols[] = {"data_policy", "n_comparisons", "divergence", "beta", "reward_gap",
                                  "objective_gap", "pistar_coverage", "fit_rmse"};
     if (rc == 0) { rc = table_open(&t, o.out, o.format, cols, 8); opened = rc == 0; }
@@ -424,9 +438,9 @@ static int lab_coverage(int argc, char **argv) {
             table_num(&t, row->reward_gap); table_num(&t, row->objective_gap); table_num(&t, row->pistar_coverage); table_num(&t, row->fit_rmse);
             table_end_row(&t);
         }
-    if (ec.f) { if (rc == 0) rc = fdpo_atomic_commit(&ec); else fdpo_atomic_abort(&ec); }
-    if (ef.f) { if (rc == 0) rc = fdpo_atomic_commit(&ef); else fdpo_atomic_abort(&ef); }
-    if (opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
+    rc = export_finish(&ec, rc);
+    rc = export_finish(&ef, rc);
+    rc = table_finish(&t, opened, rc);
     for (long x = 0; x < prompts; x++) fdpo_lab_problem_free(&P[x]);
     free(P); free(divs); free(ns); free(acc);
     return rc;
@@ -472,7 +486,7 @@ static int lab_bias(int argc, char **argv) {
                 table_num(&t, row.reward_gap);
                 table_end_row(&t);
             }
-    if (opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
+    rc = table_finish(&t, opened, rc);
     free(divs); free(betas); free(bs);
     fdpo_lab_problem_free(&p);
     return rc;
@@ -573,8 +587,8 @@ static int lab_check_method(int argc, char **argv) {
             table_num(&t, res.target_diff); table_num(&t, res.z0); table_num(&t, res.undesirable_mass);
             table_end_row(&t);
         }
-    if (opened_pi) { int c = table_close(&tp, rc == 0); if (rc == 0) rc = c; }
-    if (opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
+    rc = table_finish(&tp, opened_pi, rc);
+    rc = table_finish(&t, opened, rc);
     free(pi);
     free(divs);
     fdpo_lab_prepared_free(&pp);
@@ -623,10 +637,7 @@ static int lab_check(int argc, char **argv) {
     table t;
     int rc = table_open(&t, o.out, o.format, cols, 7), opened = rc == 0;
     fdpo_atomic_file ep = {0};
-    if (rc == 0 && export_policy) {
-        if (fdpo_atomic_open(&ep, export_policy)) rc = fdpo_error_context("--export-policy %s", export_policy);
-        else fprintf(ep.f, "divergence,response,pi_ref,reward,pi_theta\n");
-    }
+    if (rc == 0) rc = export_open(&ep, "export-policy", export_policy, "divergence,response,pi_ref,reward,pi_theta");
     double *pi_theta = fdpo_malloc(p.n * sizeof(double));
     for (size_t k = 0; rc == 0 && k < nd; k++) {
         L.div = divs[k];
@@ -641,8 +652,8 @@ static int lab_check(int argc, char **argv) {
         table_num(&t, cr.max_abs_diff); table_num(&t, cr.loss); table_num(&t, cr.grad_norm); table_int(&t, cr.iterations);
         table_end_row(&t);
     }
-    if (ep.f) { if (rc == 0) rc = fdpo_atomic_commit(&ep); else fdpo_atomic_abort(&ep); }
-    if (opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
+    rc = export_finish(&ep, rc);
+    rc = table_finish(&t, opened, rc);
     free(divs); free(pi_theta);
     fdpo_lab_prepared_free(&pp);
     fdpo_lab_problem_free(&p);
@@ -733,7 +744,7 @@ static int lab_constrained(int argc, char **argv) {
         }
         table_end_row(&t);
     }
-    if (opened) { int c = table_close(&t, rc == 0); if (rc == 0) rc = c; }
+    rc = table_finish(&t, opened, rc);
     if (rc == 0 && !frontier && out) {
         fdpo_atomic_file af;
         if (fdpo_atomic_open(&af, out)) rc = fdpo_error_context("--out %s", out);

@@ -110,6 +110,19 @@ void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv
 void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
                                   const float *lse, const size_t *seq_offset, const uint8_t *branch,
                                   size_t B, size_t C, size_t NH);
+/* one (sequence, head) of the tiled streaming attention, for GPT-2 and Llama alike: row
+ * strides as arguments, and the GEMM (fdpo_sgemm's signature) the tiles are multiplied with;
+ * the backward's callers compute D for one query tile of ATT_TILE rows at a time */
+#define ATT_TILE 64 /* query rows x key columns per score tile (16 KB per thread) */
+typedef void fdpo_sgemm_fn(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                           int lda, const float *B, int ldb, float beta, float *C, int ldc);
+void fdpo_k_attention_forward_head(fdpo_sgemm_fn *gemm, float *o, size_t os, float *lse, size_t lse_stride,
+                                   const float *q, size_t qs, const float *k, const float *v, size_t ks,
+                                   const uint8_t *br, size_t T, size_t hs, float scale);
+void fdpo_k_attention_backward_key_tiles(fdpo_sgemm_fn *gemm, float *dq, float *dk, float *dv, const float *dy,
+                                         size_t ys, const float *q, size_t qs, const float *k, const float *v,
+                                         size_t ks, const float *lse, size_t lse_stride, const float *D,
+                                         const uint8_t *br, size_t i0, size_t nq, size_t hs, float scale);
 void fdpo_k_residual_layernorm_forward(float *res, float *out, float *mean, float *rstd, const float *bias,
                                 const float *residual, const float *w, const float *b, size_t N, size_t C,
                                 float eps);

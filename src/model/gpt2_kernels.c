@@ -519,8 +519,6 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
 
 /* ---- attention without T x T storage (streaming softmax, recomputing backward) ---- */
 
-#define ATT_TILE 64 /* query rows x key columns per score tile (16 KB per thread) */
-
 /* ---- the streaming attention's small path: head sizes of 16 .. 128 in steps of 16 ----
  * oneDNN takes ~2.5 us per 64 x 64 x 32 tile product (setup per call is a large part of
  * so little work; ~2,700 calls per small-model step), and the row-wise softmax of a score
@@ -823,12 +821,12 @@ static void attention_backward_small(float *dq, float *dk, float *dv, const floa
     }
 }
 
-/* Scores of one tile, masked: S [nq, nk] = scale * Q[i0:i0+nq] K[j0:j0+nk]^T, entries that
- * may not be attended (j > i, or another branch) set to -inf. */
-static void attention_scores_tile(float *S, const float *q, const float *k, size_t C3, size_t hs, float scale,
-                                  const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
-    fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * C3, (int)C3,
-                k + j0 * C3, (int)C3, 0.0f, S, (int)nk);
+/* Scores of one tile, masked: S [nq, nk] = scale * Q[i0:i0+nq] K[j0:j0+nk]^T (row strides
+ * qs, ks), entries that may not be attended (j > i, or another branch) set to -inf. */
+static void attention_scores_tile(fdpo_sgemm_fn *gemm, float *S, const float *q, size_t qs, const float *k, size_t ks,
+                                  size_t hs, float scale, const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
+    gemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * qs, (int)qs, k + j0 * ks,
+         (int)ks, 0.0f, S, (int)nk);
     for (size_t r = 0; r < nq; r++) {
         size_t i = i0 + r, c_end = i + 1 > j0 ? i + 1 - j0 : 0; /* keys j0 .. i are causally allowed */
         float *row = S + r * nk;
@@ -837,6 +835,36 @@ static void attention_scores_tile(float *S, const float *q, const float *k, size
         if (br)
             for (size_t c = 0; c < c_end; c++)
                 if (!may_attend(br, i, j0 + c)) row[c] = -INFINITY;
+    }
+}
+
+/* One (sequence, head) of the tiled streaming forward, shared by GPT-2 and Llama's
+ * grouped-query attention (which differ only in row strides and GEMM):
+ *   o [T, hs] (row stride os) = softmax(mask(scale Q K^T)) V,  q row stride qs, k and v ks;
+ *   lse[t * lse_stride] = m + log l, the log-sum-exp of row t's scores. */
+void fdpo_k_attention_forward_head(fdpo_sgemm_fn *gemm, float *o, size_t os, float *lse, size_t lse_stride,
+                                   const float *q, size_t qs, const float *k, const float *v, size_t ks,
+                                   const uint8_t *br, size_t T, size_t hs, float scale) {
+    float S[ATT_TILE * ATT_TILE], m[ATT_TILE], l[ATT_TILE];
+    for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
+        size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
+        for (size_t r = 0; r < nq; r++) {
+            m[r] = -INFINITY;
+            l[r] = 0.0f;
+            memset(o + (i0 + r) * os, 0, hs * sizeof(float));
+        }
+        for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
+            size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
+            attention_scores_tile(gemm, S, q, qs, k, ks, hs, scale, br, i0, nq, j0, nk);
+            fdpo_k_softmax_tile_step(S, nq, nk, m, l, o + i0 * os, os, hs);
+            gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, 1.0f, S, (int)nk, v + j0 * ks,
+                 (int)ks, 1.0f, o + i0 * os, (int)os);
+        }
+        for (size_t r = 0; r < nq; r++) { /* j = i is always allowed, so l >= 1 */
+            float inv = 1.0f / l[r], *orow = o + (i0 + r) * os;
+            for (size_t d = 0; d < hs; d++) orow[d] *= inv;
+            lse[(i0 + r) * lse_stride] = m[r] + logf(l[r]);
+        }
     }
 }
 
@@ -859,39 +887,47 @@ void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv
         const float *q = qkv + s * C3 + h * hs, *k = q + C, *v = q + 2 * C;
         float *o = out + s * C + h * hs;
         const uint8_t *br = branch ? branch + s : NULL;
-        if (small) {
+        if (small)
             attention_forward_small(o, lse + s * NH + h, NH, q, k, v, br, T, C, hs, scale);
-            continue;
+        else
+            fdpo_k_attention_forward_head(fdpo_sgemm, o, C, lse + s * NH + h, NH, q, C3, k, v, C3, br, T, hs, scale);
+    }
+}
+
+/* The key tiles of query tile [i0, i0+nq) in the streaming backward, shared by GPT-2 and
+ * Llama (row strides: q and dq qs; k, v, dk and dv ks; dy ys): recomputes
+ *   P = exp(S - lse_i);  dV += P^T dY;  dP = dY V^T;  dS = P * (dP - D_i);
+ *   dQ += scale dS K;  dK += scale dS^T Q,
+ * with D [nq] = dY_i . out_i (= rowsum(P * dP)) computed by the caller. */
+void fdpo_k_attention_backward_key_tiles(fdpo_sgemm_fn *gemm, float *dq, float *dk, float *dv, const float *dy,
+                                         size_t ys, const float *q, size_t qs, const float *k, const float *v,
+                                         size_t ks, const float *lse, size_t lse_stride, const float *D,
+                                         const uint8_t *br, size_t i0, size_t nq, size_t hs, float scale) {
+    float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE];
+    for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
+        size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
+        attention_scores_tile(gemm, P, q, qs, k, ks, hs, scale, br, i0, nq, j0, nk);
+        for (size_t r = 0; r < nq; r++) {
+            float L = lse[(i0 + r) * lse_stride];
+#pragma omp simd
+            for (size_t c = 0; c < nk; c++) P[r * nk + c] = fdpo_k_expf(P[r * nk + c] - L);
         }
-        float S[ATT_TILE * ATT_TILE], m[ATT_TILE], l[ATT_TILE];
-        for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
-            size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
-            for (size_t r = 0; r < nq; r++) {
-                m[r] = -INFINITY;
-                l[r] = 0.0f;
-                memset(o + (i0 + r) * C, 0, hs * sizeof(float));
-            }
-            for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
-                size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
-                attention_scores_tile(S, q, k, C3, hs, scale, br, i0, nq, j0, nk);
-                fdpo_k_softmax_tile_step(S, nq, nk, m, l, o + i0 * C, C, hs);
-                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, 1.0f, S, (int)nk,
-                            v + j0 * C3, (int)C3, 1.0f, o + i0 * C, (int)C);
-            }
-            for (size_t r = 0; r < nq; r++) { /* j = i is always allowed, so l >= 1 */
-                float inv = 1.0f / l[r], *orow = o + (i0 + r) * C;
-                for (size_t d = 0; d < hs; d++) orow[d] *= inv;
-                lse[(s + i0 + r) * NH + h] = m[r] + logf(l[r]);
-            }
-        }
+        gemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, 1.0f, P, (int)nk, dy + i0 * ys, (int)ys,
+             1.0f, dv + j0 * ks, (int)ks);
+        gemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, 1.0f, dy + i0 * ys, (int)ys, v + j0 * ks,
+             (int)ks, 0.0f, dP, (int)nk);
+        for (size_t r = 0; r < nq; r++)
+            for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
+        gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, scale, dP, (int)nk, k + j0 * ks,
+             (int)ks, 1.0f, dq + i0 * qs, (int)qs);
+        gemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, scale, dP, (int)nk, q + i0 * qs, (int)qs,
+             1.0f, dk + j0 * ks, (int)ks);
     }
 }
 
 /* Backward of fdpo_k_attention_forward_streaming; WRITES dqkv [N,3C]. Recomputes P tile by tile
- * from Q, K and lse:  P = exp(S - lse_i);  dV += P^T dY;  dP = dY V^T;
- *   dS = P * (dP - D_i) with D_i = dY_i . out_i (= rowsum(P * dP));
- *   dQ += dS K / sqrt(hs);  dK += dS^T Q / sqrt(hs).
- * out is the forward's output (the attention output before c_proj). */
+ * from Q, K and lse (fdpo_k_attention_backward_key_tiles). out is the forward's output (the
+ * attention output before c_proj). */
 void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
                                   const float *lse, const size_t *seq_offset, const uint8_t *branch,
                                   size_t B, size_t C, size_t NH) {
@@ -911,7 +947,7 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
             attention_backward_small(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale);
             continue;
         }
-        float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE], D[ATT_TILE];
+        float D[ATT_TILE];
         for (size_t t = 0; t < T; t++) {
             memset(dq + t * C3, 0, hs * sizeof(float));
             memset(dk + t * C3, 0, hs * sizeof(float));
@@ -926,25 +962,8 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
                 for (size_t d = 0; d < hs; d++) dot += a[d] * c[d];
                 D[r] = dot;
             }
-            for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
-                size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
-                attention_scores_tile(P, q, k, C3, hs, scale, br, i0, nq, j0, nk);
-                for (size_t r = 0; r < nq; r++) {
-                    float L = lse[(s + i0 + r) * NH + h];
-#pragma omp simd
-                    for (size_t c = 0; c < nk; c++) P[r * nk + c] = fdpo_k_expf(P[r * nk + c] - L);
-                }
-                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, 1.0f, P, (int)nk,
-                            dy + i0 * C, (int)C, 1.0f, dv + j0 * C3, (int)C3);
-                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, 1.0f, dy + i0 * C,
-                            (int)C, v + j0 * C3, (int)C3, 0.0f, dP, (int)nk);
-                for (size_t r = 0; r < nq; r++)
-                    for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
-                fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, scale, dP, (int)nk,
-                            k + j0 * C3, (int)C3, 1.0f, dq + i0 * C3, (int)C3);
-                fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, scale, dP, (int)nk,
-                            q + i0 * C3, (int)C3, 1.0f, dk + j0 * C3, (int)C3);
-            }
+            fdpo_k_attention_backward_key_tiles(fdpo_sgemm, dq, dk, dv, dy, C, q, C3, k, v, C3, lse + s * NH + h, NH,
+                                                D, br, i0, nq, hs, scale);
         }
     }
 }

@@ -158,9 +158,13 @@ void fdpo_llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, cons
         }
 }
 
-/* In place on x [N, n_heads*hd], Hugging Face's rotate-half convention: with h = hd/2,
- *   x'[i]   = x[i] cos_i - x[i+h] sin_i,   x'[i+h] = x[i+h] cos_i + x[i] sin_i */
-void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
+/* In place on x [N, n_heads*hd], the rotation by angle sign * theta (Hugging Face's
+ * rotate-half convention): with h = hd/2 and s_i = sign * sin_i,
+ *   x'[i]   = x[i] cos_i - x[i+h] s_i,   x'[i+h] = x[i+h] cos_i + x[i] s_i
+ * sign -1 is the transpose (backward); multiplying by -1 is exact, so it rounds as the
+ * rotation written out with + and - does. */
+static void rope_rotate(float *x, const float *cos_t, const float *sin_t, float sign, size_t N, size_t n_heads,
+                        size_t hd) {
     size_t h = hd / 2;
 #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < N; t++)
@@ -168,52 +172,36 @@ void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, s
             float *r = x + (t * n_heads + head) * hd;
             const float *c = cos_t + t * h, *s = sin_t + t * h;
             for (size_t i = 0; i < h; i++) {
-                float a = r[i], b = r[i + h];
-                r[i] = a * c[i] - b * s[i];
-                r[i + h] = b * c[i] + a * s[i];
+                float a = r[i], b = r[i + h], si = sign * s[i];
+                r[i] = a * c[i] - b * si;
+                r[i + h] = b * c[i] + a * si;
             }
         }
+}
+
+void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
+    rope_rotate(x, cos_t, sin_t, 1.0f, N, n_heads, hd);
 }
 
 /* In place: the transpose of the rotation above */
 void fdpo_llama_rope_backward(float *dx, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd) {
-    size_t h = hd / 2;
-#pragma omp parallel for schedule(static)
-    for (size_t t = 0; t < N; t++)
-        for (size_t head = 0; head < n_heads; head++) {
-            float *r = dx + (t * n_heads + head) * hd;
-            const float *c = cos_t + t * h, *s = sin_t + t * h;
-            for (size_t i = 0; i < h; i++) {
-                float a = r[i], b = r[i + h];
-                r[i] = a * c[i] + b * s[i];
-                r[i + h] = b * c[i] - a * s[i];
-            }
-        }
+    rope_rotate(dx, cos_t, sin_t, -1.0f, N, n_heads, hd);
 }
 
-static inline int may_attend(const uint8_t *branch, size_t i, size_t j) {
-    return !branch || branch[j] == 0 || branch[j] == branch[i];
-}
-
-#define ATT_TILE 64 /* query rows x key columns per score tile (16 KB per thread) */
-
-/* Scores of one tile, masked: S [nq, nk] = scale * Q[i0:i0+nq] K[j0:j0+nk]^T (row strides
- * qs, ks), entries that may not be attended (j > i, or another branch) set to -inf. */
-static void scores_tile(float *S, const float *q, size_t qs, const float *k, size_t ks, size_t hd, float scale,
-                        const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hd, scale, q + i0 * qs, (int)qs,
-                k + j0 * ks, (int)ks, 0.0f, S, (int)nk);
-    for (size_t r = 0; r < nq; r++)
-        for (size_t c = 0; c < nk; c++)
-            if (j0 + c > i0 + r || !may_attend(br, i0 + r, j0 + c)) S[r * nk + c] = -INFINITY;
+/* Llama's attention GEMMs are OpenBLAS's (GPT-2's are oneDNN's, fdpo_sgemm): the shared
+ * tile loops take the GEMM as an argument so that neither model's results move. */
+static void openblas_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                           int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    cblas_sgemm((CBLAS_ORDER)order, (CBLAS_TRANSPOSE)trans_a, (CBLAS_TRANSPOSE)trans_b, M, N, K, alpha, A, lda, B, ldb,
+                beta, C, ldc);
 }
 
 /* Per sequence b (tokens [s, s+T)) and query head h with key/value head g = h / (NH/NKV):
  *   out [T, hd] (row stride NH*hd) = softmax(mask(Q_h K_g^T / sqrt(hd))) V_g
- * q [N, NH*hd], k, v [N, NKV*hd]. Streaming softmax over key tiles (running row maximum m
- * and sum l), so only lse [N, NH] (lse[t*NH + h] = m + log l) is kept for backward: O(T)
- * memory per head instead of T^2. Sequential inside a (sequence, head) job, so the result
- * does not depend on the thread count. */
+ * q [N, NH*hd], k, v [N, NKV*hd]. Streaming softmax over key tiles (fdpo_k_attention_forward_head),
+ * so only lse [N, NH] (lse[t*NH + h] = m + log l) is kept for backward: O(T) memory per head
+ * instead of T^2. Sequential inside a (sequence, head) job, so the result does not depend on
+ * the thread count. */
 void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                       const size_t *seq_offset, const uint8_t *branch, size_t B, size_t NH, size_t NKV,
                                       size_t hd) {
@@ -225,36 +213,13 @@ void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, co
         size_t b = (size_t)job / NH, h = (size_t)job % NH, g = h / group;
         size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
         const float *qh = q + s * QD + h * hd, *kg = k + s * KD + g * hd, *vg = v + s * KD + g * hd;
-        float *o = out + s * QD + h * hd;
-        const uint8_t *br = branch ? branch + s : NULL;
-        float S[ATT_TILE * ATT_TILE], m[ATT_TILE], l[ATT_TILE];
-        for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
-            size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
-            for (size_t r = 0; r < nq; r++) {
-                m[r] = -INFINITY;
-                l[r] = 0.0f;
-                memset(o + (i0 + r) * QD, 0, hd * sizeof(float));
-            }
-            for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
-                size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
-                scores_tile(S, qh, QD, kg, KD, hd, scale, br, i0, nq, j0, nk);
-                fdpo_k_softmax_tile_step(S, nq, nk, m, l, o + i0 * QD, QD, hd);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hd, (int)nk, 1.0f, S, (int)nk,
-                            vg + j0 * KD, (int)KD, 1.0f, o + i0 * QD, (int)QD);
-            }
-            for (size_t r = 0; r < nq; r++) { /* j = i is always allowed, so l >= 1 */
-                float inv = 1.0f / l[r], *orow = o + (i0 + r) * QD;
-                for (size_t d = 0; d < hd; d++) orow[d] *= inv;
-                lse[(s + i0 + r) * NH + h] = m[r] + logf(l[r]);
-            }
-        }
+        fdpo_k_attention_forward_head(openblas_sgemm, out + s * QD + h * hd, QD, lse + s * NH + h, NH, qh, QD, kg, vg,
+                                      KD, branch ? branch + s : NULL, T, hd, scale);
     }
 }
 
 /* Backward of fdpo_llama_gqa_attention_forward; WRITES dq, dk, dv (every element of every
- * sequence). Recomputes P tile by tile from Q, K and lse:  P = exp(S - lse_i);
- *   dV += P^T dY;  dP = dY V^T;  dS = P * (dP - D_i), D_i = dY_i . out_i (= rowsum(P * dP));
- *   dQ += dS K / sqrt(hd);  dK += dS^T Q / sqrt(hd).
+ * sequence). Recomputes P tile by tile from Q, K and lse (fdpo_k_attention_backward_key_tiles).
  * Jobs are (sequence, kv head) so the heads sharing K_g, V_g add into dK_g, dV_g in head
  * order without races. out is the forward's output. */
 void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
@@ -270,7 +235,7 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
         const float *kg = k + s * KD + g * hd, *vg = v + s * KD + g * hd;
         float *dkg = dk + s * KD + g * hd, *dvg = dv + s * KD + g * hd;
         const uint8_t *br = branch ? branch + s : NULL;
-        float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE], D[ATT_TILE];
+        float D[ATT_TILE];
         for (size_t t = 0; t < T; t++) {
             memset(dkg + t * KD, 0, hd * sizeof(float));
             memset(dvg + t * KD, 0, hd * sizeof(float));
@@ -288,25 +253,8 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
                     for (size_t d = 0; d < hd; d++) dot += a[d] * c[d];
                     D[r] = dot;
                 }
-                for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
-                    size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
-                    scores_tile(P, qh, QD, kg, KD, hd, scale, br, i0, nq, j0, nk);
-                    for (size_t r = 0; r < nq; r++) {
-                        float L = lse[(s + i0 + r) * NH + h];
-#pragma omp simd
-                        for (size_t c = 0; c < nk; c++) P[r * nk + c] = fdpo_k_expf(P[r * nk + c] - L);
-                    }
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hd, (int)nq, 1.0f, P, (int)nk,
-                                dy + i0 * QD, (int)QD, 1.0f, dvg + j0 * KD, (int)KD);
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hd, 1.0f, dy + i0 * QD,
-                                (int)QD, vg + j0 * KD, (int)KD, 0.0f, dP, (int)nk);
-                    for (size_t r = 0; r < nq; r++)
-                        for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hd, (int)nk, scale, dP, (int)nk,
-                                kg + j0 * KD, (int)KD, 1.0f, dqh + i0 * QD, (int)QD);
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hd, (int)nq, scale, dP, (int)nk,
-                                qh + i0 * QD, (int)QD, 1.0f, dkg + j0 * KD, (int)KD);
-                }
+                fdpo_k_attention_backward_key_tiles(openblas_sgemm, dqh, dkg, dvg, dy, QD, qh, QD, kg, vg, KD,
+                                                    lse + s * NH + h, NH, D, br, i0, nq, hd, scale);
             }
         }
     }

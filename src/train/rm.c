@@ -317,11 +317,10 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
         cJSON_AddNumberToObject(root, "eval_loss", em.loss);
         cJSON_AddNumberToObject(root, "eval_accuracy", em.accuracy);
         cJSON_AddNumberToObject(root, "eval_margin", em.margin);
-        char *text = cJSON_Print(root), *path = fdpo_path_join(to->out, "eval_summary.json");
+        char *path = fdpo_path_join(to->out, "eval_summary.json");
+        int wrc = fdpo_dist_is_root() ? fdpo_write_json_atomic(path, root, 1) : 0;   /* rank 0 writes */
         cJSON_Delete(root);
-        int wrc = fdpo_dist_is_root() ? fdpo_write_file_atomic(path, text, strlen(text)) : 0;   /* rank 0 writes */
         free(path);
-        cJSON_free(text);
         if (wrc) goto done;
         if (!to->quiet) fdpo_log(FDPO_LOG_INFO, "eval (%zu pairs): accuracy %.4f, loss %.4g", n_eval, em.accuracy, em.loss);
     }

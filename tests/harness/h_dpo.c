@@ -75,17 +75,22 @@ static void print_json(cJSON *o) {
     cJSON_free(s);
 }
 
+/* --data's pairs with pref_options' truncation, tokenized by tok_dir's tokenizer (NULL: bytes) */
+static int load_pairs(const dpo_args *a, const char *tok_dir, fdpo_pref_set *set) {
+    fdpo_tokenizer *tok = tok_dir ? fdpo_tokenizer_load_dir(tok_dir) : fdpo_tokenizer_byte();
+    if (!tok) return -1;
+    fdpo_pref_options o;
+    pref_options(a, &o);
+    int rc = fdpo_pref_load(a->data, tok, &o, set);
+    fdpo_tokenizer_free(tok);
+    return rc;
+}
+
 int h_dpo_data(int argc, char **argv) {
     dpo_args a;
     if (parse_args(argc, argv, &a)) return -1;
-    fdpo_tokenizer *tok = a.tokenizer ? fdpo_tokenizer_load_dir(a.tokenizer) : fdpo_tokenizer_byte();
-    if (!tok) return -1;
-    fdpo_pref_options o;
-    pref_options(&a, &o);
     fdpo_pref_set set;
-    int rc = fdpo_pref_load(a.data, tok, &o, &set);
-    fdpo_tokenizer_free(tok);
-    if (rc) return -1;
+    if (load_pairs(&a, a.tokenizer, &set)) return -1;
     cJSON *root = cJSON_CreateObject(), *pairs = cJSON_AddArrayToObject(root, "pairs");
     for (size_t i = 0; i < set.n; i++) {
         const fdpo_pref_pair *p = &set.pairs[i];
@@ -155,20 +160,14 @@ int h_dpo_grad(int argc, char **argv) {
     if (!a.policy || !a.out || a.n_cases == 0) return fdpo_error("--policy, --out and --case are required");
     fdpo_pair_layout layout;
     if (fdpo_layout_parse(a.layout, &layout)) return -1;
-    fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(a.policy);
-    if (!tok) return -1;
-    fdpo_pref_options o;
-    pref_options(&a, &o);
     fdpo_pref_set set;
-    int rc = fdpo_pref_load(a.data, tok, &o, &set);
-    fdpo_tokenizer_free(tok);
-    if (rc) return -1;
+    if (load_pairs(&a, a.policy, &set)) return -1;
     fdpo_gpt2 *policy = fdpo_checkpoint_load_model(a.policy), *ref = NULL;
     double *ref_logps = NULL, *pair_out = fdpo_malloc(5 * set.n * sizeof(double));
     const fdpo_pref_pair **pairs = fdpo_malloc(set.n * sizeof *pairs);
     for (size_t i = 0; i < set.n; i++) pairs[i] = &set.pairs[i];
     cJSON *root = cJSON_CreateObject(), *cases = cJSON_AddArrayToObject(root, "cases");
-    rc = policy ? 0 : -1;
+    int rc = policy ? 0 : -1;
     if (!rc && a.ref) { ref = fdpo_checkpoint_load_model(a.ref); if (!ref) rc = -1; }
     if (!rc && a.ref_logps) { ref_logps = fdpo_malloc(2 * set.n * sizeof(double)); rc = read_ref_logps(a.ref_logps, set.n, ref_logps); }
     if (!rc && fdpo_mkdir_p(a.out)) rc = -1;
@@ -201,11 +200,9 @@ int h_dpo_grad(int argc, char **argv) {
         free(path);
     }
     if (!rc) {
-        char *s = cJSON_Print(root);
         char *path = fdpo_path_join(a.out, "result.json");
-        rc = fdpo_write_file_atomic(path, s, strlen(s));
+        rc = fdpo_write_json_atomic(path, root, 1);
         free(path);
-        cJSON_free(s);
     }
     cJSON_Delete(root);
     free(pairs); free(pair_out); free(ref_logps);

@@ -86,9 +86,9 @@ int h_rl(int argc, char **argv) {
                 cJSON_AddItemToArray(w, cJSON_CreateNumber(sec[2 * it]));
                 cJSON_AddItemToArray(cpu, cJSON_CreateNumber(sec[2 * it + 1]));
             }
-            char *js = cJSON_Print(o), *path = fdpo_path_join(outdir, "result.json");
-            rc = fdpo_write_file_atomic(path, js, strlen(js));
-            free(path); cJSON_free(js); cJSON_Delete(o);
+            char *path = fdpo_path_join(outdir, "result.json");
+            rc = fdpo_write_json_atomic(path, o, 1);
+            free(path); cJSON_Delete(o);
         }
         free(sec);
         goto done;
@@ -133,9 +133,9 @@ int h_rl(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "cpu_seconds", step_cpu);
         cJSON *a = cJSON_AddArrayToObject(o, "advantages");
         for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(adv[i]));
-        char *s = cJSON_Print(o), *path = fdpo_path_join(outdir, "result.json");
-        rc = fdpo_write_file_atomic(path, s, strlen(s));
-        free(path); cJSON_free(s); cJSON_Delete(o);
+        char *path = fdpo_path_join(outdir, "result.json");
+        rc = fdpo_write_json_atomic(path, o, 1);
+        free(path); cJSON_Delete(o);
         path = fdpo_path_join(outdir, "grads.safetensors");
         fdpo_st_writer *w = fdpo_st_writer_new();
         fdpo_st_writer_add_gpt2(w, m, m->grads_memory, NULL);

@@ -59,11 +59,9 @@ int h_rm_grad(int argc, char **argv) {
         }
         cJSON_AddNumberToObject(root, "loss", met.loss);
         cJSON_AddNumberToObject(root, "accuracy", met.accuracy);
-        char *s = cJSON_Print(root);
         char *path = fdpo_path_join(out, "result.json");
-        rc = fdpo_write_file_atomic(path, s, strlen(s));
+        rc = fdpo_write_json_atomic(path, root, 1);
         free(path);
-        cJSON_free(s);
         cJSON_Delete(root);
     }
     if (!rc) {
@@ -121,10 +119,9 @@ int h_kto_grad(int argc, char **argv) {
         }
         cJSON_AddNumberToObject(root, "loss", m.loss);
         cJSON_AddNumberToObject(root, "kl", m.kl);
-        char *s = cJSON_Print(root);
         char *path = fdpo_path_join(out, "result.json");
-        rc = fdpo_write_file_atomic(path, s, strlen(s));
-        free(path); cJSON_free(s); cJSON_Delete(root);
+        rc = fdpo_write_json_atomic(path, root, 1);
+        free(path); cJSON_Delete(root);
     }
     if (!rc) {
         char *path = fdpo_path_join(out, "grads.safetensors");

@@ -35,6 +35,29 @@ def rel_err(got, ref):
     return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
+# metrics that time a run: they differ between otherwise identical runs
+TIMING = ("tokens_per_sec", "time/sampling", "time/scoring", "time/training")
+
+
+def untimed_metrics(path):
+    """metrics.jsonl's records without their TIMING keys"""
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in open(path)]
+
+
+def state_files(d):
+    """a run directory's weights and training state (AdamW moments), as bytes"""
+    return {f: (d / f).read_bytes() for f in ("model.safetensors", "training_state.safetensors")}
+
+
+def assert_same_run(a, b):
+    """Run directories a and b (pathlib) ended in the same state: byte-identical weights and
+    AdamW moments, and the same metrics but for the timings. Returns those metrics."""
+    assert state_files(b) == state_files(a)
+    ma = untimed_metrics(a / "metrics.jsonl")
+    assert untimed_metrics(b / "metrics.jsonl") == ma
+    return ma
+
+
 def write_jsonl(path, rows):
     with open(path, "w") as f:
         for r in rows:

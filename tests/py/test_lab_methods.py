@@ -10,10 +10,14 @@ import io
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 from scipy import optimize, special
+
+sys.path.insert(0, os.path.dirname(__file__))
+from fdpo_ref.fdiv import fprime_inv  # noqa: E402  (the independent f-table)
 
 FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
 DIVS = ["rkl", "fkl", "js", "alpha:0.5"]
@@ -28,15 +32,6 @@ def lab(*args, check=True):
 
 def rows(text):
     return list(csv.DictReader(io.StringIO(text)))
-
-
-def fprime_inv(div, v):
-    if div == "fkl":
-        return -1 / v
-    if div == "js":
-        return np.exp(v) / (2 - np.exp(v))
-    a = float(div.split(":")[1])
-    return (1 - a * v) ** (-1 / a)
 
 
 def sup(div):

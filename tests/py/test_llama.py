@@ -58,6 +58,14 @@ def batch(rng, V):
     return seqs
 
 
+def weight_prompts(seqs):
+    """weight 0 on the first half of each sequence (a prompt, as in DPO/SFT), 1 on the rest;
+    returns the batch's weights and targets, concatenated"""
+    for s in seqs:
+        s["weights"] = [0.0 if t < len(s["tokens"]) // 2 else 1.0 for t in range(len(s["tokens"]))]
+    return np.concatenate([s["weights"] for s in seqs]), np.concatenate([s["targets"] for s in seqs])
+
+
 def run_fdpo(tmp_path, model_dir, seqs, d):
     bp, out = tmp_path / "batch.json", tmp_path / "out.safetensors"
     bp.write_text(json.dumps({"sequences": seqs, "d_token_logp": [float(x) for x in d]}))
@@ -65,20 +73,41 @@ def run_fdpo(tmp_path, model_dir, seqs, d):
     return st.load(str(out))[0]
 
 
-def reference(model, seqs, d):
-    logits_all, off, total = [], 0, 0
+def reference(model, seqs, d, autocast=False):
+    """logits [N,V], token_logp [N], {HF name: gradient} of sum_t d_t * token_logp_t"""
+    all_logits, all_tlp, off, total = [], [], 0, 0
     for s in seqs:
         T = len(s["tokens"])
-        logits = model.forward(s["tokens"], s["pos"], s["branch"])
+        if autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model.forward(s["tokens"], s["pos"], s["branch"])
+            logits = logits.float()
+        else:
+            logits = model.forward(s["tokens"], s["pos"], s["branch"])
         logp = torch.log_softmax(logits, -1)
         tgt = torch.tensor(s["targets"])
         valid = tgt >= 0
         tlp = torch.where(valid, logp.gather(1, tgt.clamp(min=0)[:, None])[:, 0], torch.zeros((), dtype=logp.dtype))
-        total = total + (tlp * torch.tensor(d[off:off + T], dtype=torch.float64)).sum()
-        logits_all.append(logits.detach().numpy())
+        total = total + (tlp * torch.tensor(d[off:off + T], dtype=tlp.dtype)).sum()
+        all_logits.append(logits.detach().double().numpy())
+        all_tlp.append(tlp.detach().double().numpy())
         off += T
     total.backward()
-    return np.concatenate(logits_all), {k: v.grad.numpy() for k, v in model.p.items()}
+    return (np.concatenate(all_logits), np.concatenate(all_tlp),
+            {k: v.grad.double().numpy() for k, v in model.p.items()})
+
+
+def assert_matches_reference(tmp_path, model_dir, model, seqs, rng):
+    """fdpo's forward/backward of sum_t d_t token_logp_t (d ~ N(0, 1) from rng) on seqs against
+    the float64 reference: logits 1e-5, every gradient 1e-4. Returns fdpo's outputs and the
+    reference gradients."""
+    dtl = rng.normal(size=sum(len(s["tokens"]) for s in seqs))
+    out = run_fdpo(tmp_path, model_dir, seqs, dtl)
+    ref_logits, _, ref_grads = reference(model, seqs, dtl)
+    assert rel_err(out["logits"], ref_logits) <= 1e-5
+    for k, g in ref_grads.items():
+        assert rel_err(out[k], g) <= 1e-4, k
+    return out, ref_grads
 
 
 @pytest.mark.parametrize("name,shards", [(n, 1) for n in CONFIGS] + [("gqa-llama3", 2), ("qwen2", 3)])
@@ -88,13 +117,7 @@ def test_forward_backward_match_pytorch(tmp_path, name, shards):
     d = tmp_path / "ck"
     model.save_hf(str(d), shards=shards)
     seqs = batch(rng, CONFIGS[name]["vocab_size"])
-    N = sum(len(s["tokens"]) for s in seqs)
-    dtl = rng.normal(size=N)
-    out = run_fdpo(tmp_path, d, seqs, dtl)
-    ref_logits, ref_grads = reference(model, seqs, dtl)
-    assert rel_err(out["logits"], ref_logits) <= 1e-5
-    for k, g in ref_grads.items():
-        assert rel_err(out[k], g) <= 1e-4, k
+    out, ref_grads = assert_matches_reference(tmp_path, d, model, seqs, rng)
     assert set(k for k in out if k not in ("logits", "token_logp", "seq_logp")) == set(ref_grads)
 
 
@@ -209,10 +232,7 @@ def test_skip_unweighted_lm_head_rows(tmp_path, name, precision):
     d = tmp_path / "ck"
     model.save_hf(str(d))
     seqs = batch(rng, CONFIGS[name]["vocab_size"])
-    for s in seqs:  # a prompt of weight 0 per sequence, as in DPO/SFT
-        s["weights"] = [0.0 if t < len(s["tokens"]) // 2 else 1.0 for t in range(len(s["tokens"]))]
-    weights = np.concatenate([s["weights"] for s in seqs])
-    targets = np.concatenate([s["targets"] for s in seqs])
+    weights, targets = weight_prompts(seqs)
     used = (weights != 0) & (targets >= 0)
     assert 0 < used.sum() < len(used)
     dtl = np.where(used, rng.normal(size=len(used)), 0.0)
@@ -234,7 +254,7 @@ def test_skip_unweighted_lm_head_rows(tmp_path, name, precision):
     for k in grads:
         assert rel_err(sk[k], full[k]) <= 1e-5, k
     if precision == "fp32":
-        ref_logits, ref_grads = reference(model, seqs, dtl)
+        ref_logits, _, ref_grads = reference(model, seqs, dtl)
         assert rel_err(sk["logits"][used], ref_logits[used]) <= 1e-5
         for k, g in ref_grads.items():
             assert rel_err(sk[k], g) <= 1e-4, k
@@ -264,13 +284,7 @@ def test_streaming_attention_across_tiles_matches_pytorch(tmp_path, name):
     seqs.append({"tokens": list(map(int, rng.integers(0, V, size=P + 2 * Cc))),
                  "targets": list(map(int, rng.integers(0, V, size=P + 2 * Cc))),
                  "pos": list(range(P + Cc)) + list(range(P, P + Cc)), "branch": [0] * P + [1] * Cc + [2] * Cc})
-    N = sum(len(s["tokens"]) for s in seqs)
-    dtl = rng.normal(size=N)
-    out = run_fdpo(tmp_path, d, seqs, dtl)
-    ref_logits, ref_grads = reference(model, seqs, dtl)
-    assert rel_err(out["logits"], ref_logits) <= 1e-5
-    for k, g in ref_grads.items():
-        assert rel_err(out[k], g) <= 1e-4, k
+    assert_matches_reference(tmp_path, d, model, seqs, rng)
 
 
 @pytest.mark.parametrize("name", ["mha-tied", "gqa-llama3", "qwen2"])
@@ -290,10 +304,7 @@ def test_fused_lm_head_matches_materialised_and_pytorch(tmp_path, name, skip, ch
     d = tmp_path / "ck"
     model.save_hf(str(d))
     seqs = batch(rng, CONFIGS[name]["vocab_size"])
-    for s in seqs:  # a prompt of weight 0 per sequence, as in DPO/SFT
-        s["weights"] = [0.0 if t < len(s["tokens"]) // 2 else 1.0 for t in range(len(s["tokens"]))]
-    weights = np.concatenate([s["weights"] for s in seqs])
-    targets = np.concatenate([s["targets"] for s in seqs])
+    weights, targets = weight_prompts(seqs)
     used = (targets >= 0) & ((weights != 0) if skip else True)
     assert 0 < used.sum() < len(used)
     dtl = np.where(used, rng.normal(size=len(used)), 0.0)
@@ -313,7 +324,7 @@ def test_fused_lm_head_matches_materialised_and_pytorch(tmp_path, name, skip, ch
     assert rel_err(fu["token_logp"][used], full["token_logp"][used]) <= 1e-6
     assert rel_err(fu["seq_logp"], full["seq_logp"]) <= 1e-6
     assert rel_err(fu["logit_sums"][used], full["logit_sums"][used]) <= 1e-6
-    ref_logits, ref_grads = reference(model, seqs, dtl)
+    ref_logits, _, ref_grads = reference(model, seqs, dtl)
     ref_lp = torch.log_softmax(torch.tensor(ref_logits), -1).numpy()
     ref_tlp = np.where(targets >= 0, ref_lp[np.arange(len(targets)), np.maximum(targets, 0)], 0.0)
     assert rel_err(fu["token_logp"][used], ref_tlp[used]) <= 1e-5

@@ -38,7 +38,7 @@ import torch
 
 from fdpo_ref import safetensors as st
 from fdpo_ref.llama import Llama
-from test_llama import CONFIGS, HARNESS, batch, harness, rel_err
+from test_llama import CONFIGS, HARNESS, batch, harness, reference, rel_err
 from test_model_bf16 import MatmulBF16
 
 NAMES = ["mha-tied", "gqa-llama3", "qwen2", "all-bias"]
@@ -54,30 +54,6 @@ class LlamaEmulatedBF16(Llama):
 
 def make(tmp_path, name, seed=3, cls=Llama, dtype=torch.float64):
     return cls(**CONFIGS[name], seed=seed, dtype=dtype)
-
-
-def reference(model, seqs, d, autocast=False):
-    """logits [N,V], token_logp [N], {HF name: gradient} of sum_t d_t * token_logp_t"""
-    all_logits, all_tlp, off, total = [], [], 0, 0
-    for s in seqs:
-        T = len(s["tokens"])
-        if autocast:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model.forward(s["tokens"], s["pos"], s["branch"])
-            logits = logits.float()
-        else:
-            logits = model.forward(s["tokens"], s["pos"], s["branch"])
-        logp = torch.log_softmax(logits, -1)
-        tgt = torch.tensor(s["targets"])
-        valid = tgt >= 0
-        tlp = torch.where(valid, logp.gather(1, tgt.clamp(min=0)[:, None])[:, 0], torch.zeros((), dtype=logp.dtype))
-        total = total + (tlp * torch.tensor(d[off:off + T], dtype=tlp.dtype)).sum()
-        all_logits.append(logits.detach().double().numpy())
-        all_tlp.append(tlp.detach().double().numpy())
-        off += T
-    total.backward()
-    return (np.concatenate(all_logits), np.concatenate(all_tlp),
-            {k: v.grad.double().numpy() for k, v in model.p.items()})
 
 
 def run_fdpo(tmp_path, mdir, seqs, d, precision, env=None, tag="out"):

@@ -84,6 +84,18 @@ def forward_emulated(model, tokens, pos, mask):
     return mm(x, P0("wte.weight").t())
 
 
+def forward_in_mode(model, tokens, pos, mask, mode):
+    """the logits of one sequence: 'exact' (the model's own dtype), 'emulated' (fdpo's bf16 rule
+    in float64: forward_emulated) or 'autocast' (torch.autocast bf16, returned as float32)"""
+    if mode == "emulated":
+        return forward_emulated(model, tokens, pos, mask)
+    if mode == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model.forward(tokens, pos, mask)
+        return logits.float()
+    return model.forward(tokens, pos, mask)
+
+
 def reference(model, seqs, d, mode):
     """mode: 'emulated' (float64, bf16 rule), 'autocast' (float32 under torch autocast),
     'exact' (float64). Returns logits [N,V], token_logp [N], grads {name: array}."""
@@ -95,14 +107,7 @@ def reference(model, seqs, d, mode):
         tokens, tgt = torch.tensor(s["tokens"]), torch.tensor(s["targets"])
         pos = torch.tensor(s["pos"]) if "pos" in s else torch.arange(T)
         mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
-        if mode == "emulated":
-            logits = forward_emulated(model, tokens, pos, mask)
-        elif mode == "autocast":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model.forward(tokens, pos, mask)
-            logits = logits.float()
-        else:
-            logits = model.forward(tokens, pos, mask)
+        logits = forward_in_mode(model, tokens, pos, mask, mode)
         logp = torch.log_softmax(logits, dim=-1)
         valid = tgt >= 0
         tlp = torch.where(valid, logp.gather(1, tgt.clamp(min=0)[:, None])[:, 0], torch.zeros((), dtype=logp.dtype))

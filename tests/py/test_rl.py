@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from dpo_common import harness, rel_err  # noqa: E402
+from dpo_common import TIMING, assert_same_run, harness, rel_err, state_files, untimed_metrics  # noqa: E402
 from fdpo_ref import safetensors as st  # noqa: E402
 from fdpo_ref.gpt2 import GPT2  # noqa: E402
 
@@ -33,6 +33,20 @@ def fprime(div, u):
         return torch.log(2 * u / (1 + u))
     a = float(div.split(":")[1])
     return (1 - u ** (-a)) / a
+
+
+def random_groups(rng, V, k, prompt_lens, completion_len, ref_per_token, ref_noise):
+    """Samples for an RL step: a random prompt of each length in prompt_lens, k random completions
+    of it (completion j of prompt p: completion_len(p, j) tokens), each with a N(0, 1) reward and
+    a reference log-prob ref_per_token * length + N(0, ref_noise^2)."""
+    samples = []
+    for p, n in enumerate(prompt_lens):
+        prompt = [int(x) for x in rng.integers(0, V, size=n)]
+        for j in range(k):
+            comp = [int(x) for x in rng.integers(0, V, size=completion_len(p, j))]
+            samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
+                            "ref_logp": float(ref_per_token * len(comp) + rng.normal() * ref_noise)})
+    return samples
 
 
 def completion_logp(model, prompt, comp):
@@ -76,13 +90,7 @@ def test_step_matches_pytorch(tmp_path, monkeypatch, algo, div, head):
     model = GPT2(V, 16, 8, 2, 2, seed=5)
     model.save_hf(str(tmp_path / "policy"))
     rng = np.random.default_rng(1)
-    samples = []
-    for p in range(2):
-        prompt = [int(x) for x in rng.integers(0, V, size=2 + p)]
-        for j in range(k):
-            comp = [int(x) for x in rng.integers(0, V, size=1 + (j + p) % 4)]
-            samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
-                            "ref_logp": float(-2.4 * len(comp) + rng.normal() * 0.3)})
+    samples = random_groups(rng, V, k, [2, 3], lambda p, j: 1 + (j + p) % 4, -2.4, 0.3)
     spec = {"algo": algo, "divergence": div, "beta": 0.3, "k": k, "grpo_eps": 1e-4, "samples": samples}
     if fused:
         spec["logits_max_bytes"] = 1
@@ -116,13 +124,7 @@ def bf16_case(tmp_path, algo, div, k=3, V=13):
     model = GPT2(V, 16, 16, 2, 2, seed=7)
     model.save_hf(str(tmp_path / "policy"))
     rng = np.random.default_rng(4)
-    samples = []
-    for p in range(2):
-        prompt = [int(x) for x in rng.integers(0, V, size=3 + p)]
-        for j in range(k):
-            comp = [int(x) for x in rng.integers(0, V, size=1 + (2 * j + p) % 6)]
-            samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
-                            "ref_logp": float(-np.log(V) * len(comp) + rng.normal() * 0.5)})
+    samples = random_groups(rng, V, k, [3, 4], lambda p, j: 1 + (2 * j + p) % 6, -np.log(V), 0.5)
     spec = {"algo": algo, "divergence": div, "beta": 0.3, "k": k, "grpo_eps": 1e-4, "samples": samples}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     return model, samples, spec
@@ -134,7 +136,7 @@ def reference_step_mode(model, samples, algo, div, beta, k, mode, eps=1e-4):
     operands, forward and backward: fdpo's bf16 rule stated exactly) or 'autocast' (float32
     under torch.autocast("cpu", bfloat16): TRL's bf16=True). Returns (loss, advantages,
     grads, per-sample log pi)."""
-    from test_model_bf16 import forward_emulated
+    from test_model_bf16 import forward_in_mode
     model = model.double() if mode in ("exact", "emulated") else model.float()
     model.zero_grad()
     logps = []
@@ -142,14 +144,7 @@ def reference_step_mode(model, samples, algo, div, beta, k, mode, eps=1e-4):
         seq = torch.tensor(s["prompt"] + s["completion"][:-1])
         T = len(seq)
         pos, mask = torch.arange(T), torch.tril(torch.ones(T, T, dtype=torch.bool))
-        if mode == "emulated":
-            logits = forward_emulated(model, seq, pos, mask)
-        elif mode == "autocast":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model.forward(seq, pos, mask)
-            logits = logits.float()
-        else:
-            logits = model.forward(seq, pos, mask)
+        logits = forward_in_mode(model, seq, pos, mask, mode)
         lp = F.log_softmax(logits, -1)
         P = len(s["prompt"])
         logps.append(sum(lp[P - 1 + j, c] for j, c in enumerate(s["completion"])))
@@ -348,12 +343,9 @@ def test_rl_bf16_same_seed_and_resume_bit_exact(tmp_path):
     r = subprocess.run([FDPO, "rl", "--out", tmp_path / "b", "--resume"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     run("c")
-    a = state_files(tmp_path / "a")
-    assert state_files(tmp_path / "b") == a
-    assert state_files(tmp_path / "c")["model.safetensors"] != a["model.safetensors"]
-    ma = untimed(tmp_path / "a" / "metrics.jsonl")
+    ma = assert_same_run(tmp_path / "a", tmp_path / "b")
     assert [m["step"] for m in ma] == [1, 2, 3, 4]
-    assert untimed(tmp_path / "b" / "metrics.jsonl") == ma
+    assert state_files(tmp_path / "c")["model.safetensors"] != state_files(tmp_path / "a")["model.safetensors"]
     for m in ma:
         assert m["objective/f_divergence"] == m["objective/kl"]
 
@@ -375,17 +367,6 @@ for line in sys.stdin.buffer:
     c = json.loads(line.decode("utf-8", "replace"))["completion"]
     print(sum("a" <= ch <= "z" for ch in c))
 """
-TIMING = ("tokens_per_sec", "time/sampling", "time/scoring", "time/training")
-
-
-def untimed(path):
-    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in open(path)]
-
-
-def state_files(d):
-    return {f: (d / f).read_bytes() for f in ("model.safetensors", "training_state.safetensors")}
-
-
 @pytest.mark.parametrize("cmd", ["rl", "online-step"])
 def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
     """One uninterrupted 4-step run (A); the same run stopped after step 2 (--stop-at) and resumed
@@ -418,7 +399,7 @@ def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
     run("a")
     run("b", "--stop-at", 2)
     b2 = state_files(tmp_path / "b")
-    assert [m["step"] for m in untimed(tmp_path / "b" / "metrics.jsonl")] == [1, 2]
+    assert [m["step"] for m in untimed_metrics(tmp_path / "b" / "metrics.jsonl")] == [1, 2]
     r = run("c", "--save-every", 2, check=False)
     assert r.returncode != 0 and "step 2: --reward" in r.stderr and "reward model crashed" in r.stderr, r.stderr
     assert state_files(tmp_path / "c") == b2  # the failure left the step-2 checkpoint as it was
@@ -433,11 +414,9 @@ def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     run("c", "--resume")
-    a = state_files(tmp_path / "a")
-    assert state_files(tmp_path / "b") == a and state_files(tmp_path / "c") == a
-    ma = untimed(tmp_path / "a" / "metrics.jsonl")
+    ma = assert_same_run(tmp_path / "a", tmp_path / "b")
+    assert assert_same_run(tmp_path / "a", tmp_path / "c") == ma
     assert [m["step"] for m in ma] == [1, 2, 3, 4]
-    assert untimed(tmp_path / "b" / "metrics.jsonl") == ma and untimed(tmp_path / "c" / "metrics.jsonl") == ma
     # the phase split is logged, in seconds
     for m in (json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")):
         assert all(m[k] >= 0 for k in TIMING[1:])
@@ -488,10 +467,7 @@ def test_signalled_run_resumes_bit_exactly(tmp_path, sig):
         assert saved in (2, 4)
     r = subprocess.run([FDPO, "rl", "--out", str(b), "--resume"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    for f in ("model.safetensors", "training_state.safetensors"):
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
-    ma, mb = untimed(a / "metrics.jsonl"), untimed(b / "metrics.jsonl")
-    assert [m["step"] for m in mb] == list(range(1, 7)) and mb == ma
+    assert [m["step"] for m in assert_same_run(a, b)] == list(range(1, 7))
 
 
 def test_samples_logp_matches_pytorch(tmp_path):
@@ -558,13 +534,7 @@ def test_step_split_into_rank_blocks_is_the_whole_step(tmp_path, blocks):
     model = GPT2(V, 16, 8, 2, 2, seed=6)
     model.save_hf(str(tmp_path / "policy"))
     rng = np.random.default_rng(2)
-    samples = []
-    for p in range(3):
-        prompt = [int(x) for x in rng.integers(0, V, size=2 + p)]
-        for j in range(k):
-            comp = [int(x) for x in rng.integers(0, V, size=1 + (j + 2 * p) % 5)]
-            samples.append({"prompt": prompt, "completion": comp, "reward": float(rng.normal()),
-                            "ref_logp": float(-2.4 * len(comp) + rng.normal() * 0.3)})
+    samples = random_groups(rng, V, k, [2, 3, 4], lambda p, j: 1 + (j + 2 * p) % 5, -2.4, 0.3)
     spec = {"algo": "rloo", "divergence": "js", "beta": 0.3, "k": k, "grpo_eps": 1e-4, "samples": samples,
             "blocks": blocks}
     (tmp_path / "spec.json").write_text(json.dumps(spec))

@@ -8,7 +8,6 @@
   saved checkpoint (which also proves the Hugging Face layout loads);
 - `rm:DIR` scores text like the reference, batched; bad inputs give clear errors."""
 import json
-import os
 import random
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpo_common import EOT, fdpo, harness, save_byte_tokenizer, tokenize_pair, write_jsonl
+from dpo_common import EOT, assert_same_run, fdpo, harness, save_byte_tokenizer, tokenize_pair, write_jsonl
 from fdpo_ref import safetensors as st
 from fdpo_ref.gpt2 import GPT2
 
@@ -185,17 +184,9 @@ def test_resume_continues_the_same_run(tmp_path):
     fdpo("rm", *common, "--out", tmp_path / "a")
     fdpo("rm", *common, "--out", tmp_path / "b", "--stop-at", "3")
     fdpo("rm", *common, "--out", tmp_path / "b", "--resume")
-    ta, _ = st.load(str(tmp_path / "a" / "model.safetensors"))
-    tb, _ = st.load(str(tmp_path / "b" / "model.safetensors"))
-    for k in ta:
-        assert np.array_equal(ta[k], tb[k]), k
-    # the AdamW moments too, and the metrics (training and eval lines): each once, the same numbers
-    assert (tmp_path / "a" / "training_state.safetensors").read_bytes() == \
-        (tmp_path / "b" / "training_state.safetensors").read_bytes()
-    untimed = lambda d: [{k: v for k, v in json.loads(x).items() if k != "tokens_per_sec"}
-                         for x in (d / "metrics.jsonl").read_text().splitlines()]
-    assert untimed(tmp_path / "a") == untimed(tmp_path / "b")
-    assert sorted({m["step"] for m in untimed(tmp_path / "b")}) == list(range(0, 7))  # 0: the eval before training
+    # weights, AdamW moments and metrics (training and eval lines): each once, the same numbers
+    metrics = assert_same_run(tmp_path / "a", tmp_path / "b")
+    assert sorted({m["step"] for m in metrics}) == list(range(0, 7))  # 0: the eval before training
 
 
 def test_bad_inputs(rm_dir, tmp_path):
