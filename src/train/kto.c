@@ -241,16 +241,18 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
 open:;
     fdpo_settings settings = {0};
     fdpo_kto_run_opts_settings(o, &settings);
-    int orc = fdpo_trainer_open(&tr, to, "kto", tok, n_train, kto_data_hash(train_ex, n_train), &settings);
+    fdpo_train_opts topen = *to;
+    topen.data = o->data;   /* named if a step is capped at the data set */
+    int orc = fdpo_trainer_open(&tr, &topen, "kto", tok, n_train, kto_data_hash(train_ex, n_train), &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;
     tr_open = 1;
     fdpo_gpt2 *reference = ref ? ref : tr.model;   /* not freed twice: ref stays NULL then */
-    const size_t per_step = (size_t)(to->batch_size * to->grad_accum), mb = (size_t)to->batch_size;
+    const size_t per_step = tr.step_items, mb = tr.micro_items;
     step_ex = fdpo_malloc(per_step * sizeof *step_ex);
     if (!to->quiet && tr.state.step == 0)
-        fdpo_log(FDPO_LOG_INFO, "kto: %zu train examples, %zu eval examples; live reference; %zu steps of %zu x %zu",
-                 n_train, n_eval, tr.state.total_steps, (size_t)to->grad_accum, mb);
+        fdpo_log(FDPO_LOG_INFO, "kto: %zu train examples, %zu eval examples; live reference; %zu steps of %zu (micro-batches of %zu)",
+                 n_train, n_eval, tr.state.total_steps, per_step, mb);
     fdpo_kto_metrics em = {0};
     if (n_eval && to->eval_every > 0 && tr.state.step == 0) {
         if (fdpo_kto_step(tr.model, reference, &o->loss, eval_ex, n_eval, mb, popt.max_length, 0, n_eval, &em, NULL)) goto done;
