@@ -43,7 +43,7 @@ typedef struct {
     double rope_theta;
     int tie_word_embeddings;
     /* batches */
-    long seq_len, batch_size, grad_accum;
+    long seq_len, batch_size, grad_accum;   /* a step takes fdpo_train_step_items of them */
     long steps;          /* optimizer steps; 0 = derive from epochs */
     double epochs;       /* used when steps == 0: ceil(epochs * items / (batch * accum)) */
     long stop_at;        /* 0 = off; else save and stop after this step (simulates an interruption) */
@@ -68,6 +68,10 @@ typedef struct {
                               hands it back with the steps taken */
     int out_claimed;     /* the caller already holds the lock that covers OUT (an online
                             round's OUT inside the run's locked directory): no OUT.lock */
+    const char *data;    /* the --data file the items come from: named in the note that a step
+                            was capped at the data set (not a setting; NULL: "the data") */
+    const char *step_flag; /* that note's flag for batch_size when a command sets it from its own
+                              (rl: "--prompts-per-step", grad_accum 1); NULL: --batch-size x --grad-accum */
     const char *tokenizer; /* tokenizer directory (default: init's, else byte-level) */
     const char *chat_template; /* built-in chat template for message data (NULL/"auto": the tokenizer's) */
     long eval_every, save_every, log_every;
@@ -129,7 +133,16 @@ int fdpo_settings_check_resume(const fdpo_settings *saved, const fdpo_settings *
 /* The settings of fdpo_train_opts (fixed and kept ones), appended to s. */
 void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s);
 
-/* Total optimizer steps of a run over n_items items. */
+/* The examples one optimizer step takes: --batch-size x --grad-accum, capped at the data
+ * set's n_items. A step takes each example at most once (as a PyTorch/TRL dataloader never
+ * repeats one within a batch): with fewer items than batch x accum a step is the whole data
+ * set once, and an epoch is one step (filling the step from the next epochs instead trained
+ * 1 pair 8 times in one step at --batch-size 8, and weighted 3 pairs 3/8, 3/8, 2/8). */
+size_t fdpo_train_step_items(const fdpo_train_opts *o, size_t n_items);
+/* The examples of one micro-batch (one forward/backward): --batch-size, capped at the step's. */
+size_t fdpo_train_micro_items(const fdpo_train_opts *o, size_t n_items);
+/* Total optimizer steps of a run over n_items items: --steps, else
+ * ceil(--epochs x n_items / fdpo_train_step_items). */
 size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items);
 
 /* ---- data order ----
@@ -223,6 +236,9 @@ typedef struct {
     fdpo_train_state state;
     fdpo_metrics metrics;
     fdpo_progress progress;
+    size_t step_items;          /* examples per step (fdpo_train_step_items): take this many
+                                   fdpo_trainer_next_item per step */
+    size_t micro_items;         /* examples per micro-batch (fdpo_train_micro_items) */
     /* last step, for logging */
     double last_lr, last_grad_norm, last_tokens_per_sec;
     double t_step_start;

@@ -24,6 +24,7 @@ int lm_command_run(const lm_command *c, int argc, char **argv) {
     if (train_flags_finish(flags, n, &o) || fdpo_train_opts_check(&o)) goto done;
     flags_prepend_list(&data, &pos, &n_pos);
     if (n_pos == 0) { fdpo_error("--data: no input files (usage: %s)", c->usage); goto done; }
+    o.data = n_pos == 1 ? pos[0] : NULL;   /* named if a step is capped at the data set */
     if (!(tok = fdpo_trainer_load_tokenizer(&o))) goto done;
     if (c->load(pos, (size_t)n_pos, tok, &o, &train, &val)) goto done;
     train_catch_interrupts();

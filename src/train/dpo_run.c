@@ -258,7 +258,9 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
 
     fdpo_settings settings = {0};
     fdpo_dpo_run_opts_settings(o, &settings);
-    int orc = fdpo_trainer_open(&tr, to, "dpo", tok, n_train, run_data_hash(train_pairs, n_train, eval_pairs, n_eval), &settings);
+    fdpo_train_opts topen = *to;
+    topen.data = o->data;   /* named if a step is capped at the data set */
+    int orc = fdpo_trainer_open(&tr, &topen, "dpo", tok, n_train, run_data_hash(train_pairs, n_train, eval_pairs, n_eval), &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;
     tr_open = 1;
@@ -288,10 +290,10 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     }
 
     fdpo_dpo_config dcfg = o->dpo;
-    dcfg.micro_batch = (size_t)to->batch_size;
+    dcfg.micro_batch = tr.micro_items;
     if (fdpo_dpo_init(&d, tr.model, ref_is_base && !simpo ? tr.model : ref, &dcfg)) goto done;
     d_open = 1;
-    const size_t per_step = (size_t)(to->batch_size * to->grad_accum);
+    const size_t per_step = tr.step_items;
     step_pairs = fdpo_malloc(per_step * sizeof *step_pairs);
     step_ref = fdpo_malloc(2 * per_step * sizeof *step_ref);
     if (n_eval && esrc->ref_logp) {
@@ -299,9 +301,9 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
         gather_ref(esrc, eval_pairs, n_eval, eval_ref);
     }
     if (!to->quiet && tr.state.step == 0)
-        fdpo_log(FDPO_LOG_INFO, "%zu train pairs, %zu eval pairs; %s reference; %zu steps of %zu x %zu pairs",
+        fdpo_log(FDPO_LOG_INFO, "%zu train pairs, %zu eval pairs; %s reference; %zu steps of %zu pairs (micro-batches of %zu)",
                 n_train, n_eval, simpo ? "no" : o->ref_live ? "live" : "cached", tr.state.total_steps,
-                (size_t)to->grad_accum, (size_t)to->batch_size);
+                per_step, tr.micro_items);
 
     fdpo_dpo_metrics em = {0}, initial = {0};
     int have_initial = 0;
@@ -377,18 +379,10 @@ int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fd
     if (!simpo && !ref_logp) return fdpo_error("dpo: no reference log-probs for the pairs of %s", o->data);
     fdpo_train_opts t = *to;
     t.init_model = policy;
+    t.data = o->data;
     if (state_out) { t.save_every = 0; t.stop_at = 0; }   /* the caller saves */
-    /* A round has as many pairs as it kept (ties drop prompts), often fewer than a step takes
-     * (--batch-size x --grad-accum): a step then takes each pair once, and an epoch is one step.
-     * The order's wrap-around would fill the step from the next epoch instead: the same pair
-     * twice in one step (2 pairs at --batch-size 4: 4 forward/backward passes for 2 pairs'
-     * gradient; 3 pairs: one of them weighted double). The micro-batch stays --batch-size's. */
-    size_t micro = (size_t)to->batch_size;
-    if ((size_t)(t.batch_size * t.grad_accum) > n) {
-        t.batch_size = (long)n;
-        t.grad_accum = 1;
-        if (micro > n) micro = n;
-    }
+    /* a round has as many pairs as it kept (ties drop prompts), often fewer than a step takes:
+     * the trainer's step then takes each pair once (fdpo_train_step_items) */
     fdpo_settings settings = {0};
     fdpo_dpo_run_opts_settings(o, &settings);
     fdpo_trainer tr;
@@ -400,9 +394,9 @@ int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fd
     /* data parallel: the ranks share out micro-batches; with one per step (--grad-accum 1) that
      * left every rank but rank 0 idle, so under MPI a micro-batch is a rank's part of one */
     const size_t ranks = (size_t)fdpo_dist_size();
-    dcfg.micro_batch = (micro + ranks - 1) / ranks;
+    dcfg.micro_batch = (tr.micro_items + ranks - 1) / ranks;
     if (fdpo_dpo_init(&d, tr.model, NULL, &dcfg)) { fdpo_trainer_close(&tr, 0); return -1; }
-    const size_t per_step = (size_t)(t.batch_size * t.grad_accum);
+    const size_t per_step = tr.step_items;
     const fdpo_pref_pair **step_pairs = fdpo_malloc(per_step * sizeof *step_pairs);
     double *step_ref = fdpo_malloc(2 * per_step * sizeof *step_ref);
     while (rc == 0 && !fdpo_trainer_done(&tr)) {

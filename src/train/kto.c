@@ -241,19 +241,24 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
 open:;
     fdpo_settings settings = {0};
     fdpo_kto_run_opts_settings(o, &settings);
-    int orc = fdpo_trainer_open(&tr, to, "kto", tok, n_train, kto_data_hash(train_ex, n_train), &settings);
+    fdpo_train_opts topen = *to;
+    topen.data = o->data;   /* named if a step is capped at the data set */
+    int orc = fdpo_trainer_open(&tr, &topen, "kto", tok, n_train, kto_data_hash(train_ex, n_train), &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;
     tr_open = 1;
     fdpo_gpt2 *reference = ref ? ref : tr.model;   /* not freed twice: ref stays NULL then */
-    const size_t per_step = (size_t)(to->batch_size * to->grad_accum), mb = (size_t)to->batch_size;
+    const size_t per_step = tr.step_items, mb = tr.micro_items;
+    /* held-out micro-batches stay --batch-size's (z0 is a micro-batch's KL mean), capped at
+     * the held-out set (the buffers are sized by it) */
+    const size_t mb_eval = (size_t)to->batch_size < n_eval ? (size_t)to->batch_size : n_eval;
     step_ex = fdpo_malloc(per_step * sizeof *step_ex);
     if (!to->quiet && tr.state.step == 0)
-        fdpo_log(FDPO_LOG_INFO, "kto: %zu train examples, %zu eval examples; live reference; %zu steps of %zu x %zu",
-                 n_train, n_eval, tr.state.total_steps, (size_t)to->grad_accum, mb);
+        fdpo_log(FDPO_LOG_INFO, "kto: %zu train examples, %zu eval examples; live reference; %zu steps of %zu (micro-batches of %zu)",
+                 n_train, n_eval, tr.state.total_steps, per_step, mb);
     fdpo_kto_metrics em = {0};
     if (n_eval && to->eval_every > 0 && tr.state.step == 0) {
-        if (fdpo_kto_step(tr.model, reference, &o->loss, eval_ex, n_eval, mb, popt.max_length, 0, n_eval, &em, NULL)) goto done;
+        if (fdpo_kto_step(tr.model, reference, &o->loss, eval_ex, n_eval, mb_eval, popt.max_length, 0, n_eval, &em, NULL)) goto done;
         fdpo_metrics_begin(&tr.metrics, 0);
         add_kto_metrics(&tr.metrics, "eval_", &em, 1);
         if (fdpo_metrics_end(&tr.metrics)) goto done;
@@ -265,7 +270,7 @@ open:;
         if (fdpo_kto_step(tr.model, reference, &o->loss, step_ex, per_step, mb, popt.max_length, 1, per_step, &m, NULL)) goto done;
         if (fdpo_trainer_step(&tr, m.tokens)) goto done;
         int eval = n_eval && fdpo_trainer_want_eval(&tr);
-        if (eval && fdpo_kto_step(tr.model, reference, &o->loss, eval_ex, n_eval, mb, popt.max_length, 0, n_eval, &em, NULL)) goto done;
+        if (eval && fdpo_kto_step(tr.model, reference, &o->loss, eval_ex, n_eval, mb_eval, popt.max_length, 0, n_eval, &em, NULL)) goto done;
         if (fdpo_trainer_want_log(&tr) || eval) {
             fdpo_trainer_metrics_begin(&tr, m.loss);
             add_kto_metrics(&tr.metrics, "", &m, 0);

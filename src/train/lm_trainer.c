@@ -92,21 +92,23 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
                   const fdpo_lm_data *train, const fdpo_lm_data *val) {
     fdpo_trainer tr;
     if (fdpo_trainer_open(&tr, o, kind, tok, train->n_seq, fdpo_lm_data_hash(train), NULL)) return -1;
-    const size_t B = (size_t)o->batch_size, A = (size_t)o->grad_accum;
+    /* S sequences a step in A micro-batches of B (the last one short when the step was capped
+     * at the data set: fdpo_train_step_items) */
+    const size_t S = tr.step_items, B = tr.micro_items, A = (S + B - 1) / B;
     size_t longest = max_len(train);
     packed p;
     packed_init(&p, B, B * (longest > 1 ? longest : 1));
-    size_t *items = fdpo_malloc(A * B * sizeof *items);
+    size_t *items = fdpo_malloc(S * sizeof *items);
     int rc = 0;
     if (!o->quiet && tr.state.step == 0)
-        fdpo_log(FDPO_LOG_INFO, "%zu train sequences (%zu tokens), %zu val sequences; %zu parameters; %zu steps of %zu x %zu sequences",
+        fdpo_log(FDPO_LOG_INFO, "%zu train sequences (%zu tokens), %zu val sequences; %zu parameters; %zu steps of %zu sequences (micro-batches of %zu)",
                 train->n_seq, train->n_tokens, val ? val->n_seq : 0, tr.model->n_params,
-                tr.state.total_steps, A, B);
+                tr.state.total_steps, S, B);
     while (!rc && !fdpo_trainer_done(&tr)) {
         fdpo_trainer_begin_step(&tr);
         /* the whole step's sequences first: the loss is normalised by their total weight */
         double W = 0;
-        for (size_t i = 0; i < A * B; i++) {
+        for (size_t i = 0; i < S; i++) {
             items[i] = fdpo_trainer_next_item(&tr);
             W += fdpo_lm_data_seq_weight(train, items[i]);
         }
@@ -114,7 +116,7 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
         size_t n_tokens = 0;
         for (size_t a = 0; a < A && !rc; a++) {
             if (!fdpo_dist_mine(a)) continue;   /* under MPI: this rank's micro-batches */
-            packed_fill(&p, train, items + a * B, B);
+            packed_fill(&p, train, items + a * B, S - a * B < B ? S - a * B : B);
             n_tokens += p.batch.n_tokens;
             if (p.batch.n_tokens == 0 || W <= 0) continue;
             if ((rc = fdpo_gpt2_forward(tr.model, &p.batch, p.token_logp, NULL))) break;

@@ -625,6 +625,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     t.shuffle = 0;
     t.batch_size = o->prompts_per_round;
     t.grad_accum = 1;
+    t.data = o->prompts;
+    t.step_flag = "--prompts-per-round";
     t.resume = o->resume;
     char **prompts = NULL;
     size_t n_prompts = 0;
@@ -651,7 +653,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     fdpo_dpo_config cfg = o->dpo.dpo;
     cfg.micro_batch = 0;
     if (!rc) d_ok = (rc = fdpo_dpo_init(&d, policy, ref, &cfg)) == 0;
-    const size_t P = (size_t)o->prompts_per_round, K = (size_t)o->n, N = P * K;
+    /* a step takes each prompt at most once (fdpo_train_step_items) */
+    const size_t P = tr_ok ? tr.step_items : 1, K = (size_t)o->n, N = P * K;
     const fdpo_sample_config sample = online_sample_config(o);
     char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
     double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double)), *lpol = fdpo_malloc(N * sizeof(double));

@@ -299,6 +299,8 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     t.shuffle = 0;
     t.batch_size = o->prompts_per_step;
     t.grad_accum = 1;
+    t.data = o->prompts;
+    t.step_flag = "--prompts-per-step";
     char **prompts = NULL;
     size_t n_prompts = 0;
     if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data %s", o->prompts);
@@ -324,7 +326,8 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
      * in place at each step's sampling, after the optimizer step before it) */
     fdpo_sampler *sampler = policy ? fdpo_sampler_create(policy) : NULL;
     tr.progress.phase = "rl";
-    const size_t P = (size_t)o->prompts_per_step, k = o->rl.k, N = P * k;
+    /* a step takes each prompt at most once (fdpo_train_step_items) */
+    const size_t P = tr_ok ? tr.step_items : 1, k = o->rl.k, N = P * k;
     char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
     size_t *np = fdpo_malloc(N * sizeof(size_t)), *ny = fdpo_malloc(N * sizeof(size_t));
     int32_t **pi = fdpo_malloc(N * sizeof *pi), **yi = fdpo_malloc(N * sizeof *yi);

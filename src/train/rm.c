@@ -255,7 +255,9 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
 
     fdpo_settings settings = {0};
     fdpo_rm_run_opts_settings(o, &settings);
-    int orc = fdpo_trainer_open(&tr, to, "rm", tok, n_train, rm_data_hash(train_pairs, train_margin, n_train), &settings);
+    fdpo_train_opts topen = *to;
+    topen.data = o->data;   /* named if a step is capped at the data set */
+    int orc = fdpo_trainer_open(&tr, &topen, "rm", tok, n_train, rm_data_hash(train_pairs, train_margin, n_train), &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;
     tr_open = 1;
@@ -268,16 +270,16 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
         fdpo_adamw_free(&tr.opt);
         if (fdpo_adamw_init(&tr.opt, rmodel->n_params, to->beta1, to->beta2, to->adam_eps, to->weight_decay)) goto done;
     }
-    const size_t per_step = (size_t)(to->batch_size * to->grad_accum);
+    const size_t per_step = tr.step_items, mb = tr.micro_items;
     step_pairs = fdpo_malloc(per_step * sizeof *step_pairs);
     step_margin = fdpo_malloc(per_step * sizeof *step_margin);
     if (!to->quiet && tr.state.step == 0)
-        fdpo_log(FDPO_LOG_INFO, "reward model: %zu train pairs, %zu eval pairs; %zu steps of %zu x %zu pairs",
-                 n_train, n_eval, tr.state.total_steps, (size_t)to->grad_accum, (size_t)to->batch_size);
+        fdpo_log(FDPO_LOG_INFO, "reward model: %zu train pairs, %zu eval pairs; %zu steps of %zu pairs (micro-batches of %zu)",
+                 n_train, n_eval, tr.state.total_steps, per_step, mb);
     const double cc = o->center_rewards_coefficient;
     fdpo_rm_metrics em = {0};
     if (n_eval && to->eval_every > 0 && tr.state.step == 0) {
-        if (fdpo_rm_step(tr.model, &rb, eval_pairs, ev_margin, n_eval, (size_t)to->batch_size, cc, 0, n_eval, eot, &em, NULL)) goto done;
+        if (fdpo_rm_step(tr.model, &rb, eval_pairs, ev_margin, n_eval, mb, cc, 0, n_eval, eot, &em, NULL)) goto done;
         fdpo_metrics_begin(&tr.metrics, 0);
         add_rm_metrics(&tr.metrics, "eval_", &em, 1);
         if (fdpo_metrics_end(&tr.metrics)) goto done;
@@ -290,11 +292,11 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
             step_margin[i] = train_margin[j];
         }
         fdpo_rm_metrics m;
-        if (fdpo_rm_step(tr.model, &rb, step_pairs, step_margin, per_step, (size_t)to->batch_size, cc, 1, per_step,
+        if (fdpo_rm_step(tr.model, &rb, step_pairs, step_margin, per_step, mb, cc, 1, per_step,
                          eot, &m, NULL)) goto done;
         if (fdpo_trainer_step(&tr, m.tokens)) goto done;
         int eval = n_eval && fdpo_trainer_want_eval(&tr);
-        if (eval && fdpo_rm_step(tr.model, &rb, eval_pairs, ev_margin, n_eval, (size_t)to->batch_size, cc, 0, n_eval,
+        if (eval && fdpo_rm_step(tr.model, &rb, eval_pairs, ev_margin, n_eval, mb, cc, 0, n_eval,
                                  eot, &em, NULL)) goto done;
         if (fdpo_trainer_want_log(&tr) || eval) {
             fdpo_trainer_metrics_begin(&tr, m.loss);
@@ -310,7 +312,7 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     }
     if (n_eval && !tr.stopped) {
         /* final held-out summary: how often the reward model ranks chosen above rejected */
-        if (fdpo_rm_step(tr.model, &rb, eval_pairs, ev_margin, n_eval, (size_t)to->batch_size, cc, 0, n_eval, eot, &em, NULL)) goto done;
+        if (fdpo_rm_step(tr.model, &rb, eval_pairs, ev_margin, n_eval, mb, cc, 0, n_eval, eot, &em, NULL)) goto done;
         cJSON *root = cJSON_CreateObject();
         cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
         cJSON_AddNumberToObject(root, "pairs", (double)n_eval);

@@ -23,9 +23,24 @@ int fdpo_train_out_check(const fdpo_train_opts *o) {
     return 0;
 }
 
+/* batch x accum > n, without the product (which wraps for huge flags) */
+static int step_exceeds(const fdpo_train_opts *o, size_t n_items) {
+    return (size_t)o->batch_size > n_items / (size_t)o->grad_accum;
+}
+
+size_t fdpo_train_step_items(const fdpo_train_opts *o, size_t n_items) {
+    if (o->batch_size <= 0 || o->grad_accum <= 0) return 0;
+    return step_exceeds(o, n_items) ? n_items : (size_t)o->batch_size * (size_t)o->grad_accum;
+}
+
+size_t fdpo_train_micro_items(const fdpo_train_opts *o, size_t n_items) {
+    size_t step = fdpo_train_step_items(o, n_items);
+    return o->batch_size > 0 && (size_t)o->batch_size < step ? (size_t)o->batch_size : step;
+}
+
 size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items) {
     if (o->steps > 0) return (size_t)o->steps;
-    size_t per_step = (size_t)(o->batch_size * o->grad_accum);
+    size_t per_step = fdpo_train_step_items(o, n_items);
     if (per_step == 0 || !(o->epochs > 0)) return 0;
     return (size_t)ceil(o->epochs * (double)n_items / (double)per_step - 1e-9);
 }
@@ -297,6 +312,16 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             goto fail;
         }
         if (o->allreduce_overlap && overlap_open(tr)) goto fail;
+    }
+    tr->step_items = fdpo_train_step_items(o, n_items);
+    tr->micro_items = fdpo_train_micro_items(o, n_items);
+    /* an online round's pairs (init_model) are fewer than a step most rounds: not news there */
+    if (step_exceeds(o, n_items) && !o->quiet && !o->init_model) {
+        char flags[96];
+        if (o->step_flag) snprintf(flags, sizeof flags, "%s %ld", o->step_flag, o->batch_size);
+        else snprintf(flags, sizeof flags, "--batch-size %ld x --grad-accum %ld", o->batch_size, o->grad_accum);
+        fdpo_log(FDPO_LOG_INFO, "%s exceeds the %zu examples of %s: each step takes all %zu once (an epoch is one step)",
+                 flags, n_items, o->data ? o->data : "the data", n_items);
     }
     tr->start_step = s->step;
     if (o->resume) tr->saved_step = s->step;

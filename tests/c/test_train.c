@@ -3,6 +3,7 @@
  * directories and the metrics writer. (PyTorch comparisons live in tests/py/test_train.py.) */
 #include <check.h>
 #include "check_main.h"
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -202,6 +203,34 @@ START_TEST(data_order_epochs) {
     fdpo_order_init(&a, 4, 0, &r1);
     for (size_t i = 0; i < 9; i++) ck_assert_uint_eq(fdpo_order_next(&a, &r1), i % 4);
     fdpo_order_free(&a);
+}
+END_TEST
+
+/* A step takes min(batch x accum, n) distinct items; the micro-batch is capped with it; the
+ * epochs count whole passes (an epoch is one step once the step holds the data set). */
+START_TEST(step_items_capped_at_the_data) {
+    fdpo_train_opts o;
+    fdpo_train_opts_default(&o);
+    o.batch_size = 8; o.grad_accum = 1;
+    ck_assert_uint_eq(fdpo_train_step_items(&o, 3), 3);
+    ck_assert_uint_eq(fdpo_train_micro_items(&o, 3), 3);
+    ck_assert_uint_eq(fdpo_train_step_items(&o, 8), 8);
+    ck_assert_uint_eq(fdpo_train_step_items(&o, 100), 8);
+    o.epochs = 3;
+    ck_assert_uint_eq(fdpo_train_total_steps(&o, 3), 3);      /* was ceil(9 / 8) = 2 */
+    ck_assert_uint_eq(fdpo_train_total_steps(&o, 20), 8);     /* ceil(60 / 8) */
+    o.batch_size = 2; o.grad_accum = 4;
+    ck_assert_uint_eq(fdpo_train_step_items(&o, 3), 3);
+    ck_assert_uint_eq(fdpo_train_micro_items(&o, 3), 2);      /* micro-batches of 2 and 1 */
+    ck_assert_uint_eq(fdpo_train_step_items(&o, 7), 7);
+    ck_assert_uint_eq(fdpo_train_step_items(&o, 9), 8);
+    o.batch_size = 100000000;
+    ck_assert_uint_eq(fdpo_train_step_items(&o, 3), 3);
+    ck_assert_uint_eq(fdpo_train_micro_items(&o, 3), 3);
+    o.batch_size = LONG_MAX; o.grad_accum = LONG_MAX;         /* the product wraps: not used */
+    ck_assert_uint_eq(fdpo_train_step_items(&o, 5), 5);
+    o.epochs = 1.5;
+    ck_assert_uint_eq(fdpo_train_total_steps(&o, 5), 2);      /* ceil(1.5) passes of one step */
 }
 END_TEST
 
@@ -527,6 +556,7 @@ int main(void) {
     tcase_add_test(tc, adamw_scaled_step_closed_form);
     tcase_add_test(tc, clip_grad_norm_scales_above_max_only);
     tcase_add_test(tc, data_order_epochs);
+    tcase_add_test(tc, step_items_capped_at_the_data);
     tcase_add_test(tc, utf8_first_invalid_offsets);
     tcase_add_test(tc, data_split_counts);
     tcase_add_test(tc, text_windows_cover_every_token);

@@ -515,3 +515,84 @@ def test_resume_refuses_a_changed_eval_file(cli):
     write_jsonl(data, rows)
     r = fdpo("dpo", "--out", out, "--resume", "--threads", 1, "--quiet", check=False)
     assert r.returncode != 0 and "data differ" in r.stderr, r.stderr
+
+
+def _one_step_pytorch(cli, rows, lr, beta):
+    """One float64 PyTorch step of `fdpo dpo` over all rows, each weighted once: TRL's sigmoid
+    loss mean over the pairs against ref2, clip_grad_norm_(1.0), AdamW (decay 0.01 on the 2-D
+    weights). -> (loss, grad norm, parameters before, parameters after)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        pol, ref = GPT2(**TINY), GPT2(**TINY)
+        pol.load_hf(str(cli / "pol"))
+        ref.load_hf(str(cli / "ref2"))
+        pol.double()
+        ref.double()
+        pairs = [tokenize_pair(r, TINY["n_positions"], 0) for r in rows]
+        rl = ref_model_logps(ref, pairs)
+        named = pol.named()
+        opt = torch.optim.AdamW([{"params": [p for p in named.values() if p.dim() == 2], "weight_decay": 0.01},
+                                 {"params": [p for p in named.values() if p.dim() != 2], "weight_decay": 0.0}],
+                                lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        margins = torch.stack([(completion_logps(pol, P, C)[0].sum() - a) - (completion_logps(pol, P, R)[0].sum() - b)
+                               for (P, C, R), (a, b) in zip(pairs, rl)])
+        loss = -torch.nn.functional.logsigmoid(beta * margins).mean()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)
+        before = {k: v.detach().clone() for k, v in named.items()}
+        opt.step()
+        return loss.item(), norm.item(), before, {k: v.detach().clone() for k, v in named.items()}
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_a_step_takes_each_pair_once_when_the_batch_exceeds_the_data(cli):
+    """3 pairs at --batch-size 8 (and at 2 x --grad-accum 4: micro-batches of 2 and 1) are one
+    step over the 3 pairs, each weighted once, as one float64 PyTorch step computes it: the
+    logged loss and gradient norm, and the weights after AdamW. The trainer's order used to
+    wrap into further epochs to fill the 8 places (3 + 3 + 2: pairs weighted 3/8, 3/8, 2/8,
+    epoch 2.67 after one step). A --batch-size of 10^8 runs the same step (it used to build
+    a 10^8-pair batch), and says once that the step was capped, naming the flags and --data."""
+    rows = synthetic_pairs(3, 31)
+    write_jsonl(cli / "three.jsonl", rows)
+    lr, beta = 1e-2, 0.1
+    loss, norm, before, after = _one_step_pytorch(cli, rows, lr, beta)
+    runs = cli / "runs_three"
+    common = ["--model", cli / "pol", "--ref", cli / "ref2", "--data", cli / "three.jsonl", "--threads", 1,
+              "--eval-fraction", 0, "--lr", lr, "--beta", beta, "--schedule", "constant"]
+    for name, flags in (("b8", ["--batch-size", 8]), ("b2x4", ["--batch-size", 2, "--grad-accum", 4]),
+                        ("huge", ["--batch-size", 100000000])):
+        r = fdpo("dpo", *common, *flags, "--out", runs / name, timeout=60)
+        note = f"x --grad-accum {4 if name == 'b2x4' else 1} exceeds the 3 examples of {cli / 'three.jsonl'}"
+        assert r.stderr.count(note) == 1, r.stderr
+        [m] = metrics(runs / name)
+        assert (m["step"], m["epoch"]) == (1, 1), m   # one step, one pass over the pairs
+        assert abs(m["loss"] - loss) < 1e-5 * loss and abs(m["grad_norm"] - norm) < 1e-5 * norm, (name, m, loss, norm)
+        got, _ = st.load(str(runs / name / "model.safetensors"))
+        diff = torch.cat([(torch.from_numpy(got[k]).double() - v).abs().flatten() for k, v in after.items()]) / lr
+        moved = torch.cat([(v - before[k]).abs().flatten() for k, v in after.items()]) / lr
+        # float32 vs float64: where |g| is near eps the AdamW update g / (|g| + eps) is
+        # sensitive to the gradient's last bits, hence the loose max
+        assert moved.median() > 0.5
+        assert diff.median() < 1e-5 and diff.quantile(0.99) < 1e-3 and diff.max() < 2e-2, name
+    a, _ = st.load(str(runs / "b8" / "model.safetensors"))
+    b, _ = st.load(str(runs / "huge" / "model.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)   # the same micro-batch of 3: the same bits
+
+
+def test_capped_steps_count_epochs_and_resume_exactly(cli):
+    """--epochs 3 over 3 pairs at --batch-size 8 is 3 steps (an epoch is one step), the epoch
+    metric counts them, and a run stopped after step 1 resumes to the same bits."""
+    write_jsonl(cli / "three_r.jsonl", synthetic_pairs(3, 32))
+    runs = cli / "runs_three_resume"
+    common = ["--model", cli / "pol", "--data", cli / "three_r.jsonl", "--threads", 1, "--eval-fraction", 0,
+              "--lr", "1e-2", "--epochs", 3, "--batch-size", 8, "--quiet"]
+    fdpo("dpo", *common, "--out", runs / "straight")
+    assert [(m["step"], m["epoch"]) for m in metrics(runs / "straight")] == [(1, 1), (2, 2), (3, 3)]
+    fdpo("dpo", *common, "--out", runs / "cut", "--stop-at", 1)
+    fdpo("dpo", "--out", runs / "cut", "--resume", "--threads", 1, "--quiet")
+    assert metrics(runs / "cut") == [dict(m, tokens_per_sec=n["tokens_per_sec"])
+                                     for m, n in zip(metrics(runs / "straight"), metrics(runs / "cut"))]
+    a, _ = st.load(str(runs / "straight" / "model.safetensors"))
+    b, _ = st.load(str(runs / "cut" / "model.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -550,7 +550,8 @@ def test_step_split_into_rank_blocks_is_the_whole_step(tmp_path, blocks):
         assert rel_err(grads[name], g) < 1e-4, name
 
 
-def test_rl_logged_objective_values_match_pytorch(tmp_path):
+@pytest.mark.parametrize("per_step", [3, 5])
+def test_rl_logged_objective_values_match_pytorch(tmp_path, per_step):
     """The objective/* and val/* values `fdpo rl` logs at step 1, against PyTorch float64 on
     the same completions: with --temperature 0 (greedy) the completions are the argmax
     continuations of the starting policy, computed here; the reference is another model, so
@@ -561,7 +562,8 @@ def test_rl_logged_objective_values_match_pytorch(tmp_path):
     scores - beta * that, val/contain_eos_token = fraction that drew EOT (0 here: this
     policy's greedy token is the same byte at every position). (The run test above checks
     the names only.) The policy can emit ASCII and EOT only, so a completion's text is its
-    tokens."""
+    tokens. --prompts-per-step 5 > the 3 prompts: the step still takes each prompt once (it
+    used to take p0 and q1 twice), so the values are the same means over the 3."""
     import subprocess
     from dpo_common import FDPO
     from test_generate import make_model
@@ -577,7 +579,7 @@ def test_rl_logged_objective_values_match_pytorch(tmp_path):
     r = subprocess.run([str(a) for a in [
         FDPO, "rl", "--model", pol_dir, "--ref", tmp_path / "ref", "--data", tmp_path / "prompts.txt", "--out",
         tmp_path / "out", "--reward", f"cmd:/usr/bin/python3 {tmp_path / 'codes.py'}", "--divergence", "js",
-        "--beta", beta, "--steps", 1, "--n", 2, "--prompts-per-step", 3, "--temperature", 0,
+        "--beta", beta, "--steps", 1, "--n", 2, "--prompts-per-step", per_step, "--temperature", 0,
         "--max-new-tokens", max_new, "--threads", 1, "--quiet"]], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     m = json.loads(open(tmp_path / "out" / "metrics.jsonl").readline())

@@ -199,3 +199,53 @@ def test_val_loss_matches_pytorch(tmp_path):
     got = sorted([m["loss"], m["val_loss"]])
     assert got == pytest.approx(sorted(want), abs=1e-4)
     assert abs(want[0] - want[1]) > 1e-2  # the two examples are distinguishable
+
+
+def test_sft_step_takes_each_example_once_when_the_batch_exceeds_the_data(tmp_path):
+    """6 usable examples at --batch-size 4 x --grad-accum 2 (8 > 6): each step is the 6
+    examples once, in micro-batches of 4 and 2, so its loss is the weighted mean over the 6
+    (the SFT normalisation: summed target NLL / summed target weight) and --epochs 2 is two
+    such steps. Checked against PyTorch: both steps' loss and gradient norm, and the weights
+    after AdamW. (Filling 8 places used to take 2 examples twice in step 1.)"""
+    model = GPT2(vocab_size=257, n_positions=64, n_embd=32, n_layer=2, n_head=4, seed=5)
+    init = tmp_path / "init"
+    model.save_hf(str(init))
+    (init / "fdpo_tokenizer.json").write_text('{"type": "byte"}\n')
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    out, lr = tmp_path / "out", 3e-3
+    r = subprocess.run([FDPO, "sft", "--model", str(init), "--out", str(out), "--data", str(data),
+                        "--seq-len", str(SEQ_LEN), "--batch-size", "4", "--grad-accum", "2", "--epochs", "2",
+                        "--lr", str(lr), "--schedule", "constant", "--weight-decay", "0", "--grad-clip", "1e9",
+                        "--val-fraction", "0", "--eval-every", "0", "--threads", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"--batch-size 4 x --grad-accum 2 exceeds the 6 examples of {data}" in r.stderr, r.stderr
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["step"], m["epoch"]) for m in metrics] == [(1, 1), (2, 2)]
+    seqs = [s for s in map(encode, EXAMPLES) if sum(s[1][1:]) > 0]
+    assert len(seqs) == 6
+    params = model.named()
+    opt = torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    total_w = sum(sum(w[1:]) for _, w in seqs)
+    for step in range(2):
+        opt.zero_grad()
+        loss = 0.0
+        for toks, w in seqs:
+            t = torch.tensor(toks)
+            nll = -torch.log_softmax(model(t[:-1]), dim=-1).gather(1, t[1:, None])[:, 0]
+            loss = loss + (torch.tensor(w[1:]) * nll).sum() / total_w
+        loss.backward()
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params.values()))
+        opt.step()
+        assert metrics[step]["loss"] == pytest.approx(loss.item(), abs=2e-6), f"step {step + 1}"
+        assert metrics[step]["grad_norm"] == pytest.approx(norm.item(), rel=1e-5), f"step {step + 1}"
+    got, _ = st.load(str(out / "model.safetensors"))
+    init_t, _ = st.load(str(init / "model.safetensors"))
+    diff = np.concatenate([np.abs(got[k] - p.detach().numpy()).ravel() for k, p in params.items()]) / lr
+    moved = np.concatenate([np.abs(got[k] - init_t[k]).ravel() for k in params]) / lr
+    # in units of lr; where a gradient is near AdamW's eps (the key bias's is exactly 0, see
+    # above) the update g / (|g| + eps) follows the gradient's last bits, hence the loose max
+    print("diff/lr median %.3g q99 %.3g max %.3g; moved median %.3g" % (np.median(diff), np.quantile(diff, 0.99), diff.max(), np.median(moved)))
+    assert np.median(moved) > 1
+    assert np.median(diff) < 1e-5 and np.quantile(diff, 0.99) < 1e-3 and diff.max() < 0.2, diff.max()
