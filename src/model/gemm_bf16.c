@@ -127,7 +127,8 @@ static int bf16_gemm_forced(void) {
     else if (e && !strcmp(e, "fp32")) state = 0;
     else if (e && *e)
         fdpo_log(FDPO_LOG_WARN, "FDPO_BF16_GEMM: '%s' is not one of dpbf16, fp32; choosing by measurement", e);
-    return bf16_route_state = state;
+    bf16_route_state = state;
+    return state;
 }
 
 /* 1 if vdpbf16ps is at least 0.75x as fast as fp32 FMA here (probed once, said once). The

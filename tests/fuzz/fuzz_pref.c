@@ -3,18 +3,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include "fdpo/pref.h"
+#include "fuzz_pref_options.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static fdpo_tokenizer *tok;
     if (!tok) tok = fdpo_tokenizer_byte();
     if (size < 1) return 0;
-    fdpo_pref_options opt = {0};
-    unsigned k = data[0];
-    static const size_t max_len[4] = {0, 2, 16, 64};
-    opt.max_length = max_len[k & 3];
-    opt.max_prompt_length = opt.max_length && (k & 4) ? opt.max_length / 2 : 0;
-    opt.on_bad = (k & 8) ? FDPO_PREF_SKIP : FDPO_PREF_ERROR;
-    opt.on_long = (fdpo_pref_on_long)((k >> 4) % 3);
+    fdpo_pref_options opt = fuzz_pref_options(data[0]);
     fdpo_pref_set set;
     if (fdpo_pref_parse("fuzz.jsonl", (const char *)data + 1, size - 1, tok, &opt, &set) == 0) {
         for (size_t i = 0; i < set.n; i++) /* ids must be in the vocabulary */

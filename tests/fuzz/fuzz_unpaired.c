@@ -8,18 +8,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #include "fdpo/kto.h"
+#include "fuzz_pref_options.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static fdpo_tokenizer *tok;
     if (!tok) tok = fdpo_tokenizer_byte();
     if (size < 1) return 0;
-    fdpo_pref_options opt = {0};
-    unsigned k = data[0];
-    static const size_t max_len[4] = {0, 2, 16, 64};
-    opt.max_length = max_len[k & 3];
-    opt.max_prompt_length = opt.max_length && (k & 4) ? opt.max_length / 2 : 0;
-    opt.on_bad = (k & 8) ? FDPO_PREF_SKIP : FDPO_PREF_ERROR;
-    opt.on_long = (fdpo_pref_on_long)((k >> 4) % 3);
+    fdpo_pref_options opt = fuzz_pref_options(data[0]);
     int fd = memfd_create("fuzz.jsonl", 0);
     if (fd < 0) abort();
     if (size > 1 && write(fd, data + 1, size - 1) != (ssize_t)(size - 1)) abort();
