@@ -269,17 +269,17 @@ size_t fdpo_lmhead_chunk(size_t V) {
  * is then covered without a hook), remade at their first use after it: at most once per
  * forward, and the backward uses the forward's. A params_frozen model's are made once per
  * run (124M: 0.75-1 GB of traffic per forward saved).
- * When the fp32 copy is worth its memory (+2 bytes per parameter over the bf16 copy it
- * replaces: +237 MiB at 124M): widening a weight costs a GEMM of M rows about 45 / 2M of its
- * time on 2 threads (~2 % at M = 1024; the 124M DPO step of 1020 rows measured 1 % CPU
- * less with the copy, under load), while the copy put the 124M DPO step at T = 1024 (1535
- * rows) at 63 % of PyTorch's peak RSS against #13's 60 % (59 % without). So a forward makes
- * it when it has at most FDPO_BF16_COPY_MAX_ROWS token rows, for a frozen model (made once),
- * or when the model has one already (remaking it costs less than widening every weight
- * again); a larger forward's fp32-route GEMMs widen the bf16 copy. The products, and so the
- * results, are the same bits either way. FDPO_BF16_WEIGHT_COPY=0 never makes it, =1 always
- * does (A/B runs). The decoder packs its own bf16 weights and reads neither. */
-#define FDPO_BF16_COPY_MAX_ROWS 1024
+ * The fp32 copy pays only where it is read many times: a params_frozen model's (a fixed
+ * reference, scored every step of a run) is made once per run. A trainable model's would be
+ * remade at every forward and read by that forward and its backward only, and writing it
+ * (4 bytes per parameter to DRAM, read back from DRAM) costs more than widening each weight
+ * into a per-thread scratch the GEMM then reads from the cache: measured idle (wave 8,
+ * bench_online --baseline, 124M bf16), a copy per forward made the policy's scoring forward
+ * 8 % slower and training no faster (1.01-1.04x, noise), and it put the 124M DPO step at
+ * T = 1024 at 63 % of PyTorch's peak RSS against #13's 60 %. So only frozen models make it;
+ * the others' fp32-route GEMMs widen the bf16 copy. The products, and so the results, are
+ * the same bits either way. FDPO_BF16_WEIGHT_COPY=0 never makes it, =1 always does (A/B
+ * runs). The decoder packs its own bf16 weights and reads neither. */
 
 static int bf16_weight_copy_setting(void) { /* -1: by the rule above; 0 never; 1 always */
     static _Atomic int state = -2;
@@ -292,11 +292,11 @@ static int bf16_weight_copy_setting(void) { /* -1: by the rule above; 0 never; 1
     return s;
 }
 
-void fdpo_model_bf16_refresh(fdpo_gpt2 *m, size_t n_rows) { /* both families */
+void fdpo_model_bf16_refresh(fdpo_gpt2 *m) { /* both families */
     fdpo_bf16_native(); /* says once if the GEMMs fall back */
     if (!m->params_frozen) m->params_bf16_current = 0;
     int set = bf16_weight_copy_setting();
-    int copy = set >= 0 ? set : m->params_frozen || m->params_bf16f || n_rows <= FDPO_BF16_COPY_MAX_ROWS;
+    int copy = set >= 0 ? set : m->params_frozen;
     m->params_bf16_current = (m->params_bf16_current & ~4u) | (copy ? 4u : 0u);
 }
 
@@ -322,7 +322,7 @@ fdpo_bf16_weight fdpo_model_bf16_weight(fdpo_gpt2 *m, const float *w, size_t M, 
 static void bf16_prepare(fdpo_gpt2 *m) {
     fdpo_gpt2_acts *a = m->acts;
     size_t C = m->config.n_embd;
-    fdpo_model_bf16_refresh(m, a->n_tokens);
+    fdpo_model_bf16_refresh(m);
     if (a->bf16_cap < a->cap_tokens) {
         free(a->bf16_x);
         free(a->bf16_y);

@@ -162,7 +162,7 @@ typedef struct { const uint16_t *h; const float *f; } fdpo_bf16_weight;
  * are out of date (so every writer of params, optimizer, load, copy, is covered without a
  * hook), except a params_frozen model's once made; and whether this forward's fp32-route
  * GEMMs read an fp32 copy or widen the bf16 one (src/model/gpt2.c). */
-void fdpo_model_bf16_refresh(fdpo_gpt2 *m, size_t n_rows);
+void fdpo_model_bf16_refresh(fdpo_gpt2 *m);
 /* The bf16 copy of weight w (a tensor in params_memory) for a bf16 GEMM whose result is
  * [M, N]: the fp32 copy (.f) where fdpo_gemm_bf16_widens(M, N) and the forward reads one,
  * else the bf16 one (.h), each made from the masters at its first use after the refresh

@@ -196,7 +196,7 @@ static void bf16_prepare(fdpo_gpt2 *m) {
     size_t QD = c->n_head * head_dim(c), C = c->n_embd, F = c->intermediate_size;
     size_t act = C > QD ? C : QD;
     act = act > F ? act : F;
-    fdpo_model_bf16_refresh(m, a->n_tokens);
+    fdpo_model_bf16_refresh(m);
     if (a->bf16_cap < a->cap_tokens) {
         free(a->bf16_x);
         free(a->bf16_y);
