@@ -25,6 +25,9 @@ HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../build/fdpo-harne
 MIN_TIMED_STEPS = 5
 
 
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
+
 def fair_blas_env():
     """PyTorch's fp32 matmuls (Debian torch 1.13) go to OpenBLAS 0.3.21, which does not
     recognise some AVX-512 CPUs (Zen 4 here) and then runs generic SSE3 kernels, 3-5x
@@ -35,10 +38,25 @@ def fair_blas_env():
     GFLOP/s on 1024x768x3072 against 357 with SkylakeX, and the benches' ratios 1.7x too
     high), and GOMP_SPINCOUNT=1000 (the fdpo programs' own choice) when no OpenMP wait
     setting is; FDPO_BENCH_KEEP_BLAS=1 keeps the environment as it is. Returns a note to
-    print."""
+    print.
+
+    The allocator too: PyTorch allocates and frees its activations every step, and glibc's
+    malloc serves blocks over its mmap threshold with mmap and gives them back at free, so
+    each step faults every page of them in again. On wave 9's VM that doubled PyTorch's
+    124M train step (default 8.2 s; tcmalloc 3.4 s; jemalloc, which also hands pages back,
+    16 s). PyTorch's CPU tuning guide recommends tcmalloc or jemalloc; the benches preload
+    tcmalloc (Debian libtcmalloc-minimal4, scripts/deps.sh) for every side when LD_PRELOAD
+    is unset. fdpo allocates its buffers once per run, so this is PyTorch's gain."""
     if os.environ.get("FDPO_BENCH_KEEP_BLAS") == "1":
         return ""
     notes = []
+    if "LD_PRELOAD" not in os.environ:
+        if os.path.exists(TCMALLOC):
+            os.environ["LD_PRELOAD"] = TCMALLOC
+            notes.append("LD_PRELOAD=tcmalloc for every side (PyTorch's recommended CPU allocator)")
+        else:
+            notes.append(f"{TCMALLOC} not found (Debian libtcmalloc-minimal4): PyTorch runs on glibc malloc, "
+                         "which refaults its freed activations every step, so its times are worse than its best")
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         # the fdpo programs set this themselves (src/cli/omp_spin.h): libgomp's default spin
         # of milliseconds per barrier wastes the partner thread's time slice on a shared
@@ -58,7 +76,8 @@ def fair_blas_env():
 
 
 # the environment a bench's header names when set (the BLAS, OpenMP and bf16 overrides)
-ENV_KEYS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "FDPO_FORCE_BF16_FALLBACK")
+ENV_KEYS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "FDPO_FORCE_BF16_FALLBACK",
+            "LD_PRELOAD")
 
 
 def set_fair_env():

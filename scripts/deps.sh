@@ -14,6 +14,9 @@ PKGS+=(libdnnl-dev libopenmpi-dev openmpi-bin clang libfuzzer-14-dev)
 PKGS+=(libicu-dev)
 # Headless browser: tests/py/test_report.py opens fdpo report's HTML in it (file://, offline).
 PKGS+=(chromium)
+# tcmalloc: the benches run PyTorch on it (bench/interleave.py fair_blas_env: glibc malloc
+# gives freed tensors back to the kernel and faults them in again every step).
+PKGS+=(libtcmalloc-minimal4)
 # strace: tests/py/test_online.py slows a round checkpoint's fsyncs to kill the run mid-save.
 PKGS+=(strace)
 # Node.js + npm for the reference tokenizer and data sets; any install that provides both.
