@@ -165,13 +165,13 @@ def decode_pct(tokens_per_sec, rows, step_bytes, triad_gbs):
 def triad_huge(env=None):
     """The pages the triad's arrays get: the pages fdpo's streamed buffers get. Model
     parameters and the decoder's packed weights and key/value cache come from
-    fdpo_alloc_large (src/core/alloc_large.c: 2 MiB aligned; FDPO_HUGEPAGES=1 advises
-    MADV_HUGEPAGE, =0 MADV_NOHUGEPAGE, unset no advice: the system's THP policy), so the
-    limit they are compared with is measured on the same pages: 1, 0 or -1 (unset) from
-    FDPO_HUGEPAGES in env (default os.environ), as `fdpo-harness triad --huge` takes it."""
+    fdpo_alloc_large (src/core/alloc_large.c: 2 MiB aligned; FDPO_HUGEPAGES unset or 1
+    advises MADV_HUGEPAGE, =0 MADV_NOHUGEPAGE, =system no advice: the system's THP policy),
+    so the limit they are compared with is measured on the same pages: 1, 0 or -1 (system)
+    from FDPO_HUGEPAGES in env (default os.environ), as `fdpo-harness triad --huge` takes it."""
     env = os.environ if env is None else env
     v = env.get("FDPO_HUGEPAGES")
-    return -1 if not v else 0 if v == "0" else 1
+    return -1 if v == "system" else 0 if v == "0" else 1
 
 
 def thp_mode(path="/sys/kernel/mm/transparent_hugepage/enabled"):
@@ -188,7 +188,7 @@ def thp_mode(path="/sys/kernel/mm/transparent_hugepage/enabled"):
 def pages_label(huge, mode=None):
     """How the header names the triad's pages (those fdpo's buffers get too)."""
     if huge == 1:
-        return "2 MiB pages (FDPO_HUGEPAGES=1), as fdpo's buffers"
+        return "2 MiB pages (FDPO_HUGEPAGES unset or 1), as fdpo's buffers"
     if huge == 0:
         return "4 KiB pages (FDPO_HUGEPAGES=0), as fdpo's buffers"
     what = {"always": "2 MiB pages", "madvise": "4 KiB pages", "never": "4 KiB pages"}.get(mode, "pages unknown")

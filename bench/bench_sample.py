@@ -17,8 +17,8 @@ decode steps/s (tokens/s / B) x the bytes one step must read (bench/bandwidth.py
 decode_step_bytes: every weight matrix at the side's precision, the fp32 vectors, the fp32
 key/value cache at the mean cached length P + N/2, each row's fp32 logits), against the DRAM
 STREAM triad (arrays >= 4 x the last-level cache: bench/bandwidth.py; on the pages the
-decoder's weights and cache get: FDPO_HUGEPAGES=1 2 MiB, =0 4 KiB, unset the system's THP
-policy, bandwidth.triad_huge; with --triad-both-pages the other page size's triad runs
+decoder's weights and cache get: FDPO_HUGEPAGES unset or 1 2 MiB, =0 4 KiB, =system the
+system's THP policy, bandwidth.triad_huge; with --triad-both-pages the other page size's triad runs
 too, for information),
 measured once more in
 every round (one more item of the rotation) and taken as the median of those rounds, so it

@@ -31,11 +31,11 @@ char *fdpo_strdup(const char *s);
 /* Large long-lived buffers that a step streams through (model parameters, the decoder's
  * packed weights and key/value cache): zeroed and 2 MiB aligned, so transparent huge pages
  * can back them whole (~250 MB read per step in ~120 TLB entries instead of ~60k).
- * FDPO_HUGEPAGES=1 in the environment advises MADV_HUGEPAGE, =0 MADV_NOHUGEPAGE, unset
- * leaves the system's THP policy (why opt-in: src/core/alloc_large.c).
+ * By default (FDPO_HUGEPAGES unset or 1) advises MADV_HUGEPAGE; FDPO_HUGEPAGES=0 advises
+ * MADV_NOHUGEPAGE, =system leaves the system's THP policy (measurements: src/core/alloc_large.c).
  * Unlike fdpo_malloc it returns NULL after fdpo_error when the memory is not there (no
  * out-of-memory handler): a caller reports the failure. Free with fdpo_free_large only.
- * fdpo_hugepages_advice: 1, 0 or -1 (unset) from FDPO_HUGEPAGES. src/core/alloc_large.c. */
+ * fdpo_hugepages_advice: 1 (huge), 0 (4 KiB) or -1 (system) from FDPO_HUGEPAGES. src/core/alloc_large.c. */
 void *fdpo_alloc_large(size_t bytes);
 void fdpo_free_large(void *p);
 int fdpo_hugepages_advice(void);

@@ -54,7 +54,8 @@ int cmd_generate(int argc, char **argv) {
     if (!rc) rc = fdpo_encode_prompts(tok, prompts, n_prompts, &ids, &lens);
     double t0 = fdpo_now();
     /* under MPI each rank generates its block of prompts; rank 0 writes them all */
-    if (!rc) rc = fdpo_generate_ranks(m, tok, fdpo_tokenizer_eot(tok), &sc, ids, lens, n_prompts, n, &s);
+    if (!rc && fdpo_generate_ranks(m, tok, fdpo_tokenizer_eot(tok), &sc, ids, lens, n_prompts, n, &s))
+        rc = fdpo_error_context("--data %s", prompts_path);   /* its faults name a prompt of this file */
     double dt = fdpo_now() - t0;
     if (!rc) {
         fdpo_atomic_file af = {0};

@@ -8,16 +8,20 @@
  * neither. So the buffer is mapped here directly: 2 MiB aligned, its length rounded up to
  * 2 MiB (the kernel can only back whole aligned 2 MiB ranges), and advised.
  *
- * Opt-in, because on this VM a fresh 2 MiB page is expensive: it is a Firecracker guest
- * with virtio-balloon free page reporting, so free 2 MiB blocks go back to the host and
- * the first touch of each faults there. Measured under load (round 8, docs/eval.md "Pages"):
- * the bf16 decoder's creation took 1.2-2 s longer on huge pages (0.41-0.51 -> 1.37-1.78 s
- * of system time per process), more than what a 124M 8 x 128 run then saves per step
- * (the kernels' CPU time per call 12-35 % lower). So: FDPO_HUGEPAGES=1 advises MADV_HUGEPAGE,
- * FDPO_HUGEPAGES=0 MADV_NOHUGEPAGE (4 KiB also where THP is "always"), unset: no advice,
- * the system's THP policy (none in "madvise" mode, huge pages in "always": the 2 MiB
- * alignment lets them back the whole buffer). Where mmap/madvise do not exist the buffer
- * comes from malloc, 2 MiB aligned and zeroed as well.
+ * The default since wave 9. Wave 8 kept it opt-in after a measurement under load on an
+ * Intel VM (a Firecracker guest with virtio-balloon free page reporting, where the first
+ * touch of a fresh 2 MiB block faulted to the host: the bf16 decoder's creation 1.2-2 s
+ * longer); its idle measurement already had 124M sampling 1.19x faster on huge pages. On
+ * wave 9's idle AMD EPYC VM huge pages win everywhere they apply: `fdpo generate` 124M
+ * 8 x 128 bf16 597-660 vs 379-433 tokens/s (process wall 2.3-2.8 vs 4.1-4.9 s; 6k vs 131k
+ * page faults), fp32 361-400 vs 324-328; a 124M bf16 train step equal (1.55 vs 1.50 s,
+ * noise). Under nested paging a 4 KiB TLB miss is a two-dimensional walk, and a GEMM
+ * reading a row-major weight panel by panel touches a new page per row.
+ * So: FDPO_HUGEPAGES unset (or anything but 0 and "system") advises MADV_HUGEPAGE,
+ * FDPO_HUGEPAGES=0 MADV_NOHUGEPAGE (4 KiB also where THP is "always"),
+ * FDPO_HUGEPAGES=system no advice (the system's THP policy: none in "madvise" mode, huge
+ * pages in "always": the 2 MiB alignment lets them back the whole buffer). Where
+ * mmap/madvise do not exist the buffer comes from malloc, 2 MiB aligned and zeroed as well.
  *
  * Each buffer's mapping (start and length) is kept in a small header just before the
  * returned address, inside the first 4 KiB page of the mapping, so fdpo_free_large needs
@@ -45,7 +49,8 @@ static large_head *head_of(void *p) { return (large_head *)((char *)p - sizeof(l
 
 int fdpo_hugepages_advice(void) {
     const char *e = getenv("FDPO_HUGEPAGES");
-    return !e || !*e ? -1 : strcmp(e, "0") ? 1 : 0;
+    if (e && !strcmp(e, "system")) return -1;
+    return e && !strcmp(e, "0") ? 0 : 1;
 }
 
 void *fdpo_alloc_large(size_t bytes) {

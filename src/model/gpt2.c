@@ -94,8 +94,8 @@ fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
         return m;
     }
     build_tensor_table(m);
-    /* zeroed; fp32 decoding streams all of it every step: fdpo_alloc_large (huge pages with
-     * FDPO_HUGEPAGES=1) */
+    /* zeroed; fp32 decoding streams all of it every step: fdpo_alloc_large (huge pages unless
+     * FDPO_HUGEPAGES=0) */
     if (!(m->params_memory = fdpo_alloc_large(m->n_params * sizeof(float)))) { fdpo_gpt2_free(m); return NULL; }
     point_params(&m->params, m->params_memory, m->tensors);
     m->precision = fdpo_get_precision();

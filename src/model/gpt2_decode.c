@@ -586,7 +586,7 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
     d->len = fdpo_calloc(max_seqs, sizeof *d->len);
     size_t n = c->n_layer * max_seqs * max_len * c->n_embd;
     d->ldk = (max_len + DECODE_KEYS - 1) / DECODE_KEYS * DECODE_KEYS;
-    /* streamed every step: fdpo_alloc_large (huge pages with FDPO_HUGEPAGES=1); zeroed: the
+    /* streamed every step: fdpo_alloc_large (huge pages unless FDPO_HUGEPAGES=0); zeroed: the
      * lanes past a row's length read it (and never use it) */
     d->k_cache = fdpo_alloc_large(c->n_layer * max_seqs * c->n_embd * d->ldk * sizeof(float));
     d->v_cache = d->k_cache ? fdpo_alloc_large(n * sizeof(float)) : NULL;

@@ -245,11 +245,12 @@ START_TEST(alloc_large_aligned_zeroed_advised) {
         fdpo_free_large(p);
     }
 #ifdef __linux__
-    /* FDPO_HUGEPAGES=1: MADV_HUGEPAGE ("hg"), =0: MADV_NOHUGEPAGE ("nh"), unset: neither */
-    const char *values[] = {"1", "0", NULL};
-    const char *want[] = {" hg", " nh", NULL}, *unwanted[] = {" nh", " hg", NULL};
-    const int advice[] = {1, 0, -1};
-    for (int i = 0; i < 3; i++) {
+    /* FDPO_HUGEPAGES=1 or unset (the default): MADV_HUGEPAGE ("hg"), =0: MADV_NOHUGEPAGE
+     * ("nh"), =system: neither */
+    const char *values[] = {"1", "0", NULL, "system"};
+    const char *want[] = {" hg", " nh", " hg", NULL}, *unwanted[] = {" nh", " hg", " nh", NULL};
+    const int advice[] = {1, 0, 1, -1};
+    for (int i = 0; i < 4; i++) {
         char flags[256];
         if (values[i]) setenv("FDPO_HUGEPAGES", values[i], 1);
         else unsetenv("FDPO_HUGEPAGES");
@@ -258,7 +259,7 @@ START_TEST(alloc_large_aligned_zeroed_advised) {
         smaps_flags(p, flags, sizeof flags);
         ck_assert_msg(flags[0], "no smaps entry for the buffer");
         if (want[i]) ck_assert_msg(strstr(flags, want[i]) && !strstr(flags, unwanted[i]), "FDPO_HUGEPAGES=%s:%s", values[i], flags);
-        else ck_assert_msg(!strstr(flags, " hg") && !strstr(flags, " nh"), "FDPO_HUGEPAGES unset:%s", flags);
+        else ck_assert_msg(!strstr(flags, " hg") && !strstr(flags, " nh"), "FDPO_HUGEPAGES=system:%s", flags);
         fdpo_free_large(p);
     }
     unsetenv("FDPO_HUGEPAGES");

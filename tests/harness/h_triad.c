@@ -8,7 +8,7 @@
  *       write-allocate read of a is not counted, as in STREAM). --huge 1 asks the kernel for
  *       transparent huge pages on the arrays (MADV_HUGEPAGE), 0 for 4 KiB pages
  *       (MADV_NOHUGEPAGE), -1 gives no advice (the system's THP policy); the default is what
- *       fdpo's streamed buffers get (fdpo_alloc_large: FDPO_HUGEPAGES=1 / 0 / unset), as is
+ *       fdpo's streamed buffers get (fdpo_alloc_large: FDPO_HUGEPAGES 1 or unset / 0 / system), as is
  *       harness_triad_gbs's (decode-matmul, model-peaks).
  *
  * How large the arrays must be is the caller's choice: bench/bandwidth.py sizes them by

@@ -206,13 +206,14 @@ def test_goals_sample_pct():
 
 def test_triad_pages_follow_fdpo_buffers():
     # the limit is measured on the pages fdpo's streamed buffers get (fdpo_alloc_large:
-    # FDPO_HUGEPAGES=1 MADV_HUGEPAGE, =0 MADV_NOHUGEPAGE, unset no advice), in bandwidth.py
-    # and in the harness's default alike
-    assert bandwidth.triad_huge({}) == -1
-    assert bandwidth.triad_huge({"FDPO_HUGEPAGES": ""}) == -1
+    # FDPO_HUGEPAGES unset or 1 MADV_HUGEPAGE, =0 MADV_NOHUGEPAGE, =system no advice), in
+    # bandwidth.py and in the harness's default alike
+    assert bandwidth.triad_huge({}) == 1
+    assert bandwidth.triad_huge({"FDPO_HUGEPAGES": ""}) == 1
     assert bandwidth.triad_huge({"FDPO_HUGEPAGES": "1"}) == 1
     assert bandwidth.triad_huge({"FDPO_HUGEPAGES": "0"}) == 0
-    for env_value, want in [(None, -1), ("0", 0), ("1", 1)]:
+    assert bandwidth.triad_huge({"FDPO_HUGEPAGES": "system"}) == -1
+    for env_value, want in [(None, 1), ("0", 0), ("1", 1), ("system", -1)]:
         env = {k: v for k, v in os.environ.items() if k != "FDPO_HUGEPAGES"}
         if env_value is not None:
             env["FDPO_HUGEPAGES"] = env_value
@@ -225,7 +226,7 @@ def test_triad_pages_follow_fdpo_buffers():
     for huge in (-1, 0, 1):
         p = bandwidth.measure_triad(HARNESS, 1, dram_mib=2, repeats=1, cache=False, huge=huge)
         assert p["triad_huge"] == huge and p["triad_init_seconds"] >= 0
-    assert bandwidth.pages_label(1) == "2 MiB pages (FDPO_HUGEPAGES=1), as fdpo's buffers"
+    assert bandwidth.pages_label(1) == "2 MiB pages (FDPO_HUGEPAGES unset or 1), as fdpo's buffers"
     assert bandwidth.pages_label(0) == "4 KiB pages (FDPO_HUGEPAGES=0), as fdpo's buffers"
     assert bandwidth.pages_label(-1, "madvise") == "the system's THP policy (madvise: 4 KiB pages), as fdpo's buffers"
     assert bandwidth.pages_label(-1, "always") == "the system's THP policy (always: 2 MiB pages), as fdpo's buffers"

@@ -217,6 +217,8 @@ def test_stop_string(byte_model, tmp_path):
     ("a\n", ["--max-new-tokens", "0"], "--max-new-tokens"),
     ("a\n", ["--temperature", "-1"], "--temperature"),
     ("", [], "no prompts"),
+    # the library names the prompt; the command adds the file it came from
+    ("a\n" + "b" * 64 + "\n", [], "p.txt: prompt 2: 64 tokens leave no room to generate (model n_positions 64)"),
 ])
 def test_generate_bad_input(byte_model, tmp_path, content, flags, msg):
     d, _ = byte_model
