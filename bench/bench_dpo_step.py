@@ -101,10 +101,10 @@ def server(side, cfg_path, a, threads=None, env=None):
                                             "--chosen", str(a.completion), "--rejected", str(a.completion),
                                             "--threads", str(threads or a.threads), "--precision", prec, "--serve"],
                                      env=env)
-    return interleave.StepServer(side, [sys.executable, os.path.abspath(__file__), "--worker", "--config", a.config,
+    return interleave.StepServer(side, interleave.torch_cmd([sys.executable, os.path.abspath(__file__), "--worker", "--config", a.config,
                                         "--pairs", str(a.pairs), "--prompt", str(a.prompt), "--completion",
                                         str(a.completion), "--threads", str(a.threads)]
-                                 + (["--bf16"] if side == "torch-bf16" else []))
+                                 + (["--bf16"] if side == "torch-bf16" else [])))
 
 
 def peak_rss(sides, a):

@@ -182,8 +182,8 @@ def server(side, cfg_path, a):
                                             "--ref", "cached", "--pairs", str(a.pairs), "--prompt", str(a.prompt),
                                             "--chosen", str(a.completion), "--rejected", str(a.completion),
                                             "--threads", str(a.threads), "--precision", prec, "--serve"])
-    argv = [sys.executable, os.path.abspath(__file__), "--worker", "--pairs", str(a.pairs), "--prompt", str(a.prompt),
-            "--completion", str(a.completion), "--threads", str(a.threads)]
+    argv = interleave.torch_cmd([sys.executable, os.path.abspath(__file__), "--worker", "--pairs", str(a.pairs), "--prompt", str(a.prompt),
+            "--completion", str(a.completion), "--threads", str(a.threads)])
     if a.smollm:
         argv.append("--smollm")
     if side.endswith("bf16"):

@@ -9,9 +9,11 @@ under the reference), the best and the worst completion of each prompt paired, a
 step (sigmoid loss, reverse KL, beta 0.1) over the P pairs with AdamW, the pairs' reference
 log-probs taken from the scoring.
 
-fdpo side: `fdpo online --rounds 2 --batch-size P --epochs 1`, a process per run; the round
-timed is round 1 (round 0 is the warm-up; in round 1 the reference is no longer the policy,
-so it is scored), its split read from fdpo's own metrics.jsonl: the three phases both sides
+fdpo side: `fdpo online --rounds 3 --batch-size P --epochs 1`, a process per run; the round
+timed is round 2, the first whose reference is warm as PyTorch's is in its timed round
+(round 0 scores no reference: it is the policy itself; round 1 is the reference's first
+forward, which makes its bf16 weight copy and buffers once per run: 2.5 s of wave 9's
+first idle run, where PyTorch's timed round is its second use of its reference), its split read from fdpo's own metrics.jsonl: the three phases both sides
 do -- time/sampling: generation; time/scoring: reward + reference log-probs; time/training:
 the round's f-DPO step on the in-memory policy (trainer, clipping, AdamW) -- and two that only
 fdpo has, shown apart: time/checkpoint, what writing the previous round's checkpoint (atomic,
@@ -238,7 +240,7 @@ EXTRA = ["checkpoint", "other"]
 def fdpo_online(d, tmp, a, precision, binary=FDPO):
     out = os.path.join(tmp, "run")
     r = subprocess.run([binary, "online", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
-                        "--out", out, "--rounds", "2", "--prompts-per-round", str(a.prompts),
+                        "--out", out, "--rounds", "3", "--prompts-per-round", str(a.prompts),
                         "--n", str(a.n), "--max-new-tokens", str(a.new_tokens), "--batch-size", str(a.prompts),
                         "--epochs", "1", "--beta", "0.1", "--lr", "1e-4", "--threads", str(a.threads),
                         "--precision", precision, "--quiet"],
@@ -306,10 +308,10 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
                 counts = sorted({int(res[f][-1]["pairs"]) for f in fdpo_sides if res[f] and "pairs" in res[f][-1]},
                                 reverse=True)
                 same_pairs = ["--pairs", ",".join(map(str, counts))] if counts else []
-                w = subprocess.run([sys.executable, sys.argv[0], "--worker", d, "--threads", str(a.threads),
+                w = subprocess.run(interleave.torch_cmd([sys.executable, sys.argv[0], "--worker", d, "--threads", str(a.threads),
                                     "--prompts", str(a.prompts), "--prompt-tokens", str(a.prompt_tokens),
                                     "--new-tokens", str(a.new_tokens), "--n", str(a.n)]
-                                   + same_pairs + (["--worker-bf16"] if prec == "bf16" else []) + worker_args,
+                                   + same_pairs + (["--worker-bf16"] if prec == "bf16" else []) + worker_args),
                                    capture_output=True, text=True)
                 if w.returncode:
                     sys.exit(f"torch worker ({side}) failed: {w.stderr}")

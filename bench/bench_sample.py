@@ -150,9 +150,9 @@ def run_side(side, d, tmp, a):
             sys.exit(f"fdpo generate failed: {r.stderr}")
         m = re.search(r"generated \d+ samples, (\d+) new tokens in ([\d.]+)s \(([\d.]+) tokens/s\)", r.stderr)
         return float(m.group(3))
-    w = subprocess.run([sys.executable, __file__, "--worker", d, "1", "--threads", str(a.threads),
+    w = subprocess.run(interleave.torch_cmd([sys.executable, __file__, "--worker", d, "1", "--threads", str(a.threads),
                         "--prompts", str(a.prompts), "--prompt-tokens", str(a.prompt_tokens),
-                        "--new-tokens", str(a.new_tokens)] + (["--bf16"] if side == "torch-bf16" else []),
+                        "--new-tokens", str(a.new_tokens)] + (["--bf16"] if side == "torch-bf16" else [])),
                        capture_output=True, text=True)
     if w.returncode:
         sys.exit(f"torch worker failed: {w.stderr}")

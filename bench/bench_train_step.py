@@ -80,8 +80,8 @@ def server(side, name, cfg_path, B, T, threads, baseline=None):
         return interleave.StepServer(side, [harness, "model-bench", "--config", cfg_path, "--batch", str(B),
                                             "--seq", str(T), "--threads", str(threads), "--serve",
                                             "--precision", side.split("-")[1]])
-    return interleave.StepServer(side, [sys.executable, os.path.abspath(__file__), "--worker", name,
-                                        "--threads", str(threads)] + (["--bf16"] if side == "torch-bf16" else []))
+    return interleave.StepServer(side, interleave.torch_cmd([sys.executable, os.path.abspath(__file__), "--worker", name,
+                                        "--threads", str(threads)] + (["--bf16"] if side == "torch-bf16" else [])))
 
 
 def main():

@@ -26,6 +26,12 @@ MIN_TIMED_STEPS = 5
 
 
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+TORCH_PRELOAD = None   # set by fair_blas_env: the allocator the PyTorch sides run on
+
+
+def torch_cmd(argv):
+    """argv of a PyTorch side, run on the allocator fair_blas_env chose for it."""
+    return ["env", f"LD_PRELOAD={TORCH_PRELOAD}"] + list(argv) if TORCH_PRELOAD else list(argv)
 
 
 def fair_blas_env():
@@ -45,15 +51,18 @@ def fair_blas_env():
     each step faults every page of them in again. On wave 9's VM that doubled PyTorch's
     124M train step (default 8.2 s; tcmalloc 3.4 s; jemalloc, which also hands pages back,
     16 s). PyTorch's CPU tuning guide recommends tcmalloc or jemalloc; the benches preload
-    tcmalloc (Debian libtcmalloc-minimal4, scripts/deps.sh) for every side when LD_PRELOAD
-    is unset. fdpo allocates its buffers once per run, so this is PyTorch's gain."""
+    tcmalloc (Debian libtcmalloc-minimal4, scripts/deps.sh) into the PyTorch sides
+    (torch_cmd) when LD_PRELOAD is unset. Not into fdpo's: its calloc'd buffers, which
+    glibc leaves to the kernel's zero pages until touched, tcmalloc memsets whole, and an
+    online round (124M) spent 2.5 s instead of 0.6 in scoring under it."""
     if os.environ.get("FDPO_BENCH_KEEP_BLAS") == "1":
         return ""
     notes = []
+    global TORCH_PRELOAD
     if "LD_PRELOAD" not in os.environ:
         if os.path.exists(TCMALLOC):
-            os.environ["LD_PRELOAD"] = TCMALLOC
-            notes.append("LD_PRELOAD=tcmalloc for every side (PyTorch's recommended CPU allocator)")
+            TORCH_PRELOAD = TCMALLOC
+            notes.append("LD_PRELOAD=tcmalloc for the PyTorch sides (its recommended CPU allocator)")
         else:
             notes.append(f"{TCMALLOC} not found (Debian libtcmalloc-minimal4): PyTorch runs on glibc malloc, "
                          "which refaults its freed activations every step, so its times are worse than its best")
@@ -77,7 +86,7 @@ def fair_blas_env():
 
 # the environment a bench's header names when set (the BLAS, OpenMP and bf16 overrides)
 ENV_KEYS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "FDPO_FORCE_BF16_FALLBACK",
-            "LD_PRELOAD")
+            "LD_PRELOAD")   # LD_PRELOAD: only when the environment sets it (then for every side)
 
 
 def set_fair_env():

@@ -62,4 +62,10 @@ void *fdpo_realloc(void *p, size_t n) {
     if (!q) { fdpo_log(FDPO_LOG_ERROR, "out of memory allocating %zu bytes", n); abort(); }
     return q;
 }
+void *fdpo_malloc_large(size_t n) {
+    void *p = fdpo_alloc_large(n);
+    if (!p && oom(n)) p = fdpo_alloc_large(n);
+    if (!p) { fdpo_log(FDPO_LOG_ERROR, "out of memory allocating %zu bytes", n); abort(); }
+    return p;
+}
 char *fdpo_strdup(const char *s) { size_t n = strlen(s) + 1; char *d = fdpo_malloc(n); memcpy(d, s, n); return d; }
