@@ -89,14 +89,14 @@ fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
     m->config = *c;
     if (c->arch == FDPO_ARCH_LLAMA) {
         fdpo_llama_build(m);
-        if (!(m->params_memory = fdpo_alloc_large(m->n_params * sizeof(float)))) { fdpo_gpt2_free(m); return NULL; }
+        if (!(m->params_memory = fdpo_alloc_large_params(m->n_params * sizeof(float)))) { fdpo_gpt2_free(m); return NULL; }
         m->precision = fdpo_get_precision();
         return m;
     }
     build_tensor_table(m);
-    /* zeroed; fp32 decoding streams all of it every step: fdpo_alloc_large (huge pages unless
-     * FDPO_HUGEPAGES=0) */
-    if (!(m->params_memory = fdpo_alloc_large(m->n_params * sizeof(float)))) { fdpo_gpt2_free(m); return NULL; }
+    /* zeroed; fp32 decoding streams all of it every step: fdpo_alloc_large_params (huge
+     * pages with FDPO_HUGEPAGES=1) */
+    if (!(m->params_memory = fdpo_alloc_large_params(m->n_params * sizeof(float)))) { fdpo_gpt2_free(m); return NULL; }
     point_params(&m->params, m->params_memory, m->tensors);
     m->precision = fdpo_get_precision();
     return m;
@@ -312,9 +312,7 @@ fdpo_bf16_weight fdpo_model_bf16_weight(fdpo_gpt2 *m, const float *w, size_t M, 
         return (fdpo_bf16_weight){NULL, m->params_bf16f + off};
     }
     if (!(m->params_bf16_current & 1u)) {
-        /* on huge pages (fdpo_malloc_large): a reference's copy is made inside a timed round
-         * of online DPO, and first-touching 250 MB at 124M on 4 KiB pages took ~2 s on
-         * wave 9's VM (61k page faults) */
+        /* fdpo_malloc_large: 2 MiB aligned, huge pages with FDPO_HUGEPAGES=1 */
         if (!m->params_bf16) m->params_bf16 = fdpo_malloc_large(m->n_params * sizeof(uint16_t));
         fdpo_f32_to_bf16(m->params_bf16, m->params_memory, m->n_params);
         m->params_bf16_current |= 1u;
