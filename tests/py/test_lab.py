@@ -602,7 +602,11 @@ def test_constrained_equals_slsqp_on_the_primal(tmp_path, div):
                             constraints=[{"type": "eq", "fun": lambda p: p.sum() - 1, "jac": lambda p: np.ones(6)},
                                          {"type": "ineq", "fun": lambda p: p @ g - b, "jac": lambda p: g}],
                             options={"ftol": 1e-14, "maxiter": 1000})
-    assert res.success, res.message
+    # exit mode 8 ("positive directional derivative for linesearch"): SLSQP can no longer
+    # improve at ftol 1e-14, i.e. it reached the precision limit (seen on an AMD EPYC for rkl:
+    # its x then agrees with ftol 1e-13's to 1e-9); accepted only when x is feasible
+    feasible = abs(res.x.sum() - 1) < 1e-12 and res.x @ g - b > -1e-10
+    assert res.success or (res.status == 8 and feasible), res.message
     np.testing.assert_allclose(pi, res.x, atol=2e-6)
     assert regularised(div, q, r, beta, pi) >= regularised(div, q, r, beta, res.x) - 1e-10
 
