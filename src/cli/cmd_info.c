@@ -20,7 +20,8 @@ static long training_step(const char *path) {
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     const cJSON *step = cJSON_GetObjectItemCaseSensitive(root, "step");
-    long s = cJSON_IsNumber(step) ? (long)step->valuedouble : -1;
+    long s = cJSON_IsNumber(step) && step->valuedouble >= 0 && step->valuedouble <= 9e15
+                 ? (long)step->valuedouble : -1;
     cJSON_Delete(root);
     return s;
 }

@@ -107,7 +107,9 @@ static int config_head(const char *path, const cJSON *root, fdpo_gpt2_config *c)
                           "reward models, which have num_labels 1", path, want, n);
     c->num_labels = 1;
     const cJSON *pad = cJSON_GetObjectItemCaseSensitive(root, "pad_token_id");
-    c->pad_token_id = cJSON_IsNumber(pad) ? (int32_t)pad->valuedouble : -1;
+    /* an id outside int32 cannot name a token: read as "no pad token" (the id is advisory) */
+    c->pad_token_id = cJSON_IsNumber(pad) && pad->valuedouble >= 0 && pad->valuedouble <= INT32_MAX
+                          ? (int32_t)pad->valuedouble : -1;
     return 0;
 }
 

@@ -85,6 +85,12 @@ def test_bad_input(tmp_path):
     assert r.returncode != 0 and "--bt-scale" in r.stderr
     r = run("pairs", "--data", str(tmp_path / "missing.jsonl"), "--out", str(out))
     assert r.returncode != 0 and "missing.jsonl" in r.stderr
+    # n_tokens (optional) must be a count: the fuzzer's 6.7e32 once reached a size_t cast
+    for bad in ("6.66667e+32", "-1", "2.5", '"3"', "null"):
+        write_jsonl(samples, [{"prompt": "a", "completion": "x", "reward": 1},
+                              '{"prompt": "a", "completion": "y", "reward": 0, "n_tokens": %s}' % bad])
+        r = run("pairs", "--data", str(samples), "--out", str(out))
+        assert r.returncode != 0 and f'{samples}:2: field "n_tokens" must be a non-negative integer' in r.stderr, (bad, r.stderr)
     assert not out.exists()
 
 
