@@ -48,6 +48,13 @@ int fdpo_hugepages_advice_params(void);
  * no error path. Free with fdpo_free_large. */
 void *fdpo_malloc_large(size_t bytes);
 int fdpo_hugepages_advice(void);
+/* Grow (never shrink) a buffer of fdpo_realloc_large's, keeping its contents; NULL p makes
+ * one (zeroed). It grows in place within an address range reserved at its first allocation
+ * (8x, at least 256 MiB; no memory until used), so the pages it has touched stay mapped where
+ * they are: on a VM with shadow paging a moved mapping faults again page by page
+ * (src/core/alloc_large.c). Out of memory: the handler, else abort (fdpo_malloc's rule).
+ * Free with fdpo_free_large. */
+void *fdpo_realloc_large(void *p, size_t bytes);
 
 /* ---- string vectors ---- the one growable list of owned strings. */
 typedef struct { char **v; size_t n, cap; } fdpo_strv;

@@ -39,6 +39,25 @@
 #include <sys/mman.h>
 #endif
 
+/* Under AddressSanitizer a buffer's bytes past its size (to the 2 MiB rounding) are poisoned,
+ * so an overflow there is reported as it is for malloc's blocks */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FDPO_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define FDPO_ASAN 1
+#endif
+#ifdef FDPO_ASAN
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #define LARGE_ALIGN ((size_t)2 << 20) /* x86-64's huge page */
 #define LARGE_HEAD ((size_t)4096)     /* the header's page, before the aligned buffer */
 #define LARGE_MAGIC 0x6c617267656275ULL
@@ -46,6 +65,8 @@
 typedef struct {
     void *base;    /* what mmap (or malloc) returned: given back by fdpo_free_large */
     size_t len;    /* mapped bytes from base (0 for malloc) */
+    size_t body;   /* usable bytes from the returned address (fdpo_realloc_large grows it) */
+    size_t room;   /* bytes reserved from the returned address: body .. room is PROT_NONE */
     uint64_t magic;
 } large_head;
 
@@ -92,7 +113,7 @@ static void *alloc_large(size_t bytes, int advice) {
     if (keep > base) munmap(base, (size_t)(keep - base));
     if (base + len > end) munmap(end, (size_t)(base + len - end));
     if (advice >= 0) madvise(p, body, advice ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); /* failure is harmless */
-    *head_of(p) = (large_head){.base = keep, .len = (size_t)(end - keep), .magic = LARGE_MAGIC};
+    *head_of(p) = (large_head){.base = keep, .len = (size_t)(end - keep), .body = body, .room = body, .magic = LARGE_MAGIC};
     return p; /* anonymous pages read as zero until written */
 #else
     char *base = malloc(bytes + LARGE_ALIGN + sizeof(large_head));
@@ -102,7 +123,7 @@ static void *alloc_large(size_t bytes, int advice) {
     }
     char *p = (char *)(((uintptr_t)base + sizeof(large_head) + LARGE_ALIGN - 1) & ~(uintptr_t)(LARGE_ALIGN - 1));
     memset(p, 0, bytes);
-    *head_of(p) = (large_head){.base = base, .len = 0, .magic = LARGE_MAGIC};
+    *head_of(p) = (large_head){.base = base, .len = 0, .body = bytes, .room = bytes, .magic = LARGE_MAGIC};
     (void)body;
     (void)advice;
     return p;
@@ -114,8 +135,87 @@ void fdpo_free_large(void *p) {
     large_head h = *head_of(p);
     if (h.magic != LARGE_MAGIC) abort(); /* not from fdpo_alloc_large: a bug, as free() of a stray pointer */
 #if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
+    UNPOISON(p, h.body); /* the addresses may be mapped again for something else */
     munmap(h.base, h.len);
 #else
     free(h.base);
 #endif
+}
+
+/* Growable scratch and activation buffers (a model's activations, its LM-head scratch, the
+ * bf16 operand copies): grown in place, never moved while they fit the address range
+ * reserved at their first allocation.
+ *
+ * Why: realloc of a large block is mremap, which moves the mapping when the addresses after
+ * it are taken (glibc places mmap blocks top-down, so they usually are). Moving keeps the
+ * pages, but under shadow paging (wave 10's VM, a PVM guest) every page of the moved range
+ * then faults again to the hypervisor on its next touch, invisibly to the guest's fault
+ * counters: a 512 MiB block, written in 0.02 s, took 0.75 s to write once after a moving
+ * mremap. An online round whose reference scored a few more tokens than the round before
+ * grew the reference's ~600 MB of activations by 24 MB and paid ~0.7 s in its scoring for
+ * the move. Here the first allocation reserves (PROT_NONE, no memory) eight times the size
+ * asked, at least 256 MiB, and a growth within that range only makes more of it usable.
+ * Page size: as fdpo_alloc_large_params (the system's policy unless FDPO_HUGEPAGES says). */
+#define GROW_MIN_ROOM ((size_t)256 << 20)
+
+/* NULL (p untouched) when the memory is not there: fdpo_realloc_large (error.c) adds the
+ * out-of-memory rule */
+void *fdpo_realloc_large_try(void *p, size_t bytes);
+void *fdpo_realloc_large_try(void *p, size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    size_t body = (bytes + LARGE_ALIGN - 1) / LARGE_ALIGN * LARGE_ALIGN;
+    if (p) {
+        large_head *h = head_of(p);
+        if (h->magic != LARGE_MAGIC) abort(); /* not from fdpo_realloc_large: a bug */
+        if (bytes <= h->body) {
+            UNPOISON(p, bytes);
+            return p;
+        }
+#if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
+        if (body <= h->room && h->len) {
+            if (mprotect((char *)p + h->body, body - h->body, PROT_READ | PROT_WRITE) == 0) {
+                int advice = fdpo_hugepages_advice_params();
+                if (advice >= 0) madvise((char *)p + h->body, body - h->body, advice ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+                h->body = body;
+                UNPOISON(p, bytes);
+                POISON((char *)p + bytes, body - bytes);
+                return p;
+            }
+        }
+#endif
+    }
+    /* a new reservation; the old contents (if any) copied over */
+    size_t room = body > (SIZE_MAX / 8) ? body : 8 * body;
+    if (room < GROW_MIN_ROOM) room = GROW_MIN_ROOM;
+    void *q = NULL;
+#if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
+    if (room <= SIZE_MAX - 2 * LARGE_ALIGN - LARGE_HEAD) {
+        size_t len = room + LARGE_ALIGN;
+        char *base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (base != MAP_FAILED) {
+            char *a = (char *)(((uintptr_t)base + LARGE_HEAD + LARGE_ALIGN - 1) & ~(uintptr_t)(LARGE_ALIGN - 1));
+            char *keep = a - LARGE_HEAD, *end = a + room;
+            if (keep > base) munmap(base, (size_t)(keep - base));
+            if (base + len > end) munmap(end, (size_t)(base + len - end));
+            if (mprotect(keep, LARGE_HEAD + body, PROT_READ | PROT_WRITE) == 0) {
+                int advice = fdpo_hugepages_advice_params();
+                if (advice >= 0) madvise(a, body, advice ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+                *head_of(a) = (large_head){.base = keep, .len = (size_t)(end - keep), .body = body, .room = room,
+                                           .magic = LARGE_MAGIC};
+                q = a;
+                POISON(a + bytes, body - bytes);
+            } else {
+                munmap(keep, (size_t)(end - keep));
+            }
+        }
+    }
+#endif
+    if (!q) q = alloc_large(bytes, fdpo_hugepages_advice_params()); /* no reservation: moves on each growth */
+    if (!q) return NULL;
+    if (p) {
+        UNPOISON(p, head_of(p)->body);
+        memcpy(q, p, head_of(p)->body < bytes ? head_of(p)->body : bytes);
+        fdpo_free_large(p);
+    }
+    return q;
 }

@@ -68,4 +68,11 @@ void *fdpo_malloc_large(size_t n) {
     if (!p) { fdpo_log(FDPO_LOG_ERROR, "out of memory allocating %zu bytes", n); abort(); }
     return p;
 }
+void *fdpo_realloc_large_try(void *p, size_t bytes); /* alloc_large.c */
+void *fdpo_realloc_large(void *p, size_t n) {
+    void *q = fdpo_realloc_large_try(p, n);
+    if (!q && oom(n)) q = fdpo_realloc_large_try(p, n);
+    if (!q) { fdpo_log(FDPO_LOG_ERROR, "out of memory allocating %zu bytes", n); abort(); }
+    return q;
+}
 char *fdpo_strdup(const char *s) { size_t n = strlen(s) + 1; char *d = fdpo_malloc(n); memcpy(d, s, n); return d; }

@@ -188,8 +188,7 @@ static _Thread_local size_t widen_cap;
 
 static float *widen_scratch(size_t n) {
     if (n > widen_cap) {
-        free(widen_buf);
-        widen_buf = fdpo_malloc(n * sizeof(float));
+        widen_buf = fdpo_realloc_large(widen_buf, n * sizeof(float));   /* in place: alloc_large.c */
         widen_cap = n;
     }
     return widen_buf;
@@ -229,8 +228,7 @@ static _Thread_local size_t operand_cap[2];
 
 float *fdpo_bf16_operand_scratch(int slot, size_t n) {
     if (n > operand_cap[slot]) {
-        free(operand_buf[slot]);
-        operand_buf[slot] = fdpo_malloc(n * sizeof(float));
+        operand_buf[slot] = fdpo_realloc_large(operand_buf[slot], n * sizeof(float));   /* in place */
         operand_cap[slot] = n;
     }
     return operand_buf[slot];

@@ -106,7 +106,7 @@ void fdpo_gpt2_set_precision(fdpo_gpt2 *m, fdpo_precision p) { m->precision = p;
 
 static void acts_free(fdpo_gpt2_acts *a) {
     if (!a) return;
-    free(a->memory);
+    fdpo_free_large(a->memory);
     free(a->seq_offset);
     free(a->tokens);
     free(a->targets);
@@ -117,12 +117,12 @@ static void acts_free(fdpo_gpt2_acts *a) {
     free(a->ctargets);
     free(a->cd);
     free(a->clse);
-    free(a->bf16_x);
-    free(a->bf16_y);
-    free(a->logits);
-    free(a->head_scratch);
-    free(a->head_bf16);
-    free(a->head_acc);
+    fdpo_free_large(a->bf16_x);
+    fdpo_free_large(a->bf16_y);
+    fdpo_free_large(a->logits);
+    fdpo_free_large(a->head_scratch);
+    fdpo_free_large(a->head_bf16);
+    fdpo_free_large(a->head_acc);
     free(a->slice_grads);
     free(a);
 }
@@ -222,23 +222,23 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t maxT) {
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += parts[i].n;
-    /* realloc, not free + malloc: every activation is written before it is read, but a large
-     * block grows by mremap, so the pages an earlier (smaller) batch touched stay mapped and
-     * only the new ones fault (124M: an online round with one pair more than the round
-     * before faulted all ~170 MB again) */
-    a->memory = fdpo_realloc(a->memory, total * sizeof(float));
+    /* grown in place, not free + malloc nor realloc: every activation is written before it
+     * is read, but the pages an earlier (smaller) batch touched must stay mapped where they
+     * are -- free + malloc faults them all again (124M: an online round with one pair more
+     * than the round before faulted all ~170 MB again), and realloc's mremap moves them,
+     * which a VM with shadow paging makes as slow as faulting (src/core/alloc_large.c) */
+    a->memory = fdpo_realloc_large(a->memory, total * sizeof(float));
     float *p = a->memory;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
     a->cap_tokens = N;
 }
 
-/* Grow a scratch buffer to hold at least n elements of size elem (never shrinks; the
- * contents are not kept for the caller, but realloc keeps a large block's touched pages, as
- * acts_reserve's). */
+/* Grow a scratch buffer to hold at least n elements of size elem (never shrinks; in place,
+ * as acts_reserve's memory: free it with fdpo_free_large). */
 static void *grow(void *p, size_t *cap, size_t n, size_t elem) {
     if (n <= *cap && p) return p;
     *cap = n;
-    return fdpo_realloc(p, (n ? n : 1) * elem);
+    return fdpo_realloc_large(p, (n ? n : 1) * elem);
 }
 
 void *fdpo_model_grow(void *p, size_t *cap, size_t n, size_t elem) { return grow(p, cap, n, elem); }
@@ -246,8 +246,7 @@ void *fdpo_model_grow(void *p, size_t *cap, size_t n, size_t elem) { return grow
 /* The [N, V] logits buffer, only for forwards that materialise logits. */
 static void logits_reserve(fdpo_gpt2_acts *a, size_t N, size_t V) {
     if (N <= a->logits_cap && a->logits) return;
-    free(a->logits);
-    a->logits = fdpo_malloc((N ? N : 1) * V * sizeof(float));
+    a->logits = fdpo_realloc_large(a->logits, (N ? N : 1) * V * sizeof(float));
     a->logits_cap = N;
 }
 
@@ -325,10 +324,8 @@ static void bf16_prepare(fdpo_gpt2 *m) {
     size_t C = m->config.n_embd;
     fdpo_model_bf16_refresh(m);
     if (a->bf16_cap < a->cap_tokens) {
-        free(a->bf16_x);
-        free(a->bf16_y);
-        a->bf16_x = fdpo_malloc(a->cap_tokens * 4 * C * sizeof(uint16_t));
-        a->bf16_y = fdpo_malloc(a->cap_tokens * 4 * C * sizeof(uint16_t));
+        a->bf16_x = fdpo_realloc_large(a->bf16_x, a->cap_tokens * 4 * C * sizeof(uint16_t));
+        a->bf16_y = fdpo_realloc_large(a->bf16_y, a->cap_tokens * 4 * C * sizeof(uint16_t));
         a->bf16_cap = a->cap_tokens;
     }
 }

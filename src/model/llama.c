@@ -111,9 +111,9 @@ void fdpo_llama_build(fdpo_gpt2 *m) {
 }
 
 static void acts_free(llama_acts *a) {
-    free(a->bf16_x); free(a->bf16_y); free(a->head_rows); free(a->head_targets); free(a->head_d); free(a->head_lse);
-    free(a->logits); free(a->head_scratch); free(a->head_bf16); free(a->head_acc);
-    free(a->memory); free(a->seq_offset); free(a->tokens);
+    fdpo_free_large(a->bf16_x); fdpo_free_large(a->bf16_y); free(a->head_rows); free(a->head_targets); free(a->head_d); free(a->head_lse);
+    fdpo_free_large(a->logits); fdpo_free_large(a->head_scratch); fdpo_free_large(a->head_bf16);
+    fdpo_free_large(a->head_acc); fdpo_free_large(a->memory); free(a->seq_offset); free(a->tokens);
     free(a->targets); free(a->pos); free(a->weights); free(a->branch);
 }
 
@@ -180,7 +180,7 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B) {
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += parts[i].n;
-    a->memory = fdpo_realloc(a->memory, total * sizeof(float));   /* keeps touched pages: gpt2.c acts_reserve */
+    a->memory = fdpo_realloc_large(a->memory, total * sizeof(float));   /* in place: gpt2.c acts_reserve */
     float *p = a->memory;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
     for (size_t t = 0; t < N; t++) a->ones[t] = 1.0f;
@@ -198,10 +198,8 @@ static void bf16_prepare(fdpo_gpt2 *m) {
     act = act > F ? act : F;
     fdpo_model_bf16_refresh(m);
     if (a->bf16_cap < a->cap_tokens) {
-        free(a->bf16_x);
-        free(a->bf16_y);
-        a->bf16_x = fdpo_malloc(a->cap_tokens * act * sizeof(uint16_t));
-        a->bf16_y = fdpo_malloc(a->cap_tokens * act * sizeof(uint16_t));
+        a->bf16_x = fdpo_realloc_large(a->bf16_x, a->cap_tokens * act * sizeof(uint16_t));
+        a->bf16_y = fdpo_realloc_large(a->bf16_y, a->cap_tokens * act * sizeof(uint16_t));
         a->bf16_cap = a->cap_tokens;
     }
 }

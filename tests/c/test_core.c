@@ -279,6 +279,37 @@ START_TEST(alloc_large_failure_is_an_error) {
 }
 END_TEST
 
+/* fdpo_realloc_large: contents kept, growth zeroed, in place while the reservation holds
+ * (the address is the same, so the pages touched before stay mapped), moved beyond it */
+START_TEST(realloc_large_grows_in_place) {
+    unsigned char *p = fdpo_realloc_large(NULL, 1000);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_eq((uintptr_t)p % ((uintptr_t)2 << 20), 0);
+    for (size_t k = 0; k < 1000; k++) ck_assert_uint_eq(p[k], 0);
+    for (size_t k = 0; k < 1000; k++) p[k] = (unsigned char)(k * 7 + 1);
+    ck_assert_ptr_eq(fdpo_realloc_large(p, 500), p); /* never shrinks */
+    size_t big = (size_t)100 << 20;                    /* within the first 256 MiB reserved */
+    unsigned char *q = fdpo_realloc_large(p, big);
+    ck_assert_ptr_eq(q, p);
+    for (size_t k = 0; k < 1000; k++) ck_assert_uint_eq(q[k], (unsigned char)(k * 7 + 1));
+    size_t nonzero = 0;
+    for (size_t k = 1000; k < big; k += 4093) nonzero += q[k] != 0;
+    ck_assert_uint_eq(nonzero, 0);
+    q[big - 1] = 5;
+    size_t bigger = (size_t)300 << 20; /* past it: a new reservation, the contents copied */
+    unsigned char *r = fdpo_realloc_large(q, bigger);
+    ck_assert_ptr_nonnull(r);
+    for (size_t k = 0; k < 1000; k++) ck_assert_uint_eq(r[k], (unsigned char)(k * 7 + 1));
+    ck_assert_uint_eq(r[big - 1], 5);
+    ck_assert_uint_eq(r[bigger - 1], 0);
+    r[bigger - 1] = 9;
+    ck_assert_ptr_eq(fdpo_realloc_large(r, 2 * bigger), r); /* and in place again in the new one */
+    ck_assert_uint_eq(r[bigger - 1], 9);
+    r[2 * bigger - 1] = 1;
+    fdpo_free_large(r);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("core");
     TCase *tc = tcase_create("core");
@@ -293,6 +324,7 @@ int main(void) {
     tcase_add_test(tc, oom_calls_the_handler);
     tcase_add_test(tc, alloc_large_aligned_zeroed_advised);
     tcase_add_test(tc, alloc_large_failure_is_an_error);
+    tcase_add_test(tc, realloc_large_grows_in_place);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
