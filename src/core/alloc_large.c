@@ -86,34 +86,52 @@ int fdpo_hugepages_advice_params(void) {
     return e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "0") ? 0 : -1;
 }
 
-static void *alloc_large(size_t bytes, int advice);
+static void *alloc_large(size_t bytes, size_t room, int advice);
 
-void *fdpo_alloc_large(size_t bytes) { return alloc_large(bytes, fdpo_hugepages_advice()); }
-void *fdpo_alloc_large_params(size_t bytes) { return alloc_large(bytes, fdpo_hugepages_advice_params()); }
+void *fdpo_alloc_large(size_t bytes) { return alloc_large(bytes, 0, fdpo_hugepages_advice()); }
+void *fdpo_alloc_large_params(size_t bytes) { return alloc_large(bytes, 0, fdpo_hugepages_advice_params()); }
 
-static void *alloc_large(size_t bytes, int advice) {
+#if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
+static void advise(void *p, size_t n, int advice) {
+    if (advice >= 0) madvise(p, n, advice ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); /* failure is harmless */
+}
+#endif
+
+/* bytes usable (rounded up to 2 MiB: the body), in a mapping of room bytes (0: the body
+ * alone) whose part past the body is reserved, PROT_NONE, for fdpo_realloc_large to grow
+ * into; NULL after fdpo_error when the kernel refuses. */
+static void *alloc_large(size_t bytes, size_t room, int advice) {
     if (bytes == 0) bytes = 1;
     if (bytes > SIZE_MAX - 2 * LARGE_ALIGN - LARGE_HEAD) {
         fdpo_error("cannot allocate %zu bytes for a large buffer: more than the address space", bytes);
         return NULL;
     }
     size_t body = (bytes + LARGE_ALIGN - 1) / LARGE_ALIGN * LARGE_ALIGN;
+    if (room < body || room > SIZE_MAX - 2 * LARGE_ALIGN - LARGE_HEAD) room = body;
 #if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
-    /* body + one alignment's slack: the first 2 MiB boundary at least LARGE_HEAD past the
-     * start lies within LARGE_ALIGN of it (mmap returns page-aligned addresses) */
-    size_t len = body + LARGE_ALIGN;
-    char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* room + one alignment's slack: the first 2 MiB boundary at least LARGE_HEAD past the
+     * start lies within LARGE_ALIGN of it (mmap returns page-aligned addresses). A reserve
+     * is mapped PROT_NONE and without commit (MAP_NORESERVE), its body then made writable. */
+    const int reserve = room > body;
+    size_t len = room + LARGE_ALIGN;
+    char *base = mmap(NULL, len, reserve ? PROT_NONE : PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | (reserve ? MAP_NORESERVE : 0), -1, 0);
     if (base == MAP_FAILED) {
         fdpo_error("cannot allocate %zu bytes (%zu MiB) for a large buffer: %s", bytes, bytes >> 20, strerror(errno));
         return NULL;
     }
     char *p = (char *)(((uintptr_t)base + LARGE_HEAD + LARGE_ALIGN - 1) & ~(uintptr_t)(LARGE_ALIGN - 1));
-    char *keep = p - LARGE_HEAD, *end = p + body;
-    /* give back the slack on both sides: only [header page, end of body) stays mapped */
+    char *keep = p - LARGE_HEAD, *end = p + room;
+    /* give back the slack on both sides: only [header page, end of room) stays mapped */
     if (keep > base) munmap(base, (size_t)(keep - base));
     if (base + len > end) munmap(end, (size_t)(base + len - end));
-    if (advice >= 0) madvise(p, body, advice ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); /* failure is harmless */
-    *head_of(p) = (large_head){.base = keep, .len = (size_t)(end - keep), .body = body, .room = body, .magic = LARGE_MAGIC};
+    if (reserve && mprotect(keep, LARGE_HEAD + body, PROT_READ | PROT_WRITE) != 0) {
+        fdpo_error("cannot allocate %zu bytes (%zu MiB) for a large buffer: %s", bytes, bytes >> 20, strerror(errno));
+        munmap(keep, (size_t)(end - keep));
+        return NULL;
+    }
+    advise(p, body, advice);
+    *head_of(p) = (large_head){.base = keep, .len = (size_t)(end - keep), .body = body, .room = room, .magic = LARGE_MAGIC};
     return p; /* anonymous pages read as zero until written */
 #else
     char *base = malloc(bytes + LARGE_ALIGN + sizeof(large_head));
@@ -174,8 +192,7 @@ void *fdpo_realloc_large_try(void *p, size_t bytes) {
 #if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
         if (body <= h->room && h->len) {
             if (mprotect((char *)p + h->body, body - h->body, PROT_READ | PROT_WRITE) == 0) {
-                int advice = fdpo_hugepages_advice_params();
-                if (advice >= 0) madvise((char *)p + h->body, body - h->body, advice ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+                advise((char *)p + h->body, body - h->body, fdpo_hugepages_advice_params());
                 h->body = body;
                 UNPOISON(p, bytes);
                 POISON((char *)p + bytes, body - bytes);
@@ -184,34 +201,15 @@ void *fdpo_realloc_large_try(void *p, size_t bytes) {
         }
 #endif
     }
-    /* a new reservation; the old contents (if any) copied over */
+    /* a new reservation (without one, e.g. under a tight RLIMIT_AS, the body alone: it then
+     * moves at each growth); the old contents (if any) copied over */
     size_t room = body > (SIZE_MAX / 8) ? body : 8 * body;
     if (room < GROW_MIN_ROOM) room = GROW_MIN_ROOM;
-    void *q = NULL;
-#if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
-    if (room <= SIZE_MAX - 2 * LARGE_ALIGN - LARGE_HEAD) {
-        size_t len = room + LARGE_ALIGN;
-        char *base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (base != MAP_FAILED) {
-            char *a = (char *)(((uintptr_t)base + LARGE_HEAD + LARGE_ALIGN - 1) & ~(uintptr_t)(LARGE_ALIGN - 1));
-            char *keep = a - LARGE_HEAD, *end = a + room;
-            if (keep > base) munmap(base, (size_t)(keep - base));
-            if (base + len > end) munmap(end, (size_t)(base + len - end));
-            if (mprotect(keep, LARGE_HEAD + body, PROT_READ | PROT_WRITE) == 0) {
-                int advice = fdpo_hugepages_advice_params();
-                if (advice >= 0) madvise(a, body, advice ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
-                *head_of(a) = (large_head){.base = keep, .len = (size_t)(end - keep), .body = body, .room = room,
-                                           .magic = LARGE_MAGIC};
-                q = a;
-                POISON(a + bytes, body - bytes);
-            } else {
-                munmap(keep, (size_t)(end - keep));
-            }
-        }
-    }
-#endif
-    if (!q) q = alloc_large(bytes, fdpo_hugepages_advice_params()); /* no reservation: moves on each growth */
+    int advice = fdpo_hugepages_advice_params();
+    void *q = alloc_large(bytes, room, advice);
+    if (!q) q = alloc_large(bytes, 0, advice);
     if (!q) return NULL;
+    POISON((char *)q + bytes, head_of(q)->body - bytes);
     if (p) {
         UNPOISON(p, head_of(p)->body);
         memcpy(q, p, head_of(p)->body < bytes ? head_of(p)->body : bytes);
