@@ -152,6 +152,10 @@ typedef struct {
      * fused backward always recomputes. */
     size_t head_keep_max_bytes;
 } fdpo_batch;
+/* The LM trainer's (pretrain, SFT) head_keep_max_bytes: a 124M step of B4 x T256 keeps its
+ * 1024 rows' logits (206 MB) and skips a 79 GFLOP recompute, ~8 % of the step (bf16,
+ * bench/bench_train_step.py). Larger batches recompute: memory stays O(rows x chunk). */
+#define FDPO_LM_LOGITS_KEEP_MAX_BYTES ((size_t)256 << 20)
 
 int  fdpo_gpt2_config_check(const fdpo_gpt2_config *c); /* error names the bad key */
 /* Allocate a model with this config. Parameters are zero until init or load. */
@@ -188,6 +192,13 @@ int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b)
 void fdpo_gpt2_set_precision(fdpo_gpt2 *m, fdpo_precision p);
 /* Copy parameters (same config required). */
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src);
+/* For an optimizer: params [off, off + n) were just written by its update (call from any
+ * thread, disjoint ranges, while they are in cache); once every parameter was,
+ * fdpo_model_params_update_done. A bf16 model's weight copy is then written in the same
+ * pass and kept by the next forward, instead of remade there from the masters. An update
+ * that skips these calls is still correct (the next forward remakes the copy). */
+void fdpo_model_params_updated(fdpo_gpt2 *m, size_t off, size_t n);
+void fdpo_model_params_update_done(fdpo_gpt2 *m);
 /* Backward of the last forward from a gradient on the final hidden states (after ln_f)
  * d_lnf [N, C] instead of on the token log-probs; the LM head gets no gradient.
  * ACCUMULATES into m->grads like fdpo_gpt2_backward. */

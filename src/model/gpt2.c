@@ -293,7 +293,9 @@ static int bf16_weight_copy_setting(void) { /* -1: by the rule above; 0 never; 1
 
 void fdpo_model_bf16_refresh(fdpo_gpt2 *m) { /* both families */
     fdpo_bf16_native(); /* says once if the GEMMs fall back */
-    if (!m->params_frozen) m->params_bf16_current = 0;
+    /* bit 8: the optimizer's last update wrote params_bf16 too (fdpo_model_params_updated);
+     * good for this forward only: a later one without a new update remakes it */
+    if (!m->params_frozen) m->params_bf16_current = (m->params_bf16_current & 8u) ? 1u : 0u;
     int set = bf16_weight_copy_setting();
     int copy = set >= 0 ? set : m->params_frozen;
     m->params_bf16_current = (m->params_bf16_current & ~4u) | (copy ? 4u : 0u);
@@ -317,6 +319,22 @@ fdpo_bf16_weight fdpo_model_bf16_weight(fdpo_gpt2 *m, const float *w, size_t M, 
         m->params_bf16_current |= 1u;
     }
     return (fdpo_bf16_weight){m->params_bf16 + off, NULL};
+}
+
+/* The optimizer's half of the bf16 copy: an update writes the new params and, in the same
+ * pass while they are in cache, their bf16 copy (one pass over the parameters instead of a
+ * second one at the next forward: 124M, 750 MB of traffic, ~3 % of a bf16 DPO step). Rows
+ * [off, off + n) just written; any thread, disjoint ranges. A no-op unless the model is bf16,
+ * trainable and its bf16 copy exists (made by an earlier forward). */
+void fdpo_model_params_updated(fdpo_gpt2 *m, size_t off, size_t n) {
+    if (m->precision == FDPO_PRECISION_BF16 && m->params_bf16 && !m->params_frozen)
+        fdpo_bf16_round_n(m->params_bf16 + off, m->params_memory + off, n);
+}
+
+/* Every parameter went through fdpo_model_params_updated since the update began: the bf16
+ * copy is current for the next forward (its refresh keeps it instead of remaking it). */
+void fdpo_model_params_update_done(fdpo_gpt2 *m) {
+    if (m->precision == FDPO_PRECISION_BF16 && m->params_bf16 && !m->params_frozen) m->params_bf16_current |= 8u;
 }
 
 static void bf16_prepare(fdpo_gpt2 *m) {
@@ -914,5 +932,6 @@ int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src) {
                           a->vocab_size, b->vocab_size, a->n_positions, b->n_positions, a->n_embd, b->n_embd,
                           a->n_layer, b->n_layer, a->n_head, b->n_head, a->num_labels, b->num_labels);
     memcpy(dst->params_memory, src->params_memory, src->n_params * sizeof(float));
+    dst->params_bf16_current = 0; /* a frozen model's bf16 copies too */
     return 0;
 }

@@ -153,15 +153,17 @@ static inline uint16_t fdpo_bf16_round(float f) {
     return (uint16_t)(u >> 16);
 }
 void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
+void fdpo_bf16_round_n(uint16_t *dst, const float *src, size_t n); /* the same, on the calling thread */
 /* A bf16 weight as the bf16 kernels read it: h, its bf16 values; f, the same values in fp32
  * (exact), the operand of the fp32 route (fdpo_gemm_bf16_widens). A kernel given f takes the
  * fp32 route on it; given only h, it routes as fdpo_gemm_bf16 does (widening h itself on the
  * fp32 route). Both NULL: only for an empty product. */
 typedef struct { const uint16_t *h; const float *f; } fdpo_bf16_weight;
 /* Each forward in bf16 calls this first, with its token rows: the model's bf16 weight copies
- * are out of date (so every writer of params, optimizer, load, copy, is covered without a
- * hook), except a params_frozen model's once made; and whether this forward's fp32-route
- * GEMMs read an fp32 copy or widen the bf16 one (src/model/gpt2.c). */
+ * are out of date (so every writer of params, load, copy, merge, is covered without a
+ * hook), except a params_frozen model's once made and a bf16 copy the optimizer wrote with
+ * its update (fdpo_model_params_updated); and whether this forward's fp32-route GEMMs read
+ * an fp32 copy or widen the bf16 one (src/model/gpt2.c). */
 void fdpo_model_bf16_refresh(fdpo_gpt2 *m);
 /* The bf16 copy of weight w (a tensor in params_memory) for a bf16 GEMM whose result is
  * [M, N]: the fp32 copy (.f) where fdpo_gemm_bf16_widens(M, N) and the forward reads one,

@@ -96,6 +96,8 @@ static void adamw_update(float *restrict p, const float *restrict g, float *rest
     for (; i < n; i++) p[i] = adamw_element(p + i, g[i], m + i, v + i, k, first, store);
 }
 
+#define ADAMW_BLOCK 4096 /* elements per block (a multiple of 16): 64 KiB of p, g, m, v, in L2 */
+
 /* params, grads, m, v: [n_params], walked tensor by tensor so that decay applies only to
  * tensors flagged decay (2-D weights), as the usual two PyTorch param groups do
  * (torch.optim.AdamW: p *= 1 - lr*wd, bias corrections step_size = lr / (1 - b1^t),
@@ -123,10 +125,16 @@ void fdpo_adamw_step_ex(fdpo_adamw *o, fdpo_gpt2 *model, double lr, float grad_s
             if (lo >= hi) continue;
             const size_t off = t->offset + lo;
             k.decay = t->decay ? wd_decay : 1.0f;
-            adamw_update(model->params_memory + off, model->grads_memory + off, o->m + off, o->v + off, hi - lo, k,
-                         first, store);
+            /* in blocks, each one's bf16 copy written while it is in cache (fdpo_model_params_updated) */
+            for (size_t b = 0; b < hi - lo; b += ADAMW_BLOCK) {
+                const size_t nb = hi - lo - b < ADAMW_BLOCK ? hi - lo - b : ADAMW_BLOCK;
+                adamw_update(model->params_memory + off + b, model->grads_memory + off + b, o->m + off + b,
+                             o->v + off + b, nb, k, first, store);
+                fdpo_model_params_updated(model, off + b, nb);
+            }
         }
     }
+    fdpo_model_params_update_done(model);
 }
 
 void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) { fdpo_adamw_step_ex(o, model, lr, 1.0f, 1); }

@@ -51,6 +51,7 @@ static void packed_fill(packed *p, const fdpo_lm_data *d, const size_t *items, s
         .targets = p->targets, .weights = p->weights, .pos = NULL, .branch = NULL,
         .skip_unweighted = 1, /* LM head over weighted (not prompt-masked) tokens only */
         .fused_head = 1,      /* chunked over the vocabulary: no [N, V] logits */
+        .head_keep_max_bytes = FDPO_LM_LOGITS_KEEP_MAX_BYTES, /* unless they fit this budget */
     };
 }
 

@@ -15,6 +15,7 @@
 #include "fdpo/tokenizer.h"
 #include "fdpo/train.h"
 #include "fdpo/trainer.h"
+#include "model/gpt2_internal.h" /* fdpo_bf16_round_n, fdpo_f32_to_bf16 */
 
 static char tmpdir[256];
 static void make_tmpdir(void) {
@@ -26,6 +27,98 @@ static void write_text(const char *path, const char *s, size_t n) {
     FILE *f = fopen(path, "wb"); ck_assert_ptr_nonnull(f);
     fwrite(s, 1, n, f); fclose(f);
 }
+
+/* bf16 of the float with bits u, round to nearest even, from the two candidates' values in
+ * double (exact): the reference for the bit-twiddling fdpo_bf16_round_n. NaN: quiet, same
+ * sign and top payload bits. */
+static uint16_t bf16_reference(uint32_t u) {
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    float f;
+    memcpy(&f, &u, 4);
+    uint32_t lo = u & 0xffff0000u, hi = lo + 0x10000u; /* toward zero, away from zero */
+    if (lo == u) return (uint16_t)(u >> 16);
+    float flo;
+    memcpy(&flo, &lo, 4);
+    /* hi's value: its exponent may reach 255 (infinity), worth 2^128 as a candidate */
+    double vlo = flo, vhi = ((hi >> 23) & 0xff) == 0xff ? copysign(ldexp(1.0, 128), (double)f) : 0.0;
+    if (((hi >> 23) & 0xff) != 0xff) {
+        float fhi;
+        memcpy(&fhi, &hi, 4);
+        vhi = fhi;
+    }
+    double dlo = fabs((double)f - vlo), dhi = fabs(vhi - (double)f);
+    if (dlo < dhi) return (uint16_t)(lo >> 16);
+    if (dhi < dlo) return (uint16_t)(hi >> 16);
+    return (uint16_t)(((lo >> 16) & 1) ? hi >> 16 : lo >> 16); /* a tie: the even one */
+}
+
+START_TEST(bf16_rounding_against_reference) {
+    const uint32_t special[] = {0x00000000u, 0x80000000u, 0x00000001u, 0x00008000u, 0x00018000u, 0x007fffffu,
+                                0x3f808000u, 0x3f818000u, 0x3f807fffu, 0x3f808001u, 0x7f7fffffu, 0xff7fffffu,
+                                0x7f800000u, 0xff800000u, 0x7f800001u, 0xffc00000u, 0x7fbfffffu, 0x3f800000u};
+    enum { N = 100003 }; /* not a multiple of 16: the scalar tail too */
+    uint32_t *u = malloc(N * sizeof *u);
+    uint16_t *h = malloc(N * sizeof *h);
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, 11);
+    for (size_t i = 0; i < N; i++)
+        u[i] = i < sizeof special / sizeof *special ? special[i] : (uint32_t)fdpo_rng_u64(&rng);
+    fdpo_bf16_round_n(h, (const float *)u, N);
+    for (size_t i = 0; i < N; i++)
+        ck_assert_msg(h[i] == bf16_reference(u[i]), "0x%08x -> 0x%04x, want 0x%04x", u[i], h[i], bf16_reference(u[i]));
+    fdpo_f32_to_bf16(h, (const float *)u, N); /* the parallel pass: the same bits */
+    for (size_t i = 0; i < N; i++) ck_assert_uint_eq(h[i], bf16_reference(u[i]));
+    free(u);
+    free(h);
+}
+END_TEST
+
+/* A bf16 model's AdamW step writes the weights' bf16 copy in its own pass (no remake at the
+ * next forward): the copy equals the masters rounded (reference rounding above), and the
+ * next forward gives the bits of a model whose copy is made from the masters there. */
+START_TEST(adamw_writes_the_bf16_weight_copy) {
+    fdpo_gpt2_config c = {.vocab_size = 96, .n_positions = 16, .n_embd = 32, .n_layer = 2, .n_head = 2,
+                          .layer_norm_epsilon = 1e-5f};
+    fdpo_gpt2 *m = fdpo_gpt2_create(&c), *fresh = fdpo_gpt2_create(&c);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_nonnull(fresh);
+    fdpo_gpt2_set_precision(m, FDPO_PRECISION_BF16);
+    fdpo_gpt2_set_precision(fresh, FDPO_PRECISION_BF16);
+    fdpo_gpt2_init(m, 3);
+    enum { T = 12 };
+    size_t off[2] = {0, T};
+    int32_t tok[T], tgt[T];
+    for (int t = 0; t < T; t++) { tok[t] = (t * 7 + 3) % 96; tgt[t] = (t * 5 + 1) % 96; }
+    fdpo_batch b = {.n_seq = 1, .n_tokens = T, .seq_offset = off, .tokens = tok, .targets = tgt};
+    float lp[T], lp_fresh[T], d[T];
+    for (int t = 0; t < T; t++) d[t] = -1.0f / T;
+    fdpo_adamw o;
+    ck_assert_int_eq(fdpo_adamw_init(&o, m->n_params, 0.9, 0.95, 1e-8, 0.1), 0);
+    for (int step = 0; step < 2; step++) {
+        fdpo_gpt2_zero_grad(m);
+        ck_assert_int_eq(fdpo_gpt2_forward(m, &b, lp, NULL), 0);
+        ck_assert_int_eq(fdpo_gpt2_backward(m, d), 0);
+        fdpo_adamw_step(&o, m, 1e-2);
+        ck_assert_ptr_nonnull(m->params_bf16);
+        ck_assert_uint_ne(m->params_bf16_current & 8u, 0);
+        for (size_t i = 0; i < m->n_params; i++) {
+            uint32_t u;
+            memcpy(&u, m->params_memory + i, 4);
+            ck_assert_uint_eq(m->params_bf16[i], bf16_reference(u));
+        }
+    }
+    ck_assert_int_eq(fdpo_gpt2_forward(m, &b, lp, NULL), 0);
+    ck_assert_int_eq(fdpo_gpt2_copy_params(fresh, m), 0);
+    ck_assert_int_eq(fdpo_gpt2_forward(fresh, &b, lp_fresh, NULL), 0);
+    ck_assert_mem_eq(lp, lp_fresh, sizeof lp);
+    /* written after the step by someone else: the next forward remakes the copy */
+    ck_assert_int_eq(fdpo_gpt2_copy_params(m, fresh), 0);
+    ck_assert_uint_eq(m->params_bf16_current, 0);
+    fdpo_adamw_free(&o);
+    fdpo_gpt2_free(m);
+    fdpo_gpt2_free(fresh);
+}
+END_TEST
 
 START_TEST(schedule_closed_forms) {
     fdpo_schedule s = {FDPO_SCHED_COSINE, 2.0, 2, 10, 0.0};
@@ -553,6 +646,8 @@ int main(void) {
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, schedule_closed_forms);
     tcase_add_test(tc, adamw_two_steps_closed_form);
+    tcase_add_test(tc, bf16_rounding_against_reference);
+    tcase_add_test(tc, adamw_writes_the_bf16_weight_copy);
     tcase_add_test(tc, adamw_scaled_step_closed_form);
     tcase_add_test(tc, clip_grad_norm_scales_above_max_only);
     tcase_add_test(tc, data_order_epochs);

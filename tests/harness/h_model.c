@@ -277,7 +277,7 @@ static int h_model_bench(int argc, char **argv) {
     }
     /* the LM head as pretrain/sft run it (chunked, no [N, V] logits) unless --fused-head 0 */
     fdpo_batch b = {.n_seq = B, .n_tokens = N, .seq_offset = off, .tokens = tok, .targets = tgt,
-                    .fused_head = !fused || atoi(fused)};
+                    .fused_head = !fused || atoi(fused), .head_keep_max_bytes = FDPO_LM_LOGITS_KEEP_MAX_BYTES};
     fdpo_adamw opt;
     if (use_adamw) fdpo_adamw_init(&opt, m->n_params, 0.9, 0.95, 1e-8, 0.1);
     double t_total = 0.0, best = 1e30, cpu_total = 0.0;
