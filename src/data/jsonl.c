@@ -1,4 +1,5 @@
 /* Shared checks for the JSONL readers: byte order mark, NUL escapes. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,4 +64,12 @@ int fdpo_jsonl_check_nul(const char *where, const char *raw, size_t n, const cJS
                           where, path);
     return fdpo_error("%s: a string contains a NUL character at column %zu; text with NUL cannot be tokenized faithfully",
                       where, at + 1);
+}
+
+int fdpo_json_size(const cJSON *j, size_t *out) {
+    if (!cJSON_IsNumber(j)) return -1;
+    double v = j->valuedouble;
+    if (!(v >= 0 && v <= 9007199254740992.0) || v != floor(v)) return -1;
+    *out = (size_t)v;
+    return 0;
 }

@@ -15,4 +15,10 @@ size_t fdpo_jsonl_bom(const char *text, size_t len);
  * such field (e.g. 'chosen[1].content'). */
 int fdpo_jsonl_check_nul(const char *where, const char *raw, size_t n, const cJSON *root);
 
+/* 0 with *out set when j is a JSON number holding a non-negative integer <= 2^53 (every
+ * such integer is exact in a double and fits size_t: no cast of an out-of-range double,
+ * which is undefined behaviour); else -1, *out untouched. The one check for the sizes,
+ * counts and steps fdpo reads from JSON (state.json, safetensors headers, scored samples). */
+int fdpo_json_size(const cJSON *j, size_t *out);
+
 #endif

@@ -61,15 +61,10 @@ int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *
             r.reward = rw->valuedouble; r.has_reward = 1;
         }
         const cJSON *nt = cJSON_GetObjectItemCaseSensitive(o, "n_tokens");
-        if (nt) {
-            /* 9e15 < 2^53: every integer up to it is exact in a double and fits size_t */
-            if (!cJSON_IsNumber(nt) || !(nt->valuedouble >= 0 && nt->valuedouble <= 9e15) ||
-                nt->valuedouble != floor(nt->valuedouble)) {
-                free(r.prompt); free(r.completion); cJSON_Delete(o);
-                rc = fdpo_error("%s:%zu: field \"n_tokens\" must be a non-negative integer", path, line_no);
-                break;
-            }
-            r.n_tokens = (size_t)nt->valuedouble;
+        if (nt && fdpo_json_size(nt, &r.n_tokens)) {
+            free(r.prompt); free(r.completion); cJSON_Delete(o);
+            rc = fdpo_error("%s:%zu: field \"n_tokens\" must be a non-negative integer", path, line_no);
+            break;
         }
         cJSON_Delete(o);
         if (n == cap) { cap = cap ? 2 * cap : 64; recs = fdpo_realloc(recs, cap * sizeof *recs); }

@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "data/jsonl.h"
 #include "fdpo/io.h"
 
 /* Every dtype the format defines; the ones fdpo cannot compute with map to OTHER but are
@@ -33,14 +34,6 @@ static const char *dtype_name(fdpo_dtype d) {
 }
 
 /* A JSON number that is a non-negative integer exactly representable in a double. */
-static int json_size(const cJSON *j, size_t *out) {
-    if (!cJSON_IsNumber(j)) return -1;
-    double v = j->valuedouble;
-    if (!(v >= 0) || v != floor(v) || v > 9007199254740992.0) return -1;
-    *out = (size_t)v;
-    return 0;
-}
-
 static int cmp_begin(const void *a, const void *b) {
     const fdpo_st_tensor *x = *(const fdpo_st_tensor *const *)a, *y = *(const fdpo_st_tensor *const *)b;
     return x->begin < y->begin ? -1 : x->begin > y->begin;
@@ -94,7 +87,7 @@ static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
         size_t numel = 1;
         int i = 0;
         for (const cJSON *d = shape->child; d; d = d->next, i++) {
-            if (json_size(d, &t->shape[i]) || t->shape[i] > ((size_t)1 << 40)) {
+            if (fdpo_json_size(d, &t->shape[i]) || t->shape[i] > ((size_t)1 << 40)) {
                 rc = fdpo_error("%s: tensor '%s': shape[%d] is not a non-negative integer", st->path, t->name, i);
                 break;
             }
@@ -103,7 +96,7 @@ static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
             numel *= t->shape[i];
         }
         if (rc) break;
-        if (cJSON_GetArraySize(offs) != 2 || json_size(offs->child, &t->begin) || json_size(offs->child->next, &t->end)) {
+        if (cJSON_GetArraySize(offs) != 2 || fdpo_json_size(offs->child, &t->begin) || fdpo_json_size(offs->child->next, &t->end)) {
             rc = fdpo_error("%s: tensor '%s': data_offsets must be two non-negative integers", st->path, t->name);
             break;
         }

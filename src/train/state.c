@@ -9,6 +9,7 @@
 #include <string.h>
 #include "fdpo/io.h"
 #include "fdpo/trainer.h"
+#include "data/jsonl.h"
 #include "train/settings_json.h"
 
 void fdpo_train_state_free(fdpo_train_state *s) {
@@ -163,10 +164,8 @@ static cJSON *read_state_json(const char *dir, char **path_out) {
 }
 
 static int get_size(const cJSON *obj, const char *key, const char *path, size_t *v) {
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble != floor(x->valuedouble) || x->valuedouble > 9e15)
+    if (fdpo_json_size(cJSON_GetObjectItemCaseSensitive(obj, key), v))
         return fdpo_error("%s: field '%s' missing or not a non-negative integer", path, key);
-    *v = (size_t)x->valuedouble;
     return 0;
 }
 

@@ -11,6 +11,30 @@
 #include <sys/wait.h>
 #include <cJSON.h>
 #include "fdpo/core.h"
+#include "data/jsonl.h" /* fdpo_json_size */
+
+/* The one check for sizes read from JSON: exact non-negative integers up to 2^53 only. */
+START_TEST(json_size_takes_exact_non_negative_integers_only) {
+    const char *ok[] = {"0", "7", "4096", "9007199254740992", "1e3"};
+    const size_t want[] = {0, 7, 4096, 9007199254740992ULL, 1000};
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        cJSON *j = cJSON_Parse(ok[i]);
+        size_t v = 12345;
+        ck_assert_int_eq(fdpo_json_size(j, &v), 0);
+        ck_assert_uint_eq(v, want[i]);
+        cJSON_Delete(j);
+    }
+    const char *bad[] = {"-1", "2.5", "1e16", "6.67e32", "-0.5", "\"3\"", "null", "true", "[1]", "{}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cJSON *j = cJSON_Parse(bad[i]);
+        size_t v = 12345;
+        ck_assert_msg(fdpo_json_size(j, &v) == -1, "%s accepted", bad[i]);
+        ck_assert_uint_eq(v, 12345); /* untouched */
+        cJSON_Delete(j);
+    }
+    ck_assert_int_eq(fdpo_json_size(NULL, &(size_t){0}), -1); /* a missing field */
+}
+END_TEST
 
 START_TEST(rng_reference_values) {
     /* splitmix64(0) first outputs, published with the algorithm (Vigna's splitmix64.c):
@@ -325,6 +349,7 @@ int main(void) {
     tcase_add_test(tc, alloc_large_aligned_zeroed_advised);
     tcase_add_test(tc, alloc_large_failure_is_an_error);
     tcase_add_test(tc, realloc_large_grows_in_place);
+    tcase_add_test(tc, json_size_takes_exact_non_negative_integers_only);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
