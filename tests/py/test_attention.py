@@ -71,6 +71,12 @@ def reference(qkv, dout, branch, off, NH):
     ("200", 2, 64, 1),
     ("70", 1, 80, 0),
     ("33,70", 1, 144, 1),
+    # thirds of 600 and 700: whole 64-token tiles of branch 2 against whole tiles of branch 1,
+    # which the streaming kernels skip (every score masked); small forward and backward (32),
+    # small forward with the GEMM backward (64), both on GEMMs (8)
+    ("600,700", 2, 32, 1),
+    ("600", 2, 64, 1),
+    ("700", 1, 8, 1),
 ])
 def test_streaming_attention_matches_materialised_and_pytorch(tmp_path, lengths, heads, head_size, branches):
     out_path = tmp_path / "a.safetensors"
