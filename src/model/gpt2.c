@@ -335,6 +335,7 @@ void fdpo_model_params_updated(fdpo_gpt2 *m, size_t off, size_t n) {
  * copy is current for the next forward (its refresh keeps it instead of remaking it). */
 void fdpo_model_params_update_done(fdpo_gpt2 *m) {
     if (m->precision == FDPO_PRECISION_BF16 && m->params_bf16 && !m->params_frozen) m->params_bf16_current |= 8u;
+    else m->params_bf16_current &= ~8u; /* nothing written (an fp32 update): a stale bit must not survive */
 }
 
 static void bf16_prepare(fdpo_gpt2 *m) {

@@ -111,6 +111,22 @@ START_TEST(adamw_writes_the_bf16_weight_copy) {
     ck_assert_int_eq(fdpo_gpt2_copy_params(fresh, m), 0);
     ck_assert_int_eq(fdpo_gpt2_forward(fresh, &b, lp_fresh, NULL), 0);
     ck_assert_mem_eq(lp, lp_fresh, sizeof lp);
+    /* a bf16 step, then an fp32 one (which writes no bf16 copy): back in bf16, the copy is
+     * remade, not the first step's kept */
+    fdpo_gpt2_zero_grad(m);
+    ck_assert_int_eq(fdpo_gpt2_backward(m, d), 0);
+    fdpo_adamw_step(&o, m, 1e-2);
+    ck_assert_uint_ne(m->params_bf16_current & 8u, 0);
+    fdpo_gpt2_set_precision(m, FDPO_PRECISION_FP32);
+    fdpo_gpt2_zero_grad(m);
+    ck_assert_int_eq(fdpo_gpt2_forward(m, &b, lp, NULL), 0);
+    ck_assert_int_eq(fdpo_gpt2_backward(m, d), 0);
+    fdpo_adamw_step(&o, m, 1e-2);
+    fdpo_gpt2_set_precision(m, FDPO_PRECISION_BF16);
+    ck_assert_int_eq(fdpo_gpt2_forward(m, &b, lp, NULL), 0);
+    ck_assert_int_eq(fdpo_gpt2_copy_params(fresh, m), 0);
+    ck_assert_int_eq(fdpo_gpt2_forward(fresh, &b, lp_fresh, NULL), 0);
+    ck_assert_mem_eq(lp, lp_fresh, sizeof lp);
     /* written after the step by someone else: the next forward remakes the copy */
     ck_assert_int_eq(fdpo_gpt2_copy_params(m, fresh), 0);
     ck_assert_uint_eq(m->params_bf16_current, 0);
