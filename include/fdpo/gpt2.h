@@ -152,8 +152,9 @@ typedef struct {
      * fused backward always recomputes. */
     size_t head_keep_max_bytes;
 } fdpo_batch;
-/* The LM trainer's (pretrain, SFT) head_keep_max_bytes: a 124M step of B4 x T256 keeps its
- * 1024 rows' logits (206 MB) and skips a 79 GFLOP recompute, ~8 % of the step (bf16,
+/* The head_keep_max_bytes of training steps with no peak-memory goal (pretrain, SFT, and
+ * RL's default, FDPO_RL_LOGITS_MAX_BYTES): a 124M step of B4 x T256 keeps its 1024 rows'
+ * logits (206 MB) and skips a 79 GFLOP recompute, ~8 % of the step (bf16,
  * bench/bench_train_step.py). Larger batches recompute: memory stays O(rows x chunk). */
 #define FDPO_LM_LOGITS_KEEP_MAX_BYTES ((size_t)256 << 20)
 

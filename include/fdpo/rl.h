@@ -27,7 +27,7 @@ typedef struct {
      * rounding. */
     size_t logits_max_bytes;
 } fdpo_rl_config;
-#define FDPO_RL_LOGITS_MAX_BYTES ((size_t)256 << 20)
+#define FDPO_RL_LOGITS_MAX_BYTES FDPO_LM_LOGITS_KEEP_MAX_BYTES /* a trained step's budget, as pretrain/SFT's */
 int fdpo_rl_config_check(const fdpo_rl_config *c); /* names the flag */
 
 /* Means over one step's samples, TRL names in docs/rl.md. A rank's fdpo_rl_step gives its

@@ -4,7 +4,6 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -33,7 +32,6 @@ static const char *dtype_name(fdpo_dtype d) {
     return "?";
 }
 
-/* A JSON number that is a non-negative integer exactly representable in a double. */
 static int cmp_begin(const void *a, const void *b) {
     const fdpo_st_tensor *x = *(const fdpo_st_tensor *const *)a, *y = *(const fdpo_st_tensor *const *)b;
     return x->begin < y->begin ? -1 : x->begin > y->begin;

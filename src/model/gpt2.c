@@ -327,15 +327,18 @@ fdpo_bf16_weight fdpo_model_bf16_weight(fdpo_gpt2 *m, const float *w, size_t M, 
  * 50-56 ms, under 1 % of a training step). Rows [off, off + n) just written; any thread,
  * disjoint ranges. A no-op unless the model is bf16, trainable and its bf16 copy exists
  * (made by an earlier forward). */
+static int optimizer_writes_bf16(const fdpo_gpt2 *m) {
+    return m->precision == FDPO_PRECISION_BF16 && m->params_bf16 && !m->params_frozen;
+}
+
 void fdpo_model_params_updated(fdpo_gpt2 *m, size_t off, size_t n) {
-    if (m->precision == FDPO_PRECISION_BF16 && m->params_bf16 && !m->params_frozen)
-        fdpo_bf16_round_n(m->params_bf16 + off, m->params_memory + off, n);
+    if (optimizer_writes_bf16(m)) fdpo_bf16_round_n(m->params_bf16 + off, m->params_memory + off, n);
 }
 
 /* Every parameter went through fdpo_model_params_updated since the update began: the bf16
  * copy is current for the next forward (its refresh keeps it instead of remaking it). */
 void fdpo_model_params_update_done(fdpo_gpt2 *m) {
-    if (m->precision == FDPO_PRECISION_BF16 && m->params_bf16 && !m->params_frozen) m->params_bf16_current |= 8u;
+    if (optimizer_writes_bf16(m)) m->params_bf16_current |= 8u;
     else m->params_bf16_current &= ~8u; /* nothing written (an fp32 update): a stale bit must not survive */
 }
 
