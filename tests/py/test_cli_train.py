@@ -369,4 +369,8 @@ def test_resume_save_every_takes_effect(tmp_path, corpus):
             break
     p.kill()  # no chance to save on the way out
     p.wait(timeout=60)
-    assert json.loads((out / "training_state.json").read_text())["step"] == 4
+    assert p.returncode < 0  # killed, not ended
+    # The run may be a step or two past 5 before the kill lands (tiny steps, a buffered pipe),
+    # so the last save is 4 or a later even step; the defect left step 2 in place.
+    step = json.loads((out / "training_state.json").read_text())["step"]
+    assert step >= 4 and step % 2 == 0, step
