@@ -147,16 +147,22 @@ size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items);
 
 /* ---- data order ----
  * A permutation of n items per epoch, drawn from the run's RNG at the start of each epoch
- * (identity when shuffle is off). Items are consumed in order across epoch boundaries. */
+ * (identity when shuffle is off). Items are consumed in order across epoch boundaries; a
+ * step that straddles one never takes an item twice (when it takes at most n): the items
+ * it took from the old epoch go to the end of the new permutation (src/train/data_order.c). */
 typedef struct {
     size_t n;         /* items */
     size_t *order;    /* [n], this epoch's permutation */
     size_t epoch;     /* 0-based epoch of the next item */
     size_t pos;       /* index in order of the next item */
+    size_t step_start; /* pos when the current step began (fdpo_order_begin_step) */
     int shuffle;
 } fdpo_data_order;
 void fdpo_order_init(fdpo_data_order *d, size_t n, int shuffle, fdpo_rng *rng); /* draws epoch 0 */
+void fdpo_order_begin_step(fdpo_data_order *d);             /* the next items make one step */
 size_t fdpo_order_next(fdpo_data_order *d, fdpo_rng *rng);  /* next item (reshuffles at epoch end) */
+/* order [n]: the items in taken [k] moved to the end, both groups keeping their order */
+void fdpo_order_defer_taken(size_t *order, size_t n, const size_t *taken, size_t k);
 double fdpo_order_epoch(const fdpo_data_order *d);          /* fractional epochs consumed */
 void fdpo_order_free(fdpo_data_order *d);
 

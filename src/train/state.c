@@ -212,7 +212,7 @@ int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt,
     if (get_size(data, "n_items", path, &n_items) || get_size(data, "epoch", path, &epoch) || get_size(data, "pos", path, &pos)) goto done;
     const cJSON *order = cJSON_GetObjectItemCaseSensitive(data, "order");
     if (!cJSON_IsArray(order) || (size_t)cJSON_GetArraySize(order) != n_items || pos > n_items) { fdpo_error("%s: field 'data.order' must list n_items indices", path); goto done; }
-    s->data.n = n_items; s->data.epoch = epoch; s->data.pos = pos;
+    s->data.n = n_items; s->data.epoch = epoch; s->data.pos = pos; s->data.step_start = pos;
     s->data.shuffle = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(data, "shuffle"));
     s->data.order = fdpo_malloc((n_items ? n_items : 1) * sizeof(size_t));
     size_t i = 0;

@@ -351,6 +351,7 @@ size_t fdpo_trainer_next_item(fdpo_trainer *tr) {
 }
 
 void fdpo_trainer_begin_step(fdpo_trainer *tr) {
+    fdpo_order_begin_step(&tr->state.data);
     if (tr->overlap && tr->model->on_layer_grads_ctx != tr) {
         /* the command replaced the model after open (rm puts a score head on the language
          * model): lay the groups out again over the model now trained, and hook its backward */

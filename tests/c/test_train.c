@@ -315,6 +315,65 @@ START_TEST(data_order_epochs) {
 }
 END_TEST
 
+/* A step that straddles an epoch boundary never repeats an item (it took the old epoch's
+ * last ones; they go to the end of the new permutation), every epoch stays a permutation, and
+ * the new permutation is the blind draw (same RNG numbers) with those items moved back. */
+START_TEST(data_order_step_never_repeats_an_item) {
+    const size_t n = 7, per_step = 3;
+    size_t straddled = 0;
+    for (uint64_t seed = 1; seed <= 200; seed++) {
+        fdpo_rng r, twin;
+        fdpo_rng_seed(&r, seed); fdpo_rng_seed(&twin, seed);
+        fdpo_data_order d, blind;
+        fdpo_order_init(&d, n, 1, &r);
+        fdpo_order_init(&blind, n, 1, &twin);
+        size_t seq[7 * 3 * 5];
+        for (size_t step = 0; step < n * 5; step++) {
+            fdpo_order_begin_step(&d);
+            size_t ep = d.epoch;
+            for (size_t i = 0; i < per_step; i++) seq[step * per_step + i] = fdpo_order_next(&d, &r);
+            for (size_t i = 0; i < per_step; i++)
+                for (size_t j = 0; j < i; j++) ck_assert_uint_ne(seq[step * per_step + i], seq[step * per_step + j]);
+            if (d.epoch != ep) {   /* this step straddled: the new order is the blind draw, deferred */
+                straddled++;
+                for (size_t i = 0; i < n; i++) blind.order[i] = i;   /* the blind draw of the new epoch */
+                fdpo_rng_shuffle(&twin, blind.order, n);
+                size_t tail[3], w = 0, want[7];
+                size_t k = per_step - d.pos;   /* items of this step from the old epoch */
+                for (size_t i = 0; i < k; i++) tail[i] = seq[step * per_step + i];
+                for (size_t i = 0; i < n; i++) {   /* the reference: stable partition, by definition */
+                    int t = 0;
+                    for (size_t j = 0; j < k; j++) t |= blind.order[i] == tail[j];
+                    if (!t) want[w++] = blind.order[i];
+                }
+                for (size_t i = 0; i < n; i++)
+                    for (size_t j = 0; j < k; j++)
+                        if (blind.order[i] == tail[j]) want[w++] = tail[j];
+                ck_assert_uint_eq(w, n);
+                ck_assert_int_eq(memcmp(want, d.order, sizeof want), 0);
+            }
+        }
+        for (size_t e = 0; e < per_step * 5; e++) {   /* each epoch (n consecutive items) a permutation */
+            int seen[7] = {0};
+            for (size_t i = 0; i < n; i++) seen[seq[e * n + i]]++;
+            for (size_t i = 0; i < n; i++) ck_assert_int_eq(seen[i], 1);
+        }
+        fdpo_order_free(&d); fdpo_order_free(&blind);
+    }
+    ck_assert_uint_gt(straddled, 1000);
+    /* unshuffled: still 0, 1, ..., n-1 over and over */
+    fdpo_rng r;
+    fdpo_rng_seed(&r, 3);
+    fdpo_data_order d;
+    fdpo_order_init(&d, n, 0, &r);
+    for (size_t step = 0, x = 0; step < 20; step++) {
+        fdpo_order_begin_step(&d);
+        for (size_t i = 0; i < per_step; i++, x++) ck_assert_uint_eq(fdpo_order_next(&d, &r), x % n);
+    }
+    fdpo_order_free(&d);
+}
+END_TEST
+
 /* A step takes min(batch x accum, n) distinct items; the micro-batch is capped with it; the
  * epochs count whole passes (an epoch is one step once the step holds the data set). */
 START_TEST(step_items_capped_at_the_data) {
@@ -667,6 +726,7 @@ int main(void) {
     tcase_add_test(tc, adamw_scaled_step_closed_form);
     tcase_add_test(tc, clip_grad_norm_scales_above_max_only);
     tcase_add_test(tc, data_order_epochs);
+    tcase_add_test(tc, data_order_step_never_repeats_an_item);
     tcase_add_test(tc, step_items_capped_at_the_data);
     tcase_add_test(tc, utf8_first_invalid_offsets);
     tcase_add_test(tc, data_split_counts);
