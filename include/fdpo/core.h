@@ -126,6 +126,14 @@ int fdpo_file_exists(const char *path);
 int fdpo_dir_lock(const char *dir, const char *flag);
 void fdpo_dir_unlock(const char *dir);
 int fdpo_dir_locked(const char *dir);
+/* An output file a command writes at its end (--out FILE): held from the command's start
+ * like a run directory (the flock on FILE.lock), so a second run naming the same file is
+ * refused while the first works, instead of one silently replacing the other's output.
+ * Says (info) when FILE exists and will be replaced; refuses a directory.
+ * fdpo_out_file_release drops the lock and removes FILE.lock (a killed run leaves it; the
+ * next run takes it over). */
+int fdpo_out_file_claim(const char *path, const char *flag);
+void fdpo_out_file_release(const char *path);
 /* Remove DIR/NAME.tmp.PID files (fdpo_atomic_open's temp names) whose writer PID is no
  * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. */
 long fdpo_remove_stale_tmp(const char *dir);

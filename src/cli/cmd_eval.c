@@ -114,6 +114,8 @@ int cmd_eval(int argc, char **argv) {
     if (!rc && fdpo_divergence_parse(cal_div_spec, &c.cal_div)) rc = fdpo_error_context("--divergence");
     c.divs = divs; c.n_div = n_div;
     if (!rc) rc = fdpo_set_precision(precision);
+    if (!rc) rc = eval_claim_out("--out", out_path);
+    if (!rc) rc = eval_claim_out("--samples-out", samples_path);
     fdpo_set_threads((int)threads);
     if (!rc && reward_spec) {
         eval_catch_interrupts();
@@ -209,5 +211,7 @@ int cmd_eval(int argc, char **argv) {
     fdpo_reward_free(words);
     fdpo_tokenizer_free(ref_tok);
     fdpo_gpt2_free(ref);
+    eval_release_out(out_path);
+    eval_release_out(samples_path);
     return rc;
 }

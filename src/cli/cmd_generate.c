@@ -38,12 +38,16 @@ int cmd_generate(int argc, char **argv) {
     fdpo_sample_config sc;
     if (eval_sampling_flags_finish(&sf, &sc)) return -1;
     if (fdpo_set_precision(precision)) return -1;
+    if (eval_claim_out("--out", out_path)) return -1;
     size_t n = (size_t)sf.n;
     fdpo_set_threads((int)threads);
 
     char **prompts = NULL;
     size_t n_prompts = 0;
-    if (fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) return fdpo_error_context("--data");
+    if (fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) {
+        eval_release_out(out_path);
+        return fdpo_error_context("--data");
+    }
     fdpo_gpt2 *m = NULL;
     fdpo_tokenizer *tok = NULL;
     int32_t **ids = NULL;
@@ -96,5 +100,6 @@ int cmd_generate(int argc, char **argv) {
     fdpo_free_strings(prompts, n_prompts);
     fdpo_tokenizer_free(tok);
     fdpo_gpt2_free(m);
+    eval_release_out(out_path);
     return rc;
 }

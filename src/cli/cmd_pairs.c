@@ -11,10 +11,13 @@
 #include "fdpo/eval.h"
 #include "fdpo/pairs.h"
 
+static int pairs_run(const char *samples, const char *out, const char *reward_spec, const char *lexicon,
+                     double timeout, double scale, size_t max_per_prompt, int skip_ties, long seed);
+
 int cmd_pairs(int argc, char **argv) {
     const char *samples = NULL, *out = NULL, *reward_spec = NULL, *lexicon = NULL;
     double scale, timeout;
-    long max_per_prompt, seed;
+    long max_per_prompt, seed, threads;
     int skip_ties;
     fdpo_flag flags[] = {
         {"data", FLAG_STR, &samples, NULL, "JSONL {prompt, completion[, reward][, n_tokens]} (fdpo generate/score output) (required)", 0},
@@ -26,6 +29,7 @@ int cmd_pairs(int argc, char **argv) {
         {"pairs-per-prompt", FLAG_INT, &max_per_prompt, "0", "at most this many pairs per prompt (0 = all disjoint pairs)", 0},
         {"skip-ties", FLAG_BOOL, &skip_ties, "0", "drop pairs whose gold rewards are equal (their BT label is a coin flip)", 0},
         {"seed", FLAG_INT, &seed, FLAGS_DEFAULT_SEED, "seed for pairing and labels", 0},
+        {"threads", FLAG_INT, &threads, "0", "threads of an rm: reward model (0 = OpenMP default)", 0},
     };
     int rc = flags_parse("pairs", "fdpo pairs --data SAMPLES --out FILE [flags]", flags, NFLAGS(flags), argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;
@@ -34,6 +38,17 @@ int cmd_pairs(int argc, char **argv) {
     if (!out) return fdpo_error("--out: required");
     if (max_per_prompt < 0) return fdpo_error("--pairs-per-prompt: must be >= 0");
     if (seed < 0) return fdpo_error("--seed: must be >= 0 (got %ld)", seed);
+    fdpo_set_threads((int)threads);
+    if (eval_claim_out("--out", out)) return -1;
+    rc = pairs_run(samples, out, reward_spec, lexicon, timeout, scale, (size_t)max_per_prompt, skip_ties, seed);
+    eval_release_out(out);
+    return rc;
+}
+
+/* the work of cmd_pairs, its flags checked and --out claimed */
+static int pairs_run(const char *samples, const char *out, const char *reward_spec, const char *lexicon,
+                     double timeout, double scale, size_t max_per_prompt, int skip_ties, long seed) {
+    int rc;
 
     fdpo_sample_rec *recs;
     size_t n;
@@ -56,7 +71,7 @@ int cmd_pairs(int argc, char **argv) {
     fdpo_pair *pairs;
     size_t np;
     fdpo_pairs_skipped skipped;
-    fdpo_pairs_config pc = {scale, (size_t)max_per_prompt, skip_ties, (uint64_t)seed};
+    fdpo_pairs_config pc = {scale, max_per_prompt, skip_ties, (uint64_t)seed};
     if (fdpo_make_pairs(recs, n, &pc, &pairs, &np, &skipped)) {
         fdpo_sample_recs_free(recs, n);
         return fdpo_error_context("%s", samples);

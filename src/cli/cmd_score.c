@@ -40,11 +40,12 @@ int cmd_score(int argc, char **argv) {
     if (!data_path) return fdpo_error("--data: required (JSONL prompt/completion)");
     if (fdpo_set_precision(precision)) return -1;
     fdpo_set_threads((int)threads);
+    if (eval_claim_out("--out", out_path)) return -1;
     fdpo_reward *reward = NULL;
     if (reward_spec) {
         eval_catch_interrupts();
         fdpo_reward_options ro = {lexicon, reward_timeout};
-        if (!(reward = fdpo_reward_create(reward_spec, &ro))) return -1;
+        if (!(reward = fdpo_reward_create(reward_spec, &ro))) { eval_release_out(out_path); return -1; }
     }
     char **prompts = NULL, **comps = NULL;
     size_t n = 0;
@@ -164,5 +165,6 @@ int cmd_score(int argc, char **argv) {
     fdpo_tokenizer_free(tok); fdpo_tokenizer_free(rtok);
     fdpo_gpt2_free(m); fdpo_gpt2_free(ref);
     fdpo_reward_free(reward);
+    eval_release_out(out_path);
     return rc;
 }

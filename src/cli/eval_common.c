@@ -5,6 +5,7 @@
 #include "cli/eval_common.h"
 #include "fdpo/chat.h"
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
 #include "fdpo/io.h"
 #include "fdpo/objectives.h"
 
@@ -71,6 +72,15 @@ static void on_interrupt(int sig) {
     if (fdpo_reward_kill_all()) return; /* the reward call returns "interrupted" */
     signal(sig, SIG_DFL);
     raise(sig);
+}
+
+int eval_claim_out(const char *flag, const char *path) {
+    if (!path || !strcmp(path, "-") || !fdpo_dist_is_root()) return 0;
+    return fdpo_out_file_claim(path, flag);
+}
+
+void eval_release_out(const char *path) {
+    if (path && strcmp(path, "-")) fdpo_out_file_release(path);
 }
 
 void eval_catch_interrupts(void) {

@@ -33,4 +33,11 @@ int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config 
 /* SIGINT/SIGTERM while a reward program runs kill its process group (fdpo_reward_kill_all)
  * and the command ends with "interrupted"; at any other time they end fdpo as usual. */
 void eval_catch_interrupts(void);
+
+/* --out FILE of a command that writes it at its end: claimed from the start
+ * (fdpo_out_file_claim; rank 0 only, the rank that writes), so a second run on the same file
+ * is refused instead of replacing this one's output. NULL and "-" (stdout) claim nothing.
+ * eval_release_out is safe on anything eval_claim_out was given, claimed or not. */
+int eval_claim_out(const char *flag, const char *path);
+void eval_release_out(const char *path);
 #endif

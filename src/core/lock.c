@@ -48,7 +48,19 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
     free(parent);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); free(path); return -1; }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
+    /* an output file's lock is removed by its holder when done (fdpo_out_file_release): if
+     * that happened between our open and our flock, we hold a lock on a name no longer in the
+     * directory; open the path again (a handful of tries: each means another run finished) */
+    for (int tries = 0; !busy && tries < 8; tries++) {
+        struct stat a, b;
+        if (fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev) break;
+        close(fd);
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); free(path); return -1; }
+        busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
+    }
+    if (busy) {
         int e = errno;
         char buf[32] = "";
         ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
@@ -94,6 +106,27 @@ int fdpo_dir_locked(const char *dir) {
     int i = held_index(path);
     free(path);
     return i >= 0;
+}
+
+int fdpo_out_file_claim(const char *path, const char *flag) {
+    if (fdpo_dir_lock(path, flag)) return -1;
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode)) {
+            fdpo_out_file_release(path);
+            return fdpo_error("%s %s: is a directory (a file is written here)", flag, path);
+        }
+        fdpo_log(FDPO_LOG_INFO, "%s %s: exists; it is replaced when this run finishes", flag, path);
+    }
+    return 0;
+}
+
+void fdpo_out_file_release(const char *path) {
+    char *lp = lock_path(path);
+    int i = held_index(lp);
+    if (i >= 0) unlink(lp);   /* while still holding it: a run that opened it before sees it gone and reopens */
+    free(lp);
+    fdpo_dir_unlock(path);
 }
 
 /* "name.tmp.<digits>" -> pid, else 0. */

@@ -169,6 +169,41 @@ START_TEST(dir_lock_excludes_other_processes) {
 }
 END_TEST
 
+/* An output file's claim: refused to another process while held; released, FILE.lock is
+ * gone and the next claim works; a lock file whose name was removed while held (the
+ * holder's release) blocks no later claimer; a directory is refused and leaves no lock. */
+START_TEST(out_file_claim_and_release) {
+    char dir[] = "/tmp/fdpo_test_claim_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char *out = fdpo_path_join(dir, "s.jsonl"), *lock = fdpo_path_join(dir, "s.jsonl.lock");
+    ck_assert_int_eq(fdpo_out_file_claim(out, "--out"), 0);
+    ck_assert_int_eq(fdpo_file_exists(lock), 1);
+    int status;
+    pid_t child = fork();
+    if (child == 0) _exit(fdpo_out_file_claim(out, "--out") == -1 && strstr(fdpo_last_error(), "in use by another run") ? 0 : 1);
+    ck_assert_int_eq(waitpid(child, &status, 0), child);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    fdpo_out_file_release(out);
+    ck_assert_int_eq(fdpo_file_exists(lock), 0);
+    ck_assert_int_eq(fdpo_out_file_claim(out, "--out"), 0);
+    ck_assert_int_eq(unlink(lock), 0);   /* the name is gone: another process may create it */
+    child = fork();
+    if (child == 0) _exit(fdpo_out_file_claim(out, "--out") == 0 ? 0 : 1);   /* gets the new name */
+    ck_assert_int_eq(waitpid(child, &status, 0), child);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    fdpo_out_file_release(out);
+    /* a directory is refused, and leaves no lock */
+    ck_assert_int_eq(fdpo_out_file_claim(dir, "--out"), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "is a directory"));
+    char *dlock = fdpo_path_join("/tmp", strrchr(dir, '/') + 1);
+    char *dl = fdpo_malloc(strlen(dlock) + 6);
+    sprintf(dl, "%s.lock", dlock);
+    ck_assert_int_eq(fdpo_file_exists(dl), 0);
+    unlink(lock); rmdir(dir);
+    free(dl); free(dlock); free(out); free(lock);
+}
+END_TEST
+
 START_TEST(stale_tmp_files_of_dead_writers_only) {
     char dir[] = "/tmp/fdpo_test_stale_XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
@@ -343,6 +378,7 @@ int main(void) {
     tcase_add_test(tc, atomic_write_replaces);
     tcase_add_test(tc, direct_file_writes_exact_bytes);
     tcase_add_test(tc, dir_lock_excludes_other_processes);
+    tcase_add_test(tc, out_file_claim_and_release);
     tcase_add_test(tc, stale_tmp_files_of_dead_writers_only);
     tcase_add_test(tc, strv_and_json_writer);
     tcase_add_test(tc, oom_calls_the_handler);

@@ -1,0 +1,97 @@
+"""Single-file outputs (--out FILE of generate, score, eval, pairs; eval's --samples-out):
+claimed from the command's start like a run directory (an flock on FILE.lock), so a second
+run on the same file is refused while the first works instead of silently replacing its
+output at the end; a file already there is replaced with a line that says so; a directory is
+refused; no FILE.lock is left behind by a run that ends."""
+import fcntl
+import json
+
+import pytest
+
+from dpo_common import fdpo, save_byte_tokenizer, write_jsonl
+from fdpo_ref.gpt2 import GPT2
+
+FAST = ["--threads", 1]
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("outfile")
+    GPT2(257, 48, 16, 1, 2, seed=5).save_hf(str(tmp / "m"))
+    save_byte_tokenizer(str(tmp / "m"))
+    (tmp / "prompts.txt").write_text("hi\nyo\n")
+    write_jsonl(tmp / "samples.jsonl", [{"prompt": "a:", "completion": c, "reward": r}
+                                        for c, r in ((" good", 1.0), (" bad", -1.0), (" ok", 0.5), (" meh", 0.0))])
+    return tmp
+
+
+def commands(d, out):
+    """Each command with its --out (or --samples-out) flag pointing at out."""
+    return {
+        "generate": ["generate", "--model", d / "m", "--data", d / "prompts.txt", "--max-new-tokens", 3, "--out", out],
+        "score": ["score", "--model", d / "m", "--data", d / "samples.jsonl", "--out", out],
+        "eval": ["eval", "--model", d / "m", "--ref", d / "m", "--data", d / "prompts.txt", "--n", 2,
+                 "--max-new-tokens", 3, "--out", out],
+        "eval-samples": ["eval", "--model", d / "m", "--ref", d / "m", "--data", d / "prompts.txt", "--n", 2,
+                         "--max-new-tokens", 3, "--samples-out", out],
+        "pairs": ["pairs", "--data", d / "samples.jsonl", "--out", out],
+    }
+
+
+CMDS = ["generate", "score", "eval", "eval-samples", "pairs"]
+FLAG = {"eval-samples": "--samples-out"}
+
+
+@pytest.mark.parametrize("cmd", CMDS)
+def test_a_file_in_use_is_refused_and_left_alone(d, tmp_path, cmd):
+    out = tmp_path / "out.jsonl"
+    out.write_text("the other run's output\n")
+    with open(str(out) + ".lock", "w") as f:   # what a running command holds
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.write("4242\n")
+        f.flush()
+        r = fdpo(*commands(d, out)[cmd], *FAST, check=False)
+    assert r.returncode == 1, r.stderr
+    flag = FLAG.get(cmd, "--out")
+    assert f"{flag} {out}: in use by another run (pid 4242" in r.stderr, r.stderr
+    assert out.read_text() == "the other run's output\n"
+
+
+@pytest.mark.parametrize("cmd", CMDS)
+def test_an_existing_file_is_replaced_with_a_notice_and_no_lock_stays(d, tmp_path, cmd):
+    out = tmp_path / "out.jsonl"
+    out.write_text("old\n")
+    r = fdpo(*commands(d, out)[cmd], *FAST)
+    flag = FLAG.get(cmd, "--out")
+    assert f"{flag} {out}: exists; it is replaced when this run finishes" in r.stderr, r.stderr
+    text = out.read_text()
+    assert text != "old\n"
+    if cmd == "eval":
+        assert "policies" in json.loads(text)
+    else:
+        assert all(json.loads(line) for line in text.splitlines())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+    # a fresh file: no notice
+    fresh = tmp_path / "fresh.jsonl"
+    r = fdpo(*commands(d, fresh)[cmd], *FAST)
+    assert "exists; it is replaced" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.jsonl", "out.jsonl"]
+
+
+@pytest.mark.parametrize("cmd", CMDS)
+def test_a_directory_is_refused(d, tmp_path, cmd):
+    out = tmp_path / "adir"
+    out.mkdir()
+    r = fdpo(*commands(d, out)[cmd], *FAST, check=False)
+    assert r.returncode == 1
+    assert f"{FLAG.get(cmd, '--out')} {out}: is a directory" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
+
+
+def test_a_failed_run_releases_the_file(d, tmp_path):
+    """A run that fails after claiming (a bad --data) leaves neither the output nor the lock."""
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    r = fdpo("pairs", "--data", tmp_path / "bad.jsonl", "--out", out, check=False)
+    assert r.returncode == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
