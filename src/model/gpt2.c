@@ -754,7 +754,7 @@ static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t 
                         n, C, C);
         fdpo_lora_backward(m, FDPO_LORA_ATTN_C_PROJ, l, d_atty, d_res, atty, n);
         fdpo_k_attention_backward_streaming(d_qkv_all, a->d_atty, qkv_l, atty_l, a->att_lse + l * N * NH, seq, branch,
-                                            B, C, NH);
+                                            B, C, NH, fdpo_attention_bf16(a->precision));
         linear_backward(m, d_ln, G(qkvw, l * C * 3 * C), G(qkvb, l * 3 * C), d_qkv, ln1, p->qkvw + l * C * 3 * C,
                         n, C, 3 * C);
         fdpo_lora_backward(m, FDPO_LORA_C_ATTN, l, d_ln, d_qkv, ln1, n);

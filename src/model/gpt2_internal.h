@@ -107,9 +107,17 @@ void fdpo_k_attention_backward(float *dqkv, float *datt_scratch, size_t scratch_
 /* the same attention with O(T) storage: lse [N, NH] instead of the T x T maps */
 void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv, const size_t *seq_offset,
                                  const uint8_t *branch, size_t B, size_t C, size_t NH);
+/* bf16 = 1: the tile products take bf16-rounded operands (Q, K, V, dY, P, dS) with fp32
+ * accumulation, as the linear layers' GEMMs in bf16 precision; the softmax, D and every
+ * sum stay fp32. The callers pass fdpo_attention_bf16(precision). */
 void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
                                   const float *lse, const size_t *seq_offset, const uint8_t *branch,
-                                  size_t B, size_t C, size_t NH);
+                                  size_t B, size_t C, size_t NH, int bf16);
+/* 1 if a model in this precision multiplies the attention backward's tiles on bf16 operands:
+ * bf16 precision, unless FDPO_ATT_BF16=0 (A/B runs). The rule is the same on every CPU; the
+ * products run on vdpbf16ps where a large bf16 GEMM does (fdpo_gemm_bf16_widens), else as
+ * fp32 FMA on the bf16 values. */
+int fdpo_attention_bf16(fdpo_precision p);
 /* one (sequence, head) of the tiled streaming attention, for GPT-2 and Llama alike: row
  * strides as arguments, and the GEMM (fdpo_sgemm's signature) the tiles are multiplied with;
  * the backward's callers compute D for one query tile of ATT_TILE rows at a time */

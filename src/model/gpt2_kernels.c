@@ -841,12 +841,9 @@ static void attention_backward_small(float *dq, float *dk, float *dv, const floa
     }
 }
 
-/* Scores of one tile, masked: S [nq, nk] = scale * Q[i0:i0+nq] K[j0:j0+nk]^T (row strides
- * qs, ks), entries that may not be attended (j > i, or another branch) set to -inf. */
-static void attention_scores_tile(fdpo_sgemm_fn *gemm, float *S, const float *q, size_t qs, const float *k, size_t ks,
-                                  size_t hs, float scale, const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
-    gemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * qs, (int)qs, k + j0 * ks,
-         (int)ks, 0.0f, S, (int)nk);
+/* S [nq, nk] (scores of queries i0.. against keys j0..): -inf where a key may not be
+ * attended (j > i, or another branch) */
+static void attention_mask_tile(float *S, const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
     for (size_t r = 0; r < nq; r++) {
         size_t i = i0 + r, c_end = i + 1 > j0 ? i + 1 - j0 : 0; /* keys j0 .. i are causally allowed */
         float *row = S + r * nk;
@@ -856,6 +853,15 @@ static void attention_scores_tile(fdpo_sgemm_fn *gemm, float *S, const float *q,
             for (size_t c = 0; c < c_end; c++)
                 if (!may_attend(br, i, j0 + c)) row[c] = -INFINITY;
     }
+}
+
+/* Scores of one tile, masked: S [nq, nk] = scale * Q[i0:i0+nq] K[j0:j0+nk]^T (row strides
+ * qs, ks), entries that may not be attended (j > i, or another branch) set to -inf. */
+static void attention_scores_tile(fdpo_sgemm_fn *gemm, float *S, const float *q, size_t qs, const float *k, size_t ks,
+                                  size_t hs, float scale, const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
+    gemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * qs, (int)qs, k + j0 * ks,
+         (int)ks, 0.0f, S, (int)nk);
+    attention_mask_tile(S, br, i0, nq, j0, nk);
 }
 
 /* One (sequence, head) of the tiled streaming forward, shared by GPT-2 and Llama's
@@ -947,16 +953,130 @@ void fdpo_k_attention_backward_key_tiles(fdpo_sgemm_fn *gemm, float *dq, float *
     }
 }
 
+int fdpo_attention_bf16(fdpo_precision p) {
+    static int env = -1; /* FDPO_ATT_BF16=0: fp32 tile products in bf16 precision too (A/B runs) */
+    if (env < 0) {
+        const char *e = getenv("FDPO_ATT_BF16");
+        env = !(e && !strcmp(e, "0"));
+    }
+    return p == FDPO_PRECISION_BF16 && env;
+}
+
+/* Per-thread operand copies of one (sequence, head)'s Q, K, V and dY rows, bf16 (uint16) or
+ * bf16-rounded fp32, grown on demand and kept (a malloc per job of up to 1 MB would be
+ * mapped and faulted in every time). */
+static _Thread_local void *att_bf16_buf;
+static _Thread_local size_t att_bf16_cap;
+
+static void *att_bf16_scratch(size_t bytes) {
+    if (bytes > att_bf16_cap) {
+        att_bf16_buf = fdpo_realloc_large(att_bf16_buf, bytes);
+        att_bf16_cap = bytes;
+    }
+    return att_bf16_buf;
+}
+
+/* dst [n] = the bf16 values of src [n] as bf16 (dp) or as fp32 (the same values exactly) */
+static void att_round(int dp, void *dst, const float *src, size_t n) {
+    if (dp) {
+        fdpo_bf16_round_n(dst, src, n);
+        return;
+    }
+    float *d = dst;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)fdpo_bf16_round(src[i]) << 16;
+        memcpy(d + i, &u, 4);
+    }
+}
+
+/* rows [T, hs] (contiguous) = bf16 of x's T rows of hs (row stride ld); es: element bytes */
+static void att_round_rows(int dp, unsigned char *rows, size_t es, const float *x, size_t ld, size_t T, size_t hs) {
+    for (size_t t = 0; t < T; t++) att_round(dp, rows + t * hs * es, x + t * ld, hs);
+}
+
+/* C = alpha op(A) op(B) + beta C on bf16 operands: vdpbf16ps (dp: A, B uint16) or fp32 FMA
+ * on the bf16 values held in fp32 (the same products; the route a large bf16 GEMM takes
+ * here, fdpo_gemm_bf16_widens, as each 64 x 64 tile would be slower widened per call) */
+static void att_gemm(int dp, int ta, int tb, size_t M, size_t N, size_t K, float alpha, const void *A, size_t lda,
+                     const void *B, size_t ldb, float beta, float *C, size_t ldc) {
+    if (dp)
+        fdpo_gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+        fdpo_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N,
+                   (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
+/* The streaming backward of one (sequence, head) with bf16 tile products (Q, K, V, dY and
+ * each tile's P and dS rounded to bf16; fp32 accumulation into dq, dk, dv, row stride 3C;
+ * the softmax, D and every sum fp32): the steps of fdpo_k_attention_backward_key_tiles.
+ * With vdpbf16ps a 64^3 tile product runs 1.4-2.6x the fp32 one (2.5-2.8 us vs 3.5-6.5 us
+ * on one thread), and this backward was a tenth of a 124M DPO step: model-ops, 4 x 255
+ * tokens, 12 layers: 90-100 ms -> 60-72 ms. */
+static void attention_backward_head_bf16(float *dq, float *dk, float *dv, const float *dy, const float *o,
+                                         const float *q, const float *k, const float *v, const float *lse,
+                                         size_t lse_stride, const uint8_t *br, size_t T, size_t C, size_t hs,
+                                         float scale, int dp) {
+    size_t C3 = 3 * C, es = dp ? sizeof(uint16_t) : sizeof(float);
+    unsigned char *qb = att_bf16_scratch(4 * T * hs * es + 2 * ATT_TILE * ATT_TILE * es);
+    unsigned char *kb = qb + T * hs * es, *vb = kb + T * hs * es, *dyb = vb + T * hs * es;
+    unsigned char *Pb = dyb + T * hs * es, *dSb = Pb + ATT_TILE * ATT_TILE * es;
+    att_round_rows(dp, qb, es, q, C3, T, hs);
+    att_round_rows(dp, kb, es, k, C3, T, hs);
+    att_round_rows(dp, vb, es, v, C3, T, hs);
+    att_round_rows(dp, dyb, es, dy, C, T, hs);
+    float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE], D[ATT_TILE];
+    for (size_t t = 0; t < T; t++) {
+        memset(dq + t * C3, 0, hs * sizeof(float));
+        memset(dk + t * C3, 0, hs * sizeof(float));
+        memset(dv + t * C3, 0, hs * sizeof(float));
+    }
+    for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
+        size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
+        for (size_t r = 0; r < nq; r++) {
+            const float *a = dy + (i0 + r) * C, *c = o + (i0 + r) * C;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (size_t d = 0; d < hs; d++) dot += a[d] * c[d];
+            D[r] = dot;
+        }
+        const unsigned char *qi = qb + i0 * hs * es, *dyi = dyb + i0 * hs * es;
+        for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
+            size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
+            if (tile_masked_by_branch(br, i0, nq, j0, nk)) continue;
+            const unsigned char *kj = kb + j0 * hs * es, *vj = vb + j0 * hs * es;
+            /* P = exp(scale Q K^T - lse), masked entries 0 */
+            att_gemm(dp, 0, 1, nq, nk, hs, scale, qi, hs, kj, hs, 0.0f, P, nk);
+            attention_mask_tile(P, br, i0, nq, j0, nk);
+            for (size_t r = 0; r < nq; r++) {
+                float L = lse[(i0 + r) * lse_stride];
+#pragma omp simd
+                for (size_t c = 0; c < nk; c++) P[r * nk + c] = fdpo_k_expf(P[r * nk + c] - L);
+            }
+            att_round(dp, Pb, P, nq * nk);
+            /* dV += P^T dY;  dP = dY V^T;  dS = P (dP - D);  dQ += scale dS K;  dK += scale dS^T Q */
+            att_gemm(dp, 1, 0, nk, hs, nq, 1.0f, Pb, nk, dyi, hs, 1.0f, dv + j0 * C3, C3);
+            att_gemm(dp, 0, 1, nq, nk, hs, 1.0f, dyi, hs, vj, hs, 0.0f, dP, nk);
+            for (size_t r = 0; r < nq; r++)
+#pragma omp simd
+                for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
+            att_round(dp, dSb, dP, nq * nk);
+            att_gemm(dp, 0, 0, nq, hs, nk, scale, dSb, nk, kj, hs, 1.0f, dq + i0 * C3, C3);
+            att_gemm(dp, 1, 0, nk, hs, nq, scale, dSb, nk, qi, hs, 1.0f, dk + j0 * C3, C3);
+        }
+    }
+}
+
 /* Backward of fdpo_k_attention_forward_streaming; WRITES dqkv [N,3C]. Recomputes P tile by tile
  * from Q, K and lse (fdpo_k_attention_backward_key_tiles). out is the forward's output (the
  * attention output before c_proj). */
 void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
                                   const float *lse, const size_t *seq_offset, const uint8_t *branch,
-                                  size_t B, size_t C, size_t NH) {
+                                  size_t B, size_t C, size_t NH, int bf16) {
     size_t hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     long n_jobs = (long)(B * NH);
     const int small = attention_small_path(hs, 1);
+    const int dp = bf16 && !fdpo_gemm_bf16_widens(4096, 4096); /* the route of a large bf16 GEMM here */
 #pragma omp parallel for schedule(dynamic, 1)
     for (long job = 0; job < n_jobs; job++) {
         size_t b = (size_t)job / NH, h = (size_t)job % NH;
@@ -965,6 +1085,10 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
         float *dq = dqkv + s * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
         const float *dy = dout + s * C + h * hs, *o = out + s * C + h * hs;
         const uint8_t *br = branch ? branch + s : NULL;
+        if (bf16) {
+            attention_backward_head_bf16(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale, dp);
+            continue;
+        }
         if (small) {
             attention_backward_small(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale);
             continue;

@@ -408,7 +408,10 @@ static int h_model_ops(int argc, char **argv) {
     OPS_TIME("gelu_backward_bias", L, R, fdpo_k_gelu_backward_bias(o, dlb, x, N, 4 * C));
     OPS_TIME("matmul_backward fc", L, R, fdpo_k_matmul_backward(o, dw, NULL, y, x, w, N, C, 4 * C, 0));
     OPS_TIME("matmul_backward attn_proj", L, R, fdpo_k_matmul_backward(o, dw, dlb, y, x, w, N, C, C, 0));
-    OPS_TIME("attention_backward", L, R, fdpo_k_attention_backward_streaming(dqkv, y, qkv, att, lse, off, NULL, B, C, NH));
+    OPS_TIME("attention_backward", L, R, fdpo_k_attention_backward_streaming(dqkv, y, qkv, att, lse, off, NULL, B, C, NH, 0));
+    if (fdpo_attention_bf16(FDPO_PRECISION_BF16))   /* what a bf16 model's backward runs instead */
+        OPS_TIME("attention_backward bf16", L, R,
+                 fdpo_k_attention_backward_streaming(dqkv, y, qkv, att, lse, off, NULL, B, C, NH, 1));
     OPS_TIME("matmul_backward qkv", L, R, fdpo_k_matmul_backward(o, dw, dlb, y, x, w, N, C, 3 * C, 0));
     OPS_TIME("encoder_backward", 1, R, fdpo_k_encoder_backward(dwte, dwpe, y, tok, pos, N, C));
     fdpo_gpt2 *m = fdpo_gpt2_create(&c);
@@ -507,9 +510,11 @@ static int h_model_peaks(int argc, char **argv) {
 static int h_attention_check(int argc, char **argv) {
     const char *lens = arg(argc, argv, "--lengths"), *heads = arg(argc, argv, "--heads");
     const char *hsz = arg(argc, argv, "--head-size"), *seed = arg(argc, argv, "--seed"), *out = arg(argc, argv, "--out");
-    const char *brs = arg(argc, argv, "--branches");
+    const char *brs = arg(argc, argv, "--branches"), *bf16s = arg(argc, argv, "--bf16");
     if (!lens || !heads || !hsz || !out)
-        return fdpo_error("usage: attention-check --lengths T1,T2 --heads NH --head-size HS [--seed S] [--branches 0|1] --out FILE");
+        return fdpo_error("usage: attention-check --lengths T1,T2 --heads NH --head-size HS [--seed S] [--branches 0|1] "
+                          "[--bf16 0|1] --out FILE");
+    int bf16 = bf16s && atoi(bf16s);   /* the streaming backward's bf16 tile products */
     size_t NH = (size_t)atol(heads), C = NH * (size_t)atol(hsz), B = 0, off[65] = {0};
     for (const char *p = lens; *p && B < 64; B++) {
         char *end;
@@ -555,7 +560,7 @@ static int h_attention_check(int argc, char **argv) {
     double c2 = cpu_seconds();
     fdpo_k_attention_forward_streaming(o_new, lse, qkv, off, bp, B, C, NH);
     double c3 = cpu_seconds();
-    fdpo_k_attention_backward_streaming(d_new, dout, qkv, o_new, lse, off, bp, B, C, NH);
+    fdpo_k_attention_backward_streaming(d_new, dout, qkv, o_new, lse, off, bp, B, C, NH, bf16);
     double c4 = cpu_seconds();
     printf("{\"materialised_forward_cpu_s\": %.4f, \"materialised_backward_cpu_s\": %.4f, "
            "\"streaming_forward_cpu_s\": %.4f, \"streaming_backward_cpu_s\": %.4f, "

@@ -95,3 +95,79 @@ def test_streaming_attention_matches_materialised_and_pytorch(tmp_path, lengths,
     if branches:  # the branch rule changed something: plain causal attention differs
         plain_out, _ = reference(t["qkv"], t["dout"], np.zeros_like(t["branch"]), off, heads)
         assert rel_err(plain_out, ref_out) > 1e-2
+
+
+def bf16(x):
+    """x rounded to bf16 (round to nearest even, as fdpo_bf16_round), back in float64."""
+    return x.to(torch.bfloat16).to(torch.float64)
+
+
+def reference_backward_bf16(qkv, dout, branch, off, NH):
+    """The bf16 streaming backward's arithmetic in float64 (DESIGN: bf16 matmul inputs, fp32
+    everything else): P = exp(scale bf16(Q) bf16(K)^T - lse) with lse the exact forward's;
+    dV = bf16(P)^T bf16(dY); dP = bf16(dY) bf16(V)^T; dS = P (dP - D), D = dY . out;
+    dQ = scale bf16(dS) bf16(K); dK = scale bf16(dS)^T bf16(Q). Returns d qkv [N, 3C]."""
+    N, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // NH
+    scale = 1.0 / math.sqrt(hs)
+    x = torch.tensor(qkv, dtype=torch.float64)
+    dy_all = torch.tensor(dout, dtype=torch.float64)
+    d = torch.zeros(N, C3, dtype=torch.float64)
+    for b in range(len(off) - 1):
+        s, e = int(off[b]), int(off[b + 1])
+        T = e - s
+        q, k, v = (t.reshape(T, NH, hs).transpose(0, 1) for t in x[s:e].split(C, dim=-1))
+        dy = dy_all[s:e].reshape(T, NH, hs).transpose(0, 1)
+        br = branch[s:e]
+        bj, bi = torch.tensor(br)[None, :], torch.tensor(br)[:, None]
+        mask = torch.tril(torch.ones(T, T, dtype=torch.bool)) & ((bj == 0) | (bj == bi))
+        exact = (q @ k.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
+        lse = torch.logsumexp(exact, dim=-1, keepdim=True)
+        out = torch.softmax(exact, dim=-1) @ v
+        D = (dy * out).sum(-1, keepdim=True)
+        S = (bf16(q) @ bf16(k).transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
+        P = torch.exp(S - lse)
+        dv = bf16(P).transpose(-1, -2) @ bf16(dy)
+        dS = P * (bf16(dy) @ bf16(v).transpose(-1, -2) - D)
+        dq = scale * bf16(dS) @ bf16(k)
+        dk = scale * bf16(dS).transpose(-1, -2) @ bf16(q)
+        for j, g in enumerate((dq, dk, dv)):
+            d[s:e, j * C:(j + 1) * C] = g.transpose(0, 1).reshape(T, C)
+    return d.numpy()
+
+
+@pytest.mark.parametrize("lengths,heads,head_size,branches", [
+    ("1", 2, 8, 0),
+    ("5,63,64,65,130", 3, 16, 1),
+    ("200", 2, 64, 1),
+    ("600", 2, 64, 1),
+    ("300,1024", 1, 32, 1),
+    ("33,70", 1, 144, 0),
+])
+@pytest.mark.parametrize("route", ["dpbf16", "fp32"])
+def test_bf16_streaming_backward_matches_its_float64_emulation(tmp_path, lengths, heads, head_size, branches, route):
+    """--precision bf16 on a CPU with fast vdpbf16ps: the streaming backward's tile products
+    take bf16 operands (fdpo_attention_bf16). Against the float64 emulation of that arithmetic
+    (reference_backward_bf16): max|diff| / max|ref| <= 2e-4 (fp32 accumulation, and elements
+    whose bf16 rounding of P or dS flips on a last-bit difference of the fp32 scores; observed
+    4e-11 .. 1.0e-4 over these cases). The exact fp32 gradient is 3.5e-3 .. 7.7e-3 away
+    (bf16 inputs keep 8 bits), asserted > 10x the tolerance, so the test tells the two
+    arithmetics apart: the fp32 kernel fails it, and so would one that rounded nothing.
+    Both routes of the products, forced (FDPO_BF16_GEMM): vdpbf16ps on uint16 operands, and
+    fp32 FMA on the bf16 values held in fp32 (CPUs whose vdpbf16ps is slow or absent)."""
+    if route == "dpbf16" and "avx512_bf16" not in open("/proc/cpuinfo").read():
+        pytest.skip("no AVX512-BF16: the vdpbf16ps route does not exist here")
+    out_path = tmp_path / "a.safetensors"
+    r = subprocess.run([HARNESS, "attention-check", "--lengths", lengths, "--heads", str(heads), "--head-size",
+                        str(head_size), "--seed", "3", "--branches", str(branches), "--bf16", "1", "--out", out_path],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, FDPO_BF16_GEMM=route))
+    assert r.returncode == 0, r.stderr
+    t, _ = st.load(str(out_path))
+    off = t["seq_offset"].astype(np.int64)
+    emulated = reference_backward_bf16(t["qkv"], t["dout"], t["branch"], off, heads)
+    _, exact = reference(t["qkv"], t["dout"], t["branch"], off, heads)
+    got = t["dqkv_streaming"]
+    err = rel_err(got, emulated)
+    assert err <= 2e-4, err
+    assert rel_err(got, exact) > 10 * 2e-4, (rel_err(got, exact), err)

@@ -2,8 +2,10 @@
 
 fdpo's bf16 rule: every linear layer and the LM head multiply bf16-rounded operands
 (activation and weight in the forward; upstream gradient and weight, or activation and
-upstream gradient, in the backward) with fp32 accumulation into fp32 outputs; everything
-else (attention, LayerNorm, GELU, softmax, log-probs, gradient sums) is fp32.
+upstream gradient, in the backward) with fp32 accumulation into fp32 outputs, and so do
+the attention backward's products (Q, K, V, dY, P, dS: AttentionBF16 below, from wave 12);
+everything else (the attention forward, LayerNorm, GELU, softmax, log-probs, gradient sums)
+is fp32.
 
 References, both computed here with PyTorch:
   * EMULATED: the float64 plain-PyTorch GPT-2 (tests/py/fdpo_ref) with each of those
@@ -58,6 +60,35 @@ class MatmulBF16(torch.autograd.Function):
         return gb @ bf16r(w).t(), bf16r(x).t() @ gb
 
 
+class AttentionBF16(torch.autograd.Function):
+    """softmax(mask(scale q k^T)) v per head, exact in the forward; the backward's products on
+    bf16-rounded operands as fdpo's streaming backward multiplies them (q, k, v, dy, P, dS;
+    P = exp(scale bf16(q) bf16(k)^T - lse) with lse the exact forward's, D = dy . out):
+    tests/py/test_attention.py, reference_backward_bf16."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale):
+        s = (q @ k.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
+        lse = torch.logsumexp(s, dim=-1, keepdim=True)
+        out = torch.exp(s - lse) @ v
+        ctx.save_for_backward(q, k, v, mask, lse, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, mask, lse, out = ctx.saved_tensors
+        scale = ctx.scale
+        D = (dy * out).sum(-1, keepdim=True)
+        S = (bf16r(q) @ bf16r(k).transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
+        P = torch.exp(S - lse)
+        dv = bf16r(P).transpose(-1, -2) @ bf16r(dy)
+        dS = P * (bf16r(dy) @ bf16r(v).transpose(-1, -2) - D)
+        dq = scale * bf16r(dS) @ bf16r(k)
+        dk = scale * bf16r(dS).transpose(-1, -2) @ bf16r(q)
+        return dq, dk, dv, None, None
+
+
 def forward_emulated(model, tokens, pos, mask):
     """fdpo_ref's GPT2.forward with the bf16 rule applied to the linear layers and the head."""
     import math
@@ -74,8 +105,7 @@ def forward_emulated(model, tokens, pos, mask):
         h = F.layer_norm(x, (C,), P("ln_1.weight"), P("ln_1.bias"), eps)
         q, k, v = (mm(h, P("attn.c_attn.weight")) + P("attn.c_attn.bias")).split(C, dim=-1)
         q, k, v = (t.view(T, H, hs).transpose(0, 1) for t in (q, k, v))
-        att = torch.softmax(((q @ k.transpose(-1, -2)) / math.sqrt(hs)).masked_fill(~mask, float("-inf")), dim=-1)
-        y = (att @ v).transpose(0, 1).reshape(T, C)
+        y = AttentionBF16.apply(q, k, v, mask, 1.0 / math.sqrt(hs)).transpose(0, 1).reshape(T, C)
         x = x + mm(y, P("attn.c_proj.weight")) + P("attn.c_proj.bias")
         h = F.layer_norm(x, (C,), P("ln_2.weight"), P("ln_2.bias"), eps)
         h = F.gelu(mm(h, P("mlp.c_fc.weight")) + P("mlp.c_fc.bias"), approximate="tanh")
@@ -350,8 +380,9 @@ def test_bf16_sft_steps_follow_the_optimizer(tmp_path, route):
     vdpbf16ps (skipped without AVX512-BF16). A copy left one forward behind would compute each
     step's loss and gradient at the previous weights: the loss falls by > 0.3 over the run, so
     every step's loss would sit far outside the bound. Bounds: measured (both routes) loss
-    <= 2.0e-4 absolute, grad norm <= 2.3e-4 relative, weights <= 4.5e-4 absolute (the c_attn
-    key bias aside, as in test_train): an activation at a bf16 rounding boundary flips to the
+    <= 2.0e-4 absolute, grad norm <= 2.7e-4 relative, weights <= 4.5e-4 absolute outside
+    c_attn's key block (its weights up to 3.5e-3 and its bias: see the loop below, near-zero
+    true gradients): an activation at a bf16 rounding boundary flips to the
     neighbouring value now and then (float64 vs fp32 sums) and AdamW carries that on; set at
     1e-3 / 1e-3 / 2e-3, below the smallest change of the loss between two steps (5.9e-3).
     Checked: with the copies never remade after the first forward, step 3's loss (the first
@@ -419,9 +450,18 @@ def test_bf16_sft_steps_follow_the_optimizer(tmp_path, route):
     for name, p in params.items():
         want = p.detach().numpy()
         atol = np.full(want.shape, 2e-3)
-        if name.endswith("c_attn.bias"):   # zero true gradient: AdamW moves float noise (test_train.py)
+        if name.endswith("c_attn.bias"):
+            # the key bias has a zero true gradient (softmax ignores a shift shared by a row's
+            # scores): what it gets is rounding noise, from the attention backward's bf16 dS
+            # since wave 12, which AdamW's normalisation turns into steps of up to lr each, a
+            # walk of its own in fdpo and in the reference. Bound: the two walks' reach.
             C = want.shape[0] // 3
-            atol[C:2 * C] = 1e-2
+            atol[C:2 * C] = 2 * sum(tt.hf_cosine_lr(k) for k in range(tt.STEPS))
+        if name.endswith("c_attn.weight"):
+            # the key weights: elements whose true gradient is near zero move by AdamW-normalised
+            # rounding noise as the key bias does (bf16 dS; measured up to 3.5e-3 on both routes)
+            C = want.shape[1] // 3
+            atol[:, C:2 * C] = 5e-3
         np.testing.assert_array_less(np.abs(got[name] - want), atol, err_msg=name)
         if not name.endswith("c_attn.bias"):
             dw = max(dw, np.abs(got[name] - want).max())
