@@ -300,8 +300,9 @@ int h_dpo_bench(int argc, char **argv) {
         fdpo_dpo_metrics m;
         rc = fdpo_dpo_step(&d, pp, n_pairs, ref_logps, 1, &m, NULL);
         if (rc) break;
-        fdpo_clip_grad_norm(policy, 1.0);
-        fdpo_adamw_step(&opt, policy, 1e-6);
+        /* as the trainer steps (src/train/trainer.c): clipping folded into AdamW's pass */
+        double norm = fdpo_grad_norm(policy);
+        fdpo_adamw_step_ex(&opt, policy, 1e-6, fdpo_clip_scale(norm, 1.0), 1);
         double dt = fdpo_now() - t0, dc = process_cpu_seconds() - c0;
         tokens = m.tokens;
         if (serve) {
