@@ -1006,6 +1006,26 @@ static void att_gemm(int dp, int ta, int tb, size_t M, size_t N, size_t K, float
                    (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 
+/* dq, dk, dv rows [T, hs] (row stride ld) = 0: the backward accumulates into them */
+static void clear_head_rows(float *dq, float *dk, float *dv, size_t ld, size_t T, size_t hs) {
+    for (size_t t = 0; t < T; t++) {
+        memset(dq + t * ld, 0, hs * sizeof(float));
+        memset(dk + t * ld, 0, hs * sizeof(float));
+        memset(dv + t * ld, 0, hs * sizeof(float));
+    }
+}
+
+/* D [nq] = dY_i . out_i for rows i0 .. i0+nq (row stride ld): rowsum(P * dP) of the backward */
+static void rows_dot(float *D, const float *dy, const float *o, size_t ld, size_t i0, size_t nq, size_t hs) {
+    for (size_t r = 0; r < nq; r++) {
+        const float *a = dy + (i0 + r) * ld, *c = o + (i0 + r) * ld;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (size_t d = 0; d < hs; d++) dot += a[d] * c[d];
+        D[r] = dot;
+    }
+}
+
 /* The streaming backward of one (sequence, head) with bf16 tile products (Q, K, V, dY and
  * each tile's P and dS rounded to bf16; fp32 accumulation into dq, dk, dv, row stride 3C;
  * the softmax, D and every sum fp32): the steps of fdpo_k_attention_backward_key_tiles.
@@ -1025,20 +1045,10 @@ static void attention_backward_head_bf16(float *dq, float *dk, float *dv, const 
     att_round_rows(dp, vb, es, v, C3, T, hs);
     att_round_rows(dp, dyb, es, dy, C, T, hs);
     float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE], D[ATT_TILE];
-    for (size_t t = 0; t < T; t++) {
-        memset(dq + t * C3, 0, hs * sizeof(float));
-        memset(dk + t * C3, 0, hs * sizeof(float));
-        memset(dv + t * C3, 0, hs * sizeof(float));
-    }
+    clear_head_rows(dq, dk, dv, C3, T, hs);
     for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
         size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
-        for (size_t r = 0; r < nq; r++) {
-            const float *a = dy + (i0 + r) * C, *c = o + (i0 + r) * C;
-            float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (size_t d = 0; d < hs; d++) dot += a[d] * c[d];
-            D[r] = dot;
-        }
+        rows_dot(D, dy, o, C, i0, nq, hs);
         const unsigned char *qi = qb + i0 * hs * es, *dyi = dyb + i0 * hs * es;
         for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
             size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
@@ -1094,20 +1104,10 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
             continue;
         }
         float D[ATT_TILE];
-        for (size_t t = 0; t < T; t++) {
-            memset(dq + t * C3, 0, hs * sizeof(float));
-            memset(dk + t * C3, 0, hs * sizeof(float));
-            memset(dv + t * C3, 0, hs * sizeof(float));
-        }
+        clear_head_rows(dq, dk, dv, C3, T, hs);
         for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
             size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
-            for (size_t r = 0; r < nq; r++) {
-                const float *a = dy + (i0 + r) * C, *c = o + (i0 + r) * C;
-                float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                for (size_t d = 0; d < hs; d++) dot += a[d] * c[d];
-                D[r] = dot;
-            }
+            rows_dot(D, dy, o, C, i0, nq, hs);
             fdpo_k_attention_backward_key_tiles(fdpo_sgemm, dq, dk, dv, dy, C, q, C3, k, v, C3, lse + s * NH + h, NH,
                                                 D, br, i0, nq, hs, scale);
         }

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from fdpo_ref import safetensors as st
+from fdpo_ref.gpt2 import attention_backward_bf16
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-harness"))
@@ -33,6 +34,13 @@ HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-ha
 
 def rel_err(got, ref):
     return float(np.max(np.abs(np.asarray(got, np.float64) - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def branch_mask(br):
+    """[T, T] True where token i may attend j: j <= i and (branch[j] == 0 or branch[j] == branch[i])."""
+    T = len(br)
+    bj, bi = torch.tensor(br)[None, :], torch.tensor(br)[:, None]
+    return torch.tril(torch.ones(T, T, dtype=torch.bool)) & ((bj == 0) | (bj == bi))
 
 
 def reference(qkv, dout, branch, off, NH):
@@ -47,9 +55,7 @@ def reference(qkv, dout, branch, off, NH):
         T = e - s
         q, k, v = x[s:e].split(C, dim=-1)
         q, k, v = (t.reshape(T, NH, hs).transpose(0, 1) for t in (q, k, v))
-        br = branch[s:e]
-        bj, bi = torch.tensor(br)[None, :], torch.tensor(br)[:, None]
-        mask = torch.tril(torch.ones(T, T, dtype=torch.bool)) & ((bj == 0) | (bj == bi))
+        mask = branch_mask(branch[s:e])
         att = torch.softmax((q @ k.transpose(-1, -2) / math.sqrt(hs)).masked_fill(~mask, float("-inf")), dim=-1)
         outs.append((att @ v).transpose(0, 1).reshape(T, C))
     out = torch.cat(outs)
@@ -97,16 +103,10 @@ def test_streaming_attention_matches_materialised_and_pytorch(tmp_path, lengths,
         assert rel_err(plain_out, ref_out) > 1e-2
 
 
-def bf16(x):
-    """x rounded to bf16 (round to nearest even, as fdpo_bf16_round), back in float64."""
-    return x.to(torch.bfloat16).to(torch.float64)
-
-
 def reference_backward_bf16(qkv, dout, branch, off, NH):
-    """The bf16 streaming backward's arithmetic in float64 (DESIGN: bf16 matmul inputs, fp32
-    everything else): P = exp(scale bf16(Q) bf16(K)^T - lse) with lse the exact forward's;
-    dV = bf16(P)^T bf16(dY); dP = bf16(dY) bf16(V)^T; dS = P (dP - D), D = dY . out;
-    dQ = scale bf16(dS) bf16(K); dK = scale bf16(dS)^T bf16(Q). Returns d qkv [N, 3C]."""
+    """The bf16 streaming backward's arithmetic in float64 per sequence
+    (fdpo_ref.gpt2.attention_backward_bf16, lse and out of the exact forward). Returns
+    d qkv [N, 3C]."""
     N, C3 = qkv.shape
     C = C3 // 3
     hs = C // NH
@@ -119,20 +119,12 @@ def reference_backward_bf16(qkv, dout, branch, off, NH):
         T = e - s
         q, k, v = (t.reshape(T, NH, hs).transpose(0, 1) for t in x[s:e].split(C, dim=-1))
         dy = dy_all[s:e].reshape(T, NH, hs).transpose(0, 1)
-        br = branch[s:e]
-        bj, bi = torch.tensor(br)[None, :], torch.tensor(br)[:, None]
-        mask = torch.tril(torch.ones(T, T, dtype=torch.bool)) & ((bj == 0) | (bj == bi))
+        mask = branch_mask(branch[s:e])
         exact = (q @ k.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
         lse = torch.logsumexp(exact, dim=-1, keepdim=True)
         out = torch.softmax(exact, dim=-1) @ v
-        D = (dy * out).sum(-1, keepdim=True)
-        S = (bf16(q) @ bf16(k).transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
-        P = torch.exp(S - lse)
-        dv = bf16(P).transpose(-1, -2) @ bf16(dy)
-        dS = P * (bf16(dy) @ bf16(v).transpose(-1, -2) - D)
-        dq = scale * bf16(dS) @ bf16(k)
-        dk = scale * bf16(dS).transpose(-1, -2) @ bf16(q)
-        for j, g in enumerate((dq, dk, dv)):
+        grads = attention_backward_bf16(q, k, v, dy, mask, scale, lse, out)
+        for j, g in enumerate(grads):
             d[s:e, j * C:(j + 1) * C] = g.transpose(0, 1).reshape(T, C)
     return d.numpy()
 

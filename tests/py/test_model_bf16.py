@@ -35,7 +35,7 @@ import pytest
 import torch
 
 from fdpo_ref import safetensors as st
-from fdpo_ref.gpt2 import GPT2
+from fdpo_ref.gpt2 import GPT2, attention_backward_bf16
 from test_model_parity import CONFIGS, HARNESS, make_model, random_batch, rel_err, run_fdpo
 
 FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../build/fdpo"))
@@ -64,7 +64,7 @@ class AttentionBF16(torch.autograd.Function):
     """softmax(mask(scale q k^T)) v per head, exact in the forward; the backward's products on
     bf16-rounded operands as fdpo's streaming backward multiplies them (q, k, v, dy, P, dS;
     P = exp(scale bf16(q) bf16(k)^T - lse) with lse the exact forward's, D = dy . out):
-    tests/py/test_attention.py, reference_backward_bf16."""
+    fdpo_ref.gpt2.attention_backward_bf16, also tests/py/test_attention.py's reference."""
 
     @staticmethod
     def forward(ctx, q, k, v, mask, scale):
@@ -78,14 +78,7 @@ class AttentionBF16(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         q, k, v, mask, lse, out = ctx.saved_tensors
-        scale = ctx.scale
-        D = (dy * out).sum(-1, keepdim=True)
-        S = (bf16r(q) @ bf16r(k).transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
-        P = torch.exp(S - lse)
-        dv = bf16r(P).transpose(-1, -2) @ bf16r(dy)
-        dS = P * (bf16r(dy) @ bf16r(v).transpose(-1, -2) - D)
-        dq = scale * bf16r(dS) @ bf16r(k)
-        dk = scale * bf16r(dS).transpose(-1, -2) @ bf16r(q)
+        dq, dk, dv = attention_backward_bf16(q, k, v, dy, mask, ctx.scale, lse, out)
         return dq, dk, dv, None, None
 
 

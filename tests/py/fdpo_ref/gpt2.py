@@ -103,3 +103,24 @@ class GPT2(torch.nn.Module):
                 name = k.replace("__", ".")
                 arr = t.get("transformer." + name, t.get(name))
                 self.p[k].copy_(torch.from_numpy(arr))
+
+
+def attention_backward_bf16(q, k, v, dy, mask, scale, lse, out):
+    """fdpo's attention backward under --precision bf16 (DESIGN: bf16 matmul inputs, fp32
+    everything else), in the tensors' dtype: per head [.., T, hs], mask [T, T] True where a
+    query may attend, lse [.., T, 1] and out of the exact forward.
+      P = exp(scale bf16(q) bf16(k)^T - lse);  D = dy . out
+      dv = bf16(P)^T bf16(dy);  dS = P (bf16(dy) bf16(v)^T - D)
+      dq = scale bf16(dS) bf16(k);  dk = scale bf16(dS)^T bf16(q)
+    bf16() rounds to nearest even (torch's float -> bfloat16, as fdpo_bf16_round)."""
+    def bf16(t):
+        return t.to(torch.bfloat16).to(t.dtype)
+
+    D = (dy * out).sum(-1, keepdim=True)
+    S = (bf16(q) @ bf16(k).transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
+    P = torch.exp(S - lse)
+    dv = bf16(P).transpose(-1, -2) @ bf16(dy)
+    dS = P * (bf16(dy) @ bf16(v).transpose(-1, -2) - D)
+    dq = scale * bf16(dS) @ bf16(k)
+    dk = scale * bf16(dS).transpose(-1, -2) @ bf16(q)
+    return dq, dk, dv
