@@ -118,6 +118,19 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
  * products run on vdpbf16ps where a large bf16 GEMM does (fdpo_gemm_bf16_widens), else as
  * fp32 FMA on the bf16 values. */
 int fdpo_attention_bf16(fdpo_precision p);
+/* The bf16 backward's parts, for GPT-2 and Llama alike (gpt2_kernels.c): dp = 1 if the tile
+ * products run on vdpbf16ps here (the route of a large bf16 GEMM), their operands then
+ * uint16, else bf16 values held in fp32 multiplied with fp32 FMA; a per-thread scratch;
+ * rows [T, hs] (contiguous) = the bf16 values of x's T rows of hs (row stride ld); and the
+ * key tiles of query tile [i0, i0+nq) as fdpo_k_attention_backward_key_tiles computes them,
+ * on those rows (pb, ds: ATT_TILE^2 elements each for a tile's P and dS). */
+int fdpo_k_att_bf16_dp(void);
+void *fdpo_k_att_bf16_scratch(size_t bytes);
+void fdpo_k_att_round_rows(int dp, void *rows, const float *x, size_t ld, size_t T, size_t hs);
+void fdpo_k_attention_backward_key_tiles_bf16(int dp, float *dq, size_t qs, float *dk, float *dv, size_t ks,
+                                              const void *qb, const void *kb, const void *vb, const void *dyb,
+                                              const float *lse, size_t lse_stride, const float *D, const uint8_t *br,
+                                              size_t i0, size_t nq, size_t hs, float scale, void *pb, void *ds);
 /* one (sequence, head) of the tiled streaming attention, for GPT-2 and Llama alike: row
  * strides as arguments, and the GEMM (fdpo_sgemm's signature) the tiles are multiplied with;
  * the backward's callers compute D for one query tile of ATT_TILE rows at a time */

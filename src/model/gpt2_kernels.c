@@ -962,19 +962,21 @@ int fdpo_attention_bf16(fdpo_precision p) {
     return p == FDPO_PRECISION_BF16 && env;
 }
 
-/* Per-thread operand copies of one (sequence, head)'s Q, K, V and dY rows, bf16 (uint16) or
- * bf16-rounded fp32, grown on demand and kept (a malloc per job of up to 1 MB would be
- * mapped and faulted in every time). */
+/* Per-thread operand copies of one job's Q, K, V and dY rows and its tiles' P and dS, bf16
+ * (uint16) or bf16-rounded fp32, grown on demand and kept (a malloc per job of up to 1 MB
+ * would be mapped and faulted in every time). */
 static _Thread_local void *att_bf16_buf;
 static _Thread_local size_t att_bf16_cap;
 
-static void *att_bf16_scratch(size_t bytes) {
+void *fdpo_k_att_bf16_scratch(size_t bytes) {
     if (bytes > att_bf16_cap) {
         att_bf16_buf = fdpo_realloc_large(att_bf16_buf, bytes);
         att_bf16_cap = bytes;
     }
     return att_bf16_buf;
 }
+
+int fdpo_k_att_bf16_dp(void) { return !fdpo_gemm_bf16_widens(4096, 4096); }
 
 /* dst [n] = the bf16 values of src [n] as bf16 (dp) or as fp32 (the same values exactly) */
 static void att_round(int dp, void *dst, const float *src, size_t n) {
@@ -989,9 +991,9 @@ static void att_round(int dp, void *dst, const float *src, size_t n) {
     }
 }
 
-/* rows [T, hs] (contiguous) = bf16 of x's T rows of hs (row stride ld); es: element bytes */
-static void att_round_rows(int dp, unsigned char *rows, size_t es, const float *x, size_t ld, size_t T, size_t hs) {
-    for (size_t t = 0; t < T; t++) att_round(dp, rows + t * hs * es, x + t * ld, hs);
+void fdpo_k_att_round_rows(int dp, void *rows, const float *x, size_t ld, size_t T, size_t hs) {
+    size_t es = dp ? sizeof(uint16_t) : sizeof(float);
+    for (size_t t = 0; t < T; t++) att_round(dp, (unsigned char *)rows + t * hs * es, x + t * ld, hs);
 }
 
 /* C = alpha op(A) op(B) + beta C on bf16 operands: vdpbf16ps (dp: A, B uint16) or fp32 FMA
@@ -1026,53 +1028,64 @@ static void rows_dot(float *D, const float *dy, const float *o, size_t ld, size_
     }
 }
 
-/* The streaming backward of one (sequence, head) with bf16 tile products (Q, K, V, dY and
- * each tile's P and dS rounded to bf16; fp32 accumulation into dq, dk, dv, row stride 3C;
- * the softmax, D and every sum fp32): the steps of fdpo_k_attention_backward_key_tiles.
- * With vdpbf16ps a 64^3 tile product runs 1.4-2.6x the fp32 one (2.5-2.8 us vs 3.5-6.5 us
- * on one thread), and this backward was a tenth of a 124M DPO step: model-ops, 4 x 255
- * tokens, 12 layers: 90-100 ms -> 60-72 ms. */
+/* fdpo_k_attention_backward_key_tiles with bf16 tile products: Q, K, V and dY as bf16 rows
+ * [T, hs] (fdpo_k_att_round_rows), each tile's P and dS rounded when made (into pb, ds of
+ * ATT_TILE^2 elements); fp32 accumulation into dq (row stride qs), dk and dv (ks); the
+ * softmax, D and every sum fp32. With vdpbf16ps a 64^3 tile product runs 1.4-2.6x the fp32
+ * one (2.5-2.8 us vs 3.5-6.5 us on one thread), and the fp32 backward was a tenth of a 124M
+ * DPO step: model-ops, 4 x 255 tokens, 12 layers: 90-100 ms -> 60-72 ms. */
+void fdpo_k_attention_backward_key_tiles_bf16(int dp, float *dq, size_t qs, float *dk, float *dv, size_t ks,
+                                              const void *qb, const void *kb, const void *vb, const void *dyb,
+                                              const float *lse, size_t lse_stride, const float *D, const uint8_t *br,
+                                              size_t i0, size_t nq, size_t hs, float scale, void *pb, void *ds) {
+    size_t es = dp ? sizeof(uint16_t) : sizeof(float);
+    float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE];
+    const unsigned char *qi = (const unsigned char *)qb + i0 * hs * es, *dyi = (const unsigned char *)dyb + i0 * hs * es;
+    for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
+        size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
+        if (tile_masked_by_branch(br, i0, nq, j0, nk)) continue;
+        const unsigned char *kj = (const unsigned char *)kb + j0 * hs * es, *vj = (const unsigned char *)vb + j0 * hs * es;
+        /* P = exp(scale Q K^T - lse), masked entries 0 */
+        att_gemm(dp, 0, 1, nq, nk, hs, scale, qi, hs, kj, hs, 0.0f, P, nk);
+        attention_mask_tile(P, br, i0, nq, j0, nk);
+        for (size_t r = 0; r < nq; r++) {
+            float L = lse[(i0 + r) * lse_stride];
+#pragma omp simd
+            for (size_t c = 0; c < nk; c++) P[r * nk + c] = fdpo_k_expf(P[r * nk + c] - L);
+        }
+        att_round(dp, pb, P, nq * nk);
+        /* dV += P^T dY;  dP = dY V^T;  dS = P (dP - D);  dQ += scale dS K;  dK += scale dS^T Q */
+        att_gemm(dp, 1, 0, nk, hs, nq, 1.0f, pb, nk, dyi, hs, 1.0f, dv + j0 * ks, ks);
+        att_gemm(dp, 0, 1, nq, nk, hs, 1.0f, dyi, hs, vj, hs, 0.0f, dP, nk);
+        for (size_t r = 0; r < nq; r++)
+#pragma omp simd
+            for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
+        att_round(dp, ds, dP, nq * nk);
+        att_gemm(dp, 0, 0, nq, hs, nk, scale, ds, nk, kj, hs, 1.0f, dq + i0 * qs, qs);
+        att_gemm(dp, 1, 0, nk, hs, nq, scale, ds, nk, qi, hs, 1.0f, dk + j0 * ks, ks);
+    }
+}
+
+/* The bf16 streaming backward of one GPT-2 (sequence, head): Q, K, V, dY rounded once, then
+ * the key tiles of each query tile (row stride 3C for q, k, v, dq, dk, dv; C for dy, o) */
 static void attention_backward_head_bf16(float *dq, float *dk, float *dv, const float *dy, const float *o,
                                          const float *q, const float *k, const float *v, const float *lse,
                                          size_t lse_stride, const uint8_t *br, size_t T, size_t C, size_t hs,
                                          float scale, int dp) {
-    size_t C3 = 3 * C, es = dp ? sizeof(uint16_t) : sizeof(float);
-    unsigned char *qb = att_bf16_scratch(4 * T * hs * es + 2 * ATT_TILE * ATT_TILE * es);
-    unsigned char *kb = qb + T * hs * es, *vb = kb + T * hs * es, *dyb = vb + T * hs * es;
-    unsigned char *Pb = dyb + T * hs * es, *dSb = Pb + ATT_TILE * ATT_TILE * es;
-    att_round_rows(dp, qb, es, q, C3, T, hs);
-    att_round_rows(dp, kb, es, k, C3, T, hs);
-    att_round_rows(dp, vb, es, v, C3, T, hs);
-    att_round_rows(dp, dyb, es, dy, C, T, hs);
-    float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE], D[ATT_TILE];
+    size_t C3 = 3 * C, es = dp ? sizeof(uint16_t) : sizeof(float), rows = T * hs * es;
+    unsigned char *qb = fdpo_k_att_bf16_scratch(4 * rows + 2 * ATT_TILE * ATT_TILE * es);
+    unsigned char *kb = qb + rows, *vb = kb + rows, *dyb = vb + rows, *pb = dyb + rows, *ds = pb + ATT_TILE * ATT_TILE * es;
+    fdpo_k_att_round_rows(dp, qb, q, C3, T, hs);
+    fdpo_k_att_round_rows(dp, kb, k, C3, T, hs);
+    fdpo_k_att_round_rows(dp, vb, v, C3, T, hs);
+    fdpo_k_att_round_rows(dp, dyb, dy, C, T, hs);
+    float D[ATT_TILE];
     clear_head_rows(dq, dk, dv, C3, T, hs);
     for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
         size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
         rows_dot(D, dy, o, C, i0, nq, hs);
-        const unsigned char *qi = qb + i0 * hs * es, *dyi = dyb + i0 * hs * es;
-        for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
-            size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
-            if (tile_masked_by_branch(br, i0, nq, j0, nk)) continue;
-            const unsigned char *kj = kb + j0 * hs * es, *vj = vb + j0 * hs * es;
-            /* P = exp(scale Q K^T - lse), masked entries 0 */
-            att_gemm(dp, 0, 1, nq, nk, hs, scale, qi, hs, kj, hs, 0.0f, P, nk);
-            attention_mask_tile(P, br, i0, nq, j0, nk);
-            for (size_t r = 0; r < nq; r++) {
-                float L = lse[(i0 + r) * lse_stride];
-#pragma omp simd
-                for (size_t c = 0; c < nk; c++) P[r * nk + c] = fdpo_k_expf(P[r * nk + c] - L);
-            }
-            att_round(dp, Pb, P, nq * nk);
-            /* dV += P^T dY;  dP = dY V^T;  dS = P (dP - D);  dQ += scale dS K;  dK += scale dS^T Q */
-            att_gemm(dp, 1, 0, nk, hs, nq, 1.0f, Pb, nk, dyi, hs, 1.0f, dv + j0 * C3, C3);
-            att_gemm(dp, 0, 1, nq, nk, hs, 1.0f, dyi, hs, vj, hs, 0.0f, dP, nk);
-            for (size_t r = 0; r < nq; r++)
-#pragma omp simd
-                for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
-            att_round(dp, dSb, dP, nq * nk);
-            att_gemm(dp, 0, 0, nq, hs, nk, scale, dSb, nk, kj, hs, 1.0f, dq + i0 * C3, C3);
-            att_gemm(dp, 1, 0, nk, hs, nq, scale, dSb, nk, qi, hs, 1.0f, dk + j0 * C3, C3);
-        }
+        fdpo_k_attention_backward_key_tiles_bf16(dp, dq, C3, dk, dv, C3, qb, kb, vb, dyb, lse, lse_stride, D, br, i0,
+                                                 nq, hs, scale, pb, ds);
     }
 }
 
@@ -1086,7 +1099,7 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
     float scale = 1.0f / sqrtf((float)hs);
     long n_jobs = (long)(B * NH);
     const int small = attention_small_path(hs, 1);
-    const int dp = bf16 && !fdpo_gemm_bf16_widens(4096, 4096); /* the route of a large bf16 GEMM here */
+    const int dp = bf16 && fdpo_k_att_bf16_dp();
 #pragma omp parallel for schedule(dynamic, 1)
     for (long job = 0; job < n_jobs; job++) {
         size_t b = (size_t)job / NH, h = (size_t)job % NH;

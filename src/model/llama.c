@@ -558,7 +558,8 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
                         tensor(m, P, LR_OW) + l * C * QD, a->ones, N, QD, C, 0);
         fdpo_lora_backward(m, FDPO_LORA_O, l, a->d_atty, a->d_residual, atty, N);
         fdpo_llama_gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_atty, q, k, v, atty, a->att_lse + l * N * NH,
-                                          a->seq_offset, a->has_branch ? a->branch : NULL, B, NH, NKV, hd);
+                                          a->seq_offset, a->has_branch ? a->branch : NULL, B, NH, NKV, hd,
+                                          fdpo_attention_bf16(a->precision));
         fdpo_llama_rope_backward(a->d_q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_backward(a->d_k, a->rope_cos, a->rope_sin, N, NKV, hd);
         /* frozen base (LoRA): below layer 0's q/k/v only the embedding would take a

@@ -114,7 +114,7 @@ void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, co
                                       size_t hd);
 void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                        const float *v, const float *out, const float *lse, const size_t *seq_offset,
-                                       const uint8_t *branch, size_t B, size_t NH, size_t NKV, size_t hd);
+                                       const uint8_t *branch, size_t B, size_t NH, size_t NKV, size_t hd, int bf16);
 void fdpo_llama_swiglu_forward(float *h, const float *gate, const float *up, size_t n);
 void fdpo_llama_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n);
 

@@ -224,10 +224,12 @@ void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, co
  * order without races. out is the forward's output. */
 void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                        const float *v, const float *out, const float *lse, const size_t *seq_offset,
-                                       const uint8_t *branch, size_t B, size_t NH, size_t NKV, size_t hd) {
+                                       const uint8_t *branch, size_t B, size_t NH, size_t NKV, size_t hd, int bf16) {
     size_t QD = NH * hd, KD = NKV * hd, group = NH / NKV;
     float scale = 1.0f / sqrtf((float)hd);
     long n_jobs = (long)(B * NKV);
+    const int dp = bf16 && fdpo_k_att_bf16_dp();
+    const size_t es = dp ? sizeof(uint16_t) : sizeof(float);
 #pragma omp parallel for schedule(dynamic, 1)
     for (long job = 0; job < n_jobs; job++) {
         size_t b = (size_t)job / NKV, g = (size_t)job % NKV;
@@ -236,6 +238,15 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
         float *dkg = dk + s * KD + g * hd, *dvg = dv + s * KD + g * hd;
         const uint8_t *br = branch ? branch + s : NULL;
         float D[ATT_TILE];
+        /* bf16 (fdpo_attention_bf16): the group's K and V rounded once, each head's Q and dY */
+        size_t rows = T * hd * es;
+        unsigned char *kb = NULL, *vb = NULL, *qb = NULL, *dyb = NULL, *pb = NULL, *ds = NULL;
+        if (bf16) {
+            kb = fdpo_k_att_bf16_scratch(4 * rows + 2 * ATT_TILE * ATT_TILE * es);
+            vb = kb + rows; qb = vb + rows; dyb = qb + rows; pb = dyb + rows; ds = pb + ATT_TILE * ATT_TILE * es;
+            fdpo_k_att_round_rows(dp, kb, kg, KD, T, hd);
+            fdpo_k_att_round_rows(dp, vb, vg, KD, T, hd);
+        }
         for (size_t t = 0; t < T; t++) {
             memset(dkg + t * KD, 0, hd * sizeof(float));
             memset(dvg + t * KD, 0, hd * sizeof(float));
@@ -245,6 +256,10 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
             const float *qh = q + s * QD + h * hd, *dy = dout + s * QD + h * hd, *o = out + s * QD + h * hd;
             float *dqh = dq + s * QD + h * hd;
             for (size_t t = 0; t < T; t++) memset(dqh + t * QD, 0, hd * sizeof(float));
+            if (bf16) {
+                fdpo_k_att_round_rows(dp, qb, qh, QD, T, hd);
+                fdpo_k_att_round_rows(dp, dyb, dy, QD, T, hd);
+            }
             for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
                 size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
                 for (size_t r = 0; r < nq; r++) {
@@ -253,8 +268,12 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
                     for (size_t d = 0; d < hd; d++) dot += a[d] * c[d];
                     D[r] = dot;
                 }
-                fdpo_k_attention_backward_key_tiles(openblas_sgemm, dqh, dkg, dvg, dy, QD, qh, QD, kg, vg, KD,
-                                                    lse + s * NH + h, NH, D, br, i0, nq, hd, scale);
+                if (bf16)
+                    fdpo_k_attention_backward_key_tiles_bf16(dp, dqh, QD, dkg, dvg, KD, qb, kb, vb, dyb, lse + s * NH + h,
+                                                             NH, D, br, i0, nq, hd, scale, pb, ds);
+                else
+                    fdpo_k_attention_backward_key_tiles(openblas_sgemm, dqh, dkg, dvg, dy, QD, qh, QD, kg, vg, KD,
+                                                        lse + s * NH + h, NH, D, br, i0, nq, hd, scale);
             }
         }
     }

@@ -3,8 +3,10 @@
 The rule is GPT-2's (tests/py/test_model_bf16.py): every linear layer (q/k/v/o,
 gate/up/down) and the LM head multiply bf16-rounded operands (activation and weight in the
 forward; upstream gradient and weight, or activation and upstream gradient, in the
-backward) with fp32 accumulation into fp32 outputs; RMSNorm, rotary embeddings, attention,
-SwiGLU, softmax and log-probs stay fp32, and so do the master weights and gradients.
+backward) with fp32 accumulation into fp32 outputs, and so do the attention backward's
+products (from wave 12: AttentionBF16 of test_model_bf16.py, on K and V repeated per query
+head); RMSNorm, rotary embeddings, the attention forward, SwiGLU, softmax and log-probs
+stay fp32, and so do the master weights and gradients.
 
 References, computed here with PyTorch from the Llama of tests/py/fdpo_ref/llama.py:
   * EMULATED: the float64 model with each of those matmuls replaced by an autograd
@@ -29,6 +31,7 @@ against the native path and the emulated reference, and the KV-cache decoder in 
 against the emulated reference (every decode mode).
 """
 import json
+import math
 import os
 import subprocess
 
@@ -39,17 +42,23 @@ import torch
 from fdpo_ref import safetensors as st
 from fdpo_ref.llama import Llama
 from test_llama import CONFIGS, HARNESS, batch, harness, reference, rel_err
-from test_model_bf16 import MatmulBF16
+from test_model_bf16 import AttentionBF16, MatmulBF16
 
 NAMES = ["mha-tied", "gqa-llama3", "qwen2", "all-bias"]
 
 
 class LlamaEmulatedBF16(Llama):
-    """the reference Llama with the bf16 rule on every linear layer and the LM head"""
+    """the reference Llama with the bf16 rule on every linear layer and the LM head, and on
+    the attention backward's products (AttentionBF16; K and V repeated per query head
+    before it, so autograd sums each group's dK, dV as fdpo's kernel accumulates them)"""
 
     @staticmethod
     def matmul_t(x, w):
         return MatmulBF16.apply(x, w.T)
+
+    @staticmethod
+    def attend(q, k, v, allowed, hd):
+        return AttentionBF16.apply(q, k, v, allowed, 1.0 / math.sqrt(hd))
 
 
 def make(tmp_path, name, seed=3, cls=Llama, dtype=torch.float64):

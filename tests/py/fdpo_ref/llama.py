@@ -123,14 +123,18 @@ class Llama:
             k = k * cos + self.rotate_half(k) * sin
             k = k.repeat_interleave(NH // NKV, dim=0)
             v = v.repeat_interleave(NH // NKV, dim=0)
-            s = (q @ k.transpose(1, 2)) / math.sqrt(hd)
-            s = s.masked_fill(~allowed, float("-inf"))
-            a = torch.softmax(s, dim=-1) @ v
+            a = self.attend(q, k, v, allowed, hd)
             x = x + self.linear(a.transpose(0, 1).reshape(T, NH * hd), pre + "self_attn.o_proj")
             h = self.rms(x, self.p[pre + "post_attention_layernorm.weight"], eps)
             gate = self.linear(h, pre + "mlp.gate_proj")
             x = x + self.linear(torch.nn.functional.silu(gate) * self.linear(h, pre + "mlp.up_proj"), pre + "mlp.down_proj")
         return self.rms(x, self.p["model.norm.weight"], eps)
+
+    @staticmethod
+    def attend(q, k, v, allowed, hd):
+        """softmax(mask(q k^T / sqrt(hd))) v per head (a subclass may change how it is computed)"""
+        s = (q @ k.transpose(1, 2)) / math.sqrt(hd)
+        return torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1) @ v
 
     def save_hf(self, d, shards=1):
         os.makedirs(d, exist_ok=True)
