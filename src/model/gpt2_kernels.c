@@ -978,17 +978,13 @@ void *fdpo_k_att_bf16_scratch(size_t bytes) {
 
 int fdpo_k_att_bf16_dp(void) { return !fdpo_gemm_bf16_widens(4096, 4096); }
 
-/* dst [n] = the bf16 values of src [n] as bf16 (dp) or as fp32 (the same values exactly) */
+/* dst [n] = the bf16 values of src [n] as bf16 (dp) or as fp32 (the same values exactly;
+ * n here is at most a tile, under the conversion's parallel threshold: the calling thread) */
 static void att_round(int dp, void *dst, const float *src, size_t n) {
-    if (dp) {
+    if (dp)
         fdpo_bf16_round_n(dst, src, n);
-        return;
-    }
-    float *d = dst;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)fdpo_bf16_round(src[i]) << 16;
-        memcpy(d + i, &u, 4);
-    }
+    else
+        fdpo_f32_round_bf16(dst, src, n);
 }
 
 void fdpo_k_att_round_rows(int dp, void *rows, const float *x, size_t ld, size_t T, size_t hs) {
