@@ -426,11 +426,10 @@ static void fused_head_reserve(fdpo_gpt2 *m, size_t K, size_t chunk, int keep) {
 static void lmhead_rows_forward_fused(fdpo_gpt2 *m, float *tlp, size_t k0, size_t k1, size_t t0, size_t t1) {
     fdpo_gpt2_acts *a = m->acts;
     size_t C = m->config.n_embd, V = m->config.vocab_size, chunk = a->head_chunk, K = k1 - k0;
-    float *lnf_packed = a->d_atty + t0 * C; /* backward scratch, free during forward */
-    for (size_t k = k0; k < k1; k++) {
-        memcpy(lnf_packed + (k - k0) * C, a->lnf + a->rows[k] * C, C * sizeof(float));
-        a->ctargets[k] = a->targets[a->rows[k]];
-    }
+    /* the last block left the rows packed (head_rows_only), else pack them into backward scratch */
+    float *lnf_packed = a->head_rows_only ? a->lnf + t0 * C : a->d_atty + t0 * C;
+    if (!a->head_rows_only) fdpo_k_gather_rows(lnf_packed, a->lnf, a->rows + k0, K, C);
+    for (size_t k = k0; k < k1; k++) a->ctargets[k] = a->targets[a->rows[k]];
     float *csum = a->d_ln + t0; /* free during forward */
     fdpo_bf16_weight wb = {NULL, NULL};
     if (a->precision == FDPO_PRECISION_BF16) wb = fdpo_model_bf16_weight(m, m->params.wte, K, chunk);
@@ -454,10 +453,8 @@ static void lmhead_rows_forward(fdpo_gpt2 *m, float *tlp, size_t K) {
     fdpo_gpt2_acts *a = m->acts;
     size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size;
     float *lnf_packed = a->d_atty; /* backward scratch, free during forward */
-    for (size_t k = 0; k < K; k++) {
-        memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
-        a->ctargets[k] = a->targets[a->rows[k]];
-    }
+    fdpo_k_gather_rows(lnf_packed, a->lnf, a->rows, K, C);
+    for (size_t k = 0; k < K; k++) a->ctargets[k] = a->targets[a->rows[k]];
     head_forward(m, a->logits, lnf_packed, K);
     fdpo_k_logsoftmax_forward(a->clse, a->cd, a->logits, a->ctargets, K, V);
     memset(a->lse, 0, N * sizeof(float));
@@ -466,26 +463,36 @@ static void lmhead_rows_forward(fdpo_gpt2 *m, float *tlp, size_t K) {
         a->lse[a->rows[k]] = a->clse[k];
         if (tlp) tlp[a->rows[k]] = a->cd[k];
     }
-    /* rows[k] >= k: moving from the back never overwrites a row still to be moved; the
-     * rows in between (skipped tokens) become 0 */
-    size_t next = N;
-    for (size_t k = K; k-- > 0;) {
-        size_t t = a->rows[k];
-        if (next > t + 1) memset(a->logits + (t + 1) * V, 0, (next - t - 1) * V * sizeof(float));
-        if (t != k) memcpy(a->logits + t * V, a->logits + k * V, V * sizeof(float));
-        next = t;
+    fdpo_k_scatter_rows(a->logits, 0, N, a->rows, K, V); /* the skipped tokens' rows become 0 */
+}
+
+/* ---- The last block on the head's rows ----
+ * With the fused head only the rows a->rows[] (tokens with a target, and a weight when
+ * skip_unweighted) are read from the model's output: in DPO, SFT and RL scoring the prompt
+ * tokens are not. Every other token's last-block output is dead, and after its attention
+ * (whose keys and values every later token reads) so is the rest of its block: c_proj,
+ * ln_2, the MLP and ln_f. The last block therefore runs them on the head's rows only,
+ * gathered to the front of the slice's rows; the backward scatters their d attention output
+ * and d residual back before the attention's backward (the other rows' are 0, as they were).
+ * The same arithmetic per row; in the 124M DPO goal step (half the rows are prompt) it skips
+ * ~16 of ~640 GFLOP. FDPO_HEAD_ROWS_ONLY=0 runs the whole block (A/B runs, tests). */
+static int head_rows_only_setting(void) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("FDPO_HEAD_ROWS_ONLY");
+        env = !(e && !strcmp(e, "0"));
     }
-    if (next > 0) memset(a->logits, 0, next * V * sizeof(float));
+    return env;
 }
 
 /* The forward from the embeddings to ln_f for sequences [s0, s1) of the packed batch (its
- * tokens t0 .. t0+n): every kernel over those rows only, attention over those sequences. The
- * whole batch (0, B) lets each kernel split its work over the threads; a slice (slice_plan)
- * runs on one thread inside the caller's region.
+ * tokens t0 .. t0+n, its head rows a->rows[k0..k1)): every kernel over those rows only,
+ * attention over those sequences. The whole batch (0, B) lets each kernel split its work
+ * over the threads; a slice (slice_plan) runs on one thread inside the caller's region.
  * The c_proj, c_fc and mlp c_proj biases are added by the next elementwise pass (GELU, or
  * residual + LayerNorm, which also computes the next layer's ln_1 or ln_f) instead of a copy
  * before the GEMM: fewer passes over [N, C] and fewer parallel regions per layer. */
-static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1) {
+static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1, size_t k0, size_t k1) {
     fdpo_gpt2_acts *a = m->acts;
     const fdpo_gpt2_config *c = &m->config;
     const fdpo_gpt2_params *p = &m->params;
@@ -498,31 +505,41 @@ static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1) {
     fdpo_k_layernorm_forward(a->ln1 + t0 * C, a->ln1_mean + t0, a->ln1_rstd + t0, a->encoded + t0 * C, p->ln1w,
                              p->ln1b, n, C, eps);
     for (size_t l = 0; l < L; l++) {
-        const float *residual = (l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C) + t0 * C;
+        const float *residual_l = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C, *residual = residual_l + t0 * C;
         float *ln1 = a->ln1 + l * N * C + t0 * C, *qkv_l = a->qkv + l * N * 3 * C, *qkv = qkv_l + t0 * 3 * C;
         float *atty_l = a->atty + l * N * C, *atty = atty_l + t0 * C;
         float *res2 = a->residual2 + l * N * C + t0 * C, *ln2 = a->ln2 + l * N * C + t0 * C;
         float *fch = a->fch + l * N * 4 * C + t0 * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C + t0 * 4 * C;
         float *res3 = a->residual3 + l * N * C + t0 * C;
         size_t ln2_row = l * N + t0;
+        int last = l + 1 == L;
         linear_forward(m, qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, n, C, 3 * C);
         fdpo_lora_forward(m, FDPO_LORA_C_ATTN, l, qkv, ln1, n);
         fdpo_k_attention_forward_streaming(atty_l, a->att_lse + l * N * NH, qkv_l, seq, branch, B, C, NH);
-        linear_forward(m, res2, atty, p->attprojw + l * C * C, NULL, n, C, C);
-        fdpo_lora_forward(m, FDPO_LORA_ATTN_C_PROJ, l, res2, atty, n);
+        size_t nb = n; /* rows the rest of the block runs on */
+        if (last && a->head_rows_only) {
+            nb = k1 - k0;
+            if (nb == 0) break;
+            float *atty_p = a->d_qkv + t0 * 3 * C, *residual_p = atty_p + nb * C; /* backward scratch, free now */
+            fdpo_k_gather_rows(atty_p, atty_l, a->rows + k0, nb, C);
+            fdpo_k_gather_rows(residual_p, residual_l, a->rows + k0, nb, C);
+            atty = atty_p;
+            residual = residual_p;
+        }
+        linear_forward(m, res2, atty, p->attprojw + l * C * C, NULL, nb, C, C);
+        fdpo_lora_forward(m, FDPO_LORA_ATTN_C_PROJ, l, res2, atty, nb);
         fdpo_k_residual_layernorm_forward(res2, ln2, a->ln2_mean + ln2_row, a->ln2_rstd + ln2_row, p->attprojb + l * C,
-                                          residual, p->ln2w + l * C, p->ln2b + l * C, n, C, eps);
-        linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, NULL, n, C, 4 * C);
-        fdpo_lora_forward(m, FDPO_LORA_C_FC, l, fch, ln2, n);
-        fdpo_k_bias_gelu_forward(fch_gelu, fch, p->fcb + l * 4 * C, n, 4 * C);
-        linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, NULL, n, 4 * C, C);
-        fdpo_lora_forward(m, FDPO_LORA_MLP_C_PROJ, l, res3, fch_gelu, n);
-        int last = l + 1 == L;
+                                          residual, p->ln2w + l * C, p->ln2b + l * C, nb, C, eps);
+        linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, NULL, nb, C, 4 * C);
+        fdpo_lora_forward(m, FDPO_LORA_C_FC, l, fch, ln2, nb);
+        fdpo_k_bias_gelu_forward(fch_gelu, fch, p->fcb + l * 4 * C, nb, 4 * C);
+        linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, NULL, nb, 4 * C, C);
+        fdpo_lora_forward(m, FDPO_LORA_MLP_C_PROJ, l, res3, fch_gelu, nb);
         fdpo_k_residual_layernorm_forward(res3, last ? a->lnf + t0 * C : ln1 + N * C,
                                           last ? a->lnf_mean + t0 : a->ln1_mean + (l + 1) * N + t0,
                                           last ? a->lnf_rstd + t0 : a->ln1_rstd + (l + 1) * N + t0,
                                           p->fcprojb + l * C, res2, last ? p->lnfw : p->ln1w + (l + 1) * C,
-                                          last ? p->lnfb : p->ln1b + (l + 1) * C, n, C, eps);
+                                          last ? p->lnfb : p->ln1b + (l + 1) * C, nb, C, eps);
     }
 }
 
@@ -635,17 +652,19 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
          * chunk by chunk inside it) for the backward */
         a->head_logits_rows = a->head_keep || a->head_chunk >= V ? K : SIZE_MAX;
     }
+    a->head_rows_only = b->fused_head && K < N && head_rows_only_setting();
+    a->n_head_rows = K;
     if (n_slices) { /* one region, no barrier: each thread runs its sequences through the whole model */
         size_t kb[FDPO_MAX_SLICES + 1];
         slice_rows(a, K, n_slices, kb);
 #pragma omp parallel num_threads(n_slices)
         for (int i = omp_get_thread_num(); i < n_slices; i += omp_get_num_threads()) { /* fewer threads: still every slice */
             size_t s0 = a->slice_bounds[i], s1 = a->slice_bounds[i + 1];
-            forward_trunk(m, s0, s1);
+            forward_trunk(m, s0, s1, kb[i], kb[i + 1]);
             lmhead_rows_forward_fused(m, tlp, kb[i], kb[i + 1], a->seq_offset[s0], a->seq_offset[s1]);
         }
     } else {
-        forward_trunk(m, 0, B);
+        forward_trunk(m, 0, B, 0, K);
         if (b->fused_head) {
             lmhead_rows_forward_fused(m, tlp, 0, K, 0, N);
         } else {
@@ -716,10 +735,12 @@ void fdpo_gpt2_zero_grad(fdpo_gpt2 *m) {
     }
 }
 
-/* Backward from d ln_f (a->d_ln, rows of tokens t0.. of sequences [s0, s1)) down to the
- * embeddings, accumulating weight gradients into g (NULL: frozen base, LoRA); the whole batch
- * (0, B, the model's gradients) or one thread's slice (its own gradient buffer). */
-static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t s1, int layer_hooks) {
+/* Backward from d ln_f (a->d_ln, rows of tokens t0.. of sequences [s0, s1); with
+ * head_rows_only its first K packed rows) down to the embeddings, accumulating weight
+ * gradients into g (NULL: frozen base, LoRA); the whole batch (0, B, the model's gradients)
+ * or one thread's slice (its own gradient buffer), whose head rows are a->rows[k0..k0+K). */
+static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t s1, size_t k0, size_t K,
+                           int layer_hooks) {
     fdpo_gpt2_acts *a = m->acts;
     const fdpo_gpt2_config *c = &m->config;
     const fdpo_gpt2_params *p = &m->params;
@@ -730,29 +751,41 @@ static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t 
 #define G(field, off) (g ? g->field + (off) : NULL)
     float *d_res = a->d_residual + t0 * C, *d_ln = a->d_ln + t0 * C, *d_fch = a->d_fch + t0 * 4 * C;
     float *d_atty = a->d_atty + t0 * C, *d_qkv_all = a->d_qkv, *d_qkv = a->d_qkv + t0 * 3 * C;
+    const size_t n_last = a->head_rows_only ? K : n; /* rows of the last block after its attention */
     memset(d_res, 0, n * C * sizeof(float));
-    fdpo_k_layernorm_backward(d_res, G(lnfw, 0), G(lnfb, 0), d_ln, a->residual3 + (L - 1) * N * C + t0 * C, p->lnfw,
-                              a->lnf_mean + t0, a->lnf_rstd + t0, n, C);
+    if (n_last > 0)
+        fdpo_k_layernorm_backward(d_res, G(lnfw, 0), G(lnfb, 0), d_ln, a->residual3 + (L - 1) * N * C + t0 * C,
+                                  p->lnfw, a->lnf_mean + t0, a->lnf_rstd + t0, n_last, C);
     for (size_t l = L; l-- > 0;) {
         const float *residual = (l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C) + t0 * C;
         const float *ln1 = a->ln1 + l * N * C + t0 * C, *qkv_l = a->qkv + l * N * 3 * C;
         const float *atty_l = a->atty + l * N * C, *atty = atty_l + t0 * C;
         const float *res2 = a->residual2 + l * N * C + t0 * C, *ln2 = a->ln2 + l * N * C + t0 * C;
         const float *fch = a->fch + l * N * 4 * C + t0 * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C + t0 * 4 * C;
-        size_t row = l * N + t0;
-        /* MLP block: res3 = res2 + gelu(ln2(res2) @ fcw + fcb) @ fcprojw + fcprojb */
-        linear_backward(m, d_fch, G(fcprojw, l * 4 * C * C), G(fcprojb, l * C), d_res, fch_gelu,
-                        p->fcprojw + l * 4 * C * C, n, 4 * C, C);
-        fdpo_lora_backward(m, FDPO_LORA_MLP_C_PROJ, l, d_fch, d_res, fch_gelu, n);
-        fdpo_k_gelu_backward_bias(d_fch, G(fcb, l * 4 * C), fch, n, 4 * C); /* fch holds gelu'; c_fc's bias grad too */
-        linear_backward(m, d_ln, G(fcw, l * C * 4 * C), NULL, d_fch, ln2, p->fcw + l * C * 4 * C, n, C, 4 * C);
-        fdpo_lora_backward(m, FDPO_LORA_C_FC, l, d_ln, d_fch, ln2, n);
-        fdpo_k_layernorm_backward(d_res, G(ln2w, l * C), G(ln2b, l * C), d_ln, res2, p->ln2w + l * C,
-                                  a->ln2_mean + row, a->ln2_rstd + row, n, C);
-        /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
-        linear_backward(m, d_atty, G(attprojw, l * C * C), G(attprojb, l * C), d_res, atty, p->attprojw + l * C * C,
-                        n, C, C);
-        fdpo_lora_backward(m, FDPO_LORA_ATTN_C_PROJ, l, d_atty, d_res, atty, n);
+        size_t row = l * N + t0, nb = l + 1 == L ? n_last : n;
+        if (nb != n) { /* the forward's packed c_proj input again, in d_qkv (free until the attention's backward) */
+            fdpo_k_gather_rows(d_qkv, atty_l, a->rows + k0, nb, C);
+            atty = d_qkv;
+        }
+        if (nb > 0) {
+            /* MLP block: res3 = res2 + gelu(ln2(res2) @ fcw + fcb) @ fcprojw + fcprojb */
+            linear_backward(m, d_fch, G(fcprojw, l * 4 * C * C), G(fcprojb, l * C), d_res, fch_gelu,
+                            p->fcprojw + l * 4 * C * C, nb, 4 * C, C);
+            fdpo_lora_backward(m, FDPO_LORA_MLP_C_PROJ, l, d_fch, d_res, fch_gelu, nb);
+            fdpo_k_gelu_backward_bias(d_fch, G(fcb, l * 4 * C), fch, nb, 4 * C); /* fch holds gelu'; c_fc's bias grad too */
+            linear_backward(m, d_ln, G(fcw, l * C * 4 * C), NULL, d_fch, ln2, p->fcw + l * C * 4 * C, nb, C, 4 * C);
+            fdpo_lora_backward(m, FDPO_LORA_C_FC, l, d_ln, d_fch, ln2, nb);
+            fdpo_k_layernorm_backward(d_res, G(ln2w, l * C), G(ln2b, l * C), d_ln, res2, p->ln2w + l * C,
+                                      a->ln2_mean + row, a->ln2_rstd + row, nb, C);
+            /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
+            linear_backward(m, d_atty, G(attprojw, l * C * C), G(attprojb, l * C), d_res, atty,
+                            p->attprojw + l * C * C, nb, C, C);
+            fdpo_lora_backward(m, FDPO_LORA_ATTN_C_PROJ, l, d_atty, d_res, atty, nb);
+        }
+        if (nb != n) { /* back to the tokens' rows; the rows the last block skipped get 0 */
+            fdpo_k_scatter_rows(a->d_atty, t0, n, a->rows + k0, nb, C);
+            fdpo_k_scatter_rows(a->d_residual, t0, n, a->rows + k0, nb, C);
+        }
         fdpo_k_attention_backward_streaming(d_qkv_all, a->d_atty, qkv_l, atty_l, a->att_lse + l * N * NH, seq, branch,
                                             B, C, NH, fdpo_attention_bf16(a->precision));
         linear_backward(m, d_ln, G(qkvw, l * C * 3 * C), G(qkvb, l * 3 * C), d_qkv, ln1, p->qkvw + l * C * 3 * C,
@@ -766,21 +799,35 @@ static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t 
 #undef G
 }
 
+/* d inp [K, C] (overwritten) and dwte of the fused head over packed rows k0..k1 = K, whose
+ * ln_f outputs are inp [K, C] */
+static void lmhead_backward_rows(fdpo_gpt2 *m, float *dinp, float *dwte, size_t k0, size_t k1, const float *inp,
+                                 int logits_ready) {
+    fdpo_gpt2_acts *a = m->acts;
+    size_t C = m->config.n_embd, V = m->config.vocab_size, chunk = a->head_chunk;
+    fdpo_bf16_weight wb = {NULL, NULL};
+    if (a->precision == FDPO_PRECISION_BF16) wb = fdpo_model_bf16_weight(m, m->params.wte, k1 - k0, chunk);
+    fdpo_k_lmhead_logsoftmax_backward_chunked(dinp, dwte, a->cd + k0, a->clse + k0, a->ctargets + k0, inp,
+                                              m->params.wte, wb, k1 - k0, C, V, chunk,
+                                              a->head_scratch + k0 * (a->head_keep ? V : chunk),
+                                              a->head_bf16, logits_ready);
+}
+
 /* The fused LM head's backward over the packed rows k0..k1 (tokens [t0, t1)): d ln_f into
- * a->d_ln's rows t0..t1 (0 for rows without a gradient), dW into dwte (NULL: frozen). The
+ * a->d_ln's rows t0..t1 (0 for rows without a gradient; with head_rows_only packed in its
+ * first k1 - k0 rows, where the last block wants it), dW into dwte (NULL: frozen). The
  * packed operands live in the slice's own rows of d_atty and d_qkv, free until its blocks. */
 static void lmhead_rows_backward_fused(fdpo_gpt2 *m, float *dwte, size_t k0, size_t k1, size_t t0, size_t t1,
                                        int logits_ready) {
     fdpo_gpt2_acts *a = m->acts;
-    size_t C = m->config.n_embd, V = m->config.vocab_size, chunk = a->head_chunk;
+    size_t C = m->config.n_embd;
+    if (a->head_rows_only) { /* ln_f's rows are packed already */
+        lmhead_backward_rows(m, a->d_ln + t0 * C, dwte, k0, k1, a->lnf + t0 * C, logits_ready);
+        return;
+    }
     float *lnf_packed = a->d_atty + t0 * C, *dlnf_packed = a->d_qkv + t0 * 3 * C;
-    for (size_t k = k0; k < k1; k++) memcpy(lnf_packed + (k - k0) * C, a->lnf + a->rows[k] * C, C * sizeof(float));
-    fdpo_bf16_weight wb = {NULL, NULL};
-    if (a->precision == FDPO_PRECISION_BF16) wb = fdpo_model_bf16_weight(m, m->params.wte, k1 - k0, chunk);
-    fdpo_k_lmhead_logsoftmax_backward_chunked(dlnf_packed, dwte, a->cd + k0, a->clse + k0, a->ctargets + k0, lnf_packed,
-                                              m->params.wte, wb, k1 - k0, C, V, chunk,
-                                              a->head_scratch + k0 * (a->head_keep ? V : chunk),
-                                              a->head_bf16, logits_ready);
+    fdpo_k_gather_rows(lnf_packed, a->lnf, a->rows + k0, k1 - k0, C);
+    lmhead_backward_rows(m, dlnf_packed, dwte, k0, k1, lnf_packed, logits_ready);
     memset(a->d_ln + t0 * C, 0, (t1 - t0) * C * sizeof(float));
     for (size_t k = k0; k < k1; k++) memcpy(a->d_ln + a->rows[k] * C, dlnf_packed + (k - k0) * C, C * sizeof(float));
 }
@@ -827,7 +874,7 @@ static void backward_sliced(fdpo_gpt2 *m, int n_slices, size_t K, int logits_rea
             if (i > 0) point_params(&gi, a->slice_grads + (size_t)(i - 1) * P, m->tensors);
             size_t s0 = a->slice_bounds[i], s1 = a->slice_bounds[i + 1];
             lmhead_rows_backward_fused(m, gi.wte, kb[i], kb[i + 1], a->seq_offset[s0], a->seq_offset[s1], logits_ready);
-            backward_trunk(m, &gi, s0, s1, 0);
+            backward_trunk(m, &gi, s0, s1, kb[i], kb[i + 1] - kb[i], 0);
         }
 #pragma omp barrier
         slice_grads_sum(m->grads_memory, a->slice_grads, P, n_slices);
@@ -854,12 +901,21 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
      * Rows without a gradient (prompt tokens, no target) add nothing to the LM head
      * backward, the largest matmuls of the step: pack the K active rows to the front. */
     size_t K = 0;
-    if (d_lnf) { memcpy(a->d_ln, d_lnf, N * C * sizeof(float)); goto trunk; } /* no LM head */
+    if (d_lnf) { /* no LM head */
+        if (a->head_rows_only)
+            return fdpo_error("gpt2 backward_hidden: the forward (fused_head) ran the last block on the LM head's "
+                              "rows only; the other hidden states were not computed");
+        memcpy(a->d_ln, d_lnf, N * C * sizeof(float));
+        goto trunk;
+    }
     for (size_t t = 0; t < N; t++) {
-        if (a->targets[t] < 0 || d_token_logp[t] == 0.0f) continue;
-        if (a->skip_unweighted && a->weights[t] == 0.0f)
+        /* head_rows_only: exactly the forward's rows (the last block's packed rows), a 0 gradient included */
+        if (a->targets[t] < 0 || (d_token_logp[t] == 0.0f && !a->head_rows_only)) continue;
+        if (a->skip_unweighted && a->weights[t] == 0.0f) {
+            if (d_token_logp[t] == 0.0f) continue;
             return fdpo_error("gpt2 backward: d_token_logp[%zu] = %g but the forward skipped that token "
                               "(skip_unweighted: its weight is 0)", t, (double)d_token_logp[t]);
+        }
         a->rows[K] = t;
         a->ctargets[K] = a->targets[t];
         a->cd[K] = d_token_logp[t];
@@ -884,10 +940,8 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         head_backward(m, a->d_ln, a->logits, a->lnf, N);
     } else {
         float *lnf_packed = a->d_atty, *dlnf_packed = a->d_qkv; /* both free until the blocks */
-        for (size_t k = 0; k < K; k++) { /* rows[k] >= k: moving forward never clobbers a later source */
-            if (a->rows[k] != k) memcpy(a->logits + k * V, a->logits + a->rows[k] * V, V * sizeof(float));
-            memcpy(lnf_packed + k * C, a->lnf + a->rows[k] * C, C * sizeof(float));
-        }
+        fdpo_k_gather_rows(a->logits, a->logits, a->rows, K, V);
+        fdpo_k_gather_rows(lnf_packed, a->lnf, a->rows, K, C);
         memset(a->d_ln, 0, N * C * sizeof(float));
         if (K > 0) {
             fdpo_k_logsoftmax_backward(a->logits, a->clse, a->ctargets, a->cd, K, V);
@@ -896,7 +950,7 @@ static int gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *d
         }
     }
 trunk:
-    backward_trunk(m, g, 0, B, 1);
+    backward_trunk(m, g, 0, B, 0, K, 1);
     a->has_forward = 0; /* the logits are gone; a second backward needs a new forward */
     return 0;
 }
@@ -905,7 +959,7 @@ int fdpo_gpt2_backward(fdpo_gpt2 *m, const float *d_token_logp) { return gpt2_ba
 int fdpo_gpt2_backward_hidden(fdpo_gpt2 *m, const float *d_lnf) { return gpt2_backward(m, NULL, d_lnf); }
 const float *fdpo_gpt2_hidden(const fdpo_gpt2 *m) {
     if (m->config.arch == FDPO_ARCH_LLAMA) return fdpo_llama_hidden(m);
-    return m->acts && m->acts->has_forward ? m->acts->lnf : NULL;
+    return m->acts && m->acts->has_forward && !m->acts->head_rows_only ? m->acts->lnf : NULL;
 }
 
 void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp) {

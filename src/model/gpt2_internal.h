@@ -42,6 +42,13 @@ struct fdpo_gpt2_acts {
     int fused_head;   /* the last forward ran the chunked head: no logits */
     size_t head_chunk; /* its vocabulary columns per chunk (fdpo_lmhead_chunk, <= V) */
     int head_keep;     /* the fused head keeps all K x V logits for the backward (head_keeps_logits) */
+    /* The last fused forward ran the last block after its attention (c_proj, ln_2, MLP,
+     * ln_f) on the head's rows only (a->rows[0..n_head_rows), the only ones whose output is
+     * read): their rows sit packed at the front of each slice's rows of residual2, ln2, fch,
+     * fch_gelu, residual3 and lnf (row t0 + j = packed row k0 + j); the backward takes the
+     * same rows. gpt2.c, "The last block on the head's rows". */
+    int head_rows_only;
+    size_t n_head_rows;
     /* chunked head scratch (grown on demand): logits of one chunk, bf16 operands, row state */
     float *head_scratch;  size_t head_scratch_cap;  /* floats */
     size_t head_logits_rows; /* the last fused forward's vocabulary fit in one chunk: head_scratch still
@@ -89,6 +96,9 @@ void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *po
                      const float *wpe, size_t N, size_t C);
 void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                       const int32_t *pos, size_t N, size_t C);
+/* packed rows (the LM head's, the last block's): gather them to the front, scatter them back */
+void fdpo_k_gather_rows(float *dst, const float *src, const size_t *rows, size_t K, size_t W);
+void fdpo_k_scatter_rows(float *x, size_t t0, size_t n, const size_t *rows, size_t K, size_t W);
 void fdpo_k_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, size_t N, size_t C, float eps);
 void fdpo_k_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,

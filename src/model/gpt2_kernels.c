@@ -61,6 +61,27 @@ void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const 
     }
 }
 
+/* dst [K, W] = rows rows[0..K) of src [., W]. dst may be src: rows ascend with rows[k] >= k,
+ * so no later source is overwritten. */
+void fdpo_k_gather_rows(float *dst, const float *src, const size_t *rows, size_t K, size_t W) {
+    for (size_t k = 0; k < K; k++)
+        if (dst + k * W != src + rows[k] * W) memmove(dst + k * W, src + rows[k] * W, W * sizeof(float));
+}
+
+/* x [., W]: rows t0 .. t0+K hold packed rows for the rows rows[0..K) (ascending, inside
+ * [t0, t0+n), so rows[k] >= t0 + k): move each to its row, in place, and zero every other
+ * row of [t0, t0+n). From the back, so no row is overwritten before it has moved. */
+void fdpo_k_scatter_rows(float *x, size_t t0, size_t n, const size_t *rows, size_t K, size_t W) {
+    size_t next = t0 + n;
+    for (size_t k = K; k-- > 0;) {
+        size_t t = rows[k];
+        if (next > t + 1) memset(x + (t + 1) * W, 0, (next - t - 1) * W * sizeof(float));
+        if (t != t0 + k) memcpy(x + t * W, x + (t0 + k) * W, W * sizeof(float));
+        next = t;
+    }
+    if (next > t0) memset(x + t0 * W, 0, (next - t0) * W * sizeof(float));
+}
+
 /* One row of LayerNorm: o [C] = (x - mean) * rstd * w + b; sums in double. */
 static inline void layernorm_row(float *o, float *mean, float *rstd, const float *x, const float *w, const float *b,
                                  size_t C, float eps) {

@@ -249,25 +249,6 @@ static void head_backward(fdpo_gpt2 *m, float *dinp, float *dhead, const float *
         fdpo_k_lmhead_backward(dinp, dhead, dlogits, inp, head, N, C, V);
 }
 
-/* x [N, W]: rows 0..K) go to rows[0..K) (ascending, rows[k] >= k), every other row
- * becomes 0. From the back, so no row is overwritten before it has moved. */
-static void scatter_rows(float *x, const size_t *rows, size_t K, size_t N, size_t W) {
-    size_t next = N;
-    for (size_t k = K; k-- > 0;) {
-        size_t t = rows[k];
-        if (next > t + 1) memset(x + (t + 1) * W, 0, (next - t - 1) * W * sizeof(float));
-        if (t != k) memcpy(x + t * W, x + k * W, W * sizeof(float));
-        next = t;
-    }
-    if (next > 0) memset(x, 0, next * W * sizeof(float));
-}
-
-/* dst [K, W] = src [rows[k], W]; dst may be src (rows[k] >= k: no later source is clobbered) */
-static void gather_rows(float *dst, const float *src, const size_t *rows, size_t K, size_t W) {
-    for (size_t k = 0; k < K; k++)
-        if (dst + k * W != src + rows[k] * W) memmove(dst + k * W, src + rows[k] * W, W * sizeof(float));
-}
-
 /* The [N, V] logits, only for forwards that materialise them */
 static void logits_reserve(llama_acts *a, size_t N, size_t V) {
     a->logits = fdpo_model_grow(a->logits, &a->logits_cap, N * V, sizeof(float));
@@ -291,7 +272,7 @@ static void head_fused_forward(fdpo_gpt2 *m, const float *head, float *tlp) {
     size_t chunk = fdpo_lmhead_chunk(V);
     /* backward scratch, free during forward (tlp may alias d_residual) */
     float *lnf_packed = a->d_ln, *tlp_packed = a->head_d, *lse_packed = a->head_lse, *sum_packed = a->d_q;
-    gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+    fdpo_k_gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
     for (size_t k = 0; k < K; k++) a->head_targets[k] = a->targets[a->head_rows[k]];
     fused_head_reserve(m, K, chunk);
     if (K > 0)
@@ -317,7 +298,7 @@ static void head_rows_forward(fdpo_gpt2 *m, const float *head, float *tlp) {
     llama_acts *a = &m->llama->acts;
     size_t N = a->n_tokens, C = m->config.n_embd, V = m->config.vocab_size, K = a->n_head_rows;
     float *lnf_packed = a->d_ln, *lse_packed = a->head_d, *tlp_packed = a->d_residual; /* backward scratch */
-    gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+    fdpo_k_gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
     for (size_t k = 0; k < K; k++) a->head_targets[k] = a->targets[a->head_rows[k]];
     if (K > 0) {
         head_forward(m, a->logits, lnf_packed, head, K);
@@ -331,7 +312,7 @@ static void head_rows_forward(fdpo_gpt2 *m, const float *head, float *tlp) {
         memset(tlp, 0, N * sizeof(float));
         for (size_t k = 0; k < K; k++) tlp[a->head_rows[k]] = tmp[k];
     }
-    scatter_rows(a->logits, a->head_rows, K, N, V);
+    fdpo_k_scatter_rows(a->logits, 0, N, a->head_rows, K, V);
 }
 
 /* LM head + log-softmax holding the [N, V] logits (fdpo_gpt2_logits reads them): over
@@ -497,7 +478,7 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         }
         size_t chunk = fdpo_lmhead_chunk(V);
         float *lnf_packed = a->d_residual; /* free until the blocks */
-        gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+        fdpo_k_gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
         fused_head_reserve(m, K, chunk);
         if (K > 0)
             fdpo_k_lmhead_logsoftmax_backward_chunked(a->d_ln, dhead, a->head_d, a->head_lse, a->head_targets, lnf_packed,
@@ -505,7 +486,7 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
                                                       a->precision == FDPO_PRECISION_BF16 ? w16_of(m, head, K, chunk)
                                                                                           : (fdpo_bf16_weight){NULL, NULL},
                                                       K, C, V, chunk, a->head_scratch, a->head_bf16, 0);
-        scatter_rows(a->d_ln, a->head_rows, K, N, C);
+        fdpo_k_scatter_rows(a->d_ln, 0, N, a->head_rows, K, C);
     } else if (a->skip_unweighted) { /* the K rows of the forward's LM head, packed */
         size_t K = a->n_head_rows;
         for (size_t t = 0, k = 0; t < N; t++) {
@@ -518,13 +499,13 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         for (size_t k = 0; k < K; k++) a->head_targets[k] = a->targets[a->head_rows[k]];
         float *lse_packed = a->d_q, *lnf_packed = a->d_residual; /* free until the blocks */
         for (size_t k = 0; k < K; k++) lse_packed[k] = a->lse[a->head_rows[k]];
-        gather_rows(a->logits, a->logits, a->head_rows, K, V);
-        gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+        fdpo_k_gather_rows(a->logits, a->logits, a->head_rows, K, V);
+        fdpo_k_gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
         if (K > 0) {
             fdpo_k_logsoftmax_backward(a->logits, lse_packed, a->head_targets, a->head_d, K, V);
             head_backward(m, a->d_ln, dhead, a->logits, lnf_packed, head, K);
         }
-        scatter_rows(a->d_ln, a->head_rows, K, N, C);
+        fdpo_k_scatter_rows(a->d_ln, 0, N, a->head_rows, K, C);
     } else { /* the logits buffer becomes d logits */
         fdpo_k_logsoftmax_backward(a->logits, a->lse, a->targets, d_token_logp, N, V);
         head_backward(m, a->d_ln, dhead, a->logits, a->lnf, head, N);

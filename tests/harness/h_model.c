@@ -36,6 +36,9 @@
  *   model-fb also takes --precision fp32|bf16, and --lora ADAPTER_DIR: PEFT adapters attached
  *       (base frozen); the gradients written are then the adapters' (lora_A / lora_B names).
  *       --lora-train STEP: as in training step STEP (dropout on, masks keyed by STEP).
+ *       --backward-hidden 1: fdpo_gpt2_backward_hidden with d hidden = 0 instead of the
+ *       batch's d_token_logp. --report-hidden 1: the output gets hidden_available, 1 when
+ *       fdpo_gpt2_hidden() returned the hidden states after the forward.
  *   attention-check --lengths T1,T2,... --heads NH --head-size HS --seed S [--branches 0|1] --out FILE
  *       random qkv [N,3C] and upstream d_out [N,C] over a packed batch (with --branches 1,
  *       each sequence is [shared | branch 1 | branch 2] as in the shared-prompt DPO layout);
@@ -193,7 +196,14 @@ static int h_model_fb(int argc, char **argv) {
     if (!rc) rc = fdpo_gpt2_forward(m, &ob.b, tlp, slp);
     if (!rc && fdpo_gpt2_logits(m)) memcpy(logits, fdpo_gpt2_logits(m), N * V * sizeof(float)); /* fused: zeros */
     if (!rc) rc = fdpo_gpt2_logit_sums(m, lsum);
-    if (!rc && ob.d_token_logp) rc = fdpo_gpt2_backward(m, ob.d_token_logp);
+    float hidden_available = !rc && fdpo_gpt2_hidden(m) != NULL;
+    if (!rc && arg(argc, argv, "--backward-hidden")) { /* d hidden = 0 instead of the batch's d_token_logp */
+        float *dh = fdpo_calloc(N * m->config.n_embd + 1, sizeof(float));
+        rc = fdpo_gpt2_backward_hidden(m, dh);
+        free(dh);
+    } else if (!rc && ob.d_token_logp) {
+        rc = fdpo_gpt2_backward(m, ob.d_token_logp);
+    }
     if (!rc) {
         fdpo_st_writer *w = fdpo_st_writer_new();
         size_t sl[2] = {N, V}, sn[1] = {N}, sb[1] = {B};
@@ -201,6 +211,8 @@ static int h_model_fb(int argc, char **argv) {
         fdpo_st_writer_add(w, "token_logp", FDPO_F32, sn, 1, tlp);
         fdpo_st_writer_add(w, "seq_logp", FDPO_F32, sb, 1, slp);
         if (ob.logit_sums) fdpo_st_writer_add(w, "logit_sums", FDPO_F32, sn, 1, lsum);
+        size_t s1[1] = {1};
+        if (arg(argc, argv, "--report-hidden")) fdpo_st_writer_add(w, "hidden_available", FDPO_F32, s1, 1, &hidden_available);
         if (ob.d_token_logp) {
             if (m->lora) fdpo_st_writer_add_gpt2(w, &m->lora->view, m->lora->view.grads_memory, NULL);
             else fdpo_st_writer_add_gpt2(w, m, m->grads_memory, NULL);

@@ -193,7 +193,10 @@ def check_peft_layout(adapter, family, r, alpha, targets, modules, dims, n_layer
 @pytest.mark.parametrize("family,fused", [("gpt2", False), ("llama", False), ("gpt2", True), ("llama", True)])
 def test_forward_backward_parity_with_pytorch_lora(tmp_path, family, fused):
     """with fused (the chunked LM head that DPO/SFT use, chunks of 5): no logits, the
-    log-probs and the A/B gradients at the same tolerances; the frozen head takes none"""
+    log-probs and the A/B gradients at the same tolerances; the frozen head takes none.
+    The fused batch's first 3 tokens of each sequence have no target (a prompt): GPT-2's
+    last block then runs its adapters on the other rows only (gpt2.c, "The last block on
+    the head's rows")"""
     if family == "gpt2":
         base = make_gpt2(tmp_path / "base")
         targets, modules = ["c_attn", "c_proj", "c_fc"], GPT2_MODULES  # c_proj: attn.c_proj AND mlp.c_proj (PEFT)
@@ -208,9 +211,17 @@ def test_forward_backward_parity_with_pytorch_lora(tmp_path, family, fused):
                        "--lora-targets", ",".join(targets))
     check_peft_layout(ad, family, 4, 12, targets, modules, dims, 2)
     bp, d = batch_file(tmp_path)
+    prompt = np.zeros(len(d), dtype=bool)
     if fused:
         b = json.loads(bp.read_text())
         b["fused_head"] = True
+        t0 = 0
+        for s in b["sequences"]:
+            s["targets"][:3] = [-1] * 3
+            prompt[t0:t0 + 3] = True
+            t0 += len(s["tokens"])
+        d = [0.0 if p else x for x, p in zip(d, prompt)]
+        b["d_token_logp"] = d
         bp.write_text(json.dumps(b))
     r = subprocess.run([HARNESS, "model-fb", "--model", str(base), "--lora", str(ad), "--batch", str(bp), "--out",
                         str(tmp_path / "fb.st"), "--threads", "1"], capture_output=True, text=True, timeout=300,
@@ -222,9 +233,9 @@ def test_forward_backward_parity_with_pytorch_lora(tmp_path, family, fused):
     logits, grads = reference(ref, family, d)
     targets = np.concatenate([s[1:] + [EOT] for s in SEQS])
     ref_tlp = torch.log_softmax(torch.tensor(logits), -1).numpy()[np.arange(len(targets)), targets]
-    assert rel_err(got["token_logp"], ref_tlp) <= 1e-5
+    assert rel_err(got["token_logp"][~prompt], ref_tlp[~prompt]) <= 1e-5
     if fused:
-        assert np.all(got["logits"] == 0)
+        assert np.all(got["logits"] == 0) and np.all(got["token_logp"][prompt] == 0)
     else:
         assert rel_err(got["logits"], logits) <= 1e-5
     assert set(grads) == {k for k in got if "lora_" in k}

@@ -331,7 +331,10 @@ def test_fused_lm_head_matches_materialised_and_pytorch(tmp_path, name, skip, ch
     the gradients far outside the tolerances). A trained model's fused head keeps all its
     chunks' logits for the backward when they fit FDPO_LMHEAD_KEEP_MAX_BYTES (every case here
     fits); "7-recompute" sets that budget to 0, so every chunk is recomputed, and "7-zero-d"
-    makes the kept chunks stale for a backward over fewer rows."""
+    makes the kept chunks stale for a backward over fewer rows. The "-zero-d" cases run the
+    whole last block (FDPO_HEAD_ROWS_ONLY=0): with the last block on the head's rows only
+    the backward takes every row of the forward, d = 0 included, so its rows never differ
+    (test_last_block_runs_on_the_head_rows_only)."""
     cfg = CONFIGS[name]
     rng = np.random.default_rng(11)
     model, mdir = make_model(tmp_path, cfg, seed=4)
@@ -348,6 +351,8 @@ def test_fused_lm_head_matches_materialised_and_pytorch(tmp_path, name, skip, ch
     env = {} if chunk.startswith("default") else {"FDPO_LMHEAD_CHUNK": chunk.split("-")[0]}
     if chunk == "7-recompute":
         env["FDPO_LMHEAD_KEEP_MAX_BYTES"] = "0"
+    if chunk.endswith("-zero-d"):
+        env["FDPO_HEAD_ROWS_ONLY"] = "0"
     full = run_fb_env(tmp_path, mdir, {**batch, "fused_head": False}, "full", env)
     fused = run_fb_env(tmp_path, mdir, {**batch, "fused_head": True}, "fused", env)
     assert np.all(fused["logits"] == 0)  # never materialised
@@ -435,6 +440,62 @@ def test_sliced_batch_matches_unsliced_and_pytorch(tmp_path, threads, layout):
     for k, g in ref.grads().items():
         assert rel_err(sliced[k], whole[k]) <= 1e-5, k
         assert rel_err(sliced[k], g) <= 1e-4, k
+
+
+@pytest.mark.parametrize("case", ["fp32", "sliced", "bf16"])
+def test_last_block_runs_on_the_head_rows_only(tmp_path, case):
+    """With the fused head the last block runs c_proj, ln_2, the MLP and ln_f on the LM
+    head's rows only (gpt2.c, "The last block on the head's rows"): here the completion
+    tokens of a DPO-layout sequence and the weighted tokens of SFT-style sequences
+    (skip_unweighted). The same log-probs and gradients as the whole block
+    (FDPO_HEAD_ROWS_ONLY=0): fp32 within 1e-6 / 1e-5 (only the weight-gradient sums skip
+    rows of zeros), bf16 within 1e-5 / 1e-4 (bf16 GEMMs over fewer rows may block their fp32
+    sums differently); against PyTorch the skipping path is what
+    test_fused_lm_head_matches_materialised_and_pytorch and
+    test_sliced_batch_matches_unsliced_and_pytorch check. The hidden states are then not
+    available (the other rows' were never computed) and backward_hidden is refused; a batch
+    whose every row reaches the head runs the whole block."""
+    cfg = CONFIGS["odd"]
+    rng = np.random.default_rng(31)
+    model, mdir = make_model(tmp_path, cfg, seed=9)
+    V, T = cfg["vocab_size"], cfg["n_positions"]
+    seqs = random_batch(rng, V, T, [40, 7, 33, 25, 50, 12, 30, 45])
+    P, Cn, Rn = 9, 12, 10
+    seqs[1] = {"tokens": list(map(int, rng.integers(0, V, P + Cn + Rn))),
+               "targets": list(map(int, rng.integers(0, V, P + Cn + Rn))),
+               "weights": [0.0] * P + [1.0] * (Cn + Rn),
+               "pos": list(range(P)) + list(range(P, P + Cn)) + list(range(P, P + Rn)),
+               "branch": [0] * P + [1] * Cn + [2] * Rn}
+    weights = np.concatenate([s["weights"] for s in seqs])
+    targets = np.concatenate([s["targets"] for s in seqs])
+    used = (targets >= 0) & (weights != 0)
+    assert 0.3 < used.mean() < 0.98
+    d = np.where(used, rng.normal(size=len(used)), 0.0)
+    d[np.flatnonzero(used)[::5]] = 0.0  # a head row without a gradient stays a head row
+    batch = {"sequences": seqs, "d_token_logp": [float(x) for x in d], "skip_unweighted": True, "fused_head": True}
+    extra = {"fp32": ("--threads", "1"), "sliced": ("--threads", "2"),
+             "bf16": ("--threads", "1", "--precision", "bf16")}[case] + ("--report-hidden", "1")
+    rows = run_fb_env(tmp_path, mdir, batch, "rows", {"FDPO_SLICES": "1"}, extra)
+    whole = run_fb_env(tmp_path, mdir, batch, "whole", {"FDPO_SLICES": "1", "FDPO_HEAD_ROWS_ONLY": "0"}, extra)
+    assert rows["hidden_available"][0] == 0 and whole["hidden_available"][0] == 1
+    tol_lp, tol_g = (1e-5, 1e-4) if case == "bf16" else (1e-6, 1e-5)
+    assert np.all(rows["token_logp"][~used] == 0)
+    assert rel_err(rows["token_logp"], whole["token_logp"]) <= tol_lp
+    assert rel_err(rows["seq_logp"], whole["seq_logp"]) <= tol_lp
+    grads = [k for k in whole if k.startswith("transformer.")]
+    assert len(grads) == 4 + 12 * cfg["n_layer"]
+    for k in grads:
+        assert rel_err(rows[k], whole[k]) <= tol_g, k
+    # backward from the hidden states needs every row's: refused, naming why
+    bp = tmp_path / "hidden.json"
+    bp.write_text(json.dumps(batch))
+    r = subprocess.run([HARNESS, "model-fb", "--model", str(mdir), "--batch", str(bp), "--out", str(tmp_path / "h.st"),
+                        "--backward-hidden", "1", *extra], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "backward_hidden" in r.stderr and "head's rows only" in r.stderr, r.stderr
+    # every row in the head (pretraining): nothing to skip
+    full = {"sequences": random_batch(rng, V, T, [40, 7, 33], all_targets=True), "fused_head": True}
+    full["d_token_logp"] = [1.0] * sum(len(s["tokens"]) for s in full["sequences"])
+    assert run_fb_env(tmp_path, mdir, full, "full", {}, extra)["hidden_available"][0] == 1
 
 
 @pytest.mark.parametrize("lengths,sliced", [([64, 64, 64, 64], True),   # 128 | 128 tokens
