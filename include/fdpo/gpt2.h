@@ -142,8 +142,8 @@ typedef struct {
      * holding the [N, V] logits (memory O(rows x chunk), the backward recomputes each
      * chunk's logits). Only tokens with a target (and, with skip_unweighted, a non-zero
      * weight) get a log-prob. fdpo_gpt2_logits() is then NULL; fdpo_gpt2_logit_sums() still
-     * works. For the training losses (DPO/SFT/RL) that use target log-probs only. GPT-2
-     * then also runs the last block after its attention on the head's rows only (see
+     * works. For the training losses (DPO/SFT/RL) that use target log-probs only. The
+     * last block after its attention then also runs on the head's rows only (see
      * fdpo_gpt2_hidden). */
     int fused_head;
     /* With fused_head, GPT-2 family, in a model being trained (gradients or LoRA): the head
@@ -204,14 +204,14 @@ void fdpo_model_params_updated(fdpo_gpt2 *m, size_t off, size_t n);
 void fdpo_model_params_update_done(fdpo_gpt2 *m);
 /* Backward of the last forward from a gradient on the final hidden states (after ln_f)
  * d_lnf [N, C] instead of on the token log-probs; the LM head gets no gradient.
- * ACCUMULATES into m->grads like fdpo_gpt2_backward. An error after a GPT-2 fused_head
- * forward whose head skipped rows (below). */
+ * ACCUMULATES into m->grads like fdpo_gpt2_backward. An error after a fused_head forward
+ * whose head skipped rows (below). */
 int fdpo_gpt2_backward_hidden(fdpo_gpt2 *m, const float *d_lnf);
 /* Final hidden states (after ln_f) [N, C] of the last forward, NULL if none. Also NULL
- * after a GPT-2 fused_head forward whose head skipped some rows (no target, or weight 0
- * with skip_unweighted): its last block ran c_proj, the MLP and ln_f on the head's rows
- * only, so the other rows' hidden states do not exist (docs/model.md, "The last block on
- * the head's rows"). */
+ * after a fused_head forward whose head skipped some rows (no target, or weight 0 with
+ * skip_unweighted): its last block ran c_proj, the MLP and ln_f on the head's rows only,
+ * so the other rows' hidden states do not exist (docs/model.md, "The last block on the
+ * head's rows"). */
 const float *fdpo_gpt2_hidden(const fdpo_gpt2 *m);
 
 /* ---- scalar head (GPT2ForSequenceClassification, num_labels 1; src/model/gpt2_score.c) ----

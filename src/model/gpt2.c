@@ -476,7 +476,7 @@ static void lmhead_rows_forward(fdpo_gpt2 *m, float *tlp, size_t K) {
  * and d residual back before the attention's backward (the other rows' are 0, as they were).
  * The same arithmetic per row; in the 124M DPO goal step (half the rows are prompt) it skips
  * ~16 of ~640 GFLOP. FDPO_HEAD_ROWS_ONLY=0 runs the whole block (A/B runs, tests). */
-static int head_rows_only_setting(void) {
+int fdpo_model_head_rows_only_setting(void) { /* both families */
     static int env = -1;
     if (env < 0) {
         const char *e = getenv("FDPO_HEAD_ROWS_ONLY");
@@ -652,7 +652,7 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
          * chunk by chunk inside it) for the backward */
         a->head_logits_rows = a->head_keep || a->head_chunk >= V ? K : SIZE_MAX;
     }
-    a->head_rows_only = b->fused_head && K < N && head_rows_only_setting();
+    a->head_rows_only = b->fused_head && K > 0 && K < N && fdpo_model_head_rows_only_setting();
     a->n_head_rows = K;
     if (n_slices) { /* one region, no barrier: each thread runs its sequences through the whole model */
         size_t kb[FDPO_MAX_SLICES + 1];

@@ -96,6 +96,8 @@ void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *po
                      const float *wpe, size_t N, size_t C);
 void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                       const int32_t *pos, size_t N, size_t C);
+/* 0 when FDPO_HEAD_ROWS_ONLY=0: the last block runs on every row (gpt2.c) */
+int fdpo_model_head_rows_only_setting(void);
 /* packed rows (the LM head's, the last block's): gather them to the front, scatter them back */
 void fdpo_k_gather_rows(float *dst, const float *src, const size_t *rows, size_t K, size_t W);
 void fdpo_k_scatter_rows(float *x, size_t t0, size_t n, const size_t *rows, size_t K, size_t W);

@@ -272,7 +272,8 @@ static void head_fused_forward(fdpo_gpt2 *m, const float *head, float *tlp) {
     size_t chunk = fdpo_lmhead_chunk(V);
     /* backward scratch, free during forward (tlp may alias d_residual) */
     float *lnf_packed = a->d_ln, *tlp_packed = a->head_d, *lse_packed = a->head_lse, *sum_packed = a->d_q;
-    fdpo_k_gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+    if (a->head_rows_only) lnf_packed = a->lnf; /* the last layer left them packed */
+    else fdpo_k_gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
     for (size_t k = 0; k < K; k++) a->head_targets[k] = a->targets[a->head_rows[k]];
     fused_head_reserve(m, K, chunk);
     if (K > 0)
@@ -364,9 +365,19 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
     fdpo_llama_rope_tables(a->rope_cos, a->rope_sin, a->pos, inv_freq, N, hd / 2);
     free(inv_freq);
 
+    /* the fused head's rows (with a target, and a weight if skipping): when some rows are
+     * not among them, the last layer after its attention runs on these rows only */
+    a->n_head_rows = 0;
+    a->head_rows_only = 0;
+    if (b->fused_head && !c->num_labels) {
+        for (size_t t = 0; t < N; t++) /* weights are 0 where there is no target */
+            if (a->targets[t] >= 0 && (!b->skip_unweighted || a->weights[t] != 0.0f)) a->head_rows[a->n_head_rows++] = t;
+        a->head_rows_only = a->n_head_rows > 0 && a->n_head_rows < N && fdpo_model_head_rows_only_setting();
+    }
     float *P = m->params_memory;
     float *embed = tensor(m, P, LR_EMBED), *head = m->llama->role[LR_HEAD] >= 0 ? tensor(m, P, LR_HEAD) : embed;
     fdpo_llama_embed_forward(a->encoded, a->tokens, embed, N, C);
+    size_t n_last = a->head_rows_only ? a->n_head_rows : N; /* rows of the last layer after its attention */
     for (size_t l = 0; l < L; l++) {
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
         float *ln1 = a->ln1 + l * N * C, *q = a->q + l * N * QD, *k = a->k + l * N * KD, *v = a->v + l * N * KD;
@@ -386,30 +397,36 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         fdpo_llama_rope_forward(q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_forward(k, a->rope_cos, a->rope_sin, N, NKV, hd);
         fdpo_llama_gqa_attention_forward(atty, a->att_lse + l * N * NH, q, k, v, a->seq_offset, branch, B, NH, NKV, hd);
-        linear_forward(m, res2, atty, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, N, QD, C);
-        fdpo_lora_forward(m, FDPO_LORA_O, l, res2, atty, N);
-        fdpo_k_residual_forward(res2, res2, residual, N * C);
-        fdpo_llama_rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, N, C, c->layer_norm_epsilon);
-        linear_forward(m, gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, N, C, F);
-        linear_forward(m, up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, N, C, F);
-        fdpo_lora_forward(m, FDPO_LORA_GATE, l, gate, ln2, N);
-        fdpo_lora_forward(m, FDPO_LORA_UP, l, up, ln2, N);
-        fdpo_llama_swiglu_forward(h, gate, up, N * F);
-        linear_forward(m, res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, N, F, C);
-        fdpo_lora_forward(m, FDPO_LORA_DOWN, l, res3, h, N);
-        fdpo_k_residual_forward(res3, res3, res2, N * C);
+        size_t n = l + 1 == L ? n_last : N; /* rows the rest of the layer runs on */
+        const float *o_in = atty;
+        if (n != N) { /* the head's rows of the attention output and the residual, in backward scratch */
+            fdpo_k_gather_rows(a->d_atty, atty, a->head_rows, n, QD);
+            fdpo_k_gather_rows(a->d_ln, residual, a->head_rows, n, C);
+            o_in = a->d_atty;
+            residual = a->d_ln;
+        }
+        linear_forward(m, res2, o_in, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, n, QD, C);
+        fdpo_lora_forward(m, FDPO_LORA_O, l, res2, o_in, n);
+        fdpo_k_residual_forward(res2, res2, residual, n * C);
+        fdpo_llama_rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, n, C, c->layer_norm_epsilon);
+        linear_forward(m, gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, n, C, F);
+        linear_forward(m, up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, n, C, F);
+        fdpo_lora_forward(m, FDPO_LORA_GATE, l, gate, ln2, n);
+        fdpo_lora_forward(m, FDPO_LORA_UP, l, up, ln2, n);
+        fdpo_llama_swiglu_forward(h, gate, up, n * F);
+        linear_forward(m, res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, n, F, C);
+        fdpo_lora_forward(m, FDPO_LORA_DOWN, l, res3, h, n);
+        fdpo_k_residual_forward(res3, res3, res2, n * C);
     }
-    fdpo_llama_rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), N, C, c->layer_norm_epsilon);
+    fdpo_llama_rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), n_last, C,
+                               c->layer_norm_epsilon);
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL);
     if (c->num_labels) { /* a reward model has no LM head: the score head reads a->lnf */
         if (tlp) memset(tlp, 0, N * sizeof(float));
     } else {
         a->skip_unweighted = b->skip_unweighted;
         a->fused_head = b->fused_head;
-        a->n_head_rows = 0;
         if (b->fused_head) { /* rows with a target (and a weight, if skipping) only, never [N, V] */
-            for (size_t t = 0; t < N; t++) /* weights are 0 where there is no target */
-                if (a->targets[t] >= 0 && (!b->skip_unweighted || a->weights[t] != 0.0f)) a->head_rows[a->n_head_rows++] = t;
             head_fused_forward(m, head, tlp);
         } else {
             head_materialised_forward(m, head, tlp);
@@ -436,7 +453,7 @@ const float *fdpo_llama_fused_logit_sums(const fdpo_gpt2 *m) {
 }
 
 const float *fdpo_llama_hidden(const fdpo_gpt2 *m) {
-    return m->llama && m->llama->acts.has_forward ? m->llama->acts.lnf : NULL;
+    return m->llama && m->llama->acts.has_forward && !m->llama->acts.head_rows_only ? m->llama->acts.lnf : NULL;
 }
 
 float *fdpo_llama_score_weight(fdpo_gpt2 *m, float *memory) {
@@ -462,14 +479,21 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
     int tied = m->llama->role[LR_HEAD] < 0;
     float *head = tied ? tensor(m, P, LR_EMBED) : tensor(m, P, LR_HEAD);
     float *dhead = !G ? NULL : tied ? tensor(m, G, LR_EMBED) : tensor(m, G, LR_HEAD);
-    if (d_lnf) memcpy(a->d_ln, d_lnf, N * C * sizeof(float));
-    else if (a->fused_head) { /* recompute the logits chunk by chunk; d head and d lnf accumulate */
-        size_t K = 0; /* the rows with a gradient, packed */
+    size_t n_last = N; /* rows of the last layer after its attention */
+    if (d_lnf) {
+        if (a->head_rows_only)
+            return fdpo_error("llama backward_hidden: the forward (fused_head) ran the last layer on the LM head's "
+                              "rows only; the other hidden states were not computed");
+        memcpy(a->d_ln, d_lnf, N * C * sizeof(float));
+    } else if (a->fused_head) { /* recompute the logits chunk by chunk; d head and d lnf accumulate */
+        size_t K = 0; /* the rows with a gradient, packed; head_rows_only: exactly the forward's rows */
         for (size_t t = 0; t < N; t++) {
-            if (a->targets[t] < 0 || d_token_logp[t] == 0.0f) continue;
-            if (a->skip_unweighted && a->weights[t] == 0.0f)
+            if (a->targets[t] < 0 || (d_token_logp[t] == 0.0f && !a->head_rows_only)) continue;
+            if (a->skip_unweighted && a->weights[t] == 0.0f) {
+                if (d_token_logp[t] == 0.0f) continue;
                 return fdpo_error("llama backward: d_token_logp[%zu] = %g but the forward skipped that token "
                                   "(skip_unweighted: its weight is 0)", t, (double)d_token_logp[t]);
+            }
             a->head_rows[K] = t;
             a->head_targets[K] = a->targets[t];
             a->head_d[K] = d_token_logp[t];
@@ -478,7 +502,8 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         }
         size_t chunk = fdpo_lmhead_chunk(V);
         float *lnf_packed = a->d_residual; /* free until the blocks */
-        fdpo_k_gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
+        if (a->head_rows_only) lnf_packed = a->lnf;
+        else fdpo_k_gather_rows(lnf_packed, a->lnf, a->head_rows, K, C);
         fused_head_reserve(m, K, chunk);
         if (K > 0)
             fdpo_k_lmhead_logsoftmax_backward_chunked(a->d_ln, dhead, a->head_d, a->head_lse, a->head_targets, lnf_packed,
@@ -486,7 +511,8 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
                                                       a->precision == FDPO_PRECISION_BF16 ? w16_of(m, head, K, chunk)
                                                                                           : (fdpo_bf16_weight){NULL, NULL},
                                                       K, C, V, chunk, a->head_scratch, a->head_bf16, 0);
-        fdpo_k_scatter_rows(a->d_ln, 0, N, a->head_rows, K, C);
+        if (a->head_rows_only) n_last = K; /* d lnf stays packed for the last layer */
+        else fdpo_k_scatter_rows(a->d_ln, 0, N, a->head_rows, K, C);
     } else if (a->skip_unweighted) { /* the K rows of the forward's LM head, packed */
         size_t K = a->n_head_rows;
         for (size_t t = 0, k = 0; t < N; t++) {
@@ -512,7 +538,7 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
     }
     memset(a->d_residual, 0, N * C * sizeof(float));
     fdpo_llama_rmsnorm_backward(a->d_residual, G ? tensor(m, G, LR_NORM) : NULL, a->d_ln, a->residual3 + (L - 1) * N * C,
-                     tensor(m, P, LR_NORM), a->lnf_rstd, N, C);
+                     tensor(m, P, LR_NORM), a->lnf_rstd, n_last, C);
 #define GB(role, size) (G && tensor(m, G, role) ? tensor(m, G, role) + l * (size) : NULL)
     for (size_t l = L; l-- > 0;) {
         const float *residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * N * C;
@@ -520,24 +546,34 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         const float *atty = a->atty + l * N * QD, *res2 = a->residual2 + l * N * C, *ln2 = a->ln2 + l * N * C;
         const float *gate = a->gate + l * N * F, *up = a->up + l * N * F;
         float *h = a->d_gate; /* the forward's silu(gate) * up, recomputed; d_gate once used */
-        fdpo_llama_swiglu_forward(h, gate, up, N * F);
+        size_t n = l + 1 == L ? n_last : N; /* rows of this layer after its attention (packed if < N) */
+        const float *o_in = atty;
+        if (n != N) { /* the forward's packed o_proj input again, in d_q (free until the attention's backward) */
+            fdpo_k_gather_rows(a->d_q, atty, a->head_rows, n, QD);
+            o_in = a->d_q;
+        }
+        fdpo_llama_swiglu_forward(h, gate, up, n * F);
         /* MLP: res3 = res2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T */
         linear_backward(m, a->d_h, GB(LR_DOWNW, C * F), GB(LR_DOWNB, C), a->d_residual, h,
-                        tensor(m, P, LR_DOWNW) + l * C * F, a->ones, N, F, C, 0);
-        fdpo_lora_backward(m, FDPO_LORA_DOWN, l, a->d_h, a->d_residual, h, N);
-        fdpo_llama_swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, N * F); /* d_h becomes d up */
+                        tensor(m, P, LR_DOWNW) + l * C * F, a->ones, n, F, C, 0);
+        fdpo_lora_backward(m, FDPO_LORA_DOWN, l, a->d_h, a->d_residual, h, n);
+        fdpo_llama_swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, n * F); /* d_h becomes d up */
         linear_backward(m, a->d_ln, GB(LR_GATEW, F * C), GB(LR_GATEB, F), a->d_gate, ln2,
-                        tensor(m, P, LR_GATEW) + l * F * C, a->ones, N, C, F, 0);
+                        tensor(m, P, LR_GATEW) + l * F * C, a->ones, n, C, F, 0);
         linear_backward(m, a->d_ln, GB(LR_UPW, F * C), GB(LR_UPB, F), a->d_h, ln2,
-                        tensor(m, P, LR_UPW) + l * F * C, a->ones, N, C, F, 1);
-        fdpo_lora_backward(m, FDPO_LORA_GATE, l, a->d_ln, a->d_gate, ln2, N);
-        fdpo_lora_backward(m, FDPO_LORA_UP, l, a->d_ln, a->d_h, ln2, N);
+                        tensor(m, P, LR_UPW) + l * F * C, a->ones, n, C, F, 1);
+        fdpo_lora_backward(m, FDPO_LORA_GATE, l, a->d_ln, a->d_gate, ln2, n);
+        fdpo_lora_backward(m, FDPO_LORA_UP, l, a->d_ln, a->d_h, ln2, n);
         fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN2, C), a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
-                         a->ln2_rstd + l * N, N, C);
+                         a->ln2_rstd + l * N, n, C);
         /* attention: res2 = residual + attn(rope(ln1 Wq^T), rope(ln1 Wk^T), ln1 Wv^T) Wo^T */
-        linear_backward(m, a->d_atty, GB(LR_OW, C * QD), GB(LR_OB, C), a->d_residual, atty,
-                        tensor(m, P, LR_OW) + l * C * QD, a->ones, N, QD, C, 0);
-        fdpo_lora_backward(m, FDPO_LORA_O, l, a->d_atty, a->d_residual, atty, N);
+        linear_backward(m, a->d_atty, GB(LR_OW, C * QD), GB(LR_OB, C), a->d_residual, o_in,
+                        tensor(m, P, LR_OW) + l * C * QD, a->ones, n, QD, C, 0);
+        fdpo_lora_backward(m, FDPO_LORA_O, l, a->d_atty, a->d_residual, o_in, n);
+        if (n != N) { /* back to the tokens' rows; the rows the last layer skipped get 0 */
+            fdpo_k_scatter_rows(a->d_atty, 0, N, a->head_rows, n, QD);
+            fdpo_k_scatter_rows(a->d_residual, 0, N, a->head_rows, n, C);
+        }
         fdpo_llama_gqa_attention_backward(a->d_q, a->d_k, a->d_v, a->d_atty, q, k, v, atty, a->att_lse + l * N * NH,
                                           a->seq_offset, a->has_branch ? a->branch : NULL, B, NH, NKV, hd,
                                           fdpo_attention_bf16(a->precision));

@@ -67,6 +67,10 @@ typedef struct {
     int32_t *head_targets;
     float *head_d, *head_lse;
     int skip_unweighted;
+    /* fused_head with rows skipped: the last layer ran after its attention (o_proj, MLP,
+     * norms) on the K head rows only, packed at the front of residual2, ln2, gate, up,
+     * residual3 and lnf (as GPT-2's: docs/model.md, "The last block on the head's rows") */
+    int head_rows_only;
     int has_forward;
 } llama_acts;
 

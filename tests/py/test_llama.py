@@ -340,6 +340,49 @@ def test_fused_lm_head_matches_materialised_and_pytorch(tmp_path, name, skip, ch
         assert r.returncode != 0 and "d_token_logp" in r.stderr and "skip_unweighted" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("name,precision", [("gqa-llama3", "fp32"), ("qwen2", "fp32"), ("gqa-llama3", "bf16")])
+def test_last_layer_runs_on_the_head_rows_only(tmp_path, name, precision):
+    """With the fused head the last layer after its attention (o_proj, the MLP, both norms)
+    runs on the LM head's rows only, as GPT-2's last block (docs/model.md, "The last block on
+    the head's rows"): the same log-probs and gradients as the whole layer
+    (FDPO_HEAD_ROWS_ONLY=0; fp32 1e-6 / 1e-5, bf16 1e-5 / 1e-4), with d = 0 on some head
+    rows; no hidden states afterwards and backward_hidden refused. Against PyTorch this path
+    is what test_fused_lm_head_matches_materialised_and_pytorch runs (its batches have rows
+    without a target)."""
+    rng = np.random.default_rng(23)
+    model = Llama(**CONFIGS[name], seed=5)
+    d = tmp_path / "ck"
+    model.save_hf(str(d))
+    seqs = batch(rng, CONFIGS[name]["vocab_size"])
+    weights, targets = weight_prompts(seqs)
+    used = (targets >= 0) & (weights != 0)
+    dtl = np.where(used, rng.normal(size=len(used)), 0.0)
+    dtl[np.flatnonzero(used)[::4]] = 0.0
+    bp = tmp_path / "b.json"
+    bp.write_text(json.dumps({"sequences": seqs, "d_token_logp": [float(x) for x in dtl], "skip_unweighted": True,
+                              "fused_head": True}))
+    outs = {}
+    for rows_only in ("1", "0"):
+        out = tmp_path / f"o{rows_only}.safetensors"
+        r = subprocess.run([HARNESS, "model-fb", "--model", str(d), "--batch", str(bp), "--out", str(out),
+                            "--precision", precision, "--report-hidden", "1"], capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "FDPO_HEAD_ROWS_ONLY": rows_only})
+        assert r.returncode == 0, r.stderr
+        outs[rows_only] = st.load(str(out))[0]
+    rows, whole = outs["1"], outs["0"]
+    assert rows["hidden_available"][0] == 0 and whole["hidden_available"][0] == 1
+    tol_lp, tol_g = (1e-5, 1e-4) if precision == "bf16" else (1e-6, 1e-5)
+    assert np.all(rows["token_logp"][~used] == 0)
+    assert rel_err(rows["token_logp"], whole["token_logp"]) <= tol_lp
+    grads = [k for k in whole if k.startswith(("model.", "lm_head."))]
+    assert len(grads) >= 9 * CONFIGS[name]["num_hidden_layers"]
+    for k in grads:
+        assert rel_err(rows[k], whole[k]) <= tol_g, k
+    r = harness("model-fb", "--model", d, "--batch", bp, "--out", tmp_path / "h.st", "--backward-hidden", 1,
+                "--precision", precision, check=False)
+    assert r.returncode != 0 and "backward_hidden" in r.stderr and "head's rows only" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("name", ["mha-tied", "gqa-llama3"])
 def test_fused_lm_head_bf16_matches_materialised_bf16(tmp_path, name):
     """bf16: the fused head rounds the same operands (model.norm rows and the head's bf16
