@@ -141,6 +141,26 @@ static int check_beta(double beta) {
     return 0;
 }
 
+/* Every file an experiment writes (--out, --export-*) is claimed from its flags' parse to
+ * cmd_lab's end (fdpo_out_file_claim), like every other command's outputs: a second run
+ * naming the same file is refused instead of one silently replacing the other's table. */
+#define LAB_MAX_OUTPUTS 8
+static const char *lab_claimed[LAB_MAX_OUTPUTS];
+static int lab_n_claimed;
+
+static int claim_outputs(const fdpo_flag *flags, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (flags[i].type != FLAG_STR || (strcmp(flags[i].name, "out") && strncmp(flags[i].name, "export-", 7))) continue;
+        const char *path = *(const char **)flags[i].dest;
+        if (!path || lab_n_claimed == LAB_MAX_OUTPUTS) continue;
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s", flags[i].name);
+        if (fdpo_out_file_claim(path, flag)) return -1;
+        lab_claimed[lab_n_claimed++] = path;
+    }
+    return 0;
+}
+
 #define PARSE_FLAGS(name, usage)                                                                     \
     int npos_;                                                                                       \
     char **pos_ = NULL;                                                                              \
@@ -150,6 +170,7 @@ static int check_beta(double beta) {
     if (npos_ > 0) { fdpo_error("lab " name ": unexpected argument '%s'", pos_[0]); free(pos_); return -1; } \
     free(pos_);                                                                                      \
     o.input = o.data; /* --input is an alias of --data (cli/flags.c) */                               \
+    if (claim_outputs(flags, NFLAGS(flags))) return -1;                                              \
     fdpo_set_threads((int)o.threads)
 
 /* ---------------- solve ---------------- */
@@ -795,6 +816,10 @@ int cmd_lab(int argc, char **argv) {
         return argc < 2 ? fdpo_error("missing EXPERIMENT (one of solve, frontier, gap, coverage, bias, check, constrained)") : 0;
     }
     for (size_t i = 0; i < ne; i++)
-        if (!strcmp(argv[1], EXPERIMENTS[i].name)) return EXPERIMENTS[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], EXPERIMENTS[i].name)) {
+            int rc = EXPERIMENTS[i].fn(argc - 1, argv + 1);
+            while (lab_n_claimed > 0) fdpo_out_file_release(lab_claimed[--lab_n_claimed]);
+            return rc;
+        }
     return fdpo_error("unknown experiment '%s' (expected solve, frontier, gap, coverage, bias, check, constrained)", argv[1]);
 }

@@ -49,7 +49,9 @@ int cmd_report(int argc, char **argv) {
     o.max_points = (size_t)max_points;
     o.max_prompts = (size_t)max_prompts;
     fdpo_report_stats st;
+    if (fdpo_out_file_claim(out, "--out")) { free(pos); return -1; } /* one run per output file */
     rc = fdpo_report_write(&o, out, &st);
+    fdpo_out_file_release(out);
     if (rc == 0)
         fdpo_log(FDPO_LOG_INFO, "wrote %s (%zu run%s, %zu polic%s, %zu lab table%s, %zu chart%s, %zu warning%s)",
                 out, st.n_runs, st.n_runs == 1 ? "" : "s", st.n_policies, st.n_policies == 1 ? "y" : "ies",

@@ -1,4 +1,5 @@
-"""Single-file outputs (--out FILE of generate, score, eval, pairs; eval's --samples-out):
+"""Single-file outputs (--out FILE of generate, score, eval, pairs, lab and report; eval's
+--samples-out and lab's --export-* files):
 claimed from the command's start like a run directory (an flock on FILE.lock), so a second
 run on the same file is refused while the first works instead of silently replacing its
 output at the end; a file already there is replaced with a line that says so; a directory is
@@ -11,9 +12,6 @@ import pytest
 from dpo_common import fdpo, save_byte_tokenizer, write_jsonl
 from fdpo_ref.gpt2 import GPT2
 
-FAST = ["--threads", 1]
-
-
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("outfile")
@@ -22,6 +20,7 @@ def d(tmp_path_factory):
     (tmp / "prompts.txt").write_text("hi\nyo\n")
     write_jsonl(tmp / "samples.jsonl", [{"prompt": "a:", "completion": c, "reward": r}
                                         for c, r in ((" good", 1.0), (" bad", -1.0), (" ok", 0.5), (" meh", 0.0))])
+    fdpo("lab", "frontier", "--n", 8, "--betas", "0.5,1", "--divergence", "rkl", "--out", tmp / "frontier.csv")
     return tmp
 
 
@@ -35,11 +34,33 @@ def commands(d, out):
         "eval-samples": ["eval", "--model", d / "m", "--ref", d / "m", "--data", d / "prompts.txt", "--n", 2,
                          "--max-new-tokens", 3, "--samples-out", out],
         "pairs": ["pairs", "--data", d / "samples.jsonl", "--out", out],
+        "lab": ["lab", "solve", "--n", 8, "--out", out],
+        "lab-export": ["lab", "gap", "--n", 8, "--export-problem", out],
+        "report": ["report", "--lab", d / "frontier.csv", "--out", out],
     }
 
 
-CMDS = ["generate", "score", "eval", "eval-samples", "pairs"]
-FLAG = {"eval-samples": "--samples-out"}
+CMDS = ["generate", "score", "eval", "eval-samples", "pairs", "lab", "lab-export", "report"]
+FLAG = {"eval-samples": "--samples-out", "lab-export": "--export-problem"}
+FAST = {"report": []}  # report computes nothing: no --threads
+
+
+def fast(cmd):
+    return FAST.get(cmd, ["--threads", 1])
+
+
+def check_written(cmd, text):
+    """what each command writes: JSON, JSON lines, a CSV table or an HTML page"""
+    if cmd == "eval":
+        assert "policies" in json.loads(text)
+    elif cmd == "lab":
+        assert text.startswith("pi_ref,reward,pi_")
+    elif cmd == "lab-export":
+        assert text.startswith("noise,prompt,pi_ref,reward,reward_hat\n")
+    elif cmd == "report":
+        assert text.lstrip().lower().startswith("<!doctype html")
+    else:
+        assert all(json.loads(line) for line in text.splitlines())
 
 
 @pytest.mark.parametrize("cmd", CMDS)
@@ -50,7 +71,7 @@ def test_a_file_in_use_is_refused_and_left_alone(d, tmp_path, cmd):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         f.write("4242\n")
         f.flush()
-        r = fdpo(*commands(d, out)[cmd], *FAST, check=False)
+        r = fdpo(*commands(d, out)[cmd], *fast(cmd), check=False)
     assert r.returncode == 1, r.stderr
     flag = FLAG.get(cmd, "--out")
     assert f"{flag} {out}: in use by another run (pid 4242" in r.stderr, r.stderr
@@ -61,19 +82,16 @@ def test_a_file_in_use_is_refused_and_left_alone(d, tmp_path, cmd):
 def test_an_existing_file_is_replaced_with_a_notice_and_no_lock_stays(d, tmp_path, cmd):
     out = tmp_path / "out.jsonl"
     out.write_text("old\n")
-    r = fdpo(*commands(d, out)[cmd], *FAST)
+    r = fdpo(*commands(d, out)[cmd], *fast(cmd))
     flag = FLAG.get(cmd, "--out")
     assert f"{flag} {out}: exists; it is replaced when this run finishes" in r.stderr, r.stderr
     text = out.read_text()
     assert text != "old\n"
-    if cmd == "eval":
-        assert "policies" in json.loads(text)
-    else:
-        assert all(json.loads(line) for line in text.splitlines())
+    check_written(cmd, text)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
     # a fresh file: no notice
     fresh = tmp_path / "fresh.jsonl"
-    r = fdpo(*commands(d, fresh)[cmd], *FAST)
+    r = fdpo(*commands(d, fresh)[cmd], *fast(cmd))
     assert "exists; it is replaced" not in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.jsonl", "out.jsonl"]
 
@@ -82,7 +100,7 @@ def test_an_existing_file_is_replaced_with_a_notice_and_no_lock_stays(d, tmp_pat
 def test_a_directory_is_refused(d, tmp_path, cmd):
     out = tmp_path / "adir"
     out.mkdir()
-    r = fdpo(*commands(d, out)[cmd], *FAST, check=False)
+    r = fdpo(*commands(d, out)[cmd], *fast(cmd), check=False)
     assert r.returncode == 1
     assert f"{FLAG.get(cmd, '--out')} {out}: is a directory" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
