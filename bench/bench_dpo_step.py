@@ -82,15 +82,17 @@ def torch_worker(cfg, pairs, Tp, Tc, threads, bf16):
 def fdpo_shared_flops(cfg, pairs, Tp, Tc):
     """FLOPs of the shared-layout step as fdpo computes it (docs/model.md, the 124M step's
     floor): each pair packed as [prompt | chosen | rejected] less the last rejected token,
-    the linear layers over every token (forward + d input + d weight), the LM head over the
-    completion rows only (forward + d input + d wte; the forward's logits are kept for the
-    backward), and the attention pairs the branch mask allows (QK^T and PV forward, ~2.5x
-    that backward)."""
+    the linear layers over every token (forward + d input + d weight) except the last
+    block's c_proj and MLP, which run on the K rows the LM head reads (docs/model.md, "The
+    last block on the head's rows"), the LM head over those completion rows only (forward +
+    d input + d wte; the forward's logits are kept for the backward), and the attention
+    pairs the branch mask allows (QK^T and PV forward, ~2.5x that backward)."""
     C, L, V = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
     N, K = pairs * (Tp + 2 * Tc - 1), pairs * 2 * Tc
     tri = lambda n: n * (n + 1) // 2  # noqa: E731
     qk = pairs * (tri(Tp) + Tc * Tp + tri(Tc) + (Tc - 1) * Tp + tri(Tc - 1))
-    return 3 * 2 * N * 12 * C * C * L + 3 * 2 * K * C * V + 3.5 * 4 * C * qk * L
+    linear = 12 * C * C * N * (L - 1) + (3 * C * C * N + 9 * C * C * K)
+    return 3 * 2 * linear + 3 * 2 * K * C * V + 3.5 * 4 * C * qk * L
 
 
 def server(side, cfg_path, a, threads=None, env=None):
