@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <cJSON.h>
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
@@ -12,12 +13,16 @@
 #include "fdpo/lab_algos.h"
 #include "fdpo/objectives.h"
 
-/* ---------------- tables (CSV or JSON lines) ---------------- */
+/* ---------------- tables (CSV or a JSON array of flat objects) ---------------- */
 
+/* A row is written when it ends: CSV fields as they come, JSON rows built with cJSON
+ * (escaping, non-finite numbers as null) and printed on one line each. */
 typedef struct {
     FILE *f;
     fdpo_atomic_file af;
-    int to_file, json, col, rows;
+    int to_file, col, rows;
+    cJSON *row; /* the JSON row being built; NULL for CSV */
+    int json;
     const char *const *cols;
     int ncols;
 } table;
@@ -38,26 +43,56 @@ static int table_open(table *t, const char *path, const char *format, const char
     if (!t->json) fputc('\n', t->f);
     return 0;
 }
-static void table_key(table *t) {
-    if (t->json) fprintf(t->f, "%s\"%s\":", t->col ? "," : (t->rows ? ",\n{" : "\n{"), t->cols[t->col]);
-    else if (t->col) fputc(',', t->f);
-    t->col++;
+/* the next column's name (JSON: the row object, made on its first field) */
+static const char *table_key(table *t) {
+    const char *key = t->cols[t->col++];
+    if (t->json && !t->row) t->row = cJSON_CreateObject();
+    else if (!t->json && t->col > 1) fputc(',', t->f);
+    return key;
 }
+/* numbers as %.17g, which reads back to the same double (cJSON's own printing may drop the
+ * last bit); JSON has no inf/nan: null */
 static void table_num(table *t, double v) {
-    table_key(t);
-    if (isfinite(v)) fprintf(t->f, "%.17g", v);
-    else if (t->json) fputs("null", t->f); /* JSON has no inf/nan */
-    else fputs(isnan(v) ? "nan" : v > 0 ? "inf" : "-inf", t->f);
+    const char *key = table_key(t);
+    char text[32];
+    if (isfinite(v)) snprintf(text, sizeof text, "%.17g", v);
+    if (!t->json) fputs(isfinite(v) ? text : isnan(v) ? "nan" : v > 0 ? "inf" : "-inf", t->f);
+    else if (isfinite(v)) cJSON_AddRawToObject(t->row, key, text);
+    else cJSON_AddNullToObject(t->row, key);
 }
-static void table_int(table *t, long long v) { table_key(t); fprintf(t->f, "%lld", v); }
-static void table_str(table *t, const char *s) { table_key(t); fprintf(t->f, t->json ? "\"%s\"" : "%s", s); }
-static void table_bool(table *t, int b) { table_key(t); fputs(t->json ? (b ? "true" : "false") : (b ? "1" : "0"), t->f); }
+static void table_int(table *t, long long v) {
+    const char *key = table_key(t);
+    char text[32];
+    snprintf(text, sizeof text, "%lld", v);
+    if (t->json) cJSON_AddRawToObject(t->row, key, text);
+    else fputs(text, t->f);
+}
+static void table_str(table *t, const char *s) {
+    const char *key = table_key(t);
+    if (t->json) cJSON_AddStringToObject(t->row, key, s);
+    else fputs(s, t->f);
+}
+static void table_bool(table *t, int b) {
+    const char *key = table_key(t);
+    if (t->json) cJSON_AddBoolToObject(t->row, key, b);
+    else fputs(b ? "1" : "0", t->f);
+}
 static void table_end_row(table *t) {
-    fputs(t->json ? "}" : "\n", t->f);
+    if (t->json) {
+        char *text = cJSON_PrintUnformatted(t->row);
+        fprintf(t->f, "%s\n%s", t->rows ? "," : "", text ? text : "{}");
+        free(text);
+        cJSON_Delete(t->row);
+        t->row = NULL;
+    } else {
+        fputc('\n', t->f);
+    }
     t->col = 0;
     t->rows++;
 }
 static int table_close(table *t, int ok) {
+    cJSON_Delete(t->row); /* a row left unfinished by an error */
+    t->row = NULL;
     if (t->json) fputs("\n]\n", t->f);
     if (!t->to_file) { fflush(stdout); return ok ? 0 : -1; }
     if (!ok) { fdpo_atomic_abort(&t->af); return -1; }
