@@ -364,6 +364,7 @@ struct fdpo_sampler {
     fdpo_precision dec_precision;   /* the model's precision when dec was made */
     size_t cap_b, cap_feed;         /* slots and prompt tokens the buffers below hold */
     int has_order;
+    char *slot_memory;              /* the SLOT_BUFFERS below, carved from one allocation */
     float *logits, *prefill;        /* [cap_b, V] */
     double *work;                   /* [cap_b, V] */
     size_t *order;                  /* [cap_b, V] (top-k / top-p only) */
@@ -379,6 +380,27 @@ struct fdpo_sampler {
     int32_t *draw_token;
 };
 
+/* The buffers of cap_b slots: (field, elements per slot) */
+#define SLOT_BUFFERS(X, V)                                                                             \
+    X(logits, V) X(prefill, V) X(work, V) X(st, 1) X(slots, 1) X(n_new, 1) X(row_of, 1) X(src_slot, 1) \
+    X(lrow, 1) X(draw_slot, 1) X(draw_rng, 1) X(draw_work, 1) X(draw_logp, 1) X(draw_order, 1) X(draw_token, 1)
+#define SLOT_BYTES(field, per) ((B * (per) * sizeof *s->field + 63) / 64 * 64)
+
+/* every SLOT_BUFFERS array for B slots of V logits, carved from one allocation (64-byte
+ * aligned parts); the old contents are not kept */
+static void slot_buffers_alloc(fdpo_sampler *s, size_t B, size_t V) {
+    size_t total = 0;
+#define ADD_SIZE(field, per) total += SLOT_BYTES(field, per);
+    SLOT_BUFFERS(ADD_SIZE, V)
+#undef ADD_SIZE
+    free(s->slot_memory);
+    char *p = s->slot_memory = fdpo_malloc(total);
+#define CARVE(field, per) s->field = (void *)p; p += SLOT_BYTES(field, per);
+    SLOT_BUFFERS(CARVE, V)
+#undef CARVE
+    s->cap_b = B;
+}
+
 fdpo_sampler *fdpo_sampler_create(const fdpo_gpt2 *m) {
     fdpo_sampler *s = fdpo_calloc(1, sizeof *s);
     s->model = m;
@@ -390,10 +412,7 @@ const fdpo_gpt2 *fdpo_sampler_model(const fdpo_sampler *s) { return s->model; }
 void fdpo_sampler_free(fdpo_sampler *s) {
     if (!s) return;
     fdpo_decoder_free(s->dec);
-    free(s->logits); free(s->prefill); free(s->work); free(s->order); free(s->st); free(s->slots); free(s->n_new);
-    free(s->row_of); free(s->src_slot); free(s->feed); free(s->lrow);
-    free(s->draw_slot); free(s->draw_rng); free(s->draw_work); free(s->draw_logp); free(s->draw_order);
-    free(s->draw_token);
+    free(s->slot_memory); free(s->order); free(s->feed);
     free(s);
 }
 
@@ -420,28 +439,10 @@ static int sampler_prepare(fdpo_sampler *s, size_t B, size_t cache_len, size_t f
         fdpo_decoder_refresh_weights(s->dec);
     }
     if (B > s->cap_b) {
-        free(s->logits); free(s->prefill); free(s->work); free(s->order); free(s->st); free(s->slots); free(s->n_new);
-        free(s->row_of); free(s->src_slot); free(s->lrow);
-        free(s->draw_slot); free(s->draw_rng); free(s->draw_work); free(s->draw_logp); free(s->draw_order);
-        free(s->draw_token);
-        s->logits = fdpo_malloc(B * V * sizeof(float));
-        s->prefill = fdpo_malloc(B * V * sizeof(float));
-        s->work = fdpo_malloc(B * V * sizeof(double));
+        slot_buffers_alloc(s, B, V);
+        free(s->order); /* [cap_b, V]: remade at the new size when a truncating sampler needs it */
         s->order = NULL;
         s->has_order = 0;
-        s->st = fdpo_malloc(B * sizeof *s->st);
-        s->slots = fdpo_malloc(B * sizeof *s->slots);
-        s->n_new = fdpo_malloc(B * sizeof *s->n_new);
-        s->row_of = fdpo_malloc(B * sizeof *s->row_of);
-        s->src_slot = fdpo_malloc(B * sizeof *s->src_slot);
-        s->lrow = fdpo_malloc(B * sizeof *s->lrow);
-        s->draw_slot = fdpo_malloc(B * sizeof *s->draw_slot);
-        s->draw_rng = fdpo_malloc(B * sizeof *s->draw_rng);
-        s->draw_work = fdpo_malloc(B * sizeof *s->draw_work);
-        s->draw_logp = fdpo_malloc(B * sizeof *s->draw_logp);
-        s->draw_order = fdpo_malloc(B * sizeof *s->draw_order);
-        s->draw_token = fdpo_malloc(B * sizeof *s->draw_token);
-        s->cap_b = B;
     }
     if (truncate && !s->has_order) {
         s->order = fdpo_malloc(s->cap_b * V * sizeof(size_t));
