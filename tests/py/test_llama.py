@@ -66,6 +66,19 @@ def weight_prompts(seqs):
     return np.concatenate([s["weights"] for s in seqs]), np.concatenate([s["targets"] for s in seqs])
 
 
+def prompt_masked(tmp_path, name, rng, seed):
+    """a saved model and a batch whose first half of each sequence is a prompt (weight 0):
+    (model, its directory, sequences, rows with a target and a weight)"""
+    model = Llama(**CONFIGS[name], seed=seed)
+    d = tmp_path / "ck"
+    model.save_hf(str(d))
+    seqs = batch(rng, CONFIGS[name]["vocab_size"])
+    weights, targets = weight_prompts(seqs)
+    used = (weights != 0) & (targets >= 0)
+    assert 0 < used.sum() < len(used)
+    return model, d, seqs, used
+
+
 def run_fdpo(tmp_path, model_dir, seqs, d):
     bp, out = tmp_path / "batch.json", tmp_path / "out.safetensors"
     bp.write_text(json.dumps({"sequences": seqs, "d_token_logp": [float(x) for x in d]}))
@@ -228,13 +241,7 @@ def test_skip_unweighted_lm_head_rows(tmp_path, name, precision):
     PyTorch's in fp32 (the parity tolerances); skipped tokens get token_logp 0 and zero
     logits; a non-zero upstream gradient on a skipped token is an error naming d_token_logp."""
     rng = np.random.default_rng(8)
-    model = Llama(**CONFIGS[name], seed=4)
-    d = tmp_path / "ck"
-    model.save_hf(str(d))
-    seqs = batch(rng, CONFIGS[name]["vocab_size"])
-    weights, targets = weight_prompts(seqs)
-    used = (weights != 0) & (targets >= 0)
-    assert 0 < used.sum() < len(used)
+    model, d, seqs, used = prompt_masked(tmp_path, name, rng, 4)
     dtl = np.where(used, rng.normal(size=len(used)), 0.0)
     outs = {}
     for skip in (False, True):
@@ -350,12 +357,7 @@ def test_last_layer_runs_on_the_head_rows_only(tmp_path, name, precision):
     is what test_fused_lm_head_matches_materialised_and_pytorch runs (its batches have rows
     without a target)."""
     rng = np.random.default_rng(23)
-    model = Llama(**CONFIGS[name], seed=5)
-    d = tmp_path / "ck"
-    model.save_hf(str(d))
-    seqs = batch(rng, CONFIGS[name]["vocab_size"])
-    weights, targets = weight_prompts(seqs)
-    used = (targets >= 0) & (weights != 0)
+    _, d, seqs, used = prompt_masked(tmp_path, name, rng, 5)
     dtl = np.where(used, rng.normal(size=len(used)), 0.0)
     dtl[np.flatnonzero(used)[::4]] = 0.0
     bp = tmp_path / "b.json"
