@@ -653,7 +653,6 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
         a->head_logits_rows = a->head_keep || a->head_chunk >= V ? K : SIZE_MAX;
     }
     a->head_rows_only = b->fused_head && K > 0 && K < N && fdpo_model_head_rows_only_setting();
-    a->n_head_rows = K;
     if (n_slices) { /* one region, no barrier: each thread runs its sequences through the whole model */
         size_t kb[FDPO_MAX_SLICES + 1];
         slice_rows(a, K, n_slices, kb);

@@ -43,12 +43,11 @@ struct fdpo_gpt2_acts {
     size_t head_chunk; /* its vocabulary columns per chunk (fdpo_lmhead_chunk, <= V) */
     int head_keep;     /* the fused head keeps all K x V logits for the backward (head_keeps_logits) */
     /* The last fused forward ran the last block after its attention (c_proj, ln_2, MLP,
-     * ln_f) on the head's rows only (a->rows[0..n_head_rows), the only ones whose output is
+     * ln_f) on the head's rows only (a->rows[], the only ones whose output is
      * read): their rows sit packed at the front of each slice's rows of residual2, ln2, fch,
      * fch_gelu, residual3 and lnf (row t0 + j = packed row k0 + j); the backward takes the
      * same rows. gpt2.c, "The last block on the head's rows". */
     int head_rows_only;
-    size_t n_head_rows;
     /* chunked head scratch (grown on demand): logits of one chunk, bf16 operands, row state */
     float *head_scratch;  size_t head_scratch_cap;  /* floats */
     size_t head_logits_rows; /* the last fused forward's vocabulary fit in one chunk: head_scratch still
