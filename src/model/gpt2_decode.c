@@ -169,7 +169,7 @@ static void decode_pack_bf16(uint16_t *dst, const float *src, size_t IC, size_t 
 static void decode_rows_to_bf16(uint16_t *in16, const float *inp, size_t R, size_t IC) {
     size_t ICp = (IC + 1) / 2 * 2;
     for (size_t r = 0; r < R; r++) {
-        fdpo_f32_to_bf16(in16 + r * ICp, inp + r * IC, IC);
+        fdpo_bf16_round_n(in16 + r * ICp, inp + r * IC, IC);
         if (ICp > IC) in16[r * ICp + IC] = 0;
     }
 }
@@ -546,6 +546,10 @@ struct fdpo_decoder {
     int one_region;
     float *h_team;      /* [threads, R, C] each thread's LayerNorm output in that step */
     size_t cap_h_team;  /* floats */
+    /* vdpbf16ps route of the one-region step: the bf16 bits of each matmul input, written
+     * by the thread that makes the input (decode_x16) */
+    uint16_t *x16;
+    size_t cap_x16;     /* elements */
 };
 
 /* W [IC, OC] of a layer's k-th linear layer (c_attn, attn.c_proj, c_fc, mlp.c_proj) */
@@ -616,7 +620,7 @@ void fdpo_decoder_free(fdpo_decoder *d) {
     free(d->len); fdpo_free_large(d->k_cache); fdpo_free_large(d->v_cache);
     free(d->x); free(d->h); free(d->qkv); free(d->atty); free(d->fch); free(d->xlast); free(d->acc);
     free(d->row_slot); free(d->row_pos); free(d->scores);
-    fdpo_free_large(d->wp); free(d->wp_off); free(d->in16); free(d->h_team);
+    fdpo_free_large(d->wp); free(d->wp_off); free(d->in16); free(d->h_team); free(d->x16);
     free(d);
 }
 
@@ -975,10 +979,11 @@ static inline void decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0,
     *o1 = s1 * DECODE_STRIP < OC ? s1 * DECODE_STRIP : OC;
 }
 
-/* bf16 (wp): inp must hold bf16 values (decode_round_bf16) */
+/* bf16 (wp): inp must hold bf16 values (decode_round_bf16); x16 their bits for the
+ * vdpbf16ps route, or NULL (fdpo_decode_packed_matmul_share) */
 static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, const float *w, const float *bias,
-                                size_t R, size_t IC, size_t OC, int accumulate, const uint16_t *wp, size_t t,
-                                size_t nt) {
+                                size_t R, size_t IC, size_t OC, int accumulate, const uint16_t *wp,
+                                const uint16_t *x16, size_t t, size_t nt) {
     size_t o0, o1;
     decode_share_cols(OC, t, nt, &o0, &o1);
     if (bias) {
@@ -994,7 +999,7 @@ static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, c
                                        0, t, nt);
         return;
     }
-    fdpo_decode_packed_matmul_share(out, inp, wp, R, IC, OC, accumulate, d->in16, d->acc, t, nt, 1);
+    fdpo_decode_packed_matmul_share(out, inp, wp, R, IC, OC, accumulate, d->in16, d->acc, t, nt, 1, x16);
 }
 
 void fdpo_decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *o1) {
@@ -1003,10 +1008,15 @@ void fdpo_decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *
 
 void fdpo_decode_packed_matmul_share(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC,
                                      size_t OC, int accumulate, uint16_t *in16, float *acc, size_t t, size_t nt,
-                                     int rounded) {
+                                     int rounded, const uint16_t *x16) {
     int route = decode_bf16_route();
     decode_widen_tile_fn *tile = decode_tile_widen_portable;
 #ifdef DECODE_HAVE_AVX512
+    if (route == DECODE_BF16_DPBF16 && x16) { /* the caller's barrier made x16 whole */
+        decode_matmul_small_rows_share(out, x16, (IC + 1) / 2 * 2, wp, R, IC, OC, accumulate, acc, decode_tile_dpbf16,
+                                       IC, 1, t, nt);
+        return;
+    }
     if (route == DECODE_BF16_DPBF16) {
         size_t r0, r1, ICp = (IC + 1) / 2 * 2;
         decode_share(R, t, nt, &r0, &r1);
@@ -1043,17 +1053,37 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
      * 48 k' or 4C) are whole groups when 4C is a multiple of 8; bf16's is per element
      * (fdpo_k_expf: the same bits on any lane) */
     int bf16 = d->wp != NULL, gelu_own_cols = bf16 || (4 * C) % 8 == 0, one_row_per_slot = R == n_slots;
-    size_t need = (size_t)omp_get_max_threads() * R * C;
+    size_t max_threads = (size_t)omp_get_max_threads(), need = max_threads * R * C;
     if (need > d->cap_h_team) {
         free(d->h_team);
         d->h_team = fdpo_malloc(need * sizeof(float));
         d->cap_h_team = need;
     }
+    /* vdpbf16ps reads bf16 rows: each input's bits are written where the input is made (the
+     * thread's own LayerNorm rows, its (row, head) of attention, its GELU columns, its rows of
+     * the final LayerNorm), so the matmul needs no copy and no barriers of its own (12
+     * barriers per layer become 5). x16: [threads][R][Cp] LayerNorm rows, then [R][Cp]
+     * attention output, [R][Cp] final LayerNorm, [R][4C] GELU output; calloc'd: the pad
+     * column of an odd C stays 0. */
+    size_t Cp = (C + 1) / 2 * 2;
+    uint16_t *x16 = NULL;
+    if (bf16 && decode_bf16_route() == DECODE_BF16_DPBF16) {
+        need = (max_threads + 2) * R * Cp + R * 4 * C;
+        if (need > d->cap_x16) {
+            free(d->x16);
+            d->x16 = fdpo_calloc(need, sizeof(uint16_t));
+            d->cap_x16 = need;
+        }
+        x16 = d->x16;
+    }
+    uint16_t *atty16 = x16 ? x16 + max_threads * R * Cp : NULL, *h16 = x16 ? atty16 + R * Cp : NULL;
+    uint16_t *fch16 = x16 ? h16 + R * Cp : NULL;
     #pragma omp parallel
     {
         size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num(), r0, r1, a0, a1, g0, g1, o0, o1;
-        size_t n_fc = R * 4 * C, n_groups = (n_fc + 7) / 8;
+        size_t n_fc = R * 4 * C, n_groups = (n_fc + 7) / 8, hs = C / NH;
         float *scores = d->scores + t * d->ldk, *hm = d->h_team + t * R * C;
+        uint16_t *hm16 = x16 ? x16 + t * R * Cp : NULL;
         decode_share(R, t, nt, &r0, &r1);
         decode_share(R * NH, t, nt, &a0, &a1);
         decode_share(n_groups, t, nt, &g0, &g1);
@@ -1066,8 +1096,9 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
             for (size_t r = 0; r < R; r++)
                 decode_layernorm_row(hm + r * C, d->x + r * C, p->ln1w + l * C, p->ln1b + l * C, C, eps);
             if (bf16) decode_round_bf16(hm, R * C);
+            if (hm16) decode_rows_to_bf16(hm16, hm, R, C);
             decode_matmul_share(d, d->qkv, hm, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
-                                WP(l, 0), t, nt);
+                                WP(l, 0), hm16, t, nt);
             #pragma omp barrier
             /* the keys and values of a (row, head) go into the cache on the thread that
              * attends with them, just before: a key is one float on each of hs lines, and
@@ -1087,22 +1118,25 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
                                             d->ldk);
                 decode_attention_head(d->atty, scores, d->qkv, kc, vc, d->row_slot, d->row_pos, a / NH, a % NH, C, NH,
                                       d->max_len, d->ldk);
-                if (bf16) decode_round_bf16(d->atty + (a / NH) * C + (a % NH) * (C / NH), C / NH);
+                if (bf16) decode_round_bf16(d->atty + (a / NH) * C + (a % NH) * hs, hs);
+                if (atty16) fdpo_bf16_round_n(atty16 + (a / NH) * Cp + (a % NH) * hs, d->atty + (a / NH) * C + (a % NH) * hs, hs);
             }
             #pragma omp barrier
             decode_matmul_share(d, d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1, WP(l, 1),
-                                t, nt);
+                                atty16, t, nt);
             #pragma omp barrier
             for (size_t r = 0; r < R; r++)
                 decode_layernorm_row(hm + r * C, d->x + r * C, p->ln2w + l * C, p->ln2b + l * C, C, eps);
             if (bf16) decode_round_bf16(hm, R * C);
+            if (hm16) decode_rows_to_bf16(hm16, hm, R, C);
             decode_matmul_share(d, d->fch, hm, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0,
-                                WP(l, 2), t, nt);
+                                WP(l, 2), hm16, t, nt);
             if (gelu_own_cols) { /* GELU of the thread's own columns, no barrier between */
                 decode_share_cols(4 * C, t, nt, &o0, &o1);
                 for (size_t r = 0; r < R && o0 < o1; r++) {
                     decode_gelu_range(d->fch, r * 4 * C + o0, r * 4 * C + o1, n_fc, bf16);
                     if (bf16) decode_round_bf16(d->fch + r * 4 * C + o0, o1 - o0);
+                    if (fch16) fdpo_bf16_round_n(fch16 + r * 4 * C + o0, d->fch + r * 4 * C + o0, o1 - o0);
                 }
             } else {
                 #pragma omp barrier
@@ -1110,7 +1144,7 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
             }
             #pragma omp barrier
             decode_matmul_share(d, d->x, d->fch, p->fcprojw + l * 4 * C * C, p->fcprojb + l * C, R, 4 * C, C, 1,
-                                WP(l, 3), t, nt);
+                                WP(l, 3), fch16, t, nt);
             #pragma omp barrier
         }
         size_t n_out = all_logits ? R : n_slots, q0, q1;
@@ -1124,10 +1158,11 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
             }
             decode_layernorm_row(d->h + q * C, d->x + r * C, p->lnfw, p->lnfb, C, eps);
             if (bf16) decode_round_bf16(d->h + q * C, C);
+            if (h16) decode_rows_to_bf16(h16 + q * Cp, d->h + q * C, 1, C);
         }
         if (d->wp) {
             #pragma omp barrier
-            decode_matmul_share(d, logits, d->h, NULL, NULL, n_out, C, V, 0, WP(L, 0), t, nt);
+            decode_matmul_share(d, logits, d->h, NULL, NULL, n_out, C, V, 0, WP(L, 0), h16, t, nt);
         }
     }
 #undef WP

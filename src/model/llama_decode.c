@@ -247,7 +247,7 @@ static void dec_linear_share(llama_decoder *d, float *out, const float *inp, con
         accumulate = 1;
     }
     fdpo_decode_packed_matmul_share(out, inp, packed_weight(d, w, IC, OC), R, IC, OC, accumulate, d->in16, d->acc,
-                                    t, nt, 0);
+                                    t, nt, 0, NULL);
 }
 
 /* The bf16 step of fdpo_llama_decoder_forward (no LoRA) in one parallel region, as the

@@ -33,12 +33,15 @@ void fdpo_decode_packed_matmul(float *out, const float *inp, const uint16_t *wp,
                                int accumulate, uint16_t *in16, float *acc);
 size_t fdpo_decode_packed_scratch(size_t R);
 /* fdpo_decode_packed_matmul as thread t of a team of nt's share, inside the caller's
- * parallel region (every thread of the team calls it; the vdpbf16ps route has a barrier
- * inside). Thread t computes the output columns fdpo_decode_share_cols gives it. rounded:
- * inp holds bf16 values already (read in place, no rounded copy). */
+ * parallel region (every thread of the team calls it). Thread t computes the output columns
+ * fdpo_decode_share_cols gives it. rounded: inp holds bf16 values already (read in place,
+ * no rounded copy). The vdpbf16ps route reads bf16 rows: x16 [R, IC rounded up to even]
+ * (the pad column 0), bf16(inp), whole when every thread enters the call (the caller's
+ * barrier) and unchanged until the team's next barrier after it; with x16 NULL the route
+ * copies inp into in16 itself, with a barrier before and after. */
 void fdpo_decode_packed_matmul_share(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC,
                                      size_t OC, int accumulate, uint16_t *in16, float *acc, size_t t, size_t nt,
-                                     int rounded);
+                                     int rounded, const uint16_t *x16);
 /* [*o0, *o1): the output columns of out [R, OC] thread t of nt computes in
  * fdpo_decode_packed_matmul_share (o0 >= o1: none) */
 void fdpo_decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *o1);

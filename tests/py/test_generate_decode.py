@@ -290,14 +290,19 @@ def test_decoder_one_region_gives_the_same_logits(odd_model, tmp_path, precision
     """A step's kernels in one parallel region (the default) or each in its own
     (FDPO_DECODE_ONE_REGION=0): each output is summed by one thread in the same order, so
     the logits are the same bits, at 2 threads and on a team of 1 where 2 were asked
-    (OMP_THREAD_LIMIT=1; each against the per-kernel run of the same environment). The
-    per-kernel path's values are checked against PyTorch above."""
+    (OMP_THREAD_LIMIT=1; each against the per-kernel run of the same environment). In bf16
+    on both routes, not the probe's choice of the moment: the widening FMAs, and vdpbf16ps,
+    whose bf16 input rows the one-region step writes where each input is made (an odd C's
+    pad column included) while the per-kernel path converts them in the matmul (where the
+    CPU has no AVX512-BF16 both runs take the portable tile). The per-kernel path's values
+    are checked against PyTorch above."""
     d, _ = odd_model
     ids = ids_of(T, seed=300 + T)
-    base = dict(os.environ, OMP_NUM_THREADS="2", FDPO_DECODE_BF16="widen")  # not the probe's choice of the moment
-    for env in (base, dict(base, OMP_THREAD_LIMIT="1")):
-        per_kernel = harness_logits(d, mode, ids, tmp_path, precision, env=dict(env, FDPO_DECODE_ONE_REGION="0"))
-        assert np.array_equal(harness_logits(d, mode, ids, tmp_path, precision, env=env), per_kernel)
+    for route in ("widen", "dpbf16") if precision == "bf16" else ("widen",):
+        base = dict(os.environ, OMP_NUM_THREADS="2", FDPO_DECODE_BF16=route)
+        for env in (base, dict(base, OMP_THREAD_LIMIT="1")):
+            per_kernel = harness_logits(d, mode, ids, tmp_path, precision, env=dict(env, FDPO_DECODE_ONE_REGION="0"))
+            assert np.array_equal(harness_logits(d, mode, ids, tmp_path, precision, env=env), per_kernel), route
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
