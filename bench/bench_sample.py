@@ -4,16 +4,22 @@ with a key/value cache, on the same weights and the same thread count.
 
 B prompts of P tokens each (byte-level text, so every prompt has exactly P tokens), N new
 tokens per prompt, temperature 1, no truncation, one sample per prompt, all B sequences
-decoded together (fdpo --batch B; PyTorch [B, ...] tensors). fdpo's figure is the one it
+decoded together (fdpo --batch-size B; PyTorch [B, ...] tensors). fdpo's figure is the one it
 prints itself: generation only, after the checkpoint is loaded. PyTorch's covers the same
 span: prefill + N decoding steps (softmax + torch.multinomial each step), after the weights
 are loaded. Sides: fdpo-fp32, fdpo-bf16 (--precision bf16: bf16 weights in decode),
 torch-fp32 and torch-bf16 (the loop under torch.autocast("cpu", dtype=torch.bfloat16)).
 Each run is its own process; the sides run INTERLEAVED, round after round (the order
 rotates each round), for >= 5 rounds, and each side reports median and best tokens/s and
-the ratio of medians vs torch-fp32. Each figure is also given as the bandwidth decoding reads
-at and as a % of the memory-bandwidth limit measured in the same invocation:
-decode steps/s (tokens/s / B) x the bytes one step must read (bench/bandwidth.py's
+the ratio of medians vs torch-fp32. Each side also times its decoding steps alone (fdpo prints
+them: "decoder set-up A s, prefill B s, N decoding steps of M tokens in S s (T tokens/s)"; the PyTorch loop
+times the steps after its prefill: the draws and the one-token forwards), because that is the
+part the memory-bandwidth limit is about: a decoder's set-up (bf16: packing the weights, on
+this VM mostly the first touch of 247 MB of fresh memory, 0.2-0.7 s) and the prefill are paid
+once per run, while fdpo online / rl keep one decoder for all their rounds. The decoding
+rate is given as the bandwidth it reads at and as a % of the memory-bandwidth limit measured
+in the same invocation (the whole generation's % beside it, for information):
+decode steps/s (decoding tokens/s / B) x the bytes one step must read (bench/bandwidth.py's
 decode_step_bytes: every weight matrix at the side's precision, the fp32 vectors, the fp32
 key/value cache at the mean cached length P + N/2, each row's fp32 logits), against the DRAM
 STREAM triad (arrays >= 4 x the last-level cache: bench/bandwidth.py; on the pages the
@@ -116,14 +122,17 @@ def torch_worker(model_dir, prompts, new_tokens, threads, seed, bf16=False):
         cache = [None] * L
         logits = step(ids, 0, cache)
         pos = ids.shape[1]
+        t_decode = time.perf_counter()  # the decoding steps: the draws and the one-token steps
         for _ in range(new_tokens):
             nxt = torch.multinomial(torch.softmax(logits.float(), -1), 1)
             if _ == new_tokens - 1:
                 break
             logits = step(nxt, pos, cache)
             pos += 1
-        dt = time.perf_counter() - t0
-    print(json.dumps({"tokens_per_sec": B * new_tokens / dt, "seconds": dt}))
+        t1 = time.perf_counter()
+    dt = t1 - t0
+    print(json.dumps({"tokens_per_sec": B * new_tokens / dt, "seconds": dt,
+                      "decode_tokens_per_sec": B * (new_tokens - 1) / (t1 - t_decode)}))
 
 
 def make_checkpoint(cfg, directory):
@@ -139,24 +148,31 @@ def make_checkpoint(cfg, directory):
 
 
 def run_side(side, d, tmp, a):
-    """One generation run; returns tokens/s (generation only, as each side times it)."""
+    """One generation run; returns (tokens/s of the whole generation after the weights are
+    loaded, tokens/s of its decoding steps alone or None), as each side times them. fdpo
+    prints both ("decoder set-up ..., N decoding steps in S s (T tokens/s)": the steps' fed
+    tokens over their seconds, set-up and prefill left out); the PyTorch loop times its
+    steps after the prefill the same way."""
     if side.startswith("fdpo") or side.startswith("base"):
         pf = os.path.join(tmp, "prompts.txt")
-        r = subprocess.run([a.baseline if side.startswith("base") else FDPO, "generate", "--model", d, "--prompts", pf, "--out", os.path.join(tmp, "o.jsonl"),
-                            "--max-new-tokens", str(a.new_tokens), "--batch", str(a.prompts), "--threads",
+        r = subprocess.run([a.baseline if side.startswith("base") else FDPO, "generate", "--model", d, "--data", pf,
+                            "--out", os.path.join(tmp, "o.jsonl"),
+                            "--max-new-tokens", str(a.new_tokens), "--batch-size", str(a.prompts), "--threads",
                             str(a.threads), "--seed", "1", "--precision", side.split("-")[1]],
                            capture_output=True, text=True)
         if r.returncode:
             sys.exit(f"fdpo generate failed: {r.stderr}")
         m = re.search(r"generated \d+ samples, (\d+) new tokens in ([\d.]+)s \(([\d.]+) tokens/s\)", r.stderr)
-        return float(m.group(3))
+        dm = re.search(r"decoding steps of \d+ tokens in [\d.]+s \(([\d.]+) tokens/s\)", r.stderr)
+        return float(m.group(3)), float(dm.group(1)) if dm else None
     w = subprocess.run(interleave.torch_cmd([sys.executable, __file__, "--worker", d, "1", "--threads", str(a.threads),
                         "--prompts", str(a.prompts), "--prompt-tokens", str(a.prompt_tokens),
                         "--new-tokens", str(a.new_tokens)] + (["--bf16"] if side == "torch-bf16" else [])),
                        capture_output=True, text=True)
     if w.returncode:
         sys.exit(f"torch worker failed: {w.stderr}")
-    return json.loads(w.stdout.strip().splitlines()[-1])["tokens_per_sec"]
+    j = json.loads(w.stdout.strip().splitlines()[-1])
+    return j["tokens_per_sec"], j["decode_tokens_per_sec"]
 
 
 SIDES = ["fdpo-fp32", "fdpo-bf16", "torch-fp32", "torch-bf16"]
@@ -215,7 +231,8 @@ def main():
         cfg = CONFIGS[name]
         C, L, V, P = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"], cfg["n_positions"]
         n_params = V * C + P * C + L * (12 * C * C + 13 * C) + 2 * C
-        tps = {s: [] for s in sides}
+        tps = {s: [] for s in sides}  # whole generation, tokens/s
+        dps = {s: [] for s in sides}  # its decoding steps alone, tokens/s (None: a baseline that does not say)
         with tempfile.TemporaryDirectory() as tmp:
             d = os.path.join(tmp, "model")
             make_checkpoint(cfg, d)
@@ -238,7 +255,9 @@ def main():
                                                     cache=False, huge=huge)["triad_gbs"]
                         (other_triads if other else triads).append(t)
                     else:
-                        tps[s].append(run_side(s, d, tmp, a))
+                        whole, steps = run_side(s, d, tmp, a)
+                        tps[s].append(whole)
+                        dps[s].append(steps)
         limit = dict(peaks, triad_gbs=statistics.median(triads), triad_start_gbs=peaks["triad_gbs"],
                      triad_rounds_gbs=triads)
         if other_triads:
@@ -256,13 +275,21 @@ def main():
             print(f"  bytes one decoding step reads, {p}: {b['total'] / 1e6:.1f} MB = weights {b['weights'] / 1e6:.1f} "
                   f"+ KV cache {b['kv'] / 1e6:.1f} ({a.prompts} rows x {b['mean_len']:g} mean positions, fp32) "
                   f"+ logits {b['logits'] / 1e6:.1f}")
+        print("  whole generation (after the weights are loaded: set-up, prefill, decoding), then its decoding steps "
+              "alone; the bandwidth is the decoding steps' (steps/s x the bytes a step reads), the ratio the whole "
+              "generation's")
+        decode_med = {s: statistics.median(dps[s]) if None not in dps[s] else None for s in sides}
         for s in sides:
             med, best = statistics.median(tps[s]), max(tps[s])
             b = step["bf16" if "bf16" in s else "fp32"]
-            gbs, pct = bandwidth.decode_pct(med, a.prompts, b["total"], limit["triad_gbs"])
-            _, pct_cache = bandwidth.decode_pct(med, a.prompts, b["total"], peaks["triad_cache_gbs"])
-            line = (f"  {s:11s} median {med:9.1f} tok/s  best {best:9.1f} tok/s  (n={len(tps[s])})  "
-                    f"reads {gbs:6.2f} GB/s = {pct:5.1f}% of the DRAM triad ({pct_cache:.1f}% of the in-cache one)")
+            line = f"  {s:11s} median {med:9.1f} tok/s  best {best:9.1f} tok/s  (n={len(tps[s])})"
+            dmed = decode_med[s]
+            if dmed is not None:
+                gbs, pct = bandwidth.decode_pct(dmed, a.prompts, b["total"], limit["triad_gbs"])
+                _, pct_cache = bandwidth.decode_pct(dmed, a.prompts, b["total"], peaks["triad_cache_gbs"])
+                _, pct_whole = bandwidth.decode_pct(med, a.prompts, b["total"], limit["triad_gbs"])
+                line += (f"  decoding {dmed:9.1f} tok/s reads {gbs:6.2f} GB/s = {pct:5.1f}% of the DRAM triad "
+                         f"({pct_cache:.1f}% of the in-cache one; the whole generation's rate: {pct_whole:.1f}%)")
             if base and s != "torch-fp32":
                 line += f"  ratio of medians {med / base:.2f}x vs torch-fp32"
             twin = "base-" + s.split("-")[1] if s.startswith("fdpo") else None
@@ -274,6 +301,7 @@ def main():
                                        "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens,
                                        "threads": a.threads, "n_params": n_params, "cfg": cfg,
                                        "median_tokens_per_sec": {s: statistics.median(tps[s]) for s in sides},
+                                       "median_decode_tokens_per_sec": decode_med,
                                        "peaks": limit})
         sys.stdout.flush()
 

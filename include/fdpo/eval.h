@@ -105,14 +105,25 @@ const fdpo_gpt2 *fdpo_sampler_model(const fdpo_sampler *s);
 int fdpo_sampler_generate(fdpo_sampler *s, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
                           int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
                           size_t n_samples, fdpo_sample **out);
+/* Where a sampler's last generate call spent its time, in seconds: making the decoder or
+ * taking the model's current weights into it (bf16: packing them; on a fresh decoder this
+ * includes the first touch of its memory), the prompts' prefills, and the decoding steps
+ * (each one forward of one new token per running sample, then its draws);
+ * decode_steps / decode_tokens count those steps and the tokens they fed. */
+typedef struct {
+    double setup, prefill, decode;
+    size_t decode_steps, decode_tokens;
+} fdpo_generate_timing;
+void fdpo_sampler_timing(const fdpo_sampler *s, fdpo_generate_timing *out);
 /* fdpo_generate_eot split over the MPI ranks by prompt (include/fdpo/dist.h): rank r
  * generates its contiguous block of prompts (seeded by their indices among all prompts, so
  * every sample is the one a single process draws) and every rank gets all n_prompts *
  * n_samples samples in prompt order. A rank that fails makes every rank fail with its
- * message. One process: exactly fdpo_generate_eot. */
+ * message. One process: exactly fdpo_generate_eot. timing (NULL: not wanted) gets this
+ * rank's fdpo_sampler_timing. */
 int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
                         int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
-                        size_t n_samples, fdpo_sample **out);
+                        size_t n_samples, fdpo_sample **out, fdpo_generate_timing *timing);
 
 /* ---- scoring: log-probs and per-position statistics of given completions ---- */
 typedef struct {

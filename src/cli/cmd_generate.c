@@ -58,7 +58,8 @@ int cmd_generate(int argc, char **argv) {
     if (!rc) rc = fdpo_encode_prompts(tok, prompts, n_prompts, &ids, &lens);
     double t0 = fdpo_now();
     /* under MPI each rank generates its block of prompts; rank 0 writes them all */
-    if (!rc && fdpo_generate_ranks(m, tok, fdpo_tokenizer_eot(tok), &sc, ids, lens, n_prompts, n, &s))
+    fdpo_generate_timing tm;
+    if (!rc && fdpo_generate_ranks(m, tok, fdpo_tokenizer_eot(tok), &sc, ids, lens, n_prompts, n, &s, &tm))
         rc = fdpo_error_context("--data %s", prompts_path);   /* its faults name a prompt of this file */
     double dt = fdpo_now() - t0;
     if (!rc) {
@@ -92,8 +93,13 @@ int cmd_generate(int argc, char **argv) {
             if (!rc) { if (fdpo_atomic_commit(&af)) rc = fdpo_error_context("--out"); }
             else fdpo_atomic_abort(&af);
         }
-        if (!rc) fdpo_log(FDPO_LOG_INFO, "generated %zu samples, %zu new tokens in %.2fs (%.1f tokens/s)", total,
-                         new_tokens, dt, dt > 0 ? (double)new_tokens / dt : 0.0);
+        /* the whole call, then its parts: the decoding steps' rate is the one a long run
+         * of sampling (fdpo online, fdpo rl) sees, the set-up being paid once */
+        if (!rc) fdpo_log(FDPO_LOG_INFO, "generated %zu samples, %zu new tokens in %.2fs (%.1f tokens/s): decoder "
+                         "set-up %.2fs, prefill %.2fs, %zu decoding steps of %zu tokens in %.2fs (%.1f tokens/s)", total,
+                         new_tokens, dt, dt > 0 ? (double)new_tokens / dt : 0.0, tm.setup, tm.prefill, tm.decode_steps,
+                         tm.decode_tokens, tm.decode,
+                         tm.decode > 0 ? (double)tm.decode_tokens / tm.decode : 0.0);
         fdpo_samples_free(s, total);
     }
     fdpo_free_ids(ids, lens, ids ? n_prompts : 0);

@@ -132,7 +132,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     fdpo_sample *smp = NULL;
     int32_t eot = tok ? fdpo_tokenizer_eot(tok) : c->eot;
     /* under MPI the prompts, then the samples' scores, are split over the ranks (docs/scaling.md) */
-    if (fdpo_generate_ranks(policy, tok, eot, &c->sample, prompt_ids, prompt_lens, n_prompts, c->k, &smp)) return NULL;
+    if (fdpo_generate_ranks(policy, tok, eot, &c->sample, prompt_ids, prompt_lens, n_prompts, c->k, &smp, NULL)) return NULL;
     size_t N = n_prompts * c->k, nd = c->n_div, max_len = 0;
     for (size_t i = 0; i < N; i++) {
         size_t l = prompt_lens[smp[i].prompt_index] + smp[i].n_tokens;

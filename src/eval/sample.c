@@ -362,6 +362,7 @@ struct fdpo_sampler {
     fdpo_decoder *dec;
     size_t dec_seqs, dec_len;       /* the decoder's slots and cache length */
     fdpo_precision dec_precision;   /* the model's precision when dec was made */
+    fdpo_generate_timing timing;    /* of the last generate call */
     size_t cap_b, cap_feed;         /* slots and prompt tokens the buffers below hold */
     int has_order;
     char *slot_memory;              /* the SLOT_BUFFERS below, carved from one allocation */
@@ -458,6 +459,8 @@ static int sampler_prepare(fdpo_sampler *s, size_t B, size_t cache_len, size_t f
     return 0;
 }
 
+void fdpo_sampler_timing(const fdpo_sampler *s, fdpo_generate_timing *out) { *out = s->timing; }
+
 int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
                       int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
                       size_t n_samples, fdpo_sample **out) {
@@ -492,7 +495,12 @@ int fdpo_sampler_generate(fdpo_sampler *smp, const fdpo_tokenizer *tok, int32_t 
     size_t cache_len = max_prompt + c->max_new_tokens;
     if (cache_len > maxT) cache_len = maxT;
     int truncate = (c->top_k > 0 && c->top_k < V) || c->top_p < 1;
+    fdpo_generate_timing *timing = &smp->timing;
+    *timing = (fdpo_generate_timing){0};
+    double t_start = fdpo_now();
     if (sampler_prepare(smp, B, cache_len, B * max_prompt + B, truncate)) { free(samples); return -1; }
+    double t_loop = fdpo_now();
+    timing->setup = t_loop - t_start;
     fdpo_decoder *dec = smp->dec;
     float *logits = smp->logits, *prefill = smp->prefill;
     double *work = smp->work;
@@ -542,6 +550,7 @@ int fdpo_sampler_generate(fdpo_sampler *smp, const fdpo_tokenizer *tok, int32_t 
             n_unique++;
         }
         if (n_unique > 0) {
+            double t_prefill = fdpo_now();
             if ((rc = fdpo_decoder_forward(dec, n_unique, slots, n_new, feed, prefill, 0))) break;
             /* each filled slot gets its prompt's last-token logits (and cache, if shared) */
             for (size_t i = 0; i < n_fill; i++) {
@@ -549,6 +558,7 @@ int fdpo_sampler_generate(fdpo_sampler *smp, const fdpo_tokenizer *tok, int32_t 
                 lrow[b] = prefill + u * V;
                 if (slots[u] != b) fdpo_decoder_copy_slot(dec, b, slots[u]);
             }
+            timing->prefill += fdpo_now() - t_prefill;
         }
         size_t n_running = 0;
         for (size_t b = 0; b < B; b++) n_running += st[b].active;
@@ -619,7 +629,12 @@ int fdpo_sampler_generate(fdpo_sampler *smp, const fdpo_tokenizer *tok, int32_t 
         if (n_active == 0) continue;
         if ((rc = fdpo_decoder_forward(dec, n_active, slots, n_new, feed, logits, 0))) break;
         for (size_t i = 0; i < n_active; i++) lrow[slots[i]] = logits + i * V;
+        timing->decode_steps++;
+        timing->decode_tokens += n_active;
     }
+    /* the decoding steps: the loop less its prefills (the last draws, which end every
+     * sample, count too) */
+    timing->decode = fdpo_now() - t_loop - timing->prefill;
     for (size_t b = 0; b < B; b++) { free(st[b].bytes); st[b] = (slot_state){0}; }
     if (rc) { fdpo_samples_free(samples, total); return -1; }
     *out = samples;

@@ -122,9 +122,15 @@ static int gather(int failed, fdpo_sample *mine, size_t n_mine, size_t first_pro
 
 int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
                         int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
-                        size_t n_samples, fdpo_sample **out) {
-    if (fdpo_dist_size() == 1)
-        return fdpo_generate_eot(m, tok, eot, c, prompt_ids, prompt_lens, n_prompts, n_samples, out);
+                        size_t n_samples, fdpo_sample **out, fdpo_generate_timing *timing) {
+    if (timing) *timing = (fdpo_generate_timing){0};
+    if (fdpo_dist_size() == 1) {
+        fdpo_sampler *smp = fdpo_sampler_create(m);
+        int rc = fdpo_sampler_generate(smp, tok, eot, c, prompt_ids, prompt_lens, n_prompts, n_samples, out);
+        if (timing) fdpo_sampler_timing(smp, timing);
+        fdpo_sampler_free(smp);
+        return rc;
+    }
     *out = NULL;
     /* every rank must sample the same job (each generates a block of it): the settings that
      * change samples, the prompts and the weights (--batch-size and --threads may differ) */
@@ -146,7 +152,10 @@ int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t e
     fdpo_sample_config mine_c = *c;
     mine_c.first_prompt = c->first_prompt + b;
     fdpo_sample *mine = NULL;
-    int failed = fdpo_generate_eot(m, tok, eot, &mine_c, prompt_ids + b, prompt_lens + b, e - b, n_samples, &mine);
+    fdpo_sampler *smp = fdpo_sampler_create(m);
+    int failed = fdpo_sampler_generate(smp, tok, eot, &mine_c, prompt_ids + b, prompt_lens + b, e - b, n_samples, &mine);
+    if (timing) fdpo_sampler_timing(smp, timing);
+    fdpo_sampler_free(smp);
     int rc = gather(failed, mine, failed ? 0 : (e - b) * n_samples, c->first_prompt + b, NULL,
                     n_prompts * n_samples, out, NULL);
     if (mine) fdpo_samples_free(mine, (e - b) * n_samples);

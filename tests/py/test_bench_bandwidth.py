@@ -199,6 +199,13 @@ def test_goals_sample_pct():
     assert goals.sample_pct(rec, "fdpo-bf16", "triad_cache_gbs") == pytest.approx(27.194034, rel=1e-6)
     assert goals.sample_pct(rec, "fdpo-fp32") == pytest.approx(54.34568, rel=1e-6)
     assert goals.sample_pct(rec, "torch-bf16") is None
+    # the goal row takes the decoding steps' rate when the record has it: twice the rate,
+    # twice the figure; a side that did not say (a baseline binary: None) and a record from
+    # before the split give no figure
+    dec = dict(rec, median_decode_tokens_per_sec={"fdpo-bf16": 734.0, "base-bf16": None})
+    assert goals.sample_pct(dec, "fdpo-bf16", rate="median_decode_tokens_per_sec") == pytest.approx(108.776134, rel=1e-6)
+    assert goals.sample_pct(dec, "base-bf16", rate="median_decode_tokens_per_sec") is None
+    assert goals.sample_pct(rec, "fdpo-bf16", rate="median_decode_tokens_per_sec") is None
     old = dict(rec)
     del old["cfg"]   # a record from before the bytes-per-step formula: no figure, not a wrong one
     assert goals.sample_pct(old, "fdpo-bf16") is None

@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -153,6 +154,20 @@ def test_continuous_batching_prompts_of_different_lengths(tmp_path):
                            "--max-new-tokens", "24", "--seed", "5", "--batch-size", batch, "--threads", threads)
         assert r.returncode == 0, r.stderr
         outs.append([x["tokens"] for x in rows])
+        # the time split: a sample's first token comes from its prompt's prefill and each
+        # later one from a decoding step that fed the token before it, so the steps fed
+        # sum(len - 1) tokens; one sequence at a time takes one step per fed token, all 15
+        # samples at once take as many steps as the longest sample less one
+        m_t = re.search(r"in ([\d.]+)s \([\d.]+ tokens/s\): decoder set-up ([\d.]+)s, prefill ([\d.]+)s, "
+                        r"(\d+) decoding steps of (\d+) tokens in ([\d.]+)s", r.stderr)
+        assert m_t, r.stderr
+        whole, setup, prefill, steps, fed, decode = (float(x) for x in m_t.groups())
+        assert fed == sum(len(x["tokens"]) - 1 for x in rows)
+        if batch == "1":
+            assert steps == fed
+        if batch == "16":
+            assert steps == max(len(x["tokens"]) for x in rows) - 1
+        assert setup + prefill + decode <= whole + 0.02   # printed to 0.01 s each
     assert all(o == outs[0] for o in outs)
     lengths = {len(t) for t in outs[0]}
     assert len(lengths) > 3 and any(t[-1] == 256 for t in outs[0])  # samples really end at different steps
