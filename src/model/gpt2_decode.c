@@ -1002,6 +1002,8 @@ static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, c
     fdpo_decode_packed_matmul_share(out, inp, wp, R, IC, OC, accumulate, d->in16, d->acc, t, nt, 1, x16);
 }
 
+int fdpo_decode_reads_bf16_rows(void) { return decode_bf16_route() == DECODE_BF16_DPBF16; }
+
 void fdpo_decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *o1) {
     decode_share_cols(OC, t, nt, o0, o1);
 }
@@ -1067,7 +1069,7 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
      * column of an odd C stays 0. */
     size_t Cp = (C + 1) / 2 * 2;
     uint16_t *x16 = NULL;
-    if (bf16 && decode_bf16_route() == DECODE_BF16_DPBF16) {
+    if (bf16 && fdpo_decode_reads_bf16_rows()) {
         need = (max_threads + 2) * R * Cp + R * 4 * C;
         if (need > d->cap_x16) {
             free(d->x16);

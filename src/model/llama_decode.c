@@ -42,6 +42,8 @@ struct llama_decoder {
     int one_region;
     float *h_team;            /* [threads, R, C + 1]: each thread's RMSNorm output and rstd */
     size_t cap_h_team;        /* floats */
+    uint16_t *x16;            /* vdpbf16ps route: the bf16 rows of the matmul inputs (dec_layers_one_region) */
+    size_t cap_x16;           /* elements */
 };
 
 static const float *tensor(const fdpo_gpt2 *m, int role) {
@@ -82,7 +84,7 @@ void fdpo_llama_decoder_free(llama_decoder *d) {
     free(d->len); fdpo_free_large(d->k_cache); fdpo_free_large(d->v_cache); free(d->inv_freq);
     free(d->x); free(d->h); free(d->q); free(d->k); free(d->v); free(d->atty); free(d->gate); free(d->up);
     free(d->xlast); free(d->rope_cos); free(d->rope_sin); free(d->scores); free(d->row_slot); free(d->row_pos);
-    fdpo_free_large(d->wp); free(d->packed); free(d->in16); free(d->acc); free(d->h_team);
+    fdpo_free_large(d->wp); free(d->packed); free(d->in16); free(d->acc); free(d->h_team); free(d->x16);
     free(d);
 }
 
@@ -236,9 +238,11 @@ static inline void dec_share(size_t n, size_t t, size_t nt, size_t *i0, size_t *
 }
 
 /* dec_linear (bf16) as thread t of nt's share inside a region: the bias of its output
- * columns, then its columns of the product */
+ * columns, then its columns of the product; x16: inp's bf16 rows or NULL
+ * (fdpo_decode_packed_matmul_share) */
 static void dec_linear_share(llama_decoder *d, float *out, const float *inp, const float *w, const float *bias,
-                             size_t R, size_t IC, size_t OC, int accumulate, size_t t, size_t nt) {
+                             size_t R, size_t IC, size_t OC, int accumulate, const uint16_t *x16, size_t t,
+                             size_t nt) {
     if (bias) {
         size_t o0, o1;
         fdpo_decode_share_cols(OC, t, nt, &o0, &o1);
@@ -247,7 +251,7 @@ static void dec_linear_share(llama_decoder *d, float *out, const float *inp, con
         accumulate = 1;
     }
     fdpo_decode_packed_matmul_share(out, inp, packed_weight(d, w, IC, OC), R, IC, OC, accumulate, d->in16, d->acc,
-                                    t, nt, 0, NULL);
+                                    t, nt, 0, x16);
 }
 
 /* The bf16 step of fdpo_llama_decoder_forward (no LoRA) in one parallel region, as the
@@ -272,17 +276,35 @@ static void dec_layers_one_region(llama_decoder *d, const int32_t *tokens, size_
         for (size_t k = 0; k < 7; k++) packed_weight(d, tensor(m, roles[k]) + l * ic[k] * oc[k], ic[k], oc[k]);
     }
     packed_weight(d, head, C, V);
-    size_t need = (size_t)omp_get_max_threads() * R * (C + 1);
+    size_t max_threads = (size_t)omp_get_max_threads(), need = max_threads * R * (C + 1);
     if (need > d->cap_h_team) {
         free(d->h_team);
         d->h_team = fdpo_malloc(need * sizeof(float));
         d->cap_h_team = need;
     }
+    /* vdpbf16ps reads bf16 rows: each input's bits are written where it is made (as GPT-2's
+     * step does: gpt2_decode.c), so its matmuls need no copy and no barriers of their own.
+     * x16: [threads][R][Cp] RMSNorm rows, [R][QDp] attention output, [R][Cp] final norm,
+     * [R][Fp] SwiGLU output (Xp: X rounded up to even, the pad column 0: calloc'd) */
+    size_t Cp = (C + 1) / 2 * 2, QDp = (QD + 1) / 2 * 2, Fp = (F + 1) / 2 * 2;
+    uint16_t *x16 = NULL;
+    if (fdpo_decode_reads_bf16_rows()) {
+        need = (max_threads + 1) * R * Cp + R * QDp + R * Fp;
+        if (need > d->cap_x16) {
+            free(d->x16);
+            d->x16 = fdpo_calloc(need, sizeof(uint16_t));
+            d->cap_x16 = need;
+        }
+        x16 = d->x16;
+    }
+    uint16_t *atty16 = x16 ? x16 + max_threads * R * Cp : NULL, *h16 = x16 ? atty16 + R * QDp : NULL;
+    uint16_t *gate16 = x16 ? h16 + R * Cp : NULL;
 #define B(role, size) (tensor(m, role) ? tensor(m, role) + l * (size) : NULL)
     #pragma omp parallel
     {
         size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num(), r0, r1, a0, a1, o0, o1;
         float *hm = d->h_team + t * R * (C + 1), *rstd = hm + R * C, *scores = d->scores + t * d->max_len;
+        uint16_t *hm16 = x16 ? x16 + t * R * Cp : NULL;
         dec_share(R, t, nt, &r0, &r1);
         dec_share(R * NH, t, nt, &a0, &a1);
         for (size_t r = r0; r < r1; r++) memcpy(d->x + r * C, embed + (size_t)tokens[r] * C, C * sizeof(float));
@@ -290,9 +312,10 @@ static void dec_layers_one_region(llama_decoder *d, const int32_t *tokens, size_
         for (size_t l = 0; l < L; l++) {
             float *kc = d->k_cache + l * layer_cache, *vc = d->v_cache + l * layer_cache;
             fdpo_llama_rmsnorm_forward(hm, rstd, d->x, tensor(m, LR_LN1) + l * C, R, C, eps);
-            dec_linear_share(d, d->q, hm, tensor(m, LR_QW) + l * QD * C, B(LR_QB, QD), R, C, QD, 0, t, nt);
-            dec_linear_share(d, d->k, hm, tensor(m, LR_KW) + l * KD * C, B(LR_KB, KD), R, C, KD, 0, t, nt);
-            dec_linear_share(d, d->v, hm, tensor(m, LR_VW) + l * KD * C, B(LR_VB, KD), R, C, KD, 0, t, nt);
+            for (size_t r = 0; hm16 && r < R; r++) fdpo_bf16_round_n(hm16 + r * Cp, hm + r * C, C);
+            dec_linear_share(d, d->q, hm, tensor(m, LR_QW) + l * QD * C, B(LR_QB, QD), R, C, QD, 0, hm16, t, nt);
+            dec_linear_share(d, d->k, hm, tensor(m, LR_KW) + l * KD * C, B(LR_KB, KD), R, C, KD, 0, hm16, t, nt);
+            dec_linear_share(d, d->v, hm, tensor(m, LR_VW) + l * KD * C, B(LR_VB, KD), R, C, KD, 0, hm16, t, nt);
             #pragma omp barrier
             /* RoPE and the cache of the thread's rows (a row's rotation needs all its columns) */
             fdpo_llama_rope_forward(d->q + r0 * QD, d->rope_cos + r0 * hd / 2, d->rope_sin + r0 * hd / 2, r1 - r0, NH, hd);
@@ -303,21 +326,28 @@ static void dec_layers_one_region(llama_decoder *d, const int32_t *tokens, size_
                 memcpy(vc + at, d->v + r * KD, KD * sizeof(float));
             }
             #pragma omp barrier
-            for (size_t a = a0; a < a1; a++)
+            for (size_t a = a0; a < a1; a++) {
                 dec_attention_head(d->atty, scores, d->q, kc, vc, d->row_slot, d->row_pos, a / NH, a % NH, NH, NKV, hd,
                                    d->max_len);
+                if (atty16)
+                    fdpo_bf16_round_n(atty16 + (a / NH) * QDp + (a % NH) * hd, d->atty + (a / NH) * QD + (a % NH) * hd, hd);
+            }
             #pragma omp barrier
-            dec_linear_share(d, d->x, d->atty, tensor(m, LR_OW) + l * C * QD, B(LR_OB, C), R, QD, C, 1, t, nt);
+            dec_linear_share(d, d->x, d->atty, tensor(m, LR_OW) + l * C * QD, B(LR_OB, C), R, QD, C, 1, atty16, t, nt);
             #pragma omp barrier
             fdpo_llama_rmsnorm_forward(hm, rstd, d->x, tensor(m, LR_LN2) + l * C, R, C, eps);
-            dec_linear_share(d, d->gate, hm, tensor(m, LR_GATEW) + l * F * C, B(LR_GATEB, F), R, C, F, 0, t, nt);
-            dec_linear_share(d, d->up, hm, tensor(m, LR_UPW) + l * F * C, B(LR_UPB, F), R, C, F, 0, t, nt);
+            for (size_t r = 0; hm16 && r < R; r++) fdpo_bf16_round_n(hm16 + r * Cp, hm + r * C, C);
+            dec_linear_share(d, d->gate, hm, tensor(m, LR_GATEW) + l * F * C, B(LR_GATEB, F), R, C, F, 0, hm16, t, nt);
+            dec_linear_share(d, d->up, hm, tensor(m, LR_UPW) + l * F * C, B(LR_UPB, F), R, C, F, 0, hm16, t, nt);
             /* SwiGLU of the thread's own columns of gate and up (the same strips of F) */
             fdpo_decode_share_cols(F, t, nt, &o0, &o1);
-            for (size_t r = 0; r < R && o0 < o1; r++)
+            for (size_t r = 0; r < R && o0 < o1; r++) {
                 fdpo_llama_swiglu_forward(d->gate + r * F + o0, d->gate + r * F + o0, d->up + r * F + o0, o1 - o0);
+                if (gate16) fdpo_bf16_round_n(gate16 + r * Fp + o0, d->gate + r * F + o0, o1 - o0);
+            }
             #pragma omp barrier
-            dec_linear_share(d, d->x, d->gate, tensor(m, LR_DOWNW) + l * C * F, B(LR_DOWNB, C), R, F, C, 1, t, nt);
+            dec_linear_share(d, d->x, d->gate, tensor(m, LR_DOWNW) + l * C * F, B(LR_DOWNB, C), R, F, C, 1, gate16, t,
+                             nt);
             #pragma omp barrier
         }
         size_t n_out = all_logits ? R : n_slots, q0, q1;
@@ -330,9 +360,10 @@ static void dec_layers_one_region(llama_decoder *d, const int32_t *tokens, size_
                 r--;
             }
             fdpo_llama_rmsnorm_forward(d->h + q * C, rstd, d->x + r * C, tensor(m, LR_NORM), 1, C, eps);
+            if (h16) fdpo_bf16_round_n(h16 + q * Cp, d->h + q * C, C);
         }
         #pragma omp barrier
-        dec_linear_share(d, logits, d->h, head, NULL, n_out, C, V, 0, t, nt);
+        dec_linear_share(d, logits, d->h, head, NULL, n_out, C, V, 0, h16, t, nt);
     }
 #undef B
 }

@@ -42,6 +42,8 @@ size_t fdpo_decode_packed_scratch(size_t R);
 void fdpo_decode_packed_matmul_share(float *out, const float *inp, const uint16_t *wp, size_t R, size_t IC,
                                      size_t OC, int accumulate, uint16_t *in16, float *acc, size_t t, size_t nt,
                                      int rounded, const uint16_t *x16);
+/* 1 when fdpo_decode_packed_matmul_share takes bf16 rows (the vdpbf16ps route: worth an x16) */
+int fdpo_decode_reads_bf16_rows(void);
 /* [*o0, *o1): the output columns of out [R, OC] thread t of nt computes in
  * fdpo_decode_packed_matmul_share (o0 >= o1: none) */
 void fdpo_decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *o1);

@@ -187,7 +187,8 @@ def test_bf16_decoder_one_region_gives_the_same_logits(tmp_path, name, mode):
     """A bf16 decoding step in one parallel region (the default, as GPT-2's) or with each
     kernel in its own (FDPO_DECODE_ONE_REGION=0): every output is computed by the same code
     in the same order, so the logits are the same bits, on both bf16 routes (the widening
-    FMAs and vdpbf16ps, whose rows are converted in a shared buffer between barriers), at 2
+    FMAs and vdpbf16ps, whose bf16 input rows the one-region step writes where each input is
+    made while the per-kernel path converts them in the matmul), at 2
     threads and on a team of 1 where 2 were asked (OMP_THREAD_LIMIT=1). The per-kernel
     path's values are checked against the emulated reference above."""
     cfg = WIDE if name == "wide" else CONFIGS[name]
