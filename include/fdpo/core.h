@@ -129,7 +129,9 @@ int fdpo_dir_locked(const char *dir);
 /* An output file a command writes at its end (--out FILE): held from the command's start
  * like a run directory (the flock on FILE.lock), so a second run naming the same file is
  * refused while the first works, instead of one silently replacing the other's output.
- * Says (info) when FILE exists and will be replaced; refuses a directory.
+ * Says (info) when FILE exists and will be replaced; refuses a directory, and a file this
+ * process has already claimed (two outputs of one run named the same file, under the same
+ * or another spelling of its path).
  * fdpo_out_file_release drops the lock and removes FILE.lock (a killed run leaves it; the
  * next run takes it over). */
 int fdpo_out_file_claim(const char *path, const char *flag);

@@ -18,7 +18,7 @@
 
 /* Locks this process holds (a run holds one; a handful is plenty). */
 #define MAX_HELD 8
-static struct { char *dir; int fd; pid_t owner; } g_held[MAX_HELD];
+static struct { char *dir; char *flag; int fd; pid_t owner; } g_held[MAX_HELD];
 
 static char *lock_path(const char *dir) {
     size_t n = strlen(dir);
@@ -84,8 +84,9 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
         free(path);
         return -1;
     }
-    if (g_held[slot].dir) free(g_held[slot].dir);   /* the parent's entry, in a forked child */
+    if (g_held[slot].dir) { free(g_held[slot].dir); free(g_held[slot].flag); }   /* the parent's entry, in a forked child */
     g_held[slot].dir = path;
+    g_held[slot].flag = fdpo_strdup(flag);
     g_held[slot].fd = fd;
     g_held[slot].owner = getpid();
     return 0;
@@ -98,7 +99,8 @@ void fdpo_dir_unlock(const char *dir) {
     if (i < 0) return;
     close(g_held[i].fd);   /* releases the flock; the file stays (removing it would race a waiter) */
     free(g_held[i].dir);
-    g_held[i].dir = NULL;
+    free(g_held[i].flag);
+    g_held[i].dir = g_held[i].flag = NULL;
 }
 
 int fdpo_dir_locked(const char *dir) {
@@ -108,7 +110,27 @@ int fdpo_dir_locked(const char *dir) {
     return i >= 0;
 }
 
+/* The lock this process holds on the lock file lp names: by name, or by the file itself
+ * ("x.lock" and "./x.lock"); -1 if none. */
+static int held_same_file(const char *lp) {
+    int i = held_index(lp);
+    struct stat a, b;
+    if (i >= 0 || stat(lp, &a) != 0) return i;
+    for (int j = 0; j < MAX_HELD; j++)
+        if (g_held[j].dir && g_held[j].owner == getpid() && fstat(g_held[j].fd, &b) == 0 && a.st_ino == b.st_ino &&
+            a.st_dev == b.st_dev)
+            return j;
+    return -1;
+}
+
 int fdpo_out_file_claim(const char *path, const char *flag) {
+    /* two outputs of one run on one file: the later write would replace the earlier */
+    char *lp = lock_path(path);
+    int held = held_same_file(lp);
+    free(lp);
+    if (held >= 0)
+        return fdpo_error("%s %s: already the file of %s in this run; give each output its own file", flag, path,
+                          g_held[held].flag);
     if (fdpo_dir_lock(path, flag)) return -1;
     struct stat st;
     if (stat(path, &st) == 0) {

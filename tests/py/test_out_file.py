@@ -3,7 +3,8 @@
 claimed from the command's start like a run directory (an flock on FILE.lock), so a second
 run on the same file is refused while the first works instead of silently replacing its
 output at the end; a file already there is replaced with a line that says so; a directory is
-refused; no FILE.lock is left behind by a run that ends."""
+refused; no FILE.lock is left behind by a run that ends; two outputs of one run may not name
+one file."""
 import fcntl
 import json
 
@@ -113,3 +114,23 @@ def test_a_failed_run_releases_the_file(d, tmp_path):
     r = fdpo("pairs", "--data", tmp_path / "bad.jsonl", "--out", out, check=False)
     assert r.returncode == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+@pytest.mark.parametrize("case", ["eval", "lab"])
+def test_two_outputs_of_one_run_on_one_file_are_refused(d, tmp_path, case):
+    """Two outputs of one run naming the same file (the later write would replace the
+    earlier) are refused, also under another spelling of the path, and nothing is left."""
+    out = tmp_path / "x.out"
+    (tmp_path / "sub").mkdir()
+    other = f"{tmp_path}/sub/../x.out"   # the same file
+    if case == "eval":
+        args = commands(d, out)["eval"] + ["--samples-out", other]
+        first, second = "--out", "--samples-out"
+    else:
+        args = ["lab", "gap", "--n", 8, "--out", other, "--export-problem", out]   # lab claims its exports first
+        first, second = "--export-problem", "--out"
+    r = fdpo(*args, "--threads", 1, check=False)
+    assert r.returncode == 1, r.stderr
+    assert f"{second} {other}: already the file of {first} in this run; give each output its own file" in r.stderr, \
+        r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
