@@ -547,7 +547,7 @@ struct fdpo_decoder {
     float *h_team;      /* [threads, R, C] each thread's LayerNorm output in that step */
     size_t cap_h_team;  /* floats */
     /* vdpbf16ps route of the one-region step: the bf16 bits of each matmul input, written
-     * by the thread that makes the input (decode_x16) */
+     * by the thread that makes the input (decode_layers_one_region) */
     uint16_t *x16;
     size_t cap_x16;     /* elements */
 };
@@ -1121,7 +1121,8 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
                 decode_attention_head(d->atty, scores, d->qkv, kc, vc, d->row_slot, d->row_pos, a / NH, a % NH, C, NH,
                                       d->max_len, d->ldk);
                 if (bf16) decode_round_bf16(d->atty + (a / NH) * C + (a % NH) * hs, hs);
-                if (atty16) fdpo_bf16_round_n(atty16 + (a / NH) * Cp + (a % NH) * hs, d->atty + (a / NH) * C + (a % NH) * hs, hs);
+                if (atty16)
+                    fdpo_bf16_round_n(atty16 + (a / NH) * Cp + (a % NH) * hs, d->atty + (a / NH) * C + (a % NH) * hs, hs);
             }
             #pragma omp barrier
             decode_matmul_share(d, d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1, WP(l, 1),
