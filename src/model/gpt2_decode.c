@@ -1004,6 +1004,16 @@ static void decode_matmul_share(fdpo_decoder *d, float *out, const float *inp, c
 
 int fdpo_decode_reads_bf16_rows(void) { return decode_bf16_route() == DECODE_BF16_DPBF16; }
 
+uint16_t *fdpo_decode_x16(uint16_t **buf, size_t *cap, size_t need) {
+    if (!fdpo_decode_reads_bf16_rows()) return NULL;
+    if (need > *cap) {
+        free(*buf);
+        *buf = fdpo_calloc(need, sizeof(uint16_t));
+        *cap = need;
+    }
+    return *buf;
+}
+
 void fdpo_decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *o1) {
     decode_share_cols(OC, t, nt, o0, o1);
 }
@@ -1068,16 +1078,7 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
      * attention output, [R][Cp] final LayerNorm, [R][4C] GELU output; calloc'd: the pad
      * column of an odd C stays 0. */
     size_t Cp = (C + 1) / 2 * 2;
-    uint16_t *x16 = NULL;
-    if (bf16 && fdpo_decode_reads_bf16_rows()) {
-        need = (max_threads + 2) * R * Cp + R * 4 * C;
-        if (need > d->cap_x16) {
-            free(d->x16);
-            d->x16 = fdpo_calloc(need, sizeof(uint16_t));
-            d->cap_x16 = need;
-        }
-        x16 = d->x16;
-    }
+    uint16_t *x16 = bf16 ? fdpo_decode_x16(&d->x16, &d->cap_x16, (max_threads + 2) * R * Cp + R * 4 * C) : NULL;
     uint16_t *atty16 = x16 ? x16 + max_threads * R * Cp : NULL, *h16 = x16 ? atty16 + R * Cp : NULL;
     uint16_t *fch16 = x16 ? h16 + R * Cp : NULL;
     #pragma omp parallel

@@ -287,16 +287,7 @@ static void dec_layers_one_region(llama_decoder *d, const int32_t *tokens, size_
      * x16: [threads][R][Cp] RMSNorm rows, [R][QDp] attention output, [R][Cp] final norm,
      * [R][Fp] SwiGLU output (Xp: X rounded up to even, the pad column 0: calloc'd) */
     size_t Cp = (C + 1) / 2 * 2, QDp = (QD + 1) / 2 * 2, Fp = (F + 1) / 2 * 2;
-    uint16_t *x16 = NULL;
-    if (fdpo_decode_reads_bf16_rows()) {
-        need = (max_threads + 1) * R * Cp + R * QDp + R * Fp;
-        if (need > d->cap_x16) {
-            free(d->x16);
-            d->x16 = fdpo_calloc(need, sizeof(uint16_t));
-            d->cap_x16 = need;
-        }
-        x16 = d->x16;
-    }
+    uint16_t *x16 = fdpo_decode_x16(&d->x16, &d->cap_x16, (max_threads + 1) * R * Cp + R * QDp + R * Fp);
     uint16_t *atty16 = x16 ? x16 + max_threads * R * Cp : NULL, *h16 = x16 ? atty16 + R * QDp : NULL;
     uint16_t *gate16 = x16 ? h16 + R * Cp : NULL;
 #define B(role, size) (tensor(m, role) ? tensor(m, role) + l * (size) : NULL)

@@ -44,6 +44,9 @@ void fdpo_decode_packed_matmul_share(float *out, const float *inp, const uint16_
                                      int rounded, const uint16_t *x16);
 /* 1 when fdpo_decode_packed_matmul_share takes bf16 rows (the vdpbf16ps route: worth an x16) */
 int fdpo_decode_reads_bf16_rows(void);
+/* The x16 buffer of a one-region step: *buf grown to need elements (zeroed when made, so the
+ * pad columns the steps never write stay 0) where the route reads bf16 rows, else NULL. */
+uint16_t *fdpo_decode_x16(uint16_t **buf, size_t *cap, size_t need);
 /* [*o0, *o1): the output columns of out [R, OC] thread t of nt computes in
  * fdpo_decode_packed_matmul_share (o0 >= o1: none) */
 void fdpo_decode_share_cols(size_t OC, size_t t, size_t nt, size_t *o0, size_t *o1);
