@@ -138,6 +138,9 @@ int fdpo_attention_bf16(fdpo_precision p);
 int fdpo_k_att_bf16_dp(void);
 void *fdpo_k_att_bf16_scratch(size_t bytes);
 void fdpo_k_att_round_rows(int dp, void *rows, const float *x, size_t ld, size_t T, size_t hs);
+/* D [nq] = dY_i . out_i for rows i0 .. i0+nq (row stride ld): rowsum(P * dP) of the
+ * attention backward (both families) */
+void fdpo_k_rows_dot(float *D, const float *dy, const float *o, size_t ld, size_t i0, size_t nq, size_t hs);
 void fdpo_k_attention_backward_key_tiles_bf16(int dp, float *dq, size_t qs, float *dk, float *dv, size_t ks,
                                               const void *qb, const void *kb, const void *vb, const void *dyb,
                                               const float *lse, size_t lse_stride, const float *D, const uint8_t *br,

@@ -1035,7 +1035,7 @@ static void clear_head_rows(float *dq, float *dk, float *dv, size_t ld, size_t T
 }
 
 /* D [nq] = dY_i . out_i for rows i0 .. i0+nq (row stride ld): rowsum(P * dP) of the backward */
-static void rows_dot(float *D, const float *dy, const float *o, size_t ld, size_t i0, size_t nq, size_t hs) {
+void fdpo_k_rows_dot(float *D, const float *dy, const float *o, size_t ld, size_t i0, size_t nq, size_t hs) {
     for (size_t r = 0; r < nq; r++) {
         const float *a = dy + (i0 + r) * ld, *c = o + (i0 + r) * ld;
         float dot = 0.0f;
@@ -1100,7 +1100,7 @@ static void attention_backward_head_bf16(float *dq, float *dk, float *dv, const 
     clear_head_rows(dq, dk, dv, C3, T, hs);
     for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
         size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
-        rows_dot(D, dy, o, C, i0, nq, hs);
+        fdpo_k_rows_dot(D, dy, o, C, i0, nq, hs);
         fdpo_k_attention_backward_key_tiles_bf16(dp, dq, C3, dk, dv, C3, qb, kb, vb, dyb, lse, lse_stride, D, br, i0,
                                                  nq, hs, scale, pb, ds);
     }
@@ -1137,7 +1137,7 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
         clear_head_rows(dq, dk, dv, C3, T, hs);
         for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
             size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
-            rows_dot(D, dy, o, C, i0, nq, hs);
+            fdpo_k_rows_dot(D, dy, o, C, i0, nq, hs);
             fdpo_k_attention_backward_key_tiles(fdpo_sgemm, dq, dk, dv, dy, C, q, C3, k, v, C3, lse + s * NH + h, NH,
                                                 D, br, i0, nq, hs, scale);
         }

@@ -262,12 +262,7 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
             }
             for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
                 size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
-                for (size_t r = 0; r < nq; r++) {
-                    const float *a = dy + (i0 + r) * QD, *c = o + (i0 + r) * QD;
-                    float dot = 0.0f;
-                    for (size_t d = 0; d < hd; d++) dot += a[d] * c[d];
-                    D[r] = dot;
-                }
+                fdpo_k_rows_dot(D, dy, o, QD, i0, nq, hd);
                 if (bf16)
                     fdpo_k_attention_backward_key_tiles_bf16(dp, dqh, QD, dkg, dvg, KD, qb, kb, vb, dyb, lse + s * NH + h,
                                                              NH, D, br, i0, nq, hd, scale, pb, ds);
