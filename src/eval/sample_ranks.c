@@ -120,17 +120,23 @@ static int gather(int failed, fdpo_sample *mine, size_t n_mine, size_t first_pro
     return rc;
 }
 
+/* fdpo_sampler_generate on a sampler of its own, whose timing goes to *timing (NULL: none) */
+static int generate_timed(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
+                          int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts, size_t n_samples,
+                          fdpo_sample **out, fdpo_generate_timing *timing) {
+    fdpo_sampler *smp = fdpo_sampler_create(m);
+    int rc = fdpo_sampler_generate(smp, tok, eot, c, prompt_ids, prompt_lens, n_prompts, n_samples, out);
+    if (timing) fdpo_sampler_timing(smp, timing);
+    fdpo_sampler_free(smp);
+    return rc;
+}
+
 int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
                         int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
                         size_t n_samples, fdpo_sample **out, fdpo_generate_timing *timing) {
     if (timing) *timing = (fdpo_generate_timing){0};
-    if (fdpo_dist_size() == 1) {
-        fdpo_sampler *smp = fdpo_sampler_create(m);
-        int rc = fdpo_sampler_generate(smp, tok, eot, c, prompt_ids, prompt_lens, n_prompts, n_samples, out);
-        if (timing) fdpo_sampler_timing(smp, timing);
-        fdpo_sampler_free(smp);
-        return rc;
-    }
+    if (fdpo_dist_size() == 1)
+        return generate_timed(m, tok, eot, c, prompt_ids, prompt_lens, n_prompts, n_samples, out, timing);
     *out = NULL;
     /* every rank must sample the same job (each generates a block of it): the settings that
      * change samples, the prompts and the weights (--batch-size and --threads may differ) */
@@ -152,10 +158,7 @@ int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t e
     fdpo_sample_config mine_c = *c;
     mine_c.first_prompt = c->first_prompt + b;
     fdpo_sample *mine = NULL;
-    fdpo_sampler *smp = fdpo_sampler_create(m);
-    int failed = fdpo_sampler_generate(smp, tok, eot, &mine_c, prompt_ids + b, prompt_lens + b, e - b, n_samples, &mine);
-    if (timing) fdpo_sampler_timing(smp, timing);
-    fdpo_sampler_free(smp);
+    int failed = generate_timed(m, tok, eot, &mine_c, prompt_ids + b, prompt_lens + b, e - b, n_samples, &mine, timing);
     int rc = gather(failed, mine, failed ? 0 : (e - b) * n_samples, c->first_prompt + b, NULL,
                     n_prompts * n_samples, out, NULL);
     if (mine) fdpo_samples_free(mine, (e - b) * n_samples);

@@ -1074,7 +1074,8 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
     /* vdpbf16ps reads bf16 rows: each input's bits are written where the input is made (the
      * thread's own LayerNorm rows, its (row, head) of attention, its GELU columns, its rows of
      * the final LayerNorm), so the matmul needs no copy and no barriers of its own (12
-     * barriers per layer become 5). x16: [threads][R][Cp] LayerNorm rows, then [R][Cp]
+     * barriers per layer become 5); the fp32 input is then left unrounded, as only the
+     * widening routes read it (the bf16 of x and of bf16(x) are the same bits). x16: [threads][R][Cp] LayerNorm rows, then [R][Cp]
      * attention output, [R][Cp] final LayerNorm, [R][4C] GELU output; calloc'd: the pad
      * column of an odd C stays 0. */
     size_t Cp = (C + 1) / 2 * 2;
@@ -1098,8 +1099,8 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
              * duplicated work instead of a barrier) */
             for (size_t r = 0; r < R; r++)
                 decode_layernorm_row(hm + r * C, d->x + r * C, p->ln1w + l * C, p->ln1b + l * C, C, eps);
-            if (bf16) decode_round_bf16(hm, R * C);
             if (hm16) decode_rows_to_bf16(hm16, hm, R, C);
+            else if (bf16) decode_round_bf16(hm, R * C);
             decode_matmul_share(d, d->qkv, hm, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, R, C, 3 * C, 0,
                                 WP(l, 0), hm16, t, nt);
             #pragma omp barrier
@@ -1121,9 +1122,10 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
                                             d->ldk);
                 decode_attention_head(d->atty, scores, d->qkv, kc, vc, d->row_slot, d->row_pos, a / NH, a % NH, C, NH,
                                       d->max_len, d->ldk);
-                if (bf16) decode_round_bf16(d->atty + (a / NH) * C + (a % NH) * hs, hs);
                 if (atty16)
                     fdpo_bf16_round_n(atty16 + (a / NH) * Cp + (a % NH) * hs, d->atty + (a / NH) * C + (a % NH) * hs, hs);
+                else if (bf16)
+                    decode_round_bf16(d->atty + (a / NH) * C + (a % NH) * hs, hs);
             }
             #pragma omp barrier
             decode_matmul_share(d, d->x, d->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, C, C, 1, WP(l, 1),
@@ -1131,16 +1133,16 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
             #pragma omp barrier
             for (size_t r = 0; r < R; r++)
                 decode_layernorm_row(hm + r * C, d->x + r * C, p->ln2w + l * C, p->ln2b + l * C, C, eps);
-            if (bf16) decode_round_bf16(hm, R * C);
             if (hm16) decode_rows_to_bf16(hm16, hm, R, C);
+            else if (bf16) decode_round_bf16(hm, R * C);
             decode_matmul_share(d, d->fch, hm, p->fcw + l * C * 4 * C, p->fcb + l * 4 * C, R, C, 4 * C, 0,
                                 WP(l, 2), hm16, t, nt);
             if (gelu_own_cols) { /* GELU of the thread's own columns, no barrier between */
                 decode_share_cols(4 * C, t, nt, &o0, &o1);
                 for (size_t r = 0; r < R && o0 < o1; r++) {
                     decode_gelu_range(d->fch, r * 4 * C + o0, r * 4 * C + o1, n_fc, bf16);
-                    if (bf16) decode_round_bf16(d->fch + r * 4 * C + o0, o1 - o0);
                     if (fch16) fdpo_bf16_round_n(fch16 + r * 4 * C + o0, d->fch + r * 4 * C + o0, o1 - o0);
+                    else if (bf16) decode_round_bf16(d->fch + r * 4 * C + o0, o1 - o0);
                 }
             } else {
                 #pragma omp barrier
@@ -1161,8 +1163,8 @@ static void decode_layers_one_region(fdpo_decoder *d, const int32_t *tokens, siz
                 r--;
             }
             decode_layernorm_row(d->h + q * C, d->x + r * C, p->lnfw, p->lnfb, C, eps);
-            if (bf16) decode_round_bf16(d->h + q * C, C);
             if (h16) decode_rows_to_bf16(h16 + q * Cp, d->h + q * C, 1, C);
+            else if (bf16) decode_round_bf16(d->h + q * C, C);
         }
         if (d->wp) {
             #pragma omp barrier
