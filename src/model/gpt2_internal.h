@@ -118,7 +118,7 @@ void fdpo_k_attention_backward(float *dqkv, float *datt_scratch, size_t scratch_
 /* the same attention with O(T) storage: lse [N, NH] instead of the T x T maps */
 void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv, const size_t *seq_offset,
                                  const uint8_t *branch, size_t B, size_t C, size_t NH);
-/* bf16 = 1: the tile products take bf16-rounded operands (Q, K, V, dY, P, dS) with fp32
+/* bf16 = 1: the backward's products take bf16-rounded operands (Q, K, V, dY, P, dS) with fp32
  * accumulation, as the linear layers' GEMMs in bf16 precision; the softmax, D and every
  * sum stay fp32. The callers pass fdpo_attention_bf16(precision). */
 void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
@@ -129,22 +129,26 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
  * products run on vdpbf16ps where a large bf16 GEMM does (fdpo_gemm_bf16_widens), else as
  * fp32 FMA on the bf16 values. */
 int fdpo_attention_bf16(fdpo_precision p);
-/* The bf16 backward's parts, for GPT-2 and Llama alike (gpt2_kernels.c): dp = 1 if the tile
+/* The bf16 backward's parts, for GPT-2 and Llama alike (gpt2_kernels.c): dp = 1 if the
  * products run on vdpbf16ps here (the route of a large bf16 GEMM), their operands then
  * uint16, else bf16 values held in fp32 multiplied with fp32 FMA; a per-thread scratch;
- * rows [T, hs] (contiguous) = the bf16 values of x's T rows of hs (row stride ld); and the
- * key tiles of query tile [i0, i0+nq) as fdpo_k_attention_backward_key_tiles computes them,
- * on those rows (pb, ds: ATT_TILE^2 elements each for a tile's P and dS). */
+ * rows [T, hs] (contiguous) = the bf16 values of x's T rows of hs (row stride ld); and one
+ * query block [i0, i0+nq) (nq <= ATT_TILE) against all its keys [0, i0+nq) on those rows,
+ * adding into dq (row stride qs), dk and dv (ks), with D = dY . out of its rows
+ * (fdpo_k_rows_dot). Buffers: fdpo_k_att_rows_bytes for each rows copy (rounded up to 64
+ * bytes, so the next one stays aligned), work fdpo_k_att_block_work(dp, T), T >= i0 + nq. */
 int fdpo_k_att_bf16_dp(void);
 void *fdpo_k_att_bf16_scratch(size_t bytes);
 void fdpo_k_att_round_rows(int dp, void *rows, const float *x, size_t ld, size_t T, size_t hs);
 /* D [nq] = dY_i . out_i for rows i0 .. i0+nq (row stride ld): rowsum(P * dP) of the
  * attention backward (both families) */
 void fdpo_k_rows_dot(float *D, const float *dy, const float *o, size_t ld, size_t i0, size_t nq, size_t hs);
-void fdpo_k_attention_backward_key_tiles_bf16(int dp, float *dq, size_t qs, float *dk, float *dv, size_t ks,
-                                              const void *qb, const void *kb, const void *vb, const void *dyb,
-                                              const float *lse, size_t lse_stride, const float *D, const uint8_t *br,
-                                              size_t i0, size_t nq, size_t hs, float scale, void *pb, void *ds);
+size_t fdpo_k_att_rows_bytes(int dp, size_t T, size_t hs);
+size_t fdpo_k_att_block_work(int dp, size_t T);
+void fdpo_k_attention_backward_block_bf16(int dp, float *dq, size_t qs, float *dk, float *dv, size_t ks, const void *qb,
+                                          const void *kb, const void *vb, const void *dyb, const float *lse,
+                                          size_t lse_stride, const float *D, const uint8_t *br, size_t i0, size_t nq,
+                                          size_t hs, float scale, void *work);
 /* one (sequence, head) of the tiled streaming attention, for GPT-2 and Llama alike: row
  * strides as arguments, and the GEMM (fdpo_sgemm's signature) the tiles are multiplied with;
  * the backward's callers compute D for one query tile of ATT_TILE rows at a time */

@@ -1045,53 +1045,132 @@ void fdpo_k_rows_dot(float *D, const float *dy, const float *o, size_t ld, size_
     }
 }
 
-/* fdpo_k_attention_backward_key_tiles with bf16 tile products: Q, K, V and dY as bf16 rows
- * [T, hs] (fdpo_k_att_round_rows), each tile's P and dS rounded when made (into pb, ds of
- * ATT_TILE^2 elements); fp32 accumulation into dq (row stride qs), dk and dv (ks); the
- * softmax, D and every sum fp32. With vdpbf16ps a 64^3 tile product runs 1.4-2.6x the fp32
- * one (2.5-2.8 us vs 3.5-6.5 us on one thread), and the fp32 backward was a tenth of a 124M
- * DPO step: model-ops, 4 x 255 tokens, 12 layers: 90-100 ms -> 60-72 ms. */
-void fdpo_k_attention_backward_key_tiles_bf16(int dp, float *dq, size_t qs, float *dk, float *dv, size_t ks,
-                                              const void *qb, const void *kb, const void *vb, const void *dyb,
-                                              const float *lse, size_t lse_stride, const float *D, const uint8_t *br,
-                                              size_t i0, size_t nq, size_t hs, float scale, void *pb, void *ds) {
-    size_t es = dp ? sizeof(uint16_t) : sizeof(float);
-    float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE];
-    const unsigned char *qi = (const unsigned char *)qb + i0 * hs * es, *dyi = (const unsigned char *)dyb + i0 * hs * es;
-    for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
-        size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
-        if (tile_masked_by_branch(br, i0, nq, j0, nk)) continue;
-        const unsigned char *kj = (const unsigned char *)kb + j0 * hs * es, *vj = (const unsigned char *)vb + j0 * hs * es;
-        /* P = exp(scale Q K^T - lse), masked entries 0 */
-        att_gemm(dp, 0, 1, nq, nk, hs, scale, qi, hs, kj, hs, 0.0f, P, nk);
-        attention_mask_tile(P, br, i0, nq, j0, nk);
-        for (size_t r = 0; r < nq; r++) {
-            float L = lse[(i0 + r) * lse_stride];
+/* ---- the bf16 attention backward by query blocks (--precision bf16, GPT-2 and Llama) ----
+ * Per query block of ATT_TILE rows [i0, i0 + nq), all its keys [0, nk = i0 + nq) at once:
+ * each of the five products is ATT_TILE x (a run of key tiles) x hs instead of a 64^3 tile,
+ * each of which cost oneDNN a call (~2 us). The runs are the key tiles the branch rule
+ * leaves (tile_masked_by_branch: in the shared-prompt DPO layout the rejected rows skip the
+ * chosen tiles), so no product touches a fully masked tile. Operands: Q, K, V, dY rounded
+ * once per job into rows [T, hs] (fdpo_k_att_round_rows); work: ATT_TILE x T of P and dP and
+ * their bf16 copies, O(T) per head. The same arithmetic as 64^3 tiles (P and dS rounded when
+ * made, fp32 sums). One 124M layer's backward, 2 threads: 4.7-4.9 ms as tiles -> 4.3 ms at
+ * the DPO goal shape (4 x 256 tokens), 13.3 -> 10 ms at T = 1024 (docs/model.md, bf16). */
+#define ATT_MAX_RUNS 64 /* runs of key tiles per query block (att_key_runs) */
+
+/* runs[r] = [j0, j1): the maximal runs of key tiles in [0, nk) not masked by the branch rule
+ * for queries [i0, i0 + nq), in order; returns their count */
+static size_t att_key_runs(const uint8_t *br, size_t i0, size_t nq, size_t nk, size_t runs[][2]) {
+    size_t n = 0;
+    for (size_t j0 = 0; j0 < nk; j0 += ATT_TILE) {
+        size_t w = nk - j0 < ATT_TILE ? nk - j0 : ATT_TILE;
+        if (tile_masked_by_branch(br, i0, nq, j0, w)) continue;
+        if (n > 0 && runs[n - 1][1] == j0)
+            runs[n - 1][1] = j0 + w;
+        else if (n < ATT_MAX_RUNS) {
+            runs[n][0] = j0;
+            runs[n][1] = j0 + w;
+            n++;
+        } else /* more runs than that (T > 8192, branches alternating by tile): the last run spans
+                * the masked tiles between, whose scores the element rule masks: exact, at the
+                * cost of their products */
+            runs[n - 1][1] = j0 + w;
+    }
+    return n;
+}
+
+/* S [nq, nk] (row stride nk) = scale Q_block K^T over the runs; then per row i the entries the
+ * causal and branch rules mask (keys j > i, or of another branch) become -inf. Entries
+ * outside the runs are not written. */
+static void att_block_scores(int dp, float *S, const unsigned char *qi, const unsigned char *kb, size_t hs,
+                             float scale, const uint8_t *br, size_t i0, size_t nq, size_t nk, size_t runs[][2],
+                             size_t n_runs) {
+    size_t es = dp ? sizeof(uint16_t) : sizeof(float), first_branch = 0;
+    for (size_t u = 0; u < n_runs; u++)
+        att_gemm(dp, 0, 1, nq, runs[u][1] - runs[u][0], hs, scale, qi, hs, kb + runs[u][0] * hs * es, hs, 0.0f,
+                 S + runs[u][0], nk);
+    while (br && first_branch < nk && br[first_branch] == 0) first_branch++; /* keys before: all shared */
+    for (size_t r = 0; r < nq; r++) {
+        const size_t i = i0 + r;
+        float *row = S + r * nk;
+        if (br && i > first_branch) { /* may_attend, branch-free */
+            const uint8_t bi = br[i];
+            for (size_t u = 0; u < n_runs; u++) {
+                size_t c1 = runs[u][1] < i ? runs[u][1] : i;
 #pragma omp simd
-            for (size_t c = 0; c < nk; c++) P[r * nk + c] = fdpo_k_expf(P[r * nk + c] - L);
+                for (size_t c = runs[u][0] > first_branch ? runs[u][0] : first_branch; c < c1; c++)
+                    row[c] = br[c] != 0 && br[c] != bi ? -INFINITY : row[c];
+            }
         }
-        att_round(dp, pb, P, nq * nk);
-        /* dV += P^T dY;  dP = dY V^T;  dS = P (dP - D);  dQ += scale dS K;  dK += scale dS^T Q */
-        att_gemm(dp, 1, 0, nk, hs, nq, 1.0f, pb, nk, dyi, hs, 1.0f, dv + j0 * ks, ks);
-        att_gemm(dp, 0, 1, nq, nk, hs, 1.0f, dyi, hs, vj, hs, 0.0f, dP, nk);
-        for (size_t r = 0; r < nq; r++)
+        for (size_t c = i + 1; c < nk; c++) row[c] = -INFINITY; /* causal (always the last run's) */
+    }
+}
+
+/* the bf16 copies of a block's rows over the runs: dst row r (stride nk) = bf16(src row r) */
+static void att_round_runs(int dp, void *dst, const float *src, size_t nq, size_t nk, size_t runs[][2],
+                           size_t n_runs) {
+    size_t es = dp ? sizeof(uint16_t) : sizeof(float);
+    for (size_t r = 0; r < nq; r++)
+        for (size_t u = 0; u < n_runs; u++)
+            att_round(dp, (unsigned char *)dst + (r * nk + runs[u][0]) * es, src + r * nk + runs[u][0],
+                      runs[u][1] - runs[u][0]);
+}
+
+size_t fdpo_k_att_rows_bytes(int dp, size_t T, size_t hs) {
+    return (T * hs * (dp ? sizeof(uint16_t) : sizeof(float)) + 63) / 64 * 64; /* the next buffer stays aligned */
+}
+
+size_t fdpo_k_att_block_work(int dp, size_t T) { /* P, dP in fp32; their bf16 copies */
+    return 2 * ATT_TILE * T * (sizeof(float) + (dp ? sizeof(uint16_t) : sizeof(float)));
+}
+
+void fdpo_k_attention_backward_block_bf16(int dp, float *dq, size_t qs, float *dk, float *dv, size_t ks, const void *qb,
+                                          const void *kb, const void *vb, const void *dyb, const float *lse,
+                                          size_t lse_stride, const float *D, const uint8_t *br, size_t i0, size_t nq,
+                                          size_t hs, float scale, void *work) {
+    size_t es = dp ? sizeof(uint16_t) : sizeof(float), nk = i0 + nq, blk = ATT_TILE * nk, runs[ATT_MAX_RUNS][2];
+    float *P = work, *dP = P + blk;
+    unsigned char *pb = (unsigned char *)(dP + blk), *ds = pb + blk * es;
+    const unsigned char *qi = (const unsigned char *)qb + i0 * hs * es, *dyi = (const unsigned char *)dyb + i0 * hs * es;
+    const unsigned char *k8 = kb, *v8 = vb;
+    size_t n_runs = att_key_runs(br, i0, nq, nk, runs);
+    att_block_scores(dp, P, qi, k8, hs, scale, br, i0, nq, nk, runs, n_runs);
+    for (size_t r = 0; r < nq; r++) { /* P = exp(S - lse), masked entries 0 */
+        float *row = P + r * nk, L = lse[(i0 + r) * lse_stride];
+        for (size_t u = 0; u < n_runs; u++) {
 #pragma omp simd
-            for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
-        att_round(dp, ds, dP, nq * nk);
-        att_gemm(dp, 0, 0, nq, hs, nk, scale, ds, nk, kj, hs, 1.0f, dq + i0 * qs, qs);
-        att_gemm(dp, 1, 0, nk, hs, nq, scale, ds, nk, qi, hs, 1.0f, dk + j0 * ks, ks);
+            for (size_t c = runs[u][0]; c < runs[u][1]; c++) row[c] = fdpo_k_expf(row[c] - L);
+        }
+    }
+    att_round_runs(dp, pb, P, nq, nk, runs, n_runs);
+    for (size_t u = 0; u < n_runs; u++) { /* dV += P^T dY;  dP = dY V^T */
+        size_t j0 = runs[u][0], nj = runs[u][1] - j0;
+        att_gemm(dp, 1, 0, nj, hs, nq, 1.0f, pb + j0 * es, nk, dyi, hs, 1.0f, dv + j0 * ks, ks);
+        att_gemm(dp, 0, 1, nq, nj, hs, 1.0f, dyi, hs, v8 + j0 * hs * es, hs, 0.0f, dP + j0, nk);
+    }
+    for (size_t r = 0; r < nq; r++) /* dS = P (dP - D) */
+        for (size_t u = 0; u < n_runs; u++) {
+            float *dp_row = dP + r * nk;
+            const float *p_row = P + r * nk;
+#pragma omp simd
+            for (size_t c = runs[u][0]; c < runs[u][1]; c++) dp_row[c] = p_row[c] * (dp_row[c] - D[r]);
+        }
+    att_round_runs(dp, ds, dP, nq, nk, runs, n_runs);
+    for (size_t u = 0; u < n_runs; u++) { /* dQ += scale dS K;  dK += scale dS^T Q */
+        size_t j0 = runs[u][0], nj = runs[u][1] - j0;
+        att_gemm(dp, 0, 0, nq, hs, nj, scale, ds + j0 * es, nk, k8 + j0 * hs * es, hs, 1.0f, dq + i0 * qs, qs);
+        att_gemm(dp, 1, 0, nj, hs, nq, scale, ds + j0 * es, nk, qi, hs, 1.0f, dk + j0 * ks, ks);
     }
 }
 
 /* The bf16 streaming backward of one GPT-2 (sequence, head): Q, K, V, dY rounded once, then
- * the key tiles of each query tile (row stride 3C for q, k, v, dq, dk, dv; C for dy, o) */
+ * the query blocks (row stride 3C for q, k, v, dq, dk, dv; C for dy, o) */
 static void attention_backward_head_bf16(float *dq, float *dk, float *dv, const float *dy, const float *o,
                                          const float *q, const float *k, const float *v, const float *lse,
                                          size_t lse_stride, const uint8_t *br, size_t T, size_t C, size_t hs,
                                          float scale, int dp) {
-    size_t C3 = 3 * C, es = dp ? sizeof(uint16_t) : sizeof(float), rows = T * hs * es;
-    unsigned char *qb = fdpo_k_att_bf16_scratch(4 * rows + 2 * ATT_TILE * ATT_TILE * es);
-    unsigned char *kb = qb + rows, *vb = kb + rows, *dyb = vb + rows, *pb = dyb + rows, *ds = pb + ATT_TILE * ATT_TILE * es;
+    size_t C3 = 3 * C, rows = fdpo_k_att_rows_bytes(dp, T, hs);
+    unsigned char *qb = fdpo_k_att_bf16_scratch(4 * rows + fdpo_k_att_block_work(dp, T));
+    unsigned char *kb = qb + rows, *vb = kb + rows, *dyb = vb + rows, *work = dyb + rows;
     fdpo_k_att_round_rows(dp, qb, q, C3, T, hs);
     fdpo_k_att_round_rows(dp, kb, k, C3, T, hs);
     fdpo_k_att_round_rows(dp, vb, v, C3, T, hs);
@@ -1101,13 +1180,14 @@ static void attention_backward_head_bf16(float *dq, float *dk, float *dv, const 
     for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
         size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
         fdpo_k_rows_dot(D, dy, o, C, i0, nq, hs);
-        fdpo_k_attention_backward_key_tiles_bf16(dp, dq, C3, dk, dv, C3, qb, kb, vb, dyb, lse, lse_stride, D, br, i0,
-                                                 nq, hs, scale, pb, ds);
+        fdpo_k_attention_backward_block_bf16(dp, dq, C3, dk, dv, C3, qb, kb, vb, dyb, lse, lse_stride, D, br, i0, nq, hs,
+                                             scale, work);
     }
 }
 
-/* Backward of fdpo_k_attention_forward_streaming; WRITES dqkv [N,3C]. Recomputes P tile by tile
- * from Q, K and lse (fdpo_k_attention_backward_key_tiles). out is the forward's output (the
+/* Backward of fdpo_k_attention_forward_streaming; WRITES dqkv [N,3C]. Recomputes P from Q, K
+ * and lse: fp32 tile by tile (fdpo_k_attention_backward_key_tiles, or the small path), bf16
+ * by query blocks (fdpo_k_attention_backward_block_bf16). out is the forward's output (the
  * attention output before c_proj). */
 void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
                                   const float *lse, const size_t *seq_offset, const uint8_t *branch,

@@ -219,7 +219,8 @@ void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, co
 }
 
 /* Backward of fdpo_llama_gqa_attention_forward; WRITES dq, dk, dv (every element of every
- * sequence). Recomputes P tile by tile from Q, K and lse (fdpo_k_attention_backward_key_tiles).
+ * sequence). Recomputes P from Q, K and lse: fp32 tile by tile
+ * (fdpo_k_attention_backward_key_tiles), bf16 by query blocks (..._backward_block_bf16).
  * Jobs are (sequence, kv head) so the heads sharing K_g, V_g add into dK_g, dV_g in head
  * order without races. out is the forward's output. */
 void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
@@ -229,7 +230,6 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
     float scale = 1.0f / sqrtf((float)hd);
     long n_jobs = (long)(B * NKV);
     const int dp = bf16 && fdpo_k_att_bf16_dp();
-    const size_t es = dp ? sizeof(uint16_t) : sizeof(float);
 #pragma omp parallel for schedule(dynamic, 1)
     for (long job = 0; job < n_jobs; job++) {
         size_t b = (size_t)job / NKV, g = (size_t)job % NKV;
@@ -239,11 +239,11 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
         const uint8_t *br = branch ? branch + s : NULL;
         float D[ATT_TILE];
         /* bf16 (fdpo_attention_bf16): the group's K and V rounded once, each head's Q and dY */
-        size_t rows = T * hd * es;
-        unsigned char *kb = NULL, *vb = NULL, *qb = NULL, *dyb = NULL, *pb = NULL, *ds = NULL;
+        size_t rows = fdpo_k_att_rows_bytes(dp, T, hd);
+        unsigned char *kb = NULL, *vb = NULL, *qb = NULL, *dyb = NULL, *work = NULL;
         if (bf16) {
-            kb = fdpo_k_att_bf16_scratch(4 * rows + 2 * ATT_TILE * ATT_TILE * es);
-            vb = kb + rows; qb = vb + rows; dyb = qb + rows; pb = dyb + rows; ds = pb + ATT_TILE * ATT_TILE * es;
+            kb = fdpo_k_att_bf16_scratch(4 * rows + fdpo_k_att_block_work(dp, T));
+            vb = kb + rows; qb = vb + rows; dyb = qb + rows; work = dyb + rows;
             fdpo_k_att_round_rows(dp, kb, kg, KD, T, hd);
             fdpo_k_att_round_rows(dp, vb, vg, KD, T, hd);
         }
@@ -264,8 +264,8 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
                 size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
                 fdpo_k_rows_dot(D, dy, o, QD, i0, nq, hd);
                 if (bf16)
-                    fdpo_k_attention_backward_key_tiles_bf16(dp, dqh, QD, dkg, dvg, KD, qb, kb, vb, dyb, lse + s * NH + h,
-                                                             NH, D, br, i0, nq, hd, scale, pb, ds);
+                    fdpo_k_attention_backward_block_bf16(dp, dqh, QD, dkg, dvg, KD, qb, kb, vb, dyb, lse + s * NH + h,
+                                                         NH, D, br, i0, nq, hd, scale, work);
                 else
                     fdpo_k_attention_backward_key_tiles(openblas_sgemm, dqh, dkg, dvg, dy, QD, qh, QD, kg, vg, KD,
                                                         lse + s * NH + h, NH, D, br, i0, nq, hd, scale);
