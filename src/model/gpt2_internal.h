@@ -149,15 +149,16 @@ void fdpo_k_attention_backward_block_bf16(int dp, float *dq, size_t qs, float *d
                                           const void *kb, const void *vb, const void *dyb, const float *lse,
                                           size_t lse_stride, const float *D, const uint8_t *br, size_t i0, size_t nq,
                                           size_t hs, float scale, void *work);
-/* one (sequence, head) of the tiled streaming attention, for GPT-2 and Llama alike: row
- * strides as arguments, and the GEMM (fdpo_sgemm's signature) the tiles are multiplied with;
- * the backward's callers compute D for one query tile of ATT_TILE rows at a time */
+/* one (sequence, head) of the streaming attention, for GPT-2 and Llama alike: row strides as
+ * arguments, and the GEMM (fdpo_sgemm's signature) the products are multiplied with; the
+ * forward by query blocks, the fp32 backward by key tiles, whose callers compute D for one
+ * query tile of ATT_TILE rows at a time */
 #define ATT_TILE 64 /* query rows x key columns per score tile (16 KB per thread) */
 typedef void fdpo_sgemm_fn(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                            int lda, const float *B, int ldb, float beta, float *C, int ldc);
-void fdpo_k_attention_forward_head(fdpo_sgemm_fn *gemm, float *o, size_t os, float *lse, size_t lse_stride,
-                                   const float *q, size_t qs, const float *k, const float *v, size_t ks,
-                                   const uint8_t *br, size_t T, size_t hs, float scale);
+void fdpo_k_attention_forward_blocks(fdpo_sgemm_fn *gemm, float *o, size_t os, float *lse, size_t lse_stride,
+                                     const float *q, size_t qs, const float *k, const float *v, size_t ks,
+                                     const uint8_t *br, size_t T, size_t hs, float scale);
 void fdpo_k_attention_backward_key_tiles(fdpo_sgemm_fn *gemm, float *dq, float *dk, float *dv, const float *dy,
                                          size_t ys, const float *q, size_t qs, const float *k, const float *v,
                                          size_t ks, const float *lse, size_t lse_stride, const float *D,
@@ -300,33 +301,6 @@ static inline float fdpo_k_expf(float x) {
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale * 2.0f;                                   /* n = 128, p >= 1: +inf */
-}
-
-/* One key tile of the streaming (flash-style) softmax, shared by GPT-2's and Llama's
- * attention. S [nq, nk] holds the tile's scores (-inf where masked); per query row r the
- * running max m[r] and sum l[r] are updated, S's row becomes exp(S - m_new) (zeros for a
- * fully masked row) and the output row o + r*os [hd] is rescaled by exp(m_old - m_new); the
- * caller then adds S @ V_tile into o and divides by l once all tiles are done. */
-static inline void fdpo_k_softmax_tile_step(float *S, size_t nq, size_t nk, float *m, float *l, float *o, size_t os,
-                                            size_t hd) {
-    for (size_t r = 0; r < nq; r++) {
-        float *row = S + r * nk, mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-        for (size_t c = 0; c < nk; c++) mx = row[c] > mx ? row[c] : mx;
-        if (mx == -INFINITY) { memset(row, 0, nk * sizeof(float)); continue; } /* all masked */
-        float m_new = mx > m[r] ? mx : m[r], corr = fdpo_k_expf(m[r] - m_new), sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (size_t c = 0; c < nk; c++) {
-            row[c] = fdpo_k_expf(row[c] - m_new); /* exp(-inf) = 0 for masked entries */
-            sum += row[c];
-        }
-        l[r] = l[r] * corr + sum;
-        m[r] = m_new;
-        if (corr != 1.0f) {
-            float *orow = o + r * os;
-            for (size_t d = 0; d < hd; d++) orow[d] *= corr;
-        }
-    }
 }
 
 #endif

@@ -556,7 +556,7 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
 
 /* ---- attention without T x T storage (streaming softmax, recomputing backward) ---- */
 
-/* ---- the streaming attention's small path: head sizes of 16 .. 128 in steps of 16 ----
+/* ---- the streaming attention's small path: head sizes 16 and 32 (attention_small_path) ----
  * oneDNN takes ~2.5 us per 64 x 64 x 32 tile product (setup per call is a large part of
  * so little work; ~2,700 calls per small-model step), and the row-wise softmax of a score
  * tile needs a horizontal max and sum per row. Here the score tile is kept transposed,
@@ -569,7 +569,7 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
  * vector of B once for the RB rows, and sums in k order: results depend only on the
  * shapes, never on the thread count. */
 #define ATT_LANES 16
-#define ATT_SMALL_MAX_HS 128
+#define ATT_SMALL_MAX_HS 32
 typedef float att_vec __attribute__((vector_size(ATT_LANES * sizeof(float))));
 /* -std=c11 turns off GCC's multiply-add contraction; these products want fused
  * multiply-adds (one rounding per step instead of two, as the GEMM's kernels do) */
@@ -733,18 +733,18 @@ static void attention_scores_tile_t(float *St, size_t np, const float *k, size_t
     }
 }
 
-/* Which head sizes take the small path, by measurement (CPU per step, model-ops, 1 thread):
- * the forward wins at every multiple of 16 tried (hs 32: -21 %, hs 64: -4..-9 %), the
- * backward at hs 32 (-8 %) but not at 64 (+11..13 %: oneDNN's 64-deep products are
- * efficient there), so the backward takes it up to ATT_SMALL_MAX_HS_BACKWARD only. */
-#define ATT_SMALL_MAX_HS_BACKWARD 32
-static int attention_small_path(size_t hs, int backward) {
+/* Which head sizes take the small path, by measurement. Backward (CPU per step, model-ops, 1
+ * thread): hs 32 -8 % against oneDNN's 64^3 tiles, hs 64 +11..13 %. Forward (wave 15, 2
+ * threads, best of 100-300 calls, against the query blocks of fdpo_sgemm products): hs 16
+ * and 32 at T <= 256 -4..-20 %; hs 48, 64, 80, 128 +25..+36 %, hs 32 at T = 512 +10 %. So
+ * both take it up to hs 32 (the small models' head size). */
+static int attention_small_path(size_t hs) {
     static int env = -1; /* FDPO_ATT_SMALL=0: every head size through fdpo_sgemm (A/B runs) */
     if (env < 0) {
         const char *e = getenv("FDPO_ATT_SMALL");
         env = !(e && !strcmp(e, "0"));
     }
-    return env && hs % ATT_LANES == 0 && hs <= (backward ? ATT_SMALL_MAX_HS_BACKWARD : ATT_SMALL_MAX_HS);
+    return env && hs % ATT_LANES == 0 && hs <= ATT_SMALL_MAX_HS;
 }
 
 /* fdpo_k_attention_forward_streaming for one (sequence, head) on the small path */
@@ -885,40 +885,10 @@ static void attention_scores_tile(fdpo_sgemm_fn *gemm, float *S, const float *q,
     attention_mask_tile(S, br, i0, nq, j0, nk);
 }
 
-/* One (sequence, head) of the tiled streaming forward, shared by GPT-2 and Llama's
- * grouped-query attention (which differ only in row strides and GEMM):
- *   o [T, hs] (row stride os) = softmax(mask(scale Q K^T)) V,  q row stride qs, k and v ks;
- *   lse[t * lse_stride] = m + log l, the log-sum-exp of row t's scores. */
-void fdpo_k_attention_forward_head(fdpo_sgemm_fn *gemm, float *o, size_t os, float *lse, size_t lse_stride,
-                                   const float *q, size_t qs, const float *k, const float *v, size_t ks,
-                                   const uint8_t *br, size_t T, size_t hs, float scale) {
-    float S[ATT_TILE * ATT_TILE], m[ATT_TILE], l[ATT_TILE];
-    for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
-        size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
-        for (size_t r = 0; r < nq; r++) {
-            m[r] = -INFINITY;
-            l[r] = 0.0f;
-            memset(o + (i0 + r) * os, 0, hs * sizeof(float));
-        }
-        for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
-            size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
-            if (tile_masked_by_branch(br, i0, nq, j0, nk)) continue;
-            attention_scores_tile(gemm, S, q, qs, k, ks, hs, scale, br, i0, nq, j0, nk);
-            fdpo_k_softmax_tile_step(S, nq, nk, m, l, o + i0 * os, os, hs);
-            gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, 1.0f, S, (int)nk, v + j0 * ks,
-                 (int)ks, 1.0f, o + i0 * os, (int)os);
-        }
-        for (size_t r = 0; r < nq; r++) { /* j = i is always allowed, so l >= 1 */
-            float inv = 1.0f / l[r], *orow = o + (i0 + r) * os;
-            for (size_t d = 0; d < hs; d++) orow[d] *= inv;
-            lse[(i0 + r) * lse_stride] = m[r] + logf(l[r]);
-        }
-    }
-}
-
 /* Per sequence b (tokens [s, s+T)) and head h, the same output as fdpo_k_attention_forward:
  *   out [T, hs] (row stride C) = softmax(mask(Q K^T / sqrt(hs))) V
- * computed tile by tile with a running row maximum m and sum l (online softmax), so only
+ * computed without the T x T map: by query blocks (fdpo_k_attention_forward_blocks), or on
+ * the small path tile by tile with a running row maximum m and sum l (online softmax); only
  * lse [N, NH] (lse[t*NH + h] = m + log l, the log-sum-exp of row t's scores) is kept for
  * backward: O(T) memory per head instead of T^2. Sequential inside a (sequence, head) job,
  * so the result does not depend on the thread count. */
@@ -927,7 +897,7 @@ void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv
     size_t hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     long n_jobs = (long)(B * NH);
-    const int small = attention_small_path(hs, 0);
+    const int small = attention_small_path(hs);
 #pragma omp parallel for schedule(dynamic, 1)
     for (long job = 0; job < n_jobs; job++) {
         size_t b = (size_t)job / NH, h = (size_t)job % NH;
@@ -938,7 +908,7 @@ void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv
         if (small)
             attention_forward_small(o, lse + s * NH + h, NH, q, k, v, br, T, C, hs, scale);
         else
-            fdpo_k_attention_forward_head(fdpo_sgemm, o, C, lse + s * NH + h, NH, q, C3, k, v, C3, br, T, hs, scale);
+            fdpo_k_attention_forward_blocks(fdpo_sgemm, o, C, lse + s * NH + h, NH, q, C3, k, v, C3, br, T, hs, scale);
     }
 }
 
@@ -1078,16 +1048,12 @@ static size_t att_key_runs(const uint8_t *br, size_t i0, size_t nq, size_t nk, s
     return n;
 }
 
-/* S [nq, nk] (row stride nk) = scale Q_block K^T over the runs; then per row i the entries the
- * causal and branch rules mask (keys j > i, or of another branch) become -inf. Entries
- * outside the runs are not written. */
-static void att_block_scores(int dp, float *S, const unsigned char *qi, const unsigned char *kb, size_t hs,
-                             float scale, const uint8_t *br, size_t i0, size_t nq, size_t nk, size_t runs[][2],
-                             size_t n_runs) {
-    size_t es = dp ? sizeof(uint16_t) : sizeof(float), first_branch = 0;
-    for (size_t u = 0; u < n_runs; u++)
-        att_gemm(dp, 0, 1, nq, runs[u][1] - runs[u][0], hs, scale, qi, hs, kb + runs[u][0] * hs * es, hs, 0.0f,
-                 S + runs[u][0], nk);
+/* S [nq, nk] (row stride nk) of query block [i0, i0 + nq): per row i, the entries of the runs
+ * the causal and branch rules mask (keys j > i, or of another branch) become -inf; entries
+ * outside the runs are not touched. */
+static void att_block_mask(float *S, const uint8_t *br, size_t i0, size_t nq, size_t nk, size_t runs[][2],
+                           size_t n_runs) {
+    size_t first_branch = 0;
     while (br && first_branch < nk && br[first_branch] == 0) first_branch++; /* keys before: all shared */
     for (size_t r = 0; r < nq; r++) {
         const size_t i = i0 + r;
@@ -1133,7 +1099,10 @@ void fdpo_k_attention_backward_block_bf16(int dp, float *dq, size_t qs, float *d
     const unsigned char *qi = (const unsigned char *)qb + i0 * hs * es, *dyi = (const unsigned char *)dyb + i0 * hs * es;
     const unsigned char *k8 = kb, *v8 = vb;
     size_t n_runs = att_key_runs(br, i0, nq, nk, runs);
-    att_block_scores(dp, P, qi, k8, hs, scale, br, i0, nq, nk, runs, n_runs);
+    for (size_t u = 0; u < n_runs; u++) /* S = scale Q K^T */
+        att_gemm(dp, 0, 1, nq, runs[u][1] - runs[u][0], hs, scale, qi, hs, k8 + runs[u][0] * hs * es, hs, 0.0f,
+                 P + runs[u][0], nk);
+    att_block_mask(P, br, i0, nq, nk, runs, n_runs);
     for (size_t r = 0; r < nq; r++) { /* P = exp(S - lse), masked entries 0 */
         float *row = P + r * nk, L = lse[(i0 + r) * lse_stride];
         for (size_t u = 0; u < n_runs; u++) {
@@ -1159,6 +1128,54 @@ void fdpo_k_attention_backward_block_bf16(int dp, float *dq, size_t qs, float *d
         size_t j0 = runs[u][0], nj = runs[u][1] - j0;
         att_gemm(dp, 0, 0, nq, hs, nj, scale, ds + j0 * es, nk, k8 + j0 * hs * es, hs, 1.0f, dq + i0 * qs, qs);
         att_gemm(dp, 1, 0, nj, hs, nq, scale, ds + j0 * es, nk, qi, hs, 1.0f, dk + j0 * ks, ks);
+    }
+}
+
+/* One (sequence, head) of the streaming forward, shared by GPT-2 and Llama's grouped-query
+ * attention (which differ in row strides and GEMM):
+ *   o [T, hs] (row stride os) = softmax(mask(scale Q K^T)) V,  q row stride qs, k and v ks;
+ *   lse[t * lse_stride] = m + log l, the log-sum-exp of row t's scores.
+ * By query blocks, as the bf16 backward above: per block of ATT_TILE rows, S = scale Q K^T
+ * against all its keys (one product per run of key tiles the branch rule leaves), the row
+ * softmax in place, out = P V: products of 64 x (up to T) x hs instead of two per 64^3 tile
+ * with an online rescale between them. Scratch: ATT_TILE x T floats per thread, O(T). One
+ * 124M layer, 2 threads (wave 15): 2.5 -> 2.0 ms at the DPO goal shape, 9.8 -> 6.2 ms at
+ * T = 1024, against the small path's tiles (docs/model.md, Attention). */
+void fdpo_k_attention_forward_blocks(fdpo_sgemm_fn *gemm, float *o, size_t os, float *lse, size_t lse_stride,
+                                     const float *q, size_t qs, const float *k, const float *v, size_t ks,
+                                     const uint8_t *br, size_t T, size_t hs, float scale) {
+    float *S = fdpo_k_att_bf16_scratch(ATT_TILE * T * sizeof(float));
+    size_t runs[ATT_MAX_RUNS][2];
+    for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
+        size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE, nk = i0 + nq;
+        size_t n_runs = att_key_runs(br, i0, nq, nk, runs);
+        for (size_t u = 0; u < n_runs; u++)
+            gemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)(runs[u][1] - runs[u][0]), (int)hs, scale,
+                 q + i0 * qs, (int)qs, k + runs[u][0] * ks, (int)ks, 0.0f, S + runs[u][0], (int)nk);
+        att_block_mask(S, br, i0, nq, nk, runs, n_runs);
+        for (size_t r = 0; r < nq; r++) {
+            float *row = S + r * nk, mx = -INFINITY, sum = 0.0f;
+            for (size_t u = 0; u < n_runs; u++) {
+#pragma omp simd reduction(max : mx)
+                for (size_t c = runs[u][0]; c < runs[u][1]; c++) mx = row[c] > mx ? row[c] : mx;
+            }
+            for (size_t u = 0; u < n_runs; u++) { /* j = i is always allowed: mx is finite */
+#pragma omp simd reduction(+ : sum)
+                for (size_t c = runs[u][0]; c < runs[u][1]; c++) {
+                    row[c] = fdpo_k_expf(row[c] - mx);
+                    sum += row[c];
+                }
+            }
+            const float inv = 1.0f / sum;
+            for (size_t u = 0; u < n_runs; u++) {
+#pragma omp simd
+                for (size_t c = runs[u][0]; c < runs[u][1]; c++) row[c] *= inv;
+            }
+            lse[(i0 + r) * lse_stride] = mx + logf(sum);
+        }
+        for (size_t u = 0; u < n_runs; u++)
+            gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)(runs[u][1] - runs[u][0]), 1.0f,
+                 S + runs[u][0], (int)nk, v + runs[u][0] * ks, (int)ks, u ? 1.0f : 0.0f, o + i0 * os, (int)os);
     }
 }
 
@@ -1195,7 +1212,7 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
     size_t hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     long n_jobs = (long)(B * NH);
-    const int small = attention_small_path(hs, 1);
+    const int small = attention_small_path(hs);
     const int dp = bf16 && fdpo_k_att_bf16_dp();
 #pragma omp parallel for schedule(dynamic, 1)
     for (long job = 0; job < n_jobs; job++) {

@@ -198,9 +198,9 @@ static void openblas_sgemm(int order, int trans_a, int trans_b, int M, int N, in
 
 /* Per sequence b (tokens [s, s+T)) and query head h with key/value head g = h / (NH/NKV):
  *   out [T, hd] (row stride NH*hd) = softmax(mask(Q_h K_g^T / sqrt(hd))) V_g
- * q [N, NH*hd], k, v [N, NKV*hd]. Streaming softmax over key tiles (fdpo_k_attention_forward_head),
- * so only lse [N, NH] (lse[t*NH + h] = m + log l) is kept for backward: O(T) memory per head
- * instead of T^2. Sequential inside a (sequence, head) job, so the result does not depend on
+ * q [N, NH*hd], k, v [N, NKV*hd]. By query blocks (fdpo_k_attention_forward_blocks), so only
+ * lse [N, NH] (lse[t*NH + h] = m + log l) is kept for backward: O(T) memory per head instead
+ * of T^2. Sequential inside a (sequence, head) job, so the result does not depend on
  * the thread count. */
 void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                       const size_t *seq_offset, const uint8_t *branch, size_t B, size_t NH, size_t NKV,
@@ -213,8 +213,8 @@ void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, co
         size_t b = (size_t)job / NH, h = (size_t)job % NH, g = h / group;
         size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
         const float *qh = q + s * QD + h * hd, *kg = k + s * KD + g * hd, *vg = v + s * KD + g * hd;
-        fdpo_k_attention_forward_head(openblas_sgemm, out + s * QD + h * hd, QD, lse + s * NH + h, NH, qh, QD, kg, vg,
-                                      KD, branch ? branch + s : NULL, T, hd, scale);
+        fdpo_k_attention_forward_blocks(openblas_sgemm, out + s * QD + h * hd, QD, lse + s * NH + h, NH, qh, QD, kg,
+                                        vg, KD, branch ? branch + s : NULL, T, hd, scale);
     }
 }
 
