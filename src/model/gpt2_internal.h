@@ -129,40 +129,41 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
  * products run on vdpbf16ps where a large bf16 GEMM does (fdpo_gemm_bf16_widens), else as
  * fp32 FMA on the bf16 values. */
 int fdpo_attention_bf16(fdpo_precision p);
-/* The bf16 backward's parts, for GPT-2 and Llama alike (gpt2_kernels.c): dp = 1 if the
- * products run on vdpbf16ps here (the route of a large bf16 GEMM), their operands then
- * uint16, else bf16 values held in fp32 multiplied with fp32 FMA; a per-thread scratch;
- * rows [T, hs] (contiguous) = the bf16 values of x's T rows of hs (row stride ld); and one
- * query block [i0, i0+nq) (nq <= ATT_TILE) against all its keys [0, i0+nq) on those rows,
- * adding into dq (row stride qs), dk and dv (ks), with D = dY . out of its rows
- * (fdpo_k_rows_dot). Buffers: fdpo_k_att_rows_bytes for each rows copy (rounded up to 64
- * bytes, so the next one stays aligned), work fdpo_k_att_block_work(dp, T), T >= i0 + nq. */
+/* The streaming attention backward's parts, for GPT-2 and Llama alike (gpt2_kernels.c):
+ * dp = 1 if bf16 products run on vdpbf16ps here (the route of a large bf16 GEMM), their
+ * operands then uint16, else bf16 values held in fp32 multiplied with fp32 FMA; a per-thread
+ * scratch; rows [T, hs] (contiguous) = the bf16 values of x's T rows of hs (row stride ld);
+ * and one query block [i0, i0+nq) (nq <= ATT_TILE) against all its keys [0, i0+nq), adding
+ * into dq (row stride qs), dk and dv (ks), with D = dY . out of its rows (fdpo_k_rows_dot).
+ * ops: round = 1 for the bf16 rule (q, k, v, dy are then rounded rows, uint16 if dp; P and
+ * dS are rounded when made), 0 for fp32 (q, k, v, dy the fp32 rows); gemm multiplies fp32
+ * operands. q, k, v, dy row strides qld, kld, yld in elements. Buffers: fdpo_k_att_rows_bytes
+ * for each rows copy (rounded up to 64 bytes, so the next one stays aligned), work
+ * fdpo_k_att_block_work(dp, T), T >= i0 + nq. */
 int fdpo_k_att_bf16_dp(void);
-void *fdpo_k_att_bf16_scratch(size_t bytes);
+void *fdpo_k_att_scratch(size_t bytes);
 void fdpo_k_att_round_rows(int dp, void *rows, const float *x, size_t ld, size_t T, size_t hs);
 /* D [nq] = dY_i . out_i for rows i0 .. i0+nq (row stride ld): rowsum(P * dP) of the
  * attention backward (both families) */
 void fdpo_k_rows_dot(float *D, const float *dy, const float *o, size_t ld, size_t i0, size_t nq, size_t hs);
 size_t fdpo_k_att_rows_bytes(int dp, size_t T, size_t hs);
 size_t fdpo_k_att_block_work(int dp, size_t T);
-void fdpo_k_attention_backward_block_bf16(int dp, float *dq, size_t qs, float *dk, float *dv, size_t ks, const void *qb,
-                                          const void *kb, const void *vb, const void *dyb, const float *lse,
-                                          size_t lse_stride, const float *D, const uint8_t *br, size_t i0, size_t nq,
-                                          size_t hs, float scale, void *work);
-/* one (sequence, head) of the streaming attention, for GPT-2 and Llama alike: row strides as
- * arguments, and the GEMM (fdpo_sgemm's signature) the products are multiplied with; the
- * forward by query blocks, the fp32 backward by key tiles, whose callers compute D for one
- * query tile of ATT_TILE rows at a time */
-#define ATT_TILE 64 /* query rows x key columns per score tile (16 KB per thread) */
 typedef void fdpo_sgemm_fn(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                            int lda, const float *B, int ldb, float beta, float *C, int ldc);
+typedef struct {
+    int round, dp;
+    fdpo_sgemm_fn *gemm;
+} fdpo_att_ops;
+void fdpo_k_attention_backward_block(const fdpo_att_ops *ops, float *dq, size_t qs, float *dk, float *dv, size_t ks,
+                                     const void *q, size_t qld, const void *k, const void *v, size_t kld,
+                                     const void *dy, size_t yld, const float *lse, size_t lse_stride, const float *D,
+                                     const uint8_t *br, size_t i0, size_t nq, size_t hs, float scale, void *work);
+/* one (sequence, head) of the streaming forward, for GPT-2 and Llama alike: row strides as
+ * arguments, and the GEMM (fdpo_sgemm's signature) the products are multiplied with */
+#define ATT_TILE 64 /* query rows per block, key columns per tile */
 void fdpo_k_attention_forward_blocks(fdpo_sgemm_fn *gemm, float *o, size_t os, float *lse, size_t lse_stride,
                                      const float *q, size_t qs, const float *k, const float *v, size_t ks,
                                      const uint8_t *br, size_t T, size_t hs, float scale);
-void fdpo_k_attention_backward_key_tiles(fdpo_sgemm_fn *gemm, float *dq, float *dk, float *dv, const float *dy,
-                                         size_t ys, const float *q, size_t qs, const float *k, const float *v,
-                                         size_t ks, const float *lse, size_t lse_stride, const float *D,
-                                         const uint8_t *br, size_t i0, size_t nq, size_t hs, float scale);
 void fdpo_k_residual_layernorm_forward(float *res, float *out, float *mean, float *rstd, const float *bias,
                                 const float *residual, const float *w, const float *b, size_t N, size_t C,
                                 float eps);

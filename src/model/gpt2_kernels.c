@@ -862,29 +862,6 @@ static void attention_backward_small(float *dq, float *dk, float *dv, const floa
     }
 }
 
-/* S [nq, nk] (scores of queries i0.. against keys j0..): -inf where a key may not be
- * attended (j > i, or another branch) */
-static void attention_mask_tile(float *S, const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
-    for (size_t r = 0; r < nq; r++) {
-        size_t i = i0 + r, c_end = i + 1 > j0 ? i + 1 - j0 : 0; /* keys j0 .. i are causally allowed */
-        float *row = S + r * nk;
-        if (c_end > nk) c_end = nk;
-        for (size_t c = c_end; c < nk; c++) row[c] = -INFINITY;
-        if (br)
-            for (size_t c = 0; c < c_end; c++)
-                if (!may_attend(br, i, j0 + c)) row[c] = -INFINITY;
-    }
-}
-
-/* Scores of one tile, masked: S [nq, nk] = scale * Q[i0:i0+nq] K[j0:j0+nk]^T (row strides
- * qs, ks), entries that may not be attended (j > i, or another branch) set to -inf. */
-static void attention_scores_tile(fdpo_sgemm_fn *gemm, float *S, const float *q, size_t qs, const float *k, size_t ks,
-                                  size_t hs, float scale, const uint8_t *br, size_t i0, size_t nq, size_t j0, size_t nk) {
-    gemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, scale, q + i0 * qs, (int)qs, k + j0 * ks,
-         (int)ks, 0.0f, S, (int)nk);
-    attention_mask_tile(S, br, i0, nq, j0, nk);
-}
-
 /* Per sequence b (tokens [s, s+T)) and head h, the same output as fdpo_k_attention_forward:
  *   out [T, hs] (row stride C) = softmax(mask(Q K^T / sqrt(hs))) V
  * computed without the T x T map: by query blocks (fdpo_k_attention_forward_blocks), or on
@@ -912,38 +889,6 @@ void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv
     }
 }
 
-/* The key tiles of query tile [i0, i0+nq) in the streaming backward, shared by GPT-2 and
- * Llama (row strides: q and dq qs; k, v, dk and dv ks; dy ys): recomputes
- *   P = exp(S - lse_i);  dV += P^T dY;  dP = dY V^T;  dS = P * (dP - D_i);
- *   dQ += scale dS K;  dK += scale dS^T Q,
- * with D [nq] = dY_i . out_i (= rowsum(P * dP)) computed by the caller. */
-void fdpo_k_attention_backward_key_tiles(fdpo_sgemm_fn *gemm, float *dq, float *dk, float *dv, const float *dy,
-                                         size_t ys, const float *q, size_t qs, const float *k, const float *v,
-                                         size_t ks, const float *lse, size_t lse_stride, const float *D,
-                                         const uint8_t *br, size_t i0, size_t nq, size_t hs, float scale) {
-    float P[ATT_TILE * ATT_TILE], dP[ATT_TILE * ATT_TILE];
-    for (size_t j0 = 0; j0 < i0 + nq; j0 += ATT_TILE) {
-        size_t nk = i0 + nq - j0 < ATT_TILE ? i0 + nq - j0 : ATT_TILE;
-        if (tile_masked_by_branch(br, i0, nq, j0, nk)) continue;
-        attention_scores_tile(gemm, P, q, qs, k, ks, hs, scale, br, i0, nq, j0, nk);
-        for (size_t r = 0; r < nq; r++) {
-            float L = lse[(i0 + r) * lse_stride];
-#pragma omp simd
-            for (size_t c = 0; c < nk; c++) P[r * nk + c] = fdpo_k_expf(P[r * nk + c] - L);
-        }
-        gemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, 1.0f, P, (int)nk, dy + i0 * ys, (int)ys,
-             1.0f, dv + j0 * ks, (int)ks);
-        gemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)hs, 1.0f, dy + i0 * ys, (int)ys, v + j0 * ks,
-             (int)ks, 0.0f, dP, (int)nk);
-        for (size_t r = 0; r < nq; r++)
-            for (size_t c = 0; c < nk; c++) dP[r * nk + c] = P[r * nk + c] * (dP[r * nk + c] - D[r]);
-        gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hs, (int)nk, scale, dP, (int)nk, k + j0 * ks,
-             (int)ks, 1.0f, dq + i0 * qs, (int)qs);
-        gemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hs, (int)nq, scale, dP, (int)nk, q + i0 * qs, (int)qs,
-             1.0f, dk + j0 * ks, (int)ks);
-    }
-}
-
 int fdpo_attention_bf16(fdpo_precision p) {
     static int env = -1; /* FDPO_ATT_BF16=0: fp32 tile products in bf16 precision too (A/B runs) */
     if (env < 0) {
@@ -959,7 +904,7 @@ int fdpo_attention_bf16(fdpo_precision p) {
 static _Thread_local void *att_bf16_buf;
 static _Thread_local size_t att_bf16_cap;
 
-void *fdpo_k_att_bf16_scratch(size_t bytes) {
+void *fdpo_k_att_scratch(size_t bytes) {
     if (bytes > att_bf16_cap) {
         att_bf16_buf = fdpo_realloc_large(att_bf16_buf, bytes);
         att_bf16_cap = bytes;
@@ -983,16 +928,17 @@ void fdpo_k_att_round_rows(int dp, void *rows, const float *x, size_t ld, size_t
     for (size_t t = 0; t < T; t++) att_round(dp, (unsigned char *)rows + t * hs * es, x + t * ld, hs);
 }
 
-/* C = alpha op(A) op(B) + beta C on bf16 operands: vdpbf16ps (dp: A, B uint16) or fp32 FMA
- * on the bf16 values held in fp32 (the same products; the route a large bf16 GEMM takes
- * here, fdpo_gemm_bf16_widens, as each 64 x 64 tile would be slower widened per call) */
-static void att_gemm(int dp, int ta, int tb, size_t M, size_t N, size_t K, float alpha, const void *A, size_t lda,
-                     const void *B, size_t ldb, float beta, float *C, size_t ldc) {
-    if (dp)
+/* C = alpha op(A) op(B) + beta C for the attention's blocks (fdpo_att_ops): bf16 operands on
+ * vdpbf16ps (round and dp: A, B uint16), else fp32 operands through ops->gemm (fp32, or the
+ * bf16 values held in fp32: the same products; the route a large bf16 GEMM takes here,
+ * fdpo_gemm_bf16_widens, as each block would be slower widened per call) */
+static void att_mm(const fdpo_att_ops *ops, int ta, int tb, size_t M, size_t N, size_t K, float alpha, const void *A,
+                   size_t lda, const void *B, size_t ldb, float beta, float *C, size_t ldc) {
+    if (ops->round && ops->dp)
         fdpo_gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     else
-        fdpo_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N,
-                   (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+        ops->gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N,
+                  (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 
 /* dq, dk, dv rows [T, hs] (row stride ld) = 0: the backward accumulates into them */
@@ -1089,19 +1035,22 @@ size_t fdpo_k_att_block_work(int dp, size_t T) { /* P, dP in fp32; their bf16 co
     return 2 * ATT_TILE * T * (sizeof(float) + (dp ? sizeof(uint16_t) : sizeof(float)));
 }
 
-void fdpo_k_attention_backward_block_bf16(int dp, float *dq, size_t qs, float *dk, float *dv, size_t ks, const void *qb,
-                                          const void *kb, const void *vb, const void *dyb, const float *lse,
-                                          size_t lse_stride, const float *D, const uint8_t *br, size_t i0, size_t nq,
-                                          size_t hs, float scale, void *work) {
-    size_t es = dp ? sizeof(uint16_t) : sizeof(float), nk = i0 + nq, blk = ATT_TILE * nk, runs[ATT_MAX_RUNS][2];
+void fdpo_k_attention_backward_block(const fdpo_att_ops *ops, float *dq, size_t qs, float *dk, float *dv, size_t ks,
+                                     const void *q, size_t qld, const void *k, const void *v, size_t kld,
+                                     const void *dy, size_t yld, const float *lse, size_t lse_stride, const float *D,
+                                     const uint8_t *br, size_t i0, size_t nq, size_t hs, float scale, void *work) {
+    size_t es = ops->round && ops->dp ? sizeof(uint16_t) : sizeof(float), nk = i0 + nq, blk = ATT_TILE * nk;
+    size_t runs[ATT_MAX_RUNS][2];
     float *P = work, *dP = P + blk;
-    unsigned char *pb = (unsigned char *)(dP + blk), *ds = pb + blk * es;
-    const unsigned char *qi = (const unsigned char *)qb + i0 * hs * es, *dyi = (const unsigned char *)dyb + i0 * hs * es;
-    const unsigned char *k8 = kb, *v8 = vb;
+    /* the products' copies of P and dS: bf16-rounded (the bf16 rule), or P and dS themselves */
+    unsigned char *pb = ops->round ? (unsigned char *)(dP + blk) : (unsigned char *)P;
+    unsigned char *ds = ops->round ? pb + blk * es : (unsigned char *)dP;
+    const unsigned char *qi = (const unsigned char *)q + i0 * qld * es, *dyi = (const unsigned char *)dy + i0 * yld * es;
+    const unsigned char *k8 = k, *v8 = v;
     size_t n_runs = att_key_runs(br, i0, nq, nk, runs);
     for (size_t u = 0; u < n_runs; u++) /* S = scale Q K^T */
-        att_gemm(dp, 0, 1, nq, runs[u][1] - runs[u][0], hs, scale, qi, hs, k8 + runs[u][0] * hs * es, hs, 0.0f,
-                 P + runs[u][0], nk);
+        att_mm(ops, 0, 1, nq, runs[u][1] - runs[u][0], hs, scale, qi, qld, k8 + runs[u][0] * kld * es, kld, 0.0f,
+               P + runs[u][0], nk);
     att_block_mask(P, br, i0, nq, nk, runs, n_runs);
     for (size_t r = 0; r < nq; r++) { /* P = exp(S - lse), masked entries 0 */
         float *row = P + r * nk, L = lse[(i0 + r) * lse_stride];
@@ -1110,11 +1059,11 @@ void fdpo_k_attention_backward_block_bf16(int dp, float *dq, size_t qs, float *d
             for (size_t c = runs[u][0]; c < runs[u][1]; c++) row[c] = fdpo_k_expf(row[c] - L);
         }
     }
-    att_round_runs(dp, pb, P, nq, nk, runs, n_runs);
+    if (ops->round) att_round_runs(ops->dp, pb, P, nq, nk, runs, n_runs);
     for (size_t u = 0; u < n_runs; u++) { /* dV += P^T dY;  dP = dY V^T */
         size_t j0 = runs[u][0], nj = runs[u][1] - j0;
-        att_gemm(dp, 1, 0, nj, hs, nq, 1.0f, pb + j0 * es, nk, dyi, hs, 1.0f, dv + j0 * ks, ks);
-        att_gemm(dp, 0, 1, nq, nj, hs, 1.0f, dyi, hs, v8 + j0 * hs * es, hs, 0.0f, dP + j0, nk);
+        att_mm(ops, 1, 0, nj, hs, nq, 1.0f, pb + j0 * es, nk, dyi, yld, 1.0f, dv + j0 * ks, ks);
+        att_mm(ops, 0, 1, nq, nj, hs, 1.0f, dyi, yld, v8 + j0 * kld * es, kld, 0.0f, dP + j0, nk);
     }
     for (size_t r = 0; r < nq; r++) /* dS = P (dP - D) */
         for (size_t u = 0; u < n_runs; u++) {
@@ -1123,11 +1072,11 @@ void fdpo_k_attention_backward_block_bf16(int dp, float *dq, size_t qs, float *d
 #pragma omp simd
             for (size_t c = runs[u][0]; c < runs[u][1]; c++) dp_row[c] = p_row[c] * (dp_row[c] - D[r]);
         }
-    att_round_runs(dp, ds, dP, nq, nk, runs, n_runs);
+    if (ops->round) att_round_runs(ops->dp, ds, dP, nq, nk, runs, n_runs);
     for (size_t u = 0; u < n_runs; u++) { /* dQ += scale dS K;  dK += scale dS^T Q */
         size_t j0 = runs[u][0], nj = runs[u][1] - j0;
-        att_gemm(dp, 0, 0, nq, hs, nj, scale, ds + j0 * es, nk, k8 + j0 * hs * es, hs, 1.0f, dq + i0 * qs, qs);
-        att_gemm(dp, 1, 0, nj, hs, nq, scale, ds + j0 * es, nk, qi, hs, 1.0f, dk + j0 * ks, ks);
+        att_mm(ops, 0, 0, nq, hs, nj, scale, ds + j0 * es, nk, k8 + j0 * kld * es, kld, 1.0f, dq + i0 * qs, qs);
+        att_mm(ops, 1, 0, nj, hs, nq, scale, ds + j0 * es, nk, qi, qld, 1.0f, dk + j0 * ks, ks);
     }
 }
 
@@ -1144,7 +1093,7 @@ void fdpo_k_attention_backward_block_bf16(int dp, float *dq, size_t qs, float *d
 void fdpo_k_attention_forward_blocks(fdpo_sgemm_fn *gemm, float *o, size_t os, float *lse, size_t lse_stride,
                                      const float *q, size_t qs, const float *k, const float *v, size_t ks,
                                      const uint8_t *br, size_t T, size_t hs, float scale) {
-    float *S = fdpo_k_att_bf16_scratch(ATT_TILE * T * sizeof(float));
+    float *S = fdpo_k_att_scratch(ATT_TILE * T * sizeof(float));
     size_t runs[ATT_MAX_RUNS][2];
     for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
         size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE, nk = i0 + nq;
@@ -1186,25 +1135,26 @@ static void attention_backward_head_bf16(float *dq, float *dk, float *dv, const 
                                          size_t lse_stride, const uint8_t *br, size_t T, size_t C, size_t hs,
                                          float scale, int dp) {
     size_t C3 = 3 * C, rows = fdpo_k_att_rows_bytes(dp, T, hs);
-    unsigned char *qb = fdpo_k_att_bf16_scratch(4 * rows + fdpo_k_att_block_work(dp, T));
+    unsigned char *qb = fdpo_k_att_scratch(4 * rows + fdpo_k_att_block_work(dp, T));
     unsigned char *kb = qb + rows, *vb = kb + rows, *dyb = vb + rows, *work = dyb + rows;
     fdpo_k_att_round_rows(dp, qb, q, C3, T, hs);
     fdpo_k_att_round_rows(dp, kb, k, C3, T, hs);
     fdpo_k_att_round_rows(dp, vb, v, C3, T, hs);
     fdpo_k_att_round_rows(dp, dyb, dy, C, T, hs);
+    const fdpo_att_ops ops = {.round = 1, .dp = dp, .gemm = fdpo_sgemm};
     float D[ATT_TILE];
     clear_head_rows(dq, dk, dv, C3, T, hs);
     for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
         size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
         fdpo_k_rows_dot(D, dy, o, C, i0, nq, hs);
-        fdpo_k_attention_backward_block_bf16(dp, dq, C3, dk, dv, C3, qb, kb, vb, dyb, lse, lse_stride, D, br, i0, nq, hs,
-                                             scale, work);
+        fdpo_k_attention_backward_block(&ops, dq, C3, dk, dv, C3, qb, hs, kb, vb, hs, dyb, hs, lse, lse_stride, D, br,
+                                        i0, nq, hs, scale, work);
     }
 }
 
 /* Backward of fdpo_k_attention_forward_streaming; WRITES dqkv [N,3C]. Recomputes P from Q, K
- * and lse: fp32 tile by tile (fdpo_k_attention_backward_key_tiles, or the small path), bf16
- * by query blocks (fdpo_k_attention_backward_block_bf16). out is the forward's output (the
+ * and lse: by query blocks (fdpo_k_attention_backward_block), or on the small path tile by
+ * tile. out is the forward's output (the
  * attention output before c_proj). */
 void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
                                   const float *lse, const size_t *seq_offset, const uint8_t *branch,
@@ -1230,13 +1180,15 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
             attention_backward_small(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale);
             continue;
         }
+        const fdpo_att_ops ops = {.round = 0, .dp = 0, .gemm = fdpo_sgemm};
+        void *work = fdpo_k_att_scratch(fdpo_k_att_block_work(0, T));
         float D[ATT_TILE];
         clear_head_rows(dq, dk, dv, C3, T, hs);
         for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
             size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
             fdpo_k_rows_dot(D, dy, o, C, i0, nq, hs);
-            fdpo_k_attention_backward_key_tiles(fdpo_sgemm, dq, dk, dv, dy, C, q, C3, k, v, C3, lse + s * NH + h, NH,
-                                                D, br, i0, nq, hs, scale);
+            fdpo_k_attention_backward_block(&ops, dq, C3, dk, dv, C3, q, C3, k, v, C3, dy, C, lse + s * NH + h, NH, D, br,
+                                            i0, nq, hs, scale, work);
         }
     }
 }

@@ -219,8 +219,7 @@ void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, co
 }
 
 /* Backward of fdpo_llama_gqa_attention_forward; WRITES dq, dk, dv (every element of every
- * sequence). Recomputes P from Q, K and lse: fp32 tile by tile
- * (fdpo_k_attention_backward_key_tiles), bf16 by query blocks (..._backward_block_bf16).
+ * sequence). Recomputes P from Q, K and lse by query blocks (fdpo_k_attention_backward_block).
  * Jobs are (sequence, kv head) so the heads sharing K_g, V_g add into dK_g, dV_g in head
  * order without races. out is the forward's output. */
 void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
@@ -238,12 +237,13 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
         float *dkg = dk + s * KD + g * hd, *dvg = dv + s * KD + g * hd;
         const uint8_t *br = branch ? branch + s : NULL;
         float D[ATT_TILE];
-        /* bf16 (fdpo_attention_bf16): the group's K and V rounded once, each head's Q and dY */
-        size_t rows = fdpo_k_att_rows_bytes(dp, T, hd);
-        unsigned char *kb = NULL, *vb = NULL, *qb = NULL, *dyb = NULL, *work = NULL;
+        /* bf16 (fdpo_attention_bf16): the group's K and V rounded once, each head's Q and dY;
+         * fp32: the rows as they are, multiplied by OpenBLAS */
+        const fdpo_att_ops ops = {.round = bf16, .dp = dp, .gemm = bf16 ? fdpo_sgemm : openblas_sgemm};
+        size_t rows = bf16 ? fdpo_k_att_rows_bytes(dp, T, hd) : 0;
+        unsigned char *kb = fdpo_k_att_scratch(4 * rows + fdpo_k_att_block_work(dp, T));
+        unsigned char *vb = kb + rows, *qb = vb + rows, *dyb = qb + rows, *work = dyb + rows;
         if (bf16) {
-            kb = fdpo_k_att_bf16_scratch(4 * rows + fdpo_k_att_block_work(dp, T));
-            vb = kb + rows; qb = vb + rows; dyb = qb + rows; work = dyb + rows;
             fdpo_k_att_round_rows(dp, kb, kg, KD, T, hd);
             fdpo_k_att_round_rows(dp, vb, vg, KD, T, hd);
         }
@@ -264,11 +264,11 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
                 size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
                 fdpo_k_rows_dot(D, dy, o, QD, i0, nq, hd);
                 if (bf16)
-                    fdpo_k_attention_backward_block_bf16(dp, dqh, QD, dkg, dvg, KD, qb, kb, vb, dyb, lse + s * NH + h,
-                                                         NH, D, br, i0, nq, hd, scale, work);
+                    fdpo_k_attention_backward_block(&ops, dqh, QD, dkg, dvg, KD, qb, hd, kb, vb, hd, dyb, hd,
+                                                    lse + s * NH + h, NH, D, br, i0, nq, hd, scale, work);
                 else
-                    fdpo_k_attention_backward_key_tiles(openblas_sgemm, dqh, dkg, dvg, dy, QD, qh, QD, kg, vg, KD,
-                                                        lse + s * NH + h, NH, D, br, i0, nq, hd, scale);
+                    fdpo_k_attention_backward_block(&ops, dqh, QD, dkg, dvg, KD, qh, QD, kg, vg, KD, dy, QD,
+                                                    lse + s * NH + h, NH, D, br, i0, nq, hd, scale, work);
             }
         }
     }

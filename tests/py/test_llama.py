@@ -275,7 +275,7 @@ def test_skip_unweighted_lm_head_rows(tmp_path, name, precision):
 @pytest.mark.parametrize("name", ["gqa-llama3", "qwen2"])
 def test_streaming_attention_across_tiles_matches_pytorch(tmp_path, name):
     """attention keeps only each row's log-sum-exp and recomputes the probabilities in
-    backward, in 64 x 64 tiles: sequences of 1, 64, 65 and 150 tokens and a shared-prompt
+    backward, by blocks of 64 query rows and runs of 64-key tiles: sequences of 1, 64, 65 and 150 tokens and a shared-prompt
     branch layout of 70 + 60 + 60 tokens cross every tile boundary case; logits 1e-5 and
     every gradient 1e-4 against the float64 reference, as on the short batches"""
     rng = np.random.default_rng(11)
