@@ -961,16 +961,17 @@ void fdpo_k_rows_dot(float *D, const float *dy, const float *o, size_t ld, size_
     }
 }
 
-/* ---- the bf16 attention backward by query blocks (--precision bf16, GPT-2 and Llama) ----
+/* ---- attention by query blocks (GPT-2 and Llama, off the small path) ----
  * Per query block of ATT_TILE rows [i0, i0 + nq), all its keys [0, nk = i0 + nq) at once:
- * each of the five products is ATT_TILE x (a run of key tiles) x hs instead of a 64^3 tile,
- * each of which cost oneDNN a call (~2 us). The runs are the key tiles the branch rule
- * leaves (tile_masked_by_branch: in the shared-prompt DPO layout the rejected rows skip the
- * chosen tiles), so no product touches a fully masked tile. Operands: Q, K, V, dY rounded
- * once per job into rows [T, hs] (fdpo_k_att_round_rows); work: ATT_TILE x T of P and dP and
- * their bf16 copies, O(T) per head. The same arithmetic as 64^3 tiles (P and dS rounded when
- * made, fp32 sums). One 124M layer's backward, 2 threads: 4.7-4.9 ms as tiles -> 4.3 ms at
- * the DPO goal shape (4 x 256 tokens), 13.3 -> 10 ms at T = 1024 (docs/model.md, bf16). */
+ * each product is ATT_TILE x (a run of key tiles) x hs instead of a 64^3 tile, each of which
+ * cost a library call (~2 us). The runs are the key tiles the branch rule leaves
+ * (tile_masked_by_branch: in the shared-prompt DPO layout the rejected rows skip the chosen
+ * tiles), so no product touches a fully masked tile. The backward's work: ATT_TILE x T of P
+ * and dP (and in bf16 their rounded copies), O(T) per head; in bf16 its operands Q, K, V, dY
+ * are rounded once per job into rows [T, hs] (fdpo_k_att_round_rows), P and dS when made,
+ * as with 64^3 tiles. One 124M layer's backward, 2 threads, tiles -> blocks: bf16 3.8-4.9
+ * -> 3.4-4.5 ms at the DPO goal shape (4 x 256 tokens), 13.3 -> 10-11 ms at T = 1024; fp32
+ * 5.2-6.6 -> 4.5-6.1 and 17.4-19.7 -> 16.5-17.2 ms (docs/model.md, "Query blocks"). */
 #define ATT_MAX_RUNS 64 /* runs of key tiles per query block (att_key_runs) */
 
 /* runs[r] = [j0, j1): the maximal runs of key tiles in [0, nk) not masked by the branch rule
@@ -986,7 +987,7 @@ static size_t att_key_runs(const uint8_t *br, size_t i0, size_t nq, size_t nk, s
             runs[n][0] = j0;
             runs[n][1] = j0 + w;
             n++;
-        } else /* more runs than that (T > 8192, branches alternating by tile): the last run spans
+        } else /* more runs than that (T > 8000, branches alternating by tile): the last run spans
                 * the masked tiles between, whose scores the element rule masks: exact, at the
                 * cost of their products */
             runs[n - 1][1] = j0 + w;
@@ -1084,12 +1085,12 @@ void fdpo_k_attention_backward_block(const fdpo_att_ops *ops, float *dq, size_t 
  * attention (which differ in row strides and GEMM):
  *   o [T, hs] (row stride os) = softmax(mask(scale Q K^T)) V,  q row stride qs, k and v ks;
  *   lse[t * lse_stride] = m + log l, the log-sum-exp of row t's scores.
- * By query blocks, as the bf16 backward above: per block of ATT_TILE rows, S = scale Q K^T
+ * By query blocks, as the backward above: per block of ATT_TILE rows, S = scale Q K^T
  * against all its keys (one product per run of key tiles the branch rule leaves), the row
  * softmax in place, out = P V: products of 64 x (up to T) x hs instead of two per 64^3 tile
  * with an online rescale between them. Scratch: ATT_TILE x T floats per thread, O(T). One
- * 124M layer, 2 threads (wave 15): 2.5 -> 2.0 ms at the DPO goal shape, 9.8 -> 6.2 ms at
- * T = 1024, against the small path's tiles (docs/model.md, Attention). */
+ * 124M layer, 2 threads (wave 15): 2.5-3.1 -> 1.9-2.4 ms at the DPO goal shape, 9.8-11.4 ->
+ * 5.8-7.0 ms at T = 1024, against the small path's tiles (docs/model.md, "Query blocks"). */
 void fdpo_k_attention_forward_blocks(fdpo_sgemm_fn *gemm, float *o, size_t os, float *lse, size_t lse_stride,
                                      const float *q, size_t qs, const float *k, const float *v, size_t ks,
                                      const uint8_t *br, size_t T, size_t hs, float scale) {
