@@ -188,14 +188,6 @@ void fdpo_llama_rope_backward(float *dx, const float *cos_t, const float *sin_t,
     rope_rotate(dx, cos_t, sin_t, -1.0f, N, n_heads, hd);
 }
 
-/* Llama's attention GEMMs are OpenBLAS's (GPT-2's are oneDNN's, fdpo_sgemm): the shared
- * tile loops take the GEMM as an argument so that neither model's results move. */
-static void openblas_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
-                           int lda, const float *B, int ldb, float beta, float *C, int ldc) {
-    cblas_sgemm((CBLAS_ORDER)order, (CBLAS_TRANSPOSE)trans_a, (CBLAS_TRANSPOSE)trans_b, M, N, K, alpha, A, lda, B, ldb,
-                beta, C, ldc);
-}
-
 /* Per sequence b (tokens [s, s+T)) and query head h with key/value head g = h / (NH/NKV):
  *   out [T, hd] (row stride NH*hd) = softmax(mask(Q_h K_g^T / sqrt(hd))) V_g
  * q [N, NH*hd], k, v [N, NKV*hd]. By query blocks (fdpo_k_attention_forward_blocks), so only
@@ -213,7 +205,7 @@ void fdpo_llama_gqa_attention_forward(float *out, float *lse, const float *q, co
         size_t b = (size_t)job / NH, h = (size_t)job % NH, g = h / group;
         size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
         const float *qh = q + s * QD + h * hd, *kg = k + s * KD + g * hd, *vg = v + s * KD + g * hd;
-        fdpo_k_attention_forward_blocks(openblas_sgemm, out + s * QD + h * hd, QD, lse + s * NH + h, NH, qh, QD, kg,
+        fdpo_k_attention_forward_blocks(fdpo_sgemm, out + s * QD + h * hd, QD, lse + s * NH + h, NH, qh, QD, kg,
                                         vg, KD, branch ? branch + s : NULL, T, hd, scale);
     }
 }
@@ -238,8 +230,8 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
         const uint8_t *br = branch ? branch + s : NULL;
         float D[ATT_TILE];
         /* bf16 (fdpo_attention_bf16): the group's K and V rounded once, each head's Q and dY;
-         * fp32: the rows as they are, multiplied by OpenBLAS */
-        const fdpo_att_ops ops = {.round = bf16, .dp = dp, .gemm = bf16 ? fdpo_sgemm : openblas_sgemm};
+         * fp32: the rows as they are */
+        const fdpo_att_ops ops = {.round = bf16, .dp = dp, .gemm = fdpo_sgemm};
         size_t rows = bf16 ? fdpo_k_att_rows_bytes(dp, T, hd) : 0;
         unsigned char *kb = fdpo_k_att_scratch(4 * rows + fdpo_k_att_block_work(dp, T));
         unsigned char *vb = kb + rows, *qb = vb + rows, *dyb = qb + rows, *work = dyb + rows;
