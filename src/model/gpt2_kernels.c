@@ -898,18 +898,19 @@ int fdpo_attention_bf16(fdpo_precision p) {
     return p == FDPO_PRECISION_BF16 && env;
 }
 
-/* Per-thread operand copies of one job's Q, K, V and dY rows and its tiles' P and dS, bf16
- * (uint16) or bf16-rounded fp32, grown on demand and kept (a malloc per job of up to 1 MB
- * would be mapped and faulted in every time). */
-static _Thread_local void *att_bf16_buf;
-static _Thread_local size_t att_bf16_cap;
+/* Per-thread scratch of one attention job: its query block's scores (forward), P and dP
+ * (backward), and in bf16 the rounded rows of Q, K, V, dY and the rounded P and dS; grown on
+ * demand and kept (a malloc per job of up to a few MB would be mapped and faulted in every
+ * time). */
+static _Thread_local void *att_buf;
+static _Thread_local size_t att_cap;
 
 void *fdpo_k_att_scratch(size_t bytes) {
-    if (bytes > att_bf16_cap) {
-        att_bf16_buf = fdpo_realloc_large(att_bf16_buf, bytes);
-        att_bf16_cap = bytes;
+    if (bytes > att_cap) {
+        att_buf = fdpo_realloc_large(att_buf, bytes);
+        att_cap = bytes;
     }
-    return att_bf16_buf;
+    return att_buf;
 }
 
 int fdpo_k_att_bf16_dp(void) { return !fdpo_gemm_bf16_widens(4096, 4096); }
@@ -1129,27 +1130,32 @@ void fdpo_k_attention_forward_blocks(fdpo_sgemm_fn *gemm, float *o, size_t os, f
     }
 }
 
-/* The bf16 streaming backward of one GPT-2 (sequence, head): Q, K, V, dY rounded once, then
- * the query blocks (row stride 3C for q, k, v, dq, dk, dv; C for dy, o) */
-static void attention_backward_head_bf16(float *dq, float *dk, float *dv, const float *dy, const float *o,
-                                         const float *q, const float *k, const float *v, const float *lse,
-                                         size_t lse_stride, const uint8_t *br, size_t T, size_t C, size_t hs,
-                                         float scale, int dp) {
-    size_t C3 = 3 * C, rows = fdpo_k_att_rows_bytes(dp, T, hs);
+/* The streaming backward of one GPT-2 (sequence, head) by query blocks (row stride 3C for
+ * q, k, v, dq, dk, dv; C for dy, o). bf16: Q, K, V, dY rounded once into rows [T, hs] that
+ * the blocks read instead (dp: as uint16). */
+static void attention_backward_head(float *dq, float *dk, float *dv, const float *dy, const float *o, const float *q,
+                                    const float *k, const float *v, const float *lse, size_t lse_stride,
+                                    const uint8_t *br, size_t T, size_t C, size_t hs, float scale, int bf16, int dp) {
+    size_t C3 = 3 * C, rows = bf16 ? fdpo_k_att_rows_bytes(dp, T, hs) : 0;
     unsigned char *qb = fdpo_k_att_scratch(4 * rows + fdpo_k_att_block_work(dp, T));
     unsigned char *kb = qb + rows, *vb = kb + rows, *dyb = vb + rows, *work = dyb + rows;
-    fdpo_k_att_round_rows(dp, qb, q, C3, T, hs);
-    fdpo_k_att_round_rows(dp, kb, k, C3, T, hs);
-    fdpo_k_att_round_rows(dp, vb, v, C3, T, hs);
-    fdpo_k_att_round_rows(dp, dyb, dy, C, T, hs);
-    const fdpo_att_ops ops = {.round = 1, .dp = dp, .gemm = fdpo_sgemm};
+    const fdpo_att_ops ops = {.round = bf16, .dp = dp, .gemm = fdpo_sgemm};
+    const void *qo = q, *ko = k, *vo = v, *dyo = dy;
+    size_t qkv_ld = C3, dy_ld = C;
+    if (bf16) {
+        fdpo_k_att_round_rows(dp, qb, q, C3, T, hs);
+        fdpo_k_att_round_rows(dp, kb, k, C3, T, hs);
+        fdpo_k_att_round_rows(dp, vb, v, C3, T, hs);
+        fdpo_k_att_round_rows(dp, dyb, dy, C, T, hs);
+        qo = qb, ko = kb, vo = vb, dyo = dyb, qkv_ld = hs, dy_ld = hs;
+    }
     float D[ATT_TILE];
     clear_head_rows(dq, dk, dv, C3, T, hs);
     for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
         size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
         fdpo_k_rows_dot(D, dy, o, C, i0, nq, hs);
-        fdpo_k_attention_backward_block(&ops, dq, C3, dk, dv, C3, qb, hs, kb, vb, hs, dyb, hs, lse, lse_stride, D, br,
-                                        i0, nq, hs, scale, work);
+        fdpo_k_attention_backward_block(&ops, dq, C3, dk, dv, C3, qo, qkv_ld, ko, vo, qkv_ld, dyo, dy_ld, lse, lse_stride,
+                                        D, br, i0, nq, hs, scale, work);
     }
 }
 
@@ -1173,24 +1179,10 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
         float *dq = dqkv + s * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
         const float *dy = dout + s * C + h * hs, *o = out + s * C + h * hs;
         const uint8_t *br = branch ? branch + s : NULL;
-        if (bf16) {
-            attention_backward_head_bf16(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale, dp);
-            continue;
-        }
-        if (small) {
+        if (small && !bf16)
             attention_backward_small(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale);
-            continue;
-        }
-        const fdpo_att_ops ops = {.round = 0, .dp = 0, .gemm = fdpo_sgemm};
-        void *work = fdpo_k_att_scratch(fdpo_k_att_block_work(0, T));
-        float D[ATT_TILE];
-        clear_head_rows(dq, dk, dv, C3, T, hs);
-        for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
-            size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
-            fdpo_k_rows_dot(D, dy, o, C, i0, nq, hs);
-            fdpo_k_attention_backward_block(&ops, dq, C3, dk, dv, C3, q, C3, k, v, C3, dy, C, lse + s * NH + h, NH, D, br,
-                                            i0, nq, hs, scale, work);
-        }
+        else
+            attention_backward_head(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale, bf16, dp);
     }
 }
 

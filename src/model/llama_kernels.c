@@ -252,15 +252,14 @@ void fdpo_llama_gqa_attention_backward(float *dq, float *dk, float *dv, const fl
                 fdpo_k_att_round_rows(dp, qb, qh, QD, T, hd);
                 fdpo_k_att_round_rows(dp, dyb, dy, QD, T, hd);
             }
+            const void *qo = bf16 ? (const void *)qb : qh, *dyo = bf16 ? (const void *)dyb : dy;
+            const void *ko = bf16 ? (const void *)kb : kg, *vo = bf16 ? (const void *)vb : vg;
+            const size_t q_ld = bf16 ? hd : QD, kv_ld = bf16 ? hd : KD;
             for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
                 size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE;
                 fdpo_k_rows_dot(D, dy, o, QD, i0, nq, hd);
-                if (bf16)
-                    fdpo_k_attention_backward_block(&ops, dqh, QD, dkg, dvg, KD, qb, hd, kb, vb, hd, dyb, hd,
-                                                    lse + s * NH + h, NH, D, br, i0, nq, hd, scale, work);
-                else
-                    fdpo_k_attention_backward_block(&ops, dqh, QD, dkg, dvg, KD, qh, QD, kg, vg, KD, dy, QD,
-                                                    lse + s * NH + h, NH, D, br, i0, nq, hd, scale, work);
+                fdpo_k_attention_backward_block(&ops, dqh, QD, dkg, dvg, KD, qo, q_ld, ko, vo, kv_ld, dyo, q_ld,
+                                                lse + s * NH + h, NH, D, br, i0, nq, hd, scale, work);
             }
         }
     }
