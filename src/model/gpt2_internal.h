@@ -91,6 +91,7 @@ struct fdpo_gpt2_acts {
 #define FDPO_PAR_MIN 65536
 
 /* ---- kernels (src/model/gpt2_kernels.c); one per layer and direction ---- */
+void fdpo_k_column_sums_add(float *acc, const float *x, size_t N, size_t OC);
 void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                      const float *wpe, size_t N, size_t C);
 void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,

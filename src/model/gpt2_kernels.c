@@ -12,10 +12,11 @@
 #endif
 #include "model/gpt2_internal.h"
 
-/* acc [OC] += sum over rows t of x [N,OC]. Blocks of columns per thread, rows read
- * contiguously; each column sums in row order whatever the thread count. */
+/* acc [OC] += sum over rows t of x [N,OC] (a linear layer's bias gradient, both families).
+ * Blocks of columns per thread, rows read contiguously; each column sums in row order
+ * whatever the thread count. */
 #define COL_BLOCK 64
-static void column_sums_add(float *acc, const float *x, size_t N, size_t OC) {
+void fdpo_k_column_sums_add(float *acc, const float *x, size_t N, size_t OC) {
     long n_blocks = (long)((OC + COL_BLOCK - 1) / COL_BLOCK);
 #pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
     for (long blk = 0; blk < n_blocks; blk++) {
@@ -230,7 +231,7 @@ void fdpo_k_matmul_backward(float *dinp, float *dw, float *dbias, const float *d
             fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)IC, (int)OC, (int)N,
                        1.0f, inp, (int)IC, dout, (int)OC, 1.0f, dw, (int)OC);
     }
-    if (dbias) column_sums_add(dbias, dout, N, OC);
+    if (dbias) fdpo_k_column_sums_add(dbias, dout, N, OC);
 }
 
 /* May token i attend to token j (j <= i, same sequence)? Branch 0 is shared; otherwise
@@ -371,7 +372,7 @@ void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t 
 
 /* d [N,OC] = dgelu * d (in place; dgelu [N,OC]: gelu' as fdpo_k_bias_gelu_forward left it);
  * dbias [OC] += column sums of the new d (NULL: frozen). Parallel over blocks of columns so
- * each dbias element sums its rows in order, as column_sums_add does: one pass and one
+ * each dbias element sums its rows in order, as fdpo_k_column_sums_add does: one pass and one
  * region instead of two. */
 #define GELU_COL_BLOCK 256
 void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *dgelu, size_t N, size_t OC) {
@@ -487,7 +488,7 @@ void fdpo_k_matmul_forward_bf16(float *out, const float *inp, fdpo_bf16_weight w
 void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                           fdpo_bf16_weight w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
                           uint16_t *scratch_inp) {
-    if (dbias) column_sums_add(dbias, dout, N, OC);
+    if (dbias) fdpo_k_column_sums_add(dbias, dout, N, OC);
     if (w.f || fdpo_gemm_bf16_widens(N, IC)) {
         /* fp32 route: dout rounded once for both GEMMs (not rounded, then widened by each),
          * the fp32 weight (widened here once without w.f); then the fp32 backward (its

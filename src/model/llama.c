@@ -174,7 +174,7 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B) {
         {&a->residual2, L * N * C}, {&a->ln2, L * N * C}, {&a->ln2_rstd, L * N}, {&a->gate, L * N * F},
         {&a->up, L * N * F}, {&a->residual3, L * N * C}, {&a->lnf, N * C},
         {&a->lnf_rstd, N}, {&a->lse, N}, {&a->logit_sum, N}, {&a->rope_cos, N * hd / 2},
-        {&a->rope_sin, N * hd / 2}, {&a->ones, N}, {&a->d_residual, N * C}, {&a->d_ln, N * C},
+        {&a->rope_sin, N * hd / 2}, {&a->d_residual, N * C}, {&a->d_ln, N * C},
         {&a->d_q, N * QD}, {&a->d_k, N * KD}, {&a->d_v, N * KD}, {&a->d_atty, N * QD},
         {&a->d_h, N * F}, {&a->d_gate, N * F},
     };
@@ -183,7 +183,6 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B) {
     a->memory = fdpo_realloc_large(a->memory, total * sizeof(float));   /* in place: gpt2.c acts_reserve */
     float *p = a->memory;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) { *parts[i].p = p; p += parts[i].n; }
-    for (size_t t = 0; t < N; t++) a->ones[t] = 1.0f;
     a->cap_tokens = N;
 }
 
@@ -220,13 +219,13 @@ static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, const flo
 }
 
 static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
-                            const float *w, const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
+                            const float *w, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
     llama_acts *a = &m->llama->acts;
     if (a->precision == FDPO_PRECISION_BF16) /* the forward's: its bf16 weights are current */
-        fdpo_llama_linear_backward_bf16(dinp, dw, dbias, dout, inp, w16_of(m, w, N, IC), ones, N, IC, OC, accumulate_dinp,
+        fdpo_llama_linear_backward_bf16(dinp, dw, dbias, dout, inp, w16_of(m, w, N, IC), N, IC, OC, accumulate_dinp,
                                         a->bf16_x, a->bf16_y);
     else
-        fdpo_llama_linear_backward(dinp, dw, dbias, dout, inp, w, ones, N, IC, OC, accumulate_dinp);
+        fdpo_llama_linear_backward(dinp, dw, dbias, dout, inp, w, N, IC, OC, accumulate_dinp);
 }
 
 static void head_forward(fdpo_gpt2 *m, float *logits, const float *inp, const float *head, size_t N) {
@@ -555,20 +554,20 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         fdpo_llama_swiglu_forward(h, gate, up, n * F);
         /* MLP: res3 = res2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T */
         linear_backward(m, a->d_h, GB(LR_DOWNW, C * F), GB(LR_DOWNB, C), a->d_residual, h,
-                        tensor(m, P, LR_DOWNW) + l * C * F, a->ones, n, F, C, 0);
+                        tensor(m, P, LR_DOWNW) + l * C * F, n, F, C, 0);
         fdpo_lora_backward(m, FDPO_LORA_DOWN, l, a->d_h, a->d_residual, h, n);
         fdpo_llama_swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, n * F); /* d_h becomes d up */
         linear_backward(m, a->d_ln, GB(LR_GATEW, F * C), GB(LR_GATEB, F), a->d_gate, ln2,
-                        tensor(m, P, LR_GATEW) + l * F * C, a->ones, n, C, F, 0);
+                        tensor(m, P, LR_GATEW) + l * F * C, n, C, F, 0);
         linear_backward(m, a->d_ln, GB(LR_UPW, F * C), GB(LR_UPB, F), a->d_h, ln2,
-                        tensor(m, P, LR_UPW) + l * F * C, a->ones, n, C, F, 1);
+                        tensor(m, P, LR_UPW) + l * F * C, n, C, F, 1);
         fdpo_lora_backward(m, FDPO_LORA_GATE, l, a->d_ln, a->d_gate, ln2, n);
         fdpo_lora_backward(m, FDPO_LORA_UP, l, a->d_ln, a->d_h, ln2, n);
         fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN2, C), a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
                          a->ln2_rstd + l * N, n, C);
         /* attention: res2 = residual + attn(rope(ln1 Wq^T), rope(ln1 Wk^T), ln1 Wv^T) Wo^T */
         linear_backward(m, a->d_atty, GB(LR_OW, C * QD), GB(LR_OB, C), a->d_residual, o_in,
-                        tensor(m, P, LR_OW) + l * C * QD, a->ones, n, QD, C, 0);
+                        tensor(m, P, LR_OW) + l * C * QD, n, QD, C, 0);
         fdpo_lora_backward(m, FDPO_LORA_O, l, a->d_atty, a->d_residual, o_in, n);
         if (n != N) { /* back to the tokens' rows; the rows the last layer skipped get 0 */
             fdpo_k_scatter_rows(a->d_atty, 0, N, a->head_rows, n, QD);
@@ -583,11 +582,11 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
          * gradient, and it has none, so their d input and ln1's backward are not computed */
         float *d_ln1 = l == 0 && !G ? NULL : a->d_ln;
         linear_backward(m, d_ln1, GB(LR_QW, QD * C), GB(LR_QB, QD), a->d_q, ln1,
-                        tensor(m, P, LR_QW) + l * QD * C, a->ones, N, C, QD, 0);
+                        tensor(m, P, LR_QW) + l * QD * C, N, C, QD, 0);
         linear_backward(m, d_ln1, GB(LR_KW, KD * C), GB(LR_KB, KD), a->d_k, ln1,
-                        tensor(m, P, LR_KW) + l * KD * C, a->ones, N, C, KD, 1);
+                        tensor(m, P, LR_KW) + l * KD * C, N, C, KD, 1);
         linear_backward(m, d_ln1, GB(LR_VW, KD * C), GB(LR_VB, KD), a->d_v, ln1,
-                        tensor(m, P, LR_VW) + l * KD * C, a->ones, N, C, KD, 1);
+                        tensor(m, P, LR_VW) + l * KD * C, N, C, KD, 1);
         fdpo_lora_backward(m, FDPO_LORA_Q, l, a->d_ln, a->d_q, ln1, N); /* (their d input unused at layer 0) */
         fdpo_lora_backward(m, FDPO_LORA_K, l, a->d_ln, a->d_k, ln1, N);
         fdpo_lora_backward(m, FDPO_LORA_V, l, a->d_ln, a->d_v, ln1, N);

@@ -35,7 +35,6 @@ typedef struct {
     size_t logits_cap;
     float *lse, *logit_sum;      /* [N] log-sum-exp and sum over V of each logits row */
     float *rope_cos, *rope_sin;  /* [N, hd/2] for the batch's positions */
-    float *ones;                 /* [N] for bias gradients */
     /* backward scratch */
     float *d_residual, *d_ln;    /* [N, C] */
     float *d_q, *d_k, *d_v;      /* [N, QD], [N, KD], [N, KD] */
@@ -103,11 +102,11 @@ void fdpo_llama_rmsnorm_backward(float *dinp, float *dw, const float *dout, cons
                       const float *rstd, size_t N, size_t C);
 void fdpo_llama_linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, size_t IC, size_t OC);
 void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
-                     const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp);
+                     size_t N, size_t IC, size_t OC, int accumulate_dinp);
 void fdpo_llama_linear_forward_bf16(float *out, const float *inp, fdpo_bf16_weight w16, const float *bias, size_t N,
                                     size_t IC, size_t OC, uint16_t *scratch);
 void fdpo_llama_linear_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
-                                     fdpo_bf16_weight w16, const float *ones, size_t N, size_t IC, size_t OC,
+                                     fdpo_bf16_weight w16, size_t N, size_t IC, size_t OC,
                                      int accumulate_dinp, uint16_t *scratch_dout, uint16_t *scratch_inp);
 void fdpo_llama_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, const double *inv_freq, size_t N, size_t half);
 void fdpo_llama_rope_forward(float *x, const float *cos_t, const float *sin_t, size_t N, size_t n_heads, size_t hd);

@@ -79,17 +79,17 @@ void fdpo_llama_linear_forward(float *out, const float *inp, const float *w, con
                 1.0f, inp, (int)IC, w, (int)IC, beta, out, (int)OC);
 }
 
-/* dinp [N,IC] (+)= dout @ w;  dw [OC,IC] += dout^T @ inp;  dbias [OC] += dout^T @ ones
+/* dinp [N,IC] (+)= dout @ w;  dw [OC,IC] += dout^T @ inp;  dbias [OC] += sum_t dout
  * (dinp, dw, dbias NULL: not wanted) */
 void fdpo_llama_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
-                     const float *ones, size_t N, size_t IC, size_t OC, int accumulate_dinp) {
+                     size_t N, size_t IC, size_t OC, int accumulate_dinp) {
     if (dinp)
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC,
                     1.0f, dout, (int)OC, w, (int)IC, accumulate_dinp ? 1.0f : 0.0f, dinp, (int)IC);
     if (dw) /* NULL: frozen weight (LoRA) */
         fdpo_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N,
                     1.0f, dout, (int)OC, inp, (int)IC, 1.0f, dw, (int)IC);
-    if (dbias) cblas_sgemv(CblasRowMajor, CblasTrans, (int)N, (int)OC, 1.0f, dout, (int)OC, ones, 1, 1.0f, dbias, 1);
+    if (dbias) fdpo_k_column_sums_add(dbias, dout, N, OC);
 }
 
 /* bf16 (the rule of fdpo/gpt2.h): out [N,OC] = bf16(inp [N,IC]) @ w16^T + bias, w16 [OC,IC]
@@ -115,11 +115,11 @@ void fdpo_llama_linear_forward_bf16(float *out, const float *inp, fdpo_bf16_weig
 }
 
 /* bf16: dinp [N,IC] (+)= bf16(dout) @ w16;  dw [OC,IC] += bf16(dout)^T @ bf16(inp);
- * dbias [OC] += dout^T @ ones (fp32); NULL ones are not wanted. scratch_dout holds N*OC,
+ * dbias [OC] += sum_t dout (fp32); NULL outputs are not wanted. scratch_dout holds N*OC,
  * scratch_inp N*IC. w16.f: dinp on the fp32 route on it (dout rounded once in fp32, also for
  * dw's GEMM where that widens). */
 void fdpo_llama_linear_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
-                                     fdpo_bf16_weight w16, const float *ones, size_t N, size_t IC, size_t OC,
+                                     fdpo_bf16_weight w16, size_t N, size_t IC, size_t OC,
                                      int accumulate_dinp, uint16_t *scratch_dout, uint16_t *scratch_inp) {
     if (w16.f) {
         float *dr = fdpo_bf16_operand_scratch(0, N * OC);
@@ -144,7 +144,7 @@ void fdpo_llama_linear_backward_bf16(float *dinp, float *dw, float *dbias, const
         fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
         fdpo_gemm_bf16(1, 0, OC, IC, N, 1.0f, scratch_dout, OC, scratch_inp, IC, 1.0f, dw, IC);
     }
-    if (dbias) cblas_sgemv(CblasRowMajor, CblasTrans, (int)N, (int)OC, 1.0f, dout, (int)OC, ones, 1, 1.0f, dbias, 1);
+    if (dbias) fdpo_k_column_sums_add(dbias, dout, N, OC);
 }
 
 /* cos/sin [N, half] of pos[t] * inv_freq[i], angles in double */
