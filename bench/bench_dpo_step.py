@@ -33,6 +33,7 @@ T = 1024 (TRL's concatenated sequences: prompt 512 + completion 512): <= 60 % of
 """
 import argparse
 import os
+import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -93,6 +94,30 @@ def fdpo_shared_flops(cfg, pairs, Tp, Tc):
     qk = pairs * (tri(Tp) + Tc * Tp + tri(Tc) + (Tc - 1) * Tp + tri(Tc - 1))
     linear = 12 * C * C * N * (L - 1) + (3 * C * C * N + 9 * C * C * K)
     return 3 * 2 * linear + 3 * 2 * K * C * V + 3.5 * 4 * C * qk * L
+
+
+# bytes per parameter each optimizer pass moves: AdamW reads param, grad, m, v and writes
+# param, m, v (and, in bf16, the param's bf16 copy: fdpo_model_params_updated); the gradient
+# norm reads the grads; zeroing writes them
+PHASE_BYTES = {"adamw": 28, "grad_norm": 4, "zero_grad": 4}
+
+
+def phases_line(s, own_flops, peaks):
+    """Where an fdpo side's step goes (medians of its timed steps): the forward + backward
+    (fdpo_dpo_step) in GFLOP/s against the GEMM peak of its precision, each optimizer pass in
+    GB/s against the DRAM triad (PHASE_BYTES per parameter), and the step's remainder."""
+    med = {k: statistics.median(p[k] for p in s.phases) for k in s.phases[0]}
+    bf16 = s.name.endswith("bf16")
+    peak = peaks["bf16_gflops"] if bf16 else peaks["sgemm_gflops"]
+    fb = med["forward_backward"]
+    g = own_flops / fb * 1e-9
+    parts = [f"forward+backward {fb:.3f}s ({g:.0f} GFLOP/s = {100 * g / peak:.0f}% of the "
+             f"{'bf16' if bf16 else 'sgemm'} peak)"]
+    for k in ("adamw", "grad_norm", "zero_grad"):
+        gbs = s.ready["n_params"] * (PHASE_BYTES[k] + (2 if k == "adamw" and bf16 else 0)) / med[k] * 1e-9
+        parts.append(f"{k} {1e3 * med[k]:.1f} ms ({gbs:.0f} GB/s = {100 * gbs / peaks['triad_gbs']:.0f}% of the triad)")
+    rest = statistics.median(s.times) - sum(med.values())
+    return f"  {s.name} phases (medians): " + ", ".join(parts) + f"; median step less these {1e3 * rest:+.1f} ms"
 
 
 def server(side, cfg_path, a, threads=None, env=None):
@@ -231,6 +256,9 @@ def main():
         if s.name.startswith("fdpo-shared"):
             line += f"; {s.name} {own / interleave.stats(s.times)['median'] * 1e-9:.0f} GFLOP/s"
     print(line)
+    for s in servers:
+        if s.phases:
+            print(phases_line(s, own, peaks))
     print("  peak RSS " + ", ".join(f"{k} {v.get('max_rss_kb', 0) / 1024:.0f} MiB" for k, v in tails.items()))
     print(f"  load average after: {os.getloadavg()[0]:.1f}")
     interleave.write_json(a.json, {"bench": "dpo_step", "config": a.config, "pairs": a.pairs, "prompt": a.prompt,

@@ -118,6 +118,7 @@ class StepServer:
         self.ready = self._read()
         self.times = []
         self.cpu_times = []  # each step's process CPU seconds, when the server reports them
+        self.phases = []     # each step's {phase: wall seconds}, when the server reports them
 
     def _read(self):
         line = self.proc.stdout.readline()
@@ -170,6 +171,8 @@ def interleave(servers, steps, warmup=1, min_seconds=0.0, warmup_seconds=0.0):
             s.times.append(r_["seconds"])
             if "cpu_seconds" in r_:
                 s.cpu_times.append(r_["cpu_seconds"])
+            if "phases" in r_:
+                s.phases.append(r_["phases"])
         r += 1
     return servers
 

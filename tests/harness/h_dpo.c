@@ -220,8 +220,9 @@ int h_dpo_grad(int argc, char **argv) {
  * JSON line: pairs_per_sec (mean over the timed steps after one warm-up), step_seconds,
  * best_step_seconds, tokens per step, peak RSS. [--precision fp32|bf16] sets the models'
  * matmul precision; [--serve] runs one step per "step" line on stdin, answering
- * {"seconds": S, "cpu_seconds": C (process CPU time, all threads)} (the benches interleave
- * fdpo and PyTorch steps; see h_model.c). */
+ * {"seconds": S, "cpu_seconds": C (process CPU time, all threads), "phases": {"zero_grad",
+ * "forward_backward" (fdpo_dpo_step), "grad_norm", "adamw": wall seconds}} (the benches
+ * interleave fdpo and PyTorch steps; see h_model.c; bench_dpo_step.py prints the phases). */
 static double process_cpu_seconds(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -297,16 +298,21 @@ int h_dpo_bench(int argc, char **argv) {
         if (serve ? !fgets(line, sizeof line, stdin) || strncmp(line, "step", 4) != 0 : s > steps) break;
         double t0 = fdpo_now(), c0 = process_cpu_seconds();
         fdpo_gpt2_zero_grad(policy);
+        double t1 = fdpo_now();
         fdpo_dpo_metrics m;
         rc = fdpo_dpo_step(&d, pp, n_pairs, ref_logps, 1, &m, NULL);
         if (rc) break;
+        double t2 = fdpo_now();
         /* as the trainer steps (src/train/trainer.c): clipping folded into AdamW's pass */
         double norm = fdpo_grad_norm(policy);
+        double t3 = fdpo_now();
         fdpo_adamw_step_ex(&opt, policy, 1e-6, fdpo_clip_scale(norm, 1.0), 1);
-        double dt = fdpo_now() - t0, dc = process_cpu_seconds() - c0;
+        double t4 = fdpo_now(), dt = t4 - t0, dc = process_cpu_seconds() - c0;
         tokens = m.tokens;
         if (serve) {
-            printf("{\"seconds\": %.6f, \"cpu_seconds\": %.6f, \"tokens\": %zu}\n", dt, dc, tokens);
+            printf("{\"seconds\": %.6f, \"cpu_seconds\": %.6f, \"tokens\": %zu, \"phases\": {\"zero_grad\": %.6f, "
+                   "\"forward_backward\": %.6f, \"grad_norm\": %.6f, \"adamw\": %.6f}}\n",
+                   dt, dc, tokens, t1 - t0, t2 - t1, t3 - t2, t4 - t3);
             fflush(stdout);
             steps++;
             total += dt;
