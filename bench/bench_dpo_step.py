@@ -19,7 +19,10 @@ Prints the machine's measured peaks first, then median/best step, pairs/s, GFLOP
 policy forward+backward as a % of the matching GEMM peak, and ratios of medians vs
 torch-fp32; then fdpo's own FLOPs per step (shared layout: completion rows only in the LM
 head, kept head logits) and the floor they put on a step at the measured sgemm peak, as a
-ratio to torch-fp32's median: the most any fdpo side could reach on this machine.
+ratio to torch-fp32's median: the most any fdpo side could reach on this machine; then,
+per fdpo side, its step's phases as dpo-bench reports them (medians): the forward +
+backward against its GEMM peak, and AdamW, the gradient norm and the zeroing of the
+gradients in GB/s against the DRAM triad (PHASE_BYTES per parameter).
 
     /usr/bin/python3 bench/bench_dpo_step.py                       # small config, 4 pairs
     /usr/bin/python3 bench/bench_dpo_step.py --config 124M --steps 5
