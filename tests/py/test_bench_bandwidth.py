@@ -1,7 +1,9 @@
 """bench/bandwidth.py: STREAM's array-size rule for the memory-bandwidth limit and the bytes
 one GPT-2 decoding step reads, against values computed by hand (the arithmetic is in the
 comments); the sysfs cache reader on a fake sysfs tree; `fdpo-harness triad`'s output and
-its errors. No timing assertions: bandwidth figures are only checked to be ordered and > 0."""
+its errors; and bench_dpo_step.py's step phases (dpo-bench --serve's answers, the phase line's
+arithmetic). No timing assertions: bandwidth figures are only checked to be ordered and > 0,
+phases to partition their step."""
 import json
 import os
 import subprocess
@@ -246,3 +248,43 @@ def test_thp_mode(tmp_path):
     f.write_text("[always] madvise never\n")
     assert bandwidth.thp_mode(str(f)) == "always"
     assert bandwidth.thp_mode(str(tmp_path / "missing")) is None
+
+
+def test_dpo_bench_serve_reports_its_phases(tmp_path):
+    """dpo-bench --serve answers each step with its four phases, which partition the step's
+    wall time (each one is the interval between two clock reads of that step)"""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(dict(model_type="gpt2", vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=2)))
+    p = subprocess.run([HARNESS, "dpo-bench", "--config", str(cfg), "--pairs", "2", "--prompt", "8", "--chosen", "4",
+                        "--rejected", "5", "--threads", "1", "--serve"], input="step\nstep\nquit\n",
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    assert lines[0]["ready"] == 1 and lines[0]["n_params"] > 0
+    for step in lines[1:3]:
+        ph = step["phases"]
+        assert sorted(ph) == ["adamw", "forward_backward", "grad_norm", "zero_grad"]
+        assert all(v >= 0 for v in ph.values())
+        assert abs(sum(ph.values()) - step["seconds"]) < 1e-5   # printed to 1e-6 each
+
+
+def test_dpo_phases_line_arithmetic():
+    """bench_dpo_step's phase line, against figures worked by hand: 2e11 FLOPs in 0.8 s =
+    250 GFLOP/s = 50 % of a 500 bf16 peak; AdamW on 1e8 params in bf16 moves 30 B each
+    (28 + the bf16 copy): 3e9 B / 0.06 s = 50 GB/s = 100 % of a 50 GB/s triad; the norm 4 B
+    each: 4e8 / 0.01 = 40 GB/s = 80 %; zeroing 4e8 / 0.02 = 20 GB/s = 40 %; the median step
+    1.0 s less the phases' 0.89 s = +110 ms"""
+    import bench_dpo_step
+
+    class Side:
+        name = "fdpo-shared-cached-bf16"
+        ready = {"n_params": 100_000_000}
+        times = [1.0]
+        phases = [{"zero_grad": 0.02, "forward_backward": 0.8, "grad_norm": 0.01, "adamw": 0.06}]
+
+    line = bench_dpo_step.phases_line(Side(), 2e11, {"bf16_gflops": 500.0, "sgemm_gflops": 250.0, "triad_gbs": 50.0})
+    assert "forward+backward 0.800s (250 GFLOP/s = 50% of the bf16 peak)" in line
+    assert "adamw 60.0 ms (50 GB/s = 100% of the triad)" in line
+    assert "grad_norm 10.0 ms (40 GB/s = 80% of the triad)" in line
+    assert "zero_grad 20.0 ms (20 GB/s = 40% of the triad)" in line
+    assert line.endswith("median step less these +110.0 ms")
