@@ -33,6 +33,7 @@ from dpo_common import EOT, FDPO, HARNESS, fdpo, harness, rel_err, save_byte_tok
 from fdpo_ref import safetensors as st
 from fdpo_ref.gpt2 import GPT2
 from fdpo_ref.llama import Llama
+from test_model_bf16 import AttentionBF16, MatmulBF16
 
 torch.set_num_threads(1)
 
@@ -87,9 +88,16 @@ class LoraRef:
         self.scale = c["lora_alpha"] / c["r"]
         self.cfg = json.load(open(base_dir / "config.json"))
 
+    def mm(self, x, w):
+        """a base linear layer's (or the head's) product"""
+        return x @ w
+
+    def attend(self, q, k, v, mask, scale):
+        return torch.softmax((q @ k.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf")), -1) @ v
+
     def lin(self, x, module, conv1d):
         W, b = self.base[module + ".weight"], self.base.get(module + ".bias")
-        y = x @ W if conv1d else x @ W.T
+        y = self.mm(x, W if conv1d else W.T)
         if b is not None:
             y = y + b
         A = self.ad.get("base_model.model." + module + ".lora_A.weight")
@@ -109,13 +117,13 @@ class LoraRef:
             h = F.layer_norm(x, (C,), p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
             q, k, v = self.lin(h, pre + "attn.c_attn", True).split(C, dim=-1)
             q, k, v = (t.view(T, H, hs).transpose(0, 1) for t in (q, k, v))
-            att = torch.softmax(((q @ k.transpose(-1, -2)) / math.sqrt(hs)).masked_fill(~mask, float("-inf")), -1)
-            x = x + self.lin((att @ v).transpose(0, 1).reshape(T, C), pre + "attn.c_proj", True)
+            y = self.attend(q, k, v, mask, 1.0 / math.sqrt(hs))
+            x = x + self.lin(y.transpose(0, 1).reshape(T, C), pre + "attn.c_proj", True)
             h = F.layer_norm(x, (C,), p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps)
             h = F.gelu(self.lin(h, pre + "mlp.c_fc", True), approximate="tanh")
             x = x + self.lin(h, pre + "mlp.c_proj", True)
         x = F.layer_norm(x, (C,), p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], eps)
-        return x @ p["transformer.wte.weight"].T
+        return self.mm(x, p["transformer.wte.weight"].T)
 
     def llama(self, tokens):
         c, p = self.cfg, self.base
@@ -143,6 +151,19 @@ class LoraRef:
         x = rms(x, p["model.norm.weight"])
         head = p["model.embed_tokens.weight"] if c.get("tie_word_embeddings") else p["lm_head.weight"]
         return x @ head.T
+
+
+class LoraRefBF16(LoraRef):
+    """fdpo's bf16 rule with adapters (docs/lora.md): each base linear layer and the head
+    multiply bf16-rounded operands, forward and backward (test_model_bf16.MatmulBF16), and so
+    do the attention backward's products (AttentionBF16); the adapters multiply the fp32
+    activations themselves, unrounded. float64 otherwise. GPT-2 only."""
+
+    def mm(self, x, w):
+        return MatmulBF16.apply(x, w)
+
+    def attend(self, q, k, v, mask, scale):
+        return AttentionBF16.apply(q, k, v, mask, scale)
 
 
 SEQS = [[int(b) for b in b"the cat sat on"], [int(b) for b in b"a dog ran far away"]]
@@ -241,6 +262,44 @@ def test_forward_backward_parity_with_pytorch_lora(tmp_path, family, fused):
     assert set(grads) == {k for k in got if "lora_" in k}
     for k, g in grads.items():
         assert rel_err(got[k], g) <= 1e-4, k
+
+
+def test_bf16_lora_follows_the_bf16_rule(tmp_path):
+    """--precision bf16 with adapters on every GPT-2 linear layer. The base layers' inputs are
+    rounded once in the forward and kept in bf16 for the backward (the GELU output written in
+    bf16 only, unless adapters read it: mlp.c_proj's does, in fp32). Logits, log-probs and the
+    A/B gradients against LoraRefBF16 at test_model_bf16's bounds (5e-3; 2e-2 for gradients:
+    an activation at a bf16 rounding boundary may round apart, explained there). This model
+    (C = 32, seed 1) has no such flip in its forward (logits 7e-8 from the rule; with C = 64,
+    4 of 5 seeds had one, 1.4e-3 to 2.9e-3; its backward has one, 1.1e-3), so the fp32 run,
+    4e-3 from the rule, is far from it: the bf16 path ran."""
+    base = make_gpt2(tmp_path / "base", C=32)
+    ad = train_adapter(tmp_path, base, tmp_path / "ad", "--lora-r", 4, "--lora-alpha", 8,
+                       "--lora-targets", "c_attn,c_proj,c_fc")
+    bp, d = batch_file(tmp_path)
+
+    def run(precision):
+        out = tmp_path / f"fb-{precision}.st"
+        r = subprocess.run([HARNESS, "model-fb", "--model", str(base), "--lora", str(ad), "--batch", str(bp), "--out",
+                            str(out), "--threads", "2", "--precision", precision], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        return st.load(str(out))[0]
+
+    got, got32 = run("bf16"), run("fp32")
+    ref = LoraRefBF16(base, ad)
+    logits, grads = reference(ref, "gpt2", d)
+    targets = np.concatenate([s[1:] + [EOT] for s in SEQS])
+    ref_tlp = torch.log_softmax(torch.tensor(logits), -1).numpy()[np.arange(len(targets)), targets]
+    assert rel_err(got["logits"], logits) <= 5e-3
+    assert rel_err(got["token_logp"], ref_tlp) <= 5e-3
+    assert set(grads) == {k for k in got if "lora_" in k} and len(grads) == 2 * 2 * 4
+    for k, g in grads.items():
+        assert rel_err(got[k], g) <= 2e-2, k
+    assert rel_err(got32["logits"], logits) > 10 * rel_err(got["logits"], logits)
+    if os.environ.get("FDPO_TEST_VERBOSE"):
+        print("bf16 lora: logits", rel_err(got["logits"], logits), "fp32", rel_err(got32["logits"], logits),
+              "grads", max(rel_err(got[k], g) for k, g in grads.items()))
 
 
 def test_fresh_adapter_is_peft_init_and_leaves_the_model_unchanged(tmp_path):
