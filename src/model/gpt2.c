@@ -117,8 +117,6 @@ static void acts_free(fdpo_gpt2_acts *a) {
     free(a->ctargets);
     free(a->cd);
     free(a->clse);
-    fdpo_free_large(a->fch_gelu);
-    fdpo_free_large(a->gemm_in);
     fdpo_free_large(a->bf16_x);
     fdpo_free_large(a->bf16_y);
     fdpo_free_large(a->logits);
@@ -218,7 +216,7 @@ static void acts_reserve(fdpo_gpt2 *m, size_t N, size_t B, size_t maxT) {
         {&a->encoded, N * C}, {&a->ln1, L * N * C}, {&a->ln1_mean, L * N}, {&a->ln1_rstd, L * N},
         {&a->qkv, L * N * 3 * C}, {&a->atty, L * N * C}, {&a->att_lse, L * N * NH}, {&a->residual2, L * N * C},
         {&a->ln2, L * N * C}, {&a->ln2_mean, L * N}, {&a->ln2_rstd, L * N}, {&a->fch, L * N * 4 * C},
-        {&a->residual3, L * N * C}, {&a->lnf, N * C}, {&a->lnf_mean, N},
+        {&a->fch_gelu, L * N * 4 * C}, {&a->residual3, L * N * C}, {&a->lnf, N * C}, {&a->lnf_mean, N},
         {&a->lnf_rstd, N}, {&a->lse, N}, {&a->logit_sum, N}, {&a->d_residual, N * C}, {&a->d_ln, N * C},
         {&a->d_qkv, N * 3 * C}, {&a->d_atty, N * C}, {&a->d_fch, N * 4 * C},
     };
@@ -348,44 +346,27 @@ static void bf16_prepare(fdpo_gpt2 *m) {
     fdpo_gpt2_acts *a = m->acts;
     size_t C = m->config.n_embd;
     fdpo_model_bf16_refresh(m);
-    a->gemm_in = grow(a->gemm_in, &a->gemm_in_cap, m->config.n_layer * a->cap_tokens * 7 * C, sizeof(uint16_t));
     if (a->bf16_cap < a->cap_tokens) {
-        a->bf16_x = fdpo_realloc_large(a->bf16_x, a->cap_tokens * C * sizeof(uint16_t));
+        a->bf16_x = fdpo_realloc_large(a->bf16_x, a->cap_tokens * 4 * C * sizeof(uint16_t));
         a->bf16_y = fdpo_realloc_large(a->bf16_y, a->cap_tokens * 4 * C * sizeof(uint16_t));
         a->bf16_cap = a->cap_tokens;
     }
 }
 
-/* bf16 precision: layer l's GEMM inputs in a->gemm_in (which: GEMM_IN_LN1, _ATTY, _LN2
- * [N, C] each, then _GELU [N, 4C]), row t0 of it. The forward rounds each input once into
- * its place (the GELU writes its output there directly) and the backward's weight gradient
- * reads the same bf16 values, instead of rounding the fp32 activation a second time (about
- * 2 % of the 124M bf16 DPO step: the activations come back from memory by then). */
-enum { GEMM_IN_LN1, GEMM_IN_ATTY, GEMM_IN_LN2, GEMM_IN_GELU };
-static uint16_t *gemm_input(const fdpo_gpt2 *m, size_t l, int which, size_t t0) {
-    const fdpo_gpt2_acts *a = m->acts;
-    const size_t N = a->n_tokens, C = m->config.n_embd;
-    return a->gemm_in + (l * 7 + (size_t)which) * N * C + t0 * (which == GEMM_IN_GELU ? 4 * C : C);
-}
-
-/* Linear layers and the LM head in the forward's precision (the kernels do the maths). bf16:
- * inp_h receives bf16(inp) (inp NULL: the producer wrote inp_h) and the GEMM reads it. */
-static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, uint16_t *inp_h, const float *w,
-                           const float *bias, size_t N, size_t IC, size_t OC) {
-    if (m->acts->precision == FDPO_PRECISION_BF16) {
-        if (inp) fdpo_f32_to_bf16(inp_h, inp, N * IC);
-        fdpo_k_matmul_forward_bf16(out, inp_h, fdpo_model_bf16_weight(m, w, N, OC), bias, N, IC, OC);
-    } else {
+/* Linear layers and the LM head in the model's precision (the kernels do the maths). */
+static void linear_forward(fdpo_gpt2 *m, float *out, const float *inp, const float *w, const float *bias,
+                           size_t N, size_t IC, size_t OC) {
+    if (m->precision == FDPO_PRECISION_BF16)
+        fdpo_k_matmul_forward_bf16(out, inp, fdpo_model_bf16_weight(m, w, N, OC), bias, N, IC, OC, m->acts->bf16_x);
+    else
         fdpo_k_matmul_forward(out, inp, w, bias, N, IC, OC);
-    }
 }
 
-/* inp: the forward's fp32 input (fp32 precision); inp_h: its bf16 one (bf16) */
 static void linear_backward(fdpo_gpt2 *m, float *dinp, float *dw, float *dbias, const float *dout,
-                            const float *inp, const uint16_t *inp_h, const float *w, size_t N, size_t IC, size_t OC) {
+                            const float *inp, const float *w, size_t N, size_t IC, size_t OC) {
     if (m->acts->precision == FDPO_PRECISION_BF16) /* the forward's: its bf16 weights are current */
-        fdpo_k_matmul_backward_bf16(dinp, dw, dbias, dout, inp_h, fdpo_model_bf16_weight(m, w, N, IC), N, IC, OC,
-                                    m->acts->bf16_y);
+        fdpo_k_matmul_backward_bf16(dinp, dw, dbias, dout, inp, fdpo_model_bf16_weight(m, w, N, IC), N, IC, OC,
+                                    m->acts->bf16_x, m->acts->bf16_y);
     else
         fdpo_k_matmul_backward(dinp, dw, dbias, dout, inp, w, N, IC, OC, 0);
 }
@@ -519,7 +500,6 @@ static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1, size_t k0, size_t 
     const size_t t0 = a->seq_offset[s0], n = a->seq_offset[s1] - t0;
     const size_t *seq = a->seq_offset + s0; /* absolute token offsets */
     const uint8_t *branch = a->has_branch ? a->branch : NULL;
-    const int bf16 = a->precision == FDPO_PRECISION_BF16;
     const float eps = c->layer_norm_epsilon;
     fdpo_k_encoder_forward(a->encoded + t0 * C, a->tokens + t0, a->pos + t0, p->wte, p->wpe, n, C);
     fdpo_k_layernorm_forward(a->ln1 + t0 * C, a->ln1_mean + t0, a->ln1_rstd + t0, a->encoded + t0 * C, p->ln1w,
@@ -529,17 +509,11 @@ static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1, size_t k0, size_t 
         float *ln1 = a->ln1 + l * N * C + t0 * C, *qkv_l = a->qkv + l * N * 3 * C, *qkv = qkv_l + t0 * 3 * C;
         float *atty_l = a->atty + l * N * C, *atty = atty_l + t0 * C;
         float *res2 = a->residual2 + l * N * C + t0 * C, *ln2 = a->ln2 + l * N * C + t0 * C;
-        float *fch = a->fch + l * N * 4 * C + t0 * 4 * C;
-        float *fch_gelu = a->gelu_fp32 ? a->fch_gelu + l * N * 4 * C + t0 * 4 * C : NULL; /* NULL: in gemm_in only */
+        float *fch = a->fch + l * N * 4 * C + t0 * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C + t0 * 4 * C;
         float *res3 = a->residual3 + l * N * C + t0 * C;
-        uint16_t *ln1_h = NULL, *atty_h = NULL, *ln2_h = NULL, *gelu_h = NULL;
-        if (bf16) {
-            ln1_h = gemm_input(m, l, GEMM_IN_LN1, t0), atty_h = gemm_input(m, l, GEMM_IN_ATTY, t0);
-            ln2_h = gemm_input(m, l, GEMM_IN_LN2, t0), gelu_h = gemm_input(m, l, GEMM_IN_GELU, t0);
-        }
         size_t ln2_row = l * N + t0;
         int last = l + 1 == L;
-        linear_forward(m, qkv, ln1, ln1_h, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, n, C, 3 * C);
+        linear_forward(m, qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, n, C, 3 * C);
         fdpo_lora_forward(m, FDPO_LORA_C_ATTN, l, qkv, ln1, n);
         fdpo_k_attention_forward_streaming(atty_l, a->att_lse + l * N * NH, qkv_l, seq, branch, B, C, NH);
         size_t nb = n; /* rows the rest of the block runs on */
@@ -552,17 +526,14 @@ static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1, size_t k0, size_t 
             atty = atty_p;
             residual = residual_p;
         }
-        linear_forward(m, res2, atty, atty_h, p->attprojw + l * C * C, NULL, nb, C, C);
+        linear_forward(m, res2, atty, p->attprojw + l * C * C, NULL, nb, C, C);
         fdpo_lora_forward(m, FDPO_LORA_ATTN_C_PROJ, l, res2, atty, nb);
         fdpo_k_residual_layernorm_forward(res2, ln2, a->ln2_mean + ln2_row, a->ln2_rstd + ln2_row, p->attprojb + l * C,
                                           residual, p->ln2w + l * C, p->ln2b + l * C, nb, C, eps);
-        linear_forward(m, fch, ln2, ln2_h, p->fcw + l * C * 4 * C, NULL, nb, C, 4 * C);
+        linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, NULL, nb, C, 4 * C);
         fdpo_lora_forward(m, FDPO_LORA_C_FC, l, fch, ln2, nb);
-        if (fch_gelu)
-            fdpo_k_bias_gelu_forward(fch_gelu, fch, p->fcb + l * 4 * C, nb, 4 * C);
-        else
-            fdpo_k_bias_gelu_forward_bf16(gelu_h, fch, p->fcb + l * 4 * C, nb, 4 * C);
-        linear_forward(m, res3, fch_gelu, gelu_h, p->fcprojw + l * 4 * C * C, NULL, nb, 4 * C, C);
+        fdpo_k_bias_gelu_forward(fch_gelu, fch, p->fcb + l * 4 * C, nb, 4 * C);
+        linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, NULL, nb, 4 * C, C);
         fdpo_lora_forward(m, FDPO_LORA_MLP_C_PROJ, l, res3, fch_gelu, nb);
         fdpo_k_residual_layernorm_forward(res3, last ? a->lnf + t0 * C : ln1 + N * C,
                                           last ? a->lnf_mean + t0 : a->ln1_mean + (l + 1) * N + t0,
@@ -663,10 +634,6 @@ int fdpo_gpt2_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, floa
     a->has_branch = b->branch != NULL;
     a->precision = m->precision; /* backward follows the forward even if m->precision changes */
     if (m->precision == FDPO_PRECISION_BF16) bf16_prepare(m);
-    /* the fp32 GELU output: fp32 precision, and LoRA's c_proj adapter (which reads it in fp32) */
-    a->gelu_fp32 = m->precision != FDPO_PRECISION_BF16 || m->lora;
-    if (a->gelu_fp32)
-        a->fch_gelu = grow(a->fch_gelu, &a->fch_gelu_cap, c->n_layer * a->cap_tokens * 4 * c->n_embd, sizeof(float));
 
     /* token_logp is needed for seq_logp even when the caller did not ask for it */
     float *tlp = token_logp ? token_logp : (seq_logp ? a->d_residual : NULL); /* d_residual is free now */
@@ -780,7 +747,6 @@ static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t 
     const size_t t0 = a->seq_offset[s0], n = a->seq_offset[s1] - t0;
     const size_t *seq = a->seq_offset + s0;
     const uint8_t *branch = a->has_branch ? a->branch : NULL;
-    const int bf16 = a->precision == FDPO_PRECISION_BF16;
 #define G(field, off) (g ? g->field + (off) : NULL)
     float *d_res = a->d_residual + t0 * C, *d_ln = a->d_ln + t0 * C, *d_fch = a->d_fch + t0 * 4 * C;
     float *d_atty = a->d_atty + t0 * C, *d_qkv_all = a->d_qkv, *d_qkv = a->d_qkv + t0 * 3 * C;
@@ -794,13 +760,7 @@ static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t 
         const float *ln1 = a->ln1 + l * N * C + t0 * C, *qkv_l = a->qkv + l * N * 3 * C;
         const float *atty_l = a->atty + l * N * C, *atty = atty_l + t0 * C;
         const float *res2 = a->residual2 + l * N * C + t0 * C, *ln2 = a->ln2 + l * N * C + t0 * C;
-        const float *fch = a->fch + l * N * 4 * C + t0 * 4 * C;
-        const float *fch_gelu = a->gelu_fp32 ? a->fch_gelu + l * N * 4 * C + t0 * 4 * C : NULL;
-        const uint16_t *ln1_h = NULL, *atty_h = NULL, *ln2_h = NULL, *gelu_h = NULL;
-        if (bf16) { /* the last block's are packed as its rows are (forward_trunk) */
-            ln1_h = gemm_input(m, l, GEMM_IN_LN1, t0), atty_h = gemm_input(m, l, GEMM_IN_ATTY, t0);
-            ln2_h = gemm_input(m, l, GEMM_IN_LN2, t0), gelu_h = gemm_input(m, l, GEMM_IN_GELU, t0);
-        }
+        const float *fch = a->fch + l * N * 4 * C + t0 * 4 * C, *fch_gelu = a->fch_gelu + l * N * 4 * C + t0 * 4 * C;
         size_t row = l * N + t0, nb = l + 1 == L ? n_last : n;
         if (nb != n) { /* the forward's packed c_proj input again, in d_qkv (free until the attention's backward) */
             fdpo_k_gather_rows(d_qkv, atty_l, a->rows + k0, nb, C);
@@ -808,16 +768,16 @@ static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t 
         }
         if (nb > 0) {
             /* MLP block: res3 = res2 + gelu(ln2(res2) @ fcw + fcb) @ fcprojw + fcprojb */
-            linear_backward(m, d_fch, G(fcprojw, l * 4 * C * C), G(fcprojb, l * C), d_res, fch_gelu, gelu_h,
+            linear_backward(m, d_fch, G(fcprojw, l * 4 * C * C), G(fcprojb, l * C), d_res, fch_gelu,
                             p->fcprojw + l * 4 * C * C, nb, 4 * C, C);
             fdpo_lora_backward(m, FDPO_LORA_MLP_C_PROJ, l, d_fch, d_res, fch_gelu, nb);
             fdpo_k_gelu_backward_bias(d_fch, G(fcb, l * 4 * C), fch, nb, 4 * C); /* fch holds gelu'; c_fc's bias grad too */
-            linear_backward(m, d_ln, G(fcw, l * C * 4 * C), NULL, d_fch, ln2, ln2_h, p->fcw + l * C * 4 * C, nb, C, 4 * C);
+            linear_backward(m, d_ln, G(fcw, l * C * 4 * C), NULL, d_fch, ln2, p->fcw + l * C * 4 * C, nb, C, 4 * C);
             fdpo_lora_backward(m, FDPO_LORA_C_FC, l, d_ln, d_fch, ln2, nb);
             fdpo_k_layernorm_backward(d_res, G(ln2w, l * C), G(ln2b, l * C), d_ln, res2, p->ln2w + l * C,
                                       a->ln2_mean + row, a->ln2_rstd + row, nb, C);
             /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
-            linear_backward(m, d_atty, G(attprojw, l * C * C), G(attprojb, l * C), d_res, atty, atty_h,
+            linear_backward(m, d_atty, G(attprojw, l * C * C), G(attprojb, l * C), d_res, atty,
                             p->attprojw + l * C * C, nb, C, C);
             fdpo_lora_backward(m, FDPO_LORA_ATTN_C_PROJ, l, d_atty, d_res, atty, nb);
         }
@@ -827,7 +787,7 @@ static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t 
         }
         fdpo_k_attention_backward_streaming(d_qkv_all, a->d_atty, qkv_l, atty_l, a->att_lse + l * N * NH, seq, branch,
                                             B, C, NH, fdpo_attention_bf16(a->precision));
-        linear_backward(m, d_ln, G(qkvw, l * C * 3 * C), G(qkvb, l * 3 * C), d_qkv, ln1, ln1_h, p->qkvw + l * C * 3 * C,
+        linear_backward(m, d_ln, G(qkvw, l * C * 3 * C), G(qkvb, l * 3 * C), d_qkv, ln1, p->qkvw + l * C * 3 * C,
                         n, C, 3 * C);
         fdpo_lora_backward(m, FDPO_LORA_C_ATTN, l, d_ln, d_qkv, ln1, n);
         fdpo_k_layernorm_backward(d_res, G(ln1w, l * C), G(ln1b, l * C), d_ln, residual, p->ln1w + l * C,

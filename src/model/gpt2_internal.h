@@ -29,10 +29,7 @@ struct fdpo_gpt2_acts {
     float *ln2_mean;  /* [L, N] */
     float *ln2_rstd;  /* [L, N] */
     float *fch;       /* [L, N, 4C] c_fc output (pre-GELU); the GELU pass replaces it with gelu' of it */
-    float *fch_gelu;  /* [L, N, 4C] fp32 GELU output: fp32 precision and LoRA only (bf16
-                       * keeps it in gemm_in); its own allocation, fch_gelu_cap floats */
-    size_t fch_gelu_cap;
-    int gelu_fp32;    /* the last forward wrote fch_gelu */
+    float *fch_gelu;  /* [L, N, 4C] */
     float *residual3; /* [L, N, C] after the MLP block */
     float *lnf;       /* [N, C] */
     float *lnf_mean;  /* [N] */
@@ -77,12 +74,8 @@ struct fdpo_gpt2_acts {
     size_t *rows;        /* [N] packed row -> token */
     int32_t *ctargets;   /* [N] targets, d_token_logp and lse of the packed rows */
     float *cd, *clse;
-    /* bf16 precision: every linear layer's input as its GEMM reads it, per layer [N, 7C]:
-     * ln_1 [N, C] | attention output [N, C] | ln_2 [N, C] | GELU output [N, 4C] (gpt2.c,
-     * gemm_input), kept from the forward for the backward's weight gradients */
-    uint16_t *gemm_in;   size_t gemm_in_cap;        /* bf16 elements */
-    /* bf16 precision: other matmul operands rounded to bf16 (sized for the capacities above) */
-    uint16_t *bf16_x;    /* [cap_tokens * 4C] first operand (the LM head's input) */
+    /* bf16 precision: matmul inputs rounded to bf16 (sized for the capacities above) */
+    uint16_t *bf16_x;    /* [cap_tokens * 4C] first operand (activations) */
     uint16_t *bf16_y;    /* [cap_tokens * 4C] second operand of the weight-gradient GEMM */
     size_t bf16_cap;     /* tokens the two buffers hold */
     int has_forward;
@@ -176,7 +169,6 @@ void fdpo_k_residual_layernorm_forward(float *res, float *out, float *mean, floa
                                 const float *residual, const float *w, const float *b, size_t N, size_t C,
                                 float eps);
 void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t N, size_t OC);
-void fdpo_k_bias_gelu_forward_bf16(uint16_t *out_h, float *fch, const float *bias, size_t N, size_t OC);
 void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *dgelu, size_t N, size_t OC);
 void fdpo_k_residual_forward(float *out, const float *a, const float *b, size_t n);
 void fdpo_k_lmhead_forward(float *logits, const float *inp, const float *wte, size_t N, size_t C, size_t V);
@@ -236,10 +228,11 @@ void fdpo_gemm_bf16_force_route(int route);
 /* 1 if vdpbf16ps runs at >= 0.75x the fp32 FMA's FLOP rate here (probed once, said once;
  * call only where fdpo_bf16_native()): the bf16 GEMMs' and the decoder's choice */
 int fdpo_bf16_dpbf16_is_fast(void);
-void fdpo_k_matmul_forward_bf16(float *out, const uint16_t *inp, fdpo_bf16_weight w, const float *bias,
-                         size_t N, size_t IC, size_t OC);
-void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const uint16_t *inp,
-                          fdpo_bf16_weight w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout);
+void fdpo_k_matmul_forward_bf16(float *out, const float *inp, fdpo_bf16_weight w, const float *bias,
+                         size_t N, size_t IC, size_t OC, uint16_t *scratch);
+void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                          fdpo_bf16_weight w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
+                          uint16_t *scratch_inp);
 void fdpo_k_lmhead_forward_bf16(float *logits, const float *inp, fdpo_bf16_weight wte, size_t N, size_t C, size_t V,
                          uint16_t *scratch);
 void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits, const float *inp,

@@ -357,34 +357,15 @@ static inline float gelu_grad(float x) {
  * exp and a division from the pre-activation: ~5 % of a small model's step). The c_fc
  * layer's bias is added here instead of by a copy before its GEMM. The values are gelu_value's
  * and gelu_grad's as before, so results are unchanged bit for bit. */
-static inline void bias_gelu_row(float *o, float *x, const float *bias, size_t n) {
-#pragma omp simd
-    for (size_t c = 0; c < n; c++) {
-        float v = x[c] + bias[c];
-        o[c] = gelu_value(v);
-        x[c] = gelu_grad(v); /* inlined: the compiler shares the one exp of both */
-    }
-}
-
 void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t N, size_t OC) {
 #pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
-    for (size_t t = 0; t < N; t++) bias_gelu_row(out + t * OC, fch + t * OC, bias, OC);
-}
-
-/* bf16 precision: out_h [N,OC] = bf16(gelu(fch + bias)), fch = gelu'(fch + bias) as above.
- * The GELU output is read only as the next GEMM's bf16 input (forward, and the weight
- * gradient's in the backward), so it is written in bf16 only: no fp32 [N, 4C] stored and
- * read back to be rounded. Each row's values go through a stack block of GELU_BLOCK floats:
- * the same values as the fp32 kernel's, rounded as fdpo_f32_to_bf16 rounds them. */
-#define GELU_BLOCK 256
-void fdpo_k_bias_gelu_forward_bf16(uint16_t *out_h, float *fch, const float *bias, size_t N, size_t OC) {
-#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
     for (size_t t = 0; t < N; t++) {
-        float o[GELU_BLOCK];
-        for (size_t c0 = 0; c0 < OC; c0 += GELU_BLOCK) {
-            size_t w = OC - c0 < GELU_BLOCK ? OC - c0 : GELU_BLOCK;
-            bias_gelu_row(o, fch + t * OC + c0, bias + c0, w);
-            fdpo_bf16_round_n(out_h + t * OC + c0, o, w);
+        float *x = fch + t * OC, *o = out + t * OC;
+#pragma omp simd
+        for (size_t c = 0; c < OC; c++) {
+            float v = x[c] + bias[c];
+            o[c] = gelu_value(v);
+            x[c] = gelu_grad(v); /* inlined: the compiler shares the one exp of both */
         }
     }
 }
@@ -473,19 +454,18 @@ void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, cons
 
 /* ---- bf16 variants: inputs rounded to bf16, fp32 accumulation and outputs ---- */
 
-/* out [N,OC] = inp [N,IC] (bf16) @ w [IC,OC] (bf16) + bias [OC]. The caller rounds (or its
- * producer writes) the input: the model keeps it for the backward's weight gradient.
+/* out [N,OC] = bf16(inp [N,IC]) @ w [IC,OC] (bf16) + bias [OC]; scratch holds N*IC.
  * w.f: the fp32 route on that fp32 copy of the bf16 weight (the caller's, made once per
  * refresh); only w.h: as fdpo_gemm_bf16 routes it, widening w.h here on the fp32 route. */
-void fdpo_k_matmul_forward_bf16(float *out, const uint16_t *inp, fdpo_bf16_weight w, const float *bias,
-                         size_t N, size_t IC, size_t OC) {
+void fdpo_k_matmul_forward_bf16(float *out, const float *inp, fdpo_bf16_weight w, const float *bias,
+                         size_t N, size_t IC, size_t OC, uint16_t *scratch) {
     float beta = 0.0f;
     if (bias) {
 #pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
         for (size_t t = 0; t < N; t++) memcpy(out + t * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
-    if (w.f || fdpo_gemm_bf16_widens(N, OC)) { /* fp32 route: the input widened, the fp32 weight */
+    if (w.f || fdpo_gemm_bf16_widens(N, OC)) { /* fp32 route: one rounding pass, the fp32 weight */
         float *xr = fdpo_bf16_operand_scratch(0, N * IC);
         const float *wf = w.f;
         if (!wf) {
@@ -493,19 +473,21 @@ void fdpo_k_matmul_forward_bf16(float *out, const uint16_t *inp, fdpo_bf16_weigh
             fdpo_bf16_widen(t, w.h, IC * OC);
             wf = t;
         }
-        fdpo_bf16_widen(xr, inp, N * IC);
+        fdpo_f32_round_bf16(xr, inp, N * IC);
         fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)OC, (int)IC, 1.0f, xr, (int)IC, wf,
                    (int)OC, beta, out, (int)OC);
         return;
     }
-    fdpo_gemm_bf16(0, 0, N, OC, IC, 1.0f, inp, IC, w.h, OC, beta, out, OC);
+    fdpo_f32_to_bf16(scratch, inp, N * IC);
+    fdpo_gemm_bf16(0, 0, N, OC, IC, 1.0f, scratch, IC, w.h, OC, beta, out, OC);
 }
 
-/* dinp [N,IC] (=) bf16(dout) @ w^T;  dw [IC,OC] += inp^T @ bf16(dout), inp [N,IC] the bf16
- * input the forward's GEMM read; dbias [OC] += sum_t dout (fp32). scratch_dout holds N*OC.
- * w as in the forward (w.f: the fp32 route). */
-void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const uint16_t *inp,
-                          fdpo_bf16_weight w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout) {
+/* dinp [N,IC] (=) bf16(dout) @ w^T;  dw [IC,OC] += bf16(inp)^T @ bf16(dout);
+ * dbias [OC] += sum_t dout (fp32). scratch_dout holds N*OC, scratch_inp N*IC. w as in the
+ * forward (w.f: the fp32 route). */
+void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                          fdpo_bf16_weight w, size_t N, size_t IC, size_t OC, uint16_t *scratch_dout,
+                          uint16_t *scratch_inp) {
     if (dbias) fdpo_k_column_sums_add(dbias, dout, N, OC);
     if (w.f || fdpo_gemm_bf16_widens(N, IC)) {
         /* fp32 route: dout rounded once for both GEMMs (not rounded, then widened by each),
@@ -518,14 +500,16 @@ void fdpo_k_matmul_backward_bf16(float *dinp, float *dw, float *dbias, const flo
             wf = xr + N * IC;
         }
         fdpo_f32_round_bf16(dr, dout, N * OC);
-        if (dw) fdpo_bf16_widen(xr, inp, N * IC);
+        if (dw) fdpo_f32_round_bf16(xr, inp, N * IC);
         fdpo_k_matmul_backward(dinp, dw, NULL, dr, xr, wf, N, IC, OC, 0);
         return;
     }
     fdpo_f32_to_bf16(scratch_dout, dout, N * OC);
     fdpo_gemm_bf16(0, 1, N, IC, OC, 1.0f, scratch_dout, OC, w.h, OC, 0.0f, dinp, IC);
-    if (dw) /* NULL: frozen weight (LoRA) */
-        fdpo_gemm_bf16(1, 0, IC, OC, N, 1.0f, inp, IC, scratch_dout, OC, 1.0f, dw, OC);
+    if (dw) { /* NULL: frozen weight (LoRA) */
+        fdpo_f32_to_bf16(scratch_inp, inp, N * IC);
+        fdpo_gemm_bf16(1, 0, IC, OC, N, 1.0f, scratch_inp, IC, scratch_dout, OC, 1.0f, dw, OC);
+    }
 }
 
 /* logits [N,V] = bf16(inp [N,C]) @ wte^T (bf16 [V,C]); scratch holds N*C; wte.f: the fp32

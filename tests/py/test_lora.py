@@ -265,10 +265,9 @@ def test_forward_backward_parity_with_pytorch_lora(tmp_path, family, fused):
 
 
 def test_bf16_lora_follows_the_bf16_rule(tmp_path):
-    """--precision bf16 with adapters on every GPT-2 linear layer. The base layers' inputs are
-    rounded once in the forward and kept in bf16 for the backward (the GELU output written in
-    bf16 only, unless adapters read it: mlp.c_proj's does, in fp32). Logits, log-probs and the
-    A/B gradients against LoraRefBF16 at test_model_bf16's bounds (5e-3; 2e-2 for gradients:
+    """--precision bf16 with adapters on every GPT-2 linear layer: the base layers multiply
+    bf16-rounded operands, the adapters the fp32 activations (docs/lora.md). Logits,
+    log-probs and the A/B gradients against LoraRefBF16 at test_model_bf16's bounds (5e-3; 2e-2 for gradients:
     an activation at a bf16 rounding boundary may round apart, explained there). This model
     (C = 32, seed 1) has no such flip in its forward (logits 7e-8 from the rule; with C = 64,
     4 of 5 seeds had one, 1.4e-3 to 2.9e-3; its backward has one, 1.1e-3), so the fp32 run,
