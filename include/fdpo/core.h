@@ -28,9 +28,10 @@ void *fdpo_malloc(size_t n);
 void *fdpo_calloc(size_t count, size_t size);
 void *fdpo_realloc(void *p, size_t n);
 char *fdpo_strdup(const char *s);
-/* Large long-lived buffers that a step streams through (model parameters, the decoder's
- * packed weights and key/value cache): zeroed and 2 MiB aligned, so transparent huge pages
- * can back them whole (~250 MB read per step in ~120 TLB entries instead of ~60k).
+/* Large long-lived buffers that a step streams through (model parameters, gradients,
+ * optimizer moments, activations, the decoder's packed weights and key/value cache): zeroed
+ * and 2 MiB aligned, so transparent huge pages can back them whole (~250 MB read per step in
+ * ~120 TLB entries instead of ~60k; and one page size for all the arrays a pass streams).
  * By default (FDPO_HUGEPAGES unset or 1) advises MADV_HUGEPAGE; FDPO_HUGEPAGES=0 advises
  * MADV_NOHUGEPAGE, =system leaves the system's THP policy (measurements: src/core/alloc_large.c).
  * Unlike fdpo_malloc it returns NULL after fdpo_error when the memory is not there (no
@@ -38,14 +39,10 @@ char *fdpo_strdup(const char *s);
  * fdpo_hugepages_advice: 1 (huge), 0 (4 KiB) or -1 (system) from FDPO_HUGEPAGES. src/core/alloc_large.c. */
 void *fdpo_alloc_large(size_t bytes);
 void fdpo_free_large(void *p);
-/* The same for a model's parameters (and their bf16 copies): 2 MiB pages only with
- * FDPO_HUGEPAGES=1 (the default gives no advice: the 124M DPO step measured slower on them).
- * fdpo_hugepages_advice_params: 1, 0 or -1 (no advice). */
-void *fdpo_alloc_large_params(size_t bytes);
-int fdpo_hugepages_advice_params(void);
-/* fdpo_alloc_large_params with fdpo_malloc's out-of-memory behaviour (the handler, else
- * abort): for a model's bf16 weight copies, made at its first bf16 forward where there is
- * no error path. Free with fdpo_free_large. */
+/* fdpo_alloc_large with fdpo_malloc's out-of-memory behaviour (the handler, else abort):
+ * for buffers made where there is no error path (a model's bf16 weight copies at its first
+ * bf16 forward, its gradients at the first zero_grad, AdamW's moments). Free with
+ * fdpo_free_large. */
 void *fdpo_malloc_large(size_t bytes);
 int fdpo_hugepages_advice(void);
 /* Grow (never shrink) a buffer of fdpo_realloc_large's, keeping its contents; NULL p makes

@@ -1,4 +1,5 @@
-/* Large long-lived buffers (decoder weights, key/value caches) on transparent huge pages.
+/* Large long-lived buffers (parameters, gradients, optimizer moments, activations, decoder
+ * weights, key/value caches) on transparent huge pages.
  *
  * Why: a bf16 decoding step at 124M streams ~250 MB of packed weights, 61k 4-KiB pages,
  * while the second-level TLB holds a few thousand entries, so nearly every new page costs a
@@ -18,10 +19,15 @@
  * noise). Under nested paging a 4 KiB TLB miss is a two-dimensional walk, and a GEMM
  * reading a row-major weight panel by panel touches a new page per row.
  * Then a 124M bf16 DPO step, alternated: 1.69 / 1.44 s with the model's parameters (and
- * their bf16 copies) on huge pages, 1.31 / 1.34 s on 4 KiB; so parameters
- * (fdpo_alloc_large_params) get huge pages only with FDPO_HUGEPAGES=1, and the decoder's
- * buffers (fdpo_alloc_large) by default: bf16 generate then 476-610 tokens/s.
- * So, for fdpo_alloc_large: FDPO_HUGEPAGES unset (or anything but 0 and "system") advises MADV_HUGEPAGE,
+ * their bf16 copies) on huge pages, 1.31 / 1.34 s on 4 KiB; so from wave 9 to wave 16 the
+ * parameters and activations got huge pages only with FDPO_HUGEPAGES=1. Wave 17 found why:
+ * the gradients and AdamW's moments were glibc's (4 KiB), and a pass over arrays of both page
+ * sizes is the slow case. The 124M bf16 DPO step's AdamW took 127 ms with only the
+ * parameters on huge pages, 56-65 ms with nothing, 45-48 ms with all of it; the whole step
+ * (alternated servers, 14-16 steps each) 1.08-1.09 s on huge pages against 1.13-1.14 s on
+ * 4 KiB, the forward + backward 1.00-1.01 vs 1.04 s; the 124M bf16 train step 1.255 vs 1.315 s.
+ * So every large buffer now follows one rule:
+ * FDPO_HUGEPAGES unset (or anything but 0 and "system") advises MADV_HUGEPAGE,
  * FDPO_HUGEPAGES=0 MADV_NOHUGEPAGE (4 KiB also where THP is "always"),
  * FDPO_HUGEPAGES=system no advice (the system's THP policy: none in "madvise" mode, huge
  * pages in "always": the 2 MiB alignment lets them back the whole buffer). Where
@@ -78,18 +84,9 @@ int fdpo_hugepages_advice(void) {
     return e && !strcmp(e, "0") ? 0 : 1;
 }
 
-/* A model's parameters and their bf16 copies: huge pages only when FDPO_HUGEPAGES=1 asks.
- * Idle A/B of the 124M bf16 DPO step on wave 9's VM, alternated: 1.69 / 1.44 s with them on
- * huge pages against 1.31 / 1.34 s on 4 KiB (and a train step no faster on them). */
-int fdpo_hugepages_advice_params(void) {
-    const char *e = getenv("FDPO_HUGEPAGES");
-    return e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "0") ? 0 : -1;
-}
-
 static void *alloc_large(size_t bytes, size_t room, int advice);
 
 void *fdpo_alloc_large(size_t bytes) { return alloc_large(bytes, 0, fdpo_hugepages_advice()); }
-void *fdpo_alloc_large_params(size_t bytes) { return alloc_large(bytes, 0, fdpo_hugepages_advice_params()); }
 
 #if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
 static void advise(void *p, size_t n, int advice) {
@@ -173,7 +170,7 @@ void fdpo_free_large(void *p) {
  * grew the reference's ~600 MB of activations by 24 MB and paid ~0.7 s in its scoring for
  * the move. Here the first allocation reserves (PROT_NONE, no memory) eight times the size
  * asked, at least 256 MiB, and a growth within that range only makes more of it usable.
- * Page size: as fdpo_alloc_large_params (the system's policy unless FDPO_HUGEPAGES says). */
+ * Page size: as fdpo_alloc_large's (fdpo_hugepages_advice). */
 #define GROW_MIN_ROOM ((size_t)256 << 20)
 
 /* NULL (p untouched) when the memory is not there: fdpo_realloc_large (error.c) adds the
@@ -192,7 +189,7 @@ void *fdpo_realloc_large_try(void *p, size_t bytes) {
 #if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
         if (body <= h->room && h->len) {
             if (mprotect((char *)p + h->body, body - h->body, PROT_READ | PROT_WRITE) == 0) {
-                advise((char *)p + h->body, body - h->body, fdpo_hugepages_advice_params());
+                advise((char *)p + h->body, body - h->body, fdpo_hugepages_advice());
                 h->body = body;
                 UNPOISON(p, bytes);
                 POISON((char *)p + bytes, body - bytes);
@@ -205,7 +202,7 @@ void *fdpo_realloc_large_try(void *p, size_t bytes) {
      * moves at each growth); the old contents (if any) copied over */
     size_t room = body > (SIZE_MAX / 8) ? body : 8 * body;
     if (room < GROW_MIN_ROOM) room = GROW_MIN_ROOM;
-    int advice = fdpo_hugepages_advice_params();
+    int advice = fdpo_hugepages_advice();
     void *q = alloc_large(bytes, room, advice);
     if (!q) q = alloc_large(bytes, 0, advice);
     if (!q) return NULL;

@@ -63,8 +63,8 @@ void *fdpo_realloc(void *p, size_t n) {
     return q;
 }
 void *fdpo_malloc_large(size_t n) {
-    void *p = fdpo_alloc_large_params(n);
-    if (!p && oom(n)) p = fdpo_alloc_large_params(n);
+    void *p = fdpo_alloc_large(n);
+    if (!p && oom(n)) p = fdpo_alloc_large(n);
     if (!p) { fdpo_log(FDPO_LOG_ERROR, "out of memory allocating %zu bytes", n); abort(); }
     return p;
 }

@@ -89,14 +89,14 @@ fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
     m->config = *c;
     if (c->arch == FDPO_ARCH_LLAMA) {
         fdpo_llama_build(m);
-        if (!(m->params_memory = fdpo_alloc_large_params(m->n_params * sizeof(float)))) { fdpo_gpt2_free(m); return NULL; }
+        if (!(m->params_memory = fdpo_alloc_large(m->n_params * sizeof(float)))) { fdpo_gpt2_free(m); return NULL; }
         m->precision = fdpo_get_precision();
         return m;
     }
     build_tensor_table(m);
-    /* zeroed; fp32 decoding streams all of it every step: fdpo_alloc_large_params (huge
-     * pages with FDPO_HUGEPAGES=1) */
-    if (!(m->params_memory = fdpo_alloc_large_params(m->n_params * sizeof(float)))) { fdpo_gpt2_free(m); return NULL; }
+    /* zeroed; fp32 decoding streams all of it every step: fdpo_alloc_large (huge pages unless
+     * FDPO_HUGEPAGES says otherwise; the gradients and AdamW's moments are on the same) */
+    if (!(m->params_memory = fdpo_alloc_large(m->n_params * sizeof(float)))) { fdpo_gpt2_free(m); return NULL; }
     point_params(&m->params, m->params_memory, m->tensors);
     m->precision = fdpo_get_precision();
     return m;
@@ -130,7 +130,7 @@ static void acts_free(fdpo_gpt2_acts *a) {
 void fdpo_gpt2_free(fdpo_gpt2 *m) {
     if (!m) return;
     fdpo_free_large(m->params_memory);
-    free(m->grads_memory);
+    fdpo_free_large(m->grads_memory);
     fdpo_free_large(m->params_bf16);
     fdpo_free_large(m->params_bf16f);
     fdpo_lora_detach(m);
@@ -313,7 +313,7 @@ fdpo_bf16_weight fdpo_model_bf16_weight(fdpo_gpt2 *m, const float *w, size_t M, 
         return (fdpo_bf16_weight){NULL, m->params_bf16f + off};
     }
     if (!(m->params_bf16_current & 1u)) {
-        /* fdpo_malloc_large: 2 MiB aligned, huge pages with FDPO_HUGEPAGES=1 */
+        /* fdpo_malloc_large: 2 MiB aligned, on the parameters' page size */
         if (!m->params_bf16) m->params_bf16 = fdpo_malloc_large(m->n_params * sizeof(uint16_t));
         fdpo_f32_to_bf16(m->params_bf16, m->params_memory, m->n_params);
         m->params_bf16_current |= 1u;
@@ -720,7 +720,7 @@ int fdpo_gpt2_logit_sums(const fdpo_gpt2 *m, float *out) {
 void fdpo_gpt2_zero_grad(fdpo_gpt2 *m) {
     if (m->lora) { fdpo_lora_zero_grad(m->lora); return; } /* frozen base: no base gradients at all */
     if (!m->grads_memory) {
-        m->grads_memory = fdpo_calloc(m->n_params, sizeof(float));
+        m->grads_memory = fdpo_malloc_large(m->n_params * sizeof(float)); /* zeroed; the params' pages */
         if (m->config.arch == FDPO_ARCH_GPT2) point_params(&m->grads, m->grads_memory, m->tensors);
         return;
     }

@@ -28,14 +28,16 @@ int fdpo_adamw_init(fdpo_adamw *o, size_t n, double beta1, double beta2, double 
     if (check_hyper(beta1, beta2, eps, wd)) return -1;
     o->beta1 = beta1; o->beta2 = beta2; o->eps = eps; o->weight_decay = wd;
     o->n = n;
-    o->m = fdpo_calloc(n ? n : 1, sizeof(float));
-    o->v = fdpo_calloc(n ? n : 1, sizeof(float));
+    /* zeroed, on the parameters' and gradients' page size: the update streams all four
+     * (src/core/alloc_large.c: a pass over arrays of both sizes is the slow case) */
+    o->m = fdpo_malloc_large((n ? n : 1) * sizeof(float));
+    o->v = fdpo_malloc_large((n ? n : 1) * sizeof(float));
     o->t = 0;
     return 0;
 }
 
 void fdpo_adamw_free(fdpo_adamw *o) {
-    free(o->m); free(o->v);
+    fdpo_free_large(o->m); fdpo_free_large(o->v);
     o->m = o->v = NULL; o->n = 0;
 }
 

@@ -314,12 +314,22 @@ START_TEST(alloc_large_aligned_zeroed_advised) {
         if (values[i]) setenv("FDPO_HUGEPAGES", values[i], 1);
         else unsetenv("FDPO_HUGEPAGES");
         ck_assert_int_eq(fdpo_hugepages_advice(), advice[i]);
-        void *p = fdpo_alloc_large((size_t)4 << 20);
-        smaps_flags(p, flags, sizeof flags);
-        ck_assert_msg(flags[0], "no smaps entry for the buffer");
-        if (want[i]) ck_assert_msg(strstr(flags, want[i]) && !strstr(flags, unwanted[i]), "FDPO_HUGEPAGES=%s:%s", values[i], flags);
-        else ck_assert_msg(!strstr(flags, " hg") && !strstr(flags, " nh"), "FDPO_HUGEPAGES=system:%s", flags);
-        fdpo_free_large(p);
+        /* one rule for every large buffer: the decoder's (alloc), parameters, gradients and
+         * moments (malloc), activations (realloc, and the part a growth adds) */
+        void *bufs[3] = {fdpo_alloc_large((size_t)4 << 20), fdpo_malloc_large((size_t)4 << 20),
+                         fdpo_realloc_large(NULL, (size_t)4 << 20)};
+        bufs[2] = fdpo_realloc_large(bufs[2], (size_t)12 << 20);
+        for (int b = 0; b < 4; b++) {
+            void *p = b < 3 ? bufs[b] : (char *)bufs[2] + ((size_t)8 << 20); /* b = 3: the grown part */
+            smaps_flags(p, flags, sizeof flags);
+            ck_assert_msg(flags[0], "no smaps entry for buffer %d", b);
+            if (want[i])
+                ck_assert_msg(strstr(flags, want[i]) && !strstr(flags, unwanted[i]), "FDPO_HUGEPAGES=%s, buffer %d:%s",
+                              values[i], b, flags);
+            else
+                ck_assert_msg(!strstr(flags, " hg") && !strstr(flags, " nh"), "FDPO_HUGEPAGES=system, buffer %d:%s", b, flags);
+        }
+        for (int b = 0; b < 3; b++) fdpo_free_large(bufs[b]);
     }
     unsetenv("FDPO_HUGEPAGES");
 #endif
