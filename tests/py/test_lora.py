@@ -267,8 +267,9 @@ def test_forward_backward_parity_with_pytorch_lora(tmp_path, family, fused):
 def test_bf16_lora_follows_the_bf16_rule(tmp_path):
     """--precision bf16 with adapters on every GPT-2 linear layer: the base layers multiply
     bf16-rounded operands, the adapters the fp32 activations (docs/lora.md). Logits,
-    log-probs and the A/B gradients against LoraRefBF16 at test_model_bf16's bounds (5e-3; 2e-2 for gradients:
-    an activation at a bf16 rounding boundary may round apart, explained there). This model
+    log-probs and the A/B gradients against LoraRefBF16 at test_model_bf16's bounds (5e-3;
+    2e-2 for gradients: an activation at a bf16 rounding boundary may round apart,
+    explained there). This model
     (C = 32, seed 1) has no such flip in its forward (logits 7e-8 from the rule; with C = 64,
     4 of 5 seeds had one, 1.4e-3 to 2.9e-3; its backward has one, 1.1e-3), so the fp32 run,
     4e-3 from the rule, is far from it: the bf16 path ran."""
