@@ -191,6 +191,9 @@ void fdpo_gpt2_zero_grad(fdpo_gpt2 *m);
 void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp);
 /* 1 if two configs describe the same architecture (family, every shape, epsilon, rope). */
 int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b);
+/* h chained (fdpo_hash64) over exactly the fields fdpo_gpt2_config_equal compares: equal
+ * configs hash equal, and a change to any of them (a Llama's rope_theta) changes the hash. */
+uint64_t fdpo_gpt2_config_hash(uint64_t h, const fdpo_gpt2_config *c);
 /* Switch a model's matmul precision (forward/backward from the next forward on). */
 void fdpo_gpt2_set_precision(fdpo_gpt2 *m, fdpo_precision p);
 /* Copy parameters (same config required). */

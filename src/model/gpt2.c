@@ -983,6 +983,21 @@ int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b)
     return same;
 }
 
+uint64_t fdpo_gpt2_config_hash(uint64_t h, const fdpo_gpt2_config *c) {
+    /* field by field (not the struct's bytes: padding, model_type): the ones compared above */
+    const uint64_t common[8] = {(uint64_t)c->arch, c->vocab_size, c->n_positions, c->n_embd, c->n_layer, c->n_head,
+                                c->num_labels, 0};
+    h = fdpo_hash64(h, common, sizeof common);
+    h = fdpo_hash64(h, &c->layer_norm_epsilon, sizeof c->layer_norm_epsilon);
+    if (c->arch != FDPO_ARCH_LLAMA) return h;
+    const uint64_t shape[8] = {c->n_kv_head, c->intermediate_size, c->head_dim, (uint64_t)c->tie_word_embeddings,
+                               (uint64_t)c->qkv_bias, (uint64_t)c->o_bias, (uint64_t)c->mlp_bias,
+                               c->rope_original_max_position};
+    const double rope[4] = {c->rope_theta, c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor};
+    h = fdpo_hash64(h, shape, sizeof shape);
+    return fdpo_hash64(h, rope, sizeof rope);
+}
+
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src) {
     const fdpo_gpt2_config *a = &dst->config, *b = &src->config;
     if (!fdpo_gpt2_config_equal(a, b))

@@ -11,14 +11,12 @@
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
 
-#define REFCACHE_FORMAT "fdpo-refcache-3"   /* 2: checksum of logps in the metadata; 3: precision and layout in the key */
+#define REFCACHE_FORMAT "fdpo-refcache-3"   /* 2: checksum of logps in the metadata; 3: precision, layout and the
+                                                * whole config in the key */
 
 uint64_t fdpo_hash_model(const fdpo_gpt2 *m) {
-    uint64_t h = FDPO_HASH_INIT;
-    const fdpo_gpt2_config *c = &m->config;
-    size_t dims[5] = {c->vocab_size, c->n_positions, c->n_embd, c->n_layer, c->n_head};
-    h = fdpo_hash64(h, dims, sizeof dims);
-    h = fdpo_hash64(h, &c->layer_norm_epsilon, sizeof c->layer_norm_epsilon);
+    /* the whole architecture (a Llama's rope_theta changes the log-probs, not the weights) */
+    uint64_t h = fdpo_gpt2_config_hash(FDPO_HASH_INIT, &m->config);
     h = fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
     const fdpo_lora *l = m->lora;
     if (l && l->enabled) {   /* a LoRA checkpoint read as a model: its adapters are part of it */

@@ -639,6 +639,40 @@ END_TEST
 /* The held-out preference pairs never reach training: train and eval index sets are
  * disjoint, together cover 0..n-1 once, hold round(fraction * n) eval pairs (at least 1 when
  * fraction > 0 and n >= 2), and the same seed gives the same split. */
+/* fdpo_gpt2_config_hash covers what fdpo_gpt2_config_equal compares (the reference cache's
+ * key rests on it): equal configs hash equal; changing any one compared field makes the
+ * configs unequal and the hash different; model_type, not compared, leaves both alone. */
+START_TEST(config_hash_follows_config_equal) {
+    fdpo_gpt2_config base = {.vocab_size = 300, .n_positions = 64, .n_embd = 64, .n_layer = 2, .n_head = 8,
+                             .layer_norm_epsilon = 1e-6f, .arch = FDPO_ARCH_LLAMA, .n_kv_head = 2,
+                             .intermediate_size = 192, .rope_theta = 10000, .tie_word_embeddings = 1,
+                             .model_type = "llama"};
+    const uint64_t h0 = fdpo_gpt2_config_hash(FDPO_HASH_INIT, &base);
+    fdpo_gpt2_config c = base;
+    snprintf(c.model_type, sizeof c.model_type, "qwen2");
+    ck_assert(fdpo_gpt2_config_equal(&base, &c));
+    ck_assert_uint_eq(fdpo_gpt2_config_hash(FDPO_HASH_INIT, &c), h0);
+#define CHANGED(stmt) do { c = base; stmt; ck_assert_msg(!fdpo_gpt2_config_equal(&base, &c), #stmt); \
+        ck_assert_msg(fdpo_gpt2_config_hash(FDPO_HASH_INIT, &c) != h0, #stmt); } while (0)
+    CHANGED(c.vocab_size++);        CHANGED(c.n_positions++);       CHANGED(c.n_embd += 8);
+    CHANGED(c.n_layer++);           CHANGED(c.n_head = 4);          CHANGED(c.layer_norm_epsilon = 1e-5f);
+    CHANGED(c.num_labels = 1);      CHANGED(c.arch = FDPO_ARCH_GPT2);
+    CHANGED(c.n_kv_head = 4);       CHANGED(c.intermediate_size = 160);  CHANGED(c.head_dim = 16);
+    CHANGED(c.rope_theta = 500000); CHANGED(c.tie_word_embeddings = 0);  CHANGED(c.qkv_bias = 1);
+    CHANGED(c.o_bias = 1);          CHANGED(c.mlp_bias = 1);        CHANGED(c.rope_factor = 8);
+    CHANGED(c.rope_low_freq_factor = 1); CHANGED(c.rope_high_freq_factor = 4);
+    CHANGED(c.rope_original_max_position = 8192);
+#undef CHANGED
+    /* GPT-2: the Llama fields are not part of its architecture (config_equal ignores them) */
+    fdpo_gpt2_config g = base, g2;
+    g.arch = FDPO_ARCH_GPT2;
+    g2 = g;
+    g2.rope_theta = 3;
+    ck_assert(fdpo_gpt2_config_equal(&g, &g2));
+    ck_assert_uint_eq(fdpo_gpt2_config_hash(FDPO_HASH_INIT, &g), fdpo_gpt2_config_hash(FDPO_HASH_INIT, &g2));
+}
+END_TEST
+
 /* --arch llama: the config a random init builds, the SwiGLU default against ceil(8C/3)
  * rounded up to 32 computed here by integer search, and the flag named by each refusal. */
 START_TEST(llama_random_init_config) {
@@ -737,6 +771,7 @@ int main(void) {
     tcase_add_test(tc, metrics_writer_and_resume_truncation);
     tcase_add_test(tc, pref_split_is_disjoint_and_complete);
     tcase_add_test(tc, llama_random_init_config);
+    tcase_add_test(tc, config_hash_follows_config_equal);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

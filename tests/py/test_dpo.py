@@ -288,6 +288,29 @@ def test_ref_cache_is_reused_and_keyed(cli):
     assert meta["parts"].endswith("precision=bf16 layout=shared"), meta
 
 
+def test_ref_cache_key_covers_the_llama_config(cli):
+    """rope_theta changes a Llama's log-probs, not its weights: a reference whose config.json
+    says another rope_theta must not read the first one's cache (it did until wave 18:
+    step-0 held-out margins 0.007, accuracy 0.55, instead of exact ties)."""
+    from fdpo_ref.llama import Llama
+    runs = cli / "runs_llama"
+    model = runs / "llm"
+    Llama(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+          num_key_value_heads=2, seed=3).save_hf(str(model))
+    save_byte_tokenizer(str(model))
+    paths = []
+    for name, theta in (("a", 10000.0), ("b", 500.0), ("c", 10000.0)):
+        cfg = json.loads((model / "config.json").read_text())
+        cfg["rope_theta"] = theta
+        (model / "config.json").write_text(json.dumps(cfg))
+        r = fdpo(*base_args(cli, runs / name, "--policy", model, "--steps", 1, "--eval-every", 1))
+        paths.append(summary(runs / name)["reference"]["cache_file"])
+        assert ("ref cache hit" in r.stderr) == (name == "c"), (name, r.stderr)
+        m0 = metrics(runs / name)[0]
+        assert m0["eval_rewards/margins"] == 0 and m0["eval_rewards/accuracies"] == 0.5, (name, m0)
+    assert paths[0] != paths[1] and paths[0] == paths[2]
+
+
 def test_cached_reference_equals_live_reference_and_pytorch(cli):
     runs = cli / "runs_live"
     common = ["--steps", 3, "--eval-every", 3, "--ref", cli / "ref2", "--seed", 5]
