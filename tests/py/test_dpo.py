@@ -416,11 +416,13 @@ def test_metrics_names_and_determinism(cli):
     assert abs(m["rewards/margins"] - (m["rewards/chosen"] - m["rewards/rejected"])) < 1e-9
 
 
-def test_resume_continues_exactly(cli):
-    runs = cli / "runs_resume"
-    args = ["--steps", 4, "--eval-every", 0, "--seed", 2]
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_continues_exactly(cli, precision):
+    runs = cli / f"runs_resume_{precision}"
+    args = ["--steps", 4, "--eval-every", 0, "--seed", 2, "--precision", precision]
     fdpo(*base_args(cli, runs / "straight", *args))
     fdpo(*base_args(cli, runs / "cut", *args, "--stop-at", 2))
+    # --precision not given again: the saved run's, so the reference cache's key (and file) too
     r = fdpo("dpo", "--out", runs / "cut", "--resume", "--threads", 1, "--quiet", "--batch-size", 8, "--lr", "1e-3")
     assert "ref cache hit" in r.stderr  # the resumed run reuses the reference log-probs
     a, _ = st.load(str(runs / "straight" / "model.safetensors"))
