@@ -93,11 +93,12 @@ int fdpo_dpo_pair_logps(fdpo_gpt2 *m, fdpo_pair_layout layout, size_t micro_batc
  * set, in set order, and in its metadata the FNV-1a 64 "checksum" of those bytes. A file
  * whose checksum does not match or that holds a non-finite value is logged as a warning and
  * recomputed. key = FNV-1a 64 over: a format version, the reference config (every field
- * fdpo_gpt2_config_equal compares) and weights, the data file's bytes, the tokenizer files' bytes, the truncation options, the
- * token ids of every pair (so anything that changes the model's inputs changes it), and
- * how the log-probs are computed: the reference's precision and the pair layout (both
- * change the last bits, and a cached reference must equal the live one exactly: at step 0
- * every implicit reward is then 0, not rounding noise). */
+ * fdpo_gpt2_config_equal compares) and weights, the data file's bytes, the tokenizer
+ * files' bytes, the truncation options, the token ids of every pair (so anything that
+ * changes the model's inputs changes it), and how the log-probs are computed: the
+ * reference's precision and the pair layout (both change the last bits, and a cached
+ * reference must equal the live one exactly: at step 0 every implicit reward is then 0,
+ * not rounding noise). */
 typedef struct {
     uint64_t weights, data, tokenizer, options, tokens, compute; /* partial hashes (for the log) */
     fdpo_precision precision;   /* how the log-probs are computed (in compute) */

@@ -985,8 +985,8 @@ int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b)
 
 uint64_t fdpo_gpt2_config_hash(uint64_t h, const fdpo_gpt2_config *c) {
     /* field by field (not the struct's bytes: padding, model_type): the ones compared above */
-    const uint64_t common[8] = {(uint64_t)c->arch, c->vocab_size, c->n_positions, c->n_embd, c->n_layer, c->n_head,
-                                c->num_labels, 0};
+    const uint64_t common[7] = {(uint64_t)c->arch, c->vocab_size, c->n_positions, c->n_embd, c->n_layer, c->n_head,
+                                c->num_labels};
     h = fdpo_hash64(h, common, sizeof common);
     h = fdpo_hash64(h, &c->layer_norm_epsilon, sizeof c->layer_norm_epsilon);
     if (c->arch != FDPO_ARCH_LLAMA) return h;
