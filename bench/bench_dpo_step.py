@@ -4,7 +4,7 @@
 One step on P pairs (prompt 128 + chosen 64 + rejected 64 tokens, random ids) = policy
 forward + backward of the sigmoid DPO loss + gradient clipping + AdamW. Sides (each a
 long-lived subprocess, stepped in turn by bench/interleave.py until every side has >= 5
-timed steps after one warm-up):
+timed steps after two warm-up steps):
   torch-fp32                TRL's concatenated_forward: the 2P sequences prompt+chosen /
                             prompt+rejected as one [2P, T] batch through the policy, plus a
                             live reference forward under no_grad, log-softmax + gather over
@@ -29,9 +29,10 @@ gradients in GB/s against the DRAM triad (PHASE_BYTES per parameter).
     /usr/bin/python3 bench/bench_dpo_step.py --peak-rss --config 124M --pairs 1 --prompt 512 --completion 512
     /usr/bin/python3 bench/bench_dpo_step.py --thread-scaling --config 124M [--precision-scaling bf16]
 
---peak-rss: peak resident memory (getrusage ru_maxrss) of one step, each side in its own
-fresh process run alone (so no side's allocations count against another), reported in
-MiB and as a % of each PyTorch side's. The goal row of issue #13 is the 124M step at
+--peak-rss: peak resident memory (getrusage ru_maxrss) over three steps (RSS_STEPS: a
+training run's peak, not its first step's), each side in its own fresh process run alone
+(so no side's allocations count against another), reported in MiB and as a % of each
+PyTorch side's. The goal row of issue #13 is the 124M step at
 T = 1024 (TRL's concatenated sequences: prompt 512 + completion 512): <= 60 % of PyTorch.
 """
 import argparse
@@ -137,17 +138,26 @@ def server(side, cfg_path, a, threads=None, env=None):
                                  + (["--bf16"] if side == "torch-bf16" else [])))
 
 
+# Steps per side for --peak-rss: a training run's peak, not its first step's. In step 1
+# AdamW's state does not exist yet during the backward; from step 2 it lives beside the
+# activations and gradients. Measured in wave 20 (124M, 1 pair, T = 1024): PyTorch fp32
+# 5415 MiB after one step, 6412 after two, 6593 after three; fdpo allocates its state up
+# front (bf16 3126 / 3132 / 3132 MiB, fp32 2860 flat).
+RSS_STEPS = 3
+
+
 def peak_rss(sides, a):
-    """One step per side, each in a fresh process started after the previous one ended;
-    prints peak RSS (MiB) and each fdpo side's as a % of each torch side's."""
+    """RSS_STEPS steps per side, each side in a fresh process started after the previous one
+    ended; prints peak RSS (MiB) and each fdpo side's as a % of each torch side's."""
     cfg = CONFIGS[a.config]
     rss = {}
     with interleave.gpt2_config_file(cfg) as path:
         for side in sides:
             srv = server(side, path, a)
-            seconds = srv.step()["seconds"]
+            seconds = [srv.step()["seconds"] for _ in range(RSS_STEPS)]
             rss[side] = srv.close().get("max_rss_kb", 0) / 1024
-            print(f"  {side:24s} peak RSS {rss[side]:8.0f} MiB  (one step, {seconds:.1f} s)", flush=True)
+            print(f"  {side:24s} peak RSS {rss[side]:8.0f} MiB  ({RSS_STEPS} steps, the last {seconds[-1]:.1f} s)",
+                  flush=True)
     interleave.write_json(a.json, {"bench": "dpo_peak_rss", "config": a.config, "pairs": a.pairs, "prompt": a.prompt,
                                    "completion": a.completion, "threads": a.threads, "rss_mib": rss})
     for side in sides:
@@ -198,14 +208,14 @@ def main():
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--completion", type=int, default=64, help="tokens of chosen and of rejected")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per side after one warm-up (at least 5)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per side after the warm-up (at least 5)")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
     interleave.add_triad_arg(ap)  # default: STREAM's rule (bench/bandwidth.py), the same in every bench
     ap.add_argument("--quick", action="store_true",
                     help="5 timed steps, the goal sides only (torch-fp32, torch-bf16, fdpo-shared-cached-bf16)")
     ap.add_argument("--json", help="append one JSON line with each side's median step seconds (or peak RSS MiB)")
     ap.add_argument("--peak-rss", action="store_true",
-                    help="measure each side's peak RSS over one step, in separate processes, instead of timing")
+                    help="measure each side's peak RSS over RSS_STEPS (3) steps, in separate processes, instead of timing")
     ap.add_argument("--thread-scaling", action="store_true",
                     help="fdpo only: the step at 1 thread vs --threads (and with a longer OpenMP spin), wall and CPU "
                          "seconds, speedup and efficiency")
@@ -228,7 +238,7 @@ def main():
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
     env = interleave.set_fair_env()
     print(f"{a.config}: {a.pairs} pairs x (prompt {a.prompt} + chosen {a.completion} + rejected {a.completion}); "
-          f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), "
+          f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+{interleave.WARMUP_STEPS} warm-up), "
           f"interleaved; env {env or 'no OPENBLAS overrides'}; load average {os.getloadavg()[0]:.1f}")
     if a.peak_rss:
         peak_rss(sides, a)

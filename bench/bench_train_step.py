@@ -3,7 +3,7 @@
 One step = forward + backward of the mean next-token loss (SFT) + AdamW update, on B
 sequences of T tokens (random ids), GPT-2 architecture. Four sides, each a long-lived
 subprocess stepped in turn (bench/interleave.py: fdpo step, torch step, ...): warm-up rounds
-until every side has run >= 1 step and >= 1.5 s, then timed rounds until every side has >= 5
+until every side has run >= 2 steps and >= 1.5 s, then timed rounds until every side has >= 5
 timed steps and >= 2 s of them (the small config's 40 ms fdpo steps: ~50 samples, so the
 median holds still while the machine's load moves; see docs/model.md#benchmarks):
   fdpo-fp32      fdpo-harness model-bench --serve --precision fp32 (the chunked LM head, as
@@ -89,7 +89,7 @@ def main():
     ap.add_argument("--configs", default="small", help="comma list of: " + ", ".join(CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side after the warm-up (at least 5)")
-    ap.add_argument("--warmup", type=int, default=1, help="warm-up steps per side, untimed (at least this many ...)")
+    ap.add_argument("--warmup", type=int, default=interleave.WARMUP_STEPS, help="warm-up steps per side, untimed (at least this many ...)")
     ap.add_argument("--warmup-seconds", type=float, default=1.5, help="... and at least this long per side)")
     ap.add_argument("--min-seconds", type=float, default=2.0,
                     help="timed rounds continue until every side's timed steps add up to this many seconds")

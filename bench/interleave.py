@@ -6,7 +6,8 @@ script's own `--worker` mode) is a long-lived subprocess that sets itself up, pr
 JSON "ready" line, then runs ONE step for each "step" line on stdin and answers one JSON
 line with its "seconds". The driver steps the sides in turn (fdpo, torch, fdpo, torch, ...;
 the order rotates every round so no side always runs right after another), so a change in
-machine load hits every side alike. After the warm-up steps it repeats until every side
+machine load hits every side alike. After the warm-up steps (two by default: see
+interleave()) it repeats until every side
 has `steps` timed steps (>= 5) and reports median and best per side and the ratio of
 medians.
 """
@@ -30,8 +31,12 @@ TORCH_PRELOAD = None   # set by fair_blas_env: the allocator the PyTorch sides r
 
 
 def torch_cmd(argv):
-    """argv of a PyTorch side, run on the allocator fair_blas_env chose for it."""
-    return ["env", f"LD_PRELOAD={TORCH_PRELOAD}"] + list(argv) if TORCH_PRELOAD else list(argv)
+    """argv of a PyTorch side, run on the allocator fair_blas_env chose for it (tcmalloc: with
+    TCMALLOC_RELEASE_RATE=0 unless the environment sets one, see fair_blas_env)."""
+    if not TORCH_PRELOAD:
+        return list(argv)
+    rate = [] if "TCMALLOC_RELEASE_RATE" in os.environ else ["TCMALLOC_RELEASE_RATE=0"]
+    return ["env", f"LD_PRELOAD={TORCH_PRELOAD}"] + rate + list(argv)
 
 
 def fair_blas_env():
@@ -54,7 +59,14 @@ def fair_blas_env():
     tcmalloc (Debian libtcmalloc-minimal4, scripts/deps.sh) into the PyTorch sides
     (torch_cmd) when LD_PRELOAD is unset. Not into fdpo's: its calloc'd buffers, which
     glibc leaves to the kernel's zero pages until touched, tcmalloc memsets whole, and an
-    online round (124M) spent 2.5 s instead of 0.6 in scoring under it."""
+    online round (124M) spent 2.5 s instead of 0.6 in scoring under it.
+
+    tcmalloc still hands free pages back to the kernel a little at a time
+    (TCMALLOC_RELEASE_RATE, default 1), and a later step faults them in again: wave 20 saw a
+    PyTorch bf16 DPO step at 4.06 s with 40k page faults between steps at 3.46-3.53 s with
+    ~2.5k. TCMALLOC_RELEASE_RATE=0 (never release; fdpo keeps its buffers too) made its
+    steady steps 3.43-3.48 s with no faults, so torch_cmd sets it unless the environment
+    does."""
     if os.environ.get("FDPO_BENCH_KEEP_BLAS") == "1":
         return ""
     notes = []
@@ -62,7 +74,8 @@ def fair_blas_env():
     if "LD_PRELOAD" not in os.environ:
         if os.path.exists(TCMALLOC):
             TORCH_PRELOAD = TCMALLOC
-            notes.append("LD_PRELOAD=tcmalloc for the PyTorch sides (its recommended CPU allocator)")
+            notes.append("LD_PRELOAD=tcmalloc for the PyTorch sides (its recommended CPU allocator"
+                         + (", TCMALLOC_RELEASE_RATE=0)" if "TCMALLOC_RELEASE_RATE" not in os.environ else ")"))
         else:
             notes.append(f"{TCMALLOC} not found (Debian libtcmalloc-minimal4): PyTorch runs on glibc malloc, "
                          "which refaults its freed activations every step, so its times are worse than its best")
@@ -86,7 +99,7 @@ def fair_blas_env():
 
 # the environment a bench's header names when set (the BLAS, OpenMP and bf16 overrides)
 ENV_KEYS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "FDPO_FORCE_BF16_FALLBACK",
-            "LD_PRELOAD")   # LD_PRELOAD: only when the environment sets it (then for every side)
+            "LD_PRELOAD", "TCMALLOC_RELEASE_RATE")   # LD_PRELOAD: only when the environment sets it (then for every side)
 
 
 def set_fair_env():
@@ -149,13 +162,24 @@ class StepServer:
         return json.loads(lines[-1]) if lines else {}
 
 
-def interleave(servers, steps, warmup=1, min_seconds=0.0, warmup_seconds=0.0):
+WARMUP_STEPS = 2   # why two: interleave()'s docstring
+
+
+def interleave(servers, steps, warmup=WARMUP_STEPS, min_seconds=0.0, warmup_seconds=0.0):
     """Warm-up, then timed rounds. Each round steps every server once, starting one further
     along the list than the last round. Warm-up rounds run until every server has done
     `warmup` steps and spent `warmup_seconds` stepping (first-touch page faults, oneDNN's
     JIT, caches and the CPU clock settle there, not in the timed steps); timed rounds run
     until every server has `steps` (>= 5) timed steps summing to at least `min_seconds`, so
-    a fast side gets enough samples for a stable median on a machine whose load moves."""
+    a fast side gets enough samples for a stable median on a machine whose load moves.
+
+    Two warm-up steps by default, not one: a training step's second iteration is the first
+    in which the gradients and the optimizer's state (created by the first AdamW step) are
+    alive together, so an allocator reaches its high-water mark there. Measured in wave 20
+    (PyTorch 124M DPO step on tcmalloc, run alone): step 1 10.8-11.1 s, step 2 7.6-8.0 s
+    with 245k page faults, then 5.35-5.65 s with < 10k; its bf16 step 2 took 4.6-4.9 s
+    against 3.4-3.6. With one warm-up step that slow second step was the first timed one of
+    five, which put PyTorch's IQR at 20-24 %."""
     steps = max(steps, MIN_TIMED_STEPS)
     spent = {id(s): 0.0 for s in servers}
     done = 0

@@ -288,3 +288,41 @@ def test_dpo_phases_line_arithmetic():
     assert "grad_norm 10.0 ms (40 GB/s = 80% of the triad)" in line
     assert "zero_grad 20.0 ms (20 GB/s = 40% of the triad)" in line
     assert line.endswith("median step less these +110.0 ms")
+
+
+class FakeServer:
+    """A step server that answers the given step times in order (interleave()'s protocol)."""
+
+    def __init__(self, name, seconds):
+        self.name, self.seconds = name, list(seconds)
+        self.times, self.cpu_times, self.phases = [], [], []
+
+    def step(self):
+        return {"seconds": self.seconds.pop(0)}
+
+
+def test_interleave_times_only_steps_after_two_warmup_steps():
+    """A training loop's first two steps are warm-up (the optimizer's state first lives beside
+    the gradients in step 2: PyTorch's allocator grows there), so with the default warm-up
+    neither lands in the timed steps: sides whose steps 1 and 2 take 11 s and 8 s and then
+    5 s each must come out with five 5 s steps and a 5 s median."""
+    import interleave
+    slow_start = [FakeServer(n, [11.0, 8.0] + [5.0] * 5) for n in ("torch", "fdpo")]
+    interleave.interleave(slow_start, 5)
+    for s in slow_start:
+        assert s.times == [5.0] * 5
+        assert interleave.stats(s.times)["median"] == 5.0
+
+
+def test_torch_cmd_keeps_tcmalloc_pages(monkeypatch):
+    """The PyTorch sides run on tcmalloc with TCMALLOC_RELEASE_RATE=0 (freed pages stay
+    mapped, as fdpo's buffers do) unless the environment sets a rate; no preload, no env."""
+    import interleave
+    monkeypatch.setattr(interleave, "TORCH_PRELOAD", "/lib/libtcmalloc_minimal.so.4")
+    monkeypatch.delenv("TCMALLOC_RELEASE_RATE", raising=False)
+    assert interleave.torch_cmd(["py", "w"]) == ["env", "LD_PRELOAD=/lib/libtcmalloc_minimal.so.4",
+                                                 "TCMALLOC_RELEASE_RATE=0", "py", "w"]
+    monkeypatch.setenv("TCMALLOC_RELEASE_RATE", "4")
+    assert interleave.torch_cmd(["py", "w"]) == ["env", "LD_PRELOAD=/lib/libtcmalloc_minimal.so.4", "py", "w"]
+    monkeypatch.setattr(interleave, "TORCH_PRELOAD", None)
+    assert interleave.torch_cmd(["py", "w"]) == ["py", "w"]
