@@ -18,6 +18,7 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../../build/fdpo-harness"))
@@ -68,14 +69,17 @@ def test_expf_special_values():
     assert np.all((g == 0) | (g >= np.finfo(np.float32).tiny)), "no subnormal results"
 
 
-def omp_env_report(prog, args, extra_env):
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+OMP_THREAD_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY")
+
+
+def omp_env_report(prog, args, extra_env, key="GOMP_SPINCOUNT"):
+    env = {k: v for k, v in os.environ.items() if k not in OMP_THREAD_ENV}
     env.update(extra_env, OMP_DISPLAY_ENV="verbose")
     r = subprocess.run([prog] + args, env=env, capture_output=True, text=True)
-    spins = [ln.split("=")[1].strip().strip("'") for ln in (r.stdout + r.stderr).splitlines()
-             if ln.strip().startswith("GOMP_SPINCOUNT")]
-    assert spins, r.stderr[-2000:]
-    return spins[-1], r   # the last report is the process that ran the command
+    values = [ln.split("=", 1)[1].strip().strip("'") for ln in (r.stdout + r.stderr).splitlines()
+              if ln.strip().startswith(key + " ")]
+    assert values, r.stderr[-2000:]
+    return values[-1], r   # the last report is the process that ran the command
 
 
 def test_programs_set_a_short_spin_unless_the_user_chose():
@@ -86,6 +90,23 @@ def test_programs_set_a_short_spin_unless_the_user_chose():
         assert omp_env_report(prog, args, {"GOMP_SPINCOUNT": "7"})[0] == "7"
         # OMP_WAIT_POLICY chosen: libgomp's own spin for that policy, not fdpo's
         assert omp_env_report(prog, args, {"OMP_WAIT_POLICY": "passive"})[0] != "1000"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell one place from all")
+def test_programs_keep_every_cpu_when_the_user_binds_threads():
+    """With OMP_PROC_BIND or OMP_PLACES set, libgomp binds the initial thread to its first
+    place before main(); the spin re-exec kept that one-CPU mask, so the program saw a single
+    place and ran all its threads on one CPU. Now no re-exec then: the process that runs the
+    command reports every CPU this test may use as a place (and libgomp's own spin); with
+    OMP_PROC_BIND=false nothing is bound and the short spin is still set."""
+    n_cpus = len(os.sched_getaffinity(0))
+    for prog, args in ((FDPO, ["--help"]), (HARNESS, ["kernel-expf"])):
+        for bind in ({"OMP_PROC_BIND": "true"}, {"OMP_PROC_BIND": "close"}, {"OMP_PLACES": "threads"}):
+            places, r = omp_env_report(prog, args, bind, key="OMP_PLACES")
+            assert r.returncode == 0, r.stderr[-2000:]
+            assert places.count("{") == n_cpus, (prog, bind, places)
+            assert omp_env_report(prog, args, bind)[0] != "1000"
+        assert omp_env_report(prog, args, {"OMP_PROC_BIND": "false"})[0] == "1000"
 
 
 def test_model_ops_times_every_kernel_of_a_step(tmp_path):
