@@ -157,7 +157,9 @@ double fdpo_now(void); /* monotonic seconds */
  * sizing is turned off: the GEMM libraries split their work by the thread count and need
  * teams of that size. fdpo_threads_settle() does the same (keeping the count) when the
  * settings allow a smaller team again, e.g. in a program that never called
- * fdpo_set_threads; the GEMM entry points call it. */
+ * fdpo_set_threads; the GEMM entry points call it. An n above the CPUs the process's
+ * affinity allows (narrowed by taskset or an MPI launcher's binding) is kept, with one
+ * warning through the log hook: the threads then share those CPUs. */
 void fdpo_set_threads(int n);
 void fdpo_threads_settle(void);
 int fdpo_get_threads(void);

@@ -1,11 +1,13 @@
 /* Time, threads, progress display, number formatting. */
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include "fdpo/core.h"
 
 /* OpenBLAS's own setter; present in every OpenBLAS build, declared here to avoid
@@ -19,6 +21,38 @@ double fdpo_now(void) {
 }
 
 static int g_threads = 0;
+
+/* The CPUs this process may run on, when something narrowed it below the online CPUs
+ * (taskset, or an MPI launcher binding the rank: Open MPI binds each rank to one core by
+ * default for -np <= 2); 0 when not narrowed, unknown, or when the user pinned OpenMP's
+ * threads (libgomp narrows each thread's mask to its place itself). */
+static int narrowed_cpu_count(void) {
+#if defined(__linux__) && defined(CPU_COUNT)
+    if (omp_get_proc_bind() != omp_proc_bind_false) return 0;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+    int allowed = CPU_COUNT(&set);
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 && allowed < online ? allowed : 0;
+#else
+    return 0;
+#endif
+}
+
+/* Says once when --threads asks for more threads than the CPUs the process was narrowed to:
+ * they then share those CPUs and a step takes about n / cpus times as long (wave 20:
+ * `mpirun -np 1 ... --threads 2` ran the small model's step in 37 ms, 19 with --bind-to
+ * none). The count is kept: results are defined per thread count. */
+static void warn_if_narrowed(int n) {
+    static int warned;
+    int cpus = narrowed_cpu_count();
+    if (warned || cpus <= 0 || n <= cpus) return;
+    warned = 1;
+    fdpo_log(FDPO_LOG_WARN, "--threads %d, but this process may run on only %d CPU%s (its CPU affinity, as taskset "
+             "or an MPI launcher's binding set it): the threads share %s; under mpirun give each rank its CPUs "
+             "(Open MPI: --bind-to none, or --map-by slot:PE=%d)", n, cpus, cpus == 1 ? "" : "s",
+             cpus == 1 ? "it" : "them", n);
+}
 
 /* Make the thread count fdpo asks for the team size OpenMP gives. oneDNN's GEMMs and
  * OpenBLAS's OpenMP build split their work into omp_get_max_threads() parts and open a region
@@ -34,6 +68,7 @@ static int threads_settle(int n) {
         want = limit;
     }
     omp_set_dynamic(0);
+    if (n > 0) warn_if_narrowed(want);
     if (n > 0 || want != omp_get_max_threads()) { /* n <= 0 and within the limit: defaults untouched */
         omp_set_num_threads(want);
         openblas_set_num_threads(want);
