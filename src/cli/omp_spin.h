@@ -17,28 +17,23 @@
  * file is touched; about a millisecond). A user's setting is left alone; if the exec fails
  * the program simply goes on with libgomp's default.
  *
- * No re-exec when OMP_PROC_BIND (other than false) or OMP_PLACES is set, nor with
- * GOMP_CPU_AFFINITY: libgomp's constructor has then already bound this thread to its first
- * place, and an exec keeps that one-CPU mask, so the new program saw a single CPU and ran
- * every thread on it (wave 20: OMP_PROC_BIND=true made a 124M DPO step 1.9 s instead of
- * 1.0, the small model's 37 ms instead of 20). A user who pins threads keeps libgomp's
- * default wait. */
+ * No re-exec when the user pins threads (OMP_PROC_BIND other than false, OMP_PLACES or
+ * GOMP_CPU_AFFINITY; libgomp's own answer: omp_get_proc_bind() is not false, the test
+ * src/core/runtime.c makes too): libgomp's constructor has then already bound this thread
+ * to its first place, and an exec keeps that one-CPU mask, so the new program saw a single
+ * CPU and ran every thread on it (wave 20: OMP_PROC_BIND=true made a 124M DPO step 1.9 s
+ * instead of 1.0, the small model's 37 ms instead of 20). A user who pins threads keeps
+ * libgomp's default wait. */
 #ifndef FDPO_CLI_OMP_SPIN_H
 #define FDPO_CLI_OMP_SPIN_H
+#include <omp.h>
 #include <stdlib.h>
-#include <strings.h>
 #include <unistd.h>
 
 #define FDPO_GOMP_SPINCOUNT "1000" /* iterations of libgomp's pause loop: tens of microseconds */
 
-/* 1 if the environment asks libgomp to bind threads (see above) */
-static inline int fdpo_omp_binds_threads(void) {
-    const char *bind = getenv("OMP_PROC_BIND");
-    return (bind && strcasecmp(bind, "false") != 0) || getenv("OMP_PLACES") || getenv("GOMP_CPU_AFFINITY");
-}
-
 static inline void fdpo_omp_spin_reexec(char **argv) {
-    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT") || fdpo_omp_binds_threads()) return;
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT") || omp_get_proc_bind() != omp_proc_bind_false) return;
     if (setenv("GOMP_SPINCOUNT", FDPO_GOMP_SPINCOUNT, 0) != 0) return;
     execv("/proc/self/exe", argv); /* returns only on failure: go on with the default */
 }
