@@ -18,8 +18,10 @@ timed steps after two warm-up steps):
 Prints the machine's measured peaks first, then median/best step, pairs/s, GFLOP/s of the
 policy forward+backward as a % of the matching GEMM peak, and ratios of medians vs
 torch-fp32; then fdpo's own FLOPs per step (shared layout: completion rows only in the LM
-head, kept head logits) and the floor they put on a step at the measured sgemm peak, as a
-ratio to torch-fp32's median: the most any fdpo side could reach on this machine; then,
+head, kept head logits) and the floor they put on each shared side's step: those FLOPs at
+the GEMM peak of its precision plus AdamW at the DRAM triad, both measured in the same run
+(interleave.step_floor), with the ratio to each PyTorch side's median that a step at the
+floor would give: the most that side could reach on this machine; then,
 per fdpo side, its step's phases as dpo-bench reports them (medians): the forward +
 backward against its GEMM peak, and AdamW, the gradient norm and the zeroing of the
 gradients in GB/s against the DRAM triad (PHASE_BYTES per parameter).
@@ -103,7 +105,7 @@ def fdpo_shared_flops(cfg, pairs, Tp, Tc):
 # bytes per parameter each optimizer pass moves: AdamW reads param, grad, m, v and writes
 # param, m, v (and, in bf16, the param's bf16 copy: fdpo_model_params_updated); the gradient
 # norm reads the grads; zeroing writes them
-PHASE_BYTES = {"adamw": 28, "grad_norm": 4, "zero_grad": 4}
+PHASE_BYTES = {"adamw": interleave.ADAMW_BYTES, "grad_norm": 4, "zero_grad": 4}
 
 
 def phases_line(s, own_flops, peaks):
@@ -259,16 +261,16 @@ def main():
     interleave.report(servers, flops, peaks, baseline="torch-fp32" if "torch-fp32" in sides else None,
                       unit_per_step=a.pairs, unit="pairs/s")
     own = fdpo_shared_flops(cfg, a.pairs, a.prompt, a.completion)
-    floor = own / (peaks["sgemm_gflops"] * 1e9)
-    line = (f"  fdpo's own work, shared layout: {own / 1e9:.1f} GFLOP/step; at the sgemm peak measured above that "
-            f"is a floor of {floor:.3f}s/step")
-    if "torch-fp32" in sides:
-        torch_median = interleave.stats(next(s for s in servers if s.name == "torch-fp32").times)["median"]
-        line += f" = {torch_median / floor:.2f}x torch-fp32's median (the most any fdpo side could reach here)"
+    line = f"  fdpo's own work, shared layout: {own / 1e9:.1f} GFLOP/step"
     for s in servers:
         if s.name.startswith("fdpo-shared"):
             line += f"; {s.name} {own / interleave.stats(s.times)['median'] * 1e-9:.0f} GFLOP/s"
     print(line)
+    # the floor of the shared sides at that work; the plain-live side computes TRL's layout
+    # and a reference forward, so its floor is not this one
+    floor_s = {k: v for k, v in interleave.floors(servers, own, peaks).items() if k.startswith("fdpo-shared")}
+    if floor_s:
+        print(interleave.floor_line(floor_s, servers))
     for s in servers:
         if s.phases:
             print(phases_line(s, own, peaks))
@@ -276,7 +278,8 @@ def main():
     print(f"  load average after: {os.getloadavg()[0]:.1f}")
     interleave.write_json(a.json, {"bench": "dpo_step", "config": a.config, "pairs": a.pairs, "prompt": a.prompt,
                                    "completion": a.completion, "threads": a.threads,
-                                   "median_seconds": interleave.medians(servers), "peaks": peaks})
+                                   "median_seconds": interleave.medians(servers), "floor_seconds": floor_s,
+                                   "peaks": peaks})
     sys.stdout.flush()
 
 

@@ -14,7 +14,10 @@ median holds still while the machine's load moves; see docs/model.md#benchmarks)
                  what TRL's bf16=True does
 Prints the machine's peaks measured in the same run (fp32 sgemm, bf16 GEMM, STREAM triad),
 then per side: median and best step, tokens/s, achieved GFLOP/s as a % of the matching GEMM
-peak, and the ratio of medians against torch-fp32.
+peak, and the ratio of medians against torch-fp32; then each fdpo side's floor (its FLOPs,
+causal attention pairs only, at the GEMM peak of its precision plus AdamW at the DRAM
+triad: interleave.step_floor) and the ratio to each PyTorch side's median a step at the
+floor would give, the most that side could reach on this machine.
 
     /usr/bin/python3 bench/bench_train_step.py                       # small config (default)
     /usr/bin/python3 bench/bench_train_step.py --configs 124M --steps 5 --threads 2
@@ -139,10 +142,14 @@ def main():
         interleave.report(servers, interleave.gpt2_train_flops(cfg, [T] * B), peaks,
                           baseline="torch-fp32" if "torch-fp32" in sides else None,
                           unit_per_step=B * T, unit="tok/s")
+        floor_s = interleave.floors(servers, interleave.gpt2_train_flops(cfg, [T] * B, causal=True), peaks)
+        if floor_s:
+            print(interleave.floor_line(floor_s, servers))
         print("  peak RSS " + ", ".join(f"{k} {v.get('max_rss_kb', 0) / 1024:.0f} MiB" for k, v in tails.items()))
         print(f"  load average after: {os.getloadavg()[0]:.1f}")
         interleave.write_json(a.json, {"bench": "train_step", "config": name, "B": B, "T": T, "threads": a.threads,
-                                       "median_seconds": interleave.medians(servers), "peaks": peaks})
+                                       "median_seconds": interleave.medians(servers), "floor_seconds": floor_s,
+                                       "peaks": peaks})
         sys.stdout.flush()
 
 

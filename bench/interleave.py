@@ -250,14 +250,58 @@ def print_peaks(p):
               f"({isa['bf16_over_fp32']:.2f}x fp32)")
 
 
-def gpt2_train_flops(cfg, seq_lens):
+def gpt2_train_flops(cfg, seq_lens, causal=False):
     """FLOPs of one forward + backward (3x forward) of GPT-2 on sequences of these
     lengths: every linear layer and the LM head (2 N in out), plus the two attention
-    products computed over full T x T tiles (Q K^T and P V: 4 T^2 C per layer)."""
+    products computed over full T x T tiles (Q K^T and P V: 4 T^2 C per layer), or with
+    causal over the T (T + 1) / 2 query-key pairs the causal mask leaves (the least any
+    implementation must compute: step_floor)."""
     C, L, V = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
     N = sum(seq_lens)
-    fwd = 2 * N * (L * 12 * C * C + C * V) + L * sum(4 * T * T * C for T in seq_lens)
+    pairs = sum(T * (T + 1) // 2 if causal else T * T for T in seq_lens)
+    fwd = 2 * N * (L * 12 * C * C + C * V) + L * 4 * pairs * C
     return 3 * fwd
+
+
+# bytes per parameter any AdamW step must move: read param, grad, m, v and write param, m, v
+# (fp32); fdpo's bf16 runs also write the parameter's bf16 copy (bench_dpo_step.PHASE_BYTES)
+ADAMW_BYTES = 28
+
+
+def gemm_peak(peaks, side):
+    """The measured GEMM peak (GFLOP/s) a side's matmuls run against: bf16 for *bf16 sides."""
+    return peaks["bf16_gflops"] if "bf16" in side else peaks["sgemm_gflops"]
+
+
+def step_floor(flops, gemm_gflops, n_params=0, triad_gbs=None):
+    """The seconds a training step cannot beat on this machine: its FLOPs at the GEMM peak
+    measured in the same run, plus AdamW's ADAMW_BYTES per parameter at the measured DRAM
+    triad (the optimizer cannot overlap the GEMMs: it needs the whole gradient). Everything
+    else (LayerNorm, GELU, softmax, the gradient norm, small GEMMs below the peak) only adds,
+    so a goal whose ratio at the floor (torch's median / floor) is below it cannot be met
+    by removing overhead."""
+    t = flops / (gemm_gflops * 1e9)
+    if n_params and triad_gbs:
+        t += n_params * ADAMW_BYTES / (triad_gbs * 1e9)
+    return t
+
+
+def floors(servers, flops, peaks):
+    """{side: step_floor} for the fdpo sides (n_params from their ready line)."""
+    return {s.name: step_floor(flops, gemm_peak(peaks, s.name), s.ready.get("n_params", 0), peaks.get("triad_gbs"))
+            for s in servers if s.name.startswith("fdpo")}
+
+
+def floor_line(floor_s, servers, against=("torch-fp32", "torch-bf16")):
+    """One line: each fdpo side's floor, its median as a % of it, and the ratio to each torch
+    side's median that a step at the floor would give (the most that side could reach here)."""
+    med = medians(servers)
+    parts = []
+    for name, f in floor_s.items():
+        vs = [f"{med[t] / f:.2f}x {t}" for t in against if t in med]
+        parts.append(f"{name} {f:.4f}s (its median runs at {100 * f / med[name]:.0f}% of that speed)"
+                     + (": " + ", ".join(vs) if vs else ""))
+    return "  floor (FLOPs at the measured GEMM peak + AdamW at the triad): " + "; ".join(parts)
 
 
 def write_json(path, record):

@@ -326,3 +326,57 @@ def test_torch_cmd_keeps_tcmalloc_pages(monkeypatch):
     assert interleave.torch_cmd(["py", "w"]) == ["env", "LD_PRELOAD=/lib/libtcmalloc_minimal.so.4", "py", "w"]
     monkeypatch.setattr(interleave, "TORCH_PRELOAD", None)
     assert interleave.torch_cmd(["py", "w"]) == ["py", "w"]
+
+
+def test_gpt2_train_flops_causal_pairs():
+    """Worked by hand for C 4, L 2, V 10 and sequences of 3 and 2 tokens (N = 5): linear and
+    head 2 N (L 12 C^2 + C V) = 10 (384 + 40) = 4240 per forward; full tiles 4 C L (9 + 4) =
+    32 x 13 = 416, causal pairs 32 x (6 + 3) = 288; forward + backward 3x: 13968 and 13584"""
+    import interleave
+    cfg = dict(n_embd=4, n_layer=2, vocab_size=10)
+    assert interleave.gpt2_train_flops(cfg, [3, 2]) == 3 * (4240 + 416) == 13968
+    assert interleave.gpt2_train_flops(cfg, [3, 2], causal=True) == 3 * (4240 + 288) == 13584
+
+
+def test_step_floor_and_its_line():
+    """The floor, worked by hand: 8e11 FLOPs at an 800 GFLOP/s bf16 peak = 1.0 s, plus AdamW's
+    28 B on 1e8 parameters = 2.8e9 B at a 56 GB/s triad = 0.05 s: 1.05 s; an fp32 side runs
+    against the 400 sgemm peak: 2.0 + 0.05 = 2.05 s. Against torch medians of 3.15 s (fp32)
+    and 2.1 s (bf16) the bf16 floor gives 3.00x and 2.00x; a 1.4 s median runs at 75 % of the
+    floor's speed. Without a parameter count or a triad the floor is the FLOPs alone."""
+    import interleave
+    peaks = {"bf16_gflops": 800.0, "sgemm_gflops": 400.0, "triad_gbs": 56.0}
+    assert interleave.step_floor(8e11, 800.0, 100_000_000, 56.0) == pytest.approx(1.05, rel=1e-12)
+    assert interleave.step_floor(8e11, 800.0) == pytest.approx(1.0, rel=1e-12)
+
+    class Side:
+        def __init__(self, name, t, n=100_000_000):
+            self.name, self.times, self.ready = name, [t], {"n_params": n}
+
+    sides = [Side("fdpo-bf16", 1.4), Side("fdpo-fp32", 4.1), Side("torch-fp32", 3.15), Side("torch-bf16", 2.1)]
+    f = interleave.floors(sides, 8e11, peaks)
+    assert sorted(f) == ["fdpo-bf16", "fdpo-fp32"]          # torch sides get no floor
+    assert f["fdpo-bf16"] == pytest.approx(1.05) and f["fdpo-fp32"] == pytest.approx(2.05)
+    line = interleave.floor_line({"fdpo-bf16": f["fdpo-bf16"]}, sides)
+    assert "fdpo-bf16 1.0500s (its median runs at 75% of that speed): 3.00x torch-fp32, 2.00x torch-bf16" in line
+
+
+def test_goals_table_floor_column():
+    """goals.table: the DPO row against torch bf16 from three runs' records. Ratios 3.4, 3.5,
+    3.3 (torch 3.4 / 3.5 / 3.3 s over fdpo's 1.0 s): median 3.40x, spread 0.2 / 3.4 = 6 %, not
+    met; at the floors (0.85, 1.0, 0.825 s) torch / floor = 4.0, 3.5, 4.0: median 4.00x, the
+    goal (3.5x) reachable. A record without floor_seconds (a bench from before) gives none,
+    and a row whose every record lacks them shows '-'."""
+    sys.path.insert(0, os.path.join(HERE, "../../bench"))
+    import goals
+    recs = [{"median_seconds": {"fdpo-shared-cached-bf16": 1.0, "torch-bf16": t, "torch-fp32": 5.0},
+             "floor_seconds": {"fdpo-shared-cached-bf16": f}} for t, f in ((3.4, 0.85), (3.5, 1.0), (3.3, 0.825))]
+    rows = {l.split(" | ")[0][2:]: l for l in goals.table({"dpo": recs}, 3)[2:]}
+    assert rows["DPO 124M bf16 vs torch bf16"] == ("| DPO 124M bf16 vs torch bf16 | >= 3.5x | 3.40x | 3.50x | 3.30x | "
+                                                   "6% ok | no | 4.00x (goal reachable) |")
+    # torch fp32 5.0 s over floors 0.85 / 1.0 / 0.825: 5.88, 5.0, 6.06 -> median 5.88x
+    assert rows["DPO 124M bf16 vs torch fp32"].endswith("| yes | 5.88x (goal reachable) |")
+    old = [{k: v for k, v in r.items() if k != "floor_seconds"} for r in recs]
+    assert goals.table({"dpo": old}, 3)[3].endswith("| no | - |")
+    beyond = [dict(r, floor_seconds={"fdpo-shared-cached-bf16": 1.2}) for r in recs]   # 3.3 / 1.2 = 2.75 ...
+    assert goals.table({"dpo": beyond}, 3)[3].endswith("| 2.83x (goal beyond it) |")   # median 3.4 / 1.2
