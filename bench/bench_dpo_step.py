@@ -19,8 +19,7 @@ Prints the machine's measured peaks first, then median/best step, pairs/s, GFLOP
 policy forward+backward as a % of the matching GEMM peak, and ratios of medians vs
 torch-fp32; then fdpo's own FLOPs per step (shared layout: completion rows only in the LM
 head, kept head logits) and the floor they put on each shared side's step: those FLOPs at
-the GEMM peak of its precision plus AdamW at the DRAM triad, both measured in the same run
-(interleave.step_floor), with the ratio to each PyTorch side's median that a step at the
+the GEMM peak of its precision measured in the same run (interleave.step_floor), with the ratio to each PyTorch side's median that a step at the
 floor would give: the most that side could reach on this machine; then,
 per fdpo side, its step's phases as dpo-bench reports them (medians): the forward +
 backward against its GEMM peak, and AdamW, the gradient norm and the zeroing of the

@@ -3,8 +3,7 @@
 whole set run REPEATS times in sequence (default 3) for the reproducibility check, then one
 table with each run's figure, the spread across runs ((max - min) / median, goal <= 15 %),
 whether the median meets the goal and, for the timed rows, the ratio a step at its floor
-would give (the FLOPs at the GEMM peak measured in the same run plus AdamW at the measured
-DRAM triad: interleave.step_floor), i.e. whether the goal is reachable on this machine.
+would give (its FLOPs at the GEMM peak measured in the same run: interleave.step_floor), i.e. whether the goal is reachable on this machine.
 
 Rows (2 threads by default; ratios are ratios of medians within one invocation):
   DPO step 124M, shared + cached, bf16     bench_dpo_step.py --config 124M
@@ -124,8 +123,7 @@ def table(records, repeats):
     figure per run, the spread across runs ((max - min) / median, goal <= 15 %), whether the
     median meets the goal, and for the timed rows the median over runs of the figure a step
     at the floor would give (interleave.step_floor: the FLOPs at the run's measured GEMM
-    peak plus AdamW at its DRAM triad), which says whether the goal is reachable on this
-    machine at all."""
+    peak), which says whether the goal is reachable on this machine at all."""
     lines = [f"| measure | goal | {' | '.join(f'run {i + 1}' for i in range(repeats))} | spread | median meets goal "
              "| at the floor |",
              "|---|---|" + "---|" * repeats + "---|---|---|"]
