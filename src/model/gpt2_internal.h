@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <omp.h>
 #include "fdpo/gpt2.h"
 
 /* Activations of the last forward, carved from one allocation (acts->memory).
@@ -89,6 +90,30 @@ struct fdpo_gpt2_acts {
  * more than splitting ~10 us of work saves (DPO micro-batches of a few hundred tokens).
  * Only the thread count changes, never the arithmetic of an element, so results are the same. */
 #define FDPO_PAR_MIN 65536
+
+/* STMT over [0, n), naming its range lo_ .. hi_: split statically over the OpenMP team when
+ * par, or run once over all of [0, n) on this thread when !par or when the caller is
+ * already inside a parallel region. A small model's step runs every sequence slice on a
+ * thread of its own (gpt2.c, slice_plan), and there even an inactive nested region costs
+ * libgomp a team of one and two futex calls (~2.7 us on this VM against a plain loop's
+ * 0.35, wave 21): about 50 of them per thread and step when every kernel opened one. STMT
+ * calls a function (no pragmas inside a macro argument); each range computes the elements
+ * it would in one loop, so the results do not depend on the split. */
+#define FDPO_SPLIT(n, par, STMT)                                                                 \
+    do {                                                                                        \
+        const size_t n_ = (n);                                                                  \
+        if (!(par) || omp_in_parallel()) {                                                      \
+            const size_t lo_ = 0, hi_ = n_;                                                     \
+            STMT;                                                                               \
+        } else {                                                                                \
+            _Pragma("omp parallel")                                                             \
+            {                                                                                   \
+                const size_t nt_ = (size_t)omp_get_num_threads(), it_ = (size_t)omp_get_thread_num(); \
+                const size_t lo_ = n_ * it_ / nt_, hi_ = n_ * (it_ + 1) / nt_;                  \
+                STMT;                                                                           \
+            }                                                                                   \
+        }                                                                                       \
+    } while (0)
 
 /* ---- kernels (src/model/gpt2_kernels.c); one per layer and direction ---- */
 void fdpo_k_column_sums_add(float *acc, const float *x, size_t N, size_t OC);

@@ -16,11 +16,9 @@
  * Blocks of columns per thread, rows read contiguously; each column sums in row order
  * whatever the thread count. */
 #define COL_BLOCK 64
-void fdpo_k_column_sums_add(float *acc, const float *x, size_t N, size_t OC) {
-    long n_blocks = (long)((OC + COL_BLOCK - 1) / COL_BLOCK);
-#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
-    for (long blk = 0; blk < n_blocks; blk++) {
-        size_t o0 = (size_t)blk * COL_BLOCK, w = OC - o0 < COL_BLOCK ? OC - o0 : COL_BLOCK;
+static void column_sums_blocks(float *acc, const float *x, size_t N, size_t OC, size_t b0, size_t b1) {
+    for (size_t blk = b0; blk < b1; blk++) {
+        size_t o0 = blk * COL_BLOCK, w = OC - o0 < COL_BLOCK ? OC - o0 : COL_BLOCK;
         float s[COL_BLOCK] = {0};
         for (size_t t = 0; t < N; t++) {
             const float *row = x + t * OC + o0;
@@ -29,27 +27,31 @@ void fdpo_k_column_sums_add(float *acc, const float *x, size_t N, size_t OC) {
         for (size_t j = 0; j < w; j++) acc[o0 + j] += s[j];
     }
 }
+void fdpo_k_column_sums_add(float *acc, const float *x, size_t N, size_t OC) {
+    FDPO_SPLIT((OC + COL_BLOCK - 1) / COL_BLOCK, N * OC >= FDPO_PAR_MIN, column_sums_blocks(acc, x, N, OC, lo_, hi_));
+}
 
 /* out [N,C] = wte[tokens] + wpe[pos] */
-void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
-                     const float *wpe, size_t N, size_t C) {
-#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
-    for (size_t t = 0; t < N; t++) {
+static void encoder_rows(float *out, const int32_t *tokens, const int32_t *pos, const float *wte, const float *wpe,
+                         size_t C, size_t t0, size_t t1) {
+    for (size_t t = t0; t < t1; t++) {
         const float *te = wte + (size_t)tokens[t] * C, *pe = wpe + (size_t)pos[t] * C;
         float *o = out + t * C;
         for (size_t c = 0; c < C; c++) o[c] = te[c] + pe[c];
     }
 }
+void fdpo_k_encoder_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
+                     const float *wpe, size_t N, size_t C) {
+    FDPO_SPLIT(N, N * C >= FDPO_PAR_MIN, encoder_rows(out, tokens, pos, wte, wpe, C, lo_, hi_));
+}
 
 /* dwte [V,C], dwpe [maxT,C] += scatter of dout [N,C]. Parallel over blocks of channels so
  * that two tokens with the same id never race, and each element sums in token order; a
  * block reads a contiguous run of each row (one channel per thread read a float per row). */
-void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
-                      const int32_t *pos, size_t N, size_t C) {
-    long n_blocks = (long)((C + COL_BLOCK - 1) / COL_BLOCK);
-#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
-    for (long blk = 0; blk < n_blocks; blk++) {
-        size_t c0 = (size_t)blk * COL_BLOCK, w = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
+static void encoder_backward_blocks(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+                                    const int32_t *pos, size_t N, size_t C, size_t b0, size_t b1) {
+    for (size_t blk = b0; blk < b1; blk++) {
+        size_t c0 = blk * COL_BLOCK, w = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
         for (size_t t = 0; t < N; t++) {
             const float *d = dout + t * C + c0;
             float *te = dwte + (size_t)tokens[t] * C + c0, *pe = dwpe + (size_t)pos[t] * C + c0;
@@ -60,6 +62,11 @@ void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const 
             }
         }
     }
+}
+void fdpo_k_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+                      const int32_t *pos, size_t N, size_t C) {
+    FDPO_SPLIT((C + COL_BLOCK - 1) / COL_BLOCK, N * C >= FDPO_PAR_MIN,
+               encoder_backward_blocks(dwte, dwpe, dout, tokens, pos, N, C, lo_, hi_));
 }
 
 /* dst [K, W] = rows rows[0..K) of src [., W]. dst may be src: rows ascend with rows[k] >= k,
@@ -101,21 +108,23 @@ static inline void layernorm_row(float *o, float *mean, float *rstd, const float
 }
 
 /* out [N,C] = (inp - mean) * rstd * w + b; mean, rstd [N] kept for backward. */
+static void layernorm_rows(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
+                           size_t C, float eps, size_t t0, size_t t1) {
+    for (size_t t = t0; t < t1; t++) layernorm_row(out + t * C, mean + t, rstd + t, inp + t * C, w, b, C, eps);
+}
 void fdpo_k_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, size_t N, size_t C, float eps) {
-#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
-    for (size_t t = 0; t < N; t++) layernorm_row(out + t * C, mean + t, rstd + t, inp + t * C, w, b, C, eps);
+    FDPO_SPLIT(N, N * C >= FDPO_PAR_MIN, layernorm_rows(out, mean, rstd, inp, w, b, C, eps, lo_, hi_));
 }
 
 /* res [N,C] += bias [C] + residual [N,C], then out [N,C] = LayerNorm(res) as above.
  * res holds a linear layer's output computed without its bias; one pass per row (the
  * row is still in cache when it is normalised) instead of a bias copy, a residual add and
  * a LayerNorm, each with its own parallel region. bias may be NULL. */
-void fdpo_k_residual_layernorm_forward(float *res, float *out, float *mean, float *rstd, const float *bias,
-                                const float *residual, const float *w, const float *b, size_t N, size_t C,
-                                float eps) {
-#pragma omp parallel for schedule(static) if (N * C >= FDPO_PAR_MIN)
-    for (size_t t = 0; t < N; t++) {
+static void residual_layernorm_rows(float *res, float *out, float *mean, float *rstd, const float *bias,
+                                    const float *residual, const float *w, const float *b, size_t C, float eps,
+                                    size_t t0, size_t t1) {
+    for (size_t t = t0; t < t1; t++) {
         float *x = res + t * C;
         const float *r = residual + t * C;
         if (bias) {
@@ -128,51 +137,79 @@ void fdpo_k_residual_layernorm_forward(float *res, float *out, float *mean, floa
         layernorm_row(out + t * C, mean + t, rstd + t, x, w, b, C, eps);
     }
 }
+void fdpo_k_residual_layernorm_forward(float *res, float *out, float *mean, float *rstd, const float *bias,
+                                const float *residual, const float *w, const float *b, size_t N, size_t C,
+                                float eps) {
+    FDPO_SPLIT(N, N * C >= FDPO_PAR_MIN,
+               residual_layernorm_rows(res, out, mean, rstd, bias, residual, w, b, C, eps, lo_, hi_));
+}
 
 /* dinp [N,C] += LayerNorm backward of dout [N,C]; dw, db [C] += per-channel sums.
  *   xhat = (x - mean) * rstd,  dxhat = dout * w
  *   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
+static void layernorm_backward_rows(float *dinp, const float *dout, const float *inp, const float *w,
+                                    const float *mean, const float *rstd, size_t C, size_t t0, size_t t1) {
+    for (size_t t = t0; t < t1; t++) {
+        const float *dy = dout + t * C, *x = inp + t * C;
+        float m = mean[t], r = rstd[t];
+        double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
+#pragma omp simd reduction(+ : sum_dxhat, sum_dxhat_xhat)
+        for (size_t c = 0; c < C; c++) {
+            float xhat = (x[c] - m) * r, dxhat = dy[c] * w[c];
+            sum_dxhat += dxhat;
+            sum_dxhat_xhat += dxhat * xhat;
+        }
+        float mean_dxhat = (float)(sum_dxhat / (double)C);
+        float mean_dxhat_xhat = (float)(sum_dxhat_xhat / (double)C);
+        float *dx = dinp + t * C;
+#pragma omp simd
+        for (size_t c = 0; c < C; c++) {
+            float xhat = (x[c] - m) * r, dxhat = dy[c] * w[c];
+            dx[c] += r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+        }
+    }
+}
+
+static void layernorm_backward_blocks(float *dw, float *db, const float *dout, const float *inp, const float *mean,
+                                      const float *rstd, size_t N, size_t C, size_t b0, size_t b1) {
+    for (size_t blk = b0; blk < b1; blk++) {
+        size_t c0 = blk * COL_BLOCK, w = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
+        float sw[COL_BLOCK] = {0}, sb[COL_BLOCK] = {0};
+        for (size_t t = 0; t < N; t++) {
+            const float *x = inp + t * C + c0, *dy = dout + t * C + c0;
+            float m = mean[t], r = rstd[t];
+            for (size_t j = 0; j < w; j++) {
+                sw[j] += dy[j] * ((x[j] - m) * r);
+                sb[j] += dy[j];
+            }
+        }
+        for (size_t j = 0; j < w; j++) { dw[c0 + j] += sw[j]; db[c0 + j] += sb[j]; }
+    }
+}
+
 void fdpo_k_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                         const float *w, const float *mean, const float *rstd, size_t N, size_t C) {
-    long n_blocks = dw ? (long)((C + COL_BLOCK - 1) / COL_BLOCK) : 0; /* dw NULL: frozen weights (LoRA) */
+    size_t n_blocks = dw ? (C + COL_BLOCK - 1) / COL_BLOCK : 0; /* dw NULL: frozen weights (LoRA) */
+    if (N * C < FDPO_PAR_MIN || omp_in_parallel()) { /* FDPO_SPLIT's rule */
+        layernorm_backward_rows(dinp, dout, inp, w, mean, rstd, C, 0, N);
+        layernorm_backward_blocks(dw, db, dout, inp, mean, rstd, N, C, 0, n_blocks);
+        return;
+    }
     /* one region: the row pass (dinp) and the column pass (dw, db) read the same inputs and
      * write different outputs, so neither waits for the other */
-#pragma omp parallel if (N * C >= FDPO_PAR_MIN)
+#pragma omp parallel
     {
-#pragma omp for schedule(static) nowait
-        for (size_t t = 0; t < N; t++) {
-            const float *dy = dout + t * C, *x = inp + t * C;
-            float m = mean[t], r = rstd[t];
-            double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
-#pragma omp simd reduction(+ : sum_dxhat, sum_dxhat_xhat)
-            for (size_t c = 0; c < C; c++) {
-                float xhat = (x[c] - m) * r, dxhat = dy[c] * w[c];
-                sum_dxhat += dxhat;
-                sum_dxhat_xhat += dxhat * xhat;
-            }
-            float mean_dxhat = (float)(sum_dxhat / (double)C);
-            float mean_dxhat_xhat = (float)(sum_dxhat_xhat / (double)C);
-            float *dx = dinp + t * C;
+        const size_t nt = (size_t)omp_get_num_threads(), it = (size_t)omp_get_thread_num();
+        layernorm_backward_rows(dinp, dout, inp, w, mean, rstd, C, N * it / nt, N * (it + 1) / nt);
+        layernorm_backward_blocks(dw, db, dout, inp, mean, rstd, N, C, n_blocks * it / nt, n_blocks * (it + 1) / nt);
+    }
+}
+
+static void bias_add_rows(float *out, const float *bias, size_t OC, size_t t0, size_t t1) {
+    for (size_t t = t0; t < t1; t++) {
+        float *o = out + t * OC;
 #pragma omp simd
-            for (size_t c = 0; c < C; c++) {
-                float xhat = (x[c] - m) * r, dxhat = dy[c] * w[c];
-                dx[c] += r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
-            }
-        }
-#pragma omp for schedule(static) nowait
-        for (long blk = 0; blk < n_blocks; blk++) {
-            size_t c0 = (size_t)blk * COL_BLOCK, w = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
-            float sw[COL_BLOCK] = {0}, sb[COL_BLOCK] = {0};
-            for (size_t t = 0; t < N; t++) {
-                const float *x = inp + t * C + c0, *dy = dout + t * C + c0;
-                float m = mean[t], r = rstd[t];
-                for (size_t j = 0; j < w; j++) {
-                    sw[j] += dy[j] * ((x[j] - m) * r);
-                    sb[j] += dy[j];
-                }
-            }
-            for (size_t j = 0; j < w; j++) { dw[c0 + j] += sw[j]; db[c0 + j] += sb[j]; }
-        }
+        for (size_t c = 0; c < OC; c++) o[c] += bias[c];
     }
 }
 
@@ -185,13 +222,7 @@ void fdpo_k_matmul_forward(float *out, const float *inp, const float *w, const f
                     size_t N, size_t IC, size_t OC) {
     fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)OC, (int)IC,
                 1.0f, inp, (int)IC, w, (int)OC, 0.0f, out, (int)OC);
-    if (!bias) return;
-#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
-    for (size_t t = 0; t < N; t++) {
-        float *o = out + t * OC;
-#pragma omp simd
-        for (size_t c = 0; c < OC; c++) o[c] += bias[c];
-    }
+    if (bias) FDPO_SPLIT(N, N * OC >= FDPO_PAR_MIN, bias_add_rows(out, bias, OC, lo_, hi_));
 }
 
 /* A backward's two GEMMs (d input and d weight) are independent and equal in FLOPs. On two
@@ -357,9 +388,8 @@ static inline float gelu_grad(float x) {
  * exp and a division from the pre-activation: ~5 % of a small model's step). The c_fc
  * layer's bias is added here instead of by a copy before its GEMM. The values are gelu_value's
  * and gelu_grad's as before, so results are unchanged bit for bit. */
-void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t N, size_t OC) {
-#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
-    for (size_t t = 0; t < N; t++) {
+static void bias_gelu_rows(float *out, float *fch, const float *bias, size_t OC, size_t t0, size_t t1) {
+    for (size_t t = t0; t < t1; t++) {
         float *x = fch + t * OC, *o = out + t * OC;
 #pragma omp simd
         for (size_t c = 0; c < OC; c++) {
@@ -369,17 +399,19 @@ void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t 
         }
     }
 }
+void fdpo_k_bias_gelu_forward(float *out, float *fch, const float *bias, size_t N, size_t OC) {
+    FDPO_SPLIT(N, N * OC >= FDPO_PAR_MIN, bias_gelu_rows(out, fch, bias, OC, lo_, hi_));
+}
 
 /* d [N,OC] = dgelu * d (in place; dgelu [N,OC]: gelu' as fdpo_k_bias_gelu_forward left it);
  * dbias [OC] += column sums of the new d (NULL: frozen). Parallel over blocks of columns so
  * each dbias element sums its rows in order, as fdpo_k_column_sums_add does: one pass and one
  * region instead of two. */
 #define GELU_COL_BLOCK 256
-void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *dgelu, size_t N, size_t OC) {
-    long n_blocks = (long)((OC + GELU_COL_BLOCK - 1) / GELU_COL_BLOCK);
-#pragma omp parallel for schedule(static) if (N * OC >= FDPO_PAR_MIN)
-    for (long blk = 0; blk < n_blocks; blk++) {
-        size_t o0 = (size_t)blk * GELU_COL_BLOCK, w = OC - o0 < GELU_COL_BLOCK ? OC - o0 : GELU_COL_BLOCK;
+static void gelu_backward_bias_blocks(float *d, float *dbias, const float *dgelu, size_t N, size_t OC, size_t b0,
+                                      size_t b1) {
+    for (size_t blk = b0; blk < b1; blk++) {
+        size_t o0 = blk * GELU_COL_BLOCK, w = OC - o0 < GELU_COL_BLOCK ? OC - o0 : GELU_COL_BLOCK;
         float s[GELU_COL_BLOCK] = {0};
         for (size_t t = 0; t < N; t++) {
             float *row = d + t * OC + o0;
@@ -393,6 +425,10 @@ void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *dgelu, size_
         if (dbias)
             for (size_t j = 0; j < w; j++) dbias[o0 + j] += s[j];
     }
+}
+void fdpo_k_gelu_backward_bias(float *d, float *dbias, const float *dgelu, size_t N, size_t OC) {
+    FDPO_SPLIT((OC + GELU_COL_BLOCK - 1) / GELU_COL_BLOCK, N * OC >= FDPO_PAR_MIN,
+               gelu_backward_bias_blocks(d, dbias, dgelu, N, OC, lo_, hi_));
 }
 
 /* out = a + b, n elements */
@@ -870,24 +906,28 @@ static void attention_backward_small(float *dq, float *dk, float *dv, const floa
  * lse [N, NH] (lse[t*NH + h] = m + log l, the log-sum-exp of row t's scores) is kept for
  * backward: O(T) memory per head instead of T^2. Sequential inside a (sequence, head) job,
  * so the result does not depend on the thread count. */
+static void attention_forward_job(float *out, float *lse, const float *qkv, const size_t *seq_offset,
+                                  const uint8_t *branch, size_t C, size_t NH, size_t job) {
+    size_t hs = C / NH, C3 = 3 * C, b = job / NH, h = job % NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
+    const float *q = qkv + s * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+    float *o = out + s * C + h * hs;
+    const uint8_t *br = branch ? branch + s : NULL;
+    if (attention_small_path(hs))
+        attention_forward_small(o, lse + s * NH + h, NH, q, k, v, br, T, C, hs, scale);
+    else
+        fdpo_k_attention_forward_blocks(fdpo_sgemm, o, C, lse + s * NH + h, NH, q, C3, k, v, C3, br, T, hs, scale);
+}
 void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv, const size_t *seq_offset,
                                  const uint8_t *branch, size_t B, size_t C, size_t NH) {
-    size_t hs = C / NH, C3 = 3 * C;
-    float scale = 1.0f / sqrtf((float)hs);
     long n_jobs = (long)(B * NH);
-    const int small = attention_small_path(hs);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (long job = 0; job < n_jobs; job++) {
-        size_t b = (size_t)job / NH, h = (size_t)job % NH;
-        size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
-        const float *q = qkv + s * C3 + h * hs, *k = q + C, *v = q + 2 * C;
-        float *o = out + s * C + h * hs;
-        const uint8_t *br = branch ? branch + s : NULL;
-        if (small)
-            attention_forward_small(o, lse + s * NH + h, NH, q, k, v, br, T, C, hs, scale);
-        else
-            fdpo_k_attention_forward_blocks(fdpo_sgemm, o, C, lse + s * NH + h, NH, q, C3, k, v, C3, br, T, hs, scale);
+    if (omp_in_parallel()) { /* a sequence slice's own thread (FDPO_SPLIT's rule) */
+        for (long job = 0; job < n_jobs; job++) attention_forward_job(out, lse, qkv, seq_offset, branch, C, NH, (size_t)job);
+        return;
     }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long job = 0; job < n_jobs; job++) attention_forward_job(out, lse, qkv, seq_offset, branch, C, NH, (size_t)job);
 }
 
 int fdpo_attention_bf16(fdpo_precision p) {
@@ -1164,27 +1204,34 @@ static void attention_backward_head(float *dq, float *dk, float *dv, const float
  * and lse: by query blocks (fdpo_k_attention_backward_block), or on the small path tile by
  * tile. out is the forward's output (the
  * attention output before c_proj). */
+static void attention_backward_job(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                   const float *lse, const size_t *seq_offset, const uint8_t *branch, size_t C,
+                                   size_t NH, int bf16, int dp, size_t job) {
+    size_t hs = C / NH, C3 = 3 * C, b = job / NH, h = job % NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
+    const float *q = qkv + s * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+    float *dq = dqkv + s * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
+    const float *dy = dout + s * C + h * hs, *o = out + s * C + h * hs;
+    const uint8_t *br = branch ? branch + s : NULL;
+    if (attention_small_path(hs) && !bf16)
+        attention_backward_small(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale);
+    else
+        attention_backward_head(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale, bf16, dp);
+}
 void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const float *qkv, const float *out,
                                   const float *lse, const size_t *seq_offset, const uint8_t *branch,
                                   size_t B, size_t C, size_t NH, int bf16) {
-    size_t hs = C / NH, C3 = 3 * C;
-    float scale = 1.0f / sqrtf((float)hs);
     long n_jobs = (long)(B * NH);
-    const int small = attention_small_path(hs);
     const int dp = bf16 && fdpo_k_att_bf16_dp();
-#pragma omp parallel for schedule(dynamic, 1)
-    for (long job = 0; job < n_jobs; job++) {
-        size_t b = (size_t)job / NH, h = (size_t)job % NH;
-        size_t s = seq_offset[b], T = seq_offset[b + 1] - s;
-        const float *q = qkv + s * C3 + h * hs, *k = q + C, *v = q + 2 * C;
-        float *dq = dqkv + s * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
-        const float *dy = dout + s * C + h * hs, *o = out + s * C + h * hs;
-        const uint8_t *br = branch ? branch + s : NULL;
-        if (small && !bf16)
-            attention_backward_small(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale);
-        else
-            attention_backward_head(dq, dk, dv, dy, o, q, k, v, lse + s * NH + h, NH, br, T, C, hs, scale, bf16, dp);
+    if (omp_in_parallel()) { /* a sequence slice's own thread (FDPO_SPLIT's rule) */
+        for (long job = 0; job < n_jobs; job++)
+            attention_backward_job(dqkv, dout, qkv, out, lse, seq_offset, branch, C, NH, bf16, dp, (size_t)job);
+        return;
     }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long job = 0; job < n_jobs; job++)
+        attention_backward_job(dqkv, dout, qkv, out, lse, seq_offset, branch, C, NH, bf16, dp, (size_t)job);
 }
 
 /* ---- LM head + log-softmax + gather fused over vocabulary chunks (no [K, V] logits) ----
