@@ -19,8 +19,9 @@ Prints the machine's measured peaks first, then median/best step, pairs/s, GFLOP
 policy forward+backward as a % of the matching GEMM peak, and ratios of medians vs
 torch-fp32; then fdpo's own FLOPs per step (shared layout: completion rows only in the LM
 head, kept head logits) and the floor they put on each shared side's step: those FLOPs at
-the GEMM peak of its precision measured in the same run (interleave.step_floor), with the ratio to each PyTorch side's median that a step at the
-floor would give: the most that side could reach on this machine; then,
+the GEMM peak of its precision measured in the same run (interleave.step_floor), with the
+ratio to each PyTorch side's median that a step at the floor would give: the most that side
+could reach on this machine; then,
 per fdpo side, its step's phases as dpo-bench reports them (medians): the forward +
 backward against its GEMM peak, and AdamW, the gradient norm and the zeroing of the
 gradients in GB/s against the DRAM triad (PHASE_BYTES per parameter).
@@ -104,7 +105,7 @@ def fdpo_shared_flops(cfg, pairs, Tp, Tc):
 # bytes per parameter each optimizer pass moves: AdamW reads param, grad, m, v and writes
 # param, m, v (and, in bf16, the param's bf16 copy: fdpo_model_params_updated); the gradient
 # norm reads the grads; zeroing writes them
-PHASE_BYTES = {"adamw": interleave.ADAMW_BYTES, "grad_norm": 4, "zero_grad": 4}
+PHASE_BYTES = {"adamw": 28, "grad_norm": 4, "zero_grad": 4}
 
 
 def phases_line(s, own_flops, peaks):

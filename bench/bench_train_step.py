@@ -15,8 +15,9 @@ median holds still while the machine's load moves; see docs/model.md#benchmarks)
 Prints the machine's peaks measured in the same run (fp32 sgemm, bf16 GEMM, STREAM triad),
 then per side: median and best step, tokens/s, achieved GFLOP/s as a % of the matching GEMM
 peak, and the ratio of medians against torch-fp32; then each fdpo side's floor (its FLOPs,
-causal attention pairs only, at the GEMM peak of its precision: interleave.step_floor) and the ratio to each PyTorch side's median a step at the
-floor would give, the most that side could reach on this machine.
+causal attention pairs only, at the GEMM peak of its precision: interleave.step_floor) and
+the ratio to each PyTorch side's median a step at the floor would give, the most that side
+could reach on this machine.
 
     /usr/bin/python3 bench/bench_train_step.py                       # small config (default)
     /usr/bin/python3 bench/bench_train_step.py --configs 124M --steps 5 --threads 2

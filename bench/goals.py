@@ -3,7 +3,8 @@
 whole set run REPEATS times in sequence (default 3) for the reproducibility check, then one
 table with each run's figure, the spread across runs ((max - min) / median, goal <= 15 %),
 whether the median meets the goal and, for the timed rows, the ratio a step at its floor
-would give (its FLOPs at the GEMM peak measured in the same run: interleave.step_floor), i.e. whether the goal is reachable on this machine.
+would give (its FLOPs at the GEMM peak measured in the same run: interleave.step_floor),
+i.e. whether the goal is reachable on this machine.
 
 Rows (2 threads by default; ratios are ratios of medians within one invocation):
   DPO step 124M, shared + cached, bf16     bench_dpo_step.py --config 124M

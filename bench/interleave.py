@@ -263,11 +263,6 @@ def gpt2_train_flops(cfg, seq_lens, causal=False):
     return 3 * fwd
 
 
-# bytes per parameter an AdamW step moves: read param, grad, m, v and write param, m, v
-# (fp32); fdpo's bf16 runs also write the parameter's bf16 copy (bench_dpo_step.PHASE_BYTES)
-ADAMW_BYTES = 28
-
-
 def gemm_peak(peaks, side):
     """The measured GEMM peak (GFLOP/s) a side's matmuls run against: bf16 for *bf16 sides."""
     return peaks["bf16_gflops"] if "bf16" in side else peaks["sgemm_gflops"]

@@ -98,11 +98,13 @@ struct fdpo_gpt2_acts {
  * libgomp a team of one and two futex calls (~2.7 us on this VM against a plain loop's
  * 0.35, wave 21): about 50 of them per thread and step when every kernel opened one. STMT
  * calls a function (no pragmas inside a macro argument); each range computes the elements
- * it would in one loop, so the results do not depend on the split. */
+ * it would in one loop, so the results do not depend on the split. fdpo_k_on_this_thread is
+ * the rule, for kernels whose split is not one range (the LayerNorm backward, the attention). */
+static inline int fdpo_k_on_this_thread(int par) { return !par || omp_in_parallel(); }
 #define FDPO_SPLIT(n, par, STMT)                                                                 \
     do {                                                                                        \
         const size_t n_ = (n);                                                                  \
-        if (!(par) || omp_in_parallel()) {                                                      \
+        if (fdpo_k_on_this_thread(par)) {                                                       \
             const size_t lo_ = 0, hi_ = n_;                                                     \
             STMT;                                                                               \
         } else {                                                                                \

@@ -190,7 +190,7 @@ static void layernorm_backward_blocks(float *dw, float *db, const float *dout, c
 void fdpo_k_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                         const float *w, const float *mean, const float *rstd, size_t N, size_t C) {
     size_t n_blocks = dw ? (C + COL_BLOCK - 1) / COL_BLOCK : 0; /* dw NULL: frozen weights (LoRA) */
-    if (N * C < FDPO_PAR_MIN || omp_in_parallel()) { /* FDPO_SPLIT's rule */
+    if (fdpo_k_on_this_thread(N * C >= FDPO_PAR_MIN)) {
         layernorm_backward_rows(dinp, dout, inp, w, mean, rstd, C, 0, N);
         layernorm_backward_blocks(dw, db, dout, inp, mean, rstd, N, C, 0, n_blocks);
         return;
@@ -922,7 +922,7 @@ static void attention_forward_job(float *out, float *lse, const float *qkv, cons
 void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv, const size_t *seq_offset,
                                  const uint8_t *branch, size_t B, size_t C, size_t NH) {
     long n_jobs = (long)(B * NH);
-    if (omp_in_parallel()) { /* a sequence slice's own thread (FDPO_SPLIT's rule) */
+    if (fdpo_k_on_this_thread(1)) { /* a sequence slice's own thread */
         for (long job = 0; job < n_jobs; job++) attention_forward_job(out, lse, qkv, seq_offset, branch, C, NH, (size_t)job);
         return;
     }
@@ -1224,7 +1224,7 @@ void fdpo_k_attention_backward_streaming(float *dqkv, const float *dout, const f
                                   size_t B, size_t C, size_t NH, int bf16) {
     long n_jobs = (long)(B * NH);
     const int dp = bf16 && fdpo_k_att_bf16_dp();
-    if (omp_in_parallel()) { /* a sequence slice's own thread (FDPO_SPLIT's rule) */
+    if (fdpo_k_on_this_thread(1)) { /* a sequence slice's own thread */
         for (long job = 0; job < n_jobs; job++)
             attention_backward_job(dqkv, dout, qkv, out, lse, seq_offset, branch, C, NH, bf16, dp, (size_t)job);
         return;
