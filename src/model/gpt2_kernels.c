@@ -616,6 +616,16 @@ typedef float att_vec __attribute__((vector_size(ATT_LANES * sizeof(float))));
 #define ATT_FMA
 #endif
 
+/* GCC folds the load of B's vector j into each row's FMA as a memory operand: RB x NV loads
+ * of B per k (16 at 4 x 4) instead of NV, so the load ports, not the FMA units, set the pace.
+ * An empty asm that may change the register keeps the loaded vector in it; the arithmetic is
+ * the same (one thread, B 8 x T 128, hs 32: attention forward and backward each ~6 % faster). */
+#if defined(__AVX512F__) && defined(__GNUC__)
+#define ATT_KEEP_IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define ATT_KEEP_IN_REGISTER(v) ((void)0)
+#endif
+
 /* C [RB, n] (=/+=) alpha * sum_k A[r*sam + k*sak] B [k, 0:NV*16] (row stride ldb); the first
  * n <= NV*16 columns are stored; RB and NV are constants at every call (unrolled) */
 static inline __attribute__((always_inline)) ATT_FMA void tile_block(float *C, size_t ldc, const float *A, size_t sam,
@@ -626,7 +636,10 @@ static inline __attribute__((always_inline)) ATT_FMA void tile_block(float *C, s
     for (int r = 0; r < RB; r++)
         for (int j = 0; j < NV; j++) acc[r][j] = (att_vec){0};
     for (size_t k = 0; k < K; k++) {
-        for (int j = 0; j < NV; j++) memcpy(&b[j], B + k * ldb + (size_t)j * ATT_LANES, sizeof b[j]);
+        for (int j = 0; j < NV; j++) {
+            memcpy(&b[j], B + k * ldb + (size_t)j * ATT_LANES, sizeof b[j]);
+            ATT_KEEP_IN_REGISTER(b[j]);
+        }
         for (int r = 0; r < RB; r++) {
             float a = A[(size_t)r * sam + k * sak];
             for (int j = 0; j < NV; j++) acc[r][j] += a * b[j];
