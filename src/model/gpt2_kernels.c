@@ -1136,6 +1136,312 @@ void fdpo_k_attention_backward_block(const fdpo_att_ops *ops, float *dq, size_t 
     }
 }
 
+/* ---- the bf16 backward on vdpbf16ps, register-tiled (GPT-2, even head sizes) ----
+ * Why: on the dp route each query block above makes ~10 oneDNN calls of 64 x (up to T) x hs,
+ * each with its own set-up and packing (~2.5 us) for a few us of work, and rounds P and dS
+ * row by row. Here each product is a loop of register tiles over operands laid out for
+ * vdpbf16ps once: per (sequence, head) job the bf16 pairs of Q, K, V and dY in the layouts
+ * the five products read; per query block P and dS rounded straight into theirs, in the
+ * passes that make them; D for all rows first; no pass clears dQ, dK, dV. The arithmetic is
+ * the bf16 rule's: the same roundings of the same fp32 values, fp32 sums of vdpbf16ps pairs
+ * in order of k (at the DPO goal shape the same bits as oneDNN's route), held by
+ * tests/py/test_attention.py's float64 emulation like the other routes. One 124M layer at the
+ * DPO goal shape (4 x [128 | 64 | 64], 12 heads of 64), 2 threads, best of 100, both routes
+ * alternated 3 times: 4.18-4.23 -> 3.07-3.26 ms; at T = 1024 no change (~10-11 ms: oneDNN's
+ * products are long enough there). FDPO_ATT_DP=0 takes the query blocks above (A/B runs).
+ *
+ * Layouts (uint32 = one bf16 pair, the even index in the low half):
+ *   rows  X [t, p]  = (x [t, 2p], x [t, 2p+1])          pairs along the head (Q, dY; dS)
+ *   cols  Xt [p, t] = rows transposed                    K and V as QK^T's and dY V^T's B
+ *   pairs Xi [u, c] = (x [2u, c], x [2u+1, c])           pairs of rows (Q, K, dY; P, dS)
+ *   the missing half of a pair at an odd end is 0 */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define ATT_DP 1
+#define ATT_DP_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+/* C [MR, 16 NV] (row stride ldc; the last vector's columns by mask last) = alpha * sum over
+ * pairs p < np of A(r, p) . B [p, :] + beta * C (beta 0: C is not read); A(r, p) the pair at
+ * A [r ars + p aps], B's pair rows ldb apart. MR <= ATT_DP_MR and NV <= 4 are constants after
+ * inlining, so the MR x NV accumulators stay in registers (24, 4 vectors of B and the
+ * broadcast: 29 of 32); each pair of A is one broadcast. ATT_UNROLL unrolls the loops over
+ * registers before GCC decides where acc lives: without it acc stayed in memory, a load and
+ * a store around every vdpbf16ps. */
+#define ATT_DP_MR 6
+#define ATT_UNROLL _Pragma("GCC unroll 6")
+ATT_DP_TARGET static inline __attribute__((always_inline)) void
+att_dp_tile(float *C, size_t ldc, const uint32_t *A, size_t ars, size_t aps, const uint32_t *B, size_t ldb,
+            size_t np, float alpha, float beta, __mmask16 last, const size_t MR, const size_t NV) {
+    __m512 acc[ATT_DP_MR][4];
+    ATT_UNROLL for (size_t r = 0; r < MR; r++)
+        ATT_UNROLL for (size_t v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+    for (size_t p = 0; p < np; p++) {
+        const uint32_t *bp = B + p * ldb;
+        __m512i b[4];
+        ATT_UNROLL for (size_t v = 0; v < NV; v++) {
+            b[v] = v + 1 < NV ? _mm512_loadu_si512(bp + 16 * v) : _mm512_maskz_loadu_epi32(last, bp + 16 * v);
+            ATT_KEEP_IN_REGISTER(b[v]);
+        }
+        ATT_UNROLL for (size_t r = 0; r < MR; r++) {
+            __m512bh a = (__m512bh)_mm512_set1_epi32((int)A[r * ars + p * aps]);
+            ATT_UNROLL for (size_t v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, (__m512bh)b[v]);
+        }
+    }
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    ATT_UNROLL for (size_t r = 0; r < MR; r++)
+        ATT_UNROLL for (size_t v = 0; v < NV; v++) {
+            __mmask16 m = v + 1 < NV ? (__mmask16)0xffff : last;
+            float *c = C + r * ldc + 16 * v;
+            __m512 x = _mm512_mul_ps(va, acc[r][v]);
+            if (beta != 0.0f) x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c), x);
+            _mm512_mask_storeu_ps(c, m, x);
+        }
+}
+
+/* one function per shape (MR rows, NV vectors) */
+#define ATT_DP_DEF(MR, NV)                                                                           \
+    ATT_DP_TARGET static void att_dp_tile_##MR##_##NV(float *C, size_t ldc, const uint32_t *A, size_t ars, \
+                                                      size_t aps, const uint32_t *B, size_t ldb, size_t np, \
+                                                      float alpha, float beta, __mmask16 last) {        \
+        att_dp_tile(C, ldc, A, ars, aps, B, ldb, np, alpha, beta, last, MR, NV);                      \
+    }
+ATT_DP_DEF(6, 4) ATT_DP_DEF(6, 3) ATT_DP_DEF(6, 2) ATT_DP_DEF(6, 1)
+ATT_DP_DEF(5, 4) ATT_DP_DEF(5, 3) ATT_DP_DEF(5, 2) ATT_DP_DEF(5, 1)
+ATT_DP_DEF(4, 4) ATT_DP_DEF(4, 3) ATT_DP_DEF(4, 2) ATT_DP_DEF(4, 1)
+ATT_DP_DEF(3, 4) ATT_DP_DEF(3, 3) ATT_DP_DEF(3, 2) ATT_DP_DEF(3, 1)
+ATT_DP_DEF(2, 4) ATT_DP_DEF(2, 3) ATT_DP_DEF(2, 2) ATT_DP_DEF(2, 1)
+ATT_DP_DEF(1, 4) ATT_DP_DEF(1, 3) ATT_DP_DEF(1, 2) ATT_DP_DEF(1, 1)
+typedef void att_dp_tile_fn(float *, size_t, const uint32_t *, size_t, size_t, const uint32_t *, size_t, size_t, float,
+                            float, __mmask16);
+static att_dp_tile_fn *const att_dp_tiles[ATT_DP_MR][4] = {
+    {att_dp_tile_1_1, att_dp_tile_1_2, att_dp_tile_1_3, att_dp_tile_1_4},
+    {att_dp_tile_2_1, att_dp_tile_2_2, att_dp_tile_2_3, att_dp_tile_2_4},
+    {att_dp_tile_3_1, att_dp_tile_3_2, att_dp_tile_3_3, att_dp_tile_3_4},
+    {att_dp_tile_4_1, att_dp_tile_4_2, att_dp_tile_4_3, att_dp_tile_4_4},
+    {att_dp_tile_5_1, att_dp_tile_5_2, att_dp_tile_5_3, att_dp_tile_5_4},
+    {att_dp_tile_6_1, att_dp_tile_6_2, att_dp_tile_6_3, att_dp_tile_6_4},
+};
+
+/* C [M, N] = alpha * A B + beta * C over np pairs (att_dp_tile's operands), in tiles of
+ * ATT_DP_MR rows x 64 columns */
+ATT_DP_TARGET static void att_dp_gemm(size_t M, size_t N, size_t np, float alpha, const uint32_t *A, size_t ars,
+                                      size_t aps, const uint32_t *B, size_t ldb, float beta, float *C, size_t ldc) {
+    for (size_t n0 = 0; n0 < N; n0 += 64) {
+        size_t w = N - n0 < 64 ? N - n0 : 64, nv = (w + 15) / 16, tail = w - 16 * (nv - 1);
+        __mmask16 last = (__mmask16)(tail == 16 ? 0xffff : (1u << tail) - 1);
+        for (size_t m0 = 0; m0 < M; m0 += ATT_DP_MR) {
+            size_t mr = M - m0 < ATT_DP_MR ? M - m0 : ATT_DP_MR;
+            att_dp_tiles[mr - 1][nv - 1](C + m0 * ldc + n0, ldc, A + m0 * ars, ars, aps, B + n0, ldb, np, alpha, beta,
+                                         last);
+        }
+    }
+}
+
+/* fdpo_bf16_round's bits without a branch, so that `omp simd` loops vectorise it with the
+ * work around it (the same bits: round to nearest even, NaN kept quiet, subnormals kept) */
+static inline uint32_t att_dp_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x40u;
+    return (u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded;
+}
+
+/* rows 2u, 2u+1 of x (row stride ld; hi NULL past the end: 0) in both layouts: pairs
+ * xi [c] = (x0 [c], x1 [c]), and (rows not NULL) the rows' own bf16 r0, r1 */
+static void att_dp_pack_two(uint32_t *xi, uint16_t *r0, uint16_t *r1, const float *x0, const float *x1, size_t n) {
+    if (x1) {
+#pragma omp simd
+        for (size_t c = 0; c < n; c++) {
+            uint32_t lo = att_dp_bits(x0[c]), hi = att_dp_bits(x1[c]);
+            xi[c] = lo | hi << 16;
+            if (r0) {
+                r0[c] = (uint16_t)lo;
+                r1[c] = (uint16_t)hi;
+            }
+        }
+    } else {
+#pragma omp simd
+        for (size_t c = 0; c < n; c++) {
+            uint32_t lo = att_dp_bits(x0[c]);
+            xi[c] = lo;
+            if (r0) r0[c] = (uint16_t)lo;
+        }
+    }
+}
+
+/* rows this far ahead are fetched while the current ones are packed: a job's rows are 3C
+ * floats apart and cold (the layer's forward wrote them long ago) */
+#define ATT_DP_AHEAD 8
+static inline void att_dp_prefetch_row(const float *row, size_t n) {
+    for (size_t c = 0; c < n; c += 16) __builtin_prefetch(row + c);
+}
+
+/* one job's operand x [T, hs] (row stride ld): pairs of rows xi [Tu, hs] and, with xr, the
+ * rows [T, hs] (uint16) */
+static void att_dp_pack(uint32_t *xi, uint16_t *xr, const float *x, size_t ld, size_t T, size_t hs) {
+    for (size_t u = 0; 2 * u < T; u++) {
+        int two = 2 * u + 1 < T;
+        for (size_t t = 2 * u + ATT_DP_AHEAD; t < 2 * u + ATT_DP_AHEAD + 2 && t < T; t++)
+            att_dp_prefetch_row(x + t * ld, hs);
+        att_dp_pack_two(xi + u * hs, xr ? xr + 2 * u * hs : NULL, xr && two ? xr + (2 * u + 1) * hs : NULL,
+                        x + 2 * u * ld, two ? x + (2 * u + 1) * ld : NULL, hs);
+    }
+}
+
+/* xt [p, t] (row stride ldt) = x [t, p] for p < n (x's row stride ld; 32-bit elements), 16
+ * rows' element p by one gather */
+ATT_DP_TARGET static void att_transpose32(uint32_t *xt, size_t ldt, const uint32_t *x, size_t ld, size_t T, size_t n) {
+    const __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                             _mm512_set1_epi32((int)ld));
+    for (size_t t0 = 0; t0 < T; t0 += 16) {
+        __mmask16 m = (__mmask16)(T - t0 >= 16 ? 0xffff : (1u << (T - t0)) - 1);
+        for (size_t p = 0; p < n; p++) {
+            const int *base = (const int *)(x + t0 * ld + p);
+            __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, lanes, base, 4);
+            _mm512_mask_storeu_epi32(xt + p * ldt + t0, m, g);
+        }
+    }
+}
+
+/* Kt's and Vt's row stride: T plus a line, so that a tile's pair rows (read down a column
+ * block) do not all fall in the same L1 sets when T * 4 bytes is a multiple of 4 KB */
+static size_t att_dp_ldt(size_t T) { return T + 16; }
+
+/* bytes of one job's scratch: the operand layouts and one query block's S/P, dP and pairs */
+static size_t att_dp_scratch_bytes(size_t T, size_t hs) {
+    size_t Tu = (T + 1) / 2; /* in 4-byte words: */
+    size_t job = att_dp_ldt(T) * hs + 3 * Tu * hs + T * hs + T * hs / 2 + T; /* Kt Vt; Ki Qi dYi; Qr dYr; stage; D */
+    size_t block = 2 * ATT_TILE * T + 2 * (ATT_TILE / 2) * T + ATT_TILE * Tu;  /* P dP; Pi dSi; dSr */
+    return (job + block) * sizeof(uint32_t);
+}
+
+/* One GPT-2 (sequence, head) of the bf16 streaming backward on the dp route, by query
+ * blocks as fdpo_k_attention_backward_block (the same runs, masks, softmax recompute, D and
+ * roundings); dq, dk, dv rows [T, hs] (row stride 3C) are written: each row's first product
+ * stores (beta 0: key rows [i0, i0 + nq) are first reached by block i0, through its diagonal
+ * tile, which no rule masks), so no pass clears them. */
+ATT_DP_TARGET static void attention_backward_head_dp(float *dq, float *dk, float *dv, const float *dy, const float *o,
+                                                     const float *q, const float *k, const float *v, const float *lse,
+                                                     size_t lse_stride, const uint8_t *br, size_t T, size_t C,
+                                                     size_t hs, float scale) {
+    const size_t C3 = 3 * C, hp = hs / 2, Tu = (T + 1) / 2;
+    uint32_t *Kt = fdpo_k_att_scratch(att_dp_scratch_bytes(T, hs));
+    const size_t ldt = att_dp_ldt(T); /* Kt, Vt row stride */
+    uint32_t *Vt = Kt + ldt * hp, *Ki = Vt + ldt * hp, *Qi = Ki + Tu * hs, *dYi = Qi + Tu * hs;
+    uint16_t *Qr = (uint16_t *)(dYi + Tu * hs), *dYr = Qr + T * hs, *stage = dYr + T * hs;
+    float *P = (float *)(stage + T * hs), *dP = P + ATT_TILE * T;
+    uint32_t *Pi = (uint32_t *)(dP + ATT_TILE * T), *dSi = Pi + ATT_TILE / 2 * T, *dSr = dSi + ATT_TILE / 2 * T;
+    float *Dall = (float *)(dSr + ATT_TILE * Tu);
+    att_dp_pack(Qi, Qr, q, C3, T, hs);
+    att_dp_pack(dYi, dYr, dy, C, T, hs);
+    att_dp_pack(Ki, stage, k, C3, T, hs);
+    att_transpose32(Kt, ldt, (const uint32_t *)(const void *)stage, hp, T, hp);
+    for (size_t t = 0; t < T; t++) { /* V's rows, only to be transposed */
+        if (t + ATT_DP_AHEAD < T) att_dp_prefetch_row(v + (t + ATT_DP_AHEAD) * C3, hs);
+        fdpo_bf16_round_n(stage + t * hs, v + t * C3, hs);
+    }
+    att_transpose32(Vt, ldt, (const uint32_t *)(const void *)stage, hp, T, hp);
+    const uint32_t *Qr32 = (const uint32_t *)(const void *)Qr, *dYr32 = (const uint32_t *)(const void *)dYr;
+    for (size_t t = 0; t < T && t < ATT_DP_AHEAD; t++) att_dp_prefetch_row(o + t * C, hs);
+    for (size_t t = 0; t < T; t += ATT_DP_AHEAD) { /* D = dY . out, every row (fdpo_k_rows_dot's sums) */
+        for (size_t a = t + ATT_DP_AHEAD; a < t + 2 * ATT_DP_AHEAD && a < T; a++) att_dp_prefetch_row(o + a * C, hs);
+        fdpo_k_rows_dot(Dall + t, dy, o, C, t, T - t < ATT_DP_AHEAD ? T - t : ATT_DP_AHEAD, hs);
+    }
+    size_t runs[ATT_MAX_RUNS][2];
+    for (size_t i0 = 0; i0 < T; i0 += ATT_TILE) {
+        const size_t nq = T - i0 < ATT_TILE ? T - i0 : ATT_TILE, nk = i0 + nq, nqu = (nq + 1) / 2, nku = (nk + 1) / 2;
+        const size_t n_runs = att_key_runs(br, i0, nq, nk, runs);
+        const float *D = Dall + i0;
+        for (size_t u = 0; u < n_runs; u++) /* S = scale Q K^T */
+            att_dp_gemm(nq, runs[u][1] - runs[u][0], hp, scale, Qr32 + i0 * hp, hp, 1, Kt + runs[u][0], ldt, 0.0f,
+                        P + runs[u][0], nk);
+        att_block_mask(P, br, i0, nq, nk, runs, n_runs);
+        for (size_t w = 0; w < nqu; w++) { /* P = exp(S - lse) (masked entries 0) and its pairs of query rows */
+            float *p0 = P + 2 * w * nk, *p1 = p0 + nk, L0 = lse[(i0 + 2 * w) * lse_stride];
+            int two = 2 * w + 1 < nq;
+            float L1 = two ? lse[(i0 + 2 * w + 1) * lse_stride] : 0.0f;
+            uint32_t *pi = Pi + w * nk;
+            for (size_t u = 0; u < n_runs; u++) {
+                if (two) {
+#pragma omp simd
+                    for (size_t c = runs[u][0]; c < runs[u][1]; c++) {
+                        float e0 = fdpo_k_expf(p0[c] - L0), e1 = fdpo_k_expf(p1[c] - L1);
+                        p0[c] = e0;
+                        p1[c] = e1;
+                        pi[c] = att_dp_bits(e0) | att_dp_bits(e1) << 16;
+                    }
+                } else {
+#pragma omp simd
+                    for (size_t c = runs[u][0]; c < runs[u][1]; c++) {
+                        float e0 = fdpo_k_expf(p0[c] - L0);
+                        p0[c] = e0;
+                        pi[c] = att_dp_bits(e0);
+                    }
+                }
+            }
+        }
+        for (size_t u = 0; u < n_runs; u++) { /* dV += P^T dY;  dP = dY V^T */
+            /* rows [jd, j1) are first reached here (the diagonal tile): stored, not added */
+            size_t j0 = runs[u][0], j1 = runs[u][1], jd = j1 > i0 ? (j0 > i0 ? j0 : i0) : j1;
+            if (jd > j0)
+                att_dp_gemm(jd - j0, hs, nqu, 1.0f, Pi + j0, 1, nk, dYi + i0 / 2 * hs, hs, 1.0f, dv + j0 * C3, C3);
+            if (j1 > jd)
+                att_dp_gemm(j1 - jd, hs, nqu, 1.0f, Pi + jd, 1, nk, dYi + i0 / 2 * hs, hs, 0.0f, dv + jd * C3, C3);
+            att_dp_gemm(nq, j1 - j0, hp, 1.0f, dYr32 + i0 * hp, hp, 1, Vt + j0, ldt, 0.0f, dP + j0, nk);
+        }
+        for (size_t w = 0; w < nqu; w++) { /* dS = P (dP - D), rounded: pairs along keys and of query rows */
+            const float *p0 = P + 2 * w * nk, *p1 = p0 + nk, *d0 = dP + 2 * w * nk, *d1 = d0 + nk;
+            uint16_t *s0 = (uint16_t *)(dSr + 2 * w * nku), *s1 = s0 + 2 * nku;
+            uint32_t *si = dSi + w * nk;
+            const float D0 = D[2 * w];
+            int two = 2 * w + 1 < nq;
+            const float D1 = two ? D[2 * w + 1] : 0.0f;
+            for (size_t u = 0; u < n_runs; u++) {
+                if (two) {
+#pragma omp simd
+                    for (size_t c = runs[u][0]; c < runs[u][1]; c++) {
+                        uint32_t lo = att_dp_bits(p0[c] * (d0[c] - D0)), hi = att_dp_bits(p1[c] * (d1[c] - D1));
+                        s0[c] = (uint16_t)lo;
+                        s1[c] = (uint16_t)hi;
+                        si[c] = lo | hi << 16;
+                    }
+                } else {
+#pragma omp simd
+                    for (size_t c = runs[u][0]; c < runs[u][1]; c++) {
+                        uint32_t lo = att_dp_bits(p0[c] * (d0[c] - D0));
+                        s0[c] = (uint16_t)lo;
+                        si[c] = lo;
+                    }
+                }
+            }
+            if (nk % 2) { /* an odd last key: its pair along keys ends in 0 */
+                s0[nk] = 0;
+                if (two) s1[nk] = 0;
+            }
+        }
+        for (size_t u = 0; u < n_runs; u++) { /* dQ += scale dS K;  dK += scale dS^T Q */
+            size_t j0 = runs[u][0], j1 = runs[u][1], jd = j1 > i0 ? (j0 > i0 ? j0 : i0) : j1;
+            att_dp_gemm(nq, hs, (j1 - j0 + 1) / 2, scale, dSr + j0 / 2, nku, 1, Ki + j0 / 2 * hs, hs, u ? 1.0f : 0.0f,
+                        dq + i0 * C3, C3);
+            if (jd > j0)
+                att_dp_gemm(jd - j0, hs, nqu, scale, dSi + j0, 1, nk, Qi + i0 / 2 * hs, hs, 1.0f, dk + j0 * C3, C3);
+            if (j1 > jd)
+                att_dp_gemm(j1 - jd, hs, nqu, scale, dSi + jd, 1, nk, Qi + i0 / 2 * hs, hs, 0.0f, dk + jd * C3, C3);
+        }
+    }
+}
+
+/* FDPO_ATT_DP=0: the dp route's products through oneDNN by query blocks instead (A/B runs) */
+static int att_dp_enabled(void) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("FDPO_ATT_DP");
+        env = !(e && !strcmp(e, "0"));
+    }
+    return env;
+}
+#endif
+
 /* One (sequence, head) of the streaming forward, shared by GPT-2 and Llama's grouped-query
  * attention (which differ in row strides and GEMM):
  *   o [T, hs] (row stride os) = softmax(mask(scale Q K^T)) V,  q row stride qs, k and v ks;
@@ -1190,6 +1496,12 @@ void fdpo_k_attention_forward_blocks(fdpo_sgemm_fn *gemm, float *o, size_t os, f
 static void attention_backward_head(float *dq, float *dk, float *dv, const float *dy, const float *o, const float *q,
                                     const float *k, const float *v, const float *lse, size_t lse_stride,
                                     const uint8_t *br, size_t T, size_t C, size_t hs, float scale, int bf16, int dp) {
+#ifdef ATT_DP
+    if (bf16 && dp && hs % 2 == 0 && att_dp_enabled()) {
+        attention_backward_head_dp(dq, dk, dv, dy, o, q, k, v, lse, lse_stride, br, T, C, hs, scale);
+        return;
+    }
+#endif
     size_t C3 = 3 * C, rows = bf16 ? fdpo_k_att_rows_bytes(dp, T, hs) : 0;
     unsigned char *qb = fdpo_k_att_scratch(4 * rows + fdpo_k_att_block_work(dp, T));
     unsigned char *kb = qb + rows, *vb = kb + rows, *dyb = vb + rows, *work = dyb + rows;

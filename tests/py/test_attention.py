@@ -139,7 +139,7 @@ def reference_backward_bf16(qkv, dout, branch, off, NH):
     ("300,1024", 1, 32, 1),
     ("33,70", 1, 144, 0),
 ])
-@pytest.mark.parametrize("route", ["dpbf16", "fp32"])
+@pytest.mark.parametrize("route", ["dpbf16", "dpbf16-blocks", "fp32"])
 def test_bf16_streaming_backward_matches_its_float64_emulation(tmp_path, lengths, heads, head_size, branches, route):
     """--precision bf16 on a CPU with fast vdpbf16ps: the streaming backward's products (by
     query blocks) take bf16 operands (fdpo_attention_bf16). Against the float64 emulation of
@@ -149,14 +149,17 @@ def test_bf16_streaming_backward_matches_its_float64_emulation(tmp_path, lengths
     forward). The exact fp32 gradient is 3.5e-3 .. 7.7e-3 away
     (bf16 inputs keep 8 bits), asserted > 10x the tolerance, so the test tells the two
     arithmetics apart: the fp32 kernel fails it, and so would one that rounded nothing.
-    Both routes of the products, forced (FDPO_BF16_GEMM): vdpbf16ps on uint16 operands, and
-    fp32 FMA on the bf16 values held in fp32 (CPUs whose vdpbf16ps is slow or absent)."""
-    if route == "dpbf16" and "avx512_bf16" not in open("/proc/cpuinfo").read():
+    Both routes of the products, forced (FDPO_BF16_GEMM): vdpbf16ps on uint16 operands (GPT-2's
+    register-tiled kernel, and with FDPO_ATT_DP=0 the query blocks' oneDNN products that Llama
+    uses), and fp32 FMA on the bf16 values held in fp32 (CPUs whose vdpbf16ps is slow or
+    absent)."""
+    if route.startswith("dpbf16") and "avx512_bf16" not in open("/proc/cpuinfo").read():
         pytest.skip("no AVX512-BF16: the vdpbf16ps route does not exist here")
     out_path = tmp_path / "a.safetensors"
+    env = dict(os.environ, FDPO_BF16_GEMM=route.split("-")[0], FDPO_ATT_DP="0" if "blocks" in route else "1")
     r = subprocess.run([HARNESS, "attention-check", "--lengths", lengths, "--heads", str(heads), "--head-size",
                         str(head_size), "--seed", "3", "--branches", str(branches), "--bf16", "1", "--out", out_path],
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ, FDPO_BF16_GEMM=route))
+                       capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     t, _ = st.load(str(out_path))
     off = t["seq_offset"].astype(np.int64)
