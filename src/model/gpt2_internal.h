@@ -217,9 +217,8 @@ void fdpo_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float 
 static inline uint16_t fdpo_bf16_round(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded); /* a select: `omp simd` loops vectorise it */
 }
 void fdpo_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
 void fdpo_bf16_round_n(uint16_t *dst, const float *src, size_t n); /* the same, on the calling thread */

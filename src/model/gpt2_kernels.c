@@ -1237,13 +1237,15 @@ ATT_DP_TARGET static void att_dp_gemm(size_t M, size_t N, size_t np, float alpha
     }
 }
 
-/* fdpo_bf16_round's bits without a branch, so that `omp simd` loops vectorise it with the
- * work around it (the same bits: round to nearest even, NaN kept quiet, subnormals kept) */
-static inline uint32_t att_dp_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x40u;
-    return (u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded;
+/* rows [j0, j1) of dK or dV (row stride ldc) += A B over np pairs (A's row j0 at A, rows
+ * ars apart), where rows from i0 on are first reached in query block i0 (its diagonal tile,
+ * which no rule masks): those are stored, not added, so no pass clears dK and dV */
+ATT_DP_TARGET static void att_dp_key_rows(size_t j0, size_t j1, size_t i0, size_t N, size_t np, float alpha,
+                                          const uint32_t *A, size_t ars, size_t aps, const uint32_t *B, size_t ldb,
+                                          float *C, size_t ldc) {
+    size_t jd = j1 > i0 ? (j0 > i0 ? j0 : i0) : j1;
+    if (jd > j0) att_dp_gemm(jd - j0, N, np, alpha, A, ars, aps, B, ldb, 1.0f, C + j0 * ldc, ldc);
+    if (j1 > jd) att_dp_gemm(j1 - jd, N, np, alpha, A + (jd - j0) * ars, ars, aps, B, ldb, 0.0f, C + jd * ldc, ldc);
 }
 
 /* rows 2u, 2u+1 of x (row stride ld; hi NULL past the end: 0) in both layouts: pairs
@@ -1252,7 +1254,7 @@ static void att_dp_pack_two(uint32_t *xi, uint16_t *r0, uint16_t *r1, const floa
     if (x1) {
 #pragma omp simd
         for (size_t c = 0; c < n; c++) {
-            uint32_t lo = att_dp_bits(x0[c]), hi = att_dp_bits(x1[c]);
+            uint32_t lo = (uint32_t)fdpo_bf16_round(x0[c]), hi = (uint32_t)fdpo_bf16_round(x1[c]);
             xi[c] = lo | hi << 16;
             if (r0) {
                 r0[c] = (uint16_t)lo;
@@ -1262,7 +1264,7 @@ static void att_dp_pack_two(uint32_t *xi, uint16_t *r0, uint16_t *r1, const floa
     } else {
 #pragma omp simd
         for (size_t c = 0; c < n; c++) {
-            uint32_t lo = att_dp_bits(x0[c]);
+            uint32_t lo = (uint32_t)fdpo_bf16_round(x0[c]);
             xi[c] = lo;
             if (r0) r0[c] = (uint16_t)lo;
         }
@@ -1317,9 +1319,8 @@ static size_t att_dp_scratch_bytes(size_t T, size_t hs) {
 
 /* One GPT-2 (sequence, head) of the bf16 streaming backward on the dp route, by query
  * blocks as fdpo_k_attention_backward_block (the same runs, masks, softmax recompute, D and
- * roundings); dq, dk, dv rows [T, hs] (row stride 3C) are written: each row's first product
- * stores (beta 0: key rows [i0, i0 + nq) are first reached by block i0, through its diagonal
- * tile, which no rule masks), so no pass clears them. */
+ * roundings); dq, dk, dv rows [T, hs] (row stride 3C) are written, each row by its first
+ * product (att_dp_key_rows; dQ's rows by their block's first run). */
 ATT_DP_TARGET static void attention_backward_head_dp(float *dq, float *dk, float *dv, const float *dy, const float *o,
                                                      const float *q, const float *k, const float *v, const float *lse,
                                                      size_t lse_stride, const uint8_t *br, size_t T, size_t C,
@@ -1368,25 +1369,21 @@ ATT_DP_TARGET static void attention_backward_head_dp(float *dq, float *dk, float
                         float e0 = fdpo_k_expf(p0[c] - L0), e1 = fdpo_k_expf(p1[c] - L1);
                         p0[c] = e0;
                         p1[c] = e1;
-                        pi[c] = att_dp_bits(e0) | att_dp_bits(e1) << 16;
+                        pi[c] = (uint32_t)fdpo_bf16_round(e0) | (uint32_t)fdpo_bf16_round(e1) << 16;
                     }
                 } else {
 #pragma omp simd
                     for (size_t c = runs[u][0]; c < runs[u][1]; c++) {
                         float e0 = fdpo_k_expf(p0[c] - L0);
                         p0[c] = e0;
-                        pi[c] = att_dp_bits(e0);
+                        pi[c] = (uint32_t)fdpo_bf16_round(e0);
                     }
                 }
             }
         }
         for (size_t u = 0; u < n_runs; u++) { /* dV += P^T dY;  dP = dY V^T */
-            /* rows [jd, j1) are first reached here (the diagonal tile): stored, not added */
-            size_t j0 = runs[u][0], j1 = runs[u][1], jd = j1 > i0 ? (j0 > i0 ? j0 : i0) : j1;
-            if (jd > j0)
-                att_dp_gemm(jd - j0, hs, nqu, 1.0f, Pi + j0, 1, nk, dYi + i0 / 2 * hs, hs, 1.0f, dv + j0 * C3, C3);
-            if (j1 > jd)
-                att_dp_gemm(j1 - jd, hs, nqu, 1.0f, Pi + jd, 1, nk, dYi + i0 / 2 * hs, hs, 0.0f, dv + jd * C3, C3);
+            size_t j0 = runs[u][0], j1 = runs[u][1];
+            att_dp_key_rows(j0, j1, i0, hs, nqu, 1.0f, Pi + j0, 1, nk, dYi + i0 / 2 * hs, hs, dv, C3);
             att_dp_gemm(nq, j1 - j0, hp, 1.0f, dYr32 + i0 * hp, hp, 1, Vt + j0, ldt, 0.0f, dP + j0, nk);
         }
         for (size_t w = 0; w < nqu; w++) { /* dS = P (dP - D), rounded: pairs along keys and of query rows */
@@ -1400,7 +1397,7 @@ ATT_DP_TARGET static void attention_backward_head_dp(float *dq, float *dk, float
                 if (two) {
 #pragma omp simd
                     for (size_t c = runs[u][0]; c < runs[u][1]; c++) {
-                        uint32_t lo = att_dp_bits(p0[c] * (d0[c] - D0)), hi = att_dp_bits(p1[c] * (d1[c] - D1));
+                        uint32_t lo = (uint32_t)fdpo_bf16_round(p0[c] * (d0[c] - D0)), hi = (uint32_t)fdpo_bf16_round(p1[c] * (d1[c] - D1));
                         s0[c] = (uint16_t)lo;
                         s1[c] = (uint16_t)hi;
                         si[c] = lo | hi << 16;
@@ -1408,7 +1405,7 @@ ATT_DP_TARGET static void attention_backward_head_dp(float *dq, float *dk, float
                 } else {
 #pragma omp simd
                     for (size_t c = runs[u][0]; c < runs[u][1]; c++) {
-                        uint32_t lo = att_dp_bits(p0[c] * (d0[c] - D0));
+                        uint32_t lo = (uint32_t)fdpo_bf16_round(p0[c] * (d0[c] - D0));
                         s0[c] = (uint16_t)lo;
                         si[c] = lo;
                     }
@@ -1420,13 +1417,10 @@ ATT_DP_TARGET static void attention_backward_head_dp(float *dq, float *dk, float
             }
         }
         for (size_t u = 0; u < n_runs; u++) { /* dQ += scale dS K;  dK += scale dS^T Q */
-            size_t j0 = runs[u][0], j1 = runs[u][1], jd = j1 > i0 ? (j0 > i0 ? j0 : i0) : j1;
+            size_t j0 = runs[u][0], j1 = runs[u][1];
             att_dp_gemm(nq, hs, (j1 - j0 + 1) / 2, scale, dSr + j0 / 2, nku, 1, Ki + j0 / 2 * hs, hs, u ? 1.0f : 0.0f,
                         dq + i0 * C3, C3);
-            if (jd > j0)
-                att_dp_gemm(jd - j0, hs, nqu, scale, dSi + j0, 1, nk, Qi + i0 / 2 * hs, hs, 1.0f, dk + j0 * C3, C3);
-            if (j1 > jd)
-                att_dp_gemm(j1 - jd, hs, nqu, scale, dSi + jd, 1, nk, Qi + i0 / 2 * hs, hs, 0.0f, dk + jd * C3, C3);
+            att_dp_key_rows(j0, j1, i0, hs, nqu, scale, dSi + j0, 1, nk, Qi + i0 / 2 * hs, hs, dk, C3);
         }
     }
 }
