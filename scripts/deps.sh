@@ -17,6 +17,9 @@ PKGS+=(chromium)
 # tcmalloc: the benches run PyTorch on it (bench/interleave.py fair_blas_env: glibc malloc
 # gives freed tensors back to the kernel and faults them in again every step).
 PKGS+=(libtcmalloc-minimal4)
+# pytest-xdist: scripts/run-tests.sh runs the Python tests on one worker per core (most of a
+# test's time is one process: Python, a torch reference or one fdpo run).
+PKGS+=(python3-pytest-xdist)
 # strace: tests/py/test_online.py slows a round checkpoint's fsyncs to kill the run mid-save.
 PKGS+=(strace)
 # Node.js + npm for the reference tokenizer and data sets; any install that provides both.

@@ -23,8 +23,18 @@ for t in "$BUILD"/tests/test_*; do
   if [ $rc -ne 0 ] && [ -z "$n" ]; then failed=$((failed + 1)); echo "$out" | tail -20; fi
   if [ $rc -ne 0 ]; then echo "FAILED: $t (exit $rc)"; fi
 done
+# Python tests on FDPO_TEST_WORKERS pytest-xdist workers (default: one per core, at most 4).
+# A test's time is mostly one process at a time (Python, a torch reference, one fdpo run):
+# the serial suite kept 2 cores ~50 % busy. Tests share nothing but the machine: each has its
+# own tmp_path, and the ones that find or signal processes look only at their own (their
+# child's descendants, their process group). FDPO_TEST_WORKERS=0 runs them in this process.
+workers=${FDPO_TEST_WORKERS:-$(n=$(nproc 2>/dev/null || echo 1); [ "$n" -gt 4 ] && n=4; echo "$n")}
+xdist=()
+if [ "$workers" -gt 1 ] && /usr/bin/python3 -c "import xdist" 2>/dev/null; then
+  xdist=(-n "$workers")
+fi
 log=$(mktemp)
-/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/py ${PYTEST_ARGS:-} 2>&1 | tee "$log"
+/usr/bin/python3 -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/py ${PYTEST_ARGS:-} 2>&1 | tee "$log"
 pp=$(grep -Eo '[0-9]+ passed' "$log" | tail -n1 | grep -Eo '[0-9]+' || echo 0)
 pf=$(grep -Eo '[0-9]+ (failed|errors?)' "$log" | awk '{s+=$1} END {print s+0}')
 rm -f "$log"

@@ -363,9 +363,6 @@ def weak_pairs(n, seed, flip):
     return rows
 
 
-@pytest.mark.skipif(os.environ.get("FDPO_SANITIZED") == "1",
-                    reason="six 60-step runs, ~12 s under ASan (CI time); bf16 DPO runs under ASan in this "
-                           "file's other tests")
 def test_bf16_reward_accuracy_curves_match_fp32_within_seed_noise(cli):
     """Issue #13: bf16 DPO's held-out reward accuracy curve is indistinguishable from fp32's
     within noise. The noise is what the seed alone does to the curve (the order of the

@@ -201,17 +201,29 @@ def test_a_command_without_sharding_runs_whole_on_every_rank(work, tmp_path):
     assert r.returncode == 0
 
 
+def parent_pid(pid):
+    """the parent of a process (field 4 of /proc/PID/stat, after the command's parentheses)"""
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+
 def rank_pid(mpirun_pid, rank):
-    """pid of the fdpo process of a rank, from its environment (Open MPI sets OMPI_COMM_WORLD_RANK)"""
+    """pid of the fdpo process of a rank of the job mpirun_pid launched: a descendant of it
+    (other jobs may run at the same time: the suite runs on several workers) whose environment
+    holds the rank (Open MPI sets OMPI_COMM_WORLD_RANK)"""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
             cmd = open(f"/proc/{pid}/cmdline", "rb").read()
-        except OSError:
+            if not (cmd.startswith(FDPO.encode()) and f"OMPI_COMM_WORLD_RANK={rank}".encode() in env):
+                continue
+            up = int(pid)
+            while up > 1 and up != mpirun_pid:
+                up = parent_pid(up)
+        except (OSError, ValueError, IndexError):
             continue
-        if cmd.startswith(FDPO.encode()) and f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
+        if up == mpirun_pid:
             return int(pid)
     return None
 

@@ -159,8 +159,6 @@ def sacpo_online(d, out, *extra, check=True):
                 "--out", out, *ONLINE, *extra, check=check)
 
 
-@pytest.mark.skipif(os.environ.get("FDPO_SANITIZED") == "1",
-                    reason="~13 s under ASan (CI time); the online stages run under ASan in the resume test below")
 def test_online_stages_raise_safety_with_lambda_and_equal_plain_online_runs(lexdata, tmp_path):
     import math
     from test_safety import lexicon_score, read_samples

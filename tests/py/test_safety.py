@@ -211,8 +211,6 @@ R_LEX = {w.encode(): 1.0 for w in GOOD}
 G_LEX = {w.encode(): -1.0 for w in HARM}
 
 
-@pytest.mark.skipif(os.environ.get("FDPO_SANITIZED") == "1",
-                    reason="three training runs, ~22 s under ASan (CI time); test_sacpo.py runs the same stages")
 def test_sacpo_lambda_raises_safety_and_merges_lie_between(tmp_path):
     rng = random.Random(0)
 
