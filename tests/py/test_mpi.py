@@ -201,9 +201,10 @@ def test_a_command_without_sharding_runs_whole_on_every_rank(work, tmp_path):
     assert r.returncode == 0
 
 
-def parent_pid(pid):
-    """the parent of a process (field 4 of /proc/PID/stat, after the command's parentheses)"""
-    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+def proc_stat(pid):
+    """the fields of /proc/PID/stat after the command's parentheses (the state is [0], the
+    parent [1], user and system CPU ticks [11] and [12])"""
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
 
 
 def rank_pid(mpirun_pid, rank):
@@ -220,7 +221,7 @@ def rank_pid(mpirun_pid, rank):
                 continue
             up = int(pid)
             while up > 1 and up != mpirun_pid:
-                up = parent_pid(up)
+                up = int(proc_stat(up)[1])
         except (OSError, ValueError, IndexError):
             continue
         if up == mpirun_pid:

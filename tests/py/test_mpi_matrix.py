@@ -29,7 +29,7 @@ from fdpo_ref.gpt2 import GPT2
 from fdpo_ref.llama import Llama
 from test_dpo import synthetic_pairs
 from test_mpi import (FDPO, MPIRUN, PRETRAIN, close, close_outside_key_bias, letters_reward, mpi, online_args, params,
-                      pytestmark, rank_pid, work)  # noqa: F401 (pytestmark: the same skips; work: the shared fixture)
+                      proc_stat, pytestmark, rank_pid, work)  # noqa: F401 (pytestmark: the same skips; work: the shared fixture)
 
 LLAMA = dict(vocab_size=257, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -250,7 +250,7 @@ def test_sampling_and_scoring_ranks_that_disagree_are_refused(work, tmp_path):
 # ---- a rank killed mid-run: generate, eval, rm ----
 
 def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

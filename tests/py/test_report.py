@@ -636,8 +636,8 @@ def png_size(path):
 
 requires_chromium = pytest.mark.skipif(
     CHROMIUM is None or os.environ.get("FDPO_SANITIZED") == "1",
-    reason="chromium is not installed (scripts/deps.sh installs it; Debian package 'chromium'); or the ASan "
-           "build, whose report files the other tests write: the browser runs no fdpo code (CI time)")
+    reason="chromium is not installed (scripts/deps.sh installs it; Debian package 'chromium')" if CHROMIUM is None
+    else "the ASan build: the browser runs no fdpo code, and the other tests write the same report files under ASan")
 
 
 @requires_chromium
