@@ -181,7 +181,7 @@ BASE_SIDES = ["base-fp32", "base-bf16"]  # --baseline BIN
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default="small")
+    ap.add_argument("--configs", default="small", help="comma list of: " + ", ".join(CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--prompt-tokens", type=int, default=16)
@@ -207,6 +207,7 @@ def main():
         torch_worker(a.worker[0], prompts, a.new_tokens, a.threads, int(a.worker[1]), a.bf16)
         return
     import statistics
+    configs = interleave.config_names(a.configs, CONFIGS)
     if a.quick:
         a.rounds = 5
         if a.sides == ",".join(SIDES):
@@ -227,7 +228,7 @@ def main():
           + f"; load average {os.getloadavg()[0]:.1f}")
     peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
     interleave.print_peaks(peaks)
-    for name in a.configs.split(","):
+    for name in configs:
         cfg = CONFIGS[name]
         C, L, V, P = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"], cfg["n_positions"]
         n_params = V * C + P * C + L * (12 * C * C + 13 * C) + 2 * C

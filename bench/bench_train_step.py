@@ -111,6 +111,7 @@ def main():
         cfg, B, T = CONFIGS[a.worker]
         torch_worker(cfg, B, T, a.threads, a.bf16)
         return
+    configs = interleave.config_names(a.configs, CONFIGS)
     if a.quick:
         a.steps = interleave.MIN_TIMED_STEPS
     sides = a.sides.split(",")
@@ -129,7 +130,7 @@ def main():
           f"interleaved; env {env or 'no OPENBLAS/OMP overrides'}; load average {os.getloadavg()[0]:.1f}")
     peaks = interleave.machine_peaks(a.threads, triad_mib=a.triad_mib)
     interleave.print_peaks(peaks)
-    for name in a.configs.split(","):
+    for name in configs:
         cfg, B, T = CONFIGS[name]
         with interleave.gpt2_config_file(cfg) as path:
             run_sides = [s for s in sides if not (a.quick and name != "small" and s in ("fdpo-fp32", "base-fp32"))]

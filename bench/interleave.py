@@ -110,6 +110,17 @@ def set_fair_env():
     return {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
 
 
+def config_names(value, known, flag="--configs"):
+    """The comma list of config names `value`, each one of `known`; any other name (or an
+    empty one) exits with a message naming the flag, the value and the known names, before
+    the bench measures anything."""
+    names = value.split(",")
+    for n in names:
+        if n not in known:
+            sys.exit(f"{flag}: unknown config '{n}' (known: {', '.join(known)})")
+    return names
+
+
 @contextlib.contextmanager
 def gpt2_config_file(cfg):
     """The path of a temporary config.json of the GPT-2 shape cfg (what the harness's servers

@@ -1,8 +1,9 @@
 """bench/bandwidth.py: STREAM's array-size rule for the memory-bandwidth limit and the bytes
 one GPT-2 decoding step reads, against values computed by hand (the arithmetic is in the
 comments); the sysfs cache reader on a fake sysfs tree; `fdpo-harness triad`'s output and
-its errors; and bench_dpo_step.py's step phases (dpo-bench --serve's answers, the phase line's
-arithmetic). No timing assertions: bandwidth figures are only checked to be ordered and > 0,
+its errors; bench_dpo_step.py's step phases (dpo-bench --serve's answers, the phase line's
+arithmetic); and the GPT-2 benches' --configs check (an unknown name is an error before
+anything is measured). No timing assertions: bandwidth figures are only checked to be ordered and > 0,
 phases to partition their step."""
 import json
 import os
@@ -378,3 +379,27 @@ def test_goals_table_floor_column():
     assert goals.table({"dpo": old}, 3)[3].endswith("| no | - |")
     beyond = [dict(r, floor_seconds={"fdpo-shared-cached-bf16": 1.2}) for r in recs]   # 3.3 / 1.2 = 2.75 ...
     assert goals.table({"dpo": beyond}, 3)[3].endswith("| 2.83x (goal beyond it) |")   # median 3.4 / 1.2
+
+
+def test_config_names():
+    """--configs of the GPT-2 benches: a comma list of known names, kept in order; anything
+    else exits naming the flag, the bad name and the known ones"""
+    import interleave
+    known = {"124M": 1, "small": 2}
+    assert interleave.config_names("small", known) == ["small"]
+    assert interleave.config_names("124M,small", known) == ["124M", "small"]
+    for bad, name in (("bogus", "bogus"), ("small,,124M", ""), ("124m", "124m")):
+        with pytest.raises(SystemExit) as e:
+            interleave.config_names(bad, known)
+        assert str(e.value) == f"--configs: unknown config '{name}' (known: 124M, small)"
+
+
+@pytest.mark.parametrize("script", ["bench_train_step.py", "bench_sample.py"])
+def test_bench_unknown_config_is_an_error_before_any_measurement(script):
+    """an unknown --configs name used to end in a KeyError traceback after the peaks had been
+    measured; now it exits 1 at once with the message and nothing measured"""
+    r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench", script), "--configs", "small,bogus"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "--configs: unknown config 'bogus' (known: 124M, small)" in r.stderr
+    assert "Traceback" not in r.stderr and "machine peaks" not in r.stdout
