@@ -87,9 +87,9 @@ def main():
     ap.add_argument("--what", default="dpo,online,rl", help="comma list of: dpo, online, rl")
     ap.add_argument("--config", default="124M", choices=sorted(CONFIGS))
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5, help="dpo: timed steps per build after the warm-up (>= 5)")
-    ap.add_argument("--runs", type=int, default=3, help="online, rl: runs per build")
+    ap.add_argument("--threads", type=interleave.count, default=2)
+    ap.add_argument("--steps", type=interleave.count, default=5, help="dpo: timed steps per build after the warm-up (>= 5)")
+    ap.add_argument("--runs", type=interleave.count, default=3, help="online, rl: runs per build")
     a = ap.parse_args()
     a.prompts, a.n, a.new_tokens, a.prompt_tokens = 4, 4, 64, 16   # bench_online's / bench_rl's defaults
     builds = {"new": {"fdpo": bench_online.FDPO, "harness": interleave.HARNESS},

@@ -17,6 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bandwidth  # noqa: E402
+import interleave  # noqa: E402  (interleave.count: the --rounds check)
 
 
 def run(binary, args):
@@ -28,7 +29,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--old", required=True)
     ap.add_argument("--new", required=True)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=interleave.count, default=3)
     ap.add_argument("--precision", default="fp32,bf16")
     ap.add_argument("--rows", default="1,4,8,16")
     ap.add_argument("--threads", default="1,2")

@@ -206,11 +206,11 @@ def thread_scaling(cfg_path, a):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--config", default="small", choices=sorted(CONFIGS))
-    ap.add_argument("--pairs", type=int, default=4)
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--completion", type=int, default=64, help="tokens of chosen and of rejected")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per side after the warm-up (at least 5)")
+    ap.add_argument("--pairs", type=interleave.count, default=4)
+    ap.add_argument("--prompt", type=interleave.count, default=128)
+    ap.add_argument("--completion", type=interleave.count, default=64, help="tokens of chosen and of rejected")
+    ap.add_argument("--threads", type=interleave.count, default=2)
+    ap.add_argument("--steps", type=interleave.count, default=5, help="timed steps per side after the warm-up (at least 5)")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
     interleave.add_triad_arg(ap)  # default: STREAM's rule (bench/bandwidth.py), the same in every bench
     ap.add_argument("--quick", action="store_true",

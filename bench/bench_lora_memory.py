@@ -18,6 +18,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import interleave  # noqa: E402  (interleave.count: the --steps and --threads check)
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "py"))
 FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "..", "build", "fdpo"))
 
@@ -42,8 +44,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smollm", action="store_true", help="SmolLM2-135M's shape")
     ap.add_argument("--cmd", default="rl", choices=["rl", "online-step"])
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=interleave.count, default=2)
+    ap.add_argument("--threads", type=interleave.count, default=2)
     a = ap.parse_args()
     import torch
     from dpo_common import save_byte_tokenizer

@@ -48,6 +48,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import interleave  # noqa: E402  (interleave.count: the --steps checks)
 FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../build/fdpo"))
 HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(HERE, "../build/fdpo-harness"))
 MIN_TIMED_STEPS = 5
@@ -248,8 +250,8 @@ def main():
                     help="small shapes (default, < 2 minutes)")
     ap.add_argument("--124m", action="store_const", dest="shape", const="124m",
                     help="GPT-2 124M shapes with the byte-level vocabulary")
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per configuration (>= 5)")
-    ap.add_argument("--steps-per-run", type=int, default=3, help="timed steps per run (plus 1 warm-up)")
+    ap.add_argument("--steps", type=interleave.count, default=6, help="timed steps per configuration (>= 5)")
+    ap.add_argument("--steps-per-run", type=interleave.count, default=3, help="timed steps per run (plus 1 warm-up)")
     ap.add_argument("--dpo", action="store_true", help="time fdpo dpo steps instead of pretrain steps")
     ap.add_argument("--llama", action="store_true", help="the same shapes as a Llama (--arch llama, n_head / 2 key/value heads)")
     ap.add_argument("--no-overlap", action="store_true", help="leave out the --allreduce-overlap side")

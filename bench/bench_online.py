@@ -412,12 +412,12 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
 def parse_args(doc, n_default, prompts_default, new_tokens_default):
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="small", choices=sorted(CONFIGS), help="model shape (124M: GPT-2 small)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompts", type=int, default=prompts_default)
-    ap.add_argument("--n", type=int, default=n_default, help="completions per prompt")
-    ap.add_argument("--prompt-tokens", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=new_tokens_default)
-    ap.add_argument("--runs", type=int, default=5, help="interleaved runs per side (at least 5)")
+    ap.add_argument("--threads", type=interleave.count, default=2)
+    ap.add_argument("--prompts", type=interleave.count, default=prompts_default)
+    ap.add_argument("--n", type=interleave.count, default=n_default, help="completions per prompt")
+    ap.add_argument("--prompt-tokens", type=interleave.count, default=16)
+    ap.add_argument("--new-tokens", type=interleave.count, default=new_tokens_default)
+    ap.add_argument("--runs", type=interleave.count, default=5, help="interleaved runs per side (at least 5)")
     interleave.add_triad_arg(ap)  # default: STREAM's rule (bench/bandwidth.py), the same in every bench
     ap.add_argument("--precision", default="fp32",
                     help="the fdpo side's --precision: fp32, bf16, or fp32,bf16 (a side each)")

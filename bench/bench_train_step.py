@@ -90,8 +90,8 @@ def server(side, name, cfg_path, B, T, threads, baseline=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--configs", default="small", help="comma list of: " + ", ".join(CONFIGS))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per side after the warm-up (at least 5)")
+    ap.add_argument("--threads", type=interleave.count, default=2)
+    ap.add_argument("--steps", type=interleave.count, default=5, help="timed steps per side after the warm-up (at least 5)")
     ap.add_argument("--warmup", type=int, default=interleave.WARMUP_STEPS, help="warm-up steps per side, untimed (at least this many ...)")
     ap.add_argument("--warmup-seconds", type=float, default=1.5, help="... and at least this long per side)")
     ap.add_argument("--min-seconds", type=float, default=2.0,

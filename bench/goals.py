@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
 sys.path.insert(0, HERE)
 import bandwidth  # noqa: E402
+import interleave  # noqa: E402  (interleave.count: the --repeats and --threads check)
 
 
 def benches(a):
@@ -153,8 +154,8 @@ def table(records, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=interleave.count, default=3)
+    ap.add_argument("--threads", type=interleave.count, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="dpo,train124,trainsmall,sample,rss")
     a = ap.parse_args()

@@ -11,6 +11,7 @@ interleave()) it repeats until every side
 has `steps` timed steps (>= 5) and reports median and best per side and the ratio of
 medians.
 """
+import argparse
 import contextlib
 import json
 import os
@@ -108,6 +109,19 @@ def set_fair_env():
     if note:
         print(note)
     return {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
+
+
+def count(value):
+    """argparse type of the benches' counts (threads, steps, pairs, tokens, runs, repeats):
+    an integer >= 1, else argparse's one-line error naming the flag, before anything runs
+    (0 used to fail a minute in, after the peaks, or to print an empty goal table)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {value!r})")
+    return n
 
 
 def config_names(value, known, flag="--configs"):
@@ -241,7 +255,7 @@ def machine_peaks(threads, gemm=None, triad_mib=None):
 
 def add_triad_arg(ap):
     """--triad-mib, the same in every bench: default STREAM's rule (bench/bandwidth.py)."""
-    ap.add_argument("--triad-mib", type=int, default=None,
+    ap.add_argument("--triad-mib", type=count, default=None,
                     help="MiB per array of the DRAM bandwidth triad (default: STREAM's rule, each array >= 4 x the "
                          "last-level cache, capped by free memory)")
 

@@ -2,8 +2,8 @@
 one GPT-2 decoding step reads, against values computed by hand (the arithmetic is in the
 comments); the sysfs cache reader on a fake sysfs tree; `fdpo-harness triad`'s output and
 its errors; bench_dpo_step.py's step phases (dpo-bench --serve's answers, the phase line's
-arithmetic); and the GPT-2 benches' --configs check (an unknown name is an error before
-anything is measured). No timing assertions: bandwidth figures are only checked to be ordered and > 0,
+arithmetic); and the benches' argument checks (an unknown --configs name, a count below 1:
+errors before anything is measured). No timing assertions: bandwidth figures are only checked to be ordered and > 0,
 phases to partition their step."""
 import json
 import os
@@ -402,4 +402,30 @@ def test_bench_unknown_config_is_an_error_before_any_measurement(script):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "--configs: unknown config 'bogus' (known: 124M, small)" in r.stderr
+    assert "Traceback" not in r.stderr and "machine peaks" not in r.stdout
+
+
+def test_count():
+    """the benches' counts: integers >= 1; anything else is argparse's error"""
+    import argparse
+    import interleave
+    assert interleave.count("1") == 1 and interleave.count("12") == 12 and interleave.count(" 5") == 5
+    for bad in ("0", "-3", "1.5", "x", ""):
+        with pytest.raises(argparse.ArgumentTypeError) as e:
+            interleave.count(bad)
+        assert str(e.value) == f"must be an integer >= 1 (got {bad!r})"
+
+
+@pytest.mark.parametrize("script,flag", [("goals.py", "--repeats"), ("bench_train_step.py", "--threads"),
+                                         ("bench_dpo_step.py", "--pairs"), ("bench_sample.py", "--new-tokens"),
+                                         ("bench_llama.py", "--steps"), ("bench_online.py", "--n"),
+                                         ("bench_mpi.py", "--steps-per-run"), ("bench_tokenizer.py", "--reps")])
+def test_bench_zero_count_is_an_error_before_any_measurement(script, flag):
+    """0 of a count used to end in a traceback after the peaks (--threads 0: torch's
+    set_num_threads), in the harness's error a minute in (--pairs 0), or in an empty goal
+    table with exit status 0 (goals.py --repeats 0); now argparse's error at once"""
+    r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench", script), flag, "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert f"error: argument {flag}: must be an integer >= 1 (got '0')" in r.stderr
     assert "Traceback" not in r.stderr and "machine peaks" not in r.stdout
