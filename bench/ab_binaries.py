@@ -96,7 +96,7 @@ def main():
               "old": {"fdpo": os.path.join(a.baseline_dir, "fdpo"), "harness": os.path.join(a.baseline_dir, "fdpo-harness")}}
     for b in builds.values():
         for k, p in b.items():
-            if not os.access(p, os.X_OK):
+            if not interleave.is_executable(p):
                 sys.exit(f"--baseline-dir: {p} is not an executable {k}")
     print(f"fdpo new ({builds['new']['fdpo']}) vs old ({builds['old']['fdpo']}), {a.config} {a.precision}, "
           f"{a.threads} threads; load average {os.getloadavg()[0]:.1f}", flush=True)

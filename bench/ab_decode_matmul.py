@@ -36,6 +36,9 @@ def main():
     ap.add_argument("--shapes", default="768x2304,768x768,768x3072,3072x768,768x50257")
     ap.add_argument("--min-seconds", default="0.2")
     a = ap.parse_args()
+    for flag, path in (("--old", a.old), ("--new", a.new)):
+        if not interleave.is_executable(path):
+            sys.exit(f"{flag}: {path} is not an executable fdpo-harness")
     times = {}  # (side, key) -> [ms_median per round]
     gbytes = {}
     # the peaks line's triad: STREAM's array size for this machine (bench/bandwidth.py)

@@ -217,7 +217,7 @@ def main():
     for s in sides:
         if s not in known:
             sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(known)}; base-* need --baseline BIN)")
-    if a.baseline and not os.access(a.baseline, os.X_OK):
+    if a.baseline and not interleave.is_executable(a.baseline):
         sys.exit(f"--baseline: {a.baseline} is not an executable file")
     blas_note = interleave.fair_blas_env()
     if blas_note:

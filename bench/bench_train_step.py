@@ -116,7 +116,7 @@ def main():
         a.steps = interleave.MIN_TIMED_STEPS
     sides = a.sides.split(",")
     if a.baseline:
-        if not os.access(a.baseline, os.X_OK):
+        if not interleave.is_executable(a.baseline):
             sys.exit(f"--baseline: {a.baseline} is not an executable file")
         if a.sides == ",".join(SIDES) or a.quick:
             sides += [b for b in BASE_SIDES if b.replace("base", "fdpo") in sides]

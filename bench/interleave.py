@@ -124,6 +124,11 @@ def count(value):
     return n
 
 
+def is_executable(path):
+    """a file this process may run (os.access alone also passes a directory)"""
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def config_names(value, known, flag="--configs"):
     """The comma list of config names `value`, each one of `known`; any other name (or an
     empty one) exits with a message naming the flag, the value and the known names, before

@@ -429,3 +429,25 @@ def test_bench_zero_count_is_an_error_before_any_measurement(script, flag):
     assert r.returncode == 2
     assert f"error: argument {flag}: must be an integer >= 1 (got '0')" in r.stderr
     assert "Traceback" not in r.stderr and "machine peaks" not in r.stdout
+
+
+def test_ab_decode_matmul_names_a_missing_binary(tmp_path):
+    """--old / --new that is not an executable: a one-line error naming the flag (it used to
+    be a FileNotFoundError traceback from the first run)"""
+    script = os.path.join(HERE, "../../bench/ab_decode_matmul.py")
+    for old, new, flag in ((HARNESS, str(tmp_path / "none"), "--new"), (str(tmp_path), HARNESS, "--old")):
+        r = subprocess.run([sys.executable, script, "--old", old, "--new", new], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().startswith(f"{flag}: ") and "is not an executable fdpo-harness" in r.stderr
+
+
+@pytest.mark.parametrize("script,flag", [("bench_train_step.py", "--baseline"), ("bench_sample.py", "--baseline")])
+def test_bench_baseline_must_be_an_executable_file(tmp_path, script, flag):
+    """--baseline naming a directory (executable as a path, not runnable) or a missing file:
+    the one-line error before anything is measured"""
+    for bad in (str(tmp_path), str(tmp_path / "none")):
+        r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench", script), flag, bad],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "machine peaks" not in r.stdout, r.stderr
+        assert f"{flag}: {bad} is not an executable file" in r.stderr
