@@ -234,10 +234,7 @@ def main():
         a.steps = interleave.MIN_TIMED_STEPS
         if a.sides == ",".join(SIDES):
             a.sides = "torch-fp32,torch-bf16,fdpo-shared-cached-bf16"
-    sides = a.sides.split(",")
-    for s in sides:
-        if s not in SIDES:
-            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(SIDES)})")
+    sides = interleave.names_in(a.sides, SIDES, "--sides", "side")
     env = interleave.set_fair_env()
     print(f"{a.config}: {a.pairs} pairs x (prompt {a.prompt} + chosen {a.completion} + rejected {a.completion}); "
           f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+{interleave.WARMUP_STEPS} warm-up), "

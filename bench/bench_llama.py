@@ -289,15 +289,12 @@ def main():
         return
     known = ["torch-fp32", "torch-bf16", "fdpo-fp32", "fdpo-bf16"] + \
         (["torch-lora-fp32", "torch-lora-bf16"] if a.lora else [])
-    sides = a.sides.split(",") if a.sides else known
+    sides = interleave.names_in(a.sides, known, "--sides", "side") if a.sides else known
     if not a.sides and a.smollm:
         # six SmolLM2-sized step servers at once need more than this 24 GB machine (the OOM
         # killer took one): the PyTorch bf16-autocast sides only when asked for with --sides
         sides = [s for s in known if not (s.startswith("torch") and s.endswith("bf16"))]
         print("--smollm: PyTorch bf16 sides left out for memory (name them with --sides to include them)")
-    for s in sides:
-        if s not in known:
-            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(known)})")
     env = interleave.set_fair_env()   # PyTorch gets OpenBLAS's right kernels too
     C, F = cfg["hidden_size"], cfg["intermediate_size"]
     KD = C // cfg["num_attention_heads"] * cfg["num_key_value_heads"]

@@ -207,16 +207,13 @@ def main():
         torch_worker(a.worker[0], prompts, a.new_tokens, a.threads, int(a.worker[1]), a.bf16)
         return
     import statistics
-    configs = interleave.config_names(a.configs, CONFIGS)
+    configs = interleave.names_in(a.configs, CONFIGS, "--configs", "config")
     if a.quick:
         a.rounds = 5
         if a.sides == ",".join(SIDES):
             a.sides = "fdpo-fp32,fdpo-bf16,torch-fp32"
-    sides = a.sides.split(",")
-    known = SIDES + (BASE_SIDES if a.baseline else [])
-    for s in sides:
-        if s not in known:
-            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(known)}; base-* need --baseline BIN)")
+    sides = interleave.names_in(a.sides, SIDES + (BASE_SIDES if a.baseline else []), "--sides", "side",
+                                "; base-* need --baseline BIN")
     if a.baseline and not interleave.is_executable(a.baseline):
         sys.exit(f"--baseline: {a.baseline} is not an executable file")
     blas_note = interleave.fair_blas_env()

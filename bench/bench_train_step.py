@@ -111,19 +111,16 @@ def main():
         cfg, B, T = CONFIGS[a.worker]
         torch_worker(cfg, B, T, a.threads, a.bf16)
         return
-    configs = interleave.config_names(a.configs, CONFIGS)
+    configs = interleave.names_in(a.configs, CONFIGS, "--configs", "config")
     if a.quick:
         a.steps = interleave.MIN_TIMED_STEPS
-    sides = a.sides.split(",")
+    sides = interleave.names_in(a.sides, SIDES + (BASE_SIDES if a.baseline else []), "--sides", "side",
+                                "; base-* need --baseline HARNESS")
     if a.baseline:
         if not interleave.is_executable(a.baseline):
             sys.exit(f"--baseline: {a.baseline} is not an executable file")
         if a.sides == ",".join(SIDES) or a.quick:
             sides += [b for b in BASE_SIDES if b.replace("base", "fdpo") in sides]
-    known = SIDES + (BASE_SIDES if a.baseline else [])
-    for s in sides:
-        if s not in known:
-            sys.exit(f"--sides: unknown side '{s}' (known: {', '.join(known)}; base-* need --baseline HARNESS)")
     env = interleave.set_fair_env()
     print(f"threads {a.threads}, >= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps and >= {a.min_seconds:g} s "
           f"per side after >= {a.warmup} warm-up steps and >= {a.warmup_seconds:g} s, "

@@ -159,11 +159,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="dpo,train124,trainsmall,sample,rss")
     a = ap.parse_args()
-    keys = a.only.split(",")
     cmds = benches(a)
-    for k in keys:
-        if k not in cmds:
-            sys.exit(f"--only: unknown row key '{k}' (known: {', '.join(cmds)})")
+    keys = interleave.names_in(a.only, cmds, "--only", "row key")
     records = {k: [] for k in keys}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(a.repeats):

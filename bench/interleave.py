@@ -129,14 +129,14 @@ def is_executable(path):
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-def config_names(value, known, flag="--configs"):
-    """The comma list of config names `value`, each one of `known`; any other name (or an
-    empty one) exits with a message naming the flag, the value and the known names, before
-    the bench measures anything."""
+def names_in(value, known, flag, what, hint=""):
+    """The comma list `value` of a flag (--configs, --sides, --only), each name one of
+    `known`; any other name (or an empty one) exits with a message naming the flag, the
+    bad name and the known ones (then `hint`), before the bench measures anything."""
     names = value.split(",")
     for n in names:
         if n not in known:
-            sys.exit(f"{flag}: unknown config '{n}' (known: {', '.join(known)})")
+            sys.exit(f"{flag}: unknown {what} '{n}' (known: {', '.join(known)}{hint})")
     return names
 
 

@@ -381,16 +381,16 @@ def test_goals_table_floor_column():
     assert goals.table({"dpo": beyond}, 3)[3].endswith("| 2.83x (goal beyond it) |")   # median 3.4 / 1.2
 
 
-def test_config_names():
+def test_names_in():
     """--configs of the GPT-2 benches: a comma list of known names, kept in order; anything
     else exits naming the flag, the bad name and the known ones"""
     import interleave
     known = {"124M": 1, "small": 2}
-    assert interleave.config_names("small", known) == ["small"]
-    assert interleave.config_names("124M,small", known) == ["124M", "small"]
+    assert interleave.names_in("small", known, "--configs", "config") == ["small"]
+    assert interleave.names_in("124M,small", known, "--configs", "config") == ["124M", "small"]
     for bad, name in (("bogus", "bogus"), ("small,,124M", ""), ("124m", "124m")):
         with pytest.raises(SystemExit) as e:
-            interleave.config_names(bad, known)
+            interleave.names_in(bad, known, "--configs", "config")
         assert str(e.value) == f"--configs: unknown config '{name}' (known: 124M, small)"
 
 
