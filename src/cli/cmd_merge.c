@@ -51,11 +51,9 @@ int cmd_merge(int argc, char **argv) {
         if (flags_number_list("weight", weight_list, FLAGS_LIST_ANY, &weights, &n_weights)) goto done;
         if (n_weights != n_models) { fdpo_error("--weight: %zu weights for %zu --model checkpoints", n_weights, n_models); goto done; }
     }
-    if (!overwrite) {
-        char *cfg = fdpo_path_join(out, "model.safetensors");
-        int exists = fdpo_file_exists(cfg);
-        free(cfg);
-        if (exists) { fdpo_error("--out: %s already holds a checkpoint (use --overwrite to replace it)", out); goto done; }
+    if (!overwrite) { /* any run's output, not only a checkpoint: the swap would drop its other files */
+        const char *held = fdpo_out_holds_run(out, 0);
+        if (held) { fdpo_error("--out: %s already holds %s (use --overwrite to replace it)", out, held); goto done; }
     }
     const char *tok_dir;
     if (lora) {

@@ -82,7 +82,8 @@ def test_task_arithmetic_is_exact(tmp_path):
         assert np.array_equal(v, ref), k
 
 
-@pytest.mark.parametrize("case", ["shape", "tokenizer", "count", "nan", "one", "exists", "missing"])
+@pytest.mark.parametrize("case", ["shape", "tokenizer", "count", "nan", "one", "exists", "run", "sacpo", "rounds",
+                                  "adapter", "missing"])
 def test_bad_merges_are_refused(tmp_path, case):
     a = make_model(tmp_path, "a", 1)
     b = make_model(tmp_path, "b", 2, n_layer=3) if case == "shape" else make_model(tmp_path, "b", 2)
@@ -108,6 +109,16 @@ def test_bad_merges_are_refused(tmp_path, case):
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "model.safetensors").write_bytes(b"x")
         expect = "already holds a checkpoint"
+    elif case in ("run", "sacpo", "rounds", "adapter"):
+        # another kind of run's output: merging over it would drop its files in the swap
+        (tmp_path / "out").mkdir()
+        held = {"run": "training_state.json", "sacpo": "sacpo.json", "rounds": "round-0",
+                "adapter": "adapter_config.json"}[case]
+        if case == "rounds":
+            (tmp_path / "out" / held).mkdir()
+        else:
+            (tmp_path / "out" / held).write_text("{}")
+        expect = f"already holds {'sacpo stages' if case == 'sacpo' else 'online rounds' if case == 'rounds' else 'a checkpoint'} ({held})"
     elif case == "missing":
         args = ["--model", a, "--model", tmp_path / "nope"]
         expect = "nope"
