@@ -207,7 +207,8 @@ double fdpo_self_bleu(const fdpo_words *texts, size_t n_texts, size_t max_n);
 /* One sentence's BLEU against references (nltk sentence_bleu, method1, uniform weights). */
 double fdpo_sentence_bleu(const fdpo_words *refs, size_t n_refs, const fdpo_words *hyp, size_t max_n);
 /* Calibration of P(w > l) = p_i: accuracy = mean[p_i > 0.5]; ECE over 10 equal-width bins
- * of the confidence max(p, 1-p) against correctness [p > 0.5]. */
+ * of the confidence max(p, 1-p) against correctness [p > 0.5]. A p_i outside [0, 1] (NaN)
+ * makes both NaN: it has no bin. */
 void fdpo_calibration(const double *p, size_t n, double *accuracy, double *ece);
 double fdpo_pearson(const double *x, const double *y, size_t n); /* NaN if undefined */
 typedef struct { double mean, std, se; size_t n; } fdpo_stats; /* std with n-1 */
@@ -223,12 +224,17 @@ typedef struct {
     fdpo_reward *safety;            /* NULL: no safety metrics; g of DESIGN §4 (SACPO) */
     fdpo_reward *words;             /* NULL: no word_rate; a words:FILE reward (the vocabulary) */
     double safety_threshold;        /* safety_frac_safe = fraction of samples with g >= this */
-    double ead_vocab;               /* V of EAD; <= 0: the model's vocabulary size */
-    double beta;                    /* implicit reward scale for --pairs */
-    fdpo_divergence cal_div;        /* Delta = s(l_w) - s(l_l) with this f for --pairs */
+    double ead_vocab;               /* V of EAD; 0: the model's vocabulary size, else >= 1 */
+    double beta;                    /* implicit reward scale for --pairs (finite, > 0) */
+    fdpo_divergence cal_div;        /* Delta = s(l_w) - s(l_l) with this f for --pairs (admissible:
+                                     * tv and chi2 have no score s) */
     const fdpo_pref_set *pairs;     /* NULL: no calibration metrics */
     int32_t eot;                    /* end-of-text id when tok is NULL (-1 = none) */
 } fdpo_eval_config;
+/* Validates c before any work (fdpo_evaluate calls it; a caller may call it before loading
+ * models): k > 0, ead_vocab 0 or >= 1, a finite safety_threshold and, with pairs, beta
+ * finite and > 0 and cal_div admissible. Errors name the flag ("--divergence: tv ..."). */
+int fdpo_eval_config_check(const fdpo_eval_config *c);
 /* Samples k completions per prompt from policy, scores them under policy and ref, and
  * returns one JSON object of flat metrics (docs/eval.md). prompts (text, may be NULL) feed
  * the reward; tok may be NULL (then words are token ids). With samples_out, writes one JSONL

@@ -95,7 +95,6 @@ int cmd_eval(int argc, char **argv) {
     else if (!prompts_path) rc = fdpo_error("--data: required (prompts: JSONL or text file)");
     else if (out_path && samples_path && !strcmp(out_path, samples_path))   /* the second write would replace the first */
         rc = fdpo_error("--samples-out %s: the same file as --out (the metrics JSON)", samples_path);
-    else if (!(beta > 0)) rc = fdpo_error("--beta: must be > 0 (got %g)", beta);
     else if (!strcmp(bad_pairs, "skip")) po.on_bad = FDPO_PREF_SKIP;
     else if (strcmp(bad_pairs, "error")) rc = fdpo_error("--bad-pairs: '%s' is not error or skip", bad_pairs);
     else po.on_bad = FDPO_PREF_ERROR;
@@ -113,6 +112,13 @@ int cmd_eval(int argc, char **argv) {
     if (!rc) rc = eval_parse_divergences("--divergences", div_list, &divs, &n_div);
     if (!rc && fdpo_divergence_parse(cal_div_spec, &c.cal_div)) rc = fdpo_error_context("--divergence");
     c.divs = divs; c.n_div = n_div;
+    c.safety_threshold = safety_threshold;
+    if (!rc) {   /* the library's rules before anything is loaded; every flag checked, --pairs or not */
+        fdpo_pref_set pairs_to_come = {0};
+        fdpo_eval_config early = c;
+        early.pairs = &pairs_to_come;
+        rc = fdpo_eval_config_check(&early);
+    }
     if (!rc) rc = fdpo_set_precision(precision);
     if (!rc) rc = eval_claim_out("--out", out_path);
     if (!rc) rc = eval_claim_out("--samples-out", samples_path);
@@ -123,13 +129,11 @@ int cmd_eval(int argc, char **argv) {
         if (!(reward = fdpo_reward_create(reward_spec, &ro))) rc = -1;
         c.reward = reward;
     }
-    if (!rc && !isfinite(safety_threshold)) rc = fdpo_error("--safety-threshold: must be finite (got %g)", safety_threshold);
     if (!rc && safety_spec) {
         eval_catch_interrupts();
         fdpo_reward_options ro = {lexicon, reward_timeout};
         if (!(safety = fdpo_reward_create(safety_spec, &ro))) rc = fdpo_error_context("--safety");
         c.safety = safety;
-        c.safety_threshold = safety_threshold;
     }
     if (!rc && words_path) {
         char *spec = fdpo_malloc(strlen(words_path) + 7);

@@ -115,14 +115,28 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
     return rc;
 }
 
+int fdpo_eval_config_check(const fdpo_eval_config *c) {
+    if (c->k == 0) return fdpo_error("--n: must be > 0");
+    if (!(c->ead_vocab == 0 || (c->ead_vocab >= 1 && isfinite(c->ead_vocab))))   /* EAD's V: a vocabulary size */
+        return fdpo_error("--ead-vocab: must be 0 (the policy's vocabulary size) or >= 1 (got %g)", c->ead_vocab);
+    const char *why = NULL;
+    if (c->pairs && !(c->beta > 0 && isfinite(c->beta)))   /* beta and cal_div: only the pairs use them */
+        return fdpo_error("--beta: must be finite and > 0 (got %g)", c->beta);
+    if (c->pairs && !fdpo_divergence_admissible(&c->cal_div, &why)) {   /* the pairs' Delta needs the score s of f */
+        char name[64];
+        fdpo_divergence_name(&c->cal_div, name, sizeof name);
+        return fdpo_error("--divergence %s: cannot score the preference pairs' calibration: %s", name,
+                          why ? why : "not admissible");
+    }
+    if (!isfinite(c->safety_threshold))
+        return fdpo_error("--safety-threshold: must be finite (got %g)", c->safety_threshold);
+    return 0;
+}
+
 cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_tokenizer *tok,
                      char *const *prompts, int32_t *const *prompt_ids, const size_t *prompt_lens,
                      size_t n_prompts, const fdpo_eval_config *c, FILE *samples_out, const char *name) {
-    if (c->k == 0) { fdpo_error("--n: must be > 0"); return NULL; }
-    if (!(c->ead_vocab == 0 || (c->ead_vocab >= 1 && isfinite(c->ead_vocab)))) {   /* EAD's V: a vocabulary size */
-        fdpo_error("--ead-vocab: must be 0 (the policy's vocabulary size) or >= 1 (got %g)", c->ead_vocab);
-        return NULL;
-    }
+    if (fdpo_eval_config_check(c)) return NULL;
     if (n_prompts == 0) { fdpo_error("no prompts"); return NULL; }
     if (policy->config.vocab_size != ref->config.vocab_size) {
         fdpo_error("policy vocabulary %zu != reference vocabulary %zu (both must share one tokenizer)",

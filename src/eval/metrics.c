@@ -226,6 +226,11 @@ void fdpo_calibration(const double *p, size_t n, double *accuracy, double *ece) 
     double bin_conf[10] = {0}, bin_correct[10] = {0};
     size_t bin_n[10] = {0}, correct = 0;
     for (size_t i = 0; i < n; i++) {
+        if (!(p[i] >= 0.0 && p[i] <= 1.0)) { /* NaN has no bin (its cast to int is undefined) */
+            if (accuracy) *accuracy = NAN;
+            if (ece) *ece = NAN;
+            return;
+        }
         int right = p[i] > 0.5;
         double conf = right ? p[i] : 1.0 - p[i];
         int b = (int)floor(conf * 10.0);

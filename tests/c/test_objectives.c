@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/eval.h"
 #include "fdpo/objectives.h"
 
 START_TEST(parse_and_name_round_trip) {
@@ -88,6 +89,40 @@ START_TEST(check_names_the_flag) {
 }
 END_TEST
 
+/* fdpo eval's pair calibration: the library refuses what has no score s (tv, chi2) and a
+ * beta that is not > 0, and a NaN probability gives NaN metrics rather than an undefined cast */
+START_TEST(eval_config_check_and_calibration) {
+    fdpo_eval_config c = {0};
+    fdpo_pref_set pairs = {0};
+    c.k = 1;
+    ck_assert_int_eq(fdpo_eval_config_check(&c), 0);   /* no pairs: beta and cal_div unused */
+    c.pairs = &pairs;
+    ck_assert_int_ne(fdpo_eval_config_check(&c), 0);
+    c.beta = 0.1;
+    ck_assert_int_eq(fdpo_eval_config_check(&c), 0);   /* a zeroed cal_div is rkl */
+    fdpo_divergence_parse("tv", &c.cal_div);
+    ck_assert_int_ne(fdpo_eval_config_check(&c), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--divergence tv: cannot score"));
+    fdpo_divergence_parse("js", &c.cal_div);
+    c.beta = -1;
+    ck_assert_int_ne(fdpo_eval_config_check(&c), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--beta"));
+    c.beta = 0.1;
+    c.safety_threshold = INFINITY;
+    ck_assert_int_ne(fdpo_eval_config_check(&c), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--safety-threshold"));
+    /* by hand: right = [1, 0], confidence 0.8 (bin 8) and 0.7 (bin 7):
+     * ECE = |1 - 0.8|/2 + |0 - 0.7|/2 = 0.45 */
+    double p[2] = {0.8, 0.3}, acc, ece;
+    fdpo_calibration(p, 2, &acc, &ece);
+    ck_assert_double_eq_tol(acc, 0.5, 1e-15);
+    ck_assert_double_eq_tol(ece, 0.45, 1e-15);
+    p[1] = NAN;
+    fdpo_calibration(p, 2, &acc, &ece);
+    ck_assert(isnan(acc) && isnan(ece));
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("objectives");
     TCase *tc = tcase_create("core");
@@ -95,6 +130,7 @@ int main(void) {
     tcase_add_test(tc, admissibility);
     tcase_add_test(tc, loss_gradients_match_finite_differences);
     tcase_add_test(tc, check_names_the_flag);
+    tcase_add_test(tc, eval_config_check_and_calibration);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
