@@ -34,8 +34,9 @@ typedef struct {
 int fdpo_lab_generate(const fdpo_lab_gen *g, size_t n, fdpo_rng *rng, fdpo_lab_problem *p);
 
 /* A safety score for a generated problem: g = c * r / sd(r) + sqrt(1 - c^2) * N(0, 1), so
- * corr(g, r) ~ c (c < 0: the rewarded answers are the less safe ones). |c| <= 1. */
-void fdpo_lab_generate_safety(fdpo_lab_problem *p, double correlation, fdpo_rng *rng);
+ * corr(g, r) ~ c (c < 0: the rewarded answers are the less safe ones). An error (naming
+ * --safety-correlation) unless |c| <= 1. */
+int fdpo_lab_generate_safety(fdpo_lab_problem *p, double correlation, fdpo_rng *rng);
 
 /* CSV with a header naming columns pi_ref, reward (required) and reward_hat, length, safety,
  * prompt (optional), one row per response; a UTF-8 byte-order mark is skipped, a NUL byte is

@@ -753,7 +753,6 @@ static int lab_constrained(int argc, char **argv) {
     int has_b = flags_was_set(flags, NFLAGS(flags), "min-safety");
     if (frontier && has_b) return fdpo_error("--min-safety: not allowed with --frontier (the sweep sets the thresholds)");
     if (!frontier && !has_b) return fdpo_error("--min-safety: required (or --frontier LIST to sweep thresholds)");
-    if (!(correlation >= -1 && correlation <= 1)) return fdpo_error("--safety-correlation: must be in [-1, 1] (got %g)", correlation);
     if (check_beta(beta)) return -1;
     fdpo_divergence *divs;
     size_t nd, nb = 1;
@@ -766,7 +765,7 @@ static int lab_constrained(int argc, char **argv) {
     fdpo_lab_problem p;
     int rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0);
     if (rc == 0 && o.input && !p.safety) rc = fdpo_error("--data %s: lab constrained needs a 'safety' column", o.input);
-    if (rc == 0 && !o.input) fdpo_lab_generate_safety(&p, correlation, &rng);
+    if (rc == 0 && !o.input) rc = fdpo_lab_generate_safety(&p, correlation, &rng);
     if (rc) { fdpo_lab_problem_free(&p); free(divs); free(bs); return -1; }
     size_t nrow = nd * nb;
     fdpo_lab_constrained_result *rows = fdpo_calloc(nrow, sizeof *rows);

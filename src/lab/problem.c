@@ -301,7 +301,9 @@ done:
     return rc;
 }
 
-void fdpo_lab_generate_safety(fdpo_lab_problem *p, double correlation, fdpo_rng *rng) {
+int fdpo_lab_generate_safety(fdpo_lab_problem *p, double correlation, fdpo_rng *rng) {
+    if (!(correlation >= -1 && correlation <= 1)) /* sqrt(1 - c^2) would be NaN in every score */
+        return fdpo_error("--safety-correlation: must be in [-1, 1] (got %g)", correlation);
     free(p->safety);
     p->safety = fdpo_malloc(p->n * sizeof(double));
     double sd = 0;
@@ -310,4 +312,5 @@ void fdpo_lab_generate_safety(fdpo_lab_problem *p, double correlation, fdpo_rng 
     const double c = correlation, rest = sqrt(1 - c * c);
     for (size_t i = 0; i < p->n; i++)
         p->safety[i] = c * (sd > 0 ? p->reward[i] / sd : 0) + rest * fdpo_rng_normal(rng);
+    return 0;
 }

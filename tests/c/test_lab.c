@@ -198,7 +198,9 @@ START_TEST(constrained_rkl_stepwise_is_exact) {
     fdpo_lab_gen gen = {"dirichlet", "gaussian", 1.0, 1.0, 1.0, 1, 10};
     fdpo_lab_problem p;
     ck_assert_int_eq(fdpo_lab_generate(&gen, 300, &rng, &p), 0);
-    fdpo_lab_generate_safety(&p, -0.6, &rng);
+    ck_assert_int_ne(fdpo_lab_generate_safety(&p, 1.5, &rng), 0); /* sqrt(1 - c^2): NaN scores */
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--safety-correlation"));
+    ck_assert_int_eq(fdpo_lab_generate_safety(&p, -0.6, &rng), 0);
     fdpo_divergence d;
     fdpo_divergence_parse("rkl", &d);
     fdpo_lab_constrained_result res;

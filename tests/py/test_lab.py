@@ -693,6 +693,12 @@ def test_constrained_bad_input(tmp_path, args, needle):
     assert r.returncode != 0 and needle in r.stderr, r.stderr
 
 
+def test_constrained_generated_safety_needs_a_correlation_in_range():
+    """the library's fdpo_lab_generate_safety refuses |c| > 1 (sqrt(1 - c^2) made every score NaN)"""
+    r = lab("constrained", "--min-safety", "0.5", "--safety-correlation", "1.5", check=False)
+    assert r.returncode != 0 and "--safety-correlation: must be in [-1, 1] (got 1.5)" in r.stderr, r.stderr
+
+
 def test_constrained_needs_a_safety_column(tmp_path):
     p = tmp_path / "p.csv"
     p.write_text("pi_ref,reward\n0.5,1\n0.5,2\n")
