@@ -56,5 +56,8 @@ int fdpo_online_run(const fdpo_online_opts *o);
 int fdpo_online_step_run(const fdpo_online_opts *o);
 /* Its settings under their flag names (training_state.json; --resume refuses a different fixed one). */
 void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s);
+/* Rounds mode's settings under their flag names: DIR/online.json, written before round 0; a
+ * --resume that changes a fixed one (or leaves it out: back to its default) is refused by name. */
+void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s);
 
 #endif

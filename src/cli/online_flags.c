@@ -51,5 +51,4 @@ void online_flags_dpo_template(fdpo_dpo_run_opts *d) {
     d->eval_fraction = 0;
     d->pref.on_long = FDPO_PREF_LONG_TRUNCATE;
     d->pref.on_bad = FDPO_PREF_SKIP;
-    d->train.quiet = 1;
 }

@@ -25,6 +25,6 @@ size_t online_flags_add(online_flags *v, fdpo_online_opts *o, fdpo_flag *f, size
 /* The parsed text flags -> o (seed: the sampling seed); errors name the flag. */
 int online_flags_finish(const online_flags *v, fdpo_online_opts *o, uint64_t seed);
 /* Each round's f-DPO run: prompts shared by the pairs, no held-out split, long completions
- * truncated, empty ones skipped, no per-step printing. */
+ * truncated, empty ones skipped (each round's trainer prints nothing: fdpo_online_run). */
 void online_flags_dpo_template(fdpo_dpo_run_opts *d);
 #endif

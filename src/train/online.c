@@ -19,6 +19,7 @@
 #include "fdpo/rl.h"
 #include "fdpo/train.h"
 #include "fdpo/trainer.h"
+#include "settings_json.h"
 
 static char *round_path(const char *out, long k, const char *suffix) {
     char name[64];
@@ -45,6 +46,51 @@ static int check_round_precision(const char *out, long k) {
     }
     free(dir);
     return rc;
+}
+
+/* OUT/online.json: a rounds run's fixed flags (fdpo_online_round_settings), written before
+ * round 0. Rounds mode takes its flags from the command line on --resume, and a resume may
+ * add rounds or change how it runs (--threads, --rounds), but nothing its rounds' results
+ * depend on: a flag changed or left out (back to its default) is refused by name, as a
+ * trainer's resume refuses it (without the file, a run of an older fdpo, only --precision is
+ * checked, above). A run that completed no round writes the file again. */
+static char *plan_path(const char *out) { return fdpo_path_join(out, "online.json"); }
+
+static int online_plan(const fdpo_online_opts *o, long start) {
+    fdpo_settings now = {0};
+    fdpo_online_round_settings(o, &now);
+    char *path = plan_path(o->out);
+    int rc = 0;
+    if (start == 0) {
+        if (fdpo_dist_is_root()) {
+            cJSON *j = cJSON_CreateObject();
+            cJSON_AddStringToObject(j, "format", "fdpo-online-rounds");
+            cJSON_AddNumberToObject(j, "version", 1);
+            cJSON_AddItemToObject(j, "settings", fdpo_settings_to_json(&now));
+            cJSON *fixed = cJSON_AddArrayToObject(j, "fixed");
+            for (size_t i = 0; i < now.n; i++)
+                if (now.v[i].fixed) cJSON_AddItemToArray(fixed, cJSON_CreateString(now.v[i].key));
+            rc = fdpo_write_json_atomic(path, j, 1);
+            cJSON_Delete(j);
+        }
+    } else if (fdpo_file_exists(path)) {
+        size_t len;
+        char *text = fdpo_read_file(path, &len);
+        cJSON *j = text ? cJSON_ParseWithLength(text, len) : NULL;
+        const cJSON *set = cJSON_GetObjectItemCaseSensitive(j, "settings"), *fixed = cJSON_GetObjectItemCaseSensitive(j, "fixed");
+        fdpo_settings saved = {0};
+        if (!text) rc = -1;
+        else if (!cJSON_IsObject(set) || !cJSON_IsArray(fixed)) rc = fdpo_error("%s: not an online run's settings file", path);
+        else rc = fdpo_settings_from_json(&saved, set, fixed, path);
+        if (rc == 0 && (rc = fdpo_settings_check_resume(&saved, &now)))
+            fdpo_error_context("--out %s: its rounds ran with the flags in %s", o->out, path);
+        fdpo_settings_free(&saved);
+        cJSON_Delete(j);
+        free(text);
+    }
+    free(path);
+    fdpo_settings_free(&now);
+    return fdpo_dist_all_ok(rc);
 }
 
 static int is_dir(const char *p) {
@@ -442,10 +488,11 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (start >= o->rounds && rc == 0) fdpo_log(FDPO_LOG_INFO, "all %ld rounds already complete in %s", o->rounds, o->out);
         else if (start > 0 && rc == 0) fdpo_log(FDPO_LOG_INFO, "resuming after round %ld", start - 1);
         if (start > 0 && start < o->rounds && rc == 0) rc = check_round_precision(o->out, start - 1);
+        if (start < o->rounds && rc == 0) rc = online_plan(o, start);
     }
     const char *ref0 = o->ref ? o->ref : o->model;
     fdpo_progress prog;
-    int prog_on = rc == 0 && start < o->rounds;
+    int prog_on = rc == 0 && start < o->rounds;   /* the loop runs; its progress line unless --quiet */
     /* the models stay in memory for the whole run: the policy (trained in place, round by
      * round) and, with a fixed reference, the reference; both are read from disk once */
     fdpo_gpt2 *policy = NULL, *ref = NULL;
@@ -492,7 +539,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         fdpo_gpt2 *trained = policy->lora ? &policy->lora->view : policy;
         opt_ok = (rc = fdpo_adamw_init(&opt, trained->n_params, t->beta1, t->beta2, t->adam_eps, t->weight_decay)) == 0;
     }
-    if (prog_on && rc == 0) fdpo_progress_start(&prog, "online rounds", (size_t)o->rounds);
+    if (prog_on && rc == 0 && !o->dpo.train.quiet) fdpo_progress_start(&prog, "online rounds", (size_t)o->rounds);
     for (long k = start; rc == 0 && k < o->rounds; k++) {
         char *prev = k > 0 ? round_path(o->out, k - 1, "") : fdpo_strdup(o->model);
         const char *ref_name = o->ref_update_round && k > 0 ? prev : ref0;
@@ -537,6 +584,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
             d.train.resume = 0;
             d.train.overwrite = 1;
             d.train.skip_moments = 1;   /* a round is redone, never resumed half-way: nothing reads them */
+            d.train.quiet = 1;          /* the rounds' own progress line below is the run's */
             d.data = pairs;
             d.ref = ref_name;
             fdpo_train_state ts;
@@ -565,7 +613,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (rc == 0) {
             char extra[128];
             snprintf(extra, sizeof extra, "reward %.4g kl %.4g pairs %g", st.scores, st.kl, st.pairs);
-            fdpo_progress_step(&prog, (size_t)k + 1, NAN, o->dpo.train.lr, NAN, NAN, extra);
+            if (!o->dpo.train.quiet) fdpo_progress_step(&prog, (size_t)k + 1, NAN, o->dpo.train.lr, NAN, NAN, extra);
         }
         free(prev); free(pairs); free(partial); free(done);
     }
@@ -574,7 +622,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         int wrc = round_writer_join(&writer);
         if (rc == 0) rc = wrc;
     }
-    if (prog_on && rc == 0) fdpo_progress_end(&prog);
+    if (prog_on && rc == 0 && !o->dpo.train.quiet) fdpo_progress_end(&prog);
     fdpo_sampler_free(sampler);
     round_buf_free(&buf);
     if (opt_ok) fdpo_adamw_free(&opt);
@@ -586,6 +634,28 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
     return rc;
+}
+
+void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
+    fdpo_train_opts_settings(&o->dpo.train, s);
+    fdpo_dpo_run_opts_settings(&o->dpo, s);
+    /* the run's own paths (the template's are set per round) */
+    fdpo_settings_str(s, "model", o->model, 1);
+    fdpo_settings_str(s, "ref", o->ref, 1);
+    fdpo_settings_str(s, "data", o->prompts, 1);
+    /* fixed here: a round of bf16 after rounds of fp32 (or the reverse) is another run; and
+     * --lora-r also without LoRA, so that a resume can neither add nor drop the adapters */
+    fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 1);
+    fdpo_settings_num(s, "lora-r", (double)(o->dpo.train.lora_r > 0 ? o->dpo.train.lora_r : 0), 1);
+    fdpo_settings_str(s, "mode", "round", 1);
+    fdpo_settings_str(s, "reward", o->reward, 1);
+    fdpo_settings_num(s, "n", (double)o->n, 1);
+    fdpo_settings_num(s, "prompts-per-round", (double)o->prompts_per_round, 1);
+    fdpo_settings_str(s, "pairs", o->pairs_bt ? "all-bt" : "best-worst", 1);
+    fdpo_settings_num(s, "bt-scale", o->bt_scale, 1);
+    fdpo_settings_str(s, "ref-logps", o->ref_logps_pairs ? "pairs" : "all", 1);
+    fdpo_settings_str(s, "ref-update", o->ref_update_round ? "round" : "never", 1);
+    fdpo_sample_config_settings(&o->sample, &o->reward_opts, s);
 }
 
 /* ---- --mode step ---- */

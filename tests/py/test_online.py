@@ -151,7 +151,12 @@ def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_pat
     # place leaves a line for a round that is not complete: the resume drops it
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 2, "round": 1, "stale": True}) + "\n")
-    online(setup, out, "--rounds", 2, "--resume")
+    # the reward program mended in place (--reward is a fixed flag: the same spec resumes;
+    # another is refused, OUT/online.json)
+    r = online(setup, out, "--rounds", 2, "--resume", check=False)
+    assert r.returncode != 0 and "--reward: cmd:" in r.stderr and "online.json" in r.stderr, r.stderr
+    (tmp_path / "fails.py").write_text(FAILS_LATER.replace("if n >= 1:", "if False:"))
+    online(setup, out, "--rounds", 2, "--resume", reward=f"cmd:/usr/bin/python3 {tmp_path / 'fails.py'}")
     assert [x["round"] for x in metrics(out)] == [0, 1] and not any("stale" in x for x in metrics(out))
     assert [x["step"] for x in metrics(out)] == [1, 2]
     assert (out / "round-1" / "model.safetensors").exists()
@@ -502,6 +507,41 @@ def test_bf16_same_seed_and_resume_bit_exact(setup, tmp_path, mode):
                        for m in ms]
     assert drop(metrics(a)) == drop(metrics(b))
     assert json.loads(state.read_text())["settings"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("first,then,flag", [
+    ([], ["--beta", 0.3], "--beta: 0.3 differs from the saved run's 0.1"),
+    ([], ["--seed", 9], "--seed: 9 differs"),
+    ([], ["--n", 3], "--n: 3 differs"),
+    ([], ["--temperature", 0.5], "--temperature: 0.5 differs"),
+    ([], ["--lora-r", 4], "--lora-r: 4 differs from the saved run's 0"),
+    (["--lora-r", 4], [], "--lora-r: 0 differs from the saved run's 4"),   # left out: full fine-tuning
+    (["--lora-r", 4], ["--lora-r", 4, "--lora-dropout", 0.3], "--lora-dropout: 0.3 differs"),
+])
+def test_rounds_resume_refuses_a_changed_flag(setup, tmp_path, first, then, flag):
+    """The rounds' fixed flags are saved in OUT/online.json before round 0; a --resume that
+    changes one, or leaves it out (back to its default), is refused by name before any round
+    runs (it used to continue silently: a LoRA run went on as full fine-tuning)."""
+    a = tmp_path / "a"
+    small = ["--prompts-per-round", 4, "--threads", 1]
+    online(setup, a, "--rounds", 1, *small, *first)
+    r = online(setup, a, "--rounds", 2, "--resume", *small, *then, check=False)
+    assert r.returncode != 0 and flag in r.stderr and "online.json" in r.stderr, r.stderr
+    assert not (a / "round-1").exists()
+    # the same flags continue, with another --threads (not fixed)
+    online(setup, a, "--rounds", 2, "--resume", "--prompts-per-round", 4, "--threads", 2, *first)
+    assert (a / "round-1").is_dir()
+
+
+def test_step_mode_shows_progress_unless_quiet(setup, tmp_path):
+    """long work shows progress: step mode's trainer line (it printed nothing, --quiet or not)"""
+    small = ["--mode", "step", "--steps", 2, "--n", 2, "--prompts-per-round", 2, "--threads", 1]
+    r = online(setup, tmp_path / "a", *small)
+    assert "online step 2/2" in r.stderr and "ETA" in r.stderr, r.stderr
+    r = online(setup, tmp_path / "b", *small, "--quiet")
+    assert "online step" not in r.stderr, r.stderr
+    r = online(setup, tmp_path / "c", "--rounds", 1, "--prompts-per-round", 2, "--threads", 1, "--quiet")
+    assert "online rounds step" not in r.stderr, r.stderr
 
 
 def test_rounds_resume_refuses_another_precision(setup, tmp_path):
