@@ -72,6 +72,8 @@ typedef struct {
                             was capped at the data set (not a setting; NULL: "the data") */
     const char *step_flag; /* that note's flag for batch_size when a command sets it from its own
                               (rl: "--prompts-per-step", grad_accum 1); NULL: --batch-size x --grad-accum */
+    const char *continue_how; /* how a stopped or interrupted run continues, in the messages
+                                 that say so (sacpo: it has no --resume); NULL: "continue with --resume" */
     const char *tokenizer; /* tokenizer directory (default: init's, else byte-level) */
     const char *chat_template; /* built-in chat template for message data (NULL/"auto": the tokenizer's) */
     long eval_every, save_every, log_every;

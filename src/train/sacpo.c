@@ -114,6 +114,9 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     fdpo_settings_num(&ts, "simpo-gamma", o->dpo.dpo.loss.simpo_gamma, 1);
     fdpo_settings_num(&ts, "sft-weight", o->dpo.dpo.loss.sft_weight, 1);
     fdpo_settings_str(&ts, "precision", fdpo_precision_name(fdpo_get_precision()), 1);
+    /* how the pairs are read (a stage added later with another --max-length would train on
+     * other data; absent from the plans before they were added, which then match as before) */
+    fdpo_pref_data_settings(&o->dpo.pref, o->dpo.eval_fraction, o->dpo.eval_file, &ts);
     cJSON *all = fdpo_settings_to_json(&ts);
     for (size_t i = 0; i < ts.n; i++)
         if (ts.v[i].fixed) cJSON_AddItemToObject(tr, ts.v[i].key, cJSON_DetachItemFromObjectCaseSensitive(all, ts.v[i].key));
@@ -125,6 +128,9 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
 }
 
 typedef struct { cJSON *root, *done; char *path; } sacpo_state;
+
+/* what an interrupted stage tells the user: sacpo has no --resume, a rerun resumes */
+#define SACPO_CONTINUE "run the same fdpo sacpo command again: it resumes the stage"
 
 static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
     st->path = fdpo_path_join(o->out, "sacpo.json");
@@ -138,17 +144,33 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         cJSON *saved = cJSON_GetObjectItemCaseSensitive(st->root, "plan");
         st->done = cJSON_GetObjectItemCaseSensitive(st->root, "stages_done");
         if (!saved || !cJSON_IsArray(st->done)) { cJSON_Delete(plan); return fdpo_error("%s: not a sacpo state file", st->path); }
-        /* the lambda list may grow (more models from the same stages); everything else must match */
+        /* the lambda list may grow (more models from the same stages); everything else must
+         * match: the plan first (model, data, divergence, beta, order, LoRA), then the training
+         * settings one by one, named: those the saved plan records (a plan of an earlier fdpo
+         * records fewer, or none) */
         cJSON *a = cJSON_Duplicate(saved, 1), *b = cJSON_Duplicate(plan, 1);
         cJSON_DeleteItemFromObject(a, "lambdas");
         cJSON_DeleteItemFromObject(b, "lambdas");
-        if (!cJSON_GetObjectItemCaseSensitive(a, "training")) cJSON_DeleteItemFromObject(b, "training");
+        cJSON_DeleteItemFromObject(a, "training");
+        cJSON_DeleteItemFromObject(b, "training");
         int same = cJSON_Compare(a, b, 1);
         cJSON_Delete(a); cJSON_Delete(b);
         if (!same) {
             cJSON_Delete(plan);
-            return fdpo_error("--out: %s holds a sacpo run with another model, data, divergence, beta, order, LoRA settings or training settings "
+            return fdpo_error("--out: %s holds a sacpo run with another model, data, divergence, beta, order or LoRA settings "
                               "(see its sacpo.json; use another --out)", o->out);
+        }
+        const cJSON *then = cJSON_GetObjectItemCaseSensitive(saved, "training"), *x;
+        const cJSON *now = cJSON_GetObjectItemCaseSensitive(plan, "training");
+        cJSON_ArrayForEach(x, then) {
+            const cJSON *y = cJSON_GetObjectItemCaseSensitive(now, x->string);
+            if (y && cJSON_Compare(x, y, 1)) continue;
+            char *was = cJSON_PrintUnformatted(x), *is = y ? cJSON_PrintUnformatted(y) : NULL;
+            fdpo_error("--%s: %s differs from %s in %s, which its stages trained with (use the same flags or another --out)",
+                       x->string, is ? is : "(none)", was, st->path);
+            free(was); free(is);
+            cJSON_Delete(plan);
+            return -1;
         }
         cJSON_ReplaceItemInObject(st->root, "plan", plan);
         return 0;
@@ -185,6 +207,7 @@ static int run_online_stage(const fdpo_sacpo_opts *o, const char *what, const ch
     on.reward = spec;
     on.out = run;
     on.resume = 1;                /* a fresh directory starts at round 0 */
+    on.dpo.train.continue_how = SACPO_CONTINUE;
     on.dpo.dpo.loss.beta = beta;
     fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s online against %s, beta %g, %ld round(s) in %s", what, init, dir, spec, beta,
              on.rounds, run);
@@ -222,6 +245,7 @@ static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what
     d.dpo.loss.beta = beta;
     char *state = fdpo_path_join(dir, "training_state.json");
     d.train.resume = fdpo_file_exists(state);
+    d.train.continue_how = SACPO_CONTINUE;
     free(state);
     fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s on %s, beta %g%s", what, init, dir, data, beta, d.train.resume ? " (resuming)" : "");
     if (fdpo_dpo_train(&d)) return fdpo_error_context("sacpo %s", what);

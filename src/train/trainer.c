@@ -234,12 +234,16 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (fdpo_adamw_init(&tr->opt, trained(tr)->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
         if (fdpo_train_state_load(o->out, s, &tr->opt, trained(tr))) { fdpo_error_context("--resume"); goto fail; }
         if (strcmp(s->kind, kind)) { fdpo_error("--resume: %s holds a '%s' run, not '%s'", o->out, s->kind, kind); goto fail; }
+        /* the flags before the data: a changed --seed or --eval-fraction also changes the
+         * data's split and hash, and the flag is the cause to name; the command's own flags
+         * first, under its names (rl's --prompts-per-step is the trainer's batch size) */
+        if (extra && fdpo_settings_check_resume(&s->settings, extra)) goto fail;
+        if (fdpo_settings_check_resume(&s->settings, &now)) goto fail;
         if (s->data_hash != data_hash || s->data.n != n_items) {
             fdpo_error("--resume: the training data differ from the saved run's (%zu items then, %zu now): "
                        "resume needs the same files and tokenizer", s->data.n, n_items);
             goto fail;
         }
-        if (fdpo_settings_check_resume(&s->settings, &now)) goto fail;
         /* a run that started from --model recorded no random-init architecture: keep it so */
         if (!fdpo_settings_find(&s->settings, "arch")) drop_arch_settings(&now);
         /* from now on the state records this session's values (a new --save-every sticks) */
@@ -461,14 +465,15 @@ int fdpo_trainer_maybe_save(fdpo_trainer *tr) {
     if (divides(tr->opts.save_every, s) || stop || interrupt) {
         if (fdpo_trainer_save(tr)) return -1;
     }
+    const char *how = tr->opts.continue_how ? tr->opts.continue_how : "continue with --resume";
     if (interrupt) {
         tr->stopped = tr->interrupted = 1;
-        return fdpo_error("interrupted after step %zu of %zu (checkpoint saved in %s; continue with --resume)",
-                          s, tr->state.total_steps, tr->opts.out);
+        return fdpo_error("interrupted after step %zu of %zu (checkpoint saved in %s; %s)", s, tr->state.total_steps,
+                          tr->opts.out, how);
     }
     if (stop) {
         tr->stopped = 1;
-        if (!tr->opts.quiet) fdpo_log(FDPO_LOG_INFO, "stopped after step %zu (--stop-at); continue with --resume", s);
+        if (!tr->opts.quiet) fdpo_log(FDPO_LOG_INFO, "stopped after step %zu (--stop-at); %s", s, how);
     }
     return 0;
 }

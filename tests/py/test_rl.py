@@ -409,6 +409,13 @@ def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
     assert r.returncode != 0 and "--resume" in r.stderr
     r = run("c", "--resume", "--lr", "2e-2", check=False)
     assert r.returncode != 0 and "--lr" in r.stderr and "--resume" in r.stderr, r.stderr
+    # named by the command's own flag, not the trainer's --batch-size it sets (rl has none);
+    # a changed --seed is named too (it also changes the data order: that was named instead)
+    per = "--prompts-per-step" if cmd == "rl" else "--prompts-per-round"
+    r = run("c", "--resume", per, 1, check=False)
+    assert r.returncode != 0 and f"{per}: 1 differs from the saved run's 2" in r.stderr, r.stderr
+    r = run("c", "--resume", "--seed", 6, check=False)
+    assert r.returncode != 0 and "--seed: 6 differs from the saved run's 5" in r.stderr, r.stderr
     # --resume alone restores the saved flags
     r = subprocess.run([FDPO, "rl" if cmd == "rl" else "online", "--out", tmp_path / "b", "--resume"],
                        capture_output=True, text=True, timeout=300)

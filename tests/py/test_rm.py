@@ -183,6 +183,11 @@ def test_resume_continues_the_same_run(tmp_path):
               "--threads", "1", "--quiet", "--eval-every", "3"]
     fdpo("rm", *common, "--out", tmp_path / "a")
     fdpo("rm", *common, "--out", tmp_path / "b", "--stop-at", "3")
+    # a changed --seed (or --eval-fraction) also changes the held-out split, hence the data's
+    # hash: the flag is named, not "the training data differ"
+    for flag, value, saved in (("--seed", "7", "1337"), ("--eval-fraction", "0.25", "0.1")):
+        r = fdpo("rm", *common, "--out", tmp_path / "b", "--resume", flag, value, check=False)
+        assert r.returncode != 0 and f"{flag}: {value} differs from the saved run's {saved}" in r.stderr, r.stderr
     fdpo("rm", *common, "--out", tmp_path / "b", "--resume")
     # weights, AdamW moments and metrics (training and eval lines): each once, the same numbers
     metrics = assert_same_run(tmp_path / "a", tmp_path / "b")

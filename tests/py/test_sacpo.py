@@ -117,6 +117,34 @@ def test_another_plan_in_the_same_out_is_refused(data, tmp_path):
     assert r.returncode != 0 and "holds a sacpo run with another" in r.stderr, r.stderr
 
 
+def test_interrupted_stage_says_how_sacpo_continues(data, tmp_path):
+    """SIGINT mid-stage saves the stage's checkpoint; the message says to run the same command
+    again (sacpo has no --resume, which the trainer's message used to name), and that rerun
+    finishes the plan with the stage's weights equal to an uninterrupted run's."""
+    import signal
+    import subprocess
+    import time
+    from dpo_common import FDPO
+    args = lambda out: [FDPO, "sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl",
+                        "--safety-data", data / "safety.jsonl", "--beta", "0.2", "--out", out, "--lambda", "1",
+                        "--threads", 1, "--batch-size", 8, "--lr", "1e-3", "--eval-fraction", 0, "--quiet",
+                        "--steps", 400, "--log-every", 1]
+    out = tmp_path / "s"
+    p = subprocess.Popen(list(map(str, args(out))), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "reward" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0
+    assert "interrupted after step" in err and "run the same fdpo sacpo command again" in err, err
+    assert "--resume" not in err, err
+
+
 def test_missing_data_is_named(data, tmp_path):
     r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--lambda", "1",
              "--out", tmp_path / "s", *COMMON, check=False)
