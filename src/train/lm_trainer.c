@@ -92,7 +92,13 @@ int fdpo_lm_eval(fdpo_gpt2 *m, const fdpo_lm_data *d, size_t batch_size, size_t 
 int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokenizer *tok,
                   const fdpo_lm_data *train, const fdpo_lm_data *val) {
     fdpo_trainer tr;
-    if (fdpo_trainer_open(&tr, o, kind, tok, train->n_seq, fdpo_lm_data_hash(train), NULL)) return -1;
+    /* the checkpoint the run started from, fixed as dpo's is: a LoRA run's resume loads its
+     * base from it again, and another --model there continued the adapters on another base */
+    fdpo_settings extra = {0};
+    fdpo_settings_str(&extra, "model", o->init, 1);
+    int orc = fdpo_trainer_open(&tr, o, kind, tok, train->n_seq, fdpo_lm_data_hash(train), &extra);
+    fdpo_settings_free(&extra);
+    if (orc) return -1;
     /* S sequences a step in A micro-batches of B (the last one short when the step was capped
      * at the data set: fdpo_train_step_items) */
     const size_t S = tr.step_items, B = tr.micro_items, A = (S + B - 1) / B;

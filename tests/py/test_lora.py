@@ -420,6 +420,11 @@ def test_sft_lora_resume_is_exact(tmp_path):
     lora = ["--lora-r", 4, "--lora-targets", "c_attn,c_proj", "--lora-dropout", 0.2]
     train_adapter(tmp_path, base, tmp_path / "full", *lora, steps=4)
     train_adapter(tmp_path, base, tmp_path / "split", *lora, "--stop-at", 2, steps=4)
+    # --model is a fixed setting, as in dpo: another base would continue the adapters on it
+    other = make_gpt2(tmp_path / "other")
+    r = fdpo("sft", "--out", tmp_path / "split", "--resume", "--data", tmp_path / "sft.jsonl", "--quiet",
+             "--model", other, check=False)
+    assert r.returncode != 0 and f"--model: {other} differs from the saved run's {base}" in r.stderr, r.stderr
     fdpo("sft", "--out", tmp_path / "split", "--resume", "--data", tmp_path / "sft.jsonl", "--quiet")
     for f in ("adapter_model.safetensors", "training_state.safetensors"):
         assert (tmp_path / "full" / f).read_bytes() == (tmp_path / "split" / f).read_bytes(), f
