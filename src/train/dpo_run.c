@@ -95,6 +95,38 @@ static cJSON *metrics_json(const fdpo_dpo_metrics *m) {
     return o;
 }
 
+/* A resumed run's starting point, for eval_summary.json's "initial": the step-0 eval line of
+ * DIR/metrics.jsonl (logged before the first step, kept by every resume; its numbers are
+ * written to round-trip), read back into m. 0 when found. */
+static int initial_from_metrics(const char *dir, size_t n_eval, fdpo_dpo_metrics *m) {
+    char *path = fdpo_path_join(dir, "metrics.jsonl");
+    size_t len = 0;
+    char *text = fdpo_file_exists(path) ? fdpo_read_file(path, &len) : NULL;
+    free(path);
+    int found = 0;
+    for (char *p = text; text && p < text + len && !found;) {
+        char *nl = memchr(p, '\n', (size_t)(text + len - p)), *end = nl ? nl : text + len;
+        cJSON *o = cJSON_ParseWithLength(p, (size_t)(end - p));
+        const cJSON *step = cJSON_GetObjectItemCaseSensitive(o, "step"), *loss = cJSON_GetObjectItemCaseSensitive(o, "eval_loss");
+        if (cJSON_IsNumber(step) && step->valuedouble == 0 && cJSON_IsNumber(loss)) {
+            memset(m, 0, sizeof *m);
+            m->pairs = n_eval;
+            m->loss = loss->valuedouble;
+            found = 1;
+            for (size_t i = 0; i < N_DPO_METRICS; i++) {
+                char k[64];
+                snprintf(k, sizeof k, "eval_%s", DPO_METRICS[i].name);
+                const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+                *(double *)((char *)m + DPO_METRICS[i].offset) = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+            }
+        }
+        cJSON_Delete(o);
+        p = end + 1;
+    }
+    free(text);
+    return found ? 0 : -1;
+}
+
 static int write_json(const char *dir, const char *name, const cJSON *root) {
     if (fdpo_dist_rank() > 0) return 0;   /* rank 0 alone writes */
     char *path = fdpo_path_join(dir, name);
@@ -315,6 +347,8 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
         fdpo_metrics_begin(&tr.metrics, 0);
         add_dpo_metrics(&tr.metrics, "eval_", &initial, 1, dcfg.loss.sft_weight);
         if (fdpo_metrics_end(&tr.metrics)) goto done;
+    } else if (n_eval && to->eval_every > 0 && fdpo_dist_rank() == 0) {
+        have_initial = initial_from_metrics(to->out, n_eval, &initial) == 0;   /* resumed: as logged then */
     }
     while (!fdpo_trainer_done(&tr)) {
         fdpo_trainer_begin_step(&tr);

@@ -431,6 +431,19 @@ def test_resume_continues_exactly(cli, precision):
         assert np.array_equal(a[k], b[k]), k
 
 
+def test_resumed_run_keeps_the_initial_eval(cli):
+    """eval_summary.json's "initial" (the held-out metrics before step 1) survives a resume: read
+    back from metrics.jsonl's step-0 line (a resumed run used to drop it), byte-equal to the
+    uninterrupted run's file"""
+    runs = cli / "runs_resume_eval"
+    args = ["--steps", 4, "--eval-every", 2, "--eval-fraction", 0.2, "--seed", 2]
+    fdpo(*base_args(cli, runs / "straight", *args))
+    fdpo(*base_args(cli, runs / "cut", *args, "--stop-at", 2))
+    fdpo("dpo", "--out", runs / "cut", "--resume", "--threads", 1, "--quiet")
+    a, b = (runs / "straight" / "eval_summary.json").read_bytes(), (runs / "cut" / "eval_summary.json").read_bytes()
+    assert "initial" in json.loads(a) and a == b
+
+
 def test_skipped_pairs_are_counted_and_reported(cli):
     rows = synthetic_pairs(20, 1) + [{"prompt": "x", "chosen": "", "rejected": "y"},
                                      {"prompt": "x", "chosen": "s", "rejected": "s"}]
