@@ -23,6 +23,11 @@ void fdpo_divergence_name(const fdpo_divergence *d, char *buf, size_t n); /* can
 int fdpo_divergence_admissible(const fdpo_divergence *d, const char **why);
 
 double fdpo_f(const fdpo_divergence *d, double u);           /* f(u), u >= 0 */
+/* f(u)/u at u = e^l: one sample's estimate of D_f(pi || pi_ref) = E_pi[f(u)/u] from its
+ * log-ratio l = log pi - log pi_ref (fdpo rl's objective/f_divergence, fdpo eval's fdiv_seq).
+ * In log space: finite wherever the value is (js -> log 2, alpha -> 1/alpha, tv -> 1/2 as
+ * l -> inf), where exp(l)/exp(l) was NaN past l = 709. */
+double fdpo_f_over_u_log(const fdpo_divergence *d, double l);
 double fdpo_fprime(const fdpo_divergence *d, double u);      /* f'(u) */
 double fdpo_fprime_inv(const fdpo_divergence *d, double v);  /* (f')^-1(v); NaN outside domain */
 double fdpo_fprime_inv_sup(const fdpo_divergence *d);        /* sup of the domain of (f')^-1 (+inf for rkl) */

@@ -193,11 +193,8 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
         double l = sc.logp - sc.logp_ref; /* log pi(y|x) - log pi_ref(y|x) */
         kl_seq[i] = l;
         kl_tok[i] = sc.kl_tok;
-        for (size_t k = 0; k < nd; k++) {
-            /* D_f(pi || pi_ref) = E_{pi_ref}[f(u)] = E_pi[f(u) / u], u = pi/pi_ref */
-            double u = exp(l);
-            fd_seq[i * nd + k] = c->divs[k].kind == FDPO_DIV_RKL ? l : fdpo_f(&c->divs[k], u) / u;
-        }
+        for (size_t k = 0; k < nd; k++)   /* D_f(pi || pi_ref) = E_{pi_ref}[f(u)] = E_pi[f(u) / u], u = pi/pi_ref */
+            fd_seq[i * nd + k] = fdpo_f_over_u_log(&c->divs[k], l);
         ent[i] = sc.entropy_sum; npos[i] = (double)sc.n_positions;
     }
     if (rc == 0 && c->reward && e > b) rc = fdpo_reward_score(c->reward, e - b, ptexts + b, texts + b, ntok_sz + b, reward + b);

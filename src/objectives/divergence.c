@@ -116,6 +116,32 @@ double fdpo_f(const fdpo_divergence *d, double u) {
     return NAN;
 }
 
+double fdpo_f_over_u_log(const fdpo_divergence *d, double l) {
+    if (isnan(l)) return NAN;
+    /* f(u)/u with u = e^l, each written in e^-l so that nothing overflows where the value is
+     * finite: exp(l) is inf past l = 709 and inf/inf was NaN (js, alpha, tv tend to finite
+     * limits: log 2, 1/alpha, 1/2) */
+    const double em = exp(-l); /* 1/u */
+    switch (d->kind) {
+    case FDPO_DIV_RKL: return l;                                   /* u log u / u */
+    case FDPO_DIV_FKL: return -l * em;                             /* -log u / u */
+    case FDPO_DIV_JS: {
+        /* log u - (1 + 1/u)(log(1 + u) - log 2); for l > 0, log(1 + u) = l + log1p(1/u), so
+         * that l cancels exactly instead of in rounding (the value tends to log 2) */
+        if (l <= 0) return l - (1 + em) * (log1p(exp(l)) - M_LN2);
+        double lp = log1p(em);
+        return M_LN2 - lp - em * (l + lp - M_LN2);
+    }
+    case FDPO_DIV_ALPHA: {
+        double A = d->alpha;                                       /* (u^-A - (1-A) - A/u) / (A(A-1)) */
+        return (exp(-A * l) - (1 - A) - A * em) / (A * (A - 1));
+    }
+    case FDPO_DIV_TV: return 0.5 * fabs(1 - em);
+    case FDPO_DIV_CHI2: return 1 / em - 2 + em;                    /* (u-1)^2/u = u - 2 + 1/u */
+    }
+    return NAN;
+}
+
 double fdpo_fprime(const fdpo_divergence *d, double u) {
     if (!(u >= 0)) return NAN;
     switch (d->kind) {

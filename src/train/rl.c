@@ -147,9 +147,7 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
             shaped[i] = fdpo_shaped_reward(&c->div, c->beta, reward[i], l);
             out->scores += reward[i] * inv;
             out->kl += l * inv;
-            /* D_f(pi || pi_ref) = E_pi[f(u)/u]; reverse KL's f(u)/u = log u exactly */
-            const double u = exp(l);
-            out->fdiv += (c->div.kind == FDPO_DIV_RKL ? l : fdpo_f(&c->div, u) / u) * inv;
+            out->fdiv += fdpo_f_over_u_log(&c->div, l) * inv;   /* D_f(pi || pi_ref) = E_pi[f(u)/u] */
             out->entropy -= slp[i] * inv;
             out->shaped += shaped[i] * inv;
             out->logp += slp[i] * inv;

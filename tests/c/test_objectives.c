@@ -89,6 +89,38 @@ START_TEST(check_names_the_flag) {
 }
 END_TEST
 
+/* f(u)/u at u = e^l against the definitions written out here (u log u, -log u, JS's
+ * u log u - (u+1) log((u+1)/2), the alpha family, |u-1|/2, (u-1)^2, each over u) at moderate
+ * l, and the limits as l -> inf, where exp(l)/exp(l) was NaN: log 2, 1/alpha, 1/2, 0 */
+START_TEST(f_over_u_in_log_space) {
+    const char *specs[] = {"rkl", "fkl", "js", "alpha:0.3", "tv", "chi2"};
+    for (size_t k = 0; k < 6; k++) {
+        fdpo_divergence d;
+        ck_assert_int_eq(fdpo_divergence_parse(specs[k], &d), 0);
+        for (double l = -6; l <= 6; l += 0.75) {
+            double u = exp(l), f;
+            switch (d.kind) {
+            case FDPO_DIV_RKL: f = u * log(u); break;
+            case FDPO_DIV_FKL: f = -log(u); break;
+            case FDPO_DIV_JS: f = u * log(u) - (u + 1) * log((u + 1) / 2); break;
+            case FDPO_DIV_ALPHA: f = (pow(u, 0.7) - 0.7 * u - 0.3) / (0.3 * -0.7); break;
+            case FDPO_DIV_TV: f = 0.5 * fabs(u - 1); break;
+            default: f = (u - 1) * (u - 1); break;
+            }
+            ck_assert_double_eq_tol(fdpo_f_over_u_log(&d, l), f / u, 1e-12 * fmax(1, fabs(f / u)));
+        }
+    }
+    fdpo_divergence js, al, tv, fkl, rkl;
+    fdpo_divergence_parse("js", &js); fdpo_divergence_parse("alpha:0.3", &al);
+    fdpo_divergence_parse("tv", &tv); fdpo_divergence_parse("fkl", &fkl); fdpo_divergence_parse("rkl", &rkl);
+    ck_assert_double_eq_tol(fdpo_f_over_u_log(&js, 800), log(2.0), 1e-15);
+    ck_assert_double_eq_tol(fdpo_f_over_u_log(&al, 800), 1 / 0.3, 1e-12);
+    ck_assert_double_eq_tol(fdpo_f_over_u_log(&tv, 800), 0.5, 1e-15);
+    ck_assert_double_eq(fdpo_f_over_u_log(&fkl, 800), 0.0);   /* -800 e^-800: underflows to -0 */
+    ck_assert_double_eq(fdpo_f_over_u_log(&rkl, 800), 800.0);
+}
+END_TEST
+
 /* fdpo eval's pair calibration: the library refuses what has no score s (tv, chi2) and a
  * beta that is not > 0, and a NaN probability gives NaN metrics rather than an undefined cast */
 START_TEST(eval_config_check_and_calibration) {
@@ -131,6 +163,7 @@ int main(void) {
     tcase_add_test(tc, loss_gradients_match_finite_differences);
     tcase_add_test(tc, check_names_the_flag);
     tcase_add_test(tc, eval_config_check_and_calibration);
+    tcase_add_test(tc, f_over_u_in_log_space);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
