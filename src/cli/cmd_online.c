@@ -66,16 +66,10 @@ int cmd_online(int argc, char **argv) {
     if (online_flags_finish(&of, &o, (uint64_t)o.dpo.train.seed)) goto done;
     if (fdpo_divergence_parse(divergence, &o.dpo.dpo.loss.div)) { fdpo_error_context("--divergence"); goto done; }
     if (fdpo_loss_parse(loss, &o.dpo.dpo.loss.kind)) goto done;
-    if (o.dpo.dpo.loss.kind == FDPO_LOSS_SIMPO) { fdpo_error("--loss simpo: online f-DPO needs a reference"); goto done; }
-    o.dpo.dpo.loss.beta = beta;
-    if (fdpo_pref_loss_check(&o.dpo.dpo.loss)) goto done;
+    o.dpo.dpo.loss.beta = beta;   /* the loss (simpo, beta, divergence): checked by the library's run */
     online_flags_dpo_template(&o.dpo);
     fdpo_set_threads((int)o.dpo.train.threads);
     if (!strcmp(mode, "rounds")) {
-        if (flags_was_set(flags, n, "stop-at") || flags_was_set(flags, n, "overwrite")) {
-            fdpo_error("--stop-at, --overwrite: --mode step only (rounds mode resumes after the last complete round)");
-            goto done;
-        }
         if (o.dpo.train.resume) { fdpo_error("--resume: %s holds a --mode step run (pass --mode step)", o.out); goto done; }
         rc = fdpo_online_run(&o);
     }

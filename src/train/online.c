@@ -449,16 +449,27 @@ static int is_lora_base(const fdpo_gpt2 *policy, const char *path) {
     return same;
 }
 
-int fdpo_online_run(const fdpo_online_opts *o) {
+/* What both modes need, before any model or data is read: the paths, an f-DPO loss that has
+ * a reference (simpo has none: pairs scored against pi_ref are what online f-DPO is), n >= 2. */
+static int online_opts_check(const fdpo_online_opts *o) {
     if (!o->model) return fdpo_error("--model: required (the policy to align)");
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
     if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
     if (!o->out) return fdpo_error("--out: required (run directory)");
-    if (o->rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->rounds);
+    if (o->dpo.dpo.loss.kind == FDPO_LOSS_SIMPO) return fdpo_error("--loss simpo: online f-DPO needs a reference");
+    if (fdpo_pref_loss_check(&o->dpo.dpo.loss)) return -1;
     if (o->prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->prompts_per_round);
     if (o->n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->n);
+    return fdpo_sample_config_check(&o->sample);
+}
+
+int fdpo_online_run(const fdpo_online_opts *o) {
+    if (online_opts_check(o)) return -1;
+    /* a round is redone, never resumed half-way: the trainer's mid-run stop and restart do not apply */
+    if (o->dpo.train.stop_at > 0 || o->dpo.train.overwrite)
+        return fdpo_error("--stop-at, --overwrite: --mode step only (rounds mode resumes after the last complete round)");
+    if (o->rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->rounds);
     if (o->pairs_bt && (!(o->bt_scale > 0) || !isfinite(o->bt_scale))) return fdpo_error("--bt-scale: must be > 0 (got %g)", o->bt_scale);
-    if (fdpo_sample_config_check(&o->sample)) return -1;
     char **prompts = NULL;
     size_t n_prompts = 0;
     if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data %s", o->prompts);
@@ -678,15 +689,10 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
 }
 
 int fdpo_online_step_run(const fdpo_online_opts *o) {
-    if (!o->model) return fdpo_error("--model: required (the policy to align)");
-    if (!o->prompts) return fdpo_error("--data: required (prompt file)");
-    if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
-    if (!o->out) return fdpo_error("--out: required (run directory)");
+    if (online_opts_check(o)) return -1;
+    if (o->ref_update_round) return fdpo_error("--ref-update round: belongs to --mode rounds (step mode's reference is fixed)");
     if (o->pairs_bt) return fdpo_error("--pairs all-bt: --mode step pairs the best with the worst sample");
     if (o->dpo.train.steps < 1) return fdpo_error("--steps: --mode step needs --steps >= 1 (got %ld)", o->dpo.train.steps);
-    if (o->prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->prompts_per_round);
-    if (o->n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->n);
-    if (fdpo_sample_config_check(&o->sample) || fdpo_pref_loss_check(&o->dpo.dpo.loss)) return -1;
     /* an fdpo_trainer run over the prompts (file order, prompts_per_round per step): it
      * checkpoints with training state, stops and resumes as the other trainers do */
     fdpo_train_opts t = o->dpo.train;

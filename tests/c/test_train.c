@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include "fdpo/data.h"
 #include "fdpo/io.h"
+#include "fdpo/online.h"
 #include "fdpo/pref.h"
 #include "fdpo/tokenizer.h"
 #include "fdpo/train.h"
@@ -51,6 +52,34 @@ static uint16_t bf16_reference(uint32_t u) {
     if (dhi < dlo) return (uint16_t)(hi >> 16);
     return (uint16_t)(((lo >> 16) & 1) ? hi >> 16 : lo >> 16); /* a tie: the even one */
 }
+
+/* The online runs validate their options themselves, before reading any file (the CLI did
+ * for simpo and for rounds mode's --stop-at/--overwrite; a library caller got a run) */
+START_TEST(online_opts_are_checked_by_the_library) {
+    fdpo_online_opts o = {0};
+    o.model = "/nonexistent/model"; o.prompts = "/nonexistent/p.txt"; o.reward = "length"; o.out = "/nonexistent/out";
+    o.rounds = 1; o.prompts_per_round = 1; o.n = 2;
+    o.sample.temperature = 1; o.sample.top_p = 1; o.sample.max_new_tokens = 4; o.sample.batch = 8;
+    o.dpo.dpo.loss.kind = FDPO_LOSS_SIMPO;
+    o.dpo.dpo.loss.beta = 0.1;
+    ck_assert_int_ne(fdpo_online_run(&o), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--loss simpo: online f-DPO needs a reference"));
+    ck_assert_int_ne(fdpo_online_step_run(&o), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--loss simpo"));
+    o.dpo.dpo.loss.kind = FDPO_LOSS_SIGMOID;
+    o.dpo.dpo.loss.beta = 0;
+    ck_assert_int_ne(fdpo_online_run(&o), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--beta"));
+    o.dpo.dpo.loss.beta = 0.1;
+    o.dpo.train.stop_at = 2;
+    ck_assert_int_ne(fdpo_online_run(&o), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--stop-at, --overwrite: --mode step only"));
+    o.ref_update_round = 1;
+    o.dpo.train.steps = 2;
+    ck_assert_int_ne(fdpo_online_step_run(&o), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--ref-update round"));
+}
+END_TEST
 
 START_TEST(bf16_rounding_against_reference) {
     const uint32_t special[] = {0x00000000u, 0x80000000u, 0x00000001u, 0x00008000u, 0x00018000u, 0x007fffffu,
@@ -755,6 +784,7 @@ int main(void) {
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, schedule_closed_forms);
     tcase_add_test(tc, adamw_two_steps_closed_form);
+    tcase_add_test(tc, online_opts_are_checked_by_the_library);
     tcase_add_test(tc, bf16_rounding_against_reference);
     tcase_add_test(tc, adamw_writes_the_bf16_weight_copy);
     tcase_add_test(tc, adamw_scaled_step_closed_form);

@@ -170,6 +170,8 @@ def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_pat
     (["--pairs", "all"], "--pairs: 'all' is not best-worst or all-bt"),
     (["--pairs", "all-bt", "--bt-scale", "0"], "--bt-scale"),
     (["--ref-logps", "some"], "--ref-logps: 'some' is not pairs or all"),
+    (["--loss", "simpo"], "--loss simpo: online f-DPO needs a reference"),
+    (["--stop-at", "1"], "--stop-at, --overwrite: --mode step only"),
 ])
 def test_bad_flags(setup, tmp_path, args, needle):
     r = online(setup, tmp_path / "bad", *args, check=False)
