@@ -19,6 +19,7 @@
 #include "fdpo/io.h"
 #include "fdpo/train.h"
 #include "harness.h"
+#include "train/settings_json.h"
 
 typedef struct {
     const char *data, *tokenizer, *policy, *ref, *ref_logps, *out, *layout, *bad_pairs, *on_long;
@@ -336,4 +337,29 @@ int h_dpo_bench(int argc, char **argv) {
     fdpo_gpt2_free(policy);
     fdpo_gpt2_free(ref);
     return rc;
+}
+
+/* opts-defaults: the library's defaults of the trainer options as settings under their flag
+ * names, one JSON object {"train": {...}, "dpo": {...}} (fdpo_train_opts_default and
+ * fdpo_dpo_run_opts_default); tests/py/test_cli.py compares them with the CLI's --help. */
+int h_opts_defaults(int argc, char **argv) {
+    (void)argc; (void)argv;
+    fdpo_train_opts t;
+    fdpo_train_opts_default(&t);
+    fdpo_dpo_run_opts d;
+    fdpo_dpo_run_opts_default(&d);
+    fdpo_settings st = {0}, sd = {0};
+    fdpo_train_opts_settings(&t, &st);
+    fdpo_train_opts_settings(&d.train, &sd);
+    fdpo_dpo_run_opts_settings(&d, &sd);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "train", fdpo_settings_to_json(&st));
+    cJSON_AddItemToObject(o, "dpo", fdpo_settings_to_json(&sd));
+    char *text = cJSON_PrintUnformatted(o);
+    printf("%s\n", text);
+    cJSON_free(text);
+    cJSON_Delete(o);
+    fdpo_settings_free(&st);
+    fdpo_settings_free(&sd);
+    return 0;
 }

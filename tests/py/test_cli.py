@@ -1,10 +1,12 @@
 """The fdpo command's shared behaviour: help, unknown commands and flags."""
+import json
 import os
 import subprocess
 
 import pytest
 
 FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(os.path.dirname(__file__), "../../build/fdpo-harness"))
 
 
 def run(*args):
@@ -74,6 +76,40 @@ def test_one_default_seed_everywhere():
         for line in helptext(cmd).splitlines():
             if line.startswith("  --seed "):
                 assert line.rstrip().endswith("[1337]"), f"fdpo {cmd}: {line}"
+
+
+def help_defaults(cmd):
+    """{flag name: default text} from `fdpo CMD --help` ("  --lr X   text [1e-6]")"""
+    out = {}
+    for line in helptext(cmd).splitlines():
+        if line.startswith("  --") and line.rstrip().endswith("]"):
+            name = line.split()[0][2:]
+            out.setdefault(name, line.rstrip().rsplit("[", 1)[1][:-1])
+    return out
+
+
+@pytest.mark.parametrize("cmd,kind", [("pretrain", "train"), ("dpo", "dpo")])
+def test_help_shows_the_library_defaults(cmd, kind):
+    """The library owns its options' defaults (fdpo_train_opts_default,
+    fdpo_dpo_run_opts_default); the CLI's flag tables repeat them as text, and every value
+    --help shows must be the library's (fdpo-harness opts-defaults prints them by flag name)."""
+    lib = json.loads(subprocess.run([HARNESS, "opts-defaults"], capture_output=True, text=True, check=True).stdout)[kind]
+    shown = help_defaults(cmd)
+    compared = 0
+    for key, value in lib.items():
+        if key not in shown:
+            continue
+        text = shown[key]
+        if value is None:   # chat-template: NULL is the tokenizer's template, which the CLI spells auto
+            assert text in ("none", "auto"), (key, text)
+        elif isinstance(value, bool):
+            assert text == ("1" if value else "0"), (key, text, value)
+        elif isinstance(value, (int, float)):
+            assert float(text) == pytest.approx(value, rel=1e-12), (key, text, value)
+        else:
+            assert text == value, (key, text, value)
+        compared += 1
+    assert compared >= (20 if kind == "train" else 30), compared
 
 
 def write(path, text):
