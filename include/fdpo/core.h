@@ -95,6 +95,9 @@ void fdpo_rng_shuffle(fdpo_rng *r, size_t *idx, size_t n); /* Fisher-Yates */
 char *fdpo_read_file(const char *path, size_t *len);
 /* fopen(path, "rb") for streaming readers, with the same regular-file check. */
 FILE *fdpo_open_regular(const char *path);
+/* fsync the directory that holds path (after a rename into it: the new entry's durability).
+ * Errors name the directory. */
+int fdpo_fsync_parent(const char *path);
 /* Atomic write: PATH.tmp.<pid>, fwrite, fflush, fsync, rename over PATH, fsync the dir.
  * A crash leaves either the old file or the new one, never half of one. */
 int fdpo_write_file_atomic(const char *path, const void *data, size_t len);

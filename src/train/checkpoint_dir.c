@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,13 +97,6 @@ static int carry_over(const char *src, const char *dst, int top) {
     return rc;
 }
 
-static void fsync_parent(const char *path) {
-    char *copy = fdpo_strdup(path);
-    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
-    if (fd >= 0) { fsync(fd); close(fd); }
-    free(copy);
-}
-
 static char *suffixed(const char *path, const char *suffix) {
     size_t n = strlen(path);
     while (n > 1 && path[n - 1] == '/') n--;   /* "out/" -> "out.tmp", not "out/.tmp" */
@@ -171,7 +163,7 @@ int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tok
     if (s && fdpo_train_state_save(tmp, s, opt, m->lora ? &m->lora->view : m)) goto done;
     if (fdpo_file_exists(out) && rename(out, old) != 0) { fdpo_error("%s: cannot move aside: %s", out, strerror(errno)); goto done; }
     if (rename(tmp, out) != 0) { fdpo_error("%s: cannot rename %s into place: %s", out, tmp, strerror(errno)); goto done; }
-    fsync_parent(out);
+    (void)fdpo_fsync_parent(out);   /* the swap is done; the entries' durability is best effort */
     if (fdpo_remove_tree(old)) goto done;
     rc = 0;
 done:

@@ -144,12 +144,7 @@ static void *round_writer_main(void *arg) {
     free(metrics);
     if (!rc && rename(w->partial, w->done) != 0)
         rc = fdpo_error("rename %s -> %s: %s", w->partial, w->done, strerror(errno));
-    if (!rc) {
-        char *dir = fdpo_strdup(w->done), *slash = strrchr(dir, '/');
-        if (slash) *slash = 0;
-        rc = fsync_path(slash ? dir : ".", O_RDONLY | O_DIRECTORY);
-        free(dir);
-    }
+    if (!rc) rc = fdpo_fsync_parent(w->done);   /* the round is complete only once its entry is on disk */
     if (rc) snprintf(w->err, sizeof w->err, "%s", fdpo_last_error());
     w->rc = rc;
     return NULL;
