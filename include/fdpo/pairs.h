@@ -5,6 +5,7 @@
 #define FDPO_PAIRS_H
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef struct {
     char *prompt, *completion;
@@ -38,5 +39,10 @@ typedef struct { size_t identical, ties; } fdpo_pairs_skipped;
  * counted. Each pair's label is drawn from the BT model. */
 int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_config *c,
                     fdpo_pair **pairs, size_t *n_pairs, fdpo_pairs_skipped *skipped);
+
+/* One line of preference JSONL as fdpo pairs and the online rounds write it: TRL's prompt,
+ * chosen, rejected, and the two rewards (chosen_reward, rejected_reward). */
+void fdpo_pair_row_write(FILE *f, const char *prompt, const char *chosen, const char *rejected, double chosen_reward,
+                         double rejected_reward);
 
 #endif

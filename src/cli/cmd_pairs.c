@@ -1,5 +1,4 @@
 /* fdpo pairs: scored samples -> TRL preference JSONL with Bradley-Terry-sampled labels. */
-#include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,16 +86,7 @@ static int pairs_run(const char *samples, const char *out, const char *reward_sp
     for (size_t i = 0; i < np; i++) {
         const fdpo_sample_rec *c = &recs[pairs[i].chosen], *r = &recs[pairs[i].rejected];
         agree += c->reward > r->reward;
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "prompt", c->prompt);
-        cJSON_AddStringToObject(o, "chosen", c->completion);
-        cJSON_AddStringToObject(o, "rejected", r->completion);
-        cJSON_AddNumberToObject(o, "chosen_reward", c->reward);
-        cJSON_AddNumberToObject(o, "rejected_reward", r->reward);
-        char *s = cJSON_PrintUnformatted(o);
-        fprintf(af.f, "%s\n", s);
-        free(s);
-        cJSON_Delete(o);
+        fdpo_pair_row_write(af.f, c->prompt, c->completion, r->completion, c->reward, r->reward);
     }
     if (fdpo_atomic_commit(&af)) { free(pairs); fdpo_sample_recs_free(recs, n); return -1; }
     fdpo_log(FDPO_LOG_INFO, "%zu samples -> %zu pairs (skipped: %zu identical completions, %zu equal rewards); "

@@ -123,3 +123,17 @@ int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_conf
     if (skipped) { skipped->identical = same; skipped->ties = ties; }
     return 0;
 }
+
+void fdpo_pair_row_write(FILE *f, const char *prompt, const char *chosen, const char *rejected, double chosen_reward,
+                         double rejected_reward) {
+    cJSON *row = cJSON_CreateObject();
+    cJSON_AddStringToObject(row, "prompt", prompt);
+    cJSON_AddStringToObject(row, "chosen", chosen);
+    cJSON_AddStringToObject(row, "rejected", rejected);
+    cJSON_AddNumberToObject(row, "chosen_reward", chosen_reward);
+    cJSON_AddNumberToObject(row, "rejected_reward", rejected_reward);
+    char *line = cJSON_PrintUnformatted(row);
+    fprintf(f, "%s\n", line);
+    free(line);
+    cJSON_Delete(row);
+}

@@ -252,16 +252,7 @@ static void add_pair(round_buf *b, round_stats *st, FILE *f, int32_t **ids, cons
     st->pairs += 1;
     st->reward_gap += b->r[w] - b->r[l];
     if (!f) return;
-    cJSON *row = cJSON_CreateObject();
-    cJSON_AddStringToObject(row, "prompt", b->pp[w]);
-    cJSON_AddStringToObject(row, "chosen", b->cc[w]);
-    cJSON_AddStringToObject(row, "rejected", b->cc[l]);
-    cJSON_AddNumberToObject(row, "chosen_reward", b->r[w]);
-    cJSON_AddNumberToObject(row, "rejected_reward", b->r[l]);
-    char *line = cJSON_PrintUnformatted(row);
-    fprintf(f, "%s\n", line);
-    free(line);
-    cJSON_Delete(row);
+    fdpo_pair_row_write(f, b->pp[w], b->cc[w], b->cc[l], b->r[w], b->r[l]);
 }
 
 /* log pi_ref of the samples marked in need (NAN for the others): one fdpo_samples_logp pass
