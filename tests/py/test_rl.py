@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from dpo_common import TIMING, assert_same_run, harness, rel_err, state_files, untimed_metrics  # noqa: E402
+from fdpo_ref import fdiv  # noqa: E402
 from fdpo_ref import safetensors as st  # noqa: E402
 from fdpo_ref.gpt2 import GPT2  # noqa: E402
 
@@ -25,14 +26,8 @@ def float64_default():
 
 
 def fprime(div, u):
-    if div == "rkl":
-        return torch.log(u) + 1
-    if div == "fkl":
-        return -1 / u
-    if div == "js":
-        return torch.log(2 * u / (1 + u))
-    a = float(div.split(":")[1])
-    return (1 - u ** (-a)) / a
+    """f'(u) on a torch tensor, from the tests' independent table (fdpo_ref.fdiv)"""
+    return torch.as_tensor(fdiv.fprime(div, u.detach().numpy()), dtype=u.dtype)
 
 
 def random_groups(rng, V, k, prompt_lens, completion_len, ref_per_token, ref_noise):
@@ -106,16 +101,9 @@ def test_step_matches_pytorch(tmp_path, monkeypatch, algo, div, head):
 
 
 def f_over_u(div, l):
-    """f(u)/u at u = e^l (DESIGN.md's table): D_f(pi || pi_ref) = E_pi[f(u)/u]"""
+    """f(u)/u at u = e^l (DESIGN.md's table, fdpo_ref.fdiv): D_f(pi || pi_ref) = E_pi[f(u)/u]"""
     u = np.exp(l)
-    if div == "rkl":
-        return l
-    if div == "fkl":
-        return -np.log(u) / u
-    if div == "js":
-        return (u * np.log(u) - (u + 1) * np.log((u + 1) / 2)) / u
-    a = float(div.split(":")[1])
-    return (u ** (1 - a) - (1 - a) * u - a) / (a * (a - 1)) / u
+    return l if div == "rkl" else fdiv.f(div, u) / u
 
 
 def bf16_case(tmp_path, algo, div, k=3, V=13):
