@@ -95,6 +95,10 @@ void fdpo_rng_shuffle(fdpo_rng *r, size_t *idx, size_t n); /* Fisher-Yates */
 char *fdpo_read_file(const char *path, size_t *len);
 /* fopen(path, "rb") for streaming readers, with the same regular-file check. */
 FILE *fdpo_open_regular(const char *path);
+/* An error (naming path) when path exists and is neither a regular file nor a directory:
+ * every writer here renames a new file over its path, which would replace a device (as root,
+ * /dev/null itself), FIFO or socket. */
+int fdpo_refuse_special_file(const char *path);
 /* fsync the directory that holds path (after a rename into it: the new entry's durability).
  * Errors name the directory. */
 int fdpo_fsync_parent(const char *path);

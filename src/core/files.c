@@ -60,7 +60,16 @@ int fdpo_fsync_parent(const char *path) {
     return rc;
 }
 
+int fdpo_refuse_special_file(const char *path) {
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+        return fdpo_error("%s: not a regular file (a device, FIFO or socket): fdpo writes a new file and renames it "
+                          "into place, which would replace it; give a file path", path);
+    return 0;
+}
+
 int fdpo_atomic_open(fdpo_atomic_file *af, const char *path) {
+    if (fdpo_refuse_special_file(path)) return -1;   /* the rename would replace /dev/null, say */
     size_t n = strlen(path) + 32;
     af->path = fdpo_strdup(path);
     af->tmp_path = fdpo_malloc(n);
@@ -139,6 +148,7 @@ static int direct_write_all(fdpo_direct_file *f, const unsigned char *p, size_t 
 }
 
 int fdpo_direct_open(fdpo_direct_file *f, const char *path) {
+    if (fdpo_refuse_special_file(path)) return -1;
     memset(f, 0, sizeof *f);
     size_t n = strlen(path) + 32;
     f->path = fdpo_strdup(path);

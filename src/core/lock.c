@@ -131,6 +131,8 @@ int fdpo_out_file_claim(const char *path, const char *flag) {
     if (held >= 0)
         return fdpo_error("%s %s: already the file of %s in this run; give each output its own file", flag, path,
                           g_held[held].flag);
+    /* before the lock, whose PATH.lock would be made beside a device too */
+    if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);
     if (fdpo_dir_lock(path, flag)) return -1;
     struct stat st;
     if (stat(path, &st) == 0) {

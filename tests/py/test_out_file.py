@@ -107,6 +107,22 @@ def test_a_directory_is_refused(d, tmp_path, cmd):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
 
 
+@pytest.mark.parametrize("cmd", CMDS)
+def test_a_device_or_fifo_is_refused_and_left_alone(d, tmp_path, cmd):
+    """--out on a FIFO (as on /dev/null, run as root) is refused before anything is written:
+    the rename that puts a finished file in place replaced the special file itself, and the
+    lock file was made beside it"""
+    import os
+    import stat
+    out = tmp_path / "fifo"
+    os.mkfifo(out)
+    r = fdpo(*commands(d, out)[cmd], *fast(cmd), check=False)
+    assert r.returncode == 1
+    assert f"{out}: not a regular file (a device, FIFO or socket)" in r.stderr, r.stderr
+    assert stat.S_ISFIFO(os.stat(out).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
 def test_a_failed_run_releases_the_file(d, tmp_path):
     """A run that fails after claiming (a bad --data) leaves neither the output nor the lock."""
     out = tmp_path / "out.jsonl"
