@@ -11,22 +11,12 @@
 #include "fdpo/trainer.h"
 
 int cmd_merge(int argc, char **argv) {
-    /* --model repeats: collect every occurrence before the flag parser sees the last one */
-    const char **models = fdpo_malloc((size_t)argc * sizeof *models);
-    size_t n_models = 0;
-    char **rest = fdpo_malloc(((size_t)argc + 1) * sizeof *rest);
-    int n_rest = 0;
-    for (int i = 0; i < argc; i++) {
-        if (i > 0 && !strcmp(argv[i], "--model") && i + 1 < argc) { models[n_models++] = argv[++i]; continue; }
-        if (i > 0 && !strncmp(argv[i], "--model=", 8)) { models[n_models++] = argv[i] + 8; continue; }
-        rest[n_rest++] = argv[i];
-    }
-    rest[n_rest] = NULL;
-    const char *model_flag = NULL, *weight_list = NULL, *base = NULL, *out = NULL, *lora = NULL;
+    flag_list model_list = {0};   /* repeatable, through the parser: aliases and --config files too */
+    const char *weight_list = NULL, *base = NULL, *out = NULL, *lora = NULL;
     int overwrite = 0;
     long threads = 0;
     fdpo_flag flags[] = {
-        {"model", FLAG_STR, &model_flag, NULL, "a checkpoint to merge (repeat for each; config files may give one)", 0},
+        {"model", FLAG_LIST, &model_list, NULL, "a checkpoint to merge (repeat for each)", 0},
         {"weight", FLAG_STR, &weight_list, NULL, "comma list, one weight per --model (default 1/n; 1 each with --base)", 0},
         {"base", FLAG_STR, &base, NULL, "task arithmetic: theta = base + sum w_i (theta_i - base)", 0},
         {"lora", FLAG_STR, &lora, NULL, "PEFT LoRA adapter directory to fold into --model: W += (alpha/r) B A (default base: the adapter's base_model_name_or_path)", 0},
@@ -36,7 +26,9 @@ int cmd_merge(int argc, char **argv) {
     };
     const char *usage = "fdpo merge --model A --model B [...] [--weight w1,w2,...] [--base CKPT] --out DIR\n"
                         "       fdpo merge --lora ADAPTER_DIR [--model BASE] --out DIR";
-    int rc = flags_parse("merge", usage, flags, NFLAGS(flags), n_rest, rest, NULL, NULL);
+    int rc = flags_parse("merge", usage, flags, NFLAGS(flags), argc, argv, NULL, NULL);
+    const char *const *models = model_list.v;
+    size_t n_models = model_list.n;
     double *weights = NULL;
     size_t n_weights = 0;
     fdpo_gpt2 *m = NULL;
@@ -44,7 +36,6 @@ int cmd_merge(int argc, char **argv) {
     if (rc == FLAGS_HELP) { rc = 0; goto done; }
     if (rc) { rc = -1; goto done; }
     fdpo_set_threads((int)threads);
-    if (n_models == 0 && model_flag) models[n_models++] = model_flag;
     rc = -1;
     if (!out) { fdpo_error("--out: required (usage: %s)", usage); goto done; }
     if (weight_list) {
@@ -77,6 +68,6 @@ int cmd_merge(int argc, char **argv) {
 done:
     fdpo_tokenizer_free(tok);
     fdpo_gpt2_free(m);
-    free(weights); free(models); free(rest);
+    free(weights);
     return rc;
 }

@@ -9,12 +9,13 @@
 
 static int tokenizer_train(int argc, char **argv) {
     long vocab_size, min_frequency;
-    const char *out = NULL, *data = NULL;
+    const char *out = NULL;
+    flag_list data = {0};
     int overwrite = 0;
     fdpo_flag flags[] = {
         {"vocab-size", FLAG_INT, &vocab_size, "8192", "tokens in the vocabulary: 256 bytes + merges + <|endoftext|>", 0},
         {"min-frequency", FLAG_INT, &min_frequency, "2", "stop merging when the best pair occurs fewer times", 0},
-        {"data", FLAG_STR, &data, NULL, "a UTF-8 text file to learn from (or give files as arguments)", 0},
+        {"data", FLAG_LIST, &data, NULL, "a UTF-8 text file to learn from (repeatable; positional FILEs work too)", 0},
         {"out", FLAG_STR, &out, NULL, "directory for vocab.json + merges.txt (required)", 0},
         {"overwrite", FLAG_BOOL, &overwrite, "0", "replace tokenizer files already in --out", 0},
     };
@@ -24,10 +25,10 @@ static int tokenizer_train(int argc, char **argv) {
     int rc = flags_parse("tokenizer train", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
     if (rc == FLAGS_HELP) { free(pos); return 0; }
     if (rc) { free(pos); return -1; }
-    size_t n_files = (size_t)n_pos + (data != NULL);
+    size_t n_files = (size_t)n_pos + data.n;   /* every --data (a second one used to replace the first) */
     const char **files = fdpo_malloc((n_files ? n_files : 1) * sizeof *files);
     for (int i = 0; i < n_pos; i++) files[i] = pos[i];
-    if (data) files[n_pos] = data;
+    for (size_t i = 0; i < data.n; i++) files[(size_t)n_pos + i] = data.v[i];
     free(pos);
     char **texts = fdpo_calloc(n_files ? n_files : 1, sizeof *texts);
     size_t *lens = fdpo_calloc(n_files ? n_files : 1, sizeof *lens);

@@ -62,6 +62,22 @@ def test_default_weights_are_the_mean(tmp_path):
         assert np.array_equal(got[k], ref), k
 
 
+def test_every_model_goes_through_the_flag_parser(tmp_path):
+    """--model is a repeatable flag of the table: its old spelling --policy, and model keys of a
+    --config file, give every checkpoint (a hand-written scan of argv used to keep only the
+    --model ones: --policy a --policy b merged one, a config file's keys only the last)"""
+    a, b = make_model(tmp_path, "a", 1), make_model(tmp_path, "b", 2)
+    assert run(FDPO, "merge", "--model", a, "--model", b, "--out", tmp_path / "ref").returncode == 0
+    want = (tmp_path / "ref" / "model.safetensors").read_bytes()
+    r = run(FDPO, "merge", "--policy", a, "--policy", b, "--out", tmp_path / "alias")
+    assert r.returncode == 0 and "of 2 checkpoints" in r.stderr, r.stderr
+    assert (tmp_path / "alias" / "model.safetensors").read_bytes() == want
+    (tmp_path / "m.ini").write_text(f"model = {a}\nmodel = {b}\n")
+    r = run(FDPO, "merge", "--config", tmp_path / "m.ini", "--out", tmp_path / "ini")
+    assert r.returncode == 0 and "of 2 checkpoints" in r.stderr, r.stderr
+    assert (tmp_path / "ini" / "model.safetensors").read_bytes() == want
+
+
 def test_task_arithmetic_is_exact(tmp_path):
     base = make_model(tmp_path, "base", 5)
     a, b = make_model(tmp_path, "a", 6), make_model(tmp_path, "b", 7)

@@ -185,6 +185,21 @@ def test_brown_round_trip_and_determinism(tmp_path, brown_dir):
     assert dec.stdout == text.encode("utf-8")
 
 
+def test_repeated_data_flags_train_on_every_file(tmp_path):
+    """--data is repeatable, as in pretrain and tokenize: two --data files give the tokenizer
+    that the same two files as arguments give (a second --data used to replace the first)"""
+    (tmp_path / "a.txt").write_text(TIES)
+    (tmp_path / "b.txt").write_text(UNICODE)
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--min-frequency", 1, "--out", tmp_path / "pos",
+            tmp_path / "a.txt", tmp_path / "b.txt")
+    assert r.returncode == 0, r.stderr.decode()
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--min-frequency", 1, "--out", tmp_path / "flags",
+            "--data", tmp_path / "a.txt", "--data", tmp_path / "b.txt")
+    assert r.returncode == 0, r.stderr.decode()
+    for f in ["vocab.json", "merges.txt"]:
+        assert (tmp_path / "pos" / f).read_bytes() == (tmp_path / "flags" / f).read_bytes(), f
+
+
 @pytest.mark.parametrize("case", ["small-vocab", "no-out", "no-files", "missing", "exists"])
 def test_bad_input(tmp_path, case):
     src = tmp_path / "a.txt"
