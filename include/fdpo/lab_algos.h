@@ -46,7 +46,7 @@ typedef struct {
     int exact;          /* 1: expectations, 0: sampled */
     size_t pair_top;    /* dpo: pairs among the pair_top most likely responses under pi_ref (0 = all) */
     long steps;         /* online, rloo, grpo: iterations (exact runs stop earlier at convergence) */
-    long k;             /* samples per step: online pairs; rloo, grpo group size (>= 2) */
+    long k;             /* --group-size: samples per step: online pairs; rloo, grpo group size (>= 2) */
     double lr;          /* step size (sampled: lr / sqrt(1 + t / 1000)) */
     double grpo_eps;    /* GRPO's std epsilon (TRL: 1e-4) */
     uint64_t seed;

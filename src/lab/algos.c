@@ -202,13 +202,13 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
     if (o->steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->steps);
     if (!(o->lr > 0) || !isfinite(o->lr)) return fdpo_error("--lr: must be > 0 (got %g)", o->lr);
     if (o->method != FDPO_LAB_ONLINE && o->k < 2)
-        return fdpo_error("--k: %s needs groups of at least 2 samples (got %ld)", fdpo_lab_method_name(o->method), o->k);
-    if (o->k < 1) return fdpo_error("--k: must be >= 1 (got %ld)", o->k);
+        return fdpo_error("--group-size: %s needs groups of at least 2 samples (got %ld)", fdpo_lab_method_name(o->method), o->k);
+    if (o->k < 1) return fdpo_error("--group-size: must be >= 1 (got %ld)", o->k);
     if (o->exact && o->method == FDPO_LAB_GRPO) {
         double groups = pow((double)n, (double)k);
         if (groups > 1e6)
-            return fdpo_error("--k: exact grpo averages over all n^k = %zu^%zu groups (more than 1e6); use a smaller "
-                              "--k or --n, or the sampled variant", n, k);
+            return fdpo_error("--group-size: exact grpo averages over all n^k = %zu^%zu groups (more than 1e6); use a smaller "
+                              "--group-size or --n, or the sampled variant", n, k);
     }
     if (o->method == FDPO_LAB_GRPO && !(o->grpo_eps > 0)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", o->grpo_eps);
     const size_t nk = n > k ? n : k; /* shaped rewards: per response (exact rloo) or per sample */

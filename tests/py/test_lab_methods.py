@@ -125,7 +125,7 @@ def test_exact_online_dpo_and_rloo_converge_to_pistar(problem, tmp_path, method,
 def test_sampled_rloo_and_grpo_reach_pistar_with_enough_samples(problem, tmp_path):
     _, q, r = problem
     beta = 1.0
-    t, pis = run(problem, tmp_path, "--method", "rloo,grpo", "--sampled", "--k", 8, "--steps", 100000,
+    t, pis = run(problem, tmp_path, "--method", "rloo,grpo", "--sampled", "--group-size", 8, "--steps", 100000,
                  "--divergence", ",".join(DIVS), "--beta", beta, "--seed", 5)
     for row in t:
         div = row["divergence"]
@@ -138,7 +138,7 @@ def test_sampled_online_dpo_gets_close(problem, tmp_path):
     # Bradley-Terry labels stay random at pi*, so the noise does not vanish there (unlike
     # RLOO's shaped reward, which is constant at pi*): a looser, honest tolerance
     _, q, r = problem
-    t, pis = run(problem, tmp_path, "--method", "online", "--sampled", "--k", 8, "--divergence", ",".join(DIVS),
+    t, pis = run(problem, tmp_path, "--method", "online", "--sampled", "--group-size", 8, "--divergence", ",".join(DIVS),
                  "--beta", 1.0, "--seed", 2)
     for row in t:
         err = np.max(np.abs(pis[("online", row["divergence"])] - pistar(row["divergence"], 1.0, q, r)))
@@ -149,7 +149,7 @@ def test_exact_grpo_has_pistar_as_fixed_point(problem, tmp_path):
     # the group-normalised field does not shrink near pi* (scale-free until the spread is ~eps),
     # so the decaying step approaches pi* slowly: the exact run gets within 1e-2
     _, q, r = problem
-    t, pis = run(problem, tmp_path, "--method", "grpo", "--k", 3, "--divergence", "rkl,alpha:0.5", "--beta", 1.0)
+    t, pis = run(problem, tmp_path, "--method", "grpo", "--group-size", 3, "--divergence", "rkl,alpha:0.5", "--beta", 1.0)
     for row in t:
         err = np.max(np.abs(pis[("grpo", row["divergence"])] - pistar(row["divergence"], 1.0, q, r)))
         assert err <= 1e-2, (row["divergence"], err)
@@ -255,10 +255,10 @@ def test_kto_bad_flags_are_named(args, needle):
 @pytest.mark.parametrize("args,needle", [
     (["--method", "ppo"], "--method: unknown method 'ppo'"),
     (["--method", "rloo", "--divergence", "chi2"], "--divergence: chi2 is not usable"),
-    (["--method", "rloo", "--k", "1"], "--k: rloo needs groups of at least 2"),
+    (["--method", "rloo", "--group-size", "1"], "--group-size: rloo needs groups of at least 2"),
     (["--method", "online", "--lr", "-1"], "--lr: must be > 0"),
     (["--method", "online", "--steps", "-3"], "--steps: must be >= 0"),
-    (["--method", "grpo", "--k", "9"], "--k: exact grpo averages over all n^k"),
+    (["--method", "grpo", "--group-size", "9"], "--group-size: exact grpo averages over all n^k"),
     (["--method", "dpo", "--pair-top", "1"], "--pair-top: offline pairs need at least 2"),
     (["--method", "rloo", "--beta", "0"], "--beta: must be > 0"),
 ])
