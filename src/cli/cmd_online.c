@@ -13,7 +13,7 @@
  * rounds mode and a trainer resume in step mode (--stop-at, --overwrite: step mode only). */
 static const char *const NOT_FOR_ONLINE[] = {"model", "tokenizer", "chat-template", "n-layer", "n-head", "n-embd", "n-positions",
                                              "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
-                                             "seq-len", "val-fraction", NULL};
+                                             "seq-len", "val-fraction", "eval-every", NULL};   /* no held-out set: nothing to eval */
 
 int cmd_online(int argc, char **argv) {
     static const char usage[] =
@@ -44,7 +44,6 @@ int cmd_online(int argc, char **argv) {
     o.dpo.train.n_layer = o.dpo.train.n_head = o.dpo.train.n_embd = o.dpo.train.n_positions = o.dpo.train.seq_len = 1;
     train_flags_set_default(flags, n, "lr", "1e-4");
     train_flags_set_default(flags, n, "schedule", "constant");
-    train_flags_set_default(flags, n, "eval-every", "0");
     train_flags_set_default(flags, n, "epochs", "1");
     int n_pos = 0;
     char **pos = NULL;

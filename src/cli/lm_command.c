@@ -1,5 +1,6 @@
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "cli/flags.h"
 #include "cli/lm_command.h"
 #include "cli/train_flags.h"
@@ -8,7 +9,9 @@ int lm_command_run(const lm_command *c, int argc, char **argv) {
     fdpo_train_opts o;
     fdpo_flag flags[TRAIN_FLAGS_MAX + 2];
     flag_list data;
-    size_t n = train_flags_add(flags, 0, &o);
+    /* pretrain trains every weight: fdpo_trainer_open refuses LoRA for it, so --help does not offer it */
+    static const char *const NOT_FOR_PRETRAIN[] = {"lora-r", "lora-alpha", "lora-dropout", "lora-targets", NULL};
+    size_t n = train_flags_add_except(flags, 0, &o, strcmp(c->name, "pretrain") ? NULL : NOT_FOR_PRETRAIN);
     flags[n++] = (fdpo_flag){"eval-max-seqs", FLAG_INT, &o.eval_max_seqs, "0",
                              "validate on the first N held-out sequences only (0: all)", 0};
     flags[n++] = (fdpo_flag){"data", FLAG_LIST, &data, NULL, "input file (repeatable; positional FILEs work too)", 0};

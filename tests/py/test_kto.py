@@ -119,14 +119,20 @@ CASES = [("policy", "rkl", 0.1, 1.0, 1.0, 0), ("policy", "rkl", 2.0, 1.0, 1.33, 
          ("policy_up", "alpha:0.3", 0.4, 1.2, 1.0, 2)]
 
 
+def kto_grad(tmp, policy, div, beta, wd, wu, micro):
+    """fdpo's KTO loss and gradients for one case (harness kto-grad); the result, and the output dir"""
+    out = tmp / f"o_{policy}_{div}_{beta}_{micro}"
+    if not (out / "result.json").exists():
+        harness("kto-grad", "--model", tmp / policy, "--ref", tmp / "ref", "--data", tmp / "data.jsonl", "--out", out,
+                "--divergence", div, "--beta", beta, "--wd", wd, "--wu", wu, "--micro-batch", micro,
+                "--max-length", MAX_LEN)
+    return json.loads((out / "result.json").read_text()), out
+
+
 @pytest.mark.parametrize("policy,div,beta,wd,wu,micro", CASES)
 def test_kto_loss_and_gradients_match_trl_formula(models, policy, div, beta, wd, wu, micro):
     tmp = models
-    out = tmp / f"o_{policy}_{div}_{beta}_{micro}"
-    harness("kto-grad", "--model", tmp / policy, "--ref", tmp / "ref", "--data", tmp / "data.jsonl", "--out", out,
-            "--divergence", div, "--beta", beta, "--wd", wd, "--wu", wu, "--micro-batch", micro,
-            "--max-length", MAX_LEN)
-    res = json.loads((out / "result.json").read_text())
+    res, out = kto_grad(tmp, policy, div, beta, wd, wu, micro)
     pol, ref = GPT2(**CFG).double(), GPT2(**CFG).double()
     pol.load_hf(str(tmp / policy))
     ref.load_hf(str(tmp / "ref"))
@@ -145,8 +151,8 @@ def test_kto_cases_exercise_the_clamp(models):
     """Across CASES some micro-batch has z0 > 0 and some has z0 clamped to 0."""
     tmp = models
     seen = []
-    for policy, div, beta, wd, wu, micro in CASES:
-        res = json.loads((tmp / f"o_{policy}_{div}_{beta}_{micro}" / "result.json").read_text())
+    for case in CASES:   # computed here if the test above ran elsewhere (another xdist worker)
+        res, _ = kto_grad(tmp, *case)
         seen += [e[2] for e in res["examples"]]
     assert max(seen) > 0 and min(seen) == 0
 
