@@ -120,8 +120,16 @@ int cmd_eval(int argc, char **argv) {
         rc = fdpo_eval_config_check(&early);
     }
     if (!rc) rc = fdpo_set_precision(precision);
-    if (!rc) rc = eval_claim_out("--out", out_path);
-    if (!rc) rc = eval_claim_out("--samples-out", samples_path);
+    /* the outputs may not replace an input: the prompts, the pairs, a policy's or the reference's files */
+    size_t n_in = 0;
+    const char *(*inputs)[2] = fdpo_malloc((n_pol + 3) * sizeof *inputs);
+    inputs[n_in][0] = "--data"; inputs[n_in++][1] = prompts_path;
+    inputs[n_in][0] = "--pairs"; inputs[n_in++][1] = pairs_path;
+    inputs[n_in][0] = "--ref"; inputs[n_in++][1] = ref_dir;
+    for (size_t i = 0; i < n_pol; i++) { inputs[n_in][0] = "--model"; inputs[n_in++][1] = policies[i]; }
+    if (!rc) rc = eval_claim_out("--out", out_path, (const char *const (*)[2])inputs, n_in);
+    if (!rc) rc = eval_claim_out("--samples-out", samples_path, (const char *const (*)[2])inputs, n_in);
+    free(inputs);
     fdpo_set_threads((int)threads);
     if (!rc && reward_spec) {
         eval_catch_interrupts();

@@ -38,7 +38,9 @@ int cmd_pairs(int argc, char **argv) {
     if (max_per_prompt < 0) return fdpo_error("--pairs-per-prompt: must be >= 0");
     if (seed < 0) return fdpo_error("--seed: must be >= 0 (got %ld)", seed);
     fdpo_set_threads((int)threads);
-    if (eval_claim_out("--out", out)) return -1;
+    const char *rm_dir = reward_spec && !strncmp(reward_spec, "rm:", 3) ? reward_spec + 3 : NULL;
+    const char *const inputs[][2] = {{"--data", samples}, {"--reward", rm_dir}};
+    if (eval_claim_out("--out", out, inputs, 2)) return -1;
     rc = pairs_run(samples, out, reward_spec, lexicon, timeout, scale, (size_t)max_per_prompt, skip_ties, seed);
     eval_release_out(out);
     return rc;

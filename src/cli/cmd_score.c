@@ -40,7 +40,8 @@ int cmd_score(int argc, char **argv) {
     if (!data_path) return fdpo_error("--data: required (JSONL prompt/completion)");
     if (fdpo_set_precision(precision)) return -1;
     fdpo_set_threads((int)threads);
-    if (eval_claim_out("--out", out_path)) return -1;
+    const char *const inputs[][2] = {{"--data", data_path}, {"--model", model_dir}, {"--ref", ref_dir}};
+    if (eval_claim_out("--out", out_path, inputs, 3)) return -1;
     fdpo_reward *reward = NULL;
     if (reward_spec) {
         eval_catch_interrupts();

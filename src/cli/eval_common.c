@@ -1,7 +1,9 @@
 /* Shared by fdpo generate, eval and score. */
+#include <libgen.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "cli/eval_common.h"
 #include "fdpo/chat.h"
 #include "fdpo/core.h"
@@ -74,8 +76,30 @@ static void on_interrupt(int sig) {
     raise(sig);
 }
 
-int eval_claim_out(const char *flag, const char *path) {
-    if (!path || !strcmp(path, "-") || !fdpo_dist_is_root()) return 0;
+/* path must not be one of the command's inputs: the same file as an input file, or a file
+ * already inside an input directory (a checkpoint whose model.safetensors the rename would
+ * replace). A new file replaces nothing. */
+static int out_not_input(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs) {
+    struct stat so, si, sd;
+    if (stat(path, &so) != 0) return 0;
+    char *copy = fdpo_strdup(path);
+    int have_dir = stat(dirname(copy), &sd) == 0;
+    free(copy);
+    for (size_t i = 0; i < n_inputs; i++) {
+        const char *in_flag = inputs[i][0], *in = inputs[i][1];
+        if (!in || stat(in, &si) != 0) continue;
+        if (S_ISDIR(si.st_mode) ? have_dir && sd.st_dev == si.st_dev && sd.st_ino == si.st_ino
+                                : so.st_dev == si.st_dev && so.st_ino == si.st_ino)
+            return fdpo_error("%s %s: %s the input %s %s, which the output would replace; give another file", flag, path,
+                              S_ISDIR(si.st_mode) ? "is inside" : "is", in_flag, in);
+    }
+    return 0;
+}
+
+int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs) {
+    if (!path || !strcmp(path, "-")) return 0;
+    if (out_not_input(flag, path, inputs, n_inputs)) return -1;   /* every rank: all of them return the error */
+    if (!fdpo_dist_is_root()) return 0;
     return fdpo_out_file_claim(path, flag);
 }
 

@@ -37,7 +37,9 @@ void eval_catch_interrupts(void);
 /* --out FILE of a command that writes it at its end: claimed from the start
  * (fdpo_out_file_claim; rank 0 only, the rank that writes), so a second run on the same file
  * is refused instead of replacing this one's output. NULL and "-" (stdout) claim nothing.
- * eval_release_out is safe on anything eval_claim_out was given, claimed or not. */
-int eval_claim_out(const char *flag, const char *path);
+ * eval_release_out is safe on anything eval_claim_out was given, claimed or not. inputs
+ * ({flag, path} x n_inputs; a NULL path is skipped): path may not be an input file, nor a file
+ * already inside an input directory (--model's checkpoint), which the output would replace. */
+int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs);
 void eval_release_out(const char *path);
 #endif

@@ -123,6 +123,35 @@ def test_a_device_or_fifo_is_refused_and_left_alone(d, tmp_path, cmd):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
 
 
+@pytest.mark.parametrize("case", ["generate-model", "generate-config", "pairs-data", "score-data", "eval-ref",
+                                  "eval-pairs"])
+def test_an_input_is_never_the_output(d, tmp_path, case):
+    """--out naming an input file, or a file of an input checkpoint, is refused and the input
+    left as it was (it was replaced: `generate --out CKPT/model.safetensors` ruined the model)"""
+    import shutil
+    m = tmp_path / "m"
+    shutil.copytree(d / "m", m)
+    samples = tmp_path / "samples.jsonl"
+    samples.write_bytes((d / "samples.jsonl").read_bytes())
+    out, args, flag = {
+        "generate-model": (m / "model.safetensors", ["generate", "--model", m, "--data", d / "prompts.txt",
+                                                     "--max-new-tokens", 2], "--model"),
+        "generate-config": (m / "config.json", ["generate", "--model", m, "--data", d / "prompts.txt",
+                                                "--max-new-tokens", 2], "--model"),
+        "pairs-data": (samples, ["pairs", "--data", samples], "--data"),
+        "score-data": (samples, ["score", "--model", d / "m", "--data", samples], "--data"),
+        "eval-ref": (m / "model.safetensors", ["eval", "--model", d / "m", "--ref", m, "--data", d / "prompts.txt",
+                                               "--n", 2, "--max-new-tokens", 2], "--ref"),
+        "eval-pairs": (samples, ["eval", "--model", d / "m", "--ref", d / "m", "--data", d / "prompts.txt",
+                                 "--pairs", samples, "--n", 2, "--max-new-tokens", 2], "--pairs"),
+    }[case]
+    before = {p.name: p.read_bytes() for p in [samples, *m.iterdir()]}
+    r = fdpo(*args, "--out", out, "--threads", 1, check=False)
+    assert r.returncode == 1
+    assert f"--out {out}: is" in r.stderr and f"the input {flag} " in r.stderr, r.stderr
+    assert {p.name: p.read_bytes() for p in [samples, *m.iterdir()]} == before
+
+
 def test_a_failed_run_releases_the_file(d, tmp_path):
     """A run that fails after claiming (a bad --data) leaves neither the output nor the lock."""
     out = tmp_path / "out.jsonl"
