@@ -282,6 +282,11 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
     free(from_cli);
     if (rc != FLAGS_OK) { free(p); return FLAGS_ERROR; }
     p[np] = NULL;
+    if (!pos && np > 0) {   /* a command without positional arguments: a forgotten flag name, say */
+        rc = fdpo_error("unexpected argument '%s' (--help lists the flags)", p[0]);
+        free(p);
+        return FLAGS_ERROR;
+    }
     if (pos) *pos = p; else free(p);
     if (n_pos) *n_pos = np;
     return FLAGS_OK;

@@ -78,6 +78,15 @@ def test_one_default_seed_everywhere():
                 assert line.rstrip().endswith("[1337]"), f"fdpo {cmd}: {line}"
 
 
+@pytest.mark.parametrize("cmd", ["generate", "score", "eval", "pairs", "merge"])
+def test_a_stray_argument_is_refused(cmd, tmp_path):
+    """commands without positional arguments refuse one (a forgotten flag name): it was dropped
+    without a word (merge --model a --model b c merged two)"""
+    r = run(cmd, "--out", str(tmp_path / "o"), "stray_file")
+    assert r.returncode != 0 and f"fdpo {cmd}: unexpected argument 'stray_file'" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def help_defaults(cmd):
     """{flag name: default text} from `fdpo CMD --help` ("  --lr X   text [1e-6]")"""
     out = {}
