@@ -6,6 +6,29 @@
 #include "data/jsonl.h"
 #include "fdpo/core.h"
 
+cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n) {
+    const char *end = NULL;
+    cJSON *obj = cJSON_ParseWithLengthOpts(line, n, &end, 0);
+    if (!obj) {
+        size_t col = end && end >= line ? (size_t)(end - line) + 1 : 1;
+        fdpo_error("%s:%zu: invalid JSON near column %zu", path, line_no, col);
+        return NULL;
+    }
+    size_t used = end && end >= line ? (size_t)(end - line) : n;
+    while (used < n && (line[used] == ' ' || line[used] == '\t' || line[used] == '\r' || line[used] == '\n')) used++;
+    if (used < n) {
+        cJSON_Delete(obj);
+        fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", path, line_no, used + 1);
+        return NULL;
+    }
+    if (!cJSON_IsObject(obj)) {
+        cJSON_Delete(obj);
+        fdpo_error("%s:%zu: not a JSON object", path, line_no);
+        return NULL;
+    }
+    return obj;
+}
+
 size_t fdpo_jsonl_bom(const char *text, size_t len) {
     return len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0;
 }

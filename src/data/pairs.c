@@ -19,6 +19,8 @@ static int get_string(const cJSON *o, const char *key, char **out, const char *p
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v) return fdpo_error("%s:%zu: missing field \"%s\"", path, line, key);
     if (!cJSON_IsString(v)) return fdpo_error("%s:%zu: field \"%s\" must be a string", path, line, key);
+    if (!fdpo_utf8_valid(v->valuestring, strlen(v->valuestring)))   /* else the pairs file, read later, is blamed */
+        return fdpo_error("%s:%zu: field \"%s\" is not valid UTF-8", path, line, key);
     *out = fdpo_strdup(v->valuestring);
     return 0;
 }
@@ -36,12 +38,8 @@ int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *
         size_t k = 0;
         while (k < (size_t)got && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r' || line[k] == '\n')) k++;
         if (k == (size_t)got) continue; /* blank line */
-        cJSON *o = cJSON_Parse(line);
-        if (!o || !cJSON_IsObject(o)) {
-            cJSON_Delete(o);
-            rc = fdpo_error("%s:%zu: not a JSON object", path, line_no);
-            break;
-        }
+        cJSON *o = fdpo_jsonl_parse_object(path, line_no, line, (size_t)got);
+        if (!o) { rc = -1; break; }
         char where[1100];
         snprintf(where, sizeof where, "%s:%zu", path, line_no);
         if (fdpo_jsonl_check_nul(where, line, (size_t)got, o)) { cJSON_Delete(o); rc = -1; break; }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "data/jsonl.h"
 #include "fdpo/kto.h"
 
 void fdpo_unpaired_free(fdpo_unpaired_set *s) {
@@ -74,12 +75,8 @@ int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_p
         while (k < n && (ln[k] == ' ' || ln[k] == '\t' || ln[k] == '\r')) k++;
         if (k == n) continue;
         out->lines++;
-        cJSON *obj = cJSON_ParseWithLength(ln, n);
-        if (!obj || !cJSON_IsObject(obj)) {
-            rc = fdpo_error("%s:%zu: %s", path, line, obj ? "not a JSON object" : "invalid JSON");
-            cJSON_Delete(obj);
-            break;
-        }
+        cJSON *obj = fdpo_jsonl_parse_object(path, line, ln, n);
+        if (!obj) { rc = -1; break; }
         if (out->n == cap) { cap = cap ? 2 * cap : 64; out->ex = fdpo_realloc(out->ex, cap * sizeof *out->ex); }
         int r = make_example(path, line, obj, tok, opt, out, &out->ex[out->n]);
         cJSON_Delete(obj);

@@ -159,6 +159,11 @@ def test_kto_cases_exercise_the_clamp(models):
 
 def test_missing_or_bad_label_is_an_error(models, tmp_path):
     tmp = models
+    # a second object (or any text) after the first on a line is an error: it was dropped silently
+    (tmp_path / "two.jsonl").write_text(json.dumps(ROWS[1]) + "\n" + json.dumps(ROWS[0]) + " " + json.dumps(ROWS[1]) + "\n")
+    r = fdpo("kto", "--model", tmp / "policy", "--data", tmp_path / "two.jsonl", "--out", tmp_path / "o",
+             "--steps", "1", "--quiet", check=False)
+    assert r.returncode != 0 and f"{tmp_path / 'two.jsonl'}:2: unexpected text after the JSON object" in r.stderr, r.stderr
     for bad, what in ((dict(ROWS[0]), "missing field 'label'"), (dict(ROWS[0], label="yes"), "'label' must be true or false")):
         bad.pop("label") if what.startswith("missing") else None
         write_jsonl(tmp_path / "bad.jsonl", [ROWS[1], bad])

@@ -129,6 +129,22 @@ def _live_members(pgid):
     return live
 
 
+@pytest.mark.parametrize("line,msg", [
+    ('{"prompt": "a", "completion": "x", "reward": 1} {"prompt": "a", "completion": "LOST", "reward": 2}',
+     ":2: unexpected text after the JSON object at column 49"),
+    ('{"prompt": "a", "completion": "x", "reward": 1} junk', ":2: unexpected text after the JSON object"),
+    (b'{"prompt": "a", "completion": "\xff\xfe", "reward": 1}', ':2: field "completion" is not valid UTF-8'),
+])
+def test_samples_line_is_read_whole(tmp_path, line, msg):
+    """a second object or text after the first is an error (it was dropped: 4 samples read as 3),
+    and so is invalid UTF-8 (the pairs file written from it failed later, in fdpo dpo)"""
+    first = b'{"prompt": "a", "completion": "y", "reward": 2}\n'
+    (tmp_path / "s.jsonl").write_bytes(first + (line if isinstance(line, bytes) else line.encode()) + b"\n")
+    r = run("pairs", "--data", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "p.jsonl"))
+    assert r.returncode == 1 and f"{tmp_path / 's.jsonl'}{msg}" in r.stderr, r.stderr
+    assert not (tmp_path / "p.jsonl").exists()
+
+
 @pytest.mark.parametrize("timeout", ["0", "-1"])
 def test_reward_timeout_must_be_positive(tmp_path, timeout):
     # 0 or less would mean no deadline: a hung reward program would hang fdpo forever
