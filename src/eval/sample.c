@@ -1,5 +1,6 @@
 /* Sampling completions with the KV-cache decoder: temperature, top-k, top-p, stop at EOT or
  * a stop string, n samples per prompt, one RNG stream per (seed, prompt, sample). */
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -10,6 +11,8 @@
 
 int fdpo_sample_config_check(const fdpo_sample_config *c) {
     if (!(c->temperature >= 0)) return fdpo_error("--temperature: %g must be >= 0 (0 = greedy)", c->temperature);
+    if (c->temperature > 0 && !(1.0 / c->temperature <= FLT_MAX))   /* the logits' scale 1/T: inf drew token 0 */
+        return fdpo_error("--temperature: %g is too small (1/T overflows a float); use 0 for greedy", c->temperature);
     if (!(c->top_p > 0 && c->top_p <= 1)) return fdpo_error("--top-p: %g is outside (0, 1]", c->top_p);
     if (c->max_new_tokens == 0) return fdpo_error("--max-new-tokens: must be > 0");
     if (c->batch == 0) return fdpo_error("--batch-size: must be > 0");

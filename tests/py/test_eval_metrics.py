@@ -603,6 +603,8 @@ def test_score_end_to_end(byte_models, tmp_path):
     (["--beta", "0"], "--beta: must be finite and > 0 (got 0)"),
     (["--beta", "-1"], "--beta: must be finite and > 0 (got -1)"),
     (["--safety-threshold", "nan"], "--safety-threshold"),
+    # 1/T overflows a float: every drawn token was id 0
+    (["--temperature", "1e-39"], "--temperature: 1e-39 is too small (1/T overflows a float); use 0 for greedy"),
 ])
 def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
     d, _, _ = byte_models
