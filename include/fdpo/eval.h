@@ -161,6 +161,8 @@ typedef struct fdpo_reward fdpo_reward;
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o);
 void fdpo_reward_free(fdpo_reward *r);
 const char *fdpo_reward_spec(const fdpo_reward *r);
+/* 1 when r scores token counts (length), which fdpo_reward_score then needs in n_tokens */
+int fdpo_reward_needs_tokens(const fdpo_reward *r);
 /* Reward of n (prompt, completion) pairs; n_tokens[i] = completion tokens (for "length"). */
 int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *const *completions,
                       const size_t *n_tokens, double *out);

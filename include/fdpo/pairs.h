@@ -13,6 +13,7 @@ typedef struct {
     size_t n_tokens;      /* 0 if unknown */
     int has_reward;
     size_t line;          /* 1-based line in the samples file */
+    int has_n_tokens;     /* the record gave "n_tokens" */
 } fdpo_sample_rec;
 
 typedef struct {

@@ -58,6 +58,14 @@ static int pairs_run(const char *samples, const char *out, const char *reward_sp
         fdpo_reward_options ro = {lexicon, timeout};
         fdpo_reward *r = fdpo_reward_create(reward_spec, &ro);
         if (!r) { fdpo_sample_recs_free(recs, n); return -1; }
+        for (size_t i = 0; fdpo_reward_needs_tokens(r) && i < n; i++)
+            if (!recs[i].has_n_tokens) {   /* else every reward was 0 and each label a coin flip */
+                fdpo_error("--data %s:%zu: no \"n_tokens\": --reward %s counts the tokens fdpo generate and score record "
+                           "(length:words counts words)", samples, recs[i].line, reward_spec);
+                fdpo_reward_free(r);
+                fdpo_sample_recs_free(recs, n);
+                return -1;
+            }
         eval_catch_interrupts();
         char **ps = fdpo_malloc(n * sizeof *ps), **cs = fdpo_malloc(n * sizeof *cs);
         size_t *nt = fdpo_malloc(n * sizeof *nt);

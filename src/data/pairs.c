@@ -59,6 +59,7 @@ int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *
             r.reward = rw->valuedouble; r.has_reward = 1;
         }
         const cJSON *nt = cJSON_GetObjectItemCaseSensitive(o, "n_tokens");
+        r.has_n_tokens = nt != NULL;
         if (nt && fdpo_json_size(nt, &r.n_tokens)) {
             free(r.prompt); free(r.completion); cJSON_Delete(o);
             rc = fdpo_error("%s:%zu: field \"n_tokens\" must be a non-negative integer", path, line_no);

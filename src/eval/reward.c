@@ -619,6 +619,8 @@ void fdpo_reward_free(fdpo_reward *r) {
 
 const char *fdpo_reward_spec(const fdpo_reward *r) { return r->spec; }
 
+int fdpo_reward_needs_tokens(const fdpo_reward *r) { return r->kind == REWARD_LENGTH_TOKENS; }
+
 int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *const *completions,
                       const size_t *n_tokens, double *out) {
     switch (r->kind) {

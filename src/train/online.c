@@ -317,7 +317,9 @@ static int make_round_pairs(const fdpo_online_opts *o, const fdpo_sample_config 
     if (rc == 0 && o->pairs_bt) {
         /* every disjoint pair of a prompt's completions, labels drawn from Bradley-Terry */
         for (size_t i = 0; i < N; i++)
-            b->recs[i] = (fdpo_sample_rec){b->pp[i], b->cc[i], b->r[i], x[i].n_completion, 1, i + 1};
+            b->recs[i] = (fdpo_sample_rec){.prompt = b->pp[i], .completion = b->cc[i], .reward = b->r[i],
+                                           .n_tokens = x[i].n_completion, .has_reward = 1, .line = i + 1,
+                                           .has_n_tokens = 1};
         fdpo_pairs_config pc = {o->bt_scale, 0, 1, fdpo_round_seed(o->sample.seed, k)};
         fdpo_pair *bp = NULL;
         size_t nbp = 0;

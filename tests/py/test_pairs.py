@@ -145,6 +145,19 @@ def test_samples_line_is_read_whole(tmp_path, line, msg):
     assert not (tmp_path / "p.jsonl").exists()
 
 
+def test_length_reward_needs_token_counts(tmp_path):
+    """--reward length scores the n_tokens that generate/score record: a record without it is an
+    error naming its line (every reward was 0 and each label a coin flip); length:words needs none"""
+    write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a", "completion": "short", "n_tokens": 1},
+                                       {"prompt": "a", "completion": "a much longer completion"}])
+    r = run("pairs", "--data", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "p.jsonl"), "--reward", "length")
+    assert r.returncode == 1 and f"--data {tmp_path / 's.jsonl'}:2: no \"n_tokens\"" in r.stderr, r.stderr
+    r = run("pairs", "--data", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "p.jsonl"), "--reward", "length:words")
+    assert r.returncode == 0, r.stderr
+    row = json.loads((tmp_path / "p.jsonl").read_text())
+    assert sorted([row["chosen_reward"], row["rejected_reward"]]) == [1, 4]
+
+
 @pytest.mark.parametrize("timeout", ["0", "-1"])
 def test_reward_timeout_must_be_positive(tmp_path, timeout):
     # 0 or less would mean no deadline: a hung reward program would hang fdpo forever
