@@ -77,6 +77,12 @@ typedef struct {
 int fdpo_encode_prompts(const fdpo_tokenizer *tok, char *const *prompts, size_t n,
                         int32_t ***ids, size_t **lens);
 void fdpo_free_ids(int32_t **ids, size_t *lens, size_t n);
+/* Before a run that samples them step after step (rl, online): every prompt of the file
+ * encodes (fdpo_encode_prompts) to 1 .. n_positions - 1 tokens, room to generate; else an
+ * error "--data PATH: prompt K (...): T tokens leave no room ...", so that a
+ * long prompt fails the run at its start, not after steps whose work is then lost. */
+int fdpo_prompts_check_fit(const fdpo_tokenizer *tok, char *const *prompts, size_t n, size_t n_positions,
+                           const char *path);
 /* n_samples samples for each prompt; *out gets n_prompts * n_samples samples, prompt-major
  * (sample s of prompt p at p * n_samples + s). */
 int fdpo_generate(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c,

@@ -287,6 +287,20 @@ int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_confi
     return token;
 }
 
+int fdpo_prompts_check_fit(const fdpo_tokenizer *tok, char *const *prompts, size_t n, size_t n_positions,
+                           const char *path) {
+    int32_t **ids = NULL;
+    size_t *lens = NULL;
+    if (fdpo_encode_prompts(tok, prompts, n, &ids, &lens)) return fdpo_error_context("--data %s", path);
+    int rc = 0;
+    for (size_t p = 0; p < n && !rc; p++)
+        if (lens[p] >= n_positions)
+            rc = fdpo_error("--data %s: prompt %zu (blank lines not counted): %zu tokens leave no room to generate "
+                            "(model n_positions %zu)", path, p + 1, lens[p], n_positions);
+    fdpo_free_ids(ids, lens, n);
+    return rc;
+}
+
 int fdpo_encode_prompts(const fdpo_tokenizer *tok, char *const *prompts, size_t n, int32_t ***ids, size_t **lens) {
     *ids = fdpo_calloc(n ? n : 1, sizeof **ids);
     *lens = fdpo_calloc(n ? n : 1, sizeof **lens);

@@ -513,6 +513,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
                                 policy->config.vocab_size);
             if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
         }
+        if (rc == 0) rc = fdpo_prompts_check_fit(tok, prompts, n_prompts, policy->config.n_positions, o->prompts);
     }
     /* the reference is the round's starting policy itself in iterative DPO, and in round 0
      * of online DPO whose reference is --model: then log pi_ref = log pi, no second scoring */
@@ -716,6 +717,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     tr.progress.phase = "online";
     fdpo_dpo_config cfg = o->dpo.dpo;
     cfg.micro_batch = 0;
+    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, n_prompts, policy->config.n_positions, o->prompts);
     if (!rc) d_ok = (rc = fdpo_dpo_init(&d, policy, ref, &cfg)) == 0;
     /* a step takes each prompt at most once (fdpo_train_step_items) */
     const size_t P = tr_ok ? tr.step_items : 1, K = (size_t)o->n, N = P * K;

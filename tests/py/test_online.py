@@ -535,6 +535,26 @@ def test_rounds_resume_refuses_a_changed_flag(setup, tmp_path, first, then, flag
     assert (a / "round-1").is_dir()
 
 
+@pytest.mark.parametrize("cmd", ["rounds", "step", "rl"])
+def test_a_prompt_too_long_for_the_model_fails_the_run_at_its_start(setup, tmp_path, cmd):
+    """the 4th prompt (100 bytes, n_positions 64) is named with the file before any step: it
+    failed the run when a step first sampled it, after steps whose work was then lost"""
+    (tmp_path / "p.txt").write_text("a:\nb:\n\nc:\n" + "x" * 100 + "\n")
+    reward = f"cmd:/usr/bin/python3 {setup / 'letters.py'}"
+    common = ["--model", setup / "model", "--data", tmp_path / "p.txt", "--reward", reward, "--out", tmp_path / "o",
+              "--n", 2, "--max-new-tokens", 4, "--threads", 1]
+    args = {"rounds": ["online", "--rounds", 3, "--prompts-per-round", 1],
+            "step": ["online", "--mode", "step", "--steps", 5, "--prompts-per-round", 1],
+            "rl": ["rl", "--steps", 5, "--prompts-per-step", 1]}[cmd]
+    r = fdpo(*args, *common, check=False)
+    assert r.returncode != 0
+    assert f"--data {tmp_path / 'p.txt'}: prompt 4 (blank lines not counted): 100 tokens leave no room to generate" \
+        in r.stderr, r.stderr
+    m = tmp_path / "o" / "metrics.jsonl"
+    assert not m.exists() or m.read_text() == ""
+    assert not (tmp_path / "o" / "round-0").exists()
+
+
 def test_step_mode_shows_progress_unless_quiet(setup, tmp_path):
     """long work shows progress: step mode's trainer line (it printed nothing, --quiet or not)"""
     small = ["--mode", "step", "--steps", 2, "--n", 2, "--prompts-per-round", 2, "--threads", 1]
