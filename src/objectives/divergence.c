@@ -45,13 +45,23 @@ int fdpo_divergence_parse_list(const char *spec, fdpo_divergence **out, size_t *
     *count = 0;
     if (!spec || !*spec) return fdpo_error("divergence list: empty (expected e.g. rkl,js,alpha:0.5)");
     if (!strcmp(spec, "all")) spec = "rkl,fkl,js,alpha:0.5,tv,chi2";
+    size_t L = strlen(spec);   /* strtok skips empty items */
+    if (spec[0] == ',' || spec[L - 1] == ',' || strstr(spec, ",,"))
+        return fdpo_error("divergence list '%s': an empty item", spec);
     size_t cap = 1;
     for (const char *c = spec; *c; c++) cap += *c == ',';
     fdpo_divergence *d = fdpo_malloc(cap * sizeof *d);
     char *copy = fdpo_strdup(spec), *save = NULL;
     size_t n = 0;
-    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (fdpo_divergence_parse(t, &d[n++])) { free(copy); free(d); return -1; }
+        char a[96], b[96];   /* the same divergence twice (alpha:0.5 and alpha:0.50): its results' keys would repeat */
+        fdpo_divergence_name(&d[n - 1], a, sizeof a);
+        for (size_t k = 0; k + 1 < n; k++) {
+            fdpo_divergence_name(&d[k], b, sizeof b);
+            if (!strcmp(a, b)) { fdpo_error("divergence list '%s': %s given twice", spec, a); free(copy); free(d); return -1; }
+        }
+    }
     free(copy);
     if (n == 0) { free(d); return fdpo_error("divergence list '%s': no divergence in it", spec); }
     *out = d;

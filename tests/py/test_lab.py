@@ -417,6 +417,8 @@ def test_renormalises_with_a_warning(tmp_path):
     (["solve", "--n", "0"], "--n: must be >= 1"),
     (["solve", "--divergence", "kl"], "--divergence: unknown divergence 'kl'"),
     (["solve", "--divergence", "alpha:2"], "alpha must be in (0, 1)"),
+    (["solve", "--divergence", "rkl,alpha:0.5,alpha:0.50"], "alpha:0.5 given twice"),   # its rows would repeat
+    (["solve", "--divergence", "rkl,,js"], "an empty item"),
     (["solve", "--pi-ref", "pareto"], "--pi-ref: unknown kind 'pareto'"),
     (["solve", "--input", "/nonexistent/x.csv"], "/nonexistent/x.csv"),
     (["solve", "--format", "xml"], "--format: unknown format 'xml'"),

@@ -98,7 +98,7 @@ def test_task_arithmetic_is_exact(tmp_path):
         assert np.array_equal(v, ref), k
 
 
-@pytest.mark.parametrize("case", ["shape", "tokenizer", "count", "nan", "one", "exists", "run", "sacpo", "rounds",
+@pytest.mark.parametrize("case", ["shape", "tokenizer", "count", "nan", "empty-item", "one", "exists", "run", "sacpo", "rounds",
                                   "adapter", "missing"])
 def test_bad_merges_are_refused(tmp_path, case):
     a = make_model(tmp_path, "a", 1)
@@ -118,6 +118,9 @@ def test_bad_merges_are_refused(tmp_path, case):
     elif case == "nan":
         args += ["--weight", "nan,0.5"]
         expect = "--weight"
+    elif case == "empty-item":   # strtok skipped it: "0.5,,0.5" read as two weights
+        args += ["--weight", "0.5,,0.5"]
+        expect = "--weight: empty item in '0.5,,0.5'"
     elif case == "one":
         args = ["--model", a]
         expect = "--model"
