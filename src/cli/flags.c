@@ -282,6 +282,14 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
     free(from_cli);
     if (rc != FLAGS_OK) { free(p); return FLAGS_ERROR; }
     p[np] = NULL;
+    /* --threads, the one flag every computing command shares: its range checked here once
+     * (a negative count ran on the OpenMP default; a huge one was cut to int) */
+    fdpo_flag *th = find_exact(flags, n, "threads");
+    if (th && th->type == FLAG_INT && (*(long *)th->dest < 0 || *(long *)th->dest > 4096)) {
+        fdpo_error("--threads: %ld is not in [0, 4096] (0: all cores)", *(long *)th->dest);
+        free(p);
+        return FLAGS_ERROR;
+    }
     if (!pos && np > 0) {   /* a command without positional arguments: a forgotten flag name, say */
         rc = fdpo_error("unexpected argument '%s' (--help lists the flags)", p[0]);
         free(p);

@@ -87,6 +87,15 @@ def test_a_stray_argument_is_refused(cmd, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("cmd", ["generate", "score", "eval", "pairs", "merge", "pretrain", "lab solve"])
+def test_threads_out_of_range_is_refused(cmd):
+    """checked once, by the parser, for every command (generate, score, eval, pairs and merge ran
+    -1 on the OpenMP default and cut 4294967297 to 1)"""
+    for bad in ("-1", "4294967297"):
+        r = run(*cmd.split(), "--threads", bad)
+        assert r.returncode != 0 and f"--threads: {bad} is not in [0, 4096]" in r.stderr, r.stderr
+
+
 def help_defaults(cmd):
     """{flag name: default text} from `fdpo CMD --help` ("  --lr X   text [1e-6]")"""
     out = {}
