@@ -115,7 +115,7 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
 static int read_lines(const char *path, int allow_text, const char *const *fields, size_t n_fields, fdpo_strv *out) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
-    if (!text) return fdpo_error_context("%s", path);
+    if (!text) return -1;   /* fdpo_read_file's error names the path */
     int rc = parse_lines(path, text, len, allow_text, fields, n_fields, out);
     free(text);
     return rc;

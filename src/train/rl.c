@@ -301,7 +301,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     t.step_flag = "--prompts-per-step";
     char **prompts = NULL;
     size_t n_prompts = 0;
-    if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data %s", o->prompts);
+    if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
     fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;

@@ -96,6 +96,15 @@ def test_threads_out_of_range_is_refused(cmd):
         assert r.returncode != 0 and f"--threads: {bad} is not in [0, 4096]" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("cmd", ["generate", "rl", "online"])
+def test_a_missing_prompt_file_is_named_once(cmd, tmp_path):
+    """the path appears once in the message (it appeared two and three times)"""
+    extra = ["--reward", "length", "--out", str(tmp_path / "o")] if cmd != "generate" else []
+    r = run(cmd, "--model", str(tmp_path / "m"), "--data", "/nonexistent/p.jsonl", *extra)
+    assert r.returncode != 0 and r.stderr.count("/nonexistent/p.jsonl") == 1, r.stderr
+    assert f"fdpo {cmd}: --data: /nonexistent/p.jsonl: cannot open" in r.stderr, r.stderr
+
+
 def help_defaults(cmd):
     """{flag name: default text} from `fdpo CMD --help` ("  --lr X   text [1e-6]")"""
     out = {}
