@@ -350,9 +350,24 @@ static void append_token(fdpo_sample *s, int32_t t) {
  * occurrence. */
 static void finish_text(fdpo_sample *s, const fdpo_tokenizer *tok, const char *stop) {
     if (!tok) return;
-    size_t n = s->n_completion;
-    s->text = fdpo_tokenizer_decode_ex(tok, s->tokens, n, 1, NULL);
-    if (!s->text) s->text = fdpo_strdup("");
+    size_t n = s->n_completion, len = 0;
+    char *raw = fdpo_tokenizer_decode_ex(tok, s->tokens, n, 1, &len);
+    if (!raw) { s->text = fdpo_strdup(""); return; }
+    /* a NUL byte (a byte-level tokenizer's token 0) would end the C string there, and the
+     * reward would score a cut text: it becomes U+FFFD (the ids keep the token) */
+    size_t nul = 0;
+    for (size_t i = 0; i < len; i++) nul += raw[i] == 0;
+    if (nul) {
+        char *t = fdpo_malloc(len + 2 * nul + 1), *q = t;
+        for (size_t i = 0; i < len; i++) {
+            if (raw[i]) *q++ = raw[i];
+            else { memcpy(q, "\xEF\xBF\xBD", 3); q += 3; }
+        }
+        *q = 0;
+        free(raw);
+        raw = t;
+    }
+    s->text = raw;
     if (stop && *stop) {
         char *at = strstr(s->text, stop);
         if (at) *at = 0;

@@ -110,6 +110,26 @@ def generate(d, tmp_path, prompts, *flags, name="p.txt"):
     return r, ([json.loads(l) for l in out.read_text().splitlines()] if r.returncode == 0 else None)
 
 
+def test_a_nul_byte_in_a_completion_is_kept_as_u_fffd(tmp_path):
+    """A byte-level model whose argmax is token 0 (the NUL byte) after any prefix: ln_f's output
+    is its bias alone, a long multiple of wte[0]. The text of 3 such tokens is three U+FFFD
+    (it was cut at the first NUL: the empty string, and rewards scored that)."""
+    m = GPT2(257, 32, 16, 1, 2, seed=4)
+    with torch.no_grad():
+        wte = m.param("wte.weight")
+        wte[0] = 0
+        wte[0, 0] = 10.0
+        m.param("ln_f.weight").zero_()
+        m.param("ln_f.bias").copy_(wte[0])
+    d = tmp_path / "m"
+    m.save_hf(str(d))
+    (d / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte", "vocab_size": 257, "eos_token_id": 256}))
+    r, rows = generate(d, tmp_path, "ab\n", "--temperature", "0", "--max-new-tokens", "3")
+    assert r.returncode == 0, r.stderr
+    assert rows[0]["tokens"] == [0, 0, 0]
+    assert rows[0]["completion"] == "\ufffd" * 3
+
+
 def test_greedy_equals_pytorch_argmax(byte_model, tmp_path):
     d, m = byte_model
     prompts = ["Hello", "ab", "The quick"]
