@@ -639,10 +639,14 @@ int fdpo_online_run(const fdpo_online_opts *o) {
 void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     fdpo_train_opts_settings(&o->dpo.train, s);
     fdpo_dpo_run_opts_settings(&o->dpo, s);
-    /* the run's own paths (the template's are set per round) */
-    fdpo_settings_str(s, "model", o->model, 1);
-    fdpo_settings_str(s, "ref", o->ref, 1);
-    fdpo_settings_str(s, "data", o->prompts, 1);
+    /* the run's own paths (the template's are set per round), resolved: a resume that spells
+     * them another way (R/x and ./R/x; sacpo's stages live under its --out) is the same run */
+    const char *const keys[3] = {"model", "ref", "data"}, *const paths[3] = {o->model, o->ref, o->prompts};
+    for (int i = 0; i < 3; i++) {
+        char *real = paths[i] ? realpath(paths[i], NULL) : NULL;
+        fdpo_settings_str(s, keys[i], real ? real : paths[i], 1);
+        free(real);
+    }
     /* fixed here: a round of bf16 after rounds of fp32 (or the reverse) is another run; and
      * --lora-r also without LoRA, so that a resume can neither add nor drop the adapters */
     fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 1);

@@ -530,8 +530,9 @@ def test_rounds_resume_refuses_a_changed_flag(setup, tmp_path, first, then, flag
     r = online(setup, a, "--rounds", 2, "--resume", *small, *then, check=False)
     assert r.returncode != 0 and flag in r.stderr and "online.json" in r.stderr, r.stderr
     assert not (a / "round-1").exists()
-    # the same flags continue, with another --threads (not fixed)
-    online(setup, a, "--rounds", 2, "--resume", "--prompts-per-round", 4, "--threads", 2, *first)
+    # the same flags continue, with another --threads (not fixed) and --model spelled another way
+    online(setup, a, "--rounds", 2, "--resume", "--prompts-per-round", 4, "--threads", 2, *first,
+           "--model", f"{setup}/./model")
     assert (a / "round-1").is_dir()
 
 
