@@ -100,8 +100,9 @@ FILE *fdpo_open_regular(const char *path);
  * /dev/null itself), FIFO or socket. */
 int fdpo_refuse_special_file(const char *path);
 /* fsync the directory that holds path (after a rename into it: the new entry's durability).
- * Errors name the directory. */
-int fdpo_fsync_parent(const char *path);
+ * -1 on failure; with report, after an error naming the directory (best-effort callers pass
+ * 0 and keep the error message as it was). */
+int fdpo_fsync_parent(const char *path, int report);
 /* Atomic write: PATH.tmp.<pid>, fwrite, fflush, fsync, rename over PATH, fsync the dir.
  * A crash leaves either the old file or the new one, never half of one. */
 int fdpo_write_file_atomic(const char *path, const void *data, size_t len);

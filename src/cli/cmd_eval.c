@@ -59,7 +59,7 @@ int cmd_eval(int argc, char **argv) {
         {"pairs", FLAG_STR, &pairs_path, NULL, "preference JSONL for accuracy and calibration of the implicit reward", 0},
         {"bad-pairs", FLAG_STR, &bad_pairs, "error", "--pairs with empty completions / chosen == rejected: error or skip", 0},
         {"beta", FLAG_FLOAT, &beta, "0.1", "beta of the implicit reward sigma(beta * Delta) for --pairs", 0},
-        {"divergence", FLAG_STR, &cal_div_spec, "rkl", "f of Delta = s(l_w) - s(l_l) for --pairs", 0},
+        {"divergence", FLAG_STR, &cal_div_spec, "rkl", "f of Delta = s(l_w) - s(l_l) for --pairs: rkl, fkl, js, alpha:A (tv and chi2 have no score s)", 0},
         {"ead-vocab", FLAG_FLOAT, &ead_vocab, "0", "V of EAD (0 = the policy's vocabulary size)", 0},
         {"out", FLAG_STR, &out_path, NULL, "write the metrics JSON here", 0},
         {"samples-out", FLAG_STR, &samples_path, NULL, "write every sample with its scores as JSONL here", 0},
@@ -113,11 +113,13 @@ int cmd_eval(int argc, char **argv) {
     if (!rc && fdpo_divergence_parse(cal_div_spec, &c.cal_div)) rc = fdpo_error_context("--divergence");
     c.divs = divs; c.n_div = n_div;
     c.safety_threshold = safety_threshold;
-    if (!rc) {   /* the library's rules before anything is loaded; every flag checked, --pairs or not */
+    if (!rc) {   /* the library's rules before anything is loaded (--pairs is read later: as if read) */
         fdpo_pref_set pairs_to_come = {0};
         fdpo_eval_config early = c;
-        early.pairs = &pairs_to_come;
+        if (pairs_path) early.pairs = &pairs_to_come;
         rc = fdpo_eval_config_check(&early);
+        if (!rc && !pairs_path && !(beta > 0 && isfinite(beta)))   /* unused without --pairs, but not a beta */
+            rc = fdpo_error("--beta: must be finite and > 0 (got %g)", beta);
     }
     if (!rc) rc = fdpo_set_precision(precision);
     /* the outputs may not replace an input: the prompts, the pairs, a policy's or the reference's files */

@@ -556,7 +556,7 @@ static int lab_check_method(int argc, char **argv) {
     common_opts o;
     const char *divspec, *methodspec, *export_pi, *labels_name;
     double beta, lr, grpo_eps, label_threshold = NAN, w_d, w_u;
-    long pair_top, steps, k;
+    long pair_top, steps, k, k_removed = 0;
     int sampled;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "6"),
@@ -566,7 +566,8 @@ static int lab_check_method(int argc, char **argv) {
         {"sampled", FLAG_BOOL, &sampled, "0", "sample pairs/groups (fdpo_rng) instead of exact expectations", 0},
         {"pair-top", FLAG_INT, &pair_top, "0", "dpo: offline pairs among the N most likely responses under pi_ref (0 = n/2)", 0},
         {"steps", FLAG_INT, &steps, "0", "online/rloo/grpo/kto iterations (0 = 100000 sampled, 200000 exact, 20000 exact grpo and kto)", 0},
-        {"group-size", FLAG_INT, &k, "4", "samples per step: online pairs, rloo/grpo group size (not --k: the old spelling of --n)", 0},
+        {"group-size", FLAG_INT, &k, "4", "samples per step: online pairs, rloo/grpo group size", 0},
+        {"k", FLAG_INT, &k_removed, NULL, "removed: --group-size (here --k was the group size; elsewhere the old --n)", 0},
         {"lr", FLAG_FLOAT, &lr, "0", "step size (0 = the method's default: online 5 exact / 1 sampled, rloo 1, grpo 0.05, kto 5)", 0},
         {"grpo-eps", FLAG_FLOAT, &grpo_eps, "1e-4", "GRPO's std epsilon (TRL's default)", 0},
         {"labels", FLAG_STR, &labels_name, "bt", "kto labels: bt (P(desirable) = sigmoid(r - threshold)) or threshold (r > threshold)", 0},
@@ -577,6 +578,9 @@ static int lab_check_method(int argc, char **argv) {
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("check", "fdpo lab check --method LIST [flags]");
+    /* an old script's --k would otherwise be the alias of --n: another problem size, silently */
+    if (flags_was_set(flags, NFLAGS(flags), "k")) return fdpo_error("--k: renamed --group-size in lab check --method (--n is the number of responses)");
+    (void)k_removed;
     fdpo_lab_labels labels;
     if (!strcmp(labels_name, "bt")) labels = FDPO_LAB_LABELS_BT;
     else if (!strcmp(labels_name, "threshold")) labels = FDPO_LAB_LABELS_THRESHOLD;

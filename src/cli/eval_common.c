@@ -98,7 +98,9 @@ static int out_not_input(const char *flag, const char *path, const char *const (
 
 int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs) {
     if (!path || !strcmp(path, "-")) return 0;
-    if (out_not_input(flag, path, inputs, n_inputs)) return -1;   /* every rank: all of them return the error */
+    /* every rank: all of them return the error (rank 0 alone would leave the others in collectives) */
+    if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);
+    if (out_not_input(flag, path, inputs, n_inputs)) return -1;
     if (!fdpo_dist_is_root()) return 0;
     return fdpo_out_file_claim(path, flag);
 }

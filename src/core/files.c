@@ -49,12 +49,12 @@ char *fdpo_read_file(const char *path, size_t *len) {
     return buf;
 }
 
-int fdpo_fsync_parent(const char *path) {
+int fdpo_fsync_parent(const char *path, int report) {
     char *copy = fdpo_strdup(path);
     const char *dir = dirname(copy);
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
-    if (fd < 0) rc = fdpo_error("%s: cannot open: %s", dir, strerror(errno));
-    else if (fsync(fd) != 0) rc = fdpo_error("%s: fsync: %s", dir, strerror(errno));
+    if (fd < 0) rc = report ? fdpo_error("%s: cannot open: %s", dir, strerror(errno)) : -1;
+    else if (fsync(fd) != 0) rc = report ? fdpo_error("%s: fsync: %s", dir, strerror(errno)) : -1;
     if (fd >= 0) close(fd);
     free(copy);
     return rc;
@@ -103,7 +103,7 @@ int fdpo_atomic_commit(fdpo_atomic_file *af) {
         fdpo_atomic_abort(af);
         return -1;
     }
-    (void)fdpo_fsync_parent(af->path);   /* the file is in place; the entry's durability is best effort */
+    (void)fdpo_fsync_parent(af->path, 0);   /* the file is in place; the entry's durability is best effort */
     free(af->path); free(af->tmp_path);
     af->path = af->tmp_path = NULL;
     return 0;
@@ -212,7 +212,7 @@ int fdpo_direct_commit(fdpo_direct_file *f) {
         fdpo_direct_abort(f);
         return -1;
     }
-    (void)fdpo_fsync_parent(f->path);    /* as above */
+    (void)fdpo_fsync_parent(f->path, 0);    /* as above */
     free(f->path); free(f->tmp_path); free(f->buf);
     memset(f, 0, sizeof *f);
     f->fd = -1;

@@ -163,7 +163,7 @@ int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tok
     if (s && fdpo_train_state_save(tmp, s, opt, m->lora ? &m->lora->view : m)) goto done;
     if (fdpo_file_exists(out) && rename(out, old) != 0) { fdpo_error("%s: cannot move aside: %s", out, strerror(errno)); goto done; }
     if (rename(tmp, out) != 0) { fdpo_error("%s: cannot rename %s into place: %s", out, tmp, strerror(errno)); goto done; }
-    (void)fdpo_fsync_parent(out);   /* the swap is done; the entries' durability is best effort */
+    (void)fdpo_fsync_parent(out, 0);   /* the swap is done; the entries' durability is best effort */
     if (fdpo_remove_tree(old)) goto done;
     rc = 0;
 done:

@@ -347,7 +347,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
         fdpo_metrics_begin(&tr.metrics, 0);
         add_dpo_metrics(&tr.metrics, "eval_", &initial, 1, dcfg.loss.sft_weight);
         if (fdpo_metrics_end(&tr.metrics)) goto done;
-    } else if (n_eval && to->eval_every > 0 && fdpo_dist_rank() == 0) {
+    } else if (n_eval && fdpo_dist_rank() == 0) {   /* (--eval-every may change on resume: the line decides) */
         have_initial = initial_from_metrics(to->out, n_eval, &initial) == 0;   /* resumed: as logged then */
     }
     while (!fdpo_trainer_done(&tr)) {

@@ -144,7 +144,7 @@ static void *round_writer_main(void *arg) {
     free(metrics);
     if (!rc && rename(w->partial, w->done) != 0)
         rc = fdpo_error("rename %s -> %s: %s", w->partial, w->done, strerror(errno));
-    if (!rc) rc = fdpo_fsync_parent(w->done);   /* the round is complete only once its entry is on disk */
+    if (!rc) rc = fdpo_fsync_parent(w->done, 1);   /* the round is complete only once its entry is on disk */
     if (rc) snprintf(w->err, sizeof w->err, "%s", fdpo_last_error());
     w->rc = rc;
     return NULL;

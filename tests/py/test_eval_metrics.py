@@ -598,8 +598,10 @@ def test_score_end_to_end(byte_models, tmp_path):
     (["--ead-vocab", "0.5"], "--ead-vocab: must be 0"),
     (["--out", "/tmp/x.json", "--samples-out", "/tmp/x.json"], "--samples-out /tmp/x.json: the same file as --out"),
     # the pairs' calibration needs the score s of f: tv and chi2 have none (it used to print NaN as "-")
-    (["--divergence", "tv"], "--divergence tv: cannot score the preference pairs' calibration: total variation"),
-    (["--divergence", "chi2"], "--divergence chi2: cannot score the preference pairs' calibration: chi2 is not usable"),
+    (["--divergence", "tv", "--pairs", "/nonexistent/p.jsonl"],
+     "--divergence tv: cannot score the preference pairs' calibration: total variation"),
+    (["--divergence", "chi2", "--pairs", "/nonexistent/p.jsonl"],
+     "--divergence chi2: cannot score the preference pairs' calibration: chi2 is not usable"),
     (["--beta", "0"], "--beta: must be finite and > 0 (got 0)"),
     (["--beta", "-1"], "--beta: must be finite and > 0 (got -1)"),
     (["--safety-threshold", "nan"], "--safety-threshold"),

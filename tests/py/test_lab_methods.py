@@ -256,6 +256,7 @@ def test_kto_bad_flags_are_named(args, needle):
     (["--method", "ppo"], "--method: unknown method 'ppo'"),
     (["--method", "rloo", "--divergence", "chi2"], "--divergence: chi2 is not usable"),
     (["--method", "rloo", "--group-size", "1"], "--group-size: rloo needs groups of at least 2"),
+    (["--method", "rloo", "--k", "8"], "--k: renamed --group-size"),   # else the alias of --n: another problem
     (["--method", "online", "--lr", "-1"], "--lr: must be > 0"),
     (["--method", "online", "--steps", "-3"], "--steps: must be >= 0"),
     (["--method", "grpo", "--group-size", "9"], "--group-size: exact grpo averages over all n^k"),

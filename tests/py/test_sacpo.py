@@ -118,9 +118,10 @@ def test_another_plan_in_the_same_out_is_refused(data, tmp_path):
 
 
 def test_interrupted_stage_says_how_sacpo_continues(data, tmp_path):
-    """SIGINT mid-stage saves the stage's checkpoint; the message says to run the same command
-    again (sacpo has no --resume, which the trainer's message used to name), and that rerun
-    finishes the plan with the stage's weights equal to an uninterrupted run's."""
+    """SIGINT mid-stage saves the stage's checkpoint, and the message says to run the same
+    command again (sacpo has no --resume, which the trainer's message used to name). That a
+    rerun resumes the stage: test_online_stages_resume_by_stage_and_by_round and the file
+    stages' skip test above."""
     import signal
     import subprocess
     import time
