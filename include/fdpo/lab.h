@@ -61,6 +61,11 @@ typedef struct {
 } fdpo_lab_prepared;
 void fdpo_lab_prepare(fdpo_lab_prepared *pp, const double *pi_ref, const double *reward, size_t n);
 void fdpo_lab_prepared_free(fdpo_lab_prepared *pp);
+/* One prepared problem per prompt of p (rows prompt_offset[x] .. prompt_offset[x + 1] - 1), or
+ * one for the whole of a problem without prompts; *n_prompts gets their number. The pointers
+ * into p must outlive them. Freed by fdpo_lab_prepared_free_prompts. */
+fdpo_lab_prepared *fdpo_lab_prepare_prompts(const fdpo_lab_problem *p, size_t *n_prompts);
+void fdpo_lab_prepared_free_prompts(fdpo_lab_prepared *pps, size_t n_prompts);
 
 typedef struct {
     double lambda;           /* KKT multiplier of sum pi = 1 (convention r - beta f'(u) - lambda + mu = 0) */

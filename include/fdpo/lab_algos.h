@@ -83,6 +83,9 @@ double fdpo_lab_algo_default_lr(fdpo_lab_method m, int exact);
  * for rloo and grpo (>= 1 for online); grpo_eps > 0. */
 int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o);
 
+/* The table's `variant` of a run: "offline" (dpo, kto: a fixed data set), else "exact" or "sampled". */
+const char *fdpo_lab_algo_variant(const fdpo_lab_algo_opts *o);
+
 /* kto: the limit the run targets (pi, n), z0 = 0 there; errors name the flag. */
 int fdpo_lab_kto_target(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi);
 

@@ -303,12 +303,8 @@ static int lab_frontier(int argc, char **argv) {
     fdpo_lab_problem p;
     if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, 1)) { free(divs); free(betas); return -1; }
     /* one prepared problem per prompt (a CSV with a prompt column), else the whole set */
-    const size_t np = p.prompt_offset ? p.n_prompts : 1;
-    fdpo_lab_prepared *pp = fdpo_calloc(np, sizeof *pp);
-    for (size_t x = 0; x < np; x++) {
-        const size_t lo = p.prompt_offset ? p.prompt_offset[x] : 0, hi = p.prompt_offset ? p.prompt_offset[x + 1] : p.n;
-        fdpo_lab_prepare(&pp[x], p.pi_ref + lo, p.reward + lo, hi - lo);
-    }
+    size_t np;
+    fdpo_lab_prepared *pp = fdpo_lab_prepare_prompts(&p, &np);
     size_t ntask = nd * nbeta;
     fdpo_lab_result *res = fdpo_calloc(ntask, sizeof *res);
     static const char *cols[] = {"divergence", "beta", "expected_reward", "entropy", "kl", "f_divergence", "support"};
@@ -325,8 +321,7 @@ static int lab_frontier(int argc, char **argv) {
     }
     if (rc == 0) rc = table_close(&t, 1);
     free(res); free(divs); free(betas);
-    for (size_t x = 0; x < np; x++) fdpo_lab_prepared_free(&pp[x]);
-    free(pp);
+    fdpo_lab_prepared_free_prompts(pp, np);
     fdpo_lab_problem_free(&p);
     return rc;
 }
@@ -629,7 +624,7 @@ static int lab_check_method(int argc, char **argv) {
                 table_end_row(&tp);
             }
             table_str(&t, fdpo_lab_method_name(methods[a]));
-            table_str(&t, methods[a] == FDPO_LAB_DPO || methods[a] == FDPO_LAB_KTO ? "offline" : sampled ? "sampled" : "exact");
+            table_str(&t, fdpo_lab_algo_variant(&ao));
             table_str(&t, name); table_num(&t, beta);
             table_num(&t, res.max_abs_diff); table_num(&t, res.objective_gap); table_num(&t, res.uncovered_mass);
             table_int(&t, res.samples); table_int(&t, res.iterations);

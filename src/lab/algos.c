@@ -52,6 +52,11 @@ void fdpo_lab_algo_opts_default(fdpo_lab_algo_opts *o, fdpo_lab_method m, int ex
     o->desirable_weight = o->undesirable_weight = 1;
 }
 
+const char *fdpo_lab_algo_variant(const fdpo_lab_algo_opts *o) {
+    if (o->method == FDPO_LAB_DPO || o->method == FDPO_LAB_KTO) return "offline";
+    return o->exact ? "exact" : "sampled";
+}
+
 int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o) {
     const char *why;
     if ((unsigned)o->method >= FDPO_LAB_NMETHODS) return fdpo_error("--method: unknown method %d", (int)o->method);

@@ -269,6 +269,29 @@ START_TEST(beta_grid_and_thresholds) {
 }
 END_TEST
 
+/* frontier's per-prompt problems: slices of the rows, or the whole problem */
+START_TEST(prepare_prompts) {
+    double q[5] = {0.5, 0.5, 0.2, 0.3, 0.5}, r[5] = {1, 2, 3, 4, 5};
+    size_t off[3] = {0, 2, 5};
+    fdpo_lab_problem p = {.n = 5, .pi_ref = q, .reward = r, .n_prompts = 2, .prompt_offset = off};
+    size_t np;
+    fdpo_lab_prepared *pps = fdpo_lab_prepare_prompts(&p, &np);
+    ck_assert_uint_eq(np, 2);
+    ck_assert_uint_eq(pps[0].n, 2);
+    ck_assert_uint_eq(pps[1].n, 3);
+    ck_assert_ptr_eq(pps[1].pi_ref, q + 2);
+    ck_assert_ptr_eq(pps[1].reward, r + 2);
+    ck_assert_double_eq(pps[1].r_max, 5);
+    fdpo_lab_prepared_free_prompts(pps, np);
+    p.n_prompts = 0;
+    p.prompt_offset = NULL;
+    pps = fdpo_lab_prepare_prompts(&p, &np);
+    ck_assert_uint_eq(np, 1);
+    ck_assert_uint_eq(pps[0].n, 5);
+    fdpo_lab_prepared_free_prompts(pps, np);
+}
+END_TEST
+
 START_TEST(gap_noise_stream) {
     fdpo_rng rng;
     fdpo_rng_seed(&rng, 3);
@@ -317,7 +340,9 @@ START_TEST(algo_defaults_and_checks) {
         ck_assert_double_eq(o.lr, lr_exact[m]);
         ck_assert_int_eq(o.steps, steps_exact[m]);
         ck_assert_int_eq(fdpo_lab_algo_opts_check(&o), 0);
+        ck_assert_str_eq(fdpo_lab_algo_variant(&o), m == FDPO_LAB_DPO || m == FDPO_LAB_KTO ? "offline" : "exact");
         fdpo_lab_algo_opts_default(&o, (fdpo_lab_method)m, 0, 7);
+        ck_assert_str_eq(fdpo_lab_algo_variant(&o), m == FDPO_LAB_DPO || m == FDPO_LAB_KTO ? "offline" : "sampled");
         ck_assert_double_eq(o.lr, lr_sampled[m]);
         ck_assert_int_eq(o.steps, 100000);
         if (m == FDPO_LAB_KTO) ck_error_names(fdpo_lab_algo_opts_check(&o), "--sampled: kto runs on the exact expected loss only");
@@ -393,6 +418,7 @@ static Suite *suite(void) {
     tcase_add_test(t, constrained_symmetric_problem);
     tcase_add_test(t, constrained_rkl_stepwise_is_exact);
     tcase_add_test(t, beta_grid_and_thresholds);
+    tcase_add_test(t, prepare_prompts);
     tcase_add_test(t, gap_noise_stream);
     tcase_add_test(t, algo_defaults_and_checks);
     tcase_add_test(t, algo_run_refuses_sampled_kto);
