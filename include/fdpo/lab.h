@@ -173,6 +173,12 @@ typedef struct {
                    const double *reward_hat, size_t n);
     void *ctx;
 } fdpo_lab_coverage_opts;
+/* Defaults of `fdpo lab coverage`: policy ref, data_div rkl, beta 0.1, mixture 0.5, ridge 1e-3,
+ * seed 0, no on_fit. The check (fdpo_lab_coverage runs it; errors name the flag): beta > 0,
+ * mixture in [0, 1], ridge > 0. fdpo_lab_coverage also needs prompts >= 1 and every N in
+ * [1, 1e8] (--comparisons). */
+void fdpo_lab_coverage_opts_default(fdpo_lab_coverage_opts *o);
+int fdpo_lab_coverage_opts_check(const fdpo_lab_coverage_opts *o);
 int fdpo_lab_coverage(const fdpo_lab_coverage_opts *o, const fdpo_lab_problem *problems, size_t prompts,
                       const size_t *n_comparisons, size_t nn, const fdpo_divergence *divs, size_t ndivs,
                       fdpo_lab_coverage_row *rows);

@@ -430,7 +430,8 @@ static int lab_coverage(int argc, char **argv) {
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("coverage", "fdpo lab coverage [flags]");
-    fdpo_lab_coverage_opts co = {0};
+    fdpo_lab_coverage_opts co;
+    fdpo_lab_coverage_opts_default(&co);
     if (fdpo_lab_data_policy_parse(policy, &co.policy)) return -1;
     co.beta = beta; co.mixture = mixture; co.ridge = ridge; co.seed = (uint64_t)o.seed;
     if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);

@@ -269,6 +269,44 @@ START_TEST(beta_grid_and_thresholds) {
 }
 END_TEST
 
+/* coverage's defaults and checks; N = 0 comparisons is refused by the library (it used to fit
+ * the ridge alone: only the CLI refused it) */
+START_TEST(coverage_opts_and_comparisons) {
+    fdpo_lab_coverage_opts o;
+    fdpo_lab_coverage_opts_default(&o);
+    ck_assert_int_eq(o.policy, FDPO_LAB_DATA_REF);
+    ck_assert_int_eq(o.data_div.kind, FDPO_DIV_RKL);
+    ck_assert_double_eq(o.beta, 0.1);
+    ck_assert_double_eq(o.mixture, 0.5);
+    ck_assert_double_eq(o.ridge, 1e-3);
+    ck_assert_ptr_null(o.on_fit);
+    ck_assert_int_eq(fdpo_lab_coverage_opts_check(&o), 0);
+    o.mixture = 1.5;
+    ck_error_names(fdpo_lab_coverage_opts_check(&o), "--mixture: must be in [0, 1] (got 1.5)");
+    o.mixture = 0.5;
+    o.ridge = 0;
+    ck_error_names(fdpo_lab_coverage_opts_check(&o), "--ridge");
+    o.ridge = 1e-3;
+    o.beta = -1;
+    ck_error_names(fdpo_lab_coverage_opts_check(&o), "--beta");
+    o.beta = 0.1;
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, 5);
+    fdpo_lab_gen gen = {"zipf", "gaussian", 1.0, 1.0, 1.0, 10, 200};
+    fdpo_lab_problem p;
+    ck_assert_int_eq(fdpo_lab_generate(&gen, 6, &rng, &p), 0);
+    fdpo_divergence d;
+    fdpo_divergence_parse("rkl", &d);
+    fdpo_lab_coverage_row row;
+    size_t ns[1] = {40};
+    ck_assert_int_eq(fdpo_lab_coverage(&o, &p, 1, ns, 1, &d, 1, &row), 0);
+    ck_assert_double_le(row.pistar_coverage, 1 + 1e-12);
+    ns[0] = 0;
+    ck_error_names(fdpo_lab_coverage(&o, &p, 1, ns, 1, &d, 1, &row), "--comparisons: must be in [1, 1e8] (got 0)");
+    fdpo_lab_problem_free(&p);
+}
+END_TEST
+
 /* frontier's per-prompt problems: slices of the rows, or the whole problem */
 START_TEST(prepare_prompts) {
     double q[5] = {0.5, 0.5, 0.2, 0.3, 0.5}, r[5] = {1, 2, 3, 4, 5};
@@ -419,6 +457,7 @@ static Suite *suite(void) {
     tcase_add_test(t, constrained_rkl_stepwise_is_exact);
     tcase_add_test(t, beta_grid_and_thresholds);
     tcase_add_test(t, prepare_prompts);
+    tcase_add_test(t, coverage_opts_and_comparisons);
     tcase_add_test(t, gap_noise_stream);
     tcase_add_test(t, algo_defaults_and_checks);
     tcase_add_test(t, algo_run_refuses_sampled_kto);
