@@ -61,6 +61,11 @@ typedef struct {
 } fdpo_lab_prepared;
 void fdpo_lab_prepare(fdpo_lab_prepared *pp, const double *pi_ref, const double *reward, size_t n);
 void fdpo_lab_prepared_free(fdpo_lab_prepared *pp);
+/* One prepared problem per prompt of p (rows prompt_offset[x] .. prompt_offset[x + 1] - 1), or
+ * one for the whole of a problem without prompts; *n_prompts gets their number. The pointers
+ * into p must outlive them. Freed by fdpo_lab_prepared_free_prompts. */
+fdpo_lab_prepared *fdpo_lab_prepare_prompts(const fdpo_lab_problem *p, size_t *n_prompts);
+void fdpo_lab_prepared_free_prompts(fdpo_lab_prepared *pps, size_t n_prompts);
 
 typedef struct {
     double lambda;           /* KKT multiplier of sum pi = 1 (convention r - beta f'(u) - lambda + mu = 0) */
@@ -111,6 +116,12 @@ int fdpo_lab_check(const fdpo_lab_prepared *pp, const fdpo_pref_loss *L, double 
  * reward-gap bound of DESIGN.md §4 (proved for rkl; reported for every f). */
 typedef struct { double reward_gap, objective_gap, bound; } fdpo_lab_gap_row;
 double fdpo_lab_gap_bound(const double *pistar, const double *reward, const double *reward_hat, size_t n, double beta);
+/* `fdpo lab gap`'s noisy reward model: reward_hat[x] = P[x].reward + noise * N(0, 1) for each
+ * of the prompts problems (reward_hat[x]: P[x].n doubles), drawn from a stream seeded by
+ * (seed, noise_index) alone, so a row does not depend on the other noise levels or on the
+ * divergences. An error (naming --noise) unless noise is finite and >= 0. */
+int fdpo_lab_gap_noise(const fdpo_lab_problem *P, size_t prompts, double noise, uint64_t seed, size_t noise_index,
+                       double *const *reward_hat);
 /* pistar, pihat: n doubles each (scratch; left holding the two policies). */
 int fdpo_lab_gap(const fdpo_divergence *d, double beta, const double *pi_ref, const double *reward,
                  const double *reward_hat, size_t n, double *pistar, double *pihat, fdpo_lab_gap_row *row);
@@ -123,6 +134,14 @@ int fdpo_lab_gap_mean(const fdpo_divergence *d, double beta, const fdpo_lab_prob
 /* Length bias: r_hat = r + bias * length. Needs p->length. */
 typedef struct { double length_pistar, length_pihat, length_increase, reward_gap; } fdpo_lab_bias_row;
 int fdpo_lab_bias(const fdpo_divergence *d, double beta, double bias, const fdpo_lab_problem *p, fdpo_lab_bias_row *row);
+
+/* `fdpo lab frontier`'s log-spaced beta grid: n_betas values from beta_min to beta_max (one:
+ * beta_min). Defaults 0.01, 10, 50; the check (errors name --beta-min/--beta-max, --n-betas)
+ * needs 0 < beta_min <= beta_max < inf and n_betas >= 1. *betas: n_betas doubles (free). */
+typedef struct { double beta_min, beta_max; long n_betas; } fdpo_lab_beta_grid_opts;
+void fdpo_lab_beta_grid_default(fdpo_lab_beta_grid_opts *o);
+int fdpo_lab_beta_grid_check(const fdpo_lab_beta_grid_opts *o);
+int fdpo_lab_beta_grid(const fdpo_lab_beta_grid_opts *o, double **betas, size_t *n);
 
 /* Every (divergence, beta) solve, rows[k * nbetas + b], in parallel over the pairs (each solve
  * is sequential, so the rows do not depend on the thread count). */
@@ -154,6 +173,12 @@ typedef struct {
                    const double *reward_hat, size_t n);
     void *ctx;
 } fdpo_lab_coverage_opts;
+/* Defaults of `fdpo lab coverage`: policy ref, data_div rkl, beta 0.1, mixture 0.5, ridge 1e-3,
+ * seed 0, no on_fit. The check (fdpo_lab_coverage runs it; errors name the flag): beta > 0,
+ * mixture in [0, 1], ridge > 0. fdpo_lab_coverage also needs prompts >= 1 and every N in
+ * [1, 1e8] (--comparisons). */
+void fdpo_lab_coverage_opts_default(fdpo_lab_coverage_opts *o);
+int fdpo_lab_coverage_opts_check(const fdpo_lab_coverage_opts *o);
 int fdpo_lab_coverage(const fdpo_lab_coverage_opts *o, const fdpo_lab_problem *problems, size_t prompts,
                       const size_t *n_comparisons, size_t nn, const fdpo_divergence *divs, size_t ndivs,
                       fdpo_lab_coverage_row *rows);
@@ -186,6 +211,10 @@ typedef struct {
 int fdpo_lab_constrained(const double *pi_ref, const double *reward, const double *safety, size_t n,
                          const fdpo_divergence *d, double beta, double min_safety, int stepwise,
                          double *pi, double *pi_step, fdpo_lab_constrained_result *res);
+/* `fdpo lab constrained --frontier LO:HI:K`: K evenly spaced thresholds from LO to HI (K = 1:
+ * LO). An error (naming --frontier and the text) unless LO <= HI are finite and 1 <= K <= 1e6.
+ * *thresholds: K doubles (free). */
+int fdpo_lab_threshold_range(const char *spec, double **thresholds, size_t *n);
 /* Every (divergence, threshold) pair, rows[k * nthresholds + t], in parallel (OpenMP) over the
  * pairs; each row is computed sequentially, so rows do not depend on the thread count.
  * Infeasible thresholds give feasible = 0 rows instead of an error. */

@@ -38,6 +38,7 @@ typedef enum { FDPO_LAB_LABELS_BT, FDPO_LAB_LABELS_THRESHOLD } fdpo_lab_labels;
 
 int fdpo_lab_method_parse(const char *name, fdpo_lab_method *m); /* "dpo", "online", "rloo", "grpo", "kto" */
 const char *fdpo_lab_method_name(fdpo_lab_method m);
+int fdpo_lab_labels_parse(const char *name, fdpo_lab_labels *out); /* "bt", "threshold"; errors name --labels */
 
 typedef struct {
     fdpo_lab_method method;
@@ -66,6 +67,24 @@ typedef struct {
     double z0;               /* kto: the reference point at the final policy (0 otherwise) */
     double undesirable_mass; /* kto: pi_ref mass of the net-undesirable responses (0 otherwise) */
 } fdpo_lab_algo_result;
+
+/* The defaults of `fdpo lab check --method` for method m, exact or sampled, on n responses:
+ * div rkl, beta 0.5, pair_top n/2, k 4, grpo_eps 1e-4, bt labels at the threshold NaN
+ * (E_pi_ref[r]), weights 1, seed 0, and steps and lr by method (below). */
+void fdpo_lab_algo_opts_default(fdpo_lab_algo_opts *o, fdpo_lab_method m, int exact, size_t n);
+/* iterations: 100000 sampled; exact 20000 for grpo and kto, else 200000 */
+long fdpo_lab_algo_default_steps(fdpo_lab_method m, int exact);
+/* step size: exact online 5, rloo 1, grpo 0.05, kto 5; sampled online 1, rloo 1, grpo 0.05;
+ * 0 where the method takes none (dpo: L-BFGS; sampled kto: refused) */
+double fdpo_lab_algo_default_lr(fdpo_lab_method m, int exact);
+/* The options' own checks (fdpo_lab_algo_run calls it first; those that need the problem, as
+ * --pair-top and exact grpo's n^k, come in the run). Errors name the flag: kto without exact
+ * is refused (--sampled); steps >= 1 and lr > 0 for every method but dpo; --group-size >= 2
+ * for rloo and grpo (>= 1 for online); grpo_eps > 0. */
+int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o);
+
+/* The table's `variant` of a run: "offline" (dpo, kto: a fixed data set), else "exact" or "sampled". */
+const char *fdpo_lab_algo_variant(const fdpo_lab_algo_opts *o);
 
 /* kto: the limit the run targets (pi, n), z0 = 0 there; errors name the flag. */
 int fdpo_lab_kto_target(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi);

@@ -277,29 +277,17 @@ static int lab_solve(int argc, char **argv) {
 
 /* ---------------- frontier ---------------- */
 
-static int beta_grid(const char *list, double bmin, double bmax, long nb, double **betas, size_t *n) {
-    if (list && *list) return flags_number_list("betas", list, FLAGS_LIST_POSITIVE, betas, n);
-    if (!(bmin > 0) || !(bmax >= bmin)) return fdpo_error("--beta-min/--beta-max: need 0 < min <= max (got %g, %g)", bmin, bmax);
-    if (nb < 1) return fdpo_error("--n-betas: must be >= 1 (got %ld)", nb);
-    *betas = fdpo_malloc((size_t)nb * sizeof(double));
-    for (long i = 0; i < nb; i++)
-        (*betas)[i] = nb == 1 ? bmin : exp(log(bmin) + (log(bmax) - log(bmin)) * (double)i / (double)(nb - 1));
-    *n = (size_t)nb;
-    return 0;
-}
-
 static int lab_frontier(int argc, char **argv) {
     common_opts o;
     const char *divspec, *betalist;
-    double bmin, bmax;
-    long nb;
+    fdpo_lab_beta_grid_opts grid;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "1000"),
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences (all = rkl,fkl,js,alpha:0.5,tv,chi2)", 0},
         {"betas", FLAG_STR, &betalist, NULL, "comma list of betas (overrides the log grid)", 0},
-        {"beta-min", FLAG_FLOAT, &bmin, "0.01", "log-spaced beta grid: smallest", 0},
-        {"beta-max", FLAG_FLOAT, &bmax, "10", "log-spaced beta grid: largest", 0},
-        {"n-betas", FLAG_INT, &nb, "50", "log-spaced beta grid: points", 0},
+        {"beta-min", FLAG_FLOAT, &grid.beta_min, "0.01", "log-spaced beta grid: smallest", 0},
+        {"beta-max", FLAG_FLOAT, &grid.beta_max, "10", "log-spaced beta grid: largest", 0},
+        {"n-betas", FLAG_INT, &grid.n_betas, "50", "log-spaced beta grid: points", 0},
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("frontier", "fdpo lab frontier [flags]");
@@ -307,18 +295,16 @@ static int lab_frontier(int argc, char **argv) {
     size_t nd, nbeta;
     double *betas;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    if (beta_grid(betalist, bmin, bmax, nb, &betas, &nbeta)) { free(divs); return -1; }
+    int grc = betalist && *betalist ? flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE, &betas, &nbeta)
+                                    : fdpo_lab_beta_grid(&grid, &betas, &nbeta);
+    if (grc) { free(divs); return -1; }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
     if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, 1)) { free(divs); free(betas); return -1; }
     /* one prepared problem per prompt (a CSV with a prompt column), else the whole set */
-    const size_t np = p.prompt_offset ? p.n_prompts : 1;
-    fdpo_lab_prepared *pp = fdpo_calloc(np, sizeof *pp);
-    for (size_t x = 0; x < np; x++) {
-        const size_t lo = p.prompt_offset ? p.prompt_offset[x] : 0, hi = p.prompt_offset ? p.prompt_offset[x + 1] : p.n;
-        fdpo_lab_prepare(&pp[x], p.pi_ref + lo, p.reward + lo, hi - lo);
-    }
+    size_t np;
+    fdpo_lab_prepared *pp = fdpo_lab_prepare_prompts(&p, &np);
     size_t ntask = nd * nbeta;
     fdpo_lab_result *res = fdpo_calloc(ntask, sizeof *res);
     static const char *cols[] = {"divergence", "beta", "expected_reward", "entropy", "kl", "f_divergence", "support"};
@@ -335,8 +321,7 @@ static int lab_frontier(int argc, char **argv) {
     }
     if (rc == 0) rc = table_close(&t, 1);
     free(res); free(divs); free(betas);
-    for (size_t x = 0; x < np; x++) fdpo_lab_prepared_free(&pp[x]);
-    free(pp);
+    fdpo_lab_prepared_free_prompts(pp, np);
     fdpo_lab_problem_free(&p);
     return rc;
 }
@@ -382,18 +367,16 @@ static int lab_gap(int argc, char **argv) {
     int table_opened = rc == 0;
     if (rc == 0) rc = export_open(&ex, "export-problem", export_path, "noise,prompt,pi_ref,reward,reward_hat");
     for (size_t s = 0; rc == 0 && s < nnoise; s++) {
-        /* r_hat per prompt; the noise stream depends only on (seed, noise index) */
+        /* r_hat per prompt: the file's, or r + noise (fdpo_lab_gap_noise) */
         double **rh = fdpo_calloc((size_t)prompts, sizeof *rh);
-        fdpo_rng nr;
-        fdpo_rng_seed(&nr, (uint64_t)o.seed * 0x9E3779B97F4A7C15ULL + 1000003ULL * (s + 1));
         for (long x = 0; x < prompts; x++) {
             rh[x] = fdpo_malloc(P[x].n * sizeof(double));
-            for (size_t i = 0; i < P[x].n; i++)
-                rh[x][i] = from_file ? P[x].reward_hat[i] : P[x].reward[i] + noises[s] * fdpo_rng_normal(&nr);
-            if (ex.f)
-                for (size_t i = 0; i < P[x].n; i++)
-                    fprintf(ex.f, "%.17g,%ld,%.17g,%.17g,%.17g\n", from_file ? NAN : noises[s], x, P[x].pi_ref[i], P[x].reward[i], rh[x][i]);
+            if (from_file) memcpy(rh[x], P[x].reward_hat, P[x].n * sizeof(double));
         }
+        if (!from_file) rc = fdpo_lab_gap_noise(P, (size_t)prompts, noises[s], (uint64_t)o.seed, s, rh);
+        for (long x = 0; ex.f && rc == 0 && x < prompts; x++)
+            for (size_t i = 0; i < P[x].n; i++)
+                fprintf(ex.f, "%.17g,%ld,%.17g,%.17g,%.17g\n", from_file ? NAN : noises[s], x, P[x].pi_ref[i], P[x].reward[i], rh[x][i]);
         for (size_t k = 0; rc == 0 && k < nd; k++) {
             for (size_t b = 0; rc == 0 && b < nbeta; b++) {
                 fdpo_lab_gap_row avg;
@@ -447,7 +430,8 @@ static int lab_coverage(int argc, char **argv) {
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("coverage", "fdpo lab coverage [flags]");
-    fdpo_lab_coverage_opts co = {0};
+    fdpo_lab_coverage_opts co;
+    fdpo_lab_coverage_opts_default(&co);
     if (fdpo_lab_data_policy_parse(policy, &co.policy)) return -1;
     co.beta = beta; co.mixture = mixture; co.ridge = ridge; co.seed = (uint64_t)o.seed;
     if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);
@@ -582,9 +566,7 @@ static int lab_check_method(int argc, char **argv) {
     if (flags_was_set(flags, NFLAGS(flags), "k")) return fdpo_error("--k: renamed --group-size in lab check --method (--n is the number of responses)");
     (void)k_removed;
     fdpo_lab_labels labels;
-    if (!strcmp(labels_name, "bt")) labels = FDPO_LAB_LABELS_BT;
-    else if (!strcmp(labels_name, "threshold")) labels = FDPO_LAB_LABELS_THRESHOLD;
-    else return fdpo_error("--labels: unknown labelling '%s' (expected bt or threshold)", labels_name);
+    if (fdpo_lab_labels_parse(labels_name, &labels)) return -1;
     if (pair_top < 0) return fdpo_error("--pair-top: must be >= 0 (got %ld)", pair_top);
     if (steps < 0) return fdpo_error("--steps: must be >= 0 (got %ld)", steps);
     if (!(lr >= 0) || !isfinite(lr)) return fdpo_error("--lr: must be > 0, or 0 for the method default (got %g)", lr);
@@ -618,18 +600,21 @@ static int lab_check_method(int argc, char **argv) {
     if (rc == 0 && export_pi) opened_pi = (rc = table_open(&tp, export_pi, "csv", pi_cols, 4)) == 0;
     for (size_t a = 0; rc == 0 && a < nm; a++)
         for (size_t d = 0; rc == 0 && d < nd; d++) {
-            /* defaults by method (dpo, online, rloo, grpo, kto): online's sampled pair loss is noisy
-             * (Bradley-Terry labels stay random at pi*), exact grpo averages n^k groups a step */
-            static const double lr_exact[] = {0, 5, 1, 0.05, 5}, lr_sampled[] = {0, 1, 1, 0.05, 0};
-            if (methods[a] == FDPO_LAB_KTO && sampled) {
-                rc = fdpo_error("--sampled: kto runs on the exact expected loss only (offline, like dpo)");
-                break;
-            }
-            long def_steps = sampled ? 100000 : methods[a] == FDPO_LAB_GRPO || methods[a] == FDPO_LAB_KTO ? 20000 : 200000;
-            fdpo_lab_algo_opts ao = {methods[a], divs[d], beta, !sampled, pair_top ? (size_t)pair_top : p.n / 2,
-                                     steps ? steps : def_steps, k,
-                                     lr > 0 ? lr : sampled ? lr_sampled[methods[a]] : lr_exact[methods[a]],
-                                     grpo_eps, (uint64_t)o.seed, labels, label_threshold, w_d, w_u};
+            /* the method's defaults where a flag is 0 (--pair-top, --steps, --lr) */
+            fdpo_lab_algo_opts ao;
+            fdpo_lab_algo_opts_default(&ao, methods[a], !sampled, p.n);
+            ao.div = divs[d];
+            ao.beta = beta;
+            if (pair_top) ao.pair_top = (size_t)pair_top;
+            if (steps) ao.steps = steps;
+            if (lr > 0) ao.lr = lr;
+            ao.k = k;
+            ao.grpo_eps = grpo_eps;
+            ao.seed = (uint64_t)o.seed;
+            ao.labels = labels;
+            ao.label_threshold = label_threshold;
+            ao.desirable_weight = w_d;
+            ao.undesirable_weight = w_u;
             fdpo_lab_algo_result res;
             if ((rc = fdpo_lab_algo_run(&pp, &ao, pi, &res))) break;
             char name[64];
@@ -640,7 +625,7 @@ static int lab_check_method(int argc, char **argv) {
                 table_end_row(&tp);
             }
             table_str(&t, fdpo_lab_method_name(methods[a]));
-            table_str(&t, methods[a] == FDPO_LAB_DPO || methods[a] == FDPO_LAB_KTO ? "offline" : sampled ? "sampled" : "exact");
+            table_str(&t, fdpo_lab_algo_variant(&ao));
             table_str(&t, name); table_num(&t, beta);
             table_num(&t, res.max_abs_diff); table_num(&t, res.objective_gap); table_num(&t, res.uncovered_mass);
             table_int(&t, res.samples); table_int(&t, res.iterations);
@@ -722,19 +707,9 @@ static int lab_check(int argc, char **argv) {
 
 /* ---------------- constrained ---------------- */
 
-/* --frontier: "b1,b2,..." or "LO:HI:K" (K evenly spaced thresholds from LO to HI) */
+/* --frontier: "b1,b2,..." or "LO:HI:K" (fdpo_lab_threshold_range) */
 static int threshold_grid(const char *spec, double **out, size_t *n) {
-    double lo, hi;
-    long k;
-    char tail;
-    if (strchr(spec, ':')) {
-        if (sscanf(spec, "%lf:%lf:%ld%c", &lo, &hi, &k, &tail) != 3 || !isfinite(lo) || !isfinite(hi) || k < 1 || k > 1000000 || hi < lo)
-            return fdpo_error("--frontier: '%s' is not LO:HI:K with LO <= HI and 1 <= K <= 1e6", spec);
-        *out = fdpo_malloc((size_t)k * sizeof(double));
-        for (long i = 0; i < k; i++) (*out)[i] = k == 1 ? lo : lo + (hi - lo) * (double)i / (double)(k - 1);
-        *n = (size_t)k;
-        return 0;
-    }
+    if (strchr(spec, ':')) return fdpo_lab_threshold_range(spec, out, n);
     return flags_number_list("frontier", spec, FLAGS_LIST_ANY, out, n);
 }
 

@@ -17,6 +17,68 @@ int fdpo_lab_method_parse(const char *name, fdpo_lab_method *m) {
 }
 const char *fdpo_lab_method_name(fdpo_lab_method m) { return METHOD_NAMES[m]; }
 
+int fdpo_lab_labels_parse(const char *name, fdpo_lab_labels *out) {
+    if (name && !strcmp(name, "bt")) *out = FDPO_LAB_LABELS_BT;
+    else if (name && !strcmp(name, "threshold")) *out = FDPO_LAB_LABELS_THRESHOLD;
+    else return fdpo_error("--labels: unknown labelling '%s' (expected bt or threshold)", name ? name : "");
+    return 0;
+}
+
+/* online's sampled pair loss is noisy (Bradley-Terry labels stay random at pi*); exact grpo
+ * averages n^k groups a step; dpo runs L-BFGS (no step size); kto runs exact only */
+double fdpo_lab_algo_default_lr(fdpo_lab_method m, int exact) {
+    static const double lr_exact[FDPO_LAB_NMETHODS] = {0, 5, 1, 0.05, 5}, lr_sampled[FDPO_LAB_NMETHODS] = {0, 1, 1, 0.05, 0};
+    return exact ? lr_exact[m] : lr_sampled[m];
+}
+
+long fdpo_lab_algo_default_steps(fdpo_lab_method m, int exact) {
+    if (!exact) return 100000;
+    return m == FDPO_LAB_GRPO || m == FDPO_LAB_KTO ? 20000 : 200000;
+}
+
+void fdpo_lab_algo_opts_default(fdpo_lab_algo_opts *o, fdpo_lab_method m, int exact, size_t n) {
+    memset(o, 0, sizeof *o);
+    o->method = m;
+    fdpo_divergence_parse("rkl", &o->div);
+    o->beta = 0.5;
+    o->exact = exact;
+    o->pair_top = n / 2;
+    o->steps = fdpo_lab_algo_default_steps(m, exact);
+    o->k = 4;
+    o->lr = fdpo_lab_algo_default_lr(m, exact);
+    o->grpo_eps = 1e-4;
+    o->labels = FDPO_LAB_LABELS_BT;
+    o->label_threshold = NAN;
+    o->desirable_weight = o->undesirable_weight = 1;
+}
+
+const char *fdpo_lab_algo_variant(const fdpo_lab_algo_opts *o) {
+    if (o->method == FDPO_LAB_DPO || o->method == FDPO_LAB_KTO) return "offline";
+    return o->exact ? "exact" : "sampled";
+}
+
+int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o) {
+    const char *why;
+    if ((unsigned)o->method >= FDPO_LAB_NMETHODS) return fdpo_error("--method: unknown method %d", (int)o->method);
+    if (!(o->beta > 0) || !isfinite(o->beta)) return fdpo_error("--beta: must be > 0 (got %g)", o->beta);
+    if (!fdpo_divergence_admissible(&o->div, &why)) return fdpo_error("--divergence: %s", why);
+    if (o->method == FDPO_LAB_DPO) return 0; /* L-BFGS on the exact loss: no steps, lr or groups */
+    if (o->method == FDPO_LAB_KTO && !o->exact)
+        return fdpo_error("--sampled: kto runs on the exact expected loss only (offline, like dpo)");
+    if (o->steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->steps);
+    if (!(o->lr > 0) || !isfinite(o->lr)) return fdpo_error("--lr: must be > 0 (got %g)", o->lr);
+    if (o->method == FDPO_LAB_KTO) {
+        if (o->labels != FDPO_LAB_LABELS_BT && o->labels != FDPO_LAB_LABELS_THRESHOLD)
+            return fdpo_error("--labels: unknown labelling %d (expected bt or threshold)", (int)o->labels);
+        return 0; /* the weights and the threshold: kto_setup (shared with fdpo_lab_kto_target) */
+    }
+    if (o->method != FDPO_LAB_ONLINE && o->k < 2)
+        return fdpo_error("--group-size: %s needs groups of at least 2 samples (got %ld)", fdpo_lab_method_name(o->method), o->k);
+    if (o->k < 1) return fdpo_error("--group-size: must be >= 1 (got %ld)", o->k);
+    if (o->method == FDPO_LAB_GRPO && !(o->grpo_eps > 0)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", o->grpo_eps);
+    return 0;
+}
+
 static double max_abs(const double *a, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) if (fabs(a[i]) > m) m = fabs(a[i]);
@@ -198,19 +260,13 @@ static void sampled_step_grad(step_ctx *c, const double *theta, fdpo_rng *rng, d
 
 static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, const fdpo_pref_loss *L,
                          double *theta, fdpo_lab_algo_result *res) {
-    const size_t n = pp->n, k = (size_t)o->k;
-    if (o->steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->steps);
-    if (!(o->lr > 0) || !isfinite(o->lr)) return fdpo_error("--lr: must be > 0 (got %g)", o->lr);
-    if (o->method != FDPO_LAB_ONLINE && o->k < 2)
-        return fdpo_error("--group-size: %s needs groups of at least 2 samples (got %ld)", fdpo_lab_method_name(o->method), o->k);
-    if (o->k < 1) return fdpo_error("--group-size: must be >= 1 (got %ld)", o->k);
+    const size_t n = pp->n, k = (size_t)o->k; /* steps, lr, k, grpo_eps: fdpo_lab_algo_opts_check */
     if (o->exact && o->method == FDPO_LAB_GRPO) {
         double groups = pow((double)n, (double)k);
         if (groups > 1e6)
             return fdpo_error("--group-size: exact grpo averages over all n^k = %zu^%zu groups (more than 1e6); use a smaller "
                               "--group-size or --n, or the sampled variant", n, k);
     }
-    if (o->method == FDPO_LAB_GRPO && !(o->grpo_eps > 0)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", o->grpo_eps);
     const size_t nk = n > k ? n : k; /* shaped rewards: per response (exact rloo) or per sample */
     step_ctx c = {pp, o, L, k, fdpo_malloc(n * sizeof(double)), fdpo_malloc(n * sizeof(double)),
                   fdpo_malloc(n * sizeof(double)), fdpo_malloc(n * n * sizeof(double)),
@@ -366,9 +422,7 @@ int fdpo_lab_kto_target(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o
  * quasi-Newton step can jump to a corner of the simplex, where softmax's gradient vanishes
  * although the loss is not minimal); the net-undesirable responses only tend to 0 */
 static int run_kto(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *theta, fdpo_lab_algo_result *res) {
-    const size_t n = pp->n;
-    if (o->steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->steps);
-    if (!(o->lr > 0) || !isfinite(o->lr)) return fdpo_error("--lr: must be > 0 (got %g)", o->lr);
+    const size_t n = pp->n; /* steps, lr: fdpo_lab_algo_opts_check */
     kto_ctx c;
     double *p = fdpo_malloc(n * sizeof(double)), *g = fdpo_malloc(n * sizeof(double));
     unsigned char *in = fdpo_malloc(n);
@@ -396,10 +450,8 @@ static int run_kto(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, dou
 
 int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi_out, fdpo_lab_algo_result *res) {
     const size_t n = pp->n;
-    const char *why;
     if (n < 2) return fdpo_error("--n: the check needs at least 2 responses (got %zu)", n);
-    if (!(o->beta > 0) || !isfinite(o->beta)) return fdpo_error("--beta: must be > 0 (got %g)", o->beta);
-    if (!fdpo_divergence_admissible(&o->div, &why)) return fdpo_error("--divergence: %s", why);
+    if (fdpo_lab_algo_opts_check(o)) return -1;
     fdpo_pref_loss L = {0};
     L.kind = FDPO_LOSS_SIGMOID;
     L.div = o->div;

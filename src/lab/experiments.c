@@ -1,6 +1,7 @@
 /* The rows of `fdpo lab gap`, `bias` and `frontier` (DESIGN.md §4): a reward model's error
  * turned into a gap in the true reward, and the reward / entropy / divergence frontier. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/lab.h"
@@ -14,6 +15,16 @@ double fdpo_lab_gap_bound(const double *pistar, const double *reward, const doub
         if (pistar[i] > 0 && eps > 0) bound += pistar[i] * exp(eps / beta) * eps;
     }
     return bound;
+}
+
+int fdpo_lab_gap_noise(const fdpo_lab_problem *P, size_t prompts, double noise, uint64_t seed, size_t noise_index,
+                       double *const *reward_hat) {
+    if (!(noise >= 0) || !isfinite(noise)) return fdpo_error("--noise: must be >= 0 (got %g)", noise);
+    fdpo_rng nr;
+    fdpo_rng_seed(&nr, seed * 0x9E3779B97F4A7C15ULL + 1000003ULL * (noise_index + 1));
+    for (size_t x = 0; x < prompts; x++)
+        for (size_t i = 0; i < P[x].n; i++) reward_hat[x][i] = P[x].reward[i] + noise * fdpo_rng_normal(&nr);
+    return 0;
 }
 
 int fdpo_lab_gap(const fdpo_divergence *d, double beta, const double *pi_ref, const double *reward,
@@ -69,6 +80,41 @@ int fdpo_lab_bias(const fdpo_divergence *d, double beta, double bias, const fdpo
     }
     free(rh); free(ps); free(ph);
     return rc;
+}
+
+void fdpo_lab_beta_grid_default(fdpo_lab_beta_grid_opts *o) {
+    o->beta_min = 0.01;
+    o->beta_max = 10;
+    o->n_betas = 50;
+}
+
+int fdpo_lab_beta_grid_check(const fdpo_lab_beta_grid_opts *o) {
+    if (!(o->beta_min > 0) || !(o->beta_max >= o->beta_min) || !isfinite(o->beta_max))
+        return fdpo_error("--beta-min/--beta-max: need 0 < min <= max (got %g, %g)", o->beta_min, o->beta_max);
+    if (o->n_betas < 1) return fdpo_error("--n-betas: must be >= 1 (got %ld)", o->n_betas);
+    return 0;
+}
+
+int fdpo_lab_beta_grid(const fdpo_lab_beta_grid_opts *o, double **betas, size_t *n) {
+    if (fdpo_lab_beta_grid_check(o)) return -1;
+    const long nb = o->n_betas;
+    const double lo = log(o->beta_min), hi = log(o->beta_max);
+    *betas = fdpo_malloc((size_t)nb * sizeof(double));
+    for (long i = 0; i < nb; i++) (*betas)[i] = nb == 1 ? o->beta_min : exp(lo + (hi - lo) * (double)i / (double)(nb - 1));
+    *n = (size_t)nb;
+    return 0;
+}
+
+int fdpo_lab_threshold_range(const char *spec, double **thresholds, size_t *n) {
+    double lo, hi;
+    long k;
+    char tail;
+    if (sscanf(spec, "%lf:%lf:%ld%c", &lo, &hi, &k, &tail) != 3 || !isfinite(lo) || !isfinite(hi) || k < 1 || k > 1000000 || hi < lo)
+        return fdpo_error("--frontier: '%s' is not LO:HI:K with LO <= HI and 1 <= K <= 1e6", spec);
+    *thresholds = fdpo_malloc((size_t)k * sizeof(double));
+    for (long i = 0; i < k; i++) (*thresholds)[i] = k == 1 ? lo : lo + (hi - lo) * (double)i / (double)(k - 1);
+    *n = (size_t)k;
+    return 0;
 }
 
 int fdpo_lab_frontier(const fdpo_lab_prepared *pp, const fdpo_divergence *divs, size_t ndivs,

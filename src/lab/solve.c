@@ -57,6 +57,22 @@ void fdpo_lab_prepared_free(fdpo_lab_prepared *pp) {
     memset(pp, 0, sizeof *pp);
 }
 
+fdpo_lab_prepared *fdpo_lab_prepare_prompts(const fdpo_lab_problem *p, size_t *n_prompts) {
+    const size_t np = p->prompt_offset ? p->n_prompts : 1;
+    fdpo_lab_prepared *pps = fdpo_calloc(np, sizeof *pps);
+    for (size_t x = 0; x < np; x++) {
+        const size_t lo = p->prompt_offset ? p->prompt_offset[x] : 0, hi = p->prompt_offset ? p->prompt_offset[x + 1] : p->n;
+        fdpo_lab_prepare(&pps[x], p->pi_ref + lo, p->reward + lo, hi - lo);
+    }
+    *n_prompts = np;
+    return pps;
+}
+
+void fdpo_lab_prepared_free_prompts(fdpo_lab_prepared *pps, size_t n_prompts) {
+    for (size_t x = 0; pps && x < n_prompts; x++) fdpo_lab_prepared_free(&pps[x]);
+    free(pps);
+}
+
 /* Accumulates the statistics of pi one element at a time. */
 typedef struct { double er, h, kl, df; size_t support; } acc;
 static inline void acc_add(acc *a, const fdpo_divergence *d, double q, double logq, double r, double pi, double logpi, double u) {

@@ -1,6 +1,7 @@
 /* lab library: the divergence-list parser, the experiment rows (gap bound, frontier, bias),
  * the CSV reader's edge cases and the constrained solver, against values derived by hand in
- * each test (symmetric problems, closed-form softmax). The scipy comparisons live in
+ * each test (symmetric problems, closed-form softmax); the experiments' defaults, grids and
+ * option checks that `fdpo lab` calls (each error names its flag). The scipy comparisons live in
  * tests/py/test_lab.py. */
 #include <check.h>
 #include "check_main.h"
@@ -11,6 +12,7 @@
 #include <unistd.h>
 #include "fdpo/core.h"
 #include "fdpo/lab.h"
+#include "fdpo/lab_algos.h"
 #include "fdpo/objectives.h"
 
 static const char *tmp_csv(const char *name, const char *text, size_t len) {
@@ -219,6 +221,229 @@ START_TEST(constrained_rkl_stepwise_is_exact) {
 }
 END_TEST
 
+/* the error names the flag: fdpo_last_error() contains `what` */
+#define ck_error_names(call, what)                                    \
+    do {                                                              \
+        ck_assert_int_ne((call), 0);                                  \
+        ck_assert_ptr_nonnull(strstr(fdpo_last_error(), (what)));     \
+    } while (0)
+
+START_TEST(beta_grid_and_thresholds) {
+    fdpo_lab_beta_grid_opts g;
+    fdpo_lab_beta_grid_default(&g);
+    ck_assert_double_eq(g.beta_min, 0.01);
+    ck_assert_double_eq(g.beta_max, 10);
+    ck_assert_int_eq(g.n_betas, 50);
+    double *b;
+    size_t n;
+    g = (fdpo_lab_beta_grid_opts){0.1, 1000, 5};
+    ck_assert_int_eq(fdpo_lab_beta_grid(&g, &b, &n), 0);
+    ck_assert_uint_eq(n, 5);
+    for (size_t i = 0; i < 5; i++) ck_assert_double_eq_tol(b[i], 0.1 * pow(10, (double)i), 1e-12 * b[i]); /* log-spaced */
+    free(b);
+    g.n_betas = 1; /* beta_min itself */
+    ck_assert_int_eq(fdpo_lab_beta_grid(&g, &b, &n), 0);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_double_eq(b[0], 0.1);
+    free(b);
+    g = (fdpo_lab_beta_grid_opts){0, 10, 3};
+    ck_error_names(fdpo_lab_beta_grid_check(&g), "--beta-min/--beta-max");
+    g = (fdpo_lab_beta_grid_opts){1, 0.5, 3};
+    ck_error_names(fdpo_lab_beta_grid_check(&g), "--beta-min/--beta-max");
+    g = (fdpo_lab_beta_grid_opts){1, INFINITY, 3}; /* a grid of inf and NaN betas */
+    ck_error_names(fdpo_lab_beta_grid(&g, &b, &n), "--beta-min/--beta-max");
+    g = (fdpo_lab_beta_grid_opts){1, 2, 0};
+    ck_error_names(fdpo_lab_beta_grid(&g, &b, &n), "--n-betas: must be >= 1 (got 0)");
+
+    ck_assert_int_eq(fdpo_lab_threshold_range("-1:1:5", &b, &n), 0);
+    ck_assert_uint_eq(n, 5);
+    for (size_t i = 0; i < 5; i++) ck_assert_double_eq(b[i], -1 + 0.5 * (double)i);
+    free(b);
+    ck_assert_int_eq(fdpo_lab_threshold_range("0.3:0.3:1", &b, &n), 0);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_double_eq(b[0], 0.3);
+    free(b);
+    ck_error_names(fdpo_lab_threshold_range("1:0:3", &b, &n), "--frontier: '1:0:3' is not LO:HI:K");
+    ck_error_names(fdpo_lab_threshold_range("0:1:0", &b, &n), "--frontier: '0:1:0'");
+    ck_error_names(fdpo_lab_threshold_range("0:1:3x", &b, &n), "--frontier: '0:1:3x'");
+}
+END_TEST
+
+/* coverage's defaults and checks; N = 0 comparisons is refused by the library (it used to fit
+ * the ridge alone: only the CLI refused it) */
+START_TEST(coverage_opts_and_comparisons) {
+    fdpo_lab_coverage_opts o;
+    fdpo_lab_coverage_opts_default(&o);
+    ck_assert_int_eq(o.policy, FDPO_LAB_DATA_REF);
+    ck_assert_int_eq(o.data_div.kind, FDPO_DIV_RKL);
+    ck_assert_double_eq(o.beta, 0.1);
+    ck_assert_double_eq(o.mixture, 0.5);
+    ck_assert_double_eq(o.ridge, 1e-3);
+    ck_assert_ptr_null(o.on_fit);
+    ck_assert_int_eq(fdpo_lab_coverage_opts_check(&o), 0);
+    o.mixture = 1.5;
+    ck_error_names(fdpo_lab_coverage_opts_check(&o), "--mixture: must be in [0, 1] (got 1.5)");
+    o.mixture = 0.5;
+    o.ridge = 0;
+    ck_error_names(fdpo_lab_coverage_opts_check(&o), "--ridge");
+    o.ridge = 1e-3;
+    o.beta = -1;
+    ck_error_names(fdpo_lab_coverage_opts_check(&o), "--beta");
+    o.beta = 0.1;
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, 5);
+    fdpo_lab_gen gen = {"zipf", "gaussian", 1.0, 1.0, 1.0, 10, 200};
+    fdpo_lab_problem p;
+    ck_assert_int_eq(fdpo_lab_generate(&gen, 6, &rng, &p), 0);
+    fdpo_divergence d;
+    fdpo_divergence_parse("rkl", &d);
+    fdpo_lab_coverage_row row;
+    size_t ns[1] = {40};
+    ck_assert_int_eq(fdpo_lab_coverage(&o, &p, 1, ns, 1, &d, 1, &row), 0);
+    ck_assert_double_le(row.pistar_coverage, 1 + 1e-12);
+    ns[0] = 0;
+    ck_error_names(fdpo_lab_coverage(&o, &p, 1, ns, 1, &d, 1, &row), "--comparisons: must be in [1, 1e8] (got 0)");
+    fdpo_lab_problem_free(&p);
+}
+END_TEST
+
+/* frontier's per-prompt problems: slices of the rows, or the whole problem */
+START_TEST(prepare_prompts) {
+    double q[5] = {0.5, 0.5, 0.2, 0.3, 0.5}, r[5] = {1, 2, 3, 4, 5};
+    size_t off[3] = {0, 2, 5};
+    fdpo_lab_problem p = {.n = 5, .pi_ref = q, .reward = r, .n_prompts = 2, .prompt_offset = off};
+    size_t np;
+    fdpo_lab_prepared *pps = fdpo_lab_prepare_prompts(&p, &np);
+    ck_assert_uint_eq(np, 2);
+    ck_assert_uint_eq(pps[0].n, 2);
+    ck_assert_uint_eq(pps[1].n, 3);
+    ck_assert_ptr_eq(pps[1].pi_ref, q + 2);
+    ck_assert_ptr_eq(pps[1].reward, r + 2);
+    ck_assert_double_eq(pps[1].r_max, 5);
+    fdpo_lab_prepared_free_prompts(pps, np);
+    p.n_prompts = 0;
+    p.prompt_offset = NULL;
+    pps = fdpo_lab_prepare_prompts(&p, &np);
+    ck_assert_uint_eq(np, 1);
+    ck_assert_uint_eq(pps[0].n, 5);
+    fdpo_lab_prepared_free_prompts(pps, np);
+}
+END_TEST
+
+START_TEST(gap_noise_stream) {
+    fdpo_rng rng;
+    fdpo_rng_seed(&rng, 3);
+    fdpo_lab_gen gen = {"zipf", "gaussian", 1.0, 1.0, 1.0, 10, 200};
+    fdpo_lab_problem P[2];
+    ck_assert_int_eq(fdpo_lab_generate(&gen, 50, &rng, &P[0]), 0);
+    ck_assert_int_eq(fdpo_lab_generate(&gen, 30, &rng, &P[1]), 0);
+    double a0[50], a1[30], b0[50], b1[30], c0[50], c1[30];
+    double *a[2] = {a0, a1}, *b[2] = {b0, b1}, *c[2] = {c0, c1};
+    /* noise index 1 at sd 0.1 and sd 0.2: one stream, so r_hat - r doubles exactly */
+    ck_assert_int_eq(fdpo_lab_gap_noise(P, 2, 0.1, 7, 1, a), 0);
+    ck_assert_int_eq(fdpo_lab_gap_noise(P, 2, 0.2, 7, 1, b), 0);
+    ck_assert_int_eq(fdpo_lab_gap_noise(P, 2, 0.1, 7, 0, c), 0); /* another index: another stream */
+    int differs = 0;
+    for (size_t x = 0; x < 2; x++)
+        for (size_t i = 0; i < P[x].n; i++) {
+            ck_assert_double_eq_tol(b[x][i] - P[x].reward[i], 2 * (a[x][i] - P[x].reward[i]), 1e-12);
+            differs |= c[x][i] != a[x][i];
+        }
+    ck_assert_int_eq(differs, 1);
+    ck_assert_int_eq(fdpo_lab_gap_noise(P, 2, 0, 7, 1, c), 0); /* no noise: r_hat = r */
+    for (size_t i = 0; i < P[1].n; i++) ck_assert_double_eq(c[1][i], P[1].reward[i]);
+    ck_error_names(fdpo_lab_gap_noise(P, 2, -0.1, 7, 0, c), "--noise: must be >= 0 (got -0.1)");
+    ck_error_names(fdpo_lab_gap_noise(P, 2, NAN, 7, 0, c), "--noise");
+    fdpo_lab_problem_free(&P[0]);
+    fdpo_lab_problem_free(&P[1]);
+}
+END_TEST
+
+START_TEST(algo_defaults_and_checks) {
+    static const double lr_exact[] = {0, 5, 1, 0.05, 5}, lr_sampled[] = {0, 1, 1, 0.05, 0};
+    static const long steps_exact[] = {200000, 200000, 200000, 20000, 20000};
+    for (int m = 0; m < FDPO_LAB_NMETHODS; m++) {
+        fdpo_lab_algo_opts o;
+        fdpo_lab_algo_opts_default(&o, (fdpo_lab_method)m, 1, 7);
+        ck_assert_int_eq(o.method, m);
+        ck_assert_int_eq(o.div.kind, FDPO_DIV_RKL);
+        ck_assert_double_eq(o.beta, 0.5);
+        ck_assert_uint_eq(o.pair_top, 3);
+        ck_assert_int_eq(o.k, 4);
+        ck_assert_double_eq(o.grpo_eps, 1e-4);
+        ck_assert_int_eq(o.labels, FDPO_LAB_LABELS_BT);
+        ck_assert(isnan(o.label_threshold));
+        ck_assert_double_eq(o.desirable_weight, 1);
+        ck_assert_double_eq(o.undesirable_weight, 1);
+        ck_assert_double_eq(o.lr, lr_exact[m]);
+        ck_assert_int_eq(o.steps, steps_exact[m]);
+        ck_assert_int_eq(fdpo_lab_algo_opts_check(&o), 0);
+        ck_assert_str_eq(fdpo_lab_algo_variant(&o), m == FDPO_LAB_DPO || m == FDPO_LAB_KTO ? "offline" : "exact");
+        fdpo_lab_algo_opts_default(&o, (fdpo_lab_method)m, 0, 7);
+        ck_assert_str_eq(fdpo_lab_algo_variant(&o), m == FDPO_LAB_DPO || m == FDPO_LAB_KTO ? "offline" : "sampled");
+        ck_assert_double_eq(o.lr, lr_sampled[m]);
+        ck_assert_int_eq(o.steps, 100000);
+        if (m == FDPO_LAB_KTO) ck_error_names(fdpo_lab_algo_opts_check(&o), "--sampled: kto runs on the exact expected loss only");
+        else ck_assert_int_eq(fdpo_lab_algo_opts_check(&o), 0);
+    }
+    fdpo_lab_algo_opts o;
+    fdpo_lab_algo_opts_default(&o, FDPO_LAB_ONLINE, 1, 7);
+    o.lr = 0;
+    ck_error_names(fdpo_lab_algo_opts_check(&o), "--lr: must be > 0");
+    o.lr = 1;
+    o.steps = 0;
+    ck_error_names(fdpo_lab_algo_opts_check(&o), "--steps: must be >= 1");
+    o.steps = 10;
+    o.k = 1; /* one sample per step is fine online, not for rloo's leave-one-out */
+    ck_assert_int_eq(fdpo_lab_algo_opts_check(&o), 0);
+    o.method = FDPO_LAB_RLOO;
+    ck_error_names(fdpo_lab_algo_opts_check(&o), "--group-size: rloo needs groups of at least 2");
+    o.k = 4;
+    o.method = FDPO_LAB_GRPO;
+    o.grpo_eps = 0;
+    ck_error_names(fdpo_lab_algo_opts_check(&o), "--grpo-eps");
+    o.method = FDPO_LAB_DPO; /* L-BFGS: no step size, steps or groups */
+    o.lr = 0;
+    ck_assert_int_eq(fdpo_lab_algo_opts_check(&o), 0);
+    o.beta = 0;
+    ck_error_names(fdpo_lab_algo_opts_check(&o), "--beta");
+    fdpo_lab_algo_opts_default(&o, FDPO_LAB_KTO, 1, 7);
+    o.labels = (fdpo_lab_labels)7;
+    ck_error_names(fdpo_lab_algo_opts_check(&o), "--labels");
+    fdpo_lab_labels l;
+    ck_assert_int_eq(fdpo_lab_labels_parse("threshold", &l), 0);
+    ck_assert_int_eq(l, FDPO_LAB_LABELS_THRESHOLD);
+    ck_assert_int_eq(fdpo_lab_labels_parse("bt", &l), 0);
+    ck_assert_int_eq(l, FDPO_LAB_LABELS_BT);
+    ck_error_names(fdpo_lab_labels_parse("soft", &l), "--labels: unknown labelling 'soft'");
+}
+END_TEST
+
+/* KTO is fitted on its exact expected loss only: a sampled run asked of the library is refused
+ * with the flag (it used to run the exact loss under a "sampled" label: only the CLI refused) */
+START_TEST(algo_run_refuses_sampled_kto) {
+    const double q[4] = {0.4, 0.3, 0.2, 0.1}, r[4] = {1, 0, -0.5, 0.25};
+    fdpo_lab_prepared pp;
+    fdpo_lab_prepare(&pp, q, r, 4);
+    fdpo_lab_algo_opts o = {0};
+    o.method = FDPO_LAB_KTO;
+    fdpo_divergence_parse("rkl", &o.div);
+    o.beta = 0.5;
+    o.exact = 0;
+    o.steps = 200;
+    o.lr = 1;
+    o.label_threshold = NAN;
+    o.desirable_weight = o.undesirable_weight = 1;
+    fdpo_lab_algo_result res;
+    double pi[4];
+    ck_assert_int_ne(fdpo_lab_algo_run(&pp, &o, pi, &res), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--sampled"));
+    o.exact = 1;
+    ck_assert_int_eq(fdpo_lab_algo_run(&pp, &o, pi, &res), 0);
+    fdpo_lab_prepared_free(&pp);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("lab");
     TCase *t = tcase_create("lab");
@@ -230,6 +455,12 @@ static Suite *suite(void) {
     tcase_add_test(t, csv_bom_subnormal_overflow_nul);
     tcase_add_test(t, constrained_symmetric_problem);
     tcase_add_test(t, constrained_rkl_stepwise_is_exact);
+    tcase_add_test(t, beta_grid_and_thresholds);
+    tcase_add_test(t, prepare_prompts);
+    tcase_add_test(t, coverage_opts_and_comparisons);
+    tcase_add_test(t, gap_noise_stream);
+    tcase_add_test(t, algo_defaults_and_checks);
+    tcase_add_test(t, algo_run_refuses_sampled_kto);
     suite_add_tcase(s, t);
     return s;
 }
