@@ -10,7 +10,7 @@
 
 static const char *const NOT_FOR_KTO[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
                                           "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
-                                          "seq-len", "val-fraction", NULL};
+                                          "seq-len", "eval-fraction", NULL};
 
 
 

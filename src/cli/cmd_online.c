@@ -13,7 +13,7 @@
  * rounds mode and a trainer resume in step mode (--stop-at, --overwrite: step mode only). */
 static const char *const NOT_FOR_ONLINE[] = {"model", "tokenizer", "chat-template", "n-layer", "n-head", "n-embd", "n-positions",
                                              "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
-                                             "seq-len", "val-fraction", "eval-every", NULL};   /* no held-out set: nothing to eval */
+                                             "seq-len", "eval-fraction", "eval-every", NULL};   /* no held-out set: nothing to eval */
 
 int cmd_online(int argc, char **argv) {
     static const char usage[] =

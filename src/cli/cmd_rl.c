@@ -11,7 +11,7 @@
  * --n), no data file epochs, no validation split; the chat template is the checkpoint's. */
 static const char *const NOT_FOR_RL[] = {"model", "tokenizer", "chat-template", "n-layer", "n-head", "n-embd", "n-positions",
                                          "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings", "seq-len",
-                                         "val-fraction", "batch-size", "grad-accum", "epochs", "eval-every", "eval-max-seqs",
+                                         "eval-fraction", "batch-size", "grad-accum", "epochs", "eval-every", "eval-max-seqs",
                                          "shuffle", NULL};
 
 int cmd_rl(int argc, char **argv) {

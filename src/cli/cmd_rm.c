@@ -12,7 +12,7 @@
  * --max-length, the split from --eval-fraction. */
 static const char *const NOT_FOR_RM[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
                                          "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
-                                         "seq-len", "val-fraction", NULL};
+                                         "seq-len", "eval-fraction", NULL};
 
 
 

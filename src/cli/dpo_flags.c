@@ -9,7 +9,7 @@
  * --eval-fraction. */
 static const char *const NOT_FOR_DPO[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
                                           "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
-                                          "seq-len", "val-fraction"};
+                                          "seq-len", "eval-fraction"};
 
 static int listed(const char *name, const char *const *list, size_t n) {
     for (size_t i = 0; i < n; i++)

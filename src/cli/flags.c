@@ -19,7 +19,7 @@ static int names_equal(const char *flag, const char *key) {
 static const struct { const char *old, *now; } ALIASES[] = {
     {"policy", "model"}, {"init", "model"},
     {"prompts", "data"}, {"samples", "data"}, {"input", "data"},
-    {"k", "n"}, {"batch", "batch-size"},
+    {"k", "n"}, {"batch", "batch-size"}, {"val-fraction", "eval-fraction"},
 };
 #define N_ALIASES (sizeof ALIASES / sizeof ALIASES[0])
 

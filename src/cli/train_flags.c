@@ -44,7 +44,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"adam-eps",      FLAG_FLOAT, &o->adam_eps,      "1e-8",   "AdamW epsilon", 0},
         {"grad-clip",     FLAG_FLOAT, &o->grad_clip,     "1",      "clip the global gradient L2 norm to this (0: off)", 0},
         {"shuffle",       FLAG_BOOL,  &o->shuffle,       "1",      "reshuffle the training data every epoch (seeded)", 0},
-        {"val-fraction",  FLAG_FLOAT, &o->val_fraction,  "0.05",   "fraction of documents/examples held out for validation", 0},
+        {"eval-fraction", FLAG_FLOAT, &o->val_fraction,  "0.05",   "fraction of documents/examples held out for evaluation (eval_loss)", 0},
         {"eval-every",    FLAG_INT,   &o->eval_every,    "100",    "validation loss every N steps and at the end (0: never)", 0},
         {"save-every",    FLAG_INT,   &o->save_every,    "0",      "checkpoint every N steps (0: only at the end)", 0},
         {"log-every",     FLAG_INT,   &o->log_every,     "1",      "progress line and metrics.jsonl entry every N steps", 0},

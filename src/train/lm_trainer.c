@@ -140,14 +140,14 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
         double loss = W > 0 ? loss_sum / W : 0;
         if ((rc = fdpo_trainer_step(&tr, n_tokens))) break;
         int eval = val && val->n_seq > 0 && fdpo_trainer_want_eval(&tr);
-        double val_loss = NAN;
-        if (eval && (rc = fdpo_lm_eval(tr.model, val, B, (size_t)o->eval_max_seqs, &val_loss))) break;
+        double eval_loss = NAN;
+        if (eval && (rc = fdpo_lm_eval(tr.model, val, B, (size_t)o->eval_max_seqs, &eval_loss))) break;
         if (fdpo_trainer_want_log(&tr) || eval) {
             fdpo_trainer_metrics_begin(&tr, loss);
-            if (eval) fdpo_metrics_add(&tr.metrics, "val_loss", val_loss);
+            if (eval) fdpo_metrics_add(&tr.metrics, "eval_loss", eval_loss);   /* TRL's (and HF Trainer's) name */
             if ((rc = fdpo_metrics_end(&tr.metrics))) break;
             char extra[64] = "";
-            if (eval) snprintf(extra, sizeof extra, "val %.4f", val_loss);
+            if (eval) snprintf(extra, sizeof extra, "eval loss %.4f", eval_loss);
             fdpo_trainer_progress(&tr, loss, extra);
         }
         rc = fdpo_trainer_maybe_save(&tr);

@@ -163,6 +163,9 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         const cJSON *then = cJSON_GetObjectItemCaseSensitive(saved, "training"), *x;
         const cJSON *now = cJSON_GetObjectItemCaseSensitive(plan, "training");
         cJSON_ArrayForEach(x, then) {
+            /* plans before wave 28 also recorded the train option "val-fraction" (0, unused:
+             * the stages' held-out share is "eval-fraction", compared on its own) */
+            if (!strcmp(x->string, "val-fraction")) continue;
             const cJSON *y = cJSON_GetObjectItemCaseSensitive(now, x->string);
             if (y && cJSON_Compare(x, y, 1)) continue;
             char *was = cJSON_PrintUnformatted(x), *is = y ? cJSON_PrintUnformatted(y) : NULL;

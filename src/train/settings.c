@@ -102,6 +102,13 @@ cJSON *fdpo_settings_to_json(const fdpo_settings *s) {
 int fdpo_settings_from_json(fdpo_settings *s, const cJSON *o, const cJSON *fixed_list, const char *path) {
     const cJSON *e;
     cJSON_ArrayForEach(e, o) {
+        /* before wave 28 pretrain/sft's held-out fraction was saved as "val-fraction" (and
+         * dpo-like runs saved it, unused, beside their "eval-fraction"): one name now */
+        const char *key = e->string;
+        if (!strcmp(key, "val-fraction")) {
+            if (cJSON_GetObjectItemCaseSensitive(o, "eval-fraction")) continue;
+            key = "eval-fraction";
+        }
         int fixed = 0;
         if (fixed_list) {
             const cJSON *f;
@@ -109,10 +116,10 @@ int fdpo_settings_from_json(fdpo_settings *s, const cJSON *o, const cJSON *fixed
         } else {
             fixed = 1;   /* version 1 states saved only the fixed settings */
         }
-        if (cJSON_IsNumber(e)) fdpo_settings_num(s, e->string, e->valuedouble, fixed);
-        else if (cJSON_IsBool(e)) fdpo_settings_bool(s, e->string, cJSON_IsTrue(e), fixed);
-        else if (cJSON_IsString(e)) fdpo_settings_str(s, e->string, e->valuestring, fixed);
-        else if (cJSON_IsNull(e)) fdpo_settings_str(s, e->string, NULL, fixed);
+        if (cJSON_IsNumber(e)) fdpo_settings_num(s, key, e->valuedouble, fixed);
+        else if (cJSON_IsBool(e)) fdpo_settings_bool(s, key, cJSON_IsTrue(e), fixed);
+        else if (cJSON_IsString(e)) fdpo_settings_str(s, key, e->valuestring, fixed);
+        else if (cJSON_IsNull(e)) fdpo_settings_str(s, key, NULL, fixed);
         else return fdpo_error("%s: setting '%s' must be a number, boolean, string or null", path, e->string);
     }
     return 0;
@@ -139,7 +146,8 @@ static const struct { const char *key; field_type type; size_t offset; int fixed
     {"adam-eps", T_DOUBLE, offsetof(fdpo_train_opts, adam_eps), 1},
     {"grad-clip", T_DOUBLE, offsetof(fdpo_train_opts, grad_clip), 1},
     {"seed", T_LONG, offsetof(fdpo_train_opts, seed), 1},
-    {"val-fraction", T_DOUBLE, offsetof(fdpo_train_opts, val_fraction), 1},
+    /* a preference command's own --eval-fraction (fdpo_pref_data_settings) replaces it */
+    {"eval-fraction", T_DOUBLE, offsetof(fdpo_train_opts, val_fraction), 1},
     {"shuffle", T_BOOL, offsetof(fdpo_train_opts, shuffle), 1},
     {"chat-template", T_STR, offsetof(fdpo_train_opts, chat_template), 1},
     /* kept from the saved run unless given again (a resumed run used to drop them) */
@@ -237,7 +245,7 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
     if (!(o->beta2 >= 0 && o->beta2 < 1)) return fdpo_error("--beta2: %g is not in [0, 1)", o->beta2);
     if (!(o->adam_eps > 0)) return fdpo_error("--adam-eps: %g must be > 0", o->adam_eps);
     if (!(o->grad_clip >= 0)) return fdpo_error("--grad-clip: %g must be >= 0", o->grad_clip);
-    if (!(o->val_fraction >= 0 && o->val_fraction < 1)) return fdpo_error("--val-fraction: %g is not in [0, 1)", o->val_fraction);
+    if (!(o->val_fraction >= 0 && o->val_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->val_fraction);
     if (o->eval_every < 0) return fdpo_error("--eval-every: %ld must be >= 0", o->eval_every);
     if (o->save_every < 0) return fdpo_error("--save-every: %ld must be >= 0", o->save_every);
     if (o->log_every < 1) return fdpo_error("--log-every: %ld must be >= 1", o->log_every);

@@ -17,6 +17,7 @@
 #include "fdpo/train.h"
 #include "fdpo/trainer.h"
 #include "model/gpt2_internal.h" /* fdpo_bf16_round_n, fdpo_f32_to_bf16 */
+#include "train/settings_json.h"   /* fdpo_settings_from_json */
 
 static char tmpdir[256];
 static void make_tmpdir(void) {
@@ -555,6 +556,29 @@ START_TEST(sft_messages_template) {
 }
 END_TEST
 
+/* Before wave 28 pretrain/sft saved their held-out share as "val-fraction", and dpo-like runs
+ * saved that unused train option (0) beside their own "eval-fraction": read back, the first
+ * is "eval-fraction", the second keeps the command's value. */
+START_TEST(settings_read_old_val_fraction) {
+    cJSON *old_lm = cJSON_Parse("{\"lr\": 0.01, \"val-fraction\": 0.25}");
+    cJSON *old_pref = cJSON_Parse("{\"val-fraction\": 0, \"eval-fraction\": 0.1}");
+    cJSON *fixed = cJSON_Parse("[\"lr\", \"val-fraction\", \"eval-fraction\"]");
+    fdpo_settings a = {0}, b = {0};
+    ck_assert_int_eq(fdpo_settings_from_json(&a, old_lm, fixed, "a.json"), 0);
+    ck_assert_int_eq(fdpo_settings_from_json(&b, old_pref, fixed, "b.json"), 0);
+    const fdpo_setting *x = fdpo_settings_find(&a, "eval-fraction");
+    ck_assert(x && x->type == FDPO_SETTING_NUM && x->num == 0.25 && x->fixed);
+    ck_assert_ptr_null(fdpo_settings_find(&a, "val-fraction"));
+    ck_assert_uint_eq(a.n, 2);
+    x = fdpo_settings_find(&b, "eval-fraction");
+    ck_assert(x && x->num == 0.1 && x->fixed);
+    ck_assert_ptr_null(fdpo_settings_find(&b, "val-fraction"));
+    ck_assert_uint_eq(b.n, 1);
+    fdpo_settings_free(&a); fdpo_settings_free(&b);
+    cJSON_Delete(old_lm); cJSON_Delete(old_pref); cJSON_Delete(fixed);
+}
+END_TEST
+
 START_TEST(state_and_checkpoint_round_trip) {
     make_tmpdir();
     char *out = tmp_path("ckpt");
@@ -798,6 +822,7 @@ int main(void) {
     tcase_add_test(tc, sft_weights_and_truncation);
     tcase_add_test(tc, sft_messages_template);
     tcase_add_test(tc, state_and_checkpoint_round_trip);
+    tcase_add_test(tc, settings_read_old_val_fraction);
     tcase_add_test(tc, metrics_writer_and_resume_truncation);
     tcase_add_test(tc, pref_split_is_disjoint_and_complete);
     tcase_add_test(tc, llama_random_init_config);

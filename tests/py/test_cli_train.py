@@ -93,9 +93,35 @@ def test_resume_refuses_changed_flags_and_data(tmp_path, corpus):
     assert r.returncode != 0 and "--overwrite" in r.stderr
 
 
+def test_val_fraction_is_the_old_name_of_eval_fraction(tmp_path, corpus):
+    """--eval-fraction is the held-out share of every training command (it was pretrain/sft's
+    --val-fraction before wave 28): the old flag still works with a deprecation note, and a
+    run saved under the old key resumes as the same run -- the same value restored when not
+    given, a changed one refused under the new name."""
+    common = [*TINY, "--batch-size", "2", "--steps", "4", "--eval-every", "2", "--quiet", *corpus]
+    a, b = tmp_path / "a", tmp_path / "b"
+    ok("pretrain", "--out", a, "--eval-fraction", "0.4", *common)
+    r = ok("pretrain", "--out", b, "--val-fraction", "0.4", "--stop-at", "2", *common)
+    assert "--val-fraction is deprecated; use --eval-fraction" in r.stderr
+    state = json.loads((b / "training_state.json").read_text())
+    assert state["settings"]["eval-fraction"] == 0.4 and "val-fraction" not in state["settings"]
+    # what a run of the previous version saved: the same setting under "val-fraction"
+    state["settings"]["val-fraction"] = state["settings"].pop("eval-fraction")
+    state["fixed"] = ["val-fraction" if k == "eval-fraction" else k for k in state["fixed"]]
+    (b / "training_state.json").write_text(json.dumps(state))
+    r = fdpo("pretrain", "--out", b, "--resume", "--eval-fraction", "0.2", "--quiet", *corpus)
+    assert r.returncode != 0 and "--eval-fraction: 0.2 differs from the saved run's 0.4" in r.stderr, r.stderr
+    ok("pretrain", "--out", b, "--resume", "--quiet", *corpus)   # 0.4 restored from the old key
+    ma, mb = metrics(a), metrics(b)
+    assert [m["step"] for m in mb] == [1, 2, 3, 4] and "eval_loss" in mb[1] and "eval_loss" in mb[3]
+    for x, y in zip(ma, mb):   # bit-exact: the resumed run held out the same documents
+        for key in ["loss", "eval_loss", "grad_norm"]:
+            assert x.get(key) == y.get(key), (x["step"], key)
+
+
 def test_grad_accum_equals_big_batch(tmp_path, corpus):
     """4 micro-batches of 1 sequence == 1 batch of 4: same loss, same parameters after a step."""
-    base = [*TINY, "--steps", "1", "--lr", "1e-2", "--val-fraction", "0", "--quiet", *corpus]
+    base = [*TINY, "--steps", "1", "--lr", "1e-2", "--eval-fraction", "0", "--quiet", *corpus]
     ok("pretrain", "--out", tmp_path / "acc", "--batch-size", "1", "--grad-accum", "4", *base)
     ok("pretrain", "--out", tmp_path / "big", "--batch-size", "4", "--grad-accum", "1", *base)
     # and a different batch as a control: the comparison can tell batches apart
@@ -118,21 +144,21 @@ def test_grad_accum_equals_big_batch(tmp_path, corpus):
 def test_progress_line_and_metrics(tmp_path, corpus):
     out = tmp_path / "o"
     r = ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "6", "--eval-every", "3",
-           "--log-every", "2", "--val-fraction", "0.3", *corpus)
+           "--log-every", "2", "--eval-fraction", "0.3", *corpus)
     lines = [l for l in r.stderr.splitlines() if l.startswith("step ")]
     assert [l.split()[1] for l in lines] == ["2/6", "3/6", "4/6", "6/6"]
     for l in lines:
         for part in ["| loss ", "| lr ", "| gnorm ", " tok/s", "| ETA "]:
             assert part in l, l
-    assert "| val " in lines[1] and "| val " in lines[3]
+    assert "| eval loss " in lines[1] and "| eval loss " in lines[3]
     ms = metrics(out)
     assert [m["step"] for m in ms] == [2, 3, 4, 6]
     for m in ms:
         for key in ["step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec"]:
             assert isinstance(m[key], (int, float)) and math.isfinite(m[key]), (key, m)
         assert m["loss"] > 0 and m["grad_norm"] > 0 and m["tokens_per_sec"] > 0
-    assert "val_loss" in ms[1] and "val_loss" in ms[3] and "val_loss" not in ms[0]
-    assert all(math.isfinite(ms[i]["val_loss"]) for i in (1, 3))
+    assert "eval_loss" in ms[1] and "eval_loss" in ms[3] and "eval_loss" not in ms[0]
+    assert all(math.isfinite(ms[i]["eval_loss"]) for i in (1, 3))
     assert 0 < ms[0]["epoch"] < ms[-1]["epoch"]
     # a Hugging Face directory plus the training state
     for f in ["config.json", "model.safetensors", "fdpo_tokenizer.json", "training_state.json",
@@ -147,8 +173,8 @@ def test_eval_max_seqs_caps_validation(tmp_path, corpus):
     def val_loss(cap):
         out = tmp_path / f"o{cap}"
         ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "1", "--lr", "0",
-           "--val-fraction", "0.5", "--eval-every", "1", "--eval-max-seqs", cap, "--quiet", *corpus)
-        return metrics(out)[0]["val_loss"]
+           "--eval-fraction", "0.5", "--eval-every", "1", "--eval-max-seqs", cap, "--quiet", *corpus)
+        return metrics(out)[0]["eval_loss"]
     full = val_loss(0)
     assert val_loss(1000) == full
     assert val_loss(1) != full
@@ -197,13 +223,13 @@ def test_gpt2_tokenizer_travels_with_the_checkpoint(tmp_path, corpus):
     so `sft --init OUT` finds it without being told."""
     out = tmp_path / "bpe"
     ok("pretrain", "--out", out, "--tokenizer", ENCODER_DIR, *TINY, "--batch-size", "1", "--steps", "1",
-       "--val-fraction", "0", "--quiet", *corpus)
+       "--eval-fraction", "0", "--quiet", *corpus)
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 50257
     assert (out / "vocab.json").exists() and (out / "merges.txt").exists()
     d = tmp_path / "s.jsonl"
     d.write_text('{"prompt": "Hello", "completion": " world"}\n')
     ok("sft", "--init", out, "--out", tmp_path / "sft", "--seq-len", "16", "--steps", "1",
-       "--val-fraction", "0", "--threads", "1", "--quiet", d)
+       "--eval-fraction", "0", "--threads", "1", "--quiet", d)
     assert (tmp_path / "sft/vocab.json").exists()
 
 
@@ -215,7 +241,7 @@ def test_sft_prompt_completion_and_text(tmp_path):
                     '{"prompt": "' + "p" * 40 + '", "completion": "cut away"}\n')
     out = tmp_path / "o"
     r = ok("sft", "--out", out, *TINY, "--seq-len", "32", "--batch-size", "2", "--epochs", "2",
-           "--val-fraction", "0", "--lr", "1e-3", data)
+           "--eval-fraction", "0", "--lr", "1e-3", data)
     assert "dropped 1 examples" in r.stderr  # the 40-byte prompt leaves no completion token
     ms = metrics(out)
     assert [m["step"] for m in ms] == [1, 2, 3]  # ceil(2 epochs * 3 examples / 2)

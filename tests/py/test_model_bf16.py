@@ -226,7 +226,7 @@ def test_bf16_pretraining_loss_within_one_percent_of_fp32(tmp_path):
         out = tmp_path / prec
         r = subprocess.run([FDPO, "pretrain", "--out", str(out), str(data), "--n-layer", "2", "--n-embd", "32",
                             "--n-head", "2", "--seq-len", "32", "--n-positions", "32", "--batch-size", "8",
-                            "--steps", "200", "--lr", "2e-3", "--warmup-steps", "10", "--val-fraction", "0",
+                            "--steps", "200", "--lr", "2e-3", "--warmup-steps", "10", "--eval-fraction", "0",
                             "--eval-every", "0", "--threads", "1", "--seed", "5", "--precision", prec, "--quiet"],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
@@ -299,7 +299,7 @@ def test_bf16_resume_is_bit_identical(tmp_path):
     data = tmp_path / "t.txt"
     data.write_text("the cat sat on the mat and the dog ran to the red ball. " * 60)
     common = [str(data), "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--seq-len", "32", "--n-positions", "32",
-              "--batch-size", "4", "--steps", "12", "--val-fraction", "0", "--eval-every", "0", "--threads", "2",
+              "--batch-size", "4", "--steps", "12", "--eval-fraction", "0", "--eval-every", "0", "--threads", "2",
               "--seed", "3", "--precision", "bf16", "--quiet"]
     for args in (["--out", tmp_path / "straight"], ["--out", tmp_path / "split", "--stop-at", "6"],
                  ["--out", tmp_path / "split", "--resume"]):
@@ -399,7 +399,7 @@ def test_bf16_sft_steps_follow_the_optimizer(tmp_path, route):
             "--warmup-steps", str(tt.WARMUP), "--min-lr-ratio", str(tt.MIN_RATIO),
             "--weight-decay", str(tt.WD), "--beta1", str(tt.BETAS[0]), "--beta2", str(tt.BETAS[1]),
             "--adam-eps", str(tt.EPS), "--grad-clip", str(tt.CLIP), "--shuffle=false",
-            "--val-fraction", "0", "--eval-every", "0", "--threads", "2", "--precision", "bf16", "--quiet"]
+            "--eval-fraction", "0", "--eval-every", "0", "--threads", "2", "--precision", "bf16", "--quiet"]
     r = subprocess.run(args, capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, FDPO_BF16_GEMM=route))
     assert r.returncode == 0, r.stderr

@@ -120,6 +120,22 @@ def test_sacpo_plans_written_before_training_settings_were_recorded_still_match(
     assert json.loads((out / "sacpo.json").read_text())["stages_done"] == state["stages_done"]
 
 
+def test_sacpo_plans_that_recorded_val_fraction_still_match(d, tmp_path):
+    """Before wave 28 the plan's training settings also held the unused train option
+    "val-fraction": 0 beside "eval-fraction"; that option is --eval-fraction now, and such a
+    plan still reuses its stages."""
+    out = tmp_path / "s"
+    sacpo(d, out, "--steps", 1)
+    state = json.loads((out / "sacpo.json").read_text())
+    training = state["plan"]["training"]
+    assert training["eval-fraction"] == 0 and "val-fraction" not in training
+    training["val-fraction"] = 0           # as the previous version wrote it
+    (out / "sacpo.json").write_text(json.dumps(state))
+    weights = (out / "lambda-1" / "model.safetensors").read_bytes()
+    sacpo(d, out, "--steps", 1)
+    assert (out / "lambda-1" / "model.safetensors").read_bytes() == weights
+
+
 def test_tokenizer_train_refuses_a_checkpoint_directory(d, tmp_path):
     (tmp_path / "text.txt").write_text("the cat sat on the mat " * 20)
     before = snapshot(d / "dpo_run")

@@ -62,7 +62,7 @@ def run_fdpo(tmp_path, init, data):
             "--warmup-steps", str(WARMUP), "--min-lr-ratio", str(MIN_RATIO),
             "--weight-decay", str(WD), "--beta1", str(BETAS[0]), "--beta2", str(BETAS[1]),
             "--adam-eps", str(EPS), "--grad-clip", str(CLIP), "--shuffle=false",
-            "--val-fraction", "0", "--eval-every", "0", "--threads", "2", "--quiet"]
+            "--eval-fraction", "0", "--eval-every", "0", "--threads", "2", "--quiet"]
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -155,7 +155,7 @@ def test_schedules_match_hugging_face_formulas(tmp_path, kind):
     r = subprocess.run([FDPO, "pretrain", "--out", str(tmp_path / "o"), str(data), "--n-layer", "1",
                         "--n-embd", "8", "--n-head", "2", "--seq-len", "16", "--n-positions", "16",
                         "--batch-size", "1", "--steps", str(steps), "--lr", str(lr), "--schedule", kind,
-                        "--warmup-steps", str(warm), "--min-lr-ratio", str(floor), "--val-fraction", "0",
+                        "--warmup-steps", str(warm), "--min-lr-ratio", str(floor), "--eval-fraction", "0",
                         "--threads", "1", "--quiet"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     got = [json.loads(l)["learning_rate"] for l in (tmp_path / "o/metrics.jsonl").read_text().splitlines()]
@@ -174,9 +174,9 @@ def test_schedules_match_hugging_face_formulas(tmp_path, kind):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-18)
 
 
-def test_val_loss_matches_pytorch(tmp_path):
-    """val_loss is the weighted mean NLL of the held-out example: with lr 0 the model stays the
-    initial one, so the step-1 loss and val_loss are the two examples' PyTorch losses."""
+def test_eval_loss_matches_pytorch(tmp_path):
+    """eval_loss is the weighted mean NLL of the held-out example: with lr 0 the model stays the
+    initial one, so the step-1 loss and eval_loss are the two examples' PyTorch losses."""
     model = GPT2(vocab_size=257, n_positions=64, n_embd=16, n_layer=1, n_head=2, seed=4)
     init = tmp_path / "init"
     model.save_hf(str(init))
@@ -186,7 +186,7 @@ def test_val_loss_matches_pytorch(tmp_path):
     data.write_text("".join(json.dumps(e) + "\n" for e in exs))
     r = subprocess.run([FDPO, "sft", "--init", str(init), "--out", str(tmp_path / "o"), str(data),
                         "--seq-len", str(SEQ_LEN), "--batch-size", "1", "--steps", "1", "--lr", "0",
-                        "--val-fraction", "0.5", "--eval-every", "1", "--threads", "1", "--quiet"],
+                        "--eval-fraction", "0.5", "--eval-every", "1", "--threads", "1", "--quiet"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "o/metrics.jsonl").read_text().splitlines()[0])
@@ -196,7 +196,7 @@ def test_val_loss_matches_pytorch(tmp_path):
             t = torch.tensor(toks)
             nll = -torch.log_softmax(model(t[:-1]), dim=-1).gather(1, t[1:, None])[:, 0]
             want.append(((torch.tensor(w[1:]) * nll).sum() / sum(w[1:])).item())
-    got = sorted([m["loss"], m["val_loss"]])
+    got = sorted([m["loss"], m["eval_loss"]])
     assert got == pytest.approx(sorted(want), abs=1e-4)
     assert abs(want[0] - want[1]) > 1e-2  # the two examples are distinguishable
 
@@ -217,7 +217,7 @@ def test_sft_step_takes_each_example_once_when_the_batch_exceeds_the_data(tmp_pa
     r = subprocess.run([FDPO, "sft", "--model", str(init), "--out", str(out), "--data", str(data),
                         "--seq-len", str(SEQ_LEN), "--batch-size", "4", "--grad-accum", "2", "--epochs", "2",
                         "--lr", str(lr), "--schedule", "constant", "--weight-decay", "0", "--grad-clip", "1e9",
-                        "--val-fraction", "0", "--eval-every", "0", "--threads", "1"],
+                        "--eval-fraction", "0", "--eval-every", "0", "--threads", "1"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert f"--batch-size 4 x --grad-accum 2 exceeds the 6 examples of {data}" in r.stderr, r.stderr
