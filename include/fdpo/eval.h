@@ -1,5 +1,5 @@
 /* Generation and evaluation: sampling with a KV cache, reward functions, the metrics of
- * DESIGN.md §5. Exact definitions of every quantity are in docs/eval.md. */
+ * DESIGN.md §5, and fdpo score's driver (fdpo_score_run). Exact definitions of every quantity are in docs/eval.md. */
 #ifndef FDPO_EVAL_H
 #define FDPO_EVAL_H
 #include <stddef.h>

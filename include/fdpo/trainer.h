@@ -1,7 +1,8 @@
 /* Reusable pieces of a training run, shared by `fdpo pretrain`, `fdpo sft` and `fdpo dpo`:
  * options, the seeded epoch data order, training state (AdamW moments, step, RNG, data
- * position) and the atomic checkpoint-with-state save, the metrics JSONL writer, and one
- * optimizer step (clip -> schedule -> AdamW).
+ * position) and the atomic checkpoint-with-state save, the metrics JSONL writer, one
+ * optimizer step (clip -> schedule -> AdamW), and what `fdpo info` shows of a checkpoint
+ * (fdpo_checkpoint_info_read: the one reader of training_state.json is state.c's).
  *
  * A run's life, as src/train/lm_trainer.c uses it (the DPO trainer does the same with its
  * own micro-batches and metrics):
