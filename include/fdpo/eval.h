@@ -1,5 +1,5 @@
 /* Generation and evaluation: sampling with a KV cache, reward functions, the metrics of
- * DESIGN.md §5. Exact definitions of every quantity are in docs/eval.md. */
+ * DESIGN.md §5, and fdpo score's driver (fdpo_score_run). Exact definitions of every quantity are in docs/eval.md. */
 #ifndef FDPO_EVAL_H
 #define FDPO_EVAL_H
 #include <stddef.h>
@@ -252,5 +252,35 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
                      size_t n_prompts, const fdpo_eval_config *c, FILE *samples_out, const char *name);
 /* Metric-name form of a divergence: "alpha:0.5" -> "alpha_0.5". */
 void fdpo_eval_div_key(const fdpo_divergence *d, char *buf, size_t n);
+
+/* Load DIR's model and tokenizer for an eval command; the tokenizer's ids must fit the
+ * model's vocabulary. flag names the flag in messages ("--model DIR: ..."). */
+int fdpo_eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **model, fdpo_tokenizer **tok);
+
+/* ---- fdpo score's driver (src/eval/score_run.c) ----
+ * For each {"prompt", "completion"} record of data: n_tokens, logp, logp_mean, entropy_mean,
+ * with a ref logp_ref, kl_seq (= logp - logp_ref) and kl_tok, with a reward its reward (a
+ * non-finite value is written as null), one JSONL line per record, in file order, written
+ * atomically to out (or to stream when out is "-"). Under MPI every rank must be given the
+ * same options: the ranks check they hold the same lines, models and reward spec, each scores
+ * (and rewards) its contiguous block of records, the blocks are summed (x + 0 is exact, so the
+ * bytes are a single process's) and rank 0 alone writes. A rank that fails makes every rank
+ * fail with its message. Threads and precision are the process's (fdpo_set_threads,
+ * fdpo_set_precision); claiming out against a concurrent run is the caller's. */
+typedef struct {
+    const char *model;        /* --model: checkpoint whose log-probs to report (required) */
+    const char *ref;          /* --ref: reference checkpoint (NULL: none) */
+    const char *data;         /* --data: JSONL {"prompt", "completion"} per line (required) */
+    const char *reward;       /* --reward SPEC (fdpo_reward_create; NULL: no reward) */
+    fdpo_reward_options reward_opts; /* --lexicon, --reward-timeout (60) */
+    int add_eot;              /* --eot: score <|endoftext|> after each completion too */
+    const char *out;          /* --out: JSONL file, or "-" (default) for stream */
+    FILE *stream;             /* where out "-" goes (default stdout) */
+} fdpo_score_opts;
+void fdpo_score_opts_default(fdpo_score_opts *o);
+/* Validates o before any work (fdpo_score_run calls it): model, data and out given, a
+ * stream for out "-". Errors name the flag ("--model: required ..."). */
+int fdpo_score_opts_check(const fdpo_score_opts *o);
+int fdpo_score_run(const fdpo_score_opts *o);
 
 #endif

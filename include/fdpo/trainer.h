@@ -1,7 +1,8 @@
 /* Reusable pieces of a training run, shared by `fdpo pretrain`, `fdpo sft` and `fdpo dpo`:
  * options, the seeded epoch data order, training state (AdamW moments, step, RNG, data
- * position) and the atomic checkpoint-with-state save, the metrics JSONL writer, and one
- * optimizer step (clip -> schedule -> AdamW).
+ * position) and the atomic checkpoint-with-state save, the metrics JSONL writer, one
+ * optimizer step (clip -> schedule -> AdamW), and what `fdpo info` shows of a checkpoint
+ * (fdpo_checkpoint_info_read: the one reader of training_state.json is state.c's).
  *
  * A run's life, as src/train/lm_trainer.c uses it (the DPO trainer does the same with its
  * own micro-batches and metrics):
@@ -191,8 +192,28 @@ char *fdpo_train_state_text(const fdpo_train_state *s);
 /* Read both state files; opt must already be sized for m (fdpo_adamw_init). */
 int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt, const fdpo_gpt2 *m);
 /* Read only the settings and the step of DIR/training_state.json (for the CLI to default
- * flags to the saved run's values on --resume). Free with fdpo_settings_free. */
+ * flags to the saved run's values on --resume). Free with fdpo_settings_free. settings
+ * NULL: the step alone (then a state without settings is fine; step must not be NULL).
+ * Errors name the file and the field ("DIR/training_state.json: field 'step' ..."). */
 int fdpo_train_state_read_settings(const char *dir, fdpo_settings *settings, size_t *step);
+
+/* ---- what `fdpo info` shows of a checkpoint directory (src/train/info.c) ---- */
+typedef struct {
+    fdpo_gpt2 *model;           /* loaded and validated (fdpo_checkpoint_load_model) */
+    fdpo_tokenizer *tok;        /* NULL: no loadable tokenizer in the directory */
+    const char *model_type;     /* "gpt2", "llama" or "qwen2" */
+    const char *architecture;   /* the Hugging Face class ("GPT2LMHeadModel", "LlamaForSequenceClassification", ...) */
+    const char *tokenizer_kind; /* "none", "gpt2-bpe" or "byte" */
+    const char *chat_template;  /* the tokenizer's template: its name, "unrecognised", or "none" (no tokenizer) */
+    int has_state;              /* DIR/training_state.json exists */
+    size_t step;                /* its "step" (0 when !has_state) */
+} fdpo_checkpoint_info;
+/* Load DIR's model and tokenizer (the tokenizer must fit the model) and read the step of its
+ * training state with the trainer's reader (fdpo_train_state_read_settings): a
+ * training_state.json that does not parse, or whose "step" is not a non-negative integer,
+ * is an error naming the file. On error nothing is left to free. */
+int fdpo_checkpoint_info_read(const char *dir, fdpo_checkpoint_info *info);
+void fdpo_checkpoint_info_free(fdpo_checkpoint_info *info);
 
 /* ---- checkpoint directories with atomic replacement ----
  * fdpo_checkpoint_save_all writes config.json, model.safetensors, the tokenizer files and,

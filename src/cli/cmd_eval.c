@@ -153,7 +153,7 @@ int cmd_eval(int argc, char **argv) {
         free(spec);
     }
     if (!rc && fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) rc = fdpo_error_context("--data");
-    if (!rc) rc = eval_load_checkpoint("--ref", ref_dir, &ref, &ref_tok);
+    if (!rc) rc = fdpo_eval_load_checkpoint("--ref", ref_dir, &ref, &ref_tok);
     if (!rc) rc = eval_set_chat_template(ref_tok, chat_template);
     if (!rc) rc = fdpo_encode_prompts(ref_tok, prompts, n_prompts, &ids, &lens);
     if (!rc && pairs_path) {
@@ -168,7 +168,7 @@ int cmd_eval(int argc, char **argv) {
     for (size_t p = 0; p < n_pol && !rc; p++) {
         fdpo_gpt2 *pm = NULL;
         fdpo_tokenizer *pt = NULL;
-        rc = eval_load_checkpoint("--model", policies[p], &pm, &pt);
+        rc = fdpo_eval_load_checkpoint("--model", policies[p], &pm, &pt);
         if (!rc && (fdpo_tokenizer_vocab_size(pt) != fdpo_tokenizer_vocab_size(ref_tok) ||
                     fdpo_tokenizer_kind_of(pt) != fdpo_tokenizer_kind_of(ref_tok)))
             rc = fdpo_error("--model %s: its tokenizer differs from --ref's (%zu vs %zu tokens)", policies[p],

