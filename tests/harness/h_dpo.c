@@ -360,19 +360,23 @@ static void unsaved_train_settings(const fdpo_train_opts *t, fdpo_settings *s) {
 }
 
 /* opts-defaults: the library's defaults of every training command's options as settings
- * under their flag names, one JSON object {"train", "dpo", "rm", "kto", "rl", "online",
- * "sacpo"} (fdpo_train_opts_default, fdpo_dpo_run_opts_default, fdpo_rm_run_opts_default,
- * fdpo_kto_run_opts_default, fdpo_rl_run_opts_default, fdpo_online_opts_default,
- * fdpo_sacpo_opts_default); tests/py/test_cli.py compares them with each command's --help. */
+ * under their flag names, one JSON object {"train", "sft", "dpo", "rm", "kto", "rl",
+ * "online", "sacpo"} (fdpo_train_opts_default, fdpo_sft_opts_default,
+ * fdpo_dpo_run_opts_default, fdpo_rm_run_opts_default, fdpo_kto_run_opts_default,
+ * fdpo_rl_run_opts_default, fdpo_online_opts_default, fdpo_sacpo_opts_default);
+ * tests/py/test_cli.py compares them with each command's --help. */
 int h_opts_defaults(int argc, char **argv) {
     (void)argc; (void)argv;
-    enum { TRAIN, DPO, RM, KTO, RL, ONLINE, SACPO, N_KINDS };
-    static const char *const names[N_KINDS] = {"train", "dpo", "rm", "kto", "rl", "online", "sacpo"};
+    enum { TRAIN, SFT, DPO, RM, KTO, RL, ONLINE, SACPO, N_KINDS };
+    static const char *const names[N_KINDS] = {"train", "sft", "dpo", "rm", "kto", "rl", "online", "sacpo"};
     fdpo_settings s[N_KINDS];
     memset(s, 0, sizeof s);
     fdpo_train_opts t;
     fdpo_train_opts_default(&t);
     fdpo_train_opts_settings(&t, &s[TRAIN]);
+    fdpo_train_opts sft;
+    fdpo_sft_opts_default(&sft);
+    fdpo_train_opts_settings(&sft, &s[SFT]);
     fdpo_dpo_run_opts d;
     fdpo_dpo_run_opts_default(&d);
     fdpo_train_opts_settings(&d.train, &s[DPO]);
@@ -409,7 +413,7 @@ int h_opts_defaults(int argc, char **argv) {
     fdpo_settings_str(&s[SACPO], "order", sa.safety_first ? "safety-first" : "reward-first", 1);
     fdpo_settings_num(&s[ONLINE], "rounds", (double)on.rounds, 0);   /* online.json keeps no round count */
     fdpo_settings_num(&s[SACPO], "rounds", (double)sa.online.rounds, 0);
-    const fdpo_train_opts *const train_of[N_KINDS] = {&t, &d.train, &rm.train, &kto.train, &rl.train, &on.dpo.train, &sa.dpo.train};
+    const fdpo_train_opts *const train_of[N_KINDS] = {&t, &sft, &d.train, &rm.train, &kto.train, &rl.train, &on.dpo.train, &sa.dpo.train};
     cJSON *o = cJSON_CreateObject();
     for (int k = 0; k < N_KINDS; k++) {
         unsaved_train_settings(train_of[k], &s[k]);

@@ -117,14 +117,14 @@ def help_defaults(cmd):
 
 # every training command and the least number of its --help defaults compared with the library's
 # (a flag the library does not hold, such as online's --mode, a choice of library function, is left out)
-LIBRARY_DEFAULTS = [("pretrain", "train", 37), ("dpo", "dpo", 44), ("rm", "rm", 35), ("kto", "kto", 39),
+LIBRARY_DEFAULTS = [("pretrain", "train", 37), ("sft", "sft", 37), ("dpo", "dpo", 44), ("rm", "rm", 35), ("kto", "kto", 39),
                     ("rl", "rl", 37), ("online", "online", 44), ("sacpo", "sacpo", 55)]
 NOT_LIBRARY_OPTIONS = {"online": {"mode"}}
 
 
 @pytest.mark.parametrize("cmd,kind,least", LIBRARY_DEFAULTS)
 def test_help_shows_the_library_defaults(cmd, kind, least):
-    """The library owns its options' defaults (fdpo_train_opts_default,
+    """The library owns its options' defaults (fdpo_train_opts_default, fdpo_sft_opts_default,
     fdpo_dpo_run_opts_default, fdpo_rm_run_opts_default, fdpo_kto_run_opts_default,
     fdpo_rl_run_opts_default, fdpo_online_opts_default, fdpo_sacpo_opts_default); the CLI's
     flag tables repeat them as text, and every value --help shows must be the library's
