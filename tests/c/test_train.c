@@ -89,6 +89,10 @@ END_TEST
  * tests/py/test_cli.py), which pass the library's check once the required paths are given;
  * the check names the flag of a bad value (the CLI no longer checks --eval-fraction itself). */
 START_TEST(trainer_defaults_are_the_library_s_and_pass_its_checks) {
+    fdpo_train_opts sft;
+    fdpo_sft_opts_default(&sft);
+    ck_assert(sft.lr == 2e-5 && sft.epochs == 3 && !strcmp(sft.schedule, "cosine") && sft.batch_size == 8);
+
     fdpo_rm_run_opts rm;
     fdpo_rm_run_opts_default(&rm);
     ck_assert(rm.train.lr == 1e-5 && !strcmp(rm.train.schedule, "linear") && rm.train.eval_every == 50);
