@@ -65,6 +65,10 @@ typedef struct {
     fdpo_pref_options pref;
     fdpo_kto_loss loss;
 } fdpo_kto_run_opts;
+/* Defaults of `fdpo kto` (the library owns them; the CLI's flag table shows the same values):
+ * the train options' with lr 1e-6, linear schedule, eval every 50, eval_fraction 0.1; rkl,
+ * beta 0.1, both weights 1. */
+void fdpo_kto_run_opts_default(fdpo_kto_run_opts *o);
 /* The one check of a run's options; errors name the flag. Called by fdpo_kto_train. */
 int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o);
 /* The run's settings under their flag names (objective, data shaping, model and reference

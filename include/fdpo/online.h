@@ -42,6 +42,16 @@ typedef struct {
     fdpo_dpo_run_opts dpo;       /* template of each round's f-DPO run (data/out/init/ref set per round) */
 } fdpo_online_opts;
 
+/* Defaults of `fdpo online` (the library owns them; the CLI's flag table shows the same
+ * values): 3 rounds of 16 prompts x 4 completions, best-worst pairs (bt_scale 1), reference
+ * log-probs of every sample, fixed reference; sampling at temperature 1, top-p 1, 32 new
+ * tokens, seeded by dpo.train.seed; a cmd: reward's timeout 60 s; each round's f-DPO run is
+ * fdpo_dpo_run_opts_default's with lr 1e-4, constant schedule, one epoch, no held-out split,
+ * empty completions skipped. */
+void fdpo_online_opts_default(fdpo_online_opts *o);
+/* The check both modes share (paths, loss, prompts per round, n, sampling); errors name the
+ * flag. Called by fdpo_online_run and fdpo_online_step_run, which check their own mode's. */
+int fdpo_online_opts_check(const fdpo_online_opts *o);
 int fdpo_online_run(const fdpo_online_opts *o);
 
 /* --mode step, TRL OnlineDPOTrainer's fully online variant: every optimizer step samples n

@@ -75,6 +75,13 @@ typedef struct {
     long prompts_per_step;
     fdpo_sample_config sample;
 } fdpo_rl_run_opts;
+/* Defaults of `fdpo rl` (the library owns them; the CLI's flag table shows the same values):
+ * the train options' with lr 1e-5, constant schedule, 100 steps; rloo, rkl, beta 0.05, k 4,
+ * 8 prompts per step, grpo_eps 1e-4; sampling at temperature 1, top-p 1, 32 new tokens,
+ * seeded by train.seed; a cmd: reward's timeout 60 s. */
+void fdpo_rl_run_opts_default(fdpo_rl_run_opts *o);
+/* The one check of a run's options; errors name the flag. Called by fdpo_rl_train. */
+int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o);
 int fdpo_rl_train(const fdpo_rl_run_opts *o);
 /* The run's own settings under their flag names (saved in training_state.json; --resume
  * refuses a different fixed one). */

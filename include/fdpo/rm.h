@@ -60,6 +60,10 @@ typedef struct {
     double center_rewards_coefficient;
     fdpo_pref_options pref;
 } fdpo_rm_run_opts;
+/* Defaults of `fdpo rm` (the library owns them; the CLI's flag table shows the same values):
+ * the train options' with lr 1e-5, linear schedule, eval every 50, eval_fraction 0.1, long
+ * pairs truncated, bad pairs an error, no reward centering. */
+void fdpo_rm_run_opts_default(fdpo_rm_run_opts *o);
 /* The one check of a run's options; errors name the flag. Called by fdpo_rm_train. */
 int fdpo_rm_run_opts_check(const fdpo_rm_run_opts *o);
 /* The run's settings under their flag names (objective, data shaping and model fixed on

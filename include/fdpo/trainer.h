@@ -97,6 +97,8 @@ typedef struct {
  * per run (the pretrain/sft caller before loading data; fdpo_dpo_run_opts_check); errors name the option by its
  * flag / config key ("--lr: -1 must be >= 0"). */
 void fdpo_train_opts_default(fdpo_train_opts *o);
+/* `fdpo sft`'s: fdpo_train_opts_default's with lr 2e-5 and 3 epochs (fine-tuning a given model). */
+void fdpo_sft_opts_default(fdpo_train_opts *o);
 int fdpo_train_opts_check(const fdpo_train_opts *o);
 /* A fresh run (no --resume, no --overwrite) refuses an OUT that holds a checkpoint or another
  * kind of run (fdpo_out_holds_run); fdpo_trainer_open checks it, and a command that does

@@ -439,7 +439,22 @@ static int is_lora_base(const fdpo_gpt2 *policy, const char *path) {
 
 /* What both modes need, before any model or data is read: the paths, an f-DPO loss that has
  * a reference (simpo has none: pairs scored against pi_ref are what online f-DPO is), n >= 2. */
-static int online_opts_check(const fdpo_online_opts *o) {
+void fdpo_online_opts_default(fdpo_online_opts *o) {
+    memset(o, 0, sizeof *o);
+    fdpo_dpo_run_opts_default(&o->dpo);
+    /* a round's f-DPO run: a few pairs trained once at a larger constant lr; the prompts are
+     * shared by the pairs, no held-out split, long completions truncated, empty ones skipped */
+    o->dpo.train.lr = 1e-4; o->dpo.train.schedule = "constant"; o->dpo.train.epochs = 1;
+    o->dpo.train.eval_every = 0;
+    o->dpo.eval_fraction = 0;
+    o->dpo.pref.on_bad = FDPO_PREF_SKIP;
+    o->reward_opts.timeout_s = 60;
+    o->rounds = 3; o->prompts_per_round = 16; o->n = 4;
+    o->bt_scale = 1;
+    o->sample = (fdpo_sample_config){.temperature = 1, .top_p = 1, .max_new_tokens = 32, .seed = (uint64_t)o->dpo.train.seed, .batch = 8};
+}
+
+int fdpo_online_opts_check(const fdpo_online_opts *o) {
     if (!o->model) return fdpo_error("--model: required (the policy to align)");
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
     if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
@@ -452,7 +467,7 @@ static int online_opts_check(const fdpo_online_opts *o) {
 }
 
 int fdpo_online_run(const fdpo_online_opts *o) {
-    if (online_opts_check(o)) return -1;
+    if (fdpo_online_opts_check(o)) return -1;
     /* a round is redone, never resumed half-way: the trainer's mid-run stop and restart do not apply */
     if (o->dpo.train.stop_at > 0 || o->dpo.train.overwrite)
         return fdpo_error("--stop-at, --overwrite: --mode step only (rounds mode resumes after the last complete round)");
@@ -682,7 +697,7 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
 }
 
 int fdpo_online_step_run(const fdpo_online_opts *o) {
-    if (online_opts_check(o)) return -1;
+    if (fdpo_online_opts_check(o)) return -1;
     if (o->ref_update_round) return fdpo_error("--ref-update round: belongs to --mode rounds (step mode's reference is fixed)");
     if (o->pairs_bt) return fdpo_error("--pairs all-bt: --mode step pairs the best with the worst sample");
     if (o->dpo.train.steps < 1) return fdpo_error("--steps: --mode step needs --steps >= 1 (got %ld)", o->dpo.train.steps);

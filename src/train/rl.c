@@ -265,6 +265,20 @@ void fdpo_sample_config_settings(const fdpo_sample_config *c, const fdpo_reward_
     fdpo_settings_num(s, "reward-timeout", r->timeout_s, 0);
 }
 
+void fdpo_rl_run_opts_default(fdpo_rl_run_opts *o) {
+    memset(o, 0, sizeof *o);
+    fdpo_train_opts_default(&o->train);
+    o->train.lr = 1e-5; o->train.schedule = "constant"; o->train.steps = 100;
+    /* batches are sampled groups: the data-file and model-shape fields only meet the shared checks */
+    o->train.n_layer = o->train.n_head = o->train.n_embd = o->train.n_positions = o->train.seq_len = 1;
+    o->train.batch_size = o->train.grad_accum = 1;
+    o->train.epochs = 0; o->train.val_fraction = 0; o->train.eval_every = 0; o->train.shuffle = 0;
+    o->reward_opts.timeout_s = 60;
+    o->rl = (fdpo_rl_config){.algo = FDPO_RL_RLOO, .div = {.kind = FDPO_DIV_RKL}, .beta = 0.05, .k = 4, .grpo_eps = 1e-4};
+    o->prompts_per_step = 8;
+    o->sample = (fdpo_sample_config){.temperature = 1, .top_p = 1, .max_new_tokens = 32, .seed = (uint64_t)o->train.seed, .batch = 8};
+}
+
 void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
     char div[64];
     fdpo_divergence_name(&o->rl.div, div, sizeof div);
@@ -281,7 +295,7 @@ void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
     fdpo_sample_config_settings(&o->sample, &o->reward_opts, s);
 }
 
-int fdpo_rl_train(const fdpo_rl_run_opts *o) {
+int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
     if (!o->model) return fdpo_error("--model: required (the policy to train)");
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
     if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
@@ -289,6 +303,11 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (o->train.steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->train.steps);
     if (o->prompts_per_step < 1) return fdpo_error("--prompts-per-step: must be >= 1 (got %ld)", o->prompts_per_step);
     if (fdpo_rl_config_check(&o->rl) || fdpo_sample_config_check(&o->sample)) return -1;
+    return 0;
+}
+
+int fdpo_rl_train(const fdpo_rl_run_opts *o) {
+    if (fdpo_rl_run_opts_check(o)) return -1;
     /* the policy is --model (or OUT's checkpoint on --resume): an fdpo_trainer run whose items
      * are the prompts, taken in file order, prompts_per_step per step */
     fdpo_train_opts t = o->train;

@@ -13,6 +13,16 @@
 #include "train/settings_json.h"
 #include "fdpo/tokenizer.h"
 
+void fdpo_sacpo_opts_default(fdpo_sacpo_opts *o) {
+    memset(o, 0, sizeof *o);
+    fdpo_dpo_run_opts_default(&o->dpo);
+    /* the online stages sample as `fdpo online` does and train each round with the dpo template */
+    fdpo_online_opts_default(&o->online);
+    o->online.dpo = o->dpo;
+    o->online.dpo.eval_fraction = 0;
+    o->online.dpo.pref.on_bad = FDPO_PREF_SKIP;
+}
+
 int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     if (!o->dpo.train.init) return fdpo_error("--model: required (the checkpoint to align)");
     if (!o->reward_data && !o->reward_spec)

@@ -226,6 +226,11 @@ void fdpo_train_opts_default(fdpo_train_opts *o) {
     o->lora_alpha = 8;   /* PEFT's LoraConfig defaults: alpha 8, dropout 0 */
 }
 
+void fdpo_sft_opts_default(fdpo_train_opts *o) {
+    fdpo_train_opts_default(o);
+    o->lr = 2e-5; o->epochs = 3;
+}
+
 int fdpo_train_opts_check(const fdpo_train_opts *o) {
     if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
     if (o->resume && o->overwrite) return fdpo_error("--overwrite: cannot be combined with --resume");

@@ -12,8 +12,12 @@
 #include "fdpo/data.h"
 #include "fdpo/eval.h"
 #include "fdpo/io.h"
+#include "fdpo/kto.h"
 #include "fdpo/online.h"
 #include "fdpo/pref.h"
+#include "fdpo/rl.h"
+#include "fdpo/rm.h"
+#include "fdpo/sacpo.h"
 #include "fdpo/tokenizer.h"
 #include "fdpo/train.h"
 #include "fdpo/trainer.h"
@@ -80,6 +84,68 @@ START_TEST(online_opts_are_checked_by_the_library) {
     o.dpo.train.steps = 2;
     ck_assert_int_ne(fdpo_online_step_run(&o), 0);
     ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--ref-update round"));
+}
+END_TEST
+
+/* A library caller gets each command's documented defaults (the CLI's --help shows the same:
+ * tests/py/test_cli.py), which pass the library's check once the required paths are given;
+ * the check names the flag of a bad value (the CLI no longer checks --eval-fraction itself). */
+START_TEST(trainer_defaults_are_the_library_s_and_pass_its_checks) {
+    fdpo_train_opts sft;
+    fdpo_sft_opts_default(&sft);
+    ck_assert(sft.lr == 2e-5 && sft.epochs == 3 && !strcmp(sft.schedule, "cosine") && sft.batch_size == 8);
+
+    fdpo_rm_run_opts rm;
+    fdpo_rm_run_opts_default(&rm);
+    ck_assert(rm.train.lr == 1e-5 && !strcmp(rm.train.schedule, "linear") && rm.train.eval_every == 50);
+    ck_assert(rm.eval_fraction == 0.1 && rm.center_rewards_coefficient == 0);
+    rm.train.init = "m"; rm.data = "d.jsonl"; rm.train.out = "o";
+    ck_assert_int_eq(fdpo_rm_run_opts_check(&rm), 0);
+    rm.eval_fraction = 1;
+    ck_assert_int_ne(fdpo_rm_run_opts_check(&rm), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--eval-fraction: 1 is not in [0, 1)");
+
+    fdpo_kto_run_opts kto;
+    fdpo_kto_run_opts_default(&kto);
+    ck_assert(kto.train.lr == 1e-6 && !strcmp(kto.train.schedule, "linear") && kto.train.eval_every == 50);
+    ck_assert(kto.loss.beta == 0.1 && kto.loss.div.kind == FDPO_DIV_RKL);
+    ck_assert(kto.loss.desirable_weight == 1 && kto.loss.undesirable_weight == 1 && kto.eval_fraction == 0.1);
+    kto.train.init = "m"; kto.data = "d.jsonl"; kto.train.out = "o";
+    ck_assert_int_eq(fdpo_kto_run_opts_check(&kto), 0);
+    kto.eval_fraction = -0.5;
+    ck_assert_int_ne(fdpo_kto_run_opts_check(&kto), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--eval-fraction: -0.5 is not in [0, 1)");
+
+    fdpo_rl_run_opts rl;
+    fdpo_rl_run_opts_default(&rl);
+    ck_assert(rl.train.lr == 1e-5 && !strcmp(rl.train.schedule, "constant") && rl.train.steps == 100);
+    ck_assert(rl.rl.algo == FDPO_RL_RLOO && rl.rl.beta == 0.05 && rl.rl.k == 4 && rl.rl.grpo_eps == 1e-4);
+    ck_assert(rl.prompts_per_step == 8 && rl.sample.max_new_tokens == 32 && rl.reward_opts.timeout_s == 60);
+    rl.model = "m"; rl.prompts = "p.txt"; rl.reward = "length"; rl.train.out = "o";
+    ck_assert_int_eq(fdpo_rl_run_opts_check(&rl), 0);
+    rl.rl.k = 1;
+    ck_assert_int_ne(fdpo_rl_run_opts_check(&rl), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--n: "));
+
+    fdpo_online_opts on;
+    fdpo_online_opts_default(&on);
+    ck_assert(on.rounds == 3 && on.prompts_per_round == 16 && on.n == 4 && on.bt_scale == 1 && !on.ref_update_round);
+    ck_assert(on.dpo.train.lr == 1e-4 && !strcmp(on.dpo.train.schedule, "constant") && on.dpo.train.epochs == 1);
+    ck_assert(on.dpo.dpo.loss.beta == 0.1 && on.dpo.eval_fraction == 0 && on.dpo.pref.on_bad == FDPO_PREF_SKIP);
+    on.model = "m"; on.prompts = "p.txt"; on.reward = "length"; on.out = "o";
+    ck_assert_int_eq(fdpo_online_opts_check(&on), 0);
+    on.prompts_per_round = 0;
+    ck_assert_int_ne(fdpo_online_opts_check(&on), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--prompts-per-round: "));
+
+    fdpo_sacpo_opts sa;
+    fdpo_sacpo_opts_default(&sa);
+    ck_assert(sa.dpo.train.lr == 1e-6 && sa.dpo.eval_fraction == 0.1 && !sa.safety_first);
+    ck_assert(sa.online.rounds == 3 && sa.online.prompts_per_round == 16 && sa.online.dpo.train.lr == 1e-6);
+    const double lambdas[] = {0.5, 1};
+    sa.dpo.train.init = "m"; sa.reward_data = "r.jsonl"; sa.safety_data = "s.jsonl"; sa.out = sa.dpo.train.out = "o";
+    sa.lambdas = lambdas; sa.n_lambdas = 2;
+    ck_assert_msg(fdpo_sacpo_opts_check(&sa) == 0, "%s", fdpo_last_error());
 }
 END_TEST
 
@@ -884,6 +950,7 @@ int main(void) {
     tcase_add_test(tc, schedule_closed_forms);
     tcase_add_test(tc, adamw_two_steps_closed_form);
     tcase_add_test(tc, online_opts_are_checked_by_the_library);
+    tcase_add_test(tc, trainer_defaults_are_the_library_s_and_pass_its_checks);
     tcase_add_test(tc, bf16_rounding_against_reference);
     tcase_add_test(tc, adamw_writes_the_bf16_weight_copy);
     tcase_add_test(tc, adamw_scaled_step_closed_form);

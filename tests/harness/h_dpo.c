@@ -17,6 +17,11 @@
 #include "fdpo/core.h"
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
+#include "fdpo/kto.h"
+#include "fdpo/online.h"
+#include "fdpo/rl.h"
+#include "fdpo/rm.h"
+#include "fdpo/sacpo.h"
 #include "fdpo/train.h"
 #include "harness.h"
 #include "train/settings_json.h"
@@ -339,27 +344,85 @@ int h_dpo_bench(int argc, char **argv) {
     return rc;
 }
 
-/* opts-defaults: the library's defaults of the trainer options as settings under their flag
- * names, one JSON object {"train": {...}, "dpo": {...}} (fdpo_train_opts_default and
- * fdpo_dpo_run_opts_default); tests/py/test_cli.py compares them with the CLI's --help. */
+/* The train options that training_state.json does not hold (run control, LoRA, a random
+ * init's shape), added for the comparison with --help when s lacks them. */
+static void unsaved_train_settings(const fdpo_train_opts *t, fdpo_settings *s) {
+    const struct { const char *key; double v; } x[] = {
+        {"resume", t->resume}, {"overwrite", t->overwrite}, {"stop-at", (double)t->stop_at}, {"quiet", t->quiet},
+        {"allreduce-overlap", t->allreduce_overlap}, {"lora-r", (double)t->lora_r}, {"lora-alpha", t->lora_alpha},
+        {"lora-dropout", t->lora_dropout}, {"n-layer", (double)t->n_layer}, {"n-head", (double)t->n_head},
+        {"n-embd", (double)t->n_embd}, {"n-positions", (double)t->n_positions}, {"n-kv-head", (double)t->n_kv_head},
+        {"intermediate-size", (double)t->intermediate_size}, {"rope-theta", t->rope_theta},
+        {"tie-word-embeddings", t->tie_word_embeddings},
+    };
+    for (size_t i = 0; i < sizeof x / sizeof x[0]; i++)
+        if (!fdpo_settings_find(s, x[i].key)) fdpo_settings_num(s, x[i].key, x[i].v, 0);
+}
+
+/* opts-defaults: the library's defaults of every training command's options as settings
+ * under their flag names, one JSON object {"train", "sft", "dpo", "rm", "kto", "rl",
+ * "online", "sacpo"} (fdpo_train_opts_default, fdpo_sft_opts_default,
+ * fdpo_dpo_run_opts_default, fdpo_rm_run_opts_default, fdpo_kto_run_opts_default,
+ * fdpo_rl_run_opts_default, fdpo_online_opts_default, fdpo_sacpo_opts_default);
+ * tests/py/test_cli.py compares them with each command's --help. */
 int h_opts_defaults(int argc, char **argv) {
     (void)argc; (void)argv;
+    enum { TRAIN, SFT, DPO, RM, KTO, RL, ONLINE, SACPO, N_KINDS };
+    static const char *const names[N_KINDS] = {"train", "sft", "dpo", "rm", "kto", "rl", "online", "sacpo"};
+    fdpo_settings s[N_KINDS];
+    memset(s, 0, sizeof s);
     fdpo_train_opts t;
     fdpo_train_opts_default(&t);
+    fdpo_train_opts_settings(&t, &s[TRAIN]);
+    fdpo_train_opts sft;
+    fdpo_sft_opts_default(&sft);
+    fdpo_train_opts_settings(&sft, &s[SFT]);
     fdpo_dpo_run_opts d;
     fdpo_dpo_run_opts_default(&d);
-    fdpo_settings st = {0}, sd = {0};
-    fdpo_train_opts_settings(&t, &st);
-    fdpo_train_opts_settings(&d.train, &sd);
-    fdpo_dpo_run_opts_settings(&d, &sd);
+    fdpo_train_opts_settings(&d.train, &s[DPO]);
+    fdpo_dpo_run_opts_settings(&d, &s[DPO]);
+    fdpo_rm_run_opts rm;
+    fdpo_rm_run_opts_default(&rm);
+    fdpo_train_opts_settings(&rm.train, &s[RM]);
+    fdpo_rm_run_opts_settings(&rm, &s[RM]);
+    fdpo_kto_run_opts kto;
+    fdpo_kto_run_opts_default(&kto);
+    fdpo_train_opts_settings(&kto.train, &s[KTO]);
+    fdpo_kto_run_opts_settings(&kto, &s[KTO]);
+    fdpo_rl_run_opts rl;
+    fdpo_rl_run_opts_default(&rl);
+    fdpo_train_opts_settings(&rl.train, &s[RL]);
+    fdpo_rl_run_opts_settings(&rl, &s[RL]);
+    fdpo_online_opts on;
+    fdpo_online_opts_default(&on);
+    fdpo_online_round_settings(&on, &s[ONLINE]);   /* with the round's train and f-DPO settings */
+    fdpo_sacpo_opts sa;
+    fdpo_sacpo_opts_default(&sa);
+    fdpo_train_opts_settings(&sa.dpo.train, &s[SACPO]);
+    fdpo_dpo_run_opts_settings(&sa.dpo, &s[SACPO]);
+    fdpo_settings st = {0};   /* the online stages' sampling and rounds: the keys sa.dpo has not */
+    fdpo_online_round_settings(&sa.online, &st);
+    for (size_t i = 0; i < st.n; i++) {
+        const fdpo_setting *x = &st.v[i];
+        if (fdpo_settings_find(&s[SACPO], x->key)) continue;
+        if (x->type == FDPO_SETTING_NUM) fdpo_settings_num(&s[SACPO], x->key, x->num, x->fixed);
+        else if (x->type == FDPO_SETTING_BOOL) fdpo_settings_bool(&s[SACPO], x->key, x->num != 0, x->fixed);
+        else fdpo_settings_str(&s[SACPO], x->key, x->type == FDPO_SETTING_STR ? x->str : NULL, x->fixed);
+    }
+    fdpo_settings_free(&st);
+    fdpo_settings_str(&s[SACPO], "order", sa.safety_first ? "safety-first" : "reward-first", 1);
+    fdpo_settings_num(&s[ONLINE], "rounds", (double)on.rounds, 0);   /* online.json keeps no round count */
+    fdpo_settings_num(&s[SACPO], "rounds", (double)sa.online.rounds, 0);
+    const fdpo_train_opts *const train_of[N_KINDS] = {&t, &sft, &d.train, &rm.train, &kto.train, &rl.train, &on.dpo.train, &sa.dpo.train};
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddItemToObject(o, "train", fdpo_settings_to_json(&st));
-    cJSON_AddItemToObject(o, "dpo", fdpo_settings_to_json(&sd));
+    for (int k = 0; k < N_KINDS; k++) {
+        unsaved_train_settings(train_of[k], &s[k]);
+        cJSON_AddItemToObject(o, names[k], fdpo_settings_to_json(&s[k]));
+        fdpo_settings_free(&s[k]);
+    }
     char *text = cJSON_PrintUnformatted(o);
     printf("%s\n", text);
     cJSON_free(text);
     cJSON_Delete(o);
-    fdpo_settings_free(&st);
-    fdpo_settings_free(&sd);
     return 0;
 }
