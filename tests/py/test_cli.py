@@ -1,5 +1,6 @@
 """The fdpo command's shared behaviour: help, unknown commands and flags."""
 import json
+import re
 import os
 import subprocess
 
@@ -109,6 +110,7 @@ def help_defaults(cmd):
     """{flag name: default text} from `fdpo CMD --help` ("  --lr X   text [1e-6]")"""
     out = {}
     for line in helptext(cmd).splitlines():
+        line = re.sub(r" \(was --[^)]*\)$", "", line.rstrip())   # an old spelling's note after the default
         if line.startswith("  --") and line.rstrip().endswith("]"):
             name = line.split()[0][2:]
             out.setdefault(name, line.rstrip().rsplit("[", 1)[1][:-1])
