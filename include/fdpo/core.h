@@ -80,6 +80,9 @@ int fdpo_itab_reserve(fdpo_itab *t, size_t n_items, uint64_t (*hash_of)(size_t i
 void fdpo_itab_clear(fdpo_itab *t);   /* empty, same capacity */
 void fdpo_itab_free(fdpo_itab *t);
 
+/* The one default seed of every options struct (the CLI's --seed default, docs/cli.md). */
+#define FDPO_DEFAULT_SEED 1337
+
 /* ---- RNG ---- xoshiro256** seeded with splitmix64: same seed -> same stream everywhere. */
 typedef struct { uint64_t s[4]; } fdpo_rng;
 void fdpo_rng_seed(fdpo_rng *r, uint64_t seed);

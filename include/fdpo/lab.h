@@ -174,7 +174,7 @@ typedef struct {
     void *ctx;
 } fdpo_lab_coverage_opts;
 /* Defaults of `fdpo lab coverage`: policy ref, data_div rkl, beta 0.1, mixture 0.5, ridge 1e-3,
- * seed 0, no on_fit. The check (fdpo_lab_coverage runs it; errors name the flag): beta > 0,
+ * seed FDPO_DEFAULT_SEED, no on_fit. The check (fdpo_lab_coverage runs it; errors name the flag): beta > 0,
  * mixture in [0, 1], ridge > 0. fdpo_lab_coverage also needs prompts >= 1 and every N in
  * [1, 1e8] (--comparisons). */
 void fdpo_lab_coverage_opts_default(fdpo_lab_coverage_opts *o);

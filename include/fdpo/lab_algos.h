@@ -70,7 +70,7 @@ typedef struct {
 
 /* The defaults of `fdpo lab check --method` for method m, exact or sampled, on n responses:
  * div rkl, beta 0.5, pair_top n/2, k 4, grpo_eps 1e-4, bt labels at the threshold NaN
- * (E_pi_ref[r]), weights 1, seed 0, and steps and lr by method (below). */
+ * (E_pi_ref[r]), weights 1, seed FDPO_DEFAULT_SEED, and steps and lr by method (below). */
 void fdpo_lab_algo_opts_default(fdpo_lab_algo_opts *o, fdpo_lab_method m, int exact, size_t n);
 /* iterations: 100000 sampled; exact 20000 for grpo and kto, else 200000 */
 long fdpo_lab_algo_default_steps(fdpo_lab_method m, int exact);

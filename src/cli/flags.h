@@ -25,9 +25,12 @@
 #ifndef FDPO_CLI_FLAGS_H
 #define FDPO_CLI_FLAGS_H
 #include <stddef.h>
+#include "fdpo/core.h"   /* FDPO_DEFAULT_SEED */
 
-/* The one default --seed of every command. */
-#define FLAGS_DEFAULT_SEED "1337"
+/* The one default --seed of every command: the library's (core.h). */
+#define FLAGS_STR_(x) #x
+#define FLAGS_STR(x) FLAGS_STR_(x)
+#define FLAGS_DEFAULT_SEED FLAGS_STR(FDPO_DEFAULT_SEED)
 
 typedef enum { FLAG_INT, FLAG_FLOAT, FLAG_STR, FLAG_BOOL, FLAG_LIST } flag_type;
 /* FLAG_LIST: a repeatable string flag; every value in order. Values from the command line

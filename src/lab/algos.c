@@ -50,6 +50,7 @@ void fdpo_lab_algo_opts_default(fdpo_lab_algo_opts *o, fdpo_lab_method m, int ex
     o->labels = FDPO_LAB_LABELS_BT;
     o->label_threshold = NAN;
     o->desirable_weight = o->undesirable_weight = 1;
+    o->seed = FDPO_DEFAULT_SEED;
 }
 
 const char *fdpo_lab_algo_variant(const fdpo_lab_algo_opts *o) {

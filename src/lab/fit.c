@@ -270,6 +270,7 @@ void fdpo_lab_coverage_opts_default(fdpo_lab_coverage_opts *o) {
     o->beta = 0.1;
     o->mixture = 0.5;
     o->ridge = 1e-3;
+    o->seed = FDPO_DEFAULT_SEED;
 }
 
 int fdpo_lab_coverage_opts_check(const fdpo_lab_coverage_opts *o) {

@@ -220,7 +220,7 @@ void fdpo_train_opts_default(fdpo_train_opts *o) {
     o->seq_len = 128; o->batch_size = 8; o->grad_accum = 1;
     o->epochs = 1; o->lr = 3e-4; o->schedule = "cosine";
     o->weight_decay = 0.01; o->beta1 = 0.9; o->beta2 = 0.999; o->adam_eps = 1e-8; o->grad_clip = 1;
-    o->seed = 1337; o->eval_every = 100; o->log_every = 1;
+    o->seed = FDPO_DEFAULT_SEED; o->eval_every = 100; o->log_every = 1;
     o->val_fraction = 0.05; o->shuffle = 1;
     o->arch = "gpt2"; o->rope_theta = 10000; o->tie_word_embeddings = 1;
     o->lora_alpha = 8;   /* PEFT's LoraConfig defaults: alpha 8, dropout 0 */

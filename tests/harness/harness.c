@@ -20,6 +20,7 @@ int h_isa_peaks(int argc, char **argv);
 int h_gemm_check(int argc, char **argv);
 int h_kto_grad(int argc, char **argv);
 int h_objectives(int argc, char **argv);
+int h_lab_defaults(int argc, char **argv);
 int h_opts_defaults(int argc, char **argv);
 int h_rm_grad(int argc, char **argv);
 int h_rl(int argc, char **argv);
@@ -60,6 +61,7 @@ static const struct { const char *name; harness_fn fn; } SUBS[] = {
     {"attention-check", h_model},
     {"kernel-expf", h_model},
     {"objectives", h_objectives},
+    {"lab-defaults", h_lab_defaults},
     {"opts-defaults", h_opts_defaults},
     {"rm-grad", h_rm_grad},
     {"rl-grad", h_rl},

@@ -797,3 +797,26 @@ def test_prompt_rows_must_be_contiguous(tmp_path):
     p.write_text("prompt,pi_ref,reward\na,0.5,1\na,0.5,0\nb,1,2\na,1,3\n")
     r = lab("frontier", "--data", p, check=False)
     assert r.returncode == 1 and f"{p}:5: column 'prompt': 'a' appears again" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("sub", ["frontier", "coverage", "check --method dpo"])
+def test_lab_help_shows_the_library_defaults(sub):
+    """The lab's option structs have library defaults (fdpo_lab_beta_grid_default,
+    fdpo_lab_coverage_opts_default, fdpo_lab_algo_opts_default); every one of them that the
+    subcommand's --help shows must be the value shown (the seed is the library's
+    FDPO_DEFAULT_SEED, as every command's --seed)."""
+    import json
+    harness = os.environ.get("FDPO_HARNESS", os.path.join(os.path.dirname(__file__), "../../build/fdpo-harness"))
+    lib = json.loads(subprocess.run([harness, "lab-defaults"], capture_output=True, text=True, check=True).stdout)[sub]
+    text = subprocess.run([FDPO, "lab", *sub.split(), "--help"], capture_output=True, text=True, check=True).stdout
+    shown = {}
+    for line in text.splitlines():
+        line = line.rstrip()
+        if line.startswith("  --") and line.endswith("]"):
+            shown.setdefault(line.split()[0][2:], line.rsplit("[", 1)[1][:-1])
+    for key, value in lib.items():
+        assert key in shown, (sub, key)
+        if isinstance(value, str):
+            assert shown[key] == value, (sub, key, shown[key], value)
+        else:
+            assert float(shown[key]) == pytest.approx(value, rel=1e-12), (sub, key, shown[key], value)
