@@ -194,7 +194,7 @@ done
 # that the stage runs).
 par_stage "$RUN/online-rkl-b0.1" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward afinn \
       --lexicon "$LEXICON" --divergence rkl --beta 0.1 --rounds $ONLINE_ROUNDS \
-      --prompts-per-round $ONLINE_PROMPTS --n $K_GEN --pairs all-bt --bt-scale $BT_SCALE "${SAMPLE[@]}" \
+      --prompts-per-round $ONLINE_PROMPTS --n $K_GEN --pairing all-bt --bt-scale $BT_SCALE "${SAMPLE[@]}" \
       --max-new-tokens $NEW_TOK --epochs $DPO_EPOCHS "${COMMON_TRAIN[@]}" --out "$RUN/online-rkl-b0.1"
 # Reward over-optimisation: a reward model trained on the offline pairs (the same reward queries),
 # then optimised online; every round is scored with the proxy (rm) and the gold reward (AFINN).
@@ -210,7 +210,7 @@ rm_then_online() {
         --batch-size 16 --eval-fraction 0.1 --threads $PTHREADS --seed 8 $PQUIET --overwrite --out "$RUN/rm"
   stage "$RUN/online-rm-rkl-b$RM_BETA" "$FDPO" online --model "$BASE" --data "$DATA/prompts_train.jsonl" --reward "rm:$RUN/rm" \
         --divergence rkl --beta $RM_BETA --rounds $RM_ROUNDS --prompts-per-round $RM_PROMPTS "${SAMPLE[@]}" \
-        --n $K_GEN --pairs best-worst --max-new-tokens $NEW_TOK --epochs $RM_ROUND_EPOCHS "${COMMON_TRAIN[@]}" \
+        --n $K_GEN --pairing best-worst --max-new-tokens $NEW_TOK --epochs $RM_ROUND_EPOCHS "${COMMON_TRAIN[@]}" \
         --out "$RUN/online-rm-rkl-b$RM_BETA"
 }
 par_do rm_then_online

@@ -18,7 +18,7 @@
  *
  * One vocabulary across commands (docs/cli.md): --model, --ref, --data, --out, --n,
  * --batch-size, --seed (default FLAGS_DEFAULT_SEED), --threads. The old spellings (--policy,
- * --init, --prompts, --samples, --input, --k, --batch, --val-fraction) live on in one alias table in
+ * --init, --prompts, --samples, --input, --k, --batch, --val-fraction, online's --pairs) live on in one alias table in
  * flags.c: in a command that has the new flag and no flag of the old name, the old name
  * still works, on the command line and as a config key, and logs "--policy is deprecated;
  * use --model". A one-letter alias also works with one dash (-k). */

@@ -13,8 +13,8 @@ size_t online_flags_add(online_flags *v, fdpo_online_opts *o, fdpo_flag *f, size
         {"rounds", FLAG_INT, &o->rounds, "3", "sample -> pair -> f-DPO rounds", 0},
         {"prompts-per-round", FLAG_INT, &o->prompts_per_round, "16", "prompts sampled each round (cycling through the file)", 0},
         {"n", FLAG_INT, &o->n, "4", "completions sampled per prompt", 0},
-        {"pairs", FLAG_STR, &v->pairs_mode, "best-worst", "pairs per prompt: best-worst (the best and the worst completion) or all-bt (all disjoint pairs, Bradley-Terry-sampled labels, as fdpo pairs)", 0},
-        {"bt-scale", FLAG_FLOAT, &o->bt_scale, "1", "--pairs all-bt: P(a chosen) = sigmoid((r_a - r_b) / scale)", 0},
+        {"pairing", FLAG_STR, &v->pairs_mode, "best-worst", "how each prompt's completions become pairs: best-worst (the best and the worst completion) or all-bt (all disjoint pairs, Bradley-Terry-sampled labels, as fdpo pairs)", 0},
+        {"bt-scale", FLAG_FLOAT, &o->bt_scale, "1", "--pairing all-bt: P(a chosen) = sigmoid((r_a - r_b) / scale)", 0},
         {"ref-logps", FLAG_STR, &v->ref_logps, "all", "which samples get reference log-probs: all (every sample: objective/kl is the unbiased mean over all) or pairs (only the pairs' samples, all f-DPO needs: one reference forward less; objective/kl is then their mean, biased towards the reward's extremes)", 0},
         {"ref-update", FLAG_STR, &v->ref_update, "never", "never: fixed reference (online DPO); round: the previous round's policy (iterative DPO)", 0},
         {"temperature", FLAG_FLOAT, &v->temperature, "1", "sampling temperature", 0},
@@ -33,7 +33,7 @@ int online_flags_finish(const online_flags *v, fdpo_online_opts *o, uint64_t see
     else return fdpo_error("--ref-update: '%s' is not never or round", v->ref_update);
     if (!strcmp(v->pairs_mode, "best-worst")) o->pairs_bt = 0;
     else if (!strcmp(v->pairs_mode, "all-bt")) o->pairs_bt = 1;
-    else return fdpo_error("--pairs: '%s' is not best-worst or all-bt", v->pairs_mode);
+    else return fdpo_error("--pairing: '%s' is not best-worst or all-bt", v->pairs_mode);
     if (!strcmp(v->ref_logps, "pairs")) o->ref_logps_pairs = 1;
     else if (!strcmp(v->ref_logps, "all")) o->ref_logps_pairs = 0;
     else return fdpo_error("--ref-logps: '%s' is not pairs or all", v->ref_logps);

@@ -200,7 +200,7 @@ typedef struct {
     size_t P, K, N;
     char **ps, **pp, **cc;         /* the round's prompts; each sample's prompt and completion text */
     double *r, *logp, *lref;       /* reward, log pi and log pi_ref of each sample's tokens */
-    fdpo_sample_rec *recs;         /* --pairs all-bt */
+    fdpo_sample_rec *recs;         /* --pairing all-bt */
     fdpo_pref_pair *pairs;         /* over the samples' token ids */
     const fdpo_pref_pair **pair_ptr;
     double *pair_ref;              /* [2 * pairs] reference log-probs of chosen, rejected */
@@ -670,7 +670,7 @@ void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     fdpo_settings_str(s, "reward", o->reward, 1);
     fdpo_settings_num(s, "n", (double)o->n, 1);
     fdpo_settings_num(s, "prompts-per-round", (double)o->prompts_per_round, 1);
-    fdpo_settings_str(s, "pairs", o->pairs_bt ? "all-bt" : "best-worst", 1);
+    fdpo_settings_str(s, "pairing", o->pairs_bt ? "all-bt" : "best-worst", 1);
     fdpo_settings_num(s, "bt-scale", o->bt_scale, 1);
     fdpo_settings_str(s, "ref-logps", o->ref_logps_pairs ? "pairs" : "all", 1);
     fdpo_settings_str(s, "ref-update", o->ref_update_round ? "round" : "never", 1);
@@ -699,7 +699,7 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
 int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (fdpo_online_opts_check(o)) return -1;
     if (o->ref_update_round) return fdpo_error("--ref-update round: belongs to --mode rounds (step mode's reference is fixed)");
-    if (o->pairs_bt) return fdpo_error("--pairs all-bt: --mode step pairs the best with the worst sample");
+    if (o->pairs_bt) return fdpo_error("--pairing all-bt: --mode step pairs the best with the worst sample");
     if (o->dpo.train.steps < 1) return fdpo_error("--steps: --mode step needs --steps >= 1 (got %ld)", o->dpo.train.steps);
     /* an fdpo_trainer run over the prompts (file order, prompts_per_round per step): it
      * checkpoints with training state, stops and resumes as the other trainers do */

@@ -102,13 +102,18 @@ cJSON *fdpo_settings_to_json(const fdpo_settings *s) {
 int fdpo_settings_from_json(fdpo_settings *s, const cJSON *o, const cJSON *fixed_list, const char *path) {
     const cJSON *e;
     cJSON_ArrayForEach(e, o) {
-        /* before wave 28 pretrain/sft's held-out fraction was saved as "val-fraction" (and
-         * dpo-like runs saved it, unused, beside their "eval-fraction"): one name now */
+        /* keys renamed in wave 28 with their flags: pretrain/sft's "val-fraction" (dpo-like
+         * runs saved it, unused, beside their own "eval-fraction", which then wins) and
+         * online's "pairs" (best-worst|all-bt; eval's --pairs is a file) */
+        static const char *const RENAMED[][2] = {{"val-fraction", "eval-fraction"}, {"pairs", "pairing"}};
         const char *key = e->string;
-        if (!strcmp(key, "val-fraction")) {
-            if (cJSON_GetObjectItemCaseSensitive(o, "eval-fraction")) continue;
-            key = "eval-fraction";
-        }
+        int skip = 0;
+        for (size_t r = 0; r < sizeof RENAMED / sizeof RENAMED[0]; r++)
+            if (!strcmp(key, RENAMED[r][0])) {
+                skip = cJSON_GetObjectItemCaseSensitive(o, RENAMED[r][1]) != NULL;
+                key = RENAMED[r][1];
+            }
+        if (skip) continue;
         int fixed = 0;
         if (fixed_list) {
             const cJSON *f;

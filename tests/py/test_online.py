@@ -109,10 +109,10 @@ def test_iterative_reference_is_the_previous_policy(setup, tmp_path):
 
 
 def test_all_bt_pairs(setup, tmp_path):
-    # --pairs all-bt: every prompt's completions paired off disjointly (as `fdpo pairs`), labels
+    # --pairing all-bt: every prompt's completions paired off disjointly (as `fdpo pairs`), labels
     # drawn from Bradley-Terry, ties skipped; rewards are the program's
     out = tmp_path / "bt"
-    online(setup, out, "--rounds", 1, "--pairs", "all-bt")
+    online(setup, out, "--rounds", 1, "--pairing", "all-bt")
     rows = [json.loads(l) for l in open(out / "round-0.pairs.jsonl")]
     per_prompt = {}
     for r in rows:
@@ -167,8 +167,8 @@ def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_pat
     (["--n", "1"], "--n"),
     (["--rounds", "0"], "--rounds"),
     (["--divergence", "tv"], "--divergence tv"),
-    (["--pairs", "all"], "--pairs: 'all' is not best-worst or all-bt"),
-    (["--pairs", "all-bt", "--bt-scale", "0"], "--bt-scale"),
+    (["--pairing", "all"], "--pairing: 'all' is not best-worst or all-bt"),
+    (["--pairing", "all-bt", "--bt-scale", "0"], "--bt-scale"),
     (["--ref-logps", "some"], "--ref-logps: 'some' is not pairs or all"),
     (["--loss", "simpo"], "--loss simpo: online f-DPO needs a reference"),
     (["--stop-at", "1"], "--stop-at, --overwrite: --mode step only"),
@@ -533,6 +533,27 @@ def test_rounds_resume_refuses_a_changed_flag(setup, tmp_path, first, then, flag
     # the same flags continue, with another --threads (not fixed) and --model spelled another way
     online(setup, a, "--rounds", 2, "--resume", "--prompts-per-round", 4, "--threads", 2, *first,
            "--model", f"{setup}/./model")
+    assert (a / "round-1").is_dir()
+
+
+def test_pairs_is_the_old_name_of_pairing(setup, tmp_path):
+    """online's --pairs best-worst|all-bt is --pairing since wave 28 (--pairs is a preference
+    file elsewhere: fdpo eval --pairs FILE): the old flag still works with a deprecation note,
+    and rounds saved under the old key in online.json resume as the same run."""
+    small = ["--prompts-per-round", 4, "--threads", 1]
+    a = tmp_path / "a"
+    r = online(setup, a, "--rounds", 1, "--pairs", "all-bt", *small)
+    assert "--pairs is deprecated; use --pairing" in r.stderr, r.stderr
+    plan = json.loads((a / "online.json").read_text())
+    assert plan["settings"]["pairing"] == "all-bt" and "pairs" not in plan["settings"]
+    # what the previous version wrote: "pairs" (and "val-fraction" beside "eval-fraction")
+    plan["settings"]["pairs"] = plan["settings"].pop("pairing")
+    plan["settings"]["val-fraction"] = 0.05
+    plan["fixed"] = ["pairs" if k == "pairing" else k for k in plan["fixed"]] + ["val-fraction"]
+    (a / "online.json").write_text(json.dumps(plan))
+    r = online(setup, a, "--rounds", 2, "--resume", *small, check=False)   # back to best-worst
+    assert r.returncode != 0 and "--pairing: best-worst differs from the saved run's all-bt" in r.stderr, r.stderr
+    online(setup, a, "--rounds", 2, "--resume", "--pairing", "all-bt", *small)
     assert (a / "round-1").is_dir()
 
 
