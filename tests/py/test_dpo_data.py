@@ -252,7 +252,7 @@ def test_samples_with_nul_are_refused(tmp_path):
 def _run_pref(tmp, p): return harness("dpo-data", "--data", p, check=False)
 def _run_prompts(tmp, p): return harness("data-prompts", p, check=False)
 def _run_sft(tmp, p): return harness("data-sft", p, check=False)
-def _run_samples(tmp, p): return fdpo("pairs", "--samples", p, "--out", tmp / "o.jsonl", check=False)
+def _run_samples(tmp, p): return fdpo("pairs", "--data", p, "--out", tmp / "o.jsonl", check=False)
 def _run_tokenize(tmp, p): return fdpo("tokenize", "--tokenizer", "byte", "--jsonl-field", "prompt", "--data", p, check=False)
 
 
