@@ -155,7 +155,8 @@ int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int prett
  * the format wants, as {"prompt", "chosen", "rejected"}) and ", got an array" (a string, a
  * number, a boolean, null) for a value that is not an object.
  * Columns count bytes from 1. The one parser of a JSONL line for every JSONL reader:
- * preference, SFT, prompts, unpaired (KTO), scored samples, tokenize --jsonl-field. */
+ * preference, SFT, prompts, unpaired (KTO), scored samples, tokenize --jsonl-field, and
+ * report's metrics.jsonl and samples (which warn with the message and skip the line). */
 struct cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect);
 /* path_join returns a malloc'd "a/b". */
 char *fdpo_path_join(const char *a, const char *b);
