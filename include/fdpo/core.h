@@ -151,6 +151,16 @@ long fdpo_remove_stale_tmp(const char *dir);
  * newline. root is a cJSON tree (cJSON.h); the caller keeps ownership. */
 struct cJSON;
 int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty);
+/* One non-blank JSONL line line[0..n) -> its object (the caller cJSON_Deletes it), or NULL
+ * after an error naming "path:line_no" and what is wrong: "invalid JSON near column C",
+ * "unexpected text after the JSON object at column C" (a second object on the line would be
+ * dropped silently) or "expected a JSON object", followed by expect when not NULL (the fields
+ * the format wants, as {"prompt", "chosen", "rejected"}) and ", got an array" (a string, a
+ * number, a boolean, null) for a value that is not an object.
+ * Columns count bytes from 1. The one parser of a JSONL line for every JSONL reader:
+ * preference, SFT, prompts, unpaired (KTO), scored samples, tokenize --jsonl-field, and
+ * report's metrics.jsonl and samples (which warn with the message and skip the line). */
+struct cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect);
 /* path_join returns a malloc'd "a/b". */
 char *fdpo_path_join(const char *a, const char *b);
 /* FNV-1a 64 over bytes, chainable: h = fdpo_hash64(h, data, n), start with FDPO_HASH_INIT. */

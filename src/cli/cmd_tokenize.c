@@ -73,8 +73,8 @@ static int encode_jsonl(enc_ctx *c, const char *path, const char *s, size_t n, c
         const char *q = p;
         while (q < le && (*q == ' ' || *q == '\t' || *q == '\r')) q++;
         if (q < le) {
-            cJSON *j = cJSON_ParseWithLength(p, (size_t)(le - p));
-            if (!j) return fdpo_error("%s:%zu: not a JSON object", path, line);
+            cJSON *j = fdpo_jsonl_parse_object(path, line, p, (size_t)(le - p), NULL);
+            if (!j) return -1;
             const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, field);
             if (!cJSON_IsString(f)) {
                 cJSON_Delete(j);

@@ -1,4 +1,4 @@
-/* Shared checks for the JSONL readers: byte order mark, NUL escapes. */
+/* Shared checks for the JSONL readers: one line's object, byte order mark, NUL escapes. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -6,7 +6,13 @@
 #include "data/jsonl.h"
 #include "fdpo/core.h"
 
-cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n) {
+/* What a JSON value is, for "expected a JSON object, got ...". */
+static const char *json_kind(const cJSON *j) {
+    return cJSON_IsArray(j) ? "an array" : cJSON_IsString(j) ? "a string" : cJSON_IsNumber(j) ? "a number"
+         : cJSON_IsBool(j) ? "a boolean" : "null";
+}
+
+cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
     const char *end = NULL;
     cJSON *obj = cJSON_ParseWithLengthOpts(line, n, &end, 0);
     if (!obj) {
@@ -22,8 +28,9 @@ cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *lin
         return NULL;
     }
     if (!cJSON_IsObject(obj)) {
+        fdpo_error("%s:%zu: expected a JSON object%s%s, got %s", path, line_no, expect ? " " : "", expect ? expect : "",
+                   json_kind(obj));
         cJSON_Delete(obj);
-        fdpo_error("%s:%zu: not a JSON object", path, line_no);
         return NULL;
     }
     return obj;

@@ -5,10 +5,8 @@
 #include <cJSON.h>
 #include <stddef.h>
 
-/* One non-blank JSONL line line[0..n) -> its object, or NULL after an error naming
- * "path:line_no" and what is wrong: invalid JSON (with the column), text after the object
- * (a second object on the line was dropped silently), or a value that is not an object. */
-cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n);
+/* fdpo_jsonl_parse_object (one JSONL line -> its object) is public: fdpo/core.h. */
+#include "fdpo/core.h"
 
 /* Bytes to skip at the start of a file: 3 for a UTF-8 byte order mark, else 0. */
 size_t fdpo_jsonl_bom(const char *text, size_t len);

@@ -38,7 +38,7 @@ int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *
         size_t k = 0;
         while (k < (size_t)got && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r' || line[k] == '\n')) k++;
         if (k == (size_t)got) continue; /* blank line */
-        cJSON *o = fdpo_jsonl_parse_object(path, line_no, line, (size_t)got);
+        cJSON *o = fdpo_jsonl_parse_object(path, line_no, line, (size_t)got, "{\"prompt\", \"completion\", \"reward\"}");
         if (!o) { rc = -1; break; }
         char where[1100];
         snprintf(where, sizeof where, "%s:%zu", path, line_no);

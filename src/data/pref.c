@@ -302,25 +302,8 @@ static int parse_lines(const char *name, const char *text, size_t len, const fdp
         while (k < n && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
         if (k == n) continue;
         out->summary.lines++;
-        const char *end = NULL;
-        cJSON *obj = cJSON_ParseWithLengthOpts(line, n, &end, 0);
-        if (!obj) {
-            size_t col = end && end >= line ? (size_t)(end - line) + 1 : 1;
-            fdpo_pref_free(out);
-            return fdpo_error("%s:%zu: invalid JSON near column %zu", name, w->line, col);
-        }
-        size_t used = end && end >= line ? (size_t)(end - line) : n;
-        while (used < n && (line[used] == ' ' || line[used] == '\t' || line[used] == '\r')) used++;
-        if (used < n) {
-            cJSON_Delete(obj);
-            fdpo_pref_free(out);
-            return fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", name, w->line, used + 1);
-        }
-        if (!cJSON_IsObject(obj)) {
-            cJSON_Delete(obj);
-            fdpo_pref_free(out);
-            return fdpo_error("%s:%zu: expected a JSON object {\"prompt\", \"chosen\", \"rejected\"}", name, w->line);
-        }
+        cJSON *obj = fdpo_jsonl_parse_object(name, w->line, line, n, "{\"prompt\", \"chosen\", \"rejected\"}");
+        if (!obj) { fdpo_pref_free(out); return -1; }
         char where_nul[1100];
         snprintf(where_nul, sizeof where_nul, "%s:%zu", name, w->line);
         if (fdpo_jsonl_check_nul(where_nul, line, n, obj)) { cJSON_Delete(obj); fdpo_pref_free(out); return -1; }

@@ -139,12 +139,8 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
         int blank = 1;
         for (size_t i = 0; i < ll; i++) if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r') { blank = 0; break; }
         if (!blank) {
-            const char *parse_end = NULL;
-            cJSON *obj = cJSON_ParseWithLengthOpts(p, ll, &parse_end, 0);
-            int trailing = 0;
-            if (obj) for (const char *q = parse_end; q < end; q++) if (*q != ' ' && *q != '\t' && *q != '\r') trailing = 1;
-            if (!obj || trailing) { cJSON_Delete(obj); rc = fdpo_error("%s: not valid JSON", where); break; }
-            if (!cJSON_IsObject(obj)) { cJSON_Delete(obj); rc = fdpo_error("%s: expected a JSON object", where); break; }
+            cJSON *obj = fdpo_jsonl_parse_object(path, line, p, ll, NULL);
+            if (!obj) { rc = -1; break; }
             if (fdpo_jsonl_check_nul(where, p, ll, obj)) { cJSON_Delete(obj); rc = -1; break; }
             int err = 0;
             const char *text = NULL, *prompt = NULL, *completion = NULL;

@@ -75,7 +75,7 @@ int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_p
         while (k < n && (ln[k] == ' ' || ln[k] == '\t' || ln[k] == '\r')) k++;
         if (k == n) continue;
         out->lines++;
-        cJSON *obj = fdpo_jsonl_parse_object(path, line, ln, n);
+        cJSON *obj = fdpo_jsonl_parse_object(path, line, ln, n, "{\"prompt\", \"completion\", \"label\"}");
         if (!obj) { rc = -1; break; }
         if (out->n == cap) { cap = cap ? 2 * cap : 64; out->ex = fdpo_realloc(out->ex, cap * sizeof *out->ex); }
         int r = make_example(path, line, obj, tok, opt, out, &out->ex[out->n]);

@@ -74,14 +74,8 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                 fdpo_strv_push(out, s);
                 free(s);
             } else {
-                const char *end = NULL;
-                cJSON *o = cJSON_ParseWithLengthOpts(p, n, &end, 0);
-                size_t used = o && end ? (size_t)(end - p) : n;
-                while (used < n && blank(p + used, 1)) used++;
-                if (!o) rc = fdpo_error("%s:%zu: invalid JSON", path, line);
-                else if (used < n) /* as the pref and SFT readers: one object per line, nothing after it */
-                    rc = fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", path, line, used + 1);
-                else if (!cJSON_IsObject(o)) rc = fdpo_error("%s:%zu: expected a JSON object", path, line);
+                cJSON *o = fdpo_jsonl_parse_object(path, line, p, n, NULL);
+                if (!o) rc = -1;
                 else {
                     char where[1100];
                     snprintf(where, sizeof where, "%s:%zu", path, line);

@@ -260,20 +260,15 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
         size_t s = 0;
         while (s < k && isspace((unsigned char)p[s])) s++;
         if (k > s) {
-            const char *stop = NULL;
-            cJSON *obj = cJSON_ParseWithLengthOpts(p + s, k - s, &stop, 0);
-            int trailing = obj && stop && stop < p + k;   /* "{...} junk" */
-            if (!cJSON_IsObject(obj) || trailing) {
+            cJSON *obj = fdpo_jsonl_parse_object(path, line, p, k, NULL);   /* the words of every JSONL reader */
+            if (!obj) {
                 char snip[48];
                 size_t m = k - s < 40 ? k - s : 40;
                 while (m > 0 && m < k - s && ((unsigned char)p[s + m] & 0xC0) == 0x80) m--;   /* whole characters */
                 memcpy(snip, p + s, m); snip[m] = 0;
                 for (size_t i = 0; i < m; i++) if ((unsigned char)snip[i] < 0x20 || snip[i] == 0x7f) snip[i] = '?';
-                fdpo_rp_warn(c, "%s:%zu: %s, line skipped: %s%s", path, line,
-                        trailing ? "text after the JSON object" : obj ? "not a JSON object" :
-                        (e ? "malformed JSON" : "truncated or malformed JSON"),
-                        snip, k - s > 40 ? "..." : "");
-                cJSON_Delete(obj);
+                fdpo_rp_warn(c, "%s%s, line skipped: %s%s", fdpo_last_error(),
+                             e ? "" : " (the file ends there: truncated?)", snip, k - s > 40 ? "..." : "");
                 r->n_bad++;
             } else {
                 cJSON_AddItemToArray(r->rows, obj);
@@ -539,9 +534,10 @@ int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int exp
         char *e = memchr(p, '\n', (size_t)(end - p));
         size_t n = e ? (size_t)(e - p) : (size_t)(end - p);
         line++;
-        cJSON *obj = n ? cJSON_ParseWithLength(p, n) : NULL;
+        int blank = strspn(p, " \t\r") >= n;
+        cJSON *obj = blank ? NULL : fdpo_jsonl_parse_object(path, line, p, n, NULL);
         const cJSON *text_item = obj ? fdpo_rp_get(obj, K_COMPLETION) : NULL;
-        if (cJSON_IsObject(obj) && cJSON_IsString(text_item)) {
+        if (obj && cJSON_IsString(text_item)) {
             if (kept < 5000) {
                 cJSON *tmp = cJSON_CreateArray();
                 add_sample(tmp, cJSON_GetObjectItemCaseSensitive(obj, "prompt"), text_item, fdpo_rp_get(obj, K_REWARD));
@@ -554,8 +550,9 @@ int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int exp
                 cJSON_AddItemToArray(c->pending, smp);
             }
             kept++;
-        } else if (n && strspn(p, " \t\r") < n) {
-            if (bad++ < 3) fdpo_rp_warn(c, "%s:%zu: not a sample (a JSON object with \"completion\"), line skipped", path, line);
+        } else if (!blank && bad++ < 3) {
+            if (obj) fdpo_rp_warn(c, "%s:%zu: not a sample (a JSON object with \"completion\"), line skipped", path, line);
+            else fdpo_rp_warn(c, "%s, line skipped", fdpo_last_error());
         }
         cJSON_Delete(obj);
         if (!e) break;

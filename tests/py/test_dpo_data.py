@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from dpo_common import EOT, fdpo, harness, tokenize_pair, write_jsonl
+from dpo_common import EOT, fdpo, harness, save_byte_tokenizer, tokenize_pair, write_jsonl
 
 ROWS = [
     {"prompt": "Hi", "chosen": " there", "rejected": " you"},
@@ -244,3 +244,56 @@ def test_samples_with_nul_are_refused(tmp_path):
     os.mkfifo(s)
     r = fdpo("pairs", "--samples", s, "--out", tmp_path / "o.jsonl", check=False, timeout=30)
     assert r.returncode == 1 and f"{s}: not a regular file (a FIFO)" in r.stderr, r.stderr
+
+
+# ---- one JSONL line reader (fdpo_jsonl_parse_object) behind every JSONL format ----
+
+# reader: (a valid line, what the object should hold (after "expected a JSON object"), the run)
+def _run_pref(tmp, p): return harness("dpo-data", "--data", p, check=False)
+def _run_prompts(tmp, p): return harness("data-prompts", p, check=False)
+def _run_sft(tmp, p): return harness("data-sft", p, check=False)
+def _run_samples(tmp, p): return fdpo("pairs", "--data", p, "--out", tmp / "o.jsonl", check=False)
+def _run_tokenize(tmp, p): return fdpo("tokenize", "--tokenizer", "byte", "--jsonl-field", "prompt", "--data", p, check=False)
+
+
+def _run_unpaired(tmp, p):
+    tok = tmp / "tok"
+    tok.mkdir(exist_ok=True)
+    save_byte_tokenizer(tok)   # the data is read (and refused) before any model is loaded
+    return harness("kto-grad", "--model", tok, "--ref", tok, "--data", p, "--out", tmp / "o",
+                   "--divergence", "rkl", "--beta", "0.1", check=False)
+
+
+JSONL_READERS = {
+    "pref": ('{"prompt": "a", "chosen": "b", "rejected": "c"}', ' {"prompt", "chosen", "rejected"}', _run_pref),
+    "prompts": ('{"prompt": "a"}', "", _run_prompts),
+    "sft": ('{"prompt": "a", "completion": "b"}', "", _run_sft),
+    "unpaired": ('{"prompt": "a", "completion": "b", "label": true}', ' {"prompt", "completion", "label"}', _run_unpaired),
+    "samples": ('{"prompt": "a", "completion": "b", "reward": 1}', ' {"prompt", "completion", "reward"}', _run_samples),
+    "tokenize": ('{"prompt": "a"}', "", _run_tokenize),
+}
+
+
+def _line_cases(good, expect):
+    n = len(good)
+    return [
+        (good + " trailing", f"unexpected text after the JSON object at column {n + 2}"),
+        (good + "\t" + good, f"unexpected text after the JSON object at column {n + 2}"),   # was dropped silently
+        ('["prompt", "a"]', f"expected a JSON object{expect}, got an array"),
+        ('"a prompt"', f"expected a JSON object{expect}, got a string"),
+        ('{"prompt": "a" "x": 1}', "invalid JSON near column 16"),   # the missing comma: "x" is at column 16
+    ]
+
+
+@pytest.mark.parametrize("reader", sorted(JSONL_READERS))
+def test_every_jsonl_reader_refuses_a_bad_line_the_same_way(tmp_path, reader):
+    """Line 2 of FILE is bad: every reader says FILE:2: and the same words, with the column
+    where one is known (sft said "not valid JSON" with no column, also for trailing text;
+    prompts had no column for invalid JSON; tokenize said "not a JSON object" and dropped what
+    followed the object)."""
+    good, expect, run = JSONL_READERS[reader]
+    for bad, msg in _line_cases(good, expect):
+        p = tmp_path / "d.jsonl"
+        p.write_text(good + "\n" + bad + "\n")
+        r = run(tmp_path, p)
+        assert r.returncode != 0 and f"{p}:2: {msg}\n" in r.stderr, (bad, r.stderr)

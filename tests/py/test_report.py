@@ -332,6 +332,31 @@ def test_truncated_metrics_warns_with_line_and_still_renders(tmp_path):
     assert "(3 skipped)" in text
 
 
+def test_bad_jsonl_lines_warn_in_the_words_of_every_jsonl_reader(tmp_path):
+    """metrics.jsonl and a samples JSONL are read line by line like the training data
+    (fdpo_jsonl_parse_object): the column, and a second object on a line is not kept in
+    silence (the samples reader kept the first and lost the second)."""
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text('{"step": 1, "loss": 1.5}\n{"step": 2, "loss": 1.25} {"step": 3, "loss": 1}\n'
+                                     '{"step": 4 "loss": 1}\n[4, 1]\n{"step": 5, "lo')
+    s = tmp_path / "samples.jsonl"
+    s.write_text('{"prompt": "p", "completion": "kept"}\n'
+                 '{"prompt": "p", "completion": "a"} {"prompt": "p", "completion": "LOST"}\n{"prompt": "p" "completion": "b"}\n')
+    r = run(str(d), "--samples", str(s), "--out", str(tmp_path / "r.html"))
+    assert r.returncode == 0, r.stderr
+    m = d / "metrics.jsonl"
+    for want in (f"{m}:2: unexpected text after the JSON object at column 27, line skipped: ",
+                 f"{m}:3: invalid JSON near column 12, line skipped: ",
+                 f"{m}:4: expected a JSON object, got an array, line skipped: [4, 1]",
+                 f"{m}:5: invalid JSON near column 14 (the file ends there: truncated?), line skipped: ",
+                 f"{s}:2: unexpected text after the JSON object at column 36, line skipped\n",
+                 f"{s}:3: invalid JSON near column 16, line skipped\n"):
+        assert f"warning: {want}" in r.stderr, (want, r.stderr)
+    text, _, _ = parse(tmp_path / "r.html")
+    assert "kept" in text and "LOST" not in text
+
+
 def test_missing_run_dir_is_an_error(tmp_path):
     missing = str(tmp_path / "no-such-run")
     r = run(missing, "--out", str(tmp_path / "r.html"))
