@@ -34,7 +34,7 @@ typedef struct {
     size_t top_k;             /* keep the k most probable tokens; 0 = off */
     double top_p;             /* nucleus: smallest set with mass >= top_p; in (0, 1], 1 = off */
     size_t max_new_tokens;    /* > 0 */
-    const char *stop;         /* stop string (NULL or "" = none) */
+    const char *stop;         /* stop string (NULL = none; "" is refused: --stop '') */
     uint64_t seed;
     size_t batch;             /* sequences decoded together (> 0) */
     size_t first_prompt;      /* index of prompt_ids[0] among all prompts (0 unless a caller
