@@ -165,6 +165,10 @@ typedef struct fdpo_reward fdpo_reward;
  * case-folded as for afinn, that are in the vocabulary FILE, one word per line; 0 for a
  * completion without words). */
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o);
+/* The lexicon option is the AFINN file of the afinn specs: an error ("--lexicon: only used by
+ * --reward afinn") when lexicon is set and none of specs[0..n) (NULL entries: not given) is
+ * afinn or afinn:sum, instead of the file being silently ignored. */
+int fdpo_reward_lexicon_check(const char *lexicon, const char *const *specs, size_t n);
 void fdpo_reward_free(fdpo_reward *r);
 const char *fdpo_reward_spec(const fdpo_reward *r);
 /* 1 when r scores token counts (length), which fdpo_reward_score then needs in n_tokens */

@@ -118,6 +118,8 @@ int cmd_eval(int argc, char **argv) {
         fdpo_eval_config early = c;
         if (pairs_path) early.pairs = &pairs_to_come;
         rc = fdpo_eval_config_check(&early);
+        const char *const specs[] = {reward_spec, safety_spec};
+        if (!rc) rc = fdpo_reward_lexicon_check(lexicon, specs, 2);
         if (!rc && !pairs_path && !(beta > 0 && isfinite(beta)))   /* unused without --pairs, but not a beta */
             rc = fdpo_error("--beta: must be finite and > 0 (got %g)", beta);
     }

@@ -38,6 +38,7 @@ int cmd_score(int argc, char **argv) {
     if (rc) return -1;
     if (!model_dir) return fdpo_error("--model: required (a checkpoint directory)");
     if (!data_path) return fdpo_error("--data: required (JSONL prompt/completion)");
+    if (fdpo_reward_lexicon_check(lexicon, &reward_spec, 1)) return -1;
     if (fdpo_set_precision(precision)) return -1;
     fdpo_set_threads((int)threads);
     const char *const inputs[][2] = {{"--data", data_path}, {"--model", model_dir}, {"--ref", ref_dir}};

@@ -289,6 +289,8 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (o->train.steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->train.steps);
     if (o->prompts_per_step < 1) return fdpo_error("--prompts-per-step: must be >= 1 (got %ld)", o->prompts_per_step);
     if (fdpo_rl_config_check(&o->rl) || fdpo_sample_config_check(&o->sample)) return -1;
+    /* not on --resume: a run saved before this rule resumes with its saved --lexicon */
+    if (!o->train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1)) return -1;
     /* the policy is --model (or OUT's checkpoint on --resume): an fdpo_trainer run whose items
      * are the prompts, taken in file order, prompts_per_step per step */
     fdpo_train_opts t = o->train;
