@@ -648,7 +648,7 @@ void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     const char *const keys[3] = {"model", "ref", "data"}, *const paths[3] = {o->model, o->ref, o->prompts};
     for (int i = 0; i < 3; i++) {
         char *real = paths[i] ? realpath(paths[i], NULL) : NULL;
-        fdpo_settings_str(s, keys[i], real ? real : paths[i], 1);
+        fdpo_settings_path(s, keys[i], real ? real : paths[i], 1);
         free(real);
     }
     /* fixed here: a round of bf16 after rounds of fp32 (or the reverse) is another run; and
@@ -672,9 +672,9 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     char div[64];
     fdpo_divergence_name(&o->dpo.dpo.loss.div, div, sizeof div);
     fdpo_settings_str(s, "mode", "step", 1);
-    fdpo_settings_str(s, "model", o->model, 1);
-    fdpo_settings_str(s, "ref", o->ref, 1);
-    fdpo_settings_str(s, "data", o->prompts, 1);
+    fdpo_settings_path(s, "model", o->model, 1);
+    fdpo_settings_path(s, "ref", o->ref, 1);
+    fdpo_settings_path(s, "data", o->prompts, 1);
     fdpo_settings_str(s, "reward", o->reward, 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);

@@ -261,16 +261,16 @@ void fdpo_sample_config_settings(const fdpo_sample_config *c, const fdpo_reward_
     fdpo_settings_num(s, "top-p", c->top_p, 1);
     fdpo_settings_num(s, "max-new-tokens", (double)c->max_new_tokens, 1);
     fdpo_settings_str(s, "stop", c->stop, 1);
-    fdpo_settings_str(s, "lexicon", r->lexicon, 1);
+    fdpo_settings_path(s, "lexicon", r->lexicon, 1);
     fdpo_settings_num(s, "reward-timeout", r->timeout_s, 0);
 }
 
 void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
     char div[64];
     fdpo_divergence_name(&o->rl.div, div, sizeof div);
-    fdpo_settings_str(s, "model", o->model, 1);
-    fdpo_settings_str(s, "ref", o->ref, 1);
-    fdpo_settings_str(s, "data", o->prompts, 1);
+    fdpo_settings_path(s, "model", o->model, 1);
+    fdpo_settings_path(s, "ref", o->ref, 1);
+    fdpo_settings_path(s, "data", o->prompts, 1);
     fdpo_settings_str(s, "reward", o->reward, 1);
     fdpo_settings_str(s, "algo", o->rl.algo == FDPO_RL_RLOO ? "rloo" : "grpo", 1);
     fdpo_settings_str(s, "divergence", div, 1);

@@ -223,7 +223,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     fdpo_train_opts_settings(o, &now);
     for (size_t i = 0; extra && i < extra->n; i++) {
         const fdpo_setting *x = &extra->v[i];
-        if (x->type == FDPO_SETTING_STR || x->type == FDPO_SETTING_NULL) fdpo_settings_str(&now, x->key, x->str, x->fixed);
+        if (x->path) fdpo_settings_path(&now, x->key, x->str, x->fixed);
+        else if (x->type == FDPO_SETTING_STR || x->type == FDPO_SETTING_NULL) fdpo_settings_str(&now, x->key, x->str, x->fixed);
         else if (x->type == FDPO_SETTING_BOOL) fdpo_settings_bool(&now, x->key, x->num != 0, x->fixed);
         else fdpo_settings_num(&now, x->key, x->num, x->fixed);
     }
