@@ -231,11 +231,15 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore);
 /* ---- metrics JSONL: DIR/metrics.jsonl, one object per logged step ---- */
 typedef struct {
     char *path;
-    FILE *f;
+    FILE *f;                       /* open from the first line on */
     char *line; size_t len, cap;   /* the object being built */
+    size_t keep_upto_step;
+    int pending;                   /* keep_upto_step not applied yet */
 } fdpo_metrics;
 /* Open for appending. keep_upto_step: on resume, drop lines whose "step" is larger (steps
- * logged after the checkpoint we resume from); SIZE_MAX keeps all; 0 truncates. */
+ * logged after the checkpoint we resume from); SIZE_MAX keeps all; 0 truncates. The file is
+ * neither created nor changed before the first fdpo_metrics_end: a run that fails at its start
+ * leaves none (nor an emptied one). */
 int fdpo_metrics_open(fdpo_metrics *mw, const char *dir, size_t keep_upto_step);
 void fdpo_metrics_begin(fdpo_metrics *mw, size_t step);
 void fdpo_metrics_add(fdpo_metrics *mw, const char *key, double value); /* non-finite -> null */

@@ -53,7 +53,9 @@ static int check_round_precision(const char *out, long k) {
  * add rounds or change how it runs (--threads, --rounds), but nothing its rounds' results
  * depend on: a flag changed or left out (back to its default) is refused by name, as a
  * trainer's resume refuses it (without the file, a run of an older fdpo, only --precision is
- * checked, above). A run that completed no round writes the file again. */
+ * checked, above). It is written with round 0's metrics line, when round 0 has run (rank 0
+ * alone): a run that fails before that leaves none behind, and one that completed no round
+ * has nothing to resume and writes it afresh. */
 static char *plan_path(const char *out) { return fdpo_path_join(out, "online.json"); }
 
 static int online_plan(const fdpo_online_opts *o, long start) {
@@ -61,8 +63,8 @@ static int online_plan(const fdpo_online_opts *o, long start) {
     fdpo_online_round_settings(o, &now);
     char *path = plan_path(o->out);
     int rc = 0;
-    if (start == 0) {
-        if (fdpo_dist_is_root()) {
+    if (start == 0) {   /* rank 0 alone, after round 0 ran (not collective) */
+        {
             cJSON *j = cJSON_CreateObject();
             cJSON_AddStringToObject(j, "format", "fdpo-online-rounds");
             cJSON_AddNumberToObject(j, "version", 1);
@@ -90,7 +92,7 @@ static int online_plan(const fdpo_online_opts *o, long start) {
     }
     free(path);
     fdpo_settings_free(&now);
-    return fdpo_dist_all_ok(rc);
+    return start == 0 ? rc : fdpo_dist_all_ok(rc);
 }
 
 static int is_dir(const char *p) {
@@ -491,7 +493,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (start >= o->rounds && rc == 0) fdpo_log(FDPO_LOG_INFO, "all %ld rounds already complete in %s", o->rounds, o->out);
         else if (start > 0 && rc == 0) fdpo_log(FDPO_LOG_INFO, "resuming after round %ld", start - 1);
         if (start > 0 && start < o->rounds && rc == 0) rc = check_round_precision(o->out, start - 1);
-        if (start < o->rounds && rc == 0) rc = online_plan(o, start);
+        if (start > 0 && start < o->rounds && rc == 0) rc = online_plan(o, start);
     }
     const char *ref0 = o->ref ? o->ref : o->model;
     fdpo_progress prog;
@@ -606,6 +608,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (fdpo_dist_is_root()) {   /* rank 0 writes; the others go on with the policy in memory */
             /* the metrics line before the writer's rename: a crash between the two drops it on --resume */
             st.t_round = fdpo_now() - t_round;
+            if (rc == 0 && k == 0) rc = online_plan(o, 0);
             if (rc == 0) rc = write_round_metrics(&mw, k, o->rounds, o->dpo.dpo.loss.beta, &st);
             if (rc == 0) {
                 rc = round_writer_start(&writer, k, partial, done, pairs, policy, tok, state_text, pairs_text, pairs_len);
