@@ -263,6 +263,26 @@ def test_generate_bad_input(byte_model, tmp_path, content, flags, msg):
     assert msg in r.stderr
 
 
+@pytest.mark.parametrize("var,value,msg", [
+    ("FDPO_LMHEAD_CHUNK", "abc", "FDPO_LMHEAD_CHUNK=abc: must be an integer >= 1"),
+    ("FDPO_LMHEAD_CHUNK", "0", "FDPO_LMHEAD_CHUNK=0: must be an integer >= 1"),
+    ("FDPO_LMHEAD_CHUNK", "7x", "FDPO_LMHEAD_CHUNK=7x: must be an integer >= 1"),
+    ("FDPO_LMHEAD_KEEP_MAX_BYTES", "lots", "FDPO_LMHEAD_KEEP_MAX_BYTES=lots: must be an integer >= 0"),
+    ("FDPO_LMHEAD_KEEP_MAX_BYTES", "-1", "FDPO_LMHEAD_KEEP_MAX_BYTES=-1: must be an integer >= 0"),
+])
+def test_a_bad_numeric_environment_knob_is_an_error(byte_model, tmp_path, var, value, msg):
+    """The numeric FDPO_* knobs are parsed strictly (fdpo_env_long): atol read "abc" as 0,
+    which meant the default without a word. A good value and an empty one still run."""
+    d, _ = byte_model
+    (tmp_path / "p.txt").write_text("a\n")
+    args = ["generate", "--model", d, "--data", tmp_path / "p.txt", "--max-new-tokens", "2"]
+    r = run(FDPO, *args, env={var: value})
+    assert r.returncode == 1 and msg in r.stderr, r.stderr
+    for good in ("7", ""):
+        r = run(FDPO, *args, env={var: good})
+        assert r.returncode == 0, r.stderr
+
+
 def test_generate_missing_model(tmp_path):
     (tmp_path / "p.txt").write_text("a\n")
     r = run(FDPO, "generate", "--model", tmp_path / "nope", "--data", tmp_path / "p.txt")
