@@ -20,6 +20,11 @@ void fdpo_clear_error(void);
  * that is not such an integer in [min, max] is an error naming the variable and the value
  * ("FDPO_LMHEAD_CHUNK=abc: must be an integer >= 1"), *out = def. */
 int fdpo_env_long(const char *name, long def, long min, long max, long *out);
+/* An on/off knob read where no error can be returned (a kernel's A/B switch): 0 or 1 from
+ * the variable (fdpo_env_long), def when unset or empty; any other value logs one warning
+ * through the log hook ("FDPO_SLICES=abc: must be an integer in [0, 1]; using the default
+ * (1)") and is def. Callers read it once. */
+int fdpo_env_switch(const char *name, int def);
 
 /* ---- memory ----
  * Allocation never returns NULL. On out-of-memory the library calls the handler set with

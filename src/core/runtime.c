@@ -31,6 +31,13 @@ int fdpo_env_long(const char *name, long def, long min, long max, long *out) {
     return 0;
 }
 
+int fdpo_env_switch(const char *name, int def) {
+    long v;
+    if (fdpo_env_long(name, def, 0, 1, &v) == 0) return (int)v;
+    fdpo_log(FDPO_LOG_WARN, "%s; using the default (%d)", fdpo_last_error(), def);
+    return def;
+}
+
 double fdpo_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

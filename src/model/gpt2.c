@@ -504,8 +504,7 @@ static void lmhead_rows_forward(fdpo_gpt2 *m, float *tlp, size_t K) {
 int fdpo_model_head_rows_only_setting(void) { /* both families */
     static int env = -1;
     if (env < 0) {
-        const char *e = getenv("FDPO_HEAD_ROWS_ONLY");
-        env = !(e && !strcmp(e, "0"));
+        env = fdpo_env_switch("FDPO_HEAD_ROWS_ONLY", 1);
     }
     return env;
 }
@@ -588,8 +587,7 @@ static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1, size_t k0, size_t 
 static int slice_plan(const fdpo_gpt2 *m, size_t *bounds) {
     static int env = -1;
     if (env < 0) {
-        const char *e = getenv("FDPO_SLICES");
-        env = !(e && !strcmp(e, "0"));
+        env = fdpo_env_switch("FDPO_SLICES", 1);
     }
     const fdpo_gpt2_acts *a = m->acts;
     fdpo_threads_settle(); /* the count a team really gets (OMP_THREAD_LIMIT), before any GEMM did it */

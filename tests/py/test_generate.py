@@ -283,6 +283,20 @@ def test_a_bad_numeric_environment_knob_is_an_error(byte_model, tmp_path, var, v
         assert r.returncode == 0, r.stderr
 
 
+def test_a_bad_on_off_knob_is_named_once_and_is_the_default(byte_model, tmp_path):
+    """The kernels' on/off switches (FDPO_DECODE_ONE_REGION, FDPO_SLICES, ...) are read where no
+    error can be returned: a value other than 0/1 used to mean "on" (or, for
+    FDPO_FORCE_BF16_FALLBACK, "forced") without a word; now one warning and the default."""
+    d, _ = byte_model
+    (tmp_path / "p.txt").write_text("a\nb\n")
+    args = ["generate", "--model", d, "--data", tmp_path / "p.txt", "--max-new-tokens", "2", "--n", "2"]
+    r = run(FDPO, *args, env={"FDPO_DECODE_ONE_REGION": "yes"})
+    assert r.returncode == 0, r.stderr
+    want = "warning: FDPO_DECODE_ONE_REGION=yes: must be an integer in [0, 1]; using the default (1)"
+    assert r.stderr.count(want) == 1, r.stderr
+    assert "FDPO_DECODE_ONE_REGION" not in run(FDPO, *args, env={"FDPO_DECODE_ONE_REGION": "0"}).stderr
+
+
 def test_generate_missing_model(tmp_path):
     (tmp_path / "p.txt").write_text("a\n")
     r = run(FDPO, "generate", "--model", tmp_path / "nope", "--data", tmp_path / "p.txt")
