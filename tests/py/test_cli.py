@@ -250,6 +250,7 @@ def test_pretrain_takes_data_or_positional_files_alike(tmp_path):
     ["online", "--model", "M", "--reward", "cmd:true"],
     ["online", "--mode", "step", "--model", "M", "--reward", "length"],
     ["rl", "--model", "M", "--reward", "length"],
+    ["sacpo", "--model", "M", "--reward", "length", "--safety", "lexicon:W", "--lambda", "1"],
 ])
 def test_lexicon_without_an_afinn_reward_is_refused(tmp_path, args):
     """--lexicon is the AFINN file of --reward afinn; with another reward (or none) it used to
