@@ -64,17 +64,15 @@ static int online_plan(const fdpo_online_opts *o, long start) {
     char *path = plan_path(o->out);
     int rc = 0;
     if (start == 0) {   /* rank 0 alone, after round 0 ran (not collective) */
-        {
-            cJSON *j = cJSON_CreateObject();
-            cJSON_AddStringToObject(j, "format", "fdpo-online-rounds");
-            cJSON_AddNumberToObject(j, "version", 1);
-            cJSON_AddItemToObject(j, "settings", fdpo_settings_to_json(&now));
-            cJSON *fixed = cJSON_AddArrayToObject(j, "fixed");
-            for (size_t i = 0; i < now.n; i++)
-                if (now.v[i].fixed) cJSON_AddItemToArray(fixed, cJSON_CreateString(now.v[i].key));
-            rc = fdpo_write_json_atomic(path, j, 1);
-            cJSON_Delete(j);
-        }
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "format", "fdpo-online-rounds");
+        cJSON_AddNumberToObject(j, "version", 1);
+        cJSON_AddItemToObject(j, "settings", fdpo_settings_to_json(&now));
+        cJSON *fixed = cJSON_AddArrayToObject(j, "fixed");
+        for (size_t i = 0; i < now.n; i++)
+            if (now.v[i].fixed) cJSON_AddItemToArray(fixed, cJSON_CreateString(now.v[i].key));
+        rc = fdpo_write_json_atomic(path, j, 1);
+        cJSON_Delete(j);
     } else if (fdpo_file_exists(path)) {
         size_t len;
         char *text = fdpo_read_file(path, &len);
