@@ -15,6 +15,16 @@ int fdpo_error(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* r
 int fdpo_error_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *fdpo_last_error(void);
 void fdpo_clear_error(void);
+/* The numeric FDPO_* environment knobs, parsed strictly in one place: *out = the integer in
+ * the variable `name` (decimal, nothing after it), or def when it is unset or empty; a value
+ * that is not such an integer in [min, max] is an error naming the variable and the value
+ * ("FDPO_LMHEAD_CHUNK=abc: must be an integer >= 1"), *out = def. */
+int fdpo_env_long(const char *name, long def, long min, long max, long *out);
+/* An on/off knob read where no error can be returned (a kernel's A/B switch): 0 or 1 from
+ * the variable (fdpo_env_long), def when unset or empty; any other value logs one warning
+ * through the log hook ("FDPO_SLICES=abc: must be an integer in [0, 1]; using the default
+ * (1)") and is def. Callers read it once. */
+int fdpo_env_switch(const char *name, int def);
 
 /* ---- memory ----
  * Allocation never returns NULL. On out-of-memory the library calls the handler set with

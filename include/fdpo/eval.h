@@ -34,7 +34,7 @@ typedef struct {
     size_t top_k;             /* keep the k most probable tokens; 0 = off */
     double top_p;             /* nucleus: smallest set with mass >= top_p; in (0, 1], 1 = off */
     size_t max_new_tokens;    /* > 0 */
-    const char *stop;         /* stop string (NULL or "" = none) */
+    const char *stop;         /* stop string (NULL = none; "" is refused: --stop '') */
     uint64_t seed;
     size_t batch;             /* sequences decoded together (> 0) */
     size_t first_prompt;      /* index of prompt_ids[0] among all prompts (0 unless a caller
@@ -165,6 +165,10 @@ typedef struct fdpo_reward fdpo_reward;
  * case-folded as for afinn, that are in the vocabulary FILE, one word per line; 0 for a
  * completion without words). */
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o);
+/* The lexicon option is the AFINN file of the afinn specs: an error ("--lexicon: only used by
+ * --reward afinn") when lexicon is set and none of specs[0..n) (NULL entries: not given) is
+ * afinn or afinn:sum, instead of the file being silently ignored. */
+int fdpo_reward_lexicon_check(const char *lexicon, const char *const *specs, size_t n);
 void fdpo_reward_free(fdpo_reward *r);
 const char *fdpo_reward_spec(const fdpo_reward *r);
 /* 1 when r scores token counts (length), which fdpo_reward_score then needs in n_tokens */
@@ -279,7 +283,8 @@ typedef struct {
 } fdpo_score_opts;
 void fdpo_score_opts_default(fdpo_score_opts *o);
 /* Validates o before any work (fdpo_score_run calls it): model, data and out given, a
- * stream for out "-". Errors name the flag ("--model: required ..."). */
+ * stream for out "-", no --lexicon without an afinn --reward. Errors name the flag
+ * ("--model: required ..."). */
 int fdpo_score_opts_check(const fdpo_score_opts *o);
 int fdpo_score_run(const fdpo_score_opts *o);
 

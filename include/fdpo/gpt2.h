@@ -162,6 +162,10 @@ typedef struct {
 
 int  fdpo_gpt2_config_check(const fdpo_gpt2_config *c); /* error names the bad key */
 /* Allocate a model with this config. Parameters are zero until init or load. */
+/* The model code's numeric environment knobs, FDPO_LMHEAD_CHUNK and
+ * FDPO_LMHEAD_KEEP_MAX_BYTES (fdpo_env_long): -1 after an error naming a bad one. Checked by
+ * fdpo_gpt2_create and fdpo_checkpoint_load_model, so a bad value fails the run at its start. */
+int fdpo_model_env_check(void);
 fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c);
 void fdpo_gpt2_free(fdpo_gpt2 *m);
 /* GPT-2 init: N(0, 0.02) weights, residual projections (attn.c_proj, mlp.c_proj) scaled by

@@ -124,11 +124,19 @@ typedef struct {
     double num;                /* NUM (integers are exact up to 2^53), BOOL (0/1) */
     char *str;                 /* STR */
     int fixed;
+    int path;                  /* STR naming a file or directory: compared by fdpo_settings_same_path */
 } fdpo_setting;
 typedef struct { size_t n, cap; fdpo_setting *v; } fdpo_settings;
 void fdpo_settings_num(fdpo_settings *s, const char *key, double v, int fixed);   /* add or replace */
 void fdpo_settings_bool(fdpo_settings *s, const char *key, int v, int fixed);
 void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fixed); /* NULL -> null */
+/* A path flag's value (--model, --ref, --data, --eval-file, --lexicon): on --resume it is the
+ * same as the saved one when fdpo_settings_same_path says so. */
+void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fixed);
+/* The one rule for "the same path setting" (every trainer's training_state.json and online
+ * rounds' online.json): when both exist, the same file after realpath (R, ./R and /abs/R are
+ * one run); otherwise the same text. */
+int fdpo_settings_same_path(const char *a, const char *b);
 const fdpo_setting *fdpo_settings_find(const fdpo_settings *s, const char *key);
 void fdpo_settings_free(fdpo_settings *s);
 void fdpo_setting_text(const fdpo_setting *x, char *buf, size_t n);    /* "0.001", "true", "(none)" */
@@ -246,11 +254,15 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore);
 /* ---- metrics JSONL: DIR/metrics.jsonl, one object per logged step ---- */
 typedef struct {
     char *path;
-    FILE *f;
+    FILE *f;                       /* open from the first line on */
     char *line; size_t len, cap;   /* the object being built */
+    size_t keep_upto_step;
+    int pending;                   /* keep_upto_step not applied yet */
 } fdpo_metrics;
 /* Open for appending. keep_upto_step: on resume, drop lines whose "step" is larger (steps
- * logged after the checkpoint we resume from); SIZE_MAX keeps all; 0 truncates. */
+ * logged after the checkpoint we resume from); SIZE_MAX keeps all; 0 truncates. The file is
+ * neither created nor changed before the first fdpo_metrics_end: a run that fails at its start
+ * leaves none (nor an emptied one). */
 int fdpo_metrics_open(fdpo_metrics *mw, const char *dir, size_t keep_upto_step);
 void fdpo_metrics_begin(fdpo_metrics *mw, size_t step);
 void fdpo_metrics_add(fdpo_metrics *mw, const char *key, double value); /* non-finite -> null */

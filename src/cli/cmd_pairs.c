@@ -37,6 +37,7 @@ int cmd_pairs(int argc, char **argv) {
     if (!out) return fdpo_error("--out: required");
     if (max_per_prompt < 0) return fdpo_error("--pairs-per-prompt: must be >= 0");
     if (seed < 0) return fdpo_error("--seed: must be >= 0 (got %ld)", seed);
+    if (fdpo_reward_lexicon_check(lexicon, &reward_spec, 1)) return -1;
     fdpo_set_threads((int)threads);
     const char *rm_dir = reward_spec && !strncmp(reward_spec, "rm:", 3) ? reward_spec + 3 : NULL;
     const char *const inputs[][2] = {{"--data", samples}, {"--reward", rm_dir}};

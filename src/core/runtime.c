@@ -1,4 +1,6 @@
 /* Time, threads, progress display, number formatting. */
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -13,6 +15,28 @@
 /* OpenBLAS's own setter; present in every OpenBLAS build, declared here to avoid
  * depending on which cblas.h variant is installed. */
 void openblas_set_num_threads(int n);
+
+int fdpo_env_long(const char *name, long def, long min, long max, long *out) {
+    *out = def;
+    const char *e = getenv(name);
+    if (!e || !*e) return 0;
+    errno = 0;
+    char *end;
+    long v = strtol(e, &end, 10);
+    if (end == e || *end || errno == ERANGE || v < min || v > max) {
+        if (max == LONG_MAX) return fdpo_error("%s=%s: must be an integer >= %ld", name, e, min);
+        return fdpo_error("%s=%s: must be an integer in [%ld, %ld]", name, e, min, max);
+    }
+    *out = v;
+    return 0;
+}
+
+int fdpo_env_switch(const char *name, int def) {
+    long v;
+    if (fdpo_env_long(name, def, 0, 1, &v) == 0) return (int)v;
+    fdpo_log(FDPO_LOG_WARN, "%s; using the default (%d)", fdpo_last_error(), def);
+    return def;
+}
 
 double fdpo_now(void) {
     struct timespec ts;

@@ -608,6 +608,13 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
     return r;
 }
 
+int fdpo_reward_lexicon_check(const char *lexicon, const char *const *specs, size_t n) {
+    if (!lexicon) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (specs[i] && (!strcmp(specs[i], "afinn") || !strcmp(specs[i], "afinn:sum"))) return 0;
+    return fdpo_error("--lexicon %s: only used by --reward afinn (or afinn:sum)", lexicon);
+}
+
 void fdpo_reward_free(fdpo_reward *r) {
     if (!r) return;
     lex_free(&r->lex);

@@ -16,6 +16,7 @@ int fdpo_sample_config_check(const fdpo_sample_config *c) {
     if (!(c->top_p > 0 && c->top_p <= 1)) return fdpo_error("--top-p: %g is outside (0, 1]", c->top_p);
     if (c->max_new_tokens == 0) return fdpo_error("--max-new-tokens: must be > 0");
     if (c->batch == 0) return fdpo_error("--batch-size: must be > 0");
+    if (c->stop && !*c->stop) return fdpo_error("--stop: the stop string is empty (leave --stop out for none)");
     return 0;
 }
 

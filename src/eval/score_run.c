@@ -38,7 +38,7 @@ int fdpo_score_opts_check(const fdpo_score_opts *o) {
     if (!o->data) return fdpo_error("--data: required (JSONL prompt/completion)");
     if (!o->out) return fdpo_error("--out: required (a JSONL file, or '-' for the stream)");
     if (!strcmp(o->out, "-") && !o->stream) return fdpo_error("--out: '-' needs a stream to write to (none given)");
-    return 0;
+    return fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1);
 }
 
 static void put(cJSON *o, const char *k, double v) {

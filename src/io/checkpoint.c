@@ -379,6 +379,7 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
         if (want > in_file && want > 16777216.0)
             rc = fdpo_error("%s: config.json implies %.0f parameters but %s holds only %.0f values", cfg_path, want, ss.where, in_file);
     }
+    if (!rc && fdpo_model_env_check()) rc = -1;   /* the environment's fault, not config.json's */
     if (!rc && !(m = fdpo_gpt2_create(&c))) rc = fdpo_error_context("%s", cfg_path);
     size_t **used = NULL;
     if (!rc) {

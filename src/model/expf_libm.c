@@ -92,8 +92,7 @@ static size_t expf8_mismatches(uint32_t stride) {
 
 static void expf8_init(void) {
 #ifdef EXPF8_VECTOR
-    const char *env = getenv("FDPO_EXPF8_SCALAR");
-    if ((env && *env && strcmp(env, "0")) || !__builtin_cpu_supports("avx512f")) return;
+    if (fdpo_env_switch("FDPO_EXPF8_SCALAR", 0) || !__builtin_cpu_supports("avx512f")) return;
     for (int i = 0; i < 32; i++) {
         double v = (double)exp2l((long double)i / 32); /* 2^(i/32) rounded to double */
         uint64_t u;

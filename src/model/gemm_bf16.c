@@ -50,8 +50,7 @@ static int bf16_native_state;
 static pthread_once_t bf16_native_once = PTHREAD_ONCE_INIT;
 
 static void bf16_native_decide(void) {
-    const char *force = getenv("FDPO_FORCE_BF16_FALLBACK");
-    int forced = force && *force && strcmp(force, "0") != 0;
+    int forced = fdpo_env_switch("FDPO_FORCE_BF16_FALLBACK", 0);
     __builtin_cpu_init();
     int has = __builtin_cpu_supports("avx512bf16") != 0;
     bf16_native_state = has && !forced;

@@ -1,5 +1,6 @@
 /* GPT-2 model: config, parameter table, init, and forward/backward over a packed batch
  * (layer kernels in gpt2_kernels.c). */
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -84,7 +85,7 @@ static void point_params(fdpo_gpt2_params *p, float *memory, const fdpo_gpt2_ten
 }
 
 fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
-    if (fdpo_gpt2_config_check(c)) return NULL;
+    if (fdpo_gpt2_config_check(c) || fdpo_model_env_check()) return NULL;
     fdpo_gpt2 *m = fdpo_calloc(1, sizeof *m);
     m->config = *c;
     if (c->arch == FDPO_ARCH_LLAMA) {
@@ -250,11 +251,39 @@ static void logits_reserve(fdpo_gpt2_acts *a, size_t N, size_t V) {
     a->logits_cap = N;
 }
 
+/* The model code's numeric environment knobs, read once they are good: FDPO_LMHEAD_CHUNK
+ * (vocabulary columns per chunk, >= 1) and FDPO_LMHEAD_KEEP_MAX_BYTES (bytes, >= 0). A bad
+ * value is fdpo_gpt2_create's error (every model is made by it); a caller that reaches the
+ * head without one (the harness's kernel tests) gets one notice through the log hook and
+ * the default. */
+static long env_lmhead_chunk = FDPO_LMHEAD_CHUNK, env_keep_max_bytes = (long)FDPO_LMHEAD_KEEP_MAX_BYTES;
+static _Atomic int env_state;   /* 0: not read (or bad); 1: read and good; 2: bad, said so */
+
+int fdpo_model_env_check(void) {
+    if (env_state == 1) return 0;
+    long chunk, keep;
+    if (fdpo_env_long("FDPO_LMHEAD_CHUNK", FDPO_LMHEAD_CHUNK, 1, LONG_MAX, &chunk) ||
+        fdpo_env_long("FDPO_LMHEAD_KEEP_MAX_BYTES", (long)FDPO_LMHEAD_KEEP_MAX_BYTES, 0, LONG_MAX, &keep))
+        return -1;
+    env_lmhead_chunk = chunk;
+    env_keep_max_bytes = keep;
+    env_state = 1;
+    return 0;
+}
+
+static void model_env_read(void) {
+    if (env_state) return;
+    if (fdpo_model_env_check()) {
+        fdpo_log(FDPO_LOG_WARN, "%s; using the defaults", fdpo_last_error());
+        env_state = 2;
+    }
+}
+
 /* Vocabulary columns per chunk of the fused head: FDPO_LMHEAD_CHUNK, or the environment
  * variable of that name (tests use it to put chunk boundaries inside tiny vocabularies). */
 size_t fdpo_lmhead_chunk(size_t V) {
-    const char *e = getenv("FDPO_LMHEAD_CHUNK");
-    size_t c = e && atol(e) > 0 ? (size_t)atol(e) : FDPO_LMHEAD_CHUNK;
+    model_env_read();
+    size_t c = (size_t)env_lmhead_chunk;
     return c < V ? c : V;
 }
 
@@ -398,12 +427,8 @@ static void head_backward(fdpo_gpt2 *m, float *dinp, const float *dlogits, const
  * when they fit the batch's budget, max_bytes, or else FDPO_LMHEAD_KEEP_MAX_BYTES (or the
  * environment variable of that name). */
 static int head_keeps_logits(const fdpo_gpt2 *m, size_t K, size_t V, size_t max_bytes) {
-    static long long env = -2;
-    if (env == -2) {
-        const char *e = getenv("FDPO_LMHEAD_KEEP_MAX_BYTES");
-        env = e && *e ? atoll(e) : -1;
-    }
-    size_t max = max_bytes ? max_bytes : env >= 0 ? (size_t)env : FDPO_LMHEAD_KEEP_MAX_BYTES;
+    model_env_read();
+    size_t max = max_bytes ? max_bytes : (size_t)env_keep_max_bytes;
     return (m->grads_memory || m->lora) && K > 0 && V > m->acts->head_chunk && K * V * sizeof(float) <= max;
 }
 
@@ -479,8 +504,7 @@ static void lmhead_rows_forward(fdpo_gpt2 *m, float *tlp, size_t K) {
 int fdpo_model_head_rows_only_setting(void) { /* both families */
     static int env = -1;
     if (env < 0) {
-        const char *e = getenv("FDPO_HEAD_ROWS_ONLY");
-        env = !(e && !strcmp(e, "0"));
+        env = fdpo_env_switch("FDPO_HEAD_ROWS_ONLY", 1);
     }
     return env;
 }
@@ -563,8 +587,7 @@ static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1, size_t k0, size_t 
 static int slice_plan(const fdpo_gpt2 *m, size_t *bounds) {
     static int env = -1;
     if (env < 0) {
-        const char *e = getenv("FDPO_SLICES");
-        env = !(e && !strcmp(e, "0"));
+        env = fdpo_env_switch("FDPO_SLICES", 1);
     }
     const fdpo_gpt2_acts *a = m->acts;
     fdpo_threads_settle(); /* the count a team really gets (OMP_THREAD_LIMIT), before any GEMM did it */

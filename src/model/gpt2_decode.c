@@ -581,8 +581,9 @@ fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t ma
     d->model = m;
     d->max_seqs = max_seqs;
     d->max_len = max_len;
-    const char *one_region = getenv("FDPO_DECODE_ONE_REGION");
-    d->one_region = !(one_region && !strcmp(one_region, "0"));
+    static _Atomic int one_region = -1;   /* read once: its warning once */
+    if (one_region < 0) one_region = fdpo_env_switch("FDPO_DECODE_ONE_REGION", 1);
+    d->one_region = one_region;
     if (c->arch == FDPO_ARCH_LLAMA) {
         if (!(d->llama = fdpo_llama_decoder_create(m, max_seqs, max_len))) { free(d); return NULL; }
         return d;

@@ -235,8 +235,7 @@ void fdpo_k_matmul_forward(float *out, const float *inp, const float *w, const f
 static int gemm_pair(size_t flops_each) {
     static int env = -1;
     if (env < 0) {
-        const char *e = getenv("FDPO_GEMM_PAIR");
-        env = !(e && !strcmp(e, "0"));
+        env = fdpo_env_switch("FDPO_GEMM_PAIR", 1);
     }
     return env && flops_each <= GEMM_PAIR_MAX_FLOPS && !omp_in_parallel() && omp_get_max_threads() == 2;
 }
@@ -791,8 +790,7 @@ static void attention_scores_tile_t(float *St, size_t np, const float *k, size_t
 static int attention_small_path(size_t hs) {
     static int env = -1; /* FDPO_ATT_SMALL=0: every head size through fdpo_sgemm (A/B runs) */
     if (env < 0) {
-        const char *e = getenv("FDPO_ATT_SMALL");
-        env = !(e && !strcmp(e, "0"));
+        env = fdpo_env_switch("FDPO_ATT_SMALL", 1);
     }
     return env && hs % ATT_LANES == 0 && hs <= ATT_SMALL_MAX_HS;
 }
@@ -946,8 +944,7 @@ void fdpo_k_attention_forward_streaming(float *out, float *lse, const float *qkv
 int fdpo_attention_bf16(fdpo_precision p) {
     static int env = -1; /* FDPO_ATT_BF16=0: fp32 tile products in bf16 precision too (A/B runs) */
     if (env < 0) {
-        const char *e = getenv("FDPO_ATT_BF16");
-        env = !(e && !strcmp(e, "0"));
+        env = fdpo_env_switch("FDPO_ATT_BF16", 1);
     }
     return p == FDPO_PRECISION_BF16 && env;
 }
@@ -1429,8 +1426,7 @@ ATT_DP_TARGET static void attention_backward_head_dp(float *dq, float *dk, float
 static int att_dp_enabled(void) {
     static int env = -1;
     if (env < 0) {
-        const char *e = getenv("FDPO_ATT_DP");
-        env = !(e && !strcmp(e, "0"));
+        env = fdpo_env_switch("FDPO_ATT_DP", 1);
     }
     return env;
 }

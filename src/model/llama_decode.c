@@ -67,8 +67,9 @@ llama_decoder *fdpo_llama_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, si
     if (!d->v_cache) { fdpo_error_context("decoder: key/value cache"); fdpo_llama_decoder_free(d); return NULL; }
     d->inv_freq = fdpo_malloc(d->hd / 2 * sizeof *d->inv_freq);
     fdpo_llama_inv_freq(c, d->inv_freq);
-    const char *one_region = getenv("FDPO_DECODE_ONE_REGION");
-    d->one_region = !(one_region && !strcmp(one_region, "0"));
+    static _Atomic int one_region = -1;   /* read once: its warning once */
+    if (one_region < 0) one_region = fdpo_env_switch("FDPO_DECODE_ONE_REGION", 1);
+    d->one_region = one_region;
     if (m->precision == FDPO_PRECISION_BF16) {
         d->bf16 = 1;
         fdpo_bf16_native(); /* says once if the small-rows driver falls back */

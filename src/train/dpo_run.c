@@ -181,14 +181,14 @@ void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, c
     fdpo_settings_str(s, "on-long", on_long_name(p->on_long), 1);
     fdpo_settings_str(s, "bad-pairs", p->on_bad == FDPO_PREF_SKIP ? "skip" : "error", 1);
     fdpo_settings_num(s, "eval-fraction", eval_fraction, 1);
-    fdpo_settings_str(s, "eval-file", eval_file, 1);
+    fdpo_settings_path(s, "eval-file", eval_file, 1);
 }
 
 void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s) {
     char div[64];
     fdpo_divergence_name(&o->dpo.loss.div, div, sizeof div);   /* canonical: alpha:.5 == alpha:0.5 */
-    fdpo_settings_str(s, "model", o->train.init, 1);
-    fdpo_settings_str(s, "data", o->data, 1);
+    fdpo_settings_path(s, "model", o->train.init, 1);
+    fdpo_settings_path(s, "data", o->data, 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.loss.kind), 1);
     fdpo_settings_num(s, "beta", o->dpo.loss.beta, 1);
@@ -196,7 +196,7 @@ void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s) {
     fdpo_settings_num(s, "simpo-gamma", o->dpo.loss.simpo_gamma, 1);
     fdpo_settings_num(s, "sft-weight", o->dpo.loss.sft_weight, 1);
     fdpo_pref_data_settings(&o->pref, o->eval_fraction, o->eval_file, s);
-    fdpo_settings_str(s, "ref", o->ref, 1);
+    fdpo_settings_path(s, "ref", o->ref, 1);
     /* the same function either way (docs/dpo.md): kept from the saved run unless given again */
     fdpo_settings_str(s, "layout", o->dpo.layout == FDPO_LAYOUT_PLAIN ? "plain" : "shared", 0);
     fdpo_settings_bool(s, "ref-live", o->ref_live, 0);

@@ -180,9 +180,9 @@ int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o) {
 void fdpo_kto_run_opts_settings(const fdpo_kto_run_opts *o, fdpo_settings *s) {
     char div[64];
     fdpo_divergence_name(&o->loss.div, div, sizeof div);
-    fdpo_settings_str(s, "model", o->train.init, 1);
-    fdpo_settings_str(s, "data", o->data, 1);
-    fdpo_settings_str(s, "ref", o->ref, 1);
+    fdpo_settings_path(s, "model", o->train.init, 1);
+    fdpo_settings_path(s, "data", o->data, 1);
+    fdpo_settings_path(s, "ref", o->ref, 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_num(s, "beta", o->loss.beta, 1);
     fdpo_settings_num(s, "desirable-weight", o->loss.desirable_weight, 1);

@@ -95,7 +95,7 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
     /* the checkpoint the run started from, fixed as dpo's is: a LoRA run's resume loads its
      * base from it again, and another --model there continued the adapters on another base */
     fdpo_settings extra = {0};
-    fdpo_settings_str(&extra, "model", o->init, 1);
+    fdpo_settings_path(&extra, "model", o->init, 1);
     int orc = fdpo_trainer_open(&tr, o, kind, tok, train->n_seq, fdpo_lm_data_hash(train), &extra);
     fdpo_settings_free(&extra);
     if (orc) return -1;

@@ -13,7 +13,17 @@ int fdpo_metrics_open(fdpo_metrics *mw, const char *dir, size_t keep_upto_step) 
     memset(mw, 0, sizeof *mw);
     if (fdpo_dist_rank() > 0) return 0;   /* under MPI rank 0 alone writes metrics */
     mw->path = fdpo_path_join(dir, "metrics.jsonl");
-    if (keep_upto_step != SIZE_MAX && fdpo_file_exists(mw->path)) {
+    mw->keep_upto_step = keep_upto_step;
+    mw->pending = 1;
+    return 0;
+}
+
+/* The file is touched at the first line only: a run that fails before it logs anything (a
+ * bad option or bad data found after OUT was claimed) leaves no empty metrics.jsonl and
+ * leaves an earlier run's lines as they were. */
+static int metrics_start(fdpo_metrics *mw) {
+    size_t keep_upto_step = mw->keep_upto_step;
+    if (mw->pending && keep_upto_step != SIZE_MAX && fdpo_file_exists(mw->path)) {
         /* drop what was logged after the checkpoint we resume from: it will be logged again */
         size_t len;
         char *text = fdpo_read_file(mw->path, &len);
@@ -35,6 +45,7 @@ int fdpo_metrics_open(fdpo_metrics *mw, const char *dir, size_t keep_upto_step) 
         free(text); free(kept);
         if (rc) return -1;
     }
+    mw->pending = 0;
     mw->f = fopen(mw->path, "a");
     if (!mw->f) return fdpo_error("%s: cannot open for writing: %s", mw->path, strerror(errno));
     return 0;
@@ -68,7 +79,8 @@ void fdpo_metrics_add(fdpo_metrics *mw, const char *key, double value) {
 
 int fdpo_metrics_end(fdpo_metrics *mw) {
     line_append(mw, "}\n");
-    if (!mw->f) return 0;
+    if (!mw->path) return 0;   /* not rank 0 */
+    if (!mw->f && metrics_start(mw)) return -1;
     if (fputs(mw->line, mw->f) < 0 || fflush(mw->f) != 0) return fdpo_error("%s: write failed: %s", mw->path, strerror(errno));
     return 0;
 }

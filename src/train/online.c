@@ -53,7 +53,9 @@ static int check_round_precision(const char *out, long k) {
  * add rounds or change how it runs (--threads, --rounds), but nothing its rounds' results
  * depend on: a flag changed or left out (back to its default) is refused by name, as a
  * trainer's resume refuses it (without the file, a run of an older fdpo, only --precision is
- * checked, above). A run that completed no round writes the file again. */
+ * checked, above). It is written with round 0's metrics line, when round 0 has run (rank 0
+ * alone): a run that fails before that leaves none behind, and one that completed no round
+ * has nothing to resume and writes it afresh. */
 static char *plan_path(const char *out) { return fdpo_path_join(out, "online.json"); }
 
 static int online_plan(const fdpo_online_opts *o, long start) {
@@ -61,18 +63,16 @@ static int online_plan(const fdpo_online_opts *o, long start) {
     fdpo_online_round_settings(o, &now);
     char *path = plan_path(o->out);
     int rc = 0;
-    if (start == 0) {
-        if (fdpo_dist_is_root()) {
-            cJSON *j = cJSON_CreateObject();
-            cJSON_AddStringToObject(j, "format", "fdpo-online-rounds");
-            cJSON_AddNumberToObject(j, "version", 1);
-            cJSON_AddItemToObject(j, "settings", fdpo_settings_to_json(&now));
-            cJSON *fixed = cJSON_AddArrayToObject(j, "fixed");
-            for (size_t i = 0; i < now.n; i++)
-                if (now.v[i].fixed) cJSON_AddItemToArray(fixed, cJSON_CreateString(now.v[i].key));
-            rc = fdpo_write_json_atomic(path, j, 1);
-            cJSON_Delete(j);
-        }
+    if (start == 0) {   /* rank 0 alone, after round 0 ran (not collective) */
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "format", "fdpo-online-rounds");
+        cJSON_AddNumberToObject(j, "version", 1);
+        cJSON_AddItemToObject(j, "settings", fdpo_settings_to_json(&now));
+        cJSON *fixed = cJSON_AddArrayToObject(j, "fixed");
+        for (size_t i = 0; i < now.n; i++)
+            if (now.v[i].fixed) cJSON_AddItemToArray(fixed, cJSON_CreateString(now.v[i].key));
+        rc = fdpo_write_json_atomic(path, j, 1);
+        cJSON_Delete(j);
     } else if (fdpo_file_exists(path)) {
         size_t len;
         char *text = fdpo_read_file(path, &len);
@@ -90,7 +90,7 @@ static int online_plan(const fdpo_online_opts *o, long start) {
     }
     free(path);
     fdpo_settings_free(&now);
-    return fdpo_dist_all_ok(rc);
+    return start == 0 ? rc : fdpo_dist_all_ok(rc);
 }
 
 static int is_dir(const char *p) {
@@ -463,6 +463,10 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     if (fdpo_pref_loss_check(&o->dpo.dpo.loss)) return -1;
     if (o->prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->prompts_per_round);
     if (o->n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->n);
+    /* not on --resume: a run saved before this rule resumes with its saved --lexicon (sacpo's
+     * stages always resume; fdpo_sacpo_run checks both of its specs) */
+    if (!o->resume && !o->dpo.train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1))
+        return -1;
     return fdpo_sample_config_check(&o->sample);
 }
 
@@ -502,7 +506,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (start >= o->rounds && rc == 0) fdpo_log(FDPO_LOG_INFO, "all %ld rounds already complete in %s", o->rounds, o->out);
         else if (start > 0 && rc == 0) fdpo_log(FDPO_LOG_INFO, "resuming after round %ld", start - 1);
         if (start > 0 && start < o->rounds && rc == 0) rc = check_round_precision(o->out, start - 1);
-        if (start < o->rounds && rc == 0) rc = online_plan(o, start);
+        if (start > 0 && start < o->rounds && rc == 0) rc = online_plan(o, start);
     }
     const char *ref0 = o->ref ? o->ref : o->model;
     fdpo_progress prog;
@@ -617,6 +621,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (fdpo_dist_is_root()) {   /* rank 0 writes; the others go on with the policy in memory */
             /* the metrics line before the writer's rename: a crash between the two drops it on --resume */
             st.t_round = fdpo_now() - t_round;
+            if (rc == 0 && k == 0) rc = online_plan(o, 0);
             if (rc == 0) rc = write_round_metrics(&mw, k, o->rounds, o->dpo.dpo.loss.beta, &st);
             if (rc == 0) {
                 rc = round_writer_start(&writer, k, partial, done, pairs, policy, tok, state_text, pairs_text, pairs_len);
@@ -659,7 +664,7 @@ void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     const char *const keys[3] = {"model", "ref", "data"}, *const paths[3] = {o->model, o->ref, o->prompts};
     for (int i = 0; i < 3; i++) {
         char *real = paths[i] ? realpath(paths[i], NULL) : NULL;
-        fdpo_settings_str(s, keys[i], real ? real : paths[i], 1);
+        fdpo_settings_path(s, keys[i], real ? real : paths[i], 1);
         free(real);
     }
     /* fixed here: a round of bf16 after rounds of fp32 (or the reverse) is another run; and
@@ -683,9 +688,9 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     char div[64];
     fdpo_divergence_name(&o->dpo.dpo.loss.div, div, sizeof div);
     fdpo_settings_str(s, "mode", "step", 1);
-    fdpo_settings_str(s, "model", o->model, 1);
-    fdpo_settings_str(s, "ref", o->ref, 1);
-    fdpo_settings_str(s, "data", o->prompts, 1);
+    fdpo_settings_path(s, "model", o->model, 1);
+    fdpo_settings_path(s, "ref", o->ref, 1);
+    fdpo_settings_path(s, "data", o->prompts, 1);
     fdpo_settings_str(s, "reward", o->reward, 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);

@@ -261,7 +261,7 @@ void fdpo_sample_config_settings(const fdpo_sample_config *c, const fdpo_reward_
     fdpo_settings_num(s, "top-p", c->top_p, 1);
     fdpo_settings_num(s, "max-new-tokens", (double)c->max_new_tokens, 1);
     fdpo_settings_str(s, "stop", c->stop, 1);
-    fdpo_settings_str(s, "lexicon", r->lexicon, 1);
+    fdpo_settings_path(s, "lexicon", r->lexicon, 1);
     fdpo_settings_num(s, "reward-timeout", r->timeout_s, 0);
 }
 
@@ -282,9 +282,9 @@ void fdpo_rl_run_opts_default(fdpo_rl_run_opts *o) {
 void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
     char div[64];
     fdpo_divergence_name(&o->rl.div, div, sizeof div);
-    fdpo_settings_str(s, "model", o->model, 1);
-    fdpo_settings_str(s, "ref", o->ref, 1);
-    fdpo_settings_str(s, "data", o->prompts, 1);
+    fdpo_settings_path(s, "model", o->model, 1);
+    fdpo_settings_path(s, "ref", o->ref, 1);
+    fdpo_settings_path(s, "data", o->prompts, 1);
     fdpo_settings_str(s, "reward", o->reward, 1);
     fdpo_settings_str(s, "algo", o->rl.algo == FDPO_RL_RLOO ? "rloo" : "grpo", 1);
     fdpo_settings_str(s, "divergence", div, 1);
@@ -303,6 +303,8 @@ int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
     if (o->train.steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->train.steps);
     if (o->prompts_per_step < 1) return fdpo_error("--prompts-per-step: must be >= 1 (got %ld)", o->prompts_per_step);
     if (fdpo_rl_config_check(&o->rl) || fdpo_sample_config_check(&o->sample)) return -1;
+    /* not on --resume: a run saved before this rule resumes with its saved --lexicon */
+    if (!o->train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1)) return -1;
     return 0;
 }
 

@@ -206,8 +206,8 @@ int fdpo_rm_run_opts_check(const fdpo_rm_run_opts *o) {
 }
 
 void fdpo_rm_run_opts_settings(const fdpo_rm_run_opts *o, fdpo_settings *s) {
-    fdpo_settings_str(s, "model", o->train.init, 1);
-    fdpo_settings_str(s, "data", o->data, 1);
+    fdpo_settings_path(s, "model", o->train.init, 1);
+    fdpo_settings_path(s, "data", o->data, 1);
     fdpo_settings_num(s, "center-rewards-coefficient", o->center_rewards_coefficient, 1);
     fdpo_pref_data_settings(&o->pref, o->eval_fraction, o->eval_file, s);
 }

@@ -296,9 +296,20 @@ static int check_spec(const char *spec, const fdpo_reward_options *ro, const cha
     return 0;
 }
 
+/* a rerun of a saved run (OUT/sacpo.json): it keeps the options it was saved with (--lexicon
+ * included, which a run saved before fdpo_reward_lexicon_check may hold unused) */
+static int sacpo_resuming(const fdpo_sacpo_opts *o) {
+    char *path = fdpo_path_join(o->out, "sacpo.json");
+    int saved = fdpo_file_exists(path);
+    free(path);
+    return saved;
+}
+
 int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     if (fdpo_sacpo_opts_check(o)) return -1;
-    if (check_spec(o->reward_spec, &o->online.reward_opts, "--reward") ||
+    const char *const specs[] = {o->reward_spec, o->safety_spec};
+    if ((!sacpo_resuming(o) && fdpo_reward_lexicon_check(o->online.reward_opts.lexicon, specs, 2)) ||
+        check_spec(o->reward_spec, &o->online.reward_opts, "--reward") ||
         check_spec(o->safety_spec, &o->online.reward_opts, "--safety"))
         return -1;
     if (fdpo_dist_rank() == 0 && (fdpo_mkdir_p(o->out) || fdpo_dir_lock(o->out, "--out"))) return -1;

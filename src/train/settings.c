@@ -36,6 +36,21 @@ void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fix
     if (v) x->str = fdpo_strdup(v);
 }
 
+void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fixed) {
+    fdpo_setting *x = settings_push(s, key, v ? FDPO_SETTING_STR : FDPO_SETTING_NULL, fixed);
+    if (v) x->str = fdpo_strdup(v);
+    x->path = 1;
+}
+
+int fdpo_settings_same_path(const char *a, const char *b) {
+    if (!strcmp(a, b)) return 1;
+    char *ra = realpath(a, NULL), *rb = ra ? realpath(b, NULL) : NULL;
+    int same = ra && rb && !strcmp(ra, rb);
+    free(ra);
+    free(rb);
+    return same;
+}
+
 const fdpo_setting *fdpo_settings_find(const fdpo_settings *s, const char *key) {
     for (size_t i = 0; i < s->n; i++) if (!strcmp(s->v[i].key, key)) return &s->v[i];
     return NULL;
@@ -60,7 +75,8 @@ void fdpo_setting_text(const fdpo_setting *x, char *buf, size_t n) {
  * that with the text of the typed value. */
 static int setting_equal(const fdpo_setting *a, const fdpo_setting *b) {
     if (a->type == b->type) {
-        if (a->type == FDPO_SETTING_STR) return !strcmp(a->str, b->str);
+        if (a->type == FDPO_SETTING_STR)   /* the saved one, read back, is plain text: either marks a path */
+            return a->path || b->path ? fdpo_settings_same_path(a->str, b->str) : !strcmp(a->str, b->str);
         return a->type == FDPO_SETTING_NULL || a->num == b->num;
     }
     char ta[128], tb[128];

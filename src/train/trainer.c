@@ -223,7 +223,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     fdpo_train_opts_settings(o, &now);
     for (size_t i = 0; extra && i < extra->n; i++) {
         const fdpo_setting *x = &extra->v[i];
-        if (x->type == FDPO_SETTING_STR || x->type == FDPO_SETTING_NULL) fdpo_settings_str(&now, x->key, x->str, x->fixed);
+        if (x->path) fdpo_settings_path(&now, x->key, x->str, x->fixed);
+        else if (x->type == FDPO_SETTING_STR || x->type == FDPO_SETTING_NULL) fdpo_settings_str(&now, x->key, x->str, x->fixed);
         else if (x->type == FDPO_SETTING_BOOL) fdpo_settings_bool(&now, x->key, x->num != 0, x->fixed);
         else fdpo_settings_num(&now, x->key, x->num, x->fixed);
     }
@@ -444,13 +445,12 @@ void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss) {
 
 int fdpo_trainer_save(fdpo_trainer *tr) {
     if (fdpo_dist_rank() > 0) { tr->saved_step = tr->state.step; return 0; }   /* rank 0 alone writes */
-    /* metrics.jsonl is carried into the new directory by the swap; reopen it there */
+    /* metrics.jsonl is carried into the new directory by the swap; the next line reopens it
+     * there (fdpo_metrics_end) */
     if (tr->metrics.f) { fclose(tr->metrics.f); tr->metrics.f = NULL; }
     int rc = fdpo_checkpoint_save_all(tr->opts.out, tr->model, tr->tok, &tr->state,
                                       tr->opts.skip_moments ? NULL : &tr->opt);
     if (!rc) tr->saved_step = tr->state.step;
-    tr->metrics.f = fopen(tr->metrics.path, "a");
-    if (!tr->metrics.f && !rc) rc = fdpo_error("%s: cannot reopen", tr->metrics.path);
     return rc;
 }
 

@@ -733,9 +733,15 @@ START_TEST(state_and_checkpoint_round_trip) {
 }
 END_TEST
 
+/* The file is made, and on resume cut back, with the first line only: a run that fails
+ * before it logs anything leaves no metrics.jsonl, nor an earlier run's cut or emptied. */
 START_TEST(metrics_writer_and_resume_truncation) {
     make_tmpdir();
     fdpo_metrics mw;
+    char *p = tmp_path("metrics.jsonl");
+    ck_assert_int_eq(fdpo_metrics_open(&mw, tmpdir, 0), 0);
+    fdpo_metrics_close(&mw);
+    ck_assert(!fdpo_file_exists(p));   /* opened, nothing logged: no file */
     ck_assert_int_eq(fdpo_metrics_open(&mw, tmpdir, 0), 0);
     for (size_t s = 1; s <= 4; s++) {
         fdpo_metrics_begin(&mw, s);
@@ -744,14 +750,28 @@ START_TEST(metrics_writer_and_resume_truncation) {
         ck_assert_int_eq(fdpo_metrics_end(&mw), 0);
     }
     fdpo_metrics_close(&mw);
-    ck_assert_int_eq(fdpo_metrics_open(&mw, tmpdir, 2), 0); /* resume from step 2 */
+    size_t len, len4;
+    char *four = fdpo_read_file(p, &len4);
+    ck_assert_int_eq(fdpo_metrics_open(&mw, tmpdir, 2), 0); /* resume from step 2 that fails at once */
     fdpo_metrics_close(&mw);
-    char *p = tmp_path("metrics.jsonl");
-    size_t len;
     char *text = fdpo_read_file(p, &len);
+    ck_assert_str_eq(text, four);
+    free(text);
+    ck_assert_int_eq(fdpo_metrics_open(&mw, tmpdir, 0), 0); /* a fresh run (--overwrite) that fails at once */
+    fdpo_metrics_close(&mw);
+    text = fdpo_read_file(p, &len);
+    ck_assert_str_eq(text, four);
+    free(text);
+    ck_assert_int_eq(fdpo_metrics_open(&mw, tmpdir, 2), 0); /* resume from step 2: its first line cuts */
+    fdpo_metrics_begin(&mw, 3);
+    fdpo_metrics_add(&mw, "loss", 0.25);
+    ck_assert_int_eq(fdpo_metrics_end(&mw), 0);
+    fdpo_metrics_close(&mw);
+    text = fdpo_read_file(p, &len);
     ck_assert_str_eq(text, "{\"step\": 1, \"loss\": 1, \"rewards/chosen\": null}\n"
-                           "{\"step\": 2, \"loss\": 0.5, \"rewards/chosen\": null}\n");
-    free(text); free(p);
+                           "{\"step\": 2, \"loss\": 0.5, \"rewards/chosen\": null}\n"
+                           "{\"step\": 3, \"loss\": 0.25}\n");
+    free(text); free(four); free(p);
     ck_assert_int_eq(fdpo_remove_tree(tmpdir), 0);
 }
 END_TEST

@@ -251,3 +251,31 @@ def test_pretrain_takes_data_or_positional_files_alike(tmp_path):
     assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
     r = run("pretrain", "--out", str(tmp_path / "c"), *small)
     assert r.returncode == 1 and "--data: no input files" in r.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["pairs", "--reward", "length"],
+    ["score", "--model", "M", "--reward", "length:words"],
+    ["score", "--model", "M"],
+    ["eval", "--model", "M", "--ref", "R", "--reward", "length", "--safety", "lexicon:W"],
+    ["online", "--model", "M", "--reward", "cmd:true"],
+    ["online", "--mode", "step", "--model", "M", "--reward", "length"],
+    ["rl", "--model", "M", "--reward", "length"],
+    ["sacpo", "--model", "M", "--reward", "length", "--safety", "lexicon:W", "--lambda", "1"],
+])
+def test_lexicon_without_an_afinn_reward_is_refused(tmp_path, args):
+    """--lexicon is the AFINN file of --reward afinn; with another reward (or none) it used to
+    be ignored without a word. Refused before anything is read or OUT is made."""
+    out = tmp_path / "out"
+    r = run(*args, "--lexicon", tmp_path / "lex.json", "--data", tmp_path / "d.jsonl", "--out", out)
+    assert r.returncode == 1, r.stderr
+    assert f"--lexicon {tmp_path / 'lex.json'}: only used by --reward afinn" in r.stderr
+    assert not out.exists()
+
+
+def test_lexicon_with_afinn_as_the_safety_spec_is_used(tmp_path):
+    """eval reads --lexicon for --safety afinn too: not refused (it fails later, on the file)"""
+    r = run("eval", "--model", tmp_path / "M", "--ref", tmp_path / "R", "--reward", "length", "--safety", "afinn", "--lexicon",
+            tmp_path / "lex.json", "--data", tmp_path / "d.jsonl")
+    assert r.returncode == 1
+    assert "only used by" not in r.stderr

@@ -251,6 +251,7 @@ def test_stop_string(byte_model, tmp_path):
     ("a\n", ["--n", "0"], "--n"),
     ("a\n", ["--max-new-tokens", "0"], "--max-new-tokens"),
     ("a\n", ["--temperature", "-1"], "--temperature"),
+    ("a\n", ["--stop", ""], "--stop: the stop string is empty"),
     ("", [], "no prompts"),
     # the library names the prompt; the command adds the file it came from
     ("a\n" + "b" * 64 + "\n", [], "p.txt: prompt 2: 64 tokens leave no room to generate (model n_positions 64)"),
@@ -260,6 +261,40 @@ def test_generate_bad_input(byte_model, tmp_path, content, flags, msg):
     r, _ = generate(d, tmp_path, content, *flags)
     assert r.returncode == 1
     assert msg in r.stderr
+
+
+@pytest.mark.parametrize("var,value,msg", [
+    ("FDPO_LMHEAD_CHUNK", "abc", "FDPO_LMHEAD_CHUNK=abc: must be an integer >= 1"),
+    ("FDPO_LMHEAD_CHUNK", "0", "FDPO_LMHEAD_CHUNK=0: must be an integer >= 1"),
+    ("FDPO_LMHEAD_CHUNK", "7x", "FDPO_LMHEAD_CHUNK=7x: must be an integer >= 1"),
+    ("FDPO_LMHEAD_KEEP_MAX_BYTES", "lots", "FDPO_LMHEAD_KEEP_MAX_BYTES=lots: must be an integer >= 0"),
+    ("FDPO_LMHEAD_KEEP_MAX_BYTES", "-1", "FDPO_LMHEAD_KEEP_MAX_BYTES=-1: must be an integer >= 0"),
+])
+def test_a_bad_numeric_environment_knob_is_an_error(byte_model, tmp_path, var, value, msg):
+    """The numeric FDPO_* knobs are parsed strictly (fdpo_env_long): atol read "abc" as 0,
+    which meant the default without a word. A good value and an empty one still run."""
+    d, _ = byte_model
+    (tmp_path / "p.txt").write_text("a\n")
+    args = ["generate", "--model", d, "--data", tmp_path / "p.txt", "--max-new-tokens", "2"]
+    r = run(FDPO, *args, env={var: value})
+    assert r.returncode == 1 and msg in r.stderr, r.stderr
+    for good in ("7", ""):
+        r = run(FDPO, *args, env={var: good})
+        assert r.returncode == 0, r.stderr
+
+
+def test_a_bad_on_off_knob_is_named_once_and_is_the_default(byte_model, tmp_path):
+    """The kernels' on/off switches (FDPO_DECODE_ONE_REGION, FDPO_SLICES, ...) are read where no
+    error can be returned: a value other than 0/1 used to mean "on" (or, for
+    FDPO_FORCE_BF16_FALLBACK, "forced") without a word; now one warning and the default."""
+    d, _ = byte_model
+    (tmp_path / "p.txt").write_text("a\nb\n")
+    args = ["generate", "--model", d, "--data", tmp_path / "p.txt", "--max-new-tokens", "2", "--n", "2"]
+    r = run(FDPO, *args, env={"FDPO_DECODE_ONE_REGION": "yes"})
+    assert r.returncode == 0, r.stderr
+    want = "warning: FDPO_DECODE_ONE_REGION=yes: must be an integer in [0, 1]; using the default (1)"
+    assert r.stderr.count(want) == 1, r.stderr
+    assert "FDPO_DECODE_ONE_REGION" not in run(FDPO, *args, env={"FDPO_DECODE_ONE_REGION": "0"}).stderr
 
 
 def test_generate_missing_model(tmp_path):

@@ -8,14 +8,17 @@
   saved checkpoint (which also proves the Hugging Face layout loads);
 - `rm:DIR` scores text like the reference, batched; bad inputs give clear errors."""
 import json
+import os
 import random
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dpo_common import EOT, assert_same_run, fdpo, harness, save_byte_tokenizer, tokenize_pair, write_jsonl
+from dpo_common import EOT, FDPO, assert_same_run, fdpo, harness, save_byte_tokenizer, tokenize_pair, write_jsonl
 from fdpo_ref import safetensors as st
 from fdpo_ref.gpt2 import GPT2
 
@@ -192,6 +195,28 @@ def test_resume_continues_the_same_run(tmp_path):
     # weights, AdamW moments and metrics (training and eval lines): each once, the same numbers
     metrics = assert_same_run(tmp_path / "a", tmp_path / "b")
     assert sorted({m["step"] for m in metrics}) == list(range(0, 7))  # 0: the eval before training
+
+
+def test_resume_takes_a_path_spelled_another_way(tmp_path):
+    """training_state.json's path settings (--model, --data, ...) are compared as paths
+    (fdpo_settings_same_path, as online.json's): a run started with absolute paths resumes
+    with ./lm and ./d.jsonl from their directory; a copy of the data under another name is
+    another file and is still refused (the same bytes: the flag is what is named)."""
+    write_jsonl(tmp_path / "d.jsonl", length_rows(random.Random(4), 24))
+    shutil.copy(tmp_path / "d.jsonl", tmp_path / "copy.jsonl")
+    GPT2(**CFG, seed=2).save_hf(str(tmp_path / "lm"))
+    save_byte_tokenizer(str(tmp_path / "lm"))
+    common = ["--steps", "4", "--batch-size", "4", "--threads", "1", "--quiet", "--out", tmp_path / "b"]
+    fdpo("rm", "--model", tmp_path / "lm", "--data", tmp_path / "d.jsonl", *common, "--stop-at", "2")
+
+    def resume(model, data):
+        return subprocess.run([os.path.abspath(FDPO), "rm", "--model", model, "--data", data, *map(str, common),
+                               "--resume"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = resume("./lm", "copy.jsonl")
+    assert r.returncode != 0 and f"--data: copy.jsonl differs from the saved run's {tmp_path / 'd.jsonl'}" in r.stderr, r.stderr
+    r = resume("./lm", "./d.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "b" / "training_state.json").read_text())["step"] == 4
 
 
 def test_bad_inputs(rm_dir, tmp_path):
