@@ -49,6 +49,11 @@ typedef struct {
  * fdpo_dpo_run_opts_default's with lr 1e-4, constant schedule, one epoch, no held-out split,
  * empty completions skipped. */
 void fdpo_online_opts_default(fdpo_online_opts *o);
+/* What every round's f-DPO run needs whatever the flags (fdpo_online_opts_default applies it;
+ * a caller that fills d from flags applies it after them): the shared-prompt layout (a
+ * prompt's completions share it), no held-out split, long completions truncated, empty or
+ * identical ones skipped. */
+void fdpo_online_round_dpo_opts(fdpo_dpo_run_opts *d);
 /* The check both modes share (paths, loss, prompts per round, n, sampling); errors name the
  * flag. Called by fdpo_online_run and fdpo_online_step_run, which check their own mode's. */
 int fdpo_online_opts_check(const fdpo_online_opts *o);

@@ -66,7 +66,7 @@ int cmd_online(int argc, char **argv) {
     if (fdpo_divergence_parse(divergence, &o.dpo.dpo.loss.div)) { fdpo_error_context("--divergence"); goto done; }
     if (fdpo_loss_parse(loss, &o.dpo.dpo.loss.kind)) goto done;
     o.dpo.dpo.loss.beta = beta;   /* the loss (simpo, beta, divergence): checked by the library's run */
-    online_flags_dpo_template(&o.dpo);
+    fdpo_online_round_dpo_opts(&o.dpo);
     fdpo_set_threads((int)o.dpo.train.threads);
     if (!strcmp(mode, "rounds")) {
         if (o.dpo.train.resume) { fdpo_error("--resume: %s holds a --mode step run (pass --mode step)", o.out); goto done; }

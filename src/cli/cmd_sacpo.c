@@ -55,7 +55,7 @@ int cmd_sacpo(int argc, char **argv) {
     so.online.reward = NULL;
     if (online_flags_finish(&of, &so.online, (uint64_t)v.o.train.seed)) goto done;
     so.online.dpo = v.o;
-    online_flags_dpo_template(&so.online.dpo);
+    fdpo_online_round_dpo_opts(&so.online.dpo);
     so.lambdas = lambdas;
     so.merge_weights = weights;
     so.out = v.o.train.out;

@@ -45,10 +45,3 @@ int online_flags_finish(const online_flags *v, fdpo_online_opts *o, uint64_t see
                                      .max_new_tokens = (size_t)v->max_new, .stop = v->stop, .seed = seed, .batch = 8};
     return 0;
 }
-
-void online_flags_dpo_template(fdpo_dpo_run_opts *d) {
-    d->dpo.layout = FDPO_LAYOUT_SHARED;
-    d->eval_fraction = 0;
-    d->pref.on_long = FDPO_PREF_LONG_TRUNCATE;
-    d->pref.on_bad = FDPO_PREF_SKIP;
-}

@@ -5,7 +5,7 @@
  *   n = online_flags_add(&v, &o, flags, n);          --data (prompts), --reward, --rounds, --n, ...
  *   flags_parse(...);
  *   online_flags_finish(&v, &o, seed);               text flags -> o (sample config, pairs, ref update)
- *   online_flags_dpo_template(&o.dpo);               what every round's f-DPO run needs */
+ *   fdpo_online_round_dpo_opts(&o.dpo);              what every round's f-DPO run needs (library) */
 #ifndef FDPO_CLI_ONLINE_FLAGS_H
 #define FDPO_CLI_ONLINE_FLAGS_H
 #include <stddef.h>
@@ -24,7 +24,4 @@ typedef struct {
 size_t online_flags_add(online_flags *v, fdpo_online_opts *o, fdpo_flag *f, size_t n);
 /* The parsed text flags -> o (seed: the sampling seed); errors name the flag. */
 int online_flags_finish(const online_flags *v, fdpo_online_opts *o, uint64_t seed);
-/* Each round's f-DPO run: prompts shared by the pairs, no held-out split, long completions
- * truncated, empty ones skipped (each round's trainer prints nothing: fdpo_online_run). */
-void online_flags_dpo_template(fdpo_dpo_run_opts *d);
 #endif

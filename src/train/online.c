@@ -439,6 +439,13 @@ static int is_lora_base(const fdpo_gpt2 *policy, const char *path) {
 
 /* What both modes need, before any model or data is read: the paths, an f-DPO loss that has
  * a reference (simpo has none: pairs scored against pi_ref are what online f-DPO is), n >= 2. */
+void fdpo_online_round_dpo_opts(fdpo_dpo_run_opts *d) {
+    d->dpo.layout = FDPO_LAYOUT_SHARED;
+    d->eval_fraction = 0;
+    d->pref.on_long = FDPO_PREF_LONG_TRUNCATE;
+    d->pref.on_bad = FDPO_PREF_SKIP;
+}
+
 void fdpo_online_opts_default(fdpo_online_opts *o) {
     memset(o, 0, sizeof *o);
     fdpo_dpo_run_opts_default(&o->dpo);
@@ -446,8 +453,7 @@ void fdpo_online_opts_default(fdpo_online_opts *o) {
      * shared by the pairs, no held-out split, long completions truncated, empty ones skipped */
     o->dpo.train.lr = 1e-4; o->dpo.train.schedule = "constant"; o->dpo.train.epochs = 1;
     o->dpo.train.eval_every = 0;
-    o->dpo.eval_fraction = 0;
-    o->dpo.pref.on_bad = FDPO_PREF_SKIP;
+    fdpo_online_round_dpo_opts(&o->dpo);
     o->reward_opts.timeout_s = 60;
     o->rounds = 3; o->prompts_per_round = 16; o->n = 4;
     o->bt_scale = 1;
