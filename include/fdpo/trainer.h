@@ -267,6 +267,10 @@ int fdpo_metrics_open(fdpo_metrics *mw, const char *dir, size_t keep_upto_step);
 void fdpo_metrics_begin(fdpo_metrics *mw, size_t step);
 void fdpo_metrics_add(fdpo_metrics *mw, const char *key, double value); /* non-finite -> null */
 int fdpo_metrics_end(fdpo_metrics *mw);   /* writes the line and flushes */
+/* Applies keep_upto_step now if no line did yet (and closes the file): a checkpoint saved
+ * before the run's first line carries metrics.jsonl along, which must then hold this run's
+ * lines only (an --overwrite run's would otherwise carry the old run's). */
+int fdpo_metrics_settle(fdpo_metrics *mw);
 void fdpo_metrics_close(fdpo_metrics *mw);
 
 /* ---- the run ---- */

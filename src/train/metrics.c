@@ -85,6 +85,14 @@ int fdpo_metrics_end(fdpo_metrics *mw) {
     return 0;
 }
 
+int fdpo_metrics_settle(fdpo_metrics *mw) {
+    if (!mw->path || !mw->pending) return 0;
+    if (metrics_start(mw)) return -1;
+    fclose(mw->f);
+    mw->f = NULL;
+    return 0;
+}
+
 void fdpo_metrics_close(fdpo_metrics *mw) {
     if (mw->f) fclose(mw->f);
     free(mw->path); free(mw->line);

@@ -445,8 +445,9 @@ void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss) {
 
 int fdpo_trainer_save(fdpo_trainer *tr) {
     if (fdpo_dist_rank() > 0) { tr->saved_step = tr->state.step; return 0; }   /* rank 0 alone writes */
-    /* metrics.jsonl is carried into the new directory by the swap; the next line reopens it
-     * there (fdpo_metrics_end) */
+    /* metrics.jsonl is carried into the new directory by the swap, cut to this run's lines
+     * first if none was logged yet; the next line reopens it there (fdpo_metrics_end) */
+    if (fdpo_metrics_settle(&tr->metrics)) return -1;
     if (tr->metrics.f) { fclose(tr->metrics.f); tr->metrics.f = NULL; }
     int rc = fdpo_checkpoint_save_all(tr->opts.out, tr->model, tr->tok, &tr->state,
                                       tr->opts.skip_moments ? NULL : &tr->opt);

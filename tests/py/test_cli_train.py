@@ -119,6 +119,37 @@ def test_val_fraction_is_the_old_name_of_eval_fraction(tmp_path, corpus):
             assert x.get(key) == y.get(key), (x["step"], key)
 
 
+def test_overwrite_run_saved_before_its_first_line_carries_no_old_metrics(tmp_path, corpus):
+    """metrics.jsonl is created with a run's first line; a checkpoint saved before that line
+    carries the file along, so it is cut to this run's lines at the save (an --overwrite run
+    interrupted before its first line carried the old run's 6 lines, and its resume appended
+    to them)."""
+    import time
+    out = tmp_path / "o"
+    common = [*TINY, "--batch-size", "1", "--eval-every", "0", *map(str, corpus)]
+    ok("pretrain", "--out", out, "--steps", "6", "--quiet", *common)
+    assert [m["step"] for m in metrics(out)] == list(range(1, 7))
+    p = subprocess.Popen([FDPO, "pretrain", "--out", str(out), "--overwrite", "--steps", "1000000",
+                          "--log-every", "1000000", "--save-every", "1", "--quiet", *common],
+                         stderr=subprocess.PIPE, text=True)
+    state = out / "training_state.json"
+    deadline = time.time() + 60
+    while time.time() < deadline:   # until the new run has saved a checkpoint
+        try:
+            if json.loads(state.read_text())["total_steps"] == 1000000:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    p.stderr.read()
+    assert p.wait(timeout=60) != 0
+    step = json.loads(state.read_text())["step"]
+    assert [m["step"] for m in metrics(out)] in ([], [step])   # none of the 6-step run's lines
+    ok("pretrain", "--out", out, "--resume", "--stop-at", step + 1, "--quiet", *map(str, corpus))
+    assert [m["step"] for m in metrics(out)][-1] == step + 1 and len(metrics(out)) <= 2
+
+
 def test_grad_accum_equals_big_batch(tmp_path, corpus):
     """4 micro-batches of 1 sequence == 1 batch of 4: same loss, same parameters after a step."""
     base = [*TINY, "--steps", "1", "--lr", "1e-2", "--eval-fraction", "0", "--quiet", *corpus]
