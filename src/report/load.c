@@ -271,6 +271,13 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
                              e ? "" : " (the file ends there: truncated?)", snip, k - s > 40 ? "..." : "");
                 r->n_bad++;
             } else {
+                /* pretrain/sft logged their held-out loss as val_loss before wave 28: one key,
+                 * so a run resumed across the rename keeps one curve and one column */
+                cJSON *old = cJSON_GetObjectItemCaseSensitive(obj, "val_loss");
+                if (old && !cJSON_GetObjectItemCaseSensitive(obj, "eval_loss")) {
+                    cJSON_DetachItemViaPointer(obj, old);
+                    cJSON_AddItemToObject(obj, "eval_loss", old);
+                }
                 cJSON_AddItemToArray(r->rows, obj);
             }
         }

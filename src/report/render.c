@@ -191,7 +191,7 @@ static void td_num(rp_buf *b, double v) { fdpo_rp_puts(b, "<td class=\"num\">");
 static void td_text(rp_buf *b, const char *s) { fdpo_rp_puts(b, "<td>"); fdpo_rp_html(b, s ? s : "\xe2\x80\x93"); fdpo_rp_puts(b, "</td>"); }
 
 static void training_table(rp_ctx *c, rp_buf *b) {
-    static const char *const keys[] = {"loss", "val_loss", "eval_loss", "rewards/margins", "rewards/accuracies",
+    static const char *const keys[] = {"loss", "eval_loss", "rewards/margins", "rewards/accuracies",
                                        "eval_rewards/margins", "eval_rewards/accuracies", "grad_norm", "tokens_per_sec"};
     int present[sizeof keys / sizeof keys[0]];
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) present[k] = any_run_has(c, keys[k]);
@@ -863,7 +863,7 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
             training_panel(&ch, "Training loss", "The objective being minimised (preference loss for DPO runs, "
                            "next-token loss for pretrain/SFT). Losses of different divergences are on different "
                            "scales: compare shapes, not levels.", "loss", "loss", NULL,
-                           (const char *const[]){"eval_loss", "val_loss", NULL}, " (held out)");
+                           (const char *const[]){"eval_loss", NULL}, " (held out)");
             training_panel(&ch, "Reward margin", "rewards/margins = \xce\xb2\xc2\xb7(log-ratio of chosen \xe2\x88\x92 "
                            "log-ratio of rejected): how far the implicit reward separates the pair. A margin that keeps "
                            "growing while held-out accuracy stalls is the policy drifting from the reference.", "reward margin",

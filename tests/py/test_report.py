@@ -846,3 +846,27 @@ def test_proxy_eval_without_a_reference_warns_and_draws_nothing(tmp_path):
     assert not [c for c in charts if c["title"].startswith("Reward over-optimisation")]
     r = run("--eval", str(g), "--proxy-eval", str(tmp_path / "missing.json"), "--out", str(out))
     assert r.returncode != 0 and "missing.json" in r.stderr and "--proxy-eval" in r.stderr
+
+
+def test_a_run_resumed_across_the_eval_loss_rename_keeps_one_held_out_curve(tmp_path):
+    """pretrain/sft wrote val_loss before wave 28 and eval_loss since: a run resumed across
+    the change has both in one metrics.jsonl; the report reads val_loss as eval_loss, so the
+    held-out curve keeps every point and the runs table has one column (it plotted only the
+    eval_loss points and showed a stale 'final val_loss' beside 'final eval_loss')."""
+    d = tmp_path / "sft-resumed"
+    d.mkdir()
+    rows = [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 11)]
+    for row in rows:
+        if row["step"] % 2 == 0:
+            row["val_loss" if row["step"] <= 6 else "eval_loss"] = 4.0 - 0.1 * row["step"]
+    write_jsonl(d / "metrics.jsonl", rows)
+    out = tmp_path / "r.html"
+    r = run(str(d), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    text, _, charts = parse(out)
+    loss = {s["label"]: s for s in chart(charts, "Training loss")["series"]}
+    held = loss["sft-resumed (held out)"]["points"]
+    assert flat(held) == pytest.approx(flat([[s, 4.0 - 0.1 * s] for s in (2, 4, 6, 8, 10)]))
+    runs = text[text.index('id="runs-table"'):]
+    runs = runs[:runs.index("</table>")]
+    assert "<th>final eval_loss</th>" in runs and "final val_loss" not in runs
