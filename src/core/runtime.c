@@ -32,9 +32,13 @@ int fdpo_env_long(const char *name, long def, long min, long max, long *out) {
 }
 
 int fdpo_env_switch(const char *name, int def) {
+    /* a warning, not an error: the caller's pending error message is left as it was */
+    char pending[512];
+    snprintf(pending, sizeof pending, "%s", fdpo_last_error());
     long v;
     if (fdpo_env_long(name, def, 0, 1, &v) == 0) return (int)v;
     fdpo_log(FDPO_LOG_WARN, "%s; using the default (%d)", fdpo_last_error(), def);
+    if (strcmp(pending, "unknown error")) fdpo_error("%s", pending); else fdpo_clear_error();
     return def;
 }
 

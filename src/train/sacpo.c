@@ -163,6 +163,11 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         cJSON_DeleteItemFromObject(b, "lambdas");
         cJSON_DeleteItemFromObject(a, "training");
         cJSON_DeleteItemFromObject(b, "training");
+        /* plans before wave 28 could record --stop '' (no stop string), now refused as a flag:
+         * the same plan as no --stop */
+        const cJSON *stop = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(a, "online"), "stop");
+        if (cJSON_IsString(stop) && !*stop->valuestring)
+            cJSON_DeleteItemFromObject(cJSON_GetObjectItemCaseSensitive(a, "online"), "stop");
         int same = cJSON_Compare(a, b, 1);
         cJSON_Delete(a); cJSON_Delete(b);
         if (!same) {

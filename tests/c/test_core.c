@@ -379,6 +379,28 @@ START_TEST(realloc_large_grows_in_place) {
 }
 END_TEST
 
+/* fdpo_env_switch: 0/1 read, anything else the default with a warning; the caller's pending
+ * error message survives it (the warning went through fdpo_error and replaced it) */
+START_TEST(env_switch_warns_and_keeps_the_pending_error) {
+    setenv("FDPO_TEST_SWITCH", "1", 1);
+    ck_assert_int_eq(fdpo_env_switch("FDPO_TEST_SWITCH", 0), 1);
+    setenv("FDPO_TEST_SWITCH", "yes", 1);
+    fdpo_error("the caller's error");
+    ck_assert_int_eq(fdpo_env_switch("FDPO_TEST_SWITCH", 0), 0);
+    ck_assert_str_eq(fdpo_last_error(), "the caller's error");
+    fdpo_clear_error();
+    ck_assert_int_eq(fdpo_env_switch("FDPO_TEST_SWITCH", 1), 1);
+    ck_assert_str_eq(fdpo_last_error(), "unknown error");
+    long v = 0;
+    setenv("FDPO_TEST_SWITCH", "12x", 1);
+    ck_assert_int_eq(fdpo_env_long("FDPO_TEST_SWITCH", 5, 1, 100, &v), -1);
+    ck_assert_str_eq(fdpo_last_error(), "FDPO_TEST_SWITCH=12x: must be an integer in [1, 100]");
+    unsetenv("FDPO_TEST_SWITCH");
+    ck_assert_int_eq(fdpo_env_long("FDPO_TEST_SWITCH", 5, 1, 100, &v), 0);
+    ck_assert_int_eq(v, 5);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("core");
     TCase *tc = tcase_create("core");
@@ -396,6 +418,7 @@ int main(void) {
     tcase_add_test(tc, alloc_large_failure_is_an_error);
     tcase_add_test(tc, realloc_large_grows_in_place);
     tcase_add_test(tc, json_size_takes_exact_non_negative_integers_only);
+    tcase_add_test(tc, env_switch_warns_and_keeps_the_pending_error);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -237,6 +237,12 @@ def test_online_stages_resume_by_stage_and_by_round(lexdata, tmp_path):
     before = weights(s / "lambda-1")
     r = sacpo_online(d, s, "--lambda", "1")
     assert "reward stage: done before" in r.stderr and "safety stage (lambda 1): done before" in r.stderr
+    # a plan of the previous version that recorded --stop '' (refused as a flag since): the same plan
+    state = json.loads((s / "sacpo.json").read_text())
+    state["plan"]["online"]["stop"] = ""
+    (s / "sacpo.json").write_text(json.dumps(state))
+    r = sacpo_online(d, s, "--lambda", "1")
+    assert "safety stage (lambda 1): done before" in r.stderr, r.stderr
     # an online stage cut after its first round: the rerun continues after round 0
     state = json.loads((s / "sacpo.json").read_text())
     state["stages_done"] = state["stages_done"][:1]
