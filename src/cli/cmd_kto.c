@@ -19,7 +19,7 @@ int cmd_kto(int argc, char **argv) {
         "fdpo kto --model CKPT --data unpaired.jsonl --out DIR [--beta B] [--divergence rkl|fkl|js|alpha:A] "
         "[--desirable-weight W] [--undesirable-weight W] [flags]";
     fdpo_kto_run_opts o;
-    memset(&o, 0, sizeof o);
+    fdpo_kto_run_opts_default(&o);   /* the flags below then set what they name */
     fdpo_flag flags[TRAIN_FLAGS_MAX + 16];
     size_t n = 0;
     const char *model = NULL, *divergence = NULL;
@@ -37,7 +37,6 @@ int cmd_kto(int argc, char **argv) {
     n = pref_data_flags_add(flags, n, &data, &o.eval_fraction, &o.eval_file, "examples");
     n = train_flags_add_except(flags, n, &o.train, NOT_FOR_KTO);
     train_flags_set_help(flags, n, "batch-size", "examples per micro-batch (the KL reference point is estimated within it)");
-    o.train.n_layer = o.train.n_head = o.train.n_embd = o.train.n_positions = o.train.seq_len = 1;
     train_flags_set_default(flags, n, "lr", "1e-6");
     train_flags_set_default(flags, n, "schedule", "linear");
     train_flags_set_default(flags, n, "eval-every", "50");

@@ -20,7 +20,7 @@ int cmd_online(int argc, char **argv) {
         "fdpo online --model CKPT --data PROMPTS --reward SPEC --out DIR [--divergence D] [--beta B] "
         "[--rounds R] [--prompts-per-round P] [--n N] [--ref-update never|round] [flags]";
     fdpo_online_opts o;
-    memset(&o, 0, sizeof o);
+    fdpo_online_opts_default(&o);   /* the flags below then set what they name */
     fdpo_flag flags[TRAIN_FLAGS_MAX + ONLINE_FLAGS_N + 8];
     size_t n = 0;
     const char *divergence, *loss, *mode;
@@ -41,7 +41,6 @@ int cmd_online(int argc, char **argv) {
     train_flags_set_help(flags, n, "resume", "rounds: continue after the last complete round in --out; step: continue the saved run bit-exactly");
     train_flags_set_help(flags, n, "batch-size", "pairs per micro-batch of each round's f-DPO");
     train_flags_set_help(flags, n, "epochs", "passes over each round's pairs (when --steps is 0)");
-    o.dpo.train.n_layer = o.dpo.train.n_head = o.dpo.train.n_embd = o.dpo.train.n_positions = o.dpo.train.seq_len = 1;
     train_flags_set_default(flags, n, "lr", "1e-4");
     train_flags_set_default(flags, n, "schedule", "constant");
     train_flags_set_default(flags, n, "epochs", "1");

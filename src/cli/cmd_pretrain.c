@@ -11,6 +11,6 @@ static int load_text(char *const *files, size_t n_files, const fdpo_tokenizer *t
 int cmd_pretrain(int argc, char **argv) {
     static const lm_command c = {
         "pretrain", "fdpo pretrain --out DIR --data FILE... [flags]   (UTF-8 text; <|endoftext|> separates documents)",
-        NULL, NULL, load_text};
+        NULL, NULL, fdpo_train_opts_default, load_text};
     return lm_command_run(&c, argc, argv);
 }

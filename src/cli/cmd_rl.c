@@ -19,7 +19,7 @@ int cmd_rl(int argc, char **argv) {
         "fdpo rl --model CKPT --data PROMPTS --reward SPEC --out DIR [--algo rloo|grpo] [--divergence D] [--beta B] "
         "[--n K] [--steps S] [flags]";
     fdpo_rl_run_opts o;
-    memset(&o, 0, sizeof o);
+    fdpo_rl_run_opts_default(&o);   /* the flags below then set what they name */
     fdpo_flag flags[TRAIN_FLAGS_MAX + 24];
     size_t n = 0;
     const char *algo, *divergence, *stop = NULL;
@@ -49,8 +49,6 @@ int cmd_rl(int argc, char **argv) {
     train_flags_set_help(flags, n, "out", "output checkpoint directory and metrics.jsonl (required)");
     train_flags_set_help(flags, n, "steps", "policy-gradient steps (each samples new groups)");
     train_flags_set_help(flags, n, "resume", "continue the run saved in --out bit-exactly (flags default to the saved ones)");
-    o.train.n_layer = o.train.n_head = o.train.n_embd = o.train.n_positions = o.train.seq_len = 1;
-    o.train.batch_size = o.train.grad_accum = 1; /* the dropped flags' fields, for the shared checks */
     train_flags_set_default(flags, n, "schedule", "constant");
     train_flags_set_default(flags, n, "lr", "1e-5");
     train_flags_set_default(flags, n, "steps", "100");

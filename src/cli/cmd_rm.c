@@ -19,7 +19,7 @@ static const char *const NOT_FOR_RM[] = {"model", "tokenizer", "n-layer", "n-hea
 int cmd_rm(int argc, char **argv) {
     static const char usage[] = "fdpo rm --model CKPT --data pairs.jsonl --out DIR [--center-rewards-coefficient C] [flags]";
     fdpo_rm_run_opts o;
-    memset(&o, 0, sizeof o);
+    fdpo_rm_run_opts_default(&o);   /* the flags below then set what they name */
     fdpo_flag flags[TRAIN_FLAGS_MAX + 16];
     size_t n = 0;
     const char *model = NULL;
@@ -34,7 +34,6 @@ int cmd_rm(int argc, char **argv) {
     n = train_flags_add_except(flags, n, &o.train, NOT_FOR_RM);
     train_flags_set_help(flags, n, "batch-size", "pairs per micro-batch (one forward/backward over 2x sequences)");
     train_flags_set_help(flags, n, "eval-every", "held-out loss/accuracy every N steps, at the start and at the end (0: never)");
-    o.train.n_layer = o.train.n_head = o.train.n_embd = o.train.n_positions = o.train.seq_len = 1;
     train_flags_set_default(flags, n, "lr", "1e-5");
     train_flags_set_default(flags, n, "schedule", "linear");
     train_flags_set_default(flags, n, "eval-every", "50");

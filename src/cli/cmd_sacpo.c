@@ -22,7 +22,7 @@ int cmd_sacpo(int argc, char **argv) {
     fdpo_flag flags[DPO_FLAGS_MAX + ONLINE_FLAGS_N + 8];
     size_t n = dpo_flags_add(&v, flags, NOT_FOR_SACPO, sizeof NOT_FOR_SACPO / sizeof NOT_FOR_SACPO[0]);
     fdpo_sacpo_opts so;
-    memset(&so, 0, sizeof so);
+    fdpo_sacpo_opts_default(&so);   /* the flags below then set what they name */
     const char *lambda_list = NULL, *merge_list = NULL, *order = NULL;
     flags[n++] = (fdpo_flag){"reward-data", FLAG_STR, &so.reward_data, NULL, "preference JSONL of the reward (helpfulness) stage (or --reward)", 0};
     flags[n++] = (fdpo_flag){"safety-data", FLAG_STR, &so.safety_data, NULL, "preference JSONL of the safety stage (or --safety)", 0};

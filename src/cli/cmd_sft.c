@@ -17,6 +17,6 @@ int cmd_sft(int argc, char **argv) {
     static const lm_command c = {
         "sft", "fdpo sft --out DIR [--model CKPT] --data FILE.jsonl... [flags]   "
                "(lines {\"prompt\",\"completion\"}, {\"text\"} or {\"messages\"})",
-        "2e-5", "3", load_sft};
+        "2e-5", "3", fdpo_sft_opts_default, load_sft};
     return lm_command_run(&c, argc, argv);
 }

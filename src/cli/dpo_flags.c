@@ -20,6 +20,7 @@ static int listed(const char *name, const char *const *list, size_t n) {
 size_t dpo_flags_add(dpo_flags *v, fdpo_flag *flags, const char *const *skip, size_t n_skip) {
     memset(v, 0, sizeof *v);
     fdpo_dpo_run_opts *o = &v->o;
+    fdpo_dpo_run_opts_default(o);   /* the flags below then set what they name */
     fdpo_flag all[TRAIN_FLAGS_MAX];
     size_t n_all = train_flags_add(all, 0, &o->train), n = 0;
     const fdpo_flag own[] = {
@@ -50,8 +51,6 @@ size_t dpo_flags_add(dpo_flags *v, fdpo_flag *flags, const char *const *skip, si
         if (!strcmp(all[i].name, "eval-every")) flags[n].help = "held-out reward accuracy/margins every N steps, at the start and at the end (0: never)";
         n++;
     }
-    /* the dropped flags' fields: shapes come from --model, so only the shared checks see these */
-    o->train.n_layer = o->train.n_head = o->train.n_embd = o->train.n_positions = o->train.seq_len = 1;
     train_flags_set_default(flags, n, "lr", "1e-6");
     train_flags_set_default(flags, n, "schedule", "linear");
     train_flags_set_default(flags, n, "eval-every", "50");

@@ -7,6 +7,7 @@
 
 int lm_command_run(const lm_command *c, int argc, char **argv) {
     fdpo_train_opts o;
+    c->defaults(&o);   /* the flags below then set what they name */
     fdpo_flag flags[TRAIN_FLAGS_MAX + 2];
     flag_list data;
     /* pretrain trains every weight: fdpo_trainer_open refuses LoRA for it, so --help does not offer it */

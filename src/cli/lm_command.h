@@ -13,6 +13,7 @@ typedef struct {
     const char *usage;
     const char *default_lr;    /* NULL: the shared table's */
     const char *default_epochs;
+    void (*defaults)(fdpo_train_opts *o);   /* the library's: fdpo_train_opts_default, fdpo_sft_opts_default */
     lm_data_loader load;
 } lm_command;
 

@@ -11,7 +11,6 @@
 static const char *precision_flag; /* --precision: applied by train_flags_finish */
 
 size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
-    memset(o, 0, sizeof *o);
     const fdpo_flag shared[] = {
         {"out",           FLAG_STR,   &o->out,           NULL,     "output checkpoint directory (required); training state and metrics.jsonl go there too", 0},
         {"resume",        FLAG_BOOL,  &o->resume,        "0",      "continue the run saved in --out (same data; fixed flags default to the saved ones)", 0},

@@ -1,6 +1,7 @@
 /* Training flags shared by `fdpo pretrain`, `fdpo sft` and `fdpo dpo`.
  *
- *   fdpo_train_opts o; fdpo_flag flags[TRAIN_FLAGS_MAX + 8]; size_t n = 0;
+ *   fdpo_train_opts o; fdpo_train_opts_default(&o);          the library's defaults first:
+ *   fdpo_flag flags[TRAIN_FLAGS_MAX + 8]; size_t n = 0;     the flags set what they name
  *   n = train_flags_add(flags, n, &o);                       the shared table
  *   train_flags_set_default(flags, n, "lr", "5e-7");         per-command defaults
  *   flags[n++] = (fdpo_flag){"beta", FLAG_FLOAT, &beta, "0.1", "..."};   own flags

@@ -19,8 +19,7 @@ void fdpo_sacpo_opts_default(fdpo_sacpo_opts *o) {
     /* the online stages sample as `fdpo online` does and train each round with the dpo template */
     fdpo_online_opts_default(&o->online);
     o->online.dpo = o->dpo;
-    o->online.dpo.eval_fraction = 0;
-    o->online.dpo.pref.on_bad = FDPO_PREF_SKIP;
+    fdpo_online_round_dpo_opts(&o->online.dpo);
 }
 
 int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
