@@ -146,6 +146,10 @@ void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s);
 /* The data-shaping settings every preference trainer saves (dpo, rm, kto): --max-length,
  * --max-prompt-length, --on-long, --bad-pairs, --eval-fraction, --eval-file; all fixed. */
 void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, const char *eval_file, fdpo_settings *s);
+/* The defaults every preference trainer (dpo, rm, kto) shares: a given model fine-tuned at
+ * lr with linear decay, held-out checks every 50 steps on eval_fraction 0.1 of the data
+ * (the train options' own split unused), long examples truncated, bad ones an error. */
+void fdpo_pref_run_defaults(fdpo_train_opts *train, fdpo_pref_options *pref, double *eval_fraction, double lr);
 int fdpo_dpo_train(const fdpo_dpo_run_opts *o);
 /* The same trainer loop on pairs already in memory (an online round, src/train/online.c):
  * policy is trained in place (o->train.init only names where it came from, for the saved

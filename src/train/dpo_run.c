@@ -147,18 +147,23 @@ static uint64_t run_data_hash(const fdpo_pref_pair *const *train, size_t n_train
     return h;
 }
 
+void fdpo_pref_run_defaults(fdpo_train_opts *train, fdpo_pref_options *pref, double *eval_fraction, double lr) {
+    fdpo_train_opts_default(train);
+    train->lr = lr; train->schedule = "linear"; train->eval_every = 50;
+    train->val_fraction = 0;   /* the split is eval_fraction's */
+    /* the model's shape comes from --model: only the shared checks see these */
+    train->n_layer = train->n_head = train->n_embd = train->n_positions = train->seq_len = 1;
+    *eval_fraction = 0.1;
+    pref->on_long = FDPO_PREF_LONG_TRUNCATE;
+    pref->on_bad = FDPO_PREF_ERROR;
+}
+
 void fdpo_dpo_run_opts_default(fdpo_dpo_run_opts *o) {
     memset(o, 0, sizeof *o);
-    fdpo_train_opts_default(&o->train);
-    /* DPO fine-tunes a given policy: tiny lr, linear decay, frequent held-out checks */
-    o->train.lr = 1e-6; o->train.schedule = "linear"; o->train.eval_every = 50;
-    o->train.val_fraction = 0;
-    o->train.n_layer = o->train.n_head = o->train.n_embd = o->train.n_positions = o->train.seq_len = 1;
-    o->eval_fraction = 0.1;
+    /* DPO fine-tunes a given policy: tiny lr */
+    fdpo_pref_run_defaults(&o->train, &o->pref, &o->eval_fraction, 1e-6);
     o->dpo.loss = (fdpo_pref_loss){.kind = FDPO_LOSS_SIGMOID, .div = {.kind = FDPO_DIV_RKL}, .beta = 0.1, .simpo_gamma = 0.5};
     o->dpo.layout = FDPO_LAYOUT_SHARED;
-    o->pref.on_long = FDPO_PREF_LONG_TRUNCATE;
-    o->pref.on_bad = FDPO_PREF_ERROR;
 }
 
 int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {

@@ -157,14 +157,7 @@ static void add_kto_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_kto
 
 void fdpo_kto_run_opts_default(fdpo_kto_run_opts *o) {
     memset(o, 0, sizeof *o);
-    fdpo_train_opts_default(&o->train);
-    /* as dpo: tiny lr, linear decay, frequent held-out checks */
-    o->train.lr = 1e-6; o->train.schedule = "linear"; o->train.eval_every = 50;
-    o->train.val_fraction = 0;   /* the split is eval_fraction's */
-    o->train.n_layer = o->train.n_head = o->train.n_embd = o->train.n_positions = o->train.seq_len = 1;
-    o->eval_fraction = 0.1;
-    o->pref.on_long = FDPO_PREF_LONG_TRUNCATE;
-    o->pref.on_bad = FDPO_PREF_ERROR;
+    fdpo_pref_run_defaults(&o->train, &o->pref, &o->eval_fraction, 1e-6);   /* as dpo */
     o->loss = (fdpo_kto_loss){.div = {.kind = FDPO_DIV_RKL}, .beta = 0.1, .desirable_weight = 1, .undesirable_weight = 1};
 }
 

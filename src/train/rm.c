@@ -185,14 +185,8 @@ static void add_rm_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_rm_m
 
 void fdpo_rm_run_opts_default(fdpo_rm_run_opts *o) {
     memset(o, 0, sizeof *o);
-    fdpo_train_opts_default(&o->train);
-    /* a reward model is fine-tuned from a given backbone: small lr, linear decay, frequent held-out checks */
-    o->train.lr = 1e-5; o->train.schedule = "linear"; o->train.eval_every = 50;
-    o->train.val_fraction = 0;   /* the split is eval_fraction's */
-    o->train.n_layer = o->train.n_head = o->train.n_embd = o->train.n_positions = o->train.seq_len = 1;
-    o->eval_fraction = 0.1;
-    o->pref.on_long = FDPO_PREF_LONG_TRUNCATE;
-    o->pref.on_bad = FDPO_PREF_ERROR;
+    /* a reward model is fine-tuned from a given backbone at a small lr */
+    fdpo_pref_run_defaults(&o->train, &o->pref, &o->eval_fraction, 1e-5);
 }
 
 int fdpo_rm_run_opts_check(const fdpo_rm_run_opts *o) {
