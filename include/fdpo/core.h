@@ -25,6 +25,11 @@ int fdpo_env_long(const char *name, long def, long min, long max, long *out);
  * through the log hook ("FDPO_SLICES=abc: must be an integer in [0, 1]; using the default
  * (1)") and is def. Callers read it once. */
 int fdpo_env_switch(const char *name, int def);
+/* A knob that names one of a few settings (FDPO_HUGEPAGES=0|1|system, FDPO_SGEMM=onednn|openblas):
+ * the index of the variable's value in choices (NULL-terminated), def when unset or empty;
+ * any other value logs one warning through the log hook naming the choices and is def.
+ * *warned (the caller's, starting at 0) keeps a knob read on every call to one warning. */
+int fdpo_env_choice(const char *name, const char *const *choices, int def, int *warned);
 
 /* ---- memory ----
  * Allocation never returns NULL. On out-of-memory the library calls the handler set with

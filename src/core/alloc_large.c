@@ -78,10 +78,13 @@ typedef struct {
 
 static large_head *head_of(void *p) { return (large_head *)((char *)p - sizeof(large_head)); }
 
-int fdpo_hugepages_advice(void) {
-    const char *e = getenv("FDPO_HUGEPAGES");
-    if (e && !strcmp(e, "system")) return -1;
-    return e && !strcmp(e, "0") ? 0 : 1;
+int fdpo_hugepages_advice(void) {   /* read at every allocation: a test or bench may change it */
+    static const char *const choices[] = {"0", "1", "system", NULL};
+    static _Atomic int warned;
+    int w = warned;
+    int i = fdpo_env_choice("FDPO_HUGEPAGES", choices, 1, &w);
+    warned = w;
+    return i == 2 ? -1 : i;
 }
 
 static void *alloc_large(size_t bytes, size_t room, int advice);

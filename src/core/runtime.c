@@ -42,6 +42,21 @@ int fdpo_env_switch(const char *name, int def) {
     return def;
 }
 
+int fdpo_env_choice(const char *name, const char *const *choices, int def, int *warned) {
+    const char *e = getenv(name);
+    if (!e || !*e) return def;
+    char list[256] = "";
+    size_t k = 0;
+    for (int i = 0; choices[i]; i++) {
+        if (!strcmp(e, choices[i])) return i;
+        k += (size_t)snprintf(list + k, k < sizeof list ? sizeof list - k : 0, "%s%s", i ? ", " : "", choices[i]);
+        if (k >= sizeof list) k = sizeof list - 1;
+    }
+    if (!*warned) fdpo_log(FDPO_LOG_WARN, "%s=%s: not one of %s; using the default (%s)", name, e, list, choices[def]);
+    *warned = 1;
+    return def;
+}
+
 double fdpo_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -290,8 +290,9 @@ void fdpo_gemm_bf16(int trans_a, int trans_b, size_t M, size_t N, size_t K, floa
 static int sgemm_use_openblas(void) {
     static int state = -1;
     if (state < 0) {
-        const char *e = getenv("FDPO_SGEMM");
-        state = e && !strcmp(e, "openblas");
+        static const char *const choices[] = {"onednn", "openblas", NULL};
+        int warned = 0;
+        state = fdpo_env_choice("FDPO_SGEMM", choices, 0, &warned);
     }
     return state;
 }

@@ -313,8 +313,9 @@ static int bf16_weight_copy_setting(void) { /* -1: by the rule above; 0 never; 1
     static _Atomic int state = -2;
     int s = state;
     if (s == -2) {
-        const char *e = getenv("FDPO_BF16_WEIGHT_COPY");
-        s = e && !strcmp(e, "0") ? 0 : e && !strcmp(e, "1") ? 1 : -1;
+        static const char *const choices[] = {"auto", "0", "1", NULL};
+        int warned = 0;
+        s = fdpo_env_choice("FDPO_BF16_WEIGHT_COPY", choices, 0, &warned) - 1;   /* auto -> -1 */
         state = s;
     }
     return s;

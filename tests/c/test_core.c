@@ -398,6 +398,26 @@ START_TEST(env_switch_warns_and_keeps_the_pending_error) {
     unsetenv("FDPO_TEST_SWITCH");
     ck_assert_int_eq(fdpo_env_long("FDPO_TEST_SWITCH", 5, 1, 100, &v), 0);
     ck_assert_int_eq(v, 5);
+    /* a named choice: its index; anything else the default, warned once */
+    static const char *const choices[] = {"0", "1", "system", NULL};
+    int warned = 0;
+    ck_assert_int_eq(fdpo_env_choice("FDPO_TEST_SWITCH", choices, 1, &warned), 1);
+    setenv("FDPO_TEST_SWITCH", "system", 1);
+    ck_assert_int_eq(fdpo_env_choice("FDPO_TEST_SWITCH", choices, 1, &warned), 2);
+    ck_assert_int_eq(warned, 0);
+    setenv("FDPO_TEST_SWITCH", "off", 1);
+    ck_assert_int_eq(fdpo_env_choice("FDPO_TEST_SWITCH", choices, 1, &warned), 1);
+    ck_assert_int_eq(warned, 1);
+    unsetenv("FDPO_TEST_SWITCH");
+    /* FDPO_HUGEPAGES=off meant on without a word: now the default (on) with a warning */
+    setenv("FDPO_HUGEPAGES", "off", 1);
+    ck_assert_int_eq(fdpo_hugepages_advice(), 1);
+    setenv("FDPO_HUGEPAGES", "0", 1);
+    ck_assert_int_eq(fdpo_hugepages_advice(), 0);
+    setenv("FDPO_HUGEPAGES", "system", 1);
+    ck_assert_int_eq(fdpo_hugepages_advice(), -1);
+    unsetenv("FDPO_HUGEPAGES");
+    ck_assert_int_eq(fdpo_hugepages_advice(), 1);
 }
 END_TEST
 

@@ -297,6 +297,21 @@ def test_a_bad_on_off_knob_is_named_once_and_is_the_default(byte_model, tmp_path
     assert "FDPO_DECODE_ONE_REGION" not in run(FDPO, *args, env={"FDPO_DECODE_ONE_REGION": "0"}).stderr
 
 
+
+@pytest.mark.parametrize("var,value,want", [
+    ("FDPO_HUGEPAGES", "off", "FDPO_HUGEPAGES=off: not one of 0, 1, system; using the default (1)"),
+    ("FDPO_SGEMM", "blas", "FDPO_SGEMM=blas: not one of onednn, openblas; using the default (onednn)"),
+])
+def test_a_bad_named_knob_is_named_once_and_is_the_default(byte_model, tmp_path, var, value, want):
+    """FDPO_HUGEPAGES=off silently meant huge pages on (only "0" meant off), and an unknown
+    FDPO_SGEMM silently meant oneDNN: now one warning naming the choices (fdpo_env_choice)."""
+    d, _ = byte_model
+    (tmp_path / "p.txt").write_text("a\nb\n")
+    args = ["generate", "--model", d, "--data", tmp_path / "p.txt", "--max-new-tokens", "2", "--n", "2"]
+    r = run(FDPO, *args, env={var: value})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning: " + want) == 1, r.stderr
+
 def test_generate_missing_model(tmp_path):
     (tmp_path / "p.txt").write_text("a\n")
     r = run(FDPO, "generate", "--model", tmp_path / "nope", "--data", tmp_path / "p.txt")
