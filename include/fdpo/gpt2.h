@@ -161,6 +161,11 @@ typedef struct {
 #define FDPO_LM_LOGITS_KEEP_MAX_BYTES ((size_t)256 << 20)
 
 int  fdpo_gpt2_config_check(const fdpo_gpt2_config *c); /* error names the bad key */
+/* The Hugging Face class of c's family (config.json "architectures"): with reward, the
+ * reward model's (GPT2ForSequenceClassification, LlamaForSequenceClassification,
+ * Qwen2ForSequenceClassification), else the LM's (GPT2LMHeadModel, LlamaForCausalLM,
+ * Qwen2ForCausalLM). */
+const char *fdpo_gpt2_architecture(const fdpo_gpt2_config *c, int reward);
 /* Allocate a model with this config. Parameters are zero until init or load. */
 /* The model code's numeric environment knobs, FDPO_LMHEAD_CHUNK and
  * FDPO_LMHEAD_KEEP_MAX_BYTES (fdpo_env_long): -1 after an error naming a bad one. Checked by

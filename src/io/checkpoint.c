@@ -95,9 +95,7 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
 static int config_head(const char *path, const cJSON *root, fdpo_gpt2_config *c) {
     const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
     const cJSON *a0 = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
-    const char *want = c->arch == FDPO_ARCH_GPT2 ? "GPT2ForSequenceClassification"
-                       : !strcmp(c->model_type, "qwen2") ? "Qwen2ForSequenceClassification"
-                                                         : "LlamaForSequenceClassification";
+    const char *want = fdpo_gpt2_architecture(c, 1);
     if (!cJSON_IsString(a0) || strcmp(a0->valuestring, want)) return 0;
     const cJSON *nl = cJSON_GetObjectItemCaseSensitive(root, "num_labels");
     const cJSON *id2label = cJSON_GetObjectItemCaseSensitive(root, "id2label");
@@ -187,8 +185,7 @@ static cJSON *config_json_llama(const fdpo_gpt2_config *c) {
     cJSON *root = cJSON_CreateObject();
     int qwen2 = !strcmp(c->model_type, "qwen2");
     cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString(c->num_labels ? (qwen2 ? "Qwen2ForSequenceClassification" : "LlamaForSequenceClassification")
-                                                                 : (qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM")));
+    cJSON_AddItemToArray(arch, cJSON_CreateString(fdpo_gpt2_architecture(c, c->num_labels > 0)));
     if (c->num_labels) config_json_head(root, c);
     if (!qwen2) cJSON_AddBoolToObject(root, "attention_bias", c->qkv_bias);
     if (c->head_dim) cJSON_AddNumberToObject(root, "head_dim", (double)c->head_dim);
@@ -227,7 +224,7 @@ static cJSON *config_json_gpt2(const fdpo_gpt2_config *c) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "activation_function", "gelu_new");
     cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString(c->num_labels ? "GPT2ForSequenceClassification" : "GPT2LMHeadModel"));
+    cJSON_AddItemToArray(arch, cJSON_CreateString(fdpo_gpt2_architecture(c, c->num_labels > 0)));
     if (c->num_labels) config_json_head(root, c);
     char eps[32];
     fdpo_fmt_float(eps, sizeof eps, c->layer_norm_epsilon);

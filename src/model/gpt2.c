@@ -84,6 +84,12 @@ static void point_params(fdpo_gpt2_params *p, float *memory, const fdpo_gpt2_ten
     for (int i = 0; i < FDPO_GPT2_NUM_TENSORS; i++) *fields[i] = memory + tensors[i].offset;
 }
 
+const char *fdpo_gpt2_architecture(const fdpo_gpt2_config *c, int reward) {
+    if (c->arch == FDPO_ARCH_GPT2) return reward ? "GPT2ForSequenceClassification" : "GPT2LMHeadModel";
+    if (!strcmp(c->model_type, "qwen2")) return reward ? "Qwen2ForSequenceClassification" : "Qwen2ForCausalLM";
+    return reward ? "LlamaForSequenceClassification" : "LlamaForCausalLM";
+}
+
 fdpo_gpt2 *fdpo_gpt2_create(const fdpo_gpt2_config *c) {
     if (fdpo_gpt2_config_check(c) || fdpo_model_env_check()) return NULL;
     fdpo_gpt2 *m = fdpo_calloc(1, sizeof *m);

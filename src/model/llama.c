@@ -336,8 +336,7 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
     const fdpo_gpt2_config *c = &m->config;
     if (c->num_labels && (token_logp || seq_logp))
         return fdpo_error("a reward model (%s) has no LM head: it scores whole sequences (rm:DIR), not token "
-                          "log-probs", !strcmp(c->model_type, "qwen2") ? "Qwen2ForSequenceClassification"
-                                                                       : "LlamaForSequenceClassification");
+                          "log-probs", fdpo_gpt2_architecture(c, 1));
     size_t N = b->n_tokens, B = b->n_seq, C = c->n_embd, L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head;
     size_t F = c->intermediate_size, hd = head_dim(c), QD = NH * hd, KD = NKV * hd;
     acts_reserve(m, N, B);

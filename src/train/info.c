@@ -29,9 +29,7 @@ int fdpo_checkpoint_info_read(const char *dir, fdpo_checkpoint_info *info) {
 
     int llama = c->arch == FDPO_ARCH_LLAMA, qwen2 = llama && !strcmp(c->model_type, "qwen2");
     info->model_type = qwen2 ? "qwen2" : llama ? "llama" : "gpt2";
-    info->architecture = c->num_labels ? (qwen2 ? "Qwen2ForSequenceClassification" : llama ? "LlamaForSequenceClassification"
-                                                                                     : "GPT2ForSequenceClassification")
-                       : qwen2 ? "Qwen2ForCausalLM" : llama ? "LlamaForCausalLM" : "GPT2LMHeadModel";
+    info->architecture = fdpo_gpt2_architecture(c, c->num_labels > 0);
 
     char *state_path = fdpo_path_join(dir, "training_state.json");
     info->has_state = fdpo_file_exists(state_path);
