@@ -137,7 +137,7 @@ typedef struct {
 /* Defaults of `fdpo dpo` (train options included: lr 1e-6, linear schedule, eval every 50). */
 void fdpo_dpo_run_opts_default(fdpo_dpo_run_opts *o);
 /* The one check of a run's options (the train options, the loss, the data shaping); called
- * by fdpo_dpo_train. Errors name the option by its flag ("--beta: must be > 0"). */
+ * by fdpo_dpo_train. Errors name the option by its flag ("--beta: must be a finite number > 0 (got 0)"). */
 int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o);
 /* The run's settings under their flag names, for training_state.json: the objective, data
  * shaping and reference are fixed on --resume; layout, ref-live and ref-cache-dir are kept

@@ -174,11 +174,13 @@ typedef struct {
     void *ctx;
 } fdpo_lab_coverage_opts;
 /* Defaults of `fdpo lab coverage`: policy ref, data_div rkl, beta 0.1, mixture 0.5, ridge 1e-3,
- * seed FDPO_DEFAULT_SEED, no on_fit. The check (fdpo_lab_coverage runs it; errors name the flag): beta > 0,
- * mixture in [0, 1], ridge > 0. fdpo_lab_coverage also needs prompts >= 1 and every N in
- * [1, 1e8] (--comparisons). */
+ * seed FDPO_DEFAULT_SEED, no on_fit. The options' check (errors name the flag): beta > 0,
+ * mixture in [0, 1], ridge > 0. fdpo_lab_coverage_check adds what fdpo_lab_coverage also needs,
+ * prompts >= 1 and every N in [1, 1e8] (--comparisons); fdpo_lab_coverage runs it first, and a
+ * caller can run it before it loads or writes anything. */
 void fdpo_lab_coverage_opts_default(fdpo_lab_coverage_opts *o);
 int fdpo_lab_coverage_opts_check(const fdpo_lab_coverage_opts *o);
+int fdpo_lab_coverage_check(const fdpo_lab_coverage_opts *o, size_t prompts, const size_t *n_comparisons, size_t nn);
 int fdpo_lab_coverage(const fdpo_lab_coverage_opts *o, const fdpo_lab_problem *problems, size_t prompts,
                       const size_t *n_comparisons, size_t nn, const fdpo_divergence *divs, size_t ndivs,
                       fdpo_lab_coverage_row *rows);

@@ -21,6 +21,10 @@ int fdpo_divergence_parse_list(const char *spec, fdpo_divergence **out, size_t *
 void fdpo_divergence_name(const fdpo_divergence *d, char *buf, size_t n); /* canonical spec */
 /* 1 if usable by f-DPO (0 not in dom f'); else 0 and *why explains (tv, chi2). */
 int fdpo_divergence_admissible(const fdpo_divergence *d, const char **why);
+/* The regularisation strength of max E[r] - beta D_f: finite and > 0, else an error naming
+ * the flag ("--beta: must be a finite number > 0 (got 0)"). Every user of beta checks it here:
+ * the losses, rl, eval's calibration and the lab. */
+int fdpo_beta_check(double beta);
 
 double fdpo_f(const fdpo_divergence *d, double u);           /* f(u), u >= 0 */
 /* f(u)/u at u = e^l: one sample's estimate of D_f(pi || pi_ref) = E_pi[f(u)/u] from its

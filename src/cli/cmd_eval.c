@@ -120,8 +120,7 @@ int cmd_eval(int argc, char **argv) {
         rc = fdpo_eval_config_check(&early);
         const char *const specs[] = {reward_spec, safety_spec};
         if (!rc) rc = fdpo_reward_lexicon_check(lexicon, specs, 2);
-        if (!rc && !pairs_path && !(beta > 0 && isfinite(beta)))   /* unused without --pairs, but not a beta */
-            rc = fdpo_error("--beta: must be finite and > 0 (got %g)", beta);
+        if (!rc && !pairs_path) rc = fdpo_beta_check(beta);   /* unused without --pairs, but not a beta */
     }
     if (!rc) rc = fdpo_set_precision(precision);
     /* the outputs may not replace an input: the prompts, the pairs, a policy's or the reference's files */

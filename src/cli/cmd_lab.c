@@ -132,7 +132,7 @@ typedef struct {
 
 #define COMMON_FLAGS(o, n_default)                                                                      \
     {"data", FLAG_STR, &(o).data, NULL, "CSV problem: header pi_ref,reward[,reward_hat][,length][,safety][,prompt], one row per response (prompt: frontier only)", 0}, \
-    {"n", FLAG_INT, &(o).n, n_default, "responses per prompt when generating", 0},                         \
+    {"n", FLAG_COUNT, &(o).n, n_default, "responses per prompt when generating", 0},                         \
     {"pi-ref", FLAG_STR, &(o).pi_ref, "zipf", "generated pi_ref: zipf, dirichlet, uniform", 0},            \
     {"zipf-s", FLAG_FLOAT, &(o).zipf_s, "1", "Zipf exponent: pi_ref(k) ∝ k^-s", 0},                         \
     {"dirichlet-alpha", FLAG_FLOAT, &(o).dirichlet_alpha, "1", "symmetric Dirichlet concentration", 0},    \
@@ -161,18 +161,12 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
                      p->prompt_offset ? " (per prompt; the first prompt off by more than 1e-9)" : "");
         return 0;
     }
-    if (o->n < 1) return fdpo_error("--n: must be >= 1 (got %ld)", o->n);
     fdpo_lab_gen g = {o->pi_ref, o->reward, o->zipf_s, o->dirichlet_alpha, o->reward_scale, o->length_min, o->length_max};
     return fdpo_lab_generate(&g, (size_t)o->n, rng, p);
 }
 
 static int parse_divs(const char *spec, fdpo_divergence **out, size_t *count) {
     if (fdpo_divergence_parse_list(spec, out, count)) return fdpo_error_context("--divergence");
-    return 0;
-}
-
-static int check_beta(double beta) {
-    if (!(beta > 0)) return fdpo_error("--beta: must be > 0 (got %g)", beta);
     return 0;
 }
 
@@ -222,7 +216,7 @@ static int lab_solve(int argc, char **argv) {
     };
     o.out = NULL;
     PARSE_FLAGS("solve", "fdpo lab solve [flags]");
-    if (check_beta(beta)) return -1;
+    if (fdpo_beta_check(beta)) return -1;   /* before the table's header reaches stdout */
     fdpo_divergence *divs;
     size_t nd;
     if (parse_divs(divspec, &divs, &nd)) return -1;
@@ -334,7 +328,7 @@ static int lab_gap(int argc, char **argv) {
     long prompts;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "1000"),
-        {"prompts", FLAG_INT, &prompts, "4", "independent prompts (problems) averaged over (1 with --data)", 0},
+        {"prompts", FLAG_COUNT, &prompts, "4", "independent prompts (problems) averaged over (1 with --data)", 0},
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences", 0},
         {"betas", FLAG_STR, &betalist, "0.01,0.03,0.1,0.3,1", "comma list of betas", 0},
         {"noise", FLAG_STR, &noiselist, "0.1", "comma list of reward-noise sds: r_hat = r + noise * N(0,1) (ignored if --data has reward_hat)", 0},
@@ -417,7 +411,7 @@ static int lab_coverage(int argc, char **argv) {
     double beta, mixture, ridge;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "20"),
-        {"prompts", FLAG_INT, &prompts, "8", "independent prompts averaged over (1 with --data)", 0},
+        {"prompts", FLAG_COUNT, &prompts, "8", "independent prompts averaged over (1 with --data)", 0},
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences", 0},
         {"beta", FLAG_FLOAT, &beta, "0.1", "regularisation strength beta > 0", 0},
         {"comparisons", FLAG_STR, &nlist, "10,30,100,300,1000,3000", "comma list of N, comparisons per prompt", 0},
@@ -434,7 +428,6 @@ static int lab_coverage(int argc, char **argv) {
     fdpo_lab_coverage_opts_default(&co);
     if (fdpo_lab_data_policy_parse(policy, &co.policy)) return -1;
     co.beta = beta; co.mixture = mixture; co.ridge = ridge; co.seed = (uint64_t)o.seed;
-    if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %ld)", prompts);
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
         return fdpo_error("--prompts: --data holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
@@ -445,9 +438,11 @@ static int lab_coverage(int argc, char **argv) {
     double *ns = NULL;
     size_t nd, nn;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    if (flags_number_list("comparisons", nlist, FLAGS_LIST_POSITIVE, &ns, &nn)) { free(divs); return -1; }
-    for (size_t k = 0; k < nn; k++)
-        if (ns[k] != floor(ns[k]) || ns[k] > 1e8) { fdpo_error("--comparisons: %g is not a whole number <= 1e8", ns[k]); free(divs); free(ns); return -1; }
+    if (flags_number_list("comparisons", nlist, FLAGS_LIST_COUNT, &ns, &nn)) { free(divs); return -1; }
+    size_t *nsz = fdpo_malloc(nn * sizeof *nsz);
+    for (size_t a = 0; a < nn; a++) nsz[a] = (size_t)ns[a];
+    /* the library's rules before the problems are made and the table's header is written */
+    if (fdpo_lab_coverage_check(&co, (size_t)prompts, nsz, nn)) { free(divs); free(ns); free(nsz); return -1; }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem *P = fdpo_calloc((size_t)prompts, sizeof *P);
@@ -461,8 +456,6 @@ static int lab_coverage(int argc, char **argv) {
     static const char *cols[] = {"data_policy", "n_comparisons", "divergence", "beta", "reward_gap",
                                  "objective_gap", "pistar_coverage", "fit_rmse"};
     if (rc == 0) { rc = table_open(&t, o.out, o.format, cols, 8); opened = rc == 0; }
-    size_t *nsz = fdpo_malloc(nn * sizeof *nsz);
-    for (size_t a = 0; a < nn; a++) nsz[a] = (size_t)ns[a];
     coverage_export ex = {ec.f, ef.f};
     co.on_fit = coverage_on_fit;
     co.ctx = &ex;
@@ -548,8 +541,8 @@ static int lab_check_method(int argc, char **argv) {
         {"divergence", FLAG_STR, &divspec, "rkl,fkl,js,alpha:0.5", "comma list of admissible divergences", 0},
         {"beta", FLAG_FLOAT, &beta, "0.5", "regularisation strength beta > 0", 0},
         {"sampled", FLAG_BOOL, &sampled, "0", "sample pairs/groups (fdpo_rng) instead of exact expectations", 0},
-        {"pair-top", FLAG_INT, &pair_top, "0", "dpo: offline pairs among the N most likely responses under pi_ref (0 = n/2)", 0},
-        {"steps", FLAG_INT, &steps, "0", "online/rloo/grpo/kto iterations (0 = 100000 sampled, 200000 exact, 20000 exact grpo and kto)", 0},
+        {"pair-top", FLAG_COUNT, &pair_top, "0", "dpo: offline pairs among the N most likely responses under pi_ref (0 = n/2)", 0},
+        {"steps", FLAG_COUNT, &steps, "0", "online/rloo/grpo/kto iterations (0 = 100000 sampled, 200000 exact, 20000 exact grpo and kto)", 0},
         {"group-size", FLAG_INT, &k, "4", "samples per step: online pairs, rloo/grpo group size", 0},
         {"k", FLAG_INT, &k_removed, NULL, "removed: --group-size (here --k was the group size; elsewhere the old --n)", 0},
         {"lr", FLAG_FLOAT, &lr, "0", "step size (0 = the method's default: online 5 exact / 1 sampled, rloo 1, grpo 0.05, kto 5)", 0},
@@ -567,8 +560,6 @@ static int lab_check_method(int argc, char **argv) {
     (void)k_removed;
     fdpo_lab_labels labels;
     if (fdpo_lab_labels_parse(labels_name, &labels)) return -1;
-    if (pair_top < 0) return fdpo_error("--pair-top: must be >= 0 (got %ld)", pair_top);
-    if (steps < 0) return fdpo_error("--steps: must be >= 0 (got %ld)", steps);
     if (!(lr >= 0) || !isfinite(lr)) return fdpo_error("--lr: must be > 0, or 0 for the method default (got %g)", lr);
     fdpo_divergence *divs;
     size_t nd;
@@ -732,7 +723,7 @@ static int lab_constrained(int argc, char **argv) {
     int has_b = flags_was_set(flags, NFLAGS(flags), "min-safety");
     if (frontier && has_b) return fdpo_error("--min-safety: not allowed with --frontier (the sweep sets the thresholds)");
     if (!frontier && !has_b) return fdpo_error("--min-safety: required (or --frontier LIST to sweep thresholds)");
-    if (check_beta(beta)) return -1;
+    if (fdpo_beta_check(beta)) return -1;   /* before the table's header reaches stdout */
     fdpo_divergence *divs;
     size_t nd, nb = 1;
     if (parse_divs(divspec, &divs, &nd)) return -1;

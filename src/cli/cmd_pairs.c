@@ -25,9 +25,9 @@ int cmd_pairs(int argc, char **argv) {
         {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file for --reward afinn", 0},
         {"reward-timeout", FLAG_FLOAT, &timeout, "60", "seconds a cmd: reward may take (> 0)", 0},
         {"bt-scale", FLAG_FLOAT, &scale, "1", "Bradley-Terry temperature: P(a chosen) = sigmoid((r_a - r_b) / scale)", 0},
-        {"pairs-per-prompt", FLAG_INT, &max_per_prompt, "0", "at most this many pairs per prompt (0 = all disjoint pairs)", 0},
+        {"pairs-per-prompt", FLAG_COUNT, &max_per_prompt, "0", "at most this many pairs per prompt (0 = all disjoint pairs)", 0},
         {"skip-ties", FLAG_BOOL, &skip_ties, "0", "drop pairs whose gold rewards are equal (their BT label is a coin flip)", 0},
-        {"seed", FLAG_INT, &seed, FLAGS_DEFAULT_SEED, "seed for pairing and labels", 0},
+        {"seed", FLAG_COUNT, &seed, FLAGS_DEFAULT_SEED, "seed for pairing and labels", 0},
         {"threads", FLAG_INT, &threads, "0", "threads of an rm: reward model (0 = OpenMP default)", 0},
     };
     int rc = flags_parse("pairs", "fdpo pairs --data SAMPLES --out FILE [flags]", flags, NFLAGS(flags), argc, argv, NULL, NULL);
@@ -35,8 +35,6 @@ int cmd_pairs(int argc, char **argv) {
     if (rc) return -1;
     if (!samples) return fdpo_error("--data: required (scored samples JSONL)");
     if (!out) return fdpo_error("--out: required");
-    if (max_per_prompt < 0) return fdpo_error("--pairs-per-prompt: must be >= 0");
-    if (seed < 0) return fdpo_error("--seed: must be >= 0 (got %ld)", seed);
     if (fdpo_reward_lexicon_check(lexicon, &reward_spec, 1)) return -1;
     fdpo_set_threads((int)threads);
     const char *rm_dir = reward_spec && !strncmp(reward_spec, "rm:", 3) ? reward_spec + 3 : NULL;

@@ -21,8 +21,8 @@ int cmd_report(int argc, char **argv) {
         {"title",       FLAG_STR, &title,       "fdpo report", "page title", 0},
         {"notes",       FLAG_STR, &notes,       NULL,          "text file shown first as the summary (Markdown subset: # headings, - lists, ``` blocks)", 0},
         {"chartjs",     FLAG_STR, &chartjs,     NULL,          "Chart.js UMD bundle to inline instead of the built-in copy", 0},
-        {"max-points",  FLAG_INT, &max_points,  "2000",        "points per training curve (longer runs are thinned)", 0},
-        {"max-prompts", FLAG_INT, &max_prompts, "6",           "prompts in the sample-completions table", 0},
+        {"max-points",  FLAG_COUNT, &max_points,  "2000",        "points per training curve (longer runs are thinned)", 0},
+        {"max-prompts", FLAG_COUNT, &max_prompts, "6",           "prompts in the sample-completions table", 0},
     };
     const char *usage = "fdpo report RUN_DIR... [--eval FILE]... [--samples FILE]... [--lab FILE]... [--lab-frontier FILE]... [--proxy-eval FILE]... [--notes FILE] [--out FILE]";
     int n_pos = 0;

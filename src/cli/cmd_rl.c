@@ -35,13 +35,13 @@ int cmd_rl(int argc, char **argv) {
         {"algo", FLAG_STR, &algo, "rloo", "advantages: rloo (leave-one-out baseline) or grpo (group-normalised)", 0},
         {"divergence", FLAG_STR, &divergence, "rkl", "penalty D_f(pi || pi_ref): rkl, fkl, js, alpha:A", 0},
         {"beta", FLAG_FLOAT, &o.rl.beta, "0.05", "penalty strength (> 0); shaped reward r - beta f'(pi/pi_ref)", 0},
-        {"n", FLAG_INT, &k, "4", "samples per prompt (the RLOO/GRPO group, >= 2)", 0},
+        {"n", FLAG_COUNT, &k, "4", "samples per prompt (the RLOO/GRPO group, >= 2)", 0},
         {"prompts-per-step", FLAG_INT, &o.prompts_per_step, "8", "prompts sampled each step (cycling through the file)", 0},
         {"grpo-eps", FLAG_FLOAT, &o.rl.grpo_eps, "1e-4", "GRPO: advantage = (x - mean)/(std + eps)", 0},
         {"temperature", FLAG_FLOAT, &temperature, "1", "sampling temperature (1 = the policy being trained)", 0},
-        {"top-k", FLAG_INT, &top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
+        {"top-k", FLAG_COUNT, &top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
         {"top-p", FLAG_FLOAT, &top_p, "1", "nucleus mass in (0, 1] (1 = off)", 0},
-        {"max-new-tokens", FLAG_INT, &max_new, "32", "most tokens per completion", 0},
+        {"max-new-tokens", FLAG_COUNT, &max_new, "32", "most tokens per completion", 0},
         {"stop", FLAG_STR, &stop, NULL, "stop string", 0},
     };
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
@@ -62,10 +62,7 @@ int cmd_rl(int argc, char **argv) {
     if (train_flags_finish(flags, n, &o.train)) goto done;
     if (fdpo_rl_algo_parse(algo, &o.rl.algo)) goto done;
     if (fdpo_divergence_parse(divergence, &o.rl.div)) { fdpo_error_context("--divergence"); goto done; }
-    if (k < 2) { fdpo_error("--n: RLOO/GRPO need at least 2 samples per prompt (got %ld)", k); goto done; }
-    o.rl.k = (size_t)k;
-    if (top_k < 0) { fdpo_error("--top-k: must be >= 0 (got %ld)", top_k); goto done; }
-    if (max_new <= 0) { fdpo_error("--max-new-tokens: must be > 0 (got %ld)", max_new); goto done; }
+    o.rl.k = (size_t)k;   /* >= 2: fdpo_rl_config_check; --top-k, --max-new-tokens: fdpo_sample_config_check */
     o.reward_opts.timeout_s = timeout;
     o.sample = (fdpo_sample_config){temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)o.train.seed, 8, 0};
     fdpo_set_threads((int)o.train.threads);

@@ -13,8 +13,8 @@ static int tokenizer_train(int argc, char **argv) {
     flag_list data = {0};
     int overwrite = 0;
     fdpo_flag flags[] = {
-        {"vocab-size", FLAG_INT, &vocab_size, "8192", "tokens in the vocabulary: 256 bytes + merges + <|endoftext|>", 0},
-        {"min-frequency", FLAG_INT, &min_frequency, "2", "stop merging when the best pair occurs fewer times", 0},
+        {"vocab-size", FLAG_COUNT, &vocab_size, "8192", "tokens in the vocabulary: 256 bytes + merges + <|endoftext|>", 0},
+        {"min-frequency", FLAG_COUNT, &min_frequency, "2", "stop merging when the best pair occurs fewer times", 0},
         {"data", FLAG_LIST, &data, NULL, "a UTF-8 text file to learn from (repeatable; positional FILEs work too)", 0},
         {"out", FLAG_STR, &out, NULL, "directory for vocab.json + merges.txt (required)", 0},
         {"overwrite", FLAG_BOOL, &overwrite, "0", "replace tokenizer files already in --out", 0},
@@ -35,7 +35,7 @@ static int tokenizer_train(int argc, char **argv) {
     fdpo_bpe_trained t = {0};
     fdpo_tokenizer *check = NULL;
     rc = -1;
-    fdpo_bpe_train_opts o = {(size_t)(vocab_size > 0 ? vocab_size : 0), (size_t)(min_frequency > 0 ? min_frequency : 0)};
+    fdpo_bpe_train_opts o = {(size_t)vocab_size, (size_t)min_frequency};   /* signs: FLAG_COUNT; ranges: fdpo_bpe_train */
     if (!out) { fdpo_error("--out: required (usage: %s)", usage); goto done; }
     if (n_files == 0) { fdpo_error("no text files given (usage: %s)", usage); goto done; }
     if (fdpo_bpe_train_opts_check(&o)) goto done;

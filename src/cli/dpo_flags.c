@@ -80,8 +80,8 @@ size_t pref_data_flags_add(fdpo_flag *f, size_t n, pref_data_flags *v, double *e
     snprintf(help[1], sizeof help[1], "%s longer than --max-length: truncate, skip (counted) or error", what);
     snprintf(help[2], sizeof help[2], "fraction of %s held out for eval (seeded by --seed)", what);
     snprintf(help[3], sizeof help[3], "held-out JSONL of %s (replaces --eval-fraction)", what);
-    f[n++] = (fdpo_flag){"max-length", FLAG_INT, &v->max_length, "0", "max tokens of prompt + one completion (0: the model's n_positions)", 0};
-    f[n++] = (fdpo_flag){"max-prompt-length", FLAG_INT, &v->max_prompt_length, "0", help[0], 0};
+    f[n++] = (fdpo_flag){"max-length", FLAG_COUNT, &v->max_length, "0", "max tokens of prompt + one completion (0: the model's n_positions)", 0};
+    f[n++] = (fdpo_flag){"max-prompt-length", FLAG_COUNT, &v->max_prompt_length, "0", help[0], 0};
     f[n++] = (fdpo_flag){"on-long", FLAG_STR, &v->on_long, "truncate", help[1], 0};
     f[n++] = (fdpo_flag){"bad-pairs", FLAG_STR, &v->bad_pairs, "error", "empty completions / chosen == rejected: error or skip (counted)", 0};
     f[n++] = (fdpo_flag){"eval-fraction", FLAG_FLOAT, eval_fraction, "0.1", help[2], 0};
@@ -90,8 +90,6 @@ size_t pref_data_flags_add(fdpo_flag *f, size_t n, pref_data_flags *v, double *e
 }
 
 int pref_data_flags_finish(const pref_data_flags *v, fdpo_pref_options *p) {
-    if (v->max_length < 0) return fdpo_error("--max-length: %ld must be >= 0", v->max_length);
-    if (v->max_prompt_length < 0) return fdpo_error("--max-prompt-length: %ld must be >= 0", v->max_prompt_length);
     p->max_length = (size_t)v->max_length;
     p->max_prompt_length = (size_t)v->max_prompt_length;
     if (!strcmp(v->on_long, "truncate")) p->on_long = FDPO_PREF_LONG_TRUNCATE;

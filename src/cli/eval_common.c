@@ -29,25 +29,22 @@ int eval_parse_divergences(const char *flag, const char *list, fdpo_divergence *
 
 size_t eval_sampling_flags_add(fdpo_flag *f, size_t n, eval_sampling_flags *s, const char *n_default) {
     const fdpo_flag table[EVAL_SAMPLING_NFLAGS] = {
-        {"n", FLAG_INT, &s->n, n_default, "samples per prompt", 0},
+        {"n", FLAG_COUNT, &s->n, n_default, "samples per prompt", 0},
         {"temperature", FLAG_FLOAT, &s->temperature, "1", "softmax temperature (0 = greedy); eval's KL estimates assume 1", 0},
-        {"top-k", FLAG_INT, &s->top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
+        {"top-k", FLAG_COUNT, &s->top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
         {"top-p", FLAG_FLOAT, &s->top_p, "1", "nucleus sampling mass in (0, 1] (1 = off)", 0},
-        {"max-new-tokens", FLAG_INT, &s->max_new_tokens, "64", "most tokens generated per sample", 0},
+        {"max-new-tokens", FLAG_COUNT, &s->max_new_tokens, "64", "most tokens generated per sample", 0},
         {"stop", FLAG_STR, &s->stop, NULL, "stop string: the completion ends before its first occurrence", 0},
-        {"seed", FLAG_INT, &s->seed, FLAGS_DEFAULT_SEED, "RNG seed (sample s of prompt p uses a stream of (seed, p, s))", 0},
-        {"batch-size", FLAG_INT, &s->batch_size, "8", "sequences decoded together", 0},
+        {"seed", FLAG_COUNT, &s->seed, FLAGS_DEFAULT_SEED, "RNG seed (sample s of prompt p uses a stream of (seed, p, s))", 0},
+        {"batch-size", FLAG_COUNT, &s->batch_size, "8", "sequences decoded together", 0},
     };
     memcpy(f + n, table, sizeof table);
     return n + EVAL_SAMPLING_NFLAGS;
 }
 
 int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config *c) {
-    if (s->n <= 0) return fdpo_error("--n: must be > 0 (got %ld)", s->n);
-    if (s->top_k < 0) return fdpo_error("--top-k: must be >= 0 (got %ld)", s->top_k);
-    if (s->max_new_tokens <= 0) return fdpo_error("--max-new-tokens: must be > 0 (got %ld)", s->max_new_tokens);
-    if (s->batch_size <= 0) return fdpo_error("--batch-size: must be > 0 (got %ld)", s->batch_size);
-    if (s->seed < 0) return fdpo_error("--seed: must be >= 0 (got %ld)", s->seed);
+    /* signs: the parser's (FLAG_COUNT); the ranges of the sampling fields: fdpo_sample_config_check */
+    if (s->n == 0) return fdpo_error("--n: must be > 0 (got 0)");
     *c = (fdpo_sample_config){s->temperature, (size_t)s->top_k, s->top_p, (size_t)s->max_new_tokens, s->stop,
                               (uint64_t)s->seed, (size_t)s->batch_size, 0};
     return fdpo_sample_config_check(c);

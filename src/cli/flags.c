@@ -109,10 +109,11 @@ static void list_add(flag_list *l, const char *v) {
 static int set_value(fdpo_flag *f, const char *val, const char *where) {
     char *end;
     switch (f->type) {
-    case FLAG_INT: {
+    case FLAG_INT: case FLAG_COUNT: {
         errno = 0;
         long v = strtol(val, &end, 10);
         if (errno || end == val || *end) return fdpo_error("%s: '%s' is not an integer", where, val);
+        if (f->type == FLAG_COUNT && v < 0) return fdpo_error("%s: must not be negative (got %s)", where, val);
         *(long *)f->dest = v; break;
     }
     case FLAG_FLOAT: {
@@ -161,7 +162,7 @@ static int on_ini_line(void *user, const char *section, const char *name, const 
 void flags_print_help(const char *cmd, const char *usage, const fdpo_flag *flags, size_t n) {
     printf("usage: %s\n\nflags (default in brackets):\n", usage);
     for (size_t i = 0; i < n; i++) {
-        const char *t = flags[i].type == FLAG_INT ? "N" : flags[i].type == FLAG_FLOAT ? "X" :
+        const char *t = flags[i].type == FLAG_INT || flags[i].type == FLAG_COUNT ? "N" : flags[i].type == FLAG_FLOAT ? "X" :
                         flags[i].type == FLAG_STR ? "S" : flags[i].type == FLAG_LIST ? "S..." : "";
         char left[64];
         snprintf(left, sizeof left, "--%s %s", flags[i].name, t);
@@ -314,6 +315,9 @@ int flags_number_list(const char *flag, const char *spec, int sign, double **out
         if (end == tok || *end || !isfinite(x)) { fdpo_error("--%s: '%s' is not a finite number", flag, tok); free(s); free(v); return -1; }
         if (sign == FLAGS_LIST_POSITIVE && !(x > 0)) { fdpo_error("--%s: must be > 0 (got %s)", flag, tok); free(s); free(v); return -1; }
         if (sign == FLAGS_LIST_NONNEG && x < 0) { fdpo_error("--%s: must be >= 0 (got %s)", flag, tok); free(s); free(v); return -1; }
+        if (sign == FLAGS_LIST_COUNT && !(x >= 1 && x <= 9007199254740992.0 && x == floor(x))) {
+            fdpo_error("--%s: '%s' is not a whole number >= 1", flag, tok); free(s); free(v); return -1;
+        }
         if (n == cap) v = fdpo_realloc(v, (cap *= 2) * sizeof *v);
         v[n++] = x;
     }

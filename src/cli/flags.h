@@ -32,14 +32,17 @@
 #define FLAGS_STR(x) FLAGS_STR_(x)
 #define FLAGS_DEFAULT_SEED FLAGS_STR(FDPO_DEFAULT_SEED)
 
-typedef enum { FLAG_INT, FLAG_FLOAT, FLAG_STR, FLAG_BOOL, FLAG_LIST } flag_type;
+typedef enum { FLAG_INT, FLAG_COUNT, FLAG_FLOAT, FLAG_STR, FLAG_BOOL, FLAG_LIST } flag_type;
+/* FLAG_COUNT: a whole number >= 0 into a long, for the flags whose library field is unsigned
+ * (size_t counts, a uint64_t seed): the sign is the one thing the library cannot see, so the
+ * parser refuses it ("--top-k: must not be negative (got -1)"); ranges are the library's checks. */
 /* FLAG_LIST: a repeatable string flag; every value in order. Values from the command line
  * replace those from --config. The storage lives as long as the process. */
 typedef struct { const char **v; size_t n; } flag_list;
 typedef struct {
     const char *name;
     flag_type type;
-    void *dest;        /* long*, double*, const char**, int*, flag_list* */
+    void *dest;        /* long* (INT, COUNT), double*, const char**, int*, flag_list* */
     const char *def;   /* default as text; NULL = unset (STR -> NULL, LIST -> empty) */
     const char *help;
     int set;           /* filled by the parser: 1 if given on the command line or config */
@@ -64,8 +67,10 @@ void flags_prepend_list(const flag_list *l, char ***pos, int *n_pos);
 /* Levenshtein distance of two strings, '-' and '_' counted equal (for "did you mean"). */
 size_t flags_edit_distance(const char *a, const char *b);
 /* "0.1,0.5,2" -> *count finite doubles (malloc'd). sign: FLAGS_LIST_ANY, FLAGS_LIST_POSITIVE
- * (> 0) or FLAGS_LIST_NONNEG (>= 0). Errors name the flag and the item. */
-enum { FLAGS_LIST_ANY, FLAGS_LIST_POSITIVE, FLAGS_LIST_NONNEG };
+ * (> 0), FLAGS_LIST_NONNEG (>= 0) or FLAGS_LIST_COUNT (whole numbers in [1, 2^53]: each
+ * converts exactly to a size_t; the library checks its own range). Errors name the flag and
+ * the item. */
+enum { FLAGS_LIST_ANY, FLAGS_LIST_POSITIVE, FLAGS_LIST_NONNEG, FLAGS_LIST_COUNT };
 int flags_number_list(const char *flag, const char *spec, int sign, double **out, size_t *count);
 #define NFLAGS(a) (sizeof(a) / sizeof((a)[0]))
 

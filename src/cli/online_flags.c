@@ -18,9 +18,9 @@ size_t online_flags_add(online_flags *v, fdpo_online_opts *o, fdpo_flag *f, size
         {"ref-logps", FLAG_STR, &v->ref_logps, "all", "which samples get reference log-probs: all (every sample: objective/kl is the unbiased mean over all) or pairs (only the pairs' samples, all f-DPO needs: one reference forward less; objective/kl is then their mean, biased towards the reward's extremes)", 0},
         {"ref-update", FLAG_STR, &v->ref_update, "never", "never: fixed reference (online DPO); round: the previous round's policy (iterative DPO)", 0},
         {"temperature", FLAG_FLOAT, &v->temperature, "1", "sampling temperature", 0},
-        {"top-k", FLAG_INT, &v->top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
+        {"top-k", FLAG_COUNT, &v->top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
         {"top-p", FLAG_FLOAT, &v->top_p, "1", "nucleus mass in (0, 1] (1 = off)", 0},
-        {"max-new-tokens", FLAG_INT, &v->max_new, "32", "most tokens per completion", 0},
+        {"max-new-tokens", FLAG_COUNT, &v->max_new, "32", "most tokens per completion", 0},
         {"stop", FLAG_STR, &v->stop, NULL, "stop string", 0},
     };
     for (size_t i = 0; i < ONLINE_FLAGS_N; i++) f[n++] = table[i];
@@ -37,8 +37,6 @@ int online_flags_finish(const online_flags *v, fdpo_online_opts *o, uint64_t see
     if (!strcmp(v->ref_logps, "pairs")) o->ref_logps_pairs = 1;
     else if (!strcmp(v->ref_logps, "all")) o->ref_logps_pairs = 0;
     else return fdpo_error("--ref-logps: '%s' is not pairs or all", v->ref_logps);
-    if (v->top_k < 0) return fdpo_error("--top-k: must be >= 0 (got %ld)", v->top_k);
-    if (v->max_new <= 0) return fdpo_error("--max-new-tokens: must be > 0 (got %ld)", v->max_new);
     o->reward_opts.timeout_s = v->timeout;
     /* designated: members added later (a slice's first prompt, say) start at 0 */
     o->sample = (fdpo_sample_config){.temperature = v->temperature, .top_k = (size_t)v->top_k, .top_p = v->top_p,

@@ -98,7 +98,7 @@ static int set_from_setting(fdpo_flag *f, const fdpo_setting *x) {
     if (x->type == FDPO_SETTING_NULL) { if (f->type == FLAG_STR) *(const char **)f->dest = NULL; return 0; }
     if (x->type != FDPO_SETTING_STR) {
         switch (f->type) {
-        case FLAG_INT: *(long *)f->dest = (long)x->num; return 0;
+        case FLAG_INT: case FLAG_COUNT: *(long *)f->dest = (long)x->num; return 0;
         case FLAG_FLOAT: *(double *)f->dest = x->num; return 0;
         case FLAG_BOOL: *(int *)f->dest = x->num != 0; return 0;
         case FLAG_STR: case FLAG_LIST: break;
@@ -109,7 +109,7 @@ static int set_from_setting(fdpo_flag *f, const fdpo_setting *x) {
     char *end;
     errno = 0;
     switch (f->type) {
-    case FLAG_INT: *(long *)f->dest = strtol(text, &end, 10); break;
+    case FLAG_INT: case FLAG_COUNT: *(long *)f->dest = strtol(text, &end, 10); break;
     case FLAG_FLOAT: *(double *)f->dest = strtod(text, &end); break;
     case FLAG_BOOL: *(int *)f->dest = atoi(text) != 0; end = (char *)text + strlen(text); break;
     case FLAG_STR: {

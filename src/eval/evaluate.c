@@ -120,8 +120,7 @@ int fdpo_eval_config_check(const fdpo_eval_config *c) {
     if (!(c->ead_vocab == 0 || (c->ead_vocab >= 1 && isfinite(c->ead_vocab))))   /* EAD's V: a vocabulary size */
         return fdpo_error("--ead-vocab: must be 0 (the policy's vocabulary size) or >= 1 (got %g)", c->ead_vocab);
     const char *why = NULL;
-    if (c->pairs && !(c->beta > 0 && isfinite(c->beta)))   /* beta and cal_div: only the pairs use them */
-        return fdpo_error("--beta: must be finite and > 0 (got %g)", c->beta);
+    if (c->pairs && fdpo_beta_check(c->beta)) return -1;   /* beta and cal_div: only the pairs use them */
     if (c->pairs && !fdpo_divergence_admissible(&c->cal_div, &why)) {   /* the pairs' Delta needs the score s of f */
         char name[64];
         fdpo_divergence_name(&c->cal_div, name, sizeof name);

@@ -61,7 +61,7 @@ const char *fdpo_lab_algo_variant(const fdpo_lab_algo_opts *o) {
 int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o) {
     const char *why;
     if ((unsigned)o->method >= FDPO_LAB_NMETHODS) return fdpo_error("--method: unknown method %d", (int)o->method);
-    if (!(o->beta > 0) || !isfinite(o->beta)) return fdpo_error("--beta: must be > 0 (got %g)", o->beta);
+    if (fdpo_beta_check(o->beta)) return -1;
     if (!fdpo_divergence_admissible(&o->div, &why)) return fdpo_error("--divergence: %s", why);
     if (o->method == FDPO_LAB_DPO) return 0; /* L-BFGS on the exact loss: no steps, lr or groups */
     if (o->method == FDPO_LAB_KTO && !o->exact)

@@ -207,7 +207,7 @@ static int check_args(const fdpo_divergence *d, double beta) {
         fdpo_divergence_name(d, name, sizeof name);
         return fdpo_error("--divergence %s: the constrained solver needs an admissible f (rkl, fkl, js, alpha:A): %s", name, why);
     }
-    if (!(beta > 0) || !isfinite(beta)) return fdpo_error("--beta: must be a finite number > 0 (got %g)", beta);
+    if (fdpo_beta_check(beta)) return -1;
     return 0;
 }
 

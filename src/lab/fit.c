@@ -275,19 +275,25 @@ void fdpo_lab_coverage_opts_default(fdpo_lab_coverage_opts *o) {
 
 int fdpo_lab_coverage_opts_check(const fdpo_lab_coverage_opts *o) {
     if ((unsigned)o->policy > FDPO_LAB_DATA_MIXTURE) return fdpo_error("--data-policy: unknown policy %d", (int)o->policy);
-    if (!(o->beta > 0) || !isfinite(o->beta)) return fdpo_error("--beta: must be > 0 (got %g)", o->beta);
+    if (fdpo_beta_check(o->beta)) return -1;
     if (!(o->mixture >= 0 && o->mixture <= 1)) return fdpo_error("--mixture: must be in [0, 1] (got %g)", o->mixture);
     if (!(o->ridge > 0) || !isfinite(o->ridge)) return fdpo_error("--ridge: must be > 0 (got %g)", o->ridge);
+    return 0;
+}
+
+int fdpo_lab_coverage_check(const fdpo_lab_coverage_opts *o, size_t prompts, const size_t *ns, size_t nn) {
+    if (fdpo_lab_coverage_opts_check(o)) return -1;
+    if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %zu)", prompts);
+    if (nn == 0) return fdpo_error("--comparisons: empty list");
+    for (size_t a = 0; a < nn; a++) /* 1e8 comparisons: 1.6 GB of indices */
+        if (ns[a] < 1 || ns[a] > 100000000) return fdpo_error("--comparisons: must be in [1, 1e8] (got %zu)", ns[a]);
     return 0;
 }
 
 int fdpo_lab_coverage(const fdpo_lab_coverage_opts *o, const fdpo_lab_problem *P, size_t prompts,
                       const size_t *ns, size_t nn, const fdpo_divergence *divs, size_t nd,
                       fdpo_lab_coverage_row *rows) {
-    if (fdpo_lab_coverage_opts_check(o)) return -1;
-    if (prompts < 1) return fdpo_error("--prompts: must be >= 1 (got %zu)", prompts);
-    for (size_t a = 0; a < nn; a++) /* 1e8 comparisons: 1.6 GB of indices */
-        if (ns[a] < 1 || ns[a] > 100000000) return fdpo_error("--comparisons: must be in [1, 1e8] (got %zu)", ns[a]);
+    if (fdpo_lab_coverage_check(o, prompts, ns, nn)) return -1;
     memset(rows, 0, nn * nd * sizeof *rows);
     fdpo_rng crng;
     fdpo_rng_seed(&crng, o->seed * 0xD1B54A32D192ED03ULL + 7);

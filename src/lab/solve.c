@@ -202,7 +202,7 @@ static int solve_tau(const fdpo_lab_prepared *pp, const fdpo_divergence *d, doub
 }
 
 int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *pi, fdpo_lab_result *res) {
-    if (!(beta > 0) || !isfinite(beta)) return fdpo_error("--beta: must be a finite number > 0 (got %g)", beta);
+    if (fdpo_beta_check(beta)) return -1;
     if (pp->n == 0) return fdpo_error("no responses (n = 0)");
     if (d->kind == FDPO_DIV_ALPHA && !(d->alpha > 0 && d->alpha < 1))
         return fdpo_error("--divergence alpha:%g: alpha must be in (0, 1)", d->alpha);

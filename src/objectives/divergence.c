@@ -85,6 +85,11 @@ void fdpo_divergence_name(const fdpo_divergence *d, char *buf, size_t n) {
     }
 }
 
+int fdpo_beta_check(double beta) {
+    if (!(beta > 0) || !isfinite(beta)) return fdpo_error("--beta: must be a finite number > 0 (got %g)", beta);
+    return 0;
+}
+
 int fdpo_divergence_admissible(const fdpo_divergence *d, const char **why) {
     const char *reason = NULL;
     if (d->kind == FDPO_DIV_TV)

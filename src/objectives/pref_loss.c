@@ -32,8 +32,7 @@ const char *fdpo_loss_name(fdpo_loss_kind k) {
 }
 
 int fdpo_pref_loss_check(const fdpo_pref_loss *L) {
-    if (!(L->beta > 0) || !isfinite(L->beta))
-        return fdpo_error("--beta: must be a finite number > 0 (got %g)", L->beta);
+    if (fdpo_beta_check(L->beta)) return -1;
     if (!(L->label_smoothing >= 0 && L->label_smoothing < 0.5))
         return fdpo_error("--label-smoothing: must be in [0, 0.5) (got %g)", L->label_smoothing);
     if (L->label_smoothing > 0 && L->kind != FDPO_LOSS_SIGMOID && L->kind != FDPO_LOSS_ROBUST)
@@ -119,7 +118,7 @@ double fdpo_rm_loss_pair(double r_chosen, double r_rejected, double margin, doub
 
 /* ---- KTO (Ethayarajh et al. 2024; TRL KTOTrainer, loss_type "kto") ---- */
 int fdpo_kto_loss_check(const fdpo_kto_loss *K) {
-    if (!(K->beta > 0) || !isfinite(K->beta)) return fdpo_error("--beta: must be a finite number > 0 (got %g)", K->beta);
+    if (fdpo_beta_check(K->beta)) return -1;
     if (!(K->desirable_weight >= 0) || !isfinite(K->desirable_weight))
         return fdpo_error("--desirable-weight: must be a finite number >= 0 (got %g)", K->desirable_weight);
     if (!(K->undesirable_weight >= 0) || !isfinite(K->undesirable_weight))

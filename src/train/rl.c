@@ -22,7 +22,7 @@ int fdpo_rl_algo_parse(const char *name, fdpo_rl_algo *a) {
 int fdpo_rl_config_check(const fdpo_rl_config *c) {
     const char *why;
     if (!fdpo_divergence_admissible(&c->div, &why)) return fdpo_error("--divergence: %s", why);
-    if (!(c->beta > 0) || !isfinite(c->beta)) return fdpo_error("--beta: must be > 0 (got %g)", c->beta);
+    if (fdpo_beta_check(c->beta)) return -1;
     if (c->k < 2) return fdpo_error("--n: RLOO/GRPO need at least 2 samples per prompt (got %zu)", c->k);
     if (!(c->grpo_eps > 0) || !isfinite(c->grpo_eps)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", c->grpo_eps);   /* also under rloo: a bad value is not silently ignored */
     return 0;

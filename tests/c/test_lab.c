@@ -290,6 +290,13 @@ START_TEST(coverage_opts_and_comparisons) {
     o.beta = -1;
     ck_error_names(fdpo_lab_coverage_opts_check(&o), "--beta");
     o.beta = 0.1;
+    /* what fdpo_lab_coverage needs besides the options, checkable before any work */
+    const size_t ns_ok[] = {10, 100000000}, ns_big[] = {10, 100000001}, ns_zero[] = {0};
+    ck_assert_int_eq(fdpo_lab_coverage_check(&o, 2, ns_ok, 2), 0);
+    ck_error_names(fdpo_lab_coverage_check(&o, 0, ns_ok, 2), "--prompts: must be >= 1 (got 0)");
+    ck_error_names(fdpo_lab_coverage_check(&o, 2, ns_big, 2), "--comparisons: must be in [1, 1e8] (got 100000001)");
+    ck_error_names(fdpo_lab_coverage_check(&o, 2, ns_zero, 1), "--comparisons: must be in [1, 1e8] (got 0)");
+    ck_error_names(fdpo_lab_coverage_check(&o, 2, ns_ok, 0), "--comparisons: empty list");
     fdpo_rng rng;
     fdpo_rng_seed(&rng, 5);
     fdpo_lab_gen gen = {"zipf", "gaussian", 1.0, 1.0, 1.0, 10, 200};

@@ -89,6 +89,26 @@ START_TEST(check_names_the_flag) {
 }
 END_TEST
 
+/* one beta rule for every user of beta (losses, rl, eval, lab): finite and > 0, the value named */
+START_TEST(beta_check_is_one_rule) {
+    ck_assert_int_eq(fdpo_beta_check(0.1), 0);
+    ck_assert_int_eq(fdpo_beta_check(1e-300), 0);
+    const double bad[] = {0, -0.5, NAN, INFINITY};
+    const char *want[] = {"(got 0)", "(got -0.5)", "(got nan)", "(got inf)"};
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_ne(fdpo_beta_check(bad[i]), 0);
+        ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--beta: must be a finite number > 0"));
+        ck_assert_ptr_nonnull(strstr(fdpo_last_error(), want[i]));
+    }
+    fdpo_kto_loss K = {0};
+    K.beta = -1;
+    fdpo_divergence_parse("rkl", &K.div);
+    K.desirable_weight = K.undesirable_weight = 1;
+    ck_assert_int_ne(fdpo_kto_loss_check(&K), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--beta: must be a finite number > 0 (got -1)"));
+}
+END_TEST
+
 /* f(u)/u at u = e^l against the definitions written out here (u log u, -log u, JS's
  * u log u - (u+1) log((u+1)/2), the alpha family, |u-1|/2, (u-1)^2, each over u) at moderate
  * l, and the limits as l -> inf, where exp(l)/exp(l) was NaN: log 2, 1/alpha, 1/2, 0 */
@@ -162,6 +182,7 @@ int main(void) {
     tcase_add_test(tc, admissibility);
     tcase_add_test(tc, loss_gradients_match_finite_differences);
     tcase_add_test(tc, check_names_the_flag);
+    tcase_add_test(tc, beta_check_is_one_rule);
     tcase_add_test(tc, eval_config_check_and_calibration);
     tcase_add_test(tc, f_over_u_in_log_space);
     suite_add_tcase(s, tc);

@@ -97,6 +97,24 @@ def test_threads_out_of_range_is_refused(cmd):
         assert r.returncode != 0 and f"--threads: {bad} is not in [0, 4096]" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("cmd,flag", [
+    ("generate", "--top-k"), ("generate", "--seed"), ("eval", "--max-new-tokens"), ("eval", "--batch-size"),
+    ("rl", "--n"), ("rl", "--top-k"), ("online", "--max-new-tokens"), ("dpo", "--max-length"),
+    ("kto", "--max-prompt-length"), ("pairs", "--pairs-per-prompt"), ("pairs", "--seed"),
+    ("tokenizer train", "--vocab-size"), ("report", "--max-points"), ("lab coverage", "--prompts"), ("lab solve", "--n"),
+])
+def test_a_negative_count_is_refused_by_the_parser(cmd, flag, tmp_path):
+    """flags whose library field is unsigned (FLAG_COUNT): the sign is refused where it is read,
+    on the command line and in --config, before anything else (tokenizer train's -5 became 0 and
+    was reported as "0 must be at least 257"; pairs said "must be >= 0" without the value)"""
+    r = run(*cmd.split(), flag, "-3")
+    assert r.returncode == 1 and f"fdpo {cmd.split()[0]}: {flag}: must not be negative (got -3)" in r.stderr, r.stderr
+    cfg = tmp_path / "c.ini"
+    cfg.write_text(f"{flag[2:]} = -3\n")
+    r = run(*cmd.split(), "--config", str(cfg))
+    assert r.returncode == 1 and f"{cfg}:1: key '{flag[2:]}': must not be negative (got -3)" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("cmd", ["generate", "rl", "online"])
 def test_a_missing_prompt_file_is_named_once(cmd, tmp_path):
     """the path appears once in the message (it appeared two and three times)"""

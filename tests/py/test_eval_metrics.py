@@ -602,8 +602,8 @@ def test_score_end_to_end(byte_models, tmp_path):
      "--divergence tv: cannot score the preference pairs' calibration: total variation"),
     (["--divergence", "chi2", "--pairs", "/nonexistent/p.jsonl"],
      "--divergence chi2: cannot score the preference pairs' calibration: chi2 is not usable"),
-    (["--beta", "0"], "--beta: must be finite and > 0 (got 0)"),
-    (["--beta", "-1"], "--beta: must be finite and > 0 (got -1)"),
+    (["--beta", "0"], "--beta: must be a finite number > 0 (got 0)"),
+    (["--beta", "-1"], "--beta: must be a finite number > 0 (got -1)"),
     (["--safety-threshold", "nan"], "--safety-threshold"),
     # 1/T overflows a float: every drawn token was id 0
     (["--temperature", "1e-39"], "--temperature: 1e-39 is too small (1/T overflows a float); use 0 for greedy"),

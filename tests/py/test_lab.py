@@ -412,9 +412,10 @@ def test_renormalises_with_a_warning(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["solve", "--beta", "0"], "--beta: must be > 0"),
-    (["solve", "--beta", "-1"], "--beta: must be > 0"),
-    (["solve", "--n", "0"], "--n: must be >= 1"),
+    (["solve", "--beta", "0"], "--beta: must be a finite number > 0 (got 0)"),
+    (["solve", "--beta", "-1"], "--beta: must be a finite number > 0 (got -1)"),
+    (["solve", "--n", "0"], "--n: must be >= 1 (got 0)"),
+    (["solve", "--n", "-4"], "--n: must not be negative (got -4)"),
     (["solve", "--divergence", "kl"], "--divergence: unknown divergence 'kl'"),
     (["solve", "--divergence", "alpha:2"], "alpha must be in (0, 1)"),
     (["solve", "--divergence", "rkl,alpha:0.5,alpha:0.50"], "alpha:0.5 given twice"),   # its rows would repeat
@@ -427,7 +428,10 @@ def test_renormalises_with_a_warning(tmp_path):
     (["gap", "--noise", "-1"], "--noise: must be >= 0"),
     (["coverage", "--data-policy", "expert"], "--data-policy: unknown policy 'expert'"),
     (["coverage", "--ridge", "0"], "--ridge: must be > 0"),
-    (["coverage", "--comparisons", "1.5"], "--comparisons: 1.5 is not a whole number"),
+    (["coverage", "--comparisons", "1.5"], "--comparisons: '1.5' is not a whole number >= 1"),
+    (["coverage", "--comparisons", "10,1e9"], "--comparisons: must be in [1, 1e8] (got 1000000000)"),
+    (["coverage", "--prompts", "0"], "--prompts: must be >= 1 (got 0)"),
+    (["coverage", "--beta", "0"], "--beta: must be a finite number > 0 (got 0)"),
     (["gap", "--prompts", "0"], "--prompts: must be >= 1"),
     (["check", "--divergence", "tv"], "--divergence tv: total variation is not usable"),
     (["check", "--divergence", "chi2"], "--divergence chi2: chi2 is not usable"),
@@ -440,6 +444,7 @@ def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)
     assert r.returncode != 0
     assert needle in r.stderr, r.stderr
+    assert r.stdout == ""   # refused before the table's header (coverage's bad --beta printed it)
 
 
 def test_bias_needs_a_length_column(tmp_path):
@@ -686,7 +691,7 @@ def test_constrained_json_and_generated_problem():
     (["--frontier", "0,1", "--min-safety", "0.5"], "--min-safety: not allowed with --frontier"),
     (["--frontier", "1:0:3"], "--frontier: '1:0:3' is not LO:HI:K"),
     (["--frontier", "0,x"], "--frontier: 'x' is not a finite number"),
-    (["--min-safety", "0.5", "--beta", "0"], "--beta: must be > 0"),
+    (["--min-safety", "0.5", "--beta", "0"], "--beta: must be a finite number > 0 (got 0)"),
 ])
 def test_constrained_bad_input(tmp_path, args, needle):
     p = tmp_path / "c.csv"

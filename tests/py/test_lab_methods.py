@@ -258,10 +258,10 @@ def test_kto_bad_flags_are_named(args, needle):
     (["--method", "rloo", "--group-size", "1"], "--group-size: rloo needs groups of at least 2"),
     (["--method", "rloo", "--k", "8"], "--k: renamed --group-size"),   # else the alias of --n: another problem
     (["--method", "online", "--lr", "-1"], "--lr: must be > 0"),
-    (["--method", "online", "--steps", "-3"], "--steps: must be >= 0"),
+    (["--method", "online", "--steps", "-3"], "--steps: must not be negative (got -3)"),
     (["--method", "grpo", "--group-size", "9"], "--group-size: exact grpo averages over all n^k"),
     (["--method", "dpo", "--pair-top", "1"], "--pair-top: offline pairs need at least 2"),
-    (["--method", "rloo", "--beta", "0"], "--beta: must be > 0"),
+    (["--method", "rloo", "--beta", "0"], "--beta: must be a finite number > 0 (got 0)"),
 ])
 def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)
