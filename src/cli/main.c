@@ -6,30 +6,34 @@
 #include "cli/term.h"
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
+#include "fdpo/gpt2.h"
 
 #define FDPO_VERSION "0.2.0"
 
-typedef struct { const char *name; int (*fn)(int, char **); const char *summary; } command;
+/* models: the command makes or loads a model, so the model code's environment knobs
+ * (FDPO_LMHEAD_*) are checked before it starts (fdpo_model_env_check): a bad value is the
+ * environment's error, not that of whichever checkpoint happened to be loaded first. */
+typedef struct { const char *name; int (*fn)(int, char **); const char *summary; int models; } command;
 
 static const command COMMANDS[] = {
-    {"pretrain", cmd_pretrain, "train a GPT-2-family model on plain text (next-token loss)"},
-    {"sft",      cmd_sft,      "supervised fine-tuning on JSONL prompt/completion or text"},
-    {"dpo",      cmd_dpo,      "f-DPO preference optimisation (rkl, fkl, js, alpha:A; sigmoid, ipo, ...)"},
-    {"rm",       cmd_rm,       "Bradley-Terry reward model (GPT2ForSequenceClassification) on preference pairs"},
-    {"kto",      cmd_kto,      "KTO on unpaired desirable/undesirable completions, with an f-divergence score"},
-    {"online",   cmd_online,   "online / iterative f-DPO: sample, score, pair, f-DPO, per round"},
-    {"rl",       cmd_rl,       "RLHF with an f-divergence penalty: RLOO / GRPO on the shaped reward r - beta f'(u)"},
-    {"generate", cmd_generate, "sample completions for prompts (KV cache, top-k/top-p)"},
-    {"eval",     cmd_eval,     "reward, KL, entropy, diversity and calibration of policies"},
-    {"score",    cmd_score,    "reward and log-probs of given completions"},
-    {"pairs",    cmd_pairs,    "scored samples -> preference pairs with Bradley-Terry labels"},
-    {"sacpo",    cmd_sacpo,    "safety-constrained alignment, stepwise (SACPO) with P-SACPO merges"},
-    {"merge",    cmd_merge,    "average checkpoints or add task vectors (model merging, P-SACPO)"},
-    {"lab",      cmd_lab,      "exact f-regularised alignment on finite problems"},
-    {"report",   cmd_report,   "self-contained HTML report of run directories"},
-    {"tokenize", cmd_tokenize, "text <-> token ids with a checkpoint's tokenizer"},
-    {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer (GPT-2 pre-tokenisation) on text"},
-    {"info",     cmd_info,     "print a checkpoint's config and parameter count"},
+    {"pretrain", cmd_pretrain, "train a GPT-2-family model on plain text (next-token loss)", 1},
+    {"sft",      cmd_sft,      "supervised fine-tuning on JSONL prompt/completion or text", 1},
+    {"dpo",      cmd_dpo,      "f-DPO preference optimisation (rkl, fkl, js, alpha:A; sigmoid, ipo, ...)", 1},
+    {"rm",       cmd_rm,       "Bradley-Terry reward model (GPT2ForSequenceClassification) on preference pairs", 1},
+    {"kto",      cmd_kto,      "KTO on unpaired desirable/undesirable completions, with an f-divergence score", 1},
+    {"online",   cmd_online,   "online / iterative f-DPO: sample, score, pair, f-DPO, per round", 1},
+    {"rl",       cmd_rl,       "RLHF with an f-divergence penalty: RLOO / GRPO on the shaped reward r - beta f'(u)", 1},
+    {"generate", cmd_generate, "sample completions for prompts (KV cache, top-k/top-p)", 1},
+    {"eval",     cmd_eval,     "reward, KL, entropy, diversity and calibration of policies", 1},
+    {"score",    cmd_score,    "reward and log-probs of given completions", 1},
+    {"pairs",    cmd_pairs,    "scored samples -> preference pairs with Bradley-Terry labels", 1},
+    {"sacpo",    cmd_sacpo,    "safety-constrained alignment, stepwise (SACPO) with P-SACPO merges", 1},
+    {"merge",    cmd_merge,    "average checkpoints or add task vectors (model merging, P-SACPO)", 1},
+    {"lab",      cmd_lab,      "exact f-regularised alignment on finite problems", 0},
+    {"report",   cmd_report,   "self-contained HTML report of run directories", 0},
+    {"tokenize", cmd_tokenize, "text <-> token ids with a checkpoint's tokenizer", 0},
+    {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer (GPT-2 pre-tokenisation) on text", 0},
+    {"info",     cmd_info,     "print a checkpoint's config and parameter count", 0},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
@@ -46,6 +50,12 @@ static void version(void) {
     printf("fdpo %s\nMPI: %s\n", FDPO_VERSION, fdpo_dist_compiled() ? "built in (Open MPI)" : "not built");
 }
 
+static int asks_for_help(int argc, char **argv) {
+    for (int i = 2; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+    return 0;
+}
+
 int main(int argc, char **argv) {
     fdpo_omp_spin_reexec(argv); /* libgomp's spin before it sleeps: see cli/omp_spin.h */
     if (argc < 2) { usage(stderr); return 2; }
@@ -55,6 +65,7 @@ int main(int argc, char **argv) {
         if (strcmp(argv[1], COMMANDS[i].name) == 0) {
             int rc = fdpo_dist_init(&argc, &argv);
             term_install(COMMANDS[i].name);
+            if (rc == 0 && COMMANDS[i].models && !asks_for_help(argc, argv)) rc = fdpo_model_env_check();
             if (rc == 0) rc = COMMANDS[i].fn(argc - 1, argv + 1);
             term_finish();
             if (rc != 0) {

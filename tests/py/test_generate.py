@@ -283,6 +283,19 @@ def test_a_bad_numeric_environment_knob_is_an_error(byte_model, tmp_path, var, v
         assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("cmd", ["eval", "score"])
+def test_a_bad_environment_knob_is_not_blamed_on_a_checkpoint(byte_model, tmp_path, cmd):
+    """eval loads --ref before the policies: a bad FDPO_LMHEAD_CHUNK read "--ref DIR: ..." as if the
+    checkpoint were at fault. The command checks the environment before it loads anything."""
+    d, _ = byte_model
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    r = run(FDPO, cmd, "--model", d, "--ref", d, "--data", f, "--reward", "length", env={"FDPO_LMHEAD_CHUNK": "abc"})
+    assert r.returncode == 1 and f"fdpo {cmd}: FDPO_LMHEAD_CHUNK=abc: must be an integer >= 1\n" == r.stderr, r.stderr
+    r = run(FDPO, cmd, "--help", env={"FDPO_LMHEAD_CHUNK": "abc"})
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_bad_on_off_knob_is_named_once_and_is_the_default(byte_model, tmp_path):
     """The kernels' on/off switches (FDPO_DECODE_ONE_REGION, FDPO_SLICES, ...) are read where no
     error can be returned: a value other than 0/1 used to mean "on" (or, for
