@@ -31,6 +31,9 @@ typedef struct {
     double zipf_s, dirichlet_alpha, reward_scale;
     long length_min, length_max;
 } fdpo_lab_gen;
+/* The lab's default generated problem (every `fdpo lab` subcommand's --pi-ref, --zipf-s, ...):
+ * Zipf pi_ref with s = 1, Gaussian rewards of sd 1, lengths in [10, 200]. */
+void fdpo_lab_gen_default(fdpo_lab_gen *g);
 int fdpo_lab_generate(const fdpo_lab_gen *g, size_t n, fdpo_rng *rng, fdpo_lab_problem *p);
 
 /* A safety score for a generated problem: g = c * r / sd(r) + sqrt(1 - c^2) * N(0, 1), so

@@ -125,21 +125,21 @@ static int export_finish(fdpo_atomic_file *af, int rc) {
 /* ---------------- shared flags and inputs ---------------- */
 
 typedef struct {
-    long n, seed, threads, length_min, length_max;
-    double zipf_s, dirichlet_alpha, reward_scale;
-    const char *pi_ref, *reward, *input, *data, *format, *out;
+    long n, seed, threads;
+    fdpo_lab_gen gen;   /* the generated problem: flag defaults = fdpo_lab_gen_default (tests/py/test_lab.py) */
+    const char *input, *data, *format, *out;
 } common_opts;
 
 #define COMMON_FLAGS(o, n_default)                                                                      \
     {"data", FLAG_STR, &(o).data, NULL, "CSV problem: header pi_ref,reward[,reward_hat][,length][,safety][,prompt], one row per response (prompt: frontier only)", 0}, \
     {"n", FLAG_COUNT, &(o).n, n_default, "responses per prompt when generating", 0},                         \
-    {"pi-ref", FLAG_STR, &(o).pi_ref, "zipf", "generated pi_ref: zipf, dirichlet, uniform", 0},            \
-    {"zipf-s", FLAG_FLOAT, &(o).zipf_s, "1", "Zipf exponent: pi_ref(k) ∝ k^-s", 0},                         \
-    {"dirichlet-alpha", FLAG_FLOAT, &(o).dirichlet_alpha, "1", "symmetric Dirichlet concentration", 0},    \
-    {"reward", FLAG_STR, &(o).reward, "gaussian", "generated reward: gaussian (sd = scale), uniform (+-scale)", 0}, \
-    {"reward-scale", FLAG_FLOAT, &(o).reward_scale, "1", "reward standard deviation / half-width", 0},     \
-    {"length-min", FLAG_INT, &(o).length_min, "10", "generated response lengths: smallest", 0},            \
-    {"length-max", FLAG_INT, &(o).length_max, "200", "generated response lengths: largest", 0},            \
+    {"pi-ref", FLAG_STR, &(o).gen.pi_ref_kind, "zipf", "generated pi_ref: zipf, dirichlet, uniform", 0},            \
+    {"zipf-s", FLAG_FLOAT, &(o).gen.zipf_s, "1", "Zipf exponent: pi_ref(k) ∝ k^-s", 0},                         \
+    {"dirichlet-alpha", FLAG_FLOAT, &(o).gen.dirichlet_alpha, "1", "symmetric Dirichlet concentration", 0},    \
+    {"reward", FLAG_STR, &(o).gen.reward_kind, "gaussian", "generated reward: gaussian (sd = scale), uniform (+-scale)", 0}, \
+    {"reward-scale", FLAG_FLOAT, &(o).gen.reward_scale, "1", "reward standard deviation / half-width", 0},     \
+    {"length-min", FLAG_INT, &(o).gen.length_min, "10", "generated response lengths: smallest", 0},            \
+    {"length-max", FLAG_INT, &(o).gen.length_max, "200", "generated response lengths: largest", 0},            \
     {"seed", FLAG_INT, &(o).seed, FLAGS_DEFAULT_SEED, "RNG seed (same seed + threads -> same numbers)", 0},              \
     {"threads", FLAG_INT, &(o).threads, "0", "OpenMP threads (0 = default)", 0},                           \
     {"format", FLAG_STR, &(o).format, "csv", "output table format: csv or json", 0}
@@ -161,8 +161,7 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
                      p->prompt_offset ? " (per prompt; the first prompt off by more than 1e-9)" : "");
         return 0;
     }
-    fdpo_lab_gen g = {o->pi_ref, o->reward, o->zipf_s, o->dirichlet_alpha, o->reward_scale, o->length_min, o->length_max};
-    return fdpo_lab_generate(&g, (size_t)o->n, rng, p);
+    return fdpo_lab_generate(&o->gen, (size_t)o->n, rng, p);
 }
 
 static int parse_divs(const char *spec, fdpo_divergence **out, size_t *count) {

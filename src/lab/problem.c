@@ -33,6 +33,11 @@ static double log_gamma_sample(fdpo_rng *rng, double a) {
     }
 }
 
+void fdpo_lab_gen_default(fdpo_lab_gen *g) {
+    *g = (fdpo_lab_gen){.pi_ref_kind = "zipf", .reward_kind = "gaussian", .zipf_s = 1, .dirichlet_alpha = 1,
+                        .reward_scale = 1, .length_min = 10, .length_max = 200};
+}
+
 int fdpo_lab_generate(const fdpo_lab_gen *g, size_t n, fdpo_rng *rng, fdpo_lab_problem *p) {
     memset(p, 0, sizeof *p);
     if (n == 0) return fdpo_error("--n: must be >= 1 (got 0)");

@@ -1,5 +1,6 @@
 /* fdpo-harness lab-defaults: the library's defaults of the lab's option structs
- * (fdpo_lab_beta_grid_default, fdpo_lab_coverage_opts_default, fdpo_lab_algo_opts_default)
+ * (fdpo_lab_beta_grid_default, fdpo_lab_coverage_opts_default, fdpo_lab_algo_opts_default,
+ * and fdpo_lab_gen_default's generated problem under "solve", which every subcommand shares)
  * under the flag names of `fdpo lab SUB --help`, one JSON object per subcommand;
  * tests/py/test_lab.py compares them with the help text. */
 #include <stdio.h>
@@ -12,6 +13,16 @@
 int h_lab_defaults(int argc, char **argv) {
     (void)argc; (void)argv;
     cJSON *root = cJSON_CreateObject();
+    fdpo_lab_gen gen;
+    fdpo_lab_gen_default(&gen);
+    cJSON *so = cJSON_AddObjectToObject(root, "solve");
+    cJSON_AddStringToObject(so, "pi-ref", gen.pi_ref_kind);
+    cJSON_AddStringToObject(so, "reward", gen.reward_kind);
+    cJSON_AddNumberToObject(so, "zipf-s", gen.zipf_s);
+    cJSON_AddNumberToObject(so, "dirichlet-alpha", gen.dirichlet_alpha);
+    cJSON_AddNumberToObject(so, "reward-scale", gen.reward_scale);
+    cJSON_AddNumberToObject(so, "length-min", (double)gen.length_min);
+    cJSON_AddNumberToObject(so, "length-max", (double)gen.length_max);
     fdpo_lab_beta_grid_opts g;
     fdpo_lab_beta_grid_default(&g);
     cJSON *fr = cJSON_AddObjectToObject(root, "frontier");

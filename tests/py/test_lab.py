@@ -804,10 +804,11 @@ def test_prompt_rows_must_be_contiguous(tmp_path):
     assert r.returncode == 1 and f"{p}:5: column 'prompt': 'a' appears again" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("sub", ["frontier", "coverage", "check --method dpo"])
+@pytest.mark.parametrize("sub", ["solve", "frontier", "coverage", "check --method dpo"])
 def test_lab_help_shows_the_library_defaults(sub):
     """The lab's option structs have library defaults (fdpo_lab_beta_grid_default,
-    fdpo_lab_coverage_opts_default, fdpo_lab_algo_opts_default); every one of them that the
+    fdpo_lab_coverage_opts_default, fdpo_lab_algo_opts_default, and the generated problem's
+    fdpo_lab_gen_default under "solve"); every one of them that the
     subcommand's --help shows must be the value shown (the seed is the library's
     FDPO_DEFAULT_SEED, as every command's --seed)."""
     import json
