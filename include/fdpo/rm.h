@@ -46,10 +46,10 @@ int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *p
                  size_t n, size_t micro_batch, double center_coef, int grad, size_t norm, int32_t eot,
                  fdpo_rm_metrics *out, double *rewards_out);
 
-/* Per-pair "margin" field of a preference JSONL (TRL RewardTrainer): out[i] for
- * set->pairs[i] (0 when absent); a margin that is not a finite number is an error naming
- * FILE:LINE. */
-int fdpo_pref_read_margins(const char *path, const fdpo_pref_set *set, double *out);
+/* Per-pair "margin" field of a preference JSONL (TRL RewardTrainer), as the loader read it
+ * (fdpo_pref_pair.margin): out[i] for set->pairs[i] (0 when absent); a margin that is not a
+ * finite number is an error naming PATH:LINE (path: the file the set was loaded from). */
+int fdpo_pref_margins(const char *path, const fdpo_pref_set *set, double *out);
 
 /* A whole run: what `fdpo rm` does. train.init = the backbone (a language model, or a
  * reward model to continue). */

@@ -3,6 +3,7 @@
 #include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include "fdpo/chat.h"
 #include "fdpo/core.h"
@@ -211,6 +212,8 @@ static int make_pair(where *w, const cJSON *obj, const fdpo_tokenizer *tok, cons
     int rc = render_pair(w, obj, &r, sum);
     memset(out, 0, sizeof *out);
     out->line = w->line;
+    const cJSON *mg = cJSON_GetObjectItemCaseSensitive(obj, "margin");
+    out->margin = !mg || cJSON_IsNull(mg) ? 0 : cJSON_IsNumber(mg) && isfinite(mg->valuedouble) ? mg->valuedouble : NAN;
     if (rc) goto done;
     /* both may be empty (NULL buffers): memcmp must not see them */
     if (r.chosen.n == r.rejected.n && (r.chosen.n == 0 || memcmp(r.chosen.text, r.rejected.text, r.chosen.n) == 0)) {

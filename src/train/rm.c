@@ -103,30 +103,13 @@ int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *p
 }
 
 /* ---- data ---- */
-int fdpo_pref_read_margins(const char *path, const fdpo_pref_set *set, double *out) {
-    size_t len;
-    char *text = fdpo_read_file(path, &len);
-    if (!text) return -1;
-    int rc = 0;
-    size_t line = 1, k = 0; /* pairs are in file order with increasing lines */
-    for (char *p = text; p < text + len && k < set->n && !rc; line++) {
-        char *nl = memchr(p, '\n', (size_t)(text + len - p));
-        char *end = nl ? nl : text + len;
-        if (line == set->pairs[k].line) {
-            cJSON *o = cJSON_ParseWithLength(p, (size_t)(end - p));
-            const cJSON *mg = cJSON_GetObjectItemCaseSensitive(o, "margin");
-            if (!mg || cJSON_IsNull(mg)) out[k] = 0;
-            else if (!cJSON_IsNumber(mg) || !isfinite(mg->valuedouble))
-                rc = fdpo_error("%s:%zu: field 'margin' must be a finite number", path, line);
-            else out[k] = mg->valuedouble;
-            cJSON_Delete(o);
-            k++;
-        }
-        p = end + 1;
+int fdpo_pref_margins(const char *path, const fdpo_pref_set *set, double *out) {
+    for (size_t k = 0; k < set->n; k++) {
+        if (!isfinite(set->pairs[k].margin))
+            return fdpo_error("%s:%zu: field 'margin' must be a finite number", path, set->pairs[k].line);
+        out[k] = set->pairs[k].margin;
     }
-    free(text);
-    if (!rc && k != set->n) rc = fdpo_error("%s: changed while it was read (margins of %zu pairs found, %zu expected)", path, k, set->n);
-    return rc;
+    return 0;
 }
 
 static uint64_t rm_data_hash(const fdpo_pref_pair *const *pairs, const double *margin, size_t n) {
@@ -232,13 +215,13 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     if (fdpo_pref_load(o->data, tok, &popt, &train_set)) goto done;
     fdpo_pref_summary_log(o->data, &train_set.summary);
     train_margin = fdpo_malloc((train_set.n ? train_set.n : 1) * sizeof(double));
-    if (fdpo_pref_read_margins(o->data, &train_set, train_margin)) goto done;
+    if (fdpo_pref_margins(o->data, &train_set, train_margin)) goto done;
     const fdpo_pref_set *eset = &train_set;
     const double *emargin_all = train_margin;
     if (o->eval_file) {
         if (fdpo_pref_load(o->eval_file, tok, &popt, &eval_set)) goto done;
         eval_margin = fdpo_malloc((eval_set.n ? eval_set.n : 1) * sizeof(double));
-        if (fdpo_pref_read_margins(o->eval_file, &eval_set, eval_margin)) goto done;
+        if (fdpo_pref_margins(o->eval_file, &eval_set, eval_margin)) goto done;
         n_train = train_set.n;
         train_idx = fdpo_malloc((n_train ? n_train : 1) * sizeof *train_idx);
         for (size_t i = 0; i < n_train; i++) train_idx[i] = i;

@@ -41,7 +41,7 @@ int h_rm_grad(int argc, char **argv) {
         rewards = fdpo_malloc(2 * set.n * sizeof *rewards);
         pairs = fdpo_malloc(set.n * sizeof *pairs);
         for (size_t i = 0; i < set.n; i++) pairs[i] = &set.pairs[i];
-        rc = fdpo_pref_read_margins(data, &set, margin);
+        rc = fdpo_pref_margins(data, &set, margin);
     }
     fdpo_rm_metrics met;
     if (!rc) {
