@@ -9,8 +9,10 @@
 #include "fdpo/core.h"
 #include "fdpo/sacpo.h"
 
-/* the data and reference of each stage are sacpo's; resume is per stage */
-static const char *const NOT_FOR_SACPO[] = {"data", "eval-file", "ref", "resume", "stop-at"};
+/* the data and reference of each stage are sacpo's; resume is per stage (a rerun reuses or
+ * resumes each stage), so there is no --resume, --stop-at or --overwrite: a stage's own
+ * --overwrite was refused against that internal resume ("cannot be combined with --resume") */
+static const char *const NOT_FOR_SACPO[] = {"data", "eval-file", "ref", "resume", "stop-at", "overwrite"};
 
 int cmd_sacpo(int argc, char **argv) {
     static const char usage[] =

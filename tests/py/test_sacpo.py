@@ -104,6 +104,8 @@ def test_rerun_skips_done_stages_and_adds_lambdas(data, tmp_path):
     (["--lambda", "1", "--loss", "simpo"], "--loss simpo"),
     (["--lambda", "1", "--order", "later"], "--order: 'later'"),
     ([], "--lambda: required"),
+    # offered by --help once, refused by the first stage as "cannot be combined with --resume"
+    (["--lambda", "1", "--overwrite"], "unknown flag --overwrite"),
 ])
 def test_bad_plans_are_refused(data, tmp_path, extra, msg):
     r = sacpo(data, tmp_path / "s", *extra, check=False)
