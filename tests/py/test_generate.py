@@ -252,7 +252,8 @@ def test_stop_string(byte_model, tmp_path):
     ("a\n", ["--max-new-tokens", "0"], "--max-new-tokens"),
     ("a\n", ["--temperature", "-1"], "--temperature"),
     ("a\n", ["--stop", ""], "--stop: the stop string is empty"),
-    ("", [], "no prompts"),
+    ("", [], "p.txt: no prompts (the file is empty)"),
+    ("\n  \n\n", [], "p.txt: no prompts (the file holds only blank lines)"),   # it said "is empty"
     # the library names the prompt; the command adds the file it came from
     ("a\n" + "b" * 64 + "\n", [], "p.txt: prompt 2: 64 tokens leave no room to generate (model n_positions 64)"),
 ])
