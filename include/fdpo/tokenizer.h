@@ -31,6 +31,12 @@ int fdpo_tokenizer_save_dir(const fdpo_tokenizer *t, const char *dir); /* atomic
 void fdpo_tokenizer_free(fdpo_tokenizer *t);
 fdpo_tokenizer_kind fdpo_tokenizer_kind_of(const fdpo_tokenizer *t);
 size_t fdpo_tokenizer_vocab_size(const fdpo_tokenizer *t);
+/* 1 if a and b turn every text into the same ids and back: same kind and vocabulary (every
+ * token's bytes), same special tokens and eos/bos/pad, and for BPE the same merges in the same
+ * order, pre-tokenisation pattern, digit splitting and normalisation. Two models scored or
+ * compared token by token (score/eval's --ref) need this; the vocabulary's size alone let a
+ * byte-level model be scored against a 257-token BPE one. The chat template is not compared. */
+int fdpo_tokenizer_same(const fdpo_tokenizer *a, const fdpo_tokenizer *b);
 /* End of sequence: tokenizer_config.json's eos_token, else <|endoftext|> (256 byte-level,
  * 50256 GPT-2). Completions end with it and generation stops at it. */
 int32_t fdpo_tokenizer_eot(const fdpo_tokenizer *t);

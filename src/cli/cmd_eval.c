@@ -170,10 +170,8 @@ int cmd_eval(int argc, char **argv) {
         fdpo_gpt2 *pm = NULL;
         fdpo_tokenizer *pt = NULL;
         rc = fdpo_eval_load_checkpoint("--model", policies[p], &pm, &pt);
-        if (!rc && (fdpo_tokenizer_vocab_size(pt) != fdpo_tokenizer_vocab_size(ref_tok) ||
-                    fdpo_tokenizer_kind_of(pt) != fdpo_tokenizer_kind_of(ref_tok)))
-            rc = fdpo_error("--model %s: its tokenizer differs from --ref's (%zu vs %zu tokens)", policies[p],
-                            fdpo_tokenizer_vocab_size(pt), fdpo_tokenizer_vocab_size(ref_tok));
+        if (!rc && !fdpo_tokenizer_same(pt, ref_tok))
+            rc = fdpo_error("--model %s: its tokenizer differs from --ref's (the same text would be other ids)", policies[p]);
         if (!rc) {
             fdpo_log(FDPO_LOG_INFO, "%s (%zu prompts x %ld samples)", policies[p], n_prompts, sf.n);
             cols[p] = fdpo_evaluate(pm, ref, pt, prompts, ids, lens, n_prompts, &c, samples_af.f, policies[p]);

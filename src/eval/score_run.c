@@ -64,6 +64,8 @@ int fdpo_score_run(const fdpo_score_opts *o) {
     if (!rc && ref_dir) rc = fdpo_eval_load_checkpoint("--ref", ref_dir, &ref, &rtok);
     if (!rc && ref && ref->config.vocab_size != m->config.vocab_size)
         rc = fdpo_error("--ref %s: vocabulary %zu != --model's %zu", ref_dir, ref->config.vocab_size, m->config.vocab_size);
+    if (!rc && ref && !fdpo_tokenizer_same(rtok, tok))   /* log-ratios compare the same ids */
+        rc = fdpo_error("--ref %s: its tokenizer differs from --model's (the same text would be other ids)", ref_dir);
     if (!rc) rc = fdpo_encode_prompts(tok, prompts, n, &pids, &plens);
     if (!rc) {
         cids = fdpo_calloc(n, sizeof *cids);

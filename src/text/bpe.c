@@ -177,6 +177,20 @@ static void cache_release(word_cache *c) {
     c->ent = NULL; c->keys = NULL; c->ids = NULL; c->md = NULL;
 }
 
+int fdpo_bpe_same(const struct fdpo_bpe *a, const struct fdpo_bpe *b) {
+    if (a->n_vocab != b->n_vocab || a->n_merges != b->n_merges || a->ignore_merges != b->ignore_merges ||
+        a->nfc != b->nfc || a->digits != b->digits || a->n_added != b->n_added)
+        return 0;
+    if ((a->pattern || b->pattern) && (!a->pattern || !b->pattern || strcmp(a->pattern, b->pattern))) return 0;
+    for (size_t i = 0; i < a->n_vocab; i++)
+        if (a->n_bytes[i] != b->n_bytes[i] || (a->n_bytes[i] && memcmp(a->bytes[i], b->bytes[i], a->n_bytes[i])) ||
+            (a->special ? a->special[i] : 0) != (b->special ? b->special[i] : 0))
+            return 0;
+    if (a->n_merges && memcmp(a->merges, b->merges, a->n_merges * sizeof *a->merges)) return 0;
+    if (a->n_added && memcmp(a->added, b->added, a->n_added * sizeof *a->added)) return 0;
+    return 1;
+}
+
 void fdpo_bpe_free(struct fdpo_bpe *b) {
     if (!b) return;
     for (size_t i = 0; i < b->n_vocab; i++) { free(b->str ? b->str[i] : NULL); free(b->bytes ? b->bytes[i] : NULL); }

@@ -86,6 +86,11 @@ void fdpo_tokenizer_free(fdpo_tokenizer *t) {
 
 fdpo_tokenizer_kind fdpo_tokenizer_kind_of(const fdpo_tokenizer *t) { return t->kind; }
 size_t fdpo_tokenizer_vocab_size(const fdpo_tokenizer *t) { return t->vocab_size; }
+int fdpo_tokenizer_same(const fdpo_tokenizer *a, const fdpo_tokenizer *b) {
+    if (a->kind != b->kind || a->vocab_size != b->vocab_size || a->eot != b->eot || a->bos != b->bos || a->pad != b->pad)
+        return 0;
+    return a->kind != FDPO_TOK_BPE || fdpo_bpe_same(a->bpe, b->bpe);
+}
 int32_t fdpo_tokenizer_eot(const fdpo_tokenizer *t) { return t->eot; }
 int32_t fdpo_tokenizer_bos(const fdpo_tokenizer *t) { return t->bos; }
 int32_t fdpo_tokenizer_pad(const fdpo_tokenizer *t) { return t->pad; }

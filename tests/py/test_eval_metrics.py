@@ -683,3 +683,35 @@ def test_eval_and_score_help():
         assert f in r.stdout
     r = run(FDPO, "score", "--help")
     assert r.returncode == 0 and "--data" in r.stdout and "--model" in r.stdout
+
+
+def test_eval_and_score_refuse_a_reference_with_another_tokenizer(tmp_path):
+    """A log-ratio compares the same ids: eval compared only the tokenizers' kind and size, score
+    only the vocabulary size, so two BPE tokenizers of 280 tokens with other merges (or a
+    byte-level model against a 257-token BPE one) gave KL numbers without a word. The same
+    tokenizer copied into another directory still passes."""
+    rnd = random.Random(5)
+    texts = {}
+    for name, vocab in (("a", "the cat sat on a mat and dog ran to big red house"),
+                        ("b", "zebra quick brown fox jumps over lazy dogs while owls hoot")):
+        w = vocab.split()
+        texts[name] = tmp_path / f"{name}.txt"
+        texts[name].write_text("\n".join(" ".join(rnd.choice(w) for _ in range(10)) for _ in range(300)) + "\n")
+        run(FDPO, "tokenizer", "train", "--vocab-size", "280", "--out", str(tmp_path / f"tok{name}"), str(texts[name]))
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--n-positions", "32", "--seq-len", "16",
+            "--steps", "1", "--threads", "1", "--quiet"]
+    for model, tok, seed in (("ma", "toka", "1"), ("ma2", "toka", "2"), ("mb", "tokb", "1")):
+        run(FDPO, "pretrain", "--out", str(tmp_path / model), "--data", str(texts[model[1]]), "--tokenizer",
+            str(tmp_path / tok), "--seed", seed, *tiny)
+    (tmp_path / "p.txt").write_text("the cat\n")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"prompt": "the cat", "completion": " sat"}) + "\n")
+    ev = ["--data", str(tmp_path / "p.txt"), "--n", "1", "--max-new-tokens", "2", "--threads", "1"]
+    sc = ["--data", str(tmp_path / "c.jsonl"), "--threads", "1"]
+    r = run(FDPO, "eval", "--model", str(tmp_path / "ma"), "--ref", str(tmp_path / "mb"), *ev)
+    assert r.returncode == 1, r.stderr
+    assert f"--model {tmp_path / 'ma'}: its tokenizer differs from --ref's (the same text would be other ids)" in r.stderr
+    r = run(FDPO, "score", "--model", str(tmp_path / "ma"), "--ref", str(tmp_path / "mb"), *sc)
+    assert r.returncode == 1, r.stderr
+    assert f"--ref {tmp_path / 'mb'}: its tokenizer differs from --model's (the same text would be other ids)" in r.stderr
+    assert run(FDPO, "eval", "--model", str(tmp_path / "ma"), "--ref", str(tmp_path / "ma2"), *ev).returncode == 0
+    assert run(FDPO, "score", "--model", str(tmp_path / "ma"), "--ref", str(tmp_path / "ma2"), *sc).returncode == 0
