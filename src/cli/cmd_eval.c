@@ -12,29 +12,64 @@
 #include "fdpo/eval.h"
 #include "fdpo/pref.h"
 
-/* Column title: the checkpoint directory's last component. */
-static const char *short_name(const char *path) {
+/* The last k components of path ("runA/final" for k = 2), trailing slashes dropped, into buf. */
+static void path_suffix(const char *path, size_t k, char *buf, size_t cap) {
     size_t n = strlen(path);
     while (n > 1 && path[n - 1] == '/') n--;
-    const char *s = path + n;
-    while (s > path && s[-1] != '/') s--;
-    return s;
+    size_t start = n;
+    for (size_t seen = 0; start > 0; start--)
+        if (path[start - 1] == '/' && ++seen == k) break;
+    snprintf(buf, cap, "%.*s", (int)(n - start), path + start);
+}
+
+/* Column titles: each policy's shortest path suffix that no other column shares (runA/final
+ * and runB/final, where both were "final"); a path given twice gets "#N". The columns are as
+ * wide as the longest title (they were cut at 16 characters, so policy_alpha_0.5_beta_0.1 and
+ * ..._0.3 read the same). */
+static void column_titles(char *const *names, size_t n, char (*titles)[256], int *width) {
+    *width = 16;
+    for (size_t c = 0; c < n; c++) {
+        for (size_t k = 1; k < 64; k++) {
+            path_suffix(names[c], k, titles[c], sizeof titles[c]);
+            int clash = 0;
+            char other[256], longer[256];
+            for (size_t d = 0; d < n && !clash; d++) {
+                if (d == c) continue;
+                path_suffix(names[d], k, other, sizeof other);
+                clash = !strcmp(other, titles[c]);
+            }
+            path_suffix(names[c], k + 1, longer, sizeof longer);
+            if (!clash || !strcmp(longer, titles[c])) break;   /* unique, or the whole path already */
+        }
+        for (size_t d = 0; d < c; d++)
+            if (!strcmp(names[d], names[c])) {
+                size_t len = strlen(titles[c]);
+                snprintf(titles[c] + len, sizeof titles[c] - len, " #%zu", c + 1);
+                break;
+            }
+        int len = (int)strlen(titles[c]);
+        if (len > *width) *width = len;
+    }
 }
 
 static void print_table(cJSON *const *cols, char *const *names, size_t n_cols) {
+    char (*titles)[256] = fdpo_malloc((n_cols ? n_cols : 1) * sizeof *titles);
+    int w;
+    column_titles(names, n_cols, titles, &w);
     printf("%-30s", "metric");
-    for (size_t c = 0; c < n_cols; c++) printf(" %16.16s", short_name(names[c]));
+    for (size_t c = 0; c < n_cols; c++) printf(" %*s", w, titles[c]);
     printf("\n");
     for (cJSON *it = cols[0]->child; it; it = it->next) {
         if (cJSON_IsString(it)) continue; /* "name" is the header */
         printf("%-30s", it->string);
         for (size_t c = 0; c < n_cols; c++) {
             cJSON *v = cJSON_GetObjectItemCaseSensitive(cols[c], it->string);
-            if (cJSON_IsNumber(v)) printf(" %16.6g", v->valuedouble);
-            else printf(" %16s", "-");
+            if (cJSON_IsNumber(v)) printf(" %*.6g", w, v->valuedouble);
+            else printf(" %*s", w, "-");
         }
         printf("\n");
     }
+    free(titles);
 }
 
 int cmd_eval(int argc, char **argv) {

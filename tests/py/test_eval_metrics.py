@@ -715,3 +715,19 @@ def test_eval_and_score_refuse_a_reference_with_another_tokenizer(tmp_path):
     assert f"--ref {tmp_path / 'mb'}: its tokenizer differs from --model's (the same text would be other ids)" in r.stderr
     assert run(FDPO, "eval", "--model", str(tmp_path / "ma"), "--ref", str(tmp_path / "ma2"), *ev).returncode == 0
     assert run(FDPO, "score", "--model", str(tmp_path / "ma"), "--ref", str(tmp_path / "ma2"), *sc).returncode == 0
+
+
+def test_eval_table_titles_tell_the_policies_apart(tmp_path):
+    """The table's column titles were each path's last component cut to 16 characters: runA/final
+    and runB/final both read "final", policy_alpha_0.5_beta_0.1 and ..._0.3 both
+    "policy_alpha_0.5". Now the shortest suffix no other column shares, in full."""
+    names = ["runA/final", "runB/final", "policy_alpha_0.5_beta_0.1", "policy_alpha_0.5_beta_0.3"]
+    for i, n in enumerate(names):
+        make_model(tmp_path / n, 257, 10 + i, byte_tokenizer=True)
+    make_model(tmp_path / "ref", 257, 3, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("a\n")
+    r = run(FDPO, "eval", *[x for n in names for x in ("--model", tmp_path / n)], "--ref", tmp_path / "ref",
+            "--data", tmp_path / "p.txt", "--n", "1", "--max-new-tokens", "2", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    header = r.stdout.splitlines()[0].split()
+    assert header == ["metric"] + names, header
