@@ -33,6 +33,9 @@ typedef struct {
     uint64_t seed;
 } fdpo_pairs_config;
 typedef struct { size_t identical, ties; } fdpo_pairs_skipped;
+/* scale finite and > 0 ("--bt-scale: ..."); fdpo_make_pairs runs it, a caller may run it
+ * before it reads or scores anything */
+int fdpo_pairs_config_check(const fdpo_pairs_config *c);
 
 /* Group records by prompt (first-appearance order); per prompt, shuffle its completions
  * with the seeded RNG and pair them off (0,1), (2,3), ... up to max_per_prompt pairs.

@@ -11,7 +11,7 @@
 #include "fdpo/pairs.h"
 
 static int pairs_run(const char *samples, const char *out, const char *reward_spec, const char *lexicon,
-                     double timeout, double scale, size_t max_per_prompt, int skip_ties, long seed);
+                     double timeout, const fdpo_pairs_config *pc);
 
 int cmd_pairs(int argc, char **argv) {
     const char *samples = NULL, *out = NULL, *reward_spec = NULL, *lexicon = NULL;
@@ -36,18 +36,20 @@ int cmd_pairs(int argc, char **argv) {
     if (!samples) return fdpo_error("--data: required (scored samples JSONL)");
     if (!out) return fdpo_error("--out: required");
     if (fdpo_reward_lexicon_check(lexicon, &reward_spec, 1)) return -1;
+    const fdpo_pairs_config pc = {scale, (size_t)max_per_prompt, skip_ties, (uint64_t)seed};
+    if (fdpo_pairs_config_check(&pc)) return -1;   /* before the samples are read and scored */
     fdpo_set_threads((int)threads);
     const char *rm_dir = reward_spec && !strncmp(reward_spec, "rm:", 3) ? reward_spec + 3 : NULL;
     const char *const inputs[][2] = {{"--data", samples}, {"--reward", rm_dir}};
     if (eval_claim_out("--out", out, inputs, 2)) return -1;
-    rc = pairs_run(samples, out, reward_spec, lexicon, timeout, scale, (size_t)max_per_prompt, skip_ties, seed);
+    rc = pairs_run(samples, out, reward_spec, lexicon, timeout, &pc);
     eval_release_out(out);
     return rc;
 }
 
 /* the work of cmd_pairs, its flags checked and --out claimed */
 static int pairs_run(const char *samples, const char *out, const char *reward_spec, const char *lexicon,
-                     double timeout, double scale, size_t max_per_prompt, int skip_ties, long seed) {
+                     double timeout, const fdpo_pairs_config *pc) {
     int rc;
 
     fdpo_sample_rec *recs;
@@ -79,8 +81,7 @@ static int pairs_run(const char *samples, const char *out, const char *reward_sp
     fdpo_pair *pairs;
     size_t np;
     fdpo_pairs_skipped skipped;
-    fdpo_pairs_config pc = {scale, max_per_prompt, skip_ties, (uint64_t)seed};
-    if (fdpo_make_pairs(recs, n, &pc, &pairs, &np, &skipped)) {
+    if (fdpo_make_pairs(recs, n, pc, &pairs, &np, &skipped)) {
         fdpo_sample_recs_free(recs, n);
         return fdpo_error_context("%s", samples);
     }

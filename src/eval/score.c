@@ -51,13 +51,13 @@ int fdpo_score_sequence(fdpo_decoder *policy, fdpo_decoder *ref, const int32_t *
     out->logp = out->logp_ref = out->entropy_sum = out->kl_tok = 0;
     for (size_t k = 0; k < n_div; k++) out->fdiv_tok[k] = 0;
     out->n_positions = n_comp;
-    if (n_prompt == 0) return fdpo_error("score: empty prompt (needs at least one token)");
+    if (n_prompt == 0) return fdpo_error("empty prompt (needs at least one token)");
     if (ref && fdpo_decoder_model(ref)->config.vocab_size != V)
-        return fdpo_error("score: policy vocabulary %zu != reference vocabulary %zu", V,
+        return fdpo_error("policy vocabulary %zu != reference vocabulary %zu", V,
                           fdpo_decoder_model(ref)->config.vocab_size);
     for (size_t t = 0; t < n_comp; t++)
         if (completion[t] < 0 || (size_t)completion[t] >= V)
-            return fdpo_error("score: token id %d outside the vocabulary of %zu", completion[t], V);
+            return fdpo_error("token id %d outside the vocabulary of %zu", completion[t], V);
     if (n_comp == 0) return 0;
     float *pl = fdpo_malloc(n_comp * V * sizeof(float));
     float *rl = ref ? fdpo_malloc(n_comp * V * sizeof(float)) : NULL;

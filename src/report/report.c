@@ -76,9 +76,9 @@ static int load_proxy_eval(rp_ctx *c, const char *path) {
 }
 
 int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_report_stats *stats) {
-    if (!out_path || !*out_path) return fdpo_error("report: no output file");
+    if (!out_path || !*out_path) return fdpo_error("--out: no output file");
     if (o->n_run_dirs + o->n_eval_files + o->n_lab_files + o->n_sample_files + o->n_lab_frontier_files == 0)
-        return fdpo_error("report: nothing to read (give RUN_DIR..., --eval FILE or --lab FILE)");
+        return fdpo_error("nothing to read (give RUN_DIR..., --eval FILE or --lab FILE)");
     size_t cj_len;
     char *cj = chartjs_text(o, &cj_len);
     if (!cj) return -1;
@@ -102,7 +102,7 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
     size_t n_runs = 0;
     for (size_t i = 0; i < c.n_runs; i++) n_runs += cJSON_GetArraySize(c.runs[i].rows) > 0;
     if (!rc && n_runs + c.n_pols + c.n_labs == 0)
-        rc = fdpo_error("report: nothing could be read from the inputs (%zu warning%s above)",
+        rc = fdpo_error("nothing could be read from the inputs (%zu warning%s above)",
                         c.n_warnings, c.n_warnings == 1 ? "" : "s");
     if (!rc) {
         rp_buf page = {0};

@@ -416,7 +416,7 @@ int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fd
     if (fdpo_dpo_run_opts_check(o)) return -1;
     if (n == 0) return fdpo_error("%s: no training pairs", o->data);
     const int simpo = o->dpo.loss.kind == FDPO_LOSS_SIMPO;
-    if (!simpo && !ref_logp) return fdpo_error("dpo: no reference log-probs for the pairs of %s", o->data);
+    if (!simpo && !ref_logp) return fdpo_error("no reference log-probs for the pairs of %s", o->data);
     fdpo_train_opts t = *to;
     t.init_model = policy;
     t.data = o->data;

@@ -65,7 +65,7 @@ fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o) {
     fdpo_lora_merge(first);   /* LoRA checkpoints are averaged as the models they define (base + s B A) */
     size_t n = first->n_params;
     double *acc = calloc(n, sizeof *acc);   /* theta in double: the base (or 0), then each term in order */
-    if (!acc) { fdpo_gpt2_free(first); fdpo_error("merge: out of memory for %zu parameters", n); return NULL; }
+    if (!acc) { fdpo_gpt2_free(first); fdpo_error("out of memory for %zu parameters", n); return NULL; }
     if (acc && o->base) for (size_t k = 0; k < n; k++) acc[k] = first->params_memory[k];
     for (size_t i = 0; i < o->n_models; i++) {
         fdpo_gpt2 *m = fdpo_checkpoint_load_model(o->models[i]);

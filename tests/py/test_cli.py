@@ -238,6 +238,7 @@ def test_unknown_config_key_suggests_the_nearest_with_file_and_line(tmp_path):
     ["dpo", "--lrr", "1"], ["dpo", "--data", "x"], ["eval", "--n", "0"], ["pairs", "--out", "x"],
     ["generate", "--model", "/nonexistent", "--data", "/nonexistent"], ["info"], ["lab", "solve", "--bogus", "1"],
     ["report"], ["tokenize"], ["score", "--data", "x"], ["sft", "--out", "/nonexistent/o"],
+    ["report", "/"],   # a directory with nothing to read: "fdpo report: report: nothing could be read"
 ])
 def test_the_command_name_appears_once_per_error_line(args):
     r = run(*args)

@@ -82,7 +82,8 @@ def test_bad_input(tmp_path):
     assert r.returncode != 0 and "no reward" in r.stderr
     write_jsonl(samples, [{"prompt": "a", "completion": "x", "reward": 1}])
     r = run("pairs", "--data", str(samples), "--out", str(out), "--bt-scale", "0")
-    assert r.returncode != 0 and "--bt-scale" in r.stderr
+    # the flag's fault, found before the samples are read (it was prefixed with the samples file)
+    assert r.returncode != 0 and r.stderr == "fdpo pairs: --bt-scale: must be a finite number > 0 (got 0)\n", r.stderr
     r = run("pairs", "--data", str(tmp_path / "missing.jsonl"), "--out", str(out))
     assert r.returncode != 0 and "missing.jsonl" in r.stderr
     # n_tokens (optional) must be a count: the fuzzer's 6.7e32 once reached a size_t cast
