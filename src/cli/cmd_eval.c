@@ -165,8 +165,8 @@ int cmd_eval(int argc, char **argv) {
     inputs[n_in][0] = "--pairs"; inputs[n_in++][1] = pairs_path;
     inputs[n_in][0] = "--ref"; inputs[n_in++][1] = ref_dir;
     for (size_t i = 0; i < n_pol; i++) { inputs[n_in][0] = "--model"; inputs[n_in++][1] = policies[i]; }
-    if (!rc) rc = eval_claim_out("--out", out_path, (const char *const (*)[2])inputs, n_in);
-    if (!rc) rc = eval_claim_out("--samples-out", samples_path, (const char *const (*)[2])inputs, n_in);
+    if (!rc) rc = eval_claim_out("--out", out_path, (const char *const (*)[2])inputs, n_in, 0);
+    if (!rc) rc = eval_claim_out("--samples-out", samples_path, (const char *const (*)[2])inputs, n_in, 0);
     free(inputs);
     fdpo_set_threads((int)threads);
     if (!rc && reward_spec) {

@@ -39,7 +39,7 @@ int cmd_generate(int argc, char **argv) {
     if (eval_sampling_flags_finish(&sf, &sc)) return -1;
     if (fdpo_set_precision(precision)) return -1;
     const char *const inputs[][2] = {{"--data", prompts_path}, {"--model", model_dir}};
-    if (eval_claim_out("--out", out_path, inputs, 2)) return -1;
+    if (eval_claim_out("--out", out_path, inputs, 2, 1)) return -1;
     size_t n = (size_t)sf.n;
     fdpo_set_threads((int)threads);
 

@@ -41,7 +41,7 @@ int cmd_pairs(int argc, char **argv) {
     fdpo_set_threads((int)threads);
     const char *rm_dir = reward_spec && !strncmp(reward_spec, "rm:", 3) ? reward_spec + 3 : NULL;
     const char *const inputs[][2] = {{"--data", samples}, {"--reward", rm_dir}};
-    if (eval_claim_out("--out", out, inputs, 2)) return -1;
+    if (eval_claim_out("--out", out, inputs, 2, 0)) return -1;
     rc = pairs_run(samples, out, reward_spec, lexicon, timeout, &pc);
     eval_release_out(out);
     return rc;

@@ -31,7 +31,7 @@ int cmd_score(int argc, char **argv) {
     if (fdpo_set_precision(precision)) return -1;
     fdpo_set_threads((int)threads);
     const char *const inputs[][2] = {{"--data", o.data}, {"--model", o.model}, {"--ref", o.ref}};
-    if (eval_claim_out("--out", o.out, inputs, 3)) return -1;
+    if (eval_claim_out("--out", o.out, inputs, 3, 1)) return -1;
     if (o.reward) eval_catch_interrupts();
     rc = fdpo_score_run(&o);
     eval_release_out(o.out);

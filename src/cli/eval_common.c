@@ -77,7 +77,9 @@ static int out_not_input(const char *flag, const char *path, const char *const (
     return 0;
 }
 
-int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs) {
+int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs, int stdout_ok) {
+    if (path && !strcmp(path, "-") && !stdout_ok)   /* it made a file named "-" */
+        return fdpo_error("%s -: this output is a file (only generate's and score's --out - mean stdout)", flag);
     if (!path || !strcmp(path, "-")) return 0;
     /* every rank: all of them return the error (rank 0 alone would leave the others in collectives) */
     if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);

@@ -34,10 +34,12 @@ void eval_catch_interrupts(void);
 
 /* --out FILE of a command that writes it at its end: claimed from the start
  * (fdpo_out_file_claim; rank 0 only, the rank that writes), so a second run on the same file
- * is refused instead of replacing this one's output. NULL and "-" (stdout) claim nothing.
+ * is refused instead of replacing this one's output. NULL claims nothing; "-" is stdout where
+ * stdout_ok (generate, score: JSONL streams) and an error elsewhere (eval, pairs made a file
+ * named "-"), so `--out -` means one thing in every command.
  * eval_release_out is safe on anything eval_claim_out was given, claimed or not. inputs
  * ({flag, path} x n_inputs; a NULL path is skipped): path may not be an input file, nor a file
  * already inside an input directory (--model's checkpoint), which the output would replace. */
-int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs);
+int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs, int stdout_ok);
 void eval_release_out(const char *path);
 #endif

@@ -115,6 +115,17 @@ def test_a_negative_count_is_refused_by_the_parser(cmd, flag, tmp_path):
     assert r.returncode == 1 and f"{cfg}:1: key '{flag[2:]}': must not be negative (got -3)" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("args", [["eval", "--out", "-"], ["eval", "--samples-out", "-"], ["pairs", "--out", "-"]])
+def test_out_dash_is_stdout_or_refused(args, tmp_path):
+    """`--out -` is stdout in generate and score; eval and pairs wrote a file named "-" """
+    f = tmp_path / "s.jsonl"
+    f.write_text('{"prompt": "a", "completion": "b", "reward": 1}\n')
+    extra = ["--data", str(f)] + (["--model", "x", "--ref", "y"] if args[0] == "eval" else [])
+    r = subprocess.run([FDPO, *args, *extra], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 1 and f"{args[1]} -: this output is a file (only generate's and score's --out - mean stdout)" in r.stderr, r.stderr
+    assert not (tmp_path / "-").exists()
+
+
 @pytest.mark.parametrize("cmd", ["generate", "rl", "online"])
 def test_a_missing_prompt_file_is_named_once(cmd, tmp_path):
     """the path appears once in the message (it appeared two and three times)"""
