@@ -157,6 +157,13 @@ int cmd_eval(int argc, char **argv) {
         if (!rc) rc = fdpo_reward_lexicon_check(lexicon, specs, 2);
         if (!rc && !pairs_path) rc = fdpo_beta_check(beta);   /* unused without --pairs, but not a beta */
     }
+    /* a flag the run would not use is refused, not ignored (docs/cli.md) */
+    static const char *const for_pairs[] = {"beta", "divergence", "bad-pairs"};
+    for (size_t i = 0; !rc && !pairs_path && i < sizeof for_pairs / sizeof for_pairs[0]; i++)
+        if (flags_was_set(flags, n_flags, for_pairs[i]))
+            rc = fdpo_error("--%s: used only with --pairs (the implicit reward's accuracy and calibration)", for_pairs[i]);
+    if (!rc && !safety_spec && flags_was_set(flags, n_flags, "safety-threshold"))
+        rc = fdpo_error("--safety-threshold: used only with --safety");
     if (!rc) rc = fdpo_set_precision(precision);
     /* the outputs may not replace an input: the prompts, the pairs, a policy's or the reference's files */
     size_t n_in = 0;

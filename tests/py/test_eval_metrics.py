@@ -605,6 +605,11 @@ def test_score_end_to_end(byte_models, tmp_path):
     (["--beta", "0"], "--beta: must be a finite number > 0 (got 0)"),
     (["--beta", "-1"], "--beta: must be a finite number > 0 (got -1)"),
     (["--safety-threshold", "nan"], "--safety-threshold"),
+    # flags the run would not use (they were ignored)
+    (["--beta", "0.3"], "--beta: used only with --pairs (the implicit reward's accuracy and calibration)"),
+    (["--divergence", "js"], "--divergence: used only with --pairs"),
+    (["--bad-pairs", "skip"], "--bad-pairs: used only with --pairs"),
+    (["--safety-threshold", "0.5"], "--safety-threshold: used only with --safety"),
     # 1/T overflows a float: every drawn token was id 0
     (["--temperature", "1e-39"], "--temperature: 1e-39 is too small (1/T overflows a float); use 0 for greedy"),
 ])
