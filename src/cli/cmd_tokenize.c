@@ -153,6 +153,11 @@ int cmd_tokenize(int argc, char **argv) {
     if (field && (lines || decode)) { free(pos); return fdpo_error("--jsonl-field: cannot be combined with %s", lines ? "--lines" : "--decode"); }
     if (field && !*field) { free(pos); return fdpo_error("--jsonl-field: empty field name"); }
     if (skip_special && !decode) { free(pos); return fdpo_error("--skip-special-tokens: only with --decode"); }
+    /* encoding's flags with --decode were ignored */
+    if (decode && (allow_special || stats)) {
+        free(pos);
+        return fdpo_error("%s: encoding only (not with --decode)", allow_special ? "--allow-special" : "--stats");
+    }
     double t0 = fdpo_now();
     fdpo_tokenizer *tok = strcmp(tok_dir, "byte") == 0 ? fdpo_tokenizer_byte() : fdpo_tokenizer_load_dir(tok_dir);
     if (!tok) { free(pos); return fdpo_error_context("--tokenizer"); }

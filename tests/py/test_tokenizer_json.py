@@ -204,6 +204,10 @@ def test_decode_keeps_or_skips_specials(toks, family, tmp_path):
 def test_skip_special_tokens_needs_decode(toks):
     r = run("tokenize", "--tokenizer", toks["qwen2"][0], "--skip-special-tokens", input=b"x")
     assert r.returncode != 0 and b"--skip-special-tokens" in r.stderr
+    # and encoding's flags with --decode (they were ignored)
+    for flag in ("--allow-special", "--stats"):
+        r = run("tokenize", "--tokenizer", toks["qwen2"][0], "--decode", flag, input=b"1 2")
+        assert r.returncode == 1 and f"fdpo tokenize: {flag}: encoding only (not with --decode)".encode() in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("family", ["llama3", "qwen2"])
