@@ -102,7 +102,8 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
         p = nl ? nl + 1 : text + len;
     }
     if (rc == 0 && out->n == 0)
-        rc = fdpo_error("%s: no prompts (the file %s)", path, begin == text + len ? "is empty" : "holds only blank lines");
+        rc = fdpo_error("%s: no %s (the file %s)", path, n_fields == 2 ? "records" : "prompts",
+                        begin == text + len ? "is empty" : "holds only blank lines");
     if (rc) fdpo_strv_free(out);
     return rc;
 }

@@ -631,6 +631,14 @@ def test_score_names_the_record_too_long_for_the_model(byte_models, tmp_path):
     assert f"--data {tmp_path / 'c.jsonl'}: record 2: prompt + completion of 70 tokens exceed n_positions 64" in r.stderr, r.stderr
 
 
+def test_score_of_an_empty_file_says_records(byte_models, tmp_path):
+    """score reads records (prompt + completion), not prompts: it said "no prompts" """
+    d, _, _ = byte_models
+    (tmp_path / "c.jsonl").write_text("")
+    r = run(FDPO, "score", "--model", d / "pol", "--data", tmp_path / "c.jsonl", "--threads", 1)
+    assert r.returncode == 1 and f"{tmp_path / 'c.jsonl'}: no records (the file is empty)" in r.stderr, r.stderr
+
+
 def test_eval_refuses_the_same_policy_twice(byte_models, tmp_path):
     d, _, _ = byte_models
     (tmp_path / "p.txt").write_text("Hi\n")
