@@ -469,6 +469,15 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     if (fdpo_pref_loss_check(&o->dpo.dpo.loss)) return -1;
     if (o->prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->prompts_per_round);
     if (o->n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->n);
+    /* the shared training options (--lr, --seed, --log-every, --lora-*, ...), checked as sft and
+     * dpo check them before anything is sampled: each round's f-DPO run and step mode's trainer
+     * take them, from --model into --out (step mode's steps take --prompts-per-round prompts,
+     * checked above, in place of --batch-size x --grad-accum) */
+    fdpo_train_opts t = o->dpo.train;
+    t.out = o->out;
+    t.init = o->model;
+    t.resume = o->resume;
+    if (fdpo_train_opts_check(&t)) return -1;
     /* not on --resume: a run saved before this rule resumes with its saved --lexicon (sacpo's
      * stages always resume; fdpo_sacpo_run checks both of its specs) */
     if (!o->resume && !o->dpo.train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1))
