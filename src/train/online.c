@@ -682,10 +682,10 @@ void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
         fdpo_settings_path(s, keys[i], real ? real : paths[i], 1);
         free(real);
     }
-    /* fixed here: a round of bf16 after rounds of fp32 (or the reverse) is another run; and
-     * --lora-r also without LoRA, so that a resume can neither add nor drop the adapters */
+    /* fixed here: a round of bf16 after rounds of fp32 (or the reverse) is another run (--lora-r,
+     * also without LoRA, is fixed in fdpo_train_opts_settings: a resume can neither add nor
+     * drop the adapters) */
     fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 1);
-    fdpo_settings_num(s, "lora-r", (double)(o->dpo.train.lora_r > 0 ? o->dpo.train.lora_r : 0), 1);
     fdpo_settings_str(s, "mode", "round", 1);
     fdpo_settings_str(s, "reward", o->reward, 1);
     fdpo_settings_num(s, "n", (double)o->n, 1);

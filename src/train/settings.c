@@ -195,8 +195,13 @@ void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s) {
     /* kept from the saved run unless given again: a resumed bf16 run stays bf16 (the
      * precision is the process's, fdpo_set_precision, not a train option) */
     fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 0);
-    if (o->lora_r > 0) {   /* a LoRA run (only then, so other runs' saved settings stay as they were) */
-        fdpo_settings_num(s, "lora-r", (double)o->lora_r, 1);
+    /* --lora-r always, 0 (full fine-tuning) included, so that --resume can neither drop a LoRA
+     * run's adapters nor add adapters to a full run: with the key only in LoRA runs, --resume
+     * --lora-r 0 left out every lora-* key, compared nothing, and saved the state without them
+     * (after which any LoRA values were accepted). A state saved before without the key is
+     * a full fine-tune and still resumes: a key the saved run lacks is not compared. */
+    fdpo_settings_num(s, "lora-r", (double)o->lora_r, 1);
+    if (o->lora_r > 0) {   /* the adapters' shape and training, for a LoRA run only */
         fdpo_settings_num(s, "lora-alpha", o->lora_alpha, 1);
         fdpo_settings_num(s, "lora-dropout", o->lora_dropout, 1);
         fdpo_settings_str(s, "lora-targets", o->lora_targets, 1);

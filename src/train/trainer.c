@@ -144,6 +144,21 @@ done:
     return m;
 }
 
+/* --lora-r decides how --resume reads OUT's model (adapters on their base, or the whole
+ * model), so a changed one is named before that read, not as the file the other kind of
+ * checkpoint lacks ("adapter_config.json: cannot open"). A state without training settings
+ * is left to fdpo_train_state_load's error, and one saved without the key (a full fine-tune
+ * of an older fdpo) to the comparison of all the settings. */
+static int resume_lora_check(const fdpo_train_opts *o) {
+    fdpo_settings saved, now = {0};
+    if (fdpo_train_state_read_settings(o->out, &saved, NULL)) return 0;
+    fdpo_settings_num(&now, "lora-r", (double)o->lora_r, 1);
+    int rc = fdpo_settings_check_resume(&saved, &now);
+    fdpo_settings_free(&saved);
+    fdpo_settings_free(&now);
+    return rc;
+}
+
 /* The random-init architecture settings (fdpo_train_opts_settings), removed. */
 static void drop_arch_settings(fdpo_settings *s) {
     static const char *const keys[] = {"arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings"};
@@ -229,6 +244,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         else fdpo_settings_num(&now, x->key, x->num, x->fixed);
     }
     if (o->resume) {
+        if (resume_lora_check(o)) goto fail;
         tr->model = o->lora_r > 0 ? lora_model(o, kind, tok) : fdpo_checkpoint_load_model(o->out);
         if (!tr->model) { if (o->lora_r <= 0) fdpo_error_context("--resume %s", o->out); goto fail; }
         if (check_model_fits(tr, o->out)) goto fail;
