@@ -249,7 +249,7 @@ void fdpo_train_opts_default(fdpo_train_opts *o) {
     o->seed = FDPO_DEFAULT_SEED; o->eval_every = 100; o->log_every = 1;
     o->val_fraction = 0.05; o->shuffle = 1;
     o->arch = "gpt2"; o->rope_theta = 10000; o->tie_word_embeddings = 1;
-    o->lora_alpha = 8;   /* PEFT's LoraConfig defaults: alpha 8, dropout 0 */
+    o->lora_alpha = FDPO_LORA_ALPHA_DEFAULT;   /* PEFT's LoraConfig defaults: alpha 8, dropout 0 */
 }
 
 void fdpo_sft_opts_default(fdpo_train_opts *o) {
@@ -289,8 +289,10 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
         if (!(o->lora_dropout >= 0 && o->lora_dropout < 1)) return fdpo_error("--lora-dropout: %g must be in [0, 1)", o->lora_dropout);
         if (!o->init && !o->resume)
             return fdpo_error("--lora-r: LoRA adapts a pretrained model: give it with --model (a random init has nothing to adapt)");
-    } else if (o->lora_targets || o->lora_dropout != 0) {
-        return fdpo_error("--%s: has no effect without --lora-r R", o->lora_targets ? "lora-targets" : "lora-dropout");
+    } else if (o->lora_targets || o->lora_dropout != 0 || o->lora_alpha != FDPO_LORA_ALPHA_DEFAULT) {
+        /* a LoRA flag without --lora-r (its default value cannot be told from no flag) */
+        return fdpo_error("--%s: has no effect without --lora-r R", o->lora_targets ? "lora-targets"
+                          : o->lora_dropout != 0 ? "lora-dropout" : "lora-alpha");
     }
     if (o->n_layer < 1) return fdpo_error("--n-layer: %ld must be >= 1", o->n_layer);
     if (o->n_head < 1) return fdpo_error("--n-head: %ld must be >= 1", o->n_head);

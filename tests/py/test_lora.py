@@ -550,6 +550,19 @@ def test_bad_lora_flags_are_refused(tmp_path):
     assert r.returncode != 0 and "adapter_config.json: fan_in_fan_out true does not fit this llama" in r.stderr
 
 
+@pytest.mark.parametrize("cmd", ["sft", "dpo", "kto", "rm", "rl", "online"])
+def test_lora_alpha_without_lora_r_is_refused_as_targets_and_dropout_are(tmp_path, cmd):
+    """--lora-alpha alone was silently ignored (--lora-targets and --lora-dropout alone were refused)"""
+    base = make_gpt2(tmp_path / "base")
+    (tmp_path / "d").write_text("")
+    loop = ["--reward", "length"] if cmd in ("rl", "online") else []
+    for flag, value in [("--lora-alpha", 16), ("--lora-dropout", 0.1), ("--lora-targets", "c_attn")]:
+        r = fdpo(cmd, "--model", base, "--data", tmp_path / "d", "--out", tmp_path / "o", *loop, flag, value,
+                 check=False)
+        assert r.returncode == 1 and r.stderr == f"fdpo {cmd}: {flag}: has no effect without --lora-r R\n", r.stderr
+        assert not (tmp_path / "o").exists()
+
+
 def write_peft(d, base_cfg_layers, modules, dims, r, alpha, dropout, targets, seed=5, extra=None):
     """an adapter directory as PEFT's save_pretrained writes it (Llama naming)"""
     d.mkdir()
