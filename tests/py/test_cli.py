@@ -259,6 +259,25 @@ def test_simpo_refuses_an_explicit_divergence(tmp_path):
     assert r.returncode == 1 and "ignores the divergence" not in r.stderr and "none" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("cmd", ["dpo", "rm", "kto"])
+def test_eval_file_refuses_an_explicit_eval_fraction(tmp_path, cmd):
+    """--eval-file replaces the --eval-fraction split: given together, the fraction was dropped
+    without a word. Refused, on the command line or from --config; the file alone is accepted
+    (the run then fails later, on the missing model)."""
+    base = [cmd, "--model", str(tmp_path / "none"), "--data", str(tmp_path / "none.jsonl"),
+            "--out", str(tmp_path / "o"), "--eval-file", str(tmp_path / "ev.jsonl")]
+    message = (f"fdpo {cmd}: --eval-fraction: has no use with --eval-file (the file is the held-out set; "
+               "the training data are not split): give one of the two")
+    r = run(*base, "--eval-fraction", "0.2")
+    assert r.returncode == 1 and r.stderr == message + "\n", r.stderr
+    cfg = write(tmp_path / "run.ini", "eval_fraction = 0.1\n")
+    r = run(*base, "--config", cfg)
+    assert r.returncode == 1 and r.stderr.startswith(message), r.stderr
+    r = run(*base)
+    assert r.returncode == 1 and "has no use" not in r.stderr and "none" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_pretrain_takes_data_or_positional_files_alike(tmp_path):
     text = write(tmp_path / "t.txt", "hello world, " * 200)
     small = ["--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--n-positions", "16", "--seq-len", "16",
