@@ -54,8 +54,10 @@ void fdpo_online_opts_default(fdpo_online_opts *o);
  * prompt's completions share it), no held-out split, long completions truncated, empty or
  * identical ones skipped. */
 void fdpo_online_round_dpo_opts(fdpo_dpo_run_opts *d);
-/* The check both modes share (paths, loss, prompts per round, n, sampling); errors name the
- * flag. Called by fdpo_online_run and fdpo_online_step_run, which check their own mode's. */
+/* The check both modes share (paths, loss, prompts per round, n, sampling, and the training
+ * options through fdpo_train_opts_check, as sft and dpo check them); errors name the flag.
+ * Called by fdpo_online_run and fdpo_online_step_run before anything is sampled; they check
+ * their own mode's. */
 int fdpo_online_opts_check(const fdpo_online_opts *o);
 int fdpo_online_run(const fdpo_online_opts *o);
 

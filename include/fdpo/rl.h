@@ -80,7 +80,9 @@ typedef struct {
  * 8 prompts per step, grpo_eps 1e-4; sampling at temperature 1, top-p 1, 32 new tokens,
  * seeded by train.seed; a cmd: reward's timeout 60 s. */
 void fdpo_rl_run_opts_default(fdpo_rl_run_opts *o);
-/* The one check of a run's options; errors name the flag. Called by fdpo_rl_train. */
+/* The one check of a run's options (the training options the run uses through
+ * fdpo_train_opts_check, as sft and dpo check them); errors name the flag. Called by
+ * fdpo_rl_train. */
 int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o);
 int fdpo_rl_train(const fdpo_rl_run_opts *o);
 /* The run's own settings under their flag names (saved in training_state.json; --resume

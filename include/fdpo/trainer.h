@@ -88,9 +88,10 @@ typedef struct {
     /* LoRA (fdpo/lora.h; sft and dpo): lora_r > 0 trains adapters on --model's frozen
      * weights; OUT then holds PEFT adapter files instead of model.safetensors */
     long lora_r;
-    double lora_alpha, lora_dropout;
+    double lora_alpha, lora_dropout;  /* without lora_r: the defaults (FDPO_LORA_ALPHA_DEFAULT, 0) */
     const char *lora_targets;
 } fdpo_train_opts;
+#define FDPO_LORA_ALPHA_DEFAULT 8.0   /* PEFT's LoraConfig default lora_alpha */
 
 /* The library owns these options: fdpo_train_opts_default fills the documented defaults
  * (the CLI's flag table shows the same values), fdpo_train_opts_check validates them once

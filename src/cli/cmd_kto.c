@@ -55,7 +55,7 @@ int cmd_kto(int argc, char **argv) {
     if (!o.data) { fdpo_error("--data: required (unpaired JSONL)"); goto done; }
     o.train.init = model;
     if (fdpo_divergence_parse(divergence, &o.loss.div)) { fdpo_error_context("--divergence"); goto done; }
-    if (pref_data_flags_finish(&data, &o.pref)) goto done;   /* the library checks the options (fdpo_kto_run_opts_check) */
+    if (pref_data_flags_finish(&data, flags, n, &o.pref)) goto done;   /* the library checks the options (fdpo_kto_run_opts_check) */
     train_catch_interrupts();
     rc = fdpo_kto_train(&o);
 done:

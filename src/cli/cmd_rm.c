@@ -49,7 +49,7 @@ int cmd_rm(int argc, char **argv) {
     if (!model) { fdpo_error("--model: required (the backbone checkpoint)"); goto done; }
     if (!o.data) { fdpo_error("--data: required (preference JSONL)"); goto done; }
     o.train.init = model;
-    if (pref_data_flags_finish(&data, &o.pref)) goto done;   /* the library checks the options (fdpo_rm_run_opts_check) */
+    if (pref_data_flags_finish(&data, flags, n, &o.pref)) goto done;   /* the library checks the options (fdpo_rm_run_opts_check) */
     train_catch_interrupts();
     rc = fdpo_rm_train(&o);
 done:

@@ -70,7 +70,7 @@ int dpo_flags_finish(dpo_flags *v, fdpo_flag *flags, size_t n) {
     o->dpo.loss.label_smoothing = v->smoothing;
     o->dpo.loss.simpo_gamma = v->gamma;
     o->dpo.loss.sft_weight = v->sft;
-    return pref_data_flags_finish(&v->data, &o->pref);
+    return pref_data_flags_finish(&v->data, flags, n, &o->pref);
 }
 
 size_t pref_data_flags_add(fdpo_flag *f, size_t n, pref_data_flags *v, double *eval_fraction, const char **eval_file,
@@ -79,7 +79,7 @@ size_t pref_data_flags_add(fdpo_flag *f, size_t n, pref_data_flags *v, double *e
     snprintf(help[0], sizeof help[0], "prompt keeps its last N tokens when one of the %s is too long (0: max-length/2)", what);
     snprintf(help[1], sizeof help[1], "%s longer than --max-length: truncate, skip (counted) or error", what);
     snprintf(help[2], sizeof help[2], "fraction of %s held out for eval (seeded by --seed)", what);
-    snprintf(help[3], sizeof help[3], "held-out JSONL of %s (replaces --eval-fraction)", what);
+    snprintf(help[3], sizeof help[3], "held-out JSONL of %s (instead of the --eval-fraction split: not with it)", what);
     f[n++] = (fdpo_flag){"max-length", FLAG_COUNT, &v->max_length, "0", "max tokens of prompt + one completion (0: the model's n_positions)", 0};
     f[n++] = (fdpo_flag){"max-prompt-length", FLAG_COUNT, &v->max_prompt_length, "0", help[0], 0};
     f[n++] = (fdpo_flag){"on-long", FLAG_STR, &v->on_long, "truncate", help[1], 0};
@@ -89,7 +89,12 @@ size_t pref_data_flags_add(fdpo_flag *f, size_t n, pref_data_flags *v, double *e
     return n;
 }
 
-int pref_data_flags_finish(const pref_data_flags *v, fdpo_pref_options *p) {
+int pref_data_flags_finish(const pref_data_flags *v, const fdpo_flag *flags, size_t n, fdpo_pref_options *p) {
+    /* the library cannot tell a given --eval-fraction from its default, which --eval-file
+     * replaces: given together, the fraction would be dropped without a word */
+    if (flags_was_set(flags, n, "eval-file") && flags_was_set(flags, n, "eval-fraction"))
+        return fdpo_error("--eval-fraction: has no use with --eval-file (the file is the held-out set; the training "
+                          "data are not split): give one of the two");
     p->max_length = (size_t)v->max_length;
     p->max_prompt_length = (size_t)v->max_prompt_length;
     if (!strcmp(v->on_long, "truncate")) p->on_long = FDPO_PREF_LONG_TRUNCATE;

@@ -20,8 +20,9 @@ typedef struct { const char *on_long, *bad_pairs; long max_length, max_prompt_le
 /* Appends the six flags at f + n (what: "pairs" or "examples", for the help texts). */
 size_t pref_data_flags_add(fdpo_flag *f, size_t n, pref_data_flags *v, double *eval_fraction, const char **eval_file,
                            const char *what);
-/* The parsed text flags -> p; errors name the flag. */
-int pref_data_flags_finish(const pref_data_flags *v, fdpo_pref_options *p);
+/* The parsed text flags -> p; errors name the flag. flags: the command's table, for the one
+ * rule the library cannot check, --eval-fraction and --eval-file given together (refused). */
+int pref_data_flags_finish(const pref_data_flags *v, const fdpo_flag *flags, size_t n, fdpo_pref_options *p);
 typedef struct {
     fdpo_dpo_run_opts o;
     const char *model, *divergence, *loss, *layout;

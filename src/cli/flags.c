@@ -133,13 +133,68 @@ static int set_value(fdpo_flag *f, const char *val, const char *where) {
     return 0;
 }
 
-typedef struct { fdpo_flag *flags; size_t n; const char *path; int failed; } ini_ctx;
+/* Where a --config file set a flag's value (and the command line did not override it): the
+ * file, its text (kept) and which of the parser's handler calls set it. Debian's inih gives the
+ * handler no line number, so the line is found when a message needs it: a second parse of
+ * the text that rejects that call, whose line ini_parse_string then returns. Flag names are
+ * the tables' string literals; the records last as long as the process (flags_release_config
+ * drops them). */
+typedef struct { const char *flag, *file, *text; size_t entry; } cfg_origin;
+static cfg_origin *g_origin; static size_t g_n_origin, g_cap_origin;
+
+static void origin_set(const char *flag, const char *file, const char *text, size_t entry) {
+    for (size_t i = 0; i < g_n_origin; i++)
+        if (g_origin[i].flag == flag) { g_origin[i] = (cfg_origin){flag, file, text, entry}; return; }
+    if (!file) return;
+    if (g_n_origin == g_cap_origin) {
+        g_cap_origin = g_cap_origin ? 2 * g_cap_origin : 16;
+        g_origin = fdpo_realloc(g_origin, g_cap_origin * sizeof *g_origin);
+    }
+    g_origin[g_n_origin++] = (cfg_origin){flag, file, text, entry};
+}
+
+typedef struct { size_t target, entry; } origin_ctx;
+static int reject_target(void *user, const char *section, const char *name, const char *value) {
+    (void)section; (void)name; (void)value;
+    origin_ctx *c = user;
+    return c->entry++ != c->target;
+}
+
+int flags_config_line(const char *flag, const char **file) {
+    for (size_t i = 0; i < g_n_origin; i++) {
+        const cfg_origin *o = &g_origin[i];
+        if (!o->file || strcmp(o->flag, flag)) continue;
+        origin_ctx c = {o->entry, 0};
+        int line = ini_parse_string(o->text, reject_target, &c);
+        if (line <= 0) return 0;
+        *file = o->file;
+        return line;
+    }
+    return 0;
+}
+
+const char *flags_error_origin(const char *msg, char *buf, size_t n) {
+    if (strncmp(msg, "--", 2)) return msg;
+    size_t len = strspn(msg + 2, "abcdefghijklmnopqrstuvwxyz0123456789-");
+    char name[128];
+    if (len == 0 || len >= sizeof name || msg[2 + len] != ':') return msg;
+    memcpy(name, msg + 2, len);
+    name[len] = 0;
+    const char *file = NULL;
+    int line = flags_config_line(name, &file);
+    if (line <= 0) return msg;
+    snprintf(buf, n, "%s (from %s:%d)", msg, file, line);
+    return buf;
+}
+
+typedef struct { fdpo_flag *flags; size_t n; const char *path, *text; int failed; size_t entry; } ini_ctx;
 
 /* Debian's inih passes no line number to the handler; ini_parse returns the line of the
  * first line the handler rejected, which becomes the file:line of the message. */
 static int on_ini_line(void *user, const char *section, const char *name, const char *value) {
     (void)section;
     ini_ctx *c = user;
+    const size_t entry = c->entry++;
     if (c->failed) return 1;
     int is_alias;
     fdpo_flag *f = names_equal(name, "config") ? NULL : find_flag(c->flags, c->n, name, &is_alias);
@@ -156,6 +211,7 @@ static int on_ini_line(void *user, const char *section, const char *name, const 
     /* inih reuses its buffers: keep our own copy for string flags */
     if (set_value(f, keep_strdup(value), where)) { c->failed = 1; return 0; }
     f->set = 1;
+    origin_set(f->name, c->path, c->text, entry);
     return 1;
 }
 
@@ -204,10 +260,14 @@ void flags_release_config(void) {
     free(g_keep);
     g_keep = NULL;
     g_n_keep = g_cap_keep = 0;
+    free(g_origin);   /* they point into the kept texts */
+    g_origin = NULL;
+    g_n_origin = g_cap_origin = 0;
 }
 
 int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char *text) {
-    ini_ctx c = {flags, n, name, 0};
+    /* name and a kept copy of text: a later message about a value from this file names its line */
+    ini_ctx c = {flags, n, keep_strdup(name), keep_strdup(text), 0, 0};
     int rc = ini_parse_string(text, on_ini_line, &c);
     if (c.failed) return fdpo_error_context("%s:%d", name, rc);
     if (rc > 0) return fdpo_error("%s:%d: syntax error (expected key = value)", name, rc);
@@ -217,6 +277,7 @@ int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char 
 
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
                 int argc, char **argv, int *n_pos, char ***pos) {
+    g_n_origin = 0;   /* this table's values only */
     for (size_t i = 0; i < n; i++) {
         flags[i].set = 0;
         if (flags[i].type == FLAG_LIST) *(flag_list *)flags[i].dest = (flag_list){NULL, 0};
@@ -280,6 +341,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
         snprintf(where, sizeof where, "%s%s", dashes, name);
         if (set_value(f, val, where)) { rc = FLAGS_ERROR; break; }
         f->set = 1;
+        origin_set(f->name, NULL, NULL, 0);   /* the command line's value, not the file's */
     }
     free(from_cli);
     if (rc != FLAGS_OK) { free(p); return FLAGS_ERROR; }

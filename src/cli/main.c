@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "cli/omp_spin.h"
 #include "cli/term.h"
 #include "fdpo/core.h"
@@ -69,13 +70,16 @@ int main(int argc, char **argv) {
             if (rc == 0) rc = COMMANDS[i].fn(argc - 1, argv + 1);
             term_finish();
             if (rc != 0) {
+                /* a check that names a flag whose value a --config file set: say where */
+                char buf[2560];   /* fdpo_last_error holds at most 2048 */
+                const char *msg = flags_error_origin(fdpo_last_error(), buf, sizeof buf);
                 if (fdpo_dist_size() > 1) {
                     /* one rank failed: say which, then end every rank (none waits in a collective) */
-                    fprintf(stderr, "fdpo %s [rank %d/%d]: %s\n", argv[1], fdpo_dist_rank(), fdpo_dist_size(), fdpo_last_error());
+                    fprintf(stderr, "fdpo %s [rank %d/%d]: %s\n", argv[1], fdpo_dist_rank(), fdpo_dist_size(), msg);
                     fflush(stderr);
                     fdpo_dist_abort(1);
                 }
-                fprintf(stderr, "fdpo %s: %s\n", argv[1], fdpo_last_error());
+                fprintf(stderr, "fdpo %s: %s\n", argv[1], msg);
                 return 1;
             }
             fdpo_dist_finalize();

@@ -469,6 +469,15 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     if (fdpo_pref_loss_check(&o->dpo.dpo.loss)) return -1;
     if (o->prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->prompts_per_round);
     if (o->n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->n);
+    /* the shared training options (--lr, --seed, --log-every, --lora-*, ...), checked as sft and
+     * dpo check them before anything is sampled: each round's f-DPO run and step mode's trainer
+     * take them, from --model into --out (step mode's steps take --prompts-per-round prompts,
+     * checked above, in place of --batch-size x --grad-accum) */
+    fdpo_train_opts t = o->dpo.train;
+    t.out = o->out;
+    t.init = o->model;
+    t.resume = o->resume;
+    if (fdpo_train_opts_check(&t)) return -1;
     /* not on --resume: a run saved before this rule resumes with its saved --lexicon (sacpo's
      * stages always resume; fdpo_sacpo_run checks both of its specs) */
     if (!o->resume && !o->dpo.train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1))
@@ -673,10 +682,10 @@ void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
         fdpo_settings_path(s, keys[i], real ? real : paths[i], 1);
         free(real);
     }
-    /* fixed here: a round of bf16 after rounds of fp32 (or the reverse) is another run; and
-     * --lora-r also without LoRA, so that a resume can neither add nor drop the adapters */
+    /* fixed here: a round of bf16 after rounds of fp32 (or the reverse) is another run (--lora-r,
+     * also without LoRA, is fixed in fdpo_train_opts_settings: a resume can neither add nor
+     * drop the adapters) */
     fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 1);
-    fdpo_settings_num(s, "lora-r", (double)(o->dpo.train.lora_r > 0 ? o->dpo.train.lora_r : 0), 1);
     fdpo_settings_str(s, "mode", "round", 1);
     fdpo_settings_str(s, "reward", o->reward, 1);
     fdpo_settings_num(s, "n", (double)o->n, 1);

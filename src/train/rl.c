@@ -295,23 +295,9 @@ void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
     fdpo_sample_config_settings(&o->sample, &o->reward_opts, s);
 }
 
-int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
-    if (!o->model) return fdpo_error("--model: required (the policy to train)");
-    if (!o->prompts) return fdpo_error("--data: required (prompt file)");
-    if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
-    if (!o->train.out) return fdpo_error("--out: required (checkpoint directory)");
-    if (o->train.steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->train.steps);
-    if (o->prompts_per_step < 1) return fdpo_error("--prompts-per-step: must be >= 1 (got %ld)", o->prompts_per_step);
-    if (fdpo_rl_config_check(&o->rl) || fdpo_sample_config_check(&o->sample)) return -1;
-    /* not on --resume: a run saved before this rule resumes with its saved --lexicon */
-    if (!o->train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1)) return -1;
-    return 0;
-}
-
-int fdpo_rl_train(const fdpo_rl_run_opts *o) {
-    if (fdpo_rl_run_opts_check(o)) return -1;
-    /* the policy is --model (or OUT's checkpoint on --resume): an fdpo_trainer run whose items
-     * are the prompts, taken in file order, prompts_per_step per step */
+/* The trainer options the run uses: the policy is --model (or OUT's checkpoint on --resume),
+ * the items are the prompts, taken in file order, prompts_per_step per step. */
+static fdpo_train_opts rl_train_opts(const fdpo_rl_run_opts *o) {
     fdpo_train_opts t = o->train;
     t.init = o->model;
     t.tokenizer = NULL;
@@ -320,6 +306,29 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     t.grad_accum = 1;
     t.data = o->prompts;
     t.step_flag = "--prompts-per-step";
+    return t;
+}
+
+int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
+    if (!o->model) return fdpo_error("--model: required (the policy to train)");
+    if (!o->prompts) return fdpo_error("--data: required (prompt file)");
+    if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
+    if (!o->train.out) return fdpo_error("--out: required (checkpoint directory)");
+    if (o->train.steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->train.steps);
+    if (o->prompts_per_step < 1) return fdpo_error("--prompts-per-step: must be >= 1 (got %ld)", o->prompts_per_step);
+    /* the shared options (--lr, --seed, --log-every, --lora-*, ...) as sft and dpo check them */
+    const fdpo_train_opts t = rl_train_opts(o);
+    if (fdpo_train_opts_check(&t)) return -1;
+    if (fdpo_rl_config_check(&o->rl) || fdpo_sample_config_check(&o->sample)) return -1;
+    /* not on --resume: a run saved before this rule resumes with its saved --lexicon */
+    if (!o->train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1)) return -1;
+    return 0;
+}
+
+int fdpo_rl_train(const fdpo_rl_run_opts *o) {
+    if (fdpo_rl_run_opts_check(o)) return -1;
+    /* an fdpo_trainer run whose items are the prompts */
+    fdpo_train_opts t = rl_train_opts(o);
     char **prompts = NULL;
     size_t n_prompts = 0;
     if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */

@@ -195,8 +195,13 @@ void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s) {
     /* kept from the saved run unless given again: a resumed bf16 run stays bf16 (the
      * precision is the process's, fdpo_set_precision, not a train option) */
     fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 0);
-    if (o->lora_r > 0) {   /* a LoRA run (only then, so other runs' saved settings stay as they were) */
-        fdpo_settings_num(s, "lora-r", (double)o->lora_r, 1);
+    /* --lora-r always, 0 (full fine-tuning) included, so that --resume can neither drop a LoRA
+     * run's adapters nor add adapters to a full run: with the key only in LoRA runs, --resume
+     * --lora-r 0 left out every lora-* key, compared nothing, and saved the state without them
+     * (after which any LoRA values were accepted). A state saved before without the key is
+     * a full fine-tune and still resumes: a key the saved run lacks is not compared. */
+    fdpo_settings_num(s, "lora-r", (double)o->lora_r, 1);
+    if (o->lora_r > 0) {   /* the adapters' shape and training, for a LoRA run only */
         fdpo_settings_num(s, "lora-alpha", o->lora_alpha, 1);
         fdpo_settings_num(s, "lora-dropout", o->lora_dropout, 1);
         fdpo_settings_str(s, "lora-targets", o->lora_targets, 1);
@@ -244,7 +249,7 @@ void fdpo_train_opts_default(fdpo_train_opts *o) {
     o->seed = FDPO_DEFAULT_SEED; o->eval_every = 100; o->log_every = 1;
     o->val_fraction = 0.05; o->shuffle = 1;
     o->arch = "gpt2"; o->rope_theta = 10000; o->tie_word_embeddings = 1;
-    o->lora_alpha = 8;   /* PEFT's LoraConfig defaults: alpha 8, dropout 0 */
+    o->lora_alpha = FDPO_LORA_ALPHA_DEFAULT;   /* PEFT's LoraConfig defaults: alpha 8, dropout 0 */
 }
 
 void fdpo_sft_opts_default(fdpo_train_opts *o) {
@@ -284,8 +289,10 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
         if (!(o->lora_dropout >= 0 && o->lora_dropout < 1)) return fdpo_error("--lora-dropout: %g must be in [0, 1)", o->lora_dropout);
         if (!o->init && !o->resume)
             return fdpo_error("--lora-r: LoRA adapts a pretrained model: give it with --model (a random init has nothing to adapt)");
-    } else if (o->lora_targets || o->lora_dropout != 0) {
-        return fdpo_error("--%s: has no effect without --lora-r R", o->lora_targets ? "lora-targets" : "lora-dropout");
+    } else if (o->lora_targets || o->lora_dropout != 0 || o->lora_alpha != FDPO_LORA_ALPHA_DEFAULT) {
+        /* a LoRA flag without --lora-r (its default value cannot be told from no flag) */
+        return fdpo_error("--%s: has no effect without --lora-r R", o->lora_targets ? "lora-targets"
+                          : o->lora_dropout != 0 ? "lora-dropout" : "lora-alpha");
     }
     if (o->n_layer < 1) return fdpo_error("--n-layer: %ld must be >= 1", o->n_layer);
     if (o->n_head < 1) return fdpo_error("--n-head: %ld must be >= 1", o->n_head);

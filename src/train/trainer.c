@@ -144,6 +144,27 @@ done:
     return m;
 }
 
+/* What --resume can refuse before it reads OUT's model: a changed --lora-r, which decides
+ * how that model is read (adapters on their base, or the whole model), named rather than as
+ * the file the other kind of checkpoint lacks ("adapter_config.json: cannot open"); and a
+ * --stop-at the saved run has already passed (it stops only at that step, so the run went on
+ * to the end). A state that does not read is left to fdpo_train_state_load's error, and one
+ * saved without lora-r (a full fine-tune of an older fdpo) to the comparison of all the
+ * settings. */
+static int resume_early_check(const fdpo_train_opts *o) {
+    fdpo_settings saved, now = {0};
+    size_t step = 0;
+    if (fdpo_train_state_read_settings(o->out, &saved, &step)) return 0;
+    fdpo_settings_num(&now, "lora-r", (double)o->lora_r, 1);
+    int rc = fdpo_settings_check_resume(&saved, &now);
+    if (rc == 0 && o->stop_at > 0 && (size_t)o->stop_at <= step)
+        rc = fdpo_error("--stop-at: %ld is not after the saved run's step %zu (the checkpoint in %s): give a "
+                        "later step, or leave --stop-at out to run to the end", o->stop_at, step, o->out);
+    fdpo_settings_free(&saved);
+    fdpo_settings_free(&now);
+    return rc;
+}
+
 /* The random-init architecture settings (fdpo_train_opts_settings), removed. */
 static void drop_arch_settings(fdpo_settings *s) {
     static const char *const keys[] = {"arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings"};
@@ -229,6 +250,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         else fdpo_settings_num(&now, x->key, x->num, x->fixed);
     }
     if (o->resume) {
+        if (resume_early_check(o)) goto fail;
         tr->model = o->lora_r > 0 ? lora_model(o, kind, tok) : fdpo_checkpoint_load_model(o->out);
         if (!tr->model) { if (o->lora_r <= 0) fdpo_error_context("--resume %s", o->out); goto fail; }
         if (check_model_fits(tr, o->out)) goto fail;

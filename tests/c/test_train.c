@@ -62,7 +62,8 @@ static uint16_t bf16_reference(uint32_t u) {
 /* The online runs validate their options themselves, before reading any file (the CLI did
  * for simpo and for rounds mode's --stop-at/--overwrite; a library caller got a run) */
 START_TEST(online_opts_are_checked_by_the_library) {
-    fdpo_online_opts o = {0};
+    fdpo_online_opts o;
+    fdpo_online_opts_default(&o);   /* valid training options: a zeroed struct has --seq-len 0 */
     o.model = "/nonexistent/model"; o.prompts = "/nonexistent/p.txt"; o.reward = "length"; o.out = "/nonexistent/out";
     o.rounds = 1; o.prompts_per_round = 1; o.n = 2;
     o.sample.temperature = 1; o.sample.top_p = 1; o.sample.max_new_tokens = 4; o.sample.batch = 8;
@@ -126,6 +127,20 @@ START_TEST(trainer_defaults_are_the_library_s_and_pass_its_checks) {
     rl.rl.k = 1;
     ck_assert_int_ne(fdpo_rl_run_opts_check(&rl), 0);
     ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--n: "));
+    rl.rl.k = 4;   /* the shared training options, checked as sft's (they were not checked) */
+    rl.train.lr = -1;
+    ck_assert_int_ne(fdpo_rl_run_opts_check(&rl), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--lr: -1 must be >= 0");
+    rl.train.lr = 1e-5;
+    rl.train.seed = -1;
+    ck_assert_int_ne(fdpo_rl_run_opts_check(&rl), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--seed: -1 must be >= 0");
+    rl.train.seed = 1337;
+    rl.train.lora_targets = "c_fc";
+    ck_assert_int_ne(fdpo_rl_run_opts_check(&rl), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--lora-targets: has no effect without --lora-r R");
+    rl.train.lora_r = 2;   /* with --model: valid */
+    ck_assert_int_eq(fdpo_rl_run_opts_check(&rl), 0);
 
     fdpo_online_opts on;
     fdpo_online_opts_default(&on);
@@ -137,6 +152,13 @@ START_TEST(trainer_defaults_are_the_library_s_and_pass_its_checks) {
     on.prompts_per_round = 0;
     ck_assert_int_ne(fdpo_online_opts_check(&on), 0);
     ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--prompts-per-round: "));
+    on.prompts_per_round = 16;   /* the shared training options, checked as sft's (they were not checked) */
+    on.dpo.train.log_every = 0;
+    ck_assert_int_ne(fdpo_online_opts_check(&on), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--log-every: 0 must be >= 1");
+    on.dpo.train.log_every = 1;
+    on.dpo.train.lora_r = 2;   /* the policy is --model (the round template has no init): valid */
+    ck_assert_int_eq(fdpo_online_opts_check(&on), 0);
 
     fdpo_sacpo_opts sa;
     fdpo_sacpo_opts_default(&sa);

@@ -245,6 +245,31 @@ def test_unknown_config_key_suggests_the_nearest_with_file_and_line(tmp_path):
     assert r.stderr == f"fdpo pretrain: {cfg}:3: unknown key 'warmup_step' (did you mean 'warmup-steps'?)\n"
 
 
+def test_a_checked_value_from_a_config_file_names_its_line(tmp_path):
+    """A value the library's check refuses names the file and line it came from, as a value the
+    parser refuses does (`bad.ini:4: key 'steps': ...`): `--steps: -2 must be >= 0` said
+    nothing of bad.ini. The command line's value overrides the file's, and its error is plain."""
+    bad = write(tmp_path / "bad.ini", "[train]\nlr = 1e-3\n\nsteps = -2\n")
+    r = run("pretrain", "--out", str(tmp_path / "o"), "--config", bad, "x.txt")
+    assert r.returncode == 1 and r.stderr == f"fdpo pretrain: --steps: -2 must be >= 0 (from {bad}:4)\n", r.stderr
+    r = run("pretrain", "--out", str(tmp_path / "o"), "--config", bad, "--steps", "-3", "x.txt")
+    assert r.returncode == 1 and r.stderr == "fdpo pretrain: --steps: -3 must be >= 0\n", r.stderr
+    word = write(tmp_path / "word.ini", "[train]\nlr = 1e-3\n\nsteps = abc\n")
+    r = run("pretrain", "--out", str(tmp_path / "o"), "--config", word, "x.txt")
+    assert r.returncode == 1 and r.stderr == f"fdpo pretrain: {word}:4: key 'steps': 'abc' is not an integer\n"
+    # the last file that sets a key, under an old name too; the parser's own range check
+    more = write(tmp_path / "more.ini", "# comment\nval_fraction = 2\nthreads = 4\n")
+    r = run("sft", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--config", bad, "--config", more,
+            "--steps", "1", "x.jsonl")
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        f"fdpo sft: warning: {more}: key 'val_fraction' is deprecated; use 'eval-fraction'",
+        f"fdpo sft: --eval-fraction: 2 is not in [0, 1) (from {more}:2)"], r.stderr
+    r = run("pretrain", "--out", str(tmp_path / "o"), "--config", write(tmp_path / "t.ini", "threads = 9999\n"), "x.txt")
+    assert r.returncode == 1 and r.stderr == \
+        f"fdpo pretrain: --threads: 9999 is not in [0, 4096] (0: all cores) (from {tmp_path / 't.ini'}:1)\n", r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("args", [
     ["dpo", "--lrr", "1"], ["dpo", "--data", "x"], ["eval", "--n", "0"], ["pairs", "--out", "x"],
     ["generate", "--model", "/nonexistent", "--data", "/nonexistent"], ["info"], ["lab", "solve", "--bogus", "1"],
@@ -269,6 +294,25 @@ def test_simpo_refuses_an_explicit_divergence(tmp_path):
     # the default (rkl) is what SimPO runs are labelled with: accepted, the run fails later on the missing model
     r = run(*base)
     assert r.returncode == 1 and "ignores the divergence" not in r.stderr and "none" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["dpo", "rm", "kto"])
+def test_eval_file_refuses_an_explicit_eval_fraction(tmp_path, cmd):
+    """--eval-file replaces the --eval-fraction split: given together, the fraction was dropped
+    without a word. Refused, on the command line or from --config; the file alone is accepted
+    (the run then fails later, on the missing model)."""
+    base = [cmd, "--model", str(tmp_path / "none"), "--data", str(tmp_path / "none.jsonl"),
+            "--out", str(tmp_path / "o"), "--eval-file", str(tmp_path / "ev.jsonl")]
+    message = (f"fdpo {cmd}: --eval-fraction: has no use with --eval-file (the file is the held-out set; "
+               "the training data are not split): give one of the two")
+    r = run(*base, "--eval-fraction", "0.2")
+    assert r.returncode == 1 and r.stderr == message + "\n", r.stderr
+    cfg = write(tmp_path / "run.ini", "eval_fraction = 0.1\n")
+    r = run(*base, "--config", cfg)
+    assert r.returncode == 1 and r.stderr == f"{message} (from {cfg}:1)\n", r.stderr
+    r = run(*base)
+    assert r.returncode == 1 and "has no use" not in r.stderr and "none" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_pretrain_takes_data_or_positional_files_alike(tmp_path):

@@ -93,6 +93,26 @@ def test_resume_refuses_changed_flags_and_data(tmp_path, corpus):
     assert r.returncode != 0 and "--overwrite" in r.stderr
 
 
+def test_resume_refuses_a_stop_at_the_checkpoint_has_passed(tmp_path, corpus):
+    """--stop-at stops at that step only: `--resume --stop-at N` with N <= the checkpoint's step
+    ran on to the end. It is refused naming --stop-at and the saved step, before anything is
+    written; a later N stops there."""
+    out = tmp_path / "o"
+    common = [*TINY, "--batch-size", "2", "--steps", "5", "--quiet", *corpus]
+    ok("pretrain", "--out", out, "--stop-at", "3", *common)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    for n in (2, 3):
+        r = fdpo("pretrain", "--out", out, "--resume", "--stop-at", n, "--quiet", *corpus)
+        assert r.returncode == 1 and r.stderr.splitlines()[-1] == (
+            f"fdpo pretrain: --stop-at: {n} is not after the saved run's step 3 (the checkpoint in {out}): "
+            "give a later step, or leave --stop-at out to run to the end"), r.stderr
+        assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    ok("pretrain", "--out", out, "--resume", "--stop-at", "4", "--quiet", *corpus)
+    assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4]
+    ok("pretrain", "--out", out, "--resume", "--quiet", *corpus)
+    assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4, 5]
+
+
 def test_val_fraction_is_the_old_name_of_eval_fraction(tmp_path, corpus):
     """--eval-fraction is the held-out share of every training command (it was pretrain/sft's
     --val-fraction before wave 28): the old flag still works with a deprecation note, and a

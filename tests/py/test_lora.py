@@ -430,6 +430,51 @@ def test_sft_lora_resume_is_exact(tmp_path):
         assert (tmp_path / "full" / f).read_bytes() == (tmp_path / "split" / f).read_bytes(), f
 
 
+@pytest.mark.parametrize("cmd", ["sft", "dpo"])
+def test_resume_can_neither_drop_nor_add_the_adapters(tmp_path, cmd):
+    """--lora-r is a fixed setting at 0 too (every run records it): `--resume --lora-r 0` on a
+    LoRA run was accepted, and its state was saved without any lora-* setting, after which
+    `--resume --lora-r 8 --lora-alpha 64` was accepted as well (the adapter stayed r=2). A
+    state saved before lora-r was always recorded (a full fine-tune without the key) resumes."""
+    base = make_gpt2(tmp_path / "base")
+    write_jsonl(tmp_path / "sft.jsonl", sft_rows())
+    write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    extra = ["--seq-len", 32] if cmd == "sft" else ["--ref-cache-dir", tmp_path / "cache"]
+
+    def run(out, *a):
+        return fdpo(cmd, "--model", base, "--data", tmp_path / ("sft.jsonl" if cmd == "sft" else "pairs.jsonl"),
+                    "--out", out, "--steps", 4, "--batch-size", 2, "--threads", 1, "--quiet", "--eval-every", 0,
+                    *extra, *a, check=False)
+
+    def refused(r, message):
+        assert r.returncode == 1 and r.stderr.splitlines()[-1] == f"fdpo {cmd}: {message}", r.stderr
+
+    lo, fu = tmp_path / "lora", tmp_path / "full"
+    assert run(lo, "--lora-r", 2, "--stop-at", 1).returncode == 0
+    before = {f.name: f.read_bytes() for f in lo.iterdir()}
+    refused(run(lo, "--resume", "--lora-r", 0, "--stop-at", 2),
+            "--lora-r: 0 differs from the saved run's 2 (it cannot change on --resume)")
+    assert {f.name: f.read_bytes() for f in lo.iterdir()} == before
+    refused(run(lo, "--resume", "--lora-r", 8, "--lora-alpha", 64, "--stop-at", 2),
+            "--lora-r: 8 differs from the saved run's 2 (it cannot change on --resume)")
+    assert run(lo, "--resume", "--stop-at", 2).returncode == 0   # the saved LoRA settings apply
+    state = json.loads((lo / "training_state.json").read_text())
+    assert state["step"] == 2 and state["settings"]["lora-r"] == 2 and state["settings"]["lora-alpha"] == 8
+    # a full fine-tune records lora-r 0: adapters cannot be added on --resume
+    assert run(fu, "--stop-at", 1).returncode == 0
+    state = json.loads((fu / "training_state.json").read_text())
+    assert state["settings"]["lora-r"] == 0 and "lora-r" in state["fixed"] and "lora-alpha" not in state["settings"]
+    refused(run(fu, "--resume", "--lora-r", 2, "--stop-at", 2),
+            "--lora-r: 2 differs from the saved run's 0 (it cannot change on --resume)")
+    # what a full fine-tune saved before: no lora key at all; it resumes, and records lora-r 0 now
+    del state["settings"]["lora-r"]
+    state["fixed"].remove("lora-r")
+    (fu / "training_state.json").write_text(json.dumps(state))
+    assert run(fu, "--resume", "--stop-at", 2).returncode == 0
+    state = json.loads((fu / "training_state.json").read_text())
+    assert state["step"] == 2 and state["settings"]["lora-r"] == 0 and "lora-r" in state["fixed"]
+
+
 # run by a fresh interpreter (without torch): fork + exec fdpo, print the child's ru_maxrss (KiB)
 RSS_PROBE = """import os, sys
 pid = os.fork()
@@ -503,6 +548,19 @@ def test_bad_lora_flags_are_refused(tmp_path):
     # an adapter on a model of the other family
     r = fdpo("merge", "--lora", tmp_path / "ad", "--model", llama, "--out", tmp_path / "m", check=False)
     assert r.returncode != 0 and "adapter_config.json: fan_in_fan_out true does not fit this llama" in r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["sft", "dpo", "kto", "rm", "rl", "online"])
+def test_lora_alpha_without_lora_r_is_refused_as_targets_and_dropout_are(tmp_path, cmd):
+    """--lora-alpha alone was silently ignored (--lora-targets and --lora-dropout alone were refused)"""
+    base = make_gpt2(tmp_path / "base")
+    (tmp_path / "d").write_text("")
+    loop = ["--reward", "length"] if cmd in ("rl", "online") else []
+    for flag, value in [("--lora-alpha", 16), ("--lora-dropout", 0.1), ("--lora-targets", "c_attn")]:
+        r = fdpo(cmd, "--model", base, "--data", tmp_path / "d", "--out", tmp_path / "o", *loop, flag, value,
+                 check=False)
+        assert r.returncode == 1 and r.stderr == f"fdpo {cmd}: {flag}: has no effect without --lora-r R\n", r.stderr
+        assert not (tmp_path / "o").exists()
 
 
 def write_peft(d, base_cfg_layers, modules, dims, r, alpha, dropout, targets, seed=5, extra=None):

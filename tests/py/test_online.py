@@ -590,6 +590,37 @@ def test_a_prompt_too_long_for_the_model_fails_the_run_at_its_start(setup, tmp_p
     assert not (tmp_path / "o" / "round-0").exists()
 
 
+@pytest.mark.parametrize("cmd", ["rounds", "step", "rl"])
+@pytest.mark.parametrize("bad,message", [
+    (["--lr", -1, "--seed", -1], "--lr: -1 must be >= 0"),   # the first of the two, as sft names it
+    (["--seed", -1], "--seed: -1 must be >= 0"),
+    (["--warmup-steps", -4], "--warmup-steps: -4 must be >= 0"),
+    (["--min-lr-ratio", 5], "--min-lr-ratio: 5 is not in [0, 1]"),
+    (["--grad-clip", -1], "--grad-clip: -1 must be >= 0"),
+    (["--log-every", 0], "--log-every: 0 must be >= 1"),
+    (["--save-every", -1], "--save-every: -1 must be >= 0"),
+    (["--stop-at", -1], "--stop-at: -1 must be >= 0"),
+    (["--lora-targets", "c_fc"], "--lora-targets: has no effect without --lora-r R"),
+])
+def test_the_shared_training_flags_are_checked_as_sft_checks_them(setup, tmp_path, cmd, bad, message):
+    """rl and online (both modes) run the shared check of the training options (fdpo_train_opts_check)
+    before anything is sampled: they trained with --lr -1 (rounds mode refused it only after
+    round 0 had sampled and scored, "round 0: f-DPO on ...: --lr: ...") and took --seed -1,
+    --log-every 0, --lora-targets without --lora-r. The message is sft's, and nothing is written."""
+    (tmp_path / "sft.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    r = fdpo("sft", "--model", setup / "model", "--data", tmp_path / "sft.jsonl", "--out", tmp_path / "sft", *bad,
+             check=False)
+    assert r.returncode == 1 and r.stderr == f"fdpo sft: {message}\n", r.stderr
+    common = ["--model", setup / "model", "--data", setup / "prompts.txt", "--reward", "length", "--out", tmp_path / "o",
+              "--n", 2, "--max-new-tokens", 4, "--threads", 1, "--quiet"]
+    args = {"rounds": ["online", "--rounds", 1, "--prompts-per-round", 2],
+            "step": ["online", "--mode", "step", "--steps", 2, "--prompts-per-round", 2],
+            "rl": ["rl", "--steps", 2, "--prompts-per-step", 1]}[cmd]
+    r = fdpo(*args, *common, *bad, check=False)
+    assert r.returncode == 1 and r.stderr == f"fdpo {args[0]}: {message}\n", r.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "sft").exists()
+
+
 def test_step_mode_shows_progress_unless_quiet(setup, tmp_path):
     """long work shows progress: step mode's trainer line (it printed nothing, --quiet or not)"""
     small = ["--mode", "step", "--steps", 2, "--n", 2, "--prompts-per-round", 2, "--threads", 1]
