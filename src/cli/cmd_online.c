@@ -39,6 +39,8 @@ int cmd_online(int argc, char **argv) {
     n = train_flags_add_except(flags, n, &o.dpo.train, NOT_FOR_ONLINE);
     train_flags_set_help(flags, n, "out", "run directory: round-K/ checkpoints, round-K.pairs.jsonl, metrics.jsonl (required)");
     train_flags_set_help(flags, n, "resume", "rounds: continue after the last complete round in --out; step: continue the saved run bit-exactly");
+    train_flags_set_help(flags, n, "overwrite", "--mode step: start a fresh run even if --out holds one (rounds mode refuses it)");
+    train_flags_set_help(flags, n, "stop-at", "--mode step: save and stop after this step, as if interrupted (rounds mode refuses it)");
     train_flags_set_help(flags, n, "batch-size", "pairs per micro-batch of each round's f-DPO");
     train_flags_set_help(flags, n, "epochs", "passes over each round's pairs (when --steps is 0)");
     train_flags_set_default(flags, n, "lr", "1e-4");

@@ -489,7 +489,8 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     if (fdpo_online_opts_check(o)) return -1;
     /* a round is redone, never resumed half-way: the trainer's mid-run stop and restart do not apply */
     if (o->dpo.train.stop_at > 0 || o->dpo.train.overwrite)
-        return fdpo_error("--stop-at, --overwrite: --mode step only (rounds mode resumes after the last complete round)");
+        return fdpo_error("%s: --mode step only (rounds mode resumes after the last complete round)",
+                          o->dpo.train.stop_at > 0 ? "--stop-at" : "--overwrite");
     if (o->rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->rounds);
     if (o->pairs_bt && (!(o->bt_scale > 0) || !isfinite(o->bt_scale))) return fdpo_error("--bt-scale: must be > 0 (got %g)", o->bt_scale);
     char **prompts = NULL;

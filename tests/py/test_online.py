@@ -184,7 +184,8 @@ def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_pat
     (["--pairing", "all-bt", "--bt-scale", "0"], "--bt-scale"),
     (["--ref-logps", "some"], "--ref-logps: 'some' is not pairs or all"),
     (["--loss", "simpo"], "--loss simpo: online f-DPO needs a reference"),
-    (["--stop-at", "1"], "--stop-at, --overwrite: --mode step only"),
+    (["--stop-at", "1"], "--stop-at: --mode step only (rounds mode resumes after the last complete round)"),
+    (["--overwrite"], "--overwrite: --mode step only (rounds mode resumes after the last complete round)"),
 ])
 def test_bad_flags(setup, tmp_path, args, needle):
     r = online(setup, tmp_path / "bad", *args, check=False)
