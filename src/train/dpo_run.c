@@ -236,6 +236,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     fdpo_gpt2_config pcfg;
     int crc = fdpo_checkpoint_load_config(shape_dir, &pcfg);   /* a LoRA checkpoint: its base's */
     if (crc) { fdpo_error_context("--model %s", policy_dir); goto done; }
+    if (fdpo_trainer_check_lm(&pcfg, shape_dir == policy_dir ? "--model" : "--resume", shape_dir)) goto done;
     if (popt.max_length == 0) popt.max_length = pcfg.n_positions;
     if (popt.max_length > pcfg.n_positions) {
         fdpo_error("--max-length %zu exceeds the policy's n_positions %zu", popt.max_length, pcfg.n_positions);
@@ -272,7 +273,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     const int ref_is_base = to->lora_r > 0 && o->ref_live && !o->ref && !fdpo_lora_is_checkpoint(policy_dir);
     if (!simpo && !ref_is_base) {
         const char *ref_dir = o->ref ? o->ref : policy_dir;
-        if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }
+        if (!(ref = fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", ref_dir))) goto done;
         if (ref->config.vocab_size != pcfg.vocab_size) {
             fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", ref_dir, ref->config.vocab_size, pcfg.vocab_size);
             goto done;

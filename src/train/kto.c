@@ -196,12 +196,10 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     fdpo_pref_options popt = o->pref;
 
     fdpo_gpt2_config pcfg;   /* a LoRA checkpoint's shape is its base's */
-    int crc = fdpo_checkpoint_load_config(to->resume && to->lora_r <= 0 ? to->out : to->init, &pcfg);
+    const int shape_is_out = to->resume && to->lora_r <= 0;
+    int crc = fdpo_checkpoint_load_config(shape_is_out ? to->out : to->init, &pcfg);
     if (crc) { fdpo_error_context("--model %s", to->init); goto done; }
-    if (pcfg.num_labels) {
-        fdpo_error("--model %s: a reward model (GPT2ForSequenceClassification), not a language model to align", to->init);
-        goto done;
-    }
+    if (fdpo_trainer_check_lm(&pcfg, shape_is_out ? "--resume" : "--model", shape_is_out ? to->out : to->init)) goto done;
     if (popt.max_length == 0) popt.max_length = pcfg.n_positions;
     if (popt.max_length > pcfg.n_positions) {
         fdpo_error("--max-length %zu exceeds the model's n_positions %zu", popt.max_length, pcfg.n_positions);
@@ -234,10 +232,9 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
      * (unless --model is a LoRA checkpoint being continued: then it is that checkpoint) */
     const char *ref_dir = o->ref ? o->ref : to->init;
     if (to->lora_r > 0 && !o->ref && !fdpo_lora_is_checkpoint(to->init)) goto open;
-    if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }
-    if (ref->config.vocab_size != pcfg.vocab_size || ref->config.num_labels) {
-        fdpo_error("--ref %s: not a language model with the policy's vocab_size %zu%s", ref_dir, pcfg.vocab_size,
-                   ref->config.num_labels ? " (it is a reward model)" : "");
+    if (!(ref = fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", ref_dir))) goto done;
+    if (ref->config.vocab_size != pcfg.vocab_size) {
+        fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", ref_dir, ref->config.vocab_size, pcfg.vocab_size);
         goto done;
     }
     if (popt.max_length > ref->config.n_positions) {
