@@ -259,6 +259,34 @@ def test_simpo_refuses_an_explicit_divergence(tmp_path):
     assert r.returncode == 1 and "ignores the divergence" not in r.stderr and "none" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("flags,msg", [
+    (["--ref", "/nonexistent"], "--ref /nonexistent: --loss simpo uses no reference model; drop --ref or pick another --loss"),
+    (["--ref-live"], "--ref-live: --loss simpo uses no reference model; drop --ref-live or pick another --loss"),
+    (["--ref-cache-dir", "c"], "--ref-cache-dir c: --loss simpo uses no reference model (nothing is cached); drop "
+                               "--ref-cache-dir or pick another --loss"),
+])
+def test_simpo_refuses_the_reference_flags(tmp_path, flags, msg):
+    """SimPO is reference-free: --ref (even a path that does not exist) was accepted and saved as
+    the run's fixed reference, --ref-live and --ref-cache-dir were ignored"""
+    r = run("dpo", "--model", str(tmp_path / "none"), "--data", str(tmp_path / "none.jsonl"),
+            "--out", str(tmp_path / "o"), "--loss", "simpo", *flags)
+    assert r.returncode == 1 and r.stderr == f"fdpo dpo: {msg}\n", r.stderr
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "hinge", "ipo"])
+def test_simpo_gamma_without_simpo_is_refused(tmp_path, loss):
+    """as --label-smoothing with hinge: a --simpo-gamma other than its default with a loss that has
+    no gamma was accepted and unused; the default (0.5) given explicitly still passes the check"""
+    base = ["dpo", "--model", str(tmp_path / "none"), "--data", str(tmp_path / "none.jsonl"),
+            "--out", str(tmp_path / "o"), "--loss", loss]
+    r = run(*base, "--simpo-gamma", "0.3")
+    assert r.returncode == 1 and r.stderr == f"fdpo dpo: --simpo-gamma: only the simpo loss uses it, not {loss} (got 0.3)\n", r.stderr
+    r = run(*base, "--simpo-gamma", "0.5")
+    assert r.returncode == 1 and "--simpo-gamma" not in r.stderr and "none" in r.stderr, r.stderr
+    r = run(*base[:-1], "simpo", "--simpo-gamma", "0.3")
+    assert r.returncode == 1 and "--simpo-gamma" not in r.stderr and "none" in r.stderr, r.stderr
+
+
 def test_pretrain_takes_data_or_positional_files_alike(tmp_path):
     text = write(tmp_path / "t.txt", "hello world, " * 200)
     small = ["--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--n-positions", "16", "--seq-len", "16",
