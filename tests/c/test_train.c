@@ -115,6 +115,14 @@ START_TEST(trainer_defaults_are_the_library_s_and_pass_its_checks) {
     kto.eval_fraction = -0.5;
     ck_assert_int_ne(fdpo_kto_run_opts_check(&kto), 0);
     ck_assert_str_eq(fdpo_last_error(), "--eval-fraction: -0.5 is not in [0, 1)");
+    kto.eval_fraction = 0.1;
+    kto.train.batch_size = 1;   /* z0 would pair each example with its own prompt (TRL refuses it too) */
+    ck_assert_int_ne(fdpo_kto_run_opts_check(&kto), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--batch-size: KTO needs at least 2 examples per micro-batch (got 1): its KL "
+                                        "estimate pairs each completion with another example's prompt, and in a "
+                                        "micro-batch of 1 that is its own");
+    kto.train.batch_size = 2;
+    ck_assert_int_eq(fdpo_kto_run_opts_check(&kto), 0);
 
     fdpo_rl_run_opts rl;
     fdpo_rl_run_opts_default(&rl);
