@@ -61,7 +61,7 @@ int cmd_online(int argc, char **argv) {
     }
     if (train_flags_finish(flags, n, &o.dpo.train)) goto done;
     o.out = o.dpo.train.out;
-    if (online_flags_finish(&of, &o, (uint64_t)o.dpo.train.seed)) goto done;
+    if (online_flags_finish(&of, flags, n, &o, (uint64_t)o.dpo.train.seed, &o.reward, 1)) goto done;
     if (fdpo_divergence_parse(divergence, &o.dpo.dpo.loss.div)) { fdpo_error_context("--divergence"); goto done; }
     if (fdpo_loss_parse(loss, &o.dpo.dpo.loss.kind)) goto done;
     o.dpo.dpo.loss.beta = beta;   /* the loss (simpo, beta, divergence): checked by the library's run */

@@ -36,6 +36,7 @@ int cmd_pairs(int argc, char **argv) {
     if (!samples) return fdpo_error("--data: required (scored samples JSONL)");
     if (!out) return fdpo_error("--out: required");
     if (fdpo_reward_lexicon_check(lexicon, &reward_spec, 1)) return -1;
+    if (flags_was_set(flags, NFLAGS(flags), "reward-timeout") && fdpo_reward_timeout_check(timeout, &reward_spec, 1)) return -1;
     fdpo_set_threads((int)threads);
     const char *rm_dir = reward_spec && !strncmp(reward_spec, "rm:", 3) ? reward_spec + 3 : NULL;
     const char *const inputs[][2] = {{"--data", samples}, {"--reward", rm_dir}};

@@ -53,7 +53,8 @@ int cmd_sacpo(int argc, char **argv) {
     so.dpo = v.o;
     so.reward_spec = so.online.reward;
     so.online.reward = NULL;
-    if (online_flags_finish(&of, &so.online, (uint64_t)v.o.train.seed)) goto done;
+    const char *const specs[] = {so.reward_spec, so.safety_spec};
+    if (online_flags_finish(&of, flags, n, &so.online, (uint64_t)v.o.train.seed, specs, 2)) goto done;
     so.online.dpo = v.o;
     fdpo_online_round_dpo_opts(&so.online.dpo);
     so.lambdas = lambdas;

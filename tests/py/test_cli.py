@@ -325,3 +325,74 @@ def test_lexicon_with_afinn_as_the_safety_spec_is_used(tmp_path):
             tmp_path / "lex.json", "--data", tmp_path / "d.jsonl")
     assert r.returncode == 1
     assert "only used by" not in r.stderr
+
+
+# ---- flags that only one choice of another flag uses: given with another, refused (docs/cli.md) ----
+
+TIMEOUT_CMDS = [
+    ["pairs"],
+    ["pairs", "--reward", "length"],
+    ["score", "--model", "M"],
+    ["score", "--model", "M", "--reward", "afinn"],
+    ["eval", "--model", "M", "--ref", "R", "--reward", "length", "--safety", "lexicon:W"],
+    ["online", "--model", "M", "--reward", "afinn"],
+    ["online", "--mode", "step", "--model", "M", "--reward", "length"],
+    ["rl", "--model", "M", "--reward", "rm:R"],
+    ["sacpo", "--model", "M", "--reward", "length", "--safety", "lexicon:W", "--lambda", "1"],
+    ["sacpo", "--model", "M", "--reward-data", "p.jsonl", "--safety-data", "s.jsonl", "--lambda", "1"],
+]
+
+
+@pytest.mark.parametrize("value", ["30", "0", "-1"])
+@pytest.mark.parametrize("args", TIMEOUT_CMDS)
+def test_reward_timeout_without_a_cmd_reward_is_refused(tmp_path, args, value):
+    """--reward-timeout bounds a cmd: reward and nothing else; with another reward (or none) any
+    value, a negative or zero one included, was accepted and unused. Refused when given (the
+    library cannot tell 60 given from its default), in every command that has the flag, before
+    anything is read or OUT is made."""
+    out = tmp_path / "out"
+    r = run(*args, "--reward-timeout", value, "--data", str(tmp_path / "d.jsonl"), "--out", str(out))
+    assert r.returncode == 1
+    assert r.stderr == f"fdpo {args[0]}: --reward-timeout {value}: only used by a cmd:PROGRAM reward\n", r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["pairs", "--reward", "cmd:true"],
+    ["eval", "--model", "M", "--ref", "R", "--reward", "length", "--safety", "cmd:true"],
+    ["rl", "--model", "M", "--reward", "cmd:true"],
+    ["online", "--model", "M", "--reward", "cmd:true"],
+])
+def test_reward_timeout_with_a_cmd_reward_is_used_and_must_be_positive(tmp_path, args):
+    (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b", "reward": 1}\n')
+    r = run(*args, "--reward-timeout", "5", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "--reward-timeout" not in r.stderr, r.stderr   # fails later, on M
+    r = run(*args, "--reward-timeout", "0", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "--reward-timeout: 0 seconds; must be > 0" in r.stderr, r.stderr
+
+
+def test_grpo_eps_is_refused_with_rloo(tmp_path):
+    """--grpo-eps is GRPO's advantage epsilon: with --algo rloo it was accepted and unused"""
+    base = ["rl", "--model", str(tmp_path / "M"), "--data", str(tmp_path / "p.txt"), "--reward", "length",
+            "--out", str(tmp_path / "o"), "--grpo-eps", "0.001"]
+    for algo in ([], ["--algo", "rloo"]):
+        r = run(*base, *algo)
+        assert r.returncode == 1 and r.stderr == "fdpo rl: --grpo-eps 0.001: only used by --algo grpo\n", r.stderr
+    r = run(*base, "--algo", "grpo")
+    assert r.returncode == 1 and "--grpo-eps" not in r.stderr and "p.txt" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["online", "--model", "M", "--reward", "length"],
+    ["online", "--mode", "step", "--model", "M", "--reward", "length"],
+    ["sacpo", "--model", "M", "--reward", "length", "--safety", "lexicon:W", "--lambda", "1"],
+])
+def test_bt_scale_is_refused_without_all_bt_pairing(tmp_path, args):
+    """--bt-scale is the temperature of --pairing all-bt's Bradley-Terry labels: with the default
+    best-worst pairing it was accepted and unused"""
+    base = [*args, "--data", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"), "--bt-scale", "2"]
+    for pairing in ([], ["--pairing", "best-worst"]):
+        r = run(*base, *pairing)
+        assert r.returncode == 1 and r.stderr == f"fdpo {args[0]}: --bt-scale 2: only used by --pairing all-bt\n", r.stderr
+    r = run(*base, "--pairing", "all-bt")
+    assert r.returncode == 1 and "--bt-scale" not in r.stderr, r.stderr
