@@ -41,6 +41,8 @@ int cmd_online(int argc, char **argv) {
     train_flags_set_help(flags, n, "resume", "rounds: continue after the last complete round in --out; step: continue the saved run bit-exactly");
     train_flags_set_help(flags, n, "batch-size", "pairs per micro-batch of each round's f-DPO");
     train_flags_set_help(flags, n, "epochs", "passes over each round's pairs (when --steps is 0)");
+    train_flags_set_help(flags, n, "seed", "seed for sampling, --pairing all-bt labels, the order of each round's pairs and LoRA "
+                                           "adapters (init, dropout)");
     train_flags_set_default(flags, n, "lr", "1e-4");
     train_flags_set_default(flags, n, "schedule", "constant");
     train_flags_set_default(flags, n, "epochs", "1");

@@ -48,6 +48,7 @@ int cmd_rl(int argc, char **argv) {
     n = train_flags_add_except(flags, n, &o.train, NOT_FOR_RL);
     train_flags_set_help(flags, n, "out", "output checkpoint directory and metrics.jsonl (required)");
     train_flags_set_help(flags, n, "steps", "policy-gradient steps (each samples new groups)");
+    train_flags_set_help(flags, n, "seed", "seed for sampling (one stream per step, prompt and sample) and LoRA adapters (init, dropout)");
     train_flags_set_help(flags, n, "resume", "continue the run saved in --out bit-exactly (flags default to the saved ones)");
     train_flags_set_default(flags, n, "schedule", "constant");
     train_flags_set_default(flags, n, "lr", "1e-5");

@@ -30,6 +30,8 @@ int cmd_sacpo(int argc, char **argv) {
     train_flags_set_help(flags, n, "data", "prompts of the online stages: JSONL {\"prompt\"} or text, one per line");
     train_flags_set_help(flags, n, "model", "the checkpoint to align (required): each stage starts from the model before it, which is also its reference");
     train_flags_set_help(flags, n, "ref-update", "online stages: never only (each stage's reference is the model it starts from)");
+    train_flags_set_help(flags, n, "seed", "seed for each stage's held-out split and data order, the online stages' sampling and "
+                                           "labels, and LoRA adapters (init, dropout)");
     train_flags_set_help(flags, n, "reward", "run the reward stage online against this reward (afinn, lexicon:FILE, length, cmd:PROG, rm:DIR) instead of --reward-data");
     flags[n++] = (fdpo_flag){"safety", FLAG_STR, &so.safety_spec, NULL, "run the safety stage online against this safety signal (same specs as --reward) instead of --safety-data", 0};
     flags[n++] = (fdpo_flag){"lambda", FLAG_STR, &lambda_list, NULL, "safety multipliers, increasing, > 0: one model per value; the safety stage runs at beta/lambda (required)", 0};

@@ -79,6 +79,30 @@ def test_one_default_seed_everywhere():
                 assert line.rstrip().endswith("[1337]"), f"fdpo {cmd}: {line}"
 
 
+SEED_HELP = {
+    "pretrain": "seed for init, data split and data order",
+    "sft": "seed for init, data split and data order",
+    "dpo": "seed for the held-out split, the data order and LoRA adapters (init, dropout)",
+    "kto": "seed for the held-out split, the data order and LoRA adapters (init, dropout)",
+    "rm": "seed for the new score head of a language model (score.weight ~ N(0, 0.02)), the held-out split, the data "
+          "order and LoRA adapters (init, dropout)",
+    "rl": "seed for sampling (one stream per step, prompt and sample) and LoRA adapters (init, dropout)",
+    "online": "seed for sampling, --pairing all-bt labels, the order of each round's pairs and LoRA adapters "
+              "(init, dropout)",
+    "sacpo": "seed for each stage's held-out split and data order, the online stages' sampling and labels, and LoRA "
+             "adapters (init, dropout)",
+}
+
+
+@pytest.mark.parametrize("cmd", list(SEED_HELP))
+def test_seed_help_says_what_the_seed_seeds(cmd):
+    """every training command's --seed said "seed for init, data split and data order": dpo, kto,
+    rm, rl, online and sacpo start from --model (no init but LoRA adapters' and rm's new head),
+    and rl and online have no data split but sample"""
+    lines = [l for l in helptext(cmd).splitlines() if l.startswith("  --seed ")]
+    assert len(lines) == 1 and lines[0].split(None, 2)[2] == f"{SEED_HELP[cmd]} [1337]", lines
+
+
 @pytest.mark.parametrize("cmd", ["generate", "score", "eval", "pairs", "merge"])
 def test_a_stray_argument_is_refused(cmd, tmp_path):
     """commands without positional arguments refuse one (a forgotten flag name): it was dropped
