@@ -134,10 +134,15 @@ typedef struct {
     fdpo_pref_options pref;
     fdpo_dpo_config dpo;        /* micro_batch is taken from train.batch_size */
 } fdpo_dpo_run_opts;
+/* --simpo-gamma's default: another value with a loss other than simpo is refused. */
+#define FDPO_SIMPO_GAMMA_DEFAULT 0.5
 /* Defaults of `fdpo dpo` (train options included: lr 1e-6, linear schedule, eval every 50). */
 void fdpo_dpo_run_opts_default(fdpo_dpo_run_opts *o);
 /* The one check of a run's options (the train options, the loss, the data shaping); called
- * by fdpo_dpo_train. Errors name the option by its flag ("--beta: must be a finite number > 0 (got 0)"). */
+ * by fdpo_dpo_train. Errors name the option by its flag ("--beta: must be a finite number > 0 (got 0)").
+ * Options the run would not use are refused: with --loss simpo (no reference) --ref, --ref-live
+ * and --ref-cache-dir; with another loss a --simpo-gamma other than FDPO_SIMPO_GAMMA_DEFAULT
+ * (--ref and --simpo-gamma, fixed settings, only on a fresh run: a run saved before resumes). */
 int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o);
 /* The run's settings under their flag names, for training_state.json: the objective, data
  * shaping and reference are fixed on --resume; layout, ref-live and ref-cache-dir are kept

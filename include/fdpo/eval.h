@@ -169,6 +169,12 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o);
  * --reward afinn") when lexicon is set and none of specs[0..n) (NULL entries: not given) is
  * afinn or afinn:sum, instead of the file being silently ignored. */
 int fdpo_reward_lexicon_check(const char *lexicon, const char *const *specs, size_t n);
+/* --reward-timeout bounds a cmd: reward's exchange and nothing else: given with none of
+ * specs[0..n) (NULL entries: not given) a cmd: spec it would be unused, and is an error
+ * ("--reward-timeout 30: only used by a cmd:PROGRAM reward"). Call it when the timeout was given:
+ * a caller that cannot tell (the library: 60 is also the default) leaves it; its range (> 0) is
+ * fdpo_reward_create's check of a cmd: reward. */
+int fdpo_reward_timeout_check(double timeout_s, const char *const *specs, size_t n);
 void fdpo_reward_free(fdpo_reward *r);
 const char *fdpo_reward_spec(const fdpo_reward *r);
 /* 1 when r scores token counts (length), which fdpo_reward_score then needs in n_tokens */

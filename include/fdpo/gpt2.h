@@ -200,6 +200,11 @@ void fdpo_gpt2_zero_grad(fdpo_gpt2 *m);
 void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp);
 /* 1 if two configs describe the same architecture (family, every shape, epsilon, rope). */
 int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b);
+/* The fields in which a and b differ, of those fdpo_gpt2_config_equal compares (0: equal), written
+ * to buf (may be NULL) as "name A vs B" joined by ", " under config.json's names, e.g.
+ * "architectures GPT2ForSequenceClassification vs GPT2LMHeadModel, num_labels 1 vs 0" or
+ * "rope_theta 10000 vs 500000"; cut at size. The one list of those fields (equal is diff == 0). */
+size_t fdpo_gpt2_config_diff(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b, char *buf, size_t size);
 /* h chained (fdpo_hash64) over exactly the fields fdpo_gpt2_config_equal compares: equal
  * configs hash equal, and a change to any of them (a Llama's rope_theta) changes the hash. */
 uint64_t fdpo_gpt2_config_hash(uint64_t h, const fdpo_gpt2_config *c);

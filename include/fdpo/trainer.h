@@ -304,10 +304,23 @@ typedef struct {
 /* Load the tokenizer a run uses: OUT's on --resume, else --tokenizer DIR, else --init's
  * directory, else byte-level. */
 fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o);
+/* The one check that a language-model trainer's policy or reference (pretrain, sft, dpo, kto,
+ * rl, online, sacpo; not rm, which also continues a reward model) is a language model: a
+ * reward model (num_labels > 0, <Family>ForSequenceClassification) is refused, naming the
+ * flag and directory it came from:
+ *   "--model DIR: a reward model (GPT2ForSequenceClassification), not a language model to align"
+ *   "--ref DIR: a reward model (...), not a language model to serve as the reference"
+ * 0 when c is a language model. fdpo_trainer_open applies it to the policy of every kind but
+ * "rm"; fdpo_trainer_load_lm to a reference. */
+int fdpo_trainer_check_lm(const fdpo_gpt2_config *c, const char *flag, const char *dir);
+/* fdpo_checkpoint_load_model(dir) for a policy or reference: NULL with the error naming
+ * FLAG DIR when it does not load or is a reward model (fdpo_trainer_check_lm). */
+fdpo_gpt2 *fdpo_trainer_load_lm(const char *flag, const char *dir);
 /* Set threads, recover/prepare OUT, build the model (resume: OUT; init: CKPT; else random
  * with the shape options and the tokenizer's vocab), the optimizer, the state (resume:
  * loaded and checked against data_hash, n_items and the fixed settings), open metrics and
- * the progress line. kind: "pretrain", "sft", "dpo". */
+ * the progress line. kind: "pretrain", "sft", "dpo", "kto", "rm", "rl", "online-step"; every
+ * kind but "rm" refuses a reward model as the starting policy (fdpo_trainer_check_lm). */
 int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *kind,
                       const fdpo_tokenizer *tok, size_t n_items, uint64_t data_hash,
                       const fdpo_settings *extra);   /* the command's own settings, or NULL */

@@ -155,6 +155,7 @@ int cmd_eval(int argc, char **argv) {
         rc = fdpo_eval_config_check(&early);
         const char *const specs[] = {reward_spec, safety_spec};
         if (!rc) rc = fdpo_reward_lexicon_check(lexicon, specs, 2);
+        if (!rc && flags_was_set(flags, n_flags, "reward-timeout")) rc = fdpo_reward_timeout_check(reward_timeout, specs, 2);
         if (!rc && !pairs_path) rc = fdpo_beta_check(beta);   /* unused without --pairs, but not a beta */
     }
     /* a flag the run would not use is refused, not ignored (docs/cli.md) */

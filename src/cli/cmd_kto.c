@@ -36,7 +36,8 @@ int cmd_kto(int argc, char **argv) {
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
     n = pref_data_flags_add(flags, n, &data, &o.eval_fraction, &o.eval_file, "examples");
     n = train_flags_add_except(flags, n, &o.train, NOT_FOR_KTO);
-    train_flags_set_help(flags, n, "batch-size", "examples per micro-batch (the KL reference point is estimated within it)");
+    train_flags_set_help(flags, n, "batch-size", "examples per micro-batch, at least 2 (the KL reference point z0 pairs each with another example of it)");
+    train_flags_set_help(flags, n, "seed", SEED_HELP_PREF);   /* no init: the model is --model */
     train_flags_set_default(flags, n, "lr", "1e-6");
     train_flags_set_default(flags, n, "schedule", "linear");
     train_flags_set_default(flags, n, "eval-every", "50");

@@ -43,6 +43,8 @@ int cmd_online(int argc, char **argv) {
     train_flags_set_help(flags, n, "stop-at", "--mode step: save and stop after this step, as if interrupted (rounds mode refuses it)");
     train_flags_set_help(flags, n, "batch-size", "pairs per micro-batch of each round's f-DPO");
     train_flags_set_help(flags, n, "epochs", "passes over each round's pairs (when --steps is 0)");
+    train_flags_set_help(flags, n, "seed", "seed for sampling, --pairing all-bt labels, the order of each round's pairs and LoRA "
+                                           "adapters (init, dropout)");
     train_flags_set_default(flags, n, "lr", "1e-4");
     train_flags_set_default(flags, n, "schedule", "constant");
     train_flags_set_default(flags, n, "epochs", "1");
@@ -63,7 +65,7 @@ int cmd_online(int argc, char **argv) {
     }
     if (train_flags_finish(flags, n, &o.dpo.train)) goto done;
     o.out = o.dpo.train.out;
-    if (online_flags_finish(&of, &o, (uint64_t)o.dpo.train.seed)) goto done;
+    if (online_flags_finish(&of, flags, n, &o, (uint64_t)o.dpo.train.seed, &o.reward, 1)) goto done;
     if (fdpo_divergence_parse(divergence, &o.dpo.dpo.loss.div)) { fdpo_error_context("--divergence"); goto done; }
     if (fdpo_loss_parse(loss, &o.dpo.dpo.loss.kind)) goto done;
     o.dpo.dpo.loss.beta = beta;   /* the loss (simpo, beta, divergence): checked by the library's run */

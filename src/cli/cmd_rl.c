@@ -48,6 +48,7 @@ int cmd_rl(int argc, char **argv) {
     n = train_flags_add_except(flags, n, &o.train, NOT_FOR_RL);
     train_flags_set_help(flags, n, "out", "output checkpoint directory and metrics.jsonl (required)");
     train_flags_set_help(flags, n, "steps", "policy-gradient steps (each samples new groups)");
+    train_flags_set_help(flags, n, "seed", "seed for sampling (one stream per step, prompt and sample) and LoRA adapters (init, dropout)");
     train_flags_set_help(flags, n, "resume", "continue the run saved in --out bit-exactly (flags default to the saved ones)");
     train_flags_set_default(flags, n, "schedule", "constant");
     train_flags_set_default(flags, n, "lr", "1e-5");
@@ -61,6 +62,12 @@ int cmd_rl(int argc, char **argv) {
     if (n_pos > 0) { fdpo_error("unexpected argument '%s'", pos[0]); goto done; }
     if (train_flags_finish(flags, n, &o.train)) goto done;
     if (fdpo_rl_algo_parse(algo, &o.rl.algo)) goto done;
+    /* flags the run would not use (docs/cli.md); the library cannot tell them from their defaults */
+    if (o.rl.algo != FDPO_RL_GRPO && flags_was_set(flags, n, "grpo-eps")) {
+        fdpo_error("--grpo-eps %g: only used by --algo grpo", o.rl.grpo_eps);
+        goto done;
+    }
+    if (flags_was_set(flags, n, "reward-timeout") && fdpo_reward_timeout_check(timeout, &o.reward, 1)) goto done;
     if (fdpo_divergence_parse(divergence, &o.rl.div)) { fdpo_error_context("--divergence"); goto done; }
     o.rl.k = (size_t)k;   /* >= 2: fdpo_rl_config_check; --top-k, --max-new-tokens: fdpo_sample_config_check */
     o.reward_opts.timeout_s = timeout;

@@ -32,6 +32,8 @@ int cmd_sacpo(int argc, char **argv) {
     train_flags_set_help(flags, n, "data", "prompts of the online stages: JSONL {\"prompt\"} or text, one per line");
     train_flags_set_help(flags, n, "model", "the checkpoint to align (required): each stage starts from the model before it, which is also its reference");
     train_flags_set_help(flags, n, "ref-update", "online stages: never only (each stage's reference is the model it starts from)");
+    train_flags_set_help(flags, n, "seed", "seed for each stage's held-out split and data order, the online stages' sampling and "
+                                           "labels, and LoRA adapters (init, dropout)");
     train_flags_set_help(flags, n, "reward", "run the reward stage online against this reward (afinn, lexicon:FILE, length, cmd:PROG, rm:DIR) instead of --reward-data");
     flags[n++] = (fdpo_flag){"safety", FLAG_STR, &so.safety_spec, NULL, "run the safety stage online against this safety signal (same specs as --reward) instead of --safety-data", 0};
     flags[n++] = (fdpo_flag){"lambda", FLAG_STR, &lambda_list, NULL, "safety multipliers, increasing, > 0: one model per value; the safety stage runs at beta/lambda (required)", 0};
@@ -55,7 +57,8 @@ int cmd_sacpo(int argc, char **argv) {
     so.dpo = v.o;
     so.reward_spec = so.online.reward;
     so.online.reward = NULL;
-    if (online_flags_finish(&of, &so.online, (uint64_t)v.o.train.seed)) goto done;
+    const char *const specs[] = {so.reward_spec, so.safety_spec};
+    if (online_flags_finish(&of, flags, n, &so.online, (uint64_t)v.o.train.seed, specs, 2)) goto done;
     so.online.dpo = v.o;
     fdpo_online_round_dpo_opts(&so.online.dpo);
     so.lambdas = lambdas;

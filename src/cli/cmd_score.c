@@ -28,6 +28,9 @@ int cmd_score(int argc, char **argv) {
     if (rc == FLAGS_HELP) return 0;
     if (rc) return -1;
     if (fdpo_score_opts_check(&o)) return -1;
+    /* given without a cmd: reward it would be unused (the library cannot tell it from its default) */
+    if (flags_was_set(flags, NFLAGS(flags), "reward-timeout") && fdpo_reward_timeout_check(o.reward_opts.timeout_s, &o.reward, 1))
+        return -1;
     if (fdpo_set_precision(precision)) return -1;
     fdpo_set_threads((int)threads);
     const char *const inputs[][2] = {{"--data", o.data}, {"--model", o.model}, {"--ref", o.ref}};

@@ -12,6 +12,9 @@
 #include "fdpo/dpo.h"
 
 #define DPO_FLAGS_MAX (TRAIN_FLAGS_MAX + 24)
+/* --seed of the preference trainers (dpo, kto; rm and sacpo say more): what it seeds there, as
+ * the shared table's "init, data split and data order" is pretrain's and sft's */
+#define SEED_HELP_PREF "seed for the held-out split, the data order and LoRA adapters (init, dropout)"
 
 /* The data-shaping flags of every preference trainer (dpo, rm, kto): --max-length,
  * --max-prompt-length, --on-long, --bad-pairs, --eval-fraction, --eval-file. */

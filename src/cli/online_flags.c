@@ -2,6 +2,7 @@
 #include <string.h>
 #include "cli/online_flags.h"
 #include "fdpo/core.h"
+#include "fdpo/eval.h"
 
 size_t online_flags_add(online_flags *v, fdpo_online_opts *o, fdpo_flag *f, size_t n) {
     memset(v, 0, sizeof *v);   /* flags without a default (--stop) keep NULL unless given */
@@ -27,13 +28,18 @@ size_t online_flags_add(online_flags *v, fdpo_online_opts *o, fdpo_flag *f, size
     return n;
 }
 
-int online_flags_finish(const online_flags *v, fdpo_online_opts *o, uint64_t seed) {
+int online_flags_finish(const online_flags *v, const fdpo_flag *flags, size_t n, fdpo_online_opts *o, uint64_t seed,
+                        const char *const *specs, size_t n_specs) {
     if (!strcmp(v->ref_update, "never")) o->ref_update_round = 0;
     else if (!strcmp(v->ref_update, "round")) o->ref_update_round = 1;
     else return fdpo_error("--ref-update: '%s' is not never or round", v->ref_update);
     if (!strcmp(v->pairs_mode, "best-worst")) o->pairs_bt = 0;
     else if (!strcmp(v->pairs_mode, "all-bt")) o->pairs_bt = 1;
     else return fdpo_error("--pairing: '%s' is not best-worst or all-bt", v->pairs_mode);
+    /* flags the run would not use (docs/cli.md); the library cannot tell them from their defaults */
+    if (!o->pairs_bt && flags_was_set(flags, n, "bt-scale"))
+        return fdpo_error("--bt-scale %g: only used by --pairing all-bt", o->bt_scale);
+    if (flags_was_set(flags, n, "reward-timeout") && fdpo_reward_timeout_check(v->timeout, specs, n_specs)) return -1;
     if (!strcmp(v->ref_logps, "pairs")) o->ref_logps_pairs = 1;
     else if (!strcmp(v->ref_logps, "all")) o->ref_logps_pairs = 0;
     else return fdpo_error("--ref-logps: '%s' is not pairs or all", v->ref_logps);

@@ -22,6 +22,9 @@ typedef struct {
 
 /* Appends the ONLINE_FLAGS_N flags at f + n; returns the new count. */
 size_t online_flags_add(online_flags *v, fdpo_online_opts *o, fdpo_flag *f, size_t n);
-/* The parsed text flags -> o (seed: the sampling seed); errors name the flag. */
-int online_flags_finish(const online_flags *v, fdpo_online_opts *o, uint64_t seed);
+/* The parsed text flags -> o (seed: the sampling seed); errors name the flag. flags[0..n) is the
+ * command's parsed table: a flag given that the run would not use is refused (--bt-scale without
+ * --pairing all-bt, --reward-timeout without a cmd: spec among specs[0..n_specs)). */
+int online_flags_finish(const online_flags *v, const fdpo_flag *flags, size_t n, fdpo_online_opts *o, uint64_t seed,
+                        const char *const *specs, size_t n_specs);
 #endif

@@ -615,6 +615,12 @@ int fdpo_reward_lexicon_check(const char *lexicon, const char *const *specs, siz
     return fdpo_error("--lexicon %s: only used by --reward afinn (or afinn:sum)", lexicon);
 }
 
+int fdpo_reward_timeout_check(double timeout_s, const char *const *specs, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (specs[i] && !strncmp(specs[i], "cmd:", 4)) return 0;
+    return fdpo_error("--reward-timeout %g: only used by a cmd:PROGRAM reward", timeout_s);
+}
+
 void fdpo_reward_free(fdpo_reward *r) {
     if (!r) return;
     lex_free(&r->lex);

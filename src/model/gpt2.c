@@ -3,6 +3,7 @@
 #include <limits.h>
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/gpt2.h"
@@ -1000,17 +1001,67 @@ void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, 
     }
 }
 
+/* One differing field of fdpo_gpt2_config_diff: "name A vs B" appended to buf (", " between). */
+typedef struct { char *buf; size_t size, len, n; } config_diff;
+
+static void diff_add(config_diff *d, const char *name, const char *va, const char *vb) {
+    d->n++;
+    if (!d->buf || d->len >= d->size) return;
+    int k = snprintf(d->buf + d->len, d->size - d->len, "%s%s %s vs %s", d->n > 1 ? ", " : "", name, va, vb);
+    if (k > 0) d->len += (size_t)k;
+}
+
+static void diff_size(config_diff *d, const char *name, size_t a, size_t b) {
+    if (a == b) return;
+    char va[32], vb[32];
+    snprintf(va, sizeof va, "%zu", a);
+    snprintf(vb, sizeof vb, "%zu", b);
+    diff_add(d, name, va, vb);
+}
+
+static void diff_num(config_diff *d, const char *name, double a, double b) {
+    if (a == b) return;
+    char va[32], vb[32];
+    snprintf(va, sizeof va, "%g", a);
+    snprintf(vb, sizeof vb, "%g", b);
+    if (!strcmp(va, vb)) { snprintf(va, sizeof va, "%.17g", a); snprintf(vb, sizeof vb, "%.17g", b); }
+    diff_add(d, name, va, vb);
+}
+
+/* The fields that make two configs one architecture, each compared once: equal, hash (below)
+ * and the messages that name what differs read this list. */
+size_t fdpo_gpt2_config_diff(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b, char *buf, size_t size) {
+    config_diff d = {buf, size, 0, 0};
+    if (buf && size) buf[0] = 0;
+    if (a->arch != b->arch || (a->num_labels > 0) != (b->num_labels > 0))
+        diff_add(&d, "architectures", fdpo_gpt2_architecture(a, a->num_labels > 0), fdpo_gpt2_architecture(b, b->num_labels > 0));
+    diff_size(&d, "num_labels", a->num_labels, b->num_labels);
+    diff_size(&d, "n_layer", a->n_layer, b->n_layer);
+    diff_size(&d, "n_embd", a->n_embd, b->n_embd);
+    diff_size(&d, "n_head", a->n_head, b->n_head);
+    diff_size(&d, "vocab_size", a->vocab_size, b->vocab_size);
+    diff_size(&d, "n_positions", a->n_positions, b->n_positions);
+    diff_num(&d, "layer_norm_epsilon", a->layer_norm_epsilon, b->layer_norm_epsilon);
+    if (a->arch == FDPO_ARCH_LLAMA && b->arch == FDPO_ARCH_LLAMA) {
+        diff_size(&d, "num_key_value_heads", a->n_kv_head, b->n_kv_head);
+        diff_size(&d, "intermediate_size", a->intermediate_size, b->intermediate_size);
+        diff_size(&d, "head_dim", a->head_dim, b->head_dim);
+        diff_num(&d, "rope_theta", a->rope_theta, b->rope_theta);
+        diff_size(&d, "tie_word_embeddings", (size_t)a->tie_word_embeddings, (size_t)b->tie_word_embeddings);
+        diff_size(&d, "qkv_bias", (size_t)a->qkv_bias, (size_t)b->qkv_bias);
+        diff_size(&d, "o_bias", (size_t)a->o_bias, (size_t)b->o_bias);
+        diff_size(&d, "mlp_bias", (size_t)a->mlp_bias, (size_t)b->mlp_bias);
+        diff_num(&d, "rope_scaling.factor", a->rope_factor, b->rope_factor);
+        diff_num(&d, "rope_scaling.low_freq_factor", a->rope_low_freq_factor, b->rope_low_freq_factor);
+        diff_num(&d, "rope_scaling.high_freq_factor", a->rope_high_freq_factor, b->rope_high_freq_factor);
+        diff_size(&d, "rope_scaling.original_max_position_embeddings", a->rope_original_max_position,
+                  b->rope_original_max_position);
+    }
+    return d.n;
+}
+
 int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b) {
-    int same = a->arch == b->arch && a->vocab_size == b->vocab_size && a->n_positions == b->n_positions &&
-               a->n_embd == b->n_embd && a->n_layer == b->n_layer && a->n_head == b->n_head &&
-               a->layer_norm_epsilon == b->layer_norm_epsilon && a->num_labels == b->num_labels;
-    if (same && a->arch == FDPO_ARCH_LLAMA)
-        same = a->n_kv_head == b->n_kv_head && a->intermediate_size == b->intermediate_size && a->head_dim == b->head_dim &&
-               a->rope_theta == b->rope_theta && a->tie_word_embeddings == b->tie_word_embeddings && a->qkv_bias == b->qkv_bias &&
-               a->o_bias == b->o_bias && a->mlp_bias == b->mlp_bias && a->rope_factor == b->rope_factor &&
-               a->rope_low_freq_factor == b->rope_low_freq_factor && a->rope_high_freq_factor == b->rope_high_freq_factor &&
-               a->rope_original_max_position == b->rope_original_max_position;
-    return same;
+    return fdpo_gpt2_config_diff(a, b, NULL, 0) == 0;
 }
 
 uint64_t fdpo_gpt2_config_hash(uint64_t h, const fdpo_gpt2_config *c) {
@@ -1030,10 +1081,8 @@ uint64_t fdpo_gpt2_config_hash(uint64_t h, const fdpo_gpt2_config *c) {
 
 int fdpo_gpt2_copy_params(fdpo_gpt2 *dst, const fdpo_gpt2 *src) {
     const fdpo_gpt2_config *a = &dst->config, *b = &src->config;
-    if (!fdpo_gpt2_config_equal(a, b))
-        return fdpo_error("copy params: configs differ (V %zu/%zu, T %zu/%zu, C %zu/%zu, L %zu/%zu, H %zu/%zu, labels %zu/%zu)",
-                          a->vocab_size, b->vocab_size, a->n_positions, b->n_positions, a->n_embd, b->n_embd,
-                          a->n_layer, b->n_layer, a->n_head, b->n_head, a->num_labels, b->num_labels);
+    char what[512];
+    if (fdpo_gpt2_config_diff(a, b, what, sizeof what)) return fdpo_error("copy params: configs differ (%s)", what);
     memcpy(dst->params_memory, src->params_memory, src->n_params * sizeof(float));
     dst->params_bf16_current = 0; /* a frozen model's bf16 copies too */
     return 0;

@@ -162,7 +162,7 @@ void fdpo_dpo_run_opts_default(fdpo_dpo_run_opts *o) {
     memset(o, 0, sizeof *o);
     /* DPO fine-tunes a given policy: tiny lr */
     fdpo_pref_run_defaults(&o->train, &o->pref, &o->eval_fraction, 1e-6);
-    o->dpo.loss = (fdpo_pref_loss){.kind = FDPO_LOSS_SIGMOID, .div = {.kind = FDPO_DIV_RKL}, .beta = 0.1, .simpo_gamma = 0.5};
+    o->dpo.loss = (fdpo_pref_loss){.kind = FDPO_LOSS_SIGMOID, .div = {.kind = FDPO_DIV_RKL}, .beta = 0.1, .simpo_gamma = FDPO_SIMPO_GAMMA_DEFAULT};
     o->dpo.layout = FDPO_LAYOUT_SHARED;
 }
 
@@ -172,6 +172,22 @@ int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
     if (fdpo_train_opts_check(&o->train)) return -1;
     if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;
     if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
+    if (o->dpo.loss.kind == FDPO_LOSS_SIMPO) {
+        /* reference-free: a reference flag would be saved and shown as the run's while unused.
+         * --ref is a fixed setting: a simpo run saved with one before this rule still resumes;
+         * --ref-live and --ref-cache-dir may change on --resume (--ref-live=0 drops a saved one). */
+        if (o->ref && !o->train.resume)
+            return fdpo_error("--ref %s: --loss simpo uses no reference model; drop --ref or pick another --loss", o->ref);
+        if (o->ref_live) return fdpo_error("--ref-live: --loss simpo uses no reference model; drop --ref-live or pick another --loss");
+        if (o->ref_cache_dir)
+            return fdpo_error("--ref-cache-dir %s: --loss simpo uses no reference model (nothing is cached); drop "
+                              "--ref-cache-dir or pick another --loss", o->ref_cache_dir);
+    } else if (o->dpo.loss.simpo_gamma != FDPO_SIMPO_GAMMA_DEFAULT && !o->train.resume) {
+        /* as --label-smoothing with a loss that has none: a value other than the default is
+         * refused (a fixed setting: a run saved with one before this rule still resumes) */
+        return fdpo_error("--simpo-gamma: only the simpo loss uses it, not %s (got %g)", fdpo_loss_name(o->dpo.loss.kind),
+                          o->dpo.loss.simpo_gamma);
+    }
     if (o->ref_live && o->ref_cache_dir) return fdpo_error("--ref-cache-dir: has no use with --ref-live");
     return 0;
 }
@@ -236,6 +252,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     fdpo_gpt2_config pcfg;
     int crc = fdpo_checkpoint_load_config(shape_dir, &pcfg);   /* a LoRA checkpoint: its base's */
     if (crc) { fdpo_error_context("--model %s", policy_dir); goto done; }
+    if (fdpo_trainer_check_lm(&pcfg, shape_dir == policy_dir ? "--model" : "--resume", shape_dir)) goto done;
     if (popt.max_length == 0) popt.max_length = pcfg.n_positions;
     if (popt.max_length > pcfg.n_positions) {
         fdpo_error("--max-length %zu exceeds the policy's n_positions %zu", popt.max_length, pcfg.n_positions);
@@ -272,7 +289,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     const int ref_is_base = to->lora_r > 0 && o->ref_live && !o->ref && !fdpo_lora_is_checkpoint(policy_dir);
     if (!simpo && !ref_is_base) {
         const char *ref_dir = o->ref ? o->ref : policy_dir;
-        if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }
+        if (!(ref = fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", ref_dir))) goto done;
         if (ref->config.vocab_size != pcfg.vocab_size) {
             fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", ref_dir, ref->config.vocab_size, pcfg.vocab_size);
             goto done;

@@ -165,6 +165,13 @@ int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o) {
     if (!o->train.init) return fdpo_error("--model: required (the policy checkpoint, also the default reference)");
     if (!o->data) return fdpo_error("--data: required (unpaired JSONL {prompt, completion, label})");
     if (fdpo_train_opts_check(&o->train)) return -1;
+    /* z0 pairs completion i with prompt (i+1) mod n of its micro-batch: with n = 1 that is the
+     * example's own prompt, so the "KL estimate" is the example's own log-ratio (TRL's
+     * KTOTrainer refuses a per-device batch size of 1 for this reason) */
+    if (o->train.batch_size < 2)
+        return fdpo_error("--batch-size: KTO needs at least 2 examples per micro-batch (got %ld): its KL estimate pairs "
+                          "each completion with another example's prompt, and in a micro-batch of 1 that is its own",
+                          o->train.batch_size);
     if (fdpo_kto_loss_check(&o->loss)) return -1;
     if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
     return 0;
@@ -196,12 +203,10 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     fdpo_pref_options popt = o->pref;
 
     fdpo_gpt2_config pcfg;   /* a LoRA checkpoint's shape is its base's */
-    int crc = fdpo_checkpoint_load_config(to->resume && to->lora_r <= 0 ? to->out : to->init, &pcfg);
+    const int shape_is_out = to->resume && to->lora_r <= 0;
+    int crc = fdpo_checkpoint_load_config(shape_is_out ? to->out : to->init, &pcfg);
     if (crc) { fdpo_error_context("--model %s", to->init); goto done; }
-    if (pcfg.num_labels) {
-        fdpo_error("--model %s: a reward model (GPT2ForSequenceClassification), not a language model to align", to->init);
-        goto done;
-    }
+    if (fdpo_trainer_check_lm(&pcfg, shape_is_out ? "--resume" : "--model", shape_is_out ? to->out : to->init)) goto done;
     if (popt.max_length == 0) popt.max_length = pcfg.n_positions;
     if (popt.max_length > pcfg.n_positions) {
         fdpo_error("--max-length %zu exceeds the model's n_positions %zu", popt.max_length, pcfg.n_positions);
@@ -225,6 +230,11 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     } else if (fdpo_pref_split(train_set.n, o->eval_fraction, (uint64_t)to->seed, &train_idx, &n_train,
                                &eval_idx, &n_eval)) goto done;
     if (n_train == 0) { fdpo_error("%s: no training examples left after the eval split", o->data); goto done; }
+    if (n_train == 1) {   /* every micro-batch would be that one example (see --batch-size) */
+        fdpo_error("%s: 1 training example left after the eval split: KTO's KL estimate needs at least 2 per micro-batch",
+                   o->data);
+        goto done;
+    }
     train_ex = fdpo_malloc(n_train * sizeof *train_ex);
     for (size_t i = 0; i < n_train; i++) train_ex[i] = &train_set.ex[train_idx[i]];
     eval_ex = fdpo_malloc((n_eval ? n_eval : 1) * sizeof *eval_ex);
@@ -234,10 +244,9 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
      * (unless --model is a LoRA checkpoint being continued: then it is that checkpoint) */
     const char *ref_dir = o->ref ? o->ref : to->init;
     if (to->lora_r > 0 && !o->ref && !fdpo_lora_is_checkpoint(to->init)) goto open;
-    if (!(ref = fdpo_checkpoint_load_model(ref_dir))) { fdpo_error_context("--ref %s", ref_dir); goto done; }
-    if (ref->config.vocab_size != pcfg.vocab_size || ref->config.num_labels) {
-        fdpo_error("--ref %s: not a language model with the policy's vocab_size %zu%s", ref_dir, pcfg.vocab_size,
-                   ref->config.num_labels ? " (it is a reward model)" : "");
+    if (!(ref = fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", ref_dir))) goto done;
+    if (ref->config.vocab_size != pcfg.vocab_size) {
+        fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", ref_dir, ref->config.vocab_size, pcfg.vocab_size);
         goto done;
     }
     if (popt.max_length > ref->config.n_positions) {
@@ -282,8 +291,11 @@ open:;
             add_kto_metrics(&tr.metrics, "", &m, 0);
             if (eval) add_kto_metrics(&tr.metrics, "eval_", &em, 1);
             if (fdpo_metrics_end(&tr.metrics)) goto done;
+            /* the margin only where it is defined: a step with examples of both kinds (as in
+             * metrics.jsonl; a step of one kind printed "margin -nan") */
             char extra[96];
-            snprintf(extra, sizeof extra, "kl %.3g | margin %.3g", m.kl, m.margins);
+            if (m.desirable && m.undesirable) snprintf(extra, sizeof extra, "kl %.3g | margin %.3g", m.kl, m.margins);
+            else snprintf(extra, sizeof extra, "kl %.3g", m.kl);
             fdpo_trainer_progress(&tr, m.loss, extra);
         }
         if (fdpo_trainer_maybe_save(&tr)) goto done;

@@ -24,11 +24,9 @@ double fdpo_merge_weight(const fdpo_merge_opts *o, size_t i) {
 
 static int check_compatible(const char *dir, const fdpo_gpt2 *m, const char *first_dir, const fdpo_gpt2 *first) {
     const fdpo_gpt2_config *a = &m->config, *b = &first->config;
-    if (!fdpo_gpt2_config_equal(a, b))
-        return fdpo_error("%s: architecture differs from %s (n_layer %zu vs %zu, n_embd %zu vs %zu, n_head %zu vs %zu, "
-                          "vocab_size %zu vs %zu, n_positions %zu vs %zu)", dir, first_dir, a->n_layer, b->n_layer,
-                          a->n_embd, b->n_embd, a->n_head, b->n_head, a->vocab_size, b->vocab_size,
-                          a->n_positions, b->n_positions);
+    char what[512];   /* the fields that differ, not a fixed list of shapes that may all be equal */
+    if (fdpo_gpt2_config_diff(a, b, what, sizeof what))
+        return fdpo_error("%s: architecture differs from %s (%s)", dir, first_dir, what);
     if (fdpo_hash_tokenizer_dir(dir) != fdpo_hash_tokenizer_dir(first_dir))
         return fdpo_error("%s: tokenizer differs from %s's (merged weights would mean different tokens)", dir, first_dir);
     return 0;

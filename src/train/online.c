@@ -536,13 +536,14 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         policy = fdpo_checkpoint_load_model(from);
         tok = policy ? fdpo_tokenizer_load_dir(from) : NULL;
         if (!policy || !tok) rc = fdpo_error_context("round %ld: loading %s", start, from);
+        else rc = fdpo_trainer_check_lm(&policy->config, start > 0 ? "--resume" : "--model", from);
         if (rc == 0) rc = policy_lora_setup(o, policy, from);
         free(from);
         if (rc == 0 && !o->ref_update_round && is_lora_base(policy, ref0)) {
             ref = policy;   /* the base with the adapters off: no second copy */
         } else if (rc == 0 && !o->ref_update_round) {
-            ref = fdpo_checkpoint_load_model(ref0);
-            if (!ref) rc = fdpo_error_context("--ref %s", ref0);
+            ref = fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", ref0);
+            if (!ref) rc = -1;
             else if (ref->config.vocab_size != policy->config.vocab_size)
                 rc = fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", ref0, ref->config.vocab_size,
                                 policy->config.vocab_size);
@@ -741,8 +742,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
     /* LoRA without --ref: the reference is the policy with its adapters off (no second copy) */
     const int ref_is_base = t.lora_r > 0 && !o->ref;
-    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_checkpoint_load_model(o->ref ? o->ref : o->model) : NULL;
-    if (tok && !ref && !ref_is_base) fdpo_error_context("--ref %s", o->ref ? o->ref : o->model);
+    /* with no --ref the reference is --model: refused as a reward model under that name */
+    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", o->ref ? o->ref : o->model) : NULL;
     fdpo_settings extra = {0};
     fdpo_online_step_settings(o, &extra);
     fdpo_trainer tr;

@@ -337,8 +337,8 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
     /* LoRA without --ref: the reference is the policy with its adapters off (no second copy) */
     const int ref_is_base = t.lora_r > 0 && !o->ref;
-    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_checkpoint_load_model(o->ref ? o->ref : o->model) : NULL;
-    if (tok && !ref && !ref_is_base) fdpo_error_context("--ref %s", o->ref ? o->ref : o->model);
+    /* with no --ref the reference is --model: refused as a reward model under that name */
+    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", o->ref ? o->ref : o->model) : NULL;
     fdpo_settings extra = {0};
     fdpo_rl_run_opts_settings(o, &extra);
     fdpo_trainer tr;

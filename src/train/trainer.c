@@ -73,6 +73,25 @@ fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o) {
     return t;
 }
 
+int fdpo_trainer_check_lm(const fdpo_gpt2_config *c, const char *flag, const char *dir) {
+    if (!c->num_labels) return 0;
+    return fdpo_error("%s %s: a reward model (%s), not a language model %s", flag, dir, fdpo_gpt2_architecture(c, 1),
+                      !strcmp(flag, "--ref") ? "to serve as the reference" : "to align");
+}
+
+fdpo_gpt2 *fdpo_trainer_load_lm(const char *flag, const char *dir) {
+    fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
+    if (!m) { fdpo_error_context("%s %s", flag, dir); return NULL; }
+    if (fdpo_trainer_check_lm(&m->config, flag, dir)) { fdpo_gpt2_free(m); return NULL; }
+    return m;
+}
+
+/* The starting policy of a language-model trainer: rm alone also takes (and continues) a
+ * reward model. */
+static int policy_not_lm(const fdpo_trainer *tr, const char *kind) {
+    return strcmp(kind, "rm") && fdpo_trainer_check_lm(&tr->model->config, "--model", tr->opts.init ? tr->opts.init : "model");
+}
+
 static int check_model_fits(const fdpo_trainer *tr, const char *where) {
     const fdpo_gpt2_config *c = &tr->model->config;
     size_t tv = fdpo_tokenizer_vocab_size(tr->tok);
@@ -285,15 +304,15 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             if ((o->lora_r > 0) != (o->init_model->lora != NULL))
                 { fdpo_error("--lora-r: the model in memory %s LoRA adapters", o->init_model->lora ? "has" : "has no"); goto fail; }
             tr->model = o->init_model;
-            if (check_model_fits(tr, o->init ? o->init : "model")) goto fail;
+            if (policy_not_lm(tr, kind) || check_model_fits(tr, o->init ? o->init : "model")) goto fail;
         } else if (o->lora_r > 0) {
             if (!(tr->model = lora_model(o, kind, tok))) goto fail;
-            if (check_model_fits(tr, o->init)) goto fail;
+            if (policy_not_lm(tr, kind) || check_model_fits(tr, o->init)) goto fail;
         } else if (o->init) {
             tr->model = fdpo_checkpoint_load_model(o->init);
             if (!tr->model) { fdpo_error_context("--model %s", o->init); goto fail; }
             fdpo_lora_merge(tr->model);   /* a LoRA checkpoint: full training starts from the merged model */
-            if (check_model_fits(tr, o->init)) goto fail;
+            if (policy_not_lm(tr, kind) || check_model_fits(tr, o->init)) goto fail;
         } else {
             fdpo_gpt2_config c = fdpo_train_opts_model_config(o, fdpo_tokenizer_vocab_size(tok));
             /* the shape options were checked by fdpo_train_opts_check */

@@ -116,6 +116,14 @@ START_TEST(trainer_defaults_are_the_library_s_and_pass_its_checks) {
     kto.eval_fraction = -0.5;
     ck_assert_int_ne(fdpo_kto_run_opts_check(&kto), 0);
     ck_assert_str_eq(fdpo_last_error(), "--eval-fraction: -0.5 is not in [0, 1)");
+    kto.eval_fraction = 0.1;
+    kto.train.batch_size = 1;   /* z0 would pair each example with its own prompt (TRL refuses it too) */
+    ck_assert_int_ne(fdpo_kto_run_opts_check(&kto), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--batch-size: KTO needs at least 2 examples per micro-batch (got 1): its KL "
+                                        "estimate pairs each completion with another example's prompt, and in a "
+                                        "micro-batch of 1 that is its own");
+    kto.train.batch_size = 2;
+    ck_assert_int_eq(fdpo_kto_run_opts_check(&kto), 0);
 
     fdpo_rl_run_opts rl;
     fdpo_rl_run_opts_default(&rl);
@@ -814,8 +822,10 @@ START_TEST(config_hash_follows_config_equal) {
     snprintf(c.model_type, sizeof c.model_type, "qwen2");
     ck_assert(fdpo_gpt2_config_equal(&base, &c));
     ck_assert_uint_eq(fdpo_gpt2_config_hash(FDPO_HASH_INIT, &c), h0);
+    char what[256];   /* fdpo_gpt2_config_diff names each one (merge's message) */
 #define CHANGED(stmt) do { c = base; stmt; ck_assert_msg(!fdpo_gpt2_config_equal(&base, &c), #stmt); \
-        ck_assert_msg(fdpo_gpt2_config_hash(FDPO_HASH_INIT, &c) != h0, #stmt); } while (0)
+        ck_assert_msg(fdpo_gpt2_config_hash(FDPO_HASH_INIT, &c) != h0, #stmt); \
+        ck_assert_msg(fdpo_gpt2_config_diff(&c, &base, what, sizeof what) >= 1 && what[0], #stmt); } while (0)
     CHANGED(c.vocab_size++);        CHANGED(c.n_positions++);       CHANGED(c.n_embd += 8);
     CHANGED(c.n_layer++);           CHANGED(c.n_head = 4);          CHANGED(c.layer_norm_epsilon = 1e-5f);
     CHANGED(c.num_labels = 1);      CHANGED(c.arch = FDPO_ARCH_GPT2);
@@ -825,6 +835,13 @@ START_TEST(config_hash_follows_config_equal) {
     CHANGED(c.rope_low_freq_factor = 1); CHANGED(c.rope_high_freq_factor = 4);
     CHANGED(c.rope_original_max_position = 8192);
 #undef CHANGED
+    c = base;
+    ck_assert_uint_eq(fdpo_gpt2_config_diff(&c, &base, what, sizeof what), 0);
+    ck_assert_str_eq(what, "");
+    c.num_labels = 1; c.rope_theta = 500000; c.layer_norm_epsilon = 1e-5f;
+    ck_assert_uint_eq(fdpo_gpt2_config_diff(&c, &base, what, sizeof what), 4);
+    ck_assert_str_eq(what, "architectures LlamaForSequenceClassification vs LlamaForCausalLM, num_labels 1 vs 0, "
+                           "layer_norm_epsilon 1e-05 vs 1e-06, rope_theta 500000 vs 10000");
     /* GPT-2: the Llama fields are not part of its architecture (config_equal ignores them) */
     fdpo_gpt2_config g = base, g2;
     g.arch = FDPO_ARCH_GPT2;

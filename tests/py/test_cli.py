@@ -79,6 +79,30 @@ def test_one_default_seed_everywhere():
                 assert line.rstrip().endswith("[1337]"), f"fdpo {cmd}: {line}"
 
 
+SEED_HELP = {
+    "pretrain": "seed for init, data split and data order",
+    "sft": "seed for init, data split and data order",
+    "dpo": "seed for the held-out split, the data order and LoRA adapters (init, dropout)",
+    "kto": "seed for the held-out split, the data order and LoRA adapters (init, dropout)",
+    "rm": "seed for the new score head of a language model (score.weight ~ N(0, 0.02)), the held-out split, the data "
+          "order and LoRA adapters (init, dropout)",
+    "rl": "seed for sampling (one stream per step, prompt and sample) and LoRA adapters (init, dropout)",
+    "online": "seed for sampling, --pairing all-bt labels, the order of each round's pairs and LoRA adapters "
+              "(init, dropout)",
+    "sacpo": "seed for each stage's held-out split and data order, the online stages' sampling and labels, and LoRA "
+             "adapters (init, dropout)",
+}
+
+
+@pytest.mark.parametrize("cmd", list(SEED_HELP))
+def test_seed_help_says_what_the_seed_seeds(cmd):
+    """every training command's --seed said "seed for init, data split and data order": dpo, kto,
+    rm, rl, online and sacpo start from --model (no init but LoRA adapters' and rm's new head),
+    and rl and online have no data split but sample"""
+    lines = [l for l in helptext(cmd).splitlines() if l.startswith("  --seed ")]
+    assert len(lines) == 1 and lines[0].split(None, 2)[2] == f"{SEED_HELP[cmd]} [1337]", lines
+
+
 @pytest.mark.parametrize("cmd", ["generate", "score", "eval", "pairs", "merge"])
 def test_a_stray_argument_is_refused(cmd, tmp_path):
     """commands without positional arguments refuse one (a forgotten flag name): it was dropped
@@ -315,6 +339,34 @@ def test_eval_file_refuses_an_explicit_eval_fraction(tmp_path, cmd):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("flags,msg", [
+    (["--ref", "/nonexistent"], "--ref /nonexistent: --loss simpo uses no reference model; drop --ref or pick another --loss"),
+    (["--ref-live"], "--ref-live: --loss simpo uses no reference model; drop --ref-live or pick another --loss"),
+    (["--ref-cache-dir", "c"], "--ref-cache-dir c: --loss simpo uses no reference model (nothing is cached); drop "
+                               "--ref-cache-dir or pick another --loss"),
+])
+def test_simpo_refuses_the_reference_flags(tmp_path, flags, msg):
+    """SimPO is reference-free: --ref (even a path that does not exist) was accepted and saved as
+    the run's fixed reference, --ref-live and --ref-cache-dir were ignored"""
+    r = run("dpo", "--model", str(tmp_path / "none"), "--data", str(tmp_path / "none.jsonl"),
+            "--out", str(tmp_path / "o"), "--loss", "simpo", *flags)
+    assert r.returncode == 1 and r.stderr == f"fdpo dpo: {msg}\n", r.stderr
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "hinge", "ipo"])
+def test_simpo_gamma_without_simpo_is_refused(tmp_path, loss):
+    """as --label-smoothing with hinge: a --simpo-gamma other than its default with a loss that has
+    no gamma was accepted and unused; the default (0.5) given explicitly still passes the check"""
+    base = ["dpo", "--model", str(tmp_path / "none"), "--data", str(tmp_path / "none.jsonl"),
+            "--out", str(tmp_path / "o"), "--loss", loss]
+    r = run(*base, "--simpo-gamma", "0.3")
+    assert r.returncode == 1 and r.stderr == f"fdpo dpo: --simpo-gamma: only the simpo loss uses it, not {loss} (got 0.3)\n", r.stderr
+    r = run(*base, "--simpo-gamma", "0.5")
+    assert r.returncode == 1 and "--simpo-gamma" not in r.stderr and "none" in r.stderr, r.stderr
+    r = run(*base[:-1], "simpo", "--simpo-gamma", "0.3")
+    assert r.returncode == 1 and "--simpo-gamma" not in r.stderr and "none" in r.stderr, r.stderr
+
+
 def test_pretrain_takes_data_or_positional_files_alike(tmp_path):
     text = write(tmp_path / "t.txt", "hello world, " * 200)
     small = ["--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--n-positions", "16", "--seq-len", "16",
@@ -353,3 +405,74 @@ def test_lexicon_with_afinn_as_the_safety_spec_is_used(tmp_path):
             tmp_path / "lex.json", "--data", tmp_path / "d.jsonl")
     assert r.returncode == 1
     assert "only used by" not in r.stderr
+
+
+# ---- flags that only one choice of another flag uses: given with another, refused (docs/cli.md) ----
+
+TIMEOUT_CMDS = [
+    ["pairs"],
+    ["pairs", "--reward", "length"],
+    ["score", "--model", "M"],
+    ["score", "--model", "M", "--reward", "afinn"],
+    ["eval", "--model", "M", "--ref", "R", "--reward", "length", "--safety", "lexicon:W"],
+    ["online", "--model", "M", "--reward", "afinn"],
+    ["online", "--mode", "step", "--model", "M", "--reward", "length"],
+    ["rl", "--model", "M", "--reward", "rm:R"],
+    ["sacpo", "--model", "M", "--reward", "length", "--safety", "lexicon:W", "--lambda", "1"],
+    ["sacpo", "--model", "M", "--reward-data", "p.jsonl", "--safety-data", "s.jsonl", "--lambda", "1"],
+]
+
+
+@pytest.mark.parametrize("value", ["30", "0", "-1"])
+@pytest.mark.parametrize("args", TIMEOUT_CMDS)
+def test_reward_timeout_without_a_cmd_reward_is_refused(tmp_path, args, value):
+    """--reward-timeout bounds a cmd: reward and nothing else; with another reward (or none) any
+    value, a negative or zero one included, was accepted and unused. Refused when given (the
+    library cannot tell 60 given from its default), in every command that has the flag, before
+    anything is read or OUT is made."""
+    out = tmp_path / "out"
+    r = run(*args, "--reward-timeout", value, "--data", str(tmp_path / "d.jsonl"), "--out", str(out))
+    assert r.returncode == 1
+    assert r.stderr == f"fdpo {args[0]}: --reward-timeout {value}: only used by a cmd:PROGRAM reward\n", r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["pairs", "--reward", "cmd:true"],
+    ["eval", "--model", "M", "--ref", "R", "--reward", "length", "--safety", "cmd:true"],
+    ["rl", "--model", "M", "--reward", "cmd:true"],
+    ["online", "--model", "M", "--reward", "cmd:true"],
+])
+def test_reward_timeout_with_a_cmd_reward_is_used_and_must_be_positive(tmp_path, args):
+    (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b", "reward": 1}\n')
+    r = run(*args, "--reward-timeout", "5", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "--reward-timeout" not in r.stderr, r.stderr   # fails later, on M
+    r = run(*args, "--reward-timeout", "0", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "--reward-timeout: 0 seconds; must be > 0" in r.stderr, r.stderr
+
+
+def test_grpo_eps_is_refused_with_rloo(tmp_path):
+    """--grpo-eps is GRPO's advantage epsilon: with --algo rloo it was accepted and unused"""
+    base = ["rl", "--model", str(tmp_path / "M"), "--data", str(tmp_path / "p.txt"), "--reward", "length",
+            "--out", str(tmp_path / "o"), "--grpo-eps", "0.001"]
+    for algo in ([], ["--algo", "rloo"]):
+        r = run(*base, *algo)
+        assert r.returncode == 1 and r.stderr == "fdpo rl: --grpo-eps 0.001: only used by --algo grpo\n", r.stderr
+    r = run(*base, "--algo", "grpo")
+    assert r.returncode == 1 and "--grpo-eps" not in r.stderr and "p.txt" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["online", "--model", "M", "--reward", "length"],
+    ["online", "--mode", "step", "--model", "M", "--reward", "length"],
+    ["sacpo", "--model", "M", "--reward", "length", "--safety", "lexicon:W", "--lambda", "1"],
+])
+def test_bt_scale_is_refused_without_all_bt_pairing(tmp_path, args):
+    """--bt-scale is the temperature of --pairing all-bt's Bradley-Terry labels: with the default
+    best-worst pairing it was accepted and unused"""
+    base = [*args, "--data", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"), "--bt-scale", "2"]
+    for pairing in ([], ["--pairing", "best-worst"]):
+        r = run(*base, *pairing)
+        assert r.returncode == 1 and r.stderr == f"fdpo {args[0]}: --bt-scale 2: only used by --pairing all-bt\n", r.stderr
+    r = run(*base, "--pairing", "all-bt")
+    assert r.returncode == 1 and "--bt-scale" not in r.stderr, r.stderr

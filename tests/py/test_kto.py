@@ -273,3 +273,41 @@ def test_kto_run_logs_the_trl_metric_values(models, tmp_path, policy, div):
         assert m["kl"] > 1e-3, m["kl"]
     if div == "js":   # s~(l) != l: the scores are not the rewards
         assert abs(m["scores/chosen"] - m["rewards/chosen"]) > 1e-3
+
+
+def test_a_micro_batch_of_one_is_refused(models, tmp_path):
+    """z0 pairs completion i with prompt (i+1) mod n of its micro-batch: with n = 1 that is the
+    example's own prompt, so the KL estimate was the example's own log-ratio (TRL's KTOTrainer
+    refuses a per-device batch size of 1). Refused by the library's option check, before any
+    model is read; a data set that leaves one training example is refused too."""
+    tmp = models
+    r = fdpo("kto", "--model", tmp / "policy", "--data", tmp / "data.jsonl", "--out", tmp_path / "k2", "--steps", 2,
+             "--batch-size", 1, check=False)
+    assert r.returncode == 1 and r.stderr == (
+        "fdpo kto: --batch-size: KTO needs at least 2 examples per micro-batch (got 1): its KL estimate pairs each "
+        "completion with another example's prompt, and in a micro-batch of 1 that is its own\n"), r.stderr
+    assert not (tmp_path / "k2").exists()
+    write_jsonl(tmp_path / "one.jsonl", ROWS[:1])
+    r = fdpo("kto", "--model", tmp / "policy", "--data", tmp_path / "one.jsonl", "--out", tmp_path / "k3", "--steps", 2,
+             "--eval-fraction", 0, "--quiet", check=False)
+    assert r.returncode == 1 and (f"fdpo kto: {tmp_path / 'one.jsonl'}: 1 training example left after the eval split: "
+                                  "KTO's KL estimate needs at least 2 per micro-batch\n") in r.stderr, r.stderr
+
+
+def test_the_progress_line_shows_the_margin_only_where_it_is_defined(models, tmp_path):
+    """rewards/margins needs desirable and undesirable examples in the step: metrics.jsonl left
+    it out of a one-sided step, but the progress line printed `margin -nan`"""
+    tmp = models
+    rows = [r for r in ROWS if r["label"]]   # desirable only: no step has a margin
+    write_jsonl(tmp_path / "good.jsonl", rows)
+    r = fdpo("kto", "--model", tmp / "policy", "--data", tmp_path / "good.jsonl", "--out", tmp_path / "g", "--steps", 2,
+             "--batch-size", 2, "--eval-fraction", 0, "--threads", 1)
+    steps = [line for line in r.stderr.splitlines() if line.startswith("step ")]
+    assert len(steps) == 2 and all("| kl " in s and "margin" not in s and "nan" not in s for s in steps), r.stderr
+    assert all("rewards/margins" not in json.loads(x) for x in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines())
+    # both kinds in every step: the margin is printed, as logged
+    r = fdpo("kto", "--model", tmp / "policy", "--data", tmp / "data.jsonl", "--out", tmp_path / "b", "--steps", 1,
+             "--batch-size", len(ROWS), "--shuffle=false", "--eval-fraction", 0, "--threads", 1)
+    steps = [line for line in r.stderr.splitlines() if line.startswith("step ")]
+    m = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[0])
+    assert len(steps) == 1 and f"| margin {m['rewards/margins']:.3g}" in steps[0], r.stderr

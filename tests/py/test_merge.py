@@ -145,3 +145,40 @@ def test_bad_merges_are_refused(tmp_path, case):
     assert r.returncode != 0
     assert expect in r.stderr, r.stderr
     assert r.stderr.count("fdpo merge") == 1
+
+
+LLAMA = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=16, num_hidden_layers=2,
+             num_attention_heads=2, num_key_value_heads=1, intermediate_size=32, vocab_size=257,
+             max_position_embeddings=16, rms_norm_eps=1e-5, rope_theta=10000.0)
+RM = dict(architectures=["GPT2ForSequenceClassification"], num_labels=1, pad_token_id=256)
+
+
+def make_config_model(tmp_path, name, cfg):
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    r = run(HARNESS, "model-init", "--config", tmp_path / f"{name}.json", "--seed", 1, "--out", tmp_path / name)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / name / "fdpo_tokenizer.json").write_text('{"type": "byte"}')
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("first,second,what", [
+    # a reward model and its language model: every shape is equal; the message listed only shapes
+    (dict(CFG), dict(CFG, **RM), "architectures GPT2ForSequenceClassification vs GPT2LMHeadModel, num_labels 1 vs 0"),
+    (dict(CFG), dict(CFG, n_layer=3, n_head=4), "n_layer 3 vs 2, n_head 4 vs 2"),
+    (dict(CFG), dict(CFG, layer_norm_epsilon=1e-6), "layer_norm_epsilon 1e-06 vs 1e-05"),
+    (dict(CFG), dict(LLAMA), "architectures LlamaForCausalLM vs GPT2LMHeadModel"),
+    # a Llama's own fields (fdpo_gpt2_config_equal compares them too)
+    (dict(LLAMA), dict(LLAMA, rope_theta=500000.0), "rope_theta 500000 vs 10000"),
+    (dict(LLAMA), dict(LLAMA, num_key_value_heads=2, intermediate_size=48),
+     "num_key_value_heads 2 vs 1, intermediate_size 48 vs 32"),
+])
+def test_an_architecture_mismatch_names_the_fields_that_differ(tmp_path, first, second, what):
+    """`merge --model base --model r1` said `architecture differs from base (n_layer 2 vs 2,
+    n_embd 16 vs 16, ...)`, every value equal: the message listed five shapes whatever differed.
+    It now names exactly the fields fdpo_gpt2_config_equal found different."""
+    a, b = make_config_model(tmp_path, "a", first), make_config_model(tmp_path, "b", second)
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr == f"fdpo merge: {b}: architecture differs from {a} ({what})\n", r.stderr
+    r = run(FDPO, "merge", "--base", a, "--model", b, "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr == f"fdpo merge: {b}: architecture differs from {a} ({what})\n", r.stderr
+    assert not (tmp_path / "out").exists()

@@ -54,8 +54,10 @@ def test_a_trainer_refuses_an_online_rounds_directory(d, cmd):
         "kto": ["kto", "--model", d / "base", "--data", d / "pairs.jsonl", "--steps", 1],
     }[cmd]
     if cmd == "kto":   # an unpaired file; the check on --out must come before any training
+        # (3 lines: 2 left for training after the held-out one, the least kto takes)
         (d / "unpaired.jsonl").write_text('{"prompt":"a","completion":" b","label":true}\n'
-                                          '{"prompt":"c","completion":" d","label":false}\n')
+                                          '{"prompt":"c","completion":" d","label":false}\n'
+                                          '{"prompt":"e","completion":" f","label":true}\n')
         args[4] = d / "unpaired.jsonl"
     r = fdpo(*args, "--out", d / "online_run", *FAST, check=False)
     refused(r, f"--out: {d / 'online_run'} already holds online rounds (round-0) of another run")

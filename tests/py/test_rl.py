@@ -281,7 +281,9 @@ def test_rl_bad_flags(tmp_path):
     import subprocess
     from dpo_common import FDPO
     for args, needle in [(["--algo", "ppo"], "--algo"), (["--n", "1"], "--n"), (["--divergence", "tv"], "--divergence"),
-                         (["--grpo-eps", "-1"], "--grpo-eps: must be > 0 (got -1)")]:   # under rloo too
+                         (["--algo", "grpo", "--grpo-eps", "-1"], "--grpo-eps: must be > 0 (got -1)"),
+                         # under rloo (the default) it is not used at all: refused as such (test_cli.py)
+                         (["--grpo-eps", "-1"], "--grpo-eps -1: only used by --algo grpo")]:
         r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path, "--data", tmp_path / "p", "--reward",
                             "length", "--out", tmp_path / "o", *args]], capture_output=True, text=True)
         assert r.returncode != 0 and needle in r.stderr, r.stderr

@@ -1,0 +1,104 @@
+"""A reward model (GPT2ForSequenceClassification, num_labels 1) is not a language model to align:
+every language-model trainer refuses it as the policy (--model) and as the reference (--ref),
+through the one library check (fdpo_trainer_check_lm) that kto had alone. Before, pretrain,
+sft, dpo, rl, online and sacpo trained it and saved the result still labelled a classification
+model. fdpo rm keeps taking one (it continues a reward model)."""
+import json
+import os
+import subprocess
+
+import pytest
+
+FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
+POLICY = "a reward model (GPT2ForSequenceClassification), not a language model to align"
+REFERENCE = "a reward model (GPT2ForSequenceClassification), not a language model to serve as the reference"
+
+
+def fdpo(*args):
+    return subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """the reviewer's setup: a tiny language model `base` and a reward model `r1` trained from it"""
+    tmp = tmp_path_factory.mktemp("roles")
+    words = "the cat sat on a mat and the dog ran to the park".split()
+    (tmp / "corpus.txt").write_text("".join(" ".join(words[(i + k) % len(words)] for k in range(12)) + "\n"
+                                            for i in range(40)))
+    with open(tmp / "pairs.jsonl", "w") as f:
+        for i in range(8):
+            f.write(json.dumps({"prompt": "the cat", "chosen": " is happy", "rejected": " is sad" + " no" * i}) + "\n")
+    with open(tmp / "kto.jsonl", "w") as f:
+        for i in range(8):
+            f.write(json.dumps({"prompt": "the dog", "completion": " ran" + " far" * i, "label": i % 2 == 0}) + "\n")
+    with open(tmp / "sft.jsonl", "w") as f:
+        for i in range(8):
+            f.write(json.dumps({"prompt": "the cat", "completion": " sat" + " down" * i}) + "\n")
+    (tmp / "prompts.txt").write_text("the cat\nthe dog\n")
+    r = fdpo("pretrain", "--out", tmp / "base", "--n-layer", 2, "--n-embd", 16, "--n-head", 2, "--n-positions", 32,
+             "--seq-len", 24, "--threads", 1, "--steps", 5, "--quiet", tmp / "corpus.txt")
+    assert r.returncode == 0, r.stderr
+    r = fdpo("rm", "--model", tmp / "base", "--data", tmp / "pairs.jsonl", "--out", tmp / "r1", "--threads", 1,
+             "--steps", 2, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp / "r1" / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
+    return tmp
+
+
+def runs(tmp, model, ref=None):
+    """every language-model trainer, on `model` (and `ref` where the command has --ref)"""
+    ref_flag = ["--ref", ref] if ref else []
+    sample = ["--reward", "length", "--max-new-tokens", 4, "--threads", 1, "--quiet"]
+    return {
+        "pretrain": ["pretrain", "--model", model, "--seq-len", 24, "--steps", 1, "--threads", 1, "--quiet", tmp / "corpus.txt"],
+        "sft": ["sft", "--model", model, "--seq-len", 24, "--steps", 1, "--threads", 1, "--quiet", tmp / "sft.jsonl"],
+        "dpo": ["dpo", "--model", model, *ref_flag, "--data", tmp / "pairs.jsonl", "--steps", 1, "--threads", 1, "--quiet"],
+        "dpo-live": ["dpo", "--model", model, *ref_flag, "--ref-live", "--data", tmp / "pairs.jsonl", "--steps", 1,
+                     "--threads", 1, "--quiet"],
+        "dpo-lora": ["dpo", "--model", model, *ref_flag, "--lora-r", 2, "--data", tmp / "pairs.jsonl", "--steps", 1,
+                     "--threads", 1, "--quiet"],
+        "kto": ["kto", "--model", model, *ref_flag, "--data", tmp / "kto.jsonl", "--steps", 1, "--threads", 1, "--quiet"],
+        "rl": ["rl", "--model", model, *ref_flag, "--data", tmp / "prompts.txt", "--steps", 1, "--prompts-per-step", 2,
+               *sample],
+        "rl-lora": ["rl", "--model", model, *ref_flag, "--lora-r", 2, "--data", tmp / "prompts.txt", "--steps", 1,
+                    "--prompts-per-step", 2, *sample],
+        "online": ["online", "--model", model, *ref_flag, "--data", tmp / "prompts.txt", "--rounds", 1,
+                   "--prompts-per-round", 2, *sample],
+        "online-step": ["online", "--mode", "step", "--model", model, *ref_flag, "--data", tmp / "prompts.txt",
+                        "--steps", 1, "--prompts-per-round", 2, *sample],
+    }
+
+
+@pytest.mark.parametrize("cmd", ["pretrain", "sft", "dpo", "dpo-live", "dpo-lora", "kto", "rl", "rl-lora", "online",
+                                 "online-step"])
+def test_a_reward_model_is_refused_as_the_policy(models, tmp_path, cmd):
+    args = runs(models, models / "r1")[cmd]
+    r = fdpo(*args, "--out", tmp_path / "out")
+    assert r.returncode == 1, r.stderr
+    assert f"fdpo {args[0]}: --model {models / 'r1'}: {POLICY}\n" in r.stderr, r.stderr
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+@pytest.mark.parametrize("cmd", ["dpo", "dpo-live", "dpo-lora", "kto", "rl", "rl-lora", "online", "online-step"])
+def test_a_reward_model_is_refused_as_the_reference(models, tmp_path, cmd):
+    args = runs(models, models / "base", models / "r1")[cmd]
+    r = fdpo(*args, "--out", tmp_path / "out")
+    assert r.returncode == 1, r.stderr
+    assert f"fdpo {args[0]}: --ref {models / 'r1'}: {REFERENCE}\n" in r.stderr, r.stderr
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_sacpo_refuses_a_reward_model(models, tmp_path):
+    r = fdpo("sacpo", "--model", models / "r1", "--reward-data", models / "pairs.jsonl", "--safety-data",
+             models / "pairs.jsonl", "--lambda", 1, "--out", tmp_path / "s", "--steps", 1, "--threads", 1, "--quiet")
+    assert r.returncode == 1, r.stderr
+    assert f"--model {models / 'r1'}: {POLICY}\n" in r.stderr, r.stderr
+
+
+def test_the_language_model_still_trains_and_rm_still_continues_a_reward_model(models, tmp_path):
+    r = fdpo(*runs(models, models / "base", models / "base")["dpo"], "--out", tmp_path / "d")
+    assert r.returncode == 0, r.stderr
+    r = fdpo("rm", "--model", models / "r1", "--data", models / "pairs.jsonl", "--out", tmp_path / "r2",
+             "--threads", 1, "--steps", 1, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r2" / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
