@@ -7,6 +7,7 @@
 #include <string.h>
 #include <cJSON.h>
 #include "cli/commands.h"
+#include "cli/eval_common.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
 #include "fdpo/lab.h"
@@ -176,13 +177,18 @@ static int parse_divs(const char *spec, fdpo_divergence **out, size_t *count) {
 static const char *lab_claimed[LAB_MAX_OUTPUTS];
 static int lab_n_claimed;
 
-static int claim_outputs(const fdpo_flag *flags, size_t n) {
+/* An output that is the --data file itself is refused as every command refuses it
+ * (eval_out_not_input): the atomic rename replaced the input with only a warning. */
+static int claim_outputs(const fdpo_flag *flags, size_t n, const char *input) {
+    const char *inputs[1][2] = {{"--data", input}};
     for (size_t i = 0; i < n; i++) {
         if (flags[i].type != FLAG_STR || (strcmp(flags[i].name, "out") && strncmp(flags[i].name, "export-", 7))) continue;
         const char *path = *(const char **)flags[i].dest;
-        if (!path || lab_n_claimed == LAB_MAX_OUTPUTS) continue;
+        if (!path) continue;
         char flag[64];
         snprintf(flag, sizeof flag, "--%s", flags[i].name);
+        if (eval_out_not_input(flag, path, inputs, 1)) return -1;
+        if (lab_n_claimed == LAB_MAX_OUTPUTS) continue;
         if (fdpo_out_file_claim(path, flag)) return -1;
         lab_claimed[lab_n_claimed++] = path;
     }
@@ -198,7 +204,7 @@ static int claim_outputs(const fdpo_flag *flags, size_t n) {
     if (npos_ > 0) { fdpo_error("lab " name ": unexpected argument '%s'", pos_[0]); free(pos_); return -1; } \
     free(pos_);                                                                                      \
     o.input = o.data; /* --input is an alias of --data (cli/flags.c) */                               \
-    if (claim_outputs(flags, NFLAGS(flags))) return -1;                                              \
+    if (claim_outputs(flags, NFLAGS(flags), o.input)) return -1;                                     \
     fdpo_set_threads((int)o.threads)
 
 /* ---------------- solve ---------------- */

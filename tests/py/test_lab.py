@@ -1006,3 +1006,29 @@ def test_lab_help_shows_the_library_defaults(sub):
             assert shown[key] == value, (sub, key, shown[key], value)
         else:
             assert float(shown[key]) == pytest.approx(value, rel=1e-12), (sub, key, shown[key], value)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["solve", "--divergence", "rkl"], "--out"),
+    (["frontier", "--betas", "0.1"], "--out"),
+    (["gap", "--divergence", "rkl", "--betas", "0.1"], "--out"),
+    (["gap", "--divergence", "rkl", "--betas", "0.1"], "--export-problem"),
+    (["coverage", "--divergence", "rkl", "--comparisons", "10"], "--export-comparisons"),
+    (["coverage", "--divergence", "rkl", "--comparisons", "10"], "--export-fit"),
+    (["bias", "--divergence", "rkl", "--betas", "0.1"], "--out"),
+    (["check", "--divergence", "rkl"], "--export-policy"),
+    (["check", "--method", "rloo", "--divergence", "rkl"], "--export-pi"),
+    (["constrained", "--min-safety", "0"], "--out"),
+    (["constrained", "--frontier", "0,0.5"], "--out"),
+])
+def test_an_output_that_is_the_data_file_is_refused(tmp_path, args, flag):
+    """--out/--export-* naming the --data file itself replaced the input (atomic rename) with
+    only a warning; the other commands' message (eval_claim_out), and the file is untouched"""
+    p = tmp_path / "p.csv"
+    write_problem(p, [0.5, 0.3, 0.2], [1.0, 0.0, -1.0], {"length": [10, 20, 30], "safety": [0.0, 1.0, 0.5]})
+    before = p.read_bytes()
+    same = str(tmp_path / "." / "p.csv")   # another spelling of the same file
+    r = lab(*args, "--data", p, flag, same, check=False)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == f"fdpo lab: {flag} {same}: is the input --data {p}, which the output would replace; give another file\n"
+    assert r.stdout == "" and p.read_bytes() == before
