@@ -235,7 +235,11 @@ static int lab_solve(int argc, char **argv) {
     static const char *cols[] = {"divergence", "beta", "lambda", "support", "support_lost", "expected_reward",
                                  "entropy", "kl", "f_divergence", "objective", "iterations"};
     table t;
-    int rc = table_open(&t, NULL, o.format, cols, 11);
+    /* --out is opened first: a file that cannot be written fails before the table reaches stdout */
+    fdpo_atomic_file af = {0};
+    int rc = 0, opened = 0;
+    if (pi_out && fdpo_atomic_open(&af, pi_out)) rc = fdpo_error_context("--out %s", pi_out);
+    if (rc == 0) { rc = table_open(&t, NULL, o.format, cols, 11); opened = rc == 0; }
     for (size_t k = 0; rc == 0 && k < nd; k++) {
         fdpo_lab_result r;
         if ((rc = fdpo_lab_solve(&pp, &divs[k], beta, pis + k * p.n, &r))) break;
@@ -247,27 +251,23 @@ static int lab_solve(int argc, char **argv) {
         table_num(&t, r.f_divergence); table_num(&t, r.objective); table_int(&t, r.iterations);
         table_end_row(&t);
     }
-    if (rc == 0) rc = table_close(&t, 1);
-    if (rc == 0 && pi_out) {
-        fdpo_atomic_file af;
-        if (fdpo_atomic_open(&af, pi_out)) rc = fdpo_error_context("--out %s", pi_out);
-        else {
-            fprintf(af.f, "pi_ref,reward");
-            for (size_t k = 0; k < nd; k++) {
-                char name[64];
-                fdpo_divergence_name(&divs[k], name, sizeof name);
-                if (nd == 1) fprintf(af.f, ",pi");
-                else fprintf(af.f, ",pi_%s", name);
-            }
+    rc = table_finish(&t, opened, rc);
+    if (rc == 0 && af.f) {
+        fprintf(af.f, "pi_ref,reward");
+        for (size_t k = 0; k < nd; k++) {
+            char name[64];
+            fdpo_divergence_name(&divs[k], name, sizeof name);
+            if (nd == 1) fprintf(af.f, ",pi");
+            else fprintf(af.f, ",pi_%s", name);
+        }
+        fputc('\n', af.f);
+        for (size_t i = 0; i < p.n; i++) {
+            fprintf(af.f, "%.17g,%.17g", p.pi_ref[i], p.reward[i]);
+            for (size_t k = 0; k < nd; k++) fprintf(af.f, ",%.17g", pis[k * p.n + i]);
             fputc('\n', af.f);
-            for (size_t i = 0; i < p.n; i++) {
-                fprintf(af.f, "%.17g,%.17g", p.pi_ref[i], p.reward[i]);
-                for (size_t k = 0; k < nd; k++) fprintf(af.f, ",%.17g", pis[k * p.n + i]);
-                fputc('\n', af.f);
-            }
-            rc = fdpo_atomic_commit(&af);
         }
     }
+    rc = export_finish(&af, rc);
     free(pis); free(divs);
     fdpo_lab_prepared_free(&pp);
     fdpo_lab_problem_free(&p);
@@ -362,9 +362,10 @@ static int lab_gap(int argc, char **argv) {
     static const char *cols[] = {"noise", "divergence", "beta", "reward_gap", "objective_gap", "bound", "bound_held"};
     table t;
     fdpo_atomic_file ex = {0};
-    if (rc == 0) rc = table_open(&t, o.out, o.format, cols, 7);
-    int table_opened = rc == 0;
+    /* the export first: a file that cannot be written fails before the table reaches stdout */
     if (rc == 0) rc = export_open(&ex, "export-problem", export_path, "noise,prompt,pi_ref,reward,reward_hat");
+    int table_opened = 0;
+    if (rc == 0) { rc = table_open(&t, o.out, o.format, cols, 7); table_opened = rc == 0; }
     for (size_t s = 0; rc == 0 && s < nnoise; s++) {
         /* r_hat per prompt: the file's, or r + noise (fdpo_lab_gap_noise) */
         double **rh = fdpo_calloc((size_t)prompts, sizeof *rh);
@@ -589,30 +590,38 @@ static int lab_check_method(int argc, char **argv) {
     static const char *cols[] = {"method", "variant", "divergence", "beta", "max_abs_diff", "objective_gap",
                                  "uncovered_mass", "samples", "iterations", "target_diff", "z0", "undesirable_mass"};
     static const char *pi_cols[] = {"method", "divergence", "response", "pi"};
+    /* every run's options, validated by the library (fdpo_lab_algo_validate) before anything is
+     * written: a bad --group-size printed the table's header to stdout, then failed */
+    fdpo_lab_algo_opts *aos = fdpo_malloc(nm * nd * sizeof *aos);
+    for (size_t a = 0; a < nm; a++)
+        for (size_t d = 0; d < nd; d++) {
+            /* the method's defaults where a flag is 0 (--pair-top, --steps, --lr) */
+            fdpo_lab_algo_opts *ao = &aos[a * nd + d];
+            fdpo_lab_algo_opts_default(ao, methods[a], !sampled, p.n);
+            ao->div = divs[d];
+            ao->beta = beta;
+            if (pair_top) ao->pair_top = (size_t)pair_top;
+            if (steps) ao->steps = steps;
+            if (lr > 0) ao->lr = lr;
+            ao->k = k;
+            ao->grpo_eps = grpo_eps;
+            ao->seed = (uint64_t)o.seed;
+            ao->labels = labels;
+            ao->label_threshold = label_threshold;
+            ao->desirable_weight = w_d;
+            ao->undesirable_weight = w_u;
+            if (rc == 0) rc = fdpo_lab_algo_validate(ao, p.n);
+        }
     table t, tp;
     double *pi = fdpo_malloc(p.n * sizeof(double));
-    rc = table_open(&t, o.out, o.format, cols, 12);
-    int opened = rc == 0, opened_pi = 0;
+    int opened = 0, opened_pi = 0;
     if (rc == 0 && export_pi) opened_pi = (rc = table_open(&tp, export_pi, "csv", pi_cols, 4)) == 0;
+    if (rc == 0) opened = (rc = table_open(&t, o.out, o.format, cols, 12)) == 0;
     for (size_t a = 0; rc == 0 && a < nm; a++)
         for (size_t d = 0; rc == 0 && d < nd; d++) {
-            /* the method's defaults where a flag is 0 (--pair-top, --steps, --lr) */
-            fdpo_lab_algo_opts ao;
-            fdpo_lab_algo_opts_default(&ao, methods[a], !sampled, p.n);
-            ao.div = divs[d];
-            ao.beta = beta;
-            if (pair_top) ao.pair_top = (size_t)pair_top;
-            if (steps) ao.steps = steps;
-            if (lr > 0) ao.lr = lr;
-            ao.k = k;
-            ao.grpo_eps = grpo_eps;
-            ao.seed = (uint64_t)o.seed;
-            ao.labels = labels;
-            ao.label_threshold = label_threshold;
-            ao.desirable_weight = w_d;
-            ao.undesirable_weight = w_u;
+            const fdpo_lab_algo_opts *ao = &aos[a * nd + d];
             fdpo_lab_algo_result res;
-            if ((rc = fdpo_lab_algo_run(&pp, &ao, pi, &res))) break;
+            if ((rc = fdpo_lab_algo_run(&pp, ao, pi, &res))) break;
             char name[64];
             fdpo_divergence_name(&divs[d], name, sizeof name);
             for (size_t i = 0; opened_pi && i < p.n; i++) {
@@ -621,7 +630,7 @@ static int lab_check_method(int argc, char **argv) {
                 table_end_row(&tp);
             }
             table_str(&t, fdpo_lab_method_name(methods[a]));
-            table_str(&t, fdpo_lab_algo_variant(&ao));
+            table_str(&t, fdpo_lab_algo_variant(ao));
             table_str(&t, name); table_num(&t, beta);
             table_num(&t, res.max_abs_diff); table_num(&t, res.objective_gap); table_num(&t, res.uncovered_mass);
             table_int(&t, res.samples); table_int(&t, res.iterations);
@@ -631,6 +640,7 @@ static int lab_check_method(int argc, char **argv) {
     rc = table_finish(&tp, opened_pi, rc);
     rc = table_finish(&t, opened, rc);
     free(pi);
+    free(aos);
     free(divs);
     fdpo_lab_prepared_free(&pp);
     fdpo_lab_problem_free(&p);
@@ -672,13 +682,16 @@ static int lab_check(int argc, char **argv) {
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
     if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0)) { free(divs); return -1; }
+    /* the library's refusals (--label-noise, --n) and the export before the table reaches stdout */
+    int rc = fdpo_lab_check_validate(&L, noise, p.n);
     fdpo_lab_prepared pp;
     fdpo_lab_prepare(&pp, p.pi_ref, p.reward, p.n);
     static const char *cols[] = {"divergence", "beta", "loss", "max_abs_diff", "final_loss", "grad_norm", "iterations"};
     table t;
-    int rc = table_open(&t, o.out, o.format, cols, 7), opened = rc == 0;
     fdpo_atomic_file ep = {0};
     if (rc == 0) rc = export_open(&ep, "export-policy", export_policy, "divergence,response,pi_ref,reward,pi_theta");
+    int opened = 0;
+    if (rc == 0) { rc = table_open(&t, o.out, o.format, cols, 7); opened = rc == 0; }
     double *pi_theta = fdpo_malloc(p.n * sizeof(double));
     for (size_t k = 0; rc == 0 && k < nd; k++) {
         L.div = divs[k];
@@ -759,6 +772,10 @@ static int lab_constrained(int argc, char **argv) {
                                  "stepwise_tv", "stepwise_kl"};
     table t;
     int opened = 0;
+    /* one threshold's --out is opened first: a file that cannot be written fails before the
+     * table reaches stdout */
+    fdpo_atomic_file af = {0};
+    if (rc == 0 && !frontier && out && fdpo_atomic_open(&af, out)) rc = fdpo_error_context("--out %s", out);
     if (rc == 0) { rc = table_open(&t, frontier ? out : NULL, o.format, cols, stepwise ? 18 : 13); opened = rc == 0; }
     for (size_t k = 0; rc == 0 && k < nrow; k++) {
         const fdpo_lab_constrained_result *r = &rows[k];
@@ -775,30 +792,26 @@ static int lab_constrained(int argc, char **argv) {
         table_end_row(&t);
     }
     rc = table_finish(&t, opened, rc);
-    if (rc == 0 && !frontier && out) {
-        fdpo_atomic_file af;
-        if (fdpo_atomic_open(&af, out)) rc = fdpo_error_context("--out %s", out);
-        else {
-            fprintf(af.f, "pi_ref,reward,safety");
+    if (rc == 0 && af.f) {
+        fprintf(af.f, "pi_ref,reward,safety");
+        for (size_t k = 0; k < nd; k++) {
+            char name[64];
+            fdpo_divergence_name(&divs[k], name, sizeof name);
+            if (nd == 1) fprintf(af.f, stepwise ? ",pi,pi_stepwise" : ",pi");
+            else if (stepwise) fprintf(af.f, ",pi_%s,pi_stepwise_%s", name, name);
+            else fprintf(af.f, ",pi_%s", name);
+        }
+        fputc('\n', af.f);
+        for (size_t i = 0; i < p.n; i++) {
+            fprintf(af.f, "%.17g,%.17g,%.17g", p.pi_ref[i], p.reward[i], p.safety[i]);
             for (size_t k = 0; k < nd; k++) {
-                char name[64];
-                fdpo_divergence_name(&divs[k], name, sizeof name);
-                if (nd == 1) fprintf(af.f, stepwise ? ",pi,pi_stepwise" : ",pi");
-                else if (stepwise) fprintf(af.f, ",pi_%s,pi_stepwise_%s", name, name);
-                else fprintf(af.f, ",pi_%s", name);
+                fprintf(af.f, ",%.17g", pis[k * p.n + i]);
+                if (stepwise) fprintf(af.f, ",%.17g", steps[k * p.n + i]);
             }
             fputc('\n', af.f);
-            for (size_t i = 0; i < p.n; i++) {
-                fprintf(af.f, "%.17g,%.17g,%.17g", p.pi_ref[i], p.reward[i], p.safety[i]);
-                for (size_t k = 0; k < nd; k++) {
-                    fprintf(af.f, ",%.17g", pis[k * p.n + i]);
-                    if (stepwise) fprintf(af.f, ",%.17g", steps[k * p.n + i]);
-                }
-                fputc('\n', af.f);
-            }
-            rc = fdpo_atomic_commit(&af);
         }
     }
+    rc = export_finish(&af, rc);
     free(rows); free(pis); free(steps); free(divs); free(bs);
     fdpo_lab_problem_free(&p);
     return rc;

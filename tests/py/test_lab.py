@@ -617,6 +617,15 @@ def test_renormalises_with_a_warning(tmp_path):
     (["check", "--divergence", "chi2"], "--divergence chi2: chi2 is not usable"),
     (["check", "--label-smoothing", "0.5"], "--label-smoothing"),
     (["check", "--loss", "simpo"], "--loss simpo"),
+    # the library's refusals that came after the table's header (it reached stdout, then exit 1)
+    (["check", "--label-noise", "0.5"], "--label-noise: must be in [0, 0.5) (got 0.5)"),
+    (["check", "--n", "1"], "--n: the check needs at least 2 responses (got 1)"),
+    (["check", "--method", "rloo", "--group-size", "1"], "--group-size: rloo needs groups of at least 2 samples (got 1)"),
+    (["check", "--method", "grpo", "--group-size", "9"], "--group-size: exact grpo averages over all n^k = 6^9 groups"),
+    (["check", "--method", "dpo", "--pair-top", "1"], "--pair-top: offline pairs need at least 2 responses (got 1)"),
+    (["check", "--method", "kto", "--desirable-weight", "0"], "--desirable-weight: must be > 0 (got 0)"),
+    (["check", "--method", "dpo,kto", "--undesirable-weight", "-1"], "--undesirable-weight: must be > 0 (got -1)"),
+    (["check", "--method", "online", "--n", "1"], "--n: the check needs at least 2 responses (got 1)"),
     (["frobnicate"], "unknown experiment 'frobnicate'"),
     (["solve", "--bogus", "1"], "unknown flag --bogus"),
 ])
@@ -1032,3 +1041,22 @@ def test_an_output_that_is_the_data_file_is_refused(tmp_path, args, flag):
     assert r.returncode == 1, r.stderr
     assert r.stderr == f"fdpo lab: {flag} {same}: is the input --data {p}, which the output would replace; give another file\n"
     assert r.stdout == "" and p.read_bytes() == before
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["solve", "--n", "5", "--divergence", "rkl"], "--out"),
+    (["gap", "--n", "5", "--divergence", "rkl", "--betas", "0.1"], "--export-problem"),
+    (["check", "--divergence", "rkl"], "--export-policy"),
+    (["check", "--method", "rloo", "--divergence", "rkl"], "--export-pi"),
+    (["constrained", "--n", "5", "--min-safety", "0", "--divergence", "rkl"], "--out"),
+    (["coverage", "--divergence", "rkl", "--comparisons", "10"], "--export-fit"),
+])
+def test_an_output_that_cannot_be_written_fails_before_the_table(tmp_path, args, flag):
+    """a second file (solve's --out, the exports) opened after the table printed the table to
+    stdout and then failed. A 250-character name: claimable (its NAME.lock fits in 255 bytes)
+    but not writable (the NAME.tmp.PID beside it does not)."""
+    path = tmp_path / ("x" * 250)
+    r = lab(*args, flag, path, check=False)
+    assert r.returncode == 1, r.stderr
+    assert f"{path}.tmp." in r.stderr and "File name too long" in r.stderr, r.stderr
+    assert r.stdout == "" and not path.exists()
