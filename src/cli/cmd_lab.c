@@ -150,6 +150,14 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
                         int prompts_ok) {
     if (o->input) {
         if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --data (the file sets the responses)");
+        /* the generator's flags would be ignored: refused like --n (constrained's
+         * --safety-correlation too; a flag a subcommand does not have is never set) */
+        static const char *const gen_flags[] = {"pi-ref", "zipf-s", "dirichlet-alpha", "reward", "reward-scale",
+                                                "length-min", "length-max", "safety-correlation"};
+        for (size_t i = 0; i < sizeof gen_flags / sizeof gen_flags[0]; i++)
+            if (flags_was_set(flags, nf, gen_flags[i]))
+                return fdpo_error("--%s: not allowed with --data (it shapes a generated problem; the file sets the problem)",
+                                  gen_flags[i]);
         double renorm;
         if (fdpo_lab_read_csv(o->input, p, &renorm)) return fdpo_error_context("--data");
         if (p->prompt_offset && !prompts_ok) {
@@ -433,6 +441,11 @@ static int lab_coverage(int argc, char **argv) {
     fdpo_lab_coverage_opts co;
     fdpo_lab_coverage_opts_default(&co);
     if (fdpo_lab_data_policy_parse(policy, &co.policy)) return -1;
+    /* flags the data policy does not use are refused, not ignored */
+    if (co.policy != FDPO_LAB_DATA_MIXTURE && flags_was_set(flags, NFLAGS(flags), "mixture"))
+        return fdpo_error("--mixture: only used by --data-policy mixture (got --data-policy %s)", policy);
+    if ((co.policy == FDPO_LAB_DATA_REF || co.policy == FDPO_LAB_DATA_UNIFORM) && flags_was_set(flags, NFLAGS(flags), "data-divergence"))
+        return fdpo_error("--data-divergence: only used by --data-policy optimal or mixture (got --data-policy %s)", policy);
     co.beta = beta; co.mixture = mixture; co.ridge = ridge; co.seed = (uint64_t)o.seed;
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
         return fdpo_error("--prompts: --data holds one prompt (got %ld)", prompts);
@@ -750,7 +763,7 @@ static int lab_constrained(int argc, char **argv) {
     else { bs = fdpo_malloc(sizeof *bs); bs[0] = min_safety; }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
-    fdpo_lab_problem p;
+    fdpo_lab_problem p = {0}; /* freed below also when the load fails */
     int rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0);
     if (rc == 0 && o.input && !p.safety) rc = fdpo_error("--data %s: lab constrained needs a 'safety' column", o.input);
     if (rc == 0 && !o.input) rc = fdpo_lab_generate_safety(&p, correlation, &rng);

@@ -1060,3 +1060,48 @@ def test_an_output_that_cannot_be_written_fails_before_the_table(tmp_path, args,
     assert r.returncode == 1, r.stderr
     assert f"{path}.tmp." in r.stderr and "File name too long" in r.stderr, r.stderr
     assert r.stdout == "" and not path.exists()
+
+
+GENERATOR_FLAGS = [("--n", "7"), ("--pi-ref", "uniform"), ("--pi-ref", "zipf"), ("--zipf-s", "3"),
+                   ("--dirichlet-alpha", "2"), ("--reward", "uniform"), ("--reward-scale", "50"),
+                   ("--length-min", "1"), ("--length-max", "9")]
+
+
+@pytest.mark.parametrize("exp,flag,value", [
+    (exp, flag, value)
+    for exp in ["solve", "frontier", "gap", "bias", "check", "check --method rloo", "coverage", "constrained"]
+    for flag, value in GENERATOR_FLAGS + ([("--safety-correlation", "0.3")] if exp == "constrained" else [])
+])
+def test_generator_flags_are_refused_with_data(tmp_path, exp, flag, value):
+    """with --data the generated problem's flags were silently ignored (only --n was refused);
+    each is refused the same way, even at its default value (and constrained's load failure
+    freed an uninitialised problem: a double free)"""
+    p = tmp_path / "p.csv"
+    write_problem(p, [0.5, 0.3, 0.2], [1.0, 0.0, -1.0], {"length": [10, 20, 30], "safety": [0.0, 1.0, 0.5]})
+    extra = ["--min-safety", "0"] if exp == "constrained" else []
+    r = lab(*exp.split(), "--data", p, flag, value, *extra, check=False)
+    assert r.returncode == 1, r.stderr
+    name = flag[2:]
+    want = ("--n: not allowed with --data (the file sets the responses)" if name == "n" else
+            f"--{name}: not allowed with --data (it shapes a generated problem; the file sets the problem)")
+    assert r.stderr == f"fdpo lab: {want}\n" and r.stdout == ""
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--mixture", "0.3"], "--mixture: only used by --data-policy mixture (got --data-policy ref)"),
+    (["--data-policy", "optimal", "--mixture", "0.5"], "--mixture: only used by --data-policy mixture (got --data-policy optimal)"),
+    (["--data-divergence", "fkl"], "--data-divergence: only used by --data-policy optimal or mixture (got --data-policy ref)"),
+    (["--data-policy", "uniform", "--data-divergence", "rkl"],
+     "--data-divergence: only used by --data-policy optimal or mixture (got --data-policy uniform)"),
+])
+def test_coverage_refuses_flags_its_data_policy_does_not_use(args, needle):
+    r = lab("coverage", *args, check=False)
+    assert r.returncode == 1 and r.stderr == f"fdpo lab: {needle}\n" and r.stdout == "", r.stderr
+
+
+def test_coverage_data_policy_flags_still_work_where_used():
+    base = ["coverage", "--n", "5", "--prompts", "1", "--comparisons", "10", "--divergence", "rkl"]
+    a = lab(*base, "--data-policy", "mixture", "--mixture", "0.25", "--data-divergence", "fkl").stdout
+    b = lab(*base, "--data-policy", "mixture", "--mixture", "0.75", "--data-divergence", "fkl").stdout
+    assert rows(a)[0]["data_policy"] == "mixture" and a != b
+    assert rows(lab(*base, "--data-policy", "optimal", "--data-divergence", "js").stdout)[0]["data_policy"] == "optimal"
