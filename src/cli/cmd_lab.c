@@ -141,7 +141,7 @@ typedef struct {
     {"reward-scale", FLAG_FLOAT, &(o).gen.reward_scale, "1", "reward standard deviation / half-width", 0},     \
     {"length-min", FLAG_INT, &(o).gen.length_min, "10", "generated response lengths: smallest", 0},            \
     {"length-max", FLAG_INT, &(o).gen.length_max, "200", "generated response lengths: largest", 0},            \
-    {"seed", FLAG_INT, &(o).seed, FLAGS_DEFAULT_SEED, "RNG seed (same seed + threads -> same numbers)", 0},              \
+    {"seed", FLAG_COUNT, &(o).seed, FLAGS_DEFAULT_SEED, "RNG seed (same seed + threads -> same numbers)", 0},            \
     {"threads", FLAG_INT, &(o).threads, "0", "OpenMP threads (0 = default)", 0},                           \
     {"format", FLAG_STR, &(o).format, "csv", "output table format: csv or json", 0}
 

@@ -1105,3 +1105,16 @@ def test_coverage_data_policy_flags_still_work_where_used():
     b = lab(*base, "--data-policy", "mixture", "--mixture", "0.75", "--data-divergence", "fkl").stdout
     assert rows(a)[0]["data_policy"] == "mixture" and a != b
     assert rows(lab(*base, "--data-policy", "optimal", "--data-divergence", "js").stdout)[0]["data_policy"] == "optimal"
+
+
+@pytest.mark.parametrize("exp", ["solve", "frontier", "gap", "coverage", "bias", "check", "check --method rloo", "constrained"])
+def test_seed_is_a_count(tmp_path, exp):
+    """--seed is the library's uint64_t, as in the sampling commands (FLAG_COUNT): -1 was taken
+    and wrapped to 2^64 - 1; it is refused on the command line and in --config"""
+    extra = ["--min-safety", "0"] if exp == "constrained" else []
+    r = lab(*exp.split(), "--seed", "-1", *extra, check=False)
+    assert r.returncode == 1 and r.stderr == "fdpo lab: --seed: must not be negative (got -1)\n" and r.stdout == "", r.stderr
+    cfg = tmp_path / "c.ini"
+    cfg.write_text("seed = -1\n")
+    r = lab(*exp.split(), "--config", cfg, *extra, check=False)
+    assert r.returncode == 1 and f"{cfg}:1: key 'seed': must not be negative (got -1)" in r.stderr and r.stdout == "", r.stderr
