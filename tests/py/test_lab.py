@@ -1118,3 +1118,36 @@ def test_seed_is_a_count(tmp_path, exp):
     cfg.write_text("seed = -1\n")
     r = lab(*exp.split(), "--config", cfg, *extra, check=False)
     assert r.returncode == 1 and f"{cfg}:1: key 'seed': must not be negative (got -1)" in r.stderr and r.stdout == "", r.stderr
+
+
+@pytest.mark.parametrize("div", ["rkl", "fkl", "js", "alpha:0.5", "tv", "chi2"])
+@pytest.mark.parametrize("beta", ["1e-320", "4.9406564584124654e-324"])
+def test_subnormal_beta_is_a_number(tmp_path, div, beta):
+    """--beta 1e-320 was 'not a finite number' (strtod's ERANGE for a subnormal) while --betas
+    took it: a subnormal is a finite number; the solve is the mpmath optimum (tv: the greedy
+    point mass, every reward gap being >> beta)"""
+    q, r = tiny_beta_problem(1)
+    s, pi = solve(tmp_path, div, beta, q, r)
+    assert float(s["beta"]) == float(beta) > 0
+    assert np.all(pi >= 0) and abs(pi.sum() - 1) <= 1e-12
+    if div == "tv":
+        top = r == r.max()
+        np.testing.assert_allclose(pi, np.where(top, q / q[top].sum(), 0), rtol=1e-15, atol=0)
+    else:
+        np.testing.assert_allclose(pi, [float(x) for x in mp_optimum(div, q, r, float(beta))], rtol=0, atol=1e-14)
+    cfg = tmp_path / "c.ini"
+    cfg.write_text(f"beta = {beta}\n")
+    assert float(rows(lab("solve", "--n", "4", "--divergence", div, "--config", cfg).stdout)[0]["beta"]) == float(beta)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["solve", "--beta", "1e-400"], "--beta: '1e-400' is out of range (it rounds to 0: the smallest double is 4.9e-324)"),
+    (["solve", "--beta", "-1e-400"], "--beta: '-1e-400' is out of range (it rounds to 0: the smallest double is 4.9e-324)"),
+    (["frontier", "--betas", "0.1,1e-400"], "--betas: '1e-400' is out of range (it rounds to 0: the smallest double is 4.9e-324)"),
+    (["solve", "--beta", "1e999"], "--beta: '1e999' is not a finite number"),
+    (["frontier", "--betas", "1e999"], "--betas: '1e999' is not a finite number"),
+])
+def test_numbers_out_of_range_are_named_alike(args, needle):
+    """the single-value and the list parser read numbers the same way (one helper)"""
+    r = lab(*args, check=False)
+    assert r.returncode == 1 and r.stderr == f"fdpo lab: {needle}\n" and r.stdout == "", r.stderr
