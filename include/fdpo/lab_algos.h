@@ -63,9 +63,9 @@ typedef struct {
     double uncovered_mass;   /* pi* mass on responses the pair distribution never proposes (dpo) */
     long samples;            /* responses drawn (0 for exact runs) */
     long iterations;         /* gradient steps or L-BFGS iterations */
-    double target_diff;      /* max_y |pi(y) - target(y)|: target = pi*, for kto its own limit */
-    double z0;               /* kto: the reference point at the final policy (0 otherwise) */
-    double undesirable_mass; /* kto: pi_ref mass of the net-undesirable responses (0 otherwise) */
+    double target_diff;      /* max_y |pi(y) - target(y)|: target = pi* (= max_abs_diff), for kto its own limit */
+    double z0;               /* kto: the reference point at the final policy (NaN otherwise: not applicable) */
+    double undesirable_mass; /* kto: pi_ref mass of the net-undesirable responses (NaN otherwise) */
 } fdpo_lab_algo_result;
 
 /* The defaults of `fdpo lab check --method` for method m, exact or sampled, on n responses:

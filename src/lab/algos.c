@@ -474,6 +474,7 @@ int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, 
     L.div = o->div;
     L.beta = o->beta;
     memset(res, 0, sizeof *res);
+    if (o->method != FDPO_LAB_KTO) res->z0 = res->undesirable_mass = NAN; /* kto's alone: not 0, which reads as a value */
     double *pistar = fdpo_malloc(n * sizeof(double)), *theta = fdpo_malloc(n * sizeof(double));
     double *pi = fdpo_malloc(n * sizeof(double)), *l = fdpo_malloc(n * sizeof(double));
     fdpo_lab_result star, got;

@@ -447,6 +447,13 @@ START_TEST(algo_run_refuses_sampled_kto) {
     ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--sampled"));
     o.exact = 1;
     ck_assert_int_eq(fdpo_lab_algo_run(&pp, &o, pi, &res), 0);
+    ck_assert(isfinite(res.z0) && isfinite(res.undesirable_mass));
+    /* z0 and undesirable_mass are kto's: NaN (not applicable) on the other methods' results */
+    o.method = FDPO_LAB_RLOO;
+    o.k = 2;
+    ck_assert_int_eq(fdpo_lab_algo_run(&pp, &o, pi, &res), 0);
+    ck_assert(isnan(res.z0) && isnan(res.undesirable_mass));
+    ck_assert_double_eq(res.target_diff, res.max_abs_diff);
     fdpo_lab_prepared_free(&pp);
 }
 END_TEST
