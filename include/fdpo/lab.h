@@ -111,6 +111,10 @@ typedef struct {
 } fdpo_lab_check_result;
 int fdpo_lab_check(const fdpo_lab_prepared *pp, const fdpo_pref_loss *L, double label_noise,
                    double *pi_theta, fdpo_lab_check_result *res);
+/* What fdpo_lab_check refuses, on n responses, before it computes (it runs this first; a
+ * caller runs it before it writes anything): the loss's check, simpo (no pi_ref), label_noise
+ * in [0, 0.5), n >= 2. Errors name the flag. */
+int fdpo_lab_check_validate(const fdpo_pref_loss *L, double label_noise, size_t n);
 
 /* ---- experiments: the rows of `fdpo lab gap/bias/frontier/coverage` ---- */
 

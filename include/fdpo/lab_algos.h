@@ -63,9 +63,9 @@ typedef struct {
     double uncovered_mass;   /* pi* mass on responses the pair distribution never proposes (dpo) */
     long samples;            /* responses drawn (0 for exact runs) */
     long iterations;         /* gradient steps or L-BFGS iterations */
-    double target_diff;      /* max_y |pi(y) - target(y)|: target = pi*, for kto its own limit */
-    double z0;               /* kto: the reference point at the final policy (0 otherwise) */
-    double undesirable_mass; /* kto: pi_ref mass of the net-undesirable responses (0 otherwise) */
+    double target_diff;      /* max_y |pi(y) - target(y)|: target = pi* (= max_abs_diff), for kto its own limit */
+    double z0;               /* kto: the reference point at the final policy (NaN otherwise: not applicable) */
+    double undesirable_mass; /* kto: pi_ref mass of the net-undesirable responses (NaN otherwise) */
 } fdpo_lab_algo_result;
 
 /* The defaults of `fdpo lab check --method` for method m, exact or sampled, on n responses:
@@ -80,8 +80,12 @@ double fdpo_lab_algo_default_lr(fdpo_lab_method m, int exact);
 /* The options' own checks (fdpo_lab_algo_run calls it first; those that need the problem, as
  * --pair-top and exact grpo's n^k, come in the run). Errors name the flag: kto without exact
  * is refused (--sampled); steps >= 1 and lr > 0 for every method but dpo; --group-size >= 2
- * for rloo and grpo (>= 1 for online); grpo_eps > 0. */
+ * for rloo and grpo (>= 1 for online); grpo_eps > 0; kto's weights > 0 and a finite threshold. */
 int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o);
+/* Everything fdpo_lab_algo_run refuses on n responses before it computes (it runs this first;
+ * a caller runs it for every run before it writes anything): n >= 2, the options' check, dpo's
+ * --pair-top >= 2 responses, exact grpo's n^k <= 1e6. Errors name the flag. */
+int fdpo_lab_algo_validate(const fdpo_lab_algo_opts *o, size_t n);
 
 /* The table's `variant` of a run: "offline" (dpo, kto: a fixed data set), else "exact" or "sampled". */
 const char *fdpo_lab_algo_variant(const fdpo_lab_algo_opts *o);

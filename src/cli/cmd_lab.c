@@ -7,6 +7,7 @@
 #include <string.h>
 #include <cJSON.h>
 #include "cli/commands.h"
+#include "cli/eval_common.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
 #include "fdpo/lab.h"
@@ -140,7 +141,7 @@ typedef struct {
     {"reward-scale", FLAG_FLOAT, &(o).gen.reward_scale, "1", "reward standard deviation / half-width", 0},     \
     {"length-min", FLAG_INT, &(o).gen.length_min, "10", "generated response lengths: smallest", 0},            \
     {"length-max", FLAG_INT, &(o).gen.length_max, "200", "generated response lengths: largest", 0},            \
-    {"seed", FLAG_INT, &(o).seed, FLAGS_DEFAULT_SEED, "RNG seed (same seed + threads -> same numbers)", 0},              \
+    {"seed", FLAG_COUNT, &(o).seed, FLAGS_DEFAULT_SEED, "RNG seed (same seed + threads -> same numbers)", 0},            \
     {"threads", FLAG_INT, &(o).threads, "0", "OpenMP threads (0 = default)", 0},                           \
     {"format", FLAG_STR, &(o).format, "csv", "output table format: csv or json", 0}
 
@@ -149,6 +150,14 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
                         int prompts_ok) {
     if (o->input) {
         if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --data (the file sets the responses)");
+        /* the generator's flags would be ignored: refused like --n (constrained's
+         * --safety-correlation too; a flag a subcommand does not have is never set) */
+        static const char *const gen_flags[] = {"pi-ref", "zipf-s", "dirichlet-alpha", "reward", "reward-scale",
+                                                "length-min", "length-max", "safety-correlation"};
+        for (size_t i = 0; i < sizeof gen_flags / sizeof gen_flags[0]; i++)
+            if (flags_was_set(flags, nf, gen_flags[i]))
+                return fdpo_error("--%s: not allowed with --data (it shapes a generated problem; the file sets the problem)",
+                                  gen_flags[i]);
         double renorm;
         if (fdpo_lab_read_csv(o->input, p, &renorm)) return fdpo_error_context("--data");
         if (p->prompt_offset && !prompts_ok) {
@@ -176,13 +185,18 @@ static int parse_divs(const char *spec, fdpo_divergence **out, size_t *count) {
 static const char *lab_claimed[LAB_MAX_OUTPUTS];
 static int lab_n_claimed;
 
-static int claim_outputs(const fdpo_flag *flags, size_t n) {
+/* An output that is the --data file itself is refused as every command refuses it
+ * (eval_out_not_input): the atomic rename replaced the input with only a warning. */
+static int claim_outputs(const fdpo_flag *flags, size_t n, const char *input) {
+    const char *inputs[1][2] = {{"--data", input}};
     for (size_t i = 0; i < n; i++) {
         if (flags[i].type != FLAG_STR || (strcmp(flags[i].name, "out") && strncmp(flags[i].name, "export-", 7))) continue;
         const char *path = *(const char **)flags[i].dest;
-        if (!path || lab_n_claimed == LAB_MAX_OUTPUTS) continue;
+        if (!path) continue;
         char flag[64];
         snprintf(flag, sizeof flag, "--%s", flags[i].name);
+        if (eval_out_not_input(flag, path, inputs, 1)) return -1;
+        if (lab_n_claimed == LAB_MAX_OUTPUTS) continue;
         if (fdpo_out_file_claim(path, flag)) return -1;
         lab_claimed[lab_n_claimed++] = path;
     }
@@ -198,7 +212,7 @@ static int claim_outputs(const fdpo_flag *flags, size_t n) {
     if (npos_ > 0) { fdpo_error("lab " name ": unexpected argument '%s'", pos_[0]); free(pos_); return -1; } \
     free(pos_);                                                                                      \
     o.input = o.data; /* --input is an alias of --data (cli/flags.c) */                               \
-    if (claim_outputs(flags, NFLAGS(flags))) return -1;                                              \
+    if (claim_outputs(flags, NFLAGS(flags), o.input)) return -1;                                     \
     fdpo_set_threads((int)o.threads)
 
 /* ---------------- solve ---------------- */
@@ -229,7 +243,11 @@ static int lab_solve(int argc, char **argv) {
     static const char *cols[] = {"divergence", "beta", "lambda", "support", "support_lost", "expected_reward",
                                  "entropy", "kl", "f_divergence", "objective", "iterations"};
     table t;
-    int rc = table_open(&t, NULL, o.format, cols, 11);
+    /* --out is opened first: a file that cannot be written fails before the table reaches stdout */
+    fdpo_atomic_file af = {0};
+    int rc = 0, opened = 0;
+    if (pi_out && fdpo_atomic_open(&af, pi_out)) rc = fdpo_error_context("--out %s", pi_out);
+    if (rc == 0) { rc = table_open(&t, NULL, o.format, cols, 11); opened = rc == 0; }
     for (size_t k = 0; rc == 0 && k < nd; k++) {
         fdpo_lab_result r;
         if ((rc = fdpo_lab_solve(&pp, &divs[k], beta, pis + k * p.n, &r))) break;
@@ -241,27 +259,23 @@ static int lab_solve(int argc, char **argv) {
         table_num(&t, r.f_divergence); table_num(&t, r.objective); table_int(&t, r.iterations);
         table_end_row(&t);
     }
-    if (rc == 0) rc = table_close(&t, 1);
-    if (rc == 0 && pi_out) {
-        fdpo_atomic_file af;
-        if (fdpo_atomic_open(&af, pi_out)) rc = fdpo_error_context("--out %s", pi_out);
-        else {
-            fprintf(af.f, "pi_ref,reward");
-            for (size_t k = 0; k < nd; k++) {
-                char name[64];
-                fdpo_divergence_name(&divs[k], name, sizeof name);
-                if (nd == 1) fprintf(af.f, ",pi");
-                else fprintf(af.f, ",pi_%s", name);
-            }
+    rc = table_finish(&t, opened, rc);
+    if (rc == 0 && af.f) {
+        fprintf(af.f, "pi_ref,reward");
+        for (size_t k = 0; k < nd; k++) {
+            char name[64];
+            fdpo_divergence_name(&divs[k], name, sizeof name);
+            if (nd == 1) fprintf(af.f, ",pi");
+            else fprintf(af.f, ",pi_%s", name);
+        }
+        fputc('\n', af.f);
+        for (size_t i = 0; i < p.n; i++) {
+            fprintf(af.f, "%.17g,%.17g", p.pi_ref[i], p.reward[i]);
+            for (size_t k = 0; k < nd; k++) fprintf(af.f, ",%.17g", pis[k * p.n + i]);
             fputc('\n', af.f);
-            for (size_t i = 0; i < p.n; i++) {
-                fprintf(af.f, "%.17g,%.17g", p.pi_ref[i], p.reward[i]);
-                for (size_t k = 0; k < nd; k++) fprintf(af.f, ",%.17g", pis[k * p.n + i]);
-                fputc('\n', af.f);
-            }
-            rc = fdpo_atomic_commit(&af);
         }
     }
+    rc = export_finish(&af, rc);
     free(pis); free(divs);
     fdpo_lab_prepared_free(&pp);
     fdpo_lab_problem_free(&p);
@@ -356,9 +370,10 @@ static int lab_gap(int argc, char **argv) {
     static const char *cols[] = {"noise", "divergence", "beta", "reward_gap", "objective_gap", "bound", "bound_held"};
     table t;
     fdpo_atomic_file ex = {0};
-    if (rc == 0) rc = table_open(&t, o.out, o.format, cols, 7);
-    int table_opened = rc == 0;
+    /* the export first: a file that cannot be written fails before the table reaches stdout */
     if (rc == 0) rc = export_open(&ex, "export-problem", export_path, "noise,prompt,pi_ref,reward,reward_hat");
+    int table_opened = 0;
+    if (rc == 0) { rc = table_open(&t, o.out, o.format, cols, 7); table_opened = rc == 0; }
     for (size_t s = 0; rc == 0 && s < nnoise; s++) {
         /* r_hat per prompt: the file's, or r + noise (fdpo_lab_gap_noise) */
         double **rh = fdpo_calloc((size_t)prompts, sizeof *rh);
@@ -426,6 +441,11 @@ static int lab_coverage(int argc, char **argv) {
     fdpo_lab_coverage_opts co;
     fdpo_lab_coverage_opts_default(&co);
     if (fdpo_lab_data_policy_parse(policy, &co.policy)) return -1;
+    /* flags the data policy does not use are refused, not ignored */
+    if (co.policy != FDPO_LAB_DATA_MIXTURE && flags_was_set(flags, NFLAGS(flags), "mixture"))
+        return fdpo_error("--mixture: only used by --data-policy mixture (got --data-policy %s)", policy);
+    if ((co.policy == FDPO_LAB_DATA_REF || co.policy == FDPO_LAB_DATA_UNIFORM) && flags_was_set(flags, NFLAGS(flags), "data-divergence"))
+        return fdpo_error("--data-divergence: only used by --data-policy optimal or mixture (got --data-policy %s)", policy);
     co.beta = beta; co.mixture = mixture; co.ridge = ridge; co.seed = (uint64_t)o.seed;
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
         return fdpo_error("--prompts: --data holds one prompt (got %ld)", prompts);
@@ -583,30 +603,38 @@ static int lab_check_method(int argc, char **argv) {
     static const char *cols[] = {"method", "variant", "divergence", "beta", "max_abs_diff", "objective_gap",
                                  "uncovered_mass", "samples", "iterations", "target_diff", "z0", "undesirable_mass"};
     static const char *pi_cols[] = {"method", "divergence", "response", "pi"};
+    /* every run's options, validated by the library (fdpo_lab_algo_validate) before anything is
+     * written: a bad --group-size printed the table's header to stdout, then failed */
+    fdpo_lab_algo_opts *aos = fdpo_malloc(nm * nd * sizeof *aos);
+    for (size_t a = 0; a < nm; a++)
+        for (size_t d = 0; d < nd; d++) {
+            /* the method's defaults where a flag is 0 (--pair-top, --steps, --lr) */
+            fdpo_lab_algo_opts *ao = &aos[a * nd + d];
+            fdpo_lab_algo_opts_default(ao, methods[a], !sampled, p.n);
+            ao->div = divs[d];
+            ao->beta = beta;
+            if (pair_top) ao->pair_top = (size_t)pair_top;
+            if (steps) ao->steps = steps;
+            if (lr > 0) ao->lr = lr;
+            ao->k = k;
+            ao->grpo_eps = grpo_eps;
+            ao->seed = (uint64_t)o.seed;
+            ao->labels = labels;
+            ao->label_threshold = label_threshold;
+            ao->desirable_weight = w_d;
+            ao->undesirable_weight = w_u;
+            if (rc == 0) rc = fdpo_lab_algo_validate(ao, p.n);
+        }
     table t, tp;
     double *pi = fdpo_malloc(p.n * sizeof(double));
-    rc = table_open(&t, o.out, o.format, cols, 12);
-    int opened = rc == 0, opened_pi = 0;
+    int opened = 0, opened_pi = 0;
     if (rc == 0 && export_pi) opened_pi = (rc = table_open(&tp, export_pi, "csv", pi_cols, 4)) == 0;
+    if (rc == 0) opened = (rc = table_open(&t, o.out, o.format, cols, 12)) == 0;
     for (size_t a = 0; rc == 0 && a < nm; a++)
         for (size_t d = 0; rc == 0 && d < nd; d++) {
-            /* the method's defaults where a flag is 0 (--pair-top, --steps, --lr) */
-            fdpo_lab_algo_opts ao;
-            fdpo_lab_algo_opts_default(&ao, methods[a], !sampled, p.n);
-            ao.div = divs[d];
-            ao.beta = beta;
-            if (pair_top) ao.pair_top = (size_t)pair_top;
-            if (steps) ao.steps = steps;
-            if (lr > 0) ao.lr = lr;
-            ao.k = k;
-            ao.grpo_eps = grpo_eps;
-            ao.seed = (uint64_t)o.seed;
-            ao.labels = labels;
-            ao.label_threshold = label_threshold;
-            ao.desirable_weight = w_d;
-            ao.undesirable_weight = w_u;
+            const fdpo_lab_algo_opts *ao = &aos[a * nd + d];
             fdpo_lab_algo_result res;
-            if ((rc = fdpo_lab_algo_run(&pp, &ao, pi, &res))) break;
+            if ((rc = fdpo_lab_algo_run(&pp, ao, pi, &res))) break;
             char name[64];
             fdpo_divergence_name(&divs[d], name, sizeof name);
             for (size_t i = 0; opened_pi && i < p.n; i++) {
@@ -615,7 +643,7 @@ static int lab_check_method(int argc, char **argv) {
                 table_end_row(&tp);
             }
             table_str(&t, fdpo_lab_method_name(methods[a]));
-            table_str(&t, fdpo_lab_algo_variant(&ao));
+            table_str(&t, fdpo_lab_algo_variant(ao));
             table_str(&t, name); table_num(&t, beta);
             table_num(&t, res.max_abs_diff); table_num(&t, res.objective_gap); table_num(&t, res.uncovered_mass);
             table_int(&t, res.samples); table_int(&t, res.iterations);
@@ -625,6 +653,7 @@ static int lab_check_method(int argc, char **argv) {
     rc = table_finish(&tp, opened_pi, rc);
     rc = table_finish(&t, opened, rc);
     free(pi);
+    free(aos);
     free(divs);
     fdpo_lab_prepared_free(&pp);
     fdpo_lab_problem_free(&p);
@@ -666,13 +695,16 @@ static int lab_check(int argc, char **argv) {
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
     if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0)) { free(divs); return -1; }
+    /* the library's refusals (--label-noise, --n) and the export before the table reaches stdout */
+    int rc = fdpo_lab_check_validate(&L, noise, p.n);
     fdpo_lab_prepared pp;
     fdpo_lab_prepare(&pp, p.pi_ref, p.reward, p.n);
     static const char *cols[] = {"divergence", "beta", "loss", "max_abs_diff", "final_loss", "grad_norm", "iterations"};
     table t;
-    int rc = table_open(&t, o.out, o.format, cols, 7), opened = rc == 0;
     fdpo_atomic_file ep = {0};
     if (rc == 0) rc = export_open(&ep, "export-policy", export_policy, "divergence,response,pi_ref,reward,pi_theta");
+    int opened = 0;
+    if (rc == 0) { rc = table_open(&t, o.out, o.format, cols, 7); opened = rc == 0; }
     double *pi_theta = fdpo_malloc(p.n * sizeof(double));
     for (size_t k = 0; rc == 0 && k < nd; k++) {
         L.div = divs[k];
@@ -731,7 +763,7 @@ static int lab_constrained(int argc, char **argv) {
     else { bs = fdpo_malloc(sizeof *bs); bs[0] = min_safety; }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
-    fdpo_lab_problem p;
+    fdpo_lab_problem p = {0}; /* freed below also when the load fails */
     int rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0);
     if (rc == 0 && o.input && !p.safety) rc = fdpo_error("--data %s: lab constrained needs a 'safety' column", o.input);
     if (rc == 0 && !o.input) rc = fdpo_lab_generate_safety(&p, correlation, &rng);
@@ -753,6 +785,10 @@ static int lab_constrained(int argc, char **argv) {
                                  "stepwise_tv", "stepwise_kl"};
     table t;
     int opened = 0;
+    /* one threshold's --out is opened first: a file that cannot be written fails before the
+     * table reaches stdout */
+    fdpo_atomic_file af = {0};
+    if (rc == 0 && !frontier && out && fdpo_atomic_open(&af, out)) rc = fdpo_error_context("--out %s", out);
     if (rc == 0) { rc = table_open(&t, frontier ? out : NULL, o.format, cols, stepwise ? 18 : 13); opened = rc == 0; }
     for (size_t k = 0; rc == 0 && k < nrow; k++) {
         const fdpo_lab_constrained_result *r = &rows[k];
@@ -769,30 +805,26 @@ static int lab_constrained(int argc, char **argv) {
         table_end_row(&t);
     }
     rc = table_finish(&t, opened, rc);
-    if (rc == 0 && !frontier && out) {
-        fdpo_atomic_file af;
-        if (fdpo_atomic_open(&af, out)) rc = fdpo_error_context("--out %s", out);
-        else {
-            fprintf(af.f, "pi_ref,reward,safety");
+    if (rc == 0 && af.f) {
+        fprintf(af.f, "pi_ref,reward,safety");
+        for (size_t k = 0; k < nd; k++) {
+            char name[64];
+            fdpo_divergence_name(&divs[k], name, sizeof name);
+            if (nd == 1) fprintf(af.f, stepwise ? ",pi,pi_stepwise" : ",pi");
+            else if (stepwise) fprintf(af.f, ",pi_%s,pi_stepwise_%s", name, name);
+            else fprintf(af.f, ",pi_%s", name);
+        }
+        fputc('\n', af.f);
+        for (size_t i = 0; i < p.n; i++) {
+            fprintf(af.f, "%.17g,%.17g,%.17g", p.pi_ref[i], p.reward[i], p.safety[i]);
             for (size_t k = 0; k < nd; k++) {
-                char name[64];
-                fdpo_divergence_name(&divs[k], name, sizeof name);
-                if (nd == 1) fprintf(af.f, stepwise ? ",pi,pi_stepwise" : ",pi");
-                else if (stepwise) fprintf(af.f, ",pi_%s,pi_stepwise_%s", name, name);
-                else fprintf(af.f, ",pi_%s", name);
+                fprintf(af.f, ",%.17g", pis[k * p.n + i]);
+                if (stepwise) fprintf(af.f, ",%.17g", steps[k * p.n + i]);
             }
             fputc('\n', af.f);
-            for (size_t i = 0; i < p.n; i++) {
-                fprintf(af.f, "%.17g,%.17g,%.17g", p.pi_ref[i], p.reward[i], p.safety[i]);
-                for (size_t k = 0; k < nd; k++) {
-                    fprintf(af.f, ",%.17g", pis[k * p.n + i]);
-                    if (stepwise) fprintf(af.f, ",%.17g", steps[k * p.n + i]);
-                }
-                fputc('\n', af.f);
-            }
-            rc = fdpo_atomic_commit(&af);
         }
     }
+    rc = export_finish(&af, rc);
     free(rows); free(pis); free(steps); free(divs); free(bs);
     fdpo_lab_problem_free(&p);
     return rc;

@@ -105,6 +105,21 @@ static void list_add(flag_list *l, const char *v) {
     l->v[l->n++] = v;
 }
 
+/* A flag's number (FLAG_FLOAT and flags_number_list): the whole text, finite. strtod's ERANGE
+ * is not the error itself: a subnormal (1e-320: ERANGE with a nonzero result) is a finite
+ * number and is taken; a value that underflows to 0 (1e-400) is out of range; an overflow
+ * (1e999) is not finite. where names the flag in the message. */
+static int parse_number(const char *where, const char *text, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end || !isfinite(v)) return fdpo_error("%s: '%s' is not a finite number", where, text);
+    if (errno == ERANGE && v == 0)
+        return fdpo_error("%s: '%s' is out of range (it rounds to 0: the smallest double is 4.9e-324)", where, text);
+    *out = v;
+    return 0;
+}
+
 /* where: "--lr" or "cfg.ini: key 'lr'" for messages */
 static int set_value(fdpo_flag *f, const char *val, const char *where) {
     char *end;
@@ -117,9 +132,8 @@ static int set_value(fdpo_flag *f, const char *val, const char *where) {
         *(long *)f->dest = v; break;
     }
     case FLAG_FLOAT: {
-        errno = 0;
-        double v = strtod(val, &end);
-        if (errno || end == val || *end || !isfinite(v)) return fdpo_error("%s: '%s' is not a finite number", where, val);
+        double v = 0;
+        if (parse_number(where, val, &v)) return -1;
         *(double *)f->dest = v; break;
     }
     case FLAG_STR: *(const char **)f->dest = val; break;
@@ -372,9 +386,10 @@ int flags_number_list(const char *flag, const char *spec, int sign, double **out
     size_t cap = 8, n = 0;
     double *v = fdpo_malloc(cap * sizeof *v);
     for (char *tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        char *end;
-        double x = strtod(tok, &end);
-        if (end == tok || *end || !isfinite(x)) { fdpo_error("--%s: '%s' is not a finite number", flag, tok); free(s); free(v); return -1; }
+        char where[96];
+        snprintf(where, sizeof where, "--%s", flag);
+        double x = 0;
+        if (parse_number(where, tok, &x)) { free(s); free(v); return -1; }
         if (sign == FLAGS_LIST_POSITIVE && !(x > 0)) { fdpo_error("--%s: must be > 0 (got %s)", flag, tok); free(s); free(v); return -1; }
         if (sign == FLAGS_LIST_NONNEG && x < 0) { fdpo_error("--%s: must be >= 0 (got %s)", flag, tok); free(s); free(v); return -1; }
         if (sign == FLAGS_LIST_COUNT && !(x >= 1 && x <= 9007199254740992.0 && x == floor(x))) {

@@ -58,6 +58,22 @@ const char *fdpo_lab_algo_variant(const fdpo_lab_algo_opts *o) {
     return o->exact ? "exact" : "sampled";
 }
 
+/* kto's weights and threshold (fdpo_lab_algo_opts_check and kto_setup, which
+ * fdpo_lab_kto_target shares) */
+static int kto_opts_check(const fdpo_lab_algo_opts *o) {
+    if (!(o->desirable_weight > 0) || !isfinite(o->desirable_weight))
+        return fdpo_error("--desirable-weight: must be > 0 (got %g)", o->desirable_weight);
+    if (!(o->undesirable_weight > 0) || !isfinite(o->undesirable_weight))
+        return fdpo_error("--undesirable-weight: must be > 0 (got %g)", o->undesirable_weight);
+    if (isinf(o->label_threshold)) return fdpo_error("--label-threshold: must be finite (got %g)", o->label_threshold);
+    fdpo_kto_loss K = {0};
+    K.div = o->div;
+    K.beta = o->beta;
+    K.desirable_weight = o->desirable_weight;
+    K.undesirable_weight = o->undesirable_weight;
+    return fdpo_kto_loss_check(&K);
+}
+
 int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o) {
     const char *why;
     if ((unsigned)o->method >= FDPO_LAB_NMETHODS) return fdpo_error("--method: unknown method %d", (int)o->method);
@@ -71,12 +87,25 @@ int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o) {
     if (o->method == FDPO_LAB_KTO) {
         if (o->labels != FDPO_LAB_LABELS_BT && o->labels != FDPO_LAB_LABELS_THRESHOLD)
             return fdpo_error("--labels: unknown labelling %d (expected bt or threshold)", (int)o->labels);
-        return 0; /* the weights and the threshold: kto_setup (shared with fdpo_lab_kto_target) */
+        return kto_opts_check(o);
     }
     if (o->method != FDPO_LAB_ONLINE && o->k < 2)
         return fdpo_error("--group-size: %s needs groups of at least 2 samples (got %ld)", fdpo_lab_method_name(o->method), o->k);
     if (o->k < 1) return fdpo_error("--group-size: must be >= 1 (got %ld)", o->k);
     if (o->method == FDPO_LAB_GRPO && !(o->grpo_eps > 0)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", o->grpo_eps);
+    return 0;
+}
+
+int fdpo_lab_algo_validate(const fdpo_lab_algo_opts *o, size_t n) {
+    if (n < 2) return fdpo_error("--n: the check needs at least 2 responses (got %zu)", n);
+    if (fdpo_lab_algo_opts_check(o)) return -1;
+    if (o->method == FDPO_LAB_DPO) {
+        const size_t top = o->pair_top && o->pair_top < n ? o->pair_top : n;
+        if (top < 2) return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu)", top);
+    }
+    if (o->exact && o->method == FDPO_LAB_GRPO && pow((double)n, (double)o->k) > 1e6)
+        return fdpo_error("--group-size: exact grpo averages over all n^k = %zu^%ld groups (more than 1e6); use a smaller "
+                          "--group-size or --n, or the sampled variant", n, o->k);
     return 0;
 }
 
@@ -160,8 +189,7 @@ static int by_value_desc(const void *a, const void *b) {
 /* offline: q = pi_ref restricted to its pair_top most likely responses */
 static int run_dpo(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, const fdpo_pref_loss *L,
                    const double *pistar, double *theta, fdpo_lab_algo_result *res) {
-    const size_t n = pp->n, top = o->pair_top && o->pair_top < n ? o->pair_top : n;
-    if (top < 2) return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu)", top);
+    const size_t n = pp->n, top = o->pair_top && o->pair_top < n ? o->pair_top : n; /* >= 2: fdpo_lab_algo_validate */
     keyed *k = fdpo_malloc(n * sizeof *k);
     for (size_t i = 0; i < n; i++) { k[i].v = pp->pi_ref[i]; k[i].i = i; }
     qsort(k, n, sizeof *k, by_value_desc);
@@ -261,13 +289,7 @@ static void sampled_step_grad(step_ctx *c, const double *theta, fdpo_rng *rng, d
 
 static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, const fdpo_pref_loss *L,
                          double *theta, fdpo_lab_algo_result *res) {
-    const size_t n = pp->n, k = (size_t)o->k; /* steps, lr, k, grpo_eps: fdpo_lab_algo_opts_check */
-    if (o->exact && o->method == FDPO_LAB_GRPO) {
-        double groups = pow((double)n, (double)k);
-        if (groups > 1e6)
-            return fdpo_error("--group-size: exact grpo averages over all n^k = %zu^%zu groups (more than 1e6); use a smaller "
-                              "--group-size or --n, or the sampled variant", n, k);
-    }
+    const size_t n = pp->n, k = (size_t)o->k; /* steps, lr, k, grpo_eps, n^k: fdpo_lab_algo_validate */
     const size_t nk = n > k ? n : k; /* shaped rewards: per response (exact rloo) or per sample */
     step_ctx c = {pp, o, L, k, fdpo_malloc(n * sizeof(double)), fdpo_malloc(n * sizeof(double)),
                   fdpo_malloc(n * sizeof(double)), fdpo_malloc(n * n * sizeof(double)),
@@ -352,12 +374,7 @@ static int kto_setup(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, k
     c->K.beta = o->beta;
     c->K.desirable_weight = o->desirable_weight;
     c->K.undesirable_weight = o->undesirable_weight;
-    if (!(o->desirable_weight > 0) || !isfinite(o->desirable_weight))
-        return fdpo_error("--desirable-weight: must be > 0 (got %g)", o->desirable_weight);
-    if (!(o->undesirable_weight > 0) || !isfinite(o->undesirable_weight))
-        return fdpo_error("--undesirable-weight: must be > 0 (got %g)", o->undesirable_weight);
-    if (isinf(o->label_threshold)) return fdpo_error("--label-threshold: must be finite (got %g)", o->label_threshold);
-    if (fdpo_kto_loss_check(&c->K)) return -1;
+    if (kto_opts_check(o)) return -1;
     double tau = o->label_threshold;
     if (isnan(tau)) {
         tau = 0;
@@ -451,13 +468,13 @@ static int run_kto(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, dou
 
 int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi_out, fdpo_lab_algo_result *res) {
     const size_t n = pp->n;
-    if (n < 2) return fdpo_error("--n: the check needs at least 2 responses (got %zu)", n);
-    if (fdpo_lab_algo_opts_check(o)) return -1;
+    if (fdpo_lab_algo_validate(o, n)) return -1;
     fdpo_pref_loss L = {0};
     L.kind = FDPO_LOSS_SIGMOID;
     L.div = o->div;
     L.beta = o->beta;
     memset(res, 0, sizeof *res);
+    if (o->method != FDPO_LAB_KTO) res->z0 = res->undesirable_mass = NAN; /* kto's alone: not 0, which reads as a value */
     double *pistar = fdpo_malloc(n * sizeof(double)), *theta = fdpo_malloc(n * sizeof(double));
     double *pi = fdpo_malloc(n * sizeof(double)), *l = fdpo_malloc(n * sizeof(double));
     fdpo_lab_result star, got;

@@ -212,12 +212,17 @@ static double check_fg(const double *th, double *g, void *vctx) {
     return f;
 }
 
-int fdpo_lab_check(const fdpo_lab_prepared *pp, const fdpo_pref_loss *L, double label_noise, double *pi_theta, fdpo_lab_check_result *res) {
+int fdpo_lab_check_validate(const fdpo_pref_loss *L, double label_noise, size_t n) {
     if (fdpo_pref_loss_check(L)) return -1;
     if (L->kind == FDPO_LOSS_SIMPO) return fdpo_error("--loss simpo: the check needs a reference-based loss (simpo has no pi_ref, so no pi* to compare with)");
     if (!(label_noise >= 0 && label_noise < 0.5)) return fdpo_error("--label-noise: must be in [0, 0.5) (got %g)", label_noise);
-    const size_t n = pp->n;
     if (n < 2) return fdpo_error("--n: the check needs at least 2 responses (got %zu)", n);
+    return 0;
+}
+
+int fdpo_lab_check(const fdpo_lab_prepared *pp, const fdpo_pref_loss *L, double label_noise, double *pi_theta, fdpo_lab_check_result *res) {
+    const size_t n = pp->n;
+    if (fdpo_lab_check_validate(L, label_noise, n)) return -1;
     double *p_win = fdpo_malloc(n * n * sizeof(double));
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < n; j++) {

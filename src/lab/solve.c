@@ -1,7 +1,7 @@
 /* Exact optimum of max_pi E_pi[r] - beta D_f(pi || pi_ref) on a finite response set.
  *
  * KKT: r - beta f'(pi/pi_ref) - lambda + mu = 0, mu pi = 0, sum pi = 1.
- * - rkl: closed form, pi = softmax(log pi_ref + r/beta), lambda = beta (logsumexp - 1).
+ * - rkl: closed form, pi = softmax(log pi_ref + (r - r_max)/beta), lambda = r_max + beta (logsumexp - 1).
  * - fkl, js, alpha: pi = pi_ref g((r - lambda)/beta) with g = (f')^-1 increasing and convex,
  *   so h(lambda) = sum pi - 1 is convex and decreasing. Newton started left of the root (where
  *   h >= 0) then climbs monotonically to it without overshooting, quadratically at the end.
@@ -9,7 +9,8 @@
  *   beta f'(1/q_i), and all terms are >= q_i at lambda = r_min - beta f'(1): the larger of these
  *   bounds has h >= 0. Right end (h <= 0): lambda = r_max - beta f'(1) (every u <= 1).
  * - chi2: pi = pi_ref max(0, 1 + (r - lambda)/(2 beta)); the support is a top-k set by reward,
- *   found by one scan of prefix sums in decreasing-reward order (like projecting on a simplex).
+ *   found by one scan of prefix sums in decreasing-reward order (like projecting on a simplex),
+ *   every quantity taken relative to the support's lowest reward (no cancellation at any beta).
  * - tv: a linear program. Moving mass delta from y to y' changes the objective by
  *   delta (r(y') - r(y) - beta) (the penalty beta/2 |pi - pi_ref| is paid on both ends), so
  *   the optimum moves all the mass of every y with r(y) < r_max - beta onto the best
@@ -212,13 +213,17 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
     memset(res, 0, sizeof *res);
     switch (d->kind) {
     case FDPO_DIV_RKL: {
+        /* v = log pi_ref + (r - r_max)/beta: the scores shifted by r_max/beta, which overflows
+         * for a tiny beta (r/beta = inf - inf made every pi NaN, then 0, at beta = 1e-320);
+         * the shifted score of the best response is finite, so logsumexp is */
+        const double rmax = pp->r_max;
         double m = -INFINITY, z = 0;
-        for (size_t i = 0; i < n; i++) { double v = lq[i] + r[i] / beta; if (v > m) m = v; }
-        for (size_t i = 0; i < n; i++) z += exp(lq[i] + r[i] / beta - m);
+        for (size_t i = 0; i < n; i++) { double v = lq[i] + (r[i] - rmax) / beta; if (v > m) m = v; }
+        for (size_t i = 0; i < n; i++) z += exp(lq[i] + (r[i] - rmax) / beta - m);
         double logz = m + log(z);
-        res->lambda = beta * (logz - 1);
+        res->lambda = rmax + beta * logz - beta; /* beta (log sum pi_ref e^(r/beta) - 1) */
         for (size_t i = 0; i < n; i++) {
-            double lp = lq[i] + r[i] / beta - logz, p = exp(lp);
+            double lp = lq[i] + (r[i] - rmax) / beta - logz, p = exp(lp);
             if (pi) pi[i] = p;
             if (p > 0) { a.er += p * r[i]; a.h -= p * lp; a.kl += p * (lp - lq[i]); a.support++; }
         }
@@ -237,14 +242,25 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
         const int k = d->kind == FDPO_DIV_ALPHA ? int_power(A) : 0;
         for (size_t i = 0; i < n; i++) {
             double e = tau + (pp->r_max - r[i]) / beta, u, lu, f;
+            /* e = inf when (r_max - r)/beta overflows (a subnormal beta): u = 0, and log e, which
+             * f needs (fkl: log e, alpha: w^(1-1/A)... in logs), is log(r_max - r) - log beta */
+            const int far = isinf(e);
             if (d->kind == FDPO_DIV_FKL) {
-                u = 1 / e; lu = -log(e); f = -lu;
+                u = 1 / e; lu = far ? -(log(pp->r_max - r[i]) - log(beta)) : -log(e); f = -lu;
             } else if (d->kind == FDPO_DIV_JS) {
                 double em = em1(e);
-                u = 1 / em; lu = -log(em); f = u * lu - (u + 1) * (e + lu - M_LN2);
+                /* u underflows to 0 past e ~ 709 (e + log u was inf - inf): f(0) = log 2 */
+                if (isinf(em)) { u = 0; lu = -e; f = M_LN2; }
+                else { u = 1 / em; lu = -log(em); f = u * lu - (u + 1) * (e + lu - M_LN2); }
             } else {
                 double w = A * e;
-                lu = -log(w) / A; u = k ? ipow(1 / w, k) : exp(lu); f = (u * w - (1 - A) * u - A) / (A * (A - 1));
+                if (far) { /* u = (A e)^(-1/A), u^(1-A) = u w, both from log w (0 * inf was NaN) */
+                    double lw = log(A) + log(pp->r_max - r[i]) - log(beta);
+                    lu = -lw / A; u = exp(lu);
+                    f = (exp((1 - A) * lu) - (1 - A) * u - A) / (A * (A - 1));
+                } else {
+                    lu = -log(w) / A; u = k ? ipow(1 / w, k) : exp(lu); f = (u * w - (1 - A) * u - A) / (A * (A - 1));
+                }
             }
             double p = q[i] * u;
             if (pi) pi[i] = p;
@@ -255,36 +271,49 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
     }
     case FDPO_DIV_CHI2: {
         if (pp->n_sorted < n) return fdpo_error("chi2: the problem was prepared without the full reward order");
-        /* largest k with r_(k) > lambda_k - 2 beta, lambda_k = 2 beta + (P_k - 2 beta)/Q_k */
-        double Q = 0, P = 0, lambda = NAN;
+        /* The support is the top k by reward. Anchored at its lowest reward r_k, with
+         * A_k = sum_{j<=k} q_j (r_j - r_k) >= 0 (each term >= 0; A_k = A_(k-1) + Q_(k-1) (r_(k-1) - r_k)),
+         * the optimum is pi_i = q_i ((r_i - r_k)/(2 beta) + c), c = (1 - A_k/(2 beta))/Q_k, and k
+         * is the largest with c > 0, i.e. A_k < 2 beta (A_k grows with k). Every term is >= 0:
+         * no cancellation, and no r/beta that overflows. The old form (r - lambda)/(2 beta) with
+         * lambda = 2 beta + (P_k - 2 beta)/Q_k lost the support at beta = 1e-17 (r - 2 beta/q
+         * rounds to r) and cancelled catastrophically above. */
+        const size_t *ord = pp->order_desc;
+        double Q = 0, A = 0, rk = r[ord[0]];
         for (size_t k = 0; k < n; k++) {
-            size_t i = pp->order_desc[k];
-            Q += q[i];
-            P += q[i] * r[i];
-            double lk = 2 * beta + (P - 2 * beta) / Q;
-            if (r[i] > lk - 2 * beta) lambda = lk;
-            else break;
+            size_t i = ord[k];
+            double An = A + Q * (rk - r[i]);
+            if (!(An / beta < 2)) break;
+            A = An; Q += q[i]; rk = r[i];
         }
-        res->lambda = lambda;
+        /* the support is {r >= rk} (ties with r_k add nothing to A_k, so they are all in) */
+        const double c = (1 - 0.5 * (A / beta)) / Q;
+        /* lambda = r_k + 2 beta (1 - c), written without the difference 1 - c */
+        res->lambda = rk + (A + beta * (2 * (Q - 1))) / Q;
+        double s = 0; /* normalised explicitly: the sum is 1 to rounding, now exactly a distribution */
+        for (size_t k = 0; k < n && r[ord[k]] >= rk; k++) {
+            size_t i = ord[k];
+            s += q[i] * (r[i] - rk) / beta * 0.5 + q[i] * c;
+        }
         for (size_t i = 0; i < n; i++) {
-            double u = 1 + (r[i] - lambda) / (2 * beta);
-            if (u < 0) u = 0;
-            double p = q[i] * u;
+            double p = r[i] >= rk ? (q[i] * (r[i] - rk) / beta * 0.5 + q[i] * c) / s : 0;
             if (pi) pi[i] = p;
-            acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, u);
+            acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, p / q[i]);
         }
         break;
     }
     case FDPO_DIV_TV: {
-        const double rmax = pp->r_max, cut = rmax - beta;
+        /* moved: r_max - r > beta, in the exact difference (r_max - beta rounds to r_max for a
+         * tiny beta) */
+        const double rmax = pp->r_max;
         double moved = 0, qtop = 0;
         for (size_t i = 0; i < n; i++) {
-            if (r[i] < cut) moved += q[i];
+            if (rmax - r[i] > beta) moved += q[i];
             if (r[i] == rmax) qtop += q[i];
         }
         res->lambda = rmax - beta / 2;
         for (size_t i = 0; i < n; i++) {
-            double p = r[i] < cut ? 0 : r[i] == rmax ? q[i] + moved * (q[i] / qtop) : q[i];
+            double p = rmax - r[i] > beta ? 0 : r[i] == rmax ? q[i] + moved * (q[i] / qtop) : q[i];
             if (pi) pi[i] = p;
             acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, p / q[i]);
         }

@@ -783,38 +783,53 @@ static void lab_section(charts *ch, rp_buf *b) {
         fdpo_rp_html(b, L->source);
         fdpo_rp_puts(b, "</h3>\n<div class=\"grid\">\n");
         /* need: a column the experiment's table has (gap: noise), so that the reward_gap of
-         * coverage and bias tables is not drawn against beta as well */
-        static const struct { const char *x, *y, *need, *title, *explain, *xlabel, *ylabel; } P[] = {
-            {"kl", "expected_reward", NULL, "Lab: exact reward\xe2\x80\x93KL frontier",
+         * coverage and bias tables is not drawn against beta as well; avoid: a column that marks
+         * another experiment. A constrained table (min_safety) has kl, expected_reward, entropy
+         * and beta too, but one beta: its rows run over the threshold, not along a beta frontier,
+         * so it gets its own panels against min_safety instead. */
+        static const struct { const char *x, *y, *need, *avoid, *title, *explain, *xlabel, *ylabel; } P[] = {
+            {"kl", "expected_reward", NULL, "min_safety", "Lab: exact reward\xe2\x80\x93KL frontier",
              "Expected reward of the exact optimum against its KL(\xcf\x80\xe2\x80\x96\xcf\x80_ref), one point per "
              "\xce\xb2. A curve above another buys more reward for the same KL budget.",
              "KL(\xcf\x80* \xe2\x80\x96 \xcf\x80_ref) (nats)", "expected reward"},
-            {"beta", "entropy", NULL, "Lab: entropy of the optimum vs \xce\xb2",
+            {"beta", "entropy", NULL, "min_safety", "Lab: entropy of the optimum vs \xce\xb2",
              "Entropy of \xcf\x80* as \xce\xb2 varies: small \xce\xb2 loosens the constraint and lets the optimum "
              "concentrate on the best responses (low entropy); large \xce\xb2 keeps the reference's spread.", "\xce\xb2", "entropy (nats)"},
-            {"beta", "support", NULL, "Lab: support size vs \xce\xb2",
+            {"beta", "support", NULL, "min_safety", "Lab: support size vs \xce\xb2",
              "Number of responses that keep positive probability. Divergences whose f\xe2\x80\xb2 admits 0 "
              "(\xcf\x87\xc2\xb2, TV) drop responses entirely; the f-DPO ones never do.", "\xce\xb2",
              "responses with \xcf\x80*(y) > 0"},
-            {"beta", "f_divergence", NULL, "Lab: D_f(\xcf\x80*\xe2\x80\x96\xcf\x80_ref) vs \xce\xb2",
+            {"beta", "f_divergence", NULL, "min_safety", "Lab: D_f(\xcf\x80*\xe2\x80\x96\xcf\x80_ref) vs \xce\xb2",
              "The divergence each method itself pays at its optimum, in its own units.", "\xce\xb2", "D_f (own f)"},
-            {"beta", "reward_gap", "noise", "Lab: true-reward gap from reward error vs \xce\xb2",
+            {"beta", "reward_gap", "noise", NULL, "Lab: true-reward gap from reward error vs \xce\xb2",
              "J(\xcf\x80*) \xe2\x88\x92 J(\xcf\x80\xcc\x82): true reward lost by optimising a noisy reward "
              "r\xcc\x82 instead of r. It can be negative (J is the unregularised reward).", "\xce\xb2", "reward gap"},
-            {"beta", "objective_gap", "noise", "Lab: regularised-objective gap vs \xce\xb2",
+            {"beta", "objective_gap", "noise", NULL, "Lab: regularised-objective gap vs \xce\xb2",
              "The same comparison on the regularised objective (1), which is never negative; where the file has "
              "the column's bound, compare against it in the table.", "\xce\xb2", "objective gap"},
-            {"n_comparisons", "reward_gap", NULL, "Lab: reward gap vs number of comparisons",
+            {"n_comparisons", "reward_gap", NULL, NULL, "Lab: reward gap vs number of comparisons",
              "r\xcc\x82 fitted by Bradley\xe2\x80\x93Terry from N comparisons drawn from a data policy: the "
              "gap shrinks only where the data covers what \xcf\x80* would generate.", "comparisons N",
              "reward gap"},
-            {"beta", "length_increase", NULL, "Lab: length increase under a length-biased reward vs \xce\xb2",
+            {"beta", "length_increase", NULL, NULL, "Lab: length increase under a length-biased reward vs \xce\xb2",
              "How much longer \xcf\x80\xcc\x82's answers are than \xcf\x80*'s when r\xcc\x82 = r + b\xc2\xb7length.",
              "\xce\xb2", "length increase"},
+            /* `fdpo lab constrained --frontier`: one point per threshold B (infeasible ones, NaN, are left out) */
+            {"min_safety", "expected_reward", "min_safety", NULL, "Lab: constrained optimum: expected reward vs safety threshold",
+             "E[reward] of the optimum of E[r] \xe2\x88\x92 \xce\xb2 D_f subject to E[safety] \xe2\x89\xa5 B, one point per "
+             "threshold B: flat while the constraint is inactive, then the reward each divergence gives up for safety.",
+             "safety threshold B", "expected reward"},
+            {"min_safety", "expected_safety", "min_safety", NULL, "Lab: constrained optimum: expected safety vs safety threshold",
+             "E[safety] of the same optimum: on the diagonal E[safety] = B where the constraint binds, above it where it "
+             "is inactive.", "safety threshold B", "expected safety"},
+            {"min_safety", "lambda", "min_safety", NULL, "Lab: multiplier \xce\xbb* vs safety threshold",
+             "The Lagrange multiplier of the safety constraint (0 while inactive): the reward price of one unit of "
+             "E[safety] at the optimum.", "safety threshold B", "\xce\xbb*"},
         };
         int drawn = 0;
         for (size_t k = 0; k < sizeof P / sizeof P[0]; k++) {
             if (P[k].need && lab_col(L, P[k].need) < 0) continue;
+            if (P[k].avoid && lab_col(L, P[k].avoid) >= 0) continue;
             if (k == 0 && L->on_frontier && c->n_pols) continue;   /* drawn on the evaluation's reward-KL panel */
             drawn += lab_panel(ch, L, P[k].x, P[k].y, P[k].title, P[k].explain, P[k].xlabel, P[k].ylabel);
         }

@@ -53,6 +53,12 @@ static int load_lab_frontier(rp_ctx *c, const char *path) {
             return fdpo_error("--lab-frontier %s: no column \"%s\" (expected the table of `fdpo lab frontier`: "
                               "divergence,beta,expected_reward,...,kl,...)", path, need[k]);
     }
+    /* a constrained table has those columns too, but its rows run over the safety threshold at
+     * one beta: drawn as a beta frontier it would be a line through unrelated points */
+    for (size_t i = 0; i < c->labs[c->n_labs - 1].n_cols; i++)
+        if (!strcmp(c->labs[c->n_labs - 1].cols[i], "min_safety"))
+            return fdpo_error("--lab-frontier %s: a `fdpo lab constrained` table (column \"min_safety\"): its rows run over "
+                              "the safety threshold, not along beta; give it to --lab", path);
     c->labs[c->n_labs - 1].on_frontier = 1;
     return 0;
 }

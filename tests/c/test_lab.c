@@ -447,6 +447,65 @@ START_TEST(algo_run_refuses_sampled_kto) {
     ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--sampled"));
     o.exact = 1;
     ck_assert_int_eq(fdpo_lab_algo_run(&pp, &o, pi, &res), 0);
+    ck_assert(isfinite(res.z0) && isfinite(res.undesirable_mass));
+    /* z0 and undesirable_mass are kto's: NaN (not applicable) on the other methods' results */
+    o.method = FDPO_LAB_RLOO;
+    o.k = 2;
+    ck_assert_int_eq(fdpo_lab_algo_run(&pp, &o, pi, &res), 0);
+    ck_assert(isnan(res.z0) && isnan(res.undesirable_mass));
+    ck_assert_double_eq(res.target_diff, res.max_abs_diff);
+    fdpo_lab_prepared_free(&pp);
+}
+END_TEST
+
+/* What the runs refuse, checkable before anything is written (fdpo lab check runs these before
+ * its table's header): fdpo_lab_algo_validate (n, the options, dpo's pair-top, exact grpo's
+ * n^k, kto's weights) and fdpo_lab_check_validate (the loss, --label-noise, n). */
+START_TEST(validate_before_the_run) {
+    fdpo_lab_algo_opts o;
+    fdpo_lab_algo_opts_default(&o, FDPO_LAB_RLOO, 1, 6);
+    ck_assert_int_eq(fdpo_lab_algo_validate(&o, 6), 0);
+    ck_error_names(fdpo_lab_algo_validate(&o, 1), "--n: the check needs at least 2 responses (got 1)");
+    o.k = 1;
+    ck_error_names(fdpo_lab_algo_validate(&o, 6), "--group-size: rloo needs groups of at least 2 samples (got 1)");
+    fdpo_lab_algo_opts_default(&o, FDPO_LAB_GRPO, 1, 6);
+    o.k = 7; /* 6^7 = 279936 groups */
+    ck_assert_int_eq(fdpo_lab_algo_validate(&o, 6), 0);
+    o.k = 8; /* 6^8 = 1679616 */
+    ck_error_names(fdpo_lab_algo_validate(&o, 6), "--group-size: exact grpo averages over all n^k = 6^8 groups");
+    o.exact = 0;
+    o.lr = 0.05;
+    ck_assert_int_eq(fdpo_lab_algo_validate(&o, 6), 0);
+    fdpo_lab_algo_opts_default(&o, FDPO_LAB_DPO, 1, 6);
+    o.pair_top = 1;
+    ck_error_names(fdpo_lab_algo_validate(&o, 6), "--pair-top: offline pairs need at least 2 responses (got 1)");
+    o.pair_top = 0; /* all n */
+    ck_assert_int_eq(fdpo_lab_algo_validate(&o, 6), 0);
+    fdpo_lab_algo_opts_default(&o, FDPO_LAB_KTO, 1, 6);
+    ck_assert_int_eq(fdpo_lab_algo_validate(&o, 6), 0);
+    o.desirable_weight = 0;
+    ck_error_names(fdpo_lab_algo_validate(&o, 6), "--desirable-weight: must be > 0 (got 0)");
+    o.desirable_weight = 1;
+    o.undesirable_weight = NAN;
+    ck_error_names(fdpo_lab_algo_opts_check(&o), "--undesirable-weight: must be > 0");
+    o.undesirable_weight = 1;
+    o.label_threshold = INFINITY;
+    ck_error_names(fdpo_lab_algo_opts_check(&o), "--label-threshold: must be finite");
+
+    fdpo_pref_loss L = {0};
+    L.kind = FDPO_LOSS_SIGMOID;
+    fdpo_divergence_parse("rkl", &L.div);
+    L.beta = 0.5;
+    ck_assert_int_eq(fdpo_lab_check_validate(&L, 0.2, 6), 0);
+    ck_error_names(fdpo_lab_check_validate(&L, 0.5, 6), "--label-noise: must be in [0, 0.5) (got 0.5)");
+    ck_error_names(fdpo_lab_check_validate(&L, -0.1, 6), "--label-noise");
+    ck_error_names(fdpo_lab_check_validate(&L, 0, 1), "--n: the check needs at least 2 responses (got 1)");
+    /* and the run itself refuses the same */
+    const double q[3] = {0.5, 0.3, 0.2}, r[3] = {1, 0, -1};
+    fdpo_lab_prepared pp;
+    fdpo_lab_prepare(&pp, q, r, 3);
+    fdpo_lab_check_result cr;
+    ck_error_names(fdpo_lab_check(&pp, &L, 0.5, NULL, &cr), "--label-noise");
     fdpo_lab_prepared_free(&pp);
 }
 END_TEST
@@ -468,6 +527,7 @@ static Suite *suite(void) {
     tcase_add_test(t, gap_noise_stream);
     tcase_add_test(t, algo_defaults_and_checks);
     tcase_add_test(t, algo_run_refuses_sampled_kto);
+    tcase_add_test(t, validate_before_the_run);
     suite_add_tcase(s, t);
     return s;
 }

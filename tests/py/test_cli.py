@@ -126,6 +126,7 @@ def test_threads_out_of_range_is_refused(cmd):
     ("rl", "--n"), ("rl", "--top-k"), ("online", "--max-new-tokens"), ("dpo", "--max-length"),
     ("kto", "--max-prompt-length"), ("pairs", "--pairs-per-prompt"), ("pairs", "--seed"),
     ("tokenizer train", "--vocab-size"), ("report", "--max-points"), ("lab coverage", "--prompts"), ("lab solve", "--n"),
+    ("lab solve", "--seed"),
 ])
 def test_a_negative_count_is_refused_by_the_parser(cmd, flag, tmp_path):
     """flags whose library field is unsigned (FLAG_COUNT): the sign is refused where it is read,

@@ -169,6 +169,186 @@ def test_chi2_loses_support_and_satisfies_kkt(tmp_path):
     np.testing.assert_allclose(pi, q * np.maximum(0, 1 + (r - lam_ref) / (2 * beta)), atol=1e-13)
 
 
+# ---- tiny (and huge) beta: every solution a distribution, against exact references ----
+
+def chi2_exact(q, r, beta):
+    """chi2's optimum in exact rational arithmetic (the doubles read as Fractions): the support
+    S whose multiplier satisfies KKT -- pi_i = q_i (r_i - t)/(2 beta) > 0 on S and r_j <= t off S,
+    t = (sum_S q r - 2 beta)/sum_S q (mu_j = t - r_j >= 0); lambda = t + 2 beta. Every top-k set
+    by reward is tried and the KKT conditions decide."""
+    from fractions import Fraction as Fr
+    Q, R, B = [Fr(float(x)) for x in q], [Fr(float(x)) for x in r], Fr(float(beta))
+    order = sorted(range(len(Q)), key=lambda i: -R[i])
+    for k in range(1, len(Q) + 1):
+        S = order[:k]
+        t = (sum(Q[i] * R[i] for i in S) - 2 * B) / sum(Q[i] for i in S)
+        if all(R[i] > t for i in S) and all(R[j] <= t for j in order[k:]):
+            pi = [Fr(0)] * len(Q)
+            for i in S:
+                pi[i] = Q[i] * (R[i] - t) / (2 * B)
+            return pi, t + 2 * B
+    raise AssertionError("no top-k set satisfies KKT")
+
+
+def mp_optimum(div, q, r, beta):
+    """pi* in 60-digit mpmath, where r/beta cannot overflow: rkl a softmax shifted by r_max;
+    fkl/js/alpha bisected (geometrically) in the distance to the pole tau, pi_i = q_i g(tau + D_i),
+    D_i = (r_max - r_i)/beta, g = 1/e, 1/expm1(e), (A e)^(-1/A); chi2 exact (chi2_exact)."""
+    import mpmath as mp
+    mp.mp.dps = 60
+    Q, R, B = [mp.mpf(float(x)) for x in q], [mp.mpf(float(x)) for x in r], mp.mpf(float(beta))
+    rmax = max(R)
+    if div == "chi2":
+        return [mp.mpf(x.numerator) / x.denominator for x in chi2_exact(q, r, beta)[0]]
+    if div == "rkl":
+        w = [Qi * mp.exp((Ri - rmax) / B) for Qi, Ri in zip(Q, R)]
+        z = mp.fsum(w)
+        return [x / z for x in w]
+    D = [(rmax - Ri) / B for Ri in R]
+    if div == "fkl":
+        g, hi = (lambda e: 1 / e), mp.mpf(1)
+    elif div == "js":
+        g, hi = (lambda e: 1 / mp.expm1(e)), mp.log(2)
+    else:
+        A = mp.mpf(div[6:])
+        g, hi = (lambda e: (A * e) ** (-1 / A)), 1 / A
+    h = lambda t: mp.fsum(Qi * g(t + Di) for Qi, Di in zip(Q, D)) - 1
+    lo = mp.mpf("1e-400")
+    assert h(lo) > 0 >= h(hi)
+    for _ in range(140):
+        mid = mp.sqrt(lo * hi)
+        lo, hi = (mid, hi) if h(mid) > 0 else (lo, mid)
+    return [Qi * g(hi + Di) for Qi, Di in zip(Q, D)]
+
+
+def mp_stats(div, q, r, beta, pi):
+    import mpmath as mp
+    Q, R, B = [mp.mpf(float(x)) for x in q], [mp.mpf(float(x)) for x in r], mp.mpf(float(beta))
+
+    def f(u):
+        if div == "rkl":
+            return u * mp.log(u) if u > 0 else mp.mpf(0)
+        if div == "fkl":
+            return -mp.log(u)
+        if div == "js":
+            return (u * mp.log(u) if u > 0 else 0) - (u + 1) * mp.log((u + 1) / 2)
+        if div.startswith("alpha:"):
+            A = mp.mpf(div[6:])
+            return (u ** (1 - A) - (1 - A) * u - A) / (A * (A - 1))
+        if div == "tv":
+            return abs(u - 1) / 2
+        return (u - 1) ** 2
+
+    er = mp.fsum(p * Ri for p, Ri in zip(pi, R))
+    fd = mp.fsum(Qi * f(p / Qi) for p, Qi in zip(pi, Q))
+    return {"expected_reward": er, "entropy": -mp.fsum(p * mp.log(p) for p in pi if p > 0),
+            "kl": mp.fsum(p * mp.log(p / Qi) for p, Qi in zip(pi, Q) if p > 0),
+            "f_divergence": fd, "objective": er - B * fd}
+
+
+def tiny_beta_problem(scale):
+    """12 responses, a tie for the best reward (the limit splits its mass in proportion to
+    pi_ref), rewards scaled by `scale` (1e-300: the gaps themselves are tiny)"""
+    rng = np.random.default_rng(3)
+    q = rng.dirichlet(np.ones(12))
+    base = rng.normal(size=12)
+    base[5] = base.max()
+    return q / q.sum(), base * scale
+
+
+TINY = [(1, 1e-3), (1, 1e-17), (1, 1e-300), (1e-17, 0.3), (1e-300, 0.3), (1e-300, 1e-3)]
+
+
+@pytest.mark.parametrize("div", ["rkl", "fkl", "js", "alpha:0.5", "alpha:0.3", "chi2"])
+@pytest.mark.parametrize("scale,rel_beta", TINY)
+def test_tiny_beta_is_the_optimum(tmp_path, div, scale, rel_beta):
+    """beta from 1e-3 down to 1e-300 (and rewards whose gaps are 1e-300): pi is a distribution
+    equal to a 60-digit mpmath optimum (chi2: exact rationals), and every statistic is finite
+    and equal to the reference's. Before: chi2 lost its support (lambda NaN, pi NaN) at
+    beta = 1e-17, js's f_divergence was NaN once (r_max - r)/beta > 709."""
+    q, r = tiny_beta_problem(scale)
+    beta = rel_beta * scale
+    s, pi = solve(tmp_path, div, beta, q, r)
+    assert np.all(pi >= 0) and abs(pi.sum() - 1) <= 1e-12
+    ref = mp_optimum(div, q, r, beta)
+    np.testing.assert_allclose(pi, [float(x) for x in ref], rtol=0, atol=1e-14)
+    assert int(s["support"]) == np.count_nonzero(pi)
+    for key, val in mp_stats(div, q, r, beta, ref).items():
+        assert math.isfinite(float(s[key])), (key, s)
+        assert float(s[key]) == pytest.approx(float(val), rel=1e-10, abs=1e-13 * (scale + beta) if key != "entropy" else 1e-13), key
+    if rel_beta <= 1e-3 and div != "fkl" and div != "alpha:0.5" and div != "alpha:0.3":
+        # the limit beta -> 0 for these f: all the mass on the tied best, split as pi_ref
+        top = r == r.max()
+        np.testing.assert_allclose(pi[top], q[top] / q[top].sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("beta", [1e-3, 1e-6, 1e-17, 1e-30, 1e-300])
+def test_chi2_small_beta_point_mass(tmp_path, beta):
+    """the reported case: r = 1, 0, -1; at beta = 1e-17 lambda was NaN, pi NaN, support 0"""
+    q, r = np.array([0.5, 0.3, 0.2]), np.array([1.0, 0.0, -1.0])
+    s, pi = solve(tmp_path, "chi2", beta, q, r)
+    ref, lam = chi2_exact(q, r, beta)
+    assert list(pi) == [float(x) for x in ref] == [1.0, 0.0, 0.0]
+    assert float(s["lambda"]) == pytest.approx(float(lam), rel=1e-15)
+    assert (int(s["support"]), float(s["expected_reward"]), float(s["entropy"]), float(s["f_divergence"])) == (1, 1.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("scale,rel_beta", [(1, 3.0), (1, 0.3), (1, 0.03), (1e-17, 0.3), (1e-300, 0.3), (1e-300, 0.03)])
+def test_chi2_exact_rationals(tmp_path, scale, rel_beta):
+    """chi2 at every scale against the exact KKT optimum in rationals: pi to 1e-15, lambda"""
+    q, r = tiny_beta_problem(scale)
+    beta = rel_beta * scale
+    s, pi = solve(tmp_path, "chi2", beta, q, r)
+    ref, lam = chi2_exact(q, r, beta)
+    np.testing.assert_allclose(pi, [float(x) for x in ref], rtol=0, atol=1e-15)
+    assert [p > 0 for p in pi] == [x > 0 for x in ref]
+    assert float(s["lambda"]) == pytest.approx(float(lam), rel=1e-13)
+
+
+@pytest.mark.parametrize("scale,rel_beta", [(1, 1e-3), (1, 1e-17), (1, 1e-300), (1e-300, 0.3), (1, 0.4)])
+def test_tv_small_beta_meets_the_dual_bound(tmp_path, scale, rel_beta):
+    """tv: the objective of pi (in exact rationals) equals the Lagrangian dual bound at
+    lambda = r_max - beta/2, U = lambda + sum_{r >= r_max - beta} q (r - lambda) - beta/2 sum_{else} q,
+    which bounds every distribution's objective from above (weak duality)"""
+    from fractions import Fraction as Fr
+    q, r = tiny_beta_problem(scale)
+    beta = rel_beta * scale
+    s, pi = solve(tmp_path, "tv", beta, q, r)
+    assert np.all(pi >= 0) and abs(pi.sum() - 1) <= 1e-12
+    Q, R, B, P = ([Fr(float(x)) for x in v] for v in (q, r, [beta], pi))
+    B = B[0]
+    lam = max(R) - B / 2
+    U = lam + sum(Qi * (Ri - lam) if Ri >= max(R) - B else -B / 2 * Qi for Qi, Ri in zip(Q, R))
+    obj = sum(p * Ri for p, Ri in zip(P, R)) - B / 2 * sum(abs(p - Qi) for p, Qi in zip(P, Q))
+    assert abs(float(obj - U)) <= 1e-14 * (scale + beta)
+    assert float(s["objective"]) == pytest.approx(float(U), rel=1e-12, abs=1e-14 * (scale + beta))
+
+
+def test_frontier_subnormal_and_huge_beta_are_distributions(tmp_path):
+    """frontier at beta = 1e-320 (subnormal) and 1.7e308: finite rows equal to the mpmath
+    optimum's statistics. rkl had no mass at all at 1e-320 (E[r] 0, support 0), fkl an infinite
+    D_f, js and alpha NaN; chi2 was NaN at 1.7e308 (2 beta overflowed)."""
+    q, r = tiny_beta_problem(1)
+    p = tmp_path / "p.csv"
+    write_problem(p, q, r)
+    betas = [1e-320, 1.7e308]
+    t = rows(lab("frontier", "--data", p, "--divergence", "rkl,fkl,js,alpha:0.5,tv,chi2",
+                 "--betas", ",".join(map(repr, betas))).stdout)
+    assert len(t) == 12
+    for row in t:
+        div, beta = row["divergence"], float(row["beta"])
+        for key in ("expected_reward", "entropy", "kl", "f_divergence"):
+            assert math.isfinite(float(row[key])), row
+        assert int(row["support"]) >= 1
+        if div == "tv":
+            continue   # the closed form: tested against the dual bound above
+        ref = mp_optimum(div, q, r, beta)
+        st = mp_stats(div, q, r, beta, ref)
+        for key in ("expected_reward", "kl", "f_divergence"):
+            assert float(row[key]) == pytest.approx(float(st[key]), rel=1e-9, abs=1e-12), (row, key)
+        assert float(row["entropy"]) == pytest.approx(float(st["entropy"]), abs=1e-12), row
+
+
 @pytest.mark.parametrize("beta", [0.05, 0.5, 5.0])
 def test_tv_equals_linprog(tmp_path, beta):
     n = 40
@@ -437,6 +617,15 @@ def test_renormalises_with_a_warning(tmp_path):
     (["check", "--divergence", "chi2"], "--divergence chi2: chi2 is not usable"),
     (["check", "--label-smoothing", "0.5"], "--label-smoothing"),
     (["check", "--loss", "simpo"], "--loss simpo"),
+    # the library's refusals that came after the table's header (it reached stdout, then exit 1)
+    (["check", "--label-noise", "0.5"], "--label-noise: must be in [0, 0.5) (got 0.5)"),
+    (["check", "--n", "1"], "--n: the check needs at least 2 responses (got 1)"),
+    (["check", "--method", "rloo", "--group-size", "1"], "--group-size: rloo needs groups of at least 2 samples (got 1)"),
+    (["check", "--method", "grpo", "--group-size", "9"], "--group-size: exact grpo averages over all n^k = 6^9 groups"),
+    (["check", "--method", "dpo", "--pair-top", "1"], "--pair-top: offline pairs need at least 2 responses (got 1)"),
+    (["check", "--method", "kto", "--desirable-weight", "0"], "--desirable-weight: must be > 0 (got 0)"),
+    (["check", "--method", "dpo,kto", "--undesirable-weight", "-1"], "--undesirable-weight: must be > 0 (got -1)"),
+    (["check", "--method", "online", "--n", "1"], "--n: the check needs at least 2 responses (got 1)"),
     (["frobnicate"], "unknown experiment 'frobnicate'"),
     (["solve", "--bogus", "1"], "unknown flag --bogus"),
 ])
@@ -826,3 +1015,139 @@ def test_lab_help_shows_the_library_defaults(sub):
             assert shown[key] == value, (sub, key, shown[key], value)
         else:
             assert float(shown[key]) == pytest.approx(value, rel=1e-12), (sub, key, shown[key], value)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["solve", "--divergence", "rkl"], "--out"),
+    (["frontier", "--betas", "0.1"], "--out"),
+    (["gap", "--divergence", "rkl", "--betas", "0.1"], "--out"),
+    (["gap", "--divergence", "rkl", "--betas", "0.1"], "--export-problem"),
+    (["coverage", "--divergence", "rkl", "--comparisons", "10"], "--export-comparisons"),
+    (["coverage", "--divergence", "rkl", "--comparisons", "10"], "--export-fit"),
+    (["bias", "--divergence", "rkl", "--betas", "0.1"], "--out"),
+    (["check", "--divergence", "rkl"], "--export-policy"),
+    (["check", "--method", "rloo", "--divergence", "rkl"], "--export-pi"),
+    (["constrained", "--min-safety", "0"], "--out"),
+    (["constrained", "--frontier", "0,0.5"], "--out"),
+])
+def test_an_output_that_is_the_data_file_is_refused(tmp_path, args, flag):
+    """--out/--export-* naming the --data file itself replaced the input (atomic rename) with
+    only a warning; the other commands' message (eval_claim_out), and the file is untouched"""
+    p = tmp_path / "p.csv"
+    write_problem(p, [0.5, 0.3, 0.2], [1.0, 0.0, -1.0], {"length": [10, 20, 30], "safety": [0.0, 1.0, 0.5]})
+    before = p.read_bytes()
+    same = str(tmp_path / "." / "p.csv")   # another spelling of the same file
+    r = lab(*args, "--data", p, flag, same, check=False)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == f"fdpo lab: {flag} {same}: is the input --data {p}, which the output would replace; give another file\n"
+    assert r.stdout == "" and p.read_bytes() == before
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["solve", "--n", "5", "--divergence", "rkl"], "--out"),
+    (["gap", "--n", "5", "--divergence", "rkl", "--betas", "0.1"], "--export-problem"),
+    (["check", "--divergence", "rkl"], "--export-policy"),
+    (["check", "--method", "rloo", "--divergence", "rkl"], "--export-pi"),
+    (["constrained", "--n", "5", "--min-safety", "0", "--divergence", "rkl"], "--out"),
+    (["coverage", "--divergence", "rkl", "--comparisons", "10"], "--export-fit"),
+])
+def test_an_output_that_cannot_be_written_fails_before_the_table(tmp_path, args, flag):
+    """a second file (solve's --out, the exports) opened after the table printed the table to
+    stdout and then failed. A 250-character name: claimable (its NAME.lock fits in 255 bytes)
+    but not writable (the NAME.tmp.PID beside it does not)."""
+    path = tmp_path / ("x" * 250)
+    r = lab(*args, flag, path, check=False)
+    assert r.returncode == 1, r.stderr
+    assert f"{path}.tmp." in r.stderr and "File name too long" in r.stderr, r.stderr
+    assert r.stdout == "" and not path.exists()
+
+
+GENERATOR_FLAGS = [("--n", "7"), ("--pi-ref", "uniform"), ("--pi-ref", "zipf"), ("--zipf-s", "3"),
+                   ("--dirichlet-alpha", "2"), ("--reward", "uniform"), ("--reward-scale", "50"),
+                   ("--length-min", "1"), ("--length-max", "9")]
+
+
+@pytest.mark.parametrize("exp,flag,value", [
+    (exp, flag, value)
+    for exp in ["solve", "frontier", "gap", "bias", "check", "check --method rloo", "coverage", "constrained"]
+    for flag, value in GENERATOR_FLAGS + ([("--safety-correlation", "0.3")] if exp == "constrained" else [])
+])
+def test_generator_flags_are_refused_with_data(tmp_path, exp, flag, value):
+    """with --data the generated problem's flags were silently ignored (only --n was refused);
+    each is refused the same way, even at its default value (and constrained's load failure
+    freed an uninitialised problem: a double free)"""
+    p = tmp_path / "p.csv"
+    write_problem(p, [0.5, 0.3, 0.2], [1.0, 0.0, -1.0], {"length": [10, 20, 30], "safety": [0.0, 1.0, 0.5]})
+    extra = ["--min-safety", "0"] if exp == "constrained" else []
+    r = lab(*exp.split(), "--data", p, flag, value, *extra, check=False)
+    assert r.returncode == 1, r.stderr
+    name = flag[2:]
+    want = ("--n: not allowed with --data (the file sets the responses)" if name == "n" else
+            f"--{name}: not allowed with --data (it shapes a generated problem; the file sets the problem)")
+    assert r.stderr == f"fdpo lab: {want}\n" and r.stdout == ""
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--mixture", "0.3"], "--mixture: only used by --data-policy mixture (got --data-policy ref)"),
+    (["--data-policy", "optimal", "--mixture", "0.5"], "--mixture: only used by --data-policy mixture (got --data-policy optimal)"),
+    (["--data-divergence", "fkl"], "--data-divergence: only used by --data-policy optimal or mixture (got --data-policy ref)"),
+    (["--data-policy", "uniform", "--data-divergence", "rkl"],
+     "--data-divergence: only used by --data-policy optimal or mixture (got --data-policy uniform)"),
+])
+def test_coverage_refuses_flags_its_data_policy_does_not_use(args, needle):
+    r = lab("coverage", *args, check=False)
+    assert r.returncode == 1 and r.stderr == f"fdpo lab: {needle}\n" and r.stdout == "", r.stderr
+
+
+def test_coverage_data_policy_flags_still_work_where_used():
+    base = ["coverage", "--n", "5", "--prompts", "1", "--comparisons", "10", "--divergence", "rkl"]
+    a = lab(*base, "--data-policy", "mixture", "--mixture", "0.25", "--data-divergence", "fkl").stdout
+    b = lab(*base, "--data-policy", "mixture", "--mixture", "0.75", "--data-divergence", "fkl").stdout
+    assert rows(a)[0]["data_policy"] == "mixture" and a != b
+    assert rows(lab(*base, "--data-policy", "optimal", "--data-divergence", "js").stdout)[0]["data_policy"] == "optimal"
+
+
+@pytest.mark.parametrize("exp", ["solve", "frontier", "gap", "coverage", "bias", "check", "check --method rloo", "constrained"])
+def test_seed_is_a_count(tmp_path, exp):
+    """--seed is the library's uint64_t, as in the sampling commands (FLAG_COUNT): -1 was taken
+    and wrapped to 2^64 - 1; it is refused on the command line and in --config"""
+    extra = ["--min-safety", "0"] if exp == "constrained" else []
+    r = lab(*exp.split(), "--seed", "-1", *extra, check=False)
+    assert r.returncode == 1 and r.stderr == "fdpo lab: --seed: must not be negative (got -1)\n" and r.stdout == "", r.stderr
+    cfg = tmp_path / "c.ini"
+    cfg.write_text("seed = -1\n")
+    r = lab(*exp.split(), "--config", cfg, *extra, check=False)
+    assert r.returncode == 1 and f"{cfg}:1: key 'seed': must not be negative (got -1)" in r.stderr and r.stdout == "", r.stderr
+
+
+@pytest.mark.parametrize("div", ["rkl", "fkl", "js", "alpha:0.5", "tv", "chi2"])
+@pytest.mark.parametrize("beta", ["1e-320", "4.9406564584124654e-324"])
+def test_subnormal_beta_is_a_number(tmp_path, div, beta):
+    """--beta 1e-320 was 'not a finite number' (strtod's ERANGE for a subnormal) while --betas
+    took it: a subnormal is a finite number; the solve is the mpmath optimum (tv: the greedy
+    point mass, every reward gap being >> beta)"""
+    q, r = tiny_beta_problem(1)
+    s, pi = solve(tmp_path, div, beta, q, r)
+    assert float(s["beta"]) == float(beta) > 0
+    assert np.all(pi >= 0) and abs(pi.sum() - 1) <= 1e-12
+    if div == "tv":
+        top = r == r.max()
+        np.testing.assert_allclose(pi, np.where(top, q / q[top].sum(), 0), rtol=1e-15, atol=0)
+    else:
+        np.testing.assert_allclose(pi, [float(x) for x in mp_optimum(div, q, r, float(beta))], rtol=0, atol=1e-14)
+    cfg = tmp_path / "c.ini"
+    cfg.write_text(f"beta = {beta}\n")
+    assert float(rows(lab("solve", "--n", "4", "--divergence", div, "--config", cfg).stdout)[0]["beta"]) == float(beta)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["solve", "--beta", "1e-400"], "--beta: '1e-400' is out of range (it rounds to 0: the smallest double is 4.9e-324)"),
+    (["solve", "--beta", "-1e-400"], "--beta: '-1e-400' is out of range (it rounds to 0: the smallest double is 4.9e-324)"),
+    (["frontier", "--betas", "0.1,1e-400"], "--betas: '1e-400' is out of range (it rounds to 0: the smallest double is 4.9e-324)"),
+    (["solve", "--beta", "1e999"], "--beta: '1e999' is not a finite number"),
+    (["frontier", "--betas", "1e999"], "--betas: '1e999' is not a finite number"),
+])
+def test_numbers_out_of_range_are_named_alike(args, needle):
+    """the single-value and the list parser read numbers the same way (one helper)"""
+    r = lab(*args, check=False)
+    assert r.returncode == 1 and r.stderr == f"fdpo lab: {needle}\n" and r.stdout == "", r.stderr

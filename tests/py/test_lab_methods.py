@@ -250,6 +250,7 @@ def test_kto_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)
     assert r.returncode != 0
     assert needle in r.stderr, r.stderr
+    assert r.stdout == ""   # refused before the table's header
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -267,3 +268,29 @@ def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)
     assert r.returncode != 0
     assert needle in r.stderr, r.stderr
+    assert r.stdout == ""   # refused before the table's header (rloo --group-size 1 printed it)
+
+
+def test_kto_columns_are_empty_where_they_do_not_apply(problem, tmp_path):
+    """z0 and undesirable_mass are KTO's: other rows said 0, which reads as a measurement; they
+    are nan (CSV) / null (JSON) there. target_diff is every row's distance to its method's
+    target: pi* (so max_abs_diff) for all but kto, KTO's limit for kto."""
+    path, q, r = problem
+    beta = 1.0
+    t, pis = run(problem, tmp_path, "--method", "dpo,rloo,kto", "--divergence", "rkl,js", "--beta", beta)
+    assert list(t[0]) == ["method", "variant", "divergence", "beta", "max_abs_diff", "objective_gap", "uncovered_mass",
+                          "samples", "iterations", "target_diff", "z0", "undesirable_mass"]
+    for row in t:
+        pi, ps = pis[(row["method"], row["divergence"])], pistar(row["divergence"], beta, q, r)
+        if row["method"] == "kto":
+            target, u_mass = kto_limit(row["divergence"], beta, q, r)
+            assert float(row["z0"]) == 0 and float(row["undesirable_mass"]) == pytest.approx(u_mass, abs=1e-12)
+            assert float(row["target_diff"]) == pytest.approx(np.max(np.abs(pi - target)), abs=2e-6)
+        else:
+            assert row["z0"] == "nan" and row["undesirable_mass"] == "nan", row
+            assert row["target_diff"] == row["max_abs_diff"]
+            assert float(row["target_diff"]) == pytest.approx(np.max(np.abs(pi - ps)), abs=1e-9)
+    j = json.loads(lab("--input", path, "--method", "rloo,kto", "--divergence", "rkl", "--beta", beta,
+                       "--format", "json").stdout)
+    assert (j[0]["z0"], j[0]["undesirable_mass"]) == (None, None)
+    assert j[1]["z0"] == 0 and j[1]["undesirable_mass"] > 0

@@ -870,3 +870,43 @@ def test_a_run_resumed_across_the_eval_loss_rename_keeps_one_held_out_curve(tmp_
     runs = text[text.index('id="runs-table"'):]
     runs = runs[:runs.index("</table>")]
     assert "<th>final eval_loss</th>" in runs and "final val_loss" not in runs
+
+
+def test_constrained_lab_table_gets_its_own_panels(tmp_path):
+    """`fdpo lab constrained --frontier LO:HI:K` was drawn as a beta frontier (the reward-KL and
+    against-beta panels, every point stacked at x = beta). It gets E[reward], E[safety] and lambda*
+    against the threshold, one line per divergence, with the CSV's numbers (infeasible rows,
+    NaN, left out), and none of the beta-frontier panels."""
+    import csv as csv_mod
+    prob = tmp_path / "p.csv"
+    prob.write_text("pi_ref,reward,safety\n0.4,1.0,-1.0\n0.3,0.5,0.0\n0.2,-0.5,1.0\n0.1,0.0,0.5\n")
+    cf = tmp_path / "cf.csv"
+    lab = subprocess.run([FDPO, "lab", "constrained", "--data", str(prob), "--frontier", "-1:1.5:6",
+                          "--divergence", "rkl,fkl", "--beta", "0.2", "--out", str(cf)], capture_output=True, text=True)
+    assert lab.returncode == 0, lab.stderr
+    rows = list(csv_mod.DictReader(open(cf)))
+    assert any(r["feasible"] == "0" for r in rows) and any(r["active"] == "1" for r in rows)
+    out = tmp_path / "r.html"
+    r = run("--lab", str(cf), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    titles = [c["title"] for c in charts]
+    for t in ["Lab: exact reward\u2013KL frontier", "Lab: entropy of the optimum vs \u03b2",
+              "Lab: support size vs \u03b2", "Lab: D_f(\u03c0*\u2016\u03c0_ref) vs \u03b2"]:
+        assert t not in titles, titles
+    for title, col in [("Lab: constrained optimum: expected reward vs safety threshold", "expected_reward"),
+                       ("Lab: constrained optimum: expected safety vs safety threshold", "expected_safety"),
+                       ("Lab: multiplier \u03bb* vs safety threshold", "lambda")]:
+        c = chart(charts, title)
+        assert c["x"]["log"] is False
+        got = {s["label"]: s["points"] for s in c["series"]}
+        for div, label in [("rkl", "reverse KL (DPO)"), ("fkl", "forward KL")]:
+            want = [[float(x["min_safety"]), float(x[col])] for x in rows
+                    if x["divergence"] == div and math.isfinite(float(x[col]))]
+            assert len(want) == sum(x["divergence"] == div and x["feasible"] == "1" for x in rows)
+            assert flat(got[label]) == pytest.approx(flat(sorted(want)), rel=1e-12), (title, div)
+        assert sorted(got) == ["forward KL", "reverse KL (DPO)"]
+    # as --lab-frontier it would be a "beta frontier" on the reward-KL axes: refused, naming --lab
+    r = run("--lab-frontier", str(cf), "--out", str(tmp_path / "r2.html"))
+    assert r.returncode == 1 and f"--lab-frontier {cf}: a `fdpo lab constrained` table" in r.stderr, r.stderr
+    assert "give it to --lab" in r.stderr and not (tmp_path / "r2.html").exists()
