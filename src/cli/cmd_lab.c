@@ -195,6 +195,8 @@ static int claim_outputs(const fdpo_flag *flags, size_t n, const char *input) {
         if (!path) continue;
         char flag[64];
         snprintf(flag, sizeof flag, "--%s", flags[i].name);
+        if (!strcmp(path, "-"))   /* a file named "-" (the tables go to stdout without --out) */
+            return fdpo_error("%s -: this output is a file (only generate's and score's --out - mean stdout)", flag);
         if (eval_out_not_input(flag, path, inputs, 1)) return -1;
         if (lab_n_claimed == LAB_MAX_OUTPUTS) continue;
         if (fdpo_out_file_claim(path, flag)) return -1;

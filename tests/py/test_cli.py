@@ -140,14 +140,15 @@ def test_a_negative_count_is_refused_by_the_parser(cmd, flag, tmp_path):
     assert r.returncode == 1 and f"{cfg}:1: key '{flag[2:]}': must not be negative (got -3)" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("args", [["eval", "--out", "-"], ["eval", "--samples-out", "-"], ["pairs", "--out", "-"]])
+@pytest.mark.parametrize("args", [["eval", "--out", "-"], ["eval", "--samples-out", "-"], ["pairs", "--out", "-"],
+                                  ["lab", "frontier", "--out", "-"], ["lab", "gap", "--export-problem", "-"]])
 def test_out_dash_is_stdout_or_refused(args, tmp_path):
     """`--out -` is stdout in generate and score; eval and pairs wrote a file named "-" """
     f = tmp_path / "s.jsonl"
     f.write_text('{"prompt": "a", "completion": "b", "reward": 1}\n')
-    extra = ["--data", str(f)] + (["--model", "x", "--ref", "y"] if args[0] == "eval" else [])
+    extra = [] if args[0] == "lab" else ["--data", str(f)] + (["--model", "x", "--ref", "y"] if args[0] == "eval" else [])
     r = subprocess.run([FDPO, *args, *extra], capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert r.returncode == 1 and f"{args[1]} -: this output is a file (only generate's and score's --out - mean stdout)" in r.stderr, r.stderr
+    assert r.returncode == 1 and f"{args[-2]} -: this output is a file (only generate's and score's --out - mean stdout)" in r.stderr, r.stderr
     assert not (tmp_path / "-").exists()
 
 
