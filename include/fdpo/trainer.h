@@ -314,8 +314,11 @@ fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o);
  * "rm"; fdpo_trainer_load_lm to a reference. */
 int fdpo_trainer_check_lm(const fdpo_gpt2_config *c, const char *flag, const char *dir);
 /* fdpo_checkpoint_load_model(dir) for a policy or reference: NULL with the error naming
- * FLAG DIR when it does not load or is a reward model (fdpo_trainer_check_lm). */
-fdpo_gpt2 *fdpo_trainer_load_lm(const char *flag, const char *dir);
+ * FLAG DIR when it does not load or is a reward model (fdpo_trainer_check_lm). policy_dir
+ * (a --ref's policy; NULL: not compared): when both directories hold tokenizer files, the
+ * reference's tokenizer must be the policy's (fdpo_tokenizer_same): its log-probs are of the
+ * policy's token ids, so another tokenizer of the same size scored unrelated tokens. */
+fdpo_gpt2 *fdpo_trainer_load_lm(const char *flag, const char *dir, const char *policy_dir);
 /* Set threads, recover/prepare OUT, build the model (resume: OUT; init: CKPT; else random
  * with the shape options and the tokenizer's vocab), the optimizer, the state (resume:
  * loaded and checked against data_hash, n_items and the fixed settings), open metrics and

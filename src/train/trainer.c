@@ -79,10 +79,26 @@ int fdpo_trainer_check_lm(const fdpo_gpt2_config *c, const char *flag, const cha
                       !strcmp(flag, "--ref") ? "to serve as the reference" : "to align");
 }
 
-fdpo_gpt2 *fdpo_trainer_load_lm(const char *flag, const char *dir) {
+/* 0 unless both directories hold tokenizer files that differ (a directory without any: the
+ * run's own rules apply, --tokenizer or byte-level) */
+static int same_tokenizer(const char *flag, const char *dir, const char *policy_dir) {
+    fdpo_tokenizer *a = fdpo_tokenizer_load_dir(dir), *b = a ? fdpo_tokenizer_load_dir(policy_dir) : NULL;
+    int rc = a && b && !fdpo_tokenizer_same(a, b)
+                 ? fdpo_error("%s %s: its tokenizer differs from the policy's (%s): the same text would be other ids",
+                              flag, dir, policy_dir)
+                 : 0;
+    fdpo_tokenizer_free(a);
+    fdpo_tokenizer_free(b);
+    return rc;
+}
+
+fdpo_gpt2 *fdpo_trainer_load_lm(const char *flag, const char *dir, const char *policy_dir) {
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
     if (!m) { fdpo_error_context("%s %s", flag, dir); return NULL; }
-    if (fdpo_trainer_check_lm(&m->config, flag, dir)) { fdpo_gpt2_free(m); return NULL; }
+    if (fdpo_trainer_check_lm(&m->config, flag, dir) || (policy_dir && same_tokenizer(flag, dir, policy_dir))) {
+        fdpo_gpt2_free(m);
+        return NULL;
+    }
     return m;
 }
 

@@ -102,3 +102,28 @@ def test_the_language_model_still_trains_and_rm_still_continues_a_reward_model(m
              "--threads", 1, "--steps", 1, "--quiet")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "r2" / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
+
+
+@pytest.fixture(scope="module")
+def bpe257(models):
+    """a language model of the same shape and vocabulary size (257) as `base`, whose tokenizer is a
+    257-token BPE (256 bytes in GPT-2's byte order + <|endoftext|>, no merges): other ids"""
+    r = fdpo("tokenizer", "train", "--vocab-size", 257, "--out", models / "tok257", models / "corpus.txt")
+    assert r.returncode == 0, r.stderr
+    r = fdpo("pretrain", "--out", models / "bpe257", "--tokenizer", models / "tok257", "--n-layer", 2, "--n-embd", 16,
+             "--n-head", 2, "--n-positions", 32, "--seq-len", 24, "--threads", 1, "--steps", 1, "--quiet",
+             models / "corpus.txt")
+    assert r.returncode == 0, r.stderr
+    return models / "bpe257"
+
+
+@pytest.mark.parametrize("cmd", ["dpo", "dpo-live", "kto", "rl", "online", "online-step"])
+def test_a_reference_with_another_tokenizer_of_the_same_size_is_refused(models, bpe257, tmp_path, cmd):
+    """the vocab_size check passed (257 = 257) and the reference scored the policy's ids as its own"""
+    args = runs(models, models / "base", bpe257)[cmd]
+    r = fdpo(*args, "--out", tmp_path / "out")
+    assert r.returncode == 1, r.stderr
+    want = (f"fdpo {args[0]}: --ref {bpe257}: its tokenizer differs from the policy's ({models / 'base'}): "
+            "the same text would be other ids\n")
+    assert want in r.stderr, r.stderr
+    assert not (tmp_path / "out" / "config.json").exists()
