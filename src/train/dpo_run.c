@@ -173,6 +173,7 @@ int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
     if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;
     if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
     if (o->ref_live && o->ref_cache_dir) return fdpo_error("--ref-cache-dir: has no use with --ref-live");
+    if (o->dpo.loss.kind != FDPO_LOSS_SIMPO && fdpo_train_out_ref_check(o->train.out, o->ref, o->train.init)) return -1;
     return 0;
 }
 

@@ -3,7 +3,9 @@ checkpoint, stages or tokenizer files into a directory that holds another kind o
 with an error naming --out and the file it found, exit status 1, and leaves that run's files
 byte for byte as they were (the audit found dpo/rl/online replacing each other's
 metrics.jsonl, sacpo reusing stages trained with other --steps, and `tokenizer train` adding
-vocab.json next to a checkpoint's fdpo_tokenizer.json, which still took precedence)."""
+vocab.json next to a checkpoint's fdpo_tokenizer.json, which still took precedence).
+An --out is also refused when it is the run's reference (a resumed run would load its
+half-trained policy as the reference)."""
 import json
 
 import pytest
@@ -159,3 +161,58 @@ def test_dpo_refuses_a_checkpoint_before_reading_data_or_the_reference(d, tmp_pa
     assert "pairs from" not in r.stderr and "ref cache" not in r.stderr, r.stderr
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
     assert snapshot(d / "dpo_run") == before
+
+
+# ---- --out that the run reads again: its reference ----
+
+def ref_args(d, cmd):
+    """a trainer with a reference, its data and a one-step run (the reference: --ref, else --model)"""
+    (d / "unpaired.jsonl").write_text('{"prompt":"a","completion":" b","label":true}\n'
+                                      '{"prompt":"c","completion":" d","label":false}\n')
+    return {
+        "dpo": ["dpo", "--data", d / "pairs.jsonl", "--steps", 1],
+        "kto": ["kto", "--data", d / "unpaired.jsonl", "--steps", 1],
+        "rl": ["rl", "--data", d / "prompts.txt", "--reward", "length", "--steps", 1, "--n", 2, "--max-new-tokens", 4],
+        "online-step": ["online", "--mode", "step", "--data", d / "prompts.txt", "--reward", "length", "--steps", 1,
+                        *SAMPLE],
+        "online": ["online", "--data", d / "prompts.txt", "--reward", "length", "--rounds", 1, *SAMPLE],
+    }[cmd]
+
+
+@pytest.mark.parametrize("cmd", ["dpo", "kto", "rl", "online-step", "online"])
+def test_a_trainer_refuses_an_out_that_is_its_reference(d, tmp_path, cmd):
+    """--out = the reference (--model without --ref): a run stopped and resumed loaded its
+    half-trained policy as the reference (dpo's loss at the resumed step was log 2 again)
+    -- refused at the start, before anything is written, on a fresh run and on --resume"""
+    import shutil
+    self_dir = tmp_path / "self"
+    shutil.copytree(d / "dpo_run", self_dir)   # a checkpoint with a training state, to resume
+    before = snapshot(tmp_path)
+    fresh = [] if cmd == "online" else ["--overwrite"]   # rounds mode has no --overwrite
+    r = fdpo(*ref_args(d, cmd), "--model", self_dir, "--out", self_dir, *fresh, *FAST, check=False)
+    refused(r, f"--out {self_dir}: is the reference (--model {self_dir}): a resumed run would load its "
+               "half-trained policy as the reference; give another --out")
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["self"]
+    # --ref names it (here another spelling of the same directory), and --resume is refused too
+    # (rounds mode: its OUT holds rounds, never a checkpoint to resume)
+    resume = [] if cmd == "online" else ["--resume"]
+    r = fdpo(*ref_args(d, cmd), "--model", d / "base", "--ref", f"{self_dir}/", "--out", self_dir, *resume, *FAST,
+             check=False)
+    refused(r, f"--out {self_dir}: is the reference (--ref {self_dir}/): a resumed run would load its "
+               "half-trained policy as the reference; give another --out")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_run_whose_out_is_not_its_reference_still_works(d, tmp_path):
+    """the check is on the reference alone: --out = --model with another --ref trains (and
+    resumes: the policy comes from OUT, the reference from --ref), as does a plain run"""
+    import shutil
+    fdpo(*ref_args(d, "dpo"), "--model", d / "base", "--out", tmp_path / "plain", *FAST)
+    assert (tmp_path / "plain" / "model.safetensors").exists()
+    shutil.copytree(d / "base", tmp_path / "self")
+    common = ["dpo", "--data", d / "pairs.jsonl", "--steps", 2, "--model", tmp_path / "self", "--ref", d / "base",
+              "--out", tmp_path / "self", *FAST]
+    fdpo(*common, "--overwrite", "--stop-at", 1)
+    fdpo(*common, "--resume")
+    assert json.loads((tmp_path / "self" / "training_state.json").read_text())["step"] == 2
+
