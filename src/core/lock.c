@@ -36,7 +36,7 @@ static int held_index(const char *path) {
     return -1;
 }
 
-int fdpo_dir_lock(const char *dir, const char *flag) {
+static int take_lock(const char *dir, const char *flag) {
     char *path = lock_path(dir);
     if (held_index(path) >= 0) { free(path); return 0; }
     int slot;
@@ -92,6 +92,25 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
     return 0;
 }
 
+int fdpo_dir_lock(const char *dir, const char *flag) {
+    /* DIR.lock, and a checkpoint save's DIR.tmp and DIR.old, are DIR's text plus a suffix:
+     * "." would give "..lock" inside DIR itself and "..tmp" that a save copies DIR into */
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    const char *last = dir + n;
+    while (last > dir && last[-1] != '/') last--;
+    size_t ln = (size_t)(dir + n - last);
+    if (ln == 0 || (ln == 1 && last[0] == '.') || (ln == 2 && last[0] == '.' && last[1] == '.'))
+        return fdpo_error("%s %s: give the directory by its name, not '.', '..' or '/' (the run's lock and each "
+                          "save's swap go beside it, under that name); from inside it: cd .. and give %s NAME",
+                          flag, dir, flag);
+    struct stat st;
+    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
+        return fdpo_error("%s %s: not a directory (a run writes its checkpoint directory there); choose another %s",
+                          flag, dir, flag);
+    return take_lock(dir, flag);
+}
+
 void fdpo_dir_unlock(const char *dir) {
     char *path = lock_path(dir);
     int i = held_index(path);
@@ -133,7 +152,7 @@ int fdpo_out_file_claim(const char *path, const char *flag) {
                           g_held[held].flag);
     /* before the lock, whose PATH.lock would be made beside a device too */
     if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);
-    if (fdpo_dir_lock(path, flag)) return -1;
+    if (take_lock(path, flag)) return -1;
     struct stat st;
     if (stat(path, &st) == 0) {
         if (S_ISDIR(st.st_mode)) {

@@ -5,7 +5,8 @@ byte for byte as they were (the audit found dpo/rl/online replacing each other's
 metrics.jsonl, sacpo reusing stages trained with other --steps, and `tokenizer train` adding
 vocab.json next to a checkpoint's fdpo_tokenizer.json, which still took precedence).
 An --out is also refused when it is the run's reference (a resumed run would load its
-half-trained policy as the reference)."""
+half-trained policy as the reference), when it is named '.', '..' or '/' (its lock and a save's
+swap are its text plus a suffix), and when it is a file."""
 import json
 
 import pytest
@@ -215,4 +216,75 @@ def test_a_run_whose_out_is_not_its_reference_still_works(d, tmp_path):
     fdpo(*common, "--overwrite", "--stop-at", 1)
     fdpo(*common, "--resume")
     assert json.loads((tmp_path / "self" / "training_state.json").read_text())["step"] == 2
+
+
+# ---- --out as a run directory: named by its own name, and a directory ----
+
+def checkpoint_cmd(d, cmd):
+    """each command that writes a checkpoint directory, with inputs by absolute path"""
+    (d / "sft.jsonl").write_text('{"prompt":"a","completion":" b"}\n{"prompt":"c","completion":" d"}\n')
+    (d / "text.txt").write_text("the cat sat on the mat\n" * 8)
+    if cmd in ("dpo", "kto", "rl", "online-step", "online"):
+        return [*ref_args(d, cmd), "--model", d / "base"]
+    return {
+        "pretrain": ["pretrain", "--n-layer", 1, "--n-embd", 16, "--n-head", 2, "--n-positions", 32, "--seq-len", 16,
+                     "--steps", 1, d / "text.txt"],
+        "sft": ["sft", "--model", d / "base", "--data", d / "sft.jsonl", "--seq-len", 16, "--steps", 1],
+        "rm": ["rm", "--model", d / "base", "--data", d / "pairs.jsonl", "--steps", 1],
+        "sacpo": ["sacpo", "--model", d / "base", "--reward-data", d / "pairs.jsonl", "--safety-data", d / "pairs.jsonl",
+                  "--lambda", 1, "--eval-fraction", 0, "--steps", 1],
+        "merge": ["merge", "--model", d / "base", "--model", d / "base"],
+    }[cmd]
+
+
+CHECKPOINT_CMDS = ["pretrain", "sft", "dpo", "rm", "kto", "rl", "online-step", "online", "sacpo", "merge"]
+
+
+@pytest.mark.parametrize("cmd", CHECKPOINT_CMDS)
+@pytest.mark.parametrize("out", [".", "./", "..", "sub/."])
+def test_an_out_named_dot_or_dotdot_is_refused(d, tmp_path, cmd, out):
+    """OUT.lock, OUT.tmp and OUT.old are OUT's text plus a suffix: `--out .` made ..lock and
+    ..tmp inside OUT, and a save copied OUT into ..tmp/..tmp/... ~680 levels deep before it
+    failed. Refused, naming --out, before anything is written."""
+    import subprocess
+    from dpo_common import FDPO
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    args = [*checkpoint_cmd(d, cmd), "--out", out]
+    if cmd != "merge":
+        args += FAST
+    r = subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=work / "sub")
+    refused(r, f"--out {out}: give the directory by its name, not '.', '..' or '/' (the run's lock and each save's "
+               "swap go beside it, under that name); from inside it: cd .. and give --out NAME")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["work", "work/sub"]
+
+
+@pytest.mark.parametrize("cmd", ["sft", "dpo", "merge"])
+def test_an_out_with_a_trailing_slash_is_the_directory(d, tmp_path, cmd):
+    """`--out runs/a/` is runs/a: its lock is runs/a.lock beside it (not runs/a/.lock), a save
+    swaps runs/a, and --resume finds it under either spelling"""
+    def files():   # dpo's reference cache is beside OUT too
+        return sorted(p.name for p in tmp_path.iterdir() if p.name != ".fdpo-cache")
+
+    fdpo(*checkpoint_cmd(d, cmd), "--out", f"{tmp_path / 'a'}/", *([] if cmd == "merge" else FAST))
+    assert files() == ["a", "a.lock"]
+    assert (tmp_path / "a" / "model.safetensors").exists() and not (tmp_path / "a" / ".lock").exists()
+    if cmd != "merge":
+        fdpo(*checkpoint_cmd(d, cmd), "--out", tmp_path / "a", "--resume", *FAST)
+        assert "already finished" in fdpo(*checkpoint_cmd(d, cmd), "--out", f"{tmp_path / 'a'}//", "--resume",
+                                          "--threads", 1).stderr
+        assert files() == ["a", "a.lock"]
+
+
+@pytest.mark.parametrize("cmd", CHECKPOINT_CMDS)
+def test_an_out_that_is_a_file_is_refused_naming_out(d, tmp_path, cmd):
+    """`--out victim.jsonl` (a file) said "victim.jsonl: not a directory" without the flag and
+    left victim.jsonl.lock behind"""
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text('{"keep": "me"}\n')
+    args = [*checkpoint_cmd(d, cmd), "--out", victim]
+    r = fdpo(*args, *([] if cmd == "merge" else FAST), check=False)
+    refused(r, f"--out {victim}: not a directory (a run writes its checkpoint directory there); choose another --out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.jsonl"]
+    assert victim.read_text() == '{"keep": "me"}\n'
 
