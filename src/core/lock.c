@@ -36,6 +36,29 @@ static int held_index(const char *path) {
     return -1;
 }
 
+/* Whether the lock file lp ("DIR.lock") guards something: DIR is a directory with files in
+ * it. Beside nothing, a file (an output file's lock) or an empty directory (a run that failed
+ * before it made DIR or saved anything there) it guards nothing once released. */
+static int guards_something(const char *lp) {
+    char *target = fdpo_strdup(lp);
+    target[strlen(target) - 5] = 0;   /* drop ".lock" */
+    DIR *d = opendir(target);
+    free(target);
+    if (!d) return 0;
+    struct dirent *e;
+    int full = 0;
+    while (!full && (e = readdir(d))) full = strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    return full;
+}
+
+/* At exit, the locks a failed run did not release: a lock file that guards nothing is
+ * removed, so a run that failed at its start leaves no DIR.lock behind. */
+static void release_at_exit(void) {
+    for (int i = 0; i < MAX_HELD; i++)
+        if (g_held[i].dir && g_held[i].owner == getpid() && !guards_something(g_held[i].dir)) unlink(g_held[i].dir);
+}
+
 static int take_lock(const char *dir, const char *flag) {
     char *path = lock_path(dir);
     if (held_index(path) >= 0) { free(path); return 0; }
@@ -89,6 +112,8 @@ static int take_lock(const char *dir, const char *flag) {
     g_held[slot].flag = fdpo_strdup(flag);
     g_held[slot].fd = fd;
     g_held[slot].owner = getpid();
+    static int at_exit;
+    if (!at_exit) at_exit = atexit(release_at_exit) == 0;
     return 0;
 }
 
@@ -116,7 +141,11 @@ void fdpo_dir_unlock(const char *dir) {
     int i = held_index(path);
     free(path);
     if (i < 0) return;
-    close(g_held[i].fd);   /* releases the flock; the file stays (removing it would race a waiter) */
+    /* beside a run's files the lock file stays (it is empty of meaning once no process holds
+     * it); one that guards nothing (a failed start) is removed while still held: a run that
+     * opened it meanwhile finds the name gone and opens it again (take_lock) */
+    if (!guards_something(g_held[i].dir)) unlink(g_held[i].dir);
+    close(g_held[i].fd);   /* releases the flock */
     free(g_held[i].dir);
     free(g_held[i].flag);
     g_held[i].dir = g_held[i].flag = NULL;

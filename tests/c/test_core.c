@@ -206,7 +206,9 @@ START_TEST(out_file_claim_and_release) {
 END_TEST
 
 /* A run directory is named by its own name and is a directory: "." (DIR.lock would be
- * "..lock" inside it), "..", "/" and a regular file are refused before any lock file is made. */
+ * "..lock" inside it), "..", "/" and a regular file are refused before any lock file is made.
+ * Released, a lock file that guards nothing (DIR missing or empty) is removed; beside a
+ * directory with files it stays. */
 START_TEST(dir_lock_names_and_lock_files) {
     char dir[] = "/tmp/fdpo_test_dirlock_XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
@@ -228,8 +230,23 @@ START_TEST(dir_lock_names_and_lock_files) {
     char *sub_lock = fdpo_path_join(dir, "sub.lock"), *file_lock = fdpo_path_join(dir, "f.jsonl.lock");
     ck_assert_int_eq(fdpo_file_exists(sub_lock), 0);
     ck_assert_int_eq(fdpo_file_exists(file_lock), 0);
-    unlink(file); rmdir(sub); rmdir(dir);
-    free(sub_lock); free(file_lock); free(sub); free(dot); free(file);
+    /* an empty directory, then one that does not exist: the lock file goes with the lock */
+    ck_assert_int_eq(fdpo_dir_lock(sub, "--out"), 0);
+    ck_assert_int_eq(fdpo_file_exists(sub_lock), 1);
+    fdpo_dir_unlock(sub);
+    ck_assert_int_eq(fdpo_file_exists(sub_lock), 0);
+    char *gone = fdpo_path_join(dir, "gone"), *gone_lock = fdpo_path_join(dir, "gone.lock");
+    ck_assert_int_eq(fdpo_dir_lock(gone, "--out"), 0);
+    fdpo_dir_unlock(gone);
+    ck_assert_int_eq(fdpo_file_exists(gone_lock), 0);
+    /* a directory with a run's files: it stays */
+    char *inside = fdpo_path_join(sub, "model.safetensors");
+    ck_assert_int_eq(fdpo_write_file_atomic(inside, "x", 1), 0);
+    ck_assert_int_eq(fdpo_dir_lock(sub, "--out"), 0);
+    fdpo_dir_unlock(sub);
+    ck_assert_int_eq(fdpo_file_exists(sub_lock), 1);
+    unlink(sub_lock); unlink(inside); unlink(file); rmdir(sub); rmdir(dir);
+    free(inside); free(gone); free(gone_lock); free(sub_lock); free(file_lock); free(sub); free(dot); free(file);
 }
 END_TEST
 

@@ -6,7 +6,7 @@ metrics.jsonl, sacpo reusing stages trained with other --steps, and `tokenizer t
 vocab.json next to a checkpoint's fdpo_tokenizer.json, which still took precedence).
 An --out is also refused when it is the run's reference (a resumed run would load its
 half-trained policy as the reference), when it is named '.', '..' or '/' (its lock and a save's
-swap are its text plus a suffix), and when it is a file."""
+swap are its text plus a suffix), and when it is a file; a failed start leaves no OUT.lock."""
 import json
 
 import pytest
@@ -288,3 +288,20 @@ def test_an_out_that_is_a_file_is_refused_naming_out(d, tmp_path, cmd):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.jsonl"]
     assert victim.read_text() == '{"keep": "me"}\n'
 
+
+def test_a_failed_start_leaves_no_lock(d, tmp_path):
+    """a run that fails before it saved anything leaves no OUT.lock (nor does --resume of a
+    directory that does not exist); a run that saved keeps OUT.lock beside OUT"""
+    fail = tmp_path / "fail.sh"
+    fail.write_text("#!/bin/sh\nexit 3\n")
+    fail.chmod(0o755)
+    for cmd in ("rl", "online-step", "online"):   # the reward fails at step 0, after OUT was made
+        args = [a if a != "length" else f"cmd:{fail}" for a in checkpoint_cmd(d, cmd)]
+        r = fdpo(*args, "--out", tmp_path / cmd, *FAST, check=False)
+        refused(r, f"--reward cmd:{fail}: reward command '{fail}' exited with status 3")
+    r = fdpo("sft", "--model", d / "base", "--data", d / "sft.jsonl", "--out", tmp_path / "none", "--resume", *FAST,
+             check=False)
+    refused(r, f"--resume: {tmp_path / 'none'}: no training state")
+    assert not list(tmp_path.glob("*.lock")), sorted(p.name for p in tmp_path.iterdir())
+    fdpo(*checkpoint_cmd(d, "sft"), "--out", tmp_path / "ok", *FAST)
+    assert (tmp_path / "ok.lock").exists()
