@@ -145,7 +145,11 @@ int fdpo_file_exists(const char *path);
 /* Exclusive, non-blocking flock on DIR.lock (beside DIR: DIR itself is swapped by rename),
  * held until fdpo_dir_unlock or process exit; the file records the holder's pid. Taking a
  * lock this process already holds is a no-op. Refused: "FLAG DIR: in use by another run
- * (pid N holds DIR.lock)". flag names the option that chose DIR ("--out"). */
+ * (pid N holds DIR.lock)". flag names the option that chose DIR ("--out"). Refused before
+ * any file is made: a DIR whose last part is "." or ".." (or "/"; DIR.lock and a save's
+ * DIR.tmp are DIR's text plus a suffix), and a DIR that exists and is not a directory.
+ * A lock file that guards nothing (DIR missing or empty: a run that failed at its start) is
+ * removed when the lock is released, by fdpo_dir_unlock or at process exit. */
 int fdpo_dir_lock(const char *dir, const char *flag);
 void fdpo_dir_unlock(const char *dir);
 int fdpo_dir_locked(const char *dir);

@@ -105,6 +105,11 @@ int fdpo_train_opts_check(const fdpo_train_opts *o);
  * kind of run (fdpo_out_holds_run); fdpo_trainer_open checks it, and a command that does
  * costly work first (dpo's reference cache) checks it before. */
 int fdpo_train_out_check(const fdpo_train_opts *o);
+/* A trainer with a reference (dpo, kto, rl, online) loads it from ref (--ref), else from
+ * model (--model), at every start, --resume included: an OUT that is that directory (the
+ * same path by fdpo_settings_same_path) would give a resumed run its half-trained policy as
+ * the reference. Refused, naming both flags; each such trainer's options check calls it. */
+int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model);
 /* The model config a random init builds from o (vocab from the tokenizer); checked by
  * fdpo_train_opts_check and fdpo_gpt2_config_check. */
 fdpo_gpt2_config fdpo_train_opts_model_config(const fdpo_train_opts *o, size_t vocab_size);

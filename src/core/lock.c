@@ -36,7 +36,30 @@ static int held_index(const char *path) {
     return -1;
 }
 
-int fdpo_dir_lock(const char *dir, const char *flag) {
+/* Whether the lock file lp ("DIR.lock") guards something: DIR is a directory with files in
+ * it. Beside nothing, a file (an output file's lock) or an empty directory (a run that failed
+ * before it made DIR or saved anything there) it guards nothing once released. */
+static int guards_something(const char *lp) {
+    char *target = fdpo_strdup(lp);
+    target[strlen(target) - 5] = 0;   /* drop ".lock" */
+    DIR *d = opendir(target);
+    free(target);
+    if (!d) return 0;
+    struct dirent *e;
+    int full = 0;
+    while (!full && (e = readdir(d))) full = strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    return full;
+}
+
+/* At exit, the locks a failed run did not release: a lock file that guards nothing is
+ * removed, so a run that failed at its start leaves no DIR.lock behind. */
+static void release_at_exit(void) {
+    for (int i = 0; i < MAX_HELD; i++)
+        if (g_held[i].dir && g_held[i].owner == getpid() && !guards_something(g_held[i].dir)) unlink(g_held[i].dir);
+}
+
+static int take_lock(const char *dir, const char *flag) {
     char *path = lock_path(dir);
     if (held_index(path) >= 0) { free(path); return 0; }
     int slot;
@@ -89,7 +112,28 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
     g_held[slot].flag = fdpo_strdup(flag);
     g_held[slot].fd = fd;
     g_held[slot].owner = getpid();
+    static int at_exit;
+    if (!at_exit) at_exit = atexit(release_at_exit) == 0;
     return 0;
+}
+
+int fdpo_dir_lock(const char *dir, const char *flag) {
+    /* DIR.lock, and a checkpoint save's DIR.tmp and DIR.old, are DIR's text plus a suffix:
+     * "." would give "..lock" inside DIR itself and "..tmp" that a save copies DIR into */
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    const char *last = dir + n;
+    while (last > dir && last[-1] != '/') last--;
+    size_t ln = (size_t)(dir + n - last);
+    if (ln == 0 || (ln == 1 && last[0] == '.') || (ln == 2 && last[0] == '.' && last[1] == '.'))
+        return fdpo_error("%s %s: give the directory by its name, not '.', '..' or '/' (the run's lock and each "
+                          "save's swap go beside it, under that name); from inside it: cd .. and give %s NAME",
+                          flag, dir, flag);
+    struct stat st;
+    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
+        return fdpo_error("%s %s: not a directory (a run writes its checkpoint directory there); choose another %s",
+                          flag, dir, flag);
+    return take_lock(dir, flag);
 }
 
 void fdpo_dir_unlock(const char *dir) {
@@ -97,7 +141,11 @@ void fdpo_dir_unlock(const char *dir) {
     int i = held_index(path);
     free(path);
     if (i < 0) return;
-    close(g_held[i].fd);   /* releases the flock; the file stays (removing it would race a waiter) */
+    /* beside a run's files the lock file stays (it is empty of meaning once no process holds
+     * it); one that guards nothing (a failed start) is removed while still held: a run that
+     * opened it meanwhile finds the name gone and opens it again (take_lock) */
+    if (!guards_something(g_held[i].dir)) unlink(g_held[i].dir);
+    close(g_held[i].fd);   /* releases the flock */
     free(g_held[i].dir);
     free(g_held[i].flag);
     g_held[i].dir = g_held[i].flag = NULL;
@@ -133,7 +181,7 @@ int fdpo_out_file_claim(const char *path, const char *flag) {
                           g_held[held].flag);
     /* before the lock, whose PATH.lock would be made beside a device too */
     if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);
-    if (fdpo_dir_lock(path, flag)) return -1;
+    if (take_lock(path, flag)) return -1;
     struct stat st;
     if (stat(path, &st) == 0) {
         if (S_ISDIR(st.st_mode)) {

@@ -189,6 +189,7 @@ int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
                           o->dpo.loss.simpo_gamma);
     }
     if (o->ref_live && o->ref_cache_dir) return fdpo_error("--ref-cache-dir: has no use with --ref-live");
+    if (o->dpo.loss.kind != FDPO_LOSS_SIMPO && fdpo_train_out_ref_check(o->train.out, o->ref, o->train.init)) return -1;
     return 0;
 }
 

@@ -174,7 +174,7 @@ int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o) {
                           o->train.batch_size);
     if (fdpo_kto_loss_check(&o->loss)) return -1;
     if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
-    return 0;
+    return fdpo_train_out_ref_check(o->train.out, o->ref, o->train.init);
 }
 
 void fdpo_kto_run_opts_settings(const fdpo_kto_run_opts *o, fdpo_settings *s) {

@@ -478,6 +478,7 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     t.init = o->model;
     t.resume = o->resume;
     if (fdpo_train_opts_check(&t)) return -1;
+    if (fdpo_train_out_ref_check(o->out, o->ref, o->model)) return -1;
     /* not on --resume: a run saved before this rule resumes with its saved --lexicon (sacpo's
      * stages always resume; fdpo_sacpo_run checks both of its specs) */
     if (!o->resume && !o->dpo.train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1))
@@ -500,8 +501,9 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
     if (!reward) { fdpo_free_strings(prompts, n_prompts); return -1; } /* the message names --reward */
     /* one run per directory: a second one would sample and rename the same rounds */
-    int rc = fdpo_mkdir_p(o->out), locked = 0;
-    if (rc == 0 && fdpo_dist_is_root()) locked = (rc = fdpo_dir_lock(o->out, "--out")) == 0;   /* rank 0 holds it */
+    int rc = 0, locked = 0;
+    if (fdpo_dist_is_root()) locked = (rc = fdpo_dir_lock(o->out, "--out")) == 0;   /* rank 0 holds it */
+    if (rc == 0) rc = fdpo_mkdir_p(o->out);
     rc = fdpo_dist_all_ok(rc);
     long start = 0;
     if (rc == 0) {

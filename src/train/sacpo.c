@@ -316,7 +316,7 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
         check_spec(o->reward_spec, &o->online.reward_opts, "--reward") ||
         check_spec(o->safety_spec, &o->online.reward_opts, "--safety"))
         return -1;
-    if (fdpo_dist_rank() == 0 && (fdpo_mkdir_p(o->out) || fdpo_dir_lock(o->out, "--out"))) return -1;
+    if (fdpo_dist_rank() == 0 && (fdpo_dir_lock(o->out, "--out") || fdpo_mkdir_p(o->out))) return -1;
     if (fdpo_dist_barrier()) return -1;
     sacpo_state st = {0};
     /* a dpo/rl/online run's files next to the stages would be mixed with them */

@@ -23,6 +23,13 @@ int fdpo_train_out_check(const fdpo_train_opts *o) {
     return 0;
 }
 
+int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model) {
+    const char *dir = ref ? ref : model;
+    if (!out || !dir || !fdpo_settings_same_path(out, dir)) return 0;
+    return fdpo_error("--out %s: is the reference (%s %s): a resumed run would load its half-trained policy as the "
+                      "reference; give another --out", out, ref ? "--ref" : "--model", dir);
+}
+
 /* batch x accum > n, without the product (which wraps for huge flags) */
 static int step_exceeds(const fdpo_train_opts *o, size_t n_items) {
     return (size_t)o->batch_size > n_items / (size_t)o->grad_accum;

@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <cJSON.h>
 #include "fdpo/core.h"
@@ -201,6 +202,51 @@ START_TEST(out_file_claim_and_release) {
     ck_assert_int_eq(fdpo_file_exists(dl), 0);
     unlink(lock); rmdir(dir);
     free(dl); free(dlock); free(out); free(lock);
+}
+END_TEST
+
+/* A run directory is named by its own name and is a directory: "." (DIR.lock would be
+ * "..lock" inside it), "..", "/" and a regular file are refused before any lock file is made.
+ * Released, a lock file that guards nothing (DIR missing or empty) is removed; beside a
+ * directory with files it stays. */
+START_TEST(dir_lock_names_and_lock_files) {
+    char dir[] = "/tmp/fdpo_test_dirlock_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char *sub = fdpo_path_join(dir, "sub"), *dot = fdpo_path_join(sub, "."), *file = fdpo_path_join(dir, "f.jsonl");
+    ck_assert_int_eq(mkdir(sub, 0777), 0);
+    const char *bad[] = {dot, "..", "./", "/", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char want[256];
+        snprintf(want, sizeof want, "--out %s: give the directory by its name, not '.', '..' or '/'", bad[i]);
+        ck_assert_int_eq(fdpo_dir_lock(bad[i], "--out"), -1);
+        ck_assert_msg(strstr(fdpo_last_error(), want) == fdpo_last_error(), "%s", fdpo_last_error());
+    }
+    ck_assert_int_eq(fdpo_write_file_atomic(file, "x", 1), 0);
+    ck_assert_int_eq(fdpo_dir_lock(file, "--out"), -1);
+    char want[256];
+    snprintf(want, sizeof want, "--out %s: not a directory (a run writes its checkpoint directory there); choose "
+             "another --out", file);
+    ck_assert_str_eq(fdpo_last_error(), want);
+    char *sub_lock = fdpo_path_join(dir, "sub.lock"), *file_lock = fdpo_path_join(dir, "f.jsonl.lock");
+    ck_assert_int_eq(fdpo_file_exists(sub_lock), 0);
+    ck_assert_int_eq(fdpo_file_exists(file_lock), 0);
+    /* an empty directory, then one that does not exist: the lock file goes with the lock */
+    ck_assert_int_eq(fdpo_dir_lock(sub, "--out"), 0);
+    ck_assert_int_eq(fdpo_file_exists(sub_lock), 1);
+    fdpo_dir_unlock(sub);
+    ck_assert_int_eq(fdpo_file_exists(sub_lock), 0);
+    char *gone = fdpo_path_join(dir, "gone"), *gone_lock = fdpo_path_join(dir, "gone.lock");
+    ck_assert_int_eq(fdpo_dir_lock(gone, "--out"), 0);
+    fdpo_dir_unlock(gone);
+    ck_assert_int_eq(fdpo_file_exists(gone_lock), 0);
+    /* a directory with a run's files: it stays */
+    char *inside = fdpo_path_join(sub, "model.safetensors");
+    ck_assert_int_eq(fdpo_write_file_atomic(inside, "x", 1), 0);
+    ck_assert_int_eq(fdpo_dir_lock(sub, "--out"), 0);
+    fdpo_dir_unlock(sub);
+    ck_assert_int_eq(fdpo_file_exists(sub_lock), 1);
+    unlink(sub_lock); unlink(inside); unlink(file); rmdir(sub); rmdir(dir);
+    free(inside); free(gone); free(gone_lock); free(sub_lock); free(file_lock); free(sub); free(dot); free(file);
 }
 END_TEST
 
@@ -431,6 +477,7 @@ int main(void) {
     tcase_add_test(tc, direct_file_writes_exact_bytes);
     tcase_add_test(tc, dir_lock_excludes_other_processes);
     tcase_add_test(tc, out_file_claim_and_release);
+    tcase_add_test(tc, dir_lock_names_and_lock_files);
     tcase_add_test(tc, stale_tmp_files_of_dead_writers_only);
     tcase_add_test(tc, strv_and_json_writer);
     tcase_add_test(tc, oom_calls_the_handler);

@@ -3,7 +3,10 @@ checkpoint, stages or tokenizer files into a directory that holds another kind o
 with an error naming --out and the file it found, exit status 1, and leaves that run's files
 byte for byte as they were (the audit found dpo/rl/online replacing each other's
 metrics.jsonl, sacpo reusing stages trained with other --steps, and `tokenizer train` adding
-vocab.json next to a checkpoint's fdpo_tokenizer.json, which still took precedence)."""
+vocab.json next to a checkpoint's fdpo_tokenizer.json, which still took precedence).
+An --out is also refused when it is the run's reference (a resumed run would load its
+half-trained policy as the reference), when it is named '.', '..' or '/' (its lock and a save's
+swap are its text plus a suffix), and when it is a file; a failed start leaves no OUT.lock."""
 import json
 
 import pytest
@@ -161,3 +164,146 @@ def test_dpo_refuses_a_checkpoint_before_reading_data_or_the_reference(d, tmp_pa
     assert "pairs from" not in r.stderr and "ref cache" not in r.stderr, r.stderr
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
     assert snapshot(d / "dpo_run") == before
+
+
+# ---- --out that the run reads again: its reference ----
+
+def ref_args(d, cmd):
+    """a trainer with a reference, its data and a one-step run (the reference: --ref, else --model)"""
+    (d / "unpaired.jsonl").write_text('{"prompt":"a","completion":" b","label":true}\n'
+                                      '{"prompt":"c","completion":" d","label":false}\n')
+    return {
+        "dpo": ["dpo", "--data", d / "pairs.jsonl", "--steps", 1],
+        "kto": ["kto", "--data", d / "unpaired.jsonl", "--steps", 1],
+        "rl": ["rl", "--data", d / "prompts.txt", "--reward", "length", "--steps", 1, "--n", 2, "--max-new-tokens", 4],
+        "online-step": ["online", "--mode", "step", "--data", d / "prompts.txt", "--reward", "length", "--steps", 1,
+                        *SAMPLE],
+        "online": ["online", "--data", d / "prompts.txt", "--reward", "length", "--rounds", 1, *SAMPLE],
+    }[cmd]
+
+
+@pytest.mark.parametrize("cmd", ["dpo", "kto", "rl", "online-step", "online"])
+def test_a_trainer_refuses_an_out_that_is_its_reference(d, tmp_path, cmd):
+    """--out = the reference (--model without --ref): a run stopped and resumed loaded its
+    half-trained policy as the reference (dpo's loss at the resumed step was log 2 again)
+    -- refused at the start, before anything is written, on a fresh run and on --resume"""
+    import shutil
+    self_dir = tmp_path / "self"
+    shutil.copytree(d / "dpo_run", self_dir)   # a checkpoint with a training state, to resume
+    before = snapshot(tmp_path)
+    fresh = [] if cmd == "online" else ["--overwrite"]   # rounds mode has no --overwrite
+    r = fdpo(*ref_args(d, cmd), "--model", self_dir, "--out", self_dir, *fresh, *FAST, check=False)
+    refused(r, f"--out {self_dir}: is the reference (--model {self_dir}): a resumed run would load its "
+               "half-trained policy as the reference; give another --out")
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["self"]
+    # --ref names it (here another spelling of the same directory), and --resume is refused too
+    # (rounds mode: its OUT holds rounds, never a checkpoint to resume)
+    resume = [] if cmd == "online" else ["--resume"]
+    r = fdpo(*ref_args(d, cmd), "--model", d / "base", "--ref", f"{self_dir}/", "--out", self_dir, *resume, *FAST,
+             check=False)
+    refused(r, f"--out {self_dir}: is the reference (--ref {self_dir}/): a resumed run would load its "
+               "half-trained policy as the reference; give another --out")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_run_whose_out_is_not_its_reference_still_works(d, tmp_path):
+    """the check is on the reference alone: --out = --model with another --ref trains (and
+    resumes: the policy comes from OUT, the reference from --ref), as does a plain run"""
+    import shutil
+    fdpo(*ref_args(d, "dpo"), "--model", d / "base", "--out", tmp_path / "plain", *FAST)
+    assert (tmp_path / "plain" / "model.safetensors").exists()
+    shutil.copytree(d / "base", tmp_path / "self")
+    common = ["dpo", "--data", d / "pairs.jsonl", "--steps", 2, "--model", tmp_path / "self", "--ref", d / "base",
+              "--out", tmp_path / "self", *FAST]
+    fdpo(*common, "--overwrite", "--stop-at", 1)
+    fdpo(*common, "--resume")
+    assert json.loads((tmp_path / "self" / "training_state.json").read_text())["step"] == 2
+
+
+# ---- --out as a run directory: named by its own name, and a directory ----
+
+def checkpoint_cmd(d, cmd):
+    """each command that writes a checkpoint directory, with inputs by absolute path"""
+    (d / "sft.jsonl").write_text('{"prompt":"a","completion":" b"}\n{"prompt":"c","completion":" d"}\n')
+    (d / "text.txt").write_text("the cat sat on the mat\n" * 8)
+    if cmd in ("dpo", "kto", "rl", "online-step", "online"):
+        return [*ref_args(d, cmd), "--model", d / "base"]
+    return {
+        "pretrain": ["pretrain", "--n-layer", 1, "--n-embd", 16, "--n-head", 2, "--n-positions", 32, "--seq-len", 16,
+                     "--steps", 1, d / "text.txt"],
+        "sft": ["sft", "--model", d / "base", "--data", d / "sft.jsonl", "--seq-len", 16, "--steps", 1],
+        "rm": ["rm", "--model", d / "base", "--data", d / "pairs.jsonl", "--steps", 1],
+        "sacpo": ["sacpo", "--model", d / "base", "--reward-data", d / "pairs.jsonl", "--safety-data", d / "pairs.jsonl",
+                  "--lambda", 1, "--eval-fraction", 0, "--steps", 1],
+        "merge": ["merge", "--model", d / "base", "--model", d / "base"],
+    }[cmd]
+
+
+CHECKPOINT_CMDS = ["pretrain", "sft", "dpo", "rm", "kto", "rl", "online-step", "online", "sacpo", "merge"]
+
+
+@pytest.mark.parametrize("cmd", CHECKPOINT_CMDS)
+@pytest.mark.parametrize("out", [".", "./", "..", "sub/."])
+def test_an_out_named_dot_or_dotdot_is_refused(d, tmp_path, cmd, out):
+    """OUT.lock, OUT.tmp and OUT.old are OUT's text plus a suffix: `--out .` made ..lock and
+    ..tmp inside OUT, and a save copied OUT into ..tmp/..tmp/... ~680 levels deep before it
+    failed. Refused, naming --out, before anything is written."""
+    import subprocess
+    from dpo_common import FDPO
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    args = [*checkpoint_cmd(d, cmd), "--out", out]
+    if cmd != "merge":
+        args += FAST
+    r = subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=work / "sub")
+    refused(r, f"--out {out}: give the directory by its name, not '.', '..' or '/' (the run's lock and each save's "
+               "swap go beside it, under that name); from inside it: cd .. and give --out NAME")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["work", "work/sub"]
+
+
+@pytest.mark.parametrize("cmd", ["sft", "dpo", "merge"])
+def test_an_out_with_a_trailing_slash_is_the_directory(d, tmp_path, cmd):
+    """`--out runs/a/` is runs/a: its lock is runs/a.lock beside it (not runs/a/.lock), a save
+    swaps runs/a, and --resume finds it under either spelling"""
+    def files():   # dpo's reference cache is beside OUT too
+        return sorted(p.name for p in tmp_path.iterdir() if p.name != ".fdpo-cache")
+
+    fdpo(*checkpoint_cmd(d, cmd), "--out", f"{tmp_path / 'a'}/", *([] if cmd == "merge" else FAST))
+    assert files() == ["a", "a.lock"]
+    assert (tmp_path / "a" / "model.safetensors").exists() and not (tmp_path / "a" / ".lock").exists()
+    if cmd != "merge":
+        fdpo(*checkpoint_cmd(d, cmd), "--out", tmp_path / "a", "--resume", *FAST)
+        assert "already finished" in fdpo(*checkpoint_cmd(d, cmd), "--out", f"{tmp_path / 'a'}//", "--resume",
+                                          "--threads", 1).stderr
+        assert files() == ["a", "a.lock"]
+
+
+@pytest.mark.parametrize("cmd", CHECKPOINT_CMDS)
+def test_an_out_that_is_a_file_is_refused_naming_out(d, tmp_path, cmd):
+    """`--out victim.jsonl` (a file) said "victim.jsonl: not a directory" without the flag and
+    left victim.jsonl.lock behind"""
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text('{"keep": "me"}\n')
+    args = [*checkpoint_cmd(d, cmd), "--out", victim]
+    r = fdpo(*args, *([] if cmd == "merge" else FAST), check=False)
+    refused(r, f"--out {victim}: not a directory (a run writes its checkpoint directory there); choose another --out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.jsonl"]
+    assert victim.read_text() == '{"keep": "me"}\n'
+
+
+def test_a_failed_start_leaves_no_lock(d, tmp_path):
+    """a run that fails before it saved anything leaves no OUT.lock (nor does --resume of a
+    directory that does not exist); a run that saved keeps OUT.lock beside OUT"""
+    fail = tmp_path / "fail.sh"
+    fail.write_text("#!/bin/sh\nexit 3\n")
+    fail.chmod(0o755)
+    for cmd in ("rl", "online-step", "online"):   # the reward fails at step 0, after OUT was made
+        args = [a if a != "length" else f"cmd:{fail}" for a in checkpoint_cmd(d, cmd)]
+        r = fdpo(*args, "--out", tmp_path / cmd, *FAST, check=False)
+        refused(r, f"--reward cmd:{fail}: reward command '{fail}' exited with status 3")
+    r = fdpo("sft", "--model", d / "base", "--data", d / "sft.jsonl", "--out", tmp_path / "none", "--resume", *FAST,
+             check=False)
+    refused(r, f"--resume: {tmp_path / 'none'}: no training state")
+    assert not list(tmp_path.glob("*.lock")), sorted(p.name for p in tmp_path.iterdir())
+    fdpo(*checkpoint_cmd(d, "sft"), "--out", tmp_path / "ok", *FAST)
+    assert (tmp_path / "ok.lock").exists()
