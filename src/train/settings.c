@@ -289,6 +289,9 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
         if (!(o->lora_dropout >= 0 && o->lora_dropout < 1)) return fdpo_error("--lora-dropout: %g must be in [0, 1)", o->lora_dropout);
         if (!o->init && !o->resume)
             return fdpo_error("--lora-r: LoRA adapts a pretrained model: give it with --model (a random init has nothing to adapt)");
+        if (o->init && fdpo_settings_same_path(o->out, o->init))   /* the first save replaced the base */
+            return fdpo_error("--out %s: is --model %s, the frozen base of the adapters: the first save would replace "
+                              "the base with the adapter; give another --out", o->out, o->init);
     } else if (o->lora_targets || o->lora_dropout != 0 || o->lora_alpha != FDPO_LORA_ALPHA_DEFAULT) {
         /* a LoRA flag without --lora-r (its default value cannot be told from no flag) */
         return fdpo_error("--%s: has no effect without --lora-r R", o->lora_targets ? "lora-targets"

@@ -171,7 +171,8 @@ def test_dpo_refuses_a_checkpoint_before_reading_data_or_the_reference(d, tmp_pa
 def ref_args(d, cmd):
     """a trainer with a reference, its data and a one-step run (the reference: --ref, else --model)"""
     (d / "unpaired.jsonl").write_text('{"prompt":"a","completion":" b","label":true}\n'
-                                      '{"prompt":"c","completion":" d","label":false}\n')
+                                      '{"prompt":"c","completion":" d","label":false}\n'
+                                      '{"prompt":"e","completion":" f","label":true}\n')   # kto trains on >= 2
     return {
         "dpo": ["dpo", "--data", d / "pairs.jsonl", "--steps", 1],
         "kto": ["kto", "--data", d / "unpaired.jsonl", "--steps", 1],
@@ -203,6 +204,23 @@ def test_a_trainer_refuses_an_out_that_is_its_reference(d, tmp_path, cmd):
              check=False)
     refused(r, f"--out {self_dir}: is the reference (--ref {self_dir}/): a resumed run would load its "
                "half-trained policy as the reference; give another --out")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("cmd", ["sft", "rm"])
+def test_a_lora_run_refuses_an_out_that_is_its_base(d, tmp_path, cmd):
+    """--lora-r with --out = --model: the first save replaced the frozen base's model.safetensors
+    with the adapter, whose recorded base was then itself (resume failed, the base was gone)"""
+    import shutil
+    base = tmp_path / "base"
+    shutil.copytree(d / "base", base)
+    (d / "sft.jsonl").write_text('{"prompt":"a","completion":" b"}\n{"prompt":"c","completion":" d"}\n')
+    data = {"sft": ["--data", d / "sft.jsonl", "--seq-len", 16], "rm": ["--data", d / "pairs.jsonl"]}[cmd]
+    before = snapshot(tmp_path)
+    r = fdpo(cmd, "--model", base, "--out", f"{base}/", "--overwrite", "--lora-r", 2, *data, "--steps", 1, *FAST,
+             check=False)
+    refused(r, f"--out {base}/: is --model {base}, the frozen base of the adapters: the first save would replace the "
+               "base with the adapter; give another --out")
     assert snapshot(tmp_path) == before
 
 
