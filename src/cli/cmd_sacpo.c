@@ -48,6 +48,16 @@ int cmd_sacpo(int argc, char **argv) {
     rc = -1;
     if (n_pos > 0) { fdpo_error("unexpected argument '%s' (data files go in --reward-data and --safety-data)", pos[0]); goto done; }
     if (dpo_flags_finish(&v, flags, n)) goto done;
+    if (so.reward_data && so.safety_data) {   /* no stage is online: the sampling flags were ignored */
+        static const char *const online_only[] = {"rounds", "prompts-per-round", "n", "pairing", "ref-logps", "ref-update",
+                                                  "temperature", "top-k", "top-p", "max-new-tokens", "stop"};
+        for (size_t i = 0; i < sizeof online_only / sizeof online_only[0]; i++)
+            if (flags_was_set(flags, n, online_only[i])) {
+                fdpo_error("--%s: only online stages use it (--reward/--safety SPEC); with --reward-data and "
+                           "--safety-data both stages train on the files", online_only[i]);
+                goto done;
+            }
+    }
     if (!lambda_list) { fdpo_error("--lambda: required (one or more safety multipliers, e.g. 0.5,1,2)"); goto done; }
     if (flags_number_list("lambda", lambda_list, FLAGS_LIST_ANY, &lambdas, &so.n_lambdas)) goto done;
     if (merge_list && flags_number_list("merge", merge_list, FLAGS_LIST_ANY, &weights, &so.n_merge_weights)) goto done;

@@ -106,6 +106,10 @@ def test_rerun_skips_done_stages_and_adds_lambdas(data, tmp_path):
     ([], "--lambda: required"),
     # offered by --help once, refused by the first stage as "cannot be combined with --resume"
     (["--lambda", "1", "--overwrite"], "unknown flag --overwrite"),
+    # both stages on files: the online stages' sampling flags were ignored
+    (["--lambda", "1", "--n", "8"], "--n: only online stages use it (--reward/--safety SPEC); with --reward-data and "
+                                    "--safety-data both stages train on the files"),
+    (["--lambda", "1", "--temperature", "0.7"], "--temperature: only online stages use it"),
 ])
 def test_bad_plans_are_refused(data, tmp_path, extra, msg):
     r = sacpo(data, tmp_path / "s", *extra, check=False)
