@@ -80,7 +80,13 @@ START_TEST(online_opts_are_checked_by_the_library) {
     o.dpo.dpo.loss.beta = 0.1;
     o.dpo.train.stop_at = 2;
     ck_assert_int_ne(fdpo_online_run(&o), 0);
-    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--stop-at, --overwrite: --mode step only"));
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--stop-at: --mode step only"));
+    o.dpo.train.stop_at = 0;
+    o.dpo.train.overwrite = 1;
+    ck_assert_int_ne(fdpo_online_run(&o), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--overwrite: --mode step only"));
+    o.dpo.train.overwrite = 0;
+    o.dpo.train.stop_at = 2;
     o.ref_update_round = 1;
     o.dpo.train.steps = 2;
     ck_assert_int_ne(fdpo_online_step_run(&o), 0);
