@@ -324,6 +324,12 @@ int fdpo_trainer_check_lm(const fdpo_gpt2_config *c, const char *flag, const cha
  * reference's tokenizer must be the policy's (fdpo_tokenizer_same): its log-probs are of the
  * policy's token ids, so another tokenizer of the same size scored unrelated tokens. */
 fdpo_gpt2 *fdpo_trainer_load_lm(const char *flag, const char *dir, const char *policy_dir);
+/* The trainer options of a run whose items are prompts (rl, online --mode step): base's, with
+ * the policy model (or OUT's checkpoint on --resume), no --tokenizer, the prompt file as data
+ * in file order (no shuffle), per_step prompts per step (step_flag names them in notes) and no
+ * accumulation. */
+fdpo_train_opts fdpo_train_opts_over_prompts(const fdpo_train_opts *base, const char *model, const char *prompts,
+                                             long per_step, const char *step_flag);
 /* Set threads, recover/prepare OUT, build the model (resume: OUT; init: CKPT; else random
  * with the shape options and the tokenizer's vocab), the optimizer, the state (resume:
  * loaded and checked against data_hash, n_items and the fixed settings), open metrics and

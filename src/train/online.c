@@ -727,14 +727,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (o->dpo.train.steps < 1) return fdpo_error("--steps: --mode step needs --steps >= 1 (got %ld)", o->dpo.train.steps);
     /* an fdpo_trainer run over the prompts (file order, prompts_per_round per step): it
      * checkpoints with training state, stops and resumes as the other trainers do */
-    fdpo_train_opts t = o->dpo.train;
-    t.init = o->model;
-    t.tokenizer = NULL;
-    t.shuffle = 0;
-    t.batch_size = o->prompts_per_round;
-    t.grad_accum = 1;
-    t.data = o->prompts;
-    t.step_flag = "--prompts-per-round";
+    fdpo_train_opts t = fdpo_train_opts_over_prompts(&o->dpo.train, o->model, o->prompts, o->prompts_per_round,
+                                                     "--prompts-per-round");
     t.resume = o->resume;
     char **prompts = NULL;
     size_t n_prompts = 0;

@@ -298,15 +298,7 @@ void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
 /* The trainer options the run uses: the policy is --model (or OUT's checkpoint on --resume),
  * the items are the prompts, taken in file order, prompts_per_step per step. */
 static fdpo_train_opts rl_train_opts(const fdpo_rl_run_opts *o) {
-    fdpo_train_opts t = o->train;
-    t.init = o->model;
-    t.tokenizer = NULL;
-    t.shuffle = 0;
-    t.batch_size = o->prompts_per_step;
-    t.grad_accum = 1;
-    t.data = o->prompts;
-    t.step_flag = "--prompts-per-step";
-    return t;
+    return fdpo_train_opts_over_prompts(&o->train, o->model, o->prompts, o->prompts_per_step, "--prompts-per-step");
 }
 
 int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {

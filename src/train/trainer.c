@@ -99,6 +99,19 @@ static int same_tokenizer(const char *flag, const char *dir, const char *policy_
     return rc;
 }
 
+fdpo_train_opts fdpo_train_opts_over_prompts(const fdpo_train_opts *base, const char *model, const char *prompts,
+                                             long per_step, const char *step_flag) {
+    fdpo_train_opts t = *base;
+    t.init = model;
+    t.tokenizer = NULL;
+    t.shuffle = 0;
+    t.batch_size = per_step;
+    t.grad_accum = 1;
+    t.data = prompts;
+    t.step_flag = step_flag;
+    return t;
+}
+
 fdpo_gpt2 *fdpo_trainer_load_lm(const char *flag, const char *dir, const char *policy_dir) {
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
     if (!m) { fdpo_error_context("%s %s", flag, dir); return NULL; }
