@@ -217,6 +217,31 @@ static int claim_outputs(const fdpo_flag *flags, size_t n, const char *input) {
     if (claim_outputs(flags, NFLAGS(flags), o.input)) return -1;                                     \
     fdpo_set_threads((int)o.threads)
 
+/* solve's and constrained's --out: pi_ref,reward[,safety] and per divergence its pi (and, with
+ * steps, the stepwise pi beside it): "pi[,pi_stepwise]" for one divergence, "pi_<name>[,...]"
+ * for several; pis and steps are [nd, n] */
+static void write_pi_csv(FILE *f, const fdpo_lab_problem *p, int with_safety, const fdpo_divergence *divs, size_t nd,
+                         const double *pis, const double *steps) {
+    fprintf(f, with_safety ? "pi_ref,reward,safety" : "pi_ref,reward");
+    for (size_t k = 0; k < nd; k++) {
+        char name[64];
+        fdpo_divergence_name(&divs[k], name, sizeof name);
+        if (nd == 1) fprintf(f, steps ? ",pi,pi_stepwise" : ",pi");
+        else if (steps) fprintf(f, ",pi_%s,pi_stepwise_%s", name, name);
+        else fprintf(f, ",pi_%s", name);
+    }
+    fputc('\n', f);
+    for (size_t i = 0; i < p->n; i++) {
+        fprintf(f, "%.17g,%.17g", p->pi_ref[i], p->reward[i]);
+        if (with_safety) fprintf(f, ",%.17g", p->safety[i]);
+        for (size_t k = 0; k < nd; k++) {
+            fprintf(f, ",%.17g", pis[k * p->n + i]);
+            if (steps) fprintf(f, ",%.17g", steps[k * p->n + i]);
+        }
+        fputc('\n', f);
+    }
+}
+
 /* ---------------- solve ---------------- */
 
 static int lab_solve(int argc, char **argv) {
@@ -262,21 +287,7 @@ static int lab_solve(int argc, char **argv) {
         table_end_row(&t);
     }
     rc = table_finish(&t, opened, rc);
-    if (rc == 0 && af.f) {
-        fprintf(af.f, "pi_ref,reward");
-        for (size_t k = 0; k < nd; k++) {
-            char name[64];
-            fdpo_divergence_name(&divs[k], name, sizeof name);
-            if (nd == 1) fprintf(af.f, ",pi");
-            else fprintf(af.f, ",pi_%s", name);
-        }
-        fputc('\n', af.f);
-        for (size_t i = 0; i < p.n; i++) {
-            fprintf(af.f, "%.17g,%.17g", p.pi_ref[i], p.reward[i]);
-            for (size_t k = 0; k < nd; k++) fprintf(af.f, ",%.17g", pis[k * p.n + i]);
-            fputc('\n', af.f);
-        }
-    }
+    if (rc == 0 && af.f) write_pi_csv(af.f, &p, 0, divs, nd, pis, NULL);
     rc = export_finish(&af, rc);
     free(pis); free(divs);
     fdpo_lab_prepared_free(&pp);
@@ -807,25 +818,7 @@ static int lab_constrained(int argc, char **argv) {
         table_end_row(&t);
     }
     rc = table_finish(&t, opened, rc);
-    if (rc == 0 && af.f) {
-        fprintf(af.f, "pi_ref,reward,safety");
-        for (size_t k = 0; k < nd; k++) {
-            char name[64];
-            fdpo_divergence_name(&divs[k], name, sizeof name);
-            if (nd == 1) fprintf(af.f, stepwise ? ",pi,pi_stepwise" : ",pi");
-            else if (stepwise) fprintf(af.f, ",pi_%s,pi_stepwise_%s", name, name);
-            else fprintf(af.f, ",pi_%s", name);
-        }
-        fputc('\n', af.f);
-        for (size_t i = 0; i < p.n; i++) {
-            fprintf(af.f, "%.17g,%.17g,%.17g", p.pi_ref[i], p.reward[i], p.safety[i]);
-            for (size_t k = 0; k < nd; k++) {
-                fprintf(af.f, ",%.17g", pis[k * p.n + i]);
-                if (stepwise) fprintf(af.f, ",%.17g", steps[k * p.n + i]);
-            }
-            fputc('\n', af.f);
-        }
-    }
+    if (rc == 0 && af.f) write_pi_csv(af.f, &p, 1, divs, nd, pis, stepwise ? steps : NULL);
     rc = export_finish(&af, rc);
     free(rows); free(pis); free(steps); free(divs); free(bs);
     fdpo_lab_problem_free(&p);
