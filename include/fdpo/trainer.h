@@ -316,14 +316,14 @@ fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o);
  *   "--model DIR: a reward model (GPT2ForSequenceClassification), not a language model to align"
  *   "--ref DIR: a reward model (...), not a language model to serve as the reference"
  * 0 when c is a language model. fdpo_trainer_open applies it to the policy of every kind but
- * "rm"; fdpo_trainer_load_lm to a reference. */
+ * "rm"; fdpo_trainer_load_ref to a reference. */
 int fdpo_trainer_check_lm(const fdpo_gpt2_config *c, const char *flag, const char *dir);
-/* fdpo_checkpoint_load_model(dir) for a policy or reference: NULL with the error naming
- * FLAG DIR when it does not load or is a reward model (fdpo_trainer_check_lm). policy_dir
- * (a --ref's policy; NULL: not compared): when both directories hold tokenizer files, the
- * reference's tokenizer must be the policy's (fdpo_tokenizer_same): its log-probs are of the
- * policy's token ids, so another tokenizer of the same size scored unrelated tokens. */
-fdpo_gpt2 *fdpo_trainer_load_lm(const char *flag, const char *dir, const char *policy_dir);
+/* The reference of dpo, kto, rl and online: --ref, else --model (whose flag the errors then
+ * name), loaded as a language model (fdpo_trainer_check_lm). A --ref whose directory holds
+ * tokenizer files must hold the run's tokenizer tok (fdpo_tokenizer_same): its log-probs are of
+ * the policy's token ids, so another tokenizer of the same size scored unrelated tokens. With
+ * policy_vocab > 0 its vocab_size must be that. NULL with the error. */
+fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_tokenizer *tok, size_t policy_vocab);
 /* The trainer options of a run whose items are prompts (rl, online --mode step): base's, with
  * the policy model (or OUT's checkpoint on --resume), no --tokenizer, the prompt file as data
  * in file order (no shuffle), per_step prompts per step (step_flag names them in notes) and no

@@ -289,12 +289,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
      * checkpoint, base + its adapters as they were, e.g. SACPO's second stage) */
     const int ref_is_base = to->lora_r > 0 && o->ref_live && !o->ref && !fdpo_lora_is_checkpoint(policy_dir);
     if (!simpo && !ref_is_base) {
-        const char *ref_dir = o->ref ? o->ref : policy_dir;
-        if (!(ref = fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", ref_dir, o->ref ? policy_dir : NULL))) goto done;
-        if (ref->config.vocab_size != pcfg.vocab_size) {
-            fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", ref_dir, ref->config.vocab_size, pcfg.vocab_size);
-            goto done;
-        }
+        if (!(ref = fdpo_trainer_load_ref(o->ref, policy_dir, tok, pcfg.vocab_size))) goto done;
         if (popt.max_length > ref->config.n_positions) {
             fdpo_error("--max-length %zu exceeds the reference's n_positions %zu", popt.max_length, ref->config.n_positions);
             goto done;

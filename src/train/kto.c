@@ -242,13 +242,8 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
 
     /* LoRA without --ref: the reference is the base, i.e. the policy with its adapters off
      * (unless --model is a LoRA checkpoint being continued: then it is that checkpoint) */
-    const char *ref_dir = o->ref ? o->ref : to->init;
     if (to->lora_r > 0 && !o->ref && !fdpo_lora_is_checkpoint(to->init)) goto open;
-    if (!(ref = fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", ref_dir, o->ref ? to->init : NULL))) goto done;
-    if (ref->config.vocab_size != pcfg.vocab_size) {
-        fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", ref_dir, ref->config.vocab_size, pcfg.vocab_size);
-        goto done;
-    }
+    if (!(ref = fdpo_trainer_load_ref(o->ref, to->init, tok, pcfg.vocab_size))) goto done;
     if (popt.max_length > ref->config.n_positions) {
         fdpo_error("--max-length %zu exceeds the reference's n_positions %zu", popt.max_length, ref->config.n_positions);
         goto done;

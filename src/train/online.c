@@ -544,11 +544,8 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (rc == 0 && !o->ref_update_round && is_lora_base(policy, ref0)) {
             ref = policy;   /* the base with the adapters off: no second copy */
         } else if (rc == 0 && !o->ref_update_round) {
-            ref = fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", ref0, o->ref ? o->model : NULL);
+            ref = fdpo_trainer_load_ref(o->ref, o->model, tok, policy->config.vocab_size);
             if (!ref) rc = -1;
-            else if (ref->config.vocab_size != policy->config.vocab_size)
-                rc = fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", ref0, ref->config.vocab_size,
-                                policy->config.vocab_size);
             if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
         }
         if (rc == 0) rc = fdpo_prompts_check_fit(tok, prompts, n_prompts, policy->config.n_positions, o->prompts);
@@ -739,7 +736,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     /* LoRA without --ref: the reference is the policy with its adapters off (no second copy) */
     const int ref_is_base = t.lora_r > 0 && !o->ref;
     /* with no --ref the reference is --model: refused as a reward model under that name */
-    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", o->ref ? o->ref : o->model, o->ref ? o->model : NULL) : NULL;
+    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0) : NULL;
     fdpo_settings extra = {0};
     fdpo_online_step_settings(o, &extra);
     fdpo_trainer tr;

@@ -331,7 +331,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     /* LoRA without --ref: the reference is the policy with its adapters off (no second copy) */
     const int ref_is_base = t.lora_r > 0 && !o->ref;
     /* with no --ref the reference is --model: refused as a reward model under that name */
-    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_lm(o->ref ? "--ref" : "--model", o->ref ? o->ref : o->model, o->ref ? o->model : NULL) : NULL;
+    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0) : NULL;
     fdpo_settings extra = {0};
     fdpo_rl_run_opts_settings(o, &extra);
     fdpo_trainer tr;

@@ -86,18 +86,6 @@ int fdpo_trainer_check_lm(const fdpo_gpt2_config *c, const char *flag, const cha
                       !strcmp(flag, "--ref") ? "to serve as the reference" : "to align");
 }
 
-/* 0 unless both directories hold tokenizer files that differ (a directory without any: the
- * run's own rules apply, --tokenizer or byte-level) */
-static int same_tokenizer(const char *flag, const char *dir, const char *policy_dir) {
-    fdpo_tokenizer *a = fdpo_tokenizer_load_dir(dir), *b = a ? fdpo_tokenizer_load_dir(policy_dir) : NULL;
-    int rc = a && b && !fdpo_tokenizer_same(a, b)
-                 ? fdpo_error("%s %s: its tokenizer differs from the policy's (%s): the same text would be other ids",
-                              flag, dir, policy_dir)
-                 : 0;
-    fdpo_tokenizer_free(a);
-    fdpo_tokenizer_free(b);
-    return rc;
-}
 
 fdpo_train_opts fdpo_train_opts_over_prompts(const fdpo_train_opts *base, const char *model, const char *prompts,
                                              long per_step, const char *step_flag) {
@@ -112,13 +100,21 @@ fdpo_train_opts fdpo_train_opts_over_prompts(const fdpo_train_opts *base, const 
     return t;
 }
 
-fdpo_gpt2 *fdpo_trainer_load_lm(const char *flag, const char *dir, const char *policy_dir) {
+fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_tokenizer *tok, size_t policy_vocab) {
+    const char *flag = ref ? "--ref" : "--model", *dir = ref ? ref : model;
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
     if (!m) { fdpo_error_context("%s %s", flag, dir); return NULL; }
-    if (fdpo_trainer_check_lm(&m->config, flag, dir) || (policy_dir && same_tokenizer(flag, dir, policy_dir))) {
-        fdpo_gpt2_free(m);
-        return NULL;
+    int rc = fdpo_trainer_check_lm(&m->config, flag, dir);
+    if (!rc && ref && tok) {   /* a directory without tokenizer files: the run's own rules apply */
+        fdpo_tokenizer *rt = fdpo_tokenizer_load_dir(ref);
+        if (rt && !fdpo_tokenizer_same(rt, tok))
+            rc = fdpo_error("--ref %s: its tokenizer differs from the policy's (%s): the same text would be other ids",
+                            ref, model);
+        fdpo_tokenizer_free(rt);
     }
+    if (!rc && policy_vocab && m->config.vocab_size != policy_vocab)
+        rc = fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", dir, m->config.vocab_size, policy_vocab);
+    if (rc) { fdpo_gpt2_free(m); return NULL; }
     return m;
 }
 
