@@ -11,6 +11,7 @@
 #include "fdpo/dist.h"
 #include "fdpo/eval.h"
 #include "fdpo/pref.h"
+#include "fdpo/trainer.h"   /* fdpo_settings_same_path */
 
 /* The last k components of path ("runA/final" for k = 2), trailing slashes dropped, into buf. */
 static void path_suffix(const char *path, size_t k, char *buf, size_t cap) {
@@ -23,7 +24,7 @@ static void path_suffix(const char *path, size_t k, char *buf, size_t cap) {
 }
 
 /* Column titles: each policy's shortest path suffix that no other column shares (runA/final
- * and runB/final, where both were "final"); a path given twice gets "#N". The columns are as
+ * and runB/final, where both were "final"; a policy given twice is refused before). The columns are as
  * wide as the longest title (they were cut at 16 characters, so policy_alpha_0.5_beta_0.1 and
  * ..._0.3 read the same). */
 static void column_titles(char *const *names, size_t n, char (*titles)[256], int *width) {
@@ -41,12 +42,6 @@ static void column_titles(char *const *names, size_t n, char (*titles)[256], int
             path_suffix(names[c], k + 1, longer, sizeof longer);
             if (!clash || !strcmp(longer, titles[c])) break;   /* unique, or the whole path already */
         }
-        for (size_t d = 0; d < c; d++)
-            if (!strcmp(names[d], names[c])) {
-                size_t len = strlen(titles[c]);
-                snprintf(titles[c] + len, sizeof titles[c] - len, " #%zu", c + 1);
-                break;
-            }
         int len = (int)strlen(titles[c]);
         if (len > *width) *width = len;
     }
@@ -135,7 +130,8 @@ int cmd_eval(int argc, char **argv) {
     else po.on_bad = FDPO_PREF_ERROR;
     for (size_t i = 1; i < n_pol && !rc; i++) {   /* a policy's column and samples are keyed by its name */
         for (size_t j = 0; j < i && !rc; j++)
-            if (!strcmp(policies[i], policies[j])) rc = fdpo_error("--model %s: given twice", policies[i]);
+            if (fdpo_settings_same_path(policies[i], policies[j]))   /* runA and ./runA/ too */
+                rc = fdpo_error("--model %s: given twice", policies[i]);
     }
     if (!rc) rc = eval_sampling_flags_finish(&sf, &c.sample);
     if (!rc) {

@@ -185,8 +185,9 @@ static int parse_divs(const char *spec, fdpo_divergence **out, size_t *count) {
 static const char *lab_claimed[LAB_MAX_OUTPUTS];
 static int lab_n_claimed;
 
-/* An output that is the --data file itself is refused as every command refuses it
- * (eval_out_not_input): the atomic rename replaced the input with only a warning. */
+/* The rules of every command's output file (eval_claim_out): not the --data input (the atomic
+ * rename replaced it with only a warning), not "-" (a lab table goes to stdout without --out),
+ * not a special file. */
 static int claim_outputs(const fdpo_flag *flags, size_t n, const char *input) {
     const char *inputs[1][2] = {{"--data", input}};
     for (size_t i = 0; i < n; i++) {
@@ -195,11 +196,8 @@ static int claim_outputs(const fdpo_flag *flags, size_t n, const char *input) {
         if (!path) continue;
         char flag[64];
         snprintf(flag, sizeof flag, "--%s", flags[i].name);
-        if (!strcmp(path, "-"))   /* a file named "-" (the tables go to stdout without --out) */
-            return fdpo_error("%s -: this output is a file (only generate's and score's --out - mean stdout)", flag);
-        if (eval_out_not_input(flag, path, inputs, 1)) return -1;
-        if (lab_n_claimed == LAB_MAX_OUTPUTS) continue;
-        if (fdpo_out_file_claim(path, flag)) return -1;
+        if (lab_n_claimed == LAB_MAX_OUTPUTS) return fdpo_error("%s: more than %d output files", flag, LAB_MAX_OUTPUTS);
+        if (eval_claim_out(flag, path, inputs, 1, 0)) return -1;
         lab_claimed[lab_n_claimed++] = path;
     }
     return 0;
@@ -474,7 +472,8 @@ static int lab_coverage(int argc, char **argv) {
     size_t *nsz = fdpo_malloc(nn * sizeof *nsz);
     for (size_t a = 0; a < nn; a++) nsz[a] = (size_t)ns[a];
     /* the library's rules before the problems are made and the table's header is written */
-    if (fdpo_lab_coverage_check(&co, (size_t)prompts, nsz, nn)) { free(divs); free(ns); free(nsz); return -1; }
+    free(ns);   /* nsz holds them from here on */
+    if (fdpo_lab_coverage_check(&co, (size_t)prompts, nsz, nn)) { free(divs); free(nsz); return -1; }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem *P = fdpo_calloc((size_t)prompts, sizeof *P);
@@ -493,13 +492,12 @@ static int lab_coverage(int argc, char **argv) {
     co.ctx = &ex;
     fdpo_lab_coverage_row *acc = fdpo_calloc(nn * nd, sizeof *acc);
     if (rc == 0) rc = fdpo_lab_coverage(&co, P, (size_t)prompts, nsz, nn, divs, nd, acc);
-    free(nsz);
     for (size_t a = 0; rc == 0 && a < nn; a++)
         for (size_t k = 0; k < nd; k++) {
             char name[64];
             fdpo_divergence_name(&divs[k], name, sizeof name);
             const fdpo_lab_coverage_row *row = &acc[a * nd + k];
-            table_str(&t, policy); table_int(&t, (long long)ns[a]); table_str(&t, name); table_num(&t, beta);
+            table_str(&t, policy); table_int(&t, (long long)nsz[a]); table_str(&t, name); table_num(&t, beta);
             table_num(&t, row->reward_gap); table_num(&t, row->objective_gap); table_num(&t, row->pistar_coverage); table_num(&t, row->fit_rmse);
             table_end_row(&t);
         }
@@ -507,7 +505,7 @@ static int lab_coverage(int argc, char **argv) {
     rc = export_finish(&ef, rc);
     rc = table_finish(&t, opened, rc);
     for (long x = 0; x < prompts; x++) fdpo_lab_problem_free(&P[x]);
-    free(P); free(divs); free(ns); free(acc);
+    free(P); free(divs); free(nsz); free(acc);
     return rc;
 }
 

@@ -60,7 +60,7 @@ static void on_interrupt(int sig) {
 /* path must not be one of the command's inputs: the same file as an input file, or a file
  * already inside an input directory (a checkpoint whose model.safetensors the rename would
  * replace). A new file replaces nothing. */
-int eval_out_not_input(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs) {
+static int out_not_input(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs) {
     struct stat so, si, sd;
     if (stat(path, &so) != 0) return 0;
     char *copy = fdpo_strdup(path);
@@ -83,7 +83,7 @@ int eval_claim_out(const char *flag, const char *path, const char *const (*input
     if (!path || !strcmp(path, "-")) return 0;
     /* every rank: all of them return the error (rank 0 alone would leave the others in collectives) */
     if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);
-    if (eval_out_not_input(flag, path, inputs, n_inputs)) return -1;
+    if (out_not_input(flag, path, inputs, n_inputs)) return -1;
     if (!fdpo_dist_is_root()) return 0;
     return fdpo_out_file_claim(path, flag);
 }

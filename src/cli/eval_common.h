@@ -41,9 +41,5 @@ void eval_catch_interrupts(void);
  * ({flag, path} x n_inputs; a NULL path is skipped): path may not be an input file, nor a file
  * already inside an input directory (--model's checkpoint), which the output would replace. */
 int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs, int stdout_ok);
-/* The input check alone (also `fdpo lab`'s, whose outputs are claimed as they are): an error
- * naming flag, path and the input when path exists and is one of inputs (or inside an input
- * directory). */
-int eval_out_not_input(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs);
 void eval_release_out(const char *path);
 #endif

@@ -77,13 +77,13 @@ int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *
     return 0;
 }
 
-/* Group key: index of the first record with the same prompt. O(n * prompts), fine for the
- * sizes a preference set has; a hash would only matter past ~10^5 distinct prompts. */
 int fdpo_pairs_config_check(const fdpo_pairs_config *c) {
     if (!(c->scale > 0) || !isfinite(c->scale)) return fdpo_error("--bt-scale: must be a finite number > 0 (got %g)", c->scale);
     return 0;
 }
 
+/* Group key: index of the first record with the same prompt. O(n * prompts), fine for the
+ * sizes a preference set has; a hash would only matter past ~10^5 distinct prompts. */
 int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_config *c,
                     fdpo_pair **pairs_out, size_t *n_pairs_out, fdpo_pairs_skipped *skipped) {
     if (fdpo_pairs_config_check(c)) return -1;

@@ -1028,8 +1028,9 @@ static void diff_num(config_diff *d, const char *name, double a, double b) {
     diff_add(d, name, va, vb);
 }
 
-/* The fields that make two configs one architecture, each compared once: equal, hash (below)
- * and the messages that name what differs read this list. */
+/* The fields that make two configs one architecture, each compared once: equal and the
+ * messages that name what differs read this list (fdpo_gpt2_config_hash keeps its own list:
+ * a field added here is added there by hand). */
 size_t fdpo_gpt2_config_diff(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b, char *buf, size_t size) {
     config_diff d = {buf, size, 0, 0};
     if (buf && size) buf[0] = 0;

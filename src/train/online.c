@@ -493,7 +493,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         return fdpo_error("%s: --mode step only (rounds mode resumes after the last complete round)",
                           o->dpo.train.stop_at > 0 ? "--stop-at" : "--overwrite");
     if (o->rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->rounds);
-    if (o->pairs_bt && (!(o->bt_scale > 0) || !isfinite(o->bt_scale))) return fdpo_error("--bt-scale: must be > 0 (got %g)", o->bt_scale);
+    if (o->pairs_bt && fdpo_pairs_config_check(&(fdpo_pairs_config){.scale = o->bt_scale})) return -1;
     char **prompts = NULL;
     size_t n_prompts = 0;
     if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
