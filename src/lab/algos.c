@@ -60,17 +60,26 @@ const char *fdpo_lab_algo_variant(const fdpo_lab_algo_opts *o) {
 
 /* kto's weights and threshold (fdpo_lab_algo_opts_check and kto_setup, which
  * fdpo_lab_kto_target shares) */
+/* the KTO loss the options describe (its own check: fdpo_kto_loss_check) */
+static fdpo_kto_loss kto_loss_of(const fdpo_lab_algo_opts *o) {
+    fdpo_kto_loss K = {0};
+    K.div = o->div;
+    K.beta = o->beta;
+    K.desirable_weight = o->desirable_weight;
+    K.undesirable_weight = o->undesirable_weight;
+    return K;
+}
+
+/* dpo's offline pairs: among the pair_top most likely responses (0 or more than n: all n) */
+static size_t dpo_top(const fdpo_lab_algo_opts *o, size_t n) { return o->pair_top && o->pair_top < n ? o->pair_top : n; }
+
 static int kto_opts_check(const fdpo_lab_algo_opts *o) {
     if (!(o->desirable_weight > 0) || !isfinite(o->desirable_weight))
         return fdpo_error("--desirable-weight: must be > 0 (got %g)", o->desirable_weight);
     if (!(o->undesirable_weight > 0) || !isfinite(o->undesirable_weight))
         return fdpo_error("--undesirable-weight: must be > 0 (got %g)", o->undesirable_weight);
     if (isinf(o->label_threshold)) return fdpo_error("--label-threshold: must be finite (got %g)", o->label_threshold);
-    fdpo_kto_loss K = {0};
-    K.div = o->div;
-    K.beta = o->beta;
-    K.desirable_weight = o->desirable_weight;
-    K.undesirable_weight = o->undesirable_weight;
+    const fdpo_kto_loss K = kto_loss_of(o);
     return fdpo_kto_loss_check(&K);
 }
 
@@ -100,7 +109,7 @@ int fdpo_lab_algo_validate(const fdpo_lab_algo_opts *o, size_t n) {
     if (n < 2) return fdpo_error("--n: the check needs at least 2 responses (got %zu)", n);
     if (fdpo_lab_algo_opts_check(o)) return -1;
     if (o->method == FDPO_LAB_DPO) {
-        const size_t top = o->pair_top && o->pair_top < n ? o->pair_top : n;
+        const size_t top = dpo_top(o, n);
         if (top < 2) return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu)", top);
     }
     if (o->exact && o->method == FDPO_LAB_GRPO && pow((double)n, (double)o->k) > 1e6)
@@ -189,7 +198,7 @@ static int by_value_desc(const void *a, const void *b) {
 /* offline: q = pi_ref restricted to its pair_top most likely responses */
 static int run_dpo(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, const fdpo_pref_loss *L,
                    const double *pistar, double *theta, fdpo_lab_algo_result *res) {
-    const size_t n = pp->n, top = o->pair_top && o->pair_top < n ? o->pair_top : n; /* >= 2: fdpo_lab_algo_validate */
+    const size_t n = pp->n, top = dpo_top(o, n); /* >= 2: fdpo_lab_algo_validate */
     keyed *k = fdpo_malloc(n * sizeof *k);
     for (size_t i = 0; i < n; i++) { k[i].v = pp->pi_ref[i]; k[i].i = i; }
     qsort(k, n, sizeof *k, by_value_desc);
@@ -370,10 +379,7 @@ static int kto_setup(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, k
     const size_t n = pp->n;
     memset(c, 0, sizeof *c);
     c->pp = pp;
-    c->K.div = o->div;
-    c->K.beta = o->beta;
-    c->K.desirable_weight = o->desirable_weight;
-    c->K.undesirable_weight = o->undesirable_weight;
+    c->K = kto_loss_of(o);
     if (kto_opts_check(o)) return -1;
     double tau = o->label_threshold;
     if (isnan(tau)) {
