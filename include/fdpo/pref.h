@@ -45,7 +45,7 @@ typedef struct {
     size_t index;      /* position in the loaded set (stable key for the reference cache) */
     int truncated;     /* 1 if the prompt or a completion was cut */
     double margin;     /* the optional "margin" field (TRL's RewardTrainer; fdpo rm): 0 when absent or
-                        * null, NaN when it is not a finite number (fdpo_pref_margins refuses it; the
+                        * null, NaN when it is not a finite number (fdpo_pref_margins_check refuses it; the
                         * trainers that ignore it, dpo and online, read the file as before) */
 } fdpo_pref_pair;
 

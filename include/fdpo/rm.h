@@ -39,17 +39,16 @@ typedef struct {
 } fdpo_rm_metrics;
 
 /* Loss, metrics and (grad) ACCUMULATED gradients of n pairs, micro_batch pairs per
- * forward (0 = all). margin[i] per pair (NULL = 0). norm: the number of pairs the step's
+ * forward (0 = all), each with its margin (fdpo_pref_pair.margin). norm: the number of pairs the step's
  * mean is over (>= n with micro-batching, so accumulation is exact). rewards_out (may be
  * NULL) gets [2n]: chosen, rejected. */
-int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *pairs, const double *margin,
-                 size_t n, size_t micro_batch, double center_coef, int grad, size_t norm, int32_t eot,
+int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *pairs, size_t n, size_t micro_batch, double center_coef, int grad, size_t norm, int32_t eot,
                  fdpo_rm_metrics *out, double *rewards_out);
 
-/* Per-pair "margin" field of a preference JSONL (TRL RewardTrainer), as the loader read it
- * (fdpo_pref_pair.margin): out[i] for set->pairs[i] (0 when absent); a margin that is not a
- * finite number is an error naming PATH:LINE (path: the file the set was loaded from). */
-int fdpo_pref_margins(const char *path, const fdpo_pref_set *set, double *out);
+/* The per-pair "margin" field of a preference JSONL (TRL RewardTrainer), as the loader read it
+ * (fdpo_pref_pair.margin, 0 when absent): one that is not a finite number is an error naming
+ * PATH:LINE (path: the file the set was loaded from). */
+int fdpo_pref_margins_check(const char *path, const fdpo_pref_set *set);
 
 /* A whole run: what `fdpo rm` does. train.init = the backbone (a language model, or a
  * reward model to continue). */

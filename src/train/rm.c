@@ -48,7 +48,7 @@ void fdpo_rm_batch_free(fdpo_rm_batch *rb) {
 }
 
 /* ---- one step ---- */
-int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *pairs, const double *margin,
+int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *pairs,
                  size_t n, size_t micro_batch, double center_coef, int grad, size_t norm, int32_t eot,
                  fdpo_rm_metrics *out, double *rewards_out) {
     fdpo_rm_metrics s = {0};
@@ -69,7 +69,7 @@ int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *p
         if ((rc = fdpo_gpt2_score_forward(m, &rb->batch, r))) break;
         s.tokens += rb->batch.n_tokens;
         for (size_t i = 0; i < k; i++) {
-            double rc_ = r[2 * i], rr = r[2 * i + 1], mg = margin ? margin[i0 + i] : 0, dc, dj;
+            double rc_ = r[2 * i], rr = r[2 * i + 1], mg = pairs[i0 + i]->margin, dc, dj;
             s.loss += fdpo_rm_loss_pair(rc_, rr, mg, center_coef, &dc, &dj);
             dr[2 * i] = (float)(dc / (double)norm);
             dr[2 * i + 1] = (float)(dj / (double)norm);
@@ -103,16 +103,14 @@ int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *p
 }
 
 /* ---- data ---- */
-int fdpo_pref_margins(const char *path, const fdpo_pref_set *set, double *out) {
-    for (size_t k = 0; k < set->n; k++) {
+int fdpo_pref_margins_check(const char *path, const fdpo_pref_set *set) {
+    for (size_t k = 0; k < set->n; k++)
         if (!isfinite(set->pairs[k].margin))
             return fdpo_error("%s:%zu: field 'margin' must be a finite number", path, set->pairs[k].line);
-        out[k] = set->pairs[k].margin;
-    }
     return 0;
 }
 
-static uint64_t rm_data_hash(const fdpo_pref_pair *const *pairs, const double *margin, size_t n) {
+static uint64_t rm_data_hash(const fdpo_pref_pair *const *pairs, size_t n) {
     uint64_t h = FDPO_HASH_INIT;
     for (size_t i = 0; i < n; i++) {
         const fdpo_pref_pair *p = pairs[i];
@@ -121,7 +119,7 @@ static uint64_t rm_data_hash(const fdpo_pref_pair *const *pairs, const double *m
         h = fdpo_hash64(h, p->prompt, p->n_prompt * sizeof *p->prompt);
         h = fdpo_hash64(h, p->chosen, p->n_chosen * sizeof *p->chosen);
         h = fdpo_hash64(h, p->rejected, p->n_rejected * sizeof *p->rejected);
-        h = fdpo_hash64(h, &margin[i], sizeof margin[i]);
+        h = fdpo_hash64(h, &p->margin, sizeof p->margin);
     }
     return h;
 }
@@ -195,7 +193,6 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     int rc = -1, tr_open = 0;
     fdpo_tokenizer *tok = NULL;
     fdpo_pref_set train_set = {0}, eval_set = {0};
-    double *train_margin = NULL, *eval_margin = NULL, *step_margin = NULL, *ev_margin = NULL;
     size_t *train_idx = NULL, *eval_idx = NULL, n_train = 0, n_eval = 0;
     const fdpo_pref_pair **train_pairs = NULL, **eval_pairs = NULL, **step_pairs = NULL;
     fdpo_rm_batch rb = {0};
@@ -214,14 +211,11 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     const int32_t eot = fdpo_tokenizer_eot(tok);
     if (fdpo_pref_load(o->data, tok, &popt, &train_set)) goto done;
     fdpo_pref_summary_log(o->data, &train_set.summary);
-    train_margin = fdpo_malloc((train_set.n ? train_set.n : 1) * sizeof(double));
-    if (fdpo_pref_margins(o->data, &train_set, train_margin)) goto done;
+    if (fdpo_pref_margins_check(o->data, &train_set)) goto done;
     const fdpo_pref_set *eset = &train_set;
-    const double *emargin_all = train_margin;
     if (o->eval_file) {
         if (fdpo_pref_load(o->eval_file, tok, &popt, &eval_set)) goto done;
-        eval_margin = fdpo_malloc((eval_set.n ? eval_set.n : 1) * sizeof(double));
-        if (fdpo_pref_margins(o->eval_file, &eval_set, eval_margin)) goto done;
+        if (fdpo_pref_margins_check(o->eval_file, &eval_set)) goto done;
         n_train = train_set.n;
         train_idx = fdpo_malloc((n_train ? n_train : 1) * sizeof *train_idx);
         for (size_t i = 0; i < n_train; i++) train_idx[i] = i;
@@ -229,24 +223,19 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
         eval_idx = fdpo_malloc((n_eval ? n_eval : 1) * sizeof *eval_idx);
         for (size_t i = 0; i < n_eval; i++) eval_idx[i] = i;
         eset = &eval_set;
-        emargin_all = eval_margin;
     } else if (fdpo_pref_split(train_set.n, o->eval_fraction, (uint64_t)to->seed, &train_idx, &n_train,
                                &eval_idx, &n_eval)) goto done;
     if (n_train == 0) { fdpo_error("%s: no training pairs left after the eval split", o->data); goto done; }
     train_pairs = fdpo_malloc(n_train * sizeof *train_pairs);
-    double *tm = fdpo_malloc(n_train * sizeof *tm);
-    for (size_t i = 0; i < n_train; i++) { train_pairs[i] = &train_set.pairs[train_idx[i]]; tm[i] = train_margin[train_idx[i]]; }
+    for (size_t i = 0; i < n_train; i++) train_pairs[i] = &train_set.pairs[train_idx[i]];
     eval_pairs = fdpo_malloc((n_eval ? n_eval : 1) * sizeof *eval_pairs);
-    ev_margin = fdpo_malloc((n_eval ? n_eval : 1) * sizeof *ev_margin);
-    for (size_t i = 0; i < n_eval; i++) { eval_pairs[i] = &eset->pairs[eval_idx[i]]; ev_margin[i] = emargin_all[eval_idx[i]]; }
-    free(train_margin);
-    train_margin = tm; /* now in train_pairs order */
+    for (size_t i = 0; i < n_eval; i++) eval_pairs[i] = &eset->pairs[eval_idx[i]];
 
     fdpo_settings settings = {0};
     fdpo_rm_run_opts_settings(o, &settings);
     fdpo_train_opts topen = *to;
     topen.data = o->data;   /* named if a step is capped at the data set */
-    int orc = fdpo_trainer_open(&tr, &topen, "rm", tok, n_train, rm_data_hash(train_pairs, train_margin, n_train), &settings);
+    int orc = fdpo_trainer_open(&tr, &topen, "rm", tok, n_train, rm_data_hash(train_pairs, n_train), &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;
     tr_open = 1;
@@ -261,14 +250,13 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     }
     const size_t per_step = tr.step_items, mb = tr.micro_items;
     step_pairs = fdpo_malloc(per_step * sizeof *step_pairs);
-    step_margin = fdpo_malloc(per_step * sizeof *step_margin);
     if (!to->quiet && tr.state.step == 0)
         fdpo_log(FDPO_LOG_INFO, "reward model: %zu train pairs, %zu eval pairs; %zu steps of %zu pairs (micro-batches of %zu)",
                  n_train, n_eval, tr.state.total_steps, per_step, mb);
     const double cc = o->center_rewards_coefficient;
     fdpo_rm_metrics em = {0};
     if (n_eval && to->eval_every > 0 && tr.state.step == 0) {
-        if (fdpo_rm_step(tr.model, &rb, eval_pairs, ev_margin, n_eval, mb, cc, 0, n_eval, eot, &em, NULL)) goto done;
+        if (fdpo_rm_step(tr.model, &rb, eval_pairs, n_eval, mb, cc, 0, n_eval, eot, &em, NULL)) goto done;
         fdpo_metrics_begin(&tr.metrics, 0);
         add_rm_metrics(&tr.metrics, "eval_", &em, 1);
         if (fdpo_metrics_end(&tr.metrics)) goto done;
@@ -278,14 +266,13 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
         for (size_t i = 0; i < per_step; i++) {
             size_t j = fdpo_trainer_next_item(&tr);
             step_pairs[i] = train_pairs[j];
-            step_margin[i] = train_margin[j];
         }
         fdpo_rm_metrics m;
-        if (fdpo_rm_step(tr.model, &rb, step_pairs, step_margin, per_step, mb, cc, 1, per_step,
+        if (fdpo_rm_step(tr.model, &rb, step_pairs, per_step, mb, cc, 1, per_step,
                          eot, &m, NULL)) goto done;
         if (fdpo_trainer_step(&tr, m.tokens)) goto done;
         int eval = n_eval && fdpo_trainer_want_eval(&tr);
-        if (eval && fdpo_rm_step(tr.model, &rb, eval_pairs, ev_margin, n_eval, mb, cc, 0, n_eval,
+        if (eval && fdpo_rm_step(tr.model, &rb, eval_pairs, n_eval, mb, cc, 0, n_eval,
                                  eot, &em, NULL)) goto done;
         if (fdpo_trainer_want_log(&tr) || eval) {
             fdpo_trainer_metrics_begin(&tr, m.loss);
@@ -301,7 +288,7 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     }
     if (n_eval && !tr.stopped) {
         /* final held-out summary: how often the reward model ranks chosen above rejected */
-        if (fdpo_rm_step(tr.model, &rb, eval_pairs, ev_margin, n_eval, mb, cc, 0, n_eval, eot, &em, NULL)) goto done;
+        if (fdpo_rm_step(tr.model, &rb, eval_pairs, n_eval, mb, cc, 0, n_eval, eot, &em, NULL)) goto done;
         cJSON *root = cJSON_CreateObject();
         cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
         cJSON_AddNumberToObject(root, "pairs", (double)n_eval);
@@ -324,7 +311,6 @@ done:
     fdpo_rm_batch_free(&rb);
     fdpo_pref_free(&train_set);
     fdpo_pref_free(&eval_set);
-    free(train_margin); free(eval_margin); free(step_margin); free(ev_margin);
     free(train_idx); free(eval_idx); free(train_pairs); free(eval_pairs); free(step_pairs);
     fdpo_tokenizer_free(tok);
     return rc;

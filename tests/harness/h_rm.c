@@ -33,20 +33,19 @@ int h_rm_grad(int argc, char **argv) {
     fdpo_pref_options po = {0};
     fdpo_pref_set set = {0};
     fdpo_rm_batch rb = {0};
-    double *margin = NULL, *rewards = NULL;
+    double *rewards = NULL;
     const fdpo_pref_pair **pairs = NULL;
     int rc = fdpo_pref_load(data, tok, &po, &set);
     if (!rc) {
-        margin = fdpo_malloc(set.n * sizeof *margin);
         rewards = fdpo_malloc(2 * set.n * sizeof *rewards);
         pairs = fdpo_malloc(set.n * sizeof *pairs);
         for (size_t i = 0; i < set.n; i++) pairs[i] = &set.pairs[i];
-        rc = fdpo_pref_margins(data, &set, margin);
+        rc = fdpo_pref_margins_check(data, &set);
     }
     fdpo_rm_metrics met;
     if (!rc) {
         fdpo_gpt2_zero_grad(m);
-        rc = fdpo_rm_step(m, &rb, pairs, margin, set.n, mb, center, 1, set.n, fdpo_tokenizer_eot(tok), &met, rewards);
+        rc = fdpo_rm_step(m, &rb, pairs, set.n, mb, center, 1, set.n, fdpo_tokenizer_eot(tok), &met, rewards);
     }
     if (!rc) rc = fdpo_mkdir_p(out);
     if (!rc) {
@@ -73,7 +72,7 @@ int h_rm_grad(int argc, char **argv) {
         free(path);
     }
     fdpo_rm_batch_free(&rb);
-    free(margin); free(rewards); free(pairs);
+    free(rewards); free(pairs);
     fdpo_pref_free(&set);
     fdpo_tokenizer_free(tok);
     fdpo_gpt2_free(m);
