@@ -691,6 +691,9 @@ static int lab_check(int argc, char **argv) {
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("check", "fdpo lab check [flags]");
+    if (method_listed)   /* only a --config key gets here: the command line's --method dispatched above */
+        return fdpo_error("--method: give it on the command line (it selects the algorithm checks, whose flags differ; "
+                          "a --config key ran the loss check instead)");
     fdpo_pref_loss L = {0};
     if (fdpo_loss_parse(lossname, &L.kind)) return -1;
     L.beta = beta;

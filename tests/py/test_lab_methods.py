@@ -294,3 +294,14 @@ def test_kto_columns_are_empty_where_they_do_not_apply(problem, tmp_path):
                        "--format", "json").stdout)
     assert (j[0]["z0"], j[0]["undesirable_mass"]) == (None, None)
     assert j[1]["z0"] == 0 and j[1]["undesirable_mass"] > 0
+
+
+def test_method_from_a_config_file_is_refused_not_ignored(tmp_path):
+    """`method = kto` in --config silently ran the loss check: --method dispatches on the command
+    line alone (the two checks take different flags)"""
+    cfg = tmp_path / "m.ini"
+    cfg.write_text("method = kto\n")
+    r = lab("--config", cfg, check=False)
+    assert r.returncode == 1 and r.stdout == ""
+    assert ("--method: give it on the command line (it selects the algorithm checks, whose flags differ; a --config "
+            f"key ran the loss check instead) (from {cfg}:1)") in r.stderr, r.stderr
