@@ -202,7 +202,8 @@ int fdpo_sample_and_score_ranks(fdpo_sampler *smp, const fdpo_tokenizer *tok, co
                                 const char *what, long round, char *const *ps, size_t P, size_t k,
                                 fdpo_reward *reward, int32_t ***ids, size_t **lens, fdpo_sample **s, char **pp,
                                 char **cc, double *r, double *seconds);
-/* For a program's SIGINT/SIGTERM handler (async-signal-safe; the library installs none):
+/* For a program's SIGINT/SIGTERM handler or signal thread (async-signal-safe and thread-safe;
+ * the library installs no handler):
  * SIGKILLs the process group of the reward program running now, if any, and makes that
  * fdpo_reward_score call, and every later cmd: call, fail with "interrupted". Returns 1 if a
  * reward program was running, else 0 (then the handler should end the program itself). */

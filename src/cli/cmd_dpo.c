@@ -4,6 +4,7 @@
 #include "cli/dpo_flags.h"
 #include "fdpo/core.h"
 #include "fdpo/dpo.h"
+#include "interrupts.h"
 
 int cmd_dpo(int argc, char **argv) {
     static const char usage[] =
@@ -20,7 +21,7 @@ int cmd_dpo(int argc, char **argv) {
     rc = -1;
     if (n_pos > 0) fdpo_error("unexpected argument '%s' (the data file goes in --data)", pos[0]);
     else if (!dpo_flags_finish(&v, flags, n)) {
-        train_catch_interrupts();
+        interrupts_set(INTERRUPT_STOP_TRAINER);
         rc = fdpo_dpo_train(&v.o);
     }
     free(pos);

@@ -11,6 +11,7 @@
 #include "fdpo/dist.h"
 #include "fdpo/eval.h"
 #include "fdpo/pref.h"
+#include "interrupts.h"
 #include "fdpo/trainer.h"   /* fdpo_settings_same_path */
 
 /* The last k components of path ("runA/final" for k = 2), trailing slashes dropped, into buf. */
@@ -174,13 +175,13 @@ int cmd_eval(int argc, char **argv) {
     free(inputs);
     fdpo_set_threads((int)threads);
     if (!rc && reward_spec) {
-        eval_catch_interrupts();
+        interrupts_set(INTERRUPT_KILL_REWARD);
         fdpo_reward_options ro = {lexicon, reward_timeout};
         if (!(reward = fdpo_reward_create(reward_spec, &ro))) rc = -1;
         c.reward = reward;
     }
     if (!rc && safety_spec) {
-        eval_catch_interrupts();
+        interrupts_set(INTERRUPT_KILL_REWARD);
         fdpo_reward_options ro = {lexicon, reward_timeout};
         if (!(safety = fdpo_reward_create(safety_spec, &ro))) rc = fdpo_error_context("--safety");
         c.safety = safety;

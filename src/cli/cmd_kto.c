@@ -7,6 +7,7 @@
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
 #include "fdpo/kto.h"
+#include "interrupts.h"
 
 static const char *const NOT_FOR_KTO[] = {"model", "tokenizer", "n-layer", "n-head", "n-embd", "n-positions",
                                           "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
@@ -57,7 +58,7 @@ int cmd_kto(int argc, char **argv) {
     o.train.init = model;
     if (fdpo_divergence_parse(divergence, &o.loss.div)) { fdpo_error_context("--divergence"); goto done; }
     if (pref_data_flags_finish(&data, flags, n, &o.pref)) goto done;   /* the library checks the options (fdpo_kto_run_opts_check) */
-    train_catch_interrupts();
+    interrupts_set(INTERRUPT_STOP_TRAINER);
     rc = fdpo_kto_train(&o);
 done:
     free(pos);

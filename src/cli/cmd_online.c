@@ -7,6 +7,7 @@
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
 #include "fdpo/online.h"
+#include "interrupts.h"
 
 /* Shared training flags that do not apply: the model is --model, lengths from the samples,
  * every round trains on all its pairs; the chat template is the checkpoint's. --resume means "after the last complete round" in
@@ -80,7 +81,7 @@ int cmd_online(int argc, char **argv) {
             fdpo_error("--mode step: --rounds and --ref-update round belong to --mode rounds");
             goto done;
         }
-        train_catch_interrupts();
+        interrupts_set(INTERRUPT_STOP_TRAINER);
         rc = fdpo_online_step_run(&o);
     } else fdpo_error("--mode: '%s' is not rounds or step", mode);
 done:

@@ -9,6 +9,7 @@
 #include "fdpo/dist.h"
 #include "fdpo/eval.h"
 #include "fdpo/pairs.h"
+#include "interrupts.h"
 
 static int pairs_run(const char *samples, const char *out, const char *reward_spec, const char *lexicon,
                      double timeout, const fdpo_pairs_config *pc);
@@ -68,7 +69,7 @@ static int pairs_run(const char *samples, const char *out, const char *reward_sp
                 fdpo_sample_recs_free(recs, n);
                 return -1;
             }
-        eval_catch_interrupts();
+        interrupts_set(INTERRUPT_KILL_REWARD);
         char **ps = fdpo_malloc(n * sizeof *ps), **cs = fdpo_malloc(n * sizeof *cs);
         size_t *nt = fdpo_malloc(n * sizeof *nt);
         double *val = fdpo_malloc(n * sizeof *val);

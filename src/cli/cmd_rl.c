@@ -6,6 +6,7 @@
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
 #include "fdpo/rl.h"
+#include "interrupts.h"
 
 /* Shared training flags that do not apply: batches are sampled groups (--prompts-per-step x
  * --n), no data file epochs, no validation split; the chat template is the checkpoint's. */
@@ -73,7 +74,7 @@ int cmd_rl(int argc, char **argv) {
     o.reward_opts.timeout_s = timeout;
     o.sample = (fdpo_sample_config){temperature, (size_t)top_k, top_p, (size_t)max_new, stop, (uint64_t)o.train.seed, 8, 0};
     fdpo_set_threads((int)o.train.threads);
-    train_catch_interrupts();
+    interrupts_set(INTERRUPT_STOP_TRAINER);
     rc = fdpo_rl_train(&o);
 done:
     free(pos);

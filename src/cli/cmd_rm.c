@@ -7,6 +7,7 @@
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
 #include "fdpo/rm.h"
+#include "interrupts.h"
 
 /* Shared training flags that do not apply: the backbone comes from --model, lengths from
  * --max-length, the split from --eval-fraction. */
@@ -52,7 +53,7 @@ int cmd_rm(int argc, char **argv) {
     if (!o.data) { fdpo_error("--data: required (preference JSONL)"); goto done; }
     o.train.init = model;
     if (pref_data_flags_finish(&data, flags, n, &o.pref)) goto done;   /* the library checks the options (fdpo_rm_run_opts_check) */
-    train_catch_interrupts();
+    interrupts_set(INTERRUPT_STOP_TRAINER);
     rc = fdpo_rm_train(&o);
 done:
     free(pos);

@@ -8,6 +8,7 @@
 #include "cli/online_flags.h"
 #include "fdpo/core.h"
 #include "fdpo/sacpo.h"
+#include "interrupts.h"
 
 /* the data and reference of each stage are sacpo's; resume is per stage (a rerun reuses or
  * resumes each stage), so there is no --resume, --stop-at or --overwrite: a stage's own
@@ -74,7 +75,7 @@ int cmd_sacpo(int argc, char **argv) {
     so.lambdas = lambdas;
     so.merge_weights = weights;
     so.out = v.o.train.out;
-    train_catch_interrupts();
+    interrupts_set(INTERRUPT_STOP_TRAINER);
     rc = fdpo_sacpo_run(&so);
 done:
     free(lambdas); free(weights); free(pos);

@@ -5,6 +5,7 @@
 #include "cli/eval_common.h"
 #include "cli/flags.h"
 #include "fdpo/eval.h"
+#include "interrupts.h"
 
 int cmd_score(int argc, char **argv) {
     fdpo_score_opts o;
@@ -35,7 +36,7 @@ int cmd_score(int argc, char **argv) {
     fdpo_set_threads((int)threads);
     const char *const inputs[][2] = {{"--data", o.data}, {"--model", o.model}, {"--ref", o.ref}};
     if (eval_claim_out("--out", o.out, inputs, 3, 1)) return -1;
-    if (o.reward) eval_catch_interrupts();
+    if (o.reward) interrupts_set(INTERRUPT_KILL_REWARD);
     rc = fdpo_score_run(&o);
     eval_release_out(o.out);
     return rc;

@@ -1,6 +1,5 @@
 /* Shared by fdpo generate, eval and score. */
 #include <libgen.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -50,13 +49,6 @@ int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config 
     return fdpo_sample_config_check(c);
 }
 
-/* Async-signal-safe: fdpo_reward_kill_all only calls kill(). */
-static void on_interrupt(int sig) {
-    if (fdpo_reward_kill_all()) return; /* the reward call returns "interrupted" */
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
 /* path must not be one of the command's inputs: the same file as an input file, or a file
  * already inside an input directory (a checkpoint whose model.safetensors the rename would
  * replace). A new file replaces nothing. */
@@ -90,13 +82,4 @@ int eval_claim_out(const char *flag, const char *path, const char *const (*input
 
 void eval_release_out(const char *path) {
     if (path && strcmp(path, "-")) fdpo_out_file_release(path);
-}
-
-void eval_catch_interrupts(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_interrupt;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
 }

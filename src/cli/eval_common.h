@@ -28,10 +28,6 @@ size_t eval_sampling_flags_add(fdpo_flag *f, size_t n, eval_sampling_flags *s, c
 /* Range checks, then the library's sampling config. */
 int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config *c);
 
-/* SIGINT/SIGTERM while a reward program runs kill its process group (fdpo_reward_kill_all)
- * and the command ends with "interrupted"; at any other time they end fdpo as usual. */
-void eval_catch_interrupts(void);
-
 /* --out FILE of a command that writes it at its end: claimed from the start
  * (fdpo_out_file_claim; rank 0 only, the rank that writes), so a second run on the same file
  * is refused instead of replacing this one's output. NULL claims nothing; "-" is stdout where

@@ -4,6 +4,7 @@
 #include "cli/flags.h"
 #include "cli/lm_command.h"
 #include "cli/train_flags.h"
+#include "interrupts.h"
 
 int lm_command_run(const lm_command *c, int argc, char **argv) {
     fdpo_train_opts o;
@@ -31,7 +32,7 @@ int lm_command_run(const lm_command *c, int argc, char **argv) {
     o.data = n_pos == 1 ? pos[0] : NULL;   /* named if a step is capped at the data set */
     if (!(tok = fdpo_trainer_load_tokenizer(&o))) goto done;
     if (c->load(pos, (size_t)n_pos, tok, &o, &train, &val)) goto done;
-    train_catch_interrupts();
+    interrupts_set(INTERRUPT_STOP_TRAINER);
     rc = fdpo_lm_train(&o, c->name, tok, &train, &val);
 done:
     fdpo_lm_data_free(&train); fdpo_lm_data_free(&val);

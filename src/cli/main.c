@@ -8,6 +8,7 @@
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
 #include "fdpo/gpt2.h"
+#include "interrupts.h"
 
 #define FDPO_VERSION "0.2.0"
 
@@ -59,6 +60,7 @@ static int asks_for_help(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     fdpo_omp_spin_reexec(argv); /* libgomp's spin before it sleeps: see cli/omp_spin.h */
+    interrupts_start();         /* before any thread: see cli/interrupts.h */
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
     if (!strcmp(argv[1], "--version")) { version(); return 0; }

@@ -4,7 +4,6 @@
 #include <string.h>
 #include <errno.h>
 #include <math.h>
-#include <signal.h>
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
 
@@ -166,16 +165,4 @@ int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o) {
     if (o->resume && resume_defaults(flags, n, o->out)) return -1;   /* may set --precision from the saved run */
     if (fdpo_set_precision(precision_flag)) return -1;
     return 0;
-}
-
-static void on_interrupt(int sig) { (void)sig; fdpo_trainer_request_stop(); }
-
-void train_catch_interrupts(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_interrupt;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
 }

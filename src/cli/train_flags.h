@@ -26,7 +26,4 @@ size_t train_flags_add_except(fdpo_flag *f, size_t n, fdpo_train_opts *o, const 
  * the library's (fdpo_train_opts_check, fdpo_dpo_run_opts_check), as is refusing a changed
  * fixed setting. */
 int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o);
-/* SIGINT / SIGTERM -> fdpo_trainer_request_stop(): the run saves after the current step
- * and exits with "interrupted ..."; a second signal kills as usual (SA_RESETHAND). */
-void train_catch_interrupts(void);
 #endif

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -349,13 +350,16 @@ static void stderr_tail(const buffer *e, char *out, size_t n) {
 }
 
 /* The running reward program's process group (0: none) and whether fdpo_reward_kill_all was
- * called: shared with a signal handler, hence sig_atomic_t. Reward programs run one at a
- * time (fdpo_reward_score is not called concurrently). */
-static volatile sig_atomic_t g_child_pgid, g_interrupted;
+ * called: shared with a signal handler or another thread (the fdpo command's signal thread).
+ * Sequentially consistent atomics (lock-free, so async-signal-safe): run_program stores the
+ * group then reads the flag, kill_all stores the flag then reads the group, so at least one
+ * of them sees the other and the child is killed. Reward programs run one at a time
+ * (fdpo_reward_score is not called concurrently). */
+static atomic_int g_child_pgid, g_interrupted;
 
 int fdpo_reward_kill_all(void) {
-    g_interrupted = 1;
-    pid_t pgid = (pid_t)g_child_pgid;
+    atomic_store(&g_interrupted, 1);
+    pid_t pgid = (pid_t)atomic_load(&g_child_pgid);
     if (pgid <= 0) return 0;
     kill(-pgid, SIGKILL);
     return 1;
@@ -375,8 +379,9 @@ static int run_program(const char *program, const char *input, size_t in_len, do
         return fdpo_error("reward cmd: pipe: %s", strerror(errno));
     }
     fflush(NULL);
-    /* SIGINT/SIGTERM wait until g_child_pgid names the new group, so a handler that calls
-     * fdpo_reward_kill_all never misses it; the child unblocks them before exec. */
+    /* SIGINT/SIGTERM wait until g_child_pgid names the new group, so a handler on this thread
+     * that calls fdpo_reward_kill_all never misses it; the child unblocks them before exec
+     * (also where the program keeps them blocked, as the fdpo command does: interrupts.h). */
     sigset_t stop_sigs, old_mask;
     sigemptyset(&stop_sigs);
     sigaddset(&stop_sigs, SIGINT);
@@ -389,7 +394,10 @@ static int run_program(const char *program, const char *input, size_t in_len, do
         return fdpo_error("reward cmd: fork: %s", strerror(errno));
     }
     if (pid == 0) {
-        pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+        sigset_t child_mask = old_mask;
+        sigdelset(&child_mask, SIGINT);
+        sigdelset(&child_mask, SIGTERM);
+        pthread_sigmask(SIG_SETMASK, &child_mask, NULL);
         setpgid(0, 0);
         dup2(pin[0], 0); dup2(pout[1], 1); dup2(perr[1], 2);
         signal(SIGPIPE, SIG_DFL);
@@ -397,9 +405,9 @@ static int run_program(const char *program, const char *input, size_t in_len, do
         _exit(127);
     }
     setpgid(pid, pid); /* also from the parent, so the group exists before any kill */
-    g_child_pgid = pid;
+    atomic_store(&g_child_pgid, pid);
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
-    if (g_interrupted) kill(-pid, SIGKILL); /* interrupted before this call started */
+    if (atomic_load(&g_interrupted)) kill(-pid, SIGKILL); /* interrupted before this call started */
     close(pin[0]); close(pout[1]); close(perr[1]);
     set_nonblock(pin[1]); set_nonblock(pout[0]); set_nonblock(perr[0]);
     struct sigaction ign = {0}, old;
@@ -411,7 +419,7 @@ static int run_program(const char *program, const char *input, size_t in_len, do
     if (in_len == 0) { close(in_fd); in_fd = -1; }
     char chunk[65536];
     while (out_fd >= 0 || err_fd >= 0) {
-        if (g_interrupted) { interrupted = 1; break; }
+        if (atomic_load(&g_interrupted)) { interrupted = 1; break; }
         double left = deadline - fdpo_now();
         if (left <= 0) { timed_out = 1; break; }
         struct pollfd fds[3];
@@ -444,7 +452,7 @@ static int run_program(const char *program, const char *input, size_t in_len, do
     /* the pipes are closed: wait for the exit itself, still under the deadline */
     int st = 0;
     for (;;) {
-        if (g_interrupted) interrupted = 1;
+        if (atomic_load(&g_interrupted)) interrupted = 1;
         pid_t w = timed_out || interrupted ? 0 : waitpid(pid, &st, WNOHANG);
         if (w == pid) break;
         if (interrupted) {
@@ -461,7 +469,7 @@ static int run_program(const char *program, const char *input, size_t in_len, do
         struct timespec ts = {0, 2000000};
         nanosleep(&ts, NULL);
     }
-    g_child_pgid = 0;
+    atomic_store(&g_child_pgid, 0);
     sigaction(SIGPIPE, &old, NULL);
     *status = st;
     if (interrupted) return fdpo_error("reward command '%s' interrupted (SIGINT/SIGTERM); its process group was killed", program);
@@ -666,7 +674,7 @@ int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *cons
         }
         return 0;
     case REWARD_CMD:
-        if (g_interrupted) return fdpo_error("reward command '%s' not started: interrupted (SIGINT/SIGTERM)", r->program);
+        if (atomic_load(&g_interrupted)) return fdpo_error("reward command '%s' not started: interrupted (SIGINT/SIGTERM)", r->program);
         if (n == 0) return 0;
         return cmd_score(r, n, prompts, completions, out);
     case REWARD_RM:

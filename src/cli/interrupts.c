@@ -1,0 +1,60 @@
+#include "interrupts.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+#include "fdpo/eval.h"
+#include "fdpo/trainer.h"
+
+static atomic_int g_action = INTERRUPT_END;
+static sigset_t g_stop_signals;
+
+/* The signal's default action, which ends the process: this thread alone unblocks it. */
+static void end_by(int sig) {
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    signal(sig, SIG_DFL);
+    pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+    raise(sig);
+    _exit(128 + sig); /* not reached */
+}
+
+static void *wait_for_signals(void *unused) {
+    (void)unused;
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&g_stop_signals, &sig)) continue;
+        switch (atomic_load(&g_action)) {
+        case INTERRUPT_STOP_TRAINER:
+            fdpo_trainer_request_stop();
+            atomic_store(&g_action, INTERRUPT_END);
+            break;
+        case INTERRUPT_KILL_REWARD:
+            if (!fdpo_reward_kill_all()) end_by(sig);
+            break;
+        case INTERRUPT_END:
+            end_by(sig);
+        }
+    }
+    return NULL;
+}
+
+void interrupts_start(void) {
+    sigemptyset(&g_stop_signals);
+    sigaddset(&g_stop_signals, SIGINT);
+    sigaddset(&g_stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &g_stop_signals, NULL);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    /* without the thread the signals stay blocked: fdpo can then only be ended by SIGKILL,
+     * so fall back to the default actions */
+    if (pthread_create(&t, &attr, wait_for_signals, NULL)) pthread_sigmask(SIG_UNBLOCK, &g_stop_signals, NULL);
+    pthread_attr_destroy(&attr);
+}
+
+void interrupts_set(interrupt_action action) { atomic_store(&g_action, action); }
