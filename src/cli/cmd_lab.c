@@ -209,7 +209,7 @@ static int claim_outputs(const fdpo_flag *flags, size_t n, const char *input) {
     int prc_ = flags_parse("lab " name, usage, flags, NFLAGS(flags), argc, argv, &npos_, &pos_);     \
     if (prc_ == FLAGS_HELP) return 0;                                                                \
     if (prc_ != FLAGS_OK) return -1;                                                                 \
-    if (npos_ > 0) { fdpo_error("lab " name ": unexpected argument '%s'", pos_[0]); free(pos_); return -1; } \
+    if (npos_ > 0) { fdpo_error("unexpected argument '%s' (lab " name " takes flags only; --help lists them)", pos_[0]); free(pos_); return -1; } \
     free(pos_);                                                                                      \
     o.input = o.data; /* --input is an alias of --data (cli/flags.c) */                               \
     if (claim_outputs(flags, NFLAGS(flags), o.input)) return -1;                                     \

@@ -393,7 +393,7 @@ int flags_number_list(const char *flag, const char *spec, int sign, double **out
         if (sign == FLAGS_LIST_POSITIVE && !(x > 0)) { fdpo_error("--%s: must be > 0 (got %s)", flag, tok); free(s); free(v); return -1; }
         if (sign == FLAGS_LIST_NONNEG && x < 0) { fdpo_error("--%s: must be >= 0 (got %s)", flag, tok); free(s); free(v); return -1; }
         if (sign == FLAGS_LIST_COUNT && !(x >= 1 && x <= 9007199254740992.0 && x == floor(x))) {
-            fdpo_error("--%s: '%s' is not a whole number >= 1", flag, tok); free(s); free(v); return -1;
+            fdpo_error("--%s: '%s' is not a whole number from 1 to 2^53", flag, tok); free(s); free(v); return -1;
         }
         if (n == cap) v = fdpo_realloc(v, (cap *= 2) * sizeof *v);
         v[n++] = x;
