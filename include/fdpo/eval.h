@@ -264,8 +264,9 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
 /* Metric-name form of a divergence: "alpha:0.5" -> "alpha_0.5". */
 void fdpo_eval_div_key(const fdpo_divergence *d, char *buf, size_t n);
 
-/* Load DIR's model and tokenizer for an eval command; the tokenizer's ids must fit the
- * model's vocabulary. flag names the flag in messages ("--model DIR: ..."). */
+/* Load DIR's model and tokenizer for an eval command; the model must be a language model
+ * (a reward model is refused: it is a --reward rm:DIR) and the tokenizer's ids must fit its
+ * vocabulary. flag names the flag in messages ("--model DIR: ..."). */
 int fdpo_eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **model, fdpo_tokenizer **tok);
 
 /* ---- fdpo score's driver (src/eval/score_run.c) ----

@@ -15,6 +15,12 @@ int fdpo_eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **mod
     if (!dir) return fdpo_error("%s: required (a checkpoint directory)", flag);
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
     if (!m) return fdpo_error_context("%s %s", flag, dir);
+    if (m->config.num_labels) {   /* its backbone would run as a language model: logits of nothing */
+        fdpo_error("%s %s: a reward model (%s), not a language model to sample or score with (as a reward: "
+                   "--reward rm:%s)", flag, dir, fdpo_gpt2_architecture(&m->config, 1), dir);
+        fdpo_gpt2_free(m);
+        return -1;
+    }
     fdpo_tokenizer *t = fdpo_tokenizer_load_dir(dir);
     if (!t) { fdpo_gpt2_free(m); return fdpo_error_context("%s %s", flag, dir); }
     if (fdpo_tokenizer_vocab_size(t) > m->config.vocab_size) {

@@ -2,7 +2,8 @@
 every language-model trainer refuses it as the policy (--model) and as the reference (--ref),
 through the one library check (fdpo_trainer_check_lm) that kto had alone. Before, pretrain,
 sft, dpo, rl, online and sacpo trained it and saved the result still labelled a classification
-model. fdpo rm keeps taking one (it continues a reward model)."""
+model. fdpo rm keeps taking one (it continues a reward model). generate, score and eval refuse
+it as the model they sample or score with (fdpo_eval_load_checkpoint): it is a reward."""
 import json
 import os
 import subprocess
@@ -35,6 +36,7 @@ def models(tmp_path_factory):
         for i in range(8):
             f.write(json.dumps({"prompt": "the cat", "completion": " sat" + " down" * i}) + "\n")
     (tmp / "prompts.txt").write_text("the cat\nthe dog\n")
+    (tmp / "scored.jsonl").write_text(json.dumps({"prompt": "the cat", "completion": " sat"}) + "\n")
     r = fdpo("pretrain", "--out", tmp / "base", "--n-layer", 2, "--n-embd", 16, "--n-head", 2, "--n-positions", 32,
              "--seq-len", 24, "--threads", 1, "--steps", 5, "--quiet", tmp / "corpus.txt")
     assert r.returncode == 0, r.stderr
@@ -102,6 +104,29 @@ def test_the_language_model_still_trains_and_rm_still_continues_a_reward_model(m
              "--threads", 1, "--steps", 1, "--quiet")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "r2" / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
+
+
+@pytest.mark.parametrize("cmd,role", [("generate", "--model"), ("score", "--model"), ("score", "--ref"),
+                                      ("eval", "--model"), ("eval", "--ref")])
+def test_sampling_and_scoring_commands_refuse_a_reward_model(models, tmp_path, cmd, role):
+    """generate, score and eval ran a reward model's backbone through the tied head as if it were a
+    language model (near-uniform log-probs, byte salad); it is a reward: --reward rm:DIR"""
+    model, ref = (models / "r1", models / "base") if role == "--model" else (models / "base", models / "r1")
+    args = {"generate": ["generate", "--model", model, "--data", models / "prompts.txt", "--max-new-tokens", 2],
+            "score": ["score", "--model", model, "--ref", ref, "--data", models / "scored.jsonl"],
+            "eval": ["eval", "--model", model, "--ref", ref, "--data", models / "prompts.txt", "--n", 1,
+                     "--max-new-tokens", 2, "--reward", "length", "--out", tmp_path / "e.json"]}[cmd]
+    r = fdpo(*args, "--threads", 1)
+    assert r.returncode == 1, r.stderr
+    assert (f"fdpo {cmd}: {role} {models / 'r1'}: a reward model (GPT2ForSequenceClassification), not a language "
+            f"model to sample or score with (as a reward: --reward rm:{models / 'r1'})\n") in r.stderr, r.stderr
+    assert r.stdout == "" and not (tmp_path / "e.json").exists()
+
+
+def test_a_reward_model_still_serves_as_the_reward(models, tmp_path):
+    r = fdpo("eval", "--model", models / "base", "--ref", models / "base", "--data", models / "prompts.txt", "--n", 1,
+             "--max-new-tokens", 2, "--reward", f"rm:{models / 'r1'}", "--threads", 1, "--out", tmp_path / "e.json")
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.fixture(scope="module")
