@@ -7,6 +7,7 @@
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
 #include "fdpo/merge.h"
+#include "fdpo/tokenizer.h"
 
 int fdpo_merge_opts_check(const fdpo_merge_opts *o) {
     if (o->n_models == 0) return fdpo_error("--model: at least one checkpoint to merge is required");
@@ -22,12 +23,20 @@ double fdpo_merge_weight(const fdpo_merge_opts *o, size_t i) {
     return o->base ? 1.0 : 1.0 / (double)o->n_models;
 }
 
-static int check_compatible(const char *dir, const fdpo_gpt2 *m, const char *first_dir, const fdpo_gpt2 *first) {
+/* The same architecture, and a tokenizer that encodes as the first's (fdpo_tokenizer_same:
+ * by content, so the same tokenizer saved in another format or with another chat template
+ * merges, and two BPEs of one size but other merges do not). */
+static int check_compatible(const char *dir, const fdpo_gpt2 *m, const char *first_dir, const fdpo_gpt2 *first,
+                            const fdpo_tokenizer *first_tok) {
     const fdpo_gpt2_config *a = &m->config, *b = &first->config;
     char what[512];   /* the fields that differ, not a fixed list of shapes that may all be equal */
     if (fdpo_gpt2_config_diff(a, b, what, sizeof what))
         return fdpo_error("%s: architecture differs from %s (%s)", dir, first_dir, what);
-    if (fdpo_hash_tokenizer_dir(dir) != fdpo_hash_tokenizer_dir(first_dir))
+    fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(dir);
+    if (!tok) return -1;
+    int same = fdpo_tokenizer_same(tok, first_tok);
+    fdpo_tokenizer_free(tok);
+    if (!same)
         return fdpo_error("%s: tokenizer differs from %s's (merged weights would mean different tokens)", dir, first_dir);
     return 0;
 }
@@ -60,16 +69,18 @@ fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o) {
     const char *first_dir = o->base ? o->base : o->models[0];
     fdpo_gpt2 *first = fdpo_checkpoint_load_model(first_dir);
     if (!first) return NULL;
+    fdpo_tokenizer *first_tok = fdpo_tokenizer_load_dir(first_dir);
+    if (!first_tok) { fdpo_gpt2_free(first); return NULL; }
     fdpo_lora_merge(first);   /* LoRA checkpoints are averaged as the models they define (base + s B A) */
     size_t n = first->n_params;
     double *acc = calloc(n, sizeof *acc);   /* theta in double: the base (or 0), then each term in order */
-    if (!acc) { fdpo_gpt2_free(first); fdpo_error("out of memory for %zu parameters", n); return NULL; }
+    if (!acc) { fdpo_gpt2_free(first); fdpo_tokenizer_free(first_tok); fdpo_error("out of memory for %zu parameters", n); return NULL; }
     if (acc && o->base) for (size_t k = 0; k < n; k++) acc[k] = first->params_memory[k];
     for (size_t i = 0; i < o->n_models; i++) {
         fdpo_gpt2 *m = fdpo_checkpoint_load_model(o->models[i]);
         if (m) fdpo_lora_merge(m);
-        if (!m || check_compatible(o->models[i], m, first_dir, first)) {
-            fdpo_gpt2_free(m); fdpo_gpt2_free(first); free(acc);
+        if (!m || check_compatible(o->models[i], m, first_dir, first, first_tok)) {
+            fdpo_gpt2_free(m); fdpo_gpt2_free(first); fdpo_tokenizer_free(first_tok); free(acc);
             return NULL;
         }
         double w = fdpo_merge_weight(o, i);
@@ -82,6 +93,7 @@ fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o) {
         }
         fdpo_gpt2_free(m);
     }
+    fdpo_tokenizer_free(first_tok);
     float *dst = first->params_memory;
     for (size_t k = 0; k < n; k++) dst[k] = (float)acc[k];
     free(acc);

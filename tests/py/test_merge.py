@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fdpo_ref import safetensors as st
+from tok_ref import B2U
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
@@ -50,6 +51,17 @@ def test_linear_average_is_exact(tmp_path):
     # the merged directory is a normal checkpoint: it loads and carries the tokenizer
     assert run(FDPO, "info", tmp_path / "merged").returncode == 0
     assert json.loads((tmp_path / "merged" / "fdpo_tokenizer.json").read_text())["type"] == "byte"
+
+
+def test_tokenizers_are_compared_by_what_they_encode(tmp_path):
+    """the tokenizer check is fdpo_tokenizer_same, not the files' text: a chat template (which
+    does not change an id) no longer refuses a merge; the merged checkpoint keeps the first's"""
+    a, b = make_model(tmp_path, "a", 1), make_model(tmp_path, "b", 2)
+    (b / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte", "vocab_size": 257, "eos_token_id": 256,
+                                                       "chat_template": "{{ messages }}"}))
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", tmp_path / "m")
+    assert r.returncode == 0, r.stderr
+    assert "chat_template" not in json.loads((tmp_path / "m" / "fdpo_tokenizer.json").read_text())
 
 
 def test_default_weights_are_the_mean(tmp_path):
@@ -108,8 +120,12 @@ def test_bad_merges_are_refused(tmp_path, case):
     if case == "shape":
         expect = "architecture differs"
     elif case == "tokenizer":
+        # a byte-level BPE of the same size (257, no merges): every byte a token, in GPT-2's
+        # byte order, so the same text is other ids
         (b / "fdpo_tokenizer.json").unlink()
-        (b / "vocab.json").write_text(json.dumps({chr(65 + i): i for i in range(20)}))
+        vocab = {u: i for i, u in enumerate(B2U.values())}
+        vocab["<|endoftext|>"] = 256
+        (b / "vocab.json").write_text(json.dumps(vocab))
         (b / "merges.txt").write_text("#version: 0.2\n")
         expect = "tokenizer differs"
     elif case == "count":
