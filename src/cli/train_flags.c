@@ -6,6 +6,8 @@
 #include <math.h>
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
+#include "fdpo/io.h"
+#include "fdpo/tokenizer.h"
 
 static const char *precision_flag; /* --precision: applied by train_flags_finish */
 
@@ -160,8 +162,75 @@ static int resume_defaults(fdpo_flag *flags, size_t n, const char *out) {
     return 0;
 }
 
+/* The random init's shape flags with --model or --resume, where the model is loaded and they
+ * would be ignored: given, each must agree with the loaded model (so re-running the command
+ * line with --resume still works), and on --resume a given --tokenizer must encode as the
+ * saved run's, which it keeps (docs/cli.md: a flag without effect is refused). */
+static int shape_flags_check(fdpo_flag *flags, size_t n, const fdpo_train_opts *o) {
+    static const char *const SHAPE[] = {"n-layer", "n-head", "n-embd", "n-positions",   /* then the Llama ones */
+                                        "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings"};
+    const char *dir = o->resume ? o->out : o->init, *source = o->resume ? "the run saved in" : "--model";
+    if (!dir) {   /* a random init: the Llama shapes shape only --arch llama */
+        for (size_t i = 4; (!o->arch || strcmp(o->arch, "llama")) && i < sizeof SHAPE / sizeof SHAPE[0]; i++)
+            if (flags_was_set(flags, n, SHAPE[i]))
+                return fdpo_error("--%s: a Llama shape, and this random init is --arch %s (give --arch llama)", SHAPE[i],
+                                  o->arch ? o->arch : "gpt2");
+        return 0;
+    }
+    int shape_given = flags_was_set(flags, n, "arch");
+    for (size_t i = 0; i < sizeof SHAPE / sizeof SHAPE[0]; i++) shape_given |= flags_was_set(flags, n, SHAPE[i]);
+    if (shape_given) {
+        char *path = fdpo_path_join(dir, "config.json");
+        fdpo_gpt2_config c;
+        int rc = fdpo_config_load(path, &c);
+        free(path);
+        if (rc) return 0;   /* not a checkpoint: the trainer's load says so */
+        const int llama = c.arch == FDPO_ARCH_LLAMA;
+        /* on --resume --arch and a Llama run's shapes are saved settings, which the library
+         * compares (fdpo_trainer_open: "differs from the saved run's") */
+        const int saved_llama_shape = o->resume && llama;
+        if (!o->resume && flags_was_set(flags, n, "arch") && o->arch && strcmp(o->arch, llama ? "llama" : "gpt2"))
+            return fdpo_error("--arch %s: %s %s is %s (its config.json says the family; drop the flag)", o->arch, source,
+                              dir, fdpo_gpt2_architecture(&c, 0));
+        const struct { const char *name; double given, has; int applies; } v[] = {
+            {"n-layer", (double)o->n_layer, (double)c.n_layer, 1},
+            {"n-head", (double)o->n_head, (double)c.n_head, 1},
+            {"n-embd", (double)o->n_embd, (double)c.n_embd, 1},
+            {"n-positions", (double)o->n_positions, (double)c.n_positions, 1},
+            {"n-kv-head", (double)(o->n_kv_head > 0 ? (size_t)o->n_kv_head : c.n_head), (double)c.n_kv_head, llama},
+            {"intermediate-size", (double)(o->intermediate_size > 0 ? o->intermediate_size
+                                           : fdpo_train_opts_intermediate_size((long)c.n_embd)),
+             (double)c.intermediate_size, llama},
+            {"rope-theta", o->rope_theta, c.rope_theta, llama},
+            {"tie-word-embeddings", (double)(o->tie_word_embeddings != 0), (double)(c.tie_word_embeddings != 0), llama},
+        };
+        for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+            if (!flags_was_set(flags, n, v[i].name) || (i >= 4 && saved_llama_shape)) continue;
+            if (!v[i].applies)
+                return fdpo_error("--%s: a Llama shape, and %s %s is %s", v[i].name, source, dir,
+                                  fdpo_gpt2_architecture(&c, 0));
+            if (v[i].given != v[i].has)
+                return fdpo_error("--%s %g: %s %s has %g (shape flags only shape a random init; drop the flag)",
+                                  v[i].name, v[i].given, source, dir, v[i].has);
+        }
+    }
+    if (o->resume && o->tokenizer && flags_was_set(flags, n, "tokenizer")) {
+        fdpo_tokenizer *given = fdpo_tokenizer_load_dir(o->tokenizer);
+        if (!given) return fdpo_error_context("--tokenizer %s", o->tokenizer);
+        fdpo_tokenizer *saved = fdpo_tokenizer_load_dir(dir);
+        int same = saved && fdpo_tokenizer_same(given, saved);
+        fdpo_tokenizer_free(given);
+        fdpo_tokenizer_free(saved);
+        if (saved && !same)
+            return fdpo_error("--tokenizer %s: differs from the tokenizer of the run saved in %s, which the resumed "
+                              "run keeps (drop the flag)", o->tokenizer, dir);
+    }
+    return 0;
+}
+
 int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o) {
     if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
+    if (shape_flags_check(flags, n, o)) return -1;
     if (o->resume && resume_defaults(flags, n, o->out)) return -1;   /* may set --precision from the saved run */
     if (fdpo_set_precision(precision_flag)) return -1;
     return 0;

@@ -486,3 +486,35 @@ def test_resume_save_every_takes_effect(tmp_path, corpus):
     # so the last save is 4 or a later even step; the defect left step 2 in place.
     step = json.loads((out / "training_state.json").read_text())["step"]
     assert step >= 4 and step % 2 == 0, step
+
+
+def test_shape_flags_must_agree_with_a_loaded_model(tmp_path, corpus):
+    """--n-layer and the other random-init shapes were ignored without a word when the model
+    is loaded (--model, --resume). Given, each must now match the loaded model: the same
+    command line re-run with --resume still works, another shape is refused; so is a Llama
+    shape for a GPT-2 init, and on --resume a --tokenizer that is not the saved run's."""
+    out = tmp_path / "o"
+    base = ["pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--quiet", *corpus]
+    ok(*base, "--stop-at", "2")
+    ok(*base, "--resume", "--stop-at", "3")   # the same shapes: accepted
+    r = fdpo(*base, "--resume", "--n-layer", "3")
+    assert r.returncode == 1
+    assert f"--n-layer 3: the run saved in {out} has 2 (shape flags only shape a random init; drop the flag)" in r.stderr
+    r = fdpo("sft", "--model", out, "--n-embd", "32", "--out", tmp_path / "s", "--seq-len", "24", "--steps", "1",
+             "--quiet", *corpus)
+    assert r.returncode == 1 and f"--n-embd 32: --model {out} has 16 (shape flags" in r.stderr, r.stderr
+    r = fdpo("sft", "--model", out, "--rope-theta", "5", "--out", tmp_path / "s", "--seq-len", "24", "--steps", "1",
+             "--quiet", *corpus)
+    assert r.returncode == 1 and f"--rope-theta: a Llama shape, and --model {out} is GPT2LMHeadModel" in r.stderr
+    r = fdpo("sft", "--model", out, "--arch", "llama", "--out", tmp_path / "s", "--seq-len", "24", "--steps", "1",
+             "--quiet", *corpus)
+    assert r.returncode == 1 and f"--arch llama: --model {out} is GPT2LMHeadModel (its config.json" in r.stderr
+    r = fdpo("pretrain", "--out", tmp_path / "g", *TINY, "--n-kv-head", "1", "--steps", "1", "--quiet", *corpus)
+    assert r.returncode == 1
+    assert "--n-kv-head: a Llama shape, and this random init is --arch gpt2 (give --arch llama)" in r.stderr
+    ok("tokenizer", "train", "--vocab-size", "260", "--out", tmp_path / "tok", *corpus)
+    r = fdpo(*base, "--resume", "--tokenizer", tmp_path / "tok")
+    assert r.returncode == 1
+    assert (f"--tokenizer {tmp_path / 'tok'}: differs from the tokenizer of the run saved in {out}, which the "
+            "resumed run keeps (drop the flag)") in r.stderr
+    assert json.loads((out / "training_state.json").read_text())["step"] == 3   # nothing ran

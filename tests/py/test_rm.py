@@ -406,14 +406,15 @@ def test_llama_rm_bad_inputs(tmp_path):
     m.save_hf(str(tmp_path / "shape"))
     r = harness("eval-reward", f"rm:{tmp_path / 'shape'}", tmp_path / "c.jsonl", check=False)
     assert r.returncode != 0 and "score.weight" in r.stderr and "[1,8]" in r.stderr, r.stderr
-    # a Llama reward model has no LM head: sampling from it or aligning it is refused
+    # a Llama reward model has no LM head: sampling from it or aligning it is refused, naming its class
     m = llama_rm(3, pad=EOT)
     m.save_hf(str(tmp_path / "rmok"))
     save_byte_tokenizer(str(tmp_path / "rmok"))
     write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Hi"}])
     r = fdpo("generate", "--model", tmp_path / "rmok", "--data", tmp_path / "prompts.jsonl", "--n", "1",
              "--max-new-tokens", "2", check=False)
-    assert r.returncode != 0 and "no LM head" in r.stderr, r.stderr
+    assert r.returncode != 0 and (f"--model {tmp_path / 'rmok'}: a reward model (LlamaForSequenceClassification), "
+                                  "not a language model to sample or score with") in r.stderr, r.stderr
     write_jsonl(tmp_path / "pairs.jsonl", ROWS)
     # every trainer of a language model refuses it up front, naming its class (fdpo_trainer_check_lm)
     r = fdpo("dpo", "--model", tmp_path / "rmok", "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "d",
