@@ -256,6 +256,10 @@ int fdpo_remove_tree(const char *path);
  * which it resumes) is not reported. */
 enum { FDPO_RUN_CHECKPOINT = 1, FDPO_RUN_ROUNDS = 2, FDPO_RUN_SACPO = 4 };
 const char *fdpo_out_holds_run(const char *out, unsigned ignore);
+/* A fresh run (or merge) into OUT: removes the summaries a replaced run left there
+ * (data_summary.json, eval_summary.json), which would describe that run; the directory swap
+ * carries every other file over. Rank 0 only under MPI. */
+int fdpo_out_remove_run_summaries(const char *out);
 
 /* ---- metrics JSONL: DIR/metrics.jsonl, one object per logged step ---- */
 typedef struct {

@@ -32,6 +32,17 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
     return NULL;
 }
 
+int fdpo_out_remove_run_summaries(const char *out) {
+    static const char *const names[] = {"data_summary.json", "eval_summary.json"};
+    for (size_t i = 0; fdpo_dist_is_root() && i < sizeof names / sizeof names[0]; i++) {
+        char *p = fdpo_path_join(out, names[i]);
+        int rc = remove(p) != 0 && errno != ENOENT ? fdpo_error("%s: cannot remove the replaced run's file: %s", p, strerror(errno)) : 0;
+        free(p);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 int fdpo_remove_tree(const char *path) {
     struct stat st;
     if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : fdpo_error("%s: %s", path, strerror(errno));
@@ -74,9 +85,22 @@ static int rewritten_by_save(const char *name) {
     return 0;
 }
 
+/* The files a tokenizer is read from (fdpo_tokenizer_load_dir; tokenizer.json wins over the
+ * pairs, fdpo_tokenizer.json over all): a save that writes its tokenizer carries none of the
+ * old ones, or a byte-level run written over a BPE run's OUT (--overwrite) kept the BPE's
+ * tokenizer.json, and the reverse kept fdpo_tokenizer.json, which then loaded instead. */
+static int tokenizer_file(const char *name) {
+    static const char *const names[] = {"fdpo_tokenizer.json", "tokenizer.json", "vocab.json", "merges.txt",
+                                        "encoder.json", "vocab.bpe", "tokenizer_config.json"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) if (!strcmp(name, names[i])) return 1;
+    return 0;
+}
+
 /* Hard-link (or copy) every other file of src into dst, recursively: what a user or the run
- * keeps in OUT besides the checkpoint (metrics.jsonl, notes) survives the directory swap. */
-static int carry_over(const char *src, const char *dst, int top) {
+ * keeps in OUT besides the checkpoint (metrics.jsonl, notes) survives the directory swap.
+ * top: src is OUT itself (its checkpoint files are written afresh); new_tokenizer: so are its
+ * tokenizer files. */
+static int carry_over(const char *src, const char *dst, int top, int new_tokenizer) {
     DIR *d = opendir(src);
     if (!d) return fdpo_error("%s: cannot open directory: %s", src, strerror(errno));
     struct dirent *e;
@@ -84,11 +108,11 @@ static int carry_over(const char *src, const char *dst, int top) {
     while ((e = readdir(d)) && !rc) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         if (strstr(e->d_name, ".tmp.")) continue; /* another writer's half-written temp file */
-        if (top && rewritten_by_save(e->d_name)) continue;
+        if (top && (rewritten_by_save(e->d_name) || (new_tokenizer && tokenizer_file(e->d_name)))) continue;
         char *a = fdpo_path_join(src, e->d_name), *b = fdpo_path_join(dst, e->d_name);
         struct stat st;
         if (lstat(a, &st) == 0) {
-            if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0);
+            if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0, 0);
             else if (S_ISREG(st.st_mode) && link(a, b) != 0) rc = copy_file(a, b);
         }
         free(a); free(b);
@@ -155,7 +179,7 @@ int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tok
     int rc = -1;
     if (fdpo_checkpoint_recover(out) || recover_swap(out)) goto done;
     if (fdpo_mkdir_p(tmp)) goto done;
-    if (fdpo_file_exists(out) && carry_over(out, tmp, 1)) goto done;
+    if (fdpo_file_exists(out) && carry_over(out, tmp, 1, tok != NULL)) goto done;
     /* a LoRA run saves the adapter (PEFT files) and the adapter's optimizer state, not the
      * frozen base it was trained on (adapter_config.json names it) */
     if (m->lora ? fdpo_lora_save_peft(tmp, m, m->lora->base_model) : fdpo_checkpoint_save_model(tmp, m)) goto done;

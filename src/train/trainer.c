@@ -331,6 +331,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (!o->overwrite) {
             if (fdpo_train_out_check(o)) goto fail;
         }
+        if (fdpo_out_remove_run_summaries(o->out)) goto fail;   /* a replaced run's (--overwrite) */
         if (o->init_model) {
             /* a borrowed model in memory (online rounds): LoRA adapters, if any, already attached */
             if ((o->lora_r > 0) != (o->init_model->lora != NULL))

@@ -518,3 +518,31 @@ def test_shape_flags_must_agree_with_a_loaded_model(tmp_path, corpus):
     assert (f"--tokenizer {tmp_path / 'tok'}: differs from the tokenizer of the run saved in {out}, which the "
             "resumed run keeps (drop the flag)") in r.stderr
     assert json.loads((out / "training_state.json").read_text())["step"] == 3   # nothing ran
+
+
+def test_overwrite_keeps_none_of_the_replaced_runs_tokenizer_or_summaries(tmp_path, corpus):
+    """The directory swap carries over what a save does not write. A BPE run written over a
+    byte-level run's OUT (--overwrite) kept fdpo_tokenizer.json, which loads before vocab.json:
+    the checkpoint then read back as byte-level with a 260-token model. The replaced run's
+    eval_summary.json stayed beside the new run. The user's own files still carry over."""
+    out = tmp_path / "o"
+    shape = [*TINY, "--batch-size", "2", "--steps", "1", "--quiet", *corpus]
+    ok("pretrain", "--out", out, *shape)
+    (out / "eval_summary.json").write_text('{"accuracy": 1}')   # as a dpo run leaves it
+    (out / "notes.txt").write_text("mine")
+    ok("tokenizer", "train", "--vocab-size", "260", "--out", tmp_path / "tok", *corpus)
+    ok("pretrain", "--out", out, "--overwrite", "--tokenizer", tmp_path / "tok", *shape)
+    files = sorted(p.name for p in out.iterdir())
+    assert "fdpo_tokenizer.json" not in files and "eval_summary.json" not in files, files
+    assert {"vocab.json", "merges.txt", "notes.txt"} <= set(files), files
+    assert "tokenizer: gpt2-bpe (260 tokens)" in ok("info", out).stdout
+    ok("pretrain", "--out", out, "--overwrite", *shape)   # and back: no BPE files left to win
+    files = sorted(p.name for p in out.iterdir())
+    assert "vocab.json" not in files and "merges.txt" not in files and "fdpo_tokenizer.json" in files, files
+    assert "tokenizer: byte (257 tokens)" in ok("info", out).stdout
+    merged = tmp_path / "m"
+    ok("merge", "--model", out, "--model", out, "--out", merged)
+    (merged / "eval_summary.json").write_text('{"accuracy": 1}')
+    (merged / "notes.txt").write_text("mine")
+    ok("merge", "--model", out, "--model", out, "--out", merged, "--overwrite")
+    assert not (merged / "eval_summary.json").exists() and (merged / "notes.txt").read_text() == "mine"
