@@ -24,8 +24,9 @@
 int fdpo_read_prompts(const char *path, char ***prompts, size_t *n);
 /* The same from text in memory (name is used in messages). */
 int fdpo_parse_prompts(const char *name, const char *text, size_t len, char ***prompts, size_t *n);
-/* JSONL {"prompt": "...", "completion": "..."} per line (for fdpo score). */
-int fdpo_read_completions(const char *path, char ***prompts, char ***completions, size_t *n);
+/* JSONL {"prompt": "...", "completion": "..."} per line (for fdpo score); lines (may be NULL):
+ * each record's line number in the file (malloc'd), for messages that name FILE:LINE. */
+int fdpo_read_completions(const char *path, char ***prompts, char ***completions, size_t **lines, size_t *n);
 void fdpo_free_strings(char **s, size_t n);
 
 /* ---- sampling ---- */

@@ -47,9 +47,12 @@ static char *messages_text(const cJSON *a, const char *field, const char *path, 
     return cJSON_PrintUnformatted(a);
 }
 
-/* Walks the lines of text; for JSONL calls fields[] extraction. n_fields 1 or 2. */
+/* Walks the lines of text; for JSONL calls fields[] extraction. n_fields 1 or 2. lines (may
+ * be NULL): each record's line number, malloc'd. */
 static int parse_lines(const char *path, const char *text, size_t len, int allow_text, const char *const *fields,
-                       size_t n_fields, fdpo_strv *out) {
+                       size_t n_fields, fdpo_strv *out, size_t **lines) {
+    size_t n_lines = 0, cap_lines = 0;
+    if (lines) *lines = NULL;
     if (!fdpo_utf8_valid(text, len)) return fdpo_error("%s: not valid UTF-8", path);
     const char *begin = text + fdpo_jsonl_bom(text, len); /* a UTF-8 BOM is not data */
     /* JSONL iff the first non-blank line starts with '{' */
@@ -66,6 +69,10 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
         size_t n = nl ? (size_t)(nl - p) : (size_t)(text + len - p);
         line++;
         if (!blank(p, n)) {
+            if (lines) {
+                if (n_lines == cap_lines) *lines = fdpo_realloc(*lines, (cap_lines = cap_lines ? 2 * cap_lines : 64) * sizeof **lines);
+                (*lines)[n_lines++] = line;
+            }
             if (!jsonl) {
                 size_t m = n;
                 if (m && p[m - 1] == '\r') m--;
@@ -104,15 +111,19 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
     if (rc == 0 && out->n == 0)
         rc = fdpo_error("%s: no %s (the file %s)", path, n_fields == 2 ? "records" : "prompts",
                         begin == text + len ? "is empty" : "holds only blank lines");
-    if (rc) fdpo_strv_free(out);
+    if (rc) {
+        fdpo_strv_free(out);
+        if (lines) { free(*lines); *lines = NULL; }
+    }
     return rc;
 }
 
-static int read_lines(const char *path, int allow_text, const char *const *fields, size_t n_fields, fdpo_strv *out) {
+static int read_lines(const char *path, int allow_text, const char *const *fields, size_t n_fields, fdpo_strv *out,
+                      size_t **lines) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return -1;   /* fdpo_read_file's error names the path */
-    int rc = parse_lines(path, text, len, allow_text, fields, n_fields, out);
+    int rc = parse_lines(path, text, len, allow_text, fields, n_fields, out, lines);
     free(text);
     return rc;
 }
@@ -120,7 +131,7 @@ static int read_lines(const char *path, int allow_text, const char *const *field
 int fdpo_read_prompts(const char *path, char ***prompts, size_t *n) {
     fdpo_strv v = {0};
     static const char *const fields[] = {"prompt"};
-    if (read_lines(path, 1, fields, 1, &v)) return -1;   /* parse_lines freed what it read */
+    if (read_lines(path, 1, fields, 1, &v, NULL)) return -1;   /* parse_lines freed what it read */
     *prompts = v.v; *n = v.n;
     return 0;
 }
@@ -128,15 +139,15 @@ int fdpo_read_prompts(const char *path, char ***prompts, size_t *n) {
 int fdpo_parse_prompts(const char *name, const char *text, size_t len, char ***prompts, size_t *n) {
     fdpo_strv v = {0};
     static const char *const fields[] = {"prompt"};
-    if (parse_lines(name, text, len, 1, fields, 1, &v)) return -1;   /* parse_lines freed what it read */
+    if (parse_lines(name, text, len, 1, fields, 1, &v, NULL)) return -1;   /* parse_lines freed what it read */
     *prompts = v.v; *n = v.n;
     return 0;
 }
 
-int fdpo_read_completions(const char *path, char ***prompts, char ***completions, size_t *n) {
+int fdpo_read_completions(const char *path, char ***prompts, char ***completions, size_t **lines, size_t *n) {
     fdpo_strv v = {0};
     static const char *const fields[] = {"prompt", "completion"};
-    if (read_lines(path, 0, fields, 2, &v)) return -1;   /* parse_lines freed what it read */
+    if (read_lines(path, 0, fields, 2, &v, lines)) return -1;   /* parse_lines freed what it read */
     size_t m = v.n / 2;
     *prompts = fdpo_malloc(m * sizeof(char *));
     *completions = fdpo_malloc(m * sizeof(char *));

@@ -65,7 +65,8 @@ int fdpo_score_run(const fdpo_score_opts *o) {
     size_t *plens = NULL, *clens = NULL, *ntok = NULL;
     double *rw = NULL;
     fdpo_decoder *md = NULL, *rd = NULL;
-    if (fdpo_read_completions(data_path, &prompts, &comps, &n)) rc = fdpo_error_context("--data");
+    size_t *lines = NULL;   /* each record's line in --data, for messages */
+    if (fdpo_read_completions(data_path, &prompts, &comps, &lines, &n)) rc = fdpo_error_context("--data");
     if (!rc) rc = fdpo_eval_load_checkpoint("--model", o->model, &m, &tok);
     if (!rc && ref_dir) rc = fdpo_eval_load_checkpoint("--ref", ref_dir, &ref, &rtok);
     if (!rc && ref && ref->config.vocab_size != m->config.vocab_size)
@@ -80,7 +81,7 @@ int fdpo_score_run(const fdpo_score_opts *o) {
         size_t max_len = 0, longest = 0;
         for (size_t i = 0; i < n && !rc; i++) {
             if (fdpo_tokenizer_encode(tok, comps[i], strlen(comps[i]), 0, &cids[i], &clens[i])) {
-                rc = fdpo_error_context("--data: line %zu completion", i + 1);
+                rc = fdpo_error_context("--data %s:%zu: completion", data_path, lines[i]);
                 break;
             }
             ntok[i] = clens[i];
@@ -93,9 +94,9 @@ int fdpo_score_run(const fdpo_score_opts *o) {
         }
         size_t cap = m->config.n_positions;
         if (ref && ref->config.n_positions < cap) cap = ref->config.n_positions;
-        if (!rc && max_len > cap)   /* records, not lines: blank lines are skipped */
-            rc = fdpo_error("--data %s: record %zu: prompt + completion of %zu tokens exceed n_positions %zu",
-                            data_path, longest + 1, max_len, cap);
+        if (!rc && max_len > cap)
+            rc = fdpo_error("--data %s:%zu: prompt + completion of %zu tokens exceed n_positions %zu",
+                            data_path, lines[longest], max_len, cap);
         if (!rc && !(md = fdpo_decoder_create(m, 1, max_len ? max_len : 1))) rc = -1;
         if (!rc && ref && !(rd = fdpo_decoder_create(ref, 1, max_len ? max_len : 1))) rc = -1;
     }
@@ -173,7 +174,7 @@ int fdpo_score_run(const fdpo_score_opts *o) {
     if (cids) for (size_t i = 0; i < n; i++) free(cids[i]);
     free(cids); free(clens); free(ntok); free(rw);
     fdpo_free_ids(pids, plens, pids ? n : 0);
-    fdpo_free_strings(prompts, n); fdpo_free_strings(comps, n);
+    fdpo_free_strings(prompts, n); fdpo_free_strings(comps, n); free(lines);
     fdpo_tokenizer_free(tok); fdpo_tokenizer_free(rtok);
     fdpo_gpt2_free(m); fdpo_gpt2_free(ref);
     fdpo_reward_free(reward);

@@ -378,7 +378,7 @@ static int h_reward(int argc, char **argv) {
     if (!r) return -1;
     char **p, **c;
     size_t n;
-    int rc = fdpo_read_completions(argv[2], &p, &c, &n);
+    int rc = fdpo_read_completions(argv[2], &p, &c, NULL, &n);
     if (!rc) {
         double *out = fdpo_malloc(n * sizeof *out);
         size_t *nt = fdpo_malloc(n * sizeof *nt);

@@ -621,14 +621,15 @@ def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
     assert msg in r.stderr, r.stderr
 
 
-def test_score_names_the_record_too_long_for_the_model(byte_models, tmp_path):
-    """n_positions 64: the second record (after a blank line, so not line 2) is 70 tokens"""
+def test_score_names_the_line_too_long_for_the_model(byte_models, tmp_path):
+    """n_positions 64: the second record, on line 3 (after a blank line), is 70 tokens: the
+    message names FILE:LINE (it said "record 2")"""
     d, _, _ = byte_models
     (tmp_path / "c.jsonl").write_text(json.dumps({"prompt": "Hi", "completion": " there"}) + "\n\n" +
                                       json.dumps({"prompt": "x" * 30, "completion": "y" * 40}) + "\n")
     r = run(FDPO, "score", "--model", d / "pol", "--data", tmp_path / "c.jsonl", "--threads", 1)
     assert r.returncode == 1
-    assert f"--data {tmp_path / 'c.jsonl'}: record 2: prompt + completion of 70 tokens exceed n_positions 64" in r.stderr, r.stderr
+    assert f"--data {tmp_path / 'c.jsonl'}:3: prompt + completion of 70 tokens exceed n_positions 64" in r.stderr, r.stderr
 
 
 def test_score_of_an_empty_file_says_records(byte_models, tmp_path):
