@@ -34,11 +34,15 @@ static int tokenizer_train(int argc, char **argv) {
     size_t *lens = fdpo_calloc(n_files ? n_files : 1, sizeof *lens);
     fdpo_bpe_trained t = {0};
     fdpo_tokenizer *check = NULL;
+    int locked = 0;
     rc = -1;
     fdpo_bpe_train_opts o = {(size_t)vocab_size, (size_t)min_frequency};   /* signs: FLAG_COUNT; ranges: fdpo_bpe_train */
     if (!out) { fdpo_error("--out: required (usage: %s)", usage); goto done; }
     if (n_files == 0) { fdpo_error("no text files given (usage: %s)", usage); goto done; }
     if (fdpo_bpe_train_opts_check(&o)) goto done;
+    /* one writer per --out, as for every run's OUT: the check below and the save under it */
+    if (fdpo_dir_lock(out, "--out")) goto done;
+    locked = 1;
     if (!overwrite) {
         /* another tokenizer, or a checkpoint whose tokenizer this one would silently replace */
         static const char *const HELD[] = {"vocab.json", "merges.txt", "tokenizer.json", "encoder.json", "fdpo_tokenizer.json", "config.json"};
@@ -72,6 +76,7 @@ static int tokenizer_train(int argc, char **argv) {
         fdpo_log(FDPO_LOG_WARN, "only %zu tokens: no pair occurs --min-frequency %zu times beyond that", t.n_tokens, o.min_frequency);
     rc = 0;
 done:
+    if (locked) fdpo_dir_unlock(out);
     fdpo_tokenizer_free(check);
     fdpo_bpe_trained_free(&t);
     for (size_t i = 0; i < n_files; i++) free(texts[i]);

@@ -220,3 +220,21 @@ def test_bad_input(tmp_path, case):
     r = run(FDPO, "tokenizer", "train", *args)
     assert r.returncode != 0
     assert expect in r.stderr.decode(), r.stderr.decode()
+
+
+def test_an_out_in_use_is_refused(tmp_path):
+    """tokenizer train took no lock: two trainings into one --out both wrote. It holds OUT.lock
+    from the start, as every run does; another process holding it is named."""
+    import fcntl
+    src = tmp_path / "t.txt"
+    src.write_text("the cat sat on the mat\n" * 20)
+    out = tmp_path / "tok"
+    with open(str(out) + ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.write("4242\n")
+        f.flush()
+        r = run(FDPO, "tokenizer", "train", "--vocab-size", 260, "--out", out, src)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and f"--out {out}: in use by another run" in err, err
+    assert not out.exists()
+    train(tmp_path, "the cat sat on the mat\n" * 20, 260)   # free again: it trains
