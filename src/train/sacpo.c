@@ -138,6 +138,43 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
 
 typedef struct { cJSON *root, *done; char *path; } sacpo_state;
 
+/* The flag of a plan entry: its key with '-' for '_' ("reward_data" -> --reward-data; the
+ * online stages' "data" is --data), "lora-" before a LoRA one ("r" -> --lora-r). */
+static void plan_flag(const char *parent, const char *key, char *flag, size_t n) {
+    snprintf(flag, n, "%s%s", parent && !strcmp(parent, "lora") ? "lora-" : "", key);
+    for (char *c = flag; *c; c++) if (*c == '_') *c = '-';
+}
+
+/* Names the first entry of the saved plan `was` that the plan `now` does not repeat (in
+ * "online" and "lora" the entry inside), as the training settings are named. */
+static void plan_difference(const cJSON *was, const cJSON *now, const char *path) {
+    const cJSON *sides[2] = {was, now};
+    for (int side = 0; side < 2; side++) {
+        const cJSON *x;
+        cJSON_ArrayForEach(x, sides[side]) {
+            const cJSON *u = cJSON_GetObjectItemCaseSensitive(was, x->string);
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(now, x->string);
+            if (u && v && cJSON_Compare(u, v, 1)) continue;
+            if (cJSON_IsObject(u) || cJSON_IsObject(v)) {   /* "lora" on one side only: name its first flag */
+                cJSON *none = cJSON_CreateObject();
+                none->string = x->string;   /* the parent's name, for plan_flag; not owned */
+                none->type |= cJSON_StringIsConst;
+                plan_difference(u ? u : none, v ? v : none, path);
+                cJSON_Delete(none);
+                return;
+            }
+            char flag[64];
+            plan_flag(was->string, x->string, flag, sizeof flag);
+            char *w = u ? cJSON_PrintUnformatted(u) : NULL, *i = v ? cJSON_PrintUnformatted(v) : NULL;
+            fdpo_error("--%s: %s differs from %s in %s, which its stages trained with (use the same flags or another --out)",
+                       flag, i ? i : "(none)", w ? w : "(none)", path);
+            free(w); free(i);
+            return;
+        }
+    }
+    fdpo_error("%s: its plan differs (use the same flags or another --out)", path);
+}
+
 /* what an interrupted stage tells the user: sacpo has no --resume, a rerun resumes */
 #define SACPO_CONTINUE "run the same fdpo sacpo command again: it resumes the stage"
 
@@ -168,12 +205,9 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         if (cJSON_IsString(stop) && !*stop->valuestring)
             cJSON_DeleteItemFromObject(cJSON_GetObjectItemCaseSensitive(a, "online"), "stop");
         int same = cJSON_Compare(a, b, 1);
+        if (!same) plan_difference(a, b, st->path);
         cJSON_Delete(a); cJSON_Delete(b);
-        if (!same) {
-            cJSON_Delete(plan);
-            return fdpo_error("--out: %s holds a sacpo run with another model, data, divergence, beta, order or LoRA settings "
-                              "(see its sacpo.json; use another --out)", o->out);
-        }
+        if (!same) { cJSON_Delete(plan); return -1; }
         const cJSON *then = cJSON_GetObjectItemCaseSensitive(saved, "training"), *x;
         const cJSON *now = cJSON_GetObjectItemCaseSensitive(plan, "training");
         cJSON_ArrayForEach(x, then) {

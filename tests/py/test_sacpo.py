@@ -116,11 +116,22 @@ def test_bad_plans_are_refused(data, tmp_path, extra, msg):
     assert r.returncode != 0 and msg in r.stderr, r.stderr
 
 
-def test_another_plan_in_the_same_out_is_refused(data, tmp_path):
+@pytest.mark.parametrize("change,msg", [
+    (["--beta", "0.3"], "--beta: 0.3 differs from 0.2"),
+    (["--divergence", "js"], '--divergence: "js" differs from "rkl"'),
+    (["--safety-data", "REWARD"], '--safety-data: "{reward}" differs from "{safety}"'),
+    (["--order", "safety-first"], '--order: "safety-first" differs from "reward-first"'),
+])
+def test_another_plan_in_the_same_out_is_refused_naming_the_flag(data, tmp_path, change, msg):
+    """the plan's entries are named as the training settings are (it said "another model,
+    data, divergence, beta, order or LoRA settings")"""
     sacpo(data, tmp_path / "s", "--lambda", "1")
-    r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety-data",
-             data / "safety.jsonl", "--beta", "0.3", "--out", tmp_path / "s", "--lambda", "1", *COMMON, check=False)
-    assert r.returncode != 0 and "holds a sacpo run with another" in r.stderr, r.stderr
+    args = {"--model": data / "base", "--reward-data": data / "reward.jsonl", "--safety-data": data / "safety.jsonl",
+            "--beta": "0.2", "--out": tmp_path / "s", "--lambda": "1"}
+    args[change[0]] = data / "reward.jsonl" if change[1] == "REWARD" else change[1]
+    r = fdpo("sacpo", *[x for kv in args.items() for x in kv], *COMMON, check=False)
+    want = msg.format(reward=data / "reward.jsonl", safety=data / "safety.jsonl")
+    assert r.returncode != 0 and f"{want} in {tmp_path / 's' / 'sacpo.json'}, which its stages trained with" in r.stderr, r.stderr
 
 
 def test_interrupted_stage_says_how_sacpo_continues(data, tmp_path):
