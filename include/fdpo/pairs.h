@@ -32,15 +32,15 @@ typedef struct {
     int skip_ties;          /* drop pairs whose gold rewards are equal (their label is a coin flip) */
     uint64_t seed;
 } fdpo_pairs_config;
-typedef struct { size_t identical, ties; } fdpo_pairs_skipped;
+typedef struct { size_t identical, ties, empty; } fdpo_pairs_skipped;
 /* scale finite and > 0 ("--bt-scale: ..."); fdpo_make_pairs runs it, a caller may run it
  * before it reads or scores anything */
 int fdpo_pairs_config_check(const fdpo_pairs_config *c);
 
 /* Group records by prompt (first-appearance order); per prompt, shuffle its completions
  * with the seeded RNG and pair them off (0,1), (2,3), ... up to max_per_prompt pairs.
- * Pairs with identical completions (and, with skip_ties, equal rewards) are skipped and
- * counted. Each pair's label is drawn from the BT model. */
+ * Pairs with identical completions (and, with skip_ties, equal rewards), and pairs with an
+ * empty completion (a preference file refuses them) are skipped and counted. Each pair's label is drawn from the BT model. */
 int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_config *c,
                     fdpo_pair **pairs, size_t *n_pairs, fdpo_pairs_skipped *skipped);
 

@@ -101,9 +101,9 @@ static int pairs_run(const char *samples, const char *out, const char *reward_sp
         fdpo_pair_row_write(af.f, c->prompt, c->completion, r->completion, c->reward, r->reward);
     }
     if (fdpo_atomic_commit(&af)) { free(pairs); fdpo_sample_recs_free(recs, n); return -1; }
-    fdpo_log(FDPO_LOG_INFO, "%zu samples -> %zu pairs (skipped: %zu identical completions, %zu equal rewards); "
-                    "chosen has the higher gold reward in %.1f%%",
-            n, np, skipped.identical, skipped.ties, np ? 100.0 * (double)agree / (double)np : 0.0);
+    fdpo_log(FDPO_LOG_INFO, "%zu samples -> %zu pairs (skipped: %zu identical completions, %zu with an empty "
+                    "completion, %zu equal rewards); chosen has the higher gold reward in %.1f%%",
+            n, np, skipped.identical, skipped.empty, skipped.ties, np ? 100.0 * (double)agree / (double)np : 0.0);
     free(pairs);
     fdpo_sample_recs_free(recs, n);
     return 0;

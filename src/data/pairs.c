@@ -102,7 +102,7 @@ int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_conf
     fdpo_rng rng;
     fdpo_rng_seed(&rng, c->seed);
     fdpo_pair *pairs = fdpo_malloc((n / 2 + 1) * sizeof *pairs);
-    size_t np = 0, same = 0, ties = 0;
+    size_t np = 0, same = 0, ties = 0, empty = 0;
     size_t *members = fdpo_malloc(n * sizeof *members);
     for (size_t g = 0; g < n_groups; g++) {
         size_t m = 0;
@@ -116,6 +116,9 @@ int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_conf
             if (c->skip_ties && a->reward == b->reward) { ties++; continue; }
             double p_a = fdpo_sigmoid((a->reward - b->reward) / scale);
             int a_wins = fdpo_rng_uniform(&rng) < p_a;
+            /* an empty side (EOT drawn first) makes no pair: a preference file refuses one. After
+             * the draw, so the other pairs keep the labels they had when such pairs were kept. */
+            if (!*a->completion || !*b->completion) { empty++; continue; }
             pairs[np].chosen = a_wins ? members[k] : members[k + 1];
             pairs[np].rejected = a_wins ? members[k + 1] : members[k];
             pairs[np].p_chosen = a_wins ? p_a : 1.0 - p_a;
@@ -124,7 +127,7 @@ int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_conf
     }
     free(members); free(group); free(firsts);
     *pairs_out = pairs; *n_pairs_out = np;
-    if (skipped) { skipped->identical = same; skipped->ties = ties; }
+    if (skipped) { skipped->identical = same; skipped->ties = ties; skipped->empty = empty; }
     return 0;
 }
 

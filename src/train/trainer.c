@@ -281,6 +281,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     fdpo_set_threads((int)o->threads);
     size_t total = fdpo_train_total_steps(o, n_items);
     if (total == 0) return fdpo_error("--steps: the run has no steps (give --steps N or --epochs X > 0)");
+    if (o->stop_at > 0 && (size_t)o->stop_at > total)   /* it would never stop there: the run went to the end */
+        return fdpo_error("--stop-at: %ld is after the run's last step %zu (give a step <= %zu)", o->stop_at, total, total);
     if (fdpo_schedule_parse(o->schedule, &tr->sched.kind)) return -1;
     /* data parallelism: every step loop on this trainer (pretrain, sft, dpo, rm, kto) computes
      * only this rank's micro-batches (fdpo_dist_mine) and fdpo_trainer_step sums them */
@@ -477,10 +479,11 @@ int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens) {
 
 static int divides(long every, size_t step) { return every > 0 && step % (size_t)every == 0; }
 
+/* Not at --stop-at (it logged that step too): a run stopped there and resumed would hold a
+ * metrics line the uninterrupted run has not, as an interrupt does not add one either. */
 int fdpo_trainer_want_log(const fdpo_trainer *tr) {
     size_t s = tr->state.step;
-    return divides(tr->opts.log_every, s) || s == tr->state.total_steps ||
-           (tr->opts.stop_at > 0 && s == (size_t)tr->opts.stop_at);
+    return divides(tr->opts.log_every, s) || s == tr->state.total_steps;
 }
 
 int fdpo_trainer_want_eval(const fdpo_trainer *tr) {

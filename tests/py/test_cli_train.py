@@ -460,8 +460,9 @@ def test_resume_keeps_non_fixed_flags(tmp_path, corpus):
     assert state["settings"]["lr"] == 3e-4 and "lr" in state["fixed"]
     r = ok("pretrain", "--out", out, "--resume", "--stop-at", "7", *corpus)
     assert "save-every=3" in r.stderr and "log-every=2" in r.stderr, r.stderr
-    # log-every=2 stayed in force (3 and 7 are the --stop-at steps, always logged)
-    assert [m["step"] for m in metrics(out)] == [2, 3, 4, 6, 7]
+    # log-every=2 stayed in force; the --stop-at steps 3 and 7 are not logged (an uninterrupted
+    # run would not log them: the metrics of a stopped and resumed run equal its)
+    assert [m["step"] for m in metrics(out)] == [2, 4, 6]
     # a value given again wins and is saved for the next resume
     r = ok("pretrain", "--out", out, "--resume", "--save-every", "4", "--stop-at", "9", *corpus)
     assert "new values given now for: --save-every" in r.stderr, r.stderr
@@ -546,3 +547,19 @@ def test_overwrite_keeps_none_of_the_replaced_runs_tokenizer_or_summaries(tmp_pa
     (merged / "notes.txt").write_text("mine")
     ok("merge", "--model", out, "--model", out, "--out", merged, "--overwrite")
     assert not (merged / "eval_summary.json").exists() and (merged / "notes.txt").read_text() == "mine"
+
+
+def test_stop_at_and_resume_log_what_the_uninterrupted_run_logs(tmp_path, corpus):
+    """--stop-at logged its step even off the --log-every grid: the resumed run's
+    metrics.jsonl then held a line the uninterrupted run does not (the weights were equal)."""
+    args = [*TINY, "--batch-size", "2", "--steps", "8", "--log-every", "4", "--eval-every", "0", "--quiet", *corpus]
+    ok("pretrain", "--out", tmp_path / "a", *args)
+    ok("pretrain", "--out", tmp_path / "b", *args, "--stop-at", "3")
+    ok("pretrain", "--out", tmp_path / "b", "--resume", *corpus)
+    strip = lambda out: [{k: v for k, v in m.items() if k != "tokens_per_sec"} for m in metrics(out)]   # timing
+    assert [m["step"] for m in metrics(tmp_path / "b")] == [4, 8]
+    assert strip(tmp_path / "a") == strip(tmp_path / "b")
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    r = fdpo("pretrain", "--out", tmp_path / "c", *args, "--stop-at", "9")   # after the last step: it ran to the end
+    assert r.returncode == 1 and "--stop-at: 9 is after the run's last step 8 (give a step <= 8)" in r.stderr, r.stderr
+    assert not (tmp_path / "c").exists()

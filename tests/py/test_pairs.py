@@ -69,6 +69,26 @@ def test_grouping_and_identical_skip(tmp_path):
     assert r.returncode == 0 and len(open(out).read().splitlines()) == 1
 
 
+def test_pairs_with_an_empty_completion_are_skipped_and_counted(tmp_path):
+    """fdpo pairs wrote {"chosen": "x", "rejected": ""}, which dpo, kto and eval --pairs then
+    refused (an empty side); now skipped and counted as the online rounds skip it. The label
+    is drawn before the check: the other pairs are those of the same file without the empty
+    sample (it was replaced by a non-empty one, whose pair is the only difference)."""
+    rows = [{"prompt": "e", "completion": c, "reward": r} for c, r in [("", 0.0), ("q", 1.0)]]
+    rows += [{"prompt": "a", "completion": c, "reward": float(i)} for i, c in enumerate(["x", "y", "z", "w"])]
+    samples, out = tmp_path / "s.jsonl", tmp_path / "p.jsonl"
+    write_jsonl(samples, rows)
+    r = run("pairs", "--data", str(samples), "--out", str(out), "--seed", "5")
+    assert r.returncode == 0, r.stderr
+    assert "6 samples -> 2 pairs (skipped: 0 identical completions, 1 with an empty completion, 0 equal rewards)" in r.stderr
+    got = [json.loads(l) for l in open(out)]
+    assert all(p["chosen"] and p["rejected"] for p in got) and all(p["prompt"] == "a" for p in got)
+    rows[0]["completion"] = "nonempty"
+    write_jsonl(samples, rows)
+    assert run("pairs", "--data", str(samples), "--out", str(tmp_path / "q.jsonl"), "--seed", "5").returncode == 0
+    assert [p for p in map(json.loads, open(tmp_path / "q.jsonl")) if p["prompt"] == "a"] == got
+
+
 def test_bad_input(tmp_path):
     samples, out = tmp_path / "s.jsonl", tmp_path / "p.jsonl"
     write_jsonl(samples, [{"prompt": "a", "completion": "x", "reward": 1}, "{not json"])
