@@ -149,7 +149,8 @@ int fdpo_file_exists(const char *path);
  * any file is made: a DIR whose last part is "." or ".." (or "/"; DIR.lock and a save's
  * DIR.tmp are DIR's text plus a suffix), and a DIR that exists and is not a directory.
  * A lock file that guards nothing (DIR missing or empty: a run that failed at its start) is
- * removed when the lock is released, by fdpo_dir_unlock or at process exit. */
+ * removed when the lock is released, by fdpo_dir_unlock or at process exit, and DIR with it
+ * when it did not exist when locked and is still empty. */
 int fdpo_dir_lock(const char *dir, const char *flag);
 void fdpo_dir_unlock(const char *dir);
 int fdpo_dir_locked(const char *dir);

@@ -18,7 +18,7 @@
 
 /* Locks this process holds (a run holds one; a handful is plenty). */
 #define MAX_HELD 8
-static struct { char *dir; char *flag; int fd; pid_t owner; } g_held[MAX_HELD];
+static struct { char *dir; char *flag; int fd; pid_t owner; int made; } g_held[MAX_HELD];   /* made: DIR did not exist when locked */
 
 static char *lock_path(const char *dir) {
     size_t n = strlen(dir);
@@ -52,16 +52,31 @@ static int guards_something(const char *lp) {
     return full;
 }
 
-/* At exit, the locks a failed run did not release: a lock file that guards nothing is
- * removed, so a run that failed at its start leaves no DIR.lock behind. */
+/* A held lock that guards nothing (a run that failed at its start): its file is removed, and
+ * DIR too if this run made it and it is still empty (rmdir removes only an empty one), so a
+ * failed start leaves nothing behind. Called while the lock is still held. */
+static void remove_if_unused(int i) {
+    if (guards_something(g_held[i].dir)) return;
+    if (g_held[i].made) {
+        char *target = fdpo_strdup(g_held[i].dir);
+        target[strlen(target) - 5] = 0;   /* drop ".lock" */
+        (void)rmdir(target);
+        free(target);
+    }
+    unlink(g_held[i].dir);
+}
+
+/* At exit, the locks a failed run did not release (remove_if_unused). */
 static void release_at_exit(void) {
     for (int i = 0; i < MAX_HELD; i++)
-        if (g_held[i].dir && g_held[i].owner == getpid() && !guards_something(g_held[i].dir)) unlink(g_held[i].dir);
+        if (g_held[i].dir && g_held[i].owner == getpid()) remove_if_unused(i);
 }
 
 static int take_lock(const char *dir, const char *flag) {
     char *path = lock_path(dir);
     if (held_index(path) >= 0) { free(path); return 0; }
+    struct stat before;
+    const int made = stat(dir, &before) != 0;
     int slot;
     for (slot = 0; slot < MAX_HELD && g_held[slot].dir && g_held[slot].owner == getpid(); slot++) {}
     if (slot == MAX_HELD) { free(path); return fdpo_error("%s %s: too many run directories locked by one process", flag, dir); }
@@ -112,6 +127,7 @@ static int take_lock(const char *dir, const char *flag) {
     g_held[slot].flag = fdpo_strdup(flag);
     g_held[slot].fd = fd;
     g_held[slot].owner = getpid();
+    g_held[slot].made = made;
     static int at_exit;
     if (!at_exit) at_exit = atexit(release_at_exit) == 0;
     return 0;
@@ -144,7 +160,7 @@ void fdpo_dir_unlock(const char *dir) {
     /* beside a run's files the lock file stays (it is empty of meaning once no process holds
      * it); one that guards nothing (a failed start) is removed while still held: a run that
      * opened it meanwhile finds the name gone and opens it again (take_lock) */
-    if (!guards_something(g_held[i].dir)) unlink(g_held[i].dir);
+    remove_if_unused(i);
     close(g_held[i].fd);   /* releases the flock */
     free(g_held[i].dir);
     free(g_held[i].flag);

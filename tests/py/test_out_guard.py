@@ -311,7 +311,8 @@ def test_an_out_that_is_a_file_is_refused_naming_out(d, tmp_path, cmd):
 
 def test_a_failed_start_leaves_no_lock(d, tmp_path):
     """a run that fails before it saved anything leaves no OUT.lock (nor does --resume of a
-    directory that does not exist); a run that saved keeps OUT.lock beside OUT"""
+    directory that does not exist), and no empty OUT it made (a directory the user made stays);
+    a run that saved keeps OUT.lock beside OUT"""
     fail = tmp_path / "fail.sh"
     fail.write_text("#!/bin/sh\nexit 3\n")
     fail.chmod(0o755)
@@ -323,5 +324,10 @@ def test_a_failed_start_leaves_no_lock(d, tmp_path):
              check=False)
     refused(r, f"--resume: {tmp_path / 'none'}: no training state")
     assert not list(tmp_path.glob("*.lock")), sorted(p.name for p in tmp_path.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fail.sh"]   # no empty rl/, online-step/, online/
+    (tmp_path / "mine").mkdir()
+    args = [a if a != "length" else f"cmd:{fail}" for a in checkpoint_cmd(d, "rl")]
+    refused(fdpo(*args, "--out", tmp_path / "mine", *FAST, check=False), "exited with status 3")
+    assert (tmp_path / "mine").is_dir() and not (tmp_path / "mine.lock").exists()
     fdpo(*checkpoint_cmd(d, "sft"), "--out", tmp_path / "ok", *FAST)
     assert (tmp_path / "ok.lock").exists()
