@@ -166,7 +166,8 @@ def test_overwrite_run_saved_before_its_first_line_carries_no_old_metrics(tmp_pa
     assert p.wait(timeout=60) != 0
     step = json.loads(state.read_text())["step"]
     assert [m["step"] for m in metrics(out)] in ([], [step])   # none of the 6-step run's lines
-    ok("pretrain", "--out", out, "--resume", "--stop-at", step + 1, "--quiet", *map(str, corpus))
+    # --log-every 1 (the run's 1000000 stays in force otherwise, and --stop-at logs nothing off it)
+    ok("pretrain", "--out", out, "--resume", "--stop-at", step + 1, "--log-every", "1", "--quiet", *map(str, corpus))
     assert [m["step"] for m in metrics(out)][-1] == step + 1 and len(metrics(out)) <= 2
 
 

@@ -126,12 +126,13 @@ def test_all_bt_pairs(setup, tmp_path):
 @pytest.mark.parametrize("mode", [["--rounds", 1], ["--mode", "step", "--steps", 2]])
 def test_a_run_that_fails_at_its_start_leaves_no_files(setup, tmp_path, mode):
     """The reward program fails at once (round 0, step 0: after OUT was made): no empty
-    metrics.jsonl and, in rounds mode, no online.json are left in OUT (they were); the same
-    command with the reward mended then runs without --overwrite or --resume."""
+    metrics.jsonl and, in rounds mode, no online.json are left in OUT (they were), nor the
+    empty OUT itself; the same command with the reward mended then runs without --overwrite
+    or --resume."""
     out = tmp_path / "o"
     r = online(setup, out, *mode, reward="cmd:exit 3", check=False)
     assert r.returncode != 0 and "exited with status 3" in r.stderr, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == []
+    assert not out.exists() and not (tmp_path / "o.lock").exists()
     online(setup, out, *mode)
     assert len(metrics(out)) >= 1 and (out / "online.json").exists() == (mode[0] == "--rounds")
 
