@@ -46,7 +46,9 @@ int fdpo_st_writer_write(fdpo_st_writer *w, const char *path); /* atomic */
  * optimizer moment, ...) under its Hugging Face name ("transformer.h.3.attn.c_attn.weight"),
  * each with prefix prepended (NULL = none), as F32 [in, out] tensors. */
 void fdpo_st_writer_add_gpt2(fdpo_st_writer *w, const fdpo_gpt2 *m, const float *memory, const char *prefix);
-/* Read a params-shaped buffer written that way (exact names, F32/F16/BF16, shapes checked). */
+/* Read a params-shaped buffer written that way (exact names, F32/F16/BF16, shapes checked);
+ * a non-finite value, or a tensor under prefix (every tensor, prefix NULL) that the model
+ * does not read, is refused naming the tensor. */
 int fdpo_st_read_gpt2(const fdpo_safetensors *st, const fdpo_gpt2 *m, float *memory, const char *prefix);
 void fdpo_st_writer_free(fdpo_st_writer *w);
 
@@ -61,6 +63,9 @@ int fdpo_config_save(const char *config_json_path, const fdpo_gpt2_config *c);
  * skips attn.bias / attn.masked_bias buffers and lm_head.weight (tied; must equal wte if
  * present), converts f16/bf16, and refuses NaN/Inf weights naming the tensor and count. */
 fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir);
+/* The tokenizer of the model in DIR: DIR's own files; for a LoRA adapter without any (what
+ * PEFT's save_pretrained writes) its base's, base_model_name_or_path, whose model it adapts. */
+fdpo_tokenizer *fdpo_checkpoint_load_tokenizer(const char *dir);
 /* A checkpoint's tokenizer must fit its embedding: tokenizer vocab <= config vocab_size
  * (GPT-2 pads vocab_size up; a larger tokenizer means a mismatched pair). dir names the
  * checkpoint in the message. */

@@ -58,7 +58,7 @@ int cmd_merge(int argc, char **argv) {
         if (!m) goto done;
         tok_dir = base ? base : models[0];
     }
-    tok = fdpo_tokenizer_load_dir(tok_dir);
+    tok = fdpo_checkpoint_load_tokenizer(tok_dir);
     if (!tok) { fdpo_error_context("%s", tok_dir); goto done; }
     /* claimed (locked) before the replaced run's summaries go */
     if (fdpo_checkpoint_recover(out) || fdpo_out_remove_run_summaries(out) || fdpo_checkpoint_save_all(out, m, tok, NULL, NULL))

@@ -21,7 +21,7 @@ int fdpo_eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **mod
         fdpo_gpt2_free(m);
         return -1;
     }
-    fdpo_tokenizer *t = fdpo_tokenizer_load_dir(dir);
+    fdpo_tokenizer *t = fdpo_checkpoint_load_tokenizer(dir);
     if (!t) { fdpo_gpt2_free(m); return fdpo_error_context("%s %s", flag, dir); }
     if (fdpo_tokenizer_vocab_size(t) > m->config.vocab_size) {
         size_t tv = fdpo_tokenizer_vocab_size(t), mv = m->config.vocab_size;

@@ -473,26 +473,41 @@ void fdpo_st_writer_add_gpt2(fdpo_st_writer *w, const fdpo_gpt2 *m, const float 
 }
 
 int fdpo_st_read_gpt2(const fdpo_safetensors *st, const fdpo_gpt2 *m, float *memory, const char *prefix) {
-    for (int i = 0; i < (int)m->n_tensors; i++) {
+    unsigned char *used = fdpo_calloc(st->n_tensors + 1, 1);
+    int rc = 0;
+    for (int i = 0; !rc && i < (int)m->n_tensors; i++) {
         const fdpo_gpt2_tensor *t = &m->tensors[i];
         size_t n_copies = t->per_layer ? m->config.n_layer : 1, one = t->numel / n_copies;
-        for (size_t l = 0; l < n_copies; l++) {
+        for (size_t l = 0; !rc && l < n_copies; l++) {
             char full[256];
             tensor_name(full, sizeof full, prefix, t->name, l);
             const fdpo_st_tensor *f = fdpo_st_find(st, full);
-            if (!f) return fdpo_error("%s: missing tensor '%s'", st->path, full);
+            if (!f) { rc = fdpo_error("%s: missing tensor '%s'", st->path, full); break; }
+            used[f - st->tensors] = 1;
             int same = f->ndim == t->ndim;
             for (int d = 0; same && d < t->ndim; d++) same = f->shape[d] == t->shape[d];
             if (!same) {
                 char have[96], want[96];
                 fmt_shape(have, sizeof have, f->shape, f->ndim);
                 fmt_shape(want, sizeof want, t->shape, t->ndim);
-                return fdpo_error("%s: tensor '%s': shape %s, the model wants %s", st->path, full, have, want);
+                rc = fdpo_error("%s: tensor '%s': shape %s, the model wants %s", st->path, full, have, want);
+                break;
             }
-            if (fdpo_st_read_f32(st, f, memory + t->offset + l * one, one)) return -1;
+            float *dst = memory + t->offset + l * one;
+            if (fdpo_st_read_f32(st, f, dst, one)) { rc = -1; break; }
+            size_t bad = count_non_finite(dst, one);   /* as the model's own tensors (fdpo_checkpoint_load_model) */
+            if (bad) rc = fdpo_error("%s: tensor '%s' has %zu non-finite value%s (NaN or Inf)", st->path, full, bad,
+                                     bad == 1 ? "" : "s");
         }
     }
-    return 0;
+    /* a tensor the model does not read would be dropped without a word (PEFT's lora_B.bias of
+     * lora_bias, a module outside target_modules): refused, as the model loader refuses one */
+    for (size_t k = 0; !rc && k < st->n_tensors; k++)
+        if (!used[k] && (!prefix || !strncmp(st->tensors[k].name, prefix, strlen(prefix))))
+            rc = fdpo_error("%s: unexpected tensor '%s' (not one this model reads: it would be ignored)", st->path,
+                            st->tensors[k].name);
+    free(used);
+    return rc;
 }
 
 /* A reward model keeps score.weight as the last row(s) of wte (gpt2.h); in the file wte

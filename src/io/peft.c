@@ -83,6 +83,19 @@ static cJSON *read_config(const char *path) {
     return j;
 }
 
+fdpo_tokenizer *fdpo_checkpoint_load_tokenizer(const char *dir) {
+    if (fdpo_lora_is_checkpoint(dir) && !fdpo_tokenizer_dir_has_files(dir)) {
+        char *base = fdpo_lora_peft_base(dir);
+        if (base) {
+            fdpo_tokenizer *t = fdpo_tokenizer_load_dir(base);
+            if (!t) fdpo_error_context("%s: the tokenizer of its base_model_name_or_path %s", dir, base);
+            free(base);
+            return t;
+        }
+    }
+    return fdpo_tokenizer_load_dir(dir);
+}
+
 char *fdpo_lora_peft_base(const char *dir) {
     char *path = fdpo_path_join(dir, "adapter_config.json");
     cJSON *j = read_config(path);
@@ -117,8 +130,9 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
     if (bias && !cJSON_IsNull(bias) && (!cJSON_IsString(bias) || strcmp(bias->valuestring, "none"))) {
         fdpo_error("%s: bias must be \"none\" (fdpo's adapters have no bias terms)", path); goto done;
     }
-    static const char *const unsupported[] = {"use_rslora", "use_dora"};
-    for (size_t i = 0; i < 2; i++)
+    /* lora_bias (PEFT >= 0.14): a bias on lora_B, which fdpo's adapters do not have */
+    static const char *const unsupported[] = {"use_rslora", "use_dora", "lora_bias"};
+    for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++)
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, unsupported[i]))) {
             fdpo_error("%s: %s is not supported", path, unsupported[i]); goto done;
         }
@@ -219,7 +233,7 @@ fdpo_gpt2 *fdpo_lora_load_onto(const char *dir, fdpo_gpt2 *m) {
     if (m->config.num_labels == 0 && wants_score_head(dir)) {
         /* a LoRA reward model on a language model (fdpo rm --lora-r): the base gets a score
          * head (pad = the tokenizer's end of text, as fdpo rm pools) that the adapter fills */
-        fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(dir);
+        fdpo_tokenizer *tok = fdpo_checkpoint_load_tokenizer(dir);
         fdpo_gpt2 *rm = tok ? fdpo_gpt2_reward_model_from_lm(m, 0.0, 0, fdpo_tokenizer_eot(tok)) : NULL;
         if (tok) fdpo_tokenizer_free(tok);
         fdpo_gpt2_free(m);

@@ -23,6 +23,13 @@ fdpo_tokenizer *fdpo_tokenizer_byte(void) {
     return t;
 }
 
+int fdpo_tokenizer_dir_has_files(const char *dir) {
+    char *p = fdpo_path_join(dir, "fdpo_tokenizer.json");
+    int has = fdpo_file_exists(p) || fdpo_bpe_dir_has_files(dir);
+    free(p);
+    return has;
+}
+
 fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {

@@ -18,7 +18,7 @@ int fdpo_checkpoint_info_read(const char *dir, fdpo_checkpoint_info *info) {
     if (!m) return -1;
     info->model = m;
     const fdpo_gpt2_config *c = &m->config;
-    fdpo_tokenizer *tok = info->tok = fdpo_tokenizer_load_dir(dir);
+    fdpo_tokenizer *tok = info->tok = fdpo_checkpoint_load_tokenizer(dir);
     info->tokenizer_kind = !tok ? "none" : fdpo_tokenizer_kind_of(tok) == FDPO_TOK_BPE ? "gpt2-bpe" : "byte";
     info->chat_template = "none";
     fdpo_chat chat;

@@ -32,7 +32,7 @@ static int check_compatible(const char *dir, const fdpo_gpt2 *m, const char *fir
     char what[512];   /* the fields that differ, not a fixed list of shapes that may all be equal */
     if (fdpo_gpt2_config_diff(a, b, what, sizeof what))
         return fdpo_error("%s: architecture differs from %s (%s)", dir, first_dir, what);
-    fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(dir);
+    fdpo_tokenizer *tok = fdpo_checkpoint_load_tokenizer(dir);
     if (!tok) return -1;
     int same = fdpo_tokenizer_same(tok, first_tok);
     fdpo_tokenizer_free(tok);
@@ -69,7 +69,7 @@ fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o) {
     const char *first_dir = o->base ? o->base : o->models[0];
     fdpo_gpt2 *first = fdpo_checkpoint_load_model(first_dir);
     if (!first) return NULL;
-    fdpo_tokenizer *first_tok = fdpo_tokenizer_load_dir(first_dir);
+    fdpo_tokenizer *first_tok = fdpo_checkpoint_load_tokenizer(first_dir);
     if (!first_tok) { fdpo_gpt2_free(first); return NULL; }
     fdpo_lora_merge(first);   /* LoRA checkpoints are averaged as the models they define (base + s B A) */
     size_t n = first->n_params;

@@ -536,7 +536,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     if (prog_on) {
         char *from = start > 0 ? round_path(o->out, start - 1, "") : fdpo_strdup(o->model);
         policy = fdpo_checkpoint_load_model(from);
-        tok = policy ? fdpo_tokenizer_load_dir(from) : NULL;
+        tok = policy ? fdpo_checkpoint_load_tokenizer(from) : NULL;
         if (!policy || !tok) rc = fdpo_error_context("round %ld: loading %s", start, from);
         else rc = fdpo_trainer_check_lm(&policy->config, start > 0 ? "--resume" : "--model", from);
         if (rc == 0) rc = policy_lora_setup(o, policy, from);

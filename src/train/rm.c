@@ -133,7 +133,7 @@ fdpo_gpt2 *fdpo_rm_load(const char *dir, fdpo_tokenizer **tok) {
         fdpo_gpt2_free(m);
         return NULL;
     }
-    if (tok && !(*tok = fdpo_tokenizer_load_dir(dir))) {
+    if (tok && !(*tok = fdpo_checkpoint_load_tokenizer(dir))) {
         fdpo_error_context("reward model %s", dir);
         fdpo_gpt2_free(m);
         return NULL;

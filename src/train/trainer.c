@@ -66,7 +66,7 @@ fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o) {
         t = fdpo_tokenizer_load_dir(o->tokenizer);
         if (!t) fdpo_error_context("--tokenizer %s", o->tokenizer);
     } else if (o->init) {
-        t = fdpo_tokenizer_load_dir(o->init);
+        t = fdpo_checkpoint_load_tokenizer(o->init);
         if (!t) fdpo_error_context("--model %s (pass --tokenizer DIR for a checkpoint without tokenizer files)", o->init);
     } else {
         t = fdpo_tokenizer_byte();
@@ -106,7 +106,7 @@ fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_
     if (!m) { fdpo_error_context("%s %s", flag, dir); return NULL; }
     int rc = fdpo_trainer_check_lm(&m->config, flag, dir);
     if (!rc && ref && tok) {   /* a directory without tokenizer files: the run's own rules apply */
-        fdpo_tokenizer *rt = fdpo_tokenizer_load_dir(ref);
+        fdpo_tokenizer *rt = fdpo_checkpoint_load_tokenizer(ref);
         if (rt && !fdpo_tokenizer_same(rt, tok))
             rc = fdpo_error("--ref %s: its tokenizer differs from the policy's (%s): the same text would be other ids",
                             ref, model);

@@ -24,8 +24,9 @@ torch.set_num_threads(1)
 PROMPTS = ["the cat", "a dog ran", "hello there", "birds sing"]
 
 
-def write_adapter(d, base, family, r=4, alpha=8, seed=5):
-    """PEFT's adapter files for every linear layer of base; B ~ N(0, 0.3) so it matters"""
+def write_adapter(d, base, family, r=4, alpha=8, seed=5, tokenizer=False):
+    """PEFT's adapter files for every linear layer of base; B ~ N(0, 0.3) so it matters. As
+    PEFT's save_pretrained: no tokenizer files (the base's is the model's) unless asked."""
     d.mkdir()
     W = st.load(str(base / "model.safetensors"))[0]
     cfg = json.load(open(base / "config.json"))
@@ -48,7 +49,7 @@ def write_adapter(d, base, family, r=4, alpha=8, seed=5):
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
         "target_modules": targets, "bias": "none", "fan_in_fan_out": family == "gpt2",
         "base_model_name_or_path": str(base.resolve()), "use_rslora": False, "use_dora": False}))
-    for f in os.listdir(base):
+    for f in os.listdir(base) if tokenizer else []:
         if "token" in f:
             (d / f).write_bytes((base / f).read_bytes())
     return d
@@ -159,6 +160,38 @@ def test_adapter_checkpoint_errors(tmp_path):
     r = fdpo("rl", "--model", good, "--data", tmp_path / "prompts.txt", "--reward", "length", "--out", tmp_path / "o",
              "--steps", 1, "--lora-r", 8, "--lora-alpha", 8, check=False)
     assert r.returncode != 0 and "--lora-r/--lora-alpha: 8/8 differ from the adapter of --model" in r.stderr and "r=4" in r.stderr
+
+
+def test_adapter_files_fdpo_cannot_read_exactly_are_refused(tmp_path):
+    """PEFT's lora_bias (a bias on lora_B), a tensor no module reads and a NaN were read as if
+    absent (wrong log-probs or null ones, exit 0); each is now refused naming it"""
+    base = make_gpt2(tmp_path / "base")
+    write_jsonl(tmp_path / "s.jsonl", [{"prompt": "hi", "completion": " there"}])
+
+    def score(ad):
+        return fdpo("score", "--model", ad, "--data", tmp_path / "s.jsonl", "--threads", 1, check=False)
+    ad = write_adapter(tmp_path / "bias", base, "gpt2")
+    cfg = json.load(open(ad / "adapter_config.json"))
+    cfg["lora_bias"] = True
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    r = score(ad)
+    assert r.returncode == 1 and f"{ad / 'adapter_config.json'}: lora_bias is not supported" in r.stderr, r.stderr
+    ad = write_adapter(tmp_path / "extra", base, "gpt2")
+    t = st.load(str(ad / "adapter_model.safetensors"))[0]
+    name = "base_model.model.transformer.h.0.attn.c_attn.lora_B.bias"
+    t[name] = np.full(t[name.replace(".bias", ".weight")].shape[0], 0.5, np.float32)
+    st.save(str(ad / "adapter_model.safetensors"), t, metadata={"format": "pt"})
+    r = score(ad)
+    assert r.returncode == 1 and (f"{ad / 'adapter_model.safetensors'}: unexpected tensor '{name}' (not one this "
+                                  "model reads: it would be ignored)") in r.stderr, r.stderr
+    ad = write_adapter(tmp_path / "nan", base, "gpt2")
+    t = st.load(str(ad / "adapter_model.safetensors"))[0]
+    name = "base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight"
+    t[name][0, 0] = np.nan
+    st.save(str(ad / "adapter_model.safetensors"), t, metadata={"format": "pt"})
+    r = score(ad)
+    assert r.returncode == 1 and (f"{ad / 'adapter_model.safetensors'}: tensor '{name}' has 1 non-finite value "
+                                  "(NaN or Inf)") in r.stderr, r.stderr
 
 
 # ---- LoRA on the loop commands ----
