@@ -3,8 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cli/commands.h"
+#include "cli/eval_common.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
 #include "fdpo/report.h"
 
 int cmd_report(int argc, char **argv) {
@@ -49,9 +51,23 @@ int cmd_report(int argc, char **argv) {
     o.max_points = (size_t)max_points;
     o.max_prompts = (size_t)max_prompts;
     fdpo_report_stats st;
-    if (fdpo_out_file_claim(out, "--out")) { free(pos); return -1; } /* one run per output file */
+    /* the rules of every output file (eval_claim_out): not "-" (the report is a file, it made
+     * one named "-"), not an input, claimed from the start on rank 0 */
+    size_t n_in = 0, cap = (size_t)n_pos + evals.n + labs.n + smps.n + lab_fronts.n + proxies.n + 2;
+    const char *(*inputs)[2] = fdpo_malloc(cap * sizeof *inputs);
+    for (int i = 0; i < n_pos; i++) { inputs[n_in][0] = "RUN_DIR"; inputs[n_in++][1] = pos[i]; }
+    const flag_list *lists[] = {&evals, &labs, &smps, &lab_fronts, &proxies};
+    const char *names[] = {"--eval", "--lab", "--samples", "--lab-frontier", "--proxy-eval"};
+    for (size_t k = 0; k < 5; k++)
+        for (size_t i = 0; i < lists[k]->n; i++) { inputs[n_in][0] = names[k]; inputs[n_in++][1] = lists[k]->v[i]; }
+    inputs[n_in][0] = "--notes"; inputs[n_in++][1] = notes;
+    inputs[n_in][0] = "--chartjs"; inputs[n_in++][1] = chartjs;
+    rc = eval_claim_out("--out", out, inputs, n_in, 0);
+    free(inputs);
+    if (rc) { free(pos); return -1; }
+    if (!fdpo_dist_is_root()) { free(pos); return 0; }   /* under MPI rank 0 alone writes the report */
     rc = fdpo_report_write(&o, out, &st);
-    fdpo_out_file_release(out);
+    eval_release_out(out);
     if (rc == 0)
         fdpo_log(FDPO_LOG_INFO, "wrote %s (%zu run%s, %zu polic%s, %zu lab table%s, %zu chart%s, %zu warning%s)",
                 out, st.n_runs, st.n_runs == 1 ? "" : "s", st.n_policies, st.n_policies == 1 ? "y" : "ies",

@@ -145,6 +145,8 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
         return fdpo_error("%s %s: give the directory by its name, not '.', '..' or '/' (the run's lock and each "
                           "save's swap go beside it, under that name); from inside it: cd .. and give %s NAME",
                           flag, dir, flag);
+    if (!strcmp(dir, "-"))   /* fdpo's flags read "-" as stdout (generate, score): not a directory's name here */
+        return fdpo_error("%s -: this output is a directory, not a stream (give ./- for a directory named '-')", flag);
     struct stat st;
     if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
         return fdpo_error("%s %s: not a directory (a run writes its checkpoint directory there); choose another %s",

@@ -14,6 +14,8 @@ int fdpo_sample_config_check(const fdpo_sample_config *c) {
     if (c->temperature > 0 && !(1.0 / c->temperature <= FLT_MAX))   /* the logits' scale 1/T: inf drew token 0 */
         return fdpo_error("--temperature: %g is too small (1/T overflows a float); use 0 for greedy", c->temperature);
     if (!(c->top_p > 0 && c->top_p <= 1)) return fdpo_error("--top-p: %g is outside (0, 1]", c->top_p);
+    if (c->temperature == 0 && (c->top_k || c->top_p < 1))   /* greedy takes the top token whatever they keep */
+        return fdpo_error("--%s: has no effect with --temperature 0 (greedy decoding)", c->top_k ? "top-k" : "top-p");
     if (c->max_new_tokens == 0) return fdpo_error("--max-new-tokens: must be > 0");
     if (c->batch == 0) return fdpo_error("--batch-size: must be > 0");
     if (c->stop && !*c->stop) return fdpo_error("--stop: the stop string is empty (leave --stop out for none)");

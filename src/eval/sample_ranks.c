@@ -152,7 +152,9 @@ int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t e
         h = fdpo_hash64(h, prompt_ids[i], prompt_lens[i] * sizeof(int32_t));
     }
     h = fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
-    if (fdpo_dist_check_agree("the sampling flags, prompts or model", h)) return -1;
+    const int precision[2] = {(int)m->precision, (int)fdpo_get_precision()};   /* bf16 samples other tokens */
+    h = fdpo_hash64(h, precision, sizeof precision);
+    if (fdpo_dist_check_agree("the sampling flags (--precision included), prompts or model", h)) return -1;
     size_t b, e;
     fdpo_dist_shard(n_prompts, &b, &e);
     fdpo_sample_config mine_c = *c;

@@ -111,7 +111,9 @@ int fdpo_score_run(const fdpo_score_opts *o) {
         h = fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
         if (ref) h = fdpo_hash64(h, ref->params_memory, ref->n_params * sizeof(float));
         if (o->reward) h = fdpo_hash64(h, o->reward, strlen(o->reward) + 1);
-        rc = fdpo_dist_check_agree("the --data lines, --model, --ref or --reward", h);
+        const int precision = (int)fdpo_get_precision();
+        h = fdpo_hash64(h, &precision, sizeof precision);
+        rc = fdpo_dist_check_agree("the --data lines, --model, --ref, --reward or --precision", h);
     }
     /* under MPI each rank scores (and rewards) its block of lines, the blocks are summed
      * (x + 0 is exact: the same numbers as one process) and rank 0 writes */

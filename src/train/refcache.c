@@ -138,6 +138,9 @@ int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *re
     if (ref->precision != k->precision)
         return fdpo_error("reference cache: the key is for %s log-probs, the reference model runs in %s",
                           fdpo_precision_name(k->precision), fdpo_precision_name(ref->precision));
+    /* before rank 0 looks for the file: ranks with another key (--precision, --layout, the
+     * pairs, the reference) would wait for a file of another name */
+    if (fdpo_dist_check_agree("the reference log-probs' key (--ref, the pairs, --precision, --layout)", k->key)) return -1;
     char *path = fdpo_refcache_path(dir, k);
     *hit = 0;
     /* under MPI rank 0 decides hit or miss for every rank (a miss is computed by all) */

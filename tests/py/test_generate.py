@@ -252,6 +252,9 @@ def test_stop_string(byte_model, tmp_path):
     ("a\n", ["--max-new-tokens", "0"], "--max-new-tokens"),
     ("a\n", ["--temperature", "-1"], "--temperature"),
     ("a\n", ["--stop", ""], "--stop: the stop string is empty"),
+    # greedy decoding takes the top token whatever top-k/top-p keep: they were accepted, without effect
+    ("a\n", ["--temperature", "0", "--top-k", "1"], "--top-k: has no effect with --temperature 0 (greedy decoding)"),
+    ("a\n", ["--temperature", "0", "--top-p", "0.5"], "--top-p: has no effect with --temperature 0 (greedy decoding)"),
     ("", [], "p.txt: no prompts (the file is empty)"),
     ("\n  \n\n", [], "p.txt: no prompts (the file holds only blank lines)"),   # it said "is empty"
     # the library names the prompt; the command adds the file it came from
