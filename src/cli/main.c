@@ -61,7 +61,8 @@ static int asks_for_help(int argc, char **argv) {
 int main(int argc, char **argv) {
     fdpo_omp_spin_reexec(argv); /* libgomp's spin before it sleeps: see cli/omp_spin.h */
     interrupts_start();         /* before any thread: see cli/interrupts.h */
-    if (argc < 2) { usage(stderr); return 2; }
+    /* errors are one line and exit 1 (docs/cli.md); the usage is --help's */
+    if (argc < 2) { fprintf(stderr, "fdpo: a command is required (fdpo --help lists them)\n"); return 1; }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
     if (!strcmp(argv[1], "--version")) { version(); return 0; }
     for (size_t i = 0; i < N_COMMANDS; i++) {
@@ -88,7 +89,6 @@ int main(int argc, char **argv) {
             return 0;
         }
     }
-    fprintf(stderr, "fdpo: unknown command '%s'\n", argv[1]);
-    usage(stderr);
-    return 2;
+    fprintf(stderr, "fdpo: unknown command '%s' (fdpo --help lists the commands)\n", argv[1]);
+    return 1;
 }

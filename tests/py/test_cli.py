@@ -22,9 +22,12 @@ def test_help_lists_commands():
 
 
 def test_unknown_command():
+    """one line and exit 1, as every error (it printed the 26-line usage and exited 2)"""
     r = run("frobnicate")
-    assert r.returncode != 0
-    assert "unknown command 'frobnicate'" in r.stderr
+    assert r.returncode == 1
+    assert r.stderr == "fdpo: unknown command 'frobnicate' (fdpo --help lists the commands)\n"
+    r = run()
+    assert r.returncode == 1 and r.stderr == "fdpo: a command is required (fdpo --help lists them)\n"
 
 
 # ---- one flag vocabulary (docs/cli.md) ----
