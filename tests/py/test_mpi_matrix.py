@@ -231,11 +231,14 @@ def test_sampling_and_scoring_ranks_that_disagree_are_refused(work, tmp_path):
     ev = ["eval", "--model", work / "pol", "--ref", work / "pol", "--n", 2, "--max-new-tokens", 4, "--threads", 1]
     write_jsonl(tmp_path / "c.jsonl", [{"prompt": f"prompt {i}:", "completion": " x"} for i in range(5)])
     score = ["score", "--model", work / "pol", "--data", tmp_path / "c.jsonl", "--threads", 1]
-    cases = {"generate": (gen + ["--seed", 1], gen + ["--seed", 2], "the sampling flags, prompts or model"),
-             "eval": (ev + ["--data", work / "prompts.txt"], ev + ["--data", tmp_path / "other.txt"],
-                      "the sampling flags, prompts or model"),
-             "score": (score + ["--reward", "length"], score + ["--reward", "length:words"],
-                       "the --data lines, --model, --ref or --reward")}
+    what_sampled = "the sampling flags (--precision included), prompts or model"
+    what_scored = "the --data lines, --model, --ref, --reward or --precision"
+    cases = {"generate": (gen + ["--seed", 1], gen + ["--seed", 2], what_sampled),
+             # bf16 samples other tokens: a rank in another precision wrote a mix of both
+             "generate-precision": (gen, gen + ["--precision", "bf16"], what_sampled),
+             "eval": (ev + ["--data", work / "prompts.txt"], ev + ["--data", tmp_path / "other.txt"], what_sampled),
+             "score": (score + ["--reward", "length"], score + ["--reward", "length:words"], what_scored),
+             "score-precision": (score, score + ["--precision", "bf16"], what_scored)}
     for name, (a0, a1, what) in cases.items():
         r = mpmd(a0, a1)
         assert r.returncode != 0, name
