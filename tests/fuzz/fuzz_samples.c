@@ -39,11 +39,14 @@ static void samples_and_pairs(const char *path, unsigned k) {
 
 static void completions(const char *path) {
     char **prompts = NULL, **comps = NULL;
-    size_t n = 0;
-    if (fdpo_read_completions(path, &prompts, &comps, &n) != 0) return;
-    for (size_t i = 0; i < n; i++) if (!prompts[i] || !comps[i]) abort();
+    size_t n = 0, *lines = NULL;
+    if (fdpo_read_completions(path, &prompts, &comps, &lines, &n) != 0) return;
+    /* each record's line: increasing, from 1 */
+    for (size_t i = 0; i < n; i++)
+        if (!prompts[i] || !comps[i] || lines[i] < 1 || (i && lines[i] <= lines[i - 1])) abort();
     fdpo_free_strings(prompts, n);
     fdpo_free_strings(comps, n);
+    free(lines);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
