@@ -74,6 +74,13 @@ int cmd_online(int argc, char **argv) {
     fdpo_set_threads((int)o.dpo.train.threads);
     if (!strcmp(mode, "rounds")) {
         if (o.dpo.train.resume) { fdpo_error("--resume: %s holds a --mode step run (pass --mode step)", o.out); goto done; }
+        /* a signal kills a running reward program (the round then fails, "interrupted") or
+         * ends fdpo saying what is kept; either way the complete rounds stay */
+        static char note[600];
+        snprintf(note, sizeof note, "fdpo online: interrupted: the complete rounds in %s are kept (the same command with "
+                 "--resume continues after the last one)", o.out);
+        interrupts_set_end_note(note);
+        interrupts_set(INTERRUPT_KILL_REWARD);
         rc = fdpo_online_run(&o);
     }
     else if (!strcmp(mode, "step")) {

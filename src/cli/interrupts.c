@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <unistd.h>
 
@@ -10,9 +11,15 @@
 
 static atomic_int g_action = INTERRUPT_END;
 static sigset_t g_stop_signals;
+static _Atomic(const char *) g_end_note;
 
-/* The signal's default action, which ends the process: this thread alone unblocks it. */
+/* The signal's default action, which ends the process: this thread alone unblocks it. A
+ * reward program still running is killed first (its process group is not fdpo's, so it would
+ * outlive fdpo), and the command's note, if any, says what is kept. */
 static void end_by(int sig) {
+    fdpo_reward_kill_all();
+    const char *note = atomic_load(&g_end_note);
+    if (note) fprintf(stderr, "%s\n", note);
     sigset_t one;
     sigemptyset(&one);
     sigaddset(&one, sig);
@@ -58,3 +65,5 @@ void interrupts_start(void) {
 }
 
 void interrupts_set(interrupt_action action) { atomic_store(&g_action, action); }
+
+void interrupts_set_end_note(const char *line) { atomic_store(&g_end_note, line); }

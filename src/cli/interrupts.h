@@ -22,4 +22,7 @@ typedef enum {
 /* First thing in main (after the OpenMP re-exec), before any thread exists. */
 void interrupts_start(void);
 void interrupts_set(interrupt_action action);
+/* A line fdpo prints on stderr when a signal ends it (what is kept, how to go on); line must
+ * outlive the command. */
+void interrupts_set_end_note(const char *line);
 #endif

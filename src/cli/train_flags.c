@@ -228,10 +228,31 @@ static int shape_flags_check(fdpo_flag *flags, size_t n, const fdpo_train_opts *
     return 0;
 }
 
+/* --eval-every, the held-out set (--eval-fraction or --eval-file) and --eval-max-seqs act
+ * only together, and the library cannot tell a given value from its default: a given flag
+ * that the others leave without effect is refused here (docs/training.md). (--eval-every 0
+ * with a held-out set is not such a case: dpo and rm still write its final eval_summary.json,
+ * and a given --eval-fraction keeps the training set of a run that does evaluate.) */
+static int eval_flags_check(fdpo_flag *flags, size_t n) {
+    fdpo_flag *every = find(flags, n, "eval-every"), *fraction = find(flags, n, "eval-fraction"),
+              *file = find(flags, n, "eval-file"), *max_seqs = find(flags, n, "eval-max-seqs");
+    if (!every || !fraction) return 0;   /* a command without a held-out set (online, rl) */
+    const long every_n = *(long *)every->dest;
+    const int held_out = *(double *)fraction->dest > 0 || (file && *(const char **)file->dest);
+    if (every->set && every_n > 0 && !held_out)
+        return fdpo_error("--eval-every %ld: there is no held-out set to evaluate (--eval-fraction is 0%s)", every_n,
+                          file ? " and no --eval-file is given" : "");
+    if (max_seqs && max_seqs->set && (every_n == 0 || !held_out))
+        return fdpo_error("--eval-max-seqs: has no effect without an evaluation (%s)",
+                          every_n == 0 ? "--eval-every is 0" : "--eval-fraction is 0");
+    return 0;
+}
+
 int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o) {
     if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
     if (shape_flags_check(flags, n, o)) return -1;
     if (o->resume && resume_defaults(flags, n, o->out)) return -1;   /* may set --precision from the saved run */
+    if (eval_flags_check(flags, n)) return -1;
     if (fdpo_set_precision(precision_flag)) return -1;
     return 0;
 }

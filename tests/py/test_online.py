@@ -176,6 +176,66 @@ def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_pat
     assert (out / "round-1" / "model.safetensors").exists()
 
 
+def _group_members(pgid):
+    """processes of group pgid still running (zombies do not count)"""
+    live = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{d}/stat").read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(int(d))
+    return live
+
+
+@pytest.mark.parametrize("when", ["reward", "training"])
+def test_sigint_in_rounds_mode_keeps_the_complete_rounds_and_says_so(setup, tmp_path, when):
+    """SIGINT to fdpo alone (as a scheduler or `kill` sends it) in rounds mode. While the reward
+    program of round 1 runs, its process group is killed and the round fails "interrupted"
+    (exit 1; the program outlived fdpo before, in a group of its own). While round 0 trains,
+    fdpo ends by the signal and its last line says what is kept and how to go on (it ended
+    without a word)."""
+    import signal
+    import time
+    calls, pgid_file, trained = tmp_path / "calls", tmp_path / "pgid", tmp_path / "scored"
+    hang = f"cut -d' ' -f5 /proc/$$/stat > {pgid_file}.tmp && mv {pgid_file}.tmp {pgid_file}; sleep 60"
+    prog = tmp_path / "reward.sh"
+    prog.write_text(f"#!/bin/sh\nn=$(cat {calls} 2>/dev/null || echo 0); echo $((n + 1)) > {calls}\n"
+                    f"if [ \"$n\" -ge 1 ]; then {hang}; fi\n"
+                    f"/usr/bin/python3 {setup / 'letters.py'}\ntouch {trained}\n")
+    prog.chmod(0o755)
+    out = tmp_path / "o"
+    epochs = 4 if when == "reward" else 2000   # "training": round 0 trains far longer than the test waits
+    p = subprocess.Popen([str(a) for a in [FDPO, "online", "--model", setup / "model", "--data", setup / "prompts.txt", "--reward",
+                          f"cmd:{prog}", "--out", out, "--prompts-per-round", 16, "--n", 4, "--max-new-tokens", 16,
+                          "--lr", "1e-2", "--batch-size", 8, "--epochs", epochs, "--beta", 0.1, "--rounds", 3,
+                          "--threads", 1, "--quiet"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    wait_for = pgid_file if when == "reward" else trained
+    while not wait_for.exists():
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.02)
+    if when == "training":
+        time.sleep(0.5)   # the program has ended; fdpo is past its output, training round 0
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    note = f"fdpo online: interrupted: the complete rounds in {out} are kept (the same command with --resume " \
+           "continues after the last one)\n"
+    if when == "reward":
+        pgid = int(pgid_file.read_text())
+        assert p.returncode == 1 and "round 1" in err and "interrupted" in err and not err.endswith(note), err
+        assert (out / "round-0").is_dir() and not (out / "round-1").exists()
+        deadline = time.monotonic() + 5
+        while _group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _group_members(pgid) == []
+    else:
+        assert p.returncode == -signal.SIGINT and err.endswith(note), err
+        assert not (out / "round-0").exists()
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--ref-update", "sometimes"], "--ref-update"),
     (["--n", "1"], "--n"),
