@@ -164,15 +164,14 @@ int cmd_eval(int argc, char **argv) {
         rc = fdpo_error("--safety-threshold: used only with --safety");
     if (!rc) rc = fdpo_set_precision(precision);
     /* the outputs may not replace an input: the prompts, the pairs, a policy's or the reference's files */
-    size_t n_in = 0;
-    const char *(*inputs)[2] = fdpo_malloc((n_pol + 3) * sizeof *inputs);
-    inputs[n_in][0] = "--data"; inputs[n_in++][1] = prompts_path;
-    inputs[n_in][0] = "--pairs"; inputs[n_in++][1] = pairs_path;
-    inputs[n_in][0] = "--ref"; inputs[n_in++][1] = ref_dir;
-    for (size_t i = 0; i < n_pol; i++) { inputs[n_in][0] = "--model"; inputs[n_in++][1] = policies[i]; }
-    if (!rc) rc = eval_claim_out("--out", out_path, (const char *const (*)[2])inputs, n_in, 0);
-    if (!rc) rc = eval_claim_out("--samples-out", samples_path, (const char *const (*)[2])inputs, n_in, 0);
-    free(inputs);
+    eval_inputs in = {0};
+    eval_inputs_add(&in, "--data", &prompts_path, 1);
+    eval_inputs_add(&in, "--pairs", &pairs_path, 1);
+    eval_inputs_add(&in, "--ref", &ref_dir, 1);
+    eval_inputs_add(&in, "--model", models.v, n_pol);
+    if (!rc) rc = eval_claim_out("--out", out_path, (const char *const (*)[2])in.v, in.n, 0);
+    if (!rc) rc = eval_claim_out("--samples-out", samples_path, (const char *const (*)[2])in.v, in.n, 0);
+    free(in.v);
     fdpo_set_threads((int)threads);
     if (!rc && reward_spec) {
         interrupts_set(INTERRUPT_KILL_REWARD);

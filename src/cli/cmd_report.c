@@ -53,17 +53,15 @@ int cmd_report(int argc, char **argv) {
     fdpo_report_stats st;
     /* the rules of every output file (eval_claim_out): not "-" (the report is a file, it made
      * one named "-"), not an input, claimed from the start on rank 0 */
-    size_t n_in = 0, cap = (size_t)n_pos + evals.n + labs.n + smps.n + lab_fronts.n + proxies.n + 2;
-    const char *(*inputs)[2] = fdpo_malloc(cap * sizeof *inputs);
-    for (int i = 0; i < n_pos; i++) { inputs[n_in][0] = "RUN_DIR"; inputs[n_in++][1] = pos[i]; }
+    eval_inputs in = {0};
+    eval_inputs_add(&in, "RUN_DIR", (const char *const *)pos, (size_t)n_pos);
     const flag_list *lists[] = {&evals, &labs, &smps, &lab_fronts, &proxies};
     const char *names[] = {"--eval", "--lab", "--samples", "--lab-frontier", "--proxy-eval"};
-    for (size_t k = 0; k < 5; k++)
-        for (size_t i = 0; i < lists[k]->n; i++) { inputs[n_in][0] = names[k]; inputs[n_in++][1] = lists[k]->v[i]; }
-    inputs[n_in][0] = "--notes"; inputs[n_in++][1] = notes;
-    inputs[n_in][0] = "--chartjs"; inputs[n_in++][1] = chartjs;
-    rc = eval_claim_out("--out", out, inputs, n_in, 0);
-    free(inputs);
+    for (size_t k = 0; k < 5; k++) eval_inputs_add(&in, names[k], lists[k]->v, lists[k]->n);
+    eval_inputs_add(&in, "--notes", &notes, 1);
+    eval_inputs_add(&in, "--chartjs", &chartjs, 1);
+    rc = eval_claim_out("--out", out, (const char *const (*)[2])in.v, in.n, 0);
+    free(in.v);
     if (rc) { free(pos); return -1; }
     if (!fdpo_dist_is_root()) { free(pos); return 0; }   /* under MPI rank 0 alone writes the report */
     rc = fdpo_report_write(&o, out, &st);

@@ -83,3 +83,11 @@ int eval_claim_out(const char *flag, const char *path, const char *const (*input
 void eval_release_out(const char *path) {
     if (path && strcmp(path, "-")) fdpo_out_file_release(path);
 }
+
+void eval_inputs_add(eval_inputs *in, const char *flag, const char *const *paths, size_t n_paths) {
+    if (in->n + n_paths > in->cap) {
+        in->cap = 2 * (in->n + n_paths) + 4;
+        in->v = fdpo_realloc(in->v, in->cap * sizeof *in->v);
+    }
+    for (size_t i = 0; i < n_paths; i++) { in->v[in->n][0] = flag; in->v[in->n++][1] = paths[i]; }
+}

@@ -38,4 +38,9 @@ int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config 
  * already inside an input directory (--model's checkpoint), which the output would replace. */
 int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs, int stdout_ok);
 void eval_release_out(const char *path);
+
+/* eval_claim_out's inputs, built a flag at a time where their number varies (eval, report):
+ * each of paths[0..n_paths) as one {flag, path} entry. The array grows; free(in->v) after. */
+typedef struct { const char *(*v)[2]; size_t n, cap; } eval_inputs;
+void eval_inputs_add(eval_inputs *in, const char *flag, const char *const *paths, size_t n_paths);
 #endif

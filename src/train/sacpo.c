@@ -145,6 +145,16 @@ static void plan_flag(const char *parent, const char *key, char *flag, size_t n)
     for (char *c = flag; *c; c++) if (*c == '_') *c = '-';
 }
 
+/* "--FLAG: NOW differs from WAS in PATH, ...": a flag whose value is not the one the saved
+ * stages trained with (values as JSON; NULL: the flag was not recorded or is not given). */
+static int stages_trained_with(const char *flag, const cJSON *was, const cJSON *now, const char *path) {
+    char *w = was ? cJSON_PrintUnformatted(was) : NULL, *i = now ? cJSON_PrintUnformatted(now) : NULL;
+    fdpo_error("--%s: %s differs from %s in %s, which its stages trained with (use the same flags or another --out)",
+               flag, i ? i : "(none)", w ? w : "(none)", path);
+    free(w); free(i);
+    return -1;
+}
+
 /* Names the first entry of the saved plan `was` that the plan `now` does not repeat (in
  * "online" and "lora" the entry inside), as the training settings are named. */
 static void plan_difference(const cJSON *was, const cJSON *now, const char *path) {
@@ -165,10 +175,7 @@ static void plan_difference(const cJSON *was, const cJSON *now, const char *path
             }
             char flag[64];
             plan_flag(was->string, x->string, flag, sizeof flag);
-            char *w = u ? cJSON_PrintUnformatted(u) : NULL, *i = v ? cJSON_PrintUnformatted(v) : NULL;
-            fdpo_error("--%s: %s differs from %s in %s, which its stages trained with (use the same flags or another --out)",
-                       flag, i ? i : "(none)", w ? w : "(none)", path);
-            free(w); free(i);
+            stages_trained_with(flag, u, v, path);
             return;
         }
     }
@@ -216,10 +223,7 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
             if (!strcmp(x->string, "val-fraction")) continue;
             const cJSON *y = cJSON_GetObjectItemCaseSensitive(now, x->string);
             if (y && cJSON_Compare(x, y, 1)) continue;
-            char *was = cJSON_PrintUnformatted(x), *is = y ? cJSON_PrintUnformatted(y) : NULL;
-            fdpo_error("--%s: %s differs from %s in %s, which its stages trained with (use the same flags or another --out)",
-                       x->string, is ? is : "(none)", was, st->path);
-            free(was); free(is);
+            stages_trained_with(x->string, x, y, st->path);
             cJSON_Delete(plan);
             return -1;
         }
