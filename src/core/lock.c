@@ -18,7 +18,9 @@
 
 /* Locks this process holds (a run holds one; a handful is plenty). */
 #define MAX_HELD 8
-static struct { char *dir; char *flag; int fd; pid_t owner; int made; } g_held[MAX_HELD];   /* made: DIR did not exist when locked */
+/* made: DIR did not exist when locked; made_parents: the highest of the directories above
+ * DIR.lock that did not exist either (made for it), or NULL */
+static struct { char *dir; char *flag; int fd; pid_t owner; int made; char *made_parents; } g_held[MAX_HELD];
 
 static char *lock_path(const char *dir) {
     size_t n = strlen(dir);
@@ -64,6 +66,15 @@ static void remove_if_unused(int i) {
         free(target);
     }
     unlink(g_held[i].dir);
+    /* and the directories made above it, while they are empty, up to the highest one made */
+    const char *top = g_held[i].made_parents;
+    if (!top) return;
+    char *d = fdpo_strdup(g_held[i].dir);
+    for (char *slash; (slash = strrchr(d, '/')) && slash != d;) {
+        *slash = 0;
+        if (strlen(d) < strlen(top) || rmdir(d) != 0 || !strcmp(d, top)) break;
+    }
+    free(d);
 }
 
 /* At exit, the locks a failed run did not release (remove_if_unused). */
@@ -80,12 +91,25 @@ static int take_lock(const char *dir, const char *flag) {
     int slot;
     for (slot = 0; slot < MAX_HELD && g_held[slot].dir && g_held[slot].owner == getpid(); slot++) {}
     if (slot == MAX_HELD) { free(path); return fdpo_error("%s %s: too many run directories locked by one process", flag, dir); }
-    char *parent = fdpo_strdup(path);
+    char *parent = fdpo_strdup(path), *made_parents = NULL;
     char *slash = strrchr(parent, '/');
-    if (slash && slash != parent) { *slash = 0; if (fdpo_mkdir_p(parent)) { free(parent); free(path); return fdpo_error_context("%s", flag); } }
+    if (slash && slash != parent) {
+        *slash = 0;
+        struct stat st;
+        char *up = fdpo_strdup(parent);
+        while (stat(up, &st) != 0) {   /* the highest missing ancestor */
+            free(made_parents);
+            made_parents = fdpo_strdup(up);
+            char *above = strrchr(up, '/');
+            if (!above || above == up) break;
+            *above = 0;
+        }
+        free(up);
+        if (fdpo_mkdir_p(parent)) { free(made_parents); free(parent); free(path); return fdpo_error_context("%s", flag); }
+    }
     free(parent);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); free(path); return -1; }
+    if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); free(path); free(made_parents); return -1; }
     int busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
     /* an output file's lock is removed by its holder when done (fdpo_out_file_release): if
      * that happened between our open and our flock, we hold a lock on a name no longer in the
@@ -95,7 +119,7 @@ static int take_lock(const char *dir, const char *flag) {
         if (fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev) break;
         close(fd);
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-        if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); free(path); return -1; }
+        if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); free(path); free(made_parents); return -1; }
         busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
     }
     if (busy) {
@@ -111,6 +135,7 @@ static int take_lock(const char *dir, const char *flag) {
         else
             fdpo_error("%s %s: cannot lock %s: %s", flag, dir, path, strerror(e));
         free(path);
+        free(made_parents);
         return -1;
     }
     char pid[32];
@@ -120,14 +145,16 @@ static int take_lock(const char *dir, const char *flag) {
         close(fd);
         fdpo_error("%s %s: cannot write lock file %s: %s", flag, dir, path, strerror(e));
         free(path);
+        free(made_parents);
         return -1;
     }
-    if (g_held[slot].dir) { free(g_held[slot].dir); free(g_held[slot].flag); }   /* the parent's entry, in a forked child */
+    if (g_held[slot].dir) { free(g_held[slot].dir); free(g_held[slot].flag); free(g_held[slot].made_parents); }   /* the parent's entry, in a forked child */
     g_held[slot].dir = path;
     g_held[slot].flag = fdpo_strdup(flag);
     g_held[slot].fd = fd;
     g_held[slot].owner = getpid();
     g_held[slot].made = made;
+    g_held[slot].made_parents = made_parents;
     static int at_exit;
     if (!at_exit) at_exit = atexit(release_at_exit) == 0;
     return 0;
@@ -166,7 +193,8 @@ void fdpo_dir_unlock(const char *dir) {
     close(g_held[i].fd);   /* releases the flock */
     free(g_held[i].dir);
     free(g_held[i].flag);
-    g_held[i].dir = g_held[i].flag = NULL;
+    free(g_held[i].made_parents);
+    g_held[i].dir = g_held[i].flag = g_held[i].made_parents = NULL;
 }
 
 int fdpo_dir_locked(const char *dir) {

@@ -311,8 +311,8 @@ def test_an_out_that_is_a_file_is_refused_naming_out(d, tmp_path, cmd):
 
 def test_a_failed_start_leaves_no_lock(d, tmp_path):
     """a run that fails before it saved anything leaves no OUT.lock (nor does --resume of a
-    directory that does not exist), and no empty OUT it made (a directory the user made stays);
-    a run that saved keeps OUT.lock beside OUT"""
+    directory that does not exist), and no empty OUT it made (a directory the user made stays),
+    nor the empty parents it made for --out a/b/c; a run that saved keeps OUT.lock beside OUT"""
     fail = tmp_path / "fail.sh"
     fail.write_text("#!/bin/sh\nexit 3\n")
     fail.chmod(0o755)
@@ -329,5 +329,16 @@ def test_a_failed_start_leaves_no_lock(d, tmp_path):
     args = [a if a != "length" else f"cmd:{fail}" for a in checkpoint_cmd(d, "rl")]
     refused(fdpo(*args, "--out", tmp_path / "mine", *FAST, check=False), "exited with status 3")
     assert (tmp_path / "mine").is_dir() and not (tmp_path / "mine.lock").exists()
+    # --out a/b/c where a/ and a/b/ did not exist: the failed start removes them too (they
+    # stayed), but not a directory above them that the user made, nor one that holds a file
+    (tmp_path / "user").mkdir()
+    refused(fdpo(*args, "--out", tmp_path / "user" / "a" / "b" / "c", *FAST, check=False), "exited with status 3")
+    assert sorted(p.name for p in (tmp_path / "user").iterdir()) == []
+    (tmp_path / "user" / "a").mkdir()
+    (tmp_path / "user" / "a" / "keep.txt").write_text("x")
+    refused(fdpo(*args, "--out", tmp_path / "user" / "a" / "b" / "c", *FAST, check=False), "exited with status 3")
+    assert sorted(p.name for p in (tmp_path / "user" / "a").iterdir()) == ["keep.txt"]
     fdpo(*checkpoint_cmd(d, "sft"), "--out", tmp_path / "ok", *FAST)
     assert (tmp_path / "ok.lock").exists()
+    fdpo(*checkpoint_cmd(d, "sft"), "--out", tmp_path / "n1" / "n2" / "ok", *FAST)   # a run that saved keeps its parents
+    assert (tmp_path / "n1" / "n2" / "ok.lock").exists() and (tmp_path / "n1" / "n2" / "ok" / "config.json").exists()
