@@ -20,6 +20,7 @@ static const struct { const char *old, *now; } ALIASES[] = {
     {"policy", "model"}, {"init", "model"},
     {"prompts", "data"}, {"samples", "data"}, {"input", "data"},
     {"k", "n"}, {"batch", "batch-size"}, {"val-fraction", "eval-fraction"},
+    {"export-pi", "export-policy"},   /* lab check --method: the name lab check has */
     {"pairs", "pairing"},   /* online/sacpo's best-worst|all-bt (eval's --pairs FILE keeps its name) */
 };
 #define N_ALIASES (sizeof ALIASES / sizeof ALIASES[0])

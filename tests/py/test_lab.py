@@ -1028,7 +1028,7 @@ def test_lab_help_shows_the_library_defaults(sub):
     (["coverage", "--divergence", "rkl", "--comparisons", "10"], "--export-fit"),
     (["bias", "--divergence", "rkl", "--betas", "0.1"], "--out"),
     (["check", "--divergence", "rkl"], "--export-policy"),
-    (["check", "--method", "rloo", "--divergence", "rkl"], "--export-pi"),
+    (["check", "--method", "rloo", "--divergence", "rkl"], "--export-policy"),
     (["constrained", "--min-safety", "0"], "--out"),
     (["constrained", "--frontier", "0,0.5"], "--out"),
 ])
@@ -1049,7 +1049,7 @@ def test_an_output_that_is_the_data_file_is_refused(tmp_path, args, flag):
     (["solve", "--n", "5", "--divergence", "rkl"], "--out"),
     (["gap", "--n", "5", "--divergence", "rkl", "--betas", "0.1"], "--export-problem"),
     (["check", "--divergence", "rkl"], "--export-policy"),
-    (["check", "--method", "rloo", "--divergence", "rkl"], "--export-pi"),
+    (["check", "--method", "rloo", "--divergence", "rkl"], "--export-policy"),
     (["constrained", "--n", "5", "--min-safety", "0", "--divergence", "rkl"], "--out"),
     (["coverage", "--divergence", "rkl", "--comparisons", "10"], "--export-fit"),
 ])

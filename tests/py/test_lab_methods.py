@@ -70,7 +70,7 @@ def problem(tmp_path):
 def run(problem, tmp_path, *args):
     path, q, r = problem
     pi_file = tmp_path / "pi.csv"
-    t = rows(lab("--input", path, "--export-pi", pi_file, *args).stdout)
+    t = rows(lab("--data", path, "--export-policy", pi_file, *args).stdout)
     pis = {}
     for x in rows(pi_file.read_text()):
         pis.setdefault((x["method"], x["divergence"]), []).append(float(x["pi"]))
@@ -157,7 +157,7 @@ def test_exact_grpo_has_pistar_as_fixed_point(problem, tmp_path):
 
 def test_same_seed_same_numbers_and_json(problem, tmp_path):
     path, _, _ = problem
-    args = ["--input", path, "--method", "online,rloo", "--sampled", "--steps", 2000, "--seed", 9]
+    args = ["--data", path, "--method", "online,rloo", "--sampled", "--steps", 2000, "--seed", 9]
     a, b = lab(*args).stdout, lab(*args).stdout
     assert a == b
     c = lab(*args[:-1], 10).stdout
@@ -290,7 +290,7 @@ def test_kto_columns_are_empty_where_they_do_not_apply(problem, tmp_path):
             assert row["z0"] == "nan" and row["undesirable_mass"] == "nan", row
             assert row["target_diff"] == row["max_abs_diff"]
             assert float(row["target_diff"]) == pytest.approx(np.max(np.abs(pi - ps)), abs=1e-9)
-    j = json.loads(lab("--input", path, "--method", "rloo,kto", "--divergence", "rkl", "--beta", beta,
+    j = json.loads(lab("--data", path, "--method", "rloo,kto", "--divergence", "rkl", "--beta", beta,
                        "--format", "json").stdout)
     assert (j[0]["z0"], j[0]["undesirable_mass"]) == (None, None)
     assert j[1]["z0"] == 0 and j[1]["undesirable_mass"] > 0
@@ -305,3 +305,14 @@ def test_method_from_a_config_file_is_refused_not_ignored(tmp_path):
     assert r.returncode == 1 and r.stdout == ""
     assert ("--method: give it on the command line (it selects the algorithm checks, whose flags differ; a --config "
             f"key ran the loss check instead) (from {cfg}:1)") in r.stderr, r.stderr
+
+
+def test_export_pi_is_the_old_name_of_export_policy(problem, tmp_path):
+    """lab check --method wrote its policies with --export-pi, lab check without --method with
+    --export-policy; one name now, the old one still works and says it is deprecated"""
+    path, _, _ = problem
+    args = ["--data", path, "--method", "rloo", "--divergence", "rkl", "--steps", 20]
+    new = lab(*args, "--export-policy", tmp_path / "new.csv")
+    old = lab(*args, "--export-pi", tmp_path / "old.csv")
+    assert "--export-pi is deprecated; use --export-policy" in old.stderr and "deprecated" not in new.stderr
+    assert (tmp_path / "old.csv").read_bytes() == (tmp_path / "new.csv").read_bytes() and new.stdout == old.stdout
