@@ -155,6 +155,16 @@ static int resume_defaults(fdpo_flag *flags, size_t n, const char *out) {
         if (!rc && a < sizeof from_saved)
             a += (size_t)snprintf(from_saved + a, sizeof from_saved - a, "%s%s=%s", a ? " " : "", x->key, text);
     }
+    /* --lora-r switches the LoRA flags on or off: a changed one is named itself here, before
+     * the saved --lora-alpha, now without effect, would be named instead (the library's
+     * comparison and words) */
+    fdpo_flag *lora_r = find(flags, n, "lora-r");
+    if (!rc && lora_r && lora_r->set) {
+        fdpo_settings now = {0};
+        fdpo_settings_num(&now, "lora-r", (double)*(long *)lora_r->dest, 0);
+        rc = fdpo_settings_check_resume(&saved, &now);
+        fdpo_settings_free(&now);
+    }
     fdpo_settings_free(&saved);
     if (rc) return rc;
     fdpo_log(FDPO_LOG_INFO, "resuming %s after step %zu with the saved settings: %s", out, step, a ? from_saved : "(none)");

@@ -457,6 +457,12 @@ def test_resume_can_neither_drop_nor_add_the_adapters(tmp_path, cmd):
     assert {f.name: f.read_bytes() for f in lo.iterdir()} == before
     refused(run(lo, "--resume", "--lora-r", 8, "--lora-alpha", 64, "--stop-at", 2),
             "--lora-r: 8 differs from the saved run's 2 (it cannot change on --resume)")
+    # with a saved --lora-alpha other than the default, --lora-r 0 was refused as "--lora-alpha:
+    # has no effect without --lora-r R" (the saved alpha, not the flag the user changed)
+    lo16 = tmp_path / "lora16"
+    assert run(lo16, "--lora-r", 2, "--lora-alpha", 16, "--stop-at", 1).returncode == 0
+    refused(run(lo16, "--resume", "--lora-r", 0, "--stop-at", 2),
+            "--lora-r: 0 differs from the saved run's 2 (it cannot change on --resume)")
     assert run(lo, "--resume", "--stop-at", 2).returncode == 0   # the saved LoRA settings apply
     state = json.loads((lo / "training_state.json").read_text())
     assert state["step"] == 2 and state["settings"]["lora-r"] == 2 and state["settings"]["lora-alpha"] == 8
