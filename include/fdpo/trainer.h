@@ -144,6 +144,11 @@ void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fi
  * one run); otherwise the same text. */
 int fdpo_settings_same_path(const char *a, const char *b);
 const fdpo_setting *fdpo_settings_find(const fdpo_settings *s, const char *key);
+/* s without the settings named in keys (a NULL-terminated list). */
+void fdpo_settings_remove(fdpo_settings *s, const char *const *keys);
+/* The shared train options the preference commands (dpo, kto, rm, sacpo's stages) have no
+ * flag for: placeholders ("seq-len": 1), neither saved nor compared. */
+#define FDPO_PREF_SETTINGS_WITHOUT_FLAG {"seq-len", "eval-max-seqs", NULL}
 void fdpo_settings_free(fdpo_settings *s);
 void fdpo_setting_text(const fdpo_setting *x, char *buf, size_t n);    /* "0.001", "true", "(none)" */
 /* Error "--KEY: NOW differs from the saved run's THEN (it cannot change on --resume)" for the

@@ -118,6 +118,8 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     cJSON *tr = cJSON_AddObjectToObject(p, "training");
     fdpo_settings ts = {0};
     fdpo_train_opts_settings(&o->dpo.train, &ts);
+    static const char *const without_flag[] = FDPO_PREF_SETTINGS_WITHOUT_FLAG;
+    fdpo_settings_remove(&ts, without_flag);
     fdpo_settings_str(&ts, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);
     fdpo_settings_num(&ts, "label-smoothing", o->dpo.dpo.loss.label_smoothing, 1);
     fdpo_settings_num(&ts, "simpo-gamma", o->dpo.dpo.loss.simpo_gamma, 1);
@@ -221,6 +223,8 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
             /* plans before wave 28 also recorded the train option "val-fraction" (0, unused:
              * the stages' held-out share is "eval-fraction", compared on its own) */
             if (!strcmp(x->string, "val-fraction")) continue;
+            /* and before wave 31 the placeholders of options sacpo has no flag for ("seq-len": 1) */
+            if (!strcmp(x->string, "seq-len") || !strcmp(x->string, "eval-max-seqs")) continue;
             const cJSON *y = cJSON_GetObjectItemCaseSensitive(now, x->string);
             if (y && cJSON_Compare(x, y, 1)) continue;
             stages_trained_with(x->string, x, y, st->path);

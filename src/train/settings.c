@@ -91,6 +91,16 @@ static int setting_equal(const fdpo_setting *a, const fdpo_setting *b) {
     return !strcmp(ta, tb);
 }
 
+void fdpo_settings_remove(fdpo_settings *s, const char *const *keys) {
+    size_t n = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        int drop = 0;
+        for (const char *const *k = keys; *k; k++) drop |= !strcmp(s->v[i].key, *k);
+        if (drop) { free(s->v[i].key); free(s->v[i].str); } else s->v[n++] = s->v[i];
+    }
+    s->n = n;
+}
+
 int fdpo_settings_check_resume(const fdpo_settings *saved, const fdpo_settings *now) {
     for (size_t i = 0; i < now->n; i++) {
         const fdpo_setting *x = &now->v[i], *was = fdpo_settings_find(saved, x->key);

@@ -216,16 +216,20 @@ static int resume_early_check(const fdpo_train_opts *o) {
     return rc;
 }
 
-/* The random-init architecture settings (fdpo_train_opts_settings), removed. */
-static void drop_arch_settings(fdpo_settings *s) {
-    static const char *const keys[] = {"arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings"};
-    size_t n = 0;
-    for (size_t i = 0; i < s->n; i++) {
-        int drop = 0;
-        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) drop |= !strcmp(s->v[i].key, keys[k]);
-        if (drop) { free(s->v[i].key); free(s->v[i].str); } else s->v[n++] = s->v[i];
-    }
-    s->n = n;
+/* The random-init architecture settings (fdpo_train_opts_settings). */
+static const char *const ARCH_SETTINGS[] = {"arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings", NULL};
+
+/* The shared train options a kind of run has no flag for: their fields hold placeholders
+ * that only meet the shared checks (dpo's "seq-len": 1), not settings to save or compare. */
+static const char *const *settings_without_flag(const char *kind) {
+    static const char *const PREF[] = FDPO_PREF_SETTINGS_WITHOUT_FLAG;
+    static const char *const ONLINE_STEP[] = {"seq-len", "eval-max-seqs", "eval-fraction", "eval-every", NULL};
+    static const char *const RL[] = {"seq-len", "eval-max-seqs", "eval-fraction", "eval-every", "batch-size",
+                                     "grad-accum", "epochs", "shuffle", "chat-template", NULL};
+    if (!strcmp(kind, "pretrain") || !strcmp(kind, "sft")) return NULL;
+    if (!strcmp(kind, "online-step")) return ONLINE_STEP;
+    if (!strcmp(kind, "rl")) return RL;
+    return PREF;   /* dpo, kto, rm */
 }
 
 /* --allreduce-overlap: a layer's gradients are final after the step's last backward passed
@@ -302,6 +306,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         else if (x->type == FDPO_SETTING_BOOL) fdpo_settings_bool(&now, x->key, x->num != 0, x->fixed);
         else fdpo_settings_num(&now, x->key, x->num, x->fixed);
     }
+    if (settings_without_flag(kind)) fdpo_settings_remove(&now, settings_without_flag(kind));
     if (o->resume) {
         if (resume_early_check(o)) goto fail;
         tr->model = o->lora_r > 0 ? lora_model(o, kind, tok) : fdpo_checkpoint_load_model(o->out);
@@ -321,7 +326,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             goto fail;
         }
         /* a run that started from --model recorded no random-init architecture: keep it so */
-        if (!fdpo_settings_find(&s->settings, "arch")) drop_arch_settings(&now);
+        if (!fdpo_settings_find(&s->settings, "arch")) fdpo_settings_remove(&now, ARCH_SETTINGS);
         /* from now on the state records this session's values (a new --save-every sticks) */
         fdpo_settings_free(&s->settings);
         s->settings = now;

@@ -431,6 +431,25 @@ def test_resume_continues_exactly(cli, precision):
         assert np.array_equal(a[k], b[k]), k
 
 
+def test_state_records_no_placeholder_settings(cli):
+    """dpo has no --seq-len and no --eval-max-seqs: the state recorded "seq-len": 1 and
+    "eval-max-seqs": 0, placeholders that read as the run's settings. A state saved with them
+    (as before) still resumes, and the resumed state drops them."""
+    runs = cli / "runs_placeholders"
+    args = ["--steps", 3, "--eval-every", 0, "--seed", 2]
+    fdpo(*base_args(cli, runs / "cut", *args, "--stop-at", 1))
+    path = runs / "cut" / "training_state.json"
+    state = json.loads(path.read_text())
+    assert "seq-len" not in state["settings"] and "eval-max-seqs" not in state["settings"]
+    assert {"lr", "batch-size", "beta", "max-length"} <= set(state["settings"])
+    state["settings"].update({"seq-len": 1, "eval-max-seqs": 0})
+    state["fixed"].append("seq-len")
+    path.write_text(json.dumps(state))
+    fdpo("dpo", "--out", runs / "cut", "--resume", "--threads", 1, "--quiet")
+    state = json.loads(path.read_text())
+    assert state["step"] == 3 and "seq-len" not in state["settings"] and "seq-len" not in state["fixed"]
+
+
 def test_resumed_run_keeps_the_initial_eval(cli):
     """eval_summary.json's "initial" (the held-out metrics before step 1) survives a resume: read
     back from metrics.jsonl's step-0 line (a resumed run used to drop it), byte-equal to the

@@ -387,6 +387,11 @@ def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
         return r
 
     run("a")
+    # placeholders of the shared options these commands have no flag for are not recorded
+    # (rl recorded "seq-len": 1, "batch-size": 1, "epochs": 0, ...)
+    settings = json.loads((tmp_path / "a" / "training_state.json").read_text())["settings"]
+    no_flag = ["seq-len", "eval-fraction", "eval-every"] + (["batch-size", "epochs", "shuffle"] if cmd == "rl" else [])
+    assert not set(no_flag) & set(settings) and {"lr", "seed", "n"} <= set(settings), settings
     run("b", "--stop-at", 2)
     b2 = state_files(tmp_path / "b")
     assert [m["step"] for m in untimed_metrics(tmp_path / "b" / "metrics.jsonl")] == [1, 2]
