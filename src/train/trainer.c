@@ -223,12 +223,12 @@ static const char *const ARCH_SETTINGS[] = {"arch", "n-kv-head", "intermediate-s
  * that only meet the shared checks (dpo's "seq-len": 1), not settings to save or compare. */
 static const char *const *settings_without_flag(const char *kind) {
     static const char *const PREF[] = FDPO_PREF_SETTINGS_WITHOUT_FLAG;
-    static const char *const ONLINE_STEP[] = {"seq-len", "eval-max-seqs", "eval-fraction", "eval-every", NULL};
-    static const char *const RL[] = {"seq-len", "eval-max-seqs", "eval-fraction", "eval-every", "batch-size",
-                                     "grad-accum", "epochs", "shuffle", "chat-template", NULL};
+    /* steps over prompts (fdpo_train_opts_over_prompts): the batch is the command's own flag
+     * (--prompts-per-step, --prompts-per-round), recorded under its name */
+    static const char *const OVER_PROMPTS[] = {"seq-len", "eval-max-seqs", "eval-fraction", "eval-every", "batch-size",
+                                               "grad-accum", "epochs", "shuffle", "chat-template", NULL};
     if (!strcmp(kind, "pretrain") || !strcmp(kind, "sft")) return NULL;
-    if (!strcmp(kind, "online-step")) return ONLINE_STEP;
-    if (!strcmp(kind, "rl")) return RL;
+    if (!strcmp(kind, "online-step") || !strcmp(kind, "rl")) return OVER_PROMPTS;
     return PREF;   /* dpo, kto, rm */
 }
 

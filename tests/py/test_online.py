@@ -60,9 +60,11 @@ def setup(tmp_path_factory):
 
 def online(setup, out, *extra, reward=None, check=True):
     reward = reward or f"cmd:/usr/bin/python3 {setup / 'letters.py'}"
+    # each round's f-DPO batching (step mode refuses it: its step is one f-DPO step)
+    rounds = [] if "step" in map(str, extra) else ["--batch-size", 8, "--epochs", 4]
     return fdpo("online", "--model", setup / "model", "--data", setup / "prompts.txt", "--reward", reward,
                 "--out", out, "--prompts-per-round", 16, "--n", 4, "--max-new-tokens", 16, "--lr", "1e-2",
-                "--batch-size", 8, "--epochs", 4, "--beta", 0.1, *extra, check=check)
+                *rounds, "--beta", 0.1, *extra, check=check)
 
 
 def heldout_rewards(setup, model, tmp_path):
@@ -247,6 +249,10 @@ def test_sigint_in_rounds_mode_keeps_the_complete_rounds_and_says_so(setup, tmp_
     (["--loss", "simpo"], "--loss simpo: online f-DPO needs a reference"),
     (["--stop-at", "1"], "--stop-at: --mode step only (rounds mode resumes after the last complete round)"),
     (["--overwrite"], "--overwrite: --mode step only (rounds mode resumes after the last complete round)"),
+    # step mode's step is one f-DPO step: the rounds' batching flags were accepted and ignored
+    *[(["--mode", "step", "--steps", "2", f], f"fdpo online: --{f.split('=')[0][2:]}: --mode rounds only (a step of "
+       "--mode step is one f-DPO step on the pairs of --prompts-per-round prompts)\n")
+      for f in ("--batch-size=2", "--grad-accum=2", "--epochs=3", "--shuffle=false")],
 ])
 def test_bad_flags(setup, tmp_path, args, needle):
     r = online(setup, tmp_path / "bad", *args, check=False)

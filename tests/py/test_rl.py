@@ -387,10 +387,11 @@ def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
         return r
 
     run("a")
-    # placeholders of the shared options these commands have no flag for are not recorded
-    # (rl recorded "seq-len": 1, "batch-size": 1, "epochs": 0, ...)
+    # placeholders of the shared options these commands have no flag for (or, online step
+    # mode, refuses) are not recorded (rl recorded "seq-len": 1, "batch-size": 1, "epochs": 0,
+    # ...; online step mode its --prompts-per-round again as "batch-size")
     settings = json.loads((tmp_path / "a" / "training_state.json").read_text())["settings"]
-    no_flag = ["seq-len", "eval-fraction", "eval-every"] + (["batch-size", "epochs", "shuffle"] if cmd == "rl" else [])
+    no_flag = ["seq-len", "eval-fraction", "eval-every", "batch-size", "grad-accum", "epochs", "shuffle", "chat-template"]
     assert not set(no_flag) & set(settings) and {"lr", "seed", "n"} <= set(settings), settings
     run("b", "--stop-at", 2)
     b2 = state_files(tmp_path / "b")
