@@ -18,9 +18,45 @@
 
 /* Locks this process holds (a run holds one; a handful is plenty). */
 #define MAX_HELD 8
-/* made: DIR did not exist when locked; made_parents: the highest of the directories above
- * DIR.lock that did not exist either (made for it), or NULL */
-static struct { char *dir; char *flag; int fd; pid_t owner; int made; char *made_parents; } g_held[MAX_HELD];
+/* made: DIR did not exist when locked; made_parents: the directories above DIR.lock that
+ * take_lock's own mkdir() created, outermost first (n_made_parents of them) */
+static struct {
+    char *dir; char *flag; int fd; pid_t owner; int made;
+    char **made_parents; size_t n_made_parents;
+} g_held[MAX_HELD];
+
+static void free_made_parents(int i) {
+    for (size_t k = 0; k < g_held[i].n_made_parents; k++) free(g_held[i].made_parents[k]);
+    free(g_held[i].made_parents);
+    g_held[i].made_parents = NULL;
+    g_held[i].n_made_parents = 0;
+}
+
+/* mkdir -p of path, recording each directory this call's mkdir() created (not the text of
+ * the path: "new/../keep" makes only "new"), outermost first. */
+static int mkdir_parents(const char *path, char ***made, size_t *n_made) {
+    char *p = fdpo_strdup(path);
+    for (char *s = p + 1; ; s++) {
+        if (*s != '/' && *s != 0) continue;
+        char c = *s;
+        *s = 0;
+        if (mkdir(p, 0777) == 0) {
+            *made = fdpo_realloc(*made, (*n_made + 1) * sizeof **made);
+            (*made)[(*n_made)++] = fdpo_strdup(p);
+        } else if (errno != EEXIST) {
+            int e = errno;
+            fdpo_error("%s: cannot create directory: %s", p, strerror(e));
+            free(p);
+            return -1;
+        }
+        *s = c;
+        if (c == 0) break;
+    }
+    free(p);
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return fdpo_error("%s: not a directory", path);
+    return 0;
+}
 
 static char *lock_path(const char *dir) {
     size_t n = strlen(dir);
@@ -66,21 +102,25 @@ static void remove_if_unused(int i) {
         free(target);
     }
     unlink(g_held[i].dir);
-    /* and the directories made above it, while they are empty, up to the highest one made */
-    const char *top = g_held[i].made_parents;
-    if (!top) return;
-    char *d = fdpo_strdup(g_held[i].dir);
-    for (char *slash; (slash = strrchr(d, '/')) && slash != d;) {
-        *slash = 0;
-        if (strlen(d) < strlen(top) || rmdir(d) != 0 || !strcmp(d, top)) break;
-    }
-    free(d);
+    /* and the directories made for it, innermost first, while they are empty */
+    for (size_t k = g_held[i].n_made_parents; k-- > 0;)
+        if (rmdir(g_held[i].made_parents[k]) != 0) break;
 }
 
 /* At exit, the locks a failed run did not release (remove_if_unused). */
 static void release_at_exit(void) {
     for (int i = 0; i < MAX_HELD; i++)
         if (g_held[i].dir && g_held[i].owner == getpid()) remove_if_unused(i);
+}
+
+/* The directories mkdir_parents made, removed (innermost first, while empty) and freed. */
+static void unmake_parents(char **made, size_t n) {
+    int removing = 1;
+    for (size_t k = n; k-- > 0;) {
+        if (removing && rmdir(made[k]) != 0) removing = 0;
+        free(made[k]);
+    }
+    free(made);
 }
 
 static int take_lock(const char *dir, const char *flag) {
@@ -91,25 +131,21 @@ static int take_lock(const char *dir, const char *flag) {
     int slot;
     for (slot = 0; slot < MAX_HELD && g_held[slot].dir && g_held[slot].owner == getpid(); slot++) {}
     if (slot == MAX_HELD) { free(path); return fdpo_error("%s %s: too many run directories locked by one process", flag, dir); }
-    char *parent = fdpo_strdup(path), *made_parents = NULL;
+    char *parent = fdpo_strdup(path), **made_parents = NULL;
+    size_t n_made_parents = 0;
     char *slash = strrchr(parent, '/');
+    int fd = -1;
     if (slash && slash != parent) {
         *slash = 0;
-        struct stat st;
-        char *up = fdpo_strdup(parent);
-        while (stat(up, &st) != 0) {   /* the highest missing ancestor */
-            free(made_parents);
-            made_parents = fdpo_strdup(up);
-            char *above = strrchr(up, '/');
-            if (!above || above == up) break;
-            *above = 0;
+        if (mkdir_parents(parent, &made_parents, &n_made_parents)) {
+            free(parent);
+            fdpo_error_context("%s", flag);
+            goto fail;
         }
-        free(up);
-        if (fdpo_mkdir_p(parent)) { free(made_parents); free(parent); free(path); return fdpo_error_context("%s", flag); }
     }
     free(parent);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); free(path); free(made_parents); return -1; }
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); goto fail; }
     int busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
     /* an output file's lock is removed by its holder when done (fdpo_out_file_release): if
      * that happened between our open and our flock, we hold a lock on a name no longer in the
@@ -119,7 +155,7 @@ static int take_lock(const char *dir, const char *flag) {
         if (fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev) break;
         close(fd);
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-        if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); free(path); free(made_parents); return -1; }
+        if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); goto fail; }
         busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
     }
     if (busy) {
@@ -128,36 +164,36 @@ static int take_lock(const char *dir, const char *flag) {
         ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
         buf[got > 0 ? got : 0] = 0;
         long pid = strtol(buf, NULL, 10);
-        close(fd);
         if (e == EWOULDBLOCK)
             fdpo_error("%s %s: in use by another run (pid %ld holds %s); wait for it or choose another %s",
                        flag, dir, pid, path, flag);
         else
             fdpo_error("%s %s: cannot lock %s: %s", flag, dir, path, strerror(e));
-        free(path);
-        free(made_parents);
-        return -1;
+        goto fail;
     }
     char pid[32];
     int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
     if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) {
         int e = errno;
-        close(fd);
         fdpo_error("%s %s: cannot write lock file %s: %s", flag, dir, path, strerror(e));
-        free(path);
-        free(made_parents);
-        return -1;
+        goto fail;
     }
-    if (g_held[slot].dir) { free(g_held[slot].dir); free(g_held[slot].flag); free(g_held[slot].made_parents); }   /* the parent's entry, in a forked child */
+    if (g_held[slot].dir) { free(g_held[slot].dir); free(g_held[slot].flag); free_made_parents(slot); }   /* the parent's entry, in a forked child */
     g_held[slot].dir = path;
     g_held[slot].flag = fdpo_strdup(flag);
     g_held[slot].fd = fd;
     g_held[slot].owner = getpid();
     g_held[slot].made = made;
     g_held[slot].made_parents = made_parents;
+    g_held[slot].n_made_parents = n_made_parents;
     static int at_exit;
     if (!at_exit) at_exit = atexit(release_at_exit) == 0;
     return 0;
+fail:
+    if (fd >= 0) close(fd);
+    free(path);
+    unmake_parents(made_parents, n_made_parents);   /* a lock file we made in them stays: it may be another run's */
+    return -1;
 }
 
 int fdpo_dir_lock(const char *dir, const char *flag) {
@@ -193,8 +229,8 @@ void fdpo_dir_unlock(const char *dir) {
     close(g_held[i].fd);   /* releases the flock */
     free(g_held[i].dir);
     free(g_held[i].flag);
-    free(g_held[i].made_parents);
-    g_held[i].dir = g_held[i].flag = g_held[i].made_parents = NULL;
+    free_made_parents(i);
+    g_held[i].dir = g_held[i].flag = NULL;
 }
 
 int fdpo_dir_locked(const char *dir) {

@@ -338,6 +338,13 @@ def test_a_failed_start_leaves_no_lock(d, tmp_path):
     (tmp_path / "user" / "a" / "keep.txt").write_text("x")
     refused(fdpo(*args, "--out", tmp_path / "user" / "a" / "b" / "c", *FAST, check=False), "exited with status 3")
     assert sorted(p.name for p in (tmp_path / "user" / "a").iterdir()) == ["keep.txt"]
+    # the directories its mkdir made, not the path's text: an empty directory of the user's
+    # reached through a new one ("new/../keep") stays, and "//" or "/./" do not stop the cleanup
+    (tmp_path / "user" / "keep").mkdir()
+    for out in ("new/../keep/run", "x//y//run", "x/./y/run", "x/y/../z/run"):
+        refused(fdpo(*args, "--out", f"{tmp_path / 'user'}/{out}", *FAST, check=False), "exited with status 3")
+        assert sorted(p.name for p in (tmp_path / "user").iterdir()) == ["a", "keep"], out
+        assert not list((tmp_path / "user" / "keep").iterdir()), out
     fdpo(*checkpoint_cmd(d, "sft"), "--out", tmp_path / "ok", *FAST)
     assert (tmp_path / "ok.lock").exists()
     fdpo(*checkpoint_cmd(d, "sft"), "--out", tmp_path / "n1" / "n2" / "ok", *FAST)   # a run that saved keeps its parents
