@@ -82,6 +82,7 @@ int cmd_online(int argc, char **argv) {
         interrupts_set_end_note(note);
         interrupts_set(INTERRUPT_KILL_REWARD);
         rc = fdpo_online_run(&o);
+        interrupts_set_end_note(NULL);   /* the run is over: a signal now ends fdpo without it */
     }
     else if (!strcmp(mode, "step")) {
         if (flags_was_set(flags, n, "rounds") || o.ref_update_round) {

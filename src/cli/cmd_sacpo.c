@@ -59,6 +59,14 @@ int cmd_sacpo(int argc, char **argv) {
                 goto done;
             }
     }
+    if (!so.reward_data && !so.safety_data) {   /* both stages online: no held-out pairs to evaluate */
+        const int every = flags_was_set(flags, n, "eval-every") && v.o.train.eval_every > 0;
+        if (every || (flags_was_set(flags, n, "eval-fraction") && v.o.eval_fraction > 0)) {
+            fdpo_error("--%s: only stages on files hold pairs out (--reward-data/--safety-data); with --reward and "
+                       "--safety both stages are online", every ? "eval-every" : "eval-fraction");
+            goto done;
+        }
+    }
     if (!lambda_list) { fdpo_error("--lambda: required (one or more safety multipliers, e.g. 0.5,1,2)"); goto done; }
     if (flags_number_list("lambda", lambda_list, FLAGS_LIST_ANY, &lambdas, &so.n_lambdas)) goto done;
     if (merge_list && flags_number_list("merge", merge_list, FLAGS_LIST_ANY, &weights, &so.n_merge_weights)) goto done;

@@ -356,9 +356,16 @@ static void stderr_tail(const buffer *e, char *out, size_t n) {
  * of them sees the other and the child is killed. Reward programs run one at a time
  * (fdpo_reward_score is not called concurrently). */
 static atomic_int g_child_pgid, g_interrupted;
+/* 1 from just before fork() until g_child_pgid names the child: a kill_all from another
+ * thread in that window (the fdpo command's signal thread, which then ends the process)
+ * waits for the group instead of leaving a child that outlives fdpo */
+static atomic_int g_spawning;
 
 int fdpo_reward_kill_all(void) {
     atomic_store(&g_interrupted, 1);
+    /* at most 2 s; never on the spawning thread itself, which blocks the signals meanwhile */
+    for (int i = 0; i < 2000 && atomic_load(&g_spawning) && !atomic_load(&g_child_pgid); i++)
+        nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
     pid_t pgid = (pid_t)atomic_load(&g_child_pgid);
     if (pgid <= 0) return 0;
     kill(-pgid, SIGKILL);
@@ -387,8 +394,10 @@ static int run_program(const char *program, const char *input, size_t in_len, do
     sigaddset(&stop_sigs, SIGINT);
     sigaddset(&stop_sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_sigs, &old_mask);
+    atomic_store(&g_spawning, 1);
     pid_t pid = fork();
     if (pid < 0) {
+        atomic_store(&g_spawning, 0);
         pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
         close(pin[0]); close(pin[1]); close(pout[0]); close(pout[1]); close(perr[0]); close(perr[1]);
         return fdpo_error("reward cmd: fork: %s", strerror(errno));
@@ -406,6 +415,7 @@ static int run_program(const char *program, const char *input, size_t in_len, do
     }
     setpgid(pid, pid); /* also from the parent, so the group exists before any kill */
     atomic_store(&g_child_pgid, pid);
+    atomic_store(&g_spawning, 0);
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     if (atomic_load(&g_interrupted)) kill(-pid, SIGKILL); /* interrupted before this call started */
     close(pin[0]); close(pout[1]); close(perr[1]);

@@ -192,13 +192,22 @@ static int solve_tau(const fdpo_lab_prepared *pp, const fdpo_divergence *d, doub
         if (fabs(h) <= 1e-15) break;
         if (h > 0) a = tau; else b = tau;
         double next = tau + h / ds;
-        /* bisect when Newton leaves the bracket or stops halving |h| (rounding-level noise) */
-        if (!(ds > 0) || !(next > a && next < b) || fabs(h) > 0.5 * prev) next = 0.5 * (a + b);
+        /* bisect when Newton leaves the bracket or stops halving |h| (rounding-level noise):
+         * geometrically while the bracket spans orders of magnitude, since the root can sit at
+         * tau ~ pi_ref^A (1e-140) with the bracket's top at 1/A, which halving the interval
+         * takes ~460 steps to reach (it ran out of iterations there, with sum pi = 0.06) */
+        if (!(ds > 0) || !(next > a && next < b) || fabs(h) > 0.5 * prev)
+            next = a > 0 && b > 4 * a ? sqrt(a) * sqrt(b) : 0.5 * (a + b);
         prev = fabs(h);
         if (!(next > a && next < b) || fabs(next - tau) <= 1e-16 * tau) break;
         tau = next;
     }
     *tau_out = tau;
+    if (it > 300) {   /* out of iterations: a tau that is not the root is an error, not a result */
+        double sum, ds;
+        sum_g(pp, d, beta, tau, &sum, &ds);
+        if (!(fabs(sum - 1) <= 1e-12)) return 0;
+    }
     return it;
 }
 
@@ -233,6 +242,12 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
     case FDPO_DIV_FKL: case FDPO_DIV_JS: case FDPO_DIV_ALPHA: {
         double tau;
         res->iterations = solve_tau(pp, d, beta, &tau);
+        if (res->iterations == 0) {
+            char div[64];
+            fdpo_divergence_name(d, div, sizeof div);
+            return fdpo_error("--divergence %s at beta %.17g: the solver did not converge in 300 iterations "
+                              "(sum of pi off 1 by more than 1e-12)", div, beta);
+        }
         res->lambda = pp->r_max - beta * fdpo_fprime_inv_sup(d) + beta * tau;
         /* u, log u and f(u) share their transcendentals (this pass dominates `frontier`):
          * fkl: u = 1/eps, f = -log u.

@@ -77,6 +77,9 @@ static char *fmt_dir(const char *out, const char *fmt, double a, double b, doubl
 char *fdpo_sacpo_lambda_dir(const char *out, double lambda) { return fmt_dir(out, "lambda", lambda, 0, 0); }
 
 /* the plan: everything the stages depend on; a rerun with another plan is refused */
+/* the shared train options sacpo's stages have no flag for (placeholders, not recorded) */
+static const char *const without_flag[] = FDPO_PREF_SETTINGS_WITHOUT_FLAG;
+
 static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     cJSON *p = cJSON_CreateObject();
     char div[64];
@@ -118,7 +121,6 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     cJSON *tr = cJSON_AddObjectToObject(p, "training");
     fdpo_settings ts = {0};
     fdpo_train_opts_settings(&o->dpo.train, &ts);
-    static const char *const without_flag[] = FDPO_PREF_SETTINGS_WITHOUT_FLAG;
     fdpo_settings_remove(&ts, without_flag);
     fdpo_settings_str(&ts, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);
     fdpo_settings_num(&ts, "label-smoothing", o->dpo.dpo.loss.label_smoothing, 1);
@@ -224,7 +226,9 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
              * the stages' held-out share is "eval-fraction", compared on its own) */
             if (!strcmp(x->string, "val-fraction")) continue;
             /* and before wave 31 the placeholders of options sacpo has no flag for ("seq-len": 1) */
-            if (!strcmp(x->string, "seq-len") || !strcmp(x->string, "eval-max-seqs")) continue;
+            int placeholder = 0;
+            for (const char *const *k = without_flag; *k; k++) placeholder |= !strcmp(x->string, *k);
+            if (placeholder) continue;
             const cJSON *y = cJSON_GetObjectItemCaseSensitive(now, x->string);
             if (y && cJSON_Compare(x, y, 1)) continue;
             stages_trained_with(x->string, x, y, st->path);

@@ -123,6 +123,35 @@ def test_best_response_with_tiny_pi_ref(tmp_path, div):
     assert pi[top] > 0.9  # cheap to pile mass on it: these f grow slowly in u
 
 
+@pytest.mark.parametrize("div", ["fkl", "js", "alpha:0.3", "alpha:0.5", "alpha:0.7", "alpha:0.9"])
+@pytest.mark.parametrize("q_top", [1e-200, 1e-300])
+def test_best_response_with_an_extremely_small_pi_ref(tmp_path, div, q_top):
+    """pi_ref 1e-200 on the best response: the root tau ~ q_top^A sits 140-270 orders of
+    magnitude below the bracket's top 1/A. Interval halving ran out of its 300 iterations with
+    sum pi = 0.062 (alpha:0.7, exit 0, no word); the reference solves for log tau, so the
+    terms are evaluated in logs and nothing overflows."""
+    q, r = np.array([1.0, q_top]), np.array([0.0, 1.0])
+    beta = 0.1
+    path, out = tmp_path / "p.csv", tmp_path / "pi.csv"
+    write_problem(path, q, r)
+    s = rows(lab("solve", "--data", path, "--divergence", div, "--beta", beta, "--out", out).stdout)[0]
+    pi = np.array([float(x["pi"]) for x in rows(out.read_text())])
+    D = (r.max() - r) / beta
+    if div == "fkl":
+        log_g = lambda e: -np.log(e)
+    elif div == "js":
+        log_g = lambda e: -np.log(np.expm1(e))
+    else:
+        a = float(div[6:])
+        log_g = lambda e: -np.log(a * e) / a
+    def terms(lt):
+        with np.errstate(divide="ignore", over="ignore"):   # the bracket's low end is the pole
+            return np.exp(np.log(q) + log_g(np.exp(lt) + D))
+    lt = optimize.brentq(lambda lt: np.sum(terms(lt)) - 1, -1500, 5, xtol=1e-14, rtol=1e-15, maxiter=1000)
+    np.testing.assert_allclose(pi, terms(lt), rtol=1e-9)
+    assert abs(pi.sum() - 1) < 1e-12 and float(s["expected_reward"]) == pytest.approx(pi[1], rel=1e-12)
+
+
 @pytest.mark.parametrize("beta", [0.01, 0.1, 1.0, 10.0])
 def test_rkl_is_softmax_to_rounding(tmp_path, beta):
     q, r = problem(200, 2, zipf=False)

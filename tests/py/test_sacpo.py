@@ -116,6 +116,19 @@ def test_bad_plans_are_refused(data, tmp_path, extra, msg):
     assert r.returncode != 0 and msg in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("flag", [["--eval-every", "7"], ["--eval-fraction", "0.2"]])
+def test_both_stages_online_refuse_the_held_out_flags(data, tmp_path, flag):
+    """with --reward and --safety both stages sample their pairs: nothing is held out, and
+    --eval-every 7 was accepted and evaluated nothing"""
+    common = [x for x in COMMON if x not in ("--eval-fraction", 0)]   # 0 (or --eval-every 0) is accepted
+    r = fdpo("sacpo", "--model", data / "base", "--reward", "length", "--safety", "length", "--data",
+             data / "reward.jsonl", "--lambda", "1", "--out", tmp_path / "s", *common, *flag, check=False)
+    assert r.returncode == 1 and r.stderr == (f"fdpo sacpo: {flag[0]}: only stages on files hold pairs out "
+                                              "(--reward-data/--safety-data); with --reward and --safety both "
+                                              "stages are online\n"), r.stderr
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("change,msg", [
     (["--beta", "0.3"], "--beta: 0.3 differs from 0.2"),
     (["--divergence", "js"], '--divergence: "js" differs from "rkl"'),
