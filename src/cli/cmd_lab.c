@@ -590,7 +590,7 @@ static int lab_check_method(int argc, char **argv) {
         {"label-threshold", FLAG_FLOAT, &label_threshold, NULL, "kto: the labels' reward threshold (default E_pi_ref[r])", 0},
         {"desirable-weight", FLAG_FLOAT, &w_d, "1", "kto: weight of desirable examples (TRL desirable_weight)", 0},
         {"undesirable-weight", FLAG_FLOAT, &w_u, "1", "kto: weight of undesirable examples (TRL undesirable_weight)", 0},
-        {"export-policy", FLAG_STR, &export_pi, NULL, "write every final policy as CSV method,divergence,response,pi (was --export-pi)", 0},
+        {"export-policy", FLAG_STR, &export_pi, NULL, "write every final policy as CSV method,divergence,response,pi", 0},
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
     PARSE_FLAGS("check", "fdpo lab check --method LIST [flags]");

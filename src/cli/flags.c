@@ -16,12 +16,13 @@ static int names_equal(const char *flag, const char *key) {
 }
 
 /* The one vocabulary's old spellings: old name -> the flag that replaced it. */
-static const struct { const char *old, *now; } ALIASES[] = {
-    {"policy", "model"}, {"init", "model"},
-    {"prompts", "data"}, {"samples", "data"}, {"input", "data"},
-    {"k", "n"}, {"batch", "batch-size"}, {"val-fraction", "eval-fraction"},
-    {"export-pi", "export-policy"},   /* lab check --method: the name lab check has */
-    {"pairs", "pairing"},   /* online/sacpo's best-worst|all-bt (eval's --pairs FILE keeps its name) */
+static const struct { const char *old, *now, *not_in; } ALIASES[] = {   /* not_in: commands where it is no alias */
+    {"policy", "model", NULL}, {"init", "model", NULL},
+    {"prompts", "data", "lab"},   /* lab's --prompts is a number (gap, coverage): in frontier it read as a file */
+    {"samples", "data", NULL}, {"input", "data", NULL},
+    {"k", "n", NULL}, {"batch", "batch-size", NULL}, {"val-fraction", "eval-fraction", NULL},
+    {"export-pi", "export-policy", NULL},   /* lab check --method: the name lab check has */
+    {"pairs", "pairing", NULL},   /* online/sacpo's best-worst|all-bt (eval's --pairs FILE keeps its name) */
 };
 #define N_ALIASES (sizeof ALIASES / sizeof ALIASES[0])
 
@@ -30,13 +31,18 @@ static fdpo_flag *find_exact(fdpo_flag *flags, size_t n, const char *name) {
     return NULL;
 }
 
+static const char *g_parsing;   /* the command flags_parse is parsing ("lab frontier"), for ALIASES' not_in */
+
 /* The flag called `name`, or the one an old spelling of it now names (*is_alias set then). */
 static fdpo_flag *find_flag(fdpo_flag *flags, size_t n, const char *name, int *is_alias) {
     *is_alias = 0;
     fdpo_flag *f = find_exact(flags, n, name);
     if (f) return f;
-    for (size_t a = 0; a < N_ALIASES; a++)
+    for (size_t a = 0; a < N_ALIASES; a++) {
+        const char *no = ALIASES[a].not_in;
+        if (no && g_parsing && !strncmp(g_parsing, no, strlen(no))) continue;
         if (names_equal(ALIASES[a].old, name) && (f = find_exact(flags, n, ALIASES[a].now))) { *is_alias = 1; return f; }
+    }
     return NULL;
 }
 
@@ -240,7 +246,8 @@ void flags_print_help(const char *cmd, const char *usage, const fdpo_flag *flags
         printf("  %-26s %s [%s]", left, flags[i].help, flags[i].def ? flags[i].def : "none");
         int olds = 0;
         for (size_t a = 0; a < N_ALIASES; a++)
-            if (names_equal(ALIASES[a].now, flags[i].name) && !find_exact((fdpo_flag *)flags, n, ALIASES[a].old))
+            if (names_equal(ALIASES[a].now, flags[i].name) && !find_exact((fdpo_flag *)flags, n, ALIASES[a].old) &&
+                !(ALIASES[a].not_in && !strncmp(cmd, ALIASES[a].not_in, strlen(ALIASES[a].not_in))))
                 printf("%s--%s", olds++ ? ", " : " (was ", ALIASES[a].old);
         printf("%s\n", olds ? ")" : "");
     }
@@ -293,6 +300,7 @@ int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char 
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
                 int argc, char **argv, int *n_pos, char ***pos) {
     g_n_origin = 0;   /* this table's values only */
+    g_parsing = cmd;
     for (size_t i = 0; i < n; i++) {
         flags[i].set = 0;
         if (flags[i].type == FLAG_LIST) *(flag_list *)flags[i].dest = (flag_list){NULL, 0};

@@ -229,6 +229,15 @@ def test_old_spelling_is_an_alias_with_a_deprecation_note(tmp_path, old):
     assert (tmp_path / "old.jsonl").read_bytes() == (tmp_path / "new.jsonl").read_bytes()
 
 
+@pytest.mark.parametrize("sub", ["frontier", "solve", "bias", "check", "constrained"])
+def test_lab_prompts_is_never_the_data_alias(sub):
+    """in lab, --prompts is the number of prompts of gap and coverage; elsewhere in lab it was
+    taken as the old spelling of --data: `lab frontier --prompts 3` warned "deprecated" and
+    then read a file named 3 (or failed on --n with --data)"""
+    r = run("lab", sub, "--prompts", "3")
+    assert r.returncode == 1 and r.stderr == "fdpo lab: unknown flag --prompts (did you mean --data?)\n", r.stderr
+
+
 def test_old_config_key_is_an_alias_too(tmp_path):
     s = samples_file(tmp_path)
     cfg = write(tmp_path / "run.ini", f"[pairs]\nsamples = {s}\nseed = 4\n")
