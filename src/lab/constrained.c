@@ -145,7 +145,9 @@ static int constrained_core(dual *x, const base *bs, double b, int stepwise, dou
     x->evals = 1; /* the shared r-only solve */
     fdpo_lab_result r = bs->r0;
     double lambda = 0;
-    if (bs->e0 >= b) memcpy(pi, bs->pi1, n * sizeof *pi);
+    /* b <= min safety: every policy meets it (E[g] computed at lambda = 0 can round below a
+     * constant safety s; --min-safety s was then refused as the largest safety) */
+    if (bs->e0 >= b || b <= bs->gmin) memcpy(pi, bs->pi1, n * sizeof *pi);
     else {
         if (!(b < bs->gmax)) return ST_INFEASIBLE;
         double lo = 0, flo = bs->e0 - b, fhi;

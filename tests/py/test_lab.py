@@ -849,6 +849,19 @@ def test_inactive_constraint_gives_unconstrained_optimum(tmp_path, div):
 
 
 @pytest.mark.parametrize("div", CONSTRAINED_DIVS)
+@pytest.mark.parametrize("s", [0.1, 0.7, 1.1, 3.3])
+def test_a_threshold_every_policy_meets_is_inactive(tmp_path, div, s):
+    """a constant safety s and --min-safety s: E[g] = s under every policy, so lambda* = 0 and
+    pi*. E[g] at lambda = 0 rounded below s for fkl (pi_ref renormalised from a sum of 1.1),
+    and the run was refused: "--min-safety 0.7: equals the largest safety ..." """
+    q, r = np.array([0.5, 0.3, 0.2, 0.1]), np.array([1.0, 0.0, 2.0, 0.4])
+    t, pis = run_constrained(tmp_path, div, 0.1, s, q, r, np.full(4, s))
+    assert t["feasible"] == "1" and t["active"] == "0" and float(t["lambda"]) == 0
+    pi = np.array([float(x["pi"]) for x in pis])
+    np.testing.assert_allclose(pi, brentq_solution(div, q / q.sum(), r, 0.1), rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("div", CONSTRAINED_DIVS)
 def test_stepwise_versus_joint(tmp_path, div):
     q, r, g = constrained_problem(30, 4)
     beta = 0.5
