@@ -171,6 +171,12 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
                      p->prompt_offset ? " (per prompt; the first prompt off by more than 1e-9)" : "");
         return 0;
     }
+    /* the other kinds' parameters would be ignored */
+    const char *kind = o->gen.pi_ref_kind ? o->gen.pi_ref_kind : "zipf";
+    if (flags_was_set(flags, nf, "zipf-s") && strcmp(kind, "zipf"))
+        return fdpo_error("--zipf-s: only with --pi-ref zipf (this is --pi-ref %s)", kind);
+    if (flags_was_set(flags, nf, "dirichlet-alpha") && strcmp(kind, "dirichlet"))
+        return fdpo_error("--dirichlet-alpha: only with --pi-ref dirichlet (this is --pi-ref %s)", kind);
     return fdpo_lab_generate(&o->gen, (size_t)o->n, rng, p);
 }
 
@@ -322,6 +328,12 @@ static int lab_frontier(int argc, char **argv) {
     size_t nd, nbeta;
     double *betas;
     if (parse_divs(divspec, &divs, &nd)) return -1;
+    static const char *const grid_flags[] = {"beta-min", "beta-max", "n-betas"};
+    for (size_t i = 0; betalist && *betalist && i < sizeof grid_flags / sizeof grid_flags[0]; i++)
+        if (flags_was_set(flags, NFLAGS(flags), grid_flags[i])) {
+            free(divs);
+            return fdpo_error("--%s: has no effect with --betas (the list replaces the log grid)", grid_flags[i]);
+        }
     int grc = betalist && *betalist ? flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE, &betas, &nbeta)
                                     : fdpo_lab_beta_grid(&grid, &betas, &nbeta);
     if (grc) { free(divs); return -1; }
@@ -364,7 +376,7 @@ static int lab_gap(int argc, char **argv) {
         {"prompts", FLAG_COUNT, &prompts, "4", "independent prompts (problems) averaged over (1 with --data)", 0},
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences", 0},
         {"betas", FLAG_STR, &betalist, "0.01,0.03,0.1,0.3,1", "comma list of betas", 0},
-        {"noise", FLAG_STR, &noiselist, "0.1", "comma list of reward-noise sds: r_hat = r + noise * N(0,1) (ignored if --data has reward_hat)", 0},
+        {"noise", FLAG_STR, &noiselist, "0.1", "comma list of reward-noise sds: r_hat = r + noise * N(0,1) (not with a --data that has reward_hat)", 0},
         {"export-problem", FLAG_STR, &export_path, NULL, "write noise,prompt,pi_ref,reward,reward_hat (the exact inputs) to this CSV", 0},
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
@@ -387,6 +399,8 @@ static int lab_gap(int argc, char **argv) {
     for (long x = 0; rc == 0 && x < prompts; x++) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &P[x], 0);
     int from_file = o.input && P[0].reward_hat;
     if (from_file) nnoise = 1;
+    if (rc == 0 && from_file && flags_was_set(flags, NFLAGS(flags), "noise"))
+        rc = fdpo_error("--noise: has no effect: --data %s has a reward_hat column, which is the noisy reward", o.input);
     static const char *cols[] = {"noise", "divergence", "beta", "reward_gap", "objective_gap", "bound", "bound_held"};
     table t;
     fdpo_atomic_file ex = {0};
@@ -613,6 +627,22 @@ static int lab_check_method(int argc, char **argv) {
     }
     free(ms);
     if (rc == 0 && nm == 0) rc = fdpo_error("--method: empty list");
+    /* a method's own flags, given where no listed method reads them, were ignored */
+    static const struct { const char *flag, *methods; } method_flags[] = {
+        {"pair-top", "dpo"}, {"grpo-eps", "grpo"}, {"steps", "online,rloo,grpo,kto"}, {"group-size", "online,rloo,grpo"},
+        {"labels", "kto"}, {"label-threshold", "kto"}, {"desirable-weight", "kto"}, {"undesirable-weight", "kto"},
+    };
+    for (size_t f = 0; rc == 0 && f < sizeof method_flags / sizeof method_flags[0]; f++) {
+        if (!flags_was_set(flags, NFLAGS(flags), method_flags[f].flag)) continue;
+        int used = 0;
+        for (size_t a = 0; a < nm; a++) {
+            const char *name = fdpo_lab_method_name(methods[a]), *m = method_flags[f].methods;
+            for (const char *hit = strstr(m, name); hit && !used; hit = strstr(hit + 1, name))
+                used = (hit == m || hit[-1] == ',') && (hit[strlen(name)] == ',' || !hit[strlen(name)]);
+        }
+        if (!used) rc = fdpo_error("--%s: only --method %s use%s it (--method %s)", method_flags[f].flag, method_flags[f].methods,
+                                   strchr(method_flags[f].methods, ',') ? "" : "s", methodspec);
+    }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p = {0};

@@ -659,12 +659,32 @@ def test_renormalises_with_a_warning(tmp_path):
     (["check", "--method", "online", "--n", "1"], "--n: the check needs at least 2 responses (got 1)"),
     (["frobnicate"], "unknown experiment 'frobnicate'"),
     (["solve", "--bogus", "1"], "unknown flag --bogus"),
+    # flags that the others leave without effect (they were accepted and ignored)
+    (["frontier", "--betas", "0.1,1", "--beta-min", "0.5"], "--beta-min: has no effect with --betas (the list replaces the log grid)"),
+    (["frontier", "--betas", "0.1", "--n-betas", "3"], "--n-betas: has no effect with --betas"),
+    (["solve", "--pi-ref", "uniform", "--zipf-s", "2"], "--zipf-s: only with --pi-ref zipf (this is --pi-ref uniform)"),
+    (["solve", "--pi-ref", "zipf", "--dirichlet-alpha", "2"], "--dirichlet-alpha: only with --pi-ref dirichlet (this is --pi-ref zipf)"),
+    (["check", "--method", "dpo", "--labels", "threshold"], "--labels: only --method kto uses it (--method dpo)"),
+    (["check", "--method", "dpo,rloo", "--grpo-eps", "0.1"], "--grpo-eps: only --method grpo uses it (--method dpo,rloo)"),
+    (["check", "--method", "rloo", "--pair-top", "2"], "--pair-top: only --method dpo uses it (--method rloo)"),
+    (["check", "--method", "dpo", "--steps", "10"], "--steps: only --method online,rloo,grpo,kto use it (--method dpo)"),
+    (["check", "--method", "kto", "--group-size", "3"], "--group-size: only --method online,rloo,grpo use it (--method kto)"),
 ])
 def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)
     assert r.returncode != 0
     assert needle in r.stderr, r.stderr
     assert r.stdout == ""   # refused before the table's header (coverage's bad --beta printed it)
+
+
+def test_gap_refuses_noise_when_the_file_has_reward_hat(tmp_path):
+    """--data with a reward_hat column is the noisy reward: --noise was ignored"""
+    p = tmp_path / "p.csv"
+    p.write_text("pi_ref,reward,reward_hat\n0.5,1,1.2\n0.5,0,0.1\n")
+    r = lab("gap", "--data", p, "--noise", "0.5", check=False)
+    assert r.returncode == 1 and r.stdout == "" and r.stderr == \
+        f"fdpo lab: --noise: has no effect: --data {p} has a reward_hat column, which is the noisy reward\n", r.stderr
+    assert lab("gap", "--data", p, "--betas", "0.1").stdout.splitlines()[1].startswith("input,")
 
 
 def test_bias_needs_a_length_column(tmp_path):
