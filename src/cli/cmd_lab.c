@@ -180,6 +180,14 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
     return fdpo_lab_generate(&o->gen, (size_t)o->n, rng, p);
 }
 
+/* The checks learn from pairs of responses: a --data file of one row is named as the cause
+ * (the library's message names --n, the generator's flag) */
+static int check_needs_two(const common_opts *o, const fdpo_lab_problem *p) {
+    if (o->input && p->n < 2)
+        return fdpo_error("--data %s: the check needs at least 2 responses (the file has %zu)", o->input, p->n);
+    return 0;
+}
+
 static int parse_divs(const char *spec, fdpo_divergence **out, size_t *count) {
     if (fdpo_divergence_parse_list(spec, out, count)) return fdpo_error_context("--divergence");
     return 0;
@@ -647,6 +655,7 @@ static int lab_check_method(int argc, char **argv) {
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p = {0};
     if (rc == 0) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0);
+    if (rc == 0) rc = check_needs_two(&o, &p);
     if (rc) { free(divs); fdpo_lab_problem_free(&p); return -1; }
     fdpo_lab_prepared pp;
     fdpo_lab_prepare(&pp, p.pi_ref, p.reward, p.n);
@@ -748,6 +757,7 @@ static int lab_check(int argc, char **argv) {
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
     if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0)) { free(divs); return -1; }
+    if (check_needs_two(&o, &p)) { free(divs); fdpo_lab_problem_free(&p); return -1; }
     /* the library's refusals (--label-noise, --n) and the export before the table reaches stdout */
     int rc = fdpo_lab_check_validate(&L, noise, p.n);
     fdpo_lab_prepared pp;

@@ -677,6 +677,16 @@ def test_bad_flags_are_named(args, needle):
     assert r.stdout == ""   # refused before the table's header (coverage's bad --beta printed it)
 
 
+@pytest.mark.parametrize("method", [[], ["--method", "rloo"]])
+def test_check_of_a_one_row_file_names_the_file(tmp_path, method):
+    """it said "--n: the check needs at least 2 responses (got 1)", a flag not given"""
+    p = tmp_path / "one.csv"
+    p.write_text("pi_ref,reward\n1,0\n")
+    r = lab("check", "--data", p, *method, check=False)
+    assert r.returncode == 1 and r.stdout == "" and \
+        r.stderr == f"fdpo lab: --data {p}: the check needs at least 2 responses (the file has 1)\n", r.stderr
+
+
 def test_gap_refuses_noise_when_the_file_has_reward_hat(tmp_path):
     """--data with a reward_hat column is the noisy reward: --noise was ignored"""
     p = tmp_path / "p.csv"
