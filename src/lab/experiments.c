@@ -100,7 +100,10 @@ int fdpo_lab_beta_grid(const fdpo_lab_beta_grid_opts *o, double **betas, size_t 
     const long nb = o->n_betas;
     const double lo = log(o->beta_min), hi = log(o->beta_max);
     *betas = fdpo_malloc((size_t)nb * sizeof(double));
-    for (long i = 0; i < nb; i++) (*betas)[i] = nb == 1 ? o->beta_min : exp(lo + (hi - lo) * (double)i / (double)(nb - 1));
+    /* the ends exactly as given (exp(log 0.01) is 0.010000000000000004: its rows did not join
+     * a --betas 0.01 run's), as numpy's geomspace does */
+    for (long i = 0; i < nb; i++)
+        (*betas)[i] = i == 0 ? o->beta_min : i == nb - 1 ? o->beta_max : exp(lo + (hi - lo) * (double)i / (double)(nb - 1));
     *n = (size_t)nb;
     return 0;
 }

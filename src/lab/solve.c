@@ -211,6 +211,12 @@ static int solve_tau(const fdpo_lab_prepared *pp, const fdpo_divergence *d, doub
     return it;
 }
 
+/* log(a - b) for a >= b, also where a - b overflows (rewards 1e308 and -1e308) */
+static double log_gap(double a, double b) {
+    double d = a - b;
+    return isinf(d) ? log(0.5 * a - 0.5 * b) + M_LN2 : log(d);
+}
+
 int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *pi, fdpo_lab_result *res) {
     if (fdpo_beta_check(beta)) return -1;
     if (pp->n == 0) return fdpo_error("no responses (n = 0)");
@@ -261,7 +267,7 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
              * f needs (fkl: log e, alpha: w^(1-1/A)... in logs), is log(r_max - r) - log beta */
             const int far = isinf(e);
             if (d->kind == FDPO_DIV_FKL) {
-                u = 1 / e; lu = far ? -(log(pp->r_max - r[i]) - log(beta)) : -log(e); f = -lu;
+                u = 1 / e; lu = far ? -(log_gap(pp->r_max, r[i]) - log(beta)) : -log(e); f = -lu;
             } else if (d->kind == FDPO_DIV_JS) {
                 double em = em1(e);
                 /* u underflows to 0 past e ~ 709 (e + log u was inf - inf): f(0) = log 2 */
@@ -270,7 +276,7 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
             } else {
                 double w = A * e;
                 if (far) { /* u = (A e)^(-1/A), u^(1-A) = u w, both from log w (0 * inf was NaN) */
-                    double lw = log(A) + log(pp->r_max - r[i]) - log(beta);
+                    double lw = log(A) + log_gap(pp->r_max, r[i]) - log(beta);
                     lu = -lw / A; u = exp(lu);
                     f = (exp((1 - A) * lu) - (1 - A) * u - A) / (A * (A - 1));
                 } else {

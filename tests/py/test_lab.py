@@ -152,6 +152,18 @@ def test_best_response_with_an_extremely_small_pi_ref(tmp_path, div, q_top):
     assert abs(pi.sum() - 1) < 1e-12 and float(s["expected_reward"]) == pytest.approx(pi[1], rel=1e-12)
 
 
+def test_fkl_with_rewards_whose_gap_overflows(tmp_path):
+    """rewards 1e308 and -1e308: r_max - r overflows, and fkl's D_f and objective came out inf
+    and -inf. u = 2 on the best response, 1/eps with eps = 2e308/beta on the other, so
+    D_f = (-log 2 + log(2e309)) / 2, computed here in logs."""
+    p = tmp_path / "p.csv"
+    p.write_text("pi_ref,reward\n0.5,1e308\n0.5,-1e308\n")
+    s = rows(lab("solve", "--data", p, "--divergence", "fkl", "--beta", "0.1").stdout)[0]
+    want = 0.5 * (-math.log(2) + math.log(2) + 308 * math.log(10) + math.log(10))
+    assert float(s["f_divergence"]) == pytest.approx(want, rel=1e-12)
+    assert float(s["objective"]) == pytest.approx(1e308 - 0.1 * want, rel=1e-12)
+
+
 @pytest.mark.parametrize("beta", [0.01, 0.1, 1.0, 10.0])
 def test_rkl_is_softmax_to_rounding(tmp_path, beta):
     q, r = problem(200, 2, zipf=False)
@@ -409,6 +421,7 @@ def test_frontier_columns_determinism_and_threads(tmp_path):
     assert len(t) == 4 * 5
     betas = sorted({float(x["beta"]) for x in t})
     np.testing.assert_allclose(betas, np.geomspace(0.01, 10, 5), rtol=1e-14)
+    assert betas[0] == 0.01 and betas[-1] == 10   # the ends exactly (0.010000000000000004 did not join --betas 0.01)
     # reverse-KL rows equal an independent softmax on the same (exported) problem
     out = tmp_path / "pi.csv"
     lab("solve", "--n", "300", "--seed", "7", "--divergence", "rkl", "--out", out)
