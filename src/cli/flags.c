@@ -330,6 +330,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
     }
     /* pass 2: flags and positionals; a list flag's first command-line value drops the config's */
     char *from_cli = fdpo_calloc(n ? n : 1, 1);
+    const char **old_name = fdpo_calloc(n ? n : 1, sizeof *old_name);   /* the argv item of an old spelling */
     char **p = fdpo_malloc((size_t)(argc + 1) * sizeof *p);
     int np = 0, only_pos = 0, rc = FLAGS_OK;
     for (int i = 1; i < argc && rc == FLAGS_OK; i++) {
@@ -358,8 +359,18 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
             val = argv[++i];
         }
         size_t k = (size_t)(f - flags);
+        /* 1: given under its name, 2: under an old spelling; both is one flag twice (the last
+         * one won without a word: lab solve --input A --data B read B) */
+        const char spelling = is_alias ? 2 : 1;
+        if (is_alias && !old_name[k]) old_name[k] = a;
+        if (from_cli[k] && from_cli[k] != spelling) {
+            const char *o = old_name[k];
+            rc = fdpo_error("--%s: given twice, once as %.*s (its old spelling): give it once", f->name,
+                            (int)strcspn(o, "="), o);
+            break;
+        }
         if (f->type == FLAG_LIST && !from_cli[k]) ((flag_list *)f->dest)->n = 0;
-        from_cli[k] = 1;
+        from_cli[k] = spelling;
         char where[160];
         snprintf(where, sizeof where, "%s%s", dashes, name);
         if (set_value(f, val, where)) { rc = FLAGS_ERROR; break; }
@@ -367,6 +378,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
         origin_set(f->name, NULL, NULL, 0);   /* the command line's value, not the file's */
     }
     free(from_cli);
+    free(old_name);
     if (rc != FLAGS_OK) { free(p); return FLAGS_ERROR; }
     p[np] = NULL;
     /* --threads, the one flag every computing command shares: its range checked here once

@@ -238,6 +238,18 @@ def test_lab_prompts_is_never_the_data_alias(sub):
     assert r.returncode == 1 and r.stderr == "fdpo lab: unknown flag --prompts (did you mean --data?)\n", r.stderr
 
 
+@pytest.mark.parametrize("order", ["old-first", "new-first"])
+def test_a_flag_under_its_name_and_its_old_spelling_is_refused(tmp_path, order):
+    """--input A --data B is one flag given twice: the last won without a word"""
+    s = samples_file(tmp_path)
+    pair = [["--samples", s], ["--data", s]]
+    r = run("pairs", *(pair if order == "old-first" else pair[::-1])[0], *(pair if order == "old-first" else pair[::-1])[1],
+            "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 1 and r.stderr.endswith(
+        "fdpo pairs: --data: given twice, once as --samples (its old spelling): give it once\n"), r.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_old_config_key_is_an_alias_too(tmp_path):
     s = samples_file(tmp_path)
     cfg = write(tmp_path / "run.ini", f"[pairs]\nsamples = {s}\nseed = 4\n")
