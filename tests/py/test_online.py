@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_generate import make_model  # noqa: E402  (the reference GPT-2 writer)
+from test_pairs import _live_members  # noqa: E402  (a process group's running members, from /proc)
 
 HERE = os.path.dirname(__file__)
 FDPO = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
@@ -178,20 +179,6 @@ def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_pat
     assert (out / "round-1" / "model.safetensors").exists()
 
 
-def _group_members(pgid):
-    """processes of group pgid still running (zombies do not count)"""
-    live = []
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = open(f"/proc/{d}/stat").read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            live.append(int(d))
-    return live
-
-
 @pytest.mark.parametrize("when", ["reward", "training"])
 def test_sigint_in_rounds_mode_keeps_the_complete_rounds_and_says_so(setup, tmp_path, when):
     """SIGINT to fdpo alone (as a scheduler or `kill` sends it) in rounds mode. While the reward
@@ -230,9 +217,9 @@ def test_sigint_in_rounds_mode_keeps_the_complete_rounds_and_says_so(setup, tmp_
         assert p.returncode == 1 and "round 1" in err and "interrupted" in err and not err.endswith(note), err
         assert (out / "round-0").is_dir() and not (out / "round-1").exists()
         deadline = time.monotonic() + 5
-        while _group_members(pgid) and time.monotonic() < deadline:
+        while _live_members(pgid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _group_members(pgid) == []
+        assert _live_members(pgid) == []
     else:
         assert p.returncode == -signal.SIGINT and err.endswith(note), err
         assert not (out / "round-0").exists()
