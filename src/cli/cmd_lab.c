@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cJSON.h>
 #include "cli/commands.h"
 #include "cli/eval_common.h"
@@ -171,6 +172,12 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
                      p->prompt_offset ? " (per prompt; the first prompt off by more than 1e-9)" : "");
         return 0;
     }
+    /* pi_ref, reward and length alone take 24 bytes a response: more than the machine holds
+     * ended in the out-of-memory handler's line, which names no flag */
+    const double bytes = 24.0 * (double)o->n, ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (ram > 0 && bytes > ram)
+        return fdpo_error("--n %ld: the generated problem alone takes %.3g GB, more than this machine's %.3g GB",
+                          o->n, bytes / 1e9, ram / 1e9);
     /* the other kinds' parameters would be ignored */
     const char *kind = o->gen.pi_ref_kind ? o->gen.pi_ref_kind : "zipf";
     if (flags_was_set(flags, nf, "zipf-s") && strcmp(kind, "zipf"))

@@ -673,6 +673,7 @@ def test_renormalises_with_a_warning(tmp_path):
     (["frobnicate"], "unknown experiment 'frobnicate'"),
     (["solve", "--bogus", "1"], "unknown flag --bogus"),
     # flags that the others leave without effect (they were accepted and ignored)
+    (["solve", "--n", "10000000000"], "--n 10000000000: the generated problem alone takes 240 GB, more than this machine's"),
     (["frontier", "--betas", "0.1,1", "--beta-min", "0.5"], "--beta-min: has no effect with --betas (the list replaces the log grid)"),
     (["frontier", "--betas", "0.1", "--n-betas", "3"], "--n-betas: has no effect with --betas"),
     (["solve", "--pi-ref", "uniform", "--zipf-s", "2"], "--zipf-s: only with --pi-ref zipf (this is --pi-ref uniform)"),
