@@ -239,6 +239,12 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddNumberToObject(cfg, "top_p", sf.top_p);
         cJSON_AddNumberToObject(cfg, "max_new_tokens", (double)sf.max_new_tokens);
         cJSON_AddNumberToObject(cfg, "seed", (double)sf.seed);
+        /* and every other setting that changes the numbers (they were missing: two runs with
+         * different samples had the same config) */
+        if (sf.stop) cJSON_AddStringToObject(cfg, "stop", sf.stop); else cJSON_AddNullToObject(cfg, "stop");
+        cJSON_AddStringToObject(cfg, "precision", fdpo_precision_name(fdpo_get_precision()));
+        cJSON_AddStringToObject(cfg, "chat_template", chat_template);
+        cJSON_AddNumberToObject(cfg, "ead_vocab", ead_vocab);   /* 0: the policy's vocabulary size */
         cJSON_AddStringToObject(cfg, "divergences", div_list ? div_list : "");
         if (pairs_path) {
             cJSON_AddStringToObject(cfg, "pairs", pairs_path);

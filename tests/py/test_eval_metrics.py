@@ -420,6 +420,10 @@ def test_eval_end_to_end(byte_models, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     assert res["config"]["k"] == 4 and len(res["policies"]) == 2
+    # every setting that changes the numbers is recorded (stop, precision, chat template and
+    # EAD's V were missing: runs with different samples had the same config)
+    assert {k: res["config"][k] for k in ("stop", "precision", "chat_template", "ead_vocab", "seed", "max_new_tokens")} == \
+        {"stop": None, "precision": "fp32", "chat_template": "auto", "ead_vocab": 0, "seed": 5, "max_new_tokens": 10}
     for key in ["reward_mean", "kl_seq_mean", "kl_tok_mean", "entropy", "self_bleu_3_per_input",
                 "self_bleu_4_across_input", "distinct_1_per_input", "ead_4_across_input", "len_tokens_mean",
                 "len_words_mean", "reward_length_corr", "pref_accuracy", "pref_ece", "fdiv_seq_js_mean",
