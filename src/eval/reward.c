@@ -526,8 +526,11 @@ static int cmd_score(fdpo_reward *r, size_t n, char *const *prompts, char *const
             char *q;
             double v = strtod(p, &q);
             while (*q == ' ' || *q == '\t' || *q == '\r') q++;
-            if (q == p || *q || !isfinite(v))
-                rc = fdpo_error("reward command '%s': output line %zu '%.80s' is not a finite number", r->program, line + 1, p);
+            /* decimal only: strtod also reads hexadecimal ("0x10" was 16), which no reward
+             * program means */
+            if (q == p || *q || !isfinite(v) || strpbrk(p, "xX"))
+                rc = fdpo_error("reward command '%s': output line %zu '%.80s' is not a finite decimal number", r->program,
+                                line + 1, p);
             else out[line] = v;
             *e = save;
             line++;

@@ -364,8 +364,10 @@ def test_cmd_reward_large_exchange_does_not_deadlock(tmp_path):
 @pytest.mark.parametrize("body,msg", [
     ("sys.stderr.write('boom: no model\\n'); sys.exit(3)\n", "exited with status 3 (stderr: boom: no model)"),
     ("os.kill(os.getpid(), signal.SIGKILL)\n", "killed by signal 9"),
-    ("sys.stdin.read(); print('1.0'); print('abc'); print('2')\n", "output line 2 'abc' is not a finite number"),
-    ("sys.stdin.read(); print('nan'); print(1); print(2)\n", "output line 1 'nan' is not a finite number"),
+    ("sys.stdin.read(); print('1.0'); print('abc'); print('2')\n", "output line 2 'abc' is not a finite decimal number"),
+    ("sys.stdin.read(); print('nan'); print(1); print(2)\n", "output line 1 'nan' is not a finite decimal number"),
+    # strtod reads hexadecimal: 0x10 was the reward 16
+    ("sys.stdin.read(); print(1); print('0x10'); print(2)\n", "output line 2 '0x10' is not a finite decimal number"),
     ("sys.stdin.read(); print(1)\n", "printed 1 lines, expected 3"),
     ("sys.stdin.read(); print('1\\n2\\n3\\n4')\n", "printed more than 3 lines"),
 ])
