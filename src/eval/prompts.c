@@ -53,7 +53,12 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                        size_t n_fields, fdpo_strv *out, size_t **lines) {
     size_t n_lines = 0, cap_lines = 0;
     if (lines) *lines = NULL;
-    if (!fdpo_utf8_valid(text, len)) return fdpo_error("%s: not valid UTF-8", path);
+    size_t bad = fdpo_utf8_first_invalid(text, len);
+    if (bad != len) {   /* named by line, as every other error in the file */
+        size_t line = 1;
+        for (size_t i = 0; i < bad; i++) line += text[i] == '\n';
+        return fdpo_error("%s:%zu: not valid UTF-8", path, line);
+    }
     const char *begin = text + fdpo_jsonl_bom(text, len); /* a UTF-8 BOM is not data */
     /* JSONL iff the first non-blank line starts with '{' */
     int jsonl = !allow_text;

@@ -267,6 +267,15 @@ def test_generate_bad_input(byte_model, tmp_path, content, flags, msg):
     assert msg in r.stderr
 
 
+def test_invalid_utf8_in_the_prompts_is_named_by_line(byte_model, tmp_path):
+    """it said "p.txt: not valid UTF-8" with no line, unlike every other error in the file"""
+    d, _ = byte_model
+    pf = tmp_path / "p.txt"
+    pf.write_bytes(b"ok\n\nstill ok\n\xff\xfe\n")
+    r = run(FDPO, "generate", "--model", d, "--data", pf, "--out", tmp_path / "o.jsonl")
+    assert r.returncode == 1 and r.stderr.endswith(f"{pf}:4: not valid UTF-8\n"), r.stderr
+
+
 @pytest.mark.parametrize("var,value,msg", [
     ("FDPO_LMHEAD_CHUNK", "abc", "FDPO_LMHEAD_CHUNK=abc: must be an integer >= 1"),
     ("FDPO_LMHEAD_CHUNK", "0", "FDPO_LMHEAD_CHUNK=0: must be an integer >= 1"),
