@@ -57,6 +57,7 @@ typedef struct {
     size_t max_prompt_length;  /* 0 = no prompt limit; else < max_length */
     fdpo_pref_on_bad on_bad;
     fdpo_pref_on_long on_long;
+    const char *max_length_name; /* what messages call the limit (NULL: "--max-length"; eval: the reference's n_positions) */
 } fdpo_pref_options;
 
 typedef struct {

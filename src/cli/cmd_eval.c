@@ -88,7 +88,7 @@ int cmd_eval(int argc, char **argv) {
         {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take per call (> 0)", 0},
         {"divergences", FLAG_STR, &div_list, "rkl,fkl,js,alpha:0.5,tv,chi2", "f-divergences to estimate (comma list)", 0},
         {"pairs", FLAG_STR, &pairs_path, NULL, "preference JSONL for accuracy and calibration of the implicit reward", 0},
-        {"bad-pairs", FLAG_STR, &bad_pairs, "error", "--pairs with empty completions / chosen == rejected: error or skip", 0},
+        {"bad-pairs", FLAG_STR, &bad_pairs, "error", "--pairs with empty completions / chosen == rejected / more tokens than --ref's n_positions: error or skip", 0},
         {"beta", FLAG_FLOAT, &beta, "0.1", "beta of the implicit reward sigma(beta * Delta) for --pairs", 0},
         {"divergence", FLAG_STR, &cal_div_spec, "rkl", "f of Delta = s(l_w) - s(l_l) for --pairs: rkl, fkl, js, alpha:A (tv and chi2 have no score s)", 0},
         {"ead-vocab", FLAG_FLOAT, &ead_vocab, "0", "V of EAD (0 = the policy's vocabulary size)", 0},
@@ -197,6 +197,11 @@ int cmd_eval(int argc, char **argv) {
     if (!rc) rc = eval_set_chat_template(ref_tok, chat_template);
     if (!rc) rc = fdpo_encode_prompts(ref_tok, prompts, n_prompts, &ids, &lens);
     if (!rc && pairs_path) {
+        /* a pair the reference cannot score is named by FILE:LINE here (or skipped with
+         * --bad-pairs skip), not after every policy has been sampled */
+        po.max_length = ref->config.n_positions;
+        po.on_long = po.on_bad == FDPO_PREF_SKIP ? FDPO_PREF_LONG_SKIP : FDPO_PREF_LONG_ERROR;
+        po.max_length_name = "--ref's n_positions";
         if (fdpo_pref_load(pairs_path, ref_tok, &po, &pairs)) rc = fdpo_error_context("--pairs");
         else { have_pairs = 1; c.pairs = &pairs; }
     }

@@ -238,8 +238,9 @@ static int make_pair(where *w, const cJSON *obj, const fdpo_tokenizer *tok, cons
     size_t longest = out->n_chosen > out->n_rejected ? out->n_chosen : out->n_rejected;
     if (opt->max_length && out->n_prompt + longest > opt->max_length) {
         if (opt->on_long == FDPO_PREF_LONG_ERROR) {
-            rc = fdpo_error("%s:%zu: pair has %zu tokens (prompt %zu + longest completion %zu), more than --max-length %zu",
-                            w->name, w->line, out->n_prompt + longest, out->n_prompt, longest, opt->max_length);
+            rc = fdpo_error("%s:%zu: pair has %zu tokens (prompt %zu + longest completion %zu), more than %s %zu",
+                            w->name, w->line, out->n_prompt + longest, out->n_prompt, longest,
+                            opt->max_length_name ? opt->max_length_name : "--max-length", opt->max_length);
             goto done;
         }
         if (opt->on_long == FDPO_PREF_LONG_SKIP) { count_skip(sum, SKIP_LONG, w->line); rc = 1; goto done; }
@@ -326,9 +327,11 @@ static int parse_lines(const char *name, const char *text, size_t len, const fdp
     if (out->n == 0) {
         const fdpo_pref_summary *sm = &out->summary;
         int rc = fdpo_error("%s: no usable preference pairs (%zu lines read, %zu skipped: %zu empty completion, "
-                            "%zu identical chosen/rejected, %zu too long for --max-length, %zu identical after "
+                            "%zu identical chosen/rejected, %zu too long for %s, %zu identical after "
                             "truncation)", name, sm->lines, sm->lines - out->n, sm->skipped_empty,
-                            sm->skipped_identical, sm->skipped_too_long, sm->skipped_identical_after_truncation);
+                            sm->skipped_identical, sm->skipped_too_long,
+                            opt->max_length_name ? opt->max_length_name : "--max-length",
+                            sm->skipped_identical_after_truncation);
         fdpo_pref_free(out);
         return rc;
     }

@@ -142,6 +142,20 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
                    policy->config.vocab_size, ref->config.vocab_size);
         return NULL;
     }
+    /* every sample must fit the reference: its prompt + up to --max-new-tokens, as far as the
+     * policy's context goes. Found after sampling, this was "sequence of N tokens exceeds
+     * n_positions M", with the reference's M under the policy's name */
+    for (size_t i = 0; i < n_prompts; i++) {
+        const size_t rn = ref->config.n_positions, pn = policy->config.n_positions;
+        size_t longest = prompt_lens[i] + c->sample.max_new_tokens;
+        if (longest > pn) longest = pn;
+        if (longest > rn) {
+            fdpo_error("--ref: its n_positions %zu is shorter than a sample can be: prompt %zu has %zu tokens and "
+                       "--max-new-tokens is %zu (the reference has room for %zu new tokens after it)", rn, i + 1,
+                       prompt_lens[i], c->sample.max_new_tokens, rn > prompt_lens[i] ? rn - prompt_lens[i] : 0);
+            return NULL;
+        }
+    }
     fdpo_sample *smp = NULL;
     int32_t eot = tok ? fdpo_tokenizer_eot(tok) : c->eot;
     /* under MPI the prompts, then the samples' scores, are split over the ranks (docs/scaling.md) */

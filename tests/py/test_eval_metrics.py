@@ -401,6 +401,42 @@ def byte_models(tmp_path_factory):
     return d, ref, pol
 
 
+def test_a_reference_too_short_for_the_samples_is_refused_before_sampling(byte_models, tmp_path):
+    """--ref with n_positions 16 and a 64-position policy: eval sampled every policy, then said
+    "--model pol: sequence of 37 tokens exceeds n_positions 16" (the reference's 16, the
+    policy's name). Refused first, naming --ref, the prompt and the room left."""
+    d, _, _ = byte_models
+    make_model(tmp_path / "ref16", 257, seed=3, byte_tokenizer=True, n_positions=16)
+    (tmp_path / "p.txt").write_text("Hi\nOnce upon\n")
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", tmp_path / "ref16", "--data", tmp_path / "p.txt", "--n", 2,
+            "--max-new-tokens", 30, "--out", tmp_path / "m.json")
+    assert r.returncode == 1 and r.stderr.endswith(
+        "--ref: its n_positions 16 is shorter than a sample can be: prompt 1 has 2 tokens and --max-new-tokens is 30 "
+        "(the reference has room for 14 new tokens after it)\n"), r.stderr
+    assert not (tmp_path / "m.json").exists()
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", tmp_path / "ref16", "--data", tmp_path / "p.txt", "--n", 2,
+            "--max-new-tokens", 7, "--out", tmp_path / "m.json")   # 9 + 7 = 16 fits
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_pair_longer_than_the_reference_is_named_or_skipped(byte_models, tmp_path):
+    """an 81-token pair (64 positions): "--model pol: sequence of 81 tokens exceeds n_positions
+    64" after sampling, with no FILE:LINE, and --bad-pairs skip did not skip it"""
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text("Hi\n")
+    pairs = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "x" * 40, "chosen": "y" * 40, "rejected": "z"}]
+    pf = tmp_path / "pairs.jsonl"
+    pf.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    base = ["eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 1,
+            "--max-new-tokens", 2, "--pairs", pf, "--out", tmp_path / "m.json"]
+    r = run(FDPO, *base)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"--pairs: {pf}:2: pair has 81 tokens (prompt 40 + longest completion 41), more than --ref's n_positions 64\n"), r.stderr
+    r = run(FDPO, *base, "--bad-pairs", "skip")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["policies"][0]["pref_n"] == 1
+
+
 def torch_logp(m, prompt_ids, comp_ids):
     with torch.no_grad():
         lp = torch.log_softmax(m.forward(torch.tensor(prompt_ids + comp_ids)).double(), -1)
