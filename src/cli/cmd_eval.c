@@ -135,6 +135,12 @@ int cmd_eval(int argc, char **argv) {
                 rc = fdpo_error("--model %s: given twice", policies[i]);
     }
     if (!rc) rc = eval_sampling_flags_finish(&sf, &c.sample);
+    /* the KL and f-divergence estimates average log pi/pi_ref over the samples: from a tempered
+     * or truncated sampler they are not estimates of D(pi || pi_ref), which only --help said */
+    if (!rc && (sf.temperature != 1 || sf.top_k > 0 || sf.top_p < 1))
+        fdpo_log(FDPO_LOG_WARN, "--temperature/--top-k/--top-p: the samples do not come from the policy itself, so "
+                 "kl_*, fdiv_* and entropy are not estimates of its divergence from --ref (they score the samples "
+                 "under the untempered policy)");
     if (!rc) {
         c.k = (size_t)sf.n;
         c.beta = beta;

@@ -419,6 +419,19 @@ def test_a_reference_too_short_for_the_samples_is_refused_before_sampling(byte_m
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("flags,warned", [([], False), (["--temperature", "0.5"], True), (["--top-k", "5"], True),
+                                          (["--top-p", "0.9"], True), (["--temperature", "0"], True)])
+def test_eval_says_when_its_kl_is_not_the_policys(byte_models, tmp_path, flags, warned):
+    """samples from a tempered or truncated sampler scored under the untempered policy are not
+    KL(pi || pi_ref) estimates: only --help said so"""
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text("Hi\n")
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 2,
+            "--max-new-tokens", 3, *flags)
+    assert r.returncode == 0, r.stderr
+    assert ("kl_*, fdiv_* and entropy are not estimates of its divergence from --ref" in r.stderr) == warned, r.stderr
+
+
 def test_a_pair_longer_than_the_reference_is_named_or_skipped(byte_models, tmp_path):
     """an 81-token pair (64 positions): "--model pol: sequence of 81 tokens exceeds n_positions
     64" after sampling, with no FILE:LINE, and --bad-pairs skip did not skip it"""
