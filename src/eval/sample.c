@@ -516,7 +516,7 @@ int fdpo_sampler_generate(fdpo_sampler *smp, const fdpo_tokenizer *tok, int32_t 
     for (size_t p = 0; p < n_prompts; p++) {
         if (prompt_lens[p] == 0) return fdpo_error("prompt %zu: no tokens", c->first_prompt + p + 1);
         if (prompt_lens[p] >= maxT)
-            return fdpo_error("prompt %zu: %zu tokens leave no room to generate (model n_positions %zu)",
+            return fdpo_error("prompt %zu (blank lines not counted): %zu tokens leave no room to generate (model n_positions %zu)",
                               c->first_prompt + p + 1, prompt_lens[p], maxT);
         for (size_t i = 0; i < prompt_lens[p]; i++)
             if (prompt_ids[p][i] < 0 || (size_t)prompt_ids[p][i] >= V)

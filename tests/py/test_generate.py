@@ -258,7 +258,7 @@ def test_stop_string(byte_model, tmp_path):
     ("", [], "p.txt: no prompts (the file is empty)"),
     ("\n  \n\n", [], "p.txt: no prompts (the file holds only blank lines)"),   # it said "is empty"
     # the library names the prompt; the command adds the file it came from
-    ("a\n" + "b" * 64 + "\n", [], "p.txt: prompt 2: 64 tokens leave no room to generate (model n_positions 64)"),
+    ("a\n" + "b" * 64 + "\n", [], "p.txt: prompt 2 (blank lines not counted): 64 tokens leave no room to generate (model n_positions 64)"),
 ])
 def test_generate_bad_input(byte_model, tmp_path, content, flags, msg):
     d, _ = byte_model
