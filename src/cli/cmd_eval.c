@@ -199,6 +199,7 @@ int cmd_eval(int argc, char **argv) {
         free(spec);
     }
     if (!rc && fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) rc = fdpo_error_context("--data");
+    if (!rc) rc = eval_chat_template_used(flags, n_flags, prompts, n_prompts, pairs_path != NULL);
     if (!rc) rc = fdpo_eval_load_checkpoint("--ref", ref_dir, &ref, &ref_tok);
     if (!rc) rc = eval_set_chat_template(ref_tok, chat_template);
     if (!rc) rc = fdpo_encode_prompts(ref_tok, prompts, n_prompts, &ids, &lens);

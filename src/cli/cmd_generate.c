@@ -54,7 +54,8 @@ int cmd_generate(int argc, char **argv) {
     int32_t **ids = NULL;
     size_t *lens = NULL;
     fdpo_sample *s = NULL;
-    rc = fdpo_eval_load_checkpoint("--model", model_dir, &m, &tok);
+    rc = eval_chat_template_used(flags, n_flags, prompts, n_prompts, 0);
+    if (!rc) rc = fdpo_eval_load_checkpoint("--model", model_dir, &m, &tok);
     if (!rc) rc = eval_set_chat_template(tok, chat_template);
     if (!rc) rc = fdpo_encode_prompts(tok, prompts, n_prompts, &ids, &lens);
     double t0 = fdpo_now();

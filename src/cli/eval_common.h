@@ -12,6 +12,10 @@
 /* Parses a comma-separated list of divergences ("rkl,fkl,alpha:0.5"); *divs is malloc'd. */
 /* --chat-template NAME on a loaded tokenizer ("auto": its files'); a bad name is an error. */
 int eval_set_chat_template(fdpo_tokenizer *tok, const char *name);
+/* A given --chat-template that no prompt would use (none is a message list) and, for eval, no
+ * --pairs: refused, as every flag without effect (it was accepted and changed nothing). */
+int eval_chat_template_used(const fdpo_flag *flags, size_t n_flags, char *const *prompts, size_t n_prompts,
+                            int other_use);
 int eval_parse_divergences(const char *flag, const char *list, fdpo_divergence **divs, size_t *n);
 
 /* The sampling flags of fdpo generate and fdpo eval: --n, --temperature, --top-k, --top-p,

@@ -267,6 +267,24 @@ def test_generate_bad_input(byte_model, tmp_path, content, flags, msg):
     assert msg in r.stderr
 
 
+def test_a_chat_template_no_prompt_uses_is_refused(byte_model, tmp_path):
+    """--chat-template applies to conversational prompts only: with plain ones it was accepted
+    and the samples were byte-identical to a run without it (eval: also with no --pairs)"""
+    d, _ = byte_model
+    pf = tmp_path / "p.txt"
+    pf.write_text("Hi\n[not json, a plain prompt]\n")
+    msg = ("--chat-template: no prompt in --data is a conversation (a JSONL \"prompt\" or \"messages\" list of "
+           "{role, content}), so the template would change nothing\n")
+    for cmd in (["generate", "--model", d], ["eval", "--model", d, "--ref", d]):
+        r = run(FDPO, *cmd, "--data", pf, "--chat-template", "chatml", "--max-new-tokens", 2)
+        assert r.returncode == 1 and r.stderr.endswith(msg), r.stderr
+        assert run(FDPO, *cmd, "--data", pf, "--max-new-tokens", 2).returncode == 0
+    conv = tmp_path / "c.jsonl"
+    conv.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi"}]}) + "\n")
+    r = run(FDPO, "generate", "--model", d, "--data", conv, "--chat-template", "chatml", "--max-new-tokens", 2)
+    assert r.returncode == 0, r.stderr
+
+
 def test_invalid_utf8_in_the_prompts_is_named_by_line(byte_model, tmp_path):
     """it said "p.txt: not valid UTF-8" with no line, unlike every other error in the file"""
     d, _ = byte_model
