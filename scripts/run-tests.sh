@@ -35,8 +35,14 @@ if [ "$workers" -gt 1 ] && /usr/bin/python3 -c "import xdist" 2>/dev/null; then
 fi
 log=$(mktemp)
 /usr/bin/python3 -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/py ${PYTEST_ARGS:-} 2>&1 | tee "$log"
-pp=$(grep -Eo '[0-9]+ passed' "$log" | tail -n1 | grep -Eo '[0-9]+' || echo 0)
-pf=$(grep -Eo '[0-9]+ (failed|errors?)' "$log" | awk '{s+=$1} END {print s+0}')
+prc=${PIPESTATUS[0]}
+# the counts come from pytest's closing line only: a failing test's own output can hold
+# "rank 1 of 2 failed", which summing every "N failed" in the log counted as failures
+summary=$(grep -E '^=*[[:space:]]*[0-9]+ (passed|failed|errors?)' "$log" | tail -n1)
+pp=$(echo "$summary" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+' || echo 0)
+pf=$(echo "$summary" | grep -Eo '[0-9]+ (failed|errors?)' | awk '{s+=$1} END {print s+0}')
+# pytest failing without a count (a collection crash, an interrupted run) is a failure too
+if [ "$prc" -ne 0 ] && [ "${pf:-0}" -eq 0 ]; then pf=1; echo "FAILED: pytest exited $prc"; fi
 rm -f "$log"
 passed=$((passed + pp)); failed=$((failed + ${pf:-0}))
 echo "tests: $passed passed, $failed failed"
