@@ -141,6 +141,10 @@ int fdpo_direct_write(fdpo_direct_file *f, const void *data, size_t len);
 int fdpo_direct_commit(fdpo_direct_file *f);
 void fdpo_direct_abort(fdpo_direct_file *f);
 int fdpo_mkdir_p(const char *path);
+/* fdpo_mkdir_p that also appends to (*made, *n_made) each directory its own mkdir() created,
+ * outermost first (not the path's text: "new/../keep" makes only "new"); free each and the
+ * array. made may be NULL. */
+int fdpo_mkdir_p_made(const char *path, char ***made, size_t *n_made);
 int fdpo_file_exists(const char *path);
 /* Exclusive, non-blocking flock on DIR.lock (beside DIR: DIR itself is swapped by rename),
  * held until fdpo_dir_unlock or process exit; the file records the holder's pid. Taking a

@@ -243,12 +243,17 @@ void fdpo_strv_free(fdpo_strv *sv) {
     sv->v = NULL; sv->n = sv->cap = 0;
 }
 
-int fdpo_mkdir_p(const char *path) {
+int fdpo_mkdir_p_made(const char *path, char ***made, size_t *n_made) {
     char *p = fdpo_strdup(path);
     for (char *s = p + 1; ; s++) {
         if (*s == '/' || *s == 0) {
             char c = *s; *s = 0;
-            if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+            if (mkdir(p, 0777) == 0) {
+                if (made) {
+                    *made = fdpo_realloc(*made, (*n_made + 1) * sizeof **made);
+                    (*made)[(*n_made)++] = fdpo_strdup(p);
+                }
+            } else if (errno != EEXIST) {
                 fdpo_error("%s: cannot create directory: %s", p, strerror(errno));
                 free(p); return -1;
             }
@@ -261,6 +266,8 @@ int fdpo_mkdir_p(const char *path) {
     if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return fdpo_error("%s: not a directory", path);
     return 0;
 }
+
+int fdpo_mkdir_p(const char *path) { return fdpo_mkdir_p_made(path, NULL, NULL); }
 
 int fdpo_file_exists(const char *path) { struct stat st; return stat(path, &st) == 0; }
 

@@ -32,32 +32,6 @@ static void free_made_parents(int i) {
     g_held[i].n_made_parents = 0;
 }
 
-/* mkdir -p of path, recording each directory this call's mkdir() created (not the text of
- * the path: "new/../keep" makes only "new"), outermost first. */
-static int mkdir_parents(const char *path, char ***made, size_t *n_made) {
-    char *p = fdpo_strdup(path);
-    for (char *s = p + 1; ; s++) {
-        if (*s != '/' && *s != 0) continue;
-        char c = *s;
-        *s = 0;
-        if (mkdir(p, 0777) == 0) {
-            *made = fdpo_realloc(*made, (*n_made + 1) * sizeof **made);
-            (*made)[(*n_made)++] = fdpo_strdup(p);
-        } else if (errno != EEXIST) {
-            int e = errno;
-            fdpo_error("%s: cannot create directory: %s", p, strerror(e));
-            free(p);
-            return -1;
-        }
-        *s = c;
-        if (c == 0) break;
-    }
-    free(p);
-    struct stat st;
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return fdpo_error("%s: not a directory", path);
-    return 0;
-}
-
 static char *lock_path(const char *dir) {
     size_t n = strlen(dir);
     while (n > 1 && dir[n - 1] == '/') n--;
@@ -90,6 +64,19 @@ static int guards_something(const char *lp) {
     return full;
 }
 
+/* The directories fdpo_mkdir_p_made made, removed innermost first while they are empty. */
+static void remove_made(char *const *made, size_t n) {
+    for (size_t k = n; k-- > 0;)
+        if (rmdir(made[k]) != 0) break;
+}
+
+/* ... and freed */
+static void unmake_parents(char **made, size_t n) {
+    remove_made(made, n);
+    for (size_t k = 0; k < n; k++) free(made[k]);
+    free(made);
+}
+
 /* A held lock that guards nothing (a run that failed at its start): its file is removed, and
  * DIR too if this run made it and it is still empty (rmdir removes only an empty one), so a
  * failed start leaves nothing behind. Called while the lock is still held. */
@@ -102,9 +89,7 @@ static void remove_if_unused(int i) {
         free(target);
     }
     unlink(g_held[i].dir);
-    /* and the directories made for it, innermost first, while they are empty */
-    for (size_t k = g_held[i].n_made_parents; k-- > 0;)
-        if (rmdir(g_held[i].made_parents[k]) != 0) break;
+    remove_made(g_held[i].made_parents, g_held[i].n_made_parents);   /* and the directories made for it */
 }
 
 /* At exit, the locks a failed run did not release (remove_if_unused). */
@@ -113,15 +98,6 @@ static void release_at_exit(void) {
         if (g_held[i].dir && g_held[i].owner == getpid()) remove_if_unused(i);
 }
 
-/* The directories mkdir_parents made, removed (innermost first, while empty) and freed. */
-static void unmake_parents(char **made, size_t n) {
-    int removing = 1;
-    for (size_t k = n; k-- > 0;) {
-        if (removing && rmdir(made[k]) != 0) removing = 0;
-        free(made[k]);
-    }
-    free(made);
-}
 
 static int take_lock(const char *dir, const char *flag) {
     char *path = lock_path(dir);
@@ -137,7 +113,7 @@ static int take_lock(const char *dir, const char *flag) {
     int fd = -1;
     if (slash && slash != parent) {
         *slash = 0;
-        if (mkdir_parents(parent, &made_parents, &n_made_parents)) {
+        if (fdpo_mkdir_p_made(parent, &made_parents, &n_made_parents)) {
             free(parent);
             fdpo_error_context("%s", flag);
             goto fail;
