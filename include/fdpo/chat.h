@@ -76,4 +76,7 @@ int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t, int32_t
  * generation prompt and encoded. 0 done, 1 not such a prompt (nothing set), -1 error. */
 int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n);
 
+/* 1 when prompt is such a message list (fdpo_chat_encode_prompt would render it), else 0. */
+int fdpo_chat_is_conversation(const char *prompt);
+
 #endif

@@ -3,7 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <cJSON.h>
 #include "cli/eval_common.h"
 #include "fdpo/chat.h"
 #include "fdpo/core.h"
@@ -23,17 +22,8 @@ int eval_set_chat_template(fdpo_tokenizer *tok, const char *name) {
 int eval_chat_template_used(const fdpo_flag *flags, size_t n_flags, char *const *prompts, size_t n_prompts,
                             int other_use) {
     if (other_use || !flags_was_set(flags, n_flags, "chat-template")) return 0;
-    for (size_t i = 0; i < n_prompts; i++) {
-        if (prompts[i][0] != '[') continue;
-        /* a conversation's text as fdpo_chat_encode_prompt reads it: a list of {role, content} */
-        cJSON *a = cJSON_Parse(prompts[i]);
-        int conversation = cJSON_IsArray(a) && cJSON_GetArraySize(a) > 0;
-        for (const cJSON *e = conversation ? a->child : NULL; e; e = e->next)
-            conversation &= cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "role")) &&
-                            cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "content"));
-        cJSON_Delete(a);
-        if (conversation) return 0;
-    }
+    for (size_t i = 0; i < n_prompts; i++)
+        if (fdpo_chat_is_conversation(prompts[i])) return 0;
     return fdpo_error("--chat-template: no prompt in --data is a conversation (a JSONL \"prompt\" or \"messages\" "
                       "list of {role, content}), so the template would change nothing");
 }

@@ -267,27 +267,52 @@ int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t_in, int3
     return 0;
 }
 
-int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n) {
-    if (prompt[0] != '[') return 1;
-    cJSON *a = cJSON_Parse(prompt);
-    size_t k = 0, len = a && cJSON_IsArray(a) ? (size_t)cJSON_GetArraySize(a) : 0;
-    fdpo_chat_msg *m = fdpo_malloc((len ? len : 1) * sizeof *m);
-    for (const cJSON *e = len ? a->child : NULL; e; e = e->next) {
+/* The messages of a prompt that is a conversation's JSON text (a non-empty list of
+ * {role: string, content: string}): *a holds the parsed text the messages point into (the
+ * caller deletes it), *m the messages (malloc'd). 1 a conversation, 0 not (nothing kept). */
+static int prompt_messages(const char *prompt, cJSON **a, fdpo_chat_msg **m, size_t *k) {
+    *a = NULL; *m = NULL; *k = 0;
+    if (prompt[0] != '[') return 0;
+    cJSON *list = cJSON_Parse(prompt);
+    size_t len = list && cJSON_IsArray(list) ? (size_t)cJSON_GetArraySize(list) : 0, n = 0;
+    fdpo_chat_msg *msgs = fdpo_malloc((len ? len : 1) * sizeof *msgs);
+    for (const cJSON *e = len ? list->child : NULL; e; e = e->next) {
         const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "role"), *c = cJSON_GetObjectItemCaseSensitive(e, "content");
         if (!cJSON_IsString(r) || !cJSON_IsString(c)) break;
-        m[k++] = (fdpo_chat_msg){r->valuestring, c->valuestring};
+        msgs[n++] = (fdpo_chat_msg){r->valuestring, c->valuestring};
     }
-    int rc = 1;
-    if (len && k == len) {
-        fdpo_chat chat;
-        rc = fdpo_chat_for(tok, &chat);
-        if (rc == 0) {
-            fdpo_chat_text t = {0};
-            fdpo_chat_render(&chat, m, k, FDPO_CHAT_START | FDPO_CHAT_GENERATION_PROMPT, &t);
-            rc = fdpo_chat_encode(tok, &t, ids, NULL, n);
-            fdpo_chat_text_free(&t);
-            fdpo_chat_free(&chat);
-        }
+    if (!len || n != len) {
+        free(msgs);
+        cJSON_Delete(list);
+        return 0;
+    }
+    *a = list; *m = msgs; *k = n;
+    return 1;
+}
+
+int fdpo_chat_is_conversation(const char *prompt) {
+    cJSON *a;
+    fdpo_chat_msg *m;
+    size_t k;
+    int yes = prompt_messages(prompt, &a, &m, &k);
+    free(m);
+    cJSON_Delete(a);
+    return yes;
+}
+
+int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n) {
+    cJSON *a;
+    fdpo_chat_msg *m;
+    size_t k;
+    if (!prompt_messages(prompt, &a, &m, &k)) return 1;
+    fdpo_chat chat;
+    int rc = fdpo_chat_for(tok, &chat);
+    if (rc == 0) {
+        fdpo_chat_text t = {0};
+        fdpo_chat_render(&chat, m, k, FDPO_CHAT_START | FDPO_CHAT_GENERATION_PROMPT, &t);
+        rc = fdpo_chat_encode(tok, &t, ids, NULL, n);
+        fdpo_chat_text_free(&t);
+        fdpo_chat_free(&chat);
     }
     free(m);
     cJSON_Delete(a);
