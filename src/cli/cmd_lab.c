@@ -643,20 +643,25 @@ static int lab_check_method(int argc, char **argv) {
     free(ms);
     if (rc == 0 && nm == 0) rc = fdpo_error("--method: empty list");
     /* a method's own flags, given where no listed method reads them, were ignored */
-    static const struct { const char *flag, *methods; } method_flags[] = {
-        {"pair-top", "dpo"}, {"grpo-eps", "grpo"}, {"steps", "online,rloo,grpo,kto"}, {"group-size", "online,rloo,grpo"},
-        {"labels", "kto"}, {"label-threshold", "kto"}, {"desirable-weight", "kto"}, {"undesirable-weight", "kto"},
+#define M(x) (1u << FDPO_LAB_##x)
+    static const struct { const char *flag; unsigned readers; } method_flags[] = {
+        {"pair-top", M(DPO)}, {"grpo-eps", M(GRPO)}, {"steps", M(ONLINE) | M(RLOO) | M(GRPO) | M(KTO)},
+        {"group-size", M(ONLINE) | M(RLOO) | M(GRPO)}, {"labels", M(KTO)}, {"label-threshold", M(KTO)},
+        {"desirable-weight", M(KTO)}, {"undesirable-weight", M(KTO)},
     };
+#undef M
+    unsigned listed = 0;
+    for (size_t a = 0; a < nm; a++) listed |= 1u << methods[a];
     for (size_t f = 0; rc == 0 && f < sizeof method_flags / sizeof method_flags[0]; f++) {
-        if (!flags_was_set(flags, NFLAGS(flags), method_flags[f].flag)) continue;
-        int used = 0;
-        for (size_t a = 0; a < nm; a++) {
-            const char *name = fdpo_lab_method_name(methods[a]), *m = method_flags[f].methods;
-            for (const char *hit = strstr(m, name); hit && !used; hit = strstr(hit + 1, name))
-                used = (hit == m || hit[-1] == ',') && (hit[strlen(name)] == ',' || !hit[strlen(name)]);
-        }
-        if (!used) rc = fdpo_error("--%s: only --method %s use%s it (--method %s)", method_flags[f].flag, method_flags[f].methods,
-                                   strchr(method_flags[f].methods, ',') ? "" : "s", methodspec);
+        if (!flags_was_set(flags, NFLAGS(flags), method_flags[f].flag) || (listed & method_flags[f].readers)) continue;
+        char readers[64] = "";
+        int n_readers = 0;
+        for (int m = 0; m < FDPO_LAB_NMETHODS; m++)
+            if (method_flags[f].readers & (1u << m))
+                snprintf(readers + strlen(readers), sizeof readers - strlen(readers), "%s%s", n_readers++ ? "," : "",
+                         fdpo_lab_method_name((fdpo_lab_method)m));
+        rc = fdpo_error("--%s: only --method %s use%s it (--method %s)", method_flags[f].flag, readers,
+                        n_readers > 1 ? "" : "s", methodspec);
     }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
