@@ -20,8 +20,9 @@
  * fdpo_encode_prompts renders it with the tokenizer's chat template and the generation
  * prompt (include/fdpo/chat.h). Blank lines are skipped; a leading UTF-8 byte
  * order mark is skipped; a JSON string with a NUL (\u0000) is an error. Errors name
- * FILE:LINE. */
-int fdpo_read_prompts(const char *path, char ***prompts, size_t *n);
+ * FILE:LINE. lines (may be NULL): each prompt's line number in the file (malloc'd), for
+ * later messages about a prompt (fdpo_prompt_lens_check). */
+int fdpo_read_prompts(const char *path, char ***prompts, size_t **lines, size_t *n);
 /* The same from text in memory (name is used in messages). */
 int fdpo_parse_prompts(const char *name, const char *text, size_t len, char ***prompts, size_t *n);
 /* JSONL {"prompt": "...", "completion": "..."} per line (for fdpo score); lines (may be NULL):
@@ -78,12 +79,15 @@ typedef struct {
 int fdpo_encode_prompts(const fdpo_tokenizer *tok, char *const *prompts, size_t n,
                         int32_t ***ids, size_t **lens);
 void fdpo_free_ids(int32_t **ids, size_t *lens, size_t n);
-/* Before a run that samples them step after step (rl, online): every prompt of the file
- * encodes (fdpo_encode_prompts) to 1 .. n_positions - 1 tokens, room to generate; else an
- * error "--data PATH: prompt K (...): T tokens leave no room ...", so that a
- * long prompt fails the run at its start, not after steps whose work is then lost. */
-int fdpo_prompts_check_fit(const fdpo_tokenizer *tok, char *const *prompts, size_t n, size_t n_positions,
-                           const char *path);
+/* Every prompt of path, encoded to lens[0..n), leaves room to generate: lens[p] < n_positions;
+ * else an error "PATH:LINE: prompt of T tokens leaves no room to generate ..." (lines from
+ * fdpo_read_prompts; NULL: "--data PATH: prompt K (blank lines not counted): ..."). */
+int fdpo_prompt_lens_check(const size_t *lens, const size_t *lines, size_t n, size_t n_positions, const char *path);
+/* Before a run that samples them step after step (rl, online): the prompts encoded
+ * (fdpo_encode_prompts) and checked by fdpo_prompt_lens_check, so that a long prompt fails
+ * the run at its start, not after steps whose work is then lost. */
+int fdpo_prompts_check_fit(const fdpo_tokenizer *tok, char *const *prompts, const size_t *lines, size_t n,
+                           size_t n_positions, const char *path);
 /* n_samples samples for each prompt; *out gets n_prompts * n_samples samples, prompt-major
  * (sample s of prompt p at p * n_samples + s). */
 int fdpo_generate(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c,

@@ -113,7 +113,7 @@ int cmd_eval(int argc, char **argv) {
     fdpo_pref_set pairs = {0};
     int have_pairs = 0;
     char **prompts = NULL;
-    size_t n_prompts = 0, n_div = 0;
+    size_t n_prompts = 0, n_div = 0, *prompt_lines = NULL;
     int32_t **ids = NULL;
     size_t *lens = NULL;
     fdpo_gpt2 *ref = NULL;
@@ -198,7 +198,7 @@ int cmd_eval(int argc, char **argv) {
         c.words = words;
         free(spec);
     }
-    if (!rc && fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) rc = fdpo_error_context("--data");
+    if (!rc && fdpo_read_prompts(prompts_path, &prompts, &prompt_lines, &n_prompts)) rc = fdpo_error_context("--data");
     if (!rc) rc = eval_chat_template_used(flags, n_flags, prompts, n_prompts, pairs_path != NULL);
     if (!rc) rc = fdpo_eval_load_checkpoint("--ref", ref_dir, &ref, &ref_tok);
     if (!rc) rc = eval_set_chat_template(ref_tok, chat_template);
@@ -223,6 +223,8 @@ int cmd_eval(int argc, char **argv) {
         rc = fdpo_eval_load_checkpoint("--model", policies[p], &pm, &pt);
         if (!rc && !fdpo_tokenizer_same(pt, ref_tok))
             rc = fdpo_error("--model %s: its tokenizer differs from --ref's (the same text would be other ids)", policies[p]);
+        if (!rc && fdpo_prompt_lens_check(lens, prompt_lines, n_prompts, pm->config.n_positions, prompts_path))
+            rc = fdpo_error_context("--model %s", policies[p]);
         if (!rc) {
             fdpo_log(FDPO_LOG_INFO, "%s (%zu prompts x %ld samples)", policies[p], n_prompts, sf.n);
             cols[p] = fdpo_evaluate(pm, ref, pt, prompts, ids, lens, n_prompts, &c, samples_af.f, policies[p]);
@@ -275,6 +277,7 @@ int cmd_eval(int argc, char **argv) {
     free(cols); free(divs);
     fdpo_free_ids(ids, lens, ids ? n_prompts : 0);
     fdpo_free_strings(prompts, n_prompts);
+    free(prompt_lines);
     if (have_pairs) fdpo_pref_free(&pairs);
     fdpo_reward_free(reward);
     fdpo_reward_free(safety);

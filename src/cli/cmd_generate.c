@@ -44,8 +44,8 @@ int cmd_generate(int argc, char **argv) {
     fdpo_set_threads((int)threads);
 
     char **prompts = NULL;
-    size_t n_prompts = 0;
-    if (fdpo_read_prompts(prompts_path, &prompts, &n_prompts)) {
+    size_t n_prompts = 0, *prompt_lines = NULL;
+    if (fdpo_read_prompts(prompts_path, &prompts, &prompt_lines, &n_prompts)) {
         eval_release_out(out_path);
         return fdpo_error_context("--data");
     }
@@ -58,6 +58,7 @@ int cmd_generate(int argc, char **argv) {
     if (!rc) rc = fdpo_eval_load_checkpoint("--model", model_dir, &m, &tok);
     if (!rc) rc = eval_set_chat_template(tok, chat_template);
     if (!rc) rc = fdpo_encode_prompts(tok, prompts, n_prompts, &ids, &lens);
+    if (!rc) rc = fdpo_prompt_lens_check(lens, prompt_lines, n_prompts, m->config.n_positions, prompts_path);
     double t0 = fdpo_now();
     /* under MPI each rank generates its block of prompts; rank 0 writes them all */
     fdpo_generate_timing tm;
@@ -106,6 +107,7 @@ int cmd_generate(int argc, char **argv) {
     }
     fdpo_free_ids(ids, lens, ids ? n_prompts : 0);
     fdpo_free_strings(prompts, n_prompts);
+    free(prompt_lines);
     fdpo_tokenizer_free(tok);
     fdpo_gpt2_free(m);
     eval_release_out(out_path);

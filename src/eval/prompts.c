@@ -133,10 +133,10 @@ static int read_lines(const char *path, int allow_text, const char *const *field
     return rc;
 }
 
-int fdpo_read_prompts(const char *path, char ***prompts, size_t *n) {
+int fdpo_read_prompts(const char *path, char ***prompts, size_t **lines, size_t *n) {
     fdpo_strv v = {0};
     static const char *const fields[] = {"prompt"};
-    if (read_lines(path, 1, fields, 1, &v, NULL)) return -1;   /* parse_lines freed what it read */
+    if (read_lines(path, 1, fields, 1, &v, lines)) return -1;   /* parse_lines freed what it read */
     *prompts = v.v; *n = v.n;
     return 0;
 }

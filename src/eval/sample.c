@@ -290,16 +290,24 @@ int32_t fdpo_sample_token(const float *logits, size_t V, const fdpo_sample_confi
     return token;
 }
 
-int fdpo_prompts_check_fit(const fdpo_tokenizer *tok, char *const *prompts, size_t n, size_t n_positions,
-                           const char *path) {
+int fdpo_prompt_lens_check(const size_t *lens, const size_t *lines, size_t n, size_t n_positions, const char *path) {
+    for (size_t p = 0; p < n; p++) {
+        if (lens[p] < n_positions) continue;
+        if (lines)
+            return fdpo_error("%s:%zu: the prompt's %zu tokens leave no room to generate (model n_positions %zu)", path,
+                              lines[p], lens[p], n_positions);
+        return fdpo_error("--data %s: prompt %zu (blank lines not counted): %zu tokens leave no room to generate "
+                          "(model n_positions %zu)", path, p + 1, lens[p], n_positions);
+    }
+    return 0;
+}
+
+int fdpo_prompts_check_fit(const fdpo_tokenizer *tok, char *const *prompts, const size_t *lines, size_t n,
+                           size_t n_positions, const char *path) {
     int32_t **ids = NULL;
     size_t *lens = NULL;
     if (fdpo_encode_prompts(tok, prompts, n, &ids, &lens)) return fdpo_error_context("--data %s", path);
-    int rc = 0;
-    for (size_t p = 0; p < n && !rc; p++)
-        if (lens[p] >= n_positions)
-            rc = fdpo_error("--data %s: prompt %zu (blank lines not counted): %zu tokens leave no room to generate "
-                            "(model n_positions %zu)", path, p + 1, lens[p], n_positions);
+    int rc = fdpo_prompt_lens_check(lens, lines, n, n_positions, path);
     fdpo_free_ids(ids, lens, n);
     return rc;
 }

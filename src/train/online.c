@@ -495,11 +495,11 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     if (o->rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->rounds);
     if (o->pairs_bt && fdpo_pairs_config_check(&(fdpo_pairs_config){.scale = o->bt_scale})) return -1;
     char **prompts = NULL;
-    size_t n_prompts = 0;
-    if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
-    if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--data %s: no prompts", o->prompts); }
+    size_t n_prompts = 0, *prompt_lines = NULL;
+    if (fdpo_read_prompts(o->prompts, &prompts, &prompt_lines, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
+    if (n_prompts == 0) { fdpo_free_strings(prompts, 0); free(prompt_lines); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
-    if (!reward) { fdpo_free_strings(prompts, n_prompts); return -1; } /* the message names --reward */
+    if (!reward) { fdpo_free_strings(prompts, n_prompts); free(prompt_lines); return -1; } /* the message names --reward */
     /* one run per directory: a second one would sample and rename the same rounds */
     int rc = 0, locked = 0;
     if (fdpo_dist_is_root()) locked = (rc = fdpo_dir_lock(o->out, "--out")) == 0;   /* rank 0 holds it */
@@ -548,7 +548,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
             if (!ref) rc = -1;
             if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
         }
-        if (rc == 0) rc = fdpo_prompts_check_fit(tok, prompts, n_prompts, policy->config.n_positions, o->prompts);
+        if (rc == 0) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, policy->config.n_positions, o->prompts);
     }
     /* the reference is the round's starting policy itself in iterative DPO, and in round 0
      * of online DPO whose reference is --model: then log pi_ref = log pi, no second scoring */
@@ -669,6 +669,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     if (locked) fdpo_dir_unlock(o->out);
     fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
+    free(prompt_lines);
     return rc;
 }
 
@@ -728,9 +729,9 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
                                                      "--prompts-per-round");
     t.resume = o->resume;
     char **prompts = NULL;
-    size_t n_prompts = 0;
-    if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
-    if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--data %s: no prompts", o->prompts); }
+    size_t n_prompts = 0, *prompt_lines = NULL;
+    if (fdpo_read_prompts(o->prompts, &prompts, &prompt_lines, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
+    if (n_prompts == 0) { fdpo_free_strings(prompts, 0); free(prompt_lines); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
     fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
     /* LoRA without --ref: the reference is the policy with its adapters off (no second copy) */
@@ -751,7 +752,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     tr.progress.phase = "online";
     fdpo_dpo_config cfg = o->dpo.dpo;
     cfg.micro_batch = 0;
-    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, n_prompts, policy->config.n_positions, o->prompts);
+    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, policy->config.n_positions, o->prompts);
     if (!rc) d_ok = (rc = fdpo_dpo_init(&d, policy, ref, &cfg)) == 0;
     /* a step takes each prompt at most once (fdpo_train_step_items) */
     const size_t P = tr_ok ? tr.step_items : 1, K = (size_t)o->n, N = P * K;
@@ -869,5 +870,6 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (ref && !ref_is_base) fdpo_gpt2_free(ref);
     if (reward) fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
+    free(prompt_lines);
     return rc;
 }

@@ -323,9 +323,9 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     /* an fdpo_trainer run whose items are the prompts */
     fdpo_train_opts t = rl_train_opts(o);
     char **prompts = NULL;
-    size_t n_prompts = 0;
-    if (fdpo_read_prompts(o->prompts, &prompts, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
-    if (n_prompts == 0) { fdpo_free_strings(prompts, 0); return fdpo_error("--data %s: no prompts", o->prompts); }
+    size_t n_prompts = 0, *prompt_lines = NULL;
+    if (fdpo_read_prompts(o->prompts, &prompts, &prompt_lines, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
+    if (n_prompts == 0) { fdpo_free_strings(prompts, 0); free(prompt_lines); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
     fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
     /* LoRA without --ref: the reference is the policy with its adapters off (no second copy) */
@@ -342,7 +342,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     else if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
     if (!rc && ref->config.vocab_size != tr.model->config.vocab_size)
         rc = fdpo_error("--ref: vocabulary %zu != the policy's %zu", ref->config.vocab_size, tr.model->config.vocab_size);
-    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, n_prompts, tr.model->config.n_positions, o->prompts);
+    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, tr.model->config.n_positions, o->prompts);
     fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
     /* one decoder for the whole run (its cache, buffers and bf16 packed weights; re-packed
      * in place at each step's sampling, after the optimizer step before it) */
@@ -434,5 +434,6 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (ref && !ref_is_base) fdpo_gpt2_free(ref);
     if (reward) fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
+    free(prompt_lines);
     return rc;
 }

@@ -30,7 +30,7 @@ static int h_prompts(int argc, char **argv) {
     if (argc != 2) return fdpo_error("usage: data-prompts FILE");
     char **p;
     size_t n;
-    if (fdpo_read_prompts(argv[1], &p, &n)) return -1;
+    if (fdpo_read_prompts(argv[1], &p, NULL, &n)) return -1;
     cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "prompts");
     for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateString(p[i]));
     fdpo_free_strings(p, n);
@@ -77,7 +77,7 @@ static int h_chat_prompts(int argc, char **argv) {
     char **p = NULL;
     size_t n = 0, *lens = NULL;
     int32_t **ids = NULL;
-    int rc = fdpo_read_prompts(argv[3], &p, &n);
+    int rc = fdpo_read_prompts(argv[3], &p, NULL, &n);
     if (!rc) rc = fdpo_encode_prompts(tok, p, n, &ids, &lens);
     fdpo_tokenizer_free(tok);
     if (rc) { fdpo_free_strings(p, n); return -1; }

@@ -257,8 +257,8 @@ def test_stop_string(byte_model, tmp_path):
     ("a\n", ["--temperature", "0", "--top-p", "0.5"], "--top-p: has no effect with --temperature 0 (greedy decoding)"),
     ("", [], "p.txt: no prompts (the file is empty)"),
     ("\n  \n\n", [], "p.txt: no prompts (the file holds only blank lines)"),   # it said "is empty"
-    # the library names the prompt; the command adds the file it came from
-    ("a\n" + "b" * 64 + "\n", [], "p.txt: prompt 2 (blank lines not counted): 64 tokens leave no room to generate (model n_positions 64)"),
+    # named by FILE:LINE (it said "prompt 2 (blank lines not counted)")
+    ("a\n\n" + "b" * 64 + "\n", [], "p.txt:3: the prompt's 64 tokens leave no room to generate (model n_positions 64)"),
 ])
 def test_generate_bad_input(byte_model, tmp_path, content, flags, msg):
     d, _ = byte_model
@@ -283,6 +283,17 @@ def test_a_chat_template_no_prompt_uses_is_refused(byte_model, tmp_path):
     conv.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi"}]}) + "\n")
     r = run(FDPO, "generate", "--model", d, "--data", conv, "--chat-template", "chatml", "--max-new-tokens", 2)
     assert r.returncode == 0, r.stderr
+
+
+def test_eval_names_a_prompt_too_long_for_a_policy_by_line(byte_model, tmp_path):
+    """the error named "prompt 2 (blank lines not counted)" under the policy's name; the
+    prompt file's line is what a user can find"""
+    d, _ = byte_model
+    pf = tmp_path / "p.txt"
+    pf.write_text("a\n\n" + "b" * 64 + "\n")
+    r = run(FDPO, "eval", "--model", d, "--ref", d, "--data", pf, "--max-new-tokens", 2)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"--model {d}: {pf}:3: the prompt's 64 tokens leave no room to generate (model n_positions 64)\n"), r.stderr
 
 
 def test_invalid_utf8_in_the_prompts_is_named_by_line(byte_model, tmp_path):

@@ -406,7 +406,8 @@ def test_online_steps_two_ranks_equal_one(work, tmp_path):
 def test_a_failing_rank_ends_every_rank_with_its_message(work, tmp_path, cmd):
     """The reward program fails on prompt 6, which only the last rank samples: the job ends
     quickly, non-zero, and the other rank reports the failing rank's message (no rank waits
-    in a collective). generate has no reward: a prompt too long for the model fails there."""
+    in a collective). generate has no reward: a prompt too long for the model fails it, on
+    every rank before any sampling (named by its line), and the job ends all the same."""
     reward = f"cmd:/usr/bin/python3 {work / 'fails_on_6.py'}"
     if cmd == "online":
         args = online_args(work, tmp_path / "o", "--rounds", 1)
@@ -428,10 +429,12 @@ def test_a_failing_rank_ends_every_rank_with_its_message(work, tmp_path, cmd):
     # the failing rank's message, naming the prompt by its line in --data. Rank 1 prints it
     # itself; rank 0 also has it ("rank 1 of 2 failed: ...") but whichever rank calls
     # MPI_Abort first ends the other, so which of the two lines appears is a race.
-    assert "[rank 1/2]" in r.stderr or "rank 1 of 2 failed" in r.stderr, r.stderr
-    assert ("prompt 7 (blank lines not counted): 80 tokens" if cmd == "generate" else "crashed on prompt 6") in r.stderr, r.stderr
     if cmd == "generate":
+        assert f"{tmp_path / 'p.txt'}:7: the prompt's 80 tokens leave no room to generate" in r.stderr, r.stderr
         assert not (tmp_path / "g.jsonl").exists()
+    else:
+        assert "[rank 1/2]" in r.stderr or "rank 1 of 2 failed" in r.stderr, r.stderr
+        assert "crashed on prompt 6" in r.stderr, r.stderr
 
 
 # ---- rm and kto: data-parallel through the trainer ----

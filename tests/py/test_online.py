@@ -638,8 +638,7 @@ def test_a_prompt_too_long_for_the_model_fails_the_run_at_its_start(setup, tmp_p
             "rl": ["rl", "--steps", 5, "--prompts-per-step", 1]}[cmd]
     r = fdpo(*args, *common, check=False)
     assert r.returncode != 0
-    assert f"--data {tmp_path / 'p.txt'}: prompt 4 (blank lines not counted): 100 tokens leave no room to generate" \
-        in r.stderr, r.stderr
+    assert f": {tmp_path / 'p.txt'}:5: the prompt's 100 tokens leave no room to generate" in r.stderr, r.stderr
     m = tmp_path / "o" / "metrics.jsonl"
     assert not m.exists() or m.read_text() == ""
     assert not (tmp_path / "o" / "round-0").exists()
