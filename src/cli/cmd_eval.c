@@ -175,6 +175,9 @@ int cmd_eval(int argc, char **argv) {
     eval_inputs_add(&in, "--pairs", &pairs_path, 1);
     eval_inputs_add(&in, "--ref", &ref_dir, 1);
     eval_inputs_add(&in, "--model", models.v, n_pol);
+    eval_inputs_add_reward(&in, "--reward", reward_spec);
+    eval_inputs_add_reward(&in, "--safety", safety_spec);
+    eval_inputs_add(&in, "--lexicon", &lexicon, 1);
     if (!rc) rc = eval_claim_out("--out", out_path, (const char *const (*)[2])in.v, in.n, 0);
     if (!rc) rc = eval_claim_out("--samples-out", samples_path, (const char *const (*)[2])in.v, in.n, 0);
     free(in.v);

@@ -41,9 +41,13 @@ int cmd_pairs(int argc, char **argv) {
     const fdpo_pairs_config pc = {scale, (size_t)max_per_prompt, skip_ties, (uint64_t)seed};
     if (fdpo_pairs_config_check(&pc)) return -1;   /* before the samples are read and scored */
     fdpo_set_threads((int)threads);
-    const char *rm_dir = reward_spec && !strncmp(reward_spec, "rm:", 3) ? reward_spec + 3 : NULL;
-    const char *const inputs[][2] = {{"--data", samples}, {"--reward", rm_dir}};
-    if (eval_claim_out("--out", out, inputs, 2, 0)) return -1;
+    eval_inputs in = {0};   /* the output may not replace the samples or a file the reward reads */
+    eval_inputs_add(&in, "--data", &samples, 1);
+    eval_inputs_add_reward(&in, "--reward", reward_spec);
+    eval_inputs_add(&in, "--lexicon", &lexicon, 1);
+    rc = eval_claim_out("--out", out, (const char *const (*)[2])in.v, in.n, 0);
+    free(in.v);
+    if (rc) return -1;
     rc = pairs_run(samples, out, reward_spec, lexicon, timeout, &pc);
     eval_release_out(out);
     return rc;

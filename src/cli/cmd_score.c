@@ -1,6 +1,7 @@
 /* fdpo score: reward and log-probabilities of given completions, no sampling; JSONL out.
  * The flags fill fdpo_score_opts; the driver is the library's fdpo_score_run. */
 #include <stdio.h>
+#include <stdlib.h>
 #include "cli/commands.h"
 #include "cli/eval_common.h"
 #include "cli/flags.h"
@@ -34,8 +35,15 @@ int cmd_score(int argc, char **argv) {
         return -1;
     if (fdpo_set_precision(precision)) return -1;
     fdpo_set_threads((int)threads);
-    const char *const inputs[][2] = {{"--data", o.data}, {"--model", o.model}, {"--ref", o.ref}};
-    if (eval_claim_out("--out", o.out, inputs, 3, 1)) return -1;
+    eval_inputs in = {0};   /* the output may not replace an input, nor a file the reward reads */
+    eval_inputs_add(&in, "--data", &o.data, 1);
+    eval_inputs_add(&in, "--model", &o.model, 1);
+    eval_inputs_add(&in, "--ref", &o.ref, 1);
+    eval_inputs_add_reward(&in, "--reward", o.reward);
+    eval_inputs_add(&in, "--lexicon", &o.reward_opts.lexicon, 1);
+    rc = eval_claim_out("--out", o.out, (const char *const (*)[2])in.v, in.n, 1);
+    free(in.v);
+    if (rc) return -1;
     if (o.reward) interrupts_set(INTERRUPT_KILL_REWARD);
     rc = fdpo_score_run(&o);
     eval_release_out(o.out);

@@ -100,3 +100,8 @@ void eval_inputs_add(eval_inputs *in, const char *flag, const char *const *paths
     }
     for (size_t i = 0; i < n_paths; i++) { in->v[in->n][0] = flag; in->v[in->n++][1] = paths[i]; }
 }
+
+void eval_inputs_add_reward(eval_inputs *in, const char *flag, const char *spec) {
+    const char *path = fdpo_reward_spec_input(spec);
+    eval_inputs_add(in, flag, &path, 1);
+}

@@ -47,4 +47,6 @@ void eval_release_out(const char *path);
  * each of paths[0..n_paths) as one {flag, path} entry. The array grows; free(in->v) after. */
 typedef struct { const char *(*v)[2]; size_t n, cap; } eval_inputs;
 void eval_inputs_add(eval_inputs *in, const char *flag, const char *const *paths, size_t n_paths);
+/* the file or directory reward spec reads (fdpo_reward_spec_input), under flag */
+void eval_inputs_add_reward(eval_inputs *in, const char *flag, const char *spec);
 #endif

@@ -642,6 +642,13 @@ int fdpo_reward_timeout_check(double timeout_s, const char *const *specs, size_t
     return fdpo_error("--reward-timeout %g: only used by a cmd:PROGRAM reward", timeout_s);
 }
 
+const char *fdpo_reward_spec_input(const char *spec) {
+    static const char *const reads[] = {"lexicon:", "words:", "rm:"};
+    for (size_t i = 0; spec && i < sizeof reads / sizeof reads[0]; i++)
+        if (!strncmp(spec, reads[i], strlen(reads[i])) && spec[strlen(reads[i])]) return spec + strlen(reads[i]);
+    return NULL;
+}
+
 void fdpo_reward_free(fdpo_reward *r) {
     if (!r) return;
     lex_free(&r->lex);

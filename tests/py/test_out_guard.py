@@ -349,3 +349,24 @@ def test_a_failed_start_leaves_no_lock(d, tmp_path):
     assert (tmp_path / "ok.lock").exists()
     fdpo(*checkpoint_cmd(d, "sft"), "--out", tmp_path / "n1" / "n2" / "ok", *FAST)   # a run that saved keeps its parents
     assert (tmp_path / "n1" / "n2" / "ok.lock").exists() and (tmp_path / "n1" / "n2" / "ok" / "config.json").exists()
+
+
+@pytest.mark.parametrize("cmd", ["pairs", "score", "eval"])
+@pytest.mark.parametrize("given", ["lexicon:{f}", "words:{f}", "--lexicon"])
+def test_an_output_may_not_replace_a_file_the_reward_reads(d, tmp_path, cmd, given):
+    """pairs and score replaced a lexicon:FILE reward's word list with their JSONL (exit 0):
+    only an rm:DIR reward was among the inputs an output may not replace"""
+    f = tmp_path / "words.txt"
+    f.write_text("good 1\nnice 2\n" if given != "words:{f}" else "good\nnice\n")
+    before = f.read_bytes()
+    samples = tmp_path / "s.jsonl"
+    write_jsonl(samples, [{"prompt": "a:", "completion": " good"}, {"prompt": "a:", "completion": " bad"}])
+    reward = ["--reward", "afinn", "--lexicon", f] if given == "--lexicon" else ["--reward", given.format(f=f)]
+    flag = "--lexicon" if given == "--lexicon" else "--reward"
+    args = {"pairs": ["pairs", "--data", samples],
+            "score": ["score", "--model", d / "base", "--data", samples],
+            "eval": ["eval", "--model", d / "base", "--ref", d / "base", "--data", d / "prompts.txt", "--n", 2,
+                     "--max-new-tokens", 2]}[cmd]
+    r = fdpo(*args, *reward, "--out", f, *FAST[:2], check=False)
+    refused(r, f"--out {f}: is the input {flag} {f}, which the output would replace; give another file")
+    assert f.read_bytes() == before
