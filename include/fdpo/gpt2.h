@@ -46,6 +46,13 @@ typedef struct {
      * still uses rows [0, vocab_size) only. src/model/gpt2_score.c, docs/rm.md. */
     size_t num_labels;
     int32_t pad_token_id;     /* num_labels > 0: written to config.json (GPT-2 has none: eot) */
+    /* config.json's bos_token_id, eos_token_id (an id or a list, as Llama 3's) and, for a
+     * language model, pad_token_id: their compact JSON object as read ("" = none), written
+     * back unchanged. transformers' generate() takes its end token from these when a
+     * checkpoint has no generation_config.json; its defaults (GPT-2 50256, Llama 2) would
+     * be other tokens. A model fdpo creates gets its tokenizer's end token
+     * (fdpo_config_set_eot). */
+    char special_token_ids[192];
 } fdpo_gpt2_config;
 
 /* Parameter tensors, carved from one allocation in this order. Linear weights are stored

@@ -119,6 +119,40 @@ static void config_json_head(cJSON *root, const fdpo_gpt2_config *c) {
     if (c->pad_token_id >= 0) cJSON_AddNumberToObject(root, "pad_token_id", (double)c->pad_token_id);
 }
 
+/* The token ids other tools read from config.json, kept as read when each is an integer or
+ * a list of integers (anything else, or a set too long to keep, is left out: no reader of
+ * fdpo's own needs them). A reward model's pad_token_id is the head's (config_head). */
+static void config_special_ids(const cJSON *root, fdpo_gpt2_config *c) {
+    static const char *const keys[] = {"bos_token_id", "eos_token_id", "pad_token_id"};
+    cJSON *kept = cJSON_CreateObject();
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+        if (c->num_labels && !strcmp(keys[k], "pad_token_id")) continue;
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
+        int ok = cJSON_IsNumber(v) || (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0);
+        for (const cJSON *e = cJSON_IsArray(v) ? v->child : v; ok && e; e = cJSON_IsArray(v) ? e->next : NULL)
+            ok = cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble <= INT32_MAX && e->valuedouble == floor(e->valuedouble);
+        if (ok) cJSON_AddItemToObject(kept, keys[k], cJSON_Duplicate(v, 1));
+    }
+    char *js = cJSON_PrintUnformatted(kept);
+    c->special_token_ids[0] = 0;
+    if (js && cJSON_GetArraySize(kept) > 0 && strlen(js) < sizeof c->special_token_ids)
+        memcpy(c->special_token_ids, js, strlen(js) + 1);
+    cJSON_free(js);
+    cJSON_Delete(kept);
+}
+
+/* the kept ids into root, after the keys it has (a head's pad_token_id stays the head's) */
+static void config_json_special_ids(cJSON *root, const fdpo_gpt2_config *c) {
+    cJSON *kept = c->special_token_ids[0] ? cJSON_Parse(c->special_token_ids) : NULL;
+    for (const cJSON *e = kept ? kept->child : NULL; e; e = e->next)
+        if (!cJSON_GetObjectItemCaseSensitive(root, e->string)) cJSON_AddItemToObject(root, e->string, cJSON_Duplicate(e, 1));
+    cJSON_Delete(kept);
+}
+
+void fdpo_config_set_eot(fdpo_gpt2_config *c, int32_t eot) {
+    snprintf(c->special_token_ids, sizeof c->special_token_ids, "{\"bos_token_id\":%d,\"eos_token_id\":%d}", (int)eot, (int)eot);
+}
+
 int fdpo_config_load(const char *path, fdpo_gpt2_config *c) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
@@ -147,6 +181,7 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
     else if (cJSON_IsString(mt) && (!strcmp(mt->valuestring, "llama") || !strcmp(mt->valuestring, "qwen2"))) {
         rc = config_load_llama(path, root, mt->valuestring, c);
         if (!rc) rc = config_head(path, root, c);
+        if (!rc) config_special_ids(root, c);
         cJSON_Delete(root);
         if (!rc && fdpo_gpt2_config_check(c)) rc = fdpo_error_context("%s", path);
         return rc;
@@ -176,6 +211,7 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
             rc = fdpo_error("%s: layer_norm_epsilon must be a positive number", path);
         else c->layer_norm_epsilon = (float)eps->valuedouble;
     }
+    if (!rc) config_special_ids(root, c);
     cJSON_Delete(root);
     if (!rc && fdpo_gpt2_config_check(c)) rc = fdpo_error_context("%s", path);
     return rc;
@@ -243,6 +279,7 @@ static cJSON *config_json_gpt2(const fdpo_gpt2_config *c) {
 int fdpo_config_save(const char *path, const fdpo_gpt2_config *c) {
     if (fdpo_gpt2_config_check(c)) return fdpo_error_context("%s", path);
     cJSON *root = c->arch == FDPO_ARCH_LLAMA ? config_json_llama(c) : config_json_gpt2(c);
+    config_json_special_ids(root, c);
     int rc = fdpo_write_json_atomic(path, root, 1);
     cJSON_Delete(root);
     return rc;

@@ -266,3 +266,35 @@ def test_greedy_generate_and_eval_logps_match_pytorch(llama):
             for model, key in ((policy, "logp"), (ref, "logp_ref")):
                 want = completion_logps(Callable(model), P, s["tokens"])[0].sum().item()
                 assert abs(s[key] - want) <= 1e-5 * max(1.0, abs(want)), (key, s[key], want)
+
+
+def test_written_checkpoints_keep_the_special_token_ids(llama, tmp_path):
+    """bos/eos/pad_token_id of config.json were dropped from every checkpoint fdpo wrote
+    (sft, merge, merge --lora): transformers' generate() then ends on LlamaConfig's default
+    eos 2, another token. They are kept as read, an eos list (Llama 3) included; a model
+    fdpo creates gets its tokenizer's end token (GPT-2 and Llama: transformers' defaults
+    50256 / 2 are not the byte tokenizer's 256)."""
+    ids = {"bos_token_id": 257, "eos_token_id": [256, 258], "pad_token_id": 0}
+    src = tmp_path / "src"
+    Llama(**CFG, seed=23).save_hf(str(src))
+    save_byte_tokenizer(str(src))
+    c = json.load(open(src / "config.json"))
+    json.dump({**c, **ids}, open(src / "config.json", "w"))
+    write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "Q: %d=" % i, "completion": " %d" % i} for i in range(8)])
+    common = ["--data", tmp_path / "sft.jsonl", "--steps", 1, "--batch-size", 2, "--seq-len", 16, "--threads", 1,
+              "--quiet", "--eval-every", 0]
+    fdpo("sft", "--model", src, "--out", tmp_path / "sft", *common)
+    fdpo("sft", "--model", src, "--out", tmp_path / "lora", "--lora-r", 2, *common)
+    fdpo("merge", "--model", src, "--model", tmp_path / "sft", "--out", tmp_path / "avg")
+    fdpo("merge", "--lora", tmp_path / "lora", "--out", tmp_path / "folded")
+    for d in ("sft", "avg", "folded"):
+        got = json.load(open(tmp_path / d / "config.json"))
+        assert {k: got.get(k) for k in ids} == ids, (d, got)
+    for arch in ([], ARCH):
+        out = tmp_path / ("new_llama" if arch else "new_gpt2")
+        (tmp_path / "t.txt").write_text(TEXT)
+        fdpo("pretrain", "--data", tmp_path / "t.txt", "--out", out, *(arch or ["--n-layer", 1, "--n-head", 2,
+             "--n-embd", 16, "--n-positions", 32]), "--seq-len", 16, "--batch-size", 2, "--steps", 1, "--threads", 1,
+             "--eval-every", 0, "--quiet")
+        got = json.load(open(out / "config.json"))
+        assert (got["bos_token_id"], got["eos_token_id"], "pad_token_id" in got) == (EOT, EOT, False), got
