@@ -17,6 +17,7 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
     static const struct { unsigned kind; const char *name, *what; } MARKS[] = {
         {FDPO_RUN_CHECKPOINT, "training_state.json", "a checkpoint (training_state.json)"},
         {FDPO_RUN_CHECKPOINT, "model.safetensors", "a checkpoint (model.safetensors)"},
+        {FDPO_RUN_CHECKPOINT, "model.safetensors.index.json", "a checkpoint (model.safetensors.index.json)"},
         {FDPO_RUN_ROUNDS, "round-0", "online rounds (round-0)"},
         {FDPO_RUN_SACPO, "sacpo.json", "sacpo stages (sacpo.json)"},
     };
@@ -76,13 +77,16 @@ static int copy_file(const char *src, const char *dst) {
 }
 
 /* The files every save writes afresh: never carried over (a writer that truncated in place
- * instead of renaming would otherwise write through the link into the old checkpoint). */
+ * instead of renaming would otherwise write through the link into the old checkpoint). A
+ * sharded checkpoint's index and shards (model-00001-of-00002.safetensors) are the weights
+ * of the replaced model: carried, they sat beside the new model.safetensors. */
 static int rewritten_by_save(const char *name) {
     static const char *const names[] = {"config.json", "model.safetensors", "training_state.json",
                                         "training_state.safetensors", "adapter_config.json",
-                                        "adapter_model.safetensors"};
+                                        "adapter_model.safetensors", "model.safetensors.index.json"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) if (!strcmp(name, names[i])) return 1;
-    return 0;
+    size_t n = strlen(name), suffix = strlen(".safetensors");
+    return !strncmp(name, "model-", 6) && n > 6 + suffix && !strcmp(name + n - suffix, ".safetensors");
 }
 
 /* The files a tokenizer is read from (fdpo_tokenizer_load_dir; tokenizer.json wins over the

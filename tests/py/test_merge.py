@@ -198,3 +198,32 @@ def test_an_architecture_mismatch_names_the_fields_that_differ(tmp_path, first, 
     r = run(FDPO, "merge", "--base", a, "--model", b, "--out", tmp_path / "out")
     assert r.returncode == 1 and r.stderr == f"fdpo merge: {b}: architecture differs from {a} ({what})\n", r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_out_holding_a_sharded_checkpoint_is_kept_or_replaced_whole(tmp_path):
+    """a sharded checkpoint (index + model-0000k-of-0000n.safetensors) in --out was replaced
+    without --overwrite; with it, the old shards and index stayed beside the new
+    model.safetensors"""
+    a, b = make_model(tmp_path, "a", 1), make_model(tmp_path, "b", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    t = tensors(a)
+    names = sorted(t)
+    weight_map = {k: "model-00001-of-00002.safetensors" if i % 2 else "model-00002-of-00002.safetensors"
+                  for i, k in enumerate(names)}
+    for shard in sorted(set(weight_map.values())):
+        st.save(str(out / shard), {k: t[k] for k in names if weight_map[k] == shard}, {"format": "pt"})
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (out / "config.json").write_text((a / "config.json").read_text())
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", out)
+    assert r.returncode == 1 and r.stderr == (f"fdpo merge: --out: {out} already holds a checkpoint "
+                                              "(model.safetensors.index.json) (use --overwrite to replace it)\n"), r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", out, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "fdpo_tokenizer.json", "model.safetensors", "notes.txt"]
+    got = tensors(out)
+    for k, v in tensors(a).items():
+        np.testing.assert_array_equal(got[k], ((v.astype(np.float64) + tensors(b)[k]) / 2).astype(np.float32))
