@@ -42,6 +42,7 @@ int cmd_online(int argc, char **argv) {
     train_flags_set_help(flags, n, "resume", "rounds: continue after the last complete round in --out; step: continue the saved run bit-exactly");
     train_flags_set_help(flags, n, "overwrite", "--mode step: start a fresh run even if --out holds one (rounds mode refuses it)");
     train_flags_set_help(flags, n, "stop-at", "--mode step: save and stop after this step, as if interrupted (rounds mode refuses it)");
+    train_flags_set_help(flags, n, "save-every", "--mode step: checkpoint every N steps (rounds mode saves every round, and refuses it)");
     train_flags_set_help(flags, n, "batch-size", "pairs per micro-batch of each round's f-DPO");
     train_flags_set_help(flags, n, "epochs", "passes over each round's pairs (when --steps is 0)");
     train_flags_set_help(flags, n, "seed", "seed for sampling, --pairing all-bt labels, the order of each round's pairs and LoRA "

@@ -492,6 +492,8 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     if (o->dpo.train.stop_at > 0 || o->dpo.train.overwrite)
         return fdpo_error("%s: --mode step only (rounds mode resumes after the last complete round)",
                           o->dpo.train.stop_at > 0 ? "--stop-at" : "--overwrite");
+    if (o->dpo.train.save_every > 0)   /* it was accepted, recorded and ignored */
+        return fdpo_error("--save-every: --mode step only (rounds mode saves every round, whole)");
     if (o->rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->rounds);
     if (o->pairs_bt && fdpo_pairs_config_check(&(fdpo_pairs_config){.scale = o->bt_scale})) return -1;
     char **prompts = NULL;
@@ -516,6 +518,9 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         }
         if (start > 0 && !o->resume)
             rc = fdpo_error("--out %s: holds %ld completed round(s); pass --resume to continue after them or choose another --out", o->out, start);
+        /* as step mode and the trainers: a mistyped --out is not a fresh run */
+        if (start == 0 && o->resume)
+            rc = fdpo_error("--resume: %s holds no completed round (nothing to resume; drop --resume to start the run)", o->out);
         /* a trainer's checkpoint or sacpo stages: the rounds' metrics.jsonl would replace that run's */
         const char *held = rc == 0 ? fdpo_out_holds_run(o->out, FDPO_RUN_ROUNDS) : NULL;
         if (held) rc = fdpo_error("--out %s: already holds %s of another run; choose another --out", o->out, held);

@@ -269,10 +269,13 @@ static int run_online_stage(const fdpo_sacpo_opts *o, const char *what, const ch
     on.ref = NULL;
     on.reward = spec;
     on.out = run;
-    on.resume = 1;                /* a fresh directory starts at round 0 */
+    char *round0 = fdpo_path_join(run, "round-0");
+    on.resume = fdpo_file_exists(round0);   /* continue after its complete rounds, or start at round 0 */
+    free(round0);
     on.dpo.train.continue_how = SACPO_CONTINUE;
     on.dpo.train.overwrite = 0;   /* the trainer's flags that rounds mode has no use for (it refuses them) */
     on.dpo.train.stop_at = 0;
+    on.dpo.train.save_every = 0;
     on.dpo.dpo.loss.beta = beta;
     fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s online against %s, beta %g, %ld round(s) in %s", what, init, dir, spec, beta,
              on.rounds, run);

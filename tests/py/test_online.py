@@ -236,6 +236,8 @@ def test_sigint_in_rounds_mode_keeps_the_complete_rounds_and_says_so(setup, tmp_
     (["--loss", "simpo"], "--loss simpo: online f-DPO needs a reference"),
     (["--stop-at", "1"], "--stop-at: --mode step only (rounds mode resumes after the last complete round)"),
     (["--overwrite"], "--overwrite: --mode step only (rounds mode resumes after the last complete round)"),
+    (["--save-every", "1"], "--save-every: --mode step only (rounds mode saves every round, whole)"),   # it was ignored
+    (["--resume"], "holds no completed round (nothing to resume; drop --resume to start the run)"),   # it started afresh
     # step mode's step is one f-DPO step: the rounds' batching flags were accepted and ignored
     *[(["--mode", "step", "--steps", "2", f], f"fdpo online: --{f.split('=')[0][2:]}: --mode rounds only (a step of "
        "--mode step is one f-DPO step on the pairs of --prompts-per-round prompts)\n")
