@@ -66,6 +66,16 @@ int cmd_sacpo(int argc, char **argv) {
                        "--safety both stages are online", every ? "eval-every" : "eval-fraction");
             goto done;
         }
+        /* how a pairs file is read and its reference computed: an online stage makes its own
+         * pairs from samples (fdpo_online_round_dpo_opts) and its reference log-probs by --ref-logps */
+        static const char *const files_only[] = {"max-length", "max-prompt-length", "on-long", "bad-pairs", "layout",
+                                                 "ref-live", "ref-cache-dir"};
+        for (size_t i = 0; i < sizeof files_only / sizeof files_only[0]; i++)
+            if (flags_was_set(flags, n, files_only[i])) {
+                fdpo_error("--%s: only stages on files use it (--reward-data/--safety-data); with --reward and --safety "
+                           "both stages are online", files_only[i]);
+                goto done;
+            }
     }
     if (!lambda_list) { fdpo_error("--lambda: required (one or more safety multipliers, e.g. 0.5,1,2)"); goto done; }
     if (flags_number_list("lambda", lambda_list, FLAGS_LIST_ANY, &lambdas, &so.n_lambdas)) goto done;

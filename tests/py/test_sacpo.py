@@ -129,6 +129,20 @@ def test_both_stages_online_refuse_the_held_out_flags(data, tmp_path, flag):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("flag", [["--max-length", "8"], ["--max-prompt-length", "2"], ["--on-long", "error"],
+                                  ["--bad-pairs", "error"], ["--layout", "plain"], ["--ref-live"],
+                                  ["--ref-cache-dir", "rc"]])
+def test_both_stages_online_refuse_the_pairs_file_flags(data, tmp_path, flag):
+    """how a pairs file is read and its reference computed: with both stages online they were
+    accepted and the models came out byte-identical (--max-length was even recorded)"""
+    r = fdpo("sacpo", "--model", data / "base", "--reward", "length", "--safety", "length", "--data",
+             data / "reward.jsonl", "--lambda", "1", "--out", tmp_path / "s", *COMMON, *flag, check=False)
+    assert r.returncode == 1 and r.stderr == (f"fdpo sacpo: {flag[0]}: only stages on files use it "
+                                              "(--reward-data/--safety-data); with --reward and --safety both "
+                                              "stages are online\n"), r.stderr
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("change,msg", [
     (["--beta", "0.3"], "--beta: 0.3 differs from 0.2"),
     (["--divergence", "js"], '--divergence: "js" differs from "rkl"'),
