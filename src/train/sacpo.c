@@ -80,19 +80,27 @@ char *fdpo_sacpo_lambda_dir(const char *out, double lambda) { return fmt_dir(out
 /* the shared train options sacpo's stages have no flag for (placeholders, not recorded) */
 static const char *const without_flag[] = FDPO_PREF_SETTINGS_WITHOUT_FLAG;
 
+/* a path of the plan as the file it names (resolved; as given where it does not resolve),
+ * so that a rerun from another directory is the same plan (plan_same_paths) */
+static void plan_path(cJSON *p, const char *key, const char *path) {
+    char *real = path ? realpath(path, NULL) : NULL;
+    cJSON_AddStringToObject(p, key, real ? real : path);
+    free(real);
+}
+
 static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     cJSON *p = cJSON_CreateObject();
     char div[64];
     fdpo_divergence_name(&o->dpo.dpo.loss.div, div, sizeof div);
-    cJSON_AddStringToObject(p, "model", o->dpo.train.init);
+    plan_path(p, "model", o->dpo.train.init);
     /* file stages keep the plan of earlier versions; online stages add their spec and sampling */
-    if (o->reward_data) cJSON_AddStringToObject(p, "reward_data", o->reward_data);
+    if (o->reward_data) plan_path(p, "reward_data", o->reward_data);
     else cJSON_AddStringToObject(p, "reward", o->reward_spec);
-    if (o->safety_data) cJSON_AddStringToObject(p, "safety_data", o->safety_data);
+    if (o->safety_data) plan_path(p, "safety_data", o->safety_data);
     else cJSON_AddStringToObject(p, "safety", o->safety_spec);
     if (o->reward_spec || o->safety_spec) {
         cJSON *on = cJSON_AddObjectToObject(p, "online");
-        cJSON_AddStringToObject(on, "data", o->online.prompts);
+        plan_path(on, "data", o->online.prompts);
         cJSON_AddNumberToObject(on, "rounds", (double)o->online.rounds);
         cJSON_AddNumberToObject(on, "prompts_per_round", (double)o->online.prompts_per_round);
         cJSON_AddNumberToObject(on, "n", (double)o->online.n);
@@ -104,7 +112,7 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
         cJSON_AddNumberToObject(on, "top_p", o->online.sample.top_p);
         cJSON_AddNumberToObject(on, "max_new_tokens", (double)o->online.sample.max_new_tokens);
         if (o->online.sample.stop) cJSON_AddStringToObject(on, "stop", o->online.sample.stop);
-        if (o->online.reward_opts.lexicon) cJSON_AddStringToObject(on, "lexicon", o->online.reward_opts.lexicon);
+        if (o->online.reward_opts.lexicon) plan_path(on, "lexicon", o->online.reward_opts.lexicon);
     }
     if (o->dpo.train.lora_r > 0) {   /* LoRA stages (absent otherwise, so earlier plans still match) */
         cJSON *lo = cJSON_AddObjectToObject(p, "lora");
@@ -186,6 +194,32 @@ static void plan_difference(const cJSON *was, const cJSON *now, const char *path
     fdpo_error("%s: its plan differs (use the same flags or another --out)", path);
 }
 
+/* The plan's paths (--model, the pairs files, the online stages' prompts and --lexicon) as
+ * the files they name: where the saved and the given spelling resolve to the same file
+ * (sftm and sftm/, ./rp.jsonl, the same run from another directory), the saved entry takes
+ * the given text, so that only a different file is a different plan. */
+static void plan_same_paths(cJSON *saved, const cJSON *now) {
+    static const char *const keys[] = {"model", "reward_data", "safety_data", "online.data", "online.lexicon"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const char *key = keys[i], *dot = strchr(key, '.');
+        cJSON *s = saved;
+        const cJSON *g = now;
+        if (dot) {
+            char parent[16];
+            snprintf(parent, sizeof parent, "%.*s", (int)(dot - key), key);
+            s = cJSON_GetObjectItemCaseSensitive(saved, parent);
+            g = cJSON_GetObjectItemCaseSensitive(now, parent);
+            key = dot + 1;
+        }
+        cJSON *a = cJSON_GetObjectItemCaseSensitive(s, key);
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(g, key);
+        if (!cJSON_IsString(a) || !cJSON_IsString(b) || !strcmp(a->valuestring, b->valuestring)) continue;
+        char *ra = realpath(a->valuestring, NULL), *rb = realpath(b->valuestring, NULL);
+        if (ra && rb && !strcmp(ra, rb)) cJSON_SetValuestring(a, b->valuestring);
+        free(ra); free(rb);
+    }
+}
+
 /* what an interrupted stage tells the user: sacpo has no --resume, a rerun resumes */
 #define SACPO_CONTINUE "run the same fdpo sacpo command again: it resumes the stage"
 
@@ -215,6 +249,7 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         const cJSON *stop = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(a, "online"), "stop");
         if (cJSON_IsString(stop) && !*stop->valuestring)
             cJSON_DeleteItemFromObject(cJSON_GetObjectItemCaseSensitive(a, "online"), "stop");
+        plan_same_paths(a, b);
         int same = cJSON_Compare(a, b, 1);
         if (!same) plan_difference(a, b, st->path);
         cJSON_Delete(a); cJSON_Delete(b);
@@ -244,14 +279,35 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
     return 0;
 }
 
+/* a stage's name: the last component of its directory (every stage is a child of --out) */
+static size_t stage_name(const char *dir, const char **name) {
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    size_t b = n;
+    while (b > 0 && dir[b - 1] != '/') b--;
+    *name = dir + b;
+    return n - b;
+}
+
+/* Stages are recorded by name, and matched by name: a record of an earlier fdpo holds the
+ * directory as --out spelled it ("M1/reward"), which --out ./M1, another working directory
+ * or a moved OUT spell otherwise, and every stage then ran again. */
 static int stage_done(const sacpo_state *st, const char *dir) {
+    const char *want, *got;
+    size_t n = stage_name(dir, &want);
     for (const cJSON *e = st->done->child; e; e = e->next)
-        if (cJSON_IsString(e) && !strcmp(e->valuestring, dir)) return 1;
+        if (cJSON_IsString(e) && stage_name(e->valuestring, &got) == n && !strncmp(got, want, n)) return 1;
     return 0;
 }
 
 static int state_mark(sacpo_state *st, const char *dir) {
-    cJSON_AddItemToArray(st->done, cJSON_CreateString(dir));
+    const char *name;
+    size_t n = stage_name(dir, &name);
+    char *rec = fdpo_malloc(n + 1);
+    memcpy(rec, name, n);
+    rec[n] = 0;
+    cJSON_AddItemToArray(st->done, cJSON_CreateString(rec));
+    free(rec);
     if (fdpo_dist_rank() > 0) return 0;   /* under MPI rank 0 alone writes */
     return fdpo_write_json_atomic(st->path, st->root, 1);
 }

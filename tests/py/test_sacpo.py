@@ -5,11 +5,12 @@ byte-identical to those of the plain `fdpo dpo` runs it wraps; P-SACPO merges eq
 import json
 import os
 import random
+import subprocess
 
 import numpy as np
 import pytest
 
-from dpo_common import fdpo, save_byte_tokenizer, write_jsonl
+from dpo_common import FDPO as FDPO_BIN, fdpo, save_byte_tokenizer, write_jsonl
 from fdpo_ref import safetensors as st
 from fdpo_ref.gpt2 import GPT2
 
@@ -93,6 +94,32 @@ def test_rerun_skips_done_stages_and_adds_lambdas(data, tmp_path):
     assert weights(s / "lambda-1") == before
     dpo(data, s / "reward", "safety.jsonl", 0.1, tmp_path / "m2")
     assert weights(s / "lambda-2") == weights(tmp_path / "m2")
+
+
+def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
+    """the plan compared --model and the pairs files as text, and the stages were recorded as
+    --out spelled them: sftm/ for sftm was refused, --out ./s ran every stage again, and a
+    moved OUT was refused naming a --resume sacpo does not have"""
+    s = tmp_path / "s"
+    sacpo(data, s, "--lambda", "1,2", "--merge", "0.5")
+    before = {d: weights(s / d) for d in ("reward", "lambda-1", "lambda-2", "merge-1-2-w0.5")}
+
+    def rerun(cwd, out):
+        rel = lambda p: os.path.relpath(p, cwd)
+        r = subprocess.run([FDPO_BIN, "sacpo", "--model", rel(data / "base") + "/", "--reward-data",
+                            "./" + rel(data / "reward.jsonl"), "--safety-data", rel(data / "safety.jsonl"),
+                            "--beta", "0.2", "--out", out, "--lambda", "1,2", "--merge", "0.5", *map(str, COMMON)],
+                           cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.count("done before") == 3, r.stderr
+
+    rerun(tmp_path, "./s/")
+    os.rename(s, tmp_path / "moved")
+    rerun(data, os.path.relpath(tmp_path / "moved", data))
+    assert {d: weights(tmp_path / "moved" / d) for d in before} == before
+    state = json.loads((tmp_path / "moved" / "sacpo.json").read_text())
+    assert state["stages_done"] == ["reward", "lambda-1", "lambda-2", "merge-1-2-w0.5"]
+    assert state["plan"]["model"] == os.path.realpath(data / "base")
 
 
 @pytest.mark.parametrize("extra,msg", [
