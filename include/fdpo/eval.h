@@ -197,7 +197,8 @@ int fdpo_reward_score(fdpo_reward *r, size_t n, char *const *prompts, char *cons
  * reproducible per round), scored with reward. Fills ids/lens and s (free them with
  * fdpo_free_ids and fdpo_samples_free, also after an error) and, for the N = P*k samples,
  * pp/cc (their prompts and texts, borrowed from ps and s) and r (their rewards). Errors
- * name the round as "WHAT ROUND: --reward SPEC: ...". seconds (may be NULL) gets the wall time
+ * start "WHAT: --reward SPEC: ..." (what: the loop's name of it, "round 0" or "step 3", the
+ * step as the metrics count it: from 1). seconds (may be NULL) gets the wall time
  * spent sampling [0] and scoring with the reward [1] (the loops' time/sampling, time/scoring). */
 /* the sampling seed of one round of an on-policy loop: fresh samples every round, reproducible */
 static inline uint64_t fdpo_round_seed(uint64_t seed, long round) { return seed * 1000003u + (uint64_t)round; }

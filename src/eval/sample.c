@@ -700,6 +700,6 @@ int fdpo_sample_and_score(fdpo_sampler *smp, const fdpo_tokenizer *tok, const fd
     rc = fdpo_reward_score(reward, N, pp, cc, nt, r);
     free(nt);
     if (seconds) { seconds[0] = t1 - t0; seconds[1] = fdpo_now() - t1; }
-    if (rc) fdpo_error_context("%s %ld: --reward %s", what, round, fdpo_reward_spec(reward));
+    if (rc) fdpo_error_context("%s: --reward %s", what, fdpo_reward_spec(reward));
     return rc;
 }

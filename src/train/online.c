@@ -305,7 +305,9 @@ static int make_round_pairs(const fdpo_online_opts *o, const fdpo_sample_config 
     double sec[2] = {0, 0};
     memset(st, 0, sizeof *st);
     b->n_pairs = 0;
-    int rc = fdpo_sample_and_score_ranks(sampler, tok, sample, "round", k, b->ps, P, K, reward, ids, lens, s,
+    char what[32];
+    snprintf(what, sizeof what, "round %ld", k);
+    int rc = fdpo_sample_and_score_ranks(sampler, tok, sample, what, k, b->ps, P, K, reward, ids, lens, s,
                                          b->pp, b->cc, b->r, sec);
     for (size_t i = 0; rc == 0 && i < N; i++) b->logp[i] = (*s)[i].logp;
     st->t_sampling = sec[0];
@@ -779,7 +781,9 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
         double sec[2] = {0, 0}, t_score, t_train = 0;
-        rc = fdpo_sample_and_score_ranks(sampler, tok, &sample, "step", step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
+        char what[32];   /* the step as its metrics line counts it */
+        snprintf(what, sizeof what, "step %ld", step + 1);
+        rc = fdpo_sample_and_score_ranks(sampler, tok, &sample, what, step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
         size_t np = 0, tokens = 0;
         double gap = 0, scores = 0, kl = 0, ent = 0, eos = 0;
         for (size_t p = 0; rc == 0 && p < P; p++) {

@@ -368,7 +368,9 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
         double sec[2] = {0, 0}, t_score = fdpo_now(), t_train = 0;
-        rc = fdpo_sample_and_score_ranks(sampler, tok, &sample, "step", step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r, sec);
+        char what[32];   /* the step as its metrics line counts it */
+        snprintf(what, sizeof what, "step %ld", step + 1);
+        rc = fdpo_sample_and_score_ranks(sampler, tok, &sample, what, step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r, sec);
         t_score = fdpo_now();
         int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
         if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);

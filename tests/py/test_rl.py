@@ -397,7 +397,8 @@ def test_interrupted_and_failed_runs_resume_bit_exactly(tmp_path, cmd):
     b2 = state_files(tmp_path / "b")
     assert [m["step"] for m in untimed_metrics(tmp_path / "b" / "metrics.jsonl")] == [1, 2]
     r = run("c", "--save-every", 2, check=False)
-    assert r.returncode != 0 and "step 2: --reward" in r.stderr and "reward model crashed" in r.stderr, r.stderr
+    # the failing step named as its metrics line would count it (it said "step 2", 0-based)
+    assert r.returncode != 0 and "step 3: --reward" in r.stderr and "reward model crashed" in r.stderr, r.stderr
     assert state_files(tmp_path / "c") == b2  # the failure left the step-2 checkpoint as it was
     assert json.loads((tmp_path / "c" / "training_state.json").read_text())["step"] == 2
     # a fresh run into a directory holding a checkpoint is refused; a changed fixed flag too
