@@ -78,7 +78,7 @@ static int pairs_run(const char *samples, const char *out, const char *reward_sp
         size_t *nt = fdpo_malloc(n * sizeof *nt);
         double *val = fdpo_malloc(n * sizeof *val);
         for (size_t i = 0; i < n; i++) { ps[i] = recs[i].prompt; cs[i] = recs[i].completion; nt[i] = recs[i].n_tokens; }
-        rc = fdpo_reward_score(r, n, ps, cs, nt, val);
+        rc = fdpo_reward_score(r, n, ps, cs, nt, val) ? fdpo_error_context("--reward %s", fdpo_reward_spec(r)) : 0;
         for (size_t i = 0; rc == 0 && i < n; i++) { recs[i].reward = val[i]; recs[i].has_reward = 1; }
         free(ps); free(cs); free(nt); free(val);
         fdpo_reward_free(r);

@@ -124,12 +124,13 @@ int fdpo_score_run(const fdpo_score_opts *o) {
     if (!rc && reward) {
         rw = fdpo_calloc(n ? n : 1, sizeof *rw);
         size_t b = mine_begin, k = mine_end - mine_begin;
-        if (k) rc = fdpo_reward_score(reward, k, prompts + b, comps + b, ntok + b, rw + b);
+        if (k && fdpo_reward_score(reward, k, prompts + b, comps + b, ntok + b, rw + b))
+            rc = fdpo_error_context("--reward %s", fdpo_reward_spec(reward));   /* as online and rl name it */
     }
     for (size_t i = mine_begin; i < mine_end && !rc; i++) {
         fdpo_seq_score s = {0};
         if (fdpo_score_sequence(md, rd, pids[i], plens[i], cids[i], clens[i], NULL, 0, &s))
-            rc = fdpo_error_context("--data: line %zu", i + 1);
+            rc = fdpo_error_context("--data %s:%zu", data_path, lines[i]);   /* the file's line, blank lines counted */
         sc[i * S_N + S_LOGP] = s.logp;
         sc[i * S_N + S_ENTROPY] = s.entropy_sum;
         sc[i * S_N + S_LOGP_REF] = s.logp_ref;

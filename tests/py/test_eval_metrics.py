@@ -676,6 +676,15 @@ def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
     assert msg in r.stderr, r.stderr
 
 
+def test_score_names_a_failing_reward_by_its_flag(byte_models, tmp_path):
+    """it said "reward command 'exit 3' exited with status 3", naming no flag"""
+    d, _, _ = byte_models
+    (tmp_path / "c.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    r = run(FDPO, "score", "--model", d / "pol", "--data", tmp_path / "c.jsonl", "--reward", "cmd:exit 3", "--threads", 1)
+    assert r.returncode == 1 and r.stderr == ("fdpo score: --reward cmd:exit 3: reward command 'exit 3' exited "
+                                              "with status 3\n"), r.stderr
+
+
 def test_score_names_the_line_too_long_for_the_model(byte_models, tmp_path):
     """n_positions 64: the second record, on line 3 (after a blank line), is 70 tokens: the
     message names FILE:LINE (it said "record 2")"""

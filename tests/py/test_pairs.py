@@ -115,6 +115,16 @@ def test_bad_input(tmp_path):
     assert not out.exists()
 
 
+def test_a_failing_reward_names_the_flag(tmp_path):
+    """pairs' (and score's) cmd: reward errors named no flag; online and rl say --reward SPEC"""
+    samples, out = tmp_path / "s.jsonl", tmp_path / "p.jsonl"
+    write_jsonl(samples, [{"prompt": "a", "completion": c} for c in "xyz"])
+    r = run("pairs", "--data", str(samples), "--out", str(out), "--reward", "cmd:echo 1")
+    assert r.returncode == 1 and r.stderr == ("fdpo pairs: --reward cmd:echo 1: reward command 'echo 1' printed 1 "
+                                              "lines, expected 3 (one number per completion)\n"), r.stderr
+    assert not out.exists()
+
+
 # ---- reward programs (cmd:PROG): deadline and signals ----
 
 def _samples(tmp_path):
