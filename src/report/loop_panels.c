@@ -98,11 +98,11 @@ static void loop_panel(rp_ctx *c, rp_charts *ch, loop_kind k, const char *title,
             size_t n = 0, j = 0;
             const cJSON *row;
             cJSON_ArrayForEach(row, r->rows) { double v, x; n += fdpo_rp_get_num(row, key, &v) && fdpo_rp_get_num(row, xkey, &x); }
-            size_t stride = n > maxp ? (n + maxp - 1) / maxp : 1;
+            fdpo_rp_thin thin = {n, maxp, 0};
             cJSON_ArrayForEach(row, r->rows) {
                 double v, x;
                 if (!fdpo_rp_get_num(row, key, &v) || !fdpo_rp_get_num(row, xkey, &x)) continue;
-                if (j % stride == 0 || j + 1 == n) fdpo_rp_series_add(s, x, v, NULL);
+                if (fdpo_rp_thin_keep(&thin, j)) fdpo_rp_series_add(s, x, v, NULL);
                 j++;
             }
         }

@@ -165,13 +165,14 @@ static void training_panel(charts *ch, const char *title, const char *explain, c
             size_t n = 0;
             const cJSON *row;
             cJSON_ArrayForEach(row, r->rows) { double v; n += row_num(row, k, &v); }
-            size_t stride = n > maxp ? (n + maxp - 1) / maxp : 1, j = 0, idx = 0;
+            fdpo_rp_thin thin = {n, maxp, 0};
+            size_t j = 0, idx = 0;
             cJSON_ArrayForEach(row, r->rows) {
                 idx++;
                 double v, x;
                 if (!row_num(row, k, &v)) continue;
                 if (!row_num(row, "step", &x)) x = (double)idx;
-                if (j % stride == 0 || j + 1 == n) series_add(s, x, v, NULL);
+                if (fdpo_rp_thin_keep(&thin, j)) series_add(s, x, v, NULL);
                 j++;
             }
         }

@@ -73,6 +73,17 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
 typedef struct rp_charts rp_charts;
 cJSON *fdpo_rp_series_new(cJSON *list, const char *label, const char *color, int line, int dash);
 void fdpo_rp_series_add(cJSON *s, double x, double y, const char *tip);
+/* Thinning a curve of n points to at most maxp (>= 2), the first and the last among them:
+ * points j = round(k (n - 1) / (maxp - 1)), k = 0 .. maxp - 1, asked in order j = 0 .. n - 1.
+ * (A stride plus "keep the last" drew maxp + 1.) */
+typedef struct { size_t n, maxp, k; } fdpo_rp_thin;
+static inline int fdpo_rp_thin_keep(fdpo_rp_thin *t, size_t j) {
+    if (t->n <= t->maxp) return 1;
+    size_t m = t->maxp < 2 ? 2 : t->maxp;
+    if (j != (size_t)((double)t->k * (double)(t->n - 1) / (double)(m - 1) + 0.5)) return 0;
+    t->k++;
+    return 1;
+}
 /* Emits a panel if any series has a point (takes ownership of series); returns 1 if drawn. */
 int fdpo_rp_chart_emit(rp_charts *ch, cJSON *series, const char *title, const char *explain, const char *xlabel,
                        const char *ylabel, int xlog);
