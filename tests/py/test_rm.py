@@ -468,3 +468,24 @@ def test_rm_run_logs_the_trl_metric_values(rm_dir, tmp_path, center):
     assert 0 < want["accuracy"] < 1, diffs   # both outcomes occur: the count is tested
     for k, v in want.items():
         assert abs(m[k] - v) <= 1e-5 * max(1.0, abs(v)), (k, m[k], v)
+
+
+def test_a_null_margin_is_no_margin(rm_dir, tmp_path):
+    """"margin": null (what a dataset export writes for a row without one) trains as a pair
+    without a margin; docs/rm.md said every non-number margin was an error"""
+    tmp, _, _ = rm_dir
+    runs = {}
+    for name, margin in (("absent", ...), ("null", None), ("zero", 0.0)):
+        rows = [dict(r) for r in ROWS]
+        rows[0].pop("margin", None)
+        if margin is not ...:
+            rows[0]["margin"] = margin
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        fdpo("rm", "--model", tmp / "rm", "--data", tmp_path / f"{name}.jsonl", "--out", tmp_path / name, "--steps", 1,
+             "--batch-size", len(ROWS), "--eval-fraction", 0, "--lr", 0, "--threads", 1, "--quiet")
+        runs[name] = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert runs["null"] == runs["absent"] == runs["zero"], runs
+    write_jsonl(tmp_path / "half.jsonl", [dict(ROWS[0], margin=0.5)] + [dict(r) for r in ROWS[1:]])
+    fdpo("rm", "--model", tmp / "rm", "--data", tmp_path / "half.jsonl", "--out", tmp_path / "half", "--steps", 1,
+         "--batch-size", len(ROWS), "--eval-fraction", 0, "--lr", 0, "--threads", 1, "--quiet")
+    assert json.loads((tmp_path / "half" / "metrics.jsonl").read_text().splitlines()[0])["loss"] != runs["zero"]
