@@ -12,6 +12,33 @@ static const char *json_kind(const cJSON *j) {
          : cJSON_IsBool(j) ? "a boolean" : "null";
 }
 
+static int cmp_key(const void *a, const void *b) {
+    return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+/* The first key that one object of j (at any depth) holds twice, or NULL. cJSON keeps both
+ * and its lookups return the first; Python's json, and so a datasets/TRL pipeline, keeps the
+ * last: the same line would be another record there. */
+static const char *duplicate_key(const cJSON *j) {
+    if (!cJSON_IsObject(j) && !cJSON_IsArray(j)) return NULL;
+    size_t n = 0;
+    for (const cJSON *e = j->child; e; e = e->next) {
+        const char *d = duplicate_key(e);
+        if (d) return d;
+        n++;
+    }
+    if (!cJSON_IsObject(j) || n < 2) return NULL;
+    const cJSON **keys = fdpo_malloc(n * sizeof *keys);
+    n = 0;
+    for (const cJSON *e = j->child; e; e = e->next) keys[n++] = e;
+    qsort(keys, n, sizeof *keys, cmp_key);
+    const char *dup = NULL;
+    for (size_t i = 1; i < n && !dup; i++)
+        if (!strcmp(keys[i - 1]->string, keys[i]->string)) dup = keys[i]->string;
+    free(keys);
+    return dup;
+}
+
 cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
     const char *end = NULL;
     cJSON *obj = cJSON_ParseWithLengthOpts(line, n, &end, 0);
@@ -30,6 +57,13 @@ cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *lin
     if (!cJSON_IsObject(obj)) {
         fdpo_error("%s:%zu: expected a JSON object%s%s, got %s", path, line_no, expect ? " " : "", expect ? expect : "",
                    json_kind(obj));
+        cJSON_Delete(obj);
+        return NULL;
+    }
+    const char *dup = duplicate_key(obj);
+    if (dup) {
+        fdpo_error("%s:%zu: key \"%.64s\" appears twice in one object (readers differ on which one counts)", path,
+                   line_no, dup);
         cJSON_Delete(obj);
         return NULL;
     }

@@ -282,6 +282,10 @@ def _line_cases(good, expect):
         ('["prompt", "a"]', f"expected a JSON object{expect}, got an array"),
         ('"a prompt"', f"expected a JSON object{expect}, got a string"),
         ('{"prompt": "a" "x": 1}', "invalid JSON near column 16"),   # the missing comma: "x" is at column 16
+        # cJSON's lookups took the first, Python's json the last: another record there
+        (good[:-1] + ', "prompt": "z"}', 'key "prompt" appears twice in one object (readers differ on which one counts)'),
+        ('{"prompt": [{"role": "user", "role": "assistant", "content": "x"}]}',
+         'key "role" appears twice in one object (readers differ on which one counts)'),
     ]
 
 
