@@ -275,6 +275,26 @@ def test_kto_run_logs_the_trl_metric_values(models, tmp_path, policy, div):
         assert abs(m["scores/chosen"] - m["rewards/chosen"]) > 1e-3
 
 
+def test_kl_is_the_mean_over_the_steps_examples(models, tmp_path):
+    """Micro-batches of 2, 2, 2 and 1 in one step: kl is their z0 weighted by example count
+    (the mean over the step's 7 examples), as docs/kto.md says; TRL's equal-weight mean of the
+    four micro-batch values is another number here (docs/kto.md said it was that one)."""
+    tmp, beta = models, 0.5
+    fdpo("kto", "--model", tmp / "policy_up", "--ref", tmp / "ref", "--data", tmp / "data.jsonl", "--out",
+         tmp_path / "k", "--divergence", "rkl", "--beta", beta, "--steps", 1, "--batch-size", 2, "--grad-accum", 4,
+         "--shuffle=false", "--max-length", MAX_LEN, "--eval-fraction", 0, "--lr", 0, "--threads", 1, "--quiet")
+    m = json.loads((tmp_path / "k" / "metrics.jsonl").read_text().splitlines()[0])
+    pol, ref = GPT2(**CFG).double(), GPT2(**CFG).double()
+    pol.load_hf(str(tmp / "policy_up"))
+    ref.load_hf(str(tmp / "ref"))
+    toks = [tokenize(r) for r in ROWS]
+    loss, z0s = trl_kto(pol, ref, toks, [r["label"] for r in ROWS], "rkl", beta, 1.0, 1.0, 2)
+    per_micro = [z0s[i] for i in range(0, len(ROWS), 2)]
+    assert abs(m["kl"] - np.mean(z0s)) <= 1e-5 * max(1.0, abs(np.mean(z0s))), (m["kl"], z0s)
+    assert abs(np.mean(z0s) - np.mean(per_micro)) > 1e-3, z0s
+    assert abs(m["loss"] - loss.item()) <= 1e-5 * max(1.0, abs(loss.item())), (m["loss"], loss.item())
+
+
 def test_a_micro_batch_of_one_is_refused(models, tmp_path):
     """z0 pairs completion i with prompt (i+1) mod n of its micro-batch: with n = 1 that is the
     example's own prompt, so the KL estimate was the example's own log-ratio (TRL's KTOTrainer
