@@ -39,9 +39,18 @@ static int cmp_begin(const void *a, const void *b) {
 
 /* Parse and validate the JSON header into st (data/data_len already set). */
 static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!root) return fdpo_error("%s: malformed header JSON near byte %zu of the header", st->path,
-                                 cJSON_GetErrorPtr() ? (size_t)(cJSON_GetErrorPtr() - json) : (size_t)0);
+                                 end && end >= json ? (size_t)(end - json) : (size_t)0);
+    /* the header is one object, padded with spaces (the format's rule): text after it (a
+     * stray '}' that closed it early, junk) was ignored, and tensors after it went missing */
+    size_t used = end && end >= json ? (size_t)(end - json) : len;
+    while (used < len && (json[used] == ' ' || json[used] == '\t' || json[used] == '\r' || json[used] == '\n')) used++;
+    if (used < len) {
+        cJSON_Delete(root);
+        return fdpo_error("%s: malformed header: text after its JSON object at byte %zu of the header", st->path, used);
+    }
     if (!cJSON_IsObject(root)) { cJSON_Delete(root); return fdpo_error("%s: header JSON is not an object", st->path); }
     size_t n = 0;
     for (cJSON *e = root->child; e; e = e->next) n++;

@@ -212,6 +212,11 @@ BAD = {
                         ["model.safetensors", "header length 1000000", "past the end"]),
     "malformed_json": (lambda d: write_header(d / "model.safetensors", b'{"a": {"dtype": '),
                        ["model.safetensors", "malformed header JSON"]),
+    # text after the header's object (inside its declared length) was ignored; the padding
+    # the format allows (spaces) is still read
+    "header_trailing_text": (lambda d: write_header(d / "model.safetensors", *(lambda h, body: (
+                                 json.dumps(h).encode() + b"garbage!", body))(*raw_header(d))),
+                             ["model.safetensors", "malformed header: text after its JSON object at byte"]),
     "header_not_object": (lambda d: write_header(d / "model.safetensors", b'[1, 2]'),
                           ["model.safetensors", "not an object"]),
     "unknown_dtype": (lambda d: write_header(d / "model.safetensors",
