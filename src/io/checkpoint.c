@@ -475,6 +475,13 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
                                 "is not a ...ForSequenceClassification)", ss.files[fi].path);
                 break;
             }
+            size_t first;
+            const fdpo_st_tensor *other = st_set_find(&ss, f->name, &first);
+            if (other && first != fi) {   /* read from the first shard that holds it */
+                rc = fdpo_error("%s: tensor '%s' is also in %s (a tensor belongs in one shard)", ss.files[fi].path, f->name,
+                                ss.files[first].path);
+                break;
+            }
             if (!is_skipped_name(f->name)) {
                 rc = fdpo_error("%s: unexpected tensor '%s' (not part of a %s model with this config)", ss.files[fi].path, f->name,
                                 c.arch == FDPO_ARCH_LLAMA ? c.model_type : "gpt2");

@@ -181,7 +181,20 @@ BAD = {
     "missing_shard": (lambda d: os.remove(os.path.join(d, "model-00002-of-00002.safetensors")),
                       ["model-00002-of-00002.safetensors", "missing"]),
     "missing_tensor_in_shards": (lambda d: drop_from_index(d, "model.norm.weight"), ["missing tensor 'model.norm.weight'"]),
+    # it said "unexpected tensor 'model.norm.weight' (not part of a llama model ...)"
+    "tensor_in_two_shards": (lambda d: copy_to_other_shard(d, "model.norm.weight"),
+                             ["tensor 'model.norm.weight' is also in", "(a tensor belongs in one shard)"]),
 }
+
+
+def copy_to_other_shard(d, name):
+    idx = json.load(open(os.path.join(d, "model.safetensors.index.json")))["weight_map"]
+    src = idx[name]
+    other = next(f for f in sorted(set(idx.values())) if f != src)
+    value = st.load(os.path.join(d, src))[0][name]
+    tensors, meta = st.load(os.path.join(d, other))
+    tensors[name] = value
+    st.save(os.path.join(d, other), tensors, meta)
 
 
 def edit_config(d, **kv):
