@@ -63,6 +63,12 @@ typedef struct fdpo_lora {
  * "c_proj" matches attn.c_proj and mlp.c_proj); a target matching nothing is an error that
  * lists the model's module names. */
 int fdpo_lora_opts_check(const fdpo_lora_opts *o, const fdpo_gpt2 *m);
+/* The comma list of module names alone, its errors naming it `name` (an adapter's
+ * target_modules). */
+int fdpo_lora_targets_check(const char *targets, const fdpo_gpt2 *m, const char *name);
+/* PEFT's target_modules "all-linear" for m's family: every linear layer of the blocks (the
+ * LM head is not one). */
+const char *fdpo_lora_all_linear(const fdpo_gpt2 *m);
 /* Attach fresh adapters to m (A kaiming-uniform from seed, B zero); m->lora owns them. On a
  * reward model the score head joins the trainable tensors (initialised from m's).
  * Adapters m already has (a model read from a LoRA checkpoint) are first folded into the

@@ -125,7 +125,9 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
     if (!cJSON_IsNumber(r) || !(r->valuedouble >= 1 && r->valuedouble <= 65536) || r->valuedouble != (double)(long)r->valuedouble) {
         fdpo_error("%s: r must be an integer in [1, 65536]", path); goto done;
     }
-    if (!cJSON_IsNumber(alpha)) { fdpo_error("%s: lora_alpha must be a number", path); goto done; }
+    /* absent: PEFT's LoraConfig default, 8 */
+    if (alpha && !cJSON_IsNull(alpha) && !cJSON_IsNumber(alpha)) { fdpo_error("%s: lora_alpha must be a number", path); goto done; }
+    const double alpha_value = cJSON_IsNumber(alpha) ? alpha->valuedouble : 8.0;
     if (dropout && !cJSON_IsNull(dropout) && !cJSON_IsNumber(dropout)) { fdpo_error("%s: lora_dropout must be a number", path); goto done; }
     if (bias && !cJSON_IsNull(bias) && (!cJSON_IsString(bias) || strcmp(bias->valuestring, "none"))) {
         fdpo_error("%s: bias must be \"none\" (fdpo's adapters have no bias terms)", path); goto done;
@@ -136,6 +138,14 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, unsupported[i]))) {
             fdpo_error("%s: %s is not supported", path, unsupported[i]); goto done;
         }
+    /* adapters on some layers only: fdpo adapts a module in every layer */
+    static const char *const per_layer[] = {"layers_to_transform", "layers_pattern"};
+    for (size_t i = 0; i < 2; i++) {
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, per_layer[i]);
+        if (p && !cJSON_IsNull(p) && !(cJSON_IsArray(p) && !p->child)) {
+            fdpo_error("%s: %s is not supported (fdpo adapts the target modules of every layer)", path, per_layer[i]); goto done;
+        }
+    }
     static const char *const patterns[] = {"rank_pattern", "alpha_pattern"};   /* per-module r / alpha */
     for (size_t i = 0; i < 2; i++) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, patterns[i]);
@@ -169,6 +179,11 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
             if (!cJSON_IsString(x) || !*x->valuestring || strchr(x->valuestring, ',')) {
                 fdpo_error("%s: target_modules must hold module names", path); goto done;
             }
+            if (strchr(x->valuestring, '.')) {   /* PEFT matches it as a suffix of one layer's path */
+                fdpo_error("%s: target_modules entry '%s' names a module path (a layer of its own): not supported "
+                           "(fdpo adapts a module, by name, in every layer)", path, x->valuestring);
+                goto done;
+            }
             cap += strlen(x->valuestring) + 1;
         }
         targets = fdpo_calloc(cap, 1);
@@ -176,13 +191,20 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
             if (*targets) strcat(targets, ",");
             strcat(targets, x->valuestring);
         }
-    } else if (cJSON_IsString(tm)) {
-        targets = fdpo_strdup(tm->valuestring);
+    } else if (cJSON_IsString(tm) && !strcmp(tm->valuestring, "all-linear")) {
+        targets = fdpo_strdup(fdpo_lora_all_linear(m));
+    } else if (cJSON_IsString(tm)) {   /* PEFT: re.fullmatch over every module's full name */
+        fdpo_error("%s: target_modules \"%.64s\" is a regular expression (PEFT matches a string against full module "
+                   "names): not supported; give a list of module names", path, tm->valuestring);
+        goto done;
     } else {
         fdpo_error("%s: target_modules missing (a list of module names)", path); goto done;
     }
-    *o = (fdpo_lora_opts){(long)r->valuedouble, alpha->valuedouble, cJSON_IsNumber(dropout) ? dropout->valuedouble : 0.0, targets};
-    if (fdpo_lora_opts_check(o, m)) { fdpo_error_context("%s", path); goto done; }
+    *o = (fdpo_lora_opts){(long)r->valuedouble, alpha_value, cJSON_IsNumber(dropout) ? dropout->valuedouble : 0.0, targets};
+    if (fdpo_lora_targets_check(targets, m, "target_modules") || fdpo_lora_opts_check(o, m)) {
+        fdpo_error_context("%s", path);
+        goto done;
+    }
     *targets_out = targets;
     targets = NULL;
     rc = 0;

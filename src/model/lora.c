@@ -52,19 +52,20 @@ static int target_matches(const char *target, size_t len, const char *path) {
 /* PEFT's default target_modules for the model type (no --lora-targets) */
 static const char *default_targets(const fdpo_gpt2 *m) { return m->config.arch == FDPO_ARCH_LLAMA ? "q_proj,v_proj" : "c_attn"; }
 
-/* Which sites the comma list selects (mask by site); errors name --lora-targets. */
-static int parse_targets(const char *targets, const fdpo_gpt2 *m, int *selected) {
+/* Which sites the comma list selects (mask by site); errors name the list as `name`
+ * (--lora-targets, or an adapter's target_modules). */
+static int parse_targets(const char *targets, const fdpo_gpt2 *m, int *selected, const char *name) {
     int first, end;
     family_sites(m, &first, &end);
     if (!targets) targets = default_targets(m);
     memset(selected, 0, FDPO_LORA_N_SITES * sizeof *selected);
-    if (!targets || !*targets) return fdpo_error("--lora-targets: empty (name the linear layers to adapt)");
+    if (!targets || !*targets) return fdpo_error("%s: empty (name the linear layers to adapt)", name);
     for (const char *p = targets; *p;) {
         const char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
         while (len && *p == ' ') { p++; len--; }
         while (len && p[len - 1] == ' ') len--;
-        if (len == 0) return fdpo_error("--lora-targets: '%s' has an empty entry", targets);
+        if (len == 0) return fdpo_error("%s: '%s' has an empty entry", name, targets);
         int hit = 0;
         for (int s = first; s < end; s++)
             if (target_matches(p, len, module_path[s])) { selected[s] = 1; hit = 1; }
@@ -74,8 +75,8 @@ static int parse_targets(const char *targets, const fdpo_gpt2 *m, int *selected)
                 size_t used = strlen(list);
                 snprintf(list + used, sizeof list - used, "%s%s", s > first ? ", " : "", strstr(module_path[s], "{i}.") + 4);
             }
-            return fdpo_error("--lora-targets: '%.*s' matches no linear layer of this %s model; its modules are %s "
-                              "(each under %.*sN.)", (int)len, p, m->config.arch == FDPO_ARCH_LLAMA ? "llama" : "gpt2",
+            return fdpo_error("%s: '%.*s' matches no linear layer of this %s model; its modules are %s "
+                              "(each under %.*sN.)", name, (int)len, p, m->config.arch == FDPO_ARCH_LLAMA ? "llama" : "gpt2",
                               list, (int)(strstr(module_path[first], "{i}") - module_path[first]), module_path[first]);
         }
         p += len;
@@ -91,7 +92,16 @@ int fdpo_lora_opts_check(const fdpo_lora_opts *o, const fdpo_gpt2 *m) {
     if (!isfinite(o->alpha) || !(o->alpha > 0)) return fdpo_error("--lora-alpha: %g must be a number > 0", o->alpha);
     if (!(o->dropout >= 0 && o->dropout < 1)) return fdpo_error("--lora-dropout: %g must be in [0, 1)", o->dropout);
     int selected[FDPO_LORA_N_SITES];
-    return parse_targets(o->targets, m, selected);
+    return parse_targets(o->targets, m, selected, "--lora-targets");
+}
+
+int fdpo_lora_targets_check(const char *targets, const fdpo_gpt2 *m, const char *name) {
+    int selected[FDPO_LORA_N_SITES];
+    return parse_targets(targets, m, selected, name);
+}
+
+const char *fdpo_lora_all_linear(const fdpo_gpt2 *m) {
+    return m->config.arch == FDPO_ARCH_LLAMA ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj" : "c_attn,c_proj,c_fc";
 }
 
 static char *layer_name(const char *pattern, const char *suffix) {
@@ -104,7 +114,7 @@ int fdpo_lora_attach(fdpo_gpt2 *m, const fdpo_lora_opts *o, uint64_t seed) {
     if (fdpo_lora_opts_check(o, m)) return -1;
     if (m->lora) fdpo_lora_merge(m);
     int selected[FDPO_LORA_N_SITES];
-    parse_targets(o->targets, m, selected);
+    parse_targets(o->targets, m, selected, "--lora-targets");
     fdpo_lora *l = fdpo_calloc(1, sizeof *l);
     l->r = (size_t)o->r;
     l->alpha = o->alpha;

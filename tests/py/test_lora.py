@@ -638,6 +638,49 @@ def test_peft_files_from_python_load_and_dropout_gradients_are_consistent(tmp_pa
         assert r.returncode != 0 and key in r.stderr, r.stderr
 
 
+def test_peft_target_modules_forms_and_defaults(tmp_path):
+    """PEFT's "all-linear" is every linear layer of the blocks; a missing lora_alpha is PEFT's
+    default 8; a target_modules string (a regular expression in PEFT), an entry naming one
+    layer's module path and layers_to_transform are refused as what they are (the messages
+    named --lora-targets, or a missing tensor of layer 1)"""
+    base = make_llama(tmp_path / "base")
+    w = st.load(str(base / "model.safetensors"))[0]
+    modules = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+               "mlp.up_proj", "mlp.down_proj"]
+    dims = {m: w[f"model.layers.0.{m}.weight"].shape[::-1] for m in modules}
+    short = [m.split(".")[1] for m in modules]
+    bp, _ = batch_file(tmp_path)
+    logits = lambda ad: harness_logits(tmp_path, base, ad, bp)
+    listed = write_peft(tmp_path / "listed", 2, modules, dims, 3, 6, 0.0, short)
+    every = write_peft(tmp_path / "every", 2, modules, dims, 3, 6, 0.0, "all-linear")
+    assert np.array_equal(logits(every), logits(listed))
+    eight = write_peft(tmp_path / "eight", 2, modules, dims, 3, 8, 0.0, short)
+    no_alpha = write_peft(tmp_path / "no_alpha", 2, modules, dims, 3, 8, 0.0, short)
+    cfg = json.loads((no_alpha / "adapter_config.json").read_text())
+    del cfg["lora_alpha"]
+    (no_alpha / "adapter_config.json").write_text(json.dumps(cfg))
+    assert np.array_equal(logits(no_alpha), logits(eight))
+    assert not np.array_equal(logits(eight), logits(listed))   # alpha 8 vs 6: the default is what makes them equal
+    for name, targets, extra, msg in [
+        ("regex", r".*\.(q_proj|v_proj)", None, 'target_modules ".*\\.(q_proj|v_proj)" is a regular expression (PEFT '
+         "matches a string against full module names): not supported; give a list of module names"),
+        ("path", ["layers.0.self_attn.q_proj"], None, "target_modules entry 'layers.0.self_attn.q_proj' names a module "
+         "path (a layer of its own): not supported (fdpo adapts a module, by name, in every layer)"),
+        ("layers", short, {"layers_to_transform": [0]}, "layers_to_transform is not supported (fdpo adapts the target "
+         "modules of every layer)"),
+        ("unknown", ["c_attn"], None, "target_modules: 'c_attn' matches no linear layer of this llama model"),
+    ]:
+        bad = write_peft(tmp_path / name, 2, modules, dims, 3, 6, 0.0, targets, extra=extra)
+        r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)
+        assert r.returncode != 0 and f"{bad / 'adapter_config.json'}: {msg}" in r.stderr, r.stderr
+
+
+def harness_logits(tmp_path, base, adapter, bp):
+    out = tmp_path / f"{adapter.name}.st"
+    harness("model-fb", "--model", base, "--lora", adapter, "--batch", bp, "--out", out, "--threads", 1)
+    return st.load(str(out))[0]["logits"]
+
+
 @pytest.mark.skipif(shutil.which("mpirun") is None or os.environ.get("FDPO_SANITIZED") == "1",
                     reason="needs Open MPI (and the plain build: LeakSanitizer reports Open MPI's allocations)")
 def test_dpo_lora_data_parallel_equals_one_process(tmp_path):
