@@ -107,6 +107,19 @@ char *fdpo_lora_peft_base(const char *dir) {
     return out;
 }
 
+/* a target_modules entry with a layer index among its dotted parts ("layers.0.self_attn.q_proj",
+ * "h.3.mlp.c_fc"): one layer's module, where fdpo's targets name a module of every layer
+ * ("mlp.c_proj" is one) */
+static int names_a_layer(const char *entry) {
+    for (const char *p = entry; *p;) {
+        size_t n = strcspn(p, ".");
+        if (n > 0 && strspn(p, "0123456789") >= n) return 1;
+        p += n;
+        if (*p == '.') p++;
+    }
+    return 0;
+}
+
 int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const fdpo_gpt2 *m, fdpo_lora_opts *o,
                            char **targets_out) {
     char *targets = NULL;
@@ -179,7 +192,7 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
             if (!cJSON_IsString(x) || !*x->valuestring || strchr(x->valuestring, ',')) {
                 fdpo_error("%s: target_modules must hold module names", path); goto done;
             }
-            if (strchr(x->valuestring, '.')) {   /* PEFT matches it as a suffix of one layer's path */
+            if (names_a_layer(x->valuestring)) {   /* PEFT matches it as a suffix of one layer's path */
                 fdpo_error("%s: target_modules entry '%s' names a module path (a layer of its own): not supported "
                            "(fdpo adapts a module, by name, in every layer)", path, x->valuestring);
                 goto done;
