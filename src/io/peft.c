@@ -184,7 +184,7 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
                    m->config.arch == FDPO_ARCH_GPT2 ? "gpt2 (Conv1D, true)" : "llama (nn.Linear, false)");
         goto done;
     }
-    /* target_modules: a list of names (or one name) -> the comma list of --lora-targets */
+    /* target_modules: a list of names (or "all-linear") -> the comma list of --lora-targets */
     size_t cap = 1;
     if (cJSON_IsArray(tm)) {
         const cJSON *x;
