@@ -320,6 +320,14 @@ int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
 
 int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (fdpo_rl_run_opts_check(o)) return -1;
+    /* the gradient, the shaped reward and the penalty use log pi of the policy itself: from a
+     * tempered or truncated sampler they are off-policy without a correction (TRL instead
+     * trains the tempered policy, logits / T) */
+    const fdpo_sample_config *sc = &o->sample;
+    if (sc->temperature != 1 || sc->top_k > 0 || sc->top_p < 1)
+        fdpo_log(FDPO_LOG_WARN, "--temperature/--top-k/--top-p: the samples do not come from the policy being trained, "
+                 "and the policy gradient and the divergence penalty use its untempered log-probs: the updates are "
+                 "biased (docs/rl.md)");
     /* an fdpo_trainer run whose items are the prompts */
     fdpo_train_opts t = rl_train_opts(o);
     char **prompts = NULL;

@@ -309,6 +309,24 @@ def test_rl_same_seed_same_numbers(tmp_path):
     assert (tmp_path / "x" / "model.safetensors").read_bytes() == (tmp_path / "y" / "model.safetensors").read_bytes()
 
 
+def test_a_tempered_sampler_is_warned_about(tmp_path):
+    """the gradient and the penalty use the untempered log pi: from --temperature 0.7 (or
+    top-k/top-p) the updates are off-policy without a correction, which only docs/rl.md said"""
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=32, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("a\nb\n")
+    warning = "the samples do not come from the policy being trained"
+    for name, extra, warned in [("plain", [], False), ("t", ["--temperature", 0.7], True), ("k", ["--top-k", 5], True),
+                                ("p", ["--top-p", 0.9], True)]:
+        r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt",
+                            "--reward", "length", "--out", tmp_path / name, "--steps", 1, "--n", 2,
+                            "--prompts-per-step", 2, "--max-new-tokens", 4, "--threads", 1, "--quiet", *extra]],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and (warning in r.stderr) == warned, (name, r.stderr)
+
+
 def test_rl_bf16_same_seed_and_resume_bit_exact(tmp_path):
     """fdpo rl --precision bf16: a run stopped after step 2 and resumed with --resume alone
     (the saved settings bring back bf16) ends byte-identical to the uninterrupted run, weights,
