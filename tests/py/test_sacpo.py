@@ -143,28 +143,23 @@ def test_bad_plans_are_refused(data, tmp_path, extra, msg):
     assert r.returncode != 0 and msg in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("flag", [["--eval-every", "7"], ["--eval-fraction", "0.2"]])
-def test_both_stages_online_refuse_the_held_out_flags(data, tmp_path, flag):
-    """with --reward and --safety both stages sample their pairs: nothing is held out, and
-    --eval-every 7 was accepted and evaluated nothing"""
+HELD_OUT, FILES_ONLY = "hold pairs out", "use it"
+
+
+@pytest.mark.parametrize("flag,why", [
+    # nothing is held out: --eval-every 7 was accepted and evaluated nothing
+    (["--eval-every", "7"], HELD_OUT), (["--eval-fraction", "0.2"], HELD_OUT),
+    # how a pairs file is read and its reference computed: accepted, and the models came out
+    # byte-identical (--max-length was even recorded)
+    (["--max-length", "8"], FILES_ONLY), (["--max-prompt-length", "2"], FILES_ONLY), (["--on-long", "error"], FILES_ONLY),
+    (["--bad-pairs", "error"], FILES_ONLY), (["--layout", "plain"], FILES_ONLY), (["--ref-live"], FILES_ONLY),
+    (["--ref-cache-dir", "rc"], FILES_ONLY)])
+def test_both_stages_online_refuse_the_flags_of_files(data, tmp_path, flag, why):
+    """with --reward and --safety both stages sample their pairs"""
     common = [x for x in COMMON if x not in ("--eval-fraction", 0)]   # 0 (or --eval-every 0) is accepted
     r = fdpo("sacpo", "--model", data / "base", "--reward", "length", "--safety", "length", "--data",
              data / "reward.jsonl", "--lambda", "1", "--out", tmp_path / "s", *common, *flag, check=False)
-    assert r.returncode == 1 and r.stderr == (f"fdpo sacpo: {flag[0]}: only stages on files hold pairs out "
-                                              "(--reward-data/--safety-data); with --reward and --safety both "
-                                              "stages are online\n"), r.stderr
-    assert not (tmp_path / "s").exists()
-
-
-@pytest.mark.parametrize("flag", [["--max-length", "8"], ["--max-prompt-length", "2"], ["--on-long", "error"],
-                                  ["--bad-pairs", "error"], ["--layout", "plain"], ["--ref-live"],
-                                  ["--ref-cache-dir", "rc"]])
-def test_both_stages_online_refuse_the_pairs_file_flags(data, tmp_path, flag):
-    """how a pairs file is read and its reference computed: with both stages online they were
-    accepted and the models came out byte-identical (--max-length was even recorded)"""
-    r = fdpo("sacpo", "--model", data / "base", "--reward", "length", "--safety", "length", "--data",
-             data / "reward.jsonl", "--lambda", "1", "--out", tmp_path / "s", *COMMON, *flag, check=False)
-    assert r.returncode == 1 and r.stderr == (f"fdpo sacpo: {flag[0]}: only stages on files use it "
+    assert r.returncode == 1 and r.stderr == (f"fdpo sacpo: {flag[0]}: only stages on files {why} "
                                               "(--reward-data/--safety-data); with --reward and --safety both "
                                               "stages are online\n"), r.stderr
     assert not (tmp_path / "s").exists()
