@@ -45,14 +45,15 @@ void fdpo_unpaired_free(fdpo_unpaired_set *s);
 
 typedef struct {
     size_t n, desirable, undesirable, tokens;
-    double loss, kl;                                   /* kl: mean of z0 over micro-batches */
+    double loss, kl;                                   /* kl: z0 of the micro-batches, weighted by their sizes */
     double rewards_chosen, rewards_rejected, margins;  /* beta * l, means over desirable / undesirable */
     double logps_chosen, logps_rejected;               /* policy summed completion log-probs */
     double scores_chosen, scores_rejected;             /* beta * s~(l) */
 } fdpo_kto_metrics;
 
 /* Loss and (grad) ACCUMULATED gradients of n examples, micro_batch per forward (0 = all;
- * the KL pairs are formed within each micro-batch). norm: examples the step's mean is over.
+ * the KL pairs are formed within each micro-batch; a last micro-batch of one example joins
+ * the one before, so that no KL pair is an example's own prompt). norm: examples the step's mean is over.
  * out_l (may be NULL) gets per example {l, l_KL, z0, loss}. */
 int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, const fdpo_unpaired_example *const *ex,
                   size_t n, size_t micro_batch, size_t max_length, int grad, size_t norm, fdpo_kto_metrics *out,

@@ -48,15 +48,24 @@ static void kb_build(kto_batch *kb, const fdpo_unpaired_example *const *ex, size
     }
 }
 
+/* The micro-batch that starts at i0 of n: mb examples, or the rest; a last one of a single
+ * example joins the one before (mb + 1): its KL pair would be its own prompt, the estimate
+ * --batch-size 1 is refused for. */
+static size_t micro_len(size_t i0, size_t n, size_t mb) {
+    size_t rest = n - i0;
+    return rest == mb + 1 ? rest : rest < mb ? rest : mb;
+}
+
 int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, const fdpo_unpaired_example *const *ex,
                   size_t n, size_t micro_batch, size_t max_length, int grad, size_t norm, fdpo_kto_metrics *out,
                   double *out_l) {
     fdpo_kto_metrics s = {0};
     size_t mb = micro_batch ? micro_batch : n;
     kto_batch kb = {0};
-    float *lp = fdpo_malloc(2 * mb * sizeof(float)), *lr = fdpo_malloc(2 * mb * sizeof(float));
-    float *dseq = fdpo_malloc(2 * mb * sizeof(float));
-    double *l_kl = fdpo_malloc(mb * sizeof(double));
+    const size_t n_micro = n ? (n + mb - 1) / mb - (n > mb && n % mb == 1) : 0;
+    float *lp = fdpo_malloc(2 * (mb + 1) * sizeof(float)), *lr = fdpo_malloc(2 * (mb + 1) * sizeof(float));
+    float *dseq = fdpo_malloc(2 * (mb + 1) * sizeof(float));
+    double *l_kl = fdpo_malloc((mb + 1) * sizeof(double));
     float *dtok = NULL;
     size_t cap_tok = 0;
     int rc = 0;
@@ -64,8 +73,8 @@ int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, con
      * ranks. z0 needs no exchange: it is the mean over one micro-batch's KL pairs, and a
      * micro-batch is computed whole by one rank, so it is the z0 of a single process. */
     if (out_l && fdpo_dist_size() > 1) memset(out_l, 0, 4 * n * sizeof *out_l);
-    for (size_t i0 = 0; i0 < n && !rc; i0 += mb) {
-        size_t k = n - i0 < mb ? n - i0 : mb;
+    for (size_t i0 = 0, k; i0 < n && !rc; i0 += k) {
+        k = micro_len(i0, n, mb);
         if (!fdpo_dist_mine(i0 / mb)) continue;
         kb_build(&kb, ex + i0, k, max_length);
         /* LoRA: the reference may be the policy itself with its adapters off (forward first) */
@@ -94,7 +103,7 @@ int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, con
         if (grad) {
             if (kb.batch.n_tokens > cap_tok) { cap_tok = kb.batch.n_tokens; dtok = fdpo_realloc(dtok, cap_tok * sizeof(float)); }
             fdpo_batch_seq_to_token_grad(&kb.batch, dseq, dtok);
-            fdpo_dist_arm_overlap(fdpo_dist_last_mine(i0 / mb, (n + mb - 1) / mb));   /* --allreduce-overlap */
+            fdpo_dist_arm_overlap(fdpo_dist_last_mine(i0 / mb, n_micro));   /* --allreduce-overlap */
             rc = fdpo_gpt2_backward(policy, dtok);
         }
     }
