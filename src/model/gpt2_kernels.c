@@ -1661,20 +1661,27 @@ void fdpo_k_lmhead_logsoftmax_backward_chunked(float *dinp, float *dwte, const f
         float *S = logits_ready ? scratch + v0 * K : scratch; /* the forward's chunk, or recomputed */
         const float *wf = xr ? lmhead_widened_chunk(wte_bf16, C, v0, nv) : NULL;
         if (!logits_ready) lmhead_chunk_logits(S, inp, inp_bf16, wte, wte_bf16.h, xr, wf, K, C, v0, nv);
+        /* bf16 GEMMs: each row of d logits rounded to bf16 while it is in cache (not in a
+         * pass of its own over the chunk) */
+        uint16_t *dS_rows = wte_bf16.h && !xr ? dS_bf16 : NULL;
 #pragma omp parallel for schedule(static) if (K * nv >= FDPO_PAR_MIN)
         for (size_t k = 0; k < K; k++) {
             float *row = S + k * nv;
             float d = targets[k] >= 0 ? d_token_logp[k] : 0.0f, l = lse[k];
-            if (d == 0.0f) { memset(row, 0, nv * sizeof(float)); continue; }
+            if (d == 0.0f) {
+                memset(row, 0, nv * sizeof(float));
+                if (dS_rows) memset(dS_rows + k * nv, 0, nv * sizeof(uint16_t));
+                continue;
+            }
 #pragma omp simd
             for (size_t v = 0; v < nv; v++) row[v] = -d * fdpo_k_expf(row[v] - l);
             int32_t tg = targets[k];
             if ((size_t)tg >= v0 && (size_t)tg < v0 + nv) row[tg - v0] += d;
+            if (dS_rows) fdpo_bf16_round_n(dS_rows + k * nv, row, nv);
         }
         const float *X = xr ? xr : inp, *W = xr ? wf : wte + v0 * C; /* fp32 operands */
         if (xr) fdpo_f32_round_bf16(S, S, K * nv);
         if (wte_bf16.h && !xr) {
-            fdpo_f32_to_bf16(dS_bf16, S, K * nv);
             fdpo_gemm_bf16(0, 0, K, C, nv, 1.0f, dS_bf16, nv, wte_bf16.h + v0 * C, C, beta, dinp, C);
             if (dwte) fdpo_gemm_bf16(1, 0, nv, C, K, 1.0f, dS_bf16, nv, inp_bf16, C, 1.0f, dwte + v0 * C, C);
         } else if (dwte && gemm_pair(2 * K * C * nv)) { /* as in fdpo_k_matmul_backward */
