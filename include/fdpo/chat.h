@@ -28,7 +28,8 @@ typedef struct {
     fdpo_chat_kind kind;
     char *default_system;   /* chatml: system turn added when messages[0] is not one (NULL: none) */
     char *preamble;         /* llama3.1+: system preamble before the system message (NULL: none) */
-    char *bos, *eos;        /* token texts: llama3's leading bos, zephyr's end of turn */
+    char *bos, *eos;        /* token texts: the leading bos, zephyr's end of turn */
+    int start_bos;          /* bos before the conversation: llama3, a chatml template that writes bos_token */
 } fdpo_chat;
 
 typedef struct { const char *role, *content; } fdpo_chat_msg;

@@ -33,11 +33,28 @@ static const char *const SOURCES[] = {
 
 const char *fdpo_chat_source(fdpo_chat_kind kind) { return SOURCES[kind]; }
 
+/* 1 when every "<|name|>" marker written in s is one of allowed[] (NULL-terminated): a
+ * template with markers of its own (Phi-3's "<|end|>" beside Zephyr's role markers) is
+ * another family, whose turns the built-in would render otherwise. */
+static int markers_only(const char *s, const char *const *allowed) {
+    for (const char *p = strstr(s, "<|"); p; p = strstr(p + 2, "<|")) {
+        const char *e = strstr(p + 2, "|>");
+        size_t n = e ? (size_t)(e + 2 - p) : 0;
+        if (!e || n > 40 || strcspn(p + 2, " '\"+{}") < (size_t)(e - p - 2)) continue;   /* not a literal marker */
+        int ok = 0;
+        for (const char *const *a = allowed; *a && !ok; a++) ok = strlen(*a) == n && !strncmp(p, *a, n);
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
 /* By the markers each family's template writes. */
 int fdpo_chat_detect(const char *s, fdpo_chat_kind *kind) {
+    static const char *const zephyr_markers[] = {"<|system|>", "<|user|>", "<|assistant|>", NULL};
     if (strstr(s, "<|start_header_id|>") && strstr(s, "<|end_header_id|>") && strstr(s, "<|eot_id|>")) *kind = FDPO_CHAT_LLAMA3;
     else if (strstr(s, "<|im_start|>") && strstr(s, "<|im_end|>")) *kind = FDPO_CHAT_CHATML;
-    else if (strstr(s, "<|user|>") && strstr(s, "<|assistant|>") && strstr(s, "eos_token")) *kind = FDPO_CHAT_ZEPHYR;
+    else if (strstr(s, "<|user|>") && strstr(s, "<|assistant|>") && strstr(s, "eos_token") && markers_only(s, zephyr_markers))
+        *kind = FDPO_CHAT_ZEPHYR;
     else if (!strcmp(s, SOURCES[FDPO_CHAT_PLAIN])) *kind = FDPO_CHAT_PLAIN;
     else return -1;
     return 0;
@@ -124,9 +141,12 @@ int fdpo_chat_for(const fdpo_tokenizer *t, fdpo_chat *out) {
     } else {
         out->kind = detected; /* plain when the files have no template */
     }
+    out->start_bos = out->kind == FDPO_CHAT_LLAMA3;
     if (known && detected == out->kind) { /* the file's own parameters */
         if (out->kind == FDPO_CHAT_CHATML) out->default_system = chatml_default_system(src);
         if (out->kind == FDPO_CHAT_LLAMA3) out->preamble = llama3_preamble(src);
+        /* a ChatML template that writes bos_token (OpenHermes-2.5's "{{ bos_token }}" first) */
+        if (out->kind == FDPO_CHAT_CHATML && strstr(src, "bos_token")) out->start_bos = 1;
     }
     out->bos = token_text(t, fdpo_tokenizer_bos(t));
     out->eos = token_text(t, fdpo_tokenizer_eot(t));
@@ -200,7 +220,7 @@ static void body(const fdpo_chat *c, const char *role, const char *content, int 
 void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsigned flags, fdpo_chat_text *o) {
     size_t i = 0;
     if (flags & FDPO_CHAT_START) {
-        if (c->kind == FDPO_CHAT_LLAMA3) put_str(o, c->bos, 1, 0);
+        if (c->start_bos) put_str(o, c->bos, 1, 0);
         if (c->kind == FDPO_CHAT_CHATML && c->default_system && (n == 0 || strcmp(m[0].role, "system"))) {
             header(c, "system", o);
             body(c, "system", c->default_system, 0, o);

@@ -73,6 +73,15 @@ ZEPHYR = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{
           "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
           "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
 
+# OpenHermes-2.5: ChatML after a bos (it lost the bos: rendered as the built-in chatml)
+HERMES = ("{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# Phi-3: Zephyr's role markers, its own end of turn "<|end|>" (it was taken for zephyr: eos for <|end|>)
+PHI3 = ("{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + "
+        "'<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif "
+        "message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+
 CHATML_ADDED = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True)]
 LLAMA3_ADDED = [("<|begin_of_text|>", True), ("<|end_of_text|>", True), ("<|start_header_id|>", True),
                 ("<|end_header_id|>", True), ("<|eot_id|>", True)]
@@ -86,6 +95,8 @@ CASES = {
     "llama3": (LLAMA3, LLAMA3_PAT, LLAMA3_ADDED, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, "<|eot_id|>", "llama3"),
     "llama31": (LLAMA31, LLAMA3_PAT, LLAMA3_ADDED, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, "<|eot_id|>", "llama3"),
     "zephyr": (ZEPHYR, LLAMA3_PAT, ZEPHYR_ADDED, {"bos_token": "<s>", "eos_token": "</s>"}, "</s>", "zephyr"),
+    "hermes": (HERMES, GPT2_PAT, CHATML_ADDED + [("<s>", True)], {"bos_token": "<s>", "eos_token": "<|im_end|>"},
+               "<|im_end|>", "chatml"),
 }
 
 CONVS = [
@@ -263,10 +274,11 @@ def run(*args):
     return subprocess.run([FDPO, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_unknown_template_is_refused_with_the_builtins(tmp_path):
+@pytest.mark.parametrize("template", ["{% for m in messages %}[[{{ m.role }}]] {{ m.content }}{% endfor %}", PHI3])
+def test_unknown_template_is_refused_with_the_builtins(tmp_path, template):
     make_tok(tmp_path / "tok", "smollm2")
     cfg = json.load(open(tmp_path / "tok" / "tokenizer_config.json"))
-    cfg["chat_template"] = "{% for m in messages %}[[{{ m.role }}]] {{ m.content }}{% endfor %}"
+    cfg["chat_template"] = template
     (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(cfg))
     data = write_jsonl(tmp_path / "d.jsonl", [{"messages": CONVS[0]}])
     common = ["--out", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "tok"), "--n-layer", "1", "--n-embd", "16",
