@@ -2,9 +2,11 @@
  *
  * u = pi/pi_ref, l = log u. Scores s(l) are f'(e^l) with additive constants dropped (they
  * cancel in chosen - rejected). Exponents are capped at log(FLT_MAX) like TRL's cap_exp, so
- * a float trainer never sees inf; the cap is applied to the exponent, and s'(l) beyond the
- * cap is the derivative formula evaluated at the capped exponent (not TRL's zero gradient of
- * a clamp), so a sequence far below the reference still gets pushed in the right direction. */
+ * a float trainer never sees inf; the cap is applied to the exponent. s'(l) has a lower cap,
+ * GRAD_EXP_CAP: beyond it s'(l) is the derivative formula at that exponent (not TRL's zero
+ * gradient of a clamp), so a sequence far below the reference still gets pushed in the right
+ * direction, by a gradient the backward's sums and products keep within float (at 88.72 one
+ * pair's per-token gradient of ~3e37 overflowed to inf in the backward). */
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -110,6 +112,10 @@ int fdpo_divergence_admissible(const fdpo_divergence *d, const char **why) {
 /* log(FLT_MAX) rounded down at 4 decimals, as TRL's get_exp_cap does for float32. */
 #define EXP_CAP 88.7228
 static double cap_exp(double x) { return exp(x < EXP_CAP ? x : EXP_CAP); }
+/* e^64 ~ 6.2e27: s' beyond it is a gradient no step can follow (clipping keeps its direction
+ * only), and 10 orders of magnitude below float's range leave the backward room */
+#define GRAD_EXP_CAP 64.0
+static double cap_exp_grad(double x) { return exp(x < GRAD_EXP_CAP ? x : GRAD_EXP_CAP); }
 
 double fdpo_f(const fdpo_divergence *d, double u) {
     if (!(u >= 0)) return NAN;
@@ -224,9 +230,9 @@ double fdpo_score_grad(const fdpo_divergence *d, double l) {
     if (isnan(l)) return NAN;
     switch (d->kind) {
     case FDPO_DIV_RKL: return 1.0;
-    case FDPO_DIV_FKL: return cap_exp(-l);
+    case FDPO_DIV_FKL: return cap_exp_grad(-l);
     case FDPO_DIV_JS: return fdpo_sigmoid(-l);
-    case FDPO_DIV_ALPHA: return cap_exp(-d->alpha * l);
+    case FDPO_DIV_ALPHA: return cap_exp_grad(-d->alpha * l);
     default: return NAN;
     }
 }

@@ -466,7 +466,8 @@ int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens) {
      * gradients in place first, one pass over them less) */
     double norm = fdpo_grad_norm(p);
     if (!isfinite(norm))
-        return fdpo_error("step %zu: gradient norm is %g (the loss diverged; lower --lr or raise --warmup-steps)",
+        return fdpo_error("step %zu: gradient norm is %g (not finite: the loss diverged, or its gradient overflowed float; "
+                          "lower --lr or raise --warmup-steps)",
                           tr->state.step + 1, norm);
     double lr = fdpo_schedule_lr(&tr->sched, tr->state.step);
     /* a run without moments in its checkpoints (an online round) need not store them after

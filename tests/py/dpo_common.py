@@ -117,13 +117,16 @@ def tokenize_pair(row, max_length=0, max_prompt_length=0):
 # ---- f-DPO in PyTorch (float64) ----
 
 CAP = 88.7228  # log(FLT_MAX) rounded down, TRL's cap for float32
+GRAD_CAP = 64.0  # docs/objectives.md: the derivative's exponent cap (the backward stays in float)
 
 
 def cap_exp(x):
     """exp(min(x, CAP)). fdpo's convention beyond the cap: the derivative is the exp formula
-    evaluated at the capped exponent (a straight-through clamp), not the clamp's zero."""
-    xc = x - (x - x.clamp(max=CAP)).detach()
-    return torch.exp(xc)
+    evaluated at min(x, GRAD_CAP) (a straight-through clamp at the lower cap), not the clamp's
+    zero."""
+    xg = x - (x - x.clamp(max=GRAD_CAP)).detach()
+    g = torch.exp(xg)
+    return torch.exp(x.clamp(max=CAP)).detach() + (g - g.detach())
 
 
 def score(div, l):

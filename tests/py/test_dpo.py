@@ -189,12 +189,16 @@ def test_parity_with_log_ratios_past_exp_overflow(setup):
         pol = ref_model_logps(policy, pairs)
     ref_lp = [(w - 0.3 * k, l + 0.2 * k) for k, (w, l) in enumerate(pol)]
     ref_lp[0] = (pol[0][0] + 0.5, pol[0][1] + 400.0)
+    # and one pair's chosen side 250 nats below: s'(l) at the gradient's cap e^64 (at 88.72
+    # its per-token gradient overflowed to inf in the backward, and the run stopped at step 1)
+    ref_lp[1] = (pol[1][0] + 250.0, pol[1][1])
     st.save(str(tmp / "ref_logps.safetensors"), {"logps": np.array(ref_lp, dtype=np.float64)})
     cases = [(d, loss, 0.1, 0.0, 0.0, sft) for d in DIVS for loss in ("sigmoid", "hinge") for sft in (0.0, 0.5)]
     expect = reference(policy, pairs, cases, ref_lp)
     res, grads = run_fdpo(tmp, "extreme", cases, "--ref-logps", tmp / "ref_logps.safetensors")
     l_l = res[0]["pairs"][0][3]
     assert -l_l > 88.73 and -0.3 * l_l > 88.73  # a naive exp(-l) / exp(-0.3 l) would be inf in float
+    assert -res[0]["pairs"][1][2] > 64 / 0.3   # past the gradient's cap for fkl and alpha:0.3
     assert_matches(res, grads, expect, cases)
 
 
