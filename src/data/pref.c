@@ -376,7 +376,7 @@ char *fdpo_pref_summary_json(const fdpo_pref_summary *s) {
 }
 
 void fdpo_pref_summary_log(const char *name, const fdpo_pref_summary *s) {
-    fdpo_log(FDPO_LOG_INFO, "%s: %zu pairs from %zu lines; truncated: %zu prompts, %zu completions; skipped: %zu empty, "
+    fdpo_log(FDPO_LOG_INFO, "%s: %zu pairs from %zu lines; pairs truncated: %zu in the prompt, %zu in a completion; skipped: %zu empty, "
                "%zu identical, %zu too long, %zu identical after truncation",
             name, s->pairs, s->lines, s->truncated_prompt, s->truncated_completion, s->skipped_empty,
             s->skipped_identical, s->skipped_too_long, s->skipped_identical_after_truncation);
