@@ -34,7 +34,7 @@ int cmd_rm(int argc, char **argv) {
     n = pref_data_flags_add(flags, n, &data, &o.eval_fraction, &o.eval_file, "pairs");
     n = train_flags_add_except(flags, n, &o.train, NOT_FOR_RM);
     train_flags_set_help(flags, n, "batch-size", "pairs per micro-batch (one forward/backward over 2x sequences)");
-    train_flags_set_help(flags, n, "eval-every", "held-out loss/accuracy every N steps, at the start and at the end (0: never)");
+    train_flags_set_help(flags, n, "eval-every", "held-out loss/accuracy every N steps, at the start and at the end (0: none during the run; eval_summary.json is still written at the end)");
     train_flags_set_help(flags, n, "seed", "seed for the new score head of a language model (score.weight ~ N(0, 0.02)), the held-out "
                                            "split, the data order and LoRA adapters (init, dropout)");
     train_flags_set_default(flags, n, "lr", "1e-5");

@@ -48,7 +48,7 @@ size_t dpo_flags_add(dpo_flags *v, fdpo_flag *flags, const char *const *skip, si
         flags[n] = all[i];
         if (!strcmp(all[i].name, "batch-size")) flags[n].help = "pairs per micro-batch (one forward/backward)";
         if (!strcmp(all[i].name, "grad-accum")) flags[n].help = "micro-batches per optimizer step (the loss is the mean over all its pairs)";
-        if (!strcmp(all[i].name, "eval-every")) flags[n].help = "held-out reward accuracy/margins every N steps, at the start and at the end (0: never)";
+        if (!strcmp(all[i].name, "eval-every")) flags[n].help = "held-out reward accuracy/margins every N steps, at the start and at the end (0: none during the run; eval_summary.json is still written at the end)";
         if (!strcmp(all[i].name, "seed")) flags[n].help = SEED_HELP_PREF;   /* no init: the model is --model */
         n++;
     }
