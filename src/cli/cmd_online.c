@@ -65,6 +65,18 @@ int cmd_online(int argc, char **argv) {
         if (!fdpo_file_exists(state)) o.dpo.train.resume = 0;
         free(state);
     }
+    if (!strcmp(mode, "step")) {
+        /* each step is one f-DPO step on the pairs of --prompts-per-round fresh prompts: the
+         * rounds' f-DPO batching would be ignored (named before the shared checks: --epochs
+         * with --steps is also refused there, less to the point) */
+        static const char *const ROUNDS_ONLY[] = {"batch-size", "grad-accum", "epochs", "shuffle"};
+        for (size_t i = 0; i < sizeof ROUNDS_ONLY / sizeof ROUNDS_ONLY[0]; i++)
+            if (flags_was_set(flags, n, ROUNDS_ONLY[i])) {
+                fdpo_error("--%s: --mode rounds only (a step of --mode step is one f-DPO step on the pairs of "
+                           "--prompts-per-round prompts)", ROUNDS_ONLY[i]);
+                goto done;
+            }
+    }
     if (train_flags_finish(flags, n, &o.dpo.train)) goto done;
     o.out = o.dpo.train.out;
     if (online_flags_finish(&of, flags, n, &o, (uint64_t)o.dpo.train.seed, &o.reward, 1)) goto done;
@@ -90,15 +102,6 @@ int cmd_online(int argc, char **argv) {
             fdpo_error("--mode step: --rounds and --ref-update round belong to --mode rounds");
             goto done;
         }
-        /* each step is one f-DPO step on the pairs of --prompts-per-round fresh prompts: the
-         * rounds' f-DPO batching would be ignored */
-        static const char *const ROUNDS_ONLY[] = {"batch-size", "grad-accum", "epochs", "shuffle"};
-        for (size_t i = 0; i < sizeof ROUNDS_ONLY / sizeof ROUNDS_ONLY[0]; i++)
-            if (flags_was_set(flags, n, ROUNDS_ONLY[i])) {
-                fdpo_error("--%s: --mode rounds only (a step of --mode step is one f-DPO step on the pairs of "
-                           "--prompts-per-round prompts)", ROUNDS_ONLY[i]);
-                goto done;
-            }
         interrupts_set(INTERRUPT_STOP_TRAINER);
         rc = fdpo_online_step_run(&o);
     } else fdpo_error("--mode: '%s' is not rounds or step", mode);

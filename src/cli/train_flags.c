@@ -263,6 +263,9 @@ int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o) {
     if (shape_flags_check(flags, n, o)) return -1;
     if (o->resume && resume_defaults(flags, n, o->out)) return -1;   /* may set --precision from the saved run */
     if (eval_flags_check(flags, n)) return -1;
+    /* --steps sets the run's length; the epochs were accepted and changed nothing */
+    if (flags_was_set(flags, n, "epochs") && o->steps > 0)
+        return fdpo_error("--epochs: has no effect with --steps %ld (the run is its steps; give one of the two)", o->steps);
     if (fdpo_set_precision(precision_flag)) return -1;
     return 0;
 }
