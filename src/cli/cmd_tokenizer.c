@@ -57,6 +57,7 @@ static int tokenizer_train(int argc, char **argv) {
     for (size_t i = 0; i < n_files; i++) {
         texts[i] = fdpo_read_file(files[i], &lens[i]);
         if (!texts[i]) goto done;
+        if (lens[i] == 0) { fdpo_error("%s: empty file (nothing to train on)", files[i]); goto done; }
         total += lens[i];
     }
     double t0 = fdpo_now();

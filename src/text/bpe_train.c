@@ -276,6 +276,10 @@ int fdpo_bpe_train(const char *const *texts, const size_t *lens, size_t n_texts,
     }
     pcre2_match_data_free(md);
     pcre2_code_free(re);
+    if (s.n_words == 0) {   /* it wrote the 257 byte and end tokens as a trained tokenizer */
+        state_free(&s);
+        return fdpo_error("nothing to train on: the input holds no text (empty, only <|endoftext|>, or no valid UTF-8)");
+    }
     for (size_t w = 0; w < s.n_words; w++) count_word(&s, w, +1);
     flush_touched(&s);
 

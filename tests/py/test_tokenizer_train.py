@@ -200,7 +200,7 @@ def test_repeated_data_flags_train_on_every_file(tmp_path):
         assert (tmp_path / "pos" / f).read_bytes() == (tmp_path / "flags" / f).read_bytes(), f
 
 
-@pytest.mark.parametrize("case", ["small-vocab", "no-out", "no-files", "missing", "exists"])
+@pytest.mark.parametrize("case", ["small-vocab", "no-out", "no-files", "missing", "exists", "empty", "no-text"])
 def test_bad_input(tmp_path, case):
     src = tmp_path / "a.txt"
     src.write_text("hello hello")
@@ -217,9 +217,16 @@ def test_bad_input(tmp_path, case):
         (tmp_path / "o").mkdir()
         (tmp_path / "o" / "vocab.json").write_text("{}")
         expect = "already holds vocab.json"
+    elif case == "empty":   # both wrote the 257 byte and end tokens as a trained tokenizer, exit 0
+        src.write_bytes(b"")
+        expect = "a.txt: empty file (nothing to train on)"
+    elif case == "no-text":
+        src.write_bytes(b"\xff\xfe<|endoftext|>\xfd")
+        expect = "nothing to train on: the input holds no text (empty, only <|endoftext|>, or no valid UTF-8)"
     r = run(FDPO, "tokenizer", "train", *args)
     assert r.returncode != 0
     assert expect in r.stderr.decode(), r.stderr.decode()
+    assert not (tmp_path / "o" / "merges.txt").exists()
 
 
 def test_an_out_in_use_is_refused(tmp_path):
