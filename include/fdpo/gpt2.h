@@ -50,8 +50,8 @@ typedef struct {
      * language model, pad_token_id: their compact JSON object as read ("" = none), written
      * back unchanged. transformers' generate() takes its end token from these when a
      * checkpoint has no generation_config.json; its defaults (GPT-2 50256, Llama 2) would
-     * be other tokens. A model fdpo creates gets its tokenizer's end token
-     * (fdpo_config_set_eot). */
+     * be other tokens. A model fdpo creates gets its tokenizer's bos and end token
+     * (fdpo_config_set_special_ids). */
     char special_token_ids[192];
 } fdpo_gpt2_config;
 

@@ -59,8 +59,9 @@ int fdpo_config_load(const char *config_json_path, fdpo_gpt2_config *c);
 /* The same from text in memory (path is used in messages). */
 int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_config *c);
 int fdpo_config_save(const char *config_json_path, const fdpo_gpt2_config *c);
-/* bos_token_id = eos_token_id = eot in c->special_token_ids (a model created for a tokenizer) */
-void fdpo_config_set_eot(fdpo_gpt2_config *c, int32_t eot);
+/* c->special_token_ids of a model created for a tokenizer: bos_token_id its bos (its end
+ * token where it has none, as GPT-2's), eos_token_id its end token */
+void fdpo_config_set_special_ids(fdpo_gpt2_config *c, int32_t bos, int32_t eos);
 /* Load config.json + model.safetensors: accepts "transformer."-prefixed or bare names,
  * skips attn.bias / attn.masked_bias buffers and lm_head.weight (tied; must equal wte if
  * present), converts f16/bf16, and refuses NaN/Inf weights naming the tensor and count. */

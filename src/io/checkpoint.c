@@ -149,8 +149,9 @@ static void config_json_special_ids(cJSON *root, const fdpo_gpt2_config *c) {
     cJSON_Delete(kept);
 }
 
-void fdpo_config_set_eot(fdpo_gpt2_config *c, int32_t eot) {
-    snprintf(c->special_token_ids, sizeof c->special_token_ids, "{\"bos_token_id\":%d,\"eos_token_id\":%d}", (int)eot, (int)eot);
+void fdpo_config_set_special_ids(fdpo_gpt2_config *c, int32_t bos, int32_t eos) {
+    snprintf(c->special_token_ids, sizeof c->special_token_ids, "{\"bos_token_id\":%d,\"eos_token_id\":%d}",
+             (int)(bos >= 0 ? bos : eos), (int)eos);
 }
 
 int fdpo_config_load(const char *path, fdpo_gpt2_config *c) {

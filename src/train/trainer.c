@@ -355,7 +355,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             if (policy_not_lm(tr, kind) || check_model_fits(tr, o->init)) goto fail;
         } else {
             fdpo_gpt2_config c = fdpo_train_opts_model_config(o, fdpo_tokenizer_vocab_size(tok));
-            fdpo_config_set_eot(&c, fdpo_tokenizer_eot(tok));
+            fdpo_config_set_special_ids(&c, fdpo_tokenizer_bos(tok), fdpo_tokenizer_eot(tok));
             /* the shape options were checked by fdpo_train_opts_check */
             if (fdpo_gpt2_config_check(&c)) goto fail;
             tr->model = fdpo_gpt2_create(&c);
