@@ -60,7 +60,8 @@ static void pack(byte_buf *b, int failed, const fdpo_sample *s, size_t n, size_t
     }
 }
 
-static int unpack(const char *buf, size_t len, size_t total, fdpo_sample **out, double *r_out) {
+/* self_failed: this rank's own error stands (it said "rank R of N failed" of itself) */
+static int unpack(const char *buf, size_t len, size_t total, fdpo_sample **out, double *r_out, int self_failed) {
     fdpo_sample *s = fdpo_calloc(total ? total : 1, sizeof *s);
     reader rd = {buf, buf + len};
     size_t k = 0;
@@ -71,7 +72,7 @@ static int unpack(const char *buf, size_t len, size_t total, fdpo_sample **out, 
             char *msg = fdpo_malloc(ml + 1);
             bad |= get(&rd, msg, ml);
             msg[bad ? 0 : ml] = 0;
-            rc = fdpo_error("rank %d of %d failed: %s", rank, fdpo_dist_size(), msg);
+            rc = self_failed ? -1 : fdpo_error("rank %d of %d failed: %s", rank, fdpo_dist_size(), msg);
             free(msg);
             break;
         }
@@ -115,7 +116,7 @@ static int gather(int failed, fdpo_sample *mine, size_t n_mine, size_t first_pro
     size_t len = 0;
     int rc = fdpo_dist_allgather_bytes(b.p, b.n, &all, &len);
     free(b.p);
-    if (!rc) rc = unpack(all, len, total, out, r_out);
+    if (!rc) rc = unpack(all, len, total, out, r_out, failed);
     free(all);
     return rc;
 }

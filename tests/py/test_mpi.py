@@ -435,6 +435,8 @@ def test_a_failing_rank_ends_every_rank_with_its_message(work, tmp_path, cmd):
     else:
         assert "[rank 1/2]" in r.stderr or "rank 1 of 2 failed" in r.stderr, r.stderr
         assert "crashed on prompt 6" in r.stderr, r.stderr
+        # the failing rank gives its own message (rl's said "rank 1 of 2 failed" of itself)
+        assert "[rank 1/2]: rank 1 of 2 failed" not in r.stderr, r.stderr
 
 
 # ---- rm and kto: data-parallel through the trainer ----
