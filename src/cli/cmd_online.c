@@ -65,7 +65,9 @@ int cmd_online(int argc, char **argv) {
         if (!fdpo_file_exists(state)) o.dpo.train.resume = 0;
         free(state);
     }
-    if (!strcmp(mode, "step")) {
+    /* a step-mode run: --mode step given, or a resumed directory with a trainer's state (its
+     * saved --mode applies only inside train_flags_finish, below) */
+    if (!strcmp(mode, "step") || o.dpo.train.resume) {
         /* each step is one f-DPO step on the pairs of --prompts-per-round fresh prompts: the
          * rounds' f-DPO batching would be ignored (named before the shared checks: --epochs
          * with --steps is also refused there, less to the point) */

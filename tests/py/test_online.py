@@ -292,6 +292,19 @@ def test_step_mode_refuses_round_flags(setup, tmp_path):
     assert r.returncode != 0 and "--mode" in r.stderr
 
 
+@pytest.mark.parametrize("flag", [["--batch-size", 7], ["--grad-accum", 3], ["--shuffle=false"]])
+def test_a_resumed_step_run_refuses_the_round_flags(setup, tmp_path, flag):
+    """--mode comes from the saved run on --resume: the check once ran before it was known
+    and took the run for rounds mode, and the flags were accepted and ignored"""
+    out = tmp_path / "s"
+    online(setup, out, "--mode", "step", "--steps", 2, "--stop-at", 1, "--threads", 1)
+    r = fdpo("online", "--model", setup / "model", "--data", setup / "prompts.txt", "--reward",
+             f"cmd:/usr/bin/python3 {setup / 'letters.py'}", "--out", out, "--resume", "--steps", 2,
+             "--threads", 1, *flag, check=False)
+    assert r.returncode == 1 and (f"--{str(flag[0]).split('=')[0][2:]}: --mode rounds only (a step of --mode step is "
+                                  "one f-DPO step") in r.stderr, r.stderr
+
+
 def test_round_without_pairs_carries_the_policy_over(setup, tmp_path):
     # one new token per completion: the length reward ties everywhere, so no pairs; the round
     # still completes (a warning) and its checkpoint is the previous policy
