@@ -18,7 +18,6 @@ typedef struct {
     float *weights;          /* [n_tokens] or NULL */
     size_t n_tokens;
     size_t n_docs;           /* documents / examples the sequences came from */
-    size_t n_conversations;  /* sft (train side): {"messages"} examples of the whole data set */
 } fdpo_lm_data;
 
 void fdpo_lm_data_free(fdpo_lm_data *d);

@@ -32,13 +32,6 @@ int lm_command_run(const lm_command *c, int argc, char **argv) {
     o.data = n_pos == 1 ? pos[0] : NULL;   /* named if a step is capped at the data set */
     if (!(tok = fdpo_trainer_load_tokenizer(&o))) goto done;
     if (c->load(pos, (size_t)n_pos, tok, &o, &train, &val)) goto done;
-    /* the template renders {"messages"} only: with none it was accepted, recorded as a fixed
-     * setting (a later --resume with another one refused) and changed nothing */
-    if (flags_was_set(flags, n, "chat-template") && train.n_conversations == 0) {
-        fdpo_error("--chat-template: no example in --data is a conversation (sft's {\"messages\"} JSONL), so the "
-                   "template would change nothing");
-        goto done;
-    }
     interrupts_set(INTERRUPT_STOP_TRAINER);
     rc = fdpo_lm_train(&o, c->name, tok, &train, &val);
 done:

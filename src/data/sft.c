@@ -10,7 +10,6 @@
 typedef struct {
     int32_t *tokens; float *weights; size_t n, cap;
     size_t *start, *len; size_t n_seq, cap_seq;
-    size_t n_conversations;   /* {"messages"} lines read (rendered with the chat template) */
 } builder;
 
 static void b_push(builder *b, const int32_t *ids, size_t n, float w) {
@@ -151,7 +150,6 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
             } else if (cJSON_GetObjectItemCaseSensitive(obj, "text")) {
                 text = get_string(obj, "text", where, 1, &err);
             } else if (cJSON_GetObjectItemCaseSensitive(obj, "messages")) {
-                b->n_conversations++;
                 int kept = add_messages(b, tok, cJSON_GetObjectItemCaseSensitive(obj, "messages"), where, seq_len);
                 if (kept < 0) err = 1;
                 else if (kept == 0) (*n_dropped)++;
@@ -235,7 +233,6 @@ static int split_into(builder *b_, const char *name, double val_fraction, uint64
         }
         d->n_tokens = n; d->n_docs = ns;
     }
-    train->n_conversations = b.n_conversations;   /* of the whole data set */
     free(is_val);
     builder_free(&b);
     return 0;
