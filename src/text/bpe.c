@@ -877,9 +877,13 @@ static int save_text(const char *dir, const char *name, const char *text, size_t
  * source when the tokenizer's template was named (a run's --chat-template). */
 static int save_config(const fdpo_tokenizer *t, const char *dir) {
     const struct fdpo_bpe *b = t->bpe;
-    fdpo_chat_kind kind;
+    fdpo_chat_kind kind, file_kind;
     const char *name = t->chat_template_name;
-    if (!name || !strcmp(name, "auto") || fdpo_chat_parse_name(name, &kind))
+    /* a named built-in of the file's own family renders with the file's parameters (default
+     * system turn, leading bos: fdpo_chat_for), so the file's template is kept: the built-in
+     * source would drop them for later commands */
+    if (!name || !strcmp(name, "auto") || fdpo_chat_parse_name(name, &kind) ||
+        (t->chat_template_src && fdpo_chat_detect(t->chat_template_src, &file_kind) == 0 && file_kind == kind))
         return b->src_config ? save_text(dir, "tokenizer_config.json", b->src_config, b->src_config_len) : 0;
     cJSON *cfg = b->src_config ? cJSON_Parse(b->src_config) : cJSON_CreateObject();
     if (!cJSON_IsObject(cfg)) { cJSON_Delete(cfg); cfg = cJSON_CreateObject(); }

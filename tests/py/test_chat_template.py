@@ -382,6 +382,23 @@ def test_pairs_from_sampled_chat_prompts_are_conversational(tmp_path):
     assert got[2]["prompt"] != got[0]["prompt"]  # a string that is not a message list stays text
 
 
+@pytest.mark.parametrize("case,name", [("hermes", "chatml"), ("smollm2", "chatml")])
+def test_naming_the_files_own_family_keeps_the_files_template(case, name, tmp_path):
+    """--chat-template NAME of the file's own family renders with the file's parameters (its
+    leading bos, its default system turn); the checkpoint then kept the built-in's source,
+    without them, so later commands (auto) rendered otherwise than training did"""
+    need_jinja()
+    make_tok(tmp_path / "tok", case)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    r = run("sft", "--out", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "tok"), "--chat-template", name,
+            "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--n-positions", "256", "--seq-len", "200",
+            "--steps", "1", "--batch-size", "2", "--eval-every", "0", "--quiet", data)
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(tmp_path / "m" / "tokenizer_config.json"))["chat_template"] == CASES[case][0]
+    trained = harness("data-chat-sft", str(tmp_path / "tok"), name, data)["sequences"]
+    assert trained == harness("data-chat-sft", str(tmp_path / "m"), "auto", data)["sequences"]
+
+
 @pytest.mark.parametrize("name,eot", [("plain", "\n"), ("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>"), ("zephyr", "<|im_end|>")])
 def test_a_named_template_travels_with_the_checkpoint(name, eot, tmp_path):
     """sft --chat-template NAME writes a Jinja chat_template into the checkpoint's
