@@ -79,5 +79,8 @@ int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32
 
 /* 1 when prompt is such a message list (fdpo_chat_encode_prompt would render it), else 0. */
 int fdpo_chat_is_conversation(const char *prompt);
+/* The parsed list of such a text (the caller deletes it with cJSON_Delete), or NULL. */
+struct cJSON;
+struct cJSON *fdpo_chat_parse_conversation(const char *text);
 
 #endif

@@ -80,7 +80,7 @@ int fdpo_encode_prompts(const fdpo_tokenizer *tok, char *const *prompts, size_t 
                         int32_t ***ids, size_t **lens);
 void fdpo_free_ids(int32_t **ids, size_t *lens, size_t n);
 /* Every prompt of path, encoded to lens[0..n), leaves room to generate: lens[p] < n_positions;
- * else an error "PATH:LINE: prompt of T tokens leaves no room to generate ..." (lines from
+ * else an error "PATH:LINE: the prompt's T tokens leave no room to generate ..." (lines from
  * fdpo_read_prompts; NULL: "--data PATH: prompt K (blank lines not counted): ..."). */
 int fdpo_prompt_lens_check(const size_t *lens, const size_t *lines, size_t n, size_t n_positions, const char *path);
 /* Before a run that samples them step after step (rl, online): the prompts encoded

@@ -290,22 +290,26 @@ int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t_in, int3
 /* The messages of a prompt that is a conversation's JSON text (a non-empty list of
  * {role: string, content: string}): *a holds the parsed text the messages point into (the
  * caller deletes it), *m the messages (malloc'd). 1 a conversation, 0 not (nothing kept). */
+cJSON *fdpo_chat_parse_conversation(const char *text) {
+    if (text[0] != '[') return NULL;
+    cJSON *list = cJSON_Parse(text);
+    int ok = cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0;
+    for (const cJSON *e = ok ? list->child : NULL; e && ok; e = e->next)
+        ok = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "role")) &&
+             cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "content"));
+    if (!ok) { cJSON_Delete(list); return NULL; }
+    return list;
+}
+
 static int prompt_messages(const char *prompt, cJSON **a, fdpo_chat_msg **m, size_t *k) {
     *a = NULL; *m = NULL; *k = 0;
-    if (prompt[0] != '[') return 0;
-    cJSON *list = cJSON_Parse(prompt);
-    size_t len = list && cJSON_IsArray(list) ? (size_t)cJSON_GetArraySize(list) : 0, n = 0;
-    fdpo_chat_msg *msgs = fdpo_malloc((len ? len : 1) * sizeof *msgs);
-    for (const cJSON *e = len ? list->child : NULL; e; e = e->next) {
-        const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "role"), *c = cJSON_GetObjectItemCaseSensitive(e, "content");
-        if (!cJSON_IsString(r) || !cJSON_IsString(c)) break;
-        msgs[n++] = (fdpo_chat_msg){r->valuestring, c->valuestring};
-    }
-    if (!len || n != len) {
-        free(msgs);
-        cJSON_Delete(list);
-        return 0;
-    }
+    cJSON *list = fdpo_chat_parse_conversation(prompt);
+    if (!list) return 0;
+    fdpo_chat_msg *msgs = fdpo_malloc((size_t)cJSON_GetArraySize(list) * sizeof *msgs);
+    size_t n = 0;
+    for (const cJSON *e = list->child; e; e = e->next)
+        msgs[n++] = (fdpo_chat_msg){cJSON_GetObjectItemCaseSensitive(e, "role")->valuestring,
+                                    cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring};
     *a = list; *m = msgs; *k = n;
     return 1;
 }

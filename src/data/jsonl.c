@@ -16,7 +16,8 @@ static int cmp_key(const void *a, const void *b) {
     return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
 }
 
-/* The first key that one object of j (at any depth) holds twice, or NULL. cJSON keeps both
+/* A key that one object of j (at any depth; the innermost such object, first in sorted order)
+ * holds twice, or NULL. cJSON keeps both
  * and its lookups return the first; Python's json, and so a datasets/TRL pipeline, keeps the
  * last: the same line would be another record there. */
 static const char *duplicate_key(const cJSON *j) {

@@ -110,15 +110,7 @@ typedef struct { fdpo_chat_text prompt, chosen, rejected; size_t chosen_content,
  * conversational prompts (fdpo_read_prompts), so pairs made from samples of them (fdpo
  * online, fdpo pairs) carry it. Returns the parsed list, or NULL. */
 static cJSON *prompt_messages(const cJSON *p) {
-    if (!cJSON_IsString(p) || p->valuestring[0] != '[') return NULL;
-    cJSON *a = cJSON_Parse(p->valuestring);
-    int ok = cJSON_IsArray(a) && cJSON_GetArraySize(a) > 0;
-    for (const cJSON *m = ok ? a->child : NULL; m; m = m->next) {
-        const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role"), *c = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!cJSON_IsString(r) || !cJSON_IsString(c)) ok = 0;
-    }
-    if (!ok) { cJSON_Delete(a); return NULL; }
-    return a;
+    return cJSON_IsString(p) ? fdpo_chat_parse_conversation(p->valuestring) : NULL;
 }
 static cJSON *assistant_turn(const cJSON *text) {
     cJSON *a = cJSON_CreateArray(), *m = cJSON_CreateObject();

@@ -471,16 +471,16 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
         for (size_t k = 0; !rc && k < ss.files[fi].n_tensors; k++) {
             const fdpo_st_tensor *f = &ss.files[fi].tensors[k];
             if (used[fi][k]) continue;
-            if (!strcmp(f->name, "score.weight")) {
-                rc = fdpo_error("%s: unexpected tensor 'score.weight' (a reward-model head, but config.json's architectures "
-                                "is not a ...ForSequenceClassification)", ss.files[fi].path);
-                break;
-            }
             size_t first;
             const fdpo_st_tensor *other = st_set_find(&ss, f->name, &first);
             if (other && first != fi) {   /* read from the first shard that holds it */
                 rc = fdpo_error("%s: tensor '%s' is also in %s (a tensor belongs in one shard)", ss.files[fi].path, f->name,
                                 ss.files[first].path);
+                break;
+            }
+            if (!strcmp(f->name, "score.weight")) {
+                rc = fdpo_error("%s: unexpected tensor 'score.weight' (a reward-model head, but config.json's architectures "
+                                "is not a ...ForSequenceClassification)", ss.files[fi].path);
                 break;
             }
             if (!is_skipped_name(f->name)) {

@@ -53,7 +53,7 @@ static void kb_build(kto_batch *kb, const fdpo_unpaired_example *const *ex, size
  * --batch-size 1 is refused for. */
 static size_t micro_len(size_t i0, size_t n, size_t mb) {
     size_t rest = n - i0;
-    return rest == mb + 1 ? rest : rest < mb ? rest : mb;
+    return mb >= 2 && rest == mb + 1 ? rest : rest < mb ? rest : mb;   /* micro-batches of 1: each is its own */
 }
 
 int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, const fdpo_unpaired_example *const *ex,
@@ -62,7 +62,7 @@ int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, con
     fdpo_kto_metrics s = {0};
     size_t mb = micro_batch ? micro_batch : n;
     kto_batch kb = {0};
-    const size_t n_micro = n ? (n + mb - 1) / mb - (n > mb && n % mb == 1) : 0;
+    const size_t n_micro = n ? (n + mb - 1) / mb - (mb >= 2 && n > mb && n % mb == 1) : 0;   /* as micro_len cuts */
     float *lp = fdpo_malloc(2 * (mb + 1) * sizeof(float)), *lr = fdpo_malloc(2 * (mb + 1) * sizeof(float));
     float *dseq = fdpo_malloc(2 * (mb + 1) * sizeof(float));
     double *l_kl = fdpo_malloc((mb + 1) * sizeof(double));
