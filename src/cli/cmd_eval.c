@@ -163,9 +163,8 @@ int cmd_eval(int argc, char **argv) {
     }
     /* a flag the run would not use is refused, not ignored (docs/cli.md) */
     static const char *const for_pairs[] = {"beta", "divergence", "bad-pairs"};
-    for (size_t i = 0; !rc && !pairs_path && i < sizeof for_pairs / sizeof for_pairs[0]; i++)
-        if (flags_was_set(flags, n_flags, for_pairs[i]))
-            rc = fdpo_error("--%s: used only with --pairs (the implicit reward's accuracy and calibration)", for_pairs[i]);
+    const char *given = pairs_path ? NULL : flags_first_set(flags, n_flags, FLAGS_NAMES(for_pairs));
+    if (!rc && given) rc = fdpo_error("--%s: used only with --pairs (the implicit reward's accuracy and calibration)", given);
     if (!rc && !safety_spec && flags_was_set(flags, n_flags, "safety-threshold"))
         rc = fdpo_error("--safety-threshold: used only with --safety");
     if (!rc) rc = fdpo_set_precision(precision);

@@ -156,10 +156,9 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
          * --safety-correlation too; a flag a subcommand does not have is never set) */
         static const char *const gen_flags[] = {"pi-ref", "zipf-s", "dirichlet-alpha", "reward", "reward-scale",
                                                 "length-min", "length-max", "safety-correlation"};
-        for (size_t i = 0; i < sizeof gen_flags / sizeof gen_flags[0]; i++)
-            if (flags_was_set(flags, nf, gen_flags[i]))
-                return fdpo_error("--%s: not allowed with --data (it shapes a generated problem; the file sets the problem)",
-                                  gen_flags[i]);
+        const char *given = flags_first_set(flags, nf, FLAGS_NAMES(gen_flags));
+        if (given)
+            return fdpo_error("--%s: not allowed with --data (it shapes a generated problem; the file sets the problem)", given);
         double renorm;
         if (fdpo_lab_read_csv(o->input, p, &renorm)) return fdpo_error_context("--data");
         if (p->prompt_offset && !prompts_ok) {
@@ -344,11 +343,11 @@ static int lab_frontier(int argc, char **argv) {
     double *betas;
     if (parse_divs(divspec, &divs, &nd)) return -1;
     static const char *const grid_flags[] = {"beta-min", "beta-max", "n-betas"};
-    for (size_t i = 0; betalist && *betalist && i < sizeof grid_flags / sizeof grid_flags[0]; i++)
-        if (flags_was_set(flags, NFLAGS(flags), grid_flags[i])) {
-            free(divs);
-            return fdpo_error("--%s: has no effect with --betas (the list replaces the log grid)", grid_flags[i]);
-        }
+    const char *given = betalist && *betalist ? flags_first_set(flags, NFLAGS(flags), FLAGS_NAMES(grid_flags)) : NULL;
+    if (given) {
+        free(divs);
+        return fdpo_error("--%s: has no effect with --betas (the list replaces the log grid)", given);
+    }
     int grc = betalist && *betalist ? flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE, &betas, &nbeta)
                                     : fdpo_lab_beta_grid(&grid, &betas, &nbeta);
     if (grc) { free(divs); return -1; }

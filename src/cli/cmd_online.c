@@ -72,12 +72,12 @@ int cmd_online(int argc, char **argv) {
          * rounds' f-DPO batching would be ignored (named before the shared checks: --epochs
          * with --steps is also refused there, less to the point) */
         static const char *const ROUNDS_ONLY[] = {"batch-size", "grad-accum", "epochs", "shuffle"};
-        for (size_t i = 0; i < sizeof ROUNDS_ONLY / sizeof ROUNDS_ONLY[0]; i++)
-            if (flags_was_set(flags, n, ROUNDS_ONLY[i])) {
-                fdpo_error("--%s: --mode rounds only (a step of --mode step is one f-DPO step on the pairs of "
-                           "--prompts-per-round prompts)", ROUNDS_ONLY[i]);
-                goto done;
-            }
+        const char *given = flags_first_set(flags, n, FLAGS_NAMES(ROUNDS_ONLY));
+        if (given) {
+            fdpo_error("--%s: --mode rounds only (a step of --mode step is one f-DPO step on the pairs of "
+                       "--prompts-per-round prompts)", given);
+            goto done;
+        }
     }
     if (train_flags_finish(flags, n, &o.dpo.train)) goto done;
     o.out = o.dpo.train.out;

@@ -52,12 +52,12 @@ int cmd_sacpo(int argc, char **argv) {
     if (so.reward_data && so.safety_data) {   /* no stage is online: the sampling flags were ignored */
         static const char *const online_only[] = {"rounds", "prompts-per-round", "n", "pairing", "ref-logps", "ref-update",
                                                   "temperature", "top-k", "top-p", "max-new-tokens", "stop"};
-        for (size_t i = 0; i < sizeof online_only / sizeof online_only[0]; i++)
-            if (flags_was_set(flags, n, online_only[i])) {
-                fdpo_error("--%s: only online stages use it (--reward/--safety SPEC); with --reward-data and "
-                           "--safety-data both stages train on the files", online_only[i]);
-                goto done;
-            }
+        const char *given = flags_first_set(flags, n, FLAGS_NAMES(online_only));
+        if (given) {
+            fdpo_error("--%s: only online stages use it (--reward/--safety SPEC); with --reward-data and "
+                       "--safety-data both stages train on the files", given);
+            goto done;
+        }
     }
     if (!so.reward_data && !so.safety_data) {   /* both stages online: no held-out pairs to evaluate */
         const int every = flags_was_set(flags, n, "eval-every") && v.o.train.eval_every > 0;
@@ -70,12 +70,12 @@ int cmd_sacpo(int argc, char **argv) {
          * pairs from samples (fdpo_online_round_dpo_opts) and its reference log-probs by --ref-logps */
         static const char *const files_only[] = {"max-length", "max-prompt-length", "on-long", "bad-pairs", "layout",
                                                  "ref-live", "ref-cache-dir"};
-        for (size_t i = 0; i < sizeof files_only / sizeof files_only[0]; i++)
-            if (flags_was_set(flags, n, files_only[i])) {
-                fdpo_error("--%s: only stages on files use it (--reward-data/--safety-data); with --reward and --safety "
-                           "both stages are online", files_only[i]);
-                goto done;
-            }
+        const char *given = flags_first_set(flags, n, FLAGS_NAMES(files_only));
+        if (given) {
+            fdpo_error("--%s: only stages on files use it (--reward-data/--safety-data); with --reward and --safety "
+                       "both stages are online", given);
+            goto done;
+        }
     }
     if (!lambda_list) { fdpo_error("--lambda: required (one or more safety multipliers, e.g. 0.5,1,2)"); goto done; }
     if (flags_number_list("lambda", lambda_list, FLAGS_LIST_ANY, &lambdas, &so.n_lambdas)) goto done;

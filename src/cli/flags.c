@@ -261,6 +261,12 @@ int flags_was_set(const fdpo_flag *flags, size_t n, const char *name) {
     return 0;
 }
 
+const char *flags_first_set(const fdpo_flag *flags, size_t n, const char *const *names, size_t k) {
+    for (size_t i = 0; i < k; i++)
+        if (flags_was_set(flags, n, names[i])) return names[i];
+    return NULL;
+}
+
 void flags_prepend_list(const flag_list *l, char ***pos, int *n_pos) {
     if (!l->n) return;
     char **p = fdpo_malloc((l->n + (size_t)*n_pos + 1) * sizeof *p);

@@ -67,6 +67,10 @@ const char *flags_error_origin(const char *msg, char *buf, size_t n);
 void flags_print_help(const char *cmd, const char *usage, const fdpo_flag *flags, size_t n_flags);
 /* Was this flag given explicitly? */
 int flags_was_set(const fdpo_flag *flags, size_t n_flags, const char *name);
+/* The first of names[0..k) given on the command line or in --config, or NULL: the one a
+ * refusal of flags the run would not use names. */
+const char *flags_first_set(const fdpo_flag *flags, size_t n_flags, const char *const *names, size_t k);
+#define FLAGS_NAMES(a) (a), (sizeof(a) / sizeof((a)[0]))
 /* Puts a list flag's values (--data A --data B) in front of the positional arguments *pos
  * (as returned by flags_parse), so commands that take FILE... accept --data FILE too. */
 void flags_prepend_list(const flag_list *l, char ***pos, int *n_pos);
