@@ -130,6 +130,10 @@ typedef struct { FILE *f; char *path; char *tmp_path; } fdpo_atomic_file;
 int fdpo_atomic_open(fdpo_atomic_file *af, const char *path);
 int fdpo_atomic_commit(fdpo_atomic_file *af);
 void fdpo_atomic_abort(fdpo_atomic_file *af);
+/* Outputs of one run replaced together: every temp file written out and synced first (a
+ * full disk fails here, before any is renamed), then each renamed into place; on a failure
+ * all are aborted and every old file stays. Files not opened (path NULL) are skipped. */
+int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n);
 /* Large files written past the page cache, atomically as fdpo_atomic_file (PATH.tmp.<pid>,
  * fsync, rename, fsync the dir): O_DIRECT through an aligned bounce buffer, so the kernel
  * does not copy every byte into the page cache on a core the caller computes on (a 500 MB
@@ -155,7 +159,7 @@ int fdpo_file_exists(const char *path);
  * A lock file that guards nothing (DIR missing or empty: a run that failed at its start) is
  * removed when the lock is released, by fdpo_dir_unlock or at process exit, and DIR with it
  * when it did not exist when locked and is still empty. */
-int fdpo_dir_lock(const char *dir, const char *flag);
+int fdpo_dir_lock(const char *dir, const char *flag);   /* also refuses a DIR that is a symbolic link */
 void fdpo_dir_unlock(const char *dir);
 int fdpo_dir_locked(const char *dir);
 /* An output file a command writes at its end (--out FILE): held from the command's start
@@ -166,11 +170,17 @@ int fdpo_dir_locked(const char *dir);
  * or another spelling of its path).
  * fdpo_out_file_release drops the lock and removes FILE.lock (a killed run leaves it; the
  * next run takes it over). */
+/* Also refused: a FILE that is a symbolic link (the rename would replace the link) or the
+ * lock file another running process holds (its claim would be dropped). Removes FILE's stale
+ * FILE.tmp.PID files (fdpo_remove_stale_tmp_of). */
 int fdpo_out_file_claim(const char *path, const char *flag);
 void fdpo_out_file_release(const char *path);
 /* Remove DIR/NAME.tmp.PID files (fdpo_atomic_open's temp names) whose writer PID is no
  * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. */
 long fdpo_remove_stale_tmp(const char *dir);
+/* The same for one file's temp names only (PATH.tmp.PID beside PATH): an output file's
+ * claim (fdpo_out_file_claim) clears what a killed writer of that file left. */
+long fdpo_remove_stale_tmp_of(const char *path);
 /* JSON written atomically: pretty-printed (pretty = 1) or on one line, with a final
  * newline. root is a cJSON tree (cJSON.h); the caller keeps ownership. */
 struct cJSON;

@@ -261,10 +261,13 @@ int fdpo_remove_tree(const char *path);
  * which it resumes) is not reported. */
 enum { FDPO_RUN_CHECKPOINT = 1, FDPO_RUN_ROUNDS = 2, FDPO_RUN_SACPO = 4 };
 const char *fdpo_out_holds_run(const char *out, unsigned ignore);
-/* A fresh run (or merge) into OUT: removes the summaries a replaced run left there
- * (data_summary.json, eval_summary.json), which would describe that run; the directory swap
- * carries every other file over. Rank 0 only under MPI. */
-int fdpo_out_remove_run_summaries(const char *out);
+/* A fresh run (or merge) into OUT: removes the files a replaced run left there that describe
+ * that run (metrics.jsonl, data_summary.json, eval_summary.json) and, with checkpoint, its
+ * checkpoint too (config.json, the weights, sharded or a LoRA adapter's, training_state.*),
+ * so that OUT never holds one run's model beside another's metrics. Tokenizer files and
+ * whatever else a user keeps there stay (a save replaces or carries them). Rank 0 only under
+ * MPI. *removed (may be NULL) is set when a checkpoint file was removed. */
+int fdpo_out_discard_run(const char *out, int checkpoint, int *removed);
 
 /* ---- metrics JSONL: DIR/metrics.jsonl, one object per logged step ---- */
 typedef struct {
@@ -374,6 +377,10 @@ int fdpo_trainer_stop_requested(void);
  * stop was requested (then marks stopped and interrupted). */
 int fdpo_trainer_maybe_save(fdpo_trainer *tr);
 int fdpo_trainer_save(fdpo_trainer *tr);
+/* The final checkpoint, now, unless the last save was of this step: a file that describes the
+ * final model (dpo's and rm's eval_summary.json) is written after it, so a save that fails or
+ * is killed never leaves a summary of a model that is not on disk. */
+int fdpo_trainer_save_final(fdpo_trainer *tr);
 /* Final save (if save_final and not just saved) and free everything but the tokenizer. */
 int fdpo_trainer_close(fdpo_trainer *tr, int save_final);
 

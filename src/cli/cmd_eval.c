@@ -1,6 +1,7 @@
 /* fdpo eval: n samples per prompt from one or more policies; reward, KL, f-divergences,
  * entropy, diversity, length and (with --pairs) calibration, side by side. */
 #include <cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,7 +217,7 @@ int cmd_eval(int argc, char **argv) {
     }
     /* --samples-out appears whole or not at all: a run that fails or is killed midway leaves
      * the previous file in place (under MPI rank 0 writes) */
-    fdpo_atomic_file samples_af = {0};
+    fdpo_atomic_file samples_af = {0}, out_af = {0};
     if (!rc && samples_path && fdpo_dist_is_root() && fdpo_atomic_open(&samples_af, samples_path))
         rc = fdpo_error_context("--samples-out");
     for (size_t p = 0; p < n_pol && !rc; p++) {
@@ -234,10 +235,6 @@ int cmd_eval(int argc, char **argv) {
         }
         fdpo_tokenizer_free(pt);
         fdpo_gpt2_free(pm);
-    }
-    if (samples_af.f) {
-        if (!rc) { if (fdpo_atomic_commit(&samples_af)) rc = fdpo_error_context("--samples-out"); }
-        else fdpo_atomic_abort(&samples_af);
     }
     if (!rc) {
         cJSON *root = cJSON_CreateObject(), *cfg = cJSON_AddObjectToObject(root, "config");
@@ -270,11 +267,21 @@ int cmd_eval(int argc, char **argv) {
         cJSON *arr = cJSON_AddArrayToObject(root, "policies");
         if (fdpo_dist_is_root()) print_table(cols, policies, n_pol);
         for (size_t p = 0; p < n_pol; p++) { cJSON_AddItemToArray(arr, cols[p]); cols[p] = NULL; }
-        if (out_path && fdpo_dist_is_root()) {
-            if (fdpo_write_json_atomic(out_path, root, 1)) rc = fdpo_error_context("--out");
+        char *text = out_path && fdpo_dist_is_root() ? cJSON_Print(root) : NULL;
+        if (text) {
+            if (fdpo_atomic_open(&out_af, out_path)) rc = fdpo_error_context("--out");
+            else if (fprintf(out_af.f, "%s\n", text) < 0) rc = fdpo_error("--out: %s: write failed: %s", out_path, strerror(errno));
+        } else if (out_path && fdpo_dist_is_root()) {
+            rc = fdpo_error("--out: %s: cannot format the JSON", out_path);
         }
+        cJSON_free(text);
         cJSON_Delete(root);
     }
+    /* --out and --samples-out are one run's: both are written out before either replaces an
+     * old file (a full disk at --out left the new samples beside the old metrics) */
+    fdpo_atomic_file *outs[2] = {&samples_af, &out_af};
+    if (!rc) { if (fdpo_atomic_commit_all(outs, 2)) rc = fdpo_error_context("--out / --samples-out"); }
+    else { fdpo_atomic_abort(&samples_af); fdpo_atomic_abort(&out_af); }
     for (size_t p = 0; p < n_pol; p++) cJSON_Delete(cols[p]);
     free(cols); free(divs);
     fdpo_free_ids(ids, lens, ids ? n_prompts : 0);

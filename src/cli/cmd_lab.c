@@ -93,36 +93,44 @@ static void table_end_row(table *t) {
     t->col = 0;
     t->rows++;
 }
-static int table_close(table *t, int ok) {
+/* ends an opened table's text (JSON's closing bracket); stdout is flushed */
+static void table_end(table *t) {
     cJSON_Delete(t->row); /* a row left unfinished by an error */
     t->row = NULL;
     if (t->json) fputs("\n]\n", t->f);
-    if (!t->to_file) { fflush(stdout); return ok ? 0 : -1; }
-    if (!ok) { fdpo_atomic_abort(&t->af); return -1; }
-    return fdpo_atomic_commit(&t->af);
+    if (!t->to_file) fflush(stdout);
 }
 
-/* Finishes what table_open opened (nothing when !opened): kept when rc == 0, else dropped;
- * returns the first error. */
-static int table_finish(table *t, int opened, int rc) {
-    if (!opened) return rc;
-    int c = table_close(t, rc == 0);
-    return rc == 0 ? c : rc;
+/* Finishes one subcommand's outputs (the tables it opened, the --export-* files with a path):
+ * when rc == 0 all are kept together (fdpo_atomic_commit_all: none replaces its old file
+ * unless every one was written out; a full disk at --out left new exports beside the old
+ * table), else all are dropped. Returns the first error. */
+static int outputs_finish(int rc, table *t1, int opened1, table *t2, int opened2, fdpo_atomic_file *e1,
+                          fdpo_atomic_file *e2) {
+    fdpo_atomic_file *afs[4];
+    size_t n = 0;
+    table *ts[2] = {opened1 ? t1 : NULL, opened2 ? t2 : NULL};
+    for (int i = 0; i < 2; i++)
+        if (ts[i]) {
+            table_end(ts[i]);
+            if (ts[i]->to_file) afs[n++] = &ts[i]->af;
+        }
+    if (e1) afs[n++] = e1;
+    if (e2) afs[n++] = e2;
+    if (rc) for (size_t i = 0; i < n; i++) fdpo_atomic_abort(afs[i]);
+    else rc = fdpo_atomic_commit_all(afs, n);
+    return rc;
 }
+
+static int table_finish(table *t, int opened, int rc) { return outputs_finish(rc, t, opened, NULL, 0, NULL, NULL); }
 
 /* An optional CSV beside the table (--export-*): opened atomically with its header line,
- * nothing when path is NULL; export_finish keeps it when rc == 0, else drops it. */
+ * nothing when path is NULL; outputs_finish keeps it when rc == 0, else drops it. */
 static int export_open(fdpo_atomic_file *af, const char *flag, const char *path, const char *header) {
     if (!path) return 0;
     if (fdpo_atomic_open(af, path)) return fdpo_error_context("--%s %s", flag, path);
     fprintf(af->f, "%s\n", header);
     return 0;
-}
-static int export_finish(fdpo_atomic_file *af, int rc) {
-    if (!af->f) return rc;
-    if (rc == 0) return fdpo_atomic_commit(af);
-    fdpo_atomic_abort(af);
-    return rc;
 }
 
 /* ---------------- shared flags and inputs ---------------- */
@@ -313,9 +321,8 @@ static int lab_solve(int argc, char **argv) {
         table_num(&t, r.f_divergence); table_num(&t, r.objective); table_int(&t, r.iterations);
         table_end_row(&t);
     }
-    rc = table_finish(&t, opened, rc);
     if (rc == 0 && af.f) write_pi_csv(af.f, &p, 0, divs, nd, pis, NULL);
-    rc = export_finish(&af, rc);
+    rc = outputs_finish(rc, &t, opened, NULL, 0, &af, NULL);
     free(pis); free(divs);
     fdpo_lab_prepared_free(&pp);
     fdpo_lab_problem_free(&p);
@@ -372,7 +379,7 @@ static int lab_frontier(int argc, char **argv) {
         table_int(&t, (long long)res[k].support);
         table_end_row(&t);
     }
-    if (rc == 0) rc = table_close(&t, 1);
+    if (rc == 0) rc = table_finish(&t, 1, rc);
     free(res); free(divs); free(betas);
     fdpo_lab_prepared_free_prompts(pp, np);
     fdpo_lab_problem_free(&p);
@@ -450,8 +457,7 @@ static int lab_gap(int argc, char **argv) {
         for (long x = 0; x < prompts; x++) free(rh[x]);
         free(rh);
     }
-    rc = export_finish(&ex, rc);
-    rc = table_finish(&t, table_opened, rc);
+    rc = outputs_finish(rc, &t, table_opened, NULL, 0, &ex, NULL);
     for (long x = 0; x < prompts; x++) fdpo_lab_problem_free(&P[x]);
     free(P); free(divs); free(betas); free(noises);
     return rc;
@@ -538,9 +544,7 @@ static int lab_coverage(int argc, char **argv) {
             table_num(&t, row->reward_gap); table_num(&t, row->objective_gap); table_num(&t, row->pistar_coverage); table_num(&t, row->fit_rmse);
             table_end_row(&t);
         }
-    rc = export_finish(&ec, rc);
-    rc = export_finish(&ef, rc);
-    rc = table_finish(&t, opened, rc);
+    rc = outputs_finish(rc, &t, opened, NULL, 0, &ec, &ef);
     for (long x = 0; x < prompts; x++) fdpo_lab_problem_free(&P[x]);
     free(P); free(divs); free(nsz); free(acc);
     return rc;
@@ -720,8 +724,7 @@ static int lab_check_method(int argc, char **argv) {
             table_num(&t, res.target_diff); table_num(&t, res.z0); table_num(&t, res.undesirable_mass);
             table_end_row(&t);
         }
-    rc = table_finish(&tp, opened_pi, rc);
-    rc = table_finish(&t, opened, rc);
+    rc = outputs_finish(rc, &tp, opened_pi, &t, opened, NULL, NULL);
     free(pi);
     free(aos);
     free(divs);
@@ -793,8 +796,7 @@ static int lab_check(int argc, char **argv) {
         table_num(&t, cr.max_abs_diff); table_num(&t, cr.loss); table_num(&t, cr.grad_norm); table_int(&t, cr.iterations);
         table_end_row(&t);
     }
-    rc = export_finish(&ep, rc);
-    rc = table_finish(&t, opened, rc);
+    rc = outputs_finish(rc, &t, opened, NULL, 0, &ep, NULL);
     free(divs); free(pi_theta);
     fdpo_lab_prepared_free(&pp);
     fdpo_lab_problem_free(&p);
@@ -878,9 +880,8 @@ static int lab_constrained(int argc, char **argv) {
         }
         table_end_row(&t);
     }
-    rc = table_finish(&t, opened, rc);
     if (rc == 0 && af.f) write_pi_csv(af.f, &p, 1, divs, nd, pis, stepwise ? steps : NULL);
-    rc = export_finish(&af, rc);
+    rc = outputs_finish(rc, &t, opened, NULL, 0, &af, NULL);
     free(rows); free(pis); free(steps); free(divs); free(bs);
     fdpo_lab_problem_free(&p);
     return rc;

@@ -90,7 +90,9 @@ void fdpo_atomic_abort(fdpo_atomic_file *af) {
     af->f = NULL; af->path = af->tmp_path = NULL;
 }
 
-int fdpo_atomic_commit(fdpo_atomic_file *af) {
+/* every byte of the temp file on disk (a full disk shows here at the latest), the file closed */
+static int atomic_sync(fdpo_atomic_file *af) {
+    if (!af->f) return 0;   /* synced already */
     int bad = ferror(af->f) || fflush(af->f) != 0 || fsync(fileno(af->f)) != 0;
     if (bad) {
         fdpo_error("%s: write failed: %s", af->path, strerror(errno));
@@ -98,6 +100,11 @@ int fdpo_atomic_commit(fdpo_atomic_file *af) {
         return -1;
     }
     fclose(af->f); af->f = NULL;
+    return 0;
+}
+
+int fdpo_atomic_commit(fdpo_atomic_file *af) {
+    if (atomic_sync(af)) return -1;
     if (rename(af->tmp_path, af->path) != 0) {
         fdpo_error("%s: rename failed: %s", af->path, strerror(errno));
         fdpo_atomic_abort(af);
@@ -107,6 +114,17 @@ int fdpo_atomic_commit(fdpo_atomic_file *af) {
     free(af->path); free(af->tmp_path);
     af->path = af->tmp_path = NULL;
     return 0;
+}
+
+int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n) {
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) if (afs[i]->path) rc = atomic_sync(afs[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (!afs[i]->path) continue;   /* not opened (an optional output), or aborted above */
+        if (rc) fdpo_atomic_abort(afs[i]);
+        else rc = fdpo_atomic_commit(afs[i]);
+    }
+    return rc;
 }
 
 int fdpo_write_file_atomic(const char *path, const void *data, size_t len) {

@@ -152,6 +152,9 @@ static int take_lock(const char *dir, const char *flag) {
     if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) {
         int e = errno;
         fdpo_error("%s %s: cannot write lock file %s: %s", flag, dir, path, strerror(e));
+        /* we hold it, so nobody else is using it: an empty lock file (a full disk) guards
+         * nothing; removed while held, as remove_if_unused does */
+        unlink(path);
         goto fail;
     }
     if (g_held[slot].dir) { free(g_held[slot].dir); free(g_held[slot].flag); free_made_parents(slot); }   /* the parent's entry, in a forked child */
@@ -172,6 +175,47 @@ fail:
     return -1;
 }
 
+/* A symbolic link as OUT: every save renames a new directory (or file) over OUT's path, which
+ * replaces the link itself, and the lock would be LINK.lock, not the target's: a run on the
+ * target and a run on the link would both hold "their" lock and write into one place. */
+static int refuse_symlink(const char *path, const char *flag, const char *what) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    char *p = fdpo_malloc(n + 1);
+    memcpy(p, path, n);
+    p[n] = 0;
+    struct stat st;
+    int rc = 0;
+    if (lstat(p, &st) == 0 && S_ISLNK(st.st_mode)) {
+        char target[512];
+        ssize_t k = readlink(p, target, sizeof target - 1);
+        target[k > 0 ? k : 0] = 0;
+        rc = fdpo_error("%s %s: is a symbolic link (to %s); give the %s itself (each save renames a new %s over this "
+                        "path, which would replace the link, and a run on the link and one on its target would not "
+                        "see each other's lock)", flag, path, target, what, what);
+    }
+    free(p);
+    return rc;
+}
+
+/* An existing file that a running process holds a flock on (another run's DIR.lock or
+ * FILE.lock): writing over it (a rename) would drop that run's claim on its output */
+static int refuse_held_lock_file(const char *path, const char *flag) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return 0;
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+        char buf[32] = "";
+        ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
+        buf[got > 0 ? got : 0] = 0;
+        rc = fdpo_error("%s %s: is the lock file of a running run (pid %ld holds it); choose another %s", flag, path,
+                        strtol(buf, NULL, 10), flag);
+    }
+    close(fd);   /* drops our shared lock, if we got one */
+    return rc;
+}
+
 int fdpo_dir_lock(const char *dir, const char *flag) {
     /* DIR.lock, and a checkpoint save's DIR.tmp and DIR.old, are DIR's text plus a suffix:
      * "." would give "..lock" inside DIR itself and "..tmp" that a save copies DIR into */
@@ -186,6 +230,7 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
                           flag, dir, flag);
     if (!strcmp(dir, "-"))   /* fdpo's flags read "-" as stdout (generate, score): not a directory's name here */
         return fdpo_error("%s -: this output is a directory, not a stream (give ./- for a directory named '-')", flag);
+    if (refuse_symlink(dir, flag, "directory")) return -1;
     struct stat st;
     if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
         return fdpo_error("%s %s: not a directory (a run writes its checkpoint directory there); choose another %s",
@@ -239,7 +284,9 @@ int fdpo_out_file_claim(const char *path, const char *flag) {
                           g_held[held].flag);
     /* before the lock, whose PATH.lock would be made beside a device too */
     if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);
+    if (refuse_symlink(path, flag, "file") || refuse_held_lock_file(path, flag)) return -1;
     if (take_lock(path, flag)) return -1;
+    fdpo_remove_stale_tmp_of(path);   /* what a killed writer of this file left (PATH.tmp.PID) */
     struct stat st;
     if (stat(path, &st) == 0) {
         if (S_ISDIR(st.st_mode)) {
@@ -271,12 +318,15 @@ static long tmp_pid(const char *name) {
 
 static int pid_alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
 
-long fdpo_remove_stale_tmp(const char *dir) {
+/* the stale NAME.tmp.PID files in dir whose NAME is prefix (every NAME when prefix is NULL) */
+static long remove_stale_tmp_named(const char *dir, const char *prefix) {
     DIR *d = opendir(dir);
     if (!d) return 0;
     long removed = 0;
     struct dirent *e;
+    size_t np = prefix ? strlen(prefix) : 0;
     while ((e = readdir(d))) {
+        if (prefix && (strncmp(e->d_name, prefix, np) != 0 || strncmp(e->d_name + np, ".tmp.", 5) != 0)) continue;
         long pid = tmp_pid(e->d_name);
         if (pid <= 0 || pid == (long)getpid() || pid_alive(pid)) continue;
         char *p = fdpo_path_join(dir, e->d_name);
@@ -288,5 +338,18 @@ long fdpo_remove_stale_tmp(const char *dir) {
         free(p);
     }
     closedir(d);
+    return removed;
+}
+
+long fdpo_remove_stale_tmp(const char *dir) { return remove_stale_tmp_named(dir, NULL); }
+
+long fdpo_remove_stale_tmp_of(const char *path) {
+    char *dir = fdpo_strdup(path);
+    char *slash = strrchr(dir, '/');
+    const char *name = slash ? slash + 1 : path;
+    if (slash == dir) dir[1] = 0;   /* "/x": the root */
+    else if (slash) *slash = 0;
+    long removed = *name ? remove_stale_tmp_named(slash ? dir : ".", name) : 0;
+    free(dir);
     return removed;
 }

@@ -14,7 +14,9 @@
  * counted per occurrence, and merging is left to right within a word ("a a a" -> "aa a"),
  * as the encoder applies merges. The pair table is updated incrementally: only words that
  * contain the merged pair are recounted; the best pair comes from a lazy max-heap. */
+#include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cjson/cJSON.h>
@@ -344,8 +346,17 @@ int fdpo_bpe_trained_save(const fdpo_bpe_trained *t, const char *dir) {
     for (size_t i = 0; i < t->n_merges; i++)
         q += snprintf(q, cap - (size_t)(q - mt), "%s %s\n", sym[t->merges[i][0]], sym[t->merges[i][1]]);
     char *vp = fdpo_path_join(dir, "vocab.json"), *mp = fdpo_path_join(dir, "merges.txt");
+    /* the two files are one tokenizer: both written out before either replaces an old one (a
+     * full disk at merges.txt left a new vocab.json beside the old merges, which loads as neither) */
+    fdpo_atomic_file va = {0}, ma = {0}, *both[2] = {&va, &ma};
     if (!js) fdpo_error("%s: cannot serialise vocab.json", dir);
-    else if (!fdpo_write_file_atomic(vp, js, strlen(js)) && !fdpo_write_file_atomic(mp, mt, (size_t)(q - mt))) rc = 0;
+    else if (!fdpo_atomic_open(&va, vp) && !fdpo_atomic_open(&ma, mp)) {
+        size_t nv = strlen(js), nm = (size_t)(q - mt);
+        if (fwrite(js, 1, nv, va.f) != nv) fdpo_error("%s: write failed: %s", vp, strerror(errno));
+        else if (fwrite(mt, 1, nm, ma.f) != nm) fdpo_error("%s: write failed: %s", mp, strerror(errno));
+        else rc = fdpo_atomic_commit_all(both, 2);
+    }
+    if (rc) { fdpo_atomic_abort(&va); fdpo_atomic_abort(&ma); }
     free(vp); free(mp); free(mt); free(js);
     for (size_t i = 0; i < t->n_tokens; i++) free(sym[i]);
     free(sym);

@@ -33,15 +33,30 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
     return NULL;
 }
 
-int fdpo_out_remove_run_summaries(const char *out) {
-    static const char *const names[] = {"data_summary.json", "eval_summary.json"};
-    for (size_t i = 0; fdpo_dist_is_root() && i < sizeof names / sizeof names[0]; i++) {
-        char *p = fdpo_path_join(out, names[i]);
-        int rc = remove(p) != 0 && errno != ENOENT ? fdpo_error("%s: cannot remove the replaced run's file: %s", p, strerror(errno)) : 0;
+/* the checkpoint files of a save (rewritten_by_save: config, weights, shards, adapter, state) */
+static int rewritten_by_save(const char *name);
+
+int fdpo_out_discard_run(const char *out, int checkpoint, int *removed) {
+    static const char *const run_files[] = {"metrics.jsonl", "data_summary.json", "eval_summary.json"};
+    if (removed) *removed = 0;
+    if (!fdpo_dist_is_root()) return 0;
+    int rc = 0;
+    for (size_t i = 0; !rc && i < sizeof run_files / sizeof run_files[0]; i++) {
+        char *p = fdpo_path_join(out, run_files[i]);
+        if (remove(p) != 0 && errno != ENOENT) rc = fdpo_error("%s: cannot remove the replaced run's file: %s", p, strerror(errno));
         free(p);
-        if (rc) return rc;
     }
-    return 0;
+    DIR *d = checkpoint && !rc ? opendir(out) : NULL;
+    struct dirent *e;
+    while (d && !rc && (e = readdir(d))) {
+        if (!rewritten_by_save(e->d_name)) continue;
+        char *p = fdpo_path_join(out, e->d_name);
+        if (remove(p) != 0 && errno != ENOENT) rc = fdpo_error("%s: cannot remove the replaced run's file: %s", p, strerror(errno));
+        else if (removed) *removed = 1;
+        free(p);
+    }
+    if (d) closedir(d);
+    return rc;
 }
 
 int fdpo_remove_tree(const char *path) {

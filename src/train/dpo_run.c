@@ -392,6 +392,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     if (n_eval && !tr.stopped) {
         /* final held-out summary: how often the implicit reward ranks chosen above rejected */
         if (fdpo_dpo_step(&d, eval_pairs, n_eval, eval_ref, 0, &em, NULL)) goto done;
+        if (fdpo_trainer_save_final(&tr)) goto done;   /* the summary describes a model on disk */
         cJSON *root = metrics_json(&em);
         cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
         if (have_initial) cJSON_AddItemToObject(root, "initial", metrics_json(&initial));

@@ -289,6 +289,7 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     if (n_eval && !tr.stopped) {
         /* final held-out summary: how often the reward model ranks chosen above rejected */
         if (fdpo_rm_step(tr.model, &rb, eval_pairs, n_eval, mb, cc, 0, n_eval, eot, &em, NULL)) goto done;
+        if (fdpo_trainer_save_final(&tr)) goto done;   /* the summary describes a model on disk */
         cJSON *root = cJSON_CreateObject();
         cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
         cJSON_AddNumberToObject(root, "pairs", (double)n_eval);

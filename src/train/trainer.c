@@ -338,7 +338,6 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (!o->overwrite) {
             if (fdpo_train_out_check(o)) goto fail;
         }
-        if (fdpo_out_remove_run_summaries(o->out)) goto fail;   /* a replaced run's (--overwrite) */
         if (o->init_model) {
             /* a borrowed model in memory (online rounds): LoRA adapters, if any, already attached */
             if ((o->lora_r > 0) != (o->init_model->lora != NULL))
@@ -412,6 +411,16 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     }
     tr->start_step = s->step;
     if (o->resume) tr->saved_step = s->step;
+    /* A fresh run, its data and model loaded: from here on OUT is this run's. What a replaced
+     * run left (--overwrite: its checkpoint, metrics and summaries) goes now, not at the first
+     * save: a run killed before that left the old model beside its own metrics. (A run inside
+     * a directory online or sacpo claimed replaces only the summaries.) */
+    if (!o->resume) {
+        int removed = 0;
+        if (fdpo_out_discard_run(o->out, !o->out_claimed, &removed)) goto fail;
+        if (removed && !o->quiet)
+            fdpo_log(FDPO_LOG_INFO, "--overwrite: removed the previous run's checkpoint and metrics from %s", o->out);
+    }
     if (fdpo_metrics_open(&tr->metrics, o->out, o->resume ? s->step : 0)) goto fail;
     fdpo_progress_start(&tr->progress, "train", total);
     return 0;
@@ -563,9 +572,13 @@ int fdpo_trainer_maybe_save(fdpo_trainer *tr) {
     return 0;
 }
 
+int fdpo_trainer_save_final(fdpo_trainer *tr) {
+    return tr->model && tr->saved_step != tr->state.step ? fdpo_trainer_save(tr) : 0;
+}
+
 int fdpo_trainer_close(fdpo_trainer *tr, int save_final) {
     int rc = 0;
-    if (save_final && tr->model && tr->saved_step != tr->state.step) rc = fdpo_trainer_save(tr);
+    if (save_final) rc = fdpo_trainer_save_final(tr);
     /* under MPI: nobody reads the final checkpoint (a next stage, a resume) before rank 0 wrote it */
     if (save_final && !rc && tr->model) rc = fdpo_dist_barrier();
     /* the "done" line only for a run that succeeded: a failure ends with its error alone */

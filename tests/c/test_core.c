@@ -132,6 +132,68 @@ START_TEST(direct_file_writes_exact_bytes) {
 }
 END_TEST
 
+/* fdpo_atomic_commit_all: one output whose bytes cannot be written out (its stream in error,
+ * as a full disk leaves it) keeps every old file of the set, the one already written included,
+ * and leaves no temp file; with all written, all are replaced. The references are the bytes
+ * written. */
+START_TEST(atomic_commit_all_is_all_or_nothing) {
+    char dir[] = "/tmp/fdpo_test_commit_all_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char *a = fdpo_path_join(dir, "vocab.json"), *b = fdpo_path_join(dir, "merges.txt");
+    ck_assert_int_eq(fdpo_write_file_atomic(a, "old a", 5), 0);
+    ck_assert_int_eq(fdpo_write_file_atomic(b, "old b", 5), 0);
+    fdpo_atomic_file fa = {0}, fb = {0}, fc = {0}, *set[3] = {&fa, &fc, &fb};   /* fc: never opened */
+    ck_assert_int_eq(fdpo_atomic_open(&fa, a), 0);
+    ck_assert_int_eq(fdpo_atomic_open(&fb, b), 0);
+    fputs("new a", fa.f);
+    FILE *good = fb.f;
+    fb.f = fopen("/dev/null", "r");   /* a write to it fails and sets the stream's error */
+    ck_assert_uint_eq(fwrite("new b", 1, 5, fb.f), 0);
+    fclose(good);
+    ck_assert_int_eq(fdpo_atomic_commit_all(set, 3), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "merges.txt: write failed"));
+    size_t n;
+    char *x = fdpo_read_file(a, &n), *y = fdpo_read_file(b, &n);
+    ck_assert_str_eq(x, "old a");
+    ck_assert_str_eq(y, "old b");
+    free(x); free(y);
+    ck_assert_ptr_null(fa.path);   /* aborted: temp files removed */
+    ck_assert_ptr_null(fb.path);
+    ck_assert_int_eq(fdpo_remove_stale_tmp(dir), 0);
+    ck_assert_int_eq(fdpo_atomic_open(&fa, a), 0);
+    ck_assert_int_eq(fdpo_atomic_open(&fb, b), 0);
+    fputs("new a", fa.f);
+    fputs("new b", fb.f);
+    ck_assert_int_eq(fdpo_atomic_commit_all(set, 3), 0);
+    x = fdpo_read_file(a, &n); y = fdpo_read_file(b, &n);
+    ck_assert_str_eq(x, "new a");
+    ck_assert_str_eq(y, "new b");
+    free(x); free(y);
+    unlink(a); unlink(b); rmdir(dir); free(a); free(b);
+}
+END_TEST
+
+/* fdpo_remove_stale_tmp_of: only PATH's own temp names of dead writers go */
+START_TEST(stale_tmp_of_one_file_only) {
+    char dir[] = "/tmp/fdpo_test_tmp_of_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    const long dead = 4194304 + 7;   /* above Linux's pid_max: no such process */
+    char mine[128], other[128], prefix_only[128], live[128];
+    snprintf(mine, sizeof mine, "%s/s.jsonl.tmp.%ld", dir, dead);
+    snprintf(other, sizeof other, "%s/t.jsonl.tmp.%ld", dir, dead);
+    snprintf(prefix_only, sizeof prefix_only, "%s/s.jsonl2.tmp.%ld", dir, dead);
+    snprintf(live, sizeof live, "%s/s.jsonl.tmp.%ld", dir, (long)getpid());
+    const char *all[] = {mine, other, prefix_only, live};
+    for (int i = 0; i < 4; i++) ck_assert_int_eq(fdpo_write_file_atomic(all[i], "x", 1), 0);
+    char *path = fdpo_path_join(dir, "s.jsonl");
+    ck_assert_int_eq(fdpo_remove_stale_tmp_of(path), 1);
+    ck_assert(!fdpo_file_exists(mine));
+    ck_assert(fdpo_file_exists(other) && fdpo_file_exists(prefix_only) && fdpo_file_exists(live));
+    for (int i = 1; i < 4; i++) unlink(all[i]);
+    rmdir(dir); free(path);
+}
+END_TEST
+
 /* The run lock: a second process is refused with the holder's pid; the holder may take it
  * again; once released (or the holder gone) another process gets it. */
 START_TEST(dir_lock_excludes_other_processes) {
@@ -475,6 +537,8 @@ int main(void) {
     tcase_add_test(tc, utf8_validation);
     tcase_add_test(tc, atomic_write_replaces);
     tcase_add_test(tc, direct_file_writes_exact_bytes);
+    tcase_add_test(tc, atomic_commit_all_is_all_or_nothing);
+    tcase_add_test(tc, stale_tmp_of_one_file_only);
     tcase_add_test(tc, dir_lock_excludes_other_processes);
     tcase_add_test(tc, out_file_claim_and_release);
     tcase_add_test(tc, dir_lock_names_and_lock_files);

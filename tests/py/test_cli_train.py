@@ -567,3 +567,43 @@ def test_stop_at_and_resume_log_what_the_uninterrupted_run_logs(tmp_path, corpus
     r = fdpo("pretrain", "--out", tmp_path / "c", *args, "--stop-at", "9")   # after the last step: it ran to the end
     assert r.returncode == 1 and "--stop-at: 9 is after the run's last step 8 (give a step <= 8)" in r.stderr, r.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_overwrite_run_killed_before_its_first_save_leaves_no_mix_of_two_runs(tmp_path, corpus):
+    """--overwrite: the replaced run's checkpoint, metrics and summaries go once the new run has
+    loaded its data and model. They stayed until its first save, so a new run killed before
+    that left the old run's model (resumable) beside the new run's metrics.jsonl, and a
+    --resume continued the old run on top of the new run's lines (review: crash safety)."""
+    out = tmp_path / "o"
+    common = [*TINY, "--batch-size", "1", "--eval-every", "0", *map(str, corpus)]
+    ok("pretrain", "--out", out, "--steps", "6", "--stop-at", "3", "--quiet", *common)
+    (out / "notes.txt").write_text("mine")
+    p = subprocess.Popen([FDPO, "pretrain", "--out", str(out), "--overwrite", "--steps", "1000000", "--seed", "9",
+                          "--save-every", "1000000", *common], stderr=subprocess.PIPE, text=True)
+    err = ""
+    for line in p.stderr:   # until the new run has logged its first step (a progress line)
+        err += line
+        if line.startswith("step "):
+            break
+    p.kill()
+    err += p.stderr.read()
+    p.wait(timeout=60)
+    assert f"--overwrite: removed the previous run's checkpoint and metrics from {out}" in err, err
+    files = {q.name for q in out.iterdir()}
+    assert not files & {"model.safetensors", "config.json", "training_state.json", "training_state.safetensors"}, files
+    assert "notes.txt" in files   # a user's file stays
+    assert all(m["step"] >= 1 for m in metrics(out))   # the new run's lines only (it never saved)
+    r = fdpo("pretrain", "--out", out, "--resume", "--quiet", *map(str, corpus))
+    assert r.returncode == 1 and "training_state.json missing: nothing to resume" in r.stderr, r.stderr
+
+
+def test_a_symbolic_link_as_out_is_refused(tmp_path, corpus):
+    """A run on a link to OUT locked LINK.lock, not OUT.lock: a run on the target and one on the
+    link both ran, into one directory, and the first save renamed the link itself away."""
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to("target")
+    r = fdpo("pretrain", "--out", tmp_path / "link", *TINY, "--steps", "1", *corpus)
+    assert r.returncode == 1, r.stderr
+    assert f"--out {tmp_path / 'link'}: is a symbolic link (to target); give the directory itself" in r.stderr, r.stderr
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["c0.txt", "c1.txt", "link", "target"]
+    assert not any((tmp_path / "target").iterdir())

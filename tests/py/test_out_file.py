@@ -179,3 +179,79 @@ def test_two_outputs_of_one_run_on_one_file_are_refused(d, tmp_path, case):
     assert f"{second} {other}: already the file of {first} in this run; give each output its own file" in r.stderr, \
         r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+
+
+def test_a_symbolic_link_or_a_live_lock_file_as_out_is_refused(d, tmp_path):
+    """--out LINK: the rename would replace the link, and LINK.lock is not the target's lock.
+    --out RUN.lock of a running run: replacing it dropped that run's claim, and a second run
+    on RUN then started beside the first (review: crash safety)."""
+    (tmp_path / "target.jsonl").write_text("kept\n")
+    (tmp_path / "link.jsonl").symlink_to("target.jsonl")
+    r = fdpo(*commands(d, tmp_path / "link.jsonl")["generate"], "--threads", 1, check=False)
+    assert r.returncode == 1, r.stderr
+    assert f"--out {tmp_path / 'link.jsonl'}: is a symbolic link (to target.jsonl); give the file itself" in r.stderr
+    lock = tmp_path / "run.lock"
+    with open(lock, "w") as f:   # what a running trainer holds beside its OUT
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.write("4242\n")
+        f.flush()
+        r = fdpo(*commands(d, lock)["generate"], "--threads", 1, check=False)
+    assert r.returncode == 1, r.stderr
+    assert f"--out {lock}: is the lock file of a running run (pid 4242 holds it); choose another --out" in r.stderr
+    assert lock.read_text() == "4242\n" and (tmp_path / "target.jsonl").read_text() == "kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "run.lock", "target.jsonl"]
+
+
+def test_a_killed_writers_temp_file_is_removed_at_the_next_claim(d, tmp_path):
+    """FILE.tmp.PID of a writer that is gone (a killed eval's --samples-out) stayed forever;
+    run directories had that cleanup, output files did not. A live writer's is left alone."""
+    import os
+    out = tmp_path / "g.jsonl"
+    dead = tmp_path / "g.jsonl.tmp.4194311"   # above Linux's pid_max: no such process
+    live = tmp_path / f"g.jsonl.tmp.{os.getpid()}"
+    dead.write_text("half")
+    live.write_text("being written")
+    r = fdpo(*commands(d, out)["generate"], "--threads", 1)
+    assert f"removed {dead} (left by process 4194311, which is gone)" in r.stderr, r.stderr
+    assert not dead.exists() and live.exists() and out.exists()
+
+
+def limited(limit):
+    """a preexec_fn: writes past `limit` bytes fail (EFBIG, as a full disk) instead of raising SIGXFSZ"""
+    import resource
+    import signal
+
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return apply
+
+
+def test_eval_replaces_out_and_samples_together_or_not_at_all(d, tmp_path):
+    """eval renamed --samples-out into place before it wrote --out: a write failure at --out
+    (a full disk) left the new samples beside the old metrics (review: crash safety)."""
+    import subprocess
+
+    from dpo_common import FDPO
+    out, smp = tmp_path / "e.json", tmp_path / "s.jsonl"
+    args = [*commands(d, out)["eval"], "--samples-out", smp, "--threads", 1]
+    fdpo(*args, "--seed", 1)
+    before = (out.read_bytes(), smp.read_bytes())
+    assert len(before[1]) < len(before[0])   # the limit below lets the samples through, not the table
+    r = subprocess.run([FDPO, *map(str, args), "--seed", "2"], capture_output=True, text=True, timeout=120,
+                       preexec_fn=limited((len(before[0]) + len(before[1])) // 2))
+    assert r.returncode == 1 and f"{out}: write failed" in r.stderr, r.stderr
+    assert (out.read_bytes(), smp.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.json", "s.jsonl"]
+
+
+def test_a_lock_file_that_cannot_be_written_is_not_left_behind(d, tmp_path):
+    """On a full disk the claim failed writing the holder's pid and left an empty FILE.lock"""
+    import subprocess
+
+    from dpo_common import FDPO
+    out = tmp_path / "g.jsonl"
+    r = subprocess.run([FDPO, *map(str, commands(d, out)["generate"]), "--threads", "1"], capture_output=True,
+                       text=True, timeout=120, preexec_fn=limited(0))
+    assert r.returncode == 1 and f"--out {out}: cannot write lock file {out}.lock" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -370,3 +370,40 @@ def test_an_output_may_not_replace_a_file_the_reward_reads(d, tmp_path, cmd, giv
     r = fdpo(*args, *reward, "--out", f, *FAST[:2], check=False)
     refused(r, f"--out {f}: is the input {flag} {f}, which the output would replace; give another file")
     assert f.read_bytes() == before
+
+
+def run_with_file_size_limit(limit, *args):
+    """fdpo under RLIMIT_FSIZE: a write past `limit` bytes fails (EFBIG), as on a full disk"""
+    import resource
+    import signal
+    import subprocess
+
+    from dpo_common import FDPO
+
+    def limit_writes():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # the write fails instead of killing the process
+    return subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_writes)
+
+
+@pytest.mark.parametrize("cmd", ["dpo", "rm"])
+def test_a_failed_final_save_leaves_no_summary_of_the_unsaved_model(d, tmp_path, cmd):
+    """dpo and rm wrote eval_summary.json (the final model's held-out accuracy) into OUT before
+    the final save: a save that then failed (full disk) or was killed left a checkpoint of step
+    2 beside the summary of step 4 (review: crash safety). The summary now follows the save."""
+    out = tmp_path / "run"
+    args = [cmd, "--model", d / "base", "--data", d / "pairs.jsonl", "--out", out, "--steps", 4, "--batch-size", 1,
+            "--eval-fraction", 0.5, "--eval-every", 1, *FAST]
+    fdpo(*args, "--stop-at", 2)
+    assert json.loads((out / "training_state.json").read_text())["step"] == 2
+    assert not (out / "eval_summary.json").exists()
+    model_bytes = (out / "model.safetensors").stat().st_size
+    r = run_with_file_size_limit(model_bytes // 2, *args, "--resume")
+    assert r.returncode == 1, r.stderr
+    assert f"saving checkpoint {out}: {out}.tmp/model.safetensors: write failed" in r.stderr, r.stderr
+    assert json.loads((out / "training_state.json").read_text())["step"] == 2
+    assert not (out / "eval_summary.json").exists()
+    fdpo(*args, "--resume")   # room again: the run ends, and its summary is of the saved step 4
+    assert json.loads((out / "eval_summary.json").read_text())["step"] == 4
+    assert json.loads((out / "training_state.json").read_text())["step"] == 4
