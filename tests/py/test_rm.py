@@ -463,11 +463,27 @@ def test_rm_run_logs_the_trl_metric_values(rm_dir, tmp_path, center):
     loss = torch.stack(losses).mean()
     loss.backward()
     sq = (w.grad ** 2).sum() + sum((p.grad ** 2).sum() for p in ref.named().values())
-    want = {"loss": loss.item(), "accuracy": float(np.mean([d > 0 for d in diffs])), "margin": float(np.mean(diffs)),
+    want = {"loss": loss.item(), "accuracy": tie_half_accuracy(diffs), "margin": float(np.mean(diffs)),
             "grad_norm": float(torch.sqrt(sq))}
     assert 0 < want["accuracy"] < 1, diffs   # both outcomes occur: the count is tested
     for k, v in want.items():
         assert abs(m[k] - v) <= 1e-5 * max(1.0, abs(v)), (k, m[k], v)
+
+
+def tie_half_accuracy(diffs):
+    """docs/rm.md's accuracy: r_chosen > r_rejected counts 1, an exact tie 1/2"""
+    return float(np.mean([1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diffs]))
+
+
+def test_rm_accuracy_counts_an_exact_tie_as_half(rm_dir, tmp_path):
+    """A score head of zeros scores every completion 0: each pair is an exact tie, which
+    docs/rm.md counts 1/2 (no test had a tie: counting it 0 passed; mutation review)."""
+    tmp, model, score = rm_dir
+    save_rm(model, torch.zeros_like(score), tmp_path / "zero")
+    fdpo("rm", "--model", tmp_path / "zero", "--data", tmp / "pairs.jsonl", "--out", tmp_path / "r", "--steps", 1,
+         "--batch-size", len(ROWS), "--eval-fraction", 0, "--threads", 1, "--quiet")
+    m = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert m["margin"] == 0.0 and m["accuracy"] == tie_half_accuracy([0.0] * len(ROWS)) == 0.5, m
 
 
 def test_a_null_margin_is_no_margin(rm_dir, tmp_path):
