@@ -216,6 +216,70 @@ static int refuse_held_lock_file(const char *path, const char *flag) {
     return rc;
 }
 
+/* A directory above dir that a running run holds (its PARENT.lock is flock-held by another
+ * process): every save of that run swaps PARENT whole, so this run's files inside it would be
+ * moved under it mid-write (a rename of DIR.tmp inside PARENT failed "No such file"). */
+/* dir as an absolute path without "." and "..": its deepest existing part resolved
+ * (realpath: links followed; a lock beside a link's path is beside its target's too, and OUT
+ * itself is no link), the parts that do not exist yet appended and folded by hand */
+static char *absolute_dir(const char *dir) {
+    char *p = fdpo_strdup(dir), *real = NULL;
+    size_t n = strlen(p), cut = n;
+    for (;;) {
+        while (cut > 1 && p[cut - 1] == '/') cut--;
+        p[cut] = 0;
+        if ((real = realpath(cut ? p : ".", NULL))) break;
+        if (cut == 0) { free(p); return fdpo_strdup(dir); }   /* no working directory: as given */
+        char *slash = strrchr(p, '/');
+        if (!slash) { cut = 0; continue; }   /* relative: from the working directory */
+        cut = slash == p ? 1 : (size_t)(slash - p);
+    }
+    /* the rest of dir after the resolved part, one component at a time */
+    fdpo_strv parts = {0};
+    char *abs = real, *rest = fdpo_strdup(dir + (cut < strlen(dir) ? cut : strlen(dir))), *save = NULL;
+    for (char *c = strtok_r(rest, "/", &save); c; c = strtok_r(NULL, "/", &save)) fdpo_strv_push(&parts, c);
+    for (size_t i = 0; i < parts.n; i++) {
+        if (!strcmp(parts.v[i], ".")) continue;
+        if (!strcmp(parts.v[i], "..")) {
+            char *slash = strrchr(abs, '/');
+            if (slash && slash != abs) *slash = 0; else strcpy(abs, "/");
+            continue;
+        }
+        char *joined = fdpo_path_join(abs, parts.v[i]);
+        free(abs);
+        abs = joined;
+    }
+    fdpo_strv_free(&parts);
+    free(rest); free(p);
+    return abs;
+}
+
+/* A directory above dir that a running run holds (its PARENT.lock is flock-held by another
+ * process): every save of that run swaps PARENT whole, so this run's files inside it would be
+ * moved under it mid-write (a rename of DIR.tmp inside PARENT failed "No such file"). */
+static int refuse_inside_running_run(const char *dir, const char *flag) {
+    char *path = absolute_dir(dir);
+    int rc = 0;
+    for (char *slash; !rc && (slash = strrchr(path, '/')) && slash != path;) {
+        *slash = 0;   /* the next directory up */
+        char *lp = lock_path(path);
+        int fd = open(lp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd >= 0) {
+            if (held_index(lp) < 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+                char buf[32] = "";
+                ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
+                buf[got > 0 ? got : 0] = 0;
+                rc = fdpo_error("%s %s: inside %s, the directory of a running run (pid %ld holds %s), whose saves "
+                                "replace it whole; choose %s outside it", flag, dir, path, strtol(buf, NULL, 10), lp, flag);
+            }
+            close(fd);
+        }
+        free(lp);
+    }
+    free(path);
+    return rc;
+}
+
 int fdpo_dir_lock(const char *dir, const char *flag) {
     /* DIR.lock, and a checkpoint save's DIR.tmp and DIR.old, are DIR's text plus a suffix:
      * "." would give "..lock" inside DIR itself and "..tmp" that a save copies DIR into */
@@ -230,7 +294,7 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
                           flag, dir, flag);
     if (!strcmp(dir, "-"))   /* fdpo's flags read "-" as stdout (generate, score): not a directory's name here */
         return fdpo_error("%s -: this output is a directory, not a stream (give ./- for a directory named '-')", flag);
-    if (refuse_symlink(dir, flag, "directory")) return -1;
+    if (refuse_symlink(dir, flag, "directory") || refuse_inside_running_run(dir, flag)) return -1;
     struct stat st;
     if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
         return fdpo_error("%s %s: not a directory (a run writes its checkpoint directory there); choose another %s",

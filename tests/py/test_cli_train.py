@@ -607,3 +607,27 @@ def test_a_symbolic_link_as_out_is_refused(tmp_path, corpus):
     assert f"--out {tmp_path / 'link'}: is a symbolic link (to target); give the directory itself" in r.stderr, r.stderr
     assert sorted(q.name for q in tmp_path.iterdir()) == ["c0.txt", "c1.txt", "link", "target"]
     assert not any((tmp_path / "target").iterdir())
+
+
+def test_an_out_inside_a_running_runs_directory_is_refused(tmp_path, corpus):
+    """Every save of a run replaces its OUT whole (OUT.tmp renamed over it): a second run writing
+    into OUT/sub had its files moved under it and failed "rename failed: No such file" mid-save
+    (review: crash safety). Refused while the outer run runs, by any spelling; fine after."""
+    outer = tmp_path / "outer"
+    p = subprocess.Popen([FDPO, "pretrain", "--out", str(outer), *TINY, "--steps", "1000000", *map(str, corpus)],
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:   # until it runs (and holds outer.lock)
+        if line.startswith("step "):
+            break
+    try:
+        for spelled in (outer / "sub", f"{tmp_path}/x/../outer/a/b"):
+            r = fdpo("pretrain", "--out", spelled, *TINY, "--steps", "1", "--quiet", *corpus)
+            assert r.returncode == 1, r.stderr
+            assert (f"--out {spelled}: inside {outer}, the directory of a running run (pid {p.pid} holds "
+                    f"{outer}.lock), whose saves replace it whole; choose --out outside it") in r.stderr, r.stderr
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.stderr.read()
+        p.wait(timeout=60)
+    assert not (outer / "sub").exists() and not (outer / "a").exists()
+    ok("pretrain", "--out", outer / "sub", *TINY, "--steps", "1", "--quiet", *corpus)   # no run holds outer now
