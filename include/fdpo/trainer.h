@@ -261,13 +261,20 @@ int fdpo_remove_tree(const char *path);
  * which it resumes) is not reported. */
 enum { FDPO_RUN_CHECKPOINT = 1, FDPO_RUN_ROUNDS = 2, FDPO_RUN_SACPO = 4 };
 const char *fdpo_out_holds_run(const char *out, unsigned ignore);
-/* A fresh run (or merge) into OUT: removes the files a replaced run left there that describe
- * that run (metrics.jsonl, data_summary.json, eval_summary.json) and, with checkpoint, its
- * checkpoint too (config.json, the weights, sharded or a LoRA adapter's, training_state.*),
- * so that OUT never holds one run's model beside another's metrics. Tokenizer files and
- * whatever else a user keeps there stay (a save replaces or carries them). Rank 0 only under
- * MPI. *removed (may be NULL) is set when a checkpoint file was removed. */
-int fdpo_out_discard_run(const char *out, int checkpoint, int *removed);
+/* The files a run leaves in OUT that describe that run: metrics.jsonl, data_summary.json,
+ * eval_summary.json. A fresh run into an OUT without a checkpoint (a run that never saved
+ * left them) and `merge` remove them (rank 0 only under MPI); a run that replaces a
+ * checkpoint (--overwrite) replaces them with its first save (fdpo_checkpoint_save_run). */
+int fdpo_out_remove_run_files(const char *out);
+/* A file a save writes into the new directory (name, bytes). */
+typedef struct { const char *name; const char *data; size_t len; } fdpo_run_file;
+/* fdpo_checkpoint_save_all for the first save of a run that replaces another in OUT
+ * (--overwrite): the old run's metrics.jsonl and summaries are not carried over, `files`
+ * (this run's metrics so far, its data summary) are written in their place, all in the one
+ * directory swap: OUT holds the old run whole or the new one whole, never a mix. */
+int fdpo_checkpoint_save_run(const char *out, const fdpo_gpt2 *m, const fdpo_tokenizer *tok,
+                             const fdpo_train_state *s, const fdpo_adamw *opt, const fdpo_run_file *files,
+                             size_t n_files);
 
 /* ---- metrics JSONL: DIR/metrics.jsonl, one object per logged step ---- */
 typedef struct {
@@ -276,6 +283,9 @@ typedef struct {
     char *line; size_t len, cap;   /* the object being built */
     size_t keep_upto_step;
     int pending;                   /* keep_upto_step not applied yet */
+    int held;                      /* lines kept in memory (text, text_len), not written to
+                                      DIR, until the save that replaces the old run (--overwrite) */
+    char *text; size_t text_len, text_cap;
 } fdpo_metrics;
 /* Open for appending. keep_upto_step: on resume, drop lines whose "step" is larger (steps
  * logged after the checkpoint we resume from); SIZE_MAX keeps all; 0 truncates. The file is
@@ -316,6 +326,11 @@ typedef struct {
     size_t saved_step;          /* step of the last save (SIZE_MAX: none) */
     struct fdpo_dist_overlap *overlap; /* --allreduce-overlap under MPI, else NULL */
     int overlap_failed;                /* a launch failed during backward (message set) */
+    /* --overwrite of a checkpoint: OUT keeps the old run whole until this run's first save,
+     * which replaces it whole; until then this run's metrics lines and data summary wait
+     * here (a run killed before it left the old model beside the new run's metrics) */
+    int replacing;
+    char *held_name, *held_text; size_t held_len;   /* fdpo_trainer_write_run_json's file */
 } fdpo_trainer;
 
 /* Load the tokenizer a run uses: OUT's on --resume, else --tokenizer DIR, else --init's
@@ -377,6 +392,10 @@ int fdpo_trainer_stop_requested(void);
  * stop was requested (then marks stopped and interrupted). */
 int fdpo_trainer_maybe_save(fdpo_trainer *tr);
 int fdpo_trainer_save(fdpo_trainer *tr);
+/* OUT/NAME = root (pretty JSON), a file that describes the run (dpo's data_summary.json):
+ * written now, or while the run is replacing another (--overwrite, before its first save)
+ * with that save. Rank 0 writes. */
+int fdpo_trainer_write_run_json(fdpo_trainer *tr, const char *name, const struct cJSON *root);
 /* The final checkpoint, now, unless the last save was of this step: a file that describes the
  * final model (dpo's and rm's eval_summary.json) is written after it, so a save that fails or
  * is killed never leaves a summary of a model that is not on disk. */

@@ -61,7 +61,7 @@ int cmd_merge(int argc, char **argv) {
     tok = fdpo_checkpoint_load_tokenizer(tok_dir);
     if (!tok) { fdpo_error_context("%s", tok_dir); goto done; }
     /* claimed (locked) before the replaced run's summaries go */
-    if (fdpo_checkpoint_recover(out) || fdpo_out_discard_run(out, 0, NULL) || fdpo_checkpoint_save_all(out, m, tok, NULL, NULL))
+    if (fdpo_checkpoint_recover(out) || fdpo_out_remove_run_files(out) || fdpo_checkpoint_save_all(out, m, tok, NULL, NULL))
         goto done;
     if (lora) fdpo_log(FDPO_LOG_INFO, "%s: %s merged into its base written", out, lora);
     else fdpo_log(FDPO_LOG_INFO, "%s: %s of %zu checkpoints%s%s written", out, base ? "task arithmetic" : "weighted average",

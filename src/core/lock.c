@@ -410,7 +410,7 @@ long fdpo_remove_stale_tmp(const char *dir) { return remove_stale_tmp_named(dir,
 long fdpo_remove_stale_tmp_of(const char *path) {
     char *dir = fdpo_strdup(path);
     char *slash = strrchr(dir, '/');
-    const char *name = slash ? slash + 1 : path;
+    const char *name = slash ? path + (slash - dir) + 1 : path;   /* in path: dir's copy is cut below */
     if (slash == dir) dir[1] = 0;   /* "/x": the root */
     else if (slash) *slash = 0;
     long removed = *name ? remove_stale_tmp_named(slash ? dir : ".", name) : 0;

@@ -33,30 +33,21 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
     return NULL;
 }
 
-/* the checkpoint files of a save (rewritten_by_save: config, weights, shards, adapter, state) */
-static int rewritten_by_save(const char *name);
+static const char *const RUN_FILES[] = {"metrics.jsonl", "data_summary.json", "eval_summary.json"};
 
-int fdpo_out_discard_run(const char *out, int checkpoint, int *removed) {
-    static const char *const run_files[] = {"metrics.jsonl", "data_summary.json", "eval_summary.json"};
-    if (removed) *removed = 0;
-    if (!fdpo_dist_is_root()) return 0;
-    int rc = 0;
-    for (size_t i = 0; !rc && i < sizeof run_files / sizeof run_files[0]; i++) {
-        char *p = fdpo_path_join(out, run_files[i]);
-        if (remove(p) != 0 && errno != ENOENT) rc = fdpo_error("%s: cannot remove the replaced run's file: %s", p, strerror(errno));
+static int is_run_file(const char *name) {
+    for (size_t i = 0; i < sizeof RUN_FILES / sizeof RUN_FILES[0]; i++) if (!strcmp(name, RUN_FILES[i])) return 1;
+    return 0;
+}
+
+int fdpo_out_remove_run_files(const char *out) {
+    for (size_t i = 0; fdpo_dist_is_root() && i < sizeof RUN_FILES / sizeof RUN_FILES[0]; i++) {
+        char *p = fdpo_path_join(out, RUN_FILES[i]);
+        int rc = remove(p) != 0 && errno != ENOENT ? fdpo_error("%s: cannot remove the replaced run's file: %s", p, strerror(errno)) : 0;
         free(p);
+        if (rc) return rc;
     }
-    DIR *d = checkpoint && !rc ? opendir(out) : NULL;
-    struct dirent *e;
-    while (d && !rc && (e = readdir(d))) {
-        if (!rewritten_by_save(e->d_name)) continue;
-        char *p = fdpo_path_join(out, e->d_name);
-        if (remove(p) != 0 && errno != ENOENT) rc = fdpo_error("%s: cannot remove the replaced run's file: %s", p, strerror(errno));
-        else if (removed) *removed = 1;
-        free(p);
-    }
-    if (d) closedir(d);
-    return rc;
+    return 0;
 }
 
 int fdpo_remove_tree(const char *path) {
@@ -119,7 +110,7 @@ static int tokenizer_file(const char *name) {
  * keeps in OUT besides the checkpoint (metrics.jsonl, notes) survives the directory swap.
  * top: src is OUT itself (its checkpoint files are written afresh); new_tokenizer: so are its
  * tokenizer files. */
-static int carry_over(const char *src, const char *dst, int top, int new_tokenizer) {
+static int carry_over(const char *src, const char *dst, int top, int new_tokenizer, int new_run) {
     DIR *d = opendir(src);
     if (!d) return fdpo_error("%s: cannot open directory: %s", src, strerror(errno));
     struct dirent *e;
@@ -127,11 +118,13 @@ static int carry_over(const char *src, const char *dst, int top, int new_tokeniz
     while ((e = readdir(d)) && !rc) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         if (strstr(e->d_name, ".tmp.")) continue; /* another writer's half-written temp file */
-        if (top && (rewritten_by_save(e->d_name) || (new_tokenizer && tokenizer_file(e->d_name)))) continue;
+        if (top && (rewritten_by_save(e->d_name) || (new_tokenizer && tokenizer_file(e->d_name)) ||
+                    (new_run && is_run_file(e->d_name))))
+            continue;
         char *a = fdpo_path_join(src, e->d_name), *b = fdpo_path_join(dst, e->d_name);
         struct stat st;
         if (lstat(a, &st) == 0) {
-            if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0, 0);
+            if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0, 0, 0);
             else if (S_ISREG(st.st_mode) && link(a, b) != 0) rc = copy_file(a, b);
         }
         free(a); free(b);
@@ -192,13 +185,27 @@ int fdpo_checkpoint_recover(const char *out) {
 
 int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tokenizer *tok,
                              const fdpo_train_state *s, const fdpo_adamw *opt) {
+    return fdpo_checkpoint_save_run(out, m, tok, s, opt, NULL, 0);
+}
+
+/* files == NULL: a save of the same run (its files carried over); else the first save of a
+ * run that replaces OUT's (the old run files left behind, these written) */
+int fdpo_checkpoint_save_run(const char *out, const fdpo_gpt2 *m, const fdpo_tokenizer *tok,
+                             const fdpo_train_state *s, const fdpo_adamw *opt, const fdpo_run_file *files,
+                             size_t n_files) {
     /* claiming OUT is collective under MPI (every rank calls this); rank 0 alone writes */
     if (fdpo_dist_size() > 1 && (fdpo_checkpoint_recover(out) || fdpo_dist_rank() > 0)) return fdpo_dist_rank() > 0 ? 0 : -1;
     char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
     int rc = -1;
     if (fdpo_checkpoint_recover(out) || recover_swap(out)) goto done;
     if (fdpo_mkdir_p(tmp)) goto done;
-    if (fdpo_file_exists(out) && carry_over(out, tmp, 1, tok != NULL)) goto done;
+    if (fdpo_file_exists(out) && carry_over(out, tmp, 1, tok != NULL, files != NULL)) goto done;
+    for (size_t i = 0; i < n_files; i++) {
+        char *p = fdpo_path_join(tmp, files[i].name);
+        int wrc = fdpo_write_file_atomic(p, files[i].data, files[i].len);
+        free(p);
+        if (wrc) goto done;
+    }
     /* a LoRA run saves the adapter (PEFT files) and the adapter's optimizer state, not the
      * frozen base it was trained on (adapter_config.json names it) */
     if (m->lora ? fdpo_lora_save_peft(tmp, m, m->lora->base_model) : fdpo_checkpoint_save_model(tmp, m)) goto done;

@@ -335,7 +335,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
             cJSON_AddStringToObject(r, "cache_file", train_src.cache_path);
             cJSON_AddBoolToObject(r, "cache_hit", train_src.cache_hit);
         }
-        int wrc = write_json(to->out, "data_summary.json", root);
+        int wrc = fdpo_trainer_write_run_json(&tr, "data_summary.json", root);
         cJSON_Delete(root);
         if (wrc) goto done;
     }

@@ -80,13 +80,22 @@ void fdpo_metrics_add(fdpo_metrics *mw, const char *key, double value) {
 int fdpo_metrics_end(fdpo_metrics *mw) {
     line_append(mw, "}\n");
     if (!mw->path) return 0;   /* not rank 0 */
+    if (mw->held) {   /* until the save that replaces the old run (fdpo_trainer.replacing) */
+        if (mw->text_len + mw->len + 1 > mw->text_cap) {
+            mw->text_cap = (mw->text_len + mw->len + 1) * 2;
+            mw->text = fdpo_realloc(mw->text, mw->text_cap);
+        }
+        memcpy(mw->text + mw->text_len, mw->line, mw->len + 1);
+        mw->text_len += mw->len;
+        return 0;
+    }
     if (!mw->f && metrics_start(mw)) return -1;
     if (fputs(mw->line, mw->f) < 0 || fflush(mw->f) != 0) return fdpo_error("%s: write failed: %s", mw->path, strerror(errno));
     return 0;
 }
 
 int fdpo_metrics_settle(fdpo_metrics *mw) {
-    if (!mw->path || !mw->pending) return 0;
+    if (!mw->path || !mw->pending || mw->held) return 0;
     if (metrics_start(mw)) return -1;
     fclose(mw->f);
     mw->f = NULL;
@@ -95,6 +104,6 @@ int fdpo_metrics_settle(fdpo_metrics *mw) {
 
 void fdpo_metrics_close(fdpo_metrics *mw) {
     if (mw->f) fclose(mw->f);
-    free(mw->path); free(mw->line);
+    free(mw->path); free(mw->line); free(mw->text);
     memset(mw, 0, sizeof *mw);
 }

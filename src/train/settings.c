@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/lora.h"
 #include "fdpo/trainer.h"
 #include "train/settings_json.h"
 
@@ -304,6 +305,13 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
         if (o->init && fdpo_settings_same_path(o->out, o->init))   /* the first save replaced the base */
             return fdpo_error("--out %s: is --model %s, the frozen base of the adapters: the first save would replace "
                               "the base with the adapter; give another --out", o->out, o->init);
+        /* --model an adapter: its base, which the adapter saved in OUT would name (itself) */
+        char *base = o->init && !o->resume && fdpo_lora_is_checkpoint(o->init) ? fdpo_lora_peft_base(o->init) : NULL;
+        int same = base && fdpo_settings_same_path(o->out, base);
+        free(base);
+        if (same)
+            return fdpo_error("--out %s: is the LoRA base of --model %s (its base_model_name_or_path); the adapter saved "
+                              "there would replace that base and name itself as its base: give another --out", o->out, o->init);
     } else if (o->lora_targets || o->lora_dropout != 0 || o->lora_alpha != FDPO_LORA_ALPHA_DEFAULT) {
         /* a LoRA flag without --lora-r (its default value cannot be told from no flag) */
         return fdpo_error("--%s: has no effect without --lora-r R", o->lora_targets ? "lora-targets"

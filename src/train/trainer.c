@@ -1,5 +1,6 @@
 /* A training run's shared machinery: model/optimizer/state setup (fresh, --init or
  * --resume), one optimizer step, progress, periodic and final checkpoints. */
+#include <cJSON.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -411,17 +412,24 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     }
     tr->start_step = s->step;
     if (o->resume) tr->saved_step = s->step;
-    /* A fresh run, its data and model loaded: from here on OUT is this run's. What a replaced
-     * run left (--overwrite: its checkpoint, metrics and summaries) goes now, not at the first
-     * save: a run killed before that left the old model beside its own metrics. (A run inside
-     * a directory online or sacpo claimed replaces only the summaries.) */
+    /* A fresh run that replaces a run in OUT (--overwrite) leaves it whole until its first
+     * save, which replaces it whole, metrics and summaries included (fdpo_checkpoint_save_run);
+     * its own lines wait in memory until then. Removing the old files at the start lost the
+     * old model to a run that then failed a later check or was killed; leaving them until the
+     * save let such a run leave the old model beside its own metrics.jsonl. Without a
+     * checkpoint in OUT, what a run that never saved left there goes now. */
     if (!o->resume) {
-        int removed = 0;
-        if (fdpo_out_discard_run(o->out, !o->out_claimed, &removed)) goto fail;
-        if (removed && !o->quiet)
-            fdpo_log(FDPO_LOG_INFO, "--overwrite: removed the previous run's checkpoint and metrics from %s", o->out);
+        if (o->overwrite && !o->out_claimed && fdpo_out_holds_run(o->out, 0)) {
+            tr->replacing = 1;
+            if (!o->quiet)
+                fdpo_log(FDPO_LOG_INFO, "--overwrite: %s keeps the previous run until this run's first checkpoint, "
+                         "which replaces it whole (its metrics.jsonl and summaries too)", o->out);
+        } else if (fdpo_out_remove_run_files(o->out)) {
+            goto fail;
+        }
     }
     if (fdpo_metrics_open(&tr->metrics, o->out, o->resume ? s->step : 0)) goto fail;
+    tr->metrics.held = tr->replacing;
     fdpo_progress_start(&tr->progress, "train", total);
     return 0;
 fail:
@@ -536,8 +544,61 @@ void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss) {
     }
 }
 
+static void drop_held(fdpo_trainer *tr) {
+    free(tr->held_name); free(tr->held_text);
+    tr->held_name = tr->held_text = NULL;
+    tr->held_len = 0;
+}
+
+/* the first save of a run that replaces the one in OUT: the old run's files stay behind, this
+ * run's metrics so far and its held file go into the new directory, in the one swap */
+static int save_replacing(fdpo_trainer *tr) {
+    fdpo_run_file files[2];
+    size_t n = 0;
+    /* (empty when nothing was logged yet, as a save of a fresh run leaves it) */
+    files[n++] = (fdpo_run_file){"metrics.jsonl", tr->metrics.text ? tr->metrics.text : "", tr->metrics.text_len};
+    if (tr->held_name) files[n++] = (fdpo_run_file){tr->held_name, tr->held_text, tr->held_len};
+    if (fdpo_checkpoint_save_run(tr->opts.out, tr->model, tr->tok, &tr->state, tr->opts.skip_moments ? NULL : &tr->opt,
+                                 files, n))
+        return -1;
+    tr->saved_step = tr->state.step;
+    tr->replacing = tr->metrics.held = 0;
+    tr->metrics.pending = 0;   /* OUT's metrics.jsonl is this run's lines: the next ones are appended */
+    free(tr->metrics.text);
+    tr->metrics.text = NULL;
+    tr->metrics.text_len = tr->metrics.text_cap = 0;
+    drop_held(tr);
+    if (!tr->opts.quiet) fdpo_log(FDPO_LOG_INFO, "%s: the previous run is replaced by this one (step %zu)", tr->opts.out,
+                                  tr->state.step);
+    return 0;
+}
+
+int fdpo_trainer_write_run_json(fdpo_trainer *tr, const char *name, const cJSON *root) {
+    if (fdpo_dist_rank() > 0) return 0;   /* rank 0 alone writes */
+    char *path = fdpo_path_join(tr->opts.out, name);
+    if (!tr->replacing) {
+        int rc = fdpo_write_json_atomic(path, root, 1);
+        free(path);
+        return rc;
+    }
+    char *text = cJSON_Print(root);
+    if (!text) { int rc = fdpo_error("%s: cannot format JSON", path); free(path); return rc; }
+    free(path);
+    drop_held(tr);
+    size_t n = strlen(text);
+    tr->held_text = fdpo_malloc(n + 2);
+    memcpy(tr->held_text, text, n);
+    tr->held_text[n] = '\n';
+    tr->held_text[n + 1] = 0;
+    tr->held_len = n + 1;
+    tr->held_name = fdpo_strdup(name);
+    cJSON_free(text);
+    return 0;
+}
+
 int fdpo_trainer_save(fdpo_trainer *tr) {
     if (fdpo_dist_rank() > 0) { tr->saved_step = tr->state.step; return 0; }   /* rank 0 alone writes */
+    if (tr->replacing) return save_replacing(tr);
     /* metrics.jsonl is carried into the new directory by the swap, cut to this run's lines
      * first if none was logged yet; the next line reopens it there (fdpo_metrics_end) */
     if (fdpo_metrics_settle(&tr->metrics)) return -1;
@@ -584,6 +645,7 @@ int fdpo_trainer_close(fdpo_trainer *tr, int save_final) {
     /* the "done" line only for a run that succeeded: a failure ends with its error alone */
     if (save_final && !rc && !tr->opts.quiet && tr->model) fdpo_progress_end(&tr->progress);
     fdpo_metrics_close(&tr->metrics);
+    drop_held(tr);
     fdpo_train_state_free(&tr->state);
     release_opt(tr);
     if (tr->overlap && tr->model) { tr->model->on_layer_grads = NULL; tr->model->on_layer_grads_ctx = NULL; }

@@ -1,5 +1,6 @@
 /* core: RNG reproducibility and reference values, UTF-8 validation, atomic writes. */
 #include <check.h>
+#include <dirent.h>
 #include "check_main.h"
 #include <stdlib.h>
 #include <string.h>
@@ -157,9 +158,13 @@ START_TEST(atomic_commit_all_is_all_or_nothing) {
     ck_assert_str_eq(x, "old a");
     ck_assert_str_eq(y, "old b");
     free(x); free(y);
-    ck_assert_ptr_null(fa.path);   /* aborted: temp files removed */
+    ck_assert_ptr_null(fa.path);   /* aborted: temp files removed (the directory holds the two old files only) */
     ck_assert_ptr_null(fb.path);
-    ck_assert_int_eq(fdpo_remove_stale_tmp(dir), 0);
+    DIR *d = opendir(dir);
+    int entries = 0;
+    for (struct dirent *e; (e = readdir(d));) entries += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    ck_assert_int_eq(entries, 2);
     ck_assert_int_eq(fdpo_atomic_open(&fa, a), 0);
     ck_assert_int_eq(fdpo_atomic_open(&fb, b), 0);
     fputs("new a", fa.f);
@@ -191,6 +196,15 @@ START_TEST(stale_tmp_of_one_file_only) {
     ck_assert(fdpo_file_exists(other) && fdpo_file_exists(prefix_only) && fdpo_file_exists(live));
     for (int i = 1; i < 4; i++) unlink(all[i]);
     rmdir(dir); free(path);
+    /* a file directly under the root: its name was cut with the directory's ("/x" -> "/" and "") */
+    char root_tmp[64];
+    snprintf(root_tmp, sizeof root_tmp, "/fdpo_test_root_%ld.jsonl.tmp.%ld", (long)getpid(), dead);
+    if (fdpo_write_file_atomic(root_tmp, "x", 1) == 0) {   /* / writable (root): the case runs */
+        char root_path[64];
+        snprintf(root_path, sizeof root_path, "/fdpo_test_root_%ld.jsonl", (long)getpid());
+        ck_assert_int_eq(fdpo_remove_stale_tmp_of(root_path), 1);
+        ck_assert(!fdpo_file_exists(root_tmp));
+    }
 }
 END_TEST
 

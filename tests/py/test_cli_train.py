@@ -570,31 +570,55 @@ def test_stop_at_and_resume_log_what_the_uninterrupted_run_logs(tmp_path, corpus
 
 
 def test_overwrite_run_killed_before_its_first_save_leaves_no_mix_of_two_runs(tmp_path, corpus):
-    """--overwrite: the replaced run's checkpoint, metrics and summaries go once the new run has
-    loaded its data and model. They stayed until its first save, so a new run killed before
-    that left the old run's model (resumable) beside the new run's metrics.jsonl, and a
-    --resume continued the old run on top of the new run's lines (review: crash safety)."""
-    out = tmp_path / "o"
+    """--overwrite: OUT keeps the replaced run whole until the new run's first save, which
+    replaces it whole (metrics.jsonl included); the new run's lines wait in memory until then.
+    A new run killed before that left the old, resumable model beside its own metrics.jsonl,
+    and --resume continued the old run on top of the new run's lines (review: crash safety);
+    removing the old run at the start instead lost it to a run that then failed (diff review)."""
+    out, ref = tmp_path / "o", tmp_path / "ref"
     common = [*TINY, "--batch-size", "1", "--eval-every", "0", *map(str, corpus)]
+    ok("pretrain", "--out", ref, "--steps", "6", "--quiet", *common)   # the old run, uninterrupted
     ok("pretrain", "--out", out, "--steps", "6", "--stop-at", "3", "--quiet", *common)
-    (out / "notes.txt").write_text("mine")
+    before = {q.name: q.read_bytes() for q in out.iterdir()}
     p = subprocess.Popen([FDPO, "pretrain", "--out", str(out), "--overwrite", "--steps", "1000000", "--seed", "9",
                           "--save-every", "1000000", *common], stderr=subprocess.PIPE, text=True)
     err = ""
-    for line in p.stderr:   # until the new run has logged its first step (a progress line)
+    for line in p.stderr:   # until the new run has logged steps
         err += line
-        if line.startswith("step "):
+        if line.startswith("step 3/"):
             break
     p.kill()
     err += p.stderr.read()
     p.wait(timeout=60)
-    assert f"--overwrite: removed the previous run's checkpoint and metrics from {out}" in err, err
-    files = {q.name for q in out.iterdir()}
-    assert not files & {"model.safetensors", "config.json", "training_state.json", "training_state.safetensors"}, files
-    assert "notes.txt" in files   # a user's file stays
-    assert all(m["step"] >= 1 for m in metrics(out))   # the new run's lines only (it never saved)
-    r = fdpo("pretrain", "--out", out, "--resume", "--quiet", *map(str, corpus))
-    assert r.returncode == 1 and "training_state.json missing: nothing to resume" in r.stderr, r.stderr
+    assert (f"--overwrite: {out} keeps the previous run until this run's first checkpoint, which replaces it whole "
+            "(its metrics.jsonl and summaries too)") in err, err
+    assert {q.name: q.read_bytes() for q in out.iterdir()} == before   # the old run, whole
+    ok("pretrain", "--out", out, "--resume", "--quiet", *map(str, corpus))
+    assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_sec"} for m in ms]
+    assert strip(metrics(out)) == strip(metrics(ref))
+    # a replacing run that saves: its first checkpoint carries its own lines only
+    r = ok("pretrain", "--out", out, "--overwrite", "--steps", "4", "--save-every", "2", "--seed", "9", *common)
+    assert f"{out}: the previous run is replaced by this one (step 2)" in r.stderr, r.stderr
+    assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4]
+    assert json.loads((out / "training_state.json").read_text())["step"] == 4
+
+
+def test_overwrite_run_that_fails_a_later_check_leaves_the_old_run(tmp_path, corpus):
+    """rl checks its prompts against the model after the trainer has opened OUT: a removal of
+    the old run at the start deleted it (with --model OUT, the only copy of the policy) and then
+    failed (diff review)"""
+    out = tmp_path / "pol"
+    ok("pretrain", "--out", tmp_path / "base", *TINY, "--steps", "1", "--quiet", *corpus)
+    ok("pretrain", "--out", out, "--model", tmp_path / "base", "--seq-len", "24", "--threads", "1", "--steps", "2",
+       "--quiet", *corpus)
+    before = {q.name: q.read_bytes() for q in out.iterdir()}
+    (tmp_path / "long.txt").write_text("x" * 200 + "\n")
+    r = fdpo("rl", "--model", out, "--ref", tmp_path / "base", "--data", tmp_path / "long.txt", "--reward", "length",
+             "--out", out, "--overwrite", "--steps", "1", "--n", "2", "--prompts-per-step", "2", "--max-new-tokens", "4",
+             "--threads", "1", "--quiet")
+    assert r.returncode == 1 and "leave no room to generate" in r.stderr, r.stderr
+    assert {q.name: q.read_bytes() for q in out.iterdir()} == before
 
 
 def test_a_symbolic_link_as_out_is_refused(tmp_path, corpus):

@@ -224,6 +224,23 @@ def test_a_lora_run_refuses_an_out_that_is_its_base(d, tmp_path, cmd):
     assert snapshot(tmp_path) == before
 
 
+def test_an_out_that_is_the_base_of_the_adapter_given_as_model_is_refused(d, tmp_path):
+    """--model ADAPTER (its base_model_name_or_path B) --lora-r --out B --overwrite: the check
+    compared OUT with --model only; the save replaced B's weights with the new adapter, which
+    named B, itself, as its base, and ADAPTER lost its base too (diff review)"""
+    import shutil
+    base = tmp_path / "base"
+    shutil.copytree(d / "base", base)
+    fdpo("dpo", "--model", base, "--lora-r", 2, "--data", d / "pairs.jsonl", "--eval-fraction", 0, "--out",
+         tmp_path / "adapter", "--steps", 1, *FAST)
+    before = snapshot(tmp_path)
+    r = fdpo("dpo", "--model", tmp_path / "adapter", "--lora-r", 2, "--data", d / "pairs.jsonl", "--eval-fraction", 0,
+             "--out", base, "--overwrite", "--steps", 1, *FAST, check=False)
+    refused(r, f"--out {base}: is the LoRA base of --model {tmp_path / 'adapter'} (its base_model_name_or_path); the "
+               "adapter saved there would replace that base and name itself as its base: give another --out")
+    assert snapshot(tmp_path) == before
+
+
 def test_a_run_whose_out_is_not_its_reference_still_works(d, tmp_path):
     """the check is on the reference alone: --out = --model with another --ref trains (and
     resumes: the policy comes from OUT, the reference from --ref), as does a plain run"""
