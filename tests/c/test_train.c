@@ -201,6 +201,28 @@ START_TEST(bf16_rounding_against_reference) {
         ck_assert_msg(h[i] == bf16_reference(u[i]), "0x%08x -> 0x%04x, want 0x%04x", u[i], h[i], bf16_reference(u[i]));
     fdpo_f32_to_bf16(h, (const float *)u, N); /* the parallel pass: the same bits */
     for (size_t i = 0; i < N; i++) ck_assert_uint_eq(h[i], bf16_reference(u[i]));
+    /* the scalar rounding (the AVX-512 path's tail, fdpo_f32_round_bf16 of the bf16 GEMM's
+     * fp32 route, the decoder's packed weights) on the special values too: above, they all
+     * went through the 16-wide path, and a scalar rounding without the to-even term passed
+     * (mutation review) */
+    const size_t ns = sizeof special / sizeof *special;
+    for (size_t i = 0; i < ns; i++) {
+        float f;
+        memcpy(&f, &special[i], 4);
+        ck_assert_msg(fdpo_bf16_round(f) == bf16_reference(special[i]), "scalar 0x%08x", special[i]);
+    }
+    for (size_t n = 1; n < 16; n++) {   /* under 16 values: the scalar loop alone */
+        fdpo_bf16_round_n(h, (const float *)special, n);
+        for (size_t i = 0; i < n; i++) ck_assert_uint_eq(h[i], bf16_reference(special[i]));
+    }
+    float *w = malloc(N * sizeof *w);
+    fdpo_f32_round_bf16(w, (const float *)u, N);   /* rounded to bf16, kept in fp32 */
+    for (size_t i = 0; i < N; i++) {
+        uint32_t bits;
+        memcpy(&bits, &w[i], 4);
+        ck_assert_msg((bits >> 16) == bf16_reference(u[i]) && (bits & 0xffffu) == 0, "0x%08x -> 0x%08x", u[i], bits);
+    }
+    free(w);
     free(u);
     free(h);
 }

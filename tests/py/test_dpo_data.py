@@ -23,6 +23,9 @@ ROWS = [
     {"prompt": "P" * 30, "chosen": "c" * 30, "rejected": "r" * 5},           # both prompt and chosen cut
     {"prompt": "tiny", "chosen": "x" * 40, "rejected": "y" * 40},             # only completions cut
     {"prompt": "has <|endoftext|> inside", "chosen": " a", "rejected": " b"},  # literal special is text
+    # at (24, 10): the prompt is cut to 10 and chosen (13 + EOT) fills the budget of 14 exactly,
+    # so no completion is cut (counting one passed; mutation review)
+    {"prompt": "P" * 30, "chosen": "c" * 13, "rejected": "r"},
 ]
 
 
@@ -33,7 +36,8 @@ def load(tmp_path, rows, *args, check=True):
     return (json.loads(r.stdout) if r.returncode == 0 else None), r, str(p)
 
 
-@pytest.mark.parametrize("max_len,max_prompt", [(0, 0), (24, 10), (24, 0)])
+# (25, 0): the default prompt limit of an odd max-length is floor(25 / 2) = 12
+@pytest.mark.parametrize("max_len,max_prompt", [(0, 0), (24, 10), (24, 0), (25, 0)])
 def test_tokens_match_documented_rules(tmp_path, max_len, max_prompt):
     out, _, _ = load(tmp_path, ROWS, "--max-length", max_len, "--max-prompt-length", max_prompt)
     assert len(out["pairs"]) == len(ROWS)

@@ -196,6 +196,22 @@ def test_continuous_batching_prompts_of_different_lengths(tmp_path):
         toks = row["tokens"]
         want = completion_logp(m, ids, toks)
         assert abs(row["logp"] - want) < 1e-5, k  # <= 24 float32 log-probs
+        # n_tokens counts the completion without its EOT (docs/eval.md; it feeds the length
+        # reward, len_tokens_* and online's empty-completion check; mutation review)
+        assert row["n_tokens"] == len([t for t in toks if t != 256]), k
+
+
+def test_a_sample_stops_at_the_models_n_positions(byte_model, tmp_path):
+    """A prompt of n_positions - 2 tokens leaves room for 2 new tokens: the sample stops there
+    ("length"), prompt + completion exactly n_positions, and its log-prob is PyTorch's over
+    those tokens (one token more was a sequence the model cannot score; mutation review)"""
+    d, m = byte_model   # n_positions 64
+    prompt = "ab" * 31   # 62 byte tokens
+    r, rows = generate(d, tmp_path, prompt + "\n", "--max-new-tokens", "8", "--seed", "1", "--temperature", "0.7")
+    assert r.returncode == 0, r.stderr
+    toks = rows[0]["tokens"]
+    assert len(prompt) + len(toks) == 64 and rows[0]["finish"] == "length", rows[0]
+    assert abs(rows[0]["logp"] - completion_logp(m, list(prompt.encode()), toks)) < 1e-5
 
 
 def test_jsonl_prompts_and_logp_under_model(byte_model, tmp_path):
@@ -655,3 +671,41 @@ def test_sampler_kept_across_weight_changes_matches_fresh_and_pytorch(tmp_path, 
     assert sorted(far)[len(far) // 2] > 3 * rel   # the two models differ enough for the check to bite
     # same seed, same prompts: the new weights changed what was drawn
     assert [x["tokens"] for x in calls[1, "sampler"]] != [x["tokens"] for x in calls[2, "sampler"]]
+
+
+def test_a_stop_string_ending_inside_a_multi_byte_token_stops_there(tmp_path):
+    """With a BPE tokenizer a token is several bytes: a stop string that starts in one token and
+    ends inside the next must stop the sample at that next token. The search window was right
+    only for one-byte tokens (the byte-level test above), so such a stop string was cut from the
+    text but the sample ran on (finish, tokens, logp, n_tokens; mutation review)."""
+    import random
+
+    from tok_ref import bytes_to_unicode
+    random.seed(0)
+    words = "the there then they this that with from have were when what".split()
+    (tmp_path / "c.txt").write_text("\n".join(" ".join(random.choice(words) for _ in range(20)) for _ in range(300)))
+    d = tmp_path / "m"
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", d, tmp_path / "c.txt")
+    assert r.returncode == 0, r.stderr
+    vocab = json.loads((d / "vocab.json").read_text())
+    make_model(d, len(vocab), seed=2, n_positions=64)   # greedy: " this" again and again
+    byte_of = {u: b for b, u in bytes_to_unicode().items()}
+    text_of = {i: bytes(byte_of[c] for c in tok) for tok, i in vocab.items() if tok != "<|endoftext|>"}
+    r, rows = generate(str(d), tmp_path, "the\n", "--temperature", "0", "--max-new-tokens", "10")
+    assert r.returncode == 0, r.stderr
+    toks = rows[0]["tokens"]
+    pieces = [text_of[t] for t in toks if t in text_of]
+    # the first token of 3+ bytes after the first: the stop string runs from the last byte of
+    # the token before it to the middle of it, and occurs nowhere earlier
+    k = next(i for i in range(1, len(pieces)) if len(pieces[i]) >= 3)
+    full = b"".join(pieces)
+    start = sum(len(p) for p in pieces[:k]) - 1
+    stop = full[start:start + 3]
+    assert full.find(stop) == start and len(pieces[k]) > 2, (pieces, stop)
+    r, rows2 = generate(str(d), tmp_path, "the\n", "--temperature", "0", "--max-new-tokens", "10", "--stop",
+                        stop.decode())
+    assert r.returncode == 0, r.stderr
+    assert rows2[0]["finish"] == "stop", rows2[0]
+    assert rows2[0]["tokens"] == toks[:k + 1]
+    assert rows2[0]["completion"] == full[:start].decode()
+    assert rows2[0]["n_tokens"] == k + 1

@@ -35,6 +35,11 @@ CONFIGS = {
     # every bias (attention_bias + mlp_bias), untied
     "all-bias": dict(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
                      num_key_value_heads=2, qkv_bias=True, o_bias=True, mlp_bias=True),
+    # a large RMSNorm eps, so eps's place in 1/sqrt(mean(x^2) + eps) shows: at 1e-5 on
+    # unit-scale activations, eps outside the sqrt moved the logits by 9e-6, under the
+    # tolerance (here: 8e-2; mutation review)
+    "big-eps": dict(vocab_size=37, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1, rms_norm_eps=0.1),
 }
 
 
