@@ -263,8 +263,8 @@ enum { FDPO_RUN_CHECKPOINT = 1, FDPO_RUN_ROUNDS = 2, FDPO_RUN_SACPO = 4 };
 const char *fdpo_out_holds_run(const char *out, unsigned ignore);
 /* The files a run leaves in OUT that describe that run: metrics.jsonl, data_summary.json,
  * eval_summary.json. A fresh run into an OUT without a checkpoint (a run that never saved
- * left them) and `merge` remove them (rank 0 only under MPI); a run that replaces a
- * checkpoint (--overwrite) replaces them with its first save (fdpo_checkpoint_save_run). */
+ * left them) removes them (rank 0 only under MPI); a run that replaces a checkpoint
+ * (--overwrite) and `merge` leave them out of their save's swap (fdpo_checkpoint_save_run). */
 int fdpo_out_remove_run_files(const char *out);
 /* A file a save writes into the new directory (name, bytes). */
 typedef struct { const char *name; const char *data; size_t len; } fdpo_run_file;

@@ -60,8 +60,10 @@ int cmd_merge(int argc, char **argv) {
     }
     tok = fdpo_checkpoint_load_tokenizer(tok_dir);
     if (!tok) { fdpo_error_context("%s", tok_dir); goto done; }
-    /* claimed (locked) before the replaced run's summaries go */
-    if (fdpo_checkpoint_recover(out) || fdpo_out_remove_run_files(out) || fdpo_checkpoint_save_all(out, m, tok, NULL, NULL))
+    /* the merged model is not the run OUT may hold (--overwrite): its metrics.jsonl and
+     * summaries are left out of the swap (a save that fails leaves that run whole) */
+    static const fdpo_run_file no_run_files[1];
+    if (fdpo_checkpoint_recover(out) || fdpo_checkpoint_save_run(out, m, tok, NULL, NULL, no_run_files, 0))
         goto done;
     if (lora) fdpo_log(FDPO_LOG_INFO, "%s: %s merged into its base written", out, lora);
     else fdpo_log(FDPO_LOG_INFO, "%s: %s of %zu checkpoints%s%s written", out, base ? "task arithmetic" : "weighted average",

@@ -219,6 +219,19 @@ static int refuse_held_lock_file(const char *path, const char *flag) {
 /* A directory above dir that a running run holds (its PARENT.lock is flock-held by another
  * process): every save of that run swaps PARENT whole, so this run's files inside it would be
  * moved under it mid-write (a rename of DIR.tmp inside PARENT failed "No such file"). */
+/* The lock this process holds on the lock file lp names: by name, or by the file itself
+ * ("x.lock" and "./x.lock"); -1 if none. */
+static int held_same_file(const char *lp) {
+    int i = held_index(lp);
+    struct stat a, b;
+    if (i >= 0 || stat(lp, &a) != 0) return i;
+    for (int j = 0; j < MAX_HELD; j++)
+        if (g_held[j].dir && g_held[j].owner == getpid() && fstat(g_held[j].fd, &b) == 0 && a.st_ino == b.st_ino &&
+            a.st_dev == b.st_dev)
+            return j;
+    return -1;
+}
+
 /* dir as an absolute path without "." and "..": its deepest existing part resolved
  * (realpath: links followed; a lock beside a link's path is beside its target's too, and OUT
  * itself is no link), the parts that do not exist yet appended and folded by hand */
@@ -265,7 +278,9 @@ static int refuse_inside_running_run(const char *dir, const char *flag) {
         char *lp = lock_path(path);
         int fd = open(lp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd >= 0) {
-            if (held_index(lp) < 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+            /* this process's own lock (online rounds, sacpo stages) is found by the file: the
+             * path here is resolved, the held one is as the user spelled it */
+            if (held_same_file(lp) < 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
                 char buf[32] = "";
                 ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
                 buf[got > 0 ? got : 0] = 0;
@@ -277,6 +292,40 @@ static int refuse_inside_running_run(const char *dir, const char *flag) {
         free(lp);
     }
     free(path);
+    return rc;
+}
+
+/* A run directory below dir that another process's run holds (a held NAME.lock in dir's
+ * tree): every save of the run on dir swaps dir whole, moving that run's files under it. The
+ * tree is walked to a few levels, without following links. */
+static int refuse_running_run_inside(const char *flag, const char *out, const char *dir, int depth) {
+    DIR *d = depth < 6 ? opendir(dir) : NULL;
+    if (!d) return 0;
+    int rc = 0;
+    struct dirent *e;
+    while (!rc && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *p = fdpo_path_join(dir, e->d_name);
+        struct stat st;
+        size_t n = strlen(e->d_name);
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
+            rc = refuse_running_run_inside(flag, out, p, depth + 1);
+        } else if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && n > 5 && !strcmp(e->d_name + n - 5, ".lock") &&
+                   held_same_file(p) < 0) {
+            int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+            if (fd >= 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+                char buf[32] = "";
+                ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
+                buf[got > 0 ? got : 0] = 0;
+                rc = fdpo_error("%s %s: holds the output of a running run (pid %ld holds %s), which this run's saves "
+                                "would move from under it (each replaces %s whole); wait for it or choose another %s",
+                                flag, out, strtol(buf, NULL, 10), p, out, flag);
+            }
+            if (fd >= 0) close(fd);
+        }
+        free(p);
+    }
+    closedir(d);
     return rc;
 }
 
@@ -294,7 +343,9 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
                           flag, dir, flag);
     if (!strcmp(dir, "-"))   /* fdpo's flags read "-" as stdout (generate, score): not a directory's name here */
         return fdpo_error("%s -: this output is a directory, not a stream (give ./- for a directory named '-')", flag);
-    if (refuse_symlink(dir, flag, "directory") || refuse_inside_running_run(dir, flag)) return -1;
+    if (refuse_symlink(dir, flag, "directory") || refuse_inside_running_run(dir, flag) ||
+        refuse_running_run_inside(flag, dir, dir, 0))
+        return -1;
     struct stat st;
     if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
         return fdpo_error("%s %s: not a directory (a run writes its checkpoint directory there); choose another %s",
@@ -323,19 +374,6 @@ int fdpo_dir_locked(const char *dir) {
     int i = held_index(path);
     free(path);
     return i >= 0;
-}
-
-/* The lock this process holds on the lock file lp names: by name, or by the file itself
- * ("x.lock" and "./x.lock"); -1 if none. */
-static int held_same_file(const char *lp) {
-    int i = held_index(lp);
-    struct stat a, b;
-    if (i >= 0 || stat(lp, &a) != 0) return i;
-    for (int j = 0; j < MAX_HELD; j++)
-        if (g_held[j].dir && g_held[j].owner == getpid() && fstat(g_held[j].fd, &b) == 0 && a.st_ino == b.st_ino &&
-            a.st_dev == b.st_dev)
-            return j;
-    return -1;
 }
 
 int fdpo_out_file_claim(const char *path, const char *flag) {

@@ -26,9 +26,18 @@ int fdpo_train_out_check(const fdpo_train_opts *o) {
 
 int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model) {
     const char *dir = ref ? ref : model;
-    if (!out || !dir || !fdpo_settings_same_path(out, dir)) return 0;
-    return fdpo_error("--out %s: is the reference (%s %s): a resumed run would load its half-trained policy as the "
-                      "reference; give another --out", out, ref ? "--ref" : "--model", dir);
+    if (!out || !dir) return 0;
+    if (fdpo_settings_same_path(out, dir))
+        return fdpo_error("--out %s: is the reference (%s %s): a resumed run would load its half-trained policy as the "
+                          "reference; give another --out", out, ref ? "--ref" : "--model", dir);
+    /* a reference that is a LoRA adapter is read onto its base: OUT must not be that base */
+    char *base = fdpo_lora_is_checkpoint(dir) ? fdpo_lora_peft_base(dir) : NULL;
+    int same = base && fdpo_settings_same_path(out, base);
+    int rc = same ? fdpo_error("--out %s: is the base model of the reference (%s %s, a LoRA adapter on %s): a resumed "
+                               "run would load its half-trained policy under the adapter as the reference; give another "
+                               "--out", out, ref ? "--ref" : "--model", dir, base) : 0;
+    free(base);
+    return rc;
 }
 
 /* batch x accum > n, without the product (which wraps for huge flags) */

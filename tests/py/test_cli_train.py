@@ -655,3 +655,27 @@ def test_an_out_inside_a_running_runs_directory_is_refused(tmp_path, corpus):
         p.wait(timeout=60)
     assert not (outer / "sub").exists() and not (outer / "a").exists()
     ok("pretrain", "--out", outer / "sub", *TINY, "--steps", "1", "--quiet", *corpus)   # no run holds outer now
+
+
+def test_a_run_whose_out_holds_a_running_runs_out_is_refused(tmp_path, corpus):
+    """The other order: a run inside OUT started first, then a run on OUT (--overwrite, or a
+    resume) was accepted, and its saves moved the inner run's files from under it ("rename
+    failed", "cannot open directory"; diff review)."""
+    outer = tmp_path / "R"
+    ok("pretrain", "--out", outer, *TINY, "--steps", "2", "--quiet", *corpus)
+    p = subprocess.Popen([FDPO, "pretrain", "--out", str(outer / "sub"), *TINY, "--steps", "1000000",
+                          *map(str, corpus)], stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:   # until it runs (and holds R/sub.lock)
+        if line.startswith("step "):
+            break
+    try:
+        r = fdpo("pretrain", "--out", outer, *TINY, "--steps", "2", "--overwrite", "--quiet", *corpus)
+        assert r.returncode == 1, r.stderr
+        assert (f"--out {outer}: holds the output of a running run (pid {p.pid} holds {outer}/sub.lock), which this "
+                f"run's saves would move from under it (each replaces {outer} whole); wait for it or choose another "
+                "--out") in r.stderr, r.stderr
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.stderr.read()
+        p.wait(timeout=60)
+    ok("pretrain", "--out", outer, *TINY, "--steps", "2", "--overwrite", "--quiet", *corpus)   # it ended: fine

@@ -716,3 +716,16 @@ def test_capped_steps_count_epochs_and_resume_exactly(cli):
     a, _ = st.load(str(runs / "straight" / "model.safetensors"))
     b, _ = st.load(str(runs / "cut" / "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("fraction", [0.27, 0.15])
+def test_the_held_out_count_is_the_rounded_fraction(cli, tmp_path, fraction):
+    """--eval-fraction f holds out round(f n) pairs (docs/dpo.md): 10 pairs at 0.27 -> 3 and at
+    0.15 -> 2 (truncating, 2 and 1, passed every test; mutation review). The split is the one
+    function every trainer uses."""
+    write_jsonl(tmp_path / "ten.jsonl", synthetic_pairs(10, 1))
+    fdpo("dpo", "--policy", cli / "pol", "--data", tmp_path / "ten.jsonl", "--out", tmp_path / "o", "--threads", 1,
+         "--steps", 1, "--batch-size", 2, "--eval-fraction", fraction, "--quiet")
+    want = math.floor(fraction * 10 + 0.5)
+    assert json.loads((tmp_path / "o" / "eval_summary.json").read_text())["pairs"] == want
+    assert json.loads((tmp_path / "o" / "data_summary.json").read_text())["eval_pairs"] == want

@@ -642,7 +642,7 @@ def test_score_end_to_end(byte_models, tmp_path):
         pid, cid = list(p.encode()) or [256], list(c.encode())
         assert g["n_tokens"] == len(cid) and g["reward"] == len(cid)
         if not cid:
-            assert g["logp"] == 0 and g["kl_tok"] == 0
+            assert g["logp"] == 0 and g["kl_tok"] == 0 and g["logp_mean"] is None and g["entropy_mean"] is None
             continue
         lp, rows_p = torch_logp(pol, pid, cid)
         lq, rows_q = torch_logp(ref, pid, cid)
@@ -652,6 +652,10 @@ def test_score_end_to_end(byte_models, tmp_path):
         assert g["kl_seq"] == pytest.approx(lp - lq, abs=2e-6)
         kl = float((rows_p.exp() * (rows_p - rows_q)).sum())
         assert g["kl_tok"] == pytest.approx(kl, abs=2e-6)
+        # the per-token means (no test read them: dividing by the prompt's tokens too, or not
+        # at all, passed; mutation review)
+        assert g["logp_mean"] == pytest.approx(lp / len(cid), abs=2e-6)
+        assert g["entropy_mean"] == pytest.approx(float(-(rows_p.exp() * rows_p).sum()) / len(cid), abs=2e-6)
 
 
 @pytest.mark.parametrize("extra,msg", [

@@ -424,3 +424,39 @@ def test_a_failed_final_save_leaves_no_summary_of_the_unsaved_model(d, tmp_path,
     fdpo(*args, "--resume")   # room again: the run ends, and its summary is of the saved step 4
     assert json.loads((out / "eval_summary.json").read_text())["step"] == 4
     assert json.loads((out / "training_state.json").read_text())["step"] == 4
+
+
+def test_an_out_that_is_the_base_of_an_adapter_reference_is_refused(d, tmp_path):
+    """dpo --model ADAPTER (a LoRA adapter on B) --out B: a full fine-tune whose saves replace
+    B, the base the reference ADAPTER is read onto; on --resume the reference was the
+    half-trained policy under the adapter (loss log 2 again; diff review). The check compared
+    OUT with the reference's directory only."""
+    import shutil
+    base = tmp_path / "base"
+    shutil.copytree(d / "base", base)
+    fdpo("dpo", "--model", base, "--lora-r", 2, "--data", d / "pairs.jsonl", "--eval-fraction", 0, "--out",
+         tmp_path / "adapter", "--steps", 1, *FAST)
+    before = snapshot(tmp_path)
+    r = fdpo("dpo", "--model", tmp_path / "adapter", "--data", d / "pairs.jsonl", "--eval-fraction", 0,
+             "--out", base, "--overwrite", "--steps", 1, *FAST, check=False)
+    refused(r, f"--out {base}: is the base model of the reference (--model {tmp_path / 'adapter'}, a LoRA adapter on "
+               f"{base}): a resumed run would load its half-trained policy under the adapter as the reference")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_failed_merge_over_a_run_leaves_that_run_whole(d, tmp_path):
+    """merge --overwrite removed the replaced run's metrics.jsonl and summaries before its save:
+    a save that failed (a full disk) left the old, resumable model without them (diff review).
+    They now stay out of the save's swap only."""
+    out = tmp_path / "run"
+    fdpo("dpo", "--model", d / "base", "--data", d / "pairs.jsonl", "--out", out, "--steps", 2, "--eval-fraction", 0.5,
+         *FAST)
+    before = snapshot(out)
+    assert {"metrics.jsonl", "data_summary.json", "eval_summary.json"} <= set(before)
+    model_bytes = (out / "model.safetensors").stat().st_size
+    r = run_with_file_size_limit(model_bytes // 2, "merge", "--model", d / "base", "--model", d / "base", "--out", out,
+                                 "--overwrite")
+    assert r.returncode == 1 and "model.safetensors: write failed" in r.stderr, r.stderr
+    assert snapshot(out) == before
+    fdpo("merge", "--model", d / "base", "--model", d / "base", "--out", out, "--overwrite")
+    assert not {"metrics.jsonl", "data_summary.json", "eval_summary.json"} & {p.name for p in out.iterdir()}

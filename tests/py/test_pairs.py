@@ -43,6 +43,12 @@ def test_bt_label_frequencies(tmp_path):
     out2 = tmp_path / "pairs2.jsonl"
     assert run("pairs", "--data", str(samples), "--out", str(out2), "--bt-scale", "0.5", "--seed", "3").returncode == 0
     assert open(out).read() == open(out2).read()
+    out3 = tmp_path / "pairs3.jsonl"   # (the comment above promised this half; no line asserted it)
+    assert run("pairs", "--data", str(samples), "--out", str(out3), "--bt-scale", "0.5", "--seed", "4").returncode == 0
+    other = [json.loads(l) for l in open(out3)]
+    flips = sum(a["chosen"] != b["chosen"] for a, b in zip(pairs, other))
+    # independent labels at p = 0.8808 differ on 2 p (1 - p) = 21 % of the prompts
+    assert abs(flips / len(pairs) - 2 * expect * (1 - expect)) < 0.03, flips
 
 
 def test_grouping_and_identical_skip(tmp_path):

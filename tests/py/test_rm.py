@@ -505,3 +505,25 @@ def test_a_null_margin_is_no_margin(rm_dir, tmp_path):
     fdpo("rm", "--model", tmp / "rm", "--data", tmp_path / "half.jsonl", "--out", tmp_path / "half", "--steps", 1,
          "--batch-size", len(ROWS), "--eval-fraction", 0, "--lr", 0, "--threads", 1, "--quiet")
     assert json.loads((tmp_path / "half" / "metrics.jsonl").read_text().splitlines()[0])["loss"] != runs["zero"]
+
+
+def test_rm_reward_keeps_the_end_of_a_long_prompt_and_scores_an_empty_one_as_eot(rm_dir, tmp_path):
+    """rm:DIR over its n_positions: the prompt loses its FIRST tokens (the context next to the
+    completion stays), and an empty prompt is <|endoftext|> as in the preference data
+    (docs/rm.md). No rm: call reached n_positions or had an empty prompt: keeping the front
+    of the prompt, or scoring the bare completion, passed (mutation review)."""
+    tmp, model, score = rm_dir
+    n_pos = CFG["n_positions"]
+    long_prompt = "The quick brown fox jumps over the lazy dog; then it says: " * 2
+    rows = [{"prompt": long_prompt, "completion": " a short answer."},
+            {"prompt": "", "completion": " hello there"}]
+    assert len(long_prompt) + len(rows[0]["completion"]) > n_pos
+    write_jsonl(tmp_path / "c.jsonl", rows)
+    got = [float(x) for x in harness("eval-reward", f"rm:{tmp / 'rm'}", tmp_path / "c.jsonl").stdout.split()]
+    comp = list(rows[0]["completion"].encode())
+    with torch.no_grad():
+        want = [reward(model, score, list(long_prompt.encode())[-(n_pos - len(comp)):] + comp).item(),
+                reward(model, score, [EOT] + list(rows[1]["completion"].encode())).item()]
+        front = reward(model, score, list(long_prompt.encode())[:n_pos - len(comp)] + comp).item()
+    assert abs(want[0] - front) > 1e-2   # the two ends score apart: the test can tell them
+    assert np.max(np.abs(np.array(got) - np.array(want))) < 1e-4, (got, want)

@@ -345,3 +345,17 @@ def test_online_stage_with_a_bad_spec_is_named(data, tmp_path):
              data / "reward.jsonl", "--safety", "nonsense", "--data", tmp_path / "p.txt", *COMMON, check=False)
     assert r.returncode != 0 and "--safety nonsense: --reward: unknown reward" in r.stderr, r.stderr
     assert not (tmp_path / "s" / "reward").exists()  # refused before any stage ran
+
+
+def test_a_relative_out_trains_every_stage(data, tmp_path):
+    """The check that refuses an --out inside another process's running run compared this
+    process's own lock by its spelling ("s.lock") against the resolved path: sacpo with a
+    relative --out refused its own first stage, naming its own pid (diff review). The stages
+    are those of an absolute --out."""
+    sacpo(data, tmp_path / "abs", "--lambda", "1")
+    r = subprocess.run([FDPO_BIN, "sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl",
+                        "--safety-data", data / "safety.jsonl", "--beta", "0.2", "--out", "rel", "--lambda", "1",
+                        *map(str, COMMON)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for stage in ("reward", "lambda-1"):
+        assert weights(tmp_path / "rel" / stage) == weights(tmp_path / "abs" / stage)

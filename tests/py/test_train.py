@@ -251,3 +251,41 @@ def test_sft_step_takes_each_example_once_when_the_batch_exceeds_the_data(tmp_pa
     print("diff/lr median %.3g q99 %.3g max %.3g; moved median %.3g" % (np.median(diff), np.quantile(diff, 0.99), diff.max(), np.median(moved)))
     assert np.median(moved) > 1
     assert np.median(diff) < 1e-5 and np.quantile(diff, 0.99) < 1e-3 and diff.max() < 0.2, diff.max()
+
+
+def test_eval_max_seqs_evaluates_that_many_held_out_examples(tmp_path):
+    """--eval-max-seqs N: eval_loss over N held-out examples. With lr 0, 3 examples and 2 held
+    out, N = 1 gives one held-out example's PyTorch loss and N = 0 (all) their token-weighted
+    mean (N + 1 examples were evaluated, and the test only checked N = 1 != all; mutation review)."""
+    model = GPT2(vocab_size=257, n_positions=64, n_embd=16, n_layer=1, n_head=2, seed=4)
+    init = tmp_path / "init"
+    model.save_hf(str(init))
+    (init / "fdpo_tokenizer.json").write_text('{"type": "byte"}\n')
+    exs = [{"prompt": "Q: sky?", "completion": " blue"}, {"text": "some plain text"},
+           {"prompt": "Q: grass?", "completion": " green and long"}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in exs))
+    nll_sum, weight = [], []
+    with torch.no_grad():
+        for toks, w in map(encode, exs):
+            t = torch.tensor(toks)
+            nll = -torch.log_softmax(model(t[:-1]), dim=-1).gather(1, t[1:, None])[:, 0]
+            nll_sum.append(float((torch.tensor(w[1:]) * nll).sum()))
+            weight.append(float(sum(w[1:])))
+    losses = [a / b for a, b in zip(nll_sum, weight)]
+
+    def run(cap):
+        out = tmp_path / f"o{cap}"
+        r = subprocess.run([FDPO, "sft", "--init", str(init), "--out", str(out), str(data), "--seq-len", str(SEQ_LEN),
+                            "--batch-size", "1", "--steps", "1", "--lr", "0", "--eval-fraction", "0.67",
+                            "--eval-every", "1", "--eval-max-seqs", str(cap), "--threads", "1", "--quiet"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    m_all, m_one = run(0), run(1)
+    train = min(range(3), key=lambda i: abs(losses[i] - m_all["loss"]))   # the one example trained on
+    held = [i for i in range(3) if i != train]
+    assert abs(losses[train] - m_all["loss"]) < 1e-4
+    assert m_all["eval_loss"] == pytest.approx(sum(nll_sum[i] for i in held) / sum(weight[i] for i in held), abs=1e-4)
+    assert min(abs(m_one["eval_loss"] - losses[i]) for i in held) < 1e-4, (m_one, losses)
+    assert abs(losses[held[0]] - losses[held[1]]) > 1e-3   # one held-out example is not the mean of both
