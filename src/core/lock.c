@@ -153,8 +153,10 @@ static int take_lock(const char *dir, const char *flag) {
         int e = errno;
         fdpo_error("%s %s: cannot write lock file %s: %s", flag, dir, path, strerror(e));
         /* we hold it, so nobody else is using it: an empty lock file (a full disk) guards
-         * nothing; removed while held, as remove_if_unused does */
-        unlink(path);
+         * nothing; removed while held, as remove_if_unused does (a regular file only: a FIFO
+         * or device of that name is not ours to remove) */
+        struct stat lst;
+        if (fstat(fd, &lst) == 0 && S_ISREG(lst.st_mode)) unlink(path);
         goto fail;
     }
     if (g_held[slot].dir) { free(g_held[slot].dir); free(g_held[slot].flag); free_made_parents(slot); }   /* the parent's entry, in a forked child */
@@ -201,7 +203,7 @@ static int refuse_symlink(const char *path, const char *flag, const char *what) 
 /* An existing file that a running process holds a flock on (another run's DIR.lock or
  * FILE.lock): writing over it (a rename) would drop that run's claim on its output */
 static int refuse_held_lock_file(const char *path, const char *flag) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) return 0;
     struct stat st;
     int rc = 0;
@@ -276,7 +278,10 @@ static int refuse_inside_running_run(const char *dir, const char *flag) {
     for (char *slash; !rc && (slash = strrchr(path, '/')) && slash != path;) {
         *slash = 0;   /* the next directory up */
         char *lp = lock_path(path);
-        int fd = open(lp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        /* O_NONBLOCK: a FIFO of that name must not block the open (it is no lock: skipped) */
+        int fd = open(lp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        struct stat lst;
+        if (fd >= 0 && (fstat(fd, &lst) != 0 || !S_ISREG(lst.st_mode))) { close(fd); fd = -1; }
         if (fd >= 0) {
             /* this process's own lock (online rounds, sacpo stages) is found by the file: the
              * path here is resolved, the held one is as the user spelled it */
@@ -312,7 +317,7 @@ static int refuse_running_run_inside(const char *flag, const char *out, const ch
             rc = refuse_running_run_inside(flag, out, p, depth + 1);
         } else if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && n > 5 && !strcmp(e->d_name + n - 5, ".lock") &&
                    held_same_file(p) < 0) {
-            int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+            int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
             if (fd >= 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
                 char buf[32] = "";
                 ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
