@@ -234,6 +234,19 @@ static int held_same_file(const char *lp) {
     return -1;
 }
 
+/* Whether the open lock file fd is held by another process's fdpo run: another holder's
+ * flock (our shared probe is refused) and the pid every fdpo lock records (a flock(1) job
+ * wrapper's or a library's lock file holds none: not a run, not ours to refuse). */
+static long held_by_other_run(int fd) {
+    if (flock(fd, LOCK_SH | LOCK_NB) == 0 || errno != EWOULDBLOCK) return 0;   /* close() drops ours */
+    char buf[32] = "";
+    ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
+    buf[got > 0 ? got : 0] = 0;
+    char *end;
+    long pid = strtol(buf, &end, 10);
+    return pid > 0 && end != buf && (*end == '\n' || *end == 0) ? pid : 0;
+}
+
 /* dir as an absolute path without "." and "..": its deepest existing part resolved
  * (realpath: links followed; a lock beside a link's path is beside its target's too, and OUT
  * itself is no link), the parts that do not exist yet appended and folded by hand */
@@ -285,13 +298,10 @@ static int refuse_inside_running_run(const char *dir, const char *flag) {
         if (fd >= 0) {
             /* this process's own lock (online rounds, sacpo stages) is found by the file: the
              * path here is resolved, the held one is as the user spelled it */
-            if (held_same_file(lp) < 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
-                char buf[32] = "";
-                ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
-                buf[got > 0 ? got : 0] = 0;
+            long pid = held_same_file(lp) < 0 ? held_by_other_run(fd) : 0;
+            if (pid)
                 rc = fdpo_error("%s %s: inside %s, the directory of a running run (pid %ld holds %s), whose saves "
-                                "replace it whole; choose %s outside it", flag, dir, path, strtol(buf, NULL, 10), lp, flag);
-            }
+                                "replace it whole; choose %s outside it", flag, dir, path, pid, lp, flag);
             close(fd);
         }
         free(lp);
@@ -318,14 +328,11 @@ static int refuse_running_run_inside(const char *flag, const char *out, const ch
         } else if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && n > 5 && !strcmp(e->d_name + n - 5, ".lock") &&
                    held_same_file(p) < 0) {
             int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-            if (fd >= 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
-                char buf[32] = "";
-                ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
-                buf[got > 0 ? got : 0] = 0;
+            long pid = fd >= 0 ? held_by_other_run(fd) : 0;
+            if (pid)
                 rc = fdpo_error("%s %s: holds the output of a running run (pid %ld holds %s), which this run's saves "
                                 "would move from under it (each replaces %s whole); wait for it or choose another %s",
-                                flag, out, strtol(buf, NULL, 10), p, out, flag);
-            }
+                                flag, out, pid, p, out, flag);
             if (fd >= 0) close(fd);
         }
         free(p);
@@ -348,14 +355,19 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
                           flag, dir, flag);
     if (!strcmp(dir, "-"))   /* fdpo's flags read "-" as stdout (generate, score): not a directory's name here */
         return fdpo_error("%s -: this output is a directory, not a stream (give ./- for a directory named '-')", flag);
-    if (refuse_symlink(dir, flag, "directory") || refuse_inside_running_run(dir, flag) ||
-        refuse_running_run_inside(flag, dir, dir, 0))
-        return -1;
+    if (refuse_symlink(dir, flag, "directory")) return -1;
     struct stat st;
     if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
         return fdpo_error("%s %s: not a directory (a run writes its checkpoint directory there); choose another %s",
                           flag, dir, flag);
-    return take_lock(dir, flag);
+    if (take_lock(dir, flag)) return -1;
+    /* the nesting checks under our own lock: of two nested runs starting together, the one
+     * that locks second sees the other's lock (checked before locking, both could pass) */
+    if (refuse_inside_running_run(dir, flag) || refuse_running_run_inside(flag, dir, dir, 0)) {
+        fdpo_dir_unlock(dir);
+        return -1;
+    }
+    return 0;
 }
 
 void fdpo_dir_unlock(const char *dir) {
@@ -393,6 +405,10 @@ int fdpo_out_file_claim(const char *path, const char *flag) {
     if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);
     if (refuse_symlink(path, flag, "file") || refuse_held_lock_file(path, flag)) return -1;
     if (take_lock(path, flag)) return -1;
+    if (refuse_inside_running_run(path, flag)) {   /* that run's next save would move the file's directory */
+        fdpo_out_file_release(path);
+        return -1;
+    }
     fdpo_remove_stale_tmp_of(path);   /* what a killed writer of this file left (PATH.tmp.PID) */
     struct stat st;
     if (stat(path, &st) == 0) {

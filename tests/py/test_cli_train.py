@@ -633,6 +633,21 @@ def test_a_symbolic_link_as_out_is_refused(tmp_path, corpus):
     assert not any((tmp_path / "target").iterdir())
 
 
+def wait_first_step(p, timeout=120):
+    """Read p's stderr until its first progress line (it has claimed OUT by then); p is killed
+    if none comes within timeout, so a hang fails the test instead of the suite."""
+    import threading
+    watchdog = threading.Timer(timeout, p.kill)
+    watchdog.start()
+    try:
+        for line in p.stderr:
+            if line.startswith("step "):
+                return
+        raise AssertionError("the background run ended before its first step")
+    finally:
+        watchdog.cancel()
+
+
 def test_an_out_inside_a_running_runs_directory_is_refused(tmp_path, corpus):
     """Every save of a run replaces its OUT whole (OUT.tmp renamed over it): a second run writing
     into OUT/sub had its files moved under it and failed "rename failed: No such file" mid-save
@@ -640,15 +655,21 @@ def test_an_out_inside_a_running_runs_directory_is_refused(tmp_path, corpus):
     outer = tmp_path / "outer"
     p = subprocess.Popen([FDPO, "pretrain", "--out", str(outer), *TINY, "--steps", "1000000", *map(str, corpus)],
                          stderr=subprocess.PIPE, text=True)
-    for line in p.stderr:   # until it runs (and holds outer.lock)
-        if line.startswith("step "):
-            break
+    wait_first_step(p)   # it runs (and holds outer.lock)
     try:
         for spelled in (outer / "sub", f"{tmp_path}/x/../outer/a/b"):
             r = fdpo("pretrain", "--out", spelled, *TINY, "--steps", "1", "--quiet", *corpus)
             assert r.returncode == 1, r.stderr
             assert (f"--out {spelled}: inside {outer}, the directory of a running run (pid {p.pid} holds "
                     f"{outer}.lock), whose saves replace it whole; choose --out outside it") in r.stderr, r.stderr
+        # an output file too: generate ran to its end and then lost its output ("rename failed")
+        (tmp_path / "p.txt").write_text("hi\n")
+        ok("pretrain", "--out", tmp_path / "m", *TINY, "--steps", "1", "--quiet", *corpus)
+        r = fdpo("generate", "--model", tmp_path / "m", "--data", tmp_path / "p.txt", "--max-new-tokens", "2",
+                 "--threads", "1", "--out", outer / "g.jsonl")
+        assert r.returncode == 1, r.stderr
+        assert (f"--out {outer / 'g.jsonl'}: inside {outer}, the directory of a running run (pid {p.pid} holds "
+                f"{outer}.lock)") in r.stderr, r.stderr
     finally:
         p.send_signal(signal.SIGINT)
         p.stderr.read()
@@ -665,9 +686,7 @@ def test_a_run_whose_out_holds_a_running_runs_out_is_refused(tmp_path, corpus):
     ok("pretrain", "--out", outer, *TINY, "--steps", "2", "--quiet", *corpus)
     p = subprocess.Popen([FDPO, "pretrain", "--out", str(outer / "sub"), *TINY, "--steps", "1000000",
                           *map(str, corpus)], stderr=subprocess.PIPE, text=True)
-    for line in p.stderr:   # until it runs (and holds R/sub.lock)
-        if line.startswith("step "):
-            break
+    wait_first_step(p)   # it runs (and holds R/sub.lock)
     try:
         r = fdpo("pretrain", "--out", outer, *TINY, "--steps", "2", "--overwrite", "--quiet", *corpus)
         assert r.returncode == 1, r.stderr
@@ -679,3 +698,17 @@ def test_a_run_whose_out_holds_a_running_runs_out_is_refused(tmp_path, corpus):
         p.stderr.read()
         p.wait(timeout=60)
     ok("pretrain", "--out", outer, *TINY, "--steps", "2", "--overwrite", "--quiet", *corpus)   # it ended: fine
+
+
+def test_a_lock_file_of_another_tool_inside_out_is_not_a_run(tmp_path, corpus):
+    """A job wrapper's lock inside OUT (flock(1) OUT/job.lock fdpo ... --out OUT) is held but
+    records no pid: it is not an fdpo run, and the run under it was refused, naming "pid 0"
+    (review). fdpo's own lock files record the holder's pid."""
+    import fcntl
+    out = tmp_path / "OUT"
+    out.mkdir()
+    with open(out / "job.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        ok("pretrain", "--out", out, *TINY, "--steps", "1", "--quiet", *corpus)
+        ok("pretrain", "--out", out / "inner", *TINY, "--steps", "1", "--quiet", *corpus)
+    assert (out / "model.safetensors").exists() and (out / "inner" / "model.safetensors").exists()
