@@ -184,6 +184,9 @@ long fdpo_remove_stale_tmp_of(const char *path);
 /* JSON written atomically: pretty-printed (pretty = 1) or on one line, with a final
  * newline. root is a cJSON tree (cJSON.h); the caller keeps ownership. */
 struct cJSON;
+/* root as JSON text with a final newline (*len bytes, NUL-terminated; free()), NULL when
+ * cJSON cannot format it: what fdpo_write_json_atomic writes, for a caller that writes later. */
+char *fdpo_json_text(const struct cJSON *root, int pretty, size_t *len);
 int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty);
 /* One non-blank JSONL line line[0..n) -> its object (the caller cJSON_Deletes it), or NULL
  * after an error naming "path:line_no" and what is wrong: "invalid JSON near column C",

@@ -267,14 +267,15 @@ int cmd_eval(int argc, char **argv) {
         cJSON *arr = cJSON_AddArrayToObject(root, "policies");
         if (fdpo_dist_is_root()) print_table(cols, policies, n_pol);
         for (size_t p = 0; p < n_pol; p++) { cJSON_AddItemToArray(arr, cols[p]); cols[p] = NULL; }
-        char *text = out_path && fdpo_dist_is_root() ? cJSON_Print(root) : NULL;
+        size_t len = 0;
+        char *text = out_path && fdpo_dist_is_root() ? fdpo_json_text(root, 1, &len) : NULL;
         if (text) {
             if (fdpo_atomic_open(&out_af, out_path)) rc = fdpo_error_context("--out");
-            else if (fprintf(out_af.f, "%s\n", text) < 0) rc = fdpo_error("--out: %s: write failed: %s", out_path, strerror(errno));
+            else if (fwrite(text, 1, len, out_af.f) != len) rc = fdpo_error("--out: %s: write failed: %s", out_path, strerror(errno));
         } else if (out_path && fdpo_dist_is_root()) {
             rc = fdpo_error("--out: %s: cannot format the JSON", out_path);
         }
-        cJSON_free(text);
+        free(text);
         cJSON_Delete(root);
     }
     /* --out and --samples-out are one run's: both are written out before either replaces an

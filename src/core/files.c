@@ -237,15 +237,24 @@ int fdpo_direct_commit(fdpo_direct_file *f) {
     return 0;
 }
 
-int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty) {
+char *fdpo_json_text(const struct cJSON *root, int pretty, size_t *len) {
     char *text = pretty ? cJSON_Print(root) : cJSON_PrintUnformatted(root);
-    if (!text) return fdpo_error("%s: cannot format JSON", path);
+    if (!text) return NULL;
     size_t n = strlen(text);
-    char *body = fdpo_malloc(n + 1);
+    char *body = fdpo_malloc(n + 2);
     memcpy(body, text, n);
     body[n] = '\n';
+    body[n + 1] = 0;
     cJSON_free(text);
-    int rc = fdpo_write_file_atomic(path, body, n + 1);
+    *len = n + 1;
+    return body;
+}
+
+int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty) {
+    size_t n;
+    char *body = fdpo_json_text(root, pretty, &n);
+    if (!body) return fdpo_error("%s: cannot format JSON", path);
+    int rc = fdpo_write_file_atomic(path, body, n);
     free(body);
     return rc;
 }

@@ -200,27 +200,35 @@ static int refuse_symlink(const char *path, const char *flag, const char *what) 
     return rc;
 }
 
-/* An existing file that a running process holds a flock on (another run's DIR.lock or
- * FILE.lock): writing over it (a rename) would drop that run's claim on its output */
-static int refuse_held_lock_file(const char *path, const char *flag) {
+/* Who holds the lock file at path, found with a shared flock probe of our own (dropped at
+ * once): 0 when path is no regular file or nobody else holds it, else the pid it records
+ * (fdpo's locks record one), -1 for a held file that records none (another tool's lock).
+ * O_NONBLOCK: a FIFO of that name must not block the open. */
+static long lock_file_holder(const char *path) {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) return 0;
     struct stat st;
-    int rc = 0;
+    long who = 0;
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
-        char buf[32] = "";
+        char buf[32] = "", *end;
         ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
         buf[got > 0 ? got : 0] = 0;
-        rc = fdpo_error("%s %s: is the lock file of a running run (pid %ld holds it); choose another %s", flag, path,
-                        strtol(buf, NULL, 10), flag);
+        long pid = strtol(buf, &end, 10);
+        who = pid > 0 && end != buf && (*end == '\n' || *end == 0) ? pid : -1;
     }
     close(fd);   /* drops our shared lock, if we got one */
-    return rc;
+    return who;
 }
 
-/* A directory above dir that a running run holds (its PARENT.lock is flock-held by another
- * process): every save of that run swaps PARENT whole, so this run's files inside it would be
- * moved under it mid-write (a rename of DIR.tmp inside PARENT failed "No such file"). */
+/* An existing file that a running process holds a flock on (another run's DIR.lock or
+ * FILE.lock): writing over it (a rename) would drop that run's claim on its output */
+static int refuse_held_lock_file(const char *path, const char *flag) {
+    long who = lock_file_holder(path);
+    if (!who) return 0;
+    return fdpo_error("%s %s: is the lock file of a running run (pid %ld holds it); choose another %s", flag, path,
+                      who > 0 ? who : 0, flag);
+}
+
 /* The lock this process holds on the lock file lp names: by name, or by the file itself
  * ("x.lock" and "./x.lock"); -1 if none. */
 static int held_same_file(const char *lp) {
@@ -232,19 +240,6 @@ static int held_same_file(const char *lp) {
             a.st_dev == b.st_dev)
             return j;
     return -1;
-}
-
-/* Whether the open lock file fd is held by another process's fdpo run: another holder's
- * flock (our shared probe is refused) and the pid every fdpo lock records (a flock(1) job
- * wrapper's or a library's lock file holds none: not a run, not ours to refuse). */
-static long held_by_other_run(int fd) {
-    if (flock(fd, LOCK_SH | LOCK_NB) == 0 || errno != EWOULDBLOCK) return 0;   /* close() drops ours */
-    char buf[32] = "";
-    ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
-    buf[got > 0 ? got : 0] = 0;
-    char *end;
-    long pid = strtol(buf, &end, 10);
-    return pid > 0 && end != buf && (*end == '\n' || *end == 0) ? pid : 0;
 }
 
 /* dir as an absolute path without "." and "..": its deepest existing part resolved
@@ -291,19 +286,12 @@ static int refuse_inside_running_run(const char *dir, const char *flag) {
     for (char *slash; !rc && (slash = strrchr(path, '/')) && slash != path;) {
         *slash = 0;   /* the next directory up */
         char *lp = lock_path(path);
-        /* O_NONBLOCK: a FIFO of that name must not block the open (it is no lock: skipped) */
-        int fd = open(lp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-        struct stat lst;
-        if (fd >= 0 && (fstat(fd, &lst) != 0 || !S_ISREG(lst.st_mode))) { close(fd); fd = -1; }
-        if (fd >= 0) {
-            /* this process's own lock (online rounds, sacpo stages) is found by the file: the
-             * path here is resolved, the held one is as the user spelled it */
-            long pid = held_same_file(lp) < 0 ? held_by_other_run(fd) : 0;
-            if (pid)
-                rc = fdpo_error("%s %s: inside %s, the directory of a running run (pid %ld holds %s), whose saves "
-                                "replace it whole; choose %s outside it", flag, dir, path, pid, lp, flag);
-            close(fd);
-        }
+        /* this process's own lock (online rounds, sacpo stages) is found by the file: the path
+         * here is resolved, the held one is as the user spelled it; only fdpo's locks count */
+        long pid = held_same_file(lp) < 0 ? lock_file_holder(lp) : 0;
+        if (pid > 0)
+            rc = fdpo_error("%s %s: inside %s, the directory of a running run (pid %ld holds %s), whose saves "
+                            "replace it whole; choose %s outside it", flag, dir, path, pid, lp, flag);
         free(lp);
     }
     free(path);
@@ -323,17 +311,16 @@ static int refuse_running_run_inside(const char *flag, const char *out, const ch
         char *p = fdpo_path_join(dir, e->d_name);
         struct stat st;
         size_t n = strlen(e->d_name);
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
+        if (lstat(p, &st) != 0) {
+            /* gone meanwhile */
+        } else if (S_ISDIR(st.st_mode)) {
             rc = refuse_running_run_inside(flag, out, p, depth + 1);
-        } else if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && n > 5 && !strcmp(e->d_name + n - 5, ".lock") &&
-                   held_same_file(p) < 0) {
-            int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-            long pid = fd >= 0 ? held_by_other_run(fd) : 0;
-            if (pid)
+        } else if (n > 5 && !strcmp(e->d_name + n - 5, ".lock") && held_same_file(p) < 0) {
+            long pid = lock_file_holder(p);   /* fdpo's locks only (a job wrapper's records no pid) */
+            if (pid > 0)
                 rc = fdpo_error("%s %s: holds the output of a running run (pid %ld holds %s), which this run's saves "
                                 "would move from under it (each replaces %s whole); wait for it or choose another %s",
                                 flag, out, pid, p, out, flag);
-            if (fd >= 0) close(fd);
         }
         free(p);
     }

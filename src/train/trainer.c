@@ -590,18 +590,11 @@ int fdpo_trainer_write_run_json(fdpo_trainer *tr, const char *name, const cJSON 
         free(path);
         return rc;
     }
-    char *text = cJSON_Print(root);
-    if (!text) { int rc = fdpo_error("%s: cannot format JSON", path); free(path); return rc; }
-    free(path);
     drop_held(tr);
-    size_t n = strlen(text);
-    tr->held_text = fdpo_malloc(n + 2);
-    memcpy(tr->held_text, text, n);
-    tr->held_text[n] = '\n';
-    tr->held_text[n + 1] = 0;
-    tr->held_len = n + 1;
+    tr->held_text = fdpo_json_text(root, 1, &tr->held_len);
+    if (!tr->held_text) { int rc = fdpo_error("%s: cannot format JSON", path); free(path); return rc; }
+    free(path);
     tr->held_name = fdpo_strdup(name);
-    cJSON_free(text);
     return 0;
 }
 

@@ -29,6 +29,18 @@ def fdpo(*args, check=True, timeout=300, env=None):
     return r
 
 
+def run_with_file_size_limit(limit, *args, timeout=300):
+    """fdpo under RLIMIT_FSIZE: a write past `limit` bytes fails (EFBIG), as on a full disk"""
+    import resource
+    import signal
+
+    def limit_writes():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # the write fails instead of killing the process
+    return subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=limit_writes)
+
+
 def rel_err(got, ref):
     got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     assert got.shape == ref.shape, (got.shape, ref.shape)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from dpo_common import fdpo, save_byte_tokenizer, write_jsonl
+from dpo_common import fdpo, run_with_file_size_limit, save_byte_tokenizer, write_jsonl
 from fdpo_ref.gpt2 import GPT2
 
 @pytest.fixture(scope="module")
@@ -216,30 +216,15 @@ def test_a_killed_writers_temp_file_is_removed_at_the_next_claim(d, tmp_path):
     assert not dead.exists() and live.exists() and out.exists()
 
 
-def limited(limit):
-    """a preexec_fn: writes past `limit` bytes fail (EFBIG, as a full disk) instead of raising SIGXFSZ"""
-    import resource
-    import signal
-
-    def apply():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    return apply
-
-
 def test_eval_replaces_out_and_samples_together_or_not_at_all(d, tmp_path):
     """eval renamed --samples-out into place before it wrote --out: a write failure at --out
     (a full disk) left the new samples beside the old metrics (review: crash safety)."""
-    import subprocess
-
-    from dpo_common import FDPO
     out, smp = tmp_path / "e.json", tmp_path / "s.jsonl"
     args = [*commands(d, out)["eval"], "--samples-out", smp, "--threads", 1]
     fdpo(*args, "--seed", 1)
     before = (out.read_bytes(), smp.read_bytes())
     assert len(before[1]) < len(before[0])   # the limit below lets the samples through, not the table
-    r = subprocess.run([FDPO, *map(str, args), "--seed", "2"], capture_output=True, text=True, timeout=120,
-                       preexec_fn=limited((len(before[0]) + len(before[1])) // 2))
+    r = run_with_file_size_limit((len(before[0]) + len(before[1])) // 2, *args, "--seed", 2)
     assert r.returncode == 1 and f"{out}: write failed" in r.stderr, r.stderr
     assert (out.read_bytes(), smp.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.json", "s.jsonl"]
@@ -247,11 +232,7 @@ def test_eval_replaces_out_and_samples_together_or_not_at_all(d, tmp_path):
 
 def test_a_lock_file_that_cannot_be_written_is_not_left_behind(d, tmp_path):
     """On a full disk the claim failed writing the holder's pid and left an empty FILE.lock"""
-    import subprocess
-
-    from dpo_common import FDPO
     out = tmp_path / "g.jsonl"
-    r = subprocess.run([FDPO, *map(str, commands(d, out)["generate"]), "--threads", "1"], capture_output=True,
-                       text=True, timeout=120, preexec_fn=limited(0))
+    r = run_with_file_size_limit(0, *commands(d, out)["generate"], "--threads", 1)
     assert r.returncode == 1 and f"--out {out}: cannot write lock file {out}.lock" in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []

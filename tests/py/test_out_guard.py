@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from dpo_common import fdpo, save_byte_tokenizer, write_jsonl
+from dpo_common import fdpo, run_with_file_size_limit, save_byte_tokenizer, write_jsonl
 from fdpo_ref.gpt2 import GPT2
 
 FAST = ["--threads", 1, "--quiet"]
@@ -387,21 +387,6 @@ def test_an_output_may_not_replace_a_file_the_reward_reads(d, tmp_path, cmd, giv
     r = fdpo(*args, *reward, "--out", f, *FAST[:2], check=False)
     refused(r, f"--out {f}: is the input {flag} {f}, which the output would replace; give another file")
     assert f.read_bytes() == before
-
-
-def run_with_file_size_limit(limit, *args):
-    """fdpo under RLIMIT_FSIZE: a write past `limit` bytes fails (EFBIG), as on a full disk"""
-    import resource
-    import signal
-    import subprocess
-
-    from dpo_common import FDPO
-
-    def limit_writes():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # the write fails instead of killing the process
-    return subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          preexec_fn=limit_writes)
 
 
 @pytest.mark.parametrize("cmd", ["dpo", "rm"])
