@@ -104,6 +104,16 @@ fdpo_precision fdpo_get_precision(void);
 /* 1 when bf16 matmuls run on AVX512-BF16 (oneDNN); 0 = the correct but slower fp32
  * fallback (no AVX512-BF16, or FDPO_FORCE_BF16_FALLBACK=1), announced once via fdpo_log. */
 int fdpo_bf16_native(void);
+/* The route of this process's bf16 products: "dpbf16" (vdpbf16ps), "fp32" (the large GEMMs
+ * and the decoder multiply the bf16 values widened to fp32, where vdpbf16ps is the slower
+ * instruction), "fallback" (no AVX512-BF16: everything widened). The choice between the first
+ * two is a timing probe, so a run records its route (training_state.json, "bf16-route") and
+ * its resume pins it with fdpo_bf16_route_pin: the two routes sum in different orders.
+ * The pin returns 0, 1 when this CPU cannot take that route (no AVX512-BF16: the resumed
+ * steps differ in the last bits from an uninterrupted run), -1 for an unknown name.
+ * FDPO_BF16_GEMM and FDPO_DECODE_BF16 (test and A/B switches) still override it. */
+const char *fdpo_bf16_route(void);
+int fdpo_bf16_route_pin(const char *route);
 
 typedef struct {
     fdpo_gpt2_config config;

@@ -110,6 +110,13 @@ int fdpo_train_out_check(const fdpo_train_opts *o);
  * same path by fdpo_settings_same_path) would give a resumed run its half-trained policy as
  * the reference. Refused, naming both flags; each such trainer's options check calls it. */
 int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model);
+/* A resumed bf16 run multiplies on the route OUT's training_state.json records ("bf16-route",
+ * fdpo_bf16_route_pin): the route is chosen by a timing probe, and the two routes sum in
+ * different orders. Says so when the pin differs from the measured route, warns where this
+ * CPU cannot take it; an fp32 run, or a state without the key, is left alone. Called by
+ * fdpo_trainer_open, and before a command's own early work on --resume (dpo's reference
+ * log-probs). */
+int fdpo_train_pin_bf16_route(const char *out);
 /* The model config a random init builds from o (vocab from the tokenizer); checked by
  * fdpo_train_opts_check and fdpo_gpt2_config_check. */
 fdpo_gpt2_config fdpo_train_opts_model_config(const fdpo_train_opts *o, size_t vocab_size);

@@ -138,6 +138,13 @@ static int dpbf16_fast_state;
 static pthread_once_t dpbf16_fast_once = PTHREAD_ONCE_INIT;
 
 static void dpbf16_fast_decide(void) {
+    /* FDPO_BF16_PROBE=dpbf16|fp32: the answer of a CPU on either side of the threshold, for
+     * the tests of a resume's route pin (fdpo_bf16_route_pin, which it does not override) */
+    const char *e = getenv("FDPO_BF16_PROBE");
+    if (e && (!strcmp(e, "dpbf16") || !strcmp(e, "fp32"))) {
+        dpbf16_fast_state = !strcmp(e, "dpbf16");
+        return;
+    }
     double fma = 0.0, dp = 0.0;
     /* best of 7, alternating, ~40 us each: a busy SMT sibling or a preemption only lowers a
      * rate, so the best of several short runs is the instruction's; best of 3 x 8 us picked
@@ -153,9 +160,35 @@ static void dpbf16_fast_decide(void) {
              dpbf16_fast_state ? "use it" : "multiply the bf16-rounded operands with fp32 FMA");
 }
 
+/* A resumed run's route (fdpo_bf16_route_pin): -1 none (the probe's answer), 1 vdpbf16ps,
+ * 0 fp32 FMA. It replaces the probe's answer, which is timed and so could differ between a
+ * run and its resume on a CPU whose two rates lie near the threshold. */
+static _Atomic int dpbf16_fast_pinned = -1;
+static _Atomic int route_pinned_fallback; /* 1: pinned to the no-AVX512-BF16 fallback's bits */
+
 static int dpbf16_is_fast(void) {
+    int pinned = dpbf16_fast_pinned;
+    if (pinned >= 0) return pinned;
     pthread_once(&dpbf16_fast_once, dpbf16_fast_decide);
     return dpbf16_fast_state;
+}
+
+const char *fdpo_bf16_route(void) {
+    if (!fdpo_bf16_native() || route_pinned_fallback) return "fallback";
+    return dpbf16_is_fast() ? "dpbf16" : "fp32";
+}
+
+int fdpo_bf16_route_pin(const char *route) {
+    int fallback = route && !strcmp(route, "fallback"), dp = route && !strcmp(route, "dpbf16");
+    if (!fallback && !dp && !(route && !strcmp(route, "fp32")))
+        return fdpo_error("bf16-route: '%s' is not one of dpbf16, fp32, fallback", route ? route : "(none)");
+    if (!fdpo_bf16_native()) return fallback ? 0 : 1;   /* the fallback is the only route here */
+    if (fallback) {   /* every GEMM widened (unless FDPO_BF16_GEMM says otherwise), the decoder widening */
+        if (bf16_gemm_forced() < 0) bf16_route_state = 0;
+        route_pinned_fallback = 1;
+    }
+    dpbf16_fast_pinned = dp;
+    return 0;
 }
 
 int fdpo_bf16_dpbf16_is_fast(void) { return dpbf16_is_fast(); }

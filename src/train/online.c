@@ -30,7 +30,8 @@ static char *round_path(const char *out, long k, const char *suffix) {
 /* Rounds mode resumes with the flags given now, but a run must not switch precision half-way
  * silently (the rounds before would be fp32 and the ones after bf16, or the reverse): the last
  * completed round's saved settings name the precision it ran in. A round without them (a
- * run of an older fdpo) is taken as it is. */
+ * run of an older fdpo) is taken as it is. A bf16 run's later rounds keep its route
+ * (fdpo_train_pin_bf16_route). */
 static int check_round_precision(const char *out, long k) {
     char *dir = round_path(out, k, "");
     fdpo_settings saved = {0};
@@ -43,6 +44,7 @@ static int check_round_precision(const char *out, long k) {
             rc = fdpo_error("--precision: %s ran in %s, this run would continue in %s; pass --precision %s "
                             "(rounds mode takes its flags from the command line)", dir, x->str, now, x->str);
         fdpo_settings_free(&saved);
+        if (rc == 0) rc = fdpo_train_pin_bf16_route(dir);
     }
     free(dir);
     return rc;

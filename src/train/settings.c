@@ -206,6 +206,9 @@ void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s) {
     /* kept from the saved run unless given again: a resumed bf16 run stays bf16 (the
      * precision is the process's, fdpo_set_precision, not a train option) */
     fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 0);
+    /* a bf16 run's route (vdpbf16ps, fp32 FMA, fallback): chosen by a timing probe, so a
+     * resume pins the saved one (fdpo_train_pin_bf16_route), never compares it */
+    if (fdpo_get_precision() == FDPO_PRECISION_BF16) fdpo_settings_str(s, "bf16-route", fdpo_bf16_route(), 0);
     /* --lora-r always, 0 (full fine-tuning) included, so that --resume can neither drop a LoRA
      * run's adapters nor add adapters to a full run: with the key only in LoRA runs, --resume
      * --lora-r 0 left out every lora-* key, compared nothing, and saved the state without them

@@ -226,6 +226,31 @@ static int resume_early_check(const fdpo_train_opts *o) {
     return rc;
 }
 
+int fdpo_train_pin_bf16_route(const char *out) {
+    fdpo_settings saved;
+    size_t step = 0;
+    if (fdpo_get_precision() != FDPO_PRECISION_BF16 || fdpo_train_state_read_settings(out, &saved, &step)) return 0;
+    const fdpo_setting *r = fdpo_settings_find(&saved, "bf16-route");
+    int rc = 0;
+    if (r && r->type == FDPO_SETTING_STR) {   /* absent: an fp32 run, or a state of an older fdpo */
+        const char *measured = fdpo_bf16_route();
+        rc = fdpo_bf16_route_pin(r->str);
+        if (rc < 0) {
+            fdpo_error_context("--resume: %s/training_state.json", out);
+        } else if (rc > 0) {
+            fdpo_log(FDPO_LOG_WARN, "--resume: the run multiplied its bf16 products on the %s route; this CPU has no "
+                     "AVX512-BF16, so the resumed steps take the fallback and differ in the last bits from an "
+                     "uninterrupted run", r->str);
+            rc = 0;
+        } else if (strcmp(measured, r->str)) {
+            fdpo_log(FDPO_LOG_INFO, "--resume: bf16 products on the run's route, %s (its bf16-route), not %s as measured "
+                     "now: the two sum in different orders", r->str, measured);
+        }
+    }
+    fdpo_settings_free(&saved);
+    return rc;
+}
+
 /* The random-init architecture settings (fdpo_train_opts_settings). */
 static const char *const ARCH_SETTINGS[] = {"arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings", NULL};
 
@@ -318,7 +343,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     }
     if (settings_without_flag(kind)) fdpo_settings_remove(&now, settings_without_flag(kind));
     if (o->resume) {
-        if (resume_early_check(o)) goto fail;
+        if (resume_early_check(o) || fdpo_train_pin_bf16_route(o->out)) goto fail;
+        if (fdpo_get_precision() == FDPO_PRECISION_BF16) fdpo_settings_str(&now, "bf16-route", fdpo_bf16_route(), 0);
         tr->model = o->lora_r > 0 ? lora_model(o, kind, tok) : fdpo_checkpoint_load_model(o->out);
         if (!tr->model) { if (o->lora_r <= 0) fdpo_error_context("--resume %s", o->out); goto fail; }
         if (check_model_fits(tr, o->out)) goto fail;

@@ -310,6 +310,85 @@ def test_bf16_resume_is_bit_identical(tmp_path):
     assert a == b
 
 
+HAS_BF16 = "avx512_bf16" in open("/proc/cpuinfo").read()
+
+
+def pretrain_bf16(tmp_path, out, env, *extra):
+    """A tiny bf16 pretraining run (8 steps) whose GEMMs are large enough (256 tokens, 64
+    channels, 257 logits) for the by-shape rule to widen some of them on the "fp32" route."""
+    data = tmp_path / "t.txt"
+    if not data.exists():
+        data.write_text("the cat sat on the mat and the dog ran to the red ball. " * 80)
+    args = [data, "--out", tmp_path / out, "--n-layer", 2, "--n-embd", 64, "--n-head", 2, "--seq-len", 32,
+            "--n-positions", 32, "--batch-size", 8, "--steps", 8, "--eval-fraction", 0, "--eval-every", 0,
+            "--threads", 2, "--seed", 3, "--precision", "bf16", "--quiet", *extra]
+    return subprocess.run([FDPO, "pretrain", *map(str, args)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def saved_route(d):
+    return json.loads((d / "training_state.json").read_text())["settings"].get("bf16-route")
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="no AVX512-BF16: the fallback is this CPU's only route")
+@pytest.mark.parametrize("start", ["fp32", "fallback"])
+def test_bf16_resume_keeps_the_runs_route(tmp_path, start):
+    """The route of the bf16 products (vdpbf16ps, or fp32 FMA of the widened values for the
+    large GEMMs and the decoder) comes from a timing probe, and the two sum in different
+    orders. A run records its route in training_state.json; its resume, in a process whose
+    probe answers otherwise (FDPO_BF16_PROBE=dpbf16: a CPU on the other side of the
+    threshold), multiplies on the recorded one, says so, and ends byte-identical to the
+    uninterrupted run. The control resumes the same checkpoint without the record (a state
+    of an older fdpo): it takes the probe's route and ends elsewhere, so the routes do differ
+    at these shapes. "fallback" is a run started without AVX512-BF16
+    (FDPO_FORCE_BF16_FALLBACK=1) resumed on a CPU with it."""
+    env = {"FDPO_BF16_PROBE": "fp32"} if start == "fp32" else {"FDPO_FORCE_BF16_FALLBACK": "1"}
+    for out, extra in (("straight", []), ("split", ["--stop-at", 4]), ("control", ["--stop-at", 4])):
+        r = pretrain_bf16(tmp_path, out, env, *extra)
+        assert r.returncode == 0, r.stderr
+        assert saved_route(tmp_path / out) == start
+    state = json.loads((tmp_path / "control/training_state.json").read_text())
+    del state["settings"]["bf16-route"]
+    (tmp_path / "control/training_state.json").write_text(json.dumps(state))
+    resumed = {}
+    for out in ("split", "control"):
+        r = subprocess.run([FDPO, "pretrain", "--out", tmp_path / out, "--resume", tmp_path / "t.txt"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "FDPO_BF16_PROBE": "dpbf16"})
+        assert r.returncode == 0, r.stderr
+        resumed[out] = r.stderr
+    assert f"--resume: bf16 products on the run's route, {start} (its bf16-route), not dpbf16 as measured now" \
+        in resumed["split"]
+    assert "bf16-route" not in resumed["control"]
+    assert saved_route(tmp_path / "split") == start and saved_route(tmp_path / "control") == "dpbf16"
+    straight = (tmp_path / "straight/model.safetensors").read_bytes()
+    assert (tmp_path / "split/model.safetensors").read_bytes() == straight
+    assert (tmp_path / "control/model.safetensors").read_bytes() != straight
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="no AVX512-BF16: no vdpbf16ps route to record")
+def test_bf16_resume_route_warnings_and_errors(tmp_path):
+    """A run recorded on vdpbf16ps resumed without AVX512-BF16 cannot take that route: one
+    warning says so and the run goes on (its steps differ in the last bits); a route name the
+    state should not hold stops the resume, naming the file and the value."""
+    r = pretrain_bf16(tmp_path, "a", {"FDPO_BF16_PROBE": "dpbf16"}, "--stop-at", 2)
+    assert r.returncode == 0, r.stderr
+    assert saved_route(tmp_path / "a") == "dpbf16"
+    r = subprocess.run([FDPO, "pretrain", "--out", tmp_path / "a", "--resume", tmp_path / "t.txt", "--stop-at", "4"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "FDPO_FORCE_BF16_FALLBACK": "1"})
+    assert r.returncode == 0, r.stderr
+    warnings = [l for l in r.stderr.splitlines() if "multiplied its bf16 products on the dpbf16 route" in l]
+    assert len(warnings) == 1 and "no AVX512-BF16" in warnings[0], r.stderr
+    assert saved_route(tmp_path / "a") == "fallback"   # what the steps since ran on
+    state = json.loads((tmp_path / "a/training_state.json").read_text())
+    state["settings"]["bf16-route"] = "fp8"
+    (tmp_path / "a/training_state.json").write_text(json.dumps(state))
+    r = subprocess.run([FDPO, "pretrain", "--out", tmp_path / "a", "--resume", tmp_path / "t.txt"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert f"{tmp_path / 'a'}/training_state.json" in r.stderr and "bf16-route: 'fp8' is not one of dpbf16, fp32, " \
+        "fallback" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_bf16_fused_lm_head_matches_the_bf16_rule(tmp_path, name):
     """The fused (vocabulary-chunked) LM head under bf16 (chunks of 7 columns, so every

@@ -358,6 +358,44 @@ def test_rl_bf16_same_seed_and_resume_bit_exact(tmp_path):
         assert m["objective/f_divergence"] == m["objective/kl"]
 
 
+@pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
+def test_rl_bf16_resume_keeps_the_runs_route(tmp_path):
+    """rl --precision bf16 started where the timing probe picks fp32 FMA for the large bf16
+    GEMMs and the sampler's decoder (FDPO_BF16_PROBE=fp32), resumed where it picks vdpbf16ps:
+    the resume samples and trains on the recorded route (training_state.json, bf16-route) and
+    ends byte-identical to the uninterrupted run (weights, moments, metrics); the same resume
+    without the record ends elsewhere."""
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(5)))
+
+    def run(name, probe, *extra):
+        args = ["rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt", "--out", tmp_path / name,
+                "--reward", "length", "--algo", "rloo", "--divergence", "rkl", "--prompts-per-step", 4, "--n", 8,
+                "--steps", 4, "--max-new-tokens", 16, "--lr", "1e-2", "--threads", 1, "--seed", 5,
+                "--precision", "bf16", *extra]
+        r = subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "FDPO_BF16_PROBE": probe})
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    run("a", "fp32")
+    for name in ("b", "c"):
+        run(name, "fp32", "--stop-at", 2)
+    state = json.loads((tmp_path / "c/training_state.json").read_text())
+    assert state["settings"].pop("bf16-route") == "fp32"
+    (tmp_path / "c/training_state.json").write_text(json.dumps(state))
+    for name in ("b", "c"):
+        r = subprocess.run([FDPO, "rl", "--out", tmp_path / name, "--resume"], capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "FDPO_BF16_PROBE": "dpbf16"})
+        assert r.returncode == 0, r.stderr
+        assert ("on the run's route, fp32" in r.stderr) == (name == "b"), r.stderr
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+    assert state_files(tmp_path / "c")["model.safetensors"] != state_files(tmp_path / "a")["model.safetensors"]
+
+
 # ---------- checkpoints and --resume ----------
 
 # the letters reward, failing once (exit 3) on its third call (step 3's scoring) unless the marker
