@@ -18,10 +18,10 @@
 typedef struct { const char *name; int (*fn)(int, char **); const char *summary; int models; } command;
 
 static const command COMMANDS[] = {
-    {"pretrain", cmd_pretrain, "train a GPT-2-family model on plain text (next-token loss)", 1},
+    {"pretrain", cmd_pretrain, "train a GPT-2- or Llama-family model on plain text (next-token loss)", 1},
     {"sft",      cmd_sft,      "supervised fine-tuning on JSONL prompt/completion or text", 1},
     {"dpo",      cmd_dpo,      "f-DPO preference optimisation (rkl, fkl, js, alpha:A; sigmoid, ipo, ...)", 1},
-    {"rm",       cmd_rm,       "Bradley-Terry reward model (GPT2ForSequenceClassification) on preference pairs", 1},
+    {"rm",       cmd_rm,       "Bradley-Terry reward model (GPT2/LlamaForSequenceClassification) on preference pairs", 1},
     {"kto",      cmd_kto,      "KTO on unpaired desirable/undesirable completions, with an f-divergence score", 1},
     {"online",   cmd_online,   "online / iterative f-DPO: sample, score, pair, f-DPO, per round", 1},
     {"rl",       cmd_rl,       "RLHF with an f-divergence penalty: RLOO / GRPO on the shaped reward r - beta f'(u)", 1},

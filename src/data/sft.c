@@ -180,7 +180,8 @@ static int parse_file(const char *path, builder *b, const fdpo_tokenizer *tok, s
 }
 
 static void builder_free(builder *b) { free(b->tokens); free(b->weights); free(b->start); free(b->len); }
-static int split_into(builder *b, const char *name, double val_fraction, uint64_t seed, fdpo_lm_data *train, fdpo_lm_data *val);
+static int split_into(builder *b, const char *name, size_t seq_len, size_t n_dropped, double val_fraction, uint64_t seed,
+                      fdpo_lm_data *train, fdpo_lm_data *val);
 
 int fdpo_sft_parse(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
                    size_t seq_len, double val_fraction, uint64_t seed,
@@ -191,7 +192,7 @@ int fdpo_sft_parse(const char *name, const char *text, size_t len, const fdpo_to
     if (seq_len < 1) return fdpo_error("--seq-len must be >= 1");
     builder b = {0};
     if (parse_text(name, text, len, &b, tok, seq_len, n_dropped)) { builder_free(&b); return -1; }
-    return split_into(&b, name, val_fraction, seed, train, val);
+    return split_into(&b, name, seq_len, *n_dropped, val_fraction, seed, train, val);
 }
 
 int fdpo_sft_load(const char *const *paths, size_t n_paths, const fdpo_tokenizer *tok,
@@ -206,13 +207,22 @@ int fdpo_sft_load(const char *const *paths, size_t n_paths, const fdpo_tokenizer
     for (size_t f = 0; f < n_paths; f++) {
         if (parse_file(paths[f], &b, tok, seq_len, n_dropped)) { builder_free(&b); return -1; }
     }
-    return split_into(&b, paths[0], val_fraction, seed, train, val);
+    return split_into(&b, paths[0], seq_len, *n_dropped, val_fraction, seed, train, val);
 }
 
-/* The collected sequences -> train/val (frees b). */
-static int split_into(builder *b_, const char *name, double val_fraction, uint64_t seed, fdpo_lm_data *train, fdpo_lm_data *val) {
+/* The collected sequences -> train/val (frees b). No sequence left: say why where every
+ * example was dropped (the count the partial case logs, and the flag that decides it). */
+static int split_into(builder *b_, const char *name, size_t seq_len, size_t n_dropped, double val_fraction, uint64_t seed,
+                      fdpo_lm_data *train, fdpo_lm_data *val) {
     builder b = *b_;
-    if (b.n_seq == 0) { builder_free(&b); return fdpo_error("%s: no usable examples", name); }
+    if (b.n_seq == 0) {
+        builder_free(&b);
+        if (n_dropped > 0)
+            return fdpo_error("%s: no usable examples: all %zu have no completion token within --seq-len %zu (the "
+                              "prompt, or the chat template's text, fills it; give a longer --seq-len)",
+                              name, n_dropped, seq_len);
+        return fdpo_error("%s: no usable examples", name);
+    }
     unsigned char *is_val = fdpo_malloc(b.n_seq);
     fdpo_data_split(b.n_seq, val_fraction, seed, is_val);
     for (int part = 0; part < 2; part++) {

@@ -335,6 +335,26 @@ def test_sft_prompt_completion_and_text(tmp_path):
     assert ms[-1]["epoch"] == pytest.approx(2.0)
 
 
+def test_a_held_out_set_that_cannot_be_split_is_warned_about(tmp_path):
+    """pretrain splits by document and holds out at least one of two or more
+    (fdpo_data_split), none of one: a single-document text with --eval-fraction 0.05 and
+    --eval-every 1 would evaluate nothing without a word, so one warning says so; two
+    documents hold one out (2 of the 16-token sequences here) and evaluate without it."""
+    one, two = tmp_path / "one.txt", tmp_path / "two.txt"
+    one.write_text("hello world this is one document only, nothing else.")
+    two.write_text("hello world this is the first document.<|endoftext|>and here is the second document.")
+    for text, held_out in ((one, 0), (two, 2)):
+        out = tmp_path / f"o{held_out}"
+        r = ok("pretrain", "--out", out, *TINY, "--seq-len", "16", "--steps", "2", "--eval-every", "1",
+               "--eval-fraction", "0.05", text)
+        assert f", {held_out} val sequences;" in r.stderr, r.stderr
+        warned = [l for l in r.stderr.splitlines() if "--eval-fraction" in l]
+        assert warned == (["fdpo pretrain: warning: --eval-fraction 0.05: the data is one document, which the split "
+                           "keeps for training, so --eval-every 1 writes no eval_loss (give two or more documents "
+                           "(<|endoftext|> separates them), or --eval-every 0)"] if held_out == 0 else []), r.stderr
+        assert any("eval_loss" in m for m in metrics(out)) == (held_out > 0)
+
+
 def err(*args):
     r = fdpo(*args)
     assert r.returncode != 0, r.stdout + r.stderr
@@ -384,6 +404,9 @@ def test_bad_inputs(tmp_path, corpus):
          "d.jsonl:1: field 'messages[1].content' missing"),
         ('{"messages": [{"role": "user", "content": "x"}]}\n', "d.jsonl:1: field 'messages' has no assistant message"),
         ('\n\n', "d.jsonl: no usable examples"),
+        # every example dropped: the count and the flag that decides it (--seq-len 128 here)
+        (('{"prompt": "' + "x" * 200 + '", "completion": "b"}\n') * 2,
+         "d.jsonl: no usable examples: all 2 have no completion token within --seq-len 128"),
     ]
     d = tmp_path / "d.jsonl"
     for text, want in cases:
