@@ -3,6 +3,7 @@ the progress line and metrics.jsonl, the checkpoint layout, and every bad input.
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 
@@ -574,6 +575,46 @@ def test_overwrite_keeps_none_of_the_replaced_runs_tokenizer_or_summaries(tmp_pa
     (merged / "notes.txt").write_text("mine")
     ok("merge", "--model", out, "--model", out, "--out", merged, "--overwrite")
     assert not (merged / "eval_summary.json").exists() and (merged / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("kind", ["rounds", "stages"])
+def test_overwrite_leaves_no_rounds_or_stages_of_the_replaced_run(tmp_path, corpus, kind):
+    """A run with --overwrite over an online rounds run's OUT (round-K checkpoints, their
+    pairs, online.json) or a sacpo run's (stage checkpoints and their lock files, sacpo.json)
+    carried all of it beside its own checkpoint: OUT was then both, and `online --resume`
+    read the rounds. The replacing save leaves the old run's files and every run inside OUT
+    behind; the user's own files and directories (no checkpoint in them) stay."""
+    shape = [*TINY, "--batch-size", "2", "--steps", "1", "--quiet", *corpus]
+    ckpt = tmp_path / "c"
+    ok("pretrain", "--out", ckpt, *shape)
+    out = tmp_path / "o"
+    out.mkdir()
+    if kind == "rounds":
+        old = ["online.json", "round-0", "round-0.pairs.jsonl", "round-1", "round-1.pairs.jsonl", "round-2.partial"]
+        (out / "online.json").write_text("{}")
+        for k in (0, 1):
+            shutil.copytree(ckpt, out / f"round-{k}")
+            (out / f"round-{k}.pairs.jsonl").write_text("{}\n")
+        (out / "round-2.partial").mkdir()
+        (out / "round-2.partial" / "config.json").write_text("{}")
+    else:
+        old = ["sacpo.json", "reward", "reward.lock", "lambda-1", "lambda-1.lock", "merge-1-2-w0.5",
+               "merge-1-2-w0.5.lock"]
+        (out / "sacpo.json").write_text("{}")
+        for d in ("reward", "lambda-1", "merge-1-2-w0.5"):
+            shutil.copytree(ckpt, out / d)
+            (out / f"{d}.lock").write_text("")
+    (out / "metrics.jsonl").write_text('{"step": 7, "loss": 1}\n')
+    (out / "notes.txt").write_text("mine")
+    (out / "plots").mkdir()
+    (out / "plots" / "a.txt").write_text("mine too")
+    assert set(old) <= {p.name for p in out.iterdir()}
+    ok("pretrain", "--out", out, "--overwrite", *shape)
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "fdpo_tokenizer.json",
+                                             "training_state.json", "training_state.safetensors", "metrics.jsonl",
+                                             "notes.txt", "plots"}
+    assert [m["step"] for m in metrics(out)] == [1]
+    assert (out / "plots" / "a.txt").read_text() == "mine too"
 
 
 def test_stop_at_and_resume_log_what_the_uninterrupted_run_logs(tmp_path, corpus):
