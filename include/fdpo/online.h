@@ -60,6 +60,9 @@ void fdpo_online_round_dpo_opts(fdpo_dpo_run_opts *d);
  * their own mode's. */
 int fdpo_online_opts_check(const fdpo_online_opts *o);
 int fdpo_online_run(const fdpo_online_opts *o);
+/* 1 if name is an entry a rounds run makes in its OUT: online.json, round-K, round-K.partial,
+ * round-K.pairs.jsonl. A run that replaces a rounds run's OUT (--overwrite) leaves these behind. */
+int fdpo_online_out_entry(const char *name);
 
 /* --mode step, TRL OnlineDPOTrainer's fully online variant: every optimizer step samples n
  * completions for prompts_per_round prompts from the in-memory policy, pairs the best with the

@@ -50,7 +50,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"log-every",     FLAG_INT,   &o->log_every,     "1",      "progress line and metrics.jsonl entry every N steps", 0},
         {"threads",       FLAG_INT,   &o->threads,       "0",      "OpenMP/OpenBLAS threads (0: all cores)", 0},
         {"precision",     FLAG_STR,   &precision_flag,   "fp32",   "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation and master weights)", 0},
-        {"seed",          FLAG_INT,   &o->seed,          FLAGS_DEFAULT_SEED,   "seed for the random init or the LoRA adapters (init, dropout), the data split and the data order", 0},
+        {"seed",          FLAG_INT,   &o->seed,          FLAGS_DEFAULT_SEED,   "seed for a random init (sft: and LoRA adapters), the data split and the data order", 0},
         {"quiet",         FLAG_BOOL,  &o->quiet,         "0",      "no progress line", 0},
         {"allreduce-overlap", FLAG_BOOL, &o->allreduce_overlap, "0", "under mpirun: sum each layer's gradient over the ranks (MPI_Iallreduce) while backward "
                                                                      "computes the layers below it, instead of one allreduce after backward (same result; docs/scaling.md)", 0},

@@ -218,8 +218,8 @@ static int split_into(builder *b_, const char *name, size_t seq_len, size_t n_dr
     if (b.n_seq == 0) {
         builder_free(&b);
         if (n_dropped > 0)
-            return fdpo_error("%s: no usable examples: all %zu have no completion token within --seq-len %zu (the "
-                              "prompt, or the chat template's text, fills it; give a longer --seq-len)",
+            return fdpo_error("%s: no usable examples: none of the %zu has a completion token within --seq-len %zu "
+                              "(the completion is empty, or the prompt or the chat template's text fills --seq-len)",
                               name, n_dropped, seq_len);
         return fdpo_error("%s: no usable examples", name);
     }

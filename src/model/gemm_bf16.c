@@ -145,6 +145,7 @@ static void dpbf16_fast_decide(void) {
         dpbf16_fast_state = !strcmp(e, "dpbf16");
         return;
     }
+    if (e && *e) fdpo_log(FDPO_LOG_WARN, "FDPO_BF16_PROBE: '%s' is not one of dpbf16, fp32; measuring", e);
     double fma = 0.0, dp = 0.0;
     /* best of 7, alternating, ~40 us each: a busy SMT sibling or a preemption only lowers a
      * rate, so the best of several short runs is the instruction's; best of 3 x 8 us picked

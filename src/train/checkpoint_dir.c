@@ -11,6 +11,8 @@
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
+#include "fdpo/online.h"
+#include "fdpo/sacpo.h"
 #include "fdpo/trainer.h"
 
 const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
@@ -106,40 +108,30 @@ static int tokenizer_file(const char *name) {
     return 0;
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n > k && !strcmp(s + n - k, suffix);
-}
-
-/* A run inside OUT: a directory holding a checkpoint, online rounds or sacpo stages (an online
- * run's round-K, a sacpo stage). */
-static int holds_run(const char *dir, const char *name) {
-    char *p = fdpo_path_join(dir, name);
-    struct stat st;
-    int run = lstat(p, &st) == 0 && S_ISDIR(st.st_mode) && fdpo_out_holds_run(p, 0) != NULL;
+/* What a replacing save (--overwrite) leaves behind besides the run files, where OUT held an
+ * online rounds run or a sacpo run: that run's own entries (its plan, round-K and their pairs,
+ * the stages and their locks: fdpo_online_out_entry, fdpo_sacpo_out_entry). Carried, they
+ * made OUT both the new checkpoint and the old rounds, which `--resume` read. Only the
+ * replaced kind's names go: a checkpoint a user keeps in a directory of OUT stays. */
+static int replaced_run_entry(const char *out, const char *name) {
+    static const char *const rounds_marks[] = {"online.json", "round-0"};
+    int rounds = 0;
+    for (size_t i = 0; i < 2 && !rounds; i++) {
+        char *p = fdpo_path_join(out, rounds_marks[i]);
+        rounds = fdpo_file_exists(p);
+        free(p);
+    }
+    if (rounds && fdpo_online_out_entry(name)) return 1;
+    char *p = fdpo_path_join(out, "sacpo.json");
+    int sacpo = fdpo_file_exists(p);
     free(p);
-    return run;
-}
-
-/* What a replacing save (--overwrite) leaves behind besides the run files: the files of a
- * replaced online rounds or sacpo run (its plan, the rounds' pairs) and every run inside OUT
- * (round-K, round-K.partial, a sacpo stage) with its lock file. Carried, they made OUT both
- * the new checkpoint and the old rounds or stages, which `--resume` and `fdpo report` read. */
-static int replaced_run_entry(const char *dir, const char *name) {
-    if (!strcmp(name, "online.json") || !strcmp(name, "sacpo.json")) return 1;
-    if (!strncmp(name, "round-", 6) && (ends_with(name, ".pairs.jsonl") || ends_with(name, ".partial"))) return 1;
-    if (!ends_with(name, ".lock")) return holds_run(dir, name);
-    char *base = fdpo_strdup(name);
-    base[strlen(base) - strlen(".lock")] = 0;
-    int run = holds_run(dir, base);
-    free(base);
-    return run;
+    return sacpo && fdpo_sacpo_out_entry(name);
 }
 
 /* Hard-link (or copy) every other file of src into dst, recursively: what a user or the run
  * keeps in OUT besides the checkpoint (metrics.jsonl, notes) survives the directory swap.
  * top: src is OUT itself (its checkpoint files are written afresh); new_tokenizer: so are its
- * tokenizer files; new_run: a run replaces OUT's (its run files and runs are left behind). */
+ * tokenizer files; new_run: a run replaces OUT's (its run files, rounds and stages are left behind). */
 static int carry_over(const char *src, const char *dst, int top, int new_tokenizer, int new_run) {
     DIR *d = opendir(src);
     if (!d) return fdpo_error("%s: cannot open directory: %s", src, strerror(errno));

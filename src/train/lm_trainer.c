@@ -112,9 +112,9 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
                 train->n_seq, train->n_tokens, val ? val->n_seq : 0, tr.model->n_params,
                 tr.state.total_steps, S, B);
     /* one document (pretrain) or example (sft): the split holds out >= 1 of n >= 2
-     * (fdpo_data_split), none of 1, and the evaluations due would not run without a word */
-    if (o->eval_every > 0 && (size_t)o->eval_every <= tr.state.total_steps && o->val_fraction > 0 &&
-        (!val || val->n_seq == 0) && tr.state.step == 0)
+     * (fdpo_data_split), none of 1, and the evaluations due (every --eval-every steps and at
+     * the last) would not run without a word */
+    if (o->eval_every > 0 && o->val_fraction > 0 && (!val || val->n_seq == 0) && tr.state.step == 0)
         fdpo_log(FDPO_LOG_WARN, "--eval-fraction %g: the data is one %s, which the split keeps for training, so "
                  "--eval-every %ld writes no eval_loss (give two or more%s, or --eval-every 0)", o->val_fraction,
                  strcmp(kind, "sft") ? "document" : "example", o->eval_every,

@@ -28,12 +28,20 @@ static char *round_path(const char *out, long k, const char *suffix) {
 }
 
 /* Rounds mode resumes with the flags given now, but a run must not switch precision half-way
- * silently (the rounds before would be fp32 and the ones after bf16, or the reverse): the last
- * completed round's saved settings name the precision it ran in. A round without them (a
- * run of an older fdpo) is taken as it is. A bf16 run's later rounds keep its route
- * (fdpo_train_pin_bf16_route). */
+ * silently (the rounds before would be fp32 and the ones after bf16, or the reverse): the
+ * newest completed round that trained (one without pairs saves no training state) names the
+ * precision it ran in. No such round (a run of an older fdpo, or only rounds without pairs)
+ * is taken as it is. A bf16 run's later rounds keep its route (fdpo_train_pin_bf16_route). */
 static int check_round_precision(const char *out, long k) {
-    char *dir = round_path(out, k, "");
+    char *dir = NULL;
+    for (; k >= 0; k--) {
+        free(dir);
+        dir = round_path(out, k, "/training_state.json");
+        if (fdpo_file_exists(dir)) break;
+    }
+    free(dir);
+    if (k < 0) return 0;
+    dir = round_path(out, k, "");
     fdpo_settings saved = {0};
     size_t step = 0;
     int rc = 0;
@@ -59,6 +67,10 @@ static int check_round_precision(const char *out, long k) {
  * alone): a run that fails before that leaves none behind, and one that completed no round
  * has nothing to resume and writes it afresh. */
 static char *plan_path(const char *out) { return fdpo_path_join(out, "online.json"); }
+
+int fdpo_online_out_entry(const char *name) {
+    return !strcmp(name, "online.json") || (!strncmp(name, "round-", 6) && name[6] >= '0' && name[6] <= '9');
+}
 
 static int online_plan(const fdpo_online_opts *o, long start) {
     fdpo_settings now = {0};

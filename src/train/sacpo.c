@@ -1,6 +1,7 @@
 /* SACPO: stepwise safety-constrained alignment, each stage an f-DPO run; P-SACPO merges
  * (include/fdpo/sacpo.h, docs/sacpo.md). */
 #include <cJSON.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include "fdpo/io.h"
 #include "fdpo/merge.h"
 #include "fdpo/sacpo.h"
+#include "fdpo/trainer.h"
 #include "train/settings_json.h"
 #include "fdpo/tokenizer.h"
 
@@ -75,6 +77,17 @@ static char *fmt_dir(const char *out, const char *fmt, double a, double b, doubl
 }
 
 char *fdpo_sacpo_lambda_dir(const char *out, double lambda) { return fmt_dir(out, "lambda", lambda, 0, 0); }
+
+int fdpo_sacpo_out_entry(const char *name) {
+    if (!strcmp(name, "sacpo.json")) return 1;
+    char base[256];
+    snprintf(base, sizeof base, "%s", name);
+    size_t n = strlen(base);
+    if (n > 5 && !strcmp(base + n - 5, ".lock")) base[n -= 5] = 0;
+    if (n > 7 && !strcmp(base + n - 7, ".online")) base[n -= 7] = 0;
+    return !strcmp(base, "reward") || !strncmp(base, "lambda-", 7) || !strncmp(base, "safety-lambda-", 14) ||
+           !strncmp(base, "merge-", 6);
+}
 
 /* the plan: everything the stages depend on; a rerun with another plan is refused */
 /* the shared train options sacpo's stages have no flag for (placeholders, not recorded) */
@@ -414,6 +427,38 @@ static int sacpo_resuming(const fdpo_sacpo_opts *o) {
     return saved;
 }
 
+/* A rerun of a bf16 run keeps the route its stages ran on (fdpo_train_pin_bf16_route): a stage
+ * that starts now would otherwise take the route measured now. Any stage with a saved state
+ * names it (a dpo stage's directory, an online stage's round-0); the stages of one run share
+ * the route, as each rerun pins it. */
+static int pin_stages_route(const char *out) {
+    if (fdpo_get_precision() != FDPO_PRECISION_BF16) return 0;
+    DIR *d = opendir(out);
+    if (!d) return 0;
+    int rc = 0, found = 0;
+    struct dirent *e;
+    while (!found && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (!fdpo_sacpo_out_entry(e->d_name) || !strcmp(e->d_name, "sacpo.json") ||
+            (n > 5 && !strcmp(e->d_name + n - 5, ".lock")))
+            continue;
+        char *dir = fdpo_path_join(out, e->d_name);
+        for (int k = 0; k < 2 && !found; k++) {
+            char *cand = k ? fdpo_path_join(dir, "round-0") : fdpo_strdup(dir);
+            char *state = fdpo_path_join(cand, "training_state.json");
+            if (fdpo_file_exists(state)) {
+                found = 1;
+                rc = fdpo_train_pin_bf16_route(cand);
+            }
+            free(state);
+            free(cand);
+        }
+        free(dir);
+    }
+    closedir(d);
+    return rc;
+}
+
 int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     if (fdpo_sacpo_opts_check(o)) return -1;
     const char *const specs[] = {o->reward_spec, o->safety_spec};
@@ -428,6 +473,7 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_SACPO);
     int rc = held ? fdpo_error("--out: %s already holds %s of another run; choose another --out", o->out, held)
                   : state_open(&st, o);
+    if (!rc) rc = pin_stages_route(o->out);
     const double beta = o->dpo.dpo.loss.beta;
     char *reward_dir = fdpo_path_join(o->out, "reward");
     if (!rc && !o->safety_first)

@@ -226,26 +226,38 @@ static int resume_early_check(const fdpo_train_opts *o) {
     return rc;
 }
 
+/* 1 if this (kind, saved route, measured route) was said before in this process */
+static int said_once(int kind, const char *saved, const char *measured) {
+    static char said[64];
+    char key[64];
+    snprintf(key, sizeof key, "%d %s %s", kind, saved, measured);
+    if (!strcmp(said, key)) return 1;
+    snprintf(said, sizeof said, "%s", key);
+    return 0;
+}
+
 int fdpo_train_pin_bf16_route(const char *out) {
     fdpo_settings saved;
     size_t step = 0;
     if (fdpo_get_precision() != FDPO_PRECISION_BF16 || fdpo_train_state_read_settings(out, &saved, &step)) return 0;
     const fdpo_setting *r = fdpo_settings_find(&saved, "bf16-route");
     int rc = 0;
-    if (r && r->type == FDPO_SETTING_STR) {   /* absent: an fp32 run, or a state of an older fdpo */
+    if (r) {   /* absent: an fp32 run, or a state of an older fdpo */
         const char *measured = fdpo_bf16_route();
-        rc = fdpo_bf16_route_pin(r->str);
+        rc = fdpo_bf16_route_pin(r->type == FDPO_SETTING_STR ? r->str : NULL);
         if (rc < 0) {
             fdpo_error_context("--resume: %s/training_state.json", out);
+        } else if (said_once(rc > 0 ? 1 : 2, r->str, measured)) {
+            /* said once per process: dpo pins before its reference log-probs and again on opening its trainer */
         } else if (rc > 0) {
-            fdpo_log(FDPO_LOG_WARN, "--resume: the run multiplied its bf16 products on the %s route; this CPU has no "
-                     "AVX512-BF16, so the resumed steps take the fallback and differ in the last bits from an "
-                     "uninterrupted run", r->str);
-            rc = 0;
+            fdpo_log(FDPO_LOG_WARN, "--resume: the run multiplied its bf16 products on the %s route; this process has "
+                     "no AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1), so the resumed steps take the fallback and differ "
+                     "in the last bits from an uninterrupted run", r->str);
         } else if (strcmp(measured, r->str)) {
             fdpo_log(FDPO_LOG_INFO, "--resume: bf16 products on the run's route, %s (its bf16-route), not %s as measured "
                      "now: the two sum in different orders", r->str, measured);
         }
+        if (rc > 0) rc = 0;
     }
     fdpo_settings_free(&saved);
     return rc;
@@ -422,7 +434,10 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             char v[256];
             fdpo_setting_text(&s->settings.v[i], v, sizeof v);
             h = fdpo_hash64(h, s->settings.v[i].key, strlen(s->settings.v[i].key) + 1);
-            if (strcmp(s->settings.v[i].key, "threads")) h = fdpo_hash64(h, v, strlen(v) + 1);
+            /* per process: the thread count, and the bf16 route each rank's CPU measured (a
+             * resumed run pins the saved one on every rank) */
+            if (strcmp(s->settings.v[i].key, "threads") && strcmp(s->settings.v[i].key, "bf16-route"))
+                h = fdpo_hash64(h, v, strlen(v) + 1);
         }
         h = fdpo_hash64(h, &s->step, sizeof s->step);
         if (fdpo_dist_check_agree("the flags or training data", h)) goto fail;

@@ -83,8 +83,8 @@ def test_one_default_seed_everywhere():
 
 
 SEED_HELP = {
-    "pretrain": "seed for the random init or the LoRA adapters (init, dropout), the data split and the data order",
-    "sft": "seed for the random init or the LoRA adapters (init, dropout), the data split and the data order",
+    "pretrain": "seed for a random init (sft: and LoRA adapters), the data split and the data order",
+    "sft": "seed for a random init (sft: and LoRA adapters), the data split and the data order",
     "dpo": "seed for the held-out split, the data order and LoRA adapters (init, dropout)",
     "kto": "seed for the held-out split, the data order and LoRA adapters (init, dropout)",
     "rm": "seed for the new score head of a language model (score.weight ~ N(0, 0.02)), the held-out split, the data "

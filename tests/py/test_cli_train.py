@@ -338,21 +338,22 @@ def test_sft_prompt_completion_and_text(tmp_path):
 
 def test_a_held_out_set_that_cannot_be_split_is_warned_about(tmp_path):
     """pretrain splits by document and holds out at least one of two or more
-    (fdpo_data_split), none of one: a single-document text with --eval-fraction 0.05 and
-    --eval-every 1 would evaluate nothing without a word, so one warning says so; two
-    documents hold one out (2 of the 16-token sequences here) and evaluate without it."""
+    (fdpo_data_split), none of one: a single-document text with --eval-fraction 0.05 would
+    evaluate nothing without a word, also at the defaults (--eval-every 100 evaluates at a
+    2-step run's last step), so one warning says so; two documents hold one out (2 of the
+    16-token sequences here) and evaluate without it."""
     one, two = tmp_path / "one.txt", tmp_path / "two.txt"
     one.write_text("hello world this is one document only, nothing else.")
     two.write_text("hello world this is the first document.<|endoftext|>and here is the second document.")
-    for text, held_out in ((one, 0), (two, 2)):
-        out = tmp_path / f"o{held_out}"
-        r = ok("pretrain", "--out", out, *TINY, "--seq-len", "16", "--steps", "2", "--eval-every", "1",
-               "--eval-fraction", "0.05", text)
+    for text, held_out, every in ((one, 0, "1"), (one, 0, None), (two, 2, "1"), (two, 2, None)):
+        out = tmp_path / f"o{held_out}{every}"
+        r = ok("pretrain", "--out", out, *TINY, "--seq-len", "16", "--steps", "2", "--eval-fraction", "0.05",
+               *(["--eval-every", every] if every else []), text)
         assert f", {held_out} val sequences;" in r.stderr, r.stderr
         warned = [l for l in r.stderr.splitlines() if "--eval-fraction" in l]
-        assert warned == (["fdpo pretrain: warning: --eval-fraction 0.05: the data is one document, which the split "
-                           "keeps for training, so --eval-every 1 writes no eval_loss (give two or more documents "
-                           "(<|endoftext|> separates them), or --eval-every 0)"] if held_out == 0 else []), r.stderr
+        assert warned == ([f"fdpo pretrain: warning: --eval-fraction 0.05: the data is one document, which the split "
+                           f"keeps for training, so --eval-every {every or 100} writes no eval_loss (give two or more "
+                           "documents (<|endoftext|> separates them), or --eval-every 0)"] if held_out == 0 else []), r.stderr
         assert any("eval_loss" in m for m in metrics(out)) == (held_out > 0)
 
 
@@ -407,7 +408,7 @@ def test_bad_inputs(tmp_path, corpus):
         ('\n\n', "d.jsonl: no usable examples"),
         # every example dropped: the count and the flag that decides it (--seq-len 128 here)
         (('{"prompt": "' + "x" * 200 + '", "completion": "b"}\n') * 2,
-         "d.jsonl: no usable examples: all 2 have no completion token within --seq-len 128"),
+         "d.jsonl: no usable examples: none of the 2 has a completion token within --seq-len 128"),
     ]
     d = tmp_path / "d.jsonl"
     for text, want in cases:
@@ -615,6 +616,27 @@ def test_overwrite_leaves_no_rounds_or_stages_of_the_replaced_run(tmp_path, corp
                                              "notes.txt", "plots"}
     assert [m["step"] for m in metrics(out)] == [1]
     assert (out / "plots" / "a.txt").read_text() == "mine too"
+
+
+def test_overwrite_and_merge_keep_a_checkpoint_the_user_keeps_inside_out(tmp_path, corpus):
+    """Only a replaced rounds or sacpo run's own entries are left behind: a checkpoint a user
+    keeps in a directory of OUT (a copied best model, a merge output) is not the replaced run.
+    The first version dropped every directory holding a checkpoint, in every save that starts
+    a run: `merge --out res` (no --overwrite, res holding run-a/ and avg/) deleted both."""
+    shape = [*TINY, "--batch-size", "2", "--steps", "1", "--quiet", *corpus]
+    a, b, res = tmp_path / "a", tmp_path / "b", tmp_path / "res"
+    ok("pretrain", "--out", a, *shape)
+    ok("pretrain", "--out", b, *shape, "--seed", "2")
+    res.mkdir()
+    shutil.copytree(a, res / "run-a")
+    (res / "notes.txt").write_text("mine")
+    ok("merge", "--model", a, "--model", b, "--out", res / "avg")
+    ok("merge", "--model", a, "--model", b, "--out", res)
+    kept = {"run-a", "avg", "notes.txt"}
+    assert kept <= {p.name for p in res.iterdir()}
+    ok("pretrain", "--out", res, "--overwrite", *shape)
+    assert kept <= {p.name for p in res.iterdir()}
+    assert (res / "run-a" / "model.safetensors").read_bytes() == (a / "model.safetensors").read_bytes()
 
 
 def test_stop_at_and_resume_log_what_the_uninterrupted_run_logs(tmp_path, corpus):

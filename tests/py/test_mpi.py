@@ -196,6 +196,20 @@ def test_ranks_with_different_flags_are_refused(work, tmp_path):
     assert "differs between ranks" in r.stderr and "[rank" in r.stderr, r.stderr
 
 
+def test_ranks_whose_cpus_measure_different_bf16_routes_run(work, tmp_path):
+    """The bf16 route is each process's measurement (like its thread count), not a flag: ranks
+    whose probes answer differently (FDPO_BF16_PROBE) were refused as "flags differ" once the
+    route was recorded in the settings. A resume pins the saved route on every rank."""
+    base = [FDPO, "pretrain", "--out", tmp_path / "x", "--steps", 2, *PRETRAIN, "--precision", "bf16",
+            work / "text.txt"]
+    cmd = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", "env", "FDPO_BF16_PROBE=fp32",
+           *map(str, base), ":", "-np", "1", "env", "FDPO_BF16_PROBE=dpbf16", *map(str, base)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    # rank 0 (the first -np block) writes the state: its route
+    assert json.loads((tmp_path / "x/training_state.json").read_text())["settings"]["bf16-route"] == "fp32"
+
+
 def test_a_command_without_sharding_runs_whole_on_every_rank(work, tmp_path):
     r = mpi(2, "lab", "solve", "--n", 10, check=False)   # nothing to split: every rank runs it whole
     assert r.returncode == 0

@@ -594,6 +594,55 @@ def test_bf16_same_seed_and_resume_bit_exact(setup, tmp_path, mode):
     assert json.loads(state.read_text())["settings"]["precision"] == "bf16"
 
 
+# the letters reward, except on its second call (round 1's scoring): a tie everywhere, so
+# round 1 has no pairs and saves no training state; calls counted in $CALLS_DIR/calls
+TIES_ON_CALL_2 = """import json, os, sys
+count = os.path.join(os.environ["CALLS_DIR"], "calls")
+n = int(open(count).read()) if os.path.exists(count) else 0
+open(count, "w").write(str(n + 1))
+for line in sys.stdin:
+    c = json.loads(line)["completion"]
+    print(0 if n == 1 else sum(ch.islower() for ch in c))
+    sys.stdout.flush()
+"""
+
+
+@pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
+def test_bf16_rounds_resume_keeps_the_route_after_a_round_without_pairs(setup, tmp_path):
+    """A bf16 rounds run started where the timing probe picks fp32 FMA (FDPO_BF16_PROBE=fp32)
+    and resumed where it picks vdpbf16ps takes the route of the newest round that trained:
+    the last completed round had no pairs and saved no training state, and the resume then
+    pinned nothing (round 2 differed from the uninterrupted run's). The control resumes on
+    the probe's route and ends elsewhere."""
+    (tmp_path / "ties.py").write_text(TIES_ON_CALL_2)
+    reward = f"cmd:/usr/bin/python3 {tmp_path / 'ties.py'}"
+
+    def run(name, probe, rounds, *extra):
+        calls = tmp_path / f"calls-{name}"
+        calls.mkdir(exist_ok=True)
+        env = {**os.environ, "FDPO_BF16_PROBE": probe, "CALLS_DIR": str(calls)}
+        r = subprocess.run([FDPO, *map(str, ["online", "--model", setup / "model", "--data", setup / "prompts.txt",
+                                             "--reward", reward, "--out", tmp_path / name, "--prompts-per-round", 8,
+                                             "--n", 4, "--max-new-tokens", 16, "--lr", "1e-2", "--batch-size", 8,
+                                             "--epochs", 2, "--beta", 0.1, "--threads", 1, "--precision", "bf16",
+                                             "--rounds", rounds, *extra])],
+                           capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    run("a", "fp32", 3)
+    assert [m["pairs"] for m in metrics(tmp_path / "a")][1] == 0
+    run("b", "fp32", 2)
+    run("c", "fp32", 2)
+    assert not (tmp_path / "b/round-1/training_state.json").exists()
+    assert "on the run's route, fp32" in run("b", "dpbf16", 3, "--resume")
+    (tmp_path / "c/round-0/training_state.json").unlink()   # no round names the route: the control
+    run("c", "dpbf16", 3, "--resume")
+    final = lambda d: (tmp_path / d / "round-2/model.safetensors").read_bytes()
+    assert final("b") == final("a")
+    assert final("c") != final("a")
+
+
 @pytest.mark.parametrize("first,then,flag", [
     ([], ["--beta", 0.3], "--beta: 0.3 differs from the saved run's 0.1"),
     ([], ["--seed", 9], "--seed: 9 differs"),

@@ -96,6 +96,36 @@ def test_rerun_skips_done_stages_and_adds_lambdas(data, tmp_path):
     assert weights(s / "lambda-2") == weights(tmp_path / "m2")
 
 
+@pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
+def test_bf16_rerun_keeps_the_stages_route(data, tmp_path):
+    """A bf16 sacpo run started where the timing probe picks fp32 FMA (FDPO_BF16_PROBE=fp32)
+    and rerun with another lambda where it picks vdpbf16ps: the new stage takes the route the
+    done stages recorded, and equals the stage of a run that had both lambdas from the start
+    on that route. The control, whose stages' states name no route, runs the new stage on
+    the probe's and ends elsewhere. (Only a stage resumed half-way was pinned.)"""
+    def run(out, probe, lambdas):
+        r = subprocess.run([FDPO_BIN, *map(str, ["sacpo", "--model", data / "base", "--reward-data",
+                                                 data / "reward.jsonl", "--safety-data", data / "safety.jsonl",
+                                                 "--beta", "0.2", "--out", out, "--lambda", lambdas, *COMMON,
+                                                 "--precision", "bf16"])],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "FDPO_BF16_PROBE": probe})
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    run(tmp_path / "a", "fp32", "1,2")
+    for out in ("b", "c"):
+        run(tmp_path / out, "fp32", "1")
+    for stage in ("reward", "lambda-1"):
+        path = tmp_path / "c" / stage / "training_state.json"
+        state = json.loads(path.read_text())
+        assert state["settings"].pop("bf16-route") == "fp32"
+        path.write_text(json.dumps(state))
+    run(tmp_path / "b", "dpbf16", "1,2")
+    run(tmp_path / "c", "dpbf16", "1,2")
+    assert weights(tmp_path / "b" / "lambda-2") == weights(tmp_path / "a" / "lambda-2")
+    assert weights(tmp_path / "c" / "lambda-2") != weights(tmp_path / "a" / "lambda-2")
+
+
 def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     """the plan compared --model and the pairs files as text, and the stages were recorded as
     --out spelled them: sftm/ for sftm was refused, --out ./s ran every stage again, and a
