@@ -766,3 +766,60 @@ def test_rounds_resume_refuses_another_precision(setup, tmp_path):
     assert "--precision" in r.stderr and "round-0" in r.stderr and "bf16" in r.stderr, r.stderr
     assert not (a / "round-1").exists()
     assert (a / "round-0" / "model.safetensors").read_bytes() == before
+
+
+# the first letter decides: 11 for a completion starting with 'a', else 10
+FIRST_A = """import json, sys
+for line in sys.stdin.buffer:
+    c = json.loads(line.decode("utf-8", "replace"))["completion"]
+    print(11 if c.startswith("a") else 10)
+"""
+
+
+def coin_model(model):
+    """A tiny byte-level GPT-2 whose every next token is 'a' or 'X', each with probability 1/2,
+    at every position (h = ln_f bias everywhere, ln_f weight 0; every other token, EOT
+    included, has logit -60): a completion of --max-new-tokens 16 is 16 fair coin flips, so
+    log pi(y) = -16 log 2 for every sample and none draws EOT (e^-60 per token)."""
+    import torch
+    m = make_model(model, 257, seed=5, n_positions=64, byte_tokenizer=True)
+    with torch.no_grad():
+        m.param("ln_f.weight").zero_()
+        b = m.param("ln_f.bias")
+        b.copy_(torch.randn(b.shape[0], generator=torch.Generator().manual_seed(1)))
+        for v in range(257):
+            m.param("wte.weight")[v] = (0.0 if v in (ord("a"), ord("X")) else -60.0) * b / b.dot(b)
+    m.save_hf(str(model))
+    return model
+
+
+@pytest.mark.parametrize("mode", ["rounds", "step"])
+def test_logged_sample_metrics_of_a_coin_flip_policy(setup, tmp_path, mode):
+    """objective/entropy, val/contain_eos_token, val/num_completion_tokens and pairs/reward_gap
+    against values known without the samples: the policy (coin_model) draws 16 fair flips of
+    'a'/'X', so the entropy estimate -mean log pi(y) is 16 log 2 = 11.09 exactly (to float
+    rounding), no sample drew EOT (contain_eos 0) and every completion has 16 tokens; the
+    reward is 11 for a completion starting with 'a' and 10 otherwise, so every best-worst pair
+    has r_chosen - r_rejected = 1 and the mean gap is 1 (not the chosen reward, 11). Round 0 /
+    step 1 sample the starting policy; the gap holds at every step whatever the policy."""
+    model = coin_model(tmp_path / "coin")
+    (tmp_path / "first_a.py").write_text(FIRST_A)
+    out = tmp_path / "out"
+    extra = (["--rounds", 1, "--batch-size", 8, "--epochs", 1] if mode == "rounds"
+             else ["--mode", "step", "--steps", 3])
+    fdpo("online", "--model", model, "--data", setup / "prompts.txt", "--reward",
+         f"cmd:/usr/bin/python3 {tmp_path / 'first_a.py'}", "--out", out, "--prompts-per-round", 16, "--n", 4,
+         "--max-new-tokens", 16, "--lr", "1e-2", "--beta", 0.1, "--threads", 1, *extra)
+    m = metrics(out)
+    first = m[0]
+    assert abs(first["objective/entropy"] - 16 * math.log(2)) <= 1e-4, first
+    assert first["val/contain_eos_token"] == 0, first
+    if mode == "rounds":
+        assert first["val/num_completion_tokens"] == 16, first
+        rows = pair_rows(out / "round-0.pairs.jsonl")
+        assert len(rows) == first["pairs"] > 0
+        # the pairs file's texts: chosen starts with 'a', rejected with 'X', 16 flips each
+        assert all(r["chosen"][0] == "a" and r["rejected"][0] == "X" for r in rows), rows
+        assert all(len(r["chosen"]) == len(r["rejected"]) == 16 for r in rows), rows
+    for x in m:
+        assert x["pairs"] > 0 and x["pairs/reward_gap"] == 1.0, x
