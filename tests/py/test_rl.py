@@ -666,7 +666,10 @@ def test_rl_logged_objective_values_match_pytorch(tmp_path, per_step):
     want = {"objective/scores": float(np.mean(rewards)), "objective/kl": float(np.mean(lp - lr)),
             "objective/entropy": float(np.mean(-lp)), "objective/f_divergence": fdiv,
             "objective/non_score_reward": -beta * fdiv, "objective/rlhf_reward": float(np.mean(rewards)) - beta * fdiv,
-            "val/contain_eos_token": float(np.mean(eos))}
+            "val/contain_eos_token": float(np.mean(eos)),
+            # the mean shaped reward r - beta f'(u), f'(u) = log(2u / (1 + u)) for js (not the mean reward)
+            "objective/shaped_reward": float(np.mean(np.array(rewards) - beta * np.log(2 / (1 + np.exp(lr - lp)))))}
     assert want["objective/scores"] > 0 and abs(want["objective/kl"]) > 0.1, want   # nothing vanishes by chance
+    assert abs(want["objective/shaped_reward"] - want["objective/scores"]) > 0.01, want
     for k, v in want.items():
         assert abs(m[k] - v) <= 1e-5 * max(1.0, abs(v)), (k, m[k], v)
