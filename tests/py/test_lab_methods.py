@@ -141,6 +141,8 @@ def test_sampled_online_dpo_gets_close(problem, tmp_path):
     t, pis = run(problem, tmp_path, "--method", "online", "--sampled", "--group-size", 8, "--divergence", ",".join(DIVS),
                  "--beta", 1.0, "--seed", 2)
     for row in t:
+        # samples = responses drawn: --group-size 8 pairs of two responses a step, 100000 steps
+        assert row["variant"] == "sampled" and int(row["samples"]) == 2 * 8 * 100000, row
         err = np.max(np.abs(pis[("online", row["divergence"])] - pistar(row["divergence"], 1.0, q, r)))
         assert err <= 1e-2, (row["divergence"], err)
 
