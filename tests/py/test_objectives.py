@@ -137,6 +137,7 @@ def test_domain_sup_and_nan_outside():
     assert sup["fkl"] == 0.0
     assert sup["js"] == pytest.approx(math.log(2), rel=1e-15)
     assert sup["alpha:0.5"] == pytest.approx(2.0, rel=1e-15)
+    assert sup["tv"] == 0.5  # f'(u) = sign(u - 1)/2: its range is {-1/2, 0, 1/2}
     for d in out["divergences"]:
         if d["name"] in ("rkl", "tv"):
             continue
