@@ -241,6 +241,17 @@ def test_kto_weights_move_the_desirable_set(problem, tmp_path):
     assert 0 < kept.sum() < len(r)
 
 
+def test_kto_threshold_labels_a_reward_equal_to_the_threshold_undesirable(problem, tmp_path):
+    """threshold labels: p(y) = 1 iff r(y) > T (docs/lab.md), so with --label-threshold equal to
+    a response's reward (0.6, response 3) that response is undesirable: its pi_ref mass is in
+    undesirable_mass and KTO's limit, pi_ref conditioned on {r > T}, puts no mass on it."""
+    _, q, r = problem
+    t, pis = run(problem, tmp_path, "--method", "kto", "--divergence", "rkl", "--labels", "threshold",
+                 "--label-threshold", 0.6)
+    assert float(t[0]["undesirable_mass"]) == pytest.approx(q[r <= 0.6].sum(), abs=1e-12)
+    np.testing.assert_allclose(pis[("kto", "rkl")], q * (r > 0.6) / q[r > 0.6].sum(), atol=2e-6)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--method", "kto", "--labels", "soft"], "--labels: unknown labelling 'soft'"),
     (["--method", "kto", "--desirable-weight", "0"], "--desirable-weight: must be > 0"),
