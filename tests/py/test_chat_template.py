@@ -233,6 +233,30 @@ def test_pref_pairs_match_the_jinja_render(case, tmp_path):
             assert pair[side] == want, comp
 
 
+@pytest.mark.parametrize("case", ["smollm2", "qwen25", "hermes", "llama3", "llama31", "zephyr"])
+def test_pref_pair_without_a_prompt_is_the_conversations_render(case, tmp_path):
+    """chosen and rejected that are each a lone assistant turn: the implied prompt is empty, and
+    prompt + completion is the Jinja render of the conversation itself, split where the
+    assistant's content starts: for ChatML with a default system turn (smollm2, qwen25) the
+    prompt holds that system turn (the templates render it before a first non-system message)."""
+    need_jinja()
+    template, _, _, cfg, eot, _ = CASES[case]
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    sides = {"chosen": "Red.", "rejected": "Blue, or green!"}
+    row = {side: [{"role": "assistant", "content": text}] for side, text in sides.items()}
+    pair = harness("data-chat-pref", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "p.jsonl", [row]))["pairs"][0]
+    eos = vocab[cfg["eos_token"]]
+    for side, text in sides.items():
+        full = render(template, row[side], cfg, False)
+        at = full.index(text)
+        assert pair["prompt"] == ref.encode(full[:at], True), full[:at]
+        comp = full[at:full.rfind(eot) + len(eot)]
+        want = ref.encode(comp, True)
+        if want[-1] != eos:
+            want.append(eos)
+        assert pair[side] == want, comp
+
+
 def test_named_template_overrides_the_file(tmp_path):
     """--chat-template chatml on a tokenizer without a template renders as SmolLM2's file
     would, minus its default system turn (that belongs to the file)."""
