@@ -163,6 +163,26 @@ def test_kto_loss_and_gradients_match_trl_formula(models, policy, div, beta, wd,
         assert rel(g[name], p.grad.numpy()) < 1e-5, name
 
 
+def test_an_odd_max_length_keeps_the_floor_half_of_a_long_prompt(models):
+    """--max-length 41 (odd): a prompt over the limit keeps its last floor(41 / 2) = 20 tokens
+    (kto.h's rule, as for pairs; tokenize() above) and the completion the remaining 21; every
+    example's log-ratio l = log pi - log pi_ref on those tokens against PyTorch (float64)."""
+    tmp = models
+    out = tmp / "o_odd_max_length"
+    harness("kto-grad", "--model", tmp / "policy", "--ref", tmp / "ref", "--data", tmp / "data.jsonl", "--out", out,
+            "--divergence", "rkl", "--beta", 0.1, "--max-length", 41)
+    res = json.loads((out / "result.json").read_text())
+    pol, ref = GPT2(**CFG).double(), GPT2(**CFG).double()
+    pol.load_hf(str(tmp / "policy"))
+    ref.load_hf(str(tmp / "ref"))
+    toks = [tokenize(r, 41) for r in ROWS]
+    assert [len(P) for P, _ in toks][4] == 20 and sum(map(len, toks[4])) == 41   # the long row is cut
+    with torch.no_grad():
+        want = [float(seq_logp(pol, P, C) - seq_logp(ref, P, C)) for P, C in toks]
+    got = [e[0] for e in res["examples"]]
+    assert np.max(np.abs(np.array(got) - np.array(want))) < 2e-5, (got, want)   # float32 sums: ~4e-6
+
+
 def test_kto_cases_exercise_the_clamp(models):
     """Across CASES some micro-batch has z0 > 0 and some has z0 clamped to 0."""
     tmp = models
