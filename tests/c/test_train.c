@@ -305,6 +305,7 @@ START_TEST(schedule_closed_forms) {
     s.kind = FDPO_SCHED_LINEAR; s.min_lr_ratio = 0;
     ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 6), 1.0, 1e-12);        /* (10-6)/8 */
     ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 9), 0.25, 1e-12);
+    ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 12), 0.0, 1e-15);      /* past the end: max(0, (10-12)/8) */
     s.kind = FDPO_SCHED_CONSTANT;
     ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 1), 1.0, 1e-15);
     ck_assert_double_eq_tol(fdpo_schedule_lr(&s, 9), 2.0, 1e-15);
