@@ -1187,6 +1187,27 @@ def test_coverage_refuses_flags_its_data_policy_does_not_use(args, needle):
     assert r.returncode == 1 and r.stderr == f"fdpo lab: {needle}\n" and r.stdout == "", r.stderr
 
 
+def test_coverage_mixture_draws_from_the_documented_mixture(tmp_path):
+    """--data-policy mixture --mixture 0.25: every compared response is drawn from
+    (1 - W) pi_ref + W pi* = 0.75 pi_ref + 0.25 pi* (docs/lab.md), pi* = softmax(log pi_ref +
+    r / beta) (scipy) for --data-divergence rkl: the 2 x 50000 draws' counts against it by a
+    chi-square test (W and 1 - W swapped, the expected counts move by ~100 standard errors)."""
+    from scipy import stats
+    q, r = problem(6, 3)
+    beta = 0.3
+    p, cmp_path = tmp_path / "p.csv", tmp_path / "cmp.csv"
+    write_problem(p, q, r)
+    lab("coverage", "--input", p, "--comparisons", 50000, "--divergence", "rkl", "--beta", beta, "--data-policy",
+        "mixture", "--mixture", 0.25, "--data-divergence", "rkl", "--export-comparisons", cmp_path)
+    c = rows(cmp_path.read_text())
+    drawn = np.array([int(e[k]) for e in c for k in ("winner", "loser")])
+    d = 0.75 * q + 0.25 * special.softmax(np.log(q) + r / beta)
+    assert np.abs(d - (0.25 * q + 0.75 * special.softmax(np.log(q) + r / beta))).max() > 0.05   # W matters here
+    counts = np.bincount(drawn, minlength=6)
+    pv = stats.chisquare(counts, d * len(drawn)).pvalue
+    assert pv > 1e-6, (counts / len(drawn), d)
+
+
 def test_coverage_data_policy_flags_still_work_where_used():
     base = ["coverage", "--n", "5", "--prompts", "1", "--comparisons", "10", "--divergence", "rkl"]
     a = lab(*base, "--data-policy", "mixture", "--mixture", "0.25", "--data-divergence", "fkl").stdout
