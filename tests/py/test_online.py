@@ -823,3 +823,42 @@ def test_logged_sample_metrics_of_a_coin_flip_policy(setup, tmp_path, mode):
         assert all(len(r["chosen"]) == len(r["rejected"]) == 16 for r in rows), rows
     for x in m:
         assert x["pairs"] > 0 and x["pairs/reward_gap"] == 1.0, x
+
+
+def coin_ref_model(model):
+    """coin_model's twin as a reference: 'a' and 'X' with probability 1/4 each and 'b' with 1/2
+    at every position (every other token -60), so a completion of 16 'a'/'X' has
+    log pi - log pi_ref = 16 log(1/2) - 16 log(1/4) = 16 log 2 under coin_model."""
+    import torch
+    m = make_model(model, 257, seed=5, n_positions=64, byte_tokenizer=True)
+    with torch.no_grad():
+        m.param("ln_f.weight").zero_()
+        b = m.param("ln_f.bias")
+        b.copy_(torch.randn(b.shape[0], generator=torch.Generator().manual_seed(1)))
+        for v in range(257):
+            logit = 0.0 if v in (ord("a"), ord("X")) else math.log(2) if v == ord("b") else -60.0
+            m.param("wte.weight")[v] = logit * b / b.dot(b)
+    m.save_hf(str(model))
+    return model
+
+
+@pytest.mark.parametrize("mode", ["rounds", "step"])
+def test_ref_logps_pairs_scores_no_sample_when_no_pair_forms(setup, tmp_path, mode):
+    """A constant reward ties every prompt's samples, so no pair forms. --ref-logps all scores
+    every sample under --ref: objective/kl = 16 log 2 exactly (coin_model against
+    coin_ref_model, whatever the samples); --ref-logps pairs scores only the pairs' samples,
+    none here, so objective/kl is NaN (docs/online.md), not the mean over all samples."""
+    policy, ref = coin_model(tmp_path / "coin"), coin_ref_model(tmp_path / "coin_ref")
+    (tmp_path / "one.py").write_text("import sys\nfor line in sys.stdin.buffer:\n    print(1)\n")
+    extra = ["--rounds", 1, "--batch-size", 8, "--epochs", 1] if mode == "rounds" else ["--mode", "step", "--steps", 2]
+    kl = {}
+    for which in ("all", "pairs"):
+        out = tmp_path / which
+        fdpo("online", "--model", policy, "--ref", ref, "--data", setup / "prompts.txt", "--reward",
+             f"cmd:/usr/bin/python3 {tmp_path / 'one.py'}", "--out", out, "--prompts-per-round", 8, "--n", 2,
+             "--max-new-tokens", 16, "--lr", "1e-2", "--beta", 0.1, "--threads", 1, "--ref-logps", which, *extra)
+        m = metrics(out)
+        assert all(x["pairs"] == 0 for x in m), m
+        kl[which] = [x["objective/kl"] for x in m]
+    assert all(abs(v - 16 * math.log(2)) <= 1e-4 for v in kl["all"]), kl
+    assert all(v is None or math.isnan(v) for v in kl["pairs"]), kl
