@@ -131,7 +131,8 @@ def models(tmp_path_factory):
 CASES = [("policy", "rkl", 0.1, 1.0, 1.0, 0), ("policy", "rkl", 2.0, 1.0, 1.33, 3), ("policy", "js", 1.5, 0.8, 1.2, 0),
          ("policy", "alpha:0.5", 1.0, 1.0, 1.0, 2), ("policy", "fkl", 0.5, 1.0, 2.0, 4),
          ("policy_up", "rkl", 0.1, 1.0, 1.0, 0), ("policy_up", "js", 0.7, 1.0, 1.5, 3),
-         ("policy_up", "alpha:0.3", 0.4, 1.2, 1.0, 2)]
+         ("policy_up", "alpha:0.3", 0.4, 1.2, 1.0, 2),
+         ("policy", "js", 0.9, 0.0, 1.0, 2)]   # a weight of 0 is allowed (>= 0): the desirable examples drop out
 
 
 def kto_grad(tmp, policy, div, beta, wd, wu, micro):
