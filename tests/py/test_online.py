@@ -776,11 +776,10 @@ for line in sys.stdin.buffer:
 """
 
 
-def coin_model(model):
-    """A tiny byte-level GPT-2 whose every next token is 'a' or 'X', each with probability 1/2,
-    at every position (h = ln_f bias everywhere, ln_f weight 0; every other token, EOT
-    included, has logit -60): a completion of --max-new-tokens 16 is 16 fair coin flips, so
-    log pi(y) = -16 log 2 for every sample and none draws EOT (e^-60 per token)."""
+def fixed_logit_model(model, logits):
+    """A tiny byte-level GPT-2 whose next-token logits are the same at every position: logits
+    {byte: value} for the bytes given, -60 for every other token, EOT included (h = ln_f bias
+    everywhere, ln_f weight 0, each wte row the bias scaled to its logit)."""
     import torch
     m = make_model(model, 257, seed=5, n_positions=64, byte_tokenizer=True)
     with torch.no_grad():
@@ -788,9 +787,16 @@ def coin_model(model):
         b = m.param("ln_f.bias")
         b.copy_(torch.randn(b.shape[0], generator=torch.Generator().manual_seed(1)))
         for v in range(257):
-            m.param("wte.weight")[v] = (0.0 if v in (ord("a"), ord("X")) else -60.0) * b / b.dot(b)
+            m.param("wte.weight")[v] = logits.get(v, -60.0) * b / b.dot(b)
     m.save_hf(str(model))
     return model
+
+
+def coin_model(model):
+    """Every next token is 'a' or 'X', each with probability 1/2: a completion of
+    --max-new-tokens 16 is 16 fair coin flips, so log pi(y) = -16 log 2 for every sample and
+    none draws EOT (e^-60 per token)."""
+    return fixed_logit_model(model, {ord("a"): 0.0, ord("X"): 0.0})
 
 
 @pytest.mark.parametrize("mode", ["rounds", "step"])
@@ -827,19 +833,9 @@ def test_logged_sample_metrics_of_a_coin_flip_policy(setup, tmp_path, mode):
 
 def coin_ref_model(model):
     """coin_model's twin as a reference: 'a' and 'X' with probability 1/4 each and 'b' with 1/2
-    at every position (every other token -60), so a completion of 16 'a'/'X' has
+    at every position, so a completion of 16 'a'/'X' has
     log pi - log pi_ref = 16 log(1/2) - 16 log(1/4) = 16 log 2 under coin_model."""
-    import torch
-    m = make_model(model, 257, seed=5, n_positions=64, byte_tokenizer=True)
-    with torch.no_grad():
-        m.param("ln_f.weight").zero_()
-        b = m.param("ln_f.bias")
-        b.copy_(torch.randn(b.shape[0], generator=torch.Generator().manual_seed(1)))
-        for v in range(257):
-            logit = 0.0 if v in (ord("a"), ord("X")) else math.log(2) if v == ord("b") else -60.0
-            m.param("wte.weight")[v] = logit * b / b.dot(b)
-    m.save_hf(str(model))
-    return model
+    return fixed_logit_model(model, {ord("a"): 0.0, ord("X"): 0.0, ord("b"): math.log(2)})
 
 
 @pytest.mark.parametrize("mode", ["rounds", "step"])
