@@ -96,12 +96,13 @@ int fdpo_dpo_pair_logps(fdpo_gpt2 *m, fdpo_pair_layout layout, size_t micro_batc
  * fdpo_gpt2_config_equal compares) and weights, the data file's bytes, the tokenizer
  * files' bytes, the truncation options, the token ids of every pair (so anything that
  * changes the model's inputs changes it), and how the log-probs are computed: the
- * reference's precision and the pair layout (both change the last bits, and a cached
- * reference must equal the live one exactly: at step 0 every implicit reward is then 0,
- * not rounding noise). */
+ * reference's precision, under bf16 the route of its products (fdpo_bf16_route) and the
+ * pair layout (each changes the last bits, and a cached reference must equal the live one
+ * exactly: at step 0 every implicit reward is then 0, not rounding noise). */
 typedef struct {
     uint64_t weights, data, tokenizer, options, tokens, compute; /* partial hashes (for the log) */
     fdpo_precision precision;   /* how the log-probs are computed (in compute) */
+    const char *route;          /* bf16: fdpo_bf16_route() (in compute); fp32: "none" */
     fdpo_pair_layout layout;
     uint64_t key;
 } fdpo_refcache_key;

@@ -71,8 +71,10 @@ int fdpo_refcache_key_make(fdpo_refcache_key *k, uint64_t weights_hash, const ch
     k->tokens = t;
     k->precision = precision;
     k->layout = layout;
+    k->route = precision == FDPO_PRECISION_BF16 ? fdpo_bf16_route() : "none";
     uint64_t c[2] = {(uint64_t)precision, (uint64_t)layout};
     k->compute = fdpo_hash64(FDPO_HASH_INIT, c, sizeof c);
+    if (precision == FDPO_PRECISION_BF16) k->compute = fdpo_hash64(k->compute, k->route, strlen(k->route) + 1);
     uint64_t h = fdpo_hash64(FDPO_HASH_INIT, REFCACHE_FORMAT, sizeof REFCACHE_FORMAT);
     uint64_t parts[6] = {k->weights, k->data, k->tokenizer, k->options, k->tokens, k->compute};
     k->key = fdpo_hash64(h, parts, sizeof parts);
@@ -116,11 +118,12 @@ static int read_cache(const char *path, const fdpo_refcache_key *k, size_t n, do
 static int write_cache(const char *path, const fdpo_refcache_key *k, size_t n, const double *logps) {
     fdpo_st_writer *w = fdpo_st_writer_new();
     size_t shape[2] = {n, 2};
-    char key[32], parts[192];
+    char key[32], parts[224];
     snprintf(key, sizeof key, "%016" PRIx64, k->key);
     snprintf(parts, sizeof parts, "weights=%016" PRIx64 " data=%016" PRIx64 " tokenizer=%016" PRIx64
-             " options=%016" PRIx64 " tokens=%016" PRIx64 " precision=%s layout=%s", k->weights, k->data, k->tokenizer,
-             k->options, k->tokens, fdpo_precision_name(k->precision), k->layout == FDPO_LAYOUT_PLAIN ? "plain" : "shared");
+             " options=%016" PRIx64 " tokens=%016" PRIx64 " precision=%s route=%s layout=%s", k->weights, k->data,
+             k->tokenizer, k->options, k->tokens, fdpo_precision_name(k->precision), k->route,
+             k->layout == FDPO_LAYOUT_PLAIN ? "plain" : "shared");
     fdpo_st_writer_add(w, "logps", FDPO_F64, shape, 2, logps);
     fdpo_st_writer_meta(w, "format", REFCACHE_FORMAT);
     fdpo_st_writer_meta(w, "key", key);

@@ -271,13 +271,23 @@ def test_ref_cache_is_reused_and_keyed(cli):
         "ref": ["--ref", cli / "ref2"],
         "trunc": ["--max-length", 12, "--max-prompt-length", 4],
         "tok": ["--policy", tok_dir],
-        # how the log-probs are computed: bf16 and the plain layout change their last bits
+        # how the log-probs are computed: bf16, its route (vdpbf16ps or fp32 FMA where the
+        # timing probe answers fp32: FDPO_BF16_PROBE) and the plain layout change their last bits
         "bf16": ["--precision", "bf16"],
+        "route": ["--precision", "bf16"],
         "plain": ["--layout", "plain"],
     }
-    seen = {path}
+    seen, env = {path}, None
     for name, extra in variants.items():
-        r = fdpo(*base_args(cli, runs / name, "--steps", 1, "--eval-every", 1, *extra))
+        if name == "route":   # the probe answers the other route than "bf16" ran on (none without AVX512-BF16)
+            _, meta = st.load(summary(runs / "bf16")["reference"]["cache_file"])
+            ran = meta["parts"].split(" route=")[1].split()[0]
+            assert ran in ("dpbf16", "fp32", "fallback"), meta
+            if ran == "fallback":
+                continue
+            env = {**os.environ, "FDPO_BF16_PROBE": "fp32" if ran == "dpbf16" else "dpbf16"}
+        r = fdpo(*base_args(cli, runs / name, "--steps", 1, "--eval-every", 1, *extra), env=env)
+        env = None
         assert "ref cache miss" in r.stderr, name
         p = summary(runs / name)["reference"]["cache_file"]
         assert p not in seen, name
@@ -289,7 +299,7 @@ def test_ref_cache_is_reused_and_keyed(cli):
         assert name == "ref" or m0["eval_rewards/margins"] == 0 and m0["eval_rewards/accuracies"] == 0.5, (name, m0)
     assert os.stat(path).st_mtime_ns == mtime
     _, meta = st.load(summary(runs / "bf16")["reference"]["cache_file"])
-    assert meta["parts"].endswith("precision=bf16 layout=shared"), meta
+    assert " precision=bf16 route=" in meta["parts"] and meta["parts"].endswith(" layout=shared"), meta
 
 
 def test_ref_cache_key_covers_the_llama_config(cli):
