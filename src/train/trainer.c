@@ -236,6 +236,22 @@ static int said_once(int kind, const char *saved, const char *measured) {
     return 0;
 }
 
+int fdpo_train_agree_bf16_route(void) {
+    if (fdpo_dist_size() < 2 || fdpo_get_precision() != FDPO_PRECISION_BF16) return 0;
+    static const char *const names[] = {"dpbf16", "fp32", "fallback"};
+    const char *mine = fdpo_bf16_route();
+    unsigned char code = 0;
+    for (unsigned char i = 0; i < 3; i++) if (!strcmp(mine, names[i])) code = i;
+    if (fdpo_dist_bcast(&code, 1, 0)) return -1;
+    if (!strcmp(mine, names[code])) return 0;
+    int rc = fdpo_bf16_route_pin(names[code]);
+    if (rc > 0 && !said_once(3, names[code], mine))
+        fdpo_log(FDPO_LOG_WARN, "rank %d: rank 0 multiplies its bf16 products on the %s route; this process has no "
+                 "AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1) and takes the fallback: the ranks sum in different orders",
+                 fdpo_dist_rank(), names[code]);
+    return rc < 0 ? -1 : 0;
+}
+
 int fdpo_train_pin_bf16_route(const char *out) {
     fdpo_settings saved;
     size_t step = 0;
@@ -334,6 +350,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     if (total == 0) return fdpo_error("--steps: the run has no steps (give --steps N or --epochs X > 0)");
     if (o->stop_at > 0 && (size_t)o->stop_at > total)   /* it would never stop there: the run went to the end */
         return fdpo_error("--stop-at: %ld is after the run's last step %zu (give a step <= %zu)", o->stop_at, total, total);
+    if (fdpo_train_agree_bf16_route()) return -1;   /* before any product: every rank on rank 0's route */
     if (fdpo_schedule_parse(o->schedule, &tr->sched.kind)) return -1;
     /* data parallelism: every step loop on this trainer (pretrain, sft, dpo, rm, kto) computes
      * only this rank's micro-batches (fdpo_dist_mine) and fdpo_trainer_step sums them */

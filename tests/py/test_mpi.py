@@ -196,18 +196,29 @@ def test_ranks_with_different_flags_are_refused(work, tmp_path):
     assert "differs between ranks" in r.stderr and "[rank" in r.stderr, r.stderr
 
 
-def test_ranks_whose_cpus_measure_different_bf16_routes_run(work, tmp_path):
-    """The bf16 route is each process's measurement (like its thread count), not a flag: ranks
-    whose probes answer differently (FDPO_BF16_PROBE) were refused as "flags differ" once the
-    route was recorded in the settings. A resume pins the saved route on every rank."""
-    base = [FDPO, "pretrain", "--out", tmp_path / "x", "--steps", 2, *PRETRAIN, "--precision", "bf16",
-            work / "text.txt"]
-    cmd = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", "env", "FDPO_BF16_PROBE=fp32",
-           *map(str, base), ":", "-np", "1", "env", "FDPO_BF16_PROBE=dpbf16", *map(str, base)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    # rank 0 (the first -np block) writes the state: its route
-    assert json.loads((tmp_path / "x/training_state.json").read_text())["settings"]["bf16-route"] == "fp32"
+@pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
+@pytest.mark.parametrize("cmd", ["pretrain", "dpo"])
+def test_ranks_whose_cpus_measure_different_bf16_routes_take_rank_0s(work, tmp_path, cmd):
+    """The bf16 route is each process's timing measurement: ranks whose probes answer
+    differently (FDPO_BF16_PROBE) were refused as "flags differ" once the route was recorded
+    in the settings, and dpo's ranks then looked up different reference caches ("the
+    reference log-probs' key ... differs between ranks"). Every rank takes rank 0's route:
+    the job ends byte-identical to one whose ranks all measured rank 0's, and records it."""
+    args = {"pretrain": ["pretrain", "--steps", 2, *PRETRAIN, work / "text.txt"],
+            "dpo": ["dpo", "--model", work / "pol", "--data", work / "pairs.jsonl", "--steps", 2, "--batch-size", 8,
+                    "--threads", 1, "--eval-fraction", 0, "--quiet"]}[cmd]
+
+    def job(out, probe0, probe1):
+        line = [*map(str, [FDPO, *args, "--out", tmp_path / out, "--precision", "bf16"])]
+        r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", "env",
+                            f"FDPO_BF16_PROBE={probe0}", *line, ":", "-np", "1", "env", f"FDPO_BF16_PROBE={probe1}",
+                            *line], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return (tmp_path / out / "model.safetensors").read_bytes()
+
+    mixed, same, other = job("mixed", "fp32", "dpbf16"), job("same", "fp32", "fp32"), job("other", "dpbf16", "dpbf16")
+    assert mixed == same and mixed != other
+    assert json.loads((tmp_path / "mixed/training_state.json").read_text())["settings"]["bf16-route"] == "fp32"
 
 
 def test_a_command_without_sharding_runs_whole_on_every_rank(work, tmp_path):
