@@ -112,14 +112,16 @@ int fdpo_train_out_check(const fdpo_train_opts *o);
 int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model);
 /* A resumed bf16 run multiplies on the route OUT's training_state.json records ("bf16-route",
  * fdpo_bf16_route_pin): the route is chosen by a timing probe, and the two routes sum in
- * different orders. Says so when the pin differs from the measured route, warns where this
- * CPU cannot take it; an fp32 run, or a state without the key, is left alone. Called by
+ * different orders. Says so once when the pin differs from the measured route, warns once
+ * where this CPU cannot take it; an fp32 run, or a state without the key, is left alone.
+ * -1 a bad value (named), 0 none recorded, 1 taken or warned about. Called by
  * fdpo_trainer_open, and before a command's own early work on --resume (dpo's reference
- * log-probs). */
+ * log-probs); online rounds and sacpo reruns pin from their plan, rounds or stages. */
 int fdpo_train_pin_bf16_route(const char *out);
 /* Under MPI with --precision bf16, every rank takes rank 0's route (a collective: each rank
  * measures its own, and ranks on two routes would sum their shares of one step in different
- * orders and look up different reference caches); a rank that cannot take it warns. 0 for
+ * orders and look up different reference caches); where a rank cannot take it (no
+ * AVX512-BF16), every rank takes the fallback, which all can. 0 for
  * one process or fp32. Called by fdpo_trainer_open and before dpo's reference log-probs. */
 int fdpo_train_agree_bf16_route(void);
 /* The model config a random init builds from o (vocab from the tokenizer); checked by
@@ -148,6 +150,10 @@ typedef struct { size_t n, cap; fdpo_setting *v; } fdpo_settings;
 void fdpo_settings_num(fdpo_settings *s, const char *key, double v, int fixed);   /* add or replace */
 void fdpo_settings_bool(fdpo_settings *s, const char *key, int v, int fixed);
 void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fixed); /* NULL -> null */
+/* The same from settings already read (file: named in messages, e.g. online.json): -1 a bad
+ * value, 0 none recorded (or an fp32 run), 1 the recorded route taken or warned about.
+ * fdpo_train_pin_bf16_route returns the same for OUT's training_state.json. */
+int fdpo_train_pin_saved_bf16_route(const fdpo_settings *saved, const char *file);
 /* A path flag's value (--model, --ref, --data, --eval-file, --lexicon): on --resume it is the
  * same as the saved one when fdpo_settings_same_path says so. */
 void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fixed);

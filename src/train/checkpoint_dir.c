@@ -114,9 +114,10 @@ static int tokenizer_file(const char *name) {
  * made OUT both the new checkpoint and the old rounds, which `--resume` read. Only the
  * replaced kind's names go: a checkpoint a user keeps in a directory of OUT stays. */
 static int replaced_run_entry(const char *out, const char *name) {
-    static const char *const rounds_marks[] = {"online.json", "round-0"};
+    /* a rounds run: its plan, or round 0 done, half-written or paired (one killed before its plan) */
+    static const char *const rounds_marks[] = {"online.json", "round-0", "round-0.partial", "round-0.pairs.jsonl"};
     int rounds = 0;
-    for (size_t i = 0; i < 2 && !rounds; i++) {
+    for (size_t i = 0; i < 4 && !rounds; i++) {
         char *p = fdpo_path_join(out, rounds_marks[i]);
         rounds = fdpo_file_exists(p);
         free(p);

@@ -114,7 +114,8 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
     /* one document (pretrain) or example (sft): the split holds out >= 1 of n >= 2
      * (fdpo_data_split), none of 1, and the evaluations due (every --eval-every steps and at
      * the last) would not run without a word */
-    if (o->eval_every > 0 && o->val_fraction > 0 && (!val || val->n_seq == 0) && tr.state.step == 0)
+    if (o->eval_every > 0 && o->val_fraction > 0 && (!val || val->n_seq == 0) && tr.state.step == 0 &&
+        fdpo_dist_is_root())   /* every rank has the same data: said once */
         fdpo_log(FDPO_LOG_WARN, "--eval-fraction %g: the data is one %s, which the split keeps for training, so "
                  "--eval-every %ld writes no eval_loss (give two or more%s, or --eval-every 0)", o->val_fraction,
                  strcmp(kind, "sft") ? "document" : "example", o->eval_every,

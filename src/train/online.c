@@ -1,6 +1,7 @@
 /* Online and iterative f-DPO rounds (include/fdpo/online.h). Each round composes the existing
  * pieces: fdpo_generate (sampling), fdpo_reward_score, preference JSONL, fdpo_dpo_train. */
 #include <cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -31,7 +32,7 @@ static char *round_path(const char *out, long k, const char *suffix) {
  * silently (the rounds before would be fp32 and the ones after bf16, or the reverse): the
  * newest completed round that trained (one without pairs saves no training state) names the
  * precision it ran in. No such round (a run of an older fdpo, or only rounds without pairs)
- * is taken as it is. A bf16 run's later rounds keep its route (fdpo_train_pin_bf16_route). */
+ * is taken as it is. */
 static int check_round_precision(const char *out, long k) {
     char *dir = NULL;
     for (; k >= 0; k--) {
@@ -52,7 +53,6 @@ static int check_round_precision(const char *out, long k) {
             rc = fdpo_error("--precision: %s ran in %s, this run would continue in %s; pass --precision %s "
                             "(rounds mode takes its flags from the command line)", dir, x->str, now, x->str);
         fdpo_settings_free(&saved);
-        if (rc == 0) rc = fdpo_train_pin_bf16_route(dir);
     }
     free(dir);
     return rc;
@@ -69,14 +69,18 @@ static int check_round_precision(const char *out, long k) {
 static char *plan_path(const char *out) { return fdpo_path_join(out, "online.json"); }
 
 int fdpo_online_out_entry(const char *name) {
-    return !strcmp(name, "online.json") || (!strncmp(name, "round-", 6) && name[6] >= '0' && name[6] <= '9');
+    if (!strcmp(name, "online.json")) return 1;
+    if (strncmp(name, "round-", 6) || !isdigit((unsigned char)name[6])) return 0;
+    const char *p = name + 6;
+    while (isdigit((unsigned char)*p)) p++;
+    return !*p || !strcmp(p, ".pairs.jsonl") || !strcmp(p, ".partial");   /* round_path's names, exactly */
 }
 
 static int online_plan(const fdpo_online_opts *o, long start) {
     fdpo_settings now = {0};
     fdpo_online_round_settings(o, &now);
     char *path = plan_path(o->out);
-    int rc = 0;
+    int rc = 0, pinned = 0;
     if (start == 0) {   /* rank 0 alone, after round 0 ran (not collective) */
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "format", "fdpo-online-rounds");
@@ -98,9 +102,19 @@ static int online_plan(const fdpo_online_opts *o, long start) {
         else rc = fdpo_settings_from_json(&saved, set, fixed, path);
         if (rc == 0 && (rc = fdpo_settings_check_resume(&saved, &now)))
             fdpo_error_context("--out %s: its rounds ran with the flags in %s", o->out, path);
+        pinned = rc == 0 ? fdpo_train_pin_saved_bf16_route(&saved, path) : 0;
+        if (pinned < 0) rc = -1;
         fdpo_settings_free(&saved);
         cJSON_Delete(j);
         free(text);
+    }
+    /* a bf16 run's later rounds keep its route: online.json's (written with round 0), else
+     * (a plan of an older fdpo) the newest round that recorded one */
+    for (long k = start - 1; start > 0 && rc == 0 && pinned == 0 && k >= 0; k--) {
+        char *dir = round_path(o->out, k, "");
+        pinned = fdpo_train_pin_bf16_route(dir);
+        if (pinned < 0) rc = -1;
+        free(dir);
     }
     free(path);
     fdpo_settings_free(&now);

@@ -1,6 +1,7 @@
 /* SACPO: stepwise safety-constrained alignment, each stage an f-DPO run; P-SACPO merges
  * (include/fdpo/sacpo.h, docs/sacpo.md). */
 #include <cJSON.h>
+#include <ctype.h>
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
@@ -78,6 +79,14 @@ static char *fmt_dir(const char *out, const char *fmt, double a, double b, doubl
 
 char *fdpo_sacpo_lambda_dir(const char *out, double lambda) { return fmt_dir(out, "lambda", lambda, 0, 0); }
 
+/* the end of the number fmt_dir wrote at s (fdpo_fmt_double: digits, '.', an exponent), NULL if none */
+static const char *number_end(const char *s) {
+    if (!isdigit((unsigned char)*s)) return NULL;
+    char *end;
+    (void)strtod(s, &end);
+    return end;
+}
+
 int fdpo_sacpo_out_entry(const char *name) {
     if (!strcmp(name, "sacpo.json")) return 1;
     char base[256];
@@ -85,8 +94,13 @@ int fdpo_sacpo_out_entry(const char *name) {
     size_t n = strlen(base);
     if (n > 5 && !strcmp(base + n - 5, ".lock")) base[n -= 5] = 0;
     if (n > 7 && !strcmp(base + n - 7, ".online")) base[n -= 7] = 0;
-    return !strcmp(base, "reward") || !strncmp(base, "lambda-", 7) || !strncmp(base, "safety-lambda-", 14) ||
-           !strncmp(base, "merge-", 6);
+    if (!strcmp(base, "reward")) return 1;
+    const char *p = !strncmp(base, "lambda-", 7) ? base + 7 : !strncmp(base, "safety-lambda-", 14) ? base + 14 : NULL;
+    if (p) return (p = number_end(p)) && !*p;   /* fmt_dir's names, exactly: lambda-0.5, not lambda-best */
+    if (strncmp(base, "merge-", 6)) return 0;
+    p = number_end(base + 6);                   /* merge-A-B-wW */
+    if (!p || *p != '-' || !(p = number_end(p + 1)) || strncmp(p, "-w", 2)) return 0;
+    return (p = number_end(p + 2)) && !*p;
 }
 
 /* the plan: everything the stages depend on; a rerun with another plan is refused */
@@ -428,35 +442,36 @@ static int sacpo_resuming(const fdpo_sacpo_opts *o) {
 }
 
 /* A rerun of a bf16 run keeps the route its stages ran on (fdpo_train_pin_bf16_route): a stage
- * that starts now would otherwise take the route measured now. Any stage with a saved state
- * names it (a dpo stage's directory, an online stage's round-0); the stages of one run share
+ * that starts now would otherwise take the route measured now. The first saved state that
+ * records one names it: a dpo stage's directory, or a round of an online stage (its final
+ * directory has no state, a round without pairs none either); the stages of one run share
  * the route, as each rerun pins it. */
 static int pin_stages_route(const char *out) {
     if (fdpo_get_precision() != FDPO_PRECISION_BF16) return 0;
     DIR *d = opendir(out);
     if (!d) return 0;
-    int rc = 0, found = 0;
+    int pinned = 0;
     struct dirent *e;
-    while (!found && (e = readdir(d))) {
+    while (pinned == 0 && (e = readdir(d))) {
         size_t n = strlen(e->d_name);
         if (!fdpo_sacpo_out_entry(e->d_name) || !strcmp(e->d_name, "sacpo.json") ||
             (n > 5 && !strcmp(e->d_name + n - 5, ".lock")))
             continue;
         char *dir = fdpo_path_join(out, e->d_name);
-        for (int k = 0; k < 2 && !found; k++) {
-            char *cand = k ? fdpo_path_join(dir, "round-0") : fdpo_strdup(dir);
-            char *state = fdpo_path_join(cand, "training_state.json");
-            if (fdpo_file_exists(state)) {
-                found = 1;
-                rc = fdpo_train_pin_bf16_route(cand);
-            }
-            free(state);
-            free(cand);
+        pinned = fdpo_train_pin_bf16_route(dir);
+        for (long k = 0; pinned == 0 && n > 7 && !strcmp(e->d_name + n - 7, ".online"); k++) {
+            char name[32];
+            snprintf(name, sizeof name, "round-%ld", k);
+            char *round = fdpo_path_join(dir, name);
+            int there = fdpo_file_exists(round);
+            if (there) pinned = fdpo_train_pin_bf16_route(round);
+            free(round);
+            if (!there) break;
         }
         free(dir);
     }
     closedir(d);
-    return rc;
+    return pinned < 0 ? -1 : 0;
 }
 
 int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {

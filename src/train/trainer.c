@@ -243,38 +243,50 @@ int fdpo_train_agree_bf16_route(void) {
     unsigned char code = 0;
     for (unsigned char i = 0; i < 3; i++) if (!strcmp(mine, names[i])) code = i;
     if (fdpo_dist_bcast(&code, 1, 0)) return -1;
-    if (!strcmp(mine, names[code])) return 0;
-    int rc = fdpo_bf16_route_pin(names[code]);
-    if (rc > 0 && !said_once(3, names[code], mine))
-        fdpo_log(FDPO_LOG_WARN, "rank %d: rank 0 multiplies its bf16 products on the %s route; this process has no "
-                 "AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1) and takes the fallback: the ranks sum in different orders",
-                 fdpo_dist_rank(), names[code]);
-    return rc < 0 ? -1 : 0;
+    int rc = strcmp(mine, names[code]) ? fdpo_bf16_route_pin(names[code]) : 0;
+    if (rc < 0) return -1;
+    /* a rank without AVX512-BF16 cannot take vdpbf16ps or the by-shape route: then every
+     * rank takes the fallback, which every CPU can (the same bits as the widening routes) */
+    double able = rc == 0;
+    if (fdpo_dist_sum_f64(&able, 1)) return -1;
+    if (able < (double)fdpo_dist_size()) {
+        if (fdpo_bf16_route_pin("fallback") < 0) return -1;
+        if (fdpo_dist_rank() == 0)
+            fdpo_log(FDPO_LOG_WARN, "bf16: a rank has no AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1): every rank "
+                     "multiplies on the fallback route");
+    }
+    return 0;
+}
+
+int fdpo_train_pin_saved_bf16_route(const fdpo_settings *saved, const char *file) {
+    if (fdpo_get_precision() != FDPO_PRECISION_BF16) return 0;
+    const fdpo_setting *r = fdpo_settings_find(saved, "bf16-route");
+    if (!r) return 0;   /* an fp32 run, or one of an older fdpo */
+    if (r->type != FDPO_SETTING_STR)
+        return fdpo_error("%s: bf16-route must be a string (one of dpbf16, fp32, fallback)", file);
+    const char *measured = fdpo_bf16_route();
+    int rc = fdpo_bf16_route_pin(r->str);
+    if (rc < 0) return fdpo_error_context("%s", file);
+    if (said_once(rc > 0 ? 1 : 2, r->str, measured)) {
+        /* said once per process: dpo pins before its reference log-probs and again on opening its trainer */
+    } else if (rc > 0) {
+        fdpo_log(FDPO_LOG_WARN, "bf16: the run multiplied its bf16 products on the %s route (%s); this process has no "
+                 "AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1), so its steps now take the fallback and differ in the "
+                 "last bits from an uninterrupted run", r->str, file);
+    } else if (strcmp(measured, r->str)) {
+        fdpo_log(FDPO_LOG_INFO, "bf16: products on the run's route, %s (bf16-route in %s), not %s as measured now: "
+                 "the two sum in different orders", r->str, file, measured);
+    }
+    return 1;
 }
 
 int fdpo_train_pin_bf16_route(const char *out) {
     fdpo_settings saved;
     size_t step = 0;
     if (fdpo_get_precision() != FDPO_PRECISION_BF16 || fdpo_train_state_read_settings(out, &saved, &step)) return 0;
-    const fdpo_setting *r = fdpo_settings_find(&saved, "bf16-route");
-    int rc = 0;
-    if (r) {   /* absent: an fp32 run, or a state of an older fdpo */
-        const char *measured = fdpo_bf16_route();
-        rc = fdpo_bf16_route_pin(r->type == FDPO_SETTING_STR ? r->str : NULL);
-        if (rc < 0) {
-            fdpo_error_context("--resume: %s/training_state.json", out);
-        } else if (said_once(rc > 0 ? 1 : 2, r->str, measured)) {
-            /* said once per process: dpo pins before its reference log-probs and again on opening its trainer */
-        } else if (rc > 0) {
-            fdpo_log(FDPO_LOG_WARN, "--resume: the run multiplied its bf16 products on the %s route; this process has "
-                     "no AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1), so the resumed steps take the fallback and differ "
-                     "in the last bits from an uninterrupted run", r->str);
-        } else if (strcmp(measured, r->str)) {
-            fdpo_log(FDPO_LOG_INFO, "--resume: bf16 products on the run's route, %s (its bf16-route), not %s as measured "
-                     "now: the two sum in different orders", r->str, measured);
-        }
-        if (rc > 0) rc = 0;
-    }
+    char *file = fdpo_path_join(out, "training_state.json");
+    int rc = fdpo_train_pin_saved_bf16_route(&saved, file);
+    free(file);
     fdpo_settings_free(&saved);
     return rc;
 }
@@ -372,7 +384,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     }
     if (settings_without_flag(kind)) fdpo_settings_remove(&now, settings_without_flag(kind));
     if (o->resume) {
-        if (resume_early_check(o) || fdpo_train_pin_bf16_route(o->out)) goto fail;
+        if (resume_early_check(o) || fdpo_train_pin_bf16_route(o->out) < 0) goto fail;
         if (fdpo_get_precision() == FDPO_PRECISION_BF16) fdpo_settings_str(&now, "bf16-route", fdpo_bf16_route(), 0);
         tr->model = o->lora_r > 0 ? lora_model(o, kind, tok) : fdpo_checkpoint_load_model(o->out);
         if (!tr->model) { if (o->lora_r <= 0) fdpo_error_context("--resume %s", o->out); goto fail; }

@@ -583,8 +583,9 @@ def test_overwrite_leaves_no_rounds_or_stages_of_the_replaced_run(tmp_path, corp
     """A run with --overwrite over an online rounds run's OUT (round-K checkpoints, their
     pairs, online.json) or a sacpo run's (stage checkpoints and their lock files, sacpo.json)
     carried all of it beside its own checkpoint: OUT was then both, and `online --resume`
-    read the rounds. The replacing save leaves the old run's files and every run inside OUT
-    behind; the user's own files and directories (no checkpoint in them) stay."""
+    read the rounds. The replacing save leaves behind the entries that kind of run makes, by
+    their exact names; the user's own files and directories stay, checkpoints and names
+    that merely start like the run's (round-1x, lambda-best, merge-notes.md) included."""
     shape = [*TINY, "--batch-size", "2", "--steps", "1", "--quiet", *corpus]
     ckpt = tmp_path / "c"
     ok("pretrain", "--out", ckpt, *shape)
@@ -609,11 +610,18 @@ def test_overwrite_leaves_no_rounds_or_stages_of_the_replaced_run(tmp_path, corp
     (out / "notes.txt").write_text("mine")
     (out / "plots").mkdir()
     (out / "plots" / "a.txt").write_text("mine too")
+    mine = ["round-1x", "round-2024-eval", "round-0-notes.md"] if kind == "rounds" else \
+        ["lambda-best", "merge-notes.md", "lambda-1-eval.jsonl", "rewardish"]
+    for name in mine:
+        if name.endswith((".md", ".jsonl")):
+            (out / name).write_text("mine")
+        else:
+            shutil.copytree(ckpt, out / name)
     assert set(old) <= {p.name for p in out.iterdir()}
     ok("pretrain", "--out", out, "--overwrite", *shape)
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "fdpo_tokenizer.json",
                                              "training_state.json", "training_state.safetensors", "metrics.jsonl",
-                                             "notes.txt", "plots"}
+                                             "notes.txt", "plots", *mine}
     assert [m["step"] for m in metrics(out)] == [1]
     assert (out / "plots" / "a.txt").read_text() == "mine too"
 

@@ -356,8 +356,8 @@ def test_bf16_resume_keeps_the_runs_route(tmp_path, start):
                            capture_output=True, text=True, timeout=120, env={**os.environ, "FDPO_BF16_PROBE": "dpbf16"})
         assert r.returncode == 0, r.stderr
         resumed[out] = r.stderr
-    assert f"--resume: bf16 products on the run's route, {start} (its bf16-route), not dpbf16 as measured now" \
-        in resumed["split"]
+    assert (f"bf16: products on the run's route, {start} (bf16-route in {tmp_path / 'split'}/training_state.json), "
+            "not dpbf16 as measured now: the two sum in different orders") in resumed["split"]
     assert "bf16-route" not in resumed["control"]
     assert saved_route(tmp_path / "split") == start and saved_route(tmp_path / "control") == "dpbf16"
     straight = (tmp_path / "straight/model.safetensors").read_bytes()
@@ -379,15 +379,15 @@ def test_bf16_resume_route_warnings_and_errors(tmp_path):
     warnings = [l for l in r.stderr.splitlines() if "multiplied its bf16 products on the dpbf16 route" in l]
     assert len(warnings) == 1 and "no AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1)" in warnings[0], r.stderr
     assert saved_route(tmp_path / "a") == "fallback"   # what the steps since ran on
-    for bad, named in (("fp8", "'fp8'"), (3, "'(none)'")):   # a string that is no route; not a string
+    for bad, said in (("fp8", "bf16-route: 'fp8' is not one of dpbf16, fp32, fallback"),   # no route
+                      (3, "bf16-route must be a string (one of dpbf16, fp32, fallback)")):     # not a string
         state = json.loads((tmp_path / "a/training_state.json").read_text())
         state["settings"]["bf16-route"] = bad
         (tmp_path / "a/training_state.json").write_text(json.dumps(state))
         r = subprocess.run([FDPO, "pretrain", "--out", tmp_path / "a", "--resume", tmp_path / "t.txt"],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0
-        assert f"{tmp_path / 'a'}/training_state.json" in r.stderr and f"bf16-route: {named} is not one of dpbf16, " \
-            "fp32, fallback" in r.stderr, r.stderr
+        assert f"{tmp_path / 'a'}/training_state.json" in r.stderr and said in r.stderr, r.stderr
     # an FDPO_BF16_PROBE value that is no answer is named, and the probe measures
     r = pretrain_bf16(tmp_path, "b", {"FDPO_BF16_PROBE": "fast"}, "--stop-at", 1)
     assert r.returncode == 0 and "FDPO_BF16_PROBE: 'fast' is not one of dpbf16, fp32; measuring" in r.stderr, r.stderr

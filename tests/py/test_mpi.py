@@ -203,22 +203,26 @@ def test_ranks_whose_cpus_measure_different_bf16_routes_take_rank_0s(work, tmp_p
     differently (FDPO_BF16_PROBE) were refused as "flags differ" once the route was recorded
     in the settings, and dpo's ranks then looked up different reference caches ("the
     reference log-probs' key ... differs between ranks"). Every rank takes rank 0's route:
-    the job ends byte-identical to one whose ranks all measured rank 0's, and records it."""
+    the job ends byte-identical to one whose ranks all measured rank 0's, and records it.
+    Where a rank cannot take it (FDPO_FORCE_BF16_FALLBACK=1: no AVX512-BF16), every rank takes
+    the fallback: byte-identical to a job of two such ranks."""
     args = {"pretrain": ["pretrain", "--steps", 2, *PRETRAIN, work / "text.txt"],
             "dpo": ["dpo", "--model", work / "pol", "--data", work / "pairs.jsonl", "--steps", 2, "--batch-size", 8,
                     "--threads", 1, "--eval-fraction", 0, "--quiet"]}[cmd]
 
-    def job(out, probe0, probe1):
+    def job(out, env0, env1):
         line = [*map(str, [FDPO, *args, "--out", tmp_path / out, "--precision", "bf16"])]
-        r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", "env",
-                            f"FDPO_BF16_PROBE={probe0}", *line, ":", "-np", "1", "env", f"FDPO_BF16_PROBE={probe1}",
-                            *line], capture_output=True, text=True, timeout=300)
+        r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", "env", env0, *line, ":",
+                            "-np", "1", "env", env1, *line], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         return (tmp_path / out / "model.safetensors").read_bytes()
 
-    mixed, same, other = job("mixed", "fp32", "dpbf16"), job("same", "fp32", "fp32"), job("other", "dpbf16", "dpbf16")
+    fp32, dp, fb = "FDPO_BF16_PROBE=fp32", "FDPO_BF16_PROBE=dpbf16", "FDPO_FORCE_BF16_FALLBACK=1"
+    mixed, same, other = job("mixed", fp32, dp), job("same", fp32, fp32), job("other", dp, dp)
     assert mixed == same and mixed != other
     assert json.loads((tmp_path / "mixed/training_state.json").read_text())["settings"]["bf16-route"] == "fp32"
+    assert job("one_fallback", dp, fb) == job("fallback", fb, fb) != other
+    assert json.loads((tmp_path / "one_fallback/training_state.json").read_text())["settings"]["bf16-route"] == "fallback"
 
 
 def test_a_command_without_sharding_runs_whole_on_every_rank(work, tmp_path):

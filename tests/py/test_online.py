@@ -594,33 +594,36 @@ def test_bf16_same_seed_and_resume_bit_exact(setup, tmp_path, mode):
     assert json.loads(state.read_text())["settings"]["precision"] == "bf16"
 
 
-# the letters reward, except on its second call (round 1's scoring): a tie everywhere, so
-# round 1 has no pairs and saves no training state; calls counted in $CALLS_DIR/calls
-TIES_ON_CALL_2 = """import json, os, sys
+# the letters reward, except on call $TIE_CALL (0: round 0's scoring, 1: round 1's): a tie
+# everywhere, so that round has no pairs and saves no training state; calls counted in
+# $CALLS_DIR/calls
+TIES_ON_ONE_CALL = """import json, os, sys
 count = os.path.join(os.environ["CALLS_DIR"], "calls")
 n = int(open(count).read()) if os.path.exists(count) else 0
 open(count, "w").write(str(n + 1))
 for line in sys.stdin:
     c = json.loads(line)["completion"]
-    print(0 if n == 1 else sum(ch.islower() for ch in c))
+    print(0 if n == int(os.environ["TIE_CALL"]) else sum(ch.islower() for ch in c))
     sys.stdout.flush()
 """
 
 
 @pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
-def test_bf16_rounds_resume_keeps_the_route_after_a_round_without_pairs(setup, tmp_path):
+@pytest.mark.parametrize("tie,done", [(1, 2), (0, 1)])
+def test_bf16_rounds_resume_keeps_the_route_after_a_round_without_pairs(setup, tmp_path, tie, done):
     """A bf16 rounds run started where the timing probe picks fp32 FMA (FDPO_BF16_PROBE=fp32)
-    and resumed where it picks vdpbf16ps takes the route of the newest round that trained:
-    the last completed round had no pairs and saved no training state, and the resume then
-    pinned nothing (round 2 differed from the uninterrupted run's). The control resumes on
-    the probe's route and ends elsewhere."""
-    (tmp_path / "ties.py").write_text(TIES_ON_CALL_2)
+    and resumed after `done` rounds where it picks vdpbf16ps takes the route online.json
+    records (written with round 0): the resume once pinned from the last completed round's
+    training state, which a round without pairs does not save (round `tie` had none: the
+    last of 2, or the only one), and the next round differed from the uninterrupted run's. The control, whose online.json and rounds name no
+    route, resumes on the probe's and ends elsewhere."""
+    (tmp_path / "ties.py").write_text(TIES_ON_ONE_CALL)
     reward = f"cmd:/usr/bin/python3 {tmp_path / 'ties.py'}"
 
     def run(name, probe, rounds, *extra):
         calls = tmp_path / f"calls-{name}"
         calls.mkdir(exist_ok=True)
-        env = {**os.environ, "FDPO_BF16_PROBE": probe, "CALLS_DIR": str(calls)}
+        env = {**os.environ, "FDPO_BF16_PROBE": probe, "CALLS_DIR": str(calls), "TIE_CALL": str(tie)}
         r = subprocess.run([FDPO, *map(str, ["online", "--model", setup / "model", "--data", setup / "prompts.txt",
                                              "--reward", reward, "--out", tmp_path / name, "--prompts-per-round", 8,
                                              "--n", 4, "--max-new-tokens", 16, "--lr", "1e-2", "--batch-size", 8,
@@ -630,15 +633,20 @@ def test_bf16_rounds_resume_keeps_the_route_after_a_round_without_pairs(setup, t
         assert r.returncode == 0, r.stderr
         return r.stderr
 
-    run("a", "fp32", 3)
-    assert [m["pairs"] for m in metrics(tmp_path / "a")][1] == 0
-    run("b", "fp32", 2)
-    run("c", "fp32", 2)
-    assert not (tmp_path / "b/round-1/training_state.json").exists()
-    assert "on the run's route, fp32" in run("b", "dpbf16", 3, "--resume")
-    (tmp_path / "c/round-0/training_state.json").unlink()   # no round names the route: the control
-    run("c", "dpbf16", 3, "--resume")
-    final = lambda d: (tmp_path / d / "round-2/model.safetensors").read_bytes()
+    run("a", "fp32", done + 1)
+    assert [m["pairs"] for m in metrics(tmp_path / "a")][tie] == 0
+    run("b", "fp32", done)
+    run("c", "fp32", done)
+    assert not (tmp_path / f"b/round-{tie}/training_state.json").exists()
+    assert "on the run's route, fp32" in run("b", "dpbf16", done + 1, "--resume")
+    # the control: neither online.json nor a round names the route
+    plan = json.loads((tmp_path / "c/online.json").read_text())
+    assert plan["settings"].pop("bf16-route") == "fp32"
+    (tmp_path / "c/online.json").write_text(json.dumps(plan))
+    for k in (0, 1):
+        (tmp_path / f"c/round-{k}/training_state.json").unlink(missing_ok=True)
+    run("c", "dpbf16", done + 1, "--resume")
+    final = lambda d: (tmp_path / d / f"round-{done}/model.safetensors").read_bytes()
     assert final("b") == final("a")
     assert final("c") != final("a")
 

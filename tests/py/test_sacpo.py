@@ -126,6 +126,55 @@ def test_bf16_rerun_keeps_the_stages_route(data, tmp_path):
     assert weights(tmp_path / "c" / "lambda-2") != weights(tmp_path / "a" / "lambda-2")
 
 
+# the letters reward with a tie on every even call: an online stage's round 0 (and every other
+# round) has no pairs and saves no training state; calls counted in $CALLS_DIR/calls
+TIES_EVEN = """import json, os, sys
+count = os.path.join(os.environ["CALLS_DIR"], "calls")
+n = int(open(count).read()) if os.path.exists(count) else 0
+open(count, "w").write(str(n + 1))
+for line in sys.stdin.buffer:
+    c = json.loads(line.decode("utf-8", "replace"))["completion"]
+    print(0 if n % 2 == 0 else sum(ch.isascii() and ch.islower() for ch in c))
+    sys.stdout.flush()
+"""
+
+
+@pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
+def test_bf16_rerun_of_online_stages_keeps_their_route(data, tmp_path):
+    """Online stages keep no state in their final directory, and their round 0 (ties: no
+    pairs) none either: the rerun's scan looked only there, pinned nothing, and the new
+    lambda's stage ran on the route measured now. It reads every round of each stage."""
+    (tmp_path / "ties.py").write_text(TIES_EVEN)
+    (tmp_path / "prompts.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    reward = f"cmd:/usr/bin/python3 {tmp_path / 'ties.py'}"
+
+    def run(out, probe, lambdas):
+        calls = tmp_path / f"calls-{out}"
+        calls.mkdir(exist_ok=True)
+        r = subprocess.run([FDPO_BIN, *map(str, ["sacpo", "--model", data / "base", "--data", tmp_path / "prompts.txt",
+                                                 "--reward", reward, "--safety", reward, "--beta", "0.2",
+                                                 "--out", tmp_path / out, "--lambda", lambdas, "--prompts-per-round", 8,
+                                                 "--n", 4, "--max-new-tokens", 16, "--lr", "1e-2", "--batch-size", 8,
+                                                 "--epochs", 2, "--threads", 1, "--precision", "bf16", "--rounds", 2,
+                                                 "--quiet"])],
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "FDPO_BF16_PROBE": probe, "CALLS_DIR": str(calls)})
+        assert r.returncode == 0, r.stderr
+
+    run("a", "fp32", "1,2")
+    for out in ("b", "c"):
+        run(out, "fp32", "1")
+    assert not (tmp_path / "b" / "reward.online" / "round-0" / "training_state.json").exists()
+    for state in (tmp_path / "c").rglob("training_state.json"):   # the control: no stage names a route
+        s = json.loads(state.read_text())
+        s["settings"].pop("bf16-route", None)
+        state.write_text(json.dumps(s))
+    run("b", "dpbf16", "1,2")
+    run("c", "dpbf16", "1,2")
+    assert weights(tmp_path / "b" / "lambda-2") == weights(tmp_path / "a" / "lambda-2")
+    assert weights(tmp_path / "c" / "lambda-2") != weights(tmp_path / "a" / "lambda-2")
+
+
 def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     """the plan compared --model and the pairs files as text, and the stages were recorded as
     --out spelled them: sftm/ for sftm was refused, --out ./s ran every stage again, and a
