@@ -21,6 +21,10 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
         {FDPO_RUN_CHECKPOINT, "model.safetensors", "a checkpoint (model.safetensors)"},
         {FDPO_RUN_CHECKPOINT, "model.safetensors.index.json", "a checkpoint (model.safetensors.index.json)"},
         {FDPO_RUN_ROUNDS, "round-0", "online rounds (round-0)"},
+        /* a rounds run killed in round 0: its plan, or round 0 half-written or paired */
+        {FDPO_RUN_ROUNDS, "online.json", "online rounds (online.json)"},
+        {FDPO_RUN_ROUNDS, "round-0.partial", "online rounds (round-0.partial)"},
+        {FDPO_RUN_ROUNDS, "round-0.pairs.jsonl", "online rounds (round-0.pairs.jsonl)"},
         {FDPO_RUN_SACPO, "sacpo.json", "sacpo stages (sacpo.json)"},
     };
     if (!(ignore & FDPO_RUN_CHECKPOINT) && fdpo_lora_dir_has_adapter(out)) return "a checkpoint (adapter_config.json)";
@@ -114,19 +118,8 @@ static int tokenizer_file(const char *name) {
  * made OUT both the new checkpoint and the old rounds, which `--resume` read. Only the
  * replaced kind's names go: a checkpoint a user keeps in a directory of OUT stays. */
 static int replaced_run_entry(const char *out, const char *name) {
-    /* a rounds run: its plan, or round 0 done, half-written or paired (one killed before its plan) */
-    static const char *const rounds_marks[] = {"online.json", "round-0", "round-0.partial", "round-0.pairs.jsonl"};
-    int rounds = 0;
-    for (size_t i = 0; i < 4 && !rounds; i++) {
-        char *p = fdpo_path_join(out, rounds_marks[i]);
-        rounds = fdpo_file_exists(p);
-        free(p);
-    }
-    if (rounds && fdpo_online_out_entry(name)) return 1;
-    char *p = fdpo_path_join(out, "sacpo.json");
-    int sacpo = fdpo_file_exists(p);
-    free(p);
-    return sacpo && fdpo_sacpo_out_entry(name);
+    if (fdpo_out_holds_run(out, FDPO_RUN_CHECKPOINT | FDPO_RUN_SACPO) && fdpo_online_out_entry(name)) return 1;
+    return fdpo_out_holds_run(out, FDPO_RUN_CHECKPOINT | FDPO_RUN_ROUNDS) && fdpo_sacpo_out_entry(name);
 }
 
 /* Hard-link (or copy) every other file of src into dst, recursively: what a user or the run

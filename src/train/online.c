@@ -73,6 +73,7 @@ int fdpo_online_out_entry(const char *name) {
     if (strncmp(name, "round-", 6) || !isdigit((unsigned char)name[6])) return 0;
     const char *p = name + 6;
     while (isdigit((unsigned char)*p)) p++;
+    if (name[6] == '0' && p > name + 7) return 0;   /* round_path writes %ld: round-007 is not its */
     return !*p || !strcmp(p, ".pairs.jsonl") || !strcmp(p, ".partial");   /* round_path's names, exactly */
 }
 
@@ -561,6 +562,9 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (start > 0 && start < o->rounds && rc == 0) rc = check_round_precision(o->out, start - 1);
         if (start > 0 && start < o->rounds && rc == 0) rc = online_plan(o, start);
     }
+    /* every rank on rank 0's bf16 route before round 0's sampler and reference scores (the
+     * decoder keeps the route it starts with), after a resume's pin */
+    if (rc == 0) rc = fdpo_train_agree_bf16_route();
     const char *ref0 = o->ref ? o->ref : o->model;
     fdpo_progress prog;
     int prog_on = rc == 0 && start < o->rounds;   /* the loop runs; its progress line unless --quiet */

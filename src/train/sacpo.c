@@ -79,12 +79,14 @@ static char *fmt_dir(const char *out, const char *fmt, double a, double b, doubl
 
 char *fdpo_sacpo_lambda_dir(const char *out, double lambda) { return fmt_dir(out, "lambda", lambda, 0, 0); }
 
-/* the end of the number fmt_dir wrote at s (fdpo_fmt_double: digits, '.', an exponent), NULL if none */
+/* the end of a number at s as fmt_dir writes it (fdpo_fmt_double's text of the value read),
+ * NULL if none: lambda-1.0 or lambda-0.50 are not its names */
 static const char *number_end(const char *s) {
     if (!isdigit((unsigned char)*s)) return NULL;
-    char *end;
-    (void)strtod(s, &end);
-    return end;
+    char *end, text[32];
+    double v = strtod(s, &end);
+    fdpo_fmt_double(text, sizeof text, v);
+    return strlen(text) == (size_t)(end - s) && !strncmp(text, s, (size_t)(end - s)) ? end : NULL;
 }
 
 int fdpo_sacpo_out_entry(const char *name) {
@@ -92,7 +94,9 @@ int fdpo_sacpo_out_entry(const char *name) {
     char base[256];
     snprintf(base, sizeof base, "%s", name);
     size_t n = strlen(base);
-    if (n > 5 && !strcmp(base + n - 5, ".lock")) base[n -= 5] = 0;
+    /* a stage's lock file, or what an interrupted save of it left (fdpo_checkpoint_save_run) */
+    if (n > 5 && (!strcmp(base + n - 5, ".lock") || !strcmp(base + n - 4, ".tmp") || !strcmp(base + n - 4, ".old")))
+        base[n -= !strcmp(base + n - 5, ".lock") ? 5 : 4] = 0;
     if (n > 7 && !strcmp(base + n - 7, ".online")) base[n -= 7] = 0;
     if (!strcmp(base, "reward")) return 1;
     const char *p = !strncmp(base, "lambda-", 7) ? base + 7 : !strncmp(base, "safety-lambda-", 14) ? base + 14 : NULL;

@@ -237,19 +237,22 @@ static int said_once(int kind, const char *saved, const char *measured) {
 }
 
 int fdpo_train_agree_bf16_route(void) {
-    if (fdpo_dist_size() < 2 || fdpo_get_precision() != FDPO_PRECISION_BF16) return 0;
+    if (fdpo_dist_size() < 2) return 0;
+    /* the same collectives on every rank whatever its --precision (a rank that skipped them
+     * left the others waiting: the ranks' differing flags are refused afterwards) */
     static const char *const names[] = {"dpbf16", "fp32", "fallback"};
-    const char *mine = fdpo_bf16_route();
-    unsigned char code = 0;
-    for (unsigned char i = 0; i < 3; i++) if (!strcmp(mine, names[i])) code = i;
+    const int bf16 = fdpo_get_precision() == FDPO_PRECISION_BF16;
+    const char *mine = bf16 ? fdpo_bf16_route() : NULL;
+    unsigned char code = 3;   /* rank 0 runs fp32: nothing to agree */
+    for (unsigned char i = 0; mine && i < 3; i++) if (!strcmp(mine, names[i])) code = i;
     if (fdpo_dist_bcast(&code, 1, 0)) return -1;
-    int rc = strcmp(mine, names[code]) ? fdpo_bf16_route_pin(names[code]) : 0;
+    int rc = bf16 && code < 3 && strcmp(mine, names[code]) ? fdpo_bf16_route_pin(names[code]) : 0;
     if (rc < 0) return -1;
     /* a rank without AVX512-BF16 cannot take vdpbf16ps or the by-shape route: then every
      * rank takes the fallback, which every CPU can (the same bits as the widening routes) */
     double able = rc == 0;
     if (fdpo_dist_sum_f64(&able, 1)) return -1;
-    if (able < (double)fdpo_dist_size()) {
+    if (bf16 && code < 3 && able < (double)fdpo_dist_size()) {
         if (fdpo_bf16_route_pin("fallback") < 0) return -1;
         if (fdpo_dist_rank() == 0)
             fdpo_log(FDPO_LOG_WARN, "bf16: a rank has no AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1): every rank "

@@ -578,14 +578,16 @@ def test_overwrite_keeps_none_of_the_replaced_runs_tokenizer_or_summaries(tmp_pa
     assert not (merged / "eval_summary.json").exists() and (merged / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("kind", ["rounds", "stages"])
+@pytest.mark.parametrize("kind", ["rounds", "killed", "stages"])
 def test_overwrite_leaves_no_rounds_or_stages_of_the_replaced_run(tmp_path, corpus, kind):
     """A run with --overwrite over an online rounds run's OUT (round-K checkpoints, their
     pairs, online.json) or a sacpo run's (stage checkpoints and their lock files, sacpo.json)
     carried all of it beside its own checkpoint: OUT was then both, and `online --resume`
     read the rounds. The replacing save leaves behind the entries that kind of run makes, by
     their exact names; the user's own files and directories stay, checkpoints and names
-    that merely start like the run's (round-1x, lambda-best, merge-notes.md) included."""
+    that merely start like the run's (round-1x, lambda-best, merge-notes.md) included. A
+    rounds run killed in round 0 ("killed": its plan, round-0.partial, its pairs) is one
+    too: a fresh run there is refused, and --overwrite replaces it."""
     shape = [*TINY, "--batch-size", "2", "--steps", "1", "--quiet", *corpus]
     ckpt = tmp_path / "c"
     ok("pretrain", "--out", ckpt, *shape)
@@ -599,25 +601,33 @@ def test_overwrite_leaves_no_rounds_or_stages_of_the_replaced_run(tmp_path, corp
             (out / f"round-{k}.pairs.jsonl").write_text("{}\n")
         (out / "round-2.partial").mkdir()
         (out / "round-2.partial" / "config.json").write_text("{}")
+    elif kind == "killed":
+        old = ["online.json", "round-0.partial", "round-0.pairs.jsonl"]
+        (out / "online.json").write_text("{}")
+        shutil.copytree(ckpt, out / "round-0.partial")
+        (out / "round-0.pairs.jsonl").write_text("{}\n")
     else:
         old = ["sacpo.json", "reward", "reward.lock", "lambda-1", "lambda-1.lock", "merge-1-2-w0.5",
-               "merge-1-2-w0.5.lock"]
+               "merge-1-2-w0.5.lock", "lambda-0.5.tmp", "lambda-1e-05.online", "lambda-1e-05.online.lock"]
         (out / "sacpo.json").write_text("{}")
-        for d in ("reward", "lambda-1", "merge-1-2-w0.5"):
+        for d in ("reward", "lambda-1", "merge-1-2-w0.5", "lambda-0.5.tmp", "lambda-1e-05.online"):
             shutil.copytree(ckpt, out / d)
+        for d in ("reward", "lambda-1", "merge-1-2-w0.5", "lambda-1e-05.online"):
             (out / f"{d}.lock").write_text("")
     (out / "metrics.jsonl").write_text('{"step": 7, "loss": 1}\n')
     (out / "notes.txt").write_text("mine")
     (out / "plots").mkdir()
     (out / "plots" / "a.txt").write_text("mine too")
-    mine = ["round-1x", "round-2024-eval", "round-0-notes.md"] if kind == "rounds" else \
-        ["lambda-best", "merge-notes.md", "lambda-1-eval.jsonl", "rewardish"]
+    mine = ["round-1x", "round-2024-eval", "round-0-notes.md", "round-007"] if kind != "stages" else \
+        ["lambda-best", "merge-notes.md", "lambda-1-eval.jsonl", "rewardish", "lambda-1.0", "lambda-0.50"]
     for name in mine:
         if name.endswith((".md", ".jsonl")):
             (out / name).write_text("mine")
         else:
             shutil.copytree(ckpt, out / name)
     assert set(old) <= {p.name for p in out.iterdir()}
+    if kind == "killed":
+        assert "already holds online rounds" in err("pretrain", "--out", out, *shape)
     ok("pretrain", "--out", out, "--overwrite", *shape)
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "fdpo_tokenizer.json",
                                              "training_state.json", "training_state.safetensors", "metrics.jsonl",

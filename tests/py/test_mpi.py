@@ -225,6 +225,47 @@ def test_ranks_whose_cpus_measure_different_bf16_routes_take_rank_0s(work, tmp_p
     assert json.loads((tmp_path / "one_fallback/training_state.json").read_text())["settings"]["bf16-route"] == "fallback"
 
 
+def test_ranks_with_different_precisions_are_refused_not_hung(work, tmp_path):
+    """The bf16 route's agreement is a collective every rank joins whatever its --precision:
+    a bf16 rank waited in it while an fp32 rank had gone on (the job hung instead of ending
+    with the ranks' differing flags)."""
+    base = [FDPO, "pretrain", "--out", tmp_path / "x", "--steps", 2, *PRETRAIN, work / "text.txt"]
+    cmd = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", *map(str, base), "--precision", "bf16", ":",
+           "-np", "1", *map(str, base), "--precision", "fp32"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "differs between ranks" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
+def test_online_rounds_ranks_sample_on_rank_0s_bf16_route(work, tmp_path):
+    """Online rounds sample and score round 0 before their first trainer: the ranks agreed on
+    the route only then, so round 0's samples and reference scores of a rank whose probe
+    answered otherwise were summed on its own route (the decoder keeps the route it starts
+    with). A model wide enough (n_embd 192) for the routes' bits to differ."""
+    big = tmp_path / "big"
+    GPT2(**{**TINY, "n_embd": 192}, seed=5).save_hf(str(big))
+    save_byte_tokenizer(str(big))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt {i}:\n" for i in range(8)))
+
+    def job(out, env0, env1):
+        line = [*map(str, [FDPO, "online", "--model", big, "--data", prompts, "--reward",
+                           f"cmd:/usr/bin/python3 {work / 'letters.py'}", "--out", tmp_path / out,
+                           "--prompts-per-round", 4, "--n", 2, "--max-new-tokens", 8, "--lr", "1e-2", "--batch-size", 4,
+                           "--epochs", 1, "--beta", 0.1, "--threads", 1, "--precision", "bf16", "--rounds", 2,
+                           "--quiet"])]
+        r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", "env", env0, *line, ":",
+                            "-np", "1", "env", env1, *line], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return [(tmp_path / out / f"round-{k}" / "model.safetensors").read_bytes() for k in (0, 1)]
+
+    fp32, dp, fb = "FDPO_BF16_PROBE=fp32", "FDPO_BF16_PROBE=dpbf16", "FDPO_FORCE_BF16_FALLBACK=1"
+    same = job("same", dp, dp)
+    assert job("mixed", dp, fp32) == same
+    assert job("one_fallback", dp, fb) == job("fallback", fb, fb) != same
+
+
 def test_a_command_without_sharding_runs_whole_on_every_rank(work, tmp_path):
     r = mpi(2, "lab", "solve", "--n", 10, check=False)   # nothing to split: every rank runs it whole
     assert r.returncode == 0
