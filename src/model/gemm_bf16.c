@@ -166,6 +166,7 @@ static void dpbf16_fast_decide(void) {
  * run and its resume on a CPU whose two rates lie near the threshold. */
 static _Atomic int dpbf16_fast_pinned = -1;
 static _Atomic int route_pinned_fallback; /* 1: pinned to the no-AVX512-BF16 fallback's bits */
+static _Atomic int route_fallback_set_gemm; /* 1: that pin forced the GEMM route (no FDPO_BF16_GEMM) */
 
 static int dpbf16_is_fast(void) {
     int pinned = dpbf16_fast_pinned;
@@ -184,9 +185,14 @@ int fdpo_bf16_route_pin(const char *route) {
     if (!fallback && !dp && !(route && !strcmp(route, "fp32")))
         return fdpo_error("bf16-route: '%s' is not one of dpbf16, fp32, fallback", route ? route : "(none)");
     if (!fdpo_bf16_native()) return fallback ? 0 : 1;   /* the fallback is the only route here */
-    if (fallback) {   /* every GEMM widened (unless FDPO_BF16_GEMM says otherwise), the decoder widening */
-        if (bf16_gemm_forced() < 0) bf16_route_state = 0;
+    if (fallback && !route_pinned_fallback) {   /* every GEMM widened (unless FDPO_BF16_GEMM says otherwise), the decoder widening */
+        route_fallback_set_gemm = bf16_gemm_forced() < 0;
+        if (route_fallback_set_gemm) bf16_route_state = 0;
         route_pinned_fallback = 1;
+    } else if (!fallback && route_pinned_fallback) {   /* a later pin replaces the fallback's, whole */
+        if (route_fallback_set_gemm) bf16_route_state = -1;
+        route_fallback_set_gemm = 0;
+        route_pinned_fallback = 0;
     }
     dpbf16_fast_pinned = dp;
     return 0;

@@ -517,6 +517,24 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     return fdpo_sample_config_check(&o->sample);
 }
 
+/* The flags every rank must share: --rounds and the ones online.json fixes (--precision
+ * among them). A rank with fewer rounds finished while the others waited in the next
+ * round's gather; mixed precisions were refused only once a round trained, or never. */
+static uint64_t round_flags_hash(const fdpo_online_opts *o) {
+    fdpo_settings s = {0};
+    fdpo_online_round_settings(o, &s);
+    uint64_t h = fdpo_hash64(FDPO_HASH_INIT, &o->rounds, sizeof o->rounds);
+    for (size_t i = 0; i < s.n; i++) {
+        if (!s.v[i].fixed) continue;
+        char v[256];
+        fdpo_setting_text(&s.v[i], v, sizeof v);
+        h = fdpo_hash64(h, s.v[i].key, strlen(s.v[i].key) + 1);
+        h = fdpo_hash64(h, v, strlen(v) + 1);
+    }
+    fdpo_settings_free(&s);
+    return h;
+}
+
 int fdpo_online_run(const fdpo_online_opts *o) {
     if (fdpo_online_opts_check(o)) return -1;
     /* a round is redone, never resumed half-way: the trainer's mid-run stop and restart do not apply */
@@ -557,6 +575,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (held) rc = fdpo_error("--out %s: already holds %s of another run; choose another --out", o->out, held);
         /* every rank must see the same completed rounds (OUT on a shared file system) */
         if (rc == 0) rc = fdpo_dist_check_agree("the completed rounds in --out", (uint64_t)start);
+        if (rc == 0) rc = fdpo_dist_check_agree("the flags (--rounds, --precision, ...)", round_flags_hash(o));
         if (start >= o->rounds && rc == 0) fdpo_log(FDPO_LOG_INFO, "all %ld rounds already complete in %s", o->rounds, o->out);
         else if (start > 0 && rc == 0) fdpo_log(FDPO_LOG_INFO, "resuming after round %ld", start - 1);
         if (start > 0 && start < o->rounds && rc == 0) rc = check_round_precision(o->out, start - 1);

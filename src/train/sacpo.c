@@ -374,6 +374,7 @@ static int run_online_stage(const fdpo_sacpo_opts *o, const char *what, const ch
     fdpo_gpt2 *m = rc == 0 ? fdpo_checkpoint_load_model(last) : NULL;
     fdpo_tokenizer *tok = m ? fdpo_tokenizer_load_dir(last) : NULL;
     if (rc == 0) rc = m && tok ? fdpo_checkpoint_save_all(dir, m, tok, NULL, NULL) : -1;
+    if (rc == 0) fdpo_dir_unlock(dir);   /* done (as run_merge) */
     if (tok) fdpo_tokenizer_free(tok);
     if (m) fdpo_gpt2_free(m);
     free(last);
@@ -422,6 +423,7 @@ static int run_merge(sacpo_state *st, const char *a, const char *b, double w, co
     fdpo_tokenizer_free(tok);
     fdpo_gpt2_free(m);
     if (rc) return fdpo_error_context("sacpo merge %s", dir);
+    fdpo_dir_unlock(dir);   /* done: a process holds at most 8 locks, and a plan has more merges */
     fdpo_log(FDPO_LOG_INFO, "merge: %g x %s + %g x %s -> %s", 1 - w, a, w, b, dir);
     return state_mark(st, dir);
 }
@@ -459,8 +461,9 @@ static int pin_stages_route(const char *out) {
     while (pinned == 0 && (e = readdir(d))) {
         size_t n = strlen(e->d_name);
         if (!fdpo_sacpo_out_entry(e->d_name) || !strcmp(e->d_name, "sacpo.json") ||
-            (n > 5 && !strcmp(e->d_name + n - 5, ".lock")))
-            continue;
+            (n > 5 && (!strcmp(e->d_name + n - 5, ".lock") || !strcmp(e->d_name + n - 4, ".tmp") ||
+                       !strcmp(e->d_name + n - 4, ".old"))))
+            continue;   /* a stage's lock, or what an interrupted save of it left */
         char *dir = fdpo_path_join(out, e->d_name);
         pinned = fdpo_train_pin_bf16_route(dir);
         for (long k = 0; pinned == 0 && n > 7 && !strcmp(e->d_name + n - 7, ".online"); k++) {

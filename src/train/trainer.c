@@ -365,7 +365,6 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     if (total == 0) return fdpo_error("--steps: the run has no steps (give --steps N or --epochs X > 0)");
     if (o->stop_at > 0 && (size_t)o->stop_at > total)   /* it would never stop there: the run went to the end */
         return fdpo_error("--stop-at: %ld is after the run's last step %zu (give a step <= %zu)", o->stop_at, total, total);
-    if (fdpo_train_agree_bf16_route()) return -1;   /* before any product: every rank on rank 0's route */
     if (fdpo_schedule_parse(o->schedule, &tr->sched.kind)) return -1;
     /* data parallelism: every step loop on this trainer (pretrain, sft, dpo, rm, kto) computes
      * only this rank's micro-batches (fdpo_dist_mine) and fdpo_trainer_step sums them */
@@ -374,6 +373,9 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     tr->sched.total_steps = total;
     tr->sched.min_lr_ratio = o->min_lr_ratio;
     if (!o->out_claimed && fdpo_checkpoint_recover(o->out)) return -1;
+    /* before any product: a resumed run's route, then every rank on rank 0's (in that order:
+     * a rank that cannot take the saved route makes every rank take the fallback) */
+    if ((o->resume && fdpo_train_pin_bf16_route(o->out) < 0) || fdpo_train_agree_bf16_route()) return -1;
     fdpo_train_state *s = &tr->state;
     /* this run's settings: the shared options, then the command's own */
     fdpo_settings now = {0};
@@ -387,7 +389,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     }
     if (settings_without_flag(kind)) fdpo_settings_remove(&now, settings_without_flag(kind));
     if (o->resume) {
-        if (resume_early_check(o) || fdpo_train_pin_bf16_route(o->out) < 0) goto fail;
+        if (resume_early_check(o)) goto fail;
         if (fdpo_get_precision() == FDPO_PRECISION_BF16) fdpo_settings_str(&now, "bf16-route", fdpo_bf16_route(), 0);
         tr->model = o->lora_r > 0 ? lora_model(o, kind, tok) : fdpo_checkpoint_load_model(o->out);
         if (!tr->model) { if (o->lora_r <= 0) fdpo_error_context("--resume %s", o->out); goto fail; }

@@ -266,6 +266,52 @@ def test_online_rounds_ranks_sample_on_rank_0s_bf16_route(work, tmp_path):
     assert job("one_fallback", dp, fb) == job("fallback", fb, fb) != same
 
 
+@pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
+def test_resumed_step_run_with_a_fallback_rank_samples_on_the_fallback(work, tmp_path):
+    """online --mode step saved on vdpbf16ps, resumed by two ranks of which one has no
+    AVX512-BF16 (FDPO_FORCE_BF16_FALLBACK=1): every rank takes the fallback. The trainer
+    agreed on the route before pinning the saved one, so rank 0's pin of dpbf16 undid the
+    agreed fallback for its decoder (its samples' log-probs were summed on vdpbf16ps while
+    the state said fallback); the run now ends byte-identical, metrics too, to a resume by
+    two fallback ranks."""
+    big = tmp_path / "big"
+    GPT2(**{**TINY, "n_embd": 192}, seed=5).save_hf(str(big))
+    save_byte_tokenizer(str(big))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    args = ["online", "--mode", "step", "--model", big, "--data", prompts, "--reward",
+            f"cmd:/usr/bin/python3 {work / 'letters.py'}", "--prompts-per-round", 4, "--n", 2, "--max-new-tokens", 8,
+            "--lr", "1e-2", "--beta", 0.1, "--threads", 1, "--steps", 3, "--quiet", "--precision", "bf16"]
+    for out in ("a", "b"):
+        r = subprocess.run([FDPO, *map(str, [*args, "--out", tmp_path / out, "--stop-at", 1])], capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "FDPO_BF16_PROBE": "dpbf16"})
+        assert r.returncode == 0, r.stderr
+
+    def resume(out, env0, env1):
+        line = [FDPO, "online", "--out", str(tmp_path / out), "--resume"]
+        r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", "env", env0, *line, ":",
+                            "-np", "1", "env", env1, *line], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        ms = [json.loads(l) for l in open(tmp_path / out / "metrics.jsonl")]
+        return (tmp_path / out / "model.safetensors").read_bytes(), [
+            {k: v for k, v in m.items() if k != "tokens_per_sec" and not k.startswith(("time/", "dist/"))} for m in ms]
+
+    fb = "FDPO_FORCE_BF16_FALLBACK=1"
+    assert resume("a", "FDPO_BF16_PROBE=dpbf16", fb) == resume("b", fb, fb)
+
+
+def test_online_rounds_ranks_with_different_rounds_are_refused(work, tmp_path):
+    """A rank with fewer --rounds finished while the other waited in the next round's gather
+    (the job hung): rounds mode now agrees on --rounds and the flags online.json fixes."""
+    line = [FDPO, "online", "--model", work / "pol", "--data", work / "prompts.txt", "--reward",
+            f"cmd:/usr/bin/python3 {work / 'letters.py'}", "--out", tmp_path / "o", "--prompts-per-round", 4, "--n", 2,
+            "--max-new-tokens", 8, "--batch-size", 4, "--epochs", 1, "--threads", 1, "--quiet"]
+    r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", *map(str, line), "--rounds", "1",
+                        ":", "-np", "1", *map(str, line), "--rounds", "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "the flags (--rounds, --precision, ...) differs between ranks" in r.stderr, r.stderr
+
+
 def test_a_command_without_sharding_runs_whole_on_every_rank(work, tmp_path):
     r = mpi(2, "lab", "solve", "--n", 10, check=False)   # nothing to split: every rank runs it whole
     assert r.returncode == 0

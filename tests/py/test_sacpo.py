@@ -175,6 +175,16 @@ def test_bf16_rerun_of_online_stages_keeps_their_route(data, tmp_path):
     assert weights(tmp_path / "c" / "lambda-2") != weights(tmp_path / "a" / "lambda-2")
 
 
+def test_a_plan_with_more_stages_than_a_process_may_lock(data, tmp_path):
+    """Merge (and online) stages claimed their directory's lock and kept it: a process holds
+    at most 8 locks, so the 8th merge of 5 lambdas x 2 weights failed with "too many run
+    directories locked by one process". Every stage now releases its claim when done."""
+    sacpo(data, tmp_path / "s", "--lambda", "0.5,1,2,4,8", "--merge", "0.25,0.5", "--steps", 1)
+    merges = sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.startswith("merge-") and p.is_dir())
+    assert len(merges) == 8, merges
+    assert len(json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"]) == 1 + 5 + 8
+
+
 def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     """the plan compared --model and the pairs files as text, and the stages were recorded as
     --out spelled them: sftm/ for sftm was refused, --out ./s ran every stage again, and a
