@@ -58,8 +58,9 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o);
 /* "OUT/lambda-0.5" etc. (malloc'd): the directory a lambda's final model lands in */
 char *fdpo_sacpo_lambda_dir(const char *out, double lambda);
 /* 1 if name is an entry a sacpo run makes in its OUT: sacpo.json, a stage directory (reward,
- * lambda-L, safety-lambda-L, merge-A-B-wW, each also with .online) or such a directory's lock
- * file. A run that replaces a sacpo run's OUT (--overwrite) leaves these behind. */
+ * lambda-L, safety-lambda-L, merge-A-B-wW with the numbers as fdpo_fmt_double writes them,
+ * each also with .online), or such a directory's lock file or interrupted save (.tmp, .old).
+ * A run that replaces a sacpo run's OUT (--overwrite) leaves these behind. */
 int fdpo_sacpo_out_entry(const char *name);
 
 #endif

@@ -390,7 +390,6 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     if (settings_without_flag(kind)) fdpo_settings_remove(&now, settings_without_flag(kind));
     if (o->resume) {
         if (resume_early_check(o)) goto fail;
-        if (fdpo_get_precision() == FDPO_PRECISION_BF16) fdpo_settings_str(&now, "bf16-route", fdpo_bf16_route(), 0);
         tr->model = o->lora_r > 0 ? lora_model(o, kind, tok) : fdpo_checkpoint_load_model(o->out);
         if (!tr->model) { if (o->lora_r <= 0) fdpo_error_context("--resume %s", o->out); goto fail; }
         if (check_model_fits(tr, o->out)) goto fail;
@@ -468,8 +467,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             char v[256];
             fdpo_setting_text(&s->settings.v[i], v, sizeof v);
             h = fdpo_hash64(h, s->settings.v[i].key, strlen(s->settings.v[i].key) + 1);
-            /* per process: the thread count, and the bf16 route each rank's CPU measured (a
-             * resumed run pins the saved one on every rank) */
+            /* per process: the thread count; the bf16 route, which fdpo_train_agree_bf16_route
+             * made one already */
             if (strcmp(s->settings.v[i].key, "threads") && strcmp(s->settings.v[i].key, "bf16-route"))
                 h = fdpo_hash64(h, v, strlen(v) + 1);
         }
