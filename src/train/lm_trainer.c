@@ -115,11 +115,12 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
      * (fdpo_data_split), none of 1, and the evaluations due (every --eval-every steps and at
      * the last) would not run without a word */
     if (o->eval_every > 0 && o->val_fraction > 0 && (!val || val->n_seq == 0) && tr.state.step == 0 &&
-        fdpo_dist_is_root())   /* every rank has the same data: said once */
+        fdpo_dist_is_root()) {   /* every rank has the same data: said once */
+        const int sft = !strcmp(kind, "sft");
         fdpo_log(FDPO_LOG_WARN, "--eval-fraction %g: the data is one %s, which the split keeps for training, so "
                  "--eval-every %ld writes no eval_loss (give two or more%s, or --eval-every 0)", o->val_fraction,
-                 strcmp(kind, "sft") ? "document" : "example", o->eval_every,
-                 strcmp(kind, "sft") ? " documents (<|endoftext|> separates them)" : " examples");
+                 sft ? "example" : "document", o->eval_every, sft ? " examples" : " documents (<|endoftext|> separates them)");
+    }
     while (!rc && !fdpo_trainer_done(&tr)) {
         fdpo_trainer_begin_step(&tr);
         /* the whole step's sequences first: the loss is normalised by their total weight */

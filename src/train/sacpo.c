@@ -89,14 +89,20 @@ static const char *number_end(const char *s) {
     return strlen(text) == (size_t)(end - s) && !strncmp(text, s, (size_t)(end - s)) ? end : NULL;
 }
 
+/* the length of name's suffix that marks a stage's lock file or what an interrupted save of
+ * it left (fdpo_checkpoint_save_run): ".lock", ".tmp", ".old"; 0 for none */
+static size_t leftover_suffix(const char *name) {
+    size_t n = strlen(name);
+    if (n > 5 && !strcmp(name + n - 5, ".lock")) return 5;
+    return n > 4 && (!strcmp(name + n - 4, ".tmp") || !strcmp(name + n - 4, ".old")) ? 4 : 0;
+}
+
 int fdpo_sacpo_out_entry(const char *name) {
     if (!strcmp(name, "sacpo.json")) return 1;
     char base[256];
     snprintf(base, sizeof base, "%s", name);
     size_t n = strlen(base);
-    /* a stage's lock file, or what an interrupted save of it left (fdpo_checkpoint_save_run) */
-    if (n > 5 && (!strcmp(base + n - 5, ".lock") || !strcmp(base + n - 4, ".tmp") || !strcmp(base + n - 4, ".old")))
-        base[n -= !strcmp(base + n - 5, ".lock") ? 5 : 4] = 0;
+    base[n -= leftover_suffix(base)] = 0;
     if (n > 7 && !strcmp(base + n - 7, ".online")) base[n -= 7] = 0;
     if (!strcmp(base, "reward")) return 1;
     const char *p = !strncmp(base, "lambda-", 7) ? base + 7 : !strncmp(base, "safety-lambda-", 14) ? base + 14 : NULL;
@@ -460,9 +466,7 @@ static int pin_stages_route(const char *out) {
     struct dirent *e;
     while (pinned == 0 && (e = readdir(d))) {
         size_t n = strlen(e->d_name);
-        if (!fdpo_sacpo_out_entry(e->d_name) || !strcmp(e->d_name, "sacpo.json") ||
-            (n > 5 && (!strcmp(e->d_name + n - 5, ".lock") || !strcmp(e->d_name + n - 4, ".tmp") ||
-                       !strcmp(e->d_name + n - 4, ".old"))))
+        if (!fdpo_sacpo_out_entry(e->d_name) || !strcmp(e->d_name, "sacpo.json") || leftover_suffix(e->d_name))
             continue;   /* a stage's lock, or what an interrupted save of it left */
         char *dir = fdpo_path_join(out, e->d_name);
         pinned = fdpo_train_pin_bf16_route(dir);
