@@ -29,6 +29,14 @@ int fdpo_dist_bcast(void *buf, size_t n, int root);
 /* Every rank passes the hash of what must agree (config, data, flags); if any differs the
  * call fails on every rank with "WHAT differs between ranks (rank 0: H0, rank K: HK)". */
 int fdpo_dist_check_agree(const char *what, uint64_t hash);
+/* Under MPI, every --precision bf16 rank takes rank 0's bf16 route (fdpo_bf16_route_pin; a
+ * collective every rank joins whatever its --precision). Each rank measures its own route,
+ * and ranks on two routes would sum their shares of one job in different orders (and look
+ * up different reference caches); where a rank cannot take it (no AVX512-BF16), every rank
+ * takes the fallback, which all can. 0 for one process, or when rank 0 runs fp32. Called by
+ * fdpo_trainer_open, before dpo's reference log-probs and online rounds' first sampler, and
+ * by the jobs split without a trainer (generate and eval: fdpo_generate_ranks; score). */
+int fdpo_dist_agree_bf16_route(void);
 /* Rank r's share [*begin, *end) of n items split in contiguous, near-equal blocks. */
 void fdpo_dist_shard(size_t n, size_t *begin, size_t *end);
 /* Is micro-batch i this rank's? (round robin: i % size == rank). Micro-batches keep the

@@ -118,12 +118,6 @@ int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model
  * fdpo_trainer_open, and before a command's own early work on --resume (dpo's reference
  * log-probs); online rounds and sacpo reruns pin from their plan, rounds or stages. */
 int fdpo_train_pin_bf16_route(const char *out);
-/* Under MPI with --precision bf16, every rank takes rank 0's route (a collective: each rank
- * measures its own, and ranks on two routes would sum their shares of one step in different
- * orders and look up different reference caches); where a rank cannot take it (no
- * AVX512-BF16), every rank takes the fallback, which all can. 0 for
- * one process or fp32. Called by fdpo_trainer_open and before dpo's reference log-probs. */
-int fdpo_train_agree_bf16_route(void);
 /* The model config a random init builds from o (vocab from the tokenizer); checked by
  * fdpo_train_opts_check and fdpo_gpt2_config_check. */
 fdpo_gpt2_config fdpo_train_opts_model_config(const fdpo_train_opts *o, size_t vocab_size);

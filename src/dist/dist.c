@@ -5,6 +5,7 @@
 #include <string.h>
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
+#include "fdpo/gpt2.h"
 #ifdef FDPO_HAVE_MPI
 #include <mpi.h>
 #endif
@@ -370,4 +371,30 @@ void fdpo_dist_overlap_free(fdpo_dist_overlap *o) {
     for (size_t g = 0; g < o->n_groups; g++) free(o->slices[g]);
     free(o->slices); free(o->n_slices); free(o->started); free(o->rest);
     free(o);
+}
+
+int fdpo_dist_agree_bf16_route(void) {
+    if (fdpo_dist_size() < 2) return 0;
+    /* the same collectives on every rank whatever its --precision (a rank that skipped them
+     * left the others waiting: the ranks' differing flags are refused afterwards) */
+    static const char *const names[] = {"dpbf16", "fp32", "fallback"};
+    const int bf16 = fdpo_get_precision() == FDPO_PRECISION_BF16;
+    const char *mine = bf16 ? fdpo_bf16_route() : NULL;
+    unsigned char code = 3;   /* rank 0 runs fp32: nothing to agree */
+    for (unsigned char i = 0; mine && i < 3; i++) if (!strcmp(mine, names[i])) code = i;
+    if (fdpo_dist_bcast(&code, 1, 0)) return -1;
+    int rc = bf16 && code < 3 && strcmp(mine, names[code]) ? fdpo_bf16_route_pin(names[code]) : 0;
+    if (rc < 0) return -1;
+    /* a rank without AVX512-BF16 cannot take vdpbf16ps or the by-shape route: then every
+     * rank takes the fallback, which every CPU can (the same bits as the widening routes) */
+    double able = rc == 0;
+    if (fdpo_dist_sum_f64(&able, 1)) return -1;
+    if (bf16 && code < 3 && able < (double)fdpo_dist_size()) {
+        if (fdpo_bf16_route_pin("fallback") < 0) return -1;
+        static int warned;   /* once: eval agrees again for each policy */
+        if (fdpo_dist_rank() == 0 && !warned++)
+            fdpo_log(FDPO_LOG_WARN, "bf16: a rank has no AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1): every rank "
+                     "multiplies on the fallback route");
+    }
+    return 0;
 }

@@ -156,6 +156,8 @@ int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t e
     const int precision[2] = {(int)m->precision, (int)fdpo_get_precision()};   /* bf16 samples other tokens */
     h = fdpo_hash64(h, precision, sizeof precision);
     if (fdpo_dist_check_agree("the sampling flags (--precision included), prompts or model", h)) return -1;
+    /* each rank's block on one bf16 route (the decoder keeps the route it starts with) */
+    if (fdpo_dist_agree_bf16_route()) return -1;
     size_t b, e;
     fdpo_dist_shard(n_prompts, &b, &e);
     fdpo_sample_config mine_c = *c;

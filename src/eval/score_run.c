@@ -73,6 +73,9 @@ int fdpo_score_run(const fdpo_score_opts *o) {
         rc = fdpo_error("--ref %s: vocabulary %zu != --model's %zu", ref_dir, ref->config.vocab_size, m->config.vocab_size);
     if (!rc && ref && !fdpo_tokenizer_same(rtok, tok))   /* log-ratios compare the same ids */
         rc = fdpo_error("--ref %s: its tokenizer differs from --model's (the same text would be other ids)", ref_dir);
+    /* every rank's block on one bf16 route, agreed before the decoders take theirs (a rank
+     * that failed above ends the job: src/cli/main.c) */
+    if (!rc) rc = fdpo_dist_agree_bf16_route();
     if (!rc) rc = fdpo_encode_prompts(tok, prompts, n, &pids, &plens);
     if (!rc) {
         cids = fdpo_calloc(n, sizeof *cids);

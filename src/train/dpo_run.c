@@ -247,7 +247,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     /* claim OUT before any work: a second run on the same OUT stops here, not after the cache */
     if (fdpo_checkpoint_recover(to->out) || fdpo_train_out_check(to)) return -1;
     /* before the reference's log-probs: the resumed run's route, on every rank */
-    if ((to->resume && fdpo_train_pin_bf16_route(to->out) < 0) || fdpo_train_agree_bf16_route()) return -1;
+    if ((to->resume && fdpo_train_pin_bf16_route(to->out) < 0) || fdpo_dist_agree_bf16_route()) return -1;
 
     /* the policy's context length bounds --max-length (a LoRA run's OUT holds the adapter
      * only: the policy's shape is --model's) */

@@ -583,7 +583,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     }
     /* every rank on rank 0's bf16 route before round 0's sampler and reference scores (the
      * decoder keeps the route it starts with), after a resume's pin */
-    if (rc == 0) rc = fdpo_train_agree_bf16_route();
+    if (rc == 0) rc = fdpo_dist_agree_bf16_route();
     const char *ref0 = o->ref ? o->ref : o->model;
     fdpo_progress prog;
     int prog_on = rc == 0 && start < o->rounds;   /* the loop runs; its progress line unless --quiet */

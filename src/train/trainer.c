@@ -236,31 +236,6 @@ static int said_once(int kind, const char *saved, const char *measured) {
     return 0;
 }
 
-int fdpo_train_agree_bf16_route(void) {
-    if (fdpo_dist_size() < 2) return 0;
-    /* the same collectives on every rank whatever its --precision (a rank that skipped them
-     * left the others waiting: the ranks' differing flags are refused afterwards) */
-    static const char *const names[] = {"dpbf16", "fp32", "fallback"};
-    const int bf16 = fdpo_get_precision() == FDPO_PRECISION_BF16;
-    const char *mine = bf16 ? fdpo_bf16_route() : NULL;
-    unsigned char code = 3;   /* rank 0 runs fp32: nothing to agree */
-    for (unsigned char i = 0; mine && i < 3; i++) if (!strcmp(mine, names[i])) code = i;
-    if (fdpo_dist_bcast(&code, 1, 0)) return -1;
-    int rc = bf16 && code < 3 && strcmp(mine, names[code]) ? fdpo_bf16_route_pin(names[code]) : 0;
-    if (rc < 0) return -1;
-    /* a rank without AVX512-BF16 cannot take vdpbf16ps or the by-shape route: then every
-     * rank takes the fallback, which every CPU can (the same bits as the widening routes) */
-    double able = rc == 0;
-    if (fdpo_dist_sum_f64(&able, 1)) return -1;
-    if (bf16 && code < 3 && able < (double)fdpo_dist_size()) {
-        if (fdpo_bf16_route_pin("fallback") < 0) return -1;
-        if (fdpo_dist_rank() == 0)
-            fdpo_log(FDPO_LOG_WARN, "bf16: a rank has no AVX512-BF16 (or FDPO_FORCE_BF16_FALLBACK=1): every rank "
-                     "multiplies on the fallback route");
-    }
-    return 0;
-}
-
 int fdpo_train_pin_saved_bf16_route(const fdpo_settings *saved, const char *file) {
     if (fdpo_get_precision() != FDPO_PRECISION_BF16) return 0;
     const fdpo_setting *r = fdpo_settings_find(saved, "bf16-route");
@@ -375,7 +350,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     if (!o->out_claimed && fdpo_checkpoint_recover(o->out)) return -1;
     /* before any product: a resumed run's route, then every rank on rank 0's (in that order:
      * a rank that cannot take the saved route makes every rank take the fallback) */
-    if ((o->resume && fdpo_train_pin_bf16_route(o->out) < 0) || fdpo_train_agree_bf16_route()) return -1;
+    if ((o->resume && fdpo_train_pin_bf16_route(o->out) < 0) || fdpo_dist_agree_bf16_route()) return -1;
     fdpo_train_state *s = &tr->state;
     /* this run's settings: the shared options, then the command's own */
     fdpo_settings now = {0};
@@ -467,7 +442,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             char v[256];
             fdpo_setting_text(&s->settings.v[i], v, sizeof v);
             h = fdpo_hash64(h, s->settings.v[i].key, strlen(s->settings.v[i].key) + 1);
-            /* per process: the thread count; the bf16 route, which fdpo_train_agree_bf16_route
+            /* per process: the thread count; the bf16 route, which fdpo_dist_agree_bf16_route
              * made one already */
             if (strcmp(s->settings.v[i].key, "threads") && strcmp(s->settings.v[i].key, "bf16-route"))
                 h = fdpo_hash64(h, v, strlen(v) + 1);

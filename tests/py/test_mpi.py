@@ -267,6 +267,44 @@ def test_online_rounds_ranks_sample_on_rank_0s_bf16_route(work, tmp_path):
 
 
 @pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
+@pytest.mark.parametrize("cmd", ["generate", "eval", "score"])
+def test_split_jobs_take_rank_0s_bf16_route(work, tmp_path, cmd):
+    """generate, eval and score split one job over the ranks without a trainer: each rank
+    summed its block's products on the route its own timing probe picked, so a job whose
+    ranks' probes answered differently (FDPO_BF16_PROBE) wrote other bytes (log-probs, KL)
+    than either agreeing job. Every rank now takes rank 0's route, or every rank the fallback
+    where one cannot (FDPO_FORCE_BF16_FALLBACK=1), said once (eval agrees for each --model).
+    A model wide enough (n_embd 192) for the routes' bits to differ: the control asserts it."""
+    big = tmp_path / "big"
+    GPT2(**{**TINY, "n_embd": 192}, seed=5).save_hf(str(big))
+    save_byte_tokenizer(str(big))
+    shutil.copytree(big, tmp_path / "big2")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt {i}:\n" for i in range(6)))
+    lines = tmp_path / "lines.jsonl"
+    write_jsonl(str(lines), [{"prompt": f"prompt {i}:", "completion": f" hello world {i}, and more text"} for i in range(6)])
+    sample = ["--data", prompts, "--n", 2, "--max-new-tokens", 16]
+    args = {"generate": ["generate", "--model", big, *sample],
+            "eval": ["eval", "--model", big, "--model", tmp_path / "big2", "--ref", big, *sample],
+            "score": ["score", "--model", big, "--ref", big, "--data", lines]}[cmd]
+
+    def job(out, env0, env1):
+        line = [*map(str, [FDPO, *args, "--threads", 1, "--precision", "bf16", "--out", tmp_path / out])]
+        r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", "env", env0, *line, ":",
+                            "-np", "1", "env", env1, *line], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return (tmp_path / out).read_bytes(), r.stderr
+
+    fp32, dp, fb = "FDPO_BF16_PROBE=fp32", "FDPO_BF16_PROBE=dpbf16", "FDPO_FORCE_BF16_FALLBACK=1"
+    same, _ = job("same", dp, dp)
+    assert job("mixed", dp, fp32)[0] == same
+    assert job("mixed_fp32", fp32, dp)[0] == job("same_fp32", fp32, fp32)[0] != same
+    one_fallback, err = job("one_fallback", dp, fb)
+    assert one_fallback == job("fallback", fb, fb)[0] != same
+    assert err.count("every rank multiplies on the fallback route") == 1, err
+
+
+@pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
 def test_resumed_step_run_with_a_fallback_rank_samples_on_the_fallback(work, tmp_path):
     """online --mode step saved on vdpbf16ps, resumed by two ranks of which one has no
     AVX512-BF16 (FDPO_FORCE_BF16_FALLBACK=1): every rank takes the fallback. The trainer
