@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,18 @@ static int copy_file(const char *src, const char *dst) {
     return rc;
 }
 
+/* A symbolic link of OUT recreated in the new checkpoint with the same target (a relative
+ * one names the same thing: OUT.tmp becomes OUT). Before, a save dropped every link, FIFO and
+ * socket a user kept in OUT. */
+static int copy_symlink(const char *src, const char *dst) {
+    char target[PATH_MAX];
+    ssize_t n = readlink(src, target, sizeof target - 1);
+    if (n < 0) return fdpo_error("%s: cannot read the link: %s", src, strerror(errno));
+    target[n] = '\0';
+    if (symlink(target, dst) != 0) return fdpo_error("%s: cannot recreate the link %s: %s", dst, src, strerror(errno));
+    return 0;
+}
+
 /* The files every save writes afresh: never carried over (a writer that truncated in place
  * instead of renaming would otherwise write through the link into the old checkpoint). A
  * sharded checkpoint's index and shards (model-00001-of-00002.safetensors) are the weights
@@ -141,7 +154,10 @@ static int carry_over(const char *src, const char *dst, int top, int new_tokeniz
         struct stat st;
         if (lstat(a, &st) == 0) {
             if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0, 0, 0);
-            else if (S_ISREG(st.st_mode) && link(a, b) != 0) rc = copy_file(a, b);
+            else if (S_ISLNK(st.st_mode)) rc = copy_symlink(a, b);   /* the link, never what it names */
+            else if (link(a, b) != 0)   /* a file, FIFO or socket: the same inode */
+                rc = S_ISREG(st.st_mode) ? copy_file(a, b)
+                                         : fdpo_error("%s: cannot carry over into the new checkpoint: %s", a, strerror(errno));
         }
         free(a); free(b);
     }

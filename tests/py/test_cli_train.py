@@ -5,6 +5,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import subprocess
 
 import numpy as np
@@ -466,6 +467,42 @@ def test_stale_temp_files_are_cleaned_at_start(tmp_path, corpus):
     assert f"metrics.jsonl.tmp.{dead}" in r.stderr  # said what it removed
     assert live.name not in r.stderr  # a live writer's file is not removed as stale
     assert metrics(out)[-1]["step"] == 4
+
+
+def test_saves_keep_links_and_fifos_in_out(tmp_path, corpus):
+    """A save builds OUT.tmp, carries OUT's other entries into it and swaps: it carried
+    regular files and directories only, so every save dropped the symbolic links, FIFOs and
+    sockets a user kept in OUT. Links are recreated with their targets (relative ones name
+    the same thing; never followed, so a linked directory is neither copied nor emptied when
+    OUT.old is removed), the rest hard-linked; also over --overwrite."""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--stop-at", "2", "--quiet", *corpus)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "keep.txt").write_text("kept")
+    (tmp_path / "data.txt").write_text("data")
+    os.symlink("../data.txt", out / "rel")
+    os.symlink(shared, out / "dir")
+    os.symlink("no-such-file", out / "dangling")
+    (out / "sub").mkdir()
+    os.symlink("../rel", out / "sub" / "chain")
+    os.mkfifo(out / "sub" / "fifo")
+    inode = os.stat(out / "sub" / "fifo").st_ino
+
+    def same_entries():
+        assert os.readlink(out / "rel") == "../data.txt" and (out / "rel").read_text() == "data"
+        assert os.readlink(out / "dir") == str(shared) and os.readlink(out / "dangling") == "no-such-file"
+        assert os.readlink(out / "sub" / "chain") == "../rel" and (out / "sub" / "chain").read_text() == "data"
+        st = os.lstat(out / "sub" / "fifo")
+        assert stat.S_ISFIFO(st.st_mode) and st.st_ino == inode
+        assert sorted(os.listdir(shared)) == ["keep.txt"] and (shared / "keep.txt").read_text() == "kept"
+
+    ok("pretrain", "--out", out, "--resume", "--quiet", *corpus)
+    assert json.loads((out / "training_state.json").read_text())["step"] == 4
+    same_entries()
+    ok("pretrain", "--out", out, *TINY, "--steps", "1", "--overwrite", "--quiet", *corpus)
+    assert json.loads((out / "training_state.json").read_text())["step"] == 1
+    same_entries()
 
 
 def test_no_success_line_after_a_failure(tmp_path, corpus):
