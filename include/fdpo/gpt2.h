@@ -138,6 +138,8 @@ typedef struct {
     void (*on_layer_grads)(void *ctx, size_t layer);
     void *on_layer_grads_ctx;
     struct fdpo_lora *lora;                          /* LoRA adapters (fdpo/lora.h), NULL = none */
+    char *generation_config;  /* the checkpoint's generation_config.json as read, written again by
+                                 every save (src/io/checkpoint.c); NULL = none */
 } fdpo_gpt2;
 
 /* A packed batch (see top). Arrays of length N unless noted. The caller owns them. */

@@ -387,6 +387,31 @@ int fdpo_checkpoint_check_tokenizer(const char *dir, const fdpo_gpt2_config *c, 
     return 0;
 }
 
+/* DIR/generation_config.json, kept as read so that every save writes it again: Hugging Face's
+ * generate takes its defaults from it (an instruct model's end-of-turn ids among its
+ * eos_token_id, its sampling settings), and a fine-tuned Llama-3-Instruct saved without it
+ * generated past its end of turn. fdpo itself does not read it. NULL when absent; not a JSON
+ * object: said, and not carried. */
+static char *read_generation_config(const char *dir) {
+    char *path = fdpo_path_join(dir, "generation_config.json");
+    size_t len = 0;
+    char *text = NULL;
+    if (fdpo_file_exists(path)) {   /* as transformers, which falls back to the model config's */
+        cJSON *root = NULL;
+        if (!(text = fdpo_read_file(path, &len))) {
+            fdpo_log(FDPO_LOG_WARN, "%s; left out of the checkpoints written from this model", fdpo_last_error());
+            fdpo_clear_error();
+        } else if (!cJSON_IsObject(root = cJSON_ParseWithLength(text, len))) {
+            fdpo_log(FDPO_LOG_WARN, "%s: not a JSON object; left out of the checkpoints written from this model", path);
+            free(text);
+            text = NULL;
+        }
+        cJSON_Delete(root);
+    }
+    free(path);
+    return text;
+}
+
 fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
     char *probe = fdpo_path_join(dir, "config.json");
     int no_config = !fdpo_file_exists(probe);
@@ -501,6 +526,7 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
     free(used);
     st_set_close(&ss);
     free(cfg_path);
+    if (!rc) m->generation_config = read_generation_config(dir);
     if (rc) { fdpo_gpt2_free(m); return NULL; }
     return m;
 }
@@ -579,6 +605,11 @@ int fdpo_checkpoint_save_model(const char *dir, const fdpo_gpt2 *m) {
         else fdpo_st_writer_add_gpt2(w, m, m->params_memory, NULL);
         rc = fdpo_st_writer_write(w, st_path);
         fdpo_st_writer_free(w);
+    }
+    if (!rc && m->generation_config && !m->config.num_labels) {   /* a reward model does not generate */
+        char *gen_path = fdpo_path_join(dir, "generation_config.json");
+        rc = fdpo_write_file_atomic(gen_path, m->generation_config, strlen(m->generation_config));
+        free(gen_path);
     }
     free(cfg_path);
     free(st_path);

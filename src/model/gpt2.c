@@ -144,6 +144,7 @@ void fdpo_gpt2_free(fdpo_gpt2 *m) {
     fdpo_lora_detach(m);
     acts_free(m->acts);
     fdpo_llama_free(m);
+    free(m->generation_config);
     free(m);
 }
 

@@ -108,7 +108,8 @@ static int copy_symlink(const char *src, const char *dst) {
 static int rewritten_by_save(const char *name) {
     static const char *const names[] = {"config.json", "model.safetensors", "training_state.json",
                                         "training_state.safetensors", "adapter_config.json",
-                                        "adapter_model.safetensors", "model.safetensors.index.json"};
+                                        "adapter_model.safetensors", "model.safetensors.index.json",
+                                        "generation_config.json"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) if (!strcmp(name, names[i])) return 1;
     size_t n = strlen(name), suffix = strlen(".safetensors");
     return !strncmp(name, "model-", 6) && n > 6 + suffix && !strcmp(name + n - suffix, ".safetensors");

@@ -8,6 +8,7 @@ completion log-probs, and sft, dpo (cached reference), generate and eval run. Ba
 refused naming the flag."""
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -298,3 +299,42 @@ def test_written_checkpoints_keep_the_special_token_ids(llama, tmp_path):
              "--eval-every", 0, "--quiet")
         got = json.load(open(out / "config.json"))
         assert (got["bos_token_id"], got["eos_token_id"], "pad_token_id" in got) == (EOT, EOT, False), got
+
+
+def test_written_checkpoints_keep_generation_config(llama, tmp_path):
+    """generation_config.json (transformers' generate() defaults: an instruct model's
+    end-of-turn ids among eos_token_id, its sampling settings) was left out of every
+    checkpoint fdpo wrote from a model that had one: a fine-tuned Llama-3-Instruct then
+    generated past its end of turn. Every save now writes the file as read (sft, its resume,
+    merge, merge --lora's base); a reward model (which does not generate) and a model fdpo
+    creates get none, and an --overwrite does not carry the replaced model's. One that is
+    not a JSON object is said and left out, as transformers falls back without it."""
+    gen = ('{\n  "bos_token_id": 257,\n  "do_sample": true,\n  "eos_token_id": [256, 258],\n  "temperature": 0.6,\n'
+           '  "top_p": 0.9,\n  "transformers_version": "4.40.0"\n}\n')
+    src = tmp_path / "src"
+    shutil.copytree(llama / "policy", src)
+    (src / "generation_config.json").write_text(gen)
+    write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "Q: %d=" % i, "completion": " %d" % i} for i in range(8)])
+    common = ["--data", tmp_path / "sft.jsonl", "--batch-size", 2, "--seq-len", 16, "--threads", 1, "--quiet",
+              "--eval-every", 0]
+    fdpo("sft", "--model", src, "--out", tmp_path / "sft", "--steps", 2, "--stop-at", 1, *common)
+    assert (tmp_path / "sft" / "generation_config.json").read_text() == gen
+    fdpo("sft", "--out", tmp_path / "sft", "--resume", "--quiet", "--data", tmp_path / "sft.jsonl")
+    assert json.load(open(tmp_path / "sft" / "training_state.json"))["step"] == 2
+    fdpo("sft", "--model", src, "--out", tmp_path / "lora", "--lora-r", 2, "--steps", 1, *common)
+    fdpo("merge", "--model", tmp_path / "sft", "--model", src, "--out", tmp_path / "avg")
+    fdpo("merge", "--lora", tmp_path / "lora", "--out", tmp_path / "folded")
+    for d in ("sft", "avg", "folded"):
+        assert (tmp_path / d / "generation_config.json").read_text() == gen, d
+    fdpo("rm", "--model", src, "--data", llama / "pairs.jsonl", "--out", tmp_path / "rm", "--steps", 1,
+         "--batch-size", 2, "--threads", 1, "--eval-fraction", 0, "--quiet")
+    assert not (tmp_path / "rm" / "generation_config.json").exists()
+    (tmp_path / "t.txt").write_text(TEXT)
+    fdpo("pretrain", "--data", tmp_path / "t.txt", "--out", tmp_path / "sft", "--overwrite", *ARCH, "--seq-len", 16,
+         "--batch-size", 2, "--steps", 1, "--threads", 1, "--eval-every", 0, "--quiet")
+    assert not (tmp_path / "sft" / "generation_config.json").exists()
+    (src / "generation_config.json").write_text('["not", "an", "object"]')
+    r = fdpo("sft", "--model", src, "--out", tmp_path / "bad", "--steps", 1, *common)
+    assert f"{src}/generation_config.json: not a JSON object; left out of the checkpoints written from this model" \
+        in r.stderr, r.stderr
+    assert not (tmp_path / "bad" / "generation_config.json").exists()
