@@ -180,10 +180,11 @@ int fdpo_reward_lexicon_check(const char *lexicon, const char *const *specs, siz
  * a caller that cannot tell (the library: 60 is also the default) leaves it; its range (> 0) is
  * fdpo_reward_create's check of a cmd: reward. */
 int fdpo_reward_timeout_check(double timeout_s, const char *const *specs, size_t n);
-/* The file or directory a spec reads (lexicon:FILE, words:FILE, rm:DIR): a pointer into
- * spec, or NULL for the others (and NULL spec), so that an output can be refused when it
- * would replace it. */
-const char *fdpo_reward_spec_input(const char *spec);
+/* The files and directories a spec reads, appended to out (copies), so that an output can be
+ * refused where it would replace one: lexicon:FILE, words:FILE, rm:DIR, afinn's default
+ * lexicon (where found), and the words of a cmd: program that name existing regular files
+ * (its executable, its script, its data). Nothing for the others, or a NULL spec. */
+void fdpo_reward_spec_inputs(const char *spec, fdpo_strv *out);
 void fdpo_reward_free(fdpo_reward *r);
 const char *fdpo_reward_spec(const fdpo_reward *r);
 /* 1 when r scores token counts (length), which fdpo_reward_score then needs in n_tokens */

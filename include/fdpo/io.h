@@ -75,5 +75,12 @@ fdpo_tokenizer *fdpo_checkpoint_load_tokenizer(const char *dir);
 int fdpo_checkpoint_check_tokenizer(const char *dir, const fdpo_gpt2_config *c, const fdpo_tokenizer *t);
 /* Write config.json + model.safetensors, each atomically. */
 int fdpo_checkpoint_save_model(const char *dir, const fdpo_gpt2 *m);
+/* What a file of a checkpoint directory is, by its name: FDPO_CKPT_FILE_MODEL for the files
+ * a save writes afresh (config.json, generation_config.json, the weights: model.safetensors,
+ * a sharded index and its model-*.safetensors, a LoRA adapter's two files, the training
+ * state's two), FDPO_CKPT_FILE_TOKENIZER for the files a tokenizer is read from (every
+ * format's, tokenizer_config.json included), 0 for anything else (metrics.jsonl, notes). */
+enum { FDPO_CKPT_FILE_MODEL = 1, FDPO_CKPT_FILE_TOKENIZER = 2 };
+int fdpo_checkpoint_file_kind(const char *name);
 
 #endif

@@ -178,9 +178,10 @@ int cmd_eval(int argc, char **argv) {
     eval_inputs_add_reward(&in, "--reward", reward_spec);
     eval_inputs_add_reward(&in, "--safety", safety_spec);
     eval_inputs_add(&in, "--lexicon", &lexicon, 1);
+    eval_inputs_add(&in, "--words", &words_path, 1);
     if (!rc) rc = eval_claim_out("--out", out_path, (const char *const (*)[2])in.v, in.n, 0);
     if (!rc) rc = eval_claim_out("--samples-out", samples_path, (const char *const (*)[2])in.v, in.n, 0);
-    free(in.v);
+    eval_inputs_free(&in);
     fdpo_set_threads((int)threads);
     if (!rc && reward_spec) {
         interrupts_set(INTERRUPT_KILL_REWARD);

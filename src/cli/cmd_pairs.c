@@ -46,7 +46,7 @@ int cmd_pairs(int argc, char **argv) {
     eval_inputs_add_reward(&in, "--reward", reward_spec);
     eval_inputs_add(&in, "--lexicon", &lexicon, 1);
     rc = eval_claim_out("--out", out, (const char *const (*)[2])in.v, in.n, 0);
-    free(in.v);
+    eval_inputs_free(&in);
     if (rc) return -1;
     rc = pairs_run(samples, out, reward_spec, lexicon, timeout, &pc);
     eval_release_out(out);

@@ -55,13 +55,20 @@ int cmd_report(int argc, char **argv) {
      * one named "-"), not an input, claimed from the start on rank 0 */
     eval_inputs in = {0};
     eval_inputs_add(&in, "RUN_DIR", (const char *const *)pos, (size_t)n_pos);
+    for (int i = 0; i < n_pos; i++)   /* a run's eval/ and lab/ files are read too (docs/report.md) */
+        for (int k = 0; k < 2; k++) {
+            char *sub = fdpo_path_join(pos[i], k ? "lab" : "eval");
+            const char *owned = fdpo_strv_push(&in.owned, sub);
+            free(sub);
+            eval_inputs_add(&in, "RUN_DIR", &owned, 1);
+        }
     const flag_list *lists[] = {&evals, &labs, &smps, &lab_fronts, &proxies};
     const char *names[] = {"--eval", "--lab", "--samples", "--lab-frontier", "--proxy-eval"};
     for (size_t k = 0; k < 5; k++) eval_inputs_add(&in, names[k], lists[k]->v, lists[k]->n);
     eval_inputs_add(&in, "--notes", &notes, 1);
     eval_inputs_add(&in, "--chartjs", &chartjs, 1);
     rc = eval_claim_out("--out", out, (const char *const (*)[2])in.v, in.n, 0);
-    free(in.v);
+    eval_inputs_free(&in);
     if (rc) { free(pos); return -1; }
     if (!fdpo_dist_is_root()) { free(pos); return 0; }   /* under MPI rank 0 alone writes the report */
     rc = fdpo_report_write(&o, out, &st);

@@ -42,7 +42,7 @@ int cmd_score(int argc, char **argv) {
     eval_inputs_add_reward(&in, "--reward", o.reward);
     eval_inputs_add(&in, "--lexicon", &o.reward_opts.lexicon, 1);
     rc = eval_claim_out("--out", o.out, (const char *const (*)[2])in.v, in.n, 1);
-    free(in.v);
+    eval_inputs_free(&in);
     if (rc) return -1;
     if (o.reward) interrupts_set(INTERRUPT_KILL_REWARD);
     rc = fdpo_score_run(&o);

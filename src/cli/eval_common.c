@@ -8,6 +8,7 @@
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 #include "fdpo/objectives.h"
 
 int eval_set_chat_template(fdpo_tokenizer *tok, const char *name) {
@@ -58,33 +59,66 @@ int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config 
     return fdpo_sample_config_check(c);
 }
 
-/* path must not be one of the command's inputs: the same file as an input file, or a file
+/* path must not be one of the command's inputs: the same file as an input file, a file
  * already inside an input directory (a checkpoint whose model.safetensors the rename would
- * replace). A new file replaces nothing. */
+ * replace), or a new file there under a name the checkpoint's loader reads
+ * (fdpo_checkpoint_file_kind: a tokenizer.json beside vocab.json would load instead). */
 static int out_not_input(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs) {
     struct stat so, si, sd;
-    if (stat(path, &so) != 0) return 0;
-    char *copy = fdpo_strdup(path);
-    int have_dir = stat(dirname(copy), &sd) == 0;
-    free(copy);
-    for (size_t i = 0; i < n_inputs; i++) {
+    const int exists = stat(path, &so) == 0;
+    char *dir_copy = fdpo_strdup(path), *name_copy = fdpo_strdup(path);
+    const int have_dir = stat(dirname(dir_copy), &sd) == 0;
+    const int loaded = fdpo_checkpoint_file_kind(basename(name_copy)) != 0;
+    int rc = 0;
+    for (size_t i = 0; i < n_inputs && !rc; i++) {
         const char *in_flag = inputs[i][0], *in = inputs[i][1];
         if (!in || stat(in, &si) != 0) continue;
-        if (S_ISDIR(si.st_mode) ? have_dir && sd.st_dev == si.st_dev && sd.st_ino == si.st_ino
-                                : so.st_dev == si.st_dev && so.st_ino == si.st_ino)
-            return fdpo_error("%s %s: %s the input %s %s, which the output would replace; give another file", flag, path,
-                              S_ISDIR(si.st_mode) ? "is inside" : "is", in_flag, in);
+        if (S_ISDIR(si.st_mode)) {
+            if (!have_dir || sd.st_dev != si.st_dev || sd.st_ino != si.st_ino || !(exists || loaded)) continue;
+            rc = exists ? fdpo_error("%s %s: is inside the input %s %s, which the output would replace; give another file",
+                                     flag, path, in_flag, in)
+                        : fdpo_error("%s %s: is inside the input %s %s, whose loader would read it as one of its own "
+                                     "files; give another file", flag, path, in_flag, in);
+        } else if (exists && so.st_dev == si.st_dev && so.st_ino == si.st_ino) {
+            rc = fdpo_error("%s %s: is the input %s %s, which the output would replace; give another file", flag, path,
+                            in_flag, in);
+        }
     }
-    return 0;
+    free(dir_copy);
+    free(name_copy);
+    return rc;
 }
 
 int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs, int stdout_ok) {
     if (path && !strcmp(path, "-") && !stdout_ok)   /* it made a file named "-" */
         return fdpo_error("%s -: this output is a file (only generate's and score's --out - mean stdout)", flag);
     if (!path || !strcmp(path, "-")) return 0;
+    /* refused here, not by the rename after all the work */
+    if (!*path) return fdpo_error("%s: an empty path; give a file", flag);
+    if (path[strlen(path) - 1] == '/') return fdpo_error("%s %s: ends in '/' (a directory); give a file", flag, path);
     /* every rank: all of them return the error (rank 0 alone would leave the others in collectives) */
     if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);
-    if (out_not_input(flag, path, inputs, n_inputs)) return -1;
+    /* also inputs no command lists: its --config files, and the base model a LoRA adapter
+     * among the inputs (--model, --ref, rm:DIR) is read onto */
+    eval_inputs all = {0};
+    for (size_t i = 0; i < n_inputs; i++) eval_inputs_add(&all, inputs[i][0], &inputs[i][1], 1);
+    const char *const *configs;
+    size_t n_configs = flags_config_files(&configs);
+    eval_inputs_add(&all, "--config", configs, n_configs);
+    for (size_t i = 0, n = all.n; i < n; i++) {
+        const char *in = all.v[i][1];
+        char *base = in && fdpo_lora_is_checkpoint(in) ? fdpo_lora_peft_base(in) : NULL;
+        if (base) {
+            char label[512];
+            snprintf(label, sizeof label, "%s %s's LoRA base", all.v[i][0], in);
+            const char *owned[2] = {fdpo_strv_push(&all.owned, label), fdpo_strv_push(&all.owned, base)};
+            eval_inputs_add(&all, owned[0], &owned[1], 1);
+        }
+        free(base);
+    }
+    int rc = out_not_input(flag, path, (const char *const (*)[2])all.v, all.n);
+    eval_inputs_free(&all);
+    if (rc) return -1;
     if (!fdpo_dist_is_root()) return 0;
     return fdpo_out_file_claim(path, flag);
 }
@@ -102,6 +136,17 @@ void eval_inputs_add(eval_inputs *in, const char *flag, const char *const *paths
 }
 
 void eval_inputs_add_reward(eval_inputs *in, const char *flag, const char *spec) {
-    const char *path = fdpo_reward_spec_input(spec);
-    eval_inputs_add(in, flag, &path, 1);
+    fdpo_strv files = {0};
+    fdpo_reward_spec_inputs(spec, &files);
+    for (size_t i = 0; i < files.n; i++) {
+        const char *owned = fdpo_strv_push(&in->owned, files.v[i]);
+        eval_inputs_add(in, flag, &owned, 1);
+    }
+    fdpo_strv_free(&files);
+}
+
+void eval_inputs_free(eval_inputs *in) {
+    free(in->v);
+    fdpo_strv_free(&in->owned);
+    *in = (eval_inputs){0};
 }

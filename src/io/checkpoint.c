@@ -615,3 +615,17 @@ int fdpo_checkpoint_save_model(const char *dir, const fdpo_gpt2 *m) {
     free(st_path);
     return rc;
 }
+
+int fdpo_checkpoint_file_kind(const char *name) {
+    static const char *const model[] = {"config.json", "generation_config.json", "model.safetensors",
+                                        "model.safetensors.index.json", "adapter_config.json",
+                                        "adapter_model.safetensors", "training_state.json", "training_state.safetensors"};
+    static const char *const tokenizer[] = {"fdpo_tokenizer.json", "tokenizer.json", "vocab.json", "merges.txt",
+                                            "encoder.json", "vocab.bpe", "tokenizer_config.json"};
+    for (size_t i = 0; i < sizeof model / sizeof model[0]; i++) if (!strcmp(name, model[i])) return FDPO_CKPT_FILE_MODEL;
+    for (size_t i = 0; i < sizeof tokenizer / sizeof tokenizer[0]; i++)
+        if (!strcmp(name, tokenizer[i])) return FDPO_CKPT_FILE_TOKENIZER;
+    size_t n = strlen(name), suffix = strlen(".safetensors");   /* a shard: model-00001-of-00002.safetensors */
+    return !strncmp(name, "model-", 6) && n > 6 + suffix && !strcmp(name + n - suffix, ".safetensors")
+               ? FDPO_CKPT_FILE_MODEL : 0;
+}

