@@ -263,7 +263,8 @@ int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tok
  * dead writers. Runs once per process and directory (later calls return 0); the lock is
  * released by fdpo_trainer_close or at process exit. */
 int fdpo_checkpoint_recover(const char *out);
-/* Remove a directory tree (files and subdirectories). */
+/* Remove a directory tree (files and subdirectories; links are removed, never followed). A
+ * directory inside it on another file system (a mount point) is not entered: an error names it. */
 int fdpo_remove_tree(const char *path);
 /* What in OUT shows that a run already wrote there, so that two runs never share an output
  * silently: a trainer's checkpoint (training_state.json, model.safetensors, a LoRA adapter's

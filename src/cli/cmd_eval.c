@@ -221,6 +221,10 @@ int cmd_eval(int argc, char **argv) {
     fdpo_atomic_file samples_af = {0}, out_af = {0};
     if (!rc && samples_path && fdpo_dist_is_root() && fdpo_atomic_open(&samples_af, samples_path))
         rc = fdpo_error_context("--samples-out");
+    if (!rc && fdpo_dist_size() > 1) {   /* a rank with fewer policies finished while the others waited */
+        uint64_t n = n_pol, h = fdpo_hash64(FDPO_HASH_INIT, &n, sizeof n);
+        rc = fdpo_dist_check_agree("the number of --model", h);
+    }
     for (size_t p = 0; p < n_pol && !rc; p++) {
         fdpo_gpt2 *pm = NULL;
         fdpo_tokenizer *pt = NULL;

@@ -57,9 +57,12 @@ int fdpo_out_remove_run_files(const char *out) {
     return 0;
 }
 
-int fdpo_remove_tree(const char *path) {
+/* below: the file system of the tree's top; a directory on another (a mount point) is not entered */
+static int remove_tree_on(const char *path, dev_t dev, int top) {
     struct stat st;
     if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : fdpo_error("%s: %s", path, strerror(errno));
+    if (!top && S_ISDIR(st.st_mode) && st.st_dev != dev)
+        return fdpo_error("%s: another file system is mounted here; not removed", path);
     if (S_ISDIR(st.st_mode)) {
         DIR *d = opendir(path);
         if (!d) return fdpo_error("%s: cannot open directory: %s", path, strerror(errno));
@@ -68,7 +71,7 @@ int fdpo_remove_tree(const char *path) {
         while ((e = readdir(d)) && !rc) {
             if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
             char *child = fdpo_path_join(path, e->d_name);
-            rc = fdpo_remove_tree(child);
+            rc = remove_tree_on(child, st.st_dev, 0);
             free(child);
         }
         closedir(d);
@@ -79,6 +82,8 @@ int fdpo_remove_tree(const char *path) {
     if (unlink(path) != 0) return fdpo_error("%s: cannot remove: %s", path, strerror(errno));
     return 0;
 }
+
+int fdpo_remove_tree(const char *path) { return remove_tree_on(path, 0, 1); }
 
 static int copy_file(const char *src, const char *dst) {
     size_t len;
@@ -127,6 +132,9 @@ static int replaced_run_entry(const char *out, const char *name) {
  * top: src is OUT itself (its checkpoint files are written afresh); new_tokenizer: so are its
  * tokenizer files; new_run: a run replaces OUT's (its run files, rounds and stages are left behind). */
 static int carry_over(const char *src, const char *dst, int top, int new_tokenizer, int new_run) {
+    struct stat src_st;
+    if (lstat(src, &src_st) != 0) return fdpo_error("%s: %s", src, strerror(errno));
+    const dev_t dev = src_st.st_dev;
     DIR *d = opendir(src);
     if (!d) return fdpo_error("%s: cannot open directory: %s", src, strerror(errno));
     struct dirent *e;
@@ -140,11 +148,18 @@ static int carry_over(const char *src, const char *dst, int top, int new_tokeniz
         char *a = fdpo_path_join(src, e->d_name), *b = fdpo_path_join(dst, e->d_name);
         struct stat st;
         if (lstat(a, &st) == 0) {
-            if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0, 0, 0);
+            if (S_ISDIR(st.st_mode) && st.st_dev != dev)
+                /* the swap would move the mount to OUT.old, whose removal emptied it */
+                rc = fdpo_error("%s: another file system is mounted here, which a save's directory swap cannot carry "
+                                "(mount it outside OUT)", a);
+            else if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0, 0, 0);
             else if (S_ISLNK(st.st_mode)) rc = copy_symlink(a, b);   /* the link, never what it names */
-            else if (link(a, b) != 0)   /* a file, FIFO or socket: the same inode */
-                rc = S_ISREG(st.st_mode) ? copy_file(a, b)
-                                         : fdpo_error("%s: cannot carry over into the new checkpoint: %s", a, strerror(errno));
+            else if (link(a, b) != 0) {   /* a file, FIFO or socket: the same inode */
+                if (S_ISREG(st.st_mode)) rc = copy_file(a, b);
+                else if (!S_ISFIFO(st.st_mode) || mkfifo(b, st.st_mode & 07777) != 0)   /* not ours to link */
+                    fdpo_log(FDPO_LOG_WARN, "%s: left out of the new checkpoint (a FIFO, socket or device that cannot "
+                             "be linked or made again: %s)", a, strerror(errno));
+            }
         }
         free(a); free(b);
     }

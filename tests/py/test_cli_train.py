@@ -505,6 +505,59 @@ def test_saves_keep_links_and_fifos_in_out(tmp_path, corpus):
     same_entries()
 
 
+def run_as_nobody_possible():
+    return os.geteuid() == 0 and shutil.which("runuser") is not None
+
+
+@pytest.mark.skipif(not run_as_nobody_possible(), reason="needs root and runuser to run a save as another user")
+def test_a_fifo_the_run_cannot_link_does_not_fail_its_save(corpus):
+    """A FIFO in OUT that the run may not hard-link (another user's, under
+    fs.protected_hardlinks) failed every save once saves began to carry FIFOs: the run lost
+    its steps and every --resume failed the same way. It is made again (mkfifo)."""
+    import tempfile
+    top = tempfile.mkdtemp(prefix="fdpo-nobody-")
+    try:
+        os.chmod(top, 0o777)
+        texts = []
+        for p in corpus:
+            texts.append(os.path.join(top, p.name))
+            shutil.copy(p, texts[-1])
+            os.chmod(texts[-1], 0o644)
+        out = os.path.join(top, "o")
+        as_nobody = ["runuser", "-u", "nobody", "--", os.path.abspath(FDPO), "pretrain", "--out", out]
+        r = subprocess.run([*as_nobody, *TINY, "--batch-size", "2", "--steps", "4", "--stop-at", "2", "--quiet", *texts],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        os.mkfifo(os.path.join(out, "pipe"))   # root's
+        r = subprocess.run([*as_nobody, "--resume", "--quiet", *texts], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(open(os.path.join(out, "training_state.json")).read())["step"] == 4
+        assert stat.S_ISFIFO(os.lstat(os.path.join(out, "pipe")).st_mode)
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_file_system_mounted_in_out_is_refused_not_emptied(tmp_path, corpus):
+    """A save swaps directories: a file system mounted inside OUT moved with OUT to OUT.old,
+    whose removal then deleted everything on it (and failed at the busy mount point). The
+    save now refuses before the swap, naming the mount, and leaves the checkpoint and the
+    mounted files as they were."""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--stop-at", "2", "--quiet", *corpus)
+    (out / "data").mkdir()
+    script = (f"mount -t tmpfs none {out / 'data'} || exit 77\n"
+              f"echo kept > {out / 'data' / 'keep.txt'}\n"
+              f"{os.path.abspath(FDPO)} pretrain --out {out} --resume --quiet {' '.join(map(str, corpus))}\n"
+              f"echo rc=$?; cat {out / 'data' / 'keep.txt'}\n")
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    if r.returncode == 77 or "unshare failed" in r.stderr or "Operation not permitted" in r.stderr:
+        pytest.skip("cannot mount a file system here: " + r.stderr.strip())
+    assert "rc=1\nkept\n" in r.stdout, r.stdout + r.stderr
+    assert f"{out / 'data'}: another file system is mounted here, which a save's directory swap cannot carry" in r.stderr
+    assert json.loads((out / "training_state.json").read_text())["step"] == 2
+
+
 def test_no_success_line_after_a_failure(tmp_path, corpus):
     """A run that diverges ends with its error, not with 'done in ...'."""
     r = fdpo("pretrain", "--out", tmp_path / "o", *TINY, "--lr", "1e30", "--steps", "6",

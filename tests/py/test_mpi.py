@@ -266,6 +266,20 @@ def test_online_rounds_ranks_sample_on_rank_0s_bf16_route(work, tmp_path):
     assert job("one_fallback", dp, fb) == job("fallback", fb, fb) != same
 
 
+def test_eval_ranks_with_different_numbers_of_models_are_refused_not_hung(work, tmp_path):
+    """eval samples each --model in turn: a rank given fewer finished while rank 0 waited in
+    the next policy's agreement for ever. The ranks now agree on the count first."""
+    shutil.copytree(work / "pol", tmp_path / "pol2")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a\nb\n")
+    base = [FDPO, "eval", "--ref", work / "pol", "--data", prompts, "--n", 1, "--max-new-tokens", 2, "--threads", 1]
+    cmd = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", *map(str, base), "--model", str(work / "pol"),
+           "--model", str(tmp_path / "pol2"), ":", "-np", "1", *map(str, base), "--model", str(work / "pol")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "the number of --model differs between ranks" in r.stderr, r.stderr
+
+
 @pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
 @pytest.mark.parametrize("cmd", ["generate", "eval", "score"])
 def test_split_jobs_take_rank_0s_bf16_route(work, tmp_path, cmd):
