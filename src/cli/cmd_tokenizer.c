@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
@@ -52,6 +53,32 @@ static int tokenizer_train(int argc, char **argv) {
             free(v);
             if (exists) { fdpo_error("--out: %s already holds %s (use --overwrite to replace it)", out, HELD[i]); goto done; }
         }
+    }
+    /* refused before anything is written (the reload check below came after the save, which
+     * had replaced vocab.json and merges.txt by then) */
+    static const char *const FIRST[] = {"fdpo_tokenizer.json", "tokenizer.json"};   /* load before vocab.json */
+    for (size_t i = 0; i < sizeof FIRST / sizeof FIRST[0]; i++) {
+        char *v = fdpo_path_join(out, FIRST[i]);
+        int exists = fdpo_file_exists(v);
+        free(v);
+        if (exists) {
+            fdpo_error("--out: %s holds %s, which loads before vocab.json: the tokenizer read from there would not be "
+                       "the one trained (use an empty --out)", out, FIRST[i]);
+            goto done;
+        }
+    }
+    static const char *const WRITTEN[] = {"vocab.json", "merges.txt"};
+    for (size_t k = 0; k < sizeof WRITTEN / sizeof WRITTEN[0]; k++) {
+        char *w = fdpo_path_join(out, WRITTEN[k]);
+        struct stat sw, sf;
+        int have = stat(w, &sw) == 0;
+        for (size_t i = 0; have && i < n_files; i++)
+            if (stat(files[i], &sf) == 0 && sf.st_dev == sw.st_dev && sf.st_ino == sw.st_ino) {
+                fdpo_error("%s: is --out's %s, which this run replaces; train from a copy", files[i], WRITTEN[k]);
+                free(w);
+                goto done;
+            }
+        free(w);
     }
     size_t total = 0;
     for (size_t i = 0; i < n_files; i++) {

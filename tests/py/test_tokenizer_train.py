@@ -245,3 +245,27 @@ def test_an_out_in_use_is_refused(tmp_path):
     assert r.returncode == 1 and f"--out {out}: in use by another run" in err, err
     assert not out.exists()
     train(tmp_path, "the cat sat on the mat\n" * 20, 260)   # free again: it trains
+
+
+@pytest.mark.parametrize("case", ["byte-checkpoint", "tokenizer-json", "own-vocab", "own-merges"])
+def test_overwrite_that_cannot_succeed_changes_nothing(tmp_path, case):
+    """--overwrite into a directory whose fdpo_tokenizer.json or tokenizer.json loads before
+    vocab.json failed only after the save (the reload check), leaving the new vocab.json and
+    merges.txt in a checkpoint; and a training file that was --out's own vocab.json or
+    merges.txt was replaced by the run it fed. Both are refused before anything is written."""
+    first = train(tmp_path, "the cat sat on the mat\n" * 20, 262, name="o")
+    if case == "byte-checkpoint":
+        (first / "fdpo_tokenizer.json").write_text('{"type": "byte"}')
+    elif case == "tokenizer-json":
+        (first / "tokenizer.json").write_text("{}")
+    src = {"own-vocab": first / "vocab.json", "own-merges": first / "merges.txt"}.get(case, tmp_path / "o.txt")
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 270, "--min-frequency", 1, "--out", first, "--overwrite", src)
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    expect = {"byte-checkpoint": f"--out: {first} holds fdpo_tokenizer.json, which loads before vocab.json",
+              "tokenizer-json": f"--out: {first} holds tokenizer.json, which loads before vocab.json",
+              "own-vocab": f"{src}: is --out's vocab.json, which this run replaces; train from a copy",
+              "own-merges": f"{src}: is --out's merges.txt, which this run replaces; train from a copy"}[case]
+    assert expect in err, err
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
