@@ -513,7 +513,8 @@ def run_as_nobody_possible():
 def test_a_fifo_the_run_cannot_link_does_not_fail_its_save(corpus):
     """A FIFO in OUT that the run may not hard-link (another user's, under
     fs.protected_hardlinks) failed every save once saves began to carry FIFOs: the run lost
-    its steps and every --resume failed the same way. It is made again (mkfifo)."""
+    its steps and every --resume failed the same way. It is made again (mkfifo); a socket,
+    which cannot be, is left out with a warning."""
     import tempfile
     top = tempfile.mkdtemp(prefix="fdpo-nobody-")
     try:
@@ -529,10 +530,17 @@ def test_a_fifo_the_run_cannot_link_does_not_fail_its_save(corpus):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         os.mkfifo(os.path.join(out, "pipe"))   # root's
+        import socket
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(os.path.join(out, "sock"))   # root's too: no other such node can be made again
+        sock.close()
         r = subprocess.run([*as_nobody, "--resume", "--quiet", *texts], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert json.loads(open(os.path.join(out, "training_state.json")).read())["step"] == 4
         assert stat.S_ISFIFO(os.lstat(os.path.join(out, "pipe")).st_mode)
+        assert (f"{out}/sock: left out of the new checkpoint (a FIFO, socket or device that cannot be linked or made "
+                "again: Operation not permitted)") in r.stderr, r.stderr
+        assert not os.path.lexists(os.path.join(out, "sock"))
     finally:
         shutil.rmtree(top)
 
