@@ -72,6 +72,9 @@ void *fdpo_realloc_large(void *p, size_t bytes);
 typedef struct { char **v; size_t n, cap; } fdpo_strv;
 const char *fdpo_strv_push(fdpo_strv *sv, const char *s);  /* copies s; returns the copy */
 void fdpo_strv_free(fdpo_strv *sv);
+/* Levenshtein distance of two strings, '-' and '_' counted equal: the one measure of "did you
+ * mean" (a flag name, a misspelt key of a data file). */
+size_t fdpo_edit_distance(const char *a, const char *b);
 
 /* ---- index tables ----
  * The one hash table of libfdpo: open addressing with linear probing over items that live in

@@ -32,7 +32,9 @@ typedef struct {
     int skip_ties;          /* drop pairs whose gold rewards are equal (their label is a coin flip) */
     uint64_t seed;
 } fdpo_pairs_config;
-typedef struct { size_t identical, ties, empty; } fdpo_pairs_skipped;
+/* pairs skipped (identical completions, equal rewards, an empty side), and samples left out:
+ * unpaired (a prompt's odd one out, or its only sample), beyond_max (after --pairs-per-prompt) */
+typedef struct { size_t identical, ties, empty, unpaired, beyond_max; } fdpo_pairs_skipped;
 /* scale finite and > 0 ("--bt-scale: ..."); fdpo_make_pairs runs it, a caller may run it
  * before it reads or scores anything */
 int fdpo_pairs_config_check(const fdpo_pairs_config *c);

@@ -84,12 +84,24 @@ static int pairs_run(const char *samples, const char *out, const char *reward_sp
         fdpo_reward_free(r);
         if (rc) { fdpo_sample_recs_free(recs, n); return -1; }
     }
+    for (size_t i = 0; !reward_spec && i < n; i++)
+        if (!recs[i].has_reward) {
+            fdpo_sample_recs_free(recs, n);
+            return fdpo_error("--data %s:%zu: no \"reward\" (give --reward to score the samples)", samples, recs[i].line);
+        }
     fdpo_pair *pairs;
     size_t np;
     fdpo_pairs_skipped skipped;
     if (fdpo_make_pairs(recs, n, pc, &pairs, &np, &skipped)) {
         fdpo_sample_recs_free(recs, n);
         return fdpo_error_context("%s", samples);
+    }
+    if (np == 0) {   /* an empty file would only fail the dpo that reads it */
+        free(pairs);
+        fdpo_sample_recs_free(recs, n);
+        return fdpo_error("--data %s: no pair from its %zu samples (%zu unpaired: a prompt needs two samples; pairs "
+                          "skipped: %zu identical completions, %zu with an empty completion, %zu equal rewards)", samples, n,
+                          skipped.unpaired, skipped.identical, skipped.empty, skipped.ties);
     }
     if (!fdpo_dist_is_root()) {   /* under MPI every rank computes the same pairs; rank 0 writes them */
         free(pairs);
@@ -106,8 +118,10 @@ static int pairs_run(const char *samples, const char *out, const char *reward_sp
     }
     if (fdpo_atomic_commit(&af)) { free(pairs); fdpo_sample_recs_free(recs, n); return -1; }
     fdpo_log(FDPO_LOG_INFO, "%zu samples -> %zu pairs (skipped: %zu identical completions, %zu with an empty "
-                    "completion, %zu equal rewards); chosen has the higher gold reward in %.1f%%",
-            n, np, skipped.identical, skipped.empty, skipped.ties, np ? 100.0 * (double)agree / (double)np : 0.0);
+                    "completion, %zu equal rewards; samples left out: %zu unpaired, %zu beyond --pairs-per-prompt); "
+                    "chosen has the higher gold reward in %.1f%%",
+            n, np, skipped.identical, skipped.empty, skipped.ties, skipped.unpaired, skipped.beyond_max,
+            100.0 * (double)agree / (double)np);
     free(pairs);
     fdpo_sample_recs_free(recs, n);
     return 0;

@@ -59,22 +59,32 @@ int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config 
     return fdpo_sample_config_check(c);
 }
 
-/* path must not be one of the command's inputs: the same file as an input file, a file
- * already inside an input directory (a checkpoint whose model.safetensors the rename would
- * replace), or a new file there under a name the checkpoint's loader reads
- * (fdpo_checkpoint_file_kind: a tokenizer.json beside vocab.json would load instead). */
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+/* path must not be one of the command's inputs: the same file as an input file; in an input
+ * checkpoint directory, a file under a name its loader reads (fdpo_checkpoint_file_kind:
+ * model.safetensors the rename would replace, or a new tokenizer.json that would load before
+ * vocab.json), while the other files there (a run's eval.json, samples) are not read; in a
+ * report's RUN_DIR (the flag "RUN_DIR": it, its eval/ and its lab/), an existing data file
+ * (.json, .jsonl, .csv), which the report reads. */
 static int out_not_input(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs) {
     struct stat so, si, sd;
     const int exists = stat(path, &so) == 0;
     char *dir_copy = fdpo_strdup(path), *name_copy = fdpo_strdup(path);
     const int have_dir = stat(dirname(dir_copy), &sd) == 0;
-    const int loaded = fdpo_checkpoint_file_kind(basename(name_copy)) != 0;
+    const char *name = basename(name_copy);
+    const int loaded = fdpo_checkpoint_file_kind(name) != 0;
+    const int data = exists && (ends_with(name, ".json") || ends_with(name, ".jsonl") || ends_with(name, ".csv"));
     int rc = 0;
     for (size_t i = 0; i < n_inputs && !rc; i++) {
         const char *in_flag = inputs[i][0], *in = inputs[i][1];
         if (!in || stat(in, &si) != 0) continue;
         if (S_ISDIR(si.st_mode)) {
-            if (!have_dir || sd.st_dev != si.st_dev || sd.st_ino != si.st_ino || !(exists || loaded)) continue;
+            const int read = !strcmp(in_flag, "RUN_DIR") ? data : loaded;
+            if (!have_dir || sd.st_dev != si.st_dev || sd.st_ino != si.st_ino || !read) continue;
             rc = exists ? fdpo_error("%s %s: is inside the input %s %s, which the output would replace; give another file",
                                      flag, path, in_flag, in)
                         : fdpo_error("%s %s: is inside the input %s %s, whose loader would read it as one of its own "

@@ -39,9 +39,10 @@ int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config 
  * named "-"), so `--out -` means one thing in every command.
  * eval_release_out is safe on anything eval_claim_out was given, claimed or not. inputs
  * ({flag, path} x n_inputs; a NULL path is skipped; the --config files and the base of a LoRA
- * adapter among them are added): path may not be an input file, nor a file already inside an
- * input directory (--model's checkpoint), which the output would replace, nor a new file there
- * named as one the checkpoint's loader reads. Nor "" or a path ending in '/'. */
+ * adapter among them are added): path may not be an input file, nor a file in an input
+ * checkpoint directory named as one its loader reads (existing or new), nor an existing data
+ * file (.json, .jsonl, .csv) in a directory given under the flag "RUN_DIR" (report's). Nor ""
+ * or a path ending in '/'. */
 int eval_claim_out(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs, int stdout_ok);
 void eval_release_out(const char *path);
 

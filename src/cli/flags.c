@@ -46,37 +46,16 @@ static fdpo_flag *find_flag(fdpo_flag *flags, size_t n, const char *name, int *i
     return NULL;
 }
 
-size_t flags_edit_distance(const char *a, const char *b) {
-    size_t la = strlen(a), lb = strlen(b);
-    size_t *row = fdpo_malloc((lb + 1) * sizeof *row);
-    for (size_t j = 0; j <= lb; j++) row[j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= lb; j++) {
-            size_t up = row[j];
-            size_t best = diag + (norm(a[i - 1]) != norm(b[j - 1]));
-            if (up + 1 < best) best = up + 1;
-            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
-        }
-    }
-    size_t d = row[lb];
-    free(row);
-    return d;
-}
-
 /* The flag name nearest to `name` (an old spelling counts as its new flag), or NULL when
  * nothing is close: at most 1 + len/4 edits. */
 static const char *nearest(fdpo_flag *flags, size_t n, const char *name) {
     const char *best = NULL;
     size_t best_d = 1 + strlen(name) / 4 + 1;
     for (size_t i = 0; i < n; i++) {
-        size_t d = flags_edit_distance(flags[i].name, name);
+        size_t d = fdpo_edit_distance(flags[i].name, name);
         for (size_t a = 0; a < N_ALIASES; a++) {
             if (!names_equal(ALIASES[a].now, flags[i].name) || find_exact(flags, n, ALIASES[a].old)) continue;
-            size_t da = flags_edit_distance(ALIASES[a].old, name);
+            size_t da = fdpo_edit_distance(ALIASES[a].old, name);
             if (da < d) d = da;
         }
         if (d < best_d) { best_d = d; best = flags[i].name; }
@@ -303,20 +282,17 @@ int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char 
     return 0;
 }
 
-/* the --config files of the last flags_parse (pointers into its argv) */
-#define MAX_CONFIG_FILES 16
-static const char *g_configs[MAX_CONFIG_FILES];
-static size_t g_n_configs;
+static fdpo_strv g_configs;   /* the --config files of the last flags_parse */
 
 size_t flags_config_files(const char *const **files) {
-    *files = g_configs;
-    return g_n_configs;
+    *files = (const char *const *)g_configs.v;
+    return g_configs.n;
 }
 
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
                 int argc, char **argv, int *n_pos, char ***pos) {
     g_n_origin = 0;   /* this table's values only */
-    g_n_configs = 0;
+    fdpo_strv_free(&g_configs);
     g_parsing = cmd;
     for (size_t i = 0; i < n; i++) {
         flags[i].set = 0;
@@ -337,8 +313,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
             cfg = argv[++i];
         } else if (!strncmp(argv[i], "--config=", 9)) cfg = argv[i] + 9;
         if (cfg) {
-            if (g_n_configs == MAX_CONFIG_FILES) return fdpo_error("--config: more than %d files", MAX_CONFIG_FILES);
-            g_configs[g_n_configs++] = cfg;
+            fdpo_strv_push(&g_configs, cfg);
             /* read through fdpo_read_file: a FIFO or directory is refused, not waited on */
             char *text = fdpo_read_file(cfg, NULL);
             if (!text) return fdpo_error_context("--config");

@@ -77,8 +77,6 @@ const char *flags_first_set(const fdpo_flag *flags, size_t n_flags, const char *
 /* Puts a list flag's values (--data A --data B) in front of the positional arguments *pos
  * (as returned by flags_parse), so commands that take FILE... accept --data FILE too. */
 void flags_prepend_list(const flag_list *l, char ***pos, int *n_pos);
-/* Levenshtein distance of two strings, '-' and '_' counted equal (for "did you mean"). */
-size_t flags_edit_distance(const char *a, const char *b);
 /* "0.1,0.5,2" -> *count finite doubles (malloc'd). sign: FLAGS_LIST_ANY, FLAGS_LIST_POSITIVE
  * (> 0), FLAGS_LIST_NONNEG (>= 0) or FLAGS_LIST_COUNT (whole numbers in [1, 2^53]: each
  * converts exactly to a size_t; the library checks its own range). Errors name the flag and

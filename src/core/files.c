@@ -338,3 +338,26 @@ size_t fdpo_utf8_first_invalid(const char *s, size_t n) {
 }
 
 int fdpo_utf8_valid(const char *s, size_t n) { return fdpo_utf8_first_invalid(s, n) == n; }
+
+static char dash_norm(char c) { return c == '_' ? '-' : c; }
+
+size_t fdpo_edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    size_t *row = fdpo_malloc((lb + 1) * sizeof *row);
+    for (size_t j = 0; j <= lb; j++) row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (dash_norm(a[i - 1]) != dash_norm(b[j - 1]));
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    size_t d = row[lb];
+    free(row);
+    return d;
+}

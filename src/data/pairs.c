@@ -102,14 +102,14 @@ int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_conf
     fdpo_rng rng;
     fdpo_rng_seed(&rng, c->seed);
     fdpo_pair *pairs = fdpo_malloc((n / 2 + 1) * sizeof *pairs);
-    size_t np = 0, same = 0, ties = 0, empty = 0;
+    size_t np = 0, same = 0, ties = 0, empty = 0, unpaired = 0, beyond_max = 0;
     size_t *members = fdpo_malloc(n * sizeof *members);
     for (size_t g = 0; g < n_groups; g++) {
         size_t m = 0;
         for (size_t i = 0; i < n; i++) if (group[i] == g) members[m++] = i;
         fdpo_rng_shuffle(&rng, members, m);
-        size_t made = 0;
-        for (size_t k = 0; k + 1 < m; k += 2) {
+        size_t made = 0, k = 0;
+        for (; k + 1 < m; k += 2) {
             if (c->max_per_prompt && made >= c->max_per_prompt) break;
             const fdpo_sample_rec *a = &recs[members[k]], *b = &recs[members[k + 1]];
             if (strcmp(a->completion, b->completion) == 0) { same++; continue; }
@@ -124,10 +124,12 @@ int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_conf
             pairs[np].p_chosen = a_wins ? p_a : 1.0 - p_a;
             np++; made++;
         }
+        if (k + 1 < m) beyond_max += m - k;
+        else unpaired += m - k;
     }
     free(members); free(group); free(firsts);
     *pairs_out = pairs; *n_pairs_out = np;
-    if (skipped) { skipped->identical = same; skipped->ties = ties; skipped->empty = empty; }
+    if (skipped) *skipped = (fdpo_pairs_skipped){same, ties, empty, unpaired, beyond_max};
     return 0;
 }
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <math.h>
 #include <string.h>
+#include <strings.h>
 #include "fdpo/chat.h"
 #include "fdpo/core.h"
 #include "fdpo/data.h"
@@ -127,7 +128,15 @@ static int render_pair(where *w, const cJSON *obj, rendered *r, fdpo_pref_summar
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, "rejected");
     if (!c) return fdpo_error("%s:%zu: missing field 'chosen'", w->name, w->line);
     if (!j) return fdpo_error("%s:%zu: missing field 'rejected'", w->name, w->line);
-    if (!p) sum->implicit_prompt++;
+    if (!p) {
+        /* TRL's implicit prompt (the common prefix of chosen and rejected): a misspelt
+         * "prompt" would silently become one, its text dropped */
+        for (const cJSON *k = obj->child; k; k = k->next)
+            if (k->string && (!strcasecmp(k->string, "prompt") || fdpo_edit_distance(k->string, "prompt") <= 2))
+                return fdpo_error("%s:%zu: no field 'prompt', but '%s': a misspelling? (a pair without 'prompt' takes "
+                                  "the common prefix of chosen and rejected as its prompt)", w->name, w->line, k->string);
+        sum->implicit_prompt++;
+    }
     cJSON *pm = cJSON_IsString(c) && cJSON_IsString(j) ? prompt_messages(p) : NULL;
     if (pm) { /* {"prompt": "[messages]", "chosen": text, "rejected": text} */
         cJSON *conv = cJSON_CreateObject();
@@ -375,6 +384,9 @@ void fdpo_pref_summary_log(const char *name, const fdpo_pref_summary *s) {
     const char *why[] = {"empty completion", "identical", "too long", "identical after truncation"};
     for (int i = 0; i < 4; i++)
         if (s->first_skip_line[i]) fdpo_log(FDPO_LOG_INFO, "%s:%zu: first pair skipped as %s", name, s->first_skip_line[i], why[i]);
+    if (s->implicit_prompt)
+        fdpo_log(FDPO_LOG_INFO, "%s: %zu %s without a 'prompt': the common prefix of chosen and rejected is the prompt "
+                 "(TRL's implicit prompt)", name, s->implicit_prompt, s->implicit_prompt == 1 ? "pair" : "pairs");
 }
 
 int fdpo_pref_split(size_t n, double fraction, uint64_t seed, size_t **train_idx, size_t *n_train,

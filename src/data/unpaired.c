@@ -77,6 +77,9 @@ int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_p
         out->lines++;
         cJSON *obj = fdpo_jsonl_parse_object(path, line, ln, n, "{\"prompt\", \"completion\", \"label\"}");
         if (!obj) { rc = -1; break; }
+        char where[1100];   /* a NUL ends a string (a key too) where cJSON decodes it: refused, as every reader does */
+        snprintf(where, sizeof where, "%s:%zu", path, line);
+        if (fdpo_jsonl_check_nul(where, ln, n, obj)) { cJSON_Delete(obj); rc = -1; break; }
         if (out->n == cap) { cap = cap ? 2 * cap : 64; out->ex = fdpo_realloc(out->ex, cap * sizeof *out->ex); }
         int r = make_example(path, line, obj, tok, opt, out, &out->ex[out->n]);
         cJSON_Delete(obj);

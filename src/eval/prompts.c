@@ -67,7 +67,7 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
         while (p < text + len && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
         jsonl = p < text + len && *p == '{';
     }
-    size_t line = 0;
+    size_t line = 0, n_json = 0, first_json = 0;
     int rc = 0;
     for (const char *p = begin; p < text + len && rc == 0;) {
         const char *nl = memchr(p, '\n', (size_t)(text + len - p));
@@ -81,6 +81,17 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
             if (!jsonl) {
                 size_t m = n;
                 if (m && p[m - 1] == '\r') m--;
+                const char *nul = memchr(p, 0, m);   /* the prompt would end there */
+                if (nul) {
+                    rc = fdpo_error("%s:%zu: a NUL character at column %zu; text with NUL cannot be tokenized faithfully",
+                                    path, line, (size_t)(nul - p) + 1);
+                    break;
+                }
+                if (m && *p == '{') {   /* JSONL-looking lines in a file read as text: said below */
+                    cJSON *o = cJSON_ParseWithLength(p, m);
+                    if (cJSON_IsObject(o) && !n_json++) first_json = line;
+                    cJSON_Delete(o);
+                }
                 char *s = fdpo_malloc(m + 1);
                 memcpy(s, p, m); s[m] = 0;
                 fdpo_strv_push(out, s);
@@ -116,6 +127,10 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
     if (rc == 0 && out->n == 0)
         rc = fdpo_error("%s: no %s (the file %s)", path, n_fields == 2 ? "records" : "prompts",
                         begin == text + len ? "is empty" : "holds only blank lines");
+    if (rc == 0 && n_json)
+        fdpo_log(FDPO_LOG_WARN, "%s: read as plain text, one prompt per line (its first line is not a JSON object), "
+                 "yet %zu line%s (line %zu first) %s, kept as literal text", path, n_json,
+                 n_json == 1 ? "" : "s", first_json, n_json == 1 ? "is a JSON object" : "are JSON objects");
     if (rc) {
         fdpo_strv_free(out);
         if (lines) { free(*lines); *lines = NULL; }

@@ -1,7 +1,9 @@
 /* Hugging Face GPT-2 checkpoint directories: config.json (GPT2Config keys) and
  * model.safetensors (Conv1D layout, "transformer."-prefixed or bare names). */
 #include <cJSON.h>
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/io.h"
@@ -401,7 +403,7 @@ static char *read_generation_config(const char *dir) {
         if (!(text = fdpo_read_file(path, &len))) {
             fdpo_log(FDPO_LOG_WARN, "%s; left out of the checkpoints written from this model", fdpo_last_error());
             fdpo_clear_error();
-        } else if (!cJSON_IsObject(root = cJSON_ParseWithLength(text, len))) {
+        } else if (!cJSON_IsObject(root = cJSON_ParseWithLengthOpts(text, len + 1, NULL, 1))) {   /* whole: no text after it */
             fdpo_log(FDPO_LOG_WARN, "%s: not a JSON object; left out of the checkpoints written from this model", path);
             free(text);
             text = NULL;
@@ -606,9 +608,12 @@ int fdpo_checkpoint_save_model(const char *dir, const fdpo_gpt2 *m) {
         rc = fdpo_st_writer_write(w, st_path);
         fdpo_st_writer_free(w);
     }
-    if (!rc && m->generation_config && !m->config.num_labels) {   /* a reward model does not generate */
+    if (!rc) {   /* this model's, or none (a reward model does not generate): never a replaced model's */
         char *gen_path = fdpo_path_join(dir, "generation_config.json");
-        rc = fdpo_write_file_atomic(gen_path, m->generation_config, strlen(m->generation_config));
+        if (m->generation_config && !m->config.num_labels)
+            rc = fdpo_write_file_atomic(gen_path, m->generation_config, strlen(m->generation_config));
+        else if (remove(gen_path) != 0 && errno != ENOENT)
+            rc = fdpo_error("%s: cannot remove the replaced model's file: %s", gen_path, strerror(errno));
         free(gen_path);
     }
     free(cfg_path);

@@ -57,12 +57,27 @@ int fdpo_out_remove_run_files(const char *out) {
     return 0;
 }
 
+/* Is the directory path (st: its lstat) the root of a mount inside a tree on file system dev?
+ * A bind mount of the same file system keeps its device number: statx says so where the kernel
+ * can (Linux 5.8+), the device number otherwise. */
+static int mount_root(const char *path, const struct stat *st, dev_t dev) {
+    if (st->st_dev != dev) return 1;
+#ifdef STATX_ATTR_MOUNT_ROOT
+    struct statx sx;
+    if (statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, 0, &sx) == 0 && (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT))
+        return (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
+#else
+    (void)path;
+#endif
+    return 0;
+}
+
 /* below: the file system of the tree's top; a directory on another (a mount point) is not entered */
 static int remove_tree_on(const char *path, dev_t dev, int top) {
     struct stat st;
     if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : fdpo_error("%s: %s", path, strerror(errno));
-    if (!top && S_ISDIR(st.st_mode) && st.st_dev != dev)
-        return fdpo_error("%s: another file system is mounted here; not removed", path);
+    if (!top && S_ISDIR(st.st_mode) && mount_root(path, &st, dev))
+        return fdpo_error("%s: a mount point (a file system or a bind mount); not removed", path);
     if (S_ISDIR(st.st_mode)) {
         DIR *d = opendir(path);
         if (!d) return fdpo_error("%s: cannot open directory: %s", path, strerror(errno));
@@ -114,7 +129,11 @@ static int copy_symlink(const char *src, const char *dst) {
  * pairs, fdpo_tokenizer.json over all): a save that writes its tokenizer carries none of the
  * old ones, or a byte-level run written over a BPE run's OUT (--overwrite) kept the BPE's
  * tokenizer.json, and the reverse kept fdpo_tokenizer.json, which then loaded instead. */
-static int rewritten_by_save(const char *name) { return fdpo_checkpoint_file_kind(name) == FDPO_CKPT_FILE_MODEL; }
+static int rewritten_by_save(const char *name) {
+    /* generation_config.json is not: a LoRA save writes none and keeps the user's; a full
+     * model's save writes or removes it (fdpo_checkpoint_save_model) */
+    return fdpo_checkpoint_file_kind(name) == FDPO_CKPT_FILE_MODEL && strcmp(name, "generation_config.json");
+}
 static int tokenizer_file(const char *name) { return fdpo_checkpoint_file_kind(name) == FDPO_CKPT_FILE_TOKENIZER; }
 
 /* What a replacing save (--overwrite) leaves behind besides the run files, where OUT held an
@@ -148,9 +167,9 @@ static int carry_over(const char *src, const char *dst, int top, int new_tokeniz
         char *a = fdpo_path_join(src, e->d_name), *b = fdpo_path_join(dst, e->d_name);
         struct stat st;
         if (lstat(a, &st) == 0) {
-            if (S_ISDIR(st.st_mode) && st.st_dev != dev)
+            if (S_ISDIR(st.st_mode) && mount_root(a, &st, dev))
                 /* the swap would move the mount to OUT.old, whose removal emptied it */
-                rc = fdpo_error("%s: another file system is mounted here, which a save's directory swap cannot carry "
+                rc = fdpo_error("%s: a mount point (a file system or a bind mount), which a save's directory swap cannot carry "
                                 "(mount it outside OUT)", a);
             else if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0, 0, 0);
             else if (S_ISLNK(st.st_mode)) rc = copy_symlink(a, b);   /* the link, never what it names */

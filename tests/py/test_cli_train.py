@@ -545,15 +545,19 @@ def test_a_fifo_the_run_cannot_link_does_not_fail_its_save(corpus):
         shutil.rmtree(top)
 
 
-def test_a_file_system_mounted_in_out_is_refused_not_emptied(tmp_path, corpus):
+@pytest.mark.parametrize("kind", ["tmpfs", "bind"])
+def test_a_file_system_mounted_in_out_is_refused_not_emptied(tmp_path, corpus, kind):
     """A save swaps directories: a file system mounted inside OUT moved with OUT to OUT.old,
     whose removal then deleted everything on it (and failed at the busy mount point). The
     save now refuses before the swap, naming the mount, and leaves the checkpoint and the
-    mounted files as they were."""
+    mounted files as they were; a bind mount of the same file system (the same device
+    number) too."""
     out = tmp_path / "o"
     ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--stop-at", "2", "--quiet", *corpus)
     (out / "data").mkdir()
-    script = (f"mount -t tmpfs none {out / 'data'} || exit 77\n"
+    (tmp_path / "src").mkdir()
+    mount = f"mount -t tmpfs none {out / 'data'}" if kind == "tmpfs" else f"mount --bind {tmp_path / 'src'} {out / 'data'}"
+    script = (f"{mount} || exit 77\n"
               f"echo kept > {out / 'data' / 'keep.txt'}\n"
               f"{os.path.abspath(FDPO)} pretrain --out {out} --resume --quiet {' '.join(map(str, corpus))}\n"
               f"echo rc=$?; cat {out / 'data' / 'keep.txt'}\n")
@@ -562,7 +566,8 @@ def test_a_file_system_mounted_in_out_is_refused_not_emptied(tmp_path, corpus):
     if r.returncode == 77 or "unshare failed" in r.stderr or "Operation not permitted" in r.stderr:
         pytest.skip("cannot mount a file system here: " + r.stderr.strip())
     assert "rc=1\nkept\n" in r.stdout, r.stdout + r.stderr
-    assert f"{out / 'data'}: another file system is mounted here, which a save's directory swap cannot carry" in r.stderr
+    assert f"{out / 'data'}: a mount point (a file system or a bind mount), which a save's directory swap cannot carry" \
+        in r.stderr, r.stderr
     assert json.loads((out / "training_state.json").read_text())["step"] == 2
 
 

@@ -108,6 +108,10 @@ BAD = [
     (r'{"chosen": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "x\u0000"}], '
      r'"rejected": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "y"}]}', 1,
      "field 'chosen[1].content' contains a NUL character"),
+    # a misspelt prompt silently became TRL's implicit prompt, its text dropped
+    ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"promt": "Q: what?", "chosen": " yes", "rejected": " no"}', 2,
+     "no field 'prompt', but 'promt': a misspelling?"),
+    ('{"Prompt": "Q", "chosen": " yes", "rejected": " no"}', 1, "no field 'prompt', but 'Prompt': a misspelling?"),
 ]
 
 
@@ -195,6 +199,28 @@ def test_prompts_with_nul_are_refused(tmp_path, line):
     p.write_text('{"prompt": "fine"}\n' + line + "\n")
     r = harness("data-prompts", p, check=False)
     assert r.returncode == 1 and f"{p}:2: field 'prompt' contains a NUL character" in r.stderr, r.stderr
+
+
+def test_plain_text_prompts_with_nul_are_refused_and_json_lines_said(tmp_path):
+    """A plain-text prompt file cut a prompt at a raw 0 byte ("hel" of "hel\\0lo"); and a file
+    read as text because its first line is not JSON kept its JSON lines as literal prompts
+    without a word."""
+    p = tmp_path / "p.txt"
+    p.write_bytes(b"fine\nhel\x00lo world\n")
+    r = harness("data-prompts", p, check=False)
+    assert r.returncode == 1 and f"{p}:2: a NUL character at column 4" in r.stderr, r.stderr
+    p.write_text('# my prompts\n{"prompt": "x"}\nplain\n{"prompt": "y"}\n{not json\n')
+    assert json.loads(harness("data-prompts", p).stdout)["prompts"] == [
+        "# my prompts", '{"prompt": "x"}', "plain", '{"prompt": "y"}', "{not json"]
+    from fdpo_ref.gpt2 import GPT2
+    GPT2(257, 32, 16, 1, 2, seed=5).save_hf(str(tmp_path / "m"))
+    save_byte_tokenizer(str(tmp_path / "m"))
+    gen = ["generate", "--model", tmp_path / "m", "--max-new-tokens", 1, "--threads", 1, "--out", tmp_path / "g.jsonl"]
+    r = fdpo(*gen, "--data", p)
+    assert (f"{p}: read as plain text, one prompt per line (its first line is not a JSON object), yet 2 lines (line 2 "
+            "first) are JSON objects, kept as literal text") in r.stderr, r.stderr
+    p.write_text("plain\nlines only\n")
+    assert "read as plain text" not in fdpo(*gen, "--data", p).stderr
 
 
 def sft_reference(row):

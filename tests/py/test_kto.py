@@ -201,8 +201,14 @@ def test_missing_or_bad_label_is_an_error(models, tmp_path):
     r = fdpo("kto", "--model", tmp / "policy", "--data", tmp_path / "two.jsonl", "--out", tmp_path / "o",
              "--steps", "1", "--quiet", check=False)
     assert r.returncode != 0 and f"{tmp_path / 'two.jsonl'}:2: unexpected text after the JSON object" in r.stderr, r.stderr
-    for bad, what in ((dict(ROWS[0]), "missing field 'label'"), (dict(ROWS[0], label="yes"), "'label' must be true or false")):
-        bad.pop("label") if what.startswith("missing") else None
+    # a NUL (escaped or a raw byte) cut the string there: KTO trained on the part before it
+    nul = [(json.dumps(dict(ROWS[0], completion="a")).replace('"a"', r'"a\u0000tail"'), "field 'completion' contains a NUL"),
+           (json.dumps(dict(ROWS[0], completion="a")).replace('"a"', '"a\x00tail"'), "field 'completion' contains a NUL"),
+           (json.dumps(ROWS[0]).replace('"label"', r'"label\u0000_old"'), "(a key)' contains a NUL")]
+    for bad, what in ((dict(ROWS[0]), "missing field 'label'"), (dict(ROWS[0], label="yes"), "'label' must be true or false"),
+                      *nul):
+        if what.startswith("missing"):
+            bad.pop("label")
         write_jsonl(tmp_path / "bad.jsonl", [ROWS[1], bad])
         r = fdpo("kto", "--model", tmp / "policy", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "o",
                  "--steps", "1", "--quiet", check=False)

@@ -321,7 +321,12 @@ def test_written_checkpoints_keep_generation_config(llama, tmp_path):
     assert (tmp_path / "sft" / "generation_config.json").read_text() == gen
     fdpo("sft", "--out", tmp_path / "sft", "--resume", "--quiet", "--data", tmp_path / "sft.jsonl")
     assert json.load(open(tmp_path / "sft" / "training_state.json"))["step"] == 2
-    fdpo("sft", "--model", src, "--out", tmp_path / "lora", "--lora-r", 2, "--steps", 1, *common)
+    fdpo("sft", "--model", src, "--out", tmp_path / "lora", "--lora-r", 2, "--steps", 2, "--stop-at", 1, *common)
+    # a LoRA save writes the adapter's files only: one the user put there stays
+    (tmp_path / "lora" / "generation_config.json").write_text('{"eos_token_id": 256}')
+    fdpo("sft", "--out", tmp_path / "lora", "--resume", "--quiet", "--data", tmp_path / "sft.jsonl")
+    assert (tmp_path / "lora" / "generation_config.json").read_text() == '{"eos_token_id": 256}'
+    (tmp_path / "lora" / "generation_config.json").unlink()
     fdpo("merge", "--model", tmp_path / "sft", "--model", src, "--out", tmp_path / "avg")
     fdpo("merge", "--lora", tmp_path / "lora", "--out", tmp_path / "folded")
     for d in ("sft", "avg", "folded"):
@@ -333,8 +338,9 @@ def test_written_checkpoints_keep_generation_config(llama, tmp_path):
     fdpo("pretrain", "--data", tmp_path / "t.txt", "--out", tmp_path / "sft", "--overwrite", *ARCH, "--seq-len", 16,
          "--batch-size", 2, "--steps", 1, "--threads", 1, "--eval-every", 0, "--quiet")
     assert not (tmp_path / "sft" / "generation_config.json").exists()
-    (src / "generation_config.json").write_text('["not", "an", "object"]')
-    r = fdpo("sft", "--model", src, "--out", tmp_path / "bad", "--steps", 1, *common)
-    assert f"{src}/generation_config.json: not a JSON object; left out of the checkpoints written from this model" \
-        in r.stderr, r.stderr
-    assert not (tmp_path / "bad" / "generation_config.json").exists()
+    for k, bad in enumerate(['["not", "an", "object"]', '{"eos_token_id": 256} trailing']):
+        (src / "generation_config.json").write_text(bad)
+        r = fdpo("sft", "--model", src, "--out", tmp_path / f"bad{k}", "--steps", 1, *common)
+        assert f"{src}/generation_config.json: not a JSON object; left out of the checkpoints written from this model" \
+            in r.stderr, r.stderr
+        assert not (tmp_path / f"bad{k}" / "generation_config.json").exists()

@@ -214,6 +214,30 @@ def test_inputs_no_flag_names_are_never_the_output(d, tmp_path, case):
     assert out.exists() == (case != "new-tokenizer-file")
 
 
+def test_outputs_kept_beside_their_inputs_can_be_written_again(d, tmp_path):
+    """A run directory keeps its samples, eval results and report (docs/report.md): writing
+    them again was refused as "inside the input --model", though no command reads them. In a
+    checkpoint only the files its loader reads are refused; in a report's RUN_DIR (and its
+    eval/ and lab/) the data files the report reads."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(d / "m", run)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (run / "eval").mkdir()
+    for _ in range(2):
+        fdpo("generate", "--model", run, "--data", d / "prompts.txt", "--max-new-tokens", 2, "--out", run / "samples.jsonl",
+             "--threads", 1)
+        fdpo("eval", "--model", run, "--ref", d / "m", "--data", d / "prompts.txt", "--n", 1, "--max-new-tokens", 2,
+             "--out", run / "eval" / "eval.json", "--threads", 1)
+        for out in (run / "report.html", run / "eval" / "report.html"):
+            fdpo("report", run, "--out", out)
+    for out in (run / "metrics.jsonl", run / "eval" / "eval.json", run / "samples.jsonl"):
+        before = out.read_bytes()
+        r = fdpo("report", run, "--out", out, check=False)
+        assert r.returncode == 1 and f"--out {out}: is inside the input RUN_DIR" in r.stderr, r.stderr
+        assert out.read_bytes() == before
+
+
 @pytest.mark.parametrize("cmd", CMDS)
 def test_an_empty_path_or_one_ending_in_a_slash_is_refused_before_any_work(d, tmp_path, cmd):
     """--out '' failed only at the rename after all the work ("--out: : rename failed"; lab's

@@ -86,13 +86,35 @@ def test_pairs_with_an_empty_completion_are_skipped_and_counted(tmp_path):
     write_jsonl(samples, rows)
     r = run("pairs", "--data", str(samples), "--out", str(out), "--seed", "5")
     assert r.returncode == 0, r.stderr
-    assert "6 samples -> 2 pairs (skipped: 0 identical completions, 1 with an empty completion, 0 equal rewards)" in r.stderr
+    assert ("6 samples -> 2 pairs (skipped: 0 identical completions, 1 with an empty completion, 0 equal rewards; "
+            "samples left out: 0 unpaired, 0 beyond --pairs-per-prompt)") in r.stderr, r.stderr
     got = [json.loads(l) for l in open(out)]
     assert all(p["chosen"] and p["rejected"] for p in got) and all(p["prompt"] == "a" for p in got)
     rows[0]["completion"] = "nonempty"
     write_jsonl(samples, rows)
     assert run("pairs", "--data", str(samples), "--out", str(tmp_path / "q.jsonl"), "--seed", "5").returncode == 0
     assert [p for p in map(json.loads, open(tmp_path / "q.jsonl")) if p["prompt"] == "a"] == got
+
+
+def test_samples_left_out_are_counted_and_no_pair_is_an_error(tmp_path):
+    """A prompt's odd sample out, a prompt with one sample and the samples beyond
+    --pairs-per-prompt were dropped without a word, and a file that formed no pair was
+    written empty with exit 0 (the dpo reading it then failed). They are counted; no pair
+    is an error that says why, and writes nothing."""
+    samples, out = tmp_path / "s.jsonl", tmp_path / "p.jsonl"
+    rows = [{"prompt": "a", "completion": c, "reward": float(i)} for i, c in enumerate(["x", "y", "z", "w", "v"])]
+    write_jsonl(samples, rows + [{"prompt": "b", "completion": "u", "reward": 0.0}])
+    r = run("pairs", "--data", str(samples), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "6 samples -> 2 pairs (" in r.stderr and "samples left out: 2 unpaired, 0 beyond --pairs-per-prompt)" in r.stderr
+    r = run("pairs", "--data", str(samples), "--out", str(out), "--pairs-per-prompt", "1")
+    assert r.returncode == 0 and "samples left out: 1 unpaired, 3 beyond --pairs-per-prompt)" in r.stderr, r.stderr
+    write_jsonl(samples, [{"prompt": "a", "completion": "x", "reward": 1}, {"prompt": "a ", "completion": "y", "reward": 0}])
+    out.unlink()
+    r = run("pairs", "--data", str(samples), "--out", str(out))
+    assert r.returncode == 1 and (f"--data {samples}: no pair from its 2 samples (2 unpaired: a prompt needs two samples;"
+                                  in r.stderr), r.stderr
+    assert not out.exists()
 
 
 def test_bad_input(tmp_path):
@@ -105,7 +127,7 @@ def test_bad_input(tmp_path):
     assert r.returncode != 0 and f"{samples}:1" in r.stderr and "completion" in r.stderr
     write_jsonl(samples, [{"prompt": "a", "completion": "x"}])
     r = run("pairs", "--data", str(samples), "--out", str(out))
-    assert r.returncode != 0 and "no reward" in r.stderr
+    assert r.returncode != 0 and f'--data {samples}:1: no "reward" (give --reward to score the samples)' in r.stderr
     write_jsonl(samples, [{"prompt": "a", "completion": "x", "reward": 1}])
     r = run("pairs", "--data", str(samples), "--out", str(out), "--bt-scale", "0")
     # the flag's fault, found before the samples are read (it was prefixed with the samples file)
