@@ -43,18 +43,23 @@ int fdpo_text_load(const char *const *paths, size_t n_paths, const fdpo_tokenize
  *   {"prompt": P, "completion": C}  tokens P + C + <|endoftext|>, loss on C and <|endoftext|>
  *   {"text": T}                     tokens T + <|endoftext|>, loss on every target
  * Prompt and completion are tokenized separately. Sequences longer than seq_len + 1 tokens
- * are cut at the end; an example left with no weighted target is dropped (counted in
- * *n_dropped). Errors name "FILE:LINE" and the field; a string with a NUL (\u0000) is an
- * error (cJSON would cut it there); a leading UTF-8 byte order mark is skipped. val as in
- * fdpo_text_load, by example. */
+ * are cut at the end (counted in stats->cut); an example left with no weighted target is
+ * dropped (stats->dropped). Errors name "FILE:LINE" and the field; a string with a NUL
+ * (\u0000) is an error (cJSON would cut it there); a leading UTF-8 byte order mark is
+ * skipped. val as in fdpo_text_load, by example. */
+typedef struct {
+    size_t dropped;   /* examples with no weighted target within seq_len + 1 tokens */
+    size_t cut;       /* examples longer than seq_len + 1 tokens, cut at the end */
+    char first_dropped[1100], first_cut[1100];   /* "FILE:LINE" of the first of each; "" for none */
+} fdpo_sft_stats;
 int fdpo_sft_load(const char *const *paths, size_t n_paths, const fdpo_tokenizer *tok,
                   size_t seq_len, double val_fraction, uint64_t seed,
-                  fdpo_lm_data *train, fdpo_lm_data *val, size_t *n_dropped);
+                  fdpo_lm_data *train, fdpo_lm_data *val, fdpo_sft_stats *stats);
 
 /* The same for one file's text in memory (name is used in messages). */
 int fdpo_sft_parse(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
                    size_t seq_len, double val_fraction, uint64_t seed,
-                   fdpo_lm_data *train, fdpo_lm_data *val, size_t *n_dropped);
+                   fdpo_lm_data *train, fdpo_lm_data *val, fdpo_sft_stats *stats);
 
 /* Seeded choice of which of n units go to validation (1 = val), see fdpo_text_load. */
 void fdpo_data_split(size_t n, double val_fraction, uint64_t seed, unsigned char *is_val);

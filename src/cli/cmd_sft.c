@@ -5,11 +5,16 @@
 
 static int load_sft(char *const *files, size_t n_files, const fdpo_tokenizer *tok,
                     const fdpo_train_opts *o, fdpo_lm_data *train, fdpo_lm_data *val) {
-    size_t dropped = 0;
+    fdpo_sft_stats st;
     if (fdpo_sft_load((const char *const *)files, n_files, tok, (size_t)o->seq_len, o->val_fraction,
-                      (uint64_t)o->seed, train, val, &dropped)) return -1;
-    if (dropped && !o->quiet)
-        fdpo_log(FDPO_LOG_INFO, "dropped %zu examples with no completion token within --seq-len %ld", dropped, o->seq_len);
+                      (uint64_t)o->seed, train, val, &st)) return -1;
+    if (st.dropped && !o->quiet)
+        fdpo_log(FDPO_LOG_INFO, "dropped %zu example%s with no completion token within --seq-len %ld (%s first)", st.dropped,
+                 st.dropped == 1 ? "" : "s", o->seq_len, st.first_dropped);
+    if (st.cut && !o->quiet)   /* as dpo and kto count their truncated pairs */
+        fdpo_log(FDPO_LOG_INFO, "%zu example%s longer than --seq-len %ld + 1 tokens cut at the end: the rest of the "
+                 "completion and <|endoftext|> are not trained (%s first)", st.cut, st.cut == 1 ? "" : "s", o->seq_len,
+                 st.first_cut);
     return 0;
 }
 

@@ -10,6 +10,7 @@
 typedef struct {
     int32_t *tokens; float *weights; size_t n, cap;
     size_t *start, *len; size_t n_seq, cap_seq;
+    int last_cut;   /* finish_seq cut the last sequence */
 } builder;
 
 static void b_push(builder *b, const int32_t *ids, size_t n, float w) {
@@ -63,7 +64,8 @@ static int add_example(builder *b, const fdpo_tokenizer *tok, const char *prompt
  * to learn, else record it. 1 kept, 0 dropped. */
 static int finish_seq(builder *b, size_t begin, size_t seq_len) {
     size_t len = b->n - begin;
-    if (len > seq_len + 1) { len = seq_len + 1; b->n = begin + len; }
+    b->last_cut = len > seq_len + 1;
+    if (b->last_cut) { len = seq_len + 1; b->n = begin + len; }
     double w = 0;
     for (size_t j = 1; j < len; j++) w += b->weights[begin + j];
     if (len < 2 || w <= 0) { b->n = begin; return 0; }
@@ -122,8 +124,14 @@ static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs
     return finish_seq(b, begin, seq_len);
 }
 
+/* the example just added at where: kept (1, maybe cut) or dropped (0), counted in st */
+static void count_example(fdpo_sft_stats *st, const builder *b, int kept, const char *where) {
+    if (kept == 0 && !st->dropped++) snprintf(st->first_dropped, sizeof st->first_dropped, "%s", where);
+    if (kept == 1 && b->last_cut && !st->cut++) snprintf(st->first_cut, sizeof st->first_cut, "%s", where);
+}
+
 static int parse_text(const char *path, const char *buf, size_t len, builder *b, const fdpo_tokenizer *tok,
-                      size_t seq_len, size_t *n_dropped) {
+                      size_t seq_len, fdpo_sft_stats *st) {
     size_t bad = fdpo_utf8_first_invalid(buf, len);
     size_t line = 1;
     int rc = 0;
@@ -152,7 +160,7 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
             } else if (cJSON_GetObjectItemCaseSensitive(obj, "messages")) {
                 int kept = add_messages(b, tok, cJSON_GetObjectItemCaseSensitive(obj, "messages"), where, seq_len);
                 if (kept < 0) err = 1;
-                else if (kept == 0) (*n_dropped)++;
+                else count_example(st, b, kept, where);
             } else {
                 fdpo_error("%s: field 'completion' missing (expected {\"prompt\", \"completion\"}, {\"text\"} "
                            "or {\"messages\"})", where); err = 1;
@@ -160,7 +168,7 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
             if (!err && (text || completion)) {
                 int kept = add_example(b, tok, prompt, completion, text, seq_len);
                 if (kept < 0) { fdpo_error_context("%s", where); err = 1; }
-                else if (kept == 0) (*n_dropped)++;
+                else count_example(st, b, kept, where);
             }
             cJSON_Delete(obj);
             if (err) { rc = -1; break; }
@@ -170,11 +178,11 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
     return rc;
 }
 
-static int parse_file(const char *path, builder *b, const fdpo_tokenizer *tok, size_t seq_len, size_t *n_dropped) {
+static int parse_file(const char *path, builder *b, const fdpo_tokenizer *tok, size_t seq_len, fdpo_sft_stats *st) {
     size_t len;
     char *buf = fdpo_read_file(path, &len);
     if (!buf) return -1;
-    int rc = parse_text(path, buf, len, b, tok, seq_len, n_dropped);
+    int rc = parse_text(path, buf, len, b, tok, seq_len, st);
     free(buf);
     return rc;
 }
@@ -185,29 +193,29 @@ static int split_into(builder *b, const char *name, size_t seq_len, size_t n_dro
 
 int fdpo_sft_parse(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
                    size_t seq_len, double val_fraction, uint64_t seed,
-                   fdpo_lm_data *train, fdpo_lm_data *val, size_t *n_dropped) {
+                   fdpo_lm_data *train, fdpo_lm_data *val, fdpo_sft_stats *stats) {
     memset(train, 0, sizeof *train);
     memset(val, 0, sizeof *val);
-    *n_dropped = 0;
+    *stats = (fdpo_sft_stats){0};
     if (seq_len < 1) return fdpo_error("--seq-len must be >= 1");
     builder b = {0};
-    if (parse_text(name, text, len, &b, tok, seq_len, n_dropped)) { builder_free(&b); return -1; }
-    return split_into(&b, name, seq_len, *n_dropped, val_fraction, seed, train, val);
+    if (parse_text(name, text, len, &b, tok, seq_len, stats)) { builder_free(&b); return -1; }
+    return split_into(&b, name, seq_len, stats->dropped, val_fraction, seed, train, val);
 }
 
 int fdpo_sft_load(const char *const *paths, size_t n_paths, const fdpo_tokenizer *tok,
                   size_t seq_len, double val_fraction, uint64_t seed,
-                  fdpo_lm_data *train, fdpo_lm_data *val, size_t *n_dropped) {
+                  fdpo_lm_data *train, fdpo_lm_data *val, fdpo_sft_stats *stats) {
     memset(train, 0, sizeof *train);
     memset(val, 0, sizeof *val);
-    *n_dropped = 0;
+    *stats = (fdpo_sft_stats){0};
     if (n_paths == 0) return fdpo_error("no input files (give one or more JSONL files)");
     if (seq_len < 1) return fdpo_error("--seq-len must be >= 1");
     builder b = {0};
     for (size_t f = 0; f < n_paths; f++) {
-        if (parse_file(paths[f], &b, tok, seq_len, n_dropped)) { builder_free(&b); return -1; }
+        if (parse_file(paths[f], &b, tok, seq_len, stats)) { builder_free(&b); return -1; }
     }
-    return split_into(&b, paths[0], seq_len, *n_dropped, val_fraction, seed, train, val);
+    return split_into(&b, paths[0], seq_len, stats->dropped, val_fraction, seed, train, val);
 }
 
 /* The collected sequences -> train/val (frees b). No sequence left: say why where every

@@ -626,10 +626,12 @@ START_TEST(sft_weights_and_truncation) {
     write_text(p, text, strlen(text));
     fdpo_tokenizer *tok = fdpo_tokenizer_byte();
     fdpo_lm_data tr, va;
-    size_t dropped;
+    fdpo_sft_stats st;
     const char *paths[] = {p};
-    ck_assert_int_eq(fdpo_sft_load(paths, 1, tok, 5, 0.0, 1, &tr, &va, &dropped), 0);
-    ck_assert_uint_eq(dropped, 1);   /* the prompt fills all 6 tokens: nothing to learn */
+    ck_assert_int_eq(fdpo_sft_load(paths, 1, tok, 5, 0.0, 1, &tr, &va, &st), 0);
+    ck_assert_uint_eq(st.dropped, 1);   /* the prompt fills all 6 tokens: nothing to learn */
+    ck_assert_uint_eq(st.cut, 0);       /* a dropped example is not also counted as cut */
+    ck_assert_str_eq(st.first_dropped + strlen(st.first_dropped) - 2, ":4");
     ck_assert_uint_eq(tr.n_seq, 3);
     int32_t t0[] = {'a', 'b', 'c', 256}; float w0[] = {0, 0, 1, 1};
     int32_t t1[] = {'x', 'y', 256};      float w1[] = {0, 1, 1};
@@ -661,9 +663,11 @@ START_TEST(sft_messages_template) {
     write_text(p, text, strlen(text));
     fdpo_tokenizer *tok = fdpo_tokenizer_byte();
     fdpo_lm_data tr, va;
-    size_t dropped;
+    fdpo_sft_stats st;
     const char *paths[] = {p};
-    ck_assert_int_eq(fdpo_sft_load(paths, 1, tok, 64, 0.0, 1, &tr, &va, &dropped), 0);
+    ck_assert_int_eq(fdpo_sft_load(paths, 1, tok, 64, 0.0, 1, &tr, &va, &st), 0);
+    ck_assert_uint_eq(st.dropped, 0);
+    ck_assert_uint_eq(st.cut, 0);
     /* "<|user|>\nhi\n<|assistant|>\n" weight 0, then "yo\n" and <|endoftext|> weight 1 */
     const char *rendered = "<|user|>\nhi\n<|assistant|>\nyo\n";
     size_t n = strlen(rendered), head = n - 3;

@@ -1,6 +1,6 @@
 /* Data readers for the Python tests: what the prompts and SFT readers keep, as JSON.
  *   data-prompts FILE   {"prompts": [...]}                         (fdpo_read_prompts)
- *   data-sft FILE...    {"sequences": [{"tokens", "weights"}], "dropped"}  (fdpo_sft_load,
+ *   data-sft FILE...    {"sequences": [{"tokens", "weights"}], "dropped", "cut", "first_dropped", "first_cut"}  (fdpo_sft_load,
  *                       byte tokenizer, --seq-len 64, no validation split)
  *   data-chat-sft TOK TEMPLATE FILE   the same with tokenizer directory TOK and
  *                       --chat-template TEMPLATE (auto: the tokenizer's), --seq-len 4096
@@ -97,9 +97,9 @@ static int h_sft(int argc, char **argv) {
     fdpo_tokenizer *tok = chat ? chat_tokenizer(argv[1], argv[2]) : fdpo_tokenizer_byte();
     if (!tok) return -1;
     fdpo_lm_data train, val;
-    size_t dropped;
-    int rc = chat ? fdpo_sft_load((const char *const *)argv + 3, 1, tok, 4096, 0.0, 1, &train, &val, &dropped)
-                  : fdpo_sft_load((const char *const *)argv + 1, (size_t)argc - 1, tok, 64, 0.0, 1, &train, &val, &dropped);
+    fdpo_sft_stats st;
+    int rc = chat ? fdpo_sft_load((const char *const *)argv + 3, 1, tok, 4096, 0.0, 1, &train, &val, &st)
+                  : fdpo_sft_load((const char *const *)argv + 1, (size_t)argc - 1, tok, 64, 0.0, 1, &train, &val, &st);
     fdpo_tokenizer_free(tok);
     if (rc) return -1;
     cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "sequences");
@@ -111,7 +111,10 @@ static int h_sft(int argc, char **argv) {
         }
         cJSON_AddItemToArray(a, s);
     }
-    cJSON_AddNumberToObject(o, "dropped", (double)dropped);
+    cJSON_AddNumberToObject(o, "dropped", (double)st.dropped);
+    cJSON_AddNumberToObject(o, "cut", (double)st.cut);
+    cJSON_AddStringToObject(o, "first_dropped", st.first_dropped);
+    cJSON_AddStringToObject(o, "first_cut", st.first_cut);
     fdpo_lm_data_free(&train);
     fdpo_lm_data_free(&val);
     return print_json(o);

@@ -240,6 +240,20 @@ def test_sft_with_byte_order_mark(tmp_path):
     assert [(g["tokens"], g["weights"]) for g in got] == [sft_reference(r) for r in rows]
 
 
+def test_sft_counts_the_examples_it_cuts(tmp_path):
+    """An example longer than --seq-len + 1 tokens was cut at the end (the rest of its
+    completion and <|endoftext|> untrained) without a word, while dpo and kto count their
+    truncations. The loader counts them (the harness reads at --seq-len 64) and names the
+    first; an example with nothing left to learn is counted as dropped only."""
+    p = tmp_path / "s.jsonl"
+    rows = [{"prompt": "hi", "completion": " ok"}, {"prompt": "Q", "completion": " " + "abcdefghij" * 10},
+            {"text": "t" * 70}, {"prompt": "p" * 80, "completion": " late"}]
+    write_jsonl(p, rows)
+    got = json.loads(harness("data-sft", p).stdout)
+    assert (got["cut"], got["first_cut"], got["dropped"], got["first_dropped"]) == (2, f"{p}:2", 1, f"{p}:4"), got
+    assert [len(s["tokens"]) for s in got["sequences"]] == [len("hi ok") + 1, 65, 65]
+
+
 @pytest.mark.parametrize("line,field", [
     (r'{"prompt": "a", "completion": "b\u0000c"}', "completion"),
     (r'{"text": "\u0000"}', "text"),
