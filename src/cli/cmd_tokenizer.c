@@ -86,6 +86,18 @@ static int tokenizer_train(int argc, char **argv) {
         if (!texts[i]) goto done;
         if (lens[i] == 0) { fdpo_error("%s: empty file (nothing to train on)", files[i]); goto done; }
         total += lens[i];
+        /* left out of the words (the encoder makes them byte tokens): said, not silent (a
+         * Latin-1 or gzip file trained on what was left of it) */
+        size_t bad = 0, first = 0;
+        for (size_t at = 0; at < lens[i];) {
+            size_t k = fdpo_utf8_first_invalid(texts[i] + at, lens[i] - at);
+            if (k == lens[i] - at) break;
+            if (!bad++) first = at + k;
+            at += k + 1;
+        }
+        if (bad)
+            fdpo_log(FDPO_LOG_WARN, "%s: %zu byte%s of ill-formed UTF-8 (the first at byte offset %zu) left out of the "
+                     "training: is it UTF-8 text?", files[i], bad, bad == 1 ? "" : "s", first);
     }
     double t0 = fdpo_now();
     if (fdpo_bpe_train((const char *const *)texts, lens, n_files, &o, &t)) goto done;

@@ -269,3 +269,17 @@ def test_overwrite_that_cannot_succeed_changes_nothing(tmp_path, case):
               "own-merges": f"{src}: is --out's merges.txt, which this run replaces; train from a copy"}[case]
     assert expect in err, err
     assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+
+
+def test_ill_formed_utf8_is_said_not_silently_left_out(tmp_path):
+    """Bytes of ill-formed UTF-8 are left out of the words (the encoder makes them byte
+    tokens), which trained a Latin-1 file on what was left of it without a word."""
+    src = tmp_path / "l1.txt"
+    src.write_bytes(b"caf\xe9 na\xefve " * 50)
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 262, "--out", tmp_path / "o", src)
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert f"{src}: 100 bytes of ill-formed UTF-8 (the first at byte offset 3) left out of the training" in err, err
+    src.write_text("caf\u00e9 na\u00efve " * 50)
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 262, "--out", tmp_path / "o2", src)
+    assert r.returncode == 0 and "ill-formed" not in r.stderr.decode()
