@@ -331,7 +331,7 @@ def test_sft_prompt_completion_and_text(tmp_path):
     out = tmp_path / "o"
     r = ok("sft", "--out", out, *TINY, "--seq-len", "32", "--batch-size", "2", "--epochs", "2",
            "--eval-fraction", "0", "--lr", "1e-3", data)
-    assert "dropped 1 examples" in r.stderr  # the 40-byte prompt leaves no completion token
+    assert "dropped 1 example with no completion token within --seq-len" in r.stderr, r.stderr  # the 40-byte prompt
     ms = metrics(out)
     assert [m["step"] for m in ms] == [1, 2, 3]  # ceil(2 epochs * 3 examples / 2)
     assert ms[-1]["epoch"] == pytest.approx(2.0)

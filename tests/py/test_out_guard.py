@@ -147,12 +147,13 @@ def test_tokenizer_train_refuses_a_checkpoint_directory(d, tmp_path):
     r = fdpo("tokenizer", "train", "--vocab-size", 260, "--out", d / "dpo_run", tmp_path / "text.txt", check=False)
     refused(r, f"--out: {d / 'dpo_run'} already holds fdpo_tokenizer.json (use --overwrite to replace it)")
     assert snapshot(d / "dpo_run") == before
-    # --overwrite cannot make the trained files win over fdpo_tokenizer.json: said, not reported as done
+    # --overwrite cannot make the trained files win over fdpo_tokenizer.json: refused before it writes anything
     ck = tmp_path / "ck"
     ck.mkdir()
     save_byte_tokenizer(str(ck))
     r = fdpo("tokenizer", "train", "--vocab-size", 260, "--overwrite", "--out", ck, tmp_path / "text.txt", check=False)
-    refused(r, "the tokenizer that loads from there has 257 tokens, not the 260 trained")
+    refused(r, f"--out: {ck} holds fdpo_tokenizer.json, which loads before vocab.json")
+    assert sorted(p.name for p in ck.iterdir()) == ["fdpo_tokenizer.json"]
 
 
 def test_dpo_refuses_a_checkpoint_before_reading_data_or_the_reference(d, tmp_path):
