@@ -182,7 +182,11 @@ static int parse_file(const char *path, builder *b, const fdpo_tokenizer *tok, s
     size_t len;
     char *buf = fdpo_read_file(path, &len);
     if (!buf) return -1;
-    int rc = parse_text(path, buf, len, b, tok, seq_len, st);
+    size_t lines = 0;   /* every file holds examples: an empty one among several was passed over */
+    for (size_t i = fdpo_jsonl_bom(buf, len); i < len && !lines; i++)
+        lines = buf[i] != ' ' && buf[i] != '\t' && buf[i] != '\r' && buf[i] != '\n';
+    int rc = lines ? parse_text(path, buf, len, b, tok, seq_len, st)
+                   : fdpo_error("%s: no examples (the file is empty or holds only blank lines)", path);
     free(buf);
     return rc;
 }

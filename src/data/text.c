@@ -4,6 +4,7 @@
 #include <string.h>
 #include "fdpo/core.h"
 #include "fdpo/data.h"
+#include "data/jsonl.h"
 
 void fdpo_lm_data_free(fdpo_lm_data *d) {
     if (!d) return;
@@ -75,7 +76,8 @@ int fdpo_text_load(const char *const *paths, size_t n_paths, const fdpo_tokenize
         size_t len;
         char *text = fdpo_read_file(paths[f], &len);
         if (!text) goto fail;
-        if (len == 0) { free(text); fdpo_error("%s: empty file (nothing to train on)", paths[f]); goto fail; }
+        const size_t bom = fdpo_jsonl_bom(text, len);   /* a byte order mark is not text (as every reader) */
+        if (len == bom) { free(text); fdpo_error("%s: empty file (nothing to train on)", paths[f]); goto fail; }
         size_t bad = fdpo_utf8_first_invalid(text, len);
         if (bad < len) {
             size_t line = 1;
@@ -85,7 +87,7 @@ int fdpo_text_load(const char *const *paths, size_t n_paths, const fdpo_tokenize
             free(text); goto fail;
         }
         int32_t *ids; size_t n_ids;
-        int rc = fdpo_tokenizer_encode(tok, text, len, 1, &ids, &n_ids);
+        int rc = fdpo_tokenizer_encode(tok, text + bom, len - bom, 1, &ids, &n_ids);
         free(text);
         if (rc) { fdpo_error_context("%s", paths[f]); goto fail; }
         if (n_all + n_ids > cap_all) {

@@ -571,6 +571,32 @@ def test_a_file_system_mounted_in_out_is_refused_not_emptied(tmp_path, corpus, k
     assert json.loads((out / "training_state.json").read_text())["step"] == 2
 
 
+def test_pretrain_reads_a_byte_order_mark_as_no_text(tmp_path, corpus):
+    """Every JSONL and CSV reader skips a leading UTF-8 byte order mark; pretrain's text files
+    trained it as text (three more byte tokens in the first document). The same run on the
+    file with and without it ends with the same weights."""
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + corpus[0].read_bytes())
+    for name, first in (("plain", corpus[0]), ("bom", bom)):
+        ok("pretrain", "--out", tmp_path / name, *TINY, "--steps", "2", "--quiet", first, corpus[1])
+    assert (tmp_path / "plain" / "model.safetensors").read_bytes() == (tmp_path / "bom" / "model.safetensors").read_bytes()
+    bom.write_bytes(b"\xef\xbb\xbf")
+    r = fdpo("pretrain", "--out", tmp_path / "o", *TINY, "--steps", "1", bom)
+    assert r.returncode == 1 and f"{bom}: empty file (nothing to train on)" in r.stderr, r.stderr
+
+
+def test_sft_refuses_an_empty_file_among_several(tmp_path):
+    """One empty (or blank-only) file among several --data files contributed nothing without
+    a word; alone it was an error. Each file must hold examples."""
+    good, empty = tmp_path / "good.jsonl", tmp_path / "empty.jsonl"
+    good.write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "c", "completion": " d"}\n')
+    for text in ("", "\n  \n"):
+        empty.write_text(text)
+        r = fdpo("sft", "--out", tmp_path / "o", *TINY, "--steps", "1", "--data", good, "--data", empty)
+        assert r.returncode == 1 and f"{empty}: no examples (the file is empty or holds only blank lines)" in r.stderr, \
+            r.stderr
+
+
 def test_no_success_line_after_a_failure(tmp_path, corpus):
     """A run that diverges ends with its error, not with 'done in ...'."""
     r = fdpo("pretrain", "--out", tmp_path / "o", *TINY, "--lr", "1e30", "--steps", "6",
