@@ -50,7 +50,8 @@ int fdpo_text_load(const char *const *paths, size_t n_paths, const fdpo_tokenize
 typedef struct {
     size_t dropped;   /* examples with no weighted target within seq_len + 1 tokens */
     size_t cut;       /* examples longer than seq_len + 1 tokens, cut at the end */
-    char first_dropped[1100], first_cut[1100];   /* "FILE:LINE" of the first of each; "" for none */
+    size_t two_shapes;   /* lines with keys of two shapes: read as messages, else prompt/completion */
+    char first_dropped[1100], first_cut[1100], first_two_shapes[1100];   /* "FILE:LINE" of the first; "" none */
 } fdpo_sft_stats;
 int fdpo_sft_load(const char *const *paths, size_t n_paths, const fdpo_tokenizer *tok,
                   size_t seq_len, double val_fraction, uint64_t seed,

@@ -11,6 +11,10 @@ static int load_sft(char *const *files, size_t n_files, const fdpo_tokenizer *to
     if (st.dropped && !o->quiet)
         fdpo_log(FDPO_LOG_INFO, "dropped %zu example%s with no completion token within --seq-len %ld (%s first)", st.dropped,
                  st.dropped == 1 ? "" : "s", o->seq_len, st.first_dropped);
+    if (st.two_shapes)
+        fdpo_log(FDPO_LOG_WARN, "%zu line%s with keys of two example shapes read as {\"messages\"}, else {\"prompt\", "
+                 "\"completion\"}; the other keys are not read (%s first)", st.two_shapes, st.two_shapes == 1 ? "" : "s",
+                 st.first_two_shapes);
     if (st.cut && !o->quiet)   /* as dpo and kto count their truncated pairs */
         fdpo_log(FDPO_LOG_INFO, "%zu example%s longer than --seq-len %ld + 1 tokens cut at the end: the rest of the "
                  "completion and <|endoftext|> are not trained (%s first)", st.cut, st.cut == 1 ? "" : "s", o->seq_len,

@@ -152,15 +152,21 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
             if (fdpo_jsonl_check_nul(where, p, ll, obj)) { cJSON_Delete(obj); rc = -1; break; }
             int err = 0;
             const char *text = NULL, *prompt = NULL, *completion = NULL;
-            if (cJSON_GetObjectItemCaseSensitive(obj, "completion") || cJSON_GetObjectItemCaseSensitive(obj, "prompt")) {
-                prompt = get_string(obj, "prompt", where, 1, &err);
-                if (!err) completion = get_string(obj, "completion", where, 1, &err);
-            } else if (cJSON_GetObjectItemCaseSensitive(obj, "text")) {
-                text = get_string(obj, "text", where, 1, &err);
-            } else if (cJSON_GetObjectItemCaseSensitive(obj, "messages")) {
+            /* a line with two shapes (ultrachat's "prompt" beside its "messages") reads one,
+             * messages over prompt/completion over text, and is counted: the other is unread */
+            const int pc = cJSON_GetObjectItemCaseSensitive(obj, "completion") || cJSON_GetObjectItemCaseSensitive(obj, "prompt"),
+                      tx = cJSON_GetObjectItemCaseSensitive(obj, "text") != NULL,
+                      ms = cJSON_GetObjectItemCaseSensitive(obj, "messages") != NULL;
+            if (pc + tx + ms > 1 && !st->two_shapes++) snprintf(st->first_two_shapes, sizeof st->first_two_shapes, "%s", where);
+            if (ms) {
                 int kept = add_messages(b, tok, cJSON_GetObjectItemCaseSensitive(obj, "messages"), where, seq_len);
                 if (kept < 0) err = 1;
                 else count_example(st, b, kept, where);
+            } else if (pc) {
+                prompt = get_string(obj, "prompt", where, 1, &err);
+                if (!err) completion = get_string(obj, "completion", where, 1, &err);
+            } else if (tx) {
+                text = get_string(obj, "text", where, 1, &err);
             } else {
                 fdpo_error("%s: field 'completion' missing (expected {\"prompt\", \"completion\"}, {\"text\"} "
                            "or {\"messages\"})", where); err = 1;

@@ -115,6 +115,8 @@ static int h_sft(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "cut", (double)st.cut);
     cJSON_AddStringToObject(o, "first_dropped", st.first_dropped);
     cJSON_AddStringToObject(o, "first_cut", st.first_cut);
+    cJSON_AddNumberToObject(o, "two_shapes", (double)st.two_shapes);
+    cJSON_AddStringToObject(o, "first_two_shapes", st.first_two_shapes);
     fdpo_lm_data_free(&train);
     fdpo_lm_data_free(&val);
     return print_json(o);

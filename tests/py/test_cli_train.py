@@ -406,7 +406,7 @@ def test_bad_inputs(tmp_path, corpus):
         ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}\n',
          "d.jsonl:1: field 'messages[1].content' missing"),
         ('{"messages": [{"role": "user", "content": "x"}]}\n', "d.jsonl:1: field 'messages' has no assistant message"),
-        ('\n\n', "d.jsonl: no usable examples"),
+        ('\n\n', "d.jsonl: no examples (the file is empty or holds only blank lines)"),
         # every example dropped: the count and the flag that decides it (--seq-len 128 here)
         (('{"prompt": "' + "x" * 200 + '", "completion": "b"}\n') * 2,
          "d.jsonl: no usable examples: none of the 2 has a completion token within --seq-len 128"),

@@ -240,6 +240,24 @@ def test_sft_with_byte_order_mark(tmp_path):
     assert [(g["tokens"], g["weights"]) for g in got] == [sft_reference(r) for r in rows]
 
 
+def test_sft_line_with_two_shapes_reads_one_and_counts_it(tmp_path):
+    """A line with keys of two example shapes read one and ignored the other without a word
+    (and ultrachat's {"prompt", "prompt_id", "messages"} was refused for want of a
+    completion). It reads {"messages"}, else {"prompt", "completion"} (TRL's conversational
+    reading), and the lines are counted with the first named."""
+    p = tmp_path / "s.jsonl"
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    rows = [{"text": "plain"}, {"prompt": "q", "prompt_id": "x1", "messages": msgs},
+            {"prompt": "p", "completion": " c", "text": "ignored"}, {"text": "t", "messages": msgs}]
+    write_jsonl(p, rows)
+    got = json.loads(harness("data-sft", p).stdout)
+    assert (got["two_shapes"], got["first_two_shapes"]) == (3, f"{p}:2"), got
+    alone = tmp_path / "alone.jsonl"
+    write_jsonl(alone, [rows[0], {"messages": msgs}, {"prompt": "p", "completion": " c"}, {"messages": msgs}])
+    want = json.loads(harness("data-sft", alone).stdout)
+    assert got["sequences"] == want["sequences"] and want["two_shapes"] == 0
+
+
 def test_sft_counts_the_examples_it_cuts(tmp_path):
     """An example longer than --seq-len + 1 tokens was cut at the end (the rest of its
     completion and <|endoftext|> untrained) without a word, while dpo and kto count their
