@@ -86,8 +86,9 @@ static int pairs_run(const char *samples, const char *out, const char *reward_sp
     }
     for (size_t i = 0; !reward_spec && i < n; i++)
         if (!recs[i].has_reward) {
+            fdpo_error("--data %s:%zu: no \"reward\" (give --reward to score the samples)", samples, recs[i].line);
             fdpo_sample_recs_free(recs, n);
-            return fdpo_error("--data %s:%zu: no \"reward\" (give --reward to score the samples)", samples, recs[i].line);
+            return -1;
         }
     fdpo_pair *pairs;
     size_t np;

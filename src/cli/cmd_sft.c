@@ -17,7 +17,7 @@ static int load_sft(char *const *files, size_t n_files, const fdpo_tokenizer *to
                  st.first_two_shapes);
     if (st.cut && !o->quiet)   /* as dpo and kto count their truncated pairs */
         fdpo_log(FDPO_LOG_INFO, "%zu example%s longer than --seq-len %ld + 1 tokens cut at the end: the rest of the "
-                 "completion and <|endoftext|> are not trained (%s first)", st.cut, st.cut == 1 ? "" : "s", o->seq_len,
+                 "example and its <|endoftext|> are not trained (%s first)", st.cut, st.cut == 1 ? "" : "s", o->seq_len,
                  st.first_cut);
     return 0;
 }

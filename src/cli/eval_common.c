@@ -2,6 +2,7 @@
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include "cli/eval_common.h"
 #include "fdpo/chat.h"
@@ -59,17 +60,18 @@ int eval_sampling_flags_finish(const eval_sampling_flags *s, fdpo_sample_config 
     return fdpo_sample_config_check(c);
 }
 
-static int ends_with(const char *s, const char *suffix) {
+static int ends_with_nocase(const char *s, const char *suffix) {   /* as the report's loader compares */
     size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
+    return n >= k && !strcasecmp(s + n - k, suffix);
 }
 
 /* path must not be one of the command's inputs: the same file as an input file; in an input
  * checkpoint directory, a file under a name its loader reads (fdpo_checkpoint_file_kind:
  * model.safetensors the rename would replace, or a new tokenizer.json that would load before
  * vocab.json), while the other files there (a run's eval.json, samples) are not read; in a
- * report's RUN_DIR (the flag "RUN_DIR": it, its eval/ and its lab/), an existing data file
- * (.json, .jsonl, .csv), which the report reads. */
+ * report's RUN_DIR (the flag "RUN_DIR": it, its eval/ and its lab/; a run directory is a
+ * checkpoint too), those and an existing file the report reads (.json, .jsonl, .csv, and the
+ * settings of .ini and .cfg files). */
 static int out_not_input(const char *flag, const char *path, const char *const (*inputs)[2], size_t n_inputs) {
     struct stat so, si, sd;
     const int exists = stat(path, &so) == 0;
@@ -77,13 +79,16 @@ static int out_not_input(const char *flag, const char *path, const char *const (
     const int have_dir = stat(dirname(dir_copy), &sd) == 0;
     const char *name = basename(name_copy);
     const int loaded = fdpo_checkpoint_file_kind(name) != 0;
-    const int data = exists && (ends_with(name, ".json") || ends_with(name, ".jsonl") || ends_with(name, ".csv"));
+    static const char *const REPORT_READS[] = {".json", ".jsonl", ".csv", ".ini", ".cfg"};
+    int data = 0;
+    for (size_t k = 0; exists && k < sizeof REPORT_READS / sizeof REPORT_READS[0]; k++)
+        data |= ends_with_nocase(name, REPORT_READS[k]);
     int rc = 0;
     for (size_t i = 0; i < n_inputs && !rc; i++) {
         const char *in_flag = inputs[i][0], *in = inputs[i][1];
         if (!in || stat(in, &si) != 0) continue;
         if (S_ISDIR(si.st_mode)) {
-            const int read = !strcmp(in_flag, "RUN_DIR") ? data : loaded;
+            const int read = loaded || (!strcmp(in_flag, "RUN_DIR") && data);
             if (!have_dir || sd.st_dev != si.st_dev || sd.st_ino != si.st_ino || !read) continue;
             rc = exists ? fdpo_error("%s %s: is inside the input %s %s, which the output would replace; give another file",
                                      flag, path, in_flag, in)

@@ -121,6 +121,18 @@ static cJSON *assistant_turn(const cJSON *text) {
     return a;
 }
 
+/* A key that looks like a misspelt "prompt": any case of it, or up to 2 edits away in lower
+ * case ("promt", "Propmt"); not a longer name that starts with it ("prompt_id", "prompts",
+ * "promptId": other columns a dataset carries). */
+static int near_prompt(const char *key) {
+    char low[16];
+    size_t n = strlen(key);
+    if (n >= sizeof low) return 0;
+    for (size_t i = 0; i <= n; i++) low[i] = (char)(key[i] >= 'A' && key[i] <= 'Z' ? key[i] - 'A' + 'a' : key[i]);
+    if (!strcmp(low, "prompt")) return 1;
+    return strncmp(low, "prompt", 6) && fdpo_edit_distance(low, "prompt") <= 2;
+}
+
 /* Fill r from one JSON object. Returns 0 ok, -1 error, 1 skip (reason in *skip). */
 static int render_pair(where *w, const cJSON *obj, rendered *r, fdpo_pref_summary *sum) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(obj, "prompt");
@@ -132,7 +144,7 @@ static int render_pair(where *w, const cJSON *obj, rendered *r, fdpo_pref_summar
         /* TRL's implicit prompt (the common prefix of chosen and rejected): a misspelt
          * "prompt" would silently become one, its text dropped */
         for (const cJSON *k = obj->child; k; k = k->next)
-            if (k->string && (!strcasecmp(k->string, "prompt") || fdpo_edit_distance(k->string, "prompt") <= 2))
+            if (k->string && near_prompt(k->string))
                 return fdpo_error("%s:%zu: no field 'prompt', but '%s': a misspelling? (a pair without 'prompt' takes "
                                   "the common prefix of chosen and rejected as its prompt)", w->name, w->line, k->string);
         sum->implicit_prompt++;

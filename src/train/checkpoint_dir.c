@@ -72,6 +72,34 @@ static int mount_root(const char *path, const struct stat *st, dev_t dev) {
     return 0;
 }
 
+/* The swap would move a mount to OUT.old, whose removal emptied it (a directory) or failed at
+ * it (a bind-mounted file) after the new checkpoint was in place. */
+static int mount_error(const char *path) {
+    return fdpo_error("%s: a mount point (a file system or a bind mount), which a save's directory swap cannot carry "
+                      "(mount it outside OUT)", path);
+}
+
+/* Every mount point under dir (on file system dev), refused at a run's start rather than at
+ * its first save, after the training */
+static int refuse_mounts(const char *dir, dev_t dev) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;   /* what cannot be read here fails where it is used, with its reason */
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) && !rc) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *p = fdpo_path_join(dir, e->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0 && !S_ISLNK(st.st_mode)) {
+            if (mount_root(p, &st, dev)) rc = mount_error(p);
+            else if (S_ISDIR(st.st_mode)) rc = refuse_mounts(p, dev);
+        }
+        free(p);
+    }
+    closedir(d);
+    return rc;
+}
+
 /* below: the file system of the tree's top; a directory on another (a mount point) is not entered */
 static int remove_tree_on(const char *path, dev_t dev, int top) {
     struct stat st;
@@ -167,10 +195,7 @@ static int carry_over(const char *src, const char *dst, int top, int new_tokeniz
         char *a = fdpo_path_join(src, e->d_name), *b = fdpo_path_join(dst, e->d_name);
         struct stat st;
         if (lstat(a, &st) == 0) {
-            if (S_ISDIR(st.st_mode) && mount_root(a, &st, dev))
-                /* the swap would move the mount to OUT.old, whose removal emptied it */
-                rc = fdpo_error("%s: a mount point (a file system or a bind mount), which a save's directory swap cannot carry "
-                                "(mount it outside OUT)", a);
+            if (!S_ISLNK(st.st_mode) && mount_root(a, &st, dev)) rc = mount_error(a);
             else if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0, 0, 0);
             else if (S_ISLNK(st.st_mode)) rc = copy_symlink(a, b);   /* the link, never what it names */
             else if (link(a, b) != 0) {   /* a file, FIFO or socket: the same inode */
@@ -195,8 +220,11 @@ static char *suffixed(const char *path, const char *suffix) {
     return r;
 }
 
-/* Undo what an interrupted save left: OUT.old back into place, OUT.tmp removed. */
+/* Undo what an interrupted save left: OUT.old back into place, OUT.tmp removed; first, a mount
+ * point inside OUT is refused (a run is stopped at its start, not after its training). */
 static int recover_swap(const char *out) {
+    struct stat st;
+    if (lstat(out, &st) == 0 && S_ISDIR(st.st_mode) && refuse_mounts(out, st.st_dev)) return -1;
     char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
     int rc = 0;
     if (!fdpo_file_exists(out) && fdpo_file_exists(old)) {

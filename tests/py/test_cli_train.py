@@ -545,30 +545,41 @@ def test_a_fifo_the_run_cannot_link_does_not_fail_its_save(corpus):
         shutil.rmtree(top)
 
 
-@pytest.mark.parametrize("kind", ["tmpfs", "bind"])
+@pytest.mark.parametrize("kind", ["tmpfs", "bind", "bind-nested", "bind-file"])
 def test_a_file_system_mounted_in_out_is_refused_not_emptied(tmp_path, corpus, kind):
     """A save swaps directories: a file system mounted inside OUT moved with OUT to OUT.old,
-    whose removal then deleted everything on it (and failed at the busy mount point). The
-    save now refuses before the swap, naming the mount, and leaves the checkpoint and the
-    mounted files as they were; a bind mount of the same file system (the same device
-    number) too."""
+    whose removal then deleted everything on it (and failed at the busy mount point), after
+    the training. A run now refuses at its start, naming the mount point, and leaves the
+    checkpoint and the mounted files as they were: a bind mount of the same file system (the
+    same device number), one deeper inside OUT, and a bind-mounted file (whose removal
+    failed after the swap) too."""
     out = tmp_path / "o"
     ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--stop-at", "2", "--quiet", *corpus)
-    (out / "data").mkdir()
     (tmp_path / "src").mkdir()
-    mount = f"mount -t tmpfs none {out / 'data'}" if kind == "tmpfs" else f"mount --bind {tmp_path / 'src'} {out / 'data'}"
+    (tmp_path / "src.txt").write_text("kept\n")
+    (out / "a" / "b").mkdir(parents=True)
+    (out / "notes.txt").write_text("under the mount\n")
+    target, mount = {
+        "tmpfs": (out / "a", f"mount -t tmpfs none {out / 'a'}"),
+        "bind": (out / "a", f"mount --bind {tmp_path / 'src'} {out / 'a'}"),
+        "bind-nested": (out / "a" / "b", f"mount --bind {tmp_path / 'src'} {out / 'a' / 'b'}"),
+        "bind-file": (out / "notes.txt", f"mount --bind {tmp_path / 'src.txt'} {out / 'notes.txt'}"),
+    }[kind]
+    kept = target if kind == "bind-file" else target / "keep.txt"
     script = (f"{mount} || exit 77\n"
-              f"echo kept > {out / 'data' / 'keep.txt'}\n"
-              f"{os.path.abspath(FDPO)} pretrain --out {out} --resume --quiet {' '.join(map(str, corpus))}\n"
-              f"echo rc=$?; cat {out / 'data' / 'keep.txt'}\n")
+              + ("" if kind == "bind-file" else f"echo kept > {kept}\n")
+              + f"{os.path.abspath(FDPO)} pretrain --out {out} --resume {' '.join(map(str, corpus))}\n"
+              f"echo rc=$?; cat {kept}\n")
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True,
                        timeout=120)
     if r.returncode == 77 or "unshare failed" in r.stderr or "Operation not permitted" in r.stderr:
         pytest.skip("cannot mount a file system here: " + r.stderr.strip())
     assert "rc=1\nkept\n" in r.stdout, r.stdout + r.stderr
-    assert f"{out / 'data'}: a mount point (a file system or a bind mount), which a save's directory swap cannot carry" \
+    assert f"{target}: a mount point (a file system or a bind mount), which a save's directory swap cannot carry" \
         in r.stderr, r.stderr
+    assert "step 3" not in r.stderr, r.stderr   # refused at the start, not after training
     assert json.loads((out / "training_state.json").read_text())["step"] == 2
+    assert not (tmp_path / "o.tmp").exists() and not (tmp_path / "o.old").exists()
 
 
 def test_pretrain_reads_a_byte_order_mark_as_no_text(tmp_path, corpus):

@@ -112,6 +112,7 @@ BAD = [
     ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"promt": "Q: what?", "chosen": " yes", "rejected": " no"}', 2,
      "no field 'prompt', but 'promt': a misspelling?"),
     ('{"Prompt": "Q", "chosen": " yes", "rejected": " no"}', 1, "no field 'prompt', but 'Prompt': a misspelling?"),
+    ('{"PROPMT": "Q", "chosen": " yes", "rejected": " no"}', 1, "no field 'prompt', but 'PROPMT': a misspelling?"),
 ]
 
 
@@ -122,6 +123,16 @@ def test_bad_lines_name_file_and_line(tmp_path, text, line, msg):
     r = harness("dpo-data", "--data", p, check=False)
     assert r.returncode != 0
     assert f"{p}:{line}:" in r.stderr and msg in r.stderr, r.stderr
+
+
+def test_other_columns_named_like_prompt_keep_the_implicit_prompt(tmp_path):
+    """Only a misspelt "prompt" is refused: a dataset's other columns that start with it
+    (prompt_id, promptId, prompts) leave a pair without "prompt" to TRL's implicit prompt."""
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({key: "x1", "chosen": "Q: yes", "rejected": "Q: no"}) + "\n"
+                         for key in ("prompt_id", "promptId", "prompts", "system_prompt")))
+    got = json.loads(harness("dpo-data", "--data", p).stdout)
+    assert len(got["pairs"]) == 4, got
 
 
 def test_too_long_error_and_skip(tmp_path):
