@@ -67,7 +67,7 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
         while (p < text + len && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
         jsonl = p < text + len && *p == '{';
     }
-    size_t line = 0, n_json = 0, first_json = 0;
+    size_t line = 0, n_json = 0, first_json = 0, n_both = 0, first_both = 0;
     int rc = 0;
     for (const char *p = begin; p < text + len && rc == 0;) {
         const char *nl = memchr(p, '\n', (size_t)(text + len - p));
@@ -108,6 +108,7 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                 const char *mfield = "prompt";
                 if (rc == 0 && n_fields == 1 && !strcmp(fields[0], "prompt")) { /* prompts may be conversations */
                     const cJSON *pv = cJSON_GetObjectItemCaseSensitive(o, "prompt");
+                    if (pv && cJSON_GetObjectItemCaseSensitive(o, "messages") && !n_both++) first_both = line;
                     if (cJSON_IsArray(pv)) msgs = pv;
                     else if (!pv && (msgs = cJSON_GetObjectItemCaseSensitive(o, "messages"))) mfield = "messages";
                 }
@@ -127,6 +128,9 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
     if (rc == 0 && out->n == 0)
         rc = fdpo_error("%s: no %s (the file %s)", path, n_fields == 2 ? "records" : "prompts",
                         begin == text + len ? "is empty" : "holds only blank lines");
+    if (rc == 0 && n_both)   /* as sft's lines with two shapes: the one read is said */
+        fdpo_log(FDPO_LOG_WARN, "%s: %zu line%s (line %zu first) with both \"prompt\" and \"messages\": the prompt is "
+                 "read, the messages are not", path, n_both, n_both == 1 ? "" : "s", first_both);
     if (rc == 0 && n_json)
         fdpo_log(FDPO_LOG_WARN, "%s: read as plain text, one prompt per line (its first line is not a JSON object), "
                  "yet %zu line%s (line %zu first) %s, kept as literal text", path, n_json,

@@ -57,9 +57,9 @@ int fdpo_out_remove_run_files(const char *out) {
     return 0;
 }
 
-/* Is the directory path (st: its lstat) the root of a mount inside a tree on file system dev?
- * A bind mount of the same file system keeps its device number: statx says so where the kernel
- * can (Linux 5.8+), the device number otherwise. */
+/* Is path (st: its lstat; a directory or a bind-mounted file) the root of a mount inside a
+ * tree on file system dev? A bind mount of the same file system keeps its device number:
+ * statx says so where the kernel can (Linux 5.8+), the device number otherwise. */
 static int mount_root(const char *path, const struct stat *st, dev_t dev) {
     if (st->st_dev != dev) return 1;
 #ifdef STATX_ATTR_MOUNT_ROOT

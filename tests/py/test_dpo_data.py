@@ -232,6 +232,12 @@ def test_plain_text_prompts_with_nul_are_refused_and_json_lines_said(tmp_path):
             "first) are JSON objects, kept as literal text") in r.stderr, r.stderr
     p.write_text("plain\nlines only\n")
     assert "read as plain text" not in fdpo(*gen, "--data", p).stderr
+    # a JSONL line with two shapes reads its prompt, and says so (as sft's lines with two shapes)
+    both = tmp_path / "both.jsonl"
+    both.write_text('{"prompt": "a"}\n{"prompt": "b", "messages": [{"role": "user", "content": "c"}]}\n')
+    r = fdpo(*gen, "--data", both)
+    assert (f'{both}: 1 line (line 2 first) with both "prompt" and "messages": the prompt is read, the messages are '
+            "not") in r.stderr, r.stderr
 
 
 def sft_reference(row):
