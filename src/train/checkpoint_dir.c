@@ -220,11 +220,8 @@ static char *suffixed(const char *path, const char *suffix) {
     return r;
 }
 
-/* Undo what an interrupted save left: OUT.old back into place, OUT.tmp removed; first, a mount
- * point inside OUT is refused (a run is stopped at its start, not after its training). */
+/* Undo what an interrupted save left: OUT.old back into place, OUT.tmp removed. */
 static int recover_swap(const char *out) {
-    struct stat st;
-    if (lstat(out, &st) == 0 && S_ISDIR(st.st_mode) && refuse_mounts(out, st.st_dev)) return -1;
     char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
     int rc = 0;
     if (!fdpo_file_exists(out) && fdpo_file_exists(old)) {
@@ -241,6 +238,15 @@ static int recover_swap(const char *out) {
     return rc;
 }
 
+/* A run's start under OUT's lock: a mount point inside OUT refused (stopped here, not after the
+ * training at the first save, whose carry-over refuses one made since), then the swap recovered.
+ * Each save recovers the swap alone: walking OUT once per save is not needed. */
+static int start_checks(const char *out) {
+    struct stat st;
+    if (lstat(out, &st) == 0 && S_ISDIR(st.st_mode) && refuse_mounts(out, st.st_dev)) return -1;
+    return recover_swap(out);
+}
+
 static fdpo_strv g_claimed;   /* directories this process claimed (every rank keeps the list) */
 
 int fdpo_checkpoint_recover(const char *out) {
@@ -251,7 +257,7 @@ int fdpo_checkpoint_recover(const char *out) {
         fdpo_strv_push(&g_claimed, out);
         if (fdpo_dist_rank() == 0) {
             if (fdpo_dir_lock(out, "--out")) return -1;
-            if (recover_swap(out)) { fdpo_dir_unlock(out); return -1; }
+            if (start_checks(out)) { fdpo_dir_unlock(out); return -1; }
             fdpo_remove_stale_tmp(out);
         }
         return fdpo_dist_barrier();
@@ -259,7 +265,7 @@ int fdpo_checkpoint_recover(const char *out) {
     if (fdpo_dir_locked(out)) return 0;   /* claimed (and recovered) earlier by this process */
     if (fdpo_dir_lock(out, "--out")) return -1;
     /* under the lock nobody else writes here: what an interrupted save or a killed writer left is stale */
-    if (recover_swap(out)) { fdpo_dir_unlock(out); return -1; }
+    if (start_checks(out)) { fdpo_dir_unlock(out); return -1; }
     fdpo_remove_stale_tmp(out);
     return 0;
 }
