@@ -134,8 +134,11 @@ int fdpo_atomic_open(fdpo_atomic_file *af, const char *path);
 int fdpo_atomic_commit(fdpo_atomic_file *af);
 void fdpo_atomic_abort(fdpo_atomic_file *af);
 /* Outputs of one run replaced together: every temp file written out and synced first (a
- * full disk fails here, before any is renamed), then each renamed into place; on a failure
- * all are aborted and every old file stays. Files not opened (path NULL) are skipped. */
+ * full disk fails here, before any is renamed), then each swapped with its old file
+ * (RENAME_EXCHANGE; the old one removed once all are in); on a failure, a rename's included,
+ * those already in are put back (a file that was new removed) and every old file stays.
+ * Only a file system without the exchange keeps a replaced file (with a warning). Files not
+ * opened (path NULL) are skipped. */
 int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n);
 /* Large files written past the page cache, atomically as fdpo_atomic_file (PATH.tmp.<pid>,
  * fsync, rename, fsync the dir): O_DIRECT through an aligned bounce buffer, so the kernel

@@ -116,14 +116,66 @@ int fdpo_atomic_commit(fdpo_atomic_file *af) {
     return 0;
 }
 
+/* One output of a set moved into place, and how to undo it: EXCHANGED left the old file at
+ * the temp name (renameat2 RENAME_EXCHANGE), NEW had no old file, REPLACED lost its old file
+ * (a file system without the exchange: no undo). */
+enum { COMMIT_PENDING, COMMIT_EXCHANGED, COMMIT_NEW, COMMIT_REPLACED };
+
+static int commit_one_of_set(fdpo_atomic_file *af, int *state) {
+    struct stat st;
+    if (lstat(af->path, &st) == 0 && S_ISDIR(st.st_mode)) {   /* the exchange would move a directory aside */
+        errno = EISDIR;
+        return -1;
+    }
+    if (renameat2(AT_FDCWD, af->tmp_path, AT_FDCWD, af->path, RENAME_EXCHANGE) == 0) { *state = COMMIT_EXCHANGED; return 0; }
+    int no_old = errno == ENOENT, no_exchange = errno == EINVAL || errno == ENOSYS;
+    if (!no_old && !no_exchange) return -1;
+    if (rename(af->tmp_path, af->path) != 0) return -1;
+    *state = no_old ? COMMIT_NEW : COMMIT_REPLACED;
+    return 0;
+}
+
 int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n) {
     int rc = 0;
     for (size_t i = 0; i < n && !rc; i++) if (afs[i]->path) rc = atomic_sync(afs[i]);
-    for (size_t i = 0; i < n; i++) {
-        if (!afs[i]->path) continue;   /* not opened (an optional output), or aborted above */
-        if (rc) fdpo_atomic_abort(afs[i]);
-        else rc = fdpo_atomic_commit(afs[i]);
+    if (rc) {
+        for (size_t i = 0; i < n; i++) if (afs[i]->path) fdpo_atomic_abort(afs[i]);
+        return rc;
     }
+    /* Every file goes in by an exchange with its old one, which waits at the temp name until
+     * all are in: a rename that fails (an immutable file, a mount point, a directory made
+     * meanwhile) puts the earlier ones back, so the set is replaced whole or not at all. */
+    int *state = fdpo_calloc(n ? n : 1, sizeof(int));
+    size_t failed = n;
+    for (size_t i = 0; i < n && failed == n; i++) {
+        if (!afs[i]->path) continue;   /* not opened: an optional output */
+        if (commit_one_of_set(afs[i], &state[i]) != 0) {
+            rc = fdpo_error("%s: rename failed: %s", afs[i]->path, strerror(errno));
+            failed = i;
+        }
+    }
+    for (size_t k = n; k-- > 0;) {
+        fdpo_atomic_file *af = afs[k];
+        if (!af->path) continue;
+        if (rc && state[k] == COMMIT_EXCHANGED) {
+            if (renameat2(AT_FDCWD, af->tmp_path, AT_FDCWD, af->path, RENAME_EXCHANGE) != 0)
+                fdpo_log(FDPO_LOG_WARN, "%s: the new file stays (cannot put the old one back: %s; it is at %s)", af->path, strerror(errno),
+                          af->tmp_path);
+            else unlink(af->tmp_path);
+        } else if (rc && state[k] == COMMIT_NEW) {
+            unlink(af->path);
+        } else if (rc && state[k] == COMMIT_REPLACED) {
+            fdpo_log(FDPO_LOG_WARN, "%s: replaced before %s failed (this file system cannot put the old one back)", af->path,
+                      afs[failed]->path);
+        } else if (!rc) {
+            if (state[k] == COMMIT_EXCHANGED) unlink(af->tmp_path);   /* the old file */
+            (void)fdpo_fsync_parent(af->path, 0);
+        }
+        if (rc && state[k] == COMMIT_PENDING) unlink(af->tmp_path);
+        free(af->path); free(af->tmp_path);
+        af->path = af->tmp_path = NULL;
+    }
+    free(state);
     return rc;
 }
 

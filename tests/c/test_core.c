@@ -178,6 +178,40 @@ START_TEST(atomic_commit_all_is_all_or_nothing) {
 }
 END_TEST
 
+/* fdpo_atomic_commit_all, a rename that fails after others succeeded (here the last output's
+ * path became a directory): the outputs already renamed are put back, an old file with its
+ * old bytes and a file that did not exist removed, and no temp file stays. */
+START_TEST(atomic_commit_all_rolls_back_a_failed_rename) {
+    char dir[] = "/tmp/fdpo_test_commit_back_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char *a = fdpo_path_join(dir, "eval.json"), *fresh = fdpo_path_join(dir, "new.jsonl"),
+         *b = fdpo_path_join(dir, "samples.jsonl");
+    ck_assert_int_eq(fdpo_write_file_atomic(a, "old a", 5), 0);
+    fdpo_atomic_file fa = {0}, fn = {0}, fb = {0}, *set[3] = {&fa, &fn, &fb};
+    ck_assert_int_eq(fdpo_atomic_open(&fa, a), 0);
+    ck_assert_int_eq(fdpo_atomic_open(&fn, fresh), 0);
+    ck_assert_int_eq(fdpo_atomic_open(&fb, b), 0);
+    fputs("new a", fa.f); fputs("new n", fn.f); fputs("new b", fb.f);
+    ck_assert_int_eq(mkdir(b, 0755), 0);   /* made after the open: only the rename can fail */
+    ck_assert_int_eq(fdpo_atomic_commit_all(set, 3), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "samples.jsonl: rename failed: Is a directory"));
+    size_t len;
+    char *x = fdpo_read_file(a, &len);
+    ck_assert_str_eq(x, "old a");
+    free(x);
+    ck_assert_int_eq(access(fresh, F_OK), -1);
+    ck_assert_ptr_null(fa.path);
+    ck_assert_ptr_null(fn.path);
+    ck_assert_ptr_null(fb.path);
+    DIR *d = opendir(dir);
+    int entries = 0;
+    for (struct dirent *e; (e = readdir(d));) entries += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    ck_assert_int_eq(entries, 2);   /* eval.json and the directory */
+    rmdir(b); unlink(a); rmdir(dir); free(a); free(fresh); free(b);
+}
+END_TEST
+
 /* fdpo_remove_stale_tmp_of: only PATH's own temp names of dead writers go */
 START_TEST(stale_tmp_of_one_file_only) {
     char dir[] = "/tmp/fdpo_test_tmp_of_XXXXXX";
@@ -552,6 +586,7 @@ int main(void) {
     tcase_add_test(tc, atomic_write_replaces);
     tcase_add_test(tc, direct_file_writes_exact_bytes);
     tcase_add_test(tc, atomic_commit_all_is_all_or_nothing);
+    tcase_add_test(tc, atomic_commit_all_rolls_back_a_failed_rename);
     tcase_add_test(tc, stale_tmp_of_one_file_only);
     tcase_add_test(tc, dir_lock_excludes_other_processes);
     tcase_add_test(tc, out_file_claim_and_release);
