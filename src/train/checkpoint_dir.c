@@ -238,12 +238,24 @@ static int recover_swap(const char *out) {
     return rc;
 }
 
-/* A run's start under OUT's lock: a mount point inside OUT refused (stopped here, not after the
- * training at the first save, whose carry-over refuses one made since), then the swap recovered.
+/* A run's start under OUT's lock: OUT as a mount point, or one inside it, refused (stopped here,
+ * not after the training at the first save, whose carry-over refuses one made since), then the
+ * swap recovered.
  * Each save recovers the swap alone: walking OUT once per save is not needed. */
 static int start_checks(const char *out) {
-    struct stat st;
-    if (lstat(out, &st) == 0 && S_ISDIR(st.st_mode) && refuse_mounts(out, st.st_dev)) return -1;
+    struct stat st, up_st;
+    if (lstat(out, &st) == 0 && S_ISDIR(st.st_mode)) {
+        /* OUT itself mounted (a container's volume): the swap's rename of OUT fails (EBUSY), so
+         * every save would fail after the training */
+        char *up = fdpo_path_join(out, "..");
+        int mounted = stat(up, &up_st) == 0 && mount_root(out, &st, up_st.st_dev);
+        free(up);
+        if (mounted)
+            return fdpo_error("%s: a mount point (a file system or a bind mount): a save writes the new checkpoint "
+                              "beside OUT and swaps the two directories, which a mount point refuses; give a directory "
+                              "inside it as --out", out);
+        if (refuse_mounts(out, st.st_dev)) return -1;
+    }
     return recover_swap(out);
 }
 

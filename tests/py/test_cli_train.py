@@ -582,6 +582,32 @@ def test_a_file_system_mounted_in_out_is_refused_not_emptied(tmp_path, corpus, k
     assert not (tmp_path / "o.tmp").exists() and not (tmp_path / "o.old").exists()
 
 
+@pytest.mark.parametrize("kind", ["tmpfs", "bind"])
+def test_out_that_is_a_mount_point_is_refused_before_training(tmp_path, corpus, kind):
+    """OUT itself a mount point (a container's volume given as --out): a save writes OUT.tmp
+    beside it and swaps the directories, and the rename of a mount point fails (EBUSY), so
+    every save failed after the training ("cannot move aside"). Refused at the start, naming
+    OUT, before any step; a directory inside the mount works."""
+    out = tmp_path / "vol"
+    out.mkdir()
+    (tmp_path / "src").mkdir()
+    mount = {"tmpfs": f"mount -t tmpfs none {out}", "bind": f"mount --bind {tmp_path / 'src'} {out}"}[kind]
+    run = f"{os.path.abspath(FDPO)} pretrain {' '.join(TINY)} --steps 2 {' '.join(map(str, corpus))}"
+    script = (f"{mount} || exit 77\n"
+              f"{run} --out {out} 2> {tmp_path / 'first.err'}; echo rc=$?\n"
+              f"{run} --out {out}/run --quiet; echo rc=$?; ls {out}/run\n")
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    if r.returncode == 77 or "unshare failed" in r.stderr or "Operation not permitted" in r.stderr:
+        pytest.skip("cannot mount a file system here: " + r.stderr.strip())
+    assert r.stdout.startswith("rc=1\nrc=0\n"), r.stdout + r.stderr
+    assert "model.safetensors" in r.stdout, r.stdout
+    first = (tmp_path / "first.err").read_text()
+    assert (f"{out}: a mount point (a file system or a bind mount): a save writes the new checkpoint beside OUT and "
+            "swaps the two directories, which a mount point refuses; give a directory inside it as --out") in first, first
+    assert "step 1/" not in first, first
+
+
 def test_pretrain_reads_a_byte_order_mark_as_no_text(tmp_path, corpus):
     """Every JSONL and CSV reader skips a leading UTF-8 byte order mark; pretrain's text files
     trained it as text (three more byte tokens in the first document). The same run on the
