@@ -32,7 +32,8 @@ typedef struct {
     int start_bos;          /* bos before the conversation: llama3, a chatml template that writes bos_token */
 } fdpo_chat;
 
-typedef struct { const char *role, *content; } fdpo_chat_msg;
+/* untrained: an assistant message kept out of the loss (OpenAI's "weight": 0); 0 trains it */
+typedef struct { const char *role, *content; int untrained; } fdpo_chat_msg;
 
 /* The template the tokenizer's files or its explicit choice (fdpo_tokenizer_set_chat_template)
  * give. Errors name tokenizer_config.json's chat_template when it is not recognised, with
@@ -53,7 +54,7 @@ const char *fdpo_chat_name(fdpo_chat_kind kind);
 typedef struct {
     char *text; size_t n, cap;
     unsigned char *tmpl;   /* [n] 1 = template text (special tokens matched here) */
-    unsigned char *train;  /* [n] 1 = assistant content and its end of turn */
+    unsigned char *train;  /* [n] 1 = assistant content and its end of turn (not an untrained message's) */
 } fdpo_chat_text;
 void fdpo_chat_text_free(fdpo_chat_text *t);
 /* Appends s[0..n) with the given masks (plain data text: tmpl = train = 0). */

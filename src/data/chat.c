@@ -203,8 +203,8 @@ static void header(const fdpo_chat *c, const char *role, fdpo_chat_text *o) {
 
 /* Content, end-of-turn marker (trained for the assistant), then the text between turns
  * unless this is the last turn and END_AT_EOT. */
-static void body(const fdpo_chat *c, const char *role, const char *content, int last_end, fdpo_chat_text *o) {
-    int tr = !strcmp(role, "assistant");
+static void body(const fdpo_chat *c, const char *role, const char *content, int untrained, int last_end, fdpo_chat_text *o) {
+    int tr = !strcmp(role, "assistant") && !untrained;
     const char *s = content;
     size_t n = strlen(content);
     if (c->kind == FDPO_CHAT_LLAMA3) trimmed(content, &s, &n);
@@ -223,7 +223,7 @@ void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsi
         if (c->start_bos) put_str(o, c->bos, 1, 0);
         if (c->kind == FDPO_CHAT_CHATML && c->default_system && (n == 0 || strcmp(m[0].role, "system"))) {
             header(c, "system", o);
-            body(c, "system", c->default_system, 0, o);
+            body(c, "system", c->default_system, 0, 0, o);
         }
         if (c->kind == FDPO_CHAT_LLAMA3 && c->preamble) { /* the system turn is always there */
             header(c, "system", o);
@@ -237,7 +237,7 @@ void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsi
     }
     for (; i < n; i++) {
         if (!(i == 0 && (flags & FDPO_CHAT_CONTINUE))) header(c, m[i].role, o);
-        body(c, m[i].role, m[i].content, i + 1 == n && (flags & FDPO_CHAT_END_AT_EOT), o);
+        body(c, m[i].role, m[i].content, m[i].untrained, i + 1 == n && (flags & FDPO_CHAT_END_AT_EOT), o);
     }
     if (flags & FDPO_CHAT_GENERATION_PROMPT) header(c, "assistant", o);
 }
@@ -308,8 +308,8 @@ static int prompt_messages(const char *prompt, cJSON **a, fdpo_chat_msg **m, siz
     fdpo_chat_msg *msgs = fdpo_malloc((size_t)cJSON_GetArraySize(list) * sizeof *msgs);
     size_t n = 0;
     for (const cJSON *e = list->child; e; e = e->next)
-        msgs[n++] = (fdpo_chat_msg){cJSON_GetObjectItemCaseSensitive(e, "role")->valuestring,
-                                    cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring};
+        msgs[n++] = (fdpo_chat_msg){.role = cJSON_GetObjectItemCaseSensitive(e, "role")->valuestring,
+                                    .content = cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring};
     *a = list; *m = msgs; *k = n;
     return 1;
 }

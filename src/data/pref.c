@@ -67,7 +67,7 @@ static fdpo_chat_msg *msgs_of(const cJSON *arr, size_t from, size_t to) {
     fdpo_chat_msg *m = fdpo_malloc((to > from ? to - from : 1) * sizeof *m);
     for (size_t i = from; i < to; i++) {
         const cJSON *e = cJSON_GetArrayItem(arr, (int)i);
-        m[i - from] = (fdpo_chat_msg){msg_role(e), msg_content(e)};
+        m[i - from] = (fdpo_chat_msg){.role = msg_role(e), .content = msg_content(e)};
     }
     return m;
 }

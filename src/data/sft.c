@@ -79,14 +79,29 @@ static int finish_seq(builder *b, size_t begin, size_t seq_len) {
     return 1;
 }
 
+/* An assistant message's optional "weight" (OpenAI's fine-tuning format): 1 trains it, 0
+ * keeps it as context only. 1 trained, 0 not, -1 error. */
+static int message_weight(const cJSON *m, const char *role, const char *where, size_t i) {
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(m, "weight");
+    if (!w) return 1;
+    if (strcmp(role, "assistant"))
+        return fdpo_error("%s: field 'messages[%zu].weight' on a %s message: only assistant messages take a weight "
+                          "(0 keeps one out of the loss)", where, i, role);
+    if (!cJSON_IsNumber(w) || (w->valuedouble != 0 && w->valuedouble != 1))
+        return fdpo_error("%s: field 'messages[%zu].weight' must be 0 or 1 (OpenAI's format: 0 keeps the message out "
+                          "of the loss)", where, i);
+    return w->valuedouble == 1;
+}
+
 /* {"messages": [{"role", "content"}, ...]} rendered whole with the tokenizer's chat
  * template (include/fdpo/chat.h), encoded as one text; loss on the tokens of the assistant
- * messages' content and end-of-turn markers (not their headers), then eos (unless the last
- * end-of-turn marker is eos), trained when the last message is the assistant's. */
+ * messages' content and end-of-turn markers (not their headers; not those of a message
+ * with "weight": 0), then eos (unless the last end-of-turn marker is eos), trained when the
+ * last message is a trained assistant message. */
 static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs, const char *where, size_t seq_len) {
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
         return fdpo_error("%s: field 'messages' must be a non-empty array of {\"role\", \"content\"}", where);
-    size_t i = 0, n_assistant = 0;
+    size_t i = 0, n_assistant = 0, n_trained = 0;
     const cJSON *m;
     cJSON_ArrayForEach(m, msgs) {
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
@@ -96,18 +111,24 @@ static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs
         const char *r = role->valuestring;
         if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
             return fdpo_error("%s: field 'messages[%zu].role' is '%s'; expected system, user or assistant", where, i, r);
+        int trained = message_weight(m, r, where, i);
+        if (trained < 0) return -1;
         n_assistant += !strcmp(r, "assistant");
+        n_trained += !strcmp(r, "assistant") && trained;
         i++;
     }
     if (n_assistant == 0) return fdpo_error("%s: field 'messages' has no assistant message (nothing to learn)", where);
+    if (n_trained == 0) return fdpo_error("%s: every assistant message has weight 0 (nothing to learn)", where);
     fdpo_chat chat;
     if (fdpo_chat_for(tok, &chat)) return fdpo_error_context("%s", where);
     fdpo_chat_msg *msg = fdpo_malloc(i * sizeof *msg);
     size_t k = 0;
-    cJSON_ArrayForEach(m, msgs)
-        msg[k++] = (fdpo_chat_msg){cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring,
-                                   cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring};
-    int last_is_assistant = !strcmp(msg[k - 1].role, "assistant");
+    cJSON_ArrayForEach(m, msgs) {
+        const char *r = cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring;
+        msg[k] = (fdpo_chat_msg){r, cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring, !message_weight(m, r, where, k)};
+        k++;
+    }
+    int last_trained = !strcmp(msg[k - 1].role, "assistant") && !msg[k - 1].untrained;
     fdpo_chat_text text = {0};
     fdpo_chat_render(&chat, msg, k, FDPO_CHAT_START | FDPO_CHAT_END_AT_EOT, &text);
     free(msg);
@@ -119,7 +140,7 @@ static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs
     const int32_t eot = fdpo_tokenizer_eot(tok);
     size_t begin = b->n;
     for (size_t t = 0; t < n; t++) b_push(b, &ids[t], 1, w[t]);
-    if (n == 0 || ids[n - 1] != eot) b_push(b, &eot, 1, last_is_assistant ? 1.0f : 0.0f);
+    if (n == 0 || ids[n - 1] != eot) b_push(b, &eot, 1, last_trained ? 1.0f : 0.0f);
     free(ids); free(w);
     return finish_seq(b, begin, seq_len);
 }

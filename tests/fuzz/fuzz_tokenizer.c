@@ -96,7 +96,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char *content = fdpo_malloc(sample_len + 1); /* message content is a C string */
         memcpy(content, sample, sample_len);
         content[sample_len] = 0;
-        const fdpo_chat_msg m[3] = {{"system", content}, {"user", "hi <|im_end|>"}, {"assistant", " ok "}};
+        const fdpo_chat_msg m[3] = {{"system", content, 0}, {"user", "hi <|im_end|>", 0}, {"assistant", " ok ", 0}};
         fdpo_chat_text text = {0};
         fdpo_chat_render(&chat, m, 3, FDPO_CHAT_START | FDPO_CHAT_GENERATION_PROMPT, &text);
         int32_t *ids = NULL;

@@ -149,7 +149,7 @@ def expected_sft(case, ref, vocab, conv, template=None, eot=None):
     full = render(template, conv, cfg, False)
     spans = []
     for i, m in enumerate(conv):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or m.get("weight", 1) == 0:  # OpenAI's weight 0: context, not trained
             continue
         start = len(render(template, conv[:i], cfg, True).encode("utf-8"))
         done = render(template, conv[:i + 1], cfg, False)
@@ -168,7 +168,7 @@ def expected_sft(case, ref, vocab, conv, template=None, eot=None):
     eos = vocab[cfg["eos_token"]]
     if ids[-1] != eos:
         ids.append(eos)
-        w.append(1.0 if conv[-1]["role"] == "assistant" else 0.0)
+        w.append(1.0 if conv[-1]["role"] == "assistant" and conv[-1].get("weight", 1) != 0 else 0.0)
     w[0] = 0.0
     return ids, w, text
 
@@ -201,6 +201,53 @@ def test_sft_messages_match_the_jinja_render(case, tmp_path):
         assert seq["weights"] == w, text
         if conv[-1]["role"] == "assistant":
             assert sum(w) > 0
+
+
+WEIGHTED = [
+    [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red.", "weight": 0},
+     {"role": "user", "content": "Another one, please"}, {"role": "assistant", "content": "Blue, or green!", "weight": 1}],
+    [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."},
+     {"role": "user", "content": "Another one, please"}, {"role": "assistant", "content": "Red.", "weight": 0}],
+]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sft_message_weight_zero_is_context(case, tmp_path):
+    """OpenAI's fine-tuning format: an assistant message with "weight": 0 is context, kept in
+    the text and out of the loss (its content and end-of-turn marker; the closing eos too when
+    it is the last message); "weight": 1 is trained as a message without the key. It was
+    ignored (every assistant message trained). Reference: the Jinja render with those spans
+    left out."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in WEIGHTED])
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "auto", data)["sequences"]
+    for conv, seq in zip(WEIGHTED, got):
+        ids, w, text = expected_sft(case, ref, vocab, conv)
+        assert seq["tokens"] == ids, text
+        assert seq["weights"] == w, text
+        unweighted, _, _ = expected_sft(case, ref, vocab, [{k: v for k, v in m.items() if k != "weight"} for m in conv])
+        assert unweighted == ids   # the same text: only the loss changes
+    assert got[0]["weights"] != expected_sft(case, ref, vocab, [{k: v for k, v in m.items() if k != "weight"}
+                                                                  for m in WEIGHTED[0]])[1]
+
+
+@pytest.mark.parametrize("msgs,err", [
+    ([{"role": "user", "content": "a", "weight": 0}, {"role": "assistant", "content": "b"}],
+     "field 'messages[0].weight' on a user message: only assistant messages take a weight"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0.5}],
+     "field 'messages[1].weight' must be 0 or 1"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": "0"}],
+     "field 'messages[1].weight' must be 0 or 1"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0}],
+     "every assistant message has weight 0 (nothing to learn)"),
+])
+def test_sft_message_weight_errors(msgs, err, tmp_path):
+    make_tok(tmp_path / "tok", "smollm2")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": CONVS[0]}, {"messages": msgs}])
+    r = subprocess.run([HARNESS, "data-chat-sft", str(tmp_path / "tok"), "auto", data], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0 and f"{data}:2: {err}" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("case", ["smollm2", "qwen25", "llama31", "zephyr"])
