@@ -37,7 +37,7 @@ int fdpo_rl_config_check(const fdpo_rl_config *c); /* names the flag */
  * from the training forward, the one the loss differentiates (not the sampler's sums, which
  * differ from it in the last bits in fp32 and by ~3e-3 per sequence in bf16: docs/rl.md). */
 typedef struct {
-    double loss, scores, kl, entropy, shaped, advantage_std, advantage_sq, logp, fdiv;
+    double loss, scores, kl, entropy, shaped, advantage_std, advantage_sq, fdiv;
     size_t samples, tokens;
 } fdpo_rl_metrics;
 

@@ -150,7 +150,6 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
             out->fdiv += fdpo_f_over_u_log(&c->div, l) * inv;   /* D_f(pi || pi_ref) = E_pi[f(u)/u] */
             out->entropy -= slp[i] * inv;
             out->shaped += shaped[i] * inv;
-            out->logp += slp[i] * inv;
         }
         for (size_t g = 0; g < n / c->k; g++) {
             if (c->algo == FDPO_RL_RLOO) fdpo_rloo_advantages(shaped + g * c->k, c->k, adv + g * c->k);
@@ -181,12 +180,12 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
 
 /* the ranks' shares of one step's means (fdpo_rl_step) summed into the step's */
 static int rl_metrics_sum(fdpo_rl_metrics *m) {
-    double v[10] = {m->loss, m->scores, m->kl, m->entropy, m->shaped, m->logp, m->advantage_sq, (double)m->samples,
-                    (double)m->tokens, m->fdiv};
-    if (fdpo_dist_sum_f64(v, 10)) return -1;
-    m->loss = v[0]; m->scores = v[1]; m->kl = v[2]; m->entropy = v[3]; m->shaped = v[4]; m->logp = v[5];
-    m->advantage_sq = v[6]; m->advantage_std = sqrt(v[6]);
-    m->samples = (size_t)v[7]; m->tokens = (size_t)v[8]; m->fdiv = v[9];
+    double v[9] = {m->loss, m->scores, m->kl, m->entropy, m->shaped, m->advantage_sq, (double)m->samples,
+                   (double)m->tokens, m->fdiv};
+    if (fdpo_dist_sum_f64(v, 9)) return -1;
+    m->loss = v[0]; m->scores = v[1]; m->kl = v[2]; m->entropy = v[3]; m->shaped = v[4];
+    m->advantage_sq = v[5]; m->advantage_std = sqrt(v[5]);
+    m->samples = (size_t)v[6]; m->tokens = (size_t)v[7]; m->fdiv = v[8];
     return 0;
 }
 
