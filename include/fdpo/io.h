@@ -75,6 +75,9 @@ fdpo_tokenizer *fdpo_checkpoint_load_tokenizer(const char *dir);
 int fdpo_checkpoint_check_tokenizer(const char *dir, const fdpo_gpt2_config *c, const fdpo_tokenizer *t);
 /* Write config.json + model.safetensors, each atomically. */
 int fdpo_checkpoint_save_model(const char *dir, const fdpo_gpt2 *m);
+/* 0, or an error naming dir and how many of m's weights are NaN or Inf: every save refuses
+ * such a model (its loaders do too), before anything is written. */
+int fdpo_weights_finite(const char *dir, const fdpo_gpt2 *m);
 /* What a file of a checkpoint directory is, by its name: FDPO_CKPT_FILE_MODEL for the files
  * a save writes afresh (config.json, generation_config.json, the weights: model.safetensors,
  * a sharded index and its model-*.safetensors, a LoRA adapter's two files, the training

@@ -148,7 +148,7 @@ int cmd_tokenize(int argc, char **argv) {
                          flags, NFLAGS(flags), argc, argv, &npos, &pos);
     if (rc == FLAGS_HELP) return 0;
     if (rc) return -1;
-    flags_prepend_list(&data, &pos, &npos);
+    flags_prepend_list("data", &data, &pos, &npos);
     if (!tok_dir) { free(pos); return fdpo_error("--tokenizer: required (a directory or 'byte')"); }
     if (field && (lines || decode)) { free(pos); return fdpo_error("--jsonl-field: cannot be combined with %s", lines ? "--lines" : "--decode"); }
     if (field && !*field) { free(pos); return fdpo_error("--jsonl-field: empty field name"); }

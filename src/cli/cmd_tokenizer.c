@@ -26,6 +26,7 @@ static int tokenizer_train(int argc, char **argv) {
     int rc = flags_parse("tokenizer train", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
     if (rc == FLAGS_HELP) { free(pos); return 0; }
     if (rc) { free(pos); return -1; }
+    if (n_pos > 0 && flags_from_config("data")) data.n = 0;   /* FILE... replaces a config file's data */
     size_t n_files = (size_t)n_pos + data.n;   /* every --data (a second one used to replace the first) */
     const char **files = fdpo_malloc((n_files ? n_files : 1) * sizeof *files);
     for (int i = 0; i < n_pos; i++) files[i] = pos[i];

@@ -1,3 +1,4 @@
+#include <ctype.h>
 #include <errno.h>
 #include <ini.h>
 #include <math.h>
@@ -95,8 +96,17 @@ static void list_add(flag_list *l, const char *v) {
  * is not the error itself: a subnormal (1e-320: ERANGE with a nonzero result) is a finite
  * number and is taken; a value that underflows to 0 (1e-400) is out of range; an overflow
  * (1e999) is not finite. where names the flag in the message. */
+/* strtod/strtol also read leading blanks, hex ("0x10") and hex floats ("0x1p-3"): a value is
+ * written in decimal, so those are refused (a typo such as "0x10" for "0.10" ran silently) */
+static int decimal_text(const char *where, const char *text) {
+    if (isspace((unsigned char)text[0]) || strpbrk(text, "xX"))
+        return fdpo_error("%s: '%s' is not a decimal number", where, text);
+    return 0;
+}
+
 static int parse_number(const char *where, const char *text, double *out) {
     char *end;
+    if (decimal_text(where, text)) return -1;
     errno = 0;
     double v = strtod(text, &end);
     if (end == text || *end || !isfinite(v)) return fdpo_error("%s: '%s' is not a finite number", where, text);
@@ -111,6 +121,7 @@ static int set_value(fdpo_flag *f, const char *val, const char *where) {
     char *end;
     switch (f->type) {
     case FLAG_INT: case FLAG_COUNT: {
+        if (decimal_text(where, val)) return -1;
         errno = 0;
         long v = strtol(val, &end, 10);
         if (errno || end == val || *end) return fdpo_error("%s: '%s' is not an integer", where, val);
@@ -177,7 +188,8 @@ const char *flags_error_origin(const char *msg, char *buf, size_t n) {
     if (strncmp(msg, "--", 2)) return msg;
     size_t len = strspn(msg + 2, "abcdefghijklmnopqrstuvwxyz0123456789-");
     char name[128];
-    if (len == 0 || len >= sizeof name || msg[2 + len] != ':') return msg;
+    /* "--lr: ..." and "--eval-every 5: ..." (the value after the name) */
+    if (len == 0 || len >= sizeof name || (msg[2 + len] != ':' && msg[2 + len] != ' ')) return msg;
     memcpy(name, msg + 2, len);
     name[len] = 0;
     const char *file = NULL;
@@ -187,7 +199,11 @@ const char *flags_error_origin(const char *msg, char *buf, size_t n) {
     return buf;
 }
 
-typedef struct { fdpo_flag *flags; size_t n; const char *path, *text; int failed; size_t entry; } ini_ctx;
+typedef struct {
+    fdpo_flag *flags; size_t n; const char *path, *text; int failed; size_t entry;
+    char *spelling;         /* [n] per flag: 1 given under its name in this file, 2 under an old spelling */
+    const char **old_key;   /* [n] that old spelling */
+} ini_ctx;
 
 /* Debian's inih passes no line number to the handler; ini_parse returns the line of the
  * first line the handler rejected, which becomes the file:line of the message. */
@@ -205,7 +221,16 @@ static int on_ini_line(void *user, const char *section, const char *name, const 
         c->failed = 1;
         return 0;
     }
-    if (is_alias) fdpo_log(FDPO_LOG_WARN, "%s: key '%s' is deprecated; use '%s'", c->path, name, f->name);
+    const size_t k = (size_t)(f - c->flags);
+    const char spelling = is_alias ? 2 : 1;
+    if (c->spelling[k] && c->spelling[k] != spelling) {   /* as on the command line: one flag given twice */
+        fdpo_error("key '%s': given twice, once as '%s' (its old spelling): give it once", f->name,
+                   is_alias ? name : c->old_key[k]);
+        c->failed = 1;
+        return 0;
+    }
+    c->spelling[k] = spelling;
+    if (is_alias) { c->old_key[k] = keep_strdup(name); fdpo_log(FDPO_LOG_WARN, "%s: key '%s' is deprecated; use '%s'", c->path, name, f->name); }
     char where[512];
     snprintf(where, sizeof where, "key '%s'", name);
     /* inih reuses its buffers: keep our own copy for string flags */
@@ -246,8 +271,14 @@ const char *flags_first_set(const fdpo_flag *flags, size_t n, const char *const 
     return NULL;
 }
 
-void flags_prepend_list(const flag_list *l, char ***pos, int *n_pos) {
-    if (!l->n) return;
+int flags_from_config(const char *flag) {
+    for (size_t i = 0; i < g_n_origin; i++) if (!strcmp(g_origin[i].flag, flag)) return g_origin[i].file != NULL;
+    return 0;
+}
+
+void flags_prepend_list(const char *flag, const flag_list *l, char ***pos, int *n_pos) {
+    /* FILE... on the command line is that flag given there: it replaces a config file's values */
+    if (!l->n || (*n_pos > 0 && flags_from_config(flag))) return;
     char **p = fdpo_malloc((l->n + (size_t)*n_pos + 1) * sizeof *p);
     for (size_t i = 0; i < l->n; i++) p[i] = (char *)l->v[i];
     memcpy(p + l->n, *pos, ((size_t)*n_pos + 1) * sizeof *p);
@@ -272,10 +303,37 @@ void flags_release_config(void) {
     g_n_origin = g_cap_origin = 0;
 }
 
-int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char *text) {
+/* What inih would read otherwise than written, refused with the line: a NUL byte (the text
+ * ended there), a line of INI_MAX_LINE bytes or more (read as two lines) and an indented line
+ * (a continuation of the value above: "  n = 3" after "stop = ###" made stop "n = 3"). */
+static int config_text_check(const char *name, const char *text, size_t len) {
+    size_t line = 1;
+    for (size_t at = 0; at < len; line++) {
+        const char *nl = memchr(text + at, '\n', len - at);
+        size_t end = nl ? (size_t)(nl - text) : len, n = end - at;
+        const char *l = text + at;
+        if (memchr(l, 0, n)) return fdpo_error("%s:%zu: a NUL byte (not INI text)", name, line);
+        if (n + 1 >= INI_MAX_LINE)
+            return fdpo_error("%s:%zu: a line of %zu bytes; the INI reader takes lines under %d bytes", name, line, n,
+                              INI_MAX_LINE - 1);
+        size_t lead = 0;
+        while (lead < n && (l[lead] == ' ' || l[lead] == '\t')) lead++;
+        if (line == 1 && n >= 3 && !memcmp(l, "\xEF\xBB\xBF", 3)) lead = 0;   /* a byte order mark */
+        if (lead && lead < n && l[lead] != '\r' && l[lead] != ';' && l[lead] != '#')
+            return fdpo_error("%s:%zu: an indented line (INI reads it as more of the value above): remove the "
+                              "indentation", name, line);
+        at = end + 1;
+    }
+    return 0;
+}
+
+int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char *text, size_t len) {
+    if (config_text_check(name, text, len)) return -1;
     /* name and a kept copy of text: a later message about a value from this file names its line */
-    ini_ctx c = {flags, n, keep_strdup(name), keep_strdup(text), 0, 0};
+    ini_ctx c = {flags, n, keep_strdup(name), keep_strdup(text), 0, 0, fdpo_calloc(n ? n : 1, 1),
+                 fdpo_calloc(n ? n : 1, sizeof(char *))};
     int rc = ini_parse_string(text, on_ini_line, &c);
+    free(c.spelling); free(c.old_key);
     if (c.failed) return fdpo_error_context("%s:%d", name, rc);
     if (rc > 0) return fdpo_error("%s:%d: syntax error (expected key = value)", name, rc);
     if (rc < 0) return fdpo_error("%s: cannot parse (out of memory)", name);
@@ -315,9 +373,10 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
         if (cfg) {
             fdpo_strv_push(&g_configs, cfg);
             /* read through fdpo_read_file: a FIFO or directory is refused, not waited on */
-            char *text = fdpo_read_file(cfg, NULL);
+            size_t len = 0;
+            char *text = fdpo_read_file(cfg, &len);
             if (!text) return fdpo_error_context("--config");
-            int rc = flags_parse_config(flags, n, cfg, text);
+            int rc = flags_parse_config(flags, n, cfg, text, len);
             free(text);
             if (rc) return FLAGS_ERROR;
         }

@@ -56,8 +56,10 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n_f
 /* The --config files of the last flags_parse, in order (an output must not replace one:
  * eval_claim_out). */
 size_t flags_config_files(const char *const **files);
-/* Apply the INI text of a --config file (name is used in messages: "NAME:LINE: ..."). */
-int flags_parse_config(fdpo_flag *flags, size_t n_flags, const char *name, const char *text);
+/* Apply the INI text[0..len) of a --config file (name is used in messages: "NAME:LINE: ...").
+ * A NUL byte, a line inih would split (INI_MAX_LINE) and an indented line (inih's
+ * continuation of the value above) are refused with their line. */
+int flags_parse_config(fdpo_flag *flags, size_t n_flags, const char *name, const char *text, size_t len);
 /* Free the config values kept for the process lifetime (string flags set from a config
  * point into them): for a long-lived caller such as the fuzz harness. */
 void flags_release_config(void);
@@ -75,8 +77,12 @@ int flags_was_set(const fdpo_flag *flags, size_t n_flags, const char *name);
 const char *flags_first_set(const fdpo_flag *flags, size_t n_flags, const char *const *names, size_t k);
 #define FLAGS_NAMES(a) (a), (sizeof(a) / sizeof((a)[0]))
 /* Puts a list flag's values (--data A --data B) in front of the positional arguments *pos
- * (as returned by flags_parse), so commands that take FILE... accept --data FILE too. */
-void flags_prepend_list(const flag_list *l, char ***pos, int *n_pos);
+ * (as returned by flags_parse), so commands that take FILE... accept --data FILE too; values
+ * from a --config file are dropped when there are positional FILEs (the command line's
+ * values replace a file's, as --data given there does). */
+void flags_prepend_list(const char *flag, const flag_list *l, char ***pos, int *n_pos);
+/* Did a --config file give this flag's value (and the command line not)? */
+int flags_from_config(const char *flag);
 /* "0.1,0.5,2" -> *count finite doubles (malloc'd). sign: FLAGS_LIST_ANY, FLAGS_LIST_POSITIVE
  * (> 0), FLAGS_LIST_NONNEG (>= 0) or FLAGS_LIST_COUNT (whole numbers in [1, 2^53]: each
  * converts exactly to a size_t; the library checks its own range). Errors name the flag and

@@ -595,7 +595,20 @@ static void add_reward_model(fdpo_st_writer *w, const fdpo_gpt2 *m) {
     fdpo_st_writer_add(w, "score.weight", FDPO_F32, shape, 2, m->params_memory + m->tensors[0].offset + V * C);
 }
 
+int fdpo_weights_finite(const char *dir, const fdpo_gpt2 *m) {
+    size_t bad = 0;
+    const float *w = m->params_memory;
+    #pragma omp parallel for reduction(+ : bad) schedule(static)
+    for (size_t i = 0; i < m->n_params; i++) bad += !isfinite(w[i]);
+    if (bad)
+        return fdpo_error("%s: not saved: %zu of the model's %zu weights are not finite (NaN or Inf; an update or a "
+                          "merge overflowed float: a lower --lr, --weight-decay or merge weight)", dir, bad, m->n_params);
+    return 0;
+}
+
 int fdpo_checkpoint_save_model(const char *dir, const fdpo_gpt2 *m) {
+    /* a loader refuses such a file: writing it would replace a good checkpoint with one nothing reads */
+    if (fdpo_weights_finite(dir, m)) return -1;
     if (fdpo_mkdir_p(dir)) return -1;
     char *cfg_path = fdpo_path_join(dir, "config.json");
     char *st_path = fdpo_path_join(dir, "model.safetensors");

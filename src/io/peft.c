@@ -26,6 +26,7 @@ int fdpo_lora_is_checkpoint(const char *dir) {
 int fdpo_lora_save_peft(const char *dir, const fdpo_gpt2 *m, const char *base_model) {
     const fdpo_lora *l = m->lora;
     if (!l) return fdpo_error("%s: the model has no LoRA adapters to save", dir);
+    if (fdpo_weights_finite(dir, &l->view)) return -1;
     if (fdpo_mkdir_p(dir)) return -1;
     cJSON *c = cJSON_CreateObject();
     cJSON_AddStringToObject(c, "peft_type", "LORA");

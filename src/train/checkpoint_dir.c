@@ -297,6 +297,7 @@ int fdpo_checkpoint_save_run(const char *out, const fdpo_gpt2 *m, const fdpo_tok
     char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
     int rc = -1;
     if (fdpo_checkpoint_recover(out) || recover_swap(out)) goto done;
+    if (fdpo_weights_finite(out, m->lora ? &m->lora->view : m)) goto done;   /* before anything is written */
     if (fdpo_mkdir_p(tmp)) goto done;
     if (fdpo_file_exists(out) && carry_over(out, tmp, 1, tok != NULL, files != NULL)) goto done;
     for (size_t i = 0; i < n_files; i++) {

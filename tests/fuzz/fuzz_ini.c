@@ -16,7 +16,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *text = malloc(size + 1); /* inih reads a C string */
     memcpy(text, data, size);
     text[size] = 0;
-    flags_parse_config(flags, NFLAGS(flags), "fuzz.ini", text);
+    flags_parse_config(flags, NFLAGS(flags), "fuzz.ini", text, size);
     flags_release_config(); /* else the kept values pile up over millions of runs */
     free(text);
     return 0;

@@ -320,6 +320,59 @@ def test_a_checked_value_from_a_config_file_names_its_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("text,line,err", [
+    # inih reads an indented line as more of the value above: stop became "n = 3", n stayed 1
+    ("[pairs]\nseed = 4\n  n = 3\n", 3, "an indented line (INI reads it as more of the value above): remove the indentation"),
+    ("seed = 4\n\tlines = 2\n", 2, "an indented line"),
+    # inih stops at a NUL: everything after it was dropped
+    ("seed = 4\n\0seed = 5\n", 2, "a NUL byte (not INI text)"),
+    # inih cuts a line at 199 bytes and reads the rest as the next line
+    ("seed = 4" + " " * 300 + "7\n", 1, "a line of 309 bytes; the INI reader takes lines under 199 bytes"),
+    # a key and its old spelling: the command line refuses the pair, the file took the last
+    ("data = a.jsonl\nsamples = b.jsonl\n", 2, "key 'data': given twice, once as 'samples' (its old spelling): give it once"),
+])
+def test_config_text_inih_would_misread_is_refused_with_its_line(tmp_path, text, line, err):
+    cfg = tmp_path / "c.ini"
+    cfg.write_bytes(text.encode())
+    r = run("pairs", "--config", str(cfg), "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 1 and f"fdpo pairs: {cfg}:{line}: {err}" in r.stderr, r.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_config_lines_inih_reads_whole_still_work(tmp_path):
+    """Indented comments, blank lines with blanks, a byte order mark, CRLF and a line of 198
+    bytes (199 with its newline, inih's most) are read as before: seed = 4 is in force."""
+    s = samples_file(tmp_path)
+    cfg = tmp_path / "c.ini"
+    cfg.write_bytes(("\ufeff; c\r\n   # indented comment\r\n  \r\n;" + "x" * 197 + "\nseed = 4\r\n").encode())
+    r = run("pairs", "--config", str(cfg), "--data", s, "--out", str(tmp_path / "a.jsonl"))
+    assert r.returncode == 0, r.stderr
+    r = run("pairs", "--data", s, "--seed", "4", "--out", str(tmp_path / "b.jsonl"))
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    r = run("pairs", "--data", s, "--seed", "5", "--out", str(tmp_path / "c.jsonl"))
+    assert (tmp_path / "a.jsonl").read_bytes() != (tmp_path / "c.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("value", ["0x10", " 5", "0x1p-3", "\t2"])
+def test_numbers_are_decimal(tmp_path, value):
+    """strtod/strtol read hex, hex floats and leading blanks: --seed 0x10 was 16 and --lr 0x10
+    (a typo for 0.10) trained at 16."""
+    for flag in ("--seed", "--bt-scale"):
+        r = run("pairs", "--data", samples_file(tmp_path), flag, value, "--out", str(tmp_path / "o.jsonl"))
+        assert r.returncode == 1 and f"fdpo pairs: {flag}: '{value}' is not a decimal number" in r.stderr, r.stderr
+    cfg = write(tmp_path / "c.ini", f"seed = 0x10\n")
+    r = run("pairs", "--data", samples_file(tmp_path), "--config", cfg, "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 1 and f"{cfg}:1: key 'seed': '0x10' is not a decimal number" in r.stderr, r.stderr
+
+
+def test_a_config_value_named_in_a_flag_value_message(tmp_path):
+    """"--eval-every 5: ..." (the value after the flag) names the config line as "--eval-every: ..." does"""
+    cfg = write(tmp_path / "a.ini", "eval-fraction = 0\neval-every = 5\n")
+    r = run("pretrain", "--out", str(tmp_path / "o"), "--config", cfg, "x.txt")
+    assert r.returncode == 1 and r.stderr.endswith(f"(from {cfg}:2)\n"), r.stderr
+    assert r.stderr.startswith("fdpo pretrain: --eval-every 5: "), r.stderr
+
+
 @pytest.mark.parametrize("args", [
     ["dpo", "--lrr", "1"], ["dpo", "--data", "x"], ["eval", "--n", "0"], ["pairs", "--out", "x"],
     ["generate", "--model", "/nonexistent", "--data", "/nonexistent"], ["info"], ["lab", "solve", "--bogus", "1"],

@@ -608,6 +608,39 @@ def test_out_that_is_a_mount_point_is_refused_before_training(tmp_path, corpus, 
     assert "step 1/" not in first, first
 
 
+@pytest.mark.parametrize("flag,value", [("--weight-decay", "1e300"), ("--lr", "1e300")])
+def test_an_update_that_makes_weights_non_finite_saves_nothing(tmp_path, corpus, flag, value):
+    """The gradient norm is checked before each update, so a last update that overflowed the
+    weights (decoupled weight decay lr*wd*w at 1e300) wrote a checkpoint of NaN/Inf weights that
+    every loader refuses, and the run exited 0; over a good checkpoint (--resume) it replaced it.
+    The save refuses first, naming OUT, and the good checkpoint stays."""
+    out = tmp_path / "o"
+    r = fdpo("pretrain", "--out", out, *TINY, "--steps", "1", flag, value, "--quiet", *corpus)
+    assert r.returncode == 1, r.stderr
+    assert f"{out}: not saved: " in r.stderr and " weights are not finite (NaN or Inf; " in r.stderr, r.stderr
+    assert not (out / "model.safetensors").exists() and not (tmp_path / "o.tmp").exists()
+    good = tmp_path / "good"
+    ok("pretrain", "--out", good, *TINY, "--steps", "2", "--quiet", *corpus)
+    before = (good / "model.safetensors").read_bytes()
+    r = fdpo("pretrain", "--out", good, "--overwrite", *TINY, "--steps", "1", flag, value, "--quiet", *corpus)
+    assert r.returncode == 1 and f"{good}: not saved: " in r.stderr, r.stderr
+    assert (good / "model.safetensors").read_bytes() == before
+
+
+def test_positional_files_replace_a_config_files_data(tmp_path, corpus):
+    """docs/cli.md: a repeatable flag given on the command line replaces the file's values, and
+    pretrain --data F equals pretrain F; a positional F was added to the file's data instead."""
+    cfg = tmp_path / "c.ini"
+    cfg.write_text(f"data = {corpus[0]}\n")
+    for name, args in (("pos", [corpus[1]]), ("flag", ["--data", corpus[1]]), ("plain", [corpus[1]])):
+        extra = [] if name == "plain" else ["--config", cfg]
+        ok("pretrain", "--out", tmp_path / name, *TINY, "--steps", "2", "--quiet", *extra, *args)
+    w = {n: (tmp_path / n / "model.safetensors").read_bytes() for n in ("pos", "flag", "plain")}
+    assert w["pos"] == w["flag"] == w["plain"]
+    r = fdpo("tokenize", "--tokenizer", "byte", "--config", cfg, corpus[1])
+    assert r.returncode == 0 and r.stdout == fdpo("tokenize", "--tokenizer", "byte", corpus[1]).stdout
+
+
 def test_pretrain_reads_a_byte_order_mark_as_no_text(tmp_path, corpus):
     """Every JSONL and CSV reader skips a leading UTF-8 byte order mark; pretrain's text files
     trained it as text (three more byte tokens in the first document). The same run on the
