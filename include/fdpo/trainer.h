@@ -142,6 +142,8 @@ typedef struct {
 } fdpo_setting;
 typedef struct { size_t n, cap; fdpo_setting *v; } fdpo_settings;
 void fdpo_settings_num(fdpo_settings *s, const char *key, double v, int fixed);   /* add or replace */
+/* an integer: a number up to 2^53 in magnitude, else its decimal digits as text (exact on resume) */
+void fdpo_settings_int(fdpo_settings *s, const char *key, long long v, int fixed);
 void fdpo_settings_bool(fdpo_settings *s, const char *key, int v, int fixed);
 void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fixed); /* NULL -> null */
 /* The same from settings already read (file: named in messages, e.g. online.json): -1 a bad

@@ -161,7 +161,7 @@ static int resume_defaults(fdpo_flag *flags, size_t n, const char *out) {
     fdpo_flag *lora_r = find(flags, n, "lora-r");
     if (!rc && lora_r && lora_r->set) {
         fdpo_settings now = {0};
-        fdpo_settings_num(&now, "lora-r", (double)*(long *)lora_r->dest, 0);
+        fdpo_settings_int(&now, "lora-r", (long long)*(long *)lora_r->dest, 0);
         rc = fdpo_settings_check_resume(&saved, &now);
         fdpo_settings_free(&now);
     }

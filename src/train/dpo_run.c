@@ -198,8 +198,8 @@ static const char *on_long_name(fdpo_pref_on_long v) {
 }
 
 void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, const char *eval_file, fdpo_settings *s) {
-    fdpo_settings_num(s, "max-length", (double)p->max_length, 1);
-    fdpo_settings_num(s, "max-prompt-length", (double)p->max_prompt_length, 1);
+    fdpo_settings_int(s, "max-length", (long long)p->max_length, 1);
+    fdpo_settings_int(s, "max-prompt-length", (long long)p->max_prompt_length, 1);
     fdpo_settings_str(s, "on-long", on_long_name(p->on_long), 1);
     fdpo_settings_str(s, "bad-pairs", p->on_bad == FDPO_PREF_SKIP ? "skip" : "error", 1);
     fdpo_settings_num(s, "eval-fraction", eval_fraction, 1);

@@ -748,8 +748,8 @@ void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 1);
     fdpo_settings_str(s, "mode", "round", 1);
     fdpo_settings_str(s, "reward", o->reward, 1);
-    fdpo_settings_num(s, "n", (double)o->n, 1);
-    fdpo_settings_num(s, "prompts-per-round", (double)o->prompts_per_round, 1);
+    fdpo_settings_int(s, "n", (long long)o->n, 1);
+    fdpo_settings_int(s, "prompts-per-round", (long long)o->prompts_per_round, 1);
     fdpo_settings_str(s, "pairing", o->pairs_bt ? "all-bt" : "best-worst", 1);
     fdpo_settings_num(s, "bt-scale", o->bt_scale, 1);
     fdpo_settings_str(s, "ref-logps", o->ref_logps_pairs ? "pairs" : "all", 1);
@@ -770,8 +770,8 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);
     fdpo_settings_num(s, "beta", o->dpo.dpo.loss.beta, 1);
-    fdpo_settings_num(s, "n", (double)o->n, 1);
-    fdpo_settings_num(s, "prompts-per-round", (double)o->prompts_per_round, 1);
+    fdpo_settings_int(s, "n", (long long)o->n, 1);
+    fdpo_settings_int(s, "prompts-per-round", (long long)o->prompts_per_round, 1);
     fdpo_settings_str(s, "ref-logps", o->ref_logps_pairs ? "pairs" : "all", 1);
     fdpo_sample_config_settings(&o->sample, &o->reward_opts, s);
 }

@@ -256,9 +256,9 @@ uint64_t fdpo_prompts_hash(char *const *prompts, size_t n) {
 
 void fdpo_sample_config_settings(const fdpo_sample_config *c, const fdpo_reward_options *r, fdpo_settings *s) {
     fdpo_settings_num(s, "temperature", c->temperature, 1);
-    fdpo_settings_num(s, "top-k", (double)c->top_k, 1);
+    fdpo_settings_int(s, "top-k", (long long)c->top_k, 1);
     fdpo_settings_num(s, "top-p", c->top_p, 1);
-    fdpo_settings_num(s, "max-new-tokens", (double)c->max_new_tokens, 1);
+    fdpo_settings_int(s, "max-new-tokens", (long long)c->max_new_tokens, 1);
     fdpo_settings_str(s, "stop", c->stop, 1);
     fdpo_settings_path(s, "lexicon", r->lexicon, 1);
     fdpo_settings_num(s, "reward-timeout", r->timeout_s, 0);
@@ -288,8 +288,8 @@ void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
     fdpo_settings_str(s, "algo", o->rl.algo == FDPO_RL_RLOO ? "rloo" : "grpo", 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_num(s, "beta", o->rl.beta, 1);
-    fdpo_settings_num(s, "n", (double)o->rl.k, 1);
-    fdpo_settings_num(s, "prompts-per-step", (double)o->prompts_per_step, 1);
+    fdpo_settings_int(s, "n", (long long)o->rl.k, 1);
+    fdpo_settings_int(s, "prompts-per-step", (long long)o->prompts_per_step, 1);
     fdpo_settings_num(s, "grpo-eps", o->rl.grpo_eps, 1);
     fdpo_sample_config_settings(&o->sample, &o->reward_opts, s);
 }

@@ -29,6 +29,14 @@ static fdpo_setting *settings_push(fdpo_settings *s, const char *key, fdpo_setti
 void fdpo_settings_num(fdpo_settings *s, const char *key, double v, int fixed) {
     settings_push(s, key, FDPO_SETTING_NUM, fixed)->num = v;
 }
+void fdpo_settings_int(fdpo_settings *s, const char *key, long long v, int fixed) {
+    /* a JSON number is a double: past 2^53 the value is kept as its digits (a resume read
+     * --seed 9007199254740993 back as ...992 and a batch size of 2^63 - 1 as LONG_MIN) */
+    if (v >= -(1LL << 53) && v <= (1LL << 53)) { fdpo_settings_num(s, key, (double)v, fixed); return; }
+    char digits[32];
+    snprintf(digits, sizeof digits, "%lld", v);
+    fdpo_settings_str(s, key, digits, fixed);
+}
 void fdpo_settings_bool(fdpo_settings *s, const char *key, int v, int fixed) {
     settings_push(s, key, FDPO_SETTING_BOOL, fixed)->num = v ? 1 : 0;
 }
@@ -66,7 +74,10 @@ void fdpo_settings_free(fdpo_settings *s) {
 void fdpo_setting_text(const fdpo_setting *x, char *buf, size_t n) {
     switch (x->type) {
     case FDPO_SETTING_NULL: snprintf(buf, n, "(none)"); break;
-    case FDPO_SETTING_NUM: fdpo_fmt_double(buf, n, x->num); break;
+    case FDPO_SETTING_NUM:   /* a whole number in full (a seed of 2^53 read "9.00719925474099e+15") */
+        if (x->num == floor(x->num) && fabs(x->num) <= 9007199254740992.0) snprintf(buf, n, "%.0f", x->num);
+        else fdpo_fmt_double(buf, n, x->num);
+        break;
     case FDPO_SETTING_BOOL: snprintf(buf, n, "%s", x->num != 0 ? "true" : "false"); break;
     case FDPO_SETTING_STR: snprintf(buf, n, "%s", x->str); break;
     }
@@ -197,7 +208,7 @@ void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s) {
     for (size_t i = 0; i < sizeof TRAIN_FIELDS / sizeof TRAIN_FIELDS[0]; i++) {
         const char *p = base + TRAIN_FIELDS[i].offset;
         switch (TRAIN_FIELDS[i].type) {
-        case T_LONG: fdpo_settings_num(s, TRAIN_FIELDS[i].key, (double)*(const long *)p, TRAIN_FIELDS[i].fixed); break;
+        case T_LONG: fdpo_settings_int(s, TRAIN_FIELDS[i].key, *(const long *)p, TRAIN_FIELDS[i].fixed); break;
         case T_DOUBLE: fdpo_settings_num(s, TRAIN_FIELDS[i].key, *(const double *)p, TRAIN_FIELDS[i].fixed); break;
         case T_BOOL: fdpo_settings_bool(s, TRAIN_FIELDS[i].key, *(const int *)p, TRAIN_FIELDS[i].fixed); break;
         case T_STR: fdpo_settings_str(s, TRAIN_FIELDS[i].key, *(const char *const *)p, TRAIN_FIELDS[i].fixed); break;
@@ -214,7 +225,7 @@ void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s) {
      * --lora-r 0 left out every lora-* key, compared nothing, and saved the state without them
      * (after which any LoRA values were accepted). A state saved before without the key is
      * a full fine-tune and still resumes: a key the saved run lacks is not compared. */
-    fdpo_settings_num(s, "lora-r", (double)o->lora_r, 1);
+    fdpo_settings_int(s, "lora-r", (long long)o->lora_r, 1);
     if (o->lora_r > 0) {   /* the adapters' shape and training, for a LoRA run only */
         fdpo_settings_num(s, "lora-alpha", o->lora_alpha, 1);
         fdpo_settings_num(s, "lora-dropout", o->lora_dropout, 1);
@@ -226,8 +237,8 @@ void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s) {
     fdpo_settings_str(s, "arch", llama ? "llama" : "gpt2", 1);
     if (!llama) return;
     fdpo_gpt2_config c = fdpo_train_opts_model_config(o, 0);
-    fdpo_settings_num(s, "n-kv-head", (double)c.n_kv_head, 1);
-    fdpo_settings_num(s, "intermediate-size", (double)c.intermediate_size, 1);
+    fdpo_settings_int(s, "n-kv-head", (long long)c.n_kv_head, 1);
+    fdpo_settings_int(s, "intermediate-size", (long long)c.intermediate_size, 1);
     fdpo_settings_num(s, "rope-theta", c.rope_theta, 1);
     fdpo_settings_bool(s, "tie-word-embeddings", c.tie_word_embeddings, 1);
 }

@@ -216,7 +216,7 @@ static int resume_early_check(const fdpo_train_opts *o) {
     fdpo_settings saved, now = {0};
     size_t step = 0;
     if (fdpo_train_state_read_settings(o->out, &saved, &step)) return 0;
-    fdpo_settings_num(&now, "lora-r", (double)o->lora_r, 1);
+    fdpo_settings_int(&now, "lora-r", (long long)o->lora_r, 1);
     int rc = fdpo_settings_check_resume(&saved, &now);
     if (rc == 0 && o->stop_at > 0 && (size_t)o->stop_at <= step)
         rc = fdpo_error("--stop-at: %ld is not after the saved run's step %zu (the checkpoint in %s): give a "

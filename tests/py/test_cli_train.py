@@ -641,6 +641,22 @@ def test_positional_files_replace_a_config_files_data(tmp_path, corpus):
     assert r.returncode == 0 and r.stdout == fdpo("tokenize", "--tokenizer", "byte", corpus[1]).stdout
 
 
+def test_resume_keeps_integers_past_2_to_the_53(tmp_path, corpus):
+    """Settings were saved as JSON numbers (doubles): a resume read --seed 2^53 + 1 back as
+    2^53 (refused as a change) and --batch-size 2^63 - 1 as LONG_MIN (refused as < 1). Both
+    now resume, and end as the uninterrupted run does."""
+    big = ["--seed", str(2**53 + 1), "--batch-size", str(2**63 - 1)]
+    ok("pretrain", "--out", tmp_path / "whole", *TINY, "--steps", "3", "--quiet", *big, *corpus)
+    ok("pretrain", "--out", tmp_path / "o", *TINY, "--steps", "3", "--stop-at", "1", "--quiet", *big, *corpus)
+    state = json.loads((tmp_path / "o" / "training_state.json").read_text())
+    assert state["settings"]["seed"] == str(2**53 + 1) and state["settings"]["batch-size"] == str(2**63 - 1)
+    r = ok("pretrain", "--out", tmp_path / "o", "--resume", "--seed", str(2**53 + 1), *corpus)
+    assert f"batch-size={2**63 - 1}" in r.stderr, r.stderr
+    assert (tmp_path / "o" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+    r = fdpo("pretrain", "--out", tmp_path / "o", "--resume", "--seed", str(2**53), *corpus)
+    assert r.returncode == 1 and f"--seed: {2**53} differs from the saved run's {2**53 + 1}" in r.stderr, r.stderr
+
+
 def test_pretrain_reads_a_byte_order_mark_as_no_text(tmp_path, corpus):
     """Every JSONL and CSV reader skips a leading UTF-8 byte order mark; pretrain's text files
     trained it as text (three more byte tokens in the first document). The same run on the
