@@ -75,6 +75,10 @@ void fdpo_strv_free(fdpo_strv *sv);
 /* Levenshtein distance of two strings, '-' and '_' counted equal: the one measure of "did you
  * mean" (a flag name, a misspelt key of a data file). */
 size_t fdpo_edit_distance(const char *a, const char *b);
+/* 0 when strtod/strtol would read s otherwise than as the decimal number it shows: leading
+ * blanks, or hexadecimal after an optional sign ("0x10" is 16 to strtod, "0x1p-3" 0.125),
+ * which no flag, CSV cell or reward program means; else 1. The number readers call it first. */
+int fdpo_number_is_decimal(const char *s);
 
 /* ---- index tables ----
  * The one hash table of libfdpo: open addressing with linear probing over items that live in

@@ -155,9 +155,23 @@ typedef struct {
     {"threads", FLAG_INT, &(o).threads, "0", "OpenMP threads (0 = default)", 0},                           \
     {"format", FLAG_STR, &(o).format, "csv", "output table format: csv or json", 0}
 
-/* prompts_ok: the experiment reads a CSV's `prompt` column (several prompts); the others refuse it */
+/* A flag whose value makes the run allocate more than the machine's memory, refused naming it
+ * (the out-of-memory handler's line names no flag) */
+static int beyond_ram(const char *flag, long value, double bytes, const char *what) {
+    const double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (ram > 0 && bytes > ram)
+        return fdpo_error("--%s %ld: %s %.3g GB, more than this machine's %.3g GB", flag, value, what, bytes / 1e9,
+                          ram / 1e9);
+    return 0;
+}
+
+/* what an experiment reads of a problem beyond pi_ref and the reward: a CSV's `prompt` column
+ * (several prompts; the others refuse it) and the response lengths (the others refuse
+ * --length-min/--length-max, which would change nothing) */
+enum { READS_PROMPTS = 1, READS_LENGTHS = 2 };
 static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf, fdpo_rng *rng, fdpo_lab_problem *p,
-                        int prompts_ok) {
+                        int reads) {
+    const int prompts_ok = (reads & READS_PROMPTS) != 0;
     if (o->input) {
         if (flags_was_set(flags, nf, "n")) return fdpo_error("--n: not allowed with --data (the file sets the responses)");
         /* the generator's flags would be ignored: refused like --n (constrained's
@@ -181,10 +195,11 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
     }
     /* pi_ref, reward and length alone take 24 bytes a response: more than the machine holds
      * ended in the out-of-memory handler's line, which names no flag */
-    const double bytes = 24.0 * (double)o->n, ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-    if (ram > 0 && bytes > ram)
-        return fdpo_error("--n %ld: the generated problem alone takes %.3g GB, more than this machine's %.3g GB",
-                          o->n, bytes / 1e9, ram / 1e9);
+    if (beyond_ram("n", o->n, 24.0 * (double)o->n, "the generated problem alone takes")) return -1;
+    static const char *const length_flags[] = {"length-min", "length-max"};
+    const char *unused = reads & READS_LENGTHS ? NULL : flags_first_set(flags, nf, FLAGS_NAMES(length_flags));
+    if (unused)
+        return fdpo_error("--%s: has no effect here (response lengths are read by `fdpo lab bias` only)", unused);
     /* the other kinds' parameters would be ignored */
     const char *kind = o->gen.pi_ref_kind ? o->gen.pi_ref_kind : "zipf";
     if (flags_was_set(flags, nf, "zipf-s") && strcmp(kind, "zipf"))
@@ -350,18 +365,18 @@ static int lab_frontier(int argc, char **argv) {
     double *betas;
     if (parse_divs(divspec, &divs, &nd)) return -1;
     static const char *const grid_flags[] = {"beta-min", "beta-max", "n-betas"};
-    const char *given = betalist && *betalist ? flags_first_set(flags, NFLAGS(flags), FLAGS_NAMES(grid_flags)) : NULL;
+    const char *given = betalist ? flags_first_set(flags, NFLAGS(flags), FLAGS_NAMES(grid_flags)) : NULL;
     if (given) {
         free(divs);
         return fdpo_error("--%s: has no effect with --betas (the list replaces the log grid)", given);
     }
-    int grc = betalist && *betalist ? flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE, &betas, &nbeta)
+    int grc = betalist ? flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE, &betas, &nbeta)   /* "": an empty list */
                                     : fdpo_lab_beta_grid(&grid, &betas, &nbeta);
     if (grc) { free(divs); return -1; }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
-    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, 1)) { free(divs); free(betas); return -1; }
+    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, READS_PROMPTS)) { free(divs); free(betas); return -1; }
     /* one prepared problem per prompt (a CSV with a prompt column), else the whole set */
     size_t np;
     fdpo_lab_prepared *pp = fdpo_lab_prepare_prompts(&p, &np);
@@ -406,6 +421,7 @@ static int lab_gap(int argc, char **argv) {
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
         return fdpo_error("--prompts: --data holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
+    if (beyond_ram("prompts", prompts, (double)prompts * (24.0 * (double)o.n + sizeof(fdpo_lab_problem)), "the generated problems take")) return -1;
     fdpo_divergence *divs = NULL;
     double *betas = NULL, *noises = NULL;
     size_t nd, nbeta, nnoise;
@@ -504,6 +520,7 @@ static int lab_coverage(int argc, char **argv) {
     if (o.input && flags_was_set(flags, NFLAGS(flags), "prompts") && prompts != 1)
         return fdpo_error("--prompts: --data holds one prompt (got %ld)", prompts);
     if (o.input) prompts = 1;
+    if (beyond_ram("prompts", prompts, (double)prompts * (24.0 * (double)o.n + sizeof(fdpo_lab_problem)), "the generated problems take")) return -1;
     fdpo_divergence ddiv;
     if (fdpo_divergence_parse(datadiv, &ddiv)) return fdpo_error_context("--data-divergence");
     co.data_div = ddiv;
@@ -571,7 +588,7 @@ static int lab_bias(int argc, char **argv) {
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
-    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0)) { free(divs); free(betas); free(bs); return -1; }
+    if (load_problem(&o, flags, NFLAGS(flags), &rng, &p, READS_LENGTHS)) { free(divs); free(betas); free(bs); return -1; }
     int rc = 0;
     if (!p.length) rc = fdpo_error("--data %s: the bias experiment needs a 'length' column", o.input);
     static const char *cols[] = {"bias", "divergence", "beta", "length_pistar", "length_pihat", "length_increase", "reward_gap"};

@@ -1,4 +1,3 @@
-#include <ctype.h>
 #include <errno.h>
 #include <ini.h>
 #include <math.h>
@@ -99,8 +98,7 @@ static void list_add(flag_list *l, const char *v) {
 /* strtod/strtol also read leading blanks, hex ("0x10") and hex floats ("0x1p-3"): a value is
  * written in decimal, so those are refused (a typo such as "0x10" for "0.10" ran silently) */
 static int decimal_text(const char *where, const char *text) {
-    if (isspace((unsigned char)text[0]) || strpbrk(text, "xX"))
-        return fdpo_error("%s: '%s' is not a decimal number", where, text);
+    if (!fdpo_number_is_decimal(text)) return fdpo_error("%s: '%s' is not a decimal number", where, text);
     return 0;
 }
 

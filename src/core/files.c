@@ -391,6 +391,11 @@ size_t fdpo_utf8_first_invalid(const char *s, size_t n) {
 
 int fdpo_utf8_valid(const char *s, size_t n) { return fdpo_utf8_first_invalid(s, n) == n; }
 
+int fdpo_number_is_decimal(const char *s) {
+    const char *d = s + (s[0] == '+' || s[0] == '-');
+    return !(s[0] == ' ' || (s[0] >= '\t' && s[0] <= '\r') || (d[0] == '0' && (d[1] == 'x' || d[1] == 'X')));
+}
+
 static char dash_norm(char c) { return c == '_' ? '-' : c; }
 
 size_t fdpo_edit_distance(const char *a, const char *b) {

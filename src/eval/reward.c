@@ -536,7 +536,7 @@ static int cmd_score(fdpo_reward *r, size_t n, char *const *prompts, char *const
             while (*q == ' ' || *q == '\t' || *q == '\r') q++;
             /* decimal only: strtod also reads hexadecimal ("0x10" was 16), which no reward
              * program means */
-            if (q == p || *q || !isfinite(v) || strpbrk(p, "xX"))
+            if (q == p || *q || !isfinite(v) || !fdpo_number_is_decimal(p))
                 rc = fdpo_error("reward command '%s': output line %zu '%.80s' is not a finite decimal number", r->program,
                                 line + 1, p);
             else out[line] = v;

@@ -91,7 +91,8 @@ void fdpo_lab_beta_grid_default(fdpo_lab_beta_grid_opts *o) {
 int fdpo_lab_beta_grid_check(const fdpo_lab_beta_grid_opts *o) {
     if (!(o->beta_min > 0) || !(o->beta_max >= o->beta_min) || !isfinite(o->beta_max))
         return fdpo_error("--beta-min/--beta-max: need 0 < min <= max (got %g, %g)", o->beta_min, o->beta_max);
-    if (o->n_betas < 1) return fdpo_error("--n-betas: must be >= 1 (got %ld)", o->n_betas);
+    /* each beta is a solve per divergence and a table row: a million is past any plot */
+    if (o->n_betas < 1 || o->n_betas > 1000000) return fdpo_error("--n-betas: must be in [1, 1000000] (got %ld)", o->n_betas);
     return 0;
 }
 

@@ -242,8 +242,9 @@ int fdpo_lab_read_csv(const char *path, fdpo_lab_problem *p, double *renormalise
             double v = strtod(f[j], &end);
             /* ERANGE also flags underflow, where strtod returns a subnormal (or 0, which the
              * pi_ref > 0 check then refuses): only overflow is an error */
-            if (end == f[j] || *end || (errno == ERANGE && fabs(v) == HUGE_VAL) || !isfinite(v)) {
-                fdpo_error("%s:%zu: column '%s': '%s' is not a finite number", path, lineno, COL_NAMES[c], f[j]);
+            if (end == f[j] || *end || (errno == ERANGE && fabs(v) == HUGE_VAL) || !isfinite(v) ||
+                !fdpo_number_is_decimal(f[j])) {   /* "0x10" read as 16 */
+                fdpo_error("%s:%zu: column '%s': '%s' is not a finite decimal number", path, lineno, COL_NAMES[c], f[j]);
                 goto done;
             }
             if (c == COL_PI_REF && !(v > 0)) {

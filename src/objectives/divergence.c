@@ -30,7 +30,7 @@ int fdpo_divergence_parse(const char *spec, fdpo_divergence *d) {
             return fdpo_error("divergence '%s': alpha needs a coefficient, e.g. alpha:0.5 (0 < A < 1)", spec);
         char *end;
         double a = strtod(spec + 6, &end);
-        if (end == spec + 6 || *end || !isfinite(a))
+        if (end == spec + 6 || *end || !isfinite(a) || !fdpo_number_is_decimal(spec + 6))
             return fdpo_error("divergence '%s': '%s' is not a number", spec, spec + 6);
         if (!(a > 0 && a < 1))
             return fdpo_error("divergence '%s': alpha must be in (0, 1) (paper convention: 0 -> rkl, 1 -> fkl; "

@@ -607,8 +607,11 @@ def bad(tmp_path, text, *args):
 @pytest.mark.parametrize("text,needle", [
     ("pi_ref,reward\n0.5,1\n0,2\n0.5,3\n", ":3: column 'pi_ref': must be > 0"),
     ("pi_ref,reward\n0.5,1\n-0.5,2\n", ":3: column 'pi_ref': must be > 0"),
-    ("pi_ref,reward\n0.5,abc\n0.5,2\n", ":2: column 'reward': 'abc' is not a finite number"),
-    ("pi_ref,reward\n0.5,1\n0.5,nan\n", ":3: column 'reward': 'nan' is not a finite number"),
+    ("pi_ref,reward\n0.5,abc\n0.5,2\n", ":2: column 'reward': 'abc' is not a finite decimal number"),
+    ("pi_ref,reward\n0.5,1\n0.5,nan\n", ":3: column 'reward': 'nan' is not a finite decimal number"),
+    # strtod reads hexadecimal: "0x10" was a reward of 16
+    ("pi_ref,reward\n0.5,0x10\n0.5,1\n", ":2: column 'reward': '0x10' is not a finite decimal number"),
+    ("pi_ref,reward\n0x1p-1,1\n0.5,1\n", ":2: column 'pi_ref': '0x1p-1' is not a finite decimal number"),
     ("pi_ref,reward\n0.5,1,3\n0.5,2\n", ":2: expected 2 fields, got 3"),
     ("pi_ref,reward\n0.5\n", ":2: expected 2 fields, got 1"),
     ("pi_ref,score\n0.5,1\n", ":1: unknown column 'score'"),
@@ -683,6 +686,17 @@ def test_renormalises_with_a_warning(tmp_path):
     (["check", "--method", "rloo", "--pair-top", "2"], "--pair-top: only --method dpo uses it (--method rloo)"),
     (["check", "--method", "dpo", "--steps", "10"], "--steps: only --method online,rloo,grpo,kto use it (--method dpo)"),
     (["check", "--method", "kto", "--group-size", "3"], "--group-size: only --method online,rloo,grpo use it (--method kto)"),
+    # lengths shape only bias's problem: elsewhere the same numbers came out
+    *[([exp, "--length-min", "50"], "--length-min: has no effect here (response lengths are read by `fdpo lab bias` only)")
+      for exp in ("solve", "frontier", "gap", "coverage", "check")],
+    (["constrained", "--min-safety", "0", "--length-max", "60"], "--length-max: has no effect here"),
+    # an empty --betas fell back to the log grid (gap and bias refused it)
+    (["frontier", "--betas", ""], "--betas: empty list"),
+    (["frontier", "--betas", "", "--beta-min", "1"], "--beta-min: has no effect with --betas"),
+    # allocations past the machine ended in the out-of-memory handler's line, which names no flag
+    (["gap", "--n", "5", "--prompts", "99999999999"], "--prompts 99999999999: the generated problems take 1.84e+04 GB, more than"),
+    (["coverage", "--n", "5", "--prompts", "99999999999"], "--prompts 99999999999: the generated problems take"),
+    (["frontier", "--n-betas", "999999999999"], "--n-betas: must be in [1, 1000000] (got 999999999999)"),
 ])
 def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)

@@ -229,6 +229,7 @@ def test_large_log_ratios_stay_finite(mag):
 @pytest.mark.parametrize("spec,needle", [
     ("kl", "unknown divergence 'kl'"), ("alpha:1.5", "alpha:1.5"), ("alpha:0", "alpha must be in (0, 1)"),
     ("alpha:", "needs a coefficient"), ("alpha:x", "'x' is not a number"), ("", "empty spec"),
+    ("alpha:0x1p-1", "'0x1p-1' is not a number"),   # strtod's hex float: alpha 0.5
 ])
 def test_divergence_parse_errors(spec, needle):
     r = harness({"divergences": [spec]})
