@@ -77,9 +77,20 @@ int fdpo_online_out_entry(const char *name) {
     return !*p || !strcmp(p, ".pairs.jsonl") || !strcmp(p, ".partial");   /* round_path's names, exactly */
 }
 
-static int online_plan(const fdpo_online_opts *o, long start) {
+/* The prompts as read (their texts, in order): online.json records it, so that a resume whose
+ * --data file was edited in place (the same path) is refused as a trainer's is, not sampled
+ * from other prompts without a word. */
+static uint64_t prompts_hash(char *const *prompts, size_t n) {
+    uint64_t h = FDPO_HASH_INIT;
+    for (size_t i = 0; i < n; i++) h = fdpo_hash64(h, prompts[i], strlen(prompts[i]) + 1);
+    return h;
+}
+
+static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash) {
     fdpo_settings now = {0};
     fdpo_online_round_settings(o, &now);
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)data_hash);
     char *path = plan_path(o->out);
     int rc = 0, pinned = 0;
     if (start == 0) {   /* rank 0 alone, after round 0 ran (not collective) */
@@ -87,6 +98,7 @@ static int online_plan(const fdpo_online_opts *o, long start) {
         cJSON_AddStringToObject(j, "format", "fdpo-online-rounds");
         cJSON_AddNumberToObject(j, "version", 1);
         cJSON_AddItemToObject(j, "settings", fdpo_settings_to_json(&now));
+        cJSON_AddStringToObject(j, "data_hash", hex);
         cJSON *fixed = cJSON_AddArrayToObject(j, "fixed");
         for (size_t i = 0; i < now.n; i++)
             if (now.v[i].fixed) cJSON_AddItemToArray(fixed, cJSON_CreateString(now.v[i].key));
@@ -103,6 +115,10 @@ static int online_plan(const fdpo_online_opts *o, long start) {
         else rc = fdpo_settings_from_json(&saved, set, fixed, path);
         if (rc == 0 && (rc = fdpo_settings_check_resume(&saved, &now)))
             fdpo_error_context("--out %s: its rounds ran with the flags in %s", o->out, path);
+        const cJSON *dh = cJSON_GetObjectItemCaseSensitive(j, "data_hash");   /* absent: a plan of an older fdpo */
+        if (rc == 0 && cJSON_IsString(dh) && strcmp(dh->valuestring, hex))
+            rc = fdpo_error("--resume: the prompts of --data %s differ from the ones its rounds sampled (%s's data_hash "
+                            "%s, now %s): resume needs the same prompts", o->prompts, path, dh->valuestring, hex);
         pinned = rc == 0 ? fdpo_train_pin_saved_bf16_route(&saved, path) : 0;
         if (pinned < 0) rc = -1;
         fdpo_settings_free(&saved);
@@ -555,6 +571,8 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     int rc = 0, locked = 0;
     if (fdpo_dist_is_root()) locked = (rc = fdpo_dir_lock(o->out, "--out")) == 0;   /* rank 0 holds it */
     if (rc == 0) rc = fdpo_mkdir_p(o->out);
+    /* under the lock nobody else writes here: a killed writer's NAME.tmp.PID is stale (as a trainer's recovery) */
+    if (rc == 0 && fdpo_dist_is_root()) fdpo_remove_stale_tmp(o->out);
     rc = fdpo_dist_all_ok(rc);
     long start = 0;
     if (rc == 0) {
@@ -579,7 +597,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (start >= o->rounds && rc == 0) fdpo_log(FDPO_LOG_INFO, "all %ld rounds already complete in %s", o->rounds, o->out);
         else if (start > 0 && rc == 0) fdpo_log(FDPO_LOG_INFO, "resuming after round %ld", start - 1);
         if (start > 0 && start < o->rounds && rc == 0) rc = check_round_precision(o->out, start - 1);
-        if (start > 0 && start < o->rounds && rc == 0) rc = online_plan(o, start);
+        if (start > 0 && start < o->rounds && rc == 0) rc = online_plan(o, start, prompts_hash(prompts, n_prompts));
     }
     /* every rank on rank 0's bf16 route before round 0's sampler and reference scores (the
      * decoder keeps the route it starts with), after a resume's pin */
@@ -695,7 +713,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (fdpo_dist_is_root()) {   /* rank 0 writes; the others go on with the policy in memory */
             /* the metrics line before the writer's rename: a crash between the two drops it on --resume */
             st.t_round = fdpo_now() - t_round;
-            if (rc == 0 && k == 0) rc = online_plan(o, 0);
+            if (rc == 0 && k == 0) rc = online_plan(o, 0, prompts_hash(prompts, n_prompts));
             if (rc == 0) rc = write_round_metrics(&mw, k, o->rounds, o->dpo.dpo.loss.beta, &st);
             if (rc == 0) {
                 rc = round_writer_start(&writer, k, partial, done, pairs, policy, tok, state_text, pairs_text, pairs_len);

@@ -125,19 +125,42 @@ static void plan_path(cJSON *p, const char *key, const char *path) {
     free(real);
 }
 
+/* A data file's content (FNV-1a of its bytes, hex) beside its path in the plan: a stage added
+ * later (a new lambda) to a plan whose file was edited in place trained on other data than the
+ * stages done before, and the merges mixed them. Nothing when the file cannot be read (its
+ * loader names the error). */
+static void plan_hash(cJSON *p, const char *key, const char *path) {
+    size_t len;
+    char *bytes = path ? fdpo_read_file(path, &len) : NULL;
+    if (!bytes) { fdpo_clear_error(); return; }
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)fdpo_hash64(FDPO_HASH_INIT, bytes, len));
+    free(bytes);
+    cJSON_AddStringToObject(p, key, hex);
+}
+
+/* the hashes in a plan (parent NULL: the top level) and the flag of the file each is of */
+static const struct { const char *parent, *key, *flag; } PLAN_HASHES[] = {
+    {NULL, "reward_data_hash", "reward-data"}, {NULL, "safety_data_hash", "safety-data"}, {"online", "data_hash", "data"}};
+
+static cJSON *plan_hash_parent(cJSON *plan, const char *parent) {
+    return parent ? cJSON_GetObjectItemCaseSensitive(plan, parent) : plan;
+}
+
 static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     cJSON *p = cJSON_CreateObject();
     char div[64];
     fdpo_divergence_name(&o->dpo.dpo.loss.div, div, sizeof div);
     plan_path(p, "model", o->dpo.train.init);
     /* file stages keep the plan of earlier versions; online stages add their spec and sampling */
-    if (o->reward_data) plan_path(p, "reward_data", o->reward_data);
+    if (o->reward_data) { plan_path(p, "reward_data", o->reward_data); plan_hash(p, "reward_data_hash", o->reward_data); }
     else cJSON_AddStringToObject(p, "reward", o->reward_spec);
-    if (o->safety_data) plan_path(p, "safety_data", o->safety_data);
+    if (o->safety_data) { plan_path(p, "safety_data", o->safety_data); plan_hash(p, "safety_data_hash", o->safety_data); }
     else cJSON_AddStringToObject(p, "safety", o->safety_spec);
     if (o->reward_spec || o->safety_spec) {
         cJSON *on = cJSON_AddObjectToObject(p, "online");
         plan_path(on, "data", o->online.prompts);
+        plan_hash(on, "data_hash", o->online.prompts);
         cJSON_AddNumberToObject(on, "rounds", (double)o->online.rounds);
         cJSON_AddNumberToObject(on, "prompts_per_round", (double)o->online.prompts_per_round);
         cJSON_AddNumberToObject(on, "n", (double)o->online.n);
@@ -287,8 +310,29 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         if (cJSON_IsString(stop) && !*stop->valuestring)
             cJSON_DeleteItemFromObject(cJSON_GetObjectItemCaseSensitive(a, "online"), "stop");
         plan_same_paths(a, b);
+        /* the files' contents after the plan (a different path is named as such first); a plan
+         * of an earlier fdpo records none */
+        const char *edited = NULL;
+        char was_hash[40] = "", now_hash[40] = "";
+        for (size_t i = 0; i < sizeof PLAN_HASHES / sizeof PLAN_HASHES[0]; i++) {
+            cJSON *pa = plan_hash_parent(a, PLAN_HASHES[i].parent), *pb = plan_hash_parent(b, PLAN_HASHES[i].parent);
+            const cJSON *ha = cJSON_GetObjectItemCaseSensitive(pa, PLAN_HASHES[i].key);
+            const cJSON *hb = cJSON_GetObjectItemCaseSensitive(pb, PLAN_HASHES[i].key);
+            if (!edited && cJSON_IsString(ha) && cJSON_IsString(hb) && strcmp(ha->valuestring, hb->valuestring)) {
+                edited = PLAN_HASHES[i].flag;
+                snprintf(was_hash, sizeof was_hash, "%s", ha->valuestring);
+                snprintf(now_hash, sizeof now_hash, "%s", hb->valuestring);
+            }
+            cJSON_DeleteItemFromObjectCaseSensitive(pa, PLAN_HASHES[i].key);
+            cJSON_DeleteItemFromObjectCaseSensitive(pb, PLAN_HASHES[i].key);
+        }
         int same = cJSON_Compare(a, b, 1);
         if (!same) plan_difference(a, b, st->path);
+        else if (edited) {
+            same = 0;
+            fdpo_error("--%s: the file's content differs from the one %s's stages trained on (%s, now %s): use the "
+                       "same file or another --out", edited, st->path, was_hash, now_hash);
+        }
         cJSON_Delete(a); cJSON_Delete(b);
         if (!same) { cJSON_Delete(plan); return -1; }
         const cJSON *then = cJSON_GetObjectItemCaseSensitive(saved, "training"), *x;
@@ -493,6 +537,7 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
         check_spec(o->safety_spec, &o->online.reward_opts, "--safety"))
         return -1;
     if (fdpo_dist_rank() == 0 && (fdpo_dir_lock(o->out, "--out") || fdpo_mkdir_p(o->out))) return -1;
+    if (fdpo_dist_rank() == 0) fdpo_remove_stale_tmp(o->out);   /* under the lock: a killed writer's NAME.tmp.PID */
     if (fdpo_dist_barrier()) return -1;
     sacpo_state st = {0};
     /* a dpo/rl/online run's files next to the stages would be mixed with them */

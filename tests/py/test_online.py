@@ -268,6 +268,32 @@ def test_resumed_run_equals_uninterrupted_run(setup, tmp_path):
     assert drop(metrics(a)) == drop(metrics(b))
 
 
+def test_resume_refuses_prompts_edited_in_place_and_removes_stale_temp_files(setup, tmp_path):
+    """online.json recorded --data as a path only: a rounds-mode resume after the file was edited
+    in place sampled other prompts without a word (rl and step mode refuse that edit). And a
+    killed writer's NAME.tmp.PID stayed in OUT for good: rounds mode never removed them, as
+    every trainer's start does (docs/training.md, Leftovers)."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text((setup / "prompts.txt").read_text())
+    out = tmp_path / "o"
+    args = ["online", "--model", setup / "model", "--data", prompts, "--reward", f"cmd:/usr/bin/python3 {setup / 'letters.py'}",
+            "--out", out, "--prompts-per-round", 4, "--n", 2, "--max-new-tokens", 8, "--threads", 1, "--quiet"]
+    fdpo(*args, "--rounds", 1)
+    assert len(json.loads((out / "online.json").read_text())["data_hash"]) == 16
+    dead = 4194304 + 11   # above Linux's pid_max: no such process
+    (out / f"round-1.pairs.jsonl.tmp.{dead}").write_text("junk")
+    prompts.write_text(prompts.read_text().replace("prompt 3:", "prompt three:"))
+    r = fdpo(*args, "--rounds", 2, "--resume", check=False)
+    assert r.returncode == 1 and f"--resume: the prompts of --data {prompts} differ from the ones its rounds sampled (" \
+        in r.stderr, r.stderr
+    assert not (out / "round-1").exists()
+    assert f"removed {out}/round-1.pairs.jsonl.tmp.{dead} (left by process {dead}, which is gone)" in r.stderr, r.stderr
+    assert not (out / f"round-1.pairs.jsonl.tmp.{dead}").exists()
+    prompts.write_text((setup / "prompts.txt").read_text())   # the same prompts again: it resumes
+    fdpo(*args, "--rounds", 2, "--resume")
+    assert (out / "round-1" / "model.safetensors").exists()
+
+
 def test_step_mode_raises_heldout_reward(setup, tmp_path):
     # --mode step (TRL OnlineDPOTrainer): fresh samples from the in-memory policy every step
     out = tmp_path / "step"

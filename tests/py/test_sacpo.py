@@ -96,6 +96,34 @@ def test_rerun_skips_done_stages_and_adds_lambdas(data, tmp_path):
     assert weights(s / "lambda-2") == weights(tmp_path / "m2")
 
 
+def test_rerun_refuses_a_data_file_edited_in_place(data, tmp_path):
+    """The plan recorded the pairs files by path only: a rerun adding a lambda after
+    --safety-data was edited in place trained the new stage on other data than the done ones,
+    and the merges mixed them, exit 0. sacpo.json keeps each file's content hash; a changed
+    file is refused naming its flag, before any stage; the same bytes rerun as before. A
+    killed writer's sacpo.json.tmp.PID is removed, as a trainer's start removes its own."""
+    safety = tmp_path / "safety.jsonl"
+    safety.write_bytes((data / "safety.jsonl").read_bytes())
+    s = tmp_path / "s"
+    run = lambda lam, check=True: fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl",
+                                       "--safety-data", safety, "--beta", "0.2", "--out", s, "--lambda", lam, *COMMON,
+                                       check=check)
+    run("1")
+    plan = json.loads((s / "sacpo.json").read_text())["plan"]
+    assert len(plan["safety_data_hash"]) == 16 and len(plan["reward_data_hash"]) == 16
+    dead = 4194304 + 13   # above Linux's pid_max: no such process
+    (s / f"sacpo.json.tmp.{dead}").write_text("junk")
+    safety.write_text(safety.read_text().replace("!", "?"))
+    r = run("1,2", check=False)
+    assert r.returncode == 1 and f"--safety-data: the file's content differs from the one {s}/sacpo.json's stages trained on (" \
+        in r.stderr, r.stderr
+    assert not (s / "lambda-2").exists()
+    assert not (s / f"sacpo.json.tmp.{dead}").exists() and f"removed {s}/sacpo.json.tmp.{dead}" in r.stderr, r.stderr
+    safety.write_bytes((data / "safety.jsonl").read_bytes())
+    r = run("1,2")
+    assert "safety stage (lambda 1): done before" in r.stderr and (s / "lambda-2" / "model.safetensors").exists()
+
+
 @pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
 def test_bf16_rerun_keeps_the_stages_route(data, tmp_path):
     """A bf16 sacpo run started where the timing probe picks fp32 FMA (FDPO_BF16_PROBE=fp32)
