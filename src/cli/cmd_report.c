@@ -23,8 +23,8 @@ int cmd_report(int argc, char **argv) {
         {"title",       FLAG_STR, &title,       "fdpo report", "page title", 0},
         {"notes",       FLAG_STR, &notes,       NULL,          "text file shown first as the summary (Markdown subset: # headings, - lists, ``` blocks)", 0},
         {"chartjs",     FLAG_STR, &chartjs,     NULL,          "Chart.js UMD bundle to inline instead of the built-in copy", 0},
-        {"max-points",  FLAG_COUNT, &max_points,  "2000",        "points per training curve (longer runs are thinned)", 0},
-        {"max-prompts", FLAG_COUNT, &max_prompts, "6",           "prompts in the sample-completions table", 0},
+        {"max-points",  FLAG_COUNT, &max_points,  "2000",        "points per training curve, >= 2 (longer runs are thinned; 0: 2000)", 0},
+        {"max-prompts", FLAG_COUNT, &max_prompts, "6",           "prompts in the sample-completions table (0: 6)", 0},
     };
     const char *usage = "fdpo report RUN_DIR... [--eval FILE]... [--samples FILE]... [--lab FILE]... [--lab-frontier FILE]... [--proxy-eval FILE]... [--notes FILE] [--out FILE]";
     int n_pos = 0;
@@ -32,7 +32,6 @@ int cmd_report(int argc, char **argv) {
     int rc = flags_parse("report", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
     if (rc == FLAGS_HELP) return 0;
     if (rc != FLAGS_OK) return -1;
-    if (max_points < 2 || max_prompts < 1) { free(pos); return fdpo_error("--max-points must be >= 2 and --max-prompts >= 1"); }
 
     if (n_pos == 0 && evals.n == 0 && labs.n == 0 && smps.n == 0 && lab_fronts.n == 0) {
         free(pos);

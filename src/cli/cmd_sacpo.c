@@ -33,6 +33,7 @@ int cmd_sacpo(int argc, char **argv) {
     train_flags_set_help(flags, n, "data", "prompts of the online stages: JSONL {\"prompt\"} or text, one per line");
     train_flags_set_help(flags, n, "model", "the checkpoint to align (required): each stage starts from the model before it, which is also its reference");
     train_flags_set_help(flags, n, "ref-update", "online stages: never only (each stage's reference is the model it starts from)");
+    train_flags_set_help(flags, n, "ref-cache-dir", "where cached reference log-probs live (default: DIR/.fdpo-cache inside --out, shared by the stages)");
     train_flags_set_help(flags, n, "seed", "seed for each stage's held-out split and data order, the online stages' sampling and "
                                            "labels, and LoRA adapters (init, dropout)");
     train_flags_set_help(flags, n, "reward", "run the reward stage online against this reward (afinn, lexicon:FILE, length, cmd:PROG, rm:DIR) instead of --reward-data");

@@ -131,8 +131,14 @@ static int set_value(fdpo_flag *f, const char *val, const char *where) {
         if (parse_number(where, val, &v)) return -1;
         *(double *)f->dest = v; break;
     }
-    case FLAG_STR: *(const char **)f->dest = val; break;
-    case FLAG_LIST: list_add(f->dest, val); break;
+    case FLAG_STR: case FLAG_LIST:
+        /* an input path given as '' failed later as ": cannot open", naming no flag */
+        if (!*val && (!strcmp(f->name, "data") || !strcmp(f->name, "model") || !strcmp(f->name, "ref") ||
+                      !strcmp(f->name, "tokenizer")))
+            return fdpo_error("%s: an empty path", where);
+        if (f->type == FLAG_STR) *(const char **)f->dest = val;
+        else list_add(f->dest, val);
+        break;
     case FLAG_BOOL:
         if (!strcmp(val, "1") || !strcmp(val, "true") || !strcmp(val, "yes")) *(int *)f->dest = 1;
         else if (!strcmp(val, "0") || !strcmp(val, "false") || !strcmp(val, "no")) *(int *)f->dest = 0;

@@ -83,6 +83,7 @@ static int load_proxy_eval(rp_ctx *c, const char *path) {
 
 int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_report_stats *stats) {
     if (!out_path || !*out_path) return fdpo_error("--out: no output file");
+    if (o->max_points == 1) return fdpo_error("--max-points: 1 must be >= 2 (a curve's first and last points; 0: 2000)");
     if (o->n_run_dirs + o->n_eval_files + o->n_lab_files + o->n_sample_files + o->n_lab_frontier_files == 0)
         return fdpo_error("nothing to read (give RUN_DIR..., --eval FILE or --lab FILE)");
     size_t cj_len;

@@ -217,8 +217,10 @@ static void state_free(bt_state *s) {
 }
 
 int fdpo_bpe_train_opts_check(const fdpo_bpe_train_opts *o) {
-    if (o->vocab_size < 257 || o->vocab_size > INT32_MAX)
+    if (o->vocab_size < 257)
         return fdpo_error("--vocab-size: %zu must be at least 257 (256 bytes + <|endoftext|>)", o->vocab_size);
+    if (o->vocab_size > INT32_MAX)   /* token ids are int32 */
+        return fdpo_error("--vocab-size: %zu must be at most %d (token ids are 32-bit)", o->vocab_size, INT32_MAX);
     if (o->min_frequency < 1) return fdpo_error("--min-frequency: must be >= 1");
     return 0;
 }

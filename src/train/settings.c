@@ -331,10 +331,14 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
         return fdpo_error("--%s: has no effect without --lora-r R", o->lora_targets ? "lora-targets"
                           : o->lora_dropout != 0 ? "lora-dropout" : "lora-alpha");
     }
-    if (o->n_layer < 1) return fdpo_error("--n-layer: %ld must be >= 1", o->n_layer);
-    if (o->n_head < 1) return fdpo_error("--n-head: %ld must be >= 1", o->n_head);
-    if (o->n_embd < 1 || o->n_embd % o->n_head) return fdpo_error("--n-embd: %ld must be a positive multiple of --n-head (%ld)", o->n_embd, o->n_head);
-    if (o->n_positions < 1) return fdpo_error("--n-positions: %ld must be >= 1", o->n_positions);
+    /* the model config's own bounds (fdpo_gpt2_config_check), named by flag: past them the
+     * message named a config.json field ("config: n_layer 4294967297 must be in [1, 1024]") */
+    if (o->n_layer < 1 || o->n_layer > 1024) return fdpo_error("--n-layer: %ld must be in [1, 1024]", o->n_layer);
+    if (o->n_head < 1 || o->n_head > 1024) return fdpo_error("--n-head: %ld must be in [1, 1024]", o->n_head);
+    if (o->n_embd < 1 || o->n_embd > 65536 || o->n_embd % o->n_head)
+        return fdpo_error("--n-embd: %ld must be a multiple of --n-head (%ld) in [1, 65536]", o->n_embd, o->n_head);
+    if (o->n_positions < 1 || o->n_positions > (1L << 20))
+        return fdpo_error("--n-positions: %ld must be in [1, %ld]", o->n_positions, 1L << 20);
     if (o->arch && strcmp(o->arch, "gpt2") && strcmp(o->arch, "llama"))
         return fdpo_error("--arch: '%s' is not a model family fdpo can initialise (gpt2, llama)", o->arch);
     if (is_llama(o)) {

@@ -365,6 +365,28 @@ def test_numbers_are_decimal(tmp_path, value):
     assert r.returncode == 1 and f"{cfg}:1: key 'seed': '0x10' is not a decimal number" in r.stderr, r.stderr
 
 
+def test_messages_say_what_is_wrong_with_the_value(tmp_path):
+    """a vocabulary too large was "must be at least 257"; report's "--max-points must be >= 2
+    and --max-prompts >= 1" named neither the flag at fault nor its value (and was the CLI's
+    check, not the library's); sacpo's --help said dpo's cache place, beside --out"""
+    (tmp_path / "t.txt").write_text("some text\n")
+    r = run("tokenizer", "train", "--vocab-size", "4294967297", "--data", str(tmp_path / "t.txt"), "--out", str(tmp_path / "tok"))
+    assert r.returncode == 1 and r.stderr == \
+        "fdpo tokenizer: --vocab-size: 4294967297 must be at most 2147483647 (token ids are 32-bit)\n", r.stderr
+    r = run("report", str(tmp_path), "--max-points", "1", "--out", str(tmp_path / "r.html"))
+    assert r.returncode == 1 and r.stderr == \
+        "fdpo report: --max-points: 1 must be >= 2 (a curve's first and last points; 0: 2000)\n", r.stderr
+    assert "default: DIR/.fdpo-cache inside --out, shared by the stages" in run("sacpo", "--help").stdout
+
+
+@pytest.mark.parametrize("cmd,flag", [("pretrain", "--data"), ("pairs", "--data"), ("dpo", "--data"), ("tokenizer train", "--data"),
+                                      ("generate", "--model"), ("dpo", "--ref"), ("sft", "--tokenizer")])
+def test_an_empty_input_path_names_its_flag(tmp_path, cmd, flag):
+    """it was "fdpo pretrain: : cannot open: No such file or directory", no flag named"""
+    r = run(*cmd.split(), flag, "", "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and r.stderr == f"fdpo {cmd.split()[0]}: {flag}: an empty path\n", r.stderr
+
+
 def test_a_config_value_named_in_a_flag_value_message(tmp_path):
     """"--eval-every 5: ..." (the value after the flag) names the config line as "--eval-every: ..." does"""
     cfg = write(tmp_path / "a.ini", "eval-fraction = 0\neval-every = 5\n")
