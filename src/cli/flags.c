@@ -91,10 +91,6 @@ static void list_add(flag_list *l, const char *v) {
     l->v[l->n++] = v;
 }
 
-/* A flag's number (FLAG_FLOAT and flags_number_list): the whole text, finite. strtod's ERANGE
- * is not the error itself: a subnormal (1e-320: ERANGE with a nonzero result) is a finite
- * number and is taken; a value that underflows to 0 (1e-400) is out of range; an overflow
- * (1e999) is not finite. where names the flag in the message. */
 /* strtod/strtol also read leading blanks, hex ("0x10") and hex floats ("0x1p-3"): a value is
  * written in decimal, so those are refused (a typo such as "0x10" for "0.10" ran silently) */
 static int decimal_text(const char *where, const char *text) {
@@ -102,6 +98,10 @@ static int decimal_text(const char *where, const char *text) {
     return 0;
 }
 
+/* A flag's number (FLAG_FLOAT and flags_number_list): the whole text, finite. strtod's ERANGE
+ * is not the error itself: a subnormal (1e-320: ERANGE with a nonzero result) is a finite
+ * number and is taken; a value that underflows to 0 (1e-400) is out of range; an overflow
+ * (1e999) is not finite. where names the flag in the message. */
 static int parse_number(const char *where, const char *text, double *out) {
     char *end;
     if (decimal_text(where, text)) return -1;

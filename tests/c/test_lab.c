@@ -253,7 +253,9 @@ START_TEST(beta_grid_and_thresholds) {
     g = (fdpo_lab_beta_grid_opts){1, INFINITY, 3}; /* a grid of inf and NaN betas */
     ck_error_names(fdpo_lab_beta_grid(&g, &b, &n), "--beta-min/--beta-max");
     g = (fdpo_lab_beta_grid_opts){1, 2, 0};
-    ck_error_names(fdpo_lab_beta_grid(&g, &b, &n), "--n-betas: must be >= 1 (got 0)");
+    ck_error_names(fdpo_lab_beta_grid(&g, &b, &n), "--n-betas: must be in [1, 1000000] (got 0)");
+    g = (fdpo_lab_beta_grid_opts){1, 2, 1000001};   /* an allocation the OOM handler ended, naming no flag */
+    ck_error_names(fdpo_lab_beta_grid(&g, &b, &n), "--n-betas: must be in [1, 1000000] (got 1000001)");
 
     ck_assert_int_eq(fdpo_lab_threshold_range("-1:1:5", &b, &n), 0);
     ck_assert_uint_eq(n, 5);
