@@ -208,6 +208,12 @@ int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int prett
  * preference, SFT, prompts, unpaired (KTO), scored samples, tokenize --jsonl-field, and
  * report's metrics.jsonl and samples (which warn with the message and skip the line). */
 struct cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect);
+/* cJSON decodes "\u0000" into a NUL and every string silently ends there (chosen and
+ * rejected can then look identical, a prompt loses its tail); so does a raw 0 byte inside a
+ * string. Returns 0 when raw[0..n) (the text root was parsed from) has neither; otherwise -1
+ * after an error "WHERE: field 'PATH' contains a NUL character (\u0000)" naming the first
+ * such field (e.g. 'chosen[1].content'). Every JSONL reader calls it after the parse. */
+int fdpo_jsonl_check_nul(const char *where, const char *raw, size_t n, const struct cJSON *root);
 /* path_join returns a malloc'd "a/b". */
 char *fdpo_path_join(const char *a, const char *b);
 /* FNV-1a 64 over bytes, chainable: h = fdpo_hash64(h, data, n), start with FDPO_HASH_INIT. */

@@ -144,6 +144,9 @@ typedef struct { size_t n, cap; fdpo_setting *v; } fdpo_settings;
 void fdpo_settings_num(fdpo_settings *s, const char *key, double v, int fixed);   /* add or replace */
 /* an integer: a number up to 2^53 in magnitude, else its decimal digits as text (exact on resume) */
 void fdpo_settings_int(fdpo_settings *s, const char *key, long long v, int fixed);
+/* Is text (a saved setting's digits or a legacy "1e+06") the number v? Integer digits are
+ * compared exactly, other text as the double it reads as. */
+int fdpo_number_text_equal(const char *text, double v);
 void fdpo_settings_bool(fdpo_settings *s, const char *key, int v, int fixed);
 void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fixed); /* NULL -> null */
 /* The same from settings already read (file: named in messages, e.g. online.json): -1 a bad

@@ -73,8 +73,14 @@ static int encode_jsonl(enc_ctx *c, const char *path, const char *s, size_t n, c
         const char *q = p;
         while (q < le && (*q == ' ' || *q == '\t' || *q == '\r')) q++;
         if (q < le) {
+            /* as every JSONL reader: invalid UTF-8 refused, and a NUL that would cut the text */
+            size_t bad = fdpo_utf8_first_invalid(p, (size_t)(le - p));
+            if (bad < (size_t)(le - p)) return fdpo_error("%s:%zu: invalid UTF-8 at byte offset %zu", path, line, (size_t)(p - s) + bad);
             cJSON *j = fdpo_jsonl_parse_object(path, line, p, (size_t)(le - p), NULL);
             if (!j) return -1;
+            char where[1100];
+            snprintf(where, sizeof where, "%s:%zu", path, line);
+            if (fdpo_jsonl_check_nul(where, p, (size_t)(le - p), j)) { cJSON_Delete(j); return -1; }
             const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, field);
             if (!cJSON_IsString(f)) {
                 cJSON_Delete(j);

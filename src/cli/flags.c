@@ -308,24 +308,31 @@ void flags_release_config(void) {
 }
 
 /* What inih would read otherwise than written, refused with the line: a NUL byte (the text
- * ended there), a line of INI_MAX_LINE bytes or more (read as two lines) and an indented line
- * (a continuation of the value above: "  n = 3" after "stop = ###" made stop "n = 3"). */
+ * ended there), a line of INI_MAX_LINE bytes or more (its reader cuts it and reads the rest as
+ * another line) and an indented line after a key of the same section (inih's continuation of
+ * that value: "  n = 3" after "stop = ###" made stop "n = 3"; before any key, or after a
+ * [section], an indented key is read as a key). */
 static int config_text_check(const char *name, const char *text, size_t len) {
     size_t line = 1;
+    int after_key = 0;   /* inih's prev_name: set by a key line, cleared by a [section] */
     for (size_t at = 0; at < len; line++) {
         const char *nl = memchr(text + at, '\n', len - at);
         size_t end = nl ? (size_t)(nl - text) : len, n = end - at;
         const char *l = text + at;
         if (memchr(l, 0, n)) return fdpo_error("%s:%zu: a NUL byte (not INI text)", name, line);
-        if (n + 1 >= INI_MAX_LINE)
+        if (n >= INI_MAX_LINE)
             return fdpo_error("%s:%zu: a line of %zu bytes; the INI reader takes lines under %d bytes", name, line, n,
-                              INI_MAX_LINE - 1);
-        size_t lead = 0;
-        while (lead < n && (l[lead] == ' ' || l[lead] == '\t')) lead++;
-        if (line == 1 && n >= 3 && !memcmp(l, "\xEF\xBB\xBF", 3)) lead = 0;   /* a byte order mark */
-        if (lead && lead < n && l[lead] != '\r' && l[lead] != ';' && l[lead] != '#')
-            return fdpo_error("%s:%zu: an indented line (INI reads it as more of the value above): remove the "
-                              "indentation", name, line);
+                              INI_MAX_LINE);
+        size_t lead = line == 1 && n >= 3 && !memcmp(l, "\xEF\xBB\xBF", 3) ? 3 : 0;   /* a byte order mark */
+        const size_t bom = lead;
+        while (lead < n && (l[lead] == ' ' || l[lead] == '\t' || l[lead] == '\r')) lead++;
+        const char c = lead < n ? l[lead] : 0;
+        if (c && c != ';' && c != '#') {
+            if (lead > bom && after_key)
+                return fdpo_error("%s:%zu: an indented line after a key (INI reads it as more of that key's value): "
+                                  "remove the indentation", name, line);
+            after_key = c != '[';
+        }
         at = end + 1;
     }
     return 0;
@@ -464,6 +471,10 @@ int flags_number_list(const char *flag, const char *spec, int sign, double **out
     size_t cap = 8, n = 0;
     double *v = fdpo_malloc(cap * sizeof *v);
     for (char *tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        /* "0.5, 1, 2": blanks around an item are the list's layout, not the number's */
+        while (*tok == ' ' || *tok == '\t') tok++;
+        for (size_t k = strlen(tok); k && (tok[k - 1] == ' ' || tok[k - 1] == '\t');) tok[--k] = 0;
+        if (!*tok) { fdpo_error("--%s: empty item in '%s'", flag, spec); free(s); free(v); return -1; }
         char where[96];
         snprintf(where, sizeof where, "--%s", flag);
         double x = 0;

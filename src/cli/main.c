@@ -1,4 +1,5 @@
 /* The fdpo command: a thin dispatcher over the library. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include "cli/commands.h"
@@ -71,6 +72,11 @@ int main(int argc, char **argv) {
             term_install(COMMANDS[i].name);
             if (rc == 0 && COMMANDS[i].models && !asks_for_help(argc, argv)) rc = fdpo_model_env_check();
             if (rc == 0) rc = COMMANDS[i].fn(argc - 1, argv + 1);
+            /* what a command printed (generate/score --out -, eval's table, info) must have
+             * reached stdout: a full disk or a closed pipe lost it with exit 0 */
+            errno = 0;
+            if (rc == 0 && (fflush(stdout) != 0 || ferror(stdout)))
+                rc = fdpo_error("<stdout>: write error: %s", errno ? strerror(errno) : "the stream is in error");
             term_finish();
             if (rc != 0) {
                 /* a check that names a flag whose value a --config file set: say where */

@@ -129,6 +129,20 @@ static int set_from_setting(fdpo_flag *f, const fdpo_setting *x) {
     return 0;
 }
 
+/* The text of a flag's value as fdpo_setting_text writes a saved one (NULL: it has none) */
+static int flag_setting_text(const fdpo_flag *f, char *buf, size_t n) {
+    fdpo_setting x = {.type = FDPO_SETTING_NUM};
+    switch (f->type) {
+    case FLAG_INT: case FLAG_COUNT: x.num = (double)*(const long *)f->dest; break;
+    case FLAG_FLOAT: x.num = *(const double *)f->dest; break;
+    case FLAG_BOOL: x.type = FDPO_SETTING_BOOL; x.num = *(const int *)f->dest; break;
+    case FLAG_STR: x.type = *(char *const *)f->dest ? FDPO_SETTING_STR : FDPO_SETTING_NULL; x.str = *(char *const *)f->dest; break;
+    case FLAG_LIST: return -1;
+    }
+    fdpo_setting_text(&x, buf, n);
+    return 0;
+}
+
 /* --resume: every flag not given now takes the saved run's value (fixed ones and kept ones
  * such as --save-every alike); the library then refuses a fixed one that was given with
  * another value. The log says which values are in force and where they came from. */
@@ -146,8 +160,10 @@ static int resume_defaults(fdpo_flag *flags, size_t n, const char *out) {
         if (!f) continue;
         char text[96];
         fdpo_setting_text(x, text, sizeof text);
-        if (f->set) {
-            if (!x->fixed && b < sizeof given)
+        char now_text[96];
+        if (f->set) {   /* named as new only when it is (--threads 1 given again said "new values ... --threads") */
+            if (!x->fixed && b < sizeof given &&
+                (flag_setting_text(f, now_text, sizeof now_text) || strcmp(now_text, text)))
                 b += (size_t)snprintf(given + b, sizeof given - b, "%s--%s", b ? ", " : "", f->name);
             continue;
         }

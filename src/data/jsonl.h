@@ -11,12 +11,7 @@
 /* Bytes to skip at the start of a file: 3 for a UTF-8 byte order mark, else 0. */
 size_t fdpo_jsonl_bom(const char *text, size_t len);
 
-/* cJSON decodes "\u0000" into a NUL and every string silently ends there (chosen and
- * rejected can then look identical, a prompt loses its tail); so does a raw 0 byte inside a
- * string. Returns 0 when raw[0..n) (the text root was parsed from) has neither; otherwise -1
- * after an error "WHERE: field 'PATH' contains a NUL character (\u0000)" naming the first
- * such field (e.g. 'chosen[1].content'). */
-int fdpo_jsonl_check_nul(const char *where, const char *raw, size_t n, const cJSON *root);
+/* fdpo_jsonl_check_nul is public too (fdpo/core.h). */
 
 /* 0 with *out set when j is a JSON number holding a non-negative integer <= 2^53 (every
  * such integer is exact in a double and fits size_t: no cast of an out-of-range double,

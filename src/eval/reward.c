@@ -205,9 +205,17 @@ static int lex_load_list(lexicon *L, const char *path) {
         while (w > b && w[-1] != ' ' && w[-1] != '\t') w--;
         if (w == b) { rc = fdpo_error("%s:%zu: '%.*s' has no weight (expected \"word<TAB>weight\")", path, line, (int)(stop - b), b); break; }
         char *q;
+        errno = 0;
         double v = strtod(w, &q);
-        if (q == w || q != stop) { rc = fdpo_error("%s:%zu: weight '%.*s' is not a number", path, line, (int)(stop - w), w); break; }
+        if (q == w || q != stop || !fdpo_number_is_decimal(w)) {   /* "0x10" was a weight of 16 */
+            rc = fdpo_error("%s:%zu: weight '%.*s' is not a decimal number", path, line, (int)(stop - w), w);
+            break;
+        }
         if (!isfinite(v)) { rc = fdpo_error("%s:%zu: weight '%.*s' is not finite", path, line, (int)(stop - w), w); break; }
+        if (errno == ERANGE && v == 0) {   /* 1e-400 read as 0, as a flag's value is refused */
+            rc = fdpo_error("%s:%zu: weight '%.*s' is out of range (it rounds to 0)", path, line, (int)(stop - w), w);
+            break;
+        }
         /* the key: the fields before the weight, lowercased, joined by single spaces */
         size_t kl = 0;
         for (char *k = b; k < w; k++) {
@@ -222,11 +230,15 @@ static int lex_load_list(lexicon *L, const char *path) {
         }
         if (rc) break;
         while (kl && key[kl - 1] == ' ') kl--;
-        if (key[0] == '\'' || key[0] == '-' || key[kl - 1] == '\'' || key[kl - 1] == '-') {
-            rc = fdpo_error("%s:%zu: '%.*s' starts or ends with an apostrophe or hyphen, which words never do", path,
-                            line, (int)kl, key);
-            break;
+        for (size_t a = 0; a < kl && !rc;) {   /* each word of a phrase: one that never matches is a typo */
+            size_t z = a;
+            while (z < kl && key[z] != ' ') z++;
+            if (key[a] == '\'' || key[a] == '-' || key[z - 1] == '\'' || key[z - 1] == '-')
+                rc = fdpo_error("%s:%zu: '%.*s' starts or ends with an apostrophe or hyphen, which words never do", path,
+                                line, (int)(z - a), key + a);
+            a = z + 1;
         }
+        if (rc) break;
         if (lex_get(L, key, kl)) { rc = fdpo_error("%s:%zu: duplicate word '%.*s'", path, line, (int)kl, key); break; }
         lex_put(L, key, kl, v);
     }
@@ -535,8 +547,10 @@ static int cmd_score(fdpo_reward *r, size_t n, char *const *prompts, char *const
             double v = strtod(p, &q);
             while (*q == ' ' || *q == '\t' || *q == '\r') q++;
             /* decimal only: strtod also reads hexadecimal ("0x10" was 16), which no reward
-             * program means */
-            if (q == p || *q || !isfinite(v) || !fdpo_number_is_decimal(p))
+             * program means; and the whole line ("7\0junk" stopped at its NUL) */
+            const char *num = p;   /* padding before the number is fine ("%8.3f"), as after it */
+            while (*num == ' ' || *num == '\t') num++;
+            if (q == p || *q || !isfinite(v) || !fdpo_number_is_decimal(num) || q != e)
                 rc = fdpo_error("reward command '%s': output line %zu '%.80s' is not a finite decimal number", r->program,
                                 line + 1, p);
             else out[line] = v;

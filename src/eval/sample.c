@@ -513,6 +513,15 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
     return rc;
 }
 
+int fdpo_samples_count_check(size_t n_prompts, size_t n_samples) {
+    /* n_prompts * n_samples records: a product past size_t wrapped (generate wrote 2 samples
+     * for --n 6148914691236517206, eval indexed out of bounds) */
+    if (n_samples && n_prompts > SIZE_MAX / sizeof(fdpo_sample) / n_samples)
+        return fdpo_error("--n %zu: %zu prompts x %zu samples cannot be held (their count alone overflows memory)",
+                          n_samples, n_prompts, n_samples);
+    return 0;
+}
+
 int fdpo_sampler_generate(fdpo_sampler *smp, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
                           int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
                           size_t n_samples, fdpo_sample **out) {
@@ -520,6 +529,7 @@ int fdpo_sampler_generate(fdpo_sampler *smp, const fdpo_tokenizer *tok, int32_t 
     *out = NULL;
     if (fdpo_sample_config_check(c)) return -1;
     if (n_samples == 0) return fdpo_error("number of samples per prompt must be > 0");
+    if (fdpo_samples_count_check(n_prompts, n_samples)) return -1;
     size_t V = m->config.vocab_size, maxT = m->config.n_positions, max_prompt = 0;
     for (size_t p = 0; p < n_prompts; p++) {
         if (prompt_lens[p] == 0) return fdpo_error("prompt %zu: no tokens", c->first_prompt + p + 1);

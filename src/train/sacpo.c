@@ -210,6 +210,13 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
 
 typedef struct { cJSON *root, *done; char *path; } sacpo_state;
 
+/* A number and the digits of the same value: an integer setting past 2^53 is saved as its
+ * digits (fdpo_settings_int), a plan of an earlier fdpo holds it as a number. */
+static int same_number(const cJSON *a, const cJSON *b) {
+    const cJSON *num = cJSON_IsNumber(a) ? a : b, *text = cJSON_IsNumber(a) ? b : a;
+    return cJSON_IsNumber(num) && cJSON_IsString(text) && fdpo_number_text_equal(text->valuestring, num->valuedouble);
+}
+
 /* The flag of a plan entry: its key with '-' for '_' ("reward_data" -> --reward-data; the
  * online stages' "data" is --data), "lora-" before a LoRA one ("r" -> --lora-r). */
 static void plan_flag(const char *parent, const char *key, char *flag, size_t n) {
@@ -346,7 +353,7 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
             for (const char *const *k = without_flag; *k; k++) placeholder |= !strcmp(x->string, *k);
             if (placeholder) continue;
             const cJSON *y = cJSON_GetObjectItemCaseSensitive(now, x->string);
-            if (y && cJSON_Compare(x, y, 1)) continue;
+            if (y && (cJSON_Compare(x, y, 1) || same_number(x, y))) continue;
             stages_trained_with(x->string, x, y, st->path);
             cJSON_Delete(plan);
             return -1;

@@ -2,6 +2,7 @@
  * config-key names, saved in training_state.json and compared on --resume; plus the one
  * validity check and the defaults of fdpo_train_opts. */
 #include <cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -83,6 +84,16 @@ void fdpo_setting_text(const fdpo_setting *x, char *buf, size_t n) {
     }
 }
 
+int fdpo_number_text_equal(const char *text, double v) {
+    if (!*text) return 0;
+    char *end;
+    errno = 0;
+    long long i = strtoll(text, &end, 10);   /* digits: exactly (2^53 + 1 is not 2^53) */
+    if (!*end && !errno) return v == floor(v) && fabs(v) < 9223372036854775808.0 && (long long)v == i;
+    double d = strtod(text, &end);
+    return !*end && d == v;
+}
+
 /* Same value? A state written before settings were typed holds text ("0.001"): compare
  * that with the text of the typed value. */
 static int setting_equal(const fdpo_setting *a, const fdpo_setting *b) {
@@ -100,6 +111,13 @@ static int setting_equal(const fdpo_setting *a, const fdpo_setting *b) {
     }
     if (a->type == FDPO_SETTING_NULL || b->type == FDPO_SETTING_NULL)      /* legacy "" = none */
         return !strcmp(a->type == FDPO_SETTING_NULL ? b->str : a->str, "");
+    if (a->type == FDPO_SETTING_NUM || b->type == FDPO_SETTING_NUM) {
+        /* a number and text: the same value, compared as numbers (an integer past 2^53 is now
+         * saved as its digits, a state of an earlier fdpo holds the double; a version-1 state
+         * wrote "1e+06" for 1000000) */
+        const fdpo_setting *t = a->type == FDPO_SETTING_NUM ? b : a, *nm = a->type == FDPO_SETTING_NUM ? a : b;
+        if (t->type == FDPO_SETTING_STR) return fdpo_number_text_equal(t->str, nm->num);
+    }
     return !strcmp(ta, tb);
 }
 
@@ -331,14 +349,16 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
         return fdpo_error("--%s: has no effect without --lora-r R", o->lora_targets ? "lora-targets"
                           : o->lora_dropout != 0 ? "lora-dropout" : "lora-alpha");
     }
-    /* the model config's own bounds (fdpo_gpt2_config_check), named by flag: past them the
-     * message named a config.json field ("config: n_layer 4294967297 must be in [1, 1024]") */
+    /* the model config's own bounds (fdpo_gpt2_config_check, fdpo_llama_config_check), named by
+     * flag: past them the message named a config.json field ("config: n_layer 4294967297 must
+     * be in [1, 1024]"). GPT-2's heads are bounded by dividing n_embd, Llama's also by 1024. */
+    const long max_heads = is_llama(o) ? 1024 : 65536, max_positions = is_llama(o) ? 1L << 24 : 1L << 20;
     if (o->n_layer < 1 || o->n_layer > 1024) return fdpo_error("--n-layer: %ld must be in [1, 1024]", o->n_layer);
-    if (o->n_head < 1 || o->n_head > 1024) return fdpo_error("--n-head: %ld must be in [1, 1024]", o->n_head);
+    if (o->n_head < 1 || o->n_head > max_heads) return fdpo_error("--n-head: %ld must be in [1, %ld]", o->n_head, max_heads);
     if (o->n_embd < 1 || o->n_embd > 65536 || o->n_embd % o->n_head)
         return fdpo_error("--n-embd: %ld must be a multiple of --n-head (%ld) in [1, 65536]", o->n_embd, o->n_head);
-    if (o->n_positions < 1 || o->n_positions > (1L << 20))
-        return fdpo_error("--n-positions: %ld must be in [1, %ld]", o->n_positions, 1L << 20);
+    if (o->n_positions < 1 || o->n_positions > max_positions)
+        return fdpo_error("--n-positions: %ld must be in [1, %ld]", o->n_positions, max_positions);
     if (o->arch && strcmp(o->arch, "gpt2") && strcmp(o->arch, "llama"))
         return fdpo_error("--arch: '%s' is not a model family fdpo can initialise (gpt2, llama)", o->arch);
     if (is_llama(o)) {

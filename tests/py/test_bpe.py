@@ -538,6 +538,13 @@ def test_bad_jsonl(tmp_path):
     p.write_text('{"text": "ok"\n')
     msg = err(fdpo("tokenize", "--tokenizer", "byte", "--jsonl-field", "text", str(p), check=False))
     assert f"{p}:1" in msg and "JSON" in msg
+    # as every JSONL reader: a NUL (the text was cut there: "a\u0000b" encoded "a") and invalid UTF-8
+    p.write_text('{"text": "ok"}\n{"text": "a\\u0000b"}\n')
+    msg = err(fdpo("tokenize", "--tokenizer", "byte", "--jsonl-field", "text", str(p), check=False))
+    assert f"{p}:2: field 'text' contains a NUL character" in msg, msg
+    p.write_bytes(b'{"text": "ok"}\n{"text": "a\xffb"}\n')
+    msg = err(fdpo("tokenize", "--tokenizer", "byte", "--jsonl-field", "text", str(p), check=False))
+    assert f"{p}:2: invalid UTF-8 at byte offset 26" in msg, msg
 
 
 def test_bad_command_lines(tmp_path):

@@ -322,12 +322,13 @@ def test_a_checked_value_from_a_config_file_names_its_line(tmp_path):
 
 @pytest.mark.parametrize("text,line,err", [
     # inih reads an indented line as more of the value above: stop became "n = 3", n stayed 1
-    ("[pairs]\nseed = 4\n  n = 3\n", 3, "an indented line (INI reads it as more of the value above): remove the indentation"),
-    ("seed = 4\n\tlines = 2\n", 2, "an indented line"),
+    ("[pairs]\nseed = 4\n  n = 3\n", 3, "an indented line after a key (INI reads it as more of that key's value): remove the indentation"),
+    ("seed = 4\n\n\tlines = 2\n", 3, "an indented line after a key"),   # a blank line does not end the value
     # inih stops at a NUL: everything after it was dropped
     ("seed = 4\n\0seed = 5\n", 2, "a NUL byte (not INI text)"),
     # inih cuts a line at 199 bytes and reads the rest as the next line
-    ("seed = 4" + " " * 300 + "7\n", 1, "a line of 309 bytes; the INI reader takes lines under 199 bytes"),
+    ("seed = 4" + " " * 300 + "7\n", 1, "a line of 309 bytes; the INI reader takes lines under 200 bytes"),
+    (";" + "x" * 199 + "\nseed = 4\n", 1, "a line of 200 bytes"),
     # a key and its old spelling: the command line refuses the pair, the file took the last
     ("data = a.jsonl\nsamples = b.jsonl\n", 2, "key 'data': given twice, once as 'samples' (its old spelling): give it once"),
 ])
@@ -340,11 +341,12 @@ def test_config_text_inih_would_misread_is_refused_with_its_line(tmp_path, text,
 
 
 def test_config_lines_inih_reads_whole_still_work(tmp_path):
-    """Indented comments, blank lines with blanks, a byte order mark, CRLF and a line of 198
-    bytes (199 with its newline, inih's most) are read as before: seed = 4 is in force."""
+    """Indented comments, blank lines with blanks, a byte order mark, CRLF, a line of 199 bytes
+    (inih's reader takes 199 and then the newline alone) and an indented key before any key of
+    its section (inih reads it as a key) are read as before: seed = 4 is in force."""
     s = samples_file(tmp_path)
     cfg = tmp_path / "c.ini"
-    cfg.write_bytes(("\ufeff; c\r\n   # indented comment\r\n  \r\n;" + "x" * 197 + "\nseed = 4\r\n").encode())
+    cfg.write_bytes(("\ufeff; c\r\n   # indented comment\r\n  \r\n;" + "x" * 198 + "\n[pairs]\n  seed = 4\r\n").encode())
     r = run("pairs", "--config", str(cfg), "--data", s, "--out", str(tmp_path / "a.jsonl"))
     assert r.returncode == 0, r.stderr
     r = run("pairs", "--data", s, "--seed", "4", "--out", str(tmp_path / "b.jsonl"))
@@ -355,8 +357,9 @@ def test_config_lines_inih_reads_whole_still_work(tmp_path):
 
 @pytest.mark.parametrize("value", ["0x10", " 5", "0x1p-3", "\t2"])
 def test_numbers_are_decimal(tmp_path, value):
-    """strtod/strtol read hex, hex floats and leading blanks: --seed 0x10 was 16 and --lr 0x10
-    (a typo for 0.10) trained at 16."""
+    """strtod reads hex, hex floats and leading blanks (strtol leading blanks): --bt-scale 0x10
+    was 16 and --lr 0x10 (a typo for 0.10) trained at 16; --seed ' 5' was 5. One message for
+    integers and numbers, and list items with blanks around them are read as layout."""
     for flag in ("--seed", "--bt-scale"):
         r = run("pairs", "--data", samples_file(tmp_path), flag, value, "--out", str(tmp_path / "o.jsonl"))
         assert r.returncode == 1 and f"fdpo pairs: {flag}: '{value}' is not a decimal number" in r.stderr, r.stderr
@@ -385,6 +388,17 @@ def test_an_empty_input_path_names_its_flag(tmp_path, cmd, flag):
     """it was "fdpo pretrain: : cannot open: No such file or directory", no flag named"""
     r = run(*cmd.split(), flag, "", "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and r.stderr == f"fdpo {cmd.split()[0]}: {flag}: an empty path\n", r.stderr
+
+
+def test_list_items_may_have_blanks_around_them(tmp_path):
+    """"0.5, 1, 2" is a list's layout (the decimal rule refused ' 1'); an item of blanks is empty"""
+    a = run("lab", "frontier", "--n", "4", "--divergence", "rkl", "--betas", "0.5, 1,\t2 ")
+    b = run("lab", "frontier", "--n", "4", "--divergence", "rkl", "--betas", "0.5,1,2")
+    assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.count("\n") == 4, a.stderr
+    r = run("lab", "frontier", "--n", "4", "--betas", "0.5, ,2")
+    assert r.returncode == 1 and "--betas: empty item in '0.5, ,2'" in r.stderr, r.stderr
+    r = run("lab", "frontier", "--n", "4", "--betas", "0.5, 0x2")
+    assert r.returncode == 1 and "--betas: '0x2' is not a decimal number" in r.stderr, r.stderr
 
 
 def test_a_config_value_named_in_a_flag_value_message(tmp_path):

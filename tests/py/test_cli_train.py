@@ -384,7 +384,7 @@ def test_bad_inputs(tmp_path, corpus):
     assert "--n-layer: 4294967297 must be in [1, 1024]" in err("pretrain", *out, "--n-layer", "4294967297", corpus[0])
     assert "--n-embd: 2147483648 must be a multiple" in err("pretrain", *out, "--n-embd", "2147483648", "--n-head", "2", corpus[0])
     assert "--n-positions: 2097152 must be in [1, 1048576]" in err("pretrain", *out, "--n-positions", "2097152", corpus[0])
-    assert "--n-head: 2048 must be in [1, 1024]" in err("pretrain", *out, "--n-head", "2048", corpus[0])
+    assert "--n-head: 2048 must be in [1, 1024]" in err("pretrain", *out, "--arch", "llama", "--n-head", "2048", corpus[0])
     assert "--out: required" in err("pretrain", corpus[0])
     assert "no input files" in err("pretrain", *out)
     assert "missing.txt: cannot open" in err("pretrain", *out, tmp_path / "missing.txt")
@@ -660,6 +660,25 @@ def test_resume_keeps_integers_past_2_to_the_53(tmp_path, corpus):
     assert (tmp_path / "o" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
     r = fdpo("pretrain", "--out", tmp_path / "o", "--resume", "--seed", str(2**53), *corpus)
     assert r.returncode == 1 and f"--seed: {2**53} differs from the saved run's {2**53 + 1}" in r.stderr, r.stderr
+
+
+def test_resume_of_a_state_that_holds_a_big_integer_as_a_number(tmp_path, corpus):
+    """A state written before integers past 2^53 were saved as digits holds them as JSON
+    numbers: 2^60 is exact there, and its resume must go on (the first version of the digits
+    compared the two as text, "1152921504606846976" against "1.152921504606847e+18", and refused);
+    a legacy text value ("1e+06" for --grad-clip) is compared as the number it reads as."""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--steps", "3", "--stop-at", "1", "--seed", str(2**60), "--grad-clip", "1000000",
+       "--quiet", *corpus)
+    path = out / "training_state.json"
+    text = path.read_text()
+    assert f'"seed":"{2**60}"' in text.replace(" ", ""), text
+    state = json.loads(text)
+    state["settings"]["seed"] = float(2**60)      # as the earlier fdpo wrote it
+    state["settings"]["grad-clip"] = "1e+06"     # as a version-1 state wrote its values
+    path.write_text(json.dumps(state))
+    ok("pretrain", "--out", out, "--resume", "--seed", str(2**60), "--quiet", *corpus)
+    assert json.loads(path.read_text())["step"] == 3
 
 
 def test_pretrain_reads_a_byte_order_mark_as_no_text(tmp_path, corpus):

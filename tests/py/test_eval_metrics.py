@@ -359,6 +359,17 @@ def test_cmd_reward_python_script(tmp_path):
     assert [float(x) for x in r.stdout.split()] == [6.0, 3.0, 0.5]
 
 
+def test_cmd_reward_padded_numbers(tmp_path):
+    """printf "%8.3f" and awk pad their numbers: blanks around one are fine (the decimal rule
+    refused '  0.5' at first), a hex number among blanks is not"""
+    r = reward(tmp_path, script(tmp_path, "sys.stdin.read(); print('   0.5'); print('\\t2  '); print(' -3 ')\n"),
+               [("p", "a"), ("p", "b"), ("p", "c")])
+    assert r.returncode == 0 and [float(x) for x in r.stdout.split()] == [0.5, 2, -3], r.stderr
+    r = reward(tmp_path, script(tmp_path, "sys.stdin.read(); print(1); print('  0x10'); print(2)\n"),
+               [("p", "a"), ("p", "b"), ("p", "c")])
+    assert r.returncode == 1 and "output line 2 '  0x10' is not a finite decimal number" in r.stderr, r.stderr
+
+
 def test_cmd_reward_large_exchange_does_not_deadlock(tmp_path):
     # answers each line at once, before reading the rest: a writer that does not read
     # concurrently would block on a full pipe
@@ -376,6 +387,8 @@ def test_cmd_reward_large_exchange_does_not_deadlock(tmp_path):
     ("sys.stdin.read(); print('nan'); print(1); print(2)\n", "output line 1 'nan' is not a finite decimal number"),
     # strtod reads hexadecimal: 0x10 was the reward 16
     ("sys.stdin.read(); print(1); print('0x10'); print(2)\n", "output line 2 '0x10' is not a finite decimal number"),
+    # a NUL inside a line: strtod stopped there and the junk after it passed
+    ("sys.stdin.read(); print(1); sys.stdout.write('7\\0junk\\n'); print(2)\n", "output line 2 '7' is not a finite decimal number"),
     ("sys.stdin.read(); print(1)\n", "printed 1 lines, expected 3"),
     ("sys.stdin.read(); print('1\\n2\\n3\\n4')\n", "printed more than 3 lines"),
 ])

@@ -283,6 +283,30 @@ def test_generate_bad_input(byte_model, tmp_path, content, flags, msg):
     assert msg in r.stderr
 
 
+def test_a_sample_count_past_size_t_is_refused(byte_model, tmp_path):
+    """3 prompts x --n 6148914691236517206 wrapped to 2 records: generate wrote two samples of
+    prompt 0 and exited 0 (eval indexed past its arrays: a segfault)"""
+    d, _ = byte_model
+    (tmp_path / "p.txt").write_text("a\nb\nc\n")
+    r = run(FDPO, "generate", "--model", d, "--data", tmp_path / "p.txt", "--max-new-tokens", 2, "--n", 6148914691236517206)
+    assert r.returncode == 1 and r.stdout == "" and \
+        "--n 6148914691236517206: 3 prompts x 6148914691236517206 samples cannot be held" in r.stderr, r.stderr
+    r = run(FDPO, "eval", "--model", d, "--ref", d, "--data", tmp_path / "p.txt", "--max-new-tokens", 2,
+            "--n", 2**62)
+    assert r.returncode == 1 and "samples cannot be held" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["generate", "info"])
+def test_a_failed_write_to_stdout_is_an_error(byte_model, tmp_path, cmd):
+    """stdout on a full disk (/dev/full): the samples were lost and the exit status was 0"""
+    d, _ = byte_model
+    (tmp_path / "p.txt").write_text("a\n")
+    args = ["--model", d, "--data", tmp_path / "p.txt", "--max-new-tokens", 2] if cmd == "generate" else [d]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([FDPO, cmd, *map(str, args)], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 1 and f"fdpo {cmd}: <stdout>: write error: No space left on device" in r.stderr, r.stderr
+
+
 def test_a_chat_template_no_prompt_uses_is_refused(byte_model, tmp_path):
     """--chat-template applies to conversational prompts only: with plain ones it was accepted
     and the samples were byte-identical to a run without it (eval: also with no --pairs)"""

@@ -96,6 +96,20 @@ def test_rerun_skips_done_stages_and_adds_lambdas(data, tmp_path):
     assert weights(s / "lambda-2") == weights(tmp_path / "m2")
 
 
+def test_rerun_of_a_plan_that_holds_a_big_integer_as_a_number(data, tmp_path):
+    """a plan of an earlier fdpo holds --seed 10^18 as a JSON number, the new one as its digits:
+    the rerun adding a lambda was refused ("--seed: \"1000000000000000000\" differs from 1e+18")"""
+    s = tmp_path / "s"
+    sacpo(data, s, "--lambda", "1", "--seed", str(10**18))
+    path = s / "sacpo.json"
+    state = json.loads(path.read_text())
+    assert state["plan"]["training"]["seed"] == str(10**18)
+    state["plan"]["training"]["seed"] = 10**18
+    path.write_text(json.dumps(state))
+    r = sacpo(data, s, "--lambda", "1,2", "--seed", str(10**18))
+    assert "safety stage (lambda 1): done before" in r.stderr and (s / "lambda-2" / "model.safetensors").exists()
+
+
 def test_rerun_refuses_a_data_file_edited_in_place(data, tmp_path):
     """The plan recorded the pairs files by path only: a rerun adding a lambda after
     --safety-data was edited in place trained the new stage on other data than the done ones,
