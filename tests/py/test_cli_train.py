@@ -734,6 +734,9 @@ def test_resume_keeps_non_fixed_flags(tmp_path, corpus):
     # a value given again wins and is saved for the next resume
     r = ok("pretrain", "--out", out, "--resume", "--save-every", "4", "--stop-at", "9", *corpus)
     assert "new values given now for: --save-every" in r.stderr, r.stderr
+    # a value given again as saved is not new (--log-every 2 was listed among the new values)
+    r = ok("pretrain", "--out", out, "--resume", "--log-every", "2", "--save-every", "4", "--stop-at", "10", *corpus)
+    assert "new values given now" not in r.stderr, r.stderr
     assert json.loads((out / "training_state.json").read_text())["settings"]["save-every"] == 4
 
 
