@@ -153,8 +153,10 @@ void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fix
  * value, 0 none recorded (or an fp32 run), 1 the recorded route taken or warned about.
  * fdpo_train_pin_bf16_route returns the same for OUT's training_state.json. */
 int fdpo_train_pin_saved_bf16_route(const fdpo_settings *saved, const char *file);
-/* A path flag's value (--model, --ref, --data, --eval-file, --lexicon): on --resume it is the
- * same as the saved one when fdpo_settings_same_path says so. */
+/* A path flag's value (--model, --ref, --data, --eval-file, --lexicon), saved resolved
+ * (realpath) where it resolves, so that a resume from another directory restores a path that
+ * names the same file: on --resume it is the same as the saved one when
+ * fdpo_settings_same_path says so. */
 void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fixed);
 /* The one rule for "the same path setting" (every trainer's training_state.json and online
  * rounds' online.json): when both exist, the same file after realpath (R, ./R and /abs/R are

@@ -73,21 +73,47 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
     if (!rc && sliding) rc = fdpo_error("%s: use_sliding_window true is not supported", path);
     c->qkv_bias = qwen2 || attention_bias;
     c->o_bias = !qwen2 && attention_bias;
+    /* transformers v5 writes the rotary settings as one "rope_parameters" object (rope_type,
+     * rope_theta, the scaling's own keys) instead of rope_theta + rope_scaling: read either,
+     * never fall back to theta 10000 past a base it did not read */
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    if (!rc && rp && !cJSON_IsNull(rp)) {
+        if (!cJSON_IsObject(rp)) return fdpo_error("%s: rope_parameters must be an object", path);
+        double t = 0;
+        const cJSON *rt = cJSON_GetObjectItemCaseSensitive(rp, "rope_theta");
+        if (rt && !cJSON_IsNull(rt)) {
+            rc = config_number(path, rp, "rope_theta", 0, &t);
+            if (rc) return fdpo_error_context("rope_parameters");
+            if (cJSON_GetObjectItemCaseSensitive(root, "rope_theta") && t != theta)
+                return fdpo_error("%s: rope_theta %g and rope_parameters.rope_theta %g differ", path, theta, t);
+            c->rope_theta = t;
+        }
+    }
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-    if (!rc && rs && !cJSON_IsNull(rs)) {
+    const char *rs_name = "rope_scaling";
+    if (rs && cJSON_IsNull(rs)) rs = NULL;
+    if (rp && !cJSON_IsNull(rp)) {
+        if (rs) return fdpo_error("%s: both rope_scaling and rope_parameters are given (one describes the rotary embedding)", path);
+        rs = rp; rs_name = "rope_parameters";
+    }
+    if (!rc && rs) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
         if (!type) type = cJSON_GetObjectItemCaseSensitive(rs, "type");
+        if (cJSON_IsString(type) && !strcmp(type->valuestring, "default")) return rc;   /* no scaling, as transformers reads it */
         if (!cJSON_IsString(type) || strcmp(type->valuestring, "llama3"))
-            return fdpo_error("%s: rope_scaling type '%.32s' is not supported (fdpo implements llama3 scaling or none)",
-                              path, cJSON_IsString(type) ? type->valuestring : "(missing)");
+            return fdpo_error("%s: %s type '%.32s' is not supported (fdpo implements llama3 scaling or none)",
+                              path, rs_name, cJSON_IsString(type) ? type->valuestring : "(missing)");
         double orig = 0;
         rc = config_number(path, rs, "factor", 0, &c->rope_factor);
         if (!rc) rc = config_number(path, rs, "low_freq_factor", 1, &c->rope_low_freq_factor);
         if (!rc) rc = config_number(path, rs, "high_freq_factor", 4, &c->rope_high_freq_factor);
-        if (!rc) rc = config_number(path, rs, "original_max_position_embeddings", 8192, &orig);
+        if (!rc) rc = config_number(path, rs, "original_max_position_embeddings", 0, &orig);
         c->rope_original_max_position = (size_t)orig;
-        if (!rc && c->rope_factor == 0) rc = fdpo_error("%s: rope_scaling: missing 'factor'", path);
-        if (rc) return fdpo_error_context("rope_scaling");
+        if (!rc && c->rope_factor == 0) rc = fdpo_error("%s: %s: missing 'factor'", path, rs_name);
+        /* transformers requires it for llama3: a default (8192) silently rescaled other models' frequencies */
+        if (!rc && orig == 0) rc = fdpo_error("%s: %s: missing 'original_max_position_embeddings' (llama3 scaling needs it)",
+                                              path, rs_name);
+        if (rc) return fdpo_error_context("%s", rs_name);
     }
     return rc;
 }

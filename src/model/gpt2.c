@@ -1047,7 +1047,8 @@ size_t fdpo_gpt2_config_diff(const fdpo_gpt2_config *a, const fdpo_gpt2_config *
     if (a->arch == FDPO_ARCH_LLAMA && b->arch == FDPO_ARCH_LLAMA) {
         diff_size(&d, "num_key_value_heads", a->n_kv_head, b->n_kv_head);
         diff_size(&d, "intermediate_size", a->intermediate_size, b->intermediate_size);
-        diff_size(&d, "head_dim", a->head_dim, b->head_dim);
+        /* the effective size: an explicit head_dim equal to hidden/heads (transformers writes it) is no difference */
+        diff_size(&d, "head_dim", fdpo_llama_head_dim(a), fdpo_llama_head_dim(b));
         diff_num(&d, "rope_theta", a->rope_theta, b->rope_theta);
         diff_size(&d, "tie_word_embeddings", (size_t)a->tie_word_embeddings, (size_t)b->tie_word_embeddings);
         diff_size(&d, "qkv_bias", (size_t)a->qkv_bias, (size_t)b->qkv_bias);
@@ -1073,7 +1074,7 @@ uint64_t fdpo_gpt2_config_hash(uint64_t h, const fdpo_gpt2_config *c) {
     h = fdpo_hash64(h, common, sizeof common);
     h = fdpo_hash64(h, &c->layer_norm_epsilon, sizeof c->layer_norm_epsilon);
     if (c->arch != FDPO_ARCH_LLAMA) return h;
-    const uint64_t shape[8] = {c->n_kv_head, c->intermediate_size, c->head_dim, (uint64_t)c->tie_word_embeddings,
+    const uint64_t shape[8] = {c->n_kv_head, c->intermediate_size, fdpo_llama_head_dim(c), (uint64_t)c->tie_word_embeddings,
                                (uint64_t)c->qkv_bias, (uint64_t)c->o_bias, (uint64_t)c->mlp_bias,
                                c->rope_original_max_position};
     const double rope[4] = {c->rope_theta, c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor};

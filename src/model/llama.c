@@ -10,7 +10,8 @@
 #include "model/llama_internal.h"
 #include "fdpo/lora.h"
 
-static size_t head_dim(const fdpo_gpt2_config *c) { return c->head_dim ? c->head_dim : c->n_embd / c->n_head; }
+size_t fdpo_llama_head_dim(const fdpo_gpt2_config *c) { return c->head_dim ? c->head_dim : c->n_embd / c->n_head; }
+static size_t head_dim(const fdpo_gpt2_config *c) { return fdpo_llama_head_dim(c); }
 
 int fdpo_llama_config_check(const fdpo_gpt2_config *c) {
     if (c->vocab_size == 0 || c->vocab_size > (1u << 24))

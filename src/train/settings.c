@@ -48,7 +48,11 @@ void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fix
 
 void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fixed) {
     fdpo_setting *x = settings_push(s, key, v ? FDPO_SETTING_STR : FDPO_SETTING_NULL, fixed);
-    if (v) x->str = fdpo_strdup(v);
+    /* resolved where it resolves: a resume from another working directory restores a path
+     * that still names the file (a LoRA run's relative --model base did not: its base could
+     * not be loaded, and the absolute spelling was refused as another model) */
+    char *real = v ? realpath(v, NULL) : NULL;
+    if (v) x->str = real ? real : fdpo_strdup(v);
     x->path = 1;
 }
 

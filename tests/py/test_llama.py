@@ -180,6 +180,14 @@ BAD = {
     "unknown_type": (lambda d: edit_config(d, model_type="mistral"), ["model_type 'mistral'", "not supported"]),
     "rope_dynamic": (lambda d: edit_config(d, rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
                      ["rope_scaling type 'dynamic'"]),
+    "rope_parameters_yarn": (lambda d: edit_config(d, rope_scaling=None, rope_parameters={"rope_type": "yarn", "factor": 2.0}),
+                             ["rope_parameters type 'yarn' is not supported"]),
+    "rope_both": (lambda d: edit_config(d, rope_parameters={"rope_type": "default"}), ["both rope_scaling and rope_parameters"]),
+    "rope_theta_twice": (lambda d: edit_config(d, rope_scaling=None, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+                         ["rope_theta 500000 and rope_parameters.rope_theta 10000 differ"]),
+    # transformers requires it for llama3; a default of 8192 rescaled other frequencies silently
+    "llama3_no_original": (lambda d: edit_config(d, rope_scaling={"rope_type": "llama3", "factor": 8.0}),
+                           ["missing 'original_max_position_embeddings'"]),
     "gqa_not_dividing": (lambda d: edit_config(d, num_key_value_heads=4), ["num_key_value_heads 4"]),
     "act": (lambda d: edit_config(d, hidden_act="gelu"), ["hidden_act 'gelu'"]),
     "shape": (lambda d: edit_config(d, intermediate_size=50), ["mlp.gate_proj.weight", "[64,48]", "[50,48]"]),
@@ -200,6 +208,40 @@ def copy_to_other_shard(d, name):
     tensors, meta = st.load(os.path.join(d, other))
     tensors[name] = value
     st.save(os.path.join(d, other), tensors, meta)
+
+
+def to_rope_parameters(d):
+    """the config as transformers v5 writes it: rope_theta and rope_scaling in rope_parameters"""
+    p = os.path.join(d, "config.json")
+    c = json.load(open(p))
+    rp = dict(c.pop("rope_scaling", None) or {"rope_type": "default"})
+    rp["rope_theta"] = c.pop("rope_theta")
+    c["rope_parameters"] = rp
+    json.dump(c, open(p, "w"))
+
+
+@pytest.mark.parametrize("name", ["gqa-llama3", "qwen2"])
+def test_rope_parameters_of_transformers_v5_match_pytorch(tmp_path, name):
+    """rope_parameters (rope_type, rope_theta and llama3's keys in one object) was ignored: theta
+    fell back to 10000 without a word and the log-probs were off by 3e-2. Read as rope_theta +
+    rope_scaling are, against the same float64 reference."""
+    rng = np.random.default_rng(7)
+    model = Llama(**CONFIGS[name], seed=3)
+    d = tmp_path / "ck"
+    model.save_hf(str(d))
+    to_rope_parameters(str(d))
+    assert "rope_theta" not in json.load(open(d / "config.json"))
+    assert_matches_reference(tmp_path, d, model, batch(rng, CONFIGS[name]["vocab_size"]), rng)
+
+
+def test_rope_scaling_of_type_default_is_no_scaling(tmp_path):
+    """transformers reads rope_scaling {"rope_type": "default"} as no scaling; it was refused"""
+    rng = np.random.default_rng(5)
+    model = Llama(**CONFIGS["mha-tied"], seed=3)
+    d = tmp_path / "ck"
+    model.save_hf(str(d))
+    edit_config(str(d), rope_scaling={"rope_type": "default"})
+    assert_matches_reference(tmp_path, d, model, batch(rng, CONFIGS["mha-tied"]["vocab_size"]), rng)
 
 
 def edit_config(d, **kv):

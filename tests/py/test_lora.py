@@ -430,6 +430,30 @@ def test_sft_lora_resume_is_exact(tmp_path):
         assert (tmp_path / "full" / f).read_bytes() == (tmp_path / "split" / f).read_bytes(), f
 
 
+def test_a_lora_run_resumes_from_another_directory(tmp_path):
+    """--model was saved as typed: a run started in proj/ with --model base resumed from proj/..
+    could not load its base ("base/config.json: cannot open"), and --model /abs/proj/base was
+    refused as another model. Path settings are saved resolved; the split run still ends as
+    the straight one."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    make_gpt2(proj / "base")
+    write_jsonl(proj / "sft.jsonl", sft_rows())
+    common = ["--data", "sft.jsonl", "--steps", 4, "--lr", "1e-2", "--batch-size", 4, "--seq-len", 32, "--threads", 1,
+              "--eval-every", 0, "--quiet", "--lora-r", 2]
+    for out, extra in (("full", []), ("split", ["--stop-at", 2])):
+        r = subprocess.run([FDPO, "sft", "--model", "base", "--out", out, *map(str, common + extra)], cwd=proj,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    state = json.loads((proj / "split" / "training_state.json").read_text())
+    assert state["settings"]["model"] == str((proj / "base").resolve())
+    r = subprocess.run([FDPO, "sft", "--out", "proj/split", "--resume", "--data", "proj/sft.jsonl", "--quiet",
+                        "--model", str(proj / "base")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (proj / "full" / "adapter_model.safetensors").read_bytes() == \
+        (proj / "split" / "adapter_model.safetensors").read_bytes()
+
+
 @pytest.mark.parametrize("cmd", ["sft", "dpo"])
 def test_resume_can_neither_drop_nor_add_the_adapters(tmp_path, cmd):
     """--lora-r is a fixed setting at 0 too (every run records it): `--resume --lora-r 0` on a

@@ -208,6 +208,21 @@ def test_an_architecture_mismatch_names_the_fields_that_differ(tmp_path, first, 
     assert not (tmp_path / "out").exists()
 
 
+def test_an_explicit_head_dim_equal_to_hidden_over_heads_is_the_same_architecture(tmp_path):
+    """transformers writes head_dim, fdpo pretrain --arch llama leaves it out: the two were
+    "architecture differs (head_dim 8 vs 0)" for the same shapes. The merge is the mean."""
+    a = make_config_model(tmp_path, "a", dict(LLAMA))
+    b = make_config_model(tmp_path, "b", dict(LLAMA, head_dim=LLAMA["hidden_size"] // LLAMA["num_attention_heads"]))
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    ta, tb, tm = tensors(a), tensors(b), tensors(tmp_path / "out")
+    for k in ta:
+        assert np.allclose(tm[k], (ta[k].astype(np.float64) + tb[k]) / 2, rtol=0, atol=1e-7), k
+    c = make_config_model(tmp_path, "c", dict(LLAMA, head_dim=2 * LLAMA["hidden_size"] // LLAMA["num_attention_heads"]))
+    r = run(FDPO, "merge", "--model", a, "--model", c, "--out", tmp_path / "out2")
+    assert r.returncode == 1 and "head_dim 16 vs 8" in r.stderr, r.stderr
+
+
 def test_an_out_holding_a_sharded_checkpoint_is_kept_or_replaced_whole(tmp_path):
     """a sharded checkpoint (index + model-0000k-of-0000n.safetensors) in --out was replaced
     without --overwrite; with it, the old shards and index stayed beside the new
