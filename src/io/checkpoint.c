@@ -217,11 +217,16 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
     } else if (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt2"))
         rc = fdpo_error("%s: model_type '%.64s' is not supported (fdpo runs gpt2, llama and qwen2)", path,
                         cJSON_IsString(mt) ? mt->valuestring : "(not a string)");
-    else if (act && !cJSON_IsNull(act) && (!cJSON_IsString(act) || strcmp(act->valuestring, "gelu_new")))
-        rc = fdpo_error("%s: activation_function '%.64s' is not supported (only gelu_new)", path,
+    /* gelu_pytorch_tanh is the same tanh approximation as gelu_new (transformers' two names) */
+    else if (act && !cJSON_IsNull(act) &&
+             (!cJSON_IsString(act) || (strcmp(act->valuestring, "gelu_new") && strcmp(act->valuestring, "gelu_pytorch_tanh"))))
+        rc = fdpo_error("%s: activation_function '%.64s' is not supported (only gelu_new, or gelu_pytorch_tanh)", path,
                         cJSON_IsString(act) ? act->valuestring : "(not a string)");
-    else if (inner && !cJSON_IsNull(inner))
-        rc = fdpo_error("%s: n_inner must be null (the MLP width is 4 * n_embd)", path);
+    /* an explicit n_inner of 4 * n_embd (Cerebras-GPT writes it) is the width fdpo builds */
+    else if (inner && !cJSON_IsNull(inner) &&
+             !(cJSON_IsNumber(inner) && cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(root, "n_embd")) &&
+               inner->valuedouble == 4 * cJSON_GetObjectItemCaseSensitive(root, "n_embd")->valuedouble))
+        rc = fdpo_error("%s: n_inner must be null or 4 * n_embd (the MLP width fdpo builds)", path);
     else if (tie && cJSON_IsFalse(tie))
         rc = fdpo_error("%s: tie_word_embeddings false is not supported (the LM head is wte)", path);
     else if (by_layer && cJSON_IsTrue(by_layer))

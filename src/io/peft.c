@@ -160,6 +160,11 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
             fdpo_error("%s: %s is not supported (fdpo adapts the target modules of every layer)", path, per_layer[i]); goto done;
         }
     }
+    /* modules left out of the targets (PEFT >= 0.14): the missing tensors would be named instead */
+    const cJSON *ex = cJSON_GetObjectItemCaseSensitive(j, "exclude_modules");
+    if (ex && !cJSON_IsNull(ex) && !(cJSON_IsArray(ex) && !ex->child) && !(cJSON_IsString(ex) && !*ex->valuestring)) {
+        fdpo_error("%s: exclude_modules is not supported (fdpo adapts every module the targets name)", path); goto done;
+    }
     static const char *const patterns[] = {"rank_pattern", "alpha_pattern"};   /* per-module r / alpha */
     for (size_t i = 0; i < 2; i++) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, patterns[i]);

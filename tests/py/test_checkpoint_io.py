@@ -78,7 +78,7 @@ def special_values(model):
         w[0, :6] = torch.tensor([6e-8, -3e-6, 6.0e-5, 65504.0 / 1e3, -0.0, 1e-30])
 
 
-@pytest.mark.parametrize("variant", ["prefixed", "bare_with_buffers", "f16", "bf16", "n_ctx_only"])
+@pytest.mark.parametrize("variant", ["prefixed", "bare_with_buffers", "f16", "bf16", "n_ctx_only", "explicit_defaults"])
 def test_pytorch_checkpoint_loads_into_fdpo(tmp_path, variant):
     model = GPT2(**CFG, seed=7)
     special_values(model)
@@ -101,6 +101,10 @@ def test_pytorch_checkpoint_loads_into_fdpo(tmp_path, variant):
         (d / "config.json").write_text(json.dumps(cfg))
     else:
         assert "n_positions" in json.loads((d / "config.json").read_text())
+    if variant == "explicit_defaults":   # Cerebras-GPT style: n_inner written out, the tanh GELU's other name
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.update(n_inner=4 * CFG["n_embd"], activation_function="gelu_pytorch_tanh")
+        (d / "config.json").write_text(json.dumps(cfg))
     # the reference sees exactly the weights the file holds (rounded for f16/bf16)
     rounded = GPT2(**CFG)
     rounded.load_hf(str(d))
@@ -258,6 +262,8 @@ BAD = {
                           ["config.json", "'n_positions'", "'n_ctx'"]),
     "bad_activation": (lambda d: edit_config(d, lambda c: c.update(activation_function="relu")),
                        ["config.json", "activation_function 'relu'"]),
+    "other_n_inner": (lambda d: edit_config(d, lambda c: c.update(n_inner=3 * c["n_embd"])),
+                      ["config.json", "n_inner must be null or 4 * n_embd"]),
     "heads_do_not_divide": (lambda d: edit_config(d, lambda c: c.update(n_head=5)),
                             ["config.json", "n_head 5", "divide n_embd 32"]),
     "key_not_integer": (lambda d: edit_config(d, lambda c: c.update(vocab_size="97")),
