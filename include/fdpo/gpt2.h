@@ -219,6 +219,8 @@ void fdpo_gpt2_zero_grad(fdpo_gpt2 *m);
 void fdpo_batch_seq_to_token_grad(const fdpo_batch *b, const float *d_seq_logp, float *d_token_logp);
 /* 1 if two configs describe the same architecture (family, every shape, epsilon, rope). */
 int fdpo_gpt2_config_equal(const fdpo_gpt2_config *a, const fdpo_gpt2_config *b);
+/* A Llama's attention head size: config head_dim, or hidden_size / num_attention_heads when unset */
+size_t fdpo_llama_head_dim(const fdpo_gpt2_config *c);
 /* The fields in which a and b differ, of those fdpo_gpt2_config_equal compares (0: equal), written
  * to buf (may be NULL) as "name A vs B" joined by ", " under config.json's names, e.g.
  * "architectures GPT2ForSequenceClassification vs GPT2LMHeadModel, num_labels 1 vs 0" or

@@ -51,8 +51,22 @@ int cmd_info(int argc, char **argv) {
         if (llama) {
             cJSON_AddNumberToObject(o, "n_kv_head", (double)c->n_kv_head);
             cJSON_AddNumberToObject(o, "intermediate_size", (double)c->intermediate_size);
+            cJSON_AddNumberToObject(o, "head_dim", (double)fdpo_llama_head_dim(c));
             cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
+            if (c->rope_factor != 0) {
+                cJSON *rs = cJSON_AddObjectToObject(o, "rope_scaling");
+                cJSON_AddStringToObject(rs, "rope_type", "llama3");
+                cJSON_AddNumberToObject(rs, "factor", c->rope_factor);
+                cJSON_AddNumberToObject(rs, "low_freq_factor", c->rope_low_freq_factor);
+                cJSON_AddNumberToObject(rs, "high_freq_factor", c->rope_high_freq_factor);
+                cJSON_AddNumberToObject(rs, "original_max_position_embeddings", (double)c->rope_original_max_position);
+            } else {
+                cJSON_AddNullToObject(o, "rope_scaling");
+            }
             cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_word_embeddings);
+            cJSON_AddBoolToObject(o, "qkv_bias", c->qkv_bias);
+            cJSON_AddBoolToObject(o, "o_bias", c->o_bias);
+            cJSON_AddBoolToObject(o, "mlp_bias", c->mlp_bias);
         }
         cJSON_AddNumberToObject(o, "parameters", (double)m->n_params);
         cJSON_AddStringToObject(o, "tokenizer", info.tokenizer_kind);
@@ -90,8 +104,15 @@ int cmd_info(int argc, char **argv) {
         if (llama) {
             printf("n_kv_head: %zu\n", c->n_kv_head);
             printf("intermediate_size: %zu\n", c->intermediate_size);
+            printf("head_dim: %zu\n", fdpo_llama_head_dim(c));
             printf("rope_theta: %g\n", c->rope_theta);
+            if (c->rope_factor != 0)
+                printf("rope_scaling: llama3 factor=%g low_freq_factor=%g high_freq_factor=%g original_max_position_embeddings=%zu\n",
+                       c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor, c->rope_original_max_position);
+            else printf("rope_scaling: none\n");
             printf("tie_word_embeddings: %s\n", c->tie_word_embeddings ? "true" : "false");
+            printf("biases: q/k/v %s, o %s, mlp %s\n", c->qkv_bias ? "yes" : "no", c->o_bias ? "yes" : "no",
+                   c->mlp_bias ? "yes" : "no");
         }
         printf("parameters: %zu (%.2fM)\n", m->n_params, (double)m->n_params / 1e6);
         if (m->lora)

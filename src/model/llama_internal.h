@@ -79,8 +79,6 @@ struct fdpo_llama_state {
 };
 
 int  fdpo_llama_config_check(const fdpo_gpt2_config *c);
-/* the attention head size: config head_dim, or hidden_size / num_attention_heads when unset */
-size_t fdpo_llama_head_dim(const fdpo_gpt2_config *c);
 void fdpo_llama_build(fdpo_gpt2 *m);                  /* tensor table + state */
 void fdpo_llama_free(fdpo_gpt2 *m);
 void fdpo_llama_init(fdpo_gpt2 *m, uint64_t seed);

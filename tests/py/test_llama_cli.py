@@ -211,6 +211,15 @@ def test_info_names_the_llama_family(llama):
         assert info[k] == v, (k, info[k], v)
     tensors = st.load(str(llama / "policy" / "model.safetensors"))[0]
     assert info["parameters"] == sum(np.asarray(t).size for t in tensors.values())
+    # the fields the parameter count depends on (they were left out: a head_dim other than
+    # hidden/heads explained nothing), from the tensors' own shapes
+    hd = tensors["model.layers.0.self_attn.k_proj.weight"].shape[0] // CFG["num_key_value_heads"]
+    assert info["head_dim"] == hd and info["rope_scaling"] is None
+    assert (info["qkv_bias"], info["o_bias"], info["mlp_bias"]) == (
+        "model.layers.0.self_attn.q_proj.bias" in tensors, "model.layers.0.self_attn.o_proj.bias" in tensors,
+        "model.layers.0.mlp.up_proj.bias" in tensors)
+    text = fdpo("info", llama / "policy").stdout
+    assert f"head_dim: {hd}\n" in text and "rope_scaling: none\n" in text and "biases: q/k/v no, o no, mlp no\n" in text
 
 
 def test_sft_from_a_llama_model_resumes_without_recording_an_architecture(llama):
