@@ -407,6 +407,8 @@ void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss);
  * then saves, marks the run stopped and interrupted, and the trainer returns an error
  * "interrupted after step N (checkpoint saved; continue with --resume)". */
 void fdpo_trainer_request_stop(void);
+/* Was a stop requested? Under MPI a collective (every rank calls it at the same point of its
+ * step): true on every rank when any rank's flag is set, so all stop at the same step. */
 int fdpo_trainer_stop_requested(void);
 /* Save when save_every divides the step or stop_at is reached (then marks stopped), or a
  * stop was requested (then marks stopped and interrupted). */

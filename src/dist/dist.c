@@ -339,19 +339,22 @@ int fdpo_dist_overlap_finish(fdpo_dist_overlap *o, float *grads) {
     int rc = 0;
 #ifdef FDPO_HAVE_MPI
     if (g_size > 1) {
+        /* Every rank must post the same collectives in the same order. Backward starts the
+         * groups from the last layer down, so what a rank started is a run from the top; the
+         * groups its backward never reached (a rank without a micro-batch this step, one
+         * without tokens, a family without the per-layer hook) are started here, in the same
+         * descending order, as non-blocking sums too: a rank that summed them with blocking
+         * calls while the others had non-blocking ones in flight hung the job. */
+        for (size_t g = o->n_groups; g-- > 0 && !rc;)
+            if (!o->started[g]) rc = fdpo_dist_overlap_start(o, grads, g);
         double t0 = fdpo_now();
-        int mrc = MPI_Waitall((int)o->n_req, o->req, MPI_STATUSES_IGNORE);
+        int mrc = rc ? MPI_SUCCESS : MPI_Waitall((int)o->n_req, o->req, MPI_STATUSES_IGNORE);
         if (mrc != MPI_SUCCESS) rc = mpi_fail(mrc, "waitall");
-        /* groups whose backward never ran this step (no tokens, or a model family without the
-         * per-layer hook), then the rest (embeddings, final norm, score head): summed now */
-        for (size_t g = 0; g <= o->n_groups && !rc; g++) {
-            if (g < o->n_groups && o->started[g]) continue;
-            const slice *v = g < o->n_groups ? o->slices[g] : o->rest;
-            size_t k = g < o->n_groups ? o->n_slices[g] : o->n_rest;
-            for (size_t i = 0; i < k && !rc; i++) {
-                mrc = MPI_Allreduce(MPI_IN_PLACE, grads + v[i].offset, (int)v[i].len, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-                if (mrc != MPI_SUCCESS) rc = mpi_fail(mrc, "allreduce");
-            }
+        /* then the rest (embeddings, final norm, score head) */
+        for (size_t i = 0; i < o->n_rest && !rc; i++) {
+            mrc = MPI_Allreduce(MPI_IN_PLACE, grads + o->rest[i].offset, (int)o->rest[i].len, MPI_FLOAT, MPI_SUM,
+                                MPI_COMM_WORLD);
+            if (mrc != MPI_SUCCESS) rc = mpi_fail(mrc, "allreduce");
         }
         g_comm_seconds += fdpo_now() - t0;
     }

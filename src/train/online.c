@@ -570,7 +570,9 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     /* one run per directory: a second one would sample and rename the same rounds */
     int rc = 0, locked = 0;
     if (fdpo_dist_is_root()) locked = (rc = fdpo_dir_lock(o->out, "--out")) == 0;   /* rank 0 holds it */
-    if (rc == 0) rc = fdpo_mkdir_p(o->out);
+    /* rank 0 alone makes OUT, under its lock: another rank's mkdir ran before rank 0's refusal
+     * (inside a running run's OUT, whose saves then carried the new directory) */
+    if (rc == 0 && fdpo_dist_is_root()) rc = fdpo_mkdir_p(o->out);
     /* under the lock nobody else writes here: a killed writer's NAME.tmp.PID is stale (as a trainer's recovery) */
     if (rc == 0 && fdpo_dist_is_root()) fdpo_remove_stale_tmp(o->out);
     rc = fdpo_dist_all_ok(rc);

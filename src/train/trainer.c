@@ -662,14 +662,25 @@ int fdpo_trainer_save(fdpo_trainer *tr) {
 
 static volatile sig_atomic_t g_stop_requested;
 void fdpo_trainer_request_stop(void) { g_stop_requested = 1; }
-int fdpo_trainer_stop_requested(void) { return g_stop_requested != 0; }
+
+int fdpo_trainer_stop_requested(void) {
+    /* under MPI every rank stops at the same step: a signal that reached some ranks only (a
+     * kill of one rank's pid) made them end with "checkpoint saved" while rank 0, which saves,
+     * went on until the abort they caused killed it, before or during its save */
+    if (fdpo_dist_size() == 1) return g_stop_requested != 0;
+    double any = g_stop_requested != 0;
+    if (fdpo_dist_sum_f64(&any, 1)) return 1;
+    return any > 0;
+}
 
 int fdpo_trainer_maybe_save(fdpo_trainer *tr) {
     size_t s = tr->state.step;
     int stop = tr->opts.stop_at > 0 && s == (size_t)tr->opts.stop_at && s < tr->state.total_steps;
-    int interrupt = g_stop_requested && s < tr->state.total_steps;
+    int interrupt = s < tr->state.total_steps && fdpo_trainer_stop_requested();
     if (divides(tr->opts.save_every, s) || stop || interrupt) {
         if (fdpo_trainer_save(tr)) return -1;
+        /* the ranks end with the error below, whose abort must not cut rank 0's save short */
+        if (interrupt && fdpo_dist_barrier()) return -1;
     }
     const char *how = tr->opts.continue_how ? tr->opts.continue_how : "continue with --resume";
     if (interrupt) {

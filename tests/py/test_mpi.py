@@ -686,6 +686,64 @@ def test_allreduce_overlap_gives_the_same_parameters(work, tmp_path):
     assert np.array_equal(params(tmp_path / "p1"), params(tmp_path / "p1-plain"))
 
 
+@pytest.mark.parametrize("np_,accum", [(2, 1), (3, 2)])
+def test_allreduce_overlap_with_a_rank_without_micro_batches(work, tmp_path, np_, accum):
+    """--grad-accum smaller than the ranks leaves a rank without a micro-batch: it summed the
+    layers with blocking calls while the others had non-blocking ones in flight, and the job
+    hung (rc 124 under a timeout). It now starts the same sums in the same order; the result
+    is the plain run's (two ranks: bit-identical, as above; three: within close())."""
+    args = ["pretrain", "--steps", 3, *PRETRAIN, work / "text.txt"]
+    args[args.index("--grad-accum") + 1] = accum
+    mpi(np_, *args, "--out", tmp_path / "plain", timeout=120)
+    mpi(np_, *args, "--out", tmp_path / "overlap", "--allreduce-overlap", timeout=120)
+    a, b = params(tmp_path / "plain"), params(tmp_path / "overlap")
+    assert np.array_equal(a, b) if np_ == 2 else close(a, b), np.abs(a - b).max()
+
+
+def test_a_stop_signal_to_one_rank_stops_every_rank_after_rank_0_saved(work, tmp_path):
+    """SIGTERM to rank 1 alone: it ended saying "checkpoint saved" (rank 0 saves), and its
+    abort killed rank 0 before or during the save, so the checkpoint was an older one or none.
+    The ranks now agree on the stop each step, rank 0 saves, then all end; the checkpoint is
+    the step the message names and it resumes."""
+    out = tmp_path / "s"
+    args = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "2", FDPO,
+            *map(str, ["pretrain", "--steps", 100000, *PRETRAIN, "--eval-every", 0, "--out", out, work / "text.txt"])]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, pid = time.time() + 60, None
+    while time.time() < deadline and pid is None:
+        time.sleep(0.2)
+        pid = rank_pid(p.pid, 1)
+    assert pid is not None
+    time.sleep(2)   # some steps run (none is saved: no --save-every)
+    os.kill(pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0
+    steps = {int(w.split()[0]) for w in err.split("interrupted after step ")[1:]}
+    assert len(steps) == 1, err   # every rank that says so names the same step
+    assert json.load(open(out / "training_state.json"))["step"] == steps.pop(), err
+    assert "training_state: yes" in fdpo("info", out).stdout
+
+
+def test_online_rounds_make_out_on_rank_0_only(work, tmp_path):
+    """every rank made OUT before rank 0's lock refused it: inside a running run's OUT rank 1
+    created the new directory, which that run's saves then carried along"""
+    hold = tmp_path / "hold"
+    p = subprocess.Popen([FDPO, "pretrain", "--steps", "100000", *map(str, PRETRAIN), "--eval-every", "0", "--out", str(hold),
+                          str(work / "text.txt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (tmp_path / "hold.lock").exists():
+            time.sleep(0.1)
+        r = mpi(2, "online", "--model", work / "pol", "--data", work / "prompts.txt", "--reward",
+                f"cmd:/usr/bin/python3 {work / 'letters.py'}", "--rounds", 1, "--threads", 1, "--quiet",
+                "--out", hold / "new" / "sub", check=False, timeout=120)
+        assert r.returncode != 0 and "the directory of a running run" in r.stderr, r.stderr
+        assert not (hold / "new").exists()
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_ranks_disagreeing_on_allreduce_overlap_are_refused(work, tmp_path):
     base = [FDPO, "pretrain", "--out", tmp_path / "x", "--steps", 2, *PRETRAIN, work / "text.txt"]
     cmd = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", *map(str, base), "--allreduce-overlap", ":",
