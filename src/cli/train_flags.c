@@ -167,7 +167,10 @@ static int resume_defaults(fdpo_flag *flags, size_t n, const char *out) {
                 b += (size_t)snprintf(given + b, sizeof given - b, "%s--%s", b ? ", " : "", f->name);
             continue;
         }
-        rc = set_from_setting(f, x);
+        fdpo_setting use = *x;   /* a path typed relative to another directory: where it resolved then */
+        if (x->type == FDPO_SETTING_STR) use.str = (char *)fdpo_settings_path_to_use(&saved, x->key, x->str);
+        rc = set_from_setting(f, &use);
+        if (use.str != x->str) fdpo_setting_text(&use, text, sizeof text);
         if (!rc && a < sizeof from_saved)
             a += (size_t)snprintf(from_saved + a, sizeof from_saved - a, "%s%s=%s", a ? " " : "", x->key, text);
     }

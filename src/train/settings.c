@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "fdpo/lora.h"
 #include "fdpo/trainer.h"
 #include "train/settings_json.h"
@@ -48,12 +49,29 @@ void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fix
 
 void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fixed) {
     fdpo_setting *x = settings_push(s, key, v ? FDPO_SETTING_STR : FDPO_SETTING_NULL, fixed);
-    /* resolved where it resolves: a resume from another working directory restores a path
-     * that still names the file (a LoRA run's relative --model base did not: its base could
-     * not be loaded, and the absolute spelling was refused as another model) */
-    char *real = v ? realpath(v, NULL) : NULL;
-    if (v) x->str = real ? real : fdpo_strdup(v);
+    if (v) x->str = fdpo_strdup(v);
     x->path = 1;
+    /* and where it resolved (KEY.resolved, not a flag): as typed, a moved project resumes from
+     * its new place; resolved, a resume from another working directory finds the file (a LoRA
+     * run's relative --model base could not be loaded from elsewhere, and its absolute spelling
+     * was refused as another model) */
+    char *real = v ? realpath(v, NULL) : NULL;
+    if (real && strcmp(real, v)) {
+        char *rkey = fdpo_malloc(strlen(key) + sizeof ".resolved");
+        sprintf(rkey, "%s.resolved", key);
+        fdpo_settings_str(s, rkey, real, 0);
+        free(rkey);
+    }
+    free(real);
+}
+
+const char *fdpo_settings_path_to_use(const fdpo_settings *saved, const char *key, const char *typed) {
+    char rkey[96];
+    snprintf(rkey, sizeof rkey, "%s.resolved", key);
+    const fdpo_setting *r = fdpo_settings_find(saved, rkey);
+    if (!typed || access(typed, F_OK) == 0 || !r || r->type != FDPO_SETTING_STR || access(r->str, F_OK) != 0)
+        return typed;
+    return r->str;
 }
 
 int fdpo_settings_same_path(const char *a, const char *b) {
@@ -139,6 +157,11 @@ int fdpo_settings_check_resume(const fdpo_settings *saved, const fdpo_settings *
     for (size_t i = 0; i < now->n; i++) {
         const fdpo_setting *x = &now->v[i], *was = fdpo_settings_find(saved, x->key);
         if (!was || !(x->fixed || was->fixed) || setting_equal(x, was)) continue;
+        if (x->path && x->type == FDPO_SETTING_STR && was->type == FDPO_SETTING_STR) {
+            /* the saved path typed relative to another working directory: its resolved form */
+            const char *res = fdpo_settings_path_to_use(saved, x->key, was->str);
+            if (res != was->str && fdpo_settings_same_path(res, x->str)) continue;
+        }
         char a[128], b[128];
         fdpo_setting_text(x, a, sizeof a);
         fdpo_setting_text(was, b, sizeof b);

@@ -431,10 +431,13 @@ def test_sft_lora_resume_is_exact(tmp_path):
 
 
 def test_a_lora_run_resumes_from_another_directory(tmp_path):
-    """--model was saved as typed: a run started in proj/ with --model base resumed from proj/..
-    could not load its base ("base/config.json: cannot open"), and --model /abs/proj/base was
-    refused as another model. Path settings are saved resolved; the split run still ends as
-    the straight one."""
+    """--model was saved as typed only: a run started in proj/ with --model base resumed from
+    proj/.. could not load its base ("base/config.json: cannot open"), and --model
+    /abs/proj/base was refused as another model. Path settings keep the typed path and where
+    it resolved (model.resolved), which a resume uses where the typed one names nothing. A
+    moved project still resumes from its new place with the typed paths (the first version of
+    this fix saved the resolved path alone, and it could not). Each split run ends as the
+    straight one."""
     proj = tmp_path / "proj"
     proj.mkdir()
     make_gpt2(proj / "base")
@@ -446,12 +449,21 @@ def test_a_lora_run_resumes_from_another_directory(tmp_path):
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
     state = json.loads((proj / "split" / "training_state.json").read_text())
-    assert state["settings"]["model"] == str((proj / "base").resolve())
-    r = subprocess.run([FDPO, "sft", "--out", "proj/split", "--resume", "--data", "proj/sft.jsonl", "--quiet",
-                        "--model", str(proj / "base")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert (proj / "full" / "adapter_model.safetensors").read_bytes() == \
-        (proj / "split" / "adapter_model.safetensors").read_bytes()
+    assert state["settings"]["model"] == "base" and state["settings"]["model.resolved"] == str((proj / "base").resolve())
+    for copy in ("a", "b", "c"):
+        shutil.copytree(proj / "split", proj / f"split-{copy}")
+    want = (proj / "full" / "adapter_model.safetensors").read_bytes()
+
+    def resume(cwd, out, *extra):
+        r = subprocess.run([FDPO, "sft", "--out", out, "--resume", "--quiet", *map(str, extra)], cwd=cwd,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert (cwd / out / "adapter_model.safetensors").read_bytes() == want
+    resume(tmp_path, "proj/split-a", "--data", "proj/sft.jsonl")                               # --model restored
+    resume(tmp_path, "proj/split-b", "--data", "proj/sft.jsonl", "--model", proj / "base")     # given absolute
+    shutil.copytree(proj, tmp_path / "moved")
+    shutil.rmtree(proj)
+    resume(tmp_path / "moved", "split-c", "--data", "sft.jsonl", "--model", "base")             # the project moved
 
 
 @pytest.mark.parametrize("cmd", ["sft", "dpo"])

@@ -213,9 +213,7 @@ def test_resume_takes_a_path_spelled_another_way(tmp_path):
         return subprocess.run([os.path.abspath(FDPO), "rm", "--model", model, "--data", data, *map(str, common),
                                "--resume"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     r = resume("./lm", "copy.jsonl")
-    # paths are saved and named resolved (a resume from another directory restores them)
-    assert r.returncode != 0 and f"--data: {tmp_path / 'copy.jsonl'} differs from the saved run's {tmp_path / 'd.jsonl'}" \
-        in r.stderr, r.stderr
+    assert r.returncode != 0 and f"--data: copy.jsonl differs from the saved run's {tmp_path / 'd.jsonl'}" in r.stderr, r.stderr
     r = resume("./lm", "./d.jsonl")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "b" / "training_state.json").read_text())["step"] == 4
