@@ -160,11 +160,6 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
             fdpo_error("%s: %s is not supported (fdpo adapts the target modules of every layer)", path, per_layer[i]); goto done;
         }
     }
-    /* modules left out of the targets (PEFT >= 0.14): the missing tensors would be named instead */
-    const cJSON *ex = cJSON_GetObjectItemCaseSensitive(j, "exclude_modules");
-    if (ex && !cJSON_IsNull(ex) && !(cJSON_IsArray(ex) && !ex->child) && !(cJSON_IsString(ex) && !*ex->valuestring)) {
-        fdpo_error("%s: exclude_modules is not supported (fdpo adapts every module the targets name)", path); goto done;
-    }
     static const char *const patterns[] = {"rank_pattern", "alpha_pattern"};   /* per-module r / alpha */
     for (size_t i = 0; i < 2; i++) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, patterns[i]);
@@ -218,6 +213,28 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
         goto done;
     } else {
         fdpo_error("%s: target_modules missing (a list of module names)", path); goto done;
+    }
+    /* modules left out of the targets (PEFT >= 0.14): one that a target names would be adapted
+     * in some layers only, which fdpo does not do (it failed as a missing tensor); others
+     * (["lm_head"]) exclude nothing fdpo adapts */
+    const cJSON *ex = cJSON_GetObjectItemCaseSensitive(j, "exclude_modules");
+    if (cJSON_IsString(ex) && *ex->valuestring) {
+        fdpo_error("%s: exclude_modules \"%.64s\" is a regular expression: not supported", path, ex->valuestring); goto done;
+    }
+    for (const cJSON *e = cJSON_IsArray(ex) ? ex->child : NULL; e; e = e->next) {
+        const char *name = cJSON_IsString(e) ? e->valuestring : "";
+        const char *last = strrchr(name, '.') ? strrchr(name, '.') + 1 : name;
+        for (const char *t = targets; *t;) {
+            size_t len = strcspn(t, ",");
+            const char *tl = t;
+            for (const char *q = t; q < t + len; q++) if (*q == '.') tl = q + 1;
+            if (*last && (size_t)(t + len - tl) == strlen(last) && !strncmp(tl, last, strlen(last))) {
+                fdpo_error("%s: exclude_modules entry '%s' leaves out a module target_modules names: not supported "
+                           "(fdpo adapts a target module in every layer)", path, name);
+                goto done;
+            }
+            t += len + (t[len] == ',');
+        }
     }
     *o = (fdpo_lora_opts){(long)r->valuedouble, alpha_value, cJSON_IsNumber(dropout) ? dropout->valuedouble : 0.0, targets};
     if (fdpo_lora_targets_check(targets, m, "target_modules") || fdpo_lora_opts_check(o, m)) {

@@ -681,12 +681,19 @@ def test_peft_files_from_python_load_and_dropout_gradients_are_consistent(tmp_pa
     ratio = float(np.dot(train_shift, eval_shift) / np.dot(eval_shift, eval_shift))
     assert abs(ratio - 1) < 0.1, ratio
     # PEFT options fdpo does not implement are refused by name
-    # exclude_modules (PEFT >= 0.14): it said "missing tensor ...lora_A" of an excluded module
+    # exclude_modules (PEFT >= 0.14) leaving out a targeted module: it said "missing tensor
+    # ...lora_A" of the excluded module
     for i, (key, val) in enumerate([("use_dora", True), ("rank_pattern", {"v_proj": 8}), ("bias", "all"),
                                     ("exclude_modules", ["model.layers.0.self_attn.v_proj"])]):
         bad = write_peft(tmp_path / f"bad{i}", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"], extra={key: val})
         r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)
         assert r.returncode != 0 and key in r.stderr, r.stderr
+    # one that leaves out no target (["lm_head"]) excludes nothing fdpo adapts: the same logits
+    ok = write_peft(tmp_path / "exok", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"],
+                    extra={"exclude_modules": ["lm_head"]})
+    plain = write_peft(tmp_path / "explain", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"])
+    got = [fb(tmp_path / f"ex{k}.st", ad)["logits"] for k, ad in (("ok", ok), ("plain", plain))]
+    assert np.array_equal(got[0], got[1])
 
 
 def test_peft_target_modules_forms_and_defaults(tmp_path):
