@@ -320,12 +320,13 @@ static int config_text_check(const char *name, const char *text, size_t len) {
         size_t end = nl ? (size_t)(nl - text) : len, n = end - at;
         const char *l = text + at;
         if (memchr(l, 0, n)) return fdpo_error("%s:%zu: a NUL byte (not INI text)", name, line);
-        if (n >= INI_MAX_LINE)
+        const size_t text_n = n && l[n - 1] == '\r' ? n - 1 : n;   /* a CRLF's \r cut off is a blank line to inih */
+        if (text_n >= INI_MAX_LINE)
             return fdpo_error("%s:%zu: a line of %zu bytes; the INI reader takes lines under %d bytes", name, line, n,
                               INI_MAX_LINE);
         size_t lead = line == 1 && n >= 3 && !memcmp(l, "\xEF\xBB\xBF", 3) ? 3 : 0;   /* a byte order mark */
         const size_t bom = lead;
-        while (lead < n && (l[lead] == ' ' || l[lead] == '\t' || l[lead] == '\r')) lead++;
+        while (lead < n && (l[lead] == ' ' || (l[lead] >= '\t' && l[lead] <= '\r'))) lead++;   /* inih's isspace */
         const char c = lead < n ? l[lead] : 0;
         if (c && c != ';' && c != '#') {
             if (lead > bom && after_key)

@@ -64,7 +64,11 @@ int main(int argc, char **argv) {
     interrupts_start();         /* before any thread: see cli/interrupts.h */
     /* errors are one line and exit 1 (docs/cli.md); the usage is --help's */
     if (argc < 2) { fprintf(stderr, "fdpo: a command is required (fdpo --help lists them)\n"); return 1; }
-    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        if (fflush(stdout) != 0 || ferror(stdout)) { fprintf(stderr, "fdpo: <stdout>: write error\n"); return 1; }
+        return 0;
+    }
     if (!strcmp(argv[1], "--version")) { version(); return 0; }
     for (size_t i = 0; i < N_COMMANDS; i++) {
         if (strcmp(argv[1], COMMANDS[i].name) == 0) {

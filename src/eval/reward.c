@@ -550,7 +550,9 @@ static int cmd_score(fdpo_reward *r, size_t n, char *const *prompts, char *const
              * program means; and the whole line ("7\0junk" stopped at its NUL) */
             const char *num = p;   /* padding before the number is fine ("%8.3f"), as after it */
             while (*num == ' ' || *num == '\t') num++;
-            if (q == p || *q || !isfinite(v) || !fdpo_number_is_decimal(num) || q != e)
+            if (memchr(p, 0, (size_t)(e - p)))
+                rc = fdpo_error("reward command '%s': output line %zu contains a NUL byte", r->program, line + 1);
+            else if (q == p || *q || !isfinite(v) || !fdpo_number_is_decimal(num) || q != e)
                 rc = fdpo_error("reward command '%s': output line %zu '%.80s' is not a finite decimal number", r->program,
                                 line + 1, p);
             else out[line] = v;

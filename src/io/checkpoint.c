@@ -84,21 +84,22 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
         if (rt && !cJSON_IsNull(rt)) {
             rc = config_number(path, rp, "rope_theta", 0, &t);
             if (rc) return fdpo_error_context("rope_parameters");
-            if (cJSON_GetObjectItemCaseSensitive(root, "rope_theta") && t != theta)
+            const cJSON *top = cJSON_GetObjectItemCaseSensitive(root, "rope_theta");
+            if (top && !cJSON_IsNull(top) && t != theta)
                 return fdpo_error("%s: rope_theta %g and rope_parameters.rope_theta %g differ", path, theta, t);
             c->rope_theta = t;
         }
     }
+    /* the scaling: rope_scaling when given (transformers v5 reads it first too), else
+     * rope_parameters, whose rope_type may be left out for the default */
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
     const char *rs_name = "rope_scaling";
     if (rs && cJSON_IsNull(rs)) rs = NULL;
-    if (rp && !cJSON_IsNull(rp)) {
-        if (rs) return fdpo_error("%s: both rope_scaling and rope_parameters are given (one describes the rotary embedding)", path);
-        rs = rp; rs_name = "rope_parameters";
-    }
+    if (!rs && rp && !cJSON_IsNull(rp)) { rs = rp; rs_name = "rope_parameters"; }
     if (!rc && rs) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
         if (!type) type = cJSON_GetObjectItemCaseSensitive(rs, "type");
+        if (!type && rs == rp) return rc;   /* rope_parameters {"rope_theta": X}: no scaling */
         if (cJSON_IsString(type) && !strcmp(type->valuestring, "default")) return rc;   /* no scaling, as transformers reads it */
         if (!cJSON_IsString(type) || strcmp(type->valuestring, "llama3"))
             return fdpo_error("%s: %s type '%.32s' is not supported (fdpo implements llama3 scaling or none)",
@@ -109,11 +110,11 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
         if (!rc) rc = config_number(path, rs, "high_freq_factor", 4, &c->rope_high_freq_factor);
         if (!rc) rc = config_number(path, rs, "original_max_position_embeddings", 0, &orig);
         c->rope_original_max_position = (size_t)orig;
-        if (!rc && c->rope_factor == 0) rc = fdpo_error("%s: %s: missing 'factor'", path, rs_name);
+        if (rc) return fdpo_error_context("%s", rs_name);   /* config_number names the key, not its object */
+        if (c->rope_factor == 0) return fdpo_error("%s: %s: missing 'factor'", path, rs_name);
         /* transformers requires it for llama3: a default (8192) silently rescaled other models' frequencies */
-        if (!rc && orig == 0) rc = fdpo_error("%s: %s: missing 'original_max_position_embeddings' (llama3 scaling needs it)",
-                                              path, rs_name);
-        if (rc) return fdpo_error_context("%s", rs_name);
+        if (orig == 0) return fdpo_error("%s: %s: missing 'original_max_position_embeddings' (llama3 scaling needs it)",
+                                         path, rs_name);
     }
     return rc;
 }

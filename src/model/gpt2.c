@@ -1074,7 +1074,10 @@ uint64_t fdpo_gpt2_config_hash(uint64_t h, const fdpo_gpt2_config *c) {
     h = fdpo_hash64(h, common, sizeof common);
     h = fdpo_hash64(h, &c->layer_norm_epsilon, sizeof c->layer_norm_epsilon);
     if (c->arch != FDPO_ARCH_LLAMA) return h;
-    const uint64_t shape[8] = {c->n_kv_head, c->intermediate_size, fdpo_llama_head_dim(c), (uint64_t)c->tie_word_embeddings,
+    /* head_dim as config_diff sees it, 0 for hidden/heads whether written or not: the keys of
+     * caches made before an explicit head_dim was compared by its effect stay the same */
+    const size_t hd = fdpo_llama_head_dim(c) == c->n_embd / c->n_head ? 0 : fdpo_llama_head_dim(c);
+    const uint64_t shape[8] = {c->n_kv_head, c->intermediate_size, hd, (uint64_t)c->tie_word_embeddings,
                                (uint64_t)c->qkv_bias, (uint64_t)c->o_bias, (uint64_t)c->mlp_bias,
                                c->rope_original_max_position};
     const double rope[4] = {c->rope_theta, c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor};

@@ -329,6 +329,7 @@ def test_a_checked_value_from_a_config_file_names_its_line(tmp_path):
     # inih cuts a line at 199 bytes and reads the rest as the next line
     ("seed = 4" + " " * 300 + "7\n", 1, "a line of 309 bytes; the INI reader takes lines under 200 bytes"),
     (";" + "x" * 199 + "\nseed = 4\n", 1, "a line of 200 bytes"),
+    ("seed = 4\n\vlines = 2\n", 2, "an indented line after a key"),   # inih's isspace: \v and \f indent too
     # a key and its old spelling: the command line refuses the pair, the file took the last
     ("data = a.jsonl\nsamples = b.jsonl\n", 2, "key 'data': given twice, once as 'samples' (its old spelling): give it once"),
 ])
@@ -346,7 +347,8 @@ def test_config_lines_inih_reads_whole_still_work(tmp_path):
     its section (inih reads it as a key) are read as before: seed = 4 is in force."""
     s = samples_file(tmp_path)
     cfg = tmp_path / "c.ini"
-    cfg.write_bytes(("\ufeff; c\r\n   # indented comment\r\n  \r\n;" + "x" * 198 + "\n[pairs]\n  seed = 4\r\n").encode())
+    cfg.write_bytes(("\ufeff; c\r\n   # indented comment\r\n  \r\n;" + "x" * 198 + "\n;" + "y" * 198 + "\r\n"
+                     "[pairs]\n  seed = 4\r\n").encode())   # 199 bytes, and 199 + CRLF
     r = run("pairs", "--config", str(cfg), "--data", s, "--out", str(tmp_path / "a.jsonl"))
     assert r.returncode == 0, r.stderr
     r = run("pairs", "--data", s, "--seed", "4", "--out", str(tmp_path / "b.jsonl"))

@@ -182,7 +182,8 @@ BAD = {
                      ["rope_scaling type 'dynamic'"]),
     "rope_parameters_yarn": (lambda d: edit_config(d, rope_scaling=None, rope_parameters={"rope_type": "yarn", "factor": 2.0}),
                              ["rope_parameters type 'yarn' is not supported"]),
-    "rope_both": (lambda d: edit_config(d, rope_parameters={"rope_type": "default"}), ["both rope_scaling and rope_parameters"]),
+    "rope_parameters_dynamic_typed": (lambda d: edit_config(d, rope_scaling=None, rope_parameters={"type": "dynamic", "factor": 2.0}),
+                                      ["rope_parameters type 'dynamic'"]),
     "rope_theta_twice": (lambda d: edit_config(d, rope_scaling=None, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
                          ["rope_theta 500000 and rope_parameters.rope_theta 10000 differ"]),
     # transformers requires it for llama3; a default of 8192 rescaled other frequencies silently
@@ -234,14 +235,21 @@ def test_rope_parameters_of_transformers_v5_match_pytorch(tmp_path, name):
     assert_matches_reference(tmp_path, d, model, batch(rng, CONFIGS[name]["vocab_size"]), rng)
 
 
-def test_rope_scaling_of_type_default_is_no_scaling(tmp_path):
-    """transformers reads rope_scaling {"rope_type": "default"} as no scaling; it was refused"""
+@pytest.mark.parametrize("name,edit", [
+    # transformers reads rope_scaling {"rope_type": "default"} as no scaling; it was refused
+    ("mha-tied", dict(rope_scaling={"rope_type": "default"})),
+    # rope_parameters without rope_type, and rope_theta null beside it (Levanter's export)
+    ("qwen2", dict(rope_theta=None, rope_parameters={"rope_theta": 1e6})),
+    # rope_scaling and rope_parameters both given: rope_scaling's scaling, as transformers v5
+    ("gqa-llama3", dict(rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
+])
+def test_rope_configs_transformers_reads_match_pytorch(tmp_path, name, edit):
     rng = np.random.default_rng(5)
-    model = Llama(**CONFIGS["mha-tied"], seed=3)
+    model = Llama(**CONFIGS[name], seed=3)
     d = tmp_path / "ck"
     model.save_hf(str(d))
-    edit_config(str(d), rope_scaling={"rope_type": "default"})
-    assert_matches_reference(tmp_path, d, model, batch(rng, CONFIGS["mha-tied"]["vocab_size"]), rng)
+    edit_config(str(d), **edit)
+    assert_matches_reference(tmp_path, d, model, batch(rng, CONFIGS[name]["vocab_size"]), rng)
 
 
 def edit_config(d, **kv):
