@@ -154,12 +154,11 @@ void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fix
  * fdpo_train_pin_bf16_route returns the same for OUT's training_state.json. */
 int fdpo_train_pin_saved_bf16_route(const fdpo_settings *saved, const char *file);
 /* A path flag's value (--model, --ref, --data, --eval-file, --lexicon), as typed, plus
- * KEY.resolved (its realpath, when that differs) for a resume from another working directory:
- * on --resume it is the same as the saved one when fdpo_settings_same_path says so, of the
- * typed path or, where that names nothing from here, of the resolved one. */
+ * KEY.resolved (its realpath, when that differs): on --resume the given path must be the same
+ * file (fdpo_settings_same_path) as fdpo_settings_path_to_use's. */
 void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fixed);
-/* The saved path to restore on --resume: typed, unless it names nothing from this working
- * directory and KEY.resolved names a file (then that). */
+/* The saved path to restore and compare on --resume: KEY.resolved while it names a file (the
+ * file the run used), else the typed path (a moved project). */
 const char *fdpo_settings_path_to_use(const fdpo_settings *saved, const char *key, const char *typed);
 /* The one rule for "the same path setting" (every trainer's training_state.json and online
  * rounds' online.json): when both exist, the same file after realpath (R, ./R and /abs/R are

@@ -339,12 +339,16 @@ int fdpo_dist_overlap_finish(fdpo_dist_overlap *o, float *grads) {
     int rc = 0;
 #ifdef FDPO_HAVE_MPI
     if (g_size > 1) {
-        /* Every rank must post the same collectives in the same order. Backward starts the
+        /* Every rank posts the same non-blocking sums in the same order. Backward starts the
          * groups from the last layer down, so what a rank started is a run from the top; the
          * groups its backward never reached (a rank without a micro-batch this step, one
          * without tokens, a family without the per-layer hook) are started here, in the same
          * descending order, as non-blocking sums too: a rank that summed them with blocking
-         * calls while the others had non-blocking ones in flight hung the job. */
+         * calls while the others had non-blocking ones in flight hung the job. Known gap: the
+         * step's blocking metric sums come after the non-blocking ones on a rank with a
+         * micro-batch and before them on one without; MPI-3 asks for one order of blocking and
+         * non-blocking collectives on a communicator, Open MPI matches them apart (its libnbc
+         * has its own tags), another MPI might not. */
         for (size_t g = o->n_groups; g-- > 0 && !rc;)
             if (!o->started[g]) rc = fdpo_dist_overlap_start(o, grads, g);
         double t0 = fdpo_now();

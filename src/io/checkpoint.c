@@ -77,19 +77,24 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
      * rope_theta, the scaling's own keys) instead of rope_theta + rope_scaling: read either,
      * never fall back to theta 10000 past a base it did not read */
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
-    if (!rc && rp && !cJSON_IsNull(rp)) {
-        if (!cJSON_IsObject(rp)) return fdpo_error("%s: rope_parameters must be an object", path);
-        double t = 0;
-        const cJSON *rt = cJSON_GetObjectItemCaseSensitive(rp, "rope_theta");
+    const cJSON *rs0 = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    /* transformers v5: rope_scaling, when given, replaces rope_parameters whole (its own
+     * rope_theta, else the top-level one) */
+    const cJSON *theta_from = rs0 && cJSON_IsObject(rs0) ? rs0 : rp;
+    if (!rc && theta_from && cJSON_IsObject(theta_from)) {
+        const cJSON *rt = cJSON_GetObjectItemCaseSensitive(theta_from, "rope_theta");
         if (rt && !cJSON_IsNull(rt)) {
-            rc = config_number(path, rp, "rope_theta", 0, &t);
-            if (rc) return fdpo_error_context("rope_parameters");
+            double t = 0;
+            rc = config_number(path, theta_from, "rope_theta", 0, &t);
+            if (rc) return fdpo_error_context("%s", theta_from == rp ? "rope_parameters" : "rope_scaling");
             const cJSON *top = cJSON_GetObjectItemCaseSensitive(root, "rope_theta");
             if (top && !cJSON_IsNull(top) && t != theta)
-                return fdpo_error("%s: rope_theta %g and rope_parameters.rope_theta %g differ", path, theta, t);
+                return fdpo_error("%s: rope_theta %g and %s.rope_theta %g differ", path, theta,
+                                  theta_from == rp ? "rope_parameters" : "rope_scaling", t);
             c->rope_theta = t;
         }
     }
+    if (!rc && rp && !cJSON_IsNull(rp) && !cJSON_IsObject(rp)) return fdpo_error("%s: rope_parameters must be an object", path);
     /* the scaling: rope_scaling when given (transformers v5 reads it first too), else
      * rope_parameters, whose rope_type may be left out for the default */
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");

@@ -221,8 +221,12 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
     if (cJSON_IsString(ex) && *ex->valuestring) {
         fdpo_error("%s: exclude_modules \"%.64s\" is a regular expression: not supported", path, ex->valuestring); goto done;
     }
+    if (ex && !cJSON_IsNull(ex) && !cJSON_IsString(ex) && !cJSON_IsArray(ex)) {
+        fdpo_error("%s: exclude_modules must be a list of module names", path); goto done;
+    }
     for (const cJSON *e = cJSON_IsArray(ex) ? ex->child : NULL; e; e = e->next) {
-        const char *name = cJSON_IsString(e) ? e->valuestring : "";
+        if (!cJSON_IsString(e) || !*e->valuestring) { fdpo_error("%s: exclude_modules must hold module names", path); goto done; }
+        const char *name = e->valuestring;
         const char *last = strrchr(name, '.') ? strrchr(name, '.') + 1 : name;
         for (const char *t = targets; *t;) {
             size_t len = strcspn(t, ",");

@@ -66,11 +66,13 @@ void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fi
 }
 
 const char *fdpo_settings_path_to_use(const fdpo_settings *saved, const char *key, const char *typed) {
+    /* the file the run used, while it is there (the typed path from another directory may name
+     * another file of the same name: a resume from projB of a run started in projA with --model
+     * pol trained on projB/pol); else, a moved project, the typed path */
     char rkey[96];
     snprintf(rkey, sizeof rkey, "%s.resolved", key);
     const fdpo_setting *r = fdpo_settings_find(saved, rkey);
-    if (!typed || access(typed, F_OK) == 0 || !r || r->type != FDPO_SETTING_STR || access(r->str, F_OK) != 0)
-        return typed;
+    if (!typed || !r || r->type != FDPO_SETTING_STR || access(r->str, F_OK) != 0) return typed;
     return r->str;
 }
 
@@ -156,12 +158,20 @@ void fdpo_settings_remove(fdpo_settings *s, const char *const *keys) {
 int fdpo_settings_check_resume(const fdpo_settings *saved, const fdpo_settings *now) {
     for (size_t i = 0; i < now->n; i++) {
         const fdpo_setting *x = &now->v[i], *was = fdpo_settings_find(saved, x->key);
-        if (!was || !(x->fixed || was->fixed) || setting_equal(x, was)) continue;
+        if (!was || !(x->fixed || was->fixed)) continue;
         if (x->path && x->type == FDPO_SETTING_STR && was->type == FDPO_SETTING_STR) {
-            /* the saved path typed relative to another working directory: its resolved form */
+            /* a path is the file the run used while that is there (KEY.resolved), whatever the
+             * spelling or the working directory; else (a moved project) the typed path */
             const char *res = fdpo_settings_path_to_use(saved, x->key, was->str);
-            if (res != was->str && fdpo_settings_same_path(res, x->str)) continue;
+            if (res != was->str) {
+                if (fdpo_settings_same_path(res, x->str)) continue;
+                char a[128];
+                fdpo_setting_text(x, a, sizeof a);
+                return fdpo_error("--%s: %s differs from the saved run's %s (%s; it cannot change on --resume)", x->key, a,
+                                  was->str, res);
+            }
         }
+        if (setting_equal(x, was)) continue;
         char a[128], b[128];
         fdpo_setting_text(x, a, sizeof a);
         fdpo_setting_text(was, b, sizeof b);

@@ -240,8 +240,11 @@ def test_rope_parameters_of_transformers_v5_match_pytorch(tmp_path, name):
     ("mha-tied", dict(rope_scaling={"rope_type": "default"})),
     # rope_parameters without rope_type, and rope_theta null beside it (Levanter's export)
     ("qwen2", dict(rope_theta=None, rope_parameters={"rope_theta": 1e6})),
-    # rope_scaling and rope_parameters both given: rope_scaling's scaling, as transformers v5
-    ("gqa-llama3", dict(rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
+    # rope_scaling and rope_parameters both given: rope_scaling replaces rope_parameters whole, as
+    # in transformers v5 (a theta only rope_parameters holds is not read)
+    ("gqa-llama3", dict(rope_parameters={"rope_type": "default", "rope_theta": 7.0})),
+    # rope_scaling's own rope_theta (v5) with no top-level one
+    ("gqa-llama3", dict(rope_theta=None, rope_scaling=dict(CONFIGS["gqa-llama3"]["rope_scaling"], rope_theta=500000.0))),
 ])
 def test_rope_configs_transformers_reads_match_pytorch(tmp_path, name, edit):
     rng = np.random.default_rng(5)

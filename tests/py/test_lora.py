@@ -466,6 +466,33 @@ def test_a_lora_run_resumes_from_another_directory(tmp_path):
     resume(tmp_path / "moved", "split-c", "--data", "sft.jsonl", "--model", "base")             # the project moved
 
 
+def test_a_resume_from_a_directory_with_another_file_of_that_name_keeps_the_runs(tmp_path):
+    """started in projA with --model pol; resumed from projB, which has a pol of its own: the
+    typed path named projB/pol there and steps 3-4 trained the adapters on it, while the
+    original given absolute was refused. The saved run's file (model.resolved) is the base
+    while it exists: restored, it ends as the straight run; projB's pol given is refused."""
+    for proj, seed in (("projA", 1), ("projB", 7)):
+        (tmp_path / proj).mkdir()
+        make_gpt2(tmp_path / proj / "pol", seed=seed)
+        write_jsonl(tmp_path / proj / "sft.jsonl", sft_rows())
+    common = ["--data", "sft.jsonl", "--steps", 4, "--lr", "1e-2", "--batch-size", 4, "--seq-len", 32, "--threads", 1,
+              "--eval-every", 0, "--quiet", "--lora-r", 2, "--model", "pol"]
+    run = lambda cwd, *a: subprocess.run([FDPO, "sft", *map(str, a)], cwd=cwd, capture_output=True, text=True, timeout=300)
+    for out, extra in (("full", []), ("split", ["--stop-at", 2])):
+        r = run(tmp_path / "projA", *common, "--out", tmp_path / out, *extra)
+        assert r.returncode == 0, r.stderr
+    shutil.copytree(tmp_path / "split", tmp_path / "split2")
+    r = run(tmp_path / "projB", "--out", tmp_path / "split", "--resume", "--data", "sft.jsonl", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "split" / "adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "full" / "adapter_model.safetensors").read_bytes()
+    r = run(tmp_path / "projB", "--out", tmp_path / "split2", "--resume", "--data", "sft.jsonl", "--quiet", "--model", "pol")
+    assert r.returncode == 1 and "--model: pol differs from the saved run's pol (" in r.stderr, r.stderr
+    r = run(tmp_path / "projB", "--out", tmp_path / "split2", "--resume", "--data", "sft.jsonl", "--quiet",
+            "--model", tmp_path / "projA" / "pol")
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.parametrize("cmd", ["sft", "dpo"])
 def test_resume_can_neither_drop_nor_add_the_adapters(tmp_path, cmd):
     """--lora-r is a fixed setting at 0 too (every run records it): `--resume --lora-r 0` on a
@@ -684,7 +711,8 @@ def test_peft_files_from_python_load_and_dropout_gradients_are_consistent(tmp_pa
     # exclude_modules (PEFT >= 0.14) leaving out a targeted module: it said "missing tensor
     # ...lora_A" of the excluded module
     for i, (key, val) in enumerate([("use_dora", True), ("rank_pattern", {"v_proj": 8}), ("bias", "all"),
-                                    ("exclude_modules", ["model.layers.0.self_attn.v_proj"])]):
+                                    ("exclude_modules", ["model.layers.0.self_attn.v_proj"]),
+                                    ("exclude_modules", 5), ("exclude_modules", [5])]):
         bad = write_peft(tmp_path / f"bad{i}", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"], extra={key: val})
         r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)
         assert r.returncode != 0 and key in r.stderr, r.stderr
