@@ -97,9 +97,8 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
     if (!rc && rp && !cJSON_IsNull(rp) && !cJSON_IsObject(rp)) return fdpo_error("%s: rope_parameters must be an object", path);
     /* the scaling: rope_scaling when given (transformers v5 reads it first too), else
      * rope_parameters, whose rope_type may be left out for the default */
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    const cJSON *rs = rs0 && !cJSON_IsNull(rs0) ? rs0 : NULL;
     const char *rs_name = "rope_scaling";
-    if (rs && cJSON_IsNull(rs)) rs = NULL;
     if (!rs && rp && !cJSON_IsNull(rp)) { rs = rp; rs_name = "rope_parameters"; }
     if (!rc && rs) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");

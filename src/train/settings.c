@@ -47,6 +47,12 @@ void fdpo_settings_str(fdpo_settings *s, const char *key, const char *v, int fix
     if (v) x->str = fdpo_strdup(v);
 }
 
+/* KEY.resolved: the setting beside a path that holds where it resolved (flag keys are short) */
+static const char *resolved_key(const char *key, char *buf, size_t n) {
+    snprintf(buf, n, "%s.resolved", key);
+    return buf;
+}
+
 void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fixed) {
     fdpo_setting *x = settings_push(s, key, v ? FDPO_SETTING_STR : FDPO_SETTING_NULL, fixed);
     if (v) x->str = fdpo_strdup(v);
@@ -57,10 +63,8 @@ void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fi
      * was refused as another model) */
     char *real = v ? realpath(v, NULL) : NULL;
     if (real && strcmp(real, v)) {
-        char *rkey = fdpo_malloc(strlen(key) + sizeof ".resolved");
-        sprintf(rkey, "%s.resolved", key);
-        fdpo_settings_str(s, rkey, real, 0);
-        free(rkey);
+        char rkey[96];
+        fdpo_settings_str(s, resolved_key(key, rkey, sizeof rkey), real, 0);
     }
     free(real);
 }
@@ -70,8 +74,7 @@ const char *fdpo_settings_path_to_use(const fdpo_settings *saved, const char *ke
      * another file of the same name: a resume from projB of a run started in projA with --model
      * pol trained on projB/pol); else, a moved project, the typed path */
     char rkey[96];
-    snprintf(rkey, sizeof rkey, "%s.resolved", key);
-    const fdpo_setting *r = fdpo_settings_find(saved, rkey);
+    const fdpo_setting *r = fdpo_settings_find(saved, resolved_key(key, rkey, sizeof rkey));
     if (!typed || !r || r->type != FDPO_SETTING_STR || access(r->str, F_OK) != 0) return typed;
     return r->str;
 }
