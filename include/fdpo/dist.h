@@ -54,8 +54,9 @@ int fdpo_dist_all_ok(int rc);
 /* The gradient allreduce overlapped with backward. grads[0..n) is split in groups (a
  * group = one layer's slices of the per-layer tensors, offset[k], len[k] for k < n_slices);
  * fdpo_dist_overlap_start launches a group's sum (MPI_Iallreduce per contiguous piece)
- * once its gradients are final, and lets the earlier ones progress; _finish waits for them
- * and sums, blocking, the groups never started and everything outside the groups. Each
+ * once its gradients are final, and lets the earlier ones progress; _finish starts the
+ * groups not started yet, waits for them all and sums, blocking, everything outside the
+ * groups. Each
  * element is summed exactly once per step, by the same reduction as fdpo_dist_sum_f32 (for 2
  * ranks a + b either way; see docs/scaling.md for more). */
 typedef struct fdpo_dist_overlap fdpo_dist_overlap;
@@ -71,6 +72,13 @@ void fdpo_dist_overlap_free(fdpo_dist_overlap *o);
  * layer's gradients final for the step (earlier backwards still add to them). */
 void fdpo_dist_arm_overlap(int last_backward);
 int fdpo_dist_overlap_armed(void);
+/* The trainer names the step's overlap (NULL: none) and gradient buffer at the step's start;
+ * _finish ends it. Every step loop calls _backward_done after its micro-batches, on every
+ * rank, before the blocking sums of its metrics: it starts the groups this rank's backward
+ * did not (all of them on a rank without a micro-batch), so every rank posts the same
+ * collectives in the same order. A no-op without an overlap. */
+void fdpo_dist_overlap_begin_step(fdpo_dist_overlap *o, float *grads);
+int fdpo_dist_overlap_backward_done(void);
 /* Is micro-batch i of n this rank's last one? */
 static inline int fdpo_dist_last_mine(size_t i, size_t n) {
     return fdpo_dist_mine(i) && i + (size_t)fdpo_dist_size() >= n;

@@ -12,6 +12,16 @@
 
 static int g_rank = 0, g_size = 1, g_active = 0;
 static double g_comm_seconds = 0;
+static FILE *g_trace;   /* FDPO_DIST_TRACE: this rank's collectives, in the order posted */
+
+#ifdef FDPO_HAVE_MPI
+/* One line per collective this rank posts: "OP COUNT" (COUNT 0 where ranks may differ, as
+ * in a gather's own part). MPI needs every rank to post the same collectives in the same
+ * order, blocking and non-blocking alike; the tests compare the ranks' traces. */
+static void trace(const char *op, size_t n) {
+    if (g_trace) fprintf(g_trace, "%s %zu\n", op, n);
+}
+#endif
 
 int fdpo_dist_compiled(void) {
 #ifdef FDPO_HAVE_MPI
@@ -52,6 +62,12 @@ int fdpo_dist_init(int *argc, char ***argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);
     g_active = 1;
+    const char *tp = getenv("FDPO_DIST_TRACE");
+    if (tp && *tp && g_size > 1) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s.%d", tp, g_rank);
+        if (!(g_trace = fopen(path, "w"))) return fdpo_error("FDPO_DIST_TRACE: %s: cannot write", path);
+    }
     if (provided < MPI_THREAD_FUNNELED) return fdpo_error("MPI provides thread level %d, fdpo needs FUNNELED", provided);
     return 0;
 #else
@@ -65,6 +81,8 @@ void fdpo_dist_finalize(void) {
     if (g_active) MPI_Finalize();
 #endif
     g_active = 0;
+    if (g_trace) fclose(g_trace);
+    g_trace = NULL;
 }
 
 void fdpo_dist_abort(int code) {
@@ -79,6 +97,7 @@ static int sum_buckets(void *buf, size_t n, size_t elem, MPI_Datatype type) {
     double t0 = fdpo_now();
     for (size_t off = 0; off < n; off += FDPO_DIST_BUCKET) {
         size_t k = n - off < FDPO_DIST_BUCKET ? n - off : FDPO_DIST_BUCKET;
+        trace("allreduce", k);
         int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * elem, (int)k, type, MPI_SUM, MPI_COMM_WORLD);
         if (rc != MPI_SUCCESS) return mpi_fail(rc, "allreduce");
     }
@@ -109,6 +128,7 @@ int fdpo_dist_bcast(void *buf, size_t n, int root) {
         double t0 = fdpo_now();
         for (size_t off = 0; off < n; off += (size_t)1 << 30) {
             size_t k = n - off < ((size_t)1 << 30) ? n - off : ((size_t)1 << 30);
+            trace("bcast", k);
             int rc = MPI_Bcast((char *)buf + off, (int)k, MPI_BYTE, root, MPI_COMM_WORLD);
             if (rc != MPI_SUCCESS) return mpi_fail(rc, "broadcast");
         }
@@ -123,6 +143,7 @@ int fdpo_dist_check_agree(const char *what, uint64_t hash) {
 #ifdef FDPO_HAVE_MPI
     if (g_size > 1) {
         uint64_t *all = fdpo_malloc((size_t)g_size * sizeof *all);
+        trace("allgather", 1);
         int rc = MPI_Allgather(&hash, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, MPI_COMM_WORLD);
         if (rc != MPI_SUCCESS) { free(all); return mpi_fail(rc, "allgather"); }
         for (int r = 1; r < g_size; r++)
@@ -147,6 +168,7 @@ int fdpo_dist_allgather_bytes(const void *mine, size_t n, char **all, size_t *le
     if (g_size > 1) {
         double t0 = fdpo_now();
         uint64_t mine_n = n, *counts = fdpo_malloc((size_t)g_size * sizeof *counts);
+        trace("allgather", 1);
         int rc = MPI_Allgather(&mine_n, 1, MPI_UINT64_T, counts, 1, MPI_UINT64_T, MPI_COMM_WORLD);
         if (rc != MPI_SUCCESS) { free(counts); return mpi_fail(rc, "allgather"); }
         int *cnt = fdpo_malloc((size_t)g_size * sizeof *cnt), *displ = fdpo_malloc((size_t)g_size * sizeof *displ);
@@ -162,6 +184,7 @@ int fdpo_dist_allgather_bytes(const void *mine, size_t n, char **all, size_t *le
             total += counts[r];
         }
         char *buf = fdpo_malloc(total ? (size_t)total : 1);
+        trace("allgatherv", 0);
         rc = MPI_Allgatherv(mine, (int)n, MPI_BYTE, buf, cnt, displ, MPI_BYTE, MPI_COMM_WORLD);
         free(counts); free(cnt); free(displ);
         if (rc != MPI_SUCCESS) { free(buf); return mpi_fail(rc, "allgatherv"); }
@@ -206,6 +229,7 @@ int fdpo_dist_all_ok(int rc) {
 int fdpo_dist_barrier(void) {
 #ifdef FDPO_HAVE_MPI
     if (g_size > 1) {
+        trace("barrier", 0);
         int rc = MPI_Barrier(MPI_COMM_WORLD);
         if (rc != MPI_SUCCESS) return mpi_fail(rc, "barrier");
     }
@@ -232,6 +256,7 @@ struct fdpo_dist_overlap {
     int rest_built;
     int *started;            /* this step */
     size_t last_overlapped;  /* groups the last finished step had started during backward */
+    int counted;             /* this step's last_overlapped is set (by _backward_done) */
 #ifdef FDPO_HAVE_MPI
     MPI_Request *req;        /* one per slice of every group, in group order */
     size_t n_req;
@@ -242,6 +267,9 @@ struct fdpo_dist_overlap {
 static int g_overlap_armed;
 void fdpo_dist_arm_overlap(int last_backward) { g_overlap_armed = last_backward; }
 int fdpo_dist_overlap_armed(void) { return g_overlap_armed; }
+
+static fdpo_dist_overlap *g_step_overlap;   /* the step's, between _begin_step and _finish */
+static float *g_step_grads;
 
 fdpo_dist_overlap *fdpo_dist_overlap_create(size_t n, size_t n_groups) {
     fdpo_dist_overlap *o = fdpo_calloc(1, sizeof *o);
@@ -316,6 +344,7 @@ int fdpo_dist_overlap_start(fdpo_dist_overlap *o, float *grads, size_t group) {
         double t0 = fdpo_now();
         for (size_t i = 0; i < o->n_slices[group]; i++) {
             const slice *x = &o->slices[group][i];
+            trace("iallreduce", x->len);
             int rc = MPI_Iallreduce(MPI_IN_PLACE, grads + x->offset, (int)x->len, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
                                     &o->req[o->first_req[group] + i]);
             if (rc != MPI_SUCCESS) return mpi_fail(rc, "iallreduce");
@@ -331,24 +360,43 @@ int fdpo_dist_overlap_start(fdpo_dist_overlap *o, float *grads, size_t group) {
     return 0;
 }
 
+void fdpo_dist_overlap_begin_step(fdpo_dist_overlap *o, float *grads) {
+    g_step_overlap = o;
+    g_step_grads = grads;
+}
+
+int fdpo_dist_overlap_backward_done(void) {
+    g_overlap_armed = 0;
+    fdpo_dist_overlap *o = g_step_overlap;
+    if (!o || g_size < 2) return 0;
+    /* Backward starts the groups from the last layer down, so what this rank started is a
+     * run from the top; the groups it never reached (no micro-batch this step, none with
+     * tokens, a family without the per-layer hook) start now, in the same descending order.
+     * Every rank calls this at the same point of the step, before the blocking sums of the
+     * step's metrics, so all post the same non-blocking sums in one order and before those:
+     * MPI asks for one order of blocking and non-blocking collectives on a communicator. */
+    o->last_overlapped = 0;
+    for (size_t g = 0; g < o->n_groups; g++) o->last_overlapped += o->started[g] != 0;
+    o->counted = 1;
+    int rc = 0;
+    for (size_t g = o->n_groups; g-- > 0 && !rc;)
+        if (!o->started[g]) rc = fdpo_dist_overlap_start(o, g_step_grads, g);
+    return rc;
+}
+
 int fdpo_dist_overlap_finish(fdpo_dist_overlap *o, float *grads) {
     g_overlap_armed = 0;
     if (!o->rest_built && build_rest(o)) return -1;
-    o->last_overlapped = 0;
-    for (size_t g = 0; g < o->n_groups; g++) o->last_overlapped += o->started[g] != 0;
+    if (!o->counted) {
+        o->last_overlapped = 0;
+        for (size_t g = 0; g < o->n_groups; g++) o->last_overlapped += o->started[g] != 0;
+    }
+    o->counted = 0;
     int rc = 0;
 #ifdef FDPO_HAVE_MPI
     if (g_size > 1) {
-        /* Every rank posts the same non-blocking sums in the same order. Backward starts the
-         * groups from the last layer down, so what a rank started is a run from the top; the
-         * groups its backward never reached (a rank without a micro-batch this step, one
-         * without tokens, a family without the per-layer hook) are started here, in the same
-         * descending order, as non-blocking sums too: a rank that summed them with blocking
-         * calls while the others had non-blocking ones in flight hung the job. Known gap: the
-         * step's blocking metric sums come after the non-blocking ones on a rank with a
-         * micro-batch and before them on one without; MPI-3 asks for one order of blocking and
-         * non-blocking collectives on a communicator, Open MPI matches them apart (its libnbc
-         * has its own tags), another MPI might not. */
+        /* the groups not started yet, in the order _backward_done starts them (a caller that
+         * did not call it: the same order on every rank still) */
         for (size_t g = o->n_groups; g-- > 0 && !rc;)
             if (!o->started[g]) rc = fdpo_dist_overlap_start(o, grads, g);
         double t0 = fdpo_now();
@@ -356,6 +404,7 @@ int fdpo_dist_overlap_finish(fdpo_dist_overlap *o, float *grads) {
         if (mrc != MPI_SUCCESS) rc = mpi_fail(mrc, "waitall");
         /* then the rest (embeddings, final norm, score head) */
         for (size_t i = 0; i < o->n_rest && !rc; i++) {
+            trace("allreduce", o->rest[i].len);
             mrc = MPI_Allreduce(MPI_IN_PLACE, grads + o->rest[i].offset, (int)o->rest[i].len, MPI_FLOAT, MPI_SUM,
                                 MPI_COMM_WORLD);
             if (mrc != MPI_SUCCESS) rc = mpi_fail(mrc, "allreduce");
@@ -365,6 +414,7 @@ int fdpo_dist_overlap_finish(fdpo_dist_overlap *o, float *grads) {
 #endif
     (void)grads;
     memset(o->started, 0, (o->n_groups ? o->n_groups : 1) * sizeof *o->started);
+    if (g_step_overlap == o) g_step_overlap = NULL;
     return rc;
 }
 
@@ -372,6 +422,7 @@ size_t fdpo_dist_overlap_last_overlapped(const fdpo_dist_overlap *o) { return o 
 
 void fdpo_dist_overlap_free(fdpo_dist_overlap *o) {
     if (!o) return;
+    if (g_step_overlap == o) g_step_overlap = NULL;
 #ifdef FDPO_HAVE_MPI
     free(o->req); free(o->first_req);
 #endif

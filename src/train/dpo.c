@@ -277,6 +277,7 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
         if (grad) fdpo_dist_arm_overlap(fdpo_dist_last_mine(i, (n + mb - 1) / mb));   /* --allreduce-overlap */
         if (grad && fdpo_gpt2_backward(d->policy, d->d_token_logp)) return fdpo_error_context("policy backward");
     }
+    if (grad && fdpo_dist_overlap_backward_done()) return -1;   /* before the sums below, on every rank */
     if (fdpo_dist_size() > 1) {
         double sums[12] = {sum_loss, sum_nll, sum_rw, sum_rl, sum_acc, sum_lpw, sum_lpl, sum_sw, sum_sl,
                            sum_logit_w, sum_logit_l, (double)out->tokens};

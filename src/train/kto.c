@@ -109,7 +109,7 @@ int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, con
     }
     free(lp); free(lr); free(dseq); free(l_kl); free(dtok);
     free(kb.seq_offset); free(kb.tokens); free(kb.targets);
-    if (rc) return -1;
+    if (rc || (grad && fdpo_dist_overlap_backward_done())) return -1;   /* before the sums below, on every rank */
     if (fdpo_dist_size() > 1) {
         double sums[12] = {(double)s.desirable, (double)s.undesirable, (double)s.tokens, s.loss, s.kl,
                            s.rewards_chosen, s.rewards_rejected, s.logps_chosen, s.logps_rejected,

@@ -146,7 +146,8 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
             fdpo_dist_arm_overlap(fdpo_dist_last_mine(a, A));   /* --allreduce-overlap: the step's last backward here */
             rc = fdpo_gpt2_backward(tr.model, p.d_token_logp);
         }
-        if (rc || (rc = fdpo_dist_sum_f64(&loss_sum, 1))) break;
+        /* the layers' sums this rank's backward did not start, then the loss's: on every rank */
+        if (rc || (rc = fdpo_dist_overlap_backward_done()) || (rc = fdpo_dist_sum_f64(&loss_sum, 1))) break;
         double loss = W > 0 ? loss_sum / W : 0;
         if ((rc = fdpo_trainer_step(&tr, n_tokens))) break;
         int eval = val && val->n_seq > 0 && fdpo_trainer_want_eval(&tr);

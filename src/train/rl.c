@@ -401,6 +401,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
              * fdpo_trainer_step's sum over the ranks is the step's gradient */
             if (pe > pb) rc = fdpo_rl_step(policy, &o->rl, (pe - pb) * k, N, pi + pb * k, np + pb * k, yi + pb * k,
                                            ny + pb * k, r + pb * k, lref + pb * k, NULL, &m);
+            if (!rc) rc = fdpo_dist_overlap_backward_done();   /* every rank, before the collectives below */
             rc = fdpo_dist_all_ok(rc);
             my_tokens = m.tokens;
             if (!rc && fdpo_dist_size() > 1) rc = rl_metrics_sum(&m);

@@ -85,7 +85,7 @@ int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *p
         }
     }
     free(r); free(dr);
-    if (rc) return -1;
+    if (rc || (grad && fdpo_dist_overlap_backward_done())) return -1;   /* before the sums below, on every rank */
     if (fdpo_dist_size() > 1) {
         double sums[6] = {s.loss, s.accuracy, s.margin, s.rewards_chosen, s.rewards_rejected, (double)s.tokens};
         if (fdpo_dist_sum_f64(sums, 6) || (rewards_out && fdpo_dist_sum_f64(rewards_out, 2 * n))) return -1;

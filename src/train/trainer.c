@@ -523,6 +523,7 @@ void fdpo_trainer_begin_step(fdpo_trainer *tr) {
     }
     fdpo_gpt2_zero_grad(tr->model);
     if (tr->model->lora) fdpo_lora_begin_step(tr->model->lora, tr->state.step);   /* dropout on, masks keyed by the step */
+    if (tr->overlap) fdpo_dist_overlap_begin_step(tr->overlap, trained(tr)->grads_memory);
     tr->t_step_start = fdpo_now();
     tr->comm_at_step_start = fdpo_dist_comm_seconds();
 }

@@ -47,9 +47,9 @@ for line in sys.stdin.buffer:
 """
 
 
-def mpi(n, *args, check=True, timeout=300):
+def mpi(n, *args, check=True, timeout=300, env=None):
     r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", str(n), FDPO, *map(str, args)],
-                       capture_output=True, text=True, timeout=timeout)
+                       capture_output=True, text=True, timeout=timeout, env=env)
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r
@@ -698,6 +698,40 @@ def test_allreduce_overlap_with_a_rank_without_micro_batches(work, tmp_path, np_
     mpi(np_, *args, "--out", tmp_path / "overlap", "--allreduce-overlap", timeout=120)
     a, b = params(tmp_path / "plain"), params(tmp_path / "overlap")
     assert np.array_equal(a, b) if np_ == 2 else close(a, b), np.abs(a - b).max()
+
+
+@pytest.mark.parametrize("name", ["pretrain", "dpo", "kto", "rm", "online", "rl"])
+def test_every_rank_posts_the_same_collectives_in_one_order(work, tmp_path, name):
+    """MPI asks every rank to post the same collectives in the same order, blocking and
+    non-blocking alike. With --allreduce-overlap and a rank without a micro-batch (3 ranks,
+    2 micro-batches a step), that rank posted the step's blocking metric sums before the
+    layers' non-blocking sums, the others after (Open MPI matches the two kinds apart, so it
+    ran; another MPI might hang). FDPO_DIST_TRACE=PREFIX writes each rank's collectives, in
+    the order posted, to PREFIX.RANK: the three traces must be the same lines."""
+    rows = []
+    for r in synthetic_pairs(8, 1):
+        rows += [{"prompt": r["prompt"], "completion": r["chosen"], "label": True},
+                 {"prompt": r["prompt"], "completion": r["rejected"], "label": False}]
+    write_jsonl(tmp_path / "kto.jsonl", rows)
+    common = ["--batch-size", 4, "--grad-accum", 2, "--steps", 2, "--threads", 1, "--quiet", "--eval-fraction", 0]
+    args = {"pretrain": ["pretrain", "--steps", 2, *PRETRAIN, work / "text.txt"],
+            "dpo": ["dpo", "--model", work / "pol", "--data", work / "pairs.jsonl", *common],
+            "rm": ["rm", "--model", work / "pol", "--data", work / "pairs.jsonl", *common],
+            "kto": ["kto", "--model", work / "pol", "--data", tmp_path / "kto.jsonl", *common],
+            "online": ["online", "--model", work / "pol", "--data", work / "prompts.txt", "--reward", letters_reward(work),
+                       "--mode", "step", "--steps", 2, "--prompts-per-round", 7, "--n", 3, "--max-new-tokens", 10,
+                       "--threads", 1, "--quiet"],
+            "rl": ["rl", "--model", work / "pol", "--data", work / "prompts.txt", "--reward", letters_reward(work),
+                   "--prompts-per-step", 7, "--n", 2, "--max-new-tokens", 4, "--steps", 2, "--threads", 1]}[name]
+    if name == "pretrain":
+        args[args.index("--grad-accum") + 1] = 2
+    mpi(3, *args, "--out", tmp_path / "o", "--allreduce-overlap", timeout=120,
+        env={**os.environ, "FDPO_DIST_TRACE": str(tmp_path / "trace")})
+    traces = [open(tmp_path / f"trace.{r}").read().splitlines() for r in range(3)]
+    assert sum(l.startswith("iallreduce ") for l in traces[0]) >= 2 * 2, traces[0]   # two layers' pieces, each step
+    for r in (1, 2):
+        diff = next((i for i, (a, b) in enumerate(zip(traces[0], traces[r])) if a != b), None)
+        assert traces[r] == traces[0], (r, diff, traces[0][diff or 0:][:6], traces[r][diff or 0:][:6])
 
 
 def test_a_stop_signal_to_one_rank_stops_every_rank_after_rank_0_saved(work, tmp_path):
