@@ -238,6 +238,21 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
         eset = &eval_set;
     } else if (fdpo_pref_split(train_set.n, o->eval_fraction, (uint64_t)to->seed, &train_idx, &n_train,
                                &eval_idx, &n_eval)) goto done;
+    /* a held-out micro-batch of one pairs the example with its own prompt: z0 is its own
+     * log-ratio and eval_loss reads 0.5 whenever that is >= 0, whatever the model */
+    if (n_eval == 1 && o->eval_file) {
+        fdpo_error("--eval-file %s: 1 example: KTO's KL estimate needs at least 2 per micro-batch", o->eval_file);
+        goto done;
+    }
+    if (n_eval == 1) {   /* the split's one: kept for training, as --eval-fraction 0 would */
+        fdpo_log(FDPO_LOG_WARN, "--eval-fraction %g holds out 1 of %zu examples, and KTO's KL estimate needs 2 per "
+                 "micro-batch: it is kept for training and no eval_* is written (give more examples or --eval-file)",
+                 o->eval_fraction, train_set.n);
+        n_eval = 0;
+        n_train = train_set.n;
+        train_idx = fdpo_realloc(train_idx, n_train * sizeof *train_idx);
+        for (size_t i = 0; i < n_train; i++) train_idx[i] = i;
+    }
     if (n_train == 0) { fdpo_error("%s: no training examples left after the eval split", o->data); goto done; }
     if (n_train == 1) {   /* every micro-batch would be that one example (see --batch-size) */
         fdpo_error("%s: 1 training example left after the eval split: KTO's KL estimate needs at least 2 per micro-batch",

@@ -361,6 +361,36 @@ def test_a_micro_batch_of_one_is_refused(models, tmp_path):
                                   "KTO's KL estimate needs at least 2 per micro-batch\n") in r.stderr, r.stderr
 
 
+def test_a_held_out_set_of_one_is_not_evaluated(models, tmp_path):
+    """The held-out micro-batch of one example paired it with its own prompt, so z0 was its own
+    log-ratio and eval_loss read 0.5 whatever the model (the default --eval-fraction 0.1 of 10
+    examples holds out one). The split's one is now kept for training, as --eval-fraction 0
+    would (the same parameters), with a warning and no eval_*; an --eval-file of one example
+    is refused like a training micro-batch of one."""
+    tmp = models
+    write_jsonl(tmp_path / "ten.jsonl", (ROWS * 10)[:10])
+    args = ["kto", "--model", tmp / "policy", "--data", tmp_path / "ten.jsonl", "--steps", 2, "--batch-size", 2,
+            "--lr", "1e-3", "--eval-every", 1, "--threads", 1]
+    r = fdpo(*args, "--out", tmp_path / "k")
+    assert ("fdpo kto: warning: --eval-fraction 0.1 holds out 1 of 10 examples, and KTO's KL estimate needs 2 per "
+            "micro-batch: it is kept for training and no eval_* is written (give more examples or --eval-file)\n") in r.stderr
+    rows = [json.loads(x) for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and not any(k.startswith("eval_") for m in rows for k in m), rows
+    fdpo(*args[:-4], "--threads", 1, "--out", tmp_path / "k0", "--eval-fraction", 0)
+    assert (tmp_path / "k" / "model.safetensors").read_bytes() == (tmp_path / "k0" / "model.safetensors").read_bytes()
+    write_jsonl(tmp_path / "one.jsonl", ROWS[:1])
+    r = fdpo("kto", "--model", tmp / "policy", "--data", tmp / "data.jsonl", "--eval-file", tmp_path / "one.jsonl",
+             "--out", tmp_path / "k1", "--steps", 2, "--batch-size", 2, "--quiet", check=False)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo kto: --eval-file {tmp_path / 'one.jsonl'}: 1 example: KTO's KL estimate needs at least 2 per "
+        "micro-batch\n"), r.stderr
+    assert not (tmp_path / "k1").exists()
+    # two held out: evaluated (each paired with the other's prompt)
+    fdpo("kto", "--model", tmp / "policy", "--data", tmp / "data.jsonl", "--eval-file", tmp_path / "ten.jsonl",
+         "--out", tmp_path / "k2", "--steps", 1, "--batch-size", 2, "--eval-every", 1, "--quiet")
+    assert any("eval_loss" in json.loads(x) for x in (tmp_path / "k2" / "metrics.jsonl").read_text().splitlines())
+
+
 def test_the_progress_line_shows_the_margin_only_where_it_is_defined(models, tmp_path):
     """rewards/margins needs desirable and undesirable examples in the step: metrics.jsonl left
     it out of a one-sided step, but the progress line printed `margin -nan`"""
