@@ -65,7 +65,16 @@ enum {
     FDPO_CHAT_GENERATION_PROMPT = 2, /* append the assistant header (add_generation_prompt) */
     FDPO_CHAT_CONTINUE = 4,          /* m[0] is an assistant turn whose header the text before holds */
     FDPO_CHAT_END_AT_EOT = 8,        /* stop after the last message's end-of-turn marker */
+    FDPO_CHAT_OPEN_END = 16,         /* the last message is an assistant turn left open: its
+                                      * content without trailing whitespace, no end-of-turn
+                                      * marker (transformers' continue_final_message) */
+    FDPO_CHAT_CONTINUE_OPEN = 32,    /* with CONTINUE: m[0] goes on with the content the text
+                                      * before left open (OPEN_END), so its start is not trimmed */
 };
+/* A prompt's flags: from the start, then the generation prompt after a user message, or the
+ * last message left open when it is the assistant's (the completion continues it, as
+ * transformers' continue_final_message and TRL's maybe_apply_chat_template do). */
+unsigned fdpo_chat_prompt_flags(const fdpo_chat_msg *m, size_t n);
 /* Renders m[0..n) onto out. Roles are system, user, assistant (the callers check). */
 void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsigned flags, fdpo_chat_text *out);
 
@@ -74,14 +83,28 @@ void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsi
 int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t, int32_t **ids, float **w, size_t *n);
 
 /* A prompt that is the JSON text of a message list ('[{"role", "content"}, ...]', as
- * fdpo_read_prompts keeps conversational prompts): rendered from the start with the
- * generation prompt and encoded. 0 done, 1 not such a prompt (nothing set), -1 error. */
+ * fdpo_read_prompts keeps conversational prompts): rendered from the start with
+ * fdpo_chat_prompt_flags and encoded. 0 done, 1 not such a prompt (nothing set), -1 error. */
 int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n);
 
-/* 1 when prompt is such a message list (fdpo_chat_encode_prompt would render it), else 0. */
+/* 1 when prompt is such a message list (fdpo_chat_encode_prompt would render it, or refuse
+ * it as a bad one), else 0. */
 int fdpo_chat_is_conversation(const char *prompt);
-/* The parsed list of such a text (the caller deletes it with cJSON_Delete), or NULL. */
+/* Is text the JSON text of a message list? The whole text (blanks after it allowed) must be
+ * a non-empty JSON array of objects that all have a "role": else it is plain text (0; text
+ * after the list made it one, and that text was dropped). Such a list is then checked as a
+ * prompt (fdpo_chat_check_prompt; field names it in the message): 1 and *out the parsed
+ * list (the caller deletes it with cJSON_Delete), or -1 with the error set. */
 struct cJSON;
-struct cJSON *fdpo_chat_parse_conversation(const char *text);
+int fdpo_chat_parse_conversation(const char *text, const char *field, struct cJSON **out);
+/* A prompt's messages, as every reader takes them: each an object with "role" system, user
+ * or assistant and "content" a string of valid UTF-8 without NUL (raw: the JSON text the
+ * list was parsed from, where a "\u0000" escape would have cut a content, or NULL); no
+ * tool_calls or function_call (no built-in template renders them: they were dropped); at
+ * least one message, the last a user or assistant one (a system message ends no prompt;
+ * TRL refuses both). Errors name field[i]. */
+int fdpo_chat_check_prompt(const struct cJSON *arr, const char *field, const char *raw);
+/* The per-message part of that check, for any message list (SFT "messages", completions). */
+int fdpo_chat_check_message(const struct cJSON *m, const char *field, size_t i);
 
 #endif

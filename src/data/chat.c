@@ -201,13 +201,34 @@ static void header(const fdpo_chat *c, const char *role, fdpo_chat_text *o) {
     }
 }
 
+/* The length in bytes of the code point that ends s[0..len) when Python's str.isspace()
+ * holds for it (what str.strip(), and so transformers' continue_final_message, cuts), else 0. */
+static size_t is_blank_end(const char *s, size_t len) {
+    static const unsigned SPACES[] = {0x85, 0xA0, 0x1680, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000};
+    size_t k = 1;
+    while (k < len && k < 4 && ((unsigned char)s[len - k] & 0xC0) == 0x80) k++;
+    const unsigned char *p = (const unsigned char *)s + len - k;
+    unsigned cp = p[0];
+    if (k == 2 && (p[0] & 0xE0) == 0xC0) cp = (p[0] & 0x1Fu) << 6 | (p[1] & 0x3Fu);
+    else if (k == 3 && (p[0] & 0xF0) == 0xE0) cp = (p[0] & 0x0Fu) << 12 | (p[1] & 0x3Fu) << 6 | (p[2] & 0x3Fu);
+    else if (k != 1 || cp >= 0x80) return 0;
+    if (cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x1F) || (cp >= 0x2000 && cp <= 0x200A)) return k;
+    for (size_t i = 0; i < sizeof SPACES / sizeof SPACES[0]; i++)
+        if (cp == SPACES[i]) return k;
+    return 0;
+}
+
 /* Content, end-of-turn marker (trained for the assistant), then the text between turns
  * unless this is the last turn and END_AT_EOT. */
-static void body(const fdpo_chat *c, const char *role, const char *content, int untrained, int last_end, fdpo_chat_text *o) {
+static void body(const fdpo_chat *c, const char *role, const char *content, int untrained, int last_end,
+                 int keep_start, fdpo_chat_text *o) {
     int tr = !strcmp(role, "assistant") && !untrained;
     const char *s = content;
     size_t n = strlen(content);
-    if (c->kind == FDPO_CHAT_LLAMA3) trimmed(content, &s, &n);
+    if (c->kind == FDPO_CHAT_LLAMA3) {   /* | trim; of the whole content, whose start an open prompt held */
+        trimmed(content, &s, &n);
+        if (keep_start) { n += (size_t)(s - content); s = content; }
+    }
     fdpo_chat_text_put(o, s, n, 0, tr);
     switch (c->kind) {
     case FDPO_CHAT_PLAIN: put_str(o, "\n", 1, tr); break;
@@ -223,7 +244,7 @@ void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsi
         if (c->start_bos) put_str(o, c->bos, 1, 0);
         if (c->kind == FDPO_CHAT_CHATML && c->default_system && (n == 0 || strcmp(m[0].role, "system"))) {
             header(c, "system", o);
-            body(c, "system", c->default_system, 0, 0, o);
+            body(c, "system", c->default_system, 0, 0, 0, o);
         }
         if (c->kind == FDPO_CHAT_LLAMA3 && c->preamble) { /* the system turn is always there */
             header(c, "system", o);
@@ -237,9 +258,22 @@ void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsi
     }
     for (; i < n; i++) {
         if (!(i == 0 && (flags & FDPO_CHAT_CONTINUE))) header(c, m[i].role, o);
-        body(c, m[i].role, m[i].content, m[i].untrained, i + 1 == n && (flags & FDPO_CHAT_END_AT_EOT), o);
+        if (i + 1 == n && (flags & FDPO_CHAT_OPEN_END)) {   /* cut after the content, as transformers cuts */
+            const char *s = m[i].content;
+            size_t len = strlen(s);
+            if (c->kind == FDPO_CHAT_LLAMA3) trimmed(s, &s, &len);
+            while (len && is_blank_end(s, len)) len -= is_blank_end(s, len);
+            fdpo_chat_text_put(o, s, len, 0, 0);
+            return;
+        }
+        body(c, m[i].role, m[i].content, m[i].untrained, i + 1 == n && (flags & FDPO_CHAT_END_AT_EOT),
+             i == 0 && (flags & FDPO_CHAT_CONTINUE_OPEN), o);
     }
     if (flags & FDPO_CHAT_GENERATION_PROMPT) header(c, "assistant", o);
+}
+
+unsigned fdpo_chat_prompt_flags(const fdpo_chat_msg *m, size_t n) {
+    return FDPO_CHAT_START | (n && !strcmp(m[n - 1].role, "assistant") ? FDPO_CHAT_OPEN_END : FDPO_CHAT_GENERATION_PROMPT);
 }
 
 /* The text as a normalising (NFC) tokenizer encodes it, masks carried along: each run of
@@ -287,24 +321,65 @@ int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t_in, int3
     return 0;
 }
 
-/* The messages of a prompt that is a conversation's JSON text (a non-empty list of
- * {role: string, content: string}): *a holds the parsed text the messages point into (the
- * caller deletes it), *m the messages (malloc'd). 1 a conversation, 0 not (nothing kept). */
-cJSON *fdpo_chat_parse_conversation(const char *text) {
-    if (text[0] != '[') return NULL;
-    cJSON *list = cJSON_Parse(text);
-    int ok = cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0;
-    for (const cJSON *e = ok ? list->child : NULL; e && ok; e = e->next)
-        ok = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "role")) &&
-             cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "content"));
-    if (!ok) { cJSON_Delete(list); return NULL; }
-    return list;
+int fdpo_chat_check_message(const cJSON *m, const char *field, size_t i) {
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+    if (!cJSON_IsObject(m)) return fdpo_error("%s[%zu] must be an object {\"role\", \"content\"}", field, i);
+    if (!cJSON_IsString(role)) return fdpo_error("%s[%zu].role: missing or not a string", field, i);
+    const char *r = role->valuestring;
+    if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
+        return fdpo_error("%s[%zu].role is '%s'; expected system, user or assistant", field, i, r);
+    if (!cJSON_IsString(content)) return fdpo_error("%s[%zu].content: missing or not a string", field, i);
+    if (!fdpo_utf8_valid(content->valuestring, strlen(content->valuestring)))
+        return fdpo_error("%s[%zu].content is not valid UTF-8", field, i);
+    static const char *const CALLS[] = {"tool_calls", "function_call"};
+    for (size_t k = 0; k < 2; k++) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(m, CALLS[k]);
+        if (t && !cJSON_IsNull(t) && !(cJSON_IsArray(t) && cJSON_GetArraySize(t) == 0))
+            return fdpo_error("%s[%zu].%s: tool calls are not rendered by fdpo's chat templates (they would be dropped "
+                              "from the text)", field, i, CALLS[k]);
+    }
+    return 0;
 }
 
+int fdpo_chat_check_prompt(const cJSON *arr, const char *field, const char *raw) {
+    if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) == 0)
+        return fdpo_error("%s must be a non-empty list of {\"role\", \"content\"} (a prompt with no message has "
+                          "nothing to answer)", field);
+    size_t i = 0;
+    const cJSON *m, *last = NULL;
+    cJSON_ArrayForEach(m, arr) {
+        if (fdpo_chat_check_message(m, field, i++)) return -1;
+        last = m;
+    }
+    if (raw && fdpo_jsonl_check_nul(field, raw, strlen(raw), arr)) return -1;
+    const char *r = cJSON_GetObjectItemCaseSensitive(last, "role")->valuestring;
+    if (!strcmp(r, "system"))
+        return fdpo_error("%s[%zu] is a system message: a prompt ends with a user message (answered after the "
+                          "generation prompt) or an assistant one (continued)", field, i - 1);
+    return 0;
+}
+
+int fdpo_chat_parse_conversation(const char *text, const char *field, cJSON **out) {
+    *out = NULL;
+    if (text[0] != '[') return 0;
+    cJSON *list = cJSON_ParseWithOpts(text, NULL, 1);   /* the whole text, or it is plain text */
+    int is = cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0;
+    for (const cJSON *e = is ? list->child : NULL; e && is; e = e->next)
+        is = cJSON_IsObject(e) && cJSON_GetObjectItemCaseSensitive(e, "role");
+    if (!is) { cJSON_Delete(list); return 0; }
+    if (fdpo_chat_check_prompt(list, field, text)) { cJSON_Delete(list); return -1; }
+    *out = list;
+    return 1;
+}
+
+/* The messages of a prompt that is a conversation's JSON text: *a holds the parsed text the
+ * messages point into (the caller deletes it), *m the messages (malloc'd). 1 a
+ * conversation, 0 not (nothing kept), -1 a bad one. */
 static int prompt_messages(const char *prompt, cJSON **a, fdpo_chat_msg **m, size_t *k) {
     *a = NULL; *m = NULL; *k = 0;
-    cJSON *list = fdpo_chat_parse_conversation(prompt);
-    if (!list) return 0;
+    cJSON *list;
+    int is = fdpo_chat_parse_conversation(prompt, "prompt", &list);
+    if (is <= 0) return is;
     fdpo_chat_msg *msgs = fdpo_malloc((size_t)cJSON_GetArraySize(list) * sizeof *msgs);
     size_t n = 0;
     for (const cJSON *e = list->child; e; e = e->next)
@@ -321,19 +396,20 @@ int fdpo_chat_is_conversation(const char *prompt) {
     int yes = prompt_messages(prompt, &a, &m, &k);
     free(m);
     cJSON_Delete(a);
-    return yes;
+    return yes != 0;   /* a bad one too: encoding it says what is wrong */
 }
 
 int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n) {
     cJSON *a;
     fdpo_chat_msg *m;
     size_t k;
-    if (!prompt_messages(prompt, &a, &m, &k)) return 1;
+    int is = prompt_messages(prompt, &a, &m, &k);
+    if (is <= 0) return is < 0 ? -1 : 1;
     fdpo_chat chat;
     int rc = fdpo_chat_for(tok, &chat);
     if (rc == 0) {
         fdpo_chat_text t = {0};
-        fdpo_chat_render(&chat, m, k, FDPO_CHAT_START | FDPO_CHAT_GENERATION_PROMPT, &t);
+        fdpo_chat_render(&chat, m, k, fdpo_chat_prompt_flags(m, k), &t);
         rc = fdpo_chat_encode(tok, &t, ids, NULL, n);
         fdpo_chat_text_free(&t);
         fdpo_chat_free(&chat);

@@ -40,7 +40,34 @@ static const char *duplicate_key(const cJSON *j) {
     return dup;
 }
 
+/* The first control character JSON forbids in line[0..n), or n: U+0001..U+001F raw inside a
+ * string (they must be escaped), or any but tab, CR and LF between tokens. cJSON takes both;
+ * Python's json, and so a datasets/TRL pipeline, refuses the line. A raw 0 byte is left to
+ * fdpo_jsonl_check_nul, which names the field it would cut. *in_string: where it was. */
+static size_t raw_control(const char *line, size_t n, int *in_string) {
+    int in = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)line[i];
+        if (c == 0) continue;
+        if (in) {
+            if (c == '"') in = 0;
+            else if (c == '\\') i++;
+            else if (c < 0x20) { *in_string = 1; return i; }
+        } else if (c == '"') in = 1;
+        else if (c < 0x20 && c != '\t' && c != '\r' && c != '\n') { *in_string = 0; return i; }
+    }
+    return n;
+}
+
 cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
+    int in_string = 0;
+    size_t ctl = raw_control(line, n, &in_string);
+    if (ctl < n) {
+        fdpo_error("%s:%zu: invalid JSON: a raw control character (U+%04X) %s at column %zu%s", path, line_no,
+                   (unsigned)(unsigned char)line[ctl], in_string ? "inside a string" : "between values", ctl + 1,
+                   in_string ? " (JSON needs it escaped, as \\t or \\u00XX)" : "");
+        return NULL;
+    }
     const char *end = NULL;
     cJSON *obj = cJSON_ParseWithLengthOpts(line, n, &end, 0);
     if (!obj) {

@@ -35,14 +35,17 @@ int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *
     int rc = 0;
     while ((got = getline(&line, &len_cap, f)) != -1) {
         line_no++;
+        const size_t bom = line_no == 1 ? fdpo_jsonl_bom(line, (size_t)got) : 0;   /* a UTF-8 BOM is not data */
+        const char *text = line + bom;
+        const size_t n_text = (size_t)got - bom;
         size_t k = 0;
-        while (k < (size_t)got && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r' || line[k] == '\n')) k++;
-        if (k == (size_t)got) continue; /* blank line */
-        cJSON *o = fdpo_jsonl_parse_object(path, line_no, line, (size_t)got, "{\"prompt\", \"completion\", \"reward\"}");
+        while (k < n_text && (text[k] == ' ' || text[k] == '\t' || text[k] == '\r' || text[k] == '\n')) k++;
+        if (k == n_text) continue; /* blank line */
+        cJSON *o = fdpo_jsonl_parse_object(path, line_no, text, n_text, "{\"prompt\", \"completion\", \"reward\"}");
         if (!o) { rc = -1; break; }
         char where[1100];
         snprintf(where, sizeof where, "%s:%zu", path, line_no);
-        if (fdpo_jsonl_check_nul(where, line, (size_t)got, o)) { cJSON_Delete(o); rc = -1; break; }
+        if (fdpo_jsonl_check_nul(where, text, n_text, o)) { cJSON_Delete(o); rc = -1; break; }
         fdpo_sample_rec r = {0};
         r.line = line_no;
         if (get_string(o, "prompt", &r.prompt, path, line_no) ||

@@ -34,27 +34,16 @@ static int string_field(const where *w, const cJSON *v, const char *field, const
     return 0;
 }
 
-/* Messages: a JSON array of {"role": system|user|assistant, "content": string}. */
+/* Messages: a JSON array of {"role": system|user|assistant, "content": string}
+ * (fdpo_chat_check_message); a prompt's list is checked as one (fdpo_chat_check_prompt). */
 static int check_messages(const where *w, const cJSON *arr, const char *field) {
     size_t i = 0;
     const cJSON *m;
-    cJSON_ArrayForEach(m, arr) {
-        if (!cJSON_IsObject(m)) return fdpo_error("%s:%zu: %s[%zu] must be an object {\"role\", \"content\"}", w->name, w->line, field, i);
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        char f[64];
-        const char *s = "";
-        snprintf(f, sizeof f, "%s[%zu].role", field, i);
-        if (!role) return fdpo_error("%s:%zu: missing field '%s'", w->name, w->line, f);
-        if (string_field(w, role, f, &s)) return -1;
-        if (strcmp(s, "system") && strcmp(s, "user") && strcmp(s, "assistant"))
-            return fdpo_error("%s:%zu: %s is '%s'; expected system, user or assistant", w->name, w->line, f, s);
-        snprintf(f, sizeof f, "%s[%zu].content", field, i);
-        if (!content) return fdpo_error("%s:%zu: missing field '%s'", w->name, w->line, f);
-        if (string_field(w, content, f, &s)) return -1;
-        i++;
-    }
-    return 0;
+    int rc = 0;
+    /* an empty list is the implicit prompt of two lone assistant turns: the render starts there */
+    if (!strcmp(field, "prompt") && cJSON_GetArraySize(arr) > 0) rc = fdpo_chat_check_prompt(arr, field, NULL);
+    else cJSON_ArrayForEach(m, arr) if (!rc) rc = fdpo_chat_check_message(m, field, i++);
+    return rc ? fdpo_error_context("%s:%zu", w->name, w->line) : 0;
 }
 
 static const char *msg_role(const cJSON *m) { return cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring; }
@@ -71,7 +60,9 @@ static fdpo_chat_msg *msgs_of(const cJSON *arr, size_t from, size_t to) {
     }
     return m;
 }
-/* Prompt = messages rendered from the start of the conversation + the generation prompt. */
+/* Prompt = messages rendered from the start of the conversation + the generation prompt
+ * (list completions: each message is a turn of its own, so a prompt that ends with the
+ * assistant's is closed and a new turn begins; prompt + completion is TRL's render). */
 static void render_prompt(const where *w, const cJSON *arr, size_t n, fdpo_chat_text *b) {
     fdpo_chat_msg *m = msgs_of(arr, 0, n);
     fdpo_chat_render(&w->chat, m, n, FDPO_CHAT_START | FDPO_CHAT_GENERATION_PROMPT, b);
@@ -109,16 +100,25 @@ typedef struct { fdpo_chat_text prompt, chosen, rejected; size_t chosen_content,
 
 /* A string prompt that is the JSON text of a message list: how prompt files keep
  * conversational prompts (fdpo_read_prompts), so pairs made from samples of them (fdpo
- * online, fdpo pairs) carry it. Returns the parsed list, or NULL. */
-static cJSON *prompt_messages(const cJSON *p) {
-    return cJSON_IsString(p) ? fdpo_chat_parse_conversation(p->valuestring) : NULL;
+ * online, fdpo pairs) carry it. 1 and *pm the parsed list, 0 not one, -1 a bad one. */
+static int prompt_messages(const where *w, const cJSON *p, cJSON **pm) {
+    *pm = NULL;
+    int is = cJSON_IsString(p) ? fdpo_chat_parse_conversation(p->valuestring, "prompt", pm) : 0;
+    return is < 0 ? fdpo_error_context("%s:%zu", w->name, w->line) : is;
 }
-static cJSON *assistant_turn(const cJSON *text) {
-    cJSON *a = cJSON_CreateArray(), *m = cJSON_CreateObject();
-    cJSON_AddStringToObject(m, "role", "assistant");
-    cJSON_AddStringToObject(m, "content", text->valuestring);
-    cJSON_AddItemToArray(a, m);
-    return a;
+/* The prompt a sample was drawn from and a text completion of it, rendered as sampled
+ * (fdpo_chat_encode_prompt): the prompt with fdpo_chat_prompt_flags, the completion as the
+ * assistant's content after it (going on with the prompt's last message when that was the
+ * assistant's and left open), to its end-of-turn marker. */
+static void render_sampled(const where *w, const cJSON *pm, const char *text, fdpo_chat_text *prompt, fdpo_chat_text *out) {
+    size_t n = (size_t)cJSON_GetArraySize(pm);
+    fdpo_chat_msg *m = msgs_of(pm, 0, n);
+    unsigned flags = fdpo_chat_prompt_flags(m, n);
+    if (prompt) fdpo_chat_render(&w->chat, m, n, flags, prompt);
+    fdpo_chat_msg turn = {.role = "assistant", .content = text};
+    fdpo_chat_render(&w->chat, &turn, 1, FDPO_CHAT_CONTINUE | FDPO_CHAT_END_AT_EOT |
+                     (flags & FDPO_CHAT_OPEN_END ? FDPO_CHAT_CONTINUE_OPEN : 0), out);
+    free(m);
 }
 
 /* A key that looks like a misspelt "prompt": any case of it, or up to 2 edits away in lower
@@ -149,14 +149,19 @@ static int render_pair(where *w, const cJSON *obj, rendered *r, fdpo_pref_summar
                                   "the common prefix of chosen and rejected as its prompt)", w->name, w->line, k->string);
         sum->implicit_prompt++;
     }
-    cJSON *pm = cJSON_IsString(c) && cJSON_IsString(j) ? prompt_messages(p) : NULL;
+    cJSON *pm = NULL;
+    if (cJSON_IsString(c) && cJSON_IsString(j) && prompt_messages(w, p, &pm) < 0) return -1;
     if (pm) { /* {"prompt": "[messages]", "chosen": text, "rejected": text} */
-        cJSON *conv = cJSON_CreateObject();
-        cJSON_AddItemToObject(conv, "prompt", pm);
-        cJSON_AddItemToObject(conv, "chosen", assistant_turn(c));
-        cJSON_AddItemToObject(conv, "rejected", assistant_turn(j));
-        int rc = render_pair(w, conv, r, sum);
-        cJSON_Delete(conv);
+        sum->conversational++;
+        const char *cs = "", *js = "";
+        int rc = string_field(w, c, "chosen", &cs) || string_field(w, j, "rejected", &js) || need_chat(w) ? -1 : 0;
+        if (!rc) {
+            r->chat = 1;
+            render_sampled(w, pm, cs, &r->prompt, &r->chosen);
+            render_sampled(w, pm, js, NULL, &r->rejected);
+            r->chosen_content = strlen(cs); r->rejected_content = strlen(js);
+        }
+        cJSON_Delete(pm);
         return rc;
     }
     if (cJSON_IsArray(c) || cJSON_IsArray(j)) {
@@ -173,6 +178,14 @@ static int render_pair(where *w, const cJSON *obj, rendered *r, fdpo_pref_summar
         } else {
             size_t nc = (size_t)cJSON_GetArraySize(c), nj = (size_t)cJSON_GetArraySize(j);
             while (from < nc && from < nj && msg_equal(cJSON_GetArrayItem(c, (int)from), cJSON_GetArrayItem(j, (int)from))) from++;
+            if (from == 0 && nc && nj && (strcmp(msg_role(c->child), "assistant") || strcmp(msg_role(j->child), "assistant")))
+                return fdpo_error("%s:%zu: no field 'prompt', and chosen and rejected start with different messages: "
+                                  "the implicit prompt is their common leading messages, and they have none (only "
+                                  "two lone assistant turns may have an empty prompt)", w->name, w->line);
+            if (from && !strcmp(msg_role(cJSON_GetArrayItem(c, (int)from - 1)), "system"))
+                return fdpo_error("%s:%zu: no field 'prompt', and the messages chosen and rejected share end with a "
+                                  "system message (chosen[%zu]): a prompt ends with a user message or an assistant one",
+                                  w->name, w->line, from - 1);
             render_prompt(w, c, from, &r->prompt);
         }
         if (render_completion(w, c, from, "chosen", &r->chosen, &r->chosen_content)) return -1;
@@ -440,15 +453,16 @@ int fdpo_pref_encode_single(const char *name, size_t line, const cJSON *prompt, 
             rc = render_completion(&w, completion, 0, "completion", &cs, content_len);
             eot = 2;
         }
-    } else if (cJSON_IsString(completion) && (pm = prompt_messages(prompt))) { /* see prompt_messages */
-        cJSON *turn = assistant_turn(completion);
-        rc = need_chat(&w);
+    } else if (cJSON_IsString(completion) && (rc = prompt_messages(&w, prompt, &pm)) < 0) {
+        /* a bad conversation: said */
+    } else if (pm) { /* see prompt_messages */
+        const char *ct = "";
+        rc = string_field(&w, completion, "completion", &ct) || need_chat(&w) ? -1 : 0;
         if (!rc) {
-            render_prompt(&w, pm, (size_t)cJSON_GetArraySize(pm), &ps);
-            rc = render_completion(&w, turn, 0, "completion", &cs, content_len);
+            render_sampled(&w, pm, ct, &ps, &cs);
+            *content_len = strlen(ct);
             eot = 2;
         }
-        cJSON_Delete(turn);
     } else {
         const char *pt = "", *ct = "";
         rc = string_field(&w, completion, "completion", &ct) || string_field(&w, prompt, "prompt", &pt) ? -1 : 0;

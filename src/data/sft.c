@@ -104,13 +104,8 @@ static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs
     size_t i = 0, n_assistant = 0, n_trained = 0;
     const cJSON *m;
     cJSON_ArrayForEach(m, msgs) {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!cJSON_IsObject(m)) return fdpo_error("%s: field 'messages[%zu]' must be an object {\"role\", \"content\"}", where, i);
-        if (!cJSON_IsString(role)) return fdpo_error("%s: field 'messages[%zu].role' missing or not a string", where, i);
-        if (!cJSON_IsString(content)) return fdpo_error("%s: field 'messages[%zu].content' missing or not a string", where, i);
-        const char *r = role->valuestring;
-        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
-            return fdpo_error("%s: field 'messages[%zu].role' is '%s'; expected system, user or assistant", where, i, r);
+        if (fdpo_chat_check_message(m, "messages", i)) return fdpo_error_context("%s", where);
+        const char *r = cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring;
         int trained = message_weight(m, r, where, i);
         if (trained < 0) return -1;
         n_assistant += !strcmp(r, "assistant");
@@ -143,6 +138,39 @@ static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs
     if (n == 0 || ids[n - 1] != eot) b_push(b, &eot, 1, last_trained ? 1.0f : 0.0f);
     free(ids); free(w);
     return finish_seq(b, begin, seq_len);
+}
+
+/* TRL's conversational prompt-completion: {"prompt": [messages], "completion": [messages]},
+ * rendered as the one conversation prompt + completion (add_messages) with the loss on the
+ * completion's assistant messages; the prompt's assistant messages are context (weight 0). */
+static int add_conversation(builder *b, const fdpo_tokenizer *tok, const cJSON *prompt, const cJSON *completion,
+                            const char *where, size_t seq_len) {
+    if (!cJSON_IsArray(prompt))
+        return fdpo_error("%s: field 'prompt' must be a list of messages like 'completion'", where);
+    if (!cJSON_IsArray(completion))
+        return fdpo_error("%s: field 'completion' must be a list of messages like 'prompt'", where);
+    if (fdpo_chat_check_prompt(prompt, "prompt", NULL)) return fdpo_error_context("%s", where);
+    size_t i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, completion)
+        if (fdpo_chat_check_message(m, "completion", i++)) return fdpo_error_context("%s", where);
+    const char *first = i ? cJSON_GetObjectItemCaseSensitive(completion->child, "role")->valuestring : "";
+    if (strcmp(first, "assistant"))
+        return fdpo_error("%s: completion[0] must be an assistant message (the completion starts there)%s", where,
+                          i ? "" : "; the list is empty");
+    cJSON *all = cJSON_CreateArray();
+    cJSON_ArrayForEach(m, prompt) {
+        cJSON *c = cJSON_Duplicate(m, 1);
+        if (!strcmp(cJSON_GetObjectItemCaseSensitive(c, "role")->valuestring, "assistant")) {
+            cJSON_DeleteItemFromObjectCaseSensitive(c, "weight");
+            cJSON_AddNumberToObject(c, "weight", 0);
+        }
+        cJSON_AddItemToArray(all, c);
+    }
+    cJSON_ArrayForEach(m, completion) cJSON_AddItemToArray(all, cJSON_Duplicate(m, 1));
+    int kept = add_messages(b, tok, all, where, seq_len);
+    cJSON_Delete(all);
+    return kept;
 }
 
 /* the example just added at where: kept (1, maybe cut) or dropped (0), counted in st */
@@ -181,6 +209,12 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
             if (pc + tx + ms > 1 && !st->two_shapes++) snprintf(st->first_two_shapes, sizeof st->first_two_shapes, "%s", where);
             if (ms) {
                 int kept = add_messages(b, tok, cJSON_GetObjectItemCaseSensitive(obj, "messages"), where, seq_len);
+                if (kept < 0) err = 1;
+                else count_example(st, b, kept, where);
+            } else if (pc && (cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(obj, "prompt")) ||
+                              cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(obj, "completion")))) {
+                int kept = add_conversation(b, tok, cJSON_GetObjectItemCaseSensitive(obj, "prompt"),
+                                            cJSON_GetObjectItemCaseSensitive(obj, "completion"), where, seq_len);
                 if (kept < 0) err = 1;
                 else count_example(st, b, kept, where);
             } else if (pc) {

@@ -60,12 +60,13 @@ int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_p
     memset(out, 0, sizeof *out);
     if (opt->max_length && opt->max_prompt_length >= opt->max_length)
         return fdpo_error("--max-prompt-length %zu must be smaller than --max-length %zu", opt->max_prompt_length, opt->max_length);
+    if (opt->max_length == 1) return fdpo_error("--max-length 1 leaves no room for a prompt and a completion");
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return -1;
     int rc = 0;
     size_t cap = 0, line = 0;
-    for (size_t pos = 0; pos < len && !rc;) {
+    for (size_t pos = fdpo_jsonl_bom(text, len); pos < len && !rc;) {   /* a UTF-8 BOM is not data */
         const char *ln = text + pos;
         const char *nl = memchr(ln, '\n', len - pos);
         size_t n = nl ? (size_t)(nl - ln) : len - pos;

@@ -2,6 +2,7 @@
 #include <cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/chat.h"
 #include "fdpo/eval.h"
 #include "data/jsonl.h"
 
@@ -22,27 +23,13 @@ static const char *json_string(const cJSON *o, const char *field, const char *pa
     return v->valuestring;
 }
 
-/* A conversational prompt: a non-empty array of {"role": system|user|assistant, "content":
- * string}, kept as its compact JSON text (fdpo_encode_prompts renders it with the chat
+/* A conversational prompt (fdpo_chat_check_prompt: a non-empty array of {"role":
+ * system|user|assistant, "content": string}, ending with a user or assistant message), kept as its compact JSON text (fdpo_encode_prompts renders it with the chat
  * template and the generation prompt). */
 static char *messages_text(const cJSON *a, const char *field, const char *path, size_t line, int *err) {
-    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) == 0) {
-        *err = fdpo_error("%s:%zu: field \"%s\" must be a non-empty list of {\"role\", \"content\"}", path, line, field);
+    if (fdpo_chat_check_prompt(a, field, NULL)) {
+        *err = fdpo_error_context("%s:%zu", path, line);
         return NULL;
-    }
-    size_t i = 0;
-    const cJSON *m;
-    cJSON_ArrayForEach(m, a) {
-        const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role"), *c = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!cJSON_IsObject(m) || !cJSON_IsString(r) || !cJSON_IsString(c)) {
-            *err = fdpo_error("%s:%zu: %s[%zu] must be an object with string \"role\" and \"content\"", path, line, field, i);
-            return NULL;
-        }
-        if (strcmp(r->valuestring, "system") && strcmp(r->valuestring, "user") && strcmp(r->valuestring, "assistant")) {
-            *err = fdpo_error("%s:%zu: %s[%zu].role is '%s'; expected system, user or assistant", path, line, field, i, r->valuestring);
-            return NULL;
-        }
-        i++;
     }
     return cJSON_PrintUnformatted(a);
 }

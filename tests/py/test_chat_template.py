@@ -232,6 +232,33 @@ def test_sft_message_weight_zero_is_context(case, tmp_path):
                                                                   for m in WEIGHTED[0]])[1]
 
 
+@pytest.mark.parametrize("case", ["smollm2", "llama31", "zephyr"])
+def test_sft_conversational_prompt_completion(case, tmp_path):
+    """TRL's conversational prompt-completion ({"prompt": [...], "completion": [...]}) was
+    refused ("field 'prompt' must be a string"). It is the conversation prompt + completion,
+    loss on the completion's assistant messages only: the prompt's (few-shot) assistant
+    messages are context. Reference: the Jinja render, those spans left out."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    rows = [{"prompt": CONVS[0][:1], "completion": CONVS[0][1:]},
+            {"prompt": CONVS[1][:4], "completion": CONVS[1][4:]}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "auto", data)["sequences"]
+    for row, seq in zip(rows, got):
+        conv = [dict(m, weight=0) if m["role"] == "assistant" else m for m in row["prompt"]] + row["completion"]
+        ids, w, text = expected_sft(case, ref, vocab, conv)
+        assert seq["tokens"] == ids and seq["weights"] == w, text
+    for row, msg in (({"prompt": CONVS[0][:1], "completion": "It is 4."},
+                      "d.jsonl:1: field 'completion' must be a list of messages like 'prompt'"),
+                     ({"prompt": CONVS[0][:1], "completion": [{"role": "user", "content": "x"}]},
+                      "d.jsonl:1: completion[0] must be an assistant message"),
+                     ({"prompt": [{"role": "system", "content": "s"}], "completion": CONVS[0][1:]},
+                      "d.jsonl:1: prompt[0] is a system message")):
+        data = write_jsonl(tmp_path / "d.jsonl", [row])
+        r = subprocess.run([HARNESS, "data-chat-sft", str(tmp_path / "tok"), "auto", data], capture_output=True, text=True)
+        assert r.returncode == 1 and msg in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("msgs,err", [
     ([{"role": "user", "content": "a", "weight": 0}, {"role": "assistant", "content": "b"}],
      "field 'messages[0].weight' on a user message: only assistant messages take a weight"),
@@ -405,10 +432,73 @@ def test_conversational_prompts_get_the_generation_prompt(case, tmp_path):
     assert json.loads(got["prompts"][0]) == convs[0]
 
 
+def continued(full, final):
+    """transformers' continue_final_message: the render cut right after the final message's
+    stripped content (apply_chat_template's rindex rule)."""
+    return full[:full.rindex(final.strip()) + len(final.strip())]
+
+
+@pytest.mark.parametrize("case", ["smollm2", "llama3", "zephyr"])
+def test_a_prompt_ending_with_the_assistant_is_continued(case, tmp_path):
+    """A prompt whose last message is the assistant's is continued, as TRL's
+    maybe_apply_chat_template does (continue_final_message): it ended that turn and opened a
+    new one. A sample's text then goes on with that message, and a pair carrying the prompt
+    as JSON text with text completions (how online and pairs write samples) renders the
+    completion the same way: prompt + completion is the render of the conversation whose last
+    message is the prompt's content (cut) followed by the completion. With message-list
+    completions each message is a turn of its own, as TRL renders them (prompt + chosen is the
+    conversation's render; the prompt gets the generation prompt)."""
+    need_jinja()
+    template, _, _, cfg, eot, _ = CASES[case]
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    conv = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red, or "}]
+    prompt_text = continued(render(template, conv, cfg, False), conv[-1]["content"])
+    got = harness("data-chat-prompts", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "p.jsonl", [{"prompt": conv}]))
+    assert got["ids"][0] == ref.encode(prompt_text, True), prompt_text
+    eos = vocab[cfg["eos_token"]]
+    sides = {"chosen": " blue. ", "rejected": "green!"}
+    rows = [{"prompt": json.dumps(conv, separators=(",", ":")), **sides},
+            {"prompt": conv, **{k: [{"role": "assistant", "content": v}] for k, v in sides.items()}}]
+    pairs = harness("data-chat-pref", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "d.jsonl", rows))["pairs"]
+    assert pairs[0]["prompt"] == got["ids"][0]
+    for side, text in sides.items():
+        merged = conv[:-1] + [{"role": "assistant", "content": conv[-1]["content"].strip() + text}]
+        full = render(template, merged, cfg, False)
+        assert full.startswith(prompt_text)
+        want = ref.encode(full[len(prompt_text):full.rfind(eot) + len(eot)], True)
+        assert pairs[0][side] == want + ([eos] if want[-1] != eos else []), (side, full)
+    # the message-list form: TRL's render of prompt + chosen, the prompt with the generation prompt
+    gen = render(template, conv, cfg, True)
+    assert pairs[1]["prompt"] == ref.encode(gen, True)
+    for side, text in sides.items():
+        full = render(template, conv + [{"role": "assistant", "content": text}], cfg, False)
+        assert full.startswith(gen)
+        want = ref.encode(full[len(gen):full.rfind(eot) + len(eot)], True)
+        assert pairs[1][side] == want + ([eos] if want[-1] != eos else []), (side, full)
+
+
 def test_bad_conversational_prompt(tmp_path):
     p = write_jsonl(tmp_path / "p.jsonl", [{"messages": [{"role": "bot", "content": "x"}]}])
     r = subprocess.run([HARNESS, "data-chat-prompts", "byte", "auto", p], capture_output=True, text=True)
     assert r.returncode == 1 and "p.jsonl:1: messages[0].role is 'bot'" in r.stderr
+    # a system message ends no prompt (TRL: "Invalid role in the last message"); tool calls
+    # were dropped from the text; a plain-text prompt line that is a message list is checked
+    # like a JSONL one, and one with text after the list is text
+    for rows, msg in (([{"prompt": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}]}],
+                       "p.jsonl:1: prompt[1] is a system message: a prompt ends with a user message (answered after "
+                       "the generation prompt) or an assistant one (continued)"),
+                      ([{"messages": [{"role": "user", "content": "q"},
+                                      {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]}]}],
+                       "p.jsonl:1: messages[1].tool_calls: tool calls are not rendered by fdpo's chat templates")):
+        r = subprocess.run([HARNESS, "data-chat-prompts", "byte", "auto", write_jsonl(tmp_path / "p.jsonl", rows)],
+                           capture_output=True, text=True)
+        assert r.returncode == 1 and msg in r.stderr, r.stderr
+    (tmp_path / "t.txt").write_text('[{"role":"tool","content":"hi"}]\n[{"role":"user","content":"hi"}] and more\n')
+    r = subprocess.run([HARNESS, "data-chat-prompts", "byte", "auto", tmp_path / "t.txt"], capture_output=True, text=True)
+    assert r.returncode == 1 and "prompt 1: prompt[0].role is 'tool'; expected system, user or assistant" in r.stderr, r.stderr
+    (tmp_path / "t.txt").write_text('[{"role":"user","content":"hi"}] and more\n')
+    got = harness("data-chat-prompts", "byte", "auto", tmp_path / "t.txt")
+    assert got["ids"][0] == list('[{"role":"user","content":"hi"}] and more'.encode())
 
 
 def test_generate_renders_chat_prompts_and_skips_specials(tmp_path):

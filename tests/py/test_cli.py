@@ -250,6 +250,18 @@ def test_a_flag_under_its_name_and_its_old_spelling_is_refused(tmp_path, order):
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_pairs_skips_a_byte_order_mark_before_a_blank_line(tmp_path):
+    """A BOM then a blank line: "invalid JSON near column 1" (the readers that split lines
+    themselves skipped it; this one relied on cJSON skipping it before an object)."""
+    s = samples_file(tmp_path)
+    write(tmp_path / "bom.jsonl", "\ufeff\n" + open(s).read())
+    a = run("pairs", "--data", s, "--seed", "4", "--out", str(tmp_path / "a.jsonl"))
+    b = run("pairs", "--data", str(tmp_path / "bom.jsonl"), "--seed", "4", "--out", str(tmp_path / "b.jsonl"))
+    assert a.returncode == 0 and b.returncode == 0, b.stderr
+    rows = lambda f: [{k: v for k, v in json.loads(l).items() if k != "line"} for l in open(f)]
+    assert rows(tmp_path / "a.jsonl") == rows(tmp_path / "b.jsonl")
+
+
 def test_old_config_key_is_an_alias_too(tmp_path):
     s = samples_file(tmp_path)
     cfg = write(tmp_path / "run.ini", f"[pairs]\nsamples = {s}\nseed = 4\n")

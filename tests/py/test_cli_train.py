@@ -407,9 +407,9 @@ def test_bad_inputs(tmp_path, corpus):
         ('["prompt", "completion"]\n', "d.jsonl:1: expected a JSON object, got an array"),
         ('{"question": "a"}\n', "d.jsonl:1: field 'completion' missing"),
         ('{"messages": []}\n', "d.jsonl:1: field 'messages' must be a non-empty array"),
-        ('{"messages": [{"role": "bot", "content": "x"}]}\n', "d.jsonl:1: field 'messages[0].role' is 'bot'"),
+        ('{"messages": [{"role": "bot", "content": "x"}]}\n', "d.jsonl:1: messages[0].role is 'bot'; expected system, user or assistant"),
         ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}\n',
-         "d.jsonl:1: field 'messages[1].content' missing"),
+         "d.jsonl:1: messages[1].content: missing or not a string"),
         ('{"messages": [{"role": "user", "content": "x"}]}\n', "d.jsonl:1: field 'messages' has no assistant message"),
         ('\n\n', "d.jsonl: no examples (the file is empty or holds only blank lines)"),
         # every example dropped: the count and the flag that decides it (--seq-len 128 here)

@@ -92,7 +92,7 @@ BAD = [
     ('{"chosen": [{"role": "robot", "content": "x"}], "rejected": [{"role": "assistant", "content": "y"}]}', 1,
      "chosen[0].role is 'robot'"),
     ('{"chosen": [{"role": "user"}], "rejected": [{"role": "assistant", "content": "y"}]}', 1,
-     "missing field 'chosen[0].content'"),
+     "chosen[0].content: missing or not a string"),
     ('{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "user", "content": "x"}], '
      '"rejected": [{"role": "assistant", "content": "y"}]}', 1, "chosen[0] must be an assistant turn"),
     # conversational, no prompt, chosen == rejected: both completions empty (was memcmp(NULL, NULL, 0), UBSan)
@@ -113,7 +113,43 @@ BAD = [
      "no field 'prompt', but 'promt': a misspelling?"),
     ('{"Prompt": "Q", "chosen": " yes", "rejected": " no"}', 1, "no field 'prompt', but 'Prompt': a misspelling?"),
     ('{"PROPMT": "Q", "chosen": " yes", "rejected": " no"}', 1, "no field 'prompt', but 'PROPMT': a misspelling?"),
+    # a prompt string that is a message list (how samples carry one) is checked as the list
+    # form is: it rendered role 'tool', and a "\u0000" in it cut the content
+    (r'{"prompt": "[{\"role\":\"tool\",\"content\":\"hi\"}]", "chosen": "a", "rejected": "b"}', 1,
+     "prompt[0].role is 'tool'; expected system, user or assistant"),
+    (r'{"prompt": "[{\"role\":\"user\",\"content\":\"h\\u0000i\"}]", "chosen": "a", "rejected": "b"}', 1,
+     "prompt: field '[0].content' contains a NUL character"),
+    # TRL refuses a prompt that ends with a system message ("Invalid role in the last message")
+    ('{"prompt": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}], '
+     '"chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}', 1,
+     "prompt[1] is a system message"),
+    ('{"chosen": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "x"}], '
+     '"rejected": [{"role": "system", "content": "s"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "y"}]}', 1,
+     "no field 'prompt', and the messages chosen and rejected share end with a system message (chosen[0])"),
+    # implicit conversational prompts that differ from the first message said "chosen[0] must be an assistant turn"
+    ('{"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}], '
+     '"rejected": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "y"}]}', 1,
+     "no field 'prompt', and chosen and rejected start with different messages"),
+    # a tool call was dropped from the text: the turn trained as empty
+    ('{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "", '
+     '"tool_calls": [{"id": "c1", "type": "function"}]}], "rejected": [{"role": "assistant", "content": "b"}]}', 1,
+     "chosen[0].tool_calls: tool calls are not rendered by fdpo's chat templates"),
+    # raw control characters: Python's json (so datasets/TRL) refuses the line, cJSON took it
+    ('{"prompt": "a\tb", "chosen": "x", "rejected": "y"}', 1,
+     "invalid JSON: a raw control character (U+0009) inside a string at column 14"),
+    ('\x01{"prompt": "a", "chosen": "x", "rejected": "y"}', 1,
+     "invalid JSON: a raw control character (U+0001) between values at column 1"),
 ]
+
+
+def test_a_prompt_string_with_text_after_a_message_list_is_text(tmp_path):
+    """A prompt string that starts with a message list and goes on was read as that list, the
+    text after it dropped; it is plain text (only a string that is wholly a list is one)."""
+    rows = [{"prompt": '[{"role":"user","content":"hi"}] Translate the JSON above.', "chosen": " a", "rejected": " b"},
+            {"prompt": '[{"role":"user","content":"hi"}]  ', "chosen": " a", "rejected": " b"}]
+    out, _, _ = load(tmp_path, rows)
+    assert out["pairs"][0]["prompt"] == list(rows[0]["prompt"].encode())
+    assert out["pairs"][1]["prompt"] == list(b"<|user|>\nhi\n<|assistant|>\n")   # blanks after the list: still one
 
 
 @pytest.mark.parametrize("text,line,msg", BAD)

@@ -391,6 +391,28 @@ def test_a_held_out_set_of_one_is_not_evaluated(models, tmp_path):
     assert any("eval_loss" in json.loads(x) for x in (tmp_path / "k2" / "metrics.jsonl").read_text().splitlines())
 
 
+def test_unpaired_data_checks(models, tmp_path):
+    """A prompt string that is a message list (how samples carry one) is checked as the list
+    form is (role 'tool' was rendered); --max-length 1 is refused by its option check (it
+    failed inside the trainer: "batch: seq_offset, tokens and targets are required"); a BOM
+    before a blank line is skipped (it was "invalid JSON near column 1")."""
+    tmp = models
+    base = ["kto", "--model", tmp / "policy", "--steps", 1, "--batch-size", 2, "--eval-fraction", 0, "--quiet",
+            "--threads", 1]
+    rows = [dict(ROWS[0], prompt='[{"role":"tool","content":"hi"}]'), ROWS[1]]
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    r = fdpo(*base, "--data", tmp_path / "t.jsonl", "--out", tmp_path / "t", check=False)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo kto: {tmp_path / 't.jsonl'}:1: prompt[0].role is 'tool'; expected system, user or assistant\n"), r.stderr
+    r = fdpo(*base, "--data", tmp / "data.jsonl", "--max-length", 1, "--out", tmp_path / "m", check=False)
+    assert r.returncode == 1 and r.stderr.endswith(
+        "fdpo kto: --max-length 1 leaves no room for a prompt and a completion\n"), r.stderr
+    (tmp_path / "bom.jsonl").write_text("\ufeff\n" + open(tmp / "data.jsonl").read())
+    fdpo(*base, "--data", tmp_path / "bom.jsonl", "--out", tmp_path / "b")
+    fdpo(*base, "--data", tmp / "data.jsonl", "--out", tmp_path / "a")
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
 def test_the_progress_line_shows_the_margin_only_where_it_is_defined(models, tmp_path):
     """rewards/margins needs desirable and undesirable examples in the step: metrics.jsonl left
     it out of a one-sided step, but the progress line printed `margin -nan`"""
