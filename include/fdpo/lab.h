@@ -81,6 +81,12 @@ typedef struct {
     int iterations;          /* root-finder iterations (0 for closed forms) */
 } fdpo_lab_result;
 
+/* Can fdpo_lab_solve solve d? alpha:A needs A >= FDPO_LAB_ALPHA_MIN: below it the solver's
+ * distance to the pole, (A eps)^(-1/A) with A eps ~ 1, turns the rounding of eps into a
+ * relative error of ~1e-16/A in pi (measured: 1.5e-6 at A = 1e-10, pi = pi_ref at 1e-20);
+ * pi* is then within O(A) of rkl's, the A -> 0 limit. The error names the divergence. */
+#define FDPO_LAB_ALPHA_MIN 1e-6
+int fdpo_lab_divergence_check(const fdpo_divergence *d);
 /* pi* for divergence d and beta > 0. pi may be NULL (statistics only, O(1) memory). */
 int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *pi,
                    fdpo_lab_result *res);

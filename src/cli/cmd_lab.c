@@ -219,6 +219,8 @@ static int check_needs_two(const common_opts *o, const fdpo_lab_problem *p) {
 
 static int parse_divs(const char *spec, fdpo_divergence **out, size_t *count) {
     if (fdpo_divergence_parse_list(spec, out, count)) return fdpo_error_context("--divergence");
+    for (size_t i = 0; i < *count; i++)   /* before any output */
+        if (fdpo_lab_divergence_check(&(*out)[i])) { free(*out); *out = NULL; return -1; }
     return 0;
 }
 

@@ -93,6 +93,9 @@ int fdpo_lab_beta_grid_check(const fdpo_lab_beta_grid_opts *o) {
         return fdpo_error("--beta-min/--beta-max: need 0 < min <= max (got %g, %g)", o->beta_min, o->beta_max);
     /* each beta is a solve per divergence and a table row: a million is past any plot */
     if (o->n_betas < 1 || o->n_betas > 1000000) return fdpo_error("--n-betas: must be in [1, 1000000] (got %ld)", o->n_betas);
+    if (o->n_betas == 1 && o->beta_min != o->beta_max)   /* one point: --beta-max was dropped without a word */
+        return fdpo_error("--n-betas 1: one beta, but --beta-min %g and --beta-max %g differ (give them equal, or "
+                          "--n-betas 2 or more)", o->beta_min, o->beta_max);
     return 0;
 }
 
@@ -115,6 +118,8 @@ int fdpo_lab_threshold_range(const char *spec, double **thresholds, size_t *n) {
     char tail;
     if (sscanf(spec, "%lf:%lf:%ld%c", &lo, &hi, &k, &tail) != 3 || !isfinite(lo) || !isfinite(hi) || k < 1 || k > 1000000 || hi < lo)
         return fdpo_error("--frontier: '%s' is not LO:HI:K with LO <= HI and 1 <= K <= 1e6", spec);
+    if (k == 1 && lo != hi)   /* one point: HI was dropped without a word */
+        return fdpo_error("--frontier: '%s' is one threshold, but LO and HI differ (give LO:LO:1, or K >= 2)", spec);
     *thresholds = fdpo_malloc((size_t)k * sizeof(double));
     for (long i = 0; i < k; i++) (*thresholds)[i] = k == 1 ? lo : lo + (hi - lo) * (double)i / (double)(k - 1);
     *n = (size_t)k;

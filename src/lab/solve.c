@@ -217,11 +217,20 @@ static double log_gap(double a, double b) {
     return isinf(d) ? log(0.5 * a - 0.5 * b) + M_LN2 : log(d);
 }
 
+int fdpo_lab_divergence_check(const fdpo_divergence *d) {
+    if (d->kind == FDPO_DIV_ALPHA && !(d->alpha > 0 && d->alpha < 1))
+        return fdpo_error("--divergence alpha:%g: alpha must be in (0, 1)", d->alpha);
+    if (d->kind == FDPO_DIV_ALPHA && d->alpha < FDPO_LAB_ALPHA_MIN)
+        return fdpo_error("--divergence alpha:%g: the lab solves alpha:A for A >= %g (below, its solver loses "
+                          "accuracy as 1e-16/A); the optimum is then within O(A) of rkl's, the A -> 0 limit: give rkl",
+                          d->alpha, FDPO_LAB_ALPHA_MIN);
+    return 0;
+}
+
 int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *pi, fdpo_lab_result *res) {
     if (fdpo_beta_check(beta)) return -1;
     if (pp->n == 0) return fdpo_error("no responses (n = 0)");
-    if (d->kind == FDPO_DIV_ALPHA && !(d->alpha > 0 && d->alpha < 1))
-        return fdpo_error("--divergence alpha:%g: alpha must be in (0, 1)", d->alpha);
+    if (fdpo_lab_divergence_check(d)) return -1;
     const size_t n = pp->n;
     const double *q = pp->pi_ref, *r = pp->reward, *lq = pp->log_pi_ref;
     acc a = {0};

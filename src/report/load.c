@@ -669,25 +669,29 @@ void fdpo_rp_link_policies(rp_ctx *c) {
 /* ---------------------------------------------------------------- lab CSV ---- */
 
 /* One CSV record starting at *p (RFC 4180 quoting, CR LF or LF). Returns fields, advances
- * *p and *line past the record. */
-static char **csv_record(const char **p, const char *end, size_t *line, size_t *n_fields) {
+ * *p and *line past the record. A '"' opens a quoted field only at the field's start (inside
+ * an unquoted field it is a character, as RFC 4180 and Python's csv read it: ab"c took the
+ * rest of the file into one field); *open_quote: the end of the text came inside quotes. */
+static char **csv_record(const char **p, const char *end, size_t *line, size_t *n_fields, int *open_quote) {
     char **f = NULL; size_t n = 0;
     rp_buf cur = {0};
     const char *s = *p;
-    int quoted = 0, done = 0;
+    int quoted = 0, done = 0, at_start = 1;
+    *open_quote = 0;
     while (!done) {
-        if (s >= end) done = 1;
+        if (s >= end) { done = 1; *open_quote = quoted; }
         else if (quoted) {
             if (*s == '"' && s + 1 < end && s[1] == '"') { fdpo_rp_put(&cur, "\"", 1); s += 2; continue; }
             if (*s == '"') { quoted = 0; s++; continue; }
             if (*s == '\n') (*line)++;
             fdpo_rp_put(&cur, s, 1); s++;
             continue;
-        } else if (*s == '"') { quoted = 1; s++; continue; }
+        } else if (*s == '"' && at_start) { quoted = 1; at_start = 0; s++; continue; }
         else if (*s == ',' || *s == '\n' || (*s == '\r' && (s + 1 >= end || s[1] == '\n'))) {
             if (*s == '\r') s++;
             if (*s == '\n') { done = 1; (*line)++; }
-        } else { fdpo_rp_put(&cur, s, 1); s++; continue; }
+        } else { fdpo_rp_put(&cur, s, 1); s++; at_start = 0; continue; }
+        at_start = 1;
         f = fdpo_realloc(f, (n + 1) * sizeof *f);
         f[n++] = cur.p ? cur.p : fdpo_strdup("");
         cur.p = NULL; cur.n = cur.cap = 0;
@@ -772,7 +776,8 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
     }
     const char *p = text, *end = text + len;
     size_t line = 1, nh;
-    char **hdr = csv_record(&p, end, &line, &nh);
+    int open_quote;
+    char **hdr = csv_record(&p, end, &line, &nh, &open_quote);
     int has_div = 0;
     for (size_t i = 0; i < nh; i++) { char *t = trim(hdr[i]); memmove(hdr[i], t, strlen(t) + 1); has_div |= !strcmp(hdr[i], "divergence"); }
     if ((must_be_lab && !has_div) || nh == 0 || (nh == 1 && !hdr[0][0])) {
@@ -789,9 +794,12 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
     L->rows = cJSON_CreateArray();
     while (p < end) {
         size_t at = line, nf;
-        char **f = csv_record(&p, end, &line, &nf);
+        char **f = csv_record(&p, end, &line, &nf, &open_quote);
         int blank = nf == 1 && !trim(f[0])[0];
-        if (!blank && nf != nh) {
+        if (open_quote) {   /* every line after it would be this row's field: said, not kept */
+            fdpo_rp_warn(c, "%s:%zu: a quoted field opened on this line is not closed by the end of the file; "
+                         "lines %zu-%zu skipped", path, at, at, end[-1] == '\n' ? line - 1 : line);
+        } else if (!blank && nf != nh) {
             fdpo_rp_warn(c, "%s:%zu: %zu fields, header has %zu; row skipped", path, at, nf, nh);
         } else if (!blank) {
             cJSON *row = cJSON_CreateArray();

@@ -697,6 +697,14 @@ def test_renormalises_with_a_warning(tmp_path):
     (["gap", "--n", "5", "--prompts", "99999999999"], "--prompts 99999999999: the generated problems take 1.84e+04 GB, more than"),
     (["coverage", "--n", "5", "--prompts", "99999999999"], "--prompts 99999999999: the generated problems take"),
     (["frontier", "--n-betas", "999999999999"], "--n-betas: must be in [1, 1000000] (got 999999999999)"),
+    # a one-point grid dropped --beta-max (HI) without a word
+    (["frontier", "--n-betas", "1"], "--n-betas 1: one beta, but --beta-min 0.01 and --beta-max 10 differ (give "
+     "them equal, or --n-betas 2 or more)"),
+    (["constrained", "--frontier", "1:1.5:1"], "--frontier: '1:1.5:1' is one threshold, but LO and HI differ"),
+    # below it the pole form's rounding grows as 1e-16/A: pi = pi_ref at A = 1e-20; alpha:1e-300
+    # failed after the header was written
+    (["solve", "--divergence", "rkl,alpha:1e-10"], "--divergence alpha:1e-10: the lab solves alpha:A for A >= 1e-06"),
+    (["frontier", "--divergence", "alpha:1e-300"], "--divergence alpha:1e-300: the lab solves alpha:A for A >= 1e-06"),
 ])
 def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)

@@ -6,6 +6,7 @@ page appears. The browser test opens the page in headless Chromium from file:// 
 back <body data-charts-ready>, which the page's script sets after Chart.js drew every chart.
 """
 import html
+import csv
 import json
 import math
 import os
@@ -400,6 +401,27 @@ def test_bad_eval_and_lab_content_warn(tmp_path):
     _, _, charts = parse(out)
     fr = chart(charts, "Lab: exact reward\u2013KL frontier")
     assert sorted(s["label"] for s in fr["series"]) == ["forward KL", "reverse KL (DPO)"]
+
+
+def test_a_quote_inside_a_lab_csv_field_is_a_character(tmp_path):
+    """A '"' inside an unquoted field opened a quoted region that took the rest of the file
+    into one cell, with no warning: the fkl rows vanished from the charts. It is a character
+    there (RFC 4180, Python's csv); a quoted field left open at the end of the file is a
+    warning naming its line, its rows skipped."""
+    lab = tmp_path / "lab.csv"
+    lab.write_text('divergence,beta,expected_reward,kl,note\nrkl,0.1,1.5,0.3,ab"c\n'
+                   'fkl,0.1,2.5,0.4,"x, y"\nfkl,1,2.0,0.2,\n')
+    out = tmp_path / "r.html"
+    r = run("--lab", str(lab), "--out", str(out))
+    assert r.returncode == 0 and "0 warnings" in r.stderr, r.stderr
+    _, _, charts = parse(out)
+    fr = {s["label"]: s["points"] for s in chart(charts, "Lab: exact reward\u2013KL frontier")["series"]}
+    assert fr == {"reverse KL (DPO)": [[0.3, 1.5]], "forward KL": [[0.2, 2.0], [0.4, 2.5]]}, fr
+    assert list(csv.reader(open(lab)))[1][4] == 'ab"c'   # the reference reader agrees
+    lab.write_text('divergence,beta,expected_reward,kl\nrkl,0.1,1.5,0.3\nrkl,1,1.0,"0.2\nfkl,0.1,2.5,0.4\n')
+    r = run("--lab", str(lab), "--out", str(out))
+    assert r.returncode == 0 and (f"{lab}:3: a quoted field opened on this line is not closed by the end of the "
+                                  "file; lines 3-4 skipped") in r.stderr, r.stderr
 
 
 def test_repeated_flags_eval_formats_and_run_dir_discovery(tmp_path):
