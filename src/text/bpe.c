@@ -667,7 +667,9 @@ static int check_normalizer(struct fdpo_bpe *b, const char *p, const cJSON *nz, 
 
 /* pre_tokenizer: ByteLevel (GPT-2's regex unless use_regex = false), or a Sequence of at
  * most one Split (Isolated, the regex to use) and a ByteLevel with use_regex = false, as
- * Llama-3 and Qwen2 files have it. Sets b->pattern (NULL = GPT-2's). */
+ * Llama-3 and Qwen2 files have it, optionally after one Digits. Exactly one regex: a
+ * ByteLevel with use_regex = false needs a Split (at top level or in a Sequence). Sets
+ * b->pattern (NULL = GPT-2's). */
 static int byte_level(const char *p, const cJSON *e, const char *field, int *use_regex) {
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "add_prefix_space")))
         return fdpo_error("%s: %s.add_prefix_space = true is not supported", p, field);
@@ -713,7 +715,7 @@ static int check_pre_tokenizer(struct fdpo_bpe *b, const char *p, const cJSON *p
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(pre, "pretokenizers");
     if (!cJSON_IsArray(list)) return fdpo_error("%s: pre_tokenizer.pretokenizers is not an array", p);
     int n_byte = 0, byte_regex = 0;
-    size_t i = 0;
+    size_t i = 0, byte_at = 0;
     for (const cJSON *e = list->child; e; e = e->next, i++) {
         char field[64];
         snprintf(field, sizeof field, "pre_tokenizer.pretokenizers[%zu]", i);
@@ -729,6 +731,7 @@ static int check_pre_tokenizer(struct fdpo_bpe *b, const char *p, const cJSON *p
         } else if (!strcmp(s, "ByteLevel")) {
             if (n_byte++) return fdpo_error("%s: %s: a second ByteLevel is not supported", p, field);
             if (byte_level(p, e, field, &byte_regex)) return -1;
+            byte_at = i;
         } else if (!strcmp(s, "Metaspace")) {
             char why[96];
             snprintf(why, sizeof why, "%s.type is Metaspace", field);
@@ -740,6 +743,11 @@ static int check_pre_tokenizer(struct fdpo_bpe *b, const char *p, const cJSON *p
     if (!n_byte) return fdpo_error("%s: pre_tokenizer Sequence has no ByteLevel: not a byte-level BPE", p);
     if (byte_regex && b->pattern)
         return fdpo_error("%s: pre_tokenizer: Split followed by ByteLevel with use_regex = true (two regexes) is not supported", p);
+    /* No regex at all (Hugging Face then byte-pair encodes each whole stretch, or each stretch
+     * between digits): refused as at top level, not run with GPT-2's regex. */
+    if (!byte_regex && !b->pattern)
+        return fdpo_error("%s: pre_tokenizer.pretokenizers[%zu] ByteLevel with use_regex = false and no Split is not supported",
+                          p, byte_at);
     return 0;
 }
 

@@ -238,6 +238,15 @@ BAD = [
     ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "use_regex": False}]}, "pre_tokenizer regex: missing closing parenthesis"),
+    # no regex anywhere: Hugging Face would byte-pair encode each whole stretch (between
+    # digits after Digits); fdpo ran GPT-2's regex inside a Sequence
+    ("pre_tokenizer", {"type": "ByteLevel", "use_regex": False},
+     "pre_tokenizer ByteLevel with use_regex = false and no Split is not supported"),
+    ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [{"type": "ByteLevel", "use_regex": False}]},
+     "pre_tokenizer.pretokenizers[0] ByteLevel with use_regex = false and no Split is not supported"),
+    ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "use_regex": False}]},
+     "pre_tokenizer.pretokenizers[1] ByteLevel with use_regex = false and no Split is not supported"),
     ("pre_tokenizer", {"type": "Metaspace", "replacement": "\u2581"}, SP),
     ("pre_tokenizer", None, "pre_tokenizer is null"),
     ("normalizer", {"type": "Lowercase"}, "normalizer.type 'Lowercase' is not supported"),
