@@ -38,6 +38,11 @@
 static const char GPT2_PATTERN[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|[" WS "]+(?![^" WS "])|[" WS "]+";
 
+/* Qwen2's pre-tokenisation regex (transformers' Qwen2Tokenizer and the Split of Qwen2's
+ * tokenizer.json), written as in those files: \s is rewritten by pattern_rewrite. */
+static const char QWEN2_PATTERN[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
 /* ---- (a, b) -> rank, merged id: entries by rank, found through an index table ---- */
 typedef struct { uint64_t key; uint32_t rank; int32_t merged; } pair_entry;
 
@@ -580,6 +585,27 @@ static void keep_config(struct fdpo_bpe *b, const char *text, size_t len) {
     b->src_config_len = len;
 }
 
+/* tokenizer_config.json "tokenizer_class" beside vocab.json + merges.txt: which tokenizer
+ * transformers builds from the pair. GPT-2's (absent or null too: GPT-2 as before) reads as
+ * is; Qwen2's is the Qwen2 regex and NFC, as its converter writes them into a
+ * tokenizer.json (Qwen2TokenizerFast, what AutoTokenizer loads). Any other class may split
+ * or normalise otherwise, or add a prefix space: refused rather than encoded as GPT-2. */
+static int pair_tokenizer_class(struct fdpo_bpe *b, const cJSON *cfg, const char *cp) {
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(cfg, "tokenizer_class");
+    if (!c || cJSON_IsNull(c)) return 0;
+    if (!cJSON_IsString(c)) return fdpo_error("%s: tokenizer_class must be a string", cp);
+    const char *s = c->valuestring;
+    if (!strcmp(s, "GPT2Tokenizer") || !strcmp(s, "GPT2TokenizerFast")) return 0;
+    if (!strcmp(s, "Qwen2Tokenizer") || !strcmp(s, "Qwen2TokenizerFast")) {
+        b->pattern = fdpo_strdup(QWEN2_PATTERN);
+        b->nfc = 1;
+        return 0;
+    }
+    return fdpo_error("%s: tokenizer_class '%s' is not supported beside a vocabulary and merges file "
+                      "(GPT2Tokenizer, GPT2TokenizerFast, Qwen2Tokenizer and Qwen2TokenizerFast are; "
+                      "other tokenizers need their tokenizer.json)", cp, s);
+}
+
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vp, const char *vtext, size_t vlen,
                                                 const char *mp, const char *mtext, size_t mlen,
                                                 const char *cp, const char *ctext, size_t clen) {
@@ -587,6 +613,7 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vp, const char *vtex
     fdpo_tokenizer *t = NULL;
     cJSON *j = NULL, *cfg = NULL, *list = cJSON_CreateArray();
     if (ctext && !(cfg = parse_config(cp, ctext, clen))) goto done;
+    if (cfg && pair_tokenizer_class(b, cfg, cp)) goto done;
     if (!(j = parse_json(vp, vtext, vlen))) goto done;
     if (cfg && cJSON_IsObject(j) && added_from_decoder(j, list, cfg, cp)) goto done;
     if (load_vocab_object(b, j, vp)) goto done;

@@ -160,6 +160,66 @@ def test_vocab_json_with_added_tokens_decoder(toks, tmp_path):
     assert got == [ref.encode(t, True) for t in texts]
 
 
+def pair_dir(toks, d, tokenizer_class):
+    """The qwen2 vocabulary as vocab.json + merges.txt + tokenizer_config.json (Qwen2's
+    slow-tokenizer files) with the given tokenizer_class (None: the key absent)."""
+    tj = json.load(open(os.path.join(toks["qwen2"][0], "tokenizer.json")))
+    d.mkdir()
+    (d / "vocab.json").write_text(json.dumps(tj["model"]["vocab"]))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(tj["model"]["merges"]) + "\n")
+    cfg = json.load(open(os.path.join(toks["qwen2"][0], "tokenizer_config.json")))
+    if tokenizer_class is not None:
+        cfg["tokenizer_class"] = tokenizer_class
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return [tuple(m.split(" ")) for m in tj["model"]["merges"]]
+
+
+@pytest.mark.parametrize("cls", ["Qwen2Tokenizer", "Qwen2TokenizerFast"])
+def test_vocab_json_of_qwen2_tokenizer_class(toks, cls, tmp_path):
+    """tokenizer_class Qwen2Tokenizer beside vocab.json + merges.txt: transformers splits with
+    Qwen2's regex and normalises NFC (its converter writes both into the tokenizer.json it
+    builds); fdpo used GPT-2's regex and no NFC. Ids are the reference's with Qwen2's
+    pattern and NFC, and differ from GPT-2's on digits, contractions and decomposed text.
+    The saved directory keeps the class, so it reloads the same."""
+    _, _, vocab = toks["qwen2"]
+    d = tmp_path / "v"
+    merges = pair_dir(toks, d, cls)
+    ref = RefBPE(vocab, merges, QWEN2_PAT, QWEN2_ADDED, nfc=True)
+    gpt2 = RefBPE(vocab, merges, GPT2_PAT, QWEN2_ADDED)
+    texts = TEXTS + DECOMPOSED + random_texts(11, 30)
+    want = [ref.encode(t, True) for t in texts]
+    assert fdpo_ids(str(d), texts, str(tmp_path), "--allow-special") == want
+    assert sum(w != gpt2.encode(t, True) for t, w in zip(texts, want)) >= 8
+    dst = tmp_path / "saved"
+    r = subprocess.run([HARNESS, "tok-save", str(d), str(dst)], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(dst / "tokenizer_config.json"))["tokenizer_class"] == cls
+    assert fdpo_ids(str(dst), texts, str(tmp_path), "--allow-special") == want
+
+
+@pytest.mark.parametrize("cls", [None, "GPT2Tokenizer", "GPT2TokenizerFast"])
+def test_vocab_json_of_gpt2_tokenizer_class(toks, cls, tmp_path):
+    """GPT-2's classes (and no class) keep GPT-2's regex and no normalizer"""
+    _, _, vocab = toks["qwen2"]
+    merges = pair_dir(toks, tmp_path / "v", cls)
+    ref = RefBPE(vocab, merges, GPT2_PAT, QWEN2_ADDED)
+    texts = TEXTS + DECOMPOSED
+    assert fdpo_ids(str(tmp_path / "v"), texts, str(tmp_path), "--allow-special") == [ref.encode(t, True) for t in texts]
+
+
+@pytest.mark.parametrize("cls,msg", [
+    ("LlamaTokenizer", "tokenizer_config.json: tokenizer_class 'LlamaTokenizer' is not supported beside a vocabulary "
+                       "and merges file (GPT2Tokenizer, GPT2TokenizerFast, Qwen2Tokenizer and Qwen2TokenizerFast are; "
+                       "other tokenizers need their tokenizer.json)"),
+    ("CodeGenTokenizer", "tokenizer_class 'CodeGenTokenizer' is not supported"),
+    (5, "tokenizer_config.json: tokenizer_class must be a string"),
+])
+def test_vocab_json_of_another_tokenizer_class_is_refused(toks, cls, msg, tmp_path):
+    pair_dir(toks, tmp_path / "v", cls)
+    r = run("tokenize", "--tokenizer", str(tmp_path / "v"), input=b"x")
+    assert r.returncode == 1 and msg in r.stderr.decode(), r.stderr
+
+
 def harness_json(*args):
     r = subprocess.run([HARNESS, *args], capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
