@@ -68,7 +68,8 @@ struct fdpo_bpe {
     int32_t (*merges)[2]; size_t n_merges; /* in rank order, for saving */
     int32_t byte_id[256];
     char b2u[256][4]; uint8_t b2u_len[256]; /* each byte's symbol, UTF-8 */
-    int ignore_merges;       /* tokenizer.json "ignore_merges": whole words in vocab win */
+    int ignore_merges;       /* tokenizer.json "ignore_merges": whole words in model.vocab win */
+    unsigned char *in_model; /* with ignore_merges: [n_vocab] 1 = in model.vocab (not only an added token) */
     int nfc;                 /* normalizer NFC: text between added tokens is NFC-normalised */
     char *pattern;           /* pre-tokenisation regex as written in the file (NULL: GPT-2's) */
     int digits;              /* Digits pre-tokenizer first: 0 none, 1 individual_digits, 2 runs */
@@ -203,7 +204,7 @@ void fdpo_bpe_free(struct fdpo_bpe *b) {
     for (int i = 0; i < CACHE_SLOTS; i++) { cache_release(&b->cache[i]); pthread_mutex_destroy(&b->cache[i].lock); }
     if (b->re) pcre2_code_free(b->re);
     if (b->digits_re) pcre2_code_free(b->digits_re);
-    free(b->pattern); free(b->special); free(b->added); free(b->src_json); free(b->src_config);
+    free(b->pattern); free(b->in_model); free(b->special); free(b->added); free(b->src_json); free(b->src_config);
     free(b);
 }
 
@@ -832,6 +833,10 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *p, const char *
     if (added_from_array(v2, list, cJSON_GetObjectItemCaseSensitive(j, "added_tokens"), p)) goto done;
     if (cfg && added_from_decoder(v2, list, cfg, cp)) goto done;
     if (load_vocab_object(b, v2, where)) goto done;
+    if (b->ignore_merges) { /* ids checked by load_vocab_object: v2 holds them all */
+        b->in_model = fdpo_calloc(b->n_vocab, 1);
+        for (const cJSON *e = vocab->child; e; e = e->next) b->in_model[(size_t)e->valuedouble] = 1;
+    }
     if (cJSON_GetArraySize(list)) add_mark(b, list);
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
     if (!cJSON_IsArray(merges)) { fdpo_error("%s: model.merges is not an array", p); goto done; }
@@ -1082,7 +1087,9 @@ static void encode_word(const struct fdpo_bpe *b, word_cache *c, const unsigned 
             size_t k = 0;
             for (size_t i = 0; i < n; i++) { memcpy(stack + k, b->b2u[w[i]], b->b2u_len[w[i]]); k += b->b2u_len[w[i]]; }
             int32_t id = strmap_get(b, stack, k);
-            if (id >= 0) { idvec_push(o, id); return; }
+            /* Hugging Face looks in model.vocab only: an added token (special or not) is
+             * matched before the model or not at all, never by its text as one word */
+            if (id >= 0 && b->in_model[id]) { idvec_push(o, id); return; }
         }
     }
     uint64_t h = 0;

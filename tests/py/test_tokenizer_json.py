@@ -220,6 +220,38 @@ def test_vocab_json_of_another_tokenizer_class_is_refused(toks, cls, msg, tmp_pa
     assert r.returncode == 1 and msg in r.stderr.decode(), r.stderr
 
 
+@pytest.mark.parametrize("allow_special", [False, True])
+def test_ignore_merges_finds_only_model_vocab_words(toks, allow_special, tmp_path):
+    """With ignore_merges, a pre-token that is a whole model.vocab entry is that token (as in
+    Hugging Face's BPE model); an added token is not in model.vocab, so its text as one
+    pre-token ("<|>" under Llama-3's regex) is byte-pair encoded unless specials are
+    matched. fdpo found the added token by its text: a special id without --allow-special.
+    A special token that model.vocab itself holds ("Hello" here) is the model's word."""
+    tok_dir, _, vocab = toks["llama3"]
+    d = tmp_path / "im"
+    shutil.copytree(tok_dir, d)
+    tj = json.loads((d / "tokenizer.json").read_text())
+    tj["model"]["ignore_merges"] = True
+    added = list(LLAMA3_ADDED) + [("<|>", True), ("::", True), ("Hello", True)]
+    vocab = dict(vocab)
+    for c, _ in added[len(LLAMA3_ADDED):]:
+        vocab.setdefault(c, len(vocab))
+    tj["added_tokens"] += [{"id": vocab[c], "content": c, "special": s, "lstrip": False, "rstrip": False,
+                            "normalized": False, "single_word": False} for c, s in added[len(LLAMA3_ADDED):]]
+    (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    model_vocab = tj["model"]["vocab"]
+    assert "<|>" not in model_vocab and "::" not in model_vocab and model_vocab["Hello"] == vocab["Hello"]
+    merges = [tuple(m.split(" ")) for m in tj["model"]["merges"]]
+    ref = RefBPE(vocab, merges, LLAMA3_PAT, added, ignore_merges_vocab=model_vocab)
+    texts = ["<|>", "a <|> b", "x<|>y", "::", "a:: b", "Hello", " Hello <|>!", "<|eot_id|>", "hello world",
+             "The answer is 42"]
+    extra = ["--allow-special"] if allow_special else []
+    got = fdpo_ids(str(d), texts, str(tmp_path), *extra)
+    assert got == [ref.encode(t, allow_special) for t in texts]
+    if not allow_special:
+        assert vocab["<|>"] not in got[0] and vocab["::"] not in got[3] and got[5] == [vocab["Hello"]]
+
+
 def harness_json(*args):
     r = subprocess.run([HARNESS, *args], capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
