@@ -243,8 +243,28 @@ static void set_token(struct fdpo_bpe *b, int32_t id, const char *s, int raw) {
     b->bytes[id] = out; b->n_bytes[id] = (uint32_t)k;
 }
 
-/* vocab: a JSON object {token: id}. Builds str/bytes/map. where = file name for messages. */
-static int load_vocab_object(struct fdpo_bpe *b, const cJSON *vocab, const char *where) {
+/* The file and field that put an added token's content into the vocabulary object (its
+ * entry in `list`, see added_entry), or NULL when the vocabulary file has it itself. */
+static const char *added_where(const cJSON *list, const char *content) {
+    const cJSON *e;
+    cJSON_ArrayForEach(e, list) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "content"), *w = cJSON_GetObjectItemCaseSensitive(e, "where");
+        if (cJSON_IsString(w) && cJSON_IsString(c) && !strcmp(c->valuestring, content)) return w->valuestring;
+    }
+    return NULL;
+}
+
+typedef struct { double id; size_t at; const cJSON *e; } vocab_ent;
+static int vocab_ent_cmp(const void *x, const void *y) {
+    const vocab_ent *a = x, *b = y;
+    if (a->id != b->id) return a->id < b->id ? -1 : 1;
+    return (a->at > b->at) - (a->at < b->at);
+}
+
+/* vocab: a JSON object {token: id}, added tokens appended (list: their entries, or NULL).
+ * Builds str/bytes/map. where = file name (and field) for messages. A repeated id is
+ * reported before the range of ids, naming the added token that repeats it. */
+static int load_vocab_object(struct fdpo_bpe *b, const cJSON *vocab, const char *where, const cJSON *list) {
     if (!cJSON_IsObject(vocab)) return fdpo_error("%s: vocabulary is not a JSON object {token: id}", where);
     size_t n = 0; double max_id = -1;
     for (const cJSON *e = vocab->child; e; e = e->next) {
@@ -255,17 +275,30 @@ static int load_vocab_object(struct fdpo_bpe *b, const cJSON *vocab, const char 
         n++;
     }
     if (n == 0) return fdpo_error("%s: empty vocabulary", where);
+    /* ids by value (file order within one): the first repeat in file order is reported */
+    vocab_ent *ent = fdpo_malloc(n * sizeof *ent);
+    size_t k = 0;
+    for (const cJSON *e = vocab->child; e; e = e->next, k++) ent[k] = (vocab_ent){e->valuedouble, k, e};
+    qsort(ent, n, sizeof *ent, vocab_ent_cmp);
+    const vocab_ent *first = NULL, *again = NULL;
+    for (size_t i = 1, g = 0; i < n; i++) {
+        if (ent[i].id != ent[i - 1].id) { g = i; continue; }
+        if (!again || ent[i].at < again->at) { first = &ent[g]; again = &ent[i]; }
+    }
+    if (again) {
+        const char *w = list ? added_where(list, again->e->string) : NULL;
+        fdpo_error("%s: id %.0f used by both '%s' and '%s'", w ? w : where, again->id, first->e->string, again->e->string);
+        free(ent);
+        return -1;
+    }
+    free(ent);
     if ((size_t)max_id + 1 != n)
         return fdpo_error("%s: ids must be 0..%zu for %zu tokens, found id %.0f", where, n - 1, n, max_id);
     b->n_vocab = n;
     b->str = fdpo_calloc(n, sizeof *b->str);
     b->bytes = fdpo_calloc(n, sizeof *b->bytes);
     b->n_bytes = fdpo_calloc(n, sizeof *b->n_bytes);
-    for (const cJSON *e = vocab->child; e; e = e->next) {
-        int32_t id = (int32_t)e->valuedouble;
-        if (b->str[id]) return fdpo_error("%s: id %d used by both '%s' and '%s'", where, id, b->str[id], e->string);
-        set_token(b, id, e->string, 0);
-    }
+    for (const cJSON *e = vocab->child; e; e = e->next) set_token(b, (int32_t)e->valuedouble, e->string, 0);
     fdpo_itab_init(&b->map, n);
     for (size_t i = 0; i < n; i++) {
         int32_t dup = strmap_put(b, (int32_t)i);
@@ -387,6 +420,7 @@ static int added_entry(cJSON *vocab, cJSON *list, const cJSON *a, double id, con
     if (!have) cJSON_AddNumberToObject(vocab, c->valuestring, id);
     cJSON *e = cJSON_CreateObject();
     cJSON_AddStringToObject(e, "content", c->valuestring);
+    if (!have) cJSON_AddStringToObject(e, "where", where); /* it joined the vocabulary here */
     cJSON_AddBoolToObject(e, "special", cJSON_IsTrue(sp));
     cJSON_AddItemToArray(list, e);
     return 0;
@@ -617,7 +651,7 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vp, const char *vtex
     if (cfg && pair_tokenizer_class(b, cfg, cp)) goto done;
     if (!(j = parse_json(vp, vtext, vlen))) goto done;
     if (cfg && cJSON_IsObject(j) && added_from_decoder(j, list, cfg, cp)) goto done;
-    if (load_vocab_object(b, j, vp)) goto done;
+    if (load_vocab_object(b, j, vp, list)) goto done;
     cJSON_Delete(j); j = NULL;
     if (cJSON_GetArraySize(list)) add_mark(b, list);
     if (load_merges(b, mp, mtext, mlen)) goto done;
@@ -832,7 +866,7 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *p, const char *
     v2 = cJSON_Duplicate(vocab, 1);
     if (added_from_array(v2, list, cJSON_GetObjectItemCaseSensitive(j, "added_tokens"), p)) goto done;
     if (cfg && added_from_decoder(v2, list, cfg, cp)) goto done;
-    if (load_vocab_object(b, v2, where)) goto done;
+    if (load_vocab_object(b, v2, where, list)) goto done;
     if (b->ignore_merges) { /* ids checked by load_vocab_object: v2 holds them all */
         b->in_model = fdpo_calloc(b->n_vocab, 1);
         for (const cJSON *e = vocab->child; e; e = e->next) b->in_model[(size_t)e->valuedouble] = 1;

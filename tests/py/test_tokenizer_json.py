@@ -363,6 +363,47 @@ def test_bad_tokenizer_json(tmp_path, field, value, msg):
     assert r.returncode == 1 and msg in err and "tokenizer.json" in err, err
 
 
+@pytest.mark.parametrize("case", ["model-vocab", "added-vs-vocab", "added-vs-added", "vocab-json", "decoder-vs-vocab-json"])
+def test_a_repeated_id_is_named(tmp_path, case):
+    """Two tokens with one id: "id N used by both 'a' and 'b'", naming the added token's
+    entry when it is the repeat. The range check ran first and said "ids must be 0..V-1 for
+    V tokens, found id V-1" (or named model.vocab for an added token)."""
+    d = tmp_path / "t"
+    make(d, "gpt2", with_config=False)
+    tj = json.load(open(d / "tokenizer.json"))
+    vocab = tj["model"]["vocab"]
+    n = len(vocab)  # <|endoftext|> is added_tokens[0], id n
+    last = max(vocab, key=vocab.get)
+    assert tj["added_tokens"][0]["id"] == n and vocab["!"] == 0
+    if case == "model-vocab":
+        vocab["zz"] = vocab[last]
+        msg = f"tokenizer.json: model.vocab: id {n - 1} used by both '{last}' and 'zz'"
+    elif case == "added-vs-vocab":
+        tj["added_tokens"].append({"id": 0, "content": "<|a|>", "special": True})
+        msg = "tokenizer.json: added_tokens[1]: id 0 used by both '!' and '<|a|>'"
+    elif case == "added-vs-added":
+        tj["added_tokens"].append({"id": n, "content": "<|eot|>", "special": True})
+        msg = f"tokenizer.json: added_tokens[1]: id {n} used by both '<|endoftext|>' and '<|eot|>'"
+    if case.startswith("vocab-json") or case.startswith("decoder"):
+        os.remove(d / "tokenizer.json")
+        v = dict(vocab, **{"<|endoftext|>": n})
+        if case == "vocab-json":
+            v["zz"] = vocab[last]
+            msg = f"vocab.json: id {n - 1} used by both '{last}' and 'zz'"
+        else:
+            (d / "tokenizer_config.json").write_text(json.dumps(
+                {"added_tokens_decoder": {str(n): {"content": "<|im_end|>", "special": True}}}))
+            msg = (f"tokenizer_config.json: added_tokens_decoder[\"{n}\"]: id {n} used by both '<|endoftext|>' "
+                   "and '<|im_end|>'")
+        (d / "vocab.json").write_text(json.dumps(v, ensure_ascii=False))
+        (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(tj["model"]["merges"]) + "\n", encoding="utf-8")
+    else:
+        (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and f"{d}/{msg}" in err, err
+
+
 @pytest.mark.parametrize("edit,msg", [
     ({"type": "Unigram", "vocab": []}, "model.type is Unigram; only \"BPE\""),
     ({"byte_fallback": True}, SP),
