@@ -98,7 +98,8 @@ typedef struct {
 int fdpo_bpe_train_opts_check(const fdpo_bpe_train_opts *o);
 int fdpo_bpe_train(const char *const *texts, const size_t *lens, size_t n_texts, const fdpo_bpe_train_opts *o,
                    fdpo_bpe_trained *out);
-/* vocab.json + merges.txt (Hugging Face GPT2Tokenizer files), each written atomically. */
+/* vocab.json + merges.txt + tokenizer_config.json (Hugging Face GPT2Tokenizer files, the
+ * config naming the class and <|endoftext|> as bos/eos/unk), replaced together atomically. */
 int fdpo_bpe_trained_save(const fdpo_bpe_trained *t, const char *dir);
 void fdpo_bpe_trained_free(fdpo_bpe_trained *t);
 

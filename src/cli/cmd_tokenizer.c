@@ -17,7 +17,7 @@ static int tokenizer_train(int argc, char **argv) {
         {"vocab-size", FLAG_COUNT, &vocab_size, "8192", "tokens in the vocabulary: 256 bytes + merges + <|endoftext|>", 0},
         {"min-frequency", FLAG_COUNT, &min_frequency, "2", "stop merging when the best pair occurs fewer times", 0},
         {"data", FLAG_LIST, &data, NULL, "a UTF-8 text file to learn from (repeatable; positional FILEs work too)", 0},
-        {"out", FLAG_STR, &out, NULL, "directory for vocab.json + merges.txt (required)", 0},
+        {"out", FLAG_STR, &out, NULL, "directory for vocab.json + merges.txt + tokenizer_config.json (required)", 0},
         {"overwrite", FLAG_BOOL, &overwrite, "0", "replace tokenizer files already in --out", 0},
     };
     const char *usage = "fdpo tokenizer train --vocab-size N --out DIR FILE...";
@@ -47,7 +47,8 @@ static int tokenizer_train(int argc, char **argv) {
     locked = 1;
     if (!overwrite) {
         /* another tokenizer, or a checkpoint whose tokenizer this one would silently replace */
-        static const char *const HELD[] = {"vocab.json", "merges.txt", "tokenizer.json", "encoder.json", "fdpo_tokenizer.json", "config.json"};
+        static const char *const HELD[] = {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "encoder.json",
+                                           "fdpo_tokenizer.json", "config.json"};
         for (size_t i = 0; i < sizeof HELD / sizeof HELD[0]; i++) {
             char *v = fdpo_path_join(out, HELD[i]);
             int exists = fdpo_file_exists(v);
@@ -68,7 +69,7 @@ static int tokenizer_train(int argc, char **argv) {
             goto done;
         }
     }
-    static const char *const WRITTEN[] = {"vocab.json", "merges.txt"};
+    static const char *const WRITTEN[] = {"vocab.json", "merges.txt", "tokenizer_config.json"};
     for (size_t k = 0; k < sizeof WRITTEN / sizeof WRITTEN[0]; k++) {
         char *w = fdpo_path_join(out, WRITTEN[k]);
         struct stat sw, sf;

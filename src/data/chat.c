@@ -182,12 +182,41 @@ void fdpo_chat_text_put(fdpo_chat_text *t, const char *s, size_t n, int tmpl, in
 }
 static void put_str(fdpo_chat_text *t, const char *s, int tmpl, int train) { if (s) fdpo_chat_text_put(t, s, strlen(s), tmpl, train); }
 
-/* Jinja's trim: leading and trailing whitespace. */
+/* The length of the whitespace character that s[0..n) starts with (exactly n bytes of it
+ * when exact), 0 if it does not start with one. Whitespace is Python's str.isspace(), which
+ * Jinja's trim (str.strip) uses: \t \n \v \f \r, U+001C..U+001F, space, U+0085, U+00A0,
+ * U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000 (Unicode White_Space plus
+ * the four ASCII separators; not U+180E, U+200B or U+FEFF). */
+static size_t space_len(const unsigned char *s, size_t n) {
+    if (n == 0) return 0;
+    if (s[0] < 0x80) return (s[0] >= 0x09 && s[0] <= 0x0D) || (s[0] >= 0x1C && s[0] <= 0x20) ? 1 : 0;
+    uint32_t cp;
+    size_t k;
+    if ((s[0] & 0xE0) == 0xC0 && n >= 2 && (s[1] & 0xC0) == 0x80) {
+        cp = ((uint32_t)(s[0] & 0x1F) << 6) | (s[1] & 0x3F); k = 2;
+    } else if ((s[0] & 0xF0) == 0xE0 && n >= 3 && (s[1] & 0xC0) == 0x80 && (s[2] & 0xC0) == 0x80) {
+        cp = ((uint32_t)(s[0] & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F); k = 3;
+    } else {
+        return 0; /* four-byte sequences hold no whitespace; ill-formed bytes are not space */
+    }
+    int sp = cp == 0x85 || cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 ||
+             cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    if (cp < (k == 2 ? 0x80u : 0x800u)) return 0; /* an overlong form is not a character */
+    return sp ? k : 0;
+}
+
+/* Jinja's trim: leading and trailing whitespace, as Python's str.strip() (space_len). */
 static void trimmed(const char *s, const char **b, size_t *n) {
-    size_t l = strlen(s);
-    while (l && strchr(" \t\n\r\v\f", s[l - 1])) l--;
-    size_t i = 0;
-    while (i < l && strchr(" \t\n\r\v\f", s[i])) i++;
+    const unsigned char *u = (const unsigned char *)s;
+    size_t l = strlen(s), i = 0, k;
+    while ((k = space_len(u + i, l - i)) != 0) i += k;
+    for (;;) {
+        size_t back = 0;
+        for (size_t m = 1; m <= 3 && m <= l - i && !back; m++)
+            if (space_len(u + l - m, m) == m) back = m;
+        if (!back) break;
+        l -= back;
+    }
     *b = s + i; *n = l - i;
 }
 

@@ -38,6 +38,11 @@
 static const char GPT2_PATTERN[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|[" WS "]+(?![^" WS "])|[" WS "]+";
 
+/* Qwen2's pre-tokenisation regex (transformers' Qwen2Tokenizer and the Split of Qwen2's
+ * tokenizer.json), written as in those files: \s is rewritten by pattern_rewrite. */
+static const char QWEN2_PATTERN[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
 /* ---- (a, b) -> rank, merged id: entries by rank, found through an index table ---- */
 typedef struct { uint64_t key; uint32_t rank; int32_t merged; } pair_entry;
 
@@ -63,7 +68,8 @@ struct fdpo_bpe {
     int32_t (*merges)[2]; size_t n_merges; /* in rank order, for saving */
     int32_t byte_id[256];
     char b2u[256][4]; uint8_t b2u_len[256]; /* each byte's symbol, UTF-8 */
-    int ignore_merges;       /* tokenizer.json "ignore_merges": whole words in vocab win */
+    int ignore_merges;       /* tokenizer.json "ignore_merges": whole words in model.vocab win */
+    unsigned char *in_model; /* with ignore_merges: [n_vocab] 1 = in model.vocab (not only an added token) */
     int nfc;                 /* normalizer NFC: text between added tokens is NFC-normalised */
     char *pattern;           /* pre-tokenisation regex as written in the file (NULL: GPT-2's) */
     int digits;              /* Digits pre-tokenizer first: 0 none, 1 individual_digits, 2 runs */
@@ -198,7 +204,7 @@ void fdpo_bpe_free(struct fdpo_bpe *b) {
     for (int i = 0; i < CACHE_SLOTS; i++) { cache_release(&b->cache[i]); pthread_mutex_destroy(&b->cache[i].lock); }
     if (b->re) pcre2_code_free(b->re);
     if (b->digits_re) pcre2_code_free(b->digits_re);
-    free(b->pattern); free(b->special); free(b->added); free(b->src_json); free(b->src_config);
+    free(b->pattern); free(b->in_model); free(b->special); free(b->added); free(b->src_json); free(b->src_config);
     free(b);
 }
 
@@ -237,8 +243,28 @@ static void set_token(struct fdpo_bpe *b, int32_t id, const char *s, int raw) {
     b->bytes[id] = out; b->n_bytes[id] = (uint32_t)k;
 }
 
-/* vocab: a JSON object {token: id}. Builds str/bytes/map. where = file name for messages. */
-static int load_vocab_object(struct fdpo_bpe *b, const cJSON *vocab, const char *where) {
+/* The file and field that put an added token's content into the vocabulary object (its
+ * entry in `list`, see added_entry), or NULL when the vocabulary file has it itself. */
+static const char *added_where(const cJSON *list, const char *content) {
+    const cJSON *e;
+    cJSON_ArrayForEach(e, list) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "content"), *w = cJSON_GetObjectItemCaseSensitive(e, "where");
+        if (cJSON_IsString(w) && cJSON_IsString(c) && !strcmp(c->valuestring, content)) return w->valuestring;
+    }
+    return NULL;
+}
+
+typedef struct { double id; size_t at; const cJSON *e; } vocab_ent;
+static int vocab_ent_cmp(const void *x, const void *y) {
+    const vocab_ent *a = x, *b = y;
+    if (a->id != b->id) return a->id < b->id ? -1 : 1;
+    return (a->at > b->at) - (a->at < b->at);
+}
+
+/* vocab: a JSON object {token: id}, added tokens appended (list: their entries, or NULL).
+ * Builds str/bytes/map. where = file name (and field) for messages. A repeated id is
+ * reported before the range of ids, naming the added token that repeats it. */
+static int load_vocab_object(struct fdpo_bpe *b, const cJSON *vocab, const char *where, const cJSON *list) {
     if (!cJSON_IsObject(vocab)) return fdpo_error("%s: vocabulary is not a JSON object {token: id}", where);
     size_t n = 0; double max_id = -1;
     for (const cJSON *e = vocab->child; e; e = e->next) {
@@ -249,17 +275,30 @@ static int load_vocab_object(struct fdpo_bpe *b, const cJSON *vocab, const char 
         n++;
     }
     if (n == 0) return fdpo_error("%s: empty vocabulary", where);
+    /* ids by value (file order within one): the first repeat in file order is reported */
+    vocab_ent *ent = fdpo_malloc(n * sizeof *ent);
+    size_t k = 0;
+    for (const cJSON *e = vocab->child; e; e = e->next, k++) ent[k] = (vocab_ent){e->valuedouble, k, e};
+    qsort(ent, n, sizeof *ent, vocab_ent_cmp);
+    const vocab_ent *first = NULL, *again = NULL;
+    for (size_t i = 1, g = 0; i < n; i++) {
+        if (ent[i].id != ent[i - 1].id) { g = i; continue; }
+        if (!again || ent[i].at < again->at) { first = &ent[g]; again = &ent[i]; }
+    }
+    if (again) {
+        const char *w = list ? added_where(list, again->e->string) : NULL;
+        fdpo_error("%s: id %.0f used by both '%s' and '%s'", w ? w : where, again->id, first->e->string, again->e->string);
+        free(ent);
+        return -1;
+    }
+    free(ent);
     if ((size_t)max_id + 1 != n)
         return fdpo_error("%s: ids must be 0..%zu for %zu tokens, found id %.0f", where, n - 1, n, max_id);
     b->n_vocab = n;
     b->str = fdpo_calloc(n, sizeof *b->str);
     b->bytes = fdpo_calloc(n, sizeof *b->bytes);
     b->n_bytes = fdpo_calloc(n, sizeof *b->n_bytes);
-    for (const cJSON *e = vocab->child; e; e = e->next) {
-        int32_t id = (int32_t)e->valuedouble;
-        if (b->str[id]) return fdpo_error("%s: id %d used by both '%s' and '%s'", where, id, b->str[id], e->string);
-        set_token(b, id, e->string, 0);
-    }
+    for (const cJSON *e = vocab->child; e; e = e->next) set_token(b, (int32_t)e->valuedouble, e->string, 0);
     fdpo_itab_init(&b->map, n);
     for (size_t i = 0; i < n; i++) {
         int32_t dup = strmap_put(b, (int32_t)i);
@@ -381,6 +420,7 @@ static int added_entry(cJSON *vocab, cJSON *list, const cJSON *a, double id, con
     if (!have) cJSON_AddNumberToObject(vocab, c->valuestring, id);
     cJSON *e = cJSON_CreateObject();
     cJSON_AddStringToObject(e, "content", c->valuestring);
+    if (!have) cJSON_AddStringToObject(e, "where", where); /* it joined the vocabulary here */
     cJSON_AddBoolToObject(e, "special", cJSON_IsTrue(sp));
     cJSON_AddItemToArray(list, e);
     return 0;
@@ -580,6 +620,27 @@ static void keep_config(struct fdpo_bpe *b, const char *text, size_t len) {
     b->src_config_len = len;
 }
 
+/* tokenizer_config.json "tokenizer_class" beside vocab.json + merges.txt: which tokenizer
+ * transformers builds from the pair. GPT-2's (absent or null too: GPT-2 as before) reads as
+ * is; Qwen2's is the Qwen2 regex and NFC, as its converter writes them into a
+ * tokenizer.json (Qwen2TokenizerFast, what AutoTokenizer loads). Any other class may split
+ * or normalise otherwise, or add a prefix space: refused rather than encoded as GPT-2. */
+static int pair_tokenizer_class(struct fdpo_bpe *b, const cJSON *cfg, const char *cp) {
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(cfg, "tokenizer_class");
+    if (!c || cJSON_IsNull(c)) return 0;
+    if (!cJSON_IsString(c)) return fdpo_error("%s: tokenizer_class must be a string", cp);
+    const char *s = c->valuestring;
+    if (!strcmp(s, "GPT2Tokenizer") || !strcmp(s, "GPT2TokenizerFast")) return 0;
+    if (!strcmp(s, "Qwen2Tokenizer") || !strcmp(s, "Qwen2TokenizerFast")) {
+        b->pattern = fdpo_strdup(QWEN2_PATTERN);
+        b->nfc = 1;
+        return 0;
+    }
+    return fdpo_error("%s: tokenizer_class '%s' is not supported beside a vocabulary and merges file "
+                      "(GPT2Tokenizer, GPT2TokenizerFast, Qwen2Tokenizer and Qwen2TokenizerFast are; "
+                      "other tokenizers need their tokenizer.json)", cp, s);
+}
+
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vp, const char *vtext, size_t vlen,
                                                 const char *mp, const char *mtext, size_t mlen,
                                                 const char *cp, const char *ctext, size_t clen) {
@@ -587,9 +648,10 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vp, const char *vtex
     fdpo_tokenizer *t = NULL;
     cJSON *j = NULL, *cfg = NULL, *list = cJSON_CreateArray();
     if (ctext && !(cfg = parse_config(cp, ctext, clen))) goto done;
+    if (cfg && pair_tokenizer_class(b, cfg, cp)) goto done;
     if (!(j = parse_json(vp, vtext, vlen))) goto done;
     if (cfg && cJSON_IsObject(j) && added_from_decoder(j, list, cfg, cp)) goto done;
-    if (load_vocab_object(b, j, vp)) goto done;
+    if (load_vocab_object(b, j, vp, list)) goto done;
     cJSON_Delete(j); j = NULL;
     if (cJSON_GetArraySize(list)) add_mark(b, list);
     if (load_merges(b, mp, mtext, mlen)) goto done;
@@ -667,7 +729,9 @@ static int check_normalizer(struct fdpo_bpe *b, const char *p, const cJSON *nz, 
 
 /* pre_tokenizer: ByteLevel (GPT-2's regex unless use_regex = false), or a Sequence of at
  * most one Split (Isolated, the regex to use) and a ByteLevel with use_regex = false, as
- * Llama-3 and Qwen2 files have it. Sets b->pattern (NULL = GPT-2's). */
+ * Llama-3 and Qwen2 files have it, optionally after one Digits. Exactly one regex: a
+ * ByteLevel with use_regex = false needs a Split (at top level or in a Sequence). Sets
+ * b->pattern (NULL = GPT-2's). */
 static int byte_level(const char *p, const cJSON *e, const char *field, int *use_regex) {
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "add_prefix_space")))
         return fdpo_error("%s: %s.add_prefix_space = true is not supported", p, field);
@@ -713,7 +777,7 @@ static int check_pre_tokenizer(struct fdpo_bpe *b, const char *p, const cJSON *p
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(pre, "pretokenizers");
     if (!cJSON_IsArray(list)) return fdpo_error("%s: pre_tokenizer.pretokenizers is not an array", p);
     int n_byte = 0, byte_regex = 0;
-    size_t i = 0;
+    size_t i = 0, byte_at = 0;
     for (const cJSON *e = list->child; e; e = e->next, i++) {
         char field[64];
         snprintf(field, sizeof field, "pre_tokenizer.pretokenizers[%zu]", i);
@@ -729,6 +793,7 @@ static int check_pre_tokenizer(struct fdpo_bpe *b, const char *p, const cJSON *p
         } else if (!strcmp(s, "ByteLevel")) {
             if (n_byte++) return fdpo_error("%s: %s: a second ByteLevel is not supported", p, field);
             if (byte_level(p, e, field, &byte_regex)) return -1;
+            byte_at = i;
         } else if (!strcmp(s, "Metaspace")) {
             char why[96];
             snprintf(why, sizeof why, "%s.type is Metaspace", field);
@@ -740,6 +805,11 @@ static int check_pre_tokenizer(struct fdpo_bpe *b, const char *p, const cJSON *p
     if (!n_byte) return fdpo_error("%s: pre_tokenizer Sequence has no ByteLevel: not a byte-level BPE", p);
     if (byte_regex && b->pattern)
         return fdpo_error("%s: pre_tokenizer: Split followed by ByteLevel with use_regex = true (two regexes) is not supported", p);
+    /* No regex at all (Hugging Face then byte-pair encodes each whole stretch, or each stretch
+     * between digits): refused as at top level, not run with GPT-2's regex. */
+    if (!byte_regex && !b->pattern)
+        return fdpo_error("%s: pre_tokenizer.pretokenizers[%zu] ByteLevel with use_regex = false and no Split is not supported",
+                          p, byte_at);
     return 0;
 }
 
@@ -796,7 +866,11 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *p, const char *
     v2 = cJSON_Duplicate(vocab, 1);
     if (added_from_array(v2, list, cJSON_GetObjectItemCaseSensitive(j, "added_tokens"), p)) goto done;
     if (cfg && added_from_decoder(v2, list, cfg, cp)) goto done;
-    if (load_vocab_object(b, v2, where)) goto done;
+    if (load_vocab_object(b, v2, where, list)) goto done;
+    if (b->ignore_merges) { /* ids checked by load_vocab_object: v2 holds them all */
+        b->in_model = fdpo_calloc(b->n_vocab, 1);
+        for (const cJSON *e = vocab->child; e; e = e->next) b->in_model[(size_t)e->valuedouble] = 1;
+    }
     if (cJSON_GetArraySize(list)) add_mark(b, list);
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
     if (!cJSON_IsArray(merges)) { fdpo_error("%s: model.merges is not an array", p); goto done; }
@@ -1047,7 +1121,9 @@ static void encode_word(const struct fdpo_bpe *b, word_cache *c, const unsigned 
             size_t k = 0;
             for (size_t i = 0; i < n; i++) { memcpy(stack + k, b->b2u[w[i]], b->b2u_len[w[i]]); k += b->b2u_len[w[i]]; }
             int32_t id = strmap_get(b, stack, k);
-            if (id >= 0) { idvec_push(o, id); return; }
+            /* Hugging Face looks in model.vocab only: an added token (special or not) is
+             * matched before the model or not at all, never by its text as one word */
+            if (id >= 0 && b->in_model[id]) { idvec_push(o, id); return; }
         }
     }
     uint64_t h = 0;

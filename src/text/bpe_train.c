@@ -332,6 +332,37 @@ static char *token_symbols(const fdpo_bpe_trained *t, size_t id) {
     return s;
 }
 
+/* tokenizer_config.json for transformers' AutoTokenizer (which needs a tokenizer_class when
+ * there is no config.json): GPT-2's tokenizer, its special tokens all the trained
+ * <|endoftext|>, no prefix space, no bos added, decoding without the clean-up of spaces
+ * (byte for byte, as fdpo decodes). No model_max_length: no model is known here. fdpo reads
+ * it back as the pair alone, but for bos (the end token; -1 without it), as transformers
+ * does. */
+static char *trained_config(const fdpo_bpe_trained *t) {
+    cJSON *c = cJSON_CreateObject(), *dec = cJSON_CreateObject(), *eot = cJSON_CreateObject();
+    cJSON_AddStringToObject(c, "tokenizer_class", "GPT2Tokenizer");
+    cJSON_AddStringToObject(c, "bos_token", EOT_TEXT);
+    cJSON_AddStringToObject(c, "eos_token", EOT_TEXT);
+    cJSON_AddStringToObject(c, "unk_token", EOT_TEXT);
+    cJSON_AddBoolToObject(c, "add_prefix_space", 0);
+    cJSON_AddBoolToObject(c, "add_bos_token", 0);
+    cJSON_AddBoolToObject(c, "clean_up_tokenization_spaces", 0);
+    cJSON_AddStringToObject(c, "errors", "replace");
+    cJSON_AddStringToObject(eot, "content", EOT_TEXT);
+    cJSON_AddBoolToObject(eot, "lstrip", 0);
+    cJSON_AddBoolToObject(eot, "normalized", 0);
+    cJSON_AddBoolToObject(eot, "rstrip", 0);
+    cJSON_AddBoolToObject(eot, "single_word", 0);
+    cJSON_AddBoolToObject(eot, "special", 1);
+    char id[32];
+    snprintf(id, sizeof id, "%zu", t->n_tokens - 1);
+    cJSON_AddItemToObject(dec, id, eot);
+    cJSON_AddItemToObject(c, "added_tokens_decoder", dec);
+    char *js = cJSON_Print(c);
+    cJSON_Delete(c);
+    return js;
+}
+
 int fdpo_bpe_trained_save(const fdpo_bpe_trained *t, const char *dir) {
     if (fdpo_mkdir_p(dir)) return -1;
     char **sym = fdpo_malloc(t->n_tokens * sizeof *sym);
@@ -347,19 +378,22 @@ int fdpo_bpe_trained_save(const fdpo_bpe_trained *t, const char *dir) {
     q += snprintf(q, cap, "#version: 0.2\n");
     for (size_t i = 0; i < t->n_merges; i++)
         q += snprintf(q, cap - (size_t)(q - mt), "%s %s\n", sym[t->merges[i][0]], sym[t->merges[i][1]]);
+    char *cfg = trained_config(t);
     char *vp = fdpo_path_join(dir, "vocab.json"), *mp = fdpo_path_join(dir, "merges.txt");
-    /* the two files are one tokenizer: both written out before either replaces an old one (a
+    char *cp = fdpo_path_join(dir, "tokenizer_config.json");
+    /* the three files are one tokenizer: all written out before any replaces an old one (a
      * full disk at merges.txt left a new vocab.json beside the old merges, which loads as neither) */
-    fdpo_atomic_file va = {0}, ma = {0}, *both[2] = {&va, &ma};
-    if (!js) fdpo_error("%s: cannot serialise vocab.json", dir);
-    else if (!fdpo_atomic_open(&va, vp) && !fdpo_atomic_open(&ma, mp)) {
-        size_t nv = strlen(js), nm = (size_t)(q - mt);
+    fdpo_atomic_file va = {0}, ma = {0}, ca = {0}, *all[3] = {&va, &ma, &ca};
+    if (!js || !cfg) fdpo_error("%s: cannot serialise %s", dir, js ? "tokenizer_config.json" : "vocab.json");
+    else if (!fdpo_atomic_open(&va, vp) && !fdpo_atomic_open(&ma, mp) && !fdpo_atomic_open(&ca, cp)) {
+        size_t nv = strlen(js), nm = (size_t)(q - mt), nc = strlen(cfg);
         if (fwrite(js, 1, nv, va.f) != nv) fdpo_error("%s: write failed: %s", vp, strerror(errno));
         else if (fwrite(mt, 1, nm, ma.f) != nm) fdpo_error("%s: write failed: %s", mp, strerror(errno));
-        else rc = fdpo_atomic_commit_all(both, 2);
+        else if (fwrite(cfg, 1, nc, ca.f) != nc || fputc('\n', ca.f) == EOF) fdpo_error("%s: write failed: %s", cp, strerror(errno));
+        else rc = fdpo_atomic_commit_all(all, 3);
     }
-    if (rc) { fdpo_atomic_abort(&va); fdpo_atomic_abort(&ma); }
-    free(vp); free(mp); free(mt); free(js);
+    if (rc) { fdpo_atomic_abort(&va); fdpo_atomic_abort(&ma); fdpo_atomic_abort(&ca); }
+    free(vp); free(mp); free(cp); free(mt); free(js); cJSON_free(cfg);
     for (size_t i = 0; i < t->n_tokens; i++) free(sym[i]);
     free(sym);
     return rc;

@@ -203,6 +203,43 @@ def test_sft_messages_match_the_jinja_render(case, tmp_path):
             assert sum(w) > 0
 
 
+# Jinja's trim is Python's str.strip(): every str.isspace() character, Unicode White_Space
+# and U+001C..U+001F, at both ends; U+200B, U+FEFF and U+180E are not whitespace and stay.
+UNICODE_SPACE_CONVS = [
+    [{"role": "system", "content": "\u3000Be brief.\u2003"}, {"role": "user", "content": "hi\u00a0"},
+     {"role": "assistant", "content": "\x1c\u2028Red.\u0085\x1f"}],
+    [{"role": "user", "content": "\u200bkeep\ufeff\u180e"},
+     {"role": "assistant", "content": "\u202f\u205f\u1680\x1d\x1e It is 4.\u2009\u200a\u2029\u3000"}],
+    [{"role": "user", "content": "\u00a0\u2000\u2001\u2002\u2004\u2005\u2006\u2007\u2008 \u00e9t\u00e9 \u2028\u2029"},
+     {"role": "assistant", "content": "\t\n\x0b\x0c\r \u3000"}],
+]
+
+
+@pytest.mark.parametrize("case", ["llama3", "llama31"])
+def test_llama3_trim_strips_unicode_whitespace(case, tmp_path):
+    """`| trim` stripped only ASCII whitespace: U+00A0, U+3000, U+2028, U+001C... stayed in the
+    content (and the tokens) where Jinja's str.strip() removes them."""
+    need_jinja()
+    template, _, _, cfg, _, _ = CASES[case]
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in UNICODE_SPACE_CONVS])
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "auto", data)["sequences"]
+    assert len(got) == len(UNICODE_SPACE_CONVS)
+    for conv, seq in zip(UNICODE_SPACE_CONVS, got):
+        ids, w, text = expected_sft(case, ref, vocab, conv)
+        assert seq["tokens"] == ids, repr(text)
+        assert seq["weights"] == w, repr(text)
+    prompts = [c[:-1] for c in UNICODE_SPACE_CONVS]
+    got = harness("data-chat-prompts", str(tmp_path / "tok"), "auto",
+                  write_jsonl(tmp_path / "p.jsonl", [{"messages": c} for c in prompts]))
+    for conv, ids in zip(prompts, got["ids"]):
+        text = render(template, conv, cfg, True)
+        assert ids == ref.encode(text, True), repr(text)
+    # the reference keeps what is not str.isspace() and strips what is
+    text = render(template, UNICODE_SPACE_CONVS[1], cfg, False)
+    assert "\n\n\u200bkeep\ufeff\u180e<|eot_id|>" in text and "\n\nIt is 4.<|eot_id|>" in text, repr(text)
+
+
 WEIGHTED = [
     [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red.", "weight": 0},
      {"role": "user", "content": "Another one, please"}, {"role": "assistant", "content": "Blue, or green!", "weight": 1}],

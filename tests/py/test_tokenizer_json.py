@@ -160,6 +160,98 @@ def test_vocab_json_with_added_tokens_decoder(toks, tmp_path):
     assert got == [ref.encode(t, True) for t in texts]
 
 
+def pair_dir(toks, d, tokenizer_class):
+    """The qwen2 vocabulary as vocab.json + merges.txt + tokenizer_config.json (Qwen2's
+    slow-tokenizer files) with the given tokenizer_class (None: the key absent)."""
+    tj = json.load(open(os.path.join(toks["qwen2"][0], "tokenizer.json")))
+    d.mkdir()
+    (d / "vocab.json").write_text(json.dumps(tj["model"]["vocab"]))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(tj["model"]["merges"]) + "\n")
+    cfg = json.load(open(os.path.join(toks["qwen2"][0], "tokenizer_config.json")))
+    if tokenizer_class is not None:
+        cfg["tokenizer_class"] = tokenizer_class
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return [tuple(m.split(" ")) for m in tj["model"]["merges"]]
+
+
+@pytest.mark.parametrize("cls", ["Qwen2Tokenizer", "Qwen2TokenizerFast"])
+def test_vocab_json_of_qwen2_tokenizer_class(toks, cls, tmp_path):
+    """tokenizer_class Qwen2Tokenizer beside vocab.json + merges.txt: transformers splits with
+    Qwen2's regex and normalises NFC (its converter writes both into the tokenizer.json it
+    builds); fdpo used GPT-2's regex and no NFC. Ids are the reference's with Qwen2's
+    pattern and NFC, and differ from GPT-2's on digits, contractions and decomposed text.
+    The saved directory keeps the class, so it reloads the same."""
+    _, _, vocab = toks["qwen2"]
+    d = tmp_path / "v"
+    merges = pair_dir(toks, d, cls)
+    ref = RefBPE(vocab, merges, QWEN2_PAT, QWEN2_ADDED, nfc=True)
+    gpt2 = RefBPE(vocab, merges, GPT2_PAT, QWEN2_ADDED)
+    texts = TEXTS + DECOMPOSED + random_texts(11, 30)
+    want = [ref.encode(t, True) for t in texts]
+    assert fdpo_ids(str(d), texts, str(tmp_path), "--allow-special") == want
+    assert sum(w != gpt2.encode(t, True) for t, w in zip(texts, want)) >= 8
+    dst = tmp_path / "saved"
+    r = subprocess.run([HARNESS, "tok-save", str(d), str(dst)], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(dst / "tokenizer_config.json"))["tokenizer_class"] == cls
+    assert fdpo_ids(str(dst), texts, str(tmp_path), "--allow-special") == want
+
+
+@pytest.mark.parametrize("cls", [None, "GPT2Tokenizer", "GPT2TokenizerFast"])
+def test_vocab_json_of_gpt2_tokenizer_class(toks, cls, tmp_path):
+    """GPT-2's classes (and no class) keep GPT-2's regex and no normalizer"""
+    _, _, vocab = toks["qwen2"]
+    merges = pair_dir(toks, tmp_path / "v", cls)
+    ref = RefBPE(vocab, merges, GPT2_PAT, QWEN2_ADDED)
+    texts = TEXTS + DECOMPOSED
+    assert fdpo_ids(str(tmp_path / "v"), texts, str(tmp_path), "--allow-special") == [ref.encode(t, True) for t in texts]
+
+
+@pytest.mark.parametrize("cls,msg", [
+    ("LlamaTokenizer", "tokenizer_config.json: tokenizer_class 'LlamaTokenizer' is not supported beside a vocabulary "
+                       "and merges file (GPT2Tokenizer, GPT2TokenizerFast, Qwen2Tokenizer and Qwen2TokenizerFast are; "
+                       "other tokenizers need their tokenizer.json)"),
+    ("CodeGenTokenizer", "tokenizer_class 'CodeGenTokenizer' is not supported"),
+    (5, "tokenizer_config.json: tokenizer_class must be a string"),
+])
+def test_vocab_json_of_another_tokenizer_class_is_refused(toks, cls, msg, tmp_path):
+    pair_dir(toks, tmp_path / "v", cls)
+    r = run("tokenize", "--tokenizer", str(tmp_path / "v"), input=b"x")
+    assert r.returncode == 1 and msg in r.stderr.decode(), r.stderr
+
+
+@pytest.mark.parametrize("allow_special", [False, True])
+def test_ignore_merges_finds_only_model_vocab_words(toks, allow_special, tmp_path):
+    """With ignore_merges, a pre-token that is a whole model.vocab entry is that token (as in
+    Hugging Face's BPE model); an added token is not in model.vocab, so its text as one
+    pre-token ("<|>" under Llama-3's regex) is byte-pair encoded unless specials are
+    matched. fdpo found the added token by its text: a special id without --allow-special.
+    A special token that model.vocab itself holds ("Hello" here) is the model's word."""
+    tok_dir, _, vocab = toks["llama3"]
+    d = tmp_path / "im"
+    shutil.copytree(tok_dir, d)
+    tj = json.loads((d / "tokenizer.json").read_text())
+    tj["model"]["ignore_merges"] = True
+    added = list(LLAMA3_ADDED) + [("<|>", True), ("::", True), ("Hello", True)]
+    vocab = dict(vocab)
+    for c, _ in added[len(LLAMA3_ADDED):]:
+        vocab.setdefault(c, len(vocab))
+    tj["added_tokens"] += [{"id": vocab[c], "content": c, "special": s, "lstrip": False, "rstrip": False,
+                            "normalized": False, "single_word": False} for c, s in added[len(LLAMA3_ADDED):]]
+    (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    model_vocab = tj["model"]["vocab"]
+    assert "<|>" not in model_vocab and "::" not in model_vocab and model_vocab["Hello"] == vocab["Hello"]
+    merges = [tuple(m.split(" ")) for m in tj["model"]["merges"]]
+    ref = RefBPE(vocab, merges, LLAMA3_PAT, added, ignore_merges_vocab=model_vocab)
+    texts = ["<|>", "a <|> b", "x<|>y", "::", "a:: b", "Hello", " Hello <|>!", "<|eot_id|>", "hello world",
+             "The answer is 42"]
+    extra = ["--allow-special"] if allow_special else []
+    got = fdpo_ids(str(d), texts, str(tmp_path), *extra)
+    assert got == [ref.encode(t, allow_special) for t in texts]
+    if not allow_special:
+        assert vocab["<|>"] not in got[0] and vocab["::"] not in got[3] and got[5] == [vocab["Hello"]]
+
+
 def harness_json(*args):
     r = subprocess.run([HARNESS, *args], capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
@@ -238,6 +330,15 @@ BAD = [
     ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "use_regex": False}]}, "pre_tokenizer regex: missing closing parenthesis"),
+    # no regex anywhere: Hugging Face would byte-pair encode each whole stretch (between
+    # digits after Digits); fdpo ran GPT-2's regex inside a Sequence
+    ("pre_tokenizer", {"type": "ByteLevel", "use_regex": False},
+     "pre_tokenizer ByteLevel with use_regex = false and no Split is not supported"),
+    ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [{"type": "ByteLevel", "use_regex": False}]},
+     "pre_tokenizer.pretokenizers[0] ByteLevel with use_regex = false and no Split is not supported"),
+    ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "use_regex": False}]},
+     "pre_tokenizer.pretokenizers[1] ByteLevel with use_regex = false and no Split is not supported"),
     ("pre_tokenizer", {"type": "Metaspace", "replacement": "\u2581"}, SP),
     ("pre_tokenizer", None, "pre_tokenizer is null"),
     ("normalizer", {"type": "Lowercase"}, "normalizer.type 'Lowercase' is not supported"),
@@ -260,6 +361,47 @@ def test_bad_tokenizer_json(tmp_path, field, value, msg):
     r = run("tokenize", "--tokenizer", str(d), input=b"x")
     err = r.stderr.decode()
     assert r.returncode == 1 and msg in err and "tokenizer.json" in err, err
+
+
+@pytest.mark.parametrize("case", ["model-vocab", "added-vs-vocab", "added-vs-added", "vocab-json", "decoder-vs-vocab-json"])
+def test_a_repeated_id_is_named(tmp_path, case):
+    """Two tokens with one id: "id N used by both 'a' and 'b'", naming the added token's
+    entry when it is the repeat. The range check ran first and said "ids must be 0..V-1 for
+    V tokens, found id V-1" (or named model.vocab for an added token)."""
+    d = tmp_path / "t"
+    make(d, "gpt2", with_config=False)
+    tj = json.load(open(d / "tokenizer.json"))
+    vocab = tj["model"]["vocab"]
+    n = len(vocab)  # <|endoftext|> is added_tokens[0], id n
+    last = max(vocab, key=vocab.get)
+    assert tj["added_tokens"][0]["id"] == n and vocab["!"] == 0
+    if case == "model-vocab":
+        vocab["zz"] = vocab[last]
+        msg = f"tokenizer.json: model.vocab: id {n - 1} used by both '{last}' and 'zz'"
+    elif case == "added-vs-vocab":
+        tj["added_tokens"].append({"id": 0, "content": "<|a|>", "special": True})
+        msg = "tokenizer.json: added_tokens[1]: id 0 used by both '!' and '<|a|>'"
+    elif case == "added-vs-added":
+        tj["added_tokens"].append({"id": n, "content": "<|eot|>", "special": True})
+        msg = f"tokenizer.json: added_tokens[1]: id {n} used by both '<|endoftext|>' and '<|eot|>'"
+    if case.startswith("vocab-json") or case.startswith("decoder"):
+        os.remove(d / "tokenizer.json")
+        v = dict(vocab, **{"<|endoftext|>": n})
+        if case == "vocab-json":
+            v["zz"] = vocab[last]
+            msg = f"vocab.json: id {n - 1} used by both '{last}' and 'zz'"
+        else:
+            (d / "tokenizer_config.json").write_text(json.dumps(
+                {"added_tokens_decoder": {str(n): {"content": "<|im_end|>", "special": True}}}))
+            msg = (f"tokenizer_config.json: added_tokens_decoder[\"{n}\"]: id {n} used by both '<|endoftext|>' "
+                   "and '<|im_end|>'")
+        (d / "vocab.json").write_text(json.dumps(v, ensure_ascii=False))
+        (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(tj["model"]["merges"]) + "\n", encoding="utf-8")
+    else:
+        (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and f"{d}/{msg}" in err, err
 
 
 @pytest.mark.parametrize("edit,msg", [

@@ -13,6 +13,8 @@ import regex
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "../..")
 FDPO = os.environ.get("FDPO_BIN", os.path.join(ROOT, "build/fdpo"))
+HARNESS = os.environ.get("FDPO_HARNESS", os.path.join(ROOT, "build/fdpo-harness"))
+WRITTEN = ["vocab.json", "merges.txt", "tokenizer_config.json"]
 BROWN_JS = os.path.join(ROOT, "tests/js/brown_plain.js")
 # GPT-2's pattern (DESIGN §7), \s as Unicode White_Space as in Hugging Face
 PAT = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
@@ -174,7 +176,7 @@ def test_brown_round_trip_and_determinism(tmp_path, brown_dir):
         r = run(FDPO, "tokenizer", "train", "--vocab-size", 4096, "--out", out, src)
         assert r.returncode == 0, r.stderr.decode()
         outs.append(out)
-    for f in ["vocab.json", "merges.txt"]:
+    for f in WRITTEN:
         assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
     enc = run(FDPO, "tokenize", "--tokenizer", outs[0], src)
     assert enc.returncode == 0, enc.stderr.decode()
@@ -196,11 +198,12 @@ def test_repeated_data_flags_train_on_every_file(tmp_path):
     r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--min-frequency", 1, "--out", tmp_path / "flags",
             "--data", tmp_path / "a.txt", "--data", tmp_path / "b.txt")
     assert r.returncode == 0, r.stderr.decode()
-    for f in ["vocab.json", "merges.txt"]:
+    for f in WRITTEN:
         assert (tmp_path / "pos" / f).read_bytes() == (tmp_path / "flags" / f).read_bytes(), f
 
 
-@pytest.mark.parametrize("case", ["small-vocab", "no-out", "no-files", "missing", "exists", "empty", "no-text"])
+@pytest.mark.parametrize("case", ["small-vocab", "no-out", "no-files", "missing", "exists", "exists-config", "empty",
+                                  "no-text"])
 def test_bad_input(tmp_path, case):
     src = tmp_path / "a.txt"
     src.write_text("hello hello")
@@ -217,6 +220,10 @@ def test_bad_input(tmp_path, case):
         (tmp_path / "o").mkdir()
         (tmp_path / "o" / "vocab.json").write_text("{}")
         expect = "already holds vocab.json"
+    elif case == "exists-config":   # a tokenizer_config.json (a chat template) was replaced silently
+        (tmp_path / "o").mkdir()
+        (tmp_path / "o" / "tokenizer_config.json").write_text('{"chat_template": "x"}')
+        expect = "already holds tokenizer_config.json (use --overwrite to replace it)"
     elif case == "empty":   # both wrote the 257 byte and end tokens as a trained tokenizer, exit 0
         src.write_bytes(b"")
         expect = "a.txt: empty file (nothing to train on)"
@@ -227,6 +234,8 @@ def test_bad_input(tmp_path, case):
     assert r.returncode != 0
     assert expect in r.stderr.decode(), r.stderr.decode()
     assert not (tmp_path / "o" / "merges.txt").exists()
+    if case != "exists-config":
+        assert not (tmp_path / "o" / "tokenizer_config.json").exists()
 
 
 def test_an_out_in_use_is_refused(tmp_path):
@@ -283,3 +292,42 @@ def test_ill_formed_utf8_is_said_not_silently_left_out(tmp_path):
     src.write_text("caf\u00e9 na\u00efve " * 50)
     r = run(FDPO, "tokenizer", "train", "--vocab-size", 262, "--out", tmp_path / "o2", src)
     assert r.returncode == 0 and "ill-formed" not in r.stderr.decode()
+
+
+def harness_json(*args):
+    r = run(HARNESS, *args)
+    assert r.returncode == 0, r.stderr.decode()
+    return json.loads(r.stdout)
+
+
+def test_tokenizer_config_for_transformers(tmp_path):
+    """Only vocab.json + merges.txt were written: transformers' AutoTokenizer cannot load a
+    directory without a config.json or a tokenizer_config.json naming the class. The config
+    is GPT2Tokenizer's as transformers saves it, every special token the trained
+    <|endoftext|> (the last id), no prefix space, no bos added, and decoding byte for byte
+    (no clean-up of spaces). fdpo loads the directory as the pair alone: the same ids,
+    vocabulary, eos and special tokens; bos is the end token, as transformers has it
+    (GPT2Tokenizer's default), where the pair alone has none."""
+    text = "the cat sat on the mat\n" * 20 + UNICODE
+    d = train(tmp_path, text, 300, 1)
+    assert sorted(p.name for p in d.iterdir()) == sorted(WRITTEN)
+    vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
+    eot = len(vocab) - 1
+    assert vocab[EOT] == eot
+    cfg = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert cfg == {
+        "tokenizer_class": "GPT2Tokenizer", "bos_token": EOT, "eos_token": EOT, "unk_token": EOT,
+        "add_prefix_space": False, "add_bos_token": False, "clean_up_tokenization_spaces": False, "errors": "replace",
+        "added_tokens_decoder": {str(eot): {"content": EOT, "lstrip": False, "normalized": False, "rstrip": False,
+                                            "single_word": False, "special": True}}}
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for f in ["vocab.json", "merges.txt"]:
+        (pair / f).write_bytes((d / f).read_bytes())
+    got, alone = harness_json("tok-info", str(d)), harness_json("tok-info", str(pair))
+    assert got == dict(alone, bos=eot) and alone["bos"] == -1 and got["eos"] == eot and got["special"] == [eot]
+    held = (UNICODE + EOT + " the mat " + EOT).encode("utf-8")
+    ids = [run(FDPO, "tokenize", "--tokenizer", x, *a, input=held) for x in (d, pair) for a in ([], ["--allow-special"])]
+    assert all(r.returncode == 0 for r in ids)
+    assert ids[0].stdout == ids[2].stdout and ids[1].stdout == ids[3].stdout
+    assert [int(x) for x in ids[1].stdout.split()].count(eot) == 2

@@ -87,16 +87,21 @@ def train_merges(corpus, pattern, n_merges, digits=False):
 
 
 class RefBPE:
-    def __init__(self, vocab, merges, pattern, added, digits=False, nfc=False):
+    def __init__(self, vocab, merges, pattern, added, digits=False, nfc=False, ignore_merges_vocab=None):
         """added: [(content, special)] (ids from vocab); digits: a Digits(individual_digits)
         pre-tokenizer before the regex; nfc: the NFC normalizer (Python's unicodedata) on
-        each stretch of text between added tokens, as Hugging Face's tokenizers apply it."""
+        each stretch of text between added tokens, as Hugging Face's tokenizers apply it;
+        ignore_merges_vocab: the model's "ignore_merges" with its model.vocab (without the
+        added tokens): a pre-token that is a model.vocab entry is that one token."""
         self.vocab, self.pattern, self.digits, self.nfc = vocab, pattern, digits, nfc
+        self.model_vocab = ignore_merges_vocab
         self.rank = {m: i for i, m in enumerate(merges)}
         self.added = sorted(added, key=lambda a: -len(a[0].encode("utf-8")))
 
     def bpe(self, piece):
         w = [B2U[b] for b in piece.encode("utf-8")]
+        if self.model_vocab is not None and "".join(w) in self.model_vocab:
+            return [self.model_vocab["".join(w)]]
         while len(w) > 1:
             pairs = [(self.rank.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(w, w[1:]))]
             r, _ = min(pairs)
