@@ -205,19 +205,24 @@ static size_t space_len(const unsigned char *s, size_t n) {
     return sp ? k : 0;
 }
 
+/* s[0..l) without its trailing whitespace (space_len), as Python's str.rstrip(): the length. */
+static size_t rstripped(const char *s, size_t l) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (;;) {
+        size_t back = 0;
+        for (size_t m = 1; m <= 3 && m <= l && !back; m++)
+            if (space_len(u + l - m, m) == m) back = m;
+        if (!back) return l;
+        l -= back;
+    }
+}
+
 /* Jinja's trim: leading and trailing whitespace, as Python's str.strip() (space_len). */
 static void trimmed(const char *s, const char **b, size_t *n) {
     const unsigned char *u = (const unsigned char *)s;
     size_t l = strlen(s), i = 0, k;
     while ((k = space_len(u + i, l - i)) != 0) i += k;
-    for (;;) {
-        size_t back = 0;
-        for (size_t m = 1; m <= 3 && m <= l - i && !back; m++)
-            if (space_len(u + l - m, m) == m) back = m;
-        if (!back) break;
-        l -= back;
-    }
-    *b = s + i; *n = l - i;
+    *b = s + i; *n = rstripped(s + i, l - i);
 }
 
 static void header(const fdpo_chat *c, const char *role, fdpo_chat_text *o) {
@@ -228,23 +233,6 @@ static void header(const fdpo_chat *c, const char *role, fdpo_chat_text *o) {
         put_str(o, "<|start_header_id|>", 1, 0); put_str(o, role, 1, 0); put_str(o, "<|end_header_id|>\n\n", 1, 0);
         break;
     }
-}
-
-/* The length in bytes of the code point that ends s[0..len) when Python's str.isspace()
- * holds for it (what str.strip(), and so transformers' continue_final_message, cuts), else 0. */
-static size_t is_blank_end(const char *s, size_t len) {
-    static const unsigned SPACES[] = {0x85, 0xA0, 0x1680, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000};
-    size_t k = 1;
-    while (k < len && k < 4 && ((unsigned char)s[len - k] & 0xC0) == 0x80) k++;
-    const unsigned char *p = (const unsigned char *)s + len - k;
-    unsigned cp = p[0];
-    if (k == 2 && (p[0] & 0xE0) == 0xC0) cp = (p[0] & 0x1Fu) << 6 | (p[1] & 0x3Fu);
-    else if (k == 3 && (p[0] & 0xF0) == 0xE0) cp = (p[0] & 0x0Fu) << 12 | (p[1] & 0x3Fu) << 6 | (p[2] & 0x3Fu);
-    else if (k != 1 || cp >= 0x80) return 0;
-    if (cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x1F) || (cp >= 0x2000 && cp <= 0x200A)) return k;
-    for (size_t i = 0; i < sizeof SPACES / sizeof SPACES[0]; i++)
-        if (cp == SPACES[i]) return k;
-    return 0;
 }
 
 /* Content, end-of-turn marker (trained for the assistant), then the text between turns
@@ -291,8 +279,7 @@ void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsi
             const char *s = m[i].content;
             size_t len = strlen(s);
             if (c->kind == FDPO_CHAT_LLAMA3) trimmed(s, &s, &len);
-            while (len && is_blank_end(s, len)) len -= is_blank_end(s, len);
-            fdpo_chat_text_put(o, s, len, 0, 0);
+            fdpo_chat_text_put(o, s, rstripped(s, len), 0, 0);
             return;
         }
         body(c, m[i].role, m[i].content, m[i].untrained, i + 1 == n && (flags & FDPO_CHAT_END_AT_EOT),
