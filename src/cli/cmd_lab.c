@@ -220,7 +220,7 @@ static int check_needs_two(const common_opts *o, const fdpo_lab_problem *p) {
 static int parse_divs(const char *spec, fdpo_divergence **out, size_t *count) {
     if (fdpo_divergence_parse_list(spec, out, count)) return fdpo_error_context("--divergence");
     for (size_t i = 0; i < *count; i++)   /* before any output */
-        if (fdpo_lab_divergence_check(&(*out)[i])) { free(*out); *out = NULL; return -1; }
+        if (fdpo_lab_divergence_check(&(*out)[i])) { free(*out); *out = NULL; return fdpo_error_context("--divergence"); }
     return 0;
 }
 
@@ -525,6 +525,7 @@ static int lab_coverage(int argc, char **argv) {
     if (beyond_ram("prompts", prompts, (double)prompts * (24.0 * (double)o.n + sizeof(fdpo_lab_problem)), "the generated problems take")) return -1;
     fdpo_divergence ddiv;
     if (fdpo_divergence_parse(datadiv, &ddiv)) return fdpo_error_context("--data-divergence");
+    if (fdpo_lab_divergence_check(&ddiv)) return fdpo_error_context("--data-divergence");
     co.data_div = ddiv;
     fdpo_divergence *divs = NULL;
     double *ns = NULL;

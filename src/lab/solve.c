@@ -217,11 +217,20 @@ static double log_gap(double a, double b) {
     return isinf(d) ? log(0.5 * a - 0.5 * b) + M_LN2 : log(d);
 }
 
+/* u log u - u + 1 from u and lu = log u: KL(pi || pi_ref) = sum_i q_i of it when sum q u = 1
+ * (the -u + 1 adds nothing then). Unlike sum p log u, whose terms are ~lu and cancel to a
+ * sum ~lu^2, each term here is ~lu^2/2 itself, so a large beta (u ~ 1) keeps KL's error
+ * relative to lu; near u = 1 in expm1 form. u = 0 gives its limit, 1. */
+static double kl_term(double u, double lu) {
+    if (u == 0) return 1;
+    return fabs(lu) < 1 ? u * lu - expm1(lu) : u * lu - (u - 1);
+}
+
 int fdpo_lab_divergence_check(const fdpo_divergence *d) {
     if (d->kind == FDPO_DIV_ALPHA && !(d->alpha > 0 && d->alpha < 1))
         return fdpo_error("--divergence alpha:%g: alpha must be in (0, 1)", d->alpha);
     if (d->kind == FDPO_DIV_ALPHA && d->alpha < FDPO_LAB_ALPHA_MIN)
-        return fdpo_error("--divergence alpha:%g: the lab solves alpha:A for A >= %g (below, its solver loses "
+        return fdpo_error("alpha:%g: the lab solves alpha:A for A >= %g (below, its solver loses "
                           "accuracy as 1e-16/A); the optimum is then within O(A) of rkl's, the A -> 0 limit: give rkl",
                           d->alpha, FDPO_LAB_ALPHA_MIN);
     return 0;
@@ -247,9 +256,10 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
         double logz = m + log(z);
         res->lambda = rmax + beta * logz - beta; /* beta (log sum pi_ref e^(r/beta) - 1) */
         for (size_t i = 0; i < n; i++) {
-            double lp = lq[i] + (r[i] - rmax) / beta - logz, p = exp(lp);
+            const double lu = (r[i] - rmax) / beta - logz, lp = lq[i] + lu, p = exp(lp);   /* lu = log(pi/pi_ref) */
             if (pi) pi[i] = p;
-            if (p > 0) { a.er += p * r[i]; a.h -= p * lp; a.kl += p * (lp - lq[i]); a.support++; }
+            if (p > 0) { a.er += p * r[i]; a.h -= p * lp; a.support++; }
+            a.kl += q[i] * kl_term(p > 0 ? exp(lu) : 0, lu);
         }
         a.df = a.kl;
         break;
@@ -276,12 +286,21 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
              * f needs (fkl: log e, alpha: w^(1-1/A)... in logs), is log(r_max - r) - log beta */
             const int far = isinf(e);
             if (d->kind == FDPO_DIV_FKL) {
-                u = 1 / e; lu = far ? -(log_gap(pp->r_max, r[i]) - log(beta)) : -log(e); f = -lu;
+                /* -log u standardised as -log u + u - 1 (f'(1) = -1: the -lu terms cancel to ~lu^2
+                 * in the sum, as kl_term says), in expm1 form near u = 1 */
+                u = 1 / e; lu = far ? -(log_gap(pp->r_max, r[i]) - log(beta)) : -log(e);
+                f = fabs(lu) < 1 ? expm1(lu) - lu : (u - 1) - lu;
             } else if (d->kind == FDPO_DIV_JS) {
                 double em = em1(e);
                 /* u underflows to 0 past e ~ 709 (e + log u was inf - inf): f(0) = log 2 */
                 if (isinf(em)) { u = 0; lu = -e; f = M_LN2; }
-                else { u = 1 / em; lu = -log(em); f = u * lu - (u + 1) * (e + lu - M_LN2); }
+                else {
+                    u = 1 / em; lu = -log(em);
+                    /* near u = 1 (a large beta) both terms are ~lu and f ~ lu^2/4: log((u+1)/2) from
+                     * lu (log1p, expm1) keeps f's error relative to lu, where e + lu - log 2 left an
+                     * absolute 1e-16 (D_f came out -3e-17) */
+                    f = u * lu - (u + 1) * (fabs(lu) < 1 ? log1p(0.5 * expm1(lu)) : e + lu - M_LN2);
+                }
             } else {
                 double w = A * e;
                 if (far) { /* u = (A e)^(-1/A), u^(1-A) = u w, both from log w (0 * inf was NaN) */
@@ -289,12 +308,17 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
                     lu = -lw / A; u = exp(lu);
                     f = (exp((1 - A) * lu) - (1 - A) * u - A) / (A * (A - 1));
                 } else {
-                    lu = -log(w) / A; u = k ? ipow(1 / w, k) : exp(lu); f = (u * w - (1 - A) * u - A) / (A * (A - 1));
+                    lu = -log(w) / A; u = k ? ipow(1 / w, k) : exp(lu);
+                    /* near u = 1 the numerator's terms cancel to ~lu^2: in expm1 form it is exactly 0
+                     * at u = 1 (u w - (1 - A) u - A left 3e-16, times beta in the objective) */
+                    f = fabs(lu) < 1 ? (expm1((1 - A) * lu) - (1 - A) * expm1(lu)) / (A * (A - 1))
+                                     : (u * w - (1 - A) * u - A) / (A * (A - 1));
                 }
             }
             double p = q[i] * u;
             if (pi) pi[i] = p;
-            if (p > 0) { a.er += p * r[i]; a.h -= p * (lq[i] + lu); a.kl += p * lu; a.support++; }
+            if (p > 0) { a.er += p * r[i]; a.h -= p * (lq[i] + lu); a.support++; }
+            a.kl += q[i] * kl_term(u, lu);
             a.df += q[i] * f;
         }
         break;

@@ -241,7 +241,9 @@ START_TEST(beta_grid_and_thresholds) {
     ck_assert_uint_eq(n, 5);
     for (size_t i = 0; i < 5; i++) ck_assert_double_eq_tol(b[i], 0.1 * pow(10, (double)i), 1e-12 * b[i]); /* log-spaced */
     free(b);
-    g.n_betas = 1; /* beta_min itself */
+    g.n_betas = 1; /* one point between two ends: --beta-max was dropped without a word */
+    ck_error_names(fdpo_lab_beta_grid(&g, &b, &n), "--n-betas 1: one beta, but --beta-min 0.1 and --beta-max 1000 differ");
+    g.beta_max = 0.1; /* one point, given */
     ck_assert_int_eq(fdpo_lab_beta_grid(&g, &b, &n), 0);
     ck_assert_uint_eq(n, 1);
     ck_assert_double_eq(b[0], 0.1);
@@ -268,6 +270,7 @@ START_TEST(beta_grid_and_thresholds) {
     ck_error_names(fdpo_lab_threshold_range("1:0:3", &b, &n), "--frontier: '1:0:3' is not LO:HI:K");
     ck_error_names(fdpo_lab_threshold_range("0:1:0", &b, &n), "--frontier: '0:1:0'");
     ck_error_names(fdpo_lab_threshold_range("0:1:3x", &b, &n), "--frontier: '0:1:3x'");
+    ck_error_names(fdpo_lab_threshold_range("1:1.5:1", &b, &n), "--frontier: '1:1.5:1' is one threshold, but LO and HI differ");
 }
 END_TEST
 

@@ -323,6 +323,27 @@ def test_tiny_beta_is_the_optimum(tmp_path, div, scale, rel_beta):
         np.testing.assert_allclose(pi[top], q[top] / q[top].sum(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("div", ["js", "alpha:0.1", "alpha:0.5", "fkl", "rkl"])
+@pytest.mark.parametrize("beta", [1e4, 1e8, 1e12])
+def test_large_beta_f_divergence_is_the_optimums(tmp_path, div, beta):
+    """A large beta puts pi* within O(1/beta) of pi_ref and D_f ~ Var(r)/(2 f''(1) beta^2): js's
+    f, as u log u - (u+1)(e + log u - log 2), left an absolute 1e-16 that made D_f -3e-17 at
+    beta = 1e8; alpha's u w - (1-A) u - A left 3e-16 at u = 1 (the objective, E[r] - beta D_f,
+    went to -3e4 at 1e20); rkl's and fkl's (f'(1) != 0) carried the normalisation's rounding to
+    first order (-1e-16 against 7.6e-18). Against the 60-digit mpmath optimum: D_f within 1e-6
+    relative up to beta = 1e8, E[r] to 1e-12, and the objective within 1e-15 * beta (D_f's own
+    rounding times beta). At 1e12, u - 1 ~ 1e-12 is known to ~2e-16 absolute (the rounding of
+    the distance to the pole, or of log Z, near 0.69), so D_f ~ (u - 1)^2 to ~1e-3 relative:
+    the floor of doubles, tested at 1e-2."""
+    q, r = np.array([0.5, 0.3, 0.2]), np.array([1.0, 0.5, 0.0])
+    s, _ = solve(tmp_path, div, beta, q, r)
+    ref = mp_stats(div, q, r, beta, mp_optimum(div, q, r, beta))
+    assert float(s["f_divergence"]) == pytest.approx(float(ref["f_divergence"]), rel=1e-6 if beta <= 1e8 else 1e-2, abs=0), \
+        (s, ref["f_divergence"])
+    assert float(s["expected_reward"]) == pytest.approx(float(ref["expected_reward"]), rel=1e-12, abs=0), s
+    assert abs(float(s["objective"]) - float(ref["objective"])) <= 1e-15 * beta, (s, ref["objective"])
+
+
 @pytest.mark.parametrize("beta", [1e-3, 1e-6, 1e-17, 1e-30, 1e-300])
 def test_chi2_small_beta_point_mass(tmp_path, beta):
     """the reported case: r = 1, 0, -1; at beta = 1e-17 lambda was NaN, pi NaN, support 0"""
@@ -703,8 +724,10 @@ def test_renormalises_with_a_warning(tmp_path):
     (["constrained", "--frontier", "1:1.5:1"], "--frontier: '1:1.5:1' is one threshold, but LO and HI differ"),
     # below it the pole form's rounding grows as 1e-16/A: pi = pi_ref at A = 1e-20; alpha:1e-300
     # failed after the header was written
-    (["solve", "--divergence", "rkl,alpha:1e-10"], "--divergence alpha:1e-10: the lab solves alpha:A for A >= 1e-06"),
-    (["frontier", "--divergence", "alpha:1e-300"], "--divergence alpha:1e-300: the lab solves alpha:A for A >= 1e-06"),
+    (["solve", "--divergence", "rkl,alpha:1e-10"], "--divergence: alpha:1e-10: the lab solves alpha:A for A >= 1e-06"),
+    (["frontier", "--divergence", "alpha:1e-300"], "--divergence: alpha:1e-300: the lab solves alpha:A for A >= 1e-06"),
+    (["coverage", "--data-policy", "optimal", "--data-divergence", "alpha:1e-8"],
+     "--data-divergence: alpha:1e-08: the lab solves alpha:A for A >= 1e-06"),
 ])
 def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)
