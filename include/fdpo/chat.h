@@ -65,9 +65,9 @@ enum {
     FDPO_CHAT_GENERATION_PROMPT = 2, /* append the assistant header (add_generation_prompt) */
     FDPO_CHAT_CONTINUE = 4,          /* m[0] is an assistant turn whose header the text before holds */
     FDPO_CHAT_END_AT_EOT = 8,        /* stop after the last message's end-of-turn marker */
-    FDPO_CHAT_OPEN_END = 16,         /* the last message is an assistant turn left open: its
-                                      * content without trailing whitespace, no end-of-turn
-                                      * marker (transformers' continue_final_message) */
+    FDPO_CHAT_OPEN_END = 16,         /* the last message is an assistant turn left open: the
+                                      * render cut after its content, no end-of-turn marker
+                                      * (transformers' continue_final_message) */
     FDPO_CHAT_CONTINUE_OPEN = 32,    /* with CONTINUE: m[0] goes on with the content the text
                                       * before left open (OPEN_END), so its start is not trimmed */
 };

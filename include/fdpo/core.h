@@ -214,6 +214,10 @@ struct cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const ch
  * after an error "WHERE: field 'PATH' contains a NUL character (\u0000)" naming the first
  * such field (e.g. 'chosen[1].content'). Every JSONL reader calls it after the parse. */
 int fdpo_jsonl_check_nul(const char *where, const char *raw, size_t n, const struct cJSON *root);
+/* The same for a value that is itself a field's JSON text (a prompt kept as the text of its
+ * messages): PATH starts with field ('prompt[0].content'), and the message has no WHERE (the
+ * caller adds its FILE:LINE). */
+int fdpo_jsonl_check_nul_in(const char *field, const char *raw, size_t n, const struct cJSON *root);
 /* path_join returns a malloc'd "a/b". */
 char *fdpo_path_join(const char *a, const char *b);
 /* FNV-1a 64 over bytes, chainable: h = fdpo_hash64(h, data, n), start with FDPO_HASH_INIT. */

@@ -243,8 +243,8 @@ static void body(const fdpo_chat *c, const char *role, const char *content, int 
     const char *s = content;
     size_t n = strlen(content);
     if (c->kind == FDPO_CHAT_LLAMA3) {   /* | trim; of the whole content, whose start an open prompt held */
-        trimmed(content, &s, &n);
-        if (keep_start) { n += (size_t)(s - content); s = content; }
+        if (keep_start) n = rstripped(content, n);
+        else trimmed(content, &s, &n);
     }
     fdpo_chat_text_put(o, s, n, 0, tr);
     switch (c->kind) {
@@ -275,11 +275,16 @@ void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsi
     }
     for (; i < n; i++) {
         if (!(i == 0 && (flags & FDPO_CHAT_CONTINUE))) header(c, m[i].role, o);
-        if (i + 1 == n && (flags & FDPO_CHAT_OPEN_END)) {   /* cut after the content, as transformers cuts */
+        if (i + 1 == n && (flags & FDPO_CHAT_OPEN_END)) {
+            /* cut after the content, as transformers' continue_final_message cuts the render:
+             * after the whole content when the render holds it verbatim from its first
+             * character (a content that starts with whitespace does not match there), else
+             * after its stripped text; llama3's render holds the trimmed content */
             const char *s = m[i].content;
             size_t len = strlen(s);
             if (c->kind == FDPO_CHAT_LLAMA3) trimmed(s, &s, &len);
-            fdpo_chat_text_put(o, s, rstripped(s, len), 0, 0);
+            else if (space_len((const unsigned char *)s, len)) len = rstripped(s, len);
+            fdpo_chat_text_put(o, s, len, 0, 0);
             return;
         }
         body(c, m[i].role, m[i].content, m[i].untrained, i + 1 == n && (flags & FDPO_CHAT_END_AT_EOT),
@@ -367,7 +372,7 @@ int fdpo_chat_check_prompt(const cJSON *arr, const char *field, const char *raw)
         if (fdpo_chat_check_message(m, field, i++)) return -1;
         last = m;
     }
-    if (raw && fdpo_jsonl_check_nul(field, raw, strlen(raw), arr)) return -1;
+    if (raw && fdpo_jsonl_check_nul_in(field, raw, strlen(raw), arr)) return -1;
     const char *r = cJSON_GetObjectItemCaseSensitive(last, "role")->valuestring;
     if (!strcmp(r, "system"))
         return fdpo_error("%s[%zu] is a system message: a prompt ends with a user message (answered after the "

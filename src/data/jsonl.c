@@ -136,7 +136,7 @@ static int find_cut(const cJSON *a, const cJSON *b, char *path, size_t cap) {
     return 0;
 }
 
-int fdpo_jsonl_check_nul(const char *where, const char *raw, size_t n, const cJSON *root) {
+static int check_nul(const char *where, const char *field, const char *raw, size_t n, const cJSON *root) {
     size_t at = find_nul(raw, n);
     if (at == n) return 0;
     char *copy = fdpo_malloc(n + 1);
@@ -148,14 +148,25 @@ int fdpo_jsonl_check_nul(const char *where, const char *raw, size_t n, const cJS
     }
     cJSON *whole = cJSON_ParseWithLength(copy, n);
     free(copy);
-    char path[256] = "";
+    char path[256];
+    snprintf(path, sizeof path, "%s", field);
     int named = whole && root && find_cut(root, whole, path, sizeof path);
     cJSON_Delete(whole);
+    const char *sep = where ? ": " : "";
+    if (!where) where = "";
     if (named && path[0])
-        return fdpo_error("%s: field '%s' contains a NUL character (\\u0000); text with NUL cannot be tokenized faithfully",
-                          where, path);
-    return fdpo_error("%s: a string contains a NUL character at column %zu; text with NUL cannot be tokenized faithfully",
-                      where, at + 1);
+        return fdpo_error("%s%sfield '%s' contains a NUL character (\\u0000); text with NUL cannot be tokenized faithfully",
+                          where, sep, path);
+    return fdpo_error("%s%sa string contains a NUL character at column %zu; text with NUL cannot be tokenized faithfully",
+                      where, sep, at + 1);
+}
+
+int fdpo_jsonl_check_nul(const char *where, const char *raw, size_t n, const cJSON *root) {
+    return check_nul(where, "", raw, n, root);
+}
+
+int fdpo_jsonl_check_nul_in(const char *field, const char *raw, size_t n, const cJSON *root) {
+    return check_nul(NULL, field, raw, n, root);
 }
 
 int fdpo_json_size(const cJSON *j, size_t *out) {

@@ -81,15 +81,15 @@ static int finish_seq(builder *b, size_t begin, size_t seq_len) {
 
 /* An assistant message's optional "weight" (OpenAI's fine-tuning format): 1 trains it, 0
  * keeps it as context only. 1 trained, 0 not, -1 error. */
-static int message_weight(const cJSON *m, const char *role, const char *where, size_t i) {
+static int message_weight(const cJSON *m, const char *role, const char *where, const char *field, size_t i) {
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(m, "weight");
     if (!w) return 1;
     if (strcmp(role, "assistant"))
-        return fdpo_error("%s: field 'messages[%zu].weight' on a %s message: only assistant messages take a weight "
-                          "(0 keeps one out of the loss)", where, i, role);
+        return fdpo_error("%s: field '%s[%zu].weight' on a %s message: only assistant messages take a weight "
+                          "(0 keeps one out of the loss)", where, field, i, role);
     if (!cJSON_IsNumber(w) || (w->valuedouble != 0 && w->valuedouble != 1))
-        return fdpo_error("%s: field 'messages[%zu].weight' must be 0 or 1 (OpenAI's format: 0 keeps the message out "
-                          "of the loss)", where, i);
+        return fdpo_error("%s: field '%s[%zu].weight' must be 0 or 1 (OpenAI's format: 0 keeps the message out "
+                          "of the loss)", where, field, i);
     return w->valuedouble == 1;
 }
 
@@ -106,7 +106,7 @@ static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs
     cJSON_ArrayForEach(m, msgs) {
         if (fdpo_chat_check_message(m, "messages", i)) return fdpo_error_context("%s", where);
         const char *r = cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring;
-        int trained = message_weight(m, r, where, i);
+        int trained = message_weight(m, r, where, "messages", i);
         if (trained < 0) return -1;
         n_assistant += !strcmp(r, "assistant");
         n_trained += !strcmp(r, "assistant") && trained;
@@ -120,7 +120,8 @@ static int add_messages(builder *b, const fdpo_tokenizer *tok, const cJSON *msgs
     size_t k = 0;
     cJSON_ArrayForEach(m, msgs) {
         const char *r = cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring;
-        msg[k] = (fdpo_chat_msg){r, cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring, !message_weight(m, r, where, k)};
+        msg[k] = (fdpo_chat_msg){r, cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring,
+                                 !message_weight(m, r, where, "messages", k)};
         k++;
     }
     int last_trained = !strcmp(msg[k - 1].role, "assistant") && !msg[k - 1].untrained;
@@ -152,8 +153,18 @@ static int add_conversation(builder *b, const fdpo_tokenizer *tok, const cJSON *
     if (fdpo_chat_check_prompt(prompt, "prompt", NULL)) return fdpo_error_context("%s", where);
     size_t i = 0;
     const cJSON *m;
-    cJSON_ArrayForEach(m, completion)
-        if (fdpo_chat_check_message(m, "completion", i++)) return fdpo_error_context("%s", where);
+    cJSON_ArrayForEach(m, prompt) {   /* context: a weight there would be replaced, not read */
+        if (cJSON_GetObjectItemCaseSensitive(m, "weight"))
+            return fdpo_error("%s: field 'prompt[%zu].weight': the prompt's messages are context, out of the loss (a "
+                              "weight belongs to a completion message)", where, i);
+        i++;
+    }
+    i = 0;
+    cJSON_ArrayForEach(m, completion) {
+        if (fdpo_chat_check_message(m, "completion", i)) return fdpo_error_context("%s", where);
+        if (message_weight(m, cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring, where, "completion", i) < 0) return -1;
+        i++;
+    }
     const char *first = i ? cJSON_GetObjectItemCaseSensitive(completion->child, "role")->valuestring : "";
     if (strcmp(first, "assistant"))
         return fdpo_error("%s: completion[0] must be an assistant message (the completion starts there)%s", where,
@@ -161,10 +172,8 @@ static int add_conversation(builder *b, const fdpo_tokenizer *tok, const cJSON *
     cJSON *all = cJSON_CreateArray();
     cJSON_ArrayForEach(m, prompt) {
         cJSON *c = cJSON_Duplicate(m, 1);
-        if (!strcmp(cJSON_GetObjectItemCaseSensitive(c, "role")->valuestring, "assistant")) {
-            cJSON_DeleteItemFromObjectCaseSensitive(c, "weight");
+        if (!strcmp(cJSON_GetObjectItemCaseSensitive(c, "role")->valuestring, "assistant"))
             cJSON_AddNumberToObject(c, "weight", 0);
-        }
         cJSON_AddItemToArray(all, c);
     }
     cJSON_ArrayForEach(m, completion) cJSON_AddItemToArray(all, cJSON_Duplicate(m, 1));

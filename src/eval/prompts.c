@@ -34,6 +34,15 @@ static char *messages_text(const cJSON *a, const char *field, const char *path, 
     return cJSON_PrintUnformatted(a);
 }
 
+/* A prompt string that is a message list's JSON text (fdpo_chat_parse_conversation) is
+ * checked here, where its FILE:LINE is known, not first when it is encoded ("prompt 2"). */
+static int check_conversation(const char *s, const char *path, size_t line) {
+    cJSON *list = NULL;
+    int is = fdpo_chat_parse_conversation(s, "prompt", &list);
+    cJSON_Delete(list);
+    return is < 0 ? fdpo_error_context("%s:%zu", path, line) : 0;
+}
+
 /* Walks the lines of text; for JSONL calls fields[] extraction. n_fields 1 or 2. lines (may
  * be NULL): each record's line number, malloc'd. */
 static int parse_lines(const char *path, const char *text, size_t len, int allow_text, const char *const *fields,
@@ -81,6 +90,7 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                 }
                 char *s = fdpo_malloc(m + 1);
                 memcpy(s, p, m); s[m] = 0;
+                if (n_fields == 1 && !strcmp(fields[0], "prompt")) rc = check_conversation(s, path, line);
                 fdpo_strv_push(out, s);
                 free(s);
             } else {
@@ -105,6 +115,7 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                 }
                 for (size_t f = 0; !msgs && f < n_fields && rc == 0; f++) {
                     const char *v = json_string(o, fields[f], path, line, &rc);
+                    if (v && n_fields == 1 && !strcmp(fields[f], "prompt")) rc = check_conversation(v, path, line);
                     if (v) fdpo_strv_push(out, v);
                 }
                 cJSON_Delete(o);

@@ -290,7 +290,12 @@ def test_sft_conversational_prompt_completion(case, tmp_path):
                      ({"prompt": CONVS[0][:1], "completion": [{"role": "user", "content": "x"}]},
                       "d.jsonl:1: completion[0] must be an assistant message"),
                      ({"prompt": [{"role": "system", "content": "s"}], "completion": CONVS[0][1:]},
-                      "d.jsonl:1: prompt[0] is a system message")):
+                      "d.jsonl:1: prompt[0] is a system message"),
+                     ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": "zz"},
+                                  {"role": "user", "content": "q2"}], "completion": CONVS[0][1:]},
+                      "d.jsonl:1: field 'prompt[1].weight': the prompt's messages are context"),
+                     ({"prompt": CONVS[0][:1], "completion": [{"role": "assistant", "content": "a", "weight": 2}]},
+                      "d.jsonl:1: field 'completion[0].weight' must be 0 or 1")):
         data = write_jsonl(tmp_path / "d.jsonl", [row])
         r = subprocess.run([HARNESS, "data-chat-sft", str(tmp_path / "tok"), "auto", data], capture_output=True, text=True)
         assert r.returncode == 1 and msg in r.stderr, r.stderr
@@ -470,9 +475,13 @@ def test_conversational_prompts_get_the_generation_prompt(case, tmp_path):
 
 
 def continued(full, final):
-    """transformers' continue_final_message: the render cut right after the final message's
-    stripped content (apply_chat_template's rindex rule)."""
-    return full[:full.rindex(final.strip()) + len(final.strip())]
+    """transformers' continue_final_message (apply_chat_template): the render cut after the
+    final message's content where the render holds it verbatim from the stripped text's last
+    occurrence, else after that stripped text."""
+    loc = full.rindex(final.strip())
+    if full[loc:loc + len(final.lstrip())] == final:
+        return full[:loc + len(final.lstrip())]
+    return full[:loc + len(final.strip())]
 
 
 @pytest.mark.parametrize("case", ["smollm2", "llama3", "zephyr"])
@@ -490,20 +499,26 @@ def test_a_prompt_ending_with_the_assistant_is_continued(case, tmp_path):
     ref, vocab = make_tok(tmp_path / "tok", case)
     conv = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red, or "}]
     prompt_text = continued(render(template, conv, cfg, False), conv[-1]["content"])
-    got = harness("data-chat-prompts", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "p.jsonl", [{"prompt": conv}]))
+    spaced = conv[:1] + [{"role": "assistant", "content": " Red, or "}]   # the stripped branch of the rule
+    got = harness("data-chat-prompts", str(tmp_path / "tok"), "auto",
+                  write_jsonl(tmp_path / "p.jsonl", [{"prompt": conv}, {"prompt": spaced}]))
     assert got["ids"][0] == ref.encode(prompt_text, True), prompt_text
+    spaced_text = continued(render(template, spaced, cfg, False), spaced[-1]["content"])
+    assert got["ids"][1] == ref.encode(spaced_text, True), spaced_text
     eos = vocab[cfg["eos_token"]]
     sides = {"chosen": " blue. ", "rejected": "green!"}
     rows = [{"prompt": json.dumps(conv, separators=(",", ":")), **sides},
-            {"prompt": conv, **{k: [{"role": "assistant", "content": v}] for k, v in sides.items()}}]
+            {"prompt": conv, **{k: [{"role": "assistant", "content": v}] for k, v in sides.items()}},
+            {"prompt": json.dumps(conv, separators=(",", ":")), "chosen": "  ", "rejected": " x"}]   # blanks alone
     pairs = harness("data-chat-pref", str(tmp_path / "tok"), "auto", write_jsonl(tmp_path / "d.jsonl", rows))["pairs"]
     assert pairs[0]["prompt"] == got["ids"][0]
-    for side, text in sides.items():
-        merged = conv[:-1] + [{"role": "assistant", "content": conv[-1]["content"].strip() + text}]
+    kept = prompt_text[prompt_text.rindex(conv[-1]["content"].strip()):]   # the open content as the prompt holds it
+    for row, side, text in [(0, "chosen", " blue. "), (0, "rejected", "green!"), (2, "chosen", "  "), (2, "rejected", " x")]:
+        merged = conv[:-1] + [{"role": "assistant", "content": kept + text}]
         full = render(template, merged, cfg, False)
         assert full.startswith(prompt_text)
         want = ref.encode(full[len(prompt_text):full.rfind(eot) + len(eot)], True)
-        assert pairs[0][side] == want + ([eos] if want[-1] != eos else []), (side, full)
+        assert pairs[row][side] == want + ([eos] if want[-1] != eos else []), (side, full)
     # the message-list form: TRL's render of prompt + chosen, the prompt with the generation prompt
     gen = render(template, conv, cfg, True)
     assert pairs[1]["prompt"] == ref.encode(gen, True)
@@ -532,7 +547,8 @@ def test_bad_conversational_prompt(tmp_path):
         assert r.returncode == 1 and msg in r.stderr, r.stderr
     (tmp_path / "t.txt").write_text('[{"role":"tool","content":"hi"}]\n[{"role":"user","content":"hi"}] and more\n')
     r = subprocess.run([HARNESS, "data-chat-prompts", "byte", "auto", tmp_path / "t.txt"], capture_output=True, text=True)
-    assert r.returncode == 1 and "prompt 1: prompt[0].role is 'tool'; expected system, user or assistant" in r.stderr, r.stderr
+    assert r.returncode == 1 and f"{tmp_path / 't.txt'}:1: prompt[0].role is 'tool'; expected system, user or assistant" \
+        in r.stderr, r.stderr
     (tmp_path / "t.txt").write_text('[{"role":"user","content":"hi"}] and more\n')
     got = harness("data-chat-prompts", "byte", "auto", tmp_path / "t.txt")
     assert got["ids"][0] == list('[{"role":"user","content":"hi"}] and more'.encode())

@@ -118,7 +118,7 @@ BAD = [
     (r'{"prompt": "[{\"role\":\"tool\",\"content\":\"hi\"}]", "chosen": "a", "rejected": "b"}', 1,
      "prompt[0].role is 'tool'; expected system, user or assistant"),
     (r'{"prompt": "[{\"role\":\"user\",\"content\":\"h\\u0000i\"}]", "chosen": "a", "rejected": "b"}', 1,
-     "prompt: field '[0].content' contains a NUL character"),
+     "field 'prompt[0].content' contains a NUL character"),
     # TRL refuses a prompt that ends with a system message ("Invalid role in the last message")
     ('{"prompt": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}], '
      '"chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}', 1,
