@@ -611,6 +611,11 @@ int fdpo_online_run(const fdpo_online_opts *o) {
      * round) and, with a fixed reference, the reference; both are read from disk once */
     fdpo_gpt2 *policy = NULL, *ref = NULL;
     fdpo_tokenizer *tok = NULL;
+    /* the reference is the round's starting policy itself in iterative DPO (round 0: --ref
+     * when one is given, else --model), and in round 0 of online DPO whose reference is
+     * --model: then log pi_ref = log pi, no second scoring */
+    const int ref_is_model = !o->ref || !strcmp(o->ref, o->model);
+    const int need_ref = !o->ref_update_round || (start == 0 && !ref_is_model);
     if (prog_on) {
         char *from = start > 0 ? round_path(o->out, start - 1, "") : fdpo_strdup(o->model);
         policy = fdpo_checkpoint_load_model(from);
@@ -619,18 +624,15 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         else rc = fdpo_trainer_check_lm(&policy->config, start > 0 ? "--resume" : "--model", from);
         if (rc == 0) rc = policy_lora_setup(o, policy, from);
         free(from);
-        if (rc == 0 && !o->ref_update_round && is_lora_base(policy, ref0)) {
+        if (rc == 0 && need_ref && is_lora_base(policy, ref0)) {
             ref = policy;   /* the base with the adapters off: no second copy */
-        } else if (rc == 0 && !o->ref_update_round) {
+        } else if (rc == 0 && need_ref) {
             ref = fdpo_trainer_load_ref(o->ref, o->model, tok, policy->config.vocab_size);
             if (!ref) rc = -1;
             if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
         }
         if (rc == 0) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, policy->config.n_positions, o->prompts);
     }
-    /* the reference is the round's starting policy itself in iterative DPO, and in round 0
-     * of online DPO whose reference is --model: then log pi_ref = log pi, no second scoring */
-    const int ref_is_model = !o->ref || !strcmp(o->ref, o->model);
     round_buf buf;
     round_buf_init(&buf, (size_t)o->prompts_per_round, (size_t)o->n);
     /* one decoder for every round (its cache, buffers and bf16 packed weights; re-packed in
@@ -667,7 +669,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         fdpo_log(FDPO_LOG_INFO, "round %ld (%ld of %ld): sampling %ld x %ld from %s", k, k + 1, o->rounds,
                  o->prompts_per_round, o->n, prev);
         const double t_round = fdpo_now();
-        fdpo_gpt2 *round_ref = o->ref_update_round || (k == 0 && ref_is_model) ? NULL : ref;
+        fdpo_gpt2 *round_ref = (o->ref_update_round && k > 0) || (k == 0 && ref_is_model) ? NULL : ref;
         /* (round k-1's writer may still be reading the policy: sampling and scoring only read it) */
         rc = make_round_pairs(o, &sample, k, policy, sampler, round_ref, tok, prompts, n_prompts, reward, &pairs_text, &pairs_len, &buf, &ids,
                               &lens, &samples, &st);

@@ -111,6 +111,19 @@ def test_iterative_reference_is_the_previous_policy(setup, tmp_path):
     assert [x["objective/kl"] for x in metrics(out)] == [0, 0]
 
 
+def test_iterative_round_0_uses_the_given_ref(setup, tmp_path):
+    """--ref R with --ref-update round: round 0 has no previous round, so R is its reference
+    (as --ref-update never's round 0); it scored round 0 against the policy itself (KL 0, the
+    weights of a run without --ref) while training_state.json recorded R."""
+    make_model(tmp_path / "R", 257, seed=5, n_positions=64, byte_tokenizer=True)
+    online(setup, tmp_path / "iter", "--rounds", 1, "--ref", tmp_path / "R", "--ref-update", "round")
+    online(setup, tmp_path / "fixed", "--rounds", 1, "--ref", tmp_path / "R")
+    online(setup, tmp_path / "none", "--rounds", 1, "--ref-update", "round")
+    weights = lambda d: (d / "round-0" / "model.safetensors").read_bytes()
+    assert weights(tmp_path / "iter") == weights(tmp_path / "fixed") != weights(tmp_path / "none")
+    assert metrics(tmp_path / "iter")[0]["objective/kl"] == metrics(tmp_path / "fixed")[0]["objective/kl"] != 0
+
+
 def test_all_bt_pairs(setup, tmp_path):
     # --pairing all-bt: every prompt's completions paired off disjointly (as `fdpo pairs`), labels
     # drawn from Bradley-Terry, ties skipped; rewards are the program's
