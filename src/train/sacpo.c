@@ -5,9 +5,13 @@
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "fdpo/core.h"
+#include "fdpo/eval.h"
+#include "fdpo/lora.h"
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
 #include "fdpo/merge.h"
@@ -53,6 +57,10 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
             return fdpo_error("--lambda: %g must be a positive number (lambda = 0 is the reward stage alone: OUT/reward)", o->lambdas[i]);
         if (i > 0 && !(o->lambdas[i] > o->lambdas[i - 1]))
             return fdpo_error("--lambda: the list must be strictly increasing (%g after %g)", o->lambdas[i], o->lambdas[i - 1]);
+        const double b = o->dpo.dpo.loss.beta / o->lambdas[i];   /* the safety stage's beta, checked before any stage */
+        if (!(b > 0) || !isfinite(b))
+            return fdpo_error("--lambda: %g makes the safety stage's beta %g / %g = %g, not a finite number > 0",
+                              o->lambdas[i], o->dpo.dpo.loss.beta, o->lambdas[i], b);
     }
     for (size_t i = 0; i < o->n_merge_weights; i++)
         if (!(o->merge_weights[i] > 0 && o->merge_weights[i] < 1))
@@ -61,6 +69,13 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     if (o->dpo.dpo.loss.kind == FDPO_LOSS_SIMPO)
         return fdpo_error("--loss simpo: SACPO's second stage needs the first stage as its reference; simpo has none");
     if (o->dpo.ref) return fdpo_error("--ref: not used by sacpo (each stage's reference is its starting model)");
+    /* both files before any stage: the second was first opened after the first stage trained */
+    const char *const files[2][2] = {{"reward-data", o->reward_data}, {"safety-data", o->safety_data}};
+    for (int i = 0; i < 2; i++) {
+        FILE *f = files[i][1] ? fopen(files[i][1], "rb") : NULL;
+        if (files[i][1] && !f) return fdpo_error("--%s %s: cannot open: %s", files[i][0], files[i][1], strerror(errno));
+        if (f) fclose(f);
+    }
     return fdpo_dpo_run_opts_check(&(fdpo_dpo_run_opts){
         .train = o->dpo.train, .data = o->reward_data ? o->reward_data : o->safety_data ? o->safety_data : o->online.prompts,
         .pref = o->dpo.pref, .dpo = o->dpo.dpo,
@@ -139,9 +154,99 @@ static void plan_hash(cJSON *p, const char *key, const char *path) {
     cJSON_AddStringToObject(p, key, hex);
 }
 
+static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* FNV-1a over a file's bytes, or over a directory's regular files (names and contents, in
+ * name order, not recursing): a checkpoint's weights and configs. 0 when it cannot be read. */
+static int hash_path(uint64_t *h, const char *path) {
+    struct stat st;
+    if (stat(path, &st)) return -1;
+    if (S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(path);
+        if (!d) return -1;
+        fdpo_strv dir = {0};
+        for (struct dirent *e; (e = readdir(d));)
+            if (e->d_name[0] != '.') fdpo_strv_push(&dir, e->d_name);
+        closedir(d);
+        qsort(dir.v, dir.n, sizeof *dir.v, by_name);
+        char **names = dir.v;
+        size_t n = dir.n;
+        int rc = 0;
+        for (size_t i = 0; i < n; i++) {
+            char *p = fdpo_path_join(path, names[i]);
+            struct stat e;
+            if (!stat(p, &e) && S_ISREG(e.st_mode) && !leftover_suffix(names[i])) {
+                *h = fdpo_hash64(*h, names[i], strlen(names[i]) + 1);
+                rc |= hash_path(h, p);
+            }
+            free(p);
+            free(names[i]);
+        }
+        free(names);
+        return rc;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    char buf[1 << 16];
+    size_t k;
+    while ((k = fread(buf, 1, sizeof buf, f)) > 0) *h = fdpo_hash64(*h, buf, k);
+    fclose(f);
+    return 0;
+}
+
+static void add_hash(cJSON *p, const char *key, uint64_t h) {
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+    cJSON_AddStringToObject(p, key, hex);
+}
+
+/* --model's content (and, for a LoRA checkpoint, its base's): a base retrained in place
+ * under the same name trained the later stages from another model than the earlier ones,
+ * and the merges mixed them */
+static void plan_hash_model(cJSON *p, const char *model) {
+    uint64_t h = FDPO_HASH_INIT;
+    int rc = hash_path(&h, model);
+    char *base = !rc && fdpo_lora_is_checkpoint(model) ? fdpo_lora_peft_base(model) : NULL;
+    if (base) rc = hash_path(&h, base);
+    free(base);
+    fdpo_clear_error();
+    if (!rc) add_hash(p, "model_hash", h);
+}
+
+/* The files an online stage's reward or safety spec reads (lexicon:FILE, words:FILE, rm:DIR,
+ * a cmd: program's script), by content: an edited word list trained a stage added later
+ * against other scores. */
+static void plan_spec(cJSON *p, const char *key, const char *spec) {
+    /* a spec that reads one file, as the file it names (resolved), as plan_path records paths */
+    static const char *const kinds[] = {"lexicon:", "words:", "rm:"};
+    for (size_t k = 0; k < 3; k++) {
+        size_t n = strlen(kinds[k]);
+        char *real = !strncmp(spec, kinds[k], n) ? realpath(spec + n, NULL) : NULL;
+        if (!real) continue;
+        char *s = fdpo_malloc(n + strlen(real) + 1);
+        memcpy(s, spec, n);
+        strcpy(s + n, real);
+        cJSON_AddStringToObject(p, key, s);
+        free(s); free(real);
+        return;
+    }
+    cJSON_AddStringToObject(p, key, spec);
+}
+
+static void plan_hash_spec(cJSON *p, const char *key, const char *spec) {
+    fdpo_strv in = {0};
+    fdpo_reward_spec_inputs(spec, &in);
+    uint64_t h = FDPO_HASH_INIT;
+    int rc = 0;
+    for (size_t i = 0; i < in.n && !rc; i++) rc = hash_path(&h, in.v[i]);
+    fdpo_strv_free(&in);
+    if (!rc) add_hash(p, key, h);
+}
+
 /* the hashes in a plan (parent NULL: the top level) and the flag of the file each is of */
 static const struct { const char *parent, *key, *flag; } PLAN_HASHES[] = {
-    {NULL, "reward_data_hash", "reward-data"}, {NULL, "safety_data_hash", "safety-data"}, {"online", "data_hash", "data"}};
+    {NULL, "reward_data_hash", "reward-data"}, {NULL, "safety_data_hash", "safety-data"}, {"online", "data_hash", "data"},
+    {NULL, "model_hash", "model"}, {NULL, "reward_hash", "reward"}, {NULL, "safety_hash", "safety"}};
 
 static cJSON *plan_hash_parent(cJSON *plan, const char *parent) {
     return parent ? cJSON_GetObjectItemCaseSensitive(plan, parent) : plan;
@@ -152,11 +257,12 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     char div[64];
     fdpo_divergence_name(&o->dpo.dpo.loss.div, div, sizeof div);
     plan_path(p, "model", o->dpo.train.init);
+    plan_hash_model(p, o->dpo.train.init);
     /* file stages keep the plan of earlier versions; online stages add their spec and sampling */
     if (o->reward_data) { plan_path(p, "reward_data", o->reward_data); plan_hash(p, "reward_data_hash", o->reward_data); }
-    else cJSON_AddStringToObject(p, "reward", o->reward_spec);
+    else { plan_spec(p, "reward", o->reward_spec); plan_hash_spec(p, "reward_hash", o->reward_spec); }
     if (o->safety_data) { plan_path(p, "safety_data", o->safety_data); plan_hash(p, "safety_data_hash", o->safety_data); }
-    else cJSON_AddStringToObject(p, "safety", o->safety_spec);
+    else { plan_spec(p, "safety", o->safety_spec); plan_hash_spec(p, "safety_hash", o->safety_spec); }
     if (o->reward_spec || o->safety_spec) {
         cJSON *on = cJSON_AddObjectToObject(p, "online");
         plan_path(on, "data", o->online.prompts);
@@ -285,6 +391,21 @@ static void plan_same_paths(cJSON *saved, const cJSON *now) {
         if (ra && rb && !strcmp(ra, rb)) cJSON_SetValuestring(a, b->valuestring);
         free(ra); free(rb);
     }
+    /* a spec that reads one file (lexicon:FILE, words:FILE, rm:DIR), saved by an earlier fdpo
+     * as typed: the same file, resolved from here, is the same spec */
+    static const char *const specs[] = {"reward", "safety"}, *const kinds[] = {"lexicon:", "words:", "rm:"};
+    for (size_t i = 0; i < 2; i++) {
+        cJSON *a = cJSON_GetObjectItemCaseSensitive(saved, specs[i]);
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(now, specs[i]);
+        if (!cJSON_IsString(a) || !cJSON_IsString(b) || !strcmp(a->valuestring, b->valuestring)) continue;
+        for (size_t k = 0; k < 3; k++) {
+            size_t n = strlen(kinds[k]);
+            if (strncmp(a->valuestring, kinds[k], n) || strncmp(b->valuestring, kinds[k], n)) continue;
+            char *ra = realpath(a->valuestring + n, NULL), *rb = realpath(b->valuestring + n, NULL);
+            if (ra && rb && !strcmp(ra, rb)) cJSON_SetValuestring(a, b->valuestring);
+            free(ra); free(rb);
+        }
+    }
 }
 
 /* what an interrupted stage tells the user: sacpo has no --resume, a rerun resumes */
@@ -337,8 +458,8 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         if (!same) plan_difference(a, b, st->path);
         else if (edited) {
             same = 0;
-            fdpo_error("--%s: the file's content differs from the one %s's stages trained on (%s, now %s): use the "
-                       "same file or another --out", edited, st->path, was_hash, now_hash);
+            fdpo_error("--%s: the content it reads differs from what %s's stages trained on (%s, now %s): use the "
+                       "same files or another --out", edited, st->path, was_hash, now_hash);
         }
         cJSON_Delete(a); cJSON_Delete(b);
         if (!same) { cJSON_Delete(plan); return -1; }

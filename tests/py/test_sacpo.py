@@ -5,6 +5,7 @@ byte-identical to those of the plain `fdpo dpo` runs it wraps; P-SACPO merges eq
 import json
 import os
 import random
+import shutil
 import subprocess
 
 import numpy as np
@@ -129,7 +130,7 @@ def test_rerun_refuses_a_data_file_edited_in_place(data, tmp_path):
     (s / f"sacpo.json.tmp.{dead}").write_text("junk")
     safety.write_text(safety.read_text().replace("!", "?"))
     r = run("1,2", check=False)
-    assert r.returncode == 1 and f"--safety-data: the file's content differs from the one {s}/sacpo.json's stages trained on (" \
+    assert r.returncode == 1 and f"--safety-data: the content it reads differs from what {s}/sacpo.json's stages trained on (" \
         in r.stderr, r.stderr
     assert not (s / "lambda-2").exists()
     assert not (s / f"sacpo.json.tmp.{dead}").exists() and f"removed {s}/sacpo.json.tmp.{dead}" in r.stderr, r.stderr
@@ -268,6 +269,8 @@ def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     (["--lambda", "1", "--n", "8"], "--n: only online stages use it (--reward/--safety SPEC); with --reward-data and "
                                     "--safety-data both stages train on the files"),
     (["--lambda", "1", "--temperature", "0.7"], "--temperature: only online stages use it"),
+    # beta / lambda overflowed: refused naming --beta after the reward stage had trained
+    (["--lambda", "1e-320"], "--lambda: 9.99989e-321 makes the safety stage's beta 0.2 / 9.99989e-321 = inf, not a finite number > 0"),
 ])
 def test_bad_plans_are_refused(data, tmp_path, extra, msg):
     r = sacpo(data, tmp_path / "s", *extra, check=False)
@@ -347,6 +350,34 @@ def test_missing_data_is_named(data, tmp_path):
     r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--lambda", "1",
              "--out", tmp_path / "s", *COMMON, check=False)
     assert r.returncode != 0 and "--safety-data or --safety: required" in r.stderr
+    # a file that does not open: named before any stage (the reward stage trained first, then
+    # "nope.jsonl: cannot open" named no flag)
+    for flag, order in (("--safety-data", []), ("--reward-data", ["--order", "safety-first"])):
+        args = {"--reward-data": data / "reward.jsonl", "--safety-data": data / "safety.jsonl", flag: tmp_path / "nope.jsonl"}
+        r = fdpo("sacpo", "--model", data / "base", *[x for kv in args.items() for x in kv], "--lambda", "1", *order,
+                 "--out", tmp_path / "s", *COMMON, check=False)
+        assert r.returncode == 1 and r.stderr.endswith(
+            f"fdpo sacpo: {flag} {tmp_path / 'nope.jsonl'}: cannot open: No such file or directory\n"), r.stderr
+        assert not (tmp_path / "s").exists()
+
+
+def test_rerun_refuses_a_model_retrained_in_place(data, tmp_path):
+    """The plan named --model by path only: a base retrained into the same directory trained
+    the new lambda's stages from it while the done ones came from the old base, and the merges
+    mixed them, exit 0. sacpo.json keeps the model's content hash."""
+    base = tmp_path / "base"
+    shutil.copytree(data / "base", base)
+    s = tmp_path / "s"
+    run = lambda lam, check=True: fdpo("sacpo", "--model", base, "--reward-data", data / "reward.jsonl", "--safety-data",
+                                       data / "safety.jsonl", "--beta", "0.2", "--out", s, "--lambda", lam, *COMMON,
+                                       check=check)
+    run("1")
+    assert len(json.loads((s / "sacpo.json").read_text())["plan"]["model_hash"]) == 16
+    GPT2(**TINY, seed=4).save_hf(str(base))   # retrained in place: same name, other weights
+    r = run("1,2", check=False)
+    assert r.returncode == 1 and f"--model: the content it reads differs from what {s}/sacpo.json's stages trained on (" \
+        in r.stderr, r.stderr
+    assert not (s / "lambda-2").exists()
 
 
 # ---- online stages: --reward / --safety specs instead of preference files ----
@@ -426,6 +457,32 @@ def test_online_stages_raise_safety_with_lambda_and_equal_plain_online_runs(lexd
     lo, hi = stats["lambda-0.05"], stats["lambda-1"]
     assert hi[0] - lo[0] > 3 * math.hypot(hi[1], lo[1])
     assert hi[0] - stats["reward"][0] > 3 * math.hypot(hi[1], stats["reward"][1])
+
+
+def test_online_stage_specs_are_the_files_they_read(lexdata, tmp_path):
+    """lexicon:FILE was recorded as typed: an edited word list was accepted for a new lambda
+    (its stage scored against other weights), the same spelling from another directory (another
+    file) too, and the same file spelt absolutely was refused. The plan keeps the resolved file
+    and its content hash."""
+    d = lexdata
+    (tmp_path / "w").mkdir()
+    lex = tmp_path / "w" / "safety.txt"
+    lex.write_bytes((d / "safety.txt").read_bytes())
+    s = tmp_path / "s"
+    args = ["sacpo", "--model", d / "base", "--reward", f"lexicon:{d / 'reward.txt'}", "--data", d / "prompts.txt",
+            "--beta", 0.5, "--out", s, *ONLINE, "--lambda", "1", "--rounds", 1, "--steps", 1]
+    subprocess.run([FDPO_BIN, *map(str, args), "--safety", "lexicon:safety.txt"], cwd=tmp_path / "w", check=True,
+                   capture_output=True)
+    plan = json.loads((s / "sacpo.json").read_text())["plan"]
+    assert plan["safety"] == f"lexicon:{lex}" and len(plan["safety_hash"]) == 16
+    fdpo(*args, "--safety", f"lexicon:{lex}")   # the same file, spelt absolutely, from elsewhere
+    (tmp_path / "safety.txt").write_text("harm\t-2\n")
+    r = subprocess.run([FDPO_BIN, *map(str, args), "--safety", "lexicon:safety.txt"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 1 and f'--safety: "lexicon:{tmp_path / "safety.txt"}" differs from "lexicon:{lex}"' in r.stderr, r.stderr
+    lex.write_text("harm\t-2\n")   # edited in place
+    r = fdpo(*args, "--safety", f"lexicon:{lex}", check=False)
+    assert r.returncode == 1 and f"--safety: the content it reads differs from what {s}/sacpo.json's stages trained on (" \
+        in r.stderr, r.stderr
 
 
 def test_online_stages_resume_by_stage_and_by_round(lexdata, tmp_path):
