@@ -8,14 +8,16 @@ static int load_sft(char *const *files, size_t n_files, const fdpo_tokenizer *to
     fdpo_sft_stats st;
     if (fdpo_sft_load((const char *const *)files, n_files, tok, (size_t)o->seq_len, o->val_fraction,
                       (uint64_t)o->seed, train, val, &st)) return -1;
-    if (st.dropped && !o->quiet)
+    /* said with --quiet too, which hides the progress line, not what became of the data (as dpo
+     * and kto say it): a script's run lost examples without a word */
+    if (st.dropped)
         fdpo_log(FDPO_LOG_INFO, "dropped %zu example%s with no completion token within --seq-len %ld (%s first)", st.dropped,
                  st.dropped == 1 ? "" : "s", o->seq_len, st.first_dropped);
     if (st.two_shapes)
         fdpo_log(FDPO_LOG_WARN, "%zu line%s with keys of two example shapes read as {\"messages\"}, else {\"prompt\", "
                  "\"completion\"}; the other keys are not read (%s first)", st.two_shapes, st.two_shapes == 1 ? "" : "s",
                  st.first_two_shapes);
-    if (st.cut && !o->quiet)   /* as dpo and kto count their truncated pairs */
+    if (st.cut)   /* as dpo and kto count their truncated pairs */
         fdpo_log(FDPO_LOG_INFO, "%zu example%s longer than --seq-len %ld + 1 tokens cut at the end: the rest of the "
                  "example and its <|endoftext|> are not trained (%s first)", st.cut, st.cut == 1 ? "" : "s", o->seq_len,
                  st.first_cut);

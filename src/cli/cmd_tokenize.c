@@ -8,6 +8,7 @@
  * --stats prints counts and encode throughput to stderr. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <time.h>
 #include <cjson/cJSON.h>
@@ -203,6 +204,8 @@ int cmd_tokenize(int argc, char **argv) {
     }
     fdpo_tokenizer_free(tok);
     free(pos);
-    if (fflush(stdout) != 0 && rc == 0) rc = fdpo_error("<stdout>: write error");
+    errno = 0;   /* the words of main's check, with the reason */
+    if ((fflush(stdout) != 0 || ferror(stdout)) && rc == 0)
+        rc = fdpo_error("<stdout>: write error: %s", errno ? strerror(errno) : "the stream is in error");
     return rc;
 }

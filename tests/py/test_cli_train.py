@@ -332,6 +332,9 @@ def test_sft_prompt_completion_and_text(tmp_path):
     r = ok("sft", "--out", out, *TINY, "--seq-len", "32", "--batch-size", "2", "--epochs", "2",
            "--eval-fraction", "0", "--lr", "1e-3", data)
     assert "dropped 1 example with no completion token within --seq-len" in r.stderr, r.stderr  # the 40-byte prompt
+    q = ok("sft", "--out", tmp_path / "q", *TINY, "--seq-len", "32", "--batch-size", "2", "--steps", "1",
+           "--eval-fraction", "0", "--quiet", data)   # --quiet hid it (a script lost the example without a word)
+    assert "dropped 1 example with no completion token within --seq-len" in q.stderr, q.stderr
     ms = metrics(out)
     assert [m["step"] for m in ms] == [1, 2, 3]  # ceil(2 epochs * 3 examples / 2)
     assert ms[-1]["epoch"] == pytest.approx(2.0)

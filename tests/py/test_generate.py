@@ -296,12 +296,14 @@ def test_a_sample_count_past_size_t_is_refused(byte_model, tmp_path):
     assert r.returncode == 1 and "samples cannot be held" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("cmd", ["generate", "info"])
+@pytest.mark.parametrize("cmd", ["generate", "info", "tokenize"])
 def test_a_failed_write_to_stdout_is_an_error(byte_model, tmp_path, cmd):
-    """stdout on a full disk (/dev/full): the samples were lost and the exit status was 0"""
+    """stdout on a full disk (/dev/full): the samples were lost and the exit status was 0
+    (tokenize said "write error" without the reason)"""
     d, _ = byte_model
     (tmp_path / "p.txt").write_text("a\n")
-    args = ["--model", d, "--data", tmp_path / "p.txt", "--max-new-tokens", 2] if cmd == "generate" else [d]
+    args = {"generate": ["--model", d, "--data", tmp_path / "p.txt", "--max-new-tokens", 2], "info": [d],
+            "tokenize": ["--tokenizer", d, "--data", tmp_path / "p.txt"]}[cmd]
     with open("/dev/full", "w") as full:
         r = subprocess.run([FDPO, cmd, *map(str, args)], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
     assert r.returncode == 1 and f"fdpo {cmd}: <stdout>: write error: No space left on device" in r.stderr, r.stderr
