@@ -43,6 +43,10 @@ int fdpo_tokenizer_same(const fdpo_tokenizer *a, const fdpo_tokenizer *b);
  * 50256 GPT-2). Completions end with it and generation stops at it. */
 int32_t fdpo_tokenizer_eot(const fdpo_tokenizer *t);
 int32_t fdpo_tokenizer_bos(const fdpo_tokenizer *t);   /* -1: none */
+/* The document separator of plain text: the special token <|endoftext|> when the tokenizer has
+ * one (GPT-2's, Qwen2's, whose eos may be <|im_end|>), else the eos. Pretraining splits its
+ * text there, and an empty prompt starts from it (GPT-2's unconditional samples). */
+int32_t fdpo_tokenizer_doc_sep(const fdpo_tokenizer *t);
 int32_t fdpo_tokenizer_pad(const fdpo_tokenizer *t);   /* -1: none */
 /* 1 if id is a special token (added with "special": true; <|endoftext|> when the files
  * list no added tokens). */

@@ -19,6 +19,15 @@ int fdpo_sample_config_check(const fdpo_sample_config *c) {
     if (c->max_new_tokens == 0) return fdpo_error("--max-new-tokens: must be > 0");
     if (c->batch == 0) return fdpo_error("--batch-size: must be > 0");
     if (c->stop && !*c->stop) return fdpo_error("--stop: the stop string is empty (leave --stop out for none)");
+    /* the sampler matches the stop in the completion's bytes and the text is cut where the
+     * decoded text (invalid bytes as U+FFFD) holds it: one place only for valid UTF-8 without
+     * U+FFFD (a lone byte cut a character in two, written as invalid UTF-8; U+FFFD cut the text
+     * at an invalid byte while sampling ran on) */
+    if (c->stop && !fdpo_utf8_valid(c->stop, strlen(c->stop)))
+        return fdpo_error("--stop: the stop string is not valid UTF-8 (the completion's text is UTF-8)");
+    if (c->stop && strstr(c->stop, "\xEF\xBF\xBD"))
+        return fdpo_error("--stop: the stop string holds U+FFFD, which stands for bytes that are not UTF-8 in the "
+                          "decoded text shows for bytes that are not UTF-8, where the completion's bytes hold no stop");
     return 0;
 }
 
@@ -324,7 +333,7 @@ int fdpo_encode_prompts(const fdpo_tokenizer *tok, char *const *prompts, size_t 
         }
         if ((*lens)[i] == 0) { /* nothing to condition on: start from <|endoftext|> */
             (*ids)[i] = fdpo_realloc((*ids)[i], sizeof(int32_t));
-            (*ids)[i][0] = fdpo_tokenizer_eot(tok);
+            (*ids)[i][0] = fdpo_tokenizer_doc_sep(tok);
             (*lens)[i] = 1;
         }
     }

@@ -217,13 +217,26 @@ static double log_gap(double a, double b) {
     return isinf(d) ? log(0.5 * a - 0.5 * b) + M_LN2 : log(d);
 }
 
-/* u log u - u + 1 from u and lu = log u: KL(pi || pi_ref) = sum_i q_i of it when sum q u = 1
- * (the -u + 1 adds nothing then). Unlike sum p log u, whose terms are ~lu and cancel to a
- * sum ~lu^2, each term here is ~lu^2/2 itself, so a large beta (u ~ 1) keeps KL's error
- * relative to lu; near u = 1 in expm1 form. u = 0 gives its limit, 1. */
-static double kl_term(double u, double lu) {
-    if (u == 0) return 1;
-    return fabs(lu) < 1 ? u * lu - expm1(lu) : u * lu - (u - 1);
+/* q (u log u - u + 1), from q, p = q u, u and lu = log u: KL(pi || pi_ref) is their sum
+ * plus 1 - sum q (sum_stat_offset), as sum p = 1. Unlike sum p log u, whose terms are ~lu and
+ * cancel to a sum ~lu^2, each term here is ~lu^2/2 itself, so a large beta (u ~ 1) keeps KL's
+ * error relative to lu; near u = 1 in expm1 form, elsewhere from p (u overflows where p does
+ * not: a subnormal pi_ref); p = 0 gives its limit, q. */
+static double kl_term(double q, double p, double u, double lu) {
+    if (p == 0) return q;
+    return fabs(lu) < 1 ? q * (u * lu - expm1(lu)) : p * lu - p + q;
+}
+
+/* 1 - sum q (compensated): what the sums of kl_term and of fkl's standardised f leave out when
+ * pi_ref, kept as given, sums to 1 only within the loader's 1e-9 */
+static double sum_stat_offset(const double *q, size_t n) {
+    double s = 0, c = 0;
+    for (size_t i = 0; i < n; i++) {   /* Neumaier */
+        double t = s + q[i];
+        c += fabs(s) >= fabs(q[i]) ? (s - t) + q[i] : (q[i] - t) + s;
+        s = t;
+    }
+    return (1 - s) - c;
 }
 
 int fdpo_lab_divergence_check(const fdpo_divergence *d) {
@@ -259,8 +272,9 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
             const double lu = (r[i] - rmax) / beta - logz, lp = lq[i] + lu, p = exp(lp);   /* lu = log(pi/pi_ref) */
             if (pi) pi[i] = p;
             if (p > 0) { a.er += p * r[i]; a.h -= p * lp; a.support++; }
-            a.kl += q[i] * kl_term(p > 0 ? exp(lu) : 0, lu);
+            a.kl += kl_term(q[i], p, p > 0 ? exp(lu) : 0, lu);
         }
+        a.kl += sum_stat_offset(q, n);
         a.df = a.kl;
         break;
     }
@@ -318,8 +332,13 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
             double p = q[i] * u;
             if (pi) pi[i] = p;
             if (p > 0) { a.er += p * r[i]; a.h -= p * (lq[i] + lu); a.support++; }
-            a.kl += q[i] * kl_term(u, lu);
+            a.kl += kl_term(q[i], p, u, lu);
             a.df += q[i] * f;
+        }
+        {   /* the standardised sums' 1 - sum q: KL's +, fkl's (f'(1) = -1) - */
+            const double off = sum_stat_offset(q, n);
+            a.kl += off;
+            if (d->kind == FDPO_DIV_FKL) a.df -= off;
         }
         break;
     }

@@ -673,6 +673,10 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         /* (round k-1's writer may still be reading the policy: sampling and scoring only read it) */
         rc = make_round_pairs(o, &sample, k, policy, sampler, round_ref, tok, prompts, n_prompts, reward, &pairs_text, &pairs_len, &buf, &ids,
                               &lens, &samples, &st);
+        if (o->ref_update_round && ref && ref != policy) {   /* --ref scored round 0 only: not held for the rest */
+            fdpo_gpt2_free(ref);
+            ref = NULL;
+        }
         if (rc == 0) {
             fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k,
                      st.scores, st.kl, st.pairs, st.reward_gap);

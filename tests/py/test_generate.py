@@ -268,6 +268,9 @@ def test_stop_string(byte_model, tmp_path):
     ("a\n", ["--max-new-tokens", "0"], "--max-new-tokens"),
     ("a\n", ["--temperature", "-1"], "--temperature"),
     ("a\n", ["--stop", ""], "--stop: the stop string is empty"),
+    # matched in the completion's bytes, cut in its decoded text: a lone byte cut a character in
+    # two (the JSONL line was not UTF-8), U+FFFD cut at an invalid byte while sampling ran on
+    ("a\n", ["--stop", "x\ufffd"], "--stop: the stop string holds U+FFFD"),
     # greedy decoding takes the top token whatever top-k/top-p keep: they were accepted, without effect
     ("a\n", ["--temperature", "0", "--top-k", "1"], "--top-k: has no effect with --temperature 0 (greedy decoding)"),
     ("a\n", ["--temperature", "0", "--top-p", "0.5"], "--top-p: has no effect with --temperature 0 (greedy decoding)"),
@@ -281,6 +284,16 @@ def test_generate_bad_input(byte_model, tmp_path, content, flags, msg):
     r, _ = generate(d, tmp_path, content, *flags)
     assert r.returncode == 1
     assert msg in r.stderr
+
+
+def test_a_stop_string_that_is_not_utf8_is_refused(byte_model, tmp_path):
+    """--stop $'\\xa6' (a lone continuation byte) matched inside a decoded character and cut it
+    in two: the completion written was the byte 0xd2 alone, a JSONL line that is not UTF-8"""
+    d, _ = byte_model
+    (tmp_path / "p.txt").write_text("a\n")
+    r = subprocess.run([FDPO, "generate", "--model", str(d), "--data", str(tmp_path / "p.txt"), "--stop", b"\xa6"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 1 and b"--stop: the stop string is not valid UTF-8" in r.stderr, r.stderr
 
 
 def test_a_sample_count_past_size_t_is_refused(byte_model, tmp_path):
