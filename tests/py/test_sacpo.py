@@ -277,6 +277,13 @@ def test_bad_plans_are_refused(data, tmp_path, extra, msg):
     assert r.returncode != 0 and msg in r.stderr, r.stderr
 
 
+def test_a_bad_beta_is_named_as_beta(data, tmp_path):
+    """--beta 0 was blamed on --lambda once the safety stages' beta / lambda was checked first"""
+    r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety-data",
+             data / "safety.jsonl", "--beta", "0", "--lambda", "1", "--out", tmp_path / "s", *COMMON, check=False)
+    assert r.returncode == 1 and "--beta: must be a finite number > 0 (got 0)" in r.stderr, r.stderr
+
+
 HELD_OUT, FILES_ONLY = "hold pairs out", "use it"
 
 
@@ -373,11 +380,31 @@ def test_rerun_refuses_a_model_retrained_in_place(data, tmp_path):
                                        check=check)
     run("1")
     assert len(json.loads((s / "sacpo.json").read_text())["plan"]["model_hash"]) == 16
+    # what a run writes beside a model (an eval, metrics) is not the model: the same plan
+    (base / "eval.json").write_text("{}")
+    (base / "metrics.jsonl").write_text("{}\n")
+    assert "safety stage (lambda 1): done before" in run("1").stderr
     GPT2(**TINY, seed=4).save_hf(str(base))   # retrained in place: same name, other weights
     r = run("1,2", check=False)
     assert r.returncode == 1 and f"--model: the content it reads differs from what {s}/sacpo.json's stages trained on (" \
         in r.stderr, r.stderr
     assert not (s / "lambda-2").exists()
+
+
+def test_pairs_files_are_opened_first_on_a_first_run_only(data, tmp_path):
+    """A first run opens both files before any stage (a missing --safety-data was found after
+    the reward stage had trained); a rerun that adds merges reads neither, and ran without them."""
+    for f in ("reward.jsonl", "safety.jsonl"):
+        shutil.copy(data / f, tmp_path / f)
+    s = tmp_path / "s"
+    run = lambda *extra, check=True: fdpo("sacpo", "--model", data / "base", "--reward-data", tmp_path / "reward.jsonl",
+                                          "--safety-data", tmp_path / "safety.jsonl", "--beta", "0.2", "--out", s,
+                                          "--lambda", "1,2", *extra, *COMMON, check=check)
+    run()
+    (tmp_path / "reward.jsonl").unlink()
+    (tmp_path / "safety.jsonl").unlink()
+    run("--merge", "0.5")
+    assert (s / "merge-1-2-w0.5" / "model.safetensors").exists()
 
 
 # ---- online stages: --reward / --safety specs instead of preference files ----
@@ -483,6 +510,15 @@ def test_online_stage_specs_are_the_files_they_read(lexdata, tmp_path):
     r = fdpo(*args, "--safety", f"lexicon:{lex}", check=False)
     assert r.returncode == 1 and f"--safety: the content it reads differs from what {s}/sacpo.json's stages trained on (" \
         in r.stderr, r.stderr
+    # a cmd: program is not hashed: one mended in place resumes its stage (as fdpo online), one
+    # that writes to a file its command line names reruns
+    prog = tmp_path / "g.py"
+    prog.write_text("import sys\nlog = open(sys.argv[1], 'a')\nfor line in sys.stdin:\n    log.write(line)\n    print(0)\n")
+    spec = f"cmd:/usr/bin/python3 {prog} {tmp_path / 'g.log'}"
+    args[args.index(s)] = tmp_path / "s2"
+    fdpo(*args, "--safety", spec)
+    prog.write_text(prog.read_text() + "# mended\n")
+    assert "done before" in fdpo(*args, "--safety", spec).stderr
 
 
 def test_online_stages_resume_by_stage_and_by_round(lexdata, tmp_path):
