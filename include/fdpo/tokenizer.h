@@ -40,13 +40,11 @@ size_t fdpo_tokenizer_vocab_size(const fdpo_tokenizer *t);
  * byte-level model be scored against a 257-token BPE one. The chat template is not compared. */
 int fdpo_tokenizer_same(const fdpo_tokenizer *a, const fdpo_tokenizer *b);
 /* End of sequence: tokenizer_config.json's eos_token, else <|endoftext|> (256 byte-level,
- * 50256 GPT-2). Completions end with it and generation stops at it. */
+ * 50256 GPT-2). Completions end with it and generation stops at it; it separates
+ * pretraining documents and starts an empty prompt (one token for all, so that what is
+ * trained on is what is sampled). */
 int32_t fdpo_tokenizer_eot(const fdpo_tokenizer *t);
 int32_t fdpo_tokenizer_bos(const fdpo_tokenizer *t);   /* -1: none */
-/* The document separator of plain text: the special token <|endoftext|> when the tokenizer has
- * one (GPT-2's, Qwen2's, whose eos may be <|im_end|>), else the eos. Pretraining splits its
- * text there, and an empty prompt starts from it (GPT-2's unconditional samples). */
-int32_t fdpo_tokenizer_doc_sep(const fdpo_tokenizer *t);
 int32_t fdpo_tokenizer_pad(const fdpo_tokenizer *t);   /* -1: none */
 /* 1 if id is a special token (added with "special": true; <|endoftext|> when the files
  * list no added tokens). */

@@ -69,7 +69,9 @@ int fdpo_text_load(const char *const *paths, size_t n_paths, const fdpo_tokenize
     memset(val, 0, sizeof *val);
     if (n_paths == 0) return fdpo_error("no input files (give one or more text files)");
     if (seq_len < 1) return fdpo_error("--seq-len must be >= 1");
-    const int32_t eot = fdpo_tokenizer_doc_sep(tok);   /* <|endoftext|>, which an Instruct eos (<|im_end|>) is not */
+    /* the eos: generation stops there, so a document must end there (an Instruct tokenizer's
+     * <|im_end|>, not its <|endoftext|>, which is then a token inside the text) */
+    const int32_t eot = fdpo_tokenizer_eot(tok);
     int32_t *all = NULL; size_t n_all = 0, cap_all = 0;
     span *docs = NULL; size_t n_docs = 0, cap_docs = 0;
     for (size_t f = 0; f < n_paths; f++) {

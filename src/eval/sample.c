@@ -26,8 +26,8 @@ int fdpo_sample_config_check(const fdpo_sample_config *c) {
     if (c->stop && !fdpo_utf8_valid(c->stop, strlen(c->stop)))
         return fdpo_error("--stop: the stop string is not valid UTF-8 (the completion's text is UTF-8)");
     if (c->stop && strstr(c->stop, "\xEF\xBF\xBD"))
-        return fdpo_error("--stop: the stop string holds U+FFFD, which stands for bytes that are not UTF-8 in the "
-                          "decoded text shows for bytes that are not UTF-8, where the completion's bytes hold no stop");
+        return fdpo_error("--stop: the stop string holds U+FFFD, which the decoded text also shows for bytes that are "
+                          "not UTF-8, where the completion's bytes hold no stop");
     return 0;
 }
 
@@ -333,7 +333,7 @@ int fdpo_encode_prompts(const fdpo_tokenizer *tok, char *const *prompts, size_t 
         }
         if ((*lens)[i] == 0) { /* nothing to condition on: start from <|endoftext|> */
             (*ids)[i] = fdpo_realloc((*ids)[i], sizeof(int32_t));
-            (*ids)[i][0] = fdpo_tokenizer_doc_sep(tok);
+            (*ids)[i][0] = fdpo_tokenizer_eot(tok);   /* as the preference and SFT data start it */
             (*lens)[i] = 1;
         }
     }

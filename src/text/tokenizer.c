@@ -102,11 +102,6 @@ int32_t fdpo_tokenizer_eot(const fdpo_tokenizer *t) { return t->eot; }
 int32_t fdpo_tokenizer_bos(const fdpo_tokenizer *t) { return t->bos; }
 int32_t fdpo_tokenizer_pad(const fdpo_tokenizer *t) { return t->pad; }
 
-int32_t fdpo_tokenizer_doc_sep(const fdpo_tokenizer *t) {
-    int32_t id = fdpo_tokenizer_token_id(t, "<|endoftext|>");
-    return id >= 0 && fdpo_tokenizer_is_special(t, id) ? id : t->eot;
-}
-
 int fdpo_tokenizer_is_special(const fdpo_tokenizer *t, int32_t id) {
     if (t->kind == FDPO_TOK_BPE) return fdpo_bpe_is_special(t, id);
     return id == BYTE_EOT;

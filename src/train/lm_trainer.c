@@ -117,9 +117,13 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
     if (o->eval_every > 0 && o->val_fraction > 0 && (!val || val->n_seq == 0) && tr.state.step == 0 &&
         fdpo_dist_is_root()) {   /* every rank has the same data: said once */
         const int sft = !strcmp(kind, "sft");
+        size_t el = 0;   /* the separator by its text: an Instruct tokenizer's is <|im_end|> */
+        const char *eos = fdpo_tokenizer_token_bytes(tok, fdpo_tokenizer_eot(tok), &el);
+        char docs[128];
+        snprintf(docs, sizeof docs, " documents (%.*s separates them)", (int)(el < 64 ? el : 64), eos ? eos : "");
         fdpo_log(FDPO_LOG_WARN, "--eval-fraction %g: the data is one %s, which the split keeps for training, so "
                  "--eval-every %ld writes no eval_loss (give two or more%s, or --eval-every 0)", o->val_fraction,
-                 sft ? "example" : "document", o->eval_every, sft ? " examples" : " documents (<|endoftext|> separates them)");
+                 sft ? "example" : "document", o->eval_every, sft ? " examples" : docs);
     }
     while (!rc && !fdpo_trainer_done(&tr)) {
         fdpo_trainer_begin_step(&tr);

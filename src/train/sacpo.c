@@ -128,8 +128,22 @@ static const char *const without_flag[] = FDPO_PREF_SETTINGS_WITHOUT_FLAG;
 
 /* a path of the plan as the file it names (resolved; as given where it does not resolve),
  * so that a rerun from another directory is the same plan (plan_same_paths) */
+/* realpath, and for a file that is not there (a rerun that reads no pairs file) its directory's
+ * realpath joined with its name: the same file as the first run's resolved path */
+static char *resolve_path(const char *path) {
+    char *real = realpath(path, NULL);
+    if (real) return real;
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? fdpo_strdup(path) : fdpo_strdup(".");
+    if (slash) dir[slash - path ? slash - path : 1] = 0;   /* "/x": the root */
+    char *rd = realpath(dir, NULL);
+    char *out = rd ? fdpo_path_join(rd, slash ? slash + 1 : path) : NULL;
+    free(dir); free(rd);
+    return out;
+}
+
 static void plan_path(cJSON *p, const char *key, const char *path) {
-    char *real = path ? realpath(path, NULL) : NULL;
+    char *real = path ? resolve_path(path) : NULL;
     cJSON_AddStringToObject(p, key, real ? real : path);
     free(real);
 }
@@ -150,28 +164,26 @@ static void plan_hash(cJSON *p, const char *key, const char *path) {
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* The files of a checkpoint directory that make the model a stage starts from: its weights
- * (not training_state.safetensors, the optimizer's) and its model and tokenizer configs; not
- * metrics or an eval.json written beside them later. */
+/* The files of a checkpoint directory that make the model a stage starts from: those a
+ * checkpoint is made of (fdpo_checkpoint_file_kind: weights, shards, model and tokenizer
+ * files), not its training state (the optimizer's), nor metrics or an eval.json written
+ * beside them later. */
 static int model_file(const char *name) {
-    static const char *const CONFIGS[] = {"config.json", "adapter_config.json", "model.safetensors.index.json",
-                                          "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                                          "special_tokens_map.json", "fdpo_tokenizer.json"};
-    size_t n = strlen(name);
-    if (n > 12 && !strcmp(name + n - 12, ".safetensors")) return strcmp(name, "training_state.safetensors") != 0;
-    for (size_t i = 0; i < sizeof CONFIGS / sizeof CONFIGS[0]; i++)
-        if (!strcmp(name, CONFIGS[i])) return 1;
-    return 0;
+    return fdpo_checkpoint_file_kind(name) != 0 && strcmp(name, "training_state.json") &&
+           strcmp(name, "training_state.safetensors");
 }
 
-/* FNV-1a-style mixing 8 bytes at a time (a 124M model's 500 MB at memory speed, where the
- * byte-wise FNV took 2 s a run), the tail byte-wise */
+/* 8 bytes at a time (a 124M model's 500 MB at memory speed, where the byte-wise FNV took 2 s
+ * a run), each word mixed in by multiply and xor-shift so that every bit of it reaches every
+ * bit of the state (a multiply alone moves differences up only: two top-bit flips cancelled);
+ * the tail byte-wise */
 static uint64_t hash_words(uint64_t h, const char *buf, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
         memcpy(&w, buf + i, 8);
-        h = (h ^ w) * 0x100000001b3ULL;
+        h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
+        h ^= h >> 32;
     }
     return fdpo_hash64(h, buf + i, n - i);
 }
@@ -409,7 +421,7 @@ static void plan_same_paths(cJSON *saved, const cJSON *now) {
         cJSON *a = cJSON_GetObjectItemCaseSensitive(s, key);
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(g, key);
         if (!cJSON_IsString(a) || !cJSON_IsString(b) || !strcmp(a->valuestring, b->valuestring)) continue;
-        char *ra = realpath(a->valuestring, NULL), *rb = realpath(b->valuestring, NULL);
+        char *ra = resolve_path(a->valuestring), *rb = resolve_path(b->valuestring);
         if (ra && rb && !strcmp(ra, rb)) cJSON_SetValuestring(a, b->valuestring);
         free(ra); free(rb);
     }

