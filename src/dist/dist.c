@@ -360,6 +360,20 @@ int fdpo_dist_overlap_start(fdpo_dist_overlap *o, float *grads, size_t group) {
     return 0;
 }
 
+static size_t count_started(const fdpo_dist_overlap *o) {
+    size_t n = 0;
+    for (size_t g = 0; g < o->n_groups; g++) n += o->started[g] != 0;
+    return n;
+}
+
+/* the groups not started yet, from the last down (the order backward starts them in) */
+static int start_missing(fdpo_dist_overlap *o, float *grads) {
+    int rc = 0;
+    for (size_t g = o->n_groups; g-- > 0 && !rc;)
+        if (!o->started[g]) rc = fdpo_dist_overlap_start(o, grads, g);
+    return rc;
+}
+
 void fdpo_dist_overlap_begin_step(fdpo_dist_overlap *o, float *grads) {
     g_step_overlap = o;
     g_step_grads = grads;
@@ -375,30 +389,22 @@ int fdpo_dist_overlap_backward_done(void) {
      * Every rank calls this at the same point of the step, before the blocking sums of the
      * step's metrics, so all post the same non-blocking sums in one order and before those:
      * MPI asks for one order of blocking and non-blocking collectives on a communicator. */
-    o->last_overlapped = 0;
-    for (size_t g = 0; g < o->n_groups; g++) o->last_overlapped += o->started[g] != 0;
+    o->last_overlapped = count_started(o);
     o->counted = 1;
-    int rc = 0;
-    for (size_t g = o->n_groups; g-- > 0 && !rc;)
-        if (!o->started[g]) rc = fdpo_dist_overlap_start(o, g_step_grads, g);
-    return rc;
+    return start_missing(o, g_step_grads);
 }
 
 int fdpo_dist_overlap_finish(fdpo_dist_overlap *o, float *grads) {
     g_overlap_armed = 0;
     if (!o->rest_built && build_rest(o)) return -1;
-    if (!o->counted) {
-        o->last_overlapped = 0;
-        for (size_t g = 0; g < o->n_groups; g++) o->last_overlapped += o->started[g] != 0;
-    }
+    if (!o->counted) o->last_overlapped = count_started(o);
     o->counted = 0;
     int rc = 0;
 #ifdef FDPO_HAVE_MPI
     if (g_size > 1) {
-        /* the groups not started yet, in the order _backward_done starts them (a caller that
-         * did not call it: the same order on every rank still) */
-        for (size_t g = o->n_groups; g-- > 0 && !rc;)
-            if (!o->started[g]) rc = fdpo_dist_overlap_start(o, grads, g);
+        /* the groups not started yet, as _backward_done starts them (a caller that did not call
+         * it: the same order on every rank still) */
+        rc = start_missing(o, grads);
         double t0 = fdpo_now();
         int mrc = rc ? MPI_SUCCESS : MPI_Waitall((int)o->n_req, o->req, MPI_STATUSES_IGNORE);
         if (mrc != MPI_SUCCESS) rc = mpi_fail(mrc, "waitall");
