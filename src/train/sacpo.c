@@ -693,6 +693,72 @@ static int pin_stages_route(const char *out) {
     return pinned < 0 ? -1 : 0;
 }
 
+/* one f-DPO (or online) stage of the plan: its model in, its data or spec, its beta, its dir */
+typedef struct {
+    char what[64];
+    char *init, *dir;           /* owned */
+    const char *data, *data_flag, *spec;
+    double beta;
+} sacpo_stage;
+
+/* the stages in the order they run. Reward first: one reward stage at beta from --model, then
+ * per lambda a safety stage at beta/lambda from it. Safety first: per lambda a safety stage
+ * from --model, then a reward stage from that. */
+static sacpo_stage *plan_stages(const fdpo_sacpo_opts *o, size_t *n_out) {
+    const double beta = o->dpo.dpo.loss.beta;
+    sacpo_stage *s = fdpo_calloc(2 * o->n_lambdas + 1, sizeof *s);
+    size_t n = 0;
+    char *reward_dir = fdpo_path_join(o->out, "reward");
+    const sacpo_stage reward = {"", NULL, NULL, o->reward_data, "--reward-data", o->reward_spec, beta};
+    const sacpo_stage safety = {"", NULL, NULL, o->safety_data, "--safety-data", o->safety_spec, 0};
+    if (!o->safety_first) {
+        s[n] = reward;
+        snprintf(s[n].what, sizeof s[n].what, "reward stage");
+        s[n].init = fdpo_strdup(o->dpo.train.init);
+        s[n++].dir = fdpo_strdup(reward_dir);
+    }
+    for (size_t i = 0; i < o->n_lambdas; i++) {
+        const double lam = o->lambdas[i];
+        char *final = fdpo_sacpo_lambda_dir(o->out, lam);
+        s[n] = safety;
+        snprintf(s[n].what, sizeof s[n].what, "safety stage (lambda %g)", lam);
+        s[n].beta = beta / lam;
+        if (!o->safety_first) {
+            s[n].init = fdpo_strdup(reward_dir);
+            s[n++].dir = final;
+            continue;
+        }
+        s[n].init = fdpo_strdup(o->dpo.train.init);
+        s[n].dir = fmt_dir(o->out, "safety-lambda", lam, 0, 0);
+        n++;
+        s[n] = reward;
+        snprintf(s[n].what, sizeof s[n].what, "reward stage (lambda %g)", lam);
+        s[n].init = fdpo_strdup(s[n - 1].dir);
+        s[n++].dir = final;
+    }
+    free(reward_dir);
+    *n_out = n;
+    return s;
+}
+
+static void stages_free(sacpo_stage *s, size_t n) {
+    for (size_t i = 0; i < n; i++) { free(s[i].init); free(s[i].dir); }
+    free(s);
+}
+
+/* the pairs files of the stages still to run open, before any of them trains: a rerun that
+ * adds a lambda needs both files in safety-first order, and the second was found missing only
+ * after the first had trained */
+static int stages_data_open(const sacpo_state *st, const sacpo_stage *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (!s[i].data || (st && stage_done(st, s[i].dir))) continue;
+        FILE *f = fopen(s[i].data, "rb");
+        if (!f) return fdpo_error("%s %s: cannot open: %s", s[i].data_flag, s[i].data, strerror(errno));
+        fclose(f);
+    }
+    return 0;
+}
+
 int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     if (fdpo_sacpo_opts_check(o)) return -1;
     const char *const specs[] = {o->reward_spec, o->safety_spec};
@@ -700,47 +766,28 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
         check_spec(o->reward_spec, &o->online.reward_opts, "--reward") ||
         check_spec(o->safety_spec, &o->online.reward_opts, "--safety"))
         return -1;
-    /* a first run opens both pairs files before any stage (the second was opened after the
-     * first stage had trained); a rerun needs only those of the stages still to run, which
-     * their loaders name */
-    char *state_path = fdpo_path_join(o->out, "sacpo.json");
-    const int fresh = !fdpo_file_exists(state_path);
-    free(state_path);
-    const char *const files[2][2] = {{"reward-data", o->reward_data}, {"safety-data", o->safety_data}};
-    for (int i = 0; fresh && i < 2; i++) {
-        FILE *f = files[i][1] ? fopen(files[i][1], "rb") : NULL;
-        if (files[i][1] && !f) return fdpo_error("--%s %s: cannot open: %s", files[i][0], files[i][1], strerror(errno));
-        if (f) fclose(f);
+    size_t n_stages;
+    sacpo_stage *stages = plan_stages(o, &n_stages);
+    /* a first run opens its pairs files before it claims --out; a rerun, those of the stages
+     * still to run once it has read which are done */
+    if (!sacpo_resuming(o) && stages_data_open(NULL, stages, n_stages)) { stages_free(stages, n_stages); return -1; }
+    if (fdpo_dist_rank() == 0 && (fdpo_dir_lock(o->out, "--out") || fdpo_mkdir_p(o->out))) {
+        stages_free(stages, n_stages);
+        return -1;
     }
-    if (fdpo_dist_rank() == 0 && (fdpo_dir_lock(o->out, "--out") || fdpo_mkdir_p(o->out))) return -1;
     if (fdpo_dist_rank() == 0) fdpo_remove_stale_tmp(o->out);   /* under the lock: a killed writer's NAME.tmp.PID */
-    if (fdpo_dist_barrier()) return -1;
+    if (fdpo_dist_barrier()) { stages_free(stages, n_stages); return -1; }
     sacpo_state st = {0};
     /* a dpo/rl/online run's files next to the stages would be mixed with them */
     const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_SACPO);
     int rc = held ? fdpo_error("--out: %s already holds %s of another run; choose another --out", o->out, held)
                   : state_open(&st, o);
+    if (!rc) rc = stages_data_open(&st, stages, n_stages);
     if (!rc) rc = pin_stages_route(o->out);
-    const double beta = o->dpo.dpo.loss.beta;
-    char *reward_dir = fdpo_path_join(o->out, "reward");
-    if (!rc && !o->safety_first)
-        rc = run_stage(o, &st, "reward stage", o->dpo.train.init, o->reward_data, o->reward_spec, beta, reward_dir);
-    for (size_t i = 0; !rc && i < o->n_lambdas; i++) {
-        double lam = o->lambdas[i];
-        char *final = fdpo_sacpo_lambda_dir(o->out, lam), what[64];
-        if (!o->safety_first) {
-            snprintf(what, sizeof what, "safety stage (lambda %g)", lam);
-            rc = run_stage(o, &st, what, reward_dir, o->safety_data, o->safety_spec, beta / lam, final);
-        } else {
-            char *safety_dir = fmt_dir(o->out, "safety-lambda", lam, 0, 0);
-            snprintf(what, sizeof what, "safety stage (lambda %g)", lam);
-            rc = run_stage(o, &st, what, o->dpo.train.init, o->safety_data, o->safety_spec, beta / lam, safety_dir);
-            snprintf(what, sizeof what, "reward stage (lambda %g)", lam);
-            if (!rc) rc = run_stage(o, &st, what, safety_dir, o->reward_data, o->reward_spec, beta, final);
-            free(safety_dir);
-        }
-        free(final);
-    }
+    for (size_t i = 0; !rc && i < n_stages; i++)
+        rc = run_stage(o, &st, stages[i].what, stages[i].init, stages[i].data, stages[i].spec, stages[i].beta,
+                       stages[i].dir);
+    stages_free(stages, n_stages);
     for (size_t i = 0; !rc && i + 1 < o->n_lambdas; i++)
         for (size_t k = 0; !rc && k < o->n_merge_weights; k++) {
             char *a = fdpo_sacpo_lambda_dir(o->out, o->lambdas[i]), *b = fdpo_sacpo_lambda_dir(o->out, o->lambdas[i + 1]);
@@ -748,7 +795,6 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
             rc = run_merge(&st, a, b, o->merge_weights[k], dir);
             free(a); free(b); free(dir);
         }
-    free(reward_dir);
     cJSON_Delete(st.root);
     free(st.path);
     if (fdpo_dist_rank() == 0) fdpo_dir_unlock(o->out);

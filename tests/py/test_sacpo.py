@@ -368,6 +368,33 @@ def test_missing_data_is_named(data, tmp_path):
         assert not (tmp_path / "s").exists()
 
 
+def test_rerun_opens_the_files_of_the_stages_still_to_run_first(data, tmp_path):
+    """A rerun adding a lambda in safety-first order trained the new safety stage, then found
+    the reward pairs file missing. It now names the file before any stage; a rerun whose stages
+    that read a missing file are all done still runs."""
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("reward.jsonl", "safety.jsonl"):
+        shutil.copy(data / name, files / name)
+    run = lambda out, lam, *order: fdpo("sacpo", "--model", data / "base", "--reward-data", files / "reward.jsonl",
+                                        "--safety-data", files / "safety.jsonl", "--beta", "0.2", "--out", out,
+                                        "--lambda", lam, *order, *COMMON, check=False)
+    assert run(tmp_path / "sf", "1", "--order", "safety-first").returncode == 0
+    assert run(tmp_path / "rf", "1").returncode == 0
+    saved = (files / "reward.jsonl").read_bytes()
+    (files / "reward.jsonl").unlink()
+    r = run(tmp_path / "sf", "1,2", "--order", "safety-first")
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo sacpo: --reward-data {files / 'reward.jsonl'}: cannot open: No such file or directory\n"), r.stderr
+    assert not (tmp_path / "sf" / "safety-lambda-2").exists() and "safety stage (lambda 2)" not in r.stderr
+    # reward first: the reward stage is done, so the new lambda's safety stage needs no reward file
+    r = run(tmp_path / "rf", "1,2")
+    assert r.returncode == 0 and (tmp_path / "rf" / "lambda-2" / "model.safetensors").exists(), r.stderr
+    (files / "reward.jsonl").write_bytes(saved)
+    r = run(tmp_path / "sf", "1,2", "--order", "safety-first")
+    assert r.returncode == 0 and (tmp_path / "sf" / "lambda-2" / "model.safetensors").exists(), r.stderr
+
+
 def test_rerun_refuses_a_model_retrained_in_place(data, tmp_path):
     """The plan named --model by path only: a base retrained into the same directory trained
     the new lambda's stages from it while the done ones came from the old base, and the merges
