@@ -191,6 +191,9 @@ long fdpo_remove_stale_tmp(const char *dir);
 /* The same for one file's temp names only (PATH.tmp.PID beside PATH): an output file's
  * claim (fdpo_out_file_claim) clears what a killed writer of that file left. */
 long fdpo_remove_stale_tmp_of(const char *path);
+/* The writer's PID when name is a temp name NAME.tmp.PID (digits after the last ".tmp."),
+ * else 0: notes.tmp.md and exp.tmp.v2 are a user's names. */
+long fdpo_tmp_name_pid(const char *name);
 /* JSON written atomically: pretty-printed (pretty = 1) or on one line, with a final
  * newline. root is a cJSON tree (cJSON.h); the caller keeps ownership. */
 struct cJSON;

@@ -416,14 +416,12 @@ void fdpo_out_file_release(const char *path) {
     fdpo_dir_unlock(path);
 }
 
-/* "name.tmp.<digits>" -> pid, else 0. */
-static long tmp_pid(const char *name) {
-    const char *t = strstr(name, ".tmp.");
-    if (!t) return 0;
-    const char *d = t + 5;
-    if (!*d) return 0;
-    for (const char *c = d; *c; c++) if (*c < '0' || *c > '9') return 0;
-    return strtol(d, NULL, 10);
+long fdpo_tmp_name_pid(const char *name) {
+    const char *t = NULL;
+    for (const char *p = strstr(name, ".tmp."); p; p = strstr(p + 1, ".tmp.")) t = p;
+    if (!t || !t[5]) return 0;
+    for (const char *c = t + 5; *c; c++) if (*c < '0' || *c > '9') return 0;
+    return strtol(t + 5, NULL, 10);
 }
 
 static int pid_alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
@@ -437,7 +435,7 @@ static long remove_stale_tmp_named(const char *dir, const char *prefix) {
     size_t np = prefix ? strlen(prefix) : 0;
     while ((e = readdir(d))) {
         if (prefix && (strncmp(e->d_name, prefix, np) != 0 || strncmp(e->d_name + np, ".tmp.", 5) != 0)) continue;
-        long pid = tmp_pid(e->d_name);
+        long pid = fdpo_tmp_name_pid(e->d_name);
         if (pid <= 0 || pid == (long)getpid() || pid_alive(pid)) continue;
         char *p = fdpo_path_join(dir, e->d_name);
         struct stat st;

@@ -188,7 +188,7 @@ static int carry_over(const char *src, const char *dst, int top, int new_tokeniz
     int rc = 0;
     while ((e = readdir(d)) && !rc) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        if (strstr(e->d_name, ".tmp.")) continue; /* another writer's half-written temp file */
+        if (fdpo_tmp_name_pid(e->d_name)) continue; /* a writer's half-written NAME.tmp.PID */
         if (top && (rewritten_by_save(e->d_name) || (new_tokenizer && tokenizer_file(e->d_name)) ||
                     (new_run && (is_run_file(e->d_name) || replaced_run_entry(src, e->d_name)))))
             continue;

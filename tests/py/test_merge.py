@@ -250,3 +250,20 @@ def test_an_out_holding_a_sharded_checkpoint_is_kept_or_replaced_whole(tmp_path)
     got = tensors(out)
     for k, v in tensors(a).items():
         np.testing.assert_array_equal(got[k], ((v.astype(np.float64) + tensors(b)[k]) / 2).astype(np.float32))
+
+
+def test_a_users_names_holding_dot_tmp_dot_are_carried_over(tmp_path):
+    """Every name holding ".tmp." was skipped by the save's carry-over, so notes.tmp.md and a
+    folder exp.tmp.v2 vanished from --out, exit 0. Only a writer's NAME.tmp.PID is skipped."""
+    a, b = make_model(tmp_path, "a", 1), make_model(tmp_path, "b", 2)
+    out = tmp_path / "out"
+    assert run(FDPO, "merge", "--model", a, "--model", b, "--out", out).returncode == 0
+    (out / "notes.tmp.md").write_text("mine")
+    (out / "exp.tmp.v2").mkdir()
+    (out / "exp.tmp.v2" / "results.txt").write_text("data")
+    (out / "exp.tmp.v2" / "a.tmp.b.tmp.7").write_text("half")   # a writer's temp name: never carried
+    (out / "log.tmp.12x").write_text("also mine")
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--weight", "0.2,0.8", "--out", out, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert (out / "notes.tmp.md").read_text() == "mine" and (out / "log.tmp.12x").read_text() == "also mine"
+    assert sorted(p.name for p in (out / "exp.tmp.v2").iterdir()) == ["results.txt"]
