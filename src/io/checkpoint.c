@@ -382,11 +382,12 @@ static int st_set_open(st_set *s, const char *dir) {
                 rc = fdpo_error("%s: weight_map['%.64s'] must name a shard file in the directory", s->where, e->string);
                 break;
             }
-            int seen = 0;
-            for (size_t i = 0; i < s->n && !seen; i++) seen = ends_with(s->files[i].path, e->valuestring);
-            if (seen) continue;
-            if (s->n == cap) { cap = cap ? 2 * cap : 4; s->files = fdpo_realloc(s->files, cap * sizeof *s->files); }
+            /* the same name, not one ending in it: 2-of-00002.safetensors is not model-2-of-00002's */
             char *shard = fdpo_path_join(dir, e->valuestring);
+            int seen = 0;
+            for (size_t i = 0; i < s->n && !seen; i++) seen = !strcmp(s->files[i].path, shard);
+            if (seen) { free(shard); continue; }
+            if (s->n == cap) { cap = cap ? 2 * cap : 4; s->files = fdpo_realloc(s->files, cap * sizeof *s->files); }
             memset(&s->files[s->n], 0, sizeof s->files[s->n]);
             if (!fdpo_file_exists(shard)) rc = fdpo_error("%s: shard '%s' listed in %s is missing", shard, e->valuestring, s->where);
             else rc = fdpo_st_open(&s->files[s->n], shard);

@@ -272,6 +272,25 @@ def drop_from_index(d, name):
     json.dump(idx, open(p, "w"))
 
 
+def test_shards_whose_names_end_alike_are_both_read(tmp_path):
+    """A shard was taken as opened when an opened shard's path ended with its name: with
+    x-y.safetensors listed first, y.safetensors was never read (its tensors "missing", or a
+    stale copy in the other shard read silently)."""
+    model = Llama(**CONFIGS["gqa-llama3"], seed=3)
+    d = tmp_path / "ck"
+    model.save_hf(str(d), shards=2)
+    p = d / "model.safetensors.index.json"
+    idx = json.loads(p.read_text())
+    names = {"model-00001-of-00002.safetensors": "x-y.safetensors", "model-00002-of-00002.safetensors": "y.safetensors"}
+    for old, new in names.items():
+        os.rename(d / old, d / new)
+    wm = {k: names[v] for k, v in idx["weight_map"].items()}
+    idx["weight_map"] = dict(sorted(wm.items(), key=lambda kv: kv[1] != "x-y.safetensors"))
+    p.write_text(json.dumps(idx))
+    rng = np.random.default_rng(7)
+    assert_matches_reference(tmp_path, d, model, batch(rng, CONFIGS["gqa-llama3"]["vocab_size"]), rng)
+
+
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_checkpoints_are_refused(tmp_path, case):
     model = Llama(**CONFIGS["gqa-llama3"], seed=1)
