@@ -66,6 +66,10 @@ int fdpo_lora_opts_check(const fdpo_lora_opts *o, const fdpo_gpt2 *m);
 /* The comma list of module names alone, its errors naming it `name` (an adapter's
  * target_modules). */
 int fdpo_lora_targets_check(const char *targets, const fdpo_gpt2 *m, const char *name);
+/* 1 when PEFT's exclude_modules entry (a module's name, or a '.'-suffix of it:
+ * "mlp.c_proj", "transformer.h.0.attn.c_attn") leaves out a module of some layer that the
+ * comma list targets selects, else 0; -1 with the error of a bad targets list. */
+int fdpo_lora_excludes(const char *targets, const fdpo_gpt2 *m, const char *entry);
 /* PEFT's target_modules "all-linear" for m's family: every linear layer of the blocks (the
  * LM head is not one). */
 const char *fdpo_lora_all_linear(const fdpo_gpt2 *m);

@@ -3,6 +3,7 @@
  * PeftModelForCausalLM: "base_model.model." + the module path + ".lora_A.weight" [r, in] /
  * ".lora_B.weight" [out, r], the adapter name ("default") removed. */
 #include <cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/io.h"
@@ -142,7 +143,11 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
     /* absent: PEFT's LoraConfig default, 8 */
     if (alpha && !cJSON_IsNull(alpha) && !cJSON_IsNumber(alpha)) { fdpo_error("%s: lora_alpha must be a number", path); goto done; }
     const double alpha_value = cJSON_IsNumber(alpha) ? alpha->valuedouble : 8.0;
+    if (!(alpha_value > 0) || !isfinite(alpha_value)) { fdpo_error("%s: lora_alpha %g must be a number > 0", path, alpha_value); goto done; }
     if (dropout && !cJSON_IsNull(dropout) && !cJSON_IsNumber(dropout)) { fdpo_error("%s: lora_dropout must be a number", path); goto done; }
+    if (cJSON_IsNumber(dropout) && !(dropout->valuedouble >= 0 && dropout->valuedouble < 1)) {
+        fdpo_error("%s: lora_dropout %g must be in [0, 1)", path, dropout->valuedouble); goto done;
+    }
     if (bias && !cJSON_IsNull(bias) && (!cJSON_IsString(bias) || strcmp(bias->valuestring, "none"))) {
         fdpo_error("%s: bias must be \"none\" (fdpo's adapters have no bias terms)", path); goto done;
     }
@@ -224,26 +229,18 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
     if (ex && !cJSON_IsNull(ex) && !cJSON_IsString(ex) && !cJSON_IsArray(ex)) {
         fdpo_error("%s: exclude_modules must be a list of module names", path); goto done;
     }
-    for (const cJSON *e = cJSON_IsArray(ex) ? ex->child : NULL; e; e = e->next) {
-        if (!cJSON_IsString(e) || !*e->valuestring) { fdpo_error("%s: exclude_modules must hold module names", path); goto done; }
-        const char *name = e->valuestring;
-        const char *last = strrchr(name, '.') ? strrchr(name, '.') + 1 : name;
-        for (const char *t = targets; *t;) {
-            size_t len = strcspn(t, ",");
-            const char *tl = t;
-            for (const char *q = t; q < t + len; q++) if (*q == '.') tl = q + 1;
-            if (*last && (size_t)(t + len - tl) == strlen(last) && !strncmp(tl, last, strlen(last))) {
-                fdpo_error("%s: exclude_modules entry '%s' leaves out a module target_modules names: not supported "
-                           "(fdpo adapts a target module in every layer)", path, name);
-                goto done;
-            }
-            t += len + (t[len] == ',');
-        }
-    }
     *o = (fdpo_lora_opts){(long)r->valuedouble, alpha_value, cJSON_IsNumber(dropout) ? dropout->valuedouble : 0.0, targets};
     if (fdpo_lora_targets_check(targets, m, "target_modules") || fdpo_lora_opts_check(o, m)) {
         fdpo_error_context("%s", path);
         goto done;
+    }
+    for (const cJSON *e = cJSON_IsArray(ex) ? ex->child : NULL; e; e = e->next) {
+        if (!cJSON_IsString(e) || !*e->valuestring) { fdpo_error("%s: exclude_modules must hold module names", path); goto done; }
+        if (fdpo_lora_excludes(targets, m, e->valuestring)) {
+            fdpo_error("%s: exclude_modules entry '%s' leaves out a module target_modules names: not supported "
+                       "(fdpo adapts a target module in every layer)", path, e->valuestring);
+            goto done;
+        }
     }
     *targets_out = targets;
     targets = NULL;

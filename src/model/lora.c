@@ -86,6 +86,22 @@ static int parse_targets(const char *targets, const fdpo_gpt2 *m, int *selected,
     return 0;
 }
 
+int fdpo_lora_excludes(const char *targets, const fdpo_gpt2 *m, const char *entry) {
+    int selected[FDPO_LORA_N_SITES];
+    if (parse_targets(targets, m, selected, "target_modules")) return -1;
+    const size_t n = strlen(entry);
+    for (int s = 0; s < FDPO_LORA_N_SITES; s++) {
+        const char *brace = selected[s] ? strstr(module_path[s], "{i}") : NULL;
+        for (size_t i = 0; brace && i < m->config.n_layer; i++) {
+            char path[128];
+            snprintf(path, sizeof path, "%.*s%zu%s", (int)(brace - module_path[s]), module_path[s], i, brace + 3);
+            const size_t p = strlen(path);
+            if (p >= n && !strcmp(path + p - n, entry) && (p == n || path[p - n - 1] == '.')) return 1;
+        }
+    }
+    return 0;
+}
+
 int fdpo_lora_opts_check(const fdpo_lora_opts *o, const fdpo_gpt2 *m) {
     if (o->r <= 0) return fdpo_error("--lora-r: %ld must be >= 1", o->r);
     if (o->r > 65536) return fdpo_error("--lora-r: %ld is larger than any layer's width", o->r);

@@ -712,13 +712,28 @@ def test_peft_files_from_python_load_and_dropout_gradients_are_consistent(tmp_pa
     # ...lora_A" of the excluded module
     for i, (key, val) in enumerate([("use_dora", True), ("rank_pattern", {"v_proj": 8}), ("bias", "all"),
                                     ("exclude_modules", ["model.layers.0.self_attn.v_proj"]),
+                                    ("exclude_modules", ["1.mlp.down_proj"]), ("exclude_modules", ["mlp.down_proj"]),
                                     ("exclude_modules", 5), ("exclude_modules", [5])]):
         bad = write_peft(tmp_path / f"bad{i}", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"], extra={key: val})
         r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)
         assert r.returncode != 0 and key in r.stderr, r.stderr
-    # one that leaves out no target (["lm_head"]) excludes nothing fdpo adapts: the same logits
+    # bad values in the file are named by their keys (they were named --lora-alpha/--lora-dropout)
+    for i, (key, val, msg) in enumerate([("lora_alpha", 0, "lora_alpha 0 must be a number > 0"),
+                                         ("lora_alpha", -4, "lora_alpha -4 must be a number > 0"),
+                                         ("lora_dropout", 1.5, "lora_dropout 1.5 must be in [0, 1)"),
+                                         ("lora_dropout", -0.1, "lora_dropout -0.1 must be in [0, 1)")]):
+        bad = write_peft(tmp_path / f"val{i}", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"])
+        c = json.loads((bad / "adapter_config.json").read_text())
+        c[key] = val
+        (bad / "adapter_config.json").write_text(json.dumps(c))
+        r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)
+        assert r.returncode != 0 and f"{bad / 'adapter_config.json'}: {msg}\n" in r.stderr, r.stderr
+    # entries that leave out no targeted module (PEFT: a module's name or a '.'-suffix of it)
+    # exclude nothing fdpo adapts: the same logits. "self_attn.down_proj" and "mlp.v_proj" name
+    # no module; they were refused, their last part compared alone
     ok = write_peft(tmp_path / "exok", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"],
-                    extra={"exclude_modules": ["lm_head"]})
+                    extra={"exclude_modules": ["lm_head", "self_attn.down_proj", "mlp.v_proj", "_proj", "o_proj",
+                                               "layers.9.mlp.down_proj"]})
     plain = write_peft(tmp_path / "explain", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"])
     got = [fb(tmp_path / f"ex{k}.st", ad)["logits"] for k, ad in (("ok", ok), ("plain", plain))]
     assert np.array_equal(got[0], got[1])
