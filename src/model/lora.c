@@ -241,6 +241,7 @@ void fdpo_lora_merge(fdpo_gpt2 *m) {
     if (!l) return;
     size_t L = m->config.n_layer, r = l->r;
     int conv1d = m->config.arch == FDPO_ARCH_GPT2;
+    const double s_exact = l->alpha / (double)r;   /* not the forward's float scale: one rounding per element */
     for (int s = 0; s < FDPO_LORA_N_SITES; s++) {
         int ti = l->site_tensor[s];
         if (ti < 0) continue;
@@ -255,7 +256,7 @@ void fdpo_lora_merge(fdpo_gpt2 *m) {
                     double d = 0;
                     for (size_t k = 0; k < r; k++) d += (double)B[o * r + k] * (double)A[k * in + i];
                     float *w = conv1d ? &W[i * out + o] : &W[o * in + i];
-                    *w = (float)((double)*w + (double)l->scale * d);
+                    *w = (float)((double)*w + s_exact * d);
                 }
         }
     }
