@@ -86,6 +86,14 @@ int fdpo_chat_encode(const fdpo_tokenizer *tok, const fdpo_chat_text *t, int32_t
  * fdpo_read_prompts keeps conversational prompts): rendered from the start with
  * fdpo_chat_prompt_flags and encoded. 0 done, 1 not such a prompt (nothing set), -1 error. */
 int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n);
+/* The assistant's reply text to the prompt m[0..n) as sampling continues it: after the
+ * generation prompt, or going on with the prompt's last message when that is the
+ * assistant's left open, to its end-of-turn marker. */
+void fdpo_chat_render_reply(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, const char *text, fdpo_chat_text *out);
+/* A completion of such a prompt, rendered as the reply (fdpo_chat_render_reply) and encoded:
+ * the tokens a preference pair of (prompt, completion) trains on. 0 done, 1 the prompt is not
+ * a message list (nothing set), -1 error. */
+int fdpo_chat_encode_reply(const fdpo_tokenizer *tok, const char *prompt, const char *text, int32_t **ids, size_t *n);
 
 /* 1 when prompt is such a message list (fdpo_chat_encode_prompt would render it, or refuse
  * it as a bad one), else 0. */

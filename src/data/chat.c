@@ -420,7 +420,15 @@ int fdpo_chat_is_conversation(const char *prompt) {
     return yes != 0;   /* a bad one too: encoding it says what is wrong */
 }
 
-int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n) {
+void fdpo_chat_render_reply(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, const char *text, fdpo_chat_text *out) {
+    const fdpo_chat_msg turn = {.role = "assistant", .content = text};
+    const unsigned open = fdpo_chat_prompt_flags(m, n) & FDPO_CHAT_OPEN_END ? FDPO_CHAT_CONTINUE_OPEN : 0;
+    fdpo_chat_render(c, &turn, 1, FDPO_CHAT_CONTINUE | FDPO_CHAT_END_AT_EOT | open, out);
+}
+
+/* The prompt's messages rendered (reply NULL), or the reply to them, and encoded; 1 when the
+ * prompt is not a message list. */
+static int encode_rendered(const fdpo_tokenizer *tok, const char *prompt, const char *reply, int32_t **ids, size_t *n) {
     cJSON *a;
     fdpo_chat_msg *m;
     size_t k;
@@ -430,7 +438,8 @@ int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32
     int rc = fdpo_chat_for(tok, &chat);
     if (rc == 0) {
         fdpo_chat_text t = {0};
-        fdpo_chat_render(&chat, m, k, fdpo_chat_prompt_flags(m, k), &t);
+        if (reply) fdpo_chat_render_reply(&chat, m, k, reply, &t);
+        else fdpo_chat_render(&chat, m, k, fdpo_chat_prompt_flags(m, k), &t);
         rc = fdpo_chat_encode(tok, &t, ids, NULL, n);
         fdpo_chat_text_free(&t);
         fdpo_chat_free(&chat);
@@ -438,4 +447,12 @@ int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32
     free(m);
     cJSON_Delete(a);
     return rc;
+}
+
+int fdpo_chat_encode_reply(const fdpo_tokenizer *tok, const char *prompt, const char *text, int32_t **ids, size_t *n) {
+    return encode_rendered(tok, prompt, text, ids, n);
+}
+
+int fdpo_chat_encode_prompt(const fdpo_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n) {
+    return encode_rendered(tok, prompt, NULL, ids, n);
 }

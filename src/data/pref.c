@@ -113,11 +113,8 @@ static int prompt_messages(const where *w, const cJSON *p, cJSON **pm) {
 static void render_sampled(const where *w, const cJSON *pm, const char *text, fdpo_chat_text *prompt, fdpo_chat_text *out) {
     size_t n = (size_t)cJSON_GetArraySize(pm);
     fdpo_chat_msg *m = msgs_of(pm, 0, n);
-    unsigned flags = fdpo_chat_prompt_flags(m, n);
-    if (prompt) fdpo_chat_render(&w->chat, m, n, flags, prompt);
-    fdpo_chat_msg turn = {.role = "assistant", .content = text};
-    fdpo_chat_render(&w->chat, &turn, 1, FDPO_CHAT_CONTINUE | FDPO_CHAT_END_AT_EOT |
-                     (flags & FDPO_CHAT_OPEN_END ? FDPO_CHAT_CONTINUE_OPEN : 0), out);
+    if (prompt) fdpo_chat_render(&w->chat, m, n, fdpo_chat_prompt_flags(m, n), prompt);
+    fdpo_chat_render_reply(&w->chat, m, n, text, out);
     free(m);
 }
 

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "fdpo/chat.h"
 #include "fdpo/eval.h"
 #include "fdpo/rm.h"
 
@@ -587,9 +588,16 @@ static int rm_score(fdpo_reward *r, size_t n, char *const *prompts, char *const 
         for (size_t i = 0; i < k && !rc; i++) {
             int32_t *p = NULL, *c = NULL;
             size_t np = 0, nc = 0;
-            const char *pt = prompts ? prompts[i0 + i] : "";
-            rc = fdpo_tokenizer_encode(r->rm_tok, pt, strlen(pt), 0, &p, &np);
-            if (!rc) rc = fdpo_tokenizer_encode(r->rm_tok, completions[i0 + i], strlen(completions[i0 + i]), 0, &c, &nc);
+            const char *pt = prompts ? prompts[i0 + i] : "", *ct = completions[i0 + i];
+            /* a conversation's JSON text (how prompt files keep one) is scored as the reward model
+             * trained on it: the rendered prompt and the completion as the assistant's reply */
+            int chat = fdpo_chat_encode_prompt(r->rm_tok, pt, &p, &np);
+            if (chat == 0) chat = fdpo_chat_encode_reply(r->rm_tok, pt, ct, &c, &nc);
+            rc = chat < 0 ? -1 : 0;
+            if (chat == 1) {
+                rc = fdpo_tokenizer_encode(r->rm_tok, pt, strlen(pt), 0, &p, &np);
+                if (!rc) rc = fdpo_tokenizer_encode(r->rm_tok, ct, strlen(ct), 0, &c, &nc);
+            }
             if (!rc) {
                 int32_t lone_eot = eot;
                 const int32_t *pp = np ? p : &lone_eot;

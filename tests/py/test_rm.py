@@ -527,3 +527,26 @@ def test_rm_reward_keeps_the_end_of_a_long_prompt_and_scores_an_empty_one_as_eot
         front = reward(model, score, list(long_prompt.encode())[:n_pos - len(comp)] + comp).item()
     assert abs(want[0] - front) > 1e-2   # the two ends score apart: the test can tell them
     assert np.max(np.abs(np.array(got) - np.array(want))) < 1e-4, (got, want)
+
+
+def test_rm_reward_scores_a_conversation_as_the_reward_model_trained_on_it(rm_dir, tmp_path):
+    """A prompt kept as a conversation's JSON text (prompt files, samples) was scored by rm:DIR
+    as that JSON text followed by the completion, while `fdpo rm` trains on the rendered
+    conversation (docs/training.md): fdpo pairs then ranked against the model's own preference.
+    Now the rendered prompt (plain template: <|ROLE|>\\nCONTENT\\n, then <|assistant|>\\n) and the
+    completion as the reply (its end-of-turn \\n), as the reference scores that text."""
+    tmp, model, score = rm_dir
+    conv = json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    comps = [{"prompt": conv, "completion": c} for c in ("Hello", "Bye", "")] + [{"prompt": "plain: ", "completion": "x"}]
+    write_jsonl(tmp_path / "c.jsonl", comps)
+    got = [float(x) for x in harness("eval-reward", f"rm:{tmp / 'rm'}", tmp_path / "c.jsonl").stdout.split()]
+    rendered = "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n"
+    texts = [rendered + c + "\n" for c in ("Hello", "Bye", "")] + ["plain: x"]
+    with torch.no_grad():
+        want = [reward(model, score, list(t.encode())).item() for t in texts]
+    assert rel(got, want) < 1e-5, (got, want)
+    # the training loader's reward of the same pair: the same numbers
+    write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": conv, "chosen": "Hello", "rejected": "Bye"}])
+    harness("rm-grad", "--model", tmp / "rm", "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "g")
+    trained = json.loads((tmp_path / "g" / "result.json").read_text())["rewards"][0]
+    assert rel(got[:2], trained) < 1e-6, (got, trained)
