@@ -28,18 +28,23 @@ double fdpo_shaped_reward(const fdpo_divergence *d, double beta, double reward, 
 
 /* RLOO (Ahmadian et al. 2024; TRL RLOOTrainer): adv_i = x_i - mean_{j != i} x_j. k >= 2. */
 void fdpo_rloo_advantages(const double *shaped, size_t k, double *adv) {
+    /* as deviations from shaped[0]: a group of equal rewards gives exactly 0 (sum / k is not
+     * x in doubles at k = 3, 6, 7, ...) */
     double sum = 0;
-    for (size_t i = 0; i < k; i++) sum += shaped[i];
-    for (size_t i = 0; i < k; i++) adv[i] = shaped[i] - (sum - shaped[i]) / (double)(k - 1);
+    for (size_t i = 0; i < k; i++) sum += shaped[i] - shaped[0];
+    for (size_t i = 0; i < k; i++) {
+        const double d = shaped[i] - shaped[0];
+        adv[i] = d - (sum - d) / (double)(k - 1);
+    }
 }
 
 /* GRPO (Shao et al. 2024; TRL GRPOTrainer): adv_i = (x_i - mean) / (std + eps), std the
  * unbiased (k - 1) sample standard deviation as torch.std computes it. k >= 2. */
 void fdpo_grpo_advantages(const double *shaped, size_t k, double eps, double *adv) {
-    double mean = 0, ss = 0;
-    for (size_t i = 0; i < k; i++) mean += shaped[i];
+    double mean = 0, ss = 0;   /* of the deviations from shaped[0], as in fdpo_rloo_advantages */
+    for (size_t i = 0; i < k; i++) mean += shaped[i] - shaped[0];
     mean /= (double)k;
-    for (size_t i = 0; i < k; i++) ss += (shaped[i] - mean) * (shaped[i] - mean);
+    for (size_t i = 0; i < k; i++) ss += (shaped[i] - shaped[0] - mean) * (shaped[i] - shaped[0] - mean);
     double sd = sqrt(ss / (double)(k - 1));
-    for (size_t i = 0; i < k; i++) adv[i] = (shaped[i] - mean) / (sd + eps);
+    for (size_t i = 0; i < k; i++) adv[i] = (shaped[i] - shaped[0] - mean) / (sd + eps);
 }

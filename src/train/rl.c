@@ -128,7 +128,10 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
     if (m->config.arch == FDPO_ARCH_GPT2) b.head_keep_max_bytes = max_bytes;
     else b.fused_head = tokens * m->config.vocab_size * sizeof(float) > max_bytes;
     b.skip_unweighted = 1;
-    float *tlp = fdpo_malloc(N * sizeof(float)), *slp = fdpo_malloc(n * sizeof(float));
+    float *tlp = fdpo_malloc(N * sizeof(float));
+    /* in double, as the reference's sums are: a float sum made l = float(S) - S at pi = pi_ref,
+     * advantages of rounding noise, and Adam turned them into a full-size step */
+    double *slp = fdpo_malloc(n * sizeof(double));
     float *dtok = fdpo_calloc(N ? N : 1, sizeof(float));   /* 0 on the prompt rows */
     double *shaped = fdpo_malloc(n * sizeof(double)), *adv = fdpo_malloc(n * sizeof(double));
     int rc = fdpo_gpt2_check_batch(m, &b);
@@ -137,13 +140,13 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
         for (size_t i = 0; i < n; i++) {   /* a sequence may hold several samples: sum each one's rows */
             double sum = 0;
             for (size_t t = row0[i]; t < row0[i] + n_comp[i]; t++) sum += tlp[t];
-            slp[i] = (float)sum;
+            slp[i] = sum;
         }
         /* every mean is over the step's n_total samples: the ranks' shares add up to it */
         const double inv = 1.0 / (double)n_total;
         memset(out, 0, sizeof *out);
         for (size_t i = 0; i < n; i++) {
-            double l = (double)slp[i] - ref_logp[i];
+            double l = slp[i] - ref_logp[i];
             shaped[i] = fdpo_shaped_reward(&c->div, c->beta, reward[i], l);
             out->scores += reward[i] * inv;
             out->kl += l * inv;

@@ -53,6 +53,18 @@ START_TEST(rloo_and_grpo_advantages) {
     for (int i = 0; i < 3; i++) ck_assert_double_eq(adv[i], 0);
     fdpo_rloo_advantages(same, 3, adv);
     for (int i = 0; i < 3; i++) ck_assert_double_eq(adv[i], 0);
+    /* ... also where sum / k is not the value in doubles (0.1 x 3 sums to 0.30000000000000004;
+     * -2.9 x 7): they gave advantages of 1e-17 and GRPO a nonzero gradient */
+    const double tenth[3] = {0.1, 0.1, 0.1}, neg[7] = {-2.9, -2.9, -2.9, -2.9, -2.9, -2.9, -2.9};
+    double adv7[7];
+    fdpo_grpo_advantages(tenth, 3, 1e-4, adv);
+    for (int i = 0; i < 3; i++) ck_assert_double_eq(adv[i], 0);
+    fdpo_rloo_advantages(tenth, 3, adv);
+    for (int i = 0; i < 3; i++) ck_assert_double_eq(adv[i], 0);
+    fdpo_grpo_advantages(neg, 7, 1e-4, adv7);
+    for (int i = 0; i < 7; i++) ck_assert_double_eq(adv7[i], 0);
+    fdpo_rloo_advantages(neg, 7, adv7);
+    for (int i = 0; i < 7; i++) ck_assert_double_eq(adv7[i], 0);
 }
 END_TEST
 

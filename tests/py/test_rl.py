@@ -205,17 +205,46 @@ def test_step_bf16_close_to_torch_autocast(tmp_path, algo, div):
         assert rel_err(grads[name], ac_g[name]) <= 2.5 * rel_err(ac_g[name], ex_g[name]) + 1e-4, name
 
 
-def test_grpo_group_of_equal_rewards_gives_no_gradient(tmp_path):
+@pytest.mark.parametrize("algo", ["grpo", "rloo"])
+def test_a_group_of_equal_rewards_gives_no_gradient(tmp_path, algo):
+    """identical completions: same logp, same shaped reward -> advantages 0 -> zero gradient.
+    At k = 3, 6, 7 a mean taken as sum / k is not the value itself in doubles: GRPO's
+    gradient was 5.6e-12, RLOO's advantages -5.6e-17 (k = 2 divides exactly; a hunt's find)."""
     V = 7
     model = GPT2(V, 16, 8, 1, 2, seed=2)
     model.save_hf(str(tmp_path / "policy"))
-    # identical completions: same logp, same shaped reward -> advantages 0 -> zero gradient
-    s = {"prompt": [1, 2], "completion": [3, 4], "reward": 0.5, "ref_logp": -3.0}
-    spec = {"algo": "grpo", "divergence": "rkl", "beta": 0.1, "k": 2, "grpo_eps": 1e-4, "samples": [s, s]}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
-    grads, _ = st.load(str(tmp_path / "out" / "grads.safetensors"))
-    assert all(np.all(g == 0) for g in grads.values())
+    for k in (2, 3, 6, 7):
+        for reward in (0.5, 0.1, -2.9, 1.3):
+            s = {"prompt": [1, 2], "completion": [3, 4], "reward": reward, "ref_logp": -3.0}
+            spec = {"algo": algo, "divergence": "rkl", "beta": 0.1, "k": k, "grpo_eps": 1e-4, "samples": [s] * k}
+            (tmp_path / "spec.json").write_text(json.dumps(spec))
+            harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
+            grads, _ = st.load(str(tmp_path / "out" / "grads.safetensors"))
+            assert all(np.all(g == 0) for g in grads.values()), (k, reward)
+            assert json.loads((tmp_path / "out" / "result.json").read_text())["advantages"] == [0] * k
+
+
+def test_first_step_at_the_reference_with_a_constant_reward_moves_nothing(tmp_path):
+    """Step 1 samples the reference, so l = log pi - log pi_ref = 0 and, with a constant reward,
+    every advantage is 0: no update (weight decay 0). The policy's sequence log-prob was rounded
+    to float against the reference's double sum: KL -2.8e-7, and Adam turned the noise into a
+    full lr step (GRPO: weights moved by 1e-3; a hunt's find)."""
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=32, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("a\nb\nc\n")
+    for algo in ("grpo", "rloo"):
+        out = tmp_path / algo
+        r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt",
+                                             "--out", out, "--reward", "cmd:awk '{print 1}'", "--algo", algo, "--n", 4,
+                                             "--prompts-per-step", 3, "--steps", 1, "--max-new-tokens", 8, "--lr", "1e-3",
+                                             "--weight-decay", 0, "--threads", 1, "--quiet"]], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        assert m["objective/kl"] == 0 and m["policy/advantage_std"] == 0 and m["grad_norm"] == 0, m
+        a, b = st.load(str(tmp_path / "model" / "model.safetensors"))[0], st.load(str(out / "model.safetensors"))[0]
+        assert all(np.array_equal(a[k], b[k]) for k in a), algo
 
 
 def test_bad_config_is_named(tmp_path):
