@@ -509,7 +509,11 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
                     rc = fdpo_error("%s: tensor 'score.weight' must be [%zu, %zu]", ss.files[sfi].path, c.num_labels, c.n_embd);
                     break;
                 }
-                rc = fdpo_st_read_f32(&ss.files[sfi], sw, m->params_memory + t->offset + one, c.num_labels * c.n_embd);
+                float *score = m->params_memory + t->offset + one;
+                rc = fdpo_st_read_f32(&ss.files[sfi], sw, score, c.num_labels * c.n_embd);
+                size_t bad = rc ? 0 : count_non_finite(score, c.num_labels * c.n_embd);   /* as every tensor */
+                if (bad) rc = fdpo_error("%s: tensor 'score.weight' has %zu non-finite value%s (NaN or Inf)",
+                                         ss.files[sfi].path, bad, bad == 1 ? "" : "s");
                 if (rc) break;
             }
             int same = f->ndim == t->ndim;

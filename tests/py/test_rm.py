@@ -234,6 +234,16 @@ def test_bad_inputs(rm_dir, tmp_path):
     save_byte_tokenizer(str(d))
     r = harness("eval-reward", f"rm:{d}", tmp_path / "c.jsonl", check=False)
     assert r.returncode != 0 and "score.weight" in r.stderr
+    # a NaN or Inf in the score head is refused as in any other tensor (it scored null, exit 0)
+    for bad in (float("nan"), float("inf")):
+        score = torch.full((1, CFG["n_embd"]), 0.1)
+        score[0, 3] = bad
+        d = tmp_path / f"nonfinite{bad}"
+        save_rm(lm, score, d)
+        for cmd in (["info", d], ["score", "--model", tmp_path / "lm", "--data", tmp_path / "c.jsonl", "--reward", f"rm:{d}"]):
+            r = fdpo(*cmd, check=False)
+            assert r.returncode == 1 and (f"{d / 'model.safetensors'}: tensor 'score.weight' has 1 non-finite value "
+                                          "(NaN or Inf)\n") in r.stderr, r.stderr
     # a margin that is not a number: FILE:LINE
     rows = [dict(ROWS[0]), dict(ROWS[1], margin="big")]
     write_jsonl(tmp_path / "bad.jsonl", rows)
