@@ -92,6 +92,9 @@ typedef struct {
     const char *lora_targets;
 } fdpo_train_opts;
 #define FDPO_LORA_ALPHA_DEFAULT 8.0   /* PEFT's LoraConfig default lora_alpha */
+/* the adapters' gradients are not laid out per layer (fdpo_train_opts_check, the trainer) */
+#define FDPO_OVERLAP_LORA_REFUSED \
+    "--allreduce-overlap: not available with --lora-r (the adapters' gradients are summed after backward)"
 
 /* The library owns these options: fdpo_train_opts_default fills the documented defaults
  * (the CLI's flag table shows the same values), fdpo_train_opts_check validates them once

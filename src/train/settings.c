@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "fdpo/dist.h"
 #include "fdpo/lora.h"
 #include "fdpo/trainer.h"
 #include "train/settings_json.h"
@@ -389,6 +390,11 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
         return fdpo_error("--%s: has no effect without --lora-r R", o->lora_targets ? "lora-targets"
                           : o->lora_dropout != 0 ? "lora-dropout" : "lora-alpha");
     }
+    /* before any sampling or reference cache (online and sacpo met it when the trainer opened) */
+    if (o->allreduce_overlap && fdpo_dist_size() > 1 &&
+        (o->lora_r > 0 || (o->init && !o->resume && fdpo_lora_is_checkpoint(o->init)) ||
+         (o->resume && fdpo_lora_is_checkpoint(o->out))))
+        return fdpo_error("%s", FDPO_OVERLAP_LORA_REFUSED);
     /* the model config's own bounds (fdpo_gpt2_config_check, fdpo_llama_config_check), named by
      * flag: past them the message named a config.json field ("config: n_layer 4294967297 must
      * be in [1, 1024]"). GPT-2's heads are bounded by dividing n_embd, Llama's also by 1024. */

@@ -453,7 +453,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
                                                                     tr->model->n_params * sizeof(float)))) goto fail;
         if (fdpo_dist_check_agree("--allreduce-overlap", (uint64_t)(o->allreduce_overlap != 0))) goto fail;
         if (o->allreduce_overlap && tr->model->lora) {   /* the adapters' gradients are not laid out per layer */
-            fdpo_error("--allreduce-overlap: not available with --lora-r (the adapters' gradients are summed after backward)");
+            fdpo_error("%s", FDPO_OVERLAP_LORA_REFUSED);
             goto fail;
         }
         if (o->allreduce_overlap && overlap_open(tr)) goto fail;

@@ -700,6 +700,27 @@ def test_allreduce_overlap_with_a_rank_without_micro_batches(work, tmp_path, np_
     assert np.array_equal(a, b) if np_ == 2 else close(a, b), np.abs(a - b).max()
 
 
+def test_allreduce_overlap_with_lora_is_refused_before_any_work(work, tmp_path):
+    """--allreduce-overlap with LoRA is refused under mpirun; online and sacpo met the refusal
+    when the trainer opened, after sampling a round or building the reference cache. Now every
+    command refuses it with its options, before it writes anything."""
+    lora = ["--lora-r", 2, "--allreduce-overlap", "--threads", 1, "--quiet"]
+    cmds = {"dpo": ["dpo", "--model", work / "pol", "--data", work / "pairs.jsonl", "--steps", 1],
+            "online": ["online", "--model", work / "pol", "--data", work / "prompts.txt", "--reward",
+                       letters_reward(work), "--rounds", 1, "--prompts-per-round", 4, "--n", 2, "--max-new-tokens", 4],
+            "sacpo": ["sacpo", "--model", work / "pol", "--reward-data", work / "pairs.jsonl", "--safety-data",
+                      work / "pairs.jsonl", "--lambda", 1, "--steps", 1],
+            "rl": ["rl", "--model", work / "pol", "--data", work / "prompts.txt", "--reward", letters_reward(work),
+                   "--prompts-per-step", 4, "--n", 2, "--max-new-tokens", 4, "--steps", 1]}
+    for name, args in cmds.items():
+        out = tmp_path / name
+        r = mpi(2, *args, *lora, "--out", out, check=False, timeout=120)
+        assert r.returncode != 0 and ("--allreduce-overlap: not available with --lora-r (the adapters' gradients "
+                                      "are summed after backward)") in r.stderr, (name, r.stderr)
+        assert "round 0" not in r.stderr and "reference" not in r.stderr.replace("--ref", ""), (name, r.stderr)
+        assert not out.exists() or not any(out.iterdir()), (name, sorted(p.name for p in out.iterdir()))
+
+
 @pytest.mark.parametrize("name", ["pretrain", "dpo", "kto", "rm", "online", "rl"])
 def test_every_rank_posts_the_same_collectives_in_one_order(work, tmp_path, name):
     """MPI asks every rank to post the same collectives in the same order, blocking and
