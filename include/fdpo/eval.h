@@ -133,8 +133,9 @@ void fdpo_sampler_timing(const fdpo_sampler *s, fdpo_generate_timing *out);
  * generates its contiguous block of prompts (seeded by their indices among all prompts, so
  * every sample is the one a single process draws) and every rank gets all n_prompts *
  * n_samples samples in prompt order. A rank that fails makes every rank fail with its
- * message. One process: exactly fdpo_generate_eot. timing (NULL: not wanted) gets this
- * rank's fdpo_sampler_timing. */
+ * message. One process: exactly fdpo_generate_eot. timing (NULL: not wanted) gets the
+ * fdpo_sampler_timing of the whole job: under MPI on every rank the steps and tokens summed
+ * over the ranks and each time the longest any rank took. */
 int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
                         int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
                         size_t n_samples, fdpo_sample **out, fdpo_generate_timing *timing);

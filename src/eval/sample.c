@@ -355,7 +355,7 @@ void fdpo_samples_free(fdpo_sample *s, size_t n) {
 typedef struct {
     fdpo_sample *out;
     fdpo_rng rng;
-    char *bytes; size_t n_bytes, cap_bytes;  /* raw bytes generated so far (stop strings) */
+    char *bytes; size_t n_bytes, cap_bytes;  /* raw bytes generated so far, specials left out (stop strings) */
     int active;
     int32_t next;                            /* token sampled at this step */
 } slot_state;
@@ -663,7 +663,10 @@ int fdpo_sampler_generate(fdpo_sampler *smp, const fdpo_tokenizer *tok, int32_t 
             if (t == eot) { s->finish = FDPO_FINISH_EOT; done = 1; }
             else {
                 s->n_completion++;
-                if (c->stop && *c->stop && tok) {
+                /* the stop is matched in the text the completion is written as, which leaves
+                 * special tokens out (finish_text): a special token adds no bytes, so the
+                 * sample stops exactly when the written text first holds the stop */
+                if (c->stop && *c->stop && tok && !fdpo_tokenizer_is_special(tok, t)) {
                     size_t len;
                     const char *bytes = fdpo_tokenizer_token_bytes(tok, t, &len);
                     if (st[b].n_bytes + len + 1 > st[b].cap_bytes) {

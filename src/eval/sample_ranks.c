@@ -132,6 +132,26 @@ static int generate_timed(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t
     return rc;
 }
 
+/* *t (this rank's) becomes the whole job's: the counts summed over the ranks, each time the
+ * longest any rank took (the call waits for its slowest rank). One allgather, posted by every
+ * rank whatever its block (none included) or result, so the ranks' collectives stay one order. */
+static int timing_over_ranks(fdpo_generate_timing *t) {
+    const double mine[5] = {t->setup, t->prefill, t->decode, (double)t->decode_steps, (double)t->decode_tokens};
+    char *all = NULL;
+    size_t len = 0;
+    if (fdpo_dist_allgather_bytes(mine, sizeof mine, &all, &len)) return -1;
+    double sum[5] = {0, 0, 0, 0, 0};
+    for (size_t r = 0; r < len / sizeof mine; r++) {
+        double x[5];
+        memcpy(x, all + r * sizeof mine, sizeof mine);
+        for (int i = 0; i < 3; i++) if (x[i] > sum[i]) sum[i] = x[i];
+        for (int i = 3; i < 5; i++) sum[i] += x[i];   /* exact: counts far below 2^53 */
+    }
+    free(all);
+    *t = (fdpo_generate_timing){sum[0], sum[1], sum[2], (size_t)sum[3], (size_t)sum[4]};
+    return 0;
+}
+
 int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
                         int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
                         size_t n_samples, fdpo_sample **out, fdpo_generate_timing *timing) {
@@ -164,7 +184,10 @@ int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t e
     fdpo_sample_config mine_c = *c;
     mine_c.first_prompt = c->first_prompt + b;
     fdpo_sample *mine = NULL;
-    int failed = generate_timed(m, tok, eot, &mine_c, prompt_ids + b, prompt_lens + b, e - b, n_samples, &mine, timing);
+    fdpo_generate_timing tm = {0};
+    int failed = generate_timed(m, tok, eot, &mine_c, prompt_ids + b, prompt_lens + b, e - b, n_samples, &mine, &tm);
+    if (timing_over_ranks(&tm)) failed = -1;
+    if (timing) *timing = tm;
     int rc = gather(failed, mine, failed ? 0 : (e - b) * n_samples, c->first_prompt + b, NULL,
                     n_prompts * n_samples, out, NULL);
     if (mine) fdpo_samples_free(mine, (e - b) * n_samples);

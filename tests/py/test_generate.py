@@ -748,3 +748,66 @@ def test_a_stop_string_ending_inside_a_multi_byte_token_stops_there(tmp_path):
     assert rows2[0]["tokens"] == toks[:k + 1]
     assert rows2[0]["completion"] == full[:start].decode()
     assert rows2[0]["n_tokens"] == k + 1
+
+
+def test_a_stop_string_is_matched_in_the_text_without_special_tokens(tmp_path):
+    """The completion's text leaves special tokens out (skip_special_tokens=True), so the stop
+    string is matched in that text: a sample stops exactly when its written text first holds the
+    stop. The search ran over bytes that kept a special's text while the cut ran over the text
+    without it: --stop xy emptied the text of a sample that ran on to EOT, and --stop
+    'x<|sep|>y' stopped the sample but left "xy" in the text."""
+    from fdpo_ref.llama import Llama
+    from tok_ref import bytes_to_unicode
+    # a byte-level BPE with no merges: ids 0..255 the bytes, 256 <|endoftext|>, 257 <|sep|> (special)
+    b2u = bytes_to_unicode()
+    vocab = {b2u[b]: b for b in range(256)}
+    EOT, SEP, V = 256, 257, 258
+    vocab["<|endoftext|>"], vocab["<|sep|>"] = EOT, SEP
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    added = {str(i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                      "special": True} for c, i in (("<|endoftext|>", EOT), ("<|sep|>", SEP))}
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
+        "add_prefix_space": False, "added_tokens_decoder": added}))
+    # a Llama whose greedy path after "q" is x <|sep|> y <|endoftext|>: one-hot embeddings, the
+    # attention and MLP outputs zero, so the LM head reads the last token alone
+    x, y = ord("x"), ord("y")
+    succ = {ord("q"): x, x: SEP, SEP: y, y: EOT}
+    m = Llama(V, V, 8, 1, 1, 1, max_position_embeddings=64, seed=1, dtype=torch.float32)
+    with torch.no_grad():
+        m.p["model.embed_tokens.weight"].copy_(torch.eye(V))
+        m.p["model.layers.0.self_attn.o_proj.weight"].zero_()
+        m.p["model.layers.0.mlp.down_proj.weight"].zero_()
+        m.p["model.norm.weight"].fill_(1.0)
+        H = torch.zeros(V, V)
+        for a in range(V):
+            H[succ.get(a, EOT), a] = 3.0
+        m.p["lm_head.weight"].copy_(H)
+    m.save_hf(str(d))
+    path = [ord("q")]   # PyTorch's greedy path
+    while path[-1] != EOT:
+        with torch.no_grad():
+            path.append(int(torch.argmax(m.forward(torch.tensor(path))[-1])))
+    assert path[1:] == [x, SEP, y, EOT]
+
+    def gen(*flags):
+        r, rows = generate(str(d), tmp_path, "q\n", "--temperature", "0", "--threads", "1", "--max-new-tokens", "8",
+                           *flags)
+        assert r.returncode == 0, r.stderr
+        return rows[0]
+
+    assert gen()["completion"] == "xy"   # the text without the special
+    # "xy" is in the text once y is sampled: the sample stops there, cut before it
+    s = gen("--stop", "xy")
+    assert (s["finish"], s["tokens"], s["n_tokens"], s["completion"]) == ("stop", [x, SEP, y], 3, "")
+    # "y": the text "x" (<|sep|> is not in it)
+    s = gen("--stop", "y")
+    assert (s["finish"], s["tokens"], s["completion"]) == ("stop", [x, SEP, y], "x")
+    # the special's text is never in the text: the sample runs to EOT and keeps its text whole
+    s = gen("--stop", "x<|sep|>y")
+    assert (s["finish"], s["tokens"], s["n_tokens"], s["completion"]) == ("eot", [x, SEP, y, EOT], 3, "xy")
+    s = gen("--stop", "<|sep|>")
+    assert (s["finish"], s["completion"]) == ("eot", "xy")

@@ -9,6 +9,7 @@ rewards and reports are identical whatever the number of ranks, and a rank whose
 program fails ends every rank with its message; rm and kto train data-parallel like dpo."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -476,6 +477,30 @@ def test_generate_is_identical_on_one_two_and_three_ranks(work, tmp_path):
             la, lb = a.pop("logp"), b.pop("logp")
             assert a == b, other
             assert abs(la - lb) <= 1e-8 * abs(la), (other, la, lb)
+
+
+def test_generate_throughput_line_counts_every_ranks_steps_and_tokens(work, tmp_path):
+    """The throughput line's parts are the whole job's: decoding steps and tokens summed over the
+    ranks (each rank decodes its block of prompts). They were rank 0's alone: 3 ranks and 2
+    prompts, where rank 0 has none, printed "0 decoding steps of 0 tokens". The reference, from
+    the samples written: a sample of L tokens was fed L - 1 of them by decoding steps (its first
+    comes from the prefill), and a rank whose block fits one batch takes max L - 1 steps."""
+    (tmp_path / "p2.txt").write_text("a\nhello\n")
+    for prompts, n_prompts in ((tmp_path / "p2.txt", 2), (work / "prompts.txt", 7)):
+        out = tmp_path / "g.jsonl"
+        r = mpi(3, "generate", "--model", work / "pol", "--data", prompts, *SAMPLE, "--batch-size", 16, "--out", out,
+                env={**os.environ, "FDPO_DIST_TRACE": str(tmp_path / "trace")})
+        # the sum is a collective every rank posts, a rank without prompts too, in one order
+        traces = [open(tmp_path / f"trace.{k}").read() for k in range(3)]
+        assert traces[1] == traces[0] and traces[2] == traces[0], traces
+        rows = gen_rows(out)
+        lines = [l for l in r.stderr.splitlines() if "decoding steps" in l]
+        assert len(lines) == 1, r.stderr   # rank 0's line only
+        steps, tokens = map(int, re.search(r"(\d+) decoding steps of (\d+) tokens", lines[0]).groups())
+        assert tokens == sum(len(x["tokens"]) - 1 for x in rows), lines[0]
+        blocks = [range(n_prompts * k // 3, n_prompts * (k + 1) // 3) for k in range(3)]   # contiguous, near-equal
+        want = sum(max(len(x["tokens"]) for x in rows if x["prompt_index"] in b) - 1 for b in blocks if len(b))
+        assert steps == want, (lines[0], want)
 
 
 def test_eval_report_and_samples_are_identical_on_two_ranks(work, tmp_path):
