@@ -725,6 +725,24 @@ def test_score_names_the_line_too_long_for_the_model(byte_models, tmp_path):
     assert f"--data {tmp_path / 'c.jsonl'}:3: prompt + completion of 70 tokens exceed n_positions 64" in r.stderr, r.stderr
 
 
+def test_score_names_the_line_of_a_bad_conversational_prompt(byte_models, tmp_path):
+    """a "prompt" string that is a message list ending with a system message, on line 4 (after
+    two blank lines): score said "prompt 2: prompt[1] is a system message" when it encoded it,
+    where eval names FILE:LINE for the same record"""
+    d, _, _ = byte_models
+    bad = json.dumps([{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}])
+    why = ("prompt[1] is a system message: a prompt ends with a user message (answered after the generation prompt) "
+           "or an assistant one (continued)\n")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"prompt": "hello", "completion": "yo"}) + "\n\n\n" +
+                                      json.dumps({"prompt": bad, "completion": "yo"}) + "\n")
+    r = run(FDPO, "score", "--model", d / "pol", "--data", tmp_path / "c.jsonl", "--threads", 1)
+    assert r.returncode == 1 and r.stderr == f"fdpo score: --data: {tmp_path / 'c.jsonl'}:4: {why}", r.stderr
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "hello"}) + "\n\n\n" + json.dumps({"prompt": bad}) + "\n")
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.jsonl", "--n", 1,
+            "--max-new-tokens", 2, "--threads", 1)
+    assert r.returncode == 1 and r.stderr.endswith(f"--data: {tmp_path / 'p.jsonl'}:4: {why}"), r.stderr
+
+
 def test_score_of_an_empty_file_says_records(byte_models, tmp_path):
     """score reads records (prompt + completion), not prompts: it said "no prompts" """
     d, _, _ = byte_models
