@@ -269,6 +269,23 @@ typedef struct {
  * models): k > 0, ead_vocab 0 or >= 1, a finite safety_threshold and, with pairs, beta
  * finite and > 0 and cal_div admissible. Errors name the flag ("--divergence: tv ..."). */
 int fdpo_eval_config_check(const fdpo_eval_config *c);
+/* What fdpo_evaluate checks before it samples, from the models' configs alone: one vocabulary
+ * size, a reference whose n_positions holds every sample (prompt + max_new_tokens, as far as
+ * the policy's context goes; "--ref: its n_positions 16 is shorter than a sample can be: ...")
+ * and, with c->pairs, every pair within both models' n_positions. */
+int fdpo_eval_check_fit(const fdpo_gpt2_config *policy, const fdpo_gpt2_config *ref, const size_t *prompt_lens,
+                        size_t n_prompts, const fdpo_eval_config *c);
+/* fdpo eval's checks of every policy checkpoint dirs[0..n) before any is sampled (a policy
+ * that could not be evaluated failed the run after the ones before it were sampled and
+ * scored), each from its config and tokenizer (fdpo_eval_load_config), not its weights: its
+ * tokenizer is ref_tok's, every prompt leaves room to generate (fdpo_prompt_lens_check with
+ * prompt_lines and prompts_path) and fdpo_eval_check_fit against ref holds. Errors start
+ * "--model DIR: ". *min_positions gets the smallest n_positions of ref and the policies, the
+ * longest a --pairs pair may be, and *min_of the index of the policy that has it (n: ref's). */
+int fdpo_eval_check_policies(char *const *dirs, size_t n, const fdpo_gpt2_config *ref, const fdpo_tokenizer *ref_tok,
+                             const size_t *prompt_lens, const size_t *prompt_lines, size_t n_prompts,
+                             const char *prompts_path, const fdpo_eval_config *c, size_t *min_positions,
+                             size_t *min_of);
 /* Samples k completions per prompt from policy, scores them under policy and ref, and
  * returns one JSON object of flat metrics (docs/eval.md). prompts (text, may be NULL) feed
  * the reward; tok may be NULL (then words are token ids). With samples_out, writes one JSONL
@@ -283,6 +300,9 @@ void fdpo_eval_div_key(const fdpo_divergence *d, char *buf, size_t n);
  * (a reward model is refused: it is a --reward rm:DIR) and the tokenizer's ids must fit its
  * vocabulary. flag names the flag in messages ("--model DIR: ..."). */
 int fdpo_eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **model, fdpo_tokenizer **tok);
+/* The same checks without the weights: DIR's config (a LoRA checkpoint's: its base's) into *c
+ * and its tokenizer into *tok. */
+int fdpo_eval_load_config(const char *flag, const char *dir, fdpo_gpt2_config *c, fdpo_tokenizer **tok);
 
 /* ---- fdpo score's driver (src/eval/score_run.c) ----
  * For each {"prompt", "completion"} record of data: n_tokens, logp, logp_mean, entropy_mean,

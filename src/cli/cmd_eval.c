@@ -89,7 +89,7 @@ int cmd_eval(int argc, char **argv) {
         {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take per call (> 0)", 0},
         {"divergences", FLAG_STR, &div_list, "rkl,fkl,js,alpha:0.5,tv,chi2", "f-divergences to estimate (comma list)", 0},
         {"pairs", FLAG_STR, &pairs_path, NULL, "preference JSONL for accuracy and calibration of the implicit reward", 0},
-        {"bad-pairs", FLAG_STR, &bad_pairs, "error", "--pairs with empty completions / chosen == rejected / more tokens than --ref's n_positions: error or skip", 0},
+        {"bad-pairs", FLAG_STR, &bad_pairs, "error", "--pairs with empty completions / chosen == rejected / more tokens than the smallest n_positions of --ref and the policies: error or skip", 0},
         {"beta", FLAG_FLOAT, &beta, "0.1", "beta of the implicit reward sigma(beta * Delta) for --pairs", 0},
         {"divergence", FLAG_STR, &cal_div_spec, "rkl", "f of Delta = s(l_w) - s(l_l) for --pairs: rkl, fkl, js, alpha:A (tv and chi2 have no score s)", 0},
         {"ead-vocab", FLAG_FLOAT, &ead_vocab, "0", "V of EAD (0 = the policy's vocabulary size)", 0},
@@ -207,12 +207,19 @@ int cmd_eval(int argc, char **argv) {
     if (!rc) rc = fdpo_eval_load_checkpoint("--ref", ref_dir, &ref, &ref_tok);
     if (!rc) rc = eval_set_chat_template(ref_tok, chat_template);
     if (!rc) rc = fdpo_encode_prompts(ref_tok, prompts, n_prompts, &ids, &lens);
+    /* every policy is checked before any is sampled */
+    size_t min_positions = 0, min_of = 0;
+    if (!rc) rc = fdpo_eval_check_policies(policies, n_pol, &ref->config, ref_tok, lens, prompt_lines, n_prompts,
+                                           prompts_path, &c, &min_positions, &min_of);
+    char cap_name[1100];
     if (!rc && pairs_path) {
-        /* a pair the reference cannot score is named by FILE:LINE here (or skipped with
-         * --bad-pairs skip), not after every policy has been sampled */
-        po.max_length = ref->config.n_positions;
+        /* a pair the reference or a policy cannot score is named by FILE:LINE here (or skipped
+         * with --bad-pairs skip), not after the policies before it have been sampled */
+        po.max_length = min_positions;
         po.on_long = po.on_bad == FDPO_PREF_SKIP ? FDPO_PREF_LONG_SKIP : FDPO_PREF_LONG_ERROR;
-        po.max_length_name = "--ref's n_positions";
+        snprintf(cap_name, sizeof cap_name, "%s%s's n_positions", min_of < n_pol ? "--model " : "--ref",
+                 min_of < n_pol ? policies[min_of] : "");
+        po.max_length_name = cap_name;
         if (fdpo_pref_load(pairs_path, ref_tok, &po, &pairs)) rc = fdpo_error_context("--pairs");
         else { have_pairs = 1; c.pairs = &pairs; }
     }
@@ -229,10 +236,6 @@ int cmd_eval(int argc, char **argv) {
         fdpo_gpt2 *pm = NULL;
         fdpo_tokenizer *pt = NULL;
         rc = fdpo_eval_load_checkpoint("--model", policies[p], &pm, &pt);
-        if (!rc && !fdpo_tokenizer_same(pt, ref_tok))
-            rc = fdpo_error("--model %s: its tokenizer differs from --ref's (the same text would be other ids)", policies[p]);
-        if (!rc && fdpo_prompt_lens_check(lens, prompt_lines, n_prompts, pm->config.n_positions, prompts_path))
-            rc = fdpo_error_context("--model %s", policies[p]);
         if (!rc) {
             fdpo_log(FDPO_LOG_INFO, "%s (%zu prompts x %ld samples)", policies[p], n_prompts, sf.n);
             cols[p] = fdpo_evaluate(pm, ref, pt, prompts, ids, lens, n_prompts, &c, samples_af.f, policies[p]);

@@ -132,30 +132,64 @@ int fdpo_eval_config_check(const fdpo_eval_config *c) {
     return 0;
 }
 
+int fdpo_eval_check_fit(const fdpo_gpt2_config *policy, const fdpo_gpt2_config *ref, const size_t *prompt_lens,
+                        size_t n_prompts, const fdpo_eval_config *c) {
+    if (policy->vocab_size != ref->vocab_size)
+        return fdpo_error("policy vocabulary %zu != reference vocabulary %zu (both must share one tokenizer)",
+                          policy->vocab_size, ref->vocab_size);
+    /* every sample must fit the reference: its prompt + up to --max-new-tokens, as far as the
+     * policy's context goes. Found after sampling, this was "sequence of N tokens exceeds
+     * n_positions M", with the reference's M under the policy's name */
+    const size_t rn = ref->n_positions, pn = policy->n_positions;
+    for (size_t i = 0; i < n_prompts; i++) {
+        size_t longest = prompt_lens[i] + c->sample.max_new_tokens;
+        if (longest > pn) longest = pn;
+        if (longest > rn)
+            return fdpo_error("--ref: its n_positions %zu is shorter than a sample can be: prompt %zu has %zu tokens and "
+                              "--max-new-tokens is %zu (the reference has room for %zu new tokens after it)", rn, i + 1,
+                              prompt_lens[i], c->sample.max_new_tokens, rn > prompt_lens[i] ? rn - prompt_lens[i] : 0);
+    }
+    /* and every pair both models (fdpo eval loads --pairs with the smallest n_positions of all,
+     * so that such a pair is named by FILE:LINE or skipped there) */
+    for (size_t i = 0; c->pairs && i < c->pairs->n; i++) {
+        const fdpo_pref_pair *q = &c->pairs->pairs[i];
+        size_t longest = q->n_chosen > q->n_rejected ? q->n_chosen : q->n_rejected, cap = pn < rn ? pn : rn;
+        if (q->n_prompt + longest > cap)
+            return fdpo_error("--pairs: pair %zu (line %zu) has %zu tokens (prompt %zu + longest completion %zu), more "
+                              "than the %s's n_positions %zu", i + 1, q->line, q->n_prompt + longest, q->n_prompt,
+                              longest, pn < rn ? "policy" : "reference", cap);
+    }
+    return 0;
+}
+
+int fdpo_eval_check_policies(char *const *dirs, size_t n, const fdpo_gpt2_config *ref, const fdpo_tokenizer *ref_tok,
+                             const size_t *prompt_lens, const size_t *prompt_lines, size_t n_prompts,
+                             const char *prompts_path, const fdpo_eval_config *c, size_t *min_positions,
+                             size_t *min_of) {
+    *min_positions = ref->n_positions;
+    *min_of = n;
+    for (size_t p = 0; p < n; p++) {
+        fdpo_gpt2_config pc;
+        fdpo_tokenizer *pt = NULL;
+        int rc = fdpo_eval_load_config("--model", dirs[p], &pc, &pt);
+        if (!rc && !fdpo_tokenizer_same(pt, ref_tok))
+            rc = fdpo_error("--model %s: its tokenizer differs from --ref's (the same text would be other ids)", dirs[p]);
+        if (!rc && (fdpo_prompt_lens_check(prompt_lens, prompt_lines, n_prompts, pc.n_positions, prompts_path) ||
+                    fdpo_eval_check_fit(&pc, ref, prompt_lens, n_prompts, c)))
+            rc = fdpo_error_context("--model %s", dirs[p]);
+        fdpo_tokenizer_free(pt);
+        if (rc) return rc;
+        if (pc.n_positions < *min_positions) { *min_positions = pc.n_positions; *min_of = p; }
+    }
+    return 0;
+}
+
 cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_tokenizer *tok,
                      char *const *prompts, int32_t *const *prompt_ids, const size_t *prompt_lens,
                      size_t n_prompts, const fdpo_eval_config *c, FILE *samples_out, const char *name) {
     if (fdpo_eval_config_check(c)) return NULL;
     if (n_prompts == 0) { fdpo_error("no prompts"); return NULL; }
-    if (policy->config.vocab_size != ref->config.vocab_size) {
-        fdpo_error("policy vocabulary %zu != reference vocabulary %zu (both must share one tokenizer)",
-                   policy->config.vocab_size, ref->config.vocab_size);
-        return NULL;
-    }
-    /* every sample must fit the reference: its prompt + up to --max-new-tokens, as far as the
-     * policy's context goes. Found after sampling, this was "sequence of N tokens exceeds
-     * n_positions M", with the reference's M under the policy's name */
-    for (size_t i = 0; i < n_prompts; i++) {
-        const size_t rn = ref->config.n_positions, pn = policy->config.n_positions;
-        size_t longest = prompt_lens[i] + c->sample.max_new_tokens;
-        if (longest > pn) longest = pn;
-        if (longest > rn) {
-            fdpo_error("--ref: its n_positions %zu is shorter than a sample can be: prompt %zu has %zu tokens and "
-                       "--max-new-tokens is %zu (the reference has room for %zu new tokens after it)", rn, i + 1,
-                       prompt_lens[i], c->sample.max_new_tokens, rn > prompt_lens[i] ? rn - prompt_lens[i] : 0);
-            return NULL;
-        }
-    }
+    if (fdpo_eval_check_fit(&policy->config, &ref->config, prompt_lens, n_prompts, c)) return NULL;
     fdpo_sample *smp = NULL;
     int32_t eot = tok ? fdpo_tokenizer_eot(tok) : c->eot;
     /* under MPI the prompts, then the samples' scores, are split over the ranks (docs/scaling.md) */
@@ -171,6 +205,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
             size_t l = q->n_prompt + (q->n_chosen > q->n_rejected ? q->n_chosen : q->n_rejected);
             if (l > max_len) max_len = l;
         }
+    /* fdpo_eval_check_fit made this impossible before sampling; the decoders' guard */
     size_t cap = policy->config.n_positions < ref->config.n_positions ? policy->config.n_positions : ref->config.n_positions;
     if (max_len > cap) { fdpo_samples_free(smp, N); fdpo_error("sequence of %zu tokens exceeds n_positions %zu", max_len, cap); return NULL; }
     fdpo_decoder *pd = fdpo_decoder_create(policy, 1, max_len), *rd = fdpo_decoder_create(ref, 1, max_len);

@@ -115,7 +115,8 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                 }
                 for (size_t f = 0; !msgs && f < n_fields && rc == 0; f++) {
                     const char *v = json_string(o, fields[f], path, line, &rc);
-                    if (v && n_fields == 1 && !strcmp(fields[f], "prompt")) rc = check_conversation(v, path, line);
+                    /* score's "prompt" too: fdpo_encode_prompts renders it as eval's */
+                    if (v && !strcmp(fields[f], "prompt")) rc = check_conversation(v, path, line);
                     if (v) fdpo_strv_push(out, v);
                 }
                 cJSON_Delete(o);

@@ -9,27 +9,43 @@
 #include "fdpo/dist.h"
 #include "fdpo/eval.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"   /* fdpo_checkpoint_load_config */
+
+/* DIR's tokenizer for its model of config c, which must be a language model (a reward model
+ * is refused: it is a --reward rm:DIR) whose vocabulary the tokenizer's ids fit. */
+static fdpo_tokenizer *eval_tokenizer(const char *flag, const char *dir, const fdpo_gpt2_config *c) {
+    if (c->num_labels) {   /* its backbone would run as a language model: logits of nothing */
+        fdpo_error("%s %s: a reward model (%s), not a language model to sample or score with (as a reward: "
+                   "--reward rm:%s)", flag, dir, fdpo_gpt2_architecture(c, 1), dir);
+        return NULL;
+    }
+    fdpo_tokenizer *t = fdpo_checkpoint_load_tokenizer(dir);
+    if (!t) { fdpo_error_context("%s %s", flag, dir); return NULL; }
+    if (fdpo_tokenizer_vocab_size(t) > c->vocab_size) {
+        fdpo_error("%s %s: tokenizer has %zu tokens but the model's vocab_size is %zu", flag, dir,
+                   fdpo_tokenizer_vocab_size(t), c->vocab_size);
+        fdpo_tokenizer_free(t);
+        return NULL;
+    }
+    return t;
+}
 
 int fdpo_eval_load_checkpoint(const char *flag, const char *dir, fdpo_gpt2 **model, fdpo_tokenizer **tok) {
     *model = NULL; *tok = NULL;
     if (!dir) return fdpo_error("%s: required (a checkpoint directory)", flag);
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
     if (!m) return fdpo_error_context("%s %s", flag, dir);
-    if (m->config.num_labels) {   /* its backbone would run as a language model: logits of nothing */
-        fdpo_error("%s %s: a reward model (%s), not a language model to sample or score with (as a reward: "
-                   "--reward rm:%s)", flag, dir, fdpo_gpt2_architecture(&m->config, 1), dir);
-        fdpo_gpt2_free(m);
-        return -1;
-    }
-    fdpo_tokenizer *t = fdpo_checkpoint_load_tokenizer(dir);
-    if (!t) { fdpo_gpt2_free(m); return fdpo_error_context("%s %s", flag, dir); }
-    if (fdpo_tokenizer_vocab_size(t) > m->config.vocab_size) {
-        size_t tv = fdpo_tokenizer_vocab_size(t), mv = m->config.vocab_size;
-        fdpo_tokenizer_free(t); fdpo_gpt2_free(m);
-        return fdpo_error("%s %s: tokenizer has %zu tokens but the model's vocab_size is %zu", flag, dir, tv, mv);
-    }
+    fdpo_tokenizer *t = eval_tokenizer(flag, dir, &m->config);
+    if (!t) { fdpo_gpt2_free(m); return -1; }
     *model = m; *tok = t;
     return 0;
+}
+
+int fdpo_eval_load_config(const char *flag, const char *dir, fdpo_gpt2_config *c, fdpo_tokenizer **tok) {
+    *tok = NULL;
+    if (!dir) return fdpo_error("%s: required (a checkpoint directory)", flag);
+    if (fdpo_checkpoint_load_config(dir, c)) return fdpo_error_context("%s %s", flag, dir);
+    return (*tok = eval_tokenizer(flag, dir, c)) ? 0 : -1;
 }
 
 void fdpo_score_opts_default(fdpo_score_opts *o) {

@@ -471,6 +471,59 @@ def test_a_pair_longer_than_the_reference_is_named_or_skipped(byte_models, tmp_p
     assert json.loads((tmp_path / "m.json").read_text())["policies"][0]["pref_n"] == 1
 
 
+def test_a_pair_longer_than_a_policy_is_named_or_skipped_before_sampling(byte_models, tmp_path):
+    """--pairs were loaded against --ref's n_positions alone: a 27-token pair with a second policy
+    of 16 positions (the reference and the first policy have 64) failed after the first policy
+    was sampled and scored, as "--model pol16: sequence of 27 tokens exceeds n_positions 16"
+    without FILE:LINE, and --bad-pairs skip did not skip it. The limit is the smallest
+    n_positions of the reference and every policy, named with its owner."""
+    d, _, _ = byte_models
+    pol16 = tmp_path / "pol16"
+    make_model(pol16, 257, seed=5, byte_tokenizer=True, n_positions=16)
+    (tmp_path / "p.txt").write_text("Hi\n")
+    pairs = [{"prompt": "hi", "chosen": "a", "rejected": "b"},
+             {"prompt": "hello there", "chosen": "general kenobi!", "rejected": "no"}]
+    pf = tmp_path / "pairs.jsonl"
+    pf.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    # byte tokens; every completion ends with <|endoftext|>
+    n_prompt, longest = len(pairs[1]["prompt"]), len(pairs[1]["chosen"]) + 1
+    base = ["eval", "--model", d / "pol", "--model", pol16, "--ref", d / "ref", "--data", tmp_path / "p.txt",
+            "--n", 2, "--max-new-tokens", 3, "--threads", 1, "--pairs", pf, "--out", tmp_path / "m.json"]
+    r = run(FDPO, *base)
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo eval: --pairs: {pf}:2: pair has {n_prompt + longest} tokens (prompt {n_prompt} + longest completion "
+        f"{longest}), more than --model {pol16}'s n_positions 16\n"), r.stderr
+    r = run(FDPO, *base, "--bad-pairs", "skip")
+    assert r.returncode == 0, r.stderr
+    assert [p["pref_n"] for p in json.loads((tmp_path / "m.json").read_text())["policies"]] == [1, 1]
+
+
+def test_every_policy_is_checked_before_any_is_sampled(byte_models, tmp_path):
+    """each policy was checked when its turn came, after the ones before it were sampled and
+    scored: a second policy the 16-position --ref cannot follow, one with another vocabulary, one
+    whose context a prompt fills. Each is refused first: stderr is the one error line."""
+    d, _, _ = byte_models
+    ref16, big, pol8 = tmp_path / "ref16", tmp_path / "big", tmp_path / "pol8"
+    make_model(ref16, 257, seed=3, byte_tokenizer=True, n_positions=16)
+    make_model(big, 300, seed=1, byte_tokenizer=True, n_positions=64)
+    make_model(pol8, 257, seed=2, byte_tokenizer=True, n_positions=8)
+    (tmp_path / "p.txt").write_text("Hi\n\nOnce upon\n")
+    for models, ref, want in (
+            ([ref16, d / "pol"], ref16,
+             f"--model {d / 'pol'}: --ref: its n_positions 16 is shorter than a sample can be: prompt 1 has 2 tokens "
+             "and --max-new-tokens is 30 (the reference has room for 14 new tokens after it)"),
+            ([d / "pol", big], d / "ref",
+             f"--model {big}: policy vocabulary 300 != reference vocabulary 257 (both must share one tokenizer)"),
+            ([d / "pol", pol8], d / "ref",
+             f"--model {pol8}: {tmp_path / 'p.txt'}:3: the prompt's 9 tokens leave no room to generate "
+             "(model n_positions 8)")):
+        args = [a for m in models for a in ("--model", m)]
+        r = run(FDPO, "eval", *args, "--ref", ref, "--data", tmp_path / "p.txt", "--n", 2, "--max-new-tokens", 30,
+                "--threads", 1, "--out", tmp_path / "m.json")
+        assert r.returncode == 1 and r.stderr == f"fdpo eval: {want}\n", r.stderr
+        assert not (tmp_path / "m.json").exists()
+
+
 def torch_logp(m, prompt_ids, comp_ids):
     with torch.no_grad():
         lp = torch.log_softmax(m.forward(torch.tensor(prompt_ids + comp_ids)).double(), -1)
@@ -723,6 +776,24 @@ def test_score_names_the_line_too_long_for_the_model(byte_models, tmp_path):
     r = run(FDPO, "score", "--model", d / "pol", "--data", tmp_path / "c.jsonl", "--threads", 1)
     assert r.returncode == 1
     assert f"--data {tmp_path / 'c.jsonl'}:3: prompt + completion of 70 tokens exceed n_positions 64" in r.stderr, r.stderr
+
+
+def test_score_names_the_line_of_a_bad_conversational_prompt(byte_models, tmp_path):
+    """a "prompt" string that is a message list ending with a system message, on line 4 (after
+    two blank lines): score said "prompt 2: prompt[1] is a system message" when it encoded it,
+    where eval names FILE:LINE for the same record"""
+    d, _, _ = byte_models
+    bad = json.dumps([{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}])
+    why = ("prompt[1] is a system message: a prompt ends with a user message (answered after the generation prompt) "
+           "or an assistant one (continued)\n")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"prompt": "hello", "completion": "yo"}) + "\n\n\n" +
+                                      json.dumps({"prompt": bad, "completion": "yo"}) + "\n")
+    r = run(FDPO, "score", "--model", d / "pol", "--data", tmp_path / "c.jsonl", "--threads", 1)
+    assert r.returncode == 1 and r.stderr == f"fdpo score: --data: {tmp_path / 'c.jsonl'}:4: {why}", r.stderr
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "hello"}) + "\n\n\n" + json.dumps({"prompt": bad}) + "\n")
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.jsonl", "--n", 1,
+            "--max-new-tokens", 2, "--threads", 1)
+    assert r.returncode == 1 and r.stderr.endswith(f"--data: {tmp_path / 'p.jsonl'}:4: {why}"), r.stderr
 
 
 def test_score_of_an_empty_file_says_records(byte_models, tmp_path):
