@@ -642,6 +642,26 @@ def test_eval_divergence_is_honoured_in_the_implicit_reward(byte_models, eval_ru
     assert all(b - a > 1e-3 for a, b in zip(vals, vals[1:])), margins
 
 
+def test_reward_correlations_are_null_for_a_constant_reward(byte_models, tmp_path):
+    """docs/eval.md: null if either is constant (scipy's pearsonr: NaN). A reward of 0.1 for
+    each of 12 samples has a computed mean an ulp off 0.1, so Σ(x - mean)² was ~1e-33, not 0,
+    and the correlations came out ~2e-16."""
+    d, _, _ = byte_models
+    assert sum([0.1] * 12) / 12 != 0.1            # the case: the mean of the constant is not it
+    (tmp_path / "p.txt").write_text("Hi\nOnce upon\nabc\n")
+    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 4,
+            "--max-new-tokens", 8, "--threads", 1, "--reward", script(tmp_path, "for line in sys.stdin:\n    print(0.1)\n"),
+            "--out", out, "--samples-out", smp)
+    assert r.returncode == 0, r.stderr
+    ss = [json.loads(l) for l in smp.read_text().splitlines()]
+    assert len(ss) == 12 and {s["reward"] for s in ss} == {0.1}
+    # the lengths do vary: a null here is the reward's constancy, not theirs
+    assert len({s["n_tokens"] for s in ss}) > 1 and len({s["n_words"] for s in ss}) > 1
+    col = json.loads(out.read_text())["policies"][0]
+    assert col["reward_length_corr"] is None and col["reward_words_corr"] is None
+
+
 def test_score_end_to_end(byte_models, tmp_path):
     d, ref, pol = byte_models
     rows = [("Hi", " there"), ("", "abc"), ("x", "")]
