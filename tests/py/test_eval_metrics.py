@@ -642,6 +642,54 @@ def test_eval_divergence_is_honoured_in_the_implicit_reward(byte_models, eval_ru
     assert all(b - a > 1e-3 for a, b in zip(vals, vals[1:])), margins
 
 
+def stable_token_divergences(a, b):
+    """Σ_v π_ref f(π/π_ref) per position from float64 log-probs a (policy), b (reference),
+    each term written in exps of log-prob sums that stay finite where π_ref underflows:
+    tv ½|p − q|, js p log(p/m) + q log(q/m) with log m = logaddexp(a, b) − log 2, alpha:0.5
+    (√(pq) − p/2 − q/2)/(−¼), rkl p(a − b), fkl q(b − a), chi2 (p − q)²/q = e^(2a−b) − 2p + q."""
+    P, Q = np.exp(a), np.exp(b)
+    lm = np.logaddexp(a, b) - math.log(2)
+    with np.errstate(over="ignore"):
+        chi2 = (np.exp(2 * a - b) - 2 * P + Q).sum(-1)
+    return {"rkl": (P * (a - b)).sum(-1), "fkl": (Q * (b - a)).sum(-1), "tv": (0.5 * np.abs(P - Q)).sum(-1),
+            "js": (P * (a - lm) + Q * (b - lm)).sum(-1),
+            "alpha_0.5": ((np.exp(0.5 * a + 0.5 * b) - 0.5 * P - 0.5 * Q) / -0.25).sum(-1), "chi2": chi2}
+
+
+def test_eval_alpha_divergences_for_tiny_alpha(byte_models, tmp_path):
+    """alpha:1e-15 and alpha:1e-300 (the A -> 0 end of the family, rkl's limit). The table's
+    form (u^(1-A) - (1-A) u - A)/(A(A-1)) cancels: the token-level value was 15% off at 1e-15
+    and exactly 1 per token at 1e-300, the sequence-level mean 0.61 where it is 0.13.
+    Sequence level: f(u)/u at each sample's l against mpmath at 400 digits. Token level: the
+    exact value is Σ_v q (u log u - u + 1) = KL(π_t || π_ref,t) up to a relative O(A), against
+    torch float64 (fdpo's float32 logits: rel 1e-6)."""
+    import mpmath
+    mpmath.mp.dps = 400
+    d, ref, pol = byte_models
+    (tmp_path / "p.txt").write_text("Hi\nOnce upon\n")
+    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 3,
+            "--max-new-tokens", 4, "--divergences", "alpha:1e-15,alpha:1e-300,alpha:0.5", "--threads", 1,
+            "--out", out, "--samples-out", smp)
+    assert r.returncode == 0, r.stderr
+    col = json.loads(out.read_text())["policies"][0]
+    ss = [json.loads(l) for l in smp.read_text().splitlines()]
+    for s in ss:
+        pid, toks = list(s["prompt"].encode()), s["tokens"]
+        a = torch_logp(pol, pid, toks)[1].numpy()
+        b = torch_logp(ref, pid, toks)[1].numpy()
+        want = stable_token_divergences(a, b)
+        for key in ("alpha_1e-15", "alpha_1e-300"):
+            assert s["fdiv_tok_" + key] == pytest.approx(want["rkl"].sum(), rel=1e-6), key
+        assert s["fdiv_tok_alpha_0.5"] == pytest.approx(want["alpha_0.5"].sum(), rel=1e-6)
+    ls = [mpmath.mpf(s["logp"]) - mpmath.mpf(s["logp_ref"]) for s in ss]
+    assert max(abs(l) for l in ls) > 0.1
+    for A in ("1e-15", "1e-300", "0.5"):
+        Am = mpmath.mpf(A)
+        vals = [(mpmath.exp(-Am * l) - (1 - Am) - Am * mpmath.exp(-l)) / (Am * (Am - 1)) for l in ls]  # f(u)/u
+        assert col[f"fdiv_seq_alpha_{A}_mean"] == pytest.approx(float(sum(vals) / len(vals)), rel=1e-12), A
+
+
 def test_reward_correlations_are_null_for_a_constant_reward(byte_models, tmp_path):
     """docs/eval.md: null if either is constant (scipy's pearsonr: NaN). A reward of 0.1 for
     each of 12 samples has a computed mean an ulp off 0.1, so Σ(x - mean)² was ~1e-33, not 0,
