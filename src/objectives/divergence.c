@@ -194,6 +194,21 @@ double fdpo_f_over_u_log(const fdpo_divergence *d, double l) {
     return NAN;
 }
 
+double fdpo_qf_log(const fdpo_divergence *d, double lp, double lq) {
+    /* p = e^lp, q = e^lq, u = p/q = e^l. Written as q f(u) where u <= 1 (f is bounded on
+     * [0, 1]) and as p f(u)/u where u > 1 (bounded for js, alpha, tv: log 2, 1/A, 1/2), so
+     * neither factor is 0 while the other is inf: a reference whose logits spread ~1000 nats
+     * has q = 0 where u = inf, and q f(u) was 0 * inf = NaN for every token. */
+    const double l = lp - lq;
+    switch (d->kind) {
+    case FDPO_DIV_RKL: return exp(lp) * l;                          /* p log(p/q) */
+    case FDPO_DIV_FKL: return -exp(lq) * l;                         /* q log(q/p) */
+    case FDPO_DIV_CHI2:   /* q (u-1)^2 = p u (1 - 1/u)^2: f(u)/u is unbounded, so p u = e^(lp+l) in one exp */
+        return l <= 0 ? exp(lq) * expm1(l) * expm1(l) : exp(lp + l) * expm1(-l) * expm1(-l);
+    default: return l <= 0 ? exp(lq) * fdpo_f(d, exp(l)) : exp(lp) * fdpo_f_over_u_log(d, l);
+    }
+}
+
 double fdpo_fprime(const fdpo_divergence *d, double u) {
     if (!(u >= 0)) return NAN;
     switch (d->kind) {

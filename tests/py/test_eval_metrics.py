@@ -18,6 +18,7 @@ import torch
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
 from test_generate import make_model
+from fdpo_ref.gpt2 import GPT2
 from fdpo_ref import fdiv
 
 HERE = os.path.dirname(__file__)
@@ -654,6 +655,39 @@ def stable_token_divergences(a, b):
     return {"rkl": (P * (a - b)).sum(-1), "fkl": (Q * (b - a)).sum(-1), "tv": (0.5 * np.abs(P - Q)).sum(-1),
             "js": (P * (a - lm) + Q * (b - lm)).sum(-1),
             "alpha_0.5": ((np.exp(0.5 * a + 0.5 * b) - 0.5 * P - 0.5 * Q) / -0.25).sum(-1), "chi2": chi2}
+
+
+def test_token_divergences_stay_finite_where_the_reference_underflows(byte_models, tmp_path):
+    """A reference whose logits spread ~900-1200 nats: π_ref(v) < e^-745 underflows double
+    while π(v) does not, so u = π/π_ref overflows. q f(u) was 0 · inf = NaN, and
+    fdiv_tok_tv/js/alpha_0.5 came out null for every sample though each term is at most p/2
+    (tv) or p log 2 (js). chi2's true value here is above 1e308: null (inf) is right for it."""
+    d, _, pol = byte_models
+    ref = GPT2(257, 64, 16, 2, 2, seed=4)
+    with torch.no_grad():
+        ref.param("wte.weight").mul_(60)
+        ref.param("ln_f.weight").mul_(30)
+    ref.save_hf(str(tmp_path / "sharp"))
+    (tmp_path / "sharp" / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte", "vocab_size": 257,
+                                                                        "eos_token_id": 256}))
+    (tmp_path / "p.txt").write_text("Hello\n")
+    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", tmp_path / "sharp", "--data", tmp_path / "p.txt", "--n", 2,
+            "--max-new-tokens", 3, "--divergences", "all", "--threads", 1, "--out", out, "--samples-out", smp)
+    assert r.returncode == 0, r.stderr
+    ss = [json.loads(l) for l in smp.read_text().splitlines()]
+    for s in ss:
+        pid, toks = list(s["prompt"].encode()), s["tokens"]
+        a = torch_logp(pol, pid, toks)[1].numpy()
+        b = torch_logp(ref, pid, toks)[1].numpy()
+        assert (b < -745).any(axis=1).all() and a.min() > -700   # π_ref underflows at every position, π nowhere
+        want = stable_token_divergences(a, b)
+        for k in ("rkl", "fkl", "tv", "js", "alpha_0.5"):
+            # float32 logits ~1000 nats apart: measured |relative error| <= 4e-8
+            assert s["fdiv_tok_" + k] == pytest.approx(want[k].sum(), rel=1e-6), k
+        assert s["fdiv_tok_chi2"] is None and np.isinf(want["chi2"]).any()
+    col = json.loads(out.read_text())["policies"][0]
+    assert col["fdiv_tok_tv_mean"] == pytest.approx(np.mean([s["fdiv_tok_tv"] for s in ss]), rel=1e-15)
 
 
 def test_eval_alpha_divergences_for_tiny_alpha(byte_models, tmp_path):
