@@ -32,6 +32,10 @@ double fdpo_f(const fdpo_divergence *d, double u);           /* f(u), u >= 0 */
  * In log space: finite wherever the value is (js -> log 2, alpha -> 1/alpha, tv -> 1/2 as
  * l -> inf), where exp(l)/exp(l) was NaN past l = 709. */
 double fdpo_f_over_u_log(const fdpo_divergence *d, double l);
+/* pi_ref f(pi/pi_ref) from lp = log pi, lq = log pi_ref (finite): one vocabulary entry's
+ * term of a token-level D_f (fdpo eval's fdiv_tok). Finite where the value is, also where pi_ref
+ * underflows to 0 and pi/pi_ref overflows (tends to pi * lim f(u)/u: js log 2, alpha 1/A, tv 1/2). */
+double fdpo_qf_log(const fdpo_divergence *d, double lp, double lq);
 double fdpo_fprime(const fdpo_divergence *d, double u);      /* f'(u) */
 double fdpo_fprime_inv(const fdpo_divergence *d, double v);  /* (f')^-1(v); NaN outside domain */
 double fdpo_fprime_inv_sup(const fdpo_divergence *d);        /* sup of the domain of (f')^-1 (+inf for rkl) */

@@ -246,8 +246,16 @@ void fdpo_calibration(const double *p, size_t n, double *accuracy, double *ece) 
     if (ece) *ece = n ? e : NAN;
 }
 
+/* 1 if every x[i] equals x[0]. Constancy is tested on the values: the computed mean of
+ * n copies of 0.1 can be an ulp off 0.1, so sxx came out ~1e-33 rather than 0, and a
+ * constant reward gave a correlation of 2e-16 where it has none. */
+static int all_equal(const double *x, size_t n) {
+    for (size_t i = 1; i < n; i++) if (x[i] != x[0]) return 0;
+    return 1;
+}
+
 double fdpo_pearson(const double *x, const double *y, size_t n) {
-    if (n < 2) return NAN;
+    if (n < 2 || all_equal(x, n) || all_equal(y, n)) return NAN;
     double mx = 0, my = 0;
     for (size_t i = 0; i < n; i++) { mx += x[i]; my += y[i]; }
     mx /= (double)n; my /= (double)n;

@@ -19,13 +19,8 @@ double fdpo_token_divergences(const double *logp, const double *logq, size_t V,
     double kl = 0;
     for (size_t k = 0; k < n_div; k++) fdiv[k] = 0;
     for (size_t v = 0; v < V; v++) {
-        double p = exp(logp[v]), q = exp(logq[v]), l = logp[v] - logq[v];
-        kl += p * l;
-        for (size_t k = 0; k < n_div; k++) {
-            if (divs[k].kind == FDPO_DIV_RKL) fdiv[k] += p * l;        /* q f(p/q) = p log(p/q) */
-            else if (divs[k].kind == FDPO_DIV_FKL) fdiv[k] -= q * l;   /* q f(p/q) = q log(q/p) */
-            else fdiv[k] += q * fdpo_f(&divs[k], exp(l));
-        }
+        kl += exp(logp[v]) * (logp[v] - logq[v]);
+        for (size_t k = 0; k < n_div; k++) fdiv[k] += fdpo_qf_log(&divs[k], logp[v], logq[v]);
     }
     return kl;
 }

@@ -117,6 +117,40 @@ static double cap_exp(double x) { return exp(x < EXP_CAP ? x : EXP_CAP); }
 #define GRAD_EXP_CAP 64.0
 static double cap_exp_grad(double x) { return exp(x < GRAD_EXP_CAP ? x : GRAD_EXP_CAP); }
 
+/* The alpha row in forms that keep every A in (0, 1) accurate. The table's
+ * (u^(1-A) - (1-A) u - A)/(A(A-1)) subtracts numbers of size 1/A: at A = 1e-15 a token's
+ * divergence was 15% off, at A = 1e-300 every f(u) came out 0 or 1. With u = e^l,
+ *   f(u) = (u expm1(-A l)/A + expm1(l)) / (A - 1)         (A < 1/2; -> u log u - u + 1 as A -> 0)
+ *        = (expm1(l) - expm1((1-A) l)/(1-A)) / A          (A >= 1/2; -> -log u + u - 1 as A -> 1)
+ * the limits being rkl and fkl plus a linear term, which adds nothing to E_pi_ref[f]. Each is
+ * used where its terms do not cancel: on the side of A where its denominator is not small,
+ * and on each side of l = 0 in the arrangement that neither overflows nor cancels. */
+
+/* expm1(A y)/A, -> y as A -> 0. Below |A y| = 1e-8 its series y (1 + x/2 + x^2/6) (the next
+ * term, x^3/24, is under rounding): A y can be subnormal or 0 there (A = 1e-300) */
+static double expm1_over(double A, double y) {
+    const double x = A * y;
+    return fabs(x) < 1e-8 ? y * (1 + x / 2 * (1 + x / 3)) : expm1(x) / A;
+}
+
+/* f(e^l) for l <= 0, where f is bounded (f(0) = 1/(1-A)). For small A, once -A l > 1,
+ * u (u^-A - 1) is u^(1-A) - u in two exps: u^-A alone overflows before u^(1-A) does */
+static double alpha_f_low(double A, double l) {
+    if (l == -INFINITY) return 1 / (1 - A);
+    if (A >= 0.5) return (expm1(l) - expm1_over(1 - A, l)) / A;
+    const double t = -A * l > 1 ? (exp(l - A * l) - exp(l)) / A : exp(l) * expm1_over(A, -l);
+    return (t + expm1(l)) / (A - 1);
+}
+
+/* f(e^l)/e^l for l >= 0, -> 1/A as l -> inf. For A >= 1/2 the second form over u, with
+ * e^-l expm1((1-A) l) as e^(-A l) - e^-l once (1-A) l > 1 (0 * inf far out otherwise) */
+static double alpha_f_over_u_high(double A, double l) {
+    if (A < 0.5) return (expm1_over(A, -l) - expm1(-l)) / (A - 1);
+    const double B = 1 - A;
+    const double t = B * l > 1 ? (exp(-A * l) - exp(-l)) / B : exp(-l) * expm1_over(B, l);
+    return (-expm1(-l) - t) / A;
+}
+
 double fdpo_f(const fdpo_divergence *d, double u) {
     if (!(u >= 0)) return NAN;
     switch (d->kind) {
@@ -128,8 +162,8 @@ double fdpo_f(const fdpo_divergence *d, double u) {
         return a - (u + 1) * (log1p(u) - M_LN2);
     }
     case FDPO_DIV_ALPHA: {
-        double A = d->alpha;
-        return (pow(u, 1 - A) - (1 - A) * u - A) / (A * (A - 1));
+        const double l = log(u);
+        return l <= 0 ? alpha_f_low(d->alpha, l) : u * alpha_f_over_u_high(d->alpha, l);
     }
     case FDPO_DIV_TV: return 0.5 * fabs(u - 1);
     case FDPO_DIV_CHI2: return (u - 1) * (u - 1);
@@ -153,14 +187,26 @@ double fdpo_f_over_u_log(const fdpo_divergence *d, double l) {
         double lp = log1p(em);
         return M_LN2 - lp - em * (l + lp - M_LN2);
     }
-    case FDPO_DIV_ALPHA: {
-        double A = d->alpha;                                       /* (u^-A - (1-A) - A/u) / (A(A-1)) */
-        return (exp(-A * l) - (1 - A) - A * em) / (A * (A - 1));
-    }
+    case FDPO_DIV_ALPHA: return l >= 0 ? alpha_f_over_u_high(d->alpha, l) : alpha_f_low(d->alpha, l) * em;
     case FDPO_DIV_TV: return 0.5 * fabs(1 - em);
     case FDPO_DIV_CHI2: return 1 / em - 2 + em;                    /* (u-1)^2/u = u - 2 + 1/u */
     }
     return NAN;
+}
+
+double fdpo_qf_log(const fdpo_divergence *d, double lp, double lq) {
+    /* p = e^lp, q = e^lq, u = p/q = e^l. Written as q f(u) where u <= 1 (f is bounded on
+     * [0, 1]) and as p f(u)/u where u > 1 (bounded for js, alpha, tv: log 2, 1/A, 1/2), so
+     * neither factor is 0 while the other is inf: a reference whose logits spread ~1000 nats
+     * has q = 0 where u = inf, and q f(u) was 0 * inf = NaN for every token. */
+    const double l = lp - lq;
+    switch (d->kind) {
+    case FDPO_DIV_RKL: return exp(lp) * l;                          /* p log(p/q) */
+    case FDPO_DIV_FKL: return -exp(lq) * l;                         /* q log(q/p) */
+    case FDPO_DIV_CHI2:   /* q (u-1)^2 = p u (1 - 1/u)^2: f(u)/u is unbounded, so p u = e^(lp+l) in one exp */
+        return l <= 0 ? exp(lq) * expm1(l) * expm1(l) : exp(lp + l) * expm1(-l) * expm1(-l);
+    default: return l <= 0 ? exp(lq) * fdpo_f(d, exp(l)) : exp(lp) * fdpo_f_over_u_log(d, l);
+    }
 }
 
 double fdpo_fprime(const fdpo_divergence *d, double u) {

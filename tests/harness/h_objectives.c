@@ -8,7 +8,7 @@
  * Output (one JSON object; non-finite numbers as NaN/Infinity/-Infinity, which Python's
  * json module reads):
  *   {"divergences": [{"name", "admissible", "why", "sup", "f", "fprime" (over u),
- *                     "fprime_inv" (over v), "score", "score_grad" (over l)}],
+ *                     "fprime_inv" (over v), "f_over_u", "score", "score_grad" (over l)}],
  *    "losses": [{"loss": [...], "dlw": [...], "dll": [...]}],
  *    "logistic": {"sigmoid", "log_sigmoid", "softplus" (over x)}}
  * A bad spec or a loss that fdpo_pref_loss_check refuses is an error (exit 1, message). */
@@ -140,6 +140,7 @@ int h_objectives(int argc, char **argv) {
         fputs(",\"f\":", stdout); put_map(&d, fdpo_f, u, nu);
         fputs(",\"fprime\":", stdout); put_map(&d, fdpo_fprime, u, nu);
         fputs(",\"fprime_inv\":", stdout); put_map(&d, fdpo_fprime_inv, v, nv);
+        fputs(",\"f_over_u\":", stdout); put_map(&d, fdpo_f_over_u_log, l, nl);
         fputs(",\"score\":", stdout); put_map(&d, fdpo_score, l, nl);
         fputs(",\"score_grad\":", stdout); put_map(&d, fdpo_score_grad, l, nl);
         putchar('}');

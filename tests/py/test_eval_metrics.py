@@ -18,6 +18,7 @@ import torch
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
 from test_generate import make_model
+from fdpo_ref.gpt2 import GPT2
 from fdpo_ref import fdiv
 
 HERE = os.path.dirname(__file__)
@@ -693,6 +694,107 @@ def test_eval_divergence_is_honoured_in_the_implicit_reward(byte_models, eval_ru
     # the runs differ only in --divergence: each gives its own margin
     vals = sorted(margins.values())
     assert all(b - a > 1e-3 for a, b in zip(vals, vals[1:])), margins
+
+
+def stable_token_divergences(a, b):
+    """Σ_v π_ref f(π/π_ref) per position from float64 log-probs a (policy), b (reference),
+    each term written in exps of log-prob sums that stay finite where π_ref underflows:
+    tv ½|p − q|, js p log(p/m) + q log(q/m) with log m = logaddexp(a, b) − log 2, alpha:0.5
+    (√(pq) − p/2 − q/2)/(−¼), rkl p(a − b), fkl q(b − a), chi2 (p − q)²/q = e^(2a−b) − 2p + q."""
+    P, Q = np.exp(a), np.exp(b)
+    lm = np.logaddexp(a, b) - math.log(2)
+    with np.errstate(over="ignore"):
+        chi2 = (np.exp(2 * a - b) - 2 * P + Q).sum(-1)
+    return {"rkl": (P * (a - b)).sum(-1), "fkl": (Q * (b - a)).sum(-1), "tv": (0.5 * np.abs(P - Q)).sum(-1),
+            "js": (P * (a - lm) + Q * (b - lm)).sum(-1),
+            "alpha_0.5": ((np.exp(0.5 * a + 0.5 * b) - 0.5 * P - 0.5 * Q) / -0.25).sum(-1), "chi2": chi2}
+
+
+def test_token_divergences_stay_finite_where_the_reference_underflows(byte_models, tmp_path):
+    """A reference whose logits spread ~900-1200 nats: π_ref(v) < e^-745 underflows double
+    while π(v) does not, so u = π/π_ref overflows. q f(u) was 0 · inf = NaN, and
+    fdiv_tok_tv/js/alpha_0.5 came out null for every sample though each term is at most p/2
+    (tv) or p log 2 (js). chi2's true value here is above 1e308: null (inf) is right for it."""
+    d, _, pol = byte_models
+    ref = GPT2(257, 64, 16, 2, 2, seed=4)
+    with torch.no_grad():
+        ref.param("wte.weight").mul_(60)
+        ref.param("ln_f.weight").mul_(30)
+    ref.save_hf(str(tmp_path / "sharp"))
+    (tmp_path / "sharp" / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte", "vocab_size": 257,
+                                                                        "eos_token_id": 256}))
+    (tmp_path / "p.txt").write_text("Hello\n")
+    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", tmp_path / "sharp", "--data", tmp_path / "p.txt", "--n", 2,
+            "--max-new-tokens", 3, "--divergences", "all", "--threads", 1, "--out", out, "--samples-out", smp)
+    assert r.returncode == 0, r.stderr
+    ss = [json.loads(l) for l in smp.read_text().splitlines()]
+    for s in ss:
+        pid, toks = list(s["prompt"].encode()), s["tokens"]
+        a = torch_logp(pol, pid, toks)[1].numpy()
+        b = torch_logp(ref, pid, toks)[1].numpy()
+        assert (b < -745).any(axis=1).all() and a.min() > -700   # π_ref underflows at every position, π nowhere
+        want = stable_token_divergences(a, b)
+        for k in ("rkl", "fkl", "tv", "js", "alpha_0.5"):
+            # float32 logits ~1000 nats apart: measured |relative error| <= 4e-8
+            assert s["fdiv_tok_" + k] == pytest.approx(want[k].sum(), rel=1e-6), k
+        assert s["fdiv_tok_chi2"] is None and np.isinf(want["chi2"]).any()
+    col = json.loads(out.read_text())["policies"][0]
+    assert col["fdiv_tok_tv_mean"] == pytest.approx(np.mean([s["fdiv_tok_tv"] for s in ss]), rel=1e-15)
+
+
+def test_eval_alpha_divergences_for_tiny_alpha(byte_models, tmp_path):
+    """alpha:1e-15 and alpha:1e-300 (the A -> 0 end of the family, rkl's limit). The table's
+    form (u^(1-A) - (1-A) u - A)/(A(A-1)) cancels: the token-level value was 15% off at 1e-15
+    and exactly 1 per token at 1e-300, the sequence-level mean 0.61 where it is 0.13.
+    Sequence level: f(u)/u at each sample's l against mpmath at 400 digits. Token level: the
+    exact value is Σ_v q (u log u - u + 1) = KL(π_t || π_ref,t) up to a relative O(A), against
+    torch float64 (fdpo's float32 logits: rel 1e-6)."""
+    import mpmath
+    mpmath.mp.dps = 400
+    d, ref, pol = byte_models
+    (tmp_path / "p.txt").write_text("Hi\nOnce upon\n")
+    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 3,
+            "--max-new-tokens", 4, "--divergences", "alpha:1e-15,alpha:1e-300,alpha:0.5", "--threads", 1,
+            "--out", out, "--samples-out", smp)
+    assert r.returncode == 0, r.stderr
+    col = json.loads(out.read_text())["policies"][0]
+    ss = [json.loads(l) for l in smp.read_text().splitlines()]
+    for s in ss:
+        pid, toks = list(s["prompt"].encode()), s["tokens"]
+        a = torch_logp(pol, pid, toks)[1].numpy()
+        b = torch_logp(ref, pid, toks)[1].numpy()
+        want = stable_token_divergences(a, b)
+        for key in ("alpha_1e-15", "alpha_1e-300"):
+            assert s["fdiv_tok_" + key] == pytest.approx(want["rkl"].sum(), rel=1e-6), key
+        assert s["fdiv_tok_alpha_0.5"] == pytest.approx(want["alpha_0.5"].sum(), rel=1e-6)
+    ls = [mpmath.mpf(s["logp"]) - mpmath.mpf(s["logp_ref"]) for s in ss]
+    assert max(abs(l) for l in ls) > 0.1
+    for A in ("1e-15", "1e-300", "0.5"):
+        Am = mpmath.mpf(A)
+        vals = [(mpmath.exp(-Am * l) - (1 - Am) - Am * mpmath.exp(-l)) / (Am * (Am - 1)) for l in ls]  # f(u)/u
+        assert col[f"fdiv_seq_alpha_{A}_mean"] == pytest.approx(float(sum(vals) / len(vals)), rel=1e-12), A
+
+
+def test_reward_correlations_are_null_for_a_constant_reward(byte_models, tmp_path):
+    """docs/eval.md: null if either is constant (scipy's pearsonr: NaN). A reward of 0.1 for
+    each of 12 samples has a computed mean an ulp off 0.1, so Σ(x - mean)² was ~1e-33, not 0,
+    and the correlations came out ~2e-16."""
+    d, _, _ = byte_models
+    assert sum([0.1] * 12) / 12 != 0.1            # the case: the mean of the constant is not it
+    (tmp_path / "p.txt").write_text("Hi\nOnce upon\nabc\n")
+    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 4,
+            "--max-new-tokens", 8, "--threads", 1, "--reward", script(tmp_path, "for line in sys.stdin:\n    print(0.1)\n"),
+            "--out", out, "--samples-out", smp)
+    assert r.returncode == 0, r.stderr
+    ss = [json.loads(l) for l in smp.read_text().splitlines()]
+    assert len(ss) == 12 and {s["reward"] for s in ss} == {0.1}
+    # the lengths do vary: a null here is the reward's constancy, not theirs
+    assert len({s["n_tokens"] for s in ss}) > 1 and len({s["n_words"] for s in ss}) > 1
+    col = json.loads(out.read_text())["policies"][0]
+    assert col["reward_length_corr"] is None and col["reward_words_corr"] is None
 
 
 def test_score_end_to_end(byte_models, tmp_path):
