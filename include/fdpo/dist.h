@@ -85,6 +85,9 @@ static inline int fdpo_dist_last_mine(size_t i, size_t n) {
 }
 /* Every rank waits here (no-op for one process). */
 int fdpo_dist_barrier(void);
+/* The same, asleep between polls (every 10 ms): for ranks that wait long for another (while
+ * rank 0 runs a command alone) and leave it their CPU. */
+int fdpo_dist_barrier_idle(void);
 /* Seconds spent inside collectives since start (for the allreduce share in metrics). */
 double fdpo_dist_comm_seconds(void);
 /* End every rank of the job with this exit code (MPI_Abort, which Open MPI carries out by

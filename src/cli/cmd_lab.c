@@ -11,7 +11,6 @@
 #include "cli/eval_common.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
-#include "fdpo/dist.h"
 #include "fdpo/lab.h"
 #include "fdpo/lab_algos.h"
 #include "fdpo/objectives.h"
@@ -245,14 +244,6 @@ static int claim_outputs(const fdpo_flag *flags, size_t n, const char *input) {
         if (lab_n_claimed == LAB_MAX_OUTPUTS) return fdpo_error("%s: more than %d output files", flag, LAB_MAX_OUTPUTS);
         if (eval_claim_out(flag, path, inputs, 1, 0)) return -1;
         lab_claimed[lab_n_claimed++] = path;
-    }
-    /* under MPI every rank computes the (small) tables and rank 0 alone writes them: the table
-     * went to stdout once per rank, and every rank wrote each file */
-    if (!fdpo_dist_is_root()) {
-        for (size_t i = 0; i < n; i++)
-            if (flags[i].type == FLAG_STR && (!strcmp(flags[i].name, "out") || !strncmp(flags[i].name, "export-", 7)))
-                *(const char **)flags[i].dest = NULL;
-        if (!freopen("/dev/null", "w", stdout)) return fdpo_error("cannot silence stdout on rank %d", fdpo_dist_rank());
     }
     return 0;
 }

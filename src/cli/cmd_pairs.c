@@ -6,7 +6,6 @@
 #include "cli/eval_common.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
-#include "fdpo/dist.h"
 #include "fdpo/eval.h"
 #include "fdpo/pairs.h"
 #include "interrupts.h"
@@ -103,11 +102,6 @@ static int pairs_run(const char *samples, const char *out, const char *reward_sp
         return fdpo_error("--data %s: no pair from its %zu samples (%zu unpaired: a prompt needs two samples; pairs "
                           "skipped: %zu identical completions, %zu with an empty completion, %zu equal rewards)", samples, n,
                           skipped.unpaired, skipped.identical, skipped.empty, skipped.ties);
-    }
-    if (!fdpo_dist_is_root()) {   /* under MPI every rank computes the same pairs; rank 0 writes them */
-        free(pairs);
-        fdpo_sample_recs_free(recs, n);
-        return 0;
     }
     fdpo_atomic_file af;
     if (fdpo_atomic_open(&af, out)) { free(pairs); fdpo_sample_recs_free(recs, n); return -1; }

@@ -6,7 +6,6 @@
 #include "cli/eval_common.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
-#include "fdpo/dist.h"
 #include "fdpo/report.h"
 
 int cmd_report(int argc, char **argv) {
@@ -51,7 +50,7 @@ int cmd_report(int argc, char **argv) {
     o.max_prompts = (size_t)max_prompts;
     fdpo_report_stats st;
     /* the rules of every output file (eval_claim_out): not "-" (the report is a file, it made
-     * one named "-"), not an input, claimed from the start on rank 0 */
+     * one named "-"), not an input, claimed from the start */
     eval_inputs in = {0};
     eval_inputs_add(&in, "RUN_DIR", (const char *const *)pos, (size_t)n_pos);
     for (int i = 0; i < n_pos; i++)   /* a run's eval/ and lab/ files are read too (docs/report.md) */
@@ -69,7 +68,6 @@ int cmd_report(int argc, char **argv) {
     rc = eval_claim_out("--out", out, (const char *const (*)[2])in.v, in.n, 0);
     eval_inputs_free(&in);
     if (rc) { free(pos); return -1; }
-    if (!fdpo_dist_is_root()) { free(pos); return 0; }   /* under MPI rank 0 alone writes the report */
     rc = fdpo_report_write(&o, out, &st);
     eval_release_out(out);
     if (rc == 0)

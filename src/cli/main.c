@@ -15,28 +15,32 @@
 
 /* models: the command makes or loads a model, so the model code's environment knobs
  * (FDPO_LMHEAD_*) are checked before it starts (fdpo_model_env_check): a bad value is the
- * environment's error, not that of whichever checkpoint happened to be loaded first. */
-typedef struct { const char *name; int (*fn)(int, char **); const char *summary; int models; } command;
+ * environment's error, not that of whichever checkpoint happened to be loaded first.
+ * alone: the command has nothing to split over MPI ranks, so under mpirun rank 0 alone runs
+ * it and the others wait for it and end with its status: the job is one process's run (every
+ * rank running it whole printed its output once per rank, and tokenizer train's ranks raced
+ * for --out's lock, every one failing or writing over the others). */
+typedef struct { const char *name; int (*fn)(int, char **); const char *summary; int models, alone; } command;
 
 static const command COMMANDS[] = {
-    {"pretrain", cmd_pretrain, "train a GPT-2- or Llama-family model on plain text (next-token loss)", 1},
-    {"sft",      cmd_sft,      "supervised fine-tuning on JSONL prompt/completion or text", 1},
-    {"dpo",      cmd_dpo,      "f-DPO preference optimisation (rkl, fkl, js, alpha:A; sigmoid, ipo, ...)", 1},
-    {"rm",       cmd_rm,       "Bradley-Terry reward model (GPT2/LlamaForSequenceClassification) on preference pairs", 1},
-    {"kto",      cmd_kto,      "KTO on unpaired desirable/undesirable completions, with an f-divergence score", 1},
-    {"online",   cmd_online,   "online / iterative f-DPO: sample, score, pair, f-DPO, per round", 1},
-    {"rl",       cmd_rl,       "RLHF with an f-divergence penalty: RLOO / GRPO on the shaped reward r - beta f'(u)", 1},
-    {"generate", cmd_generate, "sample completions for prompts (KV cache, top-k/top-p)", 1},
-    {"eval",     cmd_eval,     "reward, KL, entropy, diversity and calibration of policies", 1},
-    {"score",    cmd_score,    "reward and log-probs of given completions", 1},
-    {"pairs",    cmd_pairs,    "scored samples -> preference pairs with Bradley-Terry labels", 1},
-    {"sacpo",    cmd_sacpo,    "safety-constrained alignment, stepwise (SACPO) with P-SACPO merges", 1},
-    {"merge",    cmd_merge,    "average checkpoints or add task vectors (model merging, P-SACPO)", 1},
-    {"lab",      cmd_lab,      "exact f-regularised alignment on finite problems", 0},
-    {"report",   cmd_report,   "self-contained HTML report of run directories", 0},
-    {"tokenize", cmd_tokenize, "text <-> token ids with a checkpoint's tokenizer", 0},
-    {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer (GPT-2 pre-tokenisation) on text", 0},
-    {"info",     cmd_info,     "print a checkpoint's config and parameter count", 0},
+    {"pretrain", cmd_pretrain, "train a GPT-2- or Llama-family model on plain text (next-token loss)", 1, 0},
+    {"sft",      cmd_sft,      "supervised fine-tuning on JSONL prompt/completion or text", 1, 0},
+    {"dpo",      cmd_dpo,      "f-DPO preference optimisation (rkl, fkl, js, alpha:A; sigmoid, ipo, ...)", 1, 0},
+    {"rm",       cmd_rm,       "Bradley-Terry reward model (GPT2/LlamaForSequenceClassification) on preference pairs", 1, 0},
+    {"kto",      cmd_kto,      "KTO on unpaired desirable/undesirable completions, with an f-divergence score", 1, 0},
+    {"online",   cmd_online,   "online / iterative f-DPO: sample, score, pair, f-DPO, per round", 1, 0},
+    {"rl",       cmd_rl,       "RLHF with an f-divergence penalty: RLOO / GRPO on the shaped reward r - beta f'(u)", 1, 0},
+    {"generate", cmd_generate, "sample completions for prompts (KV cache, top-k/top-p)", 1, 0},
+    {"eval",     cmd_eval,     "reward, KL, entropy, diversity and calibration of policies", 1, 0},
+    {"score",    cmd_score,    "reward and log-probs of given completions", 1, 0},
+    {"pairs",    cmd_pairs,    "scored samples -> preference pairs with Bradley-Terry labels", 1, 1},
+    {"sacpo",    cmd_sacpo,    "safety-constrained alignment, stepwise (SACPO) with P-SACPO merges", 1, 0},
+    {"merge",    cmd_merge,    "average checkpoints or add task vectors (model merging, P-SACPO)", 1, 0},
+    {"lab",      cmd_lab,      "exact f-regularised alignment on finite problems", 0, 1},
+    {"report",   cmd_report,   "self-contained HTML report of run directories", 0, 1},
+    {"tokenize", cmd_tokenize, "text <-> token ids with a checkpoint's tokenizer", 0, 1},
+    {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer (GPT-2 pre-tokenisation) on text", 0, 1},
+    {"info",     cmd_info,     "print a checkpoint's config and parameter count", 0, 1},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
@@ -59,6 +63,11 @@ static int asks_for_help(int argc, char **argv) {
     return 0;
 }
 
+/* Rank 0's end of the other ranks' wait for a command it ran alone (main): its status. */
+static void release_waiting(int rc) {
+    if (fdpo_dist_barrier_idle() == 0) (void)fdpo_dist_all_ok(rc);
+}
+
 int main(int argc, char **argv) {
     fdpo_omp_spin_reexec(argv); /* libgomp's spin before it sleeps: see cli/omp_spin.h */
     interrupts_start();         /* before any thread: see cli/interrupts.h */
@@ -73,9 +82,14 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < N_COMMANDS; i++) {
         if (strcmp(argv[1], COMMANDS[i].name) == 0) {
             int rc = fdpo_dist_init(&argc, &argv);
+            /* rank 0 alone prints (results, --help): the other ranks' stdout was each a copy */
+            if (rc == 0 && !fdpo_dist_is_root() && !freopen("/dev/null", "w", stdout))
+                rc = fdpo_error("cannot silence stdout on rank %d", fdpo_dist_rank());
+            const int alone = COMMANDS[i].alone && fdpo_dist_size() > 1, waits = rc == 0 && alone && !fdpo_dist_is_root();
             term_install(COMMANDS[i].name);
-            if (rc == 0 && COMMANDS[i].models && !asks_for_help(argc, argv)) rc = fdpo_model_env_check();
-            if (rc == 0) rc = COMMANDS[i].fn(argc - 1, argv + 1);
+            if (waits) rc = fdpo_dist_barrier_idle() || fdpo_dist_all_ok(0) ? -1 : 0;   /* rank 0's status */
+            if (rc == 0 && !waits && COMMANDS[i].models && !asks_for_help(argc, argv)) rc = fdpo_model_env_check();
+            if (rc == 0 && !waits) rc = COMMANDS[i].fn(argc - 1, argv + 1);
             /* what a command printed (generate/score --out -, eval's table, info) must have
              * reached stdout: a full disk or a closed pipe lost it with exit 0 */
             errno = 0;
@@ -83,6 +97,7 @@ int main(int argc, char **argv) {
                 rc = fdpo_error("<stdout>: write error: %s", errno ? strerror(errno) : "the stream is in error");
             term_finish();
             if (rc != 0) {
+                if (waits) { fdpo_dist_finalize(); return 1; }   /* rank 0 failed: it said why (before it let us go) */
                 /* a check that names a flag whose value a --config file set: say where */
                 char buf[2560];   /* fdpo_last_error holds at most 2048 */
                 const char *msg = flags_error_origin(fdpo_last_error(), buf, sizeof buf);
@@ -90,11 +105,13 @@ int main(int argc, char **argv) {
                     /* one rank failed: say which, then end every rank (none waits in a collective) */
                     fprintf(stderr, "fdpo %s [rank %d/%d]: %s\n", argv[1], fdpo_dist_rank(), fdpo_dist_size(), msg);
                     fflush(stderr);
+                    if (alone && fdpo_dist_is_root()) release_waiting(rc);   /* after its message */
                     fdpo_dist_abort(1);
                 }
                 fprintf(stderr, "fdpo %s: %s\n", argv[1], msg);
                 return 1;
             }
+            if (alone && fdpo_dist_is_root()) release_waiting(0);
             fdpo_dist_finalize();
             return 0;
         }

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include "fdpo/core.h"
 
@@ -98,6 +99,33 @@ static void release_at_exit(void) {
         if (g_held[i].dir && g_held[i].owner == getpid()) remove_if_unused(i);
 }
 
+static int pid_alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
+
+/* The pid a held lock file records: > 0, 0 for none (an empty file), -1 for text that is no
+ * pid (another tool's lock). Its holder writes it just after its flock succeeds, so a run
+ * refused in between read an empty file ("pid 0 holds": two ranks of one mpirun racing for
+ * one OUT) or the pid of the file's last, finished holder: re-read for a moment while it names
+ * no live process. After that, the pid recorded (a holder on another host of a shared file
+ * system is no local process) or 0. */
+static long recorded_pid(int fd) {
+    long pid = 0;
+    for (int tries = 0; tries < 50; tries++) {   /* 50 x 2 ms: a holder that has the lock is microseconds from writing */
+        char buf[32] = "", *end;
+        ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
+        buf[got > 0 ? got : 0] = 0;
+        pid = strtol(buf, &end, 10);
+        if (pid <= 0 || end == buf || (*end != '\n' && *end != 0)) pid = got > 0 ? -1 : 0;
+        if (pid < 0 || pid_alive(pid)) break;
+        nanosleep(&(struct timespec){0, 2000000}, NULL);
+    }
+    return pid;
+}
+
+/* "pid N", or "another process" where the lock file records none */
+static void holder_text(long pid, char *out, size_t n) {
+    if (pid > 0) snprintf(out, n, "pid %ld", pid);
+    else snprintf(out, n, "another process");
+}
 
 static int take_lock(const char *dir, const char *flag) {
     char *path = lock_path(dir);
@@ -136,20 +164,20 @@ static int take_lock(const char *dir, const char *flag) {
     }
     if (busy) {
         int e = errno;
-        char buf[32] = "";
-        ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
-        buf[got > 0 ? got : 0] = 0;
-        long pid = strtol(buf, NULL, 10);
-        if (e == EWOULDBLOCK)
-            fdpo_error("%s %s: in use by another run (pid %ld holds %s); wait for it or choose another %s",
-                       flag, dir, pid, path, flag);
-        else
+        if (e == EWOULDBLOCK) {
+            char who[48];
+            holder_text(recorded_pid(fd), who, sizeof who);
+            fdpo_error("%s %s: in use by another run (%s holds %s); wait for it or choose another %s",
+                       flag, dir, who, path, flag);
+        } else
             fdpo_error("%s %s: cannot lock %s: %s", flag, dir, path, strerror(e));
         goto fail;
     }
     char pid[32];
     int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) {
+    /* the pid over the old text, then the rest cut: the file is never empty in between (a run
+     * refused meanwhile reads the old pid or ours; recorded_pid waits for a live one) */
+    if (pwrite(fd, pid, (size_t)n, 0) != n || ftruncate(fd, n) != 0) {
         int e = errno;
         fdpo_error("%s %s: cannot write lock file %s: %s", flag, dir, path, strerror(e));
         /* we hold it, so nobody else is using it: an empty lock file (a full disk) guards
@@ -210,11 +238,8 @@ static long lock_file_holder(const char *path) {
     struct stat st;
     long who = 0;
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
-        char buf[32] = "", *end;
-        ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
-        buf[got > 0 ? got : 0] = 0;
-        long pid = strtol(buf, &end, 10);
-        who = pid > 0 && end != buf && (*end == '\n' || *end == 0) ? pid : -1;
+        long pid = recorded_pid(fd);
+        who = pid > 0 ? pid : -1;
     }
     close(fd);   /* drops our shared lock, if we got one */
     return who;
@@ -225,8 +250,10 @@ static long lock_file_holder(const char *path) {
 static int refuse_held_lock_file(const char *path, const char *flag) {
     long who = lock_file_holder(path);
     if (!who) return 0;
-    return fdpo_error("%s %s: is the lock file of a running run (pid %ld holds it); choose another %s", flag, path,
-                      who > 0 ? who : 0, flag);
+    char holder[48];
+    holder_text(who, holder, sizeof holder);
+    return fdpo_error("%s %s: is the lock file of a running run (%s holds it); choose another %s", flag, path, holder,
+                      flag);
 }
 
 /* The lock this process holds on the lock file lp names: by name, or by the file itself
@@ -423,8 +450,6 @@ long fdpo_tmp_name_pid(const char *name) {
     for (const char *c = t + 5; *c; c++) if (*c < '0' || *c > '9') return 0;
     return strtol(t + 5, NULL, 10);
 }
-
-static int pid_alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
 
 /* the stale NAME.tmp.PID files in dir whose NAME is prefix (every NAME when prefix is NULL) */
 static long remove_stale_tmp_named(const char *dir, const char *prefix) {

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
 #include "fdpo/gpt2.h"
@@ -231,6 +232,23 @@ int fdpo_dist_barrier(void) {
     if (g_size > 1) {
         trace("barrier", 0);
         int rc = MPI_Barrier(MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS) return mpi_fail(rc, "barrier");
+    }
+#endif
+    return 0;
+}
+
+int fdpo_dist_barrier_idle(void) {
+#ifdef FDPO_HAVE_MPI
+    if (g_size > 1) {
+        trace("barrier", 0);
+        MPI_Request req;
+        int rc = MPI_Ibarrier(MPI_COMM_WORLD, &req), done = 0;
+        while (rc == MPI_SUCCESS) {
+            rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+            if (rc != MPI_SUCCESS || done) break;
+            nanosleep(&(struct timespec){0, 10000000}, NULL);   /* 10 ms: a blocking barrier spins a core */
+        }
         if (rc != MPI_SUCCESS) return mpi_fail(rc, "barrier");
     }
 #endif

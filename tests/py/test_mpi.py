@@ -365,9 +365,46 @@ def test_online_rounds_ranks_with_different_rounds_are_refused(work, tmp_path):
     assert "the flags (--rounds, --precision, ...) differs between ranks" in r.stderr, r.stderr
 
 
-def test_a_command_without_sharding_runs_whole_on_every_rank(work, tmp_path):
-    r = mpi(2, "lab", "solve", "--n", 10, check=False)   # nothing to split: every rank runs it whole
-    assert r.returncode == 0
+def test_commands_with_nothing_to_split_print_once(work, tmp_path):
+    """tokenize and info ran whole on every rank and printed their output once per rank (every
+    command's --help too). Rank 0 alone runs them now (lab, report, pairs, tokenize, tokenizer,
+    info) and only its stdout is kept: a job prints what one process prints. The byte
+    tokenizer's ids are the text's bytes; info's lines are the config's."""
+    (tmp_path / "h.txt").write_bytes(b"hello world")
+    info = [f"checkpoint: {work / 'pol'}", "n_embd: 32", "n_layer: 2", "n_head: 4", "vocab_size: 257"]
+    for args, expect in ((["tokenize", "--tokenizer", work / "pol", tmp_path / "h.txt"], " ".join(map(str, b"hello world")) + "\n"),
+                         (["info", work / "pol"], info), (["lab", "solve", "--n", 10], None),
+                         (["dpo", "--help"], None)):
+        one = fdpo(*args).stdout
+        if isinstance(expect, str):
+            assert one == expect
+        elif expect:
+            assert all(line in one.splitlines() for line in expect), one
+        for n in (2, 3):
+            assert mpi(n, *args).stdout == one, (n, args)
+
+
+def test_tokenizer_train_under_mpirun_is_one_run(work, tmp_path):
+    """Every rank trained and took --out's lock: each job failed on some rank ("in use by
+    another run (pid 0 holds OUT.lock)"), the files written or not. Rank 0 trains alone, the
+    others wait and end with its status: the merges are the naive trainer's, as for one
+    process (test_tokenizer_train.py), and a failure is said once."""
+    from test_tokenizer_train import naive_train, read_merges
+    text = (work / "text.txt").read_text(encoding="utf-8")
+    ref = naive_train(text, 300, 2)
+    assert len(ref) == 300 - 257
+    for n in (2, 3):
+        for k in range(3):   # the race went either way
+            out = tmp_path / f"t{n}_{k}"
+            r = mpi(n, "tokenizer", "train", "--vocab-size", 300, "--out", out, work / "text.txt")
+            assert "in use by another run" not in r.stderr, r.stderr
+            assert read_merges(out) == ref
+            assert sorted(p.name for p in out.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
+    r = mpi(3, "tokenizer", "train", "--vocab-size", 300, "--out", tmp_path / "bad", tmp_path / "missing.txt", check=False)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("missing.txt: cannot open") == 1, r.stderr   # rank 0's message, not one per rank
+    assert "fdpo tokenizer [rank 0/3]:" in r.stderr
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.lock").exists()
 
 
 def proc_stat(pid):

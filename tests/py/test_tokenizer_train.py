@@ -256,6 +256,41 @@ def test_an_out_in_use_is_refused(tmp_path):
     train(tmp_path, "the cat sat on the mat\n" * 20, 260)   # free again: it trains
 
 
+def test_a_holder_that_has_not_written_its_pid_is_not_pid_0(tmp_path):
+    """A holder writes its pid just after its flock succeeds; a run refused in between read the
+    empty file and named "pid 0" (two ranks of one mpirun racing for one --out). It waits a
+    moment for the pid: one written while it waits is named; a lock that never records one is
+    held by "another process"."""
+    import fcntl
+    import time
+    src = tmp_path / "t.txt"
+    src.write_text("the cat sat on the mat\n" * 20)
+    out = tmp_path / "tok"
+    lock = str(out) + ".lock"
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = run(FDPO, "tokenizer", "train", "--vocab-size", 260, "--out", out, src)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and f"--out {out}: in use by another run (another process holds {lock}); " in err, err
+        # the pid written once the refused run has the lock file open (it is about to read it)
+        p = subprocess.Popen([FDPO, "tokenizer", "train", "--vocab-size", "260", "--out", str(out), str(src)],
+                             stderr=subprocess.PIPE)
+        deadline = time.time() + 30
+        while p.poll() is None and time.time() < deadline:
+            try:
+                fds = [os.readlink(f"/proc/{p.pid}/fd/{x}") for x in os.listdir(f"/proc/{p.pid}/fd")]
+            except OSError:
+                fds = []
+            if lock in fds:
+                break
+            time.sleep(0.0005)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        err = p.communicate(timeout=60)[1].decode()
+    assert p.returncode == 1 and f"in use by another run (pid {os.getpid()} holds {lock}); " in err, err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("case", ["byte-checkpoint", "tokenizer-json", "own-vocab", "own-merges"])
 def test_overwrite_that_cannot_succeed_changes_nothing(tmp_path, case):
     """--overwrite into a directory whose fdpo_tokenizer.json or tokenizer.json loads before
