@@ -591,7 +591,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (start == 0 && o->resume)
             rc = fdpo_error("--resume: %s holds no completed round (nothing to resume; drop --resume to start the run)", o->out);
         /* a trainer's checkpoint or sacpo stages: the rounds' metrics.jsonl would replace that run's */
-        const char *held = rc == 0 ? fdpo_out_holds_run(o->out, FDPO_RUN_ROUNDS) : NULL;
+        const char *held = rc == 0 ? fdpo_out_holds_run(o->out, FDPO_RUN_ROUNDS | FDPO_RUN_TOKENIZER) : NULL;
         if (held) rc = fdpo_error("--out %s: already holds %s of another run; choose another --out", o->out, held);
         /* every rank must see the same completed rounds (OUT on a shared file system) */
         if (rc == 0) rc = fdpo_dist_check_agree("the completed rounds in --out", (uint64_t)start);

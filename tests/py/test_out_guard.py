@@ -446,3 +446,46 @@ def test_a_failed_merge_over_a_run_leaves_that_run_whole(d, tmp_path):
     assert snapshot(out) == before
     fdpo("merge", "--model", d / "base", "--model", d / "base", "--out", out, "--overwrite")
     assert not {"metrics.jsonl", "data_summary.json", "eval_summary.json"} & {p.name for p in out.iterdir()}
+
+
+# ---- --out that holds a tokenizer (`fdpo tokenizer train`'s OUT) ----
+
+def trained_tokenizer(tmp_path, name="tok"):
+    """a directory as `fdpo tokenizer train` leaves it, with a user's note beside it"""
+    (tmp_path / "tok_text.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 6)
+    tok = tmp_path / name
+    fdpo("tokenizer", "train", "--vocab-size", 270, "--out", tok, tmp_path / "tok_text.txt")
+    (tok / "notes.md").write_text("my tokenizer\n")
+    return tok
+
+
+@pytest.mark.parametrize("cmd", ["pretrain", "sft", "dpo", "rm", "kto", "rl", "online-step", "merge"])
+def test_a_run_refuses_an_out_that_holds_a_tokenizer(d, tmp_path, cmd):
+    """a fresh run (no --overwrite) into `tokenizer train`'s OUT deleted vocab.json, merges.txt
+    and tokenizer_config.json, exit 0: its save writes the run's own tokenizer and carries none
+    of OUT's (tokenizer train refuses the reverse). Refused, naming what OUT holds."""
+    tok = trained_tokenizer(tmp_path)
+    before = snapshot(tok)
+    assert {"vocab.json", "merges.txt", "tokenizer_config.json", "notes.md"} == set(before)
+    args = [*checkpoint_cmd(d, cmd), "--out", tok, *([] if cmd == "merge" else FAST)]
+    r = fdpo(*args, check=False)
+    refused(r, f"--out: {tok} already holds a tokenizer (vocab.json)", "--overwrite")
+    assert snapshot(tok) == before
+    if cmd in ("pretrain", "merge"):   # --overwrite replaces it, as before (the user's note stays)
+        fdpo(*args, "--overwrite")
+        names = {p.name for p in tok.iterdir()}
+        assert {"model.safetensors", "fdpo_tokenizer.json", "notes.md"} <= names and "vocab.json" not in names, names
+        assert (tok / "notes.md").read_text() == "my tokenizer\n"
+
+
+def test_a_run_whose_tokenizer_is_its_out_keeps_that_tokenizer(d, tmp_path):
+    """`pretrain --tokenizer tok --out tok`: the tokenizer in OUT is the run's own, which its save
+    writes back -- not refused; OUT then holds the model with the same vocabulary and merges"""
+    tok = trained_tokenizer(tmp_path)
+    vocab = json.loads((tok / "vocab.json").read_text())
+    merges = [m for m in (tok / "merges.txt").read_text().splitlines() if m and not m.startswith("#")]
+    fdpo(*checkpoint_cmd(d, "pretrain"), "--tokenizer", tok, "--out", tok, *FAST)
+    assert (tok / "model.safetensors").exists() and (tok / "notes.md").read_text() == "my tokenizer\n"
+    assert json.loads((tok / "vocab.json").read_text()) == vocab
+    assert [m for m in (tok / "merges.txt").read_text().splitlines() if m and not m.startswith("#")] == merges
+    assert json.loads((tok / "config.json").read_text())["vocab_size"] == len(vocab)
