@@ -110,6 +110,11 @@ int fdpo_train_out_check(const fdpo_train_opts *o);
  * same path by fdpo_settings_same_path) would give a resumed run its half-trained policy as
  * the reference. Refused, naming both flags; each such trainer's options check calls it. */
 int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model);
+/* So is an OUT that the reward spec of an on-policy trainer (rl, online in both modes) reads
+ * (fdpo_reward_spec_inputs: rm:DIR, or the base of an rm:DIR that is a LoRA adapter; lexicon:
+ * and words: files, which are never a directory OUT): its saves replaced the reward model with
+ * the policy, and --resume then failed. Called by their options checks, at every start. */
+int fdpo_train_out_reward_check(const char *out, const char *spec);
 /* A resumed bf16 run multiplies on the route OUT's training_state.json records ("bf16-route",
  * fdpo_bf16_route_pin): the route is chosen by a timing probe, and the two routes sum in
  * different orders. Says so once when the pin differs from the measured route, warns once

@@ -525,7 +525,7 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     t.init = o->model;
     t.resume = o->resume;
     if (fdpo_train_opts_check(&t)) return -1;
-    if (fdpo_train_out_ref_check(o->out, o->ref, o->model)) return -1;
+    if (fdpo_train_out_ref_check(o->out, o->ref, o->model) || fdpo_train_out_reward_check(o->out, o->reward)) return -1;
     /* not on --resume: a run saved before this rule resumes with its saved --lexicon (sacpo's
      * stages always resume; fdpo_sacpo_run checks both of its specs) */
     if (!o->resume && !o->dpo.train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1))

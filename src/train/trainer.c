@@ -8,6 +8,7 @@
 #include <string.h>
 #include "fdpo/chat.h"
 #include "fdpo/dist.h"
+#include "fdpo/eval.h"
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
 #include "fdpo/rm.h"
@@ -44,6 +45,28 @@ int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model
                                "run would load its half-trained policy under the adapter as the reference; give another "
                                "--out", out, ref ? "--ref" : "--model", dir, base) : 0;
     free(base);
+    return rc;
+}
+
+int fdpo_train_out_reward_check(const char *out, const char *spec) {
+    if (!out) return 0;
+    fdpo_strv in = {0};
+    fdpo_reward_spec_inputs(spec, &in);   /* the files an output may not replace, as eval_claim_out's */
+    int rc = 0;
+    for (size_t i = 0; i < in.n && !rc; i++) {
+        if (fdpo_settings_same_path(out, in.v[i])) {
+            rc = fdpo_error("--out %s: is read by --reward %s: this run's saves would replace it with the policy; "
+                            "give another --out", out, spec);
+            break;
+        }
+        /* an rm:DIR that is a LoRA adapter is read onto its base: OUT must not be that base */
+        char *base = fdpo_lora_is_checkpoint(in.v[i]) ? fdpo_lora_peft_base(in.v[i]) : NULL;
+        if (base && fdpo_settings_same_path(out, base))
+            rc = fdpo_error("--out %s: is the base model of --reward %s (a LoRA adapter on %s), which this run's saves "
+                            "would replace with the policy; give another --out", out, spec, base);
+        free(base);
+    }
+    fdpo_strv_free(&in);
     return rc;
 }
 
