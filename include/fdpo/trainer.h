@@ -113,6 +113,11 @@ int fdpo_train_out_check(const fdpo_train_opts *o);
  * same path by fdpo_settings_same_path) would give a resumed run its half-trained policy as
  * the reference. Refused, naming both flags; each such trainer's options check calls it. */
 int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model);
+/* So is an OUT that the reward spec of an on-policy trainer (rl, online in both modes) reads
+ * (fdpo_reward_spec_inputs: rm:DIR, or the base of an rm:DIR that is a LoRA adapter; lexicon:
+ * and words: files, which are never a directory OUT): its saves replaced the reward model with
+ * the policy, and --resume then failed. Called by their options checks, at every start. */
+int fdpo_train_out_reward_check(const char *out, const char *spec);
 /* A resumed bf16 run multiplies on the route OUT's training_state.json records ("bf16-route",
  * fdpo_bf16_route_pin): the route is chosen by a timing probe, and the two routes sum in
  * different orders. Says so once when the pin differs from the measured route, warns once
@@ -280,11 +285,13 @@ int fdpo_checkpoint_recover(const char *out);
 int fdpo_remove_tree(const char *path);
 /* What in OUT shows that a run already wrote there, so that two runs never share an output
  * silently: a trainer's checkpoint (training_state.json, model.safetensors, a LoRA adapter's
- * adapter_config.json), online rounds (round-0/) or a sacpo plan (sacpo.json). Returns a
+ * adapter_config.json), online rounds (round-0/), a sacpo plan (sacpo.json) or a tokenizer's
+ * files (vocab.json, tokenizer.json, ...: `fdpo tokenizer train`'s OUT, which a save that writes
+ * its own tokenizer does not carry over). Returns a
  * description naming the file ("a checkpoint (training_state.json)", ...) or NULL when OUT
  * holds none of them; a kind listed in `ignore` (FDPO_RUN_* bits: the caller's own kind,
  * which it resumes) is not reported. */
-enum { FDPO_RUN_CHECKPOINT = 1, FDPO_RUN_ROUNDS = 2, FDPO_RUN_SACPO = 4 };
+enum { FDPO_RUN_CHECKPOINT = 1, FDPO_RUN_ROUNDS = 2, FDPO_RUN_SACPO = 4, FDPO_RUN_TOKENIZER = 8 };
 const char *fdpo_out_holds_run(const char *out, unsigned ignore);
 /* The files a run leaves in OUT that describe that run: metrics.jsonl, data_summary.json,
  * eval_summary.json. A fresh run into an OUT without a checkpoint (a run that never saved

@@ -15,7 +15,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
     const fdpo_flag shared[] = {
         {"out",           FLAG_STR,   &o->out,           NULL,     "output checkpoint directory (required); training state and metrics.jsonl go there too", 0},
         {"resume",        FLAG_BOOL,  &o->resume,        "0",      "continue the run saved in --out (same data; fixed flags default to the saved ones)", 0},
-        {"overwrite",     FLAG_BOOL,  &o->overwrite,     "0",      "start a fresh run even if --out already holds a checkpoint", 0},
+        {"overwrite",     FLAG_BOOL,  &o->overwrite,     "0",      "start a fresh run even if --out already holds a checkpoint or a tokenizer", 0},
         {"model",         FLAG_STR,   &o->init,          NULL,     "start from this checkpoint directory instead of a random init", 0},
         {"tokenizer",     FLAG_STR,   &o->tokenizer,     NULL,     "tokenizer directory (default: --model's, else byte-level)", 0},
         {"chat-template", FLAG_STR,   &o->chat_template, "auto",   "how {\"messages\"} data are rendered: auto (tokenizer_config.json's chat_template), plain, chatml, llama3, zephyr", 0},

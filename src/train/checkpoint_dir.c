@@ -27,6 +27,17 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
         {FDPO_RUN_ROUNDS, "round-0.partial", "online rounds (round-0.partial)"},
         {FDPO_RUN_ROUNDS, "round-0.pairs.jsonl", "online rounds (round-0.pairs.jsonl)"},
         {FDPO_RUN_SACPO, "sacpo.json", "sacpo stages (sacpo.json)"},
+        /* a tokenizer alone (`fdpo tokenizer train`'s OUT): a save that writes its tokenizer
+         * carries none of these (carry_over), so a fresh run deleted it. Checked after the
+         * checkpoint's files, which a checkpoint's tokenizer sits beside. The names are
+         * fdpo_checkpoint_file_kind's FDPO_CKPT_FILE_TOKENIZER. */
+        {FDPO_RUN_TOKENIZER, "vocab.json", "a tokenizer (vocab.json)"},
+        {FDPO_RUN_TOKENIZER, "merges.txt", "a tokenizer (merges.txt)"},
+        {FDPO_RUN_TOKENIZER, "tokenizer.json", "a tokenizer (tokenizer.json)"},
+        {FDPO_RUN_TOKENIZER, "tokenizer_config.json", "a tokenizer (tokenizer_config.json)"},
+        {FDPO_RUN_TOKENIZER, "fdpo_tokenizer.json", "a tokenizer (fdpo_tokenizer.json)"},
+        {FDPO_RUN_TOKENIZER, "encoder.json", "a tokenizer (encoder.json)"},
+        {FDPO_RUN_TOKENIZER, "vocab.bpe", "a tokenizer (vocab.bpe)"},
     };
     if (!(ignore & FDPO_RUN_CHECKPOINT) && fdpo_lora_dir_has_adapter(out)) return "a checkpoint (adapter_config.json)";
     for (size_t i = 0; i < sizeof MARKS / sizeof MARKS[0]; i++) {
@@ -170,8 +181,9 @@ static int tokenizer_file(const char *name) { return fdpo_checkpoint_file_kind(n
  * made OUT both the new checkpoint and the old rounds, which `--resume` read. Only the
  * replaced kind's names go: a checkpoint a user keeps in a directory of OUT stays. */
 static int replaced_run_entry(const char *out, const char *name) {
-    if (fdpo_out_holds_run(out, FDPO_RUN_CHECKPOINT | FDPO_RUN_SACPO) && fdpo_online_out_entry(name)) return 1;
-    return fdpo_out_holds_run(out, FDPO_RUN_CHECKPOINT | FDPO_RUN_ROUNDS) && fdpo_sacpo_out_entry(name);
+    if (fdpo_out_holds_run(out, FDPO_RUN_CHECKPOINT | FDPO_RUN_SACPO | FDPO_RUN_TOKENIZER) && fdpo_online_out_entry(name))
+        return 1;
+    return fdpo_out_holds_run(out, FDPO_RUN_CHECKPOINT | FDPO_RUN_ROUNDS | FDPO_RUN_TOKENIZER) && fdpo_sacpo_out_entry(name);
 }
 
 /* Hard-link (or copy) every other file of src into dst, recursively: what a user or the run

@@ -525,7 +525,7 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     t.init = o->model;
     t.resume = o->resume;
     if (fdpo_train_opts_check(&t)) return -1;
-    if (fdpo_train_out_ref_check(o->out, o->ref, o->model)) return -1;
+    if (fdpo_train_out_ref_check(o->out, o->ref, o->model) || fdpo_train_out_reward_check(o->out, o->reward)) return -1;
     /* not on --resume: a run saved before this rule resumes with its saved --lexicon (sacpo's
      * stages always resume; fdpo_sacpo_run checks both of its specs) */
     if (!o->resume && !o->dpo.train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1))
@@ -591,7 +591,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (start == 0 && o->resume)
             rc = fdpo_error("--resume: %s holds no completed round (nothing to resume; drop --resume to start the run)", o->out);
         /* a trainer's checkpoint or sacpo stages: the rounds' metrics.jsonl would replace that run's */
-        const char *held = rc == 0 ? fdpo_out_holds_run(o->out, FDPO_RUN_ROUNDS) : NULL;
+        const char *held = rc == 0 ? fdpo_out_holds_run(o->out, FDPO_RUN_ROUNDS | FDPO_RUN_TOKENIZER) : NULL;
         if (held) rc = fdpo_error("--out %s: already holds %s of another run; choose another --out", o->out, held);
         /* every rank must see the same completed rounds (OUT on a shared file system) */
         if (rc == 0) rc = fdpo_dist_check_agree("the completed rounds in --out", (uint64_t)start);

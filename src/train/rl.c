@@ -314,7 +314,8 @@ int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
     const fdpo_train_opts t = rl_train_opts(o);
     if (fdpo_train_opts_check(&t)) return -1;
     if (fdpo_rl_config_check(&o->rl) || fdpo_sample_config_check(&o->sample)) return -1;
-    if (fdpo_train_out_ref_check(o->train.out, o->ref, o->model)) return -1;
+    if (fdpo_train_out_ref_check(o->train.out, o->ref, o->model) || fdpo_train_out_reward_check(o->train.out, o->reward))
+        return -1;
     /* not on --resume: a run saved before this rule resumes with its saved --lexicon */
     if (!o->train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1)) return -1;
     return 0;

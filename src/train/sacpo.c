@@ -779,7 +779,7 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     if (fdpo_dist_barrier()) { stages_free(stages, n_stages); return -1; }
     sacpo_state st = {0};
     /* a dpo/rl/online run's files next to the stages would be mixed with them */
-    const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_SACPO);
+    const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_SACPO | FDPO_RUN_TOKENIZER);
     int rc = held ? fdpo_error("--out: %s already holds %s of another run; choose another --out", o->out, held)
                   : state_open(&st, o);
     if (!rc) rc = stages_data_open(&st, stages, n_stages);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include "fdpo/chat.h"
 #include "fdpo/dist.h"
+#include "fdpo/eval.h"
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
 #include "fdpo/rm.h"
@@ -15,12 +16,19 @@
 
 int fdpo_train_out_check(const fdpo_train_opts *o) {
     if (o->resume || o->overwrite || !o->out) return 0;
-    if (fdpo_out_holds_run(o->out, FDPO_RUN_ROUNDS | FDPO_RUN_SACPO))
+    if (fdpo_out_holds_run(o->out, FDPO_RUN_ROUNDS | FDPO_RUN_SACPO | FDPO_RUN_TOKENIZER))
         return fdpo_error("--out: %s already holds a checkpoint (use --resume to continue it, --overwrite to start over)", o->out);
     /* another kind of run (online rounds, sacpo stages): its metrics.jsonl would be replaced */
-    const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_CHECKPOINT);
+    const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_CHECKPOINT | FDPO_RUN_TOKENIZER);
     if (held) return fdpo_error("--out: %s already holds %s of another run (choose another --out, or "
                                 "--overwrite to write over its files)", o->out, held);
+    /* a tokenizer (tokenizer train's OUT): the save writes the run's tokenizer and drops OUT's
+     * tokenizer files (a fresh run deleted it, exit 0). Not when it is the run's own --tokenizer,
+     * which the save writes back. */
+    held = fdpo_out_holds_run(o->out, FDPO_RUN_CHECKPOINT | FDPO_RUN_ROUNDS | FDPO_RUN_SACPO);
+    if (held && !(o->tokenizer && fdpo_settings_same_path(o->out, o->tokenizer)))
+        return fdpo_error("--out: %s already holds %s, which this run's save would replace (choose another --out, "
+                          "or --overwrite to replace it)", o->out, held);
     return 0;
 }
 
@@ -37,6 +45,28 @@ int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model
                                "run would load its half-trained policy under the adapter as the reference; give another "
                                "--out", out, ref ? "--ref" : "--model", dir, base) : 0;
     free(base);
+    return rc;
+}
+
+int fdpo_train_out_reward_check(const char *out, const char *spec) {
+    if (!out) return 0;
+    fdpo_strv in = {0};
+    fdpo_reward_spec_inputs(spec, &in);   /* the files an output may not replace, as eval_claim_out's */
+    int rc = 0;
+    for (size_t i = 0; i < in.n && !rc; i++) {
+        if (fdpo_settings_same_path(out, in.v[i])) {
+            rc = fdpo_error("--out %s: is read by --reward %s: this run's saves would replace it with the policy; "
+                            "give another --out", out, spec);
+            break;
+        }
+        /* an rm:DIR that is a LoRA adapter is read onto its base: OUT must not be that base */
+        char *base = fdpo_lora_is_checkpoint(in.v[i]) ? fdpo_lora_peft_base(in.v[i]) : NULL;
+        if (base && fdpo_settings_same_path(out, base))
+            rc = fdpo_error("--out %s: is the base model of --reward %s (a LoRA adapter on %s), which this run's saves "
+                            "would replace with the policy; give another --out", out, spec, base);
+        free(base);
+    }
+    fdpo_strv_free(&in);
     return rc;
 }
 

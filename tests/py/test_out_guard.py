@@ -446,3 +446,97 @@ def test_a_failed_merge_over_a_run_leaves_that_run_whole(d, tmp_path):
     assert snapshot(out) == before
     fdpo("merge", "--model", d / "base", "--model", d / "base", "--out", out, "--overwrite")
     assert not {"metrics.jsonl", "data_summary.json", "eval_summary.json"} & {p.name for p in out.iterdir()}
+
+
+# ---- --out that holds a tokenizer (`fdpo tokenizer train`'s OUT) ----
+
+def trained_tokenizer(tmp_path, name="tok"):
+    """a directory as `fdpo tokenizer train` leaves it, with a user's note beside it"""
+    (tmp_path / "tok_text.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 6)
+    tok = tmp_path / name
+    fdpo("tokenizer", "train", "--vocab-size", 270, "--out", tok, tmp_path / "tok_text.txt")
+    (tok / "notes.md").write_text("my tokenizer\n")
+    return tok
+
+
+@pytest.mark.parametrize("cmd", ["pretrain", "sft", "dpo", "rm", "kto", "rl", "online-step", "merge"])
+def test_a_run_refuses_an_out_that_holds_a_tokenizer(d, tmp_path, cmd):
+    """a fresh run (no --overwrite) into `tokenizer train`'s OUT deleted vocab.json, merges.txt
+    and tokenizer_config.json, exit 0: its save writes the run's own tokenizer and carries none
+    of OUT's (tokenizer train refuses the reverse). Refused, naming what OUT holds."""
+    tok = trained_tokenizer(tmp_path)
+    before = snapshot(tok)
+    assert {"vocab.json", "merges.txt", "tokenizer_config.json", "notes.md"} == set(before)
+    args = [*checkpoint_cmd(d, cmd), "--out", tok, *([] if cmd == "merge" else FAST)]
+    r = fdpo(*args, check=False)
+    refused(r, f"--out: {tok} already holds a tokenizer (vocab.json)", "--overwrite")
+    assert snapshot(tok) == before
+    if cmd in ("pretrain", "merge"):   # --overwrite replaces it, as before (the user's note stays)
+        fdpo(*args, "--overwrite")
+        names = {p.name for p in tok.iterdir()}
+        assert {"model.safetensors", "fdpo_tokenizer.json", "notes.md"} <= names and "vocab.json" not in names, names
+        assert (tok / "notes.md").read_text() == "my tokenizer\n"
+
+
+def test_a_run_whose_tokenizer_is_its_out_keeps_that_tokenizer(d, tmp_path):
+    """`pretrain --tokenizer tok --out tok`: the tokenizer in OUT is the run's own, which its save
+    writes back -- not refused; OUT then holds the model with the same vocabulary and merges"""
+    tok = trained_tokenizer(tmp_path)
+    vocab = json.loads((tok / "vocab.json").read_text())
+    merges = [m for m in (tok / "merges.txt").read_text().splitlines() if m and not m.startswith("#")]
+    fdpo(*checkpoint_cmd(d, "pretrain"), "--tokenizer", tok, "--out", tok, *FAST)
+    assert (tok / "model.safetensors").exists() and (tok / "notes.md").read_text() == "my tokenizer\n"
+    assert json.loads((tok / "vocab.json").read_text()) == vocab
+    assert [m for m in (tok / "merges.txt").read_text().splitlines() if m and not m.startswith("#")] == merges
+    assert json.loads((tok / "config.json").read_text())["vocab_size"] == len(vocab)
+
+
+# ---- --out that the run reads again: its reward model ----
+
+def reward_args(d, cmd, spec):
+    args = ref_args(d, cmd)
+    args[args.index("--reward") + 1] = spec
+    return args
+
+
+@pytest.mark.parametrize("cmd", ["rl", "online-step"])
+def test_a_trainer_refuses_an_out_that_is_its_reward_model(d, tmp_path, cmd):
+    """rl --reward rm:R --out R --overwrite replaced the reward model R with the policy, exit 0
+    (a resumed run then refused R as a language model): refused at the start, as --ref R --out R
+    is, on a fresh run, with --overwrite, under another spelling and on --resume"""
+    rm = tmp_path / "R"
+    fdpo("rm", "--model", d / "base", "--data", d / "pairs.jsonl", "--out", rm, "--steps", 1, "--eval-fraction", 0,
+         *FAST)
+    assert json.loads((rm / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
+    before = snapshot(tmp_path)
+    for spec, flags in [(f"rm:{rm}", ["--overwrite"]), (f"rm:{rm}/", []), (f"rm:{rm}", ["--resume"])]:
+        r = fdpo(*reward_args(d, cmd, spec), "--model", d / "base", "--out", rm, *flags, *FAST, check=False)
+        refused(r, f"--out {rm}: is read by --reward {spec}: this run's saves would replace it with the policy; "
+                   "give another --out")
+        assert snapshot(tmp_path) == before
+
+
+def test_a_trainer_refuses_an_out_that_is_the_base_of_its_lora_reward_model(d, tmp_path):
+    """rm:ADAPTER (a LoRA reward model) is read onto its base B: rl --out B --overwrite replaced B"""
+    import shutil
+    base = tmp_path / "B"
+    shutil.copytree(d / "base", base)
+    fdpo("rm", "--model", base, "--lora-r", 2, "--data", d / "pairs.jsonl", "--out", tmp_path / "adapter", "--steps", 1,
+         "--eval-fraction", 0, *FAST)
+    before = snapshot(tmp_path)
+    spec = f"rm:{tmp_path / 'adapter'}"
+    r = fdpo(*reward_args(d, "rl", spec), "--model", d / "base", "--out", base, "--overwrite", *FAST, check=False)
+    refused(r, f"--out {base}: is the base model of --reward {spec} (a LoRA adapter on {base}), which this run's saves "
+               "would replace with the policy; give another --out")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_trainer_whose_reward_model_is_elsewhere_still_trains(d, tmp_path):
+    """the check is on the reward's own files: a reward model beside OUT (and the reward-free
+    specs) still train"""
+    rm = tmp_path / "R"
+    fdpo("rm", "--model", d / "base", "--data", d / "pairs.jsonl", "--out", rm, "--steps", 1, "--eval-fraction", 0,
+         *FAST)
+    fdpo(*reward_args(d, "rl", f"rm:{rm}"), "--model", d / "base", "--out", tmp_path / "pol", *FAST)
+    assert json.loads((tmp_path / "pol" / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    assert json.loads((rm / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
