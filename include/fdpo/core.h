@@ -79,6 +79,13 @@ size_t fdpo_edit_distance(const char *a, const char *b);
  * blanks, or hexadecimal after an optional sign ("0x10" is 16 to strtod, "0x1p-3" 0.125),
  * which no flag, CSV cell or reward program means; else 1. The number readers call it first. */
 int fdpo_number_is_decimal(const char *s);
+/* The one reader of a number written as text (a flag's value, a list item, a lexicon weight,
+ * a part of LO:HI:K): the whole text, decimal, finite, and not a nonzero that rounds to 0.
+ * 0, or -1 after fdpo_error("WHERE: 'TEXT' is not a decimal number" / "is not a finite
+ * number" / "is out of range (it rounds to 0 ...)"); where names the flag, file or key. */
+int fdpo_parse_number(const char *where, const char *text, double *out);
+/* The same for a whole number (strtol, base 10): "WHERE: 'TEXT' is not an integer". */
+int fdpo_parse_long(const char *where, const char *text, long *out);
 
 /* ---- index tables ----
  * The one hash table of libfdpo: open addressing with linear probing over items that live in
