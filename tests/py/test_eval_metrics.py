@@ -337,6 +337,24 @@ def test_afinn_json_lexicon_and_missing_lexicon(tmp_path):
     assert r.returncode == 1 and "bad.json:2" in r.stderr
 
 
+@pytest.mark.parametrize("value,what", [
+    ("0x10", "weight of 'bad': '0x10' is not a decimal number"),   # strtod read it as 16; JSON has no hex
+    ("1e-400", "weight of 'bad': '1e-400' is out of range (it rounds to 0"),   # strtod read it as 0
+    ("nan", "weight of 'bad': 'nan' is not a finite number"),
+    ("1e999", "weight of 'bad': '1e999' is not a finite number"),
+    ("2x", "weight of 'bad': '2x' is not a finite number"),
+])
+def test_afinn_json_lexicon_values_are_read_as_lexicon_file_weights(tmp_path, value, what):
+    """--lexicon FILE's values by lexicon:FILE's rule (fdpo_parse_number), naming FILE:LINE and the word"""
+    lexf = tmp_path / "lex.json"
+    lexf.write_text('{"good": 1,\n "bad": ' + value + '}\n')
+    r = reward(tmp_path, "afinn:sum", [("p", "good bad")], "--lexicon", lexf)
+    assert r.returncode == 1 and f"{lexf}:2: {what}" in r.stderr, r.stdout + r.stderr
+    lexf.write_text('{"good" : 2.5e0 ,"bad":-3}')   # blanks around the value, none after ':'
+    r = reward(tmp_path, "afinn:sum", [("p", "good bad good")], "--lexicon", lexf)
+    assert r.returncode == 0 and float(r.stdout) == 2.5 - 3 + 2.5, r.stderr
+
+
 def test_length_rewards(tmp_path):
     r = reward(tmp_path, "length:words", [("p", "a b  c"), ("p", ""), ("p", " x\ty\n")])
     assert [float(x) for x in r.stdout.split()] == [3, 0, 2]
