@@ -303,6 +303,15 @@ char *fdpo_json_text(const struct cJSON *root, int pretty, size_t *len) {
     return body;
 }
 
+int fdpo_json_whole_exact(long long v) { return v > -1000000000000000LL && v < 1000000000000000LL; }
+
+void fdpo_json_add_whole(struct cJSON *obj, const char *key, long long v) {
+    if (fdpo_json_whole_exact(v)) { cJSON_AddNumberToObject(obj, key, (double)v); return; }
+    char digits[32];
+    snprintf(digits, sizeof digits, "%lld", v);
+    cJSON_AddStringToObject(obj, key, digits);
+}
+
 int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty) {
     size_t n;
     char *body = fdpo_json_text(root, pretty, &n);

@@ -732,6 +732,21 @@ def test_score_names_a_failing_reward_by_its_flag(byte_models, tmp_path):
                                               "with status 3\n"), r.stderr
 
 
+@pytest.mark.parametrize("seed,want", [(10**15 - 1, 10**15 - 1), (2**53 - 1, str(2**53 - 1)),
+                                       (2**53 + 1, str(2**53 + 1)), (12345678901234567, "12345678901234567")])
+def test_eval_out_records_a_16_digit_seed_exactly(byte_models, tmp_path, seed, want):
+    """config.seed went through a double: --seed 12345678901234567 was recorded as ...568, a
+    run that gives other samples, and cJSON wrote 2^53 - 1 as 9.00719925474099e+15; from 10^15
+    it is its digits, as training states keep it"""
+    d, ref, pol = byte_models
+    (tmp_path / "p.txt").write_text("Hi\n")
+    out = tmp_path / "e.json"
+    r = run(FDPO, "eval", "--model", d / "ref", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 1,
+            "--max-new-tokens", 1, "--seed", seed, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["config"]["seed"] == want
+
+
 def test_score_names_the_line_too_long_for_the_model(byte_models, tmp_path):
     """n_positions 64: the second record, on line 3 (after a blank line), is 70 tokens: the
     message names FILE:LINE (it said "record 2")"""
