@@ -334,6 +334,18 @@ size_t flags_config_files(const char *const **files) {
     return g_configs.n;
 }
 
+/* Whether argv item a is a flag that takes the next item as its value (pass 2's reading:
+ * "--name" or a one-letter "-k" alias, not a boolean, no "="), so that pass 1 skips the value
+ * and reads neither --help nor --config there. An unknown name takes nothing (pass 2 reports it). */
+static int takes_next_value(fdpo_flag *flags, size_t n, const char *a) {
+    if (a[0] != '-' || !a[1] || strchr(a, '=')) return 0;
+    const char *name = a + (a[1] == '-' ? 2 : 1);
+    int is_alias = 0;
+    fdpo_flag *f = find_flag(flags, n, name, &is_alias);
+    if (!f || (a[1] != '-' && (!is_alias || strlen(name) != 1))) return 0;
+    return f->type != FLAG_BOOL;
+}
+
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
                 int argc, char **argv, int *n_pos, char ***pos) {
     g_n_origin = 0;   /* this table's values only */
@@ -357,6 +369,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
             if (i + 1 >= argc) return fdpo_error("--config: missing FILE");
             cfg = argv[++i];
         } else if (!strncmp(argv[i], "--config=", 9)) cfg = argv[i] + 9;
+        else if (takes_next_value(flags, n, argv[i])) i++;   /* "--stop -h": -h is the value, as in pass 2 */
         if (cfg) {
             fdpo_strv_push(&g_configs, cfg);
             /* read through fdpo_read_file: a FIFO or directory is refused, not waited on */
