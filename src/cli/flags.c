@@ -1,4 +1,3 @@
-#include <errno.h>
 #include <ini.h>
 #include <math.h>
 #include <stdio.h>
