@@ -79,6 +79,13 @@ size_t fdpo_edit_distance(const char *a, const char *b);
  * blanks, or hexadecimal after an optional sign ("0x10" is 16 to strtod, "0x1p-3" 0.125),
  * which no flag, CSV cell or reward program means; else 1. The number readers call it first. */
 int fdpo_number_is_decimal(const char *s);
+/* The one reader of a number written as text (a flag's value, a list item, a lexicon weight,
+ * a part of LO:HI:K): the whole text, decimal, finite, and not a nonzero that rounds to 0.
+ * 0, or -1 after fdpo_error("WHERE: 'TEXT' is not a decimal number" / "is not a finite
+ * number" / "is out of range (it rounds to 0 ...)"); where names the flag, file or key. */
+int fdpo_parse_number(const char *where, const char *text, double *out);
+/* The same for a whole number (strtol, base 10): "WHERE: 'TEXT' is not an integer". */
+int fdpo_parse_long(const char *where, const char *text, long *out);
 
 /* ---- index tables ----
  * The one hash table of libfdpo: open addressing with linear probing over items that live in
@@ -201,6 +208,14 @@ struct cJSON;
  * cJSON cannot format it: what fdpo_write_json_atomic writes, for a caller that writes later. */
 char *fdpo_json_text(const struct cJSON *root, int pretty, size_t *len);
 int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty);
+/* Whether cJSON writes the whole number v as a number that reads back as v: cJSON prints 15
+ * significant digits (17 only when the 15 read back within a relative DBL_EPSILON), so a
+ * number of 16 digits or more can come back changed: 2^53 - 1 is written 9.00719925474099e+15
+ * and 12345678901234567 (past 2^53) is no double at all. True for |v| < 10^15. */
+int fdpo_json_whole_exact(long long v);
+/* obj[key] = v, a whole number (a seed): a JSON number where fdpo_json_whole_exact, else its
+ * digits as a string, as training states keep one (fdpo_settings_int). */
+void fdpo_json_add_whole(struct cJSON *obj, const char *key, long long v);
 /* One non-blank JSONL line line[0..n) -> its object (the caller cJSON_Deletes it), or NULL
  * after an error naming "path:line_no" and what is wrong: "invalid JSON near column C",
  * "unexpected text after the JSON object at column C" (a second object on the line would be

@@ -259,7 +259,7 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddNumberToObject(cfg, "top_k", (double)sf.top_k);
         cJSON_AddNumberToObject(cfg, "top_p", sf.top_p);
         cJSON_AddNumberToObject(cfg, "max_new_tokens", (double)sf.max_new_tokens);
-        cJSON_AddNumberToObject(cfg, "seed", (double)sf.seed);
+        fdpo_json_add_whole(cfg, "seed", sf.seed);   /* past 2^53 as digits: a double changed it */
         /* and every other setting that changes the numbers (they were missing: two runs with
          * different samples had the same config) */
         if (sf.stop) cJSON_AddStringToObject(cfg, "stop", sf.stop); else cJSON_AddNullToObject(cfg, "stop");

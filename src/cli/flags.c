@@ -1,4 +1,3 @@
-#include <errno.h>
 #include <ini.h>
 #include <math.h>
 #include <stdio.h>
@@ -91,44 +90,19 @@ static void list_add(flag_list *l, const char *v) {
     l->v[l->n++] = v;
 }
 
-/* strtod/strtol also read leading blanks, hex ("0x10") and hex floats ("0x1p-3"): a value is
- * written in decimal, so those are refused (a typo such as "0x10" for "0.10" ran silently) */
-static int decimal_text(const char *where, const char *text) {
-    if (!fdpo_number_is_decimal(text)) return fdpo_error("%s: '%s' is not a decimal number", where, text);
-    return 0;
-}
-
-/* A flag's number (FLAG_FLOAT and flags_number_list): the whole text, finite. strtod's ERANGE
- * is not the error itself: a subnormal (1e-320: ERANGE with a nonzero result) is a finite
- * number and is taken; a value that underflows to 0 (1e-400) is out of range; an overflow
- * (1e999) is not finite. where names the flag in the message. */
-static int parse_number(const char *where, const char *text, double *out) {
-    char *end;
-    if (decimal_text(where, text)) return -1;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (end == text || *end || !isfinite(v)) return fdpo_error("%s: '%s' is not a finite number", where, text);
-    if (errno == ERANGE && v == 0)
-        return fdpo_error("%s: '%s' is out of range (it rounds to 0: the smallest double is 4.9e-324)", where, text);
-    *out = v;
-    return 0;
-}
-
 /* where: "--lr" or "cfg.ini: key 'lr'" for messages */
 static int set_value(fdpo_flag *f, const char *val, const char *where) {
-    char *end;
     switch (f->type) {
     case FLAG_INT: case FLAG_COUNT: {
-        if (decimal_text(where, val)) return -1;
-        errno = 0;
-        long v = strtol(val, &end, 10);
-        if (errno || end == val || *end) return fdpo_error("%s: '%s' is not an integer", where, val);
+        /* fdpo_parse_long/fdpo_parse_number refuse blanks and hex ("0x10" for "0.10" ran silently) */
+        long v = 0;
+        if (fdpo_parse_long(where, val, &v)) return -1;
         if (f->type == FLAG_COUNT && v < 0) return fdpo_error("%s: must not be negative (got %s)", where, val);
         *(long *)f->dest = v; break;
     }
     case FLAG_FLOAT: {
         double v = 0;
-        if (parse_number(where, val, &v)) return -1;
+        if (fdpo_parse_number(where, val, &v)) return -1;
         *(double *)f->dest = v; break;
     }
     case FLAG_STR: case FLAG_LIST:
@@ -359,6 +333,18 @@ size_t flags_config_files(const char *const **files) {
     return g_configs.n;
 }
 
+/* Whether argv item a is a flag that takes the next item as its value (pass 2's reading:
+ * "--name" or a one-letter "-k" alias, not a boolean, no "="), so that pass 1 skips the value
+ * and reads neither --help nor --config there. An unknown name takes nothing (pass 2 reports it). */
+static int takes_next_value(fdpo_flag *flags, size_t n, const char *a) {
+    if (a[0] != '-' || !a[1] || strchr(a, '=')) return 0;
+    const char *name = a + (a[1] == '-' ? 2 : 1);
+    int is_alias = 0;
+    fdpo_flag *f = find_flag(flags, n, name, &is_alias);
+    if (!f || (a[1] != '-' && (!is_alias || strlen(name) != 1))) return 0;
+    return f->type != FLAG_BOOL;
+}
+
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
                 int argc, char **argv, int *n_pos, char ***pos) {
     g_n_origin = 0;   /* this table's values only */
@@ -382,6 +368,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
             if (i + 1 >= argc) return fdpo_error("--config: missing FILE");
             cfg = argv[++i];
         } else if (!strncmp(argv[i], "--config=", 9)) cfg = argv[i] + 9;
+        else if (takes_next_value(flags, n, argv[i])) i++;   /* "--stop -h": -h is the value, as in pass 2 */
         if (cfg) {
             fdpo_strv_push(&g_configs, cfg);
             /* read through fdpo_read_file: a FIFO or directory is refused, not waited on */
@@ -479,7 +466,7 @@ int flags_number_list(const char *flag, const char *spec, int sign, double **out
         char where[96];
         snprintf(where, sizeof where, "--%s", flag);
         double x = 0;
-        if (parse_number(where, tok, &x)) { free(s); free(v); return -1; }
+        if (fdpo_parse_number(where, tok, &x)) { free(s); free(v); return -1; }
         if (sign == FLAGS_LIST_POSITIVE && !(x > 0)) { fdpo_error("--%s: must be > 0 (got %s)", flag, tok); free(s); free(v); return -1; }
         if (sign == FLAGS_LIST_NONNEG && x < 0) { fdpo_error("--%s: must be >= 0 (got %s)", flag, tok); free(s); free(v); return -1; }
         if (sign == FLAGS_LIST_COUNT && !(x >= 1 && x <= 9007199254740992.0 && x == floor(x))) {

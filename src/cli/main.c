@@ -53,8 +53,16 @@ static void usage(FILE *f) {
             : "built without MPI (install libopenmpi-dev and rebuild for mpirun -np N)");
 }
 
-static void version(void) {
+/* --help and --version print to stdout and say so when it failed (a full disk, a closed
+ * pipe): --version exited 0 having written nothing */
+static int stdout_flushed(void) {
+    if (fflush(stdout) != 0 || ferror(stdout)) { fprintf(stderr, "fdpo: <stdout>: write error\n"); return 1; }
+    return 0;
+}
+
+static int version(void) {
     printf("fdpo %s\nMPI: %s\n", FDPO_VERSION, fdpo_dist_compiled() ? "built in (Open MPI)" : "not built");
+    return stdout_flushed();
 }
 
 static int asks_for_help(int argc, char **argv) {
@@ -75,10 +83,9 @@ int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "fdpo: a command is required (fdpo --help lists them)\n"); return 1; }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
-        if (fflush(stdout) != 0 || ferror(stdout)) { fprintf(stderr, "fdpo: <stdout>: write error\n"); return 1; }
-        return 0;
+        return stdout_flushed();
     }
-    if (!strcmp(argv[1], "--version")) { version(); return 0; }
+    if (!strcmp(argv[1], "--version")) return version();
     for (size_t i = 0; i < N_COMMANDS; i++) {
         if (strcmp(argv[1], COMMANDS[i].name) == 0) {
             int rc = fdpo_dist_init(&argc, &argv);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -302,6 +303,15 @@ char *fdpo_json_text(const struct cJSON *root, int pretty, size_t *len) {
     return body;
 }
 
+int fdpo_json_whole_exact(long long v) { return v > -1000000000000000LL && v < 1000000000000000LL; }
+
+void fdpo_json_add_whole(struct cJSON *obj, const char *key, long long v) {
+    if (fdpo_json_whole_exact(v)) { cJSON_AddNumberToObject(obj, key, (double)v); return; }
+    char digits[32];
+    snprintf(digits, sizeof digits, "%lld", v);
+    cJSON_AddStringToObject(obj, key, digits);
+}
+
 int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty) {
     size_t n;
     char *body = fdpo_json_text(root, pretty, &n);
@@ -394,6 +404,31 @@ int fdpo_utf8_valid(const char *s, size_t n) { return fdpo_utf8_first_invalid(s,
 int fdpo_number_is_decimal(const char *s) {
     const char *d = s + (s[0] == '+' || s[0] == '-');
     return !(s[0] == ' ' || (s[0] >= '\t' && s[0] <= '\r') || (d[0] == '0' && (d[1] == 'x' || d[1] == 'X')));
+}
+
+/* strtod's ERANGE is not the error itself: a subnormal (1e-320: ERANGE with a nonzero result)
+ * is a finite number and is taken; a value that underflows to 0 (1e-400) is out of range; an
+ * overflow (1e999) is not finite. */
+int fdpo_parse_number(const char *where, const char *text, double *out) {
+    char *end;
+    if (!fdpo_number_is_decimal(text)) return fdpo_error("%s: '%s' is not a decimal number", where, text);
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end || !isfinite(v)) return fdpo_error("%s: '%s' is not a finite number", where, text);
+    if (errno == ERANGE && v == 0)
+        return fdpo_error("%s: '%s' is out of range (it rounds to 0: the smallest double is 4.9e-324)", where, text);
+    *out = v;
+    return 0;
+}
+
+int fdpo_parse_long(const char *where, const char *text, long *out) {
+    char *end;
+    if (!fdpo_number_is_decimal(text)) return fdpo_error("%s: '%s' is not a decimal number", where, text);
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end) return fdpo_error("%s: '%s' is not an integer", where, text);
+    *out = v;
+    return 0;
 }
 
 static char dash_norm(char c) { return c == '_' ? '-' : c; }

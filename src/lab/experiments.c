@@ -113,10 +113,20 @@ int fdpo_lab_beta_grid(const fdpo_lab_beta_grid_opts *o, double **betas, size_t 
 }
 
 int fdpo_lab_threshold_range(const char *spec, double **thresholds, size_t *n) {
-    double lo, hi;
-    long k;
-    char tail;
-    if (sscanf(spec, "%lf:%lf:%ld%c", &lo, &hi, &k, &tail) != 3 || !isfinite(lo) || !isfinite(hi) || k < 1 || k > 1000000 || hi < lo)
+    /* each part through the number reader of flags and lists: sscanf's %lf read hex
+     * ("0x0.8" as 0.5), leading blanks, and 1e-400 as 0 */
+    const char *c1 = strchr(spec, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+    if (!c2 || strchr(c2 + 1, ':'))
+        return fdpo_error("--frontier: '%s' is not LO:HI:K with LO <= HI and 1 <= K <= 1e6", spec);
+    char *s = fdpo_strdup(spec);
+    s[c1 - spec] = s[c2 - spec] = 0;
+    double lo = 0, hi = 0;
+    long k = 0;
+    int rc = fdpo_parse_number("--frontier LO", s, &lo) || fdpo_parse_number("--frontier HI", s + (c1 - spec) + 1, &hi) ||
+             fdpo_parse_long("--frontier K", s + (c2 - spec) + 1, &k);
+    free(s);
+    if (rc) return -1;
+    if (k < 1 || k > 1000000 || hi < lo)
         return fdpo_error("--frontier: '%s' is not LO:HI:K with LO <= HI and 1 <= K <= 1e6", spec);
     if (k == 1 && lo != hi)   /* one point: HI was dropped without a word */
         return fdpo_error("--frontier: '%s' is one threshold, but LO and HI differ (give LO:LO:1, or K >= 2)", spec);

@@ -33,9 +33,10 @@ void fdpo_settings_num(fdpo_settings *s, const char *key, double v, int fixed) {
     settings_push(s, key, FDPO_SETTING_NUM, fixed)->num = v;
 }
 void fdpo_settings_int(fdpo_settings *s, const char *key, long long v, int fixed) {
-    /* a JSON number is a double: past 2^53 the value is kept as its digits (a resume read
-     * --seed 9007199254740993 back as ...992 and a batch size of 2^63 - 1 as LONG_MIN) */
-    if (v >= -(1LL << 53) && v <= (1LL << 53)) { fdpo_settings_num(s, key, (double)v, fixed); return; }
+    /* a JSON number is a double, which cJSON writes with 15 digits: from 10^15 the value is
+     * kept as its digits (a resume read --seed 9007199254740993 back as ...992, 2^53 - 1 as
+     * ...990, and a batch size of 2^63 - 1 as LONG_MIN) */
+    if (fdpo_json_whole_exact(v)) { fdpo_settings_num(s, key, (double)v, fixed); return; }
     char digits[32];
     snprintf(digits, sizeof digits, "%lld", v);
     fdpo_settings_str(s, key, digits, fixed);

@@ -577,6 +577,50 @@ START_TEST(env_switch_warns_and_keeps_the_pending_error) {
 }
 END_TEST
 
+/* fdpo_json_add_whole: every whole number reads back from cJSON's text as itself (the digits
+ * from 10^15: cJSON wrote 2^53 - 1 as 9.00719925474099e+15) */
+START_TEST(json_whole_numbers_read_back_exactly) {
+    const long long v[] = {0, -7, 999999999999999LL, -999999999999999LL, 1000000000000000LL, 9007199254740991LL,
+                           9007199254740993LL, 12345678901234567LL, INT64_MAX, INT64_MIN};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        cJSON *o = cJSON_CreateObject();
+        fdpo_json_add_whole(o, "seed", v[i]);
+        char *text = cJSON_PrintUnformatted(o);
+        cJSON *back = cJSON_Parse(text), *x = cJSON_GetObjectItemCaseSensitive(back, "seed");
+        const char *digits = cJSON_IsString(x) ? x->valuestring : strchr(text, ':') + 1;
+        ck_assert_msg(strtoll(digits, NULL, 10) == v[i], "%lld written as %s", v[i], text);
+        ck_assert_int_eq(cJSON_IsNumber(x), v[i] > -1000000000000000LL && v[i] < 1000000000000000LL);
+        cJSON_free(text); cJSON_Delete(back); cJSON_Delete(o);
+    }
+}
+END_TEST
+
+/* fdpo_parse_number: the rule of flags, lists, lexicons and --frontier's parts */
+START_TEST(parse_number_decimal_finite_not_rounding_to_0) {
+    double d = -1;
+    long l = -1;
+    ck_assert_int_eq(fdpo_parse_number("--x", "1e-320", &d), 0);   /* a subnormal is a number */
+    ck_assert(d > 0 && d < 1e-319);
+    ck_assert_int_eq(fdpo_parse_number("--x", "-2.5", &d), 0);
+    ck_assert_double_eq(d, -2.5);
+    ck_assert_int_ne(fdpo_parse_number("--x", "0x10", &d), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--x: '0x10' is not a decimal number");
+    ck_assert_int_ne(fdpo_parse_number("--x", " 1", &d), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--x: ' 1' is not a decimal number");
+    ck_assert_int_ne(fdpo_parse_number("--x", "1e999", &d), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--x: '1e999' is not a finite number");
+    ck_assert_int_ne(fdpo_parse_number("--x", "1e-400", &d), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--x: '1e-400' is out of range (it rounds to 0: the smallest double is 4.9e-324)");
+    ck_assert_double_eq(d, -2.5);   /* untouched on an error */
+    ck_assert_int_eq(fdpo_parse_long("--k", "-12", &l), 0);
+    ck_assert_int_eq(l, -12);
+    ck_assert_int_ne(fdpo_parse_long("--k", "0x3", &l), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--k: '0x3' is not a decimal number");
+    ck_assert_int_ne(fdpo_parse_long("--k", "3.5", &l), 0);
+    ck_assert_str_eq(fdpo_last_error(), "--k: '3.5' is not an integer");
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("core");
     TCase *tc = tcase_create("core");
@@ -598,6 +642,8 @@ int main(void) {
     tcase_add_test(tc, alloc_large_failure_is_an_error);
     tcase_add_test(tc, realloc_large_grows_in_place);
     tcase_add_test(tc, json_size_takes_exact_non_negative_integers_only);
+    tcase_add_test(tc, json_whole_numbers_read_back_exactly);
+    tcase_add_test(tc, parse_number_decimal_finite_not_rounding_to_0);
     tcase_add_test(tc, env_switch_warns_and_keeps_the_pending_error);
     suite_add_tcase(s, tc);
     return run_suite(s);

@@ -269,7 +269,13 @@ START_TEST(beta_grid_and_thresholds) {
     free(b);
     ck_error_names(fdpo_lab_threshold_range("1:0:3", &b, &n), "--frontier: '1:0:3' is not LO:HI:K");
     ck_error_names(fdpo_lab_threshold_range("0:1:0", &b, &n), "--frontier: '0:1:0'");
-    ck_error_names(fdpo_lab_threshold_range("0:1:3x", &b, &n), "--frontier: '0:1:3x'");
+    ck_error_names(fdpo_lab_threshold_range("0:1:3x", &b, &n), "--frontier K: '3x' is not an integer");
+    /* each part by fdpo_parse_number (sscanf's %lf read 0x0.8 as 0.5 and 1e-400 as 0) */
+    ck_error_names(fdpo_lab_threshold_range("0x0.8:1:3", &b, &n), "--frontier LO: '0x0.8' is not a decimal number");
+    ck_error_names(fdpo_lab_threshold_range("1e-400:1:2", &b, &n), "--frontier LO: '1e-400' is out of range");
+    ck_error_names(fdpo_lab_threshold_range("0:inf:2", &b, &n), "--frontier HI: 'inf' is not a finite number");
+    ck_error_names(fdpo_lab_threshold_range("0:1:3:4", &b, &n), "--frontier: '0:1:3:4' is not LO:HI:K");
+    ck_error_names(fdpo_lab_threshold_range("0:1", &b, &n), "--frontier: '0:1' is not LO:HI:K");
     ck_error_names(fdpo_lab_threshold_range("1:1.5:1", &b, &n), "--frontier: '1:1.5:1' is one threshold, but LO and HI differ");
 }
 END_TEST

@@ -628,3 +628,27 @@ def test_bt_scale_is_refused_without_all_bt_pairing(tmp_path, args):
         assert r.returncode == 1 and r.stderr == f"fdpo {args[0]}: --bt-scale 2: only used by --pairing all-bt\n", r.stderr
     r = run(*base, "--pairing", "all-bt")
     assert r.returncode == 1 and "--bt-scale" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("value", ["-h", "--help", "--config"])
+def test_a_flags_value_that_reads_as_help_or_config_is_the_value(tmp_path, value):
+    """the item after a flag that takes a value is that value (pass 2 took it so): pass 1 read
+    `--out -h` as --help, printed the usage and exited 0 without running (generate --stop -h)"""
+    r = subprocess.run([FDPO, "lab", "solve", "--n", "5", "--divergence", "rkl", "--out", value], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("divergence,beta,"), r.stdout + r.stderr
+    assert (tmp_path / value).read_text().startswith("pi_ref,reward,pi\n")
+    r = run("lab", "solve", "--n", "5", "--divergence", value)
+    assert r.returncode == 1 and f"--divergence: unknown divergence '{value}'" in r.stderr, r.stdout + r.stderr
+    # after a boolean flag (it takes no value) and after an `=` value, -h is still help
+    for args in (["constrained", "--stepwise", "-h"], ["constrained", "--out=x", "-h"]):
+        r = run("lab", *args)
+        assert r.returncode == 0 and r.stdout.startswith("usage: fdpo lab constrained"), r.stdout + r.stderr
+
+
+def test_version_to_a_full_stdout_fails_as_help_does():
+    """--version to /dev/full exited 0 having written nothing (--help exited 1 there)"""
+    for args in (["--version"], ["--help"]):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([FDPO, *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert r.returncode == 1 and r.stderr == "fdpo: <stdout>: write error\n", (args, r.stderr)

@@ -665,6 +665,19 @@ def test_resume_keeps_integers_past_2_to_the_53(tmp_path, corpus):
     assert r.returncode == 1 and f"--seed: {2**53} differs from the saved run's {2**53 + 1}" in r.stderr, r.stderr
 
 
+def test_resume_keeps_a_16_digit_seed_below_2_to_the_53(tmp_path, corpus):
+    """cJSON writes a number with 15 significant digits: --seed 2^53 - 1 was saved as
+    9.00719925474099e+15, and its resume refused the seed as changed. From 10^15 a whole number
+    is saved as its digits."""
+    seed = ["--seed", str(2**53 - 1)]
+    ok("pretrain", "--out", tmp_path / "whole", *TINY, "--steps", "2", "--quiet", *seed, *corpus)
+    ok("pretrain", "--out", tmp_path / "o", *TINY, "--steps", "2", "--stop-at", "1", "--quiet", *seed, *corpus)
+    state = json.loads((tmp_path / "o" / "training_state.json").read_text())
+    assert state["settings"]["seed"] == str(2**53 - 1)
+    ok("pretrain", "--out", tmp_path / "o", "--resume", *seed, *corpus)
+    assert (tmp_path / "o" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+
+
 def test_resume_of_a_state_that_holds_a_big_integer_as_a_number(tmp_path, corpus):
     """A state written before integers past 2^53 were saved as digits holds them as JSON
     numbers: 2^60 is exact there, and its resume must go on (the first version of the digits

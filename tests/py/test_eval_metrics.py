@@ -338,6 +338,24 @@ def test_afinn_json_lexicon_and_missing_lexicon(tmp_path):
     assert r.returncode == 1 and "bad.json:2" in r.stderr
 
 
+@pytest.mark.parametrize("value,what", [
+    ("0x10", "weight of 'bad': '0x10' is not a decimal number"),   # strtod read it as 16; JSON has no hex
+    ("1e-400", "weight of 'bad': '1e-400' is out of range (it rounds to 0"),   # strtod read it as 0
+    ("nan", "weight of 'bad': 'nan' is not a finite number"),
+    ("1e999", "weight of 'bad': '1e999' is not a finite number"),
+    ("2x", "weight of 'bad': '2x' is not a finite number"),
+])
+def test_afinn_json_lexicon_values_are_read_as_lexicon_file_weights(tmp_path, value, what):
+    """--lexicon FILE's values by lexicon:FILE's rule (fdpo_parse_number), naming FILE:LINE and the word"""
+    lexf = tmp_path / "lex.json"
+    lexf.write_text('{"good": 1,\n "bad": ' + value + '}\n')
+    r = reward(tmp_path, "afinn:sum", [("p", "good bad")], "--lexicon", lexf)
+    assert r.returncode == 1 and f"{lexf}:2: {what}" in r.stderr, r.stdout + r.stderr
+    lexf.write_text('{"good" : 2.5e0 ,"bad":-3}')   # blanks around the value, none after ':'
+    r = reward(tmp_path, "afinn:sum", [("p", "good bad good")], "--lexicon", lexf)
+    assert r.returncode == 0 and float(r.stdout) == 2.5 - 3 + 2.5, r.stderr
+
+
 def test_length_rewards(tmp_path):
     r = reward(tmp_path, "length:words", [("p", "a b  c"), ("p", ""), ("p", " x\ty\n")])
     assert [float(x) for x in r.stdout.split()] == [3, 0, 2]
@@ -867,6 +885,21 @@ def test_score_names_a_failing_reward_by_its_flag(byte_models, tmp_path):
     r = run(FDPO, "score", "--model", d / "pol", "--data", tmp_path / "c.jsonl", "--reward", "cmd:exit 3", "--threads", 1)
     assert r.returncode == 1 and r.stderr == ("fdpo score: --reward cmd:exit 3: reward command 'exit 3' exited "
                                               "with status 3\n"), r.stderr
+
+
+@pytest.mark.parametrize("seed,want", [(10**15 - 1, 10**15 - 1), (2**53 - 1, str(2**53 - 1)),
+                                       (2**53 + 1, str(2**53 + 1)), (12345678901234567, "12345678901234567")])
+def test_eval_out_records_a_16_digit_seed_exactly(byte_models, tmp_path, seed, want):
+    """config.seed went through a double: --seed 12345678901234567 was recorded as ...568, a
+    run that gives other samples, and cJSON wrote 2^53 - 1 as 9.00719925474099e+15; from 10^15
+    it is its digits, as training states keep it"""
+    d, ref, pol = byte_models
+    (tmp_path / "p.txt").write_text("Hi\n")
+    out = tmp_path / "e.json"
+    r = run(FDPO, "eval", "--model", d / "ref", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 1,
+            "--max-new-tokens", 1, "--seed", seed, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["config"]["seed"] == want
 
 
 def test_score_names_the_line_too_long_for_the_model(byte_models, tmp_path):

@@ -1031,6 +1031,15 @@ def test_constrained_json_and_generated_problem():
     (["--frontier", "0,1", "--min-safety", "0.5"], "--min-safety: not allowed with --frontier"),
     (["--frontier", "1:0:3"], "--frontier: '1:0:3' is not LO:HI:K"),
     (["--frontier", "0,x"], "--frontier: 'x' is not a finite number"),
+    # LO:HI:K's parts through the flags' number reader (sscanf's %lf ran 0x0.8 as 0.5, 1e-400 as 0)
+    (["--frontier", "0x0.8:1:3"], "--frontier LO: '0x0.8' is not a decimal number"),
+    (["--frontier", "0:0x1p0:3"], "--frontier HI: '0x1p0' is not a decimal number"),
+    (["--frontier", "0:1:0x3"], "--frontier K: '0x3' is not a decimal number"),
+    (["--frontier", "1e-400:1:2"], "--frontier LO: '1e-400' is out of range (it rounds to 0"),
+    (["--frontier", " 0:1:3"], "--frontier LO: ' 0' is not a decimal number"),
+    (["--frontier", "0:1: 3"], "--frontier K: ' 3' is not a decimal number"),
+    (["--frontier", "0:1:3.5"], "--frontier K: '3.5' is not an integer"),
+    (["--frontier", "0:1:3:4"], "--frontier: '0:1:3:4' is not LO:HI:K"),
     (["--min-safety", "0.5", "--beta", "0"], "--beta: must be a finite number > 0 (got 0)"),
 ])
 def test_constrained_bad_input(tmp_path, args, needle):

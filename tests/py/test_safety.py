@@ -86,15 +86,15 @@ def test_lexicon_scores_match_an_independent_python_scorer(tmp_path):
 
 @pytest.mark.parametrize("body,line,what", [
     ("good 1\nbad\n", 2, "has no weight"),
-    ("good 1\nbad one\n", 2, "weight 'one' is not a decimal number"),
-    ("good 1\nbad 0x10\n", 2, "weight '0x10' is not a decimal number"),   # strtod read it as 16
-    ("good 1e-400\n", 1, "weight '1e-400' is out of range (it rounds to 0)"),
+    ("good 1\nbad one\n", 2, "weight of 'bad': 'one' is not a finite number"),
+    ("good 1\nbad 0x10\n", 2, "weight of 'bad': '0x10' is not a decimal number"),   # strtod read it as 16
+    ("good 1e-400\n", 1, "weight of 'good': '1e-400' is out of range (it rounds to 0"),
     ("x 1\ngood 'bad 5\n", 2, "''bad' starts or ends with an apostrophe or hyphen"),   # a phrase word that never matches
     ("x 1\ngood- bad 5\n", 2, "'good-' starts or ends"),
     ("good 1\n\n# c\nGOOD 2\n", 4, "duplicate word 'good'"),
-    ("good nan\n", 1, "not finite"),
-    ("good inf\n", 1, "not finite"),
-    ("good 1e999\n", 1, "not finite"),
+    ("good nan\n", 1, "weight of 'good': 'nan' is not a finite number"),
+    ("good inf\n", 1, "'inf' is not a finite number"),
+    ("good 1e999\n", 1, "'1e999' is not a finite number"),
     ("go0d 1\n", 1, "'0'"),
     ("-good 1\n", 1, "apostrophe or hyphen"),
 ])
