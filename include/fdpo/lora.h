@@ -51,7 +51,11 @@ typedef struct fdpo_lora {
     fdpo_strv names;                   /* owns view.tensors[].name */
     int enabled;                       /* 0: forward is the base model's (a DPO reference) */
     int training;                      /* 1: dropout active (a training step) */
-    uint64_t seed, mask_step, mask_forward, last_mask_key;
+    uint64_t seed, mask_step, mask_forward;
+    /* dropout keys: the rows of the next forward are the step's rows next_row0, next_row0+1, ...
+     * (fdpo_lora_set_rows, one forward only); row0 those of the last forward (its backward's) */
+    uint64_t next_row0, row0;
+    int rows_set;
     /* activations of the last forward: u = dropout(x) A^T per (layer, site) [N, r] */
     float *u; size_t cap_tokens;
     float *keep;                       /* [N * max in] dropout keep-scale scratch (0 or 1/(1-p)) */
@@ -88,17 +92,28 @@ void fdpo_lora_merge(fdpo_gpt2 *m);
 float *fdpo_lora_score(fdpo_lora *l, int grad);
 /* Zero the adapter gradients (fdpo_gpt2_zero_grad calls it). */
 void fdpo_lora_zero_grad(fdpo_lora *l);
-/* Dropout masks are a function of (seed, step, forward index in the step, layer, site):
- * call at the start of each training step so a resumed run draws the same masks. */
+/* Dropout masks are a function of (seed, step, row, layer, site), one stream per row (token)
+ * of the forward: call at the start of each training step so a resumed run draws the same masks. */
 void fdpo_lora_begin_step(fdpo_lora *l, uint64_t step);
+/* The next training forward's rows are rows row0, row0 + 1, ... of the step: a name for each
+ * token that does not depend on which rank or micro-batch computes it (the trainer loops set
+ * it before each forward from the micro-batch's place in the step), so a data-parallel run
+ * draws the single process's masks and a resume with another rank count continues the same
+ * run. One forward only; a forward without it is keyed by its index in the step (per process).
+ * No-op without adapters. */
+void fdpo_lora_set_rows(fdpo_gpt2 *m, uint64_t row0);
 /* Module path of a site for m's family, "{i}" for the layer ("transformer.h.{i}.attn.c_attn"). */
 const char *fdpo_lora_module(const fdpo_gpt2 *m, fdpo_lora_site s);
 
 /* ---- hooks the model calls (src/model/gpt2.c, llama.c) after a linear layer ----
  * forward: out [N, out] += s * dropout(x) A^T B^T for the adapter at (layer, site), if any.
- * backward: dA, dB += ..., dx [N, in] += the adapter's input gradient. */
-void fdpo_lora_forward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out, const float *x, size_t N);
-void fdpo_lora_backward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *dx, const float *dout, const float *x, size_t N);
+ * backward: dA, dB += ..., dx [N, in] += the adapter's input gradient.
+ * rows: the batch row of each of the N rows where they are a packed subset (the last layer on
+ * the head's rows only), NULL for rows 0..N-1: dropout masks are keyed by the batch row. */
+void fdpo_lora_forward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out, const float *x, size_t N,
+                       const size_t *rows);
+void fdpo_lora_backward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *dx, const float *dout, const float *x, size_t N,
+                        const size_t *rows);
 /* decoder hook (src/model/gpt2_decode.c, llama_decode.c): out [N, out] += s * x A^T B^T,
  * no dropout, nothing kept; a no-op without an enabled adapter at (layer, site). */
 void fdpo_lora_apply(const fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out, const float *x, size_t N);

@@ -547,7 +547,7 @@ static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1, size_t k0, size_t 
         size_t ln2_row = l * N + t0;
         int last = l + 1 == L;
         linear_forward(m, qkv, ln1, p->qkvw + l * C * 3 * C, p->qkvb + l * 3 * C, n, C, 3 * C);
-        fdpo_lora_forward(m, FDPO_LORA_C_ATTN, l, qkv, ln1, n);
+        fdpo_lora_forward(m, FDPO_LORA_C_ATTN, l, qkv, ln1, n, NULL);   /* (no slices with LoRA: t0 = 0) */
         fdpo_k_attention_forward_streaming(atty_l, a->att_lse + l * N * NH, qkv_l, seq, branch, B, C, NH);
         size_t nb = n; /* rows the rest of the block runs on */
         if (last && a->head_rows_only) {
@@ -559,15 +559,16 @@ static void forward_trunk(fdpo_gpt2 *m, size_t s0, size_t s1, size_t k0, size_t 
             atty = atty_p;
             residual = residual_p;
         }
+        const size_t *lrows = nb != n ? a->rows + k0 : NULL;   /* the batch rows of the packed ones (LoRA dropout) */
         linear_forward(m, res2, atty, p->attprojw + l * C * C, NULL, nb, C, C);
-        fdpo_lora_forward(m, FDPO_LORA_ATTN_C_PROJ, l, res2, atty, nb);
+        fdpo_lora_forward(m, FDPO_LORA_ATTN_C_PROJ, l, res2, atty, nb, lrows);
         fdpo_k_residual_layernorm_forward(res2, ln2, a->ln2_mean + ln2_row, a->ln2_rstd + ln2_row, p->attprojb + l * C,
                                           residual, p->ln2w + l * C, p->ln2b + l * C, nb, C, eps);
         linear_forward(m, fch, ln2, p->fcw + l * C * 4 * C, NULL, nb, C, 4 * C);
-        fdpo_lora_forward(m, FDPO_LORA_C_FC, l, fch, ln2, nb);
+        fdpo_lora_forward(m, FDPO_LORA_C_FC, l, fch, ln2, nb, lrows);
         fdpo_k_bias_gelu_forward(fch_gelu, fch, p->fcb + l * 4 * C, nb, 4 * C);
         linear_forward(m, res3, fch_gelu, p->fcprojw + l * 4 * C * C, NULL, nb, 4 * C, C);
-        fdpo_lora_forward(m, FDPO_LORA_MLP_C_PROJ, l, res3, fch_gelu, nb);
+        fdpo_lora_forward(m, FDPO_LORA_MLP_C_PROJ, l, res3, fch_gelu, nb, lrows);
         fdpo_k_residual_layernorm_forward(res3, last ? a->lnf + t0 * C : ln1 + N * C,
                                           last ? a->lnf_mean + t0 : a->ln1_mean + (l + 1) * N + t0,
                                           last ? a->lnf_rstd + t0 : a->ln1_rstd + (l + 1) * N + t0,
@@ -798,20 +799,21 @@ static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t 
             fdpo_k_gather_rows(d_qkv, atty_l, a->rows + k0, nb, C);
             atty = d_qkv;
         }
+        const size_t *lrows = nb != n ? a->rows + k0 : NULL;
         if (nb > 0) {
             /* MLP block: res3 = res2 + gelu(ln2(res2) @ fcw + fcb) @ fcprojw + fcprojb */
             linear_backward(m, d_fch, G(fcprojw, l * 4 * C * C), G(fcprojb, l * C), d_res, fch_gelu,
                             p->fcprojw + l * 4 * C * C, nb, 4 * C, C);
-            fdpo_lora_backward(m, FDPO_LORA_MLP_C_PROJ, l, d_fch, d_res, fch_gelu, nb);
+            fdpo_lora_backward(m, FDPO_LORA_MLP_C_PROJ, l, d_fch, d_res, fch_gelu, nb, lrows);
             fdpo_k_gelu_backward_bias(d_fch, G(fcb, l * 4 * C), fch, nb, 4 * C); /* fch holds gelu'; c_fc's bias grad too */
             linear_backward(m, d_ln, G(fcw, l * C * 4 * C), NULL, d_fch, ln2, p->fcw + l * C * 4 * C, nb, C, 4 * C);
-            fdpo_lora_backward(m, FDPO_LORA_C_FC, l, d_ln, d_fch, ln2, nb);
+            fdpo_lora_backward(m, FDPO_LORA_C_FC, l, d_ln, d_fch, ln2, nb, lrows);
             fdpo_k_layernorm_backward(d_res, G(ln2w, l * C), G(ln2b, l * C), d_ln, res2, p->ln2w + l * C,
                                       a->ln2_mean + row, a->ln2_rstd + row, nb, C);
             /* attention block: res2 = residual + attn(ln1(residual)) @ attprojw + attprojb */
             linear_backward(m, d_atty, G(attprojw, l * C * C), G(attprojb, l * C), d_res, atty,
                             p->attprojw + l * C * C, nb, C, C);
-            fdpo_lora_backward(m, FDPO_LORA_ATTN_C_PROJ, l, d_atty, d_res, atty, nb);
+            fdpo_lora_backward(m, FDPO_LORA_ATTN_C_PROJ, l, d_atty, d_res, atty, nb, lrows);
         }
         if (nb != n) { /* back to the tokens' rows; the rows the last block skipped get 0 */
             fdpo_k_scatter_rows(a->d_atty, t0, n, a->rows + k0, nb, C);
@@ -821,7 +823,7 @@ static void backward_trunk(fdpo_gpt2 *m, fdpo_gpt2_params *g, size_t s0, size_t 
                                             B, C, NH, fdpo_attention_bf16(a->precision));
         linear_backward(m, d_ln, G(qkvw, l * C * 3 * C), G(qkvb, l * 3 * C), d_qkv, ln1, p->qkvw + l * C * 3 * C,
                         n, C, 3 * C);
-        fdpo_lora_backward(m, FDPO_LORA_C_ATTN, l, d_ln, d_qkv, ln1, n);
+        fdpo_lora_backward(m, FDPO_LORA_C_ATTN, l, d_ln, d_qkv, ln1, n, NULL);
         fdpo_k_layernorm_backward(d_res, G(ln1w, l * C), G(ln1b, l * C), d_ln, residual, p->ln1w + l * C,
                                   a->ln1_mean + row, a->ln1_rstd + row, n, C);
         if (layer_hooks && m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, l); /* layer l is final */

@@ -390,14 +390,15 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
         linear_forward(m, q, ln1, tensor(m, P, LR_QW) + l * QD * C, qb ? qb + l * QD : NULL, N, C, QD);
         linear_forward(m, k, ln1, tensor(m, P, LR_KW) + l * KD * C, kb ? kb + l * KD : NULL, N, C, KD);
         linear_forward(m, v, ln1, tensor(m, P, LR_VW) + l * KD * C, vb ? vb + l * KD : NULL, N, C, KD);
-        fdpo_lora_forward(m, FDPO_LORA_Q, l, q, ln1, N); /* before the rotation, as in PEFT */
-        fdpo_lora_forward(m, FDPO_LORA_K, l, k, ln1, N);
-        fdpo_lora_forward(m, FDPO_LORA_V, l, v, ln1, N);
+        fdpo_lora_forward(m, FDPO_LORA_Q, l, q, ln1, N, NULL); /* before the rotation, as in PEFT */
+        fdpo_lora_forward(m, FDPO_LORA_K, l, k, ln1, N, NULL);
+        fdpo_lora_forward(m, FDPO_LORA_V, l, v, ln1, N, NULL);
         fdpo_llama_rope_forward(q, a->rope_cos, a->rope_sin, N, NH, hd);
         fdpo_llama_rope_forward(k, a->rope_cos, a->rope_sin, N, NKV, hd);
         fdpo_llama_gqa_attention_forward(atty, a->att_lse + l * N * NH, q, k, v, a->seq_offset, branch, B, NH, NKV, hd);
         size_t n = l + 1 == L ? n_last : N; /* rows the rest of the layer runs on */
         const float *o_in = atty;
+        const size_t *lrows = n != N ? a->head_rows : NULL;   /* the batch rows of the packed ones (LoRA dropout) */
         if (n != N) { /* the head's rows of the attention output and the residual, in backward scratch */
             fdpo_k_gather_rows(a->d_atty, atty, a->head_rows, n, QD);
             fdpo_k_gather_rows(a->d_ln, residual, a->head_rows, n, C);
@@ -405,16 +406,16 @@ int fdpo_llama_forward(fdpo_gpt2 *m, const fdpo_batch *b, float *token_logp, flo
             residual = a->d_ln;
         }
         linear_forward(m, res2, o_in, tensor(m, P, LR_OW) + l * C * QD, ob ? ob + l * C : NULL, n, QD, C);
-        fdpo_lora_forward(m, FDPO_LORA_O, l, res2, o_in, n);
+        fdpo_lora_forward(m, FDPO_LORA_O, l, res2, o_in, n, lrows);
         fdpo_k_residual_forward(res2, res2, residual, n * C);
         fdpo_llama_rmsnorm_forward(ln2, a->ln2_rstd + l * N, res2, tensor(m, P, LR_LN2) + l * C, n, C, c->layer_norm_epsilon);
         linear_forward(m, gate, ln2, tensor(m, P, LR_GATEW) + l * F * C, gb ? gb + l * F : NULL, n, C, F);
         linear_forward(m, up, ln2, tensor(m, P, LR_UPW) + l * F * C, ub ? ub + l * F : NULL, n, C, F);
-        fdpo_lora_forward(m, FDPO_LORA_GATE, l, gate, ln2, n);
-        fdpo_lora_forward(m, FDPO_LORA_UP, l, up, ln2, n);
+        fdpo_lora_forward(m, FDPO_LORA_GATE, l, gate, ln2, n, lrows);
+        fdpo_lora_forward(m, FDPO_LORA_UP, l, up, ln2, n, lrows);
         fdpo_llama_swiglu_forward(h, gate, up, n * F);
         linear_forward(m, res3, h, tensor(m, P, LR_DOWNW) + l * C * F, db ? db + l * C : NULL, n, F, C);
-        fdpo_lora_forward(m, FDPO_LORA_DOWN, l, res3, h, n);
+        fdpo_lora_forward(m, FDPO_LORA_DOWN, l, res3, h, n, lrows);
         fdpo_k_residual_forward(res3, res3, res2, n * C);
     }
     fdpo_llama_rmsnorm_forward(a->lnf, a->lnf_rstd, a->residual3 + (L - 1) * N * C, tensor(m, P, LR_NORM), n_last, C,
@@ -547,6 +548,7 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         float *h = a->d_gate; /* the forward's silu(gate) * up, recomputed; d_gate once used */
         size_t n = l + 1 == L ? n_last : N; /* rows of this layer after its attention (packed if < N) */
         const float *o_in = atty;
+        const size_t *lrows = n != N ? a->head_rows : NULL;
         if (n != N) { /* the forward's packed o_proj input again, in d_q (free until the attention's backward) */
             fdpo_k_gather_rows(a->d_q, atty, a->head_rows, n, QD);
             o_in = a->d_q;
@@ -555,20 +557,20 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
         /* MLP: res3 = res2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T */
         linear_backward(m, a->d_h, GB(LR_DOWNW, C * F), GB(LR_DOWNB, C), a->d_residual, h,
                         tensor(m, P, LR_DOWNW) + l * C * F, n, F, C, 0);
-        fdpo_lora_backward(m, FDPO_LORA_DOWN, l, a->d_h, a->d_residual, h, n);
+        fdpo_lora_backward(m, FDPO_LORA_DOWN, l, a->d_h, a->d_residual, h, n, lrows);
         fdpo_llama_swiglu_backward(a->d_gate, a->d_h, a->d_h, gate, up, n * F); /* d_h becomes d up */
         linear_backward(m, a->d_ln, GB(LR_GATEW, F * C), GB(LR_GATEB, F), a->d_gate, ln2,
                         tensor(m, P, LR_GATEW) + l * F * C, n, C, F, 0);
         linear_backward(m, a->d_ln, GB(LR_UPW, F * C), GB(LR_UPB, F), a->d_h, ln2,
                         tensor(m, P, LR_UPW) + l * F * C, n, C, F, 1);
-        fdpo_lora_backward(m, FDPO_LORA_GATE, l, a->d_ln, a->d_gate, ln2, n);
-        fdpo_lora_backward(m, FDPO_LORA_UP, l, a->d_ln, a->d_h, ln2, n);
+        fdpo_lora_backward(m, FDPO_LORA_GATE, l, a->d_ln, a->d_gate, ln2, n, lrows);
+        fdpo_lora_backward(m, FDPO_LORA_UP, l, a->d_ln, a->d_h, ln2, n, lrows);
         fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN2, C), a->d_ln, res2, tensor(m, P, LR_LN2) + l * C,
                          a->ln2_rstd + l * N, n, C);
         /* attention: res2 = residual + attn(rope(ln1 Wq^T), rope(ln1 Wk^T), ln1 Wv^T) Wo^T */
         linear_backward(m, a->d_atty, GB(LR_OW, C * QD), GB(LR_OB, C), a->d_residual, o_in,
                         tensor(m, P, LR_OW) + l * C * QD, n, QD, C, 0);
-        fdpo_lora_backward(m, FDPO_LORA_O, l, a->d_atty, a->d_residual, o_in, n);
+        fdpo_lora_backward(m, FDPO_LORA_O, l, a->d_atty, a->d_residual, o_in, n, lrows);
         if (n != N) { /* back to the tokens' rows; the rows the last layer skipped get 0 */
             fdpo_k_scatter_rows(a->d_atty, 0, N, a->head_rows, n, QD);
             fdpo_k_scatter_rows(a->d_residual, 0, N, a->head_rows, n, C);
@@ -587,9 +589,9 @@ static int llama_backward(fdpo_gpt2 *m, const float *d_token_logp, const float *
                         tensor(m, P, LR_KW) + l * KD * C, N, C, KD, 1);
         linear_backward(m, d_ln1, GB(LR_VW, KD * C), GB(LR_VB, KD), a->d_v, ln1,
                         tensor(m, P, LR_VW) + l * KD * C, N, C, KD, 1);
-        fdpo_lora_backward(m, FDPO_LORA_Q, l, a->d_ln, a->d_q, ln1, N); /* (their d input unused at layer 0) */
-        fdpo_lora_backward(m, FDPO_LORA_K, l, a->d_ln, a->d_k, ln1, N);
-        fdpo_lora_backward(m, FDPO_LORA_V, l, a->d_ln, a->d_v, ln1, N);
+        fdpo_lora_backward(m, FDPO_LORA_Q, l, a->d_ln, a->d_q, ln1, N, NULL); /* (their d input unused at layer 0) */
+        fdpo_lora_backward(m, FDPO_LORA_K, l, a->d_ln, a->d_k, ln1, N, NULL);
+        fdpo_lora_backward(m, FDPO_LORA_V, l, a->d_ln, a->d_v, ln1, N, NULL);
         if (d_ln1)
             fdpo_llama_rmsnorm_backward(a->d_residual, GB(LR_LN1, C), a->d_ln, residual, tensor(m, P, LR_LN1) + l * C,
                                         a->ln1_rstd + l * N, N, C);

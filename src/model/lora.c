@@ -220,7 +220,14 @@ void fdpo_lora_zero_grad(fdpo_lora *l) { memset(l->view.grads_memory, 0, l->view
 void fdpo_lora_begin_step(fdpo_lora *l, uint64_t step) {
     l->mask_step = step;
     l->mask_forward = 0;
+    l->rows_set = 0;
     l->training = 1;
+}
+
+void fdpo_lora_set_rows(fdpo_gpt2 *m, uint64_t row0) {
+    if (!m || !m->lora) return;
+    m->lora->next_row0 = row0;
+    m->lora->rows_set = 1;
 }
 
 /* the base weight a site adds to, one layer's: Llama [out, in], GPT-2 [in, out] */
@@ -270,13 +277,19 @@ void fdpo_lora_merge(fdpo_gpt2 *m) {
 
 /* ---- kernels ---- */
 
-/* keep [N*IN] = 0 with probability p, else 1/(1-p) (torch.nn.Dropout), from one xoshiro
- * stream seeded by the mask key */
-static void lora_dropout_mask(float *keep, size_t n, double p, uint64_t key) {
-    fdpo_rng rng;
-    fdpo_rng_seed(&rng, key);
-    const float scale = (float)(1.0 / (1.0 - p));
-    for (size_t i = 0; i < n; i++) keep[i] = fdpo_rng_uniform(&rng) < p ? 0.0f : scale;
+/* keep [N, IN] = 0 with probability p, else 1/(1-p) (torch.nn.Dropout): row t (batch row
+ * rows[t], or t) from its own xoshiro stream keyed by (seed, step, row0 + batch row, layer,
+ * site), so a token's mask is the same whichever rank or micro-batch computes it, and whether
+ * or not the last layer runs on the head's rows only (docs/lora.md) */
+static void lora_dropout_mask(const fdpo_lora *l, float *keep, size_t N, const size_t *rows, size_t IN, size_t layer,
+                              fdpo_lora_site s) {
+    const float scale = (float)(1.0 / (1.0 - l->dropout));
+    for (size_t t = 0; t < N; t++) {
+        uint64_t parts[5] = {l->seed, l->mask_step, l->row0 + (rows ? rows[t] : t), (uint64_t)layer, (uint64_t)s};
+        fdpo_rng rng;
+        fdpo_rng_seed(&rng, fdpo_hash64(FDPO_HASH_INIT, parts, sizeof parts));
+        for (size_t i = 0; i < IN; i++) keep[t * IN + i] = fdpo_rng_uniform(&rng) < l->dropout ? 0.0f : scale;
+    }
 }
 
 /* out [N,OUT] += s * xin [N,IN] @ A^T [IN,r] @ B^T [r,OUT];  u [N,r] = xin @ A^T (kept) */
@@ -322,12 +335,8 @@ static float *u_slot(fdpo_lora *l, size_t layer, fdpo_lora_site s) {
 
 static int dropout_on(const fdpo_lora *l) { return l->training && l->dropout > 0; }
 
-static uint64_t mask_key(const fdpo_lora *l, size_t layer, fdpo_lora_site s) {
-    uint64_t parts[5] = {l->seed, l->mask_step, l->last_mask_key, (uint64_t)layer, (uint64_t)s};
-    return fdpo_hash64(FDPO_HASH_INIT, parts, sizeof parts);
-}
-
-void fdpo_lora_forward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out, const float *x, size_t N) {
+void fdpo_lora_forward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out, const float *x, size_t N,
+                       const size_t *rows) {
     fdpo_lora *l = m->lora;
     if (!l || !l->enabled || l->site_tensor[s] < 0 || N == 0) return;
     if ((int)s == first_site(l) && layer == 0) {   /* a new forward begins */
@@ -339,7 +348,11 @@ void fdpo_lora_forward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out,
             l->du = fdpo_malloc(N * l->r * sizeof(float));
             l->cap_tokens = N;
         }
-        l->last_mask_key = l->mask_forward++;
+        /* rows named by the trainer (fdpo_lora_set_rows), else by this process's forward index
+         * in the step (bit 63: apart from any row a trainer names) */
+        l->row0 = l->rows_set ? l->next_row0 : (1ull << 63) | (l->mask_forward << 40);
+        l->rows_set = 0;
+        l->mask_forward++;
     }
     int ti = l->site_tensor[s];
     size_t r = l->r, in = l->site_in[s], o = l->site_out[s];
@@ -348,14 +361,15 @@ void fdpo_lora_forward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *out,
     const float *xin = x;
     if (dropout_on(l)) {
         float *keep = l->keep, *xd = l->keep + N * in;
-        lora_dropout_mask(keep, N * in, l->dropout, mask_key(l, layer, s));
+        lora_dropout_mask(l, keep, N, rows, in, layer, s);
         for (size_t i = 0; i < N * in; i++) xd[i] = x[i] * keep[i];
         xin = xd;
     }
     lora_linear_forward(out, u_slot(l, layer, s), xin, A, B, l->scale, N, in, o, r);
 }
 
-void fdpo_lora_backward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *dx, const float *dout, const float *x, size_t N) {
+void fdpo_lora_backward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *dx, const float *dout, const float *x, size_t N,
+                        const size_t *rows) {
     fdpo_lora *l = m->lora;
     if (!l || !l->enabled || l->site_tensor[s] < 0 || N == 0) return;
     int ti = l->site_tensor[s];
@@ -371,7 +385,7 @@ void fdpo_lora_backward(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer, float *dx,
     }
     /* the forward's mask again (same key), then d x = (du A) * keep */
     float *keep = l->keep, *xd = l->keep + N * in;
-    lora_dropout_mask(keep, N * in, l->dropout, mask_key(l, layer, s));
+    lora_dropout_mask(l, keep, N, rows, in, layer, s);
     for (size_t i = 0; i < N * in; i++) xd[i] = x[i] * keep[i];
     lora_linear_backward(xd, 0.0f, dA, dB, l->du, dout, u, xd, A, B, l->scale, N, in, o, r);
     for (size_t i = 0; i < N * in; i++) dx[i] += xd[i] * keep[i];

@@ -235,6 +235,9 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
             if (base_only) base_only->enabled = 1;
             if (frc) return fdpo_error_context("reference forward");
         }
+        /* LoRA dropout: rows named by their place among the step's pairs, not by the micro-batch,
+         * whose size depends on the rank count in online runs */
+        fdpo_lora_set_rows(d->policy, fdpo_pair_batch_tokens(d->cfg.layout, pairs, k0));
         if (fdpo_gpt2_forward(d->policy, &pb->batch, d->token_logp, NULL)) return fdpo_error_context("policy forward");
         out->tokens += pb->batch.n_tokens;
         if (fdpo_gpt2_logit_sums(d->policy, d->logit_sums)) return fdpo_error_context("policy forward");

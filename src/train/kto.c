@@ -83,6 +83,7 @@ int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, con
         rc = fdpo_gpt2_forward(ref, &kb.batch, NULL, lr);
         if (base_only) base_only->enabled = 1;
         if (rc) break;
+        fdpo_lora_set_rows(policy, (uint64_t)(i0 / mb) << 32);   /* LoRA dropout: this micro-batch's rows, on any rank */
         if ((rc = fdpo_gpt2_forward(policy, &kb.batch, NULL, lp))) break;
         s.tokens += kb.batch.n_tokens;
         for (size_t i = 0; i < k; i++) l_kl[i] = (double)lp[k + i] - (double)lr[k + i];

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/dist.h"
+#include "fdpo/lora.h"
 #include "fdpo/trainer.h"
 
 /* A packed batch under construction, with buffers for up to cap tokens / seqs. */
@@ -140,6 +141,7 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
             packed_fill(&p, train, items + a * B, S - a * B < B ? S - a * B : B);
             n_tokens += p.batch.n_tokens;
             if (p.batch.n_tokens == 0 || W <= 0) continue;
+            fdpo_lora_set_rows(tr.model, (uint64_t)a << 32);   /* LoRA dropout: micro-batch a's rows, on any rank */
             if ((rc = fdpo_gpt2_forward(tr.model, &p.batch, p.token_logp, NULL))) break;
             /* loss = -sum_t w_t logp_t / W  =>  dloss/dlogp_t = -w_t / W */
             for (size_t t = 0; t < p.batch.n_tokens; t++) {

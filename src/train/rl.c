@@ -57,6 +57,17 @@ static size_t rl_tokens_bound(size_t n, const size_t *n_prompt, const size_t *n_
     return t;
 }
 
+/* Rows rl_pack_samples gives n samples (the shared packing's) */
+static size_t rl_packed_rows(size_t n, int32_t *const *prompt, const size_t *n_prompt, const size_t *n_comp) {
+    size_t t = 0, nb = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && rl_shares_prompt(prompt, n_prompt, i, i - 1, nb)) nb++;
+        else { t += n_prompt[i] - 1; nb = 1; }
+        t += n_comp[i];
+    }
+    return t;
+}
+
 static void rl_pack_alloc(rl_pack *pk, size_t n, size_t tokens) {
     pk->seq_off = fdpo_malloc((n + 1) * sizeof(size_t));
     pk->tok = fdpo_malloc((tokens ? tokens : 1) * sizeof(int32_t));
@@ -403,6 +414,8 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
              * block it sampled; a prompt's k samples stay together, so the per-prompt
              * baselines are the single process's), scaled by 1/N of the whole step:
              * fdpo_trainer_step's sum over the ranks is the step's gradient */
+            /* LoRA dropout: the block's rows named by their place in the one-process packing of the step */
+            fdpo_lora_set_rows(policy, rl_packed_rows(pb * k, pi, np, ny));
             if (pe > pb) rc = fdpo_rl_step(policy, &o->rl, (pe - pb) * k, N, pi + pb * k, np + pb * k, yi + pb * k,
                                            ny + pb * k, r + pb * k, lref + pb * k, NULL, &m);
             if (!rc) rc = fdpo_dist_overlap_backward_done();   /* every rank, before the collectives below */

@@ -66,6 +66,7 @@ int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *p
             fdpo_rm_batch_add(rb, p->prompt, p->n_prompt, p->chosen, p->n_chosen, eot);
             fdpo_rm_batch_add(rb, p->prompt, p->n_prompt, p->rejected, p->n_rejected, eot);
         }
+        fdpo_lora_set_rows(m, (uint64_t)(i0 / mb) << 32);   /* LoRA dropout: this micro-batch's rows, on any rank */
         if ((rc = fdpo_gpt2_score_forward(m, &rb->batch, r))) break;
         s.tokens += rb->batch.n_tokens;
         for (size_t i = 0; i < k; i++) {
