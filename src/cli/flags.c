@@ -90,6 +90,16 @@ static void list_add(flag_list *l, const char *v) {
     l->v[l->n++] = v;
 }
 
+/* The flags that name a file or directory to read (every command's spelling) */
+static int is_input_path(const char *name) {
+    static const char *const inputs[] = {"data", "model", "ref", "tokenizer", "eval-file", "base", "lora", "pairs",
+                                         "reward-data", "safety-data", "lexicon", "words", "pi-ref", "comparisons",
+                                         "ref-cache-dir"};
+    for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++)
+        if (!strcmp(name, inputs[i])) return 1;
+    return 0;
+}
+
 /* where: "--lr" or "cfg.ini: key 'lr'" for messages */
 static int set_value(fdpo_flag *f, const char *val, const char *where) {
     switch (f->type) {
@@ -107,9 +117,7 @@ static int set_value(fdpo_flag *f, const char *val, const char *where) {
     }
     case FLAG_STR: case FLAG_LIST:
         /* an input path given as '' failed later as ": cannot open", naming no flag */
-        if (!*val && (!strcmp(f->name, "data") || !strcmp(f->name, "model") || !strcmp(f->name, "ref") ||
-                      !strcmp(f->name, "tokenizer")))
-            return fdpo_error("%s: an empty path", where);
+        if (!*val && is_input_path(f->name)) return fdpo_error("%s: an empty path", where);
         if (f->type == FLAG_STR) *(const char **)f->dest = val;
         else list_add(f->dest, val);
         break;
@@ -387,7 +395,12 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
     int np = 0, only_pos = 0, rc = FLAGS_OK;
     for (int i = 1; i < argc && rc == FLAGS_OK; i++) {
         char *a = argv[i];
-        if (only_pos || a[0] != '-' || a[1] == 0) { p[np++] = a; continue; }
+        if (only_pos || a[0] != '-' || a[1] == 0) {
+            /* a file or directory argument ('' failed later as ": cannot open", naming nothing) */
+            if (!*a) { rc = fdpo_error("an empty argument (a path was expected)"); break; }
+            p[np++] = a;
+            continue;
+        }
         if (!strcmp(a, "--")) { only_pos = 1; continue; }
         const char *dashes = a[1] == '-' ? "--" : "-";
         const char *body = a + strlen(dashes);

@@ -397,11 +397,23 @@ def test_messages_say_what_is_wrong_with_the_value(tmp_path):
 
 
 @pytest.mark.parametrize("cmd,flag", [("pretrain", "--data"), ("pairs", "--data"), ("dpo", "--data"), ("tokenizer train", "--data"),
-                                      ("generate", "--model"), ("dpo", "--ref"), ("sft", "--tokenizer")])
+                                      ("generate", "--model"), ("dpo", "--ref"), ("sft", "--tokenizer"),
+                                      # these failed as ": cannot open" or "config.json: cannot open" (a hunt's find)
+                                      ("dpo", "--eval-file"), ("merge", "--base"), ("merge", "--lora"), ("eval", "--pairs"),
+                                      ("sacpo", "--reward-data"), ("sacpo", "--safety-data"), ("eval", "--lexicon"),
+                                      ("lab solve", "--pi-ref")])
 def test_an_empty_input_path_names_its_flag(tmp_path, cmd, flag):
     """it was "fdpo pretrain: : cannot open: No such file or directory", no flag named"""
     r = run(*cmd.split(), flag, "", "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and r.stderr == f"fdpo {cmd.split()[0]}: {flag}: an empty path\n", r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["pretrain --out O", "sft --out O", "tokenizer train --out O", "tokenize --tokenizer byte",
+                                 "info", "report --out O/r.html"])
+def test_an_empty_positional_path_is_refused_as_such(tmp_path, cmd):
+    """FILE... / CKPT given as '': ": cannot open" or "config.json: cannot open", naming nothing"""
+    r = run(*[str(tmp_path / "o") if a == "O" else a for a in cmd.split()], "")
+    assert r.returncode == 1 and r.stderr == f"fdpo {cmd.split()[0]}: an empty argument (a path was expected)\n", r.stderr
 
 
 def test_list_items_may_have_blanks_around_them(tmp_path):
