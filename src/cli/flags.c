@@ -136,18 +136,18 @@ static int set_value(fdpo_flag *f, const char *val, const char *where) {
  * the text that rejects that call, whose line ini_parse_string then returns. Flag names are
  * the tables' string literals; the records last as long as the process (flags_release_config
  * drops them). */
-typedef struct { const char *flag, *file, *text; size_t entry; } cfg_origin;
+typedef struct { const char *flag, *file, *text; size_t entry; const char *value; } cfg_origin;
 static cfg_origin *g_origin; static size_t g_n_origin, g_cap_origin;
 
-static void origin_set(const char *flag, const char *file, const char *text, size_t entry) {
+static void origin_set(const char *flag, const char *file, const char *text, size_t entry, const char *value) {
     for (size_t i = 0; i < g_n_origin; i++)
-        if (g_origin[i].flag == flag) { g_origin[i] = (cfg_origin){flag, file, text, entry}; return; }
+        if (g_origin[i].flag == flag) { g_origin[i] = (cfg_origin){flag, file, text, entry, value}; return; }
     if (!file) return;
     if (g_n_origin == g_cap_origin) {
         g_cap_origin = g_cap_origin ? 2 * g_cap_origin : 16;
         g_origin = fdpo_realloc(g_origin, g_cap_origin * sizeof *g_origin);
     }
-    g_origin[g_n_origin++] = (cfg_origin){flag, file, text, entry};
+    g_origin[g_n_origin++] = (cfg_origin){flag, file, text, entry, value};
 }
 
 typedef struct { size_t target, entry; } origin_ctx;
@@ -171,7 +171,21 @@ int flags_config_line(const char *flag, const char **file) {
 }
 
 const char *flags_error_origin(const char *msg, char *buf, size_t n) {
-    if (strncmp(msg, "--", 2)) return msg;
+    if (strncmp(msg, "--", 2)) {
+        /* a loader's message about a path the file gave ("missing.jsonl: cannot open", "DIR/config.json:
+         * ..."), which names no flag: the flag and the file's line */
+        for (size_t i = 0; i < g_n_origin; i++) {
+            const cfg_origin *o = &g_origin[i];
+            const size_t len = o->file && o->value ? strlen(o->value) : 0;
+            if (!len || strncmp(msg, o->value, len) || (msg[len] != ':' && msg[len] != '/')) continue;
+            const char *file = NULL;
+            const int line = flags_config_line(o->flag, &file);
+            if (line <= 0) return msg;
+            snprintf(buf, n, "--%s: %s (from %s:%d)", o->flag, msg, file, line);
+            return buf;
+        }
+        return msg;
+    }
     size_t len = strspn(msg + 2, "abcdefghijklmnopqrstuvwxyz0123456789-");
     char name[128];
     /* "--lr: ..." and "--eval-every 5: ..." (the value after the name) */
@@ -220,9 +234,10 @@ static int on_ini_line(void *user, const char *section, const char *name, const 
     char where[512];
     snprintf(where, sizeof where, "key '%s'", name);
     /* inih reuses its buffers: keep our own copy for string flags */
-    if (set_value(f, keep_strdup(value), where)) { c->failed = 1; return 0; }
+    const char *kept = keep_strdup(value);
+    if (set_value(f, kept, where)) { c->failed = 1; return 0; }
     f->set = 1;
-    origin_set(f->name, c->path, c->text, entry);
+    origin_set(f->name, c->path, c->text, entry, f->type == FLAG_STR || f->type == FLAG_LIST ? kept : NULL);
     return 1;
 }
 
@@ -440,7 +455,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
         snprintf(where, sizeof where, "%s%s", dashes, name);
         if (set_value(f, val, where)) { rc = FLAGS_ERROR; break; }
         f->set = 1;
-        origin_set(f->name, NULL, NULL, 0);   /* the command line's value, not the file's */
+        origin_set(f->name, NULL, NULL, 0, NULL);   /* the command line's value, not the file's */
     }
     free(from_cli);
     free(old_name);

@@ -435,6 +435,28 @@ def test_a_config_value_named_in_a_flag_value_message(tmp_path):
     assert r.stderr.startswith("fdpo pretrain: --eval-every 5: "), r.stderr
 
 
+def test_a_missing_file_a_config_named_is_said_with_its_flag_and_line(tmp_path):
+    """docs/cli.md: a value from --config is named with its file and line wherever it is
+    refused. A loader's "missing.jsonl: cannot open" named neither the flag nor the line in
+    dpo, rm, kto, pretrain, sft, pairs, merge --base (generate, eval and rl did; a hunt's find)"""
+    (tmp_path / "t.txt").write_text("the quick brown fox\n" * 8)
+    m = tmp_path / "m"
+    assert run("pretrain", "--threads", "1", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--n-positions", "32",
+               "--seq-len", "16", "--steps", "1", "--quiet", "--eval-every", "0", "--out", str(m),
+               str(tmp_path / "t.txt")).returncode == 0
+    missing = tmp_path / "missing.jsonl"
+    cfg = write(tmp_path / "c.ini", f"\ndata = {missing}\n")
+    for cmd in (["dpo", "--model", str(m)], ["rm", "--model", str(m)], ["kto", "--model", str(m)], ["pretrain"],
+                ["pairs"], ["generate", "--model", str(m)]):
+        r = run(*cmd, "--threads", "1", "--out", str(tmp_path / "o"), "--config", cfg)
+        assert r.returncode == 1 and r.stderr == (f"fdpo {cmd[0]}: --data: {missing}: cannot open: No such file or "
+                                                  f"directory (from {cfg}:2)\n"), r.stderr
+    cfg = write(tmp_path / "b.ini", f"base = {tmp_path / 'nobase'}\n")
+    r = run("merge", "--model", str(m), "--model", str(m), "--out", str(tmp_path / "o"), "--config", cfg)
+    assert r.returncode == 1 and r.stderr.startswith(f"fdpo merge: --base: {tmp_path / 'nobase'}/config.json: ") and \
+        r.stderr.endswith(f"(from {cfg}:1)\n"), r.stderr
+
+
 @pytest.mark.parametrize("args", [
     ["dpo", "--lrr", "1"], ["dpo", "--data", "x"], ["eval", "--n", "0"], ["pairs", "--out", "x"],
     ["generate", "--model", "/nonexistent", "--data", "/nonexistent"], ["info"], ["lab", "solve", "--bogus", "1"],
