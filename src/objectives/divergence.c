@@ -205,6 +205,9 @@ double fdpo_qf_log(const fdpo_divergence *d, double lp, double lq) {
     case FDPO_DIV_FKL: return -exp(lq) * l;                         /* q log(q/p) */
     case FDPO_DIV_CHI2:   /* q (u-1)^2 = p u (1 - 1/u)^2: f(u)/u is unbounded, so p u = e^(lp+l) in one exp */
         return l <= 0 ? exp(lq) * expm1(l) * expm1(l) : exp(lp + l) * expm1(-l) * expm1(-l);
+    case FDPO_DIV_ALPHA:  /* f(e^l) from l itself: it holds u^(1-A), which e^l rounded away below l = -708
+                           * (0.66 % off at A = 0.999 for a policy whose logits spread 1000 nats) */
+        return l <= 0 ? exp(lq) * alpha_f_low(d->alpha, l) : exp(lp) * alpha_f_over_u_high(d->alpha, l);
     default: return l <= 0 ? exp(lq) * fdpo_f(d, exp(l)) : exp(lp) * fdpo_f_over_u_log(d, l);
     }
 }

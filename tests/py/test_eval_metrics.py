@@ -761,6 +761,40 @@ def test_token_divergences_stay_finite_where_the_reference_underflows(byte_model
     assert col["fdiv_tok_tv_mean"] == pytest.approx(np.mean([s["fdiv_tok_tv"] for s in ss]), rel=1e-15)
 
 
+def test_token_alpha_divergence_keeps_the_log_ratio_where_the_policy_underflows(byte_models, tmp_path):
+    """The mirror case: the sharp model is the policy, so π(v) < e^-745 while π_ref(v) is not and
+    u = π/π_ref rounds to 0. alpha's q f(u) holds u^(1-A), which f(e^l) lost once e^l was
+    subnormal or 0: alpha:0.999 came out 775.87 where it is 770.79 (a review's find). Against
+    (e^((1-A)a + A b) - (1-A)p - A q)/(A(A-1)) per term in float64."""
+    d, ref, _ = byte_models
+    sharp = GPT2(257, 64, 16, 2, 2, seed=4)
+    with torch.no_grad():
+        sharp.param("wte.weight").mul_(60)
+        sharp.param("ln_f.weight").mul_(30)
+    sharp.save_hf(str(tmp_path / "sharp"))
+    (tmp_path / "sharp" / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte", "vocab_size": 257,
+                                                                        "eos_token_id": 256}))
+    (tmp_path / "p.txt").write_text("Hello\n")
+    smp = tmp_path / "s.jsonl"
+    r = run(FDPO, "eval", "--model", tmp_path / "sharp", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 2,
+            "--max-new-tokens", 3, "--divergences", "alpha:0.999,alpha:0.5,alpha:0.01,fkl,tv,js", "--threads", 1,
+            "--out", tmp_path / "m.json", "--samples-out", smp)
+    assert r.returncode == 0, r.stderr
+    for line in smp.read_text().splitlines():
+        s = json.loads(line)
+        pid, toks = list(s["prompt"].encode()), s["tokens"]
+        a = torch_logp(sharp, pid, toks)[1].numpy()
+        b = torch_logp(ref, pid, toks)[1].numpy()
+        assert (a < -745).any(axis=1).all() and b.min() > -700   # π underflows at every position, π_ref nowhere
+        want = stable_token_divergences(a, b)
+        for k in ("fkl", "tv", "js", "alpha_0.5"):
+            assert s["fdiv_tok_" + k] == pytest.approx(want[k].sum(), rel=1e-6), k
+        P, Q = np.exp(a), np.exp(b)
+        for A in (0.999, 0.01):
+            alpha = ((np.exp((1 - A) * a + A * b) - (1 - A) * P - A * Q) / (A * (A - 1))).sum()
+            assert s[f"fdiv_tok_alpha_{A:g}"] == pytest.approx(alpha, rel=1e-6), A
+
+
 def test_eval_alpha_divergences_for_tiny_alpha(byte_models, tmp_path):
     """alpha:1e-15 and alpha:1e-300 (the A -> 0 end of the family, rkl's limit). The table's
     form (u^(1-A) - (1-A) u - A)/(A(A-1)) cancels: the token-level value was 15% off at 1e-15
