@@ -108,11 +108,20 @@ int main(int argc, char **argv) {
                 /* a check that names a flag whose value a --config file set: say where */
                 char buf[2560];   /* fdpo_last_error holds at most 2048 */
                 const char *msg = flags_error_origin(fdpo_last_error(), buf, sizeof buf);
+                if (alone && fdpo_dist_is_root()) {
+                    /* one process's run: its message as one process says it, then the waiting
+                     * ranks go with its status and every rank ends normally (an abort's banner
+                     * followed the message) */
+                    fprintf(stderr, "fdpo %s: %s\n", argv[1], msg);
+                    fflush(stderr);
+                    release_waiting(rc);
+                    fdpo_dist_finalize();
+                    return 1;
+                }
                 if (fdpo_dist_size() > 1) {
                     /* one rank failed: say which, then end every rank (none waits in a collective) */
                     fprintf(stderr, "fdpo %s [rank %d/%d]: %s\n", argv[1], fdpo_dist_rank(), fdpo_dist_size(), msg);
                     fflush(stderr);
-                    if (alone && fdpo_dist_is_root()) release_waiting(rc);   /* after its message */
                     fdpo_dist_abort(1);
                 }
                 fprintf(stderr, "fdpo %s: %s\n", argv[1], msg);
