@@ -57,11 +57,20 @@ static size_t rl_tokens_bound(size_t n, const size_t *n_prompt, const size_t *n_
     return t;
 }
 
+/* Does sample i join sample i - 1's sequence in rl_pack_samples? With group > 0, only within
+ * one prompt's group of that many samples: a rank's block starts a group, so it packs as the
+ * one-process step does, and equal prompts of two groups (a prompt file's repeated line) on
+ * either side of a rank boundary no longer shifted that rank's rows (LoRA dropout keys them) */
+static int rl_joins(int32_t *const *prompt, const size_t *n_prompt, size_t i, size_t nb, size_t group) {
+    return i > 0 && (group == 0 || i % group != 0) && rl_shares_prompt(prompt, n_prompt, i, i - 1, nb);
+}
+
 /* Rows rl_pack_samples gives n samples (the shared packing's) */
-static size_t rl_packed_rows(size_t n, int32_t *const *prompt, const size_t *n_prompt, const size_t *n_comp) {
+static size_t rl_packed_rows(size_t n, int32_t *const *prompt, const size_t *n_prompt, const size_t *n_comp,
+                             size_t group) {
     size_t t = 0, nb = 0;
     for (size_t i = 0; i < n; i++) {
-        if (i > 0 && rl_shares_prompt(prompt, n_prompt, i, i - 1, nb)) nb++;
+        if (rl_joins(prompt, n_prompt, i, nb, group)) nb++;
         else { t += n_prompt[i] - 1; nb = 1; }
         t += n_comp[i];
     }
@@ -80,13 +89,13 @@ static void rl_pack_free(rl_pack *pk) { free(pk->seq_off); free(pk->tok); free(p
 
 /* Fill pk (allocated for at least rl_tokens_bound tokens and n sequences) with n samples;
  * row0[i] gets sample i's first completion row. Returns the batch over pk. */
-static fdpo_batch rl_pack_samples(rl_pack *pk, size_t n, int32_t *const *prompt,
-                                  const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, size_t *row0) {
+static fdpo_batch rl_pack_samples(rl_pack *pk, size_t n, int32_t *const *prompt, const size_t *n_prompt,
+                                  int32_t *const *comp, const size_t *n_comp, size_t group, size_t *row0) {
     size_t t = 0, B = 0, nb = 0;
     int shared = 0;
     for (size_t i = 0; i < n; i++) {
         const size_t P = n_prompt[i];
-        if (i > 0 && rl_shares_prompt(prompt, n_prompt, i, i - 1, nb)) {
+        if (rl_joins(prompt, n_prompt, i, nb, group)) {
             shared = 1;
         } else {   /* a new sequence: the prompt but its last token, in branch 0 */
             pk->seq_off[B++] = t;
@@ -126,7 +135,7 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
     rl_pack pk;
     rl_pack_alloc(&pk, n, rl_tokens_bound(n, n_prompt, n_comp));
     size_t *row0 = fdpo_malloc(n * sizeof(size_t));
-    fdpo_batch b = rl_pack_samples(&pk, n, prompt, n_prompt, comp, n_comp, row0);
+    fdpo_batch b = rl_pack_samples(&pk, n, prompt, n_prompt, comp, n_comp, c->k, row0);
     const size_t N = b.n_tokens;
     /* The completion rows' logits kept for the backward when they fit (no recompute: at
      * GPT-2 124M the recompute is 2 x 1024 x 50257 x 768 = 79 GFLOP a step, ~9 % of its
@@ -245,7 +254,7 @@ int fdpo_samples_logp(fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, con
     if (m->lora) m->lora->training = 0;   /* scoring is evaluation: no adapter dropout */
     for (size_t j = b; rc == 0 && j < e; j++) {
         const size_t first = mb[j], k = mb[j + 1] - mb[j];
-        fdpo_batch batch = rl_pack_samples(&pk, k, pr + first, np + first, co + first, nc + first, row0);
+        fdpo_batch batch = rl_pack_samples(&pk, k, pr + first, np + first, co + first, nc + first, 0, row0);
         rc = fdpo_gpt2_forward(m, &batch, tlp, NULL);
         for (size_t q = 0; rc == 0 && q < k; q++) {
             double sum = 0;   /* in double, as the decoder's scorer sums */
@@ -415,7 +424,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
              * baselines are the single process's), scaled by 1/N of the whole step:
              * fdpo_trainer_step's sum over the ranks is the step's gradient */
             /* LoRA dropout: the block's rows named by their place in the one-process packing of the step */
-            fdpo_lora_set_rows(policy, rl_packed_rows(pb * k, pi, np, ny));
+            fdpo_lora_set_rows(policy, rl_packed_rows(pb * k, pi, np, ny, k));
             if (pe > pb) rc = fdpo_rl_step(policy, &o->rl, (pe - pb) * k, N, pi + pb * k, np + pb * k, yi + pb * k,
                                            ny + pb * k, r + pb * k, lref + pb * k, NULL, &m);
             if (!rc) rc = fdpo_dist_overlap_backward_done();   /* every rank, before the collectives below */
