@@ -728,19 +728,25 @@ def stable_token_divergences(a, b):
             "alpha_0.5": ((np.exp(0.5 * a + 0.5 * b) - 0.5 * P - 0.5 * Q) / -0.25).sum(-1), "chi2": chi2}
 
 
+def sharp_model(d):
+    """A byte-level GPT-2 whose logits spread ~900-1200 nats, saved at d: some of its
+    probabilities underflow double (< e^-745) at every position."""
+    m = GPT2(257, 64, 16, 2, 2, seed=4)
+    with torch.no_grad():
+        m.param("wte.weight").mul_(60)
+        m.param("ln_f.weight").mul_(30)
+    m.save_hf(str(d))
+    (d / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte", "vocab_size": 257, "eos_token_id": 256}))
+    return m
+
+
 def test_token_divergences_stay_finite_where_the_reference_underflows(byte_models, tmp_path):
     """A reference whose logits spread ~900-1200 nats: π_ref(v) < e^-745 underflows double
     while π(v) does not, so u = π/π_ref overflows. q f(u) was 0 · inf = NaN, and
     fdiv_tok_tv/js/alpha_0.5 came out null for every sample though each term is at most p/2
     (tv) or p log 2 (js). chi2's true value here is above 1e308: null (inf) is right for it."""
     d, _, pol = byte_models
-    ref = GPT2(257, 64, 16, 2, 2, seed=4)
-    with torch.no_grad():
-        ref.param("wte.weight").mul_(60)
-        ref.param("ln_f.weight").mul_(30)
-    ref.save_hf(str(tmp_path / "sharp"))
-    (tmp_path / "sharp" / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte", "vocab_size": 257,
-                                                                        "eos_token_id": 256}))
+    ref = sharp_model(tmp_path / "sharp")
     (tmp_path / "p.txt").write_text("Hello\n")
     out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
     r = run(FDPO, "eval", "--model", d / "pol", "--ref", tmp_path / "sharp", "--data", tmp_path / "p.txt", "--n", 2,
@@ -767,13 +773,7 @@ def test_token_alpha_divergence_keeps_the_log_ratio_where_the_policy_underflows(
     subnormal or 0: alpha:0.999 came out 775.87 where it is 770.79 (a review's find). Against
     (e^((1-A)a + A b) - (1-A)p - A q)/(A(A-1)) per term in float64."""
     d, ref, _ = byte_models
-    sharp = GPT2(257, 64, 16, 2, 2, seed=4)
-    with torch.no_grad():
-        sharp.param("wte.weight").mul_(60)
-        sharp.param("ln_f.weight").mul_(30)
-    sharp.save_hf(str(tmp_path / "sharp"))
-    (tmp_path / "sharp" / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte", "vocab_size": 257,
-                                                                        "eos_token_id": 256}))
+    sharp = sharp_model(tmp_path / "sharp")
     (tmp_path / "p.txt").write_text("Hello\n")
     smp = tmp_path / "s.jsonl"
     r = run(FDPO, "eval", "--model", tmp_path / "sharp", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 2,
