@@ -136,6 +136,20 @@ static int set_value(fdpo_flag *f, const char *val, const char *where) {
  * the text that rejects that call, whose line ini_parse_string then returns. Flag names are
  * the tables' string literals; the records last as long as the process (flags_release_config
  * drops them). */
+/* The command line's positional arguments (flag NULL) and list flags' values, in argv order:
+ * FILE... and --data FILE given together keep the order they were given in
+ * (flags_prepend_list) */
+typedef struct { const char *flag, *value; } cli_item;
+static cli_item *g_order; static size_t g_n_order, g_cap_order;
+
+static void order_add(const char *flag, const char *value) {
+    if (g_n_order == g_cap_order) {
+        g_cap_order = g_cap_order ? 2 * g_cap_order : 16;
+        g_order = fdpo_realloc(g_order, g_cap_order * sizeof *g_order);
+    }
+    g_order[g_n_order++] = (cli_item){flag, value};
+}
+
 typedef struct { const char *flag, *file, *text; size_t entry; const char *value; } cfg_origin;
 static cfg_origin *g_origin; static size_t g_n_origin, g_cap_origin;
 
@@ -281,8 +295,15 @@ void flags_prepend_list(const char *flag, const flag_list *l, char ***pos, int *
     /* FILE... on the command line is that flag given there: it replaces a config file's values */
     if (!l->n || (*n_pos > 0 && flags_from_config(flag))) return;
     char **p = fdpo_malloc((l->n + (size_t)*n_pos + 1) * sizeof *p);
-    for (size_t i = 0; i < l->n; i++) p[i] = (char *)l->v[i];
-    memcpy(p + l->n, *pos, ((size_t)*n_pos + 1) * sizeof *p);
+    if (*n_pos > 0) {   /* both on the command line: in the order given (A --data B trained B first) */
+        size_t k = 0;
+        for (size_t i = 0; i < g_n_order; i++)
+            if (!g_order[i].flag || !strcmp(g_order[i].flag, flag)) p[k++] = (char *)g_order[i].value;
+        p[k] = NULL;
+    } else {
+        for (size_t i = 0; i < l->n; i++) p[i] = (char *)l->v[i];
+        p[l->n] = NULL;
+    }
     free(*pos);
     *pos = p;
     *n_pos += (int)l->n;
@@ -299,6 +320,9 @@ void flags_release_config(void) {
     free(g_keep);
     g_keep = NULL;
     g_n_keep = g_cap_keep = 0;
+    free(g_order);
+    g_order = NULL;
+    g_n_order = g_cap_order = 0;
     free(g_origin);   /* they point into the kept texts */
     g_origin = NULL;
     g_n_origin = g_cap_origin = 0;
@@ -408,12 +432,14 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
     const char **old_name = fdpo_calloc(n ? n : 1, sizeof *old_name);   /* the argv item of an old spelling */
     char **p = fdpo_malloc((size_t)(argc + 1) * sizeof *p);
     int np = 0, only_pos = 0, rc = FLAGS_OK;
+    g_n_order = 0;
     for (int i = 1; i < argc && rc == FLAGS_OK; i++) {
         char *a = argv[i];
         if (only_pos || a[0] != '-' || a[1] == 0) {
             /* a file or directory argument ('' failed later as ": cannot open", naming nothing) */
             if (!*a) { rc = fdpo_error("an empty argument (a path was expected)"); break; }
             p[np++] = a;
+            order_add(NULL, a);
             continue;
         }
         if (!strcmp(a, "--")) { only_pos = 1; continue; }
@@ -454,6 +480,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
         char where[160];
         snprintf(where, sizeof where, "%s%s", dashes, name);
         if (set_value(f, val, where)) { rc = FLAGS_ERROR; break; }
+        if (f->type == FLAG_LIST) order_add(f->name, val);
         f->set = 1;
         origin_set(f->name, NULL, NULL, 0, NULL);   /* the command line's value, not the file's */
     }

@@ -98,6 +98,7 @@ int fdpo_text_load(const char *const *paths, size_t n_paths, const fdpo_tokenize
         }
         /* split at <|endoftext|>; empty pieces (EOT at the start/end, doubled) are skipped */
         size_t b = 0;
+        const size_t docs_before = n_docs;
         for (size_t i = 0; i <= n_ids; i++) {
             if (i == n_ids || ids[i] == eot) {
                 if (i > b) {
@@ -110,8 +111,9 @@ int fdpo_text_load(const char *const *paths, size_t n_paths, const fdpo_tokenize
         memcpy(all + n_all, ids, n_ids * sizeof *ids);
         n_all += n_ids;
         free(ids);
+        /* each file, as an empty one is: beside other files it was passed over without a word */
+        if (n_docs == docs_before) { fdpo_error("%s: no text besides <|endoftext|> markers", paths[f]); goto fail; }
     }
-    if (n_docs == 0) { fdpo_error("%s: no text besides <|endoftext|> markers", paths[0]); goto fail; }
     unsigned char *is_val = fdpo_malloc(n_docs);
     fdpo_data_split(n_docs, val_fraction, seed, is_val);
     for (int part = 0; part < 2; part++) {

@@ -711,6 +711,25 @@ def test_pretrain_reads_a_byte_order_mark_as_no_text(tmp_path, corpus):
     assert r.returncode == 1 and f"{bom}: empty file (nothing to train on)" in r.stderr, r.stderr
 
 
+def test_pretrain_refuses_a_marker_only_file_among_several_and_keeps_the_order_given(tmp_path, corpus):
+    """A file holding only <|endoftext|> was refused alone but passed over without a word beside
+    another file (and with all such, the first path was named whichever was at fault); and
+    `A --data B` trained B first, the --data list put before the positional files. Each file is
+    now checked as it is read, and positional FILEs and --data values keep the command line's
+    order: `A --data B` is `A B`, byte for byte (a hunt's find)."""
+    marker = tmp_path / "marker.txt"
+    marker.write_text("<|endoftext|><|endoftext|>")
+    for files in ((corpus[0], marker), (marker, corpus[0])):
+        r = fdpo("pretrain", "--out", tmp_path / "o", *TINY, "--steps", "1", *files)
+        assert r.returncode == 1 and r.stderr == f"fdpo pretrain: {marker}: no text besides <|endoftext|> markers\n", r.stderr
+    common = [*TINY, "--steps", "2", "--quiet", "--shuffle=false", "--eval-fraction", "0"]
+    ok("pretrain", "--out", tmp_path / "ab", *common, corpus[0], corpus[1])
+    ok("pretrain", "--out", tmp_path / "mixed", *common, corpus[0], "--data", corpus[1])
+    ok("pretrain", "--out", tmp_path / "ba", *common, corpus[1], corpus[0])
+    weights = lambda name: (tmp_path / name / "model.safetensors").read_bytes()
+    assert weights("mixed") == weights("ab") and weights("ab") != weights("ba")
+
+
 def test_sft_refuses_an_empty_file_among_several(tmp_path):
     """One empty (or blank-only) file among several --data files contributed nothing without
     a word; alone it was an error. Each file must hold examples."""
