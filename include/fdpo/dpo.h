@@ -96,14 +96,16 @@ int fdpo_dpo_pair_logps(fdpo_gpt2 *m, fdpo_pair_layout layout, size_t micro_batc
  * fdpo_gpt2_config_equal compares) and weights, the data file's bytes, the tokenizer
  * files' bytes, the truncation options, the token ids of every pair (so anything that
  * changes the model's inputs changes it), and how the log-probs are computed: the
- * reference's precision, under bf16 the route of its products (fdpo_bf16_route) and the
- * pair layout (each changes the last bits, and a cached reference must equal the live one
- * exactly: at step 0 every implicit reward is then 0, not rounding noise). */
+ * reference's precision, under bf16 the route of its products (fdpo_bf16_route), the
+ * pair layout and the micro-batch size (each can change the last bits, and a cached
+ * reference must equal the live one exactly: at step 0 every implicit reward is then 0, not
+ * rounding noise). */
 typedef struct {
     uint64_t weights, data, tokenizer, options, tokens, compute; /* partial hashes (for the log) */
     fdpo_precision precision;   /* how the log-probs are computed (in compute) */
     const char *route;          /* bf16: fdpo_bf16_route() (in compute); fp32: "none" */
     fdpo_pair_layout layout;
+    size_t micro_batch;         /* pairs per forward (in compute): a product's row count can change its last bits */
     uint64_t key;
 } fdpo_refcache_key;
 uint64_t fdpo_hash_model(const fdpo_gpt2 *m);
@@ -113,13 +115,13 @@ uint64_t fdpo_hash_pair(uint64_t h, const fdpo_pref_pair *p);
 uint64_t fdpo_hash_tokenizer_dir(const char *dir);
 int fdpo_refcache_key_make(fdpo_refcache_key *k, uint64_t weights_hash, const char *data_path,
                            const char *tokenizer_dir, const fdpo_pref_options *opt, const fdpo_pref_set *set,
-                           fdpo_precision precision, fdpo_pair_layout layout);
+                           fdpo_precision precision, fdpo_pair_layout layout, size_t micro_batch);
 /* Load the cached log-probs into out[2n] if DIR holds them for key; else compute them with
- * ref (micro-batched, in the key's layout; ref's precision must be the key's), write the
+ * ref (the key's micro-batches and layout; ref's precision must be the key's), write the
  * file atomically, and fill out. *hit = 1 on reuse. Logs "ref cache hit|miss: PATH"
  * through the hook (fdpo_log). */
-int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *ref, size_t micro_batch,
-                      const fdpo_pref_set *set, double *out, int *hit);
+int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *ref, const fdpo_pref_set *set,
+                      double *out, int *hit);
 char *fdpo_refcache_path(const char *dir, const fdpo_refcache_key *k); /* malloc'd */
 
 /* ---- a whole run (src/train/dpo_run.c): what `fdpo dpo` does ----

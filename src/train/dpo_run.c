@@ -43,12 +43,12 @@ static char *default_cache_dir(const char *out) {
 static int reference_logps(dpo_source *src, fdpo_gpt2 *ref, uint64_t ref_hash, const char *tok_dir,
                            const fdpo_dpo_run_opts *o, const char *cache_dir) {
     fdpo_refcache_key key;
-    if (fdpo_refcache_key_make(&key, ref_hash, src->path, tok_dir, &o->pref, &src->set, ref->precision, o->dpo.layout))
+    if (fdpo_refcache_key_make(&key, ref_hash, src->path, tok_dir, &o->pref, &src->set, ref->precision, o->dpo.layout,
+                               (size_t)o->train.batch_size))
         return -1;
     src->ref_logp = fdpo_malloc(2 * src->set.n * sizeof(double));
     src->cache_path = fdpo_refcache_path(cache_dir, &key);
-    return fdpo_refcache_get(cache_dir, &key, ref, (size_t)o->train.batch_size, &src->set, src->ref_logp,
-                             &src->cache_hit);
+    return fdpo_refcache_get(cache_dir, &key, ref, &src->set, src->ref_logp, &src->cache_hit);
 }
 
 static void gather_ref(const dpo_source *src, const fdpo_pref_pair *const *pairs, size_t n, double *out) {

@@ -55,7 +55,7 @@ uint64_t fdpo_hash_tokenizer_dir(const char *dir) {
 
 int fdpo_refcache_key_make(fdpo_refcache_key *k, uint64_t weights_hash, const char *data_path,
                            const char *tokenizer_dir, const fdpo_pref_options *opt, const fdpo_pref_set *set,
-                           fdpo_precision precision, fdpo_pair_layout layout) {
+                           fdpo_precision precision, fdpo_pair_layout layout, size_t micro_batch) {
     memset(k, 0, sizeof *k);
     k->weights = weights_hash;
     size_t len = 0;
@@ -71,8 +71,9 @@ int fdpo_refcache_key_make(fdpo_refcache_key *k, uint64_t weights_hash, const ch
     k->tokens = t;
     k->precision = precision;
     k->layout = layout;
+    k->micro_batch = micro_batch;
     k->route = precision == FDPO_PRECISION_BF16 ? fdpo_bf16_route() : "none";
-    uint64_t c[2] = {(uint64_t)precision, (uint64_t)layout};
+    uint64_t c[3] = {(uint64_t)precision, (uint64_t)layout, (uint64_t)micro_batch};
     k->compute = fdpo_hash64(FDPO_HASH_INIT, c, sizeof c);
     if (precision == FDPO_PRECISION_BF16) k->compute = fdpo_hash64(k->compute, k->route, strlen(k->route) + 1);
     uint64_t h = fdpo_hash64(FDPO_HASH_INIT, REFCACHE_FORMAT, sizeof REFCACHE_FORMAT);
@@ -118,12 +119,12 @@ static int read_cache(const char *path, const fdpo_refcache_key *k, size_t n, do
 static int write_cache(const char *path, const fdpo_refcache_key *k, size_t n, const double *logps) {
     fdpo_st_writer *w = fdpo_st_writer_new();
     size_t shape[2] = {n, 2};
-    char key[32], parts[224];
+    char key[32], parts[256];
     snprintf(key, sizeof key, "%016" PRIx64, k->key);
     snprintf(parts, sizeof parts, "weights=%016" PRIx64 " data=%016" PRIx64 " tokenizer=%016" PRIx64
-             " options=%016" PRIx64 " tokens=%016" PRIx64 " precision=%s route=%s layout=%s", k->weights, k->data,
-             k->tokenizer, k->options, k->tokens, fdpo_precision_name(k->precision), k->route,
-             k->layout == FDPO_LAYOUT_PLAIN ? "plain" : "shared");
+             " options=%016" PRIx64 " tokens=%016" PRIx64 " precision=%s route=%s layout=%s micro_batch=%zu", k->weights,
+             k->data, k->tokenizer, k->options, k->tokens, fdpo_precision_name(k->precision), k->route,
+             k->layout == FDPO_LAYOUT_PLAIN ? "plain" : "shared", k->micro_batch);
     fdpo_st_writer_add(w, "logps", FDPO_F64, shape, 2, logps);
     fdpo_st_writer_meta(w, "format", REFCACHE_FORMAT);
     fdpo_st_writer_meta(w, "key", key);
@@ -136,8 +137,8 @@ static int write_cache(const char *path, const fdpo_refcache_key *k, size_t n, c
     return rc;
 }
 
-int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *ref, size_t micro_batch,
-                      const fdpo_pref_set *set, double *out, int *hit) {
+int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *ref, const fdpo_pref_set *set,
+                      double *out, int *hit) {
     if (ref->precision != k->precision)
         return fdpo_error("reference cache: the key is for %s log-probs, the reference model runs in %s",
                           fdpo_precision_name(k->precision), fdpo_precision_name(ref->precision));
@@ -168,7 +169,7 @@ int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *re
     fdpo_log(FDPO_LOG_INFO, "ref cache miss: computing reference log-probs of %zu pairs -> %s", set->n, path);
     const fdpo_pref_pair **pairs = fdpo_malloc((set->n ? set->n : 1) * sizeof *pairs);
     for (size_t i = 0; i < set->n; i++) pairs[i] = &set->pairs[i];
-    int rc = fdpo_dpo_pair_logps(ref, k->layout, micro_batch, pairs, set->n, out);
+    int rc = fdpo_dpo_pair_logps(ref, k->layout, k->micro_batch, pairs, set->n, out);
     free(pairs);
     if (!rc && root && fdpo_mkdir_p(dir)) rc = fdpo_error_context("--ref-cache-dir %s", dir);
     if (!rc && root) rc = write_cache(path, k, set->n, out);

@@ -276,6 +276,9 @@ def test_ref_cache_is_reused_and_keyed(cli):
         "bf16": ["--precision", "bf16"],
         "route": ["--precision", "bf16"],
         "plain": ["--layout", "plain"],
+        # and the pairs per forward: oneDNN's sgemm rounds a one-pair batch's products otherwise,
+        # and a --batch-size 1 run read a batch-8 run's file (step-0 accuracy 0.475; a hunt's find)
+        "micro": ["--batch-size", 1],
     }
     seen, env = {path}, None
     for name, extra in variants.items():
@@ -299,7 +302,9 @@ def test_ref_cache_is_reused_and_keyed(cli):
         assert name == "ref" or m0["eval_rewards/margins"] == 0 and m0["eval_rewards/accuracies"] == 0.5, (name, m0)
     assert os.stat(path).st_mtime_ns == mtime
     _, meta = st.load(summary(runs / "bf16")["reference"]["cache_file"])
-    assert " precision=bf16 route=" in meta["parts"] and meta["parts"].endswith(" layout=shared"), meta
+    assert " precision=bf16 route=" in meta["parts"] and " layout=shared micro_batch=" in meta["parts"], meta
+    _, meta = st.load(summary(runs / "micro")["reference"]["cache_file"])
+    assert meta["parts"].endswith(" layout=shared micro_batch=1"), meta
 
 
 def test_ref_cache_key_covers_the_llama_config(cli):
