@@ -4,13 +4,14 @@
 # policy on held-out prompts, and write runs/demo/report.html.
 #
 #   examples/sentiment/run.sh            # full demo (make demo)
-#   SCALE=tiny examples/sentiment/run.sh # the same pipeline in about a minute (the e2e test)
+#   SCALE=tiny examples/sentiment/run.sh # the same pipeline at small scale (the e2e test)
+#   SCALE=micro examples/sentiment/run.sh # toy sizes in seconds: only that every stage runs and reruns
 #
 # Every stage is a plain fdpo command, echoed before it runs, so it can be copied for other
 # data. A stage that completed is skipped ("cached"), so a second run only redoes what
 # is missing; `fdpo dpo` also reuses the reference log-probs it cached on the first run.
 # Environment: RUN (output dir, default runs/demo), DATA (default data/brown), THREADS,
-# FDPO (the binary), SCALE (full|tiny), DIVERGENCES, BETAS (every divergence), RKL_BETAS
+# FDPO (the binary), SCALE (full|tiny|micro), DIVERGENCES, BETAS (every divergence), RKL_BETAS
 # (rkl's sweep), BYTE_BASELINE=1 (also pretrain a byte-level model of the same shape and
 # steps, for the bits-per-byte comparison), JOBS (independent training stages run at once,
 # default 2: the models are small, so two 1-thread processes use two cores better than one
@@ -57,7 +58,13 @@ case "$SCALE" in
         DEF_BETAS="0.1"; DEF_RKL_BETAS="0.03 0.1 0.3"
         ONLINE_ROUNDS=2; ONLINE_PROMPTS=64; LAMBDAS="0.03,0.1,0.3"
         RM_EPOCHS=1; RM_ROUNDS=2; RM_PROMPTS=64; RM_ROUND_EPOCHS=2; RM_BETA=0.1 ;;
-  *) echo "run.sh: SCALE must be full or tiny" >&2; exit 2 ;;
+  # micro: every stage at toy size, in seconds; its numbers mean nothing (the rerun tests use it)
+  micro) VOCAB=1024; PRE_STEPS=8; N_LAYER=1; N_EMBD=16; N_HEAD=2; SEQ=64; PRE_BATCH=4; SAMPLE=()
+        PAIR_PROMPTS=24; EVAL_PROMPTS=6; K_GEN=4; NEW_TOK=6; DPO_EPOCHS=1; DPO_LR=3e-4; K_EVAL=4; K_AUX=2
+        DEF_BETAS="0.1"; DEF_RKL_BETAS="0.1"
+        ONLINE_ROUNDS=2; ONLINE_PROMPTS=4; LAMBDAS="0.03,0.1"
+        RM_EPOCHS=1; RM_ROUNDS=2; RM_PROMPTS=4; RM_ROUND_EPOCHS=1; RM_BETA=0.1 ;;
+  *) echo "run.sh: SCALE must be full, tiny or micro" >&2; exit 2 ;;
 esac
 BETAS=${BETAS:-$DEF_BETAS}
 RKL_BETAS=${RKL_BETAS:-$DEF_RKL_BETAS}
@@ -69,11 +76,15 @@ run() { printf '+ %s\n' "$*" >&2; "$@"; }
 # tokens/s, ETA) rewritten in place; in a log (CI) the training commands stay --quiet.
 QUIET=--quiet; [ -t 2 ] && QUIET=
 # stage OUTPUT CMD...: run CMD unless OUTPUT.done exists. The stamp is written only after
-# CMD succeeded, so an interrupted stage (e.g. a pretrain that saved at Ctrl-C) is redone,
-# not reused; a failed stage stops the demo. Each stage's wall time goes to RUN/timings.tsv.
+# CMD succeeded; without it OUTPUT is removed first, so a stage that was interrupted (e.g. a
+# pretrain that saved at Ctrl-C, online rounds, SACPO's stages) or whose stamp was deleted is
+# redone from the start, not reused: on an OUT left behind, fdpo online refuses to start
+# ("holds N completed round(s); pass --resume") and fdpo sacpo skips every stage it recorded.
+# A failed stage stops the demo. Each stage's wall time goes to RUN/timings.tsv.
 stage() {
   local out=$1; shift
   if [ -e "$out.done" ]; then printf '  (cached: %s)\n' "$out" >&2; return 0; fi
+  rm -rf "$out"
   local t=$(date +%s)
   run "$@" || { printf 'run.sh: stage failed (exit %s): %s\n' "$?" "$*" >&2; exit 1; }
   : > "$out.done"

