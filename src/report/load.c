@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include "fdpo/core.h"
+#include "data/jsonl.h"
 #include "report/report_internal.h"
 
 void fdpo_rp_warn(rp_ctx *c, const char *fmt, ...) {
@@ -41,16 +42,22 @@ int fdpo_rp_get_num(const cJSON *obj, const char *name, double *v) {
     return 1;
 }
 
+/* A setting's number written as text, read by the one number rule (fdpo_parse_number: "0x10"
+ * or "1e-400" is no β); one it refuses is a warning "WHERE: KEY: 'TEXT' is ...; not used"
+ * (c NULL: silently not used). */
+static int setting_number(rp_ctx *c, const char *where, const char *key, const char *text, double *v) {
+    char at[600];
+    snprintf(at, sizeof at, "%s: %s", where, key);
+    if (!fdpo_parse_number(at, text, v)) return 1;
+    if (c) fdpo_rp_warn(c, "%s; not used", fdpo_last_error());
+    return 0;
+}
+
 /* A number, or a string holding one ("0.1"): settings files store either. */
-static int get_num_or_text(const cJSON *obj, const char *name, double *v) {
+static int get_num_or_text(rp_ctx *c, const char *where, const cJSON *obj, const char *name, double *v) {
     if (fdpo_rp_get_num(obj, name, v)) return 1;
     const cJSON *x = cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
-    if (!cJSON_IsString(x)) return 0;
-    char *end;
-    double d = strtod(x->valuestring, &end);
-    if (end == x->valuestring || *end || !isfinite(d)) return 0;
-    *v = d;
-    return 1;
+    return cJSON_IsString(x) && setting_number(c, where, name, x->valuestring, v);
 }
 
 static const char *base_name(const char *path) {
@@ -111,9 +118,9 @@ static int is_file(const char *p) { struct stat st; return stat(p, &st) == 0 && 
 static const char *const K_DIV[] = {"divergence", "f_divergence", "fdiv", "f", NULL};
 static const char *const K_LOSS[] = {"loss_type", "loss", NULL};
 
-/* Look for the settings in obj and (depth-first) its sub-objects. */
-static void find_settings(const cJSON *obj, int depth, char **div, double *beta, int *has_beta,
-                          char **loss, double *alpha, int *has_alpha) {
+/* Look for the settings in obj and (depth-first) its sub-objects; where names obj's file. */
+static void find_settings(rp_ctx *c, const char *where, const cJSON *obj, int depth, char **div, double *beta,
+                          int *has_beta, char **loss, double *alpha, int *has_alpha) {
     if (!cJSON_IsObject(obj) || depth > 3) return;
     const cJSON *v;
     if (!*div && (v = fdpo_rp_get(obj, K_DIV)) && cJSON_IsString(v) && v->valuestring[0])
@@ -121,17 +128,17 @@ static void find_settings(const cJSON *obj, int depth, char **div, double *beta,
     if (!*loss && (v = fdpo_rp_get(obj, K_LOSS)) && cJSON_IsString(v) && v->valuestring[0])
         *loss = fdpo_strdup(v->valuestring);
     double x;
-    if (!*has_beta && get_num_or_text(obj, "beta", &x)) { *beta = x; *has_beta = 1; }
-    if (!*has_alpha && get_num_or_text(obj, "alpha", &x)) { *alpha = x; *has_alpha = 1; }
+    if (!*has_beta && get_num_or_text(c, where, obj, "beta", &x)) { *beta = x; *has_beta = 1; }
+    if (!*has_alpha && get_num_or_text(c, where, obj, "alpha", &x)) { *alpha = x; *has_alpha = 1; }
     for (const cJSON *it = obj->child; it; it = it->next)
-        if (cJSON_IsObject(it)) find_settings(it, depth + 1, div, beta, has_beta, loss, alpha, has_alpha);
+        if (cJSON_IsObject(it)) find_settings(c, where, it, depth + 1, div, beta, has_beta, loss, alpha, has_alpha);
 }
 
 /* INI / key=value config (the format of `--config FILE`). */
-static void settings_from_ini(const char *text, char **div, double *beta, int *has_beta,
-                              char **loss, double *alpha, int *has_alpha) {
-    const char *p = text;
-    while (*p) {
+static void settings_from_ini(rp_ctx *c, const char *path, const char *text, char **div, double *beta,
+                              int *has_beta, char **loss, double *alpha, int *has_alpha) {
+    const char *p = text + fdpo_jsonl_bom(text, strlen(text));
+    for (size_t line_no = 1; *p; line_no++) {
         const char *e = strchr(p, '\n');
         size_t n = e ? (size_t)(e - p) : strlen(p);
         char line[512];
@@ -146,18 +153,16 @@ static void settings_from_ini(const char *text, char **div, double *beta, int *h
                 while (isspace((unsigned char)*val) || *val == '"') val++;
                 for (char *t = val + strlen(val); t > val && (isspace((unsigned char)t[-1]) || t[-1] == '"'); ) *--t = 0;
                 for (char *t = k; *t; t++) if (*t == '-') *t = '_';
-                char *end;
+                char where[560];
+                snprintf(where, sizeof where, "%s:%zu", path, line_no);
                 if (!*div && (!strcmp(k, "divergence") || !strcmp(k, "f_divergence") || !strcmp(k, "f")) && *val)
                     *div = fdpo_strdup(val);
                 else if (!*loss && (!strcmp(k, "loss") || !strcmp(k, "loss_type")) && *val)
                     *loss = fdpo_strdup(val);
-                else if (!*has_beta && !strcmp(k, "beta")) {
-                    double x = strtod(val, &end);
-                    if (end != val && !*end && isfinite(x)) { *beta = x; *has_beta = 1; }
-                } else if (!*has_alpha && !strcmp(k, "alpha")) {
-                    double x = strtod(val, &end);
-                    if (end != val && !*end && isfinite(x)) { *alpha = x; *has_alpha = 1; }
-                }
+                else if (!*has_beta && !strcmp(k, "beta"))
+                    *has_beta = setting_number(c, where, k, val, beta);
+                else if (!*has_alpha && !strcmp(k, "alpha"))
+                    *has_alpha = setting_number(c, where, k, val, alpha);
             }
         }
         if (!e) break;
@@ -175,7 +180,6 @@ static int is_eval_name(const char *name) {
 
 /* Find divergence, beta and loss in the run directory's config file(s). */
 static void discover_settings(rp_ctx *c, rp_run *r, char **names, size_t n_names) {
-    (void)c;
     double alpha = 0; int has_alpha = 0;
     /* Preferred names first, then any other *.json / *.ini. */
     static const char *const preferred[] = {"training_state.json", "run.json", "run_config.json", "config.json", "args.json",
@@ -199,13 +203,13 @@ static void discover_settings(rp_ctx *c, rp_run *r, char **names, size_t n_names
                 /* a checkpoint's config.json (model_type) or an eval output is not a run config */
                 if (doc && cJSON_IsObject(doc) && !cJSON_GetObjectItem(doc, "model_type") &&
                     !cJSON_GetObjectItem(doc, "policies")) {
-                    find_settings(doc, 0, &div, &beta, &hb, &loss, &alpha, &has_alpha);
+                    find_settings(c, path, doc, 0, &div, &beta, &hb, &loss, &alpha, &has_alpha);
                     const cJSON *kind = cJSON_GetObjectItemCaseSensitive(doc, "kind");
                     if (!r->kind && cJSON_IsString(kind) && kind->valuestring[0]) r->kind = fdpo_strdup(kind->valuestring);
                 }
                 cJSON_Delete(doc);
             } else {
-                settings_from_ini(text, &div, &beta, &hb, &loss, &alpha, &has_alpha);
+                settings_from_ini(c, path, text, &div, &beta, &hb, &loss, &alpha, &has_alpha);
             }
             free(text);
             if (div || hb) {       /* merge: each setting from the first file that has it */
@@ -219,11 +223,15 @@ static void discover_settings(rp_ctx *c, rp_run *r, char **names, size_t n_names
     }
     /* fall back on the first metrics row that names them */
     if (!r->divergence || !r->has_beta) {
+        char *mpath = fdpo_path_join(r->dir, "metrics.jsonl");
+        size_t before = c->n_warnings;
         cJSON *row;
-        cJSON_ArrayForEach(row, r->rows) {
-            find_settings(row, 3, &r->divergence, &r->beta, &r->has_beta, &r->loss, &alpha, &has_alpha);
+        cJSON_ArrayForEach(row, r->rows) {   /* a refused β is said once, not on every line */
+            find_settings(c->n_warnings == before ? c : NULL, mpath, row, 3, &r->divergence, &r->beta, &r->has_beta,
+                          &r->loss, &alpha, &has_alpha);
             if (r->divergence && r->has_beta) break;
         }
+        free(mpath);
     }
     /* "alpha" + alpha=0.5 -> "alpha:0.5" (the CLI's spelling) */
     if (r->divergence && !strcmp(r->divergence, "alpha") && has_alpha) {
@@ -245,11 +253,28 @@ static void make_label(rp_run *r) {
 
 /* ---------------------------------------------------------------- metrics.jsonl ---- */
 
+/* The warning for a JSONL line of p[0..n) that fdpo_jsonl_parse_object refused: its error,
+ * "(the file ends there: truncated?)" for a last line without a newline, and the line's
+ * start (40 bytes, whole characters, control bytes as '?'). */
+static void warn_bad_line(rp_ctx *c, const char *p, size_t n, int last) {
+    size_t s = 0;
+    while (n > 0 && isspace((unsigned char)p[n - 1])) n--;
+    while (s < n && isspace((unsigned char)p[s])) s++;
+    char snip[48];
+    size_t m = n - s < 40 ? n - s : 40;
+    while (m > 0 && m < n - s && ((unsigned char)p[s + m] & 0xC0) == 0x80) m--;   /* whole characters */
+    memcpy(snip, p + s, m); snip[m] = 0;
+    for (size_t i = 0; i < m; i++) if ((unsigned char)snip[i] < 0x20 || snip[i] == 0x7f) snip[i] = '?';
+    fdpo_rp_warn(c, "%s%s, line skipped: %s%s", fdpo_last_error(),
+                 last ? " (the file ends there: truncated?)" : "", snip, n - s > 40 ? "..." : "");
+}
+
 static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) { fdpo_rp_warn(c, "%s", fdpo_last_error()); return; }
     size_t line = 0;
+    int any = 0;
     char *p = text, *end = text + len;
     while (p < end) {
         char *e = memchr(p, '\n', (size_t)(end - p));
@@ -262,13 +287,7 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
         if (k > s) {
             cJSON *obj = fdpo_jsonl_parse_object(path, line, p, k, NULL);   /* the words of every JSONL reader */
             if (!obj) {
-                char snip[48];
-                size_t m = k - s < 40 ? k - s : 40;
-                while (m > 0 && m < k - s && ((unsigned char)p[s + m] & 0xC0) == 0x80) m--;   /* whole characters */
-                memcpy(snip, p + s, m); snip[m] = 0;
-                for (size_t i = 0; i < m; i++) if ((unsigned char)snip[i] < 0x20 || snip[i] == 0x7f) snip[i] = '?';
-                fdpo_rp_warn(c, "%s%s, line skipped: %s%s", fdpo_last_error(),
-                             e ? "" : " (the file ends there: truncated?)", snip, k - s > 40 ? "..." : "");
+                warn_bad_line(c, p, k, !e);
                 r->n_bad++;
             } else {
                 /* pretrain/sft logged their held-out loss as val_loss before wave 28: one key,
@@ -279,11 +298,16 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
                     cJSON_AddItemToObject(obj, "eval_loss", old);
                 }
                 cJSON_AddItemToArray(r->rows, obj);
+                r->lines = fdpo_realloc(r->lines, (size_t)cJSON_GetArraySize(r->rows) * sizeof *r->lines);
+                r->lines[cJSON_GetArraySize(r->rows) - 1] = line;   /* a row's x without "step" */
             }
+            any = 1;
         }
         if (!e) break;
         p = e + 1;
     }
+    /* an empty file is named like an empty samples or eval file (else a run of 0 rows with no word) */
+    if (!any) fdpo_rp_warn(c, "%s: no metrics found (the file is empty)", path);
     free(text);
 }
 
@@ -430,9 +454,18 @@ static cJSON *collect_samples(const cJSON *arr) {
     return out;
 }
 
+/* The policy's own name (its last path component) holds ref, sft, base or init as a whole
+ * word between '-', '_', '.' or ' ' ("ref", "sft-model", "base_ref", "gpt2.init"): a word
+ * that only contains one ("preference-exps", "js-final") or a parent directory is no sign. */
 static int looks_like_reference(const char *name) {
     static const char *const pats[] = {"ref", "sft", "base", "init", NULL};
-    for (const char *const *p = pats; *p; p++) if (strcasestr(name, *p)) return 1;
+    const char *own = base_name(name);
+    for (const char *w = own; *w;) {
+        size_t n = strcspn(w, "-_. ");
+        for (const char *const *p = pats; *p; p++)
+            if (n == strlen(*p) && !strncasecmp(w, *p, n)) return 1;
+        w += n + (w[n] != 0);
+    }
     return 0;
 }
 
@@ -458,7 +491,7 @@ static void add_policy(rp_ctx *c, const cJSON *p, const char *key_name, const ch
     q->samples = collect_samples(fdpo_rp_get(p, K_SAMPLES));
 
     char *div = NULL, *loss = NULL; double beta = 0, alpha = 0; int hb = 0, ha = 0;
-    find_settings(p, 0, &div, &beta, &hb, &loss, &alpha, &ha);
+    find_settings(c, path, p, 0, &div, &beta, &hb, &loss, &alpha, &ha);
     free(loss);
     if (div && !strcmp(div, "alpha") && ha) {
         char a[64]; snprintf(a, sizeof a, "alpha:%g", alpha);
@@ -559,7 +592,7 @@ int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int exp
             kept++;
         } else if (!blank && bad++ < 3) {
             if (obj) fdpo_rp_warn(c, "%s:%zu: not a sample (a JSON object with \"completion\"), line skipped", path, line);
-            else fdpo_rp_warn(c, "%s, line skipped", fdpo_last_error());
+            else warn_bad_line(c, p, n, !e);
         }
         cJSON_Delete(obj);
         if (!e) break;
@@ -768,13 +801,14 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return -1;
-    size_t lead = strspn(text, " \t\r\n");
+    const size_t bom = fdpo_jsonl_bom(text, len);   /* a UTF-8 BOM is not data (as every reader) */
+    size_t lead = bom + strspn(text + bom, " \t\r\n");
     if (text[lead] == '[') {     /* `fdpo lab --format json`: an array of flat objects */
-        int got = lab_from_json(c, path, text, len, must_be_lab);
+        int got = lab_from_json(c, path, text + bom, len - bom, must_be_lab);
         free(text);
         return got;
     }
-    const char *p = text, *end = text + len;
+    const char *p = text + bom, *end = text + len;
     size_t line = 1, nh;
     int open_quote;
     char **hdr = csv_record(&p, end, &line, &nh, &open_quote);
@@ -792,6 +826,7 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
     L->cols = hdr; L->n_cols = nh;
     L->on_frontier = 0;
     L->rows = cJSON_CreateArray();
+    size_t bad_cells = 0;
     while (p < end) {
         size_t at = line, nf;
         char **f = csv_record(&p, end, &line, &nf, &open_quote);
@@ -804,17 +839,31 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
         } else if (!blank) {
             cJSON *row = cJSON_CreateArray();
             for (size_t i = 0; i < nf; i++) {
-                char *v = trim(f[i]), *e;
-                double x = strtod(v, &e);
+                char *v = trim(f[i]), *e, where[600];
+                snprintf(where, sizeof where, "%s:%zu: column \"%s\"", path, at, hdr[i]);
+                double x;
                 if (!*v) cJSON_AddItemToArray(row, cJSON_CreateNull());
-                else if (e != v && !*e) cJSON_AddItemToArray(row, isfinite(x) ? cJSON_CreateNumber(x) : cJSON_CreateNull());
-                else cJSON_AddItemToArray(row, cJSON_CreateString(v));
+                else if (!fdpo_parse_number(where, v, &x)) cJSON_AddItemToArray(row, cJSON_CreateNumber(x));
+                else {
+                    /* text ("rkl") stays text; nan/inf (how `fdpo lab` writes them) are no
+                     * point; any other cell strtod would read ("0x10", "1e-400") is refused
+                     * by the one number rule: kept as text, and said (the first 3 of a file) */
+                    x = strtod(v, &e);
+                    int number_like = e != v && !*e, spelt_nonfinite = number_like && !isfinite(x) && !strpbrk(v, "0123456789");
+                    if (spelt_nonfinite) cJSON_AddItemToArray(row, cJSON_CreateNull());
+                    else {
+                        if (number_like && bad_cells++ < 3)
+                            fdpo_rp_warn(c, "%s; kept as text, not plotted", fdpo_last_error());
+                        cJSON_AddItemToArray(row, cJSON_CreateString(v));
+                    }
+                }
             }
             cJSON_AddItemToArray(L->rows, row);
         }
         for (size_t i = 0; i < nf; i++) free(f[i]);
         free(f);
     }
+    if (bad_cells > 3) fdpo_rp_warn(c, "%s: %zu more cells not read as numbers, kept as text", path, bad_cells - 3);
     free(text);
     return 1;
 }
@@ -824,7 +873,7 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
 void fdpo_rp_ctx_free(rp_ctx *c) {
     for (size_t i = 0; i < c->n_runs; i++) {
         rp_run *r = &c->runs[i];
-        free(r->dir); free(r->name); free(r->label); free(r->divergence); free(r->loss); free(r->config_file); free(r->kind);
+        free(r->dir); free(r->name); free(r->lines); free(r->label); free(r->divergence); free(r->loss); free(r->config_file); free(r->kind);
         cJSON_Delete(r->rows);
     }
     for (size_t k = 0; k < 2; k++) {

@@ -168,10 +168,10 @@ static void training_panel(charts *ch, const char *title, const char *explain, c
             fdpo_rp_thin thin = {n, maxp, 0};
             size_t j = 0, idx = 0;
             cJSON_ArrayForEach(row, r->rows) {
-                idx++;
                 double v, x;
+                size_t line = r->lines[idx++];
                 if (!row_num(row, k, &v)) continue;
-                if (!row_num(row, "step", &x)) x = (double)idx;
+                if (!row_num(row, "step", &x)) x = (double)line;   /* docs/report.md: step, else the line number */
                 if (fdpo_rp_thin_keep(&thin, j)) series_add(s, x, v, NULL);
                 j++;
             }

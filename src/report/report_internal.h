@@ -25,6 +25,7 @@ typedef struct {
     char *divergence, *loss, *config_file, *kind;   /* NULL when unknown; kind: dpo, sft, ... */
     double beta; int has_beta;
     cJSON *rows;               /* array of the metrics.jsonl objects that parsed */
+    size_t *lines;             /* lines[i]: rows[i]'s line number in metrics.jsonl */
     size_t n_bad;              /* lines skipped */
 } rp_run;
 

@@ -342,8 +342,10 @@ def test_bad_jsonl_lines_warn_in_the_words_of_every_jsonl_reader(tmp_path):
     (d / "metrics.jsonl").write_text('{"step": 1, "loss": 1.5}\n{"step": 2, "loss": 1.25} {"step": 3, "loss": 1}\n'
                                      '{"step": 4 "loss": 1}\n[4, 1]\n{"step": 5, "lo')
     s = tmp_path / "samples.jsonl"
-    s.write_text('{"prompt": "p", "completion": "kept"}\n'
-                 '{"prompt": "p", "completion": "a"} {"prompt": "p", "completion": "LOST"}\n{"prompt": "p" "completion": "b"}\n')
+    s_lines = ['{"prompt": "p", "completion": "kept"}',
+               '{"prompt": "p", "completion": "a"} {"prompt": "p", "completion": "LOST"}', '{"prompt": "p" "completion": "b"}',
+               '{"prompt": "p", "compl']     # no newline: the file ends inside the line
+    s.write_text("\n".join(s_lines))
     r = run(str(d), "--samples", str(s), "--out", str(tmp_path / "r.html"))
     assert r.returncode == 0, r.stderr
     m = d / "metrics.jsonl"
@@ -351,8 +353,10 @@ def test_bad_jsonl_lines_warn_in_the_words_of_every_jsonl_reader(tmp_path):
                  f"{m}:3: invalid JSON near column 12, line skipped: ",
                  f"{m}:4: expected a JSON object, got an array, line skipped: [4, 1]",
                  f"{m}:5: invalid JSON near column 14 (the file ends there: truncated?), line skipped: ",
-                 f"{s}:2: unexpected text after the JSON object at column 36, line skipped\n",
-                 f"{s}:3: invalid JSON near column 16, line skipped\n"):
+                 # the samples reader says it in the same words, the line's start included (docs/report.md)
+                 f"{s}:2: unexpected text after the JSON object at column 36, line skipped: {s_lines[1][:40]}...\n",
+                 f"{s}:3: invalid JSON near column 16, line skipped: {s_lines[2]}\n",
+                 f"{s}:4: invalid JSON near column 18 (the file ends there: truncated?), line skipped: {s_lines[3]}\n"):
         assert f"warning: {want}" in r.stderr, (want, r.stderr)
     text, _, _ = parse(tmp_path / "r.html")
     assert "kept" in text and "LOST" not in text
@@ -936,3 +940,117 @@ def test_constrained_lab_table_gets_its_own_panels(tmp_path):
     r = run("--lab-frontier", str(cf), "--out", str(tmp_path / "r2.html"))
     assert r.returncode == 1 and f"--lab-frontier {cf}: a `fdpo lab constrained` table" in r.stderr, r.stderr
     assert "give it to --lab" in r.stderr and not (tmp_path / "r2.html").exists()
+
+
+def test_lab_cells_and_run_settings_are_read_by_the_one_number_rule(tmp_path):
+    """A lab cell or a run's β is a number only as fdpo_parse_number reads one (decimal, finite,
+    not a nonzero rounding to 0): strtod took "0x10" as 16 and "1e-400" as 0, both drawn or
+    shown without a word. Refused cells are kept as text and named FILE:LINE and column; the
+    nan/inf `fdpo lab` writes stay empty cells, silently."""
+    lab = tmp_path / "lab.csv"
+    lab.write_text("divergence,beta,kl,expected_reward\nrkl,0.5,0.5,0.5\nrkl,0.6,0x10,0.6\nrkl,0.7,1e-400,0.7\n"
+                   "rkl,0.8,inf,0.8\nrkl,0.9,0.25,nan\n")
+    runs = []
+    for name, fname, text in [("ini1", "run.ini", "[train]\ndivergence = rkl\nbeta = 0x10\n"),
+                              ("ini2", "run.json", '{"divergence": "rkl", "beta": "1e-400"}'),
+                              ("ok", "run.json", '{"divergence": "rkl", "beta": "0.25"}')]:
+        d = tmp_path / name
+        d.mkdir()
+        write_jsonl(d / "metrics.jsonl", [{"step": 1, "loss": 0.5}])
+        (d / fname).write_text(text)
+        runs.append(str(d))
+    out = tmp_path / "r.html"
+    r = run(*runs, "--lab", str(lab), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    for want in (f'{lab}:3: column "kl": \'0x10\' is not a decimal number; kept as text',
+                 f'{lab}:4: column "kl": \'1e-400\' is out of range',
+                 f"{runs[0]}/run.ini:3: beta: '0x10' is not a decimal number; not used",
+                 f"{runs[1]}/run.json: beta: '1e-400' is out of range"):
+        assert f"warning: {want}" in r.stderr, (want, r.stderr)
+    assert "inf" not in r.stderr and "nan" not in r.stderr and r.stderr.count("warning:") == 4, r.stderr
+    _, _, charts = parse(out)
+    # the reference: the rows Python's float() reads as finite decimals in both columns
+    rows = list(csv.DictReader(open(lab)))
+    ok = [[float(x["kl"]), float(x["expected_reward"])] for x in rows
+          if all(re.fullmatch(r"[0-9.]+", x[k]) and float(x[k]) != 0 for k in ("kl", "expected_reward"))]
+    fr = {s["label"]: s["points"] for s in chart(charts, "Lab: exact reward\u2013KL frontier")["series"]}
+    assert fr == {"reverse KL (DPO)": ok} and ok == [[0.5, 0.5]]
+    labels = [s["label"] for s in chart(charts, "Training loss")["series"]]
+    assert labels == ["ini1 (rkl)", "ini2 (rkl)", "ok (rkl, \u03b2=0.25)"]
+
+
+def test_lab_csv_byte_order_mark_is_not_data(tmp_path):
+    """A UTF-8 BOM before the header (as every other fdpo reader skips it): it made the first
+    column "\ufeffdivergence", so the table drew nothing and --lab-frontier found no column."""
+    body = "divergence,beta,kl,expected_reward\nrkl,0.1,1,2\nrkl,0.2,2,3\n"
+    lab = tmp_path / "bom.csv"
+    lab.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    out = tmp_path / "r.html"
+    r = run("--lab", str(lab), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    rows = list(csv.DictReader(body.splitlines()))
+    fr = {s["label"]: s["points"] for s in chart(charts, "Lab: exact reward\u2013KL frontier")["series"]}
+    assert fr == {"reverse KL (DPO)": [[float(x["kl"]), float(x["expected_reward"])] for x in rows]}
+    ev = tmp_path / "ev.json"
+    ev.write_text(json.dumps({"policies": [{"name": "a", "reward_mean": 1, "kl_seq_mean": 2}]}))
+    r = run(str(ev), "--lab-frontier", str(lab), "--out", str(out))
+    assert r.returncode == 0 and "no column" not in r.stderr, r.stderr
+
+
+def test_reference_is_told_by_its_own_name_as_a_word(tmp_path):
+    """A policy evaluated beside others inherits the run's settings unless its own name (last
+    path component) has ref/sft/base/init as a word: "preference-exps/js-final" contains
+    "ref" only inside a parent directory's word, and lost its divergence and beta."""
+    d = tmp_path / "run"
+    d.mkdir()
+    write_jsonl(d / "metrics.jsonl", [{"step": 1, "loss": 1}])
+    (d / "run.json").write_text('{"divergence": "js", "beta": 0.2}')
+    names = {"/data/preference-exps/js-final": True, "/data/other-exps/js-final": True, "refined": True,
+             "/data/x/base": False, "ref": False, "sft-model": False, "base_ref": False, "gpt2.init": False,
+             "runs/SFT": False}
+    (d / "eval.json").write_text(json.dumps({"policies": [
+        {"name": n, "reward_mean": i, "kl_seq_mean": i} for i, n in enumerate(names)]}))
+    out = tmp_path / "r.html"
+    r = run(str(d), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    fr = {s["label"]: s["points"] for s in chart(charts, "Reward\u2013KL frontier")["series"]}
+    want_js = sorted([i, i] for i, n in enumerate(names) if names[n])
+    want_ref = sorted([i, i] for i, n in enumerate(names) if not names[n])
+    assert {k: sorted(v) for k, v in fr.items()} == {"Jensen\u2013Shannon": want_js, "reference / unknown": want_ref}
+
+
+def test_an_empty_metrics_file_is_named(tmp_path):
+    """An empty metrics.jsonl gets a warning naming it, as an empty samples or eval file does:
+    alone the error said "0 warnings above"; beside a good run it was a run of 0 rows, unsaid."""
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text("")
+    r = run(str(d), "--out", str(tmp_path / "r.html"))
+    assert r.returncode == 1 and "(1 warning above)" in r.stderr, r.stderr
+    assert f"warning: {d}/metrics.jsonl: no metrics found (the file is empty)" in r.stderr, r.stderr
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    write_jsonl(ok / "metrics.jsonl", [{"step": 1, "loss": 1}])
+    r = run(str(d), str(ok), "--out", str(tmp_path / "r.html"))
+    assert r.returncode == 0 and f"warning: {d}/metrics.jsonl: no metrics found" in r.stderr, r.stderr
+
+
+def test_rows_without_step_are_drawn_at_their_line_number(tmp_path):
+    """docs/report.md: x is `step`, else the line number; a blank or skipped line before a
+    step-less row moved it left (x counted the rows that parsed)."""
+    d = tmp_path / "r"
+    d.mkdir()
+    lines = ['{"loss": 1}', '', '{"loss": 2}', '[1, 2]', '{"loss": 4}', '{"step": 9, "loss": 8}']
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "r.html"
+    r = run(str(d), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    want = []
+    for no, t in enumerate(lines, 1):
+        o = json.loads(t) if t else None
+        if isinstance(o, dict):
+            want.append([o.get("step", no), o["loss"]])
+    assert chart(charts, "Training loss")["series"][0]["points"] == want == [[1, 1], [3, 2], [5, 4], [9, 8]]

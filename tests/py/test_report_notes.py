@@ -66,3 +66,57 @@ def test_notes_missing_file_is_an_error(tmp_path):
                         "--out", tmp_path / "r.html"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "--notes" in r.stderr and "nope.md" in r.stderr, r.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_notes_nested_list_items(tmp_path):
+    """The sentiment demo's conclusion (examples/sentiment/summarize.js) puts "  - " sub-items
+    under a bullet: one level of nesting is a <ul> inside that <li> (they became one run-on
+    paragraph holding the literal "  - ")."""
+    notes = ("- Most reward: **rkl** 0.1\n  - pairs that differ: none.\n  - pairs within: rkl vs js.\n"
+             "- Most diversity: js\n  - one more\nAfter the list.\n")
+    (tmp_path / "n.md").write_text(notes)
+    (tmp_path / "e.json").write_text(json.dumps({"policies": [{"name": "p", "reward_mean": 0.1, "kl_seq_mean": 0.2}]}))
+    r = subprocess.run([FDPO, "report", "--eval", tmp_path / "e.json", "--notes", tmp_path / "n.md",
+                        "--out", tmp_path / "r.html"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r.html").read_text()
+
+    class Tree(HTMLParser):
+        """The summary's lists as [text, [sub-list, ...]] per item, and its paragraphs."""
+        def __init__(self):
+            super().__init__()
+            self.inside, self.lists, self.root, self.paras, self.in_p = 0, [], [], [], 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "section" and ("id", "summary") in attrs:
+                self.inside = 1
+            elif self.inside and tag == "ul":
+                new = []
+                (self.lists[-1][-1][1] if self.lists else self.root).append(new)
+                self.lists.append(new)
+            elif self.inside and tag == "li":
+                self.lists[-1].append(["", []])
+            elif self.inside and tag == "p":
+                self.paras.append("")
+                self.in_p = 1
+
+        def handle_endtag(self, tag):
+            if tag == "section":
+                self.inside = 0
+            elif self.inside and tag == "ul":
+                self.lists.pop()
+            elif tag == "p":
+                self.in_p = 0
+
+        def handle_data(self, data):
+            if self.inside and self.in_p:
+                self.paras[-1] += data
+            elif self.inside and self.lists and self.lists[-1]:
+                self.lists[-1][-1][0] += data.replace("\n", "")   # the page's own line breaks
+
+    t = Tree()
+    t.feed(page)
+    assert t.root == [[["Most reward: rkl 0.1", [[["pairs that differ: none.", []], ["pairs within: rkl vs js.", []]]]],
+                       ["Most diversity: js", [[["one more", []]]]]]], t.root
+    assert [p.strip() for p in t.paras] == ["After the list."], t.paras
+    assert "  - " not in page.split('id="summary"')[1].split("</section>")[0]
