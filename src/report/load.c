@@ -454,17 +454,23 @@ static cJSON *collect_samples(const cJSON *arr) {
     return out;
 }
 
-/* The policy's own name (its last path component) holds ref, sft, base or init as a whole
- * word between '-', '_', '.' or ' ' ("ref", "sft-model", "base_ref", "gpt2.init"): a word
- * that only contains one ("preference-exps", "js-final") or a parent directory is no sign. */
+/* The policy's own name (its last path component) holds a word (letters and digits, split at
+ * anything else) that is ref, sft, base or init, or reference, baseline or initial, with or
+ * without a number after it ("ref", "sft-model", "base_ref", "gpt2 (base)", "Reference model",
+ * "sft0"): a word that only contains one ("preference-exps", "refined") or a parent directory
+ * ("runs/sft/final") is no sign. */
 static int looks_like_reference(const char *name) {
-    static const char *const pats[] = {"ref", "sft", "base", "init", NULL};
+    static const char *const pats[] = {"reference", "baseline", "initial", "ref", "sft", "base", "init", NULL};
     const char *own = base_name(name);
     for (const char *w = own; *w;) {
-        size_t n = strcspn(w, "-_. ");
-        for (const char *const *p = pats; *p; p++)
-            if (n == strlen(*p) && !strncasecmp(w, *p, n)) return 1;
-        w += n + (w[n] != 0);
+        size_t n = 0;
+        while (isalnum((unsigned char)w[n])) n++;
+        for (const char *const *p = pats; n && *p; p++) {
+            size_t k = strlen(*p), d = k;
+            while (d < n && isdigit((unsigned char)w[d])) d++;
+            if (n >= k && d == n && !strncasecmp(w, *p, k)) return 1;
+        }
+        w += n ? n : 1;
     }
     return 0;
 }

@@ -1007,8 +1007,12 @@ def test_reference_is_told_by_its_own_name_as_a_word(tmp_path):
     write_jsonl(d / "metrics.jsonl", [{"step": 1, "loss": 1}])
     (d / "run.json").write_text('{"divergence": "js", "beta": 0.2}')
     names = {"/data/preference-exps/js-final": True, "/data/other-exps/js-final": True, "refined": True,
+             "runs/sft/final": True, "policy": True,
              "/data/x/base": False, "ref": False, "sft-model": False, "base_ref": False, "gpt2.init": False,
-             "runs/SFT": False}
+             "runs/SFT": False, "runs/base/": False,
+             # whole words that name a reference too (a review's find: they had become policies)
+             "reference": False, "baseline": False, "initial": False, "Reference model": False, "ref1": False,
+             "sft0": False, "gpt2 (base)": False}
     (d / "eval.json").write_text(json.dumps({"policies": [
         {"name": n, "reward_mean": i, "kl_seq_mean": i} for i, n in enumerate(names)]}))
     out = tmp_path / "r.html"
