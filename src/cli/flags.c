@@ -93,8 +93,7 @@ static void list_add(flag_list *l, const char *v) {
 /* The flags that name a file or directory to read (every command's spelling) */
 static int is_input_path(const char *name) {
     static const char *const inputs[] = {"data", "model", "ref", "tokenizer", "eval-file", "base", "lora", "pairs",
-                                         "reward-data", "safety-data", "lexicon", "words", "pi-ref", "comparisons",
-                                         "ref-cache-dir"};
+                                         "reward-data", "safety-data", "lexicon", "words", "ref-cache-dir"};
     for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++)
         if (!strcmp(name, inputs[i])) return 1;
     return 0;
@@ -184,21 +183,41 @@ int flags_config_line(const char *flag, const char **file) {
     return 0;
 }
 
+/* s starts with the name of a file a checkpoint directory holds, then ':' */
+static int is_checkpoint_file(const char *s) {
+    static const char *const names[] = {"config.json", "model.safetensors", "model.safetensors.index.json",
+                                        "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
+                                        "tokenizer_config.json", "vocab.json", "merges.txt", "fdpo_tokenizer.json"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const size_t k = strlen(names[i]);
+        if (!strncmp(s, names[i], k) && s[k] == ':') return 1;
+    }
+    return 0;
+}
+
 const char *flags_error_origin(const char *msg, char *buf, size_t n) {
     if (strncmp(msg, "--", 2)) {
-        /* a loader's message about a path the file gave ("missing.jsonl: cannot open", "DIR/config.json:
-         * ..."), which names no flag: the flag and the file's line */
-        for (size_t i = 0; i < g_n_origin; i++) {
+        /* a loader's message about a path the file gave, which names no flag: the flag and
+         * the file's line. The path itself ("missing.jsonl: cannot open"), or a checkpoint
+         * file in the directory it gave ("DIR/config.json: ..."), not any path under it
+         * (--out o1 did not give o1/missing.txt) */
+        const cfg_origin *hit = NULL;
+        for (size_t i = 0; i < g_n_origin && !hit; i++) {   /* the path itself first */
             const cfg_origin *o = &g_origin[i];
             const size_t len = o->file && o->value ? strlen(o->value) : 0;
-            if (!len || strncmp(msg, o->value, len) || (msg[len] != ':' && msg[len] != '/')) continue;
-            const char *file = NULL;
-            const int line = flags_config_line(o->flag, &file);
-            if (line <= 0) return msg;
-            snprintf(buf, n, "--%s: %s (from %s:%d)", o->flag, msg, file, line);
-            return buf;
+            if (len && !strncmp(msg, o->value, len) && msg[len] == ':') hit = o;
         }
-        return msg;
+        for (size_t i = 0; i < g_n_origin && !hit; i++) {
+            const cfg_origin *o = &g_origin[i];
+            const size_t len = o->file && o->value ? strlen(o->value) : 0;
+            if (len && !strncmp(msg, o->value, len) && msg[len] == '/' && is_checkpoint_file(msg + len + 1)) hit = o;
+        }
+        if (!hit) return msg;
+        const char *file = NULL;
+        const int line = flags_config_line(hit->flag, &file);
+        if (line <= 0) return msg;
+        snprintf(buf, n, "--%s: %s (from %s:%d)", hit->flag, msg, file, line);
+        return buf;
     }
     size_t len = strspn(msg + 2, "abcdefghijklmnopqrstuvwxyz0123456789-");
     char name[128];

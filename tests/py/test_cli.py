@@ -400,8 +400,7 @@ def test_messages_say_what_is_wrong_with_the_value(tmp_path):
                                       ("generate", "--model"), ("dpo", "--ref"), ("sft", "--tokenizer"),
                                       # these failed as ": cannot open" or "config.json: cannot open" (a hunt's find)
                                       ("dpo", "--eval-file"), ("merge", "--base"), ("merge", "--lora"), ("eval", "--pairs"),
-                                      ("sacpo", "--reward-data"), ("sacpo", "--safety-data"), ("eval", "--lexicon"),
-                                      ("lab solve", "--pi-ref")])
+                                      ("sacpo", "--reward-data"), ("sacpo", "--safety-data"), ("eval", "--lexicon")])
 def test_an_empty_input_path_names_its_flag(tmp_path, cmd, flag):
     """it was "fdpo pretrain: : cannot open: No such file or directory", no flag named"""
     r = run(*cmd.split(), flag, "", "--out", str(tmp_path / "o"))
@@ -455,6 +454,17 @@ def test_a_missing_file_a_config_named_is_said_with_its_flag_and_line(tmp_path):
     r = run("merge", "--model", str(m), "--model", str(m), "--out", str(tmp_path / "o"), "--config", cfg)
     assert r.returncode == 1 and r.stderr.startswith(f"fdpo merge: --base: {tmp_path / 'nobase'}/config.json: ") and \
         r.stderr.endswith(f"(from {cfg}:1)\n"), r.stderr
+    # a path under a directory a flag gave is not that flag's (a review's find: --out o1 took
+    # the positional o1/missing.txt, --ref-cache-dir cc took --data cc/pairs.jsonl)
+    o1 = tmp_path / "o1"
+    cfg = write(tmp_path / "o.ini", f"out = {o1}\n")
+    r = run("pretrain", "--config", cfg, "--steps", "1", str(o1 / "missing.txt"))
+    assert r.returncode == 1 and r.stderr == f"fdpo pretrain: {o1 / 'missing.txt'}: cannot open: No such file or directory\n", r.stderr
+    cc = tmp_path / "cc"
+    cfg = write(tmp_path / "d.ini", f"ref-cache-dir = {cc}\ndata = {cc / 'pairs.jsonl'}\n")
+    r = run("dpo", "--model", str(m), "--out", str(tmp_path / "o"), "--config", cfg)
+    assert r.returncode == 1 and r.stderr == (f"fdpo dpo: --data: {cc / 'pairs.jsonl'}: cannot open: No such file or "
+                                              f"directory (from {cfg}:2)\n"), r.stderr
 
 
 @pytest.mark.parametrize("args", [
