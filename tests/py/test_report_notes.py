@@ -37,15 +37,20 @@ class Summary(HTMLParser):
             self.stack[-1][1] += data
 
 
-def test_notes_render(tmp_path):
-    notes = ("# Title <b>\n\nA paragraph with **bold** and `x < y`\ncontinued.\n\n## Findings\n"
-             "- first & item\n- second\n\n```\ncol1  col2 <raw>\n```\n### small\n")
+def render_notes(tmp_path, notes):
+    """The page fdpo report writes for notes beside a one-policy eval."""
     (tmp_path / "n.md").write_text(notes)
     (tmp_path / "e.json").write_text(json.dumps({"policies": [{"name": "p", "reward_mean": 0.1, "kl_seq_mean": 0.2}]}))
     r = subprocess.run([FDPO, "report", "--eval", tmp_path / "e.json", "--notes", tmp_path / "n.md",
                         "--out", tmp_path / "r.html"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    page = (tmp_path / "r.html").read_text()
+    return (tmp_path / "r.html").read_text()
+
+
+def test_notes_render(tmp_path):
+    notes = ("# Title <b>\n\nA paragraph with **bold** and `x < y`\ncontinued.\n\n## Findings\n"
+             "- first & item\n- second\n\n```\ncol1  col2 <raw>\n```\n### small\n")
+    page = render_notes(tmp_path, notes)
     assert "<b>" not in page.split('id="summary"')[1].split("</section>")[0]  # escaped, not markup
     p = Summary()
     p.feed(page)
@@ -74,12 +79,7 @@ def test_notes_nested_list_items(tmp_path):
     paragraph holding the literal "  - ")."""
     notes = ("- Most reward: **rkl** 0.1\n  - pairs that differ: none.\n  - pairs within: rkl vs js.\n"
              "- Most diversity: js\n  - one more\nAfter the list.\n")
-    (tmp_path / "n.md").write_text(notes)
-    (tmp_path / "e.json").write_text(json.dumps({"policies": [{"name": "p", "reward_mean": 0.1, "kl_seq_mean": 0.2}]}))
-    r = subprocess.run([FDPO, "report", "--eval", tmp_path / "e.json", "--notes", tmp_path / "n.md",
-                        "--out", tmp_path / "r.html"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    page = (tmp_path / "r.html").read_text()
+    page = render_notes(tmp_path, notes)
 
     class Tree(HTMLParser):
         """The summary's lists as [text, [sub-list, ...]] per item, and its paragraphs."""
