@@ -5,6 +5,7 @@
 #include <string.h>
 #include "cli/flags.h"
 #include "fdpo/core.h"
+#include "fdpo/io.h"
 
 static char norm(char c) { return c == '_' ? '-' : c; }
 
@@ -183,16 +184,15 @@ int flags_config_line(const char *flag, const char **file) {
     return 0;
 }
 
-/* s starts with the name of a file a checkpoint directory holds, then ':' */
+/* s starts with the name of a file a checkpoint directory holds (fdpo_checkpoint_file_kind),
+ * then ':' */
 static int is_checkpoint_file(const char *s) {
-    static const char *const names[] = {"config.json", "model.safetensors", "model.safetensors.index.json",
-                                        "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
-                                        "tokenizer_config.json", "vocab.json", "merges.txt", "fdpo_tokenizer.json"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        const size_t k = strlen(names[i]);
-        if (!strncmp(s, names[i], k) && s[k] == ':') return 1;
-    }
-    return 0;
+    char name[64];
+    const size_t k = strcspn(s, ":/");
+    if (s[k] != ':' || k >= sizeof name) return 0;
+    memcpy(name, s, k);
+    name[k] = 0;
+    return fdpo_checkpoint_file_kind(name) != 0;
 }
 
 const char *flags_error_origin(const char *msg, char *buf, size_t n) {
