@@ -76,19 +76,39 @@ run() { printf '+ %s\n' "$*" >&2; "$@"; }
 # tokens/s, ETA) rewritten in place; in a log (CI) the training commands stay --quiet.
 QUIET=--quiet; [ -t 2 ] && QUIET=
 # stage OUTPUT CMD...: run CMD unless OUTPUT.done exists. The stamp is written only after
-# CMD succeeded; without it OUTPUT is removed first, so a stage that was interrupted (e.g. a
-# pretrain that saved at Ctrl-C, online rounds, SACPO's stages) or whose stamp was deleted is
-# redone from the start, not reused: on an OUT left behind, fdpo online refuses to start
-# ("holds N completed round(s); pass --resume") and fdpo sacpo skips every stage it recorded.
+# CMD succeeded; OUTPUT.running marks a stage that started and has not finished. A stage that
+# was interrupted (Ctrl-C, a failure) continues where fdpo can continue it: fdpo online gets
+# --resume once OUTPUT holds a complete round, and fdpo sacpo, run again, skips the stages it
+# recorded and resumes the one that was cut. If that continuation fails (the settings changed
+# since, say), and for every other stage, OUTPUT is removed and the stage redone from the
+# start; a stage whose stamp was deleted (no .running) is redone from the start too.
 # A failed stage stops the demo. Each stage's wall time goes to RUN/timings.tsv.
 stage() {
   local out=$1; shift
   if [ -e "$out.done" ]; then printf '  (cached: %s)\n' "$out" >&2; return 0; fi
-  rm -rf "$out"
   local t=$(date +%s)
-  run "$@" || { printf 'run.sh: stage failed (exit %s): %s\n' "$?" "$*" >&2; exit 1; }
-  : > "$out.done"
+  if ! continue_stage "$out" "$@"; then
+    rm -rf "$out"; mkdir -p "$(dirname "$out")"; : > "$out.running"
+    run "$@" || { printf 'run.sh: stage failed (exit %s): %s\n' "$?" "$*" >&2; exit 1; }
+  fi
+  : > "$out.done"; rm -f "$out.running"
   printf '%s\t%s\n' "$(basename "$out")" "$(( $(date +%s) - t ))" >> "$RUN/timings.tsv"
+}
+# continue_stage OUTPUT CMD...: continue an interrupted stage where fdpo can (online: from a
+# complete round-0 on, since --resume refuses a directory without one; sacpo: from its record).
+# False when it cannot, or when the continuation failed.
+continue_stage() {
+  local out=$1; shift
+  [ -e "$out.running" ] || return 1
+  case $2 in
+    online) [ -d "$out/round-0" ] || return 1; set -- "$@" --resume ;;
+    sacpo) [ -e "$out/sacpo.json" ] || return 1 ;;
+    *) return 1 ;;
+  esac
+  printf '  (continuing the interrupted stage: %s)\n' "$out" >&2
+  run "$@" && return 0
+  printf 'run.sh: could not continue %s (exit %s); redoing it from the start\n' "$out" "$?" >&2
+  return 1
 }
 
 # par_stage OUTPUT CMD...: stage in the background, at most JOBS at once; par_wait: wait for

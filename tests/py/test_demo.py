@@ -72,22 +72,71 @@ def rerun_redoes(env, run, stages):
     return r.stderr
 
 
-def test_demo_redoes_an_interrupted_online_stage(micro_demo):
-    """An online stage interrupted after round 0 (its OUT holds round 0, no .done) is redone by the
-    next run: run.sh used to pass the OUT back to fdpo online, which refused it ("holds 1 completed
-    round(s); pass --resume"), so the demo stopped there until the directory was deleted by hand."""
+def interrupt_stage(run, st):
+    """What an interrupted stage leaves for the next run: its OUT, no .done stamp, a .running mark."""
+    (run / (st + ".done")).unlink()
+    (run / (st + ".running")).touch()
+
+
+def test_demo_continues_an_interrupted_online_stage(micro_demo):
+    """An online stage interrupted in round 1 (its OUT holds round 0, .running, no .done) is
+    continued by the next run with --resume: round 0 is kept as it is and round 1 comes out byte
+    for byte as the uninterrupted run's (docs/online.md: a resume equals the uninterrupted run).
+    Before, run.sh removed the OUT and trained round 0 again (and before that, passed the OUT back
+    without --resume, which fdpo online refused)."""
     env, run = micro_demo
     out = run / "online-rkl-b0.1"
-    # what a Ctrl-C in round 1 leaves: round 0 complete and recorded, round 1's pairs, no round-1, no stamp
-    (run / "online-rkl-b0.1.done").unlink()
+    whole = {f: (out / "round-1" / f).read_bytes() for f in ["model.safetensors", "config.json"]}
+    round0 = (out / "round-0" / "model.safetensors").stat().st_mtime_ns
+    # what a Ctrl-C in round 1 leaves: round 0 complete and recorded, no round-1, no stamp
+    interrupt_stage(run, "online-rkl-b0.1")
     shutil.rmtree(out / "round-1")
     metrics = out / "metrics.jsonl"
     metrics.write_text(metrics.read_text().splitlines(keepends=True)[0])
     log = rerun_redoes(env, run, ["online-rkl-b0.1"])
-    assert re.search(r"^\+ \S*fdpo online .*--out " + re.escape(str(out)) + "$", log, re.M)
-    rounds = [json.loads(l)["round"] for l in open(metrics)]
-    assert rounds == [0, 1]  # each round once, both there
-    assert (out / "round-1" / "model.safetensors").exists()
+    assert f"(continuing the interrupted stage: {out})" in log
+    assert re.search(r"^\+ \S*fdpo online .*--out " + re.escape(str(out)) + " --resume$", log, re.M)
+    assert "could not continue" not in log
+    assert (out / "round-0" / "model.safetensors").stat().st_mtime_ns == round0  # not trained again
+    assert {f: (out / "round-1" / f).read_bytes() for f in whole} == whole
+    assert [json.loads(l)["round"] for l in open(metrics)] == [0, 1]  # each round once, both there
+    assert not (run / "online-rkl-b0.1.running").exists()
+
+
+def test_demo_continues_an_interrupted_sacpo_stage(micro_demo):
+    """sacpo interrupted after its reward stage and first lambda: the next run reruns the same
+    command, which skips the recorded stages (their models untouched) and trains the
+    rest as the uninterrupted run did, byte for byte."""
+    env, run = micro_demo
+    out = run / "sacpo"
+    rec = json.loads((out / "sacpo.json").read_text())
+    kept, cut = rec["stages_done"][:2], rec["stages_done"][2:]
+    assert kept == ["reward", "lambda-0.03"] and cut, rec["stages_done"]
+    whole = {st: (out / st / "model.safetensors").read_bytes() for st in cut}
+    stamps = {st: (out / st / "model.safetensors").stat().st_mtime_ns for st in kept}
+    interrupt_stage(run, "sacpo")
+    for st in cut:
+        shutil.rmtree(out / st)
+    rec["stages_done"] = kept
+    (out / "sacpo.json").write_text(json.dumps(rec))
+    log = rerun_redoes(env, run, ["sacpo"])
+    assert f"(continuing the interrupted stage: {out})" in log and "could not continue" not in log
+    assert {st: (out / st / "model.safetensors").stat().st_mtime_ns for st in kept} == stamps
+    assert {st: (out / st / "model.safetensors").read_bytes() for st in cut} == whole
+
+
+def test_demo_redoes_an_interrupted_stage_it_cannot_continue(micro_demo):
+    """A continuation that fails (here round 0's weights are gone, so --resume cannot load them) is
+    said, and the stage is redone from the start: the demo does not stop on it."""
+    env, run = micro_demo
+    out = run / "online-rkl-b0.1"
+    whole = (out / "round-1" / "model.safetensors").read_bytes()
+    interrupt_stage(run, "online-rkl-b0.1")
+    (out / "round-0" / "model.safetensors").unlink()
+    shutil.rmtree(out / "round-1")
+    log = rerun_redoes(env, run, ["online-rkl-b0.1"])
+    assert f"run.sh: could not continue {out} (exit 1); redoing it from the start" in log
+    assert (out / "round-1" / "model.safetensors").read_bytes() == whole
 
 
 def test_demo_redoes_a_stage_whose_done_file_was_deleted(micro_demo):
