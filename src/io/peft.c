@@ -157,6 +157,23 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, unsupported[i]))) {
             fdpo_error("%s: %s is not supported", path, unsupported[i]); goto done;
         }
+    /* PiSSA, OLoRA, CorDA and LoftQ initialise the adapter from the base weights and change
+     * those: PEFT subtracts the adapter's initial product from the base when it loads such a
+     * file, so B·A added to the unchanged base is another model. PEFT's save_pretrained with
+     * path_initial_model_for_weight_conversion writes a plain adapter of the same model
+     * (init_lora_weights true). Kept: true and false, "gaussian" and "eva" (they set A and B only);
+     * any other value is refused as unknown. */
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(j, "init_lora_weights");
+    if (init && !cJSON_IsNull(init) && !cJSON_IsBool(init) &&
+        !(cJSON_IsString(init) && (!strcmp(init->valuestring, "gaussian") || !strcmp(init->valuestring, "eva")))) {
+        if (cJSON_IsString(init))
+            fdpo_error("%s: init_lora_weights \"%.64s\" is not supported (an initialisation that changes the base weights, "
+                       "or one fdpo does not know: convert the adapter to plain LoRA with PEFT's save_pretrained("
+                       "path_initial_model_for_weight_conversion=...))", path, init->valuestring);
+        else
+            fdpo_error("%s: init_lora_weights must be true, false or a string", path);
+        goto done;
+    }
     /* adapters on some layers only: fdpo adapts a module in every layer */
     static const char *const per_layer[] = {"layers_to_transform", "layers_pattern"};
     for (size_t i = 0; i < 2; i++) {

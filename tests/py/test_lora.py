@@ -718,7 +718,12 @@ def test_peft_files_from_python_load_and_dropout_gradients_are_consistent(tmp_pa
     for i, (key, val) in enumerate([("use_dora", True), ("rank_pattern", {"v_proj": 8}), ("bias", "all"),
                                     ("exclude_modules", ["model.layers.0.self_attn.v_proj"]),
                                     ("exclude_modules", ["1.mlp.down_proj"]), ("exclude_modules", ["mlp.down_proj"]),
-                                    ("exclude_modules", 5), ("exclude_modules", [5])]):
+                                    ("exclude_modules", 5), ("exclude_modules", [5]),
+                                    # PiSSA/OLoRA/CorDA/LoftQ change the base weights: PEFT subtracts the
+                                    # adapter's initial product from them on load (they were read as plain LoRA)
+                                    ("init_lora_weights", "pissa"), ("init_lora_weights", "pissa_niter_4"),
+                                    ("init_lora_weights", "olora"), ("init_lora_weights", "corda"),
+                                    ("init_lora_weights", "loftq"), ("init_lora_weights", 1)]):
         bad = write_peft(tmp_path / f"bad{i}", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"], extra={key: val})
         r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)
         assert r.returncode != 0 and key in r.stderr, r.stderr
@@ -742,6 +747,11 @@ def test_peft_files_from_python_load_and_dropout_gradients_are_consistent(tmp_pa
     plain = write_peft(tmp_path / "explain", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"])
     got = [fb(tmp_path / f"ex{k}.st", ad)["logits"] for k, ad in (("ok", ok), ("plain", plain))]
     assert np.array_equal(got[0], got[1])
+    # initialisations that set only A and B leave the base as it is: the same model as plain LoRA
+    for i, val in enumerate([True, False, "gaussian", "eva"]):
+        ad = write_peft(tmp_path / f"init{i}", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"],
+                        extra={"init_lora_weights": val})
+        assert np.array_equal(fb(tmp_path / f"init{i}.st", ad)["logits"], got[1]), val
 
 
 def test_peft_target_modules_forms_and_defaults(tmp_path):
