@@ -108,17 +108,28 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
         if (!cJSON_IsString(type) || strcmp(type->valuestring, "llama3"))
             return fdpo_error("%s: %s type '%.32s' is not supported (fdpo implements llama3 scaling or none)",
                               path, rs_name, cJSON_IsString(type) ? type->valuestring : "(missing)");
+        /* transformers requires all four for llama3 (_validate_llama3_parameters); defaults for
+         * the two frequency factors (1 and 4) were taken silently and written into saved configs */
+        static const char *const needed[] = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
+        for (size_t i = 0; i < sizeof needed / sizeof needed[0]; i++) {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(rs, needed[i]);
+            if (!v || cJSON_IsNull(v))
+                return fdpo_error("%s: %s: missing '%s' (llama3 scaling needs it)", path, rs_name, needed[i]);
+        }
         double orig = 0;
         rc = config_number(path, rs, "factor", 0, &c->rope_factor);
-        if (!rc) rc = config_number(path, rs, "low_freq_factor", 1, &c->rope_low_freq_factor);
-        if (!rc) rc = config_number(path, rs, "high_freq_factor", 4, &c->rope_high_freq_factor);
+        if (!rc) rc = config_number(path, rs, "low_freq_factor", 0, &c->rope_low_freq_factor);
+        if (!rc) rc = config_number(path, rs, "high_freq_factor", 0, &c->rope_high_freq_factor);
         if (!rc) rc = config_number(path, rs, "original_max_position_embeddings", 0, &orig);
-        c->rope_original_max_position = (size_t)orig;
         if (rc) return fdpo_error_context("%s", rs_name);   /* config_number names the key, not its object */
-        if (c->rope_factor == 0) return fdpo_error("%s: %s: missing 'factor'", path, rs_name);
-        /* transformers requires it for llama3: a default (8192) silently rescaled other models' frequencies */
-        if (orig == 0) return fdpo_error("%s: %s: missing 'original_max_position_embeddings' (llama3 scaling needs it)",
-                                         path, rs_name);
+        /* transformers only warns on these two, but the smoothing divides by high - low (NaN
+         * frequencies when equal) and a fractional context length would be cut here */
+        if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
+            return fdpo_error("%s: %s: high_freq_factor %g must be greater than low_freq_factor %g", path, rs_name,
+                              c->rope_high_freq_factor, c->rope_low_freq_factor);
+        if (!(orig >= 1 && orig <= 1e15 && orig == floor(orig)))
+            return fdpo_error("%s: %s: original_max_position_embeddings %g must be a whole number >= 1", path, rs_name, orig);
+        c->rope_original_max_position = (size_t)orig;
     }
     return rc;
 }
@@ -557,6 +568,9 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
                 break;
             }
             if (strcmp(f->name, "lm_head.weight")) continue;
+            /* a reward model has no LM head (tied or not): transformers' ...ForSequenceClassification
+             * leaves the tensor unused, and so does fdpo (it said "config.json ties them" when it said false) */
+            if (c.num_labels) continue;
             size_t n = c.vocab_size * c.n_embd;
             float *head = fdpo_malloc(n * sizeof(float));
             rc = fdpo_st_read_f32(&ss.files[fi], f, head, n);

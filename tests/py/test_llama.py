@@ -187,8 +187,24 @@ BAD = {
     "rope_theta_twice": (lambda d: edit_config(d, rope_scaling=None, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
                          ["rope_theta 500000 and rope_parameters.rope_theta 10000 differ"]),
     # transformers requires it for llama3; a default of 8192 rescaled other frequencies silently
-    "llama3_no_original": (lambda d: edit_config(d, rope_scaling={"rope_type": "llama3", "factor": 8.0}),
+    "llama3_no_original": (lambda d: edit_config(d, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                                  "high_freq_factor": 4.0}),
                            ["missing 'original_max_position_embeddings'"]),
+    # transformers' _validate_llama3_parameters requires the two frequency factors too (KeyError):
+    # defaults 1 and 4 were taken and written into saved configs
+    "llama3_no_low": (lambda d: edit_config(d, rope_scaling={"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0,
+                                                             "original_max_position_embeddings": 16}),
+                      ["rope_scaling: missing 'low_freq_factor'"]),
+    "llama3_no_high": (lambda d: edit_config(d, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                              "original_max_position_embeddings": 16}),
+                       ["rope_scaling: missing 'high_freq_factor'"]),
+    # the smoothing divides by high - low
+    "llama3_equal_factors": (lambda d: edit_config(d, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0,
+                                                                    "high_freq_factor": 2.0, "original_max_position_embeddings": 16}),
+                             ["high_freq_factor 2 must be greater than low_freq_factor 2"]),
+    "llama3_fractional_context": (lambda d: edit_config(d, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16.5}),
+                                  ["original_max_position_embeddings 16.5 must be a whole number"]),
     "gqa_not_dividing": (lambda d: edit_config(d, num_key_value_heads=4), ["num_key_value_heads 4"]),
     "act": (lambda d: edit_config(d, hidden_act="gelu"), ["hidden_act 'gelu'"]),
     "shape": (lambda d: edit_config(d, intermediate_size=50), ["mlp.gate_proj.weight", "[64,48]", "[50,48]"]),

@@ -363,6 +363,27 @@ def test_llama_rewards_and_gradients_match_pytorch(tmp_path, model_type, center,
         assert abs(llama_reward(m, s).item() - (m.hidden(s)[-1] @ m.p["score.weight"][0]).item()) > 1e-3
 
 
+def test_llama_rm_file_with_a_leftover_lm_head_scores_like_transformers(tmp_path):
+    """An untied LlamaForSequenceClassification file that still carries the LM's lm_head.weight
+    (a converted checkpoint): transformers leaves the tensor unused, and so does fdpo. It was
+    refused with "differs from the token embedding, but config.json ties them" (it says false)."""
+    m = llama_rm(33)
+    assert not m.cfg.get("tie_word_embeddings", False)
+    m.save_hf(str(tmp_path / "rm"))
+    save_byte_tokenizer(str(tmp_path / "rm"))
+    tensors, meta = st.load(str(tmp_path / "rm" / "model.safetensors"))
+    tensors["lm_head.weight"] = np.random.default_rng(0).standard_normal(
+        (LLAMA["vocab_size"], LLAMA["hidden_size"])).astype(np.float32)
+    st.save(str(tmp_path / "rm" / "model.safetensors"), tensors, meta)
+    write_jsonl(tmp_path / "pairs.jsonl", LLAMA_ROWS)
+    harness("rm-grad", "--model", tmp_path / "rm", "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "out")
+    res = json.loads((tmp_path / "out" / "result.json").read_text())
+    with torch.no_grad():
+        want = [[llama_reward(m, seq(P, C)).item(), llama_reward(m, seq(P, R)).item()]
+                for P, C, R in map(tokenize_pair, LLAMA_ROWS)]
+    assert np.max(np.abs(np.array(res["rewards"]) - np.array(want))) < 1e-5
+
+
 def test_llama_rm_trains_saves_and_scores_like_transformers_layout(tmp_path):
     """fdpo rm on a Llama LM: the saved LlamaForSequenceClassification (score.weight, no
     lm_head, the LM's backbone trained on) loads in the reference, and rm:DIR gives the
