@@ -168,6 +168,11 @@ void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fi
 /* The saved path to restore and compare on --resume: KEY.resolved while it names a file (the
  * file the run used), else the typed path (a moved project). */
 const char *fdpo_settings_path_to_use(const fdpo_settings *saved, const char *key, const char *typed);
+/* After fdpo_settings_check_resume passed: each path in now that names the saved run's file
+ * under another spelling takes the saved typed spelling back, with where it resolves now. A
+ * resume fills an omitted path flag with the resolved path; recorded as typed, that lost the
+ * typed spelling, and a moved project could no longer resume after one resume. */
+void fdpo_settings_keep_typed_paths(fdpo_settings *now, const fdpo_settings *saved);
 /* The one rule for "the same path setting" (every trainer's training_state.json and online
  * rounds' online.json): when both exist, the same file after realpath (R, ./R and /abs/R are
  * one run); otherwise the same text. */

@@ -81,6 +81,33 @@ const char *fdpo_settings_path_to_use(const fdpo_settings *saved, const char *ke
     return r->str;
 }
 
+void fdpo_settings_keep_typed_paths(fdpo_settings *now, const fdpo_settings *saved) {
+    for (size_t i = 0; i < now->n; i++) {
+        const fdpo_setting *x = &now->v[i], *was = fdpo_settings_find(saved, x->key);
+        if (!x->path || x->type != FDPO_SETTING_STR || !was || was->type != FDPO_SETTING_STR || !strcmp(x->str, was->str) ||
+            !fdpo_settings_same_path(fdpo_settings_path_to_use(saved, x->key, was->str), x->str))
+            continue;   /* as typed before, or another file (a flag that may change) */
+        char *real = realpath(x->str, NULL), *key = fdpo_strdup(x->key), rkey[96];
+        const int fixed = x->fixed;
+        fdpo_settings_str(now, key, was->str, fixed);   /* in place: entry i */
+        now->v[i].path = 1;
+        resolved_key(key, rkey, sizeof rkey);
+        if (real && strcmp(real, was->str)) {
+            const size_t n = now->n;
+            fdpo_settings_str(now, rkey, real, 0);
+            if (now->n > n) {   /* new: beside its path, where fdpo_settings_path puts it (the same bytes) */
+                const fdpo_setting r = now->v[n];
+                memmove(&now->v[i + 2], &now->v[i + 1], (n - i - 1) * sizeof *now->v);
+                now->v[i + 1] = r;
+            }
+        } else {
+            fdpo_settings_remove(now, (const char *const[]){rkey, NULL});   /* after entry i */
+        }
+        free(real);
+        free(key);
+    }
+}
+
 int fdpo_settings_same_path(const char *a, const char *b) {
     if (!strcmp(a, b)) return 1;
     char *ra = realpath(a, NULL), *rb = ra ? realpath(b, NULL) : NULL;

@@ -413,7 +413,9 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         }
         /* a run that started from --model recorded no random-init architecture: keep it so */
         if (!fdpo_settings_find(&s->settings, "arch")) fdpo_settings_remove(&now, ARCH_SETTINGS);
-        /* from now on the state records this session's values (a new --save-every sticks) */
+        /* from now on the state records this session's values (a new --save-every sticks),
+         * paths as the run first typed them */
+        fdpo_settings_keep_typed_paths(&now, &s->settings);
         fdpo_settings_free(&s->settings);
         s->settings = now;
         now = (fdpo_settings){0};

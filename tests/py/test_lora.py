@@ -471,6 +471,39 @@ def test_a_lora_run_resumes_from_another_directory(tmp_path):
     resume(tmp_path / "moved", "split-c", "--data", "sft.jsonl", "--model", "base")             # the project moved
 
 
+def test_a_resumed_run_keeps_its_typed_paths_so_a_moved_project_resumes_again(tmp_path):
+    """A resume fills an omitted --model with where it resolved; the state recorded that as the
+    typed path and dropped model.resolved, so after one resume a moved project could not
+    resume ("--model /old/proj/base (the LoRA base): ...: cannot open"; --model base given was
+    refused as another model). The state now keeps "base" as typed: after the resume it is the
+    uninterrupted run's settings (their order too), and after a move the run resumes and ends
+    as the uninterrupted one."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    make_gpt2(proj / "base")
+    write_jsonl(proj / "sft.jsonl", sft_rows())
+    common = ["--model", "base", "--data", "sft.jsonl", "--steps", 6, "--lr", "1e-2", "--batch-size", 4, "--seq-len", 32,
+              "--threads", 1, "--eval-every", 0, "--quiet", "--lora-r", 2]
+    run = lambda cwd, *a: subprocess.run([FDPO, "sft", *map(str, a)], cwd=cwd, capture_output=True, text=True, timeout=300)
+    for out, extra in (("full", []), ("split", ["--stop-at", 2])):
+        r = run(proj, *common, "--out", out, *extra)
+        assert r.returncode == 0, r.stderr
+    r = run(proj, "--out", "split", "--resume", "--data", "sft.jsonl", "--quiet", "--stop-at", 4)   # --model restored
+    assert r.returncode == 0, r.stderr
+    state = json.loads((proj / "split" / "training_state.json").read_text())
+    assert state["settings"]["model"] == "base" and state["settings"]["model.resolved"] == str((proj / "base").resolve())
+    full_state = json.loads((proj / "full" / "training_state.json").read_text())
+    assert list(state["settings"].items()) == list(full_state["settings"].items())
+    shutil.copytree(proj, tmp_path / "moved")
+    shutil.rmtree(proj)
+    r = run(tmp_path / "moved", "--out", "split", "--resume", "--data", "sft.jsonl", "--quiet")
+    assert r.returncode == 0, r.stderr
+    f = "adapter_model.safetensors"
+    assert (tmp_path / "moved" / "split" / f).read_bytes() == (tmp_path / "moved" / "full" / f).read_bytes()
+    state = json.loads((tmp_path / "moved" / "split" / "training_state.json").read_text())["settings"]
+    assert state["model"] == "base" and state["model.resolved"] == str((tmp_path / "moved" / "base").resolve())
+
+
 def test_a_resume_from_a_directory_with_another_file_of_that_name_keeps_the_runs(tmp_path):
     """started in projA with --model pol; resumed from projB, which has a pol of its own: the
     typed path named projB/pol there and steps 3-4 trained the adapters on it, while the
