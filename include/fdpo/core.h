@@ -192,6 +192,10 @@ int fdpo_dir_locked(const char *dir);
  * FILE.tmp.PID files (fdpo_remove_stale_tmp_of). */
 int fdpo_out_file_claim(const char *path, const char *flag);
 void fdpo_out_file_release(const char *path);
+/* What exit does for this process's locks, for a caller that ends by a signal instead (the
+ * CLI's SIGINT/SIGTERM path, which skips atexit): each lock file that guards nothing (an
+ * output file's, an empty run directory's) is removed; a directory's that holds files stays. */
+void fdpo_locks_release_unused(void);
 /* Remove DIR/NAME.tmp.PID files (fdpo_atomic_open's temp names) whose writer PID is no
  * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. */
 long fdpo_remove_stale_tmp(const char *dir);

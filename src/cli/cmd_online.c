@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "cli/commands.h"
 #include "cli/online_flags.h"
 #include "cli/train_flags.h"
@@ -15,6 +16,11 @@
 static const char *const NOT_FOR_ONLINE[] = {"model", "tokenizer", "chat-template", "n-layer", "n-head", "n-embd", "n-positions",
                                              "arch", "n-kv-head", "intermediate-size", "rope-theta", "tie-word-embeddings",
                                              "seq-len", "eval-fraction", "eval-every", NULL};   /* no held-out set: nothing to eval */
+
+/* rounds mode's line when a signal ends fdpo, by what OUT holds then: with no complete round
+ * there is nothing for --resume (it refuses the directory), so the line says so */
+static struct { char kept[1024], none[1024], round0[4200]; } g_notes;
+static const char *online_end_note(void) { return access(g_notes.round0, F_OK) == 0 ? g_notes.kept : g_notes.none; }
 
 int cmd_online(int argc, char **argv) {
     static const char usage[] =
@@ -91,10 +97,12 @@ int cmd_online(int argc, char **argv) {
         if (o.dpo.train.resume) { fdpo_error("--resume: %s holds a --mode step run (pass --mode step)", o.out); goto done; }
         /* a signal kills a running reward program (the round then fails, "interrupted") or
          * ends fdpo saying what is kept; either way the complete rounds stay */
-        static char note[600];
-        snprintf(note, sizeof note, "fdpo online: interrupted: the complete rounds in %s are kept (the same command with "
-                 "--resume continues after the last one)", o.out);
-        interrupts_set_end_note(note);
+        snprintf(g_notes.kept, sizeof g_notes.kept, "fdpo online: interrupted: the complete rounds in %s are kept (the "
+                 "same command with --resume continues after the last one)", o.out);
+        snprintf(g_notes.none, sizeof g_notes.none, "fdpo online: interrupted before round 0 completed: %s holds no round "
+                 "to resume (the same command without --resume starts the run again)", o.out);
+        snprintf(g_notes.round0, sizeof g_notes.round0, "%s/round-0", o.out);
+        interrupts_set_end_note(online_end_note);
         interrupts_set(INTERRUPT_KILL_REWARD);
         rc = fdpo_online_run(&o);
         interrupts_set_end_note(NULL);   /* the run is over: a signal now ends fdpo without it */

@@ -12,14 +12,15 @@
 
 static atomic_int g_action = INTERRUPT_END;
 static sigset_t g_stop_signals;
-static _Atomic(const char *) g_end_note;
+static _Atomic(interrupt_end_note) g_end_note;
 
 /* The signal's default action, which ends the process: this thread alone unblocks it. A
  * reward program still running is killed first (its process group is not fdpo's, so it would
  * outlive fdpo), and the command's note, if any, says what is kept. */
 static void end_by(int sig) {
     fdpo_reward_kill_all();
-    const char *note = atomic_load(&g_end_note);
+    const interrupt_end_note note_of = atomic_load(&g_end_note);
+    const char *note = note_of ? note_of() : NULL;
     /* straight to fd 2, and only if it takes the line now: stdio's lock may be held by a
      * thread blocked writing to a full stderr pipe, and a signal must still end fdpo */
     struct pollfd err = {.fd = 2, .events = POLLOUT};
@@ -28,6 +29,7 @@ static void end_by(int sig) {
         int n = snprintf(line, sizeof line, "%s\n", note);
         if (n > 0) (void)!write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
     }
+    fdpo_locks_release_unused();   /* what exit would do: an output file's FILE.lock went on after the signal */
     sigset_t one;
     sigemptyset(&one);
     sigaddset(&one, sig);
@@ -74,4 +76,4 @@ void interrupts_start(void) {
 
 void interrupts_set(interrupt_action action) { atomic_store(&g_action, action); }
 
-void interrupts_set_end_note(const char *line) { atomic_store(&g_end_note, line); }
+void interrupts_set_end_note(interrupt_end_note note) { atomic_store(&g_end_note, note); }

@@ -22,7 +22,8 @@ typedef enum {
 /* First thing in main (after the OpenMP re-exec), before any thread exists. */
 void interrupts_start(void);
 void interrupts_set(interrupt_action action);
-/* A line fdpo prints on stderr when a signal ends it (what is kept, how to go on); line must
- * outlive the command. */
-void interrupts_set_end_note(const char *line);
+/* The line fdpo prints on stderr when a signal ends it (what is kept, how to go on): asked of
+ * note at that moment, so it can say what is there then; NULL, or a NULL line: none. */
+typedef const char *(*interrupt_end_note)(void);
+void interrupts_set_end_note(interrupt_end_note note);
 #endif

@@ -93,11 +93,12 @@ static void remove_if_unused(int i) {
     remove_made(g_held[i].made_parents, g_held[i].n_made_parents);   /* and the directories made for it */
 }
 
-/* At exit, the locks a failed run did not release (remove_if_unused). */
-static void release_at_exit(void) {
+/* At exit (or at the end by a signal), the locks a failed run did not release (remove_if_unused). */
+void fdpo_locks_release_unused(void) {
     for (int i = 0; i < MAX_HELD; i++)
         if (g_held[i].dir && g_held[i].owner == getpid()) remove_if_unused(i);
 }
+static void release_at_exit(void) { fdpo_locks_release_unused(); }
 
 static int pid_alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
 

@@ -192,21 +192,24 @@ def test_failing_reward_keeps_the_last_round_and_resume_continues(setup, tmp_pat
     assert (out / "round-1" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("when", ["reward", "training"])
+@pytest.mark.parametrize("when", ["reward", "training", "training-1"])
 def test_sigint_in_rounds_mode_keeps_the_complete_rounds_and_says_so(setup, tmp_path, when):
     """SIGINT to fdpo alone (as a scheduler or `kill` sends it) in rounds mode. While the reward
     program of round 1 runs, its process group is killed and the round fails "interrupted"
     (exit 1; the program outlived fdpo before, in a group of its own). While round 0 trains,
     fdpo ends by the signal and its last line says what is kept and how to go on (it ended
-    without a word)."""
+    without a word): with round 0 complete (training-1), --resume; before it, that there is
+    nothing to resume (it named --resume, which then refused the directory)."""
     import signal
     import time
     calls, pgid_file, trained = tmp_path / "calls", tmp_path / "pgid", tmp_path / "scored"
     hang = f"cut -d' ' -f5 /proc/$$/stat > {pgid_file}.tmp && mv {pgid_file}.tmp {pgid_file}; sleep 60"
     prog = tmp_path / "reward.sh"
+    # training-1: round 0's rewards all tie (no pairs: it completes untrained), round 1 trains
+    first = f"if [ \"$n\" = 0 ]; then sed 's/.*/0/'; exit 0; fi\n" if when == "training-1" else \
+            f"if [ \"$n\" -ge 1 ]; then {hang}; fi\n"
     prog.write_text(f"#!/bin/sh\nn=$(cat {calls} 2>/dev/null || echo 0); echo $((n + 1)) > {calls}\n"
-                    f"if [ \"$n\" -ge 1 ]; then {hang}; fi\n"
-                    f"/usr/bin/python3 {setup / 'letters.py'}\ntouch {trained}\n")
+                    f"{first}/usr/bin/python3 {setup / 'letters.py'}\ntouch {trained}\n")
     prog.chmod(0o755)
     out = tmp_path / "o"
     epochs = 4 if when == "reward" else 2000   # "training": round 0 trains far longer than the test waits
@@ -219,8 +222,8 @@ def test_sigint_in_rounds_mode_keeps_the_complete_rounds_and_says_so(setup, tmp_
     while not wait_for.exists():
         assert p.poll() is None and time.monotonic() < deadline, p.communicate()
         time.sleep(0.02)
-    if when == "training":
-        time.sleep(0.5)   # the program has ended; fdpo is past its output, training round 0
+    if when != "reward":
+        time.sleep(0.5)   # the program has ended; fdpo is past its output, training round 0 (or 1)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     note = f"fdpo online: interrupted: the complete rounds in {out} are kept (the same command with --resume " \
@@ -233,8 +236,15 @@ def test_sigint_in_rounds_mode_keeps_the_complete_rounds_and_says_so(setup, tmp_
         while _live_members(pgid) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert _live_members(pgid) == []
-    else:
+    elif when == "training-1":
         assert p.returncode == -signal.SIGINT and err.endswith(note), err
+        assert (out / "round-0").is_dir() and not (out / "round-1").exists()
+    else:
+        # round 0 was not complete: nothing for --resume, which refuses such a directory (the
+        # line named "--resume" here too)
+        none = f"fdpo online: interrupted before round 0 completed: {out} holds no round to resume (the same command " \
+               "without --resume starts the run again)\n"
+        assert p.returncode == -signal.SIGINT and err.endswith(none), err
         assert not (out / "round-0").exists()
 
 

@@ -262,6 +262,32 @@ def test_a_failed_run_releases_the_file(d, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_run_ended_by_a_signal_releases_the_file(d, tmp_path, sig):
+    """generate ended by SIGINT/SIGTERM (it ends by the signal): the file it would have replaced
+    is as it was and FILE.lock is gone (docs/eval.md: removed when the command ends). The lock
+    stayed, since ending by a signal skipped the exit-time release."""
+    import signal
+    import subprocess
+    import time
+    from dpo_common import FDPO
+    out = tmp_path / "g.jsonl"
+    out.write_text("old\n")
+    (tmp_path / "many.txt").write_text("".join(f"prompt {i}:\n" for i in range(4000)))
+    p = subprocess.Popen([str(a) for a in [FDPO, "generate", "--model", d / "m", "--data", tmp_path / "many.txt", "--n", 4,
+                                           "--max-new-tokens", 12, "--out", out, "--threads", 1]],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "g.jsonl.lock").exists():
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.01)
+    time.sleep(0.3)   # sampling
+    p.send_signal(getattr(signal, sig))
+    p.communicate(timeout=60)
+    assert p.returncode == -getattr(signal, sig)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["g.jsonl", "many.txt"] and out.read_text() == "old\n"
+
+
 @pytest.mark.parametrize("case", ["eval", "lab"])
 def test_two_outputs_of_one_run_on_one_file_are_refused(d, tmp_path, case):
     """Two outputs of one run naming the same file (the later write would replace the
