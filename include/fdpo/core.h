@@ -225,8 +225,11 @@ void fdpo_json_add_whole(struct cJSON *obj, const char *key, long long v);
  * "unexpected text after the JSON object at column C" (a second object on the line would be
  * dropped silently) or "expected a JSON object", followed by expect when not NULL (the fields
  * the format wants, as {"prompt", "chosen", "rejected"}) and ", got an array" (a string, a
- * number, a boolean, null) for a value that is not an object.
- * Columns count bytes from 1. The one parser of a JSONL line for every JSONL reader:
+ * number, a boolean, null) for a value that is not an object; "invalid JSON: the number '01'
+ * at column C has a leading zero" for a number outside JSON's grammar (01, 0., 1.e5: cJSON
+ * reads them with strtod, Python's json refuses them); a raw control character; a key twice.
+ * Columns count bytes from 1; a text of several lines (a --lexicon file) is named by the line
+ * and column where it goes wrong. The one parser of a JSONL line for every JSONL reader:
  * preference, SFT, prompts, unpaired (KTO), scored samples, tokenize --jsonl-field, and
  * report's metrics.jsonl and samples (which warn with the message and skip the line). */
 struct cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect);

@@ -32,13 +32,16 @@ typedef struct {
 typedef struct {
     fdpo_unpaired_example *ex;
     size_t n;
-    size_t lines, desirable, undesirable, conversational;
-    size_t truncated, skipped_empty, skipped_too_long;
+    size_t desirable, undesirable;
+    fdpo_pref_summary summary;   /* a preference file's (unpaired set): lines, examples kept, truncated, skipped */
 } fdpo_unpaired_set;
 
 /* Errors name FILE:LINE and the field: invalid JSON, a missing/non-boolean label, a missing
  * prompt or completion, bad messages; an empty completion or one too long follow
- * opt->on_bad / opt->on_long as for pairs (skips are counted). */
+ * opt->on_bad / opt->on_long as for pairs (skips are counted, with the first line of each
+ * reason, in summary: fdpo_pref_summary_log and fdpo_pref_summary_json report it as for
+ * pairs). With no example left, the error counts lines read and skipped by reason
+ * (fdpo_pref_none_usable). */
 int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_pref_options *opt,
                        fdpo_unpaired_set *out);
 void fdpo_unpaired_free(fdpo_unpaired_set *s);

@@ -72,7 +72,14 @@ typedef struct {
     size_t skipped_too_long;       /* on_long = skip */
     size_t skipped_identical_after_truncation;
     size_t first_skip_line[4];     /* first line of each skip reason above (0 = none) */
+    int unpaired;                  /* KTO's examples (fdpo_unpaired_load): "pairs" counts examples, one
+                                    * completion each, so no identical ones; messages say "examples" */
 } fdpo_pref_summary;
+
+/* The skip reasons, first_skip_line's order. */
+enum { FDPO_SKIP_EMPTY, FDPO_SKIP_IDENTICAL, FDPO_SKIP_LONG, FDPO_SKIP_IDENTICAL_TRUNC };
+/* Count one skipped pair (example) of line for reason why. */
+void fdpo_pref_count_skip(fdpo_pref_summary *s, int why, size_t line);
 
 typedef struct {
     fdpo_pref_pair *pairs;
@@ -87,8 +94,19 @@ int fdpo_pref_load(const char *path, const fdpo_tokenizer *tok, const fdpo_pref_
 int fdpo_pref_parse(const char *name, const char *text, size_t len, const fdpo_tokenizer *tok,
                     const fdpo_pref_options *opt, fdpo_pref_set *out);
 void fdpo_pref_free(fdpo_pref_set *s);
+/* The error when nothing is left (returns -1): "NAME: no usable preference pairs (L lines
+ * read, K skipped: ...)" with the count of each reason (an unpaired summary: "no usable
+ * examples"). */
+int fdpo_pref_none_usable(const char *name, const fdpo_pref_summary *s, const fdpo_pref_options *opt);
 /* Summary as one JSON object (malloc'd). */
 char *fdpo_pref_summary_json(const fdpo_pref_summary *s);
+/* A run's data_summary.json (dpo, kto): {"data": the training file's summary, "eval_data":
+ * --eval-file's (eval NULL: none), "train_pairs", "eval_pairs" ("train_examples",
+ * "eval_examples" for an unpaired summary), "max_length", "max_prompt_length"}; the caller
+ * adds its own keys and deletes it. */
+struct cJSON;
+struct cJSON *fdpo_pref_data_summary(const fdpo_pref_summary *train, const fdpo_pref_summary *eval, size_t n_train,
+                                     size_t n_eval, const fdpo_pref_options *opt);
 /* The summary as log lines through the hook (counts, then the first line skipped per reason). */
 void fdpo_pref_summary_log(const char *name, const fdpo_pref_summary *s);
 /* Seeded split (fdpo_data_split of data.h): round(fraction * n) pairs, at least 1 when

@@ -5,6 +5,7 @@
 #include <string.h>
 #include "fdpo/chat.h"
 #include "fdpo/core.h"
+#include "data/jsonl.h"
 
 static const char *const NAMES[] = {"plain", "chatml", "llama3", "zephyr"};
 
@@ -388,6 +389,14 @@ int fdpo_chat_parse_conversation(const char *text, const char *field, cJSON **ou
     for (const cJSON *e = is ? list->child : NULL; e && is; e = e->next)
         is = cJSON_IsObject(e) && cJSON_GetObjectItemCaseSensitive(e, "role");
     if (!is) { cJSON_Delete(list); return 0; }
+    /* refused as in a JSONL line (fdpo_jsonl_parse_object): cJSON's lookups read the first
+     * copy, Python's json the last */
+    const char *dup = fdpo_json_duplicate_key(list);
+    if (dup) {
+        fdpo_error("%s: key \"%.64s\" appears twice in one object (readers differ on which one counts)", field, dup);
+        cJSON_Delete(list);
+        return -1;
+    }
     if (fdpo_chat_check_prompt(list, field, text)) { cJSON_Delete(list); return -1; }
     *out = list;
     return 1;

@@ -16,15 +16,13 @@ static int cmp_key(const void *a, const void *b) {
     return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
 }
 
-/* A key that one object of j (at any depth; the innermost such object, first in sorted order)
- * holds twice, or NULL. cJSON keeps both
- * and its lookups return the first; Python's json, and so a datasets/TRL pipeline, keeps the
- * last: the same line would be another record there. */
-static const char *duplicate_key(const cJSON *j) {
+/* cJSON keeps both copies of a key and its lookups return the first; Python's json, and so a
+ * datasets/TRL pipeline, keeps the last: the same line would be another record there. */
+const char *fdpo_json_duplicate_key(const cJSON *j) {
     if (!cJSON_IsObject(j) && !cJSON_IsArray(j)) return NULL;
     size_t n = 0;
     for (const cJSON *e = j->child; e; e = e->next) {
-        const char *d = duplicate_key(e);
+        const char *d = fdpo_json_duplicate_key(e);
         if (d) return d;
         n++;
     }
@@ -59,27 +57,91 @@ static size_t raw_control(const char *line, size_t n, int *in_string) {
     return n;
 }
 
+size_t fdpo_json_next_number(const char *s, size_t n, size_t from, size_t *len) {
+    int in = 0;
+    for (size_t i = from; i < n; i++) {
+        char c = s[i];
+        if (in) {
+            if (c == '"') in = 0;
+            else if (c == '\\') i++;
+        } else if (c == '"') in = 1;
+        else if (c == '-' || (c >= '0' && c <= '9')) {
+            size_t k = i;
+            while (k < n && s[k] && strchr("0123456789+-.eE", s[k])) k++;   /* what cJSON hands strtod */
+            *len = k - i;
+            return i;
+        }
+    }
+    return n;
+}
+
+/* What RFC 8259's number grammar, -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, finds wrong
+ * with t[0..n), or NULL. cJSON reads numbers with strtod, which also takes 01, 0. and 1.e5;
+ * Python's json, and so a datasets/TRL pipeline, refuses the line. */
+static const char *bad_number(const char *t, size_t n) {
+#define DIGIT(k) ((k) < n && t[k] >= '0' && t[k] <= '9')
+    size_t i = t[0] == '-';
+    if (!DIGIT(i)) return "no digit before the first non-digit";
+    if (t[i] == '0' && DIGIT(i + 1)) return "a leading zero";
+    while (DIGIT(i)) i++;
+    if (i < n && t[i] == '.') {
+        i++;
+        if (!DIGIT(i)) return "no digit after the '.'";
+        while (DIGIT(i)) i++;
+    }
+    if (i < n && (t[i] == 'e' || t[i] == 'E')) {
+        i++;
+        if (i < n && (t[i] == '+' || t[i] == '-')) i++;
+        if (!DIGIT(i)) return "no digit in its exponent";
+        while (DIGIT(i)) i++;
+    }
+    return i < n ? "text after its digits" : NULL;
+#undef DIGIT
+}
+
+/* The line and column (bytes, from 1) of text[off], text starting on line line_no: a JSONL
+ * line has no newline, a whole file (a --lexicon) has many. */
+static size_t line_col(const char *text, size_t off, size_t line_no, size_t *col) {
+    size_t start = 0;
+    for (size_t i = 0; i < off; i++)
+        if (text[i] == '\n') { line_no++; start = i + 1; }
+    *col = off - start + 1;
+    return line_no;
+}
+
 cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
     int in_string = 0;
-    size_t ctl = raw_control(line, n, &in_string);
+    size_t col, ctl = raw_control(line, n, &in_string);
     if (ctl < n) {
-        fdpo_error("%s:%zu: invalid JSON: a raw control character (U+%04X) %s at column %zu%s", path, line_no,
-                   (unsigned)(unsigned char)line[ctl], in_string ? "inside a string" : "between values", ctl + 1,
+        size_t ln = line_col(line, ctl, line_no, &col);
+        fdpo_error("%s:%zu: invalid JSON: a raw control character (U+%04X) %s at column %zu%s", path, ln,
+                   (unsigned)(unsigned char)line[ctl], in_string ? "inside a string" : "between values", col,
                    in_string ? " (JSON needs it escaped, as \\t or \\u00XX)" : "");
         return NULL;
     }
     const char *end = NULL;
     cJSON *obj = cJSON_ParseWithLengthOpts(line, n, &end, 0);
     if (!obj) {
-        size_t col = end && end >= line ? (size_t)(end - line) + 1 : 1;
-        fdpo_error("%s:%zu: invalid JSON near column %zu", path, line_no, col);
+        size_t ln = line_col(line, end && end >= line && end <= line + n ? (size_t)(end - line) : 0, line_no, &col);
+        fdpo_error("%s:%zu: invalid JSON near column %zu", path, ln, col);
         return NULL;
     }
     size_t used = end && end >= line ? (size_t)(end - line) : n;
     while (used < n && (line[used] == ' ' || line[used] == '\t' || line[used] == '\r' || line[used] == '\n')) used++;
     if (used < n) {
         cJSON_Delete(obj);
-        fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", path, line_no, used + 1);
+        size_t ln = line_col(line, used, line_no, &col);
+        fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", path, ln, col);
+        return NULL;
+    }
+    size_t len = 0;
+    for (size_t at = fdpo_json_next_number(line, n, 0, &len); at < n; at = fdpo_json_next_number(line, n, at + len, &len)) {
+        const char *why = bad_number(line + at, len);
+        if (!why) continue;
+        size_t ln = line_col(line, at, line_no, &col);
+        fdpo_error("%s:%zu: invalid JSON: the number '%.*s' at column %zu has %s (not a JSON number: Python's "
+                   "json refuses the line)", path, ln, (int)(len > 40 ? 40 : len), line + at, col, why);
+        cJSON_Delete(obj);
         return NULL;
     }
     if (!cJSON_IsObject(obj)) {
@@ -88,7 +150,7 @@ cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *lin
         cJSON_Delete(obj);
         return NULL;
     }
-    const char *dup = duplicate_key(obj);
+    const char *dup = fdpo_json_duplicate_key(obj);
     if (dup) {
         fdpo_error("%s:%zu: key \"%.64s\" appears twice in one object (readers differ on which one counts)", path,
                    line_no, dup);

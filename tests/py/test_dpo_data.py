@@ -119,6 +119,10 @@ BAD = [
      "prompt[0].role is 'tool'; expected system, user or assistant"),
     (r'{"prompt": "[{\"role\":\"user\",\"content\":\"h\\u0000i\"}]", "chosen": "a", "rejected": "b"}', 1,
      "field 'prompt[0].content' contains a NUL character"),
+    # a key twice in a prompt string's messages: refused as in the list form (cJSON's lookup read
+    # the first "content", Python's json.loads of the string the last)
+    (r'{"prompt": "[{\"role\":\"user\",\"content\":\"a\",\"content\":\"b\"}]", "chosen": "x", "rejected": "y"}', 1,
+     'prompt: key "content" appears twice in one object (readers differ on which one counts)'),
     # TRL refuses a prompt that ends with a system message ("Invalid role in the last message")
     ('{"prompt": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}], '
      '"chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}', 1,
@@ -159,6 +163,21 @@ def test_bad_lines_name_file_and_line(tmp_path, text, line, msg):
     r = harness("dpo-data", "--data", p, check=False)
     assert r.returncode != 0
     assert f"{p}:{line}:" in r.stderr and msg in r.stderr, r.stderr
+
+
+def test_a_conversation_kept_as_text_with_a_key_twice_is_refused(tmp_path):
+    """A plain-text prompt line that is a conversation's JSON text is refused when a message
+    holds a key twice, as the JSONL list form is (docs/dpo.md: at any depth): fdpo rendered the
+    first "content", Python's json keeps the last."""
+    text = '[{"role":"user","content":"a","content":"b"}]'
+    assert json.loads(text) == [{"role": "user", "content": "b"}]
+    p = tmp_path / "p.txt"
+    p.write_text(text + "\n")
+    r = harness("data-chat-prompts", "byte", "plain", p, check=False)
+    assert r.returncode != 0 and f'{p}:1: prompt: key "content" appears twice in one object' in r.stderr, r.stdout + r.stderr
+    p.write_text('[{"role":"user","content":"a"}]\n')   # the same without the second key renders
+    r = harness("data-chat-prompts", "byte", "plain", p)
+    assert json.loads(r.stdout)["ids"] == [list(b"<|user|>\na\n<|assistant|>\n")]
 
 
 def test_other_columns_named_like_prompt_keep_the_implicit_prompt(tmp_path):
@@ -401,6 +420,15 @@ def _line_cases(good, expect):
         (good[:-1] + ', "prompt": "z"}', 'key "prompt" appears twice in one object (readers differ on which one counts)'),
         ('{"prompt": [{"role": "user", "role": "assistant", "content": "x"}]}',
          'key "role" appears twice in one object (readers differ on which one counts)'),
+    ] + [
+        # numbers outside JSON's grammar (cJSON reads them with strtod; Python's json refuses
+        # the line, checked in the test), at any depth
+        (good[:-1] + f', "n": {num}}}', f"invalid JSON: the number '{tok}' at column {n + len(pre)} has {why} "
+         "(not a JSON number: Python's json refuses the line)")
+        for num, tok, pre, why in [("01", "01", ', "n": ', "a leading zero"),
+                                   ("-01.5", "-01.5", ', "n": ', "a leading zero"),
+                                   ("[1, 0.]", "0.", ', "n": [1, ', "no digit after the '.'"),
+                                   ('{"w": 1.e5}', "1.e5", ', "n": {"w": ', "no digit after the '.'")]
     ]
 
 
@@ -412,7 +440,20 @@ def test_every_jsonl_reader_refuses_a_bad_line_the_same_way(tmp_path, reader):
     followed the object)."""
     good, expect, run = JSONL_READERS[reader]
     for bad, msg in _line_cases(good, expect):
+        if "the number" in msg:
+            with pytest.raises(ValueError):
+                json.loads(bad)
         p = tmp_path / "d.jsonl"
         p.write_text(good + "\n" + bad + "\n")
         r = run(tmp_path, p)
         assert r.returncode != 0 and f"{p}:2: {msg}\n" in r.stderr, (bad, r.stderr)
+
+
+def test_numbers_json_allows_are_read(tmp_path):
+    """The number check refuses only what JSON's grammar does: these all parse in Python."""
+    line = '{"prompt": "a", "chosen": "b", "rejected": "c", "n": [0, -0, 10, 1.5e-3, 2E+10, -0.0, 1e5, 0.25]}'
+    assert json.loads(line)["n"][3] == 1.5e-3
+    p = tmp_path / "d.jsonl"
+    p.write_text(line + "\n")
+    r = harness("dpo-data", "--data", p)
+    assert len(json.loads(r.stdout)["pairs"]) == 1

@@ -339,21 +339,71 @@ def test_afinn_json_lexicon_and_missing_lexicon(tmp_path):
 
 
 @pytest.mark.parametrize("value,what", [
-    ("0x10", "weight of 'bad': '0x10' is not a decimal number"),   # strtod read it as 16; JSON has no hex
-    ("1e-400", "weight of 'bad': '1e-400' is out of range (it rounds to 0"),   # strtod read it as 0
-    ("nan", "weight of 'bad': 'nan' is not a finite number"),
-    ("1e999", "weight of 'bad': '1e999' is not a finite number"),
-    ("2x", "weight of 'bad': '2x' is not a finite number"),
+    ("1e-400", "weight of 'bad': '1e-400' is out of range (it rounds to 0"),   # JSON; strtod read it as 0
+    ("1e999", "weight of 'bad': '1e999' is not a finite number"),              # JSON; read as inf
+    # not JSON (Python's json refuses them too, checked below): the parser says where
+    ("0x10", "invalid JSON near column 10"),   # at the 'x': strtod read 16
+    ("nan", "invalid JSON near column 9"),
+    ("2x", "invalid JSON near column 10"),
+    ("01", "invalid JSON: the number '01' at column 9 has a leading zero"),
 ])
 def test_afinn_json_lexicon_values_are_read_as_lexicon_file_weights(tmp_path, value, what):
     """--lexicon FILE's values by lexicon:FILE's rule (fdpo_parse_number), naming FILE:LINE and the word"""
     lexf = tmp_path / "lex.json"
-    lexf.write_text('{"good": 1,\n "bad": ' + value + '}\n')
+    text = '{"good": 1,\n "bad": ' + value + '}\n'
+    lexf.write_text(text)
+    if "invalid JSON" in what:
+        with pytest.raises(ValueError):
+            json.loads(text)
     r = reward(tmp_path, "afinn:sum", [("p", "good bad")], "--lexicon", lexf)
     assert r.returncode == 1 and f"{lexf}:2: {what}" in r.stderr, r.stdout + r.stderr
     lexf.write_text('{"good" : 2.5e0 ,"bad":-3}')   # blanks around the value, none after ':'
     r = reward(tmp_path, "afinn:sum", [("p", "good bad good")], "--lexicon", lexf)
     assert r.returncode == 0 and float(r.stdout) == 2.5 - 3 + 2.5, r.stderr
+
+
+def test_afinn_json_lexicon_is_read_as_json(tmp_path):
+    """A JSON lexicon is JSON: Python's json.dump writes every non-ASCII key as \\u escapes
+    (read before as the letters 'u00ef', the word never matching), a second object after the
+    first was dropped without a word, a key twice kept one of them."""
+    lexf = tmp_path / "lex.json"
+    with open(lexf, "w") as f:   # ensure_ascii: na\u00efve, caf\u00e9, \ud83d\ude00 (a surrogate pair)
+        json.dump({"na\u00efve": 5, "good": 1, "caf\u00e9 au lait": 7, "\U0001F600": 2}, f)
+    assert "\\u00ef" in lexf.read_text()
+    rows = [("p", "na\u00efve good"), ("p", "caf\u00e9 au lait"), ("p", "\U0001F600 good")]
+    r = reward(tmp_path, "afinn:sum", rows, "--lexicon", lexf)
+    assert r.returncode == 0, r.stderr
+    assert [float(x) for x in r.stdout.split()] == [5 + 1, 7, 2 + 1]   # hand-counted
+    lexf.write_bytes(b"\xef\xbb\xbf" + json.dumps({"good": 3}).encode())   # Python's utf-8-sig
+    r = reward(tmp_path, "afinn:sum", [("p", "good")], "--lexicon", lexf)
+    assert r.returncode == 0 and float(r.stdout) == 3, r.stderr
+    two = '{"good": 3}\n{"bad": -3}\n'
+    with pytest.raises(ValueError):
+        json.loads(two)   # "Extra data"
+    assert json.loads('{"good": 3,\n "good": 1}') == {"good": 1}   # Python keeps the last, cJSON's lookup the first
+    for text, msg in [(two, ":2: unexpected text after the JSON object at column 1"),
+                      ('{"good": 3,\n "good": 1}', ':1: key "good" appears twice in one object'),
+                      ('{"good": 3,\n "bad": "-3"}', ": the valence of 'bad' is not a number"),
+                      ('{"good": 3,\n "ba\\u0000d": -3}', ": field 'ba\\u0000... (a key)' contains a NUL character")]:
+        lexf.write_text(text)
+        r = reward(tmp_path, "afinn:sum", [("p", "good bad")], "--lexicon", lexf)
+        assert r.returncode == 1 and f"{lexf}{msg}" in r.stderr, (text, r.stderr)
+
+
+def test_afinn_javascript_lexicon_keeps_lexicon_file_weights_and_refuses_what_it_cannot_read(tmp_path):
+    """The package's index.js form (not JSON): bare and quoted keys; its values by
+    lexicon:FILE's rule; a key with an escape, or text after the object, is refused rather
+    than misread or dropped."""
+    js = tmp_path / "lex.js"
+    js.write_text("/** @type {Record<string, number>} */\nexport const x = {\n  good: 2,\n  'bad luck': -2\n}\n")
+    r = reward(tmp_path, "afinn:sum", [("p", "good bad luck good")], "--lexicon", js)
+    assert r.returncode == 0 and float(r.stdout) == 2 - 2 + 2, r.stderr
+    for body, msg in [("export const x = {\n  good: 1,\n  bad: 0x10\n}\n", ":3: weight of 'bad': '0x10' is not a decimal number"),
+                      ("export const x = {\n  'na\\u00efve': 1\n}\n", ":2: an escape in a key"),
+                      ("export const x = {\n  good: 1\n}\n{bad: -1}\n", ":4: unexpected text after the lexicon's closing '}'")]:
+        js.write_text(body)
+        r = reward(tmp_path, "afinn:sum", [("p", "good")], "--lexicon", js)
+        assert r.returncode == 1 and f"{js}{msg}" in r.stderr, (body, r.stderr)
 
 
 def test_length_rewards(tmp_path):

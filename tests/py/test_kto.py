@@ -413,6 +413,48 @@ def test_unpaired_data_checks(models, tmp_path):
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
+def test_skipped_and_truncated_examples_are_reported_as_dpo_reports_pairs(models, tmp_path):
+    """--on-long / --bad-pairs skip: the counts, the first line skipped per reason and
+    OUT/data_summary.json as for dpo (kto said only "FILE: no examples" when nothing was left,
+    named no skipped line and wrote no data_summary.json). Expected values counted here with
+    the documented tokenization (tokenize above)."""
+    tmp = models
+    long_row = {"prompt": "p" * 30, "completion": "c" * 30, "label": True}
+    rows = [ROWS[0], long_row, dict(ROWS[1], completion=""), ROWS[6], dict(long_row, label=False)]
+    d = tmp_path / "d.jsonl"
+    write_jsonl(d, rows)
+    too_long = [i + 1 for i, r in enumerate(rows) if r["completion"] and sum(map(len, tokenize(r, 0))) > MAX_LEN]
+    assert too_long == [2, 5]
+    base = ["kto", "--model", tmp / "policy", "--steps", 1, "--batch-size", 2, "--eval-fraction", 0, "--threads", 1,
+            "--max-length", MAX_LEN]
+    r = fdpo(*base, "--data", d, "--out", tmp_path / "k", "--on-long", "skip", "--bad-pairs", "skip")
+    assert f"{d}: 2 examples from 5 lines; examples truncated: 0 in the prompt, 0 in the completion; skipped: 1 empty, " \
+           "2 too long\n" in r.stderr, r.stderr
+    assert f"{d}:2: first example skipped as too long\n" in r.stderr and \
+           f"{d}:3: first example skipped as empty completion\n" in r.stderr, r.stderr
+    assert f"{d}: 1 desirable, 1 undesirable\n" in r.stderr, r.stderr
+    summary = json.loads((tmp_path / "k" / "data_summary.json").read_text())
+    assert summary == {
+        "data": {"lines": 5, "examples": 2, "conversational": 0, "truncated_prompt": 0, "truncated_completion": 0,
+                 "skipped": {"empty_completion": 1, "too_long": 2}, "desirable": 1, "undesirable": 1},
+        "train_examples": 2, "eval_examples": 0, "max_length": MAX_LEN, "max_prompt_length": MAX_LEN // 2,
+        "reference": {"mode": "live"}}
+    # truncation (the default): which side was cut, counted by the reference's rule
+    full = [tokenize(r, 0) for r in ROWS]
+    cut = [tokenize(r) for r in ROWS]
+    fdpo(*base, "--data", tmp / "data.jsonl", "--out", tmp_path / "t")
+    data = json.loads((tmp_path / "t" / "data_summary.json").read_text())["data"]
+    assert data["truncated_prompt"] == sum(len(c[0]) < len(f[0]) for f, c in zip(full, cut)) == 1
+    assert data["truncated_completion"] == sum(len(c[1]) < len(f[1]) for f, c in zip(full, cut)) == 1
+    assert data["conversational"] == 1 and data["examples"] == len(ROWS)
+    # nothing left: the counts and reasons, as dpo's "no usable preference pairs"
+    write_jsonl(d, [long_row, dict(ROWS[1], completion=""), long_row])
+    r = fdpo(*base, "--data", d, "--out", tmp_path / "n", "--on-long", "skip", "--bad-pairs", "skip", check=False)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo kto: {d}: no usable examples (3 lines read, 3 skipped: 1 empty completion, 2 too long for "
+        "--max-length)\n"), r.stderr
+
+
 def test_the_progress_line_shows_the_margin_only_where_it_is_defined(models, tmp_path):
     """rewards/margins needs desirable and undesirable examples in the step: metrics.jsonl left
     it out of a one-sided step, but the progress line printed `margin -nan`"""

@@ -95,6 +95,18 @@ def test_eval_word_rate_pooled_with_se(model, tmp_path):
     assert p["word_rate_words"] == total.sum()
 
 
+def test_words_file_with_byte_order_mark(model, tmp_path):
+    """A UTF-8 byte order mark (Python's utf-8-sig) is not part of the first word, as in
+    lexicon:FILE and every other reader: it was glued to 'good', which then never matched."""
+    (tmp_path / "v.txt").write_text("good\nbad\n", encoding="utf-8-sig")
+    assert (tmp_path / "v.txt").read_bytes()[:3] == b"\xef\xbb\xbf"
+    (tmp_path / "c.jsonl").write_text('{"prompt": "x", "completion": "good"}\n{"prompt": "x", "completion": "good cat"}\n')
+    r = run("score", "--model", model, "--data", tmp_path / "c.jsonl", "--reward", f"words:{tmp_path / 'v.txt'}",
+            "--out", tmp_path / "s.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(l)["reward"] for l in open(tmp_path / "s.jsonl")] == [1.0, 0.5]   # 1/1, 1/2 known
+
+
 def test_word_list_errors(model, tmp_path):
     (tmp_path / "p.txt").write_text("a\n")
     r = run("eval", "--model", model, "--ref", model, "--data", tmp_path / "p.txt", "--words", tmp_path / "missing.txt")
