@@ -348,10 +348,11 @@ void flags_release_config(void) {
 }
 
 /* What inih would read otherwise than written, refused with the line: a NUL byte (the text
- * ended there), a line of INI_MAX_LINE bytes or more (its reader cuts it and reads the rest as
- * another line) and an indented line after a key of the same section (inih's continuation of
- * that value: "  n = 3" after "stop = ###" made stop "n = 3"; before any key, or after a
- * [section], an indented key is read as a key). */
+ * ended there), a line of INI_MAX_LINE - 1 bytes or more, a CRLF's \r counted (its reader
+ * holds INI_MAX_LINE - 1 bytes, the newline included: the rest, or the newline alone, is read
+ * as another line, and every later line number was one off) and an indented line after a key
+ * of the same section (inih's continuation of that value: "  n = 3" after "stop = ###" made
+ * stop "n = 3"; before any key, or after a [section], an indented key is read as a key). */
 static int config_text_check(const char *name, const char *text, size_t len) {
     size_t line = 1;
     int after_key = 0;   /* inih's prev_name: set by a key line, cleared by a [section] */
@@ -360,10 +361,9 @@ static int config_text_check(const char *name, const char *text, size_t len) {
         size_t end = nl ? (size_t)(nl - text) : len, n = end - at;
         const char *l = text + at;
         if (memchr(l, 0, n)) return fdpo_error("%s:%zu: a NUL byte (not INI text)", name, line);
-        const size_t text_n = n && l[n - 1] == '\r' ? n - 1 : n;   /* a CRLF's \r cut off is a blank line to inih */
-        if (text_n >= INI_MAX_LINE)
-            return fdpo_error("%s:%zu: a line of %zu bytes; the INI reader takes lines under %d bytes", name, line, n,
-                              INI_MAX_LINE);
+        if (n >= INI_MAX_LINE - 1)
+            return fdpo_error("%s:%zu: a line of %zu bytes; the INI reader takes lines of at most %d bytes", name, line,
+                              n, INI_MAX_LINE - 2);
         size_t lead = line == 1 && n >= 3 && !memcmp(l, "\xEF\xBB\xBF", 3) ? 3 : 0;   /* a byte order mark */
         const size_t bom = lead;
         while (lead < n && (l[lead] == ' ' || (l[lead] >= '\t' && l[lead] <= '\r'))) lead++;   /* inih's isspace */
@@ -379,15 +379,34 @@ static int config_text_check(const char *name, const char *text, size_t len) {
     return 0;
 }
 
+static int take_any(void *user, const char *section, const char *name, const char *value) {
+    (void)user; (void)section; (void)name; (void)value;
+    return 1;
+}
+
 int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char *text, size_t len) {
     if (config_text_check(name, text, len)) return -1;
+    /* inih reads on past a syntax error and returns the first line that failed, a syntax
+     * error's or the handler's: a bad value on line 3 was said as line 2's, and the syntax
+     * error there never. So the handler sees only the lines before the first syntax error
+     * (a parse that takes every key finds it) and the first error is said at its own line.
+     * Its lines are the text's '\n' lines: config_text_check refused lines inih would split. */
+    const int syntax = ini_parse_string(text, take_any, NULL);
+    size_t upto = len;   /* where that line starts */
+    if (syntax > 0) {
+        upto = 0;
+        for (int k = 1; k < syntax; k++) upto = (size_t)((const char *)memchr(text + upto, '\n', len - upto) - text) + 1;
+    }
+    char *head = fdpo_malloc(upto + 1);
+    memcpy(head, text, upto);
+    head[upto] = 0;
     /* name and a kept copy of text: a later message about a value from this file names its line */
     ini_ctx c = {flags, n, keep_strdup(name), keep_strdup(text), 0, 0, fdpo_calloc(n ? n : 1, 1),
                  fdpo_calloc(n ? n : 1, sizeof(char *))};
-    int rc = ini_parse_string(text, on_ini_line, &c);
-    free(c.spelling); free(c.old_key);
+    int rc = ini_parse_string(head, on_ini_line, &c);
+    free(head); free(c.spelling); free(c.old_key);
     if (c.failed) return fdpo_error_context("%s:%d", name, rc);
-    if (rc > 0) return fdpo_error("%s:%d: syntax error (expected key = value)", name, rc);
+    if (syntax > 0 || rc > 0) return fdpo_error("%s:%d: syntax error (expected key = value)", name, syntax > 0 ? syntax : rc);
     if (rc < 0) return fdpo_error("%s: cannot parse (out of memory)", name);
     return 0;
 }
