@@ -511,6 +511,22 @@ def test_a_missing_file_a_config_named_is_said_with_its_flag_and_line(tmp_path):
     r = run("dpo", "--model", str(m), "--out", str(tmp_path / "o"), "--config", cfg)
     assert r.returncode == 1 and r.stderr == (f"fdpo dpo: --data: {cc / 'pairs.jsonl'}: cannot open: No such file or "
                                               f"directory (from {cfg}:2)\n"), r.stderr
+    # a repeatable flag given twice in a file: each value names its own line (the first of two
+    # got neither flag nor line: one record per flag kept the last value; a hunt's find)
+    good = write(tmp_path / "good.jsonl", '{"prompt": "a", "completion": "b"}\n')
+    for first, second, line in ((missing, good, 1), (good, missing, 2)):
+        cfg = write(tmp_path / "s.ini", f"data = {first}\ndata = {second}\n")
+        for cmd in (["sft", "--model", str(m), "--steps", "1"], ["pretrain"]):
+            r = run(*cmd, "--threads", "1", "--out", str(tmp_path / "o"), "--config", cfg)
+            assert r.returncode == 1 and r.stderr == (f"fdpo {cmd[0]}: --data: {missing}: cannot open: No such file or "
+                                                      f"directory (from {cfg}:{line})\n"), r.stderr
+    # a message "--model DIR: ..." names the line of the value DIR, not the flag's last value
+    pairs = write(tmp_path / "p.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    nomodel = tmp_path / "nomodel"
+    cfg = write(tmp_path / "e.ini", f"model = {nomodel}\nmodel = {m}\n")
+    r = run("eval", "--threads", "1", "--ref", str(m), "--data", pairs, "--n", "1", "--config", cfg)
+    assert r.returncode == 1 and r.stderr == (f"fdpo eval: --model {nomodel}: {nomodel}/config.json: cannot open: No such "
+                                              f"file or directory (from {cfg}:1)\n"), r.stderr
 
 
 @pytest.mark.parametrize("args", [
