@@ -529,6 +529,21 @@ def test_a_missing_file_a_config_named_is_said_with_its_flag_and_line(tmp_path):
                                               f"file or directory (from {cfg}:1)\n"), r.stderr
 
 
+def test_a_config_value_deep_in_a_long_path_is_named_whole(tmp_path):
+    """Paths up to PATH_MAX are valid: a value of a config file ~3000 bytes deep is said with
+    the file's path whole and its line (the message with the line added was cut at 2560 bytes).
+    A config line holds at most 198 bytes: the value is a short relative path."""
+    d = tmp_path
+    for c in "abcdefghijkl":
+        d = d / (c * 250)
+    d.mkdir(parents=True)
+    cfg = write(d / "c.ini", "seed = 4\ndata = fdpo-no-such-file.jsonl\n")
+    assert 3000 < len(cfg) < 4096
+    r = run("pairs", "--config", cfg, "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 1 and r.stderr == ("fdpo pairs: --data: fdpo-no-such-file.jsonl: cannot open: No such file or "
+                                              f"directory (from {cfg}:2)\n"), r.stderr[-300:]
+
+
 @pytest.mark.parametrize("args", [
     ["dpo", "--lrr", "1"], ["dpo", "--data", "x"], ["eval", "--n", "0"], ["pairs", "--out", "x"],
     ["generate", "--model", "/nonexistent", "--data", "/nonexistent"], ["info"], ["lab", "solve", "--bogus", "1"],
