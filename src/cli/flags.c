@@ -417,7 +417,11 @@ int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char 
     size_t upto = len;   /* where that line starts */
     if (syntax > 0) {
         upto = 0;
-        for (int k = 1; k < syntax; k++) upto = (size_t)((const char *)memchr(text + upto, '\n', len - upto) - text) + 1;
+        for (int k = 1; k < syntax; k++) {
+            const char *nl = memchr(text + upto, '\n', len - upto);
+            if (!nl) break;
+            upto = (size_t)(nl - text) + 1;
+        }
     }
     char *head = fdpo_malloc(upto + 1);
     memcpy(head, text, upto);
