@@ -11,7 +11,9 @@
  * line, tensor, field or flag at fault, e.g. "model.safetensors: tensor 'wte.weight':
  * shape [10,4], config wants [257,4]". The CLI prints it as "fdpo: <message>" and exits 1. */
 int fdpo_error(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* returns -1 */
-/* Prefix the current message: "<prefix>: <old message>" (adds context on the way up). */
+/* Prefix the current message: "<prefix>: <old message>" (adds context on the way up). A
+ * message holds a path of up to PATH_MAX whole and 2048 bytes more; the prefix is kept whole
+ * and the end of the old message cut when both do not fit. */
 int fdpo_error_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *fdpo_last_error(void);
 void fdpo_clear_error(void);

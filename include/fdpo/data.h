@@ -51,7 +51,8 @@ typedef struct {
     size_t dropped;   /* examples with no weighted target within seq_len + 1 tokens */
     size_t cut;       /* examples longer than seq_len + 1 tokens, cut at the end */
     size_t two_shapes;   /* lines with keys of two shapes: read as messages, else prompt/completion */
-    char first_dropped[1100], first_cut[1100], first_two_shapes[1100];   /* "FILE:LINE" of the first; "" none */
+    /* "FILE:LINE" of the first; "" none. 4128: a path of PATH_MAX (4096 on Linux) and its line */
+    char first_dropped[4128], first_cut[4128], first_two_shapes[4128];
 } fdpo_sft_stats;
 int fdpo_sft_load(const char *const *paths, size_t n_paths, const fdpo_tokenizer *tok,
                   size_t seq_len, double val_fraction, uint64_t seed,

@@ -6,6 +6,7 @@
  *           --jsonl-field NAME: one per JSONL record, encoding the string field NAME.
  *   decode: every line of ids -> its text, written as is; with --lines, each followed by '\n'.
  * --stats prints counts and encode throughput to stderr. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <errno.h>
@@ -79,7 +80,7 @@ static int encode_jsonl(enc_ctx *c, const char *path, const char *s, size_t n, c
             if (bad < (size_t)(le - p)) return fdpo_error("%s:%zu: invalid UTF-8 at byte offset %zu", path, line, (size_t)(p - s) + bad);
             cJSON *j = fdpo_jsonl_parse_object(path, line, p, (size_t)(le - p), NULL);
             if (!j) return -1;
-            char where[1100];
+            char where[PATH_MAX + 32];   /* "PATH:LINE": a path of up to PATH_MAX survives whole */
             snprintf(where, sizeof where, "%s:%zu", path, line);
             if (fdpo_jsonl_check_nul(where, p, (size_t)(le - p), j)) { cJSON_Delete(j); return -1; }
             const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, field);

@@ -131,7 +131,8 @@ static int set_value(fdpo_flag *f, const char *val, const char *where) {
 }
 
 /* Where a --config file set a flag's value (and the command line did not override it): the
- * file, its text (kept) and which of the parser's handler calls set it. Debian's inih gives the
+ * file, its text (kept) and which of the parser's handler calls set it; one record per value
+ * of a repeatable flag (a message about the first of two `data` values named no line). Debian's inih gives the
  * handler no line number, so the line is found when a message needs it: a second parse of
  * the text that rejects that call, whose line ini_parse_string then returns. Flag names are
  * the tables' string literals; the records last as long as the process (flags_release_config
@@ -153,9 +154,14 @@ static void order_add(const char *flag, const char *value) {
 typedef struct { const char *flag, *file, *text; size_t entry; const char *value; } cfg_origin;
 static cfg_origin *g_origin; static size_t g_n_origin, g_cap_origin;
 
-static void origin_set(const char *flag, const char *file, const char *text, size_t entry, const char *value) {
+/* file NULL: the command line gave the flag, which replaces every value a file gave; list: a
+ * file's value is one more of the flag's values, not a replacement */
+static void origin_set(const char *flag, const char *file, const char *text, size_t entry, const char *value, int list) {
     for (size_t i = 0; i < g_n_origin; i++)
-        if (g_origin[i].flag == flag) { g_origin[i] = (cfg_origin){flag, file, text, entry, value}; return; }
+        if (g_origin[i].flag == flag) {
+            if (!file) g_origin[i].file = NULL;
+            else if (!list) { g_origin[i] = (cfg_origin){flag, file, text, entry, value}; return; }
+        }
     if (!file) return;
     if (g_n_origin == g_cap_origin) {
         g_cap_origin = g_cap_origin ? 2 * g_cap_origin : 16;
@@ -171,17 +177,31 @@ static int reject_target(void *user, const char *section, const char *name, cons
     return c->entry++ != c->target;
 }
 
-int flags_config_line(const char *flag, const char **file) {
+static int origin_line(const cfg_origin *o, const char **file) {
+    origin_ctx c = {o->entry, 0};
+    int line = ini_parse_string(o->text, reject_target, &c);
+    if (line <= 0) return 0;
+    *file = o->file;
+    return line;
+}
+
+/* The value of flag a file gave that rest starts with, then ':' or ' ' (eval's "--model DIR:
+ * ..." of two models), else the last one (a single-value flag has one) */
+static const cfg_origin *origin_of(const char *flag, const char *rest) {
+    const cfg_origin *last = NULL;
     for (size_t i = 0; i < g_n_origin; i++) {
         const cfg_origin *o = &g_origin[i];
         if (!o->file || strcmp(o->flag, flag)) continue;
-        origin_ctx c = {o->entry, 0};
-        int line = ini_parse_string(o->text, reject_target, &c);
-        if (line <= 0) return 0;
-        *file = o->file;
-        return line;
+        const size_t k = rest && o->value ? strlen(o->value) : 0;
+        if (k && !strncmp(rest, o->value, k) && (rest[k] == ':' || rest[k] == ' ')) return o;
+        last = o;
     }
-    return 0;
+    return last;
+}
+
+int flags_config_line(const char *flag, const char **file) {
+    const cfg_origin *o = origin_of(flag, NULL);
+    return o ? origin_line(o, file) : 0;
 }
 
 /* s starts with the name of a file a checkpoint directory holds (fdpo_checkpoint_file_kind),
@@ -214,7 +234,7 @@ const char *flags_error_origin(const char *msg, char *buf, size_t n) {
         }
         if (!hit) return msg;
         const char *file = NULL;
-        const int line = flags_config_line(hit->flag, &file);
+        const int line = origin_line(hit, &file);
         if (line <= 0) return msg;
         snprintf(buf, n, "--%s: %s (from %s:%d)", hit->flag, msg, file, line);
         return buf;
@@ -226,7 +246,8 @@ const char *flags_error_origin(const char *msg, char *buf, size_t n) {
     memcpy(name, msg + 2, len);
     name[len] = 0;
     const char *file = NULL;
-    int line = flags_config_line(name, &file);
+    const cfg_origin *o = origin_of(name, msg[2 + len] == ' ' ? msg + 3 + len : NULL);
+    const int line = o ? origin_line(o, &file) : 0;
     if (line <= 0) return msg;
     snprintf(buf, n, "%s (from %s:%d)", msg, file, line);
     return buf;
@@ -270,7 +291,8 @@ static int on_ini_line(void *user, const char *section, const char *name, const 
     const char *kept = keep_strdup(value);
     if (set_value(f, kept, where)) { c->failed = 1; return 0; }
     f->set = 1;
-    origin_set(f->name, c->path, c->text, entry, f->type == FLAG_STR || f->type == FLAG_LIST ? kept : NULL);
+    origin_set(f->name, c->path, c->text, entry, f->type == FLAG_STR || f->type == FLAG_LIST ? kept : NULL,
+               f->type == FLAG_LIST);
     return 1;
 }
 
@@ -348,10 +370,11 @@ void flags_release_config(void) {
 }
 
 /* What inih would read otherwise than written, refused with the line: a NUL byte (the text
- * ended there), a line of INI_MAX_LINE bytes or more (its reader cuts it and reads the rest as
- * another line) and an indented line after a key of the same section (inih's continuation of
- * that value: "  n = 3" after "stop = ###" made stop "n = 3"; before any key, or after a
- * [section], an indented key is read as a key). */
+ * ended there), a line of INI_MAX_LINE - 1 bytes or more, a CRLF's \r counted (its reader
+ * holds INI_MAX_LINE - 1 bytes, the newline included: the rest, or the newline alone, is read
+ * as another line, and every later line number was one off) and an indented line after a key
+ * of the same section (inih's continuation of that value: "  n = 3" after "stop = ###" made
+ * stop "n = 3"; before any key, or after a [section], an indented key is read as a key). */
 static int config_text_check(const char *name, const char *text, size_t len) {
     size_t line = 1;
     int after_key = 0;   /* inih's prev_name: set by a key line, cleared by a [section] */
@@ -360,10 +383,9 @@ static int config_text_check(const char *name, const char *text, size_t len) {
         size_t end = nl ? (size_t)(nl - text) : len, n = end - at;
         const char *l = text + at;
         if (memchr(l, 0, n)) return fdpo_error("%s:%zu: a NUL byte (not INI text)", name, line);
-        const size_t text_n = n && l[n - 1] == '\r' ? n - 1 : n;   /* a CRLF's \r cut off is a blank line to inih */
-        if (text_n >= INI_MAX_LINE)
-            return fdpo_error("%s:%zu: a line of %zu bytes; the INI reader takes lines under %d bytes", name, line, n,
-                              INI_MAX_LINE);
+        if (n >= INI_MAX_LINE - 1)
+            return fdpo_error("%s:%zu: a line of %zu bytes; the INI reader takes lines of at most %d bytes", name, line,
+                              n, INI_MAX_LINE - 2);
         size_t lead = line == 1 && n >= 3 && !memcmp(l, "\xEF\xBB\xBF", 3) ? 3 : 0;   /* a byte order mark */
         const size_t bom = lead;
         while (lead < n && (l[lead] == ' ' || (l[lead] >= '\t' && l[lead] <= '\r'))) lead++;   /* inih's isspace */
@@ -379,15 +401,38 @@ static int config_text_check(const char *name, const char *text, size_t len) {
     return 0;
 }
 
+static int take_any(void *user, const char *section, const char *name, const char *value) {
+    (void)user; (void)section; (void)name; (void)value;
+    return 1;
+}
+
 int flags_parse_config(fdpo_flag *flags, size_t n, const char *name, const char *text, size_t len) {
     if (config_text_check(name, text, len)) return -1;
+    /* inih reads on past a syntax error and returns the first line that failed, a syntax
+     * error's or the handler's: a bad value on line 3 was said as line 2's, and the syntax
+     * error there never. So the handler sees only the lines before the first syntax error
+     * (a parse that takes every key finds it) and the first error is said at its own line.
+     * Its lines are the text's '\n' lines: config_text_check refused lines inih would split. */
+    const int syntax = ini_parse_string(text, take_any, NULL);
+    size_t upto = len;   /* where that line starts */
+    if (syntax > 0) {
+        upto = 0;
+        for (int k = 1; k < syntax; k++) {
+            const char *nl = memchr(text + upto, '\n', len - upto);
+            if (!nl) break;
+            upto = (size_t)(nl - text) + 1;
+        }
+    }
+    char *head = fdpo_malloc(upto + 1);
+    memcpy(head, text, upto);
+    head[upto] = 0;
     /* name and a kept copy of text: a later message about a value from this file names its line */
     ini_ctx c = {flags, n, keep_strdup(name), keep_strdup(text), 0, 0, fdpo_calloc(n ? n : 1, 1),
                  fdpo_calloc(n ? n : 1, sizeof(char *))};
-    int rc = ini_parse_string(text, on_ini_line, &c);
-    free(c.spelling); free(c.old_key);
+    int rc = ini_parse_string(head, on_ini_line, &c);
+    free(head); free(c.spelling); free(c.old_key);
     if (c.failed) return fdpo_error_context("%s:%d", name, rc);
-    if (rc > 0) return fdpo_error("%s:%d: syntax error (expected key = value)", name, rc);
+    if (syntax > 0 || rc > 0) return fdpo_error("%s:%d: syntax error (expected key = value)", name, syntax > 0 ? syntax : rc);
     if (rc < 0) return fdpo_error("%s: cannot parse (out of memory)", name);
     return 0;
 }
@@ -501,7 +546,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
         if (set_value(f, val, where)) { rc = FLAGS_ERROR; break; }
         if (f->type == FLAG_LIST) order_add(f->name, val);
         f->set = 1;
-        origin_set(f->name, NULL, NULL, 0, NULL);   /* the command line's value, not the file's */
+        origin_set(f->name, NULL, NULL, 0, NULL, 0);   /* the command line's value, not the file's */
     }
     free(from_cli);
     free(old_name);

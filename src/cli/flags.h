@@ -63,8 +63,9 @@ int flags_parse_config(fdpo_flag *flags, size_t n_flags, const char *name, const
 /* Free the config values kept for the process lifetime (string flags set from a config
  * point into them): for a long-lived caller such as the fuzz harness. */
 void flags_release_config(void);
-/* The line of the --config file (*file) that set flag's value in the last flags_parse, or 0
- * when it was not set by a file (a default, the command line, a --resume's saved value). */
+/* The line of the --config file (*file) that set flag's value in the last flags_parse (a
+ * repeatable flag's last value), or 0 when it was not set by a file (a default, the command
+ * line, a --resume's saved value). */
 int flags_config_line(const char *flag, const char **file);
 /* An error message "--NAME: ..." (a library check's, naming the flag) whose flag's value came
  * from a --config file, with " (from FILE:LINE)" appended in buf; otherwise msg itself. */

@@ -1,5 +1,6 @@
 /* The fdpo command: a thin dispatcher over the library. */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include "cli/commands.h"
@@ -106,7 +107,9 @@ int main(int argc, char **argv) {
             if (rc != 0) {
                 if (waits) { fdpo_dist_finalize(); return 1; }   /* rank 0 failed: it said why (before it let us go) */
                 /* a check that names a flag whose value a --config file set: say where */
-                char buf[2560];   /* fdpo_last_error holds at most 2048 */
+                /* fdpo_last_error holds at most PATH_MAX + 2048 bytes; the flag and the config
+                 * file's path and line are added */
+                char buf[2 * PATH_MAX + 2304];
                 const char *msg = flags_error_origin(fdpo_last_error(), buf, sizeof buf);
                 if (alone && fdpo_dist_is_root()) {
                     /* one process's run: its message as one process says it, then the waiting

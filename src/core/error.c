@@ -1,11 +1,14 @@
 /* Error messages: one per thread, set where the fault is found, context added on the way up. */
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
 
-static _Thread_local char err_msg[2048];
+/* A path of up to PATH_MAX and what is said of it, whole: "PATH:LINE: prompt[0].role ..."
+ * lost its line and file name past 500 bytes of path (the context was cut at 500) */
+static _Thread_local char err_msg[PATH_MAX + 2048];
 
 int fdpo_error(const char *fmt, ...) {
     va_list ap;
@@ -16,13 +19,16 @@ int fdpo_error(const char *fmt, ...) {
 }
 
 int fdpo_error_context(const char *fmt, ...) {
-    char prefix[512], old[sizeof err_msg];
+    char prefix[PATH_MAX + 512], old[sizeof err_msg];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err_msg, sizeof old);
-    snprintf(err_msg, sizeof err_msg, "%.500s: %.1500s", prefix, old[0] ? old : "error");
+    /* the prefix whole (a path and its line); the message's end is cut when both do not fit,
+     * and at least its first 1500 bytes are kept */
+    const size_t np = strlen(prefix);
+    snprintf(err_msg, sizeof err_msg, "%s: %.*s", prefix, (int)(sizeof err_msg - np - 3), old[0] ? old : "error");
     return -1;
 }
 

@@ -143,7 +143,7 @@ void fdpo_progress_set(fdpo_progress_fn fn, void *user) { g_progress_fn = fn; g_
 
 void fdpo_log(fdpo_log_level level, const char *fmt, ...) {
     if (!g_log_fn) return;
-    char msg[2048];
+    char msg[PATH_MAX + 2048];   /* a logged error message (fdpo_last_error) whole */
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);

@@ -1,6 +1,7 @@
 /* Scored samples -> preference pairs with Bradley-Terry-sampled labels. */
 #include <cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +44,7 @@ int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *
         if (k == n_text) continue; /* blank line */
         cJSON *o = fdpo_jsonl_parse_object(path, line_no, text, n_text, "{\"prompt\", \"completion\", \"reward\"}");
         if (!o) { rc = -1; break; }
-        char where[1100];
+        char where[PATH_MAX + 32];   /* "PATH:LINE": a path of up to PATH_MAX survives whole */
         snprintf(where, sizeof where, "%s:%zu", path, line_no);
         if (fdpo_jsonl_check_nul(where, text, n_text, o)) { cJSON_Delete(o); rc = -1; break; }
         fdpo_sample_rec r = {0};

@@ -1,6 +1,7 @@
 /* Preference JSONL (TRL format) -> token ids: prompt extraction, chat template,
  * truncation, skip accounting. The rules are documented in include/fdpo/pref.h. */
 #include <cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <math.h>
@@ -330,7 +331,7 @@ static int parse_lines(const char *name, const char *text, size_t len, const fdp
         out->summary.lines++;
         cJSON *obj = fdpo_jsonl_parse_object(name, w->line, line, n, "{\"prompt\", \"chosen\", \"rejected\"}");
         if (!obj) { fdpo_pref_free(out); return -1; }
-        char where_nul[1100];
+        char where_nul[PATH_MAX + 32];   /* "PATH:LINE", a path of up to PATH_MAX whole */
         snprintf(where_nul, sizeof where_nul, "%s:%zu", name, w->line);
         if (fdpo_jsonl_check_nul(where_nul, line, n, obj)) { cJSON_Delete(obj); fdpo_pref_free(out); return -1; }
         fdpo_pref_pair pair;

@@ -1,5 +1,6 @@
 /* SFT JSONL -> weighted sequences (loss on the completion only). */
 #include <cJSON.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/chat.h"
@@ -182,6 +183,8 @@ static int add_conversation(builder *b, const fdpo_tokenizer *tok, const cJSON *
     return kept;
 }
 
+_Static_assert(sizeof ((fdpo_sft_stats *)0)->first_dropped >= PATH_MAX + 32, "a FILE:LINE of parse_text's where");
+
 /* the example just added at where: kept (1, maybe cut) or dropped (0), counted in st */
 static void count_example(fdpo_sft_stats *st, const builder *b, int kept, const char *where) {
     if (kept == 0 && !st->dropped++) snprintf(st->first_dropped, sizeof st->first_dropped, "%s", where);
@@ -196,7 +199,7 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
     for (const char *p = buf + fdpo_jsonl_bom(buf, len); p < buf + len; line++) { /* a UTF-8 BOM is not data */
         const char *nl = memchr(p, '\n', (size_t)(buf + len - p));
         const char *end = nl ? nl : buf + len;
-        char where[1100];
+        char where[PATH_MAX + 32];   /* "PATH:LINE": a path of up to PATH_MAX survives whole */
         snprintf(where, sizeof where, "%s:%zu", path, line);
         if (bad >= (size_t)(p - buf) && bad < (size_t)(end - buf)) {
             rc = fdpo_error("%s: invalid UTF-8 at byte offset %zu", where, bad); break;

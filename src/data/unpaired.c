@@ -1,6 +1,7 @@
 /* Unpaired preference JSONL (TRL's KTO format) -> token ids. Rules in include/fdpo/kto.h;
  * rendering and tokenization are the preference reader's (fdpo_pref_encode_single). */
 #include <cJSON.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
@@ -79,7 +80,9 @@ int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_p
         out->summary.lines++;
         cJSON *obj = fdpo_jsonl_parse_object(path, line, ln, n, "{\"prompt\", \"completion\", \"label\"}");
         if (!obj) { rc = -1; break; }
-        char where[1100];   /* a NUL ends a string (a key too) where cJSON decodes it: refused, as every reader does */
+        /* "PATH:LINE", a path of up to PATH_MAX whole. A NUL ends a string (a key too) where
+         * cJSON decodes it: refused, as every reader does */
+        char where[PATH_MAX + 32];
         snprintf(where, sizeof where, "%s:%zu", path, line);
         if (fdpo_jsonl_check_nul(where, ln, n, obj)) { cJSON_Delete(obj); rc = -1; break; }
         if (out->n == cap) { cap = cap ? 2 * cap : 64; out->ex = fdpo_realloc(out->ex, cap * sizeof *out->ex); }

@@ -1,5 +1,6 @@
 /* Prompt files for generate/eval and completion files for score. */
 #include <cJSON.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/chat.h"
@@ -97,7 +98,7 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                 cJSON *o = fdpo_jsonl_parse_object(path, line, p, n, NULL);
                 if (!o) rc = -1;
                 else {
-                    char where[1100];
+                    char where[PATH_MAX + 32];   /* "PATH:LINE": a path of up to PATH_MAX survives whole */
                     snprintf(where, sizeof where, "%s:%zu", path, line);
                     rc = fdpo_jsonl_check_nul(where, p, n, o);
                 }

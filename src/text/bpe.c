@@ -15,6 +15,7 @@
  * class out. Invalid UTF-8 in the input: each byte of an ill-formed subsequence becomes its
  * own byte token, and the valid text around it is pre-tokenised as if the invalid bytes were
  * segment boundaries (PCRE2_MATCH_INVALID_UTF). docs/tokenizer.md has the details. */
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -359,7 +360,7 @@ static int load_merges(struct fdpo_bpe *b, const char *path, const char *text, s
             rc = fdpo_error("%s:%zu: expected two symbols separated by one space, got '%.*s'", path, line,
                             (int)(len > 80 ? 80 : len), p);
         else {
-            char loc[1100];
+            char loc[PATH_MAX + 32];   /* "PATH:LINE", a path of up to PATH_MAX whole */
             snprintf(loc, sizeof loc, "%s:%zu", path, line);
             rc = add_merge(b, p, (size_t)(sp - p), sp + 1, (size_t)(p + len - sp - 1), loc);
         }
@@ -432,7 +433,7 @@ static int added_from_array(cJSON *vocab, cJSON *list, const cJSON *arr, const c
     if (!cJSON_IsArray(arr)) return fdpo_error("%s: added_tokens is not an array", file);
     size_t i = 0;
     for (const cJSON *a = arr->child; a; a = a->next, i++) {
-        char where[1100];
+        char where[PATH_MAX + 128];
         snprintf(where, sizeof where, "%s: added_tokens[%zu]", file, i);
         if (!cJSON_IsObject(a)) return fdpo_error("%s: not an object {\"id\", \"content\", ...}", where);
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(a, "id");
@@ -448,7 +449,7 @@ static int added_from_decoder(cJSON *vocab, cJSON *list, const cJSON *cfg, const
     if (!d || cJSON_IsNull(d)) return 0;
     if (!cJSON_IsObject(d)) return fdpo_error("%s: added_tokens_decoder is not an object {\"id\": {...}}", file);
     for (const cJSON *a = d->child; a; a = a->next) {
-        char where[1100], *end = NULL;
+        char where[PATH_MAX + 128], *end = NULL;
         snprintf(where, sizeof where, "%s: added_tokens_decoder[\"%.40s\"]", file, a->string);
         double id = strtod(a->string, &end);
         if (!*a->string || *end) return fdpo_error("%s: the key is not a token id", where);
@@ -858,7 +859,7 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *p, const char *
     if (check_pre_tokenizer(b, p, cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer"))) goto done;
     if (check_decoder(p, cJSON_GetObjectItemCaseSensitive(j, "decoder"))) goto done;
     b->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
-    char where[1100];
+    char where[PATH_MAX + 128];   /* "PATH: model.vocab", a path of up to PATH_MAX whole */
     snprintf(where, sizeof where, "%s: model.vocab", p);
     /* added tokens outside model.vocab extend it (literal text, e.g. <|endoftext|>) */
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
@@ -889,7 +890,7 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *p, const char *
             a = m->child->valuestring; la = strlen(a); c = m->child->next->valuestring; lc = strlen(c);
         }
         if (!a || !la || !lc) { fdpo_error("%s[%zu]: expected \"a b\" or [\"a\", \"b\"]", where, k); goto done; }
-        char w[1200];
+        char w[PATH_MAX + 160];
         snprintf(w, sizeof w, "%s[%zu]", where, k);
         if (add_merge(b, a, la, c, lc, w)) goto done;
     }

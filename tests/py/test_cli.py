@@ -338,8 +338,9 @@ def test_a_checked_value_from_a_config_file_names_its_line(tmp_path):
     ("seed = 4\n\n\tlines = 2\n", 3, "an indented line after a key"),   # a blank line does not end the value
     # inih stops at a NUL: everything after it was dropped
     ("seed = 4\n\0seed = 5\n", 2, "a NUL byte (not INI text)"),
-    # inih cuts a line at 199 bytes and reads the rest as the next line
-    ("seed = 4" + " " * 300 + "7\n", 1, "a line of 309 bytes; the INI reader takes lines under 200 bytes"),
+    # inih's reader holds 199 bytes with the newline: it reads the rest (or the newline alone)
+    # as the next line
+    ("seed = 4" + " " * 300 + "7\n", 1, "a line of 309 bytes; the INI reader takes lines of at most 198 bytes"),
     (";" + "x" * 199 + "\nseed = 4\n", 1, "a line of 200 bytes"),
     ("seed = 4\n\vlines = 2\n", 2, "an indented line after a key"),   # inih's isspace: \v and \f indent too
     # a key and its old spelling: the command line refuses the pair, the file took the last
@@ -354,19 +355,64 @@ def test_config_text_inih_would_misread_is_refused_with_its_line(tmp_path, text,
 
 
 def test_config_lines_inih_reads_whole_still_work(tmp_path):
-    """Indented comments, blank lines with blanks, a byte order mark, CRLF, a line of 199 bytes
-    (inih's reader takes 199 and then the newline alone) and an indented key before any key of
+    """Indented comments, blank lines with blanks, a byte order mark, CRLF, a line of 198 bytes
+    (inih's reader holds it and its newline) and an indented key before any key of
     its section (inih reads it as a key) are read as before: seed = 4 is in force."""
     s = samples_file(tmp_path)
     cfg = tmp_path / "c.ini"
-    cfg.write_bytes(("\ufeff; c\r\n   # indented comment\r\n  \r\n;" + "x" * 198 + "\n;" + "y" * 198 + "\r\n"
-                     "[pairs]\n  seed = 4\r\n").encode())   # 199 bytes, and 199 + CRLF
+    cfg.write_bytes(("\ufeff; c\r\n   # indented comment\r\n  \r\n;" + "x" * 197 + "\n;" + "y" * 196 + "\r\n"
+                     "[pairs]\n  seed = 4\r\n").encode())   # 198 bytes, and 198 with the CRLF's \r
     r = run("pairs", "--config", str(cfg), "--data", s, "--out", str(tmp_path / "a.jsonl"))
     assert r.returncode == 0, r.stderr
     r = run("pairs", "--data", s, "--seed", "4", "--out", str(tmp_path / "b.jsonl"))
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     r = run("pairs", "--data", s, "--seed", "5", "--out", str(tmp_path / "c.jsonl"))
     assert (tmp_path / "a.jsonl").read_bytes() != (tmp_path / "c.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("first", [";" + "c" * 197, "seed = 4" + " " * 190, ";" + "c" * 196 + "\r",
+                                   ";" + "c" * 198, ";" + "c" * 197 + "\r", ";" + "c" * 199])
+def test_a_config_line_at_the_reader_limit(tmp_path, first):
+    """inih's reader holds 199 bytes with the newline: a first line of 198 bytes (a CRLF's \r
+    counted) leaves the next line line 2; one of 199 bytes was taken, and inih read its newline
+    as a line of its own, so every later message named the line after the one at fault (a
+    hunt's find). From 199 bytes on the line is refused, with its length."""
+    n = len(first.encode())
+    cfg = tmp_path / "c.ini"
+    cfg.write_bytes((first + "\nseed = abc\nthreads = 1\n").encode())
+    r = run("pairs", "--config", str(cfg), "--data", samples_file(tmp_path), "--out", str(tmp_path / "o.jsonl"))
+    if n >= 199:
+        assert r.returncode == 1 and r.stderr == \
+            f"fdpo pairs: {cfg}:1: a line of {n} bytes; the INI reader takes lines of at most 198 bytes\n", r.stderr
+        return
+    assert n == 198
+    assert r.returncode == 1 and r.stderr == f"fdpo pairs: {cfg}:2: key 'seed': 'abc' is not an integer\n", r.stderr
+    # a value refused after the parser: line 3 of the file
+    cfg.write_bytes((first + "\nseed = 4\nthreads = 5000\n").encode())
+    r = run("pairs", "--config", str(cfg), "--data", samples_file(tmp_path), "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 1 and r.stderr == \
+        f"fdpo pairs: --threads: 5000 is not in [0, 4096] (0: all cores) (from {cfg}:3)\n", r.stderr
+
+
+@pytest.mark.parametrize("text,want", [
+    # a syntax error, then a bad value or an unknown key: the syntax error, at its line
+    ("seed = 1\ngarbage\nseed = abc\n", "2: syntax error (expected key = value)"),
+    ("seed = 1\ngarbage\nsedd = 2\n", "2: syntax error (expected key = value)"),
+    # keys after it are not read: no deprecation warning for line 3
+    ("seed = 1\n\n[s]\ngarbage\nsamples = x.jsonl\n", "4: syntax error (expected key = value)"),
+    ("garbage\nseed = 1\n", "1: syntax error (expected key = value)"),
+    # an error before the syntax error is the first one
+    ("sedd = 1\ngarbage\n", "1: unknown key 'sedd' (did you mean 'seed'?)"),
+    ("seed = 1\nseed = x\ngarbage\nseed = y\n", "2: key 'seed': 'x' is not an integer"),
+])
+def test_the_first_config_error_is_said_at_its_own_line(tmp_path, text, want):
+    """docs/cli.md: a config value is named with its file and line. inih reads on past a
+    syntax error and returns the first failing line: "seed = abc" on line 3 was said as
+    "c.ini:2: key 'seed': ...", and the syntax error on line 2 never (a hunt's find)."""
+    cfg = write(tmp_path / "c.ini", text)
+    r = run("pairs", "--config", cfg, "--data", samples_file(tmp_path), "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 1 and r.stderr == f"fdpo pairs: {cfg}:{want}\n", r.stderr
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 @pytest.mark.parametrize("value", ["0x10", " 5", "0x1p-3", "\t2"])
@@ -465,6 +511,37 @@ def test_a_missing_file_a_config_named_is_said_with_its_flag_and_line(tmp_path):
     r = run("dpo", "--model", str(m), "--out", str(tmp_path / "o"), "--config", cfg)
     assert r.returncode == 1 and r.stderr == (f"fdpo dpo: --data: {cc / 'pairs.jsonl'}: cannot open: No such file or "
                                               f"directory (from {cfg}:2)\n"), r.stderr
+    # a repeatable flag given twice in a file: each value names its own line (the first of two
+    # got neither flag nor line: one record per flag kept the last value; a hunt's find)
+    good = write(tmp_path / "good.jsonl", '{"prompt": "a", "completion": "b"}\n')
+    for first, second, line in ((missing, good, 1), (good, missing, 2)):
+        cfg = write(tmp_path / "s.ini", f"data = {first}\ndata = {second}\n")
+        for cmd in (["sft", "--model", str(m), "--steps", "1"], ["pretrain"]):
+            r = run(*cmd, "--threads", "1", "--out", str(tmp_path / "o"), "--config", cfg)
+            assert r.returncode == 1 and r.stderr == (f"fdpo {cmd[0]}: --data: {missing}: cannot open: No such file or "
+                                                      f"directory (from {cfg}:{line})\n"), r.stderr
+    # a message "--model DIR: ..." names the line of the value DIR, not the flag's last value
+    pairs = write(tmp_path / "p.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    nomodel = tmp_path / "nomodel"
+    cfg = write(tmp_path / "e.ini", f"model = {nomodel}\nmodel = {m}\n")
+    r = run("eval", "--threads", "1", "--ref", str(m), "--data", pairs, "--n", "1", "--config", cfg)
+    assert r.returncode == 1 and r.stderr == (f"fdpo eval: --model {nomodel}: {nomodel}/config.json: cannot open: No such "
+                                              f"file or directory (from {cfg}:1)\n"), r.stderr
+
+
+def test_a_config_value_deep_in_a_long_path_is_named_whole(tmp_path):
+    """Paths up to PATH_MAX are valid: a value of a config file ~3000 bytes deep is said with
+    the file's path whole and its line (the message with the line added was cut at 2560 bytes).
+    A config line holds at most 198 bytes: the value is a short relative path."""
+    d = tmp_path
+    for c in "abcdefghijkl":
+        d = d / (c * 250)
+    d.mkdir(parents=True)
+    cfg = write(d / "c.ini", "seed = 4\ndata = fdpo-no-such-file.jsonl\n")
+    assert 3000 < len(cfg) < 4096
+    r = run("pairs", "--config", cfg, "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 1 and r.stderr == ("fdpo pairs: --data: fdpo-no-such-file.jsonl: cannot open: No such file or "
+                                              f"directory (from {cfg}:2)\n"), r.stderr[-300:]
 
 
 @pytest.mark.parametrize("args", [

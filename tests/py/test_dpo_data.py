@@ -457,3 +457,29 @@ def test_numbers_json_allows_are_read(tmp_path):
     p.write_text(line + "\n")
     r = harness("dpo-data", "--data", p)
     assert len(json.loads(r.stdout)["pairs"]) == 1
+
+
+@pytest.mark.parametrize("reader", sorted(JSONL_READERS))
+def test_every_jsonl_reader_names_a_long_path_whole(tmp_path, reader):
+    """A file ~3000 bytes deep (paths up to PATH_MAX are valid): its errors name the whole path
+    and the line. A conversational message lost the file name and the line past 500 bytes of
+    path (fdpo_error_context cut its prefix there), and a NUL's "PATH:LINE" was cut at 1100
+    bytes (a hunt's find)."""
+    d = tmp_path
+    for c in "abcdefghijkl":
+        d = d / (c * 250)
+    d.mkdir(parents=True)
+    p = d / "d.jsonl"
+    assert 3000 < len(str(p)) < 4096
+    good, _, run = JSONL_READERS[reader]
+    row = json.loads(good)
+    bad = [({**row, "prompt": "a\u0000b"}, "field 'prompt' contains a NUL character")]
+    bot = [{"role": "bot", "content": "x"}]
+    if reader in ("pref", "prompts", "unpaired"):   # a prompt string that is a message list is one
+        bad.append(({**row, "prompt": json.dumps(bot)}, "prompt[0].role is 'bot'; expected system, user or assistant"))
+    if reader == "sft":
+        bad.append(({"messages": bot}, "messages[0].role is 'bot'; expected system, user or assistant"))
+    for obj, msg in bad:
+        p.write_text(good + "\n" + json.dumps(obj) + "\n")
+        r = run(tmp_path, p)
+        assert r.returncode != 0 and f": {p}:2: {msg}" in r.stderr, (msg, r.stderr[-300:])
