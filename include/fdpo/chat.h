@@ -2,7 +2,8 @@
  * template markers (special tokens are matched there, never in message content) and which
  * are trained (assistant content and its end-of-turn marker).
  *
- * There is no Jinja here: tokenizer_config.json's chat_template is recognised by content as
+ * There is no Jinja here: the files' chat template (chat_template.jinja, else
+ * tokenizer_config.json's chat_template) is recognised by content as
  * one of the built-ins, or one is named with --chat-template NAME:
  *   plain   fdpo's format: "<|ROLE|>\nCONTENT\n"; generation prompt "<|assistant|>\n"
  *           (the default for tokenizers without a chat_template, e.g. GPT-2)
@@ -36,8 +37,9 @@ typedef struct {
 typedef struct { const char *role, *content; int untrained; } fdpo_chat_msg;
 
 /* The template the tokenizer's files or its explicit choice (fdpo_tokenizer_set_chat_template)
- * give. Errors name tokenizer_config.json's chat_template when it is not recognised, with
- * the built-ins. Free with fdpo_chat_free. */
+ * give. Errors name the file's template (chat_template.jinja, or tokenizer_config.json's
+ * chat_template) when it is not recognised, with the built-ins, and a list of templates with
+ * none named "default". Free with fdpo_chat_free. */
 int fdpo_chat_for(const fdpo_tokenizer *t, fdpo_chat *out);
 void fdpo_chat_free(fdpo_chat *c);
 /* Recognise a chat_template source: 0 and *kind, or -1 (no message) when unknown. */

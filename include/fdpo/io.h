@@ -82,7 +82,8 @@ int fdpo_weights_finite(const char *dir, const fdpo_gpt2 *m);
  * a save writes afresh (config.json, generation_config.json, the weights: model.safetensors,
  * a sharded index and its model-*.safetensors, a LoRA adapter's two files, the training
  * state's two), FDPO_CKPT_FILE_TOKENIZER for the files a tokenizer is read from (every
- * format's, tokenizer_config.json included), 0 for anything else (metrics.jsonl, notes). */
+ * format's, tokenizer_config.json and chat_template.jinja included), 0 for anything else
+ * (metrics.jsonl, notes). */
 enum { FDPO_CKPT_FILE_MODEL = 1, FDPO_CKPT_FILE_TOKENIZER = 2 };
 int fdpo_checkpoint_file_kind(const char *name);
 

@@ -78,8 +78,13 @@ char *fdpo_tokenizer_decode_ex(const fdpo_tokenizer *t, const int32_t *ids, size
 /* The chat template (include/fdpo/chat.h): NULL/"auto" = tokenizer_config.json's
  * chat_template, else a built-in's name (checked when rendering: fdpo_chat_for). */
 void fdpo_tokenizer_set_chat_template(fdpo_tokenizer *t, const char *name);
-/* tokenizer_config.json's chat_template source (NULL: none); *name the name set (or NULL). */
+/* The files' chat template source (chat_template.jinja, else tokenizer_config.json's
+ * chat_template; NULL: none); *name the name set (or NULL). */
 const char *fdpo_tokenizer_chat_template(const fdpo_tokenizer *t, const char **name);
+/* Where that source is, for messages ("chat_template.jinja" or "tokenizer_config.json:
+ * chat_template"); *problem why the files' template cannot be rendered (a list of templates
+ * with none named "default"), or NULL. */
+const char *fdpo_tokenizer_chat_template_origin(const fdpo_tokenizer *t, const char **problem);
 /* Raw bytes of one token (no UTF-8 repair), for streaming output. */
 const char *fdpo_tokenizer_token_bytes(const fdpo_tokenizer *t, int32_t id, size_t *len);
 

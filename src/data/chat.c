@@ -134,11 +134,14 @@ int fdpo_chat_for(const fdpo_tokenizer *t, fdpo_chat *out) {
     const char *src = fdpo_tokenizer_chat_template(t, &name);
     fdpo_chat_kind detected = FDPO_CHAT_PLAIN;
     int known = src && fdpo_chat_detect(src, &detected) == 0;
+    const char *problem, *origin = fdpo_tokenizer_chat_template_origin(t, &problem);
     if (name && strcmp(name, "auto")) {
         if (fdpo_chat_parse_name(name, &out->kind)) return -1;
+    } else if (problem) {
+        return fdpo_error("%s", problem);
     } else if (src && !known) {
-        return fdpo_error("tokenizer_config.json: chat_template is not one fdpo recognises (built-ins: "
-                          FDPO_CHAT_BUILTINS "); name one with --chat-template NAME");
+        return fdpo_error("%s is not one fdpo recognises (built-ins: " FDPO_CHAT_BUILTINS
+                          "); name one with --chat-template NAME", origin);
     } else {
         out->kind = detected; /* plain when the files have no template */
     }

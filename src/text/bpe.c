@@ -78,8 +78,8 @@ struct fdpo_bpe {
     unsigned char *special;  /* [n_vocab] 1 = a special added token (decode may skip it) */
     int32_t *added; size_t n_added; /* added tokens matched in text, longest first */
     unsigned char added_first[256]; /* 1 if some added token starts with this byte */
-    char *src_json, *src_config;    /* tokenizer.json / tokenizer_config.json as read (saved verbatim) */
-    size_t src_json_len, src_config_len;
+    char *src_json, *src_config, *src_jinja; /* tokenizer.json / tokenizer_config.json / chat_template.jinja as read (saved verbatim) */
+    size_t src_json_len, src_config_len, src_jinja_len;
     pcre2_code *re;
     word_cache cache[CACHE_SLOTS];
 };
@@ -109,7 +109,7 @@ static size_t put_utf8(uint32_t cp, char *out) {
     out[2] = (char)(0x80 | (cp & 0x3F));
     return 3;
 }
-/* Decode one UTF-8 code point of valid input (cJSON output). */
+/* Decode one UTF-8 code point of valid input (the files are checked: check_utf8). */
 static size_t get_utf8(const unsigned char *s, size_t n, uint32_t *cp) {
     if (s[0] < 0x80 || n < 2) { *cp = s[0]; return 1; }
     if (s[0] < 0xE0) { *cp = ((uint32_t)(s[0] & 0x1F) << 6) | (s[1] & 0x3F); return 2; }
@@ -205,7 +205,7 @@ void fdpo_bpe_free(struct fdpo_bpe *b) {
     for (int i = 0; i < CACHE_SLOTS; i++) { cache_release(&b->cache[i]); pthread_mutex_destroy(&b->cache[i].lock); }
     if (b->re) pcre2_code_free(b->re);
     if (b->digits_re) pcre2_code_free(b->digits_re);
-    free(b->pattern); free(b->in_model); free(b->special); free(b->added); free(b->src_json); free(b->src_config);
+    free(b->pattern); free(b->in_model); free(b->special); free(b->added); free(b->src_json); free(b->src_config); free(b->src_jinja);
     free(b);
 }
 
@@ -216,7 +216,17 @@ static int line_of(const char *text, size_t off) {
     return line;
 }
 
+/* Tokenizer files are UTF-8 text: Python's json.load and Hugging Face's loader refuse
+ * ill-formed bytes, and cJSON would pass them on (an overlong "<\xC0\xAF>" read as "</>"). */
+static int check_utf8(const char *path, const char *text, size_t n) {
+    size_t bad = fdpo_utf8_first_invalid(text, n);
+    if (bad == n) return 0;
+    return fdpo_error("%s:%d: invalid UTF-8 (byte 0x%02X at byte offset %zu)", path, line_of(text, bad),
+                      (unsigned char)text[bad], bad);
+}
+
 static cJSON *parse_json(const char *path, const char *text, size_t n) {
+    if (check_utf8(path, text, n)) return NULL;
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, 0);
     if (!j) {
@@ -338,6 +348,7 @@ static void merges_alloc(struct fdpo_bpe *b, size_t n) {
 
 /* merges.txt / vocab.bpe: optional "#version" first line, then "a b" per line. */
 static int load_merges(struct fdpo_bpe *b, const char *path, const char *text, size_t n) {
+    if (check_utf8(path, text, n)) return -1;
     size_t lines = 1;
     for (size_t i = 0; i < n; i++) lines += text[i] == '\n';
     merges_alloc(b, lines);
@@ -449,10 +460,13 @@ static int added_from_decoder(cJSON *vocab, cJSON *list, const cJSON *cfg, const
     if (!d || cJSON_IsNull(d)) return 0;
     if (!cJSON_IsObject(d)) return fdpo_error("%s: added_tokens_decoder is not an object {\"id\": {...}}", file);
     for (const cJSON *a = d->child; a; a = a->next) {
-        char where[PATH_MAX + 128], *end = NULL;
+        char where[PATH_MAX + 128];
         snprintf(where, sizeof where, "%s: added_tokens_decoder[\"%.40s\"]", file, a->string);
-        double id = strtod(a->string, &end);
-        if (!*a->string || *end) return fdpo_error("%s: the key is not a token id", where);
+        /* transformers reads the key with int(): "0xC451", "5.0257e4", "50257.0" are errors
+         * there, not ids (strtod took them) */
+        size_t nd = strspn(a->string, "0123456789");
+        if (!nd || a->string[nd]) return fdpo_error("%s: the key is not a token id (a decimal integer)", where);
+        double id = strtod(a->string, NULL);
         if (!cJSON_IsObject(a)) return fdpo_error("%s: not an object {\"content\", ...}", where);
         if (added_entry(vocab, list, a, id, where)) return -1;
     }
@@ -467,10 +481,11 @@ static int added_len_desc(const void *x, const void *y, void *ctx) {
 }
 
 /* After the vocabulary is built: added tokens are literal text (not byte-alphabet symbols),
- * marked special or not, and sorted longest first for matching. */
+ * marked special or not, and sorted longest first for matching. Called again for the
+ * tokens tokenizer_config.json names (finish): a token already added only gains special. */
 static void add_mark(struct fdpo_bpe *b, const cJSON *list) {
-    b->special = fdpo_calloc(b->n_vocab, 1);
-    b->added = fdpo_malloc(((size_t)cJSON_GetArraySize(list) + 1) * sizeof *b->added);
+    if (!b->special) b->special = fdpo_calloc(b->n_vocab, 1);
+    b->added = fdpo_realloc(b->added, (b->n_added + (size_t)cJSON_GetArraySize(list) + 1) * sizeof *b->added);
     for (const cJSON *e = list->child; e; e = e->next) {
         const char *c = cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring;
         int32_t id = strmap_get(b, c, strlen(c));
@@ -488,15 +503,75 @@ static void add_mark(struct fdpo_bpe *b, const cJSON *list) {
 }
 
 /* ---- tokenizer_config.json: bos/eos/pad and the chat template ---- */
-/* A special-token field: "text", {"content": "text", ...}, null or absent. */
-static int config_token(const cJSON *cfg, const char *key, const char *file, const struct fdpo_bpe *b, int32_t *id) {
+/* A special-token value: "text", {"content": "text", ...}, null or absent (*id -1). */
+static int config_token(const cJSON *v, const char *key, const char *file, const struct fdpo_bpe *b, int32_t *id) {
     *id = -1;
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
     if (!v || cJSON_IsNull(v)) return 0;
     if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
     if (!cJSON_IsString(v)) return fdpo_error("%s: %s must be a string or {\"content\": string}", file, key);
     *id = strmap_get(b, v->valuestring, strlen(v->valuestring));
     if (*id < 0) return fdpo_error("%s: %s '%s' is not in the vocabulary", file, key, v->valuestring);
+    return 0;
+}
+
+static void list_special(cJSON *list, const char *content) {
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "content", content);
+    cJSON_AddBoolToObject(e, "special", 1);
+    cJSON_AddItemToArray(list, e);
+}
+
+/* transformers adds every token the config names (its SPECIAL_TOKENS_ATTRIBUTES) as a special
+ * added token, whether added_tokens_decoder lists it or not: each goes into list; eos, bos
+ * and pad ids into ebp. */
+static int config_specials(const cJSON *cfg, const char *file, const struct fdpo_bpe *b, cJSON *list, int32_t ebp[3]) {
+    static const char *const KEYS[] = {"eos_token", "bos_token", "pad_token", "unk_token", "sep_token", "cls_token",
+                                       "mask_token"};
+    for (size_t k = 0; k < sizeof KEYS / sizeof KEYS[0]; k++) {
+        int32_t id;
+        if (config_token(cJSON_GetObjectItemCaseSensitive(cfg, KEYS[k]), KEYS[k], file, b, &id)) return -1;
+        if (k < 3) ebp[k] = id;
+        if (id >= 0) list_special(list, b->str[id]);
+    }
+    const cJSON *more = cJSON_GetObjectItemCaseSensitive(cfg, "additional_special_tokens"), *e;
+    if (!more || cJSON_IsNull(more)) return 0;
+    if (!cJSON_IsArray(more)) return fdpo_error("%s: additional_special_tokens must be a list", file);
+    size_t i = 0;
+    cJSON_ArrayForEach(e, more) {
+        char key[64];
+        snprintf(key, sizeof key, "additional_special_tokens[%zu]", i++);
+        int32_t id;
+        if (config_token(e, key, file, b, &id)) return -1;
+        if (id >= 0) list_special(list, b->str[id]);
+    }
+    return 0;
+}
+
+/* chat_template as a list [{"name", "template"}]: transformers makes it a dict (a later name
+ * wins) and renders the one named "default"; with none it refuses to render ("This model has
+ * multiple chat templates with no default specified!"). *no_default then says so, for
+ * fdpo_chat_for; an entry that is not {"name": string, "template": string} is refused here
+ * (transformers fails to load it). */
+static int chat_from_list(const cJSON *ct, const char *file, char **chat, char **no_default) {
+    const cJSON *e, *def = NULL;
+    char names[256] = "";
+    size_t i = 0, at = 0;
+    cJSON_ArrayForEach(e, ct) {
+        const cJSON *nm = cJSON_GetObjectItemCaseSensitive(e, "name"), *tp = cJSON_GetObjectItemCaseSensitive(e, "template");
+        if (!cJSON_IsObject(e)) return fdpo_error("%s: chat_template[%zu] is not an object {\"name\", \"template\"}", file, i);
+        if (!cJSON_IsString(nm)) return fdpo_error("%s: chat_template[%zu].name is missing or not a string", file, i);
+        if (!cJSON_IsString(tp)) return fdpo_error("%s: chat_template[%zu].template is missing or not a string", file, i);
+        if (!strcmp(nm->valuestring, "default")) def = tp;
+        if (at < sizeof names)
+            at += (size_t)snprintf(names + at, sizeof names - at, "%s'%s'", i ? ", " : "", nm->valuestring);
+        i++;
+    }
+    if (def) { *chat = fdpo_strdup(def->valuestring); return 0; }
+    size_t n = strlen(file) + strlen(names) + 256;
+    *no_default = fdpo_malloc(n);
+    snprintf(*no_default, n, "%s: chat_template lists %zu template%s (%s) and none named 'default', the one "
+             "transformers renders (it refuses too: \"This model has multiple chat templates with no default "
+             "specified!\"); name one with --chat-template NAME", file, i, i == 1 ? "" : "s", names);
     return 0;
 }
 
@@ -534,6 +609,16 @@ static char *pattern_rewrite(const char *pat, const char *where) {
             if (i + 1 < n && pat[i + 1] == ']') out[k++] = pat[++i]; /* a leading ] is literal */
             continue;
         }
+        if (c == '[' && in_class && pat[i + 1] == ':') { /* a POSIX class [:digit:] (Oniguruma and PCRE2 have them): */
+            size_t j = i + 2 + (pat[i + 2] == '^');   /* its ] does not end the outer class */
+            while ((pat[j] >= 'a' && pat[j] <= 'z') || (pat[j] >= 'A' && pat[j] <= 'Z')) j++;
+            if (pat[j] == ':' && pat[j + 1] == ']') {
+                while (k + (j + 2 - i) + 1 > cap) { cap *= 2; out = fdpo_realloc(out, cap); }
+                memcpy(out + k, pat + i, j + 2 - i); k += j + 2 - i;
+                i = j + 1;
+                continue;
+            }
+        }
         if (c == ']' && in_class) in_class = 0;
         out[k++] = c;
     }
@@ -541,57 +626,53 @@ static char *pattern_rewrite(const char *pat, const char *where) {
     return out;
 }
 
-static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where, const cJSON *cfg, const char *cfg_name) {
-    int32_t eos = -1, bos = -1, pad = -1;
-    if (cfg && (config_token(cfg, "eos_token", cfg_name, b, &eos) || config_token(cfg, "bos_token", cfg_name, b, &bos) ||
-                config_token(cfg, "pad_token", cfg_name, b, &pad)))
-        return -1;
+/* jinja: chat_template.jinja beside the files (NULL: none), which transformers (4.47 on)
+ * reads in place of tokenizer_config.json's chat_template. */
+static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where, const cJSON *cfg, const char *cfg_name,
+                  const char *jinja) {
+    int32_t ebp[3] = {-1, -1, -1};
+    cJSON *named = cJSON_CreateArray();
+    if (cfg && config_specials(cfg, cfg_name, b, named, ebp)) { cJSON_Delete(named); return -1; }
+    int32_t eos = ebp[0], bos = ebp[1], pad = ebp[2];
     if (eos < 0) eos = strmap_get(b, EOT_TEXT, EOT_LEN);
     if (eos < 0) {
+        cJSON_Delete(named);
         fdpo_error("%s: no '%s' token and no eos_token in tokenizer_config.json", where, EOT_TEXT);
         return -1;
     }
-    if (!b->special) { /* no added tokens in the files: <|endoftext|> is the one special token */
-        cJSON *list = cJSON_CreateArray(), *e = cJSON_CreateObject();
-        cJSON_AddStringToObject(e, "content", b->str[eos]);
-        cJSON_AddBoolToObject(e, "special", 1);
-        cJSON_AddItemToArray(list, e);
-        add_mark(b, list);
-        cJSON_Delete(list);
-    }
-    char *chat = NULL;
-    if (cfg) {
+    /* the eos, also the default one (GPT2Tokenizer's eos_token default), however the files list it */
+    list_special(named, b->str[eos]);
+    add_mark(b, named);
+    cJSON_Delete(named);
+    char *chat = NULL, *no_default = NULL;
+    if (jinja) chat = fdpo_strdup(jinja);
+    else if (cfg) {
         const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
         if (cJSON_IsString(ct)) chat = fdpo_strdup(ct->valuestring);
-        else if (cJSON_IsArray(ct)) { /* [{"name", "template"}]: the one named "default" */
-            const cJSON *e;
-            cJSON_ArrayForEach(e, ct) {
-                const cJSON *nm = cJSON_GetObjectItemCaseSensitive(e, "name"), *tp = cJSON_GetObjectItemCaseSensitive(e, "template");
-                if (cJSON_IsString(nm) && cJSON_IsString(tp) && !strcmp(nm->valuestring, "default") && !chat)
-                    chat = fdpo_strdup(tp->valuestring);
-            }
+        else if (cJSON_IsArray(ct)) {
+            if (chat_from_list(ct, cfg_name, &chat, &no_default)) return -1;
         } else if (ct && !cJSON_IsNull(ct)) {
             return fdpo_error("%s: chat_template must be a string or a list of {\"name\", \"template\"}", cfg_name);
         }
     }
     char *pat = pattern_rewrite(b->pattern ? b->pattern : GPT2_PATTERN, where);
-    if (!pat) { free(chat); return -1; }
+    if (!pat) { free(chat); free(no_default); return -1; }
     int err; PCRE2_SIZE eoff;
     b->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED,
                           PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &eoff, NULL);
     free(pat);
     if (!b->re) {
-        free(chat);
+        free(chat); free(no_default);
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
         return fdpo_error("%s: pre_tokenizer regex: %s at offset %zu", where, (char *)msg, (size_t)eoff);
     }
-    if (pcre2_jit_compile(b->re, PCRE2_JIT_COMPLETE) != 0) { free(chat); return fdpo_error("%s: pre_tokenizer regex: PCRE2 JIT unavailable", where); }
+    if (pcre2_jit_compile(b->re, PCRE2_JIT_COMPLETE) != 0) { free(chat); free(no_default); return fdpo_error("%s: pre_tokenizer regex: PCRE2 JIT unavailable", where); }
     if (b->digits) {
         b->digits_re = pcre2_compile((PCRE2_SPTR)(b->digits == 1 ? "\\p{N}" : "\\p{N}+"), PCRE2_ZERO_TERMINATED,
                                      PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &eoff, NULL);
         if (!b->digits_re || pcre2_jit_compile(b->digits_re, PCRE2_JIT_COMPLETE) != 0) {
-            free(chat);
+            free(chat); free(no_default);
             return fdpo_error("%s: Digits pre-tokenizer: cannot compile \\p{N}", where);
         }
     }
@@ -603,6 +684,8 @@ static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where, c
     t->pad = pad;
     t->bpe = b;
     t->chat_template_src = chat;
+    t->chat_template_problem = no_default;
+    t->chat_template_origin = jinja ? "chat_template.jinja" : NULL;
     *out = t;
     return 0;
 }
@@ -642,9 +725,19 @@ static int pair_tokenizer_class(struct fdpo_bpe *b, const cJSON *cfg, const char
                       "other tokenizers need their tokenizer.json)", cp, s);
 }
 
-fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vp, const char *vtext, size_t vlen,
-                                                const char *mp, const char *mtext, size_t mlen,
-                                                const char *cp, const char *ctext, size_t clen) {
+/* chat_template.jinja as read (jtext NULL: none), kept to be saved: see finish */
+static int keep_jinja(struct fdpo_bpe *b, const char *jp, const char *jtext, size_t jlen) {
+    if (!jtext) return 0;
+    if (check_utf8(jp, jtext, jlen)) return -1;
+    b->src_jinja = fdpo_malloc(jlen + 1);
+    memcpy(b->src_jinja, jtext, jlen); b->src_jinja[jlen] = 0;
+    b->src_jinja_len = jlen;
+    return 0;
+}
+
+static fdpo_tokenizer *parse_pair(const char *vp, const char *vtext, size_t vlen, const char *mp, const char *mtext,
+                                  size_t mlen, const char *cp, const char *ctext, size_t clen, const char *jp,
+                                  const char *jtext, size_t jlen) {
     struct fdpo_bpe *b = bpe_new();
     fdpo_tokenizer *t = NULL;
     cJSON *j = NULL, *cfg = NULL, *list = cJSON_CreateArray();
@@ -658,11 +751,18 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vp, const char *vtex
     if (load_merges(b, mp, mtext, mlen)) goto done;
     if (check_consistent(b, vp, mp)) goto done;
     keep_config(b, ctext, clen);
-    if (finish(&t, b, vp, cfg, cp)) goto done;
+    if (keep_jinja(b, jp, jtext, jlen)) goto done;
+    if (finish(&t, b, vp, cfg, cp, b->src_jinja)) goto done;
 done:
     cJSON_Delete(j); cJSON_Delete(cfg); cJSON_Delete(list);
     if (!t) fdpo_bpe_free(b);
     return t;
+}
+
+fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vp, const char *vtext, size_t vlen,
+                                                const char *mp, const char *mtext, size_t mlen,
+                                                const char *cp, const char *ctext, size_t clen) {
+    return parse_pair(vp, vtext, vlen, mp, mtext, mlen, cp, ctext, clen, NULL, NULL, 0);
 }
 
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vp, const char *vtext, size_t vlen,
@@ -670,36 +770,47 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vp, const char *vtext, size
     return fdpo_tokenizer_bpe_parse_config(vp, vtext, vlen, mp, mtext, mlen, NULL, NULL, 0);
 }
 
-/* tokenizer_config.json beside the tokenizer files, if any (*text NULL when absent). */
-static int read_config(const char *dir, char **path, char **text, size_t *len) {
-    *path = fdpo_path_join(dir, "tokenizer_config.json");
+/* A file beside the tokenizer files, if any (*text NULL when absent). */
+static int read_beside(const char *dir, const char *name, char **path, char **text, size_t *len) {
+    *path = fdpo_path_join(dir, name);
     *text = NULL; *len = 0;
     if (!fdpo_file_exists(*path)) return 0;
     return (*text = fdpo_read_file(*path, len)) ? 0 : -1;
 }
+/* tokenizer_config.json and chat_template.jinja */
+typedef struct { char *cp, *ctext, *jp, *jtext; size_t clen, jlen; } beside;
+static int read_config(const char *dir, beside *c) {
+    memset(c, 0, sizeof *c);
+    return read_beside(dir, "tokenizer_config.json", &c->cp, &c->ctext, &c->clen) ||
+           read_beside(dir, "chat_template.jinja", &c->jp, &c->jtext, &c->jlen) ? -1 : 0;
+}
+static void beside_free(beside *c) { free(c->cp); free(c->ctext); free(c->jp); free(c->jtext); }
 
 static fdpo_tokenizer *load_pair(const char *dir, const char *vname, const char *mname) {
-    char *vp = fdpo_path_join(dir, vname), *mp = fdpo_path_join(dir, mname), *cp = NULL;
-    char *vtext = NULL, *mtext = NULL, *ctext = NULL;
-    size_t vlen = 0, mlen = 0, clen = 0;
+    char *vp = fdpo_path_join(dir, vname), *mp = fdpo_path_join(dir, mname);
+    char *vtext = NULL, *mtext = NULL;
+    size_t vlen = 0, mlen = 0;
+    beside c = {0};
     fdpo_tokenizer *t = NULL;
     if (!fdpo_file_exists(mp)) fdpo_error("%s: missing merges file %s (beside %s)", mp, mname, vname);
-    else if ((vtext = fdpo_read_file(vp, &vlen)) && (mtext = fdpo_read_file(mp, &mlen)) &&
-             read_config(dir, &cp, &ctext, &clen) == 0)
-        t = fdpo_tokenizer_bpe_parse_config(vp, vtext, vlen, mp, mtext, mlen, cp, ctext, clen);
-    free(vtext); free(mtext); free(ctext);
-    free(vp); free(mp); free(cp);
+    else if ((vtext = fdpo_read_file(vp, &vlen)) && (mtext = fdpo_read_file(mp, &mlen)) && read_config(dir, &c) == 0)
+        t = parse_pair(vp, vtext, vlen, mp, mtext, mlen, c.cp, c.ctext, c.clen, c.jp, c.jtext, c.jlen);
+    free(vtext); free(mtext); beside_free(&c);
+    free(vp); free(mp);
     return t;
 }
 
+static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t len, const char *cp, const char *ctext,
+                                       size_t clen, const char *jp, const char *jtext, size_t jlen);
+
 static fdpo_tokenizer *load_tokenizer_json(const char *dir) {
-    char *p = fdpo_path_join(dir, "tokenizer.json"), *cp = NULL, *ctext = NULL;
-    size_t n = 0, clen = 0;
+    char *p = fdpo_path_join(dir, "tokenizer.json");
+    size_t n = 0;
     char *text = fdpo_read_file(p, &n);
+    beside c = {0};
     fdpo_tokenizer *t = NULL;
-    if (text && read_config(dir, &cp, &ctext, &clen) == 0)
-        t = fdpo_tokenizer_bpe_parse_json_config(p, text, n, cp, ctext, clen);
-    free(text); free(ctext); free(cp);
+    if (text && read_config(dir, &c) == 0) t = parse_json_file(p, text, n, c.cp, c.ctext, c.clen, c.jp, c.jtext, c.jlen);
+    free(text); beside_free(&c);
     free(p);
     return t;
 }
@@ -831,6 +942,11 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json(const char *p, const char *text, s
 
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *p, const char *text, size_t len,
                                                      const char *cp, const char *ctext, size_t clen) {
+    return parse_json_file(p, text, len, cp, ctext, clen, NULL, NULL, 0);
+}
+
+static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t len, const char *cp, const char *ctext,
+                                       size_t clen, const char *jp, const char *jtext, size_t jlen) {
     struct fdpo_bpe *b = bpe_new();
     fdpo_tokenizer *t = NULL;
     cJSON *v2 = NULL, *cfg = NULL, *list = cJSON_CreateArray();
@@ -900,7 +1016,8 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *p, const char *
     memcpy(b->src_json, text, len); b->src_json[len] = 0;
     b->src_json_len = len;
     keep_config(b, ctext, clen);
-    if (finish(&t, b, p, cfg, cp)) goto done;
+    if (keep_jinja(b, jp, jtext, jlen)) goto done;
+    if (finish(&t, b, p, cfg, cp, b->src_jinja)) goto done;
 done:
     cJSON_Delete(j); cJSON_Delete(v2); cJSON_Delete(cfg); cJSON_Delete(list);
     if (!t) fdpo_bpe_free(b);
@@ -948,8 +1065,10 @@ static int save_text(const char *dir, const char *name, const char *text, size_t
 
 /* ---- saving: the tokenizer.json read (verbatim), else vocab.json + merges.txt; and the
  * tokenizer_config.json read ---- */
-/* tokenizer_config.json: as read, with "chat_template" replaced by the named built-in's
- * source when the tokenizer's template was named (a run's --chat-template). */
+/* tokenizer_config.json (and chat_template.jinja): as read, with the template replaced by
+ * the named built-in's source when the tokenizer's template was named (a run's
+ * --chat-template): in chat_template.jinja when the files had one (it is read in place of
+ * the config's), else in the config's "chat_template". */
 static int save_config(const fdpo_tokenizer *t, const char *dir) {
     const struct fdpo_bpe *b = t->bpe;
     fdpo_chat_kind kind, file_kind;
@@ -957,9 +1076,14 @@ static int save_config(const fdpo_tokenizer *t, const char *dir) {
     /* a named built-in of the file's own family renders with the file's parameters (default
      * system turn, leading bos: fdpo_chat_for), so the file's template is kept: the built-in
      * source would drop them for later commands */
-    if (!name || !strcmp(name, "auto") || fdpo_chat_parse_name(name, &kind) ||
-        (t->chat_template_src && fdpo_chat_detect(t->chat_template_src, &file_kind) == 0 && file_kind == kind))
-        return b->src_config ? save_text(dir, "tokenizer_config.json", b->src_config, b->src_config_len) : 0;
+    int keep = !name || !strcmp(name, "auto") || fdpo_chat_parse_name(name, &kind) ||
+               (t->chat_template_src && fdpo_chat_detect(t->chat_template_src, &file_kind) == 0 && file_kind == kind);
+    if (keep || b->src_jinja) {
+        if (b->src_config && save_text(dir, "tokenizer_config.json", b->src_config, b->src_config_len)) return -1;
+        if (!b->src_jinja) return 0;
+        const char *jinja = keep ? b->src_jinja : fdpo_chat_source(kind);
+        return save_text(dir, "chat_template.jinja", jinja, keep ? b->src_jinja_len : strlen(jinja));
+    }
     cJSON *cfg = b->src_config ? cJSON_Parse(b->src_config) : cJSON_CreateObject();
     if (!cJSON_IsObject(cfg)) { cJSON_Delete(cfg); cfg = cJSON_CreateObject(); }
     cJSON_DeleteItemFromObjectCaseSensitive(cfg, "chat_template");

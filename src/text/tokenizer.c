@@ -87,7 +87,7 @@ int fdpo_tokenizer_save_dir(const fdpo_tokenizer *t, const char *dir) {
 void fdpo_tokenizer_free(fdpo_tokenizer *t) {
     if (!t) return;
     if (t->bpe) fdpo_bpe_free(t->bpe);
-    free(t->chat_template_src); free(t->chat_template_name);
+    free(t->chat_template_src); free(t->chat_template_problem); free(t->chat_template_name);
     free(t);
 }
 
@@ -282,4 +282,9 @@ void fdpo_tokenizer_set_chat_template(fdpo_tokenizer *t, const char *name) {
 const char *fdpo_tokenizer_chat_template(const fdpo_tokenizer *t, const char **name) {
     if (name) *name = t->chat_template_name;
     return t->chat_template_src;
+}
+
+const char *fdpo_tokenizer_chat_template_origin(const fdpo_tokenizer *t, const char **problem) {
+    if (problem) *problem = t->chat_template_problem;
+    return t->chat_template_origin ? t->chat_template_origin : "tokenizer_config.json: chat_template";
 }

@@ -10,7 +10,9 @@ struct fdpo_tokenizer {
     size_t vocab_size;
     int32_t eot;            /* eos_token of tokenizer_config.json, else <|endoftext|> */
     int32_t bos, pad;       /* -1 when the files name none */
-    char *chat_template_src; /* tokenizer_config.json "chat_template" (NULL: none) */
+    char *chat_template_src; /* chat_template.jinja, else tokenizer_config.json "chat_template" (NULL: none) */
+    char *chat_template_problem; /* why the files' template cannot be rendered (NULL: it can) */
+    const char *chat_template_origin; /* "chat_template.jinja", or NULL: tokenizer_config.json */
     char *chat_template_name; /* --chat-template NAME (NULL: from the files) */
     struct fdpo_bpe *bpe;   /* FDPO_TOK_BPE only */
 };

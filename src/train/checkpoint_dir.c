@@ -30,7 +30,8 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
         /* a tokenizer alone (`fdpo tokenizer train`'s OUT): a save that writes its tokenizer
          * carries none of these (carry_over), so a fresh run deleted it. Checked after the
          * checkpoint's files, which a checkpoint's tokenizer sits beside. The names are
-         * fdpo_checkpoint_file_kind's FDPO_CKPT_FILE_TOKENIZER. */
+         * fdpo_checkpoint_file_kind's FDPO_CKPT_FILE_TOKENIZER but chat_template.jinja (no
+         * tokenizer alone). */
         {FDPO_RUN_TOKENIZER, "vocab.json", "a tokenizer (vocab.json)"},
         {FDPO_RUN_TOKENIZER, "merges.txt", "a tokenizer (merges.txt)"},
         {FDPO_RUN_TOKENIZER, "tokenizer.json", "a tokenizer (tokenizer.json)"},

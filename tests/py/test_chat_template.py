@@ -666,3 +666,129 @@ def test_nfc_tokenizer_keeps_loss_masks_on_the_roles(tmp_path):
     assert sum(w) > 0
     raw, _ = make_tok(tmp_path / "raw", "qwen25")
     assert raw.encode(render(CASES["qwen25"][0], conv, CASES["qwen25"][3], False), True) != ids
+
+
+# ---- chat_template as a list; chat_template.jinja ----
+
+SFT_TINY = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--n-positions", "256", "--seq-len", "200",
+            "--steps", "1", "--batch-size", "2", "--eval-every", "0", "--threads", "1", "--quiet"]
+
+
+def set_config(tok, **kv):
+    p = tok / "tokenizer_config.json"
+    cfg = json.load(open(p))
+    cfg.update(kv)
+    p.write_text(json.dumps(cfg))
+
+
+def test_a_template_list_without_default_is_refused_when_rendering(tmp_path):
+    """transformers makes a list [{"name", "template"}] a dict {name: template} and renders the
+    one named "default"; with none, apply_chat_template raises "This model has multiple chat
+    templates with no default specified!". fdpo rendered plain silently. The tokenizer still
+    loads (tokenize), and a built-in named with --chat-template renders."""
+    make_tok(tmp_path / "tok", "smollm2", with_template=False)
+    set_config(tmp_path / "tok", chat_template=[{"name": "tool_use", "template": SMOLLM2},
+                                                {"name": "rag", "template": "{{ documents }}"}])
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": CONVS[0]}])
+    r = subprocess.run([HARNESS, "data-chat-sft", str(tmp_path / "tok"), "auto", data], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert ("tokenizer_config.json: chat_template lists 2 templates ('tool_use', 'rag') and none named 'default'"
+            in r.stderr and "--chat-template NAME" in r.stderr), r.stderr
+    r = run("sft", "--out", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "tok"), *SFT_TINY, data)
+    assert r.returncode == 1 and "none named 'default'" in r.stderr, r.stderr
+    assert harness("data-chat-sft", str(tmp_path / "tok"), "chatml", data)["sequences"]
+    r = subprocess.run([FDPO, "tokenize", "--tokenizer", str(tmp_path / "tok")], input="hi", capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_template_list_renders_its_last_default(tmp_path):
+    """{name: template} of the list: a name given twice is the later entry (fdpo took the first)."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", "smollm2", with_template=False)
+    lst = [{"name": "default", "template": PHI3}, {"name": "tool_use", "template": LLAMA3},
+           {"name": "default", "template": SMOLLM2}]
+    assert {t["name"]: t["template"] for t in lst}["default"] == SMOLLM2  # transformers' conversion
+    set_config(tmp_path / "tok", chat_template=lst)
+    assert harness("tok-info", str(tmp_path / "tok"))["chat"] == "chatml"
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "auto", data)["sequences"]
+    for conv, seq in zip(CONVS, got):
+        ids, w, text = expected_sft("smollm2", ref, vocab, conv)
+        assert seq["tokens"] == ids and seq["weights"] == w, text
+
+
+@pytest.mark.parametrize("case", ["smollm2", "llama3", "zephyr"])
+@pytest.mark.parametrize("inline", [None, PHI3], ids=["no-inline", "inline-phi3"])
+def test_chat_template_jinja_is_read_in_place_of_the_config(case, inline, tmp_path):
+    """transformers (4.47 on) saves the template as chat_template.jinja beside
+    tokenizer_config.json, and from_pretrained reads that file in place of the config's
+    chat_template. fdpo ignored it: plain without an inline template, else the inline one
+    (here an unrecognised one, refused)."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", case, with_template=False)
+    if inline:
+        set_config(tmp_path / "tok", chat_template=inline)
+    (tmp_path / "tok" / "chat_template.jinja").write_text(CASES[case][0], encoding="utf-8")
+    assert harness("tok-info", str(tmp_path / "tok"))["chat"] == CASES[case][5]
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "auto", data)["sequences"]
+    for conv, seq in zip(CONVS, got):
+        ids, w, text = expected_sft(case, ref, vocab, conv)
+        assert seq["tokens"] == ids and seq["weights"] == w, text
+
+
+def test_a_bad_chat_template_jinja_is_named(tmp_path):
+    make_tok(tmp_path / "tok", "smollm2")  # a recognised inline template: the file's is the one read
+    (tmp_path / "tok" / "chat_template.jinja").write_text(PHI3, encoding="utf-8")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": CONVS[0]}])
+    r = subprocess.run([HARNESS, "data-chat-sft", str(tmp_path / "tok"), "auto", data], capture_output=True, text=True)
+    assert r.returncode != 0 and "chat_template.jinja is not one fdpo recognises" in r.stderr, r.stderr
+    # transformers reads it with open(..., encoding="utf-8"): ill-formed UTF-8 fails there
+    raw = SMOLLM2.encode().replace(b"system", b"syst\xe9m", 1)
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    (tmp_path / "tok" / "chat_template.jinja").write_bytes(raw)
+    r = subprocess.run([HARNESS, "tok-info", str(tmp_path / "tok")], capture_output=True, text=True)
+    off = raw.index(b"\xe9")
+    assert r.returncode != 0 and f"chat_template.jinja:1: invalid UTF-8 (byte 0xE9 at byte offset {off})" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name,eot", [(None, "<|im_end|>"), ("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>")])
+def test_a_checkpoint_keeps_chat_template_jinja(name, eot, tmp_path):
+    """A run's checkpoint of a tokenizer with chat_template.jinja writes the file back: as read
+    (auto, or --chat-template of the file's own family), or with the named built-in's source
+    (another family: in tokenizer_config.json it would lose to the file); the config is kept
+    as read. Later commands (auto) render what was trained: the Jinja2 render of the saved file."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", "smollm2", with_template=False)
+    (tmp_path / "tok" / "chat_template.jinja").write_text(SMOLLM2, encoding="utf-8")
+    cfg = (tmp_path / "tok" / "tokenizer_config.json").read_bytes()
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    r = run("sft", "--out", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "tok"),
+            *(["--chat-template", name] if name else []), *SFT_TINY, data)
+    assert r.returncode == 0, r.stderr
+    m = tmp_path / "m"
+    assert (m / "tokenizer_config.json").read_bytes() == cfg
+    saved = (m / "chat_template.jinja").read_text(encoding="utf-8")
+    assert (saved == SMOLLM2) == (name != "llama3")
+    assert harness("tok-info", str(m))["chat"] == (name or "chatml")
+    trained = harness("data-chat-sft", str(tmp_path / "tok"), name or "auto", data)["sequences"]
+    assert trained == harness("data-chat-sft", str(m), "auto", data)["sequences"]
+    for conv, seq in zip(CONVS, trained):
+        ids, w, text = expected_sft("smollm2", ref, vocab, conv, template=saved, eot=eot)
+        assert seq["tokens"] == ids and seq["weights"] == w, text
+
+
+def test_a_save_carries_no_old_chat_template_jinja(tmp_path):
+    """chat_template.jinja is a tokenizer file: a save that writes its tokenizer carries none of
+    OUT's old one (left there, it would be read in place of the new tokenizer's template)."""
+    make_tok(tmp_path / "tok", "smollm2")  # its template inline
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS[:2]])
+    m = tmp_path / "m"
+    r = run("sft", "--out", str(m), "--tokenizer", str(tmp_path / "tok"), *SFT_TINY, data)
+    assert r.returncode == 0, r.stderr
+    (m / "chat_template.jinja").write_text(LLAMA3, encoding="utf-8")  # an older save's
+    r = run("sft", "--out", str(m), "--overwrite", "--tokenizer", str(tmp_path / "tok"), *SFT_TINY, data)
+    assert r.returncode == 0, r.stderr
+    assert not (m / "chat_template.jinja").exists()
+    assert harness("tok-info", str(m))["chat"] == "chatml"

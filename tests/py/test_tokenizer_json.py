@@ -424,6 +424,10 @@ def test_bad_model(tmp_path, edit, msg):
     ('{"eos_token": ', "tokenizer_config.json:1: malformed JSON"),
     ('{"added_tokens_decoder": {"x1": {"content": "<|q|>"}}}', "added_tokens_decoder[\"x1\"]: the key is not a token id"),
     ('{"chat_template": 5}', "chat_template must be a string"),
+    # a list entry transformers cannot make {name: template} of (it fails to load; fdpo skipped it)
+    ('{"chat_template": [{"name": "default"}]}', "tokenizer_config.json: chat_template[0].template is missing or not a string"),
+    ('{"chat_template": [{"template": "x"}]}', "tokenizer_config.json: chat_template[0].name is missing or not a string"),
+    ('{"chat_template": [{"name": "default", "template": "x"}, "y"]}', "tokenizer_config.json: chat_template[1] is not an object"),
 ])
 def test_bad_tokenizer_config(tmp_path, cfg, msg):
     d = tmp_path / "bad"
@@ -497,3 +501,169 @@ def test_nfc_in_a_normalizer_sequence(toks, tmp_path):
     j["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFC"}]}
     (d / "tokenizer.json").write_text(json.dumps(j))
     assert fdpo_ids(str(d), DECOMPOSED, str(tmp_path)) == [ref.encode(t) for t in DECOMPOSED]
+
+
+# ---- tokens tokenizer_config.json names are special (transformers' SPECIAL_TOKENS_ATTRIBUTES) ----
+
+def gpt2_model(toks):
+    """The gpt2 family's model.vocab (without the added <|endoftext|>, id n) and merges."""
+    tj = json.load(open(os.path.join(toks["gpt2"][0], "tokenizer.json")))
+    vocab = tj["model"]["vocab"]
+    return dict(vocab), tj["model"]["merges"], len(vocab)
+
+
+def strip_specials(text, specials):
+    for c in sorted(specials, key=len, reverse=True):
+        text = text.replace(c, "")
+    return text
+
+
+SPECIAL_TEXTS = ["hi<|endoftext|>", "a<|tok|>b <|endoftext|><|tok|>", "<|tok|> and <|endoftext|> are special", "plain"]
+
+
+@pytest.mark.parametrize("key", ["eos_token", "bos_token", "pad_token", "unk_token", "sep_token", "cls_token",
+                                 "mask_token", "additional_special_tokens"])
+def test_tokens_the_config_names_are_special(toks, key, tmp_path):
+    """transformers adds every token tokenizer_config.json names (bos/eos/unk/sep/pad/cls/mask
+    and additional_special_tokens) as a special added token, also when the tokenizer.json
+    lists it only in model.vocab: it is matched in text under --allow-special, left out by
+    --skip-special-tokens. fdpo marked only the added_tokens' specials (a config token never,
+    unless the files had no added tokens at all)."""
+    vocab, merges, n = gpt2_model(toks)
+    vocab["<|tok|>"] = n + 1  # in model.vocab, not in added_tokens
+    d = tmp_path / "t"
+    merged = [tuple(m.split(" ")) for m in merges]
+    write_tokenizer(str(d), "gpt2", GPT2_PAT, dict(vocab, **{"<|endoftext|>": n}), merged, GPT2_ADDED,
+                    {key: ["<|tok|>"] if key == "additional_special_tokens" else "<|tok|>"})
+    tj = json.load(open(d / "tokenizer.json"))
+    assert "<|tok|>" in tj["model"]["vocab"] and [a["content"] for a in tj["added_tokens"]] == ["<|endoftext|>"]
+    info = harness_json("tok-info", str(d))
+    assert sorted(info["special"]) == [n, n + 1]
+    full = dict(vocab, **{"<|endoftext|>": n})
+    ref = RefBPE(full, merged, GPT2_PAT, [("<|endoftext|>", True), ("<|tok|>", True)])
+    for allow in (True, False):
+        got = fdpo_ids(str(d), SPECIAL_TEXTS, str(tmp_path), *(["--allow-special"] if allow else []))
+        assert got == [ref.encode(t, allow) for t in SPECIAL_TEXTS]
+    ids = ref.encode(SPECIAL_TEXTS[1], True)
+    assert n + 1 in ids
+    p = tmp_path / "ids.txt"
+    p.write_text(" ".join(map(str, ids)) + "\n")
+    want = strip_specials(SPECIAL_TEXTS[1], ["<|tok|>", "<|endoftext|>"])
+    assert ok(run("tokenize", "--tokenizer", str(d), "--decode", "--skip-special-tokens", str(p))) == want
+
+
+def test_eos_stays_special_when_added_tokens_decoder_leaves_it_out(toks, tmp_path):
+    """vocab.json + merges.txt + a tokenizer_config.json whose eos_token is <|endoftext|> and
+    whose added_tokens_decoder lists only <|pad|>: both are special, as in transformers. The eos
+    was not: <|endoftext|> was text under --allow-special, kept by --skip-special-tokens, and
+    the Zephyr template wrote each turn's eos as text tokens."""
+    vocab, merges, n = gpt2_model(toks)
+    d = tmp_path / "v"
+    d.mkdir()
+    full = dict(vocab, **{"<|endoftext|>": n})
+    (d / "vocab.json").write_text(json.dumps(full, ensure_ascii=False), encoding="utf-8")
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|endoftext|>", "added_tokens_decoder": {str(n + 1): {"content": "<|pad|>", "special": True}}}))
+    info = harness_json("tok-info", str(d))
+    assert info["eos"] == n and sorted(info["special"]) == [n, n + 1]
+    full["<|pad|>"] = n + 1
+    ref = RefBPE(full, [tuple(m.split(" ")) for m in merges], GPT2_PAT, [("<|endoftext|>", True), ("<|pad|>", True)])
+    texts = ["hi<|endoftext|>", "a<|pad|>b<|endoftext|>c", "<|endoftext|>"]
+    assert fdpo_ids(str(d), texts, str(tmp_path), "--allow-special") == [ref.encode(t, True) for t in texts]
+    p = tmp_path / "ids.txt"
+    p.write_text(" ".join(map(str, ref.encode("hi<|endoftext|>", True))) + "\n")
+    assert ok(run("tokenize", "--tokenizer", str(d), "--decode", "--skip-special-tokens", str(p))) == "hi"
+    # Zephyr: '<|ROLE|>\nCONTENT' + eos + '\n' per turn, the eos one token
+    data = tmp_path / "m.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n")
+    seq = harness_json("data-chat-sft", str(d), "zephyr", str(data))["sequences"][0]["tokens"]
+    assert seq == ref.encode("<|user|>\nhi<|endoftext|>\n<|assistant|>\nyo<|endoftext|>", True)
+
+
+# ---- added_tokens_decoder keys: transformers reads them with int() ----
+
+@pytest.mark.parametrize("form", ["hex", "float", "exponent", "sign", "space"])
+def test_added_tokens_decoder_key_is_a_decimal_integer(toks, form, tmp_path):
+    """A key that denotes the next id but is not a decimal integer ("0x...", "N.0", "N/100e2")
+    was read with strtod and taken; transformers' int(key) raises on it (checked here with
+    Python's int)."""
+    vocab, merges, n = gpt2_model(toks)
+    d = tmp_path / "v"
+    d.mkdir()
+    (d / "vocab.json").write_text(json.dumps(dict(vocab, **{"<|endoftext|>": n}), ensure_ascii=False), encoding="utf-8")
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    nxt = n + 1
+    key = {"hex": hex(nxt), "float": f"{nxt}.0", "exponent": f"{nxt / 100}e2", "sign": f"+{nxt}", "space": f" {nxt}"}[form]
+    if form in ("hex", "float", "exponent"):
+        with pytest.raises(ValueError):
+            int(key)
+    cfg = {"added_tokens_decoder": {str(nxt): {"content": "<|new|>", "special": True}}}
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert harness_json("tok-info", str(d))["vocab_size"] == nxt + 1  # the decimal key is an id
+    cfg = {"added_tokens_decoder": {key: {"content": "<|new|>", "special": True}}}
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and f'tokenizer_config.json: added_tokens_decoder["{key}"]: the key is not a token id' in err, err
+
+
+# ---- a POSIX bracket class inside a class ----
+
+@pytest.mark.parametrize("pattern", [r"[[:digit:]\s]+|.", r"[^[:digit:]\s]{1,2}|[[:digit:]]+|\s+", r"[[:punct:]\s]+|\w+|."])
+def test_posix_class_inside_a_class(toks, pattern, tmp_path):
+    r"""A Split regex with a POSIX class ([:digit:], which Oniguruma and PCRE2 have) in a bracket
+    class beside \s: its ']' closed the outer class in fdpo's \s rewriting, so `[[:digit:]\s]+`
+    became a class of '[', ':', 'd', ... followed by text. Pieces from Python's `regex` module;
+    ASCII digits and punctuation only, where its POSIX classes agree with Oniguruma's."""
+    import regex
+    from tok_ref import pieces
+    assert pieces(r"[[:digit:]\s]+|.", "12 ab") == ["12 ", "a", "b"]
+    _, _, vocab = toks["gpt2"]
+    tj = json.load(open(os.path.join(toks["gpt2"][0], "tokenizer.json")))
+    merges = [tuple(m.split(" ")) for m in tj["model"]["merges"]]
+    d = tmp_path / "px"
+    write_tokenizer(str(d), "split", pattern, vocab, merges, GPT2_ADDED, None, None)
+    ref = RefBPE(vocab, merges, pattern, GPT2_ADDED)
+    texts = ["12 ab", "numbers 1234567 and 3.14159, 42 times", "a: b; c! (d) [e] 9\t8\n7", TEXTS[0], TEXTS[3], "::]]1"]
+    assert all(not regex.search(r"[^\x00-\x7f]", t) for t in texts)
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts]
+
+
+# ---- ill-formed UTF-8 in the files ----
+
+@pytest.mark.parametrize("case", ["vocab-overlong", "vocab-ff", "merges", "config", "tokenizer-json"])
+def test_ill_formed_utf8_in_a_file_is_refused(toks, case, tmp_path):
+    """Python's json.load (and Hugging Face's loaders) refuse a file that is not UTF-8; fdpo
+    read the vocab.json key "<\\xC0\\xAF>" (an overlong '/') as "</>" and took a raw 0xFF."""
+    vocab, merges, n = gpt2_model(toks)
+    d = tmp_path / "v"
+    d.mkdir()
+    vj = json.dumps(dict(vocab, **{"<|endoftext|>": n}), ensure_ascii=False).encode()
+    mt = ("#version: 0.2\n" + "\n".join(merges) + "\n").encode()
+    cfg = b'{"eos_token": "<|endoftext|>"}'
+    if case == "vocab-overlong":
+        vj, name, bad = vj[:-1] + b', "<\xc0\xaf>": %d}' % (n + 1), "vocab.json", 0xC0
+    elif case == "vocab-ff":
+        vj, name, bad = vj[:-1] + b', "<\xff>": %d}' % (n + 1), "vocab.json", 0xFF
+    elif case == "merges":
+        mt, name, bad = mt + b"\xe2\x28 \xa1\n", "merges.txt", 0xE2
+    elif case == "config":
+        cfg, name, bad = b'{"eos_token": "<|endoftext|>",\n "x": "\xed\xa0\x80"}', "tokenizer_config.json", 0xED
+    (d / "vocab.json").write_bytes(vj)
+    (d / "merges.txt").write_bytes(mt)
+    (d / "tokenizer_config.json").write_bytes(cfg)
+    if case == "tokenizer-json":
+        shutil.copy(os.path.join(toks["gpt2"][0], "tokenizer.json"), d / "tokenizer.json")
+        raw = (d / "tokenizer.json").read_bytes()
+        (d / "tokenizer.json").write_bytes(raw.replace(b'"version"', b'"\xc1\xbf": 1, "version"', 1))
+        name, bad = "tokenizer.json", 0xC1
+    data = (d / name).read_bytes()
+    with pytest.raises(UnicodeDecodeError) as e:
+        data.decode("utf-8")  # what json.load(open(path, encoding="utf-8")) reads first
+    first = e.value.start
+    assert data[first] == bad
+    line = data[:first].count(b"\n") + 1
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and f"{d}/{name}:{line}: invalid UTF-8 (byte 0x{bad:02X} at byte offset {first})" in err, err
