@@ -1,4 +1,5 @@
 /* fdpo online: online / iterative f-DPO rounds (a thin layer over fdpo_online_run). */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,7 @@ static const char *const NOT_FOR_ONLINE[] = {"model", "tokenizer", "chat-templat
 
 /* rounds mode's line when a signal ends fdpo, by what OUT holds then: with no complete round
  * there is nothing for --resume (it refuses the directory), so the line says so */
-static struct { char kept[1024], none[1024], round0[4200]; } g_notes;
+static struct { char kept[PATH_MAX + 256], none[PATH_MAX + 256], round0[PATH_MAX + 16]; } g_notes;
 static const char *online_end_note(void) { return access(g_notes.round0, F_OK) == 0 ? g_notes.kept : g_notes.none; }
 
 int cmd_online(int argc, char **argv) {

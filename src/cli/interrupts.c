@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdatomic.h>
 #include <unistd.h>
@@ -25,7 +26,7 @@ static void end_by(int sig) {
      * thread blocked writing to a full stderr pipe, and a signal must still end fdpo */
     struct pollfd err = {.fd = 2, .events = POLLOUT};
     if (note && poll(&err, 1, 0) == 1 && (err.revents & POLLOUT)) {
-        char line[1024];
+        char line[PATH_MAX + 512];
         int n = snprintf(line, sizeof line, "%s\n", note);
         if (n > 0) (void)!write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
     }
