@@ -208,11 +208,10 @@ int fdpo_config_load(const char *path, fdpo_gpt2_config *c) {
 }
 
 int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_config *c) {
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    if (!root || !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return fdpo_error("%s: not a JSON object (malformed config)", path);
-    }
+    /* read as Python's json reads it, or refused: a key twice (json keeps the last, cJSON the
+     * first: rope_theta 10000 where transformers built 500000) or text after the object */
+    cJSON *root = fdpo_jsonl_parse_object(path, 1, text, len, NULL);
+    if (!root) return fdpo_error_context("malformed config");
     int rc = 0;
     memset(c, 0, sizeof *c);
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
@@ -381,11 +380,11 @@ static int st_set_open(st_set *s, const char *dir) {
     } else if (fdpo_file_exists(index)) {
         size_t len;
         char *text = fdpo_read_file(index, &len);
-        cJSON *root = text ? cJSON_ParseWithLength(text, len) : NULL;
+        cJSON *root = text ? fdpo_jsonl_parse_object(index, 1, text, len, NULL) : NULL;   /* as config.json */
         free(text);
         const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
         s->where = index; index = NULL;
-        if (!text) rc = -1;
+        if (!root) rc = -1;
         else if (!cJSON_IsObject(map)) rc = fdpo_error("%s: no \"weight_map\" object (a sharded checkpoint index is expected)", s->where);
         size_t cap = 0;
         for (const cJSON *e = map ? map->child : NULL; !rc && e; e = e->next) {

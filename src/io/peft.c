@@ -79,9 +79,8 @@ static cJSON *read_config(const char *path) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return NULL;
-    cJSON *j = cJSON_ParseWithLength(text, len);
+    cJSON *j = fdpo_jsonl_parse_object(path, 1, text, len, NULL);   /* as config.json: a key twice, text after it */
     free(text);
-    if (!j || !cJSON_IsObject(j)) { cJSON_Delete(j); fdpo_error("%s: not a JSON object", path); return NULL; }
     return j;
 }
 
@@ -127,8 +126,8 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
     char *targets = NULL;
     int rc = -1;
     *targets_out = NULL;
-    cJSON *j = cJSON_ParseWithLength(text, len);
-    if (!j || !cJSON_IsObject(j)) { fdpo_error("%s: not a JSON object", path); goto done; }
+    cJSON *j = fdpo_jsonl_parse_object(path, 1, text, len, NULL);   /* as config.json: a key twice, text after it */
+    if (!j) goto done;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(j, "peft_type");
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "r");
     const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(j, "lora_alpha");

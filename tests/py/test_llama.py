@@ -205,6 +205,16 @@ BAD = {
     "llama3_fractional_context": (lambda d: edit_config(d, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16.5}),
                                   ["original_max_position_embeddings 16.5 must be a whole number"]),
+    # read as Python's json (transformers) reads them, or refused: a key twice (json keeps the
+    # last value, cJSON gave the first: rope_theta 10000 where transformers built 500000) and text
+    # after the object (json: "Extra data") were read silently
+    "config_key_twice": (lambda d: append_to(d, "config.json", lambda t: t[:-1] + ', "rope_theta": 10000.0}'),
+                         ['config.json:1: key "rope_theta" appears twice in one object']),
+    "config_text_after": (lambda d: append_to(d, "config.json", lambda t: t + '\n{"rope_theta": 10000.0}\n'),
+                          ["config.json:2: unexpected text after the JSON object at column 1"]),
+    "index_key_twice": (lambda d: append_to(d, "model.safetensors.index.json",
+                                            lambda t: t.rstrip()[:-1] + ', "metadata": {}}'),
+                        ['model.safetensors.index.json:1: key "metadata" appears twice in one object']),
     "gqa_not_dividing": (lambda d: edit_config(d, num_key_value_heads=4), ["num_key_value_heads 4"]),
     "act": (lambda d: edit_config(d, hidden_act="gelu"), ["hidden_act 'gelu'"]),
     "shape": (lambda d: edit_config(d, intermediate_size=50), ["mlp.gate_proj.weight", "[64,48]", "[50,48]"]),
@@ -269,6 +279,13 @@ def test_rope_configs_transformers_reads_match_pytorch(tmp_path, name, edit):
     model.save_hf(str(d))
     edit_config(str(d), **edit)
     assert_matches_reference(tmp_path, d, model, batch(rng, CONFIGS[name]["vocab_size"]), rng)
+
+
+def append_to(d, name, edit):
+    """rewrite d/name's text as edit(text) (JSON that json.dump would not write)"""
+    p = os.path.join(d, name)
+    text = open(p).read()
+    open(p, "w").write(edit(text))
 
 
 def edit_config(d, **kv):

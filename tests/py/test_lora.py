@@ -771,6 +771,16 @@ def test_peft_files_from_python_load_and_dropout_gradients_are_consistent(tmp_pa
         (bad / "adapter_config.json").write_text(json.dumps(c))
         r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)
         assert r.returncode != 0 and f"{bad / 'adapter_config.json'}: {msg}\n" in r.stderr, r.stderr
+    # as Python's json reads it, or refused: lora_alpha twice (json and PEFT keep the last, 2;
+    # cJSON gave the first, 6) and a stray "}" after the object (json: "Extra data") were read
+    for i, (edit, msg) in enumerate([(lambda t: t.rstrip()[:-1] + ', "lora_alpha": 2}',
+                                      ':1: key "lora_alpha" appears twice in one object'),
+                                     (lambda t: t.rstrip() + "\n}\n", ":2: unexpected text after the JSON object")]):
+        bad = write_peft(tmp_path / f"raw{i}", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"])
+        cfg = bad / "adapter_config.json"
+        cfg.write_text(edit(cfg.read_text()))
+        r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)
+        assert r.returncode != 0 and f"{cfg}{msg}" in r.stderr, r.stderr
     # entries that leave out no targeted module (PEFT: a module's name or a '.'-suffix of it)
     # exclude nothing fdpo adapts: the same logits. "self_attn.down_proj" and "mlp.v_proj" name
     # no module; they were refused, their last part compared alone
