@@ -291,7 +291,7 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
         /* u, log u and f(u) share their transcendentals (this pass dominates `frontier`):
          * fkl: u = 1/eps, f = -log u.
          * js: u = 1/expm1(eps), log((u+1)/2) = eps + log u - log 2.
-         * alpha: w = A eps, log u = -log(w)/A, u^(1-A) = u w. */
+         * alpha: w = A eps, log u = -log(w)/A, f from log u. */
         const double A = d->alpha;
         const int k = d->kind == FDPO_DIV_ALPHA ? int_power(A) : 0;
         for (size_t i = 0; i < n; i++) {
@@ -316,18 +316,13 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
                     f = u * lu - (u + 1) * (fabs(lu) < 1 ? log1p(0.5 * expm1(lu)) : e + lu - M_LN2);
                 }
             } else {
+                /* u = (A e)^(-1/A), from log w where w = A e overflows (0 * inf was NaN). f from lu in
+                 * the shared table's forms (fdpo_f_log): the table's (u w - (1 - A) u - A)/(A(A - 1))
+                 * cancels to ~1e-16/(1 - A) (D_f 10% off at A = 1 - 2e-16) and left 3e-16 at u = 1 */
                 double w = A * e;
-                if (far) { /* u = (A e)^(-1/A), u^(1-A) = u w, both from log w (0 * inf was NaN) */
-                    double lw = log(A) + log_gap(pp->r_max, r[i]) - log(beta);
-                    lu = -lw / A; u = exp(lu);
-                    f = (exp((1 - A) * lu) - (1 - A) * u - A) / (A * (A - 1));
-                } else {
-                    lu = -log(w) / A; u = k ? ipow(1 / w, k) : exp(lu);
-                    /* near u = 1 the numerator's terms cancel to ~lu^2: in expm1 form it is exactly 0
-                     * at u = 1 (u w - (1 - A) u - A left 3e-16, times beta in the objective) */
-                    f = fabs(lu) < 1 ? (expm1((1 - A) * lu) - (1 - A) * expm1(lu)) / (A * (A - 1))
-                                     : (u * w - (1 - A) * u - A) / (A * (A - 1));
-                }
+                lu = far ? -(log(A) + log_gap(pp->r_max, r[i]) - log(beta)) / A : -log(w) / A;
+                u = far || !k ? exp(lu) : ipow(1 / w, k);
+                f = fdpo_f_log(d, lu);
             }
             double p = q[i] * u;
             if (pi) pi[i] = p;
