@@ -97,3 +97,18 @@ def test_gap_without_noise_is_zero_near_alpha_one():
         assert abs(float(x["objective_gap"])) <= 1e-15 and float(x["reward_gap"]) == 0, x
 
 
+# ---- D7: --length-min/--length-max belong to bias alone ----
+
+@pytest.mark.parametrize("sub", ["solve", "frontier", "gap", "coverage", "check", "constrained", "bias"])
+def test_length_flags_are_listed_only_where_they_work(sub):
+    """--help of every subcommand listed them with their defaults, and every one but bias then
+    refused them ("has no effect here")"""
+    text = lab(sub, "--help").stdout
+    listed = [f for f in ("--length-min", "--length-max") if f"  {f} " in text]
+    if sub == "bias":
+        assert listed == ["--length-min", "--length-max"]
+        r = lab("bias", "--n", "20", "--length-min", "5", "--length-max", "9", "--divergence", "rkl", "--betas", "0.1",
+                "--threads", "1")
+        assert len(rows(r.stdout)) == 1
+    else:
+        assert listed == []
