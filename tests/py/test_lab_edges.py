@@ -62,6 +62,84 @@ def mp_optimum(div, Q, R, B):
     return [q * g(hi + d) for q, d in zip(Q, D)]
 
 
+# ---- D4: constrained --stepwise when pi1 underflows ----
+
+STEP_Q, STEP_R, STEP_G = [0.4, 0.3, 0.3], [1.0, 0.0, 0.0], [0.0, 1.0, 0.5]
+
+
+def mp_constrained(div, q, r, g, beta, b):
+    """lambda* (bisection on E_{pi_lambda}[g] = b, which is non-decreasing in lambda), the joint
+    optimum and the two-step policy: pi1 for r from q at beta, then for g from pi1 at beta/lambda*"""
+    mp.mp.dps = 50
+    Q, R, G, B = [[mp.mpf(x) for x in v] for v in (q, r, g)] + [mp.mpf(beta)]
+    eg = lambda lam: mp.fsum(p * x for p, x in zip(mp_optimum(div, Q, [a + lam * c for a, c in zip(R, G)], B), G))
+    lo, hi = mp.mpf(0), mp.mpf(1)
+    assert eg(lo) < b
+    while eg(hi) < b:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if eg(mid) < b else (lo, mid)
+    lam = hi
+    joint = mp_optimum(div, Q, [a + lam * c for a, c in zip(R, G)], B)
+    pi1 = mp_optimum(div, Q, R, B)
+    step = mp_optimum(div, pi1, G, B / lam)
+    return lam, joint, pi1, step
+
+
+@pytest.mark.parametrize("div", ["rkl", "fkl", "js", "alpha:0.3", "alpha:0.7"])
+def test_stepwise_from_a_pi1_that_underflows(tmp_path, div):
+    """beta = 0.001 leaves pi1 = e^-1000 on the responses without reward (rkl, js): in linear
+    space they were 0, so rkl's second step could not move mass there (E[g] 0 and
+    max |pi_step - pi*| 0.3, where DESIGN §4 makes the two equal) and js's solve did not
+    converge. pi_stepwise is the mpmath two-step from pi1 (js: the safest response takes
+    everything, its pi1 of e^-1000 notwithstanding, since JS's (f')^-1 has a pole)."""
+    p, out = tmp_path / "s.csv", tmp_path / "pi.csv"
+    write_csv(p, {"pi_ref": STEP_Q, "reward": STEP_R, "safety": STEP_G})
+    t = rows(lab("constrained", "--data", p, "--divergence", div, "--beta", "0.001", "--min-safety", "0.3",
+                 "--stepwise", "--out", out, "--threads", "1").stdout)[0]
+    lam, joint, pi1, step = mp_constrained(div, STEP_Q, STEP_R, STEP_G, 0.001, 0.3)
+    if div in ("rkl", "js"):
+        assert float(min(pi1)) == 0  # the case: pi1 underflows in doubles
+    assert float(t["lambda"]) == pytest.approx(float(lam), rel=1e-9)
+    ours = np.array([float(x["pi_stepwise"]) for x in rows(out.read_text())])
+    ref = np.array([float(x) for x in step])
+    np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+    assert float(t["stepwise_expected_reward"]) == pytest.approx(float(mp.fsum(a * b for a, b in zip(step, STEP_R))), abs=1e-9)
+    assert float(t["stepwise_expected_safety"]) == pytest.approx(float(mp.fsum(a * b for a, b in zip(step, STEP_G))), abs=1e-9)
+    gap = max(abs(float(a - b)) for a, b in zip(step, joint))
+    assert float(t["stepwise_max_abs_diff"]) == pytest.approx(gap, rel=1e-6, abs=1e-12)
+    if div == "rkl":  # exact composition: the joint optimum, E[g] = b
+        assert gap < 1e-30 and float(t["stepwise_max_abs_diff"]) <= 1e-12
+        assert float(t["stepwise_expected_safety"]) == pytest.approx(0.3, abs=1e-12)
+
+
+def test_stepwise_js_on_a_generated_problem_and_in_a_sweep(tmp_path):
+    """the default generated problem at beta = 0.001 failed with "js at beta 0.00118...: did not
+    converge" (the second step's beta/lambda*, a beta never given), the sweep with "an inner
+    solve failed"; now a distribution whose E[r], E[g] are the reported ones"""
+    out = tmp_path / "pi.csv"
+    t = rows(lab("constrained", "--n", "300", "--min-safety", "0.5", "--beta", "0.001", "--stepwise",
+                 "--divergence", "js", "--out", out, "--threads", "1").stdout)[0]
+    pis = rows(out.read_text())
+    ps = np.array([float(x["pi_stepwise"]) for x in pis])
+    g = np.array([float(x["safety"]) for x in pis])
+    r = np.array([float(x["reward"]) for x in pis])
+    assert np.all(ps >= 0) and ps.sum() == pytest.approx(1, abs=1e-12)
+    assert float(t["stepwise_expected_safety"]) == pytest.approx(ps @ g, abs=1e-12)
+    assert float(t["stepwise_expected_reward"]) == pytest.approx(ps @ r, abs=1e-12)
+    p = tmp_path / "s.csv"
+    write_csv(p, {"pi_ref": STEP_Q, "reward": STEP_R, "safety": STEP_G})
+    sweep = rows(lab("constrained", "--data", p, "--frontier", "0.1:0.5:3", "--beta", "0.001", "--stepwise",
+                     "--divergence", "js,rkl", "--threads", "1").stdout)
+    assert len(sweep) == 6 and all(x["feasible"] == "1" for x in sweep)
+    for x in sweep:
+        if x["divergence"] == "rkl":
+            assert float(x["stepwise_expected_safety"]) == pytest.approx(float(x["min_safety"]), abs=1e-12)
+        else:  # the safest response takes everything (see above)
+            assert float(x["stepwise_expected_safety"]) == pytest.approx(1, abs=1e-12)
+
+
 # ---- D5: alpha:A near 1 ----
 
 ALPHAS = ["1e-06", "0.0001", "0.01", "0.5", "0.99", "0.999999", "0.9999999999", "0.9999999999999",
