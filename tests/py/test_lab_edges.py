@@ -175,6 +175,27 @@ def test_gap_without_noise_is_zero_near_alpha_one():
         assert abs(float(x["objective_gap"])) <= 1e-15 and float(x["reward_gap"]) == 0, x
 
 
+# ---- D6: a failed solve inside frontier and the constrained sweep keeps its message ----
+
+def test_frontier_and_sweep_fail_with_the_solves_message(tmp_path):
+    """frontier said only "a solve failed" and the sweep "an inner solve failed". Whatever
+    `lab solve` says of the same (divergence, beta) is what they say (and where solve succeeds,
+    so do they): a best response with pi_ref = 1e-320."""
+    p = tmp_path / "d.csv"
+    write_csv(p, {"pi_ref": [1.0, 1e-320], "reward": [0.0, 1.0], "safety": [1.0, 0.0]})
+    solve = lab("solve", "--data", p, "--divergence", "fkl", "--beta", "0.1", check=False)
+    front = lab("frontier", "--data", p, "--divergence", "rkl,fkl", "--betas", "0.1,1", "--threads", "2", check=False)
+    sweep = lab("constrained", "--data", p, "--divergence", "rkl,fkl", "--beta", "0.1", "--frontier", "0.2:0.6:3",
+                "--threads", "2", check=False)
+    if solve.returncode == 0:
+        assert front.returncode == 0 and sweep.returncode == 0, (front.stderr, sweep.stderr)
+        return
+    msg = solve.stderr.strip().split("fdpo lab: ", 1)[1]
+    assert "fkl" in msg and "0.1" in msg
+    assert front.returncode == 1 and front.stderr.strip().endswith(f"fdpo lab: frontier: {msg}"), front.stderr
+    assert sweep.returncode == 1 and sweep.stderr.strip().endswith(f"fdpo lab: constrained frontier: {msg}"), sweep.stderr
+
+
 # ---- D7: --length-min/--length-max belong to bias alone ----
 
 @pytest.mark.parametrize("sub", ["solve", "frontier", "gap", "coverage", "check", "constrained", "bias"])
