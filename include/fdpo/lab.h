@@ -90,6 +90,11 @@ int fdpo_lab_divergence_check(const fdpo_divergence *d);
 /* pi* for divergence d and beta > 0. pi may be NULL (statistics only, O(1) memory). */
 int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *pi,
                    fdpo_lab_result *res);
+/* fdpo_lab_solve that also gives log pi (log_pi may be NULL): for rkl, fkl, js and alpha it is
+ * log pi_ref + log u, finite where pi underflows (chi2, tv: log pi), so that pi can be the next solve's reference
+ * (constrained's stepwise) in log space. pi_ref may then underflow to 0 where log_pi_ref is finite. */
+int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *pi,
+                       double *log_pi, fdpo_lab_result *res);
 /* Statistics of a given pi under (pi_ref, reward) for divergence d; lambda left NaN. */
 void fdpo_lab_evaluate(const fdpo_divergence *d, double beta, const double *pi_ref, const double *reward,
                        const double *pi, size_t n, fdpo_lab_result *res);

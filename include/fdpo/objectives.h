@@ -27,6 +27,10 @@ int fdpo_divergence_admissible(const fdpo_divergence *d, const char **why);
 int fdpo_beta_check(double beta);
 
 double fdpo_f(const fdpo_divergence *d, double u);           /* f(u), u >= 0 */
+/* f(e^l), from l = log u: alpha:A in the forms that keep every A in (0, 1) and every l accurate
+ * (the table's (u^(1-A) - (1-A) u - A)/(A(A-1)) cancels to ~1e-16/(1-A) near A = 1 and to
+ * ~1e-16/A near 0), l = -inf giving f(0); the other f as fdpo_f(d, e^l). */
+double fdpo_f_log(const fdpo_divergence *d, double l);
 /* f(u)/u at u = e^l: one sample's estimate of D_f(pi || pi_ref) = E_pi[f(u)/u] from its
  * log-ratio l = log pi - log pi_ref (fdpo rl's objective/f_divergence, fdpo eval's fdiv_seq).
  * In log space: finite wherever the value is (js -> log 2, alpha -> 1/alpha, tv -> 1/2 as

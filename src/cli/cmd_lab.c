@@ -148,11 +148,14 @@ typedef struct {
     {"dirichlet-alpha", FLAG_FLOAT, &(o).gen.dirichlet_alpha, "1", "symmetric Dirichlet concentration", 0},    \
     {"reward", FLAG_STR, &(o).gen.reward_kind, "gaussian", "generated reward: gaussian (sd = scale), uniform (+-scale)", 0}, \
     {"reward-scale", FLAG_FLOAT, &(o).gen.reward_scale, "1", "reward standard deviation / half-width", 0},     \
-    {"length-min", FLAG_INT, &(o).gen.length_min, "10", "generated response lengths: smallest", 0},            \
-    {"length-max", FLAG_INT, &(o).gen.length_max, "200", "generated response lengths: largest", 0},            \
     {"seed", FLAG_COUNT, &(o).seed, FLAGS_DEFAULT_SEED, "RNG seed (same seed + threads -> same numbers)", 0},            \
     {"threads", FLAG_INT, &(o).threads, "0", "OpenMP threads (0 = default)", 0},                           \
     {"format", FLAG_STR, &(o).format, "csv", "output table format: csv or json", 0}
+/* bias's alone: the one experiment that reads response lengths (the others listed them in --help
+ * with their defaults, then refused them) */
+#define LENGTH_FLAGS(o)                                                                                 \
+    {"length-min", FLAG_INT, &(o).gen.length_min, "10", "generated response lengths: smallest", 0},            \
+    {"length-max", FLAG_INT, &(o).gen.length_max, "200", "generated response lengths: largest", 0}
 
 /* A flag whose value makes the run allocate more than the machine's memory, refused naming it
  * (the out-of-memory handler's line names no flag) */
@@ -165,8 +168,9 @@ static int beyond_ram(const char *flag, long value, double bytes, const char *wh
 }
 
 /* what an experiment reads of a problem beyond pi_ref and the reward: a CSV's `prompt` column
- * (several prompts; the others refuse it) and the response lengths (the others refuse
- * --length-min/--length-max, which would change nothing) */
+ * (several prompts; the others refuse it) and the response lengths (only bias has
+ * --length-min/--length-max; the others draw the default lengths, which keeps the random stream
+ * of the columns drawn after them) */
 enum { READS_PROMPTS = 1, READS_LENGTHS = 2 };
 static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf, fdpo_rng *rng, fdpo_lab_problem *p,
                         int reads) {
@@ -195,17 +199,19 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
     /* pi_ref, reward and length alone take 24 bytes a response: more than the machine holds
      * ended in the out-of-memory handler's line, which names no flag */
     if (beyond_ram("n", o->n, 24.0 * (double)o->n, "the generated problem alone takes")) return -1;
-    static const char *const length_flags[] = {"length-min", "length-max"};
-    const char *unused = reads & READS_LENGTHS ? NULL : flags_first_set(flags, nf, FLAGS_NAMES(length_flags));
-    if (unused)
-        return fdpo_error("--%s: has no effect here (response lengths are read by `fdpo lab bias` only)", unused);
     /* the other kinds' parameters would be ignored */
     const char *kind = o->gen.pi_ref_kind ? o->gen.pi_ref_kind : "zipf";
     if (flags_was_set(flags, nf, "zipf-s") && strcmp(kind, "zipf"))
         return fdpo_error("--zipf-s: only with --pi-ref zipf (this is --pi-ref %s)", kind);
     if (flags_was_set(flags, nf, "dirichlet-alpha") && strcmp(kind, "dirichlet"))
         return fdpo_error("--dirichlet-alpha: only with --pi-ref dirichlet (this is --pi-ref %s)", kind);
-    return fdpo_lab_generate(&o->gen, (size_t)o->n, rng, p);
+    fdpo_lab_gen gen = o->gen;
+    if (!(reads & READS_LENGTHS)) {
+        fdpo_lab_gen def;
+        fdpo_lab_gen_default(&def);
+        gen.length_min = def.length_min; gen.length_max = def.length_max;
+    }
+    return fdpo_lab_generate(&gen, (size_t)o->n, rng, p);
 }
 
 /* The checks learn from pairs of responses: a --data file of one row is named as the cause
@@ -568,6 +574,7 @@ static int lab_bias(int argc, char **argv) {
     const char *divspec, *betalist, *biaslist;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "1000"),
+        LENGTH_FLAGS(o),
         {"divergence", FLAG_STR, &divspec, "all", "comma list of divergences", 0},
         {"betas", FLAG_STR, &betalist, "0.03,0.1,0.3,1", "comma list of betas", 0},
         {"bias", FLAG_STR, &biaslist, "0.005", "comma list of b: r_hat = r + b * length", 0},

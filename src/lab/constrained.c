@@ -48,7 +48,7 @@ static void heap_down(size_t *h, size_t k, const double *c, size_t i) {
 
 /* pi*_lambda into pi; the inner solver only needs the largest rewards (its bracket), not a
  * full sort, so selection keeps each evaluation O(n) */
-static int solve_at(dual *x, double lambda, double *pi, fdpo_lab_result *res) {
+static int solve_at(dual *x, double lambda, double *pi, double *log_pi, fdpo_lab_result *res) {
     const size_t n = x->n, k = n < TOP_K ? n : TOP_K;
     double cmin = INFINITY, cmax = -INFINITY;
     for (size_t i = 0; i < n; i++) {
@@ -63,7 +63,7 @@ static int solve_at(dual *x, double lambda, double *pi, fdpo_lab_result *res) {
         if (x->c[i] > x->c[x->top[0]]) { x->top[0] = i; heap_down(x->top, k, x->c, 0); }
     fdpo_lab_prepared pp = {n, x->pi_ref, x->c, (double *)x->log_pi_ref, x->top, k, cmin, cmax};
     x->evals++;
-    return fdpo_lab_solve(&pp, x->d, x->beta, pi, res);
+    return fdpo_lab_solve_log(&pp, x->d, x->beta, pi, log_pi, res);
 }
 
 static double mean_under(const double *pi, const double *v, size_t n) {
@@ -75,7 +75,7 @@ static double mean_under(const double *pi, const double *v, size_t n) {
 /* E_{pi*_lambda}[g] - b */
 static int excess(dual *x, double lambda, double b, double *pi, double *out) {
     fdpo_lab_result r;
-    if (solve_at(x, lambda, pi, &r)) return -1;
+    if (solve_at(x, lambda, pi, NULL, &r)) return -1;
     *out = mean_under(pi, x->safety, x->n) - b;
     return 0;
 }
@@ -121,20 +121,43 @@ static void stats(const double *pi, const dual *x, const fdpo_lab_result *r, fdp
 }
 
 /* The r-only optimum pi1 = pi*_0, computed once per (problem, divergence): it decides whether
- * a threshold is active and is the first step of the stepwise policy. */
-typedef struct { double *pi1; fdpo_lab_result r0; double e0, gmin, gmax; } base;
+ * a threshold is active and is the first step of the stepwise policy, which starts from log pi1
+ * (pi1 underflows to 0 where a small beta leaves e^-1000: for rkl the second step must give
+ * back exactly the joint optimum, which has mass there). */
+typedef struct { double *pi1, *log_pi1; fdpo_lab_result r0; double e0, gmin, gmax; } base;
 
 static int base_init(dual *x, base *bs) {
     bs->pi1 = fdpo_malloc(x->n * sizeof(double));
-    if (solve_at(x, 0, bs->pi1, &bs->r0)) return -1;
+    bs->log_pi1 = fdpo_malloc(x->n * sizeof(double));
+    if (solve_at(x, 0, bs->pi1, bs->log_pi1, &bs->r0)) return -1;
     bs->e0 = mean_under(bs->pi1, x->safety, x->n);
     bs->gmin = INFINITY; bs->gmax = -INFINITY;
     for (size_t i = 0; i < x->n; i++) { bs->gmax = fmax(bs->gmax, x->safety[i]); bs->gmin = fmin(bs->gmin, x->safety[i]); }
     return 0;
 }
 
-/* A threshold's solution. Returns an ST_ code and sets no error message (it runs in parallel
- * sweeps). hint (or NULL): {lambda, its E[g], a step}: a smaller threshold's lambda*, whose E[g]
+/* The stepwise policy's second step into ps: the optimum for g from pi1 at beta/lambda, pi1 given
+ * in log space. Only pi1's support (log pi1 > -inf) takes part: the solver's pole sits at the
+ * largest g with mass, and pi1 = 0 stays 0. */
+static int step_two(const dual *x, const base *bs, double lambda, double *ps) {
+    const size_t n = x->n;
+    size_t m = 0, *idx = fdpo_malloc(n * sizeof *idx);
+    double *buf = fdpo_malloc(4 * n * sizeof(double)), *q = buf, *lq = buf + n, *g = buf + 2 * n, *p = buf + 3 * n;
+    for (size_t i = 0; i < n; i++)
+        if (bs->log_pi1[i] > -INFINITY) { idx[m] = i; lq[m] = bs->log_pi1[i]; q[m] = exp(lq[m]); g[m] = x->safety[i]; m++; }
+    dual y = *x;
+    y.n = m; y.pi_ref = q; y.log_pi_ref = lq; y.reward = g; y.safety = g; y.beta = x->beta / lambda;
+    fdpo_lab_result r;
+    int rc = solve_at(&y, 0, p, NULL, &r);
+    if (rc) fdpo_error_context("--stepwise's second step (for safety from pi1 at beta/lambda* = %.17g)", y.beta);
+    memset(ps, 0, n * sizeof *ps);
+    for (size_t j = 0; j < m; j++) ps[idx[j]] = p[j];
+    free(idx); free(buf);
+    return rc;
+}
+
+/* A threshold's solution. Returns an ST_ code; only ST_SOLVE leaves a message (the solver's,
+ * in this thread's error: the sweep copies it out). hint (or NULL): {lambda, its E[g], a step}: a smaller threshold's lambda*, whose E[g]
  * is <= b, so the bracket starts there and first tries lambda + step; updated to this
  * threshold's lambda* and 1.5 x its increment. */
 static int constrained_core(dual *x, const base *bs, double b, int stepwise, double hint[3], double *pi,
@@ -163,7 +186,7 @@ static int constrained_core(dual *x, const base *bs, double b, int stepwise, dou
             if (!(hi < 1e300)) return ST_NO_BRACKET;
         }
         if (brent(x, b, pi, lo, flo, hi, fhi, &lambda)) return ST_SOLVE;
-        if (solve_at(x, lambda, pi, &r)) return ST_SOLVE;
+        if (solve_at(x, lambda, pi, NULL, &r)) return ST_SOLVE;
         res->active = 1;
     }
     res->lambda = lambda;
@@ -178,15 +201,7 @@ static int constrained_core(dual *x, const base *bs, double b, int stepwise, dou
     res->stepwise = 1;
     double *ps = pi_step;
     if (lambda == 0) memcpy(ps, bs->pi1, n * sizeof *ps);
-    else {
-        double *lp1 = fdpo_malloc(n * sizeof(double));
-        for (size_t i = 0; i < n; i++) lp1[i] = log(bs->pi1[i]);
-        dual y = *x;
-        y.pi_ref = bs->pi1; y.log_pi_ref = lp1; y.reward = x->safety; y.beta = x->beta / lambda;
-        int rc = solve_at(&y, 0, ps, &r);
-        free(lp1);
-        if (rc) return ST_SOLVE;
-    }
+    else if (step_two(x, bs, lambda, ps)) return ST_SOLVE;
     double mx = 0, tv = 0, kl = 0;
     for (size_t i = 0; i < n; i++) {
         double dlt = fabs(ps[i] - pi[i]);
@@ -258,7 +273,7 @@ int fdpo_lab_constrained(const double *pi_ref, const double *reward, const doubl
     base bs;
     int st = base_init(&x, &bs) ? ST_SOLVE
            : constrained_core(&x, &bs, min_safety, stepwise, NULL, pi ? pi : pi_own, pi_step ? pi_step : ps_own, res);
-    free(x.c); free(x.top); free(lq); free(pi_own); free(bs.pi1); free(ps_own);
+    free(x.c); free(x.top); free(lq); free(pi_own); free(bs.pi1); free(bs.log_pi1); free(ps_own);
     return st == ST_OK ? 0 : report(st, min_safety, safety, n);
 }
 
@@ -280,20 +295,20 @@ int fdpo_lab_constrained_sweep(const double *pi_ref, const double *reward, const
     keyed_threshold *order = fdpo_malloc(nb * sizeof *order);
     for (size_t t = 0; t < nb; t++) { order[t].b = bs[t]; order[t].t = t; }
     qsort(order, nb, sizeof *order, by_threshold);
-    int failed = 0;
-    long long ndl = (long long)nd;
+    long long ndl = (long long)nd, first = ndl;
+    char *msg = NULL; /* the first failed divergence's message (errors are per thread: copied out) */
     size_t done = 0, every = (nd * nb + 9) / 10;
     fdpo_progress pr;
     fdpo_progress_start(&pr, "constrained frontier", nd * nb);
     /* parallel over divergences; thresholds in order inside one, so rows do not depend on threads */
-#pragma omp parallel for schedule(dynamic, 1) reduction(| : failed)
+#pragma omp parallel for schedule(dynamic, 1)
     for (long long k = 0; k < ndl; k++) {
         dual x;
         dual_init(&x, pi_ref, lq, reward, safety, n, &divs[k], beta);
         double *pi = fdpo_malloc(n * sizeof(double)), *ps = stepwise ? fdpo_malloc(n * sizeof(double)) : NULL;
         base b0;
         double hint[3] = {0, 0, 0};
-        if (base_init(&x, &b0)) failed = 1;
+        int failed = base_init(&x, &b0);
         for (size_t j = 0; !failed && j < nb; j++) {
             fdpo_lab_constrained_result *row = &rows[(size_t)k * nb + order[j].t];
             int st = constrained_core(&x, &b0, order[j].b, stepwise, hint, pi, ps, row);
@@ -303,13 +318,20 @@ int fdpo_lab_constrained_sweep(const double *pi_ref, const double *reward, const
                 row->entropy = row->objective = NAN;
                 row->step_expected_reward = row->step_expected_safety = row->step_max_abs_diff = row->step_tv = row->step_kl = NAN;
                 row->stepwise = stepwise;
-            } else if (st != ST_OK) failed = 1;
+            } else if (st != ST_OK) failed = fdpo_error_context("--min-safety %.17g", order[j].b);
 #pragma omp critical(fdpo_lab_constrained_progress)
             if (++done % every == 0) fdpo_progress_step(&pr, done, NAN, NAN, NAN, NAN, NULL); /* ~10 reports */
         }
-        free(x.c); free(x.top); free(pi); free(ps); free(b0.pi1);
+        if (failed) {
+#pragma omp critical(fdpo_lab_constrained_error)
+            if (k < first) { first = k; free(msg); msg = fdpo_strdup(fdpo_last_error()); }
+        }
+        free(x.c); free(x.top); free(pi); free(ps); free(b0.pi1); free(b0.log_pi1);
     }
     fdpo_progress_end(&pr);
     free(lq); free(order);
-    return failed ? fdpo_error("constrained frontier: an inner solve failed") : 0;
+    if (!msg) return 0;
+    fdpo_error("constrained frontier: %s", msg);
+    free(msg);
+    return -1;
 }

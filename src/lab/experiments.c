@@ -148,7 +148,8 @@ static int frontier_row(const fdpo_lab_prepared *pps, size_t n_prompts, const fd
     fdpo_lab_result sum = {0};
     for (size_t x = 0; x < n_prompts; x++) {
         fdpo_lab_result r;
-        if (fdpo_lab_solve(&pps[x], d, beta, NULL, &r)) return -1;
+        if (fdpo_lab_solve(&pps[x], d, beta, NULL, &r))
+            return n_prompts > 1 ? fdpo_error_context("prompt %zu of %zu", x + 1, n_prompts) : -1;
         if (n_prompts == 1) { *row = r; return 0; }
         sum.expected_reward += r.expected_reward;
         sum.entropy += r.entropy;
@@ -174,10 +175,17 @@ int fdpo_lab_frontier_prompts(const fdpo_lab_prepared *pps, size_t n_prompts, co
     for (size_t k = 0; k < ndivs; k++)
         if (divs[k].kind == FDPO_DIV_ALPHA && !(divs[k].alpha > 0 && divs[k].alpha < 1))
             return fdpo_error("--divergence alpha:%g: alpha must be in (0, 1)", divs[k].alpha);
-    long long nt = (long long)(ndivs * nbetas);
-    int failed = 0;
-#pragma omp parallel for schedule(dynamic, 1) reduction(| : failed)
+    long long nt = (long long)(ndivs * nbetas), first = nt;
+    char *msg = NULL; /* the first failed row's message (its solve's, naming divergence and beta): errors
+                       * are per thread, so it is copied out, and the first in the table's order is kept */
+#pragma omp parallel for schedule(dynamic, 1)
     for (long long k = 0; k < nt; k++)
-        failed |= frontier_row(pps, n_prompts, &divs[k / (long long)nbetas], betas[k % (long long)nbetas], &rows[k]) != 0;
-    return failed ? fdpo_error("frontier: a solve failed") : 0;
+        if (frontier_row(pps, n_prompts, &divs[k / (long long)nbetas], betas[k % (long long)nbetas], &rows[k])) {
+#pragma omp critical(fdpo_lab_frontier_error)
+            if (k < first) { first = k; free(msg); msg = fdpo_strdup(fdpo_last_error()); }
+        }
+    if (!msg) return 0;
+    fdpo_error("frontier: %s", msg);
+    free(msg);
+    return -1;
 }

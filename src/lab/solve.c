@@ -250,6 +250,11 @@ int fdpo_lab_divergence_check(const fdpo_divergence *d) {
 }
 
 int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *pi, fdpo_lab_result *res) {
+    return fdpo_lab_solve_log(pp, d, beta, pi, NULL, res);
+}
+
+int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *pi, double *log_pi,
+                       fdpo_lab_result *res) {
     if (fdpo_beta_check(beta)) return -1;
     if (pp->n == 0) return fdpo_error("no responses (n = 0)");
     if (fdpo_lab_divergence_check(d)) return -1;
@@ -271,6 +276,7 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
         for (size_t i = 0; i < n; i++) {
             const double lu = (r[i] - rmax) / beta - logz, lp = lq[i] + lu, p = exp(lp);   /* lu = log(pi/pi_ref) */
             if (pi) pi[i] = p;
+            if (log_pi) log_pi[i] = lp;
             if (p > 0) { a.er += p * r[i]; a.h -= p * lp; a.support++; }
             a.kl += kl_term(q[i], p, p > 0 ? exp(lu) : 0, lu);
         }
@@ -279,8 +285,24 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
         break;
     }
     case FDPO_DIV_FKL: case FDPO_DIV_JS: case FDPO_DIV_ALPHA: {
-        double tau;
-        res->iterations = solve_tau(pp, d, beta, &tau);
+        /* A reference known in log space (constrained's stepwise pi1) can have its best-rewarded
+         * responses underflow to q = 0 with log q finite: their u ~ 1/q needs a tau below the
+         * smallest double. If the others leave mass at tau = 0 (s0 = sum q g(D) < 1 over D > 0), that
+         * mass is the best responses', in proportion to q: the optimum up to a relative ~q/(1 - s0) */
+        double tau = 0, pole = 0, lqtop = -INFINITY;
+        const double A = d->alpha;
+        const int k = d->kind == FDPO_DIV_ALPHA ? int_power(A) : 0;
+        double qtop = 0, m = -INFINITY;
+        for (size_t i = 0; i < n; i++)
+            if (r[i] == pp->r_max) { qtop += q[i]; m = fmax(m, lq[i]); }
+        if (qtop == 0 && m > -INFINITY) {
+            double s0 = 0, z = 0;
+            for (size_t i = 0; i < n; i++)
+                if (r[i] == pp->r_max) z += exp(lq[i] - m);
+                else s0 += q[i] * g_eps(d->kind, A, k, (pp->r_max - r[i]) / beta);
+            if (s0 < 1) { pole = 1 - s0; lqtop = m + log(z); }
+        }
+        res->iterations = pole > 0 ? 1 : solve_tau(pp, d, beta, &tau);
         if (res->iterations == 0) {
             char div[64];
             fdpo_divergence_name(d, div, sizeof div);
@@ -291,10 +313,17 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
         /* u, log u and f(u) share their transcendentals (this pass dominates `frontier`):
          * fkl: u = 1/eps, f = -log u.
          * js: u = 1/expm1(eps), log((u+1)/2) = eps + log u - log 2.
-         * alpha: w = A eps, log u = -log(w)/A, u^(1-A) = u w. */
-        const double A = d->alpha;
-        const int k = d->kind == FDPO_DIV_ALPHA ? int_power(A) : 0;
+         * alpha: w = A eps, log u = -log(w)/A, f from log u. */
         for (size_t i = 0; i < n; i++) {
+            if (pole > 0 && r[i] == pp->r_max) { /* at the pole: p from log q (D_f's q f(u) is 0 * inf) */
+                const double lp = log(pole) + (lq[i] - lqtop), p = exp(lp);
+                if (pi) pi[i] = p;
+                if (log_pi) log_pi[i] = lp;
+                if (p > 0) { a.er += p * r[i]; a.h -= p * lp; a.support++; }
+                a.kl += kl_term(q[i], p, INFINITY, lp - lq[i]);
+                a.df += fdpo_qf_log(d, lp, lq[i]);
+                continue;
+            }
             double e = tau + (pp->r_max - r[i]) / beta, u, lu, f;
             /* e = inf when (r_max - r)/beta overflows (a subnormal beta): u = 0, and log e, which
              * f needs (fkl: log e, alpha: w^(1-1/A)... in logs), is log(r_max - r) - log beta */
@@ -316,21 +345,17 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
                     f = u * lu - (u + 1) * (fabs(lu) < 1 ? log1p(0.5 * expm1(lu)) : e + lu - M_LN2);
                 }
             } else {
+                /* u = (A e)^(-1/A), from log w where w = A e overflows (0 * inf was NaN). f from lu in
+                 * the shared table's forms (fdpo_f_log): the table's (u w - (1 - A) u - A)/(A(A - 1))
+                 * cancels to ~1e-16/(1 - A) (D_f 10% off at A = 1 - 2e-16) and left 3e-16 at u = 1 */
                 double w = A * e;
-                if (far) { /* u = (A e)^(-1/A), u^(1-A) = u w, both from log w (0 * inf was NaN) */
-                    double lw = log(A) + log_gap(pp->r_max, r[i]) - log(beta);
-                    lu = -lw / A; u = exp(lu);
-                    f = (exp((1 - A) * lu) - (1 - A) * u - A) / (A * (A - 1));
-                } else {
-                    lu = -log(w) / A; u = k ? ipow(1 / w, k) : exp(lu);
-                    /* near u = 1 the numerator's terms cancel to ~lu^2: in expm1 form it is exactly 0
-                     * at u = 1 (u w - (1 - A) u - A left 3e-16, times beta in the objective) */
-                    f = fabs(lu) < 1 ? (expm1((1 - A) * lu) - (1 - A) * expm1(lu)) / (A * (A - 1))
-                                     : (u * w - (1 - A) * u - A) / (A * (A - 1));
-                }
+                lu = far ? -(log(A) + log_gap(pp->r_max, r[i]) - log(beta)) / A : -log(w) / A;
+                u = far || !k ? exp(lu) : ipow(1 / w, k);
+                f = fdpo_f_log(d, lu);
             }
             double p = q[i] * u;
             if (pi) pi[i] = p;
+            if (log_pi) log_pi[i] = lq[i] + lu;
             if (p > 0) { a.er += p * r[i]; a.h -= p * (lq[i] + lu); a.support++; }
             a.kl += kl_term(q[i], p, u, lu);
             a.df += q[i] * f;
@@ -371,6 +396,7 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
         for (size_t i = 0; i < n; i++) {
             double p = r[i] >= rk ? (q[i] * (r[i] - rk) / beta * 0.5 + q[i] * c) / s : 0;
             if (pi) pi[i] = p;
+            if (log_pi) log_pi[i] = p > 0 ? log(p) : -INFINITY;
             acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, p / q[i]);
         }
         break;
@@ -388,6 +414,7 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
         for (size_t i = 0; i < n; i++) {
             double p = rmax - r[i] > beta ? 0 : r[i] == rmax ? q[i] + moved * (q[i] / qtop) : q[i];
             if (pi) pi[i] = p;
+            if (log_pi) log_pi[i] = p > 0 ? log(p) : -INFINITY;
             acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, p / q[i]);
         }
         break;

@@ -171,6 +171,11 @@ double fdpo_f(const fdpo_divergence *d, double u) {
     return NAN;
 }
 
+double fdpo_f_log(const fdpo_divergence *d, double l) {
+    if (d->kind != FDPO_DIV_ALPHA) return fdpo_f(d, exp(l));
+    return l <= 0 ? alpha_f_low(d->alpha, l) : exp(l) * alpha_f_over_u_high(d->alpha, l);
+}
+
 double fdpo_f_over_u_log(const fdpo_divergence *d, double l) {
     if (isnan(l)) return NAN;
     /* f(u)/u with u = e^l, each written in e^-l so that nothing overflows where the value is

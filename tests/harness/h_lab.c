@@ -1,6 +1,7 @@
 /* fdpo-harness lab-defaults: the library's defaults of the lab's option structs
  * (fdpo_lab_beta_grid_default, fdpo_lab_coverage_opts_default, fdpo_lab_algo_opts_default,
- * and fdpo_lab_gen_default's generated problem under "solve", which every subcommand shares)
+ * and fdpo_lab_gen_default's generated problem under "solve", which every subcommand shares, its
+ * response lengths under "bias", the one that has them)
  * under the flag names of `fdpo lab SUB --help`, one JSON object per subcommand;
  * tests/py/test_lab.py compares them with the help text. */
 #include <stdio.h>
@@ -21,8 +22,9 @@ int h_lab_defaults(int argc, char **argv) {
     cJSON_AddNumberToObject(so, "zipf-s", gen.zipf_s);
     cJSON_AddNumberToObject(so, "dirichlet-alpha", gen.dirichlet_alpha);
     cJSON_AddNumberToObject(so, "reward-scale", gen.reward_scale);
-    cJSON_AddNumberToObject(so, "length-min", (double)gen.length_min);
-    cJSON_AddNumberToObject(so, "length-max", (double)gen.length_max);
+    cJSON *bo = cJSON_AddObjectToObject(root, "bias"); /* the one subcommand that reads lengths */
+    cJSON_AddNumberToObject(bo, "length-min", (double)gen.length_min);
+    cJSON_AddNumberToObject(bo, "length-max", (double)gen.length_max);
     fdpo_lab_beta_grid_opts g;
     fdpo_lab_beta_grid_default(&g);
     cJSON *fr = cJSON_AddObjectToObject(root, "frontier");

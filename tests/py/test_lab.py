@@ -725,10 +725,11 @@ def test_renormalises_with_a_warning(tmp_path):
     (["check", "--method", "rloo", "--pair-top", "2"], "--pair-top: only --method dpo uses it (--method rloo)"),
     (["check", "--method", "dpo", "--steps", "10"], "--steps: only --method online,rloo,grpo,kto use it (--method dpo)"),
     (["check", "--method", "kto", "--group-size", "3"], "--group-size: only --method online,rloo,grpo use it (--method kto)"),
-    # lengths shape only bias's problem: elsewhere the same numbers came out
-    *[([exp, "--length-min", "50"], "--length-min: has no effect here (response lengths are read by `fdpo lab bias` only)")
+    # lengths shape only bias's problem: the others do not have the flags (their --help listed
+    # them with defaults, then refused them as having no effect)
+    *[([exp, "--length-min", "50"], "unknown flag --length-min")
       for exp in ("solve", "frontier", "gap", "coverage", "check")],
-    (["constrained", "--min-safety", "0", "--length-max", "60"], "--length-max: has no effect here"),
+    (["constrained", "--min-safety", "0", "--length-max", "60"], "unknown flag --length-max"),
     # an empty --betas fell back to the log grid (gap and bias refused it)
     (["frontier", "--betas", ""], "--betas: empty list"),
     (["frontier", "--betas", "", "--beta-min", "1"], "--beta-min: has no effect with --betas"),
@@ -1153,7 +1154,7 @@ def test_prompt_rows_must_be_contiguous(tmp_path):
     assert r.returncode == 1 and f"{p}:5: column 'prompt': 'a' appears again" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("sub", ["solve", "frontier", "coverage", "check --method dpo"])
+@pytest.mark.parametrize("sub", ["solve", "frontier", "coverage", "check --method dpo", "bias"])
 def test_lab_help_shows_the_library_defaults(sub):
     """The lab's option structs have library defaults (fdpo_lab_beta_grid_default,
     fdpo_lab_coverage_opts_default, fdpo_lab_algo_opts_default, and the generated problem's
@@ -1231,6 +1232,7 @@ GENERATOR_FLAGS = [("--n", "7"), ("--pi-ref", "uniform"), ("--pi-ref", "zipf"), 
     (exp, flag, value)
     for exp in ["solve", "frontier", "gap", "bias", "check", "check --method rloo", "coverage", "constrained"]
     for flag, value in GENERATOR_FLAGS + ([("--safety-correlation", "0.3")] if exp == "constrained" else [])
+    if exp == "bias" or "length" not in flag  # the lengths are bias's flags alone
 ])
 def test_generator_flags_are_refused_with_data(tmp_path, exp, flag, value):
     """with --data the generated problem's flags were silently ignored (only --n was refused);
