@@ -83,7 +83,12 @@ static inline void acc_add(acc *a, const fdpo_divergence *d, double q, double lo
         a->kl += pi * (logpi - logq);
         a->support++;
     }
-    a->df += q * fdpo_f(d, u);
+    /* q f(u) overflows where p f(u)/u does not: u log u past u ~ 2.5e305, and u = p/q itself
+     * for a subnormal q (tv's D_f was inf, js's NaN); there eval's log-space form, exact there
+     * since log p - log q is the ~700 it needs to be. pi = 0 keeps q f(0) (fkl's inf is D_f's). */
+    double qf = q * fdpo_f(d, u);
+    if (!isfinite(qf) && pi > 0) qf = fdpo_qf_log(d, logpi, logq);
+    a->df += qf;
 }
 static void acc_finish(const acc *a, double beta, fdpo_lab_result *res) {
     res->expected_reward = a->er;
@@ -131,13 +136,55 @@ static double g_inv(fdpo_div_kind kind, double A, double u) {
     return exp(-A * log(u)) / A;
 }
 
-/* h(tau) + 1 = sum q_i g(tau + D_i) and -h'(tau) = sum q_i (-g'(tau + D_i)) */
-static void sum_g(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double tau,
+/* A term whose eps = tau + D_i is subnormal, or whose u = g(eps) overflows though p = q u does
+ * not (a best response with a tiny pi_ref: fkl's and js's u = 1/eps for eps < 5.6e-309,
+ * alpha's already for A eps < DBL_MAX^-A). q * u was q * inf, and a subnormal eps keeps only
+ * the bits its size leaves (11 at 1e-320: pi 5e-4 off), so both come from es = eps/c =
+ * t + D_i/c, tau = c t (solve_tau's scale): p, log u and c q (-g'(eps)), the derivative in t. */
+static double tiny_term(fdpo_div_kind kind, double A, int k, double q, double lq, double t, double c, double D,
+                        double *lu, double *dp) {
+    const double es = t + D / c, le = log(es) + log(c);
+    if (kind == FDPO_DIV_ALPHA) {
+        *lu = -(log(A) + le) / A;
+        /* q / w^k by k divisions where 1/A = k (c is 1 then: tau < DBL_MIN needs A > 0.95), each
+         * step <= p; else from logs, to ~|log u| 1e-16 relative as exp(log u) is anyway */
+        double p = q;
+        if (k && c == 1) for (int j = 0; j < k; j++) p /= A * es;
+        else p = exp(lq + *lu);
+        *dp = p / (A * es);   /* c q u / (A eps) */
+        return p;
+    }
+    *lu = -le;   /* fkl 1/eps, js 1/expm1(eps) = 1/eps: eps < DBL_MIN here (u would not overflow) */
+    const double p = (q / c) / es;
+    *dp = kind == FDPO_DIV_FKL ? p / es : p * (1 / es + c);   /* c q u^2, c q u (1 + u) */
+    return p;
+}
+
+/* c q (-g'(eps)) for u = g(eps): fkl u^2, js u (1 + u), alpha u / (A eps) */
+static inline double neg_dg(fdpo_div_kind kind, double A, double e, double u) {
+    return kind == FDPO_DIV_FKL ? u * u : kind == FDPO_DIV_JS ? u * (1 + u) : u / (A * e);
+}
+
+/* h(tau) + 1 = sum q_i g(tau + D_i) and -h'(t) = c sum q_i (-g'(tau + D_i)), tau = c t */
+static void sum_g(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double t, double c,
                   double *s, double *ds) {
-    const double *q = pp->pi_ref, *r = pp->reward, rmax = pp->r_max, A = d->alpha;
+    const double *q = pp->pi_ref, *r = pp->reward, rmax = pp->r_max, A = d->alpha, tau = c * t;
     const int k = d->kind == FDPO_DIV_ALPHA ? int_power(A) : 0;
     const size_t n = pp->n;
     double a = 0, b = 0;
+    /* the smallest eps is tau (D_i >= 0): where it is subnormal or its u overflows, some terms
+     * need tiny_term, and a loop that checks each one (the plain loops stay branch-free) */
+    if (tau < DBL_MIN || isinf(g_eps(d->kind, A, k, tau))) {
+        double bt = 0, lu, dp;   /* bt: tiny terms' c q (-g'), already in t */
+        for (size_t i = 0; i < n; i++) {
+            double D = (rmax - r[i]) / beta, e = tau + D, u = g_eps(d->kind, A, k, e);
+            if (e < DBL_MIN || isinf(u)) { a += tiny_term(d->kind, A, k, q[i], pp->log_pi_ref[i], t, c, D, &lu, &dp); bt += dp; }
+            else { a += q[i] * u; b += q[i] * neg_dg(d->kind, A, e, u); }
+        }
+        *s = a;
+        *ds = c * b + bt;
+        return;
+    }
     switch (d->kind) { /* one loop per kind so the branch leaves the hot loop */
     case FDPO_DIV_FKL:
         for (size_t i = 0; i < n; i++) {
@@ -159,30 +206,45 @@ static void sum_g(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double 
         break;
     }
     *s = a;
-    *ds = b;
+    *ds = c * b;
 }
 
-/* tau of the optimum. Bracket: at tau_hi = g_inv(1) every u <= 1 (sum <= 1); at tau_lo every
- * single term q_i g(tau + D_i) of the best-rewarded responses reaches 1 (sum >= 1), and
- * g_inv(1) - D_max makes every u >= 1. Newton from tau_lo climbs monotonically (h convex and
- * decreasing) and ends quadratically; bisection guards the bracket. */
-static int solve_tau(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *tau_out) {
+/* tau's scale where the root can be subnormal: tau = TAU_SCALE t keeps t's 53 bits down to
+ * tau ~ 1e-362 (a power of 2: t's arithmetic is tau's, exactly, wherever tau is normal) */
+#define TAU_SCALE 0x1p-128
+
+/* tau of the optimum, as tau = c t. Bracket: at tau_hi = g_inv(1) every u <= 1 (sum <= 1); at
+ * tau_lo every single term q_i g(tau + D_i) of the best-rewarded responses reaches 1 (sum >= 1),
+ * and g_inv(1) - D_max makes every u >= 1. Newton from tau_lo climbs monotonically (h convex
+ * and decreasing) and ends quadratically; bisection guards the bracket. The bracket is taken
+ * in units of TAU_SCALE, and c is 1 unless tau_lo < DBL_MIN (a subnormal pi_ref on a best
+ * response, where the root is ~pi_ref: 1e-320 in doubles has 11 bits and Newton stalled there,
+ * "did not converge"). */
+static int solve_tau(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *t_out, double *c_out) {
     const fdpo_div_kind kind = d->kind;
-    const double A = d->alpha;
-    double hi = g_inv(kind, A, 1.0), lo = hi - (pp->r_max - pp->r_min) / beta;
+    const double A = d->alpha, S = TAU_SCALE;
+    double hi = g_inv(kind, A, 1.0), lo = hi / S - (pp->r_max - pp->r_min) / beta / S;
     size_t top = pp->n_sorted < 256 ? pp->n_sorted : 256; /* all n would cost a log per response per beta */
     for (size_t k = 0; k < top; k++) {
         size_t i = pp->order_desc[k];
-        double ti = g_inv(kind, A, 1 / pp->pi_ref[i]) - (pp->r_max - pp->reward[i]) / beta;
+        const double q = pp->pi_ref[i];
+        /* g_inv(1/q)/S; for a subnormal q straight from q (1/q overflows or 1/(1/q) is q to its few
+         * bits): fkl, js q (log1p(q) = q), alpha q^A/A in logs, shaded by 1e-12 (the exp of a
+         * ~700 log is good to ~2e-13) to stay left of the root */
+        const double gi = q >= DBL_MIN ? g_inv(kind, A, 1 / q) / S
+                        : kind == FDPO_DIV_ALPHA ? exp(A * pp->log_pi_ref[i] - log(A * S)) * (1 - 1e-12) : q / S;
+        double ti = gi - (pp->r_max - pp->reward[i]) / beta / S;
         if (ti > lo) lo = ti;
     }
     if (!(lo > 0)) lo = 0;
-    if (lo > hi) lo = hi;
-    double a = lo, b = hi, tau = lo, prev = INFINITY;
+    if (lo > hi / S) lo = hi / S;
+    const double c = lo * S >= DBL_MIN ? 1 : S;
+    if (c == 1) lo *= S; else hi /= S;
+    double a = lo, b = hi, tau = lo, prev = INFINITY;   /* tau: t, in units of c */
     int it;
     for (it = 1; it <= 300; it++) {
         double s, ds;
-        sum_g(pp, d, beta, tau, &s, &ds);
+        sum_g(pp, d, beta, tau, c, &s, &ds);
         double h = s - 1;
         if (!isfinite(h) || !isfinite(ds)) { /* only at tau = 0 (the pole) */
             a = tau;
@@ -202,10 +264,11 @@ static int solve_tau(const fdpo_lab_prepared *pp, const fdpo_divergence *d, doub
         if (!(next > a && next < b) || fabs(next - tau) <= 1e-16 * tau) break;
         tau = next;
     }
-    *tau_out = tau;
+    *t_out = tau;
+    *c_out = c;
     if (it > 300) {   /* out of iterations: a tau that is not the root is an error, not a result */
         double sum, ds;
-        sum_g(pp, d, beta, tau, &sum, &ds);
+        sum_g(pp, d, beta, tau, c, &sum, &ds);
         if (!(fabs(sum - 1) <= 1e-12)) return 0;
     }
     return it;
@@ -289,7 +352,7 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
          * responses underflow to q = 0 with log q finite: their u ~ 1/q needs a tau below the
          * smallest double. If the others leave mass at tau = 0 (s0 = sum q g(D) < 1 over D > 0), that
          * mass is the best responses', in proportion to q: the optimum up to a relative ~q/(1 - s0) */
-        double tau = 0, pole = 0, lqtop = -INFINITY;
+        double t = 0, c = 1, pole = 0, lqtop = -INFINITY;
         const double A = d->alpha;
         const int k = d->kind == FDPO_DIV_ALPHA ? int_power(A) : 0;
         double qtop = 0, m = -INFINITY;
@@ -302,13 +365,14 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
                 else s0 += q[i] * g_eps(d->kind, A, k, (pp->r_max - r[i]) / beta);
             if (s0 < 1) { pole = 1 - s0; lqtop = m + log(z); }
         }
-        res->iterations = pole > 0 ? 1 : solve_tau(pp, d, beta, &tau);
+        res->iterations = pole > 0 ? 1 : solve_tau(pp, d, beta, &t, &c);
         if (res->iterations == 0) {
             char div[64];
             fdpo_divergence_name(d, div, sizeof div);
             return fdpo_error("--divergence %s at beta %.17g: the solver did not converge in 300 iterations "
                               "(sum of pi off 1 by more than 1e-12)", div, beta);
         }
+        const double tau = c * t;
         res->lambda = pp->r_max - beta * fdpo_fprime_inv_sup(d) + beta * tau;
         /* u, log u and f(u) share their transcendentals (this pass dominates `frontier`):
          * fkl: u = 1/eps, f = -log u.
@@ -324,7 +388,8 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
                 a.df += fdpo_qf_log(d, lp, lq[i]);
                 continue;
             }
-            double e = tau + (pp->r_max - r[i]) / beta, u, lu, f;
+            const double D = (pp->r_max - r[i]) / beta;
+            double e = tau + D, u, lu, f;
             /* e = inf when (r_max - r)/beta overflows (a subnormal beta): u = 0, and log e, which
              * f needs (fkl: log e, alpha: w^(1-1/A)... in logs), is log(r_max - r) - log beta */
             const int far = isinf(e);
@@ -353,12 +418,21 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
                 u = far || !k ? exp(lu) : ipow(1 / w, k);
                 f = fdpo_f_log(d, lu);
             }
-            double p = q[i] * u;
+            double p = q[i] * u, qf = q[i] * f, dp;
+            if (!far && (e < DBL_MIN || isinf(u))) {   /* a subnormal eps or an overflowing u: sum_g's tiny_term */
+                p = tiny_term(d->kind, A, k, q[i], lq[i], t, c, D, &lu, &dp);
+                u = exp(lu);
+                qf = NAN;
+            }
+            /* q f(u) where it overflows (js's u lu - (u+1)(...) was inf - inf = NaN past u ~ 2.5e305,
+             * alpha's u w past A DBL_MAX; fkl's u - 1 and every f where u itself does) from p, as
+             * p f(u)/u (fdpo_f_over_u_log, eval's form for u > 1); fkl's standardised -q lu + p - q */
+            if (!isfinite(qf)) qf = d->kind == FDPO_DIV_FKL ? p - q[i] - q[i] * lu : p * fdpo_f_over_u_log(d, lu);
             if (pi) pi[i] = p;
             if (log_pi) log_pi[i] = lq[i] + lu;
             if (p > 0) { a.er += p * r[i]; a.h -= p * (lq[i] + lu); a.support++; }
             a.kl += kl_term(q[i], p, u, lu);
-            a.df += q[i] * f;
+            a.df += qf;
         }
         {   /* the standardised sums' 1 - sum q: KL's +, fkl's (f'(1) = -1) - */
             const double off = sum_stat_offset(q, n);

@@ -157,8 +157,10 @@ double fdpo_f(const fdpo_divergence *d, double u) {
     case FDPO_DIV_RKL: return u > 0 ? u * log(u) : 0.0;
     case FDPO_DIV_FKL: return -log(u);
     case FDPO_DIV_JS: {
-        /* u log u - (u+1) log((u+1)/2) */
+        /* u log u - (u+1) log((u+1)/2); past u ~ 2.5e305 u log u overflows (inf - inf = NaN
+         * where f ~ u log 2 is finite): there u f(u)/u */
         double a = u > 0 ? u * log(u) : 0.0;
+        if (isinf(a)) return u * fdpo_f_over_u_log(d, log(u));
         return a - (u + 1) * (log1p(u) - M_LN2);
     }
     case FDPO_DIV_ALPHA: {

@@ -231,12 +231,13 @@ def chi2_exact(q, r, beta):
     raise AssertionError("no top-k set satisfies KKT")
 
 
-def mp_optimum(div, q, r, beta):
+def mp_optimum(div, q, r, beta, dps=60):
     """pi* in 60-digit mpmath, where r/beta cannot overflow: rkl a softmax shifted by r_max;
     fkl/js/alpha bisected (geometrically) in the distance to the pole tau, pi_i = q_i g(tau + D_i),
-    D_i = (r_max - r_i)/beta, g = 1/e, 1/expm1(e), (A e)^(-1/A); chi2 exact (chi2_exact)."""
+    D_i = (r_max - r_i)/beta, g = 1/e, 1/expm1(e), (A e)^(-1/A); chi2 exact (chi2_exact). A
+    subnormal pi_ref needs more digits (dps): 1 - 1e-160 must not round to 1."""
     import mpmath as mp
-    mp.mp.dps = 60
+    mp.mp.dps = dps
     Q, R, B = [mp.mpf(float(x)) for x in q], [mp.mpf(float(x)) for x in r], mp.mpf(float(beta))
     rmax = max(R)
     if div == "chi2":
@@ -256,7 +257,7 @@ def mp_optimum(div, q, r, beta):
     h = lambda t: mp.fsum(Qi * g(t + Di) for Qi, Di in zip(Q, D)) - 1
     lo = mp.mpf("1e-400")
     assert h(lo) > 0 >= h(hi)
-    for _ in range(140):
+    for _ in range(140 if dps == 60 else 4 * dps):
         mid = mp.sqrt(lo * hi)
         lo, hi = (mid, hi) if h(mid) > 0 else (lo, mid)
     return [Qi * g(hi + Di) for Qi, Di in zip(Q, D)]
@@ -361,6 +362,172 @@ def test_kl_with_a_subnormal_pi_ref_at_a_small_beta(tmp_path):
     for key in ("kl", "f_divergence"):
         assert float(s[key]) == pytest.approx(float(ref[key]), rel=1e-12, abs=0), (key, s, ref[key])
 
+
+# ---- best responses whose pi_ref is tiny or subnormal: the terms that overflow ----
+# pi = pi_ref u with u = pi/pi_ref ~ 1/pi_ref: u itself overflows for pi_ref < 5.6e-309, and
+# q f(u) for js (u log u) past u ~ 2.5e305, for tv (u/2) or rkl (u log u) where u does, though
+# p f(u)/u is finite. The references are mp_optimum/mp_stats (60 digits; 400 for a subnormal
+# pi_ref, whose effects sit 1e-160 below 1). Tolerances: 1e-12 relative: the forms used there
+# (p f(u)/u from log u ~ 700, exp of ~700 logs for alpha) are good to ~|log u| 1e-16 = 2e-13;
+# the entropy absolutely to 1e-12: its top term p (log pi_ref + log u) adds two logs of ~700.
+
+PEAKED_Q = [0.6439142598879724, 0.23688281808991013, 0.08714431874203257, 0.03205860328008499, 4.277778576239223e-307]
+PEAKED_R = [0.1, 0.3, -0.2, 0.5, 1.0]   # pi_ref = softmax(0, -1, -2, -3, -705): the best response's u ~ 2e306
+
+
+def assert_stats(got, div, q, r, beta, pi_ref_mp, keys=("expected_reward", "entropy", "kl", "f_divergence", "objective"),
+                 rel=1e-12, abs_=0):
+    want = mp_stats(div, q, r, beta, pi_ref_mp)
+    for key in keys:
+        assert math.isfinite(float(got[key])), (key, got)
+        tol = max(abs_, 1e-12) if key == "entropy" else abs_
+        assert float(got[key]) == pytest.approx(float(want[key]), rel=rel, abs=tol), (key, got[key], float(want[key]))
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.05, 0.1, 1.0])
+def test_js_with_a_tiny_normal_pi_ref_on_the_best_response(tmp_path, beta):
+    """js's f = u log u - (u+1)(...) was inf - inf for the best response's u ~ 2e306: f_divergence
+    and objective NaN in solve and frontier (JSON null). D_f <= 2 log 2 for js always."""
+    q, r = np.array(PEAKED_Q), np.array(PEAKED_R)
+    s, pi = solve(tmp_path, "js", beta, q, r)
+    ref = mp_optimum("js", q, r, beta)
+    np.testing.assert_allclose(pi, [float(x) for x in ref], rtol=1e-12, atol=0)
+    assert_stats(s, "js", q, r, beta, ref)
+    assert float(s["f_divergence"]) <= 2 * math.log(2)
+    fr = rows(lab("frontier", "--data", tmp_path / "p.csv", "--divergence", "js", "--betas", repr(beta)).stdout)[0]
+    assert_stats(fr, "js", q, r, beta, ref, keys=("expected_reward", "kl", "f_divergence"))
+    # constrained solves through the same solver: a safety bound the optimum already meets
+    c = tmp_path / "c.csv"
+    write_problem(c, q, r, {"safety": [1.0, 0.0, 1.0, 0.0, 0.5]})
+    ct = rows(lab("constrained", "--data", c, "--divergence", "js", "--beta", repr(beta), "--min-safety", "0.2").stdout)[0]
+    assert ct["active"] == "0"
+    assert_stats(ct, "js", q, r, beta, ref, keys=("expected_reward", "kl", "f_divergence", "objective"))
+
+
+def test_js_on_a_generated_dirichlet_problem():
+    """the generator's own problems: Dirichlet(0.01) floors its components at DBL_MIN, and at
+    seed 854 the best response has pi_ref 2.2e-308; frontier's f_divergence was nan (the hunt's
+    mpmath: 1.3862943611198906, objective 1.99157163)"""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "pi.csv")
+        args = ["--pi-ref", "dirichlet", "--dirichlet-alpha", "0.01", "--n", "50", "--divergence", "js", "--seed", "854"]
+        s = rows(lab("solve", *args, "--beta", "0.01", "--out", out).stdout)[0]
+        p = rows(open(out).read())
+    fr = rows(lab("frontier", *args, "--betas", "0.01").stdout)[0]
+    q, r = np.array([float(x["pi_ref"]) for x in p]), np.array([float(x["reward"]) for x in p])
+    ref = mp_optimum("js", q, r, 0.01)
+    assert_stats(s, "js", q, r, 0.01, ref)
+    assert_stats(fr, "js", q, r, 0.01, ref, keys=("expected_reward", "kl", "f_divergence"))
+    assert float(fr["f_divergence"]) <= 2 * math.log(2)
+
+
+def mp_objective_gap(div, q, r, rh, beta):
+    """E_r[pi*] - E_r[pi_hat] and the objective gap under the true r, pi_hat solved on rh"""
+    ps, ph = mp_optimum(div, q, r, beta), mp_optimum(div, q, rh, beta)
+    a, b = mp_stats(div, q, r, beta, ps), mp_stats(div, q, r, beta, ph)
+    return a["expected_reward"] - b["expected_reward"], a["objective"] - b["objective"]
+
+
+@pytest.mark.parametrize("q_top,div,beta", [(1e-306, "rkl", 0.001), (1e-306, "js", 0.001), (4.9e-324, "rkl", 0.001),
+                                            (4.9e-324, "js", 0.01), (4.9e-324, "alpha:0.5", 0.01), (4.9e-324, "tv", 0.01)])
+def test_gap_evaluates_pi_hat_where_u_overflows(tmp_path, q_top, div, beta):
+    """gap judges pi_hat by fdpo_lab_evaluate, whose q f(u) overflowed where pi_hat sits on a
+    response with a tiny pi_ref: u log u = inf past u ~ 2.5e305 (rkl's objective_gap was inf,
+    js's nan) and u = pi/pi_ref = inf for 4.9e-324 (tv's nan). pi* and pi_hat both sit on the
+    second response, so the gap is ~0."""
+    p = tmp_path / "p.csv"
+    q, r, rh = np.array([1.0, q_top]), np.array([0.0, 1.0]), np.array([0.01, 1.02])
+    write_problem(p, q, r, {"reward_hat": rh})
+    g = rows(lab("gap", "--data", p, "--divergence", div, "--betas", repr(beta)).stdout)[0]
+    if div == "tv":   # the closed form: all mass moves to the best response under either reward
+        rg = og = 0
+    else:
+        rg, og = mp_objective_gap(div, q, r, rh, beta)
+    assert float(g["reward_gap"]) == pytest.approx(float(rg), abs=1e-15)
+    # the two objectives (~1 - beta * 700) come from the solver's and the evaluator's forms
+    assert float(g["objective_gap"]) == pytest.approx(float(og), abs=1e-15)
+
+
+def test_gap_on_generated_problems_with_tiny_pi_ref():
+    """Dirichlet(0.01) prompts (seed 3, 30 prompts, --export-problem): rkl's objective_gap at
+    beta 0.001 was inf and js's nan; the reference solves every prompt in mpmath"""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        exp = os.path.join(d, "problem.csv")
+        t = rows(lab("gap", "--pi-ref", "dirichlet", "--dirichlet-alpha", "0.01", "--n", "20", "--prompts", "30",
+                     "--divergence", "rkl,js", "--betas", "0.001,0.01", "--seed", "3", "--export-problem", exp).stdout)
+        data = rows(open(exp).read())
+    for row in t:
+        div, beta = row["divergence"], float(row["beta"])
+        og = 0
+        for x in range(30):
+            e = [v for v in data if int(v["prompt"]) == x]
+            q, r, rh = ([float(v[k]) for v in e] for k in ("pi_ref", "reward", "reward_hat"))
+            og += mp_objective_gap(div, q, r, rh, beta)[1] / 30
+        assert float(row["objective_gap"]) == pytest.approx(float(og), rel=1e-12), row
+
+
+def test_coverage_js_evaluates_pi_hat_on_a_tiny_pi_ref(tmp_path):
+    """coverage's pi_hat (from the Bradley-Terry fit; uniform pairs compare the 4e-307 response
+    too, which wins) put its mass where u ~ 2e306: js's objective_gap was nan"""
+    p, fit = tmp_path / "p.csv", tmp_path / "fit.csv"
+    q, r, beta = np.array(PEAKED_Q), np.array(PEAKED_R), 0.05
+    write_problem(p, q, r)
+    t = rows(lab("coverage", "--data", p, "--data-policy", "uniform", "--comparisons", "30,300", "--divergence", "js",
+                 "--beta", repr(beta), "--export-fit", fit).stdout)
+    fits = rows(fit.read_text())
+    for row in t:
+        th = [float(e["reward_hat"]) for e in fits if e["n_comparisons"] == row["n_comparisons"]]
+        rg, og = mp_objective_gap("js", q, r, th, beta)
+        assert float(row["reward_gap"]) == pytest.approx(float(rg), rel=1e-9, abs=1e-15)
+        assert float(row["objective_gap"]) == pytest.approx(float(og), rel=1e-9, abs=1e-15)
+
+
+def test_tv_with_a_subnormal_pi_ref_on_the_best_response(tmp_path):
+    """pi = (0, 1) on pi_ref (1, 4.9e-324): q |u - 1|/2 was 4.9e-324 * inf; D_TV = 1 exactly"""
+    p = tmp_path / "p.csv"
+    p.write_text("pi_ref,reward\n1,0\n4.9e-324,1\n")
+    s = rows(lab("solve", "--data", p, "--divergence", "tv", "--beta", "0.1").stdout)[0]
+    assert (float(s["f_divergence"]), float(s["objective"]), float(s["expected_reward"])) == (1.0, 1 - 0.1, 1.0)
+
+
+D3_CASES = [("fkl", 0.1), ("fkl", 0.3), ("js", 0.1), ("js", 1.0), ("alpha:0.5", 0.1), ("alpha:0.3", 0.1),
+            ("alpha:0.96", 0.1), ("alpha:0.99", 0.1)]
+
+
+@pytest.mark.parametrize("div,beta", D3_CASES)
+def test_subnormal_pi_ref_on_the_best_response(tmp_path, div, beta):
+    """pi_ref (1, 1e-320), r = (0, 1): the root tau ~ 1e-320 is itself subnormal (11 bits) and
+    u = 1/tau overflowed, so pi = q * inf: "did not converge" (exit 1). pi* ~ (0.1, 0.9) for fkl
+    at beta 0.1, (0.58, 0.42) for js at 1."""
+    q, r = np.array([1.0, 1e-320]), np.array([0.0, 1.0])
+    s, pi = solve(tmp_path, div, beta, q, r)
+    ref = mp_optimum(div, q, r, beta, dps=400)
+    # atol: the solver stops at |sum pi - 1| <= 1e-15 (fkl at beta 1 has pi* = (1 - 1e-160, 1e-160))
+    np.testing.assert_allclose(pi, [float(x) for x in ref], rtol=1e-12, atol=1e-15)
+    assert abs(pi.sum() - 1) <= 1e-12   # the solver's promise; alpha's terms from ~700 logs: ~1e-13
+    assert_stats(s, div, q, r, beta, ref)
+
+
+def test_subnormal_pi_ref_all_divergences_and_frontier(tmp_path):
+    """--divergence all printed the header and the rkl row, then failed on fkl"""
+    q, r = np.array([1.0, 1e-320]), np.array([0.0, 1.0])
+    p = tmp_path / "p.csv"
+    write_problem(p, q, r)
+    t = rows(lab("solve", "--data", p, "--divergence", "all", "--beta", "0.1").stdout)
+    assert [x["divergence"] for x in t] == ["rkl", "fkl", "js", "alpha:0.5", "tv", "chi2"]
+    for row in t:
+        div = row["divergence"]
+        if div == "tv":
+            assert (float(row["f_divergence"]), float(row["expected_reward"])) == (1.0, 1.0)
+            continue
+        # rkl and chi2 leave the subnormal response a subnormal pi (2e-316, 5e-320): absolute
+        assert_stats(row, div, q, r, 0.1, mp_optimum(div, q, r, 0.1, dps=400), rel=1e-12,
+                     abs_=1e-318 if div in ("rkl", "chi2") else 0)
+    fr = rows(lab("frontier", "--data", p, "--divergence", "rkl,fkl", "--betas", "0.1").stdout)
+    assert [x["divergence"] for x in fr] == ["rkl", "fkl"]
+    assert float(fr[1]["expected_reward"]) == pytest.approx(float(mp_stats("fkl", q, r, 0.1, mp_optimum("fkl", q, r, 0.1, dps=400))["expected_reward"]), rel=1e-12)
 
 @pytest.mark.parametrize("beta", [1e-3, 1e-6, 1e-17, 1e-30, 1e-300])
 def test_chi2_small_beta_point_mass(tmp_path, beta):

@@ -106,6 +106,23 @@ def test_f_fprime_and_inverse_match_the_table():
         assert d["admissible"] == (name in ADMISSIBLE)
 
 
+
+def test_js_f_is_finite_where_u_log_u_overflows():
+    """js's f(u) = u log u - (u+1) log((u+1)/2) ~ u log 2 is finite up to u ~ 2.6e308, but u log u
+    overflows past ~2.5e305: f was inf - inf = NaN (the lab's D_f of a best response with
+    pi_ref 4e-307). Against mpmath at 50 digits; inf where u log 2 itself overflows."""
+    import mpmath
+    mpmath.mp.dps = 50
+    us = [1e300, 2.4e305, 3e305, 1e307, 1.7e308, 1.7976931348623157e308]
+    d = run_ok({"divergences": ["js"], "u": us, "v": [], "l": []})["divergences"][0]
+    for u, got in zip(us, d["f"]):
+        U = mpmath.mpf(u)
+        want = U * mpmath.log(U) - (U + 1) * mpmath.log((U + 1) / 2)
+        if want > 1.7976931348623157e308:
+            assert got == math.inf, (u, got)
+        else:   # u log u's rounding (~700 eps relative) cancels to u log 2 below the switch: 1e-12
+            assert got == pytest.approx(float(want), rel=1e-12), (u, got, float(want))
+
 def test_fprime_is_the_derivative_of_f_and_inverse_inverts():
     out, v = table(ADMISSIBLE + ["chi2"])
     u = torch.tensor([0.01, 0.3, 1.0, 1.7, 5.0], dtype=torch.float64, requires_grad=True)
