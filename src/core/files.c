@@ -1,6 +1,7 @@
 /* Whole-file reads and atomic writes (temp file, fsync, rename, fsync directory). */
 #include <cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <math.h>
@@ -426,7 +427,11 @@ int fdpo_parse_long(const char *where, const char *text, long *out) {
     if (!fdpo_number_is_decimal(text)) return fdpo_error("%s: '%s' is not a decimal number", where, text);
     errno = 0;
     long v = strtol(text, &end, 10);
-    if (errno || end == text || *end) return fdpo_error("%s: '%s' is not an integer", where, text);
+    if (end == text || *end) return fdpo_error("%s: '%s' is not an integer", where, text);
+    if (errno == ERANGE)   /* an integer all the same: it said "is not an integer" */
+        return v == LONG_MAX ? fdpo_error("%s: '%s' is out of range (at most %ld)", where, text, LONG_MAX)
+                             : fdpo_error("%s: '%s' is out of range (at least %ld)", where, text, LONG_MIN);
+    if (errno) return fdpo_error("%s: '%s' is not an integer", where, text);
     *out = v;
     return 0;
 }

@@ -437,21 +437,21 @@ static void overoptimisation_panel(charts *ch) {
         pol_num(g, "reward_se", &seg);
         pol_num(p, "reward_se", &sep);
         char tip[600];
-        snprintf(tip, sizeof tip, "%.200s: gold reward %.4g Â± %.2g (gain %.3g Â± %.2g s.d.) at KL %.4g", p->name, yg,
+        snprintf(tip, sizeof tip, "%.200s: gold reward %.4g ± %.2g (gain %.3g ± %.2g s.d.) at KL %.4g", p->name, yg,
                  seg, (yg - gm) / gs, seg / gs, x);
         series_add(sg, x, (yg - gm) / gs, tip);
-        snprintf(tip, sizeof tip, "%.200s: proxy reward %.4g Â± %.2g (gain %.3g Â± %.2g s.d.) at KL %.4g", p->name, yp,
+        snprintf(tip, sizeof tip, "%.200s: proxy reward %.4g ± %.2g (gain %.3g ± %.2g s.d.) at KL %.4g", p->name, yp,
                  sep, (yp - pm) / ps, sep / ps, x);
         series_add(sp, x, (yp - pm) / ps, tip);
     }
     chart_emit(ch, series, "Reward over-optimisation: gold vs proxy reward",
                "The same policies (in the order of the proxy eval file: an online run's rounds against a "
                "reward model) scored with the gold reward (--eval) and with the proxy they were optimised "
-               "against (--proxy-eval), against KL(ÏâÏ_ref) from the gold evaluation. "
+               "against (--proxy-eval), against KL(π‖π_ref) from the gold evaluation. "
                "Each reward is shown as its gain over the reference policy in units of the reference's reward "
-               "standard deviation, so both start at 0; hover for the raw means Â± s.e. A proxy that keeps "
+               "standard deviation, so both start at 0; hover for the raw means ± s.e. A proxy that keeps "
                "rising while gold rises less, stalls or falls is the reward model being over-optimised.",
-               "KL(Ï â Ï_ref) (nats)", "reward gain over the reference (reference s.d.)", 0);
+               "KL(π ‖ π_ref) (nats)", "reward gain over the reference (reference s.d.)", 0);
 }
 
 /* Reward against safety (fdpo eval --safety): one labelled point per policy, and the

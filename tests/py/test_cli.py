@@ -428,6 +428,16 @@ def test_numbers_are_decimal(tmp_path, value):
     assert r.returncode == 1 and f"{cfg}:1: key 'seed': '0x10' is not a decimal number" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("value,bound", [("9223372036854775808", "at most 9223372036854775807"),
+                                         ("-99999999999999999999", "at least -9223372036854775808")])
+def test_an_integer_past_the_range_is_said_to_be_out_of_range(tmp_path, value, bound):
+    """2^63 is an integer, past what a long holds: it was called "not an integer" (docs/cli.md
+    keeps "not a ..." for text that is no number and "out of range" for the range)."""
+    r = run("pairs", "--data", samples_file(tmp_path), "--seed", value, "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 1 and r.stderr == f"fdpo pairs: --seed: '{value}' is out of range ({bound})\n", r.stderr
+    assert int(value) > 2 ** 63 - 1 or int(value) < -2 ** 63
+
+
 def test_messages_say_what_is_wrong_with_the_value(tmp_path):
     """a vocabulary too large was "must be at least 257"; report's "--max-points must be >= 2
     and --max-prompts >= 1" named neither the flag at fault nor its value (and was the CLI's

@@ -861,6 +861,11 @@ def test_proxy_eval_draws_gold_and_proxy_reward_against_kl(tmp_path):
     assert flat(s["proxy reward"]["points"]) == pytest.approx(flat(want_proxy), rel=1e-12, abs=1e-12)
     assert "0.045" in s["gold reward"]["tips"][3] and "\u00b1" in s["proxy reward"]["tips"][2]
     assert "4 evaluated policies" in text  # the proxy file adds no policy
+    # the panel's text was UTF-8 encoded twice ("KL(\u00cf\u0080 \u00e2\u0080\u0096 ...", "\u00c2\u00b1")
+    html = out.read_text(encoding="utf-8")
+    assert "KL(\u03c0 \u2016 \u03c0_ref) (nats)" in html and "KL(\u03c0\u2016\u03c0_ref) from the gold evaluation" in html
+    assert not any(m in html for m in ("\u00c2\u00b1", "\u00cf\u0080", "\u00e2\u0080"))
+    assert all("\u00c2" not in t for x in s.values() for t in x["tips"])
 
 
 def test_proxy_eval_without_a_reference_warns_and_draws_nothing(tmp_path):
