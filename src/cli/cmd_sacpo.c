@@ -89,7 +89,16 @@ int cmd_sacpo(int argc, char **argv) {
     so.online.reward = NULL;
     const char *const specs[] = {so.reward_spec, so.safety_spec};
     if (online_flags_finish(&of, flags, n, &so.online, (uint64_t)v.o.train.seed, specs, 2)) goto done;
-    so.online.dpo = v.o;
+    /* an online stage is fdpo online (docs/sacpo.md): a trainer flag not given takes online's
+     * default there (the library's: lr 1e-4, constant schedule), not dpo's, which the stages
+     * on files keep */
+    fdpo_dpo_run_opts online_dpo = v.o;
+    flags_unset_from(flags, n, &v.o.train, sizeof v.o.train, &online_dpo.train, &so.online.dpo.train);
+    /* but --chat-template, which fdpo online has not (a round's prompts are rendered with the
+     * checkpoint's template either way): "auto", as the plans and online stages of sacpo
+     * record it (unset, it would refuse their reruns) */
+    online_dpo.train.chat_template = v.o.train.chat_template;
+    so.online.dpo = online_dpo;
     fdpo_online_round_dpo_opts(&so.online.dpo);
     so.lambdas = lambdas;
     so.merge_weights = weights;

@@ -321,6 +321,19 @@ int flags_was_set(const fdpo_flag *flags, size_t n, const char *name) {
     return 0;
 }
 
+void flags_unset_from(const fdpo_flag *flags, size_t n, const void *base, size_t size, void *to, const void *defaults) {
+    for (size_t i = 0; i < n; i++) {
+        const char *dest = flags[i].dest, *b = base;
+        if (flags[i].set || dest < b || dest >= b + size) continue;
+        const size_t at = (size_t)(dest - b);
+        const size_t width = flags[i].type == FLAG_INT || flags[i].type == FLAG_COUNT ? sizeof(long)
+                           : flags[i].type == FLAG_FLOAT ? sizeof(double)
+                           : flags[i].type == FLAG_STR ? sizeof(const char *)
+                           : flags[i].type == FLAG_BOOL ? sizeof(int) : sizeof(flag_list);
+        memcpy((char *)to + at, (const char *)defaults + at, width);
+    }
+}
+
 const char *flags_first_set(const fdpo_flag *flags, size_t n, const char *const *names, size_t k) {
     for (size_t i = 0; i < k; i++)
         if (flags_was_set(flags, n, names[i])) return names[i];

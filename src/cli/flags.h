@@ -73,6 +73,11 @@ const char *flags_error_origin(const char *msg, char *buf, size_t n);
 void flags_print_help(const char *cmd, const char *usage, const fdpo_flag *flags, size_t n_flags);
 /* Was this flag given explicitly? */
 int flags_was_set(const fdpo_flag *flags, size_t n_flags, const char *name);
+/* For each flag of flags[0..n) not given whose value lives inside the struct at base (size
+ * bytes): that field of to (a struct of the same type) takes the same field of defaults. A
+ * command whose stages are another command's runs (sacpo's online stages are fdpo online)
+ * gives them that command's defaults, the library's, where a flag was not given. */
+void flags_unset_from(const fdpo_flag *flags, size_t n, const void *base, size_t size, void *to, const void *defaults);
 /* The first of names[0..k) given on the command line or in --config, or NULL: the one a
  * refusal of flags the run would not use names. */
 const char *flags_first_set(const fdpo_flag *flags, size_t n_flags, const char *const *names, size_t k);

@@ -29,6 +29,7 @@ typedef struct { lex_entry *e; size_t cap, n; size_t max_phrase_words; } lexicon
 struct fdpo_reward {
     reward_kind kind;
     char *spec;
+    const char *flag;     /* the flag that gave spec (fdpo_reward_options.flag) */
     char *program;        /* cmd */
     double timeout_s;     /* cmd */
     lexicon lex;          /* afinn */
@@ -688,9 +689,12 @@ static int rm_score(fdpo_reward *r, size_t n, char *const *prompts, char *const 
 
 /* ---- interface ---- */
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) {
-    if (!spec || !*spec) { fdpo_error("--reward: empty spec (afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR, words:FILE)"); return NULL; }
+    /* the flag the caller took the spec from: --safety's errors said "--reward" */
+    const char *flag = o && o->flag ? o->flag : "--reward";
+    if (!spec || !*spec) { fdpo_error("%s: empty spec (afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR, words:FILE)", flag); return NULL; }
     fdpo_reward *r = fdpo_calloc(1, sizeof *r);
     r->spec = fdpo_strdup(spec);
+    r->flag = flag;
     if (!strcmp(spec, "afinn") || !strcmp(spec, "afinn:sum")) {
         r->kind = spec[5] ? REWARD_AFINN_SUM : REWARD_AFINN;
         if (lex_load(&r->lex, o ? o->lexicon : NULL)) { fdpo_reward_free(r); return NULL; }
@@ -707,11 +711,11 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
     } else if (!strcmp(spec, "length:words")) {
         r->kind = REWARD_LENGTH_WORDS;
     } else if (!strncmp(spec, "rm:", 3)) {
-        if (!spec[3]) { fdpo_error("--reward rm: needs a reward-model directory, e.g. rm:runs/rm"); fdpo_reward_free(r); return NULL; }
+        if (!spec[3]) { fdpo_error("%s rm: needs a reward-model directory, e.g. rm:runs/rm", flag); fdpo_reward_free(r); return NULL; }
         r->kind = REWARD_RM;
-        if (!(r->rm = fdpo_rm_load(spec + 3, &r->rm_tok))) { fdpo_error_context("--reward %s", spec); fdpo_reward_free(r); return NULL; }
+        if (!(r->rm = fdpo_rm_load(spec + 3, &r->rm_tok))) { fdpo_error_context("%s %s", flag, spec); fdpo_reward_free(r); return NULL; }
     } else if (!strncmp(spec, "cmd:", 4)) {
-        if (!spec[4]) { fdpo_error("--reward cmd: needs a program, e.g. cmd:'python3 reward.py'"); fdpo_reward_free(r); return NULL; }
+        if (!spec[4]) { fdpo_error("%s cmd: needs a program, e.g. cmd:'python3 reward.py'", flag); fdpo_reward_free(r); return NULL; }
         r->kind = REWARD_CMD;
         r->program = fdpo_strdup(spec + 4);
         r->timeout_s = o ? o->timeout_s : 60;
@@ -722,7 +726,7 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
             return NULL;
         }
     } else {
-        fdpo_error("--reward: unknown reward '%s' (expected afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR or words:FILE)", spec);
+        fdpo_error("%s: unknown reward '%s' (expected afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR or words:FILE)", flag, spec);
         fdpo_reward_free(r);
         return NULL;
     }
@@ -780,6 +784,8 @@ void fdpo_reward_free(fdpo_reward *r) {
 }
 
 const char *fdpo_reward_spec(const fdpo_reward *r) { return r->spec; }
+
+const char *fdpo_reward_flag(const fdpo_reward *r) { return r->flag; }
 
 int fdpo_reward_needs_tokens(const fdpo_reward *r) { return r->kind == REWARD_LENGTH_TOKENS; }
 

@@ -312,11 +312,15 @@ int fdpo_prompt_lens_check(const size_t *lens, const size_t *lines, size_t n, si
 }
 
 int fdpo_prompts_check_fit(const fdpo_tokenizer *tok, char *const *prompts, const size_t *lines, size_t n,
-                           size_t n_positions, const char *path) {
+                           const fdpo_gpt2_config *policy, const fdpo_gpt2_config *ref, size_t max_new_tokens,
+                           const char *path) {
     int32_t **ids = NULL;
     size_t *lens = NULL;
     if (fdpo_encode_prompts(tok, prompts, n, &ids, &lens)) return fdpo_error_context("--data %s", path);
-    int rc = fdpo_prompt_lens_check(lens, lines, n, n_positions, path);
+    int rc = fdpo_prompt_lens_check(lens, lines, n, policy->n_positions, path);
+    /* a reference shorter than a sample failed after the first sampling, as "batch: token 16:
+     * position 16 outside [0, n_positions 16)" */
+    if (!rc && ref) rc = fdpo_eval_check_fit(policy, ref, lens, n, &(fdpo_eval_config){.sample.max_new_tokens = max_new_tokens});
     fdpo_free_ids(ids, lens, n);
     return rc;
 }
@@ -722,6 +726,6 @@ int fdpo_sample_and_score(fdpo_sampler *smp, const fdpo_tokenizer *tok, const fd
     rc = fdpo_reward_score(reward, N, pp, cc, nt, r);
     free(nt);
     if (seconds) { seconds[0] = t1 - t0; seconds[1] = fdpo_now() - t1; }
-    if (rc) fdpo_error_context("%s: --reward %s", what, fdpo_reward_spec(reward));
+    if (rc) fdpo_error_context("%s: %s %s", what, fdpo_reward_flag(reward), fdpo_reward_spec(reward));
     return rc;
 }

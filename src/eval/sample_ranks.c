@@ -220,7 +220,7 @@ int fdpo_sample_and_score_ranks(fdpo_sampler *smp, const fdpo_tokenizer *tok, co
             mp[i] = ps[b + mine[i].prompt_index]; mc[i] = mine[i].text; nt[i] = mine[i].n_completion;
         }
         failed = fdpo_reward_score(reward, n_mine, mp, mc, nt, r_mine);
-        if (failed) fdpo_error_context("%s: --reward %s", what, fdpo_reward_spec(reward));
+        if (failed) fdpo_error_context("%s: %s %s", what, fdpo_reward_flag(reward), fdpo_reward_spec(reward));
         free(mp); free(mc); free(nt);
     }
     int rc = gather(failed, mine, failed ? 0 : n_mine, b, r_mine, P * k, s, r);

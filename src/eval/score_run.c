@@ -144,7 +144,7 @@ int fdpo_score_run(const fdpo_score_opts *o) {
         rw = fdpo_calloc(n ? n : 1, sizeof *rw);
         size_t b = mine_begin, k = mine_end - mine_begin;
         if (k && fdpo_reward_score(reward, k, prompts + b, comps + b, ntok + b, rw + b))
-            rc = fdpo_error_context("--reward %s", fdpo_reward_spec(reward));   /* as online and rl name it */
+            rc = fdpo_error_context("%s %s", fdpo_reward_flag(reward), fdpo_reward_spec(reward));   /* as online and rl name it */
     }
     for (size_t i = mine_begin; i < mine_end && !rc; i++) {
         fdpo_seq_score s = {0};

@@ -516,6 +516,9 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     if (fdpo_pref_loss_check(&o->dpo.dpo.loss)) return -1;
     if (o->prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->prompts_per_round);
     if (o->n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->n);
+    /* a round's (or step's) samples must be countable: --n past that wrapped their size and
+     * failed as "out of memory allocating 8 bytes" */
+    if (fdpo_samples_count_check((size_t)o->prompts_per_round, (size_t)o->n)) return -1;
     /* the shared training options (--lr, --seed, --log-every, --lora-*, ...), checked as sft and
      * dpo check them before anything is sampled: each round's f-DPO run and step mode's trainer
      * take them, from --model into --out (step mode's steps take --prompts-per-round prompts,
@@ -631,7 +634,10 @@ int fdpo_online_run(const fdpo_online_opts *o) {
             if (!ref) rc = -1;
             if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
         }
-        if (rc == 0) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, policy->config.n_positions, o->prompts);
+        /* round 0's reference: --ref (iterative DPO's later ones are the policy) */
+        const fdpo_gpt2 *ref_fit = ref && ref != policy ? ref : NULL;
+        if (rc == 0) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &policy->config,
+                                                 ref_fit ? &ref_fit->config : NULL, o->sample.max_new_tokens, o->prompts);
     }
     round_buf buf;
     round_buf_init(&buf, (size_t)o->prompts_per_round, (size_t)o->n);
@@ -681,6 +687,11 @@ int fdpo_online_run(const fdpo_online_opts *o) {
             fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k,
                      st.scores, st.kl, st.pairs, st.reward_gap);
             if (is_dir(partial) && fdpo_dist_is_root()) rc = fdpo_remove_tree(partial);
+            /* and the pairs record a killed writer wrote before it (the round's training state
+             * records the path's resolved form only where a file is there: a resumed round's
+             * training_state.json gained "data.resolved"); what cannot be removed (a directory
+             * of that name) the writer's rename names */
+            if (rc == 0 && fdpo_dist_is_root()) (void)unlink(pairs);
             rc = fdpo_dist_all_ok(rc);
         }
         /* the policy is about to change (or to be saved again): round k-1's files must be out */
@@ -796,6 +807,7 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);
     fdpo_settings_num(s, "beta", o->dpo.dpo.loss.beta, 1);
+    fdpo_settings_num(s, "label-smoothing", o->dpo.dpo.loss.label_smoothing, 1);
     fdpo_settings_int(s, "n", (long long)o->n, 1);
     fdpo_settings_int(s, "prompts-per-round", (long long)o->prompts_per_round, 1);
     fdpo_settings_str(s, "ref-logps", o->ref_logps_pairs ? "pairs" : "all", 1);
@@ -836,7 +848,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     tr.progress.phase = "online";
     fdpo_dpo_config cfg = o->dpo.dpo;
     cfg.micro_batch = 0;
-    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, policy->config.n_positions, o->prompts);
+    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &policy->config,
+                                         ref && ref != policy ? &ref->config : NULL, o->sample.max_new_tokens, o->prompts);
     if (!rc) d_ok = (rc = fdpo_dpo_init(&d, policy, ref, &cfg)) == 0;
     /* a step takes each prompt at most once (fdpo_train_step_items) */
     const size_t P = tr_ok ? tr.step_items : 1, K = (size_t)o->n, N = P * K;

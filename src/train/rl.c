@@ -373,7 +373,8 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     else if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
     if (!rc && ref->config.vocab_size != tr.model->config.vocab_size)
         rc = fdpo_error("--ref: vocabulary %zu != the policy's %zu", ref->config.vocab_size, tr.model->config.vocab_size);
-    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, tr.model->config.n_positions, o->prompts);
+    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &tr.model->config,
+                                         ref != tr.model ? &ref->config : NULL, o->sample.max_new_tokens, o->prompts);
     fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
     /* one decoder for the whole run (its cache, buffers and bf16 packed weights; re-packed
      * in place at each step's sampling, after the optimizer step before it) */

@@ -23,10 +23,9 @@
 void fdpo_sacpo_opts_default(fdpo_sacpo_opts *o) {
     memset(o, 0, sizeof *o);
     fdpo_dpo_run_opts_default(&o->dpo);
-    /* the online stages sample as `fdpo online` does and train each round with the dpo template */
+    /* the online stages are `fdpo online` runs, with its defaults: each round's f-DPO at lr
+     * 1e-4, constant schedule (docs/online.md); they took the dpo template's 1e-6, linear */
     fdpo_online_opts_default(&o->online);
-    o->online.dpo = o->dpo;
-    fdpo_online_round_dpo_opts(&o->online.dpo);
 }
 
 int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
@@ -44,6 +43,11 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
         if (o->online.rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->online.rounds);
         if (o->online.prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->online.prompts_per_round);
         if (o->online.n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->online.n);
+        if (fdpo_samples_count_check((size_t)o->online.prompts_per_round, (size_t)o->online.n)) return -1;
+        /* a stage's rounds save every round, whole (fdpo online refuses it as --mode step's) */
+        if (!o->reward_data && !o->safety_data && o->dpo.train.save_every > 0)
+            return fdpo_error("--save-every: only stages on files use it (--reward-data/--safety-data); with --reward "
+                              "and --safety both stages are online, and an online stage saves every round, whole");
         if (fdpo_sample_config_check(&o->online.sample)) return -1;
         if (o->online.ref_update_round)
             return fdpo_error("--ref-update round: a SACPO stage's reference is its starting model (the stepwise "
@@ -290,6 +294,28 @@ static cJSON *plan_hash_parent(cJSON *plan, const char *parent) {
     return parent ? cJSON_GetObjectItemCaseSensitive(plan, parent) : plan;
 }
 
+/* The fixed training settings of stages that train with train (either template), the loss
+ * and how pairs files are read (a stage added later with another --max-length would train on
+ * other data; absent from the plans before they were added, which then match as before). */
+static cJSON *training_json(const fdpo_sacpo_opts *o, const fdpo_train_opts *train) {
+    cJSON *tr = cJSON_CreateObject();
+    fdpo_settings ts = {0};
+    fdpo_train_opts_settings(train, &ts);
+    fdpo_settings_remove(&ts, without_flag);
+    fdpo_settings_str(&ts, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);
+    fdpo_settings_num(&ts, "label-smoothing", o->dpo.dpo.loss.label_smoothing, 1);
+    fdpo_settings_num(&ts, "simpo-gamma", o->dpo.dpo.loss.simpo_gamma, 1);
+    fdpo_settings_num(&ts, "sft-weight", o->dpo.dpo.loss.sft_weight, 1);
+    fdpo_settings_str(&ts, "precision", fdpo_precision_name(fdpo_get_precision()), 1);
+    fdpo_pref_data_settings(&o->dpo.pref, o->dpo.eval_fraction, o->dpo.eval_file, &ts);
+    cJSON *all = fdpo_settings_to_json(&ts);
+    for (size_t i = 0; i < ts.n; i++)
+        if (ts.v[i].fixed) cJSON_AddItemToObject(tr, ts.v[i].key, cJSON_DetachItemFromObjectCaseSensitive(all, ts.v[i].key));
+    cJSON_Delete(all);
+    fdpo_settings_free(&ts);
+    return tr;
+}
+
 static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     cJSON *p = cJSON_CreateObject();
     char div[64];
@@ -329,24 +355,14 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     cJSON_AddNumberToObject(p, "beta", o->dpo.dpo.loss.beta);
     cJSON_AddStringToObject(p, "order", o->safety_first ? "safety-first" : "reward-first");
     /* the stages' training settings (steps, lr, batch, seed, loss, precision, ...): a stage done
-     * before is reused only when they match (absent from the plans of earlier versions) */
-    cJSON *tr = cJSON_AddObjectToObject(p, "training");
-    fdpo_settings ts = {0};
-    fdpo_train_opts_settings(&o->dpo.train, &ts);
-    fdpo_settings_remove(&ts, without_flag);
-    fdpo_settings_str(&ts, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);
-    fdpo_settings_num(&ts, "label-smoothing", o->dpo.dpo.loss.label_smoothing, 1);
-    fdpo_settings_num(&ts, "simpo-gamma", o->dpo.dpo.loss.simpo_gamma, 1);
-    fdpo_settings_num(&ts, "sft-weight", o->dpo.dpo.loss.sft_weight, 1);
-    fdpo_settings_str(&ts, "precision", fdpo_precision_name(fdpo_get_precision()), 1);
-    /* how the pairs are read (a stage added later with another --max-length would train on
-     * other data; absent from the plans before they were added, which then match as before) */
-    fdpo_pref_data_settings(&o->dpo.pref, o->dpo.eval_fraction, o->dpo.eval_file, &ts);
-    cJSON *all = fdpo_settings_to_json(&ts);
-    for (size_t i = 0; i < ts.n; i++)
-        if (ts.v[i].fixed) cJSON_AddItemToObject(tr, ts.v[i].key, cJSON_DetachItemFromObjectCaseSensitive(all, ts.v[i].key));
-    cJSON_Delete(all);
-    fdpo_settings_free(&ts);
+     * before is reused only when they match (absent from the plans of earlier versions). They
+     * are the stages' on files where there are any, else the online stages', which are fdpo
+     * online's where a flag was not given (lr 1e-4, constant); with both kinds of stage the
+     * online ones' also under "online" */
+    const int files = o->reward_data || o->safety_data;
+    cJSON_AddItemToObject(p, "training", training_json(o, files ? &o->dpo.train : &o->online.dpo.train));
+    if (files && (o->reward_spec || o->safety_spec))
+        cJSON_AddItemToObject(cJSON_GetObjectItemCaseSensitive(p, "online"), "training", training_json(o, &o->online.dpo.train));
     cJSON *l = cJSON_AddArrayToObject(p, "lambdas");
     for (size_t i = 0; i < o->n_lambdas; i++) cJSON_AddItemToArray(l, cJSON_CreateNumber(o->lambdas[i]));
     return p;
@@ -362,8 +378,10 @@ static int same_number(const cJSON *a, const cJSON *b) {
 }
 
 /* The flag of a plan entry: its key with '-' for '_' ("reward_data" -> --reward-data; the
- * online stages' "data" is --data), "lora-" before a LoRA one ("r" -> --lora-r). */
+ * online stages' "data" is --data), "lora-" before a LoRA one ("r" -> --lora-r); the online
+ * stages' "pairs" (the key of plans before the flag was renamed) is --pairing. */
 static void plan_flag(const char *parent, const char *key, char *flag, size_t n) {
+    if (parent && !strcmp(parent, "online") && !strcmp(key, "pairs")) key = "pairing";
     snprintf(flag, n, "%s%s", parent && !strcmp(parent, "lora") ? "lora-" : "", key);
     for (char *c = flag; *c; c++) if (*c == '_') *c = '-';
 }
@@ -444,6 +462,48 @@ static void plan_same_paths(cJSON *saved, const cJSON *now) {
     }
 }
 
+/* 1 when every training setting the saved plan records (then) is now's, else 0 naming the
+ * first that is not (a plan of an earlier fdpo records fewer, or none) */
+static int training_same(const cJSON *then, const cJSON *now, const char *path) {
+    const cJSON *x;
+    cJSON_ArrayForEach(x, then) {
+        /* plans before wave 28 also recorded the train option "val-fraction" (0, unused:
+         * the stages' held-out share is "eval-fraction", compared on its own) */
+        if (!strcmp(x->string, "val-fraction")) continue;
+        /* and before wave 31 the placeholders of options sacpo has no flag for ("seq-len": 1) */
+        int placeholder = 0;
+        for (const char *const *k = without_flag; *k; k++) placeholder |= !strcmp(x->string, *k);
+        if (placeholder) continue;
+        const cJSON *y = cJSON_GetObjectItemCaseSensitive(now, x->string);
+        if (y && (cJSON_Compare(x, y, 1) || same_number(x, y))) continue;
+        stages_trained_with(x->string, x, y, path);
+        return 0;
+    }
+    return 1;
+}
+
+static size_t stage_name(const char *dir, const char **name);
+
+/* Which kinds of training stage the saved state records done: an online one (OUT/<stage>.online
+ * holds its rounds) and one on a file (any other, merges aside). */
+static void stages_done_kinds(const sacpo_state *st, const char *out, int *online, int *files) {
+    *online = *files = 0;
+    for (const cJSON *e = st->done->child; e; e = e->next) {
+        const char *name;
+        if (!cJSON_IsString(e)) continue;
+        size_t n = stage_name(e->valuestring, &name);
+        if (n >= 6 && !strncmp(name, "merge-", 6)) continue;
+        char *dir = fdpo_malloc(n + 8);
+        memcpy(dir, name, n);
+        memcpy(dir + n, ".online", 8);
+        char *path = fdpo_path_join(out, dir);
+        struct stat sb;
+        if (!stat(path, &sb) && S_ISDIR(sb.st_mode)) *online = 1;
+        else *files = 1;
+        free(path); free(dir);
+    }
+}
+
 /* what an interrupted stage tells the user: sacpo has no --resume, a rerun resumes */
 #define SACPO_CONTINUE "run the same fdpo sacpo command again: it resumes the stage"
 
@@ -468,6 +528,18 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         cJSON_DeleteItemFromObject(b, "lambdas");
         cJSON_DeleteItemFromObject(a, "training");
         cJSON_DeleteItemFromObject(b, "training");
+        /* what only some stages read is compared only when one of them is done: the online
+         * settings (prompts, sampling, rounds) when an online stage is, the stages' training
+         * settings when a stage of their kind is (a rerun after a bad --data failed the first
+         * online stage, the stage on a file done, was refused for its corrected --data) */
+        int online_done, files_done;
+        stages_done_kinds(st, o->out, &online_done, &files_done);
+        if (!online_done) {
+            cJSON_DeleteItemFromObject(a, "online");
+            cJSON_DeleteItemFromObject(b, "online");
+        }
+        cJSON *online_then = cJSON_DetachItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(a, "online"), "training");
+        cJSON_Delete(cJSON_DetachItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(b, "online"), "training"));
         /* plans before wave 28 could record --stop '' (no stop string), now refused as a flag:
          * the same plan as no --stop */
         const cJSON *stop = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(a, "online"), "stop");
@@ -498,23 +570,16 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
                        "same files or another --out", edited, st->path, was_hash, now_hash);
         }
         cJSON_Delete(a); cJSON_Delete(b);
-        if (!same) { cJSON_Delete(plan); return -1; }
-        const cJSON *then = cJSON_GetObjectItemCaseSensitive(saved, "training"), *x;
+        const cJSON *then = cJSON_GetObjectItemCaseSensitive(saved, "training");
         const cJSON *now = cJSON_GetObjectItemCaseSensitive(plan, "training");
-        cJSON_ArrayForEach(x, then) {
-            /* plans before wave 28 also recorded the train option "val-fraction" (0, unused:
-             * the stages' held-out share is "eval-fraction", compared on its own) */
-            if (!strcmp(x->string, "val-fraction")) continue;
-            /* and before wave 31 the placeholders of options sacpo has no flag for ("seq-len": 1) */
-            int placeholder = 0;
-            for (const char *const *k = without_flag; *k; k++) placeholder |= !strcmp(x->string, *k);
-            if (placeholder) continue;
-            const cJSON *y = cJSON_GetObjectItemCaseSensitive(now, x->string);
-            if (y && (cJSON_Compare(x, y, 1) || same_number(x, y))) continue;
-            stages_trained_with(x->string, x, y, st->path);
-            cJSON_Delete(plan);
-            return -1;
-        }
+        const int files = o->reward_data || o->safety_data;   /* "training" is theirs, else the online stages' */
+        if (same && (files ? files_done : online_done)) same = training_same(then, now, st->path);
+        /* the online stages' beside stages on files: a plan before they were recorded apart
+         * trained its online stages with its "training" */
+        const cJSON *online_now = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(plan, "online"), "training");
+        if (same && online_done && online_now) same = training_same(online_then ? online_then : then, online_now, st->path);
+        cJSON_Delete(online_then);
+        if (!same) { cJSON_Delete(plan); return -1; }
         cJSON_ReplaceItemInObject(st->root, "plan", plan);
         return 0;
     }
@@ -560,7 +625,7 @@ static int state_mark(sacpo_state *st, const char *dir) {
 /* an online stage: online f-DPO rounds from init (also the reference) against spec into
  * dir.online, then its last round saved as dir; resumes after the last complete round */
 static int run_online_stage(const fdpo_sacpo_opts *o, const char *what, const char *init, const char *spec,
-                            double beta, const char *dir) {
+                            const char *spec_flag, double beta, const char *dir) {
     size_t len = strlen(dir);
     char *run = fdpo_malloc(len + 8);
     memcpy(run, dir, len);
@@ -569,6 +634,7 @@ static int run_online_stage(const fdpo_sacpo_opts *o, const char *what, const ch
     on.model = init;
     on.ref = NULL;
     on.reward = spec;
+    on.reward_opts.flag = spec_flag;   /* its errors name --safety for the safety stage */
     on.out = run;
     char *round0 = fdpo_path_join(run, "round-0");
     on.resume = fdpo_file_exists(round0);   /* continue after its complete rounds, or start at round 0 */
@@ -598,13 +664,13 @@ static int run_online_stage(const fdpo_sacpo_opts *o, const char *what, const ch
 
 /* one f-DPO stage: init -> dir on data (or online against spec) with beta; resumes a stage left half-way */
 static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what, const char *init, const char *data,
-                     const char *spec, double beta, const char *dir) {
+                     const char *spec, const char *spec_flag, double beta, const char *dir) {
     if (stage_done(st, dir)) {
         fdpo_log(FDPO_LOG_INFO, "%s: done before (%s)", what, dir);
         return 0;
     }
     if (!data) {
-        if (run_online_stage(o, what, init, spec, beta, dir)) return fdpo_error_context("sacpo %s", what);
+        if (run_online_stage(o, what, init, spec, spec_flag, beta, dir)) return fdpo_error_context("sacpo %s", what);
         return state_mark(st, dir);
     }
     fdpo_dpo_run_opts d = o->dpo;
@@ -642,12 +708,14 @@ static int run_merge(sacpo_state *st, const char *a, const char *b, double w, co
     return state_mark(st, dir);
 }
 
-/* a bad spec is named before any stage runs (the online library would only meet it later,
- * and call it --reward) */
+/* a bad spec is named before any stage runs (the online library would only meet it later) by
+ * its flag: fdpo_reward_create names it in its own errors, a word list's loader only its file */
 static int check_spec(const char *spec, const fdpo_reward_options *ro, const char *flag) {
     if (!spec) return 0;
-    fdpo_reward *r = fdpo_reward_create(spec, ro);
-    if (!r) return fdpo_error_context("%s %s", flag, spec);
+    fdpo_reward_options named = *ro;
+    named.flag = flag;
+    fdpo_reward *r = fdpo_reward_create(spec, &named);
+    if (!r) return strncmp(fdpo_last_error(), flag, strlen(flag)) ? fdpo_error_context("%s %s", flag, spec) : -1;
     fdpo_reward_free(r);
     return 0;
 }
@@ -697,7 +765,7 @@ static int pin_stages_route(const char *out) {
 typedef struct {
     char what[64];
     char *init, *dir;           /* owned */
-    const char *data, *data_flag, *spec;
+    const char *data, *data_flag, *spec, *spec_flag;
     double beta;
 } sacpo_stage;
 
@@ -709,8 +777,8 @@ static sacpo_stage *plan_stages(const fdpo_sacpo_opts *o, size_t *n_out) {
     sacpo_stage *s = fdpo_calloc(2 * o->n_lambdas + 1, sizeof *s);
     size_t n = 0;
     char *reward_dir = fdpo_path_join(o->out, "reward");
-    const sacpo_stage reward = {"", NULL, NULL, o->reward_data, "--reward-data", o->reward_spec, beta};
-    const sacpo_stage safety = {"", NULL, NULL, o->safety_data, "--safety-data", o->safety_spec, 0};
+    const sacpo_stage reward = {"", NULL, NULL, o->reward_data, "--reward-data", o->reward_spec, "--reward", beta};
+    const sacpo_stage safety = {"", NULL, NULL, o->safety_data, "--safety-data", o->safety_spec, "--safety", 0};
     if (!o->safety_first) {
         s[n] = reward;
         snprintf(s[n].what, sizeof s[n].what, "reward stage");
@@ -746,17 +814,39 @@ static void stages_free(sacpo_stage *s, size_t n) {
     free(s);
 }
 
-/* the pairs files of the stages still to run open, before any of them trains: a rerun that
- * adds a lambda needs both files in safety-first order, and the second was found missing only
- * after the first had trained */
-static int stages_data_open(const sacpo_state *st, const sacpo_stage *s, size_t n) {
+/* The online stages' prompts as fdpo online checks them at its start: --data holds prompts,
+ * each of which leaves room to generate in --model's context (every stage starts from a model
+ * of its shape and tokenizer). Found by the first online stage, a missing --data or a prompt too
+ * long failed the run after the stages before it had trained. */
+static int online_prompts_check(const fdpo_sacpo_opts *o) {
+    char **prompts = NULL;
+    size_t n = 0, *lines = NULL;
+    if (fdpo_read_prompts(o->online.prompts, &prompts, &lines, &n)) return fdpo_error_context("--data");
+    fdpo_gpt2_config c;
+    fdpo_tokenizer *tok = NULL;
+    int rc = n == 0 ? fdpo_error("--data %s: no prompts", o->online.prompts) : 0;
+    if (!rc) rc = fdpo_eval_load_config("--model", o->dpo.train.init, &c, &tok);
+    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, lines, n, &c, NULL, o->online.sample.max_new_tokens, o->online.prompts);
+    if (tok) fdpo_tokenizer_free(tok);
+    fdpo_free_strings(prompts, n);
+    free(lines);
+    return rc;
+}
+
+/* the inputs of the stages still to run, before any of them trains: their pairs files open (a
+ * rerun that adds a lambda needs both files in safety-first order, and the second was found
+ * missing only after the first had trained) and the online stages' prompts fit */
+static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, const sacpo_stage *s, size_t n) {
+    int online = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!s[i].data || (st && stage_done(st, s[i].dir))) continue;
+        if (st && stage_done(st, s[i].dir)) continue;
+        online |= !s[i].data;
+        if (!s[i].data) continue;
         FILE *f = fopen(s[i].data, "rb");
         if (!f) return fdpo_error("%s %s: cannot open: %s", s[i].data_flag, s[i].data, strerror(errno));
         fclose(f);
     }
-    return 0;
+    return online ? online_prompts_check(o) : 0;
 }
 
 int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
@@ -770,7 +860,7 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     sacpo_stage *stages = plan_stages(o, &n_stages);
     /* a first run opens its pairs files before it claims --out; a rerun, those of the stages
      * still to run once it has read which are done */
-    if (!sacpo_resuming(o) && stages_data_open(NULL, stages, n_stages)) { stages_free(stages, n_stages); return -1; }
+    if (!sacpo_resuming(o) && stages_data_open(o, NULL, stages, n_stages)) { stages_free(stages, n_stages); return -1; }
     if (fdpo_dist_rank() == 0 && (fdpo_dir_lock(o->out, "--out") || fdpo_mkdir_p(o->out))) {
         stages_free(stages, n_stages);
         return -1;
@@ -782,11 +872,11 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_SACPO | FDPO_RUN_TOKENIZER);
     int rc = held ? fdpo_error("--out: %s already holds %s of another run; choose another --out", o->out, held)
                   : state_open(&st, o);
-    if (!rc) rc = stages_data_open(&st, stages, n_stages);
+    if (!rc) rc = stages_data_open(o, &st, stages, n_stages);
     if (!rc) rc = pin_stages_route(o->out);
     for (size_t i = 0; !rc && i < n_stages; i++)
-        rc = run_stage(o, &st, stages[i].what, stages[i].init, stages[i].data, stages[i].spec, stages[i].beta,
-                       stages[i].dir);
+        rc = run_stage(o, &st, stages[i].what, stages[i].init, stages[i].data, stages[i].spec, stages[i].spec_flag,
+                       stages[i].beta, stages[i].dir);
     stages_free(stages, n_stages);
     for (size_t i = 0; !rc && i + 1 < o->n_lambdas; i++)
         for (size_t k = 0; !rc && k < o->n_merge_weights; k++) {

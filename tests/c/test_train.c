@@ -173,11 +173,17 @@ START_TEST(trainer_defaults_are_the_library_s_and_pass_its_checks) {
     on.dpo.train.log_every = 1;
     on.dpo.train.lora_r = 2;   /* the policy is --model (the round template has no init): valid */
     ck_assert_int_eq(fdpo_online_opts_check(&on), 0);
+    on.n = (long)((1ULL << 61) + 1);   /* a round of samples past the address space: named, not "out of memory" */
+    ck_assert_int_ne(fdpo_online_opts_check(&on), 0);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--n 2305843009213693953: 16 prompts x "));
+    on.n = 4;
 
     fdpo_sacpo_opts sa;
     fdpo_sacpo_opts_default(&sa);
     ck_assert(sa.dpo.train.lr == 1e-6 && sa.dpo.eval_fraction == 0.1 && !sa.safety_first);
-    ck_assert(sa.online.rounds == 3 && sa.online.prompts_per_round == 16 && sa.online.dpo.train.lr == 1e-6);
+    /* an online stage is fdpo online, its defaults included (it took dpo's 1e-6, linear) */
+    ck_assert(sa.online.rounds == 3 && sa.online.prompts_per_round == 16 && sa.online.dpo.train.lr == 1e-4 &&
+              !strcmp(sa.online.dpo.train.schedule, "constant"));
     const double lambdas[] = {0.5, 1};
     sa.dpo.train.init = "m"; sa.reward_data = "r.jsonl"; sa.safety_data = "s.jsonl"; sa.out = sa.dpo.train.out = "o";
     sa.lambdas = lambdas; sa.n_lambdas = 2;

@@ -373,7 +373,7 @@ static int h_calibration(int argc, char **argv) {
 
 static int h_reward(int argc, char **argv) {
     if (argc < 3) return fdpo_error("usage: eval-reward SPEC FILE");
-    fdpo_reward_options o = {opt(argc, argv, "--lexicon", NULL), atof(opt(argc, argv, "--timeout", "10"))};
+    fdpo_reward_options o = {opt(argc, argv, "--lexicon", NULL), atof(opt(argc, argv, "--timeout", "10")), NULL};
     fdpo_reward *r = fdpo_reward_create(argv[1], &o);
     if (!r) return -1;
     char **p, **c;

@@ -915,3 +915,83 @@ def test_ref_logps_pairs_scores_no_sample_when_no_pair_forms(setup, tmp_path, mo
         kl[which] = [x["objective/kl"] for x in m]
     assert all(abs(v - 16 * math.log(2)) <= 1e-4 for v in kl["all"]), kl
     assert all(v is None or math.isnan(v) for v in kl["pairs"]), kl
+
+
+@pytest.mark.parametrize("cmd", ["rounds", "step", "rl"])
+def test_a_ref_shorter_than_a_sample_is_refused_at_the_start(setup, tmp_path, cmd):
+    """--ref of n_positions 16 under a policy of 64: a prompt of 9 bytes + 16 new tokens does
+    not fit it. It failed after round 0 (step 1) had sampled, as "batch: token 16: position 16
+    outside [0, n_positions 16)", naming nothing; fdpo eval's check names --ref and the room"""
+    make_model(tmp_path / "short", 257, seed=5, n_positions=16, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("prompt 0:\n")   # 9 tokens
+    common = ["--model", setup / "model", "--ref", tmp_path / "short", "--data", tmp_path / "p.txt", "--reward",
+              "length", "--out", tmp_path / "o", "--n", 2, "--max-new-tokens", 16, "--threads", 1, "--quiet"]
+    args = {"rounds": ["online", "--rounds", 1, "--prompts-per-round", 1],
+            "step": ["online", "--mode", "step", "--steps", 1, "--prompts-per-round", 1],
+            "rl": ["rl", "--steps", 1, "--prompts-per-step", 1]}[cmd]
+    r = fdpo(*args, *common, check=False)
+    name = "rl" if cmd == "rl" else "online"
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo {name}: --ref: its n_positions 16 is shorter than a sample can be: prompt 1 has 9 tokens and "
+        "--max-new-tokens is 16 (the reference has room for 7 new tokens after it)\n"), r.stderr
+    assert not (tmp_path / "o" / "round-0").exists()
+    # 7 new tokens fit it
+    fdpo(*args, *[x if x != 16 else 7 for x in common])
+
+
+def test_resume_after_a_kill_before_the_rename_writes_the_uninterrupted_state(setup, tmp_path):
+    """SIGKILL after the writer put round-1.pairs.jsonl in place but before round-1.partial
+    became round-1 (simulated by renaming it back): the resumed round 1 recorded
+    "data.resolved" in its training_state.json (the stale pairs file resolved), which the
+    uninterrupted run's lacks (its pairs are written after the round trained). A relative
+    --out: an absolute path is its own resolved form, recorded once either way"""
+    import shutil
+    args = [FDPO, "online", "--model", setup / "model", "--data", setup / "prompts.txt", "--reward",
+            f"cmd:/usr/bin/python3 {setup / 'letters.py'}", "--out", "a", "--n", 4, "--max-new-tokens", 16, "--lr",
+            "1e-2", "--batch-size", 8, "--epochs", 4, "--beta", 0.1, "--prompts-per-round", 4, "--threads", 1,
+            "--rounds", 2, "--quiet"]
+    run = lambda *extra: subprocess.run([*map(str, args), *extra], cwd=tmp_path, capture_output=True, check=True)
+    a = tmp_path / "a"
+    run()
+    shutil.copytree(a, tmp_path / "full")
+    (a / "round-1").rename(a / "round-1.partial")
+    run("--resume")
+    for f in ("round-1/training_state.json", "round-1/model.safetensors", "round-1.pairs.jsonl"):
+        assert (a / f).read_bytes() == (tmp_path / "full" / f).read_bytes(), f
+    assert "data.resolved" not in json.loads((a / "round-1" / "training_state.json").read_text())["settings"]
+
+
+def test_label_smoothing_is_robust_s_parameter_as_in_dpo(setup, tmp_path):
+    """--loss robust without --label-smoothing (online had no such flag, sacpo's online stages
+    had) is --loss sigmoid, as in fdpo dpo and TRL at label_smoothing 0: the flag is dpo's, with
+    its range, and an online stage of sacpo given it is this run (docs/sacpo.md)"""
+    small = ["--prompts-per-round", 4, "--threads", 1, "--rounds", 1, "--quiet", "--loss", "robust", "--n", 4]
+    online(setup, tmp_path / "r0", *small)
+    online(setup, tmp_path / "r2", *small, "--label-smoothing", 0.2)
+    w = lambda d: (d / "round-0" / "model.safetensors").read_bytes()
+    assert w(tmp_path / "r0") != w(tmp_path / "r2")
+    assert json.loads((tmp_path / "r2" / "online.json").read_text())["settings"]["label-smoothing"] == 0.2
+    s = tmp_path / "s"
+    fdpo("sacpo", "--model", setup / "model", "--data", setup / "prompts.txt", "--reward",
+         f"cmd:/usr/bin/python3 {setup / 'letters.py'}", "--safety", "length", "--lambda", 1, "--out", s,
+         "--max-new-tokens", 16, "--lr", "1e-2", "--batch-size", 8, "--epochs", 4, "--beta", 0.1,
+         "--label-smoothing", 0.2, *small)
+    assert (s / "reward" / "model.safetensors").read_bytes() == w(tmp_path / "r2")
+    for extra, msg in [(["--label-smoothing", 0.5], "--label-smoothing: must be in [0, 0.5) (got 0.5)"),
+                       (["--loss", "hinge", "--label-smoothing", 0.1],
+                        "--label-smoothing: only the sigmoid (cDPO) and robust losses use it, not hinge (got 0.1)")]:
+        r = online(setup, tmp_path / "bad", *small, *extra, check=False)
+        assert r.returncode == 1 and msg in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("mode", ["rounds", "step"])
+def test_an_n_whose_samples_cannot_be_counted_is_refused_by_name(setup, tmp_path, mode):
+    """1 prompt x (2^61 + 1) samples: their 8-byte sizes wrapped, "out of memory allocating
+    8 bytes", naming no flag"""
+    n = 2 ** 61 + 1
+    extra = ["--mode", "step", "--steps", 1] if mode == "step" else []
+    r = fdpo("online", "--model", setup / "model", "--data", setup / "prompts.txt", "--reward", "length", "--out",
+             tmp_path / "o", "--prompts-per-round", 1, "--n", n, *extra, check=False)
+    assert r.returncode == 1 and r.stderr == (f"fdpo online: --n {n}: 1 prompts x {n} samples cannot be held (their "
+                                              "count alone overflows memory)\n"), r.stderr
+    assert not (tmp_path / "o").exists()

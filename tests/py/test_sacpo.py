@@ -499,7 +499,7 @@ def test_online_stages_raise_safety_with_lambda_and_equal_plain_online_runs(lexd
     for stage, init, spec, beta in (("reward", d / "base", "reward.txt", 0.5), ("lambda-1", s / "reward", "safety.txt", 0.5),
                                     ("lambda-0.05", s / "reward", "safety.txt", 10)):
         fdpo("online", "--model", init, "--data", d / "prompts.txt", "--reward", f"lexicon:{d / spec}", "--beta", beta,
-             "--out", tmp_path / stage, "--schedule", "linear", *ONLINE)
+             "--out", tmp_path / stage, *ONLINE)
         assert weights(tmp_path / stage / "round-1") == weights(s / stage) == weights(s / f"{stage}.online" / "round-1")
         m = [json.loads(l) for l in open(s / f"{stage}.online" / "metrics.jsonl")]
         assert [x["round"] for x in m] == [0, 1] and m[0]["objective/kl"] == 0
@@ -610,7 +610,8 @@ def test_online_stage_with_a_bad_spec_is_named(data, tmp_path):
     (tmp_path / "p.txt").write_text("x\n")
     r = fdpo("sacpo", "--model", data / "base", "--out", tmp_path / "s", "--lambda", "1", "--reward-data",
              data / "reward.jsonl", "--safety", "nonsense", "--data", tmp_path / "p.txt", *COMMON, check=False)
-    assert r.returncode != 0 and "--safety nonsense: --reward: unknown reward" in r.stderr, r.stderr
+    assert r.returncode != 0 and "fdpo sacpo: --safety: unknown reward 'nonsense'" in r.stderr, r.stderr
+    assert "--reward" not in r.stderr   # it said "--safety nonsense: --reward: unknown reward"
     assert not (tmp_path / "s" / "reward").exists()  # refused before any stage ran
 
 
@@ -626,3 +627,108 @@ def test_a_relative_out_trains_every_stage(data, tmp_path):
     assert r.returncode == 0, r.stderr
     for stage in ("reward", "lambda-1"):
         assert weights(tmp_path / "rel" / stage) == weights(tmp_path / "abs" / stage)
+
+
+TINY_ONLINE = ["--rounds", 1, "--prompts-per-round", 4, "--n", 4, "--max-new-tokens", 8, "--threads", 1, "--quiet"]
+
+
+@pytest.mark.parametrize("spec,msg", [("nonsense", "--safety: unknown reward 'nonsense' (expected"),
+                                      ("cmd:", "--safety cmd: needs a program"), ("", "--safety: empty spec")])
+def test_a_bad_safety_spec_names_only_safety(data, tmp_path, spec, msg):
+    """they said "--safety cmd:: --reward cmd: needs a program", and fdpo eval "--safety: --reward: ...";
+    a safety program that fails, "round 0: --reward cmd:..." """
+    (tmp_path / "p.txt").write_text("p 1:\n")
+    r = fdpo("sacpo", "--model", data / "base", "--reward", "length", "--safety", spec, "--data", tmp_path / "p.txt",
+             "--lambda", 1, "--out", tmp_path / "s", *TINY_ONLINE, check=False)
+    assert r.returncode == 1 and r.stderr.startswith(f"fdpo sacpo: {msg}") and "--reward" not in r.stderr, r.stderr
+    r = fdpo("eval", "--model", data / "base", "--ref", data / "base", "--data", tmp_path / "p.txt", "--reward", "length",
+             "--safety", spec, "--n", 1, "--max-new-tokens", 2, "--threads", 1, check=False)
+    assert r.returncode == 1 and r.stderr.startswith(f"fdpo eval: {msg}") and "--reward" not in r.stderr, r.stderr
+    if spec != "nonsense":
+        return
+    (tmp_path / "crash.py").write_text("import sys\nsys.stderr.write('safety crashed\\n'); sys.exit(3)\n")
+    prog = f"/usr/bin/python3 {tmp_path / 'crash.py'}"
+    r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety", f"cmd:{prog}",
+             "--data", tmp_path / "p.txt", "--lambda", 1, "--out", tmp_path / "c", *COMMON, *TINY_ONLINE, check=False)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"sacpo safety stage (lambda 1): round 0: --safety cmd:{prog}: reward command '{prog}' exited with status 3 "
+        "(stderr: safety crashed)\n"), r.stderr
+
+
+def test_online_prompts_are_checked_before_any_stage_trains(data, tmp_path):
+    """A reward stage on its file, an online safety stage: a missing --data, or a prompt too long
+    for --model (n_positions 48), was found by the safety stage after the reward stage had
+    trained, and the plan kept it: the corrected rerun was refused ("--data: ... differs from
+    ..., which its stages trained with"), although no stage done had read the prompts"""
+    s = tmp_path / "s"
+    args = ["sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety", "length",
+            "--lambda", 1, "--out", s, *COMMON, *TINY_ONLINE]
+    r = fdpo(*args, "--data", tmp_path / "none.txt", check=False)
+    assert r.returncode == 1 and r.stderr == (f"fdpo sacpo: --data: {tmp_path / 'none.txt'}: cannot open: No such "
+                                              "file or directory\n"), r.stderr
+    assert not s.exists()
+    (tmp_path / "long.txt").write_text("p 1:\n" + "x" * 60 + "\n")
+    r = fdpo(*args, "--data", tmp_path / "long.txt", check=False)
+    assert r.returncode == 1 and r.stderr == (f"fdpo sacpo: {tmp_path / 'long.txt'}:2: the prompt's 60 tokens leave no "
+                                              "room to generate (model n_positions 48)\n"), r.stderr
+    assert not s.exists()
+    # a plan whose done stages read no prompts (the reward stage, on its file): the online
+    # settings may change; once an online stage has sampled them, they may not
+    (tmp_path / "p.txt").write_text("p 1:\np 2:\n")
+    (tmp_path / "q.txt").write_text("q 1:\nq 2:\n")
+    fdpo(*args, "--data", tmp_path / "p.txt")
+    state = json.loads((s / "sacpo.json").read_text())
+    state["stages_done"] = state["stages_done"][:1]   # as if the safety stage had failed
+    (s / "sacpo.json").write_text(json.dumps(state))
+    shutil.rmtree(s / "lambda-1")
+    shutil.rmtree(s / "lambda-1.online")
+    r = fdpo(*args, "--data", tmp_path / "q.txt", "--n", 2)
+    assert "reward stage: done before" in r.stderr, r.stderr
+    r = fdpo(*args, "--data", tmp_path / "p.txt", "--n", 2, "--lambda", "1,2", check=False)
+    assert r.returncode == 1 and (f'--data: "{tmp_path / "p.txt"}" differs from "{tmp_path / "q.txt"}" in '
+                                  f"{s / 'sacpo.json'}, which its stages trained with") in r.stderr, r.stderr
+
+
+def test_an_online_stage_without_trainer_flags_is_fdpo_online(data, tmp_path):
+    """docs/sacpo.md: an online stage is exactly fdpo online. Without --lr and --schedule it
+    trained at fdpo dpo's lr 1e-6 with a linear schedule, where fdpo online's are 1e-4 and
+    constant; a stage on a file keeps dpo's"""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    small = [*TINY_ONLINE, "--data", tmp_path / "p.txt", "--beta", 0.2]
+    s, m = tmp_path / "s", tmp_path / "m"
+    fdpo("sacpo", "--model", data / "base", "--reward", "length", "--safety", "length", "--lambda", 1, "--out", s, *small)
+    fdpo("online", "--model", data / "base", "--reward", "length", "--out", tmp_path / "o", *small)
+    assert weights(s / "reward") == weights(tmp_path / "o" / "round-0")
+    plan = json.loads((s / "sacpo.json").read_text())["plan"]
+    assert (plan["training"]["lr"], plan["training"]["schedule"]) == (1e-4, "constant")
+    # beside a stage on a file: that one is fdpo dpo with its defaults, the online one fdpo online
+    fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety", "length", "--lambda", 1,
+         "--out", m, "--steps", 2, "--eval-fraction", 0, *small)
+    fdpo("dpo", "--model", data / "base", "--data", data / "reward.jsonl", "--beta", 0.2, "--out", tmp_path / "d",
+         "--steps", 2, "--eval-fraction", 0, "--threads", 1, "--quiet")
+    assert weights(m / "reward") == weights(tmp_path / "d")
+    fdpo("online", "--model", m / "reward", "--reward", "length", "--out", tmp_path / "o2", "--steps", 2, *small)
+    assert weights(m / "lambda-1") == weights(tmp_path / "o2" / "round-0")
+    plan = json.loads((m / "sacpo.json").read_text())["plan"]
+    assert (plan["training"]["lr"], plan["training"]["schedule"]) == (1e-6, "linear")
+    assert (plan["online"]["training"]["lr"], plan["online"]["training"]["schedule"]) == (1e-4, "constant")
+    # a rerun that would train a new online stage otherwise is refused by name
+    r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety", "length",
+             "--lambda", "1,2", "--out", m, "--steps", 2, "--eval-fraction", 0, *small, "--schedule", "linear", check=False)
+    assert r.returncode == 1 and '--schedule: "linear" differs from "constant"' in r.stderr, r.stderr
+
+
+def test_online_only_flags_of_sacpo(data, tmp_path):
+    """--save-every with both stages online was accepted and changed nothing (fdpo online refuses
+    it in rounds mode); a rerun with another --pairing was named by the plan's key, "--pairs" """
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    args = ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length", "--lambda", 1,
+            "--data", tmp_path / "p.txt", *TINY_ONLINE]
+    r = fdpo(*args, "--out", tmp_path / "a", "--save-every", 1, check=False)
+    assert r.returncode == 1 and r.stderr == ("fdpo sacpo: --save-every: only stages on files use it (--reward-data/"
+                                              "--safety-data); with --reward and --safety both stages are online, and "
+                                              "an online stage saves every round, whole\n"), r.stderr
+    assert not (tmp_path / "a").exists()
+    fdpo(*args, "--out", tmp_path / "s")
+    r = fdpo(*args, "--out", tmp_path / "s", "--pairing", "all-bt", check=False)
+    assert r.returncode == 1 and '--pairing: "all-bt" differs from "best-worst"' in r.stderr, r.stderr
