@@ -231,17 +231,13 @@ def chi2_exact(q, r, beta):
     raise AssertionError("no top-k set satisfies KKT")
 
 
-def mp_optimum(div, q, r, beta, dps=60):
-    """pi* in 60-digit mpmath, where r/beta cannot overflow: rkl a softmax shifted by r_max;
-    fkl/js/alpha bisected (geometrically) in the distance to the pole tau, pi_i = q_i g(tau + D_i),
-    D_i = (r_max - r_i)/beta, g = 1/e, 1/expm1(e), (A e)^(-1/A); chi2 exact (chi2_exact). A
-    subnormal pi_ref needs more digits (dps): 1 - 1e-160 must not round to 1."""
+def mp_optimum_mpf(div, Q, R, B, iters=260):
+    """argmax E_pi[R] - B D_f(pi || Q) for mpf Q (any exponent: a pi_ref below doubles' range), R,
+    B, at the caller's mp.dps: rkl a softmax shifted by R_max; fkl/js/alpha pi_i = Q_i g(tau +
+    D_i), D_i = (R_max - R_i)/B, g = 1/e, 1/expm1(e), (A e)^(-1/A) ((f')^-1 measured from its
+    pole), tau > 0 bisected geometrically from 1e-100000 (iters halvings of its log range)."""
     import mpmath as mp
-    mp.mp.dps = dps
-    Q, R, B = [mp.mpf(float(x)) for x in q], [mp.mpf(float(x)) for x in r], mp.mpf(float(beta))
     rmax = max(R)
-    if div == "chi2":
-        return [mp.mpf(x.numerator) / x.denominator for x in chi2_exact(q, r, beta)[0]]
     if div == "rkl":
         w = [Qi * mp.exp((Ri - rmax) / B) for Qi, Ri in zip(Q, R)]
         z = mp.fsum(w)
@@ -252,15 +248,26 @@ def mp_optimum(div, q, r, beta, dps=60):
     elif div == "js":
         g, hi = (lambda e: 1 / mp.expm1(e)), mp.log(2)
     else:
-        A = mp.mpf(div[6:])
+        A = mp.mpf(float(div[6:]))   # the double fdpo parses
         g, hi = (lambda e: (A * e) ** (-1 / A)), 1 / A
     h = lambda t: mp.fsum(Qi * g(t + Di) for Qi, Di in zip(Q, D)) - 1
-    lo = mp.mpf("1e-400")
+    lo = mp.mpf("1e-100000")
     assert h(lo) > 0 >= h(hi)
-    for _ in range(140 if dps == 60 else 4 * dps):
+    for _ in range(iters):
         mid = mp.sqrt(lo * hi)
         lo, hi = (mid, hi) if h(mid) > 0 else (lo, mid)
     return [Qi * g(hi + Di) for Qi, Di in zip(Q, D)]
+
+
+def mp_optimum(div, q, r, beta, dps=60):
+    """pi* in 60-digit mpmath from doubles, where r/beta cannot overflow (mp_optimum_mpf; chi2
+    exact, chi2_exact). A subnormal pi_ref needs more digits (dps): 1 - 1e-160 must not round to 1."""
+    import mpmath as mp
+    mp.mp.dps = dps
+    Q, R, B = [mp.mpf(float(x)) for x in q], [mp.mpf(float(x)) for x in r], mp.mpf(float(beta))
+    if div == "chi2":
+        return [mp.mpf(x.numerator) / x.denominator for x in chi2_exact(q, r, beta)[0]]
+    return mp_optimum_mpf(div, Q, R, B, 260 if dps == 60 else 4 * dps)
 
 
 def mp_stats(div, q, r, beta, pi):

@@ -13,6 +13,7 @@ import subprocess
 import mpmath as mp
 import numpy as np
 import pytest
+from test_lab import mp_optimum_mpf as mp_optimum  # noqa: E402  (pi* for mpf pi_ref, any exponent)
 
 FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
 
@@ -34,32 +35,6 @@ def write_csv(path, cols):
         f.write(",".join(names) + "\n")
         for i in range(len(cols[names[0]])):
             f.write(",".join(repr(float(cols[c][i])) for c in names) + "\n")
-
-
-def mp_optimum(div, Q, R, B):
-    """argmax E_pi[R] - B D_f(pi || Q) for mpf Q (any exponent), R, B: rkl a shifted softmax;
-    fkl/js/alpha pi_i = Q_i g(tau + D_i), D_i = (R_max - R_i)/B, tau > 0 bisected geometrically
-    (g = 1/e, 1/expm1(e), (A e)^(-1/A): (f')^-1 measured from its pole)."""
-    rmax = max(R)
-    if div == "rkl":
-        w = [q * mp.exp((r - rmax) / B) for q, r in zip(Q, R)]
-        z = mp.fsum(w)
-        return [x / z for x in w]
-    D = [(rmax - r) / B for r in R]
-    if div == "fkl":
-        g, hi = (lambda e: 1 / e), mp.mpf(1)
-    elif div == "js":
-        g, hi = (lambda e: 1 / mp.expm1(e)), mp.log(2)
-    else:
-        A = mp.mpf(float(div[6:]))
-        g, hi = (lambda e: (A * e) ** (-1 / A)), 1 / A
-    h = lambda t: mp.fsum(q * g(t + d) for q, d in zip(Q, D)) - 1
-    lo = mp.mpf("1e-100000")
-    assert h(lo) > 0 >= h(hi)
-    for _ in range(260):
-        mid = mp.sqrt(lo * hi)
-        lo, hi = (mid, hi) if h(mid) > 0 else (lo, mid)
-    return [q * g(hi + d) for q, d in zip(Q, D)]
 
 
 # ---- D4: constrained --stepwise when pi1 underflows ----
