@@ -333,6 +333,9 @@ typedef struct {
     int add_eot;              /* --eot: score <|endoftext|> after each completion too */
     const char *out;          /* --out: JSONL file, or "-" (default) for stream */
     FILE *stream;             /* where out "-" goes (default stdout) */
+    const char *chat_template;/* --chat-template: conversational prompts rendered with this template
+                                 (the one generate/eval sampled them with); NULL: the checkpoint's.
+                                 Given, some prompt must be a conversation (else it changes nothing) */
 } fdpo_score_opts;
 void fdpo_score_opts_default(fdpo_score_opts *o);
 /* Validates o before any work (fdpo_score_run calls it): model, data and out given, a

@@ -12,7 +12,7 @@ int cmd_score(int argc, char **argv) {
     fdpo_score_opts o;
     fdpo_score_opts_default(&o);
     long threads;
-    const char *precision;
+    const char *precision, *chat_template;
     fdpo_flag flags[] = {
         {"model", FLAG_STR, &o.model, NULL, "checkpoint whose log-probs to report (required)", 0},
         {"ref", FLAG_STR, &o.ref, NULL, "reference checkpoint: adds logp_ref, kl_seq and kl_tok", 0},
@@ -24,11 +24,13 @@ int cmd_score(int argc, char **argv) {
         {"out", FLAG_STR, &o.out, "-", "output JSONL ('-' = stdout)", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
         {"precision", FLAG_STR, &precision, "fp32", "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation)", 0},
+        {"chat-template", FLAG_STR, &chat_template, "auto", "conversational prompts: auto (the checkpoint's tokenizer_config.json), plain, chatml, llama3, zephyr (the template generate/eval sampled with)", 0},
     };
     int rc = flags_parse("score", "fdpo score --model CKPT [--ref CKPT] --data FILE [--reward SPEC] [flags]", flags,
                          NFLAGS(flags), argc, argv, NULL, NULL);
     if (rc == FLAGS_HELP) return 0;
     if (rc) return -1;
+    if (flags_was_set(flags, NFLAGS(flags), "chat-template")) o.chat_template = chat_template;
     if (fdpo_score_opts_check(&o)) return -1;
     /* given without a cmd: reward it would be unused (the library cannot tell it from its default) */
     if (flags_was_set(flags, NFLAGS(flags), "reward-timeout") && fdpo_reward_timeout_check(o.reward_opts.timeout_s, &o.reward, 1))

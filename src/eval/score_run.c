@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fdpo/chat.h"
 #include "fdpo/dist.h"
 #include "fdpo/eval.h"
 #include "fdpo/io.h"
@@ -67,6 +68,22 @@ static void put(cJSON *o, const char *k, double v) {
     if (isfinite(v)) cJSON_AddNumberToObject(o, k, v); else cJSON_AddNullToObject(o, k);
 }
 
+/* --chat-template NAME for the conversational prompts: samples of generate or eval --chat-template X
+ * score with X (they were scored with the checkpoint's own template, silently other log-probs) */
+static int score_chat_template(fdpo_tokenizer *tok, const char *name, char *const *prompts, size_t n) {
+    size_t i = 0;
+    while (i < n && !fdpo_chat_is_conversation(prompts[i])) i++;
+    if (i == n)
+        return fdpo_error("--chat-template: no prompt in --data is a conversation (a JSONL \"prompt\" list of "
+                          "{role, content}, or its JSON text), so the template would change nothing");
+    fdpo_tokenizer_set_chat_template(tok, name);
+    if (!strcmp(name, "auto")) return 0;
+    fdpo_chat chat;
+    if (fdpo_chat_for(tok, &chat)) return fdpo_error_context("--chat-template");
+    fdpo_chat_free(&chat);
+    return 0;
+}
+
 int fdpo_score_run(const fdpo_score_opts *o) {
     if (fdpo_score_opts_check(o)) return -1;
     const char *data_path = o->data, *ref_dir = o->ref, *out_path = o->out;
@@ -84,6 +101,7 @@ int fdpo_score_run(const fdpo_score_opts *o) {
     size_t *lines = NULL;   /* each record's line in --data, for messages */
     if (fdpo_read_completions(data_path, &prompts, &comps, &lines, &n)) rc = fdpo_error_context("--data");
     if (!rc) rc = fdpo_eval_load_checkpoint("--model", o->model, &m, &tok);
+    if (!rc && o->chat_template) rc = score_chat_template(tok, o->chat_template, prompts, n);
     if (!rc && ref_dir) rc = fdpo_eval_load_checkpoint("--ref", ref_dir, &ref, &rtok);
     if (!rc && ref && ref->config.vocab_size != m->config.vocab_size)
         rc = fdpo_error("--ref %s: vocabulary %zu != --model's %zu", ref_dir, ref->config.vocab_size, m->config.vocab_size);

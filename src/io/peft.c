@@ -160,11 +160,12 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
      * those: PEFT subtracts the adapter's initial product from the base when it loads such a
      * file, so B·A added to the unchanged base is another model. PEFT's save_pretrained with
      * path_initial_model_for_weight_conversion writes a plain adapter of the same model
-     * (init_lora_weights true). Kept: true and false, "gaussian" and "eva" (they set A and B only);
-     * any other value is refused as unknown. */
+     * (init_lora_weights true). Kept: true and false, "gaussian", "eva" and "orthogonal" (they set
+     * A and B only; orthogonal's B·A is 0); any other value is refused as unknown. */
     const cJSON *init = cJSON_GetObjectItemCaseSensitive(j, "init_lora_weights");
     if (init && !cJSON_IsNull(init) && !cJSON_IsBool(init) &&
-        !(cJSON_IsString(init) && (!strcmp(init->valuestring, "gaussian") || !strcmp(init->valuestring, "eva")))) {
+        !(cJSON_IsString(init) && (!strcmp(init->valuestring, "gaussian") || !strcmp(init->valuestring, "eva") ||
+                                 !strcmp(init->valuestring, "orthogonal")))) {
         if (cJSON_IsString(init))
             fdpo_error("%s: init_lora_weights \"%.64s\" is not supported (an initialisation that changes the base weights, "
                        "or one fdpo does not know: convert the adapter to plain LoRA with PEFT's save_pretrained("

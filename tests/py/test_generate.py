@@ -340,6 +340,29 @@ def test_a_chat_template_no_prompt_uses_is_refused(byte_model, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_score_renders_conversations_with_the_template_they_were_sampled_with(byte_model, tmp_path):
+    """fdpo score had no --chat-template: samples of generate --chat-template chatml were scored
+    under the checkpoint's own template (here plain), silently other log-probs (a hunt's find).
+    score --chat-template chatml scores the ChatML-rendered prompt (HF's ChatML text, byte ids:
+    this tokenizer has no special tokens), equal to PyTorch's log-prob of the completion."""
+    d, m = byte_model
+    samples = tmp_path / "s.jsonl"
+    # a conversational prompt as generate writes it: the JSON text of its messages
+    samples.write_text(json.dumps({"prompt": json.dumps([{"role": "user", "content": "Yo"}]), "completion": " ok!"}) + "\n")
+    want = completion_logp(m, list(b"<|im_start|>user\nYo<|im_end|>\n<|im_start|>assistant\n"), list(b" ok!"))
+    got = {}
+    for name, extra in (("chatml", ["--chat-template", "chatml"]), ("own", [])):
+        r = run(FDPO, "score", "--model", d, "--data", samples, *extra, "--out", tmp_path / f"{name}.jsonl")
+        assert r.returncode == 0, r.stderr
+        got[name] = json.loads((tmp_path / f"{name}.jsonl").read_text())["logp"]
+    assert abs(got["chatml"] - want) < 5e-6 and abs(got["own"] - want) > 1e-3, (got, want)
+    # as generate and eval: given with no conversation to render, it is refused
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"prompt": "Yo", "completion": " ok"}) + "\n")
+    r = run(FDPO, "score", "--model", d, "--data", plain, "--chat-template", "chatml")
+    assert r.returncode == 1 and "--chat-template: no prompt in --data is a conversation" in r.stderr, r.stderr
+
+
 def test_eval_names_a_prompt_too_long_for_a_policy_by_line(byte_model, tmp_path):
     """the error named "prompt 2 (blank lines not counted)" under the policy's name; the
     prompt file's line is what a user can find"""

@@ -791,7 +791,7 @@ def test_peft_files_from_python_load_and_dropout_gradients_are_consistent(tmp_pa
     got = [fb(tmp_path / f"ex{k}.st", ad)["logits"] for k, ad in (("ok", ok), ("plain", plain))]
     assert np.array_equal(got[0], got[1])
     # initialisations that set only A and B leave the base as it is: the same model as plain LoRA
-    for i, val in enumerate([True, False, "gaussian", "eva"]):
+    for i, val in enumerate([True, False, "gaussian", "eva", "orthogonal"]):   # orthogonal: B·A = 0 at init
         ad = write_peft(tmp_path / f"init{i}", 2, modules, dims, 3, 6, 0.0, ["v_proj", "down_proj"],
                         extra={"init_lora_weights": val})
         assert np.array_equal(fb(tmp_path / f"init{i}.st", ad)["logits"], got[1]), val
