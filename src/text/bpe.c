@@ -482,8 +482,10 @@ static int added_len_desc(const void *x, const void *y, void *ctx) {
 
 /* After the vocabulary is built: added tokens are literal text (not byte-alphabet symbols),
  * marked special or not, and sorted longest first for matching. Called again for the
- * tokens tokenizer_config.json names (finish): a token already added only gains special. */
-static void add_mark(struct fdpo_bpe *b, const cJSON *list) {
+ * tokens tokenizer_config.json names (finish, keep_added 1): a token the files already added
+ * keeps what they say (transformers adds a named token only when it is not an added token
+ * yet: a pad_token that add_tokens made non-special stays matched as text is, and decoded). */
+static void add_mark(struct fdpo_bpe *b, const cJSON *list, int keep_added) {
     if (!b->special) b->special = fdpo_calloc(b->n_vocab, 1);
     b->added = fdpo_realloc(b->added, (b->n_added + (size_t)cJSON_GetArraySize(list) + 1) * sizeof *b->added);
     for (const cJSON *e = list->child; e; e = e->next) {
@@ -492,6 +494,7 @@ static void add_mark(struct fdpo_bpe *b, const cJSON *list) {
         if (id < 0) continue; /* cannot happen: added_entry put it in the vocabulary */
         int seen = 0;
         for (size_t k = 0; k < b->n_added; k++) seen |= b->added[k] == id;
+        if (seen && keep_added) continue;
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "special"))) b->special[id] = 1;
         if (seen) continue;
         free(b->str[id]); free(b->bytes[id]);
@@ -504,13 +507,17 @@ static void add_mark(struct fdpo_bpe *b, const cJSON *list) {
 
 /* ---- tokenizer_config.json: bos/eos/pad and the chat template ---- */
 /* A special-token value: "text", {"content": "text", ...}, null or absent (*id -1). */
-static int config_token(const cJSON *v, const char *key, const char *file, const struct fdpo_bpe *b, int32_t *id) {
+/* required: eos/bos/pad, whose ids fdpo uses, must be in the vocabulary; another named token
+ * that is not (transformers would add it as a new id, past the model's embedding) is left out,
+ * as before fdpo read those keys. */
+static int config_token(const cJSON *v, const char *key, const char *file, const struct fdpo_bpe *b, int required,
+                        int32_t *id) {
     *id = -1;
     if (!v || cJSON_IsNull(v)) return 0;
     if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
     if (!cJSON_IsString(v)) return fdpo_error("%s: %s must be a string or {\"content\": string}", file, key);
     *id = strmap_get(b, v->valuestring, strlen(v->valuestring));
-    if (*id < 0) return fdpo_error("%s: %s '%s' is not in the vocabulary", file, key, v->valuestring);
+    if (*id < 0 && required) return fdpo_error("%s: %s '%s' is not in the vocabulary", file, key, v->valuestring);
     return 0;
 }
 
@@ -521,15 +528,15 @@ static void list_special(cJSON *list, const char *content) {
     cJSON_AddItemToArray(list, e);
 }
 
-/* transformers adds every token the config names (its SPECIAL_TOKENS_ATTRIBUTES) as a special
- * added token, whether added_tokens_decoder lists it or not: each goes into list; eos, bos
- * and pad ids into ebp. */
+/* transformers adds every token the config names (its SPECIAL_TOKENS_ATTRIBUTES) that is not
+ * an added token yet as a special added token: each goes into list (add_mark keeps the ones
+ * the files added); eos, bos and pad ids into ebp. */
 static int config_specials(const cJSON *cfg, const char *file, const struct fdpo_bpe *b, cJSON *list, int32_t ebp[3]) {
     static const char *const KEYS[] = {"eos_token", "bos_token", "pad_token", "unk_token", "sep_token", "cls_token",
                                        "mask_token"};
     for (size_t k = 0; k < sizeof KEYS / sizeof KEYS[0]; k++) {
         int32_t id;
-        if (config_token(cJSON_GetObjectItemCaseSensitive(cfg, KEYS[k]), KEYS[k], file, b, &id)) return -1;
+        if (config_token(cJSON_GetObjectItemCaseSensitive(cfg, KEYS[k]), KEYS[k], file, b, k < 3, &id)) return -1;
         if (k < 3) ebp[k] = id;
         if (id >= 0) list_special(list, b->str[id]);
     }
@@ -541,7 +548,7 @@ static int config_specials(const cJSON *cfg, const char *file, const struct fdpo
         char key[64];
         snprintf(key, sizeof key, "additional_special_tokens[%zu]", i++);
         int32_t id;
-        if (config_token(e, key, file, b, &id)) return -1;
+        if (config_token(e, key, file, b, 0, &id)) return -1;
         if (id >= 0) list_special(list, b->str[id]);
     }
     return 0;
@@ -642,7 +649,7 @@ static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where, c
     }
     /* the eos, also the default one (GPT2Tokenizer's eos_token default), however the files list it */
     list_special(named, b->str[eos]);
-    add_mark(b, named);
+    add_mark(b, named, 1);
     cJSON_Delete(named);
     char *chat = NULL, *no_default = NULL;
     if (jinja) chat = fdpo_strdup(jinja);
@@ -747,7 +754,7 @@ static fdpo_tokenizer *parse_pair(const char *vp, const char *vtext, size_t vlen
     if (cfg && cJSON_IsObject(j) && added_from_decoder(j, list, cfg, cp)) goto done;
     if (load_vocab_object(b, j, vp, list)) goto done;
     cJSON_Delete(j); j = NULL;
-    if (cJSON_GetArraySize(list)) add_mark(b, list);
+    if (cJSON_GetArraySize(list)) add_mark(b, list, 0);
     if (load_merges(b, mp, mtext, mlen)) goto done;
     if (check_consistent(b, vp, mp)) goto done;
     keep_config(b, ctext, clen);
@@ -988,7 +995,7 @@ static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t l
         b->in_model = fdpo_calloc(b->n_vocab, 1);
         for (const cJSON *e = vocab->child; e; e = e->next) b->in_model[(size_t)e->valuedouble] = 1;
     }
-    if (cJSON_GetArraySize(list)) add_mark(b, list);
+    if (cJSON_GetArraySize(list)) add_mark(b, list, 0);
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
     if (!cJSON_IsArray(merges)) { fdpo_error("%s: model.merges is not an array", p); goto done; }
     merges_alloc(b, (size_t)cJSON_GetArraySize(merges));

@@ -552,6 +552,35 @@ def test_tokens_the_config_names_are_special(toks, key, tmp_path):
     assert ok(run("tokenize", "--tokenizer", str(d), "--decode", "--skip-special-tokens", str(p))) == want
 
 
+def test_a_named_token_the_files_added_as_text_stays_text_and_a_missing_one_is_left_out(toks, tmp_path):
+    """transformers adds a config-named token only when it is not an added token yet: a
+    pad_token that add_tokens made non-special (special false in added_tokens) is still matched
+    in text and kept by --skip-special-tokens. A named mask_token or additional special token that
+    is not in the vocabulary was ignored before fdpo read those keys, and is again (it refused
+    the file: "mask_token '<mask>' is not in the vocabulary"). Both were a review's finds."""
+    vocab, merges, n = gpt2_model(toks)
+    d = tmp_path / "t"
+    merged = [tuple(m.split(" ")) for m in merges]
+    full = dict(vocab, **{"<|endoftext|>": n, "<|tok|>": n + 1})
+    added = GPT2_ADDED + [("<|tok|>", False)]
+    write_tokenizer(str(d), "gpt2", GPT2_PAT, full, merged, added,
+                    {"pad_token": "<|tok|>", "mask_token": "<mask>", "additional_special_tokens": ["<extra_0>"]})
+    assert "<mask>" not in full and "<extra_0>" not in full
+    info = harness_json("tok-info", str(d))
+    assert sorted(info["special"]) == [n]
+    ref = RefBPE(full, merged, GPT2_PAT, [("<|endoftext|>", True), ("<|tok|>", False)])
+    for allow in (True, False):
+        got = fdpo_ids(str(d), SPECIAL_TEXTS, str(tmp_path), *(["--allow-special"] if allow else []))
+        assert got == [ref.encode(t, allow) for t in SPECIAL_TEXTS]
+    ids = ref.encode(SPECIAL_TEXTS[1], True)
+    assert n + 1 in ids
+    p = tmp_path / "ids.txt"
+    p.write_text(" ".join(map(str, ids)) + "\n")
+    want = strip_specials(SPECIAL_TEXTS[1], ["<|endoftext|>"])
+    assert "<|tok|>" in want
+    assert ok(run("tokenize", "--tokenizer", str(d), "--decode", "--skip-special-tokens", str(p))) == want
+
+
 def test_eos_stays_special_when_added_tokens_decoder_leaves_it_out(toks, tmp_path):
     """vocab.json + merges.txt + a tokenizer_config.json whose eos_token is <|endoftext|> and
     whose added_tokens_decoder lists only <|pad|>: both are special, as in transformers. The eos
