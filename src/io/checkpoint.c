@@ -211,7 +211,7 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
     /* read as Python's json reads it, or refused: a key twice (json keeps the last, cJSON the
      * first: rope_theta 10000 where transformers built 500000) or text after the object */
     cJSON *root = fdpo_jsonl_parse_object(path, 1, text, len, NULL);
-    if (!root) return fdpo_error_context("malformed config");
+    if (!root) return -1;   /* "PATH:LINE: invalid JSON near column C", "... appears twice", ... */
     int rc = 0;
     memset(c, 0, sizeof *c);
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
