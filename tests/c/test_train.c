@@ -1063,7 +1063,7 @@ START_TEST(option_checks_refuse_an_empty_path) {
     fdpo_score_opts_default(&so);
     so.model = "m"; so.data = "d.jsonl"; so.out = "";
     ck_assert_int_eq(fdpo_score_opts_check(&so), -1);
-    ck_assert_str_eq(fdpo_last_error(), "--out: an empty path");
+    ck_assert_str_eq(fdpo_last_error(), "--out: an empty path; give a file");
     fdpo_rl_run_opts rl;
     fdpo_rl_run_opts_default(&rl);
     rl.model = "m"; rl.prompts = ""; rl.reward = "length"; rl.train.out = "o";
