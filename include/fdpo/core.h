@@ -168,6 +168,10 @@ int fdpo_mkdir_p(const char *path);
  * outermost first (not the path's text: "new/../keep" makes only "new"); free each and the
  * array. made may be NULL. */
 int fdpo_mkdir_p_made(const char *path, char ***made, size_t *n_made);
+/* An option's path given as "" (NULL is "not given" and passes): "FLAG: an empty path", as
+ * the CLI says; the *_opts_check functions call it for each path they take (an empty path
+ * failed later as ": cannot open", or after all the work as ": rename failed"). */
+int fdpo_path_check(const char *flag, const char *path);
 int fdpo_file_exists(const char *path);
 /* Exclusive, non-blocking flock on DIR.lock (beside DIR: DIR itself is swapped by rename),
  * held until fdpo_dir_unlock or process exit; the file records the holder's pid. Taking a

@@ -154,6 +154,9 @@ void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s);
 /* The data-shaping settings every preference trainer saves (dpo, rm, kto): --max-length,
  * --max-prompt-length, --on-long, --bad-pairs, --eval-fraction, --eval-file; all fixed. */
 void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, const char *eval_file, fdpo_settings *s);
+/* p's on_bad and on_long are among their enums' values (named by flag: --bad-pairs, --on-long);
+ * dpo, kto and rm's option checks call it. */
+int fdpo_pref_data_check(const fdpo_pref_options *p);
 /* The defaults every preference trainer (dpo, rm, kto) shares: a given model fine-tuned at
  * lr with linear decay, held-out checks every 50 steps on eval_fraction 0.1 of the data
  * (the train options' own split unused), long examples truncated, bad ones an error. */

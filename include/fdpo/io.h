@@ -41,7 +41,9 @@ fdpo_st_writer *fdpo_st_writer_new(void);
 void fdpo_st_writer_add(fdpo_st_writer *w, const char *name, fdpo_dtype dtype,
                         const size_t *shape, int ndim, const void *data);
 void fdpo_st_writer_meta(fdpo_st_writer *w, const char *key, const char *value);
-int fdpo_st_writer_write(fdpo_st_writer *w, const char *path); /* atomic */
+/* atomic; refuses (writing nothing) what fdpo_st_open would: a name added twice, a tensor
+ * named __metadata__, ndim outside [0, 8] */
+int fdpo_st_writer_write(fdpo_st_writer *w, const char *path);
 /* Add every GPT-2 tensor of a params-shaped buffer (m->params_memory, m->grads_memory, an
  * optimizer moment, ...) under its Hugging Face name ("transformer.h.3.attn.c_attn.weight"),
  * each with prefix prepended (NULL = none), as F32 [in, out] tensors. */

@@ -32,7 +32,8 @@
 #include "fdpo/online.h"
 
 typedef struct {
-    fdpo_dpo_run_opts dpo;        /* template: train.init = the model, loss (divergence, beta), trainer options */
+    fdpo_dpo_run_opts dpo;        /* template: train.init = the model, loss (divergence, beta), trainer options
+                                     (train.out is not used: each stage's is a directory in out) */
     const char *reward_data;      /* preference JSONL for helpfulness/reward, or NULL with reward_spec */
     const char *safety_data;      /* preference JSONL for safety, or NULL with safety_spec */
     const char *reward_spec;      /* online reward stage: the reward of a completion (exclusive with reward_data) */

@@ -82,7 +82,8 @@ typedef struct {
     double val_fraction;
     int shuffle;         /* 0 = items in file order every epoch */
     int overwrite;       /* allow starting a fresh run in an OUT that holds a checkpoint */
-    int quiet;           /* no progress line */
+    int quiet;           /* no progress line or informational lines (summary, eval results); the
+                            --stop-at stop and --overwrite's replacement are still said */
     int allreduce_overlap; /* under MPI: start each layer's gradient allreduce during the step's
                               last backward (docs/scaling.md); not a setting: results are equal */
     /* LoRA (fdpo/lora.h; sft and dpo): lora_r > 0 trains adapters on --model's frozen

@@ -334,6 +334,8 @@ void fdpo_strv_free(fdpo_strv *sv) {
 }
 
 int fdpo_mkdir_p_made(const char *path, char ***made, size_t *n_made) {
+    /* the loop below starts past the first byte: "" read past its copy's terminator */
+    if (!*path) return fdpo_error("cannot create a directory at an empty path");
     char *p = fdpo_strdup(path);
     for (char *s = p + 1; ; s++) {
         if (*s == '/' || *s == 0) {
@@ -358,6 +360,10 @@ int fdpo_mkdir_p_made(const char *path, char ***made, size_t *n_made) {
 }
 
 int fdpo_mkdir_p(const char *path) { return fdpo_mkdir_p_made(path, NULL, NULL); }
+
+int fdpo_path_check(const char *flag, const char *path) {
+    return path && !*path ? fdpo_error("%s: an empty path", flag) : 0;
+}
 
 int fdpo_file_exists(const char *path) { struct stat st; return stat(path, &st) == 0; }
 

@@ -60,6 +60,10 @@ int fdpo_score_opts_check(const fdpo_score_opts *o) {
     if (!o->model) return fdpo_error("--model: required (a checkpoint directory)");
     if (!o->data) return fdpo_error("--data: required (JSONL prompt/completion)");
     if (!o->out) return fdpo_error("--out: required (a JSONL file, or '-' for the stream)");
+    if (fdpo_path_check("--model", o->model) || fdpo_path_check("--ref", o->ref) || fdpo_path_check("--data", o->data)) return -1;
+    /* "" scored every record, then failed "--out: : rename failed"; worded as the CLI's
+     * output files (src/cli/eval_common.c) */
+    if (!*o->out) return fdpo_error("--out: an empty path; give a file");
     if (!strcmp(o->out, "-") && !o->stream) return fdpo_error("--out: '-' needs a stream to write to (none given)");
     return fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1);
 }

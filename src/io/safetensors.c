@@ -257,8 +257,8 @@ void fdpo_st_writer_add(fdpo_st_writer *w, const char *name, fdpo_dtype dtype,
     memset(e, 0, sizeof *e);
     e->name = fdpo_strdup(name);
     e->dtype = dtype;
-    e->ndim = ndim < 0 ? 0 : ndim > 8 ? 8 : ndim;
-    for (int i = 0; i < e->ndim; i++) e->shape[i] = shape[i];
+    e->ndim = ndim;   /* kept as given: fdpo_st_writer_write refuses one outside [0, 8] (it was cut to 8) */
+    for (int i = 0; i < ndim && i < 8; i++) e->shape[i] = shape[i];
     e->data = data;
 }
 
@@ -290,6 +290,13 @@ int fdpo_st_writer_write(fdpo_st_writer *w, const char *path) {
     for (size_t i = 0; i < w->n; i++) {
         const writer_entry *e = &w->e[i];
         if (e->dtype == FDPO_DTYPE_OTHER) { cJSON_Delete(root); return fdpo_error("%s: tensor '%s': cannot write dtype OTHER", path, e->name); }
+        /* what fdpo_st_open refuses is not written: a second tensor of one name, the header's
+         * own __metadata__ key, more dimensions than a header may give */
+        int rc = 0;
+        if (e->ndim < 0 || e->ndim > 8) rc = fdpo_error("%s: tensor '%s': %d dimensions (0 to 8)", path, e->name, e->ndim);
+        else if (!strcmp(e->name, "__metadata__")) rc = fdpo_error("%s: tensor '%s': the header's metadata key", path, e->name);
+        else if (cJSON_GetObjectItemCaseSensitive(root, e->name)) rc = fdpo_error("%s: tensor '%s' is added twice", path, e->name);
+        if (rc) { cJSON_Delete(root); return rc; }
         cJSON *t = cJSON_AddObjectToObject(root, e->name);
         cJSON_AddStringToObject(t, "dtype", dtype_name(e->dtype));
         cJSON *shape = cJSON_AddArrayToObject(t, "shape");

@@ -573,7 +573,8 @@ static void decode_pack_model(fdpo_decoder *d) {
 fdpo_decoder *fdpo_decoder_create(const fdpo_gpt2 *m, size_t max_seqs, size_t max_len) {
     const fdpo_gpt2_config *c = &m->config;
     if (max_seqs == 0) { fdpo_error("decoder: max_seqs must be > 0"); return NULL; }
-    if (max_len == 0 || max_len > c->n_positions) {
+    if (max_len == 0) { fdpo_error("decoder: sequence length must be >= 1 (got 0)"); return NULL; }
+    if (max_len > c->n_positions) {
         fdpo_error("decoder: sequence length %zu exceeds the model's n_positions %zu", max_len, c->n_positions);
         return NULL;
     }

@@ -156,10 +156,9 @@ static const uint16_t *packed_weight(llama_decoder *d, const float *w, size_t IC
     if (d->wp_used + n > d->wp_cap) {
         /* all of the model's linear weights, once: 2 bytes per parameter is enough */
         size_t cap = d->model->n_params > d->wp_used + n ? d->model->n_params : d->wp_used + n;
-        /* streamed every step: fdpo_alloc_large. No error path reaches here (packing runs
-         * inside the step), so out of memory is fdpo_malloc's: logged, then abort() */
-        uint16_t *wp = fdpo_alloc_large((cap + n) * sizeof(uint16_t));
-        if (!wp) { fdpo_log(FDPO_LOG_ERROR, "%s", fdpo_last_error()); abort(); }
+        /* streamed every step: a large buffer. No error path reaches here (packing runs
+         * inside the step), so out of memory is fdpo_malloc's: the fdpo_oom_set handler, else abort() */
+        uint16_t *wp = fdpo_malloc_large((cap + n) * sizeof(uint16_t));
         if (d->wp_used) memcpy(wp, d->wp, d->wp_used * sizeof(uint16_t));
         fdpo_free_large(d->wp);
         d->wp = wp;

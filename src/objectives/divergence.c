@@ -94,7 +94,8 @@ int fdpo_beta_check(double beta) {
 
 int fdpo_divergence_admissible(const fdpo_divergence *d, const char **why) {
     const char *reason = NULL;
-    if (d->kind == FDPO_DIV_TV)
+    if ((unsigned)d->kind > FDPO_DIV_CHI2) reason = "an unknown divergence kind";
+    else if (d->kind == FDPO_DIV_TV)
         reason = "total variation is not usable by f-DPO: f'(u) = sign(u - 1)/2 takes only two values, so f' is "
                  "not invertible and the optimum cannot be written as pi_ref * (f')^-1((r - lambda)/beta); the "
                  "optimum is a linear program that puts pi = 0 on low-reward responses, so the partition "

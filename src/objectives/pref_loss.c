@@ -32,6 +32,9 @@ const char *fdpo_loss_name(fdpo_loss_kind k) {
 }
 
 int fdpo_pref_loss_check(const fdpo_pref_loss *L) {
+    /* a kind past the enum gave a NaN loss (fdpo_pref_loss_pair) named "?" */
+    if ((unsigned)L->kind > FDPO_LOSS_SIMPO) return fdpo_error("--loss: unknown loss %d", (int)L->kind);
+    if ((unsigned)L->div.kind > FDPO_DIV_CHI2) return fdpo_error("--divergence: unknown divergence %d", (int)L->div.kind);
     if (fdpo_beta_check(L->beta)) return -1;
     if (!(L->label_smoothing >= 0 && L->label_smoothing < 0.5))
         return fdpo_error("--label-smoothing: must be in [0, 0.5) (got %g)", L->label_smoothing);

@@ -169,8 +169,13 @@ void fdpo_dpo_run_opts_default(fdpo_dpo_run_opts *o) {
 int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
     if (!o->train.init) return fdpo_error("--model: required (the checkpoint to align, also the default reference)");
     if (!o->data) return fdpo_error("--data: required (preference JSONL)");
+    if (fdpo_path_check("--data", o->data) || fdpo_path_check("--eval-file", o->eval_file) || fdpo_path_check("--ref", o->ref) ||
+        fdpo_path_check("--ref-cache-dir", o->ref_cache_dir))
+        return -1;
     if (fdpo_train_opts_check(&o->train)) return -1;
     if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;
+    if ((unsigned)o->dpo.layout > FDPO_LAYOUT_PLAIN) return fdpo_error("--layout: unknown layout %d", (int)o->dpo.layout);
+    if (fdpo_pref_data_check(&o->pref)) return -1;
     if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
     if (o->dpo.loss.kind == FDPO_LOSS_SIMPO) {
         /* reference-free: a reference flag would be saved and shown as the run's while unused.
@@ -190,6 +195,13 @@ int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
     }
     if (o->ref_live && o->ref_cache_dir) return fdpo_error("--ref-cache-dir: has no use with --ref-live");
     if (o->dpo.loss.kind != FDPO_LOSS_SIMPO && fdpo_train_out_ref_check(o->train.out, o->ref, o->train.init)) return -1;
+    return 0;
+}
+
+int fdpo_pref_data_check(const fdpo_pref_options *p) {
+    /* a value past the enum was read as the default (error / truncate) and saved as it */
+    if ((unsigned)p->on_bad > FDPO_PREF_SKIP) return fdpo_error("--bad-pairs: unknown policy %d", (int)p->on_bad);
+    if ((unsigned)p->on_long > FDPO_PREF_LONG_ERROR) return fdpo_error("--on-long: unknown policy %d", (int)p->on_long);
     return 0;
 }
 

@@ -175,6 +175,8 @@ void fdpo_kto_run_opts_default(fdpo_kto_run_opts *o) {
 int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o) {
     if (!o->train.init) return fdpo_error("--model: required (the policy checkpoint, also the default reference)");
     if (!o->data) return fdpo_error("--data: required (unpaired JSONL {prompt, completion, label})");
+    if (fdpo_path_check("--data", o->data) || fdpo_path_check("--eval-file", o->eval_file) || fdpo_path_check("--ref", o->ref))
+        return -1;
     if (fdpo_train_opts_check(&o->train)) return -1;
     /* z0 pairs completion i with prompt (i+1) mod n of its micro-batch: with n = 1 that is the
      * example's own prompt, so the "KL estimate" is the example's own log-ratio (TRL's
@@ -183,7 +185,7 @@ int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o) {
         return fdpo_error("--batch-size: KTO needs at least 2 examples per micro-batch (got %ld): its KL estimate pairs "
                           "each completion with another example's prompt, and in a micro-batch of 1 that is its own",
                           o->train.batch_size);
-    if (fdpo_kto_loss_check(&o->loss)) return -1;
+    if (fdpo_kto_loss_check(&o->loss) || fdpo_pref_data_check(&o->pref)) return -1;
     if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
     return fdpo_train_out_ref_check(o->train.out, o->ref, o->train.init);
 }

@@ -11,6 +11,9 @@
 
 int fdpo_merge_opts_check(const fdpo_merge_opts *o) {
     if (o->n_models == 0) return fdpo_error("--model: at least one checkpoint to merge is required");
+    for (size_t i = 0; i < o->n_models; i++)
+        if (fdpo_path_check("--model", o->models[i])) return -1;
+    if (fdpo_path_check("--base", o->base)) return -1;
     if (!o->base && o->n_models < 2) return fdpo_error("--model: linear merging needs two or more checkpoints (or --base for task arithmetic)");
     if (o->weights)
         for (size_t i = 0; i < o->n_models; i++)

@@ -21,6 +21,7 @@ int fdpo_rl_algo_parse(const char *name, fdpo_rl_algo *a) {
 
 int fdpo_rl_config_check(const fdpo_rl_config *c) {
     const char *why;
+    if ((unsigned)c->algo > FDPO_RL_GRPO) return fdpo_error("--algo: unknown algorithm %d", (int)c->algo);
     if (!fdpo_divergence_admissible(&c->div, &why)) return fdpo_error("--divergence: %s", why);
     if (fdpo_beta_check(c->beta)) return -1;
     if (c->k < 2) return fdpo_error("--n: RLOO/GRPO need at least 2 samples per prompt (got %zu)", c->k);
@@ -328,6 +329,8 @@ int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
     if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
     if (!o->train.out) return fdpo_error("--out: required (checkpoint directory)");
+    if (fdpo_path_check("--model", o->model) || fdpo_path_check("--ref", o->ref) || fdpo_path_check("--data", o->prompts))
+        return -1;
     if (o->train.steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->train.steps);
     if (o->prompts_per_step < 1) return fdpo_error("--prompts-per-step: must be >= 1 (got %ld)", o->prompts_per_step);
     /* the shared options (--lr, --seed, --log-every, --lora-*, ...) as sft and dpo check them */

@@ -55,6 +55,9 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     } else if (o->online.prompts)
         return fdpo_error("--data: the prompts of online stages; with --reward-data and --safety-data no stage is online");
     if (!o->out) return fdpo_error("--out: required (the directory that receives every stage)");
+    if (fdpo_path_check("--out", o->out) || fdpo_path_check("--reward-data", o->reward_data) ||
+        fdpo_path_check("--safety-data", o->safety_data) || fdpo_path_check("--data", o->online.prompts))
+        return -1;
     if (o->n_lambdas == 0) return fdpo_error("--lambda: at least one multiplier is required");
     if (fdpo_beta_check(o->dpo.dpo.loss.beta)) return -1;   /* before beta / lambda, which names --lambda */
     for (size_t i = 0; i < o->n_lambdas; i++) {
@@ -74,8 +77,12 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     if (o->dpo.dpo.loss.kind == FDPO_LOSS_SIMPO)
         return fdpo_error("--loss simpo: SACPO's second stage needs the first stage as its reference; simpo has none");
     if (o->dpo.ref) return fdpo_error("--ref: not used by sacpo (each stage's reference is its starting model)");
+    /* the trainer options as the stages get them: each stage's out is a directory in OUT (the
+     * template's dpo.train.out is not used; left NULL it failed "--out: required") */
+    fdpo_train_opts t = o->dpo.train;
+    t.out = o->out;
     return fdpo_dpo_run_opts_check(&(fdpo_dpo_run_opts){
-        .train = o->dpo.train, .data = o->reward_data ? o->reward_data : o->safety_data ? o->safety_data : o->online.prompts,
+        .train = t, .data = o->reward_data ? o->reward_data : o->safety_data ? o->safety_data : o->online.prompts,
         .pref = o->dpo.pref, .dpo = o->dpo.dpo,
         .eval_fraction = o->dpo.eval_fraction, .ref_live = o->dpo.ref_live, .ref_cache_dir = o->dpo.ref_cache_dir});
 }

@@ -371,6 +371,9 @@ void fdpo_sft_opts_default(fdpo_train_opts *o) {
 
 int fdpo_train_opts_check(const fdpo_train_opts *o) {
     if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
+    if (fdpo_path_check("--out", o->out) || fdpo_path_check("--model", o->init) || fdpo_path_check("--tokenizer", o->tokenizer) ||
+        fdpo_path_check("--data", o->data))
+        return -1;
     if (o->resume && o->overwrite) return fdpo_error("--overwrite: cannot be combined with --resume");
     if (o->seq_len < 1) return fdpo_error("--seq-len: %ld must be >= 1", o->seq_len);
     if (o->batch_size < 1) return fdpo_error("--batch-size: %ld must be >= 1", o->batch_size);
@@ -390,6 +393,12 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
     if (!(o->beta2 >= 0 && o->beta2 < 1)) return fdpo_error("--beta2: %g is not in [0, 1)", o->beta2);
     if (!(o->adam_eps > 0)) return fdpo_error("--adam-eps: %g must be > 0", o->adam_eps);
     if (!(o->grad_clip >= 0)) return fdpo_error("--grad-clip: %g must be >= 0", o->grad_clip);
+    /* finite, as --lora-alpha: an inf --adam-eps trained nothing, inf epochs was "the run has no steps" */
+    const struct { const char *flag; double v; } finite[] = {
+        {"--lr", o->lr}, {"--weight-decay", o->weight_decay}, {"--adam-eps", o->adam_eps}, {"--grad-clip", o->grad_clip},
+        {"--epochs", o->steps == 0 ? o->epochs : 0}};
+    for (size_t i = 0; i < sizeof finite / sizeof finite[0]; i++)
+        if (!isfinite(finite[i].v)) return fdpo_error("%s: %g is not a finite number", finite[i].flag, finite[i].v);
     if (!(o->val_fraction >= 0 && o->val_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->val_fraction);
     if (o->eval_every < 0) return fdpo_error("--eval-every: %ld must be >= 0", o->eval_every);
     if (o->save_every < 0) return fdpo_error("--save-every: %ld must be >= 0", o->save_every);

@@ -511,9 +511,9 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     if (!o->resume) {
         if (o->overwrite && !o->out_claimed && fdpo_out_holds_run(o->out, 0)) {
             tr->replacing = 1;
-            if (!o->quiet)
-                fdpo_log(FDPO_LOG_INFO, "--overwrite: %s keeps the previous run until this run's first checkpoint, "
-                         "which replaces it whole (its metrics.jsonl and summaries too)", o->out);
+            /* said under --quiet too (as the notices below): what becomes of OUT, not progress */
+            fdpo_log(FDPO_LOG_INFO, "--overwrite: %s keeps the previous run until this run's first checkpoint, "
+                     "which replaces it whole (its metrics.jsonl and summaries too)", o->out);
         } else if (fdpo_out_remove_run_files(o->out)) {
             goto fail;
         }
@@ -659,8 +659,7 @@ static int save_replacing(fdpo_trainer *tr) {
     tr->metrics.text = NULL;
     tr->metrics.text_len = tr->metrics.text_cap = 0;
     drop_held(tr);
-    if (!tr->opts.quiet) fdpo_log(FDPO_LOG_INFO, "%s: the previous run is replaced by this one (step %zu)", tr->opts.out,
-                                  tr->state.step);
+    fdpo_log(FDPO_LOG_INFO, "%s: the previous run is replaced by this one (step %zu)", tr->opts.out, tr->state.step);
     return 0;
 }
 
@@ -723,7 +722,8 @@ int fdpo_trainer_maybe_save(fdpo_trainer *tr) {
     }
     if (stop) {
         tr->stopped = 1;
-        if (!tr->opts.quiet) fdpo_log(FDPO_LOG_INFO, "stopped after step %zu (--stop-at); %s", s, how);
+        /* under --quiet too: a stopped run exits 0, and without this line nothing said it stopped */
+        fdpo_log(FDPO_LOG_INFO, "stopped after step %zu (--stop-at); %s", s, how);
     }
     return 0;
 }

@@ -409,6 +409,23 @@ START_TEST(strv_and_json_writer) {
 }
 END_TEST
 
+/* "" is no directory: fdpo_mkdir_p read past its 1-byte copy (a heap-buffer-overflow under
+ * ASan); an option's "" is refused by its flag, as the CLI says it. */
+START_TEST(mkdir_p_and_path_check_refuse_an_empty_path) {
+    ck_assert_int_eq(fdpo_mkdir_p(""), -1);
+    ck_assert_str_eq(fdpo_last_error(), "cannot create a directory at an empty path");
+    char **made = NULL;
+    size_t n_made = 0;
+    ck_assert_int_eq(fdpo_mkdir_p_made("", &made, &n_made), -1);
+    ck_assert_uint_eq(n_made, 0);
+    free(made);
+    ck_assert_int_eq(fdpo_path_check("--out", ""), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--out: an empty path");
+    ck_assert_int_eq(fdpo_path_check("--out", NULL), 0);   /* not given */
+    ck_assert_int_eq(fdpo_path_check("--out", "o"), 0);
+}
+END_TEST
+
 /* Under AddressSanitizer a failed malloc must return NULL (as libc's does) for the test below. */
 const char *__asan_default_options(void);
 const char *__asan_default_options(void) { return "allocator_may_return_null=1"; }
@@ -645,6 +662,7 @@ int main(void) {
     tcase_add_test(tc, json_whole_numbers_read_back_exactly);
     tcase_add_test(tc, parse_number_decimal_finite_not_rounding_to_0);
     tcase_add_test(tc, env_switch_warns_and_keeps_the_pending_error);
+    tcase_add_test(tc, mkdir_p_and_path_check_refuse_an_empty_path);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -90,6 +90,44 @@ START_TEST(writer_round_trip) {
 END_TEST
 
 /* A file written byte by byte from the format description (not by our writer). */
+/* The writer refuses what fdpo_st_open refuses (and what the format cannot say), writing
+ * nothing: a name given twice, a tensor named __metadata__ (the header's metadata key),
+ * more than 8 dimensions (ndim 9 was cut to 8, a shape that is not the data's). */
+START_TEST(writer_refuses_what_the_reader_refuses) {
+    char dir[] = "/tmp/fdpo_st_XXXXXX";
+    char *path = tmp_file(dir, "t.safetensors");
+    float x[2] = {1, 2};
+    size_t s2[1] = {2}, s9[9] = {2, 1, 1, 1, 1, 1, 1, 1, 1};
+    struct { const char *name2; const size_t *shape2; int ndim2; int meta; const char *msg; } cases[] = {
+        {"a", s2, 1, 0, "t.safetensors: tensor 'a' is added twice"},
+        {"__metadata__", s2, 1, 1, "t.safetensors: tensor '__metadata__': the header's metadata key"},
+        {"b", s9, 9, 0, "t.safetensors: tensor 'b': 9 dimensions (0 to 8)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fdpo_st_writer *w = fdpo_st_writer_new();
+        fdpo_st_writer_add(w, "a", FDPO_F32, s2, 1, x);
+        fdpo_st_writer_add(w, cases[i].name2, FDPO_F32, cases[i].shape2, cases[i].ndim2, x);
+        if (cases[i].meta) fdpo_st_writer_meta(w, "format", "pt");
+        ck_assert_int_eq(fdpo_st_writer_write(w, path), -1);
+        ck_assert_msg(strstr(fdpo_last_error(), cases[i].msg), "%s", fdpo_last_error());
+        ck_assert_int_ne(access(path, F_OK), 0);   /* nothing written */
+        fdpo_st_writer_free(w);
+    }
+    fdpo_st_writer *w = fdpo_st_writer_new();   /* 8 dimensions: written, read back as given */
+    fdpo_st_writer_add(w, "b", FDPO_F32, s9, 8, x);
+    ck_assert_int_eq(fdpo_st_writer_write(w, path), 0);
+    fdpo_st_writer_free(w);
+    fdpo_safetensors st;
+    ck_assert_int_eq(fdpo_st_open(&st, path), 0);
+    const fdpo_st_tensor *t = fdpo_st_find(&st, "b");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(t->ndim, 8);
+    ck_assert_uint_eq(t->shape[0], 2);
+    fdpo_st_close(&st);
+    unlink(path); rmdir(dir); free(path);
+}
+END_TEST
+
 START_TEST(reads_spec_file) {
     char dir[] = "/tmp/fdpo_st_XXXXXX";
     char *path = tmp_file(dir, "spec.safetensors");
@@ -239,6 +277,7 @@ int main(void) {
     Suite *s = suite_create("safetensors");
     TCase *tc = tcase_create("safetensors");
     tcase_add_test(tc, writer_round_trip);
+    tcase_add_test(tc, writer_refuses_what_the_reader_refuses);
     tcase_add_test(tc, reads_spec_file);
     tcase_add_test(tc, reads_buffer);
     tcase_add_test(tc, huge_shape_does_not_wrap);

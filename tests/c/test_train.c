@@ -10,6 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 #include "fdpo/data.h"
+#include "fdpo/decode.h"
+#include "fdpo/dpo.h"
+#include "fdpo/merge.h"
 #include "fdpo/eval.h"
 #include "fdpo/io.h"
 #include "fdpo/kto.h"
@@ -1041,6 +1044,172 @@ START_TEST(checkpoint_info_and_score_run_from_the_library) {
 }
 END_TEST
 
+/* A path given as "" is refused by its flag in every option check that takes one, as the
+ * CLI refuses it (`--ref-cache-dir: an empty path`): the library owns validation. Before, ""
+ * reached fdpo_mkdir_p (a heap-buffer-overflow: --ref-cache-dir, a tokenizer or checkpoint
+ * save) or failed after all the work (score: "--out: : rename failed"). */
+START_TEST(option_checks_refuse_an_empty_path) {
+    fdpo_dpo_run_opts d;
+    fdpo_dpo_run_opts_default(&d);
+    d.train.init = "m"; d.data = "d.jsonl"; d.train.out = "o";
+    ck_assert_int_eq(fdpo_dpo_run_opts_check(&d), 0);
+    const char **dpo_paths[] = {&d.ref_cache_dir, &d.ref, &d.eval_file, &d.data, &d.train.out, &d.train.tokenizer};
+    const char *dpo_msgs[] = {"--ref-cache-dir", "--ref", "--eval-file", "--data", "--out", "--tokenizer"};
+    for (size_t i = 0; i < sizeof dpo_paths / sizeof dpo_paths[0]; i++) {
+        const char *keep = *dpo_paths[i];
+        *dpo_paths[i] = "";
+        const fdpo_dpo_run_opts b = d;
+        *dpo_paths[i] = keep;
+        ck_assert_int_eq(fdpo_dpo_run_opts_check(&b), -1);
+        char want[64];
+        snprintf(want, sizeof want, "%s: an empty path", dpo_msgs[i]);
+        ck_assert_str_eq(fdpo_last_error(), want);
+    }
+    fdpo_score_opts so;
+    fdpo_score_opts_default(&so);
+    so.model = "m"; so.data = "d.jsonl"; so.out = "";
+    ck_assert_int_eq(fdpo_score_opts_check(&so), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--out: an empty path; give a file");
+    fdpo_rl_run_opts rl;
+    fdpo_rl_run_opts_default(&rl);
+    rl.model = "m"; rl.prompts = ""; rl.reward = "length"; rl.train.out = "o";
+    ck_assert_int_eq(fdpo_rl_run_opts_check(&rl), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--data: an empty path");
+    const char *models[] = {"a", ""};
+    fdpo_merge_opts mo = {.models = models, .n_models = 2};
+    ck_assert_int_eq(fdpo_merge_opts_check(&mo), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--model: an empty path");
+
+    /* and the saves that made "" a directory name */
+    fdpo_gpt2_config c = {.vocab_size = 257, .n_positions = 16, .n_embd = 4, .n_layer = 1, .n_head = 2,
+                          .layer_norm_epsilon = 1e-5f};
+    fdpo_gpt2 *m = fdpo_gpt2_create(&c);
+    ck_assert_ptr_nonnull(m);
+    fdpo_tokenizer *tok = fdpo_tokenizer_byte();
+    ck_assert_int_eq(fdpo_tokenizer_save_dir(tok, ""), -1);
+    ck_assert_str_eq(fdpo_last_error(), "cannot create a directory at an empty path");
+    ck_assert_int_eq(fdpo_checkpoint_save_model("", m), -1);
+    ck_assert_str_eq(fdpo_last_error(), "cannot create a directory at an empty path");
+    fdpo_tokenizer_free(tok);
+    fdpo_gpt2_free(m);
+}
+END_TEST
+
+/* sacpo's OUT is fdpo_sacpo_opts.out, the directory of every stage (sacpo.h); the template's
+ * dpo.train.out is not used, and left NULL it failed "--out: required" (the CLI hid it by
+ * copying --out into both). */
+START_TEST(sacpo_check_takes_out_not_the_template_s) {
+    fdpo_sacpo_opts sa;
+    fdpo_sacpo_opts_default(&sa);
+    const double lambdas[] = {0.5};
+    sa.dpo.train.init = "m"; sa.reward_data = "r.jsonl"; sa.safety_data = "s.jsonl"; sa.out = "o";
+    sa.lambdas = lambdas; sa.n_lambdas = 1;
+    ck_assert_ptr_null(sa.dpo.train.out);
+    ck_assert_msg(fdpo_sacpo_opts_check(&sa) == 0, "%s", fdpo_last_error());
+    sa.out = NULL;
+    ck_assert_int_eq(fdpo_sacpo_opts_check(&sa), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--out: required (the directory that receives every stage)");
+    sa.out = "";
+    ck_assert_int_eq(fdpo_sacpo_opts_check(&sa), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--out: an empty path");
+    sa.out = "o";
+    sa.dpo.train.lr = -1;   /* the trainer options are still checked */
+    ck_assert_int_eq(fdpo_sacpo_opts_check(&sa), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--lr: -1 must be >= 0");
+}
+END_TEST
+
+/* An enum value past its type's values is refused by its flag (as the lab's `--method: unknown
+ * method 42`): a loss kind 9 gave fdpo_pref_loss_pair's NaN under the name "?", and a layout,
+ * bad-pairs or on-long policy 7 ran as the default and was saved as it. */
+START_TEST(option_checks_refuse_unknown_enum_values) {
+    fdpo_pref_loss L = {.kind = FDPO_LOSS_SIGMOID, .div = {.kind = FDPO_DIV_RKL}, .beta = 0.1};
+    ck_assert_int_eq(fdpo_pref_loss_check(&L), 0);
+    L.kind = (fdpo_loss_kind)9;
+    ck_assert_int_eq(fdpo_pref_loss_check(&L), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--loss: unknown loss 9");
+    L.kind = FDPO_LOSS_SIGMOID;
+    L.div.kind = (fdpo_div_kind)9;
+    ck_assert_int_eq(fdpo_pref_loss_check(&L), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--divergence: unknown divergence 9");
+
+    fdpo_rl_run_opts rl;
+    fdpo_rl_run_opts_default(&rl);
+    ck_assert_int_eq(fdpo_rl_config_check(&rl.rl), 0);
+    rl.rl.algo = (fdpo_rl_algo)5;
+    ck_assert_int_eq(fdpo_rl_config_check(&rl.rl), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--algo: unknown algorithm 5");
+    rl.rl.algo = FDPO_RL_RLOO;
+    rl.rl.div.kind = (fdpo_div_kind)9;
+    ck_assert_int_eq(fdpo_rl_config_check(&rl.rl), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--divergence: an unknown divergence kind");
+
+    fdpo_dpo_run_opts d;
+    fdpo_dpo_run_opts_default(&d);
+    d.train.init = "m"; d.data = "d.jsonl"; d.train.out = "o";
+    fdpo_dpo_run_opts b = d;
+    b.dpo.layout = (fdpo_pair_layout)7;
+    ck_assert_int_eq(fdpo_dpo_run_opts_check(&b), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--layout: unknown layout 7");
+    b = d;
+    b.pref.on_bad = (fdpo_pref_on_bad)7;
+    ck_assert_int_eq(fdpo_dpo_run_opts_check(&b), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--bad-pairs: unknown policy 7");
+    b = d;
+    b.pref.on_long = (fdpo_pref_on_long)7;
+    ck_assert_int_eq(fdpo_dpo_run_opts_check(&b), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--on-long: unknown policy 7");
+    fdpo_rm_run_opts rm;
+    fdpo_rm_run_opts_default(&rm);
+    rm.train.init = "m"; rm.data = "d.jsonl"; rm.train.out = "o";
+    rm.pref.on_long = (fdpo_pref_on_long)7;
+    ck_assert_int_eq(fdpo_rm_run_opts_check(&rm), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--on-long: unknown policy 7");
+}
+END_TEST
+
+/* The optimiser and length options must be finite, as --lora-alpha, --beta and --sft-weight
+ * are: an infinite --adam-eps trained nothing and returned 0, --epochs inf said "the run has
+ * no steps". */
+START_TEST(train_opts_refuse_infinite_values) {
+    fdpo_train_opts o;
+    fdpo_train_opts_default(&o);
+    o.out = "o";
+    ck_assert_int_eq(fdpo_train_opts_check(&o), 0);
+    struct { const char *flag; double *v; } cases[] = {
+        {"--lr", &o.lr}, {"--weight-decay", &o.weight_decay}, {"--adam-eps", &o.adam_eps},
+        {"--grad-clip", &o.grad_clip}, {"--epochs", &o.epochs}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const double keep = *cases[i].v;
+        *cases[i].v = INFINITY;
+        o.steps = 0;   /* --epochs counts only then */
+        ck_assert_int_eq(fdpo_train_opts_check(&o), -1);
+        char want[64];
+        snprintf(want, sizeof want, "%s: inf is not a finite number", cases[i].flag);
+        ck_assert_str_eq(fdpo_last_error(), want);
+        *cases[i].v = keep;
+    }
+    o.steps = 5; o.epochs = INFINITY;   /* unused with --steps: as before */
+    ck_assert_int_eq(fdpo_train_opts_check(&o), 0);
+}
+END_TEST
+
+START_TEST(decoder_needs_a_sequence_length_of_one_or_more) {
+    fdpo_gpt2_config c = {.vocab_size = 257, .n_positions = 64, .n_embd = 4, .n_layer = 1, .n_head = 2,
+                          .layer_norm_epsilon = 1e-5f};
+    fdpo_gpt2 *m = fdpo_gpt2_create(&c);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_null(fdpo_decoder_create(m, 1, 0));   /* it said "0 exceeds the model's n_positions 64" */
+    ck_assert_str_eq(fdpo_last_error(), "decoder: sequence length must be >= 1 (got 0)");
+    ck_assert_ptr_null(fdpo_decoder_create(m, 1, 65));
+    ck_assert_str_eq(fdpo_last_error(), "decoder: sequence length 65 exceeds the model's n_positions 64");
+    fdpo_decoder *d = fdpo_decoder_create(m, 1, 64);
+    ck_assert_ptr_nonnull(d);
+    fdpo_decoder_free(d);
+    fdpo_gpt2_free(m);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train");
     TCase *tc = tcase_create("train");
@@ -1068,6 +1237,11 @@ int main(void) {
     tcase_add_test(tc, llama_random_init_config);
     tcase_add_test(tc, config_hash_follows_config_equal);
     tcase_add_test(tc, checkpoint_info_and_score_run_from_the_library);
+    tcase_add_test(tc, option_checks_refuse_an_empty_path);
+    tcase_add_test(tc, sacpo_check_takes_out_not_the_template_s);
+    tcase_add_test(tc, option_checks_refuse_unknown_enum_values);
+    tcase_add_test(tc, train_opts_refuse_infinite_values);
+    tcase_add_test(tc, decoder_needs_a_sequence_length_of_one_or_more);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -223,6 +223,25 @@ def test_progress_line_and_metrics(tmp_path, corpus):
     assert not (tmp_path / "o.tmp").exists() and not (tmp_path / "o.old").exists()
 
 
+def test_quiet_hides_progress_not_what_became_of_the_run(tmp_path, corpus):
+    """--quiet hides the progress line and the run summary (docs/training.md), not what became
+    of the run: a --stop-at run exits 0, and under --quiet nothing said it had stopped; nor
+    that --overwrite replaced the run in OUT."""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--quiet", *corpus)
+    r = ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--stop-at", "2", "--overwrite",
+           "--quiet", *corpus)
+    assert r.stderr.splitlines() == [
+        f"fdpo pretrain: --overwrite: {out} keeps the previous run until this run's first checkpoint, which replaces "
+        "it whole (its metrics.jsonl and summaries too)",
+        f"fdpo pretrain: {out}: the previous run is replaced by this one (step 2)",
+        "fdpo pretrain: stopped after step 2 (--stop-at); continue with --resume"], r.stderr
+    assert [m["step"] for m in metrics(out)] == [1, 2]
+    r = ok("pretrain", "--out", out, "--resume", "--quiet", *corpus)   # to the end: the settings it resumed with
+    assert [l.split(" after step ")[0] for l in r.stderr.splitlines()] == [f"fdpo pretrain: resuming {out}"], r.stderr
+    assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4]
+
+
 def test_eval_max_seqs_caps_validation(tmp_path, corpus):
     def val_loss(cap):
         out = tmp_path / f"o{cap}"
