@@ -239,6 +239,12 @@ void fdpo_json_add_whole(struct cJSON *obj, const char *key, long long v);
  * preference, SFT, prompts, unpaired (KTO), scored samples, tokenize --jsonl-field, and
  * report's metrics.jsonl and samples (which warn with the message and skip the line). */
 struct cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect);
+/* The same checks for a whole JSON text[0..n) whose root may be any value (an eval file, a
+ * lab JSON array, a run's settings): every one above but "expected a JSON object", with
+ * "unexpected text after the JSON value" (a second document would be dropped silently) and
+ * the key twice at any depth (cJSON's lookups read the first copy, Python's json the last).
+ * NULL after the error; the caller cJSON_Deletes the value. */
+struct cJSON *fdpo_json_parse_value(const char *path, size_t line_no, const char *text, size_t n);
 /* cJSON decodes "\u0000" into a NUL and every string silently ends there (chosen and
  * rejected can then look identical, a prompt loses its tail); so does a raw 0 byte inside a
  * string. Returns 0 when raw[0..n) (the text root was parsed from) has neither; otherwise -1

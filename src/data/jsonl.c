@@ -109,7 +109,10 @@ static size_t line_col(const char *text, size_t off, size_t line_no, size_t *col
     return line_no;
 }
 
-cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
+/* Every check but the root's kind, in the order fdpo_jsonl_parse_object has always made
+ * them; what: "object" or "value", the noun of "unexpected text after the JSON ...". The
+ * duplicate key is left to the caller: a JSONL line that is not an object is named so first. */
+static cJSON *parse_json(const char *path, size_t line_no, const char *line, size_t n, const char *what) {
     int in_string = 0;
     size_t col, ctl = raw_control(line, n, &in_string);
     if (ctl < n) {
@@ -131,7 +134,7 @@ cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *lin
     if (used < n) {
         cJSON_Delete(obj);
         size_t ln = line_col(line, used, line_no, &col);
-        fdpo_error("%s:%zu: unexpected text after the JSON object at column %zu", path, ln, col);
+        fdpo_error("%s:%zu: unexpected text after the JSON %s at column %zu", path, ln, what, col);
         return NULL;
     }
     size_t len = 0;
@@ -144,20 +147,33 @@ cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *lin
         cJSON_Delete(obj);
         return NULL;
     }
+    return obj;
+}
+
+static cJSON *refuse_duplicate(const char *path, size_t line_no, cJSON *obj) {
+    const char *dup = fdpo_json_duplicate_key(obj);
+    if (!dup) return obj;
+    fdpo_error("%s:%zu: key \"%.64s\" appears twice in one object (readers differ on which one counts)", path,
+               line_no, dup);
+    cJSON_Delete(obj);
+    return NULL;
+}
+
+cJSON *fdpo_json_parse_value(const char *path, size_t line_no, const char *text, size_t n) {
+    cJSON *v = parse_json(path, line_no, text, n, "value");
+    return v ? refuse_duplicate(path, line_no, v) : NULL;
+}
+
+cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
+    cJSON *obj = parse_json(path, line_no, line, n, "object");
+    if (!obj) return NULL;
     if (!cJSON_IsObject(obj)) {
         fdpo_error("%s:%zu: expected a JSON object%s%s, got %s", path, line_no, expect ? " " : "", expect ? expect : "",
                    json_kind(obj));
         cJSON_Delete(obj);
         return NULL;
     }
-    const char *dup = fdpo_json_duplicate_key(obj);
-    if (dup) {
-        fdpo_error("%s:%zu: key \"%.64s\" appears twice in one object (readers differ on which one counts)", path,
-                   line_no, dup);
-        cJSON_Delete(obj);
-        return NULL;
-    }
-    return obj;
+    return refuse_duplicate(path, line_no, obj);
 }
 
 size_t fdpo_jsonl_bom(const char *text, size_t len) {

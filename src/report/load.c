@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -77,11 +78,50 @@ static int ends_with(const char *s, const char *suf) {
     return a >= b && strcasecmp(s + a - b, suf) == 0;
 }
 
-/* 1-based line and column of p inside text. */
-static void line_col(const char *text, const char *p, size_t *line, size_t *col) {
-    *line = 1; *col = 1;
-    for (const char *q = text; q < p && *q; q++) {
-        if (*q == '\n') { (*line)++; *col = 1; } else (*col)++;
+/* A whole JSON file read as Python's json reads it (fdpo_json_parse_value: a key twice is
+ * refused, where cJSON's lookups would take the first copy and Python the last; text after
+ * the value is refused, where a second document was dropped), and, shown: with no NUL in a
+ * string (cJSON ends the string there: "good\u0000 HIDDEN" was shown as "good"; a settings
+ * file is not shown, and a tokenizer.json beside it may hold "\u0000" as a token). NULL after
+ * a warning "THE LIBRARY'S ERROR, SKIPPED" (what the caller leaves out without it). */
+static cJSON *parse_file(rp_ctx *c, const char *path, const char *text, size_t len, const char *skipped, int shown) {
+    cJSON *doc = fdpo_json_parse_value(path, 1, text, len);
+    if (doc && shown && fdpo_jsonl_check_nul(path, text, len, doc)) { cJSON_Delete(doc); doc = NULL; }
+    if (!doc) fdpo_rp_warn(c, "%s, %s", fdpo_last_error(), skipped);
+    return doc;
+}
+
+/* cJSON reads a number past a double's range (1e400, -1e400) as an infinity, which no table
+ * or panel can show: it is left out as null is, but said, once per file and key (a metrics
+ * file has thousands of lines), naming the FILE:LINE of the first and the number as written.
+ * The k-th number of the text that cJSON reads as infinite (the same first 63 characters to
+ * strtod) is the k-th infinite number of the value in document order. */
+typedef struct {
+    const char *path, *text;
+    size_t len, line_no, at;   /* text[0..len) starts on line line_no; at: where the scan goes on */
+    cJSON *seen;               /* the keys already said, for the whole file */
+} rp_nonfinite;
+
+static void warn_nonfinite(rp_ctx *c, rp_nonfinite *s, const cJSON *j, const char *key) {
+    for (const cJSON *it = j->child; it; it = it->next) {
+        const char *k = it->string ? it->string : key;   /* an array's items are its key's */
+        if (it->child) { warn_nonfinite(c, s, it, k); continue; }
+        if (!cJSON_IsNumber(it) || isfinite(it->valuedouble)) continue;
+        size_t n = 0, at = fdpo_json_next_number(s->text, s->len, s->at, &n);
+        for (; at < s->len; at = fdpo_json_next_number(s->text, s->len, at + n, &n)) {
+            char num[64];
+            size_t m = n < sizeof num - 1 ? n : sizeof num - 1;
+            memcpy(num, s->text + at, m); num[m] = 0;
+            if (!isfinite(strtod(num, NULL))) break;
+        }
+        if (at >= s->len) return;   /* not found: no line to name (cannot happen) */
+        s->at = at + n;
+        if (!k || cJSON_GetObjectItemCaseSensitive(s->seen, k)) continue;
+        cJSON_AddNullToObject(s->seen, k);
+        size_t line = s->line_no;
+        for (size_t i = 0; i < at; i++) line += s->text[i] == '\n';
+        fdpo_rp_warn(c, "%s:%zu: %s: '%.*s' is not a finite number (past a double's range); left out, as null is "
+                     "(said once for the key in this file)", s->path, line, k, (int)(n > 40 ? 40 : n), s->text + at);
     }
 }
 
@@ -199,7 +239,7 @@ static void discover_settings(rp_ctx *c, rp_run *r, char **names, size_t n_names
             if (!text) { free(path); continue; }
             char *div = NULL, *loss = NULL; double beta = 0; int hb = 0;
             if (json) {
-                cJSON *doc = cJSON_Parse(text);
+                cJSON *doc = parse_file(c, path, text, strlen(text), "not read for the run's settings", 0);
                 /* a checkpoint's config.json (model_type) or an eval output is not a run config */
                 if (doc && cJSON_IsObject(doc) && !cJSON_GetObjectItem(doc, "model_type") &&
                     !cJSON_GetObjectItem(doc, "policies")) {
@@ -276,6 +316,7 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
     size_t line = 0;
     int any = 0;
     char *p = text, *end = text + len;
+    rp_nonfinite nf = {.path = path, .seen = cJSON_CreateObject()};
     while (p < end) {
         char *e = memchr(p, '\n', (size_t)(end - p));
         size_t n = e ? (size_t)(e - p) : (size_t)(end - p);
@@ -290,6 +331,8 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
                 warn_bad_line(c, p, k, !e);
                 r->n_bad++;
             } else {
+                nf.text = p; nf.len = k; nf.line_no = line; nf.at = 0;
+                warn_nonfinite(c, &nf, obj, NULL);   /* before val_loss moves: in the line's order */
                 /* pretrain/sft logged their held-out loss as val_loss before wave 28: one key,
                  * so a run resumed across the rename keeps one curve and one column */
                 cJSON *old = cJSON_GetObjectItemCaseSensitive(obj, "val_loss");
@@ -308,6 +351,7 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
     }
     /* an empty file is named like an empty samples or eval file (else a run of 0 rows with no word) */
     if (!any) fdpo_rp_warn(c, "%s: no metrics found (the file is empty)", path);
+    cJSON_Delete(nf.seen);
     free(text);
 }
 
@@ -359,7 +403,7 @@ int fdpo_rp_load_run(rp_ctx *c, const char *dir) {
     if (is_file(mpath)) { load_metrics(c, r, mpath); found = 1; }
     free(mpath);
     discover_settings(c, r, names, n_names);
-    fdpo_rp_loop_discover(r);
+    fdpo_rp_loop_discover(c, r);
     make_label(r);
     /* eval*.json here and *.json under eval/; *.csv under lab/ and here (those need a divergence column) */
     for (size_t i = 0; i < n_names; i++) {
@@ -524,17 +568,14 @@ int fdpo_rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explic
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return -1;
-    cJSON *doc = cJSON_ParseWithLength(text, len);
-    if (!doc) {
-        size_t line, col;
-        const char *at = cJSON_GetErrorPtr();
-        if (at && at >= text && at <= text + len) line_col(text, at, &line, &col);
-        else { line = 1; col = 1; }
-        fdpo_rp_warn(c, "%s:%zu:%zu: malformed JSON, eval file skipped", path, line, col);
-        free(text);
-        return 0;
+    cJSON *doc = parse_file(c, path, text, len, "eval file skipped", 1);
+    if (doc) {
+        rp_nonfinite nf = {.path = path, .text = text, .len = len, .line_no = 1, .seen = cJSON_CreateObject()};
+        warn_nonfinite(c, &nf, doc, NULL);
+        cJSON_Delete(nf.seen);
     }
     free(text);
+    if (!doc) return 0;
     size_t before = c->n_pols;
     const cJSON *list = cJSON_IsObject(doc) ? cJSON_GetObjectItemCaseSensitive(doc, "policies") : NULL;
     if (!list && cJSON_IsObject(doc) && !is_policy_object(doc)) {
@@ -582,6 +623,11 @@ int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int exp
         line++;
         int blank = strspn(p, " \t\r") >= n;
         cJSON *obj = blank ? NULL : fdpo_jsonl_parse_object(path, line, p, n, NULL);
+        if (obj) {   /* a NUL would cut the text shown: refused as every JSONL reader does */
+            char where[PATH_MAX + 32];
+            snprintf(where, sizeof where, "%s:%zu", path, line);
+            if (fdpo_jsonl_check_nul(where, p, n, obj)) { cJSON_Delete(obj); obj = NULL; }
+        }
         const cJSON *text_item = obj ? fdpo_rp_get(obj, K_COMPLETION) : NULL;
         if (obj && cJSON_IsString(text_item)) {
             if (kept < 5000) {
@@ -755,15 +801,16 @@ static size_t col_index(rp_lab *L, const char *name) {
 }
 
 static int lab_from_json(rp_ctx *c, const char *path, const char *text, size_t len, int must_be_lab) {
-    cJSON *doc = cJSON_ParseWithLength(text, len);
+    cJSON *doc = parse_file(c, path, text, len, "lab file skipped", 1);
+    if (!doc) return 0;
     if (!cJSON_IsArray(doc)) {
-        size_t line = 1, col = 1;
-        const char *at = cJSON_GetErrorPtr();
-        if (!doc && at && at >= text && at <= text + len) line_col(text, at, &line, &col);
-        fdpo_rp_warn(c, "%s:%zu:%zu: %s, lab file skipped", path, line, col, doc ? "not a JSON array" : "malformed JSON");
+        fdpo_rp_warn(c, "%s:1: not a JSON array, lab file skipped", path);
         cJSON_Delete(doc);
         return 0;
     }
+    rp_nonfinite nf = {.path = path, .text = text, .len = len, .line_no = 1, .seen = cJSON_CreateObject()};
+    warn_nonfinite(c, &nf, doc, NULL);
+    cJSON_Delete(nf.seen);
     rp_lab L = {0};
     L.source = fdpo_strdup(path);
     L.rows = cJSON_CreateArray();

@@ -11,13 +11,16 @@
 
 /* ---- discovery (load time) ---- */
 
-static cJSON *read_json(const char *path) {
+/* A round's training_state.json, read as every report JSON is (fdpo_json_parse_value: a key
+ * twice or text after the object is refused, not read by cJSON's first copy), or NULL: absent
+ * (not an online run) silently, unreadable with a warning; the run then has no online kind. */
+static cJSON *read_json(rp_ctx *c, const char *path) {
     struct stat st;
     if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (64 << 20)) return NULL;
     size_t len;
     char *text = fdpo_read_file(path, &len);
-    if (!text) return NULL;
-    cJSON *j = cJSON_ParseWithLength(text, len);
+    cJSON *j = text ? fdpo_json_parse_value(path, 1, text, len) : NULL;
+    if (!j) fdpo_rp_warn(c, "%s, not read for the online run's settings", fdpo_last_error());
     free(text);
     return j;
 }
@@ -30,10 +33,10 @@ static const char *setting_str(const cJSON *state, const char *key) {
 /* An online run's directory holds round-K/ f-DPO checkpoints and no settings of its own: the
  * divergence and beta are round 0's; the reference is fixed (online DPO) when round 1's
  * reference is not the model it starts from, and updated every round (iterative DPO) when it is. */
-void fdpo_rp_loop_discover(rp_run *r) {
+void fdpo_rp_loop_discover(rp_ctx *c, rp_run *r) {
     if (r->kind) return;
     char *p0 = fdpo_path_join(r->dir, "round-0/training_state.json");
-    cJSON *s0 = read_json(p0);
+    cJSON *s0 = read_json(c, p0);
     free(p0);
     if (!s0) return;
     const char *div = setting_str(s0, "divergence");
@@ -41,7 +44,7 @@ void fdpo_rp_loop_discover(rp_run *r) {
     if (div && !r->divergence) r->divergence = fdpo_strdup(div);
     if (cJSON_IsNumber(beta) && !r->has_beta) { r->beta = beta->valuedouble; r->has_beta = 1; }
     char *p1 = fdpo_path_join(r->dir, "round-1/training_state.json");
-    cJSON *s1 = read_json(p1);
+    cJSON *s1 = read_json(c, p1);
     free(p1);
     const char *ref = setting_str(s1, "ref"), *model = setting_str(s1, "model");
     r->kind = fdpo_strdup(!ref || !model ? "online" : strcmp(ref, model) ? "online (fixed ref)" : "online (iterative)");

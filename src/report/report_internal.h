@@ -91,7 +91,7 @@ int fdpo_rp_chart_emit(rp_charts *ch, cJSON *series, const char *title, const ch
 const char *fdpo_rp_run_color(size_t i);
 
 /* loop_panels.c: rm, online and rl runs */
-void fdpo_rp_loop_discover(rp_run *r);                     /* load time: online run dirs' settings and kind */
+void fdpo_rp_loop_discover(rp_ctx *c, rp_run *r);          /* load time: online run dirs' settings and kind */
 void fdpo_rp_loop_section(rp_ctx *c, rp_charts *ch, rp_buf *b);
 const char *fdpo_rp_loop_kind_name(const rp_run *r);       /* r->kind, else the kind its metrics show; NULL */
 

@@ -400,7 +400,10 @@ def test_bad_eval_and_lab_content_warn(tmp_path):
     out = tmp_path / "r.html"
     r = run(str(d), "--lab", str(lab), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert re.search(rf"{re.escape(str(d / 'eval.json'))}:3:\d+: malformed JSON", r.stderr), r.stderr
+    with pytest.raises(json.JSONDecodeError) as e:
+        json.loads((d / "eval.json").read_text())
+    assert e.value.lineno == 3
+    assert re.search(rf"{re.escape(str(d / 'eval.json'))}:3: invalid JSON near column \d+, eval file skipped", r.stderr), r.stderr
     assert f"{lab}:3: 2 fields, header has 4" in r.stderr
     _, _, charts = parse(out)
     fr = chart(charts, "Lab: exact reward\u2013KL frontier")
@@ -507,7 +510,10 @@ def test_lab_json_format(tmp_path):
     out = tmp_path / "r.html"
     r = run("--lab", str(lab), "--lab", str(bad), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert re.search(rf"{re.escape(str(bad))}:2:\d+: malformed JSON", r.stderr), r.stderr
+    with pytest.raises(json.JSONDecodeError) as e:
+        json.loads(bad.read_text())
+    assert e.value.lineno == 2
+    assert re.search(rf"{re.escape(str(bad))}:2: invalid JSON near column \d+, lab file skipped", r.stderr), r.stderr
     _, _, charts = parse(out)
     fr = {s["label"]: s["points"] for s in chart(charts, "Lab: exact reward\u2013KL frontier")["series"]}
     assert fr == {"reverse KL (DPO)": [[0.5, 0.25], [2.0, 0.5]]}   # chi2 has no KL: no point
