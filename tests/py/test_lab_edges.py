@@ -115,6 +115,37 @@ def test_stepwise_js_on_a_generated_problem_and_in_a_sweep(tmp_path):
             assert float(x["stepwise_expected_safety"]) == pytest.approx(1, abs=1e-12)
 
 
+TIED_Q, TIED_G = [0.4, 0.2, 0.2, 0.2], [0.0, 1.0, 1.0, 0.5]
+
+
+@pytest.mark.parametrize("div,r1,r2,beta", [
+    ("js", 0.2562, 0.2575, 0.001),    # pi1 e^-745.7 (0 in doubles) and e^-744.4 (5e-324)
+    ("js", 0.25695, 0.25805, 0.001),  # both subnormal: 5e-324 and 1e-323, a ratio of 2 in doubles
+    ("js", 0.2550, 0.2575, 0.001),    # 0 (e^-747) and 5e-324
+    ("js", 0.2540, 0.2550, 0.001),    # both 0 in doubles: the pole case, right before
+    ("fkl", -9.0, 0.0, 1e-322),       # a subnormal beta: pi1 0 and 2e-323
+])
+def test_stepwise_splits_tied_safest_responses_by_log_pi1(tmp_path, div, r1, r2, beta):
+    """The second step's best responses (safety 1) have a pi1 that is 0 or subnormal in doubles,
+    log pi1 finite: their split came from the linear pi1 (none or a bit or two of it): js gave
+    (0, 1) against mpmath's (0.214, 0.786) and (1/3, 2/3) against (0.2497, 0.7503), fkl (0, 1)
+    against (1/11, 10/11). Against the 50-digit mpmath two-step; log pi1 ~ -745 carries ~1e-13."""
+    r = [1.0, r1, r2, 0.5]
+    p, out = tmp_path / "s.csv", tmp_path / "pi.csv"
+    write_csv(p, {"pi_ref": TIED_Q, "reward": r, "safety": TIED_G})
+    t = rows(lab("constrained", "--data", p, "--divergence", div, "--beta", beta, "--min-safety", "0.3",
+                 "--stepwise", "--out", out, "--threads", "1").stdout)[0]
+    lam, joint, pi1, step = mp_constrained(div, TIED_Q, r, TIED_G, beta, 0.3)
+    assert all(float(x) < 2.3e-308 and x > 0 for x in pi1[1:3])  # the case: tiny in doubles, not in mpmath
+    ours = np.array([float(x["pi_stepwise"]) for x in rows(out.read_text())])
+    np.testing.assert_allclose(ours, [float(x) for x in step], rtol=1e-12, atol=1e-15)
+    assert ours.sum() == pytest.approx(1, abs=1e-15)
+    assert float(t["stepwise_expected_reward"]) == pytest.approx(float(mp.fsum(a * b for a, b in zip(step, r))), abs=1e-12)
+    assert float(t["stepwise_expected_safety"]) == pytest.approx(1, abs=1e-15)
+    gap = max(abs(float(a - b)) for a, b in zip(step, joint))
+    assert float(t["stepwise_max_abs_diff"]) == pytest.approx(gap, abs=1e-12)
+
+
 # ---- D5: alpha:A near 1 ----
 
 ALPHAS = ["1e-06", "0.0001", "0.01", "0.5", "0.99", "0.999999", "0.9999999999", "0.9999999999999",
