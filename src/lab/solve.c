@@ -136,6 +136,12 @@ static double g_inv(fdpo_div_kind kind, double A, double u) {
     return exp(-A * log(u)) / A;
 }
 
+/* A pi_ref known in log space (constrained's stepwise pi1) can be subnormal or 0 in doubles
+ * with log q finite: q then keeps a few bits or none (e^-745.7 is 0, e^-744.4 is 5e-324, 3%
+ * off), and the split between such best responses, and their share, come from log q. One given
+ * as q (log q = lq: a CSV's 1e-320) is exact as it is, and log q ~ -745 would cost 1e-13. */
+static inline int tiny_q(double q, double lq) { return q < DBL_MIN && lq > -INFINITY && log(q) != lq; }
+
 /* A term whose eps = tau + D_i is subnormal, or whose u = g(eps) overflows though p = q u does
  * not (a best response with a tiny pi_ref: fkl's and js's u = 1/eps for eps < 5.6e-309,
  * alpha's already for A eps < DBL_MAX^-A). q * u was q * inf, and a subnormal eps keeps only
@@ -149,13 +155,16 @@ static double tiny_term(fdpo_div_kind kind, double A, int k, double q, double lq
         /* q / w^k by k divisions where 1/A = k (c is 1 then: tau < DBL_MIN needs A > 0.95), each
          * step <= p; else from logs, to ~|log u| 1e-16 relative as exp(log u) is anyway */
         double p = q;
-        if (k && c == 1) for (int j = 0; j < k; j++) p /= A * es;
+        if (k && c == 1 && !tiny_q(q, lq)) for (int j = 0; j < k; j++) p /= A * es;
         else p = exp(lq + *lu);
         *dp = p / (A * es);   /* c q u / (A eps) */
         return p;
     }
     *lu = -le;   /* fkl 1/eps, js 1/expm1(eps) = 1/eps: eps < DBL_MIN here (u would not overflow) */
-    const double p = (q / c) / es;
+    /* a tiny q as q/c from log q: normal at c = 2^-128 down to q ~ 1e-346, and then (q/c)/es moves
+     * with t to 1e-16 where exp(lq + lu), both ~745, steps by 1e-13 (Newton stalled at h ~ 1e-13) */
+    const double qc = tiny_q(q, lq) ? exp(lq - log(c)) : q / c;
+    const double p = qc >= DBL_MIN || !tiny_q(q, lq) ? qc / es : exp(lq + *lu);
     *dp = kind == FDPO_DIV_FKL ? p / es : p * (1 / es + c);   /* c q u^2, c q u (1 + u) */
     return p;
 }
@@ -229,10 +238,12 @@ static int solve_tau(const fdpo_lab_prepared *pp, const fdpo_divergence *d, doub
         size_t i = pp->order_desc[k];
         const double q = pp->pi_ref[i];
         /* g_inv(1/q)/S; for a subnormal q straight from q (1/q overflows or 1/(1/q) is q to its few
-         * bits): fkl, js q (log1p(q) = q), alpha q^A/A in logs, shaded by 1e-12 (the exp of a
-         * ~700 log is good to ~2e-13) to stay left of the root */
+         * bits): fkl, js q (log1p(q) = q), from log q where that says more (tiny_q), alpha q^A/A in
+         * logs, shaded by 1e-12 (the exp of a ~700 log is good to ~2e-13) to stay left of the root */
+        const double lq = pp->log_pi_ref[i];
         const double gi = q >= DBL_MIN ? g_inv(kind, A, 1 / q) / S
-                        : kind == FDPO_DIV_ALPHA ? exp(A * pp->log_pi_ref[i] - log(A * S)) * (1 - 1e-12) : q / S;
+                        : kind == FDPO_DIV_ALPHA ? exp(A * lq - log(A * S)) * (1 - 1e-12)
+                        : tiny_q(q, lq) ? exp(lq - log(S)) * (1 - 1e-12) : q / S;
         double ti = gi - (pp->r_max - pp->reward[i]) / beta / S;
         if (ti > lo) lo = ti;
     }
@@ -352,7 +363,7 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
          * responses underflow to q = 0 with log q finite: their u ~ 1/q needs a tau below the
          * smallest double. If the others leave mass at tau = 0 (s0 = sum q g(D) < 1 over D > 0), that
          * mass is the best responses', in proportion to q: the optimum up to a relative ~q/(1 - s0) */
-        double t = 0, c = 1, pole = 0, lqtop = -INFINITY;
+        double t = 0, c = 1, pole = 0, lz = 0;
         const double A = d->alpha;
         const int k = d->kind == FDPO_DIV_ALPHA ? int_power(A) : 0;
         double qtop = 0, m = -INFINITY;
@@ -363,7 +374,7 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
             for (size_t i = 0; i < n; i++)
                 if (r[i] == pp->r_max) z += exp(lq[i] - m);
                 else s0 += q[i] * g_eps(d->kind, A, k, (pp->r_max - r[i]) / beta);
-            if (s0 < 1) { pole = 1 - s0; lqtop = m + log(z); }
+            if (s0 < 1) { pole = 1 - s0; lz = log(z); }
         }
         res->iterations = pole > 0 ? 1 : solve_tau(pp, d, beta, &t, &c);
         if (res->iterations == 0) {
@@ -380,7 +391,8 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
          * alpha: w = A eps, log u = -log(w)/A, f from log u. */
         for (size_t i = 0; i < n; i++) {
             if (pole > 0 && r[i] == pp->r_max) { /* at the pole: p from log q (D_f's q f(u) is 0 * inf) */
-                const double lp = log(pole) + (lq[i] - lqtop), p = exp(lp);
+                /* lq - m exact, then log z: m + log z (~ -745) would round by 1e-13 (sum pi 1 + 2e-14) */
+                const double lp = log(pole) + ((lq[i] - m) - lz), p = exp(lp);
                 if (pi) pi[i] = p;
                 if (log_pi) log_pi[i] = lp;
                 if (p > 0) { a.er += p * r[i]; a.h -= p * lp; a.support++; }
@@ -418,7 +430,7 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
                 u = far || !k ? exp(lu) : ipow(1 / w, k);
                 f = fdpo_f_log(d, lu);
             }
-            double p = q[i] * u, qf = q[i] * f, dp;
+            double p = tiny_q(q[i], lq[i]) ? exp(lq[i] + lu) : q[i] * u, qf = q[i] * f, dp;
             if (!far && (e < DBL_MIN || isinf(u))) {   /* a subnormal eps or an overflowing u: sum_g's tiny_term */
                 p = tiny_term(d->kind, A, k, q[i], lq[i], t, c, D, &lu, &dp);
                 u = exp(lu);

@@ -123,6 +123,42 @@ START_TEST(frontier_rows_equal_single_solves) {
 }
 END_TEST
 
+/* frontier and the constrained sweep check their arguments before the parallel loop (it cannot
+ * stop at the first error), but a solve inside it can still refuse: their checks let alpha:A
+ * through for any A in (0, 1), and fdpo_lab_solve refuses A < FDPO_LAB_ALPHA_MIN. The CLI refuses
+ * such an A at --divergence, and no CLI input is known to make a solve fail there (the 1e-320
+ * reference that did now solves), so the message path is tested here. The message is the solve's
+ * own, the first in the table's order (alpha:1e-9 before alpha:2e-9, both failing). */
+START_TEST(frontier_and_sweep_keep_the_solves_message) {
+    const double q[3] = {0.5, 0.3, 0.2}, r[3] = {1, 0, -1}, g[3] = {0, 1, 0.5};
+    fdpo_lab_prepared pp[2];
+    fdpo_lab_prepare(&pp[0], q, r, 3);
+    fdpo_lab_prepare(&pp[1], q, r, 3);
+    const fdpo_divergence d[3] = {{FDPO_DIV_RKL, 0}, {FDPO_DIV_ALPHA, 1e-9}, {FDPO_DIV_ALPHA, 2e-9}};
+    double betas[2] = {0.1, 1}, bs[2] = {0.2, 0.4};
+    fdpo_lab_result one, rows[6];
+    ck_assert_int_ne(fdpo_lab_solve(&pp[0], &d[1], 0.1, NULL, &one), 0);
+    char msg[1024], want[1100];
+    snprintf(msg, sizeof msg, "%s", fdpo_last_error());
+    ck_assert_ptr_nonnull(strstr(msg, "alpha:1e-09"));   /* the solve's refusal, below the minimum */
+    snprintf(want, sizeof want, "frontier: %s", msg);
+    ck_assert_int_ne(fdpo_lab_frontier(pp, d, 3, betas, 2, rows), 0);
+    ck_assert_str_eq(fdpo_last_error(), want);
+    snprintf(want, sizeof want, "frontier: prompt 1 of 2: %s", msg);
+    ck_assert_int_ne(fdpo_lab_frontier_prompts(pp, 2, d, 3, betas, 2, rows), 0);
+    ck_assert_str_eq(fdpo_last_error(), want);
+    fdpo_lab_constrained_result crow[6];
+    snprintf(want, sizeof want, "constrained frontier: %s", msg);
+    ck_assert_int_ne(fdpo_lab_constrained_sweep(q, r, g, 3, d, 3, 0.1, bs, 2, 1, crow), 0);
+    ck_assert_str_eq(fdpo_last_error(), want);
+    /* without the refused divergence the same calls succeed */
+    ck_assert_int_eq(fdpo_lab_frontier(pp, d, 1, betas, 2, rows), 0);
+    ck_assert_int_eq(fdpo_lab_constrained_sweep(q, r, g, 3, d, 1, 0.1, bs, 2, 1, crow), 0);
+    fdpo_lab_prepared_free(&pp[0]);
+    fdpo_lab_prepared_free(&pp[1]);
+}
+END_TEST
+
 START_TEST(csv_bom_subnormal_overflow_nul) {
     fdpo_lab_problem p;
     double renorm;
@@ -529,6 +565,7 @@ static Suite *suite(void) {
     tcase_add_test(t, gap_bound_and_zero_gap);
     tcase_add_test(t, rkl_gap_and_bias_closed_form);
     tcase_add_test(t, frontier_rows_equal_single_solves);
+    tcase_add_test(t, frontier_and_sweep_keep_the_solves_message);
     tcase_add_test(t, csv_bom_subnormal_overflow_nul);
     tcase_add_test(t, constrained_symmetric_problem);
     tcase_add_test(t, constrained_rkl_stepwise_is_exact);

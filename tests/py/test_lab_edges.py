@@ -115,6 +115,37 @@ def test_stepwise_js_on_a_generated_problem_and_in_a_sweep(tmp_path):
             assert float(x["stepwise_expected_safety"]) == pytest.approx(1, abs=1e-12)
 
 
+TIED_Q, TIED_G = [0.4, 0.2, 0.2, 0.2], [0.0, 1.0, 1.0, 0.5]
+
+
+@pytest.mark.parametrize("div,r1,r2,beta", [
+    ("js", 0.2562, 0.2575, 0.001),    # pi1 e^-745.7 (0 in doubles) and e^-744.4 (5e-324)
+    ("js", 0.25695, 0.25805, 0.001),  # both subnormal: 5e-324 and 1e-323, a ratio of 2 in doubles
+    ("js", 0.2550, 0.2575, 0.001),    # 0 (e^-747) and 5e-324
+    ("js", 0.2540, 0.2550, 0.001),    # both 0 in doubles: the pole case, right before
+    ("fkl", -9.0, 0.0, 1e-322),       # a subnormal beta: pi1 0 and 2e-323
+])
+def test_stepwise_splits_tied_safest_responses_by_log_pi1(tmp_path, div, r1, r2, beta):
+    """The second step's best responses (safety 1) have a pi1 that is 0 or subnormal in doubles,
+    log pi1 finite: their split came from the linear pi1 (none or a bit or two of it): js gave
+    (0, 1) against mpmath's (0.214, 0.786) and (1/3, 2/3) against (0.2497, 0.7503), fkl (0, 1)
+    against (1/11, 10/11). Against the 50-digit mpmath two-step; log pi1 ~ -745 carries ~1e-13."""
+    r = [1.0, r1, r2, 0.5]
+    p, out = tmp_path / "s.csv", tmp_path / "pi.csv"
+    write_csv(p, {"pi_ref": TIED_Q, "reward": r, "safety": TIED_G})
+    t = rows(lab("constrained", "--data", p, "--divergence", div, "--beta", beta, "--min-safety", "0.3",
+                 "--stepwise", "--out", out, "--threads", "1").stdout)[0]
+    lam, joint, pi1, step = mp_constrained(div, TIED_Q, r, TIED_G, beta, 0.3)
+    assert all(float(x) < 2.3e-308 and x > 0 for x in pi1[1:3])  # the case: tiny in doubles, not in mpmath
+    ours = np.array([float(x["pi_stepwise"]) for x in rows(out.read_text())])
+    np.testing.assert_allclose(ours, [float(x) for x in step], rtol=1e-12, atol=1e-15)
+    assert ours.sum() == pytest.approx(1, abs=1e-15)
+    assert float(t["stepwise_expected_reward"]) == pytest.approx(float(mp.fsum(a * b for a, b in zip(step, r))), abs=1e-12)
+    assert float(t["stepwise_expected_safety"]) == pytest.approx(1, abs=1e-15)
+    gap = max(abs(float(a - b)) for a, b in zip(step, joint))
+    assert float(t["stepwise_max_abs_diff"]) == pytest.approx(gap, abs=1e-12)
+
+
 # ---- D5: alpha:A near 1 ----
 
 ALPHAS = ["1e-06", "0.0001", "0.01", "0.5", "0.99", "0.999999", "0.9999999999", "0.9999999999999",
@@ -150,25 +181,35 @@ def test_gap_without_noise_is_zero_near_alpha_one():
         assert abs(float(x["objective_gap"])) <= 1e-15 and float(x["reward_gap"]) == 0, x
 
 
-# ---- D6: a failed solve inside frontier and the constrained sweep keeps its message ----
+# ---- D6: frontier and the constrained sweep on a problem whose solve once failed ----
 
-def test_frontier_and_sweep_fail_with_the_solves_message(tmp_path):
-    """frontier said only "a solve failed" and the sweep "an inner solve failed". Whatever
-    `lab solve` says of the same (divergence, beta) is what they say (and where solve succeeds,
-    so do they): a best response with pi_ref = 1e-320."""
+def test_frontier_and_sweep_solve_a_best_response_with_pi_ref_1e_320(tmp_path):
+    """frontier said only "a solve failed" and the sweep "an inner solve failed" on this problem
+    (fkl did not converge); it solves now, and no CLI input is known to make a solve fail inside
+    them (the CLI refuses an alpha below 1e-6 at --divergence), so that their failure carries the
+    solve's own message is tests/c/test_lab.c's frontier_and_sweep_keep_the_solves_message. Here:
+    the rows against mpmath (frontier), E[g] = max(b, E_pi*[g]) (the sweep)."""
+    q, r, g = [1.0, 1e-320], [0.0, 1.0], [1.0, 0.0]
     p = tmp_path / "d.csv"
-    write_csv(p, {"pi_ref": [1.0, 1e-320], "reward": [0.0, 1.0], "safety": [1.0, 0.0]})
-    solve = lab("solve", "--data", p, "--divergence", "fkl", "--beta", "0.1", check=False)
-    front = lab("frontier", "--data", p, "--divergence", "rkl,fkl", "--betas", "0.1,1", "--threads", "2", check=False)
-    sweep = lab("constrained", "--data", p, "--divergence", "rkl,fkl", "--beta", "0.1", "--frontier", "0.2:0.6:3",
-                "--threads", "2", check=False)
-    if solve.returncode == 0:
-        assert front.returncode == 0 and sweep.returncode == 0, (front.stderr, sweep.stderr)
-        return
-    msg = solve.stderr.strip().split("fdpo lab: ", 1)[1]
-    assert "fkl" in msg and "0.1" in msg
-    assert front.returncode == 1 and front.stderr.strip().endswith(f"fdpo lab: frontier: {msg}"), front.stderr
-    assert sweep.returncode == 1 and sweep.stderr.strip().endswith(f"fdpo lab: constrained frontier: {msg}"), sweep.stderr
+    write_csv(p, {"pi_ref": q, "reward": r, "safety": g})
+    front = rows(lab("frontier", "--data", p, "--divergence", "rkl,fkl", "--betas", "0.1,1", "--threads", "2").stdout)
+    sweep = rows(lab("constrained", "--data", p, "--divergence", "rkl,fkl", "--beta", "0.1", "--frontier", "0.2:0.6:3",
+                     "--threads", "2").stdout)
+    assert len(front) == 4 and len(sweep) == 6
+    mp.mp.dps = 50
+    Q, R = [mp.mpf(x) for x in q], [mp.mpf(x) for x in r]
+    for x in front:
+        div, B = x["divergence"], mp.mpf(float(x["beta"]))
+        pi = mp_optimum(div, Q, R, B)
+        fd = mp.fsum(a * mp.log(a / b) for a, b in zip(pi, Q)) if div == "rkl" else \
+            mp.fsum(b * mp.log(b / a) for a, b in zip(pi, Q))
+        # abs: a probability far below 1e-16 next to one near 1 is known to sum pi's 1e-15 (docs/lab.md)
+        assert float(x["expected_reward"]) == pytest.approx(float(pi[1]), rel=1e-12, abs=1e-15), x
+        assert float(x["f_divergence"]) == pytest.approx(float(fd), rel=1e-12, abs=1e-15), x
+    for x in sweep:
+        eg = mp_optimum(x["divergence"], Q, R, mp.mpf(0.1))[0]   # E[g] of the unconstrained optimum
+        assert x["feasible"] == "1"
+        assert float(x["expected_safety"]) == pytest.approx(max(float(x["min_safety"]), float(eg)), abs=1e-12), x
 
 
 # ---- D7: --length-min/--length-max belong to bias alone ----
