@@ -150,18 +150,51 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
     return obj;
 }
 
-static cJSON *refuse_duplicate(const char *path, size_t line_no, cJSON *obj) {
+/* The offset in text[0..n) (valid JSON) of key's second occurrence within one object, or n when
+ * it is not found as written (a key spelt with escapes): where the duplicate-key message points
+ * in a text of several lines (a config.json, a --lexicon). Objects are numbered as they open;
+ * the stack holds the open ones' numbers (0 for an array). */
+static size_t duplicate_key_offset(const char *text, size_t n, const char *key) {
+    size_t klen = strlen(key), depth = 0, cap = 16, opened = 0, n_seen = 0, seen_cap = 4;
+    size_t *stack = fdpo_malloc(cap * sizeof *stack), *seen = fdpo_malloc(seen_cap * sizeof *seen), at = n;
+    for (size_t i = 0; i < n && at == n; i++) {
+        const char c = text[i];
+        if (c == '{' || c == '[') {
+            if (depth == cap) stack = fdpo_realloc(stack, (cap *= 2) * sizeof *stack);
+            stack[depth++] = c == '{' ? ++opened : 0;
+        } else if (c == '}' || c == ']') {
+            if (depth) depth--;
+        } else if (c == '"') {
+            size_t start = i + 1, j = start;
+            while (j < n && text[j] != '"') j += text[j] == '\\' ? 2 : 1;
+            size_t k = j + 1;
+            while (k < n && (text[k] == ' ' || text[k] == '\t' || text[k] == '\r' || text[k] == '\n')) k++;
+            if (k < n && text[k] == ':' && depth && j - start == klen && !memcmp(text + start, key, klen)) {
+                for (size_t s = 0; s < n_seen && at == n; s++) if (seen[s] == stack[depth - 1]) at = start - 1;
+                if (n_seen == seen_cap) seen = fdpo_realloc(seen, (seen_cap *= 2) * sizeof *seen);
+                seen[n_seen++] = stack[depth - 1];
+            }
+            i = j;
+        }
+    }
+    free(stack);
+    free(seen);
+    return at;
+}
+
+static cJSON *refuse_duplicate(const char *path, size_t line_no, const char *text, size_t n, cJSON *obj) {
     const char *dup = fdpo_json_duplicate_key(obj);
     if (!dup) return obj;
+    size_t col, at = duplicate_key_offset(text, n, dup);
     fdpo_error("%s:%zu: key \"%.64s\" appears twice in one object (readers differ on which one counts)", path,
-               line_no, dup);
+               at < n ? line_col(text, at, line_no, &col) : line_no, dup);
     cJSON_Delete(obj);
     return NULL;
 }
 
 cJSON *fdpo_json_parse_value(const char *path, size_t line_no, const char *text, size_t n) {
     cJSON *v = parse_json(path, line_no, text, n, "value");
-    return v ? refuse_duplicate(path, line_no, v) : NULL;
+    return v ? refuse_duplicate(path, line_no, text, n, v) : NULL;
 }
 
 cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
@@ -173,7 +206,7 @@ cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *lin
         cJSON_Delete(obj);
         return NULL;
     }
-    return refuse_duplicate(path, line_no, obj);
+    return refuse_duplicate(path, line_no, line, n, obj);
 }
 
 size_t fdpo_jsonl_bom(const char *text, size_t len) {

@@ -382,7 +382,7 @@ def test_afinn_json_lexicon_is_read_as_json(tmp_path):
         json.loads(two)   # "Extra data"
     assert json.loads('{"good": 3,\n "good": 1}') == {"good": 1}   # Python keeps the last, cJSON's lookup the first
     for text, msg in [(two, ":2: unexpected text after the JSON object at column 1"),
-                      ('{"good": 3,\n "good": 1}', ':1: key "good" appears twice in one object'),
+                      ('{"good": 3,\n "good": 1}', ':2: key "good" appears twice in one object'),   # the second's line
                       ('{"good": 3,\n "bad": "-3"}', ": the valence of 'bad' is not a number"),
                       ('{"good": 3,\n "ba\\u0000d": -3}', ": field 'ba\\u0000... (a key)' contains a NUL character")]:
         lexf.write_text(text)

@@ -56,7 +56,8 @@ def test_eval_file_with_a_key_twice_is_skipped_with_a_warning(tmp_path):
     w = warnings(r.stderr)
     assert f'{dup}:1: key "reward_mean" appears twice in one object (readers differ on which one counts), ' \
            "eval file skipped" in w, r.stderr
-    assert f'{nested}:1: key "kl_seq_mean" appears twice in one object (readers differ on which one counts), ' \
+    # the line of the second copy (the message said line 1 for every file)
+    assert f'{nested}:2: key "kl_seq_mean" appears twice in one object (readers differ on which one counts), ' \
            "eval file skipped" in w, r.stderr
     _, _, charts = parse(out)
     assert frontier_points(charts) == [[1.0, 3.0]]   # only G: neither A at (0.5, 1) nor B at (0.1, 2)
