@@ -268,7 +268,7 @@ BAD = {
                             ["config.json", "n_head 5", "divide n_embd 32"]),
     "key_not_integer": (lambda d: edit_config(d, lambda c: c.update(vocab_size="97")),
                         ["config.json", "'vocab_size'", "positive integer"]),
-    "config_not_json": (lambda d: (d / "config.json").write_text("{nope"), ["config.json:1: invalid JSON near column 2"]),
+    "config_not_json": (lambda d: (d / "config.json").write_text("{nope"), ["config.json:1: invalid JSON near column"]),
     # NaN/Inf weights loaded silently before (generate printed empty completions, dpo blamed --lr)
     "non_finite_weights": (lambda d: edit_tensors(d, lambda t: t[QKV].reshape(-1).__setitem__(
                                [3, 50, 700], [np.nan, np.inf, -np.inf])),
