@@ -51,7 +51,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"threads",       FLAG_INT,   &o->threads,       "0",      "OpenMP/OpenBLAS threads (0: all cores)", 0},
         {"precision",     FLAG_STR,   &precision_flag,   "fp32",   "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation and master weights)", 0},
         {"seed",          FLAG_INT,   &o->seed,          FLAGS_DEFAULT_SEED,   "seed for a random init (sft: and LoRA adapters), the data split and the data order", 0},
-        {"quiet",         FLAG_BOOL,  &o->quiet,         "0",      "no progress line or run summary (a --stop-at stop is still said)", 0},
+        {"quiet",         FLAG_BOOL,  &o->quiet,         "0",      "no progress line or run summary (what became of the run is still said)", 0},
         {"allreduce-overlap", FLAG_BOOL, &o->allreduce_overlap, "0", "under mpirun: sum each layer's gradient over the ranks (MPI_Iallreduce) while backward "
                                                                      "computes the layers below it, instead of one allreduce after backward (same result; docs/scaling.md)", 0},
         {"lora-r",        FLAG_INT,   &o->lora_r,        "0",      "LoRA rank: train rank-R adapters on --model's frozen weights; OUT gets PEFT adapter files (0: full fine-tuning)", 0},

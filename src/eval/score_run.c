@@ -83,7 +83,7 @@ static int score_chat_template(fdpo_tokenizer *tok, const char *name, char *cons
     fdpo_tokenizer_set_chat_template(tok, name);
     if (!strcmp(name, "auto")) return 0;
     fdpo_chat chat;
-    if (fdpo_chat_for(tok, &chat)) return fdpo_error_context("--chat-template");
+    if (fdpo_chat_for(tok, &chat)) return -1;   /* its message names --chat-template */
     fdpo_chat_free(&chat);
     return 0;
 }

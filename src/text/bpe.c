@@ -76,6 +76,7 @@ struct fdpo_bpe {
     int digits;              /* Digits pre-tokenizer first: 0 none, 1 individual_digits, 2 runs */
     pcre2_code *digits_re;   /* \p{N} or \p{N}+ */
     unsigned char *special;  /* [n_vocab] 1 = a special added token (decode may skip it) */
+    unsigned char *json_added; /* [n_vocab] 1 = in tokenizer.json's added_tokens: a config name keeps its flag */
     int32_t *added; size_t n_added; /* added tokens matched in text, longest first */
     unsigned char added_first[256]; /* 1 if some added token starts with this byte */
     char *src_json, *src_config, *src_jinja; /* tokenizer.json / tokenizer_config.json / chat_template.jinja as read (saved verbatim) */
@@ -205,7 +206,7 @@ void fdpo_bpe_free(struct fdpo_bpe *b) {
     for (int i = 0; i < CACHE_SLOTS; i++) { cache_release(&b->cache[i]); pthread_mutex_destroy(&b->cache[i].lock); }
     if (b->re) pcre2_code_free(b->re);
     if (b->digits_re) pcre2_code_free(b->digits_re);
-    free(b->pattern); free(b->in_model); free(b->special); free(b->added); free(b->src_json); free(b->src_config); free(b->src_jinja);
+    free(b->pattern); free(b->in_model); free(b->special); free(b->json_added); free(b->added); free(b->src_json); free(b->src_config); free(b->src_jinja);
     free(b);
 }
 
@@ -482,9 +483,11 @@ static int added_len_desc(const void *x, const void *y, void *ctx) {
 
 /* After the vocabulary is built: added tokens are literal text (not byte-alphabet symbols),
  * marked special or not, and sorted longest first for matching. Called again for the
- * tokens tokenizer_config.json names (finish, keep_added 1): a token the files already added
- * keeps what they say (transformers adds a named token only when it is not an added token
- * yet: a pad_token that add_tokens made non-special stays matched as text is, and decoded). */
+ * tokens tokenizer_config.json names (finish, keep_added 1): one of tokenizer.json's
+ * added_tokens keeps what that file says (transformers' backend holds them already and adds a
+ * named token only when it does not: a pad_token that add_tokens made non-special stays
+ * matched as text is, and decoded); one that only added_tokens_decoder lists becomes special
+ * (transformers adds those with special = its flag or being named). */
 static void add_mark(struct fdpo_bpe *b, const cJSON *list, int keep_added) {
     if (!b->special) b->special = fdpo_calloc(b->n_vocab, 1);
     b->added = fdpo_realloc(b->added, (b->n_added + (size_t)cJSON_GetArraySize(list) + 1) * sizeof *b->added);
@@ -494,7 +497,7 @@ static void add_mark(struct fdpo_bpe *b, const cJSON *list, int keep_added) {
         if (id < 0) continue; /* cannot happen: added_entry put it in the vocabulary */
         int seen = 0;
         for (size_t k = 0; k < b->n_added; k++) seen |= b->added[k] == id;
-        if (seen && keep_added) continue;
+        if (seen && keep_added && b->json_added && b->json_added[id]) continue;
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "special"))) b->special[id] = 1;
         if (seen) continue;
         free(b->str[id]); free(b->bytes[id]);
@@ -989,8 +992,15 @@ static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t l
     if (!cJSON_IsObject(vocab)) { fdpo_error("%s: model.vocab is not a JSON object {token: id}", p); goto done; }
     v2 = cJSON_Duplicate(vocab, 1);
     if (added_from_array(v2, list, cJSON_GetObjectItemCaseSensitive(j, "added_tokens"), p)) goto done;
+    const int n_json_added = cJSON_GetArraySize(list);
     if (cfg && added_from_decoder(v2, list, cfg, cp)) goto done;
     if (load_vocab_object(b, v2, where, list)) goto done;
+    b->json_added = fdpo_calloc(b->n_vocab ? b->n_vocab : 1, 1);
+    for (int i = 0; i < n_json_added; i++) {
+        const char *c = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(list, i), "content")->valuestring;
+        int32_t id = strmap_get(b, c, strlen(c));
+        if (id >= 0) b->json_added[id] = 1;
+    }
     if (b->ignore_merges) { /* ids checked by load_vocab_object: v2 holds them all */
         b->in_model = fdpo_calloc(b->n_vocab, 1);
         for (const cJSON *e = vocab->child; e; e = e->next) b->in_model[(size_t)e->valuedouble] = 1;

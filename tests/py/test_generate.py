@@ -356,6 +356,9 @@ def test_score_renders_conversations_with_the_template_they_were_sampled_with(by
         assert r.returncode == 0, r.stderr
         got[name] = json.loads((tmp_path / f"{name}.jsonl").read_text())["logp"]
     assert abs(got["chatml"] - want) < 5e-6 and abs(got["own"] - want) > 1e-3, (got, want)
+    # an unknown name is named once (it read "--chat-template: --chat-template: 'foo' ...")
+    r = run(FDPO, "score", "--model", d, "--data", samples, "--chat-template", "foo")
+    assert r.returncode == 1 and r.stderr.startswith("fdpo score: --chat-template: 'foo' is not a built-in template"), r.stderr
     # as generate and eval: given with no conversation to render, it is refused
     plain = tmp_path / "plain.jsonl"
     plain.write_text(json.dumps({"prompt": "Yo", "completion": " ok"}) + "\n")

@@ -581,6 +581,29 @@ def test_a_named_token_the_files_added_as_text_stays_text_and_a_missing_one_is_l
     assert ok(run("tokenize", "--tokenizer", str(d), "--decode", "--skip-special-tokens", str(p))) == want
 
 
+def test_a_named_token_only_added_tokens_decoder_lists_as_text_is_special(toks, tmp_path):
+    """vocab.json + merges.txt (no tokenizer.json): transformers builds the backend without added
+    tokens and adds added_tokens_decoder's entries with special = their flag or being named, so a
+    pad_token listed there with special false is special (left out by --skip-special-tokens). A
+    first fix of the tokenizer.json case kept the decoder's false here too (a review's find)."""
+    vocab, merges, n = gpt2_model(toks)
+    d = tmp_path / "v"
+    d.mkdir()
+    full = dict(vocab, **{"<|endoftext|>": n})
+    (d / "vocab.json").write_text(json.dumps(full, ensure_ascii=False), encoding="utf-8")
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|endoftext|>", "pad_token": "<|tok|>",
+         "added_tokens_decoder": {str(n + 1): {"content": "<|tok|>", "special": False}}}))
+    info = harness_json("tok-info", str(d))
+    assert sorted(info["special"]) == [n, n + 1]
+    full["<|tok|>"] = n + 1
+    ref = RefBPE(full, [tuple(m.split(" ")) for m in merges], GPT2_PAT, [("<|endoftext|>", True), ("<|tok|>", True)])
+    p = tmp_path / "ids.txt"
+    p.write_text(" ".join(map(str, ref.encode("h<|tok|>i<|endoftext|>", True))) + "\n")
+    assert ok(run("tokenize", "--tokenizer", str(d), "--decode", "--skip-special-tokens", str(p))) == "hi"
+
+
 def test_eos_stays_special_when_added_tokens_decoder_leaves_it_out(toks, tmp_path):
     """vocab.json + merges.txt + a tokenizer_config.json whose eos_token is <|endoftext|> and
     whose added_tokens_decoder lists only <|pad|>: both are special, as in transformers. The eos
