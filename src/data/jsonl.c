@@ -151,34 +151,38 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
 }
 
 /* The offset in text[0..n) (valid JSON) of key's second occurrence within one object, or n when
- * it is not found as written (a key spelt with escapes): where the duplicate-key message points
- * in a text of several lines (a config.json, a --lexicon). Objects are numbered as they open;
- * the stack holds the open ones' numbers (0 for an array). */
+ * it is not found as written: where the duplicate-key message points in a text of several lines
+ * (a config.json, a --lexicon). Keys spelt with an escape are not compared (their text is not
+ * the decoded key: the line would be another key's), so such a key is named at line_no. One
+ * pass: each open object or array on the stack says whether the key was met in it (0 an array,
+ * 1 an object without it yet, 2 with it). */
 static size_t duplicate_key_offset(const char *text, size_t n, const char *key) {
-    size_t klen = strlen(key), depth = 0, cap = 16, opened = 0, n_seen = 0, seen_cap = 4;
-    size_t *stack = fdpo_malloc(cap * sizeof *stack), *seen = fdpo_malloc(seen_cap * sizeof *seen), at = n;
+    size_t klen = strlen(key), depth = 0, cap = 64, at = n;
+    unsigned char *stack = fdpo_malloc(cap);
     for (size_t i = 0; i < n && at == n; i++) {
         const char c = text[i];
         if (c == '{' || c == '[') {
-            if (depth == cap) stack = fdpo_realloc(stack, (cap *= 2) * sizeof *stack);
-            stack[depth++] = c == '{' ? ++opened : 0;
+            if (depth == cap) stack = fdpo_realloc(stack, cap *= 2);
+            stack[depth++] = c == '{' ? 1 : 0;
         } else if (c == '}' || c == ']') {
             if (depth) depth--;
         } else if (c == '"') {
             size_t start = i + 1, j = start;
-            while (j < n && text[j] != '"') j += text[j] == '\\' ? 2 : 1;
+            int escaped = 0;
+            while (j < n && text[j] != '"') {
+                if (text[j] == '\\') { escaped = 1; j += 2; } else j++;
+            }
             size_t k = j + 1;
             while (k < n && (text[k] == ' ' || text[k] == '\t' || text[k] == '\r' || text[k] == '\n')) k++;
-            if (k < n && text[k] == ':' && depth && j - start == klen && !memcmp(text + start, key, klen)) {
-                for (size_t s = 0; s < n_seen && at == n; s++) if (seen[s] == stack[depth - 1]) at = start - 1;
-                if (n_seen == seen_cap) seen = fdpo_realloc(seen, (seen_cap *= 2) * sizeof *seen);
-                seen[n_seen++] = stack[depth - 1];
+            if (k < n && text[k] == ':' && depth && stack[depth - 1] && !escaped && j - start == klen &&
+                !memcmp(text + start, key, klen)) {
+                if (stack[depth - 1] == 2) at = start - 1;
+                stack[depth - 1] = 2;
             }
             i = j;
         }
     }
     free(stack);
-    free(seen);
     return at;
 }
 

@@ -219,6 +219,27 @@ static int is_eval_name(const char *name) {
 }
 
 /* Find divergence, beta and loss in the run directory's config file(s). */
+/* A *.json of a run directory, read for its settings as Python's json reads it. Any JSON file
+ * is looked at (tokenizer.json, transformers' trainer_state.json with its NaN grad_norm): one
+ * the strict reader refuses is said only when it would have given settings (cJSON alone reads a
+ * divergence, beta, loss or alpha in it: a run.json with beta twice), else passed over as it
+ * always was. */
+static cJSON *settings_file(rp_ctx *c, const char *path, const char *text) {
+    cJSON *doc = fdpo_json_parse_value(path, 1, text, strlen(text));
+    if (doc) return doc;
+    char why[1024];
+    snprintf(why, sizeof why, "%s", fdpo_last_error());
+    cJSON *loose = cJSON_Parse(text);
+    char *div = NULL, *loss = NULL;
+    double beta = 0, alpha = 0;
+    int hb = 0, ha = 0;
+    if (cJSON_IsObject(loose)) find_settings(NULL, path, loose, 0, &div, &beta, &hb, &loss, &alpha, &ha);
+    if (div || hb || loss || ha) fdpo_rp_warn(c, "%s, not read for the run's settings", why);
+    free(div); free(loss);
+    cJSON_Delete(loose);
+    return NULL;
+}
+
 static void discover_settings(rp_ctx *c, rp_run *r, char **names, size_t n_names) {
     double alpha = 0; int has_alpha = 0;
     /* Preferred names first, then any other *.json / *.ini. */
@@ -239,7 +260,7 @@ static void discover_settings(rp_ctx *c, rp_run *r, char **names, size_t n_names
             if (!text) { free(path); continue; }
             char *div = NULL, *loss = NULL; double beta = 0; int hb = 0;
             if (json) {
-                cJSON *doc = parse_file(c, path, text, strlen(text), "not read for the run's settings", 0);
+                cJSON *doc = settings_file(c, path, text);
                 /* a checkpoint's config.json (model_type) or an eval output is not a run config */
                 if (doc && cJSON_IsObject(doc) && !cJSON_GetObjectItem(doc, "model_type") &&
                     !cJSON_GetObjectItem(doc, "policies")) {

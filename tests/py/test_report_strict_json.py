@@ -95,6 +95,41 @@ def test_run_settings_with_a_key_twice_are_not_read(tmp_path):
     assert labels == ["run1"], labels   # not "run1 (js, β=0.1)", the copy Python does not read
 
 
+def test_other_json_files_of_a_run_directory_are_passed_over_without_a_word(tmp_path):
+    """Every *.json of a run directory is looked at for settings. A file the strict reader
+    refuses but which holds no setting is passed over silently, as before: a trainer_state.json
+    as transformers writes it (NaN grad_norm, which Python's json reads) and a tokenizer.json
+    whose vocabulary has keys that differ after a U+0000 (cJSON's strings end there, so the two
+    looked like one key twice). Both warned once the settings reader became strict (a review's
+    find)."""
+    d = tmp_path / "run1"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n')
+    state = {"global_step": 10, "log_history": [{"grad_norm": float("nan"), "loss": 1.0, "step": 5}]}
+    (d / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    assert math.isnan(json.loads((d / "trainer_state.json").read_text())["log_history"][0]["grad_norm"])
+    tok = '{"model": {"type": "BPE", "vocab": {"\\u0000": 0, "\\u0000\\u0001": 1, "a": 2}, "merges": []}}'
+    (d / "tokenizer.json").write_text(tok)
+    assert len(json.loads(tok)["model"]["vocab"]) == 3
+    r = run(str(d), "--out", str(tmp_path / "r.html"))
+    assert r.returncode == 0 and warnings(r.stderr) == [], r.stderr
+
+
+def test_a_key_twice_spelt_with_escapes_is_named_at_the_files_first_line(tmp_path):
+    """A key written with an escape is not matched by its text: the duplicate-key line was that
+    of another key (a newline key's, for the backslash-n key named; a review's find). Such a key
+    is named at line 1; one written plainly at the line of its second copy."""
+    text = '{"\\n": {"\\\\n": 1,\n\n "\\\\n": 2},\n\n\n "\\n": 0}'
+    doc = json.loads(text)
+    assert doc["\n"] == 0 and doc.get("\\n") is None   # Python keeps the last copies
+    bad = tmp_path / "bsn.json"
+    bad.write_text(text)
+    out = tmp_path / "r.html"
+    r = run("--eval", str(bad), "--eval", str(good_eval(tmp_path)), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert any(w.startswith(f"{bad}:1: key ") and "appears twice" in w for w in warnings(r.stderr)), r.stderr
+
+
 def test_online_round_state_with_a_key_twice_is_not_read(tmp_path):
     d = tmp_path / "on"
     (d / "round-0").mkdir(parents=True)
