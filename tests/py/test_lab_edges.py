@@ -5,28 +5,11 @@ frontier and the constrained sweep, and which subcommands have the length flags.
 References are 50-digit mpmath optima (no exponent range: e^-1000 is a number there); no
 expected value comes from fdpo itself.
 """
-import csv
-import io
-import os
-import subprocess
-
 import mpmath as mp
 import numpy as np
 import pytest
+from test_lab import lab, rows  # noqa: E402
 from test_lab import mp_optimum_mpf as mp_optimum  # noqa: E402  (pi* for mpf pi_ref, any exponent)
-
-FDPO = os.environ.get("FDPO_BIN", os.path.join(os.path.dirname(__file__), "../../build/fdpo"))
-
-
-def lab(*args, check=True):
-    r = subprocess.run([FDPO, "lab", *map(str, args)], capture_output=True, text=True, timeout=120)
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
-
-
-def rows(text):
-    return list(csv.DictReader(io.StringIO(text)))
 
 
 def write_csv(path, cols):

@@ -521,6 +521,23 @@ def strip_specials(text, specials):
 SPECIAL_TEXTS = ["hi<|endoftext|>", "a<|tok|>b <|endoftext|><|tok|>", "<|tok|> and <|endoftext|> are special", "plain"]
 
 
+def check_added_tokens(d, tmp_path, full, merged, added, token_id):
+    """d's ids for SPECIAL_TEXTS equal the reference BPE's with these added tokens (content,
+    special), with and without --allow-special; token_id is in SPECIAL_TEXTS[1]'s ids, whose
+    --skip-special-tokens decoding leaves out the special ones. Returns that decoding."""
+    ref = RefBPE(full, merged, GPT2_PAT, added)
+    for allow in (True, False):
+        got = fdpo_ids(str(d), SPECIAL_TEXTS, str(tmp_path), *(["--allow-special"] if allow else []))
+        assert got == [ref.encode(t, allow) for t in SPECIAL_TEXTS]
+    ids = ref.encode(SPECIAL_TEXTS[1], True)
+    assert token_id in ids
+    p = tmp_path / "ids.txt"
+    p.write_text(" ".join(map(str, ids)) + "\n")
+    want = strip_specials(SPECIAL_TEXTS[1], [c for c, special in added if special])
+    assert ok(run("tokenize", "--tokenizer", str(d), "--decode", "--skip-special-tokens", str(p))) == want
+    return want
+
+
 @pytest.mark.parametrize("key", ["eos_token", "bos_token", "pad_token", "unk_token", "sep_token", "cls_token",
                                  "mask_token", "additional_special_tokens"])
 def test_tokens_the_config_names_are_special(toks, key, tmp_path):
@@ -540,16 +557,7 @@ def test_tokens_the_config_names_are_special(toks, key, tmp_path):
     info = harness_json("tok-info", str(d))
     assert sorted(info["special"]) == [n, n + 1]
     full = dict(vocab, **{"<|endoftext|>": n})
-    ref = RefBPE(full, merged, GPT2_PAT, [("<|endoftext|>", True), ("<|tok|>", True)])
-    for allow in (True, False):
-        got = fdpo_ids(str(d), SPECIAL_TEXTS, str(tmp_path), *(["--allow-special"] if allow else []))
-        assert got == [ref.encode(t, allow) for t in SPECIAL_TEXTS]
-    ids = ref.encode(SPECIAL_TEXTS[1], True)
-    assert n + 1 in ids
-    p = tmp_path / "ids.txt"
-    p.write_text(" ".join(map(str, ids)) + "\n")
-    want = strip_specials(SPECIAL_TEXTS[1], ["<|tok|>", "<|endoftext|>"])
-    assert ok(run("tokenize", "--tokenizer", str(d), "--decode", "--skip-special-tokens", str(p))) == want
+    check_added_tokens(d, tmp_path, full, merged, [("<|endoftext|>", True), ("<|tok|>", True)], n + 1)
 
 
 def test_a_named_token_the_files_added_as_text_stays_text_and_a_missing_one_is_left_out(toks, tmp_path):
@@ -568,17 +576,7 @@ def test_a_named_token_the_files_added_as_text_stays_text_and_a_missing_one_is_l
     assert "<mask>" not in full and "<extra_0>" not in full
     info = harness_json("tok-info", str(d))
     assert sorted(info["special"]) == [n]
-    ref = RefBPE(full, merged, GPT2_PAT, [("<|endoftext|>", True), ("<|tok|>", False)])
-    for allow in (True, False):
-        got = fdpo_ids(str(d), SPECIAL_TEXTS, str(tmp_path), *(["--allow-special"] if allow else []))
-        assert got == [ref.encode(t, allow) for t in SPECIAL_TEXTS]
-    ids = ref.encode(SPECIAL_TEXTS[1], True)
-    assert n + 1 in ids
-    p = tmp_path / "ids.txt"
-    p.write_text(" ".join(map(str, ids)) + "\n")
-    want = strip_specials(SPECIAL_TEXTS[1], ["<|endoftext|>"])
-    assert "<|tok|>" in want
-    assert ok(run("tokenize", "--tokenizer", str(d), "--decode", "--skip-special-tokens", str(p))) == want
+    assert "<|tok|>" in check_added_tokens(d, tmp_path, full, merged, [("<|endoftext|>", True), ("<|tok|>", False)], n + 1)
 
 
 def test_a_named_token_only_added_tokens_decoder_lists_as_text_is_special(toks, tmp_path):
