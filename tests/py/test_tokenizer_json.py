@@ -579,20 +579,23 @@ def test_a_named_token_the_files_added_as_text_stays_text_and_a_missing_one_is_l
     assert "<|tok|>" in check_added_tokens(d, tmp_path, full, merged, [("<|endoftext|>", True), ("<|tok|>", False)], n + 1)
 
 
+def write_slow_tokenizer(d, vocab, merges, config):
+    """d/vocab.json + merges.txt (no tokenizer.json) + tokenizer_config.json = config"""
+    d.mkdir()
+    (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+
+
 def test_a_named_token_only_added_tokens_decoder_lists_as_text_is_special(toks, tmp_path):
     """vocab.json + merges.txt (no tokenizer.json): transformers builds the backend without added
     tokens and adds added_tokens_decoder's entries with special = their flag or being named, so a
     pad_token listed there with special false is special (left out by --skip-special-tokens). A
     first fix of the tokenizer.json case kept the decoder's false here too (a review's find)."""
     vocab, merges, n = gpt2_model(toks)
-    d = tmp_path / "v"
-    d.mkdir()
-    full = dict(vocab, **{"<|endoftext|>": n})
-    (d / "vocab.json").write_text(json.dumps(full, ensure_ascii=False), encoding="utf-8")
-    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    (d / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": "<|endoftext|>", "pad_token": "<|tok|>",
-         "added_tokens_decoder": {str(n + 1): {"content": "<|tok|>", "special": False}}}))
+    d, full = tmp_path / "v", dict(vocab, **{"<|endoftext|>": n})
+    write_slow_tokenizer(d, full, merges, {"eos_token": "<|endoftext|>", "pad_token": "<|tok|>",
+                                           "added_tokens_decoder": {str(n + 1): {"content": "<|tok|>", "special": False}}})
     info = harness_json("tok-info", str(d))
     assert sorted(info["special"]) == [n, n + 1]
     full["<|tok|>"] = n + 1
@@ -608,13 +611,9 @@ def test_eos_stays_special_when_added_tokens_decoder_leaves_it_out(toks, tmp_pat
     was not: <|endoftext|> was text under --allow-special, kept by --skip-special-tokens, and
     the Zephyr template wrote each turn's eos as text tokens."""
     vocab, merges, n = gpt2_model(toks)
-    d = tmp_path / "v"
-    d.mkdir()
-    full = dict(vocab, **{"<|endoftext|>": n})
-    (d / "vocab.json").write_text(json.dumps(full, ensure_ascii=False), encoding="utf-8")
-    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    (d / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": "<|endoftext|>", "added_tokens_decoder": {str(n + 1): {"content": "<|pad|>", "special": True}}}))
+    d, full = tmp_path / "v", dict(vocab, **{"<|endoftext|>": n})
+    write_slow_tokenizer(d, full, merges, {"eos_token": "<|endoftext|>",
+                                           "added_tokens_decoder": {str(n + 1): {"content": "<|pad|>", "special": True}}})
     info = harness_json("tok-info", str(d))
     assert info["eos"] == n and sorted(info["special"]) == [n, n + 1]
     full["<|pad|>"] = n + 1
