@@ -1,8 +1,10 @@
 /* fdpo tokenizer train: learn a byte-level BPE (GPT-2 pre-tokenisation) from text files. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
@@ -48,7 +50,7 @@ static int tokenizer_train(int argc, char **argv) {
     if (!overwrite) {
         /* another tokenizer, or a checkpoint whose tokenizer this one would silently replace */
         static const char *const HELD[] = {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "encoder.json",
-                                           "fdpo_tokenizer.json", "config.json"};
+                                           "fdpo_tokenizer.json", "config.json", "chat_template.jinja"};
         for (size_t i = 0; i < sizeof HELD / sizeof HELD[0]; i++) {
             char *v = fdpo_path_join(out, HELD[i]);
             int exists = fdpo_file_exists(v);
@@ -104,6 +106,13 @@ static int tokenizer_train(int argc, char **argv) {
     double t0 = fdpo_now();
     if (fdpo_bpe_train((const char *const *)texts, lens, n_files, &o, &t)) goto done;
     if (fdpo_bpe_trained_save(&t, out)) goto done;
+    /* a template file there would be read as the trained tokenizer's chat template (it wins over
+     * tokenizer_config.json's): it belonged to the tokenizer --overwrite replaces */
+    char *jinja = fdpo_path_join(out, "chat_template.jinja");
+    int gone = !fdpo_file_exists(jinja) || unlink(jinja) == 0;
+    if (!gone) fdpo_error("--out: %s: cannot remove the replaced tokenizer's template: %s", jinja, strerror(errno));
+    free(jinja);
+    if (!gone) goto done;
     check = fdpo_tokenizer_load_dir(out); /* what every other command will load */
     if (!check) { fdpo_error_context("reloading the trained tokenizer"); goto done; }
     if (fdpo_tokenizer_vocab_size(check) != t.n_tokens) {   /* --overwrite over a directory with other files */

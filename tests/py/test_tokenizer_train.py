@@ -202,8 +202,8 @@ def test_repeated_data_flags_train_on_every_file(tmp_path):
         assert (tmp_path / "pos" / f).read_bytes() == (tmp_path / "flags" / f).read_bytes(), f
 
 
-@pytest.mark.parametrize("case", ["small-vocab", "no-out", "no-files", "missing", "exists", "exists-config", "empty",
-                                  "no-text"])
+@pytest.mark.parametrize("case", ["small-vocab", "no-out", "no-files", "missing", "exists", "exists-config",
+                                  "exists-jinja", "empty", "no-text"])
 def test_bad_input(tmp_path, case):
     src = tmp_path / "a.txt"
     src.write_text("hello hello")
@@ -224,6 +224,10 @@ def test_bad_input(tmp_path, case):
         (tmp_path / "o").mkdir()
         (tmp_path / "o" / "tokenizer_config.json").write_text('{"chat_template": "x"}')
         expect = "already holds tokenizer_config.json (use --overwrite to replace it)"
+    elif case == "exists-jinja":   # transformers reads it as the tokenizer's template, before tokenizer_config's
+        (tmp_path / "o").mkdir()
+        (tmp_path / "o" / "chat_template.jinja").write_text("{{ messages }}")
+        expect = "already holds chat_template.jinja (use --overwrite to replace it)"
     elif case == "empty":   # both wrote the 257 byte and end tokens as a trained tokenizer, exit 0
         src.write_bytes(b"")
         expect = "a.txt: empty file (nothing to train on)"
@@ -289,6 +293,21 @@ def test_a_holder_that_has_not_written_its_pid_is_not_pid_0(tmp_path):
         err = p.communicate(timeout=60)[1].decode()
     assert p.returncode == 1 and f"in use by another run (pid {os.getpid()} holds {lock}); " in err, err
     assert not out.exists()
+
+
+def test_overwrite_removes_the_replaced_template(tmp_path):
+    """A chat_template.jinja in --out belongs to the tokenizer --overwrite replaces: transformers
+    (and fdpo) would take it as the trained tokenizer's chat template, ahead of the
+    tokenizer_config.json just written, which has none. It was kept."""
+    src = tmp_path / "a.txt"
+    src.write_text("hello hello world")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 270, "--min-frequency", 1, "--out", out, "--overwrite", src)
+    assert r.returncode == 0, r.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
+    assert "chat_template" not in json.loads((out / "tokenizer_config.json").read_text())
 
 
 @pytest.mark.parametrize("case", ["byte-checkpoint", "tokenizer-json", "own-vocab", "own-merges"])
