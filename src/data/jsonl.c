@@ -38,6 +38,12 @@ const char *fdpo_json_duplicate_key(const cJSON *j) {
     return dup;
 }
 
+void fdpo_json_add_double(cJSON *o, const char *key, double v) {
+    char text[32];
+    fdpo_fmt_double(text, sizeof text, v);   /* "null" when not finite */
+    cJSON_AddRawToObject(o, key, text);
+}
+
 /* The first control character JSON forbids in line[0..n), or n: U+0001..U+001F raw inside a
  * string (they must be escaped), or any but tab, CR and LF between tokens. cJSON takes both;
  * Python's json, and so a datasets/TRL pipeline, refuses the line. A raw 0 byte is left to

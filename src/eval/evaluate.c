@@ -8,14 +8,12 @@
 #include "fdpo/dist.h"
 #include "fdpo/eval.h"
 
-static void put(cJSON *o, const char *name, double v) {
-    if (isfinite(v)) cJSON_AddNumberToObject(o, name, v);
-    else cJSON_AddNullToObject(o, name); /* JSON has no NaN: undefined metrics are null */
-}
+/* undefined metrics (NaN) are null */
+static void put(cJSON *o, const char *name, double v) { fdpo_json_add_double(o, name, v); }
 
 static void put_stats(cJSON *o, const char *prefix, const double *x, size_t n) {
     fdpo_stats s = fdpo_stats_of(x, n);
-    char k[128];
+    char k[144];   /* prefix (< 128 bytes, the callers' buffers) + "_mean" */
     snprintf(k, sizeof k, "%s_mean", prefix); put(o, k, s.mean);
     snprintf(k, sizeof k, "%s_std", prefix); put(o, k, s.std);
     snprintf(k, sizeof k, "%s_se", prefix); put(o, k, s.se);

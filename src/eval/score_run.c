@@ -68,9 +68,7 @@ int fdpo_score_opts_check(const fdpo_score_opts *o) {
     return fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1);
 }
 
-static void put(cJSON *o, const char *k, double v) {
-    if (isfinite(v)) cJSON_AddNumberToObject(o, k, v); else cJSON_AddNullToObject(o, k);
-}
+static void put(cJSON *o, const char *k, double v) { fdpo_json_add_double(o, k, v); }
 
 /* --chat-template NAME for the conversational prompts: samples of generate or eval --chat-template X
  * score with X (they were scored with the checkpoint's own template, silently other log-probs) */

@@ -1128,3 +1128,24 @@ def test_eval_table_titles_tell_the_policies_apart(tmp_path):
     assert r.returncode == 0, r.stderr
     header = r.stdout.splitlines()[0].split()
     assert header == ["metric"] + names, header
+
+
+def test_rewards_and_metrics_are_written_to_the_last_bit(byte_models, tmp_path):
+    """score's and eval's JSON carry the reward program's doubles unchanged (Python's json
+    reads them): cJSON's printing wrote 0.30000000000000004 as 0.3 (15 digits whenever they
+    came within an ulp or two)."""
+    d, _, _ = byte_models
+    spec = script(tmp_path, "for line in sys.stdin:\n    print(repr(0.1 + 0.2))\n    sys.stdout.flush()\n")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    r = run(FDPO, "score", "--model", d / "pol", "--data", tmp_path / "c.jsonl", "--reward", spec, "--threads", 1,
+            "--out", tmp_path / "s.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "s.jsonl").read_text())["reward"] == 0.1 + 0.2
+    (tmp_path / "p.txt").write_text("Hi\n")
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 2,
+            "--max-new-tokens", 2, "--reward", spec, "--threads", 1, "--out", tmp_path / "e.json",
+            "--samples-out", tmp_path / "e.jsonl")
+    assert r.returncode == 0, r.stderr
+    samples = [json.loads(l) for l in open(tmp_path / "e.jsonl")]
+    assert [s["reward"] for s in samples] == [0.1 + 0.2] * 2
+    assert json.load(open(tmp_path / "e.json"))["policies"][0]["reward_mean"] == 0.1 + 0.2
