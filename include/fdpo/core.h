@@ -224,6 +224,8 @@ int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int prett
  * eight was written changed: a reward copied through fdpo pairs, a metric recomputed from
  * eval's samples. The writer of every non-integer number fdpo puts in its JSON outputs. */
 void fdpo_json_add_double(struct cJSON *o, const char *key, double v);
+/* The same number as a new item (an array's element, a value built before its key). */
+struct cJSON *fdpo_json_double(double v);
 /* Whether cJSON writes the whole number v as a number that reads back as v: cJSON prints 15
  * significant digits (17 only when the 15 read back within a relative DBL_EPSILON), so a
  * number of 16 digits or more can come back changed: 2^53 - 1 is written 9.00719925474099e+15

@@ -697,6 +697,21 @@ def test_resume_keeps_a_16_digit_seed_below_2_to_the_53(tmp_path, corpus):
     assert (tmp_path / "o" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
 
 
+def test_resume_keeps_a_real_setting_to_the_last_bit(tmp_path, corpus):
+    """cJSON wrote --lr 0.0030000000000000005 (3e-3 plus one ulp) with 15 digits, as 0.003: the
+    resume then trained at another learning rate, and refused the flag given again as changed.
+    Python's json reads the saved value back as the double given."""
+    lr = 0.003 + 4.336808689942018e-19
+    assert lr != 0.003 and repr(lr) == "0.0030000000000000005"
+    common = [*TINY, "--steps", "3", "--lr", repr(lr), "--quiet", *corpus]
+    ok("pretrain", "--out", tmp_path / "whole", *common)
+    ok("pretrain", "--out", tmp_path / "o", "--stop-at", "1", *common)
+    state = json.loads((tmp_path / "o" / "training_state.json").read_text())
+    assert state["settings"]["lr"] == lr
+    ok("pretrain", "--out", tmp_path / "o", "--resume", "--lr", repr(lr), *corpus)
+    assert (tmp_path / "o" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+
+
 def test_resume_of_a_state_that_holds_a_big_integer_as_a_number(tmp_path, corpus):
     """A state written before integers past 2^53 were saved as digits holds them as JSON
     numbers: 2^60 is exact there, and its resume must go on (the first version of the digits
