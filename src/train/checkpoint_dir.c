@@ -21,6 +21,10 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
         {FDPO_RUN_CHECKPOINT, "training_state.json", "a checkpoint (training_state.json)"},
         {FDPO_RUN_CHECKPOINT, "model.safetensors", "a checkpoint (model.safetensors)"},
         {FDPO_RUN_CHECKPOINT, "model.safetensors.index.json", "a checkpoint (model.safetensors.index.json)"},
+        /* a model in another format (save_pretrained's pytorch_model.bin) or a user's config:
+         * a save writes config.json and removes generation_config.json (fdpo_checkpoint_file_kind) */
+        {FDPO_RUN_CHECKPOINT, "config.json", "a checkpoint (config.json)"},
+        {FDPO_RUN_CHECKPOINT, "generation_config.json", "a checkpoint (generation_config.json)"},
         {FDPO_RUN_ROUNDS, "round-0", "online rounds (round-0)"},
         /* a rounds run killed in round 0: its plan, or round 0 half-written or paired */
         {FDPO_RUN_ROUNDS, "online.json", "online rounds (online.json)"},

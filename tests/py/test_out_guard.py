@@ -478,6 +478,27 @@ def test_a_run_refuses_an_out_that_holds_a_tokenizer(d, tmp_path, cmd):
         assert (tok / "notes.md").read_text() == "my tokenizer\n"
 
 
+@pytest.mark.parametrize("cmd", ["pretrain", "sft", "dpo", "merge"])
+def test_a_run_refuses_an_out_that_holds_a_model_in_another_format(d, tmp_path, cmd):
+    """What transformers' save_pretrained(safe_serialization=False) writes: config.json,
+    generation_config.json, pytorch_model.bin. A fresh run took it for an empty directory: its
+    save replaced config.json (which no longer described pytorch_model.bin) and removed
+    generation_config.json, exit 0 (tokenizer train refused the same directory)."""
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+                                                 "n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257}))
+    (hf / "generation_config.json").write_text(json.dumps({"bos_token_id": 50256, "eos_token_id": 50256}))
+    (hf / "pytorch_model.bin").write_bytes(b"weights" * 100)
+    before = snapshot(hf)
+    args = [*checkpoint_cmd(d, cmd), "--out", hf, *([] if cmd == "merge" else FAST)]
+    refused(fdpo(*args, check=False), f"--out: {hf} already holds a checkpoint", "--overwrite")
+    assert snapshot(hf) == before
+    (hf / "config.json").unlink()
+    refused(fdpo(*args, check=False), f"--out: {hf} already holds a checkpoint")
+    assert snapshot(hf) == {k: v for k, v in before.items() if k != "config.json"}
+
+
 def test_a_run_whose_tokenizer_is_its_out_keeps_that_tokenizer(d, tmp_path):
     """`pretrain --tokenizer tok --out tok`: the tokenizer in OUT is the run's own, which its save
     writes back -- not refused; OUT then holds the model with the same vocabulary and merges"""
