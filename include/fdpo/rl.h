@@ -30,8 +30,8 @@ typedef struct {
 #define FDPO_RL_LOGITS_MAX_BYTES FDPO_LM_LOGITS_KEEP_MAX_BYTES /* a trained step's budget, as pretrain/SFT's */
 int fdpo_rl_config_check(const fdpo_rl_config *c); /* names the flag */
 
-/* Means over one step's samples, TRL names in docs/rl.md. A rank's fdpo_rl_step gives its
- * share of them (its sum / n_total), so the ranks' values add up to the step's;
+/* Means over one step's samples (their metrics.jsonl names: docs/rl.md "Metrics"). A rank's
+ * fdpo_rl_step gives its share of them (its sum / n_total), so the ranks' values add up to the step's;
  * advantage_sq is the mean square of the advantages, advantage_std its square root. kl,
  * entropy, fdiv (the estimate E_pi[f(u)/u] of D_f(pi || pi_ref)) and shaped all take log pi
  * from the training forward, the one the loss differentiates (not the sampler's sums, which
@@ -55,6 +55,14 @@ typedef struct {
 int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total, int32_t *const *prompt,
                  const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, const double *reward,
                  const double *ref_logp, double *adv_out, fdpo_rl_metrics *out);
+/* ref_logp[i] = the sum of log ref over sample i's completion tokens, from a forward of ref on
+ * the very batch fdpo_rl_step(m, c, n, ...) runs on the same samples (the same packing, head
+ * settings and rows): when ref's weights equal m's, ref_logp equals the step's log pi to the
+ * bit, so l = 0 exactly (a reference scored in another layout gave l of rounding noise,
+ * which GRPO's std normalisation and Adam turned into a full lr step). Overwrites ref's
+ * activations (ref is not const); LoRA dropout off; not collective. */
+int fdpo_rl_ref_logp(fdpo_gpt2 *ref, const fdpo_rl_config *c, size_t n, int32_t *const *prompt,
+                     const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, double *ref_logp);
 
 /* A whole run: steps of (sample k completions for each of prompts_per_step prompts from the
  * current policy, score, fdpo_rl_step, clip, lr schedule, AdamW), an fdpo_trainer run
@@ -66,7 +74,10 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
  * schedule, steps, grad_clip, adam settings, seed, threads, out, resume, stop_at, save_every,
  * log_every, overwrite, quiet (train.init/tokenizer/batch_size are set from the fields below;
  * sample.batch is the run's: all of a step's samples on a rank decode together, up to 64).
- * Under MPI each rank samples, and computes the gradient of, its block of each step's prompts. */
+ * Under MPI each rank samples, and computes the gradient of, its block of each step's prompts.
+ * A rank's block runs as micro-batches of whole groups of at most 1024 packed tokens (one group
+ * at least), each scored by the reference (fdpo_rl_ref_logp) and trained (fdpo_rl_step) as
+ * the same batch. */
 typedef struct {
     fdpo_train_opts train;
     const char *model, *ref, *prompts, *reward;
@@ -94,11 +105,11 @@ void fdpo_sample_config_settings(const fdpo_sample_config *c, const fdpo_reward_
 uint64_t fdpo_prompts_hash(char *const *prompts, size_t n);
 
 /* Summed log-probs under m of n samples' tokens (completion, EOT included) after their prompts
- * ids[s.prompt_index]: the reference term of the shaped reward and of objective/kl. One
- * training forward (fused head, completion rows only; consecutive samples of one prompt
- * share it, as in fdpo_rl_step) per micro-batch of <= 1024 packed tokens, not one decoder
- * pass per sample; it overwrites m's activations (so m is not const), LoRA
- * dropout off. Collective under MPI: the ranks split the micro-batches and every rank gets
+ * ids[s.prompt_index]: the reference term of `fdpo online`'s pairs (fdpo rl scores its
+ * reference with fdpo_rl_ref_logp, in its training step's batches). One training forward
+ * (fused head, completion rows only; consecutive samples of one prompt share it, across
+ * groups too) per micro-batch of <= 1024 packed tokens, not one decoder pass per sample; it
+ * overwrites m's activations (so m is not const), LoRA dropout off. Collective under MPI: the ranks split the micro-batches and every rank gets
  * all n values, bit-identical whatever the number of ranks. */
 int fdpo_samples_logp(fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
                       double *logp);

@@ -122,47 +122,86 @@ static fdpo_batch rl_pack_samples(rl_pack *pk, size_t n, int32_t *const *prompt,
     return b;   /* fused head: the target (completion) rows only */
 }
 
-int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total, int32_t *const *prompt,
-                 const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, const double *reward,
-                 const double *ref_logp, double *adv_out, fdpo_rl_metrics *out) {
-    if (fdpo_rl_config_check(c)) return -1;
-    if (n == 0 || n % c->k) return fdpo_error("rl step: %zu samples is not a whole number of groups of %zu", n, c->k);
-    if (n_total < n) return fdpo_error("rl step: %zu samples in a step of %zu", n, n_total);
-    size_t tokens = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (n_prompt[i] < 1 || n_comp[i] < 1) return fdpo_error("rl step: sample %zu has an empty prompt or completion", i);
-        tokens += n_comp[i];
-    }
-    rl_pack pk;
-    rl_pack_alloc(&pk, n, rl_tokens_bound(n, n_prompt, n_comp));
-    size_t *row0 = fdpo_malloc(n * sizeof(size_t));
-    fdpo_batch b = rl_pack_samples(&pk, n, prompt, n_prompt, comp, n_comp, c->k, row0);
-    const size_t N = b.n_tokens;
+/* The batch fdpo_rl_step runs for n samples (c->k to a group), packed into pk (allocated by
+ * the caller for rl_tokens_bound tokens) with row0[i] sample i's first completion row and
+ * *tokens the completion tokens; fdpo_rl_ref_logp scores the reference on this same batch. */
+static int rl_step_batch(const fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, int32_t *const *prompt,
+                         const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, rl_pack *pk,
+                         size_t *row0, size_t *tokens, fdpo_batch *b) {
+    *tokens = 0;
+    for (size_t i = 0; i < n; i++) *tokens += n_comp[i];
+    *b = rl_pack_samples(pk, n, prompt, n_prompt, comp, n_comp, c->k, row0);
     /* The completion rows' logits kept for the backward when they fit (no recompute: at
      * GPT-2 124M the recompute is 2 x 1024 x 50257 x 768 = 79 GFLOP a step, ~9 % of its
      * FLOPs), with a bigger budget than the fused head's general one (a 124M step's 1024
      * completion rows take 206 MB); the chunked head recomputes beyond, so memory stays
      * O(rows x chunk) for large steps. GPT-2 keeps them in the fused head
-     * (head_keep_max_bytes); Llama, whose fused backward always recomputes, as the unfused
+     * (head_keep_max_bytes; only a model with gradients or adapters keeps, and keeping
+     * changes no log-prob); Llama, whose fused backward always recomputes, as the unfused
      * head's logits on the target rows (skip_unweighted). */
     const size_t max_bytes = c->logits_max_bytes ? c->logits_max_bytes : FDPO_RL_LOGITS_MAX_BYTES;
-    if (m->config.arch == FDPO_ARCH_GPT2) b.head_keep_max_bytes = max_bytes;
-    else b.fused_head = tokens * m->config.vocab_size * sizeof(float) > max_bytes;
-    b.skip_unweighted = 1;
-    float *tlp = fdpo_malloc(N * sizeof(float));
-    /* in double, as the reference's sums are: a float sum made l = float(S) - S at pi = pi_ref,
-     * advantages of rounding noise, and Adam turned them into a full-size step */
+    if (m->config.arch == FDPO_ARCH_GPT2) b->head_keep_max_bytes = max_bytes;
+    else b->fused_head = *tokens * m->config.vocab_size * sizeof(float) > max_bytes;
+    b->skip_unweighted = 1;
+    return fdpo_gpt2_check_batch(m, b);
+}
+
+/* the checks of fdpo_rl_step's samples that fdpo_rl_ref_logp shares */
+static int rl_samples_check(const fdpo_rl_config *c, size_t n, const size_t *n_prompt, const size_t *n_comp) {
+    if (n == 0 || n % c->k) return fdpo_error("rl step: %zu samples is not a whole number of groups of %zu", n, c->k);
+    for (size_t i = 0; i < n; i++)
+        if (n_prompt[i] < 1 || n_comp[i] < 1) return fdpo_error("rl step: sample %zu has an empty prompt or completion", i);
+    return 0;
+}
+
+/* sum[i] = the sum over sample i's completion rows of the forward's token log-probs, in
+ * double (a float sum made l = float(S) - S at pi = pi_ref: advantages of rounding noise,
+ * which Adam turned into a full-size step) */
+static void rl_sample_sums(const float *tlp, size_t n, const size_t *row0, const size_t *n_comp, double *sum) {
+    for (size_t i = 0; i < n; i++) {   /* a sequence may hold several samples: sum each one's rows */
+        double s = 0;
+        for (size_t t = row0[i]; t < row0[i] + n_comp[i]; t++) s += tlp[t];
+        sum[i] = s;
+    }
+}
+
+int fdpo_rl_ref_logp(fdpo_gpt2 *ref, const fdpo_rl_config *c, size_t n, int32_t *const *prompt,
+                     const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, double *ref_logp) {
+    if (fdpo_rl_config_check(c) || rl_samples_check(c, n, n_prompt, n_comp)) return -1;
+    rl_pack pk;
+    rl_pack_alloc(&pk, n, rl_tokens_bound(n, n_prompt, n_comp));
+    size_t *row0 = fdpo_malloc(n * sizeof(size_t)), tokens;
+    fdpo_batch b;
+    int rc = rl_step_batch(ref, c, n, prompt, n_prompt, comp, n_comp, &pk, row0, &tokens, &b);
+    float *tlp = fdpo_malloc((b.n_tokens ? b.n_tokens : 1) * sizeof(float));
+    int lora_training = ref->lora ? ref->lora->training : 0;
+    if (ref->lora) ref->lora->training = 0;   /* scoring is evaluation: no adapter dropout */
+    if (rc == 0) rc = fdpo_gpt2_forward(ref, &b, tlp, NULL);
+    if (ref->lora) ref->lora->training = lora_training;
+    if (rc == 0) rl_sample_sums(tlp, n, row0, n_comp, ref_logp);
+    rl_pack_free(&pk);
+    free(row0); free(tlp);
+    return rc;
+}
+
+int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total, int32_t *const *prompt,
+                 const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, const double *reward,
+                 const double *ref_logp, double *adv_out, fdpo_rl_metrics *out) {
+    if (fdpo_rl_config_check(c) || rl_samples_check(c, n, n_prompt, n_comp)) return -1;
+    if (n_total < n) return fdpo_error("rl step: %zu samples in a step of %zu", n, n_total);
+    rl_pack pk;
+    rl_pack_alloc(&pk, n, rl_tokens_bound(n, n_prompt, n_comp));
+    size_t *row0 = fdpo_malloc(n * sizeof(size_t)), tokens;
+    fdpo_batch b;
+    int rc = rl_step_batch(m, c, n, prompt, n_prompt, comp, n_comp, &pk, row0, &tokens, &b);
+    const size_t N = b.n_tokens;
+    float *tlp = fdpo_malloc((N ? N : 1) * sizeof(float));
     double *slp = fdpo_malloc(n * sizeof(double));
     float *dtok = fdpo_calloc(N ? N : 1, sizeof(float));   /* 0 on the prompt rows */
     double *shaped = fdpo_malloc(n * sizeof(double)), *adv = fdpo_malloc(n * sizeof(double));
-    int rc = fdpo_gpt2_check_batch(m, &b);
     if (rc == 0) rc = fdpo_gpt2_forward(m, &b, tlp, NULL);
     if (rc == 0) {
-        for (size_t i = 0; i < n; i++) {   /* a sequence may hold several samples: sum each one's rows */
-            double sum = 0;
-            for (size_t t = row0[i]; t < row0[i] + n_comp[i]; t++) sum += tlp[t];
-            slp[i] = sum;
-        }
+        rl_sample_sums(tlp, n, row0, n_comp, slp);
         /* every mean is over the step's n_total samples: the ranks' shares add up to it */
         const double inv = 1.0 / (double)n_total;
         memset(out, 0, sizeof *out);
@@ -213,13 +252,40 @@ static int rl_metrics_sum(fdpo_rl_metrics *m) {
     return 0;
 }
 
-/* Scoring runs the training forward (fused head, completion rows only, each prompt shared
- * by its consecutive samples: rl_pack_samples) over micro-batches of consecutive samples
- * holding at most SCORE_TOKENS packed tokens (one sequence at least). The split depends on
- * the samples alone, so each sample is scored in the same batch whatever the number of ranks
- * (the ranks take contiguous runs of micro-batches) and its log-prob is the same bits; the
- * budget bounds the activations (124M: ~0.7 MB a token). */
+/* fdpo_samples_logp: the training forward (fused head, completion rows only, each prompt
+ * shared by its consecutive samples: rl_pack_samples) over micro-batches of consecutive
+ * samples holding at most SCORE_TOKENS packed tokens (one sequence at least). The split
+ * depends on the samples alone, so each sample is scored in the same batch whatever the
+ * number of ranks (the ranks take contiguous runs of micro-batches) and its log-prob is the
+ * same bits; the budget bounds the activations (124M: ~0.7 MB a token). */
 #define SCORE_TOKENS 1024
+
+/* fdpo rl's step on a rank: micro-batches of consecutive whole groups holding at most
+ * SCORE_TOKENS packed rows each (one group at least: its samples' advantages need them all),
+ * first_group[0..n] their bounds among groups [g0, g1). Each is scored by the reference
+ * (fdpo_rl_ref_logp) and trained (fdpo_rl_step) as the same batch, so with equal weights
+ * l = log pi - log pi_ref is exactly 0: when the reference had its own packing and split, l
+ * was rounding noise that GRPO's std normalisation and Adam made a full lr step. The budget
+ * bounds both passes' activations, as the scoring's alone did. Returns n. */
+static size_t rl_micro_batches(size_t g0, size_t g1, size_t k, int32_t *const *prompt, const size_t *n_prompt,
+                               const size_t *n_comp, size_t *first_group) {
+    size_t n = 0, rows = 0;
+    for (size_t g = g0; g < g1; g++) {
+        size_t r = rl_packed_rows(k, prompt + g * k, n_prompt + g * k, n_comp + g * k, k);
+        if (g == g0 || rows + r > SCORE_TOKENS) { first_group[n++] = g; rows = 0; }
+        rows += r;
+    }
+    first_group[n] = g1;
+    return n;
+}
+
+/* the shares of one step's means of two calls of fdpo_rl_step, summed into *sum */
+static void rl_metrics_add(fdpo_rl_metrics *sum, const fdpo_rl_metrics *x) {
+    sum->loss += x->loss; sum->scores += x->scores; sum->kl += x->kl; sum->entropy += x->entropy;
+    sum->shaped += x->shaped; sum->advantage_sq += x->advantage_sq; sum->fdiv += x->fdiv;
+    sum->advantage_std = sqrt(sum->advantage_sq);
+    sum->samples += x->samples; sum->tokens += x->tokens;
+}
 
 int fdpo_samples_logp(fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
                       double *logp) {
@@ -389,6 +455,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     size_t *np = fdpo_malloc(N * sizeof(size_t)), *ny = fdpo_malloc(N * sizeof(size_t));
     int32_t **pi = fdpo_malloc(N * sizeof *pi), **yi = fdpo_malloc(N * sizeof *yi);
     double *r = fdpo_malloc(N * sizeof(double)), *lref = fdpo_malloc(N * sizeof(double));
+    size_t *mb = fdpo_malloc((P + 1) * sizeof *mb);   /* a step's micro-batches (rl_micro_batches) */
     size_t pb, pe;   /* this rank's prompts of each step (fdpo_sample_and_score_ranks samples the same block) */
     fdpo_dist_shard(P, &pb, &pe);
     /* all of a step's samples on this rank decode together (one weight read per token for all) */
@@ -407,30 +474,41 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         snprintf(what, sizeof what, "step %ld", step + 1);
         rc = fdpo_sample_and_score_ranks(sampler, tok, &sample, what, step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r, sec);
         t_score = fdpo_now();
-        int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
-        if (!rc) rc = fdpo_samples_logp(ref, ids, lens, s, N, lref);
-        if (ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
-        sec[1] += fdpo_now() - t_score;
         fdpo_rl_metrics m;
         memset(&m, 0, sizeof m);
         double eos = 0, len = 0;
         size_t my_tokens = 0;   /* this rank's: fdpo_trainer_step sums them over the ranks */
-        if (!rc) {
+        if (!rc) {   /* sampled: every rank holds every sample and reward */
             for (size_t i = 0; i < N; i++) {
                 pi[i] = ids[s[i].prompt_index]; np[i] = lens[s[i].prompt_index];
                 yi[i] = s[i].tokens; ny[i] = s[i].n_tokens;
                 eos += s[i].finish == FDPO_FINISH_EOT;
                 len += (double)s[i].n_completion;
             }
+            /* under MPI each rank scores, and computes the loss and gradient of, its block of
+             * prompts (the block it sampled; a prompt's k samples stay together, so the
+             * per-prompt baselines are the single process's), in micro-batches that the
+             * reference and the policy run alike (rl_micro_batches) */
+            const size_t n_mb = rl_micro_batches(pb, pe, k, pi, np, ny, mb);
+            int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
+            for (size_t j = 0; rc == 0 && j < n_mb; j++) {
+                const size_t first = mb[j] * k, cnt = (mb[j + 1] - mb[j]) * k;
+                rc = fdpo_rl_ref_logp(ref, &o->rl, cnt, pi + first, np + first, yi + first, ny + first, lref + first);
+            }
+            if (ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
+            sec[1] += fdpo_now() - t_score;
             t_train = fdpo_now();
-            /* under MPI each rank computes the loss and gradient of its block of prompts (the
-             * block it sampled; a prompt's k samples stay together, so the per-prompt
-             * baselines are the single process's), scaled by 1/N of the whole step:
+            /* each micro-batch's loss and gradient scaled by 1/N of the whole step, accumulated:
              * fdpo_trainer_step's sum over the ranks is the step's gradient */
-            /* LoRA dropout: the block's rows named by their place in the one-process packing of the step */
-            fdpo_lora_set_rows(policy, rl_packed_rows(pb * k, pi, np, ny, k));
-            if (pe > pb) rc = fdpo_rl_step(policy, &o->rl, (pe - pb) * k, N, pi + pb * k, np + pb * k, yi + pb * k,
-                                           ny + pb * k, r + pb * k, lref + pb * k, NULL, &m);
+            for (size_t j = 0; rc == 0 && j < n_mb; j++) {
+                const size_t first = mb[j] * k, cnt = (mb[j + 1] - mb[j]) * k;
+                fdpo_rl_metrics part;
+                /* LoRA dropout: the rows named by their place in the one-process packing of the step */
+                fdpo_lora_set_rows(policy, rl_packed_rows(first, pi, np, ny, k));
+                rc = fdpo_rl_step(policy, &o->rl, cnt, N, pi + first, np + first, yi + first, ny + first, r + first,
+                                  lref + first, NULL, &part);
+                if (rc == 0) rl_metrics_add(&m, &part);
+            }
             if (!rc) rc = fdpo_dist_overlap_backward_done();   /* every rank, before the collectives below */
             rc = fdpo_dist_all_ok(rc);
             my_tokens = m.tokens;
@@ -469,7 +547,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     }
     fdpo_sampler_free(sampler);
     if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
-    free(ps); free(pp); free(cc); free(np); free(ny); free(pi); free(yi); free(r); free(lref);
+    free(ps); free(pp); free(cc); free(np); free(ny); free(pi); free(yi); free(r); free(lref); free(mb);
     if (tok) fdpo_tokenizer_free(tok);
     if (ref && !ref_is_base) fdpo_gpt2_free(ref);
     if (reward) fdpo_reward_free(reward);

@@ -247,6 +247,46 @@ def test_first_step_at_the_reference_with_a_constant_reward_moves_nothing(tmp_pa
         assert all(np.array_equal(a[k], b[k]) for k in a), algo
 
 
+@pytest.mark.parametrize("arch,prompts,n", [
+    ("gpt2", "dup prompt here\n" * 3, 3),   # equal lines: the groups of one prompt follow each other
+    ("gpt2", "".join(f"prompt {i:02d}\n" for i in range(20)), 7),   # ~2000 packed rows: beyond a 1024-row batch
+    ("llama", "dup prompt here\n" * 3, 3),
+], ids=["equal-lines", "beyond-1024-rows", "llama-equal-lines"])
+def test_first_step_at_the_reference_is_exact_whatever_the_prompts_and_the_batch_size(tmp_path, arch, prompts, n):
+    """As above, with the reference scored where the training forward used to differ from it: equal
+    prompt lines (the scoring packed the groups of one prompt into one sequence, the step one per
+    group) and a step larger than the scoring's 1024-row batches (the step ran as one batch). The
+    two forwards then differed in the last bits, GRPO normalised that noise by its own std and
+    Adam made it a full lr step on ~90 % of the weights (a hunt's find). The exact update is 0:
+    l = 0 for every sample, every advantage 0, and torch.optim.AdamW with weight decay 0 and a
+    zero gradient leaves every parameter bit-identical."""
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    if arch == "gpt2":
+        make_model(tmp_path / "model", 257, seed=5, n_positions=64, byte_tokenizer=True)
+    else:
+        from fdpo_ref.llama import Llama
+        Llama(vocab_size=257, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, tie_word_embeddings=False, seed=2, dtype=torch.float32).save_hf(str(tmp_path / "model"))
+        (tmp_path / "model" / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte", "vocab_size": 257,
+                                                                             "eos_token_id": 256}))
+    (tmp_path / "p.txt").write_text(prompts)
+    P = len(prompts.splitlines())
+    for algo in ("grpo", "rloo"):
+        out = tmp_path / algo
+        r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt",
+                                             "--out", out, "--reward", "cmd:awk '{print 1}'", "--algo", algo, "--n", n,
+                                             "--prompts-per-step", P, "--steps", 1, "--max-new-tokens", 16,
+                                             "--lr", "1e-2", "--weight-decay", 0, "--threads", 1, "--quiet"]],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        assert m["objective/kl"] == 0 and m["policy/advantage_std"] == 0 and m["grad_norm"] == 0, (algo, m)
+        a, b = st.load(str(tmp_path / "model" / "model.safetensors"))[0], st.load(str(out / "model.safetensors"))[0]
+        assert all(np.array_equal(a[k], b[k]) for k in a), algo
+
+
 def test_bad_config_is_named(tmp_path):
     model = GPT2(7, 16, 8, 1, 2, seed=2)
     model.save_hf(str(tmp_path / "policy"))
