@@ -218,14 +218,12 @@ struct cJSON;
  * cJSON cannot format it: what fdpo_write_json_atomic writes, for a caller that writes later. */
 char *fdpo_json_text(const struct cJSON *root, int pretty, size_t *len);
 int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty);
-/* o[key] = v written as the shortest text that reads back to the same double
- * (fdpo_fmt_double), null when v is not finite (JSON has no NaN or Infinity). cJSON's own
- * printing keeps 15 digits whenever they come within an ulp or two, so about one value in
- * eight was written changed: a reward copied through fdpo pairs, a metric recomputed from
- * eval's samples. The writer of every non-integer number fdpo puts in its JSON outputs. */
-void fdpo_json_add_double(struct cJSON *o, const char *key, double v);
-/* The same number as a new item (an array's element, a value built before its key). */
-struct cJSON *fdpo_json_double(double v);
+/* root as JSON text (free() it), every number written as the shortest text that reads back
+ * to the same double (fdpo_fmt_double; null when not finite, as JSON has no NaN). cJSON's
+ * own printing keeps 15 digits whenever they come within an ulp or two, so about one value
+ * in eight was written changed: a reward copied through fdpo pairs, a --lr saved for a
+ * resume. What every JSON output of fdpo is printed with (fdpo_json_text too). */
+char *fdpo_json_print(const struct cJSON *root, int pretty);
 /* Whether cJSON writes the whole number v as a number that reads back as v: cJSON prints 15
  * significant digits (17 only when the 15 read back within a relative DBL_EPSILON), so a
  * number of 16 digits or more can come back changed: 2^53 - 1 is written 9.00719925474099e+15

@@ -253,13 +253,13 @@ int cmd_eval(int argc, char **argv) {
         if (reward_spec) cJSON_AddStringToObject(cfg, "reward", reward_spec); else cJSON_AddNullToObject(cfg, "reward");
         if (safety_spec) {
             cJSON_AddStringToObject(cfg, "safety", safety_spec);
-            fdpo_json_add_double(cfg, "safety_threshold", safety_threshold);
+            cJSON_AddNumberToObject(cfg, "safety_threshold", safety_threshold);
         }
         if (words_path) cJSON_AddStringToObject(cfg, "words", words_path);
         cJSON_AddNumberToObject(cfg, "k", (double)sf.n);
-        fdpo_json_add_double(cfg, "temperature", sf.temperature);
+        cJSON_AddNumberToObject(cfg, "temperature", sf.temperature);
         cJSON_AddNumberToObject(cfg, "top_k", (double)sf.top_k);
-        fdpo_json_add_double(cfg, "top_p", sf.top_p);
+        cJSON_AddNumberToObject(cfg, "top_p", sf.top_p);
         cJSON_AddNumberToObject(cfg, "max_new_tokens", (double)sf.max_new_tokens);
         fdpo_json_add_whole(cfg, "seed", sf.seed);   /* past 2^53 as digits: a double changed it */
         /* and every other setting that changes the numbers (they were missing: two runs with
@@ -267,11 +267,11 @@ int cmd_eval(int argc, char **argv) {
         if (sf.stop) cJSON_AddStringToObject(cfg, "stop", sf.stop); else cJSON_AddNullToObject(cfg, "stop");
         cJSON_AddStringToObject(cfg, "precision", fdpo_precision_name(fdpo_get_precision()));
         cJSON_AddStringToObject(cfg, "chat_template", chat_template);
-        fdpo_json_add_double(cfg, "ead_vocab", ead_vocab);   /* 0: the policy's vocabulary size */
+        cJSON_AddNumberToObject(cfg, "ead_vocab", ead_vocab);   /* 0: the policy's vocabulary size */
         cJSON_AddStringToObject(cfg, "divergences", div_list ? div_list : "");
         if (pairs_path) {
             cJSON_AddStringToObject(cfg, "pairs", pairs_path);
-            fdpo_json_add_double(cfg, "beta", beta);
+            cJSON_AddNumberToObject(cfg, "beta", beta);
             cJSON_AddStringToObject(cfg, "divergence", cal_div_spec);
         }
         cJSON *arr = cJSON_AddArrayToObject(root, "policies");

@@ -81,12 +81,12 @@ int cmd_generate(int argc, char **argv) {
             cJSON_AddStringToObject(o, "prompt", prompts[s[i].prompt_index]);
             cJSON_AddStringToObject(o, "completion", s[i].text);
             cJSON_AddNumberToObject(o, "n_tokens", (double)s[i].n_completion);
-            fdpo_json_add_double(o, "logp", s[i].logp);
+            cJSON_AddNumberToObject(o, "logp", s[i].logp);
             cJSON_AddStringToObject(o, "finish", finish_name(s[i].finish));
             cJSON *t = cJSON_CreateArray();
             for (size_t j = 0; j < s[i].n_tokens; j++) cJSON_AddItemToArray(t, cJSON_CreateNumber(s[i].tokens[j]));
             cJSON_AddItemToObject(o, "tokens", t);
-            char *line = cJSON_PrintUnformatted(o);
+            char *line = fdpo_json_print(o, 0);
             if (f) fprintf(f, "%s\n", line);
             free(line);
             cJSON_Delete(o);

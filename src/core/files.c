@@ -291,15 +291,43 @@ int fdpo_direct_commit(fdpo_direct_file *f) {
     return 0;
 }
 
+/* each number of j (at any depth) replaced by its exact text as a raw value */
+static void numbers_exact(cJSON *j) {
+    for (cJSON *e = j->child, *next; e; e = next) {
+        next = e->next;
+        if (cJSON_IsNumber(e)) {
+            char text[32];
+            fdpo_fmt_double(text, sizeof text, e->valuedouble);
+            cJSON *raw = cJSON_CreateRaw(text);
+            raw->string = e->string;   /* the key moves over (the call keeps no key) */
+            raw->type |= e->type & cJSON_StringIsConst;
+            e->string = NULL;
+            cJSON_ReplaceItemViaPointer(j, e, raw);
+        } else numbers_exact(e);
+    }
+}
+
+char *fdpo_json_print(const struct cJSON *root, int pretty) {
+    cJSON *copy = cJSON_Duplicate(root, 1);
+    if (!copy) return NULL;
+    numbers_exact(copy);
+    char *text = pretty ? cJSON_Print(copy) : cJSON_PrintUnformatted(copy);
+    cJSON_Delete(copy);
+    if (!text) return NULL;
+    char *out = fdpo_strdup(text);   /* free()d, whatever allocator cJSON was built with */
+    cJSON_free(text);
+    return out;
+}
+
 char *fdpo_json_text(const struct cJSON *root, int pretty, size_t *len) {
-    char *text = pretty ? cJSON_Print(root) : cJSON_PrintUnformatted(root);
+    char *text = fdpo_json_print(root, pretty);
     if (!text) return NULL;
     size_t n = strlen(text);
     char *body = fdpo_malloc(n + 2);
     memcpy(body, text, n);
     body[n] = '\n';
     body[n + 1] = 0;
-    cJSON_free(text);
+    free(text);
     *len = n + 1;
     return body;
 }

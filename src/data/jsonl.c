@@ -38,14 +38,6 @@ const char *fdpo_json_duplicate_key(const cJSON *j) {
     return dup;
 }
 
-cJSON *fdpo_json_double(double v) {
-    char text[32];
-    fdpo_fmt_double(text, sizeof text, v);   /* "null" when not finite */
-    return cJSON_CreateRaw(text);
-}
-
-void fdpo_json_add_double(cJSON *o, const char *key, double v) { cJSON_AddItemToObject(o, key, fdpo_json_double(v)); }
-
 /* The first control character JSON forbids in line[0..n), or n: U+0001..U+001F raw inside a
  * string (they must be escaped), or any but tab, CR and LF between tokens. cJSON takes both;
  * Python's json, and so a datasets/TRL pipeline, refuses the line. A raw 0 byte is left to

@@ -143,9 +143,9 @@ void fdpo_pair_row_write(FILE *f, const char *prompt, const char *chosen, const 
     cJSON_AddStringToObject(row, "prompt", prompt);
     cJSON_AddStringToObject(row, "chosen", chosen);
     cJSON_AddStringToObject(row, "rejected", rejected);
-    fdpo_json_add_double(row, "chosen_reward", chosen_reward);
-    fdpo_json_add_double(row, "rejected_reward", rejected_reward);
-    char *line = cJSON_PrintUnformatted(row);
+    cJSON_AddNumberToObject(row, "chosen_reward", chosen_reward);
+    cJSON_AddNumberToObject(row, "rejected_reward", rejected_reward);
+    char *line = fdpo_json_print(row, 0);
     fprintf(f, "%s\n", line);
     free(line);
     cJSON_Delete(row);

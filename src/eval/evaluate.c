@@ -8,12 +8,14 @@
 #include "fdpo/dist.h"
 #include "fdpo/eval.h"
 
-/* undefined metrics (NaN) are null */
-static void put(cJSON *o, const char *name, double v) { fdpo_json_add_double(o, name, v); }
+static void put(cJSON *o, const char *name, double v) {
+    if (isfinite(v)) cJSON_AddNumberToObject(o, name, v);
+    else cJSON_AddNullToObject(o, name); /* JSON has no NaN: undefined metrics are null */
+}
 
 static void put_stats(cJSON *o, const char *prefix, const double *x, size_t n) {
     fdpo_stats s = fdpo_stats_of(x, n);
-    char k[144];   /* prefix (< 128 bytes, the callers' buffers) + "_mean" */
+    char k[128];
     snprintf(k, sizeof k, "%s_mean", prefix); put(o, k, s.mean);
     snprintf(k, sizeof k, "%s_std", prefix); put(o, k, s.std);
     snprintf(k, sizeof k, "%s_se", prefix); put(o, k, s.se);
@@ -344,7 +346,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
             cJSON *ids = cJSON_CreateArray();
             for (size_t t = 0; t < smp[i].n_tokens; t++) cJSON_AddItemToArray(ids, cJSON_CreateNumber(smp[i].tokens[t]));
             cJSON_AddItemToObject(j, "tokens", ids);
-            char *line = cJSON_PrintUnformatted(j);
+            char *line = fdpo_json_print(j, 0);
             fprintf(samples_out, "%s\n", line);
             free(line);
             cJSON_Delete(j);

@@ -68,7 +68,9 @@ int fdpo_score_opts_check(const fdpo_score_opts *o) {
     return fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1);
 }
 
-static void put(cJSON *o, const char *k, double v) { fdpo_json_add_double(o, k, v); }
+static void put(cJSON *o, const char *k, double v) {
+    if (isfinite(v)) cJSON_AddNumberToObject(o, k, v); else cJSON_AddNullToObject(o, k);
+}
 
 /* --chat-template NAME for the conversational prompts: samples of generate or eval --chat-template X
  * score with X (they were scored with the checkpoint's own template, silently other log-probs) */
@@ -202,7 +204,7 @@ int fdpo_score_run(const fdpo_score_opts *o) {
             put(j, "kl_tok", s.kl_tok);
         }
         if (reward) put(j, "reward", rw[i]);
-        char *line = cJSON_PrintUnformatted(j);
+        char *line = fdpo_json_print(j, 0);
         fprintf(f, "%s\n", line);
         free(line);
         cJSON_Delete(j);

@@ -89,9 +89,9 @@ static void add_dpo_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_dpo
 static cJSON *metrics_json(const fdpo_dpo_metrics *m) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "pairs", (double)m->pairs);
-    fdpo_json_add_double(o, "loss", m->loss);
+    cJSON_AddNumberToObject(o, "loss", m->loss);
     for (size_t i = 0; i < N_DPO_METRICS; i++)
-        if (DPO_METRICS[i].summary) fdpo_json_add_double(o, DPO_METRICS[i].name, metric_value(m, i));
+        if (DPO_METRICS[i].summary) cJSON_AddNumberToObject(o, DPO_METRICS[i].name, metric_value(m, i));
     return o;
 }
 

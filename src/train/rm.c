@@ -295,9 +295,9 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
         cJSON *root = cJSON_CreateObject();
         cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
         cJSON_AddNumberToObject(root, "pairs", (double)n_eval);
-        fdpo_json_add_double(root, "eval_loss", em.loss);
-        fdpo_json_add_double(root, "eval_accuracy", em.accuracy);
-        fdpo_json_add_double(root, "eval_margin", em.margin);
+        cJSON_AddNumberToObject(root, "eval_loss", em.loss);
+        cJSON_AddNumberToObject(root, "eval_accuracy", em.accuracy);
+        cJSON_AddNumberToObject(root, "eval_margin", em.margin);
         char *path = fdpo_path_join(to->out, "eval_summary.json");
         int wrc = fdpo_dist_is_root() ? fdpo_write_json_atomic(path, root, 1) : 0;   /* rank 0 writes */
         cJSON_Delete(root);

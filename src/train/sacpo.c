@@ -343,10 +343,10 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
         cJSON_AddNumberToObject(on, "n", (double)o->online.n);
         cJSON_AddStringToObject(on, "pairs", o->online.pairs_bt ? "all-bt" : "best-worst");
         cJSON_AddStringToObject(on, "ref_update", o->online.ref_update_round ? "round" : "never");
-        if (o->online.pairs_bt) fdpo_json_add_double(on, "bt_scale", o->online.bt_scale);
-        fdpo_json_add_double(on, "temperature", o->online.sample.temperature);
+        if (o->online.pairs_bt) cJSON_AddNumberToObject(on, "bt_scale", o->online.bt_scale);
+        cJSON_AddNumberToObject(on, "temperature", o->online.sample.temperature);
         cJSON_AddNumberToObject(on, "top_k", (double)o->online.sample.top_k);
-        fdpo_json_add_double(on, "top_p", o->online.sample.top_p);
+        cJSON_AddNumberToObject(on, "top_p", o->online.sample.top_p);
         cJSON_AddNumberToObject(on, "max_new_tokens", (double)o->online.sample.max_new_tokens);
         if (o->online.sample.stop) cJSON_AddStringToObject(on, "stop", o->online.sample.stop);
         if (o->online.reward_opts.lexicon) plan_path(on, "lexicon", o->online.reward_opts.lexicon);
@@ -354,12 +354,12 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     if (o->dpo.train.lora_r > 0) {   /* LoRA stages (absent otherwise, so earlier plans still match) */
         cJSON *lo = cJSON_AddObjectToObject(p, "lora");
         cJSON_AddNumberToObject(lo, "r", (double)o->dpo.train.lora_r);
-        fdpo_json_add_double(lo, "alpha", o->dpo.train.lora_alpha);
-        fdpo_json_add_double(lo, "dropout", o->dpo.train.lora_dropout);
+        cJSON_AddNumberToObject(lo, "alpha", o->dpo.train.lora_alpha);
+        cJSON_AddNumberToObject(lo, "dropout", o->dpo.train.lora_dropout);
         if (o->dpo.train.lora_targets) cJSON_AddStringToObject(lo, "targets", o->dpo.train.lora_targets);
     }
     cJSON_AddStringToObject(p, "divergence", div);
-    fdpo_json_add_double(p, "beta", o->dpo.dpo.loss.beta);
+    cJSON_AddNumberToObject(p, "beta", o->dpo.dpo.loss.beta);
     cJSON_AddStringToObject(p, "order", o->safety_first ? "safety-first" : "reward-first");
     /* the stages' training settings (steps, lr, batch, seed, loss, precision, ...): a stage done
      * before is reused only when they match (absent from the plans of earlier versions). They
@@ -371,7 +371,7 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     if (files && (o->reward_spec || o->safety_spec))
         cJSON_AddItemToObject(cJSON_GetObjectItemCaseSensitive(p, "online"), "training", training_json(o, &o->online.dpo.train));
     cJSON *l = cJSON_AddArrayToObject(p, "lambdas");
-    for (size_t i = 0; i < o->n_lambdas; i++) cJSON_AddItemToArray(l, fdpo_json_double(o->lambdas[i]));
+    for (size_t i = 0; i < o->n_lambdas; i++) cJSON_AddItemToArray(l, cJSON_CreateNumber(o->lambdas[i]));
     return p;
 }
 
@@ -517,12 +517,6 @@ static void stages_done_kinds(const sacpo_state *st, const char *out, int *onlin
 static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
     st->path = fdpo_path_join(o->out, "sacpo.json");
     cJSON *plan = plan_json(o);
-    /* as sacpo.json will read back: its numbers are raw text (fdpo_json_double), which
-     * cJSON_Compare does not take for the saved plan's numbers */
-    char *plan_text = cJSON_PrintUnformatted(plan);
-    cJSON_Delete(plan);
-    plan = cJSON_Parse(plan_text);
-    free(plan_text);
     if (fdpo_file_exists(st->path)) {
         size_t len;
         char *text = fdpo_read_file(st->path, &len);

@@ -216,7 +216,7 @@ cJSON *fdpo_settings_to_json(const fdpo_settings *s) {
     cJSON *o = cJSON_CreateObject();
     for (size_t i = 0; i < s->n; i++) {
         const fdpo_setting *x = &s->v[i];
-        cJSON *v = x->type == FDPO_SETTING_NUM ? fdpo_json_double(x->num)
+        cJSON *v = x->type == FDPO_SETTING_NUM ? cJSON_CreateNumber(x->num)
                  : x->type == FDPO_SETTING_BOOL ? cJSON_CreateBool(x->num != 0)
                  : x->type == FDPO_SETTING_STR ? cJSON_CreateString(x->str) : cJSON_CreateNull();
         cJSON_AddItemToObject(o, x->key, v);

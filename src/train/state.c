@@ -134,14 +134,14 @@ int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo
 
 char *fdpo_train_state_text(const fdpo_train_state *s) {
     cJSON *j = state_json(s, NULL);
-    char *text = cJSON_PrintUnformatted(j);
+    char *text = fdpo_json_print(j, 0);
     cJSON_Delete(j);
     size_t n = strlen(text);
     char *line = fdpo_malloc(n + 2);   /* as fdpo_write_json_atomic writes it: one line */
     memcpy(line, text, n);
     line[n] = '\n';
     line[n + 1] = 0;
-    cJSON_free(text);
+    free(text);
     return line;
 }
 
