@@ -1149,3 +1149,6 @@ def test_rewards_and_metrics_are_written_to_the_last_bit(byte_models, tmp_path):
     samples = [json.loads(l) for l in open(tmp_path / "e.jsonl")]
     assert [s["reward"] for s in samples] == [0.1 + 0.2] * 2
     assert json.load(open(tmp_path / "e.json"))["policies"][0]["reward_mean"] == 0.1 + 0.2
+    # the table on stdout reads the same numbers (a first fix printed '-' for every metric)
+    row = next(l for l in r.stdout.splitlines() if l.startswith("reward_mean "))
+    assert row.split()[1:] == ["0.3"], r.stdout
