@@ -33,28 +33,35 @@ static fdpo_flag *find_exact(fdpo_flag *flags, size_t n, const char *name) {
 
 static const char *g_parsing;   /* the command flags_parse is parsing ("lab frontier"), for ALIASES' not_in */
 
+/* Whether alias a is no alias in the command being parsed (ALIASES' not_in) */
+static int alias_off_here(size_t a) {
+    const char *no = ALIASES[a].not_in;
+    return no && g_parsing && !strncmp(g_parsing, no, strlen(no));
+}
+
 /* The flag called `name`, or the one an old spelling of it now names (*is_alias set then). */
 static fdpo_flag *find_flag(fdpo_flag *flags, size_t n, const char *name, int *is_alias) {
     *is_alias = 0;
     fdpo_flag *f = find_exact(flags, n, name);
     if (f) return f;
     for (size_t a = 0; a < N_ALIASES; a++) {
-        const char *no = ALIASES[a].not_in;
-        if (no && g_parsing && !strncmp(g_parsing, no, strlen(no))) continue;
+        if (alias_off_here(a)) continue;
         if (names_equal(ALIASES[a].old, name) && (f = find_exact(flags, n, ALIASES[a].now))) { *is_alias = 1; return f; }
     }
     return NULL;
 }
 
-/* The flag name nearest to `name` (an old spelling counts as its new flag), or NULL when
- * nothing is close: at most 1 + len/4 edits. */
+/* The flag name nearest to `name` (an old spelling counts as its new flag where it is an
+ * alias: lab's --prompts was answered "did you mean --data?"), or NULL when nothing is close:
+ * at most 1 + len/4 edits. */
 static const char *nearest(fdpo_flag *flags, size_t n, const char *name) {
     const char *best = NULL;
     size_t best_d = 1 + strlen(name) / 4 + 1;
     for (size_t i = 0; i < n; i++) {
         size_t d = fdpo_edit_distance(flags[i].name, name);
         for (size_t a = 0; a < N_ALIASES; a++) {
-            if (!names_equal(ALIASES[a].now, flags[i].name) || find_exact(flags, n, ALIASES[a].old)) continue;
+            if (!names_equal(ALIASES[a].now, flags[i].name) || find_exact(flags, n, ALIASES[a].old) || alias_off_here(a))
+                continue;
             size_t da = fdpo_edit_distance(ALIASES[a].old, name);
             if (da < d) d = da;
         }

@@ -233,9 +233,18 @@ def test_old_spelling_is_an_alias_with_a_deprecation_note(tmp_path, old):
 def test_lab_prompts_is_never_the_data_alias(sub):
     """in lab, --prompts is the number of prompts of gap and coverage; elsewhere in lab it was
     taken as the old spelling of --data: `lab frontier --prompts 3` warned "deprecated" and
-    then read a file named 3 (or failed on --n with --data)"""
-    r = run("lab", sub, "--prompts", "3")
-    assert r.returncode == 1 and r.stderr == "fdpo lab: unknown flag --prompts (did you mean --data?)\n", r.stderr
+    then read a file named 3 (or failed on --n with --data). Nor is it suggested as --data:
+    "did you mean --data?" led to `--data 3`, a file (docs/cli.md; a hunt's find)."""
+    for typo in ("--prompts", "--prompt"):
+        r = run("lab", sub, typo, "3")
+        assert r.returncode == 1 and r.stderr == f"fdpo lab: unknown flag {typo} (--help lists the flags)\n", r.stderr
+
+
+def test_lab_prompts_config_key_is_not_suggested_as_data(tmp_path):
+    cfg = write(tmp_path / "lp.ini", "prompts = 3\n")
+    r = run("lab", "solve", "--config", cfg)
+    assert r.returncode == 1 and r.stderr == \
+        f"fdpo lab: {cfg}:1: unknown key 'prompts' (the keys are the flag names of --help)\n", r.stderr
 
 
 @pytest.mark.parametrize("order", ["old-first", "new-first"])
