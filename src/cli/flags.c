@@ -98,10 +98,12 @@ static void list_add(flag_list *l, const char *v) {
     l->v[l->n++] = v;
 }
 
-/* The flags that name a file or directory to read (every command's spelling) */
+/* The flags that name a file or directory to read (every command's spelling; report's
+ * eval ... chartjs: "--eval ''" failed as ": no such eval file", naming nothing) */
 static int is_input_path(const char *name) {
     static const char *const inputs[] = {"data", "model", "ref", "tokenizer", "eval-file", "base", "lora", "pairs",
-                                         "reward-data", "safety-data", "lexicon", "words", "ref-cache-dir"};
+                                         "reward-data", "safety-data", "lexicon", "words", "ref-cache-dir",
+                                         "eval", "lab", "lab-frontier", "proxy-eval", "samples", "notes", "chartjs"};
     for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++)
         if (!strcmp(name, inputs[i])) return 1;
     return 0;

@@ -465,11 +465,24 @@ def test_messages_say_what_is_wrong_with_the_value(tmp_path):
                                       ("generate", "--model"), ("dpo", "--ref"), ("sft", "--tokenizer"),
                                       # these failed as ": cannot open" or "config.json: cannot open" (a hunt's find)
                                       ("dpo", "--eval-file"), ("merge", "--base"), ("merge", "--lora"), ("eval", "--pairs"),
-                                      ("sacpo", "--reward-data"), ("sacpo", "--safety-data"), ("eval", "--lexicon")])
+                                      ("sacpo", "--reward-data"), ("sacpo", "--safety-data"), ("eval", "--lexicon"),
+                                      # report's inputs: ": no such eval file" (a hunt's find)
+                                      ("report", "--eval"), ("report", "--lab"), ("report", "--samples"),
+                                      ("report", "--lab-frontier"), ("report", "--proxy-eval"), ("report", "--notes"),
+                                      ("report", "--chartjs")])
 def test_an_empty_input_path_names_its_flag(tmp_path, cmd, flag):
     """it was "fdpo pretrain: : cannot open: No such file or directory", no flag named"""
     r = run(*cmd.split(), flag, "", "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and r.stderr == f"fdpo {cmd.split()[0]}: {flag}: an empty path\n", r.stderr
+
+
+def test_an_empty_report_input_from_a_config_names_its_line(tmp_path):
+    """docs/cli.md: a config value is named with its file and line; "eval =" failed as
+    ": no such eval file", naming neither (a hunt's find)"""
+    cfg = write(tmp_path / "r.ini", f"out = {tmp_path / 'r.html'}\neval =\n")
+    r = run("report", "--config", cfg)
+    assert r.returncode == 1 and r.stderr == f"fdpo report: {cfg}:2: key 'eval': an empty path\n", r.stderr
+    assert not (tmp_path / "r.html").exists()
 
 
 @pytest.mark.parametrize("cmd", ["pretrain --out O", "sft --out O", "tokenizer train --out O", "tokenize --tokenizer byte",
