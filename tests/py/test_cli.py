@@ -561,6 +561,25 @@ def test_a_missing_file_a_config_named_is_said_with_its_flag_and_line(tmp_path):
                                               f"file or directory (from {cfg}:1)\n"), r.stderr
 
 
+def test_info_positional_checkpoint_replaces_the_config_files_model(tmp_path):
+    """docs/cli.md: positional arguments replace a config file's value as the flag does;
+    `info --config c.ini CKPT` counted the file's model and CKPT as two checkpoints and was
+    refused (a hunt's find). Two checkpoints of different widths: CKPT's width is read."""
+    (tmp_path / "t.txt").write_text("the cat sat on the mat\n")
+    for name, width in (("a", "16"), ("b", "32")):
+        assert run("pretrain", "--out", str(tmp_path / name), "--data", str(tmp_path / "t.txt"), "--n-layer", "1",
+                   "--n-head", "2", "--n-embd", width, "--n-positions", "32", "--seq-len", "16", "--steps", "1",
+                   "--threads", "1", "--quiet", "--eval-every", "0", "--eval-fraction", "0").returncode == 0
+    cfg = write(tmp_path / "i.ini", f"model = {tmp_path / 'a'}\njson = true\n")
+    r = run("info", "--config", cfg, str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["checkpoint"] == str(tmp_path / "b") and got["n_embd"] == 32
+    assert json.loads(run("info", "--config", cfg).stdout)["n_embd"] == 16
+    r = run("info", "--config", cfg, str(tmp_path / "b"), str(tmp_path / "a"))   # still one checkpoint
+    assert r.returncode == 1 and "--model: expected one checkpoint directory" in r.stderr, r.stderr
+
+
 def test_a_config_value_deep_in_a_long_path_is_named_whole(tmp_path):
     """Paths up to PATH_MAX are valid: a value of a config file ~3000 bytes deep is said with
     the file's path whole and its line (the message with the line added was cut at 2560 bytes).
