@@ -248,12 +248,35 @@ const char *flags_error_origin(const char *msg, char *buf, size_t n) {
         snprintf(buf, n, "--%s: %s (from %s:%d)", hit->flag, msg, file, line);
         return buf;
     }
-    size_t len = strspn(msg + 2, "abcdefghijklmnopqrstuvwxyz0123456789-");
+    static const char NAME_CHARS[] = "abcdefghijklmnopqrstuvwxyz0123456789-";
+    size_t len = strspn(msg + 2, NAME_CHARS);
     char name[128];
-    /* "--lr: ..." and "--eval-every 5: ..." (the value after the name) */
-    if (len == 0 || len >= sizeof name || (msg[2 + len] != ':' && msg[2 + len] != ' ')) return msg;
+    if (len == 0 || len >= sizeof name) return msg;
     memcpy(name, msg + 2, len);
     name[len] = 0;
+    if (msg[2 + len] == '/' && !strncmp(msg + 3 + len, "--", 2)) {
+        /* "--beta-min/--beta-max: ..." (a check of two flags): the line of each one a file gave */
+        const char *b = msg + 5 + len;
+        const size_t len_b = strspn(b, NAME_CHARS);
+        char name_b[128];
+        if (len_b == 0 || len_b >= sizeof name_b || (b[len_b] != ':' && b[len_b] != ' ')) return msg;
+        memcpy(name_b, b, len_b);
+        name_b[len_b] = 0;
+        const char *names[2] = {name, name_b};
+        size_t at = (size_t)snprintf(buf, n, "%s (", msg);
+        int named = 0;
+        for (int k = 0; k < 2 && at < n; k++) {
+            const char *file = NULL;
+            const cfg_origin *o = origin_of(names[k], NULL);
+            const int line = o ? origin_line(o, &file) : 0;
+            if (line > 0) at += (size_t)snprintf(buf + at, n - at, "%s--%s from %s:%d", named++ ? ", " : "", names[k], file, line);
+        }
+        if (!named) return msg;
+        if (at < n) snprintf(buf + at, n - at, ")");
+        return buf;
+    }
+    /* "--lr: ..." and "--eval-every 5: ..." (the value after the name) */
+    if (msg[2 + len] != ':' && msg[2 + len] != ' ') return msg;
     const char *file = NULL;
     const cfg_origin *o = origin_of(name, msg[2 + len] == ' ' ? msg + 3 + len : NULL);
     const int line = o ? origin_line(o, &file) : 0;

@@ -512,6 +512,25 @@ def test_a_config_value_named_in_a_flag_value_message(tmp_path):
     assert r.stderr.startswith("fdpo pretrain: --eval-every 5: "), r.stderr
 
 
+@pytest.mark.parametrize("sub,a,b,va,vb,msg", [
+    ("frontier", "beta-min", "beta-max", "5", "1", "need 0 < min <= max (got 5, 1)"),
+    ("bias", "length-min", "length-max", "50", "10", "need 0 <= min <= max (got 50, 10)"),
+])
+def test_a_check_of_two_flags_names_the_config_lines_of_each(tmp_path, sub, a, b, va, vb, msg):
+    """docs/cli.md: a value from --config is named with its file and line wherever it is
+    refused; "--beta-min/--beta-max: ..." named no line (the '/' stopped the flag's name; a
+    hunt's find). Each flag the file gave is named with its line; the command line's is not."""
+    cfg = write(tmp_path / "c.ini", f"threads = 1\n{a} = {va}\n{b} = {vb}\n")
+    r = run("lab", sub, "--config", cfg)
+    assert r.returncode == 1 and r.stderr == \
+        f"fdpo lab: --{a}/--{b}: {msg} (--{a} from {cfg}:2, --{b} from {cfg}:3)\n", r.stderr
+    cfg = write(tmp_path / "d.ini", f"{a} = {va}\n")
+    r = run("lab", sub, "--config", cfg, f"--{b}", vb, "--threads", "1")
+    assert r.returncode == 1 and r.stderr == f"fdpo lab: --{a}/--{b}: {msg} (--{a} from {cfg}:1)\n", r.stderr
+    r = run("lab", sub, f"--{a}", va, f"--{b}", vb, "--threads", "1")
+    assert r.returncode == 1 and r.stderr == f"fdpo lab: --{a}/--{b}: {msg}\n", r.stderr
+
+
 def test_a_missing_file_a_config_named_is_said_with_its_flag_and_line(tmp_path):
     """docs/cli.md: a value from --config is named with its file and line wherever it is
     refused. A loader's "missing.jsonl: cannot open" named neither the flag nor the line in
