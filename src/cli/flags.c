@@ -414,12 +414,30 @@ void flags_release_config(void) {
     g_n_origin = g_cap_origin = 0;
 }
 
+static int ini_isspace(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+/* Where a ';' after a blank in the value of key line l[0..n) starts (Debian's inih is built
+ * with INI_ALLOW_INLINE_COMMENTS: it drops the rest of the value as a comment), else 0; *value
+ * is where the value starts. Its scan: the name ends at the first '=' or ':', the value's scan
+ * starts after it with no blank seen (a ';' before the separator is inih's syntax error). */
+static size_t inline_comment_at(const char *l, size_t n, size_t *value) {
+    int was_space = 0, in_value = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (was_space && l[k] == ';') return in_value ? k : 0;
+        if (!in_value && (l[k] == '=' || l[k] == ':')) { in_value = 1; was_space = 0; *value = k + 1; continue; }
+        was_space = ini_isspace(l[k]);
+    }
+    return 0;
+}
+
 /* What inih would read otherwise than written, refused with the line: a NUL byte (the text
  * ended there), a line of INI_MAX_LINE - 1 bytes or more, a CRLF's \r counted (its reader
  * holds INI_MAX_LINE - 1 bytes, the newline included: the rest, or the newline alone, is read
  * as another line, and every later line number was one off) and an indented line after a key
  * of the same section (inih's continuation of that value: "  n = 3" after "stop = ###" made
- * stop "n = 3"; before any key, or after a [section], an indented key is read as a key). */
+ * stop "n = 3"; before any key, or after a [section], an indented key is read as a key), and
+ * a ';' after a blank in a value (inih's inline comment: "out = samples ;v2.jsonl" wrote
+ * "samples", where --out took the text whole). */
 static int config_text_check(const char *name, const char *text, size_t len) {
     size_t line = 1;
     int after_key = 0;   /* inih's prev_name: set by a key line, cleared by a [section] */
@@ -433,13 +451,23 @@ static int config_text_check(const char *name, const char *text, size_t len) {
                               n, INI_MAX_LINE - 2);
         size_t lead = line == 1 && n >= 3 && !memcmp(l, "\xEF\xBB\xBF", 3) ? 3 : 0;   /* a byte order mark */
         const size_t bom = lead;
-        while (lead < n && (l[lead] == ' ' || (l[lead] >= '\t' && l[lead] <= '\r'))) lead++;   /* inih's isspace */
+        while (lead < n && ini_isspace(l[lead])) lead++;
         const char c = lead < n ? l[lead] : 0;
         if (c && c != ';' && c != '#') {
             if (lead > bom && after_key)
                 return fdpo_error("%s:%zu: an indented line after a key (INI reads it as more of that key's value): "
                                   "remove the indentation", name, line);
             after_key = c != '[';
+            size_t value = 0;
+            const size_t semi = after_key ? inline_comment_at(l + lead, n - lead, &value) : 0;
+            if (semi) {
+                const char *v = l + lead + value, *e = l + lead + semi;
+                while (v < e && ini_isspace(*v)) v++;
+                while (e > v && ini_isspace(e[-1])) e--;
+                return fdpo_error("%s:%zu: a ';' after a blank starts a comment in INI (the value would be read as "
+                                  "'%.*s'): put a comment on a line of its own, and give a value holding \" ;\" "
+                                  "as its flag", name, line, (int)(e - v), v);
+            }
         }
         at = end + 1;
     }

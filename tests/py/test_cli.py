@@ -352,6 +352,13 @@ def test_a_checked_value_from_a_config_file_names_its_line(tmp_path):
     ("seed = 4" + " " * 300 + "7\n", 1, "a line of 309 bytes; the INI reader takes lines of at most 198 bytes"),
     (";" + "x" * 199 + "\nseed = 4\n", 1, "a line of 200 bytes"),
     ("seed = 4\n\vlines = 2\n", 2, "an indented line after a key"),   # inih's isspace: \v and \f indent too
+    # inih's inline comment: the value was cut at a ';' after a blank (out = samples ;v2.jsonl
+    # wrote "samples"), where the flag takes the text whole (a hunt's find)
+    ("seed = 4\nout = samples ;v2.jsonl\n", 2, "a ';' after a blank starts a comment in INI (the value would be "
+     "read as 'samples'): put a comment on a line of its own, and give a value holding \" ;\" as its flag"),
+    ("[pairs]\nseed = 4\t; the seed\n", 2, "a ';' after a blank starts a comment in INI (the value would be read as '4')"),
+    ("out: a ;b\n", 1, "a ';' after a blank starts a comment in INI (the value would be read as 'a')"),
+    ("out = ;x\n", 1, "a ';' after a blank starts a comment in INI (the value would be read as '')"),
     # a key and its old spelling: the command line refuses the pair, the file took the last
     ("data = a.jsonl\nsamples = b.jsonl\n", 2, "key 'data': given twice, once as 'samples' (its old spelling): give it once"),
 ])
@@ -377,6 +384,16 @@ def test_config_lines_inih_reads_whole_still_work(tmp_path):
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     r = run("pairs", "--data", s, "--seed", "5", "--out", str(tmp_path / "c.jsonl"))
     assert (tmp_path / "a.jsonl").read_bytes() != (tmp_path / "c.jsonl").read_bytes()
+
+
+def test_config_values_with_a_semicolon_or_hash_inih_keeps_are_read_as_written(tmp_path):
+    """'#' and a ';' not after a blank are no INI comment in a value: the file's --out is the
+    line's text after "out = ", as the flag's; a comment after a [section] stays a comment."""
+    s = samples_file(tmp_path)
+    for name in ("o;x.jsonl", "o#x.jsonl", "o #x.jsonl"):
+        cfg = write(tmp_path / "c.ini", f"[pairs] ; the pairs run\nout = {tmp_path / name}\n")
+        r = run("pairs", "--config", cfg, "--data", s)
+        assert r.returncode == 0 and (tmp_path / name).exists(), r.stderr
 
 
 @pytest.mark.parametrize("first", [";" + "c" * 197, "seed = 4" + " " * 190, ";" + "c" * 196 + "\r",
