@@ -9,6 +9,12 @@
 
 static char norm(char c) { return c == '_' ? '-' : c; }
 
+/* flag[0..len) equals key up to '-' vs '_' */
+static int names_equal_prefix(const char *flag, const char *key, size_t len) {
+    for (size_t i = 0; i < len; i++) if (!flag[i] || !key[i] || norm(flag[i]) != norm(key[i])) return 0;
+    return 1;
+}
+
 /* Equal up to '-' vs '_'. */
 static int names_equal(const char *flag, const char *key) {
     for (; *flag && *key; flag++, key++) if (norm(*flag) != norm(*key)) return 0;
@@ -527,6 +533,37 @@ static int takes_next_value(fdpo_flag *flags, size_t n, const char *a) {
     fdpo_flag *f = find_flag(flags, n, name, &is_alias);
     if (!f || (a[1] != '-' && (!is_alias || strlen(name) != 1))) return 0;
     return f->type != FLAG_BOOL;
+}
+
+typedef struct { const char *name; int found; } key_ctx;
+static int find_key(void *user, const char *section, const char *name, const char *value) {
+    (void)section; (void)value;
+    key_ctx *c = user;
+    if (names_equal(name, c->name)) c->found = 1;
+    return 1;
+}
+
+int flags_given(const char *cmd, fdpo_flag *flags, size_t n, int argc, char **argv, const char *name) {
+    g_parsing = cmd;
+    const size_t len = strlen(name);
+    for (int i = 1; i < argc; i++) {   /* pass 1's reading of argv */
+        const char *a = argv[i];
+        if (!strcmp(a, "--")) break;
+        if (!strncmp(a, "--", 2) && names_equal_prefix(a + 2, name, len) && (!a[2 + len] || a[2 + len] == '=')) return 1;
+        const char *cfg = NULL;
+        if (!strcmp(a, "--config")) cfg = i + 1 < argc ? argv[++i] : NULL;
+        else if (!strncmp(a, "--config=", 9)) cfg = a + 9;
+        else if (takes_next_value(flags, n, a)) i++;
+        if (!cfg) continue;
+        size_t text_len = 0;
+        char *text = fdpo_read_file(cfg, &text_len);
+        if (!text) continue;   /* flags_parse says why */
+        key_ctx c = {name, 0};
+        ini_parse_string(text, find_key, &c);
+        free(text);
+        if (c.found) return 1;
+    }
+    return 0;
 }
 
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
