@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <cJSON.h>
 #include "cli/commands.h"
 #include "cli/eval_common.h"
@@ -160,7 +159,7 @@ typedef struct {
 /* A flag whose value makes the run allocate more than the machine's memory, refused naming it
  * (the out-of-memory handler's line names no flag) */
 static int beyond_ram(const char *flag, long value, double bytes, const char *what) {
-    const double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    const double ram = fdpo_ram_bytes();
     if (ram > 0 && bytes > ram)
         return fdpo_error("--%s %ld: %s %.3g GB, more than this machine's %.3g GB", flag, value, what, bytes / 1e9,
                           ram / 1e9);
