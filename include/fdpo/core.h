@@ -273,6 +273,9 @@ size_t fdpo_utf8_first_invalid(const char *s, size_t n);
 
 /* ---- time, threads, progress ---- */
 double fdpo_now(void); /* monotonic seconds */
+/* This machine's physical memory in bytes (0 when unknown): a count whose records alone take
+ * more is refused naming its flag (the out-of-memory handler's line names no flag). */
+double fdpo_ram_bytes(void);
 /* Set OpenMP + OpenBLAS threads (n <= 0: the default count). Either way the count is capped
  * at OMP_THREAD_LIMIT (a warning through the log hook says so) and OpenMP's dynamic team
  * sizing is turned off: the GEMM libraries split their work by the thread count and need

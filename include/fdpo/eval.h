@@ -117,9 +117,12 @@ typedef struct fdpo_sampler fdpo_sampler;
 fdpo_sampler *fdpo_sampler_create(const fdpo_gpt2 *m);
 void fdpo_sampler_free(fdpo_sampler *s);
 const fdpo_gpt2 *fdpo_sampler_model(const fdpo_sampler *s);
-/* 0, or an error naming --n when n_prompts x n_samples records cannot even be counted in
- * memory (the product wrapped past size_t); every generation checks it first. */
-int fdpo_samples_count_check(size_t n_prompts, size_t n_samples);
+/* 0, or an error naming --n when n_prompts x n_samples records cannot be held: the product
+ * wraps past size_t, or the records alone take more than the machine's memory
+ * (fdpo_ram_bytes); every generation checks it first. prompts_flag: the flag that set
+ * n_prompts ("--prompts-per-round"), named with --n ("--prompts-per-round/--n: ..."), or NULL
+ * when the prompts come from a file. */
+int fdpo_samples_count_check(const char *prompts_flag, size_t n_prompts, size_t n_samples);
 int fdpo_sampler_generate(fdpo_sampler *s, const fdpo_tokenizer *tok, int32_t eot, const fdpo_sample_config *c,
                           int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
                           size_t n_samples, fdpo_sample **out);

@@ -24,6 +24,7 @@ int cmd_info(int argc, char **argv) {
     int rc = flags_parse("info", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
     if (rc == FLAGS_HELP) { free(pos); return 0; }
     if (rc != FLAGS_OK) { free(pos); return -1; }
+    if (n_pos > 0 && flags_from_config("model")) model = NULL;   /* CKPT replaces a config file's model, as --model does */
     if (n_pos + (model != NULL) != 1) { free(pos); return fdpo_error("--model: expected one checkpoint directory (usage: %s)", usage); }
     const char *dir = model ? model : pos[0];
     free(pos);

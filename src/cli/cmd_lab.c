@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <cJSON.h>
 #include "cli/commands.h"
 #include "cli/eval_common.h"
@@ -160,7 +159,7 @@ typedef struct {
 /* A flag whose value makes the run allocate more than the machine's memory, refused naming it
  * (the out-of-memory handler's line names no flag) */
 static int beyond_ram(const char *flag, long value, double bytes, const char *what) {
-    const double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    const double ram = fdpo_ram_bytes();
     if (ram > 0 && bytes > ram)
         return fdpo_error("--%s %ld: %s %.3g GB, more than this machine's %.3g GB", flag, value, what, bytes / 1e9,
                           ram / 1e9);
@@ -754,10 +753,8 @@ static int lab_check_method(int argc, char **argv) {
 /* ---------------- check ---------------- */
 
 static int lab_check(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) /* algorithm checks: src/lab/algos.c */
-        if (!strcmp(argv[i], "--method") || !strncmp(argv[i], "--method=", 9)) return lab_check_method(argc, argv);
     common_opts o;
-    const char *divspec, *lossname, *export_policy, *method_listed; /* --method dispatches above; listed for --help */
+    const char *divspec, *lossname, *export_policy, *method_listed; /* --method dispatches below; listed for --help */
     double beta, smoothing, noise;
     fdpo_flag flags[] = {
         COMMON_FLAGS(o, "6"),
@@ -770,10 +767,12 @@ static int lab_check(int argc, char **argv) {
         {"method", FLAG_STR, &method_listed, NULL, "dpo,online,rloo,grpo,kto: algorithm checks instead (see --method x --help)", 0},
         {"out", FLAG_STR, &o.out, NULL, "write the table here instead of stdout", 0},
     };
+    /* the algorithm checks (src/lab/algos.c), whose flags differ: --method on the command line
+     * or a --config file's method key (it was refused there), not another flag's value
+     * ("--out --method" writes a file named --method) */
+    if (flags_given("lab check", flags, NFLAGS(flags), argc, argv, "method")) return lab_check_method(argc, argv);
     PARSE_FLAGS("check", "fdpo lab check [flags]");
-    if (method_listed)   /* only a --config key gets here: the command line's --method dispatched above */
-        return fdpo_error("--method: give it on the command line (it selects the algorithm checks, whose flags differ; "
-                          "a --config key ran the loss check instead)");
+    (void)method_listed;
     fdpo_pref_loss L = {0};
     if (fdpo_loss_parse(lossname, &L.kind)) return -1;
     L.beta = beta;

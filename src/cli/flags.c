@@ -9,6 +9,12 @@
 
 static char norm(char c) { return c == '_' ? '-' : c; }
 
+/* flag[0..len) equals key up to '-' vs '_' */
+static int names_equal_prefix(const char *flag, const char *key, size_t len) {
+    for (size_t i = 0; i < len; i++) if (!flag[i] || !key[i] || norm(flag[i]) != norm(key[i])) return 0;
+    return 1;
+}
+
 /* Equal up to '-' vs '_'. */
 static int names_equal(const char *flag, const char *key) {
     for (; *flag && *key; flag++, key++) if (norm(*flag) != norm(*key)) return 0;
@@ -33,28 +39,35 @@ static fdpo_flag *find_exact(fdpo_flag *flags, size_t n, const char *name) {
 
 static const char *g_parsing;   /* the command flags_parse is parsing ("lab frontier"), for ALIASES' not_in */
 
+/* Whether alias a is no alias in the command being parsed (ALIASES' not_in) */
+static int alias_off_here(size_t a) {
+    const char *no = ALIASES[a].not_in;
+    return no && g_parsing && !strncmp(g_parsing, no, strlen(no));
+}
+
 /* The flag called `name`, or the one an old spelling of it now names (*is_alias set then). */
 static fdpo_flag *find_flag(fdpo_flag *flags, size_t n, const char *name, int *is_alias) {
     *is_alias = 0;
     fdpo_flag *f = find_exact(flags, n, name);
     if (f) return f;
     for (size_t a = 0; a < N_ALIASES; a++) {
-        const char *no = ALIASES[a].not_in;
-        if (no && g_parsing && !strncmp(g_parsing, no, strlen(no))) continue;
+        if (alias_off_here(a)) continue;
         if (names_equal(ALIASES[a].old, name) && (f = find_exact(flags, n, ALIASES[a].now))) { *is_alias = 1; return f; }
     }
     return NULL;
 }
 
-/* The flag name nearest to `name` (an old spelling counts as its new flag), or NULL when
- * nothing is close: at most 1 + len/4 edits. */
+/* The flag name nearest to `name` (an old spelling counts as its new flag where it is an
+ * alias: lab's --prompts was answered "did you mean --data?"), or NULL when nothing is close:
+ * at most 1 + len/4 edits. */
 static const char *nearest(fdpo_flag *flags, size_t n, const char *name) {
     const char *best = NULL;
     size_t best_d = 1 + strlen(name) / 4 + 1;
     for (size_t i = 0; i < n; i++) {
         size_t d = fdpo_edit_distance(flags[i].name, name);
         for (size_t a = 0; a < N_ALIASES; a++) {
-            if (!names_equal(ALIASES[a].now, flags[i].name) || find_exact(flags, n, ALIASES[a].old)) continue;
+            if (!names_equal(ALIASES[a].now, flags[i].name) || find_exact(flags, n, ALIASES[a].old) || alias_off_here(a))
+                continue;
             size_t da = fdpo_edit_distance(ALIASES[a].old, name);
             if (da < d) d = da;
         }
@@ -91,10 +104,12 @@ static void list_add(flag_list *l, const char *v) {
     l->v[l->n++] = v;
 }
 
-/* The flags that name a file or directory to read (every command's spelling) */
+/* The flags that name a file or directory to read (every command's spelling; report's
+ * eval ... chartjs: "--eval ''" failed as ": no such eval file", naming nothing) */
 static int is_input_path(const char *name) {
     static const char *const inputs[] = {"data", "model", "ref", "tokenizer", "eval-file", "base", "lora", "pairs",
-                                         "reward-data", "safety-data", "lexicon", "words", "ref-cache-dir"};
+                                         "reward-data", "safety-data", "lexicon", "words", "ref-cache-dir",
+                                         "eval", "lab", "lab-frontier", "proxy-eval", "samples", "notes", "chartjs"};
     for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++)
         if (!strcmp(name, inputs[i])) return 1;
     return 0;
@@ -239,12 +254,35 @@ const char *flags_error_origin(const char *msg, char *buf, size_t n) {
         snprintf(buf, n, "--%s: %s (from %s:%d)", hit->flag, msg, file, line);
         return buf;
     }
-    size_t len = strspn(msg + 2, "abcdefghijklmnopqrstuvwxyz0123456789-");
+    static const char NAME_CHARS[] = "abcdefghijklmnopqrstuvwxyz0123456789-";
+    size_t len = strspn(msg + 2, NAME_CHARS);
     char name[128];
-    /* "--lr: ..." and "--eval-every 5: ..." (the value after the name) */
-    if (len == 0 || len >= sizeof name || (msg[2 + len] != ':' && msg[2 + len] != ' ')) return msg;
+    if (len == 0 || len >= sizeof name) return msg;
     memcpy(name, msg + 2, len);
     name[len] = 0;
+    if (msg[2 + len] == '/' && !strncmp(msg + 3 + len, "--", 2)) {
+        /* "--beta-min/--beta-max: ..." (a check of two flags): the line of each one a file gave */
+        const char *b = msg + 5 + len;
+        const size_t len_b = strspn(b, NAME_CHARS);
+        char name_b[128];
+        if (len_b == 0 || len_b >= sizeof name_b || (b[len_b] != ':' && b[len_b] != ' ')) return msg;
+        memcpy(name_b, b, len_b);
+        name_b[len_b] = 0;
+        const char *names[2] = {name, name_b};
+        size_t at = (size_t)snprintf(buf, n, "%s (", msg);
+        int named = 0;
+        for (int k = 0; k < 2 && at < n; k++) {
+            const char *file = NULL;
+            const cfg_origin *o = origin_of(names[k], NULL);
+            const int line = o ? origin_line(o, &file) : 0;
+            if (line > 0) at += (size_t)snprintf(buf + at, n - at, "%s--%s from %s:%d", named++ ? ", " : "", names[k], file, line);
+        }
+        if (!named) return msg;
+        if (at < n) snprintf(buf + at, n - at, ")");
+        return buf;
+    }
+    /* "--lr: ..." and "--eval-every 5: ..." (the value after the name) */
+    if (msg[2 + len] != ':' && msg[2 + len] != ' ') return msg;
     const char *file = NULL;
     const cfg_origin *o = origin_of(name, msg[2 + len] == ' ' ? msg + 3 + len : NULL);
     const int line = o ? origin_line(o, &file) : 0;
@@ -382,12 +420,30 @@ void flags_release_config(void) {
     g_n_origin = g_cap_origin = 0;
 }
 
+static int ini_isspace(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+/* Where a ';' after a blank in the value of key line l[0..n) starts (Debian's inih is built
+ * with INI_ALLOW_INLINE_COMMENTS: it drops the rest of the value as a comment), else 0; *value
+ * is where the value starts. Its scan: the name ends at the first '=' or ':', the value's scan
+ * starts after it with no blank seen (a ';' before the separator is inih's syntax error). */
+static size_t inline_comment_at(const char *l, size_t n, size_t *value) {
+    int was_space = 0, in_value = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (was_space && l[k] == ';') return in_value ? k : 0;
+        if (!in_value && (l[k] == '=' || l[k] == ':')) { in_value = 1; was_space = 0; *value = k + 1; continue; }
+        was_space = ini_isspace(l[k]);
+    }
+    return 0;
+}
+
 /* What inih would read otherwise than written, refused with the line: a NUL byte (the text
  * ended there), a line of INI_MAX_LINE - 1 bytes or more, a CRLF's \r counted (its reader
  * holds INI_MAX_LINE - 1 bytes, the newline included: the rest, or the newline alone, is read
  * as another line, and every later line number was one off) and an indented line after a key
  * of the same section (inih's continuation of that value: "  n = 3" after "stop = ###" made
- * stop "n = 3"; before any key, or after a [section], an indented key is read as a key). */
+ * stop "n = 3"; before any key, or after a [section], an indented key is read as a key), and
+ * a ';' after a blank in a value (inih's inline comment: "out = samples ;v2.jsonl" wrote
+ * "samples", where --out took the text whole). */
 static int config_text_check(const char *name, const char *text, size_t len) {
     size_t line = 1;
     int after_key = 0;   /* inih's prev_name: set by a key line, cleared by a [section] */
@@ -401,13 +457,23 @@ static int config_text_check(const char *name, const char *text, size_t len) {
                               n, INI_MAX_LINE - 2);
         size_t lead = line == 1 && n >= 3 && !memcmp(l, "\xEF\xBB\xBF", 3) ? 3 : 0;   /* a byte order mark */
         const size_t bom = lead;
-        while (lead < n && (l[lead] == ' ' || (l[lead] >= '\t' && l[lead] <= '\r'))) lead++;   /* inih's isspace */
+        while (lead < n && ini_isspace(l[lead])) lead++;
         const char c = lead < n ? l[lead] : 0;
         if (c && c != ';' && c != '#') {
             if (lead > bom && after_key)
                 return fdpo_error("%s:%zu: an indented line after a key (INI reads it as more of that key's value): "
                                   "remove the indentation", name, line);
             after_key = c != '[';
+            size_t value = 0;
+            const size_t semi = after_key ? inline_comment_at(l + lead, n - lead, &value) : 0;
+            if (semi) {
+                const char *v = l + lead + value, *e = l + lead + semi;
+                while (v < e && ini_isspace(*v)) v++;
+                while (e > v && ini_isspace(e[-1])) e--;
+                return fdpo_error("%s:%zu: a ';' after a blank starts a comment in INI (the value would be read as "
+                                  "'%.*s'): put a comment on a line of its own, and give a value holding \" ;\" "
+                                  "as its flag", name, line, (int)(e - v), v);
+            }
         }
         at = end + 1;
     }
@@ -467,6 +533,37 @@ static int takes_next_value(fdpo_flag *flags, size_t n, const char *a) {
     fdpo_flag *f = find_flag(flags, n, name, &is_alias);
     if (!f || (a[1] != '-' && (!is_alias || strlen(name) != 1))) return 0;
     return f->type != FLAG_BOOL;
+}
+
+typedef struct { const char *name; int found; } key_ctx;
+static int find_key(void *user, const char *section, const char *name, const char *value) {
+    (void)section; (void)value;
+    key_ctx *c = user;
+    if (names_equal(name, c->name)) c->found = 1;
+    return 1;
+}
+
+int flags_given(const char *cmd, fdpo_flag *flags, size_t n, int argc, char **argv, const char *name) {
+    g_parsing = cmd;
+    const size_t len = strlen(name);
+    for (int i = 1; i < argc; i++) {   /* pass 1's reading of argv */
+        const char *a = argv[i];
+        if (!strcmp(a, "--")) break;
+        if (!strncmp(a, "--", 2) && names_equal_prefix(a + 2, name, len) && (!a[2 + len] || a[2 + len] == '=')) return 1;
+        const char *cfg = NULL;
+        if (!strcmp(a, "--config")) cfg = i + 1 < argc ? argv[++i] : NULL;
+        else if (!strncmp(a, "--config=", 9)) cfg = a + 9;
+        else if (takes_next_value(flags, n, a)) i++;
+        if (!cfg) continue;
+        size_t text_len = 0;
+        char *text = fdpo_read_file(cfg, &text_len);
+        if (!text) continue;   /* flags_parse says why */
+        key_ctx c = {name, 0};
+        ini_parse_string(text, find_key, &c);
+        free(text);
+        if (c.found) return 1;
+    }
+    return 0;
 }
 
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,

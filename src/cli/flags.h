@@ -53,12 +53,18 @@ typedef struct {
 #define FLAGS_ERROR (-1)
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n_flags,
                 int argc, char **argv, int *n_pos, char ***pos);
+/* Whether flag `name` is given to command cmd (table flags): at a flag position of argv
+ * ("--name" or "--name=...", not another flag's value: flags_parse's reading) or as a key of
+ * one of its --config files. For a command whose flags depend on one flag (lab check
+ * --method), asked before flags_parse; a file it cannot read says no (flags_parse says why). */
+int flags_given(const char *cmd, fdpo_flag *flags, size_t n_flags, int argc, char **argv, const char *name);
 /* The --config files of the last flags_parse, in order (an output must not replace one:
  * eval_claim_out). */
 size_t flags_config_files(const char *const **files);
 /* Apply the INI text[0..len) of a --config file (name is used in messages: "NAME:LINE: ...").
- * A NUL byte, a line inih would split (INI_MAX_LINE) and an indented line (inih's
- * continuation of the value above) are refused with their line. */
+ * A NUL byte, a line inih would split (INI_MAX_LINE), an indented line (inih's
+ * continuation of the value above) and a ';' after a blank in a value (inih's inline comment)
+ * are refused with their line. */
 int flags_parse_config(fdpo_flag *flags, size_t n_flags, const char *name, const char *text, size_t len);
 /* Free the config values kept for the process lifetime (string flags set from a config
  * point into them): for a long-lived caller such as the fuzz harness. */
@@ -68,7 +74,8 @@ void flags_release_config(void);
  * line, a --resume's saved value). */
 int flags_config_line(const char *flag, const char **file);
 /* An error message "--NAME: ..." (a library check's, naming the flag) whose flag's value came
- * from a --config file, with " (from FILE:LINE)" appended in buf; otherwise msg itself. */
+ * from a --config file, with " (from FILE:LINE)" appended in buf ("--A/--B: ...": each flag
+ * a file gave, " (--A from FILE:LINE, ...)"); otherwise msg itself. */
 const char *flags_error_origin(const char *msg, char *buf, size_t n);
 void flags_print_help(const char *cmd, const char *usage, const fdpo_flag *flags, size_t n_flags);
 /* Was this flag given explicitly? */

@@ -57,6 +57,11 @@ int fdpo_env_choice(const char *name, const char *const *choices, int def, int *
     return def;
 }
 
+double fdpo_ram_bytes(void) {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+}
+
 double fdpo_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -526,12 +526,22 @@ int fdpo_generate_eot(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t eot
     return rc;
 }
 
-int fdpo_samples_count_check(size_t n_prompts, size_t n_samples) {
+int fdpo_samples_count_check(const char *prompts_flag, size_t n_prompts, size_t n_samples) {
+    /* the flags at fault: --n, and the one that set the prompt count when no file did */
+    char flag[64];
+    if (prompts_flag) snprintf(flag, sizeof flag, "%s/--n:", prompts_flag);
+    else snprintf(flag, sizeof flag, "--n %zu:", n_samples);
     /* n_prompts * n_samples records: a product past size_t wrapped (generate wrote 2 samples
      * for --n 6148914691236517206, eval indexed out of bounds) */
     if (n_samples && n_prompts > SIZE_MAX / sizeof(fdpo_sample) / n_samples)
-        return fdpo_error("--n %zu: %zu prompts x %zu samples cannot be held (their count alone overflows memory)",
-                          n_samples, n_prompts, n_samples);
+        return fdpo_error("%s %zu prompts x %zu samples cannot be held (their count alone overflows memory)", flag,
+                          n_prompts, n_samples);
+    /* records beyond the machine's memory ended in the out-of-memory handler's line, which
+     * names no flag */
+    const double bytes = (double)n_prompts * (double)n_samples * (double)sizeof(fdpo_sample), ram = fdpo_ram_bytes();
+    if (ram > 0 && bytes > ram)
+        return fdpo_error("%s %zu prompts x %zu samples: their records alone take %.3g GB, more than this machine's "
+                          "%.3g GB", flag, n_prompts, n_samples, bytes / 1e9, ram / 1e9);
     return 0;
 }
 
@@ -542,7 +552,7 @@ int fdpo_sampler_generate(fdpo_sampler *smp, const fdpo_tokenizer *tok, int32_t 
     *out = NULL;
     if (fdpo_sample_config_check(c)) return -1;
     if (n_samples == 0) return fdpo_error("number of samples per prompt must be > 0");
-    if (fdpo_samples_count_check(n_prompts, n_samples)) return -1;
+    if (fdpo_samples_count_check(NULL, n_prompts, n_samples)) return -1;
     size_t V = m->config.vocab_size, maxT = m->config.n_positions, max_prompt = 0;
     for (size_t p = 0; p < n_prompts; p++) {
         if (prompt_lens[p] == 0) return fdpo_error("prompt %zu: no tokens", c->first_prompt + p + 1);

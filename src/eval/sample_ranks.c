@@ -156,7 +156,7 @@ int fdpo_generate_ranks(const fdpo_gpt2 *m, const fdpo_tokenizer *tok, int32_t e
                         int32_t *const *prompt_ids, const size_t *prompt_lens, size_t n_prompts,
                         size_t n_samples, fdpo_sample **out, fdpo_generate_timing *timing) {
     if (timing) *timing = (fdpo_generate_timing){0};
-    if (fdpo_samples_count_check(n_prompts, n_samples)) return -1;   /* before any rank sizes its block */
+    if (fdpo_samples_count_check(NULL, n_prompts, n_samples)) return -1;   /* before any rank sizes its block */
     if (fdpo_dist_size() == 1)
         return generate_timed(m, tok, eot, c, prompt_ids, prompt_lens, n_prompts, n_samples, out, timing);
     *out = NULL;

@@ -517,9 +517,10 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     if (fdpo_pref_loss_check(&o->dpo.dpo.loss)) return -1;
     if (o->prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->prompts_per_round);
     if (o->n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->n);
-    /* a round's (or step's) samples must be countable: --n past that wrapped their size and
-     * failed as "out of memory allocating 8 bytes" */
-    if (fdpo_samples_count_check((size_t)o->prompts_per_round, (size_t)o->n)) return -1;
+    /* a round's (or step's) samples must be countable and fit the machine: --n past that wrapped
+     * their size and failed as "out of memory allocating 8 bytes", a count beyond its memory
+     * as "out of memory allocating N bytes", naming neither flag */
+    if (fdpo_samples_count_check("--prompts-per-round", (size_t)o->prompts_per_round, (size_t)o->n)) return -1;
     /* the shared training options (--lr, --seed, --log-every, --lora-*, ...), checked as sft and
      * dpo check them before anything is sampled: each round's f-DPO run and step mode's trainer
      * take them, from --model into --out (step mode's steps take --prompts-per-round prompts,

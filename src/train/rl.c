@@ -450,7 +450,11 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     fdpo_sampler *sampler = policy ? fdpo_sampler_create(policy) : NULL;
     tr.progress.phase = "rl";
     /* a step takes each prompt at most once (fdpo_train_step_items) */
-    const size_t P = tr_ok ? tr.step_items : 1, k = o->rl.k, N = P * k;
+    const size_t P = tr_ok ? tr.step_items : 1, k = o->rl.k;
+    /* a step's P x k samples beyond the machine's memory ended in the out-of-memory handler's
+     * line, naming no flag (P is known once the prompts are read) */
+    if (!rc) rc = fdpo_samples_count_check(NULL, P, k);
+    const size_t N = rc ? 0 : P * k;
     char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
     size_t *np = fdpo_malloc(N * sizeof(size_t)), *ny = fdpo_malloc(N * sizeof(size_t));
     int32_t **pi = fdpo_malloc(N * sizeof *pi), **yi = fdpo_malloc(N * sizeof *yi);

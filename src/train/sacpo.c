@@ -43,7 +43,7 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
         if (o->online.rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->online.rounds);
         if (o->online.prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->online.prompts_per_round);
         if (o->online.n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->online.n);
-        if (fdpo_samples_count_check((size_t)o->online.prompts_per_round, (size_t)o->online.n)) return -1;
+        if (fdpo_samples_count_check("--prompts-per-round", (size_t)o->online.prompts_per_round, (size_t)o->online.n)) return -1;
         /* a stage's rounds save every round, whole (fdpo online refuses it as --mode step's) */
         if (!o->reward_data && !o->safety_data && o->dpo.train.save_every > 0)
             return fdpo_error("--save-every: only stages on files use it (--reward-data/--safety-data); with --reward "

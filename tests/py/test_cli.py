@@ -233,9 +233,18 @@ def test_old_spelling_is_an_alias_with_a_deprecation_note(tmp_path, old):
 def test_lab_prompts_is_never_the_data_alias(sub):
     """in lab, --prompts is the number of prompts of gap and coverage; elsewhere in lab it was
     taken as the old spelling of --data: `lab frontier --prompts 3` warned "deprecated" and
-    then read a file named 3 (or failed on --n with --data)"""
-    r = run("lab", sub, "--prompts", "3")
-    assert r.returncode == 1 and r.stderr == "fdpo lab: unknown flag --prompts (did you mean --data?)\n", r.stderr
+    then read a file named 3 (or failed on --n with --data). Nor is it suggested as --data:
+    "did you mean --data?" led to `--data 3`, a file (docs/cli.md; a hunt's find)."""
+    for typo in ("--prompts", "--prompt"):
+        r = run("lab", sub, typo, "3")
+        assert r.returncode == 1 and r.stderr == f"fdpo lab: unknown flag {typo} (--help lists the flags)\n", r.stderr
+
+
+def test_lab_prompts_config_key_is_not_suggested_as_data(tmp_path):
+    cfg = write(tmp_path / "lp.ini", "prompts = 3\n")
+    r = run("lab", "solve", "--config", cfg)
+    assert r.returncode == 1 and r.stderr == \
+        f"fdpo lab: {cfg}:1: unknown key 'prompts' (the keys are the flag names of --help)\n", r.stderr
 
 
 @pytest.mark.parametrize("order", ["old-first", "new-first"])
@@ -343,6 +352,13 @@ def test_a_checked_value_from_a_config_file_names_its_line(tmp_path):
     ("seed = 4" + " " * 300 + "7\n", 1, "a line of 309 bytes; the INI reader takes lines of at most 198 bytes"),
     (";" + "x" * 199 + "\nseed = 4\n", 1, "a line of 200 bytes"),
     ("seed = 4\n\vlines = 2\n", 2, "an indented line after a key"),   # inih's isspace: \v and \f indent too
+    # inih's inline comment: the value was cut at a ';' after a blank (out = samples ;v2.jsonl
+    # wrote "samples"), where the flag takes the text whole (a hunt's find)
+    ("seed = 4\nout = samples ;v2.jsonl\n", 2, "a ';' after a blank starts a comment in INI (the value would be "
+     "read as 'samples'): put a comment on a line of its own, and give a value holding \" ;\" as its flag"),
+    ("[pairs]\nseed = 4\t; the seed\n", 2, "a ';' after a blank starts a comment in INI (the value would be read as '4')"),
+    ("out: a ;b\n", 1, "a ';' after a blank starts a comment in INI (the value would be read as 'a')"),
+    ("out = ;x\n", 1, "a ';' after a blank starts a comment in INI (the value would be read as '')"),
     # a key and its old spelling: the command line refuses the pair, the file took the last
     ("data = a.jsonl\nsamples = b.jsonl\n", 2, "key 'data': given twice, once as 'samples' (its old spelling): give it once"),
 ])
@@ -368,6 +384,16 @@ def test_config_lines_inih_reads_whole_still_work(tmp_path):
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     r = run("pairs", "--data", s, "--seed", "5", "--out", str(tmp_path / "c.jsonl"))
     assert (tmp_path / "a.jsonl").read_bytes() != (tmp_path / "c.jsonl").read_bytes()
+
+
+def test_config_values_with_a_semicolon_or_hash_inih_keeps_are_read_as_written(tmp_path):
+    """'#' and a ';' not after a blank are no INI comment in a value: the file's --out is the
+    line's text after "out = ", as the flag's; a comment after a [section] stays a comment."""
+    s = samples_file(tmp_path)
+    for name in ("o;x.jsonl", "o#x.jsonl", "o #x.jsonl"):
+        cfg = write(tmp_path / "c.ini", f"[pairs] ; the pairs run\nout = {tmp_path / name}\n")
+        r = run("pairs", "--config", cfg, "--data", s)
+        assert r.returncode == 0 and (tmp_path / name).exists(), r.stderr
 
 
 @pytest.mark.parametrize("first", [";" + "c" * 197, "seed = 4" + " " * 190, ";" + "c" * 196 + "\r",
@@ -456,11 +482,24 @@ def test_messages_say_what_is_wrong_with_the_value(tmp_path):
                                       ("generate", "--model"), ("dpo", "--ref"), ("sft", "--tokenizer"),
                                       # these failed as ": cannot open" or "config.json: cannot open" (a hunt's find)
                                       ("dpo", "--eval-file"), ("merge", "--base"), ("merge", "--lora"), ("eval", "--pairs"),
-                                      ("sacpo", "--reward-data"), ("sacpo", "--safety-data"), ("eval", "--lexicon")])
+                                      ("sacpo", "--reward-data"), ("sacpo", "--safety-data"), ("eval", "--lexicon"),
+                                      # report's inputs: ": no such eval file" (a hunt's find)
+                                      ("report", "--eval"), ("report", "--lab"), ("report", "--samples"),
+                                      ("report", "--lab-frontier"), ("report", "--proxy-eval"), ("report", "--notes"),
+                                      ("report", "--chartjs")])
 def test_an_empty_input_path_names_its_flag(tmp_path, cmd, flag):
     """it was "fdpo pretrain: : cannot open: No such file or directory", no flag named"""
     r = run(*cmd.split(), flag, "", "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and r.stderr == f"fdpo {cmd.split()[0]}: {flag}: an empty path\n", r.stderr
+
+
+def test_an_empty_report_input_from_a_config_names_its_line(tmp_path):
+    """docs/cli.md: a config value is named with its file and line; "eval =" failed as
+    ": no such eval file", naming neither (a hunt's find)"""
+    cfg = write(tmp_path / "r.ini", f"out = {tmp_path / 'r.html'}\neval =\n")
+    r = run("report", "--config", cfg)
+    assert r.returncode == 1 and r.stderr == f"fdpo report: {cfg}:2: key 'eval': an empty path\n", r.stderr
+    assert not (tmp_path / "r.html").exists()
 
 
 @pytest.mark.parametrize("cmd", ["pretrain --out O", "sft --out O", "tokenizer train --out O", "tokenize --tokenizer byte",
@@ -488,6 +527,25 @@ def test_a_config_value_named_in_a_flag_value_message(tmp_path):
     r = run("pretrain", "--out", str(tmp_path / "o"), "--config", cfg, "x.txt")
     assert r.returncode == 1 and r.stderr.endswith(f"(from {cfg}:2)\n"), r.stderr
     assert r.stderr.startswith("fdpo pretrain: --eval-every 5: "), r.stderr
+
+
+@pytest.mark.parametrize("sub,a,b,va,vb,msg", [
+    ("frontier", "beta-min", "beta-max", "5", "1", "need 0 < min <= max (got 5, 1)"),
+    ("bias", "length-min", "length-max", "50", "10", "need 0 <= min <= max (got 50, 10)"),
+])
+def test_a_check_of_two_flags_names_the_config_lines_of_each(tmp_path, sub, a, b, va, vb, msg):
+    """docs/cli.md: a value from --config is named with its file and line wherever it is
+    refused; "--beta-min/--beta-max: ..." named no line (the '/' stopped the flag's name; a
+    hunt's find). Each flag the file gave is named with its line; the command line's is not."""
+    cfg = write(tmp_path / "c.ini", f"threads = 1\n{a} = {va}\n{b} = {vb}\n")
+    r = run("lab", sub, "--config", cfg)
+    assert r.returncode == 1 and r.stderr == \
+        f"fdpo lab: --{a}/--{b}: {msg} (--{a} from {cfg}:2, --{b} from {cfg}:3)\n", r.stderr
+    cfg = write(tmp_path / "d.ini", f"{a} = {va}\n")
+    r = run("lab", sub, "--config", cfg, f"--{b}", vb, "--threads", "1")
+    assert r.returncode == 1 and r.stderr == f"fdpo lab: --{a}/--{b}: {msg} (--{a} from {cfg}:1)\n", r.stderr
+    r = run("lab", sub, f"--{a}", va, f"--{b}", vb, "--threads", "1")
+    assert r.returncode == 1 and r.stderr == f"fdpo lab: --{a}/--{b}: {msg}\n", r.stderr
 
 
 def test_a_missing_file_a_config_named_is_said_with_its_flag_and_line(tmp_path):
@@ -537,6 +595,25 @@ def test_a_missing_file_a_config_named_is_said_with_its_flag_and_line(tmp_path):
     r = run("eval", "--threads", "1", "--ref", str(m), "--data", pairs, "--n", "1", "--config", cfg)
     assert r.returncode == 1 and r.stderr == (f"fdpo eval: --model {nomodel}: {nomodel}/config.json: cannot open: No such "
                                               f"file or directory (from {cfg}:1)\n"), r.stderr
+
+
+def test_info_positional_checkpoint_replaces_the_config_files_model(tmp_path):
+    """docs/cli.md: positional arguments replace a config file's value as the flag does;
+    `info --config c.ini CKPT` counted the file's model and CKPT as two checkpoints and was
+    refused (a hunt's find). Two checkpoints of different widths: CKPT's width is read."""
+    (tmp_path / "t.txt").write_text("the cat sat on the mat\n")
+    for name, width in (("a", "16"), ("b", "32")):
+        assert run("pretrain", "--out", str(tmp_path / name), "--data", str(tmp_path / "t.txt"), "--n-layer", "1",
+                   "--n-head", "2", "--n-embd", width, "--n-positions", "32", "--seq-len", "16", "--steps", "1",
+                   "--threads", "1", "--quiet", "--eval-every", "0", "--eval-fraction", "0").returncode == 0
+    cfg = write(tmp_path / "i.ini", f"model = {tmp_path / 'a'}\njson = true\n")
+    r = run("info", "--config", cfg, str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["checkpoint"] == str(tmp_path / "b") and got["n_embd"] == 32
+    assert json.loads(run("info", "--config", cfg).stdout)["n_embd"] == 16
+    r = run("info", "--config", cfg, str(tmp_path / "b"), str(tmp_path / "a"))   # still one checkpoint
+    assert r.returncode == 1 and "--model: expected one checkpoint directory" in r.stderr, r.stderr
 
 
 def test_a_config_value_deep_in_a_long_path_is_named_whole(tmp_path):

@@ -309,6 +309,24 @@ def test_a_sample_count_past_size_t_is_refused(byte_model, tmp_path):
     assert r.returncode == 1 and "samples cannot be held" in r.stderr, r.stderr
 
 
+def machine_gb():
+    """this machine's physical memory in GB as the messages print it (%.3g), from Python's sysconf"""
+    return "%.3g" % (os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9)
+
+
+def test_a_sample_count_beyond_memory_is_refused_by_name(byte_model, tmp_path):
+    """2 prompts x --n 10^14: a count that fits size_t but whose records exceed the machine's
+    memory failed as "out of memory allocating 12799999999999872 bytes", naming no flag (a
+    hunt's find); it is refused naming --n, as a count past size_t is"""
+    d, _ = byte_model
+    n = 10 ** 14
+    (tmp_path / "p.txt").write_text("a\nb\n")
+    for cmd in (["generate"], ["eval", "--ref", d]):
+        r = run(FDPO, *cmd, "--model", d, "--data", tmp_path / "p.txt", "--max-new-tokens", 2, "--n", n, "--threads", 1)
+        assert r.returncode == 1 and r.stdout == "" and f"--n {n}: 2 prompts x {n} samples: their records alone take " \
+            in r.stderr and r.stderr.endswith(f" GB, more than this machine's {machine_gb()} GB\n"), r.stderr
+
+
 @pytest.mark.parametrize("cmd", ["generate", "info", "tokenize"])
 def test_a_failed_write_to_stdout_is_an_error(byte_model, tmp_path, cmd):
     """stdout on a full disk (/dev/full): the samples were lost and the exit status was 0

@@ -309,15 +309,29 @@ def test_kto_columns_are_empty_where_they_do_not_apply(problem, tmp_path):
     assert j[1]["z0"] == 0 and j[1]["undesirable_mass"] > 0
 
 
-def test_method_from_a_config_file_is_refused_not_ignored(tmp_path):
-    """`method = kto` in --config silently ran the loss check: --method dispatches on the command
-    line alone (the two checks take different flags)"""
+def test_method_from_a_config_file_runs_the_algorithm_checks(tmp_path):
+    """docs/cli.md: a config file's keys are the flags of --help. `method = kto` in --config
+    silently ran the loss check, then was refused ("give it on the command line"), and a file
+    holding the algorithm checks' own keys (group-size) failed as "unknown key" (a hunt's find):
+    the file's method selects the algorithm checks as --method does."""
     cfg = tmp_path / "m.ini"
-    cfg.write_text("method = kto\n")
+    cfg.write_text("method = online\ngroup-size = 3\nsteps = 50\ndivergence = rkl\nn = 4\nthreads = 1\n")
     r = lab("--config", cfg, check=False)
-    assert r.returncode == 1 and r.stdout == ""
-    assert ("--method: give it on the command line (it selects the algorithm checks, whose flags differ; a --config "
-            f"key ran the loss check instead) (from {cfg}:1)") in r.stderr, r.stderr
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == lab("--method", "online", "--group-size", 3, "--steps", 50, "--divergence", "rkl", "--n", 4,
+                           "--threads", 1).stdout
+    got = rows(r.stdout)
+    assert [(row["method"], row["divergence"], row["iterations"]) for row in got] == [("online", "rkl", "50")]
+
+
+def test_method_as_another_flags_value_is_that_value(tmp_path):
+    """docs/cli.md: the item after a flag that takes a value is its value. `lab check --out
+    --method` ran the algorithm checks; it is the loss check writing a file named --method."""
+    r = subprocess.run([FDPO, "lab", "check", "--n", "4", "--threads", "1", "--out", "--method"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    header = (tmp_path / "--method").read_text().splitlines()[0]
+    assert header == "divergence,beta,loss,max_abs_diff,final_loss,grad_norm,iterations", header
 
 
 def test_export_pi_is_the_old_name_of_export_policy(problem, tmp_path):

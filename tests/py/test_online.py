@@ -985,6 +985,24 @@ def test_label_smoothing_is_robust_s_parameter_as_in_dpo(setup, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["rounds", "step"])
+def test_prompts_per_round_beyond_memory_is_refused_by_name(setup, tmp_path, mode):
+    """--prompts-per-round 10^14: "out of memory allocating 799999999999992 bytes", naming no
+    flag (a hunt's find). Refused naming the flags, and from --config with the file's line."""
+    from test_generate import machine_gb
+    p = 10 ** 14
+    extra = ["--mode", "step", "--steps", 1] if mode == "step" else []
+    cfg = tmp_path / "o.ini"
+    cfg.write_text(f"threads = 1\nprompts-per-round = {p}\n")
+    for where, origin in ((["--prompts-per-round", p], ""), (["--config", cfg], f" (--prompts-per-round from {cfg}:2)")):
+        r = fdpo("online", "--model", setup / "model", "--data", setup / "prompts.txt", "--reward", "length", "--out",
+                 tmp_path / "o", "--n", 2, *where, *extra, check=False)
+        assert r.returncode == 1 and r.stderr.startswith(
+            f"fdpo online: --prompts-per-round/--n: {p} prompts x 2 samples: their records alone take ") and \
+            r.stderr.endswith(f" GB, more than this machine's {machine_gb()} GB{origin}\n"), r.stderr
+        assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("mode", ["rounds", "step"])
 def test_an_n_whose_samples_cannot_be_counted_is_refused_by_name(setup, tmp_path, mode):
     """1 prompt x (2^61 + 1) samples: their 8-byte sizes wrapped, "out of memory allocating
     8 bytes", naming no flag"""
@@ -992,6 +1010,6 @@ def test_an_n_whose_samples_cannot_be_counted_is_refused_by_name(setup, tmp_path
     extra = ["--mode", "step", "--steps", 1] if mode == "step" else []
     r = fdpo("online", "--model", setup / "model", "--data", setup / "prompts.txt", "--reward", "length", "--out",
              tmp_path / "o", "--prompts-per-round", 1, "--n", n, *extra, check=False)
-    assert r.returncode == 1 and r.stderr == (f"fdpo online: --n {n}: 1 prompts x {n} samples cannot be held (their "
-                                              "count alone overflows memory)\n"), r.stderr
+    assert r.returncode == 1 and r.stderr == (f"fdpo online: --prompts-per-round/--n: 1 prompts x {n} samples cannot be "
+                                              "held (their count alone overflows memory)\n"), r.stderr
     assert not (tmp_path / "o").exists()

@@ -358,6 +358,23 @@ def test_rl_bad_flags(tmp_path):
         assert r.returncode != 0 and needle in r.stderr, r.stderr
 
 
+def test_rl_sample_count_beyond_memory_is_refused_by_name(tmp_path):
+    """--n 10^14 for 2 prompts a step: "out of memory allocating 1599999999999984 bytes", naming
+    no flag (a hunt's find); refused naming --n, before --out is made"""
+    import subprocess
+    from test_generate import make_model, machine_gb
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=32, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("a\nb\n")
+    n = 10 ** 14
+    r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt",
+                        "--reward", "length", "--out", tmp_path / "o", "--steps", 1, "--max-new-tokens", 2,
+                        "--prompts-per-step", 2, "--threads", 1, "--n", n]], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith(f"fdpo rl: --n {n}: 2 prompts x {n} samples: their records alone take ") \
+        and r.stderr.endswith(f" GB, more than this machine's {machine_gb()} GB\n"), r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_rl_same_seed_same_numbers(tmp_path):
     import subprocess
     from test_generate import make_model
