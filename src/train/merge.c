@@ -64,6 +64,22 @@ static int check_compatible(const char *dir, const fdpo_gpt2 *m, const char *fir
     return 0;
 }
 
+/* The output of merge --lora ADAPTER --model BASE takes BASE's tokenizer: where the adapter
+ * directory has its own (a LoRA run's OUT: the one it was trained and is read with), the two
+ * must encode alike, or the folded weights would be read as other tokens. */
+static int lora_tokenizer_check(const char *adapter_dir, const char *base_dir) {
+    if (!fdpo_tokenizer_dir_has_files(adapter_dir)) return 0;   /* PEFT's save_pretrained writes none: BASE's is its */
+    fdpo_tokenizer *own = fdpo_tokenizer_load_dir(adapter_dir), *base = own ? fdpo_checkpoint_load_tokenizer(base_dir) : NULL;
+    char what[512];
+    int rc = !own ? fdpo_error_context("--lora %s", adapter_dir) : !base ? fdpo_error_context("--model %s", base_dir) : 0;
+    if (!rc && fdpo_tokenizer_diff(own, base, what, sizeof what))
+        rc = fdpo_error("--lora %s: its tokenizer differs from --model %s's (%s): the folded model, written with %s's "
+                        "tokenizer, would read the adapter's ids as other tokens", adapter_dir, base_dir, what, base_dir);
+    fdpo_tokenizer_free(own);
+    fdpo_tokenizer_free(base);
+    return rc;
+}
+
 fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir) {
     if (!fdpo_lora_dir_has_adapter(adapter_dir)) {
         fdpo_error("--lora: %s has no adapter_config.json (a PEFT LoRA adapter directory)", adapter_dir);
@@ -73,6 +89,7 @@ fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir) {
     const char *base = base_dir ? base_dir : saved;
     fdpo_gpt2 *m = NULL;
     if (!base) { fdpo_error("--model: required (%s names no base_model_name_or_path)", adapter_dir); goto done; }
+    if (base_dir && lora_tokenizer_check(adapter_dir, base_dir)) goto done;
     if (!(m = fdpo_checkpoint_load_model(base))) { fdpo_error_context("--model %s", base); goto done; }
     if (!(m = fdpo_lora_load_onto(adapter_dir, m))) { fdpo_error_context("--lora %s", adapter_dir); goto done; }
     fdpo_lora_merge(m);
