@@ -52,6 +52,11 @@ void fdpo_st_writer_add_gpt2(fdpo_st_writer *w, const fdpo_gpt2 *m, const float 
  * a non-finite value, or a tensor under prefix (every tensor, prefix NULL) that the model
  * does not read, is refused naming the tensor. */
 int fdpo_st_read_gpt2(const fdpo_safetensors *st, const fdpo_gpt2 *m, float *memory, const char *prefix);
+/* Element k of m's params_memory as the checkpoint's model.safetensors holds it, for messages:
+ * "transformer.h.1.mlp.c_fc.weight[3,5]" (the tensor's name as fdpo_checkpoint_save_model
+ * writes it, then the row and column, or the index of a 1-D tensor; a GPT-2 reward model's
+ * head is "score.weight[0,c]"). params_memory's order is fdpo's own, not the file's. */
+void fdpo_gpt2_param_name(const fdpo_gpt2 *m, size_t k, char *buf, size_t size);
 void fdpo_st_writer_free(fdpo_st_writer *w);
 
 /* ---- checkpoints (Hugging Face layout) ----

@@ -19,6 +19,12 @@ typedef struct {
     const char *base;          /* --base: task arithmetic relative to this checkpoint; NULL = linear */
 } fdpo_merge_opts;
 
+/* Claim the merge's output before any input is loaded: OUT's lock (fdpo_checkpoint_recover,
+ * held through the save, so a run or merge into the same OUT meanwhile is refused) and, without
+ * overwrite, a refusal of an OUT that holds another run's output: a checkpoint, rounds, stages
+ * or a tokenizer (fdpo_out_holds_run) or the metrics.jsonl and summaries of a run that never
+ * saved (fdpo_out_run_file). */
+int fdpo_merge_claim_out(const char *out, int overwrite);
 /* Errors name the flag: "--weight: 3 weights for 2 models". */
 int fdpo_merge_opts_check(const fdpo_merge_opts *o);
 /* Load the inputs one at a time, check that every config and tokenizer equals the first

@@ -39,6 +39,13 @@ size_t fdpo_tokenizer_vocab_size(const fdpo_tokenizer *t);
  * compared token by token (score/eval's --ref) need this; the vocabulary's size alone let a
  * byte-level model be scored against a 257-token BPE one. The chat template is not compared. */
 int fdpo_tokenizer_same(const fdpo_tokenizer *a, const fdpo_tokenizer *b);
+/* Why fdpo_tokenizer_same(a, b) is 0: the first difference, in the style of
+ * fdpo_gpt2_config_diff ("A vs B"), written into buf (NULL: not written) and 1; 0 when they
+ * are the same. Checked in this order: the kind, vocab_size, the eos/bos/pad ids ("eos id 100
+ * vs 299"), each token's bytes or special flag ("token 200 'ab' vs 'ba'"), the merges by rank
+ * from 0 ("merges[4] 'h e' vs 'e r'") and their number, the added tokens, the pre-tokenizer
+ * pattern, the Digits pre-tokenizer, NFC normalisation and ignore_merges. */
+int fdpo_tokenizer_diff(const fdpo_tokenizer *a, const fdpo_tokenizer *b, char *buf, size_t size);
 /* End of sequence: tokenizer_config.json's eos_token, else <|endoftext|> (256 byte-level,
  * 50256 GPT-2). Completions end with it and generation stops at it; it separates
  * pretraining documents and starts an empty prompt (one token for all, so that what is

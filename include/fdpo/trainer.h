@@ -302,8 +302,12 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore);
 /* The files a run leaves in OUT that describe that run: metrics.jsonl, data_summary.json,
  * eval_summary.json. A fresh run into an OUT without a checkpoint (a run that never saved
  * left them) removes them (rank 0 only under MPI); a run that replaces a checkpoint
- * (--overwrite) and `merge` leave them out of their save's swap (fdpo_checkpoint_save_run). */
+ * (--overwrite) and `merge --overwrite` leave them out of their save's swap
+ * (fdpo_checkpoint_save_run); `merge` without --overwrite refuses them (fdpo_merge_claim_out). */
 int fdpo_out_remove_run_files(const char *out);
+/* The first of those run files OUT holds (its name), NULL for none: what a run that never
+ * saved left, which fdpo_out_holds_run does not count (a fresh training run removes them). */
+const char *fdpo_out_run_file(const char *out);
 /* A file a save writes into the new directory (name, bytes). */
 typedef struct { const char *name; const char *data; size_t len; } fdpo_run_file;
 /* fdpo_checkpoint_save_all for the first save of a run that replaces another in OUT

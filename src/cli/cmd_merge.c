@@ -21,7 +21,7 @@ int cmd_merge(int argc, char **argv) {
         {"base", FLAG_STR, &base, NULL, "task arithmetic: theta = base + sum w_i (theta_i - base)", 0},
         {"lora", FLAG_STR, &lora, NULL, "PEFT LoRA adapter directory to fold into --model: W += (alpha/r) B A (default base: the adapter's base_model_name_or_path)", 0},
         {"out", FLAG_STR, &out, NULL, "output checkpoint directory (required)", 0},
-        {"overwrite", FLAG_BOOL, &overwrite, "0", "replace an existing checkpoint (or a tokenizer) in --out", 0},
+        {"overwrite", FLAG_BOOL, &overwrite, "0", "replace an existing checkpoint, another run's output (its metrics.jsonl) or a tokenizer in --out", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},
     };
     const char *usage = "fdpo merge --model A --model B [...] [--weight w1,w2,...] [--base CKPT] --out DIR\n"
@@ -42,18 +42,16 @@ int cmd_merge(int argc, char **argv) {
         if (flags_number_list("weight", weight_list, FLAGS_LIST_ANY, &weights, &n_weights)) goto done;
         if (n_weights != n_models) { fdpo_error("--weight: %zu weights for %zu --model checkpoints", n_weights, n_models); goto done; }
     }
-    if (!overwrite) { /* any run's output, not only a checkpoint: the swap would drop its other files */
-        const char *held = fdpo_out_holds_run(out, 0);
-        if (held) { fdpo_error("--out: %s already holds %s (use --overwrite to replace it)", out, held); goto done; }
-    }
+    if (lora && (n_models > 1 || base || weight_list)) { fdpo_error("--lora: takes one --model (the base) and no --base or --weight"); goto done; }
+    fdpo_merge_opts o = {models, n_models, weights, base};
+    if (!lora && fdpo_merge_opts_check(&o)) goto done;   /* a bad flag refused before OUT is claimed */
+    if (fdpo_merge_claim_out(out, overwrite)) goto done;
     const char *tok_dir;
     if (lora) {
-        if (n_models > 1 || base || weight_list) { fdpo_error("--lora: takes one --model (the base) and no --base or --weight"); goto done; }
         m = fdpo_merge_lora(lora, n_models ? models[0] : NULL);
         if (!m) goto done;
         tok_dir = n_models ? models[0] : lora;   /* a LoRA run's OUT holds the tokenizer too */
     } else {
-        fdpo_merge_opts o = {models, n_models, weights, base};
         m = fdpo_merge(&o);
         if (!m) goto done;
         tok_dir = base ? base : models[0];
@@ -63,7 +61,7 @@ int cmd_merge(int argc, char **argv) {
     /* the merged model is not the run OUT may hold (--overwrite): its metrics.jsonl and
      * summaries are left out of the swap (a save that fails leaves that run whole) */
     static const fdpo_run_file no_run_files[1];
-    if (fdpo_checkpoint_recover(out) || fdpo_checkpoint_save_run(out, m, tok, NULL, NULL, no_run_files, 0))
+    if (fdpo_checkpoint_save_run(out, m, tok, NULL, NULL, no_run_files, 0))
         goto done;
     if (lora) fdpo_log(FDPO_LOG_INFO, "%s: %s merged into its base written", out, lora);
     else fdpo_log(FDPO_LOG_INFO, "%s: %s of %zu checkpoints%s%s written", out, base ? "task arithmetic" : "weighted average",

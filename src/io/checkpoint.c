@@ -649,6 +649,26 @@ static void add_reward_model(fdpo_st_writer *w, const fdpo_gpt2 *m) {
     fdpo_st_writer_add(w, "score.weight", FDPO_F32, shape, 2, m->params_memory + m->tensors[0].offset + V * C);
 }
 
+void fdpo_gpt2_param_name(const fdpo_gpt2 *m, size_t k, char *buf, size_t size) {
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const fdpo_gpt2_tensor *t = &m->tensors[i];
+        if (k < t->offset || k - t->offset >= t->numel) continue;
+        size_t n_copies = t->per_layer ? m->config.n_layer : 1, one = t->numel / n_copies;
+        size_t layer = (k - t->offset) / one, at = (k - t->offset) % one, cols = t->ndim > 1 ? t->shape[1] : 0;
+        char name[160];
+        tensor_name(name, sizeof name, NULL, t->name, layer);
+        size_t V = m->config.vocab_size, C = m->config.n_embd;
+        if (i == 0 && m->config.num_labels && m->config.arch == FDPO_ARCH_GPT2 && at >= V * C) {
+            snprintf(name, sizeof name, "score.weight");   /* wte's last rows (add_reward_model) */
+            at -= V * C;
+        }
+        if (cols) snprintf(buf, size, "%s[%zu,%zu]", name, at / cols, at % cols);
+        else snprintf(buf, size, "%s[%zu]", name, at);
+        return;
+    }
+    snprintf(buf, size, "parameter %zu", k);   /* past the table: not one of m's parameters */
+}
+
 int fdpo_weights_finite(const char *dir, const fdpo_gpt2 *m) {
     size_t bad = 0;
     const float *w = m->params_memory;

@@ -17,6 +17,8 @@
  * segment boundaries (PCRE2_MATCH_INVALID_UTF). docs/tokenizer.md has the details. */
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cjson/cJSON.h>
@@ -185,18 +187,80 @@ static void cache_release(word_cache *c) {
     c->ent = NULL; c->keys = NULL; c->ids = NULL; c->md = NULL;
 }
 
-int fdpo_bpe_same(const struct fdpo_bpe *a, const struct fdpo_bpe *b) {
-    if (a->n_vocab != b->n_vocab || a->n_merges != b->n_merges || a->ignore_merges != b->ignore_merges ||
-        a->nfc != b->nfc || a->digits != b->digits || a->n_added != b->n_added)
-        return 0;
-    if ((a->pattern || b->pattern) && (!a->pattern || !b->pattern || strcmp(a->pattern, b->pattern))) return 0;
-    for (size_t i = 0; i < a->n_vocab; i++)
-        if (a->n_bytes[i] != b->n_bytes[i] || (a->n_bytes[i] && memcmp(a->bytes[i], b->bytes[i], a->n_bytes[i])) ||
-            (a->special ? a->special[i] : 0) != (b->special ? b->special[i] : 0))
-            return 0;
-    if (a->n_merges && memcmp(a->merges, b->merges, a->n_merges * sizeof *a->merges)) return 0;
-    if (a->n_added && memcmp(a->added, b->added, a->n_added * sizeof *a->added)) return 0;
+/* A token's text for a message: 'text' with control bytes, quotes and backslashes escaped,
+ * cut after 64 bytes (at a character's start) */
+static void quote_token(char *out, size_t size, const char *s) {
+    size_t k = 0;
+    out[k++] = '\'';
+    for (size_t i = 0; s && s[i] && k + 8 < size; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (i >= 64 && (c & 0xC0) != 0x80) { k += (size_t)snprintf(out + k, size - k, "..."); break; }
+        if (c < 0x20 || c == 0x7f) k += (size_t)snprintf(out + k, size - k, "\\x%02x", c);
+        else if (c == '\'' || c == '\\') { out[k++] = '\\'; out[k++] = (char)c; }
+        else out[k++] = (char)c;
+    }
+    if (!s) k += (size_t)snprintf(out + k, size - k, "(none)");
+    out[k++] = '\'';
+    out[k] = 0;
+}
+
+static int diff_put(char *buf, size_t size, const char *fmt, ...) {
+    if (buf && size) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, size, fmt, ap);
+        va_end(ap);
+    }
     return 1;
+}
+
+static const char *const DIGITS_NAME[] = {"none", "individual_digits", "runs of digits"};
+
+int fdpo_bpe_diff(const struct fdpo_bpe *a, const struct fdpo_bpe *b, char *buf, size_t size) {
+    char qa[192], qb[192];
+    if (a->n_vocab != b->n_vocab) return diff_put(buf, size, "vocabulary %zu vs %zu tokens", a->n_vocab, b->n_vocab);
+    for (size_t i = 0; i < a->n_vocab; i++) {
+        if (a->n_bytes[i] != b->n_bytes[i] || (a->n_bytes[i] && memcmp(a->bytes[i], b->bytes[i], a->n_bytes[i]))) {
+            quote_token(qa, sizeof qa, a->str[i]);
+            quote_token(qb, sizeof qb, b->str[i]);
+            return diff_put(buf, size, "token %zu %s vs %s", i, qa, qb);
+        }
+        int sa = a->special ? a->special[i] : 0, sb = b->special ? b->special[i] : 0;
+        if (sa != sb) {
+            quote_token(qa, sizeof qa, a->str[i]);
+            return diff_put(buf, size, "token %zu %s special %s vs %s", i, qa, sa ? "yes" : "no", sb ? "yes" : "no");
+        }
+    }
+    size_t n = a->n_merges < b->n_merges ? a->n_merges : b->n_merges;
+    for (size_t r = 0; r < n; r++)
+        if (a->merges[r][0] != b->merges[r][0] || a->merges[r][1] != b->merges[r][1]) {
+            char pa[256], pb[256];
+            snprintf(pa, sizeof pa, "%s %s", a->str[a->merges[r][0]], a->str[a->merges[r][1]]);
+            snprintf(pb, sizeof pb, "%s %s", b->str[b->merges[r][0]], b->str[b->merges[r][1]]);
+            quote_token(qa, sizeof qa, pa);
+            quote_token(qb, sizeof qb, pb);
+            return diff_put(buf, size, "merges[%zu] %s vs %s", r, qa, qb);
+        }
+    if (a->n_merges != b->n_merges)
+        return diff_put(buf, size, "merges %zu vs %zu (the first %zu agree)", a->n_merges, b->n_merges, n);
+    if (a->n_added != b->n_added) return diff_put(buf, size, "added tokens %zu vs %zu", a->n_added, b->n_added);
+    for (size_t i = 0; i < a->n_added; i++)
+        if (a->added[i] != b->added[i]) {
+            quote_token(qa, sizeof qa, a->str[a->added[i]]);
+            quote_token(qb, sizeof qb, b->str[b->added[i]]);
+            return diff_put(buf, size, "added token %zu (matched in this order) %s vs %s", i, qa, qb);
+        }
+    if ((a->pattern || b->pattern) && (!a->pattern || !b->pattern || strcmp(a->pattern, b->pattern))) {
+        if (a->pattern) quote_token(qa, sizeof qa, a->pattern); else snprintf(qa, sizeof qa, "(GPT-2's, none written)");
+        if (b->pattern) quote_token(qb, sizeof qb, b->pattern); else snprintf(qb, sizeof qb, "(GPT-2's, none written)");
+        return diff_put(buf, size, "pre-tokenizer pattern %s vs %s", qa, qb);
+    }
+    if (a->digits != b->digits)
+        return diff_put(buf, size, "Digits pre-tokenizer %s vs %s", DIGITS_NAME[a->digits], DIGITS_NAME[b->digits]);
+    if (a->nfc != b->nfc) return diff_put(buf, size, "normalizer NFC %s vs %s", a->nfc ? "yes" : "no", b->nfc ? "yes" : "no");
+    if (a->ignore_merges != b->ignore_merges)
+        return diff_put(buf, size, "ignore_merges %s vs %s", a->ignore_merges ? "true" : "false", b->ignore_merges ? "true" : "false");
+    return 0;
 }
 
 void fdpo_bpe_free(struct fdpo_bpe *b) {

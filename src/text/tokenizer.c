@@ -1,6 +1,7 @@
 /* Tokenizer dispatch and the byte-level tokenizer: ids 0..255 are bytes, 256 is
  * <|endoftext|>. Any text round-trips exactly; no vocabulary file is needed. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -93,11 +94,32 @@ void fdpo_tokenizer_free(fdpo_tokenizer *t) {
 
 fdpo_tokenizer_kind fdpo_tokenizer_kind_of(const fdpo_tokenizer *t) { return t->kind; }
 size_t fdpo_tokenizer_vocab_size(const fdpo_tokenizer *t) { return t->vocab_size; }
-int fdpo_tokenizer_same(const fdpo_tokenizer *a, const fdpo_tokenizer *b) {
-    if (a->kind != b->kind || a->vocab_size != b->vocab_size || a->eot != b->eot || a->bos != b->bos || a->pad != b->pad)
-        return 0;
-    return a->kind != FDPO_TOK_BPE || fdpo_bpe_same(a->bpe, b->bpe);
+/* eos/bos/pad id as a message shows it ("none" for -1) */
+static const char *special_id(int32_t id, char buf[16]) {
+    if (id < 0) return "none";
+    snprintf(buf, 16, "%d", (int)id);
+    return buf;
 }
+
+int fdpo_tokenizer_diff(const fdpo_tokenizer *a, const fdpo_tokenizer *b, char *buf, size_t size) {
+    if (buf && size) buf[0] = 0;
+    const char *ka = a->kind == FDPO_TOK_BPE ? "gpt2-bpe" : "byte", *kb = b->kind == FDPO_TOK_BPE ? "gpt2-bpe" : "byte";
+    if (a->kind != b->kind) { if (buf) snprintf(buf, size, "kind %s vs %s", ka, kb); return 1; }
+    if (a->vocab_size != b->vocab_size) {
+        if (buf) snprintf(buf, size, "vocab_size %zu vs %zu", a->vocab_size, b->vocab_size);
+        return 1;
+    }
+    const struct { const char *name; int32_t a, b; } ids[] = {{"eos", a->eot, b->eot}, {"bos", a->bos, b->bos}, {"pad", a->pad, b->pad}};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+        if (ids[i].a != ids[i].b) {
+            char va[16], vb[16];
+            if (buf) snprintf(buf, size, "%s id %s vs %s", ids[i].name, special_id(ids[i].a, va), special_id(ids[i].b, vb));
+            return 1;
+        }
+    return a->kind == FDPO_TOK_BPE && fdpo_bpe_diff(a->bpe, b->bpe, buf, size);
+}
+
+int fdpo_tokenizer_same(const fdpo_tokenizer *a, const fdpo_tokenizer *b) { return !fdpo_tokenizer_diff(a, b, NULL, 0); }
 int32_t fdpo_tokenizer_eot(const fdpo_tokenizer *t) { return t->eot; }
 int32_t fdpo_tokenizer_bos(const fdpo_tokenizer *t) { return t->bos; }
 int32_t fdpo_tokenizer_pad(const fdpo_tokenizer *t) { return t->pad; }

@@ -22,7 +22,8 @@ fdpo_tokenizer *fdpo_bpe_load_dir(const char *dir); /* NULL + error if no BPE fi
 int fdpo_bpe_dir_has_files(const char *dir);
 int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir);
 void fdpo_bpe_free(struct fdpo_bpe *b);
-int fdpo_bpe_same(const struct fdpo_bpe *a, const struct fdpo_bpe *b);   /* fdpo_tokenizer_same's BPE part */
+/* fdpo_tokenizer_diff's BPE part: the first difference written into buf (may be NULL), 1; 0 for none */
+int fdpo_bpe_diff(const struct fdpo_bpe *a, const struct fdpo_bpe *b, char *buf, size_t size);
 int fdpo_bpe_encode(const fdpo_tokenizer *t, const char *text, size_t len, int allow_special,
                     int32_t **ids, size_t *n_ids);
 int fdpo_bpe_encode_marked(const fdpo_tokenizer *t, const char *text, size_t len, int allow_special,

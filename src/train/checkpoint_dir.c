@@ -63,6 +63,16 @@ static int is_run_file(const char *name) {
     return 0;
 }
 
+const char *fdpo_out_run_file(const char *out) {
+    for (size_t i = 0; i < sizeof RUN_FILES / sizeof RUN_FILES[0]; i++) {
+        char *p = fdpo_path_join(out, RUN_FILES[i]);
+        int there = fdpo_file_exists(p);
+        free(p);
+        if (there) return RUN_FILES[i];
+    }
+    return NULL;
+}
+
 int fdpo_out_remove_run_files(const char *out) {
     for (size_t i = 0; fdpo_dist_is_root() && i < sizeof RUN_FILES / sizeof RUN_FILES[0]; i++) {
         char *p = fdpo_path_join(out, RUN_FILES[i]);

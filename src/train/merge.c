@@ -1,4 +1,5 @@
 /* Model merging (linear averaging, task arithmetic): see include/fdpo/merge.h. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include "fdpo/lora.h"
 #include "fdpo/merge.h"
 #include "fdpo/tokenizer.h"
+#include "fdpo/trainer.h"
 
 int fdpo_merge_opts_check(const fdpo_merge_opts *o) {
     if (o->n_models == 0) return fdpo_error("--model: at least one checkpoint to merge is required");
@@ -26,7 +28,24 @@ double fdpo_merge_weight(const fdpo_merge_opts *o, size_t i) {
     return o->base ? 1.0 : 1.0 / (double)o->n_models;
 }
 
-/* The same architecture, and a tokenizer that encodes as the first's (fdpo_tokenizer_same:
+int fdpo_merge_claim_out(const char *out, int overwrite) {
+    /* OUT's lock from here to the save (held to process exit, as a training run's): checked
+     * only at the start, a checkpoint another run wrote there while the inputs loaded was
+     * replaced; and the recovery may restore a checkpoint from OUT.old, checked after it */
+    if (fdpo_checkpoint_recover(out)) return -1;
+    if (overwrite) return 0;
+    /* any run's output, not only a checkpoint: the swap would drop its other files */
+    const char *held = fdpo_out_holds_run(out, 0), *run_file = held ? NULL : fdpo_out_run_file(out);
+    int rc = 0;
+    if (held) rc = fdpo_error("--out: %s already holds %s (use --overwrite to replace it)", out, held);
+    /* a run that never saved: its metrics would describe another model than the merged one */
+    else if (run_file) rc = fdpo_error("--out: %s already holds another run's output (%s) (use --overwrite to replace it)",
+                                       out, run_file);
+    if (rc) fdpo_dir_unlock(out);
+    return rc;
+}
+
+/* The same architecture, and a tokenizer that encodes as the first's (fdpo_tokenizer_diff:
  * by content, so the same tokenizer saved in another format or with another chat template
  * merges, and two BPEs of one size but other merges do not). */
 static int check_compatible(const char *dir, const fdpo_gpt2 *m, const char *first_dir, const fdpo_gpt2 *first,
@@ -37,11 +56,28 @@ static int check_compatible(const char *dir, const fdpo_gpt2 *m, const char *fir
         return fdpo_error("%s: architecture differs from %s (%s)", dir, first_dir, what);
     fdpo_tokenizer *tok = fdpo_checkpoint_load_tokenizer(dir);
     if (!tok) return -1;
-    int same = fdpo_tokenizer_same(tok, first_tok);
+    int differs = fdpo_tokenizer_diff(tok, first_tok, what, sizeof what);
     fdpo_tokenizer_free(tok);
-    if (!same)
-        return fdpo_error("%s: tokenizer differs from %s's (merged weights would mean different tokens)", dir, first_dir);
+    if (differs)
+        return fdpo_error("%s: tokenizer differs from %s's (%s): merged weights would mean different tokens", dir, first_dir,
+                          what);
     return 0;
+}
+
+/* The output of merge --lora ADAPTER --model BASE takes BASE's tokenizer: where the adapter
+ * directory has its own (a LoRA run's OUT: the one it was trained and is read with), the two
+ * must encode alike, or the folded weights would be read as other tokens. */
+static int lora_tokenizer_check(const char *adapter_dir, const char *base_dir) {
+    if (!fdpo_tokenizer_dir_has_files(adapter_dir)) return 0;   /* PEFT's save_pretrained writes none: BASE's is its */
+    fdpo_tokenizer *own = fdpo_tokenizer_load_dir(adapter_dir), *base = own ? fdpo_checkpoint_load_tokenizer(base_dir) : NULL;
+    char what[512];
+    int rc = !own ? fdpo_error_context("--lora %s", adapter_dir) : !base ? fdpo_error_context("--model %s", base_dir) : 0;
+    if (!rc && fdpo_tokenizer_diff(own, base, what, sizeof what))
+        rc = fdpo_error("--lora %s: its tokenizer differs from --model %s's (%s): the folded model, written with %s's "
+                        "tokenizer, would read the adapter's ids as other tokens", adapter_dir, base_dir, what, base_dir);
+    fdpo_tokenizer_free(own);
+    fdpo_tokenizer_free(base);
+    return rc;
 }
 
 fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir) {
@@ -53,18 +89,35 @@ fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir) {
     const char *base = base_dir ? base_dir : saved;
     fdpo_gpt2 *m = NULL;
     if (!base) { fdpo_error("--model: required (%s names no base_model_name_or_path)", adapter_dir); goto done; }
+    if (base_dir && lora_tokenizer_check(adapter_dir, base_dir)) goto done;
     if (!(m = fdpo_checkpoint_load_model(base))) { fdpo_error_context("--model %s", base); goto done; }
     if (!(m = fdpo_lora_load_onto(adapter_dir, m))) { fdpo_error_context("--lora %s", adapter_dir); goto done; }
     fdpo_lora_merge(m);
     for (size_t k = 0; k < m->n_params; k++)
         if (!isfinite(m->params_memory[k])) {
-            fdpo_error("--lora %s: the merged parameters overflow float32 (parameter %zu is not finite)", adapter_dir, k);
+            char where[192];
+            fdpo_gpt2_param_name(m, k, where, sizeof where);
+            fdpo_error("--lora %s: folding it into %s overflows float32 at %s (W + (alpha/r) B A is beyond %g)", adapter_dir,
+                       base, where, (double)FLT_MAX);
             fdpo_gpt2_free(m); m = NULL;
             break;
         }
 done:
     free(saved);
     return m;
+}
+
+/* The formula of o with its inputs and weights, for messages: "0.5 * A + 0.5 * B", or
+ * "BASE + 1 * (A - BASE)" for task arithmetic */
+static void merge_sum(const fdpo_merge_opts *o, char *buf, size_t size) {
+    size_t k = 0;
+    buf[0] = 0;
+    if (o->base) k += (size_t)snprintf(buf, size, "%s", o->base);
+    for (size_t i = 0; i < o->n_models && k < size; i++) {
+        const char *plus = i || o->base ? " + " : "";
+        if (o->base) k += (size_t)snprintf(buf + k, size - k, "%s%g * (%s - %s)", plus, fdpo_merge_weight(o, i), o->models[i], o->base);
+        else k += (size_t)snprintf(buf + k, size - k, "%s%g * %s", plus, fdpo_merge_weight(o, i), o->models[i]);
+    }
 }
 
 fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o) {
@@ -99,12 +152,16 @@ fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o) {
     fdpo_tokenizer_free(first_tok);
     float *dst = first->params_memory;
     for (size_t k = 0; k < n; k++) dst[k] = (float)acc[k];
-    free(acc);
     for (size_t k = 0; k < n; k++)
         if (!isfinite(dst[k])) {
-            fdpo_gpt2_free(first);
-            fdpo_error("--weight: the merged parameters overflow float32 (parameter %zu is not finite)", k);
+            /* the inputs' values or the weights: name the element and the sum that left float's range */
+            char where[192], sum[512];
+            fdpo_gpt2_param_name(first, k, where, sizeof where);
+            merge_sum(o, sum, sizeof sum);
+            fdpo_error("the merge overflows float32 at %s: %s = %g is beyond %g", where, sum, acc[k], (double)FLT_MAX);
+            fdpo_gpt2_free(first); free(acc);
             return NULL;
         }
+    free(acc);
     return first;
 }

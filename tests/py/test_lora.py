@@ -861,3 +861,36 @@ def test_dpo_lora_data_parallel_equals_one_process(tmp_path):
     vb = np.concatenate([b[k].ravel() for k in sorted(b)]).astype(np.float64)
     assert np.linalg.norm(va - vb) / np.linalg.norm(va) <= 1e-5
     assert metrics(tmp_path / "two")[-1]["loss"] < metrics(tmp_path / "two")[0]["loss"]   # and it trained
+
+
+def test_merge_lora_refuses_a_base_whose_tokenizer_is_not_the_adapters(tmp_path):
+    """`merge --lora RUN --model BASE` wrote BASE's tokenizer beside the folded weights without
+    comparing it with the run's own (the one it was trained with, docs/lora.md "A LoRA
+    checkpoint is a model"): a byte-level BASE under a BPE run gave a model that read every id
+    as another token, exit 0. Refused naming the first difference (fdpo_tokenizer_diff), as
+    `merge --model RUN --model BASE` refuses; the same tokenizer, or none in the adapter
+    directory, folds."""
+    from test_merge import BPE_MERGES, make_model, write_bpe
+    n = 256 + len(BPE_MERGES) + 1
+    base = make_model(tmp_path, "base", 1, vocab_size=n, n_positions=64)   # byte-level tokenizer
+    (tmp_path / "tok").mkdir()
+    write_bpe(tmp_path / "tok")
+    ad = train_adapter(tmp_path, base, tmp_path / "ad", "--lora-r", 2, "--tokenizer", tmp_path / "tok", steps=1)
+    r = fdpo("merge", "--lora", ad, "--model", base, "--out", tmp_path / "m", check=False)
+    assert r.returncode == 1 and r.stderr == (f"fdpo merge: --lora {ad}: its tokenizer differs from --model {base}'s "
+                                              f"(kind gpt2-bpe vs byte): the folded model, written with {base}'s tokenizer, "
+                                              "would read the adapter's ids as other tokens\n"), r.stderr
+    assert not (tmp_path / "m").exists()
+    # the same BPE but another end-of-text token (tokenizer_config.json's eos_token "the", id 258)
+    eos_base = tmp_path / "eos_base"
+    shutil.copytree(base, eos_base)
+    write_bpe(eos_base, eos="the")
+    r = fdpo("merge", "--lora", ad, "--model", eos_base, "--out", tmp_path / "m", check=False)
+    assert r.returncode == 1 and f"its tokenizer differs from --model {eos_base}'s (eos id {n - 1} vs 258)" in r.stderr, r.stderr
+    # the same tokenizer in BASE, or the adapter's own base: folded, with the BPE
+    same_base = tmp_path / "same_base"
+    shutil.copytree(base, same_base)
+    write_bpe(same_base)
+    for out, extra in (("m1", ["--model", same_base]), ("m2", [])):
+        fdpo("merge", "--lora", ad, *extra, "--out", tmp_path / out)
+        assert f"tokenizer: gpt2-bpe ({n} tokens)" in fdpo("info", tmp_path / out).stdout

@@ -267,3 +267,189 @@ def test_a_users_names_holding_dot_tmp_dot_are_carried_over(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (out / "notes.tmp.md").read_text() == "mine" and (out / "log.tmp.12x").read_text() == "also mine"
     assert sorted(p.name for p in (out / "exp.tmp.v2").iterdir()) == ["results.txt"]
+
+
+def overflowing_elements(ins, weights, base=None):
+    """every element whose merge (numpy float64, rounded to float32) is not finite, named as
+    the safetensors file names the tensor: "NAME[i,j]" (2-D) or "NAME[i]" (1-D)"""
+    bad = []
+    with np.errstate(over="ignore"):
+        for name in sorted(ins[0]):
+            if base is None:
+                acc = sum(w * t[name].astype(np.float64) for w, t in zip(weights, ins))
+            else:
+                b64 = base[name].astype(np.float64)
+                acc = b64 + sum(w * (t[name].astype(np.float64) - b64) for w, t in zip(weights, ins))
+            for idx in zip(*np.nonzero(~np.isfinite(acc.astype(np.float32)))):
+                bad.append((f"{name}[{','.join(map(str, idx))}]", acc[idx]))
+    return bad
+
+
+def test_an_overflow_names_the_tensor_element_and_the_inputs(tmp_path):
+    """3e38 + 3e38 overflows float32: the refusal said "--weight: ... (parameter 7893 is not
+    finite)", an index into fdpo's own parameter buffer (whose order is not the file's), and
+    blamed --weight whatever the cause. It now names the element as the file names it and the
+    sum of the inputs that overflowed."""
+    a, b = make_model(tmp_path, "a", 1), make_model(tmp_path, "b", 2)
+    ta, tb = tensors(a), tensors(b)
+    ta["transformer.h.1.mlp.c_fc.weight"][3, 5] = tb["transformer.h.1.mlp.c_fc.weight"][3, 5] = 3e38
+    st.save(str(a / "model.safetensors"), ta, {"format": "pt"})
+    st.save(str(b / "model.safetensors"), tb, {"format": "pt"})
+    (where, value), = overflowing_elements([ta, tb], [1, 1])
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--weight", "1,1", "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr == (f"fdpo merge: the merge overflows float32 at {where}: 1 * {a} + 1 * {b} "
+                                              f"= {value:g} is beyond 3.40282e+38\n"), r.stderr
+    assert not (tmp_path / "out").exists()
+    # task arithmetic, a 1-D tensor of layer 0: base + 2 (a - base) with a = 3e38, base = -1e38
+    base = make_model(tmp_path, "base", 3)
+    tb0, ta = tensors(base), tensors(a)
+    tb0["transformer.h.0.ln_2.bias"][7], ta["transformer.h.0.ln_2.bias"][7] = -1e38, 3e38
+    st.save(str(base / "model.safetensors"), tb0, {"format": "pt"})
+    st.save(str(a / "model.safetensors"), ta, {"format": "pt"})
+    bad = overflowing_elements([ta], [2], base=tb0)
+    assert [w for w, _ in bad] == ["transformer.h.0.ln_2.bias[7]", "transformer.h.1.mlp.c_fc.weight[3,5]"]
+    r = run(FDPO, "merge", "--base", base, "--model", a, "--weight", "2", "--out", tmp_path / "out")
+    assert r.returncode == 1, r.stderr
+    # fdpo reports one element of the two (its own order), each named as the file names it
+    assert any(r.stderr == f"fdpo merge: the merge overflows float32 at {w}: {base} + 2 * ({a} - {base}) = {v:g} "
+               "is beyond 3.40282e+38\n" for w, v in bad), r.stderr
+
+
+def test_a_lora_fold_overflow_names_the_base_tensor_element(tmp_path):
+    """the LoRA fold's overflow said "(parameter 5303 is not finite)": the element is
+    c_attn.weight[in, out] += s (B A)^T of layer 1, in = 2 (lora_A's column), out = 7 (lora_B's row)"""
+    m = make_model(tmp_path, "m", 1)
+    ad = tmp_path / "ad"
+    ad.mkdir()
+    C = CFG["n_embd"]
+    lora = {f"base_model.model.transformer.h.{l}.attn.c_attn.lora_{ab}.weight": np.zeros(s, np.float32)
+            for l in (0, 1) for ab, s in (("A", (1, C)), ("B", (3 * C, 1)))}
+    lora["base_model.model.transformer.h.1.attn.c_attn.lora_A.weight"][0, 2] = 3e38
+    lora["base_model.model.transformer.h.1.attn.c_attn.lora_B.weight"][7, 0] = 2.0
+    st.save(str(ad / "adapter_model.safetensors"), lora, {"format": "pt"})
+    (ad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 1, "lora_alpha": 1, "target_modules": ["c_attn"],
+                                                       "fan_in_fan_out": True, "base_model_name_or_path": str(m)}))
+    # the reference: W + (alpha/r) (B A)^T in float64, the non-finite elements after rounding
+    W = tensors(m)
+    bad = []
+    with np.errstate(over="ignore"):
+        for l in (0, 1):
+            name = f"transformer.h.{l}.attn.c_attn.weight"
+            A = lora[f"base_model.model.{name[:-len('.weight')]}.lora_A.weight"].astype(np.float64)
+            B = lora[f"base_model.model.{name[:-len('.weight')]}.lora_B.weight"].astype(np.float64)
+            folded = (W[name].astype(np.float64) + (B @ A).T).astype(np.float32)
+            bad += [f"{name}[{i},{j}]" for i, j in zip(*np.nonzero(~np.isfinite(folded)))]
+    assert bad == ["transformer.h.1.attn.c_attn.weight[2,7]"]
+    r = run(FDPO, "merge", "--lora", ad, "--model", m, "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr == (f"fdpo merge: --lora {ad}: folding it into {m} overflows float32 at {bad[0]} "
+                                              "(W + (alpha/r) B A is beyond 3.40282e+38)\n"), r.stderr
+
+
+@pytest.mark.parametrize("run_file", ["metrics.jsonl", "data_summary.json", "eval_summary.json"])
+def test_a_never_saved_runs_files_in_out_are_kept_unless_overwrite(tmp_path, run_file):
+    """docs/merge.md: another run's output in --out is kept unless --overwrite. The metrics and
+    summaries of a run killed before its first save were deleted by a merge without
+    --overwrite, exit 0. Now refused (the merged model is not the run they describe); with
+    --overwrite they go, a user's file stays."""
+    a, b = make_model(tmp_path, "a", 1), make_model(tmp_path, "b", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / run_file).write_text('{"step": 1, "loss": 2.5}\n')
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", out)
+    assert r.returncode == 1 and r.stderr == (f"fdpo merge: --out: {out} already holds another run's output ({run_file}) "
+                                              "(use --overwrite to replace it)\n"), r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", out, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "fdpo_tokenizer.json", "model.safetensors", "notes.txt"]
+
+
+def test_out_is_claimed_before_the_inputs_are_loaded(tmp_path):
+    """merge checked --out at its start but locked it only at the save: a checkpoint another run
+    wrote there meanwhile was replaced without --overwrite. OUT is now locked first: with
+    another process holding OUT.lock the merge stops before reading any input (the missing
+    input was reported: the lock was taken only after the merge)."""
+    import fcntl
+    a = make_model(tmp_path, "a", 1)
+    out = tmp_path / "out"
+    with open(tmp_path / "out.lock", "w") as lock:
+        lock.write(str(os.getpid()))
+        lock.flush()
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = run(FDPO, "merge", "--model", a, "--model", tmp_path / "missing", "--out", out)
+    assert r.returncode == 1 and r.stderr == (f"fdpo merge: --out {out}: in use by another run (pid {os.getpid()} holds "
+                                              f"{out}.lock); wait for it or choose another --out\n"), r.stderr
+
+
+def test_a_checkpoint_restored_from_out_old_is_kept_without_overwrite(tmp_path):
+    """a save interrupted between its two renames leaves only OUT.old; merge's claim renames it
+    back, and then finds the checkpoint (it restored it at the save and replaced it, exit 0)"""
+    a, b = make_model(tmp_path, "a", 1), make_model(tmp_path, "b", 2)
+    out = tmp_path / "out"
+    assert run(FDPO, "merge", "--model", a, "--model", b, "--out", out).returncode == 0
+    (out / "training_state.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    out.rename(tmp_path / "out.old")
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--weight", "0.2,0.8", "--out", out)
+    assert r.returncode == 1 and r.stderr == (f"fdpo merge: warning: {out} restored from {out}.old (a save was interrupted)\n"
+                                              f"fdpo merge: --out: {out} already holds a checkpoint (training_state.json) "
+                                              "(use --overwrite to replace it)\n"), r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not (tmp_path / "out.old").exists()
+
+
+BPE_MERGES = [("t", "h"), ("h", "e"), ("th", "e"), ("a", "b"), ("Ġ", "t")]
+
+
+def write_bpe(d, merges=BPE_MERGES, made=BPE_MERGES, swap=None, eos=None):
+    """a GPT-2 style BPE: the 256 byte symbols in byte order, the tokens the pairs of `made`
+    make, then <|endoftext|>; the merges `merges` in that order; swap exchanges two tokens'
+    ids, eos names tokenizer_config.json's eos_token"""
+    (d / "fdpo_tokenizer.json").unlink(missing_ok=True)
+    tokens = list(B2U.values()) + ["".join(m) for m in made] + ["<|endoftext|>"]
+    if swap:
+        i, j = swap
+        tokens[i], tokens[j] = tokens[j], tokens[i]
+    (d / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{x} {y}\n" for x, y in merges), encoding="utf-8")
+    if eos:
+        (d / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}, ensure_ascii=False))
+    return tokens
+
+
+def bpe_cases():
+    n = 256 + len(BPE_MERGES) + 1
+    swapped = list(BPE_MERGES)
+    swapped[1], swapped[2] = swapped[2], swapped[1]
+    return n, [
+        # (how the second differs, the first difference as the documented order finds it)
+        ("merges", dict(merges=swapped), "merges[1] 'th e' vs 'h e'"),
+        ("eos", dict(eos="the"), f"eos id {256 + 2} vs {n - 1}"),
+        ("token", dict(swap=(259, 260)), "token 259 'Ġt' vs 'ab'"),
+        ("vocab", dict(merges=BPE_MERGES[:-1], made=BPE_MERGES[:-1]), f"vocab_size {n - 1} vs {n}"),
+        ("kind", None, "kind byte vs gpt2-bpe"),
+    ]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in bpe_cases()[1]])
+def test_a_tokenizer_mismatch_names_the_first_difference(tmp_path, case):
+    """three different tokenizer differences read the same "tokenizer differs from m1's";
+    the message now names the first difference (fdpo_tokenizer_diff), as the architecture
+    check names its fields. The expected text is built from the files the test writes."""
+    n, cases = bpe_cases()
+    _, change, what = next(c for c in cases if c[0] == case)
+    a, b = make_model(tmp_path, "a", 1, vocab_size=n), make_model(tmp_path, "b", 2, vocab_size=n)
+    tokens = write_bpe(a)
+    assert tokens[259] == "ab" and tokens[260] == "Ġt" and tokens[258] == "the"
+    if change is not None:
+        write_bpe(b, **change)
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr == (f"fdpo merge: {b}: tokenizer differs from {a}'s ({what}): merged weights "
+                                              "would mean different tokens\n"), r.stderr
+    # the same tokenizer saved again merges (fdpo_tokenizer_same's semantics kept)
+    if change is not None:
+        write_bpe(b)
+        (b / "tokenizer_config.json").unlink(missing_ok=True)
+        r = run(FDPO, "merge", "--model", a, "--model", b, "--out", tmp_path / "out")
+        assert r.returncode == 0, r.stderr
