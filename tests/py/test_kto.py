@@ -455,6 +455,34 @@ def test_skipped_and_truncated_examples_are_reported_as_dpo_reports_pairs(models
         "--max-length)\n"), r.stderr
 
 
+def test_a_prompt_kept_as_its_messages_json_text_counts_as_conversational(models, tmp_path):
+    """data_summary.json's "conversational" counts every example rendered with the chat
+    template, a prompt kept as its messages' JSON text (docs/dpo.md) too, as dpo counts pairs:
+    kto counted only message-list completions. Expected: counted from the file's lines."""
+    tmp = models
+    pm = json.dumps([{"role": "user", "content": "hi"}])
+    rows = [{"prompt": pm, "completion": " hello", "label": True}, ROWS[6], ROWS[2],
+            {"prompt": pm, "completion": " go away", "label": False}, ROWS[0]]
+    d = tmp_path / "d.jsonl"
+    write_jsonl(d, rows)
+
+    def is_messages(v):
+        return isinstance(v, list) and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in v)
+
+    def conversational(row):
+        if isinstance(row["completion"], list):
+            return True
+        try:
+            return is_messages(json.loads(row["prompt"]))
+        except ValueError:
+            return False
+    expected = sum(conversational(json.loads(line)) for line in d.read_text().splitlines())
+    fdpo("kto", "--model", tmp / "policy", "--data", d, "--eval-file", d, "--out", tmp_path / "k", "--steps", 1,
+         "--batch-size", 2, "--threads", 1, "--quiet")
+    summary = json.loads((tmp_path / "k" / "data_summary.json").read_text())
+    assert summary["data"]["conversational"] == summary["eval_data"]["conversational"] == expected == 3, summary
+
+
 def test_the_progress_line_shows_the_margin_only_where_it_is_defined(models, tmp_path):
     """rewards/margins needs desirable and undesirable examples in the step: metrics.jsonl left
     it out of a one-sided step, but the progress line printed `margin -nan`"""
