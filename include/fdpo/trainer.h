@@ -247,6 +247,11 @@ int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo
 char *fdpo_train_state_text(const fdpo_train_state *s);
 /* Read both state files; opt must already be sized for m (fdpo_adamw_init). */
 int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt, const fdpo_gpt2 *m);
+/* --resume of DIR with a command of this kind: refused ("--resume: DIR holds a 'dpo' run, not
+ * 'kto'") when DIR's training_state.json is another command's, before any saved setting is
+ * applied or any of its files read; 0 too where DIR holds no readable state (the load that
+ * follows says what is wrong). */
+int fdpo_train_state_check_kind(const char *dir, const char *kind);
 /* Read only the settings and the step of DIR/training_state.json (for the CLI to default
  * flags to the saved run's values on --resume). Free with fdpo_settings_free. settings
  * NULL: the step alone (then a state without settings is fine; step must not be NULL).

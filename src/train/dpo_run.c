@@ -256,8 +256,10 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     fdpo_dpo d;
     int d_open = 0;
     fdpo_pref_options popt = o->pref;
-    /* claim OUT before any work: a second run on the same OUT stops here, not after the cache */
-    if (fdpo_checkpoint_recover(to->out) || fdpo_train_out_check(to)) return -1;
+    /* claim OUT before any work: a second run on the same OUT stops here, not after the cache;
+     * another command's run is said before its saved route is read */
+    if (fdpo_checkpoint_recover(to->out) || fdpo_train_out_check(to) ||
+        (to->resume && fdpo_train_state_check_kind(to->out, "dpo"))) return -1;
     /* before the reference's log-probs: the resumed run's route, on every rank */
     if ((to->resume && fdpo_train_pin_bf16_route(to->out) < 0) || fdpo_dist_agree_bf16_route()) return -1;
 

@@ -212,6 +212,8 @@ static void log_examples(const char *name, const fdpo_unpaired_set *s) {
 int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     const fdpo_train_opts *to = &o->train;
     if (fdpo_kto_run_opts_check(o)) return -1;
+    /* another command's run: said before its data, or a saved path of it, is read */
+    if (to->resume && fdpo_train_state_check_kind(to->out, "kto")) return -1;
     int rc = -1, tr_open = 0;
     fdpo_tokenizer *tok = NULL;
     fdpo_gpt2 *ref = NULL;

@@ -192,6 +192,8 @@ void fdpo_rm_run_opts_settings(const fdpo_rm_run_opts *o, fdpo_settings *s) {
 int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     const fdpo_train_opts *to = &o->train;
     if (fdpo_rm_run_opts_check(o)) return -1;
+    /* another command's run: said before its data, or a saved path of it, is read */
+    if (to->resume && fdpo_train_state_check_kind(to->out, "rm")) return -1;
     int rc = -1, tr_open = 0;
     fdpo_tokenizer *tok = NULL;
     fdpo_pref_set train_set = {0}, eval_set = {0};

@@ -189,6 +189,19 @@ int fdpo_train_state_read_settings(const char *dir, fdpo_settings *settings, siz
     return rc;
 }
 
+int fdpo_train_state_check_kind(const char *dir, const char *kind) {
+    char *path = fdpo_path_join(dir, "training_state.json");
+    size_t len;
+    char *text = fdpo_file_exists(path) ? fdpo_read_file(path, &len) : NULL;
+    cJSON *j = text ? cJSON_ParseWithLength(text, len) : NULL;
+    const cJSON *saved = cJSON_GetObjectItemCaseSensitive(j, "kind");
+    int rc = 0;
+    if (cJSON_IsString(saved) && strcmp(saved->valuestring, kind))
+        rc = fdpo_error("--resume: %s holds a '%s' run, not '%s'", dir, saved->valuestring, kind);
+    cJSON_Delete(j); free(text); free(path);
+    return rc;
+}
+
 int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt, const fdpo_gpt2 *m) {
     memset(s, 0, sizeof *s);
     char *path;

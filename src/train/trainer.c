@@ -378,6 +378,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     tr->sched.total_steps = total;
     tr->sched.min_lr_ratio = o->min_lr_ratio;
     if (!o->out_claimed && fdpo_checkpoint_recover(o->out)) return -1;
+    /* another command's run: said before any of its settings are read (its route, --lora-r) */
+    if (o->resume && fdpo_train_state_check_kind(o->out, kind)) return -1;
     /* before any product: a resumed run's route, then every rank on rank 0's (in that order:
      * a rank that cannot take the saved route makes every rank take the fallback) */
     if ((o->resume && fdpo_train_pin_bf16_route(o->out) < 0) || fdpo_dist_agree_bf16_route()) return -1;
@@ -400,7 +402,6 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (check_model_fits(tr, o->out)) goto fail;
         if (fdpo_adamw_init(&tr->opt, trained(tr)->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
         if (fdpo_train_state_load(o->out, s, &tr->opt, trained(tr))) { fdpo_error_context("--resume"); goto fail; }
-        if (strcmp(s->kind, kind)) { fdpo_error("--resume: %s holds a '%s' run, not '%s'", o->out, s->kind, kind); goto fail; }
         /* the flags before the data: a changed --seed or --eval-fraction also changes the
          * data's split and hash, and the flag is the cause to name; the command's own flags
          * first, under its names (rl's --prompts-per-step is the trainer's batch size) */

@@ -240,6 +240,27 @@ def test_kto_run_logs_trl_metrics_and_resumes(models, tmp_path):
     assert [m["step"] for m in assert_same_run(tmp_path / "a", tmp_path / "b")] == [1, 2, 3, 4]
 
 
+def test_resume_of_another_commands_run_is_refused_before_its_files_are_read(models, tmp_path):
+    """kto --resume on a dpo run (and dpo --resume on a kto run) took that run's saved flags,
+    read its --eval-file as its own data and failed on it ("missing field 'label'"), a file the
+    command line never named, before saying the run is another command's."""
+    tmp = models
+    pairs, pairs_eval = tmp_path / "pairs.jsonl", tmp_path / "pairs_eval.jsonl"
+    write_jsonl(pairs, [{"prompt": p, "chosen": " b", "rejected": " c"} for p in ("a", "d", "g")])
+    write_jsonl(pairs_eval, [{"prompt": p, "chosen": " y", "rejected": " z"} for p in ("x", "u")])
+    write_jsonl(tmp_path / "k_eval.jsonl", ROWS[:2])
+    runs = {"dpo": ["--data", pairs, "--eval-file", pairs_eval],
+            "kto": ["--data", tmp / "data.jsonl", "--eval-file", tmp_path / "k_eval.jsonl"]}
+    for kind, data in runs.items():
+        fdpo(kind, "--model", tmp / "policy", *data, "--batch-size", 2, "--steps", 4, "--threads", 1, "--quiet",
+             "--out", tmp_path / kind, "--stop-at", 2)
+    for kind, other in (("kto", "dpo"), ("dpo", "kto")):
+        r = fdpo(kind, "--model", tmp / "policy", *runs[kind][:2], "--out", tmp_path / other, "--resume", "--threads", 1,
+                 check=False)
+        assert r.returncode == 1 and r.stderr == \
+            f"fdpo {kind}: --resume: {tmp_path / other} holds a '{other}' run, not '{kind}'\n", r.stderr
+
+
 def word_rows(rng, n):
     """Unpaired data labelled by a synthetic rule: completions from the first four words are
     desirable, from the last four undesirable."""
