@@ -103,6 +103,12 @@ static cJSON *state_json(const fdpo_train_state *s, const fdpo_adamw *opt) {
     for (int i = 0; i < 4; i++) { char h[17]; hex64(h, s->rng.s[i]); cJSON_AddItemToArray(rng, cJSON_CreateString(h)); }
     char h[17]; hex64(h, s->data_hash);
     cJSON_AddStringToObject(j, "data_hash", h);
+    if (s->has_eval_data) {   /* the held-out set (dpo, rm, kto) */
+        cJSON *ev = cJSON_AddObjectToObject(j, "eval_data");
+        cJSON_AddNumberToObject(ev, "n_items", (double)s->eval_n_items);
+        hex64(h, s->eval_hash);
+        cJSON_AddStringToObject(ev, "hash", h);
+    }
     cJSON *data = cJSON_AddObjectToObject(j, "data");
     cJSON_AddNumberToObject(data, "n_items", (double)s->data.n);
     cJSON_AddNumberToObject(data, "epoch", (double)s->data.epoch);
@@ -220,6 +226,15 @@ int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt,
     for (int i = 0; i < 4; i++)
         if (parse_hex64(cJSON_GetArrayItem(rng, i), &s->rng.s[i])) { fdpo_error("%s: field 'rng' must be 4 hex strings", path); goto done; }
     if (parse_hex64(cJSON_GetObjectItemCaseSensitive(j, "data_hash"), &s->data_hash)) { fdpo_error("%s: field 'data_hash' must be a hex string", path); goto done; }
+    const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "eval_data");   /* absent: a state of an older fdpo */
+    if (ev) {
+        if (!cJSON_IsObject(ev) || get_size(ev, "n_items", path, &s->eval_n_items) ||
+            parse_hex64(cJSON_GetObjectItemCaseSensitive(ev, "hash"), &s->eval_hash)) {
+            fdpo_error("%s: field 'eval_data' must hold 'n_items' and a hex string 'hash'", path);
+            goto done;
+        }
+        s->has_eval_data = 1;
+    }
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
     if (!cJSON_IsObject(data)) { fdpo_error("%s: field 'data' missing", path); goto done; }
     if (get_size(data, "n_items", path, &n_items) || get_size(data, "epoch", path, &epoch) || get_size(data, "pos", path, &pos)) goto done;

@@ -5,6 +5,7 @@ parameter, for reverse KL (plain KTO) and other f-divergences (s~(l) = s(l) - s(
 of the log-ratio, docs/kto.md); bad data gives FILE:LINE errors; a short run logs TRL's
 metric names."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -238,6 +239,59 @@ def test_kto_run_logs_trl_metrics_and_resumes(models, tmp_path):
     fdpo("kto", *common, "--out", tmp_path / "b", "--resume")
     # weights, AdamW moments and metrics: each step once, the same numbers
     assert [m["step"] for m in assert_same_run(tmp_path / "a", tmp_path / "b")] == [1, 2, 3, 4]
+
+
+RESUME_NEEDS = "resume needs the same files and tokenizer"
+
+
+def test_resume_refuses_changed_held_out_examples(models, tmp_path):
+    """The resume fingerprint covers the held-out examples, --eval-file's and the --eval-fraction
+    split's, as dpo's does (docs/kto.md): an edited held-out answer or label was accepted and
+    the eval_* after the resume were computed on other data. The error names the set that
+    changed. A state saved before the held-out set had its own fingerprint (no "eval_data")
+    still resumes."""
+    tmp = models
+    train, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    write_jsonl(train, ROWS[:4])
+    write_jsonl(held, ROWS[4:])
+    common = ["kto", "--model", tmp / "policy", "--data", train, "--eval-file", held, "--batch-size", 2, "--steps", 4,
+              "--eval-every", 1, "--lr", "1e-3", "--threads", 1, "--quiet"]
+    fdpo(*common, "--out", tmp_path / "full")
+    fdpo(*common, "--out", tmp_path / "part", "--stop-at", 2)
+    for edited in (dict(ROWS[5], label=not ROWS[5]["label"]), dict(ROWS[5], completion=" another answer")):
+        write_jsonl(held, [ROWS[4], edited, ROWS[6]])
+        r = fdpo(*common, "--out", tmp_path / "part", "--resume", check=False)
+        assert r.returncode == 1 and r.stderr.endswith(
+            f"fdpo kto: --resume: the held-out data (--eval-file {held}) differ from the saved run's (3 items then, "
+            f"3 now): {RESUME_NEEDS}\n"), r.stderr
+    write_jsonl(held, ROWS[4:])
+    state = json.loads((tmp_path / "part" / "training_state.json").read_text())
+    assert state["eval_data"]["n_items"] == 3
+    shutil.copytree(tmp_path / "part", tmp_path / "older")   # as an fdpo before "eval_data" saved it
+    del state["eval_data"]
+    (tmp_path / "older" / "training_state.json").write_text(json.dumps(state))
+    for part in ("part", "older"):
+        fdpo(*common, "--out", tmp_path / part, "--resume")
+        assert [m["step"] for m in assert_same_run(tmp_path / "full", tmp_path / part)] == [0, 1, 2, 3, 4]
+
+    # the --eval-fraction split: an edit of any line is refused, the held-out ones as such
+    d = tmp_path / "d.jsonl"
+    rows = [{"prompt": f"P{i}", "completion": f" answer number {i}", "label": i % 2 == 0} for i in range(10)]
+    write_jsonl(d, rows)
+    split = ["kto", "--model", tmp / "policy", "--data", d, "--eval-fraction", 0.2, "--batch-size", 2, "--steps", 4,
+             "--eval-every", 1, "--lr", "1e-3", "--threads", 1, "--quiet", "--out", tmp_path / "split"]
+    fdpo(*split, "--stop-at", 2)
+    n_eval = json.loads((tmp_path / "split" / "data_summary.json").read_text())["eval_examples"]
+    said = []
+    for i in range(len(rows)):
+        write_jsonl(d, rows[:i] + [dict(rows[i], completion=" reply")] + rows[i + 1:])
+        r = fdpo(*split, "--resume", check=False)
+        assert r.returncode == 1, (i, r.stderr)
+        said.append(r.stderr.splitlines()[-1])
+    held_out = (f"fdpo kto: --resume: the held-out data (the --eval-fraction 0.2 split of --data {d}) differ from the "
+                f"saved run's (2 items then, 2 now): {RESUME_NEEDS}")
+    training = f"fdpo kto: --resume: the training data differ from the saved run's (8 items then, 8 now): {RESUME_NEEDS}"
+    assert sorted(said) == sorted([held_out] * 2 + [training] * 8) and n_eval == 2, said
 
 
 def test_resume_of_another_commands_run_is_refused_before_its_files_are_read(models, tmp_path):
