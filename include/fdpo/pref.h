@@ -118,11 +118,13 @@ int fdpo_pref_split(size_t n, double fraction, uint64_t seed, size_t **train_idx
 /* One (prompt, completion) with the rules of a pair's chosen side: strings, or message
  * lists (prompt rendered + the generation prompt, the completion starting with an assistant
  * turn); prompt ids (an empty prompt becomes <|endoftext|>) and completion ids +
- * <|endoftext|> (malloc'd). *content_len: bytes of completion content (0 = empty). Errors
+ * <|endoftext|> (malloc'd). *content_len: bytes of completion content (0 = empty);
+ * *conversational: 1 when rendered with the chat template (message lists, or a prompt that
+ * is its messages' JSON text, as a pair's conversational count has it), else 0. Errors
  * name NAME:LINE and the field. For unpaired data (kto.h). */
 struct cJSON;
 int fdpo_pref_encode_single(const char *name, size_t line, const struct cJSON *prompt, const struct cJSON *completion,
                             const fdpo_tokenizer *tok, int32_t **p, size_t *np, int32_t **c, size_t *nc,
-                            size_t *content_len);
+                            size_t *content_len, int *conversational);
 
 #endif

@@ -71,6 +71,15 @@ typedef struct {
                             round's OUT inside the run's locked directory): no OUT.lock */
     const char *data;    /* the --data file the items come from: named in the note that a step
                             was capped at the data set (not a setting; NULL: "the data") */
+    /* the held-out set of dpo, rm and kto (eval_name NULL: the command has none): its size
+     * and fingerprint are saved beside the training data's and --resume refuses other
+     * held-out data, naming the set as eval_name ("--eval-file F", "the --eval-fraction 0.1
+     * split of --data F"); every rank must hold the same one. eval_legacy_hash: what
+     * data_hash held in a state saved before the held-out set had its own (dpo: the training
+     * and held-out pairs; rm, kto: the training items alone), so such a run still resumes */
+    const char *eval_name;
+    size_t eval_n_items;
+    uint64_t eval_hash, eval_legacy_hash;
     const char *step_flag; /* that note's flag for batch_size when a command sets it from its own
                               (rl: "--prompts-per-step", grad_accum 1); NULL: --batch-size x --grad-accum */
     const char *continue_how; /* how a stopped or interrupted run continues, in the messages
@@ -235,6 +244,10 @@ typedef struct {
     fdpo_rng rng;           /* data-order RNG, as it stands after the last consumed item */
     fdpo_data_order data;
     uint64_t data_hash;     /* fingerprint of the training items (resume refuses other data) */
+    int has_eval_data;      /* the held-out set's size and fingerprint are known (dpo, rm, kto;
+                               0 in a state saved by an fdpo before they were saved) */
+    size_t eval_n_items;
+    uint64_t eval_hash;
     fdpo_settings settings; /* the run's options, typed (see above) */
     char *kind;             /* "pretrain", "sft", "dpo" */
 } fdpo_train_state;
@@ -247,6 +260,11 @@ int fdpo_train_state_save(const char *dir, const fdpo_train_state *s, const fdpo
 char *fdpo_train_state_text(const fdpo_train_state *s);
 /* Read both state files; opt must already be sized for m (fdpo_adamw_init). */
 int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt, const fdpo_gpt2 *m);
+/* --resume of DIR with a command of this kind: refused ("--resume: DIR holds a 'dpo' run, not
+ * 'kto'") when DIR's training_state.json is another command's, before any saved setting is
+ * applied or any of its files read; 0 too where DIR holds no readable state (the load that
+ * follows says what is wrong). */
+int fdpo_train_state_check_kind(const char *dir, const char *kind);
 /* Read only the settings and the step of DIR/training_state.json (for the CLI to default
  * flags to the saved run's values on --resume). Free with fdpo_settings_free. settings
  * NULL: the step alone (then a state without settings is fine; step must not be NULL).

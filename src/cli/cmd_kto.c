@@ -52,7 +52,7 @@ int cmd_kto(int argc, char **argv) {
     rc = -1;
     if (n_pos > 0) { fdpo_error("unexpected argument '%s' (the data file goes in --data)", pos[0]); goto done; }
     /* on --resume, unset flags take the saved run's values; the library checks the rest */
-    if (train_flags_finish(flags, n, &o.train)) goto done;
+    if (train_flags_finish(flags, n, &o.train, "kto")) goto done;
     if (!model) { fdpo_error("--model: required (the policy checkpoint)"); goto done; }
     if (!o.data) { fdpo_error("--data: required (unpaired JSONL)"); goto done; }
     o.train.init = model;

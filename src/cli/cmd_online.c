@@ -88,7 +88,7 @@ int cmd_online(int argc, char **argv) {
             goto done;
         }
     }
-    if (train_flags_finish(flags, n, &o.dpo.train)) goto done;
+    if (train_flags_finish(flags, n, &o.dpo.train, "online-step")) goto done;
     o.out = o.dpo.train.out;
     if (online_flags_finish(&of, flags, n, &o, (uint64_t)o.dpo.train.seed, &o.reward, 1)) goto done;
     if (fdpo_divergence_parse(divergence, &o.dpo.dpo.loss.div)) { fdpo_error_context("--divergence"); goto done; }

@@ -61,7 +61,7 @@ int cmd_rl(int argc, char **argv) {
     if (rc) return -1;
     rc = -1;
     if (n_pos > 0) { fdpo_error("unexpected argument '%s'", pos[0]); goto done; }
-    if (train_flags_finish(flags, n, &o.train)) goto done;
+    if (train_flags_finish(flags, n, &o.train, "rl")) goto done;
     if (fdpo_rl_algo_parse(algo, &o.rl.algo)) goto done;
     /* flags the run would not use (docs/cli.md); the library cannot tell them from their defaults */
     if (o.rl.algo != FDPO_RL_GRPO && flags_was_set(flags, n, "grpo-eps")) {

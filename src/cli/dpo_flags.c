@@ -61,7 +61,7 @@ size_t dpo_flags_add(dpo_flags *v, fdpo_flag *flags, const char *const *skip, si
 int dpo_flags_finish(dpo_flags *v, fdpo_flag *flags, size_t n) {
     fdpo_dpo_run_opts *o = &v->o;
     /* on --resume, unset flags take the saved run's values; the library checks the rest */
-    if (train_flags_finish(flags, n, &o->train)) return -1;
+    if (train_flags_finish(flags, n, &o->train, "dpo")) return -1;
     if (!v->model) return fdpo_error("--model: required (the checkpoint to align)");
     o->train.init = v->model;
     if (fdpo_divergence_parse(v->divergence, &o->dpo.loss.div)) return fdpo_error_context("--divergence");

@@ -26,7 +26,7 @@ int lm_command_run(const lm_command *c, int argc, char **argv) {
     rc = -1;
     fdpo_tokenizer *tok = NULL;
     fdpo_lm_data train = {0}, val = {0};
-    if (train_flags_finish(flags, n, &o) || fdpo_train_opts_check(&o)) goto done;
+    if (train_flags_finish(flags, n, &o, c->name) || fdpo_train_opts_check(&o)) goto done;
     flags_prepend_list("data", &data, &pos, &n_pos);
     if (n_pos == 0) { fdpo_error("--data: no input files (usage: %s)", c->usage); goto done; }
     o.data = n_pos == 1 ? pos[0] : NULL;   /* named if a step is capped at the data set */

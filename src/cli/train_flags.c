@@ -146,11 +146,14 @@ static int flag_setting_text(const fdpo_flag *f, char *buf, size_t n) {
 /* --resume: every flag not given now takes the saved run's value (fixed ones and kept ones
  * such as --save-every alike); the library then refuses a fixed one that was given with
  * another value. The log says which values are in force and where they came from. */
-static int resume_defaults(fdpo_flag *flags, size_t n, const char *out) {
+static int resume_defaults(fdpo_flag *flags, size_t n, const char *out, const char *kind) {
     fdpo_settings saved;
     size_t step = 0;
     if (fdpo_checkpoint_recover(out)) return -1;
     if (fdpo_train_state_read_settings(out, &saved, &step)) return fdpo_error_context("--resume");
+    /* another command's run: none of its settings are this command's (restored, its
+     * --eval-file was read as this command's data and the error named that file) */
+    if (fdpo_train_state_check_kind(out, kind)) { fdpo_settings_free(&saved); return -1; }
     char from_saved[1024] = "", given[512] = "";
     size_t a = 0, b = 0;
     int rc = 0;
@@ -277,10 +280,10 @@ static int eval_flags_check(fdpo_flag *flags, size_t n) {
     return 0;
 }
 
-int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o) {
+int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o, const char *kind) {
     if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
     if (shape_flags_check(flags, n, o)) return -1;
-    if (o->resume && resume_defaults(flags, n, o->out)) return -1;   /* may set --precision from the saved run */
+    if (o->resume && resume_defaults(flags, n, o->out, kind)) return -1;   /* may set --precision from the saved run */
     if (eval_flags_check(flags, n)) return -1;
     /* --steps sets the run's length; the epochs were accepted and changed nothing */
     if (flags_was_set(flags, n, "epochs") && o->steps > 0)

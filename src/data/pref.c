@@ -466,7 +466,7 @@ int fdpo_pref_split(size_t n, double fraction, uint64_t seed, size_t **train_idx
  * side (unpaired KTO data, src/data/unpaired.c). */
 int fdpo_pref_encode_single(const char *name, size_t line, const cJSON *prompt, const cJSON *completion,
                             const fdpo_tokenizer *tok, int32_t **p, size_t *np, int32_t **c, size_t *nc,
-                            size_t *content_len) {
+                            size_t *content_len, int *conversational) {
     where w = {name, line, tok, {0}, 0};
     fdpo_chat_text ps = {0}, cs = {0};
     int eot = 1;
@@ -502,6 +502,7 @@ int fdpo_pref_encode_single(const char *name, size_t line, const cJSON *prompt, 
         free(*p); free(*c); *p = *c = NULL;
         rc = -1;
     }
+    *conversational = eot == 2;   /* the two chat renderings end the completion's turn */
     fdpo_chat_text_free(&ps); fdpo_chat_text_free(&cs); fdpo_chat_free(&w.chat); cJSON_Delete(pm);
     return rc;
 }

@@ -28,9 +28,11 @@ static int make_example(const char *path, size_t line, const cJSON *obj, const f
     e->line = line;
     e->label = cJSON_IsTrue(l);
     size_t content = 0;
-    if (fdpo_pref_encode_single(path, line, p, c, tok, &e->prompt, &e->n_prompt, &e->completion, &e->n_completion, &content))
+    int conversational = 0;
+    if (fdpo_pref_encode_single(path, line, p, c, tok, &e->prompt, &e->n_prompt, &e->completion, &e->n_completion,
+                                &content, &conversational))
         return -1;
-    s->summary.conversational += cJSON_IsArray(c) ? 1 : 0;
+    s->summary.conversational += (size_t)conversational;   /* a prompt as its messages' JSON text too, as for pairs */
     int rc = 0;
     if (content == 0) {
         if (opt->on_bad == FDPO_PREF_SKIP) { fdpo_pref_count_skip(&s->summary, FDPO_SKIP_EMPTY, line); rc = 1; }

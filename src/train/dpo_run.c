@@ -1,6 +1,7 @@
 /* `fdpo dpo` as a library call: load preference data, split it, get the reference
  * log-probs (cache or live), and run the shared trainer loop with the f-DPO step. */
 #include <cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -135,8 +136,10 @@ static int write_json(const char *dir, const char *name, const cJSON *root) {
     return rc;
 }
 
-/* The resume fingerprint of a run's data: every token of the training pairs, then of the
- * held-out pairs (what the eval metrics are computed on must not change either). */
+/* A fingerprint of pairs: every token of the training pairs, then (with eval) of the
+ * held-out pairs. The trainer keeps one of the training pairs (train, n, NULL, 0) and one of
+ * the held-out pairs (eval, n_eval, NULL, 0); both together was the one fingerprint of the
+ * states saved before, still compared for those (fdpo_train_opts's eval_legacy_hash). */
 static uint64_t run_data_hash(const fdpo_pref_pair *const *train, size_t n_train,
                               const fdpo_pref_pair *const *eval, size_t n_eval) {
     uint64_t h = FDPO_HASH_INIT;
@@ -218,6 +221,11 @@ void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, c
     fdpo_settings_path(s, "eval-file", eval_file, 1);
 }
 
+void fdpo_pref_eval_name(char *buf, size_t n, const char *data, double eval_fraction, const char *eval_file) {
+    if (eval_file) snprintf(buf, n, "--eval-file %s", eval_file);
+    else snprintf(buf, n, "the --eval-fraction %g split of --data %s", eval_fraction, data);
+}
+
 void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s) {
     char div[64];
     fdpo_divergence_name(&o->dpo.loss.div, div, sizeof div);   /* canonical: alpha:.5 == alpha:0.5 */
@@ -256,8 +264,10 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     fdpo_dpo d;
     int d_open = 0;
     fdpo_pref_options popt = o->pref;
-    /* claim OUT before any work: a second run on the same OUT stops here, not after the cache */
-    if (fdpo_checkpoint_recover(to->out) || fdpo_train_out_check(to)) return -1;
+    /* claim OUT before any work: a second run on the same OUT stops here, not after the cache;
+     * another command's run is said before its saved route is read */
+    if (fdpo_checkpoint_recover(to->out) || fdpo_train_out_check(to) ||
+        (to->resume && fdpo_train_state_check_kind(to->out, "dpo"))) return -1;
     /* before the reference's log-probs: the resumed run's route, on every rank */
     if ((to->resume && fdpo_train_pin_bf16_route(to->out) < 0) || fdpo_dist_agree_bf16_route()) return -1;
 
@@ -325,7 +335,13 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     fdpo_dpo_run_opts_settings(o, &settings);
     fdpo_train_opts topen = *to;
     topen.data = o->data;   /* named if a step is capped at the data set */
-    int orc = fdpo_trainer_open(&tr, &topen, "dpo", tok, n_train, run_data_hash(train_pairs, n_train, eval_pairs, n_eval), &settings);
+    char eval_name[PATH_MAX + 64];
+    fdpo_pref_eval_name(eval_name, sizeof eval_name, o->data, o->eval_fraction, o->eval_file);
+    topen.eval_name = eval_name;   /* what the eval metrics are computed on must not change either */
+    topen.eval_n_items = n_eval;
+    topen.eval_hash = run_data_hash(eval_pairs, n_eval, NULL, 0);
+    topen.eval_legacy_hash = run_data_hash(train_pairs, n_train, eval_pairs, n_eval);
+    int orc = fdpo_trainer_open(&tr, &topen, "dpo", tok, n_train, run_data_hash(train_pairs, n_train, NULL, 0), &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;
     tr_open = 1;

@@ -1,6 +1,7 @@
 /* `fdpo kto`: KTO with an f-divergence score on unpaired data, driven by the shared
  * trainer. The loss is objectives' fdpo_kto_loss_one; the rules are in include/fdpo/kto.h. */
 #include <cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,6 +213,8 @@ static void log_examples(const char *name, const fdpo_unpaired_set *s) {
 int fdpo_kto_train(const fdpo_kto_run_opts *o) {
     const fdpo_train_opts *to = &o->train;
     if (fdpo_kto_run_opts_check(o)) return -1;
+    /* another command's run: said before its data, or a saved path of it, is read */
+    if (to->resume && fdpo_train_state_check_kind(to->out, "kto")) return -1;
     int rc = -1, tr_open = 0;
     fdpo_tokenizer *tok = NULL;
     fdpo_gpt2 *ref = NULL;
@@ -286,7 +289,14 @@ open:;
     fdpo_kto_run_opts_settings(o, &settings);
     fdpo_train_opts topen = *to;
     topen.data = o->data;   /* named if a step is capped at the data set */
-    int orc = fdpo_trainer_open(&tr, &topen, "kto", tok, n_train, kto_data_hash(train_ex, n_train), &settings);
+    char eval_name[PATH_MAX + 64];
+    fdpo_pref_eval_name(eval_name, sizeof eval_name, o->data, o->eval_fraction, o->eval_file);
+    topen.eval_name = eval_name;   /* what the eval metrics are computed on must not change either */
+    topen.eval_n_items = n_eval;
+    topen.eval_hash = kto_data_hash(eval_ex, n_eval);
+    const uint64_t train_hash = kto_data_hash(train_ex, n_train);
+    topen.eval_legacy_hash = train_hash;   /* the older states' fingerprint left the held-out set out */
+    int orc = fdpo_trainer_open(&tr, &topen, "kto", tok, n_train, train_hash, &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;
     tr_open = 1;

@@ -1,6 +1,7 @@
 /* `fdpo rm`: Bradley-Terry reward-model training on preference pairs with the shared
  * trainer (schedule, AdamW, checkpoints with state, metrics, --resume). docs/rm.md. */
 #include <cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -192,6 +193,8 @@ void fdpo_rm_run_opts_settings(const fdpo_rm_run_opts *o, fdpo_settings *s) {
 int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     const fdpo_train_opts *to = &o->train;
     if (fdpo_rm_run_opts_check(o)) return -1;
+    /* another command's run: said before its data, or a saved path of it, is read */
+    if (to->resume && fdpo_train_state_check_kind(to->out, "rm")) return -1;
     int rc = -1, tr_open = 0;
     fdpo_tokenizer *tok = NULL;
     fdpo_pref_set train_set = {0}, eval_set = {0};
@@ -237,7 +240,14 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     fdpo_rm_run_opts_settings(o, &settings);
     fdpo_train_opts topen = *to;
     topen.data = o->data;   /* named if a step is capped at the data set */
-    int orc = fdpo_trainer_open(&tr, &topen, "rm", tok, n_train, rm_data_hash(train_pairs, n_train), &settings);
+    char eval_name[PATH_MAX + 64];
+    fdpo_pref_eval_name(eval_name, sizeof eval_name, o->data, o->eval_fraction, o->eval_file);
+    topen.eval_name = eval_name;   /* what the eval metrics are computed on must not change either */
+    topen.eval_n_items = n_eval;
+    topen.eval_hash = rm_data_hash(eval_pairs, n_eval);
+    const uint64_t train_hash = rm_data_hash(train_pairs, n_train);
+    topen.eval_legacy_hash = train_hash;   /* the older states' fingerprint left the held-out set out */
+    int orc = fdpo_trainer_open(&tr, &topen, "rm", tok, n_train, train_hash, &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;
     tr_open = 1;

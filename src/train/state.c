@@ -103,6 +103,12 @@ static cJSON *state_json(const fdpo_train_state *s, const fdpo_adamw *opt) {
     for (int i = 0; i < 4; i++) { char h[17]; hex64(h, s->rng.s[i]); cJSON_AddItemToArray(rng, cJSON_CreateString(h)); }
     char h[17]; hex64(h, s->data_hash);
     cJSON_AddStringToObject(j, "data_hash", h);
+    if (s->has_eval_data) {   /* the held-out set (dpo, rm, kto) */
+        cJSON *ev = cJSON_AddObjectToObject(j, "eval_data");
+        cJSON_AddNumberToObject(ev, "n_items", (double)s->eval_n_items);
+        hex64(h, s->eval_hash);
+        cJSON_AddStringToObject(ev, "hash", h);
+    }
     cJSON *data = cJSON_AddObjectToObject(j, "data");
     cJSON_AddNumberToObject(data, "n_items", (double)s->data.n);
     cJSON_AddNumberToObject(data, "epoch", (double)s->data.epoch);
@@ -189,6 +195,19 @@ int fdpo_train_state_read_settings(const char *dir, fdpo_settings *settings, siz
     return rc;
 }
 
+int fdpo_train_state_check_kind(const char *dir, const char *kind) {
+    char *path = fdpo_path_join(dir, "training_state.json");
+    size_t len;
+    char *text = fdpo_file_exists(path) ? fdpo_read_file(path, &len) : NULL;
+    cJSON *j = text ? cJSON_ParseWithLength(text, len) : NULL;
+    const cJSON *saved = cJSON_GetObjectItemCaseSensitive(j, "kind");
+    int rc = 0;
+    if (cJSON_IsString(saved) && strcmp(saved->valuestring, kind))
+        rc = fdpo_error("--resume: %s holds a '%s' run, not '%s'", dir, saved->valuestring, kind);
+    cJSON_Delete(j); free(text); free(path);
+    return rc;
+}
+
 int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt, const fdpo_gpt2 *m) {
     memset(s, 0, sizeof *s);
     char *path;
@@ -207,6 +226,15 @@ int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt,
     for (int i = 0; i < 4; i++)
         if (parse_hex64(cJSON_GetArrayItem(rng, i), &s->rng.s[i])) { fdpo_error("%s: field 'rng' must be 4 hex strings", path); goto done; }
     if (parse_hex64(cJSON_GetObjectItemCaseSensitive(j, "data_hash"), &s->data_hash)) { fdpo_error("%s: field 'data_hash' must be a hex string", path); goto done; }
+    const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "eval_data");   /* absent: a state of an older fdpo */
+    if (ev) {
+        if (!cJSON_IsObject(ev) || get_size(ev, "n_items", path, &s->eval_n_items) ||
+            parse_hex64(cJSON_GetObjectItemCaseSensitive(ev, "hash"), &s->eval_hash)) {
+            fdpo_error("%s: field 'eval_data' must hold 'n_items' and a hex string 'hash'", path);
+            goto done;
+        }
+        s->has_eval_data = 1;
+    }
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
     if (!cJSON_IsObject(data)) { fdpo_error("%s: field 'data' missing", path); goto done; }
     if (get_size(data, "n_items", path, &n_items) || get_size(data, "epoch", path, &epoch) || get_size(data, "pos", path, &pos)) goto done;

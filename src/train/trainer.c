@@ -256,6 +256,39 @@ static int resume_early_check(const fdpo_train_opts *o) {
     return rc;
 }
 
+/* --resume: the data must be the saved run's, the training items and the held-out set
+ * alike (eval metrics computed on other data would continue the curve unannounced); the
+ * error names the set that differs. A state saved before the held-out set had its own
+ * fingerprint is compared as that fdpo hashed it (o->eval_legacy_hash) and then records the
+ * two fingerprints separately from its next save. */
+static int resume_data_check(fdpo_train_state *s, const fdpo_train_opts *o, uint64_t data_hash, size_t n_items) {
+    static const char NEED[] = "resume needs the same files and tokenizer";
+    const uint64_t saved_as = o->eval_name && !s->has_eval_data ? o->eval_legacy_hash : data_hash;
+    const int train_differs = s->data.n != n_items || s->data_hash != saved_as;
+    if (o->eval_name && !s->has_eval_data) {   /* one fingerprint of both sets, or of the training items alone */
+        if (train_differs)
+            return fdpo_error("--resume: the training data or the held-out data (%s) differ from the saved run's "
+                              "(%zu training items then, %zu now): %s", o->eval_name, s->data.n, n_items, NEED);
+    } else {
+        const int eval_differs = o->eval_name && (s->eval_n_items != o->eval_n_items || s->eval_hash != o->eval_hash);
+        if (train_differs && eval_differs)
+            return fdpo_error("--resume: the training data (%zu items then, %zu now) and the held-out data (%s; %zu items "
+                              "then, %zu now) differ from the saved run's: %s", s->data.n, n_items, o->eval_name,
+                              s->eval_n_items, o->eval_n_items, NEED);
+        if (train_differs)
+            return fdpo_error("--resume: the training data differ from the saved run's (%zu items then, %zu now): %s",
+                              s->data.n, n_items, NEED);
+        if (eval_differs)
+            return fdpo_error("--resume: the held-out data (%s) differ from the saved run's (%zu items then, %zu now): %s",
+                              o->eval_name, s->eval_n_items, o->eval_n_items, NEED);
+    }
+    s->data_hash = data_hash;
+    s->has_eval_data = o->eval_name != NULL;
+    s->eval_n_items = o->eval_n_items;
+    s->eval_hash = o->eval_hash;
+    return 0;
+}
+
 /* 1 if this (kind, saved route, measured route) was said before in this process */
 static int said_once(int kind, const char *saved, const char *measured) {
     static char said[64];
@@ -378,6 +411,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     tr->sched.total_steps = total;
     tr->sched.min_lr_ratio = o->min_lr_ratio;
     if (!o->out_claimed && fdpo_checkpoint_recover(o->out)) return -1;
+    /* another command's run: said before any of its settings are read (its route, --lora-r) */
+    if (o->resume && fdpo_train_state_check_kind(o->out, kind)) return -1;
     /* before any product: a resumed run's route, then every rank on rank 0's (in that order:
      * a rank that cannot take the saved route makes every rank take the fallback) */
     if ((o->resume && fdpo_train_pin_bf16_route(o->out) < 0) || fdpo_dist_agree_bf16_route()) return -1;
@@ -400,17 +435,12 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (check_model_fits(tr, o->out)) goto fail;
         if (fdpo_adamw_init(&tr->opt, trained(tr)->n_params, o->beta1, o->beta2, o->adam_eps, o->weight_decay)) goto fail;
         if (fdpo_train_state_load(o->out, s, &tr->opt, trained(tr))) { fdpo_error_context("--resume"); goto fail; }
-        if (strcmp(s->kind, kind)) { fdpo_error("--resume: %s holds a '%s' run, not '%s'", o->out, s->kind, kind); goto fail; }
         /* the flags before the data: a changed --seed or --eval-fraction also changes the
          * data's split and hash, and the flag is the cause to name; the command's own flags
          * first, under its names (rl's --prompts-per-step is the trainer's batch size) */
         if (extra && fdpo_settings_check_resume(&s->settings, extra)) goto fail;
         if (fdpo_settings_check_resume(&s->settings, &now)) goto fail;
-        if (s->data_hash != data_hash || s->data.n != n_items) {
-            fdpo_error("--resume: the training data differ from the saved run's (%zu items then, %zu now): "
-                       "resume needs the same files and tokenizer", s->data.n, n_items);
-            goto fail;
-        }
+        if (resume_data_check(s, o, data_hash, n_items)) goto fail;
         /* a run that started from --model recorded no random-init architecture: keep it so */
         if (!fdpo_settings_find(&s->settings, "arch")) fdpo_settings_remove(&now, ARCH_SETTINGS);
         /* from now on the state records this session's values (a new --save-every sticks),
@@ -460,6 +490,9 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         s->kind = fdpo_strdup(kind);
         s->total_steps = total;
         s->data_hash = data_hash;
+        s->has_eval_data = o->eval_name != NULL;
+        s->eval_n_items = o->eval_n_items;
+        s->eval_hash = o->eval_hash;
         fdpo_rng_seed(&s->rng, (uint64_t)o->seed);
         fdpo_order_init(&s->data, n_items, o->shuffle, &s->rng);
         s->settings = now;
@@ -470,6 +503,10 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     if (fdpo_dist_size() > 1) {
         /* every rank must run the same job: flags, data and starting weights */
         uint64_t h = fdpo_hash64(FDPO_HASH_INIT, &data_hash, sizeof data_hash);
+        if (o->eval_name) {   /* the held-out set: each rank evaluates its share of its own copy */
+            uint64_t ev[2] = {o->eval_n_items, o->eval_hash};
+            h = fdpo_hash64(h, ev, sizeof ev);
+        }
         for (size_t i = 0; i < s->settings.n; i++) {
             char v[256];
             fdpo_setting_text(&s->settings.v[i], v, sizeof v);
@@ -480,7 +517,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
                 h = fdpo_hash64(h, v, strlen(v) + 1);
         }
         h = fdpo_hash64(h, &s->step, sizeof s->step);
-        if (fdpo_dist_check_agree("the flags or training data", h)) goto fail;
+        if (fdpo_dist_check_agree("the flags, training data or held-out data", h)) goto fail;
         if (fdpo_dist_check_agree("the starting model", fdpo_hash64(FDPO_HASH_INIT, tr->model->params_memory,
                                                                     tr->model->n_params * sizeof(float)))) goto fail;
         if (fdpo_dist_check_agree("--allreduce-overlap", (uint64_t)(o->allreduce_overlap != 0))) goto fail;

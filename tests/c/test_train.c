@@ -730,6 +730,7 @@ START_TEST(state_and_checkpoint_round_trip) {
     fdpo_train_state s = {0};
     s.kind = fdpo_strdup("pretrain");
     s.step = 1; s.total_steps = 5; s.data_hash = 0xfeedfacecafebeefULL;
+    s.has_eval_data = 1; s.eval_n_items = 3; s.eval_hash = 0x0123456789abcdefULL;   /* dpo/rm/kto's held-out set */
     fdpo_rng_seed(&s.rng, 3);
     fdpo_order_init(&s.data, 6, 1, &s.rng);
     fdpo_order_next(&s.data, &s.rng);
@@ -764,6 +765,7 @@ START_TEST(state_and_checkpoint_round_trip) {
     ck_assert_uint_eq(o2.t, 1);
     ck_assert_uint_eq(s2.step, 1); ck_assert_uint_eq(s2.total_steps, 5);
     ck_assert_uint_eq(s2.data_hash, s.data_hash);
+    ck_assert(s2.has_eval_data && s2.eval_n_items == 3 && s2.eval_hash == s.eval_hash);
     ck_assert_int_eq(memcmp(&s2.rng, &s.rng, sizeof s.rng), 0);
     ck_assert_uint_eq(s2.data.pos, 1); ck_assert_uint_eq(s2.data.n, 6);
     ck_assert_int_eq(memcmp(s2.data.order, s.data.order, 6 * sizeof(size_t)), 0);

@@ -580,7 +580,9 @@ def test_resume_refuses_changed_chosen_tokens(cli):
     rows[5]["chosen"] = rows[5]["chosen"][::-1] + "a"    # same prompt, other chosen tokens
     write_jsonl(data, rows)
     r = fdpo("dpo", "--out", out, "--resume", "--threads", 1, "--quiet", check=False)
-    assert r.returncode != 0 and "data differ" in r.stderr, r.stderr
+    assert r.returncode != 0 and r.stderr.endswith(   # 36 of the 40 train, 4 held out
+        "fdpo dpo: --resume: the training data differ from the saved run's (36 items then, 36 now): resume needs the "
+        "same files and tokenizer\n"), r.stderr
 
 
 # ---- the reference cache is checked, and lives where --ref-cache-dir says ----------------
@@ -649,7 +651,11 @@ def test_resume_refuses_a_changed_eval_file(cli):
     rows[2]["chosen"] = "uuuuu"  # same prompts, another chosen answer
     write_jsonl(data, rows)
     r = fdpo("dpo", "--out", out, "--resume", "--threads", 1, "--quiet", check=False)
-    assert r.returncode != 0 and "data differ" in r.stderr, r.stderr
+    # the set that changed is named: "the training data differ ... (200 items then, 200 now)"
+    # spoke of the 200 training pairs, which had not changed
+    assert r.returncode != 0 and r.stderr.endswith(
+        f"fdpo dpo: --resume: the held-out data (--eval-file {data}) differ from the saved run's (6 items then, 6 "
+        "now): resume needs the same files and tokenizer\n"), r.stderr
 
 
 def _one_step_pytorch(cli, rows, lr, beta):

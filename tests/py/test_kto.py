@@ -5,6 +5,7 @@ parameter, for reverse KL (plain KTO) and other f-divergences (s~(l) = s(l) - s(
 of the log-ratio, docs/kto.md); bad data gives FILE:LINE errors; a short run logs TRL's
 metric names."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -240,6 +241,80 @@ def test_kto_run_logs_trl_metrics_and_resumes(models, tmp_path):
     assert [m["step"] for m in assert_same_run(tmp_path / "a", tmp_path / "b")] == [1, 2, 3, 4]
 
 
+RESUME_NEEDS = "resume needs the same files and tokenizer"
+
+
+def test_resume_refuses_changed_held_out_examples(models, tmp_path):
+    """The resume fingerprint covers the held-out examples, --eval-file's and the --eval-fraction
+    split's, as dpo's does (docs/kto.md): an edited held-out answer or label was accepted and
+    the eval_* after the resume were computed on other data. The error names the set that
+    changed. A state saved before the held-out set had its own fingerprint (no "eval_data")
+    still resumes."""
+    tmp = models
+    train, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    write_jsonl(train, ROWS[:4])
+    write_jsonl(held, ROWS[4:])
+    common = ["kto", "--model", tmp / "policy", "--data", train, "--eval-file", held, "--batch-size", 2, "--steps", 4,
+              "--eval-every", 1, "--lr", "1e-3", "--threads", 1, "--quiet"]
+    fdpo(*common, "--out", tmp_path / "full")
+    fdpo(*common, "--out", tmp_path / "part", "--stop-at", 2)
+    for edited in (dict(ROWS[5], label=not ROWS[5]["label"]), dict(ROWS[5], completion=" another answer")):
+        write_jsonl(held, [ROWS[4], edited, ROWS[6]])
+        r = fdpo(*common, "--out", tmp_path / "part", "--resume", check=False)
+        assert r.returncode == 1 and r.stderr.endswith(
+            f"fdpo kto: --resume: the held-out data (--eval-file {held}) differ from the saved run's (3 items then, "
+            f"3 now): {RESUME_NEEDS}\n"), r.stderr
+    write_jsonl(held, ROWS[4:])
+    state = json.loads((tmp_path / "part" / "training_state.json").read_text())
+    assert state["eval_data"]["n_items"] == 3
+    shutil.copytree(tmp_path / "part", tmp_path / "older")   # as an fdpo before "eval_data" saved it
+    del state["eval_data"]
+    (tmp_path / "older" / "training_state.json").write_text(json.dumps(state))
+    for part in ("part", "older"):
+        fdpo(*common, "--out", tmp_path / part, "--resume")
+        assert [m["step"] for m in assert_same_run(tmp_path / "full", tmp_path / part)] == [0, 1, 2, 3, 4]
+
+    # the --eval-fraction split: an edit of any line is refused, the held-out ones as such
+    d = tmp_path / "d.jsonl"
+    rows = [{"prompt": f"P{i}", "completion": f" answer number {i}", "label": i % 2 == 0} for i in range(10)]
+    write_jsonl(d, rows)
+    split = ["kto", "--model", tmp / "policy", "--data", d, "--eval-fraction", 0.2, "--batch-size", 2, "--steps", 4,
+             "--eval-every", 1, "--lr", "1e-3", "--threads", 1, "--quiet", "--out", tmp_path / "split"]
+    fdpo(*split, "--stop-at", 2)
+    n_eval = json.loads((tmp_path / "split" / "data_summary.json").read_text())["eval_examples"]
+    said = []
+    for i in range(len(rows)):
+        write_jsonl(d, rows[:i] + [dict(rows[i], completion=" reply")] + rows[i + 1:])
+        r = fdpo(*split, "--resume", check=False)
+        assert r.returncode == 1, (i, r.stderr)
+        said.append(r.stderr.splitlines()[-1])
+    held_out = (f"fdpo kto: --resume: the held-out data (the --eval-fraction 0.2 split of --data {d}) differ from the "
+                f"saved run's (2 items then, 2 now): {RESUME_NEEDS}")
+    training = f"fdpo kto: --resume: the training data differ from the saved run's (8 items then, 8 now): {RESUME_NEEDS}"
+    assert sorted(said) == sorted([held_out] * 2 + [training] * 8) and n_eval == 2, said
+
+
+def test_resume_of_another_commands_run_is_refused_before_its_files_are_read(models, tmp_path):
+    """kto --resume on a dpo run (and dpo --resume on a kto run) took that run's saved flags,
+    read its --eval-file as its own data and failed on it ("missing field 'label'"), a file the
+    command line never named, before saying the run is another command's."""
+    tmp = models
+    pairs, pairs_eval = tmp_path / "pairs.jsonl", tmp_path / "pairs_eval.jsonl"
+    write_jsonl(pairs, [{"prompt": p, "chosen": " b", "rejected": " c"} for p in ("a", "d", "g")])
+    write_jsonl(pairs_eval, [{"prompt": p, "chosen": " y", "rejected": " z"} for p in ("x", "u")])
+    write_jsonl(tmp_path / "k_eval.jsonl", ROWS[:2])
+    runs = {"dpo": ["--data", pairs, "--eval-file", pairs_eval],
+            "kto": ["--data", tmp / "data.jsonl", "--eval-file", tmp_path / "k_eval.jsonl"]}
+    for kind, data in runs.items():
+        fdpo(kind, "--model", tmp / "policy", *data, "--batch-size", 2, "--steps", 4, "--threads", 1, "--quiet",
+             "--out", tmp_path / kind, "--stop-at", 2)
+    for kind, other in (("kto", "dpo"), ("dpo", "kto")):
+        r = fdpo(kind, "--model", tmp / "policy", *runs[kind][:2], "--out", tmp_path / other, "--resume", "--threads", 1,
+                 check=False)
+        assert r.returncode == 1 and r.stderr == \
+            f"fdpo {kind}: --resume: {tmp_path / other} holds a '{other}' run, not '{kind}'\n", r.stderr
+
+
 def word_rows(rng, n):
     """Unpaired data labelled by a synthetic rule: completions from the first four words are
     desirable, from the last four undesirable."""
@@ -453,6 +528,34 @@ def test_skipped_and_truncated_examples_are_reported_as_dpo_reports_pairs(models
     assert r.returncode == 1 and r.stderr.endswith(
         f"fdpo kto: {d}: no usable examples (3 lines read, 3 skipped: 1 empty completion, 2 too long for "
         "--max-length)\n"), r.stderr
+
+
+def test_a_prompt_kept_as_its_messages_json_text_counts_as_conversational(models, tmp_path):
+    """data_summary.json's "conversational" counts every example rendered with the chat
+    template, a prompt kept as its messages' JSON text (docs/dpo.md) too, as dpo counts pairs:
+    kto counted only message-list completions. Expected: counted from the file's lines."""
+    tmp = models
+    pm = json.dumps([{"role": "user", "content": "hi"}])
+    rows = [{"prompt": pm, "completion": " hello", "label": True}, ROWS[6], ROWS[2],
+            {"prompt": pm, "completion": " go away", "label": False}, ROWS[0]]
+    d = tmp_path / "d.jsonl"
+    write_jsonl(d, rows)
+
+    def is_messages(v):
+        return isinstance(v, list) and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in v)
+
+    def conversational(row):
+        if isinstance(row["completion"], list):
+            return True
+        try:
+            return is_messages(json.loads(row["prompt"]))
+        except ValueError:
+            return False
+    expected = sum(conversational(json.loads(line)) for line in d.read_text().splitlines())
+    fdpo("kto", "--model", tmp / "policy", "--data", d, "--eval-file", d, "--out", tmp_path / "k", "--steps", 1,
+         "--batch-size", 2, "--threads", 1, "--quiet")
+    summary = json.loads((tmp_path / "k" / "data_summary.json").read_text())
+    assert summary["data"]["conversational"] == summary["eval_data"]["conversational"] == expected == 3, summary
 
 
 def test_the_progress_line_shows_the_margin_only_where_it_is_defined(models, tmp_path):

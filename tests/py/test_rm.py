@@ -197,6 +197,31 @@ def test_resume_continues_the_same_run(tmp_path):
     assert sorted({m["step"] for m in metrics}) == list(range(0, 7))  # 0: the eval before training
 
 
+def test_resume_refuses_changed_held_out_pairs(tmp_path):
+    """The resume fingerprint covers the held-out pairs (--eval-file's, the --eval-fraction
+    split's), as dpo's does: rm --resume accepted an edited --eval-file and logged eval_* of
+    other pairs after the resume. The error names the set that changed."""
+    rows = length_rows(random.Random(5), 14)
+    train, held = tmp_path / "d.jsonl", tmp_path / "e.jsonl"
+    write_jsonl(train, rows[:10])
+    write_jsonl(held, rows[10:])
+    GPT2(**CFG, seed=2).save_hf(str(tmp_path / "lm"))
+    save_byte_tokenizer(str(tmp_path / "lm"))
+    common = ["rm", "--model", tmp_path / "lm", "--data", train, "--eval-file", held, "--steps", 4, "--batch-size", 2,
+              "--eval-every", 1, "--threads", 1, "--quiet"]
+    fdpo(*common, "--out", tmp_path / "a")
+    fdpo(*common, "--out", tmp_path / "b", "--stop-at", 2)
+    edited = dict(rows[11], chosen=rows[11]["chosen"] + " egg")
+    write_jsonl(held, rows[10:11] + [edited] + rows[12:])
+    r = fdpo(*common, "--out", tmp_path / "b", "--resume", check=False)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo rm: --resume: the held-out data (--eval-file {held}) differ from the saved run's (4 items then, 4 now): "
+        "resume needs the same files and tokenizer\n"), r.stderr
+    write_jsonl(held, rows[10:])
+    fdpo(*common, "--out", tmp_path / "b", "--resume")
+    assert [m["step"] for m in assert_same_run(tmp_path / "a", tmp_path / "b")] == [0, 1, 2, 3, 4]
+
+
 def test_resume_takes_a_path_spelled_another_way(tmp_path):
     """training_state.json's path settings (--model, --data, ...) are compared as paths
     (fdpo_settings_same_path, as online.json's): a run started with absolute paths resumes
