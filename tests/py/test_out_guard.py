@@ -657,3 +657,18 @@ def test_a_save_killed_anywhere_in_its_swap_resumes_as_if_uninterrupted(d, tmp_p
     assert_same_run(tmp_path / "whole", work / "o")
     assert sorted(p.name for p in work.iterdir()) == ["o", "o.lock"]
     assert not {".fdpo-save", ".fdpo-swap"} & {p.name for p in (work / "o").iterdir()}
+
+
+def test_a_run_directorys_lock_path_that_is_a_link_or_a_users_file_is_refused(d, tmp_path):
+    """OUT.lock was opened through a symbolic link and over any file: the link's target was
+    truncated to the run's pid (ckpt hunt, finding 2). Refused naming it; the target unchanged."""
+    (tmp_path / "keep.txt").write_text("keep me\n")
+    (tmp_path / "run.lock").symlink_to("keep.txt")
+    r = fdpo(*sft_args(d, tmp_path / "run"), check=False)
+    refused(r, f"--out {tmp_path / 'run'}: its lock file {tmp_path / 'run.lock'} is a symbolic link")
+    assert (tmp_path / "keep.txt").read_text() == "keep me\n" and (tmp_path / "run.lock").is_symlink()
+    (tmp_path / "run.lock").unlink()
+    (tmp_path / "run.lock").write_text("my lock notes\n")
+    refused(fdpo(*sft_args(d, tmp_path / "run"), check=False), f"{tmp_path / 'run.lock'} exists and is not a lock file")
+    assert (tmp_path / "run.lock").read_text() == "my lock notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "run.lock"]
