@@ -181,16 +181,22 @@ int fdpo_file_exists(const char *path);
  * DIR.tmp are DIR's text plus a suffix), and a DIR that exists and is not a directory.
  * A lock file that guards nothing (DIR missing or empty: a run that failed at its start) is
  * removed when the lock is released, by fdpo_dir_unlock or at process exit, and DIR with it
- * when it did not exist when locked and is still empty. */
+ * when it did not exist when locked and is still empty. DIR.lock is never opened through a
+ * symbolic link; one that is a link, no regular file, or a file holding anything but a pid
+ * line (a user's file at that name) is refused naming it. */
 int fdpo_dir_lock(const char *dir, const char *flag);   /* also refuses a DIR that is a symbolic link */
 void fdpo_dir_unlock(const char *dir);
 int fdpo_dir_locked(const char *dir);
+/* Who else holds DIR.lock now: the pid it records, -1 for a holder that records none (another
+ * tool's flock), 0 when no other process holds it (this process's own lock is not counted). */
+long fdpo_dir_lock_holder(const char *dir);
 /* An output file a command writes at its end (--out FILE): held from the command's start
  * like a run directory (the flock on FILE.lock), so a second run naming the same file is
  * refused while the first works, instead of one silently replacing the other's output.
  * Says (info) when FILE exists and will be replaced; refuses a directory, and a file this
  * process has already claimed (two outputs of one run named the same file, under the same
- * or another spelling of its path).
+ * or another spelling of its path), and a FILE that is the lock file of another output this
+ * process claimed, or whose FILE.lock is one (in either order).
  * fdpo_out_file_release drops the lock and removes FILE.lock (a killed run leaves it; the
  * next run takes it over). */
 /* Also refused: a FILE that is a symbolic link (the rename would replace the link) or the

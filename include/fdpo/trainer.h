@@ -293,15 +293,19 @@ void fdpo_checkpoint_info_free(fdpo_checkpoint_info *info);
  * fdpo_checkpoint_save_all writes config.json, model.safetensors, the tokenizer files and,
  * when s != NULL, the training state (the AdamW moments only when opt != NULL), all into the sibling OUT.tmp; then OUT -> OUT.old,
  * OUT.tmp -> OUT, remove OUT.old. A crash leaves OUT complete (old or new) or, between the
- * two renames, only OUT.old, which fdpo_checkpoint_recover renames back. Files in OUT that
+ * two renames, OUT.old beside the complete OUT.tmp, and fdpo_checkpoint_recover renames OUT.old
+ * back. The save marks its OUT.tmp (.fdpo-save; .fdpo-swap once OUT.old is its), so that only
+ * its own leftovers are repaired: a user's OUT.tmp or OUT.old is refused, never removed. Files in OUT that
  * are not part of a checkpoint (metrics.jsonl, anything a user put there) are hard-linked
  * (or copied) into OUT.tmp first so they survive the swap. */
 int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tokenizer *tok,
                              const fdpo_train_state *s, const fdpo_adamw *opt);
 /* Claim OUT for this process and repair it: take the run lock (fdpo_dir_lock on OUT.lock;
- * a second run on the same OUT is refused naming the holder's pid), then, if OUT is missing
- * and OUT.old exists, rename it back, remove a stale OUT.tmp and the NAME.tmp.PID files of
- * dead writers. Runs once per process and directory (later calls return 0); the lock is
+ * a second run on the same OUT is refused naming the holder's pid), then repair what an
+ * interrupted save of OUT left (OUT.old renamed back, its OUT.tmp removed, each a warning),
+ * and remove the NAME.tmp.PID files of dead writers. Refused, naming it: an OUT.tmp or OUT.old
+ * that no save made (a user's backup, another run's directory) or whose lock a running run
+ * holds, and an OUT named X.tmp or X.old while a run on X holds X.lock. Runs once per process and directory (later calls return 0); the lock is
  * released by fdpo_trainer_close or at process exit. */
 int fdpo_checkpoint_recover(const char *out);
 /* Remove a directory tree (files and subdirectories; links are removed, never followed). A

@@ -128,6 +128,40 @@ static void holder_text(long pid, char *out, size_t n) {
     else snprintf(out, n, "another process");
 }
 
+/* The lock file at path, opened or made: never through a symbolic link (the link's target, a
+ * file the user never named, was truncated to our pid and, for an output file's lock,
+ * removed at the end), and only a regular file (O_NONBLOCK: a FIFO must not block the open) */
+static int open_lock_file(const char *path, const char *flag, const char *dir) {
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0666);
+    if (fd < 0) {
+        int e = errno;
+        struct stat st;
+        if (e == ELOOP && lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+            return fdpo_error("%s %s: its lock file %s is a symbolic link; fdpo makes that file itself (it would "
+                              "write through the link): remove the link or choose another %s", flag, dir, path, flag);
+        return fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return fdpo_error("%s %s: its lock file %s exists and is not a regular file; move it away or choose another %s",
+                          flag, dir, path, flag);
+    }
+    return fd;
+}
+
+/* What take_lock writes (a pid and a newline), or an empty file (made, its pid not written
+ * yet, or another tool's flock file); anything else is a user's file at the lock's name */
+static int holds_a_pid_or_nothing(int fd) {
+    char buf[32];
+    ssize_t got = pread(fd, buf, sizeof buf, 0);
+    if (got <= 0) return got == 0;
+    if (got == (ssize_t)sizeof buf) return 0;
+    ssize_t k = 0;
+    while (k < got && buf[k] >= '0' && buf[k] <= '9') k++;
+    return k > 0 && (k == got || (k == got - 1 && buf[k] == '\n'));
+}
+
 static int take_lock(const char *dir, const char *flag) {
     char *path = lock_path(dir);
     if (held_index(path) >= 0) { free(path); return 0; }
@@ -149,8 +183,8 @@ static int take_lock(const char *dir, const char *flag) {
         }
     }
     free(parent);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); goto fail; }
+    fd = open_lock_file(path, flag, dir);
+    if (fd < 0) goto fail;
     int busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
     /* an output file's lock is removed by its holder when done (fdpo_out_file_release): if
      * that happened between our open and our flock, we hold a lock on a name no longer in the
@@ -159,8 +193,8 @@ static int take_lock(const char *dir, const char *flag) {
         struct stat a, b;
         if (fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev) break;
         close(fd);
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-        if (fd < 0) { int e = errno; fdpo_error("%s %s: cannot create lock file %s: %s", flag, dir, path, strerror(e)); goto fail; }
+        fd = open_lock_file(path, flag, dir);
+        if (fd < 0) goto fail;
         busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
     }
     if (busy) {
@@ -172,6 +206,12 @@ static int take_lock(const char *dir, const char *flag) {
                        flag, dir, who, path, flag);
         } else
             fdpo_error("%s %s: cannot lock %s: %s", flag, dir, path, strerror(e));
+        goto fail;
+    }
+    /* ours now, so its text is stable: an fdpo lock holds a pid line, or nothing yet */
+    if (!holds_a_pid_or_nothing(fd)) {
+        fdpo_error("%s %s: %s exists and is not a lock file of fdpo's (it holds something other than a process id): "
+                   "taking the lock would overwrite it; move it away or choose another %s", flag, dir, path, flag);
         goto fail;
     }
     char pid[32];
@@ -356,6 +396,13 @@ static int refuse_running_run_inside(const char *flag, const char *out, const ch
     return rc;
 }
 
+long fdpo_dir_lock_holder(const char *dir) {
+    char *lp = lock_path(dir);
+    long who = held_same_file(lp) < 0 ? lock_file_holder(lp) : 0;
+    free(lp);
+    return who;
+}
+
 int fdpo_dir_lock(const char *dir, const char *flag) {
     /* DIR.lock, and a checkpoint save's DIR.tmp and DIR.old, are DIR's text plus a suffix:
      * "." would give "..lock" inside DIR itself and "..tmp" that a save copies DIR into */
@@ -408,14 +455,47 @@ int fdpo_dir_locked(const char *dir) {
     return i >= 0;
 }
 
+/* The output this process claimed (a held lock's DIR) that is the file lp names, by any
+ * spelling of its path; -1 if none */
+static int held_target_at(const char *lp) {
+    char *want = absolute_dir(lp);
+    int found = -1;
+    for (int j = 0; j < MAX_HELD && found < 0; j++) {
+        if (!g_held[j].dir || g_held[j].owner != getpid()) continue;
+        char *target = fdpo_strdup(g_held[j].dir);
+        target[strlen(target) - 5] = 0;   /* drop ".lock" */
+        char *abs = absolute_dir(target);
+        if (!strcmp(abs, want)) found = j;
+        free(abs); free(target);
+    }
+    free(want);
+    return found;
+}
+
 int fdpo_out_file_claim(const char *path, const char *flag) {
     /* two outputs of one run on one file: the later write would replace the earlier */
     char *lp = lock_path(path);
     int held = held_same_file(lp);
+    /* or one output at the other's lock file (FILE and FILE.lock, in either order): the lock
+     * is written over with a pid, and removed with its claim, after the output was put there */
+    int lock_of = held < 0 ? held_same_file(path) : -1, locked_by = held < 0 && lock_of < 0 ? held_target_at(lp) : -1;
+    if (held >= 0 || lock_of >= 0 || locked_by >= 0) {
+        int i = held >= 0 ? held : lock_of >= 0 ? lock_of : locked_by;
+        char *other = fdpo_strdup(g_held[i].dir);
+        other[strlen(other) - 5] = 0;   /* the other output: its lock's path without ".lock" */
+        if (held >= 0)
+            fdpo_error("%s %s: already the file of %s in this run; give each output its own file", flag, path,
+                       g_held[i].flag);
+        else if (lock_of >= 0)
+            fdpo_error("%s %s: is the lock file of %s %s in this run (held while it works, removed at its end); "
+                       "give each output its own file", flag, path, g_held[i].flag, other);
+        else
+            fdpo_error("%s %s: its lock file %s is the file of %s in this run (the lock would be written over it and removed "
+                       "at the end); give each output its own file", flag, path, lp, g_held[i].flag);
+        free(other); free(lp);
+        return -1;
+    }
     free(lp);
-    if (held >= 0)
-        return fdpo_error("%s %s: already the file of %s in this run; give each output its own file", flag, path,
-                          g_held[held].flag);
     /* before the lock, whose PATH.lock would be made beside a device too */
     if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);
     if (refuse_symlink(path, flag, "file") || refuse_held_lock_file(path, flag)) return -1;

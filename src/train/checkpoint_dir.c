@@ -16,6 +16,16 @@
 #include "fdpo/sacpo.h"
 #include "fdpo/trainer.h"
 
+/* How a later run tells the leftovers of fdpo's own swap from a user's OUT.tmp or OUT.old (a
+ * backup made by `mv run run.old`, another run whose --out is that name): a save makes
+ * SAVE_MARK in OUT.tmp with the directory, and renames it to SWAP_MARK just before it moves OUT
+ * to OUT.old, so SWAP_MARK (in OUT.tmp, or in OUT once OUT.tmp became OUT) says that OUT.old is
+ * the checkpoint this save replaced. The mark is removed from OUT once OUT.old is gone: a
+ * finished checkpoint, and a copy of it, carry none. */
+#define SAVE_MARK ".fdpo-save"
+#define SWAP_MARK ".fdpo-swap"
+enum { NOT_A_SAVE, SAVE_WRITING, SAVE_SWAPPING };
+
 const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
     static const struct { unsigned kind; const char *name, *what; } MARKS[] = {
         {FDPO_RUN_CHECKPOINT, "training_state.json", "a checkpoint (training_state.json)"},
@@ -216,6 +226,7 @@ static int carry_over(const char *src, const char *dst, int top, int new_tokeniz
     while ((e = readdir(d)) && !rc) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         if (fdpo_tmp_name_pid(e->d_name)) continue; /* a writer's half-written NAME.tmp.PID */
+        if (top && (!strcmp(e->d_name, SAVE_MARK) || !strcmp(e->d_name, SWAP_MARK))) continue;   /* the save's own */
         if (top && (rewritten_by_save(e->d_name) || (new_tokenizer && tokenizer_file(e->d_name)) ||
                     (new_run && (is_run_file(e->d_name) || replaced_run_entry(src, e->d_name)))))
             continue;
@@ -247,21 +258,142 @@ static char *suffixed(const char *path, const char *suffix) {
     return r;
 }
 
-/* Undo what an interrupted save left: OUT.old back into place, OUT.tmp removed. */
+static int is_dir_not_link(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int has_regular_file(const char *dir, const char *name) {
+    char *p = fdpo_path_join(dir, name);
+    struct stat st;
+    int there = lstat(p, &st) == 0 && S_ISREG(st.st_mode);
+    free(p);
+    return there;
+}
+
+/* made at once, with its name (a kill before it leaves OUT.tmp empty, which save_mark counts as
+ * the save's); the text is for a user who finds it */
+static int make_save_mark(const char *dir) {
+    static const char TEXT[] = "fdpo: this directory is a checkpoint being saved (docs/training.md, Atomic save)\n";
+    char *p = fdpo_path_join(dir, SAVE_MARK);
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666), rc = 0;
+    if (fd < 0 || write(fd, TEXT, sizeof TEXT - 1) != (ssize_t)(sizeof TEXT - 1))
+        rc = fdpo_error("%s: cannot write: %s", p, strerror(errno));
+    if (fd >= 0) close(fd);
+    free(p);
+    return rc;
+}
+
+static int is_empty_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int empty = 1;
+    while (empty && (e = readdir(d))) empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+    closedir(d);
+    return empty;
+}
+
+/* What dir (OUT, OUT.tmp or OUT.old) is to a save: marked by one, or not a save's (no mark,
+ * or a run of its own holds dir's lock: that run's directory is never ours to touch) */
+static int save_mark(const char *dir) {
+    if (!is_dir_not_link(dir) || fdpo_dir_lock_holder(dir)) return NOT_A_SAVE;
+    if (has_regular_file(dir, SWAP_MARK)) return SAVE_SWAPPING;
+    return has_regular_file(dir, SAVE_MARK) || is_empty_dir(dir) ? SAVE_WRITING : NOT_A_SAVE;
+}
+
+static int remove_marks(const char *dir) {
+    const char *marks[] = {SAVE_MARK, SWAP_MARK};
+    int rc = 0;
+    for (size_t i = 0; i < 2 && !rc; i++) {
+        char *p = fdpo_path_join(dir, marks[i]);
+        if (unlink(p) != 0 && errno != ENOENT) rc = fdpo_error("%s: cannot remove: %s", p, strerror(errno));
+        free(p);
+    }
+    return rc;
+}
+
+/* Undo what an interrupted save of OUT left, and only that (each step a warning naming the
+ * path): killed between its two renames, OUT.old back into place (or, were it gone, the
+ * complete OUT.tmp); its OUT.tmp removed; killed after them, OUT.old removed and the mark
+ * dropped. A user's OUT.tmp or OUT.old is left alone (refuse_swap_names_taken names it). */
 static int recover_swap(const char *out) {
     char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
-    int rc = 0;
-    if (!fdpo_file_exists(out) && fdpo_file_exists(old)) {
-        if (rename(old, out) != 0) rc = fdpo_error("%s: cannot restore from %s: %s", out, old, strerror(errno));
-        else fdpo_log(FDPO_LOG_WARN, "%s restored from %s (a save was interrupted)", out, old);
-    } else if (fdpo_file_exists(out) && fdpo_file_exists(old)) {
-        rc = fdpo_remove_tree(old);  /* the swap finished; only the cleanup was interrupted */
+    int rc = 0, tmp_mark = save_mark(tmp);
+    struct stat st;
+    if (lstat(out, &st) != 0 && tmp_mark == SAVE_SWAPPING) {
+        if (is_dir_not_link(old) && !fdpo_dir_lock_holder(old)) {
+            if (rename(old, out) != 0) rc = fdpo_error("%s: cannot restore from %s: %s", out, old, strerror(errno));
+            else fdpo_log(FDPO_LOG_WARN, "%s restored from %s (a save was interrupted)", out, old);
+        } else if (rename(tmp, out) != 0) {
+            rc = fdpo_error("%s: cannot restore from %s: %s", out, tmp, strerror(errno));
+        } else {
+            fdpo_log(FDPO_LOG_WARN, "%s restored from %s, the new checkpoint (a save was interrupted; %s is gone)",
+                     out, tmp, old);
+            tmp_mark = NOT_A_SAVE;
+        }
     }
-    if (!rc && fdpo_file_exists(tmp)) {
+    if (!rc && tmp_mark != NOT_A_SAVE) {
         fdpo_log(FDPO_LOG_WARN, "removed %s (left by an interrupted save)", tmp);
         rc = fdpo_remove_tree(tmp);
     }
+    const int out_mark = rc ? NOT_A_SAVE : save_mark(out);
+    if (out_mark == SAVE_SWAPPING && is_dir_not_link(old) && !fdpo_dir_lock_holder(old)) {
+        /* the swap finished; only the removal of the replaced checkpoint was interrupted */
+        fdpo_log(FDPO_LOG_WARN, "removed %s (the checkpoint that an interrupted save replaced)", old);
+        rc = fdpo_remove_tree(old);
+    }
+    if (!rc && out_mark != NOT_A_SAVE) rc = remove_marks(out);
     free(old); free(tmp);
+    return rc;
+}
+
+/* OUT.tmp and OUT.old are the names each save's swap uses. What is there after recover_swap
+ * is not fdpo's leftover (a user's backup, another run's directory), and a run that holds
+ * the lock of either name makes its directory there: refused, never removed. */
+static int refuse_swap_names_taken(const char *out) {
+    const char *suffixes[] = {".tmp", ".old"};
+    int rc = 0;
+    for (size_t i = 0; i < 2 && !rc; i++) {
+        char *p = suffixed(out, suffixes[i]);
+        long who = fdpo_dir_lock_holder(p);
+        struct stat st;
+        if (who) {
+            char holder[48];
+            if (who > 0) snprintf(holder, sizeof holder, "pid %ld", who);
+            else snprintf(holder, sizeof holder, "another process");
+            rc = fdpo_error("--out %s: %s is the directory of a running run (%s holds %s.lock), which this run's saves "
+                            "would replace (each writes %s.tmp and moves the old checkpoint to %s.old); wait for it or "
+                            "choose another --out", out, p, holder, p, out, out);
+        } else if (lstat(p, &st) == 0) {
+            rc = fdpo_error("--out %s: %s is in the way: each save writes %s.tmp and moves the old checkpoint to "
+                            "%s.old, and no save of fdpo's left this one (a copy of yours, or another run's directory), "
+                            "so it is not removed; move it away or choose another --out", out, p, out, out);
+        }
+        free(p);
+    }
+    return rc;
+}
+
+/* An OUT named X.tmp or X.old while a run on X holds X.lock: each save of that run writes or
+ * moves a directory under this name */
+static int refuse_swap_name_of_running_run(const char *out) {
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/') n--;
+    if (n < 5 || out[n - 5] == '/' || (strncmp(out + n - 4, ".tmp", 4) && strncmp(out + n - 4, ".old", 4))) return 0;
+    char *base = fdpo_malloc(n - 3);
+    memcpy(base, out, n - 4);
+    base[n - 4] = 0;
+    long who = fdpo_dir_lock_holder(base);
+    int rc = 0;
+    if (who) {
+        char holder[48];
+        if (who > 0) snprintf(holder, sizeof holder, "pid %ld", who);
+        else snprintf(holder, sizeof holder, "another process");
+        rc = fdpo_error("--out %s: is where each save of the running run on %s (%s holds %s.lock) puts its new or its "
+                        "old checkpoint, replacing what is there; choose another --out", out, base, holder, base);
+    }
+    free(base);
     return rc;
 }
 
@@ -283,7 +415,7 @@ static int start_checks(const char *out) {
                               "inside it as --out", out);
         if (refuse_mounts(out, st.st_dev)) return -1;
     }
-    return recover_swap(out);
+    return refuse_swap_name_of_running_run(out) || recover_swap(out) || refuse_swap_names_taken(out) ? -1 : 0;
 }
 
 static fdpo_strv g_claimed;   /* directories this process claimed (every rank keeps the list) */
@@ -323,9 +455,11 @@ int fdpo_checkpoint_save_run(const char *out, const fdpo_gpt2 *m, const fdpo_tok
     if (fdpo_dist_size() > 1 && (fdpo_checkpoint_recover(out) || fdpo_dist_rank() > 0)) return fdpo_dist_rank() > 0 ? 0 : -1;
     char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
     int rc = -1;
-    if (fdpo_checkpoint_recover(out) || recover_swap(out)) goto done;
+    if (fdpo_checkpoint_recover(out) || recover_swap(out) || refuse_swap_names_taken(out)) goto done;
     if (fdpo_weights_finite(out, m->lora ? &m->lora->view : m)) goto done;   /* before anything is written */
-    if (fdpo_mkdir_p(tmp)) goto done;
+    /* OUT.tmp made here, not taken over (one made since the check is another's), and marked ours */
+    if (mkdir(tmp, 0777) != 0) { fdpo_error("%s: cannot make the save's directory: %s", tmp, strerror(errno)); goto done; }
+    if (make_save_mark(tmp)) goto done;
     if (fdpo_file_exists(out) && carry_over(out, tmp, 1, tok != NULL, files != NULL)) goto done;
     for (size_t i = 0; i < n_files; i++) {
         char *p = fdpo_path_join(tmp, files[i].name);
@@ -338,10 +472,20 @@ int fdpo_checkpoint_save_run(const char *out, const fdpo_gpt2 *m, const fdpo_tok
     if (m->lora ? fdpo_lora_save_peft(tmp, m, m->lora->base_model) : fdpo_checkpoint_save_model(tmp, m)) goto done;
     if (tok && fdpo_tokenizer_save_dir(tok, tmp)) goto done;
     if (s && fdpo_train_state_save(tmp, s, opt, m->lora ? &m->lora->view : m)) goto done;
-    if (fdpo_file_exists(out) && rename(out, old) != 0) { fdpo_error("%s: cannot move aside: %s", out, strerror(errno)); goto done; }
+    const int replaces = fdpo_file_exists(out);
+    if (replaces) {
+        /* OUT.old is this save's from here on: said in OUT.tmp before the rename makes it */
+        char *save = fdpo_path_join(tmp, SAVE_MARK), *swap = fdpo_path_join(tmp, SWAP_MARK);
+        int mrc = rename(save, swap) != 0 ? fdpo_error("%s: cannot rename to %s: %s", save, swap, strerror(errno)) : 0;
+        if (!mrc) (void)fdpo_fsync_parent(swap, 0);
+        free(save); free(swap);
+        if (mrc) goto done;
+        if (rename(out, old) != 0) { fdpo_error("%s: cannot move aside: %s", out, strerror(errno)); goto done; }
+    }
     if (rename(tmp, out) != 0) { fdpo_error("%s: cannot rename %s into place: %s", out, tmp, strerror(errno)); goto done; }
     (void)fdpo_fsync_parent(out, 0);   /* the swap is done; the entries' durability is best effort */
-    if (fdpo_remove_tree(old)) goto done;
+    if (replaces && fdpo_remove_tree(old)) goto done;
+    if (remove_marks(out)) goto done;   /* last: until OUT.old is gone, the mark says it is ours */
     rc = 0;
 done:
     if (rc) fdpo_error_context("saving checkpoint %s", out);

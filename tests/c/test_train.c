@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "fdpo/data.h"
 #include "fdpo/decode.h"
@@ -746,12 +747,17 @@ START_TEST(state_and_checkpoint_round_trip) {
     write_text(extra, "keep me", 7);
     ck_assert_int_eq(fdpo_checkpoint_save_all(out, m, tok, &s, &o), 0);
     ck_assert(fdpo_file_exists(extra));
-    /* a crash between the renames: only OUT.old is left */
-    char *old = tmp_path("ckpt.old");
+    /* a crash between the renames: OUT.old, and OUT.tmp marked as a save that had begun the
+     * swap (a user's OUT.old without that mark is left alone and refused: test_out_guard.py) */
+    char *old = tmp_path("ckpt.old"), *swap_tmp = tmp_path("ckpt.tmp");
     ck_assert_int_eq(rename(out, old), 0);
+    ck_assert_int_eq(mkdir(swap_tmp, 0777), 0);
+    char *swap_mark = fdpo_path_join(swap_tmp, ".fdpo-swap");
+    write_text(swap_mark, "", 0);
     fdpo_dir_unlock(out);   /* the crashed process is gone; the next one claims OUT afresh */
     ck_assert_int_eq(fdpo_checkpoint_recover(out), 0);
-    ck_assert(fdpo_file_exists(out) && !fdpo_file_exists(old));
+    ck_assert(fdpo_file_exists(out) && !fdpo_file_exists(old) && !fdpo_file_exists(swap_tmp));
+    free(swap_mark); free(swap_tmp);
 
     fdpo_gpt2 *m2 = fdpo_checkpoint_load_model(out);
     ck_assert_ptr_nonnull(m2);

@@ -255,11 +255,13 @@ def test_eval_max_seqs_caps_validation(tmp_path, corpus):
 
 
 def test_interrupted_swap_is_recovered(tmp_path, corpus):
-    """A crash between the two renames leaves only OUT.old: --resume restores it."""
+    """A crash between the two renames leaves OUT.old, and OUT.tmp marked by the save as having
+    begun the swap: --resume restores OUT.old (the kill points themselves: test_out_guard.py)."""
     out = tmp_path / "o"
     ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "4", "--stop-at", "2", "--quiet", *corpus)
     os.rename(out, tmp_path / "o.old")
-    (tmp_path / "o.tmp").mkdir()  # a half-written new checkpoint
+    (tmp_path / "o.tmp").mkdir()  # the new checkpoint (made half here)
+    (tmp_path / "o.tmp/.fdpo-swap").write_bytes(b"")
     (tmp_path / "o.tmp/model.safetensors").write_bytes(b"half")
     ok("pretrain", "--out", out, "--resume", "--quiet", *corpus)
     assert metrics(out)[-1]["step"] == 4
@@ -485,7 +487,8 @@ def test_stale_temp_files_are_cleaned_at_start(tmp_path, corpus):
     (out / f"training_state.json.tmp.{dead}").write_text("{")
     live = out / f"notes.txt.tmp.{os.getpid()}"
     live.write_text("being written")
-    (tmp_path / "o.tmp").mkdir()
+    (tmp_path / "o.tmp").mkdir()   # a save's, cut short
+    (tmp_path / "o.tmp" / ".fdpo-save").write_bytes(b"")
     (tmp_path / "o.tmp" / f"model.safetensors.tmp.{dead}").write_bytes(b"x")
     r = ok("pretrain", "--out", out, "--resume", "--quiet", *corpus)
     assert not (out / f"metrics.jsonl.tmp.{dead}").exists()

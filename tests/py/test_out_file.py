@@ -308,6 +308,47 @@ def test_two_outputs_of_one_run_on_one_file_are_refused(d, tmp_path, case):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
 
 
+@pytest.mark.parametrize("case", ["eval", "eval-reversed", "lab", "lab-reversed"])
+def test_an_output_at_another_outputs_lock_file_is_refused(d, tmp_path, case):
+    """`eval --out m.lock --samples-out m`: --samples-out's lock m.lock was --out's file; --out
+    was put there, then removed with the lock's claim, and eval exited 0 without it (ckpt hunt,
+    finding 2; lab gap --out t --export-problem t.lock the same). Refused in either order, nothing
+    left behind."""
+    x, x_lock = tmp_path / "x", tmp_path / "x.lock"
+    eval_args = commands(d, "")["eval"][:-2]
+    args = {"eval": [*eval_args, "--out", x_lock, "--samples-out", x],
+            "eval-reversed": [*eval_args, "--out", x, "--samples-out", x_lock],
+            "lab": ["lab", "gap", "--n", 8, "--out", x, "--export-problem", x_lock],
+            "lab-reversed": ["lab", "gap", "--n", 8, "--out", x_lock, "--export-problem", x]}[case]
+    r = fdpo(*args, "--threads", 1, check=False)
+    assert r.returncode == 1, (case, r.stderr)
+    assert "give each output its own file" in r.stderr and str(x_lock) in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], case
+
+
+def test_a_lock_path_that_is_a_link_or_a_users_file_is_refused_and_left_alone(d, tmp_path):
+    """FILE.lock was opened through a symbolic link and over any file: the link's target (a
+    file the user never named) was truncated to the pid and the link removed at the end, and a
+    user's FILE.lock -- even the command's own --data -- was overwritten and deleted, exit 0
+    (ckpt hunt, finding 2). Refused naming the lock path; the files stay as they were."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my precious notes\n")
+    (tmp_path / "g.jsonl.lock").symlink_to("notes.txt")
+    r = fdpo(*commands(d, tmp_path / "g.jsonl")["generate"], "--threads", 1, check=False)
+    assert r.returncode == 1, r.stderr
+    assert f"its lock file {tmp_path / 'g.jsonl.lock'} is a symbolic link" in r.stderr, r.stderr
+    assert notes.read_text() == "my precious notes\n" and (tmp_path / "g.jsonl.lock").is_symlink()
+    (tmp_path / "g.jsonl.lock").unlink()
+    prompts = tmp_path / "g.jsonl.lock"   # the command's own input at the lock's name
+    prompts.write_text("hi\nyo\nab\ncd\n")
+    r = fdpo("generate", "--model", d / "m", "--data", prompts, "--max-new-tokens", 3, "--out", tmp_path / "g.jsonl",
+             "--threads", 1, check=False)
+    assert r.returncode == 1, r.stderr
+    assert f"{prompts} exists and is not a lock file of fdpo's" in r.stderr, r.stderr
+    assert prompts.read_text() == "hi\nyo\nab\ncd\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.jsonl.lock", "notes.txt"]
+
+
 def test_a_symbolic_link_or_a_live_lock_file_as_out_is_refused(d, tmp_path):
     """--out LINK: the rename would replace the link, and LINK.lock is not the target's lock.
     --out RUN.lock of a running run: replacing it dropped that run's claim, and a second run
