@@ -45,6 +45,11 @@ double fdpo_fprime_inv(const fdpo_divergence *d, double v);  /* (f')^-1(v); NaN 
 double fdpo_fprime_inv_sup(const fdpo_divergence *d);        /* sup of the domain of (f')^-1 (+inf for rkl) */
 double fdpo_score(const fdpo_divergence *d, double l);       /* s(l), l = log u (capped exponents) */
 double fdpo_score_grad(const fdpo_divergence *d, double l);  /* s'(l) */
+/* Delta = s(l_w) - s(l_l) without the exponent cap of fdpo_score (fdpo eval's calibration, in
+ * double): where neither exponent reaches the cap, exactly fdpo_score(l_w) - fdpo_score(l_l);
+ * beyond it, the exact difference (the cap made two log-ratios below -88.72 a tie), +-inf only
+ * where it exceeds double's range. Training keeps the capped score. */
+double fdpo_score_diff(const fdpo_divergence *d, double lw, double ll);
 
 typedef enum { FDPO_LOSS_SIGMOID, FDPO_LOSS_ROBUST, FDPO_LOSS_HINGE, FDPO_LOSS_IPO, FDPO_LOSS_SIMPO } fdpo_loss_kind;
 typedef struct {

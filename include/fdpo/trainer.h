@@ -200,6 +200,14 @@ void fdpo_setting_text(const fdpo_setting *x, char *buf, size_t n);    /* "0.001
 int fdpo_settings_check_resume(const fdpo_settings *saved, const fdpo_settings *now);
 /* The settings of fdpo_train_opts (fixed and kept ones), appended to s. */
 void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s);
+/* A fresh run that replaces OUT's (--overwrite) removes at its first save the replaced run's
+ * entries of OUT (its rounds, stages, run files: fdpo_out_replacing_drops): an input inside one
+ * (--model, --tokenizer, --data, and the path settings of `inputs`: --ref, --eval-file, ...; an
+ * rm:DIR of its "reward"; a LoRA adapter's base) would be gone, and the run with it unresumable
+ * or, a LoRA run, unloadable. Refused, naming the flag, the path and the entry. Called by
+ * fdpo_trainer_open with the command's settings, before OUT is claimed (dpo: before its reference
+ * cache; pretrain/sft's CLI for each --data file). */
+int fdpo_train_out_inputs_check(const fdpo_train_opts *o, const fdpo_settings *inputs);
 
 /* The examples one optimizer step takes: --batch-size x --grad-accum, capped at the data
  * set's n_items. A step takes each example at most once (as a PyTorch/TRL dataloader never
@@ -330,6 +338,12 @@ int fdpo_out_remove_run_files(const char *out);
 /* The first of those run files OUT holds (its name), NULL for none: what a run that never
  * saved left, which fdpo_out_holds_run does not count (a fresh training run removes them). */
 const char *fdpo_out_run_file(const char *out);
+/* Whether the first save of a run that replaces OUT's (--overwrite) drops path: path, resolved
+ * (realpath), is or lies in an entry of OUT that the save leaves behind, the replaced run's
+ * files above or its online rounds' or sacpo stages' entries (round-K, round-K.pairs.jsonl,
+ * lambda-L, reward, ...). Returns that entry as OUT/NAME (to free), else NULL (also for a
+ * path that does not exist). fdpo_train_out_inputs_check refuses such an input at the start. */
+char *fdpo_out_replacing_drops(const char *out, const char *path);
 /* A file a save writes into the new directory (name, bytes). */
 typedef struct { const char *name; const char *data; size_t len; } fdpo_run_file;
 /* fdpo_checkpoint_save_all for the first save of a run that replaces another in OUT

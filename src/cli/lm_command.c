@@ -30,6 +30,11 @@ int lm_command_run(const lm_command *c, int argc, char **argv) {
     flags_prepend_list("data", &data, &pos, &n_pos);
     if (n_pos == 0) { fdpo_error("--data: no input files (usage: %s)", c->usage); goto done; }
     o.data = n_pos == 1 ? pos[0] : NULL;   /* named if a step is capped at the data set */
+    for (int i = 0; i < n_pos; i++) {   /* each data file: not one that this run's replacing save removes */
+        fdpo_train_opts one = o;
+        one.data = pos[i];
+        if (fdpo_train_out_inputs_check(&one, NULL)) goto done;
+    }
     if (!(tok = fdpo_trainer_load_tokenizer(&o))) goto done;
     if (c->load(pos, (size_t)n_pos, tok, &o, &train, &val)) goto done;
     interrupts_set(INTERRUPT_STOP_TRAINER);

@@ -89,7 +89,8 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
         rc = fdpo_score_sequence(pd, rd, q->prompt, q->n_prompt, q->chosen, q->n_chosen, NULL, 0, &sw);
         if (!rc) rc = fdpo_score_sequence(pd, rd, q->prompt, q->n_prompt, q->rejected, q->n_rejected, NULL, 0, &sl);
         if (rc) { fdpo_error_context("--pairs: pair %zu (line %zu)", i + 1, q->line); break; }
-        double delta = fdpo_score(&c->cal_div, sw.logp - sw.logp_ref) - fdpo_score(&c->cal_div, sl.logp - sl.logp_ref);
+        /* uncapped: the training score's float32 cap made pairs far below the reference ties */
+        double delta = fdpo_score_diff(&c->cal_div, sw.logp - sw.logp_ref, sl.logp - sl.logp_ref);
         zs[i] = c->beta * delta;
         p[i] = fdpo_sigmoid(zs[i]);
     }

@@ -283,6 +283,23 @@ double fdpo_score(const fdpo_divergence *d, double l) {
     }
 }
 
+double fdpo_score_diff(const fdpo_divergence *d, double lw, double ll) {
+    if (isnan(lw) || isnan(ll)) return NAN;
+    double A;
+    switch (d->kind) {
+    case FDPO_DIV_FKL: A = 1; break;
+    case FDPO_DIV_ALPHA: A = d->alpha; break;
+    default: return fdpo_score(d, lw) - fdpo_score(d, ll);   /* rkl, js: no exponent to cap; tv, chi2: NaN */
+    }
+    const double xw = -A * lw, xl = -A * ll;   /* s(l) = -e^x/A plus a constant, x = -A l */
+    if (xw < EXP_CAP && xl < EXP_CAP) return fdpo_score(d, lw) - fdpo_score(d, ll);   /* the cap is not reached */
+    if (xw == xl) return 0;   /* also both +inf (both log-ratios -inf): a tie */
+    /* (e^xl - e^xw)/A = +-e^(m - log A) (1 - e^-|xl - xw|), m the larger exponent, taken out
+     * in log space: finite wherever the difference is, with its sign (+-inf only beyond double) */
+    const double m = xw > xl ? xw : xl, mag = exp(m - log(A) + log(-expm1(-fabs(xl - xw))));
+    return xl > xw ? mag : -mag;
+}
+
 double fdpo_score_grad(const fdpo_divergence *d, double l) {
     if (isnan(l)) return NAN;
     switch (d->kind) {

@@ -211,6 +211,24 @@ static int replaced_run_entry(const char *out, const char *name) {
     return fdpo_out_holds_run(out, FDPO_RUN_CHECKPOINT | FDPO_RUN_ROUNDS | FDPO_RUN_TOKENIZER) && fdpo_sacpo_out_entry(name);
 }
 
+char *fdpo_out_replacing_drops(const char *out, const char *path) {
+    if (!out || !path) return NULL;
+    char *real_out = realpath(out, NULL), *real_path = realpath(path, NULL), *entry = NULL;
+    size_t n = real_out ? strlen(real_out) : 0;
+    /* path resolved is OUT/NAME or inside it (an OUT of "/" holds no run to replace) */
+    if (real_path && n > 1 && !strncmp(real_path, real_out, n) && real_path[n] == '/') {
+        const char *rest = real_path + n + 1;
+        size_t len = strcspn(rest, "/");
+        char *name = fdpo_malloc(len + 1);
+        memcpy(name, rest, len);
+        name[len] = '\0';
+        if (is_run_file(name) || replaced_run_entry(out, name)) entry = fdpo_path_join(out, name);
+        free(name);
+    }
+    free(real_out); free(real_path);
+    return entry;
+}
+
 /* Hard-link (or copy) every other file of src into dst, recursively: what a user or the run
  * keeps in OUT besides the checkpoint (metrics.jsonl, notes) survives the directory swap.
  * top: src is OUT itself (its checkpoint files are written afresh); new_tokenizer: so are its

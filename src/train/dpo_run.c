@@ -264,6 +264,12 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     fdpo_dpo d;
     int d_open = 0;
     fdpo_pref_options popt = o->pref;
+    /* an input that this run's replacing save would remove, before the cache */
+    fdpo_settings inputs = {0};
+    fdpo_dpo_run_opts_settings(o, &inputs);
+    int irc = fdpo_train_out_inputs_check(to, &inputs);
+    fdpo_settings_free(&inputs);
+    if (irc) return -1;
     /* claim OUT before any work: a second run on the same OUT stops here, not after the cache;
      * another command's run is said before its saved route is read */
     if (fdpo_checkpoint_recover(to->out) || fdpo_train_out_check(to) ||

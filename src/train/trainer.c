@@ -70,6 +70,48 @@ int fdpo_train_out_reward_check(const char *out, const char *spec) {
     return rc;
 }
 
+/* One input of the run, and the base of a LoRA adapter it names, against fdpo_out_replacing_drops */
+static int input_kept_by_save(const char *out, const char *flag, const char *path) {
+    if (!path) return 0;
+    char *entry = fdpo_out_replacing_drops(out, path);
+    int rc = entry ? fdpo_error("%s %s: lies in %s, which this run's first save removes with the run it replaces in %s "
+                                "(--overwrite), while this run reads it again (--resume; a LoRA adapter's base); copy it "
+                                "out of %s first, or give another --out", flag, path, entry, out, out) : 0;
+    free(entry);
+    char *base = !rc && fdpo_lora_is_checkpoint(path) ? fdpo_lora_peft_base(path) : NULL;
+    entry = base ? fdpo_out_replacing_drops(out, base) : NULL;
+    if (entry)
+        rc = fdpo_error("%s %s: a LoRA adapter on %s, which lies in %s, which this run's first save removes with the run "
+                        "it replaces in %s (--overwrite), while this run reads it again; copy it out of %s first, or "
+                        "give another --out", flag, path, base, entry, out, out);
+    free(base); free(entry);
+    return rc;
+}
+
+int fdpo_train_out_inputs_check(const fdpo_train_opts *o, const fdpo_settings *inputs) {
+    if (!o->out || !o->overwrite || o->resume || o->out_claimed) return 0;
+    if (input_kept_by_save(o->out, "--model", o->init) || input_kept_by_save(o->out, "--tokenizer", o->tokenizer) ||
+        input_kept_by_save(o->out, "--data", o->data))
+        return -1;
+    for (size_t i = 0; inputs && i < inputs->n; i++) {
+        const fdpo_setting *x = &inputs->v[i];
+        if (!x->str) continue;
+        if (x->path) {   /* --model, --ref, --data, --eval-file, --lexicon: the settings' key is the flag */
+            char flag[96];
+            snprintf(flag, sizeof flag, "--%s", x->key);
+            if (input_kept_by_save(o->out, flag, x->str)) return -1;
+        } else if (!strcmp(x->key, "reward")) {   /* rm:DIR (and its base), lexicon: files */
+            fdpo_strv in = {0};
+            fdpo_reward_spec_inputs(x->str, &in);
+            int rc = 0;
+            for (size_t j = 0; j < in.n && !rc; j++) rc = input_kept_by_save(o->out, "--reward", in.v[j]);
+            fdpo_strv_free(&in);
+            if (rc) return -1;
+        }
+    }
+    return 0;
+}
+
 /* batch x accum > n, without the product (which wraps for huge flags) */
 static int step_exceeds(const fdpo_train_opts *o, size_t n_items) {
     return (size_t)o->batch_size > n_items / (size_t)o->grad_accum;
@@ -410,6 +452,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     tr->sched.warmup_steps = (size_t)o->warmup_steps;
     tr->sched.total_steps = total;
     tr->sched.min_lr_ratio = o->min_lr_ratio;
+    if (fdpo_train_out_inputs_check(o, extra)) return -1;
     if (!o->out_claimed && fdpo_checkpoint_recover(o->out)) return -1;
     /* another command's run: said before any of its settings are read (its route, --lora-r) */
     if (o->resume && fdpo_train_state_check_kind(o->out, kind)) return -1;

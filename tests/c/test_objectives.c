@@ -141,6 +141,32 @@ START_TEST(f_over_u_in_log_space) {
 }
 END_TEST
 
+/* eval's Delta = s(l_w) - s(l_l) without the training score's exponent cap (88.7228): the
+ * capped difference below it; beyond it e^(-A l_l) - e^(-A l_w) over A, against mpmath at 50
+ * digits (from the doubles written here), finite where only e^(-A l) alone overflows, +-inf
+ * past double's range, 0 for equal sides */
+START_TEST(score_diff_without_the_cap) {
+    fdpo_divergence fkl, al, al5, rkl, js;
+    fdpo_divergence_parse("fkl", &fkl); fdpo_divergence_parse("alpha:0.3", &al); fdpo_divergence_parse("alpha:0.5", &al5);
+    fdpo_divergence_parse("rkl", &rkl); fdpo_divergence_parse("js", &js);
+    ck_assert_double_eq(fdpo_score_diff(&fkl, -3, -5), fdpo_score(&fkl, -3) - fdpo_score(&fkl, -5));
+    ck_assert_double_eq(fdpo_score_diff(&al, 2, -7), fdpo_score(&al, 2) - fdpo_score(&al, -7));
+    ck_assert_double_eq(fdpo_score_diff(&rkl, -900, -1000), 100.0);
+    ck_assert_double_eq(fdpo_score_diff(&js, -900, -1000), fdpo_score(&js, -900) - fdpo_score(&js, -1000));
+    /* the capped score makes both sides -e^88.7228: a tie */
+    ck_assert_double_eq(fdpo_score(&fkl, -700) - fdpo_score(&fkl, -705), 0.0);
+    ck_assert_double_eq_tol(fdpo_score_diff(&fkl, -700, -705), 1.4951115125158440187e+306, 1e-13 * 1.5e306);
+    ck_assert_double_eq_tol(fdpo_score_diff(&al5, -300, -200), -2.7874191613327593946e+65, 1e-13 * 2.8e65);
+    ck_assert_double_eq_tol(fdpo_score_diff(&al, -1990, -2000), 1.1950575604180409421e+261, 1e-12 * 1.2e261);
+    ck_assert_double_eq_tol(fdpo_score_diff(&fkl, -709.99, -710), 2.2228619326777347211e+306, 1e-11 * 2.2e306);
+    ck_assert(isinf(fdpo_score_diff(&fkl, -100, -800)) && fdpo_score_diff(&fkl, -100, -800) > 0);
+    ck_assert(isinf(fdpo_score_diff(&fkl, -800, -100)) && fdpo_score_diff(&fkl, -800, -100) < 0);
+    ck_assert(isinf(fdpo_score_diff(&fkl, -100, -INFINITY)) && fdpo_score_diff(&fkl, -100, -INFINITY) > 0);
+    ck_assert_double_eq(fdpo_score_diff(&fkl, -1000, -1000), 0.0);
+    ck_assert(isnan(fdpo_score_diff(&fkl, NAN, -1000)));
+}
+END_TEST
+
 /* fdpo eval's pair calibration: the library refuses what has no score s (tv, chi2) and a
  * beta that is not > 0, and a NaN probability gives NaN metrics rather than an undefined cast */
 START_TEST(eval_config_check_and_calibration) {
@@ -185,6 +211,7 @@ int main(void) {
     tcase_add_test(tc, beta_check_is_one_rule);
     tcase_add_test(tc, eval_config_check_and_calibration);
     tcase_add_test(tc, f_over_u_in_log_space);
+    tcase_add_test(tc, score_diff_without_the_cap);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

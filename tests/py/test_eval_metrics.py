@@ -764,6 +764,68 @@ def test_eval_divergence_is_honoured_in_the_implicit_reward(byte_models, eval_ru
     assert all(b - a > 1e-3 for a, b in zip(vals, vals[1:])), margins
 
 
+@pytest.fixture(scope="module")
+def far_pairs(tmp_path_factory):
+    """A flat reference, policies sharp by x20 and x100 (wte), and three pairs of 56-byte
+    completions: float64 log-ratios l of about -80..-140 (x20) and -1400..-1870 (x100)."""
+    t = tmp_path_factory.mktemp("farpairs")
+    ref = make_model(t / "ref", 257, seed=4, n_positions=64, scale=1.0, byte_tokenizer=True).double()
+    pols = {sc: make_model(t / f"pol{sc}", 257, seed=3, n_positions=64, scale=float(sc), byte_tokenizer=True).double()
+            for sc in (20, 100)}
+    pairs = [{"prompt": "Hi", "chosen": ("qwertyuiop" * 6)[:56], "rejected": ("zxcvbnmasd" * 6)[:56]},
+             {"prompt": "Hi", "chosen": ("poiuytrewq" * 6)[:56], "rejected": ("lkjhgfdsa" * 7)[:56]},
+             {"prompt": "ab", "chosen": ("mnbvcxz" * 8)[:56], "rejected": ("asdfghjkl" * 7)[:56]}]
+    (t / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (t / "p.txt").write_text("Hi\n")
+    ratios = {}
+    for sc, pol in pols.items():
+        def l(p, side):
+            ids, comp = list(p["prompt"].encode()), list(p[side].encode()) + [256]
+            return torch_logp(pol, ids, comp)[0] - torch_logp(ref, ids, comp)[0]
+        ratios[sc] = [(l(p, "chosen"), l(p, "rejected")) for p in pairs]
+    return t, ratios
+
+
+@pytest.mark.parametrize("scale,div,rel", [(20, "fkl", 1e-5), (20, "alpha:0.9", 1e-5), (100, "alpha:0.3", 2.5e-5),
+                                           (100, "fkl", None)])
+def test_calibration_is_not_capped_where_the_log_ratios_are_far_below_the_reference(far_pairs, scale, div, rel):
+    """eval's calibration used the training score's float32 exponent cap (88.7228): a pair
+    whose A*l_w and A*l_l were both below -88.72 had s(l_w) = s(l_l), p = 0.5, counted wrong
+    (fkl x20: pref_accuracy 1/3 against 2/3, pref_ece 0.5 against 1/3, the margin 21 orders
+    small). Reference: docs/eval.md's p = sigma(beta (s(l_w) - s(l_l))) with s(l) = -e^(-A l)/A
+    in mpmath from float64 PyTorch log-ratios. x100 fkl: beta*Delta ~ e^1800 is beyond double,
+    so pref_margin_mean is null while p (and so accuracy and ECE) stays exact."""
+    import mpmath
+    t, ratios = far_pairs
+    out = t / f"e_{scale}_{div.replace(':', '_')}.json"
+    r = run(FDPO, "eval", "--model", t / f"pol{scale}", "--ref", t / "ref", "--data", t / "p.txt", "--n", 1,
+            "--max-new-tokens", 2, "--threads", 1, "--pairs", t / "pairs.jsonl", "--divergence", div,
+            "--beta", 0.1, "--out", out)
+    assert r.returncode == 0, r.stderr
+    col = json.loads(out.read_text())["policies"][0]
+    A = 1.0 if div == "fkl" else float(div[6:])
+    assert all(A * min(lw, ll) < -88.73 for lw, ll in ratios[scale])   # every pair has a side beyond the cap
+    zs = [mpmath.mpf(0.1) * (mpmath.exp(-A * mpmath.mpf(ll)) - mpmath.exp(-A * mpmath.mpf(lw))) / A
+          for lw, ll in ratios[scale]]
+    ps = [1 / (1 + mpmath.exp(-z)) for z in zs]
+    right = [p > 0.5 for p in ps]
+    conf = [float(p if ok else 1 - p) for p, ok in zip(ps, right)]
+    ece = 0.0
+    for b in range(10):
+        idx = [i for i, c in enumerate(conf) if min(int(c * 10), 9) == b]
+        if idx:
+            ece += len(idx) / len(ps) * abs(np.mean([right[i] for i in idx]) - np.mean([conf[i] for i in idx]))
+    assert col["pref_accuracy"] == pytest.approx(np.mean(right), abs=1e-15)
+    assert col["pref_ece"] == pytest.approx(ece, abs=1e-12)
+    margin = sum(zs) / len(zs)
+    if rel is None:
+        assert abs(margin) > sys.float_info.max and col["pref_margin_mean"] is None
+    else:
+        # float32 log-probs: an absolute error in l is a relative one in e^(-A l); measured
+        # 1.8e-6 (x20 fkl), 1.6e-6 (x20 alpha:0.9), 4.8e-6 (x100 alpha:0.3): about 5x
+        assert col["pref_margin_mean"] == pytest.approx(float(margin), rel=rel)
+
+
 def stable_token_divergences(a, b):
     """Σ_v π_ref f(π/π_ref) per position from float64 log-probs a (policy), b (reference),
     each term written in exps of log-prob sums that stay finite where π_ref underflows:

@@ -8,6 +8,7 @@ An --out is also refused when it is the run's reference (a resumed run would loa
 half-trained policy as the reference), when it is named '.', '..' or '/' (its lock and a save's
 swap are its text plus a suffix), and when it is a file; a failed start leaves no OUT.lock."""
 import json
+import shutil
 
 import pytest
 
@@ -203,8 +204,11 @@ def test_a_trainer_refuses_an_out_that_is_its_reference(d, tmp_path, cmd):
     resume = [] if cmd == "online" else ["--resume"]
     r = fdpo(*ref_args(d, cmd), "--model", d / "base", "--ref", f"{self_dir}/", "--out", self_dir, *resume, *FAST,
              check=False)
-    refused(r, f"--out {self_dir}: is the reference (--ref {self_dir}/): a resumed run would load its "
-               "half-trained policy as the reference; give another --out")
+    if cmd in ("kto", "rl", "online-step"):   # OUT holds a dpo run: that is said first, before any file is read
+        refused(r, f"--resume: {self_dir} holds a 'dpo' run, not '{cmd}'")
+    else:
+        refused(r, f"--out {self_dir}: is the reference (--ref {self_dir}/): a resumed run would load its "
+                   "half-trained policy as the reference; give another --out")
     assert snapshot(tmp_path) == before
 
 
@@ -532,8 +536,11 @@ def test_a_trainer_refuses_an_out_that_is_its_reward_model(d, tmp_path, cmd):
     before = snapshot(tmp_path)
     for spec, flags in [(f"rm:{rm}", ["--overwrite"]), (f"rm:{rm}/", []), (f"rm:{rm}", ["--resume"])]:
         r = fdpo(*reward_args(d, cmd, spec), "--model", d / "base", "--out", rm, *flags, *FAST, check=False)
-        refused(r, f"--out {rm}: is read by --reward {spec}: this run's saves would replace it with the policy; "
-                   "give another --out")
+        if "--resume" in flags:   # OUT holds an rm run: that is said first, before any file is read
+            refused(r, f"--resume: {rm} holds a 'rm' run, not '{cmd}'")
+        else:
+            refused(r, f"--out {rm}: is read by --reward {spec}: this run's saves would replace it with the policy; "
+                       "give another --out")
         assert snapshot(tmp_path) == before
 
 
@@ -693,3 +700,94 @@ def test_a_run_directorys_lock_path_that_is_a_link_or_a_users_file_is_refused(d,
     refused(fdpo(*sft_args(d, tmp_path / "run"), check=False), f"{tmp_path / 'run.lock'} exists and is not a lock file")
     assert (tmp_path / "run.lock").read_text() == "my lock notes\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "run.lock"]
+
+
+# ---- --overwrite of a rounds run: the new run's inputs inside the entries it removes ----
+
+def rounds_out(d, tmp_path):
+    """an online rounds run of 2 rounds in tmp_path/on; its round-1.pairs.jsonl holds real pairs
+    (these tiny rounds find none: the name, not the content, makes it the run's entry)"""
+    out = tmp_path / "on"
+    fdpo("online", "--model", d / "base", "--data", d / "prompts.txt", "--reward", "length", "--out", out,
+         "--rounds", 2, *SAMPLE, *FAST)
+    (out / "round-1.pairs.jsonl").write_bytes((d / "pairs.jsonl").read_bytes())
+    assert (out / "round-1" / "model.safetensors").exists()
+    return out
+
+
+@pytest.mark.parametrize("case", ["dpo-model", "lora-sft-model", "dpo-data", "dpo-eval-file", "kto-ref",
+                                  "adapter-base", "rl-reward"])
+def test_an_overwrite_refuses_an_input_inside_an_entry_its_first_save_removes(d, tmp_path, case):
+    """--overwrite over an online rounds OUT: the first save drops the replaced run's round-K and
+    round-K.pairs.jsonl (docs/training.md "A replaced run goes whole"). A dpo run whose --model
+    (its reference) was OUT/round-1 deleted it, exit 0, and could not resume; a LoRA sft on it
+    wrote an adapter whose base it had deleted, exit 0; --data OUT/round-1.pairs.jsonl was gone
+    for the resume. Refused at the start, naming the flag and the entry; OUT byte for byte."""
+    out = rounds_out(d, tmp_path)
+    if case == "adapter-base":   # an adapter elsewhere, on OUT/round-1: its base goes with the rounds
+        fdpo("dpo", "--model", out / "round-1", "--lora-r", 2, "--data", d / "pairs.jsonl", "--eval-fraction", 0,
+             "--out", tmp_path / "a" / "adapter", "--steps", 1, *FAST)
+    if case == "rl-reward":   # a reward model a user keeps inside a round's directory
+        import shutil
+        fdpo("rm", "--model", d / "base", "--data", d / "pairs.jsonl", "--out", tmp_path / "a" / "R", "--steps", 1,
+             "--eval-fraction", 0, *FAST)
+        shutil.copytree(tmp_path / "a" / "R", out / "round-1" / "R")
+    (d / "sft.jsonl").write_text('{"prompt":"a","completion":" b"}\n{"prompt":"c","completion":" d"}\n')
+    (d / "unpaired.jsonl").write_text('{"prompt":"a","completion":" b","label":true}\n'
+                                      '{"prompt":"c","completion":" d","label":false}\n'
+                                      '{"prompt":"e","completion":" f","label":true}\n')
+    dpo = ["dpo", "--steps", 2, "--stop-at", 1, "--eval-fraction", 0]
+    args, flag, path, entry = {
+        "dpo-model": ([*dpo, "--model", out / "round-1", "--data", d / "pairs.jsonl"], "--model", out / "round-1",
+                      "round-1"),
+        "lora-sft-model": (["sft", "--model", f"{out}/round-1/", "--lora-r", 2, "--data", d / "sft.jsonl", "--seq-len",
+                            16, "--steps", 1], "--model", f"{out}/round-1/", "round-1"),
+        "dpo-data": ([*dpo, "--model", d / "base", "--data", out / "round-1.pairs.jsonl"], "--data",
+                     out / "round-1.pairs.jsonl", "round-1.pairs.jsonl"),
+        "dpo-eval-file": (["dpo", "--steps", 1, "--model", d / "base", "--data", d / "pairs.jsonl", "--eval-file",
+                           out / "round-1.pairs.jsonl"], "--eval-file", out / "round-1.pairs.jsonl",
+                          "round-1.pairs.jsonl"),
+        "kto-ref": (["kto", "--steps", 1, "--model", d / "base", "--ref", out / "round-0", "--data",
+                     d / "unpaired.jsonl"], "--ref", out / "round-0", "round-0"),
+        "adapter-base": ([*dpo, "--model", tmp_path / "a" / "adapter", "--lora-r", 2, "--data", d / "pairs.jsonl"],
+                         "--model", tmp_path / "a" / "adapter", "round-1"),
+        "rl-reward": (["rl", "--model", d / "base", "--data", d / "prompts.txt", "--reward", f"rm:{out}/round-1/R",
+                       "--steps", 1, "--n", 2, "--max-new-tokens", 4], "--reward", f"{out}/round-1/R", "round-1"),
+    }[case]
+    before = snapshot(out)
+    r = fdpo(*args, "--out", out, "--overwrite", *FAST, check=False)
+    if case == "adapter-base":
+        refused(r, f"--model {path}: a LoRA adapter on {out / 'round-1'}, which lies in {out / entry}, which this "
+                   f"run's first save removes with the run it replaces in {out} (--overwrite)")
+    else:
+        refused(r, f"{flag} {path}: lies in {out / entry}, which this run's first save removes with the run it "
+                   f"replaces in {out} (--overwrite), while this run reads it again")
+    assert snapshot(out) == before
+    assert not (tmp_path / ".fdpo-cache").exists()   # refused before dpo's reference cache
+
+
+def test_an_overwrite_refuses_a_sacpo_stage_it_removes_as_its_model(d, tmp_path):
+    """the same over a sacpo OUT: dpo --model OUT/lambda-1 --overwrite deleted lambda-1 (and
+    reward) at its first save, and its --resume failed ("--model sv/lambda-1: ... cannot open")"""
+    out = tmp_path / "sv"
+    sacpo(d, out)
+    before = snapshot(out)
+    r = fdpo("dpo", "--model", out / "lambda-1", "--data", d / "pairs.jsonl", "--steps", 2, "--stop-at", 1,
+             "--eval-fraction", 0, "--out", out, "--overwrite", *FAST, check=False)
+    refused(r, f"--model {out / 'lambda-1'}: lies in {out / 'lambda-1'}, which this run's first save removes with the "
+               f"run it replaces in {out} (--overwrite)")
+    assert snapshot(out) == before
+
+
+def test_an_overwrite_reading_what_it_keeps_of_the_replaced_run_still_trains(d, tmp_path):
+    """the check is on the entries the save drops: a checkpoint a user keeps in a directory of
+    OUT is carried over, so a run on it replaces the rounds and resumes"""
+    import shutil
+    out = rounds_out(d, tmp_path)
+    shutil.copytree(out / "round-1", out / "mine")
+    common = ["dpo", "--model", out / "mine", "--data", d / "pairs.jsonl", "--steps", 2, "--eval-fraction", 0,
+              "--out", out, *FAST]
+    fdpo(*common, "--overwrite", "--stop-at", 1)
+    assert not (out / "round-1").exists() and (out / "mine" / "model.safetensors").exists()
+    fdpo(*common, "--resume")
+    assert json.loads((out / "training_state.json").read_text())["step"] == 2
