@@ -224,8 +224,9 @@ struct cJSON;
  * cJSON cannot format it: what fdpo_write_json_atomic writes, for a caller that writes later. */
 char *fdpo_json_text(const struct cJSON *root, int pretty, size_t *len);
 int fdpo_write_json_atomic(const char *path, const struct cJSON *root, int pretty);
-/* root as JSON text (free() it), every number written as the shortest text that reads back
- * to the same double (fdpo_fmt_double; null when not finite, as JSON has no NaN). cJSON's
+/* root as JSON text (free() it), every number written as text that reads back to the same
+ * double: as cJSON writes it where that is exact (whole numbers as digits), else the shortest
+ * such text (fdpo_fmt_double); null when not finite, as JSON has no NaN. cJSON's
  * own printing keeps 15 digits whenever they come within an ulp or two, so about one value
  * in eight was written changed: a reward copied through fdpo pairs, a --lr saved for a
  * resume. What every JSON output of fdpo is printed with (fdpo_json_text too). */

@@ -291,11 +291,27 @@ int fdpo_direct_commit(fdpo_direct_file *f) {
     return 0;
 }
 
-/* each number of j (at any depth) replaced by its exact text as a raw value */
+/* Whether cJSON's own printing of v reads back as another double: it writes a whole number
+ * in int's range as such, null for NaN and Infinity, else %.15g whenever that reads back within
+ * an ulp or two (and %.17g otherwise). */
+static int printed_inexactly(double v) {
+    if (!isfinite(v) || (v == floor(v) && fabs(v) <= INT_MAX)) return 0;
+    char text[32];
+    snprintf(text, sizeof text, "%1.15g", v);
+    return strtod(text, NULL) != v;
+}
+
+static int any_printed_inexactly(const cJSON *j) {
+    for (const cJSON *e = j->child; e; e = e->next)
+        if (cJSON_IsNumber(e) ? printed_inexactly(e->valuedouble) : any_printed_inexactly(e)) return 1;
+    return 0;
+}
+
+/* each such number of j (at any depth) replaced by its exact text as a raw value */
 static void numbers_exact(cJSON *j) {
     for (cJSON *e = j->child, *next; e; e = next) {
         next = e->next;
-        if (cJSON_IsNumber(e)) {
+        if (cJSON_IsNumber(e) && printed_inexactly(e->valuedouble)) {
             char text[32];
             fdpo_fmt_double(text, sizeof text, e->valuedouble);
             cJSON *raw = cJSON_CreateRaw(text);
@@ -303,15 +319,17 @@ static void numbers_exact(cJSON *j) {
             raw->type |= e->type & cJSON_StringIsConst;
             e->string = NULL;
             cJSON_ReplaceItemViaPointer(j, e, raw);
-        } else numbers_exact(e);
+        } else if (!cJSON_IsNumber(e)) numbers_exact(e);
     }
 }
 
 char *fdpo_json_print(const struct cJSON *root, int pretty) {
-    cJSON *copy = cJSON_Duplicate(root, 1);
-    if (!copy) return NULL;
-    numbers_exact(copy);
-    char *text = pretty ? cJSON_Print(copy) : cJSON_PrintUnformatted(copy);
+    /* the copy only when a number needs it: a pretrain state's data order is millions of
+     * whole numbers, which cJSON prints exactly */
+    cJSON *copy = any_printed_inexactly(root) ? cJSON_Duplicate(root, 1) : NULL;
+    if (copy) numbers_exact(copy);
+    const cJSON *what = copy ? copy : root;
+    char *text = pretty ? cJSON_Print(what) : cJSON_PrintUnformatted(what);
     cJSON_Delete(copy);
     if (!text) return NULL;
     char *out = fdpo_strdup(text);   /* free()d, whatever allocator cJSON was built with */

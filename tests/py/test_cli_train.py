@@ -706,11 +706,13 @@ def test_resume_keeps_a_real_setting_to_the_last_bit(tmp_path, corpus):
     Python's json reads the saved value back as the double given."""
     lr = 0.003 + 4.336808689942018e-19
     assert lr != 0.003 and repr(lr) == "0.0030000000000000005"
-    common = [*TINY, "--steps", "3", "--lr", repr(lr), "--quiet", *corpus]
+    common = [*TINY, "--steps", "3", "--lr", repr(lr), "--eval-every", "1000000", "--quiet", *corpus]
     ok("pretrain", "--out", tmp_path / "whole", *common)
     ok("pretrain", "--out", tmp_path / "o", "--stop-at", "1", *common)
     state = json.loads((tmp_path / "o" / "training_state.json").read_text())
     assert state["settings"]["lr"] == lr
+    # whole numbers stay digits (a first fix wrote 1e+06, which Python reads as a float)
+    assert '"eval-every":1000000,' in (tmp_path / "o" / "training_state.json").read_text()
     ok("pretrain", "--out", tmp_path / "o", "--resume", "--lr", repr(lr), *corpus)
     assert (tmp_path / "o" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
 
