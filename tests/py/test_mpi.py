@@ -945,6 +945,38 @@ def test_ranks_disagreeing_on_allreduce_overlap_are_refused(work, tmp_path):
     assert "--allreduce-overlap differs between ranks" in r.stderr, r.stderr
 
 
+def mpmd(rank0, rank1, timeout=60):
+    """mpirun with one command line per rank (-np 1 RANK0 : -np 1 RANK1). A job whose ranks
+    wait for each other for ever fails the test as hung after `timeout` seconds, every process
+    of it killed (the ranks are in mpirun's session, each in its own process group)."""
+    p = subprocess.Popen([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", FDPO, *map(str, rank0), ":",
+                          "-np", "1", FDPO, *map(str, rank1)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in os.listdir("/proc"):
+            try:
+                if pid.isdigit() and int(proc_stat(pid)[3]) == p.pid:   # [3]: the session
+                    os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                pass
+        p.communicate()
+        pytest.fail(f"the job hung: killed after {timeout} s")
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def test_ranks_with_different_stop_at_are_refused_not_hung(work, tmp_path):
+    """--stop-at is no saved setting, so the ranks' flag hash left it out: the rank that
+    stopped went to its final barrier while the other waited in the next step's allreduce,
+    and the job never ended. The trainers now agree on it at start."""
+    base = ["pretrain", "--out", tmp_path / "x", "--steps", 4, *PRETRAIN, work / "text.txt"]
+    r = mpmd([*base, "--stop-at", 2], base)
+    assert r.returncode != 0
+    assert "--stop-at differs between ranks" in r.stderr and "[rank" in r.stderr, r.stderr
+    assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize("cmd", ["rl", "online", "kto"])
 def test_killed_rank_ends_the_new_commands(work, tmp_path, cmd):
     """SIGKILL to rank 1 once the run is under way (rank 0 logged a step, or finished a
