@@ -977,6 +977,38 @@ def test_ranks_with_different_stop_at_are_refused_not_hung(work, tmp_path):
     assert not (tmp_path / "x" / "model.safetensors").exists()
 
 
+EVAL_SCORING = {   # flags for rank 0, for rank 1, the flag the refusal names
+    "reward": (["--reward", "length"], [], "--reward"),   # rank 1's rewards were 0 in the sum
+    "safety": ([], ["--safety", "length"], "--safety or --safety-threshold"),
+    "safety-threshold": (["--safety", "length", "--safety-threshold", 3], ["--safety", "length"],
+                         "--safety or --safety-threshold"),
+    "pairs": ([], ["--pairs", "pairs.jsonl"], "--pairs (the pairs' tokens)"),   # hung in the pairs' sums
+    "pairs-content": (["--pairs", "pairs.jsonl"], ["--pairs", "pairs2.jsonl"], "--pairs (the pairs' tokens)"),
+    "beta": (["--pairs", "pairs.jsonl", "--beta", 0.2], ["--pairs", "pairs.jsonl"], "--beta or --divergence"),
+    "divergences": (["--divergences", "rkl"], [], "--divergences"),   # MPI_ERR_TRUNCATE
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVAL_SCORING))
+def test_eval_ranks_with_different_scoring_flags_are_refused(work, tmp_path, case):
+    """eval splits the scoring of the samples and of --pairs over the ranks and sums the blocks,
+    but agreed only on the sampling: a scoring flag on some ranks gave a wrong mean with exit
+    0, a hang or a bare MPI_ERR_TRUNCATE. Each now fails on every rank naming the flag, before
+    anything is sampled or written."""
+    write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(3, 0))
+    write_jsonl(tmp_path / "pairs2.jsonl", synthetic_pairs(3, 1))
+    (tmp_path / "prompts.txt").write_text("a\nb\n")
+    base = ["eval", "--model", work / "pol", "--ref", work / "pol", "--data", tmp_path / "prompts.txt", "--n", 2,
+            "--max-new-tokens", 4, "--threads", 1, "--out", tmp_path / "e.json"]
+    extra0, extra1, flag = EVAL_SCORING[case]
+    fix = lambda extra: [tmp_path / a if str(a).endswith(".jsonl") else a for a in extra]   # noqa: E731
+    r = mpmd([*base, *fix(extra0)], [*base, *fix(extra1)])
+    assert r.returncode != 0
+    assert f"fdpo eval [rank 0/2]: {flag} differs between ranks" in r.stderr or \
+        f"fdpo eval [rank 1/2]: {flag} differs between ranks" in r.stderr, r.stderr
+    assert "MPI_ERR" not in r.stderr and not (tmp_path / "e.json").exists(), r.stderr
+
+
 @pytest.mark.parametrize("cmd", ["rl", "online", "kto"])
 def test_killed_rank_ends_the_new_commands(work, tmp_path, cmd):
     """SIGKILL to rank 1 once the run is under way (rank 0 logged a step, or finished a
