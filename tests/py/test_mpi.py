@@ -1009,6 +1009,24 @@ def test_eval_ranks_with_different_scoring_flags_are_refused(work, tmp_path, cas
     assert "MPI_ERR" not in r.stderr and not (tmp_path / "e.json").exists(), r.stderr
 
 
+@pytest.mark.parametrize("extra0,extra1", [(["--lambda", "1"], ["--lambda", "1,2"]),
+                                           (["--lambda", "1,2"], ["--lambda", "1,2", "--merge", "0.5"])],
+                         ids=["lambda", "merge"])
+def test_sacpo_ranks_with_different_stages_are_refused_not_hung(work, tmp_path, extra0, extra1):
+    """sacpo runs its stages one after another on every rank, each a collective job, but never
+    compared the list: the rank with more stages (another --lambda list, --merge on it alone)
+    went on into one the other never started and waited for ever. The ranks now agree on the
+    plan before any stage runs."""
+    args = ["sacpo", "--model", work / "pol", "--reward-data", work / "pairs.jsonl", "--safety-data",
+            work / "pairs.jsonl", "--batch-size", 4, "--steps", 1, "--lr", "1e-3", "--threads", 1, "--quiet",
+            "--out", tmp_path / "s"]
+    r = mpmd([*args, *extra0], [*args, *extra1])
+    assert r.returncode != 0
+    assert "the stages (--lambda, --merge, --order, --beta, the data or --out) differs between ranks" in r.stderr, \
+        r.stderr
+    assert not (tmp_path / "s" / "reward").exists()
+
+
 @pytest.mark.parametrize("cmd", ["rl", "online", "kto"])
 def test_killed_rank_ends_the_new_commands(work, tmp_path, cmd):
     """SIGKILL to rank 1 once the run is under way (rank 0 logged a step, or finished a
