@@ -282,6 +282,14 @@ typedef struct {
  * models): k > 0, ead_vocab 0 or >= 1, a finite safety_threshold and, with pairs, beta
  * finite and > 0 and cal_div admissible. Errors name the flag ("--divergence: tv ..."). */
 int fdpo_eval_config_check(const fdpo_eval_config *c);
+/* Under MPI every rank scores its block of the samples (and of the pairs) and the blocks are
+ * summed, so every rank must score alike: a rank without the reward left its block's rewards
+ * at 0 in the sum, a rank alone with pairs waited in their sums for ever, other divergences
+ * summed arrays of other lengths (MPI_ERR_TRUNCATE). Collective: fails on every rank with
+ * "--reward differs between ranks (...)" (--safety or --safety-threshold, --words,
+ * --divergences, --pairs: their tokens, --beta or --divergence, --ead-vocab) when any of c's
+ * scoring settings differs; fdpo_evaluate calls it before it samples. A no-op for one process. */
+int fdpo_eval_config_agree(const fdpo_eval_config *c);
 /* What fdpo_evaluate checks before it samples, from the models' configs alone: one vocabulary
  * size, a reference whose n_positions holds every sample (prompt + max_new_tokens, as far as
  * the policy's context goes; "--ref: its n_positions 16 is shorter than a sample can be: ...")
@@ -302,7 +310,8 @@ int fdpo_eval_check_policies(char *const *dirs, size_t n, const fdpo_gpt2_config
 /* Samples k completions per prompt from policy, scores them under policy and ref, and
  * returns one JSON object of flat metrics (docs/eval.md). prompts (text, may be NULL) feed
  * the reward; tok may be NULL (then words are token ids). With samples_out, writes one JSONL
- * line per sample. name goes into the object as "name". */
+ * line per sample. name goes into the object as "name". Under MPI the ranks first agree on
+ * c's scoring (fdpo_eval_config_agree) and on the sampling (fdpo_generate_ranks). */
 cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_tokenizer *tok,
                      char *const *prompts, int32_t *const *prompt_ids, const size_t *prompt_lens,
                      size_t n_prompts, const fdpo_eval_config *c, FILE *samples_out, const char *name);

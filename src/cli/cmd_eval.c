@@ -233,6 +233,7 @@ int cmd_eval(int argc, char **argv) {
     if (!rc && fdpo_dist_size() > 1) {   /* a rank with fewer policies finished while the others waited */
         uint64_t n = n_pol, h = fdpo_hash64(FDPO_HASH_INIT, &n, sizeof n);
         rc = fdpo_dist_check_agree("the number of --model", h);
+        if (!rc) rc = fdpo_eval_config_agree(&c);   /* before the first policy, whose name would prefix its error */
     }
     for (size_t p = 0; p < n_pol && !rc; p++) {
         fdpo_gpt2 *pm = NULL;

@@ -53,7 +53,8 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"seed",          FLAG_INT,   &o->seed,          FLAGS_DEFAULT_SEED,   "seed for a random init (sft: and LoRA adapters), the data split and the data order", 0},
         {"quiet",         FLAG_BOOL,  &o->quiet,         "0",      "no progress line or run summary (what became of the run is still said)", 0},
         {"allreduce-overlap", FLAG_BOOL, &o->allreduce_overlap, "0", "under mpirun: sum each layer's gradient over the ranks (MPI_Iallreduce) while backward "
-                                                                     "computes the layers below it, instead of one allreduce after backward (same result; docs/scaling.md)", 0},
+                                                                     "computes the layers below it, instead of one allreduce after backward (the same parameters with 2 ranks, "
+                                                                     "within rounding with more; docs/scaling.md)", 0},
         {"lora-r",        FLAG_INT,   &o->lora_r,        "0",      "LoRA rank: train rank-R adapters on --model's frozen weights; OUT gets PEFT adapter files (0: full fine-tuning)", 0},
         {"lora-alpha",    FLAG_FLOAT, &o->lora_alpha,    "8",      "LoRA scaling alpha (the update is alpha/r * B A)", 0},
         {"lora-dropout",  FLAG_FLOAT, &o->lora_dropout,  "0",      "dropout on the LoRA adapters' input during training", 0},

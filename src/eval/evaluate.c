@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/dist.h"
+#include "fdpo/dpo.h"   /* fdpo_hash_pair */
 #include "fdpo/eval.h"
 
 static void put(cJSON *o, const char *name, double v) {
@@ -116,6 +117,45 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
     return rc;
 }
 
+static uint64_t hash_reward(const fdpo_reward *r) {
+    const char *spec = r ? fdpo_reward_spec(r) : "";   /* "": none (a spec is never empty) */
+    return fdpo_hash64(FDPO_HASH_INIT, spec, strlen(spec) + 1);
+}
+
+/* fdpo_generate_ranks checks the sampling; this the scoring, one check per flag so that the
+ * error names it */
+int fdpo_eval_config_agree(const fdpo_eval_config *c) {
+    if (fdpo_dist_size() < 2) return 0;
+    if (fdpo_dist_check_agree("--reward", hash_reward(c->reward))) return -1;
+    uint64_t h = hash_reward(c->safety);
+    if (c->safety) h = fdpo_hash64(h, &c->safety_threshold, sizeof c->safety_threshold);
+    if (fdpo_dist_check_agree("--safety or --safety-threshold", h)) return -1;
+    if (fdpo_dist_check_agree("--words", hash_reward(c->words))) return -1;
+    const uint64_t n_div = c->n_div;
+    h = fdpo_hash64(FDPO_HASH_INIT, &n_div, sizeof n_div);
+    for (size_t k = 0; k < c->n_div; k++) {
+        const int kind = (int)c->divs[k].kind;
+        h = fdpo_hash64(h, &kind, sizeof kind);
+        if (c->divs[k].kind == FDPO_DIV_ALPHA) h = fdpo_hash64(h, &c->divs[k].alpha, sizeof c->divs[k].alpha);
+    }
+    if (fdpo_dist_check_agree("--divergences", h)) return -1;
+    /* the pairs' tokens: each rank scores its share of them */
+    const uint64_t n_pairs = c->pairs ? c->pairs->n : 0, has_pairs = c->pairs != NULL;
+    h = fdpo_hash64(FDPO_HASH_INIT, &has_pairs, sizeof has_pairs);
+    h = fdpo_hash64(h, &n_pairs, sizeof n_pairs);
+    for (size_t i = 0; i < n_pairs; i++) h = fdpo_hash_pair(h, &c->pairs->pairs[i]);
+    if (fdpo_dist_check_agree("--pairs (the pairs' tokens)", h)) return -1;
+    h = FDPO_HASH_INIT;
+    if (c->pairs) {
+        const int kind = (int)c->cal_div.kind;
+        h = fdpo_hash64(h, &c->beta, sizeof c->beta);
+        h = fdpo_hash64(h, &kind, sizeof kind);
+        if (c->cal_div.kind == FDPO_DIV_ALPHA) h = fdpo_hash64(h, &c->cal_div.alpha, sizeof c->cal_div.alpha);
+    }
+    if (fdpo_dist_check_agree("--beta or --divergence", h)) return -1;
+    return fdpo_dist_check_agree("--ead-vocab", fdpo_hash64(FDPO_HASH_INIT, &c->ead_vocab, sizeof c->ead_vocab));
+}
+
 int fdpo_eval_config_check(const fdpo_eval_config *c) {
     if (c->k == 0) return fdpo_error("--n: must be > 0");
     if (!(c->ead_vocab == 0 || (c->ead_vocab >= 1 && isfinite(c->ead_vocab))))   /* EAD's V: a vocabulary size */
@@ -193,6 +233,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     if (fdpo_eval_check_fit(&policy->config, &ref->config, prompt_lens, n_prompts, c)) return NULL;
     fdpo_sample *smp = NULL;
     int32_t eot = tok ? fdpo_tokenizer_eot(tok) : c->eot;
+    if (fdpo_eval_config_agree(c)) return NULL;
     /* under MPI the prompts, then the samples' scores, are split over the ranks (docs/scaling.md) */
     if (fdpo_generate_ranks(policy, tok, eot, &c->sample, prompt_ids, prompt_lens, n_prompts, c->k, &smp, NULL)) return NULL;
     size_t N = n_prompts * c->k, nd = c->n_div, max_len = 0;

@@ -509,6 +509,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
                 fdpo_rl_metrics part;
                 /* LoRA dropout: the rows named by their place in the one-process packing of the step */
                 fdpo_lora_set_rows(policy, rl_packed_rows(first, pi, np, ny, k));
+                fdpo_dist_arm_overlap(j + 1 == n_mb);   /* --allreduce-overlap: the step's last backward here */
                 rc = fdpo_rl_step(policy, &o->rl, cnt, N, pi + first, np + first, yi + first, ny + first, r + first,
                                   lref + first, NULL, &part);
                 if (rc == 0) rl_metrics_add(&m, &part);

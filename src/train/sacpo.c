@@ -856,6 +856,25 @@ static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, con
     return online ? online_prompts_check(o) : 0;
 }
 
+/* Under MPI every rank runs every stage and merge of its own plan, each a collective job:
+ * a rank with another --lambda list or --merge went on into a stage the others never started
+ * (and waited in it for ever). The plan as it runs: each stage's directory, model in, data or
+ * spec and beta, in order (--lambda, --order, --beta, the data and --out), then the merges'
+ * weights. The flags of each stage's training its own trainer compares. */
+static int plan_agree(const fdpo_sacpo_opts *o, const sacpo_stage *s, size_t n) {
+    if (fdpo_dist_size() < 2) return 0;
+    uint64_t h = FDPO_HASH_INIT;
+    const uint64_t counts[3] = {n, o->n_lambdas, o->n_merge_weights};
+    h = fdpo_hash64(h, counts, sizeof counts);
+    for (size_t i = 0; i < n; i++) {
+        const char *text[] = {s[i].dir, s[i].init ? s[i].init : "", s[i].data ? s[i].data : "", s[i].spec ? s[i].spec : ""};
+        for (size_t k = 0; k < sizeof text / sizeof text[0]; k++) h = fdpo_hash64(h, text[k], strlen(text[k]) + 1);
+        h = fdpo_hash64(h, &s[i].beta, sizeof s[i].beta);
+    }
+    h = fdpo_hash64(h, o->merge_weights, o->n_merge_weights * sizeof *o->merge_weights);
+    return fdpo_dist_check_agree("the stages (--lambda, --merge, --order, --beta, the data or --out)", h);
+}
+
 int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     if (fdpo_sacpo_opts_check(o)) return -1;
     const char *const specs[] = {o->reward_spec, o->safety_spec};
@@ -865,6 +884,7 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
         return -1;
     size_t n_stages;
     sacpo_stage *stages = plan_stages(o, &n_stages);
+    if (plan_agree(o, stages, n_stages)) { stages_free(stages, n_stages); return -1; }
     /* a first run opens its pairs files before it claims --out; a rerun, those of the stages
      * still to run once it has read which are done */
     if (!sacpo_resuming(o) && stages_data_open(o, NULL, stages, n_stages)) { stages_free(stages, n_stages); return -1; }

@@ -564,6 +564,10 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (fdpo_dist_check_agree("the starting model", fdpo_hash64(FDPO_HASH_INIT, tr->model->params_memory,
                                                                     tr->model->n_params * sizeof(float)))) goto fail;
         if (fdpo_dist_check_agree("--allreduce-overlap", (uint64_t)(o->allreduce_overlap != 0))) goto fail;
+        /* not a setting, but it decides after which step a rank leaves the loop: a rank that
+         * stopped while the others entered the next step's sums hung the job. (Its other exits
+         * agree already: the steps are a setting, a stop signal is summed each step.) */
+        if (fdpo_dist_check_agree("--stop-at", (uint64_t)o->stop_at)) goto fail;
         if (o->allreduce_overlap && tr->model->lora) {   /* the adapters' gradients are not laid out per layer */
             fdpo_error("%s", FDPO_OVERLAP_LORA_REFUSED);
             goto fail;

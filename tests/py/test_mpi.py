@@ -945,6 +945,88 @@ def test_ranks_disagreeing_on_allreduce_overlap_are_refused(work, tmp_path):
     assert "--allreduce-overlap differs between ranks" in r.stderr, r.stderr
 
 
+def mpmd(rank0, rank1, timeout=60):
+    """mpirun with one command line per rank (-np 1 RANK0 : -np 1 RANK1). A job whose ranks
+    wait for each other for ever fails the test as hung after `timeout` seconds, every process
+    of it killed (the ranks are in mpirun's session, each in its own process group)."""
+    p = subprocess.Popen([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", FDPO, *map(str, rank0), ":",
+                          "-np", "1", FDPO, *map(str, rank1)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in os.listdir("/proc"):
+            try:
+                if pid.isdigit() and int(proc_stat(pid)[3]) == p.pid:   # [3]: the session
+                    os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                pass
+        p.communicate()
+        pytest.fail(f"the job hung: killed after {timeout} s")
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def test_ranks_with_different_stop_at_are_refused_not_hung(work, tmp_path):
+    """--stop-at is no saved setting, so the ranks' flag hash left it out: the rank that
+    stopped went to its final barrier while the other waited in the next step's allreduce,
+    and the job never ended. The trainers now agree on it at start."""
+    base = ["pretrain", "--out", tmp_path / "x", "--steps", 4, *PRETRAIN, work / "text.txt"]
+    r = mpmd([*base, "--stop-at", 2], base)
+    assert r.returncode != 0
+    assert "--stop-at differs between ranks" in r.stderr and "[rank" in r.stderr, r.stderr
+    assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
+EVAL_SCORING = {   # flags for rank 0, for rank 1, the flag the refusal names
+    "reward": (["--reward", "length"], [], "--reward"),   # rank 1's rewards were 0 in the sum
+    "safety": ([], ["--safety", "length"], "--safety or --safety-threshold"),
+    "safety-threshold": (["--safety", "length", "--safety-threshold", 3], ["--safety", "length"],
+                         "--safety or --safety-threshold"),
+    "pairs": ([], ["--pairs", "pairs.jsonl"], "--pairs (the pairs' tokens)"),   # hung in the pairs' sums
+    "pairs-content": (["--pairs", "pairs.jsonl"], ["--pairs", "pairs2.jsonl"], "--pairs (the pairs' tokens)"),
+    "beta": (["--pairs", "pairs.jsonl", "--beta", 0.2], ["--pairs", "pairs.jsonl"], "--beta or --divergence"),
+    "divergences": (["--divergences", "rkl"], [], "--divergences"),   # MPI_ERR_TRUNCATE
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVAL_SCORING))
+def test_eval_ranks_with_different_scoring_flags_are_refused(work, tmp_path, case):
+    """eval splits the scoring of the samples and of --pairs over the ranks and sums the blocks,
+    but agreed only on the sampling: a scoring flag on some ranks gave a wrong mean with exit
+    0, a hang or a bare MPI_ERR_TRUNCATE. Each now fails on every rank naming the flag, before
+    anything is sampled or written."""
+    write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(3, 0))
+    write_jsonl(tmp_path / "pairs2.jsonl", synthetic_pairs(3, 1))
+    (tmp_path / "prompts.txt").write_text("a\nb\n")
+    base = ["eval", "--model", work / "pol", "--ref", work / "pol", "--data", tmp_path / "prompts.txt", "--n", 2,
+            "--max-new-tokens", 4, "--threads", 1, "--out", tmp_path / "e.json"]
+    extra0, extra1, flag = EVAL_SCORING[case]
+    fix = lambda extra: [tmp_path / a if str(a).endswith(".jsonl") else a for a in extra]   # noqa: E731
+    r = mpmd([*base, *fix(extra0)], [*base, *fix(extra1)])
+    assert r.returncode != 0
+    assert f"fdpo eval [rank 0/2]: {flag} differs between ranks" in r.stderr or \
+        f"fdpo eval [rank 1/2]: {flag} differs between ranks" in r.stderr, r.stderr
+    assert "MPI_ERR" not in r.stderr and not (tmp_path / "e.json").exists(), r.stderr
+
+
+@pytest.mark.parametrize("extra0,extra1", [(["--lambda", "1"], ["--lambda", "1,2"]),
+                                           (["--lambda", "1,2"], ["--lambda", "1,2", "--merge", "0.5"])],
+                         ids=["lambda", "merge"])
+def test_sacpo_ranks_with_different_stages_are_refused_not_hung(work, tmp_path, extra0, extra1):
+    """sacpo runs its stages one after another on every rank, each a collective job, but never
+    compared the list: the rank with more stages (another --lambda list, --merge on it alone)
+    went on into one the other never started and waited for ever. The ranks now agree on the
+    plan before any stage runs."""
+    args = ["sacpo", "--model", work / "pol", "--reward-data", work / "pairs.jsonl", "--safety-data",
+            work / "pairs.jsonl", "--batch-size", 4, "--steps", 1, "--lr", "1e-3", "--threads", 1, "--quiet",
+            "--out", tmp_path / "s"]
+    r = mpmd([*args, *extra0], [*args, *extra1])
+    assert r.returncode != 0
+    assert "the stages (--lambda, --merge, --order, --beta, the data or --out) differs between ranks" in r.stderr, \
+        r.stderr
+    assert not (tmp_path / "s" / "reward").exists()
+
+
 @pytest.mark.parametrize("cmd", ["rl", "online", "kto"])
 def test_killed_rank_ends_the_new_commands(work, tmp_path, cmd):
     """SIGKILL to rank 1 once the run is under way (rank 0 logged a step, or finished a

@@ -70,3 +70,24 @@ def test_rl_with_a_rank_that_has_no_prompt(work, tmp_path):
     for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "three")):
         assert a["objective/scores"] == b["objective/scores"]
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * a["grad_norm"], (a["grad_norm"], b["grad_norm"])
+
+
+def test_rl_allreduce_overlap_sums_the_layers_during_backward(work, tmp_path):
+    """--allreduce-overlap was accepted and listed in `fdpo rl --help` but rl never marked a
+    backward, so every layer was summed after it (dist/overlapped_layers 0). It now marks the
+    backward of the rank's last micro-batch (here two a rank: 2 prompts x 16 samples of up to
+    40 tokens are more than the 1024 packed rows of one), during which every layer's sum
+    starts; with two ranks each element is a + b either way, so the run is the plain run's bit
+    for bit (as for the other trainers, tests/py/test_mpi.py), where a sum started after the
+    first micro-batch would have missed the second's gradient."""
+    args = ["rl", "--model", work / "pol", "--data", work / "prompts.txt", "--reward", letters_reward(work),
+            "--prompts-per-step", 4, "--n", 16, "--max-new-tokens", 40, "--seed", 5, "--threads", 1, "--quiet",
+            "--lr", LR, "--steps", 2]
+    mpi(2, *args, "--out", tmp_path / "plain", timeout=120)
+    mpi(2, *args, "--out", tmp_path / "overlap", "--allreduce-overlap", timeout=120)
+    rows = metrics(tmp_path / "overlap")
+    assert len(rows) == 2 and all(m["dist/overlapped_layers"] == 2 for m in rows), rows   # TINY's 2 layers
+    assert np.array_equal(params(tmp_path / "plain"), params(tmp_path / "overlap"))
+    for a, b in zip(metrics(tmp_path / "plain"), rows):
+        for key in ("loss", "objective/scores", "objective/kl", "grad_norm"):
+            assert a[key] == b[key], (key, a[key], b[key])
