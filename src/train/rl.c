@@ -453,7 +453,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     const size_t P = tr_ok ? tr.step_items : 1, k = o->rl.k;
     /* a step's P x k samples beyond the machine's memory ended in the out-of-memory handler's
      * line, naming no flag (P is known once the prompts are read) */
-    if (!rc) rc = fdpo_samples_count_check(NULL, P, k);
+    if (!rc) rc = fdpo_samples_count_check("--prompts-per-step", P, k);
     const size_t N = rc ? 0 : P * k;
     char **ps = fdpo_malloc(P * sizeof *ps), **pp = fdpo_malloc(N * sizeof *pp), **cc = fdpo_malloc(N * sizeof *cc);
     size_t *np = fdpo_malloc(N * sizeof(size_t)), *ny = fdpo_malloc(N * sizeof(size_t));

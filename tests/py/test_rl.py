@@ -370,7 +370,9 @@ def test_rl_sample_count_beyond_memory_is_refused_by_name(tmp_path):
     r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt",
                         "--reward", "length", "--out", tmp_path / "o", "--steps", 1, "--max-new-tokens", 2,
                         "--prompts-per-step", 2, "--threads", 1, "--n", n]], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and r.stderr.startswith(f"fdpo rl: --n {n}: 2 prompts x {n} samples: their records alone take ") \
+    # both flags that make the count (online and sacpo name theirs the same way)
+    assert r.returncode == 1 and r.stderr.startswith(f"fdpo rl: --prompts-per-step/--n: 2 prompts x {n} samples: their "
+                                                     "records alone take ") \
         and r.stderr.endswith(f" GB, more than this machine's {machine_gb()} GB\n"), r.stderr
     assert not (tmp_path / "o").exists()
 
