@@ -10,6 +10,7 @@
 #include "cli/eval_common.h"
 #include "cli/flags.h"
 #include "fdpo/dist.h"
+#include "fdpo/dpo.h"
 #include "fdpo/eval.h"
 #include "fdpo/pref.h"
 #include "interrupts.h"
@@ -233,6 +234,16 @@ int cmd_eval(int argc, char **argv) {
     if (!rc && fdpo_dist_size() > 1) {   /* a rank with fewer policies finished while the others waited */
         uint64_t n = n_pol, h = fdpo_hash64(FDPO_HASH_INIT, &n, sizeof n);
         rc = fdpo_dist_check_agree("the number of --model", h);
+        /* the ranks' sums mix whatever each one read at the same paths: a stale copy of --ref,
+         * of --pairs or of an rm: reward model is refused, not averaged in */
+        if (!rc) rc = fdpo_dist_check_agree("the reference's weights (--ref)", fdpo_hash_model(ref));
+        if (!rc && reward) rc = fdpo_reward_check_agree(reward);
+        if (!rc && safety) rc = fdpo_reward_check_agree(safety);
+        if (!rc && have_pairs) {
+            uint64_t hp = FDPO_HASH_INIT;
+            for (size_t i = 0; i < pairs.n; i++) hp = fdpo_hash_pair(hp, &pairs.pairs[i]);
+            rc = fdpo_dist_check_agree("the pairs of --pairs", hp);
+        }
     }
     for (size_t p = 0; p < n_pol && !rc; p++) {
         fdpo_gpt2 *pm = NULL;

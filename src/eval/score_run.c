@@ -94,6 +94,7 @@ int fdpo_score_run(const fdpo_score_opts *o) {
     int rc = 0;
     fdpo_reward *reward = NULL;
     if (o->reward && !(reward = fdpo_reward_create(o->reward, &o->reward_opts))) return -1;
+    if (reward && fdpo_reward_check_agree(reward)) { fdpo_reward_free(reward); return -1; }
     char **prompts = NULL, **comps = NULL;
     size_t n = 0;
     fdpo_gpt2 *m = NULL, *ref = NULL;

@@ -571,6 +571,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     if (fdpo_read_prompts(o->prompts, &prompts, &prompt_lines, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); free(prompt_lines); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
+    if (reward && fdpo_reward_check_agree(reward)) { fdpo_reward_free(reward); reward = NULL; }
     if (!reward) { fdpo_free_strings(prompts, n_prompts); free(prompt_lines); return -1; } /* the message names --reward */
     /* one run per directory: a second one would sample and rename the same rounds */
     int rc = 0, locked = 0;
@@ -632,7 +633,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (rc == 0 && need_ref && is_lora_base(policy, ref0)) {
             ref = policy;   /* the base with the adapters off: no second copy */
         } else if (rc == 0 && need_ref) {
-            ref = fdpo_trainer_load_ref(o->ref, o->model, tok, policy->config.vocab_size);
+            ref = fdpo_trainer_load_ref(o->ref, o->model, tok, policy->config.vocab_size, NULL);
             if (!ref) rc = -1;
             if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
         }
@@ -831,11 +832,16 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (fdpo_read_prompts(o->prompts, &prompts, &prompt_lines, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); free(prompt_lines); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
+    if (reward && fdpo_reward_check_agree(reward)) { fdpo_reward_free(reward); reward = NULL; }
     fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
     /* LoRA without --ref: the reference is the policy with its adapters off (no second copy) */
     const int ref_is_base = t.lora_r > 0 && !o->ref;
     /* with no --ref the reference is --model: refused as a reward model under that name */
-    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0) : NULL;
+    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0, &t.ref_hash) : NULL;
+    if (ref) {   /* recorded: a resume refuses other reference weights */
+        t.ref_flag = o->ref ? "--ref" : "--model";
+        t.ref_dir = o->ref ? o->ref : o->model;
+    }
     fdpo_settings extra = {0};
     fdpo_online_step_settings(o, &extra);
     fdpo_trainer tr;
