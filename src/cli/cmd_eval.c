@@ -237,13 +237,13 @@ int cmd_eval(int argc, char **argv) {
         /* the ranks' sums mix whatever each one read at the same paths: a stale copy of --ref,
          * of --pairs or of an rm: reward model is refused, not averaged in */
         if (!rc) rc = fdpo_dist_check_agree("the reference's weights (--ref)", fdpo_hash_model(ref));
-        if (!rc && reward) rc = fdpo_reward_check_agree(reward);
-        if (!rc && safety) rc = fdpo_reward_check_agree(safety);
-        if (!rc && have_pairs) {
-            uint64_t hp = FDPO_HASH_INIT;
-            for (size_t i = 0; i < pairs.n; i++) hp = fdpo_hash_pair(hp, &pairs.pairs[i]);
-            rc = fdpo_dist_check_agree("the pairs of --pairs", hp);
-        }
+        /* (every rank joins each check, whichever flags it was given) */
+        uint64_t hr[2] = {fdpo_reward_identity(reward), fdpo_reward_identity(safety)};
+        if (!rc) rc = fdpo_dist_check_agree("--reward or --safety (the specs and an rm: reward model's weights)",
+                                            fdpo_hash64(FDPO_HASH_INIT, hr, sizeof hr));
+        uint64_t hp = fdpo_hash64(FDPO_HASH_INIT, &(uint64_t){(uint64_t)have_pairs}, sizeof(uint64_t));
+        for (size_t i = 0; have_pairs && i < pairs.n; i++) hp = fdpo_hash_pair(hp, &pairs.pairs[i]);
+        if (!rc) rc = fdpo_dist_check_agree("the pairs of --pairs", hp);
     }
     for (size_t p = 0; p < n_pol && !rc; p++) {
         fdpo_gpt2 *pm = NULL;

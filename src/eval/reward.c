@@ -736,10 +736,16 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
     return r;
 }
 
-int fdpo_reward_check_agree(const fdpo_reward *r) {
-    if (fdpo_dist_size() <= 1) return 0;
+uint64_t fdpo_reward_identity(const fdpo_reward *r) {
+    if (!r) return FDPO_HASH_INIT;
     uint64_t h = fdpo_hash64(FDPO_HASH_INIT, r->spec, strlen(r->spec) + 1);
     if (r->rm) h = fdpo_hash64(h, &(uint64_t){fdpo_hash_model(r->rm)}, sizeof(uint64_t));
+    return h;
+}
+
+int fdpo_reward_check_agree(const fdpo_reward *r) {
+    if (fdpo_dist_size() <= 1) return 0;
+    uint64_t h = fdpo_reward_identity(r);
     char what[1100];
     snprintf(what, sizeof what, "%s %.1000s (the spec%s)", r->flag, r->spec, r->rm ? " and the reward model's weights" : "");
     return fdpo_dist_check_agree(what, h);
