@@ -761,6 +761,7 @@ def _reference_runs(cli, tmp):
     write_jsonl(tmp / "kto.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"] if i % 2 else r["rejected"],
                                      "label": bool(i % 2)} for i, r in enumerate(synthetic_pairs(16, 5))])
     (tmp / "prompts.txt").write_text("".join(f"prompt {i}:\n" for i in range(4)))
+    write_jsonl(tmp / "sft.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"]} for r in synthetic_pairs(16, 6)])
     common = ["--threads", 1, "--quiet", "--lr", "1e-3", "--steps", 4]
     dpo_args = ["--data", cli / "data.jsonl", "--batch-size", 4, "--eval-every", 0, *common]
     rl_args = ["--data", tmp / "prompts.txt", "--reward", "length", "--n", 2, "--prompts-per-step", 2,
@@ -771,18 +772,21 @@ def _reference_runs(cli, tmp):
         ("dpo-lora-base", ["dpo", "--model", base, "--lora-r", 2, "--ref-live", *dpo_args]),  # the base, adapters off
         ("kto", ["kto", "--model", pol, "--ref", base, "--data", tmp / "kto.jsonl", "--batch-size", 4, *common]),
         ("rl", ["rl", "--model", base, *rl_args]),
+        # not a reference: the frozen base under the adapters, which the resumed steps train on
+        ("sft-lora-base", ["sft", "--model", base, "--lora-r", 2, "--data", tmp / "sft.jsonl", "--batch-size", 4,
+                           "--seq-len", 32, "--eval-fraction", 0, *common]),
         ("online-step", ["online", "--mode", "step", "--model", pol, "--ref", base, "--data", tmp / "prompts.txt",
                          "--reward", "length", "--n", 2, "--prompts-per-round", 2, "--max-new-tokens", 4, *common]),
     ]
 
 
-@pytest.mark.parametrize("name", ["dpo", "dpo-ref-live", "dpo-lora-base", "kto", "rl", "online-step"])
+@pytest.mark.parametrize("name", ["dpo", "dpo-ref-live", "dpo-lora-base", "kto", "rl", "online-step", "sft-lora-base"])
 def test_resume_refuses_a_reference_retrained_in_place(cli, tmp_path, name):
     """The reference (--ref, else --model; a LoRA run's base) is read again at every start:
     a resume after it was re-trained in place (`pretrain --out base --resume`, `--overwrite`)
     continued silently against other weights. The state records its weight hash; the resume
-    is refused naming the flag, and goes on once the original weights are back. A state of an
-    older fdpo (no hash) still resumes."""
+    is refused naming the flag, and goes on once the original weights are back, ending as the
+    uninterrupted run. A LoRA run's base (sft too) is checked the same way."""
     import shutil
     base = tmp_path / "base"
     shutil.copytree(cli / "pol", base)
@@ -794,6 +798,7 @@ def test_resume_refuses_a_reference_retrained_in_place(cli, tmp_path, name):
     state = json.loads((out / "training_state.json").read_text())
     shutil.copy(cli / "ref2" / "model.safetensors", base / "model.safetensors")   # re-trained in place
     r = fdpo(*cmd, "--out", out, "--resume", check=False)
+    # (a LoRA base is named as the adapter records it: absolute)
     assert r.returncode != 0 and f"{flag} {base}" in r.stderr and "differ" in r.stderr, r.stderr
     assert json.loads((out / "training_state.json").read_text()) == state   # nothing written
     shutil.copy(cli / "pol" / "model.safetensors", base / "model.safetensors")    # the original again
