@@ -187,6 +187,14 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o);
 /* The flag the reward's spec was given by (fdpo_reward_options.flag; "--reward" by default),
  * for the errors of its scoring */
 const char *fdpo_reward_flag(const fdpo_reward *r);
+/* A hash of what decides r's scores: its spec and an rm:DIR's weights (NULL r: a fixed value),
+ * for the agreement checks of commands that split their scoring over MPI ranks. */
+uint64_t fdpo_reward_identity(const fdpo_reward *r);
+/* Under MPI (a collective: every rank calls it): the ranks' rewards must agree, the spec and
+ * an rm:DIR's weights (a rank's stale copy at the same path would reward its block with
+ * another model); an error "--reward rm:DIR (...) differs between ranks" otherwise. 0 in one
+ * process. */
+int fdpo_reward_check_agree(const fdpo_reward *r);
 /* The lexicon option is the AFINN file of the afinn specs: an error ("--lexicon: only used by
  * --reward afinn") when lexicon is set and none of specs[0..n) (NULL entries: not given) is
  * afinn or afinn:sum, instead of the file being silently ignored. */

@@ -95,6 +95,13 @@ typedef struct {
                             --stop-at stop and --overwrite's replacement are still said */
     int allreduce_overlap; /* under MPI: start each layer's gradient allreduce during the step's
                               last backward (docs/scaling.md); not a setting: results are equal */
+    /* the frozen reference a run loaded (dpo, kto, rl, online --mode step): ref_flag/ref_dir
+     * name it ("--ref DIR" or "--model DIR"), ref_hash is fdpo_hash_model of its weights. It is
+     * read again from its path at every start, so the training state records the hash and
+     * --resume refuses other weights there (a --model re-trained in place). ref_flag NULL: none
+     * (a LoRA run whose reference is its base: the base's hash is recorded for every LoRA run). */
+    const char *ref_flag, *ref_dir;
+    uint64_t ref_hash;
     /* LoRA (fdpo/lora.h; sft and dpo): lora_r > 0 trains adapters on --model's frozen
      * weights; OUT then holds PEFT adapter files instead of model.safetensors */
     long lora_r;
@@ -256,6 +263,12 @@ typedef struct {
                                0 in a state saved by an fdpo before they were saved) */
     size_t eval_n_items;
     uint64_t eval_hash;
+    /* fdpo_hash_model of what the run computes against besides its trained weights, read again
+     * at every start (resume refuses others): the loaded reference (fdpo_train_opts.ref_hash)
+     * and a LoRA run's base (adapters off). has_*: recorded (a state of an older fdpo has none,
+     * and resumes unchecked). */
+    int has_ref_hash, has_base_hash;
+    uint64_t ref_hash, base_hash;
     fdpo_settings settings; /* the run's options, typed (see above) */
     char *kind;             /* "pretrain", "sft", "dpo" */
 } fdpo_train_state;
@@ -427,8 +440,12 @@ int fdpo_trainer_check_lm(const fdpo_gpt2_config *c, const char *flag, const cha
  * name), loaded as a language model (fdpo_trainer_check_lm). A --ref whose directory holds
  * tokenizer files must hold the run's tokenizer tok (fdpo_tokenizer_same): its log-probs are of
  * the policy's token ids, so another tokenizer of the same size scored unrelated tokens. With
- * policy_vocab > 0 its vocab_size must be that. NULL with the error. */
-fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_tokenizer *tok, size_t policy_vocab);
+ * policy_vocab > 0 its vocab_size must be that. Under MPI every rank must have loaded the same
+ * weights (fdpo_dist_check_agree: a rank's stale copy at the same path is refused).
+ * weights_hash (may be NULL): fdpo_hash_model of the reference, for fdpo_train_opts.ref_hash.
+ * NULL with the error. */
+fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_tokenizer *tok, size_t policy_vocab,
+                                 uint64_t *weights_hash);
 /* The trainer options of a run whose items are prompts (rl, online --mode step): base's, with
  * the policy model (or OUT's checkpoint on --resume), no --tokenizer, the prompt file as data
  * in file order (no shuffle), per_step prompts per step (step_flag names them in notes) and no

@@ -10,6 +10,7 @@
 #include "cli/eval_common.h"
 #include "cli/flags.h"
 #include "fdpo/dist.h"
+#include "fdpo/dpo.h"
 #include "fdpo/eval.h"
 #include "fdpo/pref.h"
 #include "interrupts.h"
@@ -234,6 +235,13 @@ int cmd_eval(int argc, char **argv) {
         uint64_t n = n_pol, h = fdpo_hash64(FDPO_HASH_INIT, &n, sizeof n);
         rc = fdpo_dist_check_agree("the number of --model", h);
         if (!rc) rc = fdpo_eval_config_agree(&c);   /* before the first policy, whose name would prefix its error */
+        /* the ranks' sums mix whatever each one read at the same paths: a stale copy of --ref or
+         * of an rm: reward model is refused, not averaged in (--pairs' tokens: the check above) */
+        if (!rc) rc = fdpo_dist_check_agree("the reference's weights (--ref)", fdpo_hash_model(ref));
+        /* (every rank joins each check, whichever flags it was given) */
+        uint64_t hr[2] = {fdpo_reward_identity(reward), fdpo_reward_identity(safety)};
+        if (!rc) rc = fdpo_dist_check_agree("--reward or --safety (the specs and an rm: reward model's weights)",
+                                            fdpo_hash64(FDPO_HASH_INIT, hr, sizeof hr));
     }
     for (size_t p = 0; p < n_pol && !rc; p++) {
         fdpo_gpt2 *pm = NULL;

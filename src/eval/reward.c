@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -16,6 +17,8 @@
 #include <unistd.h>
 #include "data/jsonl.h"
 #include "fdpo/chat.h"
+#include "fdpo/dist.h"
+#include "fdpo/dpo.h"
 #include "fdpo/eval.h"
 #include "fdpo/rm.h"
 
@@ -731,6 +734,21 @@ fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) 
         return NULL;
     }
     return r;
+}
+
+uint64_t fdpo_reward_identity(const fdpo_reward *r) {
+    if (!r) return FDPO_HASH_INIT;
+    uint64_t h = fdpo_hash64(FDPO_HASH_INIT, r->spec, strlen(r->spec) + 1);
+    if (r->rm) h = fdpo_hash64(h, &(uint64_t){fdpo_hash_model(r->rm)}, sizeof(uint64_t));
+    return h;
+}
+
+int fdpo_reward_check_agree(const fdpo_reward *r) {
+    if (fdpo_dist_size() <= 1) return 0;
+    uint64_t h = fdpo_reward_identity(r);
+    char what[1100];
+    snprintf(what, sizeof what, "%s %.1000s (the spec%s)", r->flag, r->spec, r->rm ? " and the reward model's weights" : "");
+    return fdpo_dist_check_agree(what, h);
 }
 
 int fdpo_reward_lexicon_check(const char *lexicon, const char *const *specs, size_t n) {

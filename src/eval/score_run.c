@@ -151,7 +151,8 @@ int fdpo_score_run(const fdpo_score_opts *o) {
         }
         h = fdpo_hash64(h, m->params_memory, m->n_params * sizeof(float));
         if (ref) h = fdpo_hash64(h, ref->params_memory, ref->n_params * sizeof(float));
-        if (o->reward) h = fdpo_hash64(h, o->reward, strlen(o->reward) + 1);
+        /* the spec, and an rm: reward model's weights (a rank's stale copy at the same path) */
+        if (o->reward) h = fdpo_hash64(h, &(uint64_t){fdpo_reward_identity(reward)}, sizeof(uint64_t));
         const int precision = (int)fdpo_get_precision();
         h = fdpo_hash64(h, &precision, sizeof precision);
         rc = fdpo_dist_check_agree("the --data lines, --model, --ref, --reward or --precision", h);

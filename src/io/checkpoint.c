@@ -141,12 +141,18 @@ static int config_head(const char *path, const cJSON *root, fdpo_gpt2_config *c)
     const cJSON *a0 = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
     const char *want = fdpo_gpt2_architecture(c, 1);
     if (!cJSON_IsString(a0) || strcmp(a0->valuestring, want)) return 0;
+    /* transformers' PretrainedConfig: id2label, when given, decides (a num_labels beside it
+     * that disagrees is overwritten with len(id2label), with a warning); else num_labels,
+     * else 2. An id2label that is not a dictionary is its ValueError. */
     const cJSON *nl = cJSON_GetObjectItemCaseSensitive(root, "num_labels");
     const cJSON *id2label = cJSON_GetObjectItemCaseSensitive(root, "id2label");
-    double n = cJSON_IsNumber(nl) ? nl->valuedouble : cJSON_IsObject(id2label) ? cJSON_GetArraySize(id2label) : 2;
+    if (id2label && !cJSON_IsNull(id2label) && !cJSON_IsObject(id2label))
+        return fdpo_error("%s: field 'id2label' must be an object (id -> label)", path);
+    const int by_map = cJSON_IsObject(id2label);
+    double n = by_map ? cJSON_GetArraySize(id2label) : cJSON_IsNumber(nl) ? nl->valuedouble : 2;
     if (n != 1)
-        return fdpo_error("%s: %s with %g labels (num_labels / id2label): fdpo reads "
-                          "reward models, which have num_labels 1", path, want, n);
+        return fdpo_error("%s: %s with %g labels (%s): fdpo reads reward models, which have num_labels 1", path, want,
+                          n, by_map ? "the entries of id2label, which decide over num_labels" : "num_labels; no id2label");
     c->num_labels = 1;
     const cJSON *pad = cJSON_GetObjectItemCaseSensitive(root, "pad_token_id");
     /* an id outside int32 cannot name a token: read as "no pad token" (the id is advisory) */

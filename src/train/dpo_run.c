@@ -318,8 +318,9 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     /* (not when --model is itself a LoRA checkpoint being continued: the reference is that
      * checkpoint, base + its adapters as they were, e.g. SACPO's second stage) */
     const int ref_is_base = to->lora_r > 0 && o->ref_live && !o->ref && !fdpo_lora_is_checkpoint(policy_dir);
+    uint64_t ref_hash = 0;
     if (!simpo && !ref_is_base) {
-        if (!(ref = fdpo_trainer_load_ref(o->ref, policy_dir, tok, pcfg.vocab_size))) goto done;
+        if (!(ref = fdpo_trainer_load_ref(o->ref, policy_dir, tok, pcfg.vocab_size, &ref_hash))) goto done;
         if (popt.max_length > ref->config.n_positions) {
             fdpo_error("--max-length %zu exceeds the reference's n_positions %zu", popt.max_length, ref->config.n_positions);
             goto done;
@@ -327,11 +328,10 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
         if (!o->ref_live) {
             if (to->threads > 0) fdpo_set_threads((int)to->threads);
             cache_dir = o->ref_cache_dir ? fdpo_strdup(o->ref_cache_dir) : default_cache_dir(to->out);
-            uint64_t h = fdpo_hash_model(ref);
             /* the policy's tokenizer files (OUT's copies are re-serialised, not byte-equal) */
             const char *tok_dir = policy_dir;
-            if (reference_logps(&train_src, ref, h, tok_dir, o, cache_dir)) goto done;
-            if (o->eval_file && reference_logps(&eval_src, ref, h, tok_dir, o, cache_dir)) goto done;
+            if (reference_logps(&train_src, ref, ref_hash, tok_dir, o, cache_dir)) goto done;
+            if (o->eval_file && reference_logps(&eval_src, ref, ref_hash, tok_dir, o, cache_dir)) goto done;
             fdpo_gpt2_free(ref); /* its job is done: keep the memory for the policy */
             ref = NULL;
         }
@@ -347,6 +347,11 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     topen.eval_n_items = n_eval;
     topen.eval_hash = run_data_hash(eval_pairs, n_eval, NULL, 0);
     topen.eval_legacy_hash = run_data_hash(train_pairs, n_train, eval_pairs, n_eval);
+    if (!simpo && !ref_is_base) {   /* recorded: a resume refuses other reference weights */
+        topen.ref_flag = o->ref ? "--ref" : "--model";
+        topen.ref_dir = o->ref ? o->ref : policy_dir;
+        topen.ref_hash = ref_hash;
+    }
     int orc = fdpo_trainer_open(&tr, &topen, "dpo", tok, n_train, run_data_hash(train_pairs, n_train, NULL, 0), &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;

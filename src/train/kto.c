@@ -278,8 +278,9 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
 
     /* LoRA without --ref: the reference is the base, i.e. the policy with its adapters off
      * (unless --model is a LoRA checkpoint being continued: then it is that checkpoint) */
+    uint64_t ref_hash = 0;
     if (to->lora_r > 0 && !o->ref && !fdpo_lora_is_checkpoint(to->init)) goto open;
-    if (!(ref = fdpo_trainer_load_ref(o->ref, to->init, tok, pcfg.vocab_size))) goto done;
+    if (!(ref = fdpo_trainer_load_ref(o->ref, to->init, tok, pcfg.vocab_size, &ref_hash))) goto done;
     if (popt.max_length > ref->config.n_positions) {
         fdpo_error("--max-length %zu exceeds the reference's n_positions %zu", popt.max_length, ref->config.n_positions);
         goto done;
@@ -296,6 +297,11 @@ open:;
     topen.eval_hash = kto_data_hash(eval_ex, n_eval);
     const uint64_t train_hash = kto_data_hash(train_ex, n_train);
     topen.eval_legacy_hash = train_hash;   /* the older states' fingerprint left the held-out set out */
+    if (ref) {   /* recorded: a resume refuses other reference weights */
+        topen.ref_flag = o->ref ? "--ref" : "--model";
+        topen.ref_dir = o->ref ? o->ref : to->init;
+        topen.ref_hash = ref_hash;
+    }
     int orc = fdpo_trainer_open(&tr, &topen, "kto", tok, n_train, train_hash, &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;

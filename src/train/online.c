@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include "fdpo/core.h"
 #include "fdpo/dist.h"
+#include "fdpo/dpo.h"
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
 #include "fdpo/online.h"
@@ -86,7 +87,48 @@ static uint64_t prompts_hash(char *const *prompts, size_t n) {
     return h;
 }
 
-static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash) {
+/* The weights the rounds read again from --model / --ref at every session, not from OUT: a
+ * fixed reference and a LoRA policy's base. online.json records their fdpo_hash_model; a
+ * resume refuses others (a --model re-trained in place went on silently). */
+typedef struct { int has_ref, has_base; uint64_t ref, base; } plan_weights;
+
+static plan_weights plan_weights_of(fdpo_gpt2 *policy, const fdpo_gpt2 *ref) {
+    plan_weights w = {0};
+    if (policy && policy->lora) {   /* the base alone: the adapters are the rounds' (OUT's) */
+        int on = fdpo_lora_set_enabled(policy, 0);
+        w.base = fdpo_hash_model(policy);
+        fdpo_lora_set_enabled(policy, on);
+        w.has_base = 1;
+    }
+    if (ref && ref != policy) { w.ref = fdpo_hash_model(ref); w.has_ref = 1; }
+    return w;
+}
+
+/* every rank (collective): the weights now against online.json's (absent: an older plan) */
+static int plan_weights_check(const fdpo_online_opts *o, const plan_weights *w, int rc) {
+    char *path = plan_path(o->out);
+    size_t len;
+    char *text = rc == 0 && fdpo_file_exists(path) ? fdpo_read_file(path, &len) : NULL;
+    cJSON *j = text ? cJSON_ParseWithLength(text, len) : NULL;
+    static const char *const keys[2] = {"ref_hash", "lora_base_hash"};
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        const cJSON *was = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
+        if (!(i ? w->has_base : w->has_ref) || !cJSON_IsString(was)) continue;
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)(i ? w->base : w->ref));
+        if (strcmp(was->valuestring, hex))
+            rc = fdpo_error("--resume: %s %s: the %s's weights differ from the ones its rounds used (%s's %s %s, now %s; "
+                            "re-trained in place?): resume needs the same %s", i || !o->ref ? "--model" : "--ref",
+                            i || !o->ref ? o->model : o->ref, i ? "LoRA base" : "reference", path, keys[i],
+                            was->valuestring, hex, i ? "base" : "reference");
+    }
+    cJSON_Delete(j);
+    free(text);
+    free(path);
+    return fdpo_dist_all_ok(rc);
+}
+
+static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash, const plan_weights *w) {
     fdpo_settings now = {0};
     fdpo_online_round_settings(o, &now);
     char hex[17];
@@ -99,6 +141,12 @@ static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash
         cJSON_AddNumberToObject(j, "version", 1);
         cJSON_AddItemToObject(j, "settings", fdpo_settings_to_json(&now));
         cJSON_AddStringToObject(j, "data_hash", hex);
+        for (int i = 0; i < 2; i++) {
+            if (!(i ? w->has_base : w->has_ref)) continue;
+            char wh[17];
+            snprintf(wh, sizeof wh, "%016llx", (unsigned long long)(i ? w->base : w->ref));
+            cJSON_AddStringToObject(j, i ? "lora_base_hash" : "ref_hash", wh);
+        }
         cJSON *fixed = cJSON_AddArrayToObject(j, "fixed");
         for (size_t i = 0; i < now.n; i++)
             if (now.v[i].fixed) cJSON_AddItemToArray(fixed, cJSON_CreateString(now.v[i].key));
@@ -571,6 +619,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
     if (fdpo_read_prompts(o->prompts, &prompts, &prompt_lines, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); free(prompt_lines); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
+    if (reward && fdpo_reward_check_agree(reward)) { fdpo_reward_free(reward); reward = NULL; }
     if (!reward) { fdpo_free_strings(prompts, n_prompts); free(prompt_lines); return -1; } /* the message names --reward */
     /* one run per directory: a second one would sample and rename the same rounds */
     int rc = 0, locked = 0;
@@ -604,7 +653,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (start >= o->rounds && rc == 0) fdpo_log(FDPO_LOG_INFO, "all %ld rounds already complete in %s", o->rounds, o->out);
         else if (start > 0 && rc == 0) fdpo_log(FDPO_LOG_INFO, "resuming after round %ld", start - 1);
         if (start > 0 && start < o->rounds && rc == 0) rc = check_round_precision(o->out, start - 1);
-        if (start > 0 && start < o->rounds && rc == 0) rc = online_plan(o, start, prompts_hash(prompts, n_prompts));
+        if (start > 0 && start < o->rounds && rc == 0) rc = online_plan(o, start, prompts_hash(prompts, n_prompts), NULL);
     }
     /* every rank on rank 0's bf16 route before round 0's sampler and reference scores (the
      * decoder keeps the route it starts with), after a resume's pin */
@@ -616,6 +665,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
      * round) and, with a fixed reference, the reference; both are read from disk once */
     fdpo_gpt2 *policy = NULL, *ref = NULL;
     fdpo_tokenizer *tok = NULL;
+    plan_weights weights = {0};
     /* the reference is the round's starting policy itself in iterative DPO (round 0: --ref
      * when one is given, else --model), and in round 0 of online DPO whose reference is
      * --model: then log pi_ref = log pi, no second scoring */
@@ -632,7 +682,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (rc == 0 && need_ref && is_lora_base(policy, ref0)) {
             ref = policy;   /* the base with the adapters off: no second copy */
         } else if (rc == 0 && need_ref) {
-            ref = fdpo_trainer_load_ref(o->ref, o->model, tok, policy->config.vocab_size);
+            ref = fdpo_trainer_load_ref(o->ref, o->model, tok, policy->config.vocab_size, NULL);
             if (!ref) rc = -1;
             if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
         }
@@ -640,6 +690,8 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         const fdpo_gpt2 *ref_fit = ref && ref != policy ? ref : NULL;
         if (rc == 0) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &policy->config,
                                                  ref_fit ? &ref_fit->config : NULL, o->sample.max_new_tokens, o->prompts);
+        if (rc == 0) weights = plan_weights_of(policy, ref);
+        if (start > 0) rc = plan_weights_check(o, &weights, rc);
     }
     round_buf buf;
     round_buf_init(&buf, (size_t)o->prompts_per_round, (size_t)o->n);
@@ -734,7 +786,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (fdpo_dist_is_root()) {   /* rank 0 writes; the others go on with the policy in memory */
             /* the metrics line before the writer's rename: a crash between the two drops it on --resume */
             st.t_round = fdpo_now() - t_round;
-            if (rc == 0 && k == 0) rc = online_plan(o, 0, prompts_hash(prompts, n_prompts));
+            if (rc == 0 && k == 0) rc = online_plan(o, 0, prompts_hash(prompts, n_prompts), &weights);
             if (rc == 0) rc = write_round_metrics(&mw, k, o->rounds, o->dpo.dpo.loss.beta, &st);
             if (rc == 0) {
                 rc = round_writer_start(&writer, k, partial, done, pairs, policy, tok, state_text, pairs_text, pairs_len);
@@ -831,11 +883,16 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (fdpo_read_prompts(o->prompts, &prompts, &prompt_lines, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
     if (n_prompts == 0) { fdpo_free_strings(prompts, 0); free(prompt_lines); return fdpo_error("--data %s: no prompts", o->prompts); }
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
+    if (reward && fdpo_reward_check_agree(reward)) { fdpo_reward_free(reward); reward = NULL; }
     fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
     /* LoRA without --ref: the reference is the policy with its adapters off (no second copy) */
     const int ref_is_base = t.lora_r > 0 && !o->ref;
     /* with no --ref the reference is --model: refused as a reward model under that name */
-    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0) : NULL;
+    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0, &t.ref_hash) : NULL;
+    if (ref) {   /* recorded: a resume refuses other reference weights */
+        t.ref_flag = o->ref ? "--ref" : "--model";
+        t.ref_dir = o->ref ? o->ref : o->model;
+    }
     fdpo_settings extra = {0};
     fdpo_online_step_settings(o, &extra);
     fdpo_trainer tr;

@@ -281,21 +281,31 @@ static void plan_spec(cJSON *p, const char *key, const char *spec) {
  * by content: an edited word list trained a stage added later against other scores. Not a
  * cmd: program's files: a program mended in place resumes its stage (as fdpo online), and
  * one may write to a file its command line names. */
-static void plan_hash_spec(cJSON *p, const char *key, const char *spec) {
+/* An rm:DIR that is a LoRA adapter is read onto its base (fdpo_rm_load): the base's content
+ * goes under base_key, apart, so that a plan saved before it was recorded still matches. */
+static void plan_hash_spec(cJSON *p, const char *key, const char *base_key, const char *spec) {
     if (!strncmp(spec, "cmd:", 4)) return;
     fdpo_strv in = {0};
     fdpo_reward_spec_inputs(spec, &in);
-    uint64_t h = FDPO_HASH_INIT;
-    int rc = 0;
-    for (size_t i = 0; i < in.n && !rc; i++) rc = hash_path(&h, in.v[i]);
+    uint64_t h = FDPO_HASH_INIT, hb = FDPO_HASH_INIT;
+    int rc = 0, brc = 0, has_base = 0;
+    for (size_t i = 0; i < in.n && !rc; i++) {
+        rc = hash_path(&h, in.v[i]);
+        char *base = !rc && fdpo_lora_is_checkpoint(in.v[i]) ? fdpo_lora_peft_base(in.v[i]) : NULL;
+        if (base && !brc) { brc = hash_path(&hb, base); has_base = 1; }
+        free(base);
+    }
     fdpo_strv_free(&in);
+    fdpo_clear_error();
     if (!rc) add_hash(p, key, h);
+    if (!rc && has_base && !brc) add_hash(p, base_key, hb);
 }
 
 /* the hashes in a plan (parent NULL: the top level) and the flag of the file each is of */
 static const struct { const char *parent, *key, *flag; } PLAN_HASHES[] = {
     {NULL, "reward_data_hash", "reward-data"}, {NULL, "safety_data_hash", "safety-data"}, {"online", "data_hash", "data"},
-    {NULL, "model_hash", "model"}, {NULL, "reward_hash", "reward"}, {NULL, "safety_hash", "safety"}};
+    {NULL, "model_hash", "model"}, {NULL, "reward_hash", "reward"}, {NULL, "safety_hash", "safety"},
+    {NULL, "reward_base_hash", "reward"}, {NULL, "safety_base_hash", "safety"}};
 
 static cJSON *plan_hash_parent(cJSON *plan, const char *parent) {
     return parent ? cJSON_GetObjectItemCaseSensitive(plan, parent) : plan;
@@ -331,9 +341,9 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     plan_hash_model(p, o->dpo.train.init);
     /* file stages keep the plan of earlier versions; online stages add their spec and sampling */
     if (o->reward_data) { plan_path(p, "reward_data", o->reward_data); plan_hash(p, "reward_data_hash", o->reward_data); }
-    else { plan_spec(p, "reward", o->reward_spec); plan_hash_spec(p, "reward_hash", o->reward_spec); }
+    else { plan_spec(p, "reward", o->reward_spec); plan_hash_spec(p, "reward_hash", "reward_base_hash", o->reward_spec); }
     if (o->safety_data) { plan_path(p, "safety_data", o->safety_data); plan_hash(p, "safety_data_hash", o->safety_data); }
-    else { plan_spec(p, "safety", o->safety_spec); plan_hash_spec(p, "safety_hash", o->safety_spec); }
+    else { plan_spec(p, "safety", o->safety_spec); plan_hash_spec(p, "safety_hash", "safety_base_hash", o->safety_spec); }
     if (o->reward_spec || o->safety_spec) {
         cJSON *on = cJSON_AddObjectToObject(p, "online");
         plan_path(on, "data", o->online.prompts);

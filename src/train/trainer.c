@@ -8,6 +8,7 @@
 #include <string.h>
 #include "fdpo/chat.h"
 #include "fdpo/dist.h"
+#include "fdpo/dpo.h"
 #include "fdpo/eval.h"
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
@@ -182,7 +183,8 @@ fdpo_train_opts fdpo_train_opts_over_prompts(const fdpo_train_opts *base, const 
     return t;
 }
 
-fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_tokenizer *tok, size_t policy_vocab) {
+fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_tokenizer *tok, size_t policy_vocab,
+                                 uint64_t *weights_hash) {
     const char *flag = ref ? "--ref" : "--model", *dir = ref ? ref : model;
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
     if (!m) { fdpo_error_context("%s %s", flag, dir); return NULL; }
@@ -196,7 +198,14 @@ fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_
     }
     if (!rc && policy_vocab && m->config.vocab_size != policy_vocab)
         rc = fdpo_error("--ref %s: vocab_size %zu differs from the policy's %zu", dir, m->config.vocab_size, policy_vocab);
+    uint64_t h = !rc && (weights_hash || fdpo_dist_size() > 1) ? fdpo_hash_model(m) : 0;
+    if (!rc && fdpo_dist_size() > 1) {   /* a rank's stale copy at the same path would score its share with other weights */
+        char what[1100];
+        snprintf(what, sizeof what, "the reference's weights (%s %.1000s)", flag, dir);
+        rc = fdpo_dist_check_agree(what, h);
+    }
     if (rc) { fdpo_gpt2_free(m); return NULL; }
+    if (weights_hash) *weights_hash = h;
     return m;
 }
 
@@ -431,6 +440,35 @@ static void release_opt(fdpo_trainer *tr) {
     }
 }
 
+/* What the run computes against besides its trained weights is read again from its paths at
+ * every start: the reference (o->ref_hash) and a LoRA run's frozen base. Record their hashes;
+ * a resume refuses other weights there (a --model re-trained in place would silently change
+ * the loss from the resumed step on). A state of an older fdpo has no hashes: unchecked. */
+static int trainer_identity(fdpo_trainer *tr, const fdpo_train_opts *o) {
+    fdpo_train_state *s = &tr->state;
+    const int has_base = tr->model->lora != NULL;
+    uint64_t base = 0;
+    if (has_base) {   /* the base alone: the adapters are the trained (and saved) weights */
+        int on = fdpo_lora_set_enabled(tr->model, 0);
+        base = fdpo_hash_model(tr->model);
+        fdpo_lora_set_enabled(tr->model, on);
+    }
+    if (o->resume && o->ref_flag && s->has_ref_hash && s->ref_hash != o->ref_hash)
+        return fdpo_error("--resume: %s %s: the reference's weights differ from the ones the saved run trained against "
+                          "(hash %016llx then, %016llx now; re-trained in place?): resume needs the same reference",
+                          o->ref_flag, o->ref_dir, (unsigned long long)s->ref_hash, (unsigned long long)o->ref_hash);
+    if (o->resume && has_base && s->has_base_hash && s->base_hash != base)
+        return fdpo_error("--resume: --model %s: the LoRA base's weights differ from the ones the saved run's adapters "
+                          "were trained on (hash %016llx then, %016llx now; re-trained in place?): resume needs the same base",
+                          tr->model->lora->base_model ? tr->model->lora->base_model : "", (unsigned long long)s->base_hash,
+                          (unsigned long long)base);
+    s->has_ref_hash = o->ref_flag != NULL;
+    s->ref_hash = o->ref_flag ? o->ref_hash : 0;
+    s->has_base_hash = has_base;
+    s->base_hash = base;
+    return 0;
+}
+
 int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *kind,
                       const fdpo_tokenizer *tok, size_t n_items, uint64_t data_hash,
                       const fdpo_settings *extra) {
@@ -484,6 +522,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         if (extra && fdpo_settings_check_resume(&s->settings, extra)) goto fail;
         if (fdpo_settings_check_resume(&s->settings, &now)) goto fail;
         if (resume_data_check(s, o, data_hash, n_items)) goto fail;
+        if (trainer_identity(tr, o)) goto fail;
         /* a run that started from --model recorded no random-init architecture: keep it so */
         if (!fdpo_settings_find(&s->settings, "arch")) fdpo_settings_remove(&now, ARCH_SETTINGS);
         /* from now on the state records this session's values (a new --save-every sticks),
@@ -536,6 +575,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         s->has_eval_data = o->eval_name != NULL;
         s->eval_n_items = o->eval_n_items;
         s->eval_hash = o->eval_hash;
+        if (trainer_identity(tr, o)) goto fail;
         fdpo_rng_seed(&s->rng, (uint64_t)o->seed);
         fdpo_order_init(&s->data, n_items, o->shuffle, &s->rng);
         s->settings = now;

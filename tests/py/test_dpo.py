@@ -750,3 +750,78 @@ def test_the_held_out_count_is_the_rounded_fraction(cli, tmp_path, fraction):
     want = math.floor(fraction * 10 + 0.5)
     assert json.loads((tmp_path / "o" / "eval_summary.json").read_text())["pairs"] == want
     assert json.loads((tmp_path / "o" / "data_summary.json").read_text())["eval_pairs"] == want
+
+
+# ---- resume: the reference's weights (read again from its path) ---------------------------
+
+def _reference_runs(cli, tmp):
+    """(name, command line) of every trainer with a frozen reference read from a path: the
+    path is tmp/"base" (--model, or --ref where the command is given one)."""
+    base, pol = tmp / "base", cli / "pol"
+    write_jsonl(tmp / "kto.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"] if i % 2 else r["rejected"],
+                                     "label": bool(i % 2)} for i, r in enumerate(synthetic_pairs(16, 5))])
+    (tmp / "prompts.txt").write_text("".join(f"prompt {i}:\n" for i in range(4)))
+    write_jsonl(tmp / "sft.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"]} for r in synthetic_pairs(16, 6)])
+    common = ["--threads", 1, "--quiet", "--lr", "1e-3", "--steps", 4]
+    dpo_args = ["--data", cli / "data.jsonl", "--batch-size", 4, "--eval-every", 0, *common]
+    rl_args = ["--data", tmp / "prompts.txt", "--reward", "length", "--n", 2, "--prompts-per-step", 2,
+               "--max-new-tokens", 4, *common]
+    return [
+        ("dpo", ["dpo", "--model", base, *dpo_args]),                       # the cached reference is --model
+        ("dpo-ref-live", ["dpo", "--model", pol, "--ref", base, "--ref-live", *dpo_args]),
+        ("dpo-lora-base", ["dpo", "--model", base, "--lora-r", 2, "--ref-live", *dpo_args]),  # the base, adapters off
+        ("kto", ["kto", "--model", pol, "--ref", base, "--data", tmp / "kto.jsonl", "--batch-size", 4, *common]),
+        ("rl", ["rl", "--model", base, *rl_args]),
+        # not a reference: the frozen base under the adapters, which the resumed steps train on
+        ("sft-lora-base", ["sft", "--model", base, "--lora-r", 2, "--data", tmp / "sft.jsonl", "--batch-size", 4,
+                           "--seq-len", 32, "--eval-fraction", 0, *common]),
+        ("online-step", ["online", "--mode", "step", "--model", pol, "--ref", base, "--data", tmp / "prompts.txt",
+                         "--reward", "length", "--n", 2, "--prompts-per-round", 2, "--max-new-tokens", 4, *common]),
+    ]
+
+
+@pytest.mark.parametrize("name", ["dpo", "dpo-ref-live", "dpo-lora-base", "kto", "rl", "online-step", "sft-lora-base"])
+def test_resume_refuses_a_reference_retrained_in_place(cli, tmp_path, name):
+    """The reference (--ref, else --model; a LoRA run's base) is read again at every start:
+    a resume after it was re-trained in place (`pretrain --out base --resume`, `--overwrite`)
+    continued silently against other weights. The state records its weight hash; the resume
+    is refused naming the flag, and goes on once the original weights are back, ending as the
+    uninterrupted run. A LoRA run's base (sft too) is checked the same way."""
+    import shutil
+    base = tmp_path / "base"
+    shutil.copytree(cli / "pol", base)
+    cmd = dict(_reference_runs(cli, tmp_path))[name]
+    flag = "--ref" if "--ref" in cmd and cmd[cmd.index("--ref") + 1] == base else "--model"
+    out = tmp_path / "run"
+    fdpo(*cmd, "--out", tmp_path / "straight")
+    fdpo(*cmd, "--out", out, "--stop-at", 2)
+    state = json.loads((out / "training_state.json").read_text())
+    shutil.copy(cli / "ref2" / "model.safetensors", base / "model.safetensors")   # re-trained in place
+    r = fdpo(*cmd, "--out", out, "--resume", check=False)
+    # (a LoRA base is named as the adapter records it: absolute)
+    assert r.returncode != 0 and f"{flag} {base}" in r.stderr and "differ" in r.stderr, r.stderr
+    assert json.loads((out / "training_state.json").read_text()) == state   # nothing written
+    shutil.copy(cli / "pol" / "model.safetensors", base / "model.safetensors")    # the original again
+    fdpo(*cmd, "--out", out, "--resume")
+    a, _ = st.load(str(tmp_path / "straight" / ("adapter_model.safetensors" if "lora" in name else "model.safetensors")))
+    b, _ = st.load(str(out / ("adapter_model.safetensors" if "lora" in name else "model.safetensors")))
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_resume_of_a_state_without_the_reference_hash(cli, tmp_path):
+    """training_state.json of an older fdpo has no ref_hash: it resumes (unchecked) and ends
+    as the uninterrupted run."""
+    cmd = base_args(cli, tmp_path / "straight", "--steps", 4, "--eval-every", 0)
+    fdpo(*cmd)
+    out = tmp_path / "cut"
+    fdpo(*base_args(cli, out, "--steps", 4, "--eval-every", 0, "--stop-at", 2))
+    p = out / "training_state.json"
+    state = json.loads(p.read_text())
+    assert len(state.pop("ref_hash")) == 16
+    p.write_text(json.dumps(state))
+    fdpo("dpo", "--out", out, "--resume", "--threads", 1, "--quiet", "--batch-size", 8, "--lr", "1e-3")
+    a, _ = st.load(str(tmp_path / "straight" / "model.safetensors"))
+    b, _ = st.load(str(out / "model.safetensors"))
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k

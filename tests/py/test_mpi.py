@@ -197,6 +197,83 @@ def test_ranks_with_different_flags_are_refused(work, tmp_path):
     assert "differs between ranks" in r.stderr and "[rank" in r.stderr, r.stderr
 
 
+def _private_mounts_work():
+    try:
+        return os.geteuid() == 0 and subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="module")
+def stale_copies(tmp_path_factory):
+    """ref/ and rm/ as rank 0 sees them, and a wrapper that runs a command in a private mount
+    namespace where ref/ is refB/, rm/ is rmB/ and evp.jsonl is evpB.jsonl: the same paths, other weights (a node's
+    stale copy). pol and ref are the same weights, so one process's KL is 0."""
+    d = tmp_path_factory.mktemp("stale")
+    for name, seed in (("pol", 3), ("ref", 3), ("refB", 4)):
+        GPT2(**TINY, seed=seed).save_hf(str(d / name))
+        save_byte_tokenizer(str(d / name))
+    rows = synthetic_pairs(8, 0)
+    write_jsonl(d / "pairs.jsonl", rows)
+    write_jsonl(d / "kto.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"] if i % 2 else r["rejected"],
+                                   "label": bool(i % 2)} for i, r in enumerate(rows)])
+    write_jsonl(d / "evp.jsonl", rows[:4])
+    write_jsonl(d / "evpB.jsonl", rows[4:])
+    write_jsonl(d / "lines.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows[:4]])
+    (d / "prompts.txt").write_text("prompt 0:\nprompt 1:\nprompt 2:\nprompt 3:\n")
+    q = ["--data", d / "pairs.jsonl", "--threads", 1, "--quiet", "--eval-fraction", 0]
+    fdpo("rm", "--model", d / "pol", "--out", d / "rm", "--steps", 1, *q)
+    fdpo("rm", "--model", d / "pol", "--out", d / "rmB", "--steps", 2, "--lr", "1e-2", *q)
+    wrap = d / "stale.sh"
+    wrap.write_text('#!/bin/sh\nexec unshare -m sh -c \'mount --bind "$0/refB" "$0/ref" && mount --bind "$0/rmB" "$0/rm" '
+                    '&& mount --bind "$0/evpB.jsonl" "$0/evp.jsonl" && exec "$@"\' "%s" "$@"\n' % d)
+    wrap.chmod(0o755)
+    return d
+
+
+@pytest.mark.skipif(not _private_mounts_work(), reason="needs root and unshare -m (a rank's private view of a path)")
+@pytest.mark.parametrize("case", ["eval", "kto", "dpo-ref-live", "rl", "online", "rl-rm", "eval-rm", "score-rm",
+                                  "eval-pairs"])
+def test_ranks_that_read_other_reference_or_reward_model_weights_are_refused(stale_copies, tmp_path, case):
+    """Rank 1 reads other weights at the same --ref / rm:DIR path (or other eval --pairs) (a stale node-local copy):
+    each rank scored its share with its own model and the sums, which belong to neither,
+    were written with exit 0 (eval's KL 0.111 where one process gives 0). Refused on every
+    rank, naming what differs."""
+    d = stale_copies
+    one = ["--threads", 1, "--quiet"]
+    gen = ["--data", d / "prompts.txt", "--n", 2, "--max-new-tokens", 4]
+    train = ["--steps", 1, "--lr", "1e-3", "--out", tmp_path / "o", *one]
+    args, what = {
+        "eval": (["eval", "--model", d / "pol", "--ref", d / "ref", *gen, "--out", tmp_path / "e.json", "--threads", 1],
+                 "the reference's weights (--ref)"),
+        "kto": (["kto", "--model", d / "pol", "--ref", d / "ref", "--data", d / "kto.jsonl", "--batch-size", 2,
+                 "--grad-accum", 2, *train], f"the reference's weights (--ref {d / 'ref'})"),
+        "dpo-ref-live": (["dpo", "--model", d / "pol", "--ref", d / "ref", "--ref-live", "--data", d / "pairs.jsonl",
+                          "--batch-size", 1, "--grad-accum", 2, *train], f"the reference's weights (--ref {d / 'ref'})"),
+        "rl": (["rl", "--model", d / "pol", "--ref", d / "ref", *gen, "--reward", "length", "--prompts-per-step", 2,
+                *train], f"the reference's weights (--ref {d / 'ref'})"),
+        "online": (["online", "--model", d / "pol", "--ref", d / "ref", *gen, "--reward", "length", "--rounds", 1,
+                    "--prompts-per-round", 2, "--lr", "1e-3", "--out", tmp_path / "o", *one],
+                   f"the reference's weights (--ref {d / 'ref'})"),
+        "rl-rm": (["rl", "--model", d / "pol", *gen, "--reward", f"rm:{d / 'rm'}", "--prompts-per-step", 2, *train],
+                  f"--reward rm:{d / 'rm'} (the spec and the reward model's weights)"),
+        "eval-rm": (["eval", "--model", d / "pol", "--ref", d / "pol", *gen, "--reward", f"rm:{d / 'rm'}",
+                     "--out", tmp_path / "e.json", "--threads", 1], "--reward or --safety (the specs and an rm: reward model's weights)"),
+        "eval-pairs": (["eval", "--model", d / "pol", "--ref", d / "pol", *gen, "--pairs", d / "evp.jsonl",
+                        "--out", tmp_path / "e.json", "--threads", 1], "the pairs of --pairs"),
+        "score-rm": (["score", "--model", d / "pol", "--data", d / "lines.jsonl", "--reward", f"rm:{d / 'rm'}",
+                      "--out", tmp_path / "s.jsonl", "--threads", 1], "the --data lines, --model, --ref, --reward or --precision"),
+    }[case]
+    args = [str(a) for a in args]
+    r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", FDPO, *args, ":",
+                        "-np", "1", str(d / "stale.sh"), FDPO, *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert f"{what} differs between ranks" in r.stderr, r.stderr
+    # the same job with the same weights on both ranks runs
+    if case in ("eval", "kto"):
+        mpi(2, *args)
+
+
 @pytest.mark.skipif("avx512_bf16" not in open("/proc/cpuinfo").read(), reason="no AVX512-BF16: one bf16 route only")
 @pytest.mark.parametrize("cmd", ["pretrain", "dpo"])
 def test_ranks_whose_cpus_measure_different_bf16_routes_take_rank_0s(work, tmp_path, cmd):

@@ -725,6 +725,31 @@ def test_rounds_resume_refuses_a_changed_flag(setup, tmp_path, first, then, flag
     assert (a / "round-1").is_dir()
 
 
+@pytest.mark.parametrize("extra", [[], ["--lora-r", 2]])
+def test_rounds_resume_refuses_a_model_retrained_in_place(setup, tmp_path, extra):
+    """The rounds read the reference (--ref, else --model) and a LoRA policy's base from their
+    paths again at every session: after --model was re-trained in place a --resume sampled
+    and trained the next rounds against other weights, exit 0. online.json records their
+    weight hashes; the resume is refused naming --model, and goes on with the original."""
+    import shutil
+    base = tmp_path / "base"
+    shutil.copytree(setup / "model", base)
+    a = tmp_path / "a"
+    small = ["--prompts-per-round", 4, "--threads", 1, "--model", base, *extra]
+    online(setup, a, "--rounds", 1, *small)
+    plan = json.loads((a / "online.json").read_text())
+    assert len(plan["lora_base_hash" if extra else "ref_hash"]) == 16
+    original = (base / "model.safetensors").read_bytes()
+    make_model(tmp_path / "other", 257, seed=4, n_positions=64, byte_tokenizer=True)
+    shutil.copy(tmp_path / "other" / "model.safetensors", base / "model.safetensors")   # re-trained in place
+    r = online(setup, a, "--rounds", 2, "--resume", *small, check=False)
+    assert r.returncode != 0 and f"--model {base}" in r.stderr and "differ" in r.stderr, r.stderr
+    assert not (a / "round-1").exists()
+    (base / "model.safetensors").write_bytes(original)
+    online(setup, a, "--rounds", 2, "--resume", *small)
+    assert (a / "round-1").is_dir()
+
+
 def test_pairs_is_the_old_name_of_pairing(setup, tmp_path):
     """online's --pairs best-worst|all-bt is --pairing since wave 28 (--pairs is a preference
     file elsewhere: fdpo eval --pairs FILE): the old flag still works with a deprecation note,

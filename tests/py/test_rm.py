@@ -606,3 +606,43 @@ def test_rm_reward_scores_a_conversation_as_the_reward_model_trained_on_it(rm_di
     harness("rm-grad", "--model", tmp / "rm", "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "g")
     trained = json.loads((tmp_path / "g" / "result.json").read_text())["rewards"][0]
     assert rel(got[:2], trained) < 1e-6, (got, trained)
+
+
+@pytest.mark.parametrize("num_labels,id2label,ok", [
+    (2, {"0": "LABEL_0"}, True),                    # id2label decides: 1 label (num_labels overwritten)
+    (1, {"0": "LABEL_0", "1": "LABEL_1"}, False),   # 2 labels, whatever num_labels says
+    (1, None, True),                                # "id2label": null: num_labels
+    ("absent", {"0": "LABEL_0"}, True),             # what transformers saves
+    ("absent", "absent", False),                    # neither: 2 labels
+    (1, ["LABEL_0"], False),                        # not a dictionary: transformers' ValueError
+])
+def test_id2label_decides_the_number_of_labels_as_in_transformers(tmp_path, num_labels, id2label, ok):
+    """transformers' PretrainedConfig: when id2label is given, num_labels = len(id2label) (a
+    num_labels beside it that disagrees is overwritten, with a warning); else num_labels,
+    default 2. fdpo read num_labels first: it refused a config transformers loads as a 1-label
+    reward model and scored one transformers builds with a 2-label head."""
+    m = llama_rm(3, pad=EOT)
+    d = tmp_path / "rm"
+    m.save_hf(str(d))
+    save_byte_tokenizer(str(d))
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("num_labels", None)
+    cfg.pop("id2label", None)
+    cfg.pop("label2id", None)
+    if num_labels != "absent":
+        cfg["num_labels"] = num_labels
+    if id2label != "absent":
+        cfg["id2label"] = id2label
+    (d / "config.json").write_text(json.dumps(cfg))
+    comps = [{"prompt": "Say:", "completion": " apple"}, {"prompt": "Q:", "completion": " dog cat"}]
+    write_jsonl(tmp_path / "c.jsonl", comps)
+    r = harness("eval-reward", f"rm:{d}", tmp_path / "c.jsonl", check=False)
+    if not ok:
+        assert r.returncode != 0 and "config.json" in r.stderr and "id2label" in r.stderr, r.stderr
+        return
+    assert r.returncode == 0, r.stderr
+    got = [float(x) for x in r.stdout.split()]
+    with torch.no_grad():
+        want = [llama_reward(m, list(c["prompt"].encode()) + list(c["completion"].encode()), pad=EOT).item()
+                for c in comps]
+    assert np.max(np.abs(np.array(got) - np.array(want))) < 1e-4

@@ -430,6 +430,39 @@ def test_rerun_refuses_a_model_retrained_in_place(data, tmp_path):
     assert not (s / "lambda-2").exists()
 
 
+def test_rerun_refuses_the_base_of_a_lora_reward_model_retrained_in_place(data, tmp_path):
+    """An rm:DIR that is a LoRA adapter is scored on its base (base_model_name_or_path): a base
+    retrained in place made it another reward model, yet the plan hashed the adapter's files
+    only and a new lambda trained against it, exit 0 (a full reward model retrained in place was
+    refused). The plan keeps the base's content hash apart (safety_base_hash); a plan without it
+    (an earlier fdpo) is not checked for it."""
+    q = ["--threads", 1, "--quiet", "--eval-fraction", 0]
+    base_rm, rm_lora = tmp_path / "base_rm", tmp_path / "rm_lora"
+    fdpo("rm", "--model", data / "base", "--data", data / "safety.jsonl", "--out", base_rm, "--steps", 1, *q)
+    fdpo("rm", "--model", base_rm, "--data", data / "safety.jsonl", "--out", rm_lora, "--steps", 1, "--lora-r", 2,
+         "--lr", "1e-2", *q)
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "ab"}\n{"prompt": "cd"}\n')
+    s = tmp_path / "s"
+    run = lambda lam, check=True: fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl",
+                                       "--safety", f"rm:{rm_lora}", "--data", tmp_path / "prompts.jsonl", "--out", s,
+                                       "--steps", 1, "--rounds", 1, "--prompts-per-round", 2, "--n", 2,
+                                       "--max-new-tokens", 4, "--lambda", lam, *q, check=check)
+    run("0.5")
+    plan = json.loads((s / "sacpo.json").read_text())["plan"]
+    assert len(plan["safety_base_hash"]) == 16
+    fdpo("rm", "--model", data / "base", "--data", data / "safety.jsonl", "--out", base_rm, "--overwrite", "--steps", 3,
+         "--lr", "5e-2", *q)   # the base retrained in place: the adapter is the same bytes
+    r = run("0.5,1", check=False)
+    assert r.returncode == 1 and f"--safety: the content it reads differs from what {s}/sacpo.json's stages" in r.stderr, \
+        r.stderr
+    assert not (s / "lambda-1").exists()
+    # a plan saved before the base was recorded: nothing to compare it with
+    saved = json.loads((s / "sacpo.json").read_text())
+    del saved["plan"]["safety_base_hash"]
+    (s / "sacpo.json").write_text(json.dumps(saved))
+    run("0.5")
+
+
 def test_pairs_files_are_opened_first_on_a_first_run_only(data, tmp_path):
     """A first run opens both files before any stage (a missing --safety-data was found after
     the reward stage had trained); a rerun that adds merges reads neither, and ran without them."""
