@@ -179,7 +179,7 @@ START_TEST(trainer_defaults_are_the_library_s_and_pass_its_checks) {
     ck_assert_int_eq(fdpo_online_opts_check(&on), 0);
     on.n = (long)((1ULL << 61) + 1);   /* a round of samples past the address space: named, not "out of memory" */
     ck_assert_int_ne(fdpo_online_opts_check(&on), 0);
-    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--n 2305843009213693953: 16 prompts x "));
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "--prompts-per-round/--n: 16 prompts x 2305843009213693953 samples cannot be held"));
     on.n = 4;
 
     fdpo_sacpo_opts sa;
