@@ -155,7 +155,8 @@ void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s);
  * --max-prompt-length, --on-long, --bad-pairs, --eval-fraction, --eval-file; all fixed. */
 void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, const char *eval_file, fdpo_settings *s);
 /* The held-out set as --resume's and the ranks' data checks name it (fdpo_train_opts's
- * eval_name): "--eval-file F", or "the --eval-fraction X split of --data F". */
+ * eval_name): "--eval-file F", or "the --eval-fraction X split of --data F" (data NULL,
+ * sft's or pretrain's several files: "... of the --data files"). */
 void fdpo_pref_eval_name(char *buf, size_t n, const char *data, double eval_fraction, const char *eval_file);
 /* p's on_bad and on_long are among their enums' values (named by flag: --bad-pairs, --on-long);
  * dpo, kto and rm's option checks call it. */

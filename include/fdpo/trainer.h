@@ -71,12 +71,13 @@ typedef struct {
                             round's OUT inside the run's locked directory): no OUT.lock */
     const char *data;    /* the --data file the items come from: named in the note that a step
                             was capped at the data set (not a setting; NULL: "the data") */
-    /* the held-out set of dpo, rm and kto (eval_name NULL: the command has none): its size
+    /* the held-out set of dpo, rm, kto, sft and pretrain (eval_name NULL: the command has none): its size
      * and fingerprint are saved beside the training data's and --resume refuses other
      * held-out data, naming the set as eval_name ("--eval-file F", "the --eval-fraction 0.1
      * split of --data F"); every rank must hold the same one. eval_legacy_hash: what
      * data_hash held in a state saved before the held-out set had its own (dpo: the training
-     * and held-out pairs; rm, kto: the training items alone), so such a run still resumes */
+     * and held-out pairs; rm, kto, sft, pretrain: the training items alone), so such a run
+     * still resumes */
     const char *eval_name;
     size_t eval_n_items;
     uint64_t eval_hash, eval_legacy_hash;

@@ -223,7 +223,8 @@ void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, c
 
 void fdpo_pref_eval_name(char *buf, size_t n, const char *data, double eval_fraction, const char *eval_file) {
     if (eval_file) snprintf(buf, n, "--eval-file %s", eval_file);
-    else snprintf(buf, n, "the --eval-fraction %g split of --data %s", eval_fraction, data);
+    else if (data) snprintf(buf, n, "the --eval-fraction %g split of --data %s", eval_fraction, data);
+    else snprintf(buf, n, "the --eval-fraction %g split of the --data files", eval_fraction);
 }
 
 void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s) {

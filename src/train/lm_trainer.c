@@ -1,10 +1,12 @@
 /* Pretraining / SFT: the weighted next-token loss over packed batches, with gradient
  * accumulation normalised over the whole optimizer step. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/dist.h"
+#include "fdpo/dpo.h"   /* fdpo_pref_eval_name: the held-out set named as dpo, rm and kto name theirs */
 #include "fdpo/lora.h"
 #include "fdpo/trainer.h"
 
@@ -97,7 +99,19 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
      * base from it again, and another --model there continued the adapters on another base */
     fdpo_settings extra = {0};
     fdpo_settings_path(&extra, "model", o->init, 1);
-    int orc = fdpo_trainer_open(&tr, o, kind, tok, train->n_seq, fdpo_lm_data_hash(train), &extra);
+    /* the held-out split is in the resume fingerprint and the ranks' agreement too: the
+     * eval_loss after a resume must be computed on the same sequences */
+    static const fdpo_lm_data no_val = {0};
+    const fdpo_lm_data *held_out = val ? val : &no_val;
+    fdpo_train_opts topen = *o;
+    char eval_name[PATH_MAX + 64];
+    fdpo_pref_eval_name(eval_name, sizeof eval_name, o->data, o->val_fraction, NULL);
+    topen.eval_name = eval_name;
+    topen.eval_n_items = held_out->n_seq;
+    topen.eval_hash = fdpo_lm_data_hash(held_out);
+    const uint64_t train_hash = fdpo_lm_data_hash(train);
+    topen.eval_legacy_hash = train_hash;   /* the older states' fingerprint left the held-out set out */
+    int orc = fdpo_trainer_open(&tr, &topen, kind, tok, train->n_seq, train_hash, &extra);
     fdpo_settings_free(&extra);
     if (orc) return -1;
     /* S sequences a step in A micro-batches of B (the last one short when the step was capped

@@ -317,6 +317,12 @@ static int resume_data_check(fdpo_train_state *s, const fdpo_train_opts *o, uint
     const uint64_t saved_as = o->eval_name && !s->has_eval_data ? o->eval_legacy_hash : data_hash;
     const int train_differs = s->data.n != n_items || s->data_hash != saved_as;
     if (o->eval_name && !s->has_eval_data) {   /* one fingerprint of both sets, or of the training items alone */
+        /* the held-out set can be the cause only where that fingerprint covered one (dpo's, when
+         * it has held-out pairs: without, or for rm, kto, sft, pretrain, it is the training
+         * data's) and the training items are as many as then */
+        if (train_differs && (o->eval_legacy_hash == data_hash || s->data.n != n_items))
+            return fdpo_error("--resume: the training data differ from the saved run's (%zu items then, %zu now): %s",
+                              s->data.n, n_items, NEED);
         if (train_differs)
             return fdpo_error("--resume: the training data or the held-out data (%s) differ from the saved run's "
                               "(%zu training items then, %zu now): %s", o->eval_name, s->data.n, n_items, NEED);

@@ -87,12 +87,60 @@ def test_resume_refuses_changed_flags_and_data(tmp_path, corpus):
     r = fdpo("pretrain", "--out", out, "--resume", "--lr", "0.5", "--quiet", *corpus)
     assert r.returncode != 0 and "--lr" in r.stderr and "resume" in r.stderr
     r = fdpo("pretrain", "--out", out, "--resume", "--quiet", corpus[0])
-    assert r.returncode != 0 and "training data differ" in r.stderr
+    # one file of the two: other training windows, and another held-out split (both named)
+    assert r.returncode != 0 and "--resume: the training data (" in r.stderr and (
+        f"the held-out data (the --eval-fraction 0.05 split of --data {corpus[0]}; ") in r.stderr, r.stderr
     r = fdpo("sft", "--out", out, "--resume", "--quiet", corpus[0])
     assert r.returncode != 0
     # a fresh run into a directory that holds a checkpoint needs --overwrite
     r = fdpo("pretrain", "--out", out, *TINY, "--steps", "1", "--quiet", *corpus)
     assert r.returncode != 0 and "--overwrite" in r.stderr
+
+
+def test_resume_refuses_changed_held_out_examples(tmp_path):
+    """sft's --eval-fraction split is in the resume fingerprint, as dpo's, rm's and kto's held-out
+    sets are (docs/training.md): an edited held-out example was accepted on --resume and the
+    eval_loss after it was computed on other data. An edit of any line is refused, the held-out
+    ones naming the split; unedited data resumes bit-exactly, also from a state saved before
+    the held-out set had its own fingerprint (no "eval_data", the training hash alone)."""
+    d = tmp_path / "d.jsonl"
+    rows = [{"prompt": f"Q{i}", "completion": f" answer {i}"} for i in range(10)]
+
+    def write(rs):
+        d.write_text("".join(json.dumps(r) + "\n" for r in rs))
+    write(rows)
+    common = ["sft", *TINY, "--seq-len", "32", "--data", d, "--batch-size", "2", "--eval-fraction", "0.2",
+              "--eval-every", "1", "--steps", "4", "--lr", "1e-3", "--quiet"]
+    ok(*common, "--out", tmp_path / "full")
+    ok(*common, "--out", tmp_path / "part", "--stop-at", "2")
+    need = "resume needs the same files and tokenizer"
+    said = []
+    for i in range(len(rows)):
+        write(rows[:i] + [dict(rows[i], completion=" edited reply")] + rows[i + 1:])
+        r = fdpo(*common, "--out", tmp_path / "part", "--resume")
+        assert r.returncode == 1, (i, r.stderr)
+        said.append(r.stderr.splitlines()[-1])
+    # round(0.2 x 10) = 2 examples held out, 8 trained on
+    held_out = (f"fdpo sft: --resume: the held-out data (the --eval-fraction 0.2 split of --data {d}) differ from the "
+                f"saved run's (2 items then, 2 now): {need}")
+    training = f"fdpo sft: --resume: the training data differ from the saved run's (8 items then, 8 now): {need}"
+    assert sorted(said) == sorted([held_out] * 2 + [training] * 8), said
+    write(rows)
+    state = json.loads((tmp_path / "part/training_state.json").read_text())
+    assert state["eval_data"]["n_items"] == 2
+    shutil.copytree(tmp_path / "part", tmp_path / "older")   # as an fdpo before "eval_data" saved it
+    del state["eval_data"]
+    (tmp_path / "older/training_state.json").write_text(json.dumps(state))
+    full = metrics(tmp_path / "full")
+    for part in ("part", "older"):
+        ok(*common, "--out", tmp_path / part, "--resume")
+        for f in ("model.safetensors", "training_state.safetensors"):
+            assert (tmp_path / "full" / f).read_bytes() == (tmp_path / part / f).read_bytes(), (part, f)
+        got = metrics(tmp_path / part)
+        assert [m["step"] for m in got] == [1, 2, 3, 4]
+        for x, y in zip(full, got):
+            for key in ["loss", "eval_loss", "learning_rate", "grad_norm"]:
+                assert x[key] == y[key], (part, x["step"], key)
 
 
 def test_resume_refuses_a_stop_at_the_checkpoint_has_passed(tmp_path, corpus):

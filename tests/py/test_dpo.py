@@ -585,6 +585,31 @@ def test_resume_refuses_changed_chosen_tokens(cli):
         "same files and tokenizer\n"), r.stderr
 
 
+def test_resume_of_an_older_state_without_a_held_out_set_names_the_training_data(cli):
+    """A state saved before the held-out set had its own fingerprint (no "eval_data") of a run
+    with --eval-fraction 0 has no held-out set to blame: an edited training file is "the
+    training data" as before, not "the training data or the held-out data (the --eval-fraction
+    0 split ...)". With --eval-fraction 0 that fdpo's fingerprint was the training pairs' alone,
+    so deleting "eval_data" from a state saved now makes such a state exactly."""
+    rows = synthetic_pairs(40, 12)
+    data = cli / "older_state_data.jsonl"
+    write_jsonl(data, rows)
+    out = cli / "runs_fixed" / "older_no_eval"
+    fdpo("dpo", "--policy", cli / "pol", "--data", data, "--out", out, "--threads", 1, "--quiet",
+         "--batch-size", 4, "--steps", 4, "--stop-at", 2, "--eval-every", 0, "--eval-fraction", 0)
+    state = json.loads((out / "training_state.json").read_text())
+    assert state.pop("eval_data")["n_items"] == 0
+    (out / "training_state.json").write_text(json.dumps(state))
+    for edited, now in ((rows[:4] + rows[5:], 39), (rows[:5] + [dict(rows[5], chosen=rows[5]["chosen"] + "a")] + rows[6:], 40)):
+        write_jsonl(data, edited)
+        r = fdpo("dpo", "--out", out, "--resume", "--threads", 1, "--quiet", check=False)
+        assert r.returncode != 0 and r.stderr.endswith(
+            f"fdpo dpo: --resume: the training data differ from the saved run's (40 items then, {now} now): resume "
+            "needs the same files and tokenizer\n"), r.stderr
+    write_jsonl(data, rows)   # the same data: it resumes
+    fdpo("dpo", "--out", out, "--resume", "--threads", 1, "--quiet")
+
+
 # ---- the reference cache is checked, and lives where --ref-cache-dir says ----------------
 
 def fnv1a64(data):
