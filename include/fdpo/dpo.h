@@ -158,6 +158,12 @@ void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, c
  * eval_name): "--eval-file F", or "the --eval-fraction X split of --data F" (data NULL,
  * sft's or pretrain's several files: "... of the --data files"). */
 void fdpo_pref_eval_name(char *buf, size_t n, const char *data, double eval_fraction, const char *eval_file);
+/* t's held-out set as fdpo_trainer_open checks it: its name (written into buf, which t then
+ * points at: it must outlive the open), its size, its fingerprint and the fingerprint states
+ * written before the held-out set was recorded kept (eval_legacy_hash). The one setup of dpo,
+ * rm, kto, sft and pretrain. */
+void fdpo_train_opts_held_out(fdpo_train_opts *t, char *buf, size_t n, const char *data, double eval_fraction,
+                              const char *eval_file, size_t n_items, uint64_t hash, uint64_t legacy_hash);
 /* p's on_bad and on_long are among their enums' values (named by flag: --bad-pairs, --on-long);
  * dpo, kto and rm's option checks call it. */
 int fdpo_pref_data_check(const fdpo_pref_options *p);

@@ -227,6 +227,15 @@ void fdpo_pref_eval_name(char *buf, size_t n, const char *data, double eval_frac
     else snprintf(buf, n, "the --eval-fraction %g split of the --data files", eval_fraction);
 }
 
+void fdpo_train_opts_held_out(fdpo_train_opts *t, char *buf, size_t n, const char *data, double eval_fraction,
+                              const char *eval_file, size_t n_items, uint64_t hash, uint64_t legacy_hash) {
+    fdpo_pref_eval_name(buf, n, data, eval_fraction, eval_file);
+    t->eval_name = buf;   /* what the eval metrics are computed on must not change either */
+    t->eval_n_items = n_items;
+    t->eval_hash = hash;
+    t->eval_legacy_hash = legacy_hash;
+}
+
 void fdpo_dpo_run_opts_settings(const fdpo_dpo_run_opts *o, fdpo_settings *s) {
     char div[64];
     fdpo_divergence_name(&o->dpo.loss.div, div, sizeof div);   /* canonical: alpha:.5 == alpha:0.5 */
@@ -343,11 +352,9 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     fdpo_train_opts topen = *to;
     topen.data = o->data;   /* named if a step is capped at the data set */
     char eval_name[PATH_MAX + 64];
-    fdpo_pref_eval_name(eval_name, sizeof eval_name, o->data, o->eval_fraction, o->eval_file);
-    topen.eval_name = eval_name;   /* what the eval metrics are computed on must not change either */
-    topen.eval_n_items = n_eval;
-    topen.eval_hash = run_data_hash(eval_pairs, n_eval, NULL, 0);
-    topen.eval_legacy_hash = run_data_hash(train_pairs, n_train, eval_pairs, n_eval);
+    fdpo_train_opts_held_out(&topen, eval_name, sizeof eval_name, o->data, o->eval_fraction, o->eval_file, n_eval,
+                             run_data_hash(eval_pairs, n_eval, NULL, 0),
+                             run_data_hash(train_pairs, n_train, eval_pairs, n_eval));
     if (!simpo && !ref_is_base) {   /* recorded: a resume refuses other reference weights */
         topen.ref_flag = o->ref ? "--ref" : "--model";
         topen.ref_dir = o->ref ? o->ref : policy_dir;

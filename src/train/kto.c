@@ -291,12 +291,9 @@ open:;
     fdpo_train_opts topen = *to;
     topen.data = o->data;   /* named if a step is capped at the data set */
     char eval_name[PATH_MAX + 64];
-    fdpo_pref_eval_name(eval_name, sizeof eval_name, o->data, o->eval_fraction, o->eval_file);
-    topen.eval_name = eval_name;   /* what the eval metrics are computed on must not change either */
-    topen.eval_n_items = n_eval;
-    topen.eval_hash = kto_data_hash(eval_ex, n_eval);
-    const uint64_t train_hash = kto_data_hash(train_ex, n_train);
-    topen.eval_legacy_hash = train_hash;   /* the older states' fingerprint left the held-out set out */
+    const uint64_t train_hash = kto_data_hash(train_ex, n_train);   /* also the older states' fingerprint */
+    fdpo_train_opts_held_out(&topen, eval_name, sizeof eval_name, o->data, o->eval_fraction, o->eval_file, n_eval,
+                             kto_data_hash(eval_ex, n_eval), train_hash);
     if (ref) {   /* recorded: a resume refuses other reference weights */
         topen.ref_flag = o->ref ? "--ref" : "--model";
         topen.ref_dir = o->ref ? o->ref : to->init;

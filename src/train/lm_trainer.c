@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/dist.h"
-#include "fdpo/dpo.h"   /* fdpo_pref_eval_name: the held-out set named as dpo, rm and kto name theirs */
+#include "fdpo/dpo.h"   /* fdpo_train_opts_held_out: the held-out set as dpo, rm and kto give theirs */
 #include "fdpo/lora.h"
 #include "fdpo/trainer.h"
 
@@ -105,12 +105,9 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
     const fdpo_lm_data *held_out = val ? val : &no_val;
     fdpo_train_opts topen = *o;
     char eval_name[PATH_MAX + 64];
-    fdpo_pref_eval_name(eval_name, sizeof eval_name, o->data, o->val_fraction, NULL);
-    topen.eval_name = eval_name;
-    topen.eval_n_items = held_out->n_seq;
-    topen.eval_hash = fdpo_lm_data_hash(held_out);
-    const uint64_t train_hash = fdpo_lm_data_hash(train);
-    topen.eval_legacy_hash = train_hash;   /* the older states' fingerprint left the held-out set out */
+    const uint64_t train_hash = fdpo_lm_data_hash(train);   /* also the older states' fingerprint */
+    fdpo_train_opts_held_out(&topen, eval_name, sizeof eval_name, o->data, o->val_fraction, NULL, held_out->n_seq,
+                             fdpo_lm_data_hash(held_out), train_hash);
     int orc = fdpo_trainer_open(&tr, &topen, kind, tok, train->n_seq, train_hash, &extra);
     fdpo_settings_free(&extra);
     if (orc) return -1;

@@ -241,12 +241,9 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     fdpo_train_opts topen = *to;
     topen.data = o->data;   /* named if a step is capped at the data set */
     char eval_name[PATH_MAX + 64];
-    fdpo_pref_eval_name(eval_name, sizeof eval_name, o->data, o->eval_fraction, o->eval_file);
-    topen.eval_name = eval_name;   /* what the eval metrics are computed on must not change either */
-    topen.eval_n_items = n_eval;
-    topen.eval_hash = rm_data_hash(eval_pairs, n_eval);
-    const uint64_t train_hash = rm_data_hash(train_pairs, n_train);
-    topen.eval_legacy_hash = train_hash;   /* the older states' fingerprint left the held-out set out */
+    const uint64_t train_hash = rm_data_hash(train_pairs, n_train);   /* also the older states' fingerprint */
+    fdpo_train_opts_held_out(&topen, eval_name, sizeof eval_name, o->data, o->eval_fraction, o->eval_file, n_eval,
+                             rm_data_hash(eval_pairs, n_eval), train_hash);
     int orc = fdpo_trainer_open(&tr, &topen, "rm", tok, n_train, train_hash, &settings);
     fdpo_settings_free(&settings);
     if (orc) goto done;

@@ -223,6 +223,19 @@ def test_an_explicit_head_dim_equal_to_hidden_over_heads_is_the_same_architectur
     assert r.returncode == 1 and "head_dim 16 vs 8" in r.stderr, r.stderr
 
 
+def refused_then_replaced(a, b, out, holds):
+    """merge a + b into out, which holds `holds` and a user's notes.txt: refused without
+    --overwrite, out byte for byte as it was; with it, the merged checkpoint beside notes.txt"""
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", out)
+    assert r.returncode == 1 and r.stderr == (f"fdpo merge: --out: {out} already holds {holds} "
+                                              "(use --overwrite to replace it)\n"), r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", out, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "fdpo_tokenizer.json", "model.safetensors", "notes.txt"]
+
+
 def test_an_out_holding_a_sharded_checkpoint_is_kept_or_replaced_whole(tmp_path):
     """a sharded checkpoint (index + model-0000k-of-0000n.safetensors) in --out was replaced
     without --overwrite; with it, the old shards and index stayed beside the new
@@ -239,14 +252,7 @@ def test_an_out_holding_a_sharded_checkpoint_is_kept_or_replaced_whole(tmp_path)
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (out / "config.json").write_text((a / "config.json").read_text())
     (out / "notes.txt").write_text("mine")
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", out)
-    assert r.returncode == 1 and r.stderr == (f"fdpo merge: --out: {out} already holds a checkpoint "
-                                              "(model.safetensors.index.json) (use --overwrite to replace it)\n"), r.stderr
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", out, "--overwrite")
-    assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "fdpo_tokenizer.json", "model.safetensors", "notes.txt"]
+    refused_then_replaced(a, b, out, "a checkpoint (model.safetensors.index.json)")
     got = tensors(out)
     for k, v in tensors(a).items():
         np.testing.assert_array_equal(got[k], ((v.astype(np.float64) + tensors(b)[k]) / 2).astype(np.float32))
@@ -356,14 +362,7 @@ def test_a_never_saved_runs_files_in_out_are_kept_unless_overwrite(tmp_path, run
     out.mkdir()
     (out / run_file).write_text('{"step": 1, "loss": 2.5}\n')
     (out / "notes.txt").write_text("mine")
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", out)
-    assert r.returncode == 1 and r.stderr == (f"fdpo merge: --out: {out} already holds another run's output ({run_file}) "
-                                              "(use --overwrite to replace it)\n"), r.stderr
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", out, "--overwrite")
-    assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "fdpo_tokenizer.json", "model.safetensors", "notes.txt"]
+    refused_then_replaced(a, b, out, f"another run's output ({run_file})")
 
 
 def test_out_is_claimed_before_the_inputs_are_loaded(tmp_path):
@@ -392,11 +391,15 @@ def test_a_checkpoint_restored_from_out_old_is_kept_without_overwrite(tmp_path):
     (out / "training_state.json").write_text("{}")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     out.rename(tmp_path / "out.old")
+    (tmp_path / "out.tmp").mkdir()   # the new checkpoint, marked by the save as having begun the swap
+    (tmp_path / "out.tmp" / ".fdpo-swap").write_bytes(b"")
     r = run(FDPO, "merge", "--model", a, "--model", b, "--weight", "0.2,0.8", "--out", out)
     assert r.returncode == 1 and r.stderr == (f"fdpo merge: warning: {out} restored from {out}.old (a save was interrupted)\n"
+                                              f"fdpo merge: warning: removed {out}.tmp (left by an interrupted save)\n"
                                               f"fdpo merge: --out: {out} already holds a checkpoint (training_state.json) "
                                               "(use --overwrite to replace it)\n"), r.stderr
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not (tmp_path / "out.old").exists()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not (tmp_path / "out.old").exists() and not (tmp_path / "out.tmp").exists()
 
 
 BPE_MERGES = [("t", "h"), ("h", "e"), ("th", "e"), ("a", "b"), ("Ġ", "t")]
