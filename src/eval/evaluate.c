@@ -117,10 +117,8 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
     return rc;
 }
 
-static uint64_t hash_reward(const fdpo_reward *r) {
-    const char *spec = r ? fdpo_reward_spec(r) : "";   /* "": none (a spec is never empty) */
-    return fdpo_hash64(FDPO_HASH_INIT, spec, strlen(spec) + 1);
-}
+/* the spec and what it read (fdpo_reward_identity: a lexicon's entries, an rm: model's weights) */
+static uint64_t hash_reward(const fdpo_reward *r) { return fdpo_reward_identity(r); }
 
 /* fdpo_generate_ranks checks the sampling; this the scoring, one check per flag so that the
  * error names it */

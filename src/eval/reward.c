@@ -740,6 +740,13 @@ uint64_t fdpo_reward_identity(const fdpo_reward *r) {
     if (!r) return FDPO_HASH_INIT;
     uint64_t h = fdpo_hash64(FDPO_HASH_INIT, r->spec, strlen(r->spec) + 1);
     if (r->rm) h = fdpo_hash64(h, &(uint64_t){fdpo_hash_model(r->rm)}, sizeof(uint64_t));
+    /* the words and values read (afinn's --lexicon, lexicon:FILE, words:FILE): a file that
+     * differs behind the same spec (another --lexicon on one rank) is another reward */
+    for (size_t i = 0; i < r->lex.cap; i++)
+        if (r->lex.e[i].key) {
+            h = fdpo_hash64(h, r->lex.e[i].key, strlen(r->lex.e[i].key) + 1);
+            h = fdpo_hash64(h, &r->lex.e[i].value, sizeof r->lex.e[i].value);
+        }
     return h;
 }
 

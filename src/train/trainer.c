@@ -613,7 +613,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         /* not a setting, but it decides after which step a rank leaves the loop: a rank that
          * stopped while the others entered the next step's sums hung the job. (Its other exits
          * agree already: the steps are a setting, a stop signal is summed each step.) */
-        if (fdpo_dist_check_agree("--stop-at", (uint64_t)o->stop_at)) goto fail;
+        const uint64_t stops_at = o->stop_at > 0 && (size_t)o->stop_at < tr->state.total_steps ? (uint64_t)o->stop_at : 0;
+        if (fdpo_dist_check_agree("--stop-at", stops_at)) goto fail;   /* = --steps: the end, as none */
         if (o->allreduce_overlap && tr->model->lora) {   /* the adapters' gradients are not laid out per layer */
             fdpo_error("%s", FDPO_OVERLAP_LORA_REFUSED);
             goto fail;

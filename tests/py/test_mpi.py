@@ -1052,6 +1052,9 @@ def test_ranks_with_different_stop_at_are_refused_not_hung(work, tmp_path):
     assert r.returncode != 0
     assert "--stop-at differs between ranks" in r.stderr and "[rank" in r.stderr, r.stderr
     assert not (tmp_path / "x" / "model.safetensors").exists()
+    # --stop-at at the last step stops nowhere: the same run as none (it was refused as a difference)
+    r = mpmd([*base, "--stop-at", 4], base)
+    assert r.returncode == 0, r.stderr
 
 
 EVAL_SCORING = {   # flags for rank 0, for rank 1, the flag the refusal names
@@ -1063,6 +1066,9 @@ EVAL_SCORING = {   # flags for rank 0, for rank 1, the flag the refusal names
     "pairs-content": (["--pairs", "pairs.jsonl"], ["--pairs", "pairs2.jsonl"], "--pairs (the pairs' tokens)"),
     "beta": (["--pairs", "pairs.jsonl", "--beta", 0.2], ["--pairs", "pairs.jsonl"], "--beta or --divergence"),
     "divergences": (["--divergences", "rkl"], [], "--divergences"),   # MPI_ERR_TRUNCATE
+    # the same spec reading another file: the ranks' rewards were mixed (a review's find)
+    "lexicon": (["--reward", "afinn", "--lexicon", "lexA.json"], ["--reward", "afinn", "--lexicon", "lexB.json"],
+                "--reward"),
 }
 
 
@@ -1075,10 +1081,12 @@ def test_eval_ranks_with_different_scoring_flags_are_refused(work, tmp_path, cas
     write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(3, 0))
     write_jsonl(tmp_path / "pairs2.jsonl", synthetic_pairs(3, 1))
     (tmp_path / "prompts.txt").write_text("a\nb\n")
+    (tmp_path / "lexA.json").write_text('{"good": 3}\n')
+    (tmp_path / "lexB.json").write_text('{"good": -3}\n')
     base = ["eval", "--model", work / "pol", "--ref", work / "pol", "--data", tmp_path / "prompts.txt", "--n", 2,
             "--max-new-tokens", 4, "--threads", 1, "--out", tmp_path / "e.json"]
     extra0, extra1, flag = EVAL_SCORING[case]
-    fix = lambda extra: [tmp_path / a if str(a).endswith(".jsonl") else a for a in extra]   # noqa: E731
+    fix = lambda extra: [tmp_path / a if str(a).endswith((".jsonl", ".json")) else a for a in extra]   # noqa: E731
     r = mpmd([*base, *fix(extra0)], [*base, *fix(extra1)])
     assert r.returncode != 0
     assert f"fdpo eval [rank 0/2]: {flag} differs between ranks" in r.stderr or \
