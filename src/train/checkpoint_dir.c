@@ -331,12 +331,39 @@ static int remove_marks(const char *dir) {
     return rc;
 }
 
+/* A directory no save of this fdpo marked and no running run holds: a user's, or what a save of
+ * an earlier fdpo (which marked none) left */
+static int is_unmarked_dir(const char *dir) {
+    return is_dir_not_link(dir) && !fdpo_dir_lock_holder(dir) && save_mark(dir) == NOT_A_SAVE;
+}
+
+/* The weights of a checkpoint (a full model or a LoRA adapter) or its training state */
+static int holds_checkpoint(const char *dir) {
+    static const char *const FILES[] = {"training_state.json", "model.safetensors", "model.safetensors.index.json",
+                                        "adapter_model.safetensors"};
+    for (size_t i = 0; i < sizeof FILES / sizeof FILES[0]; i++) if (has_regular_file(dir, FILES[i])) return 1;
+    return 0;
+}
+
+/* An earlier fdpo's save, killed between its two renames (OUT -> OUT.old, OUT.tmp -> OUT), left
+ * OUT missing and both unmarked directories beside it; that fdpo restored OUT.old, as here. A
+ * user's `mv run run.old` backup has no run.tmp beside it, so it is not taken for one. */
+static int recover_unmarked_swap(const char *out, const char *old, const char *tmp) {
+    struct stat st;
+    if (lstat(out, &st) == 0 || !is_unmarked_dir(old) || !is_unmarked_dir(tmp) || !holds_checkpoint(old)) return 0;
+    if (rename(old, out) != 0) return fdpo_error("%s: cannot restore from %s: %s", out, old, strerror(errno));
+    fdpo_log(FDPO_LOG_WARN, "%s restored from %s (a save of an earlier fdpo was interrupted)", out, old);
+    fdpo_log(FDPO_LOG_WARN, "removed %s (left by that interrupted save)", tmp);
+    return fdpo_remove_tree(tmp);
+}
+
 /* Undo what an interrupted save of OUT left, and only that (each step a warning naming the
  * path): killed between its two renames, OUT.old back into place (or, were it gone, the
  * complete OUT.tmp); its OUT.tmp removed; killed after them, OUT.old removed and the mark
  * dropped. A user's OUT.tmp or OUT.old is left alone (refuse_swap_names_taken names it). */
 static int recover_swap(const char *out) {
     char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
+    if (recover_unmarked_swap(out, old, tmp)) { free(old); free(tmp); return -1; }
     int rc = 0, tmp_mark = save_mark(tmp);
     struct stat st;
     if (lstat(out, &st) != 0 && tmp_mark == SAVE_SWAPPING) {
@@ -384,9 +411,17 @@ static int refuse_swap_names_taken(const char *out) {
                             "would replace (each writes %s.tmp and moves the old checkpoint to %s.old); wait for it or "
                             "choose another --out", out, p, holder, p, out, out);
         } else if (lstat(p, &st) == 0) {
-            rc = fdpo_error("--out %s: %s is in the way: each save writes %s.tmp and moves the old checkpoint to "
-                            "%s.old, and no save of fdpo's left this one (a copy of yours, or another run's directory), "
-                            "so it is not removed; move it away or choose another --out", out, p, out, out);
+            /* no "--out": a sacpo stage or online round is a directory the user never named */
+            const int out_there = lstat(out, &st) == 0;
+            rc = fdpo_error("%s is in the way of the saves of %s (each writes %s.tmp and moves the old checkpoint to "
+                            "%s.old) and carries no mark of this fdpo's saves, so it is not removed: it is a copy of "
+                            "yours, another run's directory, or a leftover of an interrupted save of an earlier fdpo "
+                            "(which marked none). %s; otherwise move it away", p, out, out, out,
+                            i == 0 ? (out_there ? "An earlier fdpo's unfinished save, beside a complete checkpoint "
+                                                  "in it: remove it" : "An earlier fdpo's unfinished first save: "
+                                                  "remove it")
+                                   : "Beside a complete checkpoint in it, the one an earlier fdpo's save replaced: "
+                                     "remove it if it is not your backup");
         }
         free(p);
     }

@@ -589,8 +589,8 @@ def test_a_users_backup_beside_out_is_left_alone_and_refused(d, tmp_path):
     (tmp_path / "run.old" / "NOTES").write_text("my notes\n")
     backup, run_before = snapshot(tmp_path / "run.old"), snapshot(out)
     r = fdpo(*sft_args(d, out, "--resume"), check=False)
-    refused(r, f"--out {out}: {out}.old is in the way: each save writes {out}.tmp and moves the old checkpoint to "
-               f"{out}.old, and no save of fdpo's left this one")
+    refused(r, f"{out}.old is in the way of the saves of {out} (each writes {out}.tmp and moves the old checkpoint "
+               f"to {out}.old) and carries no mark of this fdpo's saves, so it is not removed")
     assert snapshot(tmp_path / "run.old") == backup and snapshot(out) == run_before
     # `mv run run.old`, then a fresh run in its place
     import shutil
@@ -650,6 +650,48 @@ def test_a_running_run_named_out_tmp_or_out_old_is_left_alone(d, tmp_path):
     for name in ("v.tmp", "v.old"):
         assert json.loads((tmp_path / f"kept-{name}" / "training_state.json").read_text())["step"] >= 1
         assert not (tmp_path / name).exists()
+
+
+def test_an_earlier_fdpos_save_killed_between_its_renames_is_resumed(d, tmp_path):
+    """An fdpo before the swap's marks, killed between OUT -> OUT.old and OUT.tmp -> OUT, left
+    OUT missing and unmarked OUT.old and OUT.tmp, both complete; that fdpo restored OUT.old and
+    removed OUT.tmp on --resume, and so must this one (the marks' fix refused both). The run ends
+    byte-identical to an uninterrupted one. A regression guard: the fdpo before the marks passes."""
+    import shutil
+    from dpo_common import assert_same_run
+    fdpo(*sft_args(d, tmp_path / "whole"))
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "o"
+    fdpo(*sft_args(d, out, "--stop-at", 2))
+    shutil.copytree(out, work / "o.old")
+    shutil.copytree(out, work / "o.tmp")
+    shutil.rmtree(out)
+    r = fdpo(*sft_args(d, out, "--resume"))
+    assert f"{out} restored from {out}.old" in r.stderr and f"removed {out}.tmp" in r.stderr, r.stderr
+    assert_same_run(tmp_path / "whole", out)
+    assert sorted(p.name for p in work.iterdir()) == ["o", "o.lock"]
+
+
+@pytest.mark.parametrize("leftover", ["o.tmp", "o.old"])
+def test_an_earlier_fdpos_other_leftovers_are_refused_saying_what_to_do(d, tmp_path, leftover):
+    """An unmarked OUT.tmp or OUT.old beside a complete OUT may be what an earlier fdpo's killed
+    save left (it marked none): still refused (it may be a user's), but the message says so and
+    what to do with it, and says to move it, not to choose another --out (a sacpo stage's or an
+    online round's directory is not one the user named)."""
+    import shutil
+    out = tmp_path / "o"
+    fdpo(*sft_args(d, out, "--stop-at", 2))
+    shutil.copytree(out, tmp_path / leftover)
+    before = snapshot(tmp_path / leftover)
+    r = fdpo(*sft_args(d, out, "--resume"), check=False)
+    refused(r, f"{tmp_path / leftover} is in the way of the saves of {out}",
+            "a leftover of an interrupted save of an earlier fdpo (which marked none)",
+            "An earlier fdpo's unfinished save, beside a complete checkpoint in it: remove it" if leftover == "o.tmp"
+            else "Beside a complete checkpoint in it, the one an earlier fdpo's save replaced: remove it if it is not "
+                 "your backup", "otherwise move it away")
+    assert "choose another --out" not in r.stderr
+    assert snapshot(tmp_path / leftover) == before
 
 
 SWAP_KILL_POINTS = {   # strace -P PATH: the first SYSCALL on PATH is where the save is killed
