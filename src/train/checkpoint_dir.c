@@ -345,12 +345,34 @@ static int holds_checkpoint(const char *dir) {
     return 0;
 }
 
+/* Whether a file at the top of tmp is the same inode as one in old: a save's carry_over
+ * hard-linked it (a run's metrics.jsonl), so tmp was made from old by a save */
+static int shares_a_file(const char *old, const char *tmp) {
+    DIR *d = opendir(old);
+    if (!d) return 0;
+    struct dirent *e;
+    int shared = 0;
+    while (!shared && (e = readdir(d))) {
+        char *a = fdpo_path_join(old, e->d_name), *b = fdpo_path_join(tmp, e->d_name);
+        struct stat sa, sb;
+        shared = lstat(a, &sa) == 0 && S_ISREG(sa.st_mode) && lstat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+                 sa.st_ino == sb.st_ino;
+        free(a); free(b);
+    }
+    closedir(d);
+    return shared;
+}
+
 /* An earlier fdpo's save, killed between its two renames (OUT -> OUT.old, OUT.tmp -> OUT), left
- * OUT missing and both unmarked directories beside it; that fdpo restored OUT.old, as here. A
- * user's `mv run run.old` backup has no run.tmp beside it, so it is not taken for one. */
+ * OUT missing and both unmarked directories beside it; that fdpo restored OUT.old, as here. Taken
+ * for one: OUT.old a checkpoint, or (the first save, of an OUT that held only the run's files)
+ * OUT.tmp a checkpoint made from OUT.old. A user's `mv run run.old` backup has no run.tmp beside
+ * it, so it is not taken for one. */
 static int recover_unmarked_swap(const char *out, const char *old, const char *tmp) {
     struct stat st;
-    if (lstat(out, &st) == 0 || !is_unmarked_dir(old) || !is_unmarked_dir(tmp) || !holds_checkpoint(old)) return 0;
+    if (lstat(out, &st) == 0 || !is_unmarked_dir(old) || !is_unmarked_dir(tmp) ||
+        !(holds_checkpoint(old) || (holds_checkpoint(tmp) && shares_a_file(old, tmp))))
+        return 0;
     if (rename(old, out) != 0) return fdpo_error("%s: cannot restore from %s: %s", out, old, strerror(errno));
     fdpo_log(FDPO_LOG_WARN, "%s restored from %s (a save of an earlier fdpo was interrupted)", out, old);
     fdpo_log(FDPO_LOG_WARN, "removed %s (left by that interrupted save)", tmp);
@@ -393,6 +415,34 @@ static int recover_swap(const char *out) {
     return rc;
 }
 
+/* An unmarked OUT.tmp (is_tmp) or OUT.old at p: a user's, another run's, or what a save of an
+ * earlier fdpo left that recover_unmarked_swap could not tell apart; the message says what to
+ * do in each case. It names the leftover, not --out: a sacpo stage's or an online round's
+ * directory is none the user named. */
+static int refuse_unmarked_leftover(const char *out, const char *p, int is_tmp) {
+    struct stat st;
+    const int out_there = lstat(out, &st) == 0;
+    size_t n = 3 * strlen(out) + 160;
+    char *advice = fdpo_malloc(n);
+    if (is_tmp && out_there)
+        snprintf(advice, n, "An earlier fdpo's unfinished save beside a complete %s: remove it", out);
+    else if (is_tmp)
+        snprintf(advice, n, "An earlier fdpo's save cut short, with no %s: remove it, after moving %s.old (if there) "
+                 "back to %s", out, out, out);
+    else if (out_there)
+        snprintf(advice, n, "Beside a complete %s, the checkpoint an earlier fdpo's save replaced: remove it if it is "
+                 "not your backup", out);
+    else
+        snprintf(advice, n, "With no %s, the checkpoint an earlier fdpo's killed save moved aside: if it is not your "
+                 "backup, move it back to %s and resume", out, out);
+    int rc = fdpo_error("%s is in the way of the saves of %s (each writes %s.tmp and moves the old checkpoint to "
+                        "%s.old) and carries no mark of this fdpo's saves, so it is not removed: it is a copy of yours, "
+                        "another run's directory, or a leftover of an interrupted save of an earlier fdpo (which "
+                        "marked none). %s; otherwise move it away", p, out, out, out, advice);
+    free(advice);
+    return rc;
+}
+
 /* OUT.tmp and OUT.old are the names each save's swap uses. What is there after recover_swap
  * is not fdpo's leftover (a user's backup, another run's directory), and a run that holds
  * the lock of either name makes its directory there: refused, never removed. */
@@ -411,17 +461,7 @@ static int refuse_swap_names_taken(const char *out) {
                             "would replace (each writes %s.tmp and moves the old checkpoint to %s.old); wait for it or "
                             "choose another --out", out, p, holder, p, out, out);
         } else if (lstat(p, &st) == 0) {
-            /* no "--out": a sacpo stage or online round is a directory the user never named */
-            const int out_there = lstat(out, &st) == 0;
-            rc = fdpo_error("%s is in the way of the saves of %s (each writes %s.tmp and moves the old checkpoint to "
-                            "%s.old) and carries no mark of this fdpo's saves, so it is not removed: it is a copy of "
-                            "yours, another run's directory, or a leftover of an interrupted save of an earlier fdpo "
-                            "(which marked none). %s; otherwise move it away", p, out, out, out,
-                            i == 0 ? (out_there ? "An earlier fdpo's unfinished save, beside a complete checkpoint "
-                                                  "in it: remove it" : "An earlier fdpo's unfinished first save: "
-                                                  "remove it")
-                                   : "Beside a complete checkpoint in it, the one an earlier fdpo's save replaced: "
-                                     "remove it if it is not your backup");
+            rc = refuse_unmarked_leftover(out, p, i == 0);
         }
         free(p);
     }

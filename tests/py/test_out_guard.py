@@ -673,6 +673,28 @@ def test_an_earlier_fdpos_save_killed_between_its_renames_is_resumed(d, tmp_path
     assert sorted(p.name for p in work.iterdir()) == ["o", "o.lock"]
 
 
+def test_an_earlier_fdpos_first_save_killed_between_its_renames_is_recovered(d, tmp_path):
+    """The same kill at a run's first save (a sacpo stage's, or any run that had written only
+    its metrics): OUT.old holds no checkpoint, only the run's files, which the save hard-linked
+    into the complete OUT.tmp. That fdpo restored OUT.old and removed OUT.tmp, and so does this one."""
+    import os
+    import shutil
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "o"
+    fdpo(*sft_args(d, out, "--stop-at", 2))
+    (work / "o.old").mkdir()
+    (work / "o.old" / "metrics.jsonl").write_bytes((out / "metrics.jsonl").read_bytes())
+    out.rename(work / "o.tmp")
+    os.unlink(work / "o.tmp" / "metrics.jsonl")
+    os.link(work / "o.old" / "metrics.jsonl", work / "o.tmp" / "metrics.jsonl")   # the save's carry-over
+    r = fdpo(*sft_args(d, out, "--overwrite"))
+    assert f"{out} restored from {out}.old" in r.stderr and f"removed {out}.tmp" in r.stderr, r.stderr
+    assert json.loads((out / "training_state.json").read_text())["step"] == 4
+    assert sorted(p.name for p in work.iterdir()) == ["o", "o.lock"]
+    shutil.rmtree(work)
+
+
 @pytest.mark.parametrize("leftover", ["o.tmp", "o.old"])
 def test_an_earlier_fdpos_other_leftovers_are_refused_saying_what_to_do(d, tmp_path, leftover):
     """An unmarked OUT.tmp or OUT.old beside a complete OUT may be what an earlier fdpo's killed
@@ -687,8 +709,8 @@ def test_an_earlier_fdpos_other_leftovers_are_refused_saying_what_to_do(d, tmp_p
     r = fdpo(*sft_args(d, out, "--resume"), check=False)
     refused(r, f"{tmp_path / leftover} is in the way of the saves of {out}",
             "a leftover of an interrupted save of an earlier fdpo (which marked none)",
-            "An earlier fdpo's unfinished save, beside a complete checkpoint in it: remove it" if leftover == "o.tmp"
-            else "Beside a complete checkpoint in it, the one an earlier fdpo's save replaced: remove it if it is not "
+            f"An earlier fdpo's unfinished save beside a complete {out}: remove it" if leftover == "o.tmp"
+            else f"Beside a complete {out}, the checkpoint an earlier fdpo's save replaced: remove it if it is not "
                  "your backup", "otherwise move it away")
     assert "choose another --out" not in r.stderr
     assert snapshot(tmp_path / leftover) == before
