@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "fdpo/core.h"
+#include "core/lock_internal.h"
 
 /* Locks this process holds (a run holds one; a handful is plenty). */
 #define MAX_HELD 8
@@ -55,9 +56,14 @@ static int held_index(const char *path) {
 static int guards_something(const char *lp) {
     char *target = fdpo_strdup(lp);
     target[strlen(target) - 5] = 0;   /* drop ".lock" */
-    DIR *d = opendir(target);
+    int full = fdpo_dir_has_entries(target) > 0;
     free(target);
-    if (!d) return 0;
+    return full;
+}
+
+int fdpo_dir_has_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
     struct dirent *e;
     int full = 0;
     while (!full && (e = readdir(d))) full = strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
@@ -122,8 +128,7 @@ static long recorded_pid(int fd) {
     return pid;
 }
 
-/* "pid N", or "another process" where the lock file records none */
-static void holder_text(long pid, char *out, size_t n) {
+void fdpo_lock_holder_text(long pid, char *out, size_t n) {
     if (pid > 0) snprintf(out, n, "pid %ld", pid);
     else snprintf(out, n, "another process");
 }
@@ -201,7 +206,7 @@ static int take_lock(const char *dir, const char *flag) {
         int e = errno;
         if (e == EWOULDBLOCK) {
             char who[48];
-            holder_text(recorded_pid(fd), who, sizeof who);
+            fdpo_lock_holder_text(recorded_pid(fd), who, sizeof who);
             fdpo_error("%s %s: in use by another run (%s holds %s); wait for it or choose another %s",
                        flag, dir, who, path, flag);
         } else
@@ -292,7 +297,7 @@ static int refuse_held_lock_file(const char *path, const char *flag) {
     long who = lock_file_holder(path);
     if (!who) return 0;
     char holder[48];
-    holder_text(who, holder, sizeof holder);
+    fdpo_lock_holder_text(who, holder, sizeof holder);
     return fdpo_error("%s %s: is the lock file of a running run (%s holds it); choose another %s", flag, path, holder,
                       flag);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "core/lock_internal.h"
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
@@ -302,22 +303,12 @@ static int make_save_mark(const char *dir) {
     return rc;
 }
 
-static int is_empty_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    struct dirent *e;
-    int empty = 1;
-    while (empty && (e = readdir(d))) empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
-    closedir(d);
-    return empty;
-}
-
 /* What dir (OUT, OUT.tmp or OUT.old) is to a save: marked by one, or not a save's (no mark,
  * or a run of its own holds dir's lock: that run's directory is never ours to touch) */
 static int save_mark(const char *dir) {
     if (!is_dir_not_link(dir) || fdpo_dir_lock_holder(dir)) return NOT_A_SAVE;
     if (has_regular_file(dir, SWAP_MARK)) return SAVE_SWAPPING;
-    return has_regular_file(dir, SAVE_MARK) || is_empty_dir(dir) ? SAVE_WRITING : NOT_A_SAVE;
+    return has_regular_file(dir, SAVE_MARK) || fdpo_dir_has_entries(dir) == 0 ? SAVE_WRITING : NOT_A_SAVE;
 }
 
 static int remove_marks(const char *dir) {
@@ -455,8 +446,7 @@ static int refuse_swap_names_taken(const char *out) {
         struct stat st;
         if (who) {
             char holder[48];
-            if (who > 0) snprintf(holder, sizeof holder, "pid %ld", who);
-            else snprintf(holder, sizeof holder, "another process");
+            fdpo_lock_holder_text(who, holder, sizeof holder);
             rc = fdpo_error("--out %s: %s is the directory of a running run (%s holds %s.lock), which this run's saves "
                             "would replace (each writes %s.tmp and moves the old checkpoint to %s.old); wait for it or "
                             "choose another --out", out, p, holder, p, out, out);
@@ -481,8 +471,7 @@ static int refuse_swap_name_of_running_run(const char *out) {
     int rc = 0;
     if (who) {
         char holder[48];
-        if (who > 0) snprintf(holder, sizeof holder, "pid %ld", who);
-        else snprintf(holder, sizeof holder, "another process");
+        fdpo_lock_holder_text(who, holder, sizeof holder);
         rc = fdpo_error("--out %s: is where each save of the running run on %s (%s holds %s.lock) puts its new or its "
                         "old checkpoint, replacing what is there; choose another --out", out, base, holder, base);
     }
