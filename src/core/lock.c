@@ -350,6 +350,31 @@ static char *absolute_dir(const char *dir) {
     return abs;
 }
 
+/* An output (a run's directory, a tokenizer's, a file) named X.tmp or X.old while another
+ * process's run on the directory X holds X.lock: each save of that run writes or moves a
+ * directory under this name, replacing the output (and, finding it there, stops) */
+static int refuse_swap_name_of_running_run(const char *path, const char *flag) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    if (n < 5 || path[n - 5] == '/' || (strncmp(path + n - 4, ".tmp", 4) && strncmp(path + n - 4, ".old", 4)))
+        return 0;
+    char *base = fdpo_malloc(n - 3);
+    memcpy(base, path, n - 4);
+    base[n - 4] = 0;
+    struct stat st;
+    long who = lstat(base, &st) == 0 && S_ISDIR(st.st_mode) ? fdpo_dir_lock_holder(base) : 0;
+    int rc = 0;
+    if (who) {
+        char holder[48];
+        fdpo_lock_holder_text(who, holder, sizeof holder);
+        rc = fdpo_error("%s %s: is where each save of the running run on %s (%s holds %s.lock) puts its new or its "
+                        "old checkpoint, replacing what is there; choose another %s", flag, path, base, holder, base,
+                        flag);
+    }
+    free(base);
+    return rc;
+}
+
 /* A directory above dir that a running run holds (its PARENT.lock is flock-held by another
  * process): every save of that run swaps PARENT whole, so this run's files inside it would be
  * moved under it mid-write (a rename of DIR.tmp inside PARENT failed "No such file"). */
@@ -430,7 +455,8 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
     if (take_lock(dir, flag)) return -1;
     /* the nesting checks under our own lock: of two nested runs starting together, the one
      * that locks second sees the other's lock (checked before locking, both could pass) */
-    if (refuse_inside_running_run(dir, flag) || refuse_running_run_inside(flag, dir, dir, 0)) {
+    if (refuse_inside_running_run(dir, flag) || refuse_running_run_inside(flag, dir, dir, 0) ||
+        refuse_swap_name_of_running_run(dir, flag)) {
         fdpo_dir_unlock(dir);
         return -1;
     }
@@ -505,7 +531,8 @@ int fdpo_out_file_claim(const char *path, const char *flag) {
     if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);
     if (refuse_symlink(path, flag, "file") || refuse_held_lock_file(path, flag)) return -1;
     if (take_lock(path, flag)) return -1;
-    if (refuse_inside_running_run(path, flag)) {   /* that run's next save would move the file's directory */
+    /* that run's next save would move the file's directory, or the file's name is its swap's */
+    if (refuse_inside_running_run(path, flag) || refuse_swap_name_of_running_run(path, flag)) {
         fdpo_out_file_release(path);
         return -1;
     }

@@ -458,27 +458,6 @@ static int refuse_swap_names_taken(const char *out) {
     return rc;
 }
 
-/* An OUT named X.tmp or X.old while a run on X holds X.lock: each save of that run writes or
- * moves a directory under this name */
-static int refuse_swap_name_of_running_run(const char *out) {
-    size_t n = strlen(out);
-    while (n > 1 && out[n - 1] == '/') n--;
-    if (n < 5 || out[n - 5] == '/' || (strncmp(out + n - 4, ".tmp", 4) && strncmp(out + n - 4, ".old", 4))) return 0;
-    char *base = fdpo_malloc(n - 3);
-    memcpy(base, out, n - 4);
-    base[n - 4] = 0;
-    long who = fdpo_dir_lock_holder(base);
-    int rc = 0;
-    if (who) {
-        char holder[48];
-        fdpo_lock_holder_text(who, holder, sizeof holder);
-        rc = fdpo_error("--out %s: is where each save of the running run on %s (%s holds %s.lock) puts its new or its "
-                        "old checkpoint, replacing what is there; choose another --out", out, base, holder, base);
-    }
-    free(base);
-    return rc;
-}
-
 /* A run's start under OUT's lock: OUT as a mount point, or one inside it, refused (stopped here,
  * not after the training at the first save, whose carry-over refuses one made since), then the
  * swap recovered.
@@ -497,7 +476,8 @@ static int start_checks(const char *out) {
                               "inside it as --out", out);
         if (refuse_mounts(out, st.st_dev)) return -1;
     }
-    return refuse_swap_name_of_running_run(out) || recover_swap(out) || refuse_swap_names_taken(out) ? -1 : 0;
+    /* an OUT named X.tmp or X.old while a run on X holds X.lock: fdpo_dir_lock refused it */
+    return recover_swap(out) || refuse_swap_names_taken(out) ? -1 : 0;
 }
 
 static fdpo_strv g_claimed;   /* directories this process claimed (every rank keeps the list) */

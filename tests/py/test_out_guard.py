@@ -643,9 +643,19 @@ def test_a_running_run_named_out_tmp_or_out_old_is_left_alone(d, tmp_path):
         stop(p, other)
         other.rename(tmp_path / f"kept-{name}")   # finished, it would be in the way of v's swap (the test above)
     p = start(v)
+    (tmp_path / "text.txt").write_text("the cat sat on the mat\n" * 20)
     for name in ("v.tmp", "v.old"):
         r = fdpo(*sft_args(d, tmp_path / name), check=False)
         refused(r, f"--out {tmp_path / name}: is where each save of the running run on {v} (pid {p.pid} holds {v}.lock)")
+        # a tokenizer's directory and an output file too (review-swap finding 4: accepted, and the run
+        # on v then died at its next save, finding it in the way)
+        r = fdpo("tokenizer", "train", "--vocab-size", 260, "--out", tmp_path / name, tmp_path / "text.txt",
+                 check=False)
+        refused(r, f"--out {tmp_path / name}: is where each save of the running run on {v} (pid {p.pid} holds {v}.lock)")
+        r = fdpo("generate", "--model", d / "base", "--data", d / "prompts.txt", "--max-new-tokens", 2, "--threads", 1,
+                 "--out", tmp_path / name, check=False)
+        refused(r, f"--out {tmp_path / name}: is where each save of the running run on {v} (pid {p.pid} holds {v}.lock)")
+        assert not (tmp_path / name).exists() and not (tmp_path / f"{name}.lock").exists()
     stop(p, v)
     for name in ("v.tmp", "v.old"):
         assert json.loads((tmp_path / f"kept-{name}" / "training_state.json").read_text())["step"] >= 1
