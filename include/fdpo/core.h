@@ -183,7 +183,9 @@ int fdpo_file_exists(const char *path);
  * removed when the lock is released, by fdpo_dir_unlock or at process exit, and DIR with it
  * when it did not exist when locked and is still empty. DIR.lock is never opened through a
  * symbolic link; one that is a link, no regular file, or a file holding anything but a pid
- * line (a user's file at that name) is refused naming it. */
+ * line (a user's file at that name) is refused naming it. Refused too: a DIR named X.tmp or
+ * X.old while another process's run on the directory X holds X.lock (each save of that run
+ * writes or moves a directory there), as is such an output file (fdpo_out_file_claim). */
 int fdpo_dir_lock(const char *dir, const char *flag);   /* also refuses a DIR that is a symbolic link */
 void fdpo_dir_unlock(const char *dir);
 int fdpo_dir_locked(const char *dir);

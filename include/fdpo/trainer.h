@@ -324,11 +324,13 @@ int fdpo_checkpoint_save_all(const char *out, const fdpo_gpt2 *m, const fdpo_tok
                              const fdpo_train_state *s, const fdpo_adamw *opt);
 /* Claim OUT for this process and repair it: take the run lock (fdpo_dir_lock on OUT.lock;
  * a second run on the same OUT is refused naming the holder's pid), then repair what an
- * interrupted save of OUT left (OUT.old renamed back, its OUT.tmp removed, each a warning),
- * and remove the NAME.tmp.PID files of dead writers. Refused, naming it: an OUT.tmp or OUT.old
- * that no save made (a user's backup, another run's directory) or whose lock a running run
- * holds, and an OUT named X.tmp or X.old while a run on X holds X.lock. Runs once per process and directory (later calls return 0); the lock is
- * released by fdpo_trainer_close or at process exit. */
+ * interrupted save of OUT left (OUT.old renamed back, its OUT.tmp removed, each a warning;
+ * also the unmarked pair an earlier fdpo's save left between its renames: docs/training.md,
+ * Leftovers), and remove the NAME.tmp.PID files of dead writers. Refused, naming it: an
+ * OUT.tmp or OUT.old that no save made (a user's backup, another run's directory, another
+ * leftover of an earlier fdpo) or whose lock a running run holds, and an OUT named X.tmp or
+ * X.old while a run on X holds X.lock (fdpo_dir_lock). Runs once per process and directory
+ * (later calls return 0); the lock is released by fdpo_trainer_close or at process exit. */
 int fdpo_checkpoint_recover(const char *out);
 /* Remove a directory tree (files and subdirectories; links are removed, never followed). A
  * directory inside it on another file system (a mount point) is not entered: an error names it. */

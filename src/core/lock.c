@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "fdpo/core.h"
+#include "core/lock_internal.h"
 
 /* Locks this process holds (a run holds one; a handful is plenty). */
 #define MAX_HELD 8
@@ -55,9 +56,14 @@ static int held_index(const char *path) {
 static int guards_something(const char *lp) {
     char *target = fdpo_strdup(lp);
     target[strlen(target) - 5] = 0;   /* drop ".lock" */
-    DIR *d = opendir(target);
+    int full = fdpo_dir_has_entries(target) > 0;
     free(target);
-    if (!d) return 0;
+    return full;
+}
+
+int fdpo_dir_has_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
     struct dirent *e;
     int full = 0;
     while (!full && (e = readdir(d))) full = strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
@@ -122,8 +128,7 @@ static long recorded_pid(int fd) {
     return pid;
 }
 
-/* "pid N", or "another process" where the lock file records none */
-static void holder_text(long pid, char *out, size_t n) {
+void fdpo_lock_holder_text(long pid, char *out, size_t n) {
     if (pid > 0) snprintf(out, n, "pid %ld", pid);
     else snprintf(out, n, "another process");
 }
@@ -201,7 +206,7 @@ static int take_lock(const char *dir, const char *flag) {
         int e = errno;
         if (e == EWOULDBLOCK) {
             char who[48];
-            holder_text(recorded_pid(fd), who, sizeof who);
+            fdpo_lock_holder_text(recorded_pid(fd), who, sizeof who);
             fdpo_error("%s %s: in use by another run (%s holds %s); wait for it or choose another %s",
                        flag, dir, who, path, flag);
         } else
@@ -292,7 +297,7 @@ static int refuse_held_lock_file(const char *path, const char *flag) {
     long who = lock_file_holder(path);
     if (!who) return 0;
     char holder[48];
-    holder_text(who, holder, sizeof holder);
+    fdpo_lock_holder_text(who, holder, sizeof holder);
     return fdpo_error("%s %s: is the lock file of a running run (%s holds it); choose another %s", flag, path, holder,
                       flag);
 }
@@ -343,6 +348,31 @@ static char *absolute_dir(const char *dir) {
     fdpo_strv_free(&parts);
     free(rest); free(p);
     return abs;
+}
+
+/* An output (a run's directory, a tokenizer's, a file) named X.tmp or X.old while another
+ * process's run on the directory X holds X.lock: each save of that run writes or moves a
+ * directory under this name, replacing the output (and, finding it there, stops) */
+static int refuse_swap_name_of_running_run(const char *path, const char *flag) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    if (n < 5 || path[n - 5] == '/' || (strncmp(path + n - 4, ".tmp", 4) && strncmp(path + n - 4, ".old", 4)))
+        return 0;
+    char *base = fdpo_malloc(n - 3);
+    memcpy(base, path, n - 4);
+    base[n - 4] = 0;
+    struct stat st;
+    long who = lstat(base, &st) == 0 && S_ISDIR(st.st_mode) ? fdpo_dir_lock_holder(base) : 0;
+    int rc = 0;
+    if (who) {
+        char holder[48];
+        fdpo_lock_holder_text(who, holder, sizeof holder);
+        rc = fdpo_error("%s %s: is where each save of the running run on %s (%s holds %s.lock) puts its new or its "
+                        "old checkpoint, replacing what is there; choose another %s", flag, path, base, holder, base,
+                        flag);
+    }
+    free(base);
+    return rc;
 }
 
 /* A directory above dir that a running run holds (its PARENT.lock is flock-held by another
@@ -425,7 +455,8 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
     if (take_lock(dir, flag)) return -1;
     /* the nesting checks under our own lock: of two nested runs starting together, the one
      * that locks second sees the other's lock (checked before locking, both could pass) */
-    if (refuse_inside_running_run(dir, flag) || refuse_running_run_inside(flag, dir, dir, 0)) {
+    if (refuse_inside_running_run(dir, flag) || refuse_running_run_inside(flag, dir, dir, 0) ||
+        refuse_swap_name_of_running_run(dir, flag)) {
         fdpo_dir_unlock(dir);
         return -1;
     }
@@ -500,7 +531,8 @@ int fdpo_out_file_claim(const char *path, const char *flag) {
     if (fdpo_refuse_special_file(path)) return fdpo_error_context("%s", flag);
     if (refuse_symlink(path, flag, "file") || refuse_held_lock_file(path, flag)) return -1;
     if (take_lock(path, flag)) return -1;
-    if (refuse_inside_running_run(path, flag)) {   /* that run's next save would move the file's directory */
+    /* that run's next save would move the file's directory, or the file's name is its swap's */
+    if (refuse_inside_running_run(path, flag) || refuse_swap_name_of_running_run(path, flag)) {
         fdpo_out_file_release(path);
         return -1;
     }

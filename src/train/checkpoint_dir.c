@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "core/lock_internal.h"
 #include "fdpo/dist.h"
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
@@ -302,22 +303,12 @@ static int make_save_mark(const char *dir) {
     return rc;
 }
 
-static int is_empty_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    struct dirent *e;
-    int empty = 1;
-    while (empty && (e = readdir(d))) empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
-    closedir(d);
-    return empty;
-}
-
 /* What dir (OUT, OUT.tmp or OUT.old) is to a save: marked by one, or not a save's (no mark,
  * or a run of its own holds dir's lock: that run's directory is never ours to touch) */
 static int save_mark(const char *dir) {
     if (!is_dir_not_link(dir) || fdpo_dir_lock_holder(dir)) return NOT_A_SAVE;
     if (has_regular_file(dir, SWAP_MARK)) return SAVE_SWAPPING;
-    return has_regular_file(dir, SAVE_MARK) || is_empty_dir(dir) ? SAVE_WRITING : NOT_A_SAVE;
+    return has_regular_file(dir, SAVE_MARK) || fdpo_dir_has_entries(dir) == 0 ? SAVE_WRITING : NOT_A_SAVE;
 }
 
 static int remove_marks(const char *dir) {
@@ -331,12 +322,61 @@ static int remove_marks(const char *dir) {
     return rc;
 }
 
+/* A directory no save of this fdpo marked and no running run holds: a user's, or what a save of
+ * an earlier fdpo (which marked none) left */
+static int is_unmarked_dir(const char *dir) {
+    return is_dir_not_link(dir) && !fdpo_dir_lock_holder(dir) && save_mark(dir) == NOT_A_SAVE;
+}
+
+/* The weights of a checkpoint (a full model or a LoRA adapter) or its training state */
+static int holds_checkpoint(const char *dir) {
+    static const char *const FILES[] = {"training_state.json", "model.safetensors", "model.safetensors.index.json",
+                                        "adapter_model.safetensors"};
+    for (size_t i = 0; i < sizeof FILES / sizeof FILES[0]; i++) if (has_regular_file(dir, FILES[i])) return 1;
+    return 0;
+}
+
+/* Whether a file at the top of tmp is the same inode as one in old: a save's carry_over
+ * hard-linked it (a run's metrics.jsonl), so tmp was made from old by a save */
+static int shares_a_file(const char *old, const char *tmp) {
+    DIR *d = opendir(old);
+    if (!d) return 0;
+    struct dirent *e;
+    int shared = 0;
+    while (!shared && (e = readdir(d))) {
+        char *a = fdpo_path_join(old, e->d_name), *b = fdpo_path_join(tmp, e->d_name);
+        struct stat sa, sb;
+        shared = lstat(a, &sa) == 0 && S_ISREG(sa.st_mode) && lstat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+                 sa.st_ino == sb.st_ino;
+        free(a); free(b);
+    }
+    closedir(d);
+    return shared;
+}
+
+/* An earlier fdpo's save, killed between its two renames (OUT -> OUT.old, OUT.tmp -> OUT), left
+ * OUT missing and both unmarked directories beside it; that fdpo restored OUT.old, as here. Taken
+ * for one: OUT.old a checkpoint, or (the first save, of an OUT that held only the run's files)
+ * OUT.tmp a checkpoint made from OUT.old. A user's `mv run run.old` backup has no run.tmp beside
+ * it, so it is not taken for one. */
+static int recover_unmarked_swap(const char *out, const char *old, const char *tmp) {
+    struct stat st;
+    if (lstat(out, &st) == 0 || !is_unmarked_dir(old) || !is_unmarked_dir(tmp) ||
+        !(holds_checkpoint(old) || (holds_checkpoint(tmp) && shares_a_file(old, tmp))))
+        return 0;
+    if (rename(old, out) != 0) return fdpo_error("%s: cannot restore from %s: %s", out, old, strerror(errno));
+    fdpo_log(FDPO_LOG_WARN, "%s restored from %s (a save of an earlier fdpo was interrupted)", out, old);
+    fdpo_log(FDPO_LOG_WARN, "removed %s (left by that interrupted save)", tmp);
+    return fdpo_remove_tree(tmp);
+}
+
 /* Undo what an interrupted save of OUT left, and only that (each step a warning naming the
  * path): killed between its two renames, OUT.old back into place (or, were it gone, the
  * complete OUT.tmp); its OUT.tmp removed; killed after them, OUT.old removed and the mark
  * dropped. A user's OUT.tmp or OUT.old is left alone (refuse_swap_names_taken names it). */
 static int recover_swap(const char *out) {
     char *old = suffixed(out, ".old"), *tmp = suffixed(out, ".tmp");
+    if (recover_unmarked_swap(out, old, tmp)) { free(old); free(tmp); return -1; }
     int rc = 0, tmp_mark = save_mark(tmp);
     struct stat st;
     if (lstat(out, &st) != 0 && tmp_mark == SAVE_SWAPPING) {
@@ -366,6 +406,34 @@ static int recover_swap(const char *out) {
     return rc;
 }
 
+/* An unmarked OUT.tmp (is_tmp) or OUT.old at p: a user's, another run's, or what a save of an
+ * earlier fdpo left that recover_unmarked_swap could not tell apart; the message says what to
+ * do in each case. It names the leftover, not --out: a sacpo stage's or an online round's
+ * directory is none the user named. */
+static int refuse_unmarked_leftover(const char *out, const char *p, int is_tmp) {
+    struct stat st;
+    const int out_there = lstat(out, &st) == 0;
+    size_t n = 3 * strlen(out) + 160;
+    char *advice = fdpo_malloc(n);
+    if (is_tmp && out_there)
+        snprintf(advice, n, "An earlier fdpo's unfinished save beside a complete %s: remove it", out);
+    else if (is_tmp)
+        snprintf(advice, n, "An earlier fdpo's save cut short, with no %s: remove it, after moving %s.old (if there) "
+                 "back to %s", out, out, out);
+    else if (out_there)
+        snprintf(advice, n, "Beside a complete %s, the checkpoint an earlier fdpo's save replaced: remove it if it is "
+                 "not your backup", out);
+    else
+        snprintf(advice, n, "With no %s, the checkpoint an earlier fdpo's killed save moved aside: if it is not your "
+                 "backup, move it back to %s and resume", out, out);
+    int rc = fdpo_error("%s is in the way of the saves of %s (each writes %s.tmp and moves the old checkpoint to "
+                        "%s.old) and carries no mark of this fdpo's saves, so it is not removed: it is a copy of yours, "
+                        "another run's directory, or a leftover of an interrupted save of an earlier fdpo (which "
+                        "marked none). %s; otherwise move it away", p, out, out, out, advice);
+    free(advice);
+    return rc;
+}
+
 /* OUT.tmp and OUT.old are the names each save's swap uses. What is there after recover_swap
  * is not fdpo's leftover (a user's backup, another run's directory), and a run that holds
  * the lock of either name makes its directory there: refused, never removed. */
@@ -378,40 +446,15 @@ static int refuse_swap_names_taken(const char *out) {
         struct stat st;
         if (who) {
             char holder[48];
-            if (who > 0) snprintf(holder, sizeof holder, "pid %ld", who);
-            else snprintf(holder, sizeof holder, "another process");
+            fdpo_lock_holder_text(who, holder, sizeof holder);
             rc = fdpo_error("--out %s: %s is the directory of a running run (%s holds %s.lock), which this run's saves "
                             "would replace (each writes %s.tmp and moves the old checkpoint to %s.old); wait for it or "
                             "choose another --out", out, p, holder, p, out, out);
         } else if (lstat(p, &st) == 0) {
-            rc = fdpo_error("--out %s: %s is in the way: each save writes %s.tmp and moves the old checkpoint to "
-                            "%s.old, and no save of fdpo's left this one (a copy of yours, or another run's directory), "
-                            "so it is not removed; move it away or choose another --out", out, p, out, out);
+            rc = refuse_unmarked_leftover(out, p, i == 0);
         }
         free(p);
     }
-    return rc;
-}
-
-/* An OUT named X.tmp or X.old while a run on X holds X.lock: each save of that run writes or
- * moves a directory under this name */
-static int refuse_swap_name_of_running_run(const char *out) {
-    size_t n = strlen(out);
-    while (n > 1 && out[n - 1] == '/') n--;
-    if (n < 5 || out[n - 5] == '/' || (strncmp(out + n - 4, ".tmp", 4) && strncmp(out + n - 4, ".old", 4))) return 0;
-    char *base = fdpo_malloc(n - 3);
-    memcpy(base, out, n - 4);
-    base[n - 4] = 0;
-    long who = fdpo_dir_lock_holder(base);
-    int rc = 0;
-    if (who) {
-        char holder[48];
-        if (who > 0) snprintf(holder, sizeof holder, "pid %ld", who);
-        else snprintf(holder, sizeof holder, "another process");
-        rc = fdpo_error("--out %s: is where each save of the running run on %s (%s holds %s.lock) puts its new or its "
-                        "old checkpoint, replacing what is there; choose another --out", out, base, holder, base);
-    }
-    free(base);
     return rc;
 }
 
@@ -433,7 +476,8 @@ static int start_checks(const char *out) {
                               "inside it as --out", out);
         if (refuse_mounts(out, st.st_dev)) return -1;
     }
-    return refuse_swap_name_of_running_run(out) || recover_swap(out) || refuse_swap_names_taken(out) ? -1 : 0;
+    /* an OUT named X.tmp or X.old while a run on X holds X.lock: fdpo_dir_lock refused it */
+    return recover_swap(out) || refuse_swap_names_taken(out) ? -1 : 0;
 }
 
 static fdpo_strv g_claimed;   /* directories this process claimed (every rank keeps the list) */

@@ -589,8 +589,8 @@ def test_a_users_backup_beside_out_is_left_alone_and_refused(d, tmp_path):
     (tmp_path / "run.old" / "NOTES").write_text("my notes\n")
     backup, run_before = snapshot(tmp_path / "run.old"), snapshot(out)
     r = fdpo(*sft_args(d, out, "--resume"), check=False)
-    refused(r, f"--out {out}: {out}.old is in the way: each save writes {out}.tmp and moves the old checkpoint to "
-               f"{out}.old, and no save of fdpo's left this one")
+    refused(r, f"{out}.old is in the way of the saves of {out} (each writes {out}.tmp and moves the old checkpoint "
+               f"to {out}.old) and carries no mark of this fdpo's saves, so it is not removed")
     assert snapshot(tmp_path / "run.old") == backup and snapshot(out) == run_before
     # `mv run run.old`, then a fresh run in its place
     import shutil
@@ -643,13 +643,87 @@ def test_a_running_run_named_out_tmp_or_out_old_is_left_alone(d, tmp_path):
         stop(p, other)
         other.rename(tmp_path / f"kept-{name}")   # finished, it would be in the way of v's swap (the test above)
     p = start(v)
+    (tmp_path / "text.txt").write_text("the cat sat on the mat\n" * 20)
     for name in ("v.tmp", "v.old"):
         r = fdpo(*sft_args(d, tmp_path / name), check=False)
         refused(r, f"--out {tmp_path / name}: is where each save of the running run on {v} (pid {p.pid} holds {v}.lock)")
+        # a tokenizer's directory and an output file too (review-swap finding 4: accepted, and the run
+        # on v then died at its next save, finding it in the way)
+        r = fdpo("tokenizer", "train", "--vocab-size", 260, "--out", tmp_path / name, tmp_path / "text.txt",
+                 check=False)
+        refused(r, f"--out {tmp_path / name}: is where each save of the running run on {v} (pid {p.pid} holds {v}.lock)")
+        r = fdpo("generate", "--model", d / "base", "--data", d / "prompts.txt", "--max-new-tokens", 2, "--threads", 1,
+                 "--out", tmp_path / name, check=False)
+        refused(r, f"--out {tmp_path / name}: is where each save of the running run on {v} (pid {p.pid} holds {v}.lock)")
+        assert not (tmp_path / name).exists() and not (tmp_path / f"{name}.lock").exists()
     stop(p, v)
     for name in ("v.tmp", "v.old"):
         assert json.loads((tmp_path / f"kept-{name}" / "training_state.json").read_text())["step"] >= 1
         assert not (tmp_path / name).exists()
+
+
+def test_an_earlier_fdpos_save_killed_between_its_renames_is_resumed(d, tmp_path):
+    """An fdpo before the swap's marks, killed between OUT -> OUT.old and OUT.tmp -> OUT, left
+    OUT missing and unmarked OUT.old and OUT.tmp, both complete; that fdpo restored OUT.old and
+    removed OUT.tmp on --resume, and so must this one (the marks' fix refused both). The run ends
+    byte-identical to an uninterrupted one. A regression guard: the fdpo before the marks passes."""
+    import shutil
+    from dpo_common import assert_same_run
+    fdpo(*sft_args(d, tmp_path / "whole"))
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "o"
+    fdpo(*sft_args(d, out, "--stop-at", 2))
+    shutil.copytree(out, work / "o.old")
+    shutil.copytree(out, work / "o.tmp")
+    shutil.rmtree(out)
+    r = fdpo(*sft_args(d, out, "--resume"))
+    assert f"{out} restored from {out}.old" in r.stderr and f"removed {out}.tmp" in r.stderr, r.stderr
+    assert_same_run(tmp_path / "whole", out)
+    assert sorted(p.name for p in work.iterdir()) == ["o", "o.lock"]
+
+
+def test_an_earlier_fdpos_first_save_killed_between_its_renames_is_recovered(d, tmp_path):
+    """The same kill at a run's first save (a sacpo stage's, or any run that had written only
+    its metrics): OUT.old holds no checkpoint, only the run's files, which the save hard-linked
+    into the complete OUT.tmp. That fdpo restored OUT.old and removed OUT.tmp, and so does this one."""
+    import os
+    import shutil
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "o"
+    fdpo(*sft_args(d, out, "--stop-at", 2))
+    (work / "o.old").mkdir()
+    (work / "o.old" / "metrics.jsonl").write_bytes((out / "metrics.jsonl").read_bytes())
+    out.rename(work / "o.tmp")
+    os.unlink(work / "o.tmp" / "metrics.jsonl")
+    os.link(work / "o.old" / "metrics.jsonl", work / "o.tmp" / "metrics.jsonl")   # the save's carry-over
+    r = fdpo(*sft_args(d, out, "--overwrite"))
+    assert f"{out} restored from {out}.old" in r.stderr and f"removed {out}.tmp" in r.stderr, r.stderr
+    assert json.loads((out / "training_state.json").read_text())["step"] == 4
+    assert sorted(p.name for p in work.iterdir()) == ["o", "o.lock"]
+    shutil.rmtree(work)
+
+
+@pytest.mark.parametrize("leftover", ["o.tmp", "o.old"])
+def test_an_earlier_fdpos_other_leftovers_are_refused_saying_what_to_do(d, tmp_path, leftover):
+    """An unmarked OUT.tmp or OUT.old beside a complete OUT may be what an earlier fdpo's killed
+    save left (it marked none): still refused (it may be a user's), but the message says so and
+    what to do with it, and says to move it, not to choose another --out (a sacpo stage's or an
+    online round's directory is not one the user named)."""
+    import shutil
+    out = tmp_path / "o"
+    fdpo(*sft_args(d, out, "--stop-at", 2))
+    shutil.copytree(out, tmp_path / leftover)
+    before = snapshot(tmp_path / leftover)
+    r = fdpo(*sft_args(d, out, "--resume"), check=False)
+    refused(r, f"{tmp_path / leftover} is in the way of the saves of {out}",
+            "a leftover of an interrupted save of an earlier fdpo (which marked none)",
+            f"An earlier fdpo's unfinished save beside a complete {out}: remove it" if leftover == "o.tmp"
+            else f"Beside a complete {out}, the checkpoint an earlier fdpo's save replaced: remove it if it is not "
+                 "your backup", "otherwise move it away")
+    assert "choose another --out" not in r.stderr
+    assert snapshot(tmp_path / leftover) == before
 
 
 SWAP_KILL_POINTS = {   # strace -P PATH: the first SYSCALL on PATH is where the save is killed
