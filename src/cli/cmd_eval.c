@@ -234,14 +234,11 @@ int cmd_eval(int argc, char **argv) {
     if (!rc && fdpo_dist_size() > 1) {   /* a rank with fewer policies finished while the others waited */
         uint64_t n = n_pol, h = fdpo_hash64(FDPO_HASH_INIT, &n, sizeof n);
         rc = fdpo_dist_check_agree("the number of --model", h);
-        if (!rc) rc = fdpo_eval_config_agree(&c);   /* before the first policy, whose name would prefix its error */
-        /* the ranks' sums mix whatever each one read at the same paths: a stale copy of --ref or
-         * of an rm: reward model is refused, not averaged in (--pairs' tokens: the check above) */
+        /* before the first policy, whose name would prefix its error: the scoring flags, and what
+         * --reward, --safety and --pairs read (fdpo_reward_identity: a stale copy of an rm:
+         * model or of a lexicon on one rank is refused, not averaged in) */
+        if (!rc) rc = fdpo_eval_config_agree(&c);
         if (!rc) rc = fdpo_dist_check_agree("the reference's weights (--ref)", fdpo_hash_model(ref));
-        /* (every rank joins each check, whichever flags it was given) */
-        uint64_t hr[2] = {fdpo_reward_identity(reward), fdpo_reward_identity(safety)};
-        if (!rc) rc = fdpo_dist_check_agree("--reward or --safety (the specs and an rm: reward model's weights)",
-                                            fdpo_hash64(FDPO_HASH_INIT, hr, sizeof hr));
     }
     for (size_t p = 0; p < n_pol && !rc; p++) {
         fdpo_gpt2 *pm = NULL;

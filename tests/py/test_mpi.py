@@ -258,9 +258,9 @@ def test_ranks_that_read_other_reference_or_reward_model_weights_are_refused(sta
         "rl-rm": (["rl", "--model", d / "pol", *gen, "--reward", f"rm:{d / 'rm'}", "--prompts-per-step", 2, *train],
                   f"--reward rm:{d / 'rm'} (the spec and the reward model's weights)"),
         "eval-rm": (["eval", "--model", d / "pol", "--ref", d / "pol", *gen, "--reward", f"rm:{d / 'rm'}",
-                     "--out", tmp_path / "e.json", "--threads", 1], "--reward or --safety (the specs and an rm: reward model's weights)"),
+                     "--out", tmp_path / "e.json", "--threads", 1], "--reward"),
         "eval-pairs": (["eval", "--model", d / "pol", "--ref", d / "pol", *gen, "--pairs", d / "evp.jsonl",
-                        "--out", tmp_path / "e.json", "--threads", 1], "the pairs of --pairs"),
+                        "--out", tmp_path / "e.json", "--threads", 1], "--pairs (the pairs' tokens)"),
         "score-rm": (["score", "--model", d / "pol", "--data", d / "lines.jsonl", "--reward", f"rm:{d / 'rm'}",
                       "--out", tmp_path / "s.jsonl", "--threads", 1], "the --data lines, --model, --ref, --reward or --precision"),
     }[case]
