@@ -117,18 +117,15 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
     return rc;
 }
 
-/* the spec and what it read (fdpo_reward_identity: a lexicon's entries, an rm: model's weights) */
-static uint64_t hash_reward(const fdpo_reward *r) { return fdpo_reward_identity(r); }
-
 /* fdpo_generate_ranks checks the sampling; this the scoring, one check per flag so that the
  * error names it */
 int fdpo_eval_config_agree(const fdpo_eval_config *c) {
     if (fdpo_dist_size() < 2) return 0;
-    if (fdpo_dist_check_agree("--reward", hash_reward(c->reward))) return -1;
-    uint64_t h = hash_reward(c->safety);
+    if (fdpo_dist_check_agree("--reward", fdpo_reward_identity(c->reward))) return -1;
+    uint64_t h = fdpo_reward_identity(c->safety);
     if (c->safety) h = fdpo_hash64(h, &c->safety_threshold, sizeof c->safety_threshold);
     if (fdpo_dist_check_agree("--safety or --safety-threshold", h)) return -1;
-    if (fdpo_dist_check_agree("--words", hash_reward(c->words))) return -1;
+    if (fdpo_dist_check_agree("--words", fdpo_reward_identity(c->words))) return -1;
     const uint64_t n_div = c->n_div;
     h = fdpo_hash64(FDPO_HASH_INIT, &n_div, sizeof n_div);
     for (size_t k = 0; k < c->n_div; k++) {

@@ -314,31 +314,26 @@ static int resume_early_check(const fdpo_train_opts *o) {
  * two fingerprints separately from its next save. */
 static int resume_data_check(fdpo_train_state *s, const fdpo_train_opts *o, uint64_t data_hash, size_t n_items) {
     static const char NEED[] = "resume needs the same files and tokenizer";
-    const uint64_t saved_as = o->eval_name && !s->has_eval_data ? o->eval_legacy_hash : data_hash;
-    const int train_differs = s->data.n != n_items || s->data_hash != saved_as;
-    if (o->eval_name && !s->has_eval_data) {   /* one fingerprint of both sets, or of the training items alone */
-        /* the held-out set can be the cause only where that fingerprint covered one (dpo's, when
-         * it has held-out pairs: without, or for rm, kto, sft, pretrain, it is the training
-         * data's) and the training items are as many as then */
-        if (train_differs && (o->eval_legacy_hash == data_hash || s->data.n != n_items))
-            return fdpo_error("--resume: the training data differ from the saved run's (%zu items then, %zu now): %s",
-                              s->data.n, n_items, NEED);
-        if (train_differs)
-            return fdpo_error("--resume: the training data or the held-out data (%s) differ from the saved run's "
-                              "(%zu training items then, %zu now): %s", o->eval_name, s->data.n, n_items, NEED);
-    } else {
-        const int eval_differs = o->eval_name && (s->eval_n_items != o->eval_n_items || s->eval_hash != o->eval_hash);
-        if (train_differs && eval_differs)
-            return fdpo_error("--resume: the training data (%zu items then, %zu now) and the held-out data (%s; %zu items "
-                              "then, %zu now) differ from the saved run's: %s", s->data.n, n_items, o->eval_name,
-                              s->eval_n_items, o->eval_n_items, NEED);
-        if (train_differs)
-            return fdpo_error("--resume: the training data differ from the saved run's (%zu items then, %zu now): %s",
-                              s->data.n, n_items, NEED);
-        if (eval_differs)
-            return fdpo_error("--resume: the held-out data (%s) differ from the saved run's (%zu items then, %zu now): %s",
-                              o->eval_name, s->eval_n_items, o->eval_n_items, NEED);
-    }
+    const int legacy = o->eval_name && !s->has_eval_data;   /* one fingerprint of both sets, or of the training items */
+    const int train_differs = s->data.n != n_items || s->data_hash != (legacy ? o->eval_legacy_hash : data_hash);
+    /* legacy: the held-out set can be the cause only where that fingerprint covered one (dpo's,
+     * when it has held-out pairs: without, or for rm, kto, sft, pretrain, it is the training
+     * data's) and the training items are as many as then */
+    const int train_or_eval = legacy && train_differs && o->eval_legacy_hash != data_hash && s->data.n == n_items;
+    const int eval_differs = !legacy && o->eval_name && (s->eval_n_items != o->eval_n_items || s->eval_hash != o->eval_hash);
+    if (train_or_eval)
+        return fdpo_error("--resume: the training data or the held-out data (%s) differ from the saved run's "
+                          "(%zu training items then, %zu now): %s", o->eval_name, s->data.n, n_items, NEED);
+    if (train_differs && eval_differs)
+        return fdpo_error("--resume: the training data (%zu items then, %zu now) and the held-out data (%s; %zu items "
+                          "then, %zu now) differ from the saved run's: %s", s->data.n, n_items, o->eval_name,
+                          s->eval_n_items, o->eval_n_items, NEED);
+    if (train_differs)
+        return fdpo_error("--resume: the training data differ from the saved run's (%zu items then, %zu now): %s",
+                          s->data.n, n_items, NEED);
+    if (eval_differs)
+        return fdpo_error("--resume: the held-out data (%s) differ from the saved run's (%zu items then, %zu now): %s",
+                          o->eval_name, s->eval_n_items, o->eval_n_items, NEED);
     s->data_hash = data_hash;
     s->has_eval_data = o->eval_name != NULL;
     s->eval_n_items = o->eval_n_items;
