@@ -251,12 +251,13 @@ static int shape_flags_check(fdpo_flag *flags, size_t n, const fdpo_train_opts *
         fdpo_tokenizer *given = fdpo_tokenizer_load_dir(o->tokenizer);
         if (!given) return fdpo_error_context("--tokenizer %s", o->tokenizer);
         fdpo_tokenizer *saved = fdpo_tokenizer_load_dir(dir);
-        int same = saved && fdpo_tokenizer_same(given, saved);
+        char what[512];
+        int differs = saved && fdpo_tokenizer_diff(given, saved, what, sizeof what);
         fdpo_tokenizer_free(given);
         fdpo_tokenizer_free(saved);
-        if (saved && !same)
-            return fdpo_error("--tokenizer %s: differs from the tokenizer of the run saved in %s, which the resumed "
-                              "run keeps (drop the flag)", o->tokenizer, dir);
+        if (differs)
+            return fdpo_error("--tokenizer %s: differs from the tokenizer of the run saved in %s (%s), which the resumed "
+                              "run keeps (drop the flag)", o->tokenizer, dir, what);
     }
     return 0;
 }

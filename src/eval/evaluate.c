@@ -208,8 +208,10 @@ int fdpo_eval_check_policies(char *const *dirs, size_t n, const fdpo_gpt2_config
         fdpo_gpt2_config pc;
         fdpo_tokenizer *pt = NULL;
         int rc = fdpo_eval_load_config("--model", dirs[p], &pc, &pt);
-        if (!rc && !fdpo_tokenizer_same(pt, ref_tok))
-            rc = fdpo_error("--model %s: its tokenizer differs from --ref's (the same text would be other ids)", dirs[p]);
+        char what[512];
+        if (!rc && fdpo_tokenizer_diff(pt, ref_tok, what, sizeof what))
+            rc = fdpo_error("--model %s: its tokenizer differs from --ref's (%s): the same text would be other ids", dirs[p],
+                            what);
         if (!rc && (fdpo_prompt_lens_check(prompt_lens, prompt_lines, n_prompts, pc.n_positions, prompts_path) ||
                     fdpo_eval_check_fit(&pc, ref, prompt_lens, n_prompts, c)))
             rc = fdpo_error_context("--model %s", dirs[p]);

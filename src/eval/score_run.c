@@ -109,8 +109,10 @@ int fdpo_score_run(const fdpo_score_opts *o) {
     if (!rc && ref_dir) rc = fdpo_eval_load_checkpoint("--ref", ref_dir, &ref, &rtok);
     if (!rc && ref && ref->config.vocab_size != m->config.vocab_size)
         rc = fdpo_error("--ref %s: vocabulary %zu != --model's %zu", ref_dir, ref->config.vocab_size, m->config.vocab_size);
-    if (!rc && ref && !fdpo_tokenizer_same(rtok, tok))   /* log-ratios compare the same ids */
-        rc = fdpo_error("--ref %s: its tokenizer differs from --model's (the same text would be other ids)", ref_dir);
+    char what[512];
+    if (!rc && ref && fdpo_tokenizer_diff(rtok, tok, what, sizeof what))   /* log-ratios compare the same ids */
+        rc = fdpo_error("--ref %s: its tokenizer differs from --model's (%s): the same text would be other ids", ref_dir,
+                        what);
     /* every rank's block on one bf16 route, agreed before the decoders take theirs (a rank
      * that failed above ends the job: src/cli/main.c) */
     if (!rc) rc = fdpo_dist_agree_bf16_route();

@@ -909,8 +909,8 @@ def test_shape_flags_must_agree_with_a_loaded_model(tmp_path, corpus):
     ok("tokenizer", "train", "--vocab-size", "260", "--out", tmp_path / "tok", *corpus)
     r = fdpo(*base, "--resume", "--tokenizer", tmp_path / "tok")
     assert r.returncode == 1
-    assert (f"--tokenizer {tmp_path / 'tok'}: differs from the tokenizer of the run saved in {out}, which the "
-            "resumed run keeps (drop the flag)") in r.stderr
+    assert (f"--tokenizer {tmp_path / 'tok'}: differs from the tokenizer of the run saved in {out} (kind gpt2-bpe vs "
+            "byte), which the resumed run keeps (drop the flag)") in r.stderr
     assert json.loads((out / "training_state.json").read_text())["step"] == 3   # nothing ran
 
 

@@ -1166,12 +1166,17 @@ def test_eval_and_score_refuse_a_reference_with_another_tokenizer(tmp_path):
     (tmp_path / "c.jsonl").write_text(json.dumps({"prompt": "the cat", "completion": " sat"}) + "\n")
     ev = ["--data", str(tmp_path / "p.txt"), "--n", "1", "--max-new-tokens", "2", "--threads", "1"]
     sc = ["--data", str(tmp_path / "c.jsonl"), "--threads", "1"]
+    # the first difference named: the first merged token (id 256), read from each vocab.json
+    first = {m: {i: t for t, i in json.loads((tmp_path / m / "vocab.json").read_text()).items()}[256] for m in ("ma", "mb")}
+    assert first["ma"] != first["mb"]
     r = run(FDPO, "eval", "--model", str(tmp_path / "ma"), "--ref", str(tmp_path / "mb"), *ev)
     assert r.returncode == 1, r.stderr
-    assert f"--model {tmp_path / 'ma'}: its tokenizer differs from --ref's (the same text would be other ids)" in r.stderr
+    assert (f"--model {tmp_path / 'ma'}: its tokenizer differs from --ref's (token 256 '{first['ma']}' vs "
+            f"'{first['mb']}'): the same text would be other ids") in r.stderr
     r = run(FDPO, "score", "--model", str(tmp_path / "ma"), "--ref", str(tmp_path / "mb"), *sc)
     assert r.returncode == 1, r.stderr
-    assert f"--ref {tmp_path / 'mb'}: its tokenizer differs from --model's (the same text would be other ids)" in r.stderr
+    assert (f"--ref {tmp_path / 'mb'}: its tokenizer differs from --model's (token 256 '{first['mb']}' vs "
+            f"'{first['ma']}'): the same text would be other ids") in r.stderr
     assert run(FDPO, "eval", "--model", str(tmp_path / "ma"), "--ref", str(tmp_path / "ma2"), *ev).returncode == 0
     assert run(FDPO, "score", "--model", str(tmp_path / "ma"), "--ref", str(tmp_path / "ma2"), *sc).returncode == 0
 

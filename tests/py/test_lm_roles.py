@@ -6,6 +6,7 @@ model. fdpo rm keeps taking one (it continues a reward model). generate, score a
 it as the model they sample or score with (fdpo_eval_load_checkpoint): it is a reward."""
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -148,7 +149,25 @@ def test_a_reference_with_another_tokenizer_of_the_same_size_is_refused(models, 
     args = runs(models, models / "base", bpe257)[cmd]
     r = fdpo(*args, "--out", tmp_path / "out")
     assert r.returncode == 1, r.stderr
-    want = (f"fdpo {args[0]}: --ref {bpe257}: its tokenizer differs from the policy's ({models / 'base'}): "
-            "the same text would be other ids\n")
+    # the first difference named: bpe257 is a BPE, the policy's tokenizer fdpo's byte-level one
+    assert json.loads((models / "base" / "fdpo_tokenizer.json").read_text())["type"] == "byte"
+    want = (f"fdpo {args[0]}: --ref {bpe257}: its tokenizer differs from the policy's ({models / 'base'}: kind gpt2-bpe "
+            "vs byte): the same text would be other ids\n")
     assert want in r.stderr, r.stderr
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+@pytest.mark.parametrize("cmd", ["dpo", "dpo-live", "kto", "rl", "online", "online-step"])
+def test_a_reference_whose_tokenizer_files_cannot_be_read_is_refused(models, bpe257, tmp_path, cmd):
+    """the tokenizer check was skipped when the reference's files did not load: a broken vocab.json
+    passed as 'no tokenizer files', and the run trained against a reference it could not compare"""
+    ref = tmp_path / "ref"
+    shutil.copytree(bpe257, ref)
+    (ref / "vocab.json").write_text('{"a": 0,')
+    for f in ("tokenizer.json",):
+        (ref / f).unlink(missing_ok=True)
+    args = runs(models, models / "base", ref)[cmd]
+    r = fdpo(*args, "--out", tmp_path / "out")
+    assert r.returncode == 1, r.stderr
+    assert f"fdpo {args[0]}: --ref {ref}: {ref / 'vocab.json'}" in r.stderr, r.stderr
     assert not (tmp_path / "out" / "config.json").exists()
