@@ -184,6 +184,8 @@ typedef struct fdpo_reward fdpo_reward;
  * case-folded as for afinn, that are in the vocabulary FILE, one word per line; 0 for a
  * completion without words). */
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o);
+/* The specs above as a message and every command's --help list them */
+#define FDPO_REWARD_SPECS "afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR, words:FILE"
 /* The flag the reward's spec was given by (fdpo_reward_options.flag; "--reward" by default),
  * for the errors of its scoring */
 const char *fdpo_reward_flag(const fdpo_reward *r);

