@@ -306,6 +306,30 @@ def test_alpha_score_small_alpha_keeps_full_precision():
             assert abs(naive - want) > 1e3 * abs(out["score"][0] - want) or naive == want
 
 
+def test_alpha_fprime_keeps_full_precision_for_every_alpha():
+    """alpha's f'(u) = (1 - u^-A)/A against mpmath at 400 digits. Evaluated as written it
+    subtracts two numbers near 1: 4 % off at A = 1e-15, exactly 0 at u = 1.000001 for A =
+    1e-12 and for every u at A = 1e-300 (f' ~ log u there), while fdpo_score gave the same
+    quantity right."""
+    import mpmath
+    mpmath.mp.dps = 400
+    alphas = [1e-300, 1e-100, 1e-15, 1e-12, 1e-9, 1e-6, 1e-3, 0.3, 0.5, 0.999, 1 - 1e-6]
+    us = [0.0, 1e-300, 1e-30, 0.01, 0.5, 0.999999, 1.0, 1.000001, 2.0, 1e6, 1e20, 1e300]
+    out = run_ok({"divergences": [f"alpha:{A!r}" for A in alphas], "u": us})["divergences"]
+    for A, d in zip(alphas, out):
+        for u, got in zip(us, d["fprime"]):
+            if u == 0:
+                assert got == -math.inf, (A, got)
+                continue
+            want = (1 - mpmath.mpf(u) ** (-mpmath.mpf(A))) / mpmath.mpf(A)
+            if abs(want) > 1.7e308:
+                assert got == -math.inf, (A, u, got)
+            else:
+                # e^(-A log u) carries the rounding of its exponent: eps |A log u| (5e-16 at 0.3, 1e-300)
+                tol = 2.3e-16 * (2 + abs(A * math.log(u)))
+                assert abs(mpmath.mpf(got) - want) <= tol * abs(want), (A, u, got, float(want))
+
+
 def test_logistic_functions_match_torch_without_overflow():
     """fdpo_sigmoid / fdpo_log_sigmoid / fdpo_softplus (the one copy every module uses)
     against torch float64, out to |x| = 800 where exp(|x|) overflows double."""
