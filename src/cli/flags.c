@@ -1,4 +1,5 @@
 #include <ini.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -166,6 +167,9 @@ static void order_add(const char *flag, const char *value) {
     g_order[g_n_order++] = (cli_item){flag, value};
 }
 
+/* Where a flag's value came from when the command line did not give it: a config file's entry
+ * (text: the file's text; entry: the entry's index), or (text NULL) a run's saved settings that
+ * --resume restored (file: its training_state.json) */
 typedef struct { const char *flag, *file, *text; size_t entry; const char *value; } cfg_origin;
 static cfg_origin *g_origin; static size_t g_n_origin, g_cap_origin;
 
@@ -193,6 +197,7 @@ static int reject_target(void *user, const char *section, const char *name, cons
 }
 
 static int origin_line(const cfg_origin *o, const char **file) {
+    if (!o->text) return 0;   /* a saved setting: no line */
     origin_ctx c = {o->entry, 0};
     int line = ini_parse_string(o->text, reject_target, &c);
     if (line <= 0) return 0;
@@ -212,6 +217,21 @@ static const cfg_origin *origin_of(const char *flag, const char *rest) {
         last = o;
     }
     return last;
+}
+
+/* "from FILE:LINE" or "saved in FILE, restored by --resume" into buf; 0 where o says neither */
+static int origin_where(const cfg_origin *o, char *buf, size_t n) {
+    if (!o) return 0;
+    if (!o->text) return snprintf(buf, n, "saved in %s, restored by --resume", o->file), 1;
+    const char *file = NULL;
+    const int line = origin_line(o, &file);
+    if (line <= 0) return 0;
+    snprintf(buf, n, "from %s:%d", file, line);
+    return 1;
+}
+
+void flags_note_saved(const char *flag, const char *state_file, const char *value) {
+    origin_set(flag, keep_strdup(state_file), NULL, 0, value ? keep_strdup(value) : NULL, 0);
 }
 
 int flags_config_line(const char *flag, const char **file) {
@@ -247,11 +267,9 @@ const char *flags_error_origin(const char *msg, char *buf, size_t n) {
             const size_t len = o->file && o->value ? strlen(o->value) : 0;
             if (len && !strncmp(msg, o->value, len) && msg[len] == '/' && is_checkpoint_file(msg + len + 1)) hit = o;
         }
-        if (!hit) return msg;
-        const char *file = NULL;
-        const int line = origin_line(hit, &file);
-        if (line <= 0) return msg;
-        snprintf(buf, n, "--%s: %s (from %s:%d)", hit->flag, msg, file, line);
+        char where[PATH_MAX + 64];   /* a file path whole */
+        if (!origin_where(hit, where, sizeof where)) return msg;
+        snprintf(buf, n, "--%s: %s (%s)", hit->flag, msg, where);
         return buf;
     }
     static const char NAME_CHARS[] = "abcdefghijklmnopqrstuvwxyz0123456789-";
@@ -272,10 +290,9 @@ const char *flags_error_origin(const char *msg, char *buf, size_t n) {
         size_t at = (size_t)snprintf(buf, n, "%s (", msg);
         int named = 0;
         for (int k = 0; k < 2 && at < n; k++) {
-            const char *file = NULL;
-            const cfg_origin *o = origin_of(names[k], NULL);
-            const int line = o ? origin_line(o, &file) : 0;
-            if (line > 0) at += (size_t)snprintf(buf + at, n - at, "%s--%s from %s:%d", named++ ? ", " : "", names[k], file, line);
+            char where[PATH_MAX + 64];   /* a file path whole */
+            if (origin_where(origin_of(names[k], NULL), where, sizeof where))
+                at += (size_t)snprintf(buf + at, n - at, "%s--%s %s", named++ ? ", " : "", names[k], where);
         }
         if (!named) return msg;
         if (at < n) snprintf(buf + at, n - at, ")");
@@ -283,11 +300,9 @@ const char *flags_error_origin(const char *msg, char *buf, size_t n) {
     }
     /* "--lr: ..." and "--eval-every 5: ..." (the value after the name) */
     if (msg[2 + len] != ':' && msg[2 + len] != ' ') return msg;
-    const char *file = NULL;
-    const cfg_origin *o = origin_of(name, msg[2 + len] == ' ' ? msg + 3 + len : NULL);
-    const int line = o ? origin_line(o, &file) : 0;
-    if (line <= 0) return msg;
-    snprintf(buf, n, "%s (from %s:%d)", msg, file, line);
+    char where[PATH_MAX + 64];   /* a file path whole */
+    if (!origin_where(origin_of(name, msg[2 + len] == ' ' ? msg + 3 + len : NULL), where, sizeof where)) return msg;
+    snprintf(buf, n, "%s (%s)", msg, where);
     return buf;
 }
 
@@ -379,7 +394,8 @@ const char *flags_first_set(const fdpo_flag *flags, size_t n, const char *const 
 }
 
 int flags_from_config(const char *flag) {
-    for (size_t i = 0; i < g_n_origin; i++) if (!strcmp(g_origin[i].flag, flag)) return g_origin[i].file != NULL;
+    for (size_t i = 0; i < g_n_origin; i++)
+        if (!strcmp(g_origin[i].flag, flag)) return g_origin[i].file && g_origin[i].text;   /* not a saved setting */
     return 0;
 }
 

@@ -75,8 +75,12 @@ void flags_release_config(void);
 int flags_config_line(const char *flag, const char **file);
 /* An error message "--NAME: ..." (a library check's, naming the flag) whose flag's value came
  * from a --config file, with " (from FILE:LINE)" appended in buf ("--A/--B: ...": each flag
- * a file gave, " (--A from FILE:LINE, ...)"); otherwise msg itself. */
+ * a file gave, " (--A from FILE:LINE, ...)"), or from a run's saved settings (flags_note_saved),
+ * with " (saved in FILE, restored by --resume)"; otherwise msg itself. */
 const char *flags_error_origin(const char *msg, char *buf, size_t n);
+/* flag's value (value: its text for a text flag, else NULL) was restored by --resume from the
+ * saved settings in state_file: errors about it say so (flags_error_origin) */
+void flags_note_saved(const char *flag, const char *state_file, const char *value);
 void flags_print_help(const char *cmd, const char *usage, const fdpo_flag *flags, size_t n_flags);
 /* Was this flag given explicitly? */
 int flags_was_set(const fdpo_flag *flags, size_t n_flags, const char *name);

@@ -158,6 +158,7 @@ static int resume_defaults(fdpo_flag *flags, size_t n, const char *out, const ch
     char from_saved[1024] = "", given[512] = "";
     size_t a = 0, b = 0;
     int rc = 0;
+    char *state_file = fdpo_path_join(out, "training_state.json");
     for (size_t i = 0; i < saved.n && !rc; i++) {
         const fdpo_setting *x = &saved.v[i];
         fdpo_flag *f = find(flags, n, x->key);
@@ -174,6 +175,11 @@ static int resume_defaults(fdpo_flag *flags, size_t n, const char *out, const ch
         fdpo_setting use = *x;   /* a path typed relative to another directory: where it resolved then */
         if (x->type == FDPO_SETTING_STR) use.str = (char *)fdpo_settings_path_to_use(&saved, x->key, x->str);
         rc = set_from_setting(f, &use);
+        if (rc) {
+            fdpo_error_context("%s", state_file);
+        } else {   /* a check of the value later names the file it came from, not only the flag */
+            flags_note_saved(f->name, state_file, f->type == FLAG_STR ? *(const char **)f->dest : NULL);
+        }
         if (use.str != x->str) fdpo_setting_text(&use, text, sizeof text);
         if (!rc && a < sizeof from_saved)
             a += (size_t)snprintf(from_saved + a, sizeof from_saved - a, "%s%s=%s", a ? " " : "", x->key, text);
@@ -189,6 +195,7 @@ static int resume_defaults(fdpo_flag *flags, size_t n, const char *out, const ch
         fdpo_settings_free(&now);
     }
     fdpo_settings_free(&saved);
+    free(state_file);
     if (rc) return rc;
     fdpo_log(FDPO_LOG_INFO, "resuming %s after step %zu with the saved settings: %s", out, step, a ? from_saved : "(none)");
     if (b) fdpo_log(FDPO_LOG_INFO, "resuming with new values given now for: %s", given);

@@ -97,6 +97,25 @@ def test_resume_refuses_changed_flags_and_data(tmp_path, corpus):
     assert r.returncode != 0 and "--overwrite" in r.stderr
 
 
+@pytest.mark.parametrize("key,value,want", [
+    ("precision", "fp16", "--precision: 'fp16' is not one of fp32, bf16 (saved in {state}, restored by --resume)"),
+    ("schedule", "wobble", "--schedule: unknown schedule 'wobble' (constant, cosine, linear) (saved in {state}, "
+                           "restored by --resume)"),
+    ("precision", 3, "{state}: saved setting 'precision' is not text, but --precision takes text"),
+])
+def test_a_bad_saved_setting_names_the_state_file(tmp_path, corpus, key, value, want):
+    """a value --resume restored from training_state.json was checked as if typed: '--precision:
+    'fp16' is not one of ...' named a flag the user never gave, and no file"""
+    out = tmp_path / "o"
+    ok("pretrain", "--out", out, *TINY, "--batch-size", "2", "--steps", "2", "--quiet", *corpus)
+    state = out / "training_state.json"
+    j = json.loads(state.read_text())
+    j["settings"][key] = value
+    state.write_text(json.dumps(j))
+    r = fdpo("pretrain", "--out", out, "--resume", "--steps", "3", "--quiet", *corpus)
+    assert r.returncode == 1 and r.stderr.splitlines()[-1] == f"fdpo pretrain: {want.format(state=state)}", r.stderr
+
+
 def test_resume_refuses_changed_held_out_examples(tmp_path):
     """sft's --eval-fraction split is in the resume fingerprint, as dpo's, rm's and kto's held-out
     sets are (docs/training.md): an edited held-out example was accepted on --resume and the
