@@ -110,6 +110,11 @@ typedef struct {
     const char *lora_targets;
 } fdpo_train_opts;
 #define FDPO_LORA_ALPHA_DEFAULT 8.0   /* PEFT's LoraConfig default lora_alpha */
+/* The most optimizer steps a run may have, 2^53: training_state.json holds the step counts as
+ * JSON numbers (doubles), exact only up to 2^53, and --resume reads no more (fdpo_json_size),
+ * so a longer run saved a state it could not resume. Refused: --steps by fdpo_train_opts_check,
+ * the steps of --epochs by fdpo_trainer_open. */
+#define FDPO_MAX_STEPS 9007199254740992LL
 /* the adapters' gradients are not laid out per layer (fdpo_train_opts_check, the trainer) */
 #define FDPO_OVERLAP_LORA_REFUSED \
     "--allreduce-overlap: not available with --lora-r (the adapters' gradients are summed after backward)"
@@ -226,7 +231,8 @@ size_t fdpo_train_step_items(const fdpo_train_opts *o, size_t n_items);
 /* The examples of one micro-batch (one forward/backward): --batch-size, capped at the step's. */
 size_t fdpo_train_micro_items(const fdpo_train_opts *o, size_t n_items);
 /* Total optimizer steps of a run over n_items items: --steps, else
- * ceil(--epochs x n_items / fdpo_train_step_items). */
+ * ceil(--epochs x n_items / fdpo_train_step_items); SIZE_MAX where that is more than
+ * FDPO_MAX_STEPS (which fdpo_trainer_open refuses). */
 size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items);
 
 /* ---- data order ----

@@ -279,7 +279,11 @@ static int eval_flags_check(fdpo_flag *flags, size_t n) {
               *file = find(flags, n, "eval-file"), *max_seqs = find(flags, n, "eval-max-seqs");
     if (!every || !fraction) return 0;   /* a command without a held-out set (online, rl) */
     const long every_n = *(long *)every->dest;
-    const int held_out = *(double *)fraction->dest > 0 || (file && *(const char **)file->dest);
+    const double fraction_v = *(double *)fraction->dest;
+    /* a value out of its own range is that flag's error, which the library's range check
+     * reports (--eval-fraction -0.1 read as "no held-out set" blamed --eval-every) */
+    if (!(fraction_v >= 0 && fraction_v < 1) || every_n < 0 || (max_seqs && *(long *)max_seqs->dest < 0)) return 0;
+    const int held_out = fraction_v > 0 || (file && *(const char **)file->dest);
     if (every->set && every_n > 0 && !held_out)
         return fdpo_error("--eval-every %ld: there is no held-out set to evaluate (--eval-fraction is 0%s)", every_n,
                           file ? " and no --eval-file is given" : "");

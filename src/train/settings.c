@@ -379,6 +379,9 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
     if (o->batch_size < 1) return fdpo_error("--batch-size: %ld must be >= 1", o->batch_size);
     if (o->grad_accum < 1) return fdpo_error("--grad-accum: %ld must be >= 1", o->grad_accum);
     if (o->steps < 0) return fdpo_error("--steps: %ld must be >= 0", o->steps);
+    if (o->steps > FDPO_MAX_STEPS)
+        return fdpo_error("--steps: %ld is more than 2^53 = %lld, the most a training state records exactly (its --resume "
+                          "could not continue the run)", o->steps, FDPO_MAX_STEPS);
     if (o->steps == 0 && !(o->epochs > 0)) return fdpo_error("--epochs: %g must be > 0 when --steps is 0", o->epochs);
     if (o->stop_at < 0) return fdpo_error("--stop-at: %ld must be >= 0", o->stop_at);
     if (!(o->lr >= 0)) return fdpo_error("--lr: %g must be >= 0", o->lr);

@@ -132,7 +132,9 @@ size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items) {
     if (o->steps > 0) return (size_t)o->steps;
     size_t per_step = fdpo_train_step_items(o, n_items);
     if (per_step == 0 || !(o->epochs > 0)) return 0;
-    return (size_t)ceil(o->epochs * (double)n_items / (double)per_step - 1e-9);
+    double steps = ceil(o->epochs * (double)n_items / (double)per_step - 1e-9);
+    /* --epochs 1e300 gave a double past size_t, whose conversion is undefined (C11 6.3.1.4) */
+    return steps > (double)FDPO_MAX_STEPS ? SIZE_MAX : (size_t)steps;
 }
 
 fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o) {
@@ -485,6 +487,12 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     fdpo_set_threads((int)o->threads);
     size_t total = fdpo_train_total_steps(o, n_items);
     if (total == 0) return fdpo_error("--steps: the run has no steps (give --steps N or --epochs X > 0)");
+    if (total > (size_t)FDPO_MAX_STEPS) {   /* --steps is checked by fdpo_train_opts_check */
+        size_t per_step = fdpo_train_step_items(o, n_items);
+        return fdpo_error("--epochs: %g gives more than 2^53 = %lld steps (ceil(epochs x %zu items / %zu per step)), "
+                          "the most a training state records exactly (its --resume could not continue the run)",
+                          o->epochs, FDPO_MAX_STEPS, n_items, per_step);
+    }
     if (o->stop_at > 0 && (size_t)o->stop_at > total)   /* it would never stop there: the run went to the end */
         return fdpo_error("--stop-at: %ld is after the run's last step %zu (give a step <= %zu)", o->stop_at, total, total);
     if (fdpo_schedule_parse(o->schedule, &tr->sched.kind)) return -1;

@@ -565,6 +565,10 @@ START_TEST(step_items_capped_at_the_data) {
     ck_assert_uint_eq(fdpo_train_step_items(&o, 5), 5);
     o.epochs = 1.5;
     ck_assert_uint_eq(fdpo_train_total_steps(&o, 5), 2);      /* ceil(1.5) passes of one step */
+    o.epochs = 9007199254740992.0;                            /* 2^53 passes of one step: the most */
+    ck_assert_uint_eq(fdpo_train_total_steps(&o, 5), (size_t)FDPO_MAX_STEPS);
+    o.epochs = 1e300;   /* was (size_t)1e300, undefined (C11 6.3.1.4); fdpo_trainer_open refuses SIZE_MAX */
+    ck_assert_uint_eq(fdpo_train_total_steps(&o, 5), SIZE_MAX);
 }
 END_TEST
 

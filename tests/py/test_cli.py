@@ -700,6 +700,28 @@ def test_eval_flags_without_an_evaluation_are_refused(tmp_path, cmd):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("cmd", ["pretrain", "sft", "dpo", "rm", "kto"])
+def test_an_eval_flag_out_of_range_is_its_own_error(tmp_path, cmd):
+    """--eval-fraction -0.1 read as "no held-out set": the error blamed the valid --eval-every 5
+    (or --eval-max-seqs) and said "--eval-fraction is 0". The range error comes first and names
+    the flag, its value and its --config line; likewise a negative --eval-every or --eval-max-seqs
+    is that flag's own error, not the other's."""
+    base = [cmd, "--model", str(tmp_path / "none"), "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]
+    fraction = f"fdpo {cmd}: --eval-fraction: -0.1 is not in [0, 1)"
+    for other in (["--eval-every", "5"], ["--eval-every", "0"]) + ((["--eval-max-seqs", "2"],) if cmd in ("pretrain", "sft") else ()):
+        r = run(*base, "--eval-fraction", "-0.1", *other)
+        assert r.returncode == 1 and r.stderr == fraction + "\n", (other, r.stderr)
+    cfg = write(tmp_path / "run.ini", "eval-every = 5\neval-fraction = -0.1\n")
+    r = run(*base, "--config", cfg)
+    assert r.returncode == 1 and r.stderr == f"{fraction} (from {cfg}:2)\n", r.stderr
+    if cmd in ("pretrain", "sft"):
+        r = run(*base, "--eval-fraction", "0", "--eval-every", "-1", "--eval-max-seqs", "2")
+        assert r.returncode == 1 and r.stderr == f"fdpo {cmd}: --eval-every: -1 must be >= 0\n", r.stderr
+        r = run(*base, "--eval-every", "0", "--eval-max-seqs", "-1")
+        assert r.returncode == 1 and r.stderr == f"fdpo {cmd}: --eval-max-seqs: -1 must be >= 0\n", r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("flags,msg", [
     (["--ref", "/nonexistent"], "--ref /nonexistent: --loss simpo uses no reference model; drop --ref or pick another --loss"),
     (["--ref-live"], "--ref-live: --loss simpo uses no reference model; drop --ref-live or pick another --loss"),

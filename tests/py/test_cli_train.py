@@ -754,6 +754,55 @@ def test_resume_keeps_integers_past_2_to_the_53(tmp_path, corpus):
     assert r.returncode == 1 and f"--seed: {2**53} differs from the saved run's {2**53 + 1}" in r.stderr, r.stderr
 
 
+def test_a_run_of_more_than_2_to_the_53_steps_is_refused_and_one_of_2_to_the_53_resumes(tmp_path):
+    """training_state.json holds its step counts as JSON numbers, exact up to 2^53, and --resume
+    reads no more (Python's json, as every JSON reader, has the same doubles): --steps 10^16
+    trained and saved "total_steps":1e+16, which its own --resume refused ("field 'total_steps'
+    missing or not a non-negative integer"), and --epochs 1e300 made its step count by an
+    undefined double -> size_t conversion. Both are refused before anything is written, naming
+    the flag; a run of 2^53 steps saves a state that resumes."""
+    text = "some text<|endoftext|>another document<|endoftext|>third one here"
+    data = tmp_path / "t.txt"
+    data.write_text(text)
+    # docs/training.md: byte tokens, <|endoftext|> after each of the 3 documents, cut into
+    # windows of seq-len 8 targets; a step takes min(batch x accum, windows)
+    windows = math.ceil((len(text.replace("<|endoftext|>", "").encode()) + 3 - 1) / 8)
+    common = ["--n-layer", "1", "--n-embd", "8", "--n-head", "2", "--seq-len", "8", "--n-positions", "16",
+              "--threads", "1", "--eval-fraction", "0", "--quiet", data]
+    out = tmp_path / "o"
+    why = "the most a training state records exactly (its --resume could not continue the run)"
+    r = fdpo("pretrain", "--out", out, *common, "--steps", 2**53 + 1, "--stop-at", "1")
+    assert r.returncode == 1 and r.stderr == \
+        f"fdpo pretrain: --steps: {2**53 + 1} is more than 2^53 = {2**53}, {why}\n", r.stderr
+    # 1e300 passes; 2e15 passes (< 2^53) of one window per step: 2e15 x windows steps
+    for epochs, batch, per_step in (("1e+300", "8", min(8, windows)), ("2e+15", "1", 1)):
+        assert float(epochs) * windows / per_step > 2**53
+        r = fdpo("pretrain", "--out", out, *common, "--epochs", epochs, "--batch-size", batch, "--stop-at", "1")
+        assert r.returncode == 1 and r.stderr == (
+            f"fdpo pretrain: --epochs: {epochs} gives more than 2^53 = {2**53} steps (ceil(epochs x {windows} items "
+            f"/ {per_step} per step)), {why}\n"), r.stderr
+    assert not out.exists()
+    ok("pretrain", "--out", out, *common, "--steps", 2**53, "--stop-at", "1")
+    assert json.loads((out / "training_state.json").read_text())["total_steps"] == 2**53
+    ok("pretrain", "--out", out, *common, "--steps", 2**53, "--stop-at", "2", "--resume")
+    state = json.loads((out / "training_state.json").read_text())
+    assert state["step"] == 2 and state["total_steps"] == 2**53
+
+
+@pytest.mark.parametrize("cmd", ["sft", "dpo", "rm", "kto", "rl", "online", "sacpo"])
+def test_every_trainer_refuses_more_than_2_to_the_53_steps(tmp_path, cmd):
+    """the check of the shared training options (fdpo_train_opts_check) bounds --steps for every
+    command that saves a training state, before anything is loaded (the model here does not exist)"""
+    extra = {"rl": ["--reward", "length"], "online": ["--reward", "length", "--mode", "step"],
+             "sacpo": ["--reward-data", tmp_path / "r.jsonl", "--safety-data", tmp_path / "s.jsonl", "--lambda", "1"]}
+    data = [] if cmd == "sacpo" else ["--data", tmp_path / "none.jsonl"]   # sacpo's stages on files take no --data
+    r = fdpo(cmd, "--model", tmp_path / "none", *data, "--out", tmp_path / "o", *extra.get(cmd, []), "--steps", 2**53 + 1)
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo {cmd}: --steps: {2**53 + 1} is more than 2^53 = {2**53}, the most a training state records exactly "
+        "(its --resume could not continue the run)\n"), r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_resume_keeps_a_16_digit_seed_below_2_to_the_53(tmp_path, corpus):
     """cJSON writes a number with 15 significant digits: --seed 2^53 - 1 was saved as
     9.00719925474099e+15, and its resume refused the seed as changed. From 10^15 a whole number
