@@ -71,6 +71,19 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
     if (!rc) rc = config_bool(path, root, "mlp_bias", 0, &c->mlp_bias);
     if (!rc) rc = config_bool(path, root, "use_sliding_window", 0, &sliding);
     if (!rc && sliding) rc = fdpo_error("%s: use_sliding_window true is not supported", path);
+    /* transformers' rotary init rotates head_dim x partial_rotary_factor dimensions (at top
+     * level, or in v5's rope_parameters); fdpo rotates them all, so another factor was read as 1 */
+    const char *const prf_in[] = {NULL, "rope_parameters", "rope_scaling"};
+    for (size_t i = 0; !rc && i < sizeof prf_in / sizeof prf_in[0]; i++) {
+        const cJSON *obj = prf_in[i] ? cJSON_GetObjectItemCaseSensitive(root, prf_in[i]) : root;
+        const cJSON *prf = cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, "partial_rotary_factor") : NULL;
+        if (prf && !cJSON_IsNull(prf) && !cJSON_IsNumber(prf))
+            rc = fdpo_error("%s: %s%spartial_rotary_factor must be a number", path, prf_in[i] ? prf_in[i] : "",
+                            prf_in[i] ? "." : "");
+        else if (prf && cJSON_IsNumber(prf) && prf->valuedouble != 1.0)
+            rc = fdpo_error("%s: %s%spartial_rotary_factor %.17g is not supported (fdpo rotates every dimension of a "
+                            "head: 1)", path, prf_in[i] ? prf_in[i] : "", prf_in[i] ? "." : "", prf->valuedouble);
+    }
     c->qkv_bias = qwen2 || attention_bias;
     c->o_bias = !qwen2 && attention_bias;
     /* transformers v5 writes the rotary settings as one "rope_parameters" object (rope_type,

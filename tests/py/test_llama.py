@@ -178,6 +178,12 @@ def test_init_and_info(tmp_path):
 
 BAD = {
     "unknown_type": (lambda d: edit_config(d, model_type="mistral"), ["model_type 'mistral'", "not supported"]),
+    # transformers' rotary init rotates head_dim * partial_rotary_factor dimensions; fdpo read it as 1
+    "partial_rotary": (lambda d: edit_config(d, partial_rotary_factor=0.5),
+                       ["config.json: partial_rotary_factor 0.5 is not supported (fdpo rotates every dimension"]),
+    "partial_rotary_v5": (lambda d: edit_config(d, rope_scaling=None, rope_parameters={"rope_type": "default",
+                                                                                        "partial_rotary_factor": 0.25}),
+                          ["config.json: rope_parameters.partial_rotary_factor 0.25 is not supported"]),
     "rope_dynamic": (lambda d: edit_config(d, rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
                      ["rope_scaling type 'dynamic'"]),
     "rope_parameters_yarn": (lambda d: edit_config(d, rope_scaling=None, rope_parameters={"rope_type": "yarn", "factor": 2.0}),
