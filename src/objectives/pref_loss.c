@@ -79,8 +79,9 @@ double fdpo_pref_loss_pair(const fdpo_pref_loss *L, double lw, double ll, double
     double z = b * delta, dL_ddelta;
     switch (L->kind) {
     case FDPO_LOSS_SIGMOID:
-        /* cDPO: -(1-e) log sigma(z) - e log sigma(-z) */
-        loss = (1 - e) * fdpo_softplus(-z) + e * fdpo_softplus(z);
+        /* cDPO: -(1-e) log sigma(z) - e log sigma(-z); the e term only where e > 0 (0 * softplus(inf)
+         * was NaN where beta * Delta overflows) */
+        loss = (1 - e) * fdpo_softplus(-z) + (e > 0 ? e * fdpo_softplus(z) : 0);
         dz = -(1 - e) * fdpo_sigmoid(-z) + e * fdpo_sigmoid(z);
         dL_ddelta = b * dz;
         break;

@@ -245,6 +245,19 @@ def test_large_log_ratios_stay_finite(mag):
     assert out[1]["score"][0] == pytest.approx(-math.exp(min(0.5 * mag, EXP_CAP)) / 0.5, rel=1e-12)
 
 
+def test_sigmoid_loss_is_zero_not_nan_where_beta_delta_overflows():
+    """with no label smoothing the cDPO loss was (1 - 0) softplus(-z) + 0 * softplus(z): 0 * inf =
+    NaN once z = beta * Delta overflows to +inf (a pair won by an fkl score of -e^88 at beta 1e300);
+    the limit is 0, and so is its gradient. torch float64: softplus(-inf) = 0."""
+    pairs = [[1.0, -200.0], [-200.0, 1.0]]
+    out = run_ok({"losses": [{"loss": "sigmoid", "divergence": "fkl", "beta": 1e300, "label_smoothing": 0,
+                              "pairs": pairs}]})["losses"][0]
+    z = torch.tensor([math.inf, -math.inf], dtype=torch.float64)
+    assert out["loss"][0] == F.softplus(-z)[0].item() == 0.0
+    assert out["loss"][1] == math.inf   # the lost pair's -log sigma(-inf)
+    assert out["dlw"][0] == 0.0 and out["dll"][0] == 0.0
+
+
 @pytest.mark.parametrize("spec,needle", [
     ("kl", "unknown divergence 'kl'"), ("alpha:1.5", "alpha:1.5"), ("alpha:0", "alpha must be in (0, 1)"),
     ("alpha:", "needs a coefficient"), ("alpha:x", "'x' is not a number"), ("", "empty spec"),
