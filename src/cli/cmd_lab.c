@@ -782,7 +782,7 @@ static int lab_check(int argc, char **argv) {
     if (parse_divs(divspec, &divs, &nd)) return -1;
     for (size_t k = 0; k < nd; k++) {
         L.div = divs[k];
-        if (fdpo_pref_loss_check(&L)) { free(divs); return -1; }
+        if (fdpo_lab_check_loss_check(&L)) { free(divs); return -1; }
     }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
