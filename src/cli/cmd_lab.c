@@ -664,16 +664,18 @@ static int lab_check_method(int argc, char **argv) {
     if (rc == 0 && nm == 0) rc = fdpo_error("--method: empty list");
     /* a method's own flags, given where no listed method reads them, were ignored */
 #define M(x) (1u << FDPO_LAB_##x)
-    static const struct { const char *flag; unsigned readers; } method_flags[] = {
-        {"pair-top", M(DPO)}, {"grpo-eps", M(GRPO)}, {"steps", M(ONLINE) | M(RLOO) | M(GRPO) | M(KTO)},
-        {"group-size", M(ONLINE) | M(RLOO) | M(GRPO)}, {"labels", M(KTO)}, {"label-threshold", M(KTO)},
-        {"desirable-weight", M(KTO)}, {"undesirable-weight", M(KTO)},
+    /* refusers: methods whose own check refuses the flag with its reason (kto's --sampled) */
+    static const struct { const char *flag; unsigned readers, refusers; } method_flags[] = {
+        {"pair-top", M(DPO), 0}, {"grpo-eps", M(GRPO), 0}, {"steps", M(ONLINE) | M(RLOO) | M(GRPO) | M(KTO), 0},
+        {"lr", M(ONLINE) | M(RLOO) | M(GRPO) | M(KTO), 0}, {"sampled", M(ONLINE) | M(RLOO) | M(GRPO), M(KTO)},
+        {"group-size", M(ONLINE) | M(RLOO) | M(GRPO), 0}, {"labels", M(KTO), 0}, {"label-threshold", M(KTO), 0},
+        {"desirable-weight", M(KTO), 0}, {"undesirable-weight", M(KTO), 0},
     };
 #undef M
     unsigned listed = 0;
     for (size_t a = 0; a < nm; a++) listed |= 1u << methods[a];
     for (size_t f = 0; rc == 0 && f < sizeof method_flags / sizeof method_flags[0]; f++) {
-        if (!flags_was_set(flags, NFLAGS(flags), method_flags[f].flag) || (listed & method_flags[f].readers)) continue;
+        if (!flags_was_set(flags, NFLAGS(flags), method_flags[f].flag) || (listed & (method_flags[f].readers | method_flags[f].refusers))) continue;
         char readers[64] = "";
         int n_readers = 0;
         for (int m = 0; m < FDPO_LAB_NMETHODS; m++)

@@ -276,12 +276,22 @@ def test_kto_bad_flags_are_named(args, needle):
     (["--method", "grpo", "--group-size", "9"], "--group-size: exact grpo averages over all n^k"),
     (["--method", "dpo", "--pair-top", "1"], "--pair-top: offline pairs need at least 2"),
     (["--method", "rloo", "--beta", "0"], "--beta: must be a finite number > 0 (got 0)"),
+    # dpo is L-BFGS on the exact loss: no step size, no sampling (it ignored both)
+    (["--method", "dpo", "--lr", "123"], "--lr: only --method online,rloo,grpo,kto use it (--method dpo)"),
+    (["--method", "dpo", "--sampled"], "--sampled: only --method online,rloo,grpo use it (--method dpo)"),
 ])
 def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)
     assert r.returncode != 0
     assert needle in r.stderr, r.stderr
     assert r.stdout == ""   # refused before the table's header (rloo --group-size 1 printed it)
+
+
+def test_a_flag_of_another_listed_method_still_runs(problem):
+    """--sampled and --lr with dpo among other methods: the others read them, dpo's row stays offline"""
+    t = rows(lab("--data", problem[0], "--method", "dpo,rloo", "--sampled", "--lr", 0.5, "--steps", 100,
+                 "--divergence", "rkl").stdout)
+    assert [(x["method"], x["variant"]) for x in t] == [("dpo", "offline"), ("rloo", "sampled")]
 
 
 def test_kto_columns_are_empty_where_they_do_not_apply(problem, tmp_path):
