@@ -48,7 +48,9 @@ typedef struct {
     size_t pair_top;    /* dpo: pairs among the pair_top most likely responses under pi_ref (0 = all) */
     long steps;         /* online, rloo, grpo: iterations (exact runs stop earlier at convergence) */
     long k;             /* --group-size: samples per step: online pairs; rloo, grpo group size (>= 2) */
-    double lr;          /* step size (sampled: lr / sqrt(1 + t / 1000)) */
+    double lr;          /* step size (sampled: lr / sqrt(1 + t / 1000); exact grpo too; exact online and
+                         * rloo: the first step, halved for the rest of the run whenever it does not
+                         * lower the exact loss, so that a large beta cannot make it diverge) */
     double grpo_eps;    /* GRPO's std epsilon (TRL: 1e-4) */
     uint64_t seed;
     /* kto */
@@ -66,6 +68,12 @@ typedef struct {
     double target_diff;      /* max_y |pi(y) - target(y)|: target = pi* (= max_abs_diff), for kto its own limit */
     double z0;               /* kto: the reference point at the final policy (NaN otherwise: not applicable) */
     double undesirable_mass; /* kto: pi_ref mass of the net-undesirable responses (NaN otherwise) */
+    int converged;           /* exact online, rloo, grpo: 1 when the run stopped because a step no
+                              * longer moved theta by more than 1e-15; 0 when --steps ran out first
+                              * (and for the other runs: their own stopping rules) */
+    double final_lr;         /* exact online, rloo, grpo: the last step (online, rloo: --lr halved each
+                              * time a step failed to lower the exact loss; grpo: the decayed step);
+                              * NaN for the other runs */
 } fdpo_lab_algo_result;
 
 /* The defaults of `fdpo lab check --method` for method m, exact or sampled, on n responses:

@@ -633,7 +633,7 @@ static int lab_check_method(int argc, char **argv) {
         {"steps", FLAG_COUNT, &steps, "0", "online/rloo/grpo/kto iterations (0 = 100000 sampled, 200000 exact, 20000 exact grpo and kto)", 0},
         {"group-size", FLAG_INT, &k, "4", "samples per step: online pairs, rloo/grpo group size", 0},
         {"k", FLAG_INT, &k_removed, NULL, "removed: --group-size (here --k was the group size; elsewhere the old --n)", 0},
-        {"lr", FLAG_FLOAT, &lr, "0", "step size (0 = the method's default: online 5 exact / 1 sampled, rloo 1, grpo 0.05, kto 5)", 0},
+        {"lr", FLAG_FLOAT, &lr, "0", "step size (0 = the method's default: online 5 exact / 1 sampled, rloo 1, grpo 0.05, kto 5); exact online/rloo halve it where it does not lower the exact loss", 0},
         {"grpo-eps", FLAG_FLOAT, &grpo_eps, "1e-4", "GRPO's std epsilon (TRL's default)", 0},
         {"labels", FLAG_STR, &labels_name, "bt", "kto labels: bt (P(desirable) = sigmoid(r - threshold)) or threshold (r > threshold)", 0},
         {"label-threshold", FLAG_FLOAT, &label_threshold, NULL, "kto: the labels' reward threshold (default E_pi_ref[r])", 0},
@@ -742,6 +742,14 @@ static int lab_check_method(int argc, char **argv) {
             table_int(&t, res.samples); table_int(&t, res.iterations);
             table_num(&t, res.target_diff); table_num(&t, res.z0); table_num(&t, res.undesirable_mass);
             table_end_row(&t);
+            /* an exact run that ran out of --steps ends short of its limit: its row is not the
+             * method's verdict, so say it */
+            if (ao->exact && methods[a] != FDPO_LAB_DPO && methods[a] != FDPO_LAB_KTO && !res.converged)
+                fdpo_log(FDPO_LOG_WARN, "--method %s --divergence %s --beta %g: the exact run did not converge in "
+                         "%ld steps (--steps %ld; step %g at the end): its max_abs_diff is where it stopped, not the "
+                         "method's limit; raise --steps%s", fdpo_lab_method_name(methods[a]), name, beta, res.iterations,
+                         ao->steps, res.final_lr,
+                         methods[a] == FDPO_LAB_GRPO ? "" : " (or --lr: a step too long for the exact loss is halved)");
         }
     rc = outputs_finish(rc, &tp, opened_pi, &t, opened, NULL, NULL);
     free(pi);

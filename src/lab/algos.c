@@ -3,6 +3,7 @@
  * with the exact optimum of fdpo_lab_solve. The losses and shaped rewards are the trainer's
  * own pure functions (fdpo_pref_loss_pair, fdpo_shaped_reward, fdpo_rloo/grpo_advantages,
  * fdpo_kto_loss_one). */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -242,27 +243,53 @@ static void pg_group_grad(step_ctx *c, double weight, double *g) {
     }
 }
 
-static void exact_step_grad(step_ctx *c, const double *theta, double *g) {
+/* The exact variants' loss at theta for a step from the point where exact_step_grad last ran:
+ * online, the pair loss with the pairs' distribution w held at that point (its gradient is the
+ * semi-gradient); rloo, -(E_pi r - beta D_f(pi || pi_ref)) (its gradient is the exact policy
+ * gradient). g[n] is scratch; *scale = the sum of the terms' magnitudes (its rounding's scale). */
+static double exact_loss(step_ctx *c, const double *theta, double *g, double *scale) {
+    const size_t n = c->pp->n;
+    if (c->o->method == FDPO_LAB_ONLINE) {
+        pair_ctx pc = {c->pp, c->L, c->w, c->pi, c->l, c->gl};
+        double f = pair_fg(theta, g, &pc);
+        *scale = fabs(f); /* a sum of terms >= 0 */
+        return f;
+    }
+    policy(c->pp, theta, c->pi, c->l);
+    double f = 0;
+    *scale = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = c->o->beta * c->pp->pi_ref[i] * fdpo_f_log(&c->o->div, c->l[i]), e = c->pi[i] * c->pp->reward[i];
+        f += d - e;
+        *scale += fabs(d) + fabs(e);
+    }
+    return f;
+}
+
+/* g[n] = the exact step's descent direction at theta; returns exact_loss there (NaN for grpo,
+ * whose normalised field is no loss's gradient) */
+static double exact_step_grad(step_ctx *c, const double *theta, double *g, double *scale) {
     const size_t n = c->pp->n;
     memset(g, 0, n * sizeof(double));
     if (c->o->method == FDPO_LAB_ONLINE) {
         policy(c->pp, theta, c->pi, c->l);
         bt_pair_weights(c->pp, c->pi, c->w);
         pair_ctx pc = {c->pp, c->L, c->w, c->pi, c->l, c->gl};
-        pair_fg(theta, g, &pc);
-        return;
+        double f = pair_fg(theta, g, &pc);
+        *scale = fabs(f);
+        return f;
     }
-    policy(c->pp, theta, c->pi, c->l);
     if (c->o->method == FDPO_LAB_RLOO) {
         /* E of the RLOO estimator = the exact gradient: pi_k (shaped_k - E_pi shaped) */
-        double mean = 0;
+        double mean = 0, f = exact_loss(c, theta, g, scale);
         for (size_t i = 0; i < n; i++) {
             c->shaped[i] = fdpo_shaped_reward(&c->o->div, c->o->beta, c->pp->reward[i], c->l[i]);
             mean += c->pi[i] * c->shaped[i];
         }
         for (size_t i = 0; i < n; i++) g[i] = -c->pi[i] * (c->shaped[i] - mean);
-        return;
+        return f;
     }
+    policy(c->pp, theta, c->pi, c->l);
     /* GRPO: the advantage is not linear in the group, so average over all n^k ordered groups */
     size_t total = 1;
     for (size_t i = 0; i < c->k; i++) total *= n;
@@ -272,6 +299,8 @@ static void exact_step_grad(step_ctx *c, const double *theta, double *g) {
         for (size_t i = 0; i < c->k; i++) { c->ys[i] = rest % n; rest /= n; p *= c->pi[c->ys[i]]; }
         pg_group_grad(c, p, g);
     }
+    *scale = NAN;
+    return NAN;
 }
 
 static void sampled_step_grad(step_ctx *c, const double *theta, fdpo_rng *rng, double *g) {
@@ -304,19 +333,43 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
                   fdpo_malloc(n * sizeof(double)), fdpo_malloc(n * n * sizeof(double)),
                   fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(size_t))};
     double *g = fdpo_malloc(n * sizeof(double)), *avg = fdpo_calloc(n, sizeof(double));
+    double *trial = fdpo_malloc(n * sizeof(double)), *scratch = fdpo_malloc(n * sizeof(double));
     fdpo_rng rng;
     fdpo_rng_seed(&rng, o->seed);
     long t, averaged = 0;
+    double step = o->lr; /* exact online/rloo: halved for the rest of the run when it fails (below) */
     res->samples = 0;
     for (t = 0; t < o->steps; t++) {
         if (o->exact) {
-            exact_step_grad(&c, theta, g);
-            /* converged: the step no longer changes theta beyond rounding */
-            if (max_abs(g, n) * o->lr <= 1e-15) break;
+            double scale, f = exact_step_grad(&c, theta, g, &scale), lr = step;
             /* GRPO's normalised advantages do not shrink near pi* (the field is scale-free until
              * the spread reaches eps), so a fixed step circles pi* at a distance ~ lr: decay it */
-            double lr = o->method == FDPO_LAB_GRPO ? o->lr / sqrt(1 + (double)t / 1000) : o->lr;
-            for (size_t i = 0; i < n; i++) theta[i] -= lr * g[i];
+            if (o->method == FDPO_LAB_GRPO) lr = o->lr / sqrt(1 + (double)t / 1000);
+            /* converged: the step no longer changes theta beyond rounding */
+            if (max_abs(g, n) * lr <= 1e-15) { res->converged = 1; break; }
+            if (o->method == FDPO_LAB_GRPO) {
+                for (size_t i = 0; i < n; i++) theta[i] -= lr * g[i];
+                step = lr;
+                continue;
+            }
+            /* Online and rloo descend an exact loss (exact_loss). A fixed step makes pi* an
+             * unstable fixed point once lr * (the curvature there) > 2, and that curvature grows
+             * with beta (~ beta^2 for the pair loss, ~ beta for rloo): so the step must lower the
+             * loss (Armijo, up to its rounding), else it is halved, for the rest of the run (a
+             * step that grew back would make the run circle pi* at the instability's edge). */
+            double gg = 0;
+            int lowered = 0;
+            for (size_t i = 0; i < n; i++) gg += g[i] * g[i];
+            for (;;) {
+                double scale1;
+                for (size_t i = 0; i < n; i++) trial[i] = theta[i] - step * g[i];
+                double f1 = exact_loss(&c, trial, scratch, &scale1);
+                if ((lowered = f1 <= f - 1e-4 * step * gg + 64 * DBL_EPSILON * (scale + scale1))) break;
+                if (max_abs(g, n) * step <= 1e-15) break;
+                step /= 2;
+            }
+            if (!lowered) { t++; break; } /* no step lowers the loss (a NaN): stop, unconverged */
+            memcpy(theta, trial, n * sizeof(double));
         } else {
             sampled_step_grad(&c, theta, &rng, g);
             res->samples += o->method == FDPO_LAB_ONLINE ? 2 * o->k : o->k;
@@ -331,7 +384,9 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
     if (!o->exact && averaged > 0)
         for (size_t i = 0; i < n; i++) theta[i] = avg[i] / (double)averaged;
     res->iterations = t;
+    res->final_lr = o->exact ? step : NAN;
     free(c.pi); free(c.l); free(c.gl); free(c.w); free(c.shaped); free(c.adv); free(c.ys); free(g); free(avg);
+    free(trial); free(scratch);
     return 0;
 }
 
@@ -480,6 +535,7 @@ int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, 
     L.div = o->div;
     L.beta = o->beta;
     memset(res, 0, sizeof *res);
+    res->final_lr = NAN;
     if (o->method != FDPO_LAB_KTO) res->z0 = res->undesirable_mass = NAN; /* kto's alone: not 0, which reads as a value */
     double *pistar = fdpo_malloc(n * sizeof(double)), *theta = fdpo_malloc(n * sizeof(double));
     double *pi = fdpo_malloc(n * sizeof(double)), *l = fdpo_malloc(n * sizeof(double));

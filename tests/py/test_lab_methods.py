@@ -122,6 +122,39 @@ def test_exact_online_dpo_and_rloo_converge_to_pistar(problem, tmp_path, method,
         assert abs(float(row["objective_gap"])) <= 1e-9
 
 
+@pytest.mark.parametrize("beta", [3.0, 10.0])
+def test_exact_online_dpo_and_rloo_converge_to_pistar_at_large_beta(problem, tmp_path, beta):
+    """The default steps (online 5, rloo 1) were fixed: lr * (the field's curvature at pi*) > 2
+    made pi* an unstable fixed point once beta grew (curvature ~ beta^2 online, ~ beta rloo), and
+    the runs ended 0.05-0.92 from pi* at the step cap. The step now halves where it does not
+    lower the exact loss, so every beta converges, to the in-test brentq pi*."""
+    _, q, r = problem
+    div = ",".join(DIVS + ["alpha:0.3", "alpha:0.7"])
+    path = problem[0]
+    pi_file = tmp_path / "pi.csv"
+    res = lab("--data", path, "--export-policy", pi_file, "--method", "online,rloo", "--divergence", div, "--beta", beta)
+    t = rows(res.stdout)
+    pis = {}
+    for x in rows(pi_file.read_text()):
+        pis.setdefault((x["method"], x["divergence"]), []).append(float(x["pi"]))
+    assert len(t) == 12
+    for row in t:
+        ps = pistar(row["divergence"], beta, q, r)
+        np.testing.assert_allclose(pis[(row["method"], row["divergence"])], ps, atol=1e-9, err_msg=str(row))
+        assert int(row["iterations"]) < 200000  # stopped by its convergence test, not the cap
+    assert "did not converge" not in res.stderr
+
+
+def test_an_exact_run_that_runs_out_of_steps_says_so(problem):
+    """an exact run stopped by --steps reports where it stopped, which is not the method's limit:
+    a warning names the run (a run that converges says nothing)"""
+    path = problem[0]
+    r = lab("--data", path, "--method", "online,rloo", "--divergence", "rkl", "--beta", 1, "--steps", 10)
+    for m in ("online", "rloo"):
+        assert f"--method {m} --divergence rkl --beta 1: the exact run did not converge in 10 steps (--steps 10" in r.stderr
+    assert "did not converge" not in lab("--data", path, "--method", "rloo", "--divergence", "rkl", "--beta", 1).stderr
+
+
 def test_sampled_rloo_and_grpo_reach_pistar_with_enough_samples(problem, tmp_path):
     _, q, r = problem
     beta = 1.0
