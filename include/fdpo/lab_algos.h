@@ -6,7 +6,9 @@
  *   dpo     offline f-DPO: pairs (y1, y2) ~ pi_ref x pi_ref restricted to the pair_top most
  *           likely responses under pi_ref (the only ones an SFT model proposes), labelled by
  *           Bradley-Terry on the true reward; minimises the exact expected loss (L-BFGS) with
- *           or without `exact` (an unlimited budget is the best case for offline data).
+ *           or without `exact`. pi* minimises that loss too, but so does every policy that
+ *           moves the unseen responses' mass (a set of minimisers): the run reports the one
+ *           L-BFGS reaches from pi_ref (docs/lab.md).
  *   online  online f-DPO: every step the pairs come from the CURRENT policy, labelled by
  *           Bradley-Terry; one gradient step on that step's loss (semi-gradient: the pair
  *           distribution is not differentiated, as in TRL's OnlineDPOTrainer).

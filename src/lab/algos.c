@@ -196,7 +196,9 @@ static int by_value_desc(const void *a, const void *b) {
     return x->v > y->v ? -1 : x->v < y->v ? 1 : (x->i > y->i) - (x->i < y->i);
 }
 
-/* offline: q = pi_ref restricted to its pair_top most likely responses */
+/* offline: q = pi_ref restricted to its pair_top most likely responses. The loss does not pin the
+ * responses outside them down (pi* is one minimiser of a set): the result is the minimiser L-BFGS
+ * reaches from pi_ref, whose unseen logits stay at log pi_ref for rkl alone (docs/lab.md). */
 static int run_dpo(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, const fdpo_pref_loss *L,
                    const double *pistar, double *theta, fdpo_lab_algo_result *res) {
     const size_t n = pp->n, top = dpo_top(o, n); /* >= 2: fdpo_lab_algo_validate */
