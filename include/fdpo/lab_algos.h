@@ -47,7 +47,7 @@ typedef struct {
     fdpo_divergence div;
     double beta;        /* > 0 */
     int exact;          /* 1: expectations, 0: sampled */
-    size_t pair_top;    /* dpo: pairs among the pair_top most likely responses under pi_ref (0 = all) */
+    size_t pair_top;    /* dpo: pairs among the pair_top most likely responses under pi_ref (0 = all; > n refused) */
     long steps;         /* online, rloo, grpo: iterations (exact runs stop earlier at convergence) */
     long k;             /* --group-size: samples per step: online pairs; rloo, grpo group size (>= 2) */
     double lr;          /* step size (sampled: lr / sqrt(1 + t / 1000); exact grpo too; exact online and
@@ -94,8 +94,12 @@ double fdpo_lab_algo_default_lr(fdpo_lab_method m, int exact);
 int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o);
 /* Everything fdpo_lab_algo_run refuses on n responses before it computes (it runs this first;
  * a caller runs it for every run before it writes anything): n >= 2, the options' check, dpo's
- * --pair-top >= 2 responses, exact grpo's n^k <= 1e6. Errors name the flag. */
+ * --pair-top in [2, n], exact grpo's n^k <= 1e6. Errors name the flag. */
 int fdpo_lab_algo_validate(const fdpo_lab_algo_opts *o, size_t n);
+/* fdpo_lab_algo_validate and what needs the problem's rewards (fdpo_lab_algo_run runs this
+ * first): kto needs a net-desirable response (p w_d > (1 - p) w_u), else its loss has no
+ * interior limit (docs/lab.md). Errors name the flags. */
+int fdpo_lab_algo_validate_problem(const fdpo_lab_algo_opts *o, const fdpo_lab_prepared *pp);
 
 /* The table's `variant` of a run: "offline" (dpo, kto: a fixed data set), else "exact" or "sampled". */
 const char *fdpo_lab_algo_variant(const fdpo_lab_algo_opts *o);

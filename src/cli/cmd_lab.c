@@ -629,7 +629,7 @@ static int lab_check_method(int argc, char **argv) {
         {"divergence", FLAG_STR, &divspec, "rkl,fkl,js,alpha:0.5", "comma list of admissible divergences", 0},
         {"beta", FLAG_FLOAT, &beta, "0.5", "regularisation strength beta > 0", 0},
         {"sampled", FLAG_BOOL, &sampled, "0", "sample pairs/groups (fdpo_rng) instead of exact expectations", 0},
-        {"pair-top", FLAG_COUNT, &pair_top, "0", "dpo: offline pairs among the N most likely responses under pi_ref (0 = n/2)", 0},
+        {"pair-top", FLAG_COUNT, &pair_top, "0", "dpo: offline pairs among the N (<= n) most likely responses under pi_ref (0 = n/2)", 0},
         {"steps", FLAG_COUNT, &steps, "0", "online/rloo/grpo/kto iterations (0 = 100000 sampled, 200000 exact, 20000 exact grpo and kto)", 0},
         {"group-size", FLAG_INT, &k, "4", "samples per step: online pairs, rloo/grpo group size", 0},
         {"k", FLAG_INT, &k_removed, NULL, "removed: --group-size (here --k was the group size; elsewhere the old --n)", 0},
@@ -696,7 +696,7 @@ static int lab_check_method(int argc, char **argv) {
     static const char *cols[] = {"method", "variant", "divergence", "beta", "max_abs_diff", "objective_gap",
                                  "uncovered_mass", "samples", "iterations", "target_diff", "z0", "undesirable_mass"};
     static const char *pi_cols[] = {"method", "divergence", "response", "pi"};
-    /* every run's options, validated by the library (fdpo_lab_algo_validate) before anything is
+    /* every run's options, validated by the library (fdpo_lab_algo_validate_problem) before anything is
      * written: a bad --group-size printed the table's header to stdout, then failed */
     fdpo_lab_algo_opts *aos = fdpo_malloc(nm * nd * sizeof *aos);
     for (size_t a = 0; a < nm; a++)
@@ -716,7 +716,7 @@ static int lab_check_method(int argc, char **argv) {
             ao->label_threshold = label_threshold;
             ao->desirable_weight = w_d;
             ao->undesirable_weight = w_u;
-            if (rc == 0) rc = fdpo_lab_algo_validate(ao, p.n);
+            if (rc == 0) rc = fdpo_lab_algo_validate_problem(ao, &pp);
         }
     table t, tp;
     double *pi = fdpo_malloc(p.n * sizeof(double));

@@ -71,7 +71,7 @@ static fdpo_kto_loss kto_loss_of(const fdpo_lab_algo_opts *o) {
     return K;
 }
 
-/* dpo's offline pairs: among the pair_top most likely responses (0 or more than n: all n) */
+/* dpo's offline pairs: among the pair_top most likely responses (0: all n; more than n: refused) */
 static size_t dpo_top(const fdpo_lab_algo_opts *o, size_t n) { return o->pair_top && o->pair_top < n ? o->pair_top : n; }
 
 static int kto_opts_check(const fdpo_lab_algo_opts *o) {
@@ -111,6 +111,14 @@ int fdpo_lab_algo_validate(const fdpo_lab_algo_opts *o, size_t n) {
     if (fdpo_lab_algo_opts_check(o)) return -1;
     if (o->method == FDPO_LAB_DPO) {
         const size_t top = dpo_top(o, n);
+        if (o->pair_top > n)
+            return fdpo_error("--pair-top: %zu is more than the problem's n = %zu responses (--pair-top %zu pairs all of them)",
+                              o->pair_top, n, n);
+        /* --n 2 or 3 makes the default n/2 too small: the user may not have given --pair-top */
+        if (top < 2 && o->pair_top == n / 2)
+            return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu = n/2, dpo's default --pair-top "
+                              "for n = %zu responses); give --pair-top %s, a larger --n, or a --method list without dpo",
+                              top, n, n == 2 ? "2" : "2 or 3");
         if (top < 2) return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu)", top);
     }
     if (o->exact && o->method == FDPO_LAB_GRPO && pow((double)n, (double)o->k) > 1e6)
@@ -431,6 +439,46 @@ static double kto_fg(const double *theta, double *g, void *vctx) {
     return f;
 }
 
+/* the labels' threshold: --label-threshold, by default E_pi_ref[r] */
+static double kto_threshold(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o) {
+    if (!isnan(o->label_threshold)) return o->label_threshold;
+    double tau = 0;
+    for (size_t i = 0; i < pp->n; i++) tau += pp->pi_ref[i] * pp->reward[i];
+    return tau;
+}
+
+/* p[n] = P(desirable | y); in[n] = y is net desirable: p w_d > (1 - p) w_u, i.e. its loss falls
+ * as l_y rises. Returns how many are; *undesirable_mass = pi_ref of the others. */
+static size_t kto_label(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *p, unsigned char *in,
+                        double *undesirable_mass) {
+    const double tau = kto_threshold(pp, o);
+    size_t kept = 0;
+    *undesirable_mass = 0;
+    for (size_t i = 0; i < pp->n; i++) {
+        p[i] = o->labels == FDPO_LAB_LABELS_BT ? fdpo_sigmoid(pp->reward[i] - tau) : pp->reward[i] > tau ? 1.0 : 0.0;
+        in[i] = p[i] * o->desirable_weight > (1 - p[i]) * o->undesirable_weight;
+        if (in[i]) kept++;
+        else *undesirable_mass += pp->pi_ref[i];
+    }
+    return kept;
+}
+
+/* No net-desirable response: every response's loss rises with its l, and since sum pi = 1 some
+ * l must rise, so the infimum lies on the simplex's boundary (where is a combinatorial
+ * question), while pi_ref is a stationary point of the flow that can be the loss's maximum (hard
+ * labels: equal net weights; rkl, beta <= 1 by Jensen). docs/lab.md's limit (items 2-4) needs a
+ * non-empty D: refused, not measured against a meaningless target. */
+static int kto_none_desirable(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o) {
+    return fdpo_error("--method kto: no response is net desirable (P(desirable) w_d > (1 - P(desirable)) w_u holds for "
+                      "none of the %zu responses, with --labels %s at the threshold %g%s, --desirable-weight %g and "
+                      "--undesirable-weight %g): every response's KTO loss then falls with its probability, the loss's "
+                      "infimum lies on the simplex's boundary, and the lab has no limit to compare the run with; lower "
+                      "--label-threshold or --undesirable-weight, or raise --desirable-weight", pp->n,
+                      o->labels == FDPO_LAB_LABELS_BT ? "bt" : "threshold", kto_threshold(pp, o),
+                      isnan(o->label_threshold) ? " (E_pi_ref[r], the default --label-threshold)" : "",
+                      o->desirable_weight, o->undesirable_weight);
+}
+
 static int kto_setup(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, kto_ctx *c, double *p, unsigned char *in,
                      double *undesirable_mass) {
     const size_t n = pp->n;
@@ -438,22 +486,7 @@ static int kto_setup(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, k
     c->pp = pp;
     c->K = kto_loss_of(o);
     if (kto_opts_check(o)) return -1;
-    double tau = o->label_threshold;
-    if (isnan(tau)) {
-        tau = 0;
-        for (size_t i = 0; i < n; i++) tau += pp->pi_ref[i] * pp->reward[i];
-    }
-    /* net weight of a response: p w_d - (1 - p) w_u; its loss falls with l iff it is > 0 */
-    size_t kept = 0;
-    *undesirable_mass = 0;
-    for (size_t i = 0; i < n; i++) {
-        p[i] = o->labels == FDPO_LAB_LABELS_BT ? fdpo_sigmoid(pp->reward[i] - tau) : pp->reward[i] > tau ? 1.0 : 0.0;
-        in[i] = p[i] * o->desirable_weight > (1 - p[i]) * o->undesirable_weight;
-        if (in[i]) kept++;
-        else *undesirable_mass += pp->pi_ref[i];
-    }
-    /* no net-desirable response: every loss rises with l, the minimum is interior on all of them */
-    if (kept == 0) memset(in, 1, n);
+    if (kto_label(pp, o, p, in, undesirable_mass) == 0) return kto_none_desirable(pp, o);
     c->p = p;
     c->in = in;
     c->pi = fdpo_malloc(n * sizeof(double));
@@ -529,9 +562,21 @@ static int run_kto(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, dou
     return rc;
 }
 
+int fdpo_lab_algo_validate_problem(const fdpo_lab_algo_opts *o, const fdpo_lab_prepared *pp) {
+    if (fdpo_lab_algo_validate(o, pp->n)) return -1;
+    if (o->method == FDPO_LAB_KTO) {
+        double *p = fdpo_malloc(pp->n * sizeof(double)), um;
+        unsigned char *in = fdpo_malloc(pp->n);
+        size_t kept = kto_label(pp, o, p, in, &um);
+        free(p); free(in);
+        if (kept == 0) return kto_none_desirable(pp, o);
+    }
+    return 0;
+}
+
 int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi_out, fdpo_lab_algo_result *res) {
     const size_t n = pp->n;
-    if (fdpo_lab_algo_validate(o, n)) return -1;
+    if (fdpo_lab_algo_validate_problem(o, pp)) return -1;
     fdpo_pref_loss L = {0};
     L.kind = FDPO_LOSS_SIGMOID;
     L.div = o->div;

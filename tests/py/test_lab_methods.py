@@ -312,6 +312,10 @@ def test_kto_bad_flags_are_named(args, needle):
     # dpo is L-BFGS on the exact loss: no step size, no sampling (it ignored both)
     (["--method", "dpo", "--lr", "123"], "--lr: only --method online,rloo,grpo,kto use it (--method dpo)"),
     (["--method", "dpo", "--sampled"], "--sampled: only --method online,rloo,grpo use it (--method dpo)"),
+    # more than n was clamped to n silently
+    (["--method", "dpo", "--pair-top", "7"], "--pair-top: 7 is more than the problem's n = 6 responses"),
+    # --n 3: the default n/2 = 1 is refused, saying it is the default (the user gave no --pair-top)
+    (["--method", "dpo,online", "--n", "3"], "(got 1 = n/2, dpo's default --pair-top for n = 3 responses)"),
 ])
 def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)
@@ -325,6 +329,34 @@ def test_a_flag_of_another_listed_method_still_runs(problem):
     t = rows(lab("--data", problem[0], "--method", "dpo,rloo", "--sampled", "--lr", 0.5, "--steps", 100,
                  "--divergence", "rkl").stdout)
     assert [(x["method"], x["variant"]) for x in t] == [("dpo", "offline"), ("rloo", "sampled")]
+
+
+def kto_loss(div, beta, q, pi, a, b):
+    """sum_y q [a sigmoid(-x) + b sigmoid(x)], x = beta s~(pi/q), z0 = 0 (docs/lab.md)"""
+    x = beta * kto_score(div, np.maximum(pi, 1e-300) / q)
+    return np.sum(q * (a * special.expit(-x) + b * special.expit(x)))
+
+
+@pytest.mark.parametrize("args", [["--labels", "threshold", "--label-threshold", 1.4],   # no reward above T
+                                  ["--undesirable-weight", 20]])                          # TRL-style weights
+def test_kto_without_a_net_desirable_response_is_refused(problem, args):
+    """No response with p w_d > (1 - p) w_u: every loss term rises with its l, so the infimum is on
+    the simplex's boundary; the lab reported pi_ref (with hard labels a stationary point that is
+    the loss's maximum) or an arbitrary corner as KTO's limit, with target_diff 0 or 1. Refused."""
+    path, q, r = problem
+    d = dict(zip(args[::2], args[1::2]))
+    tau = float(d.get("--label-threshold", q @ r))
+    p = (r > tau).astype(float) if d.get("--labels") == "threshold" else special.expit(r - tau)
+    a, b = p * 1.0, (1 - p) * float(d.get("--undesirable-weight", 1))
+    assert np.all(a <= b)  # the premise, recomputed
+    # pi_ref is not the minimiser: a vertex (all mass on one response) has a lower loss
+    vertices = [kto_loss("rkl", 0.5, q, np.eye(6)[i], a, b) for i in range(6)]
+    assert min(vertices) < kto_loss("rkl", 0.5, q, q, a, b) - 0.1
+    res = lab("--data", path, "--method", "kto", "--beta", 0.5, "--divergence", "rkl,fkl", *args, check=False)
+    assert res.returncode != 0 and res.stdout == ""
+    assert "--method kto: no response is net desirable" in res.stderr, res.stderr
+    assert "no limit to compare the run with" in res.stderr
+    assert f"--undesirable-weight {d.get('--undesirable-weight', 1):g}" in res.stderr
 
 
 def test_kto_columns_are_empty_where_they_do_not_apply(problem, tmp_path):
