@@ -122,9 +122,13 @@ typedef struct {
 } fdpo_lab_check_result;
 int fdpo_lab_check(const fdpo_lab_prepared *pp, const fdpo_pref_loss *L, double label_noise,
                    double *pi_theta, fdpo_lab_check_result *res);
+/* The loss fdpo_lab_check can train: simpo refused first (no pi_ref, so no pi* to compare
+ * with; whatever the divergence, which simpo's own check would blame), then the loss's check
+ * (fdpo_pref_loss_check). Errors name the flag. */
+int fdpo_lab_check_loss_check(const fdpo_pref_loss *L);
 /* What fdpo_lab_check refuses, on n responses, before it computes (it runs this first; a
- * caller runs it before it writes anything): the loss's check, simpo (no pi_ref), label_noise
- * in [0, 0.5), n >= 2. Errors name the flag. */
+ * caller runs it before it writes anything): fdpo_lab_check_loss_check, label_noise in
+ * [0, 0.5), n >= 2. Errors name the flag. */
 int fdpo_lab_check_validate(const fdpo_pref_loss *L, double label_noise, size_t n);
 
 /* ---- experiments: the rows of `fdpo lab gap/bias/frontier/coverage` ---- */

@@ -6,7 +6,9 @@
  *   dpo     offline f-DPO: pairs (y1, y2) ~ pi_ref x pi_ref restricted to the pair_top most
  *           likely responses under pi_ref (the only ones an SFT model proposes), labelled by
  *           Bradley-Terry on the true reward; minimises the exact expected loss (L-BFGS) with
- *           or without `exact` (an unlimited budget is the best case for offline data).
+ *           or without `exact`. pi* minimises that loss too, but so does every policy that
+ *           moves the unseen responses' mass (a set of minimisers): the run reports the one
+ *           L-BFGS reaches from pi_ref (docs/lab.md).
  *   online  online f-DPO: every step the pairs come from the CURRENT policy, labelled by
  *           Bradley-Terry; one gradient step on that step's loss (semi-gradient: the pair
  *           distribution is not differentiated, as in TRL's OnlineDPOTrainer).
@@ -45,10 +47,12 @@ typedef struct {
     fdpo_divergence div;
     double beta;        /* > 0 */
     int exact;          /* 1: expectations, 0: sampled */
-    size_t pair_top;    /* dpo: pairs among the pair_top most likely responses under pi_ref (0 = all) */
+    size_t pair_top;    /* dpo: pairs among the pair_top most likely responses under pi_ref (0 = all; > n refused) */
     long steps;         /* online, rloo, grpo: iterations (exact runs stop earlier at convergence) */
     long k;             /* --group-size: samples per step: online pairs; rloo, grpo group size (>= 2) */
-    double lr;          /* step size (sampled: lr / sqrt(1 + t / 1000)) */
+    double lr;          /* step size (sampled: lr / sqrt(1 + t / 1000); exact grpo too; exact online and
+                         * rloo: the first step, halved for the rest of the run whenever it does not
+                         * lower the exact loss, so that a large beta cannot make it diverge) */
     double grpo_eps;    /* GRPO's std epsilon (TRL: 1e-4) */
     uint64_t seed;
     /* kto */
@@ -66,6 +70,12 @@ typedef struct {
     double target_diff;      /* max_y |pi(y) - target(y)|: target = pi* (= max_abs_diff), for kto its own limit */
     double z0;               /* kto: the reference point at the final policy (NaN otherwise: not applicable) */
     double undesirable_mass; /* kto: pi_ref mass of the net-undesirable responses (NaN otherwise) */
+    int converged;           /* exact online, rloo, grpo: 1 when the run stopped because a step no
+                              * longer moved theta by more than 1e-15; 0 when --steps ran out first
+                              * (and for the other runs: their own stopping rules) */
+    double final_lr;         /* exact online, rloo, grpo: the last step (online, rloo: --lr halved each
+                              * time a step failed to lower the exact loss; grpo: the decayed step);
+                              * NaN for the other runs */
 } fdpo_lab_algo_result;
 
 /* The defaults of `fdpo lab check --method` for method m, exact or sampled, on n responses:
@@ -84,8 +94,12 @@ double fdpo_lab_algo_default_lr(fdpo_lab_method m, int exact);
 int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o);
 /* Everything fdpo_lab_algo_run refuses on n responses before it computes (it runs this first;
  * a caller runs it for every run before it writes anything): n >= 2, the options' check, dpo's
- * --pair-top >= 2 responses, exact grpo's n^k <= 1e6. Errors name the flag. */
+ * --pair-top in [2, n], exact grpo's n^k <= 1e6. Errors name the flag. */
 int fdpo_lab_algo_validate(const fdpo_lab_algo_opts *o, size_t n);
+/* fdpo_lab_algo_validate and what needs the problem's rewards (fdpo_lab_algo_run runs this
+ * first): kto needs a net-desirable response (p w_d > (1 - p) w_u), else its loss has no
+ * interior limit (docs/lab.md). Errors name the flags. */
+int fdpo_lab_algo_validate_problem(const fdpo_lab_algo_opts *o, const fdpo_lab_prepared *pp);
 
 /* The table's `variant` of a run: "offline" (dpo, kto: a fixed data set), else "exact" or "sampled". */
 const char *fdpo_lab_algo_variant(const fdpo_lab_algo_opts *o);

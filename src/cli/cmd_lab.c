@@ -629,11 +629,11 @@ static int lab_check_method(int argc, char **argv) {
         {"divergence", FLAG_STR, &divspec, "rkl,fkl,js,alpha:0.5", "comma list of admissible divergences", 0},
         {"beta", FLAG_FLOAT, &beta, "0.5", "regularisation strength beta > 0", 0},
         {"sampled", FLAG_BOOL, &sampled, "0", "sample pairs/groups (fdpo_rng) instead of exact expectations", 0},
-        {"pair-top", FLAG_COUNT, &pair_top, "0", "dpo: offline pairs among the N most likely responses under pi_ref (0 = n/2)", 0},
+        {"pair-top", FLAG_COUNT, &pair_top, "0", "dpo: offline pairs among the N (<= n) most likely responses under pi_ref (0 = n/2)", 0},
         {"steps", FLAG_COUNT, &steps, "0", "online/rloo/grpo/kto iterations (0 = 100000 sampled, 200000 exact, 20000 exact grpo and kto)", 0},
         {"group-size", FLAG_INT, &k, "4", "samples per step: online pairs, rloo/grpo group size", 0},
         {"k", FLAG_INT, &k_removed, NULL, "removed: --group-size (here --k was the group size; elsewhere the old --n)", 0},
-        {"lr", FLAG_FLOAT, &lr, "0", "step size (0 = the method's default: online 5 exact / 1 sampled, rloo 1, grpo 0.05, kto 5)", 0},
+        {"lr", FLAG_FLOAT, &lr, "0", "step size (0 = the method's default: online 5 exact / 1 sampled, rloo 1, grpo 0.05, kto 5); exact online/rloo halve it where it does not lower the exact loss", 0},
         {"grpo-eps", FLAG_FLOAT, &grpo_eps, "1e-4", "GRPO's std epsilon (TRL's default)", 0},
         {"labels", FLAG_STR, &labels_name, "bt", "kto labels: bt (P(desirable) = sigmoid(r - threshold)) or threshold (r > threshold)", 0},
         {"label-threshold", FLAG_FLOAT, &label_threshold, NULL, "kto: the labels' reward threshold (default E_pi_ref[r])", 0},
@@ -664,16 +664,18 @@ static int lab_check_method(int argc, char **argv) {
     if (rc == 0 && nm == 0) rc = fdpo_error("--method: empty list");
     /* a method's own flags, given where no listed method reads them, were ignored */
 #define M(x) (1u << FDPO_LAB_##x)
-    static const struct { const char *flag; unsigned readers; } method_flags[] = {
-        {"pair-top", M(DPO)}, {"grpo-eps", M(GRPO)}, {"steps", M(ONLINE) | M(RLOO) | M(GRPO) | M(KTO)},
-        {"group-size", M(ONLINE) | M(RLOO) | M(GRPO)}, {"labels", M(KTO)}, {"label-threshold", M(KTO)},
-        {"desirable-weight", M(KTO)}, {"undesirable-weight", M(KTO)},
+    /* refusers: methods whose own check refuses the flag with its reason (kto's --sampled) */
+    static const struct { const char *flag; unsigned readers, refusers; } method_flags[] = {
+        {"pair-top", M(DPO), 0}, {"grpo-eps", M(GRPO), 0}, {"steps", M(ONLINE) | M(RLOO) | M(GRPO) | M(KTO), 0},
+        {"lr", M(ONLINE) | M(RLOO) | M(GRPO) | M(KTO), 0}, {"sampled", M(ONLINE) | M(RLOO) | M(GRPO), M(KTO)},
+        {"group-size", M(ONLINE) | M(RLOO) | M(GRPO), 0}, {"labels", M(KTO), 0}, {"label-threshold", M(KTO), 0},
+        {"desirable-weight", M(KTO), 0}, {"undesirable-weight", M(KTO), 0},
     };
 #undef M
     unsigned listed = 0;
     for (size_t a = 0; a < nm; a++) listed |= 1u << methods[a];
     for (size_t f = 0; rc == 0 && f < sizeof method_flags / sizeof method_flags[0]; f++) {
-        if (!flags_was_set(flags, NFLAGS(flags), method_flags[f].flag) || (listed & method_flags[f].readers)) continue;
+        if (!flags_was_set(flags, NFLAGS(flags), method_flags[f].flag) || (listed & (method_flags[f].readers | method_flags[f].refusers))) continue;
         char readers[64] = "";
         int n_readers = 0;
         for (int m = 0; m < FDPO_LAB_NMETHODS; m++)
@@ -694,7 +696,7 @@ static int lab_check_method(int argc, char **argv) {
     static const char *cols[] = {"method", "variant", "divergence", "beta", "max_abs_diff", "objective_gap",
                                  "uncovered_mass", "samples", "iterations", "target_diff", "z0", "undesirable_mass"};
     static const char *pi_cols[] = {"method", "divergence", "response", "pi"};
-    /* every run's options, validated by the library (fdpo_lab_algo_validate) before anything is
+    /* every run's options, validated by the library (fdpo_lab_algo_validate_problem) before anything is
      * written: a bad --group-size printed the table's header to stdout, then failed */
     fdpo_lab_algo_opts *aos = fdpo_malloc(nm * nd * sizeof *aos);
     for (size_t a = 0; a < nm; a++)
@@ -714,7 +716,7 @@ static int lab_check_method(int argc, char **argv) {
             ao->label_threshold = label_threshold;
             ao->desirable_weight = w_d;
             ao->undesirable_weight = w_u;
-            if (rc == 0) rc = fdpo_lab_algo_validate(ao, p.n);
+            if (rc == 0) rc = fdpo_lab_algo_validate_problem(ao, &pp);
         }
     table t, tp;
     double *pi = fdpo_malloc(p.n * sizeof(double));
@@ -740,6 +742,14 @@ static int lab_check_method(int argc, char **argv) {
             table_int(&t, res.samples); table_int(&t, res.iterations);
             table_num(&t, res.target_diff); table_num(&t, res.z0); table_num(&t, res.undesirable_mass);
             table_end_row(&t);
+            /* an exact run that ran out of --steps ends short of its limit: its row is not the
+             * method's verdict, so say it */
+            if (ao->exact && methods[a] != FDPO_LAB_DPO && methods[a] != FDPO_LAB_KTO && !res.converged)
+                fdpo_log(FDPO_LOG_WARN, "--method %s --divergence %s --beta %g: the exact run did not converge in "
+                         "%ld steps (--steps %ld; step %g at the end): its max_abs_diff is where it stopped, not the "
+                         "method's limit; raise --steps%s", fdpo_lab_method_name(methods[a]), name, beta, res.iterations,
+                         ao->steps, res.final_lr,
+                         methods[a] == FDPO_LAB_GRPO ? "" : " (or --lr: a step too long for the exact loss is halved)");
         }
     rc = outputs_finish(rc, &tp, opened_pi, &t, opened, NULL, NULL);
     free(pi);
@@ -782,7 +792,7 @@ static int lab_check(int argc, char **argv) {
     if (parse_divs(divspec, &divs, &nd)) return -1;
     for (size_t k = 0; k < nd; k++) {
         L.div = divs[k];
-        if (fdpo_pref_loss_check(&L)) { free(divs); return -1; }
+        if (fdpo_lab_check_loss_check(&L)) { free(divs); return -1; }
     }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);

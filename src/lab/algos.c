@@ -3,6 +3,7 @@
  * with the exact optimum of fdpo_lab_solve. The losses and shaped rewards are the trainer's
  * own pure functions (fdpo_pref_loss_pair, fdpo_shaped_reward, fdpo_rloo/grpo_advantages,
  * fdpo_kto_loss_one). */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,7 +71,7 @@ static fdpo_kto_loss kto_loss_of(const fdpo_lab_algo_opts *o) {
     return K;
 }
 
-/* dpo's offline pairs: among the pair_top most likely responses (0 or more than n: all n) */
+/* dpo's offline pairs: among the pair_top most likely responses (0: all n; more than n: refused) */
 static size_t dpo_top(const fdpo_lab_algo_opts *o, size_t n) { return o->pair_top && o->pair_top < n ? o->pair_top : n; }
 
 static int kto_opts_check(const fdpo_lab_algo_opts *o) {
@@ -110,6 +111,14 @@ int fdpo_lab_algo_validate(const fdpo_lab_algo_opts *o, size_t n) {
     if (fdpo_lab_algo_opts_check(o)) return -1;
     if (o->method == FDPO_LAB_DPO) {
         const size_t top = dpo_top(o, n);
+        if (o->pair_top > n)
+            return fdpo_error("--pair-top: %zu is more than the problem's n = %zu responses (--pair-top %zu pairs all of them)",
+                              o->pair_top, n, n);
+        /* --n 2 or 3 makes the default n/2 too small: the user may not have given --pair-top */
+        if (top < 2 && o->pair_top == n / 2)
+            return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu = n/2, dpo's default --pair-top "
+                              "for n = %zu responses); give --pair-top %s, a larger --n, or a --method list without dpo",
+                              top, n, n == 2 ? "2" : "2 or 3");
         if (top < 2) return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu)", top);
     }
     if (o->exact && o->method == FDPO_LAB_GRPO && pow((double)n, (double)o->k) > 1e6)
@@ -195,7 +204,9 @@ static int by_value_desc(const void *a, const void *b) {
     return x->v > y->v ? -1 : x->v < y->v ? 1 : (x->i > y->i) - (x->i < y->i);
 }
 
-/* offline: q = pi_ref restricted to its pair_top most likely responses */
+/* offline: q = pi_ref restricted to its pair_top most likely responses. The loss does not pin the
+ * responses outside them down (pi* is one minimiser of a set): the result is the minimiser L-BFGS
+ * reaches from pi_ref, whose unseen logits stay at log pi_ref for rkl alone (docs/lab.md). */
 static int run_dpo(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, const fdpo_pref_loss *L,
                    const double *pistar, double *theta, fdpo_lab_algo_result *res) {
     const size_t n = pp->n, top = dpo_top(o, n); /* >= 2: fdpo_lab_algo_validate */
@@ -242,27 +253,53 @@ static void pg_group_grad(step_ctx *c, double weight, double *g) {
     }
 }
 
-static void exact_step_grad(step_ctx *c, const double *theta, double *g) {
+/* The exact variants' loss at theta for a step from the point where exact_step_grad last ran:
+ * online, the pair loss with the pairs' distribution w held at that point (its gradient is the
+ * semi-gradient); rloo, -(E_pi r - beta D_f(pi || pi_ref)) (its gradient is the exact policy
+ * gradient). g[n] is scratch; *scale = the sum of the terms' magnitudes (its rounding's scale). */
+static double exact_loss(step_ctx *c, const double *theta, double *g, double *scale) {
+    const size_t n = c->pp->n;
+    if (c->o->method == FDPO_LAB_ONLINE) {
+        pair_ctx pc = {c->pp, c->L, c->w, c->pi, c->l, c->gl};
+        double f = pair_fg(theta, g, &pc);
+        *scale = fabs(f); /* a sum of terms >= 0 */
+        return f;
+    }
+    policy(c->pp, theta, c->pi, c->l);
+    double f = 0;
+    *scale = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = c->o->beta * c->pp->pi_ref[i] * fdpo_f_log(&c->o->div, c->l[i]), e = c->pi[i] * c->pp->reward[i];
+        f += d - e;
+        *scale += fabs(d) + fabs(e);
+    }
+    return f;
+}
+
+/* g[n] = the exact step's descent direction at theta; returns exact_loss there (NaN for grpo,
+ * whose normalised field is no loss's gradient) */
+static double exact_step_grad(step_ctx *c, const double *theta, double *g, double *scale) {
     const size_t n = c->pp->n;
     memset(g, 0, n * sizeof(double));
     if (c->o->method == FDPO_LAB_ONLINE) {
         policy(c->pp, theta, c->pi, c->l);
         bt_pair_weights(c->pp, c->pi, c->w);
         pair_ctx pc = {c->pp, c->L, c->w, c->pi, c->l, c->gl};
-        pair_fg(theta, g, &pc);
-        return;
+        double f = pair_fg(theta, g, &pc);
+        *scale = fabs(f);
+        return f;
     }
-    policy(c->pp, theta, c->pi, c->l);
     if (c->o->method == FDPO_LAB_RLOO) {
         /* E of the RLOO estimator = the exact gradient: pi_k (shaped_k - E_pi shaped) */
-        double mean = 0;
+        double mean = 0, f = exact_loss(c, theta, g, scale);
         for (size_t i = 0; i < n; i++) {
             c->shaped[i] = fdpo_shaped_reward(&c->o->div, c->o->beta, c->pp->reward[i], c->l[i]);
             mean += c->pi[i] * c->shaped[i];
         }
         for (size_t i = 0; i < n; i++) g[i] = -c->pi[i] * (c->shaped[i] - mean);
-        return;
+        return f;
     }
+    policy(c->pp, theta, c->pi, c->l);
     /* GRPO: the advantage is not linear in the group, so average over all n^k ordered groups */
     size_t total = 1;
     for (size_t i = 0; i < c->k; i++) total *= n;
@@ -272,6 +309,8 @@ static void exact_step_grad(step_ctx *c, const double *theta, double *g) {
         for (size_t i = 0; i < c->k; i++) { c->ys[i] = rest % n; rest /= n; p *= c->pi[c->ys[i]]; }
         pg_group_grad(c, p, g);
     }
+    *scale = NAN;
+    return NAN;
 }
 
 static void sampled_step_grad(step_ctx *c, const double *theta, fdpo_rng *rng, double *g) {
@@ -304,19 +343,43 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
                   fdpo_malloc(n * sizeof(double)), fdpo_malloc(n * n * sizeof(double)),
                   fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(size_t))};
     double *g = fdpo_malloc(n * sizeof(double)), *avg = fdpo_calloc(n, sizeof(double));
+    double *trial = fdpo_malloc(n * sizeof(double)), *scratch = fdpo_malloc(n * sizeof(double));
     fdpo_rng rng;
     fdpo_rng_seed(&rng, o->seed);
     long t, averaged = 0;
+    double step = o->lr; /* exact online/rloo: halved for the rest of the run when it fails (below) */
     res->samples = 0;
     for (t = 0; t < o->steps; t++) {
         if (o->exact) {
-            exact_step_grad(&c, theta, g);
-            /* converged: the step no longer changes theta beyond rounding */
-            if (max_abs(g, n) * o->lr <= 1e-15) break;
+            double scale, f = exact_step_grad(&c, theta, g, &scale), lr = step;
             /* GRPO's normalised advantages do not shrink near pi* (the field is scale-free until
              * the spread reaches eps), so a fixed step circles pi* at a distance ~ lr: decay it */
-            double lr = o->method == FDPO_LAB_GRPO ? o->lr / sqrt(1 + (double)t / 1000) : o->lr;
-            for (size_t i = 0; i < n; i++) theta[i] -= lr * g[i];
+            if (o->method == FDPO_LAB_GRPO) lr = o->lr / sqrt(1 + (double)t / 1000);
+            /* converged: the step no longer changes theta beyond rounding */
+            if (max_abs(g, n) * lr <= 1e-15) { res->converged = 1; break; }
+            if (o->method == FDPO_LAB_GRPO) {
+                for (size_t i = 0; i < n; i++) theta[i] -= lr * g[i];
+                step = lr;
+                continue;
+            }
+            /* Online and rloo descend an exact loss (exact_loss). A fixed step makes pi* an
+             * unstable fixed point once lr * (the curvature there) > 2, and that curvature grows
+             * with beta (~ beta^2 for the pair loss, ~ beta for rloo): so the step must lower the
+             * loss (Armijo, up to its rounding), else it is halved, for the rest of the run (a
+             * step that grew back would make the run circle pi* at the instability's edge). */
+            double gg = 0;
+            int lowered = 0;
+            for (size_t i = 0; i < n; i++) gg += g[i] * g[i];
+            for (;;) {
+                double scale1;
+                for (size_t i = 0; i < n; i++) trial[i] = theta[i] - step * g[i];
+                double f1 = exact_loss(&c, trial, scratch, &scale1);
+                if ((lowered = f1 <= f - 1e-4 * step * gg + 64 * DBL_EPSILON * (scale + scale1))) break;
+                if (max_abs(g, n) * step <= 1e-15) break;
+                step /= 2;
+            }
+            if (!lowered) { t++; break; } /* no step lowers the loss (a NaN): stop, unconverged */
+            memcpy(theta, trial, n * sizeof(double));
         } else {
             sampled_step_grad(&c, theta, &rng, g);
             res->samples += o->method == FDPO_LAB_ONLINE ? 2 * o->k : o->k;
@@ -331,7 +394,9 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
     if (!o->exact && averaged > 0)
         for (size_t i = 0; i < n; i++) theta[i] = avg[i] / (double)averaged;
     res->iterations = t;
+    res->final_lr = o->exact ? step : NAN;
     free(c.pi); free(c.l); free(c.gl); free(c.w); free(c.shaped); free(c.adv); free(c.ys); free(g); free(avg);
+    free(trial); free(scratch);
     return 0;
 }
 
@@ -374,6 +439,46 @@ static double kto_fg(const double *theta, double *g, void *vctx) {
     return f;
 }
 
+/* the labels' threshold: --label-threshold, by default E_pi_ref[r] */
+static double kto_threshold(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o) {
+    if (!isnan(o->label_threshold)) return o->label_threshold;
+    double tau = 0;
+    for (size_t i = 0; i < pp->n; i++) tau += pp->pi_ref[i] * pp->reward[i];
+    return tau;
+}
+
+/* p[n] = P(desirable | y); in[n] = y is net desirable: p w_d > (1 - p) w_u, i.e. its loss falls
+ * as l_y rises. Returns how many are; *undesirable_mass = pi_ref of the others. */
+static size_t kto_label(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *p, unsigned char *in,
+                        double *undesirable_mass) {
+    const double tau = kto_threshold(pp, o);
+    size_t kept = 0;
+    *undesirable_mass = 0;
+    for (size_t i = 0; i < pp->n; i++) {
+        p[i] = o->labels == FDPO_LAB_LABELS_BT ? fdpo_sigmoid(pp->reward[i] - tau) : pp->reward[i] > tau ? 1.0 : 0.0;
+        in[i] = p[i] * o->desirable_weight > (1 - p[i]) * o->undesirable_weight;
+        if (in[i]) kept++;
+        else *undesirable_mass += pp->pi_ref[i];
+    }
+    return kept;
+}
+
+/* No net-desirable response: every response's loss rises with its l, and since sum pi = 1 some
+ * l must rise, so the infimum lies on the simplex's boundary (where is a combinatorial
+ * question), while pi_ref is a stationary point of the flow that can be the loss's maximum (hard
+ * labels: equal net weights; rkl, beta <= 1 by Jensen). docs/lab.md's limit (items 2-4) needs a
+ * non-empty D: refused, not measured against a meaningless target. */
+static int kto_none_desirable(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o) {
+    return fdpo_error("--method kto: no response is net desirable (P(desirable) w_d > (1 - P(desirable)) w_u holds for "
+                      "none of the %zu responses, with --labels %s at the threshold %g%s, --desirable-weight %g and "
+                      "--undesirable-weight %g): every response's KTO loss then falls with its probability, the loss's "
+                      "infimum lies on the simplex's boundary, and the lab has no limit to compare the run with; lower "
+                      "--label-threshold or --undesirable-weight, or raise --desirable-weight", pp->n,
+                      o->labels == FDPO_LAB_LABELS_BT ? "bt" : "threshold", kto_threshold(pp, o),
+                      isnan(o->label_threshold) ? " (E_pi_ref[r], the default --label-threshold)" : "",
+                      o->desirable_weight, o->undesirable_weight);
+}
+
 static int kto_setup(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, kto_ctx *c, double *p, unsigned char *in,
                      double *undesirable_mass) {
     const size_t n = pp->n;
@@ -381,22 +486,7 @@ static int kto_setup(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, k
     c->pp = pp;
     c->K = kto_loss_of(o);
     if (kto_opts_check(o)) return -1;
-    double tau = o->label_threshold;
-    if (isnan(tau)) {
-        tau = 0;
-        for (size_t i = 0; i < n; i++) tau += pp->pi_ref[i] * pp->reward[i];
-    }
-    /* net weight of a response: p w_d - (1 - p) w_u; its loss falls with l iff it is > 0 */
-    size_t kept = 0;
-    *undesirable_mass = 0;
-    for (size_t i = 0; i < n; i++) {
-        p[i] = o->labels == FDPO_LAB_LABELS_BT ? fdpo_sigmoid(pp->reward[i] - tau) : pp->reward[i] > tau ? 1.0 : 0.0;
-        in[i] = p[i] * o->desirable_weight > (1 - p[i]) * o->undesirable_weight;
-        if (in[i]) kept++;
-        else *undesirable_mass += pp->pi_ref[i];
-    }
-    /* no net-desirable response: every loss rises with l, the minimum is interior on all of them */
-    if (kept == 0) memset(in, 1, n);
+    if (kto_label(pp, o, p, in, undesirable_mass) == 0) return kto_none_desirable(pp, o);
     c->p = p;
     c->in = in;
     c->pi = fdpo_malloc(n * sizeof(double));
@@ -472,14 +562,27 @@ static int run_kto(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, dou
     return rc;
 }
 
+int fdpo_lab_algo_validate_problem(const fdpo_lab_algo_opts *o, const fdpo_lab_prepared *pp) {
+    if (fdpo_lab_algo_validate(o, pp->n)) return -1;
+    if (o->method == FDPO_LAB_KTO) {
+        double *p = fdpo_malloc(pp->n * sizeof(double)), um;
+        unsigned char *in = fdpo_malloc(pp->n);
+        size_t kept = kto_label(pp, o, p, in, &um);
+        free(p); free(in);
+        if (kept == 0) return kto_none_desirable(pp, o);
+    }
+    return 0;
+}
+
 int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi_out, fdpo_lab_algo_result *res) {
     const size_t n = pp->n;
-    if (fdpo_lab_algo_validate(o, n)) return -1;
+    if (fdpo_lab_algo_validate_problem(o, pp)) return -1;
     fdpo_pref_loss L = {0};
     L.kind = FDPO_LOSS_SIGMOID;
     L.div = o->div;
     L.beta = o->beta;
     memset(res, 0, sizeof *res);
+    res->final_lr = NAN;
     if (o->method != FDPO_LAB_KTO) res->z0 = res->undesirable_mass = NAN; /* kto's alone: not 0, which reads as a value */
     double *pistar = fdpo_malloc(n * sizeof(double)), *theta = fdpo_malloc(n * sizeof(double));
     double *pi = fdpo_malloc(n * sizeof(double)), *l = fdpo_malloc(n * sizeof(double));

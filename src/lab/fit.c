@@ -212,9 +212,13 @@ static double check_fg(const double *th, double *g, void *vctx) {
     return f;
 }
 
-int fdpo_lab_check_validate(const fdpo_pref_loss *L, double label_noise, size_t n) {
-    if (fdpo_pref_loss_check(L)) return -1;
+int fdpo_lab_check_loss_check(const fdpo_pref_loss *L) {
     if (L->kind == FDPO_LOSS_SIMPO) return fdpo_error("--loss simpo: the check needs a reference-based loss (simpo has no pi_ref, so no pi* to compare with)");
+    return fdpo_pref_loss_check(L);
+}
+
+int fdpo_lab_check_validate(const fdpo_pref_loss *L, double label_noise, size_t n) {
+    if (fdpo_lab_check_loss_check(L)) return -1;
     if (!(label_noise >= 0 && label_noise < 0.5)) return fdpo_error("--label-noise: must be in [0, 0.5) (got %g)", label_noise);
     if (n < 2) return fdpo_error("--n: the check needs at least 2 responses (got %zu)", n);
     return 0;

@@ -553,6 +553,26 @@ START_TEST(validate_before_the_run) {
     fdpo_lab_prepare(&pp, q, r, 3);
     fdpo_lab_check_result cr;
     ck_error_names(fdpo_lab_check(&pp, &L, 0.5, NULL, &cr), "--label-noise");
+    /* simpo is refused as the loss, before its own check blames the (default) divergence */
+    L.kind = FDPO_LOSS_SIMPO;
+    fdpo_divergence_parse("fkl", &L.div);
+    ck_error_names(fdpo_lab_check_validate(&L, 0, 6), "--loss simpo: the check needs a reference-based loss");
+    /* --pair-top above n was clamped to n silently */
+    fdpo_lab_algo_opts_default(&o, FDPO_LAB_DPO, 1, 3);
+    o.pair_top = 4;
+    ck_error_names(fdpo_lab_algo_validate_problem(&o, &pp), "--pair-top: 4 is more than the problem's n = 3 responses");
+    o.pair_top = 3;
+    ck_assert_int_eq(fdpo_lab_algo_validate_problem(&o, &pp), 0);
+    /* kto with no net-desirable response (no reward above the threshold): no limit to compare with */
+    fdpo_lab_algo_opts_default(&o, FDPO_LAB_KTO, 1, 3);
+    o.labels = FDPO_LAB_LABELS_THRESHOLD;
+    o.label_threshold = 1;
+    ck_error_names(fdpo_lab_algo_validate_problem(&o, &pp), "--method kto: no response is net desirable");
+    fdpo_lab_algo_result res;
+    double pi[3];
+    ck_error_names(fdpo_lab_algo_run(&pp, &o, pi, &res), "--method kto: no response is net desirable");
+    o.label_threshold = 0.5;
+    ck_assert_int_eq(fdpo_lab_algo_validate_problem(&o, &pp), 0);
     fdpo_lab_prepared_free(&pp);
 }
 END_TEST

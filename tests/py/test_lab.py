@@ -876,7 +876,8 @@ def test_renormalises_with_a_warning(tmp_path):
     (["check", "--divergence", "tv"], "--divergence tv: total variation is not usable"),
     (["check", "--divergence", "chi2"], "--divergence chi2: chi2 is not usable"),
     (["check", "--label-smoothing", "0.5"], "--label-smoothing"),
-    (["check", "--loss", "simpo"], "--loss simpo"),
+    # the default --divergence list was blamed first ("--divergence fkl: ... drop --divergence")
+    (["check", "--loss", "simpo"], "fdpo lab: --loss simpo: the check needs a reference-based loss"),
     # the library's refusals that came after the table's header (it reached stdout, then exit 1)
     (["check", "--label-noise", "0.5"], "--label-noise: must be in [0, 0.5) (got 0.5)"),
     (["check", "--n", "1"], "--n: the check needs at least 2 responses (got 1)"),

@@ -122,6 +122,39 @@ def test_exact_online_dpo_and_rloo_converge_to_pistar(problem, tmp_path, method,
         assert abs(float(row["objective_gap"])) <= 1e-9
 
 
+@pytest.mark.parametrize("beta", [3.0, 10.0])
+def test_exact_online_dpo_and_rloo_converge_to_pistar_at_large_beta(problem, tmp_path, beta):
+    """The default steps (online 5, rloo 1) were fixed: lr * (the field's curvature at pi*) > 2
+    made pi* an unstable fixed point once beta grew (curvature ~ beta^2 online, ~ beta rloo), and
+    the runs ended 0.05-0.92 from pi* at the step cap. The step now halves where it does not
+    lower the exact loss, so every beta converges, to the in-test brentq pi*."""
+    _, q, r = problem
+    div = ",".join(DIVS + ["alpha:0.3", "alpha:0.7"])
+    path = problem[0]
+    pi_file = tmp_path / "pi.csv"
+    res = lab("--data", path, "--export-policy", pi_file, "--method", "online,rloo", "--divergence", div, "--beta", beta)
+    t = rows(res.stdout)
+    pis = {}
+    for x in rows(pi_file.read_text()):
+        pis.setdefault((x["method"], x["divergence"]), []).append(float(x["pi"]))
+    assert len(t) == 12
+    for row in t:
+        ps = pistar(row["divergence"], beta, q, r)
+        np.testing.assert_allclose(pis[(row["method"], row["divergence"])], ps, atol=1e-9, err_msg=str(row))
+        assert int(row["iterations"]) < 200000  # stopped by its convergence test, not the cap
+    assert "did not converge" not in res.stderr
+
+
+def test_an_exact_run_that_runs_out_of_steps_says_so(problem):
+    """an exact run stopped by --steps reports where it stopped, which is not the method's limit:
+    a warning names the run (a run that converges says nothing)"""
+    path = problem[0]
+    r = lab("--data", path, "--method", "online,rloo", "--divergence", "rkl", "--beta", 1, "--steps", 10)
+    for m in ("online", "rloo"):
+        assert f"--method {m} --divergence rkl --beta 1: the exact run did not converge in 10 steps (--steps 10" in r.stderr
+    assert "did not converge" not in lab("--data", path, "--method", "rloo", "--divergence", "rkl", "--beta", 1).stderr
+
+
 def test_sampled_rloo_and_grpo_reach_pistar_with_enough_samples(problem, tmp_path):
     _, q, r = problem
     beta = 1.0
@@ -276,12 +309,54 @@ def test_kto_bad_flags_are_named(args, needle):
     (["--method", "grpo", "--group-size", "9"], "--group-size: exact grpo averages over all n^k"),
     (["--method", "dpo", "--pair-top", "1"], "--pair-top: offline pairs need at least 2"),
     (["--method", "rloo", "--beta", "0"], "--beta: must be a finite number > 0 (got 0)"),
+    # dpo is L-BFGS on the exact loss: no step size, no sampling (it ignored both)
+    (["--method", "dpo", "--lr", "123"], "--lr: only --method online,rloo,grpo,kto use it (--method dpo)"),
+    (["--method", "dpo", "--sampled"], "--sampled: only --method online,rloo,grpo use it (--method dpo)"),
+    # more than n was clamped to n silently
+    (["--method", "dpo", "--pair-top", "7"], "--pair-top: 7 is more than the problem's n = 6 responses"),
+    # --n 3: the default n/2 = 1 is refused, saying it is the default (the user gave no --pair-top)
+    (["--method", "dpo,online", "--n", "3"], "(got 1 = n/2, dpo's default --pair-top for n = 3 responses)"),
 ])
 def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)
     assert r.returncode != 0
     assert needle in r.stderr, r.stderr
     assert r.stdout == ""   # refused before the table's header (rloo --group-size 1 printed it)
+
+
+def test_a_flag_of_another_listed_method_still_runs(problem):
+    """--sampled and --lr with dpo among other methods: the others read them, dpo's row stays offline"""
+    t = rows(lab("--data", problem[0], "--method", "dpo,rloo", "--sampled", "--lr", 0.5, "--steps", 100,
+                 "--divergence", "rkl").stdout)
+    assert [(x["method"], x["variant"]) for x in t] == [("dpo", "offline"), ("rloo", "sampled")]
+
+
+def kto_loss(div, beta, q, pi, a, b):
+    """sum_y q [a sigmoid(-x) + b sigmoid(x)], x = beta s~(pi/q), z0 = 0 (docs/lab.md)"""
+    x = beta * kto_score(div, np.maximum(pi, 1e-300) / q)
+    return np.sum(q * (a * special.expit(-x) + b * special.expit(x)))
+
+
+@pytest.mark.parametrize("args", [["--labels", "threshold", "--label-threshold", 1.4],   # no reward above T
+                                  ["--undesirable-weight", 20]])                          # TRL-style weights
+def test_kto_without_a_net_desirable_response_is_refused(problem, args):
+    """No response with p w_d > (1 - p) w_u: every loss term rises with its l, so the infimum is on
+    the simplex's boundary; the lab reported pi_ref (with hard labels a stationary point that is
+    the loss's maximum) or an arbitrary corner as KTO's limit, with target_diff 0 or 1. Refused."""
+    path, q, r = problem
+    d = dict(zip(args[::2], args[1::2]))
+    tau = float(d.get("--label-threshold", q @ r))
+    p = (r > tau).astype(float) if d.get("--labels") == "threshold" else special.expit(r - tau)
+    a, b = p * 1.0, (1 - p) * float(d.get("--undesirable-weight", 1))
+    assert np.all(a <= b)  # the premise, recomputed
+    # pi_ref is not the minimiser: a vertex (all mass on one response) has a lower loss
+    vertices = [kto_loss("rkl", 0.5, q, np.eye(6)[i], a, b) for i in range(6)]
+    assert min(vertices) < kto_loss("rkl", 0.5, q, q, a, b) - 0.1
+    res = lab("--data", path, "--method", "kto", "--beta", 0.5, "--divergence", "rkl,fkl", *args, check=False)
+    assert res.returncode != 0 and res.stdout == ""
+    assert "--method kto: no response is net desirable" in res.stderr, res.stderr
+    assert "no limit to compare the run with" in res.stderr
+    assert f"--undesirable-weight {d.get('--undesirable-weight', 1):g}" in res.stderr
 
 
 def test_kto_columns_are_empty_where_they_do_not_apply(problem, tmp_path):
