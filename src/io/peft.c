@@ -97,6 +97,15 @@ fdpo_tokenizer *fdpo_checkpoint_load_tokenizer(const char *dir) {
     return fdpo_tokenizer_load_dir(dir);
 }
 
+int fdpo_checkpoint_has_tokenizer(const char *dir) {
+    if (fdpo_tokenizer_dir_has_files(dir)) return 1;
+    if (!fdpo_lora_is_checkpoint(dir)) return 0;
+    char *base = fdpo_lora_peft_base(dir);   /* an adapter without its own: its base's */
+    int has = base && fdpo_tokenizer_dir_has_files(base);
+    free(base);
+    return has;
+}
+
 char *fdpo_lora_peft_base(const char *dir) {
     char *path = fdpo_path_join(dir, "adapter_config.json");
     cJSON *j = read_config(path);

@@ -194,11 +194,11 @@ fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_
     if (!rc && ref && tok) {   /* a directory without tokenizer files: the run's own rules apply */
         fdpo_tokenizer *rt = fdpo_checkpoint_load_tokenizer(ref);
         char what[512];
-        if (!rt && fdpo_tokenizer_dir_has_files(ref))   /* files it cannot read: no silent pass of the check */
+        if (!rt && fdpo_checkpoint_has_tokenizer(ref))   /* files it cannot read: no silent pass of the check */
             rc = fdpo_error_context("--ref %s", ref);
         else if (rt && fdpo_tokenizer_diff(rt, tok, what, sizeof what))
-            rc = fdpo_error("--ref %s: its tokenizer differs from the policy's (%s: %s): the same text would be other ids",
-                            ref, model, what);
+            rc = fdpo_error("--ref %s: its tokenizer differs from that of the policy %s (%s): the same text would be "
+                            "other ids", ref, model, what);
         fdpo_tokenizer_free(rt);
     }
     if (!rc && policy_vocab && m->config.vocab_size != policy_vocab)

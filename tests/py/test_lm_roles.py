@@ -151,9 +151,44 @@ def test_a_reference_with_another_tokenizer_of_the_same_size_is_refused(models, 
     assert r.returncode == 1, r.stderr
     # the first difference named: bpe257 is a BPE, the policy's tokenizer fdpo's byte-level one
     assert json.loads((models / "base" / "fdpo_tokenizer.json").read_text())["type"] == "byte"
-    want = (f"fdpo {args[0]}: --ref {bpe257}: its tokenizer differs from the policy's ({models / 'base'}: kind gpt2-bpe "
-            "vs byte): the same text would be other ids\n")
+    want = (f"fdpo {args[0]}: --ref {bpe257}: its tokenizer differs from that of the policy {models / 'base'} (kind "
+            "gpt2-bpe vs byte): the same text would be other ids\n")
     assert want in r.stderr, r.stderr
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+@pytest.fixture(scope="module")
+def adapter_on_a_broken_base(models):
+    """a PEFT adapter directory without tokenizer files (its tokenizer is its base's) whose base's
+    fdpo_tokenizer.json does not load"""
+    base = models / "base_badtok"
+    base.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(models / "base" / f, base / f)
+    (base / "fdpo_tokenizer.json").write_text('{"type": 3}')
+    r = fdpo("sft", "--model", models / "base", "--lora-r", 2, "--seq-len", 24, "--steps", 1, "--threads", 1, "--quiet",
+             "--out", models / "lora", models / "sft.jsonl")
+    assert r.returncode == 0, r.stderr
+    ad = models / "lora_badbase"
+    ad.mkdir()
+    shutil.copy(models / "lora" / "adapter_model.safetensors", ad)
+    cfg = json.loads((models / "lora" / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(base)
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    return ad
+
+
+@pytest.mark.parametrize("cmd", ["dpo", "kto", "rl", "online"])
+def test_an_adapter_reference_whose_base_tokenizer_cannot_be_read_is_refused(models, adapter_on_a_broken_base, tmp_path,
+                                                                              cmd):
+    """the check looked for tokenizer files in the adapter directory only, so an adapter whose
+    tokenizer is its base's passed unchecked when the base's files did not load (score refused it)"""
+    ad = adapter_on_a_broken_base
+    args = runs(models, models / "base", ad)[cmd]
+    r = fdpo(*args, "--out", tmp_path / "out")
+    assert r.returncode == 1, r.stderr
+    assert (f"fdpo {args[0]}: --ref {ad}: {ad}: the tokenizer of its base_model_name_or_path {models / 'base_badtok'}: "
+            f"{models / 'base_badtok' / 'fdpo_tokenizer.json'}") in r.stderr, r.stderr
     assert not (tmp_path / "out" / "config.json").exists()
 
 
