@@ -483,7 +483,7 @@ int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, 
     if (o->method != FDPO_LAB_KTO) res->z0 = res->undesirable_mass = NAN; /* kto's alone: not 0, which reads as a value */
     double *pistar = fdpo_malloc(n * sizeof(double)), *theta = fdpo_malloc(n * sizeof(double));
     double *pi = fdpo_malloc(n * sizeof(double)), *l = fdpo_malloc(n * sizeof(double));
-    fdpo_lab_result star, got;
+    fdpo_lab_result star;
     int rc = fdpo_lab_solve(pp, &o->div, o->beta, pistar, &star);
     for (size_t i = 0; i < n; i++) theta[i] = pp->log_pi_ref[i]; /* start at pi_ref */
     if (rc == 0)
@@ -503,8 +503,7 @@ int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, 
             if (et > res->target_diff) res->target_diff = et;
             if (pi_out) pi_out[i] = pi[i];
         }
-        fdpo_lab_evaluate(&o->div, o->beta, pp->pi_ref, pp->reward, pi, n, &got);
-        res->objective_gap = star.objective - got.objective;
+        res->objective_gap = fdpo_lab_objective_gap(&o->div, o->beta, pp->pi_ref, pp->reward, pistar, pi, n);
     }
     if (target != pistar) free(target);
     free(pistar); free(theta); free(pi); free(l);
