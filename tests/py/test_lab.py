@@ -970,6 +970,16 @@ def test_check_of_a_one_row_file_names_the_file(tmp_path, method):
         r.stderr == f"fdpo lab: --data {p}: the check needs at least 2 responses (the file has 1)\n", r.stderr
 
 
+def test_check_beyond_the_machines_memory_is_refused_naming_n():
+    """the check's n x n pair probabilities (8 n^2 bytes: 8 TB at n = 1e6) are checked against the
+    machine's memory before the table: the header was printed, then an out-of-memory line
+    that named no flag"""
+    r = lab("check", "--n", "1000000", "--divergence", "rkl", "--threads", "1", check=False)
+    assert r.returncode != 0
+    assert "--n 1000000: the check's n x n pair probabilities take 8e+03 GB, more than this machine's" in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
 def test_gap_refuses_noise_when_the_file_has_reward_hat(tmp_path):
     """--data with a reward_hat column is the noisy reward: --noise was ignored"""
     p = tmp_path / "p.csv"
