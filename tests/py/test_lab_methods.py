@@ -337,6 +337,23 @@ def test_method_as_another_flags_value_is_that_value(tmp_path):
 P4 = "pi_ref,reward\n0.4,1\n0.3,0.5\n0.2,0\n0.1,-1\n"
 
 
+@pytest.mark.parametrize("methods,needle", [
+    ("kto,kto", "--method: kto given twice in 'kto,kto'"),
+    (",dpo,,online,", "--method: empty item in ',dpo,,online,'"),
+    ("dpo,,rloo", "--method: empty item in 'dpo,,rloo'"),
+    ("dpo,dpo,dpo,dpo,dpo,dpo", "--method: dpo given twice"),
+])
+def test_method_list_refuses_empty_items_and_repeats(tmp_path, methods, needle):
+    """as every other lab list (--divergence rkl,,fkl / rkl,rkl, --betas 0.1,,1): strtok skipped
+    the empty items (dpo,,rloo ran two methods) and kto,kto printed kto's row twice"""
+    p = tmp_path / "p4.csv"
+    p.write_text(P4)
+    r = lab("--method", methods, "--data", p, "--divergence", "rkl", "--threads", "1", check=False)
+    assert r.returncode != 0
+    assert needle in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--method", "dpo", "--n", "1000000"], "--n 1000000: dpo on 1000000 responses takes 8e+03 GB (its n x n pair weights)"),
     (["--method", "online", "--n", "1000000", "--steps", "1"], "--n 1000000: online on 1000000 responses takes 8e+03 GB"),
