@@ -95,9 +95,16 @@ int fdpo_lab_solve(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double
  * (constrained's stepwise) in log space. pi_ref may then underflow to 0 where log_pi_ref is finite. */
 int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *pi,
                        double *log_pi, fdpo_lab_result *res);
-/* Statistics of a given pi under (pi_ref, reward) for divergence d; lambda left NaN. */
+/* Statistics of a given pi under (pi_ref, reward) for divergence d; lambda left NaN. pi is taken
+ * as a distribution (sum 1): kl and D_f are summed in the solver's second-order forms, each term
+ * ~(pi/pi_ref - 1)^2, so that their error stays relative to them at a large beta. */
 void fdpo_lab_evaluate(const fdpo_divergence *d, double beta, const double *pi_ref, const double *reward,
                        const double *pi, size_t n, fdpo_lab_result *res);
+/* objective(pi_a) - objective(pi_b) under (pi_ref, reward), objective = E[r] - beta D_f, summed as
+ * per-response differences in fdpo_lab_evaluate's forms: exactly 0 where pi_a = pi_b, and no
+ * rounding of either objective (~1e-16 |E[r]|) in a gap that can be far smaller */
+double fdpo_lab_objective_gap(const fdpo_divergence *d, double beta, const double *pi_ref, const double *reward,
+                              const double *pi_a, const double *pi_b, size_t n);
 
 /* Bradley-Terry maximum likelihood on one prompt: minimise
  *   sum_k softplus(theta[loser_k] - theta[winner_k]) + ridge/2 * |theta|^2

@@ -654,11 +654,17 @@ static int lab_check_method(int argc, char **argv) {
     if (parse_divs(divspec, &divs, &nd)) return -1;
     fdpo_lab_method methods[FDPO_LAB_NMETHODS];
     size_t nm = 0;
-    char *ms = fdpo_strdup(methodspec);
-    int rc = 0;
-    for (char *tok = strtok(ms, ","); tok && rc == 0; tok = strtok(NULL, ",")) {
-        if (nm == FDPO_LAB_NMETHODS) rc = fdpo_error("--method: at most %d methods (got '%s')", FDPO_LAB_NMETHODS, methodspec);
-        else rc = fdpo_lab_method_parse(tok, &methods[nm++]);
+    char *ms = fdpo_strdup(methodspec), *save = NULL;
+    /* empty items and repeats refused as in every lab list (--divergence, --betas): ",dpo,,online"
+     * ran dpo,online and "kto,kto" printed kto's row twice; with no repeat, at most
+     * FDPO_LAB_NMETHODS fit */
+    int rc = flags_list_empty_item("method", methodspec);
+    for (char *tok = strtok_r(ms, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
+        fdpo_lab_method m;
+        if ((rc = fdpo_lab_method_parse(tok, &m))) break;
+        for (size_t a = 0; rc == 0 && a < nm; a++)
+            if (methods[a] == m) rc = fdpo_error("--method: %s given twice in '%s'", tok, methodspec);
+        if (rc == 0) methods[nm++] = m;
     }
     free(ms);
     if (rc == 0 && nm == 0) rc = fdpo_error("--method: empty list");

@@ -696,10 +696,15 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
     return FLAGS_OK;
 }
 
-int flags_number_list(const char *flag, const char *spec, int sign, double **out, size_t *count) {
+int flags_list_empty_item(const char *flag, const char *spec) {
     size_t L = strlen(spec);   /* strtok skips empty items: "0.5,,0.5" would read as two */
     if (L && (spec[0] == ',' || spec[L - 1] == ',' || strstr(spec, ",,")))
         return fdpo_error("--%s: empty item in '%s'", flag, spec);
+    return 0;
+}
+
+int flags_number_list(const char *flag, const char *spec, int sign, double **out, size_t *count) {
+    if (flags_list_empty_item(flag, spec)) return -1;
     char *s = fdpo_strdup(spec), *save = NULL;
     size_t cap = 8, n = 0;
     double *v = fdpo_malloc(cap * sizeof *v);

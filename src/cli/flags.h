@@ -106,6 +106,9 @@ int flags_from_config(const char *flag);
  * the item. */
 enum { FLAGS_LIST_ANY, FLAGS_LIST_POSITIVE, FLAGS_LIST_NONNEG, FLAGS_LIST_COUNT };
 int flags_number_list(const char *flag, const char *spec, int sign, double **out, size_t *count);
+/* A comma list's empty items (",a", "a,,b", "a,"), which strtok skips: an error naming the flag
+ * ("--method: empty item in 'dpo,,rloo'"), else 0. flags_number_list's own check. */
+int flags_list_empty_item(const char *flag, const char *spec);
 #define NFLAGS(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

@@ -106,6 +106,12 @@ int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o) {
     return 0;
 }
 
+/* whether run_iterative reads --group-size: sampled groups/pairs, and exact grpo's n^k groups
+ * (exact online and exact rloo take their expectations per response) */
+static int algo_uses_groups(const fdpo_lab_algo_opts *o) {
+    return o->method != FDPO_LAB_DPO && o->method != FDPO_LAB_KTO && (!o->exact || o->method == FDPO_LAB_GRPO);
+}
+
 int fdpo_lab_algo_validate(const fdpo_lab_algo_opts *o, size_t n) {
     if (n < 2) return fdpo_error("--n: the check needs at least 2 responses (got %zu)", n);
     if (fdpo_lab_algo_opts_check(o)) return -1;
@@ -124,6 +130,22 @@ int fdpo_lab_algo_validate(const fdpo_lab_algo_opts *o, size_t n) {
     if (o->exact && o->method == FDPO_LAB_GRPO && pow((double)n, (double)o->k) > 1e6)
         return fdpo_error("--group-size: exact grpo averages over all n^k = %zu^%ld groups (more than 1e6); use a smaller "
                           "--group-size or --n, or the sampled variant", n, o->k);
+    /* what the run allocates (in doubles, no size_t to overflow), before any output: the n x n
+     * pair weights of dpo and exact online, the group buffers of the methods that draw
+     * groups (run_iterative), O(n) vectors with L-BFGS's history; beyond the machine's memory it
+     * died in fdpo_malloc after the table's header, naming no flag */
+    const double ram = fdpo_ram_bytes(), dn = (double)n;
+    const double pairs = o->method == FDPO_LAB_DPO || (o->exact && o->method == FDPO_LAB_ONLINE) ? 8 * dn * dn : 0;
+    const double groups = algo_uses_groups(o) ? 24 * (double)o->k : 0, vectors = 8 * 40 * dn;
+    if (ram > 0 && pairs + groups + vectors > ram) {
+        const char *m = fdpo_lab_method_name(o->method);
+        if (groups > pairs + vectors)
+            return fdpo_error("--group-size %ld: %s's group buffers take %.3g GB, more than this machine's %.3g GB", o->k,
+                              m, groups / 1e9, ram / 1e9);
+        return fdpo_error("--n %zu: %s on %zu responses takes %.3g GB (%s), more than this machine's %.3g GB (--n, or the "
+                          "rows of --data)", n, m, n, (pairs + groups + vectors) / 1e9,
+                          pairs > 0 ? "its n x n pair weights" : "its per-response vectors", ram / 1e9);
+    }
     return 0;
 }
 
@@ -338,9 +360,12 @@ static void sampled_step_grad(step_ctx *c, const double *theta, fdpo_rng *rng, d
 static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, const fdpo_pref_loss *L,
                          double *theta, fdpo_lab_algo_result *res) {
     const size_t n = pp->n, k = (size_t)o->k; /* steps, lr, k, grpo_eps, n^k: fdpo_lab_algo_validate */
-    const size_t nk = n > k ? n : k; /* shaped rewards: per response (exact rloo) or per sample */
+    /* shaped rewards: per response (exact rloo) or per sample; the pair weights for exact online
+     * alone (the sizes fdpo_lab_algo_validate checked against the machine's memory) */
+    const size_t nk = algo_uses_groups(o) && k > n ? k : n;
+    const int pairs = o->exact && o->method == FDPO_LAB_ONLINE;
     step_ctx c = {pp, o, L, k, fdpo_malloc(n * sizeof(double)), fdpo_malloc(n * sizeof(double)),
-                  fdpo_malloc(n * sizeof(double)), fdpo_malloc(n * n * sizeof(double)),
+                  fdpo_malloc(n * sizeof(double)), pairs ? fdpo_malloc(n * n * sizeof(double)) : NULL,
                   fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(size_t))};
     double *g = fdpo_malloc(n * sizeof(double)), *avg = fdpo_calloc(n, sizeof(double));
     double *trial = fdpo_malloc(n * sizeof(double)), *scratch = fdpo_malloc(n * sizeof(double));
@@ -586,7 +611,7 @@ int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, 
     if (o->method != FDPO_LAB_KTO) res->z0 = res->undesirable_mass = NAN; /* kto's alone: not 0, which reads as a value */
     double *pistar = fdpo_malloc(n * sizeof(double)), *theta = fdpo_malloc(n * sizeof(double));
     double *pi = fdpo_malloc(n * sizeof(double)), *l = fdpo_malloc(n * sizeof(double));
-    fdpo_lab_result star, got;
+    fdpo_lab_result star;
     int rc = fdpo_lab_solve(pp, &o->div, o->beta, pistar, &star);
     for (size_t i = 0; i < n; i++) theta[i] = pp->log_pi_ref[i]; /* start at pi_ref */
     if (rc == 0)
@@ -606,8 +631,7 @@ int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, 
             if (et > res->target_diff) res->target_diff = et;
             if (pi_out) pi_out[i] = pi[i];
         }
-        fdpo_lab_evaluate(&o->div, o->beta, pp->pi_ref, pp->reward, pi, n, &got);
-        res->objective_gap = star.objective - got.objective;
+        res->objective_gap = fdpo_lab_objective_gap(&o->div, o->beta, pp->pi_ref, pp->reward, pistar, pi, n);
     }
     if (target != pistar) free(target);
     free(pistar); free(theta); free(pi); free(l);

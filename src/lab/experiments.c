@@ -40,7 +40,9 @@ int fdpo_lab_gap(const fdpo_divergence *d, double beta, const double *pi_ref, co
     if (rc) return rc;
     fdpo_lab_evaluate(d, beta, pi_ref, reward, pihat, n, &eh); /* pi_hat judged by the true reward */
     row->reward_gap = rs.expected_reward - eh.expected_reward;
-    row->objective_gap = rs.objective - eh.objective;
+    /* both policies in the same sums: rs.objective (the solver's) against eh's differed by
+     * their roundings, ~1e-16 beta, which was the whole gap at a large beta */
+    row->objective_gap = fdpo_lab_objective_gap(d, beta, pi_ref, reward, pistar, pihat, n);
     row->bound = fdpo_lab_gap_bound(pistar, reward, reward_hat, n, beta);
     return 0;
 }

@@ -221,6 +221,12 @@ int fdpo_lab_check_validate(const fdpo_pref_loss *L, double label_noise, size_t 
     if (fdpo_lab_check_loss_check(L)) return -1;
     if (!(label_noise >= 0 && label_noise < 0.5)) return fdpo_error("--label-noise: must be in [0, 0.5) (got %g)", label_noise);
     if (n < 2) return fdpo_error("--n: the check needs at least 2 responses (got %zu)", n);
+    /* fdpo_lab_check's n x n win probabilities and O(n) vectors (L-BFGS's history among them), in
+     * doubles: beyond the machine's memory it died in fdpo_malloc after the table's header */
+    const double ram = fdpo_ram_bytes(), bytes = 8 * (double)n * (double)n + 8 * 40 * (double)n;
+    if (ram > 0 && bytes > ram)
+        return fdpo_error("--n %zu: the check's n x n pair probabilities take %.3g GB, more than this machine's %.3g GB "
+                          "(--n, or the rows of --data)", n, bytes / 1e9, ram / 1e9);
     return 0;
 }
 

@@ -510,12 +510,62 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
     return 0;
 }
 
+/* q f~(u) for u = p/q, f~(u) = f(u) - f'(1)(u - 1): D_f(pi || pi_ref) = sum q f~(u) + f'(1)(1 - sum q)
+ * for a distribution pi (f'(1) = 1 rkl, -1 fkl, 0 for the others). Near u = 1 (a large beta) q f(u)
+ * is ~(u - 1) for rkl and fkl, and js's two terms are each ~(u - 1): summed plainly they cancel to
+ * the ~(u - 1)^2 D_f is, leaving an absolute ~1e-16 that beta multiplies (gap's objective_gap was
+ * -2e-7 at beta 1e9 with no noise). Each form here is ~(u - 1)^2 itself, as the solver's are;
+ * where u overflows (a subnormal pi_ref) from p and log u, as eval's log-space forms. */
+static double std_term(const fdpo_divergence *d, double q, double lq, double p) {
+    if (p == 0) return q * fdpo_f(d, 0) + (d->kind == FDPO_DIV_RKL ? q : d->kind == FDPO_DIV_FKL ? -q : 0);
+    const double u = p / q, lu = isfinite(u) ? log(u) : log(p) - lq;
+    double t;
+    switch (d->kind) {
+    case FDPO_DIV_RKL: return kl_term(q, p, u, lu);
+    case FDPO_DIV_FKL: return fabs(lu) < 1 ? q * ((u - 1) - log1p(u - 1)) : p - q - q * lu;   /* -log u + u - 1 */
+    case FDPO_DIV_JS: t = q * (u * lu - (u + 1) * log1p(0.5 * (u - 1))); break;   /* log((u+1)/2) */
+    case FDPO_DIV_ALPHA: t = q * fdpo_f_log(d, lu); break;
+    default: t = q * fdpo_f(d, u); break;
+    }
+    return isfinite(t) ? t : fdpo_qf_log(d, log(p), lq);
+}
+
+/* D_f's f'(1)(1 - sum q), which the sum of std_term leaves out */
+static double std_offset(const fdpo_divergence *d, const double *pi_ref, size_t n) {
+    if (d->kind != FDPO_DIV_RKL && d->kind != FDPO_DIV_FKL) return 0;
+    const double off = sum_stat_offset(pi_ref, n);
+    return d->kind == FDPO_DIV_RKL ? off : -off;
+}
+
 void fdpo_lab_evaluate(const fdpo_divergence *d, double beta, const double *pi_ref, const double *reward,
                        const double *pi, size_t n, fdpo_lab_result *res) {
     acc a = {0};
     memset(res, 0, sizeof *res);
-    for (size_t i = 0; i < n; i++)
-        acc_add(&a, d, pi_ref[i], log(pi_ref[i]), reward[i], pi[i], pi[i] > 0 ? log(pi[i]) : 0, pi[i] / pi_ref[i]);
+    for (size_t i = 0; i < n; i++) {
+        const double q = pi_ref[i], lq = log(q), p = pi[i];
+        if (p > 0) {
+            const double lp = log(p), u = p / q;
+            a.er += p * reward[i];
+            a.h -= p * lp;
+            a.support++;
+            a.kl += kl_term(q, p, u, isfinite(u) ? log(u) : lp - lq);
+        } else a.kl += q;
+        a.df += std_term(d, q, lq, p);
+    }
+    a.kl += sum_stat_offset(pi_ref, n);
+    a.df += std_offset(d, pi_ref, n);
     acc_finish(&a, beta, res);
     res->lambda = NAN;
+}
+
+double fdpo_lab_objective_gap(const fdpo_divergence *d, double beta, const double *pi_ref, const double *reward,
+                              const double *pi_a, const double *pi_b, size_t n) {
+    double dr = 0, ddf = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (pi_a[i] == pi_b[i]) continue;   /* the same term on both sides: exactly 0 */
+        const double lq = log(pi_ref[i]);
+        dr += (pi_a[i] - pi_b[i]) * reward[i];
+        ddf += std_term(d, pi_ref[i], lq, pi_a[i]) - std_term(d, pi_ref[i], lq, pi_b[i]);
+    }
+    return dr - beta * ddf;
 }

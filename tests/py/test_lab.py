@@ -751,6 +751,37 @@ def test_gap_with_reward_hat_from_input(tmp_path):
     assert float(t[0]["reward_gap"]) == pytest.approx(ps @ r - ph @ r, rel=1e-10)
 
 
+def test_gap_at_a_large_beta_is_the_mpmath_gap(tmp_path):
+    """The objective gap at beta up to 1e9, where it is ~1e-11 and each objective ~E[r]: pi*'s
+    objective came from the solver's sums and pi-hat's from a plain sum of q f(u), whose terms
+    ~(u - 1) cancel to D_f ~ (u - 1)^2 with an absolute 1e-16 that beta multiplies: the gap was
+    -2e-7 with no noise at all and had the wrong sign at 1e9. Against 60-digit mpmath optima
+    (both pi* and pi-hat solved exactly, both objectives with the true reward): within
+    1e-13 * beta relative (measured 3e-14 * beta: pi's own rounding, 1e-16 relative, is
+    1e-16 * beta of u - 1 ~ 1/beta); with reward_hat = reward the gap is exactly 0."""
+    import mpmath as mp
+    rng = np.random.default_rng(41)
+    q = rng.dirichlet(np.ones(8))
+    q = q / q.sum()
+    r = rng.normal(size=8)
+    rh = r + 0.3 * rng.normal(size=8)
+    p, same = tmp_path / "p.csv", tmp_path / "same.csv"
+    write_problem(p, q, r, {"reward_hat": rh})
+    write_problem(same, q, r, {"reward_hat": r})
+    divs, betas = ["rkl", "fkl", "js", "alpha:0.5"], [1e3, 1e6, 1e9]
+    args = ["--divergence", ",".join(divs), "--betas", ",".join(map(repr, betas)), "--threads", "1"]
+    for x in rows(lab("gap", "--data", same, *args).stdout) + rows(lab("gap", "--data", same, "--divergence",
+                                                                     "chi2,tv", "--betas", "1e3,1e9").stdout):
+        assert float(x["objective_gap"]) == 0, x
+    got = {(x["divergence"], float(x["beta"])): float(x["objective_gap"]) for x in rows(lab("gap", "--data", p, *args).stdout)}
+    for div in divs:
+        for beta in betas:
+            ps, ph = mp_optimum(div, q, r, beta), mp_optimum(div, q, rh, beta)
+            ref = mp_stats(div, q, r, beta, ps)["objective"] - mp_stats(div, q, r, beta, ph)["objective"]
+            assert ref > 0
+            assert got[div, beta] == pytest.approx(float(ref), rel=1e-10 + 1e-13 * beta, abs=0), (div, beta, got[div, beta], ref)
+
+
 @pytest.mark.parametrize("policy", ["ref", "optimal", "uniform", "mixture"])
 def test_coverage_bt_fit_equals_scipy_logistic_regression(tmp_path, policy):
     cmp_path, fit_path = tmp_path / "cmp.csv", tmp_path / "fit.csv"
@@ -938,6 +969,16 @@ def test_check_of_a_one_row_file_names_the_file(tmp_path, method):
     r = lab("check", "--data", p, *method, check=False)
     assert r.returncode == 1 and r.stdout == "" and \
         r.stderr == f"fdpo lab: --data {p}: the check needs at least 2 responses (the file has 1)\n", r.stderr
+
+
+def test_check_beyond_the_machines_memory_is_refused_naming_n():
+    """the check's n x n pair probabilities (8 n^2 bytes: 8 TB at n = 1e6) are checked against the
+    machine's memory before the table: the header was printed, then an out-of-memory line
+    that named no flag"""
+    r = lab("check", "--n", "1000000", "--divergence", "rkl", "--threads", "1", check=False)
+    assert r.returncode != 0
+    assert "--n 1000000: the check's n x n pair probabilities take 8e+03 GB, more than this machine's" in r.stderr, r.stderr
+    assert r.stdout == ""
 
 
 def test_gap_refuses_noise_when_the_file_has_reward_hat(tmp_path):

@@ -409,6 +409,59 @@ def test_method_as_another_flags_value_is_that_value(tmp_path):
     assert header == "divergence,beta,loss,max_abs_diff,final_loss,grad_norm,iterations", header
 
 
+P4 = "pi_ref,reward\n0.4,1\n0.3,0.5\n0.2,0\n0.1,-1\n"
+
+
+@pytest.mark.parametrize("methods,needle", [
+    ("kto,kto", "--method: kto given twice in 'kto,kto'"),
+    (",dpo,,online,", "--method: empty item in ',dpo,,online,'"),
+    ("dpo,,rloo", "--method: empty item in 'dpo,,rloo'"),
+    ("dpo,dpo,dpo,dpo,dpo,dpo", "--method: dpo given twice"),
+])
+def test_method_list_refuses_empty_items_and_repeats(tmp_path, methods, needle):
+    """as every other lab list (--divergence rkl,,fkl / rkl,rkl, --betas 0.1,,1): strtok skipped
+    the empty items (dpo,,rloo ran two methods) and kto,kto printed kto's row twice"""
+    p = tmp_path / "p4.csv"
+    p.write_text(P4)
+    r = lab("--method", methods, "--data", p, "--divergence", "rkl", "--threads", "1", check=False)
+    assert r.returncode != 0
+    assert needle in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--method", "dpo", "--n", "1000000"], "--n 1000000: dpo on 1000000 responses takes 8e+03 GB (its n x n pair weights)"),
+    (["--method", "online", "--n", "1000000", "--steps", "1"], "--n 1000000: online on 1000000 responses takes 8e+03 GB"),
+    (["--method", "rloo", "--data", "P4", "--sampled", "--steps", "10", "--group-size", "10000000000000"],
+     "--group-size 10000000000000: rloo's group buffers take 2.4e+05 GB"),
+    (["--method", "online", "--data", "P4", "--sampled", "--steps", "10", "--group-size", "10000000000000"],
+     "--group-size 10000000000000: online's group buffers"),
+])
+def test_a_run_beyond_the_machines_memory_is_refused_naming_the_flag(tmp_path, args, needle):
+    """the n x n pair weights (8 n^2 bytes) and the group buffers (24 bytes a sample) are checked
+    against the machine's memory before the table: the header was printed, then 'out of memory
+    allocating 8000000000000 bytes' named no flag (a machine with 8 TB would run it)"""
+    p = tmp_path / "p4.csv"
+    p.write_text(P4)
+    r = lab(*[str(p) if a == "P4" else a for a in args], "--divergence", "rkl", "--threads", "1", check=False)
+    assert r.returncode != 0
+    assert needle in r.stderr and "more than this machine's" in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
+def test_a_group_size_a_method_does_not_draw_allocates_nothing(tmp_path):
+    """exact online takes its expectation over all pairs and exact rloo per response: neither
+    reads --group-size's samples, which were allocated all the same (out of memory at 1e11);
+    exact rloo allocated online's n x n pair weights (80 GB at n = 1e5)"""
+    p = tmp_path / "p4.csv"
+    p.write_text(P4)
+    t = rows(lab("--method", "online", "--data", p, "--steps", "10", "--group-size", "10000000000000",
+                 "--divergence", "rkl", "--threads", "1").stdout)
+    assert [x["method"] for x in t] == ["online"]
+    t = rows(lab("--method", "rloo", "--n", "100000", "--steps", "1", "--divergence", "rkl", "--threads", "1").stdout)
+    assert [x["method"] for x in t] == ["rloo"] and int(t[0]["iterations"]) == 1
+
+
 def test_export_pi_is_the_old_name_of_export_policy(problem, tmp_path):
     """lab check --method wrote its policies with --export-pi, lab check without --method with
     --export-policy; one name now, the old one still works and says it is deprecated"""
