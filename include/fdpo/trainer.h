@@ -503,9 +503,14 @@ int fdpo_trainer_save(fdpo_trainer *tr);
  * with that save. Rank 0 writes. */
 int fdpo_trainer_write_run_json(fdpo_trainer *tr, const char *name, const struct cJSON *root);
 /* The final checkpoint, now, unless the last save was of this step: a file that describes the
- * final model (dpo's and rm's eval_summary.json) is written after it, so a save that fails or
+ * final model (eval_summary.json) is written after it, so a save that fails or
  * is killed never leaves a summary of a model that is not on disk. */
 int fdpo_trainer_save_final(fdpo_trainer *tr);
+/* OUT/eval_summary.json = root, the final model's held-out metrics ({"step", the held-out
+ * count, the metrics}), after the final checkpoint (fdpo_trainer_save_final). Every trainer
+ * with a held-out set writes it at the end of a run that was not stopped, --eval-every 0
+ * included. Rank 0 writes. */
+int fdpo_trainer_write_eval_summary(fdpo_trainer *tr, const struct cJSON *root);
 /* Final save (if save_final and not just saved) and free everything but the tokenizer. */
 int fdpo_trainer_close(fdpo_trainer *tr, int save_final);
 

@@ -42,7 +42,7 @@ int cmd_kto(int argc, char **argv) {
     train_flags_set_default(flags, n, "lr", "1e-6");
     train_flags_set_default(flags, n, "schedule", "linear");
     train_flags_set_default(flags, n, "eval-every", "50");
-    train_flags_set_help(flags, n, "eval-every", "held-out KTO loss and rewards every N steps, at the start and at the end (0: never)");
+    train_flags_set_help(flags, n, "eval-every", "held-out KTO loss and rewards every N steps, at the start and at the end (0: none during the run; eval_summary.json is still written at the end)");
     train_flags_set_help(flags, n, "bad-pairs", "empty completions: error or skip (counted)");
     int n_pos = 0;
     char **pos = NULL;

@@ -45,7 +45,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"grad-clip",     FLAG_FLOAT, &o->grad_clip,     "1",      "clip the global gradient L2 norm to this (0: off)", 0},
         {"shuffle",       FLAG_BOOL,  &o->shuffle,       "1",      "reshuffle the training data every epoch (seeded)", 0},
         {"eval-fraction", FLAG_FLOAT, &o->val_fraction,  "0.05",   "fraction of documents/examples held out for evaluation (eval_loss)", 0},
-        {"eval-every",    FLAG_INT,   &o->eval_every,    "100",    "validation loss every N steps and at the end (0: never)", 0},
+        {"eval-every",    FLAG_INT,   &o->eval_every,    "100",    "validation loss every N steps and at the end (0: none during the run; eval_summary.json is still written at the end)", 0},
         {"save-every",    FLAG_INT,   &o->save_every,    "0",      "checkpoint every N steps (0: only at the end)", 0},
         {"log-every",     FLAG_INT,   &o->log_every,     "1",      "progress line and metrics.jsonl entry every N steps", 0},
         {"threads",       FLAG_INT,   &o->threads,       "0",      "OpenMP/OpenBLAS threads (0: all cores)", 0},
@@ -272,8 +272,8 @@ static int shape_flags_check(fdpo_flag *flags, size_t n, const fdpo_train_opts *
 /* --eval-every, the held-out set (--eval-fraction or --eval-file) and --eval-max-seqs act
  * only together, and the library cannot tell a given value from its default: a given flag
  * that the others leave without effect is refused here (docs/training.md). (--eval-every 0
- * with a held-out set is not such a case: dpo and rm still write its final eval_summary.json,
- * and a given --eval-fraction keeps the training set of a run that does evaluate.) */
+ * with a held-out set is not such a case: every command with one evaluates it at the end and
+ * writes eval_summary.json, on the first --eval-max-seqs sequences for pretrain and sft.) */
 static int eval_flags_check(fdpo_flag *flags, size_t n) {
     fdpo_flag *every = find(flags, n, "eval-every"), *fraction = find(flags, n, "eval-fraction"),
               *file = find(flags, n, "eval-file"), *max_seqs = find(flags, n, "eval-max-seqs");
@@ -287,9 +287,8 @@ static int eval_flags_check(fdpo_flag *flags, size_t n) {
     if (every->set && every_n > 0 && !held_out)
         return fdpo_error("--eval-every %ld: there is no held-out set to evaluate (--eval-fraction is 0%s)", every_n,
                           file ? " and no --eval-file is given" : "");
-    if (max_seqs && max_seqs->set && (every_n == 0 || !held_out))
-        return fdpo_error("--eval-max-seqs: has no effect without an evaluation (%s)",
-                          every_n == 0 ? "--eval-every is 0" : "--eval-fraction is 0");
+    if (max_seqs && max_seqs->set && !held_out)
+        return fdpo_error("--eval-max-seqs: has no effect without an evaluation (--eval-fraction is 0)");
     return 0;
 }
 

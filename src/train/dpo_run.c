@@ -128,14 +128,6 @@ static int initial_from_metrics(const char *dir, size_t n_eval, fdpo_dpo_metrics
     return found ? 0 : -1;
 }
 
-static int write_json(const char *dir, const char *name, const cJSON *root) {
-    if (fdpo_dist_rank() > 0) return 0;   /* rank 0 alone writes */
-    char *path = fdpo_path_join(dir, name);
-    int rc = fdpo_write_json_atomic(path, root, 1);
-    free(path);
-    return rc;
-}
-
 /* A fingerprint of pairs: every token of the training pairs, then (with eval) of the
  * held-out pairs. The trainer keeps one of the training pairs (train, n, NULL, 0) and one of
  * the held-out pairs (eval, n_eval, NULL, 0); both together was the one fingerprint of the
@@ -430,11 +422,10 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     if (n_eval && !tr.stopped) {
         /* final held-out summary: how often the implicit reward ranks chosen above rejected */
         if (fdpo_dpo_step(&d, eval_pairs, n_eval, eval_ref, 0, &em, NULL)) goto done;
-        if (fdpo_trainer_save_final(&tr)) goto done;   /* the summary describes a model on disk */
         cJSON *root = metrics_json(&em);
         cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
         if (have_initial) cJSON_AddItemToObject(root, "initial", metrics_json(&initial));
-        int wrc = write_json(to->out, "eval_summary.json", root);
+        int wrc = fdpo_trainer_write_eval_summary(&tr, root);
         cJSON_Delete(root);
         if (wrc) goto done;
         if (!to->quiet) {

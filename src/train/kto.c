@@ -147,10 +147,16 @@ static uint64_t kto_data_hash(const fdpo_unpaired_example *const *ex, size_t n) 
 }
 
 /* TRL KTOTrainer's log: per-side means over the examples of that side; a side without
- * examples in the batch is left out (and so is the margin), count/ and _sum are not logged */
-static void add_kto_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_kto_metrics *m, int with_loss) {
+ * examples in the batch is left out (and so is the margin), count/ and _sum are not logged.
+ * Each key and value goes to add(sink, ...): a metrics line, or eval_summary.json's object. */
+typedef void (*kto_metric_sink)(void *sink, const char *key, double value);
+static void to_metrics_line(void *mw, const char *key, double value) { fdpo_metrics_add(mw, key, value); }
+static void to_json_object(void *o, const char *key, double value) { cJSON_AddNumberToObject(o, key, value); }
+
+static void put_kto_metrics(kto_metric_sink add, void *sink, const char *prefix, const fdpo_kto_metrics *m,
+                            int with_loss) {
     char k[64];
-#define ADD(name, v) do { snprintf(k, sizeof k, "%s%s", prefix, name); fdpo_metrics_add(mw, k, v); } while (0)
+#define ADD(name, v) do { snprintf(k, sizeof k, "%s%s", prefix, name); add(sink, k, v); } while (0)
     if (with_loss) ADD("loss", m->loss);
     ADD("kl", m->kl);
     if (m->desirable) {
@@ -165,6 +171,10 @@ static void add_kto_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_kto
     }
     if (m->desirable && m->undesirable) ADD("rewards/margins", m->margins);
 #undef ADD
+}
+
+static void add_kto_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_kto_metrics *m, int with_loss) {
+    put_kto_metrics(to_metrics_line, mw, prefix, m, with_loss);
 }
 
 void fdpo_kto_run_opts_default(fdpo_kto_run_opts *o) {
@@ -329,6 +339,7 @@ open:;
         fdpo_log(FDPO_LOG_INFO, "kto: %zu train examples, %zu eval examples; live reference; %zu steps of %zu (micro-batches of %zu)",
                  n_train, n_eval, tr.state.total_steps, per_step, mb);
     fdpo_kto_metrics em = {0};
+    size_t em_step = SIZE_MAX;   /* the step em was computed at: the final summary reuses it */
     if (n_eval && to->eval_every > 0 && tr.state.step == 0) {
         if (fdpo_kto_step(tr.model, reference, &o->loss, eval_ex, n_eval, mb_eval, popt.max_length, 0, n_eval, &em, NULL)) goto done;
         fdpo_metrics_begin(&tr.metrics, 0);
@@ -343,6 +354,7 @@ open:;
         if (fdpo_trainer_step(&tr, m.tokens)) goto done;
         int eval = n_eval && fdpo_trainer_want_eval(&tr);
         if (eval && fdpo_kto_step(tr.model, reference, &o->loss, eval_ex, n_eval, mb_eval, popt.max_length, 0, n_eval, &em, NULL)) goto done;
+        if (eval) em_step = tr.state.step;
         if (fdpo_trainer_want_log(&tr) || eval) {
             fdpo_trainer_metrics_begin(&tr, m.loss);
             add_kto_metrics(&tr.metrics, "", &m, 0);
@@ -356,6 +368,21 @@ open:;
             fdpo_trainer_progress(&tr, m.loss, extra);
         }
         if (fdpo_trainer_maybe_save(&tr)) goto done;
+    }
+    if (n_eval && !tr.stopped) {
+        /* the final model's held-out metrics, as dpo and rm write them (--eval-every 0 too: the
+         * set was held out of training for this); the last step's, where that step evaluated */
+        if (em_step != tr.state.step &&
+            fdpo_kto_step(tr.model, reference, &o->loss, eval_ex, n_eval, mb_eval, popt.max_length, 0, n_eval, &em, NULL))
+            goto done;
+        cJSON *root = cJSON_CreateObject();
+        cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
+        cJSON_AddNumberToObject(root, "examples", (double)n_eval);
+        put_kto_metrics(to_json_object, root, "eval_", &em, 1);
+        int wrc = fdpo_trainer_write_eval_summary(&tr, root);
+        cJSON_Delete(root);
+        if (wrc) goto done;
+        if (!to->quiet) fdpo_log(FDPO_LOG_INFO, "eval (%zu examples): loss %.4g, kl %.3g", n_eval, em.loss, em.kl);
     }
     rc = 0;
 done:

@@ -1,5 +1,6 @@
 /* Pretraining / SFT: the weighted next-token loss over packed batches, with gradient
  * accumulation normalised over the whole optimizer step. */
+#include <cJSON.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -137,6 +138,9 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
                  "--eval-every %ld writes no eval_loss (give two or more%s, or --eval-every 0)", o->val_fraction,
                  sft ? "example" : "document", o->eval_every, sft ? " examples" : docs);
     }
+    const int have_val = val && val->n_seq > 0;
+    double eval_loss = NAN;
+    size_t eval_step = SIZE_MAX;   /* the step eval_loss was computed at: the final summary reuses it */
     while (!rc && !fdpo_trainer_done(&tr)) {
         fdpo_trainer_begin_step(&tr);
         /* the whole step's sequences first: the loss is normalised by their total weight */
@@ -167,9 +171,9 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
         if (rc || (rc = fdpo_dist_overlap_backward_done()) || (rc = fdpo_dist_sum_f64(&loss_sum, 1))) break;
         double loss = W > 0 ? loss_sum / W : 0;
         if ((rc = fdpo_trainer_step(&tr, n_tokens))) break;
-        int eval = val && val->n_seq > 0 && fdpo_trainer_want_eval(&tr);
-        double eval_loss = NAN;
+        int eval = have_val && fdpo_trainer_want_eval(&tr);
         if (eval && (rc = fdpo_lm_eval(tr.model, val, B, (size_t)o->eval_max_seqs, &eval_loss))) break;
+        if (eval) eval_step = tr.state.step;
         if (fdpo_trainer_want_log(&tr) || eval) {
             fdpo_trainer_metrics_begin(&tr, loss);
             if (eval) fdpo_metrics_add(&tr.metrics, "eval_loss", eval_loss);   /* TRL's (and HF Trainer's) name */
@@ -179,6 +183,22 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
             fdpo_trainer_progress(&tr, loss, extra);
         }
         rc = fdpo_trainer_maybe_save(&tr);
+    }
+    if (!rc && have_val && !tr.stopped) {
+        /* the final model's held-out loss, as dpo and rm write theirs (--eval-every 0 too: the
+         * split was held out of training for this); the last step's, where that step evaluated */
+        if (eval_step != tr.state.step) rc = fdpo_lm_eval(tr.model, val, B, (size_t)o->eval_max_seqs, &eval_loss);
+        if (!rc) {
+            const size_t n_eval = o->eval_max_seqs > 0 && (size_t)o->eval_max_seqs < val->n_seq
+                                      ? (size_t)o->eval_max_seqs : val->n_seq;   /* as fdpo_lm_eval takes them */
+            cJSON *root = cJSON_CreateObject();
+            cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
+            cJSON_AddNumberToObject(root, "sequences", (double)n_eval);
+            cJSON_AddNumberToObject(root, "eval_loss", eval_loss);
+            rc = fdpo_trainer_write_eval_summary(&tr, root);
+            cJSON_Delete(root);
+            if (!rc && !o->quiet) fdpo_log(FDPO_LOG_INFO, "eval (%zu sequences): loss %.4f", n_eval, eval_loss);
+        }
     }
     free(items);
     packed_free(&p);

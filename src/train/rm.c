@@ -298,17 +298,14 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     if (n_eval && !tr.stopped) {
         /* final held-out summary: how often the reward model ranks chosen above rejected */
         if (fdpo_rm_step(tr.model, &rb, eval_pairs, n_eval, mb, cc, 0, n_eval, eot, &em, NULL)) goto done;
-        if (fdpo_trainer_save_final(&tr)) goto done;   /* the summary describes a model on disk */
         cJSON *root = cJSON_CreateObject();
         cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
         cJSON_AddNumberToObject(root, "pairs", (double)n_eval);
         cJSON_AddNumberToObject(root, "eval_loss", em.loss);
         cJSON_AddNumberToObject(root, "eval_accuracy", em.accuracy);
         cJSON_AddNumberToObject(root, "eval_margin", em.margin);
-        char *path = fdpo_path_join(to->out, "eval_summary.json");
-        int wrc = fdpo_dist_is_root() ? fdpo_write_json_atomic(path, root, 1) : 0;   /* rank 0 writes */
+        int wrc = fdpo_trainer_write_eval_summary(&tr, root);
         cJSON_Delete(root);
-        free(path);
         if (wrc) goto done;
         if (!to->quiet) fdpo_log(FDPO_LOG_INFO, "eval (%zu pairs): accuracy %.4f, loss %.4g", n_eval, em.accuracy, em.loss);
     }

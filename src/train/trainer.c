@@ -869,6 +869,11 @@ int fdpo_trainer_save_final(fdpo_trainer *tr) {
     return tr->model && tr->saved_step != tr->state.step ? fdpo_trainer_save(tr) : 0;
 }
 
+int fdpo_trainer_write_eval_summary(fdpo_trainer *tr, const cJSON *root) {
+    if (fdpo_trainer_save_final(tr)) return -1;   /* the summary describes a model on disk */
+    return fdpo_trainer_write_run_json(tr, "eval_summary.json", root);
+}
+
 int fdpo_trainer_close(fdpo_trainer *tr, int save_final) {
     int rc = 0;
     if (save_final) rc = fdpo_trainer_save_final(tr);

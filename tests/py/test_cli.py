@@ -680,21 +680,23 @@ def test_eval_file_refuses_an_explicit_eval_fraction(tmp_path, cmd):
 @pytest.mark.parametrize("cmd", ["pretrain", "sft", "dpo", "rm", "kto"])
 def test_eval_flags_without_an_evaluation_are_refused(tmp_path, cmd):
     """--eval-every N with no held-out set (--eval-fraction 0) evaluated nothing, and
-    --eval-max-seqs (pretrain, sft) with --eval-every 0 or --eval-fraction 0 capped nothing; both
-    were accepted without effect. Refused before anything is loaded; the defaults, and
-    --eval-every 0 with a held-out set (dpo and rm still write eval_summary.json at the end),
-    are accepted (the run then fails later, on the missing model)."""
+    --eval-max-seqs (pretrain, sft) with --eval-fraction 0 capped nothing; both were accepted
+    without effect. Refused before anything is loaded; the defaults, and --eval-every 0 with a
+    held-out set (every command evaluates it at the end into eval_summary.json, pretrain and sft
+    on the first --eval-max-seqs sequences), are accepted (the run then fails later, on the
+    missing model)."""
     base = [cmd, "--model", str(tmp_path / "none"), "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]
     r = run(*base, "--eval-fraction", "0", "--eval-every", "5")
     tail = " and no --eval-file is given" if cmd in ("dpo", "rm", "kto") else ""
     assert r.returncode == 1 and r.stderr == \
         f"fdpo {cmd}: --eval-every 5: there is no held-out set to evaluate (--eval-fraction is 0{tail})\n", r.stderr
+    ok_cases = [[], ["--eval-fraction", "0"], ["--eval-every", "0"], ["--eval-every", "0", "--eval-fraction", "0.2"]]
     if cmd in ("pretrain", "sft"):
-        for extra, why in ((["--eval-every", "0"], "--eval-every is 0"), (["--eval-fraction", "0"], "--eval-fraction is 0")):
-            r = run(*base, *extra, "--eval-max-seqs", "3")
-            assert r.returncode == 1 and r.stderr == \
-                f"fdpo {cmd}: --eval-max-seqs: has no effect without an evaluation ({why})\n", r.stderr
-    for ok_flags in ([], ["--eval-fraction", "0"], ["--eval-every", "0"], ["--eval-every", "0", "--eval-fraction", "0.2"]):
+        r = run(*base, "--eval-fraction", "0", "--eval-max-seqs", "3")
+        assert r.returncode == 1 and r.stderr == \
+            f"fdpo {cmd}: --eval-max-seqs: has no effect without an evaluation (--eval-fraction is 0)\n", r.stderr
+        ok_cases.append(["--eval-every", "0", "--eval-max-seqs", "3"])   # it caps the final evaluation
+    for ok_flags in ok_cases:
         r = run(*base, *ok_flags)
         assert r.returncode == 1 and "--eval" not in r.stderr and "none" in r.stderr, (ok_flags, r.stderr)
     assert not (tmp_path / "o").exists()

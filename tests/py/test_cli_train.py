@@ -986,7 +986,8 @@ def test_overwrite_keeps_none_of_the_replaced_runs_tokenizer_or_summaries(tmp_pa
     """The directory swap carries over what a save does not write. A BPE run written over a
     byte-level run's OUT (--overwrite) kept fdpo_tokenizer.json, which loads before vocab.json:
     the checkpoint then read back as byte-level with a 260-token model. The replaced run's
-    eval_summary.json stayed beside the new run. The user's own files still carry over."""
+    eval_summary.json stayed beside the new run (the new run writes its own: its held-out
+    loss). The user's own files still carry over."""
     out = tmp_path / "o"
     shape = [*TINY, "--batch-size", "2", "--steps", "1", "--quiet", *corpus]
     ok("pretrain", "--out", out, *shape)
@@ -995,7 +996,8 @@ def test_overwrite_keeps_none_of_the_replaced_runs_tokenizer_or_summaries(tmp_pa
     ok("tokenizer", "train", "--vocab-size", "260", "--out", tmp_path / "tok", *corpus)
     ok("pretrain", "--out", out, "--overwrite", "--tokenizer", tmp_path / "tok", *shape)
     files = sorted(p.name for p in out.iterdir())
-    assert "fdpo_tokenizer.json" not in files and "eval_summary.json" not in files, files
+    assert "fdpo_tokenizer.json" not in files, files
+    assert set(json.loads((out / "eval_summary.json").read_text())) == {"step", "sequences", "eval_loss"}
     assert {"vocab.json", "merges.txt", "notes.txt"} <= set(files), files
     assert "tokenizer: gpt2-bpe (260 tokens)" in ok("info", out).stdout
     ok("pretrain", "--out", out, "--overwrite", *shape)   # and back: no BPE files left to win
@@ -1063,7 +1065,7 @@ def test_overwrite_leaves_no_rounds_or_stages_of_the_replaced_run(tmp_path, corp
     ok("pretrain", "--out", out, "--overwrite", *shape)
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "fdpo_tokenizer.json",
                                              "training_state.json", "training_state.safetensors", "metrics.jsonl",
-                                             "notes.txt", "plots", *mine}
+                                             "eval_summary.json", "notes.txt", "plots", *mine}   # the new run's
     assert [m["step"] for m in metrics(out)] == [1]
     assert (out / "plots" / "a.txt").read_text() == "mine too"
 

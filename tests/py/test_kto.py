@@ -575,3 +575,57 @@ def test_the_progress_line_shows_the_margin_only_where_it_is_defined(models, tmp
     steps = [line for line in r.stderr.splitlines() if line.startswith("step ")]
     m = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[0])
     assert len(steps) == 1 and f"| margin {m['rewards/margins']:.3g}" in steps[0], r.stderr
+
+
+@pytest.mark.parametrize("every", [0, 2])
+def test_the_final_held_out_metrics_go_to_eval_summary(models, tmp_path, every):
+    """kto with a held-out set writes OUT/eval_summary.json as dpo and rm do: the final model's
+    eval_* (TRL's names, as a metrics line logs them) against TRL's definitions in PyTorch
+    float64 on the saved weights. --eval-every 0 used to hold the examples out of training and
+    never evaluate them (a given --eval-file was read and unused); --eval-every 2 of 3 steps
+    evaluates the last step (not a multiple) once, and its line is the summary. A run stopped
+    at step 2 and resumed writes the same file byte for byte."""
+    tmp, beta, div = models, 0.5, "js"
+    train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    write_jsonl(train, ROWS[:4])
+    write_jsonl(held, ROWS[4:])
+    common = ["kto", "--model", tmp / "policy", "--ref", tmp / "ref", "--data", train, "--eval-file", held,
+              "--divergence", div, "--beta", beta, "--batch-size", 2, "--steps", 3, "--lr", "3e-2",
+              "--max-length", MAX_LEN, "--eval-every", every, "--threads", 1, "--quiet"]
+    fdpo(*common, "--out", tmp_path / "a")
+    fdpo(*common, "--out", tmp_path / "b", "--stop-at", 2)
+    assert not (tmp_path / "b" / "eval_summary.json").exists()
+    fdpo(*common, "--out", tmp_path / "b", "--resume")
+    assert (tmp_path / "a" / "eval_summary.json").read_bytes() == (tmp_path / "b" / "eval_summary.json").read_bytes()
+    got = json.loads((tmp_path / "a" / "eval_summary.json").read_text())
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in lines if "eval_loss" in m]
+    assert [m["step"] for m in evals] == ([] if every == 0 else [0, 2, 3])
+    if evals:
+        assert {k: v for k, v in evals[-1].items() if k.startswith("eval_")} == \
+            {k: v for k, v in got.items() if k.startswith("eval_")}
+    pol, ref = GPT2(**CFG).double(), GPT2(**CFG).double()
+    pol.load_hf(str(tmp_path / "a"))
+    ref.load_hf(str(tmp / "ref"))
+    rows = ROWS[4:]
+    toks = [tokenize(r) for r in rows]
+    labels = [r["label"] for r in rows]
+    loss, z0s = trl_kto(pol, ref, toks, labels, div, beta, 1.0, 1.0, 2, sizes=micro_sizes(len(rows), 2))
+    with torch.no_grad():
+        lp = [float(seq_logp(pol, P, C)) for P, C in toks]
+        l = [a - float(seq_logp(ref, P, C)) for a, (P, C) in zip(lp, toks)]
+        sc = [float(s_tilde(div, torch.tensor(x, dtype=torch.float64))) for x in l]
+    side = lambda xs, lab: float(np.mean([x for x, y in zip(xs, labels) if y == lab]))
+    want = {"eval_loss": loss.item(), "eval_kl": float(np.mean(z0s)),
+            "eval_rewards/chosen": beta * side(l, True), "eval_rewards/rejected": beta * side(l, False),
+            "eval_rewards/margins": beta * (side(l, True) - side(l, False)),
+            "eval_scores/chosen": beta * side(sc, True), "eval_scores/rejected": beta * side(sc, False),
+            "eval_logps/chosen": side(lp, True), "eval_logps/rejected": side(lp, False)}
+    assert set(got) == {"step", "examples", *want}, got
+    assert got["step"] == 3 and got["examples"] == 3
+    for k, v in want.items():
+        assert abs(got[k] - v) <= 1e-5 * max(1.0, abs(v)), (k, got[k], v)
+    initial = GPT2(**CFG).double()
+    initial.load_hf(str(tmp / "policy"))
+    start, _ = trl_kto(initial, ref, toks, labels, div, beta, 1.0, 1.0, 2, sizes=micro_sizes(len(rows), 2))
+    assert abs(start.item() - got["eval_loss"]) > 1e-3, (start.item(), got["eval_loss"])   # the final weights

@@ -289,3 +289,93 @@ def test_eval_max_seqs_evaluates_that_many_held_out_examples(tmp_path):
     assert m_all["eval_loss"] == pytest.approx(sum(nll_sum[i] for i in held) / sum(weight[i] for i in held), abs=1e-4)
     assert min(abs(m_one["eval_loss"] - losses[i]) for i in held) < 1e-4, (m_one, losses)
     assert abs(losses[held[0]] - losses[held[1]]) > 1e-3   # one held-out example is not the mean of both
+
+
+def weighted_nll(model, toks, w):
+    """(sum of w_t * NLL_t, sum of w_t) over the targets toks[1:] of one sequence (float64)."""
+    with torch.no_grad():
+        t = torch.tensor(toks)
+        nll = -torch.log_softmax(model(t[:-1]), dim=-1).gather(1, t[1:, None])[:, 0]
+        wt = torch.tensor(w[1:], dtype=torch.float64)
+        return float((wt * nll).sum()), float(wt.sum())
+
+
+def test_sft_eval_every_0_writes_the_final_models_held_out_loss(tmp_path):
+    """--eval-every 0 with a held-out set: the example was held out of training and never
+    evaluated (no eval_loss, no eval_summary.json, exit 0; dpo and rm evaluate theirs at the
+    end). Now OUT/eval_summary.json holds the final model's held-out loss: PyTorch float64 on
+    the saved weights, not the initial ones. A run stopped at step 1 and resumed writes the
+    same file byte for byte."""
+    model = GPT2(vocab_size=257, n_positions=64, n_embd=16, n_layer=1, n_head=2, seed=4)
+    init = tmp_path / "init"
+    model.save_hf(str(init))
+    (init / "fdpo_tokenizer.json").write_text('{"type": "byte"}\n')
+    exs = [{"prompt": "Q: sky?", "completion": " blue"}, {"text": "some plain text"}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in exs))
+    args = [FDPO, "sft", "--init", str(init), str(data), "--seq-len", str(SEQ_LEN), "--batch-size", "1",
+            "--steps", "3", "--lr", "3e-2", "--schedule", "constant", "--eval-fraction", "0.5", "--eval-every", "0",
+            "--threads", "1", "--quiet"]
+    for out, extra in (("o", []), ("cut", ["--stop-at", "1"]), ("cut", ["--resume"])):
+        r = subprocess.run(args + ["--out", str(tmp_path / out)] + extra, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        if extra == ["--stop-at", "1"]:
+            assert not (tmp_path / out / "eval_summary.json").exists()   # a stopped run has no final model yet
+    out = tmp_path / "o"
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert not any("eval_loss" in m for m in metrics), metrics
+    summary = json.loads((out / "eval_summary.json").read_text())
+    assert (out / "eval_summary.json").read_bytes() == (tmp_path / "cut" / "eval_summary.json").read_bytes()
+    initial = [a / b for a, b in (weighted_nll(model.double(), *encode(e)) for e in exs)]
+    train = min(range(2), key=lambda i: abs(initial[i] - metrics[0]["loss"]))   # step 1's loss is the initial model's
+    assert abs(initial[train] - metrics[0]["loss"]) < 1e-4
+    held = 1 - train
+    final = GPT2(vocab_size=257, n_positions=64, n_embd=16, n_layer=1, n_head=2).double()
+    final.load_hf(str(out))
+    nll, wsum = weighted_nll(final, *encode(exs[held]))
+    assert set(summary) == {"step", "sequences", "eval_loss"}, summary
+    assert summary["step"] == 3 and summary["sequences"] == 1
+    assert summary["eval_loss"] == pytest.approx(nll / wsum, rel=1e-5)
+    assert abs(initial[held] - nll / wsum) > 1e-2   # the final weights, not the initial ones
+
+
+def windows(tokens, seq_len):
+    """pretrain's sequences of one token stream: seq_len + 1 tokens overlapping by one (docs/training.md)"""
+    return [tokens[s:s + seq_len + 1] for s in range(0, len(tokens) - 1, seq_len)]
+
+
+@pytest.mark.parametrize("every,steps,max_seqs", [("2", "3", "0"), ("0", "2", "1")])
+def test_pretrain_writes_the_final_held_out_loss(tmp_path, every, steps, max_seqs):
+    """pretrain's eval_summary.json: the held-out document's windows, token-weighted, under the
+    saved final weights in PyTorch float64. --eval-every 2 of 3 steps evaluates the last step
+    (not a multiple) once: its eval_loss line is the summary's; --eval-every 0 evaluates only at
+    the end, on the first --eval-max-seqs window (that flag was refused with --eval-every 0)."""
+    seq_len = 16
+    docs = ["the cat sat on the mat and the dog ran away fast", "a red ball rolled far down here"]
+    text = tmp_path / "t.txt"
+    text.write_text("<|endoftext|>".join(docs))
+    out = tmp_path / "o"
+    r = subprocess.run([FDPO, "pretrain", str(text), "--out", str(out), "--n-layer", "1", "--n-head", "2",
+                        "--n-embd", "16", "--n-positions", "64", "--seq-len", str(seq_len), "--batch-size", "2",
+                        "--steps", steps, "--lr", "3e-2", "--eval-fraction", "0.5", "--eval-every", every,
+                        "--eval-max-seqs", max_seqs, "--threads", "1", "--quiet"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "eval_summary.json").read_text())
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in metrics if "eval_loss" in m]
+    assert [m["step"] for m in evals] == ([2, 3] if every == "2" else [])
+    if evals:
+        assert summary["eval_loss"] == evals[-1]["eval_loss"]
+    final = GPT2(vocab_size=257, n_positions=64, n_embd=16, n_layer=1, n_head=2).double()
+    final.load_hf(str(out))
+    candidates = []   # (windows evaluated, loss) if that document is the held-out one
+    for d in docs:
+        ws = windows(list(d.encode()) + [EOT], seq_len)
+        ws = ws[:int(max_seqs)] if int(max_seqs) else ws
+        parts = [weighted_nll(final, w, [1.0] * len(w)) for w in ws]
+        candidates.append((len(ws), sum(a for a, _ in parts) / sum(b for _, b in parts)))
+    assert abs(candidates[0][1] - candidates[1][1]) > 1e-3, candidates
+    assert summary["step"] == int(steps) and set(summary) == {"step", "sequences", "eval_loss"}, summary
+    assert any(summary["sequences"] == n and summary["eval_loss"] == pytest.approx(loss, rel=1e-5)
+               for n, loss in candidates), (summary, candidates)
