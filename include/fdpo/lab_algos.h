@@ -73,6 +73,8 @@ typedef struct {
     int converged;           /* exact online, rloo, grpo: 1 when the run stopped because a step no
                               * longer moved theta by more than 1e-15; 0 when --steps ran out first
                               * (and for the other runs: their own stopping rules) */
+    int stalled;             /* exact online, rloo: 1 when the run stopped because no step lowered the
+                              * exact loss beyond its rounding (before converging or running out) */
     double final_lr;         /* exact online, rloo, grpo: the last step (online, rloo: --lr halved each
                               * time a step failed to lower the exact loss; grpo: the decayed step);
                               * NaN for the other runs */

@@ -748,14 +748,20 @@ static int lab_check_method(int argc, char **argv) {
             table_int(&t, res.samples); table_int(&t, res.iterations);
             table_num(&t, res.target_diff); table_num(&t, res.z0); table_num(&t, res.undesirable_mass);
             table_end_row(&t);
-            /* an exact run that ran out of --steps ends short of its limit: its row is not the
-             * method's verdict, so say it */
-            if (ao->exact && methods[a] != FDPO_LAB_DPO && methods[a] != FDPO_LAB_KTO && !res.converged)
+            /* an exact online/rloo run that ran out of --steps, or stalled, ends short of its
+             * limit: its row is not the method's verdict, so say it (exact grpo's decaying step
+             * never meets the test in its default steps: docs/lab.md says so, not every row) */
+            const int iterative = ao->exact && (methods[a] == FDPO_LAB_ONLINE || methods[a] == FDPO_LAB_RLOO);
+            if (iterative && res.stalled)
+                fdpo_log(FDPO_LOG_WARN, "--method %s --divergence %s --beta %g: the exact run stopped after %ld steps, "
+                         "where no step lowers the exact loss beyond its rounding (step %g at the end): its "
+                         "max_abs_diff is as close as the loss resolves pi* at this beta, not the method's limit",
+                         fdpo_lab_method_name(methods[a]), name, beta, res.iterations, res.final_lr);
+            else if (iterative && !res.converged)
                 fdpo_log(FDPO_LOG_WARN, "--method %s --divergence %s --beta %g: the exact run did not converge in "
                          "%ld steps (--steps %ld; step %g at the end): its max_abs_diff is where it stopped, not the "
-                         "method's limit; raise --steps%s", fdpo_lab_method_name(methods[a]), name, beta, res.iterations,
-                         ao->steps, res.final_lr,
-                         methods[a] == FDPO_LAB_GRPO ? "" : " (or --lr: a step too long for the exact loss is halved)");
+                         "method's limit; raise --steps (or --lr: a step too long for the exact loss is halved)",
+                         fdpo_lab_method_name(methods[a]), name, beta, res.iterations, ao->steps, res.final_lr);
         }
     rc = outputs_finish(rc, &tp, opened_pi, &t, opened, NULL, NULL);
     free(pi);

@@ -122,8 +122,9 @@ int fdpo_lab_algo_validate(const fdpo_lab_algo_opts *o, size_t n) {
                               o->pair_top, n, n);
         /* --n 2 or 3 makes the default n/2 too small: the user may not have given --pair-top */
         if (top < 2 && o->pair_top == n / 2)
-            return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu = n/2, dpo's default --pair-top "
-                              "for n = %zu responses); give --pair-top %s, a larger --n, or a --method list without dpo",
+            return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu, which is n/2: dpo's default "
+                              "when --pair-top is not given, for n = %zu responses); give --pair-top %s, more responses "
+                              "(--n, or the rows of --data), or a --method list without dpo",
                               top, n, n == 2 ? "2" : "2 or 3");
         if (top < 2) return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu)", top);
     }
@@ -399,11 +400,23 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
                 double scale1;
                 for (size_t i = 0; i < n; i++) trial[i] = theta[i] - step * g[i];
                 double f1 = exact_loss(&c, trial, scratch, &scale1);
-                if ((lowered = f1 <= f - 1e-4 * step * gg + 64 * DBL_EPSILON * (scale + scale1))) break;
+                const double noise = 64 * DBL_EPSILON * (scale + scale1);
+                if ((lowered = f1 <= f - 1e-4 * step * gg + noise)) break;
+                /* Near pi* at a large beta the decrease drowns in the loss's rounding (its terms
+                 * grow with beta, and their sum's error is more than the slack above), and
+                 * halving on noise stalled rloo 1e-9 short of pi* at beta 300. rloo's gradient is
+                 * exact: a step after which it still points along g stopped short of the line's
+                 * minimum, so it is taken, unless the loss rose by more than its rounding can. */
+                if (o->method == FDPO_LAB_RLOO && f1 <= f + 1024 * noise) {
+                    double s1, dot = 0;
+                    exact_step_grad(&c, trial, scratch, &s1);   /* c's buffers: recomputed at theta next step */
+                    for (size_t i = 0; i < n; i++) dot += scratch[i] * g[i];
+                    if ((lowered = dot > 0)) break;
+                }
                 if (max_abs(g, n) * step <= 1e-15) break;
                 step /= 2;
             }
-            if (!lowered) { t++; break; } /* no step lowers the loss (a NaN): stop, unconverged */
+            if (!lowered) { res->stalled = 1; t++; break; } /* no step lowers the loss: stop, unconverged */
             memcpy(theta, trial, n * sizeof(double));
         } else {
             sampled_step_grad(&c, theta, &rng, g);

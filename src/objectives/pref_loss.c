@@ -87,7 +87,7 @@ double fdpo_pref_loss_pair(const fdpo_pref_loss *L, double lw, double ll, double
         break;
     case FDPO_LOSS_ROBUST:
         /* (-(1-e) log sigma(z) + e log sigma(-z)) / (1 - 2e): unbiased under label flips at rate e */
-        loss = ((1 - e) * fdpo_softplus(-z) - e * fdpo_softplus(z)) / (1 - 2 * e);
+        loss = ((1 - e) * fdpo_softplus(-z) - (e > 0 ? e * fdpo_softplus(z) : 0)) / (1 - 2 * e);   /* as cDPO's */
         dz = (-(1 - e) * fdpo_sigmoid(-z) - e * fdpo_sigmoid(z)) / (1 - 2 * e);
         dL_ddelta = b * dz;
         break;

@@ -122,12 +122,14 @@ def test_exact_online_dpo_and_rloo_converge_to_pistar(problem, tmp_path, method,
         assert abs(float(row["objective_gap"])) <= 1e-9
 
 
-@pytest.mark.parametrize("beta", [3.0, 10.0])
+@pytest.mark.parametrize("beta", [3.0, 10.0, 300.0, 1000.0])
 def test_exact_online_dpo_and_rloo_converge_to_pistar_at_large_beta(problem, tmp_path, beta):
     """The default steps (online 5, rloo 1) were fixed: lr * (the field's curvature at pi*) > 2
     made pi* an unstable fixed point once beta grew (curvature ~ beta^2 online, ~ beta rloo), and
     the runs ended 0.05-0.92 from pi* at the step cap. The step now halves where it does not
-    lower the exact loss, so every beta converges, to the in-test brentq pi*."""
+    lower the exact loss, so every beta converges, to the in-test brentq pi*. At beta 300 and
+    1000 rloo's decrease drowned in the loss's rounding and the halving stalled it 1e-9 short
+    (the exact gradient now decides there)."""
     _, q, r = problem
     div = ",".join(DIVS + ["alpha:0.3", "alpha:0.7"])
     path = problem[0]
@@ -140,9 +142,9 @@ def test_exact_online_dpo_and_rloo_converge_to_pistar_at_large_beta(problem, tmp
     assert len(t) == 12
     for row in t:
         ps = pistar(row["divergence"], beta, q, r)
-        np.testing.assert_allclose(pis[(row["method"], row["divergence"])], ps, atol=1e-9, err_msg=str(row))
+        np.testing.assert_allclose(pis[(row["method"], row["divergence"])], ps, atol=1e-13, err_msg=str(row))
         assert int(row["iterations"]) < 200000  # stopped by its convergence test, not the cap
-    assert "did not converge" not in res.stderr
+    assert "did not converge" not in res.stderr and "stopped after" not in res.stderr
 
 
 def test_an_exact_run_that_runs_out_of_steps_says_so(problem):
@@ -315,7 +317,7 @@ def test_kto_bad_flags_are_named(args, needle):
     # more than n was clamped to n silently
     (["--method", "dpo", "--pair-top", "7"], "--pair-top: 7 is more than the problem's n = 6 responses"),
     # --n 3: the default n/2 = 1 is refused, saying it is the default (the user gave no --pair-top)
-    (["--method", "dpo,online", "--n", "3"], "(got 1 = n/2, dpo's default --pair-top for n = 3 responses)"),
+    (["--method", "dpo,online", "--n", "3"], "(got 1, which is n/2: dpo's default when --pair-top is not given, for n = 3 responses)"),
 ])
 def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)

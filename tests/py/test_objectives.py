@@ -250,12 +250,13 @@ def test_sigmoid_loss_is_zero_not_nan_where_beta_delta_overflows():
     NaN once z = beta * Delta overflows to +inf (a pair won by an fkl score of -e^88 at beta 1e300);
     the limit is 0, and so is its gradient. torch float64: softplus(-inf) = 0."""
     pairs = [[1.0, -200.0], [-200.0, 1.0]]
-    out = run_ok({"losses": [{"loss": "sigmoid", "divergence": "fkl", "beta": 1e300, "label_smoothing": 0,
-                              "pairs": pairs}]})["losses"][0]
-    z = torch.tensor([math.inf, -math.inf], dtype=torch.float64)
-    assert out["loss"][0] == F.softplus(-z)[0].item() == 0.0
-    assert out["loss"][1] == math.inf   # the lost pair's -log sigma(-inf)
-    assert out["dlw"][0] == 0.0 and out["dll"][0] == 0.0
+    for kind in ("sigmoid", "robust"):   # robust at e = 0 is the same loss
+        out = run_ok({"losses": [{"loss": kind, "divergence": "fkl", "beta": 1e300, "label_smoothing": 0,
+                                  "pairs": pairs}]})["losses"][0]
+        z = torch.tensor([math.inf, -math.inf], dtype=torch.float64)
+        assert out["loss"][0] == F.softplus(-z)[0].item() == 0.0, kind
+        assert out["loss"][1] == math.inf, kind   # the lost pair's -log sigma(-inf)
+        assert out["dlw"][0] == 0.0 and out["dll"][0] == 0.0, kind
 
 
 @pytest.mark.parametrize("spec,needle", [
