@@ -12,7 +12,7 @@
  *           "<|im_start|>assistant\n"; the template's default system turn, if it has one,
  *           when the first message is not a system message
  *   llama3  "<|begin_of_text|>" once, then "<|start_header_id|>ROLE<|end_header_id|>\n\n"
- *           + trimmed CONTENT + "<|eot_id|>"; Llama-3.1/3.2 templates also get their
+ *           + trimmed CONTENT + "<|eot_id|>"; the Llama-3.1 template also gets its
  *           system preamble ("Cutting Knowledge Date: ...\nToday Date: ...\n\n")
  *   zephyr  Zephyr / TinyLlama: "<|ROLE|>\nCONTENT" + eos_token + "\n"; generation prompt
  *           "<|assistant|>\n"
