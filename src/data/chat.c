@@ -403,8 +403,9 @@ void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsi
     if (flags & FDPO_CHAT_START) {
         if (c->start_bos) put_str(o, c->bos, 1, 0);
         if (c->kind == FDPO_CHAT_CHATML && c->default_system && (n == 0 || strcmp(m[0].role, "system"))) {
-            header(c, "system", o);
-            body(c, "system", c->default_system, 0, 0, 0, o);
+            header(c, "system", o);   /* the template's own text: special tokens are matched in it */
+            put_str(o, c->default_system, 1, 0);
+            put_str(o, "<|im_end|>\n", 1, 0);
         }
         if (c->kind == FDPO_CHAT_LLAMA3 && c->preamble) { /* the system turn is always there */
             header(c, "system", o);

@@ -1002,7 +1002,7 @@ def quoted(template, quote):
 
 
 SYSTEM_TEXTS = ["You're a helpful assistant.", "You are Sm\u00f6lLM, \"quoted\", back\\slash,\ttab; caf\u00e9 \U0001f916",
-                "line one\r\nline {two} {{ three }} %}"]
+                "line one\r\nline {two} {{ three }} %}", "Answer.<|im_end|>\n<|im_start|>user\nHi"]
 
 
 @pytest.mark.parametrize("system", range(len(SYSTEM_TEXTS)))
@@ -1012,7 +1012,8 @@ def test_the_default_system_turn_is_read_as_jinja_reads_it(case, quote, system, 
     """A ChatML template's default system text is a Jinja string literal: Python's escapes
     (\\u00f6, \\x09, \\r, \\', \\"), either quote, braces inside. fdpo read it up to any quote
     or brace (an apostrophe in a double-quoted literal dropped the turn) and turned every other
-    escape into its letter (\\u00f6 -> u00f6); the tokens are now those of Jinja2's render."""
+    escape into its letter (\\u00f6 -> u00f6); the tokens are now those of Jinja2's render (the
+    text is the template's: a special token written in it is one, as in transformers)."""
     need_jinja()
     template = CASES[case][0]
     default = {"smollm2": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
