@@ -3,15 +3,16 @@
  * are trained (assistant content and its end-of-turn marker).
  *
  * There is no Jinja here: the files' chat template (chat_template.jinja, else
- * tokenizer_config.json's chat_template) is recognised by content as
- * one of the built-ins, or one is named with --chat-template NAME:
+ * tokenizer_config.json's chat_template) is recognised when it is one of the published
+ * templates known to render as a built-in (anything else is refused), or one is named with
+ * --chat-template NAME:
  *   plain   fdpo's format: "<|ROLE|>\nCONTENT\n"; generation prompt "<|assistant|>\n"
  *           (the default for tokenizers without a chat_template, e.g. GPT-2)
  *   chatml  SmolLM2 / Qwen2: "<|im_start|>ROLE\nCONTENT<|im_end|>\n"; generation prompt
  *           "<|im_start|>assistant\n"; the template's default system turn, if it has one,
  *           when the first message is not a system message
  *   llama3  "<|begin_of_text|>" once, then "<|start_header_id|>ROLE<|end_header_id|>\n\n"
- *           + trimmed CONTENT + "<|eot_id|>"; Llama-3.1/3.2 templates also get their
+ *           + trimmed CONTENT + "<|eot_id|>"; the Llama-3.1 template also gets its
  *           system preamble ("Cutting Knowledge Date: ...\nToday Date: ...\n\n")
  *   zephyr  Zephyr / TinyLlama: "<|ROLE|>\nCONTENT" + eos_token + "\n"; generation prompt
  *           "<|assistant|>\n"
@@ -42,12 +43,16 @@ typedef struct { const char *role, *content; int untrained; } fdpo_chat_msg;
  * none named "default". Free with fdpo_chat_free. */
 int fdpo_chat_for(const fdpo_tokenizer *t, fdpo_chat *out);
 void fdpo_chat_free(fdpo_chat *c);
-/* Recognise a chat_template source: 0 and *kind, or -1 (no message) when unknown. */
+/* Recognise a chat_template source: 0 and *kind when it is one of the published templates fdpo
+ * knows to render as a built-in (src/data/chat_known.c; compared up to what Jinja ignores:
+ * newline style, whitespace inside tags, quote style and escapes of string literals), or -1
+ * (no message). docs/training.md#chat-templates states the rule. */
 int fdpo_chat_detect(const char *source, fdpo_chat_kind *kind);
-/* A Jinja chat_template that renders as the built-in does (no default system turn or
- * preamble); fdpo_chat_detect recognises it. Saved with a tokenizer whose template was
- * named (fdpo_tokenizer_save_dir). */
-const char *fdpo_chat_source(fdpo_chat_kind kind);
+/* A Jinja chat_template that renders as the built-in does for tokenizer t (no default system
+ * turn or preamble; the bos and eos fdpo renders for t written as literals), malloc'd;
+ * fdpo_chat_detect recognises it. Saved with a tokenizer whose template was named
+ * (fdpo_tokenizer_save_dir). */
+char *fdpo_chat_source(const fdpo_tokenizer *t, fdpo_chat_kind kind);
 /* A built-in by name; the error lists the built-ins. */
 int fdpo_chat_parse_name(const char *name, fdpo_chat_kind *kind);
 const char *fdpo_chat_name(fdpo_chat_kind kind);

@@ -1,10 +1,13 @@
 /* Chat templates (include/fdpo/chat.h): recognition by content, rendering with template and
  * training masks, and encoding with specials matched in template text only. */
 #include <cJSON.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/chat.h"
 #include "fdpo/core.h"
+#include "data/chat_known.h"
 #include "data/jsonl.h"
 
 static const char *const NAMES[] = {"plain", "chatml", "llama3", "zephyr"};
@@ -17,106 +20,197 @@ int fdpo_chat_parse_name(const char *name, fdpo_chat_kind *kind) {
     return fdpo_error("--chat-template: '%s' is not a built-in template (" FDPO_CHAT_BUILTINS ", or auto)", name);
 }
 
-/* Jinja sources that render as the built-ins do (without a default system turn or
- * preamble), written into a checkpoint's tokenizer_config.json when a run names its
- * template, so that later commands (and transformers) render the same way. */
-static const char *const SOURCES[] = {
-    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}",
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
-    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + "
-    "message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-    "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
-    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{# <|user|> <|assistant|> #}",
-};
+/* ---- recognition: the file's template is one of FDPO_CHAT_KNOWN (data/chat_known.h), up to
+ * what Jinja ignores. Both are reduced to a canonical form and compared: newlines as Jinja's
+ * lexer normalises them (\r\n and \r are \n, one trailing \n dropped: keep_trailing_newline is
+ * off in transformers), whitespace inside {{ }} and {% %} only where it separates two words,
+ * string literals by their value (either quote, any escape), comments by their
+ * whitespace-control marks only. Template text outside the tags must be the same byte for
+ * byte (trim_blocks and lstrip_blocks make its whitespace count). Anything else (a filter, a
+ * literal, a raise_exception, a missing separator) makes another template, which renders
+ * otherwise than the built-in: there is no Jinja engine here to render it. ---- */
 
-const char *fdpo_chat_source(fdpo_chat_kind kind) { return SOURCES[kind]; }
-
-/* 1 when every "<|name|>" marker written in s is one of allowed[] (NULL-terminated): a
- * template with markers of its own (Phi-3's "<|end|>" beside Zephyr's role markers) is
- * another family, whose turns the built-in would render otherwise. */
-static int markers_only(const char *s, const char *const *allowed) {
-    for (const char *p = strstr(s, "<|"); p; p = strstr(p + 2, "<|")) {
-        const char *e = strstr(p + 2, "|>");
-        size_t n = e ? (size_t)(e + 2 - p) : 0;
-        if (!e || n > 40 || strcspn(p + 2, " '\"+{}") < (size_t)(e - p - 2)) continue;   /* not a literal marker */
-        int ok = 0;
-        for (const char *const *a = allowed; *a && !ok; a++) ok = strlen(*a) == n && !strncmp(p, *a, n);
-        if (!ok) return 0;
+/* A Jinja string literal's value (Python's rules, as Jinja's lexer decodes it with
+ * "unicode-escape"), p just after the opening quote q, appended to *o escaped for the
+ * canonical form (\ and " escaped; a hole character kept raw); *end after the closing
+ * quote. -1 for what this cannot decode exactly: \N{...}, a bad \x \u \U, a surrogate, NUL,
+ * a backslash before a non-ASCII character, no closing quote. */
+static int canon_string(const char *p, char q, fdpo_chat_text *o, const char **end) {
+    fdpo_chat_text_put(o, "\"", 1, 0, 0);
+    for (;;) {
+        unsigned char c = (unsigned char)*p;
+        if (!c) return -1;
+        if (c == (unsigned char)q) break;
+        uint32_t cp;
+        if (c != '\\') {
+            if (c == '"' || c == '\\') fdpo_chat_text_put(o, "\\", 1, 0, 0);
+            fdpo_chat_text_put(o, p++, 1, 0, 0);
+            continue;
+        }
+        char e = p[1];
+        p += 2;
+        const char *simple = strchr("\\'\"abfnrtv", e);
+        if (e && simple) {
+            cp = (uint32_t)"\\'\"\a\b\f\n\r\t\v"[simple - "\\'\"abfnrtv"];
+        } else if (e == '\n') {
+            continue;   /* a backslash-newline is nothing */
+        } else if (e >= '0' && e <= '7') {
+            cp = (uint32_t)(e - '0');
+            for (int k = 0; k < 2 && *p >= '0' && *p <= '7'; k++) cp = cp * 8 + (uint32_t)(*p++ - '0');
+        } else if (e == 'x' || e == 'u' || e == 'U') {
+            int digits = e == 'x' ? 2 : e == 'u' ? 4 : 8;
+            cp = 0;
+            for (int k = 0; k < digits; k++, p++) {
+                char h = *p;
+                int v = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+                if (v < 0) return -1;
+                cp = cp * 16 + (uint32_t)v;
+            }
+        } else if (e && !(e & 0x80) && e != 'N') {
+            fdpo_chat_text_put(o, "\\\\", 2, 0, 0);   /* an unknown escape keeps its backslash */
+            p--;
+            continue;
+        } else {
+            return -1;
+        }
+        if (cp == 0 || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return -1;
+        char u[4];
+        size_t n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+        if (n == 1) u[0] = (char)cp;
+        else if (n == 2) { u[0] = (char)(0xC0 | (cp >> 6)); u[1] = (char)(0x80 | (cp & 0x3F)); }
+        else if (n == 3) { u[0] = (char)(0xE0 | (cp >> 12)); u[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[2] = (char)(0x80 | (cp & 0x3F)); }
+        else { u[0] = (char)(0xF0 | (cp >> 18)); u[1] = (char)(0x80 | ((cp >> 12) & 0x3F)); u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[3] = (char)(0x80 | (cp & 0x3F)); }
+        if (cp == '"' || cp == '\\') fdpo_chat_text_put(o, "\\", 1, 0, 0);
+        fdpo_chat_text_put(o, u, n, 0, 0);
     }
-    return 1;
-}
-
-/* By the markers each family's template writes. */
-int fdpo_chat_detect(const char *s, fdpo_chat_kind *kind) {
-    static const char *const zephyr_markers[] = {"<|system|>", "<|user|>", "<|assistant|>", NULL};
-    if (strstr(s, "<|start_header_id|>") && strstr(s, "<|end_header_id|>") && strstr(s, "<|eot_id|>")) *kind = FDPO_CHAT_LLAMA3;
-    else if (strstr(s, "<|im_start|>") && strstr(s, "<|im_end|>")) *kind = FDPO_CHAT_CHATML;
-    else if (strstr(s, "<|user|>") && strstr(s, "<|assistant|>") && strstr(s, "eos_token") && markers_only(s, zephyr_markers))
-        *kind = FDPO_CHAT_ZEPHYR;
-    else if (!strcmp(s, SOURCES[FDPO_CHAT_PLAIN])) *kind = FDPO_CHAT_PLAIN;
-    else return -1;
+    fdpo_chat_text_put(o, "\"", 1, 0, 0);
+    *end = p + 1;
     return 0;
 }
 
-/* A literal of the template source starting at s: up to a quote or the end marker, with
- * the escapes \n and \\ of Jinja string literals undone. NULL if it is not a plain literal
- * (an expression interrupts it before `end`). */
-static char *literal_until(const char *s, const char *end) {
-    const char *e = strstr(s, end);
-    if (!e) return NULL;
-    char *out = fdpo_malloc((size_t)(e - s) + 1);
-    size_t k = 0;
-    for (const char *p = s; p < e; p++) {
-        if (*p == '\'' || *p == '"' || *p == '{' || *p == '}') { free(out); return NULL; }
-        if (*p == '\\' && p + 1 < e) {
-            p++;
-            out[k++] = *p == 'n' ? '\n' : *p == 't' ? '\t' : *p;
-        } else out[k++] = *p;
-    }
-    out[k] = 0;
-    return out;
-}
+static int is_word(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 
-/* ChatML's default system turn: the first "<|im_start|>system" + newline (literal or \n)
- * followed by literal text up to "<|im_end|>" (SmolLM2, Qwen2). */
-static char *chatml_default_system(const char *src) {
-    static const char tag[] = "<|im_start|>system";
-    for (const char *p = strstr(src, tag); p; p = strstr(p + 1, tag)) {
-        const char *q = p + sizeof tag - 1;
-        if (*q == '\n') q++;
-        else if (q[0] == '\\' && q[1] == 'n') q += 2;
-        else continue;
-        char *lit = literal_until(q, "<|im_end|>");
-        if (lit && *lit) return lit;
-        free(lit);
+/* The canonical form of a template source (above), malloc'd; NULL when it cannot be read
+ * (an unclosed tag, comment or string, an escape canon_string refuses). */
+static char *canonical(const char *src) {
+    size_t len = strlen(src);
+    char *s = fdpo_malloc(len + 1);   /* newlines normalised */
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (src[i] == '\r') { s[n++] = '\n'; if (src[i + 1] == '\n') i++; }
+        else s[n++] = src[i];
     }
+    if (n && s[n - 1] == '\n') n--;
+    s[n] = 0;
+    fdpo_chat_text o = {0};
+    const char *p = s;
+    while (*p) {
+        const char *tag = p;
+        while (*tag && !(tag[0] == '{' && (tag[1] == '{' || tag[1] == '%' || tag[1] == '#'))) tag++;
+        fdpo_chat_text_put(&o, p, (size_t)(tag - p), 0, 0);   /* template text, as it is */
+        if (!*tag) break;
+        char kind = tag[1];
+        const char *close = kind == '{' ? "}}" : kind == '%' ? "%}" : "#}";
+        fdpo_chat_text_put(&o, tag, 2, 0, 0);
+        p = tag + 2;
+        if (*p == '-' || *p == '+') fdpo_chat_text_put(&o, p++, 1, 0, 0);
+        if (kind == '#') {   /* a comment renders nothing: only its whitespace control counts */
+            const char *e = strstr(p, close);
+            if (!e) goto bad;
+            if (e > p && (e[-1] == '-' || e[-1] == '+')) fdpo_chat_text_put(&o, e - 1, 1, 0, 0);
+            fdpo_chat_text_put(&o, close, 2, 0, 0);
+            p = e + 2;
+            continue;
+        }
+        int space = 0;
+        for (;;) {
+            if (!*p) goto bad;
+            if (p[0] == close[0] && p[1] == close[1]) { fdpo_chat_text_put(&o, close, 2, 0, 0); p += 2; break; }
+            if (*p == ' ' || *p == '\t' || *p == '\n') { space = 1; p++; continue; }
+            if (space && o.n && is_word(o.text[o.n - 1]) && is_word(*p)) fdpo_chat_text_put(&o, " ", 1, 0, 0);
+            space = 0;
+            if (*p == '\'' || *p == '"') {
+                if (canon_string(p + 1, *p, &o, &p)) goto bad;
+            } else {
+                fdpo_chat_text_put(&o, p++, 1, 0, 0);
+            }
+        }
+    }
+    free(s);
+    char *out = o.text ? o.text : fdpo_strdup("");
+    o.text = NULL;
+    fdpo_chat_text_free(&o);
+    return out;
+bad:
+    free(s);
+    fdpo_chat_text_free(&o);
     return NULL;
 }
 
-/* Llama-3.1/3.2's system preamble: "Cutting Knowledge Date: K\nToday Date: D\n\n", D the
- * template's literal date_string default (transformers' strftime_now is not reproduced). */
-static char *llama3_preamble(const char *src) {
-    static const char ck[] = "Cutting Knowledge Date: ", ds[] = "date_string = \"";
-    const char *p = strstr(src, ck);
-    if (!p) return NULL;
-    p += sizeof ck - 1;
-    size_t kl = 0;
-    while (p[kl] && p[kl] != '\\' && p[kl] != '\n' && p[kl] != '"' && p[kl] != '\'') kl++;
-    const char *d = strstr(src, ds);
-    const char *date = "26 Jul 2024";
-    size_t dl = strlen(date);
-    if (d) {
-        d += sizeof ds - 1;
-        const char *e = strchr(d, '"');
-        if (e && e - d < 40) { date = d; dl = (size_t)(e - d); }
+/* The value of a canonical string literal's text s[0..n) (canon_string's escapes undone). */
+static char *canon_value(const char *s, size_t n) {
+    char *v = fdpo_malloc(n + 1);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) v[k++] = s[i] == '\\' && i + 1 < n ? s[++i] : s[i];
+    v[k] = 0;
+    return v;
+}
+
+/* 1 when the canonical text c is the canonical known source pat, each hole of pat (inside a
+ * literal) matching the rest of c's literal up to the text that follows the hole there;
+ * holes[k] then holds hole k's value (malloc'd). */
+static int canon_match(const char *c, const char *pat, char **holes) {
+    int k = 0;
+    while (*pat) {
+        if (*pat != HOLE[0]) {
+            if (*c++ != *pat++) return 0;
+            continue;
+        }
+        pat++;
+        const char *ps = pat, *ce = c;   /* the literal's rest after the hole, in pat and in c */
+        while (*ps && *ps != '"') ps += *ps == '\\' && ps[1] ? 2 : 1;
+        while (*ce && *ce != '"') ce += *ce == '\\' && ce[1] ? 2 : 1;
+        size_t tail = (size_t)(ps - pat);
+        if (!*ce || (size_t)(ce - c) < tail || memcmp(ce - tail, pat, tail)) return 0;
+        const char *cut = ce - tail;
+        size_t bs = 0;   /* the cut must not split an escape: an even run of backslashes before it */
+        while (cut - bs > c && *(cut - bs - 1) == '\\') bs++;
+        if (bs % 2) return 0;
+        if (k < KNOWN_MAX_HOLES) holes[k++] = canon_value(c, (size_t)(cut - c));
+        c = cut;
     }
-    size_t n = sizeof ck + kl + dl + 32;
-    char *out = fdpo_malloc(n);
-    snprintf(out, n, "%s%.*s\nToday Date: %.*s\n\n", ck, (int)kl, p, (int)dl, date);
-    return out;
+    return *c == 0;
+}
+
+/* The entry of FDPO_CHAT_KNOWN that src is, with its holes' values (holes[KNOWN_MAX_HOLES],
+ * malloc'd; NULL where none); NULL when src is none of them. */
+static const fdpo_chat_known *recognise(const char *src, char **holes) {
+    for (int k = 0; k < KNOWN_MAX_HOLES; k++) holes[k] = NULL;
+    char *c = canonical(src);
+    const fdpo_chat_known *found = NULL;
+    for (size_t i = 0; c && i < FDPO_CHAT_N_KNOWN && !found; i++) {
+        char *pat = canonical(FDPO_CHAT_KNOWN[i].source);
+        if (canon_match(c, pat, holes)) found = &FDPO_CHAT_KNOWN[i];
+        else for (int k = 0; k < KNOWN_MAX_HOLES; k++) { free(holes[k]); holes[k] = NULL; }
+        free(pat);
+    }
+    free(c);
+    return found;
+}
+
+static const char *hole_value(const fdpo_chat_known *e, char **holes, int what) {
+    for (int k = 0; k < KNOWN_MAX_HOLES; k++)
+        if (e->holes[k] == what) return holes[k];
+    return NULL;
+}
+
+int fdpo_chat_detect(const char *s, fdpo_chat_kind *kind) {
+    char *holes[KNOWN_MAX_HOLES];
+    const fdpo_chat_known *e = recognise(s, holes);
+    for (int k = 0; k < KNOWN_MAX_HOLES; k++) free(holes[k]);
+    if (!e) return -1;
+    *kind = e->kind;
+    return 0;
 }
 
 static char *token_text(const fdpo_tokenizer *t, int32_t id) {
@@ -128,36 +222,81 @@ static char *token_text(const fdpo_tokenizer *t, int32_t id) {
     return s;
 }
 
+/* The bos and eos texts the built-in kind renders for tokenizer t (NULL: none). */
+static void builtin_tokens(const fdpo_tokenizer *t, fdpo_chat_kind kind, char **bos, char **eos) {
+    *bos = token_text(t, fdpo_tokenizer_bos(t));
+    *eos = token_text(t, fdpo_tokenizer_eot(t));
+    if (kind == FDPO_CHAT_LLAMA3 && !*bos) *bos = token_text(t, fdpo_tokenizer_token_id(t, "<|begin_of_text|>"));
+}
+
+/* fdpo's saved source for kind: the bos and eos it renders for t written as Jinja literals
+ * (transformers leaves bos_token or eos_token undefined, and Jinja refuses undefined + text,
+ * when the tokenizer's config names none; fdpo renders no bos, or its default eos). */
+char *fdpo_chat_source(const fdpo_tokenizer *t, fdpo_chat_kind kind) {
+    char *bos, *eos;
+    builtin_tokens(t, kind, &bos, &eos);
+    const fdpo_chat_known *e = NULL;
+    for (size_t i = 0; i < FDPO_CHAT_N_KNOWN && !e; i++) {
+        const fdpo_chat_known *k = &FDPO_CHAT_KNOWN[i];
+        if ((k->flags & KNOWN_SAVED) && k->kind == kind && (kind != FDPO_CHAT_LLAMA3 || !(k->flags & KNOWN_NO_BOS) == !!bos))
+            e = k;
+    }
+    const char *fill = kind == FDPO_CHAT_LLAMA3 ? bos : eos;
+    fdpo_chat_text o = {0};
+    for (const char *p = e->source; *p; p++) {
+        if (*p != HOLE[0]) { fdpo_chat_text_put(&o, p, 1, 0, 0); continue; }
+        for (const char *f = fill ? fill : ""; *f; f++) {   /* inside '...': Python escapes */
+            const char *esc = *f == '\\' ? "\\\\" : *f == '\'' ? "\\'" : *f == '\r' ? "\\r" : NULL;
+            if (esc) fdpo_chat_text_put(&o, esc, 2, 0, 0);
+            else fdpo_chat_text_put(&o, f, 1, 0, 0);
+        }
+    }
+    free(bos); free(eos);
+    char *out = o.text;
+    o.text = NULL;
+    fdpo_chat_text_free(&o);
+    return out;
+}
+
 int fdpo_chat_for(const fdpo_tokenizer *t, fdpo_chat *out) {
     memset(out, 0, sizeof *out);
     const char *name = NULL;
     const char *src = fdpo_tokenizer_chat_template(t, &name);
-    fdpo_chat_kind detected = FDPO_CHAT_PLAIN;
-    int known = src && fdpo_chat_detect(src, &detected) == 0;
+    char *holes[KNOWN_MAX_HOLES] = {0};
+    const fdpo_chat_known *known = src ? recognise(src, holes) : NULL;
     const char *problem, *origin = fdpo_tokenizer_chat_template_origin(t, &problem);
+    int rc = 0;
     if (name && strcmp(name, "auto")) {
-        if (fdpo_chat_parse_name(name, &out->kind)) return -1;
+        rc = fdpo_chat_parse_name(name, &out->kind);
     } else if (problem) {
-        return fdpo_error("%s", problem);
+        rc = fdpo_error("%s", problem);
     } else if (src && !known) {
-        return fdpo_error("%s is not one fdpo recognises (built-ins: " FDPO_CHAT_BUILTINS
-                          "); name one with --chat-template NAME", origin);
+        rc = fdpo_error("%s is not one fdpo recognises: fdpo has no Jinja engine and renders only the published "
+                        "templates it knows to render as a built-in (docs/training.md#chat-templates); name a "
+                        "built-in to render the messages with it instead: --chat-template NAME (" FDPO_CHAT_BUILTINS ")",
+                        origin);
     } else {
-        out->kind = detected; /* plain when the files have no template */
+        out->kind = known ? known->kind : FDPO_CHAT_PLAIN; /* plain when the files have no template */
     }
+    if (rc) { for (int k = 0; k < KNOWN_MAX_HOLES; k++) free(holes[k]); return -1; }
+    builtin_tokens(t, out->kind, &out->bos, &out->eos);
     out->start_bos = out->kind == FDPO_CHAT_LLAMA3;
-    if (known && detected == out->kind) { /* the file's own parameters */
-        if (out->kind == FDPO_CHAT_CHATML) out->default_system = chatml_default_system(src);
-        if (out->kind == FDPO_CHAT_LLAMA3) out->preamble = llama3_preamble(src);
-        /* a ChatML template that writes bos_token (OpenHermes-2.5's "{{ bos_token }}" first) */
-        if (out->kind == FDPO_CHAT_CHATML && strstr(src, "bos_token")) out->start_bos = 1;
+    if (known && known->kind == out->kind) { /* the file's own parameters */
+        const char *v;
+        if ((v = hole_value(known, holes, HOLE_SYSTEM))) out->default_system = fdpo_strdup(v);
+        const char *kd = hole_value(known, holes, HOLE_KNOWLEDGE_DATE), *date = hole_value(known, holes, HOLE_DATE);
+        if (kd && date) {
+            size_t n = strlen(kd) + strlen(date) + 64;
+            out->preamble = fdpo_malloc(n);
+            snprintf(out->preamble, n, "Cutting Knowledge Date: %s\nToday Date: %s\n\n", kd, date);
+        }
+        if (known->flags & KNOWN_START_BOS) out->start_bos = 1;
+        if (known->flags & KNOWN_NO_BOS) out->start_bos = 0;
+        /* the template's literal bos / end of turn is what it renders */
+        if ((v = hole_value(known, holes, HOLE_BOS))) { free(out->bos); out->bos = fdpo_strdup(v); }
+        if ((v = hole_value(known, holes, HOLE_EOS))) { free(out->eos); out->eos = fdpo_strdup(v); }
     }
-    out->bos = token_text(t, fdpo_tokenizer_bos(t));
-    out->eos = token_text(t, fdpo_tokenizer_eot(t));
-    if (out->kind == FDPO_CHAT_LLAMA3 && !out->bos) {
-        int32_t id = fdpo_tokenizer_token_id(t, "<|begin_of_text|>");
-        out->bos = token_text(t, id);
-    }
+    for (int k = 0; k < KNOWN_MAX_HOLES; k++) free(holes[k]);
     return 0;
 }
 
@@ -264,8 +403,9 @@ void fdpo_chat_render(const fdpo_chat *c, const fdpo_chat_msg *m, size_t n, unsi
     if (flags & FDPO_CHAT_START) {
         if (c->start_bos) put_str(o, c->bos, 1, 0);
         if (c->kind == FDPO_CHAT_CHATML && c->default_system && (n == 0 || strcmp(m[0].role, "system"))) {
-            header(c, "system", o);
-            body(c, "system", c->default_system, 0, 0, 0, o);
+            header(c, "system", o);   /* the template's own text: special tokens are matched in it */
+            put_str(o, c->default_system, 1, 0);
+            put_str(o, "<|im_end|>\n", 1, 0);
         }
         if (c->kind == FDPO_CHAT_LLAMA3 && c->preamble) { /* the system turn is always there */
             header(c, "system", o);

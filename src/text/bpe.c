@@ -1162,13 +1162,18 @@ static int save_config(const fdpo_tokenizer *t, const char *dir) {
     if (keep || b->src_jinja) {
         if (b->src_config && save_text(dir, "tokenizer_config.json", b->src_config, b->src_config_len)) return -1;
         if (!b->src_jinja) return 0;
-        const char *jinja = keep ? b->src_jinja : fdpo_chat_source(kind);
-        return save_text(dir, "chat_template.jinja", jinja, keep ? b->src_jinja_len : strlen(jinja));
+        if (keep) return save_text(dir, "chat_template.jinja", b->src_jinja, b->src_jinja_len);
+        char *jinja = fdpo_chat_source(t, kind);
+        int rc = save_text(dir, "chat_template.jinja", jinja, strlen(jinja));
+        free(jinja);
+        return rc;
     }
     cJSON *cfg = b->src_config ? cJSON_Parse(b->src_config) : cJSON_CreateObject();
     if (!cJSON_IsObject(cfg)) { cJSON_Delete(cfg); cfg = cJSON_CreateObject(); }
     cJSON_DeleteItemFromObjectCaseSensitive(cfg, "chat_template");
-    cJSON_AddStringToObject(cfg, "chat_template", fdpo_chat_source(kind));
+    char *source = fdpo_chat_source(t, kind);
+    cJSON_AddStringToObject(cfg, "chat_template", source);
+    free(source);
     char *js = cJSON_Print(cfg);
     cJSON_Delete(cfg);
     int rc = save_text(dir, "tokenizer_config.json", js, strlen(js));

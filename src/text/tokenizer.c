@@ -70,8 +70,11 @@ int fdpo_tokenizer_save_dir(const fdpo_tokenizer *t, const char *dir) {
     cJSON_AddNumberToObject(o, "eos_token_id", 256);
     fdpo_chat_kind kind; /* a named template travels with the checkpoint (as in tokenizer_config.json) */
     const char *name = t->chat_template_name;
-    if (name && strcmp(name, "auto") && fdpo_chat_parse_name(name, &kind) == 0)
-        cJSON_AddStringToObject(o, "chat_template", fdpo_chat_source(kind));
+    if (name && strcmp(name, "auto") && fdpo_chat_parse_name(name, &kind) == 0) {
+        char *src = fdpo_chat_source(t, kind);
+        cJSON_AddStringToObject(o, "chat_template", src);
+        free(src);
+    }
     else if (t->chat_template_src)
         cJSON_AddStringToObject(o, "chat_template", t->chat_template_src);
     char *body = cJSON_PrintUnformatted(o);

@@ -15,6 +15,7 @@ from tok_ref import B2U, QWEN2_PAT, LLAMA3_PAT, GPT2_PAT, CORPUS, RefBPE, build_
 
 try:
     import jinja2
+    import jinja2.sandbox
 except ImportError:  # pragma: no cover
     jinja2 = None
 
@@ -73,6 +74,115 @@ ZEPHYR = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{
           "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
           "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
 
+# Qwen2-Instruct: SmolLM2's template with its own default system text
+QWEN2 = SMOLLM2.replace("You are a helpful AI assistant named SmolLM, trained by Hugging Face", "You are a helpful assistant.")
+# Qwen2.5-Instruct as published, with its tools branch (rendered only when tools are passed)
+QWEN25_TOOLS = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+# Qwen3's published template without its tools branch: an empty <think> block in the last
+# assistant turn; not ChatML as the built-in renders it (it was taken for chatml)
+QWEN3 = r"""{%- if messages[0].role == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+"""
+
 # OpenHermes-2.5: ChatML after a bos (it lost the bos: rendered as the built-in chatml)
 HERMES = ("{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -91,6 +201,9 @@ ZEPHYR_ADDED = [("<unk>", True), ("<s>", True), ("</s>", True)]
 CASES = {
     "smollm2": (SMOLLM2, GPT2_PAT, CHATML_ADDED, {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}, "<|im_end|>", "chatml"),
     "qwen25": (QWEN25, QWEN2_PAT, CHATML_ADDED, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, "<|im_end|>", "chatml"),
+    "qwen25-tools": (QWEN25_TOOLS, QWEN2_PAT, CHATML_ADDED, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+                     "<|im_end|>", "chatml"),
+    "qwen2": (QWEN2, QWEN2_PAT, CHATML_ADDED, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, "<|im_end|>", "chatml"),
     "qwen25-base-eos": (QWEN25, QWEN2_PAT, CHATML_ADDED, {"eos_token": "<|endoftext|>"}, "<|im_end|>", "chatml"),
     "llama3": (LLAMA3, LLAMA3_PAT, LLAMA3_ADDED, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, "<|eot_id|>", "llama3"),
     "llama31": (LLAMA31, LLAMA3_PAT, LLAMA3_ADDED, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, "<|eot_id|>", "llama3"),
@@ -114,10 +227,18 @@ def need_jinja():
         pytest.fail("python3-jinja2 missing: run scripts/deps.sh")
 
 
+def raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+
 def render(template, messages, cfg, add_generation_prompt):
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                            bos_token=cfg.get("bos_token") or "", eos_token=cfg.get("eos_token") or "")
+    """As transformers' apply_chat_template: a sandboxed environment with trim_blocks and
+    lstrip_blocks, raise_exception defined, and only the special tokens the config sets
+    (an unset bos_token is undefined, and Jinja refuses undefined + text)."""
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    tokens = {k: v for k, v in cfg.items() if k in ("bos_token", "eos_token") and v}
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **tokens)
 
 
 def make_tok(d, case, with_template=True, normalizer=None):
@@ -792,3 +913,189 @@ def test_a_save_carries_no_old_chat_template_jinja(tmp_path):
     assert r.returncode == 0, r.stderr
     assert not (m / "chat_template.jinja").exists()
     assert harness("tok-info", str(m))["chat"] == "chatml"
+
+
+# ---- recognition: a file's template is a built-in only when it is a known published source ----
+
+# The counterexamples of the defect hunt: templates with ChatML's, Llama-3's or Zephyr's markers
+# that render otherwise than the built-in (all were taken for it and rendered as it).
+SMOLLM2_TRIM = SMOLLM2.replace("message['content']", "message['content'] | trim")
+CHATML_RAISE = ("{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+                "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML_NO_SEPARATOR = SMOLLM2.replace("'<|im_end|>' + '\n'", "'<|im_end|>'")
+LLAMA3_UNTRIMMED = LLAMA3.replace("message['content'] | trim", "message['content']")
+ZEPHYR_TRIM = ZEPHYR.replace("message['content'] + eos_token", "message['content'] | trim + eos_token")
+CONV_SPACED = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  What is 2+2? \n"},
+               {"role": "assistant", "content": "It is 4."}]
+REFUSED = {"smollm2-trim": ("smollm2", SMOLLM2_TRIM), "qwen3": ("qwen25", QWEN3), "chatml-raise": ("smollm2", CHATML_RAISE),
+           "chatml-no-separator": ("smollm2", CHATML_NO_SEPARATOR), "llama3-untrimmed": ("llama3", LLAMA3_UNTRIMMED),
+           "zephyr-trim": ("zephyr", ZEPHYR_TRIM)}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+@pytest.mark.parametrize("where", ["config", "jinja"])
+def test_a_template_unlike_the_builtin_is_refused(name, where, tmp_path):
+    """Each renders otherwise than its family's built-in in Jinja2 (trimmed content, a <think>
+    block, a refusal, no newline between turns, untrimmed or trimmed content); fdpo took each
+    for the built-in by its markers and trained on the built-in's text. It is refused, naming
+    the file and --chat-template NAME, which renders with the built-in (the escape hatch)."""
+    need_jinja()
+    case, template = REFUSED[name]
+    ref, vocab = make_tok(tmp_path / "tok", case, with_template=False)
+    cfg = CASES[case][3]
+    builtin = CASES[case][5]
+    try:
+        differs = render(template, CONV_SPACED, cfg, False) != render(CASES[case][0], CONV_SPACED, cfg, False)
+    except jinja2.exceptions.TemplateError:
+        differs = True
+    assert differs
+    if where == "config":
+        set_config(tmp_path / "tok", chat_template=template)
+    else:
+        (tmp_path / "tok" / "chat_template.jinja").write_text(template.replace("\n", "\r\n"), encoding="utf-8")
+    origin = "tokenizer_config.json: chat_template" if where == "config" else "chat_template.jinja"
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": CONV_SPACED}])
+    r = subprocess.run([HARNESS, "data-chat-sft", str(tmp_path / "tok"), "auto", data], capture_output=True, text=True)
+    assert r.returncode != 0 and f"{origin} is not one fdpo recognises" in r.stderr, r.stderr
+    assert "--chat-template NAME" in r.stderr and "plain, chatml, llama3, zephyr" in r.stderr, r.stderr
+    p = write_jsonl(tmp_path / "p.jsonl", [{"messages": CONV_SPACED[:2]}])
+    r = subprocess.run([HARNESS, "data-chat-prompts", str(tmp_path / "tok"), "auto", p], capture_output=True, text=True)
+    assert r.returncode != 0 and f"{origin} is not one fdpo recognises" in r.stderr, r.stderr
+    r = run("sft", "--out", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "tok"), *SFT_TINY, data)
+    assert r.returncode == 1 and f"{origin} is not one fdpo recognises" in r.stderr, r.stderr
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+    # --chat-template NAME: the built-in, saved with the checkpoint, and what Jinja2 renders of it
+    r = run("sft", "--out", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "tok"), "--chat-template", builtin,
+            *SFT_TINY, data)
+    assert r.returncode == 0, r.stderr
+    m = tmp_path / "m"
+    saved = ((m / "chat_template.jinja").read_text(encoding="utf-8") if where == "jinja"
+             else json.load(open(m / "tokenizer_config.json"))["chat_template"])
+    assert saved != template and harness("tok-info", str(m))["chat"] == builtin
+    trained = harness("data-chat-sft", str(tmp_path / "tok"), builtin, data)["sequences"]
+    assert trained == harness("data-chat-sft", str(m), "auto", data)["sequences"]
+    ids, w, text = expected_sft(case, ref, vocab, CONV_SPACED, template=saved)
+    assert trained[0]["tokens"] == ids and trained[0]["weights"] == w, text
+
+
+def quoted(template, quote):
+    """template with every Jinja string literal rewritten in quote, its value escaped as Python
+    writes it (\\u for non-ASCII, \\x / \\r / \\t for controls; the other quote as it is): the
+    same template to Jinja."""
+    import re
+
+    def lit(m):
+        value = jinja2.Environment().from_string("{{ " + m.group(0) + " }}").render()
+        body = "".join(c if 32 <= ord(c) < 127 and c not in "\\" + quote else
+                       {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\", "'": "\\'", '"': '\\"'}.get(c)
+                       or ("\\x%02x" % ord(c) if ord(c) < 256 else "\\u%04x" % ord(c) if ord(c) < 0x10000 else "\\U%08x" % ord(c))
+                       for c in value)
+        return quote + body + quote
+    out, pos = [], 0
+    for tag in re.finditer(r"\{\{.*?\}\}|\{%.*?%\}", template, re.S):
+        out.append(template[pos:tag.start()])
+        out.append(re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", lit, tag.group(0)))
+        pos = tag.end()
+    return "".join(out) + template[pos:]
+
+
+SYSTEM_TEXTS = ["You're a helpful assistant.", "You are Sm\u00f6lLM, \"quoted\", back\\slash,\ttab; caf\u00e9 \U0001f916",
+                "line one\r\nline {two} {{ three }} %}", "Answer.<|im_end|>\n<|im_start|>user\nHi"]
+
+
+@pytest.mark.parametrize("system", range(len(SYSTEM_TEXTS)))
+@pytest.mark.parametrize("quote", ["'", '"'])
+@pytest.mark.parametrize("case", ["smollm2", "qwen25", "qwen25-tools"])
+def test_the_default_system_turn_is_read_as_jinja_reads_it(case, quote, system, tmp_path):
+    """A ChatML template's default system text is a Jinja string literal: Python's escapes
+    (\\u00f6, \\x09, \\r, \\', \\"), either quote, braces inside. fdpo read it up to any quote
+    or brace (an apostrophe in a double-quoted literal dropped the turn) and turned every other
+    escape into its letter (\\u00f6 -> u00f6); the tokens are now those of Jinja2's render (the
+    text is the template's: a special token written in it is one, as in transformers)."""
+    need_jinja()
+    template = CASES[case][0]
+    default = {"smollm2": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+               "qwen25": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+               "qwen25-tools": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."}[case]
+    template = quoted(template.replace(default, SYSTEM_TEXTS[system].replace("\\", "\\\\").replace("'", "\\'")
+                                       .replace("\r", "\\r").replace("\t", "\\t")), quote)
+    ref, vocab = make_tok(tmp_path / "tok", case, with_template=False)
+    set_config(tmp_path / "tok", chat_template=template)
+    cfg = CASES[case][3]
+    assert SYSTEM_TEXTS[system] in render(template, CONVS[0], cfg, False)
+    assert harness("tok-info", str(tmp_path / "tok"))["chat"] == "chatml"
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "auto", data)["sequences"]
+    for conv, seq in zip(CONVS, got):
+        ids, w, text = expected_sft(case, ref, vocab, conv, template=template)
+        assert seq["tokens"] == ids and seq["weights"] == w, repr(text)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"messages": CONVS[0][:1]}])
+    got = harness("data-chat-prompts", str(tmp_path / "tok"), "auto", prompts)["ids"][0]
+    assert got == ref.encode(render(template, CONVS[0][:1], cfg, True), True)
+
+
+@pytest.mark.parametrize("case", ["smollm2", "qwen25", "qwen25-tools", "llama31", "zephyr"])
+def test_a_crlf_template_file_is_the_template(case, tmp_path):
+    """chat_template.jinja written with CRLF line ends (a Windows checkout) is the same template
+    to transformers (universal newlines) and to Jinja's lexer; fdpo dropped SmolLM2's default
+    system turn (it looked for LF after "<|im_start|>system")."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", case, with_template=False)
+    (tmp_path / "tok" / "chat_template.jinja").write_bytes(CASES[case][0].replace("\n", "\r\n").encode())
+    assert harness("tok-info", str(tmp_path / "tok"))["chat"] == CASES[case][5]
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "auto", data)["sequences"]
+    for conv, seq in zip(CONVS, got):
+        ids, w, text = expected_sft(case, ref, vocab, conv)
+        assert seq["tokens"] == ids and seq["weights"] == w, repr(text)
+
+
+def test_a_default_system_literal_fdpo_cannot_decode_is_refused(tmp_path):
+    """\\N{...} is a Jinja (Python) escape fdpo does not decode: the template is refused, not
+    rendered without its default system turn or with the escape's letters."""
+    need_jinja()
+    template = SMOLLM2.replace("You are a helpful AI assistant named SmolLM", "You are Sm\\N{LATIN SMALL LETTER O WITH DIAERESIS}lLM")
+    assert "Sm\u00f6lLM" in render(template, CONVS[0], CASES["smollm2"][3], False)
+    make_tok(tmp_path / "tok", "smollm2", with_template=False)
+    set_config(tmp_path / "tok", chat_template=template)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": CONVS[0]}])
+    r = subprocess.run([HARNESS, "data-chat-sft", str(tmp_path / "tok"), "auto", data], capture_output=True, text=True)
+    assert r.returncode != 0 and "chat_template is not one fdpo recognises" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name,config,eot", [
+    ("llama3", {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, "<|eot_id|>"),   # Qwen2.5's: no bos
+    ("llama3", {"eos_token": "<|im_end|>", "bos_token": "<|im_start|>"}, "<|eot_id|>"),
+    ("zephyr", {"pad_token": "<|endoftext|>"}, "<|endoftext|>"),                             # no eos: fdpo's <|endoftext|>
+    ("zephyr", {"eos_token": "<|im_end|>"}, "<|im_end|>"),
+])
+def test_a_named_template_renders_in_jinja_without_bos_or_eos(name, config, eot, tmp_path):
+    """The saved built-in source wrote bos_token / eos_token, which transformers leaves
+    undefined when the config sets none ('bos_token' is undefined); fdpo rendered no bos, or
+    its default eos <|endoftext|>. The saved template now renders in Jinja2 (given only the
+    tokens the config sets, as apply_chat_template does) exactly what fdpo trained on."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", "qwen25", with_template=False)
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(config))
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    r = run("sft", "--out", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "tok"), "--chat-template", name,
+            *SFT_TINY, data)
+    assert r.returncode == 0, r.stderr
+    saved_cfg = json.load(open(tmp_path / "m" / "tokenizer_config.json"))
+    assert harness("tok-info", str(tmp_path / "m"))["chat"] == name
+    trained = harness("data-chat-sft", str(tmp_path / "tok"), name, data)["sequences"]
+    assert trained == harness("data-chat-sft", str(tmp_path / "m"), "auto", data)["sequences"]
+    eos = config.get("eos_token") or "<|endoftext|>"
+    for conv, seq in zip(CONVS, trained):
+        text = render(saved_cfg["chat_template"], conv, saved_cfg, False)   # raises on an undefined token
+        last = text.rfind(eot) + len(eot)
+        text = text[:last] if text[last:].strip("\n") == "" else text
+        ids = ref.encode(text, True)
+        if ids[-1] != vocab[eos]:
+            ids.append(vocab[eos])
+        assert seq["tokens"] == ids, repr(text)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"messages": CONVS[0][:1]}])
+    got = harness("data-chat-prompts", str(tmp_path / "m"), "auto", prompts)["ids"][0]
+    assert got == ref.encode(render(saved_cfg["chat_template"], CONVS[0][:1], saved_cfg, True), True)
