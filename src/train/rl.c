@@ -429,8 +429,10 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
     if (reward && fdpo_reward_check_agree(reward)) { fdpo_reward_free(reward); reward = NULL; }
     fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
-    /* LoRA without --ref: the reference is the policy with its adapters off (no second copy) */
-    const int ref_is_base = t.lora_r > 0 && !o->ref;
+    /* LoRA without --ref: the reference is the policy with its adapters off (no second copy),
+     * unless --model is a LoRA checkpoint this run continues: then the reference is that
+     * checkpoint (base + its adapter, a second copy), not its base, as in dpo, kto and rounds */
+    const int ref_is_base = t.lora_r > 0 && !o->ref && !fdpo_lora_is_checkpoint(o->model);
     /* with no --ref the reference is --model: refused as a reward model under that name */
     fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0, &t.ref_hash) : NULL;
     if (ref) {   /* recorded: a resume refuses other reference weights */

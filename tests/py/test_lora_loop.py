@@ -401,3 +401,22 @@ def test_lora_reward_model(tmp_path, family):
     merged = [json.loads(l)["reward"] for l in fdpo("score", "--model", base, "--data", tmp_path / "s.jsonl", "--reward",
                                                     f"rm:{tmp_path / 'merged'}", "--threads", 1).stdout.splitlines()]
     assert np.allclose(merged, got, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cmd", ["rl", "online-step"])
+def test_lora_step_loops_continuing_an_adapter_take_it_as_the_reference(tmp_path, cmd):
+    """--model ADAPTER --lora-r without --ref: the reference is --model (docs/online.md, rl.md),
+    as in dpo, kto and online rounds; rl and online --mode step took the adapter's base (the
+    adapters off), so step 1 measured KL to another model (-0.068 here) and regularised towards
+    it. Step 1 samples come from --model itself: KL 0 (online's f-DPO loss log 2), and the run
+    equals the one with --ref ADAPTER."""
+    base = make_base(tmp_path, "gpt2")
+    ad = write_adapter(tmp_path / "ad", base, "gpt2", r=4, alpha=16)
+    loop_cmd(cmd, tmp_path, ad, tmp_path / "a")
+    m = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
+    assert m[0]["objective/kl"] == 0, m[0]
+    if cmd == "online-step":
+        assert abs(m[0]["loss"] - np.log(2)) < 1e-6, m[0]
+    loop_cmd(cmd, tmp_path, ad, tmp_path / "c", "--ref", ad)
+    assert (tmp_path / "a" / "adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "c" / "adapter_model.safetensors").read_bytes()
