@@ -117,6 +117,49 @@ char *fdpo_lora_peft_base(const char *dir) {
     return out;
 }
 
+/* Python's truthiness of a JSON value, as PEFT reads its config's flags (`if use_rslora:`):
+ * absent, null, false, 0, "", [] and {} are false, anything else true */
+static int json_truthy(const cJSON *x) {
+    if (!x || cJSON_IsNull(x) || cJSON_IsFalse(x)) return 0;
+    if (cJSON_IsNumber(x)) return x->valuedouble != 0;
+    if (cJSON_IsString(x)) return *x->valuestring != 0;
+    if (cJSON_IsArray(x) || cJSON_IsObject(x)) return x->child != NULL;
+    return 1;
+}
+
+/* The modules of m's Hugging Face model ({i}: each layer), for PEFT's modules_to_save */
+static const char *const gpt2_modules[] = {
+    "transformer", "transformer.wte", "transformer.wpe", "transformer.drop", "transformer.h", "transformer.h.{i}",
+    "transformer.h.{i}.ln_1", "transformer.h.{i}.attn", "transformer.h.{i}.attn.c_attn", "transformer.h.{i}.attn.c_proj",
+    "transformer.h.{i}.attn.attn_dropout", "transformer.h.{i}.attn.resid_dropout", "transformer.h.{i}.ln_2",
+    "transformer.h.{i}.mlp", "transformer.h.{i}.mlp.c_fc", "transformer.h.{i}.mlp.c_proj", "transformer.h.{i}.mlp.act",
+    "transformer.h.{i}.mlp.dropout", "transformer.ln_f", NULL};
+static const char *const llama_modules[] = {
+    "model", "model.embed_tokens", "model.layers", "model.layers.{i}", "model.layers.{i}.self_attn",
+    "model.layers.{i}.self_attn.q_proj", "model.layers.{i}.self_attn.k_proj", "model.layers.{i}.self_attn.v_proj",
+    "model.layers.{i}.self_attn.o_proj", "model.layers.{i}.mlp", "model.layers.{i}.mlp.gate_proj",
+    "model.layers.{i}.mlp.up_proj", "model.layers.{i}.mlp.down_proj", "model.layers.{i}.mlp.act_fn",
+    "model.layers.{i}.input_layernorm", "model.layers.{i}.post_attention_layernorm", "model.norm", "model.rotary_emb", NULL};
+
+/* 1 when a modules_to_save entry names a module of m: PEFT's rule, the module's full name or a
+ * '.'-suffix of it (PEFT ignores an entry that matches none) */
+static int names_a_module(const fdpo_gpt2 *m, const char *entry) {
+    const char *head = m->config.num_labels ? "score" : "lm_head";
+    const size_t n = strlen(entry);
+    for (const char *const *p = m->config.arch == FDPO_ARCH_LLAMA ? llama_modules : gpt2_modules; ; p++) {
+        const char *pattern = *p ? *p : head;
+        const char *brace = strstr(pattern, "{i}");
+        for (size_t i = 0; i < (brace ? m->config.n_layer : 1); i++) {
+            char path[128];
+            if (brace) snprintf(path, sizeof path, "%.*s%zu%s", (int)(brace - pattern), pattern, i, brace + 3);
+            else snprintf(path, sizeof path, "%s", pattern);
+            const size_t k = strlen(path);
+            if (k >= n && !strcmp(path + k - n, entry) && (k == n || path[k - n - 1] == '.')) return 1;
+        }
+        if (!*p) return 0;
+    }
+}
+
 /* a target_modules entry with a layer index among its dotted parts ("layers.0.self_attn.q_proj",
  * "h.3.mlp.c_fc"): one layer's module, where fdpo's targets name a module of every layer
  * ("mlp.c_proj" is one) */
@@ -159,12 +202,22 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
     if (bias && !cJSON_IsNull(bias) && (!cJSON_IsString(bias) || strcmp(bias->valuestring, "none"))) {
         fdpo_error("%s: bias must be \"none\" (fdpo's adapters have no bias terms)", path); goto done;
     }
-    /* lora_bias (PEFT >= 0.14): a bias on lora_B, which fdpo's adapters do not have */
+    /* lora_bias (PEFT >= 0.14): a bias on lora_B, which fdpo's adapters do not have. Any value
+     * PEFT takes as true (1, "yes": it tests them with Python's `if`) is refused: rsLoRA
+     * (scale alpha/sqrt(r)) has no tensor of its own, so a missed one gives other numbers. */
     static const char *const unsupported[] = {"use_rslora", "use_dora", "lora_bias"};
     for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++)
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, unsupported[i]))) {
+        if (json_truthy(cJSON_GetObjectItemCaseSensitive(j, unsupported[i]))) {
             fdpo_error("%s: %s is not supported", path, unsupported[i]); goto done;
         }
+    /* Activated LoRA (PEFT >= 0.17): the adapter acts only from the last occurrence of these
+     * tokens on (the base model where they do not occur), and PEFT cannot merge it; fdpo
+     * would apply it to every token. It adds no tensor, so only this key tells. */
+    if (json_truthy(cJSON_GetObjectItemCaseSensitive(j, "alora_invocation_tokens"))) {
+        fdpo_error("%s: alora_invocation_tokens is not supported (Activated LoRA, an adapter that acts only after its "
+                   "invocation tokens; fdpo applies an adapter to every token)", path);
+        goto done;
+    }
     /* PiSSA, OLoRA, CorDA and LoftQ initialise the adapter from the base weights and change
      * those: PEFT subtracts the adapter's initial product from the base when it loads such a
      * file, so B·A added to the unchanged base is another model. PEFT's save_pretrained with
@@ -199,15 +252,28 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
         }
     }
     const cJSON *mts = cJSON_GetObjectItemCaseSensitive(j, "modules_to_save");
+    /* "score" on a reward model: its score head, trained in full (fdpo rm --lora-r). PEFT's
+     * SEQ_CLS adds ["classifier", "score"] itself, and ignores a name that matches no module
+     * ("classifier" here); [] saves nothing. Another module trained in full is refused. */
+    int saves_score = 0;
     if (mts && !cJSON_IsNull(mts)) {
-        /* ["score"] on a reward model: its score head, trained in full (fdpo rm --lora-r) */
-        const int score_only = cJSON_IsArray(mts) && cJSON_GetArraySize(mts) == 1 && cJSON_IsString(cJSON_GetArrayItem(mts, 0)) &&
-                               !strcmp(cJSON_GetArrayItem(mts, 0)->valuestring, "score");
-        if (!score_only || !m->config.num_labels) {
+        if (!cJSON_IsArray(mts)) { fdpo_error("%s: modules_to_save must be a list of module names", path); goto done; }
+        const cJSON *x;
+        cJSON_ArrayForEach(x, mts) {
+            if (!cJSON_IsString(x) || !*x->valuestring) { fdpo_error("%s: modules_to_save must hold module names", path); goto done; }
+            if (!strcmp(x->valuestring, "score")) saves_score = 1;
+            else if (names_a_module(m, x->valuestring)) {
+                fdpo_error("%s: modules_to_save entry '%s' is not supported (a module trained in full; only \"score\", "
+                           "the score head of a reward model)", path, x->valuestring);
+                goto done;
+            }
+        }
+        if (saves_score && !m->config.num_labels) {
             fdpo_error("%s: modules_to_save is not supported (only [\"score\"], the score head of a reward model)", path);
             goto done;
         }
-    } else if (m->config.num_labels) {
+    }
+    if (m->config.num_labels && !saves_score) {
         fdpo_error("%s: a LoRA adapter of a reward model must train its score head (modules_to_save [\"score\"])", path);
         goto done;
     }

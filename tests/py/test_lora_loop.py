@@ -403,6 +403,122 @@ def test_lora_reward_model(tmp_path, family):
     assert np.allclose(merged, got, rtol=1e-5, atol=1e-6)
 
 
+def score_logps(model, rows_file):
+    return [json.loads(l)["logp"] for l in fdpo("score", "--model", model, "--data", rows_file, "--threads", 1).stdout.splitlines()]
+
+
+def ref_logps(base, ad, rows, scale=None):
+    """float64 PyTorch LoRA (GPT-2): sum of log p of each row's completion bytes after its prompt"""
+    ref = LoraRef(base, ad)
+    if scale is not None:
+        ref.scale = scale
+    out = []
+    for row in rows:
+        p, c = list(row["prompt"].encode()), list(row["completion"].encode())
+        toks = p + c
+        with torch.no_grad():
+            lp = torch.log_softmax(ref.gpt2(toks), -1)
+        out.append(sum(float(lp[t - 1, toks[t]]) for t in range(len(p), len(toks))))
+    return out
+
+
+def edit_config(src, dst, **changes):
+    """a copy of adapter directory src with adapter_config.json keys changed"""
+    dst.mkdir()
+    (dst / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
+    cfg = json.load(open(src / "adapter_config.json"))
+    cfg.update(changes)
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_rslora_and_activated_lora_are_refused_for_any_value_peft_takes_as_true(tmp_path):
+    """PEFT tests use_rslora with Python's `if` (LoraLayer.update_layer: scaling = alpha / sqrt(r)),
+    so 1 or "yes" select rsLoRA: fdpo refused only the literal true and scored them with
+    alpha/r, exit 0. An Activated-LoRA adapter (alora_invocation_tokens, PEFT >= 0.17: the
+    adapter acts only from its invocation tokens on, and PEFT refuses to merge it) was applied
+    to every token and merged. Both are now refused by name in score, generate and merge
+    --lora; the values PEFT takes as false (0, "", null, [] for alora) read as plain LoRA,
+    whose log-probs equal a float64 PyTorch LoRA's with alpha/r."""
+    base = make_gpt2(tmp_path / "base")
+    ad = write_adapter(tmp_path / "ad", base, "gpt2", r=4, alpha=8)
+    rows = [{"prompt": "q0 say", "completion": " the cat sat"}, {"prompt": "hello", "completion": " world again"}]
+    write_jsonl(tmp_path / "s.jsonl", rows)
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
+    cases = [("use_rslora", v) for v in (1, 2.5, "yes", "true", [0], {"a": 1})] + \
+            [("alora_invocation_tokens", v) for v in ([35, 36], [32, 116])]
+    for i, (key, value) in enumerate(cases):
+        d = edit_config(ad, tmp_path / f"bad{i}", **{key: value})
+        cfg = d / "adapter_config.json"
+        what = ("use_rslora is not supported" if key == "use_rslora" else
+                "alora_invocation_tokens is not supported (Activated LoRA, an adapter that acts only after its "
+                "invocation tokens; fdpo applies an adapter to every token)")
+        r = fdpo("score", "--model", d, "--data", tmp_path / "s.jsonl", "--threads", 1, check=False)
+        assert r.returncode == 1 and r.stderr == f"fdpo score: --model {d}: {cfg}: {what}\n", (key, value, r.stderr)
+        r = fdpo("generate", "--model", d, "--data", tmp_path / "p.jsonl", "--out", tmp_path / f"g{i}.jsonl", check=False)
+        assert r.returncode == 1 and f"{cfg}: {what}" in r.stderr and not (tmp_path / f"g{i}.jsonl").exists(), r.stderr
+        r = fdpo("merge", "--lora", d, "--out", tmp_path / f"m{i}", check=False)
+        assert r.returncode == 1 and f"{cfg}: {what}" in r.stderr and not (tmp_path / f"m{i}").exists(), r.stderr
+    want = ref_logps(base, ad, rows, scale=8 / 4)
+    for i, changes in enumerate([{"use_rslora": 0}, {"use_rslora": ""}, {"use_rslora": None},
+                                 {"alora_invocation_tokens": []}, {"alora_invocation_tokens": None}]):
+        got = score_logps(edit_config(ad, tmp_path / f"ok{i}", **changes), tmp_path / "s.jsonl")
+        assert np.allclose(got, want, rtol=1e-6, atol=0), (changes, got, want)
+    # and what rsLoRA would have been: another model (alpha/sqrt(r) = 4 != alpha/r = 2)
+    assert not np.allclose(ref_logps(base, ad, rows, scale=8 / 4 ** 0.5), want, rtol=1e-3)
+
+
+def test_peft_seq_cls_modules_to_save_lists_are_read_as_peft_reads_them(tmp_path):
+    """PEFT's PeftModelForSequenceClassification adds ["classifier", "score"] to modules_to_save
+    before save_pretrained, so every reward adapter it writes says ["classifier", "score"] (or
+    ["score", "classifier", "score"]): fdpo refused all but ["score"]. PEFT ignores a name that
+    matches no module (no "classifier" in these models) and [] saves nothing: both read now
+    (rewards equal a float64 PyTorch LoRA's with that score head); a name of a module of the
+    model (trained in full, which fdpo does not do) is still refused by name."""
+    from test_lora import pair_rows
+    base = make_gpt2(tmp_path / "base")
+    write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8))
+    fdpo("rm", "--model", base, "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "rm", "--steps", 2,
+         "--batch-size", 2, "--lr", "2e-2", "--threads", 1, "--eval-every", 0, "--quiet", "--lora-r", 2)
+    rows = [{"prompt": p, "completion": c} for p, c in zip(PROMPTS, [" yes good", " no bad", " fine day", " grim"])]
+    write_jsonl(tmp_path / "s.jsonl", rows)
+    t = st.load(str(tmp_path / "rm" / "adapter_model.safetensors"))[0]
+    ref = LoraRef(base, tmp_path / "rm")
+    ref.base["transformer.wte.weight"] = torch.cat([ref.base["transformer.wte.weight"],
+                                                    torch.tensor(t["base_model.model.score.weight"], dtype=torch.float64)])
+    V = json.load(open(base / "config.json"))["vocab_size"]
+    with torch.no_grad():
+        want = [ref.gpt2(list((r["prompt"] + r["completion"]).encode()))[-1, V].item() for r in rows]
+    for i, mts in enumerate([["classifier", "score"], ["score", "classifier", "score"]]):
+        d = edit_config(tmp_path / "rm", tmp_path / f"peft{i}", modules_to_save=mts)
+        got = [json.loads(l)["reward"] for l in fdpo("score", "--model", base, "--data", tmp_path / "s.jsonl",
+                                                      "--reward", f"rm:{d}", "--threads", 1).stdout.splitlines()]
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-6), (mts, got, want)
+        fdpo("merge", "--lora", d, "--out", tmp_path / f"merged{i}")
+        fdpo("info", "--model", d)
+    for i, (mts, entry) in enumerate([(["score", "ln_f"], "ln_f"), (["classifier", "score", "mlp.c_fc"], "mlp.c_fc")]):
+        d = edit_config(tmp_path / "rm", tmp_path / f"bad{i}", modules_to_save=mts)
+        r = fdpo("merge", "--lora", d, "--out", tmp_path / f"mb{i}", check=False)
+        assert r.returncode == 1 and (f"{d / 'adapter_config.json'}: modules_to_save entry '{entry}' is not supported "
+                                      "(a module trained in full; only \"score\", the score head of a reward model)"
+                                      ) in r.stderr, r.stderr
+    d = edit_config(tmp_path / "rm", tmp_path / "noscore", modules_to_save=["classifier"])
+    r = fdpo("merge", "--lora", d, "--out", tmp_path / "mn", check=False)   # no "score": a language model's adapter
+    assert r.returncode == 1 and (f"{d / 'adapter_model.safetensors'}: unexpected tensor 'base_model.model.score.weight'"
+                                  ) in r.stderr, r.stderr
+    # a causal-LM adapter: [] (a no-op in PEFT) and a name that matches nothing read; lm_head refused
+    ad = write_adapter(tmp_path / "ad", base, "gpt2")
+    write_jsonl(tmp_path / "c.jsonl", rows)
+    want = ref_logps(base, ad, rows)
+    for i, mts in enumerate([[], ["classifier"]]):
+        got = score_logps(edit_config(ad, tmp_path / f"lm{i}", modules_to_save=mts), tmp_path / "c.jsonl")
+        assert np.allclose(got, want, rtol=1e-6, atol=0), (mts, got, want)
+    d = edit_config(ad, tmp_path / "lm_head", modules_to_save=["lm_head"])
+    r = fdpo("score", "--model", d, "--data", tmp_path / "c.jsonl", "--threads", 1, check=False)
+    assert r.returncode == 1 and (f"{d / 'adapter_config.json'}: modules_to_save entry 'lm_head' is not supported"
+                                  ) in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("cmd", ["rl", "online-step"])
 def test_lora_step_loops_continuing_an_adapter_take_it_as_the_reference(tmp_path, cmd):
     """--model ADAPTER --lora-r without --ref: the reference is --model (docs/online.md, rl.md),
