@@ -70,6 +70,9 @@ int fdpo_lora_opts_check(const fdpo_lora_opts *o, const fdpo_gpt2 *m);
 /* The comma list of module names alone, its errors naming it `name` (an adapter's
  * target_modules). */
 int fdpo_lora_targets_check(const char *targets, const fdpo_gpt2 *m, const char *name);
+/* 1 when the comma lists targets (errors named `name`) and other select the same modules of
+ * m ("c_attn" and "attn.c_attn"), 0 when they do not, -1 with the error of a bad list. */
+int fdpo_lora_targets_same(const char *targets, const char *other, const fdpo_gpt2 *m, const char *name);
 /* 1 when PEFT's exclude_modules entry (a module's name, or a '.'-suffix of it:
  * "mlp.c_proj", "transformer.h.0.attn.c_attn") leaves out a module of some layer that the
  * comma list targets selects, else 0; -1 with the error of a bad targets list. */

@@ -116,6 +116,12 @@ int fdpo_lora_targets_check(const char *targets, const fdpo_gpt2 *m, const char 
     return parse_targets(targets, m, selected, name);
 }
 
+int fdpo_lora_targets_same(const char *targets, const char *other, const fdpo_gpt2 *m, const char *name) {
+    int a[FDPO_LORA_N_SITES], b[FDPO_LORA_N_SITES];
+    if (parse_targets(targets, m, a, name) || parse_targets(other, m, b, "target_modules")) return -1;
+    return !memcmp(a, b, sizeof a);
+}
+
 const char *fdpo_lora_all_linear(const fdpo_gpt2 *m) {
     return m->config.arch == FDPO_ARCH_LLAMA ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj" : "c_attn,c_proj,c_fc";
 }

@@ -278,6 +278,17 @@ static fdpo_gpt2 *lora_model(const fdpo_train_opts *o, const char *kind, const f
         fdpo_gpt2_free(m); m = NULL;
         goto done;
     }
+    /* the adapter's targets are used: another --lora-targets (one matching nothing included)
+     * is refused, as a differing r/alpha is, rather than dropped and recorded in the state */
+    const int same_targets = from_adapter && !o->resume && o->lora_targets
+                                 ? fdpo_lora_targets_same(o->lora_targets, m->lora->targets, m, "--lora-targets") : 1;
+    if (same_targets != 1) {
+        if (same_targets == 0)
+            fdpo_error("--lora-targets: %s differs from the target modules of the adapter of --model %s (%s), which this "
+                       "run continues", o->lora_targets, o->init, m->lora->targets);
+        fdpo_gpt2_free(m); m = NULL;
+        goto done;
+    }
     m->lora->seed = (uint64_t)o->seed;   /* dropout masks */
     m->lora->dropout = o->lora_dropout;
     free(m->lora->base_model);

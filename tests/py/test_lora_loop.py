@@ -536,3 +536,28 @@ def test_lora_step_loops_continuing_an_adapter_take_it_as_the_reference(tmp_path
     loop_cmd(cmd, tmp_path, ad, tmp_path / "c", "--ref", ad)
     assert (tmp_path / "a" / "adapter_model.safetensors").read_bytes() == \
         (tmp_path / "c" / "adapter_model.safetensors").read_bytes()
+
+
+def test_continuing_an_adapter_refuses_other_lora_targets(tmp_path):
+    """--model ADAPTER --lora-r R continues the adapter's targets: another --lora-targets (a real
+    module, or one matching nothing) was dropped without a word and recorded in the training
+    state; refused now naming both lists, as a differing r/alpha is (docs/lora.md). A list
+    selecting the same modules ("attn.c_attn" for "c_attn") is the same targets and runs."""
+    from test_lora import sft_rows
+    base = make_gpt2(tmp_path / "base")
+    write_jsonl(tmp_path / "sft.jsonl", sft_rows())
+    sft = lambda model, out, *x, check=True: fdpo(
+        "sft", "--model", model, "--data", tmp_path / "sft.jsonl", "--out", out, "--steps", 1, "--batch-size", 4,
+        "--seq-len", 32, "--threads", 1, "--eval-every", 0, "--quiet", "--lora-r", 2, *x, check=check)
+    a1 = tmp_path / "a1"
+    sft(base, a1, "--lora-targets", "c_attn")
+    r = sft(a1, tmp_path / "a2", "--lora-targets", "c_fc", check=False)
+    assert r.returncode == 1 and r.stderr == (f"fdpo sft: --lora-targets: c_fc differs from the target modules of the "
+                                              f"adapter of --model {a1} (c_attn), which this run continues\n"), r.stderr
+    assert not (tmp_path / "a2").exists()
+    r = sft(a1, tmp_path / "a3", "--lora-targets", "bogus", check=False)
+    assert r.returncode == 1 and r.stderr.startswith("fdpo sft: --lora-targets: 'bogus' matches no linear layer of "
+                                                     "this gpt2 model"), r.stderr
+    assert not (tmp_path / "a3").exists()
+    sft(a1, tmp_path / "a4", "--lora-targets", "attn.c_attn")
+    assert json.load(open(tmp_path / "a4" / "adapter_config.json"))["target_modules"] == ["c_attn"]
