@@ -156,5 +156,8 @@ int fdpo_lora_is_checkpoint(const char *dir);
 int fdpo_lora_dir_has_adapter(const char *dir);
 /* base_model_name_or_path of DIR's adapter_config.json (malloc'd), NULL if absent. */
 char *fdpo_lora_peft_base(const char *dir);
+/* The same, telling a config that does not read (-1, the error naming its file and line: a
+ * JSON syntax error, a key twice) from one without the key (0, *base NULL). */
+int fdpo_lora_peft_base_read(const char *dir, char **base);
 
 #endif

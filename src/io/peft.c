@@ -86,7 +86,8 @@ static cJSON *read_config(const char *path) {
 
 fdpo_tokenizer *fdpo_checkpoint_load_tokenizer(const char *dir) {
     if (fdpo_lora_is_checkpoint(dir) && !fdpo_tokenizer_dir_has_files(dir)) {
-        char *base = fdpo_lora_peft_base(dir);
+        char *base;
+        if (fdpo_lora_peft_base_read(dir, &base)) return NULL;
         if (base) {
             fdpo_tokenizer *t = fdpo_tokenizer_load_dir(base);
             if (!t) fdpo_error_context("%s: the tokenizer of its base_model_name_or_path %s", dir, base);
@@ -106,15 +107,22 @@ int fdpo_checkpoint_has_tokenizer(const char *dir) {
     return has;
 }
 
-char *fdpo_lora_peft_base(const char *dir) {
+int fdpo_lora_peft_base_read(const char *dir, char **base) {
     char *path = fdpo_path_join(dir, "adapter_config.json");
     cJSON *j = read_config(path);
     free(path);
-    if (!j) return NULL;
+    *base = NULL;
+    if (!j) return -1;   /* the error names the file and line */
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "base_model_name_or_path");
-    char *out = cJSON_IsString(b) && *b->valuestring ? fdpo_strdup(b->valuestring) : NULL;
+    if (cJSON_IsString(b) && *b->valuestring) *base = fdpo_strdup(b->valuestring);
     cJSON_Delete(j);
-    return out;
+    return 0;
+}
+
+char *fdpo_lora_peft_base(const char *dir) {
+    char *base;
+    if (fdpo_lora_peft_base_read(dir, &base)) fdpo_clear_error();
+    return base;
 }
 
 /* Python's truthiness of a JSON value, as PEFT reads its config's flags (`if use_rslora:`):
@@ -395,8 +403,9 @@ fdpo_gpt2 *fdpo_lora_load_onto(const char *dir, fdpo_gpt2 *m) {
 }
 
 fdpo_gpt2 *fdpo_lora_load_checkpoint(const char *dir) {
-    char *base = fdpo_lora_peft_base(dir);
+    char *base;
     fdpo_gpt2 *m = NULL;
+    if (fdpo_lora_peft_base_read(dir, &base)) return NULL;   /* a config that does not read: its file:line */
     if (!base) {
         fdpo_error("%s holds a LoRA adapter whose adapter_config.json names no base model (base_model_name_or_path): "
                    "fold it into its base with fdpo merge --lora %s --model BASE --out DIR", dir, dir);
@@ -417,7 +426,8 @@ done:
 }
 
 int fdpo_checkpoint_load_config(const char *dir, fdpo_gpt2_config *c) {
-    char *base = fdpo_lora_is_checkpoint(dir) ? fdpo_lora_peft_base(dir) : NULL;
+    char *base = NULL;
+    if (fdpo_lora_is_checkpoint(dir) && fdpo_lora_peft_base_read(dir, &base)) return -1;   /* its file:line */
     char *path = fdpo_path_join(base ? base : dir, "config.json");   /* a LoRA checkpoint: its base's shape */
     int rc = fdpo_config_load(path, c);
     free(path);

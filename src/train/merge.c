@@ -85,7 +85,8 @@ fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir) {
         fdpo_error("--lora: %s has no adapter_config.json (a PEFT LoRA adapter directory)", adapter_dir);
         return NULL;
     }
-    char *saved = base_dir ? NULL : fdpo_lora_peft_base(adapter_dir);
+    char *saved = NULL;
+    if (!base_dir && fdpo_lora_peft_base_read(adapter_dir, &saved)) { fdpo_error_context("--lora %s", adapter_dir); return NULL; }
     const char *base = base_dir ? base_dir : saved;
     fdpo_gpt2 *m = NULL;
     if (!base) { fdpo_error("--model: required (%s names no base_model_name_or_path)", adapter_dir); goto done; }

@@ -152,7 +152,10 @@ fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o) {
         if (!t) fdpo_error_context("--tokenizer %s", o->tokenizer);
     } else if (o->init) {
         t = fdpo_checkpoint_load_tokenizer(o->init);
-        if (!t) fdpo_error_context("--model %s (pass --tokenizer DIR for a checkpoint without tokenizer files)", o->init);
+        char *base = NULL;   /* a LoRA checkpoint's adapter_config.json that does not read: its error alone */
+        if (!t && fdpo_lora_is_checkpoint(o->init) && fdpo_lora_peft_base_read(o->init, &base)) fdpo_error_context("--model %s", o->init);
+        else if (!t) fdpo_error_context("--model %s (pass --tokenizer DIR for a checkpoint without tokenizer files)", o->init);
+        free(base);
     } else {
         t = fdpo_tokenizer_byte();
     }
@@ -249,9 +252,14 @@ static fdpo_gpt2 *lora_model(const fdpo_train_opts *o, const char *kind, const f
         strcmp(kind, "rm"))
         { fdpo_error("--lora-r: fdpo %s does not train LoRA adapters (sft, dpo, kto, rm, online, rl and sacpo do)", kind); return NULL; }
     const int from_adapter = o->init && fdpo_lora_is_checkpoint(o->init);
-    char *saved_base = from_adapter ? fdpo_lora_peft_base(o->init) : o->resume && !o->init ? fdpo_lora_peft_base(o->out) : NULL;
-    const char *base = from_adapter ? saved_base : o->init ? o->init : saved_base;
+    const char *adapter_of_base = from_adapter ? o->init : o->resume && !o->init ? o->out : NULL;
+    char *saved_base = NULL;
     fdpo_gpt2 *m = NULL;
+    if (adapter_of_base && fdpo_lora_peft_base_read(adapter_of_base, &saved_base)) {   /* its file:line */
+        fdpo_error_context("%s %s", from_adapter ? "--model" : "--resume", adapter_of_base);
+        goto done;
+    }
+    const char *base = from_adapter ? saved_base : o->init ? o->init : saved_base;
     if (!base) {
         fdpo_error("%s: %s holds no LoRA adapter with base_model_name_or_path: give the base with --model",
                    from_adapter ? "--model" : "--resume", from_adapter ? o->init : o->out);

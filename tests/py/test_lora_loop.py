@@ -561,3 +561,37 @@ def test_continuing_an_adapter_refuses_other_lora_targets(tmp_path):
     assert not (tmp_path / "a3").exists()
     sft(a1, tmp_path / "a4", "--lora-targets", "attn.c_attn")
     assert json.load(open(tmp_path / "a4" / "adapter_config.json"))["target_modules"] == ["c_attn"]
+
+
+def test_a_broken_adapter_config_is_reported_with_its_line(tmp_path):
+    """a syntax error or a key twice in adapter_config.json was reported as "names no base model
+    (base_model_name_or_path)" (and the merge --lora fix it gave failed again); every caller
+    now reports the JSON error at the line Python's json names"""
+    base = make_gpt2(tmp_path / "base")
+    ad = write_adapter(tmp_path / "ad", base, "gpt2")
+    good = json.dumps(json.load(open(ad / "adapter_config.json")), indent=1)
+    bad, dup = tmp_path / "bad", tmp_path / "dup"
+    for d, text in [(bad, good.replace('"r": 4,', '"r": 4,,')), (dup, good[:-2] + ',\n "r": 4\n}')]:
+        d.mkdir()
+        (d / "adapter_model.safetensors").write_bytes((ad / "adapter_model.safetensors").read_bytes())
+        (d / "adapter_config.json").write_text(text)
+    with pytest.raises(json.JSONDecodeError) as e:
+        json.loads((bad / "adapter_config.json").read_text())
+    bad_line = e.value.lineno
+    dup_line = [i for i, l in enumerate((dup / "adapter_config.json").read_text().splitlines(), 1)
+                if l.strip().startswith('"r"')][-1]   # the key's second occurrence
+    write_jsonl(tmp_path / "s.jsonl", [{"prompt": "hi", "completion": " there"}])
+    (tmp_path / "p.txt").write_text("hi\n")
+    for d, msg in [(bad, f"{bad / 'adapter_config.json'}:{bad_line}: invalid JSON near column"),
+                   (dup, f'{dup / "adapter_config.json"}:{dup_line}: key "r" appears twice in one object')]:
+        runs = [("score", ["score", "--model", d, "--data", tmp_path / "s.jsonl"], f"--model {d}: "),
+                ("info", ["info", "--model", d], ""),
+                ("merge", ["merge", "--lora", d, "--out", tmp_path / "m"], f"--lora {d}: "),
+                ("eval", ["eval", "--model", base, "--ref", base, "--data", tmp_path / "p.txt", "--n", 1,
+                          "--max-new-tokens", 2, "--reward", f"rm:{d}"], f"--reward rm:{d}: reward model {d}: "),
+                ("sft", ["sft", "--model", d, "--data", tmp_path / "s.jsonl", "--out", tmp_path / "o", "--lora-r", 4,
+                         "--steps", 1], f"--model {d}: ")]
+        for cmd, args, where in runs:
+            r = fdpo(*args, "--threads", 1, check=False) if cmd != "info" else fdpo(*args, check=False)
+            assert r.returncode == 1 and r.stderr.startswith(f"fdpo {cmd}: {where}{msg}"), (cmd, r.stderr)
+        assert not (tmp_path / "m").exists() and not (tmp_path / "o").exists()
