@@ -246,11 +246,14 @@ static void discover_settings(rp_ctx *c, rp_run *r, char **names, size_t n_names
     static const char *const preferred[] = {"training_state.json", "run.json", "run_config.json", "config.json", "args.json",
                                             "training_args.json", "dpo_config.json", "run.ini", "config.ini", NULL};
     for (int pass = 0; pass < 2 && !r->divergence; pass++) {
-        for (size_t i = 0; i < n_names && !r->divergence; i++) {
-            const char *nm = names[i];
-            int pref = 0;
+        /* pass 0 walks preferred[] itself, so its order (not the listing's alphabetical one) decides */
+        size_t n_pass = pass == 0 ? sizeof preferred / sizeof *preferred - 1 : n_names;
+        for (size_t i = 0; i < n_pass && !r->divergence; i++) {
+            const char *nm = pass == 0 ? preferred[i] : names[i];
+            int pref = 0, listed = 0;
             for (const char *const *q = preferred; *q; q++) if (!strcmp(*q, nm)) pref = 1;
-            if (pass == 0 ? !pref : pref) continue;
+            for (size_t k = 0; pass == 0 && k < n_names && !listed; k++) listed = !strcmp(names[k], nm);
+            if (pass == 0 ? !listed : pref) continue;
             int json = ends_with(nm, ".json"), ini = ends_with(nm, ".ini") || ends_with(nm, ".cfg");
             if ((!json && !ini) || is_eval_name(nm)) continue;
             char *path = fdpo_path_join(r->dir, nm);

@@ -1,0 +1,69 @@
+"""fdpo report: the findings of the report defect hunt (docs/report.md is the reference).
+
+Every expected value is computed here from the input files with Python's json / csv, never
+taken from fdpo's output."""
+import csv
+import html
+import json
+import os
+import re
+import subprocess
+import time
+from html.parser import HTMLParser
+
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), "../.."))
+FDPO = os.environ.get("FDPO_BIN", os.path.join(REPO, "build/fdpo"))
+
+
+def report(cwd, *args, timeout=120):
+    return subprocess.run([FDPO, "report", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def charts(page):
+    return json.loads(re.search(r'id="fdpo-charts">(.*?)</script>', page, re.S).group(1))
+
+
+def table_rows(page, table_id):
+    """Text of each cell of each row of the table with that id (header row first)."""
+    tb = page[page.find(f'id="{table_id}"'):].split("</table>")[0]
+    return [[html.unescape(re.sub("<[^>]*>", "", c)).strip() for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", tr, re.S)]
+            for tr in re.findall(r"<tr>(.*?)</tr>", tb, re.S)]
+
+
+def metrics(d, rows=({"step": 1, "loss": 1},)):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def test_run_settings_come_from_the_files_in_the_documented_order(tmp_path):
+    # docs/report.md: training_state.json, run.json, ..., args.json, ..., run.ini: the first one wins
+    metrics(tmp_path / "x")
+    (tmp_path / "x/training_state.json").write_text(
+        '{"settings":{"divergence":"fkl","beta":0.2,"loss_type":"ipo"},"kind":"dpo"}')
+    (tmp_path / "x/args.json").write_text('{"divergence":"js","beta":0.9}')
+    metrics(tmp_path / "y")
+    (tmp_path / "y/run.json").write_text('{"divergence":"rkl","beta":0.1}')
+    (tmp_path / "y/args.json").write_text('{"divergence":"js","beta":0.9}')
+    metrics(tmp_path / "z")
+    (tmp_path / "z/run.json").write_text('{"divergence":"rkl","beta":0.1}')
+    (tmp_path / "z/run.ini").write_text("divergence = fkl\nbeta = 0.3\n")
+    r = report(tmp_path, "x", "y", "z", "--out", "r.html")
+    assert r.returncode == 0, r.stderr
+    rows = table_rows((tmp_path / "r.html").read_text(), "runs-table")
+    head = rows[0]
+    got = {row[0]: dict(zip(head, row)) for row in rows[1:]}
+    want = {"x": ("training_state.json", json.load(open(tmp_path / "x/training_state.json"))["settings"]),
+            "y": ("run.json", json.load(open(tmp_path / "y/run.json"))),
+            "z": ("run.json", json.load(open(tmp_path / "z/run.json")))}
+    div_col = next(h for h in head if h.startswith("divergence"))
+    beta_col = next(h for h in head if h.startswith("β"))
+    from_col = next(h for h in head if "from" in h)
+    for name, (src, s) in want.items():
+        assert got[name][div_col] == s["divergence"], (name, got[name])
+        assert float(got[name][beta_col]) == s["beta"], (name, got[name])
+        assert got[name][from_col].endswith(src), (name, got[name])
+    loss_col = next(h for h in head if h.startswith("loss type"))
+    kind_col = next(h for h in head if h.startswith("kind"))
+    assert got["x"][loss_col] == "ipo" and got["x"][kind_col] == "dpo", got["x"]
