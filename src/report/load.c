@@ -587,8 +587,24 @@ static int is_policy_object(const cJSON *o) {
     return fdpo_rp_get(o, marks) != NULL;
 }
 
+/* 1 (with a warning) when path is a file read before under any spelling; else records it. */
+static int read_before(rp_ctx *c, const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return 0;
+    for (size_t i = 0; i < c->n_read_files; i++)
+        if (c->read_files[i].dev == (unsigned long long)st.st_dev && c->read_files[i].ino == (unsigned long long)st.st_ino) {
+            fdpo_rp_warn(c, "%s: the same file as %s, read already; not read again", path, c->read_files[i].path);
+            return 1;
+        }
+    c->read_files = fdpo_realloc(c->read_files, (c->n_read_files + 1) * sizeof *c->read_files);
+    c->read_files[c->n_read_files++] = (struct rp_read_file){(unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+                                                             fdpo_strdup(path)};
+    return 0;
+}
+
 int fdpo_rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_file) {
     if (!is_file(path)) return fdpo_error("%s: no such eval file", path);
+    if (read_before(c, path)) return 0;
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return -1;
@@ -635,6 +651,7 @@ int fdpo_rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explic
  * "reward", ...}. Kept aside until every policy is loaded (fdpo_rp_attach_samples). */
 int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int explicit_file) {
     if (!is_file(path)) return fdpo_error("%s: no such samples file", path);
+    if (read_before(c, path)) return 0;
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return -1;
@@ -970,6 +987,8 @@ void fdpo_rp_ctx_free(rp_ctx *c) {
     }
     for (size_t i = 0; i < c->n_warnings; i++) free(c->warnings[i]);
     cJSON_Delete(c->pending);
+    for (size_t i = 0; i < c->n_read_files; i++) free(c->read_files[i].path);
+    free(c->read_files);
     free(c->runs); free(c->pols); free(c->proxy); free(c->labs); free(c->warnings);
     memset(c, 0, sizeof *c);
 }

@@ -55,6 +55,9 @@ typedef struct {
     char **warnings; size_t n_warnings;
     cJSON *pending;            /* samples read before their policy is known */
     char *notes;               /* contents of opts->notes_path, NULL without one */
+    /* eval and samples files read so far (device, inode, path as given): one file reached twice
+     * (a run directory's eval.json also given with --eval) is read once */
+    struct rp_read_file { unsigned long long dev, ino; char *path; } *read_files; size_t n_read_files;
 } rp_ctx;
 
 void fdpo_rp_warn(rp_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

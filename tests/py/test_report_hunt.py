@@ -67,3 +67,18 @@ def test_run_settings_come_from_the_files_in_the_documented_order(tmp_path):
     loss_col = next(h for h in head if h.startswith("loss type"))
     kind_col = next(h for h in head if h.startswith("kind"))
     assert got["x"][loss_col] == "ipo" and got["x"][kind_col] == "dpo", got["x"]
+
+
+def test_an_eval_file_reached_twice_is_read_once(tmp_path):
+    metrics(tmp_path / "run")
+    (tmp_path / "run/run.json").write_text('{"divergence":"js","beta":0.1}')
+    (tmp_path / "run/eval.json").write_text('{"policies":[{"name":"run","reward_mean":0.5,"kl":1}]}')
+    r = report(tmp_path, "run", "--eval", "run/eval.json", "--eval", "./run/eval.json", "--out", "d.html")
+    assert r.returncode == 0, r.stderr
+    n_pols = len(json.load(open(tmp_path / "run/eval.json"))["policies"])
+    page = (tmp_path / "d.html").read_text()
+    assert len(table_rows(page, "eval-table")) - 1 == n_pols
+    pts = [s["points"] for c in charts(page) if "KL" in c["title"] for s in c["series"]]
+    assert sum(len(p) for p in pts) == n_pols, pts
+    assert f"{n_pols} policy" in r.stdout + r.stderr
+    assert r.stderr.count("read already; not read again") == 2, r.stderr
