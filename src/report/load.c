@@ -491,32 +491,57 @@ static void flatten(cJSON *out, const cJSON *obj, const char *prefix, int depth)
     }
 }
 
-static void add_sample(cJSON *out, const cJSON *prompt, const cJSON *text, const cJSON *reward) {
+/* The sample-completions table shows each policy's first completion per prompt, so a policy
+ * keeps one sample per prompt, for its first RP_MAX_SAMPLE_PROMPTS prompts (the cap keeps the
+ * search for a prompt short; the samples past it are counted in *dropped and said). Appends
+ * smp to list, or frees it; 1 if kept. */
+#define RP_MAX_SAMPLE_PROMPTS 5000
+static int keep_sample(cJSON *list, cJSON *smp, size_t *dropped) {
+    const char *prompt = cJSON_GetObjectItemCaseSensitive(smp, "prompt")->valuestring;
+    size_t n = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, list) {
+        if (!strcmp(cJSON_GetObjectItemCaseSensitive(it, "prompt")->valuestring, prompt)) { cJSON_Delete(smp); return 0; }
+        n++;
+    }
+    if (n >= RP_MAX_SAMPLE_PROMPTS) { ++*dropped; cJSON_Delete(smp); return 0; }
+    cJSON_AddItemToArray(list, smp);
+    return 1;
+}
+
+static void warn_dropped_samples(rp_ctx *c, const char *policy, const char *path, size_t dropped) {
+    if (dropped)
+        fdpo_rp_warn(c, "%s: policy %s: %zu sample%s of prompts past its first %d not kept (the sample table shows the "
+                     "first completion per prompt, for at most %d prompts)", path, policy, dropped, dropped == 1 ? "" : "s",
+                     RP_MAX_SAMPLE_PROMPTS, RP_MAX_SAMPLE_PROMPTS);
+}
+
+static void add_sample(cJSON *out, const cJSON *prompt, const cJSON *text, const cJSON *reward, size_t *dropped) {
     if (!cJSON_IsString(text)) return;
     cJSON *s = cJSON_CreateObject();
     cJSON_AddStringToObject(s, "prompt", cJSON_IsString(prompt) ? prompt->valuestring : "");
     cJSON_AddStringToObject(s, "completion", text->valuestring);
     if (cJSON_IsNumber(reward) && isfinite(reward->valuedouble)) cJSON_AddNumberToObject(s, "reward", reward->valuedouble);
-    cJSON_AddItemToArray(out, s);
+    if (dropped) keep_sample(out, s, dropped);
+    else cJSON_AddItemToArray(out, s);
 }
 
-static cJSON *collect_samples(const cJSON *arr) {
+static cJSON *collect_samples(const cJSON *arr, size_t *dropped) {
     cJSON *out = cJSON_CreateArray();
     if (!cJSON_IsArray(arr)) return out;
     const cJSON *it;
     cJSON_ArrayForEach(it, arr) {
-        if (cJSON_GetArraySize(out) >= 1000) break;
-        if (cJSON_IsString(it)) { add_sample(out, NULL, it, NULL); continue; }
+        if (cJSON_IsString(it)) { add_sample(out, NULL, it, NULL, dropped); continue; }
         if (!cJSON_IsObject(it)) continue;
         const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(it, "prompt");
         const cJSON *text = fdpo_rp_get(it, K_COMPLETION), *reward = fdpo_rp_get(it, K_REWARD);
-        if (text) { add_sample(out, prompt, text, reward); continue; }
+        if (text) { add_sample(out, prompt, text, reward, dropped); continue; }
         const cJSON *many = fdpo_rp_get(it, K_SAMPLES);       /* {"prompt", "completions": [...]} */
         if (cJSON_IsArray(many)) {
             const cJSON *rewards = cJSON_GetObjectItemCaseSensitive(it, "rewards");
             const cJSON *first = cJSON_GetArrayItem(many, 0);
-            if (cJSON_IsObject(first)) add_sample(out, prompt, fdpo_rp_get(first, K_COMPLETION), fdpo_rp_get(first, K_REWARD));
-            else add_sample(out, prompt, first, cJSON_GetArrayItem(rewards, 0));
+            if (cJSON_IsObject(first)) add_sample(out, prompt, fdpo_rp_get(first, K_COMPLETION), fdpo_rp_get(first, K_REWARD), dropped);
+            else add_sample(out, prompt, first, cJSON_GetArrayItem(rewards, 0), dropped);
         }
     }
     return out;
@@ -562,7 +587,9 @@ static void add_policy(rp_ctx *c, const cJSON *p, const char *key_name, const ch
     q->run_index = run ? (long)(run - c->runs) : -1;
     q->metrics = cJSON_CreateObject();
     flatten(q->metrics, p, "", 0);
-    q->samples = collect_samples(fdpo_rp_get(p, K_SAMPLES));
+    size_t dropped = 0;
+    q->samples = collect_samples(fdpo_rp_get(p, K_SAMPLES), &dropped);
+    warn_dropped_samples(c, q->name, path, dropped);
 
     char *div = NULL, *loss = NULL; double beta = 0, alpha = 0; int hb = 0, ha = 0;
     find_settings(c, path, p, 0, &div, &beta, &hb, &loss, &alpha, &ha);
@@ -671,17 +698,17 @@ int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int exp
         }
         const cJSON *text_item = obj ? fdpo_rp_get(obj, K_COMPLETION) : NULL;
         if (obj && cJSON_IsString(text_item)) {
-            if (kept < 5000) {
-                cJSON *tmp = cJSON_CreateArray();
-                add_sample(tmp, cJSON_GetObjectItemCaseSensitive(obj, "prompt"), text_item, fdpo_rp_get(obj, K_REWARD));
-                cJSON *smp = cJSON_DetachItemFromArray(tmp, 0);
-                cJSON_Delete(tmp);
-                const cJSON *pol = fdpo_rp_get(obj, K_NAME);
-                if (cJSON_IsString(pol)) cJSON_AddStringToObject(smp, "policy", pol->valuestring);
-                cJSON_AddNumberToObject(smp, "run", run ? (double)(run - c->runs) : -1);
-                cJSON_AddStringToObject(smp, "file", path);
-                cJSON_AddItemToArray(c->pending, smp);
-            }
+            /* every line is kept until its policy is known: fdpo_rp_attach_samples keeps one per
+             * (policy, prompt) */
+            cJSON *tmp = cJSON_CreateArray();
+            add_sample(tmp, cJSON_GetObjectItemCaseSensitive(obj, "prompt"), text_item, fdpo_rp_get(obj, K_REWARD), NULL);
+            cJSON *smp = cJSON_DetachItemFromArray(tmp, 0);
+            cJSON_Delete(tmp);
+            const cJSON *pol = fdpo_rp_get(obj, K_NAME);
+            if (cJSON_IsString(pol)) cJSON_AddStringToObject(smp, "policy", pol->valuestring);
+            cJSON_AddNumberToObject(smp, "run", run ? (double)(run - c->runs) : -1);
+            cJSON_AddStringToObject(smp, "file", path);
+            cJSON_AddItemToArray(c->pending, smp);
             kept++;
         } else if (!blank && bad++ < 3) {
             if (obj) fdpo_rp_warn(c, "%s:%zu: not a sample (a JSON object with \"completion\"), line skipped", path, line);
@@ -699,6 +726,8 @@ int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int exp
 
 void fdpo_rp_attach_samples(rp_ctx *c) {
     if (!c->pending) return;
+    size_t *dropped = NULL, n_dropped = 0;      /* per policy, indexed as c->pols */
+    char **dropped_file = NULL;
     cJSON *smp;
     while ((smp = cJSON_DetachItemFromArray(c->pending, 0))) {
         const cJSON *pol = cJSON_GetObjectItemCaseSensitive(smp, "policy");
@@ -732,12 +761,23 @@ void fdpo_rp_attach_samples(rp_ctx *c) {
                 to->samples = cJSON_CreateArray();
             }
         }
+        size_t at = (size_t)(to - c->pols);
+        if (at >= n_dropped) {
+            dropped = fdpo_realloc(dropped, c->n_pols * sizeof *dropped);
+            dropped_file = fdpo_realloc(dropped_file, c->n_pols * sizeof *dropped_file);
+            for (; n_dropped < c->n_pols; n_dropped++) { dropped[n_dropped] = 0; dropped_file[n_dropped] = NULL; }
+        }
+        if (!dropped_file[at]) dropped_file[at] = fdpo_strdup(cJSON_GetObjectItem(smp, "file")->valuestring);
         cJSON_DeleteItemFromObject(smp, "policy");
         cJSON_DeleteItemFromObject(smp, "run");
         cJSON_DeleteItemFromObject(smp, "file");
-        if (cJSON_GetArraySize(to->samples) < 5000) cJSON_AddItemToArray(to->samples, smp);
-        else cJSON_Delete(smp);
+        keep_sample(to->samples, smp, &dropped[at]);
     }
+    for (size_t i = 0; i < n_dropped; i++) {
+        warn_dropped_samples(c, c->pols[i].name, dropped_file[i], dropped[i]);
+        free(dropped_file[i]);
+    }
+    free(dropped); free(dropped_file);
 }
 
 /* ---------------------------------------------------------------- policies <-> runs ---- */

@@ -82,3 +82,44 @@ def test_an_eval_file_reached_twice_is_read_once(tmp_path):
     assert sum(len(p) for p in pts) == n_pols, pts
     assert f"{n_pols} policy" in r.stdout + r.stderr
     assert r.stderr.count("read already; not read again") == 2, r.stderr
+
+
+def test_samples_past_the_5000th_line_reach_their_policy(tmp_path):
+    pols = ["runs/rkl", "runs/fkl", "runs/js", "runs/chi2"]
+    (tmp_path / "e.json").write_text(json.dumps(
+        {"policies": [{"name": p, "reward_mean": 0.1 * i, "kl_seq_mean": i} for i, p in enumerate(pols)]}))
+    with open(tmp_path / "s.jsonl", "w") as f:
+        for p in pols:
+            for j in range(250):
+                for k in range(8):
+                    f.write(json.dumps({"policy": p, "prompt": f"prompt {j}", "completion": f"{p} sample {k} for {j}",
+                                        "reward": k * 0.1}) + "\n")
+    r = report(tmp_path, "--eval", "e.json", "--samples", "s.jsonl", "--max-prompts", "3", "--out", "r.html")
+    assert r.returncode == 0, r.stderr
+    # Python: each policy's first completion per prompt, prompts in first-seen order
+    first = {}
+    order = []
+    for line in open(tmp_path / "s.jsonl"):
+        s = json.loads(line)
+        first.setdefault(s["policy"], {}).setdefault(s["prompt"], s)
+        if s["prompt"] not in order:
+            order.append(s["prompt"])
+    rows = table_rows((tmp_path / "r.html").read_text(), "samples-table")
+    assert rows[0] == ["prompt"] + pols, rows[0]
+    assert [row[0] for row in rows[1:]] == order[:3]
+    for row in rows[1:]:
+        for p, cell in zip(pols, row[1:]):
+            s = first[p][row[0]]
+            assert cell == f"{s['completion']} [{s['reward']:g}]", (p, cell)
+    assert "not kept" not in r.stderr
+
+
+def test_samples_past_a_policys_5000th_prompt_are_said(tmp_path):
+    (tmp_path / "e.json").write_text(json.dumps({"policies": [{"name": "a", "reward_mean": 0.1, "kl": 1}]}))
+    n = 5003
+    with open(tmp_path / "s.jsonl", "w") as f:
+        for j in range(n):
+            f.write(json.dumps({"policy": "a", "prompt": f"p{j}", "completion": f"c{j}"}) + "\n")
+    r = report(tmp_path, "--eval", "e.json", "--samples", "s.jsonl", "--out", "r.html")
+    assert r.returncode == 0, r.stderr
+    assert f"policy a: {n - 5000} samples of prompts past its first 5000 not kept" in r.stderr, r.stderr
