@@ -341,6 +341,9 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
     int any = 0;
     char *p = text, *end = text + len;
     rp_nonfinite nf = {.path = path, .seen = cJSON_CreateObject()};
+    /* counted here, lines grown geometrically: cJSON_GetArraySize walks the whole list, and
+     * asking it per line made a 300k-line file take hours */
+    size_t n_rows = (size_t)cJSON_GetArraySize(r->rows), lines_cap = n_rows;
     while (p < end) {
         char *e = memchr(p, '\n', (size_t)(end - p));
         size_t n = e ? (size_t)(e - p) : (size_t)(end - p);
@@ -365,8 +368,11 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
                     cJSON_AddItemToObject(obj, "eval_loss", old);
                 }
                 cJSON_AddItemToArray(r->rows, obj);
-                r->lines = fdpo_realloc(r->lines, (size_t)cJSON_GetArraySize(r->rows) * sizeof *r->lines);
-                r->lines[cJSON_GetArraySize(r->rows) - 1] = line;   /* a row's x without "step" */
+                if (n_rows == lines_cap) {
+                    lines_cap = lines_cap ? 2 * lines_cap : 64;
+                    r->lines = fdpo_realloc(r->lines, lines_cap * sizeof *r->lines);
+                }
+                r->lines[n_rows++] = line;   /* a row's x without "step" */
             }
             any = 1;
         }

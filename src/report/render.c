@@ -180,12 +180,15 @@ static void training_panel(charts *ch, const char *title, const char *explain, c
     chart_emit(ch, series, title, explain, "step", ylabel, 0);
 }
 
+/* From the last row back, along cJSON's prev links (the first item's prev is the last):
+ * cJSON_GetArrayItem(i) walks from the front, which made this quadratic in the rows. */
 static const cJSON *last_with(const rp_run *r, const char *key, double *v) {
-    for (int i = cJSON_GetArraySize(r->rows) - 1; i >= 0; i--) {
-        const cJSON *row = cJSON_GetArrayItem(r->rows, i);
+    const cJSON *first = r->rows->child;
+    if (!first) return NULL;
+    for (const cJSON *row = first->prev;; row = row->prev) {
         if (row_num(row, key, v)) return row;
+        if (row == first) return NULL;
     }
-    return NULL;
 }
 
 static void td_num(rp_buf *b, double v) { fdpo_rp_puts(b, "<td class=\"num\">"); fdpo_rp_num(b, v); fdpo_rp_puts(b, "</td>"); }

@@ -123,3 +123,26 @@ def test_samples_past_a_policys_5000th_prompt_are_said(tmp_path):
     r = report(tmp_path, "--eval", "e.json", "--samples", "s.jsonl", "--out", "r.html")
     assert r.returncode == 0, r.stderr
     assert f"policy a: {n - 5000} samples of prompts past its first 5000 not kept" in r.stderr, r.stderr
+
+
+def test_a_long_metrics_file_loads_in_linear_time(tmp_path):
+    # 120k lines: the old quadratic load took minutes (80k: 21 s); linear, it is about a second
+    n = 120000
+    os.makedirs(tmp_path / "run")
+    with open(tmp_path / "run/metrics.jsonl", "w") as f:
+        for s in range(1, n + 1):
+            row = {"step": s, "loss": 1.0 / s}
+            if s == 7:
+                row["eval_loss"] = 0.25   # logged early only: the runs table looks back for it
+            f.write(json.dumps(row) + "\n")
+    t0 = time.monotonic()
+    r = report(tmp_path, "run", "--out", "r.html", timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 15
+    rows = [json.loads(line) for line in open(tmp_path / "run/metrics.jsonl")]
+    table = table_rows((tmp_path / "r.html").read_text(), "runs-table")
+    got = dict(zip(table[0], table[1]))
+    assert int(got["logged rows"]) == len(rows)
+    assert int(got["last step"]) == rows[-1]["step"]
+    eval_col = "final eval_loss"
+    assert float(got[eval_col]) == next(r["eval_loss"] for r in reversed(rows) if "eval_loss" in r)
