@@ -583,16 +583,19 @@ static void samples_grid(rp_ctx *c, rp_buf *b) {
     size_t np = 0;
     for (size_t i = 0; i < c->n_pols; i++) np += cJSON_GetArraySize(c->pols[i].samples) > 0;
     if (!np) return;
-    /* prompts in first-seen order */
-    const char *prompts[64];
+    /* prompts in first-seen order: as many as asked for (no more than there are samples) */
+    size_t n_samples = 0;
+    for (size_t i = 0; i < c->n_pols; i++) n_samples += (size_t)cJSON_GetArraySize(c->pols[i].samples);
+    if (max_prompts > n_samples) max_prompts = n_samples;
+    const char **prompts = fdpo_malloc(max_prompts * sizeof *prompts);
     size_t n_prompts = 0;
-    for (size_t i = 0; i < c->n_pols && n_prompts < max_prompts && n_prompts < 64; i++) {
+    for (size_t i = 0; i < c->n_pols && n_prompts < max_prompts; i++) {
         const cJSON *s;
         cJSON_ArrayForEach(s, c->pols[i].samples) {
             const char *p = cJSON_GetObjectItem(s, "prompt")->valuestring;
             size_t j = 0;
             while (j < n_prompts && strcmp(prompts[j], p)) j++;
-            if (j == n_prompts && n_prompts < max_prompts && n_prompts < 64) prompts[n_prompts++] = p;
+            if (j == n_prompts && n_prompts < max_prompts) prompts[n_prompts++] = p;
         }
     }
     fdpo_rp_puts(b, "<h2 id=\"samples\">Sample completions</h2>\n<p class=\"explain\">The first completion each policy "
@@ -628,6 +631,7 @@ static void samples_grid(rp_ctx *c, rp_buf *b) {
         fdpo_rp_puts(b, "</tr>\n");
     }
     fdpo_rp_puts(b, "</tbody></table></div>\n");
+    free(prompts);
 }
 
 /* ---------------------------------------------------------------- lab ---- */
@@ -905,8 +909,11 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
                        "<code>fdpo eval</code> output. Each policy is one point; points of one divergence are joined in "
                        "order of the x value, so a line traces that divergence's frontier over \xce\xb2. Up and left is "
                        "better: more reward for less departure from the reference.</p>\n");
-        const char *keys[256];
-        size_t nk = collect_keys(c, K_SUMMARY, keys, 256);
+        /* room for every metric name of every policy: no table leaves one out */
+        size_t max_keys = 7;     /* collect_keys' fixed summary keys */
+        for (size_t i = 0; i < c->n_pols; i++) max_keys += (size_t)cJSON_GetArraySize(c->pols[i].metrics);
+        const char **keys = fdpo_malloc(max_keys * sizeof *keys);
+        size_t nk = collect_keys(c, K_SUMMARY, keys, max_keys);
         policy_table(c, &body, "eval-table", keys, nk, NULL);
         fdpo_rp_puts(&body, "<div class=\"grid\">\n");
         frontier_panel(&ch, "Reward\xe2\x80\x93KL frontier", any_lab_frontier(c) ?
@@ -939,7 +946,7 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
         };
         int said = 0;
         for (size_t t = 0; t < sizeof DIV_TABLES / sizeof DIV_TABLES[0]; t++) {
-            nk = collect_keys(c, DIV_TABLES[t].cls, keys, 256);
+            nk = collect_keys(c, DIV_TABLES[t].cls, keys, max_keys);
             if (!nk) continue;
             if (!said++)
                 fdpo_rp_puts(&body, "<h3 id=\"diversity\">Diversity and length</h3>\n<p class=\"explain\">distinct-n: distinct "
@@ -950,12 +957,13 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
             fdpo_rp_puts(&body, "<h4>"); fdpo_rp_html(&body, DIV_TABLES[t].title); fdpo_rp_puts(&body, "</h4>\n");
             policy_table(c, &body, DIV_TABLES[t].id, keys, nk, DIV_TABLES[t].strip);
         }
-        nk = collect_keys(c, K_OTHER, keys, 256);
+        nk = collect_keys(c, K_OTHER, keys, max_keys);
         if (nk) {
             fdpo_rp_puts(&body, "<details><summary>all other metrics (spreads, log-probs, per-token estimates)</summary>\n");
             policy_table(c, &body, "other-table", keys, nk, NULL);
             fdpo_rp_puts(&body, "</details>\n");
         }
+        free(keys);
         samples_grid(c, &body);
     }
 

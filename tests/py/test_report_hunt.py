@@ -146,3 +146,25 @@ def test_a_long_metrics_file_loads_in_linear_time(tmp_path):
     assert int(got["last step"]) == rows[-1]["step"]
     eval_col = "final eval_loss"
     assert float(got[eval_col]) == next(r["eval_loss"] for r in reversed(rows) if "eval_loss" in r)
+
+
+def test_no_silent_cap_on_prompts_or_metric_names(tmp_path):
+    pols = [{"name": "a", "reward_mean": 0.1, "kl": 1,
+             "samples": [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(80)]}]
+    (tmp_path / "e.json").write_text(json.dumps({"policies": pols}))
+    p = {"name": "a", "reward_mean": 0.1, "kl": 1}
+    for i in range(300):
+        p[f"m{i:03d}"] = i
+    (tmp_path / "k.json").write_text(json.dumps({"policies": [p]}))
+    r = report(tmp_path, "--eval", "e.json", "--max-prompts", "100", "--out", "e.html")
+    assert r.returncode == 0, r.stderr
+    n_prompts = len({s["prompt"] for s in json.load(open(tmp_path / "e.json"))["policies"][0]["samples"]})
+    rows = table_rows((tmp_path / "e.html").read_text(), "samples-table")
+    assert [row[0] for row in rows[1:]] == [f"p{i}" for i in range(min(100, n_prompts))]
+    r = report(tmp_path, "--eval", "k.json", "--out", "k.html")
+    assert r.returncode == 0, r.stderr
+    names = [k for k in json.load(open(tmp_path / "k.json"))["policies"][0] if k.startswith("m")]
+    rows = table_rows((tmp_path / "k.html").read_text(), "other-table")
+    got = dict(zip(rows[0], rows[1]))
+    for k in names:
+        assert float(got[k]) == p[k], k
