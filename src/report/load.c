@@ -655,7 +655,7 @@ int fdpo_rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explic
         list = cJSON_GetObjectItemCaseSensitive(doc, "results");
         if (!list) list = doc;                /* {"name": {metrics}, ...} */
     }
-    if (!list && !cJSON_IsArray(doc)) {
+    if (!list && cJSON_IsObject(doc)) {      /* one policy object; a bare number, string or null is none */
         add_policy(c, doc, NULL, path, run, 0, 1);
     } else if (cJSON_IsArray(doc) || cJSON_IsArray(list)) {
         const cJSON *arr = cJSON_IsArray(doc) ? doc : list;

@@ -168,3 +168,15 @@ def test_no_silent_cap_on_prompts_or_metric_names(tmp_path):
     got = dict(zip(rows[0], rows[1]))
     for k in names:
         assert float(got[k]) == p[k], k
+
+
+def test_an_eval_file_holding_a_bare_value_is_no_policy(tmp_path):
+    for name, text in (("a", "123"), ("b", "null"), ("s", '"x"'), ("c", "[]")):
+        (tmp_path / f"{name}.json").write_text(text + "\n")
+        doc = json.load(open(tmp_path / f"{name}.json"))
+        assert not isinstance(doc, dict) and not (isinstance(doc, list) and doc)   # Python: no policy object
+        r = report(tmp_path, "--eval", f"{name}.json", "--out", f"{name}.html")
+        assert r.returncode == 1, (name, r.stderr)
+        assert f"{name}.json: no policy metrics found" in r.stderr, r.stderr
+        assert "nothing could be read from the inputs" in r.stderr
+        assert not (tmp_path / f"{name}.html").exists()
