@@ -1010,6 +1010,12 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
 
 /* ---------------------------------------------------------------- cleanup ---- */
 
+size_t fdpo_rp_runs_with_rows(const rp_ctx *c) {
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_runs; i++) n += c->runs[i].rows->child != NULL;
+    return n;
+}
+
 void fdpo_rp_ctx_free(rp_ctx *c) {
     for (size_t i = 0; i < c->n_runs; i++) {
         rp_run *r = &c->runs[i];

@@ -988,15 +988,16 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
     fdpo_rp_html(b, title);
     fdpo_rp_puts(b, "</title>\n<style>\n");
     fdpo_rp_put(b, css, css_len);
+    size_t n_runs = fdpo_rp_runs_with_rows(c);   /* as counted on stdout; a directory of eval files only is no run */
     fdpo_rp_printf(b, "</style>\n</head>\n<body data-charts-expected=\"%zu\">\n<header><h1>", ch.n);
     fdpo_rp_html(b, title);
     fdpo_rp_printf(b, "</h1><p class=\"meta\">%zu run%s, %zu evaluated polic%s, %zu lab table%s \xc2\xb7 generated %s by "
                  "<code>fdpo report</code> \xc2\xb7 charts: Chart.js (MIT), inlined</p>\n",
-              c->n_runs, c->n_runs == 1 ? "" : "s", c->n_pols, c->n_pols == 1 ? "y" : "ies",
+              n_runs, n_runs == 1 ? "" : "s", c->n_pols, c->n_pols == 1 ? "y" : "ies",
               c->n_labs, c->n_labs == 1 ? "" : "s", when);
     fdpo_rp_puts(b, "<p id=\"js-status\" class=\"bad\" hidden></p>\n<nav>");
     if (c->notes) fdpo_rp_puts(b, "<a href=\"#summary\">summary</a> ");
-    if (c->n_runs) fdpo_rp_puts(b, "<a href=\"#training\">training</a> ");
+    if (n_runs) fdpo_rp_puts(b, "<a href=\"#training\">training</a> ");   /* the section of the runs with rows */
     if (strstr(body.p ? body.p : "", "<h2 id=\"loop\">")) fdpo_rp_puts(b, "<a href=\"#loop\">loop</a> ");
     if (c->n_pols) fdpo_rp_puts(b, "<a href=\"#evaluation\">evaluation</a> ");
     if (c->n_labs) fdpo_rp_puts(b, "<a href=\"#lab\">lab</a> ");

@@ -69,6 +69,7 @@ void fdpo_rp_link_policies(rp_ctx *c);             /* after all loading: policy 
 void fdpo_rp_attach_samples(rp_ctx *c);            /* after fdpo_rp_link_policies */
 int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab);    /* -1 only if missing */
 void fdpo_rp_ctx_free(rp_ctx *c);
+size_t fdpo_rp_runs_with_rows(const rp_ctx *c);   /* the runs counted on the page and stdout */
 
 /* Render the page into b; returns the number of charts it draws. */
 size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b);

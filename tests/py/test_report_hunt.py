@@ -180,3 +180,34 @@ def test_an_eval_file_holding_a_bare_value_is_no_policy(tmp_path):
         assert f"{name}.json: no policy metrics found" in r.stderr, r.stderr
         assert "nothing could be read from the inputs" in r.stderr
         assert not (tmp_path / f"{name}.html").exists()
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.hrefs = set(), []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if a.get("href", "").startswith("#"):
+            self.hrefs.append(a["href"][1:])
+
+
+def test_a_directory_without_metrics_rows_is_no_run_on_the_page(tmp_path):
+    os.makedirs(tmp_path / "evals")
+    (tmp_path / "evals/eval.json").write_text('{"policies":[{"name":"runs/a","reward_mean":0.5,"kl_seq_mean":1}]}')
+    os.makedirs(tmp_path / "empty")
+    (tmp_path / "empty/metrics.jsonl").write_text("")
+    r = report(tmp_path, "evals", "empty", "--out", "r.html")
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r.html").read_text()
+    links = Links()
+    links.feed(page)
+    assert links.hrefs and all(h in links.ids for h in links.hrefs), (links.hrefs, links.ids)
+    n_runs = sum(1 for d in ("evals", "empty") if os.path.exists(tmp_path / d / "metrics.jsonl")
+                 and any(line.strip() for line in open(tmp_path / d / "metrics.jsonl")))
+    meta = re.search(r'<p class="meta">(.*?)</p>', page, re.S).group(1)
+    assert meta.startswith(f"{n_runs} runs, 1 evaluated policy"), meta
+    assert f"({n_runs} runs, 1 policy" in r.stdout + r.stderr
