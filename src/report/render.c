@@ -387,7 +387,7 @@ static void sacpo_path_series(rp_ctx *c, cJSON *series) {
     if (n >= 2) {
         qsort(pts, n, sizeof *pts, cmp_sacpo_point);
         char label[96];
-        snprintf(label, sizeof label, "SACPO, \xce\xbb = 0 \xe2\x86\x92 %g", pts[n - 1].lambda);
+        snprintf(label, sizeof label, "SACPO, \xce\xbb = %g \xe2\x86\x92 %g", pts[0].lambda, pts[n - 1].lambda);
         cJSON *s = series_new(series, label, "#444444", 1, 0);
         for (size_t k = 0; k < n; k++) {
             char tip[96];
@@ -437,14 +437,18 @@ static void overoptimisation_panel(charts *ch) {
         const char *xk = g ? pol_kl_key(g) : NULL;
         double x, yg, yp, seg = NAN, sep = NAN;
         if (!xk || !pol_num(g, xk, &x) || !pol_num(g, "reward_mean", &yg) || !pol_num(p, "reward_mean", &yp)) continue;
-        pol_num(g, "reward_se", &seg);
-        pol_num(p, "reward_se", &sep);
-        char tip[600];
-        snprintf(tip, sizeof tip, "%.200s: gold reward %.4g ± %.2g (gain %.3g ± %.2g s.d.) at KL %.4g", p->name, yg,
-                 seg, (yg - gm) / gs, seg / gs, x);
+        /* the s.e. as the summary table reads it (reward_se, else reward_stderr); none: no "±" */
+        int has_seg = pol_num(g, "reward_se", &seg) || pol_num(g, "reward_stderr", &seg);
+        int has_sep = pol_num(p, "reward_se", &sep) || pol_num(p, "reward_stderr", &sep);
+        char tip[600], raw[64] = "", gain[64] = "";
+        if (has_seg) { snprintf(raw, sizeof raw, " ± %.2g", seg); snprintf(gain, sizeof gain, " ± %.2g", seg / gs); }
+        snprintf(tip, sizeof tip, "%.200s: gold reward %.4g%s (gain %.3g%s s.d.) at KL %.4g", p->name, yg,
+                 raw, (yg - gm) / gs, gain, x);
         series_add(sg, x, (yg - gm) / gs, tip);
-        snprintf(tip, sizeof tip, "%.200s: proxy reward %.4g ± %.2g (gain %.3g ± %.2g s.d.) at KL %.4g", p->name, yp,
-                 sep, (yp - pm) / ps, sep / ps, x);
+        raw[0] = gain[0] = 0;
+        if (has_sep) { snprintf(raw, sizeof raw, " ± %.2g", sep); snprintf(gain, sizeof gain, " ± %.2g", sep / ps); }
+        snprintf(tip, sizeof tip, "%.200s: proxy reward %.4g%s (gain %.3g%s s.d.) at KL %.4g", p->name, yp,
+                 raw, (yp - pm) / ps, gain, x);
         series_add(sp, x, (yp - pm) / ps, tip);
     }
     chart_emit(ch, series, "Reward over-optimisation: gold vs proxy reward",

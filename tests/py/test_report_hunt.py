@@ -211,3 +211,34 @@ def test_a_directory_without_metrics_rows_is_no_run_on_the_page(tmp_path):
     meta = re.search(r'<p class="meta">(.*?)</p>', page, re.S).group(1)
     assert meta.startswith(f"{n_runs} runs, 1 evaluated policy"), meta
     assert f"({n_runs} runs, 1 policy" in r.stdout + r.stderr
+
+
+def test_overoptimisation_tooltips_give_the_standard_error_the_file_has(tmp_path):
+    gold = {"policies": [{"name": "ref", "reward_mean": 0.2, "reward_std": 0.5, "reward_stderr": 0.01, "kl_seq_mean": 0},
+                         {"name": "p1", "reward_mean": 0.5, "reward_std": 0.5, "reward_stderr": 0.02, "kl_seq_mean": 2}]}
+    proxy = {"policies": [{"name": "ref", "reward_mean": 1.0, "reward_std": 2, "kl_seq_mean": 0},
+                          {"name": "p1", "reward_mean": 3.0, "reward_std": 2, "kl_seq_mean": 2}]}   # no s.e. at all
+    (tmp_path / "gold.json").write_text(json.dumps(gold))
+    (tmp_path / "proxy.json").write_text(json.dumps(proxy))
+    r = report(tmp_path, "--eval", "gold.json", "--proxy-eval", "proxy.json", "--out", "o.html")
+    assert r.returncode == 0, r.stderr
+    panel = next(c for c in charts((tmp_path / "o.html").read_text()) if "over-optimisation" in c["title"])
+    g, gr, p, pr = gold["policies"][1], gold["policies"][0], proxy["policies"][1], proxy["policies"][0]
+    want_gold = (f"p1: gold reward {g['reward_mean']:.4g} ± {g['reward_stderr']:.2g} (gain "
+                 f"{(g['reward_mean'] - gr['reward_mean']) / gr['reward_std']:.3g} ± {g['reward_stderr'] / gr['reward_std']:.2g} s.d.)")
+    want_proxy = f"p1: proxy reward {p['reward_mean']:.4g} (gain {(p['reward_mean'] - pr['reward_mean']) / pr['reward_std']:.3g} s.d.)"
+    text = json.dumps(panel, ensure_ascii=False)
+    assert want_gold in text, text
+    assert want_proxy in text, text
+    assert "nan" not in text
+
+
+def test_sacpo_path_label_names_its_smallest_lambda(tmp_path):
+    pols = [{"name": "s/lambda-0.5", "reward_mean": 0.8, "safety_mean": 0.0},
+            {"name": "s/lambda-2", "reward_mean": 0.6, "safety_mean": 0.3}]
+    (tmp_path / "g.json").write_text(json.dumps({"policies": pols}))
+    r = report(tmp_path, "--eval", "g.json", "--out", "r.html")
+    assert r.returncode == 0, r.stderr
+    lams = sorted(float(q["name"].rsplit("lambda-", 1)[1]) for q in pols)
+    labels = [s["label"] for c in charts((tmp_path / "r.html").read_text()) for s in c["series"]]
+    assert f"SACPO, λ = {lams[0]:g} → {lams[-1]:g}" in labels, labels
