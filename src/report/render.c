@@ -161,7 +161,9 @@ static void training_panel(charts *ch, const char *title, const char *explain, c
             const char *sfx = pass == 0 ? suffix : suffix2;
             snprintf(label, sizeof label, "%s%s", r->label, sfx ? sfx : "");
             cJSON *s = series_new(series, label, run_color(i), 1, pass == 1);
-            if (pass == 1) cJSON_AddBoolToObject(s, "nolegend", 1);   /* same colour as the solid line */
+            /* same colour as the solid line, whose legend entry stands for both; a run with no solid
+             * line in this panel keeps the dashed one's entry, or nothing would say whose it is */
+            if (pass == 1 && run_has(r, key)) cJSON_AddBoolToObject(s, "nolegend", 1);
             size_t n = 0;
             const cJSON *row;
             cJSON_ArrayForEach(row, r->rows) { double v; n += row_num(row, k, &v); }
@@ -902,6 +904,10 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
                            "rewards/rejected (\xce\xb2 \xc3\x97 log-ratio). When both fall, the margin grows by pushing "
                            "the rejected answer down faster than the chosen one, not by raising the chosen one.",
                            "implicit reward", "rewards/chosen", " chosen", (const char *const[]){"rewards/rejected", NULL}, " rejected");
+            training_panel(&ch, "Held-out implicit rewards: chosen (solid) and rejected (dashed)", "eval_rewards/chosen "
+                           "and eval_rewards/rejected: the same implicit rewards on the held-out pairs.", "implicit reward",
+                           "eval_rewards/chosen", " chosen (held out)", (const char *const[]){"eval_rewards/rejected", NULL},
+                           " rejected (held out)");
             fdpo_rp_puts(&body, "</div>\n");
             fdpo_rp_loop_section(c, &ch, &body);
         }

@@ -242,3 +242,22 @@ def test_sacpo_path_label_names_its_smallest_lambda(tmp_path):
     lams = sorted(float(q["name"].rsplit("lambda-", 1)[1]) for q in pols)
     labels = [s["label"] for c in charts((tmp_path / "r.html").read_text()) for s in c["series"]]
     assert f"SACPO, λ = {lams[0]:g} → {lams[-1]:g}" in labels, labels
+
+
+def test_held_out_implicit_rewards_are_drawn_and_labelled(tmp_path):
+    rows = [{"step": s, "loss": 1.0 - 0.1 * s, "rewards/chosen": 0.1 * s, "rewards/rejected": -0.1 * s} for s in range(1, 5)]
+    rows.append({"step": 4, "eval_loss": 0.5, "eval_rewards/chosen": 0.33, "eval_rewards/rejected": -0.44,
+                 "eval_rewards/margins": 0.77})
+    metrics(tmp_path / "r", rows)
+    r = report(tmp_path, "r", "--out", "r.html")
+    assert r.returncode == 0, r.stderr
+    read = [json.loads(line) for line in open(tmp_path / "r/metrics.jsonl")]
+    cs = charts((tmp_path / "r.html").read_text())
+    pts = {s["label"]: s["points"] for c in cs for s in c["series"]}
+    for key in ("eval_rewards/chosen", "eval_rewards/rejected"):
+        want = [[x["step"], x[key]] for x in read if key in x]
+        assert want in pts.values(), (key, pts)
+    # every series of a panel can be told whose it is: in the legend, or sharing a run's entry
+    for c in cs:
+        shown = [s["label"] for s in c["series"] if not s.get("nolegend")]
+        assert shown, c["title"]
