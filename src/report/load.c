@@ -855,13 +855,15 @@ static char **csv_record(const char **p, const char *end, size_t *line, size_t *
         else if (quoted) {
             if (*s == '"' && s + 1 < end && s[1] == '"') { fdpo_rp_put(&cur, "\"", 1); s += 2; continue; }
             if (*s == '"') { quoted = 0; s++; continue; }
-            if (*s == '\n') (*line)++;
+            if (*s == '\n' || (*s == '\r' && (s + 1 >= end || s[1] != '\n'))) (*line)++;
             fdpo_rp_put(&cur, s, 1); s++;
             continue;
         } else if (*s == '"' && at_start) { quoted = 1; at_start = 0; s++; continue; }
-        else if (*s == ',' || *s == '\n' || (*s == '\r' && (s + 1 >= end || s[1] == '\n'))) {
-            if (*s == '\r') s++;
-            if (*s == '\n') { done = 1; (*line)++; }
+        else if (*s == ',') {
+            /* a field ends */
+        } else if (*s == '\n' || *s == '\r') {   /* a record ends at \n, \r\n or a bare \r, as in Python's csv */
+            if (*s == '\r' && s + 1 < end && s[1] == '\n') s++;
+            done = 1; (*line)++;
         } else { fdpo_rp_put(&cur, s, 1); s++; at_start = 0; continue; }
         at_start = 1;
         f = fdpo_realloc(f, (n + 1) * sizeof *f);
@@ -973,7 +975,7 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
         int blank = nf == 1 && !trim(f[0])[0];
         if (open_quote) {   /* every line after it would be this row's field: said, not kept */
             fdpo_rp_warn(c, "%s:%zu: a quoted field opened on this line is not closed by the end of the file; "
-                         "lines %zu-%zu skipped", path, at, at, end[-1] == '\n' ? line - 1 : line);
+                         "lines %zu-%zu skipped", path, at, at, end[-1] == '\n' || end[-1] == '\r' ? line - 1 : line);
         } else if (!blank && nf != nh) {
             fdpo_rp_warn(c, "%s:%zu: %zu fields, header has %zu; row skipped", path, at, nf, nh);
         } else if (!blank) {

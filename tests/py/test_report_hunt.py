@@ -261,3 +261,22 @@ def test_held_out_implicit_rewards_are_drawn_and_labelled(tmp_path):
     for c in cs:
         shown = [s["label"] for s in c["series"] if not s.get("nolegend")]
         assert shown, c["title"]
+
+
+def lab_points(page, title_part):
+    return {s["label"]: s["points"] for c in charts(page) if title_part in c["title"] for s in c["series"]}
+
+
+def test_lab_csv_line_ends_are_read_as_pythons_csv_reads_them(tmp_path):
+    texts = {"crlf_cr_last": "divergence,beta,kl,expected_reward\r\nrkl,0.1,1,2\r\nrkl,0.2,0.5,1.5\r",
+             "cr_only": "divergence,beta,kl,expected_reward\rrkl,0.1,1,2\rrkl,0.2,0.5,1.5\r"}
+    for name, text in texts.items():
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            f.write(text)
+        rows = list(csv.DictReader(open(tmp_path / f"{name}.csv", newline="")))
+        want = sorted([float(r["kl"]), float(r["expected_reward"])] for r in rows)
+        r = report(tmp_path, "--lab", f"{name}.csv", "--out", f"{name}.html")
+        assert r.returncode == 0, r.stderr
+        assert "warning:" not in r.stderr, r.stderr
+        pts = lab_points((tmp_path / f"{name}.html").read_text(), "KL frontier")
+        assert list(pts.values()) == [want], (name, pts)
