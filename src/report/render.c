@@ -663,23 +663,36 @@ static const char *cell_str(const cJSON *row, int col) {
 /* Columns that split a divergence's points into several lines when they take several values. */
 static const char *const LAB_GROUPS[] = {"noise", "data_policy", "bias", "prompt", NULL};
 
-static void cell_text(const cJSON *row, int col, char *buf, size_t n) {
-    const cJSON *x = col >= 0 ? cJSON_GetArrayItem(row, col) : NULL;
-    if (cJSON_IsNumber(x)) snprintf(buf, n, "%g", x->valuedouble);
-    else if (cJSON_IsString(x)) snprintf(buf, n, "%s", x->valuestring);
-    else snprintf(buf, n, "-");
+/* Two cells are one group's value only when equal in full: the same number, the same whole
+ * text, or both empty (a value printed with %g or cut to a buffer merged 0.1 and 0.1000001,
+ * or two prompts sharing their first 127 bytes). */
+static int cells_equal(const cJSON *row_a, const cJSON *row_b, int col) {
+    const cJSON *a = cJSON_GetArrayItem(row_a, col), *b = cJSON_GetArrayItem(row_b, col);
+    if (cJSON_IsNumber(a) && cJSON_IsNumber(b)) return a->valuedouble == b->valuedouble;
+    if (cJSON_IsString(a) && cJSON_IsString(b)) return !strcmp(a->valuestring, b->valuestring);
+    return !cJSON_IsNumber(a) && !cJSON_IsString(a) && !cJSON_IsNumber(b) && !cJSON_IsString(b);
+}
+
+/* A group's value for its label: a number with the fewest digits (6 or more) that read back
+ * as the same number, so two groups never share a label; text whole; "-" when empty. */
+static void group_value_text(rp_buf *b, const cJSON *row, int col) {
+    const cJSON *x = cJSON_GetArrayItem(row, col);
+    if (cJSON_IsNumber(x)) {
+        char v[40];
+        for (int prec = 6; prec <= 17; prec++) {
+            snprintf(v, sizeof v, "%.*g", prec, x->valuedouble);
+            if (strtod(v, NULL) == x->valuedouble) break;
+        }
+        fdpo_rp_puts(b, v);
+    } else if (cJSON_IsString(x)) fdpo_rp_puts(b, x->valuestring);
+    else fdpo_rp_puts(b, "-");
 }
 
 static int distinct_values(const rp_lab *L, int col) {
-    char first[128], cur[128];
-    int have = 0;
-    const cJSON *row;
-    cJSON_ArrayForEach(row, L->rows) {
-        cell_text(row, col, cur, sizeof cur);
-        if (!have) { memcpy(first, cur, sizeof first); have = 1; }
-        else if (strcmp(first, cur)) return 2;
-    }
-    return have;
+    const cJSON *first = L->rows->child, *row;
+    if (!first) return 0;
+    cJSON_ArrayForEach(row, L->rows) if (!cells_equal(first, row, col)) return 2;
+    return 1;
 }
 
 /* y_col against x_col, one line per divergence (and per value of a grouping column that
@@ -696,70 +709,58 @@ static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char
     /* the frontier runs over beta (x = kl); other x axes split by it */
     if (bc >= 0 && bc != xc && strcmp(x_name, "kl") && distinct_values(L, bc) > 1) gcols[ng++] = bc;
     size_t nrows = (size_t)cJSON_GetArraySize(L->rows);
-    char **keys = fdpo_malloc((nrows + 1) * sizeof *keys);   /* "div\x1f" + "name=value, ..." */
-    size_t nk = 0;
+    /* a group (one line): its first row, whose divergence and grouping cells every row of it shares */
+    const cJSON **groups = fdpo_malloc((nrows + 1) * sizeof *groups);
+    size_t *group_of = fdpo_malloc((nrows + 1) * sizeof *group_of), nk = 0, r_i = 0;
     const cJSON *row;
     cJSON_ArrayForEach(row, L->rows) {
-        const char *d = cell_str(row, dc);
-        if (!d) continue;
-        rp_buf k = {0};
-        fdpo_rp_puts(&k, d);
-        fdpo_rp_puts(&k, "\x1f");
-        for (int g = 0; g < ng; g++) {
-            char v[128];
-            cell_text(row, gcols[g], v, sizeof v);
-            fdpo_rp_printf(&k, "%s%s=%s", g ? ", " : "", L->cols[gcols[g]], v);
-        }
-        size_t j = 0;
-        while (j < nk && strcmp(keys[j], k.p)) j++;
-        if (j == nk) keys[nk++] = k.p; else free(k.p);
+        size_t j = nk;
+        if (cell_str(row, dc)) {
+            for (j = 0; j < nk; j++) {
+                int same = !strcmp(cell_str(groups[j], dc), cell_str(row, dc));
+                for (int g = 0; g < ng && same; g++) same = cells_equal(groups[j], row, gcols[g]);
+                if (same) break;
+            }
+            if (j == nk) groups[nk++] = row;
+        } else j = (size_t)-1;     /* no divergence: on no line */
+        group_of[r_i++] = j;
     }
     int xlog = !strcmp(x_name, "beta") || !strcmp(x_name, "n_comparisons");
     cJSON_ArrayForEach(row, L->rows) { double x; if (cell_num(row, xc, &x) && x <= 0) xlog = 0; }
     cJSON *series = cJSON_CreateArray();
     xyi *pts = fdpo_malloc((nrows + 1) * sizeof *pts);
     for (size_t d = 0; d < nk; d++) {
-        char *sep = strchr(keys[d], '\x1f');
+        const char *dv = cell_str(groups[d], dc);
         size_t n = 0, i = 0;
         cJSON_ArrayForEach(row, L->rows) {
-            const char *dv = cell_str(row, dc);
             double x, y;
-            if (dv && strlen(dv) == (size_t)(sep - keys[d]) && !strncmp(dv, keys[d], (size_t)(sep - keys[d])) &&
-                cell_num(row, xc, &x) && cell_num(row, yc, &y)) {
-                rp_buf k = {0};
-                for (int g = 0; g < ng; g++) {
-                    char v[128];
-                    cell_text(row, gcols[g], v, sizeof v);
-                    fdpo_rp_printf(&k, "%s%s=%s", g ? ", " : "", L->cols[gcols[g]], v);
-                }
-                if (!strcmp(k.p ? k.p : "", sep + 1)) pts[n++] = (xyi){x, y, i};
-                free(k.p);
-            }
+            if (group_of[i] == d && cell_num(row, xc, &x) && cell_num(row, yc, &y)) pts[n++] = (xyi){x, y, i};
             i++;
         }
         qsort(pts, n, sizeof *pts, cmp_xyi);
-        *sep = 0;
         /* the n-th group of the same divergence gets the n-th dash pattern */
         int dash = 0;
-        size_t dlen = strlen(keys[d]);
-        for (size_t e = 0; e < d; e++) if (!strncmp(keys[e], keys[d], dlen) && keys[e][dlen] == '\x1f') dash++;
-        char label[300];
-        if (sep[1]) snprintf(label, sizeof label, "%s, %s", div_title(keys[d]), sep + 1);
-        else snprintf(label, sizeof label, "%s", div_title(keys[d]));
-        cJSON *s = series_new(series, label, div_color(keys[d]), n > 1, 0);
+        for (size_t e = 0; e < d; e++) dash += !strcmp(cell_str(groups[e], dc), dv);
+        rp_buf label = {0};
+        fdpo_rp_puts(&label, div_title(dv));
+        for (int g = 0; g < ng; g++) {
+            fdpo_rp_printf(&label, ", %s=", L->cols[gcols[g]]);
+            group_value_text(&label, groups[d], gcols[g]);
+        }
+        cJSON *s = series_new(series, label.p, div_color(dv), n > 1, 0);
         cJSON_ReplaceItemInObject(s, "dash", cJSON_CreateNumber(dash));
         for (size_t k = 0; k < n; k++) {
             char tip[400];
             double beta;
             if (bc != xc && cell_num(cJSON_GetArrayItem(L->rows, (int)pts[k].i), bc, &beta))
-                snprintf(tip, sizeof tip, "%s, \xce\xb2=%g: %s %.4g, %s %.4g", label, beta, x_name, pts[k].x, y_name, pts[k].y);
-            else snprintf(tip, sizeof tip, "%s: %s %.4g, %s %.4g", label, x_name, pts[k].x, y_name, pts[k].y);
+                snprintf(tip, sizeof tip, "%.250s, \xce\xb2=%g: %s %.4g, %s %.4g", label.p, beta, x_name, pts[k].x, y_name, pts[k].y);
+            else snprintf(tip, sizeof tip, "%.250s: %s %.4g, %s %.4g", label.p, x_name, pts[k].x, y_name, pts[k].y);
             series_add(s, pts[k].x, pts[k].y, tip);
         }
-        *sep = '\x1f';
+        free(label.p);
     }
-    for (size_t d = 0; d < nk; d++) free(keys[d]);
-    free(keys);
+    free(groups);
+    free(group_of);
     free(pts);
     return chart_emit(ch, series, title, explain, xlabel, ylabel, xlog);
 }

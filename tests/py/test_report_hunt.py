@@ -280,3 +280,37 @@ def test_lab_csv_line_ends_are_read_as_pythons_csv_reads_them(tmp_path):
         assert "warning:" not in r.stderr, r.stderr
         pts = lab_points((tmp_path / f"{name}.html").read_text(), "KL frontier")
         assert list(pts.values()) == [want], (name, pts)
+
+
+def test_lab_groups_are_told_apart_by_their_full_values(tmp_path):
+    P = ("summarise the following customer review in one sentence while keeping the overall sentiment and the main "
+         "reason the reviewer gives for it ")
+    with open(tmp_path / "f.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["divergence", "beta", "expected_reward", "kl", "prompt"])
+        for s, off in (("A", 0.0), ("B", 1.0)):
+            for b in (0.1, 0.5, 1.0):
+                w.writerow(["rkl", b, off + 1 / b, 2 / b, P + s])
+    with open(tmp_path / "n.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["noise", "divergence", "beta", "reward_gap", "objective_gap"])
+        for n, off in ((0.1, 0), (0.1000001, 5)):
+            for b in (0.1, 1.0):
+                w.writerow([n, "rkl", b, off + b, off + b])
+    r = report(tmp_path, "--lab", "f.csv", "--lab", "n.csv", "--out", "r.html")
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r.html").read_text()
+
+    def groups(path, key, x, y):   # Python: group on the exact cell (text, or the number it reads as)
+        out = {}
+        for row in csv.DictReader(open(tmp_path / path, newline="")):
+            g = row[key] if key == "prompt" else float(row[key])
+            out.setdefault(g, []).append([float(row[x]), float(row[y])])
+        return [sorted(v) for v in out.values()]
+
+    frontier = lab_points(page, "KL frontier")
+    assert sorted(frontier.values()) == sorted(groups("f.csv", "prompt", "kl", "expected_reward")), frontier
+    gap = next(c for c in charts(page) if "reward gap" in c["title"].lower() and "N" not in c["title"])
+    got = {s["label"]: s["points"] for s in gap["series"]}
+    assert sorted(got.values()) == sorted(groups("n.csv", "noise", "beta", "reward_gap")), got
+    assert len(set(got)) == len(got) == 2, got
