@@ -498,21 +498,49 @@ static void flatten(cJSON *out, const cJSON *obj, const char *prefix, int depth)
 }
 
 /* The sample-completions table shows each policy's first completion per prompt, so a policy
- * keeps one sample per prompt, for its first RP_MAX_SAMPLE_PROMPTS prompts (the cap keeps the
- * search for a prompt short; the samples past it are counted in *dropped and said). Appends
- * smp to list, or frees it; 1 if kept. */
+ * keeps one sample per prompt, for its first RP_MAX_SAMPLE_PROMPTS prompts (the samples past
+ * it are counted and said). The (policy, prompt) pairs kept are in a hash set, so a file of
+ * many samples is read in linear time. */
 #define RP_MAX_SAMPLE_PROMPTS 5000
-static int keep_sample(cJSON *list, cJSON *smp, size_t *dropped) {
-    const char *prompt = cJSON_GetObjectItemCaseSensitive(smp, "prompt")->valuestring;
-    size_t n = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, list) {
-        if (!strcmp(cJSON_GetObjectItemCaseSensitive(it, "prompt")->valuestring, prompt)) { cJSON_Delete(smp); return 0; }
-        n++;
+typedef struct { size_t pol; const char *prompt; } rp_kept;          /* prompt NULL: a free slot */
+typedef struct { rp_kept *slot; size_t cap, n; } rp_kept_set;
+typedef struct { rp_kept_set *set; size_t pol, *count, *dropped; } rp_keep;   /* where a policy's samples go */
+
+static size_t kept_slot(const rp_kept_set *h, size_t pol, const char *prompt) {
+    unsigned long long x = 1469598103934665603ull ^ (unsigned long long)pol;    /* FNV-1a */
+    for (const char *q = prompt; *q; q++) x = (x ^ (unsigned char)*q) * 1099511628211ull;
+    size_t i = (size_t)x & (h->cap - 1);
+    while (h->slot[i].prompt && (h->slot[i].pol != pol || strcmp(h->slot[i].prompt, prompt))) i = (i + 1) & (h->cap - 1);
+    return i;
+}
+
+static int kept_has(const rp_kept_set *h, size_t pol, const char *prompt) {
+    return h->cap && h->slot[kept_slot(h, pol, prompt)].prompt != NULL;
+}
+
+/* Adds (pol, prompt), not in the set yet; prompt must outlive the set. */
+static void kept_add(rp_kept_set *h, size_t pol, const char *prompt) {
+    if (2 * (h->n + 1) > h->cap) {      /* at most half full */
+        size_t cap = h->cap ? 2 * h->cap : 64;
+        rp_kept_set g = {fdpo_calloc(cap, sizeof *g.slot), cap, h->n};
+        for (size_t i = 0; i < h->cap; i++)
+            if (h->slot[i].prompt) g.slot[kept_slot(&g, h->slot[i].pol, h->slot[i].prompt)] = h->slot[i];
+        free(h->slot);
+        *h = g;
     }
-    if (n >= RP_MAX_SAMPLE_PROMPTS) { ++*dropped; cJSON_Delete(smp); return 0; }
+    h->slot[kept_slot(h, pol, prompt)] = (rp_kept){pol, prompt};
+    h->n++;
+}
+
+/* Appends smp to list when its policy has no sample of its prompt yet and is under the cap;
+ * else frees it. */
+static void keep_sample(const rp_keep *k, cJSON *list, cJSON *smp) {
+    const char *prompt = cJSON_GetObjectItemCaseSensitive(smp, "prompt")->valuestring;
+    if (kept_has(k->set, k->pol, prompt)) { cJSON_Delete(smp); return; }
+    if (*k->count >= RP_MAX_SAMPLE_PROMPTS) { ++*k->dropped; cJSON_Delete(smp); return; }
     cJSON_AddItemToArray(list, smp);
-    return 1;
+    kept_add(k->set, k->pol, prompt);
+    ++*k->count;
 }
 
 static void warn_dropped_samples(rp_ctx *c, const char *policy, const char *path, size_t dropped) {
@@ -522,34 +550,38 @@ static void warn_dropped_samples(rp_ctx *c, const char *policy, const char *path
                      RP_MAX_SAMPLE_PROMPTS, RP_MAX_SAMPLE_PROMPTS);
 }
 
-static void add_sample(cJSON *out, const cJSON *prompt, const cJSON *text, const cJSON *reward, size_t *dropped) {
+static void add_sample(cJSON *out, const cJSON *prompt, const cJSON *text, const cJSON *reward, const rp_keep *keep) {
     if (!cJSON_IsString(text)) return;
     cJSON *s = cJSON_CreateObject();
     cJSON_AddStringToObject(s, "prompt", cJSON_IsString(prompt) ? prompt->valuestring : "");
     cJSON_AddStringToObject(s, "completion", text->valuestring);
     if (cJSON_IsNumber(reward) && isfinite(reward->valuedouble)) cJSON_AddNumberToObject(s, "reward", reward->valuedouble);
-    if (dropped) keep_sample(out, s, dropped);
+    if (keep) keep_sample(keep, out, s);
     else cJSON_AddItemToArray(out, s);
 }
 
 static cJSON *collect_samples(const cJSON *arr, size_t *dropped) {
     cJSON *out = cJSON_CreateArray();
     if (!cJSON_IsArray(arr)) return out;
+    rp_kept_set set = {0};
+    size_t count = 0;
+    const rp_keep keep = {&set, 0, &count, dropped};
     const cJSON *it;
     cJSON_ArrayForEach(it, arr) {
-        if (cJSON_IsString(it)) { add_sample(out, NULL, it, NULL, dropped); continue; }
+        if (cJSON_IsString(it)) { add_sample(out, NULL, it, NULL, &keep); continue; }
         if (!cJSON_IsObject(it)) continue;
         const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(it, "prompt");
         const cJSON *text = fdpo_rp_get(it, K_COMPLETION), *reward = fdpo_rp_get(it, K_REWARD);
-        if (text) { add_sample(out, prompt, text, reward, dropped); continue; }
+        if (text) { add_sample(out, prompt, text, reward, &keep); continue; }
         const cJSON *many = fdpo_rp_get(it, K_SAMPLES);       /* {"prompt", "completions": [...]} */
         if (cJSON_IsArray(many)) {
             const cJSON *rewards = cJSON_GetObjectItemCaseSensitive(it, "rewards");
             const cJSON *first = cJSON_GetArrayItem(many, 0);
-            if (cJSON_IsObject(first)) add_sample(out, prompt, fdpo_rp_get(first, K_COMPLETION), fdpo_rp_get(first, K_REWARD), dropped);
-            else add_sample(out, prompt, first, cJSON_GetArrayItem(rewards, 0), dropped);
+            if (cJSON_IsObject(first)) add_sample(out, prompt, fdpo_rp_get(first, K_COMPLETION), fdpo_rp_get(first, K_REWARD), &keep);
+            else add_sample(out, prompt, first, cJSON_GetArrayItem(rewards, 0), &keep);
         }
     }
+    free(set.slot);
     return out;
 }
 
@@ -732,8 +764,9 @@ int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int exp
 
 void fdpo_rp_attach_samples(rp_ctx *c) {
     if (!c->pending) return;
-    size_t *dropped = NULL, n_dropped = 0;      /* per policy, indexed as c->pols */
-    char **dropped_file = NULL;
+    struct { size_t count, dropped; char *file; } *per = NULL;   /* per policy, indexed as c->pols */
+    size_t n_per = 0;
+    rp_kept_set set = {0};
     cJSON *smp;
     while ((smp = cJSON_DetachItemFromArray(c->pending, 0))) {
         const cJSON *pol = cJSON_GetObjectItemCaseSensitive(smp, "policy");
@@ -768,22 +801,31 @@ void fdpo_rp_attach_samples(rp_ctx *c) {
             }
         }
         size_t at = (size_t)(to - c->pols);
-        if (at >= n_dropped) {
-            dropped = fdpo_realloc(dropped, c->n_pols * sizeof *dropped);
-            dropped_file = fdpo_realloc(dropped_file, c->n_pols * sizeof *dropped_file);
-            for (; n_dropped < c->n_pols; n_dropped++) { dropped[n_dropped] = 0; dropped_file[n_dropped] = NULL; }
+        if (at >= n_per) {
+            per = fdpo_realloc(per, c->n_pols * sizeof *per);
+            memset(per + n_per, 0, (c->n_pols - n_per) * sizeof *per);
+            n_per = c->n_pols;
         }
-        if (!dropped_file[at]) dropped_file[at] = fdpo_strdup(cJSON_GetObjectItem(smp, "file")->valuestring);
+        if (!per[at].file) {    /* first sample for this policy: its eval JSON's samples are kept already */
+            per[at].file = fdpo_strdup(cJSON_GetObjectItem(smp, "file")->valuestring);
+            const cJSON *had;
+            cJSON_ArrayForEach(had, to->samples) {
+                const char *prompt = cJSON_GetObjectItemCaseSensitive(had, "prompt")->valuestring;
+                if (!kept_has(&set, at, prompt)) kept_add(&set, at, prompt);
+                per[at].count++;
+            }
+        }
         cJSON_DeleteItemFromObject(smp, "policy");
         cJSON_DeleteItemFromObject(smp, "run");
         cJSON_DeleteItemFromObject(smp, "file");
-        keep_sample(to->samples, smp, &dropped[at]);
+        keep_sample(&(rp_keep){&set, at, &per[at].count, &per[at].dropped}, to->samples, smp);
     }
-    for (size_t i = 0; i < n_dropped; i++) {
-        warn_dropped_samples(c, c->pols[i].name, dropped_file[i], dropped[i]);
-        free(dropped_file[i]);
+    for (size_t i = 0; i < n_per; i++) {
+        warn_dropped_samples(c, c->pols[i].name, per[i].file, per[i].dropped);
+        free(per[i].file);
     }
-    free(dropped); free(dropped_file);
+    free(per);
+    free(set.slot);
 }
 
 /* ---------------------------------------------------------------- policies <-> runs ---- */

@@ -123,6 +123,17 @@ def test_samples_past_a_policys_5000th_prompt_are_said(tmp_path):
     r = report(tmp_path, "--eval", "e.json", "--samples", "s.jsonl", "--out", "r.html")
     assert r.returncode == 0, r.stderr
     assert f"policy a: {n - 5000} samples of prompts past its first 5000 not kept" in r.stderr, r.stderr
+    # samples inside the eval JSON: the same rule (each prompt twice: the second copy is no loss)
+    smp = [{"prompt": f"q{j}", "completion": f"d{j}"} for j in range(n) for _ in range(2)]
+    (tmp_path / "b.json").write_text(json.dumps({"policies": [{"name": "b", "reward_mean": 0.1, "kl": 1, "samples": smp}]}))
+    r = report(tmp_path, "--eval", "b.json", "--max-prompts", "1200", "--out", "b.html")
+    assert r.returncode == 0, r.stderr
+    read = json.load(open(tmp_path / "b.json"))["policies"][0]["samples"]
+    first_5000 = set(list(dict.fromkeys(s["prompt"] for s in read))[:5000])
+    n_past = sum(s["prompt"] not in first_5000 for s in read)
+    assert f"policy b: {n_past} samples of prompts past its first 5000 not kept" in r.stderr, r.stderr
+    rows = table_rows((tmp_path / "b.html").read_text(), "samples-table")
+    assert [row[1] for row in rows[1:]] == [f"d{j}" for j in range(1200)]
 
 
 def test_a_long_metrics_file_loads_in_linear_time(tmp_path):
