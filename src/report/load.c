@@ -246,11 +246,14 @@ static void discover_settings(rp_ctx *c, rp_run *r, char **names, size_t n_names
     static const char *const preferred[] = {"training_state.json", "run.json", "run_config.json", "config.json", "args.json",
                                             "training_args.json", "dpo_config.json", "run.ini", "config.ini", NULL};
     for (int pass = 0; pass < 2 && !r->divergence; pass++) {
-        for (size_t i = 0; i < n_names && !r->divergence; i++) {
-            const char *nm = names[i];
-            int pref = 0;
+        /* pass 0 walks preferred[] itself, so its order (not the listing's alphabetical one) decides */
+        size_t n_pass = pass == 0 ? sizeof preferred / sizeof *preferred - 1 : n_names;
+        for (size_t i = 0; i < n_pass && !r->divergence; i++) {
+            const char *nm = pass == 0 ? preferred[i] : names[i];
+            int pref = 0, listed = 0;
             for (const char *const *q = preferred; *q; q++) if (!strcmp(*q, nm)) pref = 1;
-            if (pass == 0 ? !pref : pref) continue;
+            for (size_t k = 0; pass == 0 && k < n_names && !listed; k++) listed = !strcmp(names[k], nm);
+            if (pass == 0 ? !listed : pref) continue;
             int json = ends_with(nm, ".json"), ini = ends_with(nm, ".ini") || ends_with(nm, ".cfg");
             if ((!json && !ini) || is_eval_name(nm)) continue;
             char *path = fdpo_path_join(r->dir, nm);
@@ -338,6 +341,9 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
     int any = 0;
     char *p = text, *end = text + len;
     rp_nonfinite nf = {.path = path, .seen = cJSON_CreateObject()};
+    /* counted here, lines grown geometrically: cJSON_GetArraySize walks the whole list, and
+     * asking it per line made a 300k-line file take hours */
+    size_t n_rows = (size_t)cJSON_GetArraySize(r->rows), lines_cap = n_rows;
     while (p < end) {
         char *e = memchr(p, '\n', (size_t)(end - p));
         size_t n = e ? (size_t)(e - p) : (size_t)(end - p);
@@ -362,8 +368,11 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
                     cJSON_AddItemToObject(obj, "eval_loss", old);
                 }
                 cJSON_AddItemToArray(r->rows, obj);
-                r->lines = fdpo_realloc(r->lines, (size_t)cJSON_GetArraySize(r->rows) * sizeof *r->lines);
-                r->lines[cJSON_GetArraySize(r->rows) - 1] = line;   /* a row's x without "step" */
+                if (n_rows == lines_cap) {
+                    lines_cap = lines_cap ? 2 * lines_cap : 64;
+                    r->lines = fdpo_realloc(r->lines, lines_cap * sizeof *r->lines);
+                }
+                r->lines[n_rows++] = line;   /* a row's x without "step" */
             }
             any = 1;
         }
@@ -488,34 +497,91 @@ static void flatten(cJSON *out, const cJSON *obj, const char *prefix, int depth)
     }
 }
 
-static void add_sample(cJSON *out, const cJSON *prompt, const cJSON *text, const cJSON *reward) {
+/* The sample-completions table shows each policy's first completion per prompt, so a policy
+ * keeps one sample per prompt, for its first RP_MAX_SAMPLE_PROMPTS prompts (the samples past
+ * it are counted and said). The (policy, prompt) pairs kept are in a hash set, so a file of
+ * many samples is read in linear time. */
+#define RP_MAX_SAMPLE_PROMPTS 5000
+typedef struct { size_t pol; const char *prompt; } rp_kept;          /* prompt NULL: a free slot */
+typedef struct { rp_kept *slot; size_t cap, n; } rp_kept_set;
+typedef struct { rp_kept_set *set; size_t pol, *count, *dropped; } rp_keep;   /* where a policy's samples go */
+
+static size_t kept_slot(const rp_kept_set *h, size_t pol, const char *prompt) {
+    unsigned long long x = 1469598103934665603ull ^ (unsigned long long)pol;    /* FNV-1a */
+    for (const char *q = prompt; *q; q++) x = (x ^ (unsigned char)*q) * 1099511628211ull;
+    size_t i = (size_t)x & (h->cap - 1);
+    while (h->slot[i].prompt && (h->slot[i].pol != pol || strcmp(h->slot[i].prompt, prompt))) i = (i + 1) & (h->cap - 1);
+    return i;
+}
+
+static int kept_has(const rp_kept_set *h, size_t pol, const char *prompt) {
+    return h->cap && h->slot[kept_slot(h, pol, prompt)].prompt != NULL;
+}
+
+/* Adds (pol, prompt), not in the set yet; prompt must outlive the set. */
+static void kept_add(rp_kept_set *h, size_t pol, const char *prompt) {
+    if (2 * (h->n + 1) > h->cap) {      /* at most half full */
+        size_t cap = h->cap ? 2 * h->cap : 64;
+        rp_kept_set g = {fdpo_calloc(cap, sizeof *g.slot), cap, h->n};
+        for (size_t i = 0; i < h->cap; i++)
+            if (h->slot[i].prompt) g.slot[kept_slot(&g, h->slot[i].pol, h->slot[i].prompt)] = h->slot[i];
+        free(h->slot);
+        *h = g;
+    }
+    h->slot[kept_slot(h, pol, prompt)] = (rp_kept){pol, prompt};
+    h->n++;
+}
+
+/* Appends smp to list when its policy has no sample of its prompt yet and is under the cap;
+ * else frees it. */
+static void keep_sample(const rp_keep *k, cJSON *list, cJSON *smp) {
+    const char *prompt = cJSON_GetObjectItemCaseSensitive(smp, "prompt")->valuestring;
+    if (kept_has(k->set, k->pol, prompt)) { cJSON_Delete(smp); return; }
+    if (*k->count >= RP_MAX_SAMPLE_PROMPTS) { ++*k->dropped; cJSON_Delete(smp); return; }
+    cJSON_AddItemToArray(list, smp);
+    kept_add(k->set, k->pol, prompt);
+    ++*k->count;
+}
+
+static void warn_dropped_samples(rp_ctx *c, const char *policy, const char *path, size_t dropped) {
+    if (dropped)
+        fdpo_rp_warn(c, "%s: policy %s: %zu sample%s of prompts past its first %d not kept (the sample table shows the "
+                     "first completion per prompt, for at most %d prompts)", path, policy, dropped, dropped == 1 ? "" : "s",
+                     RP_MAX_SAMPLE_PROMPTS, RP_MAX_SAMPLE_PROMPTS);
+}
+
+static void add_sample(cJSON *out, const cJSON *prompt, const cJSON *text, const cJSON *reward, const rp_keep *keep) {
     if (!cJSON_IsString(text)) return;
     cJSON *s = cJSON_CreateObject();
     cJSON_AddStringToObject(s, "prompt", cJSON_IsString(prompt) ? prompt->valuestring : "");
     cJSON_AddStringToObject(s, "completion", text->valuestring);
     if (cJSON_IsNumber(reward) && isfinite(reward->valuedouble)) cJSON_AddNumberToObject(s, "reward", reward->valuedouble);
-    cJSON_AddItemToArray(out, s);
+    if (keep) keep_sample(keep, out, s);
+    else cJSON_AddItemToArray(out, s);
 }
 
-static cJSON *collect_samples(const cJSON *arr) {
+static cJSON *collect_samples(const cJSON *arr, size_t *dropped) {
     cJSON *out = cJSON_CreateArray();
     if (!cJSON_IsArray(arr)) return out;
+    rp_kept_set set = {0};
+    size_t count = 0;
+    const rp_keep keep = {&set, 0, &count, dropped};
     const cJSON *it;
     cJSON_ArrayForEach(it, arr) {
-        if (cJSON_GetArraySize(out) >= 1000) break;
-        if (cJSON_IsString(it)) { add_sample(out, NULL, it, NULL); continue; }
+        if (cJSON_IsString(it)) { add_sample(out, NULL, it, NULL, &keep); continue; }
         if (!cJSON_IsObject(it)) continue;
         const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(it, "prompt");
         const cJSON *text = fdpo_rp_get(it, K_COMPLETION), *reward = fdpo_rp_get(it, K_REWARD);
-        if (text) { add_sample(out, prompt, text, reward); continue; }
+        if (text) { add_sample(out, prompt, text, reward, &keep); continue; }
         const cJSON *many = fdpo_rp_get(it, K_SAMPLES);       /* {"prompt", "completions": [...]} */
         if (cJSON_IsArray(many)) {
             const cJSON *rewards = cJSON_GetObjectItemCaseSensitive(it, "rewards");
             const cJSON *first = cJSON_GetArrayItem(many, 0);
-            if (cJSON_IsObject(first)) add_sample(out, prompt, fdpo_rp_get(first, K_COMPLETION), fdpo_rp_get(first, K_REWARD));
-            else add_sample(out, prompt, first, cJSON_GetArrayItem(rewards, 0));
+            if (cJSON_IsObject(first)) add_sample(out, prompt, fdpo_rp_get(first, K_COMPLETION), fdpo_rp_get(first, K_REWARD), &keep);
+            else add_sample(out, prompt, first, cJSON_GetArrayItem(rewards, 0), &keep);
         }
     }
+    free(set.slot);
     return out;
 }
 
@@ -559,7 +625,9 @@ static void add_policy(rp_ctx *c, const cJSON *p, const char *key_name, const ch
     q->run_index = run ? (long)(run - c->runs) : -1;
     q->metrics = cJSON_CreateObject();
     flatten(q->metrics, p, "", 0);
-    q->samples = collect_samples(fdpo_rp_get(p, K_SAMPLES));
+    size_t dropped = 0;
+    q->samples = collect_samples(fdpo_rp_get(p, K_SAMPLES), &dropped);
+    warn_dropped_samples(c, q->name, path, dropped);
 
     char *div = NULL, *loss = NULL; double beta = 0, alpha = 0; int hb = 0, ha = 0;
     find_settings(c, path, p, 0, &div, &beta, &hb, &loss, &alpha, &ha);
@@ -584,8 +652,24 @@ static int is_policy_object(const cJSON *o) {
     return fdpo_rp_get(o, marks) != NULL;
 }
 
+/* 1 (with a warning) when path is a file read before under any spelling; else records it. */
+static int read_before(rp_ctx *c, const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return 0;
+    for (size_t i = 0; i < c->n_read_files; i++)
+        if (c->read_files[i].dev == (unsigned long long)st.st_dev && c->read_files[i].ino == (unsigned long long)st.st_ino) {
+            fdpo_rp_warn(c, "%s: the same file as %s, read already; not read again", path, c->read_files[i].path);
+            return 1;
+        }
+    c->read_files = fdpo_realloc(c->read_files, (c->n_read_files + 1) * sizeof *c->read_files);
+    c->read_files[c->n_read_files++] = (struct rp_read_file){(unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+                                                             fdpo_strdup(path)};
+    return 0;
+}
+
 int fdpo_rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_file) {
     if (!is_file(path)) return fdpo_error("%s: no such eval file", path);
+    if (read_before(c, path)) return 0;
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return -1;
@@ -603,7 +687,7 @@ int fdpo_rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explic
         list = cJSON_GetObjectItemCaseSensitive(doc, "results");
         if (!list) list = doc;                /* {"name": {metrics}, ...} */
     }
-    if (!list && !cJSON_IsArray(doc)) {
+    if (!list && cJSON_IsObject(doc)) {      /* one policy object; a bare number, string or null is none */
         add_policy(c, doc, NULL, path, run, 0, 1);
     } else if (cJSON_IsArray(doc) || cJSON_IsArray(list)) {
         const cJSON *arr = cJSON_IsArray(doc) ? doc : list;
@@ -632,6 +716,7 @@ int fdpo_rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explic
  * "reward", ...}. Kept aside until every policy is loaded (fdpo_rp_attach_samples). */
 int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int explicit_file) {
     if (!is_file(path)) return fdpo_error("%s: no such samples file", path);
+    if (read_before(c, path)) return 0;
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return -1;
@@ -651,17 +736,17 @@ int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int exp
         }
         const cJSON *text_item = obj ? fdpo_rp_get(obj, K_COMPLETION) : NULL;
         if (obj && cJSON_IsString(text_item)) {
-            if (kept < 5000) {
-                cJSON *tmp = cJSON_CreateArray();
-                add_sample(tmp, cJSON_GetObjectItemCaseSensitive(obj, "prompt"), text_item, fdpo_rp_get(obj, K_REWARD));
-                cJSON *smp = cJSON_DetachItemFromArray(tmp, 0);
-                cJSON_Delete(tmp);
-                const cJSON *pol = fdpo_rp_get(obj, K_NAME);
-                if (cJSON_IsString(pol)) cJSON_AddStringToObject(smp, "policy", pol->valuestring);
-                cJSON_AddNumberToObject(smp, "run", run ? (double)(run - c->runs) : -1);
-                cJSON_AddStringToObject(smp, "file", path);
-                cJSON_AddItemToArray(c->pending, smp);
-            }
+            /* every line is kept until its policy is known: fdpo_rp_attach_samples keeps one per
+             * (policy, prompt) */
+            cJSON *tmp = cJSON_CreateArray();
+            add_sample(tmp, cJSON_GetObjectItemCaseSensitive(obj, "prompt"), text_item, fdpo_rp_get(obj, K_REWARD), NULL);
+            cJSON *smp = cJSON_DetachItemFromArray(tmp, 0);
+            cJSON_Delete(tmp);
+            const cJSON *pol = fdpo_rp_get(obj, K_NAME);
+            if (cJSON_IsString(pol)) cJSON_AddStringToObject(smp, "policy", pol->valuestring);
+            cJSON_AddNumberToObject(smp, "run", run ? (double)(run - c->runs) : -1);
+            cJSON_AddStringToObject(smp, "file", path);
+            cJSON_AddItemToArray(c->pending, smp);
             kept++;
         } else if (!blank && bad++ < 3) {
             if (obj) fdpo_rp_warn(c, "%s:%zu: not a sample (a JSON object with \"completion\"), line skipped", path, line);
@@ -679,6 +764,9 @@ int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int exp
 
 void fdpo_rp_attach_samples(rp_ctx *c) {
     if (!c->pending) return;
+    struct { size_t count, dropped; char *file; } *per = NULL;   /* per policy, indexed as c->pols */
+    size_t n_per = 0;
+    rp_kept_set set = {0};
     cJSON *smp;
     while ((smp = cJSON_DetachItemFromArray(c->pending, 0))) {
         const cJSON *pol = cJSON_GetObjectItemCaseSensitive(smp, "policy");
@@ -712,12 +800,32 @@ void fdpo_rp_attach_samples(rp_ctx *c) {
                 to->samples = cJSON_CreateArray();
             }
         }
+        size_t at = (size_t)(to - c->pols);
+        if (at >= n_per) {
+            per = fdpo_realloc(per, c->n_pols * sizeof *per);
+            memset(per + n_per, 0, (c->n_pols - n_per) * sizeof *per);
+            n_per = c->n_pols;
+        }
+        if (!per[at].file) {    /* first sample for this policy: its eval JSON's samples are kept already */
+            per[at].file = fdpo_strdup(cJSON_GetObjectItem(smp, "file")->valuestring);
+            const cJSON *had;
+            cJSON_ArrayForEach(had, to->samples) {
+                const char *prompt = cJSON_GetObjectItemCaseSensitive(had, "prompt")->valuestring;
+                if (!kept_has(&set, at, prompt)) kept_add(&set, at, prompt);
+                per[at].count++;
+            }
+        }
         cJSON_DeleteItemFromObject(smp, "policy");
         cJSON_DeleteItemFromObject(smp, "run");
         cJSON_DeleteItemFromObject(smp, "file");
-        if (cJSON_GetArraySize(to->samples) < 5000) cJSON_AddItemToArray(to->samples, smp);
-        else cJSON_Delete(smp);
+        keep_sample(&(rp_keep){&set, at, &per[at].count, &per[at].dropped}, to->samples, smp);
     }
+    for (size_t i = 0; i < n_per; i++) {
+        warn_dropped_samples(c, c->pols[i].name, per[i].file, per[i].dropped);
+        free(per[i].file);
+    }
+    free(per);
+    free(set.slot);
 }
 
 /* ---------------------------------------------------------------- policies <-> runs ---- */
@@ -789,13 +897,15 @@ static char **csv_record(const char **p, const char *end, size_t *line, size_t *
         else if (quoted) {
             if (*s == '"' && s + 1 < end && s[1] == '"') { fdpo_rp_put(&cur, "\"", 1); s += 2; continue; }
             if (*s == '"') { quoted = 0; s++; continue; }
-            if (*s == '\n') (*line)++;
+            if (*s == '\n' || (*s == '\r' && (s + 1 >= end || s[1] != '\n'))) (*line)++;
             fdpo_rp_put(&cur, s, 1); s++;
             continue;
         } else if (*s == '"' && at_start) { quoted = 1; at_start = 0; s++; continue; }
-        else if (*s == ',' || *s == '\n' || (*s == '\r' && (s + 1 >= end || s[1] == '\n'))) {
-            if (*s == '\r') s++;
-            if (*s == '\n') { done = 1; (*line)++; }
+        else if (*s == ',') {
+            /* a field ends */
+        } else if (*s == '\n' || *s == '\r') {   /* a record ends at \n, \r\n or a bare \r, as in Python's csv */
+            if (*s == '\r' && s + 1 < end && s[1] == '\n') s++;
+            done = 1; (*line)++;
         } else { fdpo_rp_put(&cur, s, 1); s++; at_start = 0; continue; }
         at_start = 1;
         f = fdpo_realloc(f, (n + 1) * sizeof *f);
@@ -907,7 +1017,7 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
         int blank = nf == 1 && !trim(f[0])[0];
         if (open_quote) {   /* every line after it would be this row's field: said, not kept */
             fdpo_rp_warn(c, "%s:%zu: a quoted field opened on this line is not closed by the end of the file; "
-                         "lines %zu-%zu skipped", path, at, at, end[-1] == '\n' ? line - 1 : line);
+                         "lines %zu-%zu skipped", path, at, at, end[-1] == '\n' || end[-1] == '\r' ? line - 1 : line);
         } else if (!blank && nf != nh) {
             fdpo_rp_warn(c, "%s:%zu: %zu fields, header has %zu; row skipped", path, at, nf, nh);
         } else if (!blank) {
@@ -944,6 +1054,12 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
 
 /* ---------------------------------------------------------------- cleanup ---- */
 
+size_t fdpo_rp_runs_with_rows(const rp_ctx *c) {
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_runs; i++) n += c->runs[i].rows->child != NULL;
+    return n;
+}
+
 void fdpo_rp_ctx_free(rp_ctx *c) {
     for (size_t i = 0; i < c->n_runs; i++) {
         rp_run *r = &c->runs[i];
@@ -967,6 +1083,8 @@ void fdpo_rp_ctx_free(rp_ctx *c) {
     }
     for (size_t i = 0; i < c->n_warnings; i++) free(c->warnings[i]);
     cJSON_Delete(c->pending);
+    for (size_t i = 0; i < c->n_read_files; i++) free(c->read_files[i].path);
+    free(c->read_files);
     free(c->runs); free(c->pols); free(c->proxy); free(c->labs); free(c->warnings);
     memset(c, 0, sizeof *c);
 }

@@ -161,7 +161,9 @@ static void training_panel(charts *ch, const char *title, const char *explain, c
             const char *sfx = pass == 0 ? suffix : suffix2;
             snprintf(label, sizeof label, "%s%s", r->label, sfx ? sfx : "");
             cJSON *s = series_new(series, label, run_color(i), 1, pass == 1);
-            if (pass == 1) cJSON_AddBoolToObject(s, "nolegend", 1);   /* same colour as the solid line */
+            /* same colour as the solid line, whose legend entry stands for both; a run with no solid
+             * line in this panel keeps the dashed one's entry, or nothing would say whose it is */
+            if (pass == 1 && run_has(r, key)) cJSON_AddBoolToObject(s, "nolegend", 1);
             size_t n = 0;
             const cJSON *row;
             cJSON_ArrayForEach(row, r->rows) { double v; n += row_num(row, k, &v); }
@@ -180,12 +182,15 @@ static void training_panel(charts *ch, const char *title, const char *explain, c
     chart_emit(ch, series, title, explain, "step", ylabel, 0);
 }
 
+/* From the last row back, along cJSON's prev links (the first item's prev is the last):
+ * cJSON_GetArrayItem(i) walks from the front, which made this quadratic in the rows. */
 static const cJSON *last_with(const rp_run *r, const char *key, double *v) {
-    for (int i = cJSON_GetArraySize(r->rows) - 1; i >= 0; i--) {
-        const cJSON *row = cJSON_GetArrayItem(r->rows, i);
+    const cJSON *first = r->rows->child;
+    if (!first) return NULL;
+    for (const cJSON *row = first->prev;; row = row->prev) {
         if (row_num(row, key, v)) return row;
+        if (row == first) return NULL;
     }
-    return NULL;
 }
 
 static void td_num(rp_buf *b, double v) { fdpo_rp_puts(b, "<td class=\"num\">"); fdpo_rp_num(b, v); fdpo_rp_puts(b, "</td>"); }
@@ -384,7 +389,7 @@ static void sacpo_path_series(rp_ctx *c, cJSON *series) {
     if (n >= 2) {
         qsort(pts, n, sizeof *pts, cmp_sacpo_point);
         char label[96];
-        snprintf(label, sizeof label, "SACPO, \xce\xbb = 0 \xe2\x86\x92 %g", pts[n - 1].lambda);
+        snprintf(label, sizeof label, "SACPO, \xce\xbb = %g \xe2\x86\x92 %g", pts[0].lambda, pts[n - 1].lambda);
         cJSON *s = series_new(series, label, "#444444", 1, 0);
         for (size_t k = 0; k < n; k++) {
             char tip[96];
@@ -434,14 +439,18 @@ static void overoptimisation_panel(charts *ch) {
         const char *xk = g ? pol_kl_key(g) : NULL;
         double x, yg, yp, seg = NAN, sep = NAN;
         if (!xk || !pol_num(g, xk, &x) || !pol_num(g, "reward_mean", &yg) || !pol_num(p, "reward_mean", &yp)) continue;
-        pol_num(g, "reward_se", &seg);
-        pol_num(p, "reward_se", &sep);
-        char tip[600];
-        snprintf(tip, sizeof tip, "%.200s: gold reward %.4g ± %.2g (gain %.3g ± %.2g s.d.) at KL %.4g", p->name, yg,
-                 seg, (yg - gm) / gs, seg / gs, x);
+        /* the s.e. as the summary table reads it (reward_se, else reward_stderr); none: no "±" */
+        int has_seg = pol_num(g, "reward_se", &seg) || pol_num(g, "reward_stderr", &seg);
+        int has_sep = pol_num(p, "reward_se", &sep) || pol_num(p, "reward_stderr", &sep);
+        char tip[600], raw[64] = "", gain[64] = "";
+        if (has_seg) { snprintf(raw, sizeof raw, " ± %.2g", seg); snprintf(gain, sizeof gain, " ± %.2g", seg / gs); }
+        snprintf(tip, sizeof tip, "%.200s: gold reward %.4g%s (gain %.3g%s s.d.) at KL %.4g", p->name, yg,
+                 raw, (yg - gm) / gs, gain, x);
         series_add(sg, x, (yg - gm) / gs, tip);
-        snprintf(tip, sizeof tip, "%.200s: proxy reward %.4g ± %.2g (gain %.3g ± %.2g s.d.) at KL %.4g", p->name, yp,
-                 sep, (yp - pm) / ps, sep / ps, x);
+        raw[0] = gain[0] = 0;
+        if (has_sep) { snprintf(raw, sizeof raw, " ± %.2g", sep); snprintf(gain, sizeof gain, " ± %.2g", sep / ps); }
+        snprintf(tip, sizeof tip, "%.200s: proxy reward %.4g%s (gain %.3g%s s.d.) at KL %.4g", p->name, yp,
+                 raw, (yp - pm) / ps, gain, x);
         series_add(sp, x, (yp - pm) / ps, tip);
     }
     chart_emit(ch, series, "Reward over-optimisation: gold vs proxy reward",
@@ -580,16 +589,19 @@ static void samples_grid(rp_ctx *c, rp_buf *b) {
     size_t np = 0;
     for (size_t i = 0; i < c->n_pols; i++) np += cJSON_GetArraySize(c->pols[i].samples) > 0;
     if (!np) return;
-    /* prompts in first-seen order */
-    const char *prompts[64];
+    /* prompts in first-seen order: as many as asked for (no more than there are samples) */
+    size_t n_samples = 0;
+    for (size_t i = 0; i < c->n_pols; i++) n_samples += (size_t)cJSON_GetArraySize(c->pols[i].samples);
+    if (max_prompts > n_samples) max_prompts = n_samples;
+    const char **prompts = fdpo_malloc(max_prompts * sizeof *prompts);
     size_t n_prompts = 0;
-    for (size_t i = 0; i < c->n_pols && n_prompts < max_prompts && n_prompts < 64; i++) {
+    for (size_t i = 0; i < c->n_pols && n_prompts < max_prompts; i++) {
         const cJSON *s;
         cJSON_ArrayForEach(s, c->pols[i].samples) {
             const char *p = cJSON_GetObjectItem(s, "prompt")->valuestring;
             size_t j = 0;
             while (j < n_prompts && strcmp(prompts[j], p)) j++;
-            if (j == n_prompts && n_prompts < max_prompts && n_prompts < 64) prompts[n_prompts++] = p;
+            if (j == n_prompts && n_prompts < max_prompts) prompts[n_prompts++] = p;
         }
     }
     fdpo_rp_puts(b, "<h2 id=\"samples\">Sample completions</h2>\n<p class=\"explain\">The first completion each policy "
@@ -625,6 +637,7 @@ static void samples_grid(rp_ctx *c, rp_buf *b) {
         fdpo_rp_puts(b, "</tr>\n");
     }
     fdpo_rp_puts(b, "</tbody></table></div>\n");
+    free(prompts);
 }
 
 /* ---------------------------------------------------------------- lab ---- */
@@ -650,23 +663,36 @@ static const char *cell_str(const cJSON *row, int col) {
 /* Columns that split a divergence's points into several lines when they take several values. */
 static const char *const LAB_GROUPS[] = {"noise", "data_policy", "bias", "prompt", NULL};
 
-static void cell_text(const cJSON *row, int col, char *buf, size_t n) {
-    const cJSON *x = col >= 0 ? cJSON_GetArrayItem(row, col) : NULL;
-    if (cJSON_IsNumber(x)) snprintf(buf, n, "%g", x->valuedouble);
-    else if (cJSON_IsString(x)) snprintf(buf, n, "%s", x->valuestring);
-    else snprintf(buf, n, "-");
+/* Two cells are one group's value only when equal in full: the same number, the same whole
+ * text, or both empty (a value printed with %g or cut to a buffer merged 0.1 and 0.1000001,
+ * or two prompts sharing their first 127 bytes). */
+static int cells_equal(const cJSON *row_a, const cJSON *row_b, int col) {
+    const cJSON *a = cJSON_GetArrayItem(row_a, col), *b = cJSON_GetArrayItem(row_b, col);
+    if (cJSON_IsNumber(a) && cJSON_IsNumber(b)) return a->valuedouble == b->valuedouble;
+    if (cJSON_IsString(a) && cJSON_IsString(b)) return !strcmp(a->valuestring, b->valuestring);
+    return !cJSON_IsNumber(a) && !cJSON_IsString(a) && !cJSON_IsNumber(b) && !cJSON_IsString(b);
+}
+
+/* A group's value for its label: a number with the fewest digits (6 or more) that read back
+ * as the same number, so two groups never share a label; text whole; "-" when empty. */
+static void group_value_text(rp_buf *b, const cJSON *row, int col) {
+    const cJSON *x = cJSON_GetArrayItem(row, col);
+    if (cJSON_IsNumber(x)) {
+        char v[40];
+        for (int prec = 6; prec <= 17; prec++) {
+            snprintf(v, sizeof v, "%.*g", prec, x->valuedouble);
+            if (strtod(v, NULL) == x->valuedouble) break;
+        }
+        fdpo_rp_puts(b, v);
+    } else if (cJSON_IsString(x)) fdpo_rp_puts(b, x->valuestring);
+    else fdpo_rp_puts(b, "-");
 }
 
 static int distinct_values(const rp_lab *L, int col) {
-    char first[128], cur[128];
-    int have = 0;
-    const cJSON *row;
-    cJSON_ArrayForEach(row, L->rows) {
-        cell_text(row, col, cur, sizeof cur);
-        if (!have) { memcpy(first, cur, sizeof first); have = 1; }
-        else if (strcmp(first, cur)) return 2;
-    }
-    return have;
+    const cJSON *first = L->rows->child, *row;
+    if (!first) return 0;
+    cJSON_ArrayForEach(row, L->rows) if (!cells_equal(first, row, col)) return 2;
+    return 1;
 }
 
 /* y_col against x_col, one line per divergence (and per value of a grouping column that
@@ -683,70 +709,58 @@ static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char
     /* the frontier runs over beta (x = kl); other x axes split by it */
     if (bc >= 0 && bc != xc && strcmp(x_name, "kl") && distinct_values(L, bc) > 1) gcols[ng++] = bc;
     size_t nrows = (size_t)cJSON_GetArraySize(L->rows);
-    char **keys = fdpo_malloc((nrows + 1) * sizeof *keys);   /* "div\x1f" + "name=value, ..." */
-    size_t nk = 0;
+    /* a group (one line): its first row, whose divergence and grouping cells every row of it shares */
+    const cJSON **groups = fdpo_malloc((nrows + 1) * sizeof *groups);
+    size_t *group_of = fdpo_malloc((nrows + 1) * sizeof *group_of), nk = 0, r_i = 0;
     const cJSON *row;
     cJSON_ArrayForEach(row, L->rows) {
-        const char *d = cell_str(row, dc);
-        if (!d) continue;
-        rp_buf k = {0};
-        fdpo_rp_puts(&k, d);
-        fdpo_rp_puts(&k, "\x1f");
-        for (int g = 0; g < ng; g++) {
-            char v[128];
-            cell_text(row, gcols[g], v, sizeof v);
-            fdpo_rp_printf(&k, "%s%s=%s", g ? ", " : "", L->cols[gcols[g]], v);
-        }
-        size_t j = 0;
-        while (j < nk && strcmp(keys[j], k.p)) j++;
-        if (j == nk) keys[nk++] = k.p; else free(k.p);
+        size_t j = nk;
+        if (cell_str(row, dc)) {
+            for (j = 0; j < nk; j++) {
+                int same = !strcmp(cell_str(groups[j], dc), cell_str(row, dc));
+                for (int g = 0; g < ng && same; g++) same = cells_equal(groups[j], row, gcols[g]);
+                if (same) break;
+            }
+            if (j == nk) groups[nk++] = row;
+        } else j = (size_t)-1;     /* no divergence: on no line */
+        group_of[r_i++] = j;
     }
     int xlog = !strcmp(x_name, "beta") || !strcmp(x_name, "n_comparisons");
     cJSON_ArrayForEach(row, L->rows) { double x; if (cell_num(row, xc, &x) && x <= 0) xlog = 0; }
     cJSON *series = cJSON_CreateArray();
     xyi *pts = fdpo_malloc((nrows + 1) * sizeof *pts);
     for (size_t d = 0; d < nk; d++) {
-        char *sep = strchr(keys[d], '\x1f');
+        const char *dv = cell_str(groups[d], dc);
         size_t n = 0, i = 0;
         cJSON_ArrayForEach(row, L->rows) {
-            const char *dv = cell_str(row, dc);
             double x, y;
-            if (dv && strlen(dv) == (size_t)(sep - keys[d]) && !strncmp(dv, keys[d], (size_t)(sep - keys[d])) &&
-                cell_num(row, xc, &x) && cell_num(row, yc, &y)) {
-                rp_buf k = {0};
-                for (int g = 0; g < ng; g++) {
-                    char v[128];
-                    cell_text(row, gcols[g], v, sizeof v);
-                    fdpo_rp_printf(&k, "%s%s=%s", g ? ", " : "", L->cols[gcols[g]], v);
-                }
-                if (!strcmp(k.p ? k.p : "", sep + 1)) pts[n++] = (xyi){x, y, i};
-                free(k.p);
-            }
+            if (group_of[i] == d && cell_num(row, xc, &x) && cell_num(row, yc, &y)) pts[n++] = (xyi){x, y, i};
             i++;
         }
         qsort(pts, n, sizeof *pts, cmp_xyi);
-        *sep = 0;
         /* the n-th group of the same divergence gets the n-th dash pattern */
         int dash = 0;
-        size_t dlen = strlen(keys[d]);
-        for (size_t e = 0; e < d; e++) if (!strncmp(keys[e], keys[d], dlen) && keys[e][dlen] == '\x1f') dash++;
-        char label[300];
-        if (sep[1]) snprintf(label, sizeof label, "%s, %s", div_title(keys[d]), sep + 1);
-        else snprintf(label, sizeof label, "%s", div_title(keys[d]));
-        cJSON *s = series_new(series, label, div_color(keys[d]), n > 1, 0);
+        for (size_t e = 0; e < d; e++) dash += !strcmp(cell_str(groups[e], dc), dv);
+        rp_buf label = {0};
+        fdpo_rp_puts(&label, div_title(dv));
+        for (int g = 0; g < ng; g++) {
+            fdpo_rp_printf(&label, ", %s=", L->cols[gcols[g]]);
+            group_value_text(&label, groups[d], gcols[g]);
+        }
+        cJSON *s = series_new(series, label.p, div_color(dv), n > 1, 0);
         cJSON_ReplaceItemInObject(s, "dash", cJSON_CreateNumber(dash));
         for (size_t k = 0; k < n; k++) {
             char tip[400];
             double beta;
             if (bc != xc && cell_num(cJSON_GetArrayItem(L->rows, (int)pts[k].i), bc, &beta))
-                snprintf(tip, sizeof tip, "%s, \xce\xb2=%g: %s %.4g, %s %.4g", label, beta, x_name, pts[k].x, y_name, pts[k].y);
-            else snprintf(tip, sizeof tip, "%s: %s %.4g, %s %.4g", label, x_name, pts[k].x, y_name, pts[k].y);
+                snprintf(tip, sizeof tip, "%.250s, \xce\xb2=%g: %s %.4g, %s %.4g", label.p, beta, x_name, pts[k].x, y_name, pts[k].y);
+            else snprintf(tip, sizeof tip, "%.250s: %s %.4g, %s %.4g", label.p, x_name, pts[k].x, y_name, pts[k].y);
             series_add(s, pts[k].x, pts[k].y, tip);
         }
-        *sep = '\x1f';
+        free(label.p);
     }
-    for (size_t d = 0; d < nk; d++) free(keys[d]);
-    free(keys);
+    free(groups);
+    free(group_of);
     free(pts);
     return chart_emit(ch, series, title, explain, xlabel, ylabel, xlog);
 }
@@ -891,6 +905,10 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
                            "rewards/rejected (\xce\xb2 \xc3\x97 log-ratio). When both fall, the margin grows by pushing "
                            "the rejected answer down faster than the chosen one, not by raising the chosen one.",
                            "implicit reward", "rewards/chosen", " chosen", (const char *const[]){"rewards/rejected", NULL}, " rejected");
+            training_panel(&ch, "Held-out implicit rewards: chosen (solid) and rejected (dashed)", "eval_rewards/chosen "
+                           "and eval_rewards/rejected: the same implicit rewards on the held-out pairs.", "implicit reward",
+                           "eval_rewards/chosen", " chosen (held out)", (const char *const[]){"eval_rewards/rejected", NULL},
+                           " rejected (held out)");
             fdpo_rp_puts(&body, "</div>\n");
             fdpo_rp_loop_section(c, &ch, &body);
         }
@@ -902,8 +920,11 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
                        "<code>fdpo eval</code> output. Each policy is one point; points of one divergence are joined in "
                        "order of the x value, so a line traces that divergence's frontier over \xce\xb2. Up and left is "
                        "better: more reward for less departure from the reference.</p>\n");
-        const char *keys[256];
-        size_t nk = collect_keys(c, K_SUMMARY, keys, 256);
+        /* room for every metric name of every policy: no table leaves one out */
+        size_t max_keys = 7;     /* collect_keys' fixed summary keys */
+        for (size_t i = 0; i < c->n_pols; i++) max_keys += (size_t)cJSON_GetArraySize(c->pols[i].metrics);
+        const char **keys = fdpo_malloc(max_keys * sizeof *keys);
+        size_t nk = collect_keys(c, K_SUMMARY, keys, max_keys);
         policy_table(c, &body, "eval-table", keys, nk, NULL);
         fdpo_rp_puts(&body, "<div class=\"grid\">\n");
         frontier_panel(&ch, "Reward\xe2\x80\x93KL frontier", any_lab_frontier(c) ?
@@ -936,7 +957,7 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
         };
         int said = 0;
         for (size_t t = 0; t < sizeof DIV_TABLES / sizeof DIV_TABLES[0]; t++) {
-            nk = collect_keys(c, DIV_TABLES[t].cls, keys, 256);
+            nk = collect_keys(c, DIV_TABLES[t].cls, keys, max_keys);
             if (!nk) continue;
             if (!said++)
                 fdpo_rp_puts(&body, "<h3 id=\"diversity\">Diversity and length</h3>\n<p class=\"explain\">distinct-n: distinct "
@@ -947,12 +968,13 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
             fdpo_rp_puts(&body, "<h4>"); fdpo_rp_html(&body, DIV_TABLES[t].title); fdpo_rp_puts(&body, "</h4>\n");
             policy_table(c, &body, DIV_TABLES[t].id, keys, nk, DIV_TABLES[t].strip);
         }
-        nk = collect_keys(c, K_OTHER, keys, 256);
+        nk = collect_keys(c, K_OTHER, keys, max_keys);
         if (nk) {
             fdpo_rp_puts(&body, "<details><summary>all other metrics (spreads, log-probs, per-token estimates)</summary>\n");
             policy_table(c, &body, "other-table", keys, nk, NULL);
             fdpo_rp_puts(&body, "</details>\n");
         }
+        free(keys);
         samples_grid(c, &body);
     }
 
@@ -977,15 +999,16 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
     fdpo_rp_html(b, title);
     fdpo_rp_puts(b, "</title>\n<style>\n");
     fdpo_rp_put(b, css, css_len);
+    size_t n_runs = fdpo_rp_runs_with_rows(c);   /* as counted on stdout; a directory of eval files only is no run */
     fdpo_rp_printf(b, "</style>\n</head>\n<body data-charts-expected=\"%zu\">\n<header><h1>", ch.n);
     fdpo_rp_html(b, title);
     fdpo_rp_printf(b, "</h1><p class=\"meta\">%zu run%s, %zu evaluated polic%s, %zu lab table%s \xc2\xb7 generated %s by "
                  "<code>fdpo report</code> \xc2\xb7 charts: Chart.js (MIT), inlined</p>\n",
-              c->n_runs, c->n_runs == 1 ? "" : "s", c->n_pols, c->n_pols == 1 ? "y" : "ies",
+              n_runs, n_runs == 1 ? "" : "s", c->n_pols, c->n_pols == 1 ? "y" : "ies",
               c->n_labs, c->n_labs == 1 ? "" : "s", when);
     fdpo_rp_puts(b, "<p id=\"js-status\" class=\"bad\" hidden></p>\n<nav>");
     if (c->notes) fdpo_rp_puts(b, "<a href=\"#summary\">summary</a> ");
-    if (c->n_runs) fdpo_rp_puts(b, "<a href=\"#training\">training</a> ");
+    if (n_runs) fdpo_rp_puts(b, "<a href=\"#training\">training</a> ");   /* the section of the runs with rows */
     if (strstr(body.p ? body.p : "", "<h2 id=\"loop\">")) fdpo_rp_puts(b, "<a href=\"#loop\">loop</a> ");
     if (c->n_pols) fdpo_rp_puts(b, "<a href=\"#evaluation\">evaluation</a> ");
     if (c->n_labs) fdpo_rp_puts(b, "<a href=\"#lab\">lab</a> ");

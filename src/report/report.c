@@ -106,8 +106,7 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
     }
     fdpo_rp_link_policies(&c);
     fdpo_rp_attach_samples(&c);
-    size_t n_runs = 0;
-    for (size_t i = 0; i < c.n_runs; i++) n_runs += cJSON_GetArraySize(c.runs[i].rows) > 0;
+    size_t n_runs = fdpo_rp_runs_with_rows(&c);
     if (!rc && n_runs + c.n_pols + c.n_labs == 0)
         rc = fdpo_error("nothing could be read from the inputs (%zu warning%s above)",
                         c.n_warnings, c.n_warnings == 1 ? "" : "s");

@@ -55,6 +55,9 @@ typedef struct {
     char **warnings; size_t n_warnings;
     cJSON *pending;            /* samples read before their policy is known */
     char *notes;               /* contents of opts->notes_path, NULL without one */
+    /* eval and samples files read so far (device, inode, path as given): one file reached twice
+     * (a run directory's eval.json also given with --eval) is read once */
+    struct rp_read_file { unsigned long long dev, ino; char *path; } *read_files; size_t n_read_files;
 } rp_ctx;
 
 void fdpo_rp_warn(rp_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -66,6 +69,7 @@ void fdpo_rp_link_policies(rp_ctx *c);             /* after all loading: policy 
 void fdpo_rp_attach_samples(rp_ctx *c);            /* after fdpo_rp_link_policies */
 int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab);    /* -1 only if missing */
 void fdpo_rp_ctx_free(rp_ctx *c);
+size_t fdpo_rp_runs_with_rows(const rp_ctx *c);   /* the runs counted on the page and stdout */
 
 /* Render the page into b; returns the number of charts it draws. */
 size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b);
