@@ -273,7 +273,9 @@ int fdpo_chat_for(const fdpo_tokenizer *t, fdpo_chat *out) {
     } else if (src && !known) {
         rc = fdpo_error("%s is not one fdpo recognises: fdpo has no Jinja engine and renders only the published "
                         "templates it knows to render as a built-in (docs/training.md#chat-templates); name a "
-                        "built-in to render the messages with it instead: --chat-template NAME (" FDPO_CHAT_BUILTINS ")",
+                        "built-in to render the messages with it instead: --chat-template NAME (" FDPO_CHAT_BUILTINS ") in sft, "
+                        "dpo, kto, rm, generate, eval and score (online and rl render with the --model checkpoint's own: "
+                        "save one with a built-in first, e.g. fdpo sft --chat-template NAME)",
                         origin);
     } else {
         out->kind = known ? known->kind : FDPO_CHAT_PLAIN; /* plain when the files have no template */

@@ -77,6 +77,119 @@ ZEPHYR = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{
 # Qwen2-Instruct: SmolLM2's template with its own default system text
 QWEN2 = SMOLLM2.replace("You are a helpful AI assistant named SmolLM, trained by Hugging Face", "You are a helpful assistant.")
 # Qwen2.5-Instruct as published, with its tools branch (rendered only when tools are passed)
+# Llama-3.1-Instruct as published (Llama-3.3-Instruct has the same): its tool branches render
+# only with tools, tool/ipython roles or tool_calls, none of which fdpo passes or accepts.
+LLAMA31_PUBLISHED = r"""{{- bos_token }}
+{%- if custom_tools is defined %}
+    {%- set tools = custom_tools %}
+{%- endif %}
+{%- if not tools_in_user_message is defined %}
+    {%- set tools_in_user_message = true %}
+{%- endif %}
+{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+
+{#- This block extracts the system message, so we can slot it into the right place. #}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+
+{#- System message + builtin tools #}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{%- if builtin_tools is defined or tools is not none %}
+    {{- "Environment: ipython\n" }}
+{%- endif %}
+{%- if builtin_tools is defined %}
+    {{- "Tools: " + builtin_tools | reject('equalto', 'code_interpreter') | join(", ") + "\n\n"}}
+{%- endif %}
+{{- "Cutting Knowledge Date: December 2023\n" }}
+{{- "Today Date: " + date_string + "\n\n" }}
+{%- if tools is not none and not tools_in_user_message %}
+    {{- "You have access to the following functions. To call a function, please respond with JSON for a function call." }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\n\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\n\n" }}
+    {%- endfor %}
+{%- endif %}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+
+{#- Custom tools are passed in a user message with some extra guidance #}
+{%- if tools_in_user_message and not tools is none %}
+    {#- Extract the first user message so we can plug it in here #}
+    {%- if messages | length != 0 %}
+        {%- set first_user_message = messages[0]['content']|trim %}
+        {%- set messages = messages[1:] %}
+    {%- else %}
+        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
+{%- endif %}
+    {{- '<|start_header_id|>user<|end_header_id|>\n\n' -}}
+    {{- "Given the following functions, please respond with a JSON for a function call " }}
+    {{- "with its proper arguments that best answers the given prompt.\n\n" }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\n\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\n\n" }}
+    {%- endfor %}
+    {{- first_user_message + "<|eot_id|>"}}
+{%- endif %}
+
+{%- for message in messages %}
+    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+    {%- elif 'tool_calls' in message %}
+        {%- if not message.tool_calls|length == 1 %}
+            {{- raise_exception("This model only supports single tool-calls at once!") }}
+        {%- endif %}
+        {%- set tool_call = message.tool_calls[0].function %}
+        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}
+            {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+            {{- "<|python_tag|>" + tool_call.name + ".call(" }}
+            {%- for arg_name, arg_val in tool_call.arguments | items %}
+                {{- arg_name + '="' + arg_val + '"' }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- endif %}
+                {%- endfor %}
+            {{- ")" }}
+        {%- else  %}
+            {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+            {{- '{"name": "' + tool_call.name + '", ' }}
+            {{- '"parameters": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- "}" }}
+        {%- endif %}
+        {%- if builtin_tools is defined %}
+            {#- This means we're in ipython mode #}
+            {{- "<|eom_id|>" }}
+        {%- else %}
+            {{- "<|eot_id|>" }}
+        {%- endif %}
+    {%- elif message.role == "tool" or message.role == "ipython" %}
+        {{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}
+        {%- if message.content is mapping or message.content is iterable %}
+            {{- message.content | tojson }}
+        {%- else %}
+            {{- message.content }}
+        {%- endif %}
+        {{- "<|eot_id|>" }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+"""
+
 QWEN25_TOOLS = r"""{%- if tools %}
     {{- '<|im_start|>system\n' }}
     {%- if messages[0]['role'] == 'system' %}
@@ -207,6 +320,8 @@ CASES = {
     "qwen25-base-eos": (QWEN25, QWEN2_PAT, CHATML_ADDED, {"eos_token": "<|endoftext|>"}, "<|im_end|>", "chatml"),
     "llama3": (LLAMA3, LLAMA3_PAT, LLAMA3_ADDED, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, "<|eot_id|>", "llama3"),
     "llama31": (LLAMA31, LLAMA3_PAT, LLAMA3_ADDED, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, "<|eot_id|>", "llama3"),
+    "llama31-published": (LLAMA31_PUBLISHED, LLAMA3_PAT, LLAMA3_ADDED, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+                          "<|eot_id|>", "llama3"),
     "zephyr": (ZEPHYR, LLAMA3_PAT, ZEPHYR_ADDED, {"bos_token": "<s>", "eos_token": "</s>"}, "</s>", "zephyr"),
     "hermes": (HERMES, GPT2_PAT, CHATML_ADDED + [("<s>", True)], {"bos_token": "<s>", "eos_token": "<|im_end|>"},
                "<|im_end|>", "chatml"),
@@ -336,7 +451,7 @@ UNICODE_SPACE_CONVS = [
 ]
 
 
-@pytest.mark.parametrize("case", ["llama3", "llama31"])
+@pytest.mark.parametrize("case", ["llama3", "llama31", "llama31-published"])
 def test_llama3_trim_strips_unicode_whitespace(case, tmp_path):
     """`| trim` stripped only ASCII whitespace: U+00A0, U+3000, U+2028, U+001C... stayed in the
     content (and the tokens) where Jinja's str.strip() removes them."""
@@ -470,7 +585,7 @@ def test_pref_pairs_match_the_jinja_render(case, tmp_path):
             assert pair[side] == want, comp
 
 
-@pytest.mark.parametrize("case", ["smollm2", "qwen25", "hermes", "llama3", "llama31", "zephyr"])
+@pytest.mark.parametrize("case", ["smollm2", "qwen25", "hermes", "llama3", "llama31", "llama31-published", "zephyr"])
 def test_pref_pair_without_a_prompt_is_the_conversations_render(case, tmp_path):
     """chosen and rejected that are each a lone assistant turn: the implied prompt is empty, and
     prompt + completion is the Jinja render of the conversation itself, split where the
@@ -1036,7 +1151,7 @@ def test_the_default_system_turn_is_read_as_jinja_reads_it(case, quote, system, 
     assert got == ref.encode(render(template, CONVS[0][:1], cfg, True), True)
 
 
-@pytest.mark.parametrize("case", ["smollm2", "qwen25", "qwen25-tools", "llama31", "zephyr"])
+@pytest.mark.parametrize("case", ["smollm2", "qwen25", "qwen25-tools", "llama31", "llama31-published", "zephyr"])
 def test_a_crlf_template_file_is_the_template(case, tmp_path):
     """chat_template.jinja written with CRLF line ends (a Windows checkout) is the same template
     to transformers (universal newlines) and to Jinja's lexer; fdpo dropped SmolLM2's default
