@@ -106,6 +106,12 @@ static int decode_text(const fdpo_tokenizer *tok, const char *path, const char *
         const char *le = nl ? nl : end;
         line++;
         size_t k = 0;
+        const char *nul = memchr(p, '\0', (size_t)(le - p));
+        if (nul) {   /* '%.*s' below would stop at it and quote a valid id as the fault */
+            rc = fdpo_error("%s:%zu: a NUL byte at column %zu (token ids are decimal numbers separated by blanks)", path,
+                            line, (size_t)(nul - p) + 1);
+            break;
+        }
         for (const char *q = p; q < le;) {
             if (*q == ' ' || *q == '\t' || *q == '\r') { q++; continue; }
             const char *st = q;

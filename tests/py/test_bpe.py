@@ -289,6 +289,17 @@ def test_allow_special(ref, tmp_path):
     assert back == b"x<|endoftext|>y"
 
 
+@pytest.mark.parametrize("data,column", [(b"5 6\x004 7\n", 4), (b"64\x00\n", 3), (b"\x00\n", 1)])
+def test_decode_names_a_nul_byte_not_a_valid_id(tmp_path, data, column):
+    """a NUL inside an id line was quoted as "'6' is not a token id" (the quote stopped at the
+    NUL): the line is refused naming the byte and its column"""
+    (tmp_path / "ids.txt").write_bytes(data)
+    r = fdpo("tokenize", "--tokenizer", "byte", "--decode", str(tmp_path / "ids.txt"), check=False)
+    assert r.returncode == 1 and r.stdout == b""
+    assert r.stderr.decode() == (f"fdpo tokenize: {tmp_path / 'ids.txt'}:1: a NUL byte at column {column} (token ids are "
+                                 "decimal numbers separated by blanks)\n")
+
+
 def test_invalid_utf8_input_becomes_byte_tokens(ref, tmp_path):
     """Documented: each byte of an ill-formed UTF-8 sequence is its own byte token; the valid
     text between such bytes is pre-tokenised as separate segments."""
