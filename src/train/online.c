@@ -500,6 +500,12 @@ static int policy_lora_setup(const fdpo_online_opts *o, fdpo_gpt2 *policy, const
     } else if ((long)policy->lora->r != t->lora_r || policy->lora->alpha != t->lora_alpha) {
         return fdpo_error("--lora-r/--lora-alpha: %ld/%g differ from the adapter of %s (r=%zu, alpha=%g), which this run "
                           "continues", t->lora_r, t->lora_alpha, from, policy->lora->r, policy->lora->alpha);
+    } else if (!o->resume && t->lora_targets) {   /* the adapter's targets are trained: another list is refused */
+        int same = fdpo_lora_targets_same(t->lora_targets, policy->lora->targets, policy, "--lora-targets");
+        if (same == 0)
+            return fdpo_error("--lora-targets: %s differs from the target modules of the adapter of --model %s (%s), which "
+                              "this run continues", t->lora_targets, from, policy->lora->targets);
+        if (same < 0) return -1;
     }
     policy->lora->seed = (uint64_t)t->seed;   /* dropout masks */
     policy->lora->dropout = t->lora_dropout;

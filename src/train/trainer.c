@@ -482,6 +482,15 @@ static int trainer_identity(fdpo_trainer *tr, const fdpo_train_opts *o) {
         return fdpo_error("--resume: %s %s: the reference's weights differ from the ones the saved run trained against "
                           "(hash %016llx then, %016llx now; re-trained in place?): resume needs the same reference",
                           o->ref_flag, o->ref_dir, (unsigned long long)s->ref_hash, (unsigned long long)o->ref_hash);
+    /* a LoRA state that records its base but no reference computed against the base with its
+     * adapters off: rl and online --mode step of an earlier fdpo did so when continuing an
+     * adapter without --ref, where this one takes --model (the adapter) as the reference.
+     * Resumed, the loss would switch references mid-run without a word. */
+    if (o->resume && o->ref_flag && !s->has_ref_hash && s->has_base_hash)
+        return fdpo_error("--resume: the saved run trained against its LoRA base with the adapters off (an earlier "
+                          "fdpo's reference for a continued adapter without --ref), and this run's reference is %s %s: "
+                          "resumed, the loss would change references mid-run; finish it with the fdpo that saved it, or "
+                          "start it anew", o->ref_flag, o->ref_dir);
     if (o->resume && has_base && s->has_base_hash && s->base_hash != base)
         return fdpo_error("--resume: --model %s: the LoRA base's weights differ from the ones the saved run's adapters "
                           "were trained on (hash %016llx then, %016llx now; re-trained in place?): resume needs the same base",

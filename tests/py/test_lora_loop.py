@@ -538,6 +538,30 @@ def test_lora_step_loops_continuing_an_adapter_take_it_as_the_reference(tmp_path
         (tmp_path / "c" / "adapter_model.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize("cmd", ["rl", "online-step"])
+def test_a_state_trained_against_the_adapters_off_base_is_not_resumed_against_the_adapter(tmp_path, cmd):
+    """a run of an earlier fdpo continuing an adapter without --ref trained against the base with
+    the adapters off; its state records the LoRA base's hash and no reference (written here by
+    dropping ref_hash from a state of today's). Resumed, today's rule (the adapter as the
+    reference) would switch references mid-run with exit 0 (a review measured objective/kl
+    -0.000732, -1e-05, 0.020129: neither run's); refused, saying why."""
+    base = make_base(tmp_path, "gpt2")
+    ad = write_adapter(tmp_path / "ad", base, "gpt2", r=4, alpha=16)
+    out = tmp_path / "a"
+    loop_cmd(cmd, tmp_path, ad, out, "--stop-at", 1)
+    state = json.loads((out / "training_state.json").read_text())
+    assert "ref_hash" in state and "lora_base_hash" in state
+    del state["ref_hash"]
+    (out / "training_state.json").write_text(json.dumps(state))
+    before = (out / "adapter_model.safetensors").read_bytes()
+    r = loop_cmd(cmd, tmp_path, ad, out, "--resume", check=False)
+    assert r.returncode == 1 and r.stderr.splitlines()[-1].endswith(
+        "--resume: the saved run trained against its LoRA base with the adapters off (an earlier fdpo's reference for "
+        f"a continued adapter without --ref), and this run's reference is --model {ad}: resumed, the loss would change "
+        "references mid-run; finish it with the fdpo that saved it, or start it anew"), r.stderr
+    assert (out / "adapter_model.safetensors").read_bytes() == before
+
+
 def test_continuing_an_adapter_refuses_other_lora_targets(tmp_path):
     """--model ADAPTER --lora-r R continues the adapter's targets: another --lora-targets (a real
     module, or one matching nothing) was dropped without a word and recorded in the training
@@ -561,6 +585,21 @@ def test_continuing_an_adapter_refuses_other_lora_targets(tmp_path):
     assert not (tmp_path / "a3").exists()
     sft(a1, tmp_path / "a4", "--lora-targets", "attn.c_attn")
     assert json.load(open(tmp_path / "a4" / "adapter_config.json"))["target_modules"] == ["c_attn"]
+
+
+def test_online_rounds_continuing_an_adapter_refuses_other_lora_targets(tmp_path):
+    """online rounds set their adapter up apart from the trainers: another --lora-targets on a
+    continued adapter was dropped (the c_attn adapter trained) and written into online.json
+    (a review's find after the trainers' fix)"""
+    base = make_base(tmp_path, "gpt2")
+    ad = write_adapter(tmp_path / "ad", base, "gpt2", r=4, alpha=16)
+    targets = json.load(open(ad / "adapter_config.json"))["target_modules"]
+    other = "c_fc" if "c_fc" not in targets else "c_proj"
+    r = loop_cmd("online-rounds", tmp_path, ad, tmp_path / "o", "--lora-targets", other, check=False)
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo online: --lora-targets: {other} differs from the target modules of the adapter of --model {ad} "
+        f"({','.join(targets)}), which this run continues\n"), r.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_broken_adapter_config_is_reported_with_its_line(tmp_path):
