@@ -176,9 +176,9 @@ def test_schedules_match_hugging_face_formulas(tmp_path, kind):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-18)
 
 
-def test_eval_loss_matches_pytorch(tmp_path):
-    """eval_loss is the weighted mean NLL of the held-out example: with lr 0 the model stays the
-    initial one, so the step-1 loss and eval_loss are the two examples' PyTorch losses."""
+def two_example_sft_setup(tmp_path):
+    """a byte-level GPT-2 checkpoint (the model, its directory) and a two-example sft file: one
+    prompt/completion, one plain text (the examples, the file)"""
     model = GPT2(vocab_size=257, n_positions=64, n_embd=16, n_layer=1, n_head=2, seed=4)
     init = tmp_path / "init"
     model.save_hf(str(init))
@@ -186,6 +186,13 @@ def test_eval_loss_matches_pytorch(tmp_path):
     exs = [{"prompt": "Q: sky?", "completion": " blue"}, {"text": "some plain text"}]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in exs))
+    return model, init, exs, data
+
+
+def test_eval_loss_matches_pytorch(tmp_path):
+    """eval_loss is the weighted mean NLL of the held-out example: with lr 0 the model stays the
+    initial one, so the step-1 loss and eval_loss are the two examples' PyTorch losses."""
+    model, init, exs, data = two_example_sft_setup(tmp_path)
     r = subprocess.run([FDPO, "sft", "--init", str(init), "--out", str(tmp_path / "o"), str(data),
                         "--seq-len", str(SEQ_LEN), "--batch-size", "1", "--steps", "1", "--lr", "0",
                         "--eval-fraction", "0.5", "--eval-every", "1", "--threads", "1", "--quiet"],
@@ -306,13 +313,7 @@ def test_sft_eval_every_0_writes_the_final_models_held_out_loss(tmp_path):
     end). Now OUT/eval_summary.json holds the final model's held-out loss: PyTorch float64 on
     the saved weights, not the initial ones. A run stopped at step 1 and resumed writes the
     same file byte for byte."""
-    model = GPT2(vocab_size=257, n_positions=64, n_embd=16, n_layer=1, n_head=2, seed=4)
-    init = tmp_path / "init"
-    model.save_hf(str(init))
-    (init / "fdpo_tokenizer.json").write_text('{"type": "byte"}\n')
-    exs = [{"prompt": "Q: sky?", "completion": " blue"}, {"text": "some plain text"}]
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps(e) + "\n" for e in exs))
+    model, init, exs, data = two_example_sft_setup(tmp_path)
     args = [FDPO, "sft", "--init", str(init), str(data), "--seq-len", str(SEQ_LEN), "--batch-size", "1",
             "--steps", "3", "--lr", "3e-2", "--schedule", "constant", "--eval-fraction", "0.5", "--eval-every", "0",
             "--threads", "1", "--quiet"]
