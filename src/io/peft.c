@@ -220,8 +220,10 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
         }
     /* Activated LoRA (PEFT >= 0.17): the adapter acts only from the last occurrence of these
      * tokens on (the base model where they do not occur), and PEFT cannot merge it; fdpo
-     * would apply it to every token. It adds no tensor, so only this key tells. */
-    if (json_truthy(cJSON_GetObjectItemCaseSensitive(j, "alora_invocation_tokens"))) {
+     * would apply it to every token. It adds no tensor, so only this key tells; PEFT takes any
+     * value but null as aLoRA (use_alora = alora_invocation_tokens is not None), [] too. */
+    const cJSON *alora = cJSON_GetObjectItemCaseSensitive(j, "alora_invocation_tokens");
+    if (alora && !cJSON_IsNull(alora)) {
         fdpo_error("%s: alora_invocation_tokens is not supported (Activated LoRA, an adapter that acts only after its "
                    "invocation tokens; fdpo applies an adapter to every token)", path);
         goto done;

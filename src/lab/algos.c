@@ -122,10 +122,9 @@ int fdpo_lab_algo_validate(const fdpo_lab_algo_opts *o, size_t n) {
                               o->pair_top, n, n);
         /* --n 2 or 3 makes the default n/2 too small: the user may not have given --pair-top */
         if (top < 2 && o->pair_top == n / 2)
-            return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu, which is n/2: dpo's default "
-                              "when --pair-top is not given, for n = %zu responses); give --pair-top %s, more responses "
-                              "(--n, or the rows of --data), or a --method list without dpo",
-                              top, n, n == 2 ? "2" : "2 or 3");
+            return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu; for these n = %zu responses "
+                              "dpo's default, n/2, is %zu too); give --pair-top %s, more responses (--n, or the rows of "
+                              "--data), or a --method list without dpo", top, n, n / 2, n == 2 ? "2" : "2 or 3");
         if (top < 2) return fdpo_error("--pair-top: offline pairs need at least 2 responses (got %zu)", top);
     }
     if (o->exact && o->method == FDPO_LAB_GRPO && pow((double)n, (double)o->k) > 1e6)
@@ -509,7 +508,7 @@ static size_t kto_label(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o
 static int kto_none_desirable(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o) {
     return fdpo_error("--method kto: no response is net desirable (P(desirable) w_d > (1 - P(desirable)) w_u holds for "
                       "none of the %zu responses, with --labels %s at the threshold %g%s, --desirable-weight %g and "
-                      "--undesirable-weight %g): every response's KTO loss then falls with its probability, the loss's "
+                      "--undesirable-weight %g): every response's KTO loss then rises with its probability, the loss's "
                       "infimum lies on the simplex's boundary, and the lab has no limit to compare the run with; lower "
                       "--label-threshold or --undesirable-weight, or raise --desirable-weight", pp->n,
                       o->labels == FDPO_LAB_LABELS_BT ? "bt" : "threshold", kto_threshold(pp, o),

@@ -317,7 +317,7 @@ def test_kto_bad_flags_are_named(args, needle):
     # more than n was clamped to n silently
     (["--method", "dpo", "--pair-top", "7"], "--pair-top: 7 is more than the problem's n = 6 responses"),
     # --n 3: the default n/2 = 1 is refused, saying it is the default (the user gave no --pair-top)
-    (["--method", "dpo,online", "--n", "3"], "(got 1, which is n/2: dpo's default when --pair-top is not given, for n = 3 responses)"),
+    (["--method", "dpo,online", "--n", "3"], "(got 1; for these n = 3 responses dpo's default, n/2, is 1 too)"),
 ])
 def test_bad_flags_are_named(args, needle):
     r = lab(*args, check=False)
@@ -358,6 +358,8 @@ def test_kto_without_a_net_desirable_response_is_refused(problem, args):
     assert res.returncode != 0 and res.stdout == ""
     assert "--method kto: no response is net desirable" in res.stderr, res.stderr
     assert "no limit to compare the run with" in res.stderr
+    # a <= b everywhere: each term's loss rises with its probability (the message said "falls")
+    assert "every response's KTO loss then rises with its probability" in res.stderr, res.stderr
     assert f"--undesirable-weight {d.get('--undesirable-weight', 1):g}" in res.stderr
 
 

@@ -438,7 +438,7 @@ def test_rslora_and_activated_lora_are_refused_for_any_value_peft_takes_as_true(
     alpha/r, exit 0. An Activated-LoRA adapter (alora_invocation_tokens, PEFT >= 0.17: the
     adapter acts only from its invocation tokens on, and PEFT refuses to merge it) was applied
     to every token and merged. Both are now refused by name in score, generate and merge
-    --lora; the values PEFT takes as false (0, "", null, [] for alora) read as plain LoRA,
+    --lora; the values PEFT takes as false (0, "", null; alora: null only) read as plain LoRA,
     whose log-probs equal a float64 PyTorch LoRA's with alpha/r."""
     base = make_gpt2(tmp_path / "base")
     ad = write_adapter(tmp_path / "ad", base, "gpt2", r=4, alpha=8)
@@ -446,7 +446,7 @@ def test_rslora_and_activated_lora_are_refused_for_any_value_peft_takes_as_true(
     write_jsonl(tmp_path / "s.jsonl", rows)
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
     cases = [("use_rslora", v) for v in (1, 2.5, "yes", "true", [0], {"a": 1})] + \
-            [("alora_invocation_tokens", v) for v in ([35, 36], [32, 116])]
+            [("alora_invocation_tokens", v) for v in ([35, 36], [32, 116], [])]   # PEFT: `is not None`
     for i, (key, value) in enumerate(cases):
         d = edit_config(ad, tmp_path / f"bad{i}", **{key: value})
         cfg = d / "adapter_config.json"
@@ -461,7 +461,7 @@ def test_rslora_and_activated_lora_are_refused_for_any_value_peft_takes_as_true(
         assert r.returncode == 1 and f"{cfg}: {what}" in r.stderr and not (tmp_path / f"m{i}").exists(), r.stderr
     want = ref_logps(base, ad, rows, scale=8 / 4)
     for i, changes in enumerate([{"use_rslora": 0}, {"use_rslora": ""}, {"use_rslora": None},
-                                 {"alora_invocation_tokens": []}, {"alora_invocation_tokens": None}]):
+                                 {"alora_invocation_tokens": None}]):
         got = score_logps(edit_config(ad, tmp_path / f"ok{i}", **changes), tmp_path / "s.jsonl")
         assert np.allclose(got, want, rtol=1e-6, atol=0), (changes, got, want)
     # and what rsLoRA would have been: another model (alpha/sqrt(r) = 4 != alpha/r = 2)
