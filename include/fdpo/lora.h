@@ -73,6 +73,15 @@ int fdpo_lora_targets_check(const char *targets, const fdpo_gpt2 *m, const char 
 /* 1 when the comma lists targets (errors named `name`) and other select the same modules of
  * m ("c_attn" and "attn.c_attn"), 0 when they do not, -1 with the error of a bad list. */
 int fdpo_lora_targets_same(const char *targets, const char *other, const fdpo_gpt2 *m, const char *name);
+/* m carries an adapter a run continues (owner: where it came from, for messages: "--model DIR"
+ * or a round's directory): its rank and alpha must be r and alpha (--lora-r/--lora-alpha), and a
+ * given targets list (NULL: none given) must select its modules; the adapter's are trained, so
+ * another value would be dropped and recorded in the run's state. 0, or -1 with the error. */
+/* PEFT's module-name rule (target_modules, exclude_modules, modules_to_save entries): entry is
+ * the module's full dotted name path, or a '.'-suffix of it ("mlp.c_proj" of
+ * "transformer.h.0.mlp.c_proj") */
+int fdpo_lora_name_matches(const char *path, const char *entry);
+int fdpo_lora_check_continued(const fdpo_gpt2 *m, const char *owner, long r, double alpha, const char *targets);
 /* 1 when PEFT's exclude_modules entry (a module's name, or a '.'-suffix of it:
  * "mlp.c_proj", "transformer.h.0.attn.c_attn") leaves out a module of some layer that the
  * comma list targets selects, else 0; -1 with the error of a bad targets list. */

@@ -153,7 +153,6 @@ static const char *const llama_modules[] = {
  * '.'-suffix of it (PEFT ignores an entry that matches none) */
 static int names_a_module(const fdpo_gpt2 *m, const char *entry) {
     const char *head = m->config.num_labels ? "score" : "lm_head";
-    const size_t n = strlen(entry);
     for (const char *const *p = m->config.arch == FDPO_ARCH_LLAMA ? llama_modules : gpt2_modules; ; p++) {
         const char *pattern = *p ? *p : head;
         const char *brace = strstr(pattern, "{i}");
@@ -161,8 +160,7 @@ static int names_a_module(const fdpo_gpt2 *m, const char *entry) {
             char path[128];
             if (brace) snprintf(path, sizeof path, "%.*s%zu%s", (int)(brace - pattern), pattern, i, brace + 3);
             else snprintf(path, sizeof path, "%s", pattern);
-            const size_t k = strlen(path);
-            if (k >= n && !strcmp(path + k - n, entry) && (k == n || path[k - n - 1] == '.')) return 1;
+            if (fdpo_lora_name_matches(path, entry)) return 1;
         }
         if (!*p) return 0;
     }

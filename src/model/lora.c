@@ -86,17 +86,31 @@ static int parse_targets(const char *targets, const fdpo_gpt2 *m, int *selected,
     return 0;
 }
 
+int fdpo_lora_name_matches(const char *path, const char *entry) {
+    const size_t p = strlen(path), n = strlen(entry);
+    return p >= n && !strcmp(path + p - n, entry) && (p == n || path[p - n - 1] == '.');
+}
+
+int fdpo_lora_check_continued(const fdpo_gpt2 *m, const char *owner, long r, double alpha, const char *targets) {
+    if ((long)m->lora->r != r || m->lora->alpha != alpha)
+        return fdpo_error("--lora-r/--lora-alpha: %ld/%g differ from the adapter of %s (r=%zu, alpha=%g), which this run "
+                          "continues", r, alpha, owner, m->lora->r, m->lora->alpha);
+    const int same = targets ? fdpo_lora_targets_same(targets, m->lora->targets, m, "--lora-targets") : 1;
+    if (same == 0)
+        return fdpo_error("--lora-targets: %s differs from the target modules of the adapter of %s (%s), which this run "
+                          "continues", targets, owner, m->lora->targets);
+    return same == 1 ? 0 : -1;
+}
+
 int fdpo_lora_excludes(const char *targets, const fdpo_gpt2 *m, const char *entry) {
     int selected[FDPO_LORA_N_SITES];
     if (parse_targets(targets, m, selected, "target_modules")) return -1;
-    const size_t n = strlen(entry);
     for (int s = 0; s < FDPO_LORA_N_SITES; s++) {
         const char *brace = selected[s] ? strstr(module_path[s], "{i}") : NULL;
         for (size_t i = 0; brace && i < m->config.n_layer; i++) {
             char path[128];
             snprintf(path, sizeof path, "%.*s%zu%s", (int)(brace - module_path[s]), module_path[s], i, brace + 3);
-            const size_t p = strlen(path);
-            if (p >= n && !strcmp(path + p - n, entry) && (p == n || path[p - n - 1] == '.')) return 1;
+            if (fdpo_lora_name_matches(path, entry)) return 1;
         }
     }
     return 0;

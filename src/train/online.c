@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -497,15 +498,11 @@ static int policy_lora_setup(const fdpo_online_opts *o, fdpo_gpt2 *policy, const
         fdpo_lora_opts lo = {t->lora_r, t->lora_alpha, t->lora_dropout, t->lora_targets};
         if (fdpo_lora_attach(policy, &lo, (uint64_t)t->seed)) return fdpo_error_context("--model %s", from);
         policy->lora->base_model = realpath(from, NULL);
-    } else if ((long)policy->lora->r != t->lora_r || policy->lora->alpha != t->lora_alpha) {
-        return fdpo_error("--lora-r/--lora-alpha: %ld/%g differ from the adapter of %s (r=%zu, alpha=%g), which this run "
-                          "continues", t->lora_r, t->lora_alpha, from, policy->lora->r, policy->lora->alpha);
-    } else if (!o->resume && t->lora_targets) {   /* the adapter's targets are trained: another list is refused */
-        int same = fdpo_lora_targets_same(t->lora_targets, policy->lora->targets, policy, "--lora-targets");
-        if (same == 0)
-            return fdpo_error("--lora-targets: %s differs from the target modules of the adapter of --model %s (%s), which "
-                              "this run continues", t->lora_targets, from, policy->lora->targets);
-        if (same < 0) return -1;
+    } else {   /* on --resume a completed round's adapter, whose targets the run chose */
+        char owner[PATH_MAX + 16];
+        snprintf(owner, sizeof owner, "%s%s", o->resume ? "" : "--model ", from);
+        if (fdpo_lora_check_continued(policy, owner, t->lora_r, t->lora_alpha, o->resume ? NULL : t->lora_targets))
+            return -1;
     }
     policy->lora->seed = (uint64_t)t->seed;   /* dropout masks */
     policy->lora->dropout = t->lora_dropout;

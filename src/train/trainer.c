@@ -1,6 +1,7 @@
 /* A training run's shared machinery: model/optimizer/state setup (fresh, --init or
  * --resume), one optimizer step, progress, periodic and final checkpoints. */
 #include <cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -280,22 +281,13 @@ static fdpo_gpt2 *lora_model(const fdpo_train_opts *o, const char *kind, const f
         fdpo_gpt2_free(m); m = NULL;
         goto done;
     }
-    if (from_adapter && !o->resume && ((long)m->lora->r != o->lora_r || m->lora->alpha != o->lora_alpha)) {
-        fdpo_error("--lora-r/--lora-alpha: %ld/%g differ from the adapter of --model %s (r=%zu, alpha=%g), which this run "
-                   "continues", o->lora_r, o->lora_alpha, o->init, m->lora->r, m->lora->alpha);
-        fdpo_gpt2_free(m); m = NULL;
-        goto done;
-    }
-    /* the adapter's targets are used: another --lora-targets (one matching nothing included)
-     * is refused, as a differing r/alpha is, rather than dropped and recorded in the state */
-    const int same_targets = from_adapter && !o->resume && o->lora_targets
-                                 ? fdpo_lora_targets_same(o->lora_targets, m->lora->targets, m, "--lora-targets") : 1;
-    if (same_targets != 1) {
-        if (same_targets == 0)
-            fdpo_error("--lora-targets: %s differs from the target modules of the adapter of --model %s (%s), which this "
-                       "run continues", o->lora_targets, o->init, m->lora->targets);
-        fdpo_gpt2_free(m); m = NULL;
-        goto done;
+    if (from_adapter && !o->resume) {   /* the adapter's shape is trained: other flags are refused */
+        char owner[PATH_MAX + 16];
+        snprintf(owner, sizeof owner, "--model %s", o->init);
+        if (fdpo_lora_check_continued(m, owner, o->lora_r, o->lora_alpha, o->lora_targets)) {
+            fdpo_gpt2_free(m); m = NULL;
+            goto done;
+        }
     }
     m->lora->seed = (uint64_t)o->seed;   /* dropout masks */
     m->lora->dropout = o->lora_dropout;
