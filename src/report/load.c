@@ -652,19 +652,41 @@ static int is_policy_object(const cJSON *o) {
     return fdpo_rp_get(o, marks) != NULL;
 }
 
-/* 1 (with a warning) when path is a file read before under any spelling; else records it. */
-static int read_before(rp_ctx *c, const char *path) {
+/* The entry of c->read_files for path's file under any spelling, or NULL (never read, or no
+ * such file). */
+static const struct rp_read_file *read_entry(const rp_ctx *c, const char *path) {
     struct stat st;
-    if (stat(path, &st) != 0) return 0;
+    if (stat(path, &st) != 0) return NULL;
     for (size_t i = 0; i < c->n_read_files; i++)
-        if (c->read_files[i].dev == (unsigned long long)st.st_dev && c->read_files[i].ino == (unsigned long long)st.st_ino) {
-            fdpo_rp_warn(c, "%s: the same file as %s, read already; not read again", path, c->read_files[i].path);
-            return 1;
-        }
+        if (c->read_files[i].dev == (unsigned long long)st.st_dev && c->read_files[i].ino == (unsigned long long)st.st_ino)
+            return &c->read_files[i];
+    return NULL;
+}
+
+static void record_read(rp_ctx *c, const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return;
     c->read_files = fdpo_realloc(c->read_files, (c->n_read_files + 1) * sizeof *c->read_files);
     c->read_files[c->n_read_files++] = (struct rp_read_file){(unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
                                                              fdpo_strdup(path)};
+}
+
+/* 1 (with a warning) when path is a file read before under any spelling; else records it. */
+static int read_before(rp_ctx *c, const char *path) {
+    const struct rp_read_file *e = read_entry(c, path);
+    if (e) {
+        fdpo_rp_warn(c, "%s: the same file as %s, read already; not read again", path, e->path);
+        return 1;
+    }
+    record_read(c, path);
     return 0;
+}
+
+rp_lab *fdpo_rp_lab_read_before(rp_ctx *c, const char *path) {
+    const struct rp_read_file *e = read_entry(c, path);
+    for (size_t i = 0; e && i < c->n_labs; i++)
+        if (!strcmp(c->labs[i].source, e->path)) return &c->labs[i];
+    return NULL;
 }
 
 int fdpo_rp_load_eval(rp_ctx *c, const char *path, const rp_run *run, int explicit_file) {
@@ -980,8 +1002,7 @@ static int lab_from_json(rp_ctx *c, const char *path, const char *text, size_t l
 
 /* Returns 1 when a table was added, 0 when skipped (with must_be_lab and no divergence
  * column, or unreadable), -1 when the file is missing. */
-int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
-    if (!is_file(path)) return fdpo_error("%s: no such lab file", path);
+static int load_lab_file(rp_ctx *c, const char *path, int must_be_lab) {
     size_t len;
     char *text = fdpo_read_file(path, &len);
     if (!text) return -1;
@@ -1052,6 +1073,20 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
     return 1;
 }
 
+/* Read once: a file given twice (another spelling, or a run's own lab file given again) adds
+ * its table once. */
+int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab) {
+    if (!is_file(path)) return fdpo_error("%s: no such lab file", path);
+    const struct rp_read_file *e = read_entry(c, path);
+    if (e) {
+        fdpo_rp_warn(c, "%s: the same file as %s, read already; not read again", path, e->path);
+        return fdpo_rp_lab_read_before(c, path) != NULL;
+    }
+    int got = load_lab_file(c, path, must_be_lab);
+    if (got == 1) record_read(c, path);    /* a skipped file may still be read as a table later */
+    return got;
+}
+
 /* ---------------------------------------------------------------- cleanup ---- */
 
 size_t fdpo_rp_runs_with_rows(const rp_ctx *c) {
@@ -1085,6 +1120,8 @@ void fdpo_rp_ctx_free(rp_ctx *c) {
     cJSON_Delete(c->pending);
     for (size_t i = 0; i < c->n_read_files; i++) free(c->read_files[i].path);
     free(c->read_files);
+    for (size_t i = 0; i < c->n_proxy_read_files; i++) free(c->proxy_read_files[i].path);
+    free(c->proxy_read_files);
     free(c->runs); free(c->pols); free(c->proxy); free(c->labs); free(c->warnings);
     memset(c, 0, sizeof *c);
 }

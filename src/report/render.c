@@ -249,13 +249,14 @@ static const char *pol_kl_key(const rp_policy *q) {
 }
 
 /* Distinct divergences of the policies, in first-seen order ("" stands for none). */
-static size_t policy_divs(const rp_ctx *c, const char **out, size_t max) {
+/* The policies' divergences, first-seen order ("" for none): out holds n_pols + 1 entries. */
+static size_t policy_divs(const rp_ctx *c, const char **out) {
     size_t n = 0;
     for (size_t i = 0; i < c->n_pols; i++) {
         const char *d = c->pols[i].divergence ? c->pols[i].divergence : "";
         size_t j = 0;
         while (j < n && strcmp(out[j], d)) j++;
-        if (j == n && n < max) out[n++] = d;
+        if (j == n) out[n++] = d;
     }
     return n;
 }
@@ -320,8 +321,8 @@ static int any_lab_frontier(const rp_ctx *c) {
 /* Reward against x_key (NULL: the KL key each policy has), one line per divergence. */
 static void frontier_panel(charts *ch, const char *title, const char *explain, const char *xlabel, const char *x_key) {
     rp_ctx *c = ch->c;
-    const char *divs[64];
-    size_t nd = policy_divs(c, divs, 64);
+    const char **divs = fdpo_malloc((c->n_pols + 1) * sizeof *divs);
+    size_t nd = policy_divs(c, divs);
     cJSON *series = cJSON_CreateArray();
     xyi *pts = fdpo_malloc((c->n_pols + 1) * sizeof *pts);
     for (size_t d = 0; d < nd; d++) {
@@ -348,6 +349,7 @@ static void frontier_panel(charts *ch, const char *title, const char *explain, c
         }
     }
     free(pts);
+    free(divs);
     if (!x_key) lab_frontier_series(c, series);
     chart_emit(ch, series, title, explain, xlabel, "mean reward", 0);
 }

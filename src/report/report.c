@@ -43,31 +43,42 @@ static char *chartjs_text(const fdpo_report_opts *o, size_t *len) {
 
 /* A --lab-frontier table: a lab table that has the columns the reward-KL panel draws. */
 static int load_lab_frontier(rp_ctx *c, const char *path) {
-    int got = fdpo_rp_load_lab(c, path, 1);
-    if (got < 0) return fdpo_error_context("--lab-frontier");
+    rp_lab *L = fdpo_rp_lab_read_before(c, path);   /* given to --lab too, or a run's own: that table, on the frontier */
+    if (!L) {
+        int got = fdpo_rp_load_lab(c, path, 1);
+        if (got < 0) return fdpo_error_context("--lab-frontier");
+        L = got ? &c->labs[c->n_labs - 1] : NULL;
+    }
     static const char *const need[] = {"divergence", "beta", "kl", "expected_reward"};
     for (size_t k = 0; k < sizeof need / sizeof need[0]; k++) {
         int have = 0;
-        for (size_t i = 0; got && i < c->labs[c->n_labs - 1].n_cols; i++) have |= !strcmp(c->labs[c->n_labs - 1].cols[i], need[k]);
+        for (size_t i = 0; L && i < L->n_cols; i++) have |= !strcmp(L->cols[i], need[k]);
         if (!have)
             return fdpo_error("--lab-frontier %s: no column \"%s\" (expected the table of `fdpo lab frontier`: "
                               "divergence,beta,expected_reward,...,kl,...)", path, need[k]);
     }
     /* a constrained table has those columns too, but its rows run over the safety threshold at
      * one beta: drawn as a beta frontier it would be a line through unrelated points */
-    for (size_t i = 0; i < c->labs[c->n_labs - 1].n_cols; i++)
-        if (!strcmp(c->labs[c->n_labs - 1].cols[i], "min_safety"))
+    for (size_t i = 0; i < L->n_cols; i++)
+        if (!strcmp(L->cols[i], "min_safety"))
             return fdpo_error("--lab-frontier %s: a `fdpo lab constrained` table (column \"min_safety\"): its rows run over "
                               "the safety threshold, not along beta; give it to --lab", path);
-    c->labs[c->n_labs - 1].on_frontier = 1;
+    L->on_frontier = 1;
     return 0;
 }
 
 /* A --proxy-eval file: its policies go to c->proxy, not to the evaluation's tables and panels
  * (they are the gold-evaluated policies again, under another reward). */
 static int load_proxy_eval(rp_ctx *c, const char *path) {
-    rp_ctx tmp = {.opts = c->opts, .warn = c->warn};
+    rp_ctx tmp = {.opts = c->opts, .warn = c->warn,   /* read once among the --proxy-eval files */
+                  .read_files = c->proxy_read_files, .n_read_files = c->n_proxy_read_files};
+    c->proxy_read_files = NULL;
+    c->n_proxy_read_files = 0;
     int rc = fdpo_rp_load_eval(&tmp, path, NULL, 1);
+    c->proxy_read_files = tmp.read_files;
+    c->n_proxy_read_files = tmp.n_read_files;
+    tmp.read_files = NULL;
+    tmp.n_read_files = 0;
     if (rc) rc = fdpo_error_context("--proxy-eval");
     c->proxy = fdpo_realloc(c->proxy, (c->n_proxy + tmp.n_pols + 1) * sizeof *c->proxy);
     if (tmp.n_pols) memcpy(c->proxy + c->n_proxy, tmp.pols, tmp.n_pols * sizeof *tmp.pols);   /* NULL when none */

@@ -58,6 +58,7 @@ typedef struct {
     /* eval and samples files read so far (device, inode, path as given): one file reached twice
      * (a run directory's eval.json also given with --eval) is read once */
     struct rp_read_file { unsigned long long dev, ino; char *path; } *read_files; size_t n_read_files;
+    struct rp_read_file *proxy_read_files; size_t n_proxy_read_files;   /* the --proxy-eval files' own read-once set */
 } rp_ctx;
 
 void fdpo_rp_warn(rp_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -68,6 +69,7 @@ int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int exp
 void fdpo_rp_link_policies(rp_ctx *c);             /* after all loading: policy named by a run's path */
 void fdpo_rp_attach_samples(rp_ctx *c);            /* after fdpo_rp_link_policies */
 int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab);    /* -1 only if missing */
+rp_lab *fdpo_rp_lab_read_before(rp_ctx *c, const char *path);          /* the table read from path's file, or NULL */
 void fdpo_rp_ctx_free(rp_ctx *c);
 size_t fdpo_rp_runs_with_rows(const rp_ctx *c);   /* the runs counted on the page and stdout */
 

@@ -1069,3 +1069,90 @@ def test_rows_without_step_are_drawn_at_their_line_number(tmp_path):
         if isinstance(o, dict):
             want.append([o.get("step", no), o["loss"]])
     assert chart(charts, "Training loss")["series"][0]["points"] == want == [[1, 1], [3, 2], [5, 4], [9, 8]]
+
+
+def test_a_lab_file_given_twice_adds_its_rows_once(tmp_path):
+    """--lab F --lab ./F drew every point twice (the read-once rule covered eval and samples
+    files only); the second is a warning and the panel holds the CSV's rows once (Python's
+    csv is the reference)."""
+    lab = tmp_path / "lab.csv"
+    lab.write_text("divergence,beta,expected_reward,kl\nrkl,0.1,1.5,0.3\nrkl,1,1.0,0.2\nfkl,0.1,2.5,0.4\n")
+    want = {}
+    for row in csv.DictReader(open(lab)):
+        label = {"rkl": "reverse KL (DPO)", "fkl": "forward KL"}[row["divergence"]]
+        want.setdefault(label, []).append([float(row["kl"]), float(row["expected_reward"])])
+    out = tmp_path / "r.html"
+    r = subprocess.run([FDPO, "report", "--lab", "lab.csv", "--lab", "./lab.csv", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("./lab.csv: the same file as lab.csv, read already; not read again") == 1, r.stderr
+    _, _, charts = parse(out)
+    fr = {s["label"]: s["points"] for s in chart(charts, "Lab: exact reward\u2013KL frontier")["series"]}
+    assert fr == {k: sorted(v) for k, v in want.items()}, fr
+
+
+def test_a_lab_file_given_to_lab_and_lab_frontier_is_one_table_on_the_frontier(tmp_path):
+    """The same CSV to --lab and --lab-frontier was two tables: the dashed exact line on the
+    evaluation's reward-KL panel and a second copy in the lab section. It is one table, drawn
+    on the frontier (as with --lab-frontier alone)."""
+    runs, ref, lab = make_fixture(str(tmp_path))
+    out = str(tmp_path / "r.html")
+    r = run(*runs, "--eval", ref, "--lab", lab, "--lab-frontier", lab, "--out", out)
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    series = {s["label"]: s for s in chart(charts, "Reward\u2013KL frontier")["series"]}
+    rows = [l.split(",") for l in open(lab).read().split("\n")[1:] if l]
+    want = sorted((float(x[4]), float(x[2])) for x in rows if x[0] == "fkl")
+    assert flat(series["forward KL exact (lab)"]["points"]) == pytest.approx(flat(want))
+    assert not [c for c in charts if c["title"] == "Lab: exact reward\u2013KL frontier"]
+    assert len(chart(charts, "Lab: entropy of the optimum vs \u03b2")["series"]) == len({x[0] for x in rows})
+
+
+def test_a_proxy_eval_file_given_twice_is_read_once(tmp_path):
+    """--proxy-eval P --proxy-eval ./P doubled the over-optimisation panel's points; the
+    proxy files are read once among themselves (and may repeat a gold file's policies)."""
+    names = ["runs/base", "online/round-0", "online/round-1"]
+    kl = [0.0, 1.5, 3.25]
+    gold = [(0.02, 0.1), (0.05, 0.12), (0.06, 0.13)]
+    proxy = [(-0.5, 2.0), (1.0, 2.5), (2.5, 2.2)]
+
+    def pol(n, k, m, sd):
+        return {"name": n, "kl_seq_mean": k, "reward_mean": m, "reward_std": sd, "reward_se": 0.01}
+    (tmp_path / "gold.json").write_text(json.dumps({"policies": [pol(n, k, *v) for n, k, v in zip(names, kl, gold)]}))
+    (tmp_path / "proxy.json").write_text(json.dumps({"policies": [pol(n, k, *v) for n, k, v in zip(names, kl, proxy)]}))
+    out = tmp_path / "r.html"
+    r = subprocess.run([FDPO, "report", "--eval", "gold.json", "--proxy-eval", "proxy.json", "--proxy-eval",
+                        "./proxy.json", "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("./proxy.json: the same file as proxy.json, read already; not read again") == 1, r.stderr
+    _, _, charts = parse(str(out))
+    s = {x["label"]: x for x in chart(charts, "Reward over-optimisation: gold vs proxy reward")["series"]}
+    want = [(k, (m - proxy[0][0]) / proxy[0][1]) for k, (m, _) in zip(kl, proxy)]
+    assert flat(s["proxy reward"]["points"]) == pytest.approx(flat(want), rel=1e-12, abs=1e-12)
+    # the gold file given as a proxy file too is still read as one (its own read-once set)
+    r = subprocess.run([FDPO, "report", "--eval", "gold.json", "--proxy-eval", "gold.json", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0 and "read already" not in r.stderr, r.stderr
+    s = {x["label"]: x for x in chart(parse(str(out))[2], "Reward over-optimisation: gold vs proxy reward")["series"]}
+    assert flat(s["proxy reward"]["points"]) == pytest.approx(flat(s["gold reward"]["points"]))
+
+
+def test_the_frontier_panel_draws_every_divergence(tmp_path):
+    """The reward-KL panel kept the first 64 divergences and dropped the rest without a word
+    (a fixed array); 70 alpha-divergences, two policies each, are 70 lines."""
+    pols = []
+    for k in range(70):
+        a = f"alpha:{(k + 1) / 100:g}"
+        for j in range(2):
+            pols.append({"name": f"runs/{a}-b{j}", "divergence": a, "beta": 0.1 + j,
+                         "kl_seq_mean": 1.0 + j + k / 100, "reward_mean": 0.1 * j + k / 1000})
+    (tmp_path / "e.json").write_text(json.dumps({"policies": pols}))
+    out = tmp_path / "r.html"
+    r = run("--eval", str(tmp_path / "e.json"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    series = chart(parse(str(out))[2], "Reward\u2013KL frontier")["series"]
+    assert len(series) == 70, len(series)
+    want = sorted(sorted([p["kl_seq_mean"], p["reward_mean"]] for p in pols if p["divergence"] == d)
+                  for d in {p["divergence"] for p in pols})
+    got = sorted(s["points"] for s in series)
+    assert [flat(g) for g in got] == [pytest.approx(flat(w), rel=1e-12) for w in want]
