@@ -387,6 +387,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
                 per_step, tr.micro_items);
 
     fdpo_dpo_metrics em = {0}, initial = {0};
+    size_t em_step = SIZE_MAX;   /* the step em was computed at: the final summary reuses it */
     int have_initial = 0;
     /* held-out accuracy of the starting point: the baseline the run is judged against */
     if (n_eval && to->eval_every > 0 && tr.state.step == 0) {
@@ -407,6 +408,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
         if (fdpo_trainer_step(&tr, m.tokens)) goto done;
         int eval = n_eval && fdpo_trainer_want_eval(&tr);
         if (eval && fdpo_dpo_step(&d, eval_pairs, n_eval, eval_ref, 0, &em, NULL)) goto done;
+        if (eval) em_step = tr.state.step;
         if (fdpo_trainer_want_log(&tr) || eval) {
             fdpo_trainer_metrics_begin(&tr, m.loss);
             add_dpo_metrics(&tr.metrics, "", &m, 0, dcfg.loss.sft_weight);
@@ -421,7 +423,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     }
     if (n_eval && !tr.stopped) {
         /* final held-out summary: how often the implicit reward ranks chosen above rejected */
-        if (fdpo_dpo_step(&d, eval_pairs, n_eval, eval_ref, 0, &em, NULL)) goto done;
+        if (em_step != tr.state.step && fdpo_dpo_step(&d, eval_pairs, n_eval, eval_ref, 0, &em, NULL)) goto done;
         cJSON *root = metrics_json(&em);
         cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
         if (have_initial) cJSON_AddItemToObject(root, "initial", metrics_json(&initial));

@@ -264,6 +264,7 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
                  n_train, n_eval, tr.state.total_steps, per_step, mb);
     const double cc = o->center_rewards_coefficient;
     fdpo_rm_metrics em = {0};
+    size_t em_step = SIZE_MAX;   /* the step em was computed at: the final summary reuses it */
     if (n_eval && to->eval_every > 0 && tr.state.step == 0) {
         if (fdpo_rm_step(tr.model, &rb, eval_pairs, n_eval, mb, cc, 0, n_eval, eot, &em, NULL)) goto done;
         fdpo_metrics_begin(&tr.metrics, 0);
@@ -283,6 +284,7 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
         int eval = n_eval && fdpo_trainer_want_eval(&tr);
         if (eval && fdpo_rm_step(tr.model, &rb, eval_pairs, n_eval, mb, cc, 0, n_eval,
                                  eot, &em, NULL)) goto done;
+        if (eval) em_step = tr.state.step;
         if (fdpo_trainer_want_log(&tr) || eval) {
             fdpo_trainer_metrics_begin(&tr, m.loss);
             add_rm_metrics(&tr.metrics, "", &m, 0);
@@ -297,7 +299,8 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     }
     if (n_eval && !tr.stopped) {
         /* final held-out summary: how often the reward model ranks chosen above rejected */
-        if (fdpo_rm_step(tr.model, &rb, eval_pairs, n_eval, mb, cc, 0, n_eval, eot, &em, NULL)) goto done;
+        if (em_step != tr.state.step && fdpo_rm_step(tr.model, &rb, eval_pairs, n_eval, mb, cc, 0, n_eval, eot, &em, NULL))
+            goto done;
         cJSON *root = cJSON_CreateObject();
         cJSON_AddNumberToObject(root, "step", (double)tr.state.step);
         cJSON_AddNumberToObject(root, "pairs", (double)n_eval);
