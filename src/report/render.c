@@ -261,7 +261,7 @@ static size_t policy_divs(const rp_ctx *c, const char **out) {
     return n;
 }
 
-typedef struct { double x, y; size_t i; } xyi;
+typedef struct { double x, y; size_t i; const cJSON *row; } xyi;   /* row: a lab table's (i: a policy's index) */
 static int cmp_xyi(const void *a, const void *b) {
     const xyi *p = a, *q = b;
     return (p->x > q->x) - (p->x < q->x);
@@ -293,7 +293,7 @@ static void lab_frontier_series(const rp_ctx *c, cJSON *series) {
             cJSON_ArrayForEach(row, L->rows) {
                 const cJSON *d = cJSON_GetArrayItem(row, dc), *x = cJSON_GetArrayItem(row, xc), *y = cJSON_GetArrayItem(row, yc);
                 if (cJSON_IsString(d) && !strcmp(d->valuestring, divs[j]) && cJSON_IsNumber(x) && cJSON_IsNumber(y))
-                    pts[n++] = (xyi){x->valuedouble, y->valuedouble, i};
+                    pts[n++] = (xyi){x->valuedouble, y->valuedouble, i, row};
                 i++;
             }
             qsort(pts, n, sizeof *pts, cmp_xyi);
@@ -302,7 +302,7 @@ static void lab_frontier_series(const rp_ctx *c, cJSON *series) {
             cJSON *s = series_new(series, label, div_color(divs[j]), 1, 1);
             for (size_t k = 0; k < n; k++) {
                 char tip[800];
-                const cJSON *b = cJSON_GetArrayItem(cJSON_GetArrayItem(L->rows, (int)pts[k].i), bc);
+                const cJSON *b = cJSON_GetArrayItem(pts[k].row, bc);
                 snprintf(tip, sizeof tip, "%s, \xce\xb2=%g: expected reward %.4g at KL %.4g (exact, %.200s)", label,
                          cJSON_IsNumber(b) ? b->valuedouble : NAN, pts[k].y, pts[k].x, L->source);
                 series_add(s, pts[k].x, pts[k].y, tip);
@@ -333,7 +333,7 @@ static void frontier_panel(charts *ch, const char *title, const char *explain, c
             const char *xk = x_key ? x_key : pol_kl_key(q);
             double x, y;
             if (!xk || !pol_num(q, xk, &x) || !pol_num(q, "reward_mean", &y)) continue;
-            pts[n++] = (xyi){x, y, i};
+            pts[n++] = (xyi){x, y, i, NULL};
         }
         qsort(pts, n, sizeof *pts, cmp_xyi);
         const char *dv = divs[d][0] ? divs[d] : NULL;
@@ -736,7 +736,7 @@ static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char
         size_t n = 0, i = 0;
         cJSON_ArrayForEach(row, L->rows) {
             double x, y;
-            if (group_of[i] == d && cell_num(row, xc, &x) && cell_num(row, yc, &y)) pts[n++] = (xyi){x, y, i};
+            if (group_of[i] == d && cell_num(row, xc, &x) && cell_num(row, yc, &y)) pts[n++] = (xyi){x, y, i, row};
             i++;
         }
         qsort(pts, n, sizeof *pts, cmp_xyi);
@@ -754,7 +754,7 @@ static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char
         for (size_t k = 0; k < n; k++) {
             char tip[400];
             double beta;
-            if (bc != xc && cell_num(cJSON_GetArrayItem(L->rows, (int)pts[k].i), bc, &beta))
+            if (bc != xc && cell_num(pts[k].row, bc, &beta))
                 snprintf(tip, sizeof tip, "%.250s, \xce\xb2=%g: %s %.4g, %s %.4g", label.p, beta, x_name, pts[k].x, y_name, pts[k].y);
             else snprintf(tip, sizeof tip, "%.250s: %s %.4g, %s %.4g", label.p, x_name, pts[k].x, y_name, pts[k].y);
             series_add(s, pts[k].x, pts[k].y, tip);
