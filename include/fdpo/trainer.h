@@ -451,10 +451,14 @@ int fdpo_trainer_check_lm(const fdpo_gpt2_config *c, const char *flag, const cha
  * the policy's token ids, so another tokenizer of the same size scored unrelated tokens. With
  * policy_vocab > 0 its vocab_size must be that. Under MPI every rank must have loaded the same
  * weights (fdpo_dist_check_agree: a rank's stale copy at the same path is refused).
- * weights_hash (may be NULL): fdpo_hash_model of the reference, for fdpo_train_opts.ref_hash.
- * NULL with the error. */
+ * fold_lora: a LoRA checkpoint's adapters are folded into its weights (fdpo_lora_merge), as
+ * fdpo_trainer_open folds a policy it trains in full (lora_r 0): then a reference that is
+ * the policy's own checkpoint computes the same bits, and step 1's log pi - log pi_ref is
+ * exactly 0 (with adapters that train, lora_r > 0, pass 0: the unmerged reference matches
+ * the policy's unmerged forward). weights_hash (may be NULL): fdpo_hash_model of the
+ * reference as loaded (folded or not), for fdpo_train_opts.ref_hash. NULL with the error. */
 fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_tokenizer *tok, size_t policy_vocab,
-                                 uint64_t *weights_hash);
+                                 int fold_lora, uint64_t *weights_hash);
 /* The trainer options of a run whose items are prompts (rl, online --mode step): base's, with
  * the policy model (or OUT's checkpoint on --resume), no --tokenizer, the prompt file as data
  * in file order (no shuffle), per_step prompts per step (step_flag names them in notes) and no

@@ -322,7 +322,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     const int ref_is_base = to->lora_r > 0 && o->ref_live && !o->ref && !fdpo_lora_is_checkpoint(policy_dir);
     uint64_t ref_hash = 0;
     if (!simpo && !ref_is_base) {
-        if (!(ref = fdpo_trainer_load_ref(o->ref, policy_dir, tok, pcfg.vocab_size, &ref_hash))) goto done;
+        if (!(ref = fdpo_trainer_load_ref(o->ref, policy_dir, tok, pcfg.vocab_size, to->lora_r <= 0, &ref_hash))) goto done;
         if (popt.max_length > ref->config.n_positions) {
             fdpo_error("--max-length %zu exceeds the reference's n_positions %zu", popt.max_length, ref->config.n_positions);
             goto done;

@@ -290,7 +290,7 @@ int fdpo_kto_train(const fdpo_kto_run_opts *o) {
      * (unless --model is a LoRA checkpoint being continued: then it is that checkpoint) */
     uint64_t ref_hash = 0;
     if (to->lora_r > 0 && !o->ref && !fdpo_lora_is_checkpoint(to->init)) goto open;
-    if (!(ref = fdpo_trainer_load_ref(o->ref, to->init, tok, pcfg.vocab_size, &ref_hash))) goto done;
+    if (!(ref = fdpo_trainer_load_ref(o->ref, to->init, tok, pcfg.vocab_size, to->lora_r <= 0, &ref_hash))) goto done;
     if (popt.max_length > ref->config.n_positions) {
         fdpo_error("--max-length %zu exceeds the reference's n_positions %zu", popt.max_length, ref->config.n_positions);
         goto done;

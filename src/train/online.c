@@ -685,7 +685,7 @@ int fdpo_online_run(const fdpo_online_opts *o) {
         if (rc == 0 && need_ref && is_lora_base(policy, ref0)) {
             ref = policy;   /* the base with the adapters off: no second copy */
         } else if (rc == 0 && need_ref) {
-            ref = fdpo_trainer_load_ref(o->ref, o->model, tok, policy->config.vocab_size, NULL);
+            ref = fdpo_trainer_load_ref(o->ref, o->model, tok, policy->config.vocab_size, o->dpo.train.lora_r <= 0, NULL);
             if (!ref) rc = -1;
             if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
         }
@@ -893,7 +893,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
      * checkpoint (base + its adapter, a second copy), not its base, as in dpo, kto and rounds */
     const int ref_is_base = t.lora_r > 0 && !o->ref && !fdpo_lora_is_checkpoint(o->model);
     /* with no --ref the reference is --model: refused as a reward model under that name */
-    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0, &t.ref_hash) : NULL;
+    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0, t.lora_r <= 0, &t.ref_hash) : NULL;
     if (ref) {   /* recorded: a resume refuses other reference weights */
         t.ref_flag = o->ref ? "--ref" : "--model";
         t.ref_dir = o->ref ? o->ref : o->model;

@@ -434,7 +434,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
      * checkpoint (base + its adapter, a second copy), not its base, as in dpo, kto and rounds */
     const int ref_is_base = t.lora_r > 0 && !o->ref && !fdpo_lora_is_checkpoint(o->model);
     /* with no --ref the reference is --model: refused as a reward model under that name */
-    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0, &t.ref_hash) : NULL;
+    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0, t.lora_r <= 0, &t.ref_hash) : NULL;
     if (ref) {   /* recorded: a resume refuses other reference weights */
         t.ref_flag = o->ref ? "--ref" : "--model";
         t.ref_dir = o->ref ? o->ref : o->model;

@@ -190,10 +190,13 @@ fdpo_train_opts fdpo_train_opts_over_prompts(const fdpo_train_opts *base, const 
 }
 
 fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_tokenizer *tok, size_t policy_vocab,
-                                 uint64_t *weights_hash) {
+                                 int fold_lora, uint64_t *weights_hash) {
     const char *flag = ref ? "--ref" : "--model", *dir = ref ? ref : model;
     fdpo_gpt2 *m = fdpo_checkpoint_load_model(dir);
     if (!m) { fdpo_error_context("%s %s", flag, dir); return NULL; }
+    /* the form the policy takes: a policy trained in full folds its LoRA checkpoint
+     * (fdpo_trainer_open), and the same checkpoint as the reference must give the same bits */
+    if (fold_lora) fdpo_lora_merge(m);
     int rc = fdpo_trainer_check_lm(&m->config, flag, dir);
     if (!rc && ref && tok) {   /* a directory without tokenizer files: the run's own rules apply */
         fdpo_tokenizer *rt = fdpo_checkpoint_load_tokenizer(ref);

@@ -247,6 +247,59 @@ def test_first_step_at_the_reference_with_a_constant_reward_moves_nothing(tmp_pa
         assert all(np.array_equal(a[k], b[k]) for k in a), algo
 
 
+def test_a_lora_checkpoint_trained_in_full_is_its_own_exact_reference(tmp_path):
+    """--model LORA_CHECKPOINT without --lora-r trains the model it defines in full: the policy
+    is the checkpoint with its adapters folded in (W + s B A, one rounding), and without --ref
+    the reference is the same checkpoint, which was scored unmerged (x W + s (x A) B): the same
+    function in another float order, so step 1's l = log pi - log pi_ref was ~1e-7 noise, GRPO
+    normalised it and Adam moved ~92 % of the weights by lr on a constant reward (bf16: advantages
+    of 0.47, a full step; dpo's step-0 accuracy 0.75 instead of the tie 0.5; a hunt's find).
+    The exact answer: l = 0 for every sample, every advantage 0, no gradient; dpo's and kto's
+    step-0 implicit rewards exactly 0, the DPO loss log 2."""
+    import math
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+
+    def run(*args):
+        r = subprocess.run([str(a) for a in [FDPO, *args, "--threads", 1, "--quiet"]], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r
+    make_model(tmp_path / "model", 257, seed=3, n_positions=32, scale=4.0, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("Hello\nab\nc\n")
+    # a LoRA checkpoint whose adapter is far from 0 (B starts at 0: three large steps)
+    run("rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt", "--out", tmp_path / "lora",
+        "--reward", "cmd:awk '{print length($0)}'", "--lora-r", 2, "--lora-targets", "c_attn,c_fc", "--steps", 3,
+        "--lr", "0.05", "--max-new-tokens", 6, "--n", 2, "--prompts-per-step", 3)
+    adapter, _ = st.load(str(tmp_path / "lora" / "adapter_model.safetensors"))
+    assert any(np.abs(v).max() > 1e-3 for k, v in adapter.items() if "lora_B" in k)
+    for precision in ("fp32", "bf16"):
+        for algo in ("grpo", "rloo"):
+            out = tmp_path / f"{algo}-{precision}"
+            run("rl", "--model", tmp_path / "lora", "--data", tmp_path / "p.txt", "--out", out, "--reward",
+                "cmd:awk '{print 1}'", "--algo", algo, "--n", 4, "--prompts-per-step", 3, "--steps", 1,
+                "--max-new-tokens", 6, "--lr", "1e-3", "--weight-decay", 0, "--precision", precision)
+            m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+            assert m["objective/kl"] == 0 and m["policy/advantage_std"] == 0 and m["grad_norm"] == 0, (algo, precision, m)
+        # dpo and kto: at step 0 the policy is the reference, every implicit reward exactly 0
+        pairs = [{"prompt": "Hello", "chosen": " a good day", "rejected": " bad"}, {"prompt": "ab", "chosen": "cd", "rejected": "ef gh"},
+                 {"prompt": "The cat", "chosen": " sat", "rejected": " ran away"}, {"prompt": "x", "chosen": "yz", "rejected": "w"}]
+        (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+        out = tmp_path / f"dpo-{precision}"
+        run("dpo", "--model", tmp_path / "lora", "--data", tmp_path / "pairs.jsonl", "--out", out, "--steps", 1,
+            "--batch-size", 4, "--eval-fraction", 0, "--precision", precision)
+        m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        assert m["rewards/chosen"] == 0 and m["rewards/rejected"] == 0 and m["rewards/accuracies"] == 0.5, (precision, m)
+        assert m["loss"] == pytest.approx(math.log(2), rel=1e-15, abs=0), (precision, m)
+        kto = [{"prompt": p["prompt"], "completion": p[k], "label": k == "chosen"} for p in pairs for k in ("chosen", "rejected")]
+        (tmp_path / "kto.jsonl").write_text("".join(json.dumps(x) + "\n" for x in kto))
+        out = tmp_path / f"kto-{precision}"
+        run("kto", "--model", tmp_path / "lora", "--data", tmp_path / "kto.jsonl", "--out", out, "--steps", 1,
+            "--batch-size", 8, "--eval-fraction", 0, "--precision", precision)
+        m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        assert m["kl"] == 0 and m["rewards/chosen"] == 0 and m["rewards/rejected"] == 0 and m["loss"] == 0.5, (precision, m)
+
+
 @pytest.mark.parametrize("arch,prompts,n", [
     ("gpt2", "dup prompt here\n" * 3, 3),   # equal lines: the groups of one prompt follow each other
     ("gpt2", "".join(f"prompt {i:02d}\n" for i in range(20)), 7),   # ~2000 packed rows: beyond a 1024-row batch
