@@ -458,12 +458,65 @@ def test_ab_decode_matmul_names_a_missing_binary(tmp_path):
         assert r.stderr.strip().startswith(f"{flag}: ") and "is not an executable fdpo-harness" in r.stderr
 
 
-@pytest.mark.parametrize("script,flag", [("bench_train_step.py", "--baseline"), ("bench_sample.py", "--baseline")])
+# bench_online / bench_rl at their smallest: where a check is missing, what runs stays tiny
+TINY_RUN = ["--threads", "1", "--triad-mib", "8", "--runs", "1", "--prompts", "1", "--n", "2", "--new-tokens", "2",
+            "--prompt-tokens", "2", "--torch", "fp32"]
+
+
+@pytest.mark.parametrize("script,flag", [("bench_train_step.py", "--baseline"), ("bench_sample.py", "--baseline"),
+                                         ("bench_online.py", "--baseline"), ("bench_rl.py", "--baseline")])
 def test_bench_baseline_must_be_an_executable_file(tmp_path, script, flag):
     """--baseline naming a directory (executable as a path, not runnable) or a missing file:
-    the one-line error before anything is measured"""
+    the one-line error before anything is measured (bench_online / bench_rl used to measure
+    the peaks and run a side first, then die in a FileNotFoundError traceback)"""
+    # (tiny sizes: where the check is missing the bench must not measure at full size)
+    tiny = TINY_RUN if script in ("bench_online.py", "bench_rl.py") else []
     for bad in (str(tmp_path), str(tmp_path / "none")):
-        r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench", script), flag, bad],
+        r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench", script), *tiny, flag, bad],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and "Traceback" not in r.stderr and "machine peaks" not in r.stdout, r.stderr
         assert f"{flag}: {bad} is not an executable file" in r.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--ranks", "0"], "argument --ranks: must be an integer >= 1 (got '0')"),
+    (["--ranks", "-3"], "argument --ranks: must be an integer >= 1 (got '-3')"),
+    (["--ranks", "x"], "argument --ranks: must be an integer >= 1 (got 'x')"),
+    (["--ranks"], "argument --ranks: expected one argument"),
+    (["--ranks", "3", "--threads", "2"], "--ranks: 3 ranks do not divide --threads 2"),
+    (["--n", "1"], "--n: RLOO needs at least 2 samples per prompt (got 1)"),
+])
+def test_bench_rl_ranks_and_n_are_checked_before_any_measurement(argv, message):
+    """bench_rl's --ranks used to be read by a bare int() at import: 0 / -3 ran fdpo as one
+    process without a word, 'x' or a missing value was a traceback, and 3 ranks on 2 threads
+    ran 3 threads against PyTorch's 2; --n 1 (RLOO divides by k - 1) failed in fdpo rl after
+    the peaks. Now each is argparse's one-line error, exit 2, nothing measured."""
+    r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench/bench_rl.py"), *TINY_RUN, *argv],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr and "machine peaks" not in r.stdout
+
+
+@pytest.mark.parametrize("what", ["online", "rl"])
+def test_ab_binaries_phases_run_each_build(tmp_path, what):
+    """ab_binaries --what online / rl: each build's own fdpo runs (wrappers that log their
+    name, then run the real binary). It used to set the module's FDPO, which the already-bound
+    default `binary=FDPO` of fdpo_online / fdpo_rl ignored: the old build never ran and the
+    old/new ratios compared the new binary with itself. A tiny round: 2 prompts x 2 samples
+    x 4 tokens, one run per build."""
+    import argparse
+    import ab_binaries
+    fdpo = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
+    log = tmp_path / "calls.log"
+    builds = {}
+    for name in ("new", "old"):
+        (tmp_path / name).mkdir()
+        w = tmp_path / name / "fdpo"
+        w.write_text(f'#!/bin/sh\necho {name} >> "{log}"\nexec "{os.path.abspath(fdpo)}" "$@"\n')
+        w.chmod(0o755)
+        builds[name] = {"fdpo": str(w), "harness": HARNESS}
+    a = argparse.Namespace(config="small", precision="fp32", threads=1, runs=1, prompts=2, n=2, new_tokens=4,
+                           prompt_tokens=4)
+    ab_binaries.ab_phases(a, builds, what)
+    assert sorted(log.read_text().split()) == ["new", "old"]
