@@ -520,3 +520,26 @@ def test_ab_binaries_phases_run_each_build(tmp_path, what):
                            prompt_tokens=4)
     ab_binaries.ab_phases(a, builds, what)
     assert sorted(log.read_text().split()) == ["new", "old"]
+
+
+def test_bench_summary_without_a_timed_step_is_json(tmp_path):
+    """model-bench --steps 0 and a model-bench / dpo-bench server closed before its first step
+    printed "inf" and the 1e30 sentinel (not JSON: Python's json, as StepServer.close reads
+    the summary, refused it); now their rates are null, and a server with one step gives
+    numbers"""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(dict(model_type="gpt2", vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2)))
+    dpo = [HARNESS, "dpo-bench", "--config", str(cfg), "--pairs", "1", "--prompt", "4", "--chosen", "2",
+           "--rejected", "2", "--threads", "1", "--serve"]
+    model = [HARNESS, "model-bench", "--config", str(cfg), "--batch", "1", "--seq", "8", "--threads", "1"]
+    for argv, stdin, rates in ((model + ["--steps", "0"], "", "tokens_per_sec"),
+                               (model + ["--serve"], "quit\n", "tokens_per_sec"),
+                               (dpo, "quit\n", "pairs_per_sec")):
+        p = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        summary = json.loads(p.stdout.splitlines()[-1])
+        assert summary[rates] is None and summary["step_seconds"] is None and summary["best_step_seconds"] is None
+        assert summary["n_params"] > 0
+    p = subprocess.run(dpo, input="step\nquit\n", capture_output=True, text=True, timeout=60)
+    summary = json.loads(p.stdout.splitlines()[-1])
+    assert summary["pairs_per_sec"] > 0 and summary["best_step_seconds"] < 1e3
