@@ -543,3 +543,34 @@ def test_bench_summary_without_a_timed_step_is_json(tmp_path):
     p = subprocess.run(dpo, input="step\nquit\n", capture_output=True, text=True, timeout=60)
     summary = json.loads(p.stdout.splitlines()[-1])
     assert summary["pairs_per_sec"] > 0 and summary["best_step_seconds"] < 1e3
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--threads", "0", "'0' is not an integer >= 1 (in '0')"),
+    ("--threads", "1,x", "'x' is not an integer >= 1 (in '1,x')"),
+    ("--precision", "fp16", "'fp16' is neither fp32 nor bf16 (in 'fp16')"),
+    ("--rows", "1,,2", "'' is not an integer >= 1 (in '1,,2')"),
+    ("--shapes", "768x", "'768x' is not KxN (two integers >= 1) (in '768x')"),
+    ("--min-seconds", "0", "must be a number of seconds > 0 (got '0')"),
+])
+def test_ab_decode_matmul_checks_its_lists_before_any_run(tmp_path, flag, value, message):
+    """The list flags were passed to the harness unchecked: a bad one ended in a
+    CalledProcessError traceback that hid the harness's message (--precision fp16 only after
+    the peaks' full-size triad). Now argparse's one-line error, exit 2, before the --old check
+    (--old names a missing file here, so the old script stopped at once too)."""
+    r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench/ab_decode_matmul.py"), "--old",
+                        str(tmp_path / "none"), "--new", HARNESS, flag, value], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"error: argument {flag}: {message}" in r.stderr
+
+
+def test_ab_decode_matmul_shows_the_harness_message(tmp_path):
+    """a harness run that fails: its own message in a one-line exit, not a traceback"""
+    import ab_decode_matmul
+    fake = tmp_path / "harness"
+    fake.write_text("#!/bin/sh\necho 'decode-matmul: --rows: too many' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(SystemExit) as e:
+        ab_decode_matmul.run(str(fake), ["--rows", "99999"])
+    assert str(e.value) == f"{fake} decode-matmul failed (exit 1): decode-matmul: --rows: too many"
