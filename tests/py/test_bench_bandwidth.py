@@ -289,6 +289,14 @@ def test_dpo_phases_line_arithmetic():
     assert "grad_norm 10.0 ms (40 GB/s = 80% of the triad)" in line
     assert "zero_grad 20.0 ms (20 GB/s = 40% of the triad)" in line
     assert line.endswith("median step less these +110.0 ms")
+    # the plain-live side (TRL's layout and a live reference: about twice the shared-cached
+    # work) used to be given the shared-cached FLOPs, a rate about half the truth: now its
+    # forward+backward time alone, its optimizer passes as before
+    Side.name = "fdpo-plain-live-fp32"
+    line = bench_dpo_step.phases_line(Side(), 2e11, {"bf16_gflops": 500.0, "sgemm_gflops": 250.0, "triad_gbs": 50.0})
+    # fp32: 28 B each, 2.8e9 B / 0.06 s = 46.7 GB/s = 93 % of 50
+    assert "forward+backward 0.800s, adamw 60.0 ms (47 GB/s = 93% of the triad)" in line
+    assert "GFLOP/s" not in line
 
 
 class FakeServer:
