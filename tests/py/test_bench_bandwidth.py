@@ -7,6 +7,7 @@ errors before anything is measured). No timing assertions: bandwidth figures are
 phases to partition their step."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -582,3 +583,80 @@ def test_ab_decode_matmul_shows_the_harness_message(tmp_path):
     with pytest.raises(SystemExit) as e:
         ab_decode_matmul.run(str(fake), ["--rows", "99999"])
     assert str(e.value) == f"{fake} decode-matmul failed (exit 1): decode-matmul: --rows: too many"
+
+
+def test_goals_table_keeps_a_failed_run_in_its_column():
+    """A failed run used to be dropped: the later runs' figures moved left under the wrong
+    "run N", the spread was declared "ok" from fewer runs than asked, and a row without any
+    run read "(one run)". Now a failed run (None) shows "failed" in its own column and the
+    spread is judged only over every run; the rss row (measured once) stays "(one run)"."""
+    import goals
+    r = {"median_seconds": {"fdpo-shared-cached-bf16": 1.0, "torch-bf16": 3.5, "torch-fp32": 5.0}}
+    rows = goals.table({"dpo": [None, r, r]}, 3)
+    assert rows[2] == "| DPO 124M bf16 vs torch fp32 | >= 5x | failed | 5.00x | 5.00x | 0% over 2 of 3 runs: not judged | yes | - |"
+    assert goals.table({"dpo": [None] * 3}, 3)[2] == \
+        "| DPO 124M bf16 vs torch fp32 | >= 5x | failed | failed | failed | (no run) | - | - |"
+    assert goals.table({"dpo": [r, None, None]}, 3)[2].endswith("| 5.00x | failed | failed | (one run of 3) | yes | - |")
+    assert goals.table({"dpo": [r] * 3}, 3)[2].endswith("| 5.00x | 5.00x | 5.00x | 0% ok | yes | - |")
+    rss = {"rss_mib": {"fdpo-shared-cached-bf16": 500.0, "fdpo-shared-cached-fp32": 700.0, "torch-fp32": 1000.0}}
+    assert goals.table({"rss": [rss]}, 3)[2].endswith("| 50% | - | - | (one run) | yes | - |")
+
+
+def test_names_in_refuses_a_name_given_twice():
+    """--only dpo,dpo ran the DPO bench twice per repeat into one row: 6 cells under a
+    3-run header and a spread mixing runs; a name given twice is now refused"""
+    import interleave
+    with pytest.raises(SystemExit) as e:
+        interleave.names_in("dpo,sample,dpo", {"dpo": 1, "sample": 2}, "--only", "row key")
+    assert str(e.value) == "--only: row key 'dpo' named twice"
+
+
+def test_goals_exits_non_zero_when_a_bench_fails():
+    """Every bench failing at once (the binaries are /bin/false: nothing is measured) used to
+    print a table of "-" and exit 0; now the failed runs show, and the exit status is 1"""
+    env = dict(os.environ, FDPO_BIN="/bin/false", FDPO_HARNESS="/bin/false")
+    r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench/goals.py"), "--repeats", "2", "--threads", "1",
+                        "--quick", "--only", "dpo,sample"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1, r.stdout
+    assert "goals: 4 of 4 bench runs failed" in r.stderr
+    assert "| DPO 124M bf16 vs torch fp32 | >= 5x | failed | failed | (no run) | - | - |" in r.stdout
+
+
+def run_bench_stub_tree(tmp_path, failing="bench_dpo_step"):
+    """scripts/run-bench.sh copied into a tree whose bench/*.py are stubs printing their argv
+    and FDPO_BIN (the `failing` one exits 1): nothing is measured"""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "bench").mkdir()
+    src = open(os.path.join(HERE, "../../scripts/run-bench.sh")).read()
+    (tmp_path / "scripts" / "run-bench.sh").write_text(src)
+    for b in ("bench_train_step", "bench_dpo_step", "bench_sample", "bench_online", "bench_rl", "bench_tokenizer",
+              "bench_mpi", "goals"):
+        (tmp_path / "bench" / f"{b}.py").write_text(
+            f"import os, sys\nprint('ran {b}', sys.argv[1:], os.environ['FDPO_BIN'])\n"
+            + ("sys.exit(1)\n" if b == failing else ""))
+    (tmp_path / "bench" / "bench_lab.sh").write_text("echo ran bench_lab.sh\n")
+    return str(tmp_path / "scripts" / "run-bench.sh")
+
+
+def test_run_bench_refuses_arguments_without_goals_and_reports_a_failed_bench(tmp_path):
+    """run-bench.sh used to drop every argument unless the first was --goals (running the
+    whole default suite instead), to exit 0 when a bench failed, and to override FDPO_BIN"""
+    script = run_bench_stub_tree(tmp_path)
+    r = subprocess.run(["bash", script, "--quick", "--only", "dpo"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "ran " not in r.stdout
+    assert r.stderr.startswith("run-bench.sh: --quick: unknown without --goals")
+    # --goals anywhere: goals.py gets the rest
+    r = subprocess.run(["bash", script, "--only", "dpo", "--goals"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith("ran goals ['--threads', '2', '--only', 'dpo']")
+    assert len(r.stdout.splitlines()) == 1
+    # the default suite: every bench runs, the failed one is named, the exit status is 1;
+    # FDPO_BIN from the environment is the binary measured
+    env = dict(os.environ, FDPO_BIN="/elsewhere/fdpo")
+    r = subprocess.run(["bash", script], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1
+    ran = [l.split()[1] for l in r.stdout.splitlines()]
+    assert ran == ["bench_train_step", "bench_dpo_step", "bench_sample", "bench_online", "bench_rl",
+                   "bench_tokenizer", "bench_lab.sh"] + (["bench_mpi"] if shutil.which("mpirun") else [])
+    assert all(l.endswith("/elsewhere/fdpo") for l in r.stdout.splitlines() if "bench_lab" not in l)
+    assert "run-bench.sh: failed: /usr/bin/python3 bench/bench_dpo_step.py --threads 2 (exit 1)" in r.stderr
