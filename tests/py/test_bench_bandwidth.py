@@ -660,3 +660,24 @@ def test_run_bench_refuses_arguments_without_goals_and_reports_a_failed_bench(tm
                    "bench_tokenizer", "bench_lab.sh"] + (["bench_mpi"] if shutil.which("mpirun") else [])
     assert all(l.endswith("/elsewhere/fdpo") for l in r.stdout.splitlines() if "bench_lab" not in l)
     assert "run-bench.sh: failed: /usr/bin/python3 bench/bench_dpo_step.py --threads 2 (exit 1)" in r.stderr
+
+
+def test_bench_flags_are_as_docs_model_md_says():
+    """docs/model.md#benchmarks said every bench takes --quick and --json; bench_online /
+    bench_rl have no --quick and bench_llama neither (and its --steps help said one warm-up
+    where its servers take interleave.WARMUP_STEPS = 2). The docs now name who takes what:
+    --triad-mib every bench, --json all but bench_llama, --quick the goal benches."""
+    import re
+    doc = open(os.path.join(HERE, "../../docs/model.md")).read()
+    assert "all but `bench_llama.py` take `--json FILE`" in doc and "the goal benches (`bench_train_step.py`," in doc
+    for script, quick, json_flag in (("bench_train_step.py", 1, 1), ("bench_dpo_step.py", 1, 1),
+                                     ("bench_sample.py", 1, 1), ("bench_online.py", 0, 1), ("bench_rl.py", 0, 1),
+                                     ("bench_llama.py", 0, 0)):
+        r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench", script), "--help"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        flags = set(re.findall(r"^\s+(--[a-z-]+)", r.stdout, re.M))
+        assert "--triad-mib" in flags, script
+        assert ("--quick" in flags) == bool(quick) and ("--json" in flags) == bool(json_flag), script
+        if script == "bench_llama.py":
+            assert "warm-up is interleave.WARMUP_STEPS = 2" in " ".join(r.stdout.split())
