@@ -681,3 +681,58 @@ def test_bench_flags_are_as_docs_model_md_says():
         assert ("--quick" in flags) == bool(quick) and ("--json" in flags) == bool(json_flag), script
         if script == "bench_llama.py":
             assert "warm-up is interleave.WARMUP_STEPS = 2" in " ".join(r.stdout.split())
+
+
+def test_bench_checkpoint_never_samples_eos(tmp_path):
+    """bench_sample's checkpoint (also bench_online's and bench_rl's): the byte tokenizer's
+    EOS (256) could be drawn by the random model (p ~ 1/512 per draw), so 3 of the default 8
+    rows of 128 stopped early on fdpo's side only (863 of 1024 tokens, 6.7 rows per decoding
+    step where the bandwidth figure assumed 8) while PyTorch's loop always draws 128. Now
+    EOS's logit is -1024 at every position: checked with the PyTorch float64 reference on
+    the patched weights (its float32 softmax probability is exactly 0), and fdpo generate,
+    run as bench_sample.run_side runs it, draws all 8 x 128 tokens."""
+    import torch
+    import bench_sample
+    from fdpo_ref import safetensors as st
+    from fdpo_ref.gpt2 import GPT2
+    cfg = bench_sample.CONFIGS["small"]
+    d = str(tmp_path / "model")
+    bench_sample.make_checkpoint(cfg, d)
+    weights, _ = st.load(os.path.join(d, "model.safetensors"))
+    ref = GPT2(cfg["vocab_size"], cfg["n_positions"], cfg["n_embd"], cfg["n_layer"], cfg["n_head"]).double()
+    with torch.no_grad():
+        for name, p in ref.named().items():
+            p.copy_(torch.from_numpy(weights[name]).double())
+        prompt = torch.tensor(list(b"Prompt 00: once upon a time"[:16]) + [7, 300, 511, 12, 99])
+        logits = ref(prompt)
+    assert logits[:, 256].max().item() < -1000
+    assert torch.softmax(logits.float(), dim=-1)[:, 256].max().item() == 0.0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"Prompt {i:02d}: once upon a time"[:16].ljust(16, ".") for i in range(8)) + "\n")
+    fdpo = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"o-{precision}.jsonl"
+        r = subprocess.run([fdpo, "generate", "--model", d, "--data", str(prompts), "--out", str(out),
+                            "--max-new-tokens", "128", "--batch-size", "8", "--threads", "1", "--seed", "1",
+                            "--precision", precision], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(l) for l in out.read_text().splitlines()]
+        assert [x["n_tokens"] for x in rows] == [128] * 8 and {x["finish"] for x in rows} == {"length"}
+        assert "127 decoding steps of 1016 tokens" in r.stderr
+
+
+def test_bench_sample_refuses_a_run_whose_rows_stopped_early(tmp_path):
+    """run_side counts the tokens fdpo says it drew: fewer than prompts x new tokens (a row
+    stopped) is an error naming the side, not a rate and a % of bandwidth over rows that
+    were no longer decoding"""
+    import argparse
+    import bench_sample
+    fake = tmp_path / "fdpo"
+    fake.write_text("#!/bin/sh\necho 'fdpo generate: generated 8 samples, 863 new tokens in 0.50s (1726.0 tokens/s): "
+                    "decoder set-up 0.00s, prefill 0.01s, 127 decoding steps of 855 tokens in 0.45s (1900.0 tokens/s)' >&2\n")
+    fake.chmod(0o755)
+    a = argparse.Namespace(baseline=str(fake), new_tokens=128, prompts=8, threads=1)
+    with pytest.raises(SystemExit) as e:
+        bench_sample.run_side("base-fp32", str(tmp_path), str(tmp_path), a)
+    assert str(e.value) == ("base-fp32: fdpo generate drew 863 new tokens, not 8 x 128: a row stopped early, so it did "
+                            "not do PyTorch's work")
