@@ -59,7 +59,7 @@ def ab_dpo(a, builds):
 
 
 def ab_phases(a, builds, what):
-    mod, run = (bench_online, bench_online.fdpo_online) if what == "online" else (bench_rl, bench_rl.fdpo_rl)
+    run = bench_online.fdpo_online if what == "online" else bench_rl.fdpo_rl
     res = {name: [] for name in builds}
     with tempfile.TemporaryDirectory() as tmp:
         d = os.path.join(tmp, "model")
@@ -69,8 +69,9 @@ def ab_phases(a, builds, what):
         names = list(builds)
         for r in range(a.runs):
             for name in names[r % 2:] + names[:r % 2]:   # turn about: neither always runs first
-                mod.FDPO = builds[name]["fdpo"]
-                t = run(d, tmp, a, a.precision)
+                # the binary is passed, not set as the module's FDPO: run's default `binary=FDPO`
+                # was bound when it was defined, so the old build would never run
+                t = run(d, tmp, a, a.precision, builds[name]["fdpo"])
                 res[name].append(t)
                 print(f"  {what} run {r + 1} {name}: " + " ".join(f"{p} {t[p]:.3f}" for p in bench_online.PHASES),
                       flush=True)

@@ -21,8 +21,49 @@ import interleave  # noqa: E402  (interleave.count: the --rounds check)
 
 
 def run(binary, args):
-    out = subprocess.run([binary, "decode-matmul", *args], check=True, capture_output=True, text=True).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    r = subprocess.run([binary, "decode-matmul", *args], capture_output=True, text=True)
+    if r.returncode:   # the harness's own message, not a CalledProcessError that hides it
+        sys.exit(f"{binary} decode-matmul failed (exit {r.returncode}): {r.stderr.strip()}")
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def list_of(item):
+    """argparse type of a comma list, each element checked by item (a function raising
+    ValueError), so a bad list is argparse's one-line error before anything runs"""
+    def parse(value):
+        try:
+            for x in value.split(","):
+                item(x)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{e} (in {value!r})")
+        return value
+    return parse
+
+
+def precision_name(x):
+    if x not in ("fp32", "bf16"):
+        raise ValueError(f"{x!r} is neither fp32 nor bf16")
+
+
+def positive_int(x):
+    if not x.strip().isdigit() or int(x) < 1:
+        raise ValueError(f"{x!r} is not an integer >= 1")
+
+
+def kxn_shape(x):
+    k, _, n = x.partition("x")
+    if not (k.isdigit() and n.isdigit() and int(k) > 0 and int(n) > 0):
+        raise ValueError(f"{x!r} is not KxN (two integers >= 1)")
+
+
+def positive_seconds(x):
+    try:
+        ok = float(x) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0 (got {x!r})")
+    return x
 
 
 def main():
@@ -30,11 +71,11 @@ def main():
     ap.add_argument("--old", required=True)
     ap.add_argument("--new", required=True)
     ap.add_argument("--rounds", type=interleave.count, default=3)
-    ap.add_argument("--precision", default="fp32,bf16")
-    ap.add_argument("--rows", default="1,4,8,16")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--shapes", default="768x2304,768x768,768x3072,3072x768,768x50257")
-    ap.add_argument("--min-seconds", default="0.2")
+    ap.add_argument("--precision", type=list_of(precision_name), default="fp32,bf16")
+    ap.add_argument("--rows", type=list_of(positive_int), default="1,4,8,16")
+    ap.add_argument("--threads", type=list_of(positive_int), default="1,2")
+    ap.add_argument("--shapes", type=list_of(kxn_shape), default="768x2304,768x768,768x3072,3072x768,768x50257")
+    ap.add_argument("--min-seconds", type=positive_seconds, default="0.2")
     a = ap.parse_args()
     for flag, path in (("--old", a.old), ("--new", a.new)):
         if not interleave.is_executable(path):

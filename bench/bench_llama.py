@@ -7,7 +7,7 @@ heads, 3 KV heads, intermediate 1536, vocab 49152, tied), the default a small sh
 quick run. One step on P pairs (prompt + chosen + rejected, random ids) = policy forward +
 backward of the sigmoid DPO loss + gradient clipping + AdamW.
 
-Interleaved step servers (bench/interleave.py: one warm-up, then rounds until each side
+Interleaved step servers (bench/interleave.py: two warm-up steps, then rounds until each side
 has >= 5 timed steps, medians and best, ratio of medians vs torch-fp32):
   torch-fp32        TRL's concatenated_forward: the 2P sequences prompt+chosen /
                     prompt+rejected as one [2P, T] batch through a Llama written here, a live
@@ -274,7 +274,8 @@ def main():
     ap.add_argument("--prompt", type=interleave.count, default=128)
     ap.add_argument("--completion", type=interleave.count, default=64, help="tokens of chosen and of rejected")
     ap.add_argument("--threads", type=interleave.count, default=2)
-    ap.add_argument("--steps", type=interleave.count, default=5, help="timed steps per side after one warm-up (at least 5)")
+    ap.add_argument("--steps", type=interleave.count, default=5, help="timed steps per side after the warm-up (at least 5; the servers' warm-up is "
+                         "interleave.WARMUP_STEPS = 2 steps, the CLI runs' one)")
     ap.add_argument("--sides", default=None, help="comma list of the interleaved sides (default: all that apply)")
     ap.add_argument("--cli-only", action="store_true",
                     help="with --lora: only the fdpo dpo runs (full and LoRA), no interleaved servers or peaks")
@@ -304,7 +305,8 @@ def main():
           f"vocab {cfg['vocab_size']}, tied): {a.pairs} pairs x (prompt {a.prompt} + chosen {a.completion} + rejected "
           f"{a.completion}); threads {a.threads}, "
           + (f"fdpo dpo runs only, {a.steps} steps (+1 warm-up)" if a.cli_only else
-             f">= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+1 warm-up), interleaved")
+             f">= {max(a.steps, interleave.MIN_TIMED_STEPS)} timed steps per side (+{interleave.WARMUP_STEPS} warm-up), "
+             "interleaved")
           + f"; env {env or 'no OPENBLAS overrides'}; load average {os.getloadavg()[0]:.1f}")
     if a.cli_only and not a.lora:
         sys.exit("--cli-only: needs --lora (the fdpo dpo runs are the LoRA comparison)")

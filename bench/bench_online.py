@@ -409,7 +409,9 @@ def run_bench(a, title, fdpo_side, worker_args, extra=()):
     return res
 
 
-def parse_args(doc, n_default, prompts_default, new_tokens_default):
+def parse_args(doc, n_default, prompts_default, new_tokens_default, own_flags=None, own_checks=None):
+    """The flags of bench_online.py and bench_rl.py; own_flags(ap) adds a script's own ones
+    and own_checks(ap, a) checks them, before anything is measured."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="small", choices=sorted(CONFIGS), help="model shape (124M: GPT-2 small)")
     ap.add_argument("--threads", type=interleave.count, default=2)
@@ -432,6 +434,8 @@ def parse_args(doc, n_default, prompts_default, new_tokens_default):
     ap.add_argument("--worker-bf16", action="store_true", help=argparse.SUPPRESS)   # worker: under bf16 autocast
     ap.add_argument("--pairs", type=lambda v: [int(x) for x in v.split(",")],
                     help=argparse.SUPPRESS)   # worker: train on each of these pair counts (comma-separated)
+    if own_flags:
+        own_flags(ap)
     a = ap.parse_args()
     a.precision = a.precision.split(",")
     if not a.precision or any(p not in ("fp32", "bf16") for p in a.precision) or len(set(a.precision)) < len(a.precision):
@@ -439,6 +443,10 @@ def parse_args(doc, n_default, prompts_default, new_tokens_default):
     if a.torch is None:
         a.torch = "fp32" if a.precision == ["fp32"] else "both"
     a.torch = ["fp32", "bf16"] if a.torch == "both" else [a.torch]
+    if own_checks:
+        own_checks(ap, a)
+    if a.baseline and not interleave.is_executable(a.baseline):
+        sys.exit(f"--baseline: {a.baseline} is not an executable file")
     return a
 
 

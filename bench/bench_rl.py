@@ -19,7 +19,7 @@ LM head runs on the completion rows only (PyTorch: every row of its [B, T] batch
 
 --ranks N runs the fdpo side as `mpirun -np N fdpo rl ... --threads THREADS/N` (each rank
 samples, scores and computes the gradient of its block of prompts; the times are rank 0's)
-against PyTorch on THREADS threads: the same cores, split into processes.
+against PyTorch on THREADS threads: the same cores, split into processes (N must divide THREADS).
 
 Sides run INTERLEAVED for >= 5 runs each; medians per phase and of the total, the ratio of
 medians (torch / fdpo: > 1 means fdpo is faster), the machine peaks measured at the start.
@@ -45,6 +45,7 @@ sys.path.insert(0, HERE)
 from bench_online import (FDPO, PHASES, TorchGPT2, autocast, completion_logp, parse_args, prompt_texts,  # noqa: E402
                           run_bench, words_reward)
 from bench_sample import CONFIGS  # noqa: E402
+import interleave  # noqa: E402
 
 BETA = 0.05
 
@@ -132,25 +133,28 @@ def torch_worker(a):
     print(json.dumps(times[-1]))
 
 
-def pop_ranks(argv):
-    """--ranks N (this script's own flag; the shared parser of bench_online.py does not know it)"""
-    if "--ranks" not in argv:
-        return 1
-    i = argv.index("--ranks")
-    n = int(argv[i + 1])
-    del argv[i:i + 2]
-    return n
+def rl_flags(ap):
+    ap.add_argument("--ranks", type=interleave.count, default=1,
+                    help="run the fdpo side as `mpirun -np N fdpo rl` on --threads / N threads each (N must divide "
+                         "--threads)")
 
 
-RANKS = pop_ranks(sys.argv)
+def rl_checks(ap, a):
+    """RLOO's leave-one-out baseline needs k >= 2 (PyTorch's side divides by k - 1), and
+    --ranks splits --threads into equal parts: the same cores as PyTorch's side."""
+    if a.n < 2:
+        ap.error(f"--n: RLOO needs at least 2 samples per prompt (got {a.n})")
+    if a.threads % a.ranks:
+        ap.error(f"--ranks: {a.ranks} ranks do not divide --threads {a.threads} (each rank runs --threads / --ranks "
+                 "threads, the same cores as PyTorch's side in all)")
 
 
 def fdpo_rl(d, tmp, a, precision, binary=FDPO):
     out = os.path.join(tmp, "run")
-    launch, threads = [binary], a.threads
-    if RANKS > 1:
-        launch = [shutil.which("mpirun") or "mpirun", "--oversubscribe", "--allow-run-as-root", "-np", str(RANKS), binary]
-        threads = max(1, a.threads // RANKS)
+    launch, threads, ranks = [binary], a.threads, getattr(a, "ranks", 1)   # (ab_binaries: no --ranks)
+    if ranks > 1:
+        launch = [shutil.which("mpirun") or "mpirun", "--oversubscribe", "--allow-run-as-root", "-np", str(ranks), binary]
+        threads = a.threads // ranks
     r = subprocess.run([*launch, "rl", "--model", d, "--data", os.path.join(tmp, "prompts.txt"), "--reward", "length:words",
                         "--out", out, "--algo", "rloo", "--divergence", "rkl", "--beta", str(BETA), "--steps", "2",
                         "--prompts-per-step", str(a.prompts), "--n", str(a.n), "--max-new-tokens", str(a.new_tokens),
@@ -163,11 +167,12 @@ def fdpo_rl(d, tmp, a, precision, binary=FDPO):
 
 
 def main():
-    a = parse_args(__doc__, n_default=4, prompts_default=4, new_tokens_default=64)
+    a = parse_args(__doc__, n_default=4, prompts_default=4, new_tokens_default=64, own_flags=rl_flags,
+                   own_checks=rl_checks)
     if a.worker:
         torch_worker(a)
         return
-    ranks = f"; fdpo on {RANKS} MPI ranks x {max(1, a.threads // RANKS)} threads" if RANKS > 1 else ""
+    ranks = f"; fdpo on {a.ranks} MPI ranks x {a.threads // a.ranks} threads" if a.ranks > 1 else ""
     res = run_bench(a, f"RL step (RLOO): {a.prompts} prompts x k={a.n} samples x {a.new_tokens} new tokens, "
                  f"prompt {a.prompt_tokens} tokens{ranks}", fdpo_rl, [])
     print_work(a, res)

@@ -3,7 +3,8 @@
 with a key/value cache, on the same weights and the same thread count.
 
 B prompts of P tokens each (byte-level text, so every prompt has exactly P tokens), N new
-tokens per prompt, temperature 1, no truncation, one sample per prompt, all B sequences
+tokens per prompt (the random model cannot draw EOS, ban_eos, so no fdpo row stops early:
+a run that draws fewer than B x N is refused), temperature 1, no truncation, one sample per prompt, all B sequences
 decoded together (fdpo --batch-size B; PyTorch [B, ...] tensors). fdpo's figure is the one it
 prints itself: generation only, after the checkpoint is loaded. PyTorch's covers the same
 span: prefill + N decoding steps (softmax + torch.multinomial each step), after the weights
@@ -145,6 +146,36 @@ def make_checkpoint(cfg, directory):
         sys.exit(f"model-init failed: {r.stderr}")
     json.dump({"type": "byte", "vocab_size": 257, "eos_token_id": 256},
               open(os.path.join(directory, "fdpo_tokenizer.json"), "w"))
+    ban_eos(os.path.join(directory, "model.safetensors"), cfg["n_embd"])
+
+
+# the byte tokenizer's <|endoftext|> (fixed: the byte tokenizer has no other)
+BYTE_EOS = 256
+
+
+def ban_eos(path, C):
+    """Make the random model unable to sample EOS: fdpo's rows stop at EOS while the PyTorch
+    loops always draw every token, so a drawn EOS (p ~ 1/V per draw: 22 % of the small
+    config's rows of 128) made the two sides do different work. The final LayerNorm's feature 0
+    becomes a constant 1 (gain 0, bias 1) and EOS's tied embedding row reads only it, at
+    -1024: its logit is -1024 at every position, whose exp is 0 in fp32, bf16 and double.
+    Every other token's logit moves by a constant of its own (its wte[t][0], ~0.02), the
+    same on both sides; the work per step is unchanged. Patched in place (F32 tensors)."""
+    import struct
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        body = 8 + n
+
+        def put(name, index, values):
+            info = header.get("transformer." + name, header.get(name))
+            assert info["dtype"] == "F32", f"{path}: {name} is {info['dtype']}, expected F32"
+            f.seek(body + info["data_offsets"][0] + 4 * index)
+            f.write(struct.pack(f"<{len(values)}f", *values))
+
+        put("ln_f.weight", 0, [0.0])
+        put("ln_f.bias", 0, [1.0])
+        put("wte.weight", BYTE_EOS * C, [-1024.0] + [0.0] * (C - 1))
 
 
 def run_side(side, d, tmp, a):
@@ -163,6 +194,11 @@ def run_side(side, d, tmp, a):
         if r.returncode:
             sys.exit(f"fdpo generate failed: {r.stderr}")
         m = re.search(r"generated \d+ samples, (\d+) new tokens in ([\d.]+)s \(([\d.]+) tokens/s\)", r.stderr)
+        if int(m.group(1)) != a.prompts * a.new_tokens:
+            # a row that stopped early: fewer tokens and fewer rows per decoding step than
+            # PyTorch's loop and decode_pct assume (ban_eos should make this impossible)
+            sys.exit(f"{side}: fdpo generate drew {m.group(1)} new tokens, not {a.prompts} x {a.new_tokens}: "
+                     "a row stopped early, so it did not do PyTorch's work")
         dm = re.search(r"decoding steps of \d+ tokens in [\d.]+s \(([\d.]+) tokens/s\)", r.stderr)
         return float(m.group(3)), float(dm.group(1)) if dm else None
     w = subprocess.run(interleave.torch_cmd([sys.executable, __file__, "--worker", d, "1", "--threads", str(a.threads),

@@ -121,29 +121,35 @@ def rss_pct(r, side):
 
 
 def table(records, repeats):
-    """The goal table (markdown lines) from {bench key: [one record per run]}: each row's
-    figure per run, the spread across runs ((max - min) / median, goal <= 15 %), whether the
-    median meets the goal, and for the timed rows the median over runs of the figure a step
-    at the floor would give (interleave.step_floor: the FLOPs at the run's measured GEMM
-    peak), which says whether the goal is reachable on this machine at all."""
+    """The goal table (markdown lines) from {bench key: [one record per run, None for a run
+    that failed]}: each row's figure per run, in that run's column ("failed" for a failed
+    run, "-" for one without the figure), the spread across runs ((max - min) / median, goal
+    <= 15 %, judged only when every run of the row gave its figure), whether the median meets
+    the goal, and for the timed rows the median over runs of the figure a step at the floor
+    would give (interleave.step_floor: the FLOPs at the run's measured GEMM peak), which says
+    whether the goal is reachable on this machine at all."""
     lines = [f"| measure | goal | {' | '.join(f'run {i + 1}' for i in range(repeats))} | spread | median meets goal "
              "| at the floor |",
              "|---|---|" + "---|" * repeats + "---|---|---|"]
     for label, key, fig, goal, test, *at_floor in ROWS:
         if key not in records:
             continue
-        xs = [x for x in (fig(rec) for rec in records[key]) if x is not None]
+        runs = records[key]
+        per_run = [None if rec is None else fig(rec) for rec in runs]
+        xs = [x for x in per_run if x is not None]
         unit = "GB/s" if "GB/s" in goal else "%" if "%" in goal else "x"
-        cells = ([f"{x:.2f}{unit}" if unit == "x" else f"{x:.1f} GB/s" if unit == "GB/s" else f"{x:.0f}%" for x in xs]
-                 + ["-"] * (repeats - len(xs)))
+        show = lambda x: f"{x:.2f}{unit}" if unit == "x" else f"{x:.1f} GB/s" if unit == "GB/s" else f"{x:.0f}%"  # noqa: E731
+        cells = (["failed" if rec is None else "-" if x is None else show(x) for rec, x in zip(runs, per_run)]
+                 + ["-"] * (repeats - len(runs)))
+        med = statistics.median(xs) if xs else None
         if len(xs) > 1:
-            med = statistics.median(xs)
             spread = (max(xs) - min(xs)) / med * 100
-            sp = f"{spread:.0f}% {'ok' if spread <= 15 else 'NOT within 15%'}"
+            sp = (f"{spread:.0f}% {'ok' if spread <= 15 else 'NOT within 15%'}" if len(xs) == len(runs)
+                  else f"{spread:.0f}% over {len(xs)} of {len(runs)} runs: not judged")
         else:
-            med, sp = (xs[0] if xs else None), "(one run)"
+            sp = "(no run)" if not xs else "(one run)" if len(runs) == 1 else f"(one run of {len(runs)})"
         meets = "-" if med is None or test is None else ("yes" if test(med) else "no")
-        fl = [x for x in (at_floor[0](rec) for rec in records[key]) if x is not None] if at_floor else []
+        fl = [x for x in (at_floor[0](rec) for rec in runs if rec is not None) if x is not None] if at_floor else []
         floor = "-"
         if fl:
             f = statistics.median(fl)
@@ -174,6 +180,7 @@ def main():
                 r = subprocess.run(cmds[k] + ["--json", out])
                 if r.returncode:
                     print(f"   {k} failed (exit {r.returncode})", flush=True)
+                    records[k].append(None)   # the run keeps its column: the table shows it failed
                     continue
                 with open(out) as f:
                     records[k].append(json.loads(f.read().strip().splitlines()[-1]))
@@ -181,6 +188,9 @@ def main():
     print()
     print("\n".join(table(records, a.repeats)))
     sys.stdout.flush()
+    failed = sum(rec is None for runs in records.values() for rec in runs)
+    if failed:
+        sys.exit(f"goals: {failed} of {sum(map(len, records.values()))} bench runs failed")
 
 
 if __name__ == "__main__":

@@ -132,11 +132,14 @@ def is_executable(path):
 def names_in(value, known, flag, what, hint=""):
     """The comma list `value` of a flag (--configs, --sides, --only), each name one of
     `known`; any other name (or an empty one) exits with a message naming the flag, the
-    bad name and the known ones (then `hint`), before the bench measures anything."""
+    bad name and the known ones (then `hint`), and so does a name given twice, before the
+    bench measures anything."""
     names = value.split(",")
-    for n in names:
+    for i, n in enumerate(names):
         if n not in known:
             sys.exit(f"{flag}: unknown {what} '{n}' (known: {', '.join(known)}{hint})")
+        if n in names[:i]:   # it would run twice and, in a table, fill two rows or columns
+            sys.exit(f"{flag}: {what} '{n}' named twice")
     return names
 
 

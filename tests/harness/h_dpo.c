@@ -325,14 +325,19 @@ int h_dpo_bench(int argc, char **argv) {
             if (dt < best) best = dt;
         } else if (s > 0) { total += dt; if (dt < best) best = dt; }
     }
-    if (steps == 0) steps = 1;
+    /* no timed step (a server closed before its first step): null rates, not inf and the
+     * 1e30 sentinel, so the summary stays JSON */
+    int timed = steps > 0 && total > 0;
     if (!rc) {
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
-        printf("{\"impl\": \"fdpo-%s-%s\", \"pairs_per_sec\": %.4f, \"step_seconds\": %.4f, \"best_step_seconds\": %.4f, "
+        char b1[32], b2[32], b3[32];
+        printf("{\"impl\": \"fdpo-%s-%s\", \"pairs_per_sec\": %s, \"step_seconds\": %s, \"best_step_seconds\": %s, "
                "\"tokens_per_step\": %zu, \"threads\": %d, \"n_params\": %zu, \"max_rss_kb\": %ld}\n",
                layout == FDPO_LAYOUT_SHARED ? "shared" : "plain", live ? "live" : "cached",
-               (double)(n_pairs * steps) / total, total / (double)steps, best, tokens, fdpo_get_threads(),
+               harness_json_number(b1, "%.4f", timed ? (double)(n_pairs * steps) / total : 0, timed),
+               harness_json_number(b2, "%.4f", timed ? total / (double)steps : 0, timed),
+               harness_json_number(b3, "%.4f", best, timed), tokens, fdpo_get_threads(),
                policy->n_params, ru.ru_maxrss);
         fdpo_dpo_free(&d);
         fdpo_adamw_free(&opt);

@@ -320,14 +320,20 @@ static int h_model_bench(int argc, char **argv) {
             if (dt < best) best = dt;
         } else if (step > 0) { t_total += dt; cpu_total += dc; if (dt < best) best = dt; }
     }
-    if (steps == 0) steps = 1; /* no timed step: keep the summary finite */
+    /* no timed step (--steps 0, a server closed before its first step): the rates are null,
+     * not inf and the 1e30 sentinel, so the summary stays JSON */
+    int timed = steps > 0 && t_total > 0;
     if (use_adamw) fdpo_adamw_free(&opt);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
+    char b1[32], b2[32], b3[32], b4[32];
     if (!rc)
-        printf("{\"impl\": \"fdpo\", \"tokens_per_sec\": %.1f, \"step_seconds\": %.4f, \"best_step_seconds\": %.4f, "
-               "\"cpu_seconds_per_step\": %.4f, \"n_params\": %zu, \"adamw\": %d, \"threads\": %d, \"max_rss_kb\": %ld}\n",
-               (double)(N * steps) / t_total, t_total / (double)steps, best, cpu_total / (double)steps, m->n_params, use_adamw,
+        printf("{\"impl\": \"fdpo\", \"tokens_per_sec\": %s, \"step_seconds\": %s, \"best_step_seconds\": %s, "
+               "\"cpu_seconds_per_step\": %s, \"n_params\": %zu, \"adamw\": %d, \"threads\": %d, \"max_rss_kb\": %ld}\n",
+               harness_json_number(b1, "%.1f", timed ? (double)(N * steps) / t_total : 0, timed),
+               harness_json_number(b2, "%.4f", timed ? t_total / (double)steps : 0, timed),
+               harness_json_number(b3, "%.4f", best, timed),
+               harness_json_number(b4, "%.4f", timed ? cpu_total / (double)steps : 0, timed), m->n_params, use_adamw,
                fdpo_get_threads(), ru.ru_maxrss);
     free(off); free(tok); free(tgt); free(d);
     fdpo_gpt2_free(m);

@@ -6,6 +6,12 @@
 #include "cli/omp_spin.h"
 #include "harness.h"
 
+const char *harness_json_number(char *buf, const char *fmt, double v, int known) {
+    if (!known) return "null";
+    snprintf(buf, 32, fmt, v);
+    return buf;
+}
+
 /* one declaration + one table row per subcommand (keep alphabetical) */
 int h_data(int argc, char **argv);
 int h_decode_matmul(int argc, char **argv);

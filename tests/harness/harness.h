@@ -12,6 +12,9 @@ typedef struct {
 } harness_triad_result;
 int harness_triad(size_t mib, int repeats, int huge, harness_triad_result *out);
 double harness_triad_gbs(size_t mib);
+/* v printed with fmt into buf (32 bytes) as a JSON number, or "null" when !known: a bench
+ * summary without a timed step has no rate (inf and a 1e30 sentinel are not JSON) */
+const char *harness_json_number(char *buf, const char *fmt, double v, int known);
 /* 512-bit fp32 FMA GFLOP/s (h_isa.c) */
 double harness_fma_fp32_gflops(void);
 #endif

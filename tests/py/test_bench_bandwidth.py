@@ -7,6 +7,7 @@ errors before anything is measured). No timing assertions: bandwidth figures are
 phases to partition their step."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -289,6 +290,14 @@ def test_dpo_phases_line_arithmetic():
     assert "grad_norm 10.0 ms (40 GB/s = 80% of the triad)" in line
     assert "zero_grad 20.0 ms (20 GB/s = 40% of the triad)" in line
     assert line.endswith("median step less these +110.0 ms")
+    # the plain-live side (TRL's layout and a live reference: about twice the shared-cached
+    # work) used to be given the shared-cached FLOPs, a rate about half the truth: now its
+    # forward+backward time alone, its optimizer passes as before
+    Side.name = "fdpo-plain-live-fp32"
+    line = bench_dpo_step.phases_line(Side(), 2e11, {"bf16_gflops": 500.0, "sgemm_gflops": 250.0, "triad_gbs": 50.0})
+    # fp32: 28 B each, 2.8e9 B / 0.06 s = 46.7 GB/s = 93 % of 50
+    assert "forward+backward 0.800s, adamw 60.0 ms (47 GB/s = 93% of the triad)" in line
+    assert "GFLOP/s" not in line
 
 
 class FakeServer:
@@ -458,12 +467,272 @@ def test_ab_decode_matmul_names_a_missing_binary(tmp_path):
         assert r.stderr.strip().startswith(f"{flag}: ") and "is not an executable fdpo-harness" in r.stderr
 
 
-@pytest.mark.parametrize("script,flag", [("bench_train_step.py", "--baseline"), ("bench_sample.py", "--baseline")])
+# bench_online / bench_rl at their smallest: where a check is missing, what runs stays tiny
+TINY_RUN = ["--threads", "1", "--triad-mib", "8", "--runs", "1", "--prompts", "1", "--n", "2", "--new-tokens", "2",
+            "--prompt-tokens", "2", "--torch", "fp32"]
+
+
+@pytest.mark.parametrize("script,flag", [("bench_train_step.py", "--baseline"), ("bench_sample.py", "--baseline"),
+                                         ("bench_online.py", "--baseline"), ("bench_rl.py", "--baseline")])
 def test_bench_baseline_must_be_an_executable_file(tmp_path, script, flag):
     """--baseline naming a directory (executable as a path, not runnable) or a missing file:
-    the one-line error before anything is measured"""
+    the one-line error before anything is measured (bench_online / bench_rl used to measure
+    the peaks and run a side first, then die in a FileNotFoundError traceback)"""
+    # (tiny sizes: where the check is missing the bench must not measure at full size)
+    tiny = TINY_RUN if script in ("bench_online.py", "bench_rl.py") else []
     for bad in (str(tmp_path), str(tmp_path / "none")):
-        r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench", script), flag, bad],
+        r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench", script), *tiny, flag, bad],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and "Traceback" not in r.stderr and "machine peaks" not in r.stdout, r.stderr
         assert f"{flag}: {bad} is not an executable file" in r.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--ranks", "0"], "argument --ranks: must be an integer >= 1 (got '0')"),
+    (["--ranks", "-3"], "argument --ranks: must be an integer >= 1 (got '-3')"),
+    (["--ranks", "x"], "argument --ranks: must be an integer >= 1 (got 'x')"),
+    (["--ranks"], "argument --ranks: expected one argument"),
+    (["--ranks", "3", "--threads", "2"], "--ranks: 3 ranks do not divide --threads 2"),
+    (["--n", "1"], "--n: RLOO needs at least 2 samples per prompt (got 1)"),
+])
+def test_bench_rl_ranks_and_n_are_checked_before_any_measurement(argv, message):
+    """bench_rl's --ranks used to be read by a bare int() at import: 0 / -3 ran fdpo as one
+    process without a word, 'x' or a missing value was a traceback, and 3 ranks on 2 threads
+    ran 3 threads against PyTorch's 2; --n 1 (RLOO divides by k - 1) failed in fdpo rl after
+    the peaks. Now each is argparse's one-line error, exit 2, nothing measured."""
+    r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench/bench_rl.py"), *TINY_RUN, *argv],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr and "machine peaks" not in r.stdout
+
+
+@pytest.mark.parametrize("what", ["online", "rl"])
+def test_ab_binaries_phases_run_each_build(tmp_path, what):
+    """ab_binaries --what online / rl: each build's own fdpo runs (wrappers that log their
+    name, then run the real binary). It used to set the module's FDPO, which the already-bound
+    default `binary=FDPO` of fdpo_online / fdpo_rl ignored: the old build never ran and the
+    old/new ratios compared the new binary with itself. A tiny round: 2 prompts x 2 samples
+    x 4 tokens, one run per build."""
+    import argparse
+    import ab_binaries
+    fdpo = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
+    log = tmp_path / "calls.log"
+    builds = {}
+    for name in ("new", "old"):
+        (tmp_path / name).mkdir()
+        w = tmp_path / name / "fdpo"
+        w.write_text(f'#!/bin/sh\necho {name} >> "{log}"\nexec "{os.path.abspath(fdpo)}" "$@"\n')
+        w.chmod(0o755)
+        builds[name] = {"fdpo": str(w), "harness": HARNESS}
+    a = argparse.Namespace(config="small", precision="fp32", threads=1, runs=1, prompts=2, n=2, new_tokens=4,
+                           prompt_tokens=4)
+    ab_binaries.ab_phases(a, builds, what)
+    assert sorted(log.read_text().split()) == ["new", "old"]
+
+
+def test_bench_summary_without_a_timed_step_is_json(tmp_path):
+    """model-bench --steps 0 and a model-bench / dpo-bench server closed before its first step
+    printed "inf" and the 1e30 sentinel (not JSON: Python's json, as StepServer.close reads
+    the summary, refused it); now their rates are null, and a server with one step gives
+    numbers"""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(dict(model_type="gpt2", vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2)))
+    dpo = [HARNESS, "dpo-bench", "--config", str(cfg), "--pairs", "1", "--prompt", "4", "--chosen", "2",
+           "--rejected", "2", "--threads", "1", "--serve"]
+    model = [HARNESS, "model-bench", "--config", str(cfg), "--batch", "1", "--seq", "8", "--threads", "1"]
+    for argv, stdin, rates in ((model + ["--steps", "0"], "", "tokens_per_sec"),
+                               (model + ["--serve"], "quit\n", "tokens_per_sec"),
+                               (dpo, "quit\n", "pairs_per_sec")):
+        p = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        summary = json.loads(p.stdout.splitlines()[-1])
+        assert summary[rates] is None and summary["step_seconds"] is None and summary["best_step_seconds"] is None
+        assert summary["n_params"] > 0
+    p = subprocess.run(dpo, input="step\nquit\n", capture_output=True, text=True, timeout=60)
+    summary = json.loads(p.stdout.splitlines()[-1])
+    assert summary["pairs_per_sec"] > 0 and summary["best_step_seconds"] < 1e3
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--threads", "0", "'0' is not an integer >= 1 (in '0')"),
+    ("--threads", "1,x", "'x' is not an integer >= 1 (in '1,x')"),
+    ("--precision", "fp16", "'fp16' is neither fp32 nor bf16 (in 'fp16')"),
+    ("--rows", "1,,2", "'' is not an integer >= 1 (in '1,,2')"),
+    ("--shapes", "768x", "'768x' is not KxN (two integers >= 1) (in '768x')"),
+    ("--min-seconds", "0", "must be a number of seconds > 0 (got '0')"),
+])
+def test_ab_decode_matmul_checks_its_lists_before_any_run(tmp_path, flag, value, message):
+    """The list flags were passed to the harness unchecked: a bad one ended in a
+    CalledProcessError traceback that hid the harness's message (--precision fp16 only after
+    the peaks' full-size triad). Now argparse's one-line error, exit 2, before the --old check
+    (--old names a missing file here, so the old script stopped at once too)."""
+    r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench/ab_decode_matmul.py"), "--old",
+                        str(tmp_path / "none"), "--new", HARNESS, flag, value], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"error: argument {flag}: {message}" in r.stderr
+
+
+def test_ab_decode_matmul_shows_the_harness_message(tmp_path):
+    """a harness run that fails: its own message in a one-line exit, not a traceback"""
+    import ab_decode_matmul
+    fake = tmp_path / "harness"
+    fake.write_text("#!/bin/sh\necho 'decode-matmul: --rows: too many' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(SystemExit) as e:
+        ab_decode_matmul.run(str(fake), ["--rows", "99999"])
+    assert str(e.value) == f"{fake} decode-matmul failed (exit 1): decode-matmul: --rows: too many"
+
+
+def test_goals_table_keeps_a_failed_run_in_its_column():
+    """A failed run used to be dropped: the later runs' figures moved left under the wrong
+    "run N", the spread was declared "ok" from fewer runs than asked, and a row without any
+    run read "(one run)". Now a failed run (None) shows "failed" in its own column and the
+    spread is judged only over every run; the rss row (measured once) stays "(one run)"."""
+    import goals
+    r = {"median_seconds": {"fdpo-shared-cached-bf16": 1.0, "torch-bf16": 3.5, "torch-fp32": 5.0}}
+    rows = goals.table({"dpo": [None, r, r]}, 3)
+    assert rows[2] == "| DPO 124M bf16 vs torch fp32 | >= 5x | failed | 5.00x | 5.00x | 0% over 2 of 3 runs: not judged | yes | - |"
+    assert goals.table({"dpo": [None] * 3}, 3)[2] == \
+        "| DPO 124M bf16 vs torch fp32 | >= 5x | failed | failed | failed | (no run) | - | - |"
+    assert goals.table({"dpo": [r, None, None]}, 3)[2].endswith("| 5.00x | failed | failed | (one run of 3) | yes | - |")
+    assert goals.table({"dpo": [r] * 3}, 3)[2].endswith("| 5.00x | 5.00x | 5.00x | 0% ok | yes | - |")
+    rss = {"rss_mib": {"fdpo-shared-cached-bf16": 500.0, "fdpo-shared-cached-fp32": 700.0, "torch-fp32": 1000.0}}
+    assert goals.table({"rss": [rss]}, 3)[2].endswith("| 50% | - | - | (one run) | yes | - |")
+
+
+def test_names_in_refuses_a_name_given_twice():
+    """--only dpo,dpo ran the DPO bench twice per repeat into one row: 6 cells under a
+    3-run header and a spread mixing runs; a name given twice is now refused"""
+    import interleave
+    with pytest.raises(SystemExit) as e:
+        interleave.names_in("dpo,sample,dpo", {"dpo": 1, "sample": 2}, "--only", "row key")
+    assert str(e.value) == "--only: row key 'dpo' named twice"
+
+
+def test_goals_exits_non_zero_when_a_bench_fails():
+    """Every bench failing at once (the binaries are /bin/false: nothing is measured) used to
+    print a table of "-" and exit 0; now the failed runs show, and the exit status is 1"""
+    env = dict(os.environ, FDPO_BIN="/bin/false", FDPO_HARNESS="/bin/false")
+    r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench/goals.py"), "--repeats", "2", "--threads", "1",
+                        "--quick", "--only", "dpo,sample"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1, r.stdout
+    assert "goals: 4 of 4 bench runs failed" in r.stderr
+    assert "| DPO 124M bf16 vs torch fp32 | >= 5x | failed | failed | (no run) | - | - |" in r.stdout
+
+
+def run_bench_stub_tree(tmp_path, failing="bench_dpo_step"):
+    """scripts/run-bench.sh copied into a tree whose bench/*.py are stubs printing their argv
+    and FDPO_BIN (the `failing` one exits 1): nothing is measured"""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "bench").mkdir()
+    src = open(os.path.join(HERE, "../../scripts/run-bench.sh")).read()
+    (tmp_path / "scripts" / "run-bench.sh").write_text(src)
+    for b in ("bench_train_step", "bench_dpo_step", "bench_sample", "bench_online", "bench_rl", "bench_tokenizer",
+              "bench_mpi", "goals"):
+        (tmp_path / "bench" / f"{b}.py").write_text(
+            f"import os, sys\nprint('ran {b}', sys.argv[1:], os.environ['FDPO_BIN'])\n"
+            + ("sys.exit(1)\n" if b == failing else ""))
+    (tmp_path / "bench" / "bench_lab.sh").write_text("echo ran bench_lab.sh\n")
+    return str(tmp_path / "scripts" / "run-bench.sh")
+
+
+def test_run_bench_refuses_arguments_without_goals_and_reports_a_failed_bench(tmp_path):
+    """run-bench.sh used to drop every argument unless the first was --goals (running the
+    whole default suite instead), to exit 0 when a bench failed, and to override FDPO_BIN"""
+    script = run_bench_stub_tree(tmp_path)
+    r = subprocess.run(["bash", script, "--quick", "--only", "dpo"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "ran " not in r.stdout
+    assert r.stderr.startswith("run-bench.sh: --quick: unknown without --goals")
+    # --goals anywhere: goals.py gets the rest
+    r = subprocess.run(["bash", script, "--only", "dpo", "--goals"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith("ran goals ['--threads', '2', '--only', 'dpo']")
+    assert len(r.stdout.splitlines()) == 1
+    # the default suite: every bench runs, the failed one is named, the exit status is 1;
+    # FDPO_BIN from the environment is the binary measured
+    env = dict(os.environ, FDPO_BIN="/elsewhere/fdpo")
+    r = subprocess.run(["bash", script], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1
+    ran = [l.split()[1] for l in r.stdout.splitlines()]
+    assert ran == ["bench_train_step", "bench_dpo_step", "bench_sample", "bench_online", "bench_rl",
+                   "bench_tokenizer", "bench_lab.sh"] + (["bench_mpi"] if shutil.which("mpirun") else [])
+    assert all(l.endswith("/elsewhere/fdpo") for l in r.stdout.splitlines() if "bench_lab" not in l)
+    assert "run-bench.sh: failed: /usr/bin/python3 bench/bench_dpo_step.py --threads 2 (exit 1)" in r.stderr
+
+
+def test_bench_flags_are_as_docs_model_md_says():
+    """docs/model.md#benchmarks said every bench takes --quick and --json; bench_online /
+    bench_rl have no --quick and bench_llama neither (and its --steps help said one warm-up
+    where its servers take interleave.WARMUP_STEPS = 2). The docs now name who takes what:
+    --triad-mib every bench, --json all but bench_llama, --quick the goal benches."""
+    import re
+    doc = open(os.path.join(HERE, "../../docs/model.md")).read()
+    assert "all but `bench_llama.py` take `--json FILE`" in doc and "the goal benches (`bench_train_step.py`," in doc
+    for script, quick, json_flag in (("bench_train_step.py", 1, 1), ("bench_dpo_step.py", 1, 1),
+                                     ("bench_sample.py", 1, 1), ("bench_online.py", 0, 1), ("bench_rl.py", 0, 1),
+                                     ("bench_llama.py", 0, 0)):
+        r = subprocess.run([sys.executable, os.path.join(HERE, "../../bench", script), "--help"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        flags = set(re.findall(r"^\s+(--[a-z-]+)", r.stdout, re.M))
+        assert "--triad-mib" in flags, script
+        assert ("--quick" in flags) == bool(quick) and ("--json" in flags) == bool(json_flag), script
+        if script == "bench_llama.py":
+            assert "warm-up is interleave.WARMUP_STEPS = 2" in " ".join(r.stdout.split())
+
+
+def test_bench_checkpoint_never_samples_eos(tmp_path):
+    """bench_sample's checkpoint (also bench_online's and bench_rl's): the byte tokenizer's
+    EOS (256) could be drawn by the random model (p ~ 1/512 per draw), so 3 of the default 8
+    rows of 128 stopped early on fdpo's side only (863 of 1024 tokens, 6.7 rows per decoding
+    step where the bandwidth figure assumed 8) while PyTorch's loop always draws 128. Now
+    EOS's logit is -1024 at every position: checked with the PyTorch float64 reference on
+    the patched weights (its float32 softmax probability is exactly 0), and fdpo generate,
+    run as bench_sample.run_side runs it, draws all 8 x 128 tokens."""
+    import torch
+    import bench_sample
+    from fdpo_ref import safetensors as st
+    from fdpo_ref.gpt2 import GPT2
+    cfg = bench_sample.CONFIGS["small"]
+    d = str(tmp_path / "model")
+    bench_sample.make_checkpoint(cfg, d)
+    weights, _ = st.load(os.path.join(d, "model.safetensors"))
+    ref = GPT2(cfg["vocab_size"], cfg["n_positions"], cfg["n_embd"], cfg["n_layer"], cfg["n_head"]).double()
+    with torch.no_grad():
+        for name, p in ref.named().items():
+            p.copy_(torch.from_numpy(weights[name]).double())
+        prompt = torch.tensor(list(b"Prompt 00: once upon a time"[:16]) + [7, 300, 511, 12, 99])
+        logits = ref(prompt)
+    assert logits[:, 256].max().item() < -1000
+    assert torch.softmax(logits.float(), dim=-1)[:, 256].max().item() == 0.0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"Prompt {i:02d}: once upon a time"[:16].ljust(16, ".") for i in range(8)) + "\n")
+    fdpo = os.environ.get("FDPO_BIN", os.path.join(HERE, "../../build/fdpo"))
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"o-{precision}.jsonl"
+        r = subprocess.run([fdpo, "generate", "--model", d, "--data", str(prompts), "--out", str(out),
+                            "--max-new-tokens", "128", "--batch-size", "8", "--threads", "1", "--seed", "1",
+                            "--precision", precision], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(l) for l in out.read_text().splitlines()]
+        assert [x["n_tokens"] for x in rows] == [128] * 8 and {x["finish"] for x in rows} == {"length"}
+        assert "127 decoding steps of 1016 tokens" in r.stderr
+
+
+def test_bench_sample_refuses_a_run_whose_rows_stopped_early(tmp_path):
+    """run_side counts the tokens fdpo says it drew: fewer than prompts x new tokens (a row
+    stopped) is an error naming the side, not a rate and a % of bandwidth over rows that
+    were no longer decoding"""
+    import argparse
+    import bench_sample
+    fake = tmp_path / "fdpo"
+    fake.write_text("#!/bin/sh\necho 'fdpo generate: generated 8 samples, 863 new tokens in 0.50s (1726.0 tokens/s): "
+                    "decoder set-up 0.00s, prefill 0.01s, 127 decoding steps of 855 tokens in 0.45s (1900.0 tokens/s)' >&2\n")
+    fake.chmod(0o755)
+    a = argparse.Namespace(baseline=str(fake), new_tokens=128, prompts=8, threads=1)
+    with pytest.raises(SystemExit) as e:
+        bench_sample.run_side("base-fp32", str(tmp_path), str(tmp_path), a)
+    assert str(e.value) == ("base-fp32: fdpo generate drew 863 new tokens, not 8 x 128: a row stopped early, so it did "
+                            "not do PyTorch's work")
