@@ -156,6 +156,44 @@ def test_demo_redoes_a_stage_whose_done_file_was_deleted(micro_demo):
     assert rounds == [0, 1]
 
 
+def summarize_conclusion(tmp_path, kls):
+    """summarize.js on a synthetic eval.json: {divergence: [(beta, KL)]}; its first conclusion line."""
+    pol = lambda name, kl: {"name": str(tmp_path / name), "reward_mean": 0.05 + 0.01 * kl, "reward_se": 0.004,
+                            "reward_std": 0.1, "kl_seq_mean": kl, "kl_seq_se": 0.2, "entropy": 3,
+                            "distinct_2_per_input": 0.9, "self_bleu_4_per_input": 0.1, "word_rate": 0.9,
+                            "word_rate_se": 0.01, "len_tokens_mean": 24}
+    pols = [pol("base", 0.0)] + [pol(f"dpo-{d.replace(':', '')}-b{b}", kl) for d, pts in kls.items() for b, kl in pts]
+    (tmp_path / "eval.json").write_text(json.dumps({"policies": pols}))
+    r = subprocess.run(["node", os.path.join(ROOT, "examples/sentiment/summarize.js"), str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    return lines[lines.index("## Conclusion (generated from the numbers above)") + 2]
+
+
+@pytest.mark.parametrize("kls", [
+    {"rkl": [(0.03, 8.0), (0.1, 5.0), (0.3, 2.0)], "js": [(0.1, 5.0)]},     # js inside rkl's range
+    {"rkl": [(0.03, 8.0), (0.1, 5.0), (0.3, 2.0)], "js": [(0.1, 12.0)]},    # js beyond it
+    {"rkl": [(0.1, 3.0), (0.3, 2.0)], "js": [(0.1, 9.0), (0.3, 7.0)]},      # two curves apart
+    {"rkl": [(0.1, 3.0), (0.3, 2.0)], "js": [(0.1, 2.5), (0.3, 1.0)]}])     # two curves that overlap
+def test_summarize_says_why_it_compares_at_the_same_beta(tmp_path, kls):
+    """The conclusion claims "KL ranges do not overlap" only when they do not (the intervals
+    [min KL, max KL] per divergence, intersected here), and names a single-beta divergence as its
+    own reason; with overlapping curves it compares at matched KL. Before, a single-beta divergence
+    was always reported as non-overlapping ranges."""
+    line = summarize_conclusion(tmp_path, kls)
+    ranges = [(min(k for _, k in pts), max(k for _, k in pts)) for pts in kls.values()]
+    apart = max(lo for lo, _ in ranges) > min(hi for _, hi in ranges)
+    single = any(len(pts) == 1 for pts in kls.values())
+    why = (["the divergences' KL ranges do not overlap"] if apart else []) + \
+          (["some divergence has a single beta (no curve to interpolate along)"] if single else [])
+    if why:
+        reason = " and ".join(why)
+        assert line == reason[0].upper() + reason[1:] + ", so they are compared at the same beta = 0.1, not at matched KL:"
+    else:
+        assert line.startswith(f"At matched KL = {min(hi for _, hi in ranges):.3f} nats "), line
+
+
 def check_demo_run(run, data, log):
     """The claims of a finished SCALE=tiny run (RUN dir, DATA dir, its stderr log)."""
     # every stage echoed its command so users can copy it
