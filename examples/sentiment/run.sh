@@ -11,7 +11,7 @@
 # data. A stage that completed is skipped ("cached"), so a second run only redoes what
 # is missing; `fdpo dpo` also reuses the reference log-probs it cached on the first run.
 # Environment: RUN (output dir, default runs/demo), DATA (default data/brown), THREADS,
-# FDPO (the binary), SCALE (full|tiny|micro), DIVERGENCES, BETAS (every divergence), RKL_BETAS
+# FDPO (the binary), SCALE (full|tiny|micro), DIVERGENCES, BETAS (every divergence but rkl), RKL_BETAS
 # (rkl's sweep), BYTE_BASELINE=1 (also pretrain a byte-level model of the same shape and
 # steps, for the bits-per-byte comparison), JOBS (independent training stages run at once,
 # default 2: the models are small, so two 1-thread processes use two cores better than one
