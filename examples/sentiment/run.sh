@@ -68,6 +68,8 @@ case "$SCALE" in
 esac
 BETAS=${BETAS:-$DEF_BETAS}
 RKL_BETAS=${RKL_BETAS:-$DEF_RKL_BETAS}
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: JOBS must be a positive integer (got '$JOBS')" >&2; exit 2; }
+[[ $THREADS =~ ^[0-9]+$ ]] || { echo "run.sh: THREADS must be a non-negative integer, 0 for all cores (got '$THREADS')" >&2; exit 2; }
 
 T0=$(date +%s)
 say() { printf '\n== [%ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }

@@ -156,6 +156,26 @@ def test_demo_redoes_a_stage_whose_done_file_was_deleted(micro_demo):
     assert rounds == [0, 1]
 
 
+@pytest.mark.parametrize("knob,value,want", [
+    ("JOBS", "0", "JOBS must be a positive integer (got '0')"),
+    ("JOBS", "abc", "JOBS must be a positive integer (got 'abc')"),
+    ("JOBS", "-1", "JOBS must be a positive integer (got '-1')"),
+    ("JOBS", "2x", "JOBS must be a positive integer (got '2x')"),
+    ("THREADS", "-1", "THREADS must be a non-negative integer, 0 for all cores (got '-1')"),
+    ("THREADS", "two", "THREADS must be a non-negative integer, 0 for all cores (got 'two')")])
+def test_demo_refuses_a_bad_jobs_or_threads_up_front(tmp_path, knob, value, want):
+    """JOBS and THREADS are checked before anything runs, with one line naming the knob and exit 2
+    (as a bad SCALE). Before, JOBS=0 spun forever in the first parallel stage and JOBS=abc ran every
+    stage at once. FDPO names no binary here, which the old script refused with exit 1 further on."""
+    env = dict(os.environ, SCALE="micro", RUN=str(tmp_path / "run"), DATA=str(tmp_path / "data"),
+               FDPO=str(tmp_path / "no-fdpo"), THREADS="1", JOBS="1")
+    env[knob] = value
+    r = subprocess.run(["bash", os.path.join(ROOT, "examples/sentiment/run.sh")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (2, f"run.sh: {want}\n")
+    assert not (tmp_path / "run").exists()
+
+
 def summarize_conclusion(tmp_path, kls):
     """summarize.js on a synthetic eval.json: {divergence: [(beta, KL)]}; its first conclusion line."""
     pol = lambda name, kl: {"name": str(tmp_path / name), "reward_mean": 0.05 + 0.01 * kl, "reward_se": 0.004,
