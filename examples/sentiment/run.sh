@@ -255,7 +255,9 @@ say "e. evaluate base and every policy on held-out prompts (offline, online, pro
 # Per-token f-divergences over the whole vocabulary are 40% of eval's CPU (4.5 vs 2.7 s for 128 samples, BPE
 # 8,192, six vs one): the frontiers get KL in both
 # directions (the two ends of the f-DPO picture), the online, proxy and safety evaluations KL only.
-par_stage "$RUN/eval.json" "$FDPO" eval --model "$BASE" $(printf -- '--model %s ' "${POLICIES[@]}") --ref "$BASE" \
+EVAL_MODELS=(--model "$BASE")
+for p in "${POLICIES[@]}"; do EVAL_MODELS+=(--model "$p"); done
+par_stage "$RUN/eval.json" "$FDPO" eval "${EVAL_MODELS[@]}" --ref "$BASE" \
       --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --words "$DATA/words.txt" --n $K_EVAL \
       --max-new-tokens $NEW_TOK "${SAMPLE[@]}" --divergences rkl,fkl --seed 5 --threads $PTHREADS \
       --out "$RUN/eval.json" --samples-out "$RUN/eval_samples.jsonl"

