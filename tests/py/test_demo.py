@@ -160,6 +160,10 @@ def eval_names(run, what="eval.json"):
     return sorted(p["name"] for p in json.load(open(run / what))["policies"])
 
 
+def lab_betas(run):
+    return sorted({float(l.split(",")[1]) for l in (run / "lab" / "frontier.csv").read_text().splitlines()[1:]})
+
+
 def test_demo_runs_in_a_directory_whose_path_has_a_space(micro_demo):
     """RUN and DATA with a space in their path (the fixture's): every policy reached fdpo eval as
     one --model (the list was an unquoted command substitution, split at the space, so the demo
@@ -168,6 +172,49 @@ def test_demo_runs_in_a_directory_whose_path_has_a_space(micro_demo):
     assert " " in str(run) and " " in env["DATA"]
     assert eval_names(run) == sorted(str(run / p) for p in ["base", "dpo-rkl-b0.1", "dpo-js-b0.1"])
     assert (run / "report.html").exists()
+
+
+def test_demo_redoes_the_stages_whose_settings_changed(micro_demo):
+    """A stage's stamp records its command and the stamps of its inputs: a rerun with another BETAS
+    trains the new policy and redoes the evaluation whose --model list changed, and the lab stages
+    that read its samples and the new beta list, so the summary reports the new policy; stages the
+    change does not reach stay cached. Back at the old BETAS the same stages are redone without it.
+    Before, eval.json and the lab stayed "(cached)" from the first run and the new policy was left out."""
+    env, run = micro_demo
+    names = eval_names(run)
+    assert lab_betas(run) == [0.1]
+    redone = ["eval.json", "lab/problem.csv", "lab/frontier.csv", "lab/frontier_gold.csv"]
+    kept = ["base", "pairs.jsonl", "dpo-rkl-b0.1", "dpo-js-b0.1", "eval_online.json", "eval_safety.json"]
+    r = run_demo(dict(env, BETAS="0.1 0.3"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    for st in redone + ["dpo-js-b0.3"]:
+        assert f"(cached: {run / st})" not in r.stderr, st
+    for st in redone:
+        assert f"(settings changed since {run / st} was made: redoing it)" in r.stderr, st
+    for st in kept:
+        assert f"(cached: {run / st})" in r.stderr, st
+    assert eval_names(run) == sorted(names + [str(run / "dpo-js-b0.3")])
+    assert lab_betas(run) == [0.1, 0.3]
+    assert "dpo-js-b0.3" in (run / "summary.txt").read_text()
+    r = run_demo(env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for st in redone:
+        assert f"(settings changed since {run / st} was made: redoing it)" in r.stderr, st
+    assert eval_names(run) == names and lab_betas(run) == [0.1]
+    assert "dpo-js-b0.3" not in (run / "summary.txt").read_text()
+
+
+def test_demo_refuses_a_run_made_at_another_scale(micro_demo):
+    """SCALE=tiny into a RUN made at SCALE=micro is refused before any stage runs, and nothing there
+    is touched (before, every stage was "(cached)" and the micro run was reported as the tiny one)."""
+    env, run = micro_demo
+    stamps = {p: p.read_text() for p in run.glob("**/*.done")}
+    r = subprocess.run(["bash", os.path.join(ROOT, "examples/sentiment/run.sh")], env=dict(env, SCALE="tiny"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr == (f"run.sh: {run} holds a SCALE=micro run, not SCALE=tiny: "
+                        "set RUN to another directory (or remove it)\n")
+    assert {p: p.read_text() for p in run.glob("**/*.done")} == stamps
 
 
 @pytest.mark.parametrize("knob,value,want", [
