@@ -54,7 +54,7 @@ typedef enum { FDPO_PREF_LONG_TRUNCATE, FDPO_PREF_LONG_SKIP, FDPO_PREF_LONG_ERRO
 
 typedef struct {
     size_t max_length;         /* 0 = no limit */
-    size_t max_prompt_length;  /* 0 = no prompt limit; else < max_length */
+    size_t max_prompt_length;  /* 0 = max_length / 2 (no limit when max_length is 0); else < max_length */
     fdpo_pref_on_bad on_bad;
     fdpo_pref_on_long on_long;
     const char *max_length_name; /* what messages call the limit (NULL: "--max-length"; eval: the reference's n_positions) */
