@@ -1222,6 +1222,24 @@ START_TEST(decoder_needs_a_sequence_length_of_one_or_more) {
 }
 END_TEST
 
+/* merge.h: one validation for the inputs. fdpo_path_check passes NULL (an option not given),
+ * so a NULL models[] entry passed the check and fdpo_merge crashed in strlen(NULL). */
+START_TEST(merge_check_refuses_a_null_model) {
+    const char *models[] = {"a", NULL, "c"};
+    fdpo_merge_opts mo = {.models = models, .n_models = 3};
+    ck_assert_int_eq(fdpo_merge_opts_check(&mo), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--model: checkpoint 2 of 3 is NULL (no directory given)");
+    fdpo_clear_error();
+    ck_assert_ptr_null(fdpo_merge(&mo));   /* the same check, not a load of NULL */
+    ck_assert_str_eq(fdpo_last_error(), "--model: checkpoint 2 of 3 is NULL (no directory given)");
+    fdpo_merge_opts none = {.models = NULL, .n_models = 2};
+    ck_assert_int_eq(fdpo_merge_opts_check(&none), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--model: 2 checkpoints announced (n_models) but no list given");
+    models[1] = "b";
+    ck_assert_int_eq(fdpo_merge_opts_check(&mo), 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train");
     TCase *tc = tcase_create("train");
@@ -1254,6 +1272,7 @@ int main(void) {
     tcase_add_test(tc, option_checks_refuse_unknown_enum_values);
     tcase_add_test(tc, train_opts_refuse_infinite_values);
     tcase_add_test(tc, decoder_needs_a_sequence_length_of_one_or_more);
+    tcase_add_test(tc, merge_check_refuses_a_null_model);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
