@@ -1278,6 +1278,48 @@ START_TEST(optimizer_calls_before_any_backward_are_errors) {
 }
 END_TEST
 
+/* decode.h: the slots of one call are distinct. A slot named twice had both entries' rows
+ * written to the same cache positions (rc 0, wrong logits) and its length grown past
+ * max_len (then fdpo_decoder_copy_slot copied past the slot). Both decoders, GPT-2 and Llama. */
+START_TEST(decoder_refuses_a_slot_named_twice_in_one_call) {
+    const char *arches[] = {"gpt2", "llama"};
+    for (size_t a = 0; a < 2; a++) {
+        fdpo_train_opts o;
+        fdpo_train_opts_default(&o);
+        o.out = "unused"; o.arch = arches[a];
+        o.n_layer = 1; o.n_head = 2; o.n_embd = 8; o.n_positions = 8; o.seq_len = 8;
+        ck_assert_int_eq(fdpo_train_opts_check(&o), 0);
+        fdpo_gpt2_config c = fdpo_train_opts_model_config(&o, 16);
+        fdpo_gpt2 *m = fdpo_gpt2_create(&c);
+        ck_assert_ptr_nonnull(m);
+        fdpo_gpt2_init(m, 3);
+        fdpo_decoder *d = fdpo_decoder_create(m, 2, 8);
+        ck_assert_ptr_nonnull(d);
+        float logits[3 * 16];
+        size_t twice[] = {0, 0}, n_one[] = {1, 1, 1};
+        int32_t tok[] = {1, 2, 3};
+        ck_assert_int_eq(fdpo_decoder_forward(d, 2, twice, n_one, tok, logits, 1), -1);
+        ck_assert_str_eq(fdpo_last_error(), "decoder: slot 0 given twice in one call (entries 1 and 2)");
+        ck_assert_uint_eq(fdpo_decoder_len(d, 0), 0);
+        /* the repeat need not be next to the first */
+        size_t len7[] = {7};
+        int32_t prefill[7] = {1, 2, 3, 4, 5, 6, 7};
+        ck_assert_int_eq(fdpo_decoder_forward(d, 1, (size_t[]){1}, len7, prefill, logits, 0), 0);
+        size_t apart[] = {1, 0, 1};
+        ck_assert_int_eq(fdpo_decoder_forward(d, 3, apart, n_one, tok, logits, 1), -1);
+        ck_assert_str_eq(fdpo_last_error(), "decoder: slot 1 given twice in one call (entries 1 and 3)");
+        ck_assert_uint_eq(fdpo_decoder_len(d, 1), 7);   /* it had become 9 in an 8-token cache */
+        ck_assert_uint_eq(fdpo_decoder_len(d, 0), 0);
+        size_t distinct[] = {1, 0};
+        ck_assert_int_eq(fdpo_decoder_forward(d, 2, distinct, n_one, tok, logits, 1), 0);
+        ck_assert_uint_eq(fdpo_decoder_len(d, 1), 8);
+        ck_assert_uint_eq(fdpo_decoder_len(d, 0), 1);
+        fdpo_decoder_free(d);
+        fdpo_gpt2_free(m);
+    }
+}
+END_TEST
+
 /* merge.h: one validation for the inputs. fdpo_path_check passes NULL (an option not given),
  * so a NULL models[] entry passed the check and fdpo_merge crashed in strlen(NULL). */
 START_TEST(merge_check_refuses_a_null_model) {
@@ -1329,6 +1371,7 @@ int main(void) {
     tcase_add_test(tc, train_opts_refuse_infinite_values);
     tcase_add_test(tc, decoder_needs_a_sequence_length_of_one_or_more);
     tcase_add_test(tc, optimizer_calls_before_any_backward_are_errors);
+    tcase_add_test(tc, decoder_refuses_a_slot_named_twice_in_one_call);
     tcase_add_test(tc, merge_check_refuses_a_null_model);
     suite_add_tcase(s, tc);
     return run_suite(s);
