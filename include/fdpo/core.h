@@ -37,8 +37,11 @@ int fdpo_env_choice(const char *name, const char *const *choices, int def, int *
  * Allocation never returns NULL. On out-of-memory the library calls the handler set with
  * fdpo_oom_set (the fdpo command installs one that prints "fdpo: out of memory ..." and
  * exits 1); the handler may exit/longjmp, or release memory and return, after which the
- * allocation is retried once. With no handler, or if the retry fails, the library logs an
- * error through the hook and calls abort() — it never calls exit(). */
+ * allocation is retried once. After a longjmp out of it, the next out of memory calls it
+ * again; an out of memory inside the handler calls it again, nested (at most 16 levels, then
+ * as without a handler). bytes is SIZE_MAX for a calloc whose count x size does not fit in
+ * size_t. With no handler, or if the retry fails, the library logs an error through the
+ * hook and calls abort() — it never calls exit(). */
 typedef void (*fdpo_oom_fn)(size_t bytes, void *user);
 void fdpo_oom_set(fdpo_oom_fn fn, void *user);
 void *fdpo_malloc(size_t n);
