@@ -5,6 +5,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* ---- errors ----
  * Library functions return 0 (or a non-NULL pointer) on success and -1 (or NULL) on
  * failure after recording one message with fdpo_error(). The message names the file,
@@ -336,5 +340,9 @@ void fdpo_progress_end(fdpo_progress *p);
  * JSON: 1e-05, not 9.99999974e-06; non-finite values become null). */
 void fdpo_fmt_double(char *buf, size_t n, double v);
 void fdpo_fmt_float(char *buf, size_t n, float v);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -15,6 +15,10 @@
 #include <stdint.h>
 #include "fdpo/gpt2.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct fdpo_decoder fdpo_decoder;
 
 /* max_len <= n_positions (error otherwise). */
@@ -53,5 +57,9 @@ void fdpo_expf8(float *e, const float *x);
 void fdpo_expf_block(float *e, const float *x, size_t n);
 int fdpo_expf8_ready(void);
 size_t fdpo_expf8_check(uint32_t stride);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

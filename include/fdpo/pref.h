@@ -37,6 +37,10 @@
 #include <stdio.h>
 #include "fdpo/tokenizer.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     int32_t *prompt;   size_t n_prompt;
     int32_t *chosen;   size_t n_chosen;     /* completion tokens, <|endoftext|> last unless cut */
@@ -126,5 +130,9 @@ struct cJSON;
 int fdpo_pref_encode_single(const char *name, size_t line, const struct cJSON *prompt, const struct cJSON *completion,
                             const fdpo_tokenizer *tok, int32_t **p, size_t *np, int32_t **c, size_t *nc,
                             size_t *content_len, int *conversational);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -5,6 +5,10 @@
 #include <stdint.h>
 #include "fdpo/gpt2.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { FDPO_SCHED_CONSTANT, FDPO_SCHED_COSINE, FDPO_SCHED_LINEAR } fdpo_sched_kind;
 typedef struct {
     fdpo_sched_kind kind;
@@ -45,5 +49,9 @@ double fdpo_clip_grad_norm(fdpo_gpt2 *m, double max_norm);
  * with the error set, when m has no gradients yet (as fdpo_adamw_step). */
 double fdpo_grad_norm(const fdpo_gpt2 *m);
 float fdpo_clip_scale(double norm, double max_norm);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
