@@ -31,11 +31,15 @@ LIB_SRC  := $(sort $(wildcard src/core/*.c src/text/*.c src/io/*.c src/model/*.c
 CLI_SRC  := $(sort $(wildcard src/cli/*.c))
 HAR_SRC  := $(sort $(wildcard tests/harness/*.c))
 CTEST_SRC:= $(sort $(wildcard tests/c/test_*.c))
+# C++ callers (the public headers' extern "C"): tests/c/test_*.cpp, built with $(CXX)
+# (g++, from build-essential: scripts/deps.sh)
+CXXTEST_SRC := $(sort $(wildcard tests/c/test_*.cpp))
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 HAR_OBJ  := $(HAR_SRC:%.c=$(BUILD)/obj/%.o)
 CTEST_BIN:= $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
+CXXTEST_BIN := $(CXXTEST_SRC:tests/c/%.cpp=$(BUILD)/tests/%)
 
 .PHONY: all test test-c test-py test-asan asan bench clean deps demo fuzz fuzz-build fuzz-bins
 all: $(BUILD)/fdpo $(BUILD)/fdpo-harness
@@ -58,12 +62,18 @@ $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libfdpo.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libfdpo.a $(CHECK_LIBS) $(LDLIBS)
 
+CXXFLAGS ?= $(OPT) -g
+CXXFLAGS += -std=c++17 -Wall -Wextra -Iinclude $(shell pkg-config --cflags libcjson 2>/dev/null) $(SAN)
+$(BUILD)/tests/%: tests/c/%.cpp $(BUILD)/libfdpo.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -o $@ $< $(BUILD)/libfdpo.a $(CHECK_LIBS) $(LDLIBS)
+
 # Tests read FDPO_BIN / FDPO_HARNESS, so the sanitizer build runs the same suite.
 # deps first (not as a prerequisite: with -j it must finish before anything compiles,
 # since fdpo report embeds Chart.js from node_modules).
 test:
 	@scripts/deps.sh
-	@$(MAKE) --no-print-directory all $(CTEST_BIN)
+	@$(MAKE) --no-print-directory all $(CTEST_BIN) $(CXXTEST_BIN)
 	@FDPO_BUILD=$(BUILD) scripts/run-tests.sh
 
 test-asan:

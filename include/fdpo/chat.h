@@ -23,6 +23,10 @@
 #include <stdint.h>
 #include "fdpo/tokenizer.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { FDPO_CHAT_PLAIN, FDPO_CHAT_CHATML, FDPO_CHAT_LLAMA3, FDPO_CHAT_ZEPHYR } fdpo_chat_kind;
 #define FDPO_CHAT_BUILTINS "plain, chatml, llama3, zephyr"
 
@@ -122,5 +126,9 @@ int fdpo_chat_parse_conversation(const char *text, const char *field, struct cJS
 int fdpo_chat_check_prompt(const struct cJSON *arr, const char *field, const char *raw);
 /* The per-message part of that check, for any message list (SFT "messages", completions). */
 int fdpo_chat_check_message(const struct cJSON *m, const char *field, size_t i);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -5,6 +5,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* ---- errors ----
  * Library functions return 0 (or a non-NULL pointer) on success and -1 (or NULL) on
  * failure after recording one message with fdpo_error(). The message names the file,
@@ -37,8 +41,11 @@ int fdpo_env_choice(const char *name, const char *const *choices, int def, int *
  * Allocation never returns NULL. On out-of-memory the library calls the handler set with
  * fdpo_oom_set (the fdpo command installs one that prints "fdpo: out of memory ..." and
  * exits 1); the handler may exit/longjmp, or release memory and return, after which the
- * allocation is retried once. With no handler, or if the retry fails, the library logs an
- * error through the hook and calls abort() — it never calls exit(). */
+ * allocation is retried once. After a longjmp out of it, the next out of memory calls it
+ * again; an out of memory inside the handler calls it again, nested (at most 16 levels, then
+ * as without a handler). bytes is SIZE_MAX for a calloc whose count x size does not fit in
+ * size_t. With no handler, or if the retry fails, the library logs an error through the
+ * hook and calls abort() — it never calls exit(). */
 typedef void (*fdpo_oom_fn)(size_t bytes, void *user);
 void fdpo_oom_set(fdpo_oom_fn fn, void *user);
 void *fdpo_malloc(size_t n);
@@ -333,5 +340,9 @@ void fdpo_progress_end(fdpo_progress *p);
  * JSON: 1e-05, not 9.99999974e-06; non-finite values become null). */
 void fdpo_fmt_double(char *buf, size_t n, double v);
 void fdpo_fmt_float(char *buf, size_t n, float v);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -11,6 +11,10 @@
 #include <stdint.h>
 #include "fdpo/tokenizer.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     size_t n_seq;
     size_t *start, *len;     /* [n_seq] */
@@ -65,5 +69,9 @@ int fdpo_sft_parse(const char *name, const char *text, size_t len, const fdpo_to
 
 /* Seeded choice of which of n units go to validation (1 = val), see fdpo_text_load. */
 void fdpo_data_split(size_t n, double val_fraction, uint64_t seed, unsigned char *is_val);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

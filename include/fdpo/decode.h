@@ -15,6 +15,10 @@
 #include <stdint.h>
 #include "fdpo/gpt2.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct fdpo_decoder fdpo_decoder;
 
 /* max_len <= n_positions (error otherwise). */
@@ -36,8 +40,8 @@ void fdpo_decoder_copy_slot(fdpo_decoder *d, size_t dst, size_t src);
  * them packed slot after slot (R = sum n_new rows). Writes logits:
  *   all_logits = 1: [R, V], one row per new token;
  *   all_logits = 0: [n_slots, V], the row of each slot's last new token.
- * Every n_new[i] must be > 0. Errors: a slot that would exceed max_len, a token id
- * outside [0, V). */
+ * Every n_new[i] must be > 0. Errors (nothing appended): a slot out of range or named
+ * twice, a slot that would exceed max_len, a token id outside [0, V). */
 int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
                          const size_t *n_new, const int32_t *tokens, float *logits, int all_logits);
 
@@ -53,5 +57,9 @@ void fdpo_expf8(float *e, const float *x);
 void fdpo_expf_block(float *e, const float *x, size_t n);
 int fdpo_expf8_ready(void);
 size_t fdpo_expf8_check(uint32_t stride);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -12,6 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 int fdpo_dist_compiled(void);          /* 1 if built with MPI */
 int fdpo_dist_init(int *argc, char ***argv);
 void fdpo_dist_finalize(void);
@@ -94,5 +98,9 @@ double fdpo_dist_comm_seconds(void);
  * killing the job's processes); returns when not distributed. For the CLI's error path
  * only: the library never calls it. */
 void fdpo_dist_abort(int code);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

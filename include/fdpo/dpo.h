@@ -27,6 +27,10 @@
 #include "fdpo/pref.h"
 #include "fdpo/trainer.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { FDPO_LAYOUT_SHARED, FDPO_LAYOUT_PLAIN } fdpo_pair_layout;
 int fdpo_layout_parse(const char *name, fdpo_pair_layout *l); /* "shared" | "plain" */
 
@@ -187,5 +191,9 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o);
 int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fdpo_tokenizer *tok,
                          const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp,
                          fdpo_train_state *state_out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

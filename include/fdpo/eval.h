@@ -13,6 +13,10 @@
 #include "fdpo/pref.h"
 #include "fdpo/tokenizer.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* ---- prompts and completions files ---- */
 /* JSONL ({"prompt": "..."} per line) when the first non-blank line starts with '{',
  * otherwise plain text, one prompt per line. A conversational prompt ({"prompt": [messages]}
@@ -365,5 +369,9 @@ void fdpo_score_opts_default(fdpo_score_opts *o);
  * ("--model: required ..."). */
 int fdpo_score_opts_check(const fdpo_score_opts *o);
 int fdpo_score_run(const fdpo_score_opts *o);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -15,6 +15,10 @@
 #include <stdint.h>
 #include "fdpo/core.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* The model families behind this one interface (docs/model.md#families). A zeroed config
  * is GPT-2; Llama-family fields are ignored for GPT-2. */
 typedef enum { FDPO_ARCH_GPT2 = 0, FDPO_ARCH_LLAMA = 1 } fdpo_arch;
@@ -264,5 +268,9 @@ int fdpo_gpt2_score_backward(fdpo_gpt2 *m, const float *d_rewards);
 /* A reward model with lm's backbone and score.weight ~ N(0, init_std) drawn from seed. */
 fdpo_gpt2 *fdpo_gpt2_reward_model_from_lm(const fdpo_gpt2 *lm, double init_std, uint64_t seed,
                                           int32_t pad_token_id);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -6,6 +6,10 @@
 #include "fdpo/gpt2.h"
 #include "fdpo/tokenizer.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* ---- safetensors ---- */
 typedef enum { FDPO_F32, FDPO_F16, FDPO_BF16, FDPO_I32, FDPO_I64, FDPO_U8, FDPO_F64, FDPO_DTYPE_OTHER } fdpo_dtype;
 typedef struct {
@@ -96,5 +100,9 @@ int fdpo_weights_finite(const char *dir, const fdpo_gpt2 *m);
  * (metrics.jsonl, notes). */
 enum { FDPO_CKPT_FILE_MODEL = 1, FDPO_CKPT_FILE_TOKENIZER = 2 };
 int fdpo_checkpoint_file_kind(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -21,6 +21,10 @@
 #include "fdpo/pref.h"
 #include "fdpo/trainer.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     int32_t *prompt; size_t n_prompt;
     int32_t *completion; size_t n_completion;   /* <|endoftext|> last unless cut */
@@ -79,5 +83,9 @@ int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o);
  * fixed on --resume), appended to s. */
 void fdpo_kto_run_opts_settings(const fdpo_kto_run_opts *o, fdpo_settings *s);
 int fdpo_kto_train(const fdpo_kto_run_opts *o);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

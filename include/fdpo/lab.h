@@ -12,6 +12,10 @@
 #include "fdpo/core.h"
 #include "fdpo/objectives.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* One prompt's responses, or several prompts' (a CSV with a `prompt` column): then rows
  * prompt_offset[x] .. prompt_offset[x + 1] - 1 are prompt x's responses and pi_ref sums to 1
  * within each prompt. n_prompts = 0 and prompt_offset = NULL mean one prompt. reward_hat,
@@ -253,5 +257,9 @@ int fdpo_lab_constrained_sweep(const double *pi_ref, const double *reward, const
                                const fdpo_divergence *divs, size_t ndivs, double beta,
                                const double *thresholds, size_t nthresholds, int stepwise,
                                fdpo_lab_constrained_result *rows);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -31,6 +31,10 @@
 #include <stdint.h>
 #include "fdpo/lab.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { FDPO_LAB_DPO, FDPO_LAB_ONLINE, FDPO_LAB_RLOO, FDPO_LAB_GRPO, FDPO_LAB_KTO } fdpo_lab_method;
 #define FDPO_LAB_NMETHODS 5
 
@@ -112,5 +116,9 @@ int fdpo_lab_kto_target(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o
 /* Runs one method; pi (n, may be NULL) receives the final policy. Errors name the flag. */
 int fdpo_lab_algo_run(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *o, double *pi,
                       fdpo_lab_algo_result *res);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -18,6 +18,10 @@
 #include <stdint.h>
 #include "fdpo/gpt2.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* The linear layers an adapter can sit on, per block (both families in one list). */
 typedef enum {
     FDPO_LORA_C_ATTN, FDPO_LORA_ATTN_C_PROJ, FDPO_LORA_C_FC, FDPO_LORA_MLP_C_PROJ,   /* GPT-2 */
@@ -168,5 +172,9 @@ char *fdpo_lora_peft_base(const char *dir);
 /* The same, telling a config that does not read (-1, the error naming its file and line: a
  * JSON syntax error, a key twice) from one without the key (0, *base NULL). */
 int fdpo_lora_peft_base_read(const char *dir, char **base);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

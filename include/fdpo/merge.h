@@ -12,6 +12,10 @@
 #include <stddef.h>
 #include "fdpo/gpt2.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     const char *const *models; /* --model, one per input checkpoint directory */
     size_t n_models;
@@ -36,5 +40,9 @@ double fdpo_merge_weight(const fdpo_merge_opts *o, size_t i);
  * the PEFT adapter of adapter_dir folded in, W += (alpha/r) B A (transposed for GPT-2's
  * [in, out] weights), each element summed in double and rounded once. */
 fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -4,6 +4,10 @@
 #define FDPO_OBJECTIVES_H
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* The logistic function and its logs in overflow-free form, for every caller in the library
  * (losses, Bradley-Terry fits, calibration, simulated labels): finite for any finite x. */
 double fdpo_sigmoid(double x);      /* 1 / (1 + e^-x) */
@@ -108,5 +112,9 @@ double fdpo_fprime_log(const fdpo_divergence *d, double l);
 double fdpo_shaped_reward(const fdpo_divergence *d, double beta, double reward, double log_ratio);
 void fdpo_rloo_advantages(const double *shaped, size_t k, double *adv);
 void fdpo_grpo_advantages(const double *shaped, size_t k, double eps, double *adv);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

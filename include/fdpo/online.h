@@ -22,6 +22,10 @@
 #include "fdpo/eval.h"
 #include "fdpo/trainer.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     const char *model;           /* initial policy checkpoint */
     const char *ref;             /* reference (default: model) */
@@ -79,5 +83,9 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s);
 /* Rounds mode's settings under their flag names: DIR/online.json, written before round 0; a
  * --resume that changes a fixed one (or leaves it out: back to its default) is refused by name. */
 void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

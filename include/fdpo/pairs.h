@@ -7,6 +7,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     char *prompt, *completion;
     double reward;
@@ -50,5 +54,9 @@ int fdpo_make_pairs(const fdpo_sample_rec *recs, size_t n, const fdpo_pairs_conf
  * chosen, rejected, and the two rewards (chosen_reward, rejected_reward). */
 void fdpo_pair_row_write(FILE *f, const char *prompt, const char *chosen, const char *rejected, double chosen_reward,
                          double rejected_reward);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

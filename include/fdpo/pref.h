@@ -37,6 +37,10 @@
 #include <stdio.h>
 #include "fdpo/tokenizer.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     int32_t *prompt;   size_t n_prompt;
     int32_t *chosen;   size_t n_chosen;     /* completion tokens, <|endoftext|> last unless cut */
@@ -54,7 +58,7 @@ typedef enum { FDPO_PREF_LONG_TRUNCATE, FDPO_PREF_LONG_SKIP, FDPO_PREF_LONG_ERRO
 
 typedef struct {
     size_t max_length;         /* 0 = no limit */
-    size_t max_prompt_length;  /* 0 = no prompt limit; else < max_length */
+    size_t max_prompt_length;  /* 0 = max_length / 2 (no limit when max_length is 0); else < max_length */
     fdpo_pref_on_bad on_bad;
     fdpo_pref_on_long on_long;
     const char *max_length_name; /* what messages call the limit (NULL: "--max-length"; eval: the reference's n_positions) */
@@ -126,5 +130,9 @@ struct cJSON;
 int fdpo_pref_encode_single(const char *name, size_t line, const struct cJSON *prompt, const struct cJSON *completion,
                             const fdpo_tokenizer *tok, int32_t **p, size_t *np, int32_t **c, size_t *nc,
                             size_t *content_len, int *conversational);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -11,6 +11,10 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     const char *const *run_dirs;  size_t n_run_dirs;   /* RUN_DIR...: metrics.jsonl, run config,
                                                           eval*.json, eval/ and lab/ files, CSVs */
@@ -50,5 +54,9 @@ int fdpo_report_write(const fdpo_report_opts *opts, const char *out_path, fdpo_r
 /* The Chart.js bundle compiled into the library (NULL, 0 when node_modules/chart.js was
  * absent at build time). */
 const char *fdpo_report_embedded_chartjs(size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

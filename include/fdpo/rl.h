@@ -10,6 +10,10 @@
 #include "fdpo/objectives.h"
 #include "fdpo/trainer.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { FDPO_RL_RLOO, FDPO_RL_GRPO } fdpo_rl_algo;
 int fdpo_rl_algo_parse(const char *name, fdpo_rl_algo *a); /* "rloo" | "grpo" */
 
@@ -113,5 +117,9 @@ uint64_t fdpo_prompts_hash(char *const *prompts, size_t n);
  * all n values, bit-identical whatever the number of ranks. */
 int fdpo_samples_logp(fdpo_gpt2 *m, int32_t *const *ids, const size_t *lens, const fdpo_sample *s, size_t n,
                       double *logp);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -15,6 +15,10 @@
 #include "fdpo/pref.h"
 #include "fdpo/trainer.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* score.weight init of a reward model made from a language model: N(0, 0.02), what
  * transformers' _init_weights gives a new nn.Linear (initializer_range). Not zeros: with
  * w = 0 the backbone gets no gradient until w has moved. */
@@ -73,5 +77,9 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o);
 /* Load a reward-model directory: config + weights (GPT2ForSequenceClassification) and its
  * tokenizer. A plain language model is refused with an error naming the directory. */
 fdpo_gpt2 *fdpo_rm_load(const char *dir, fdpo_tokenizer **tok);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

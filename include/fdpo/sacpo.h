@@ -31,6 +31,10 @@
 #include "fdpo/dpo.h"
 #include "fdpo/online.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     fdpo_dpo_run_opts dpo;        /* template: train.init = the model, loss (divergence, beta), trainer options
                                      (train.out is not used: each stage's is a directory in out) */
@@ -64,5 +68,9 @@ char *fdpo_sacpo_lambda_dir(const char *out, double lambda);
  * each also with .online), or such a directory's lock file or interrupted save (.tmp, .old).
  * A run that replaces a sacpo run's OUT (--overwrite) leaves these behind. */
 int fdpo_sacpo_out_entry(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -11,6 +11,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct fdpo_tokenizer fdpo_tokenizer;
 typedef enum { FDPO_TOK_BYTE, FDPO_TOK_BPE } fdpo_tokenizer_kind;
 
@@ -116,5 +120,9 @@ int fdpo_bpe_train(const char *const *texts, const size_t *lens, size_t n_texts,
  * config naming the class and <|endoftext|> as bos/eos/unk), replaced together atomically. */
 int fdpo_bpe_trained_save(const fdpo_bpe_trained *t, const char *dir);
 void fdpo_bpe_trained_free(fdpo_bpe_trained *t);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

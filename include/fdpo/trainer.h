@@ -33,6 +33,10 @@
 #include "fdpo/tokenizer.h"
 #include "fdpo/train.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Options shared by every trainer. The CLI fills them from src/cli/train_flags.c. */
 typedef struct {
     /* model shape for a random init (ignored with init / resume; vocab from the tokenizer) */
@@ -530,5 +534,9 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
 /* Weighted mean next-token loss of m over the first max_seqs sequences of d (0 = all),
  * batch_size sequences at a time. */
 int fdpo_lm_eval(fdpo_gpt2 *m, const fdpo_lm_data *d, size_t batch_size, size_t max_seqs, double *loss);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -1184,6 +1184,13 @@ int fdpo_decoder_forward(fdpo_decoder *d, size_t n_slots, const size_t *slots,
     size_t R = 0;
     for (size_t i = 0; i < n_slots; i++) {
         if (slots[i] >= d->max_seqs) return fdpo_error("decoder: slot %zu out of range (%zu slots)", slots[i], d->max_seqs);
+        /* every row's position is its slot's length before the call plus its index within
+         * the entry, so a second entry for one slot would overwrite the first's cache
+         * positions and pass the length check (made per entry) past max_len. Quadratic in
+         * n_slots: a few thousand comparisons at the sampler's batch sizes, against a step */
+        for (size_t j = 0; j < i; j++)
+            if (slots[j] == slots[i])
+                return fdpo_error("decoder: slot %zu given twice in one call (entries %zu and %zu)", slots[i], j + 1, i + 1);
         if (fdpo_decoder_len(d, slots[i]) + n_new[i] > d->max_len)
             return fdpo_error("decoder: sequence of %zu tokens exceeds the cache length %zu",
                               fdpo_decoder_len(d, slots[i]) + n_new[i], d->max_len);

@@ -104,7 +104,19 @@ static void adamw_update(float *restrict p, const float *restrict g, float *rest
  * tensors flagged decay (2-D weights), as the usual two PyTorch param groups do
  * (torch.optim.AdamW: p *= 1 - lr*wd, bias corrections step_size = lr / (1 - b1^t),
  * bc2_sqrt = sqrt(1 - b2^t); the update per element: adamw_update). */
-void fdpo_adamw_step_ex(fdpo_adamw *o, fdpo_gpt2 *model, double lr, float grad_scale, int store_moments) {
+/* m->grads_memory is allocated by the first backward (or fdpo_gpt2_zero_grad): before it,
+ * there is nothing to read */
+static int check_grads(const fdpo_gpt2 *model, const char *what) {
+    if (!model->grads_memory)
+        return fdpo_error("%s: the model has no gradients yet (run a backward pass, or fdpo_gpt2_zero_grad, first)", what);
+    return 0;
+}
+
+int fdpo_adamw_step_ex(fdpo_adamw *o, fdpo_gpt2 *model, double lr, float grad_scale, int store_moments) {
+    if (check_grads(model, "adamw step")) return -1;
+    if (o->n != model->n_params)
+        return fdpo_error("adamw step: the optimizer holds moments for %zu parameters, the model has %zu", o->n,
+                          model->n_params);
     const int first = o->t == 0, store = store_moments != 0;
     o->t++;
     double bc1 = 1.0 - pow(o->beta1, (double)o->t);
@@ -137,13 +149,15 @@ void fdpo_adamw_step_ex(fdpo_adamw *o, fdpo_gpt2 *model, double lr, float grad_s
         }
     }
     fdpo_model_params_update_done(model);
+    return 0;
 }
 
-void fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) { fdpo_adamw_step_ex(o, model, lr, 1.0f, 1); }
+int fdpo_adamw_step(fdpo_adamw *o, fdpo_gpt2 *model, double lr) { return fdpo_adamw_step_ex(o, model, lr, 1.0f, 1); }
 
 /* Total L2 norm over every gradient element (accumulated in double, so the result does not
  * depend on the thread count). */
 double fdpo_grad_norm(const fdpo_gpt2 *model) {
+    if (check_grads(model, "gradient norm")) return NAN;
     const float *g = model->grads_memory;
     const size_t n = model->n_params;
     /* fixed chunks summed in order: the same norm for any thread count. Within a chunk,
@@ -174,7 +188,7 @@ float fdpo_clip_scale(double norm, double max_norm) {
 }
 
 double fdpo_clip_grad_norm(fdpo_gpt2 *model, double max_norm) {
-    double norm = fdpo_grad_norm(model);
+    double norm = fdpo_grad_norm(model);   /* NaN without gradients: nothing to scale */
     if (max_norm > 0 && norm > max_norm) {
         const float scale = fdpo_clip_scale(norm, max_norm);
         float *gw = model->grads_memory;

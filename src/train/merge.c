@@ -13,8 +13,13 @@
 
 int fdpo_merge_opts_check(const fdpo_merge_opts *o) {
     if (o->n_models == 0) return fdpo_error("--model: at least one checkpoint to merge is required");
-    for (size_t i = 0; i < o->n_models; i++)
+    /* fdpo_path_check passes NULL (an option not given), but every models[] entry is one
+     * given: fdpo_merge would load NULL */
+    if (!o->models) return fdpo_error("--model: %zu checkpoints announced (n_models) but no list given", o->n_models);
+    for (size_t i = 0; i < o->n_models; i++) {
+        if (!o->models[i]) return fdpo_error("--model: checkpoint %zu of %zu is NULL (no directory given)", i + 1, o->n_models);
         if (fdpo_path_check("--model", o->models[i])) return -1;
+    }
     if (fdpo_path_check("--base", o->base)) return -1;
     if (!o->base && o->n_models < 2) return fdpo_error("--model: linear merging needs two or more checkpoints (or --base for task arithmetic)");
     if (o->weights)

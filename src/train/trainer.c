@@ -741,7 +741,7 @@ int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens) {
     /* a run without moments in its checkpoints (an online round) need not store them after
      * its last step: nothing reads them (the next round resets the optimizer) */
     int store_moments = !(tr->opts.skip_moments && tr->state.step + 1 >= tr->state.total_steps);
-    fdpo_adamw_step_ex(&tr->opt, p, lr, fdpo_clip_scale(norm, tr->opts.grad_clip), store_moments);
+    if (fdpo_adamw_step_ex(&tr->opt, p, lr, fdpo_clip_scale(norm, tr->opts.grad_clip), store_moments)) return -1;
     tr->state.step++;
     tr->last_lr = lr;
     tr->last_grad_norm = norm;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <math.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -447,6 +448,100 @@ START_TEST(oom_calls_the_handler) {
 }
 END_TEST
 
+/* ARCHITECTURE.md: an embedding program may longjmp out of the handler, as often as memory
+ * runs out. The handler's "in the handler" flag stayed set after the first jump, so the
+ * second out of memory in the thread logged and abort()ed without calling it. Here from
+ * the same stack depth, from deeper and shallower ones, and from inside the handler (a
+ * handler that allocates: called again, nested). */
+static int oom_calls, oom_nest_once;
+static void oom_counting_handler(size_t bytes, void *user) {
+    (void)user;
+    oom_bytes = bytes;
+    if (++oom_calls == 1 && oom_nest_once) {   /* the handler itself runs out: called again inside */
+        volatile size_t huge = SIZE_MAX / 4;
+        free(fdpo_malloc(huge));
+        ck_abort_msg("nested allocation of SIZE_MAX/4 bytes succeeded");
+    }
+    longjmp(oom_jump, 1);
+}
+__attribute__((noinline)) static void alloc_huge_at_depth(int depth) {
+    volatile size_t huge = SIZE_MAX / 2;
+    if (depth > 0) alloc_huge_at_depth(depth - 1);
+    else free(fdpo_malloc(huge));
+    __asm__ volatile("" ::: "memory");   /* not a tail call: each level keeps its frame */
+}
+START_TEST(oom_handler_that_longjmps_is_called_every_time) {
+    fdpo_oom_set(oom_counting_handler, NULL);
+    oom_calls = 0; oom_nest_once = 0;
+    const int depths[] = {0, 0, 0, 8, 30, 2, 30, 0};
+    volatile int recovered = 0;
+    for (volatile size_t i = 0; i < sizeof depths / sizeof *depths; i++) {
+        if (setjmp(oom_jump) == 0) {
+            alloc_huge_at_depth(depths[i]);
+            ck_abort_msg("allocation of SIZE_MAX/2 bytes succeeded");
+        }
+        recovered++;
+        ck_assert_int_eq(oom_calls, (int)i + 1);
+        ck_assert_uint_eq(oom_bytes, SIZE_MAX / 2);
+    }
+    ck_assert_int_eq(recovered, 8);
+    /* an out of memory inside the handler reaches it again, and after the jump out of both
+     * levels the next one still does */
+    oom_calls = 0; oom_nest_once = 1;
+    if (setjmp(oom_jump) == 0) alloc_huge_at_depth(3);
+    ck_assert_int_eq(oom_calls, 2);
+    ck_assert_uint_eq(oom_bytes, SIZE_MAX / 4);
+    oom_nest_once = 0;
+    for (volatile int k = 0; k < 3; k++)
+        if (setjmp(oom_jump) == 0) alloc_huge_at_depth(k);
+    ck_assert_int_eq(oom_calls, 5);
+    ck_assert_uint_eq(oom_bytes, SIZE_MAX / 2);
+    fdpo_oom_set(NULL, NULL);
+}
+END_TEST
+
+/* fdpo_calloc of 2^33 x 2^31 bytes (2^64: the product wraps to 0 in size_t): the handler is
+ * told SIZE_MAX, not 0, and without a handler the log names both factors before abort(). */
+static int oom_log_fd = -1;
+static void oom_log_to_pipe(fdpo_log_level level, const char *msg, void *user) {
+    (void)user;
+    if (level == FDPO_LOG_ERROR && write(oom_log_fd, msg, strlen(msg)) < 0) _exit(3);
+}
+START_TEST(calloc_overflow_reports_the_true_size) {
+    volatile size_t count = (size_t)1 << 33, size = (size_t)1 << 31;
+    fdpo_oom_set(oom_handler, NULL);
+    oom_bytes = 0;
+    if (setjmp(oom_jump) == 0) {
+        free(fdpo_calloc(count, size));
+        ck_abort_msg("calloc of 2^64 bytes succeeded");
+    }
+    ck_assert_uint_eq(oom_bytes, SIZE_MAX);
+    fdpo_oom_set(NULL, NULL);
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(fds[0]);
+        oom_log_fd = fds[1];
+        fdpo_log_set(oom_log_to_pipe, NULL);
+        signal(SIGABRT, SIG_DFL);
+        free(fdpo_calloc(count, size));
+        _exit(0);
+    }
+    close(fds[1]);
+    char msg[256] = {0};
+    size_t got = 0;
+    ssize_t r;
+    while (got < sizeof msg - 1 && (r = read(fds[0], msg + got, sizeof msg - 1 - got)) > 0) got += (size_t)r;
+    close(fds[0]);
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+    ck_assert_str_eq(msg, "out of memory allocating 8589934592 x 2147483648 bytes (more than SIZE_MAX)");
+}
+END_TEST
+
 /* The VmFlags line of the /proc/self/smaps mapping that holds p ("" when not found): "hg"
  * there is MADV_HUGEPAGE, "nh" MADV_NOHUGEPAGE (proc(5)) */
 static void smaps_flags(const void *p, char *flags, size_t cap) {
@@ -655,6 +750,8 @@ int main(void) {
     tcase_add_test(tc, stale_tmp_files_of_dead_writers_only);
     tcase_add_test(tc, strv_and_json_writer);
     tcase_add_test(tc, oom_calls_the_handler);
+    tcase_add_test(tc, oom_handler_that_longjmps_is_called_every_time);
+    tcase_add_test(tc, calloc_overflow_reports_the_true_size);
     tcase_add_test(tc, alloc_large_aligned_zeroed_advised);
     tcase_add_test(tc, alloc_large_failure_is_an_error);
     tcase_add_test(tc, realloc_large_grows_in_place);

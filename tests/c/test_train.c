@@ -1222,6 +1222,122 @@ START_TEST(decoder_needs_a_sequence_length_of_one_or_more) {
 }
 END_TEST
 
+/* Before its first backward a model has no gradients (gpt2.h: grads_memory is allocated
+ * there, or by fdpo_gpt2_zero_grad): the optimizer's calls say so and change nothing (they
+ * read the NULL gradients and died with SIGSEGV). An optimizer sized for another model is
+ * refused too (its steps walked the model's tensors past its moment arrays). */
+START_TEST(optimizer_calls_before_any_backward_are_errors) {
+    fdpo_gpt2_config c = {.vocab_size = 11, .n_positions = 8, .n_embd = 4, .n_layer = 2, .n_head = 2,
+                          .layer_norm_epsilon = 1e-5f};
+    fdpo_gpt2 *m = fdpo_gpt2_create(&c);
+    ck_assert_ptr_nonnull(m);
+    fdpo_gpt2_init(m, 5);
+    ck_assert_ptr_null(m->grads_memory);
+    const size_t n = m->n_params;
+    float *p0 = malloc(n * sizeof *p0);
+    memcpy(p0, m->params_memory, n * sizeof *p0);
+    const char *no_grads = "the model has no gradients yet (run a backward pass, or fdpo_gpt2_zero_grad, first)";
+    char want[256];
+    fdpo_adamw o;
+    ck_assert_int_eq(fdpo_adamw_init(&o, n, 0.9, 0.999, 1e-8, 0.01), 0);
+    ck_assert_int_eq(fdpo_adamw_step(&o, m, 1e-3), -1);
+    snprintf(want, sizeof want, "adamw step: %s", no_grads);
+    ck_assert_str_eq(fdpo_last_error(), want);
+    ck_assert_int_eq(fdpo_adamw_step_ex(&o, m, 1e-3, 0.5f, 1), -1);
+    ck_assert_str_eq(fdpo_last_error(), want);
+    ck_assert_uint_eq(o.t, 0);   /* no step counted */
+    ck_assert_mem_eq(m->params_memory, p0, n * sizeof *p0);
+    snprintf(want, sizeof want, "gradient norm: %s", no_grads);
+    ck_assert(isnan(fdpo_grad_norm(m)));
+    ck_assert_str_eq(fdpo_last_error(), want);
+    fdpo_clear_error();
+    ck_assert(isnan(fdpo_clip_grad_norm(m, 1.0)));
+    ck_assert_str_eq(fdpo_last_error(), want);
+    ck_assert_ptr_null(m->grads_memory);
+
+    fdpo_gpt2_zero_grad(m);   /* zero gradients: norm 0, and a step moves only by weight decay */
+    fdpo_adamw other;
+    ck_assert_int_eq(fdpo_adamw_init(&other, n - 1, 0.9, 0.999, 1e-8, 0.01), 0);
+    ck_assert_int_eq(fdpo_adamw_step(&other, m, 1e-3), -1);
+    snprintf(want, sizeof want, "adamw step: the optimizer holds moments for %zu parameters, the model has %zu", n - 1, n);
+    ck_assert_str_eq(fdpo_last_error(), want);
+    ck_assert_uint_eq(other.t, 0);
+    ck_assert_mem_eq(m->params_memory, p0, n * sizeof *p0);
+    fdpo_adamw_free(&other);
+    ck_assert_double_eq(fdpo_grad_norm(m), 0.0);
+    ck_assert_double_eq(fdpo_clip_grad_norm(m, 1.0), 0.0);
+    ck_assert_int_eq(fdpo_adamw_step(&o, m, 1e-3), 0);
+    ck_assert_uint_eq(o.t, 1);
+    for (size_t i = 0; i < n; i++) {   /* torch.optim.AdamW with g = 0: p *= 1 - lr * wd on decayed tensors */
+        float want_p = is_decay(m, i) ? p0[i] * (float)(1.0 - 1e-3 * 0.01) : p0[i];
+        ck_assert_float_eq(m->params_memory[i], want_p);
+    }
+    fdpo_adamw_free(&o);
+    free(p0);
+    fdpo_gpt2_free(m);
+}
+END_TEST
+
+/* decode.h: the slots of one call are distinct. A slot named twice had both entries' rows
+ * written to the same cache positions (rc 0, wrong logits) and its length grown past
+ * max_len (then fdpo_decoder_copy_slot copied past the slot). Both decoders, GPT-2 and Llama. */
+START_TEST(decoder_refuses_a_slot_named_twice_in_one_call) {
+    const char *arches[] = {"gpt2", "llama"};
+    for (size_t a = 0; a < 2; a++) {
+        fdpo_train_opts o;
+        fdpo_train_opts_default(&o);
+        o.out = "unused"; o.arch = arches[a];
+        o.n_layer = 1; o.n_head = 2; o.n_embd = 8; o.n_positions = 8; o.seq_len = 8;
+        ck_assert_int_eq(fdpo_train_opts_check(&o), 0);
+        fdpo_gpt2_config c = fdpo_train_opts_model_config(&o, 16);
+        fdpo_gpt2 *m = fdpo_gpt2_create(&c);
+        ck_assert_ptr_nonnull(m);
+        fdpo_gpt2_init(m, 3);
+        fdpo_decoder *d = fdpo_decoder_create(m, 2, 8);
+        ck_assert_ptr_nonnull(d);
+        float logits[3 * 16];
+        size_t twice[] = {0, 0}, n_one[] = {1, 1, 1};
+        int32_t tok[] = {1, 2, 3};
+        ck_assert_int_eq(fdpo_decoder_forward(d, 2, twice, n_one, tok, logits, 1), -1);
+        ck_assert_str_eq(fdpo_last_error(), "decoder: slot 0 given twice in one call (entries 1 and 2)");
+        ck_assert_uint_eq(fdpo_decoder_len(d, 0), 0);
+        /* the repeat need not be next to the first */
+        size_t len7[] = {7};
+        int32_t prefill[7] = {1, 2, 3, 4, 5, 6, 7};
+        ck_assert_int_eq(fdpo_decoder_forward(d, 1, (size_t[]){1}, len7, prefill, logits, 0), 0);
+        size_t apart[] = {1, 0, 1};
+        ck_assert_int_eq(fdpo_decoder_forward(d, 3, apart, n_one, tok, logits, 1), -1);
+        ck_assert_str_eq(fdpo_last_error(), "decoder: slot 1 given twice in one call (entries 1 and 3)");
+        ck_assert_uint_eq(fdpo_decoder_len(d, 1), 7);   /* it had become 9 in an 8-token cache */
+        ck_assert_uint_eq(fdpo_decoder_len(d, 0), 0);
+        size_t distinct[] = {1, 0};
+        ck_assert_int_eq(fdpo_decoder_forward(d, 2, distinct, n_one, tok, logits, 1), 0);
+        ck_assert_uint_eq(fdpo_decoder_len(d, 1), 8);
+        ck_assert_uint_eq(fdpo_decoder_len(d, 0), 1);
+        fdpo_decoder_free(d);
+        fdpo_gpt2_free(m);
+    }
+}
+END_TEST
+
+/* merge.h: one validation for the inputs. fdpo_path_check passes NULL (an option not given),
+ * so a NULL models[] entry passed the check and fdpo_merge crashed in strlen(NULL). */
+START_TEST(merge_check_refuses_a_null_model) {
+    const char *models[] = {"a", NULL, "c"};
+    fdpo_merge_opts mo = {.models = models, .n_models = 3};
+    ck_assert_int_eq(fdpo_merge_opts_check(&mo), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--model: checkpoint 2 of 3 is NULL (no directory given)");
+    fdpo_clear_error();
+    ck_assert_ptr_null(fdpo_merge(&mo));   /* the same check, not a load of NULL */
+    ck_assert_str_eq(fdpo_last_error(), "--model: checkpoint 2 of 3 is NULL (no directory given)");
+    fdpo_merge_opts none = {.models = NULL, .n_models = 2};
+    ck_assert_int_eq(fdpo_merge_opts_check(&none), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--model: 2 checkpoints announced (n_models) but no list given");
+    models[1] = "b";
+    ck_assert_int_eq(fdpo_merge_opts_check(&mo), 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train");
     TCase *tc = tcase_create("train");
@@ -1254,6 +1370,9 @@ int main(void) {
     tcase_add_test(tc, option_checks_refuse_unknown_enum_values);
     tcase_add_test(tc, train_opts_refuse_infinite_values);
     tcase_add_test(tc, decoder_needs_a_sequence_length_of_one_or_more);
+    tcase_add_test(tc, optimizer_calls_before_any_backward_are_errors);
+    tcase_add_test(tc, decoder_refuses_a_slot_named_twice_in_one_call);
+    tcase_add_test(tc, merge_check_refuses_a_null_model);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
