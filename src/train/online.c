@@ -416,7 +416,7 @@ static int make_round_pairs(const fdpo_online_opts *o, const fdpo_sample_config 
             b->recs[i] = (fdpo_sample_rec){.prompt = b->pp[i], .completion = b->cc[i], .reward = b->r[i],
                                            .n_tokens = x[i].n_completion, .has_reward = 1, .line = i + 1,
                                            .has_n_tokens = 1};
-        fdpo_pairs_config pc = {o->bt_scale, 0, 1, fdpo_round_seed(o->sample.seed, k)};
+        fdpo_pairs_config pc = {o->bt_scale, 0, 1, fdpo_round_seed(sample->seed, k)};
         fdpo_pair *bp = NULL;
         size_t nbp = 0;
         rc = fdpo_make_pairs(b->recs, N, &pc, &bp, &nbp, NULL);
@@ -518,6 +518,7 @@ static int policy_lora_setup(const fdpo_online_opts *o, fdpo_gpt2 *policy, const
 #define ONLINE_SAMPLE_BATCH_MAX 64
 static fdpo_sample_config online_sample_config(const fdpo_online_opts *o) {
     fdpo_sample_config c = o->sample;
+    c.seed = (uint64_t)o->dpo.train.seed;   /* the one seed (online.h): dpo.train.seed, the run's recorded "seed" */
     size_t pb, pe;
     fdpo_dist_shard((size_t)o->prompts_per_round, &pb, &pe);
     size_t mine = (pe - pb) * (size_t)o->n;
@@ -555,7 +556,7 @@ void fdpo_online_opts_default(fdpo_online_opts *o) {
     o->reward_opts.timeout_s = 60;
     o->rounds = 3; o->prompts_per_round = 16; o->n = 4;
     o->bt_scale = 1;
-    o->sample = (fdpo_sample_config){.temperature = 1, .top_p = 1, .max_new_tokens = 32, .seed = (uint64_t)o->dpo.train.seed, .batch = 8};
+    o->sample = (fdpo_sample_config){.temperature = 1, .top_p = 1, .max_new_tokens = 32, .seed = (uint64_t)o->dpo.train.seed, .batch = 8};   /* seed: not read, dpo.train.seed's is */
 }
 
 int fdpo_online_opts_check(const fdpo_online_opts *o) {
