@@ -608,7 +608,7 @@ static uint64_t round_flags_hash(const fdpo_online_opts *o) {
     return h;
 }
 
-int fdpo_online_run(const fdpo_online_opts *o) {
+static int online_run(const fdpo_online_opts *o) {
     if (fdpo_online_opts_check(o)) return -1;
     /* a round is redone, never resumed half-way: the trainer's mid-run stop and restart do not apply */
     if (o->dpo.train.stop_at > 0 || o->dpo.train.overwrite)
@@ -1034,5 +1034,14 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (reward) fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
     free(prompt_lines);
+    return rc;
+}
+
+/* a resumed run's bf16 route pin (fdpo_train_pin_bf16_route) is this run's alone: a later run
+ * in the process takes its own route, as in a fresh process */
+int fdpo_online_run(const fdpo_online_opts *o) {
+    const char *route_pinned_before = fdpo_bf16_route_pinned();
+    int rc = online_run(o);
+    fdpo_bf16_route_restore(route_pinned_before);
     return rc;
 }
