@@ -2,7 +2,7 @@
  * (a stop request, a resumed run's bf16 route pin, OUT's lock) must not change a later call.
  * The reference of each later run is the same run in a fresh process (a forked child that ran
  * nothing before it): its files must be byte-identical; the rest is the headers' documented
- * behaviour (trainer.h, gpt2.h, rl.h). */
+ * behaviour (trainer.h, gpt2.h, rl.h, online.h). */
 #include <check.h>
 #include "check_main.h"
 #include <stdio.h>
@@ -14,6 +14,7 @@
 #include "fdpo/data.h"
 #include "fdpo/dpo.h"
 #include "fdpo/gpt2.h"
+#include "fdpo/online.h"
 #include "fdpo/rl.h"
 #include "fdpo/trainer.h"
 
@@ -197,6 +198,42 @@ START_TEST(rl_samples_are_seeded_by_train_seed) {
 }
 END_TEST
 
+/* a one-round online run from tmpdir/model: rc */
+static int online_run(const char *name, long seed, long sample_seed) {
+    char *model = tmp_path("model"), *prompts = tmp_path("p.txt"), *out = tmp_path(name);
+    fdpo_online_opts o;
+    fdpo_online_opts_default(&o);
+    o.model = model; o.prompts = prompts; o.reward = "length"; o.out = out;
+    o.rounds = 1; o.prompts_per_round = 3; o.n = 3; o.sample.max_new_tokens = 6;
+    o.dpo.train.threads = 1; o.dpo.train.quiet = 1; o.dpo.train.seed = seed;
+    if (sample_seed >= 0) o.sample.seed = (uint64_t)sample_seed;
+    int rc = fdpo_online_run(&o);
+    free(model); free(prompts); free(out);
+    return rc;
+}
+
+/* online.h: sampling "seeded by dpo.train.seed" (the seed online.json records), whatever
+ * sample.seed holds: the run `fdpo online --seed 1337` makes */
+START_TEST(online_samples_are_seeded_by_dpo_train_seed) {
+    make_tmpdir();
+    write_text();
+    ck_assert_int_eq(pretrain("model", 0, 0, 8, 1), 0);
+    write_file("p.txt", "the cat\na dog\nsat on\n");
+    ck_assert_int_eq(online_run("as_the_command", 1337, -1), 0);
+    ck_assert_int_eq(online_run("other_sample_seed", 1337, 99), 0);
+    char *a = tmp_path("as_the_command"), *b = tmp_path("other_sample_seed");
+    size_t n = 0;
+    char *pairs = read_bytes(a, "round-0.pairs.jsonl", &n);
+    ck_assert_ptr_nonnull(pairs);
+    ck_assert_uint_gt(n, 0);   /* pairs to compare: the samples' rewards differed */
+    free(pairs);
+    ck_assert(same_file(a, b, "round-0.pairs.jsonl"));
+    ck_assert(same_file(a, b, "round-0/model.safetensors"));
+    free(a); free(b);
+    ck_assert_int_eq(fdpo_remove_tree(tmpdir), 0);
+}
+END_TEST
+
 /* A run refused early leaves OUT free, as every other failure of fdpo_trainer_open does:
  * another process's run on OUT is no longer refused "in use" until this program exits. */
 START_TEST(a_refused_run_releases_out) {
@@ -250,6 +287,7 @@ int main(void) {
     tcase_add_test(tc, a_stop_request_ends_with_the_run_it_stopped);
     tcase_add_test(tc, a_resumed_run_s_route_pin_ends_with_it);
     tcase_add_test(tc, rl_samples_are_seeded_by_train_seed);
+    tcase_add_test(tc, online_samples_are_seeded_by_dpo_train_seed);
     tcase_add_test(tc, a_refused_run_releases_out);
     suite_add_tcase(s, tc);
     return run_suite(s);
