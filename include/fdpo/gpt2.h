@@ -118,6 +118,12 @@ int fdpo_bf16_native(void);
  * FDPO_BF16_GEMM and FDPO_DECODE_BF16 (test and A/B switches) still override it. */
 const char *fdpo_bf16_route(void);
 int fdpo_bf16_route_pin(const char *route);
+/* The pin is the resumed run's, not the process's: a run records fdpo_bf16_route_pinned()
+ * ("dpbf16", "fp32", "fallback", or NULL when none is pinned and the probe decides) before
+ * it pins, and gives it to fdpo_bf16_route_restore when it ends, so that a fresh run started
+ * later in the same process takes its own route, as it would in a fresh process. */
+const char *fdpo_bf16_route_pinned(void);
+void fdpo_bf16_route_restore(const char *pinned);
 
 typedef struct {
     fdpo_gpt2_config config;

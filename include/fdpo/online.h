@@ -42,7 +42,8 @@ typedef struct {
                                     is TRL's unbiased mean over all samples; 1: for the pairs' samples
                                     only (one reference forward less; objective/kl is their mean) */
     int resume;
-    fdpo_sample_config sample;   /* seed is mixed with the round number */
+    fdpo_sample_config sample;   /* its seed is not read: dpo.train.seed, mixed with the round
+                                    number, seeds the samples */
     fdpo_dpo_run_opts dpo;       /* template of each round's f-DPO run (data/out/init/ref set per round) */
 } fdpo_online_opts;
 

@@ -88,7 +88,7 @@ typedef struct {
     fdpo_reward_options reward_opts;
     fdpo_rl_config rl;
     long prompts_per_step;
-    fdpo_sample_config sample;
+    fdpo_sample_config sample;   /* its seed is not read: the samples are seeded by train.seed */
 } fdpo_rl_run_opts;
 /* Defaults of `fdpo rl` (the library owns them; the CLI's flag table shows the same values):
  * the train options' with lr 1e-5, constant schedule, 100 steps; rloo, rkl, beta 0.05, k 4,

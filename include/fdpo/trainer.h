@@ -435,6 +435,9 @@ typedef struct {
      * here (a run killed before it left the old model beside the new run's metrics) */
     int replacing;
     char *held_name, *held_text; size_t held_len;   /* fdpo_trainer_write_run_json's file */
+    const char *route_pinned_before;   /* the bf16 route pin at open, restored at close
+                                          (fdpo_bf16_route_restore): a resume's pin is its own */
+    unsigned stops_seen;               /* stop requests that stopped earlier trainers (at open) */
 } fdpo_trainer;
 
 /* Load the tokenizer a run uses: OUT's on --resume, else --tokenizer DIR, else --init's
@@ -495,13 +498,16 @@ int fdpo_trainer_want_eval(const fdpo_trainer *tr);       /* eval_every divides 
  * dist/overlapped_layers; the caller adds its own keys then calls fdpo_metrics_end. */
 void fdpo_trainer_metrics_begin(fdpo_trainer *tr, double loss);
 /* Ask every running trainer to save and stop after its current step (async-signal-safe:
- * only sets a flag; the CLI calls it from its SIGINT/SIGTERM handler). fdpo_trainer_maybe_save
+ * only counts the request; the CLI calls it from its SIGINT/SIGTERM thread). fdpo_trainer_maybe_save
  * then saves, marks the run stopped and interrupted, and the trainer returns an error
- * "interrupted after step N (checkpoint saved; continue with --resume)". */
+ * "interrupted after step N (checkpoint saved; continue with --resume)". A request made while
+ * no trainer runs is for the next one to open; once a trainer has stopped for a request, the
+ * trainers opened after that train to their end (a program that cancelled one run can train
+ * again in the same process). */
 void fdpo_trainer_request_stop(void);
-/* Was a stop requested? Under MPI a collective (every rank calls it at the same point of its
- * step): true on every rank when any rank's flag is set, so all stop at the same step. */
-int fdpo_trainer_stop_requested(void);
+/* Was a stop requested of tr? Under MPI a collective (every rank calls it at the same point of its
+ * step): true on every rank when any rank's request is pending, so all stop at the same step. */
+int fdpo_trainer_stop_requested(const fdpo_trainer *tr);
 /* Save when save_every divides the step or stop_at is reached (then marks stopped), or a
  * stop was requested (then marks stopped and interrupted). */
 int fdpo_trainer_maybe_save(fdpo_trainer *tr);

@@ -124,10 +124,20 @@ static int threads_settle(int n) {
     return want;
 }
 
+/* The count OpenMP gave before fdpo first set one (0: not yet read): what n <= 0 restores.
+ * omp_get_max_threads() after an earlier fdpo_set_threads(1) is that call's 1, so a run with
+ * the default count took the previous run's (and its numbers, defined per thread count). */
+static int g_default_threads;
+
 void fdpo_set_threads(int n) {
     if (omp_in_parallel()) return; /* would set only this thread's count */
+    if (!g_default_threads) g_default_threads = omp_get_max_threads();
+    if (n <= 0 && omp_get_max_threads() != g_default_threads) {   /* back to the default, said as such */
+        omp_set_num_threads(g_default_threads);
+        openblas_set_num_threads(g_default_threads);
+    }
     int got = threads_settle(n);
-    if (n > 0) g_threads = got;
+    g_threads = n > 0 ? got : 0;
 }
 
 /* three reads of OpenMP's settings: cheap next to the GEMM that calls it */

@@ -198,6 +198,20 @@ int fdpo_bf16_route_pin(const char *route) {
     return 0;
 }
 
+const char *fdpo_bf16_route_pinned(void) {
+    if (route_pinned_fallback) return "fallback";
+    int pinned = dpbf16_fast_pinned;
+    return pinned < 0 ? NULL : pinned ? "dpbf16" : "fp32";
+}
+
+void fdpo_bf16_route_restore(const char *pinned) {
+    if (pinned) { (void)fdpo_bf16_route_pin(pinned); return; }   /* a name fdpo_bf16_route_pinned gave */
+    if (route_pinned_fallback && route_fallback_set_gemm) bf16_route_state = -1;   /* undo what the pin forced */
+    route_fallback_set_gemm = 0;
+    route_pinned_fallback = 0;
+    dpbf16_fast_pinned = -1;   /* the probe's answer again */
+}
+
 int fdpo_bf16_dpbf16_is_fast(void) { return dpbf16_is_fast(); }
 
 static inline float bf16_to_f32(uint16_t h) {

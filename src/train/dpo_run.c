@@ -261,6 +261,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     const fdpo_pref_pair **train_pairs = NULL, **eval_pairs = NULL, **step_pairs = NULL;
     double *step_ref = NULL, *eval_ref = NULL;
     char *cache_dir = NULL;
+    const char *route_pinned_before = fdpo_bf16_route_pinned();   /* a resume's pin below is this run's alone */
     fdpo_trainer tr;
     int tr_open = 0;
     fdpo_dpo d;
@@ -274,10 +275,10 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     if (irc) return -1;
     /* claim OUT before any work: a second run on the same OUT stops here, not after the cache;
      * another command's run is said before its saved route is read */
-    if (fdpo_checkpoint_recover(to->out) || fdpo_train_out_check(to) ||
-        (to->resume && fdpo_train_state_check_kind(to->out, "dpo"))) return -1;
+    if (fdpo_checkpoint_recover(to->out)) return -1;
+    if (fdpo_train_out_check(to) || (to->resume && fdpo_train_state_check_kind(to->out, "dpo"))) goto done;
     /* before the reference's log-probs: the resumed run's route, on every rank */
-    if ((to->resume && fdpo_train_pin_bf16_route(to->out) < 0) || fdpo_dist_agree_bf16_route()) return -1;
+    if ((to->resume && fdpo_train_pin_bf16_route(to->out) < 0) || fdpo_dist_agree_bf16_route()) goto done;
 
     /* the policy's context length bounds --max-length (a LoRA run's OUT holds the adapter
      * only: the policy's shape is --model's) */
@@ -445,6 +446,7 @@ done:
     } else {
         fdpo_dir_unlock(to->out);
     }
+    fdpo_bf16_route_restore(route_pinned_before);
     fdpo_gpt2_free(ref);
     source_free(&train_src);
     source_free(&eval_src);
@@ -503,8 +505,10 @@ int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fd
             fdpo_trainer_progress(&tr, m.loss, extra);
         }
         if (!rc && !state_out) rc = fdpo_trainer_maybe_save(&tr);
-        else if (!rc && fdpo_trainer_stop_requested())
+        else if (!rc && fdpo_trainer_stop_requested(&tr)) {
+            tr.stopped = tr.interrupted = 1;   /* fdpo_trainer_close: the request is answered */
             rc = fdpo_error("interrupted in step %zu of %zu", tr.state.step, tr.state.total_steps);
+        }
     }
     fdpo_dpo_free(&d);
     free(step_pairs);

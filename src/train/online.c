@@ -416,7 +416,7 @@ static int make_round_pairs(const fdpo_online_opts *o, const fdpo_sample_config 
             b->recs[i] = (fdpo_sample_rec){.prompt = b->pp[i], .completion = b->cc[i], .reward = b->r[i],
                                            .n_tokens = x[i].n_completion, .has_reward = 1, .line = i + 1,
                                            .has_n_tokens = 1};
-        fdpo_pairs_config pc = {o->bt_scale, 0, 1, fdpo_round_seed(o->sample.seed, k)};
+        fdpo_pairs_config pc = {o->bt_scale, 0, 1, fdpo_round_seed(sample->seed, k)};
         fdpo_pair *bp = NULL;
         size_t nbp = 0;
         rc = fdpo_make_pairs(b->recs, N, &pc, &bp, &nbp, NULL);
@@ -518,6 +518,7 @@ static int policy_lora_setup(const fdpo_online_opts *o, fdpo_gpt2 *policy, const
 #define ONLINE_SAMPLE_BATCH_MAX 64
 static fdpo_sample_config online_sample_config(const fdpo_online_opts *o) {
     fdpo_sample_config c = o->sample;
+    c.seed = (uint64_t)o->dpo.train.seed;   /* the one seed (online.h): dpo.train.seed, the run's recorded "seed" */
     size_t pb, pe;
     fdpo_dist_shard((size_t)o->prompts_per_round, &pb, &pe);
     size_t mine = (pe - pb) * (size_t)o->n;
@@ -555,7 +556,7 @@ void fdpo_online_opts_default(fdpo_online_opts *o) {
     o->reward_opts.timeout_s = 60;
     o->rounds = 3; o->prompts_per_round = 16; o->n = 4;
     o->bt_scale = 1;
-    o->sample = (fdpo_sample_config){.temperature = 1, .top_p = 1, .max_new_tokens = 32, .seed = (uint64_t)o->dpo.train.seed, .batch = 8};
+    o->sample = (fdpo_sample_config){.temperature = 1, .top_p = 1, .max_new_tokens = 32, .seed = (uint64_t)o->dpo.train.seed, .batch = 8};   /* seed: not read, dpo.train.seed's is */
 }
 
 int fdpo_online_opts_check(const fdpo_online_opts *o) {
@@ -607,7 +608,7 @@ static uint64_t round_flags_hash(const fdpo_online_opts *o) {
     return h;
 }
 
-int fdpo_online_run(const fdpo_online_opts *o) {
+static int online_run(const fdpo_online_opts *o) {
     if (fdpo_online_opts_check(o)) return -1;
     /* a round is redone, never resumed half-way: the trainer's mid-run stop and restart do not apply */
     if (o->dpo.train.stop_at > 0 || o->dpo.train.overwrite)
@@ -1033,5 +1034,14 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     if (reward) fdpo_reward_free(reward);
     fdpo_free_strings(prompts, n_prompts);
     free(prompt_lines);
+    return rc;
+}
+
+/* a resumed run's bf16 route pin (fdpo_train_pin_bf16_route) is this run's alone: a later run
+ * in the process takes its own route, as in a fresh process */
+int fdpo_online_run(const fdpo_online_opts *o) {
+    const char *route_pinned_before = fdpo_bf16_route_pinned();
+    int rc = online_run(o);
+    fdpo_bf16_route_restore(route_pinned_before);
     return rc;
 }

@@ -365,7 +365,7 @@ void fdpo_rl_run_opts_default(fdpo_rl_run_opts *o) {
     o->reward_opts.timeout_s = 60;
     o->rl = (fdpo_rl_config){.algo = FDPO_RL_RLOO, .div = {.kind = FDPO_DIV_RKL}, .beta = 0.05, .k = 4, .grpo_eps = 1e-4};
     o->prompts_per_step = 8;
-    o->sample = (fdpo_sample_config){.temperature = 1, .top_p = 1, .max_new_tokens = 32, .seed = (uint64_t)o->train.seed, .batch = 8};
+    o->sample = (fdpo_sample_config){.temperature = 1, .top_p = 1, .max_new_tokens = 32, .seed = (uint64_t)o->train.seed, .batch = 8};   /* seed: not read, train.seed's is */
 }
 
 void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
@@ -471,6 +471,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     fdpo_dist_shard(P, &pb, &pe);
     /* all of a step's samples on this rank decode together (one weight read per token for all) */
     fdpo_sample_config sample = o->sample;
+    sample.seed = (uint64_t)o->train.seed;   /* the one seed (rl.h): train.seed, the run's recorded "seed" setting */
     sample.batch = (pe - pb) * k < RL_SAMPLE_BATCH_MAX ? (pe - pb) * k : RL_SAMPLE_BATCH_MAX;
     if (sample.batch < 1) sample.batch = 1;
     while (rc == 0 && !fdpo_trainer_done(&tr)) {

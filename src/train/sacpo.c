@@ -671,7 +671,7 @@ static int run_online_stage(const fdpo_sacpo_opts *o, const char *what, const ch
     fdpo_gpt2 *m = rc == 0 ? fdpo_checkpoint_load_model(last) : NULL;
     fdpo_tokenizer *tok = m ? fdpo_tokenizer_load_dir(last) : NULL;
     if (rc == 0) rc = m && tok ? fdpo_checkpoint_save_all(dir, m, tok, NULL, NULL) : -1;
-    if (rc == 0) fdpo_dir_unlock(dir);   /* done (as run_merge) */
+    fdpo_dir_unlock(dir);   /* done, or failed: either way free again (as run_merge) */
     if (tok) fdpo_tokenizer_free(tok);
     if (m) fdpo_gpt2_free(m);
     free(last);
@@ -714,13 +714,13 @@ static int run_merge(sacpo_state *st, const char *a, const char *b, double w, co
     double weights[2] = {1 - w, w};
     fdpo_merge_opts mo = {models, 2, weights, NULL};
     fdpo_gpt2 *m = fdpo_merge(&mo);
-    if (!m) return fdpo_error_context("sacpo merge %s", dir);
-    fdpo_tokenizer *tok = fdpo_tokenizer_load_dir(a);
+    fdpo_tokenizer *tok = m ? fdpo_tokenizer_load_dir(a) : NULL;
     int rc = tok ? fdpo_checkpoint_save_all(dir, m, tok, NULL, NULL) : -1;
     fdpo_tokenizer_free(tok);
     fdpo_gpt2_free(m);
+    /* done, or failed (then free again too): a process holds at most 8 locks, and a plan has more merges */
+    fdpo_dir_unlock(dir);
     if (rc) return fdpo_error_context("sacpo merge %s", dir);
-    fdpo_dir_unlock(dir);   /* done: a process holds at most 8 locks, and a plan has more merges */
     fdpo_log(FDPO_LOG_INFO, "merge: %g x %s + %g x %s -> %s", 1 - w, a, w, b, dir);
     return state_mark(st, dir);
 }
@@ -885,7 +885,7 @@ static int plan_agree(const fdpo_sacpo_opts *o, const sacpo_stage *s, size_t n) 
     return fdpo_dist_check_agree("the stages (--lambda, --merge, --order, --beta, the data or --out)", h);
 }
 
-int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
+static int sacpo_run(const fdpo_sacpo_opts *o) {
     if (fdpo_sacpo_opts_check(o)) return -1;
     const char *const specs[] = {o->reward_spec, o->safety_spec};
     if ((!sacpo_resuming(o) && fdpo_reward_lexicon_check(o->online.reward_opts.lexicon, specs, 2)) ||
@@ -899,6 +899,7 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
      * still to run once it has read which are done */
     if (!sacpo_resuming(o) && stages_data_open(o, NULL, stages, n_stages)) { stages_free(stages, n_stages); return -1; }
     if (fdpo_dist_rank() == 0 && (fdpo_dir_lock(o->out, "--out") || fdpo_mkdir_p(o->out))) {
+        fdpo_dir_unlock(o->out);   /* a refused run leaves OUT free (a no-op when the lock was refused) */
         stages_free(stages, n_stages);
         return -1;
     }
@@ -925,5 +926,14 @@ int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
     cJSON_Delete(st.root);
     free(st.path);
     if (fdpo_dist_rank() == 0) fdpo_dir_unlock(o->out);
+    return rc;
+}
+
+/* a resumed run's bf16 route pin (fdpo_train_pin_bf16_route) is this run's alone: a later run
+ * in the process takes its own route, as in a fresh process */
+int fdpo_sacpo_run(const fdpo_sacpo_opts *o) {
+    const char *route_pinned_before = fdpo_bf16_route_pinned();
+    int rc = sacpo_run(o);
+    fdpo_bf16_route_restore(route_pinned_before);
     return rc;
 }

@@ -3,7 +3,7 @@
 #include <cJSON.h>
 #include <limits.h>
 #include <math.h>
-#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,13 +141,15 @@ size_t fdpo_train_total_steps(const fdpo_train_opts *o, size_t n_items) {
 fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o) {
     fdpo_tokenizer *t = NULL;
     if (o->resume && o->out) {
+        /* a refusal frees OUT again, unless it was this process's already (a running open) */
+        const int held_before = fdpo_dir_locked(o->out);
         if (fdpo_checkpoint_recover(o->out)) return NULL;
         char *p = fdpo_path_join(o->out, "training_state.json");
         int has = fdpo_file_exists(p);
         free(p);
-        if (!has) { fdpo_error("--resume: %s has no training state (training_state.json missing: nothing to resume)", o->out); return NULL; }
-        t = fdpo_tokenizer_load_dir(o->out);
-        if (!t) fdpo_error_context("--resume %s", o->out);
+        if (!has) fdpo_error("--resume: %s has no training state (training_state.json missing: nothing to resume)", o->out);
+        else if (!(t = fdpo_tokenizer_load_dir(o->out))) fdpo_error_context("--resume %s", o->out);
+        if (!t && !held_before) fdpo_dir_unlock(o->out);
     } else if (o->tokenizer) {
         t = fdpo_tokenizer_load_dir(o->tokenizer);
         if (!t) fdpo_error_context("--tokenizer %s", o->tokenizer);
@@ -498,6 +500,17 @@ static int trainer_identity(fdpo_trainer *tr, const fdpo_train_opts *o) {
     return 0;
 }
 
+static atomic_uint g_stop_requests;    /* fdpo_trainer_request_stop calls so far */
+static atomic_uint g_stops_honoured;   /* of those, the ones a trainer has stopped for */
+
+/* A refused open: the run is over before it began. OUT is free again (unless the caller
+ * claimed it), the bf16 route what it was. Returns -1. */
+static int open_refused(fdpo_trainer *tr) {
+    fdpo_bf16_route_restore(tr->route_pinned_before);
+    if (!tr->opts.out_claimed) fdpo_dir_unlock(tr->opts.out);
+    return -1;
+}
+
 int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *kind,
                       const fdpo_tokenizer *tok, size_t n_items, uint64_t data_hash,
                       const fdpo_settings *extra) {
@@ -505,6 +518,8 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     tr->opts = *o;
     tr->tok = tok;
     tr->saved_step = SIZE_MAX;
+    tr->route_pinned_before = fdpo_bf16_route_pinned();
+    tr->stops_seen = atomic_load(&g_stops_honoured);   /* requests still pending are for this run too */
     if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
     if (n_items == 0) return fdpo_error("no training data");
     fdpo_set_threads((int)o->threads);
@@ -527,11 +542,12 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     tr->sched.min_lr_ratio = o->min_lr_ratio;
     if (fdpo_train_out_inputs_check(o, extra)) return -1;
     if (!o->out_claimed && fdpo_checkpoint_recover(o->out)) return -1;
-    /* another command's run: said before any of its settings are read (its route, --lora-r) */
-    if (o->resume && fdpo_train_state_check_kind(o->out, kind)) return -1;
+    /* another command's run: said before any of its settings are read (its route, --lora-r);
+     * refused with OUT free again (as at fail:), or an embedding program kept it locked */
+    if (o->resume && fdpo_train_state_check_kind(o->out, kind)) return open_refused(tr);
     /* before any product: a resumed run's route, then every rank on rank 0's (in that order:
      * a rank that cannot take the saved route makes every rank take the fallback) */
-    if ((o->resume && fdpo_train_pin_bf16_route(o->out) < 0) || fdpo_dist_agree_bf16_route()) return -1;
+    if ((o->resume && fdpo_train_pin_bf16_route(o->out) < 0) || fdpo_dist_agree_bf16_route()) return open_refused(tr);
     fdpo_train_state *s = &tr->state;
     /* this run's settings: the shared options, then the command's own */
     fdpo_settings now = {0};
@@ -692,8 +708,7 @@ fail:
     release_opt(tr);
     if (tr->model != o->init_model) fdpo_gpt2_free(tr->model);
     tr->model = NULL;
-    if (!o->out_claimed) fdpo_dir_unlock(o->out);   /* the run is over before it began: OUT is free again */
-    return -1;
+    return open_refused(tr);
 }
 
 int fdpo_trainer_done(const fdpo_trainer *tr) {
@@ -852,15 +867,26 @@ int fdpo_trainer_save(fdpo_trainer *tr) {
     return rc;
 }
 
-static volatile sig_atomic_t g_stop_requested;
-void fdpo_trainer_request_stop(void) { g_stop_requested = 1; }
+/* Requests are counted, not flagged: a flag that stayed set stopped every later trainer of the
+ * process after its first step. A trainer stops for the requests made since the last one that
+ * a trainer stopped for (fdpo_trainer_close records that), so every trainer running at a
+ * request stops, and one that opens after the stop trains on. (atomic_uint: lock-free here,
+ * so async-signal-safe as the header promises.) */
+void fdpo_trainer_request_stop(void) { atomic_fetch_add(&g_stop_requests, 1); }
 
-int fdpo_trainer_stop_requested(void) {
+/* a trainer stopped for the requests made so far: trainers opened from now on do not stop for them */
+static void stop_honoured(void) {
+    unsigned now = atomic_load(&g_stop_requests), was = atomic_load(&g_stops_honoured);
+    while (was < now && !atomic_compare_exchange_weak(&g_stops_honoured, &was, now)) {}
+}
+
+int fdpo_trainer_stop_requested(const fdpo_trainer *tr) {
+    const int pending = atomic_load(&g_stop_requests) != tr->stops_seen;
     /* under MPI every rank stops at the same step: a signal that reached some ranks only (a
      * kill of one rank's pid) made them end with "checkpoint saved" while rank 0, which saves,
      * went on until the abort they caused killed it, before or during its save */
-    if (fdpo_dist_size() == 1) return g_stop_requested != 0;
-    double any = g_stop_requested != 0;
+    if (fdpo_dist_size() == 1) return pending;
+    double any = pending;
     if (fdpo_dist_sum_f64(&any, 1)) return 1;
     return any > 0;
 }
@@ -868,7 +894,7 @@ int fdpo_trainer_stop_requested(void) {
 int fdpo_trainer_maybe_save(fdpo_trainer *tr) {
     size_t s = tr->state.step;
     int stop = tr->opts.stop_at > 0 && s == (size_t)tr->opts.stop_at && s < tr->state.total_steps;
-    int interrupt = s < tr->state.total_steps && fdpo_trainer_stop_requested();
+    int interrupt = s < tr->state.total_steps && fdpo_trainer_stop_requested(tr);
     if (divides(tr->opts.save_every, s) || stop || interrupt) {
         if (fdpo_trainer_save(tr)) return -1;
         /* the ranks end with the error below, whose abort must not cut rank 0's save short */
@@ -914,5 +940,7 @@ int fdpo_trainer_close(fdpo_trainer *tr, int save_final) {
     if (tr->model != tr->opts.init_model) fdpo_gpt2_free(tr->model);   /* a borrowed one goes back */
     tr->model = NULL;
     if (tr->opts.out && !tr->opts.out_claimed) fdpo_dir_unlock(tr->opts.out);
+    if (tr->interrupted) stop_honoured();
+    fdpo_bf16_route_restore(tr->route_pinned_before);   /* a resume's pin ends with the run */
     return rc;
 }

@@ -733,6 +733,20 @@ START_TEST(parse_number_decimal_finite_not_rounding_to_0) {
 }
 END_TEST
 
+/* core.h: fdpo_set_threads(n <= 0) sets "the default count": the count the process started
+ * with, not the previous call's */
+START_TEST(set_threads_zero_restores_the_default_count) {
+    const int start = fdpo_get_threads();
+    fdpo_set_threads(start + 1);
+    ck_assert_int_eq(fdpo_get_threads(), start + 1);
+    fdpo_set_threads(0);
+    ck_assert_int_eq(fdpo_get_threads(), start);
+    fdpo_set_threads(start + 1);
+    fdpo_set_threads(-1);
+    ck_assert_int_eq(fdpo_get_threads(), start);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("core");
     TCase *tc = tcase_create("core");
@@ -760,6 +774,7 @@ int main(void) {
     tcase_add_test(tc, parse_number_decimal_finite_not_rounding_to_0);
     tcase_add_test(tc, env_switch_warns_and_keeps_the_pending_error);
     tcase_add_test(tc, mkdir_p_and_path_check_refuse_an_empty_path);
+    tcase_add_test(tc, set_threads_zero_restores_the_default_count);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
