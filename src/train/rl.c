@@ -439,6 +439,10 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         t.ref_flag = o->ref ? "--ref" : "--model";
         t.ref_dir = o->ref ? o->ref : o->model;
     }
+    /* recorded: a resume refuses a reward whose files changed in place (rm:DIR, word lists) */
+    t.reward_spec = o->reward;
+    t.reward_lexicon = o->reward_opts.lexicon;
+    t.reward_hash = fdpo_reward_content_hash1(o->reward, o->reward_opts.lexicon, &t.has_reward_hash);
     fdpo_settings extra = {0};
     fdpo_rl_run_opts_settings(o, &extra);
     fdpo_trainer tr;

@@ -765,3 +765,30 @@ def test_online_only_flags_of_sacpo(data, tmp_path):
     fdpo(*args, "--out", tmp_path / "s")
     r = fdpo(*args, "--out", tmp_path / "s", "--pairing", "all-bt", check=False)
     assert r.returncode == 1 and '--pairing: "all-bt" differs from "best-worst"' in r.stderr, r.stderr
+
+
+ONLINE_TINY = ["--rounds", 1, "--prompts-per-round", 4, "--n", 4, "--max-new-tokens", 8, "--lr", "1e-2", "--threads", 1,
+               "--quiet"]
+
+
+def test_rerun_refuses_a_lexicon_edited_in_place(data, tmp_path):
+    """afinn's --lexicon FILE was in the plan as a path only (reward_hash of afinn hashed its
+    default lexicon, not the file the stages read): a rerun after it was edited in place added a
+    lambda trained against other scores than the stages before, exit 0. Its content is
+    online.lexicon_hash; the rerun is refused naming --lexicon, and the same content reruns."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    lex = tmp_path / "afl.json"
+    lex.write_text('{"good": 3, "bad": -3, "abc": 1, "a": 1}')
+    s = tmp_path / "s"
+    args = ["sacpo", "--model", data / "base", "--data", tmp_path / "p.txt", "--reward", "afinn", "--lexicon", lex,
+            "--safety", "afinn:sum", "--out", s, *ONLINE_TINY]
+    fdpo(*args, "--lambda", 1)
+    assert len(json.loads((s / "sacpo.json").read_text())["plan"]["online"]["lexicon_hash"]) == 16
+    lex.write_text('{"good": -3, "bad": 3, "prompt": 5, "a": -4}')   # edited in place
+    r = fdpo(*args, "--lambda", "1,2", check=False)
+    assert r.returncode == 1 and f"--lexicon: the content it reads differs from what {s}/sacpo.json's stages trained " \
+        "on (" in r.stderr, r.stderr
+    assert not (s / "lambda-2").exists()
+    lex.write_text('{"good": 3, "bad": -3, "abc": 1, "a": 1}')
+    fdpo(*args, "--lambda", "1,2")
+    assert (s / "lambda-2").is_dir()
