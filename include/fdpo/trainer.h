@@ -198,6 +198,7 @@ typedef struct {
     char *str;                 /* STR */
     int fixed;
     int path;                  /* STR naming a file or directory: compared by fdpo_settings_same_path */
+    int spec;                  /* STR holding a reward spec: compared by fdpo_reward_spec_same */
 } fdpo_setting;
 typedef struct { size_t n, cap; fdpo_setting *v; } fdpo_settings;
 void fdpo_settings_num(fdpo_settings *s, const char *key, double v, int fixed);   /* add or replace */
@@ -216,6 +217,9 @@ int fdpo_train_pin_saved_bf16_route(const fdpo_settings *saved, const char *file
  * KEY.resolved (its realpath, when that differs): on --resume the given path must be the same
  * file (fdpo_settings_same_path) as fdpo_settings_path_to_use's. */
 void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fixed);
+/* a reward spec (--reward SPEC): a one-file spec (lexicon:FILE, rm:DIR) is compared on resume
+ * as the file it names (fdpo_reward_spec_same), as a path is */
+void fdpo_settings_reward_spec(fdpo_settings *s, const char *key, const char *v, int fixed);
 /* The saved path to restore and compare on --resume: KEY.resolved while it names a file (the
  * file the run used), else the typed path (a moved project). */
 const char *fdpo_settings_path_to_use(const fdpo_settings *saved, const char *key, const char *typed);

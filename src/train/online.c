@@ -863,7 +863,11 @@ void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
      * drop the adapters) */
     fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 1);
     fdpo_settings_str(s, "mode", "round", 1);
-    fdpo_settings_str(s, "reward", o->reward, 1);
+    /* resolved as the paths above, and compared as the file it names: an online.json of an
+     * older fdpo holds the spec as typed (sacpo's stages pass theirs as given) */
+    char *reward = o->reward ? fdpo_reward_spec_resolved(o->reward) : NULL;
+    fdpo_settings_reward_spec(s, "reward", reward, 1);
+    free(reward);
     fdpo_settings_int(s, "n", (long long)o->n, 1);
     fdpo_settings_int(s, "prompts-per-round", (long long)o->prompts_per_round, 1);
     fdpo_settings_str(s, "pairing", o->pairs_bt ? "all-bt" : "best-worst", 1);
@@ -882,7 +886,7 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     fdpo_settings_path(s, "model", o->model, 1);
     fdpo_settings_path(s, "ref", o->ref, 1);
     fdpo_settings_path(s, "data", o->prompts, 1);
-    fdpo_settings_str(s, "reward", o->reward, 1);
+    fdpo_settings_reward_spec(s, "reward", o->reward, 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);
     fdpo_settings_num(s, "beta", o->dpo.dpo.loss.beta, 1);

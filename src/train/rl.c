@@ -374,7 +374,7 @@ void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
     fdpo_settings_path(s, "model", o->model, 1);
     fdpo_settings_path(s, "ref", o->ref, 1);
     fdpo_settings_path(s, "data", o->prompts, 1);
-    fdpo_settings_str(s, "reward", o->reward, 1);
+    fdpo_settings_reward_spec(s, "reward", o->reward, 1);
     fdpo_settings_str(s, "algo", o->rl.algo == FDPO_RL_RLOO ? "rloo" : "grpo", 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_num(s, "beta", o->rl.beta, 1);

@@ -192,25 +192,11 @@ static void plan_hash_model(cJSON *p, const char *model) {
     if (!rc) add_hash(p, "model_hash", h);
 }
 
-/* The length of the "KIND:" of a spec that reads one file (lexicon:FILE, words:FILE, rm:DIR),
- * 0 for any other spec. */
-static size_t one_file_spec(const char *spec) {
-    static const char *const kinds[] = {"lexicon:", "words:", "rm:"};
-    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
-        if (!strncmp(spec, kinds[k], strlen(kinds[k]))) return strlen(kinds[k]);
-    return 0;
-}
-
 static void plan_spec(cJSON *p, const char *key, const char *spec) {
     /* a spec that reads one file, as the file it names (resolved), as plan_path records paths */
-    size_t n = one_file_spec(spec);
-    char *real = n ? realpath(spec + n, NULL) : NULL;
-    if (!real) { cJSON_AddStringToObject(p, key, spec); return; }
-    char *s = fdpo_malloc(n + strlen(real) + 1);
-    memcpy(s, spec, n);
-    strcpy(s + n, real);
-    cJSON_AddStringToObject(p, key, s);
-    free(s); free(real);
+    char *resolved = fdpo_reward_spec_resolved(spec);
+    cJSON_AddStringToObject(p, key, resolved);
+    free(resolved);
 }
 
 /* The file an online stage's reward or safety spec reads (lexicon:FILE, words:FILE, rm:DIR),
@@ -402,12 +388,8 @@ static void plan_same_paths(cJSON *saved, const cJSON *now) {
     for (size_t i = 0; i < 2; i++) {
         cJSON *a = cJSON_GetObjectItemCaseSensitive(saved, specs[i]);
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(now, specs[i]);
-        if (!cJSON_IsString(a) || !cJSON_IsString(b) || !strcmp(a->valuestring, b->valuestring)) continue;
-        size_t n = one_file_spec(a->valuestring);
-        if (!n || strncmp(a->valuestring, b->valuestring, n)) continue;
-        char *ra = realpath(a->valuestring + n, NULL), *rb = realpath(b->valuestring + n, NULL);
-        if (ra && rb && !strcmp(ra, rb)) cJSON_SetValuestring(a, b->valuestring);
-        free(ra); free(rb);
+        if (cJSON_IsString(a) && cJSON_IsString(b) && fdpo_reward_spec_same(a->valuestring, b->valuestring))
+            cJSON_SetValuestring(a, b->valuestring);
     }
 }
 

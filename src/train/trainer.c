@@ -649,6 +649,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     for (size_t i = 0; extra && i < extra->n; i++) {
         const fdpo_setting *x = &extra->v[i];
         if (x->path) fdpo_settings_path(&now, x->key, x->str, x->fixed);
+        else if (x->spec && x->type == FDPO_SETTING_STR) fdpo_settings_reward_spec(&now, x->key, x->str, x->fixed);
         else if (x->type == FDPO_SETTING_STR || x->type == FDPO_SETTING_NULL) fdpo_settings_str(&now, x->key, x->str, x->fixed);
         else if (x->type == FDPO_SETTING_BOOL) fdpo_settings_bool(&now, x->key, x->num != 0, x->fixed);
         else fdpo_settings_num(&now, x->key, x->num, x->fixed);

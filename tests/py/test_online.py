@@ -1086,3 +1086,36 @@ def test_rounds_resume_refuses_a_reward_changed_in_place(setup, tmp_path, kind):
     online(setup, b, "--rounds", 1, *small, reward=spec)
     online(setup, b, "--rounds", 2, "--resume", *small, reward=spec)
     assert (b / "round-1").is_dir()
+
+
+def test_rounds_resume_takes_the_reward_file_spelt_another_way(setup, tmp_path):
+    """online.json held --reward as typed, compared byte for byte: the same word list spelt
+    lexicon:./w.txt, or lexicon:/abs/w.txt from another directory (a sacpo rerun continuing an
+    interrupted online stage), was refused as another spec, while --model and --data spelt
+    another way were the same paths. It is recorded resolved and compared as the file it names;
+    another file is still refused."""
+    (tmp_path / "w.txt").write_text("a\t1\ne\t1\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "w.txt").write_text("a\t1\ne\t1\n")
+    args = ["online", "--model", setup / "model", "--data", setup / "prompts.txt", "--out", tmp_path / "a",
+            "--prompts-per-round", 4, "--n", 2, "--max-new-tokens", 8, "--threads", 1, "--quiet"]
+
+    def run(cwd, spec, rounds, *extra):
+        return subprocess.run([FDPO, *map(str, [*args, "--reward", spec, "--rounds", rounds, *extra])], cwd=cwd,
+                              capture_output=True, text=True, timeout=300)
+
+    assert run(tmp_path, "lexicon:w.txt", 1).returncode == 0
+    assert json.loads((tmp_path / "a" / "online.json").read_text())["settings"]["reward"] == f"lexicon:{tmp_path}/w.txt"
+    r = run(tmp_path / "elsewhere", "lexicon:w.txt", 2, "--resume")   # another file of that name
+    assert r.returncode == 1 and f"--reward: lexicon:{tmp_path}/elsewhere/w.txt differs from the saved run's " \
+        f"lexicon:{tmp_path}/w.txt" in r.stderr, r.stderr
+    r = run(tmp_path, "lexicon:./w.txt", 2, "--resume")
+    assert r.returncode == 0 and (tmp_path / "a" / "round-1").is_dir(), r.stderr
+    r = run(tmp_path / "elsewhere", f"lexicon:{tmp_path}/w.txt", 3, "--resume")
+    assert r.returncode == 0 and (tmp_path / "a" / "round-2").is_dir(), r.stderr
+    # a plan of an earlier fdpo holds the spec as typed: the same file, resolved from here
+    plan = json.loads((tmp_path / "a" / "online.json").read_text())
+    plan["settings"]["reward"] = "lexicon:w.txt"
+    (tmp_path / "a" / "online.json").write_text(json.dumps(plan))
+    r = run(tmp_path, "lexicon:./w.txt", 4, "--resume")
+    assert r.returncode == 0 and (tmp_path / "a" / "round-3").is_dir(), r.stderr
