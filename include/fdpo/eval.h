@@ -216,6 +216,14 @@ int fdpo_reward_timeout_check(double timeout_s, const char *const *specs, size_t
  * lexicon (where found), and the words of a cmd: program that name existing regular files
  * (its executable, its script, its data). Nothing for the others, or a NULL spec. */
 void fdpo_reward_spec_inputs(const char *spec, fdpo_strv *out);
+/* A spec as the file it reads: lexicon:FILE, words:FILE and rm:DIR with the file resolved
+ * (realpath: lexicon:/abs/FILE), any other spec (or a file that does not resolve) as given;
+ * malloc'd (NULL for NULL). Runs record it so that a rerun that spells the file another way
+ * (./FILE, from another directory) is the same run. */
+char *fdpo_reward_spec_resolved(const char *spec);
+/* 1 when a and b are the same spec: the same text, or the same one-file kind naming the same
+ * file (resolved from here): lexicon:lex.txt, lexicon:./lex.txt and lexicon:/abs/lex.txt. */
+int fdpo_reward_spec_same(const char *a, const char *b);
 void fdpo_reward_free(fdpo_reward *r);
 const char *fdpo_reward_spec(const fdpo_reward *r);
 /* 1 when r scores token counts (length), which fdpo_reward_score then needs in n_tokens */

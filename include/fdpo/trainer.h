@@ -107,6 +107,14 @@ typedef struct {
      * (a LoRA run whose reference is its base: the base's hash is recorded for every LoRA run). */
     const char *ref_flag, *ref_dir;
     uint64_t ref_hash;
+    /* the reward an on-policy trainer scores with (rl, online --mode step), read again from its
+     * files at every start: reward_spec its --reward SPEC, reward_lexicon its --lexicon,
+     * reward_hash fdpo_reward_content_hash1 of them (has_reward_hash 0: nothing to hash, a cmd:
+     * program or a spec that reads no file). The state records it; --resume refuses another
+     * content (an rm:DIR re-trained or a word list edited in place). */
+    const char *reward_spec, *reward_lexicon;
+    int has_reward_hash;
+    uint64_t reward_hash;
     /* LoRA (fdpo/lora.h; sft and dpo): lora_r > 0 trains adapters on --model's frozen
      * weights; OUT then holds PEFT adapter files instead of model.safetensors */
     long lora_r;
@@ -145,6 +153,26 @@ int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model
  * and words: files, which are never a directory OUT): its saves replaced the reward model with
  * the policy, and --resume then failed. Called by their options checks, at every start. */
 int fdpo_train_out_reward_check(const char *out, const char *spec);
+/* Content hashes of the files a run reads again at every start, not from OUT (sacpo's plan,
+ * online.json, rl's and online step mode's training state): a file changed in place under the
+ * same name is refused on a rerun or --resume rather than mixed in without a word.
+ * fdpo_hash_path: a file's bytes, or a checkpoint directory's model files (names and contents,
+ * in name order; not its training state, metrics or eval files), chained into *h; -1 when it
+ * cannot be read. */
+int fdpo_hash_path(uint64_t *h, const char *path);
+/* The files whose content is a reward spec's scores: fdpo_reward_spec_inputs' (rm:DIR,
+ * lexicon:FILE, words:FILE, afinn's default lexicon), --lexicon FILE in place of afinn's
+ * default one, and nothing for a cmd: program (a program mended in place resumes its run; one
+ * may write to a file its command line names) or a spec that reads no file. Appended to out. */
+void fdpo_reward_content_files(const char *spec, const char *lexicon, fdpo_strv *out);
+/* Their content (fdpo_hash_path, in order) into *h, and the base an rm:DIR that is a LoRA
+ * adapter is read onto into *base (*has_base 1). The number of files hashed (0: nothing to
+ * hash, *h FDPO_HASH_INIT), -1 when one cannot be read (its loader names the error: cleared). */
+int fdpo_reward_content_hash(const char *spec, const char *lexicon, uint64_t *h, uint64_t *base, int *has_base);
+/* The same as one hash (the base's mixed in); *has_hash 0 where there is nothing to hash. */
+uint64_t fdpo_reward_content_hash1(const char *spec, const char *lexicon, int *has_hash);
+/* "--resume: --reward SPEC: the content of FILES differs from what THEN (hash ...)": -1 */
+int fdpo_reward_changed_error(const char *spec, const char *lexicon, const char *then, uint64_t was, uint64_t now);
 /* A resumed bf16 run multiplies on the route OUT's training_state.json records ("bf16-route",
  * fdpo_bf16_route_pin): the route is chosen by a timing probe, and the two routes sum in
  * different orders. Says so once when the pin differs from the measured route, warns once
@@ -174,6 +202,7 @@ typedef struct {
     char *str;                 /* STR */
     int fixed;
     int path;                  /* STR naming a file or directory: compared by fdpo_settings_same_path */
+    int spec;                  /* STR holding a reward spec: compared by fdpo_reward_spec_same */
 } fdpo_setting;
 typedef struct { size_t n, cap; fdpo_setting *v; } fdpo_settings;
 void fdpo_settings_num(fdpo_settings *s, const char *key, double v, int fixed);   /* add or replace */
@@ -192,6 +221,9 @@ int fdpo_train_pin_saved_bf16_route(const fdpo_settings *saved, const char *file
  * KEY.resolved (its realpath, when that differs): on --resume the given path must be the same
  * file (fdpo_settings_same_path) as fdpo_settings_path_to_use's. */
 void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fixed);
+/* a reward spec (--reward SPEC): a one-file spec (lexicon:FILE, rm:DIR) is compared on resume
+ * as the file it names (fdpo_reward_spec_same), as a path is */
+void fdpo_settings_reward_spec(fdpo_settings *s, const char *key, const char *v, int fixed);
 /* The saved path to restore and compare on --resume: KEY.resolved while it names a file (the
  * file the run used), else the typed path (a moved project). */
 const char *fdpo_settings_path_to_use(const fdpo_settings *saved, const char *key, const char *typed);
@@ -280,6 +312,10 @@ typedef struct {
      * and resumes unchecked). */
     int has_ref_hash, has_base_hash;
     uint64_t ref_hash, base_hash;
+    /* fdpo_train_opts.reward_hash (rl, online --mode step); has_reward_hash 0: none recorded (a
+     * state of an older fdpo, or a reward that reads no file), resumed unchecked */
+    int has_reward_hash;
+    uint64_t reward_hash;
     fdpo_settings settings; /* the run's options, typed (see above) */
     char *kind;             /* "pretrain", "sft", "dpo" */
 } fdpo_train_state;

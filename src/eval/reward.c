@@ -771,6 +771,36 @@ int fdpo_reward_timeout_check(double timeout_s, const char *const *specs, size_t
     return fdpo_error("--reward-timeout %g: only used by a cmd:PROGRAM reward", timeout_s);
 }
 
+/* The length of the "KIND:" of a spec that reads one file (lexicon:FILE, words:FILE, rm:DIR),
+ * 0 for any other spec. */
+static size_t one_file_spec(const char *spec) {
+    static const char *const kinds[] = {"lexicon:", "words:", "rm:"};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+        if (!strncmp(spec, kinds[k], strlen(kinds[k]))) return strlen(kinds[k]);
+    return 0;
+}
+
+char *fdpo_reward_spec_resolved(const char *spec) {
+    size_t n = spec ? one_file_spec(spec) : 0;
+    char *real = n ? realpath(spec + n, NULL) : NULL;
+    if (!real) return spec ? fdpo_strdup(spec) : NULL;
+    char *s = fdpo_malloc(n + strlen(real) + 1);
+    memcpy(s, spec, n);
+    strcpy(s + n, real);
+    free(real);
+    return s;
+}
+
+int fdpo_reward_spec_same(const char *a, const char *b) {
+    if (!strcmp(a, b)) return 1;
+    size_t n = one_file_spec(a);
+    if (!n || strncmp(a, b, n)) return 0;
+    char *ra = realpath(a + n, NULL), *rb = ra ? realpath(b + n, NULL) : NULL;
+    int same = ra && rb && !strcmp(ra, rb);
+    free(ra); free(rb);
+    return same;
+}
+
 void fdpo_reward_spec_inputs(const char *spec, fdpo_strv *out) {
     static const char *const reads[] = {"lexicon:", "words:", "rm:"};
     if (!spec) return;

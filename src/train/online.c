@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -129,7 +130,12 @@ static int plan_weights_check(const fdpo_online_opts *o, const plan_weights *w, 
     return fdpo_dist_all_ok(rc);
 }
 
-static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash, const plan_weights *w) {
+/* reward_hash: fdpo_reward_content_hash1 of --reward's files (has_reward_hash 0: none to hash,
+ * a cmd: program or a spec that reads no file), taken when the run started: the rounds score
+ * with what they read then, and a resume refuses another content (an rm:DIR re-trained, a word
+ * list edited in place), as sacpo's plan does for its stages */
+static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash, const plan_weights *w,
+                       int has_reward_hash, uint64_t reward_hash) {
     fdpo_settings now = {0};
     fdpo_online_round_settings(o, &now);
     char hex[17];
@@ -142,6 +148,11 @@ static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash
         cJSON_AddNumberToObject(j, "version", 1);
         cJSON_AddItemToObject(j, "settings", fdpo_settings_to_json(&now));
         cJSON_AddStringToObject(j, "data_hash", hex);
+        if (has_reward_hash) {
+            char rh[17];
+            snprintf(rh, sizeof rh, "%016llx", (unsigned long long)reward_hash);
+            cJSON_AddStringToObject(j, "reward_hash", rh);
+        }
         for (int i = 0; i < 2; i++) {
             if (!(i ? w->has_base : w->has_ref)) continue;
             char wh[17];
@@ -168,6 +179,14 @@ static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash
         if (rc == 0 && cJSON_IsString(dh) && strcmp(dh->valuestring, hex))
             rc = fdpo_error("--resume: the prompts of --data %s differ from the ones its rounds sampled (%s's data_hash "
                             "%s, now %s): resume needs the same prompts", o->prompts, path, dh->valuestring, hex);
+        const cJSON *rh = cJSON_GetObjectItemCaseSensitive(j, "reward_hash");   /* absent: an older fdpo, or none */
+        uint64_t was = 0;
+        if (rc == 0 && has_reward_hash && cJSON_IsString(rh) && sscanf(rh->valuestring, "%16" SCNx64, &was) == 1 &&
+            was != reward_hash) {
+            char then[1100];
+            snprintf(then, sizeof then, "its rounds scored with, as %.1000s records it", path);
+            rc = fdpo_reward_changed_error(o->reward, o->reward_opts.lexicon, then, was, reward_hash);
+        }
         pinned = rc == 0 ? fdpo_train_pin_saved_bf16_route(&saved, path) : 0;
         if (pinned < 0) rc = -1;
         fdpo_settings_free(&saved);
@@ -625,6 +644,8 @@ static int online_run(const fdpo_online_opts *o) {
     fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
     if (reward && fdpo_reward_check_agree(reward)) { fdpo_reward_free(reward); reward = NULL; }
     if (!reward) { fdpo_free_strings(prompts, n_prompts); free(prompt_lines); return -1; } /* the message names --reward */
+    int has_reward_hash;   /* what the reward read (online_plan) */
+    const uint64_t reward_hash = fdpo_reward_content_hash1(o->reward, o->reward_opts.lexicon, &has_reward_hash);
     /* one run per directory: a second one would sample and rename the same rounds */
     int rc = 0, locked = 0;
     if (fdpo_dist_is_root()) locked = (rc = fdpo_dir_lock(o->out, "--out")) == 0;   /* rank 0 holds it */
@@ -657,7 +678,8 @@ static int online_run(const fdpo_online_opts *o) {
         if (start >= o->rounds && rc == 0) fdpo_log(FDPO_LOG_INFO, "all %ld rounds already complete in %s", o->rounds, o->out);
         else if (start > 0 && rc == 0) fdpo_log(FDPO_LOG_INFO, "resuming after round %ld", start - 1);
         if (start > 0 && start < o->rounds && rc == 0) rc = check_round_precision(o->out, start - 1);
-        if (start > 0 && start < o->rounds && rc == 0) rc = online_plan(o, start, prompts_hash(prompts, n_prompts), NULL);
+        if (start > 0 && start < o->rounds && rc == 0) rc = online_plan(o, start, prompts_hash(prompts, n_prompts), NULL, has_reward_hash,
+                                                                       reward_hash);
     }
     /* every rank on rank 0's bf16 route before round 0's sampler and reference scores (the
      * decoder keeps the route it starts with), after a resume's pin */
@@ -790,7 +812,7 @@ static int online_run(const fdpo_online_opts *o) {
         if (fdpo_dist_is_root()) {   /* rank 0 writes; the others go on with the policy in memory */
             /* the metrics line before the writer's rename: a crash between the two drops it on --resume */
             st.t_round = fdpo_now() - t_round;
-            if (rc == 0 && k == 0) rc = online_plan(o, 0, prompts_hash(prompts, n_prompts), &weights);
+            if (rc == 0 && k == 0) rc = online_plan(o, 0, prompts_hash(prompts, n_prompts), &weights, has_reward_hash, reward_hash);
             if (rc == 0) rc = write_round_metrics(&mw, k, o->rounds, o->dpo.dpo.loss.beta, &st);
             if (rc == 0) {
                 rc = round_writer_start(&writer, k, partial, done, pairs, policy, tok, state_text, pairs_text, pairs_len);
@@ -842,7 +864,11 @@ void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
      * drop the adapters) */
     fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 1);
     fdpo_settings_str(s, "mode", "round", 1);
-    fdpo_settings_str(s, "reward", o->reward, 1);
+    /* resolved as the paths above, and compared as the file it names: an online.json of an
+     * older fdpo holds the spec as typed (sacpo's stages pass theirs as given) */
+    char *reward = o->reward ? fdpo_reward_spec_resolved(o->reward) : NULL;
+    fdpo_settings_reward_spec(s, "reward", reward, 1);
+    free(reward);
     fdpo_settings_int(s, "n", (long long)o->n, 1);
     fdpo_settings_int(s, "prompts-per-round", (long long)o->prompts_per_round, 1);
     fdpo_settings_str(s, "pairing", o->pairs_bt ? "all-bt" : "best-worst", 1);
@@ -861,7 +887,7 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     fdpo_settings_path(s, "model", o->model, 1);
     fdpo_settings_path(s, "ref", o->ref, 1);
     fdpo_settings_path(s, "data", o->prompts, 1);
-    fdpo_settings_str(s, "reward", o->reward, 1);
+    fdpo_settings_reward_spec(s, "reward", o->reward, 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);
     fdpo_settings_num(s, "beta", o->dpo.dpo.loss.beta, 1);
@@ -899,6 +925,10 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         t.ref_flag = o->ref ? "--ref" : "--model";
         t.ref_dir = o->ref ? o->ref : o->model;
     }
+    /* recorded: a resume refuses a reward whose files changed in place (rm:DIR, word lists) */
+    t.reward_spec = o->reward;
+    t.reward_lexicon = o->reward_opts.lexicon;
+    t.reward_hash = fdpo_reward_content_hash1(o->reward, o->reward_opts.lexicon, &t.has_reward_hash);
     fdpo_settings extra = {0};
     fdpo_online_step_settings(o, &extra);
     fdpo_trainer tr;

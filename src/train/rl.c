@@ -374,7 +374,7 @@ void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
     fdpo_settings_path(s, "model", o->model, 1);
     fdpo_settings_path(s, "ref", o->ref, 1);
     fdpo_settings_path(s, "data", o->prompts, 1);
-    fdpo_settings_str(s, "reward", o->reward, 1);
+    fdpo_settings_reward_spec(s, "reward", o->reward, 1);
     fdpo_settings_str(s, "algo", o->rl.algo == FDPO_RL_RLOO ? "rloo" : "grpo", 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_num(s, "beta", o->rl.beta, 1);
@@ -439,6 +439,10 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         t.ref_flag = o->ref ? "--ref" : "--model";
         t.ref_dir = o->ref ? o->ref : o->model;
     }
+    /* recorded: a resume refuses a reward whose files changed in place (rm:DIR, word lists) */
+    t.reward_spec = o->reward;
+    t.reward_lexicon = o->reward_opts.lexicon;
+    t.reward_hash = fdpo_reward_content_hash1(o->reward, o->reward_opts.lexicon, &t.has_reward_hash);
     fdpo_settings extra = {0};
     fdpo_rl_run_opts_settings(o, &extra);
     fdpo_trainer tr;

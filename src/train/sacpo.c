@@ -173,70 +173,6 @@ static void plan_hash(cJSON *p, const char *key, const char *path) {
     cJSON_AddStringToObject(p, key, hex);
 }
 
-static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-/* The files of a checkpoint directory that make the model a stage starts from: those a
- * checkpoint is made of (fdpo_checkpoint_file_kind: weights, shards, model and tokenizer
- * files), not its training state (the optimizer's), nor metrics or an eval.json written
- * beside them later. */
-static int model_file(const char *name) {
-    return fdpo_checkpoint_file_kind(name) != 0 && strcmp(name, "training_state.json") &&
-           strcmp(name, "training_state.safetensors");
-}
-
-/* 8 bytes at a time (a 124M model's 500 MB at memory speed, where the byte-wise FNV took 2 s
- * a run), each word mixed in by multiply and xor-shift so that every bit of it reaches every
- * bit of the state (a multiply alone moves differences up only: two top-bit flips cancelled);
- * the tail byte-wise */
-static uint64_t hash_words(uint64_t h, const char *buf, size_t n) {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, buf + i, 8);
-        h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
-        h ^= h >> 32;
-    }
-    return fdpo_hash64(h, buf + i, n - i);
-}
-
-/* A file's bytes, or a checkpoint directory's model files (model_file: names and contents, in
- * name order), into *h. -1 when it cannot be read. */
-static int hash_path(uint64_t *h, const char *path) {
-    struct stat st;
-    if (stat(path, &st)) return -1;
-    if (S_ISDIR(st.st_mode)) {
-        DIR *d = opendir(path);
-        if (!d) return -1;
-        fdpo_strv dir = {0};
-        for (struct dirent *e; (e = readdir(d));)
-            if (e->d_name[0] != '.') fdpo_strv_push(&dir, e->d_name);
-        closedir(d);
-        qsort(dir.v, dir.n, sizeof *dir.v, by_name);
-        char **names = dir.v;
-        size_t n = dir.n;
-        int rc = 0;
-        for (size_t i = 0; i < n; i++) {
-            char *p = fdpo_path_join(path, names[i]);
-            struct stat e;
-            if (!stat(p, &e) && S_ISREG(e.st_mode) && model_file(names[i])) {
-                *h = fdpo_hash64(*h, names[i], strlen(names[i]) + 1);
-                rc |= hash_path(h, p);
-            }
-            free(p);
-            free(names[i]);
-        }
-        free(names);
-        return rc;
-    }
-    FILE *f = fopen(path, "rb");
-    if (!f) return -1;
-    char buf[1 << 16];
-    size_t k;
-    while ((k = fread(buf, 1, sizeof buf, f)) > 0) *h = hash_words(*h, buf, k);
-    fclose(f);
-    return 0;
-}
-
 static void add_hash(cJSON *p, const char *key, uint64_t h) {
     char hex[17];
     snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
@@ -248,64 +184,43 @@ static void add_hash(cJSON *p, const char *key, uint64_t h) {
  * and the merges mixed them */
 static void plan_hash_model(cJSON *p, const char *model) {
     uint64_t h = FDPO_HASH_INIT;
-    int rc = hash_path(&h, model);
+    int rc = fdpo_hash_path(&h, model);
     char *base = !rc && fdpo_lora_is_checkpoint(model) ? fdpo_lora_peft_base(model) : NULL;
-    if (base) rc = hash_path(&h, base);
+    if (base) rc = fdpo_hash_path(&h, base);
     free(base);
     fdpo_clear_error();
     if (!rc) add_hash(p, "model_hash", h);
 }
 
-/* The length of the "KIND:" of a spec that reads one file (lexicon:FILE, words:FILE, rm:DIR),
- * 0 for any other spec. */
-static size_t one_file_spec(const char *spec) {
-    static const char *const kinds[] = {"lexicon:", "words:", "rm:"};
-    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
-        if (!strncmp(spec, kinds[k], strlen(kinds[k]))) return strlen(kinds[k]);
-    return 0;
-}
-
 static void plan_spec(cJSON *p, const char *key, const char *spec) {
     /* a spec that reads one file, as the file it names (resolved), as plan_path records paths */
-    size_t n = one_file_spec(spec);
-    char *real = n ? realpath(spec + n, NULL) : NULL;
-    if (!real) { cJSON_AddStringToObject(p, key, spec); return; }
-    char *s = fdpo_malloc(n + strlen(real) + 1);
-    memcpy(s, spec, n);
-    strcpy(s + n, real);
-    cJSON_AddStringToObject(p, key, s);
-    free(s); free(real);
+    char *resolved = fdpo_reward_spec_resolved(spec);
+    cJSON_AddStringToObject(p, key, resolved);
+    free(resolved);
 }
 
 /* The file an online stage's reward or safety spec reads (lexicon:FILE, words:FILE, rm:DIR),
- * by content: an edited word list trained a stage added later against other scores. Not a
- * cmd: program's files: a program mended in place resumes its stage (as fdpo online), and
- * one may write to a file its command line names. */
-/* An rm:DIR that is a LoRA adapter is read onto its base (fdpo_rm_load): the base's content
- * goes under base_key, apart, so that a plan saved before it was recorded still matches. */
+ * by content (fdpo_reward_content_hash, as rl and online record theirs): an edited word list
+ * trained a stage added later against other scores. Not a cmd: program's files: a program
+ * mended in place resumes its stage (as fdpo online), and one may write to a file its command
+ * line names. The spec's own files only (afinn: its default lexicon): --lexicon's content is
+ * online.lexicon_hash, beside its path, so that a plan saved before it was recorded still
+ * matches. An rm:DIR that is a LoRA adapter is read onto its base (fdpo_rm_load): the base's
+ * content goes under base_key, apart, for the same reason. */
 static void plan_hash_spec(cJSON *p, const char *key, const char *base_key, const char *spec) {
     if (!strncmp(spec, "cmd:", 4)) return;
-    fdpo_strv in = {0};
-    fdpo_reward_spec_inputs(spec, &in);
-    uint64_t h = FDPO_HASH_INIT, hb = FDPO_HASH_INIT;
-    int rc = 0, brc = 0, has_base = 0;
-    for (size_t i = 0; i < in.n && !rc; i++) {
-        rc = hash_path(&h, in.v[i]);
-        char *base = !rc && fdpo_lora_is_checkpoint(in.v[i]) ? fdpo_lora_peft_base(in.v[i]) : NULL;
-        if (base && !brc) { brc = hash_path(&hb, base); has_base = 1; }
-        free(base);
-    }
-    fdpo_strv_free(&in);
-    fdpo_clear_error();
-    if (!rc) add_hash(p, key, h);
-    if (!rc && has_base && !brc) add_hash(p, base_key, hb);
+    uint64_t h, hb;
+    int has_base;
+    if (fdpo_reward_content_hash(spec, NULL, &h, &hb, &has_base) < 0) return;
+    add_hash(p, key, h);
+    if (has_base) add_hash(p, base_key, hb);
 }
 
 /* the hashes in a plan (parent NULL: the top level) and the flag of the file each is of */
 static const struct { const char *parent, *key, *flag; } PLAN_HASHES[] = {
     {NULL, "reward_data_hash", "reward-data"}, {NULL, "safety_data_hash", "safety-data"}, {"online", "data_hash", "data"},
     {NULL, "model_hash", "model"}, {NULL, "reward_hash", "reward"}, {NULL, "safety_hash", "safety"},
-    {NULL, "reward_base_hash", "reward"}, {NULL, "safety_base_hash", "safety"}};
+    {NULL, "reward_base_hash", "reward"}, {NULL, "safety_base_hash", "safety"}, {"online", "lexicon_hash", "lexicon"}};
 
 static cJSON *plan_hash_parent(cJSON *plan, const char *parent) {
     return parent ? cJSON_GetObjectItemCaseSensitive(plan, parent) : plan;
@@ -359,7 +274,10 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
         cJSON_AddNumberToObject(on, "top_p", o->online.sample.top_p);
         cJSON_AddNumberToObject(on, "max_new_tokens", (double)o->online.sample.max_new_tokens);
         if (o->online.sample.stop) cJSON_AddStringToObject(on, "stop", o->online.sample.stop);
-        if (o->online.reward_opts.lexicon) plan_path(on, "lexicon", o->online.reward_opts.lexicon);
+        if (o->online.reward_opts.lexicon) {   /* afinn's words, read in place of its default lexicon */
+            plan_path(on, "lexicon", o->online.reward_opts.lexicon);
+            plan_hash(on, "lexicon_hash", o->online.reward_opts.lexicon);
+        }
     }
     if (o->dpo.train.lora_r > 0) {   /* LoRA stages (absent otherwise, so earlier plans still match) */
         cJSON *lo = cJSON_AddObjectToObject(p, "lora");
@@ -470,12 +388,8 @@ static void plan_same_paths(cJSON *saved, const cJSON *now) {
     for (size_t i = 0; i < 2; i++) {
         cJSON *a = cJSON_GetObjectItemCaseSensitive(saved, specs[i]);
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(now, specs[i]);
-        if (!cJSON_IsString(a) || !cJSON_IsString(b) || !strcmp(a->valuestring, b->valuestring)) continue;
-        size_t n = one_file_spec(a->valuestring);
-        if (!n || strncmp(a->valuestring, b->valuestring, n)) continue;
-        char *ra = realpath(a->valuestring + n, NULL), *rb = realpath(b->valuestring + n, NULL);
-        if (ra && rb && !strcmp(ra, rb)) cJSON_SetValuestring(a, b->valuestring);
-        free(ra); free(rb);
+        if (cJSON_IsString(a) && cJSON_IsString(b) && fdpo_reward_spec_same(a->valuestring, b->valuestring))
+            cJSON_SetValuestring(a, b->valuestring);
     }
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "fdpo/dist.h"
+#include "fdpo/eval.h"
 #include "fdpo/lora.h"
 #include "fdpo/trainer.h"
 #include "train/settings_json.h"
@@ -69,6 +70,12 @@ void fdpo_settings_path(fdpo_settings *s, const char *key, const char *v, int fi
         fdpo_settings_str(s, resolved_key(key, rkey, sizeof rkey), real, 0);
     }
     free(real);
+}
+
+void fdpo_settings_reward_spec(fdpo_settings *s, const char *key, const char *v, int fixed) {
+    fdpo_setting *x = settings_push(s, key, v ? FDPO_SETTING_STR : FDPO_SETTING_NULL, fixed);
+    if (v) x->str = fdpo_strdup(v);
+    x->spec = 1;
 }
 
 const char *fdpo_settings_path_to_use(const fdpo_settings *saved, const char *key, const char *typed) {
@@ -155,7 +162,8 @@ int fdpo_number_text_equal(const char *text, double v) {
 static int setting_equal(const fdpo_setting *a, const fdpo_setting *b) {
     if (a->type == b->type) {
         if (a->type == FDPO_SETTING_STR)   /* the saved one, read back, is plain text: either marks a path */
-            return a->path || b->path ? fdpo_settings_same_path(a->str, b->str) : !strcmp(a->str, b->str);
+            return a->path || b->path ? fdpo_settings_same_path(a->str, b->str)
+                 : a->spec || b->spec ? fdpo_reward_spec_same(a->str, b->str) : !strcmp(a->str, b->str);
         return a->type == FDPO_SETTING_NULL || a->num == b->num;
     }
     char ta[128], tb[128];

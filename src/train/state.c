@@ -111,6 +111,7 @@ static cJSON *state_json(const fdpo_train_state *s, const fdpo_adamw *opt) {
     }
     if (s->has_ref_hash) { hex64(h, s->ref_hash); cJSON_AddStringToObject(j, "ref_hash", h); }
     if (s->has_base_hash) { hex64(h, s->base_hash); cJSON_AddStringToObject(j, "lora_base_hash", h); }
+    if (s->has_reward_hash) { hex64(h, s->reward_hash); cJSON_AddStringToObject(j, "reward_hash", h); }
     cJSON *data = cJSON_AddObjectToObject(j, "data");
     cJSON_AddNumberToObject(data, "n_items", (double)s->data.n);
     cJSON_AddNumberToObject(data, "epoch", (double)s->data.epoch);
@@ -243,6 +244,9 @@ int fdpo_train_state_load(const char *dir, fdpo_train_state *s, fdpo_adamw *opt,
     if (base_hash && parse_hex64(base_hash, &s->base_hash)) { fdpo_error("%s: field 'lora_base_hash' must be a hex string", path); goto done; }
     s->has_ref_hash = ref_hash != NULL;
     s->has_base_hash = base_hash != NULL;
+    const cJSON *reward_hash = cJSON_GetObjectItemCaseSensitive(j, "reward_hash");   /* rl, online step; absent before */
+    if (reward_hash && parse_hex64(reward_hash, &s->reward_hash)) { fdpo_error("%s: field 'reward_hash' must be a hex string", path); goto done; }
+    s->has_reward_hash = reward_hash != NULL;
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
     if (!cJSON_IsObject(data)) { fdpo_error("%s: field 'data' missing", path); goto done; }
     if (get_size(data, "n_items", path, &n_items) || get_size(data, "epoch", path, &epoch) || get_size(data, "pos", path, &pos)) goto done;

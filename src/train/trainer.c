@@ -1,12 +1,14 @@
 /* A training run's shared machinery: model/optimizer/state setup (fresh, --init or
  * --resume), one optimizer step, progress, periodic and final checkpoints. */
 #include <cJSON.h>
+#include <dirent.h>
 #include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "fdpo/chat.h"
 #include "fdpo/dist.h"
 #include "fdpo/dpo.h"
@@ -48,6 +50,112 @@ int fdpo_train_out_ref_check(const char *out, const char *ref, const char *model
                                "--out", out, ref ? "--ref" : "--model", dir, base) : 0;
     free(base);
     return rc;
+}
+
+static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* The files of a checkpoint directory that make the model a stage starts from: those a
+ * checkpoint is made of (fdpo_checkpoint_file_kind: weights, shards, model and tokenizer
+ * files), not its training state (the optimizer's), nor metrics or an eval.json written
+ * beside them later. */
+static int model_file(const char *name) {
+    return fdpo_checkpoint_file_kind(name) != 0 && strcmp(name, "training_state.json") &&
+           strcmp(name, "training_state.safetensors");
+}
+
+/* 8 bytes at a time (a 124M model's 500 MB at memory speed, where the byte-wise FNV took 2 s
+ * a run), each word mixed in by multiply and xor-shift so that every bit of it reaches every
+ * bit of the state (a multiply alone moves differences up only: two top-bit flips cancelled);
+ * the tail byte-wise */
+static uint64_t hash_words(uint64_t h, const char *buf, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, buf + i, 8);
+        h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
+        h ^= h >> 32;
+    }
+    return fdpo_hash64(h, buf + i, n - i);
+}
+
+int fdpo_hash_path(uint64_t *h, const char *path) {
+    struct stat st;
+    if (stat(path, &st)) return -1;
+    if (S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(path);
+        if (!d) return -1;
+        fdpo_strv dir = {0};
+        for (struct dirent *e; (e = readdir(d));)
+            if (e->d_name[0] != '.') fdpo_strv_push(&dir, e->d_name);
+        closedir(d);
+        qsort(dir.v, dir.n, sizeof *dir.v, by_name);
+        char **names = dir.v;
+        size_t n = dir.n;
+        int rc = 0;
+        for (size_t i = 0; i < n; i++) {
+            char *p = fdpo_path_join(path, names[i]);
+            struct stat e;
+            if (!stat(p, &e) && S_ISREG(e.st_mode) && model_file(names[i])) {
+                *h = fdpo_hash64(*h, names[i], strlen(names[i]) + 1);
+                rc |= fdpo_hash_path(h, p);
+            }
+            free(p);
+            free(names[i]);
+        }
+        free(names);
+        return rc;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    char buf[1 << 16];
+    size_t k;
+    while ((k = fread(buf, 1, sizeof buf, f)) > 0) *h = hash_words(*h, buf, k);
+    fclose(f);
+    return 0;
+}
+
+void fdpo_reward_content_files(const char *spec, const char *lexicon, fdpo_strv *out) {
+    if (!spec || !strncmp(spec, "cmd:", 4)) return;
+    if (lexicon && (!strcmp(spec, "afinn") || !strcmp(spec, "afinn:sum"))) fdpo_strv_push(out, lexicon);
+    else fdpo_reward_spec_inputs(spec, out);
+}
+
+int fdpo_reward_content_hash(const char *spec, const char *lexicon, uint64_t *h, uint64_t *base, int *has_base) {
+    fdpo_strv in = {0};
+    fdpo_reward_content_files(spec, lexicon, &in);
+    *h = *base = FDPO_HASH_INIT;
+    *has_base = 0;
+    int rc = 0, brc = 0;
+    for (size_t i = 0; i < in.n && !rc; i++) {
+        rc = fdpo_hash_path(h, in.v[i]);
+        /* an rm:DIR that is a LoRA adapter is read onto its base */
+        char *b = !rc && fdpo_lora_is_checkpoint(in.v[i]) ? fdpo_lora_peft_base(in.v[i]) : NULL;
+        if (b && !*has_base) { brc = fdpo_hash_path(base, b); *has_base = !brc; }
+        free(b);
+    }
+    const int n = (int)in.n;
+    fdpo_strv_free(&in);
+    fdpo_clear_error();
+    return rc ? -1 : n;
+}
+
+int fdpo_reward_changed_error(const char *spec, const char *lexicon, const char *then, uint64_t was, uint64_t now) {
+    fdpo_strv in = {0};
+    fdpo_reward_content_files(spec, lexicon, &in);
+    char files[1024] = "";
+    for (size_t i = 0, n = 0; i < in.n && n < sizeof files; i++)
+        n += (size_t)snprintf(files + n, sizeof files - n, "%s%s", i ? ", " : "", in.v[i]);
+    fdpo_strv_free(&in);
+    return fdpo_error("--resume: --reward %s: the content of %s differs from what %s (hash %016llx then, %016llx now; "
+                      "re-trained or edited in place?): resume needs the same reward", spec, files, then,
+                      (unsigned long long)was, (unsigned long long)now);
+}
+
+uint64_t fdpo_reward_content_hash1(const char *spec, const char *lexicon, int *has_hash) {
+    uint64_t h, base;
+    int has_base;
+    *has_hash = fdpo_reward_content_hash(spec, lexicon, &h, &base, &has_base) > 0;
+    return has_base ? fdpo_hash64(h, &base, sizeof base) : h;
 }
 
 int fdpo_train_out_reward_check(const char *out, const char *spec) {
@@ -493,8 +601,13 @@ static int trainer_identity(fdpo_trainer *tr, const fdpo_train_opts *o) {
                           "were trained on (hash %016llx then, %016llx now; re-trained in place?): resume needs the same base",
                           tr->model->lora->base_model ? tr->model->lora->base_model : "", (unsigned long long)s->base_hash,
                           (unsigned long long)base);
+    if (o->resume && o->has_reward_hash && s->has_reward_hash && s->reward_hash != o->reward_hash)
+        return fdpo_reward_changed_error(o->reward_spec, o->reward_lexicon, "the saved run scored with", s->reward_hash,
+                                         o->reward_hash);
     s->has_ref_hash = o->ref_flag != NULL;
     s->ref_hash = o->ref_flag ? o->ref_hash : 0;
+    s->has_reward_hash = o->has_reward_hash;
+    s->reward_hash = o->has_reward_hash ? o->reward_hash : 0;
     s->has_base_hash = has_base;
     s->base_hash = base;
     return 0;
@@ -555,6 +668,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
     for (size_t i = 0; extra && i < extra->n; i++) {
         const fdpo_setting *x = &extra->v[i];
         if (x->path) fdpo_settings_path(&now, x->key, x->str, x->fixed);
+        else if (x->spec && x->type == FDPO_SETTING_STR) fdpo_settings_reward_spec(&now, x->key, x->str, x->fixed);
         else if (x->type == FDPO_SETTING_STR || x->type == FDPO_SETTING_NULL) fdpo_settings_str(&now, x->key, x->str, x->fixed);
         else if (x->type == FDPO_SETTING_BOOL) fdpo_settings_bool(&now, x->key, x->num != 0, x->fixed);
         else fdpo_settings_num(&now, x->key, x->num, x->fixed);

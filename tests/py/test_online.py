@@ -1038,3 +1038,84 @@ def test_an_n_whose_samples_cannot_be_counted_is_refused_by_name(setup, tmp_path
     assert r.returncode == 1 and r.stderr == (f"fdpo online: --prompts-per-round/--n: 1 prompts x {n} samples cannot be "
                                               "held (their count alone overflows memory)\n"), r.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind", ["lexicon", "rm"])
+def test_rounds_resume_refuses_a_reward_changed_in_place(setup, tmp_path, kind):
+    """The rounds read the reward's files (an rm:DIR reward model, a lexicon: word list) from
+    their paths again at every session: after one was re-trained or edited in place, a --resume
+    scored the next rounds with the other reward, exit 0 (sacpo's plan refused the same change).
+    online.json records their content hash; the resume is refused naming the spec and the file,
+    goes on with the original files, and a plan without the hash (an older fdpo) resumes
+    unchecked."""
+    if kind == "lexicon":
+        reward = tmp_path / "w.txt"
+        reward.write_text("a\t1\ne\t1\n")
+        original = reward.read_text()
+    else:
+        reward = tmp_path / "RM"
+        (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": f"prompt {i}:", "chosen": " abc def",
+                                                                  "rejected": " XYZ 12"}) + "\n" for i in range(8)))
+        rm = ["rm", "--model", setup / "model", "--data", tmp_path / "pairs.jsonl", "--out", reward, "--threads", 1,
+              "--quiet", "--eval-fraction", 0, "--lr", "1e-2"]
+        fdpo(*rm, "--steps", 1)
+    spec = f"{kind}:{reward}"
+    a = tmp_path / "a"
+    small = ["--prompts-per-round", 4, "--n", 2, "--max-new-tokens", 8, "--threads", 1, "--quiet"]
+    online(setup, a, "--rounds", 1, *small, reward=spec)
+    assert len(json.loads((a / "online.json").read_text())["reward_hash"]) == 16
+    if kind == "lexicon":
+        reward.write_text("a\t-5\ne\t3\nx\t2\n")
+    else:
+        fdpo(*rm, "--steps", 3, "--overwrite")   # re-trained in place
+    r = online(setup, a, "--rounds", 2, "--resume", *small, reward=spec, check=False)
+    assert r.returncode == 1 and f"--resume: --reward {spec}: the content of {reward} differs from what its rounds " \
+        f"scored with, as {a}/online.json records it (hash " in r.stderr, r.stderr
+    assert not (a / "round-1").exists()
+    # a plan of an fdpo before reward_hash was recorded resumes unchecked
+    plan = json.loads((a / "online.json").read_text())
+    del plan["reward_hash"]
+    (a / "online.json").write_text(json.dumps(plan))
+    online(setup, a, "--rounds", 2, "--resume", *small, reward=spec)
+    assert (a / "round-1").is_dir()
+    # the files it scored with: a run that recorded them goes on (rm: test_rl.py's step mode)
+    if kind == "rm":
+        return
+    reward.write_text(original)
+    b = tmp_path / "b"
+    online(setup, b, "--rounds", 1, *small, reward=spec)
+    online(setup, b, "--rounds", 2, "--resume", *small, reward=spec)
+    assert (b / "round-1").is_dir()
+
+
+def test_rounds_resume_takes_the_reward_file_spelt_another_way(setup, tmp_path):
+    """online.json held --reward as typed, compared byte for byte: the same word list spelt
+    lexicon:./w.txt, or lexicon:/abs/w.txt from another directory (a sacpo rerun continuing an
+    interrupted online stage), was refused as another spec, while --model and --data spelt
+    another way were the same paths. It is recorded resolved and compared as the file it names;
+    another file is still refused."""
+    (tmp_path / "w.txt").write_text("a\t1\ne\t1\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "w.txt").write_text("a\t1\ne\t1\n")
+    args = ["online", "--model", setup / "model", "--data", setup / "prompts.txt", "--out", tmp_path / "a",
+            "--prompts-per-round", 4, "--n", 2, "--max-new-tokens", 8, "--threads", 1, "--quiet"]
+
+    def run(cwd, spec, rounds, *extra):
+        return subprocess.run([FDPO, *map(str, [*args, "--reward", spec, "--rounds", rounds, *extra])], cwd=cwd,
+                              capture_output=True, text=True, timeout=300)
+
+    assert run(tmp_path, "lexicon:w.txt", 1).returncode == 0
+    assert json.loads((tmp_path / "a" / "online.json").read_text())["settings"]["reward"] == f"lexicon:{tmp_path}/w.txt"
+    r = run(tmp_path / "elsewhere", "lexicon:w.txt", 2, "--resume")   # another file of that name
+    assert r.returncode == 1 and f"--reward: lexicon:{tmp_path}/elsewhere/w.txt differs from the saved run's " \
+        f"lexicon:{tmp_path}/w.txt" in r.stderr, r.stderr
+    r = run(tmp_path, "lexicon:./w.txt", 2, "--resume")
+    assert r.returncode == 0 and (tmp_path / "a" / "round-1").is_dir(), r.stderr
+    r = run(tmp_path / "elsewhere", f"lexicon:{tmp_path}/w.txt", 3, "--resume")
+    assert r.returncode == 0 and (tmp_path / "a" / "round-2").is_dir(), r.stderr
+    # a plan of an earlier fdpo holds the spec as typed: the same file, resolved from here
+    plan = json.loads((tmp_path / "a" / "online.json").read_text())
+    plan["settings"]["reward"] = "lexicon:w.txt"
+    (tmp_path / "a" / "online.json").write_text(json.dumps(plan))
+    r = run(tmp_path, "lexicon:./w.txt", 4, "--resume")
+    assert r.returncode == 0 and (tmp_path / "a" / "round-3").is_dir(), r.stderr

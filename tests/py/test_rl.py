@@ -814,3 +814,70 @@ def test_rl_logged_objective_values_match_pytorch(tmp_path, per_step):
     assert abs(want["objective/shaped_reward"] - want["objective/scores"]) > 0.01, want
     for k, v in want.items():
         assert abs(m[k] - v) <= 1e-5 * max(1.0, abs(v)), (k, m[k], v)
+
+
+@pytest.mark.parametrize("cmd,kind", [("rl", "lexicon"), ("online-step", "lexicon"), ("online-step", "rm")])
+def test_resume_refuses_a_reward_changed_in_place(tmp_path, cmd, kind):
+    """The reward's files (an rm:DIR reward model, a lexicon: word list) are read again from their
+    paths at every start: after one was re-trained or edited in place, `--resume` scored the
+    later steps with the other reward, exit 0 (sacpo's plan refused the same change). The state
+    records their content hash; the resume is refused naming the spec and the file, goes on with
+    the original files, and a state without the hash (an older fdpo) resumes unchecked."""
+    import shutil
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(5)))
+
+    def fdpo(*args, check=True):
+        r = subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 or not check, r.stderr
+        return r
+
+    if kind == "lexicon":
+        reward = tmp_path / "w.txt"
+        reward.write_text("a\t1\ne\t1\n")
+        original, edited = reward.read_text(), "a\t-5\ne\t3\nx\t2\n"
+    else:
+        reward = tmp_path / "RM"
+        (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": f"prompt {i}:", "chosen": " abc def",
+                                                                  "rejected": " XYZ 12"}) + "\n" for i in range(8)))
+        rm = ["rm", "--model", tmp_path / "model", "--data", tmp_path / "pairs.jsonl", "--out", reward, "--threads", 1,
+              "--quiet", "--eval-fraction", 0, "--lr", "1e-2"]
+        fdpo(*rm, "--steps", 1)
+        shutil.copytree(reward, tmp_path / "RM.orig")
+    spec = f"{kind}:{reward}"
+    if cmd == "rl":
+        args = ["rl", "--prompts-per-step", 2, "--n", 3]
+    else:
+        args = ["online", "--mode", "step", "--prompts-per-round", 2, "--n", 3]
+    out = tmp_path / "out"
+    args += ["--model", tmp_path / "model", "--data", tmp_path / "p.txt", "--out", out, "--reward", spec,
+             "--steps", 3, "--max-new-tokens", 8, "--lr", "1e-2", "--threads", 1, "--quiet"]
+    fdpo(*args, "--stop-at", 1)
+    state = json.loads((out / "training_state.json").read_text())
+    assert len(state["reward_hash"]) == 16
+    if kind == "lexicon":
+        reward.write_text(edited)
+    else:
+        fdpo(*rm, "--steps", 3, "--overwrite")   # re-trained in place
+    r = fdpo(*args, "--resume", "--stop-at", 2, check=False)
+    assert r.returncode == 1 and f"--resume: --reward {spec}: the content of {reward} differs from what the saved " \
+        "run scored with (hash " in r.stderr, r.stderr
+    assert json.loads((out / "training_state.json").read_text())["step"] == 1
+    if kind == "lexicon":
+        reward.write_text(original)
+    else:
+        shutil.rmtree(reward)
+        shutil.copytree(tmp_path / "RM.orig", reward)
+    fdpo(*args, "--resume", "--stop-at", 2)   # the files it scored with: it goes on
+    assert json.loads((out / "training_state.json").read_text())["step"] == 2
+    # a state of an fdpo before reward_hash was recorded resumes unchecked
+    state = json.loads((out / "training_state.json").read_text())
+    del state["reward_hash"]
+    (out / "training_state.json").write_text(json.dumps(state))
+    if kind == "lexicon":
+        reward.write_text(edited)
+        fdpo(*args, "--resume")
+        assert json.loads((out / "training_state.json").read_text())["step"] == 3

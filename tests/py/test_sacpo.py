@@ -765,3 +765,62 @@ def test_online_only_flags_of_sacpo(data, tmp_path):
     fdpo(*args, "--out", tmp_path / "s")
     r = fdpo(*args, "--out", tmp_path / "s", "--pairing", "all-bt", check=False)
     assert r.returncode == 1 and '--pairing: "all-bt" differs from "best-worst"' in r.stderr, r.stderr
+
+
+ONLINE_TINY = ["--rounds", 1, "--prompts-per-round", 4, "--n", 4, "--max-new-tokens", 8, "--lr", "1e-2", "--threads", 1,
+               "--quiet"]
+
+
+def test_rerun_refuses_a_lexicon_edited_in_place(data, tmp_path):
+    """afinn's --lexicon FILE was in the plan as a path only (reward_hash of afinn hashed its
+    default lexicon, not the file the stages read): a rerun after it was edited in place added a
+    lambda trained against other scores than the stages before, exit 0. Its content is
+    online.lexicon_hash; the rerun is refused naming --lexicon, and the same content reruns."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    lex = tmp_path / "afl.json"
+    lex.write_text('{"good": 3, "bad": -3, "abc": 1, "a": 1}')
+    s = tmp_path / "s"
+    args = ["sacpo", "--model", data / "base", "--data", tmp_path / "p.txt", "--reward", "afinn", "--lexicon", lex,
+            "--safety", "afinn:sum", "--out", s, *ONLINE_TINY]
+    fdpo(*args, "--lambda", 1)
+    assert len(json.loads((s / "sacpo.json").read_text())["plan"]["online"]["lexicon_hash"]) == 16
+    lex.write_text('{"good": -3, "bad": 3, "prompt": 5, "a": -4}')   # edited in place
+    r = fdpo(*args, "--lambda", "1,2", check=False)
+    assert r.returncode == 1 and f"--lexicon: the content it reads differs from what {s}/sacpo.json's stages trained " \
+        "on (" in r.stderr, r.stderr
+    assert not (s / "lambda-2").exists()
+    lex.write_text('{"good": 3, "bad": -3, "abc": 1, "a": 1}')
+    fdpo(*args, "--lambda", "1,2")
+    assert (s / "lambda-2").is_dir()
+
+
+def test_an_interrupted_online_stage_continues_whatever_the_spelling_of_its_spec(data, tmp_path):
+    """The plan compares a lexicon:FILE spec as the file it names, but the online stage's own
+    online.json held it as typed: a rerun continuing an interrupted stage from another directory,
+    or with ./ spellings, passed the plan and was then refused by the stage (`--reward:
+    lexicon:/abs/lex.txt differs from the saved run's lexicon:lex.txt`)."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    (tmp_path / "lex.txt").write_text("a\t1\ne\t1\n")
+    (tmp_path / "saf.txt").write_text("x\t-1\ny\t-1\n")
+    shutil.copytree(data / "base", tmp_path / "base")
+    tiny = [*ONLINE_TINY]
+    tiny[tiny.index("--rounds") + 1] = 2
+
+    def run(cwd, prefix, out):
+        return subprocess.run([FDPO_BIN, *map(str, ["sacpo", "--model", f"{prefix}base", "--data", f"{prefix}p.txt",
+                                                    "--reward", f"lexicon:{prefix}lex.txt", "--safety",
+                                                    f"lexicon:{prefix}saf.txt", "--lambda", 1, "--out", out, *tiny])],
+                              cwd=cwd, capture_output=True, text=True, timeout=300)
+
+    # round 1 of the reward stage cannot be saved (a directory in the way of its pairs record)
+    for out in ("o1", "o2"):
+        (tmp_path / out / "reward.online" / "round-1.pairs.jsonl").mkdir(parents=True)
+        r = run(tmp_path, "", out)
+        assert r.returncode == 1 and (tmp_path / out / "reward.online" / "round-0").is_dir(), r.stderr
+        (tmp_path / out / "reward.online" / "round-1.pairs.jsonl").rmdir()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    for cwd, prefix, out in ((other, f"{tmp_path}/", tmp_path / "o1"), (tmp_path, "./", "./o2")):
+        r = run(cwd, prefix, out)
+        assert r.returncode == 0 and "resuming after round 0" in r.stderr, r.stderr
+        assert (tmp_path / out / "lambda-1").is_dir()
