@@ -436,6 +436,9 @@ typedef struct {
 /* Load the tokenizer a run uses: OUT's on --resume, else --tokenizer DIR, else --init's
  * directory, else byte-level. */
 fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o);
+/* --chat-template name (NULL: leave t's) on t, checked: -1 naming the flag when a named
+ * template cannot render ("auto" without a recognised template leaves plain text). */
+int fdpo_trainer_set_chat_template(fdpo_tokenizer *t, const char *name);
 /* The one check that a language-model trainer's policy or reference (pretrain, sft, dpo, kto,
  * rl, online, sacpo; not rm, which also continues a reward model) is a language model: a
  * reward model (num_labels > 0, <Family>ForSequenceClassification) is refused, naming the

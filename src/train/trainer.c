@@ -160,13 +160,18 @@ fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o) {
     } else {
         t = fdpo_tokenizer_byte();
     }
-    if (t && o->chat_template) { /* checked here, before any data is read */
-        fdpo_tokenizer_set_chat_template(t, o->chat_template);
-        fdpo_chat chat;
-        if (fdpo_chat_for(t, &chat) && strcmp(o->chat_template, "auto")) { fdpo_tokenizer_free(t); return NULL; }
-        fdpo_chat_free(&chat);
-    }
+    /* checked here, before any data is read */
+    if (t && fdpo_trainer_set_chat_template(t, o->chat_template)) { fdpo_tokenizer_free(t); return NULL; }
     return t;
+}
+
+int fdpo_trainer_set_chat_template(fdpo_tokenizer *t, const char *name) {
+    if (!name) return 0;
+    fdpo_tokenizer_set_chat_template(t, name);
+    fdpo_chat chat;
+    if (fdpo_chat_for(t, &chat)) return strcmp(name, "auto") ? -1 : 0;
+    fdpo_chat_free(&chat);
+    return 0;
 }
 
 int fdpo_trainer_check_lm(const fdpo_gpt2_config *c, const char *flag, const char *dir) {
