@@ -671,6 +671,10 @@ static fdpo_online_opts online_stage_opts(const fdpo_sacpo_opts *o, const char *
                                           const char *spec_flag, double beta, const char *run) {
     fdpo_online_opts on = o->online;
     on.model = init;
+    /* and the trainer template's, which online.json records too (as "model.resolved"): it was
+     * sacpo's --model in every stage, so a stage from OUT/reward cut short was refused on the
+     * rerun ("--model: OUT/reward differs from the saved run's OUT/reward (--model ...)") */
+    on.dpo.train.init = init;
     on.ref = NULL;
     on.reward = spec;
     on.reward_opts.flag = spec_flag;   /* its errors name --safety for the safety stage */

@@ -878,3 +878,26 @@ def test_chat_template_renders_the_online_stages_prompts(data, tmp_path):
     fdpo(*base, "--data", tmp_path / "short.jsonl", "--out", tmp_path / "s")
     info = fdpo("info", tmp_path / "s" / "lambda-1").stdout
     assert "chat_template: chatml" in info, info
+
+
+def test_a_second_online_stage_cut_short_resumes(data, tmp_path):
+    """The safety stage starts from OUT/reward: its online.json recorded sacpo's --model as where
+    its --model resolved ("model.resolved"), so the rerun that should resume it after round 0
+    was refused ("--model: OUT/reward differs from the saved run's OUT/reward (MODEL; ...)").
+    A directory where round 1's pairs go makes that round fail (as a crash would)."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    s = tmp_path / "s"
+    args = ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length:words", "--data",
+            tmp_path / "p.txt", "--lambda", 1, "--out", s, *TINY_ONLINE, "--rounds", 2]
+    args[2] = "base"   # relative (run from data/): where it resolved is recorded beside it
+
+    def run():
+        return subprocess.run([FDPO_BIN, *map(str, args)], cwd=data, capture_output=True, text=True, timeout=300)
+
+    (s / "lambda-1.online" / "round-1.pairs.jsonl").mkdir(parents=True)
+    r = run()
+    assert r.returncode == 1 and "sacpo safety stage (lambda 1): round 1" in r.stderr, r.stderr
+    (s / "lambda-1.online" / "round-1.pairs.jsonl").rmdir()
+    r = run()
+    assert r.returncode == 0 and "resuming after round 0" in r.stderr, r.stderr
+    assert (s / "lambda-1" / "model.safetensors").exists() and (s / "lambda-1.online" / "round-1").is_dir()
