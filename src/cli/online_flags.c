@@ -18,7 +18,7 @@ size_t online_flags_add(online_flags *v, fdpo_online_opts *o, fdpo_flag *f, size
         {"bt-scale", FLAG_FLOAT, &o->bt_scale, "1", "--pairing all-bt: P(a chosen) = sigmoid((r_a - r_b) / scale)", 0},
         {"ref-logps", FLAG_STR, &v->ref_logps, "all", "which samples get reference log-probs: all (every sample: objective/kl is the unbiased mean over all) or pairs (only the pairs' samples, all f-DPO needs: one reference forward less; objective/kl is then their mean, biased towards the reward's extremes)", 0},
         {"ref-update", FLAG_STR, &v->ref_update, "never", "never: fixed reference (online DPO); round: the previous round's policy (iterative DPO)", 0},
-        {"temperature", FLAG_FLOAT, &v->temperature, "1", "sampling temperature", 0},
+        {"temperature", FLAG_FLOAT, &v->temperature, "1", "sampling temperature, > 0 (greedy decoding makes no pair)", 0},
         {"top-k", FLAG_COUNT, &v->top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
         {"top-p", FLAG_FLOAT, &v->top_p, "1", "nucleus mass in (0, 1] (1 = off)", 0},
         {"max-new-tokens", FLAG_COUNT, &v->max_new, "32", "most tokens per completion", 0},

@@ -758,10 +758,14 @@ int fdpo_reward_check_agree(const fdpo_reward *r) {
     return fdpo_dist_check_agree(what, h);
 }
 
+int fdpo_reward_spec_reads_lexicon(const char *spec) {
+    return spec && (!strcmp(spec, "afinn") || !strcmp(spec, "afinn:sum"));
+}
+
 int fdpo_reward_lexicon_check(const char *lexicon, const char *const *specs, size_t n) {
     if (!lexicon) return 0;
     for (size_t i = 0; i < n; i++)
-        if (specs[i] && (!strcmp(specs[i], "afinn") || !strcmp(specs[i], "afinn:sum"))) return 0;
+        if (fdpo_reward_spec_reads_lexicon(specs[i])) return 0;
     return fdpo_error("--lexicon %s: only used by --reward afinn (or afinn:sum)", lexicon);
 }
 

@@ -505,9 +505,13 @@ int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fd
             fdpo_trainer_progress(&tr, m.loss, extra);
         }
         if (!rc && !state_out) rc = fdpo_trainer_maybe_save(&tr);
-        else if (!rc && fdpo_trainer_stop_requested(&tr)) {
+        /* a stop after the last step leaves the pairs trained: the caller keeps them (an
+         * online round is then complete and saved) */
+        else if (!rc && !fdpo_trainer_done(&tr) && fdpo_trainer_stop_requested(&tr)) {
             tr.stopped = tr.interrupted = 1;   /* fdpo_trainer_close: the request is answered */
-            rc = fdpo_error("interrupted in step %zu of %zu", tr.state.step, tr.state.total_steps);
+            rc = fdpo_error("interrupted after step %zu of %zu (nothing of it is saved; %s)",
+                            tr.state.step, tr.state.total_steps,
+                            t.continue_how ? t.continue_how : "continue with --resume");
         }
     }
     fdpo_dpo_free(&d);

@@ -606,7 +606,28 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
      * stages always resume; fdpo_sacpo_run checks both of its specs) */
     if (!o->resume && !o->dpo.train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1))
         return -1;
-    return fdpo_sample_config_check(&o->sample);
+    if (fdpo_sample_config_check(&o->sample)) return -1;
+    /* a pair needs two different completions of a prompt: greedy decoding (temperature 0, or
+     * top-k 1) gives all --n the same text, so every prompt ties and nothing ever trains (the
+     * run "succeeded" with the initial weights) */
+    if (o->sample.temperature == 0 || o->sample.top_k == 1)
+        return fdpo_error("--%s: online pairs need different completions of a prompt, and greedy decoding gives all "
+                          "--n %ld the same text (no pair could ever form); sample with --temperature > 0 and "
+                          "--top-k 0 or > 1", o->sample.temperature == 0 ? "temperature 0" : "top-k 1", o->n);
+    return 0;
+}
+
+int fdpo_online_rounds_opts_check(const fdpo_online_opts *o) {
+    if (fdpo_online_opts_check(o)) return -1;
+    /* a round is redone, never resumed half-way: the trainer's mid-run stop and restart do not apply */
+    if (o->dpo.train.stop_at > 0 || o->dpo.train.overwrite)
+        return fdpo_error("%s: --mode step only (rounds mode resumes after the last complete round)",
+                          o->dpo.train.stop_at > 0 ? "--stop-at" : "--overwrite");
+    if (o->dpo.train.save_every > 0)   /* it was accepted, recorded and ignored */
+        return fdpo_error("--save-every: --mode step only (rounds mode saves every round, whole)");
+    if (o->rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->rounds);
+    if (o->pairs_bt && fdpo_pairs_config_check(&(fdpo_pairs_config){.scale = o->bt_scale})) return -1;
+    return 0;
 }
 
 /* The flags every rank must share: --rounds and the ones online.json fixes (--precision
@@ -628,15 +649,7 @@ static uint64_t round_flags_hash(const fdpo_online_opts *o) {
 }
 
 static int online_run(const fdpo_online_opts *o) {
-    if (fdpo_online_opts_check(o)) return -1;
-    /* a round is redone, never resumed half-way: the trainer's mid-run stop and restart do not apply */
-    if (o->dpo.train.stop_at > 0 || o->dpo.train.overwrite)
-        return fdpo_error("%s: --mode step only (rounds mode resumes after the last complete round)",
-                          o->dpo.train.stop_at > 0 ? "--stop-at" : "--overwrite");
-    if (o->dpo.train.save_every > 0)   /* it was accepted, recorded and ignored */
-        return fdpo_error("--save-every: --mode step only (rounds mode saves every round, whole)");
-    if (o->rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->rounds);
-    if (o->pairs_bt && fdpo_pairs_config_check(&(fdpo_pairs_config){.scale = o->bt_scale})) return -1;
+    if (fdpo_online_rounds_opts_check(o)) return -1;
     char **prompts = NULL;
     size_t n_prompts = 0, *prompt_lines = NULL;
     if (fdpo_read_prompts(o->prompts, &prompts, &prompt_lines, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
@@ -703,6 +716,9 @@ static int online_run(const fdpo_online_opts *o) {
         tok = policy ? fdpo_checkpoint_load_tokenizer(from) : NULL;
         if (!policy || !tok) rc = fdpo_error_context("round %ld: loading %s", start, from);
         else rc = fdpo_trainer_check_lm(&policy->config, start > 0 ? "--resume" : "--model", from);
+        /* conversational prompts rendered with the run's --chat-template (sacpo's online stages;
+         * NULL, fdpo online's: the checkpoint's), as step mode's trainer tokenizer renders them */
+        if (rc == 0) rc = fdpo_trainer_set_chat_template(tok, o->dpo.train.chat_template);
         if (rc == 0) rc = policy_lora_setup(o, policy, from);
         free(from);
         if (rc == 0 && need_ref && is_lora_base(policy, ref0)) {
@@ -801,7 +817,8 @@ static int online_run(const fdpo_online_opts *o) {
             double t0 = fdpo_now();
             rc = fdpo_dpo_train_pairs(&d, policy, tok, buf.pair_ptr, buf.n_pairs, buf.pair_ref, &ts);
             st.t_training = fdpo_now() - t0;
-            if (rc) fdpo_error_context("round %ld: f-DPO on %s", k, pairs);
+            /* its pairs, from memory: round-K.pairs.jsonl is written with the round, after this */
+            if (rc) fdpo_error_context("round %ld: f-DPO on its %zu pairs", k, buf.n_pairs);
             else {
                 if (fdpo_dist_is_root()) state_text = fdpo_train_state_text(&ts);
                 fdpo_train_state_free(&ts);
@@ -826,6 +843,11 @@ static int online_run(const fdpo_online_opts *o) {
             snprintf(extra, sizeof extra, "reward %.4g kl %.4g pairs %g", st.scores, st.kl, st.pairs);
             if (!o->dpo.train.quiet) fdpo_progress_step(&prog, (size_t)k + 1, NAN, o->dpo.train.lr, NAN, NAN, extra);
         }
+        /* a stop requested (fdpo_trainer_request_stop: sacpo's online stages) while the round
+         * ran: the round is complete and its writer saves it (joined below), the next is not begun */
+        if (rc == 0 && k + 1 < o->rounds && fdpo_trainer_take_stop())
+            rc = fdpo_error("interrupted after round %ld (%ld of %ld; the complete rounds in %s are kept; %s)", k, k + 1,
+                            o->rounds, o->out, o->dpo.train.continue_how ? o->dpo.train.continue_how : "continue with --resume");
         free(prev); free(pairs); free(partial); free(done);
     }
     /* the last round's files (also after a failure: a finished round stays finished) */

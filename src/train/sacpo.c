@@ -28,6 +28,8 @@ void fdpo_sacpo_opts_default(fdpo_sacpo_opts *o) {
     fdpo_online_opts_default(&o->online);
 }
 
+static int online_stages_check(const fdpo_sacpo_opts *o);
+
 int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     if (!o->dpo.train.init) return fdpo_error("--model: required (the checkpoint to align)");
     if (!o->reward_data && !o->reward_spec)
@@ -40,15 +42,12 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
         return fdpo_error("--safety-data and --safety: give one (the safety stage trains on the file or online against the spec)");
     if (o->reward_spec || o->safety_spec) {
         if (!o->online.prompts) return fdpo_error("--data: required with --reward/--safety (the prompts the online stages sample from)");
-        if (o->online.rounds < 1) return fdpo_error("--rounds: must be >= 1 (got %ld)", o->online.rounds);
-        if (o->online.prompts_per_round < 1) return fdpo_error("--prompts-per-round: must be >= 1 (got %ld)", o->online.prompts_per_round);
-        if (o->online.n < 2) return fdpo_error("--n: online pairs need at least 2 completions per prompt (got %ld)", o->online.n);
-        if (fdpo_samples_count_check("--prompts-per-round", (size_t)o->online.prompts_per_round, (size_t)o->online.n)) return -1;
+        /* --rounds, --n, the sampling, ...: each online stage's options, checked below as fdpo
+         * online checks them (online_stages_check) */
         /* a stage's rounds save every round, whole (fdpo online refuses it as --mode step's) */
         if (!o->reward_data && !o->safety_data && o->dpo.train.save_every > 0)
             return fdpo_error("--save-every: only stages on files use it (--reward-data/--safety-data); with --reward "
                               "and --safety both stages are online, and an online stage saves every round, whole");
-        if (fdpo_sample_config_check(&o->online.sample)) return -1;
         if (o->online.ref_update_round)
             return fdpo_error("--ref-update round: a SACPO stage's reference is its starting model (the stepwise "
                               "composition of DESIGN §4 needs it); use never");
@@ -81,10 +80,12 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
      * template's dpo.train.out is not used; left NULL it failed "--out: required") */
     fdpo_train_opts t = o->dpo.train;
     t.out = o->out;
-    return fdpo_dpo_run_opts_check(&(fdpo_dpo_run_opts){
-        .train = t, .data = o->reward_data ? o->reward_data : o->safety_data ? o->safety_data : o->online.prompts,
-        .pref = o->dpo.pref, .dpo = o->dpo.dpo,
-        .eval_fraction = o->dpo.eval_fraction, .ref_live = o->dpo.ref_live, .ref_cache_dir = o->dpo.ref_cache_dir});
+    if (fdpo_dpo_run_opts_check(&(fdpo_dpo_run_opts){
+            .train = t, .data = o->reward_data ? o->reward_data : o->safety_data ? o->safety_data : o->online.prompts,
+            .pref = o->dpo.pref, .dpo = o->dpo.dpo,
+            .eval_fraction = o->dpo.eval_fraction, .ref_live = o->dpo.ref_live, .ref_cache_dir = o->dpo.ref_cache_dir}))
+        return -1;
+    return o->reward_spec || o->safety_spec ? online_stages_check(o) : 0;
 }
 
 static char *fmt_dir(const char *out, const char *fmt, double a, double b, double w) {
@@ -553,16 +554,41 @@ static int state_mark(sacpo_state *st, const char *dir) {
     return fdpo_write_json_atomic(st->path, st->root, 1);
 }
 
-/* an online stage: online f-DPO rounds from init (also the reference) against spec into
- * dir.online, then its last round saved as dir; resumes after the last complete round */
-static int run_online_stage(const fdpo_sacpo_opts *o, const char *what, const char *init, const char *spec,
-                            const char *spec_flag, double beta, const char *dir) {
+/* where an online stage's rounds go: DIR.online (malloc'd) */
+static char *online_run_dir(const char *dir) {
     size_t len = strlen(dir);
     char *run = fdpo_malloc(len + 8);
     memcpy(run, dir, len);
     memcpy(run + len, ".online", 8);
+    return run;
+}
+
+/* 1 if the online.json of the stage's rounds in run records a --lexicon: a stage of a run saved
+ * before --lexicon was kept from the specs that do not read it resumes with it */
+static int stage_saved_lexicon(const char *run) {
+    char *path = fdpo_path_join(run, "online.json");
+    size_t len = 0;
+    char *text = fdpo_file_exists(path) ? fdpo_read_file(path, &len) : NULL;
+    cJSON *saved = text ? cJSON_ParseWithLength(text, len) : NULL;
+    const cJSON *lex = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(saved, "settings"), "lexicon");
+    const int has = cJSON_IsString(lex);
+    cJSON_Delete(saved);
+    free(text);
+    free(path);
+    fdpo_clear_error();   /* unreadable: the stage's own resume names it */
+    return has;
+}
+
+/* An online stage's fdpo online run: from init (also its reference) against spec into run,
+ * with beta; the stage runs it and online_stages_check checks it, before any stage runs. */
+static fdpo_online_opts online_stage_opts(const fdpo_sacpo_opts *o, const char *init, const char *spec,
+                                          const char *spec_flag, double beta, const char *run) {
     fdpo_online_opts on = o->online;
     on.model = init;
+    /* and the trainer template's, which online.json records too (as "model.resolved"): it was
+     * sacpo's --model in every stage, so a stage from OUT/reward cut short was refused on the
+     * rerun ("--model: OUT/reward differs from the saved run's OUT/reward (--model ...)") */
+    on.dpo.train.init = init;
     on.ref = NULL;
     on.reward = spec;
     on.reward_opts.flag = spec_flag;   /* its errors name --safety for the safety stage */
@@ -570,11 +596,23 @@ static int run_online_stage(const fdpo_sacpo_opts *o, const char *what, const ch
     char *round0 = fdpo_path_join(run, "round-0");
     on.resume = fdpo_file_exists(round0);   /* continue after its complete rounds, or start at round 0 */
     free(round0);
+    /* --lexicon is the word list of the afinn specs: a stage whose spec reads none does not get
+     * it (fdpo online refuses --lexicon with such a spec; the other stage's afinn uses it) */
+    if (!fdpo_reward_spec_reads_lexicon(spec) && !(on.resume && stage_saved_lexicon(run))) on.reward_opts.lexicon = NULL;
     on.dpo.train.continue_how = SACPO_CONTINUE;
     on.dpo.train.overwrite = 0;   /* the trainer's flags that rounds mode has no use for (it refuses them) */
     on.dpo.train.stop_at = 0;
     on.dpo.train.save_every = 0;
     on.dpo.dpo.loss.beta = beta;
+    return on;
+}
+
+/* an online stage: online f-DPO rounds from init (also the reference) against spec into
+ * dir.online, then its last round saved as dir; resumes after the last complete round */
+static int run_online_stage(const fdpo_sacpo_opts *o, const char *what, const char *init, const char *spec,
+                            const char *spec_flag, double beta, const char *dir) {
+    char *run = online_run_dir(dir);
+    fdpo_online_opts on = online_stage_opts(o, init, spec, spec_flag, beta, run);
     fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s online against %s, beta %g, %ld round(s) in %s", what, init, dir, spec, beta,
              on.rounds, run);
     int rc = fdpo_online_run(&on);
@@ -600,6 +638,10 @@ static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what
         fdpo_log(FDPO_LOG_INFO, "%s: done before (%s)", what, dir);
         return 0;
     }
+    /* a stop that came as the stage before finished (its last step or round): not the next */
+    if (fdpo_trainer_take_stop())
+        return fdpo_error("interrupted before the %s (the stages done are kept in %s; run the same fdpo sacpo command "
+                          "again: it starts there)", what, o->out);
     if (!data) {
         if (run_online_stage(o, what, init, spec, spec_flag, beta, dir)) return fdpo_error_context("sacpo %s", what);
         return state_mark(st, dir);
@@ -745,6 +787,27 @@ static void stages_free(sacpo_stage *s, size_t n) {
     free(s);
 }
 
+/* Every online stage's options as its run takes them (online_stage_opts), by fdpo online's
+ * own check of a rounds run (fdpo_online_rounds_opts_check), before any stage runs: --bt-scale
+ * 0 or --min-lr-ratio under online's constant schedule failed only when the stage started,
+ * after a stage on a file had trained. */
+static int online_stages_check(const fdpo_sacpo_opts *o) {
+    size_t n;
+    sacpo_stage *s = plan_stages(o, &n);
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (s[i].data) continue;
+        char *run = online_run_dir(s[i].dir);
+        fdpo_online_opts on = online_stage_opts(o, s[i].init, s[i].spec, s[i].spec_flag, s[i].beta, run);
+        if (fdpo_online_rounds_opts_check(&on))
+            rc = fdpo_error_context("sacpo %s, online (fdpo online's defaults where a flag is not given: --lr 1e-4, "
+                                    "--schedule constant)", s[i].what);
+        free(run);
+    }
+    stages_free(s, n);
+    return rc;
+}
+
 /* The online stages' prompts as fdpo online checks them at its start: --data holds prompts,
  * each of which leaves room to generate in --model's context (every stage starts from a model
  * of its shape and tokenizer). Found by the first online stage, a missing --data or a prompt too
@@ -757,6 +820,7 @@ static int online_prompts_check(const fdpo_sacpo_opts *o) {
     fdpo_tokenizer *tok = NULL;
     int rc = n == 0 ? fdpo_error("--data %s: no prompts", o->online.prompts) : 0;
     if (!rc) rc = fdpo_eval_load_config("--model", o->dpo.train.init, &c, &tok);
+    if (!rc) rc = fdpo_trainer_set_chat_template(tok, o->online.dpo.train.chat_template);   /* as the stages render them */
     if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, lines, n, &c, NULL, o->online.sample.max_new_tokens, o->online.prompts);
     if (tok) fdpo_tokenizer_free(tok);
     fdpo_free_strings(prompts, n);

@@ -270,13 +270,18 @@ fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o) {
     } else {
         t = fdpo_tokenizer_byte();
     }
-    if (t && o->chat_template) { /* checked here, before any data is read */
-        fdpo_tokenizer_set_chat_template(t, o->chat_template);
-        fdpo_chat chat;
-        if (fdpo_chat_for(t, &chat) && strcmp(o->chat_template, "auto")) { fdpo_tokenizer_free(t); return NULL; }
-        fdpo_chat_free(&chat);
-    }
+    /* checked here, before any data is read */
+    if (t && fdpo_trainer_set_chat_template(t, o->chat_template)) { fdpo_tokenizer_free(t); return NULL; }
     return t;
+}
+
+int fdpo_trainer_set_chat_template(fdpo_tokenizer *t, const char *name) {
+    if (!name) return 0;
+    fdpo_tokenizer_set_chat_template(t, name);
+    fdpo_chat chat;
+    if (fdpo_chat_for(t, &chat)) return strcmp(name, "auto") ? -1 : 0;
+    fdpo_chat_free(&chat);
+    return 0;
 }
 
 int fdpo_trainer_check_lm(const fdpo_gpt2_config *c, const char *flag, const char *dir) {
@@ -1003,6 +1008,17 @@ int fdpo_trainer_stop_requested(const fdpo_trainer *tr) {
     double any = pending;
     if (fdpo_dist_sum_f64(&any, 1)) return 1;
     return any > 0;
+}
+
+int fdpo_trainer_take_stop(void) {
+    const int pending = atomic_load(&g_stop_requests) != atomic_load(&g_stops_honoured);
+    int any = pending;
+    if (fdpo_dist_size() > 1) {   /* collective, as fdpo_trainer_stop_requested */
+        double a = pending;
+        any = fdpo_dist_sum_f64(&a, 1) ? 1 : a > 0;
+    }
+    if (any) stop_honoured();
+    return any;
 }
 
 int fdpo_trainer_maybe_save(fdpo_trainer *tr) {

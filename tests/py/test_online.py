@@ -261,6 +261,11 @@ def test_sigint_in_rounds_mode_keeps_the_complete_rounds_and_says_so(setup, tmp_
     (["--overwrite"], "--overwrite: --mode step only (rounds mode resumes after the last complete round)"),
     (["--save-every", "1"], "--save-every: --mode step only (rounds mode saves every round, whole)"),   # it was ignored
     (["--resume"], "holds no completed round (nothing to resume; drop --resume to start the run)"),   # it started afresh
+    # greedy decoding gives a prompt's --n completions one text: no pair could form, and the run
+    # "succeeded" with the initial weights (step mode without a word)
+    *[([*mode, *greedy], f"fdpo online: --{greedy[0][2:]} {greedy[1]}: online pairs need different completions of a "
+       "prompt, and greedy decoding gives all --n 4 the same text (no pair could ever form)")
+      for mode in ([], ["--mode", "step", "--steps", "2"]) for greedy in (["--temperature", "0"], ["--top-k", "1"])],
     # step mode's step is one f-DPO step: the rounds' batching flags were accepted and ignored
     *[(["--mode", "step", "--steps", "2", f], f"fdpo online: --{f.split('=')[0][2:]}: --mode rounds only (a step of "
        "--mode step is one f-DPO step on the pairs of --prompts-per-round prompts)\n")

@@ -824,3 +824,139 @@ def test_an_interrupted_online_stage_continues_whatever_the_spelling_of_its_spec
         r = run(cwd, prefix, out)
         assert r.returncode == 0 and "resuming after round 0" in r.stderr, r.stderr
         assert (tmp_path / out / "lambda-1").is_dir()
+
+
+@pytest.mark.parametrize("flags,msg", [
+    (["--pairing", "all-bt", "--bt-scale", "0"], "--bt-scale: must be a finite number > 0 (got 0)"),
+    # the online stage's schedule is fdpo online's constant unless given: --min-lr-ratio has no effect there
+    (["--min-lr-ratio", "0.1"], "--min-lr-ratio: has no effect with --schedule constant"),
+    # greedy decoding gives every prompt --n equal completions: no pair, nothing trained
+    (["--temperature", "0"], "--temperature 0: online pairs need different completions of a prompt"),
+    (["--top-k", "1"], "--top-k 1: online pairs need different completions of a prompt"),
+])
+def test_online_stage_options_are_checked_before_any_stage_trains(data, tmp_path, flags, msg):
+    """A reward stage on its file, an online safety stage: the online stage's own options were
+    checked (by fdpo online's check) only when it started, after the reward stage had trained;
+    --temperature 0 was accepted and every lambda was --model's weights, untrained"""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    s = tmp_path / "s"
+    r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety", "length",
+             "--data", tmp_path / "p.txt", "--lambda", 1, "--out", s, *COMMON, *TINY_ONLINE, *flags, check=False)
+    assert r.returncode == 1 and "sacpo safety stage (lambda 1), online" in r.stderr and msg in r.stderr, r.stderr
+    assert not s.exists()   # no stage ran
+
+
+@pytest.mark.parametrize("order", ["reward-first", "safety-first"])
+def test_lexicon_goes_to_the_afinn_stage_only(data, tmp_path, order):
+    """--reward afinn --lexicon F with a --safety that reads no lexicon: the safety stage got
+    --lexicon too and refused it ("only used by --reward afinn") after the reward stage trained,
+    on every rerun (safety-first: at once). Both stages run."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(4)))
+    (tmp_path / "lex.json").write_text(json.dumps({"good": 3, "bad": -3}))
+    s = tmp_path / "s"
+    fdpo("sacpo", "--model", data / "base", "--reward", "afinn", "--lexicon", tmp_path / "lex.json",
+         "--safety", "length", "--data", tmp_path / "p.txt", "--lambda", 1, "--order", order, "--out", s,
+         *TINY_ONLINE)
+    state = json.loads((s / "sacpo.json").read_text())
+    assert len(state["stages_done"]) == 2 and (s / "lambda-1" / "model.safetensors").exists()
+
+
+SLOW_LETTERS = """import json, os, sys, time
+lines = sys.stdin.buffer.read().splitlines()
+mark = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scoring")
+open(mark, "a").write("x")
+time.sleep(1.0)
+for l in lines:
+    print(sum("a" <= ch <= "z" for ch in json.loads(l.decode("utf-8", "surrogateescape"))["completion"]))
+"""
+
+
+def test_sigint_in_an_online_stage_keeps_the_finished_round_and_says_how_sacpo_continues(data, tmp_path):
+    """SIGINT while an online stage's round 0 is being scored: the round (its single f-DPO step
+    done) was thrown away, and the message named round-0.pairs.jsonl, never written, and not how
+    to go on. The round is kept, the next not begun, the message says to run the same command
+    again, and that rerun resumes after round 0."""
+    import signal
+    import time
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    (tmp_path / "slow.py").write_text(SLOW_LETTERS)
+    s = tmp_path / "s"
+    args = [FDPO_BIN, "sacpo", "--model", data / "base", "--reward", f"cmd:/usr/bin/python3 {tmp_path / 'slow.py'}",
+            "--safety", "length", "--data", tmp_path / "p.txt", "--lambda", 1, "--out", s, "--rounds", 2,
+            "--prompts-per-round", 4, "--n", 4, "--max-new-tokens", 8, "--threads", 1, "--quiet"]
+    p = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None and not (tmp_path / "scoring").exists():
+        time.sleep(0.01)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(signal.SIGINT)   # fdpo only: the reward program goes on and scores the round
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last == (f"fdpo sacpo: sacpo reward stage: interrupted after round 0 (1 of 2; the complete rounds in "
+                    f"{s / 'reward.online'} are kept; run the same fdpo sacpo command again: it resumes the stage)"), err
+    assert (s / "reward.online" / "round-0").is_dir() and not (s / "reward.online" / "round-1").exists()
+    for path in (w for w in err.split() if w.endswith(".jsonl")):
+        assert os.path.exists(path), err   # a file it names is there
+    r = fdpo(*map(str, args[1:]))
+    assert "resuming after round 0" in r.stderr or (s / "lambda-1").is_dir(), r.stderr
+    assert len(json.loads((s / "sacpo.json").read_text())["stages_done"]) == 2
+
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>'"
+          " + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_chat_template_renders_the_online_stages_prompts(data, tmp_path):
+    """sacpo --chat-template was recorded in the plan and ignored by the online stages (their
+    conversational prompts took the checkpoint's template). The byte-level tokenizer makes a
+    prompt's token count its rendered byte count: a conversation whose ChatML render (Jinja2,
+    as transformers' apply_chat_template; --model's n_positions is 128) leaves no room to
+    generate is refused by that count before any stage runs, and one that fits runs; the
+    stages' checkpoints carry the template."""
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+
+    def chatml(msgs):
+        return env.from_string(CHATML).render(messages=msgs, add_generation_prompt=True)
+
+    model = tmp_path / "m"
+    GPT2(**{**TINY, "n_positions": 128}, seed=3).save_hf(str(model))
+    save_byte_tokenizer(str(model))   # no template of its own: plain
+    long = [{"role": "user", "content": "x" * 80}]    # plain's render fits
+    short = [{"role": "user", "content": "hi"}]
+    assert len(chatml(long).encode()) >= 128 > len(chatml(short).encode()) + 8
+    write_jsonl(tmp_path / "long.jsonl", [{"prompt": long}])
+    write_jsonl(tmp_path / "short.jsonl", [{"prompt": short}] * 4)
+    base = ["sacpo", "--model", model, "--reward", "length", "--safety", "length:words", "--lambda", 1,
+            *TINY_ONLINE, "--chat-template", "chatml"]
+    r = fdpo(*base, "--data", tmp_path / "long.jsonl", "--out", tmp_path / "l", check=False)
+    n = len(chatml(long).encode())
+    assert r.returncode == 1 and f"long.jsonl:1: the prompt's {n} tokens leave no room to generate" in r.stderr, r.stderr
+    assert not (tmp_path / "l").exists()
+    fdpo(*base, "--data", tmp_path / "short.jsonl", "--out", tmp_path / "s")
+    info = fdpo("info", tmp_path / "s" / "lambda-1").stdout
+    assert "chat_template: chatml" in info, info
+
+
+def test_a_second_online_stage_cut_short_resumes(data, tmp_path):
+    """The safety stage starts from OUT/reward: its online.json recorded sacpo's --model as where
+    its --model resolved ("model.resolved"), so the rerun that should resume it after round 0
+    was refused ("--model: OUT/reward differs from the saved run's OUT/reward (MODEL; ...)").
+    A directory where round 1's pairs go makes that round fail (as a crash would)."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    s = tmp_path / "s"
+    args = ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length:words", "--data",
+            tmp_path / "p.txt", "--lambda", 1, "--out", s, *TINY_ONLINE, "--rounds", 2]
+    args[2] = "base"   # relative (run from data/): where it resolved is recorded beside it
+
+    def run():
+        return subprocess.run([FDPO_BIN, *map(str, args)], cwd=data, capture_output=True, text=True, timeout=300)
+
+    (s / "lambda-1.online" / "round-1.pairs.jsonl").mkdir(parents=True)
+    r = run()
+    assert r.returncode == 1 and "sacpo safety stage (lambda 1): round 1" in r.stderr, r.stderr
+    (s / "lambda-1.online" / "round-1.pairs.jsonl").rmdir()
+    r = run()
+    assert r.returncode == 0 and "resuming after round 0" in r.stderr, r.stderr
+    assert (s / "lambda-1" / "model.safetensors").exists() and (s / "lambda-1.online" / "round-1").is_dir()
