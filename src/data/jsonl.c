@@ -109,6 +109,24 @@ static size_t line_col(const char *text, size_t off, size_t line_no, size_t *col
     return line_no;
 }
 
+size_t fdpo_json_bad_u_escape(const char *s, size_t n) {
+#define HEX(c) (((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'f') || ((c) >= 'A' && (c) <= 'F'))
+    int in = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!in) { in = s[i] == '"'; continue; }
+        if (s[i] == '"') { in = 0; continue; }
+        if (s[i] != '\\') continue;
+        if (i + 1 < n && s[i + 1] == 'u') {
+            size_t k = 0;
+            while (k < 4 && i + 2 + k < n && HEX(s[i + 2 + k])) k++;
+            if (k < 4) return i + 1;   /* its u, where Python's json points */
+        }
+        i++; /* the escaped character */
+    }
+    return n;
+#undef HEX
+}
+
 /* Every check but the root's kind, in the order fdpo_jsonl_parse_object has always made
  * them; what: "object" or "value", the noun of "unexpected text after the JSON ...". The
  * duplicate key is left to the caller: a JSONL line that is not an object is named so first. */
@@ -120,6 +138,12 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
         fdpo_error("%s:%zu: invalid JSON: a raw control character (U+%04X) %s at column %zu%s", path, ln,
                    (unsigned)(unsigned char)line[ctl], in_string ? "inside a string" : "between values", col,
                    in_string ? " (JSON needs it escaped, as \\t or \\u00XX)" : "");
+        return NULL;
+    }
+    size_t esc = fdpo_json_bad_u_escape(line, n);
+    if (esc < n) {
+        size_t ln = line_col(line, esc, line_no, &col);
+        fdpo_error("%s:%zu: " FDPO_JSON_BAD_U_ESCAPE, path, ln, col);
         return NULL;
     }
     const char *end = NULL;
