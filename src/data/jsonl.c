@@ -241,10 +241,8 @@ size_t fdpo_jsonl_bom(const char *text, size_t len) {
     return len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0;
 }
 
-/* Offset of the first NUL inside a JSON string of raw[0..n), or n: a "\u0000" escape or a raw
- * 0 byte (cJSON keeps raw control bytes, and the string ends there too). Escapes are skipped
- * pairwise so that "\\u0000" (a backslash, then text) does not count. */
-static size_t find_nul(const char *raw, size_t n) {
+/* Escapes are skipped pairwise so that "\\u0000" (a backslash, then text) does not count. */
+size_t fdpo_json_find_nul(const char *raw, size_t n) {
     int in_string = 0;
     for (size_t i = 0; i < n; i++) {
         char c = raw[i];
@@ -256,6 +254,28 @@ static size_t find_nul(const char *raw, size_t n) {
         i++; /* the escaped character */
     }
     return n;
+}
+
+size_t *fdpo_json_member_offsets(const char *s, size_t n, size_t *count) {
+    size_t depth = 0, k = 0, cap = 64;
+    size_t *at = fdpo_malloc(cap * sizeof *at);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '{' || s[i] == '[') depth++;
+        else if ((s[i] == '}' || s[i] == ']') && depth) depth--;
+        else if (s[i] == '"') {
+            size_t start = i;
+            for (i++; i < n && s[i] != '"'; i++)
+                if (s[i] == '\\') i++;
+            size_t j = i + 1;   /* a key is the string before a ':' */
+            while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r' || s[j] == '\n')) j++;
+            if (depth == 1 && j < n && s[j] == ':') {
+                if (k == cap) at = fdpo_realloc(at, (cap *= 2) * sizeof *at);
+                at[k++] = start;
+            }
+        }
+    }
+    *count = k;
+    return at;
 }
 
 /* Walk a (NUL-cut) and b (the same text with every NUL made U+0001) together; the
@@ -276,12 +296,12 @@ static int find_cut(const cJSON *a, const cJSON *b, char *path, size_t cap) {
 }
 
 static int check_nul(const char *where, const char *field, const char *raw, size_t n, const cJSON *root) {
-    size_t at = find_nul(raw, n);
+    size_t at = fdpo_json_find_nul(raw, n);
     if (at == n) return 0;
     char *copy = fdpo_malloc(n + 1);
     memcpy(copy, raw, n);
     copy[n] = 0;
-    for (size_t i = at; i < n; i = find_nul(copy, n)) { /* every NUL becomes U+0001 */
+    for (size_t i = at; i < n; i = fdpo_json_find_nul(copy, n)) { /* every NUL becomes U+0001 */
         if (copy[i] == 0) copy[i] = 1;
         else copy[i + 5] = '1';
     }

@@ -156,16 +156,28 @@ static int lex_parse_js(lexicon *L, const char *path, const char *s) {
 /* A JSON lexicon {"word": valence, ...}, read by the JSONL readers' parser
  * (fdpo_jsonl_parse_object: escapes such as \u00ef, a key twice, raw control characters,
  * JSON's number grammar and text after the object are FILE:LINE errors); each valence's own
- * text is then read as lexicon:FILE reads a weight (1e-400 would be 0, 1e999 infinite). */
+ * text is then read as lexicon:FILE reads a weight (1e-400 would be 0, 1e999 infinite). A
+ * valence that is not a number and a NUL in a word are named by the member's line too. */
 static int lex_parse_json(lexicon *L, const char *path, const char *text, size_t len) {
     cJSON *o = fdpo_jsonl_parse_object(path, 1, text, len, "{\"word\": valence, ...}");
     if (!o) return -1;
-    int rc = fdpo_jsonl_check_nul(path, text, len, o);
-    size_t at = 0, nlen = 0, line = 1, counted = 0;
-    for (cJSON *e = o->child; e && !rc; e = e->next) {
+    size_t n_keys, *key_at = fdpo_json_member_offsets(text, len, &n_keys), nul = fdpo_json_find_nul(text, len);
+    size_t at = 0, nlen = 0, line = 1, counted = 0, k = 0, key_line = 1, key_counted = 0;
+    int rc = 0;
+    for (cJSON *e = o->child; e && !rc; e = e->next, k++) {
         size_t kl = strlen(e->string);
+        for (; k < n_keys && key_counted < key_at[k]; key_counted++)   /* the member's line: its key's */
+            key_line += text[key_counted] == '\n';
+        size_t key_end = k < n_keys ? key_at[k] + 1 : len;   /* its closing quote */
+        while (key_end < len && text[key_end] != '"') key_end += text[key_end] == '\\' ? 2 : 1;
+        if (k < n_keys && nul > key_at[k] && nul < key_end) {   /* cJSON cut the word there */
+            rc = fdpo_error("%s:%zu: the word '%.*s\\u0000...' contains a NUL character (\\u0000): words hold none", path,
+                            key_line, kl > 200 ? 200 : (int)kl, e->string);
+            break;
+        }
         if (!cJSON_IsNumber(e)) {
-            rc = fdpo_error("%s: the valence of '%.*s' is not a number", path, kl > 200 ? 200 : (int)kl, e->string);
+            rc = fdpo_error("%s:%zu: the valence of '%.*s' is not a number", path, key_line, kl > 200 ? 200 : (int)kl,
+                            e->string);
             break;
         }
         /* the members so far were numbers, so this one's is the next number of the text */
@@ -180,6 +192,7 @@ static int lex_parse_json(lexicon *L, const char *path, const char *text, size_t
             if (e->string[i] >= 'A' && e->string[i] <= 'Z') e->string[i] = (char)(e->string[i] - 'A' + 'a');
         if (!rc) lex_put(L, e->string, kl, v);
     }
+    free(key_at);
     cJSON_Delete(o);
     if (!rc && L->n == 0) rc = fdpo_error("%s: the lexicon is empty", path);
     return rc;

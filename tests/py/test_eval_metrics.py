@@ -381,10 +381,17 @@ def test_afinn_json_lexicon_is_read_as_json(tmp_path):
     with pytest.raises(ValueError):
         json.loads(two)   # "Extra data"
     assert json.loads('{"good": 3,\n "good": 1}') == {"good": 1}   # Python keeps the last, cJSON's lookup the first
+    with pytest.raises(ValueError, match=r"Invalid \\uXXXX escape: line 3 column 10"):   # where fdpo points
+        json.loads('{\n  "good": 3,\n  "happy\\uZZZZ-go-lucky": 3\n}\n')
     for text, msg in [(two, ":2: unexpected text after the JSON object at column 1"),
                       ('{"good": 3,\n "good": 1}', ':2: key "good" appears twice in one object'),   # the second's line
-                      ('{"good": 3,\n "bad": "-3"}', ": the valence of 'bad' is not a number"),
-                      ('{"good": 3,\n "ba\\u0000d": -3}', ": field 'ba\\u0000... (a key)' contains a NUL character")]:
+                      # FILE:LINE as docs/eval.md says (the member's line; they named the file only)
+                      ('{"good": 3,\n "bad": "-3"}', ":2: the valence of 'bad' is not a number"),
+                      ('{\n  "good": 3,\n  "bad": -3,\n  "ug\\u0000ly": -2\n}\n',
+                       ":4: the word 'ug\\u0000...' contains a NUL character"),
+                      ('{\n  "good": 3,\n  "bad": "-3\\u0000",\n  "ugly": -2\n}\n', ":3: the valence of 'bad' is not a number"),
+                      ('{\n  "good": 3,\n  "happy\\uZZZZ-go-lucky": 3\n}\n',   # cJSON read the word 'happy'
+                       ":3: invalid JSON: the \\u escape at column 10 needs four hex digits")]:
         lexf.write_text(text)
         r = reward(tmp_path, "afinn:sum", [("p", "good bad")], "--lexicon", lexf)
         assert r.returncode == 1 and f"{lexf}{msg}" in r.stderr, (text, r.stderr)
