@@ -23,14 +23,15 @@ const char *fdpo_json_duplicate_key(const cJSON *j);
  * grammar; a --lexicon reads its weights' text with it. */
 size_t fdpo_json_next_number(const char *s, size_t n, size_t from, size_t *len);
 
-/* The offset of the u of the first \u escape inside a string of the JSON text s[0..n) that four hex
- * digits do not follow (\uZZZZ, \u12G4, \u 123), or n. RFC 8259 needs the four digits and
+/* The offset of the u of the first \u escape inside a string of the JSON text s[0..n) that
+ * four hex digits do not follow (\uZZZZ, \u12G4, \u 123), or n. RFC 8259 needs the four digits and
  * Python's json refuses the text; cJSON reads such an escape as U+0000, so the string ends
  * there without a word. Checked by fdpo_jsonl_parse_object / fdpo_json_parse_value and by every
  * other reader of a JSON file a user hands fdpo (tokenizer.json, a safetensors header, a
  * conversation kept as JSON text), each with FDPO_JSON_BAD_U_ESCAPE and the column. */
 size_t fdpo_json_bad_u_escape(const char *s, size_t n);
-#define FDPO_JSON_BAD_U_ESCAPE "invalid JSON: the \\u escape at column %zu needs four hex digits (Python's json refuses it; read as U+0000 it would cut the string there)"
+#define FDPO_JSON_BAD_U_ESCAPE "invalid JSON: the \\u escape at column %zu needs four hex digits (Python's json " \
+                               "refuses it; read as U+0000 it would cut the string there)"
 
 /* Offset of the first NUL inside a JSON string of raw[0..n), or n: a "\u0000" escape or a raw
  * 0 byte (cJSON keeps raw control bytes, and the string ends there too). What

@@ -96,7 +96,8 @@ static void lex_note_dead(lexicon *L, const char *key, size_t kl) {
     }
     if (ok) return;
     size_t used = strlen(L->dead);
-    if (L->n_dead++ < 3) snprintf(L->dead + used, sizeof L->dead - used, "%s'%.*s'", used ? ", " : "", kl > 20 ? 20 : (int)kl, key);
+    if (L->n_dead++ < 3)
+        snprintf(L->dead + used, sizeof L->dead - used, "%s'%.*s'", used ? ", " : "", kl > 20 ? 20 : (int)kl, key);
 }
 
 static const lex_entry *lex_get(const lexicon *L, const char *key, size_t len) {
@@ -284,8 +285,8 @@ static int lex_load(lexicon *L, const char *path) {
     int rc = lex_parse(L, found, text, len);
     if (rc == 0 && L->n_dead)   /* not silent, not refused: the default AFINN-165 has two */
         fdpo_log(FDPO_LOG_WARN, "%s: %zu word%s can never match, so never score (%s%s): words are runs of letters, "
-                 "apostrophes, hyphens and non-ASCII bytes, a phrase's joined by single spaces (docs/eval.md)", found, L->n_dead, L->n_dead == 1 ? "" : "s", L->dead,
-                 L->n_dead > 3 ? ", ..." : "");
+                 "apostrophes, hyphens and non-ASCII bytes, a phrase's joined by single spaces (docs/eval.md)",
+                 found, L->n_dead, L->n_dead == 1 ? "" : "s", L->dead, L->n_dead > 3 ? ", ..." : "");
     free(text); free(found);
     return rc;
 }
