@@ -534,6 +534,12 @@ int fdpo_chat_parse_conversation(const char *text, const char *field, cJSON **ou
     for (const cJSON *e = is ? list->child : NULL; e && is; e = e->next)
         is = cJSON_IsObject(e) && cJSON_GetObjectItemCaseSensitive(e, "role");
     if (!is) { cJSON_Delete(list); return 0; }
+    size_t n = strlen(text), esc = fdpo_json_bad_u_escape(text, n);   /* cJSON cut a string there */
+    if (esc < n) {
+        fdpo_error("%s (its messages' JSON text): " FDPO_JSON_BAD_U_ESCAPE, field, esc + 1);
+        cJSON_Delete(list);
+        return -1;
+    }
     /* refused as in a JSONL line (fdpo_jsonl_parse_object): cJSON's lookups read the first
      * copy, Python's json the last */
     const char *dup = fdpo_json_duplicate_key(list);

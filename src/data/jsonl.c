@@ -109,6 +109,24 @@ static size_t line_col(const char *text, size_t off, size_t line_no, size_t *col
     return line_no;
 }
 
+size_t fdpo_json_bad_u_escape(const char *s, size_t n) {
+#define HEX(c) (((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'f') || ((c) >= 'A' && (c) <= 'F'))
+    int in = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!in) { in = s[i] == '"'; continue; }
+        if (s[i] == '"') { in = 0; continue; }
+        if (s[i] != '\\') continue;
+        if (i + 1 < n && s[i + 1] == 'u') {
+            size_t k = 0;
+            while (k < 4 && i + 2 + k < n && HEX(s[i + 2 + k])) k++;
+            if (k < 4) return i + 1;   /* its u, where Python's json points */
+        }
+        i++; /* the escaped character */
+    }
+    return n;
+#undef HEX
+}
+
 /* Every check but the root's kind, in the order fdpo_jsonl_parse_object has always made
  * them; what: "object" or "value", the noun of "unexpected text after the JSON ...". The
  * duplicate key is left to the caller: a JSONL line that is not an object is named so first. */
@@ -120,6 +138,12 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
         fdpo_error("%s:%zu: invalid JSON: a raw control character (U+%04X) %s at column %zu%s", path, ln,
                    (unsigned)(unsigned char)line[ctl], in_string ? "inside a string" : "between values", col,
                    in_string ? " (JSON needs it escaped, as \\t or \\u00XX)" : "");
+        return NULL;
+    }
+    size_t esc = fdpo_json_bad_u_escape(line, n);
+    if (esc < n) {
+        size_t ln = line_col(line, esc, line_no, &col);
+        fdpo_error("%s:%zu: " FDPO_JSON_BAD_U_ESCAPE, path, ln, col);
         return NULL;
     }
     const char *end = NULL;
@@ -217,10 +241,8 @@ size_t fdpo_jsonl_bom(const char *text, size_t len) {
     return len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0;
 }
 
-/* Offset of the first NUL inside a JSON string of raw[0..n), or n: a "\u0000" escape or a raw
- * 0 byte (cJSON keeps raw control bytes, and the string ends there too). Escapes are skipped
- * pairwise so that "\\u0000" (a backslash, then text) does not count. */
-static size_t find_nul(const char *raw, size_t n) {
+/* Escapes are skipped pairwise so that "\\u0000" (a backslash, then text) does not count. */
+size_t fdpo_json_find_nul(const char *raw, size_t n) {
     int in_string = 0;
     for (size_t i = 0; i < n; i++) {
         char c = raw[i];
@@ -232,6 +254,28 @@ static size_t find_nul(const char *raw, size_t n) {
         i++; /* the escaped character */
     }
     return n;
+}
+
+size_t *fdpo_json_member_offsets(const char *s, size_t n, size_t *count) {
+    size_t depth = 0, k = 0, cap = 64;
+    size_t *at = fdpo_malloc(cap * sizeof *at);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '{' || s[i] == '[') depth++;
+        else if ((s[i] == '}' || s[i] == ']') && depth) depth--;
+        else if (s[i] == '"') {
+            size_t start = i;
+            for (i++; i < n && s[i] != '"'; i++)
+                if (s[i] == '\\') i++;
+            size_t j = i + 1;   /* a key is the string before a ':' */
+            while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r' || s[j] == '\n')) j++;
+            if (depth == 1 && j < n && s[j] == ':') {
+                if (k == cap) at = fdpo_realloc(at, (cap *= 2) * sizeof *at);
+                at[k++] = start;
+            }
+        }
+    }
+    *count = k;
+    return at;
 }
 
 /* Walk a (NUL-cut) and b (the same text with every NUL made U+0001) together; the
@@ -252,12 +296,12 @@ static int find_cut(const cJSON *a, const cJSON *b, char *path, size_t cap) {
 }
 
 static int check_nul(const char *where, const char *field, const char *raw, size_t n, const cJSON *root) {
-    size_t at = find_nul(raw, n);
+    size_t at = fdpo_json_find_nul(raw, n);
     if (at == n) return 0;
     char *copy = fdpo_malloc(n + 1);
     memcpy(copy, raw, n);
     copy[n] = 0;
-    for (size_t i = at; i < n; i = find_nul(copy, n)) { /* every NUL becomes U+0001 */
+    for (size_t i = at; i < n; i = fdpo_json_find_nul(copy, n)) { /* every NUL becomes U+0001 */
         if (copy[i] == 0) copy[i] = 1;
         else copy[i + 5] = '1';
     }

@@ -23,6 +23,26 @@ const char *fdpo_json_duplicate_key(const cJSON *j);
  * grammar; a --lexicon reads its weights' text with it. */
 size_t fdpo_json_next_number(const char *s, size_t n, size_t from, size_t *len);
 
+/* The offset of the u of the first \u escape inside a string of the JSON text s[0..n) that
+ * four hex digits do not follow (\uZZZZ, \u12G4, \u 123), or n. RFC 8259 needs the four digits and
+ * Python's json refuses the text; cJSON reads such an escape as U+0000, so the string ends
+ * there without a word. Checked by fdpo_jsonl_parse_object / fdpo_json_parse_value and by every
+ * other reader of a JSON file a user hands fdpo (tokenizer.json, a safetensors header, a
+ * conversation kept as JSON text), each with FDPO_JSON_BAD_U_ESCAPE and the column. */
+size_t fdpo_json_bad_u_escape(const char *s, size_t n);
+#define FDPO_JSON_BAD_U_ESCAPE "invalid JSON: the \\u escape at column %zu needs four hex digits (Python's json " \
+                               "refuses it; read as U+0000 it would cut the string there)"
+
+/* Offset of the first NUL inside a JSON string of raw[0..n), or n: a "\u0000" escape or a raw
+ * 0 byte (cJSON keeps raw control bytes, and the string ends there too). What
+ * fdpo_jsonl_check_nul looks for; a --lexicon names the word and line that holds it. */
+size_t fdpo_json_find_nul(const char *raw, size_t n);
+
+/* The offsets of the opening quotes of the keys of the object that the JSON text s[0..n)
+ * (valid JSON) is, in the text's order (cJSON's order of the members), malloc'd; *count
+ * gets how many. Where a file of many lines (a --lexicon) names a member's line. */
+size_t *fdpo_json_member_offsets(const char *s, size_t n, size_t *count);
+
 /* 0 with *out set when j is a JSON number holding a non-negative integer <= 2^53 (every
  * such integer is exact in a double and fits size_t: no cast of an out-of-range double,
  * which is undefined behaviour); else -1, *out untouched. The one check for the sizes,

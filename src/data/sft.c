@@ -183,6 +183,30 @@ static int add_conversation(builder *b, const fdpo_tokenizer *tok, const cJSON *
     return kept;
 }
 
+/* {"prompt": "[messages' JSON text]", "completion": text}: how generate, online and pairs keep
+ * a conversational prompt, so a rejection-sampling loop (generate -> filter -> sft) trains on
+ * its samples as they were sampled. Read as dpo, kto, rm and score read it: the prompt
+ * rendered with its generation prompt (fdpo_chat_encode_prompt), the completion as the
+ * assistant's reply to it up to the end-of-turn marker (fdpo_chat_encode_reply), then eos
+ * as add_messages ends one; loss on the reply. 1 kept, 0 dropped, 2 the prompt is plain
+ * text (nothing added), -1 error. */
+static int add_sampled(builder *b, const fdpo_tokenizer *tok, const char *prompt, const char *completion,
+                       const char *where, size_t seq_len) {
+    int32_t *p = NULL, *c = NULL;
+    size_t np = 0, nc = 0;
+    int is = fdpo_chat_encode_prompt(tok, prompt, &p, &np);
+    if (is == 1) return 2;
+    if (is == 0) is = fdpo_chat_encode_reply(tok, prompt, completion, &c, &nc);
+    if (is != 0) { free(p); free(c); return fdpo_error_context("%s", where); }
+    const int32_t eot = fdpo_tokenizer_eot(tok);
+    size_t begin = b->n;
+    b_push(b, p, np, 0.0f);
+    b_push(b, c, nc, 1.0f);
+    if (nc == 0 || c[nc - 1] != eot) b_push(b, &eot, 1, 1.0f);
+    free(p); free(c);
+    return finish_seq(b, begin, seq_len);
+}
+
 _Static_assert(sizeof ((fdpo_sft_stats *)0)->first_dropped >= PATH_MAX + 32, "a FILE:LINE of parse_text's where");
 
 /* the example just added at where: kept (1, maybe cut) or dropped (0), counted in st */
@@ -237,6 +261,11 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
             } else {
                 fdpo_error("%s: field 'completion' missing (expected {\"prompt\", \"completion\"}, {\"text\"} "
                            "or {\"messages\"})", where); err = 1;
+            }
+            if (!err && prompt && completion) {
+                int kept = add_sampled(b, tok, prompt, completion, where, seq_len);
+                if (kept < 0) err = 1;
+                else if (kept < 2) { count_example(st, b, kept, where); completion = NULL; }   /* not again as text */
             }
             if (!err && (text || completion)) {
                 int kept = add_example(b, tok, prompt, completion, text, seq_len);

@@ -27,7 +27,10 @@ typedef enum { REWARD_AFINN, REWARD_AFINN_SUM, REWARD_LEXICON, REWARD_LENGTH_TOK
 /* AFINN lexicon: lowercase key (a word, a hyphenated word or a phrase of words separated
  * by single spaces) -> valence, in an open-addressing table. */
 typedef struct { char *key; double value; uint64_t hash; } lex_entry;
-typedef struct { lex_entry *e; size_t cap, n; size_t max_phrase_words; } lexicon;
+typedef struct {
+    lex_entry *e; size_t cap, n; size_t max_phrase_words;
+    size_t n_dead; char dead[96];   /* --lexicon words no text can match (lex_note_dead), the first few */
+} lexicon;
 
 struct fdpo_reward {
     reward_kind kind;
@@ -52,7 +55,10 @@ static lex_entry *lex_slot(lexicon *L, const char *key, size_t len, uint64_t h) 
 
 static void lex_put(lexicon *L, const char *key, size_t len, double v) {
     if (2 * (L->n + 1) > L->cap) {
-        lexicon big = {fdpo_calloc(L->cap ? 2 * L->cap : 1024, sizeof(lex_entry)), L->cap ? 2 * L->cap : 1024, 0, L->max_phrase_words};
+        lexicon big = *L;   /* its counts and notes; a table twice the size */
+        big.cap = L->cap ? 2 * L->cap : 1024;
+        big.e = fdpo_calloc(big.cap, sizeof(lex_entry));
+        big.n = 0;
         for (size_t i = 0; i < L->cap; i++)
             if (L->e[i].key) { *lex_slot(&big, L->e[i].key, strlen(L->e[i].key), L->e[i].hash) = L->e[i]; big.n++; }
         free(L->e);
@@ -70,6 +76,28 @@ static void lex_put(lexicon *L, const char *key, size_t len, double v) {
     size_t words = 1;
     for (size_t i = 0; i < len; i++) words += key[i] == ' ';
     if (words > L->max_phrase_words) L->max_phrase_words = words;
+}
+
+static int afinn_char(unsigned char c);
+
+/* A --lexicon word no text can produce, counted and the first few kept for one notice:
+ * completions are split into maximal runs of afinn_char without a leading or trailing
+ * apostrophe or hyphen, a phrase joins them with single spaces (AFINN-165's "gr8" and "n00b"
+ * never score). Kept in the table all the same (so scores stay what they were): lexicon:FILE
+ * refuses such a word as a typo, but a published lexicon is taken as it is. */
+static void lex_note_dead(lexicon *L, const char *key, size_t kl) {
+    int ok = kl > 0;
+    for (size_t a = 0; a <= kl && ok; a++) {
+        size_t z = a;
+        while (z < kl && key[z] != ' ') z++;
+        ok = z > a && key[a] != '\'' && key[a] != '-' && key[z - 1] != '\'' && key[z - 1] != '-';
+        for (; a < z && ok; a++) ok = afinn_char((unsigned char)key[a]);
+        a = z;
+    }
+    if (ok) return;
+    size_t used = strlen(L->dead);
+    if (L->n_dead++ < 3)
+        snprintf(L->dead + used, sizeof L->dead - used, "%s'%.*s'", used ? ", " : "", kl > 20 ? 20 : (int)kl, key);
 }
 
 static const lex_entry *lex_get(const lexicon *L, const char *key, size_t len) {
@@ -142,6 +170,7 @@ static int lex_parse_js(lexicon *L, const char *path, const char *s) {
         if (rc) return rc;
         p += vl;
         for (size_t i = 0; i < kl; i++) if (key[i] >= 'A' && key[i] <= 'Z') key[i] = (char)(key[i] - 'A' + 'a');
+        lex_note_dead(L, key, kl);
         lex_put(L, key, kl, v);
     }
     for (p++; *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ';'; p++) {}
@@ -156,16 +185,28 @@ static int lex_parse_js(lexicon *L, const char *path, const char *s) {
 /* A JSON lexicon {"word": valence, ...}, read by the JSONL readers' parser
  * (fdpo_jsonl_parse_object: escapes such as \u00ef, a key twice, raw control characters,
  * JSON's number grammar and text after the object are FILE:LINE errors); each valence's own
- * text is then read as lexicon:FILE reads a weight (1e-400 would be 0, 1e999 infinite). */
+ * text is then read as lexicon:FILE reads a weight (1e-400 would be 0, 1e999 infinite). A
+ * valence that is not a number and a NUL in a word are named by the member's line too. */
 static int lex_parse_json(lexicon *L, const char *path, const char *text, size_t len) {
     cJSON *o = fdpo_jsonl_parse_object(path, 1, text, len, "{\"word\": valence, ...}");
     if (!o) return -1;
-    int rc = fdpo_jsonl_check_nul(path, text, len, o);
-    size_t at = 0, nlen = 0, line = 1, counted = 0;
-    for (cJSON *e = o->child; e && !rc; e = e->next) {
+    size_t n_keys, *key_at = fdpo_json_member_offsets(text, len, &n_keys), nul = fdpo_json_find_nul(text, len);
+    size_t at = 0, nlen = 0, line = 1, counted = 0, k = 0, key_line = 1, key_counted = 0;
+    int rc = 0;
+    for (cJSON *e = o->child; e && !rc; e = e->next, k++) {
         size_t kl = strlen(e->string);
+        for (; k < n_keys && key_counted < key_at[k]; key_counted++)   /* the member's line: its key's */
+            key_line += text[key_counted] == '\n';
+        size_t key_end = k < n_keys ? key_at[k] + 1 : len;   /* its closing quote */
+        while (key_end < len && text[key_end] != '"') key_end += text[key_end] == '\\' ? 2 : 1;
+        if (k < n_keys && nul > key_at[k] && nul < key_end) {   /* cJSON cut the word there */
+            rc = fdpo_error("%s:%zu: the word '%.*s\\u0000...' contains a NUL character (\\u0000): words hold none", path,
+                            key_line, kl > 200 ? 200 : (int)kl, e->string);
+            break;
+        }
         if (!cJSON_IsNumber(e)) {
-            rc = fdpo_error("%s: the valence of '%.*s' is not a number", path, kl > 200 ? 200 : (int)kl, e->string);
+            rc = fdpo_error("%s:%zu: the valence of '%.*s' is not a number", path, key_line, kl > 200 ? 200 : (int)kl,
+                            e->string);
             break;
         }
         /* the members so far were numbers, so this one's is the next number of the text */
@@ -178,8 +219,9 @@ static int lex_parse_json(lexicon *L, const char *path, const char *text, size_t
         free(num);
         for (size_t i = 0; i < kl; i++)
             if (e->string[i] >= 'A' && e->string[i] <= 'Z') e->string[i] = (char)(e->string[i] - 'A' + 'a');
-        if (!rc) lex_put(L, e->string, kl, v);
+        if (!rc) { lex_note_dead(L, e->string, kl); lex_put(L, e->string, kl, v); }
     }
+    free(key_at);
     cJSON_Delete(o);
     if (!rc && L->n == 0) rc = fdpo_error("%s: the lexicon is empty", path);
     return rc;
@@ -241,6 +283,10 @@ static int lex_load(lexicon *L, const char *path) {
     char *text = fdpo_read_file(found, &len);
     if (!text) { free(found); return fdpo_error_context("--lexicon"); }
     int rc = lex_parse(L, found, text, len);
+    if (rc == 0 && L->n_dead)   /* not silent, not refused: the default AFINN-165 has two */
+        fdpo_log(FDPO_LOG_WARN, "%s: %zu word%s can never match, so never score (%s%s): words are runs of letters, "
+                 "apostrophes, hyphens and non-ASCII bytes, a phrase's joined by single spaces (docs/eval.md)",
+                 found, L->n_dead, L->n_dead == 1 ? "" : "s", L->dead, L->n_dead > 3 ? ", ..." : "");
     free(text); free(found);
     return rc;
 }

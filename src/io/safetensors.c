@@ -39,6 +39,10 @@ static int cmp_begin(const void *a, const void *b) {
 
 /* Parse and validate the JSON header into st (data/data_len already set). */
 static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
+    size_t esc = fdpo_json_bad_u_escape(json, len);   /* cJSON would cut a tensor's name there */
+    if (esc < len)
+        return fdpo_error("%s: malformed header JSON: the \\u escape at byte %zu of the header needs four hex digits",
+                          st->path, esc);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!root) return fdpo_error("%s: malformed header JSON near byte %zu of the header", st->path,

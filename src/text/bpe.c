@@ -26,6 +26,7 @@
 #include <pcre2.h>
 #include "fdpo/chat.h"
 #include "fdpo/core.h"
+#include "data/jsonl.h"
 #include "text/tokenizer_internal.h"
 
 #define EOT_TEXT "<|endoftext|>"
@@ -292,6 +293,12 @@ static int check_utf8(const char *path, const char *text, size_t n) {
 
 static cJSON *parse_json(const char *path, const char *text, size_t n) {
     if (check_utf8(path, text, n)) return NULL;
+    size_t esc = fdpo_json_bad_u_escape(text, n), col = 1;
+    if (esc < n) {
+        for (size_t i = esc; i > 0 && text[i - 1] != '\n'; i--) col++;
+        fdpo_error("%s:%d: " FDPO_JSON_BAD_U_ESCAPE, path, line_of(text, esc), col);
+        return NULL;
+    }
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, 0);
     if (!j) {

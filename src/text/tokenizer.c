@@ -10,6 +10,7 @@
 #include <unicode/ustring.h>
 #include "fdpo/chat.h"
 #include "fdpo/core.h"
+#include "data/jsonl.h"
 #include "text/tokenizer_internal.h"
 
 #define BYTE_EOT 256
@@ -42,6 +43,15 @@ fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
     if (has_byte) {
         size_t n;
         char *s = fdpo_read_file(p, &n);
+        size_t esc = s ? fdpo_json_bad_u_escape(s, n) : 0;   /* cJSON would cut the chat template there */
+        if (s && esc < n) {
+            size_t line = 1, col = 1;
+            for (size_t i = 0; i < esc; i++)
+                if (s[i] == '\n') { line++; col = 1; } else col++;
+            fdpo_error("%s:%zu: " FDPO_JSON_BAD_U_ESCAPE, p, line, col);
+            free(s); free(p);
+            return NULL;
+        }
         cJSON *j = s ? cJSON_ParseWithLength(s, n) : NULL;
         const cJSON *ty = cJSON_GetObjectItemCaseSensitive(j, "type"), *ct = cJSON_GetObjectItemCaseSensitive(j, "chat_template");
         int ok = cJSON_IsString(ty) && !strcmp(ty->valuestring, "byte");

@@ -506,6 +506,28 @@ def test_sft_message_weight_zero_is_context(case, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["smollm2", "llama31", "zephyr"])
+def test_sft_reads_a_prompt_kept_as_its_messages_json_text_as_the_conversation(case, tmp_path):
+    """generate's samples keep a conversational prompt as its messages' JSON text
+    ({"prompt": "[...]", "completion": text}); dpo, kto, rm and score read that string as the
+    conversation, sft trained the JSON text itself. It is now the conversation prompt + the
+    completion as the assistant's reply, loss on the reply. Reference: the Jinja render of the
+    message-list form (the last assistant message trained, the prompt's ones context)."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    rows = [{"prompt": json.dumps(CONVS[0][:1], separators=(",", ":")), "completion": CONVS[0][1]["content"]},
+            {"prompt": json.dumps(CONVS[1][:4]), "completion": CONVS[1][4]["content"]},
+            {"prompt": "[not messages]", "completion": " plain"}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    got = harness("data-chat-sft", str(tmp_path / "tok"), "auto", data)["sequences"]
+    for conv, seq in zip((CONVS[0], CONVS[1]), got):
+        conv = [dict(m, weight=0) if m["role"] == "assistant" else m for m in conv[:-1]] + conv[-1:]
+        ids, w, text = expected_sft(case, ref, vocab, conv)
+        assert seq["tokens"] == ids and seq["weights"] == w, text
+    eos = vocab[CASES[case][3]["eos_token"]]   # a string that is not a message list stays text
+    assert got[2]["tokens"] == ref.encode("[not messages]", False) + ref.encode(" plain", False) + [eos]
+
+
+@pytest.mark.parametrize("case", ["smollm2", "llama31", "zephyr"])
 def test_sft_conversational_prompt_completion(case, tmp_path):
     """TRL's conversational prompt-completion ({"prompt": [...], "completion": [...]}) was
     refused ("field 'prompt' must be a string"). It is the conversation prompt + completion,

