@@ -283,7 +283,9 @@ static int lex_load(lexicon *L, const char *path) {
     char *text = fdpo_read_file(found, &len);
     if (!text) { free(found); return fdpo_error_context("--lexicon"); }
     int rc = lex_parse(L, found, text, len);
-    if (rc == 0 && L->n_dead)   /* not silent, not refused: the default AFINN-165 has two */
+    /* a file the user gave: not silent, not refused. The default AFINN-165's two (gr8, n00b)
+     * are documented (docs/eval.md), not said on every afinn run */
+    if (rc == 0 && L->n_dead && path)
         fdpo_log(FDPO_LOG_WARN, "%s: %zu word%s can never match, so never score (%s%s): words are runs of letters, "
                  "apostrophes, hyphens and non-ASCII bytes, a phrase's joined by single spaces (docs/eval.md)",
                  found, L->n_dead, L->n_dead == 1 ? "" : "s", L->dead, L->n_dead > 3 ? ", ..." : "");

@@ -445,6 +445,10 @@ def test_lexicon_words_that_can_never_match_are_said_not_refused(tmp_path):
     assert dead == ["gr8", "n00b"]
     err = lexicon_notice(tmp_path, AFINN_JS)
     assert f"warning: {AFINN_JS}: 2 words can never match, so never score ('gr8', 'n00b')" in err, err
+    # the same lexicon as the default (no --lexicon): documented, not said on every afinn run
+    r = run(FDPO, "pairs", "--data", tmp_path / "s.jsonl", "--out", tmp_path / "o2.jsonl", "--reward", "afinn",
+            "--seed", "1", cwd=REPO)
+    assert r.returncode == 0 and "never match" not in r.stderr, r.stderr
     r = reward(tmp_path, "afinn:sum", [("p", "that was gr8"), ("p", "n00b good")], "--lexicon", AFINN_JS)
     assert [float(x) for x in r.stdout.split()] == [0, 3], r.stderr   # as before: gr8 never counts (good: 3)
     lex = {"gr8": 3, "good": 2, "a  b": 1, "-x": 2, "ok": 1, "b.s.": 1, "x y": 2, "caf\u00e9": 1, "5star": 4}
