@@ -492,12 +492,11 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
     fdpo_gpt2_config c;
     int rc = fdpo_config_load(cfg_path, &c);
     if (!rc) rc = st_set_open(&ss, dir);
-    if (!rc && c.arch == FDPO_ARCH_GPT2) {
+    if (!rc) {
         /* A config much larger than the file (a typo in n_embd, the wrong config.json) must
          * not allocate gigabytes before the per-tensor checks below name the culprit; small
          * models go straight to those more precise checks. */
-        double C = (double)c.n_embd, in_file = 0;
-        double want = ((double)c.vocab_size + (double)c.n_positions) * C + 2 * C + (double)c.n_layer * (12 * C * C + 13 * C);
+        double want = fdpo_gpt2_config_n_params(&c), in_file = 0;
         for (size_t f = 0; f < ss.n; f++)
             for (size_t k = 0; k < ss.files[f].n_tensors; k++) {
                 double numel = 1;

@@ -233,6 +233,33 @@ BAD = {
 }
 
 
+# published parameter counts of the real models (transformers' num_parameters(); the model
+# cards' 6.74B and 7.62B): config.json of such a model beside a tiny model's weights
+BIG_CONFIGS = {
+    "llama-2-7b": (dict(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                        max_position_embeddings=4096, tie_word_embeddings=False), 6738415616),
+    "qwen2-7b": (dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                      num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                      max_position_embeddings=32768, tie_word_embeddings=False, rope_theta=1e6), 7615616512),
+}
+
+
+@pytest.mark.parametrize("name", list(BIG_CONFIGS))
+def test_config_much_larger_than_the_weights_is_refused_before_allocating(tmp_path, name):
+    """it allocated the config's whole parameter block first ("cannot allocate 25705 MiB"),
+    never naming the mismatch that GPT-2's config check names"""
+    Llama(**CONFIGS["gqa-llama3"], seed=1).save_hf(str(tmp_path))
+    in_file = sum(np.asarray(v).size for v in st.load(str(tmp_path / "model.safetensors"))[0].values())
+    cfg, n_params = BIG_CONFIGS[name]
+    edit_config(str(tmp_path), rope_scaling=None, rope_theta=cfg.pop("rope_theta", 500000.0), **cfg)
+    r = subprocess.run(["prlimit", "--as=2000000000", FDPO, "info", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert (f"config.json: config.json implies {n_params} parameters but {tmp_path}/model.safetensors holds only "
+            f"{in_file} values") in r.stderr, r.stderr
+
+
 def copy_to_other_shard(d, name):
     idx = json.load(open(os.path.join(d, "model.safetensors.index.json")))["weight_map"]
     src = idx[name]
