@@ -276,6 +276,9 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
      * another command's run is said before its saved route is read */
     if (fdpo_checkpoint_recover(to->out) || fdpo_train_out_check(to) ||
         (to->resume && fdpo_train_state_check_kind(to->out, "dpo"))) return -1;
+    /* the cache is no run's output (runs share it), but a running run's swap must not take it,
+     * this run's own included (its first save, after all its steps, found OUT.tmp in the way) */
+    if (o->ref_cache_dir && fdpo_shared_dir_check(o->ref_cache_dir, "--ref-cache-dir")) return -1;
     /* before the reference's log-probs: the resumed run's route, on every rank */
     if ((to->resume && fdpo_train_pin_bf16_route(to->out) < 0) || fdpo_dist_agree_bf16_route()) return -1;
 
