@@ -426,6 +426,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     }
     if (n_eval && !tr.stopped) {
         /* final held-out summary: how often the implicit reward ranks chosen above rejected */
+        if (fdpo_trainer_before_final_eval(&tr)) goto done;
         if (em_step != tr.state.step && fdpo_dpo_step(&d, eval_pairs, n_eval, eval_ref, 0, &em, NULL)) goto done;
         cJSON *root = metrics_json(&em);
         cJSON_AddNumberToObject(root, "step", (double)tr.state.step);

@@ -889,6 +889,16 @@ int fdpo_trainer_save_final(fdpo_trainer *tr) {
     return tr->model && tr->saved_step != tr->state.step ? fdpo_trainer_save(tr) : 0;
 }
 
+int fdpo_trainer_before_final_eval(fdpo_trainer *tr) {
+    if (fdpo_trainer_save_final(tr)) return -1;
+    /* a stop requested at the last step (fdpo_trainer_maybe_save lets the run end there) */
+    if (!fdpo_trainer_stop_requested()) return 0;
+    tr->stopped = tr->interrupted = 1;
+    const char *how = tr->opts.continue_how ? tr->opts.continue_how : "continue with --resume";
+    return fdpo_error("interrupted after step %zu of %zu, before the final evaluation (checkpoint saved in %s; %s "
+                      "to write its eval_summary.json)", tr->state.step, tr->state.total_steps, tr->opts.out, how);
+}
+
 int fdpo_trainer_write_eval_summary(fdpo_trainer *tr, const cJSON *root) {
     if (fdpo_trainer_save_final(tr)) return -1;   /* the summary describes a model on disk */
     return fdpo_trainer_write_run_json(tr, "eval_summary.json", root);
