@@ -452,6 +452,17 @@ def test_resume_compares_lora_targets_by_the_modules_they_select(tmp_path):
         fdpo("sft", "--out", tmp_path / out, *resume, "--lora-targets", again)
         for f in ("adapter_model.safetensors", "adapter_config.json", "training_state.safetensors"):
             assert (tmp_path / "full" / f).read_bytes() == (tmp_path / out / f).read_bytes(), (out, f)
+    # online rounds compared their saved flags as typed too: against the completed round's adapter now
+    (tmp_path / "prompts.txt").write_text("hi\nyo\n")
+    rounds = ["online", "--model", base, "--data", tmp_path / "prompts.txt", "--reward", "length", "--n", 2,
+              "--max-new-tokens", 4, "--prompts-per-round", 2, "--threads", 1, "--quiet", "--lora-r", 2,
+              "--out", tmp_path / "rounds"]
+    fdpo(*rounds, "--rounds", 1)
+    r = fdpo(*rounds, "--rounds", 2, "--resume", "--lora-targets", "c_fc", check=False)
+    assert r.returncode != 0 and (f"--lora-targets: c_fc differs from the target modules of the adapter of "
+                                  f"{tmp_path / 'rounds' / 'round-0'} (c_attn)") in r.stderr, r.stderr
+    fdpo(*rounds, "--rounds", 2, "--resume", "--lora-targets", "attn.c_attn")
+    assert (tmp_path / "rounds" / "round-1" / "adapter_model.safetensors").exists()
 
 
 def test_a_lora_run_resumes_from_another_directory(tmp_path):
