@@ -914,6 +914,7 @@ int fdpo_trainer_before_final_eval(fdpo_trainer *tr) {
     if (fdpo_trainer_save_final(tr)) return -1;
     /* a stop requested at the last step (fdpo_trainer_maybe_save lets the run end there) */
     if (!fdpo_trainer_stop_requested()) return 0;
+    if (fdpo_dist_barrier()) return -1;   /* as fdpo_trainer_maybe_save: the ranks' error must not cut rank 0's save */
     tr->stopped = tr->interrupted = 1;
     const char *how = tr->opts.continue_how ? tr->opts.continue_how : "continue with --resume";
     return fdpo_error("interrupted after step %zu of %zu, before the final evaluation (checkpoint saved in %s; %s "
