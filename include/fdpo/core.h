@@ -193,7 +193,14 @@ int fdpo_file_exists(const char *path);
  * line (a user's file at that name) is refused naming it. Refused too: a DIR named X.tmp or
  * X.old while another process's run on the directory X holds X.lock (each save of that run
  * writes or moves a directory there), as is such an output file (fdpo_out_file_claim). */
+/* Refused too: a DIR or FILE inside such an X.tmp or X.old (the save moves it from under its
+ * writer, or it lands in X's checkpoint). */
 int fdpo_dir_lock(const char *dir, const char *flag);   /* also refuses a DIR that is a symbolic link */
+/* A directory that a command writes into without claiming it, as runs share it (dpo's
+ * --ref-cache-dir): refused inside the directory of another process's running run, and at or
+ * inside X.tmp or X.old of a running run on X, this process's own included (its first save
+ * found the directory in its way, after all its steps). */
+int fdpo_shared_dir_check(const char *dir, const char *flag);
 void fdpo_dir_unlock(const char *dir);
 int fdpo_dir_locked(const char *dir);
 /* Who else holds DIR.lock now: the pid it records, -1 for a holder that records none (another

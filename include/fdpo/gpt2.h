@@ -190,6 +190,9 @@ typedef struct {
 #define FDPO_LM_LOGITS_KEEP_MAX_BYTES ((size_t)256 << 20)
 
 int  fdpo_gpt2_config_check(const fdpo_gpt2_config *c); /* error names the bad key */
+/* The number of parameters a model of c's family and shapes holds (what fdpo_gpt2_create
+ * allocates), in double so that an unchecked config cannot overflow it. */
+double fdpo_gpt2_config_n_params(const fdpo_gpt2_config *c);
 /* The Hugging Face class of c's family (config.json "architectures"): with reward, the
  * reward model's (GPT2ForSequenceClassification, LlamaForSequenceClassification,
  * Qwen2ForSequenceClassification), else the LM's (GPT2LMHeadModel, LlamaForCausalLM,

@@ -563,6 +563,13 @@ int fdpo_trainer_write_run_json(fdpo_trainer *tr, const char *name, const struct
  * final model (eval_summary.json) is written after it, so a save that fails or
  * is killed never leaves a summary of a model that is not on disk. */
 int fdpo_trainer_save_final(fdpo_trainer *tr);
+/* Before the final held-out evaluation, which can take long: the final checkpoint
+ * (fdpo_trainer_save_final), so that a signal during the evaluation (a second Ctrl-C, a batch
+ * scheduler's SIGKILL after its SIGTERM) leaves it (it left the last periodic save, or none);
+ * and a stop requested at the last step ends the run here, marked stopped and interrupted,
+ * with the error "interrupted after step N of N, before the final evaluation (...)" (it was
+ * ignored until the evaluation ended). */
+int fdpo_trainer_before_final_eval(fdpo_trainer *tr);
 /* OUT/eval_summary.json = root, the final model's held-out metrics ({"step", the held-out
  * count, the metrics}), after the final checkpoint (fdpo_trainer_save_final). Every trainer
  * with a held-out set writes it at the end of a run that was not stopped, --eval-every 0

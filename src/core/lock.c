@@ -350,28 +350,56 @@ static char *absolute_dir(const char *dir) {
     return abs;
 }
 
-/* An output (a run's directory, a tokenizer's, a file) named X.tmp or X.old while another
- * process's run on the directory X holds X.lock: each save of that run writes or moves a
- * directory under this name, replacing the output (and, finding it there, stops) */
-static int refuse_swap_name_of_running_run(const char *path, const char *flag) {
-    size_t n = strlen(path);
-    while (n > 1 && path[n - 1] == '/') n--;
+/* Who holds X.lock of the directory X whose swap name (X.tmp, X.old) is the first n bytes of
+ * path: another process's pid (-1: a holder that records none), with own this process's
+ * pid when it holds it; 0 when that is no swap name or no run holds X */
+static long swap_name_holder(const char *path, size_t n, int own) {
     if (n < 5 || path[n - 5] == '/' || (strncmp(path + n - 4, ".tmp", 4) && strncmp(path + n - 4, ".old", 4)))
         return 0;
     char *base = fdpo_malloc(n - 3);
     memcpy(base, path, n - 4);
     base[n - 4] = 0;
     struct stat st;
-    long who = lstat(base, &st) == 0 && S_ISDIR(st.st_mode) ? fdpo_dir_lock_holder(base) : 0;
-    int rc = 0;
-    if (who) {
-        char holder[48];
-        fdpo_lock_holder_text(who, holder, sizeof holder);
-        rc = fdpo_error("%s %s: is where each save of the running run on %s (%s holds %s.lock) puts its new or its "
-                        "old checkpoint, replacing what is there; choose another %s", flag, path, base, holder, base,
-                        flag);
+    long who = 0;
+    /* this process's run may not have made its directory yet (its first save does) */
+    if (lstat(base, &st) == 0 ? S_ISDIR(st.st_mode) : own) {
+        who = fdpo_dir_lock_holder(base);
+        char *lp = lock_path(base);
+        if (!who && own && held_same_file(lp) >= 0) who = (long)getpid();
+        free(lp);
     }
     free(base);
+    return who;
+}
+
+/* An output (a run's directory, a tokenizer's, a file) named X.tmp or X.old, or inside one,
+ * while another process's run on the directory X holds X.lock (with own: this process's run
+ * too): each save of that run writes or moves a directory under that name, replacing the
+ * output or moving it from under its writer (and a file inside it landed in X's checkpoint) */
+static int refuse_swap_name_of_running_run(const char *path, const char *flag, int own) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    long who = swap_name_holder(path, n, own);
+    char holder[48];
+    if (who) {
+        fdpo_lock_holder_text(who, holder, sizeof holder);
+        return fdpo_error("%s %s: is where each save of the running run on %.*s (%s holds %.*s.lock) puts its new or "
+                          "its old checkpoint, replacing what is there; choose another %s", flag, path, (int)(n - 4),
+                          path, holder, (int)(n - 4), path, flag);
+    }
+    /* the directories above it, resolved (P.tmp/x/../y is inside P.tmp, P.tmp/../y is not) */
+    char *abs = absolute_dir(path);
+    int rc = 0;
+    for (char *slash; !rc && (slash = strrchr(abs, '/')) && slash != abs;) {
+        *slash = 0;   /* the next directory up */
+        size_t an = strlen(abs);
+        if (!(who = swap_name_holder(abs, an, own))) continue;
+        fdpo_lock_holder_text(who, holder, sizeof holder);
+        rc = fdpo_error("%s %s: inside %s, where each save of the running run on %.*s (%s holds %.*s.lock) puts its "
+                        "new or its old checkpoint, moving what is there; choose %s outside it", flag, path, abs,
+                        (int)(an - 4), abs, holder, (int)(an - 4), abs, flag);
+    }
+    free(abs);
     return rc;
 }
 
@@ -426,6 +454,10 @@ static int refuse_running_run_inside(const char *flag, const char *out, const ch
     return rc;
 }
 
+int fdpo_shared_dir_check(const char *dir, const char *flag) {
+    return refuse_inside_running_run(dir, flag) || refuse_swap_name_of_running_run(dir, flag, 1) ? -1 : 0;
+}
+
 long fdpo_dir_lock_holder(const char *dir) {
     char *lp = lock_path(dir);
     long who = held_same_file(lp) < 0 ? lock_file_holder(lp) : 0;
@@ -456,7 +488,7 @@ int fdpo_dir_lock(const char *dir, const char *flag) {
     /* the nesting checks under our own lock: of two nested runs starting together, the one
      * that locks second sees the other's lock (checked before locking, both could pass) */
     if (refuse_inside_running_run(dir, flag) || refuse_running_run_inside(flag, dir, dir, 0) ||
-        refuse_swap_name_of_running_run(dir, flag)) {
+        refuse_swap_name_of_running_run(dir, flag, 0)) {
         fdpo_dir_unlock(dir);
         return -1;
     }
@@ -532,7 +564,7 @@ int fdpo_out_file_claim(const char *path, const char *flag) {
     if (refuse_symlink(path, flag, "file") || refuse_held_lock_file(path, flag)) return -1;
     if (take_lock(path, flag)) return -1;
     /* that run's next save would move the file's directory, or the file's name is its swap's */
-    if (refuse_inside_running_run(path, flag) || refuse_swap_name_of_running_run(path, flag)) {
+    if (refuse_inside_running_run(path, flag) || refuse_swap_name_of_running_run(path, flag, 0)) {
         fdpo_out_file_release(path);
         return -1;
     }

@@ -54,10 +54,14 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
     if (!rc) rc = config_size(path, root, "num_hidden_layers", NULL, &c->n_layer);
     if (!rc) rc = config_size(path, root, "num_attention_heads", NULL, &c->n_head);
     if (!rc) rc = config_size(path, root, "max_position_embeddings", NULL, &c->n_positions);
-    c->n_kv_head = c->n_head;
-    if (!rc && cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads") &&
-        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads")))
-        rc = config_size(path, root, "num_key_value_heads", NULL, &c->n_kv_head);
+    /* an absent num_key_value_heads takes the class's default: LlamaConfig's None, which (as an
+     * explicit null for both) means num_attention_heads, but Qwen2Config's 32 */
+    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads");
+    c->n_kv_head = qwen2 && !kv ? 32 : c->n_head;
+    if (!rc && kv && !cJSON_IsNull(kv)) rc = config_size(path, root, "num_key_value_heads", NULL, &c->n_kv_head);
+    if (!rc && qwen2 && !kv && c->n_head % 32)
+        rc = fdpo_error("%s: num_key_value_heads is absent, and Qwen2Config's default for it, 32, does not divide "
+                        "num_attention_heads %zu (set it)", path, c->n_head);
     if (!rc && cJSON_GetObjectItemCaseSensitive(root, "head_dim") && !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "head_dim")))
         rc = config_size(path, root, "head_dim", NULL, &c->head_dim);
     double eps = 0, theta = 0;
@@ -285,6 +289,14 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
     return rc;
 }
 
+/* A float-typed config field as Python's json writes a float: 8.0, never 8 (transformers'
+ * llama3 check wants isinstance(factor, float) and warns on every load of an int) */
+static void add_json_float(cJSON *obj, const char *key, const char *num) {
+    char text[48];
+    snprintf(text, sizeof text, "%s%s", num, strpbrk(num, ".en") ? "" : ".0");   /* n: null */
+    cJSON_AddRawToObject(obj, key, text);
+}
+
 static cJSON *config_json_llama(const fdpo_gpt2_config *c) {
     cJSON *root = cJSON_CreateObject();
     int qwen2 = !strcmp(c->model_type, "qwen2");
@@ -304,19 +316,22 @@ static cJSON *config_json_llama(const fdpo_gpt2_config *c) {
     cJSON_AddNumberToObject(root, "num_key_value_heads", (double)c->n_kv_head);
     char num[32];
     fdpo_fmt_float(num, sizeof num, c->layer_norm_epsilon);
-    cJSON_AddRawToObject(root, "rms_norm_eps", num);
+    add_json_float(root, "rms_norm_eps", num);
     if (c->rope_factor != 0) {
         cJSON *rs = cJSON_AddObjectToObject(root, "rope_scaling");
-        cJSON_AddNumberToObject(rs, "factor", c->rope_factor);
-        cJSON_AddNumberToObject(rs, "high_freq_factor", c->rope_high_freq_factor);
-        cJSON_AddNumberToObject(rs, "low_freq_factor", c->rope_low_freq_factor);
+        fdpo_fmt_double(num, sizeof num, c->rope_factor);
+        add_json_float(rs, "factor", num);
+        fdpo_fmt_double(num, sizeof num, c->rope_high_freq_factor);
+        add_json_float(rs, "high_freq_factor", num);
+        fdpo_fmt_double(num, sizeof num, c->rope_low_freq_factor);
+        add_json_float(rs, "low_freq_factor", num);
         cJSON_AddNumberToObject(rs, "original_max_position_embeddings", (double)c->rope_original_max_position);
         cJSON_AddStringToObject(rs, "rope_type", "llama3");
     } else {
         cJSON_AddNullToObject(root, "rope_scaling");
     }
     fdpo_fmt_double(num, sizeof num, c->rope_theta);
-    cJSON_AddRawToObject(root, "rope_theta", num);
+    add_json_float(root, "rope_theta", num);
     cJSON_AddBoolToObject(root, "tie_word_embeddings", c->tie_word_embeddings);
     cJSON_AddStringToObject(root, "torch_dtype", "float32");
     if (qwen2) cJSON_AddBoolToObject(root, "use_sliding_window", 0);
@@ -492,12 +507,11 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
     fdpo_gpt2_config c;
     int rc = fdpo_config_load(cfg_path, &c);
     if (!rc) rc = st_set_open(&ss, dir);
-    if (!rc && c.arch == FDPO_ARCH_GPT2) {
+    if (!rc) {
         /* A config much larger than the file (a typo in n_embd, the wrong config.json) must
          * not allocate gigabytes before the per-tensor checks below name the culprit; small
          * models go straight to those more precise checks. */
-        double C = (double)c.n_embd, in_file = 0;
-        double want = ((double)c.vocab_size + (double)c.n_positions) * C + 2 * C + (double)c.n_layer * (12 * C * C + 13 * C);
+        double want = fdpo_gpt2_config_n_params(&c), in_file = 0;
         for (size_t f = 0; f < ss.n; f++)
             for (size_t k = 0; k < ss.files[f].n_tensors; k++) {
                 double numel = 1;

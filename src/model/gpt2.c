@@ -31,10 +31,16 @@ int fdpo_gpt2_config_check(const fdpo_gpt2_config *c) {
         return fdpo_error("config: layer_norm_epsilon %g must be a positive number", (double)c->layer_norm_epsilon);
     /* the bounds above keep this product exact in double; refuse what cannot be allocated
      * sensibly instead of aborting in malloc */
-    double C = (double)c->n_embd;
-    double n = ((double)c->vocab_size + (double)c->n_positions) * C + 2 * C + (double)c->n_layer * (12 * C * C + 13 * C);
+    double n = fdpo_gpt2_config_n_params(c);
     if (n > 8589934592.0) return fdpo_error("config: %.3g parameters is more than fdpo supports (8.6e9)", n);
     return 0;
+}
+
+double fdpo_gpt2_config_n_params(const fdpo_gpt2_config *c) {
+    if (c->arch == FDPO_ARCH_LLAMA) return fdpo_llama_n_params(c);
+    double C = (double)c->n_embd;   /* build_tensor_table's sizes; wte's rows include the score head's */
+    return ((double)c->vocab_size + (double)c->num_labels + (double)c->n_positions) * C + 2 * C +
+           (double)c->n_layer * (12 * C * C + 13 * C);
 }
 
 /* Fill m->tensors (HF names, shapes, decay flags) and their offsets; sets m->n_params. */

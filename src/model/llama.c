@@ -39,11 +39,19 @@ int fdpo_llama_config_check(const fdpo_gpt2_config *c) {
             return fdpo_error("config: rope_scaling (llama3) needs factor >= 1, 0 < low_freq_factor < high_freq_factor "
                               "and original_max_position_embeddings");
     }
-    double C = (double)c->n_embd, V = (double)c->vocab_size, F = (double)c->intermediate_size;
-    double QD = (double)(c->n_head * hd), KD = (double)(c->n_kv_head * hd);
-    double n = V * C * (c->tie_word_embeddings ? 1 : 2) + C + (double)c->n_layer * (2 * C + C * (QD + 2 * KD) + QD * C + 3 * C * F);
+    double n = fdpo_llama_n_params(c);
     if (n > 8589934592.0) return fdpo_error("config: %.3g parameters is more than fdpo supports (8.6e9)", n);
     return 0;
+}
+
+double fdpo_llama_n_params(const fdpo_gpt2_config *c) {
+    /* the sizes fdpo_llama_build gives its tensors, in double: called before the config is checked */
+    double C = (double)c->n_embd, V = (double)c->vocab_size, F = (double)c->intermediate_size;
+    double QD = (double)c->n_head * (double)head_dim(c), KD = (double)c->n_kv_head * (double)head_dim(c);
+    double layer = 2 * C + C * (QD + 2 * KD) + QD * C + 3 * C * F + (c->qkv_bias ? QD + 2 * KD : 0) + (c->o_bias ? C : 0) +
+                   (c->mlp_bias ? 2 * F + C : 0);
+    double head = c->num_labels ? (double)c->num_labels * C : c->tie_word_embeddings ? 0 : V * C;
+    return V * C + C + (double)c->n_layer * layer + head;
 }
 
 void fdpo_llama_inv_freq(const fdpo_gpt2_config *c, double *inv_freq) {

@@ -79,6 +79,7 @@ struct fdpo_llama_state {
 };
 
 int  fdpo_llama_config_check(const fdpo_gpt2_config *c);
+double fdpo_llama_n_params(const fdpo_gpt2_config *c);   /* fdpo_gpt2_config_n_params for the family */
 void fdpo_llama_build(fdpo_gpt2 *m);                  /* tensor table + state */
 void fdpo_llama_free(fdpo_gpt2 *m);
 void fdpo_llama_init(fdpo_gpt2 *m, uint64_t seed);

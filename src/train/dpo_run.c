@@ -277,6 +277,9 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
      * another command's run is said before its saved route is read */
     if (fdpo_checkpoint_recover(to->out)) return -1;
     if (fdpo_train_out_check(to) || (to->resume && fdpo_train_state_check_kind(to->out, "dpo"))) goto done;
+    /* the cache is no run's output (runs share it), but a running run's swap must not take it,
+     * this run's own included (its first save, after all its steps, found OUT.tmp in the way) */
+    if (o->ref_cache_dir && fdpo_shared_dir_check(o->ref_cache_dir, "--ref-cache-dir")) goto done;
     /* before the reference's log-probs: the resumed run's route, on every rank */
     if ((to->resume && fdpo_train_pin_bf16_route(to->out) < 0) || fdpo_dist_agree_bf16_route()) goto done;
 
@@ -424,6 +427,7 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o) {
     }
     if (n_eval && !tr.stopped) {
         /* final held-out summary: how often the implicit reward ranks chosen above rejected */
+        if (fdpo_trainer_before_final_eval(&tr)) goto done;
         if (em_step != tr.state.step && fdpo_dpo_step(&d, eval_pairs, n_eval, eval_ref, 0, &em, NULL)) goto done;
         cJSON *root = metrics_json(&em);
         cJSON_AddNumberToObject(root, "step", (double)tr.state.step);

@@ -372,6 +372,7 @@ open:;
     if (n_eval && !tr.stopped) {
         /* the final model's held-out metrics, as dpo and rm write them (--eval-every 0 too: the
          * set was held out of training for this); the last step's, where that step evaluated */
+        if (fdpo_trainer_before_final_eval(&tr)) goto done;
         if (em_step != tr.state.step &&
             fdpo_kto_step(tr.model, reference, &o->loss, eval_ex, n_eval, mb_eval, popt.max_length, 0, n_eval, &em, NULL))
             goto done;

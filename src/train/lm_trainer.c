@@ -187,7 +187,8 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
     if (!rc && have_val && !tr.stopped) {
         /* the final model's held-out loss, as dpo and rm write theirs (--eval-every 0 too: the
          * split was held out of training for this); the last step's, where that step evaluated */
-        if (eval_step != tr.state.step) rc = fdpo_lm_eval(tr.model, val, B, (size_t)o->eval_max_seqs, &eval_loss);
+        rc = fdpo_trainer_before_final_eval(&tr);
+        if (!rc && eval_step != tr.state.step) rc = fdpo_lm_eval(tr.model, val, B, (size_t)o->eval_max_seqs, &eval_loss);
         if (!rc) {
             const size_t n_eval = o->eval_max_seqs > 0 && (size_t)o->eval_max_seqs < val->n_seq
                                       ? (size_t)o->eval_max_seqs : val->n_seq;   /* as fdpo_lm_eval takes them */

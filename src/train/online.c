@@ -173,6 +173,11 @@ static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash
         if (!text) rc = -1;
         else if (!cJSON_IsObject(set) || !cJSON_IsArray(fixed)) rc = fdpo_error("%s: not an online run's settings file", path);
         else rc = fdpo_settings_from_json(&saved, set, fixed, path);
+        /* --lora-targets is compared by the modules it selects, against the completed round's
+         * adapter (policy_lora_setup): as typed, PEFT's default named explicitly was a change */
+        static const char *const by_modules[] = {"lora-targets", NULL};
+        fdpo_settings_remove(&saved, by_modules);
+        fdpo_settings_remove(&now, by_modules);
         if (rc == 0 && (rc = fdpo_settings_check_resume(&saved, &now)))
             fdpo_error_context("--out %s: its rounds ran with the flags in %s", o->out, path);
         const cJSON *dh = cJSON_GetObjectItemCaseSensitive(j, "data_hash");   /* absent: a plan of an older fdpo */
@@ -520,7 +525,7 @@ static int policy_lora_setup(const fdpo_online_opts *o, fdpo_gpt2 *policy, const
     } else {   /* on --resume a completed round's adapter, whose targets the run chose */
         char owner[PATH_MAX + 16];
         snprintf(owner, sizeof owner, "%s%s", o->resume ? "" : "--model ", from);
-        if (fdpo_lora_check_continued(policy, owner, t->lora_r, t->lora_alpha, o->resume ? NULL : t->lora_targets))
+        if (fdpo_lora_check_continued(policy, owner, t->lora_r, t->lora_alpha, t->lora_targets))
             return -1;
     }
     policy->lora->seed = (uint64_t)t->seed;   /* dropout masks */

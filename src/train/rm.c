@@ -299,6 +299,7 @@ int fdpo_rm_train(const fdpo_rm_run_opts *o) {
     }
     if (n_eval && !tr.stopped) {
         /* final held-out summary: how often the reward model ranks chosen above rejected */
+        if (fdpo_trainer_before_final_eval(&tr)) goto done;
         if (em_step != tr.state.step && fdpo_rm_step(tr.model, &rb, eval_pairs, n_eval, mb, cc, 0, n_eval, eot, &em, NULL))
             goto done;
         cJSON *root = cJSON_CreateObject();

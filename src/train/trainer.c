@@ -441,6 +441,26 @@ static int resume_early_check(const fdpo_train_opts *o) {
     return rc;
 }
 
+/* --resume of a LoRA run: --lora-targets compared by the modules they select (as a continued
+ * adapter's, fdpo_lora_check_continued), not as typed: the default named explicitly, or the
+ * same modules in another PEFT spelling, were refused as a change. The same selection keeps
+ * the saved text in now, for the comparison that follows and the state saved from here. */
+static int resume_lora_targets_check(const fdpo_gpt2 *m, const fdpo_settings *saved, fdpo_settings *now) {
+    const fdpo_setting *was = fdpo_settings_find(saved, "lora-targets"), *x = fdpo_settings_find(now, "lora-targets");
+    if (!m->lora || !was || !x || (was->type != FDPO_SETTING_STR && was->type != FDPO_SETTING_NULL)) return 0;
+    const char *typed = x->type == FDPO_SETTING_STR ? x->str : NULL, *saved_text = was->type == FDPO_SETTING_STR ? was->str : NULL;
+    const int same = fdpo_lora_targets_same(typed, saved_text, m, "--lora-targets");
+    if (same < 0) return -1;
+    if (!same)
+        return fdpo_error("--lora-targets: %s selects other modules than the saved run's %s (its adapter's target "
+                          "modules: %s; it cannot change on --resume)", typed ? typed : "(the default)",
+                          saved_text ? saved_text : "default", m->lora->targets);
+    char *keep = saved_text ? fdpo_strdup(saved_text) : NULL;
+    fdpo_settings_str(now, "lora-targets", keep, 1);
+    free(keep);
+    return 0;
+}
+
 /* --resume: the data must be the saved run's, the training items and the held-out set
  * alike (eval metrics computed on other data would continue the curve unannounced); the
  * error names the set that differs. A state saved before the held-out set had its own
@@ -690,6 +710,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
          * data's split and hash, and the flag is the cause to name; the command's own flags
          * first, under its names (rl's --prompts-per-step is the trainer's batch size) */
         if (extra && fdpo_settings_check_resume(&s->settings, extra)) goto fail;
+        if (resume_lora_targets_check(tr->model, &s->settings, &now)) goto fail;
         if (fdpo_settings_check_resume(&s->settings, &now)) goto fail;
         if (resume_data_check(s, o, data_hash, n_items)) goto fail;
         if (trainer_identity(tr, o)) goto fail;
@@ -1046,6 +1067,17 @@ int fdpo_trainer_maybe_save(fdpo_trainer *tr) {
 
 int fdpo_trainer_save_final(fdpo_trainer *tr) {
     return tr->model && tr->saved_step != tr->state.step ? fdpo_trainer_save(tr) : 0;
+}
+
+int fdpo_trainer_before_final_eval(fdpo_trainer *tr) {
+    if (fdpo_trainer_save_final(tr)) return -1;
+    /* a stop requested at the last step (fdpo_trainer_maybe_save lets the run end there) */
+    if (!fdpo_trainer_stop_requested(tr)) return 0;
+    if (fdpo_dist_barrier()) return -1;   /* as fdpo_trainer_maybe_save: the ranks' error must not cut rank 0's save */
+    tr->stopped = tr->interrupted = 1;
+    const char *how = tr->opts.continue_how ? tr->opts.continue_how : "continue with --resume";
+    return fdpo_error("interrupted after step %zu of %zu, before the final evaluation (checkpoint saved in %s; %s "
+                      "to write its eval_summary.json)", tr->state.step, tr->state.total_steps, tr->opts.out, how);
 }
 
 int fdpo_trainer_write_eval_summary(fdpo_trainer *tr, const cJSON *root) {

@@ -356,6 +356,39 @@ def test_sigint_saves_and_resumes(tmp_path, corpus):
     assert json.loads((out / "training_state.json").read_text())["step"] == step + 2
 
 
+def test_a_signal_after_the_last_step_leaves_the_final_checkpoint(tmp_path):
+    """A SIGINT right after the last step was ignored through the whole final evaluation (no
+    checkpoint until it ended: a second Ctrl-C or a scheduler's SIGKILL lost every step since
+    the last save). The final checkpoint is now saved before that evaluation, and a stop asked
+    for by then ends the run there; --resume writes the summary of the uninterrupted run."""
+    import time
+    rng = np.random.default_rng(1)
+    words = "the cat sat on a mat while dogs ran far away with a big red ball".split()
+    big = tmp_path / "big.txt"   # a held-out half that takes seconds to evaluate
+    big.write_text("\n<|endoftext|>\n".join(" ".join(rng.choice(words, 60)) for _ in range(500)) + "\n")
+    args = ["--n-layer", 2, "--n-embd", 64, "--n-head", 2, "--n-positions", 128, "--seq-len", 128, "--batch-size", 2,
+            "--steps", 3, "--eval-fraction", 0.5, "--eval-every", 0, "--threads", 1, big]
+    ok("pretrain", "--out", tmp_path / "whole", *args)
+    out = tmp_path / "cut"
+    p = subprocess.Popen([FDPO, "pretrain", "--out", str(out), *map(str, args)], stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:
+        if line.startswith("step 3/3"):
+            break
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.6)
+    killed = p.poll() is None
+    if killed:   # still evaluating: the second signal's kill
+        p.kill()
+    rest = p.stderr.read()
+    p.wait(timeout=60)
+    assert killed or (p.returncode != 0 and "interrupted after step 3 of 3, before the final evaluation" in rest), rest
+    assert json.loads((out / "training_state.json").read_text())["step"] == 3
+    assert not (out / "eval_summary.json").exists()
+    ok("pretrain", "--out", out, "--resume", "--quiet", big)
+    for f in ("eval_summary.json", "model.safetensors"):
+        assert (out / f).read_bytes() == (tmp_path / "whole" / f).read_bytes(), f
+
+
 def test_no_computing_thread_can_take_sigint(tmp_path, corpus):
     """oneDNN 2.6's f32 GEMM kernels run with rsp pointing into a heap workspace (oneDNN
     #4845): a signal handled on such a thread writes its frame into the heap (sacpo aborted

@@ -145,12 +145,14 @@ def test_resave_reads_back_in_python(tmp_path):
     harness("model-load", "--model", tmp_path / "a", "--save", tmp_path / "b")
     cfg_a = json.loads((tmp_path / "a" / "config.json").read_text())
     cfg_b = json.loads((tmp_path / "b" / "config.json").read_text())
+    # with the types Python's json gives (rope_scaling's 8.0 came back as 8, an int, and
+    # transformers' llama3 check, isinstance(factor, float), warned on every load)
     for k, v in cfg_a.items():
         if k == "rope_scaling":
             for kk, vv in v.items():
-                assert cfg_b[k][kk] == vv, kk
+                assert cfg_b[k][kk] == vv and type(cfg_b[k][kk]) is type(vv), (kk, cfg_b[k][kk], vv)
         else:
-            assert cfg_b[k] == v, k
+            assert cfg_b[k] == v and type(cfg_b[k]) is type(v), (k, cfg_b[k], v)
     assert cfg_b["architectures"] == ["LlamaForCausalLM"]
     ta, tb = st.load(str(tmp_path / "a" / "model.safetensors"))[0], st.load(str(tmp_path / "b" / "model.safetensors"))[0]
     assert set(ta) == set(tb)
@@ -231,6 +233,56 @@ BAD = {
     "tensor_in_two_shards": (lambda d: copy_to_other_shard(d, "model.norm.weight"),
                              ["tensor 'model.norm.weight' is also in", "(a tensor belongs in one shard)"]),
 }
+
+
+# published parameter counts of the real models (transformers' num_parameters(); the model
+# cards' 6.74B and 7.62B): config.json of such a model beside a tiny model's weights
+BIG_CONFIGS = {
+    "llama-2-7b": (dict(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                        max_position_embeddings=4096, tie_word_embeddings=False), 6738415616),
+    "qwen2-7b": (dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                      num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                      max_position_embeddings=32768, tie_word_embeddings=False, rope_theta=1e6), 7615616512),
+}
+
+
+@pytest.mark.parametrize("name", list(BIG_CONFIGS))
+def test_config_much_larger_than_the_weights_is_refused_before_allocating(tmp_path, name):
+    """it allocated the config's whole parameter block first ("cannot allocate 25705 MiB"),
+    never naming the mismatch that GPT-2's config check names"""
+    Llama(**CONFIGS["gqa-llama3"], seed=1).save_hf(str(tmp_path))
+    in_file = sum(np.asarray(v).size for v in st.load(str(tmp_path / "model.safetensors"))[0].values())
+    cfg, n_params = BIG_CONFIGS[name]
+    edit_config(str(tmp_path), rope_scaling=None, rope_theta=cfg.pop("rope_theta", 500000.0), **cfg)
+    r = subprocess.run(["prlimit", "--as=2000000000", FDPO, "info", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert (f"config.json: config.json implies {n_params} parameters but {tmp_path}/model.safetensors holds only "
+            f"{in_file} values") in r.stderr, r.stderr
+
+
+def test_absent_num_key_value_heads_takes_the_classs_default(tmp_path):
+    """transformers builds an absent num_key_value_heads as the class's default: LlamaConfig's
+    None (num_attention_heads), Qwen2Config's 32. fdpo took num_attention_heads for both, so
+    a Qwen2 checkpoint that transformers loads (here 64 heads, 32 kv heads) was refused."""
+    cfg = dict(vocab_size=40, hidden_size=128, intermediate_size=16, num_hidden_layers=1, num_attention_heads=64,
+               qkv_bias=True, model_type="qwen2")
+    for kv, model_type in ((32, "qwen2"), (64, "llama")):
+        d = tmp_path / model_type
+        Llama(**{**cfg, "model_type": model_type, "qkv_bias": model_type == "qwen2"}, num_key_value_heads=kv,
+              seed=3).save_hf(str(d))
+        c = json.load(open(d / "config.json"))
+        del c["num_key_value_heads"]
+        json.dump(c, open(d / "config.json", "w"))
+        r = subprocess.run([FDPO, "info", "--json", str(d)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["n_kv_head"] == kv
+    # a default that does not divide the heads is named as the default
+    edit_config(str(tmp_path / "qwen2"), num_attention_heads=4)
+    r = subprocess.run([FDPO, "info", str(tmp_path / "qwen2")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and ("config.json: num_key_value_heads is absent, and Qwen2Config's default for it, 32, "
+                                  "does not divide num_attention_heads 4") in r.stderr, r.stderr
 
 
 def copy_to_other_shard(d, name):

@@ -435,6 +435,36 @@ def test_sft_lora_resume_is_exact(tmp_path):
         assert (tmp_path / "full" / f).read_bytes() == (tmp_path / "split" / f).read_bytes(), f
 
 
+def test_resume_compares_lora_targets_by_the_modules_they_select(tmp_path):
+    """--lora-targets was compared as typed on --resume: PEFT's GPT-2 default (c_attn) named
+    explicitly, or the same module as attn.c_attn (PEFT's suffix rule), was refused as a
+    change ("c_attn differs from the saved run's (none)"), though the adapters are the same. The
+    same selection resumes, to the uninterrupted run's bytes; other modules are refused."""
+    base = make_gpt2(tmp_path / "base")
+    train_adapter(tmp_path, base, tmp_path / "full", "--lora-r", 2, steps=4)
+    resume = ["--resume", "--data", tmp_path / "sft.jsonl", "--quiet"]
+    for out, first, again in (("default", [], "c_attn"), ("named", ["--lora-targets", "c_attn"], "attn.c_attn")):
+        train_adapter(tmp_path, base, tmp_path / out, "--lora-r", 2, *first, "--stop-at", 2, steps=4)
+        r = fdpo("sft", "--out", tmp_path / out, *resume, "--lora-targets", "c_fc", check=False)
+        assert r.returncode != 0 and ("--lora-targets: c_fc selects other modules than the saved run's "
+                                      f"{first[1] if first else 'default'} (its adapter's target modules: c_attn")\
+            in r.stderr, r.stderr
+        fdpo("sft", "--out", tmp_path / out, *resume, "--lora-targets", again)
+        for f in ("adapter_model.safetensors", "adapter_config.json", "training_state.safetensors"):
+            assert (tmp_path / "full" / f).read_bytes() == (tmp_path / out / f).read_bytes(), (out, f)
+    # online rounds compared their saved flags as typed too: against the completed round's adapter now
+    (tmp_path / "prompts.txt").write_text("hi\nyo\n")
+    rounds = ["online", "--model", base, "--data", tmp_path / "prompts.txt", "--reward", "length", "--n", 2,
+              "--max-new-tokens", 4, "--prompts-per-round", 2, "--threads", 1, "--quiet", "--lora-r", 2,
+              "--out", tmp_path / "rounds"]
+    fdpo(*rounds, "--rounds", 1)
+    r = fdpo(*rounds, "--rounds", 2, "--resume", "--lora-targets", "c_fc", check=False)
+    assert r.returncode != 0 and (f"--lora-targets: c_fc differs from the target modules of the adapter of "
+                                  f"{tmp_path / 'rounds' / 'round-0'} (c_attn)") in r.stderr, r.stderr
+    fdpo(*rounds, "--rounds", 2, "--resume", "--lora-targets", "attn.c_attn")
+    assert (tmp_path / "rounds" / "round-1" / "adapter_model.safetensors").exists()
+
+
 def test_a_lora_run_resumes_from_another_directory(tmp_path):
     """--model was saved as typed only: a run started in proj/ with --model base resumed from
     proj/.. could not load its base ("base/config.json: cannot open"), and --model

@@ -656,7 +656,31 @@ def test_a_running_run_named_out_tmp_or_out_old_is_left_alone(d, tmp_path):
                  "--out", tmp_path / name, check=False)
         refused(r, f"--out {tmp_path / name}: is where each save of the running run on {v} (pid {p.pid} holds {v}.lock)")
         assert not (tmp_path / name).exists() and not (tmp_path / f"{name}.lock").exists()
+        # and every output inside such a name, a dpo's --ref-cache-dir at it too (accepted:
+        # the run on v then died at its next save, or took the other's files into its checkpoint)
+        inside = (f"--out {tmp_path / name}/%s: inside {tmp_path / name}, where each save of the running run on {v} "
+                  f"(pid {p.pid} holds {v}.lock) puts its new or its old checkpoint")
+        r = fdpo(*sft_args(d, tmp_path / name / "x"), check=False)
+        refused(r, inside % "x")
+        r = fdpo("tokenizer", "train", "--vocab-size", 260, "--out", tmp_path / name / "tok", tmp_path / "text.txt",
+                 check=False)
+        refused(r, inside % "tok")
+        r = fdpo("generate", "--model", d / "base", "--data", d / "prompts.txt", "--max-new-tokens", 2, "--threads", 1,
+                 "--out", tmp_path / name / "sub" / "g.jsonl", check=False)
+        refused(r, inside % "sub/g.jsonl")
+        r = fdpo("dpo", "--model", d / "base", "--data", d / "pairs.jsonl", "--out", tmp_path / "D", "--steps", 1,
+                 "--eval-fraction", 0, "--ref-cache-dir", tmp_path / name, *FAST, check=False)
+        refused(r, f"--ref-cache-dir {tmp_path / name}: is where each save of the running run on {v} "
+                   f"(pid {p.pid} holds {v}.lock)")
+        assert not (tmp_path / name).exists() and not (tmp_path / "D").exists()
     stop(p, v)
+    # the run's own swap name as its cache: it built the cache there, trained, and failed at its first save
+    own = tmp_path / "own"
+    r = fdpo("dpo", "--model", d / "base", "--data", d / "pairs.jsonl", "--out", own, "--steps", 1,
+             "--eval-fraction", 0, "--ref-cache-dir", tmp_path / "own.tmp" / "cache", *FAST, check=False)
+    refused(r, f"--ref-cache-dir {tmp_path / 'own.tmp' / 'cache'}: inside {tmp_path / 'own.tmp'}, where each save of "
+               f"the running run on {own} (pid ")
+    assert not (tmp_path / "own.tmp").exists()
     for name in ("v.tmp", "v.old"):
         assert json.loads((tmp_path / f"kept-{name}" / "training_state.json").read_text())["step"] >= 1
         assert not (tmp_path / name).exists()
