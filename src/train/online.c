@@ -955,7 +955,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     /* recorded: a resume refuses a reward whose files changed in place (rm:DIR, word lists) */
     t.reward_spec = o->reward;
     t.reward_lexicon = o->reward_opts.lexicon;
-    t.reward_hash = fdpo_reward_content_hash1(o->reward, o->reward_opts.lexicon, &t.has_reward_hash);
+    if (reward && tok && (ref || ref_is_base))   /* after a failed load: its error stands (hashing clears it) */
+        t.reward_hash = fdpo_reward_content_hash1(o->reward, o->reward_opts.lexicon, &t.has_reward_hash);
     fdpo_settings extra = {0};
     fdpo_online_step_settings(o, &extra);
     fdpo_trainer tr;

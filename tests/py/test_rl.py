@@ -881,3 +881,21 @@ def test_resume_refuses_a_reward_changed_in_place(tmp_path, cmd, kind):
         reward.write_text(edited)
         fdpo(*args, "--resume")
         assert json.loads((out / "training_state.json").read_text())["step"] == 3
+
+
+@pytest.mark.parametrize("cmd", [["rl"], ["online", "--mode", "step", "--steps", "1"]])
+def test_a_failed_load_keeps_its_message(tmp_path, cmd):
+    """A failure before training (a missing --model, a missing lexicon: file, a reward model
+    as --ref) printed "unknown error": the reward's content hash, taken after the failed load,
+    cleared the load's message (a review's find)."""
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=32, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("a\n")
+    for extra, needle in [(["--model", tmp_path / "missing"], str(tmp_path / "missing")),
+                          (["--model", tmp_path / "model", "--ref", tmp_path / "noref"], str(tmp_path / "noref")),
+                          (["--model", tmp_path / "model", "--reward", f"lexicon:{tmp_path / 'nolex.txt'}"], "nolex.txt")]:
+        args = [FDPO, *cmd, "--data", tmp_path / "p.txt", "--out", tmp_path / "o", "--reward", "length", *extra]
+        r = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+        assert r.returncode != 0 and needle in r.stderr and "unknown error" not in r.stderr, (extra, r.stderr)
