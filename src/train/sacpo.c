@@ -204,12 +204,15 @@ static void plan_spec(cJSON *p, const char *key, const char *spec) {
  * by content (fdpo_reward_content_hash, as rl and online record theirs): an edited word list
  * trained a stage added later against other scores. Not a cmd: program's files: a program
  * mended in place resumes its stage (as fdpo online), and one may write to a file its command
- * line names. The spec's own files only (afinn: its default lexicon): --lexicon's content is
- * online.lexicon_hash, beside its path, so that a plan saved before it was recorded still
- * matches. An rm:DIR that is a LoRA adapter is read onto its base (fdpo_rm_load): the base's
+ * line names. The spec's own files only (afinn: its default lexicon, unless --lexicon replaces
+ * it: then nothing, the stage never reads the default, which another working directory or an
+ * npm update may change): --lexicon's content is online.lexicon_hash, beside its path, so that
+ * a plan saved before it was recorded still matches (hashes are compared where both plans have
+ * them). An rm:DIR that is a LoRA adapter is read onto its base (fdpo_rm_load): the base's
  * content goes under base_key, apart, for the same reason. */
-static void plan_hash_spec(cJSON *p, const char *key, const char *base_key, const char *spec) {
+static void plan_hash_spec(cJSON *p, const char *key, const char *base_key, const char *spec, const char *lexicon) {
     if (!strncmp(spec, "cmd:", 4)) return;
+    if (lexicon && (!strcmp(spec, "afinn") || !strcmp(spec, "afinn:sum"))) return;
     uint64_t h, hb;
     int has_base;
     if (fdpo_reward_content_hash(spec, NULL, &h, &hb, &has_base) < 0) return;
@@ -257,9 +260,9 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     plan_hash_model(p, o->dpo.train.init);
     /* file stages keep the plan of earlier versions; online stages add their spec and sampling */
     if (o->reward_data) { plan_path(p, "reward_data", o->reward_data); plan_hash(p, "reward_data_hash", o->reward_data); }
-    else { plan_spec(p, "reward", o->reward_spec); plan_hash_spec(p, "reward_hash", "reward_base_hash", o->reward_spec); }
+    else { plan_spec(p, "reward", o->reward_spec); plan_hash_spec(p, "reward_hash", "reward_base_hash", o->reward_spec, o->online.reward_opts.lexicon); }
     if (o->safety_data) { plan_path(p, "safety_data", o->safety_data); plan_hash(p, "safety_data_hash", o->safety_data); }
-    else { plan_spec(p, "safety", o->safety_spec); plan_hash_spec(p, "safety_hash", "safety_base_hash", o->safety_spec); }
+    else { plan_spec(p, "safety", o->safety_spec); plan_hash_spec(p, "safety_hash", "safety_base_hash", o->safety_spec, o->online.reward_opts.lexicon); }
     if (o->reward_spec || o->safety_spec) {
         cJSON *on = cJSON_AddObjectToObject(p, "online");
         plan_path(on, "data", o->online.prompts);

