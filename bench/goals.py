@@ -147,7 +147,8 @@ def table(records, repeats):
             sp = (f"{spread:.0f}% {'ok' if spread <= 15 else 'NOT within 15%'}" if len(xs) == len(runs)
                   else f"{spread:.0f}% over {len(xs)} of {len(runs)} runs: not judged")
         else:
-            sp = "(no run)" if not xs else "(one run)" if len(runs) == 1 else f"(one run of {len(runs)})"
+            sp = (("(no run)" if all(rec is None for rec in runs) else "(no figure)") if not xs   # failed / not measured
+                  else "(one run)" if len(runs) == 1 else f"(one run of {len(runs)})")
         meets = "-" if med is None or test is None else ("yes" if test(med) else "no")
         fl = [x for x in (at_floor[0](rec) for rec in runs if rec is not None) if x is not None] if at_floor else []
         floor = "-"

@@ -598,6 +598,10 @@ def test_goals_table_keeps_a_failed_run_in_its_column():
         "| DPO 124M bf16 vs torch fp32 | >= 5x | failed | failed | failed | (no run) | - | - |"
     assert goals.table({"dpo": [r, None, None]}, 3)[2].endswith("| 5.00x | failed | failed | (one run of 3) | yes | - |")
     assert goals.table({"dpo": [r] * 3}, 3)[2].endswith("| 5.00x | 5.00x | 5.00x | 0% ok | yes | - |")
+    # a row that successful runs give no figure for (the other page size's triad, never asked
+    # for by goals.py) is "(no figure)", not "(no run)" as if they had failed (a review's find)
+    other = [line for line in goals.table({"sample": [{"median_tokens_per_sec": {}, "peaks": {"triad_gbs": 60.0}}]}, 1) if "other page size" in line]
+    assert other and other[0].split(" | ")[-3] == "(no figure)", other
     rss = {"rss_mib": {"fdpo-shared-cached-bf16": 500.0, "fdpo-shared-cached-fp32": 700.0, "torch-fp32": 1000.0}}
     assert goals.table({"rss": [rss]}, 3)[2].endswith("| 50% | - | - | (one run) | yes | - |")
 
