@@ -268,6 +268,21 @@ static char *default_lexicon(void) {
     return found;
 }
 
+/* 1 the first time a file (by device and inode) is named here in this process */
+static int lex_dead_first_time(const char *path) {
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static struct { dev_t dev; ino_t ino; } said[16];
+    static size_t n_said;
+    struct stat st;
+    if (stat(path, &st) != 0) return 1;
+    pthread_mutex_lock(&mu);
+    int first = 1;
+    for (size_t i = 0; i < n_said && first; i++) first = !(said[i].dev == st.st_dev && said[i].ino == st.st_ino);
+    if (first && n_said < sizeof said / sizeof said[0]) { said[n_said].dev = st.st_dev; said[n_said].ino = st.st_ino; n_said++; }
+    pthread_mutex_unlock(&mu);
+    return first;
+}
+
 static int lex_load(lexicon *L, const char *path) {
     char *found = NULL;
     if (path) {
@@ -283,9 +298,10 @@ static int lex_load(lexicon *L, const char *path) {
     char *text = fdpo_read_file(found, &len);
     if (!text) { free(found); return fdpo_error_context("--lexicon"); }
     int rc = lex_parse(L, found, text, len);
-    /* a file the user gave: not silent, not refused. The default AFINN-165's two (gr8, n00b)
-     * are documented (docs/eval.md), not said on every afinn run */
-    if (rc == 0 && L->n_dead && path)
+    /* a file the user gave: not silent, not refused, said once per process and file (eval's
+     * --reward afinn --safety afinn:sum, sacpo's stages read it again). The default AFINN-165's
+     * two (gr8, n00b) are documented (docs/eval.md), not said on every afinn run */
+    if (rc == 0 && L->n_dead && path && lex_dead_first_time(found))
         fdpo_log(FDPO_LOG_WARN, "%s: %zu word%s can never match, so never score (%s%s): words are runs of letters, "
                  "apostrophes, hyphens and non-ASCII bytes, a phrase's joined by single spaces (docs/eval.md)",
                  found, L->n_dead, L->n_dead == 1 ? "" : "s", L->dead, L->n_dead > 3 ? ", ..." : "");

@@ -1275,3 +1275,18 @@ def test_rewards_and_metrics_are_written_to_the_last_bit(byte_models, tmp_path):
     # the table on stdout reads the same numbers (a first fix printed '-' for every metric)
     row = next(l for l in r.stdout.splitlines() if l.startswith("reward_mean "))
     assert row.split()[1:] == ["0.3"], r.stdout
+
+
+def test_a_lexicons_never_matching_words_are_said_once_per_process(tmp_path):
+    """eval --reward afinn --safety afinn:sum --lexicon F reads F twice (one reward each), and
+    said its words that can never match twice (sacpo's stages: four times); once is what
+    docs/eval.md promises (a review's find)."""
+    from test_generate import make_model
+    make_model(tmp_path / "m", 257, seed=3, n_positions=32, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("a\nb\n")
+    (tmp_path / "lex.json").write_text(json.dumps({"gr8": 3, "good": 2}))
+    r = run(FDPO, "eval", "--model", tmp_path / "m", "--ref", tmp_path / "m", "--data", tmp_path / "p.txt",
+            "--reward", "afinn", "--safety", "afinn:sum", "--lexicon", tmp_path / "lex.json", "--n", 1,
+            "--max-new-tokens", 4, "--threads", 1, "--out", tmp_path / "e.json")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("1 word can never match") == 1, r.stderr
