@@ -608,10 +608,17 @@ static int trainer_identity(fdpo_trainer *tr, const fdpo_train_opts *o) {
         base = fdpo_hash_model(tr->model);
         fdpo_lora_set_enabled(tr->model, on);
     }
-    if (o->resume && o->ref_flag && s->has_ref_hash && s->ref_hash != o->ref_hash)
+    if (o->resume && o->ref_flag && s->has_ref_hash && s->ref_hash != o->ref_hash) {
+        /* a full run from a LoRA checkpoint saved by an fdpo that scored its LoRA reference
+         * unmerged (fdpo_trainer_load_ref's fold_lora): the same files, another hash */
+        const int lora_ref = o->lora_r <= 0 && fdpo_lora_is_checkpoint(o->ref_dir);
         return fdpo_error("--resume: %s %s: the reference's weights differ from the ones the saved run trained against "
-                          "(hash %016llx then, %016llx now; re-trained in place?): resume needs the same reference",
-                          o->ref_flag, o->ref_dir, (unsigned long long)s->ref_hash, (unsigned long long)o->ref_hash);
+                          "(hash %016llx then, %016llx now; %s): resume needs the same reference", o->ref_flag, o->ref_dir,
+                          (unsigned long long)s->ref_hash, (unsigned long long)o->ref_hash,
+                          lora_ref ? "re-trained in place, or saved by an earlier fdpo, which scored this LoRA reference "
+                                     "unmerged (docs/lora.md): finish it with the fdpo that saved it, or start it anew"
+                                   : "re-trained in place?");
+    }
     /* a LoRA state that records its base but no reference computed against the base with its
      * adapters off: rl and online --mode step of an earlier fdpo did so when continuing an
      * adapter without --ref, where this one takes --model (the adapter) as the reference.

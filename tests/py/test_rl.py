@@ -899,3 +899,31 @@ def test_a_failed_load_keeps_its_message(tmp_path, cmd):
         args = [FDPO, *cmd, "--data", tmp_path / "p.txt", "--out", tmp_path / "o", "--reward", "length", *extra]
         r = subprocess.run([str(a) for a in args], capture_output=True, text=True)
         assert r.returncode != 0 and needle in r.stderr and "unknown error" not in r.stderr, (extra, r.stderr)
+
+
+def test_a_changed_lora_reference_hash_names_the_earlier_fdpo_as_a_cause(tmp_path):
+    """A full run from a LoRA checkpoint saved by an fdpo that scored its LoRA reference
+    unmerged records another reference hash than this fdpo computes: the refusal said only
+    "re-trained in place?" although nothing was touched (a review's find); it names that cause."""
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+
+    def run(*args, check=True):
+        r = subprocess.run([str(a) for a in [FDPO, *args, "--threads", 1, "--quiet"]], capture_output=True, text=True)
+        assert r.returncode == 0 or not check, r.stderr
+        return r
+    make_model(tmp_path / "model", 257, seed=3, n_positions=32, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("Hello\nab\n")
+    run("rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt", "--out", tmp_path / "lora", "--reward",
+        "length", "--lora-r", 2, "--steps", 1, "--lr", "0.05", "--max-new-tokens", 4, "--n", 2, "--prompts-per-step", 2)
+    pairs = [{"prompt": "Hello", "chosen": " good", "rejected": " bad"}, {"prompt": "ab", "chosen": "cd", "rejected": "ef"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    args = ["dpo", "--model", tmp_path / "lora", "--data", tmp_path / "pairs.jsonl", "--out", tmp_path / "d",
+            "--steps", 2, "--batch-size", 2, "--eval-fraction", 0]
+    run(*args, "--stop-at", 1)
+    state = json.loads((tmp_path / "d" / "training_state.json").read_text())
+    state["ref_hash"] = "0123456789abcdef"   # what the earlier fdpo's unmerged reference hashed to, say
+    (tmp_path / "d" / "training_state.json").write_text(json.dumps(state))
+    r = run(*args, "--resume", check=False)
+    assert r.returncode != 0 and "saved by an earlier fdpo, which scored this LoRA reference unmerged" in r.stderr, r.stderr
