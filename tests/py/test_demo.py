@@ -204,6 +204,24 @@ def test_demo_redoes_the_stages_whose_settings_changed(micro_demo):
     assert "dpo-js-b0.3" not in (run / "summary.txt").read_text()
 
 
+def test_demo_stamps_do_not_depend_on_how_paths_are_typed(micro_demo):
+    """The stamps record the commands' paths: the same binary named through "..", RUN and DATA
+    given relative to the working directory, or another locale (bash's %q writes non-ASCII by
+    it) redid every stage of a finished run (a review's find). Now every stage stays cached."""
+    env, run = micro_demo
+    fdpo = os.path.abspath(env["FDPO"])
+    d = os.path.dirname(fdpo)
+    env2 = dict(env, FDPO=os.path.join(d, "..", os.path.basename(d), os.path.basename(fdpo)),
+                RUN=os.path.relpath(env["RUN"], run.parent.parent), DATA=os.path.relpath(env["DATA"], run.parent.parent),
+                LC_ALL="C")
+    r = subprocess.run(["bash", os.path.join(ROOT, "examples/sentiment/run.sh")], env=env2, cwd=run.parent.parent,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "settings changed" not in r.stderr, r.stderr[-3000:]
+    for st in ("base", "eval.json", "pairs.jsonl", "dpo-rkl-b0.1"):
+        assert f"(cached: {run / st})" in r.stderr, st
+
+
 def test_demo_refuses_a_run_made_at_another_scale(micro_demo):
     """SCALE=tiny into a RUN made at SCALE=micro is refused before any stage runs, and nothing there
     is touched (before, every stage was "(cached)" and the micro run was reported as the tiny one)."""
