@@ -101,7 +101,7 @@ static const char *bad_number(const char *t, size_t n) {
 
 /* The line and column (bytes, from 1) of text[off], text starting on line line_no: a JSONL
  * line has no newline, a whole file (a --lexicon) has many. */
-static size_t line_col(const char *text, size_t off, size_t line_no, size_t *col) {
+size_t fdpo_json_line_col(const char *text, size_t off, size_t line_no, size_t *col) {
     size_t start = 0;
     for (size_t i = 0; i < off; i++)
         if (text[i] == '\n') { line_no++; start = i + 1; }
@@ -134,7 +134,7 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
     int in_string = 0;
     size_t col, ctl = raw_control(line, n, &in_string);
     if (ctl < n) {
-        size_t ln = line_col(line, ctl, line_no, &col);
+        size_t ln = fdpo_json_line_col(line, ctl, line_no, &col);
         fdpo_error("%s:%zu: invalid JSON: a raw control character (U+%04X) %s at column %zu%s", path, ln,
                    (unsigned)(unsigned char)line[ctl], in_string ? "inside a string" : "between values", col,
                    in_string ? " (JSON needs it escaped, as \\t or \\u00XX)" : "");
@@ -142,14 +142,14 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
     }
     size_t esc = fdpo_json_bad_u_escape(line, n);
     if (esc < n) {
-        size_t ln = line_col(line, esc, line_no, &col);
+        size_t ln = fdpo_json_line_col(line, esc, line_no, &col);
         fdpo_error("%s:%zu: " FDPO_JSON_BAD_U_ESCAPE, path, ln, col);
         return NULL;
     }
     const char *end = NULL;
     cJSON *obj = cJSON_ParseWithLengthOpts(line, n, &end, 0);
     if (!obj) {
-        size_t ln = line_col(line, end && end >= line && end <= line + n ? (size_t)(end - line) : 0, line_no, &col);
+        size_t ln = fdpo_json_line_col(line, end && end >= line && end <= line + n ? (size_t)(end - line) : 0, line_no, &col);
         fdpo_error("%s:%zu: invalid JSON near column %zu", path, ln, col);
         return NULL;
     }
@@ -157,7 +157,7 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
     while (used < n && (line[used] == ' ' || line[used] == '\t' || line[used] == '\r' || line[used] == '\n')) used++;
     if (used < n) {
         cJSON_Delete(obj);
-        size_t ln = line_col(line, used, line_no, &col);
+        size_t ln = fdpo_json_line_col(line, used, line_no, &col);
         fdpo_error("%s:%zu: unexpected text after the JSON %s at column %zu", path, ln, what, col);
         return NULL;
     }
@@ -165,7 +165,7 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
     for (size_t at = fdpo_json_next_number(line, n, 0, &len); at < n; at = fdpo_json_next_number(line, n, at + len, &len)) {
         const char *why = bad_number(line + at, len);
         if (!why) continue;
-        size_t ln = line_col(line, at, line_no, &col);
+        size_t ln = fdpo_json_line_col(line, at, line_no, &col);
         fdpo_error("%s:%zu: invalid JSON: the number '%.*s' at column %zu has %s (not a JSON number: Python's "
                    "json refuses the line)", path, ln, (int)(len > 40 ? 40 : len), line + at, col, why);
         cJSON_Delete(obj);
@@ -215,7 +215,7 @@ static cJSON *refuse_duplicate(const char *path, size_t line_no, const char *tex
     if (!dup) return obj;
     size_t col, at = duplicate_key_offset(text, n, dup);
     fdpo_error("%s:%zu: key \"%.64s\" appears twice in one object (readers differ on which one counts)", path,
-               at < n ? line_col(text, at, line_no, &col) : line_no, dup);
+               at < n ? fdpo_json_line_col(text, at, line_no, &col) : line_no, dup);
     cJSON_Delete(obj);
     return NULL;
 }

@@ -30,6 +30,9 @@ size_t fdpo_json_next_number(const char *s, size_t n, size_t from, size_t *len);
  * other reader of a JSON file a user hands fdpo (tokenizer.json, a safetensors header, a
  * conversation kept as JSON text), each with FDPO_JSON_BAD_U_ESCAPE and the column. */
 size_t fdpo_json_bad_u_escape(const char *s, size_t n);
+/* The line and column (bytes, from 1) of text[off], text starting on line line_no: a JSONL
+ * line has no newline, a whole file has many. Returns the line, the column in *col. */
+size_t fdpo_json_line_col(const char *text, size_t off, size_t line_no, size_t *col);
 #define FDPO_JSON_BAD_U_ESCAPE "invalid JSON: the \\u escape at column %zu needs four hex digits (Python's json " \
                                "refuses it; read as U+0000 it would cut the string there)"
 

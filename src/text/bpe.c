@@ -293,10 +293,10 @@ static int check_utf8(const char *path, const char *text, size_t n) {
 
 static cJSON *parse_json(const char *path, const char *text, size_t n) {
     if (check_utf8(path, text, n)) return NULL;
-    size_t esc = fdpo_json_bad_u_escape(text, n), col = 1;
+    size_t esc = fdpo_json_bad_u_escape(text, n), col;
     if (esc < n) {
-        for (size_t i = esc; i > 0 && text[i - 1] != '\n'; i--) col++;
-        fdpo_error("%s:%d: " FDPO_JSON_BAD_U_ESCAPE, path, line_of(text, esc), col);
+        size_t line = fdpo_json_line_col(text, esc, 1, &col);
+        fdpo_error("%s:%zu: " FDPO_JSON_BAD_U_ESCAPE, path, line, col);
         return NULL;
     }
     const char *end = NULL;

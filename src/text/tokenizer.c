@@ -45,9 +45,7 @@ fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
         char *s = fdpo_read_file(p, &n);
         size_t esc = s ? fdpo_json_bad_u_escape(s, n) : 0;   /* cJSON would cut the chat template there */
         if (s && esc < n) {
-            size_t line = 1, col = 1;
-            for (size_t i = 0; i < esc; i++)
-                if (s[i] == '\n') { line++; col = 1; } else col++;
+            size_t col, line = fdpo_json_line_col(s, esc, 1, &col);
             fdpo_error("%s:%zu: " FDPO_JSON_BAD_U_ESCAPE, p, line, col);
             free(s); free(p);
             return NULL;
