@@ -111,8 +111,12 @@ static void warn_if_narrowed(int n) {
 static int threads_settle(int n) {
     int limit = omp_get_thread_limit(), want = n > 0 ? n : omp_get_max_threads();
     if (want > limit) {
-        fdpo_log(FDPO_LOG_WARN, "%s %d exceeds OMP_THREAD_LIMIT=%d: running %d thread%s",
-                 n > 0 ? "--threads" : "the default thread count", want, limit, limit, limit == 1 ? "" : "s");
+        static int said_want, said_limit;   /* once per count and limit: every run of a process settles again */
+        if (want != said_want || limit != said_limit)
+            fdpo_log(FDPO_LOG_WARN, "%s %d exceeds OMP_THREAD_LIMIT=%d: running %d thread%s",
+                     n > 0 ? "--threads" : "the default thread count", want, limit, limit, limit == 1 ? "" : "s");
+        said_want = want;
+        said_limit = limit;
         want = limit;
     }
     omp_set_dynamic(0);

@@ -281,3 +281,20 @@ def test_threads_beyond_a_narrowed_affinity_warn():
     if len(os.sched_getaffinity(0)) == os.cpu_count():   # this test itself not narrowed
         assert NARROWED not in free.stderr
     assert free.stdout == narrowed.stdout   # same thread count, same numbers
+
+
+def test_the_thread_limit_is_said_once_per_process(tmp_path):
+    """fdpo rl with the default thread count under OMP_THREAD_LIMIT=1 said "exceeds
+    OMP_THREAD_LIMIT" at every settle of the count (twice; fdpo online once per round): once
+    is enough, the count used is the same (a review's find)."""
+    d = tmp_path / "model"
+    parity.GPT2(vocab_size=257, n_positions=32, n_embd=16, n_layer=1, n_head=2, seed=3).save_hf(str(d))
+    (d / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte", "vocab_size": 257, "eos_token_id": 256}))
+    (tmp_path / "p.txt").write_text("a\nb\n")
+    e = {k: v for k, v in os.environ.items() if k not in ("OMP_THREAD_LIMIT", "OMP_DYNAMIC")}
+    for cmd in (["rl", "--steps", "2", "--prompts-per-step", "2"], ["online", "--rounds", "2", "--prompts-per-round", "2"]):
+        r = subprocess.run([FDPO, *cmd, "--model", str(d), "--data", str(tmp_path / "p.txt"), "--reward", "length",
+                            "--out", str(tmp_path / cmd[0]), "--n", "2", "--max-new-tokens", "4", "--quiet"],
+                           capture_output=True, text=True, timeout=120, env={**e, **LIMIT1})
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.count("exceeds OMP_THREAD_LIMIT=1") == 1, (cmd, r.stderr)
