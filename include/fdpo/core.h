@@ -43,7 +43,9 @@ int fdpo_env_choice(const char *name, const char *const *choices, int def, int *
  * exits 1); the handler may exit/longjmp, or release memory and return, after which the
  * allocation is retried once. After a longjmp out of it, the next out of memory calls it
  * again; an out of memory inside the handler calls it again, nested (at most 16 levels, then
- * as without a handler). bytes is SIZE_MAX for a calloc whose count x size does not fit in
+ * as without a handler). A level is known to be left when the stack has unwound past it: a
+ * program that longjmps out of 16 handler calls in a row, each made deeper in its stack than
+ * the one before, uses up the levels (the 17th is as without a handler). bytes is SIZE_MAX for a calloc whose count x size does not fit in
  * size_t. With no handler, or if the retry fails, the library logs an error through the
  * hook and calls abort() — it never calls exit(). */
 typedef void (*fdpo_oom_fn)(size_t bytes, void *user);
