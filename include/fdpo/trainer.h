@@ -477,7 +477,9 @@ typedef struct {
 } fdpo_trainer;
 
 /* Load the tokenizer a run uses: OUT's on --resume, else --tokenizer DIR, else --init's
- * directory, else byte-level. */
+ * directory, else byte-level. On --resume it claims OUT (fdpo_checkpoint_recover: a half-done
+ * save is settled first) and keeps it on success: a trainer that is then refused before
+ * fdpo_trainer_open frees it (fdpo_dir_unlock), as dpo, kto, rm, rl and online do. */
 fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o);
 /* --chat-template name (NULL: leave t's) on t, checked: -1 naming the flag when a named
  * template cannot render ("auto" without a recognised template leaves plain text). */

@@ -390,6 +390,8 @@ done:
     if (tr_open) {
         int crc2 = fdpo_trainer_close(&tr, rc == 0);
         if (!rc) rc = crc2;
+    } else if (!to->out_claimed) {
+        fdpo_dir_unlock(to->out);   /* a refused resume: fdpo_trainer_load_tokenizer took OUT (as dpo) */
     }
     fdpo_gpt2_free(ref);
     fdpo_unpaired_free(&train_set);

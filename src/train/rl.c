@@ -565,6 +565,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     }
     fdpo_sampler_free(sampler);
     if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
+    if (!tr_ok && !t.out_claimed) fdpo_dir_unlock(t.out);   /* a refused resume: fdpo_trainer_load_tokenizer took OUT */
     free(ps); free(pp); free(cc); free(np); free(ny); free(pi); free(yi); free(r); free(lref); free(mb);
     if (tok) fdpo_tokenizer_free(tok);
     if (ref && !ref_is_base) fdpo_gpt2_free(ref);

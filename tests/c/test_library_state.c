@@ -13,6 +13,8 @@
 #include "fdpo/core.h"
 #include "fdpo/data.h"
 #include "fdpo/dpo.h"
+#include "fdpo/kto.h"
+#include "fdpo/rm.h"
 #include "fdpo/gpt2.h"
 #include "fdpo/online.h"
 #include "fdpo/rl.h"
@@ -275,6 +277,30 @@ START_TEST(a_refused_run_releases_out) {
     ck_assert_ptr_null(fdpo_trainer_load_tokenizer(&d.train));
     ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "has no training state"));
     ck_assert_int_eq(fdpo_dir_locked(model), 0);
+    /* rm and kto refused after the resume's tokenizer took OUT (its data file missing): free too */
+    char *missing = tmp_path("missing.jsonl"), *rmrun = tmp_path("rmrun"), *ktorun = tmp_path("ktorun");
+    char *kdata = tmp_path("kto.jsonl");
+    fdpo_rm_run_opts rm;
+    fdpo_rm_run_opts_default(&rm);
+    rm.train.init = model; rm.data = pairs; rm.train.out = rmrun; rm.train.threads = 1; rm.train.quiet = 1;
+    rm.train.steps = 1; rm.train.batch_size = 2; rm.eval_fraction = 0;
+    ck_assert_int_eq(fdpo_rm_train(&rm), 0);
+    rm.data = missing; rm.train.resume = 1; rm.train.steps = 2;
+    ck_assert_int_eq(fdpo_rm_train(&rm), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "missing.jsonl"));
+    ck_assert_int_eq(fdpo_dir_locked(rmrun), 0);
+    write_file("kto.jsonl", "{\"prompt\": \"the\", \"completion\": \" cat\", \"label\": true}\n"
+                            "{\"prompt\": \"a\", \"completion\": \" dog\", \"label\": false}\n");
+    fdpo_kto_run_opts kto;
+    fdpo_kto_run_opts_default(&kto);
+    kto.train.init = model; kto.data = kdata; kto.train.out = ktorun; kto.train.threads = 1; kto.train.quiet = 1;
+    kto.train.steps = 1; kto.train.batch_size = 2; kto.eval_fraction = 0;
+    ck_assert_int_eq(fdpo_kto_train(&kto), 0);
+    kto.data = missing; kto.train.resume = 1; kto.train.steps = 2;
+    ck_assert_int_eq(fdpo_kto_train(&kto), -1);
+    ck_assert_ptr_nonnull(strstr(fdpo_last_error(), "missing.jsonl"));
+    ck_assert_int_eq(fdpo_dir_locked(ktorun), 0);
+    free(missing); free(rmrun); free(ktorun); free(kdata);
     free(model); free(existing); free(pairs); free(data);
     ck_assert_int_eq(fdpo_remove_tree(tmpdir), 0);
 }
