@@ -180,3 +180,20 @@ def completion_logps(model, P, comp):
     lp = torch.log_softmax(logits, dim=-1)
     tl = lp.gather(1, toks[1:, None])[:, 0]
     return tl[len(P) - 1:], logits[len(P) - 1:]
+
+
+def reward_with_files(tmp_path, kind, model):
+    """A --reward that reads files, for the resume checks of rl and online: kind "lexicon" (a
+    word list) or "rm" (a reward model trained one step from MODEL). Returns (its path, its
+    spec, change), change() editing the word list or re-training the model in place."""
+    if kind == "lexicon":
+        reward = tmp_path / "w.txt"
+        reward.write_text("a\t1\ne\t1\n")
+        return reward, f"lexicon:{reward}", lambda: reward.write_text("a\t-5\ne\t3\nx\t2\n")
+    reward = tmp_path / "RM"
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": f"prompt {i}:", "chosen": " abc def",
+                                                              "rejected": " XYZ 12"}) + "\n" for i in range(8)))
+    rm = ["rm", "--model", model, "--data", tmp_path / "pairs.jsonl", "--out", reward, "--threads", 1,
+          "--quiet", "--eval-fraction", 0, "--lr", "1e-2"]
+    fdpo(*rm, "--steps", 1)
+    return reward, f"rm:{reward}", lambda: fdpo(*rm, "--steps", 3, "--overwrite")

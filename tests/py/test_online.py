@@ -1053,26 +1053,14 @@ def test_rounds_resume_refuses_a_reward_changed_in_place(setup, tmp_path, kind):
     online.json records their content hash; the resume is refused naming the spec and the file,
     goes on with the original files, and a plan without the hash (an older fdpo) resumes
     unchecked."""
-    if kind == "lexicon":
-        reward = tmp_path / "w.txt"
-        reward.write_text("a\t1\ne\t1\n")
-        original = reward.read_text()
-    else:
-        reward = tmp_path / "RM"
-        (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": f"prompt {i}:", "chosen": " abc def",
-                                                                  "rejected": " XYZ 12"}) + "\n" for i in range(8)))
-        rm = ["rm", "--model", setup / "model", "--data", tmp_path / "pairs.jsonl", "--out", reward, "--threads", 1,
-              "--quiet", "--eval-fraction", 0, "--lr", "1e-2"]
-        fdpo(*rm, "--steps", 1)
-    spec = f"{kind}:{reward}"
+    from dpo_common import reward_with_files
+    reward, spec, change = reward_with_files(tmp_path, kind, setup / "model")
+    original = reward.read_text() if kind == "lexicon" else None
     a = tmp_path / "a"
     small = ["--prompts-per-round", 4, "--n", 2, "--max-new-tokens", 8, "--threads", 1, "--quiet"]
     online(setup, a, "--rounds", 1, *small, reward=spec)
     assert len(json.loads((a / "online.json").read_text())["reward_hash"]) == 16
-    if kind == "lexicon":
-        reward.write_text("a\t-5\ne\t3\nx\t2\n")
-    else:
-        fdpo(*rm, "--steps", 3, "--overwrite")   # re-trained in place
+    change()   # edited, or re-trained, in place
     r = online(setup, a, "--rounds", 2, "--resume", *small, reward=spec, check=False)
     assert r.returncode == 1 and f"--resume: --reward {spec}: the content of {reward} differs from what its rounds " \
         f"scored with, as {a}/online.json records it (hash " in r.stderr, r.stderr

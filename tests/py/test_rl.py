@@ -835,19 +835,12 @@ def test_resume_refuses_a_reward_changed_in_place(tmp_path, cmd, kind):
         assert r.returncode == 0 or not check, r.stderr
         return r
 
+    from dpo_common import reward_with_files
+    reward, spec, change = reward_with_files(tmp_path, kind, tmp_path / "model")
     if kind == "lexicon":
-        reward = tmp_path / "w.txt"
-        reward.write_text("a\t1\ne\t1\n")
-        original, edited = reward.read_text(), "a\t-5\ne\t3\nx\t2\n"
+        original = reward.read_text()
     else:
-        reward = tmp_path / "RM"
-        (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": f"prompt {i}:", "chosen": " abc def",
-                                                                  "rejected": " XYZ 12"}) + "\n" for i in range(8)))
-        rm = ["rm", "--model", tmp_path / "model", "--data", tmp_path / "pairs.jsonl", "--out", reward, "--threads", 1,
-              "--quiet", "--eval-fraction", 0, "--lr", "1e-2"]
-        fdpo(*rm, "--steps", 1)
         shutil.copytree(reward, tmp_path / "RM.orig")
-    spec = f"{kind}:{reward}"
     if cmd == "rl":
         args = ["rl", "--prompts-per-step", 2, "--n", 3]
     else:
@@ -858,10 +851,7 @@ def test_resume_refuses_a_reward_changed_in_place(tmp_path, cmd, kind):
     fdpo(*args, "--stop-at", 1)
     state = json.loads((out / "training_state.json").read_text())
     assert len(state["reward_hash"]) == 16
-    if kind == "lexicon":
-        reward.write_text(edited)
-    else:
-        fdpo(*rm, "--steps", 3, "--overwrite")   # re-trained in place
+    change()   # edited, or re-trained, in place
     r = fdpo(*args, "--resume", "--stop-at", 2, check=False)
     assert r.returncode == 1 and f"--resume: --reward {spec}: the content of {reward} differs from what the saved " \
         "run scored with (hash " in r.stderr, r.stderr
@@ -878,7 +868,7 @@ def test_resume_refuses_a_reward_changed_in_place(tmp_path, cmd, kind):
     del state["reward_hash"]
     (out / "training_state.json").write_text(json.dumps(state))
     if kind == "lexicon":
-        reward.write_text(edited)
+        change()
         fdpo(*args, "--resume")
         assert json.loads((out / "training_state.json").read_text())["step"] == 3
 
