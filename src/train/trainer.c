@@ -1027,24 +1027,23 @@ static void stop_honoured(void) {
     while (was < now && !atomic_compare_exchange_weak(&g_stops_honoured, &was, now)) {}
 }
 
-int fdpo_trainer_stop_requested(const fdpo_trainer *tr) {
-    const int pending = atomic_load(&g_stop_requests) != tr->stops_seen;
-    /* under MPI every rank stops at the same step: a signal that reached some ranks only (a
-     * kill of one rank's pid) made them end with "checkpoint saved" while rank 0, which saves,
-     * went on until the abort they caused killed it, before or during its save */
+/* 1 if any rank has a pending stop: under MPI every rank stops at the same step. A signal
+ * that reached some ranks only (a kill of one rank's pid) made them end with "checkpoint
+ * saved" while rank 0, which saves, went on until the abort they caused killed it, before or
+ * during its save. Collective under MPI; a failed reduction counts as a stop. */
+static int any_rank_pending(int pending) {
     if (fdpo_dist_size() == 1) return pending;
     double any = pending;
     if (fdpo_dist_sum_f64(&any, 1)) return 1;
     return any > 0;
 }
 
+int fdpo_trainer_stop_requested(const fdpo_trainer *tr) {
+    return any_rank_pending(atomic_load(&g_stop_requests) != tr->stops_seen);
+}
+
 int fdpo_trainer_take_stop(void) {
-    const int pending = atomic_load(&g_stop_requests) != atomic_load(&g_stops_honoured);
-    int any = pending;
-    if (fdpo_dist_size() > 1) {   /* collective, as fdpo_trainer_stop_requested */
-        double a = pending;
-        any = fdpo_dist_sum_f64(&a, 1) ? 1 : a > 0;
-    }
+    const int any = any_rank_pending(atomic_load(&g_stop_requests) != atomic_load(&g_stops_honoured));
     if (any) stop_honoured();
     return any;
 }
