@@ -13,7 +13,11 @@ int fdpo_sample_config_check(const fdpo_sample_config *c) {
     if (!(c->temperature >= 0)) return fdpo_error("--temperature: %g must be >= 0 (0 = greedy)", c->temperature);
     if (c->temperature > 0 && !(1.0 / c->temperature <= FLT_MAX))   /* the logits' scale 1/T: inf drew token 0 */
         return fdpo_error("--temperature: %g is too small (1/T overflows a float); use 0 for greedy", c->temperature);
-    if (!(c->top_p > 0 && c->top_p <= 1)) return fdpo_error("--top-p: %g is outside (0, 1]", c->top_p);
+    if (!(c->top_p > 0 && c->top_p <= 1)) {   /* shortest text that reads back: %g printed 1.0000001 as 1 */
+        char v[32];
+        fdpo_fmt_double(v, sizeof v, c->top_p);
+        return fdpo_error("--top-p: %s is outside (0, 1]", v);
+    }
     if (c->temperature == 0 && (c->top_k || c->top_p < 1))   /* greedy takes the top token whatever they keep */
         return fdpo_error("--%s: has no effect with --temperature 0 (greedy decoding)", c->top_k ? "top-k" : "top-p");
     if (c->max_new_tokens == 0) return fdpo_error("--max-new-tokens: must be > 0");
@@ -680,7 +684,14 @@ int fdpo_sampler_generate(fdpo_sampler *smp, const fdpo_tokenizer *tok, int32_t 
                 /* the stop is matched in the text the completion is written as, which leaves
                  * special tokens out (finish_text): a special token adds no bytes, so the
                  * sample stops exactly when the written text first holds the stop */
-                if (c->stop && *c->stop && tok && !fdpo_tokenizer_is_special(tok, t)) {
+                if (c->stop && *c->stop && tok && fdpo_tokenizer_is_special(tok, t)) {
+                    /* a special token spelled exactly as the stop (--stop '<|im_end|>': a chat
+                     * template's end of turn under a base model's other eos) ends the sample as
+                     * its text would; it adds no bytes, so the written text is not cut */
+                    size_t len;
+                    const char *bytes = fdpo_tokenizer_token_bytes(tok, t, &len);
+                    if (bytes && len == strlen(c->stop) && !memcmp(bytes, c->stop, len)) { s->finish = FDPO_FINISH_STOP; done = 1; }
+                } else if (c->stop && *c->stop && tok) {
                     size_t len;
                     const char *bytes = fdpo_tokenizer_token_bytes(tok, t, &len);
                     if (st[b].n_bytes + len + 1 > st[b].cap_bytes) {

@@ -264,6 +264,8 @@ def test_stop_string(byte_model, tmp_path):
     ('{"text": "a"}\n', [], "p.txt:1: missing field \"prompt\""),
     ("a\n", ["--top-p", "0"], "--top-p"),
     ("a\n", ["--top-p", "1.5"], "--top-p"),
+    # the value as typed (Python's repr, the shortest text that reads back): %g said "1 is outside (0, 1]"
+    ("a\n", ["--top-p", "1.0000001"], "--top-p: %r is outside (0, 1]" % 1.0000001),
     ("a\n", ["--n", "0"], "--n"),
     ("a\n", ["--max-new-tokens", "0"], "--max-new-tokens"),
     ("a\n", ["--temperature", "-1"], "--temperature"),
@@ -853,5 +855,10 @@ def test_a_stop_string_is_matched_in_the_text_without_special_tokens(tmp_path):
     # the special's text is never in the text: the sample runs to EOT and keeps its text whole
     s = gen("--stop", "x<|sep|>y")
     assert (s["finish"], s["tokens"], s["n_tokens"], s["completion"]) == ("eot", [x, SEP, y, EOT], 3, "xy")
+    # a special token spelled exactly as the stop ends the sample where it is sampled (a chat
+    # template's end of turn under a base model's other eos: docs/training.md), text uncut; it
+    # ran on to EOT
     s = gen("--stop", "<|sep|>")
+    assert (s["finish"], s["tokens"], s["n_tokens"], s["completion"]) == ("stop", [x, SEP], 2, "x")
+    s = gen("--stop", "<|sep")   # not the whole special: its text is still not searched
     assert (s["finish"], s["completion"]) == ("eot", "xy")
