@@ -103,6 +103,9 @@ void fdpo_lora_detach(fdpo_gpt2 *m);
 /* W += s * B A for every adapter (GPT-2's [in, out] weights get (B A)^T), summed in
  * double and rounded once; then detach. */
 void fdpo_lora_merge(fdpo_gpt2 *m);
+/* The same from W's values in exact (m's parameters in double, as fdpo_checkpoint_load_model_exact
+ * reads an F64 base; NULL: m's own floats), so an F64 base weight is rounded once, in the sum. */
+void fdpo_lora_merge_exact(fdpo_gpt2 *m, const double *exact);
 /* The score head of a LoRA reward model (trained in full beside the adapters, kept in the
  * view): its weights (grad 0) or gradient (grad 1); NULL without one. */
 float *fdpo_lora_score(fdpo_lora *l, int grad);
