@@ -116,6 +116,17 @@ fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir) {
     const char *base = base_dir ? base_dir : saved;
     fdpo_gpt2 *m = NULL;
     if (!base) { fdpo_error("--model: required (%s names no base_model_name_or_path)", adapter_dir); goto done; }
+    /* an adapter directory reads as its base + its adapter, and the fold would add this one on
+     * top (a continued adapter, which holds its predecessor's training, counted it twice): one
+     * level only, as every reader of a LoRA checkpoint (fdpo_lora_load_checkpoint) */
+    if (fdpo_lora_is_checkpoint(base)) {
+        if (base_dir) fdpo_error("--model %s is itself a LoRA adapter directory (a base + its adapter), not a full "
+                                 "checkpoint; give the base --lora %s adapts, or merge it first (fdpo merge --lora %s "
+                                 "--out DIR)", base, adapter_dir, base);
+        else fdpo_error("--lora %s: base_model_name_or_path %s is itself a LoRA adapter directory; merge it first "
+                        "(fdpo merge --lora %s --out DIR)", adapter_dir, base, base);
+        goto done;
+    }
     if (base_dir && lora_tokenizer_check(adapter_dir, base_dir)) goto done;
     double *exact = NULL;   /* an F64 base's own values: the fold rounds them once, in the sum */
     if (!(m = fdpo_checkpoint_load_model_exact(base, &exact))) { fdpo_error_context("--model %s", base); goto done; }

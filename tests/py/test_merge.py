@@ -553,3 +553,32 @@ def test_an_f64_adapter_is_refused(tmp_path):
         "adapter_model.safetensors: tensor 'base_model.model.transformer.h.0.attn.c_attn.lora_A.weight': dtype F64 "
         "(adapter tensors are F32, F16 or BF16)\n"), r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lora_fold_onto_an_adapter_directory_is_refused(tmp_path):
+    """docs/lora.md: the base must be a full checkpoint, a chain of adapter directories refused
+    naming the base to merge first. merge --lora read an adapter directory given as --model (or
+    named by base_model_name_or_path) as base + its adapter and folded the second on top, exit
+    0: a continued adapter (which holds its predecessor's training) counted it twice."""
+    g = make_model(tmp_path, "g", 1)
+    lora_adapter(tmp_path / "ad1", g, np.random.default_rng(1))
+    lora_adapter(tmp_path / "ad2", g, np.random.default_rng(2))
+    ad1, ad2 = tmp_path / "ad1", tmp_path / "ad2"
+    r = run(FDPO, "merge", "--lora", ad2, "--model", ad1, "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo merge: --model {ad1} is itself a LoRA adapter directory (a base + its adapter), not a full checkpoint; "
+        f"give the base --lora {ad2} adapts, or merge it first (fdpo merge --lora {ad1} --out DIR)\n"), r.stderr
+    lora_adapter(tmp_path / "chain", ad1, np.random.default_rng(3))
+    r = run(FDPO, "merge", "--lora", tmp_path / "chain", "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo merge: --lora {tmp_path / 'chain'}: base_model_name_or_path {ad1} is itself a LoRA adapter directory; "
+        f"merge it first (fdpo merge --lora {ad1} --out DIR)\n"), r.stderr
+    assert not (tmp_path / "out").exists()
+    # what the messages point to: onto a full checkpoint, the fold is g + s (B A)^T of that adapter alone
+    r = run(FDPO, "merge", "--lora", ad2, "--model", g, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    lora, W, got = st.load(str(ad2 / "adapter_model.safetensors"))[0], tensors(g), tensors(tmp_path / "out")
+    for l in (0, 1):
+        k, pre = f"transformer.h.{l}.attn.c_attn.weight", f"base_model.model.transformer.h.{l}.attn.c_attn"
+        ba = lora[pre + ".lora_B.weight"].astype(np.float64) @ lora[pre + ".lora_A.weight"].astype(np.float64)
+        assert np.array_equal(got[k], (W[k].astype(np.float64) + 2.0 * ba.T).astype(np.float32)), k
