@@ -131,7 +131,7 @@ fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir) {
     double *exact = NULL;   /* an F64 base's own values: the fold rounds them once, in the sum */
     if (!(m = fdpo_checkpoint_load_model_exact(base, &exact))) { fdpo_error_context("--model %s", base); goto done; }
     const fdpo_gpt2_config base_config = m->config;
-    if (!(m = fdpo_lora_load_onto(adapter_dir, m))) { fdpo_error_context("--lora %s", adapter_dir); free(exact); goto done; }
+    if (!(m = fdpo_lora_load_onto(adapter_dir, m, base))) { fdpo_error_context("--lora %s", adapter_dir); free(exact); goto done; }
     if (exact && !(exact = exact_as_laid_out(exact, &base_config, m))) { fdpo_gpt2_free(m); m = NULL; goto done; }
     fdpo_lora_merge_exact(m, exact);
     free(exact);

@@ -582,3 +582,31 @@ def test_a_lora_fold_onto_an_adapter_directory_is_refused(tmp_path):
         k, pre = f"transformer.h.{l}.attn.c_attn.weight", f"base_model.model.transformer.h.{l}.attn.c_attn"
         ba = lora[pre + ".lora_B.weight"].astype(np.float64) @ lora[pre + ".lora_A.weight"].astype(np.float64)
         assert np.array_equal(got[k], (W[k].astype(np.float64) + 2.0 * ba.T).astype(np.float32)), k
+
+
+@pytest.mark.parametrize("named_base", [None, "gpt2"])
+def test_a_peft_reward_adapter_without_tokenizer_folds_onto_model_base(tmp_path, named_base):
+    """a SEQ_CLS adapter as PEFT's save_pretrained leaves it (no tokenizer files;
+    base_model_name_or_path null, or a hub id): the score head's pad was looked up in the
+    adapter or its base_model_name_or_path only, never in --model BASE, so the fold `fdpo info`
+    suggests was refused. docs/lora.md: such an adapter takes BASE's tokenizer, and the pad is
+    its end of text (256 for the byte tokenizer)."""
+    g = make_model(tmp_path, "g", 1)
+    ad = tmp_path / "ad"
+    lora = lora_adapter(ad, g, np.random.default_rng(1), score=True)
+    cfg = json.loads((ad / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = named_base
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    if named_base is None:
+        info = run(FDPO, "info", ad)
+        assert info.returncode == 1 and f"fdpo merge --lora {ad} --model BASE --out DIR" in info.stderr, info.stderr
+    r = run(FDPO, "merge", "--lora", ad, "--model", g, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["architectures"] == ["GPT2ForSequenceClassification"] and config["pad_token_id"] == 256, config
+    got, W = tensors(tmp_path / "out"), tensors(g)
+    assert np.array_equal(got["score.weight"], lora["base_model.model.score.weight"])
+    for l in (0, 1):
+        k, pre = f"transformer.h.{l}.attn.c_attn.weight", f"base_model.model.transformer.h.{l}.attn.c_attn"
+        ba = lora[pre + ".lora_B.weight"].astype(np.float64) @ lora[pre + ".lora_A.weight"].astype(np.float64)
+        assert np.array_equal(got[k], (W[k].astype(np.float64) + 2.0 * ba.T).astype(np.float32)), k
