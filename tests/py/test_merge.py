@@ -500,41 +500,50 @@ def test_an_f64_value_beyond_float32_is_refused_as_out_of_range(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def lora_adapter(ad, base, rng, score=False, dtype=np.float32):
-    """a PEFT adapter on c_attn (r 2, alpha 4: s = 2), B != 0; score: a reward model's
-    (modules_to_save ["score"])"""
+def lora_adapter(ad, base, rng, score=False, dtype=np.float32, family="gpt2"):
+    """a PEFT adapter on GPT-2's c_attn / Llama's q_proj (r 2, alpha 4: s = 2), B != 0; score:
+    a reward model's (modules_to_save ["score"])"""
     ad.mkdir()
-    C = CFG["n_embd"]
+    C, module = CFG["n_embd"], ADAPTED[family]
+    out = 3 * C if family == "gpt2" else LLAMA["hidden_size"]
     # B small: s B A of the size of W (0.02), whose last bits then decide the rounding
-    t = {f"base_model.model.transformer.h.{l}.attn.c_attn.lora_{ab}.weight": (rng.standard_normal(s) * sd).astype(dtype)
-         for l in (0, 1) for ab, s, sd in (("A", (2, C), 1.0), ("B", (3 * C, 2), 0.01))}
+    t = {f"base_model.model.{module.format(l)}.lora_{ab}.weight": (rng.standard_normal(s) * sd).astype(dtype)
+         for l in (0, 1) for ab, s, sd in (("A", (2, C), 1.0), ("B", (out, 2), 0.01))}
     if score:
         t["base_model.model.score.weight"] = rng.standard_normal((1, C)).astype(dtype)
     st.save(str(ad / "adapter_model.safetensors"), t, {"format": "pt"})
-    cfg = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["c_attn"], "fan_in_fan_out": True,
-           "base_model_name_or_path": str(base), "task_type": "SEQ_CLS" if score else "CAUSAL_LM"}
+    cfg = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": [module.split(".")[-1]],
+           "fan_in_fan_out": family == "gpt2", "base_model_name_or_path": str(base),
+           "task_type": "SEQ_CLS" if score else "CAUSAL_LM"}
     if score:
         cfg["modules_to_save"] = ["score"]
     (ad / "adapter_config.json").write_text(json.dumps(cfg))
     return t
 
 
+ADAPTED = {"gpt2": "transformer.h.{}.attn.c_attn", "llama": "model.layers.{}.self_attn.q_proj"}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("score", [False, True])
-def test_a_lora_fold_onto_an_f64_base_rounds_once(tmp_path, score):
-    """W + s (B A)^T from the F64 base's own values (they were rounded to float32 first); the
-    reward-model case adds a score head, which moves every tensor after wte"""
-    m = make_model(tmp_path, "m", 1)
+def test_a_lora_fold_onto_an_f64_base_rounds_once(tmp_path, score, family):
+    """W + s B A (transposed for GPT-2) from the F64 base's own values (they were rounded to
+    float32 first); the reward-model case adds a score head, which moves every tensor after
+    GPT-2's wte and takes Llama's lm_head's place"""
+    m = make_model(tmp_path, "m", 1) if family == "gpt2" else make_config_model(tmp_path, "m", LLAMA)
     W = f64_weights(m, 0)
-    lora = lora_adapter(tmp_path / "ad", m, np.random.default_rng(1), score)
+    lora = lora_adapter(tmp_path / "ad", m, np.random.default_rng(1), score, family=family)
     r = run(FDPO, "merge", "--lora", tmp_path / "ad", "--model", m, "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     got, rounded_twice = tensors(tmp_path / "out"), 0
-    assert set(got) == set(W) | ({"score.weight"} if score else set())
-    for k in W:
+    assert set(got) == (set(W) - ({"lm_head.weight"} if score else set())) | ({"score.weight"} if score else set())
+    adapted = [ADAPTED[family].format(l) for l in (0, 1)]
+    for k in got.keys() - {"score.weight"}:
         ref = W[k]
-        if k.endswith("attn.c_attn.weight"):
+        if k[:-len(".weight")] in adapted:
             pre = "base_model.model." + k[:-len(".weight")]
-            ba = (lora[pre + ".lora_B.weight"].astype(np.float64) @ lora[pre + ".lora_A.weight"].astype(np.float64)).T
+            ba = lora[pre + ".lora_B.weight"].astype(np.float64) @ lora[pre + ".lora_A.weight"].astype(np.float64)
+            ba = ba.T if family == "gpt2" else ba
             ref = W[k] + 2.0 * ba
             rounded_twice += int((ref.astype(np.float32) != (W[k].astype(np.float32) + 2.0 * ba).astype(np.float32)).sum())
         assert np.array_equal(got[k], ref.astype(np.float32)), k
