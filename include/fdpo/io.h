@@ -36,8 +36,11 @@ int fdpo_st_open_buffer(fdpo_safetensors *st, const char *name, const void *byte
 void fdpo_st_close(fdpo_safetensors *st);
 const fdpo_st_tensor *fdpo_st_find(const fdpo_safetensors *st, const char *name);
 const char *fdpo_st_meta(const fdpo_safetensors *st, const char *key);
-/* Read tensor as float32 (f32, f16, bf16 converted). Checks numel == n. */
+/* Read tensor as float32 (f32, f16, bf16 converted exactly; f64 rounded to nearest, a finite
+ * value beyond float's range refused naming the element). Checks numel == n. */
 int fdpo_st_read_f32(const fdpo_safetensors *st, const fdpo_st_tensor *t, float *out, size_t n);
+/* The same as double: every float dtype exactly (an F64 tensor's own values). */
+int fdpo_st_read_f64(const fdpo_safetensors *st, const fdpo_st_tensor *t, double *out, size_t n);
 
 /* Writer: add tensors (data copied by reference until write), then write atomically. */
 typedef struct fdpo_st_writer fdpo_st_writer;
@@ -75,8 +78,12 @@ int fdpo_config_save(const char *config_json_path, const fdpo_gpt2_config *c);
 void fdpo_config_set_special_ids(fdpo_gpt2_config *c, int32_t bos, int32_t eos);
 /* Load config.json + model.safetensors: accepts "transformer."-prefixed or bare names,
  * skips attn.bias / attn.masked_bias buffers and lm_head.weight (tied; must equal wte if
- * present), converts f16/bf16, and refuses NaN/Inf weights naming the tensor and count. */
+ * present), converts f16/bf16 exactly and f64 rounded to nearest, and refuses NaN/Inf weights
+ * naming the tensor and count (an f64 beyond float's range naming the element). */
 fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir);
+/* The same, and where DIR's files hold an F64 tensor, *exact = every parameter in double as
+ * the files hold it (fdpo merge sums those, not their float roundings; free()); else NULL. */
+fdpo_gpt2 *fdpo_checkpoint_load_model_exact(const char *dir, double **exact);
 /* The tokenizer of the model in DIR: DIR's own files; for a LoRA adapter without any (what
  * PEFT's save_pretrained writes) its base's, base_model_name_or_path, whose model it adapts. */
 fdpo_tokenizer *fdpo_checkpoint_load_tokenizer(const char *dir);

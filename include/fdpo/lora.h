@@ -103,6 +103,9 @@ void fdpo_lora_detach(fdpo_gpt2 *m);
 /* W += s * B A for every adapter (GPT-2's [in, out] weights get (B A)^T), summed in
  * double and rounded once; then detach. */
 void fdpo_lora_merge(fdpo_gpt2 *m);
+/* The same from W's values in exact (m's parameters in double, as fdpo_checkpoint_load_model_exact
+ * reads an F64 base; NULL: m's own floats), so an F64 base weight is rounded once, in the sum. */
+void fdpo_lora_merge_exact(fdpo_gpt2 *m, const double *exact);
 /* The score head of a LoRA reward model (trained in full beside the adapters, kept in the
  * view): its weights (grad 0) or gradient (grad 1); NULL without one. */
 float *fdpo_lora_score(fdpo_lora *l, int grad);
@@ -159,10 +162,12 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
 fdpo_gpt2 *fdpo_lora_load_checkpoint(const char *dir);
 /* DIR/config.json, or for a LoRA checkpoint directory its base's (the model's shape). */
 int fdpo_checkpoint_load_config(const char *dir, fdpo_gpt2_config *c);
-/* DIR's adapters attached to base (consumed: freed on error). An adapter that trains a
- * score head (modules_to_save ["score"], fdpo rm --lora-r) on a language model turns base
- * into a reward model first (pad = DIR's tokenizer's end of text). */
-fdpo_gpt2 *fdpo_lora_load_onto(const char *dir, fdpo_gpt2 *base);
+/* DIR's adapters attached to base, read from base_dir (consumed: freed on error). An
+ * adapter that trains a score head (modules_to_save ["score"], fdpo rm --lora-r) on a language
+ * model turns base into a reward model first (pad = the end of text of DIR's own tokenizer,
+ * else of base_dir's: PEFT's save_pretrained writes none, and merge --lora's --model BASE is
+ * the one the adapter is folded onto). */
+fdpo_gpt2 *fdpo_lora_load_onto(const char *dir, fdpo_gpt2 *base, const char *base_dir);
 /* 1 if DIR is a LoRA checkpoint: adapter_config.json and no config.json of its own. */
 int fdpo_lora_is_checkpoint(const char *dir);
 /* 1 if DIR holds adapter_config.json. */

@@ -38,7 +38,8 @@ fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o);
 double fdpo_merge_weight(const fdpo_merge_opts *o, size_t i);
 /* LoRA: the base checkpoint (base_dir; NULL = the adapter's base_model_name_or_path) with
  * the PEFT adapter of adapter_dir folded in, W += (alpha/r) B A (transposed for GPT-2's
- * [in, out] weights), each element summed in double and rounded once. */
+ * [in, out] weights), each element summed in double and rounded once. A base that is itself
+ * an adapter directory is refused (a chain: the fold would count its adapter too). */
 fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir);
 
 #ifdef __cplusplus

@@ -19,7 +19,7 @@ int cmd_merge(int argc, char **argv) {
         {"model", FLAG_LIST, &model_list, NULL, "a checkpoint to merge (repeat for each)", 0},
         {"weight", FLAG_STR, &weight_list, NULL, "comma list, one weight per --model (default 1/n; 1 each with --base)", 0},
         {"base", FLAG_STR, &base, NULL, "task arithmetic: theta = base + sum w_i (theta_i - base)", 0},
-        {"lora", FLAG_STR, &lora, NULL, "PEFT LoRA adapter directory to fold into --model: W += (alpha/r) B A (default base: the adapter's base_model_name_or_path)", 0},
+        {"lora", FLAG_STR, &lora, NULL, "PEFT LoRA adapter directory to fold into --model (a full checkpoint): W += (alpha/r) B A (default base: the adapter's base_model_name_or_path)", 0},
         {"out", FLAG_STR, &out, NULL, "output checkpoint directory (required)", 0},
         {"overwrite", FLAG_BOOL, &overwrite, "0", "replace an existing checkpoint, another run's output (its metrics.jsonl) or a tokenizer in --out", 0},
         {"threads", FLAG_INT, &threads, "0", "threads (0 = OpenMP default)", 0},

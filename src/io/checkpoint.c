@@ -495,7 +495,17 @@ static char *read_generation_config(const char *dir) {
     return text;
 }
 
-fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
+static int has_f64(const st_set *s) {
+    for (size_t f = 0; f < s->n; f++)
+        for (size_t k = 0; k < s->files[f].n_tensors; k++)
+            if (s->files[f].tensors[k].dtype == FDPO_F64) return 1;
+    return 0;
+}
+
+/* exact: NULL, or set to the parameters in double as the files hold them where a tensor is
+ * F64 (which the model's float rounds), else to NULL */
+static fdpo_gpt2 *load_model(const char *dir, double **exact) {
+    if (exact) *exact = NULL;
     char *probe = fdpo_path_join(dir, "config.json");
     int no_config = !fdpo_file_exists(probe);
     free(probe);
@@ -523,6 +533,8 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
     }
     if (!rc && fdpo_model_env_check()) rc = -1;   /* the environment's fault, not config.json's */
     if (!rc && !(m = fdpo_gpt2_create(&c))) rc = fdpo_error_context("%s", cfg_path);
+    double *values = NULL;   /* *exact */
+    if (!rc && exact && has_f64(&ss)) values = fdpo_calloc(m->n_params, sizeof *values);
     size_t **used = NULL;
     if (!rc) {
         used = fdpo_calloc(ss.n, sizeof *used);
@@ -554,6 +566,7 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
                 }
                 float *score = m->params_memory + t->offset + one;
                 rc = fdpo_st_read_f32(&ss.files[sfi], sw, score, c.num_labels * c.n_embd);
+                if (!rc && values) rc = fdpo_st_read_f64(&ss.files[sfi], sw, values + (score - m->params_memory), c.num_labels * c.n_embd);
                 size_t bad = rc ? 0 : count_non_finite(score, c.num_labels * c.n_embd);   /* as every tensor */
                 if (bad) rc = fdpo_error("%s: tensor 'score.weight' has %zu non-finite value%s (NaN or Inf)",
                                          ss.files[sfi].path, bad, bad == 1 ? "" : "s");
@@ -571,6 +584,7 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
             }
             float *dst = m->params_memory + t->offset + l * one;
             rc = fdpo_st_read_f32(&ss.files[fi], f, dst, one);
+            if (!rc && values) rc = fdpo_st_read_f64(&ss.files[fi], f, values + t->offset + l * one, one);
             /* NaN/Inf weights would only show up later as empty samples or a "diverged" run */
             size_t bad = rc ? 0 : count_non_finite(dst, one);
             if (bad) rc = fdpo_error("%s: tensor '%s' has %zu non-finite value%s (NaN or Inf)", ss.files[fi].path, f->name, bad,
@@ -616,9 +630,14 @@ fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) {
     st_set_close(&ss);
     free(cfg_path);
     if (!rc) m->generation_config = read_generation_config(dir);
-    if (rc) { fdpo_gpt2_free(m); return NULL; }
+    if (rc) { fdpo_gpt2_free(m); free(values); return NULL; }
+    if (exact) *exact = values;
     return m;
 }
+
+fdpo_gpt2 *fdpo_checkpoint_load_model(const char *dir) { return load_model(dir, NULL); }
+
+fdpo_gpt2 *fdpo_checkpoint_load_model_exact(const char *dir, double **exact) { return load_model(dir, exact); }
 
 void fdpo_st_writer_add_gpt2(fdpo_st_writer *w, const fdpo_gpt2 *m, const float *memory, const char *prefix) {
     for (int i = 0; i < (int)m->n_tensors; i++) {
@@ -651,6 +670,12 @@ int fdpo_st_read_gpt2(const fdpo_safetensors *st, const fdpo_gpt2 *m, float *mem
                 fmt_shape(have, sizeof have, f->shape, f->ndim);
                 fmt_shape(want, sizeof want, t->shape, t->ndim);
                 rc = fdpo_error("%s: tensor '%s': shape %s, the model wants %s", st->path, full, have, want);
+                break;
+            }
+            /* F64 would round to float before the LoRA fold sums in double: two roundings (PEFT
+             * writes the model's dtype; fdpo's adapters are F32) */
+            if (f->dtype == FDPO_F64) {
+                rc = fdpo_error("%s: tensor '%s': dtype F64 (adapter tensors are F32, F16 or BF16)", st->path, full);
                 break;
             }
             float *dst = memory + t->offset + l * one;

@@ -388,11 +388,14 @@ static int wants_score_head(const char *dir) {
     return score;
 }
 
-fdpo_gpt2 *fdpo_lora_load_onto(const char *dir, fdpo_gpt2 *m) {
+fdpo_gpt2 *fdpo_lora_load_onto(const char *dir, fdpo_gpt2 *m, const char *base_dir) {
     if (m->config.num_labels == 0 && wants_score_head(dir)) {
         /* a LoRA reward model on a language model (fdpo rm --lora-r): the base gets a score
-         * head (pad = the tokenizer's end of text, as fdpo rm pools) that the adapter fills */
-        fdpo_tokenizer *tok = fdpo_checkpoint_load_tokenizer(dir);
+         * head (pad = the tokenizer's end of text, as fdpo rm pools) that the adapter fills.
+         * The base's tokenizer where DIR has none: the one it was read from, not only DIR's
+         * base_model_name_or_path (null or a hub id in PEFT's files, refused with --model BASE) */
+        fdpo_tokenizer *tok = fdpo_tokenizer_dir_has_files(dir) ? fdpo_tokenizer_load_dir(dir)
+                                                                : fdpo_checkpoint_load_tokenizer(base_dir);
         fdpo_gpt2 *rm = tok ? fdpo_gpt2_reward_model_from_lm(m, 0.0, 0, fdpo_tokenizer_eot(tok)) : NULL;
         if (tok) fdpo_tokenizer_free(tok);
         fdpo_gpt2_free(m);
@@ -417,7 +420,7 @@ fdpo_gpt2 *fdpo_lora_load_checkpoint(const char *dir) {
         goto done;
     }
     if (!(m = fdpo_checkpoint_load_model(base))) { fdpo_error_context("%s: base_model_name_or_path %s", dir, base); goto done; }
-    if (!(m = fdpo_lora_load_onto(dir, m))) goto done;
+    if (!(m = fdpo_lora_load_onto(dir, m, base))) goto done;
     m->lora->base_model = base;
     base = NULL;
 done:

@@ -4,6 +4,8 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -226,22 +228,60 @@ static float f16_to_f32(uint16_t h) {
     return f;
 }
 
-int fdpo_st_read_f32(const fdpo_safetensors *st, const fdpo_st_tensor *t, float *out, size_t n) {
+static int check_float_tensor(const fdpo_safetensors *st, const fdpo_st_tensor *t, size_t n) {
     size_t es = dtype_size(t->dtype);
     size_t numel = es ? (t->end - t->begin) / es : 0;
     if (t->dtype != FDPO_F32 && t->dtype != FDPO_F16 && t->dtype != FDPO_BF16 && t->dtype != FDPO_F64)
         return fdpo_error("%s: tensor '%s': dtype %s is not a floating-point type (want F32, F16, BF16 or F64)",
                           st->path, t->name, t->dtype_name);
     if (numel != n) return fdpo_error("%s: tensor '%s': %zu elements, expected %zu", st->path, t->name, numel, n);
+    return 0;
+}
+
+/* element i of t as "[3,5]" (its index in the tensor's shape) */
+static void element_index(const fdpo_st_tensor *t, size_t i, char *buf, size_t size) {
+    size_t idx[8] = {0}, k = 0;
+    for (int d = t->ndim - 1; d >= 0; d--) { idx[d] = t->shape[d] ? i % t->shape[d] : 0; i = t->shape[d] ? i / t->shape[d] : 0; }
+    k += (size_t)snprintf(buf, size, "[");
+    for (int d = 0; d < t->ndim && k < size; d++) k += (size_t)snprintf(buf + k, size - k, "%s%zu", d ? "," : "", idx[d]);
+    if (k < size) snprintf(buf + k, size - k, "]");
+}
+
+int fdpo_st_read_f32(const fdpo_safetensors *st, const fdpo_st_tensor *t, float *out, size_t n) {
+    if (check_float_tensor(st, t, n)) return -1;
     const unsigned char *src = st->data + t->begin;
     for (size_t i = 0; i < n; i++) {
         switch (t->dtype) {
         case FDPO_F32: memcpy(&out[i], src + 4 * i, 4); break;
-        case FDPO_F64: { double d; memcpy(&d, src + 8 * i, 8); out[i] = (float)d; break; }
+        case FDPO_F64: {
+            double d;
+            memcpy(&d, src + 8 * i, 8);
+            out[i] = (float)d;   /* the one dtype float cannot hold exactly: rounded to nearest */
+            if (isfinite(d) && !isfinite(out[i])) {   /* not a NaN or Inf of the file: out of float's range */
+                char at[128];
+                element_index(t, i, at, sizeof at);
+                return fdpo_error("%s: tensor '%s': element %s = %g (F64) is beyond float32's range (+-%g)", st->path,
+                                  t->name, at, d, (double)FLT_MAX);
+            }
+            break;
+        }
         case FDPO_F16: { uint16_t h; memcpy(&h, src + 2 * i, 2); out[i] = f16_to_f32(h); break; }
         default: { uint16_t h; memcpy(&h, src + 2 * i, 2); uint32_t b = (uint32_t)h << 16; memcpy(&out[i], &b, 4); break; }
         }
     }
+    return 0;
+}
+
+int fdpo_st_read_f64(const fdpo_safetensors *st, const fdpo_st_tensor *t, double *out, size_t n) {
+    if (t->dtype != FDPO_F64) {   /* the others convert to float exactly: read them so, once */
+        float *f = fdpo_malloc((n ? n : 1) * sizeof *f);
+        int rc = fdpo_st_read_f32(st, t, f, n);
+        for (size_t i = 0; !rc && i < n; i++) out[i] = f[i];
+        free(f);
+        return rc;
+    }
+    if (check_float_tensor(st, t, n)) return -1;
+    memcpy(out, st->data + t->begin, n * sizeof *out);
     return 0;
 }
 

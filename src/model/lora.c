@@ -263,7 +263,9 @@ static float *base_weight(fdpo_gpt2 *m, fdpo_lora_site s, size_t layer) {
     return w[s] + layer * per;
 }
 
-void fdpo_lora_merge(fdpo_gpt2 *m) {
+void fdpo_lora_merge(fdpo_gpt2 *m) { fdpo_lora_merge_exact(m, NULL); }
+
+void fdpo_lora_merge_exact(fdpo_gpt2 *m, const double *exact) {
     fdpo_lora *l = m->lora;
     if (!l) return;
     size_t L = m->config.n_layer, r = l->r;
@@ -283,7 +285,7 @@ void fdpo_lora_merge(fdpo_gpt2 *m) {
                     double d = 0;
                     for (size_t k = 0; k < r; k++) d += (double)B[o * r + k] * (double)A[k * in + i];
                     float *w = conv1d ? &W[i * out + o] : &W[o * in + i];
-                    *w = (float)((double)*w + s_exact * d);
+                    *w = (float)((exact ? exact[w - m->params_memory] : (double)*w) + s_exact * d);
                 }
         }
     }

@@ -85,6 +85,27 @@ static int lora_tokenizer_check(const char *adapter_dir, const char *base_dir) {
     return rc;
 }
 
+/* exact laid out as m's parameters: the base's values (laid out as a model of base_config)
+ * by tensor name, where reading the adapter made m a reward model (a score head added: GPT-2's
+ * wte one row longer, Llama's score.weight in place of lm_head); the score head, which the
+ * adapter fills, stays 0. Frees exact. */
+static double *exact_as_laid_out(double *exact, const fdpo_gpt2_config *base_config, const fdpo_gpt2 *m) {
+    if (base_config->num_labels == m->config.num_labels) return exact;
+    fdpo_gpt2 *layout = fdpo_gpt2_create(base_config);   /* its table only: the pages stay untouched */
+    double *out = layout ? calloc(m->n_params, sizeof *out) : NULL;
+    for (size_t i = 0; out && i < m->n_tensors; i++)
+        for (size_t j = 0; j < layout->n_tensors; j++)
+            if (!strcmp(m->tensors[i].name, layout->tensors[j].name)) {
+                size_t n = m->tensors[i].numel < layout->tensors[j].numel ? m->tensors[i].numel : layout->tensors[j].numel;
+                memcpy(out + m->tensors[i].offset, exact + layout->tensors[j].offset, n * sizeof *out);
+                break;
+            }
+    if (layout && !out) fdpo_error("out of memory for %zu parameters", m->n_params);
+    fdpo_gpt2_free(layout);
+    free(exact);
+    return out;
+}
+
 fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir) {
     if (!fdpo_lora_dir_has_adapter(adapter_dir)) {
         fdpo_error("--lora: %s has no adapter_config.json (a PEFT LoRA adapter directory)", adapter_dir);
@@ -95,10 +116,25 @@ fdpo_gpt2 *fdpo_merge_lora(const char *adapter_dir, const char *base_dir) {
     const char *base = base_dir ? base_dir : saved;
     fdpo_gpt2 *m = NULL;
     if (!base) { fdpo_error("--model: required (%s names no base_model_name_or_path)", adapter_dir); goto done; }
+    /* an adapter directory reads as its base + its adapter, and the fold would add this one on
+     * top (a continued adapter, which holds its predecessor's training, counted it twice): one
+     * level only, as every reader of a LoRA checkpoint (fdpo_lora_load_checkpoint) */
+    if (fdpo_lora_is_checkpoint(base)) {
+        if (base_dir) fdpo_error("--model %s is itself a LoRA adapter directory (a base + its adapter), not a full "
+                                 "checkpoint; give the base --lora %s adapts, or merge it first (fdpo merge --lora %s "
+                                 "--out DIR)", base, adapter_dir, base);
+        else fdpo_error("--lora %s: base_model_name_or_path %s is itself a LoRA adapter directory; merge it first "
+                        "(fdpo merge --lora %s --out DIR)", adapter_dir, base, base);
+        goto done;
+    }
     if (base_dir && lora_tokenizer_check(adapter_dir, base_dir)) goto done;
-    if (!(m = fdpo_checkpoint_load_model(base))) { fdpo_error_context("--model %s", base); goto done; }
-    if (!(m = fdpo_lora_load_onto(adapter_dir, m))) { fdpo_error_context("--lora %s", adapter_dir); goto done; }
-    fdpo_lora_merge(m);
+    double *exact = NULL;   /* an F64 base's own values: the fold rounds them once, in the sum */
+    if (!(m = fdpo_checkpoint_load_model_exact(base, &exact))) { fdpo_error_context("--model %s", base); goto done; }
+    const fdpo_gpt2_config base_config = m->config;
+    if (!(m = fdpo_lora_load_onto(adapter_dir, m, base))) { fdpo_error_context("--lora %s", adapter_dir); free(exact); goto done; }
+    if (exact && !(exact = exact_as_laid_out(exact, &base_config, m))) { fdpo_gpt2_free(m); m = NULL; goto done; }
+    fdpo_lora_merge_exact(m, exact);
+    free(exact);
     for (size_t k = 0; k < m->n_params; k++)
         if (!isfinite(m->params_memory[k])) {
             char where[192];
@@ -129,32 +165,41 @@ static void merge_sum(const fdpo_merge_opts *o, char *buf, size_t size) {
 fdpo_gpt2 *fdpo_merge(const fdpo_merge_opts *o) {
     if (fdpo_merge_opts_check(o)) return NULL;
     const char *first_dir = o->base ? o->base : o->models[0];
-    fdpo_gpt2 *first = fdpo_checkpoint_load_model(first_dir);
+    /* an F64 input's own values (the model's floats round them): the sum rounds once; the
+     * first model of a linear merge is read again below as models[0] */
+    double *first_exact = NULL;
+    fdpo_gpt2 *first = fdpo_checkpoint_load_model_exact(first_dir, o->base ? &first_exact : NULL);
     if (!first) return NULL;
     fdpo_tokenizer *first_tok = fdpo_checkpoint_load_tokenizer(first_dir);
-    if (!first_tok) { fdpo_gpt2_free(first); return NULL; }
+    if (!first_tok) { fdpo_gpt2_free(first); free(first_exact); return NULL; }
     fdpo_lora_merge(first);   /* LoRA checkpoints are averaged as the models they define (base + s B A) */
     size_t n = first->n_params;
     double *acc = calloc(n, sizeof *acc);   /* theta in double: the base (or 0), then each term in order */
-    if (!acc) { fdpo_gpt2_free(first); fdpo_tokenizer_free(first_tok); fdpo_error("out of memory for %zu parameters", n); return NULL; }
-    if (acc && o->base) for (size_t k = 0; k < n; k++) acc[k] = first->params_memory[k];
+    if (!acc) {
+        fdpo_gpt2_free(first); free(first_exact); fdpo_tokenizer_free(first_tok);
+        fdpo_error("out of memory for %zu parameters", n);
+        return NULL;
+    }
+    if (o->base) for (size_t k = 0; k < n; k++) acc[k] = first_exact ? first_exact[k] : first->params_memory[k];
     for (size_t i = 0; i < o->n_models; i++) {
-        fdpo_gpt2 *m = fdpo_checkpoint_load_model(o->models[i]);
+        double *exact = NULL;
+        fdpo_gpt2 *m = fdpo_checkpoint_load_model_exact(o->models[i], &exact);
         if (m) fdpo_lora_merge(m);
         if (!m || check_compatible(o->models[i], m, first_dir, first, first_tok)) {
-            fdpo_gpt2_free(m); fdpo_gpt2_free(first); fdpo_tokenizer_free(first_tok); free(acc);
+            fdpo_gpt2_free(m); free(exact); fdpo_gpt2_free(first); free(first_exact); fdpo_tokenizer_free(first_tok); free(acc);
             return NULL;
         }
         double w = fdpo_merge_weight(o, i);
-        const float *p = m->params_memory;
-        if (o->base) {
-            const float *b = first->params_memory;
-            for (size_t k = 0; k < n; k++) acc[k] += w * ((double)p[k] - (double)b[k]);
-        } else {
-            for (size_t k = 0; k < n; k++) acc[k] += w * (double)p[k];
+        const float *p = m->params_memory, *b = first->params_memory;
+        for (size_t k = 0; k < n; k++) {
+            double x = exact ? exact[k] : (double)p[k];
+            if (o->base) acc[k] += w * (x - (first_exact ? first_exact[k] : (double)b[k]));
+            else acc[k] += w * x;
         }
         fdpo_gpt2_free(m);
+        free(exact);
     }
+    free(first_exact);
     fdpo_tokenizer_free(first_tok);
     float *dst = first->params_memory;
     for (size_t k = 0; k < n; k++) dst[k] = (float)acc[k];

@@ -456,3 +456,166 @@ def test_a_tokenizer_mismatch_names_the_first_difference(tmp_path, case):
         (b / "tokenizer_config.json").unlink(missing_ok=True)
         r = run(FDPO, "merge", "--model", a, "--model", b, "--out", tmp_path / "out")
         assert r.returncode == 0, r.stderr
+
+
+def f64_weights(d, seed):
+    """d's weights rewritten as F64, each times (1 + N(0, 1e-9)): values float32 cannot hold,
+    so summing their float32 roundings (two roundings) differs from summing them"""
+    rng = np.random.default_rng(seed)
+    t = {k: v.astype(np.float64) * (1 + 1e-9 * rng.standard_normal(v.shape)) for k, v in tensors(d).items()}
+    st.save(str(d / "model.safetensors"), t, {"format": "pt"})
+    return t
+
+
+def test_f64_inputs_are_summed_as_the_files_hold_them_and_rounded_once(tmp_path):
+    """an F64 weight was rounded to float32 when read and the merge summed those roundings, so
+    27% of the elements of a 0.5/0.5 merge were 1 ulp off numpy's float64 sum rounded once"""
+    a, b, base = make_model(tmp_path, "a", 1), make_model(tmp_path, "b", 2), make_model(tmp_path, "base", 3)
+    ta, tb, tbase = tensors(a), f64_weights(b, 0), f64_weights(base, 1)
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", tmp_path / "lin")
+    assert r.returncode == 0, r.stderr
+    got, rounded_twice = tensors(tmp_path / "lin"), 0
+    for k in got:
+        ref = (0.5 * ta[k].astype(np.float64) + 0.5 * tb[k]).astype(np.float32)
+        assert np.array_equal(got[k], ref), k
+        rounded_twice += int((ref != (0.5 * ta[k] + 0.5 * tb[k].astype(np.float32).astype(np.float64)).astype(np.float32)).sum())
+    assert rounded_twice > 100   # the test tells the two apart
+    r = run(FDPO, "merge", "--base", base, "--model", b, "--weight", "0.7", "--out", tmp_path / "task")
+    assert r.returncode == 0, r.stderr
+    got = tensors(tmp_path / "task")
+    for k in got:
+        assert np.array_equal(got[k], (tbase[k] + 0.7 * (tb[k] - tbase[k])).astype(np.float32)), k
+
+
+def test_an_f64_value_beyond_float32_is_refused_as_out_of_range(tmp_path):
+    """a finite 1e39 became +Inf when rounded and was refused as "has 1 non-finite value (NaN
+    or Inf)", a value the file does not hold"""
+    a, b = make_model(tmp_path, "a", 1), make_model(tmp_path, "b", 2)
+    tb = f64_weights(b, 0)
+    tb["transformer.h.1.mlp.c_fc.weight"][2, 3] = -1e39
+    st.save(str(b / "model.safetensors"), tb, {"format": "pt"})
+    r = run(FDPO, "merge", "--model", a, "--model", b, "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr == (f"fdpo merge: {b}/model.safetensors: tensor 'transformer.h.1.mlp.c_fc.weight': "
+                                              "element [2,3] = -1e+39 (F64) is beyond float32's range (+-3.40282e+38)\n"), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def lora_adapter(ad, base, rng, score=False, dtype=np.float32, family="gpt2"):
+    """a PEFT adapter on GPT-2's c_attn / Llama's q_proj (r 2, alpha 4: s = 2), B != 0; score:
+    a reward model's (modules_to_save ["score"])"""
+    ad.mkdir()
+    C, module = CFG["n_embd"], ADAPTED[family]
+    out = 3 * C if family == "gpt2" else LLAMA["hidden_size"]
+    # B small: s B A of the size of W (0.02), whose last bits then decide the rounding
+    t = {f"base_model.model.{module.format(l)}.lora_{ab}.weight": (rng.standard_normal(s) * sd).astype(dtype)
+         for l in (0, 1) for ab, s, sd in (("A", (2, C), 1.0), ("B", (out, 2), 0.01))}
+    if score:
+        t["base_model.model.score.weight"] = rng.standard_normal((1, C)).astype(dtype)
+    st.save(str(ad / "adapter_model.safetensors"), t, {"format": "pt"})
+    cfg = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": [module.split(".")[-1]],
+           "fan_in_fan_out": family == "gpt2", "base_model_name_or_path": str(base),
+           "task_type": "SEQ_CLS" if score else "CAUSAL_LM"}
+    if score:
+        cfg["modules_to_save"] = ["score"]
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    return t
+
+
+ADAPTED = {"gpt2": "transformer.h.{}.attn.c_attn", "llama": "model.layers.{}.self_attn.q_proj"}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("score", [False, True])
+def test_a_lora_fold_onto_an_f64_base_rounds_once(tmp_path, score, family):
+    """W + s B A (transposed for GPT-2) from the F64 base's own values (they were rounded to
+    float32 first); the reward-model case adds a score head, which moves every tensor after
+    GPT-2's wte and takes Llama's lm_head's place"""
+    m = make_model(tmp_path, "m", 1) if family == "gpt2" else make_config_model(tmp_path, "m", LLAMA)
+    W = f64_weights(m, 0)
+    lora = lora_adapter(tmp_path / "ad", m, np.random.default_rng(1), score, family=family)
+    r = run(FDPO, "merge", "--lora", tmp_path / "ad", "--model", m, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    got, rounded_twice = tensors(tmp_path / "out"), 0
+    assert set(got) == (set(W) - ({"lm_head.weight"} if score else set())) | ({"score.weight"} if score else set())
+    adapted = [ADAPTED[family].format(l) for l in (0, 1)]
+    for k in got.keys() - {"score.weight"}:
+        ref = W[k]
+        if k[:-len(".weight")] in adapted:
+            pre = "base_model.model." + k[:-len(".weight")]
+            ba = lora[pre + ".lora_B.weight"].astype(np.float64) @ lora[pre + ".lora_A.weight"].astype(np.float64)
+            ba = ba.T if family == "gpt2" else ba
+            ref = W[k] + 2.0 * ba
+            rounded_twice += int((ref.astype(np.float32) != (W[k].astype(np.float32) + 2.0 * ba).astype(np.float32)).sum())
+        assert np.array_equal(got[k], ref.astype(np.float32)), k
+    assert rounded_twice > 10
+    if score:
+        assert np.array_equal(got["score.weight"], lora["base_model.model.score.weight"])
+
+
+def test_an_f64_adapter_is_refused(tmp_path):
+    """docs/lora.md: adapter tensors are F32, F16 or BF16; F64 ones were read (rounded to float32
+    before the fold's sum)"""
+    m = make_model(tmp_path, "m", 1)
+    lora_adapter(tmp_path / "ad", m, np.random.default_rng(1), dtype=np.float64)
+    r = run(FDPO, "merge", "--lora", tmp_path / "ad", "--model", m, "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr.endswith(
+        "adapter_model.safetensors: tensor 'base_model.model.transformer.h.0.attn.c_attn.lora_A.weight': dtype F64 "
+        "(adapter tensors are F32, F16 or BF16)\n"), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_lora_fold_onto_an_adapter_directory_is_refused(tmp_path):
+    """docs/lora.md: the base must be a full checkpoint, a chain of adapter directories refused
+    naming the base to merge first. merge --lora read an adapter directory given as --model (or
+    named by base_model_name_or_path) as base + its adapter and folded the second on top, exit
+    0: a continued adapter (which holds its predecessor's training) counted it twice."""
+    g = make_model(tmp_path, "g", 1)
+    lora_adapter(tmp_path / "ad1", g, np.random.default_rng(1))
+    lora_adapter(tmp_path / "ad2", g, np.random.default_rng(2))
+    ad1, ad2 = tmp_path / "ad1", tmp_path / "ad2"
+    r = run(FDPO, "merge", "--lora", ad2, "--model", ad1, "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo merge: --model {ad1} is itself a LoRA adapter directory (a base + its adapter), not a full checkpoint; "
+        f"give the base --lora {ad2} adapts, or merge it first (fdpo merge --lora {ad1} --out DIR)\n"), r.stderr
+    lora_adapter(tmp_path / "chain", ad1, np.random.default_rng(3))
+    r = run(FDPO, "merge", "--lora", tmp_path / "chain", "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo merge: --lora {tmp_path / 'chain'}: base_model_name_or_path {ad1} is itself a LoRA adapter directory; "
+        f"merge it first (fdpo merge --lora {ad1} --out DIR)\n"), r.stderr
+    assert not (tmp_path / "out").exists()
+    # what the messages point to: onto a full checkpoint, the fold is g + s (B A)^T of that adapter alone
+    r = run(FDPO, "merge", "--lora", ad2, "--model", g, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    lora, W, got = st.load(str(ad2 / "adapter_model.safetensors"))[0], tensors(g), tensors(tmp_path / "out")
+    for l in (0, 1):
+        k, pre = f"transformer.h.{l}.attn.c_attn.weight", f"base_model.model.transformer.h.{l}.attn.c_attn"
+        ba = lora[pre + ".lora_B.weight"].astype(np.float64) @ lora[pre + ".lora_A.weight"].astype(np.float64)
+        assert np.array_equal(got[k], (W[k].astype(np.float64) + 2.0 * ba.T).astype(np.float32)), k
+
+
+@pytest.mark.parametrize("named_base", [None, "gpt2"])
+def test_a_peft_reward_adapter_without_tokenizer_folds_onto_model_base(tmp_path, named_base):
+    """a SEQ_CLS adapter as PEFT's save_pretrained leaves it (no tokenizer files;
+    base_model_name_or_path null, or a hub id): the score head's pad was looked up in the
+    adapter or its base_model_name_or_path only, never in --model BASE, so the fold `fdpo info`
+    suggests was refused. docs/lora.md: such an adapter takes BASE's tokenizer, and the pad is
+    its end of text (256 for the byte tokenizer)."""
+    g = make_model(tmp_path, "g", 1)
+    ad = tmp_path / "ad"
+    lora = lora_adapter(ad, g, np.random.default_rng(1), score=True)
+    cfg = json.loads((ad / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = named_base
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    if named_base is None:
+        info = run(FDPO, "info", ad)
+        assert info.returncode == 1 and f"fdpo merge --lora {ad} --model BASE --out DIR" in info.stderr, info.stderr
+    r = run(FDPO, "merge", "--lora", ad, "--model", g, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["architectures"] == ["GPT2ForSequenceClassification"] and config["pad_token_id"] == 256, config
+    got, W = tensors(tmp_path / "out"), tensors(g)
+    assert np.array_equal(got["score.weight"], lora["base_model.model.score.weight"])
+    for l in (0, 1):
+        k, pre = f"transformer.h.{l}.attn.c_attn.weight", f"base_model.model.transformer.h.{l}.attn.c_attn"
+        ba = lora[pre + ".lora_B.weight"].astype(np.float64) @ lora[pre + ".lora_A.weight"].astype(np.float64)
+        assert np.array_equal(got[k], (W[k].astype(np.float64) + 2.0 * ba.T).astype(np.float32)), k

@@ -482,6 +482,30 @@ def test_a_run_refuses_an_out_that_holds_a_tokenizer(d, tmp_path, cmd):
         assert (tok / "notes.md").read_text() == "my tokenizer\n"
 
 
+@pytest.mark.parametrize("cmd", CHECKPOINT_CMDS)
+def test_a_run_refuses_an_out_that_holds_a_chat_template_alone(d, tmp_path, cmd):
+    """a chat_template.jinja (a tokenizer file, docs/tokenizer.md; tokenizer train refuses it)
+    that a user put in OUT alone was deleted by the save, exit 0, while a note beside it was
+    kept: the save drops OUT's tokenizer files, and this one was not among those that refuse.
+    online rounds and sacpo stages save in subdirectories and keep it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    (out / "notes.md").write_text("mine\n")
+    before = snapshot(out)
+    args = [*checkpoint_cmd(d, cmd), "--out", out, *([] if cmd == "merge" else FAST)]
+    if cmd in ("online", "sacpo"):
+        fdpo(*args)
+        assert all(snapshot(out)[k] == v for k, v in before.items())
+        return
+    refused(fdpo(*args, check=False), f"--out: {out} already holds a tokenizer (chat_template.jinja)", "--overwrite")
+    assert snapshot(out) == before
+    if cmd in ("sft", "merge"):   # --overwrite replaces it (it would override the saved tokenizer's template)
+        fdpo(*args, "--overwrite")
+        names = {p.name for p in out.iterdir()}
+        assert {"model.safetensors", "notes.md"} <= names and "chat_template.jinja" not in names, names
+
+
 @pytest.mark.parametrize("cmd", ["pretrain", "sft", "dpo", "merge"])
 def test_a_run_refuses_an_out_that_holds_a_model_in_another_format(d, tmp_path, cmd):
     """What transformers' save_pretrained(safe_serialization=False) writes: config.json,
