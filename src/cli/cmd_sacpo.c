@@ -32,6 +32,8 @@ int cmd_sacpo(int argc, char **argv) {
     n = online_flags_add(&of, &so.online, flags, n);
     train_flags_set_help(flags, n, "data", "prompts of the online stages: JSONL {\"prompt\"} or text, one per line");
     train_flags_set_help(flags, n, "model", "the checkpoint to align (required): each stage starts from the model before it, which is also its reference");
+    train_flags_set_help(flags, n, "loss", "preference loss: sigmoid, robust, hinge, ipo (per-token means); not simpo, which has "
+                                           "no reference (each stage needs the one before it as its reference)");
     train_flags_set_help(flags, n, "ref-update", "online stages: never only (each stage's reference is the model it starts from)");
     train_flags_set_help(flags, n, "ref-cache-dir", "where cached reference log-probs live (default: DIR/.fdpo-cache inside --out, shared by the stages)");
     train_flags_set_help(flags, n, "seed", "seed for each stage's held-out split and data order, the online stages' sampling and "

@@ -682,7 +682,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
      * (a negative count ran on the OpenMP default; a huge one was cut to int) */
     fdpo_flag *th = find_exact(flags, n, "threads");
     if (th && th->type == FLAG_INT && (*(long *)th->dest < 0 || *(long *)th->dest > 4096)) {
-        fdpo_error("--threads: %ld is not in [0, 4096] (0: all cores)", *(long *)th->dest);
+        fdpo_error("--threads: %ld is not in [0, 4096] (0: OpenMP's default, OMP_NUM_THREADS or all cores)", *(long *)th->dest);
         free(p);
         return FLAGS_ERROR;
     }

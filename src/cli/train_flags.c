@@ -48,7 +48,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"eval-every",    FLAG_INT,   &o->eval_every,    "100",    "validation loss every N steps and at the end (0: none during the run; eval_summary.json is still written at the end)", 0},
         {"save-every",    FLAG_INT,   &o->save_every,    "0",      "checkpoint every N steps (0: only at the end)", 0},
         {"log-every",     FLAG_INT,   &o->log_every,     "1",      "progress line and metrics.jsonl entry every N steps", 0},
-        {"threads",       FLAG_INT,   &o->threads,       "0",      "OpenMP/OpenBLAS threads (0: all cores)", 0},
+        {"threads",       FLAG_INT,   &o->threads,       "0",      "OpenMP/OpenBLAS threads (0: OpenMP's default, OMP_NUM_THREADS or all cores)", 0},
         {"precision",     FLAG_STR,   &precision_flag,   "fp32",   "matmul precision: fp32, or bf16 (bf16 inputs, fp32 accumulation and master weights)", 0},
         {"seed",          FLAG_INT,   &o->seed,          FLAGS_DEFAULT_SEED,   "seed for a random init (sft: and LoRA adapters), the data split and the data order", 0},
         {"quiet",         FLAG_BOOL,  &o->quiet,         "0",      "no progress line or run summary (what became of the run is still said)", 0},

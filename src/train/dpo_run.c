@@ -81,9 +81,9 @@ static void add_dpo_metrics(fdpo_metrics *mw, const char *prefix, const fdpo_dpo
 #define ADD(name, v) do { snprintf(k, sizeof k, "%s%s", prefix, name); fdpo_metrics_add(mw, k, v); } while (0)
     if (with_loss) ADD("loss", m->loss);
     for (size_t i = 0; i < N_DPO_METRICS; i++) ADD(DPO_METRICS[i].name, metric_value(m, i));
-    /* fdpo's own: beta * s(l) of the f-DPO score (absent for simpo) and the RPO term */
+    /* fdpo's own: beta * s(l) of the f-DPO score (absent for simpo); the RPO term under TRL's name */
     if (isfinite(m->scores_chosen)) { ADD("scores/chosen", m->scores_chosen); ADD("scores/rejected", m->scores_rejected); }
-    if (sft_weight > 0) ADD("nll", m->sft_nll);
+    if (sft_weight > 0) ADD("nll_loss", m->sft_nll);
 #undef ADD
 }
 

@@ -338,7 +338,7 @@ def test_a_checked_value_from_a_config_file_names_its_line(tmp_path):
         f"fdpo sft: --eval-fraction: 2 is not in [0, 1) (from {more}:2)"], r.stderr
     r = run("pretrain", "--out", str(tmp_path / "o"), "--config", write(tmp_path / "t.ini", "threads = 9999\n"), "x.txt")
     assert r.returncode == 1 and r.stderr == \
-        f"fdpo pretrain: --threads: 9999 is not in [0, 4096] (0: all cores) (from {tmp_path / 't.ini'}:1)\n", r.stderr
+        f"fdpo pretrain: --threads: 9999 is not in [0, 4096] (0: OpenMP's default, OMP_NUM_THREADS or all cores) (from {tmp_path / 't.ini'}:1)\n", r.stderr
     assert not (tmp_path / "o").exists()
 
 
@@ -418,7 +418,7 @@ def test_a_config_line_at_the_reader_limit(tmp_path, first):
     cfg.write_bytes((first + "\nseed = 4\nthreads = 5000\n").encode())
     r = run("pairs", "--config", str(cfg), "--data", samples_file(tmp_path), "--out", str(tmp_path / "o.jsonl"))
     assert r.returncode == 1 and r.stderr == \
-        f"fdpo pairs: --threads: 5000 is not in [0, 4096] (0: all cores) (from {cfg}:3)\n", r.stderr
+        f"fdpo pairs: --threads: 5000 is not in [0, 4096] (0: OpenMP's default, OMP_NUM_THREADS or all cores) (from {cfg}:3)\n", r.stderr
 
 
 @pytest.mark.parametrize("text,want", [

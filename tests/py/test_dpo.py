@@ -426,7 +426,7 @@ def test_metrics_names_and_determinism(cli):
     keys = set(ma[1])
     for k in ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
               "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "grad_norm",
-              "learning_rate", "epoch", "scores/chosen", "scores/rejected", "nll"]:
+              "learning_rate", "epoch", "scores/chosen", "scores/rejected", "nll_loss"]:
         assert k in keys, k
     assert "tokens_per_sec" in metrics(runs / "a")[1]
     assert "eval_rewards/accuracies" in ma[2] and "eval_loss" in ma[2]

@@ -152,7 +152,7 @@ def test_fdpo_dpo_metrics_jsonl_values(tmp_path):
             ev, _ = reference_metrics(pol, eval_pairs, case, ref_model_logps(rf, eval_pairs))
         want_eval = {"eval_" + k: v for k, v in ev.items() if k not in ("pref_loss", "sft_nll")}
         if sft > 0:
-            want_eval["eval_nll"] = ev["sft_nll"]
+            want_eval["eval_nll_loss"] = ev["sft_nll"]
         # held-out metrics before training (step 0) and after step 1 (lr 0: same weights)
         assert_metrics(initial, want_eval, (case, 0))
         assert_metrics(logged[0], want_eval, (case, 1))
@@ -164,10 +164,10 @@ def test_fdpo_dpo_metrics_jsonl_values(tmp_path):
         want.pop("pref_loss")
         nll = want.pop("sft_nll")
         if sft > 0:
-            want["nll"] = nll  # metrics.jsonl logs the SFT term only when it is on
+            want["nll_loss"] = nll  # metrics.jsonl logs the SFT term only when it is on
         for k in (0, 1):
             assert_metrics(logged[k], want, (case, logged[k]["step"]))
-            assert ("nll" in logged[k]) == (sft > 0)
+            assert ("nll_loss" in logged[k]) == (sft > 0)
         for k, m in enumerate(logged):
             assert abs(m["learning_rate"] - hf_linear_with_warmup(k)) <= 1e-12, (k, m["learning_rate"])
             assert abs(m["epoch"] - (k + 1) * n / n) <= 1e-12, (k, m["epoch"])

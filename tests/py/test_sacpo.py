@@ -277,6 +277,14 @@ def test_bad_plans_are_refused(data, tmp_path, extra, msg):
     assert r.returncode != 0 and msg in r.stderr, r.stderr
 
 
+def test_help_does_not_offer_the_loss_it_refuses():
+    """sacpo's --help listed dpo's "simpo (no reference)" among --loss's choices, which every
+    plan refuses (docs/sacpo.md: each stage's reference is the stage before it)"""
+    r = fdpo("sacpo", "--help", check=False)
+    loss = next(line for line in r.stdout.splitlines() if line.strip().startswith("--loss "))
+    assert "sigmoid, robust, hinge, ipo" in loss and "not simpo" in loss and "simpo (no reference)" not in loss, loss
+
+
 def test_a_bad_beta_is_named_as_beta(data, tmp_path):
     """--beta 0 was blamed on --lambda once the safety stages' beta / lambda was checked first"""
     r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety-data",
