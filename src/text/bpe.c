@@ -482,6 +482,18 @@ static int check_consistent(struct fdpo_bpe *b, const char *vocab_where, const c
     return 0;
 }
 
+/* A boolean field of a tokenizer file: absent gives dflt; anything but true/false (1, "true",
+ * null) is refused naming the field, as Hugging Face's loaders refuse it (serde's bool never
+ * coerces; the Python AddedToken takes only a bool), rather than read as false. */
+static int json_bool(const cJSON *obj, const char *key, int dflt, int *out, const char *where) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    *out = dflt;
+    if (!v) return 0;
+    if (!cJSON_IsBool(v)) return fdpo_error("%s: '%s' must be true or false", where, key);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
 /* ---- added tokens (tokenizer.json "added_tokens", tokenizer_config.json
  * "added_tokens_decoder") ----
  * Each entry {"id", "content", "special", ...} joins the vocabulary (when its content is not
@@ -493,11 +505,12 @@ static int added_entry(cJSON *vocab, cJSON *list, const cJSON *a, double id, con
     if (!cJSON_IsString(c) || !*c->valuestring) return fdpo_error("%s: 'content' missing or not a non-empty string", where);
     if (!(id >= 0 && id <= 1e8 && id == (double)(int64_t)id)) return fdpo_error("%s: 'id' is not a non-negative integer", where);
     static const char *const unsupported[] = {"lstrip", "rstrip", "single_word"};
-    for (size_t k = 0; k < 3; k++)
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, unsupported[k])))
-            return fdpo_error("%s: '%s' = true is not supported (token '%s')", where, unsupported[k], c->valuestring);
-    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(a, "special");
-    if (sp && !cJSON_IsBool(sp)) return fdpo_error("%s: 'special' must be true or false", where);
+    int flag, special, normalized;
+    for (size_t k = 0; k < 3; k++) {
+        if (json_bool(a, unsupported[k], 0, &flag, where)) return -1;
+        if (flag) return fdpo_error("%s: '%s' = true is not supported (token '%s')", where, unsupported[k], c->valuestring);
+    }
+    if (json_bool(a, "special", 0, &special, where) || json_bool(a, "normalized", 0, &normalized, where)) return -1;
     const cJSON *have = cJSON_GetObjectItemCaseSensitive(vocab, c->valuestring);
     if (have && have->valuedouble != id)
         return fdpo_error("%s: token '%s' has id %.0f, but the vocabulary gives it id %.0f", where, c->valuestring, id, have->valuedouble);
@@ -505,7 +518,7 @@ static int added_entry(cJSON *vocab, cJSON *list, const cJSON *a, double id, con
     cJSON *e = cJSON_CreateObject();
     cJSON_AddStringToObject(e, "content", c->valuestring);
     if (!have) cJSON_AddStringToObject(e, "where", where); /* it joined the vocabulary here */
-    cJSON_AddBoolToObject(e, "special", cJSON_IsTrue(sp));
+    cJSON_AddBoolToObject(e, "special", special);
     cJSON_AddItemToArray(list, e);
     return 0;
 }
@@ -926,17 +939,22 @@ static int check_normalizer(struct fdpo_bpe *b, const char *p, const cJSON *nz, 
  * ByteLevel with use_regex = false needs a Split (at top level or in a Sequence). Sets
  * b->pattern (NULL = GPT-2's). */
 static int byte_level(const char *p, const cJSON *e, const char *field, int *use_regex) {
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "add_prefix_space")))
-        return fdpo_error("%s: %s.add_prefix_space = true is not supported", p, field);
-    const cJSON *ur = cJSON_GetObjectItemCaseSensitive(e, "use_regex");
-    *use_regex = !cJSON_IsFalse(ur);
+    char where[PATH_MAX + 96];
+    snprintf(where, sizeof where, "%s: %s", p, field);
+    int prefix;
+    if (json_bool(e, "add_prefix_space", 0, &prefix, where) || json_bool(e, "use_regex", 1, use_regex, where)) return -1;
+    if (prefix) return fdpo_error("%s: %s.add_prefix_space = true is not supported", p, field);
     return 0;
 }
 static int split_pattern(struct fdpo_bpe *b, const char *p, const cJSON *e, const char *field) {
     const cJSON *pat = cJSON_GetObjectItemCaseSensitive(e, "pattern");
     const cJSON *re = cJSON_GetObjectItemCaseSensitive(pat, "Regex"), *str = cJSON_GetObjectItemCaseSensitive(pat, "String");
     const cJSON *beh = cJSON_GetObjectItemCaseSensitive(e, "behavior");
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "invert"))) return fdpo_error("%s: %s.invert = true is not supported", p, field);
+    char where[PATH_MAX + 96];
+    snprintf(where, sizeof where, "%s: %s", p, field);
+    int invert;
+    if (json_bool(e, "invert", 0, &invert, where)) return -1;
+    if (invert) return fdpo_error("%s: %s.invert = true is not supported", p, field);
     if (!cJSON_IsString(beh) || strcmp(beh->valuestring, "Isolated"))
         return fdpo_error("%s: %s.behavior '%s' is not supported (Isolated is)", p, field,
                           cJSON_IsString(beh) ? beh->valuestring : "(missing)");
@@ -979,7 +997,11 @@ static int check_pre_tokenizer(struct fdpo_bpe *b, const char *p, const cJSON *p
         if (!strcmp(s, "Digits")) { /* before any regex: each digit (or run) its own piece */
             if (n_byte || b->pattern || b->digits)
                 return fdpo_error("%s: %s: Digits is supported only first in the sequence", p, field);
-            b->digits = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "individual_digits")) ? 1 : 2;
+            char where[PATH_MAX + 96];
+            snprintf(where, sizeof where, "%s: %s", p, field);
+            int individual;
+            if (json_bool(e, "individual_digits", 0, &individual, where)) return -1;
+            b->digits = individual ? 1 : 2;
         } else if (!strcmp(s, "Split")) {
             if (n_byte) return fdpo_error("%s: %s: a Split after ByteLevel is not supported", p, field);
             if (split_pattern(b, p, e, field)) return -1;
@@ -1043,7 +1065,12 @@ static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t l
                    cJSON_IsString(type) ? type->valuestring : "not a string");
         goto done;
     }
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback"))) { refuse_sentencepiece(p, "model.byte_fallback is true"); goto done; }
+    char model_where[PATH_MAX + 16];
+    snprintf(model_where, sizeof model_where, "%s: model", p);
+    int byte_fallback, ignore_merges;
+    if (json_bool(model, "byte_fallback", 0, &byte_fallback, model_where) ||
+        json_bool(model, "ignore_merges", 0, &ignore_merges, model_where)) goto done;
+    if (byte_fallback) { refuse_sentencepiece(p, "model.byte_fallback is true"); goto done; }
     static const char *must_be_null[] = {"continuing_subword_prefix", "end_of_word_suffix", "dropout"};
     for (size_t i = 0; i < 3; i++) {
         const cJSON *f = cJSON_GetObjectItemCaseSensitive(model, must_be_null[i]);
@@ -1055,7 +1082,7 @@ static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t l
     if (check_normalizer(b, p, cJSON_GetObjectItemCaseSensitive(j, "normalizer"), 0)) goto done;
     if (check_pre_tokenizer(b, p, cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer"))) goto done;
     if (check_decoder(p, cJSON_GetObjectItemCaseSensitive(j, "decoder"))) goto done;
-    b->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
+    b->ignore_merges = ignore_merges;
     char where[PATH_MAX + 128];   /* "PATH: model.vocab", a path of up to PATH_MAX whole */
     snprintf(where, sizeof where, "%s: model.vocab", p);
     /* added tokens outside model.vocab extend it (literal text, e.g. <|endoftext|>) */

@@ -734,3 +734,58 @@ def test_an_invalid_u_escape_in_tokenizer_json_is_refused(tmp_path):
     r = run("tokenize", "--tokenizer", str(d), input=b"x")
     want = f"{d}/tokenizer.json:{e.value.lineno}: invalid JSON: the \\u escape at column {e.value.colno} needs four hex digits"
     assert r.returncode == 1 and want in r.stderr.decode(), r.stderr
+
+
+def _set_flag(tj, where, key, value):
+    if where == "added":
+        tj["added_tokens"][0][key] = value
+    elif where == "model":
+        tj["model"][key] = value
+    else:  # pre_tokenizer Sequence [Digits, Split, ByteLevel]: index by type
+        for e in tj["pre_tokenizer"]["pretokenizers"]:
+            if e["type"] == where:
+                e[key] = value
+
+
+NON_BOOL_FLAGS = [("added", k) for k in ("lstrip", "rstrip", "single_word", "normalized", "special")] + [
+    ("model", "byte_fallback"), ("model", "ignore_merges"), ("Digits", "individual_digits"),
+    ("Split", "invert"), ("ByteLevel", "add_prefix_space"), ("ByteLevel", "use_regex")]
+
+
+@pytest.mark.parametrize("value", [1, 0, "true", None], ids=["1", "0", "str", "null"])
+@pytest.mark.parametrize("where,key", NON_BOOL_FLAGS, ids=[k for _, k in NON_BOOL_FLAGS])
+def test_a_boolean_field_that_is_not_a_boolean_is_refused(tmp_path, where, key, value):
+    """Hugging Face tokenizers reads each of these fields with serde as `bool` (AddedToken's
+    lstrip/rstrip/single_word/normalized/special, BPE's byte_fallback/ignore_merges,
+    Digits.individual_digits, Split.invert, ByteLevel.add_prefix_space/use_regex), and
+    serde_json never coerces a number, string or null to a bool: `Tokenizer.from_file` fails
+    ("invalid type: integer `1`, expected a boolean"). fdpo read them with cJSON_IsTrue, so
+    `individual_digits: 1` silently meant false (digit runs merged), `lstrip: 1` bypassed the
+    refusal and `use_regex: 0` meant true."""
+    merges = train_merges(CORPUS, LLAMA3_PAT, 40, True)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", LLAMA3_PAT, vocab, merges, GPT2_ADDED, None, None)
+    tj = json.load(open(d / "tokenizer.json"))
+    tj["pre_tokenizer"]["pretokenizers"].insert(0, {"type": "Digits", "individual_digits": True})
+    (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    assert run("tokenize", "--tokenizer", str(d), input=b"12 x").returncode == 0
+    _set_flag(tj, where, key, value)
+    (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    r = run("tokenize", "--tokenizer", str(d), input=b"12 x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and f"'{key}' must be true or false" in err and "tokenizer.json" in err, err
+
+
+@pytest.mark.parametrize("key", ["lstrip", "normalized"])
+def test_a_non_boolean_flag_in_added_tokens_decoder_is_refused(toks, key, tmp_path):
+    """tokenizer_config.json's added_tokens_decoder entries become tokenizers.AddedToken(**entry),
+    whose flags are Rust bools: 1 is refused there too."""
+    d = tmp_path / "t"
+    shutil.copytree(toks["gpt2"][0], d)
+    cfg = json.load(open(d / "tokenizer_config.json"))
+    next(iter(cfg["added_tokens_decoder"].values()))[key] = 1
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "tokenizer_config.json: added_tokens_decoder" in err and f"'{key}' must be true or false" in err, err
