@@ -1423,16 +1423,38 @@ static void encode_gap(const struct fdpo_bpe *b, word_cache *c, const unsigned c
     }
 }
 
+/* The next match of re in s[0..n) from off: > 0 a match, 0 none, -1 an error (named).
+ * The JIT runs on a 32 KiB machine stack, which a quantified group ((?:\p{L}|\p{N})+) over
+ * a run of about 1,400 characters exhausts (PCRE2_ERROR_JIT_STACKLIMIT): such a match is
+ * redone by the interpreter, whose backtracking frames live on the heap (Oniguruma, which
+ * Hugging Face uses, grows its stack too). An error there (its match, depth or heap limit) is
+ * reported: taken as "no match" it made the rest of the text one piece, merged across what
+ * the pattern splits. */
+static int regex_next(const struct fdpo_bpe *b, const pcre2_code *re, const unsigned char *s, size_t n, size_t off,
+                      pcre2_match_data *md) {
+    int rc = pcre2_jit_match(re, s, n, off, 0, md, NULL);
+    if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) rc = pcre2_match(re, s, n, off, PCRE2_NO_JIT, md, NULL);
+    if (rc > 0) return 1;
+    if (rc == PCRE2_ERROR_NOMATCH) return 0;
+    if (rc == 0) return fdpo_error("pre_tokenizer regex: match data too small"); /* cannot happen: md is from the pattern */
+    PCRE2_UCHAR msg[256];
+    pcre2_get_error_message(rc, msg, sizeof msg);
+    const char *pat = re == b->digits_re ? (b->digits == 1 ? "\\p{N}" : "\\p{N}+") : b->pattern ? b->pattern : GPT2_PATTERN;
+    return fdpo_error("pre_tokenizer regex '%.200s%s': PCRE2 failed while splitting %zu bytes of text at byte %zu: %s",
+                      pat, strlen(pat) > 200 ? "..." : "", n, off, (char *)msg);
+}
+
 /* Pre-tokenise s[0..n) with the regex and encode each piece. */
-static void encode_regex(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
-                         const unsigned char *s, size_t n, idvec *o) {
+static int encode_regex(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                        const unsigned char *s, size_t n, idvec *o) {
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
     size_t off = 0;
     while (off < n) {
-        int rc = pcre2_jit_match(b->re, s, n, off, 0, md, NULL);
+        int rc = regex_next(b, b->re, s, n, off, md);
+        if (rc < 0) return -1;
         size_t start = rc > 0 ? ov[0] : n, end = rc > 0 ? ov[1] : n;
         if (start > off) encode_gap(b, c, s + off, start - off, o);
-        if (rc <= 0) break;
+        if (rc == 0) break;
         if (end == start) { /* an empty match covers nothing: step over one code point */
             if (start >= n) break;
             size_t k = 1;
@@ -1444,34 +1466,38 @@ static void encode_regex(const struct fdpo_bpe *b, word_cache *c, pcre2_match_da
         }
         off = end;
     }
+    return 0;
 }
 
 /* A Digits pre-tokenizer first (StarCoder, SmolLM2): every digit (individual_digits) or
  * run of digits is its own piece; the regex runs on the stretches between them. */
-static void encode_segment(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
-                           const unsigned char *s, size_t n, idvec *o) {
-    if (!b->digits_re) { encode_regex(b, c, md, s, n, o); return; }
+static int encode_segment(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                          const unsigned char *s, size_t n, idvec *o) {
+    if (!b->digits_re) return encode_regex(b, c, md, s, n, o);
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
     size_t off = 0;
     while (off < n) {
-        int rc = pcre2_jit_match(b->digits_re, s, n, off, 0, md, NULL);
+        int rc = regex_next(b, b->digits_re, s, n, off, md);
+        if (rc < 0) return -1;
         size_t start = rc > 0 ? ov[0] : n, end = rc > 0 ? ov[1] : n; /* copied: encode_regex reuses md */
-        if (start > off) encode_regex(b, c, md, s + off, start - off, o);
-        if (rc <= 0 || end == start) break;
+        if (start > off && encode_regex(b, c, md, s + off, start - off, o)) return -1;
+        if (rc == 0 || end == start) break;
         encode_word(b, c, s + start, end - start, o);
         off = end;
     }
+    return 0;
 }
 
 /* One stretch of text between added tokens: NFC-normalised first when the tokenizer's
  * normalizer asks for it (Hugging Face normalises each split that is not an added token) */
-static void encode_stretch(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
-                           const unsigned char *s, size_t n, idvec *o) {
-    if (!b->nfc || n == 0) { encode_segment(b, c, md, s, n, o); return; }
+static int encode_stretch(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                          const unsigned char *s, size_t n, idvec *o) {
+    if (!b->nfc || n == 0) return encode_segment(b, c, md, s, n, o);
     size_t m;
     char *u = fdpo_text_nfc((const char *)s, n, &m);
-    encode_segment(b, c, md, (const unsigned char *)u, m, o);
+    int rc = encode_segment(b, c, md, (const unsigned char *)u, m, o);
     free(u);
+    return rc;
 }
 
 /* The added token (longest first) that s[0..n) starts with, eligible under allow_special
@@ -1512,18 +1538,20 @@ int fdpo_bpe_encode_marked(const fdpo_tokenizer *t, const char *text, size_t len
     o.v = fdpo_malloc(o.cap * sizeof *o.v);
     const unsigned char *s = (const unsigned char *)text;
     size_t seg = 0;
-    for (size_t pos = 0; pos < len;) {
+    int rc = 0;
+    for (size_t pos = 0; pos < len && !rc;) {
         int ok = allow_special && (!mask || mask[pos]);
         int32_t id = added_at(b, s + pos, len - pos, ok);
         if (id < 0) { pos++; continue; }
-        encode_stretch(b, c, md, s + seg, pos - seg, &o);
+        rc = encode_stretch(b, c, md, s + seg, pos - seg, &o);
         idvec_push(&o, id);
         pos += b->n_bytes[id];
         seg = pos;
     }
-    encode_stretch(b, c, md, s + seg, len - seg, &o);
+    if (!rc) rc = encode_stretch(b, c, md, s + seg, len - seg, &o);
     if (c) pthread_mutex_unlock(&c->lock);
     else pcre2_match_data_free(md);
+    if (rc) { free(o.v); return -1; }
     *ids = o.v; *n_ids = o.n;
     return 0;
 }

@@ -789,3 +789,21 @@ def test_a_non_boolean_flag_in_added_tokens_decoder_is_refused(toks, key, tmp_pa
     r = run("tokenize", "--tokenizer", str(d), input=b"x")
     err = r.stderr.decode()
     assert r.returncode == 1 and "tokenizer_config.json: added_tokens_decoder" in err and f"'{key}' must be true or false" in err, err
+
+
+def test_a_long_run_under_a_quantified_group_is_split_as_the_pattern_says(tmp_path):
+    """A Split pattern with a repeated group, over a run of ~1,400+ characters, exhausted
+    PCRE2's JIT stack; the error was taken as "no match", so the rest of the text became one
+    piece and merges crossed the pattern's boundaries (' ' + 'the' -> 'Ġthe'). The ids must be
+    the reference's (Python `regex` splits these texts, as Hugging Face's Oniguruma does)."""
+    pat = r"(?:\p{L}|\p{N})+|\s+|[^\s\p{L}\p{N}]+"
+    # "Ġ the" is a merge the pattern never lets apply (' ' and 'the' are separate pieces)
+    merges = train_merges(CORPUS, pat, 60) + [("t", "h"), ("th", "e"), ("\u0120", "the")]
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "grp"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    ref = RefBPE(vocab, merges, pat, GPT2_ADDED)
+    texts = ["ab" * n + " the end, x1y2" * 3 for n in (600, 700, 5000)] + ["z9" * 20000 + " the"]
+    got = fdpo_ids(str(d), texts, str(tmp_path))
+    for t, g in zip(texts, got):
+        assert g == ref.encode(t), len(t)
