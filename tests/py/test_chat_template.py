@@ -1236,3 +1236,32 @@ def test_a_named_template_renders_in_jinja_without_bos_or_eos(name, config, eot,
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"messages": CONVS[0][:1]}])
     got = harness("data-chat-prompts", str(tmp_path / "m"), "auto", prompts)["ids"][0]
     assert got == ref.encode(render(saved_cfg["chat_template"], CONVS[0][:1], saved_cfg, True), True)
+
+
+SPLIT_OPERATORS = {"smollm2-not-equal": ("smollm2", "messages[0]['role'] != 'system'", "messages[0]['role'] ! = 'system'"),
+                   "qwen25-equal": ("qwen25", '(message.role == "user")', '(message.role = = "user")'),
+                   "llama3-equal": ("llama3", "loop.index0 == 0", "loop.index0 = = 0")}
+
+
+@pytest.mark.parametrize("name", list(SPLIT_OPERATORS))
+def test_an_operator_split_by_whitespace_is_not_the_published_template(name, tmp_path):
+    """`! =` and `= =` are not Jinja's `!=` and `==` (its lexer has two-character operators):
+    Jinja2 refuses the template (unexpected char '!' / expected token ')', got '='), so
+    transformers cannot render it. fdpo's canonical form joined operator characters across
+    whitespace and rendered it as the published template; it is refused as unrecognised."""
+    need_jinja()
+    case, good, bad = SPLIT_OPERATORS[name]
+    template = CASES[case][0]
+    assert good in template
+    template = template.replace(good, bad)
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    with pytest.raises(jinja2.exceptions.TemplateSyntaxError):
+        env.from_string(template)
+    make_tok(tmp_path / "tok", case, with_template=False)
+    set_config(tmp_path / "tok", chat_template=template)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": CONVS[0]}])
+    r = subprocess.run([HARNESS, "data-chat-sft", str(tmp_path / "tok"), "auto", data], capture_output=True, text=True)
+    assert r.returncode != 0 and "chat_template is not one fdpo recognises" in r.stderr, r.stderr
+    # the same template with the operator whole and extra spaces Jinja ignores is still recognised
+    set_config(tmp_path / "tok", chat_template=CASES[case][0].replace(good, good.replace("==", " ==  ").replace("!=", "  != ")))
+    assert harness("tok-info", str(tmp_path / "tok"))["chat"] == CASES[case][5]
