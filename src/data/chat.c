@@ -299,6 +299,20 @@ int fdpo_chat_for(const fdpo_tokenizer *t, fdpo_chat *out) {
         }
         if (known->flags & KNOWN_START_BOS) out->start_bos = 1;
         if (known->flags & KNOWN_NO_BOS) out->start_bos = 0;
+        /* the file's bos_token is the config's only (transformers passes no other): Llama-3.1's
+         * {{- bos_token }} renders none without one, and Meta-Llama-3's bos_token + text
+         * raises in Jinja; the <|begin_of_text|> fallback is for a named built-in, whose saved
+         * source writes it as a literal */
+        free(out->bos);
+        out->bos = token_text(t, fdpo_tokenizer_bos(t));
+        if (!out->bos && (known->flags & KNOWN_BOS_PLUS)) {
+            for (int k = 0; k < KNOWN_MAX_HOLES; k++) free(holes[k]);
+            fdpo_chat_free(out);
+            return fdpo_error("%s (Meta-Llama-3's) writes bos_token + text, and the tokenizer's config sets no "
+                              "bos_token: Jinja refuses to render it ('bos_token' is undefined), as transformers' "
+                              "apply_chat_template would; set bos_token (<|begin_of_text|>) in tokenizer_config.json",
+                              origin);
+        }
         /* the template's literal bos / end of turn is what it renders */
         if ((v = hole_value(known, holes, HOLE_BOS))) { free(out->bos); out->bos = fdpo_strdup(v); }
         if ((v = hole_value(known, holes, HOLE_EOS))) { free(out->eos); out->eos = fdpo_strdup(v); }

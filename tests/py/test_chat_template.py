@@ -1265,3 +1265,37 @@ def test_an_operator_split_by_whitespace_is_not_the_published_template(name, tmp
     # the same template with the operator whole and extra spaces Jinja ignores is still recognised
     set_config(tmp_path / "tok", chat_template=CASES[case][0].replace(good, good.replace("==", " ==  ").replace("!=", "  != ")))
     assert harness("tok-info", str(tmp_path / "tok"))["chat"] == CASES[case][5]
+
+
+@pytest.mark.parametrize("case", ["llama3", "llama31", "llama31-published"])
+def test_a_llama3_template_without_a_bos_token_renders_as_jinja(case, tmp_path):
+    """The file's own Llama-3 template on a config with no bos_token: transformers passes no
+    bos_token, so Llama-3.1's {{- bos_token }} renders nothing and Meta-Llama-3's
+    bos_token + content raises ('bos_token' is undefined). fdpo prepended <|begin_of_text|>
+    (its fallback for a named built-in) to every prompt and sequence."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    cfg = {"eos_token": "<|eot_id|>", "chat_template": CASES[case][0]}
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(cfg))
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"messages": CONVS[0][:1]}])
+    try:
+        render(cfg["chat_template"], CONVS[0], cfg, False)
+    except jinja2.exceptions.UndefinedError as e:
+        assert "'bos_token' is undefined" in str(e)
+        for cmd, path in (("data-chat-sft", data), ("data-chat-prompts", prompts)):
+            r = subprocess.run([HARNESS, cmd, str(tmp_path / "tok"), "auto", path], capture_output=True, text=True)
+            assert r.returncode != 0 and "'bos_token' is undefined" in r.stderr and "tokenizer_config.json" in r.stderr, r.stderr
+        return
+    got = harness("data-chat-prompts", str(tmp_path / "tok"), "auto", prompts)["ids"][0]
+    want = ref.encode(render(cfg["chat_template"], CONVS[0][:1], cfg, True), True)
+    assert want[0] != vocab["<|begin_of_text|>"] and got == want
+    seqs = harness("data-chat-sft", str(tmp_path / "tok"), "auto", data)["sequences"]
+    for conv, seq in zip(CONVS, seqs):
+        text = render(cfg["chat_template"], conv, cfg, False)
+        last = text.rfind("<|eot_id|>") + len("<|eot_id|>")
+        text = text[:last] if text[last:].strip("\n") == "" else text
+        ids = ref.encode(text, True)
+        if ids[-1] != vocab["<|eot_id|>"]:
+            ids.append(vocab["<|eot_id|>"])
+        assert seq["tokens"] == ids, repr(text)
