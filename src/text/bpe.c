@@ -82,8 +82,9 @@ struct fdpo_bpe {
     unsigned char *json_added; /* [n_vocab] 1 = in tokenizer.json's added_tokens: a config name keeps its flag */
     int32_t *added; size_t n_added; /* added tokens matched in text, longest first */
     unsigned char added_first[256]; /* 1 if some added token starts with this byte */
-    char *src_json, *src_config, *src_jinja; /* tokenizer.json / tokenizer_config.json / chat_template.jinja as read (saved verbatim) */
-    size_t src_json_len, src_config_len, src_jinja_len;
+    char *src_json, *src_config, *src_jinja, *src_map; /* tokenizer.json / tokenizer_config.json / chat_template.jinja /
+                                                         * special_tokens_map.json as read (saved verbatim) */
+    size_t src_json_len, src_config_len, src_jinja_len, src_map_len;
     pcre2_code *re;
     word_cache cache[CACHE_SLOTS];
 };
@@ -271,7 +272,7 @@ void fdpo_bpe_free(struct fdpo_bpe *b) {
     for (int i = 0; i < CACHE_SLOTS; i++) { cache_release(&b->cache[i]); pthread_mutex_destroy(&b->cache[i].lock); }
     if (b->re) pcre2_code_free(b->re);
     if (b->digits_re) pcre2_code_free(b->digits_re);
-    free(b->pattern); free(b->in_model); free(b->special); free(b->json_added); free(b->added); free(b->src_json); free(b->src_config); free(b->src_jinja);
+    free(b->pattern); free(b->in_model); free(b->special); free(b->json_added); free(b->added); free(b->src_json); free(b->src_config); free(b->src_jinja); free(b->src_map);
     free(b);
 }
 
@@ -618,15 +619,7 @@ static void list_special(cJSON *list, const char *content) {
 /* transformers adds every token the config names (its SPECIAL_TOKENS_ATTRIBUTES) that is not
  * an added token yet as a special added token: each goes into list (add_mark keeps the ones
  * the files added); eos, bos and pad ids into ebp. */
-static int config_specials(const cJSON *cfg, const char *file, const struct fdpo_bpe *b, cJSON *list, int32_t ebp[3]) {
-    static const char *const KEYS[] = {"eos_token", "bos_token", "pad_token", "unk_token", "sep_token", "cls_token",
-                                       "mask_token"};
-    for (size_t k = 0; k < sizeof KEYS / sizeof KEYS[0]; k++) {
-        int32_t id;
-        if (config_token(cJSON_GetObjectItemCaseSensitive(cfg, KEYS[k]), KEYS[k], file, b, k < 3, &id)) return -1;
-        if (k < 3) ebp[k] = id;
-        if (id >= 0) list_special(list, b->str[id]);
-    }
+static int additional_specials(const cJSON *cfg, const char *file, const struct fdpo_bpe *b, cJSON *list) {
     const cJSON *more = cJSON_GetObjectItemCaseSensitive(cfg, "additional_special_tokens"), *e;
     if (!more || cJSON_IsNull(more)) return 0;
     if (!cJSON_IsArray(more)) return fdpo_error("%s: additional_special_tokens must be a list", file);
@@ -640,6 +633,27 @@ static int config_specials(const cJSON *cfg, const char *file, const struct fdpo
     }
     return 0;
 }
+
+/* The named tokens of tokenizer_config.json (cfg, may be NULL) and special_tokens_map.json
+ * (map, NULL unless it applies: see map_applies). transformers' legacy loading sets each key
+ * the map has over the config's value (null included) and appends the map's
+ * additional_special_tokens to the config's. */
+static int config_specials(const cJSON *cfg, const char *file, const cJSON *map, const char *map_file,
+                           const struct fdpo_bpe *b, cJSON *list, int32_t ebp[3]) {
+    static const char *const KEYS[] = {"eos_token", "bos_token", "pad_token", "unk_token", "sep_token", "cls_token",
+                                       "mask_token"};
+    for (size_t k = 0; k < sizeof KEYS / sizeof KEYS[0]; k++) {
+        int32_t id;
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(map, KEYS[k]);
+        const char *from = v ? map_file : file;
+        if (!v) v = cJSON_GetObjectItemCaseSensitive(cfg, KEYS[k]);
+        if (config_token(v, KEYS[k], from, b, k < 3, &id)) return -1;
+        if (k < 3) ebp[k] = id;
+        if (id >= 0) list_special(list, b->str[id]);
+    }
+    return additional_specials(cfg, file, b, list) || additional_specials(map, map_file, b, list) ? -1 : 0;
+}
+
 
 /* chat_template as a list [{"name", "template"}]: transformers makes it a dict (a later name
  * wins) and renders the one named "default"; with none it refuses to render ("This model has
@@ -723,10 +737,10 @@ static char *pattern_rewrite(const char *pat, const char *where) {
 /* jinja: chat_template.jinja beside the files (NULL: none), which transformers (4.47 on)
  * reads in place of tokenizer_config.json's chat_template. */
 static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where, const cJSON *cfg, const char *cfg_name,
-                  const char *jinja) {
+                  const cJSON *map, const char *map_name, const char *jinja) {
     int32_t ebp[3] = {-1, -1, -1};
     cJSON *named = cJSON_CreateArray();
-    if (cfg && config_specials(cfg, cfg_name, b, named, ebp)) { cJSON_Delete(named); return -1; }
+    if ((cfg || map) && config_specials(cfg, cfg_name, map, map_name, b, named, ebp)) { cJSON_Delete(named); return -1; }
     int32_t eos = ebp[0], bos = ebp[1], pad = ebp[2];
     if (eos < 0) eos = strmap_get(b, EOT_TEXT, EOT_LEN);
     if (eos < 0) {
@@ -791,6 +805,15 @@ static cJSON *parse_config(const char *name, const char *text, size_t len) {
     return c;
 }
 
+/* special_tokens_map.json counts only when tokenizer_config.json has no added_tokens_decoder
+ * (a directory saved before transformers 4.34, or written by hand): transformers reads it
+ * then, and not otherwise. *map NULL when it does not apply. */
+static int read_special_tokens_map(const cJSON *cfg, const char *sp, const char *stext, size_t slen, cJSON **map) {
+    *map = NULL;
+    if (!stext || cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder")) return 0;
+    return (*map = parse_config(sp, stext, slen)) ? 0 : -1;
+}
+
 static void keep_config(struct fdpo_bpe *b, const char *text, size_t len) {
     if (!text) return;
     b->src_config = fdpo_malloc(len + 1);
@@ -829,13 +852,48 @@ static int keep_jinja(struct fdpo_bpe *b, const char *jp, const char *jtext, siz
     return 0;
 }
 
+/* A file beside the tokenizer files, if any (*text NULL when absent). */
+static int read_beside(const char *dir, const char *name, char **path, char **text, size_t *len) {
+    *path = fdpo_path_join(dir, name);
+    *text = NULL; *len = 0;
+    if (!fdpo_file_exists(*path)) return 0;
+    return (*text = fdpo_read_file(*path, len)) ? 0 : -1;
+}
+/* tokenizer_config.json, chat_template.jinja and special_tokens_map.json (path, text, length) */
+typedef struct { char *cp, *ctext, *jp, *jtext, *sp, *stext; size_t clen, jlen, slen; } beside;
+static int read_config(const char *dir, beside *c) {
+    memset(c, 0, sizeof *c);
+    return read_beside(dir, "tokenizer_config.json", &c->cp, &c->ctext, &c->clen) ||
+           read_beside(dir, "chat_template.jinja", &c->jp, &c->jtext, &c->jlen) ||
+           read_beside(dir, "special_tokens_map.json", &c->sp, &c->stext, &c->slen) ? -1 : 0;
+}
+static void beside_free(beside *c) { free(c->cp); free(c->ctext); free(c->jp); free(c->jtext); free(c->sp); free(c->stext); }
+
+/* the config files of c parsed: *cfg (NULL: none), *map (NULL: none, or it does not apply) */
+static int parse_beside(const beside *c, cJSON **cfg, cJSON **map) {
+    *cfg = *map = NULL;
+    if (c->ctext && !(*cfg = parse_config(c->cp, c->ctext, c->clen))) return -1;
+    return read_special_tokens_map(*cfg, c->sp, c->stext, c->slen, map);
+}
+
+/* keep the files as read, to be saved */
+static int keep_beside(struct fdpo_bpe *b, const beside *c) {
+    keep_config(b, c->ctext, c->clen);
+    if (c->stext) {
+        b->src_map = fdpo_malloc(c->slen + 1);
+        memcpy(b->src_map, c->stext, c->slen); b->src_map[c->slen] = 0;
+        b->src_map_len = c->slen;
+    }
+    return keep_jinja(b, c->jp, c->jtext, c->jlen);
+}
+
 static fdpo_tokenizer *parse_pair(const char *vp, const char *vtext, size_t vlen, const char *mp, const char *mtext,
-                                  size_t mlen, const char *cp, const char *ctext, size_t clen, const char *jp,
-                                  const char *jtext, size_t jlen) {
+                                  size_t mlen, const beside *c) {
     struct fdpo_bpe *b = bpe_new();
     fdpo_tokenizer *t = NULL;
-    cJSON *j = NULL, *cfg = NULL, *list = cJSON_CreateArray();
-    if (ctext && !(cfg = parse_config(cp, ctext, clen))) goto done;
+    const char *cp = c->cp;
+    cJSON *j = NULL, *cfg = NULL, *map = NULL, *list = cJSON_CreateArray();
+    if (parse_beside(c, &cfg, &map)) goto done;
     if (cfg && pair_tokenizer_class(b, cfg, cp)) goto done;
     if (!(j = parse_json(vp, vtext, vlen))) goto done;
     if (cfg && cJSON_IsObject(j) && added_from_decoder(j, list, cfg, cp)) goto done;
@@ -844,11 +902,10 @@ static fdpo_tokenizer *parse_pair(const char *vp, const char *vtext, size_t vlen
     if (cJSON_GetArraySize(list)) add_mark(b, list, 0);
     if (load_merges(b, mp, mtext, mlen)) goto done;
     if (check_consistent(b, vp, mp)) goto done;
-    keep_config(b, ctext, clen);
-    if (keep_jinja(b, jp, jtext, jlen)) goto done;
-    if (finish(&t, b, vp, cfg, cp, b->src_jinja)) goto done;
+    if (keep_beside(b, c)) goto done;
+    if (finish(&t, b, vp, cfg, cp, map, c->sp, b->src_jinja)) goto done;
 done:
-    cJSON_Delete(j); cJSON_Delete(cfg); cJSON_Delete(list);
+    cJSON_Delete(j); cJSON_Delete(cfg); cJSON_Delete(map); cJSON_Delete(list);
     if (!t) fdpo_bpe_free(b);
     return t;
 }
@@ -856,7 +913,8 @@ done:
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vp, const char *vtext, size_t vlen,
                                                 const char *mp, const char *mtext, size_t mlen,
                                                 const char *cp, const char *ctext, size_t clen) {
-    return parse_pair(vp, vtext, vlen, mp, mtext, mlen, cp, ctext, clen, NULL, NULL, 0);
+    beside c = {.cp = (char *)cp, .ctext = (char *)ctext, .clen = clen};
+    return parse_pair(vp, vtext, vlen, mp, mtext, mlen, &c);
 }
 
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vp, const char *vtext, size_t vlen,
@@ -864,21 +922,6 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vp, const char *vtext, size
     return fdpo_tokenizer_bpe_parse_config(vp, vtext, vlen, mp, mtext, mlen, NULL, NULL, 0);
 }
 
-/* A file beside the tokenizer files, if any (*text NULL when absent). */
-static int read_beside(const char *dir, const char *name, char **path, char **text, size_t *len) {
-    *path = fdpo_path_join(dir, name);
-    *text = NULL; *len = 0;
-    if (!fdpo_file_exists(*path)) return 0;
-    return (*text = fdpo_read_file(*path, len)) ? 0 : -1;
-}
-/* tokenizer_config.json and chat_template.jinja */
-typedef struct { char *cp, *ctext, *jp, *jtext; size_t clen, jlen; } beside;
-static int read_config(const char *dir, beside *c) {
-    memset(c, 0, sizeof *c);
-    return read_beside(dir, "tokenizer_config.json", &c->cp, &c->ctext, &c->clen) ||
-           read_beside(dir, "chat_template.jinja", &c->jp, &c->jtext, &c->jlen) ? -1 : 0;
-}
-static void beside_free(beside *c) { free(c->cp); free(c->ctext); free(c->jp); free(c->jtext); }
 
 static fdpo_tokenizer *load_pair(const char *dir, const char *vname, const char *mname) {
     char *vp = fdpo_path_join(dir, vname), *mp = fdpo_path_join(dir, mname);
@@ -888,14 +931,13 @@ static fdpo_tokenizer *load_pair(const char *dir, const char *vname, const char 
     fdpo_tokenizer *t = NULL;
     if (!fdpo_file_exists(mp)) fdpo_error("%s: missing merges file %s (beside %s)", mp, mname, vname);
     else if ((vtext = fdpo_read_file(vp, &vlen)) && (mtext = fdpo_read_file(mp, &mlen)) && read_config(dir, &c) == 0)
-        t = parse_pair(vp, vtext, vlen, mp, mtext, mlen, c.cp, c.ctext, c.clen, c.jp, c.jtext, c.jlen);
+        t = parse_pair(vp, vtext, vlen, mp, mtext, mlen, &c);
     free(vtext); free(mtext); beside_free(&c);
     free(vp); free(mp);
     return t;
 }
 
-static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t len, const char *cp, const char *ctext,
-                                       size_t clen, const char *jp, const char *jtext, size_t jlen);
+static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t len, const beside *c);
 
 static fdpo_tokenizer *load_tokenizer_json(const char *dir) {
     char *p = fdpo_path_join(dir, "tokenizer.json");
@@ -903,7 +945,7 @@ static fdpo_tokenizer *load_tokenizer_json(const char *dir) {
     char *text = fdpo_read_file(p, &n);
     beside c = {0};
     fdpo_tokenizer *t = NULL;
-    if (text && read_config(dir, &c) == 0) t = parse_json_file(p, text, n, c.cp, c.ctext, c.clen, c.jp, c.jtext, c.jlen);
+    if (text && read_config(dir, &c) == 0) t = parse_json_file(p, text, n, &c);
     free(text); beside_free(&c);
     free(p);
     return t;
@@ -1045,18 +1087,19 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json(const char *p, const char *text, s
 
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *p, const char *text, size_t len,
                                                      const char *cp, const char *ctext, size_t clen) {
-    return parse_json_file(p, text, len, cp, ctext, clen, NULL, NULL, 0);
+    beside c = {.cp = (char *)cp, .ctext = (char *)ctext, .clen = clen};
+    return parse_json_file(p, text, len, &c);
 }
 
-static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t len, const char *cp, const char *ctext,
-                                       size_t clen, const char *jp, const char *jtext, size_t jlen) {
+static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t len, const beside *c) {
     struct fdpo_bpe *b = bpe_new();
     fdpo_tokenizer *t = NULL;
-    cJSON *v2 = NULL, *cfg = NULL, *list = cJSON_CreateArray();
+    const char *cp = c->cp;
+    cJSON *v2 = NULL, *cfg = NULL, *map = NULL, *list = cJSON_CreateArray();
     cJSON *j = parse_json(p, text, len);
     if (!j) goto done;
     if (!cJSON_IsObject(j)) { fdpo_error("%s: not a JSON object", p); goto done; }
-    if (ctext && !(cfg = parse_config(cp, ctext, clen))) goto done;
+    if (parse_beside(c, &cfg, &map)) goto done;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
     if (!cJSON_IsObject(model)) { fdpo_error("%s: no \"model\" object", p); goto done; }
@@ -1130,11 +1173,10 @@ static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t l
     b->src_json = fdpo_malloc(len + 1);
     memcpy(b->src_json, text, len); b->src_json[len] = 0;
     b->src_json_len = len;
-    keep_config(b, ctext, clen);
-    if (keep_jinja(b, jp, jtext, jlen)) goto done;
-    if (finish(&t, b, p, cfg, cp, b->src_jinja)) goto done;
+    if (keep_beside(b, c)) goto done;
+    if (finish(&t, b, p, cfg, cp, map, c->sp, b->src_jinja)) goto done;
 done:
-    cJSON_Delete(j); cJSON_Delete(v2); cJSON_Delete(cfg); cJSON_Delete(list);
+    cJSON_Delete(j); cJSON_Delete(v2); cJSON_Delete(cfg); cJSON_Delete(map); cJSON_Delete(list);
     if (!t) fdpo_bpe_free(b);
     return t;
 }
@@ -1219,6 +1261,7 @@ int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir) {
     const struct fdpo_bpe *b = t->bpe;
     if (fdpo_mkdir_p(dir)) return -1;
     if (save_config(t, dir)) return -1;
+    if (b->src_map && save_text(dir, "special_tokens_map.json", b->src_map, b->src_map_len)) return -1;
     if (b->src_json) return save_text(dir, "tokenizer.json", b->src_json, b->src_json_len);
     cJSON *v = cJSON_CreateObject();
     for (size_t i = 0; i < b->n_vocab; i++) cJSON_AddItemToObject(v, b->str[i], cJSON_CreateNumber((double)i));

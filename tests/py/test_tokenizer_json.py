@@ -807,3 +807,97 @@ def test_a_long_run_under_a_quantified_group_is_split_as_the_pattern_says(tmp_pa
     got = fdpo_ids(str(d), texts, str(tmp_path))
     for t, g in zip(texts, got):
         assert g == ref.encode(t), len(t)
+
+
+# ---- special_tokens_map.json: transformers' legacy loading ----
+# PreTrainedTokenizerBase._from_pretrained, when tokenizer_config.json has no
+# added_tokens_decoder (saved before transformers 4.34, or hand-written), reads
+# special_tokens_map.json and sets each of its keys over the config's value; its
+# additional_special_tokens are appended to the config's. With added_tokens_decoder the file is
+# not read at all. Expected ids below are hand-built from the vocabulary by those rules.
+
+def legacy_dir(d, family, config, special_map, pair):
+    """family's tokenizer with <|im_end|> (and <|tool|>) in the vocabulary as plain entries,
+    the given tokenizer_config.json and special_tokens_map.json; vocab.json + merges.txt when
+    pair (the slow GPT2Tokenizer layout), else tokenizer.json."""
+    ref, vocab, merges = make(d, family, with_config=False)
+    for extra in ("<|im_end|>", "<|tool|>"):
+        vocab.setdefault(extra, len(vocab))
+    tj = json.load(open(d / "tokenizer.json"))
+    if pair:
+        os.remove(d / "tokenizer.json")
+        (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(tj["model"]["merges"]) + "\n", encoding="utf-8")
+    else:
+        tj["model"]["vocab"]["<|im_end|>"] = vocab["<|im_end|>"]
+        tj["model"]["vocab"]["<|tool|>"] = vocab["<|tool|>"]
+        (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    if special_map is not None:
+        (d / "special_tokens_map.json").write_text(json.dumps(special_map))
+    return ref, vocab
+
+
+OLD_CONFIG = {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
+              "unk_token": "<|endoftext|>", "additional_special_tokens": ["<|tool|>"]}
+OLD_MAP = {"eos_token": {"content": "<|im_end|>", "lstrip": False, "rstrip": False, "normalized": False,
+                         "single_word": False}, "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+           "pad_token": "<|im_end|>"}
+
+
+@pytest.mark.parametrize("pair", [True, False], ids=["vocab-json", "tokenizer-json"])
+def test_special_tokens_map_overrides_a_legacy_config(pair, tmp_path):
+    """tokenizer.add_special_tokens({"eos_token": "<|im_end|>"}); save_pretrained(d) before 4.34
+    left the new eos only in special_tokens_map.json: transformers' eos and pad are
+    <|im_end|>, a special token; fdpo did not read the file and used <|endoftext|>."""
+    d = tmp_path / "t"
+    ref, vocab = legacy_dir(d, "gpt2", OLD_CONFIG, OLD_MAP, pair)
+    info = harness_json("tok-info", str(d))
+    assert (info["eos"], info["bos"], info["pad"]) == (vocab["<|im_end|>"], vocab["<|endoftext|>"], vocab["<|im_end|>"])
+    # the config's additional_special_tokens stay special beside the map's tokens
+    assert sorted(info["special"]) == sorted([vocab["<|endoftext|>"], vocab["<|im_end|>"], vocab["<|tool|>"]])
+    want = ref.encode_text("hi") + [vocab["<|im_end|>"]] + ref.encode_text(" x") + [vocab["<|tool|>"]]
+    assert fdpo_ids(str(d), ["hi<|im_end|> x<|tool|>"], str(tmp_path), "--allow-special")[0] == want
+    # a save carries the file, so the checkpoint loads with the same tokens
+    dst = tmp_path / "saved"
+    r = subprocess.run([HARNESS, "tok-save", str(d), str(dst)], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(dst / "special_tokens_map.json")) == OLD_MAP
+    assert harness_json("tok-info", str(dst)) == info
+
+
+def test_special_tokens_map_appends_additional_special_tokens(tmp_path):
+    d = tmp_path / "t"
+    cfg = dict(OLD_CONFIG, additional_special_tokens=["<|tool|>"])
+    _, vocab = legacy_dir(d, "gpt2", cfg, {"additional_special_tokens": ["<|im_end|>"]}, True)
+    info = harness_json("tok-info", str(d))
+    assert info["eos"] == vocab["<|endoftext|>"]   # the map has no eos_token: the config's stands
+    assert sorted(info["special"]) == sorted([vocab["<|endoftext|>"], vocab["<|im_end|>"], vocab["<|tool|>"]])
+
+
+def test_special_tokens_map_is_not_read_beside_added_tokens_decoder(tmp_path):
+    """A config with added_tokens_decoder (transformers >= 4.34 wrote it) is complete:
+    transformers does not read special_tokens_map.json then (a malformed one included)."""
+    d = tmp_path / "t"
+    _, vocab = legacy_dir(d, "gpt2", {}, None, False)
+    n = vocab["<|endoftext|>"]
+    cfg = dict(OLD_CONFIG, added_tokens_decoder={str(n): {"content": "<|endoftext|>", "special": True}})
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (d / "special_tokens_map.json").write_text(json.dumps(OLD_MAP))
+    info = harness_json("tok-info", str(d))
+    assert info["eos"] == n and info["pad"] == -1
+    (d / "special_tokens_map.json").write_text("{not json")
+    assert harness_json("tok-info", str(d))["eos"] == n
+
+
+@pytest.mark.parametrize("content,msg", [
+    ('{"eos_token": "<|nope|>"}', "special_tokens_map.json: eos_token '<|nope|>' is not in the vocabulary"),
+    ('{"eos_token": ', "special_tokens_map.json:1: malformed JSON"),
+    ('[]', "special_tokens_map.json: not a JSON object"),
+])
+def test_a_bad_special_tokens_map_is_named(content, msg, tmp_path):
+    d = tmp_path / "t"
+    legacy_dir(d, "gpt2", OLD_CONFIG, None, True)
+    (d / "special_tokens_map.json").write_text(content)
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    assert r.returncode == 1 and msg in r.stderr.decode(), r.stderr
