@@ -686,28 +686,40 @@ static int chat_from_list(const cJSON *ct, const char *file, char **chat, char *
 /* White_Space written out, for \s in patterns read from files (see the header comment). */
 static const char WS_CLASS[] = WS;
 
-/* The file's regex with \s and \S spelled as Unicode White_Space (Hugging Face's
- * Oniguruma semantics; PCRE2's \s differs at U+180E). \S inside a class cannot be
- * expanded in place and is refused. */
+/* Oniguruma's \w (Unicode: Letter | Mark | Number | Connector_Punctuation) and \h (a hex
+ * digit; PCRE2's \h is horizontal space), as class contents */
+static const char WORD_CLASS[] = "\\p{L}\\p{M}\\p{N}\\p{Pc}";
+static const char HEX_CLASS[] = "0-9a-fA-F";
+
+/* The file's regex with the escapes whose meaning differs between Oniguruma (Hugging Face
+ * tokenizers compiles Split patterns with it) and PCRE2 spelled out as Oniguruma reads them:
+ * \s and \S as Unicode White_Space (PCRE2's \s differs at U+180E), \w \W and the \b \B
+ * built on them (PCRE2 10.42's \w has no marks and only _ of the connectors), \h \H (hex
+ * digits in Oniguruma). A negated one (\S \W \H) inside a class cannot be expanded in place
+ * and is refused. */
 static char *pattern_rewrite(const char *pat, const char *where) {
     size_t n = strlen(pat), cap = 4 * n + 64 + 16 * sizeof WS_CLASS;
     char *out = fdpo_malloc(cap);
     size_t k = 0;
     int in_class = 0;
     for (size_t i = 0; i < n; i++) {
-        if (k + 2 * sizeof WS_CLASS + 8 > cap) { cap *= 2; out = fdpo_realloc(out, cap); }
+        while (k + 2 * sizeof WS_CLASS + 4 * sizeof WORD_CLASS + 64 > cap) { cap *= 2; out = fdpo_realloc(out, cap); }
         char c = pat[i];
         if (c == '\\' && i + 1 < n) {
             char d = pat[++i];
-            if (d == 's') k += (size_t)sprintf(out + k, in_class ? "%s" : "[%s]", WS_CLASS);
-            else if (d == 'S') {
-                if (in_class) {
-                    free(out);
-                    fdpo_error("%s: \\S inside a character class is not supported", where);
-                    return NULL;
-                }
-                k += (size_t)sprintf(out + k, "[^%s]", WS_CLASS);
-            } else { out[k++] = c; out[k++] = d; }
+            const char *cls = d == 's' || d == 'S' ? WS_CLASS : d == 'w' || d == 'W' ? WORD_CLASS
+                            : d == 'h' || d == 'H' ? HEX_CLASS : NULL;
+            if (cls && in_class && (d == 'S' || d == 'W' || d == 'H')) {
+                free(out);
+                fdpo_error("%s: \\%c inside a character class is not supported", where, d);
+                return NULL;
+            }
+            if (cls) k += (size_t)sprintf(out + k, in_class ? "%s" : d >= 'a' ? "[%s]" : "[^%s]", cls);
+            else if ((d == 'b' || d == 'B') && !in_class) /* a word boundary on Oniguruma's \w */
+                k += (size_t)sprintf(out + k, d == 'b' ? "(?:(?<=[%s])(?![%s])|(?<![%s])(?=[%s]))"
+                                                       : "(?:(?<=[%s])(?=[%s])|(?<![%s])(?![%s]))",
+                                     WORD_CLASS, WORD_CLASS, WORD_CLASS, WORD_CLASS);
+            else { out[k++] = c; out[k++] = d; }
             continue;
         }
         if (c == '[' && !in_class) {

@@ -901,3 +901,47 @@ def test_a_bad_special_tokens_map_is_named(content, msg, tmp_path):
     (d / "special_tokens_map.json").write_text(content)
     r = run("tokenize", "--tokenizer", str(d), input=b"x")
     assert r.returncode == 1 and msg in r.stderr.decode(), r.stderr
+
+
+# Oniguruma's classes (its doc/RE, "Character types", Unicode case; Hugging Face tokenizers
+# compiles Split patterns with Oniguruma): \w Letter|Mark|Number|Connector_Punctuation, \h a
+# hexadecimal digit; \b \B are boundaries of that \w. PCRE2's \h is horizontal space and its
+# \w (10.42) has no marks and only "_" of the connectors.
+ONIG_W = r"\p{L}\p{M}\p{N}\p{Pc}"
+ONIG_CASES = [
+    (r"\h+", r"[0-9a-fA-F]+"),
+    (r"\w+", f"[{ONIG_W}]+"),
+    (r"\H+|\h+", r"[^0-9a-fA-F]+|[0-9a-fA-F]+"),
+    (r"[\w\s]+|\W", None),
+    (r"[\h_]+", r"[0-9a-fA-F_]+"),
+    (r"\b\w+|\B.", None),
+]
+ONIG_TEXTS = ["cafe xyz", "e\u0301 x", "a\u203fb c_d", "Face 0xBEEF\tdead beef", "x\u00b2 \u0915\u093f\u0924 ab\u0301cd",
+              "  \u00e9t\u00e9 \u0301"]
+
+
+@pytest.mark.parametrize("case", range(len(ONIG_CASES)))
+def test_split_escapes_mean_what_oniguruma_says(case, tmp_path):
+    import regex
+    pat, ref_pat = ONIG_CASES[case]
+    if ref_pat is None:   # written out by hand from the rules above
+        ref_pat = {3: rf"[{ONIG_W}\s]+|[^{ONIG_W}]",
+                   5: (rf"(?:(?<=[{ONIG_W}])(?![{ONIG_W}])|(?<![{ONIG_W}])(?=[{ONIG_W}]))[{ONIG_W}]+"
+                       rf"|(?:(?<=[{ONIG_W}])(?=[{ONIG_W}])|(?<![{ONIG_W}])(?![{ONIG_W}])).")}[case]
+    merges = train_merges(ONIG_TEXTS * 3, ".+", 60)   # merges across any boundary, so pieces show in the ids
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
+    regex.compile(ref_pat)
+    assert fdpo_ids(str(d), ONIG_TEXTS, str(tmp_path)) == [ref.encode(t) for t in ONIG_TEXTS], pat
+
+
+@pytest.mark.parametrize("neg", ["W", "H", "S"])
+def test_a_negated_class_escape_inside_a_class_is_refused(neg, tmp_path):
+    merges = train_merges(CORPUS, GPT2_PAT, 10)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", rf"[\{neg}x]+", vocab, merges, GPT2_ADDED, None, None)
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    assert r.returncode == 1 and f"\\{neg} inside a character class is not supported" in r.stderr.decode(), r.stderr
