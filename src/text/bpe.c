@@ -511,6 +511,7 @@ static int added_entry(cJSON *vocab, cJSON *list, const cJSON *a, double id, con
         if (json_bool(a, unsupported[k], 0, &flag, where)) return -1;
         if (flag) return fdpo_error("%s: '%s' = true is not supported (token '%s')", where, unsupported[k], c->valuestring);
     }
+    /* normalized is only checked: added tokens are matched in the raw text (docs/tokenizer.md) */
     if (json_bool(a, "special", 0, &special, where) || json_bool(a, "normalized", 0, &normalized, where)) return -1;
     const cJSON *have = cJSON_GetObjectItemCaseSensitive(vocab, c->valuestring);
     if (have && have->valuedouble != id)
@@ -635,7 +636,7 @@ static int additional_specials(const cJSON *cfg, const char *file, const struct 
 }
 
 /* The named tokens of tokenizer_config.json (cfg, may be NULL) and special_tokens_map.json
- * (map, NULL unless it applies: see map_applies). transformers' legacy loading sets each key
+ * (map, NULL unless it applies: see read_special_tokens_map). transformers' legacy loading sets each key
  * the map has over the config's value (null included) and appends the map's
  * additional_special_tokens to the config's. */
 static int config_specials(const cJSON *cfg, const char *file, const cJSON *map, const char *map_file,
@@ -653,7 +654,6 @@ static int config_specials(const cJSON *cfg, const char *file, const cJSON *map,
     }
     return additional_specials(cfg, file, b, list) || additional_specials(map, map_file, b, list) ? -1 : 0;
 }
-
 
 /* chat_template as a list [{"name", "template"}]: transformers makes it a dict (a later name
  * wins) and renders the one named "default"; with none it refuses to render ("This model has
