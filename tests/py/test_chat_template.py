@@ -1052,6 +1052,23 @@ def test_a_save_carries_no_old_chat_template_jinja(tmp_path):
     assert harness("tok-info", str(m))["chat"] == "chatml"
 
 
+def test_a_save_carries_no_old_special_tokens_map(tmp_path):
+    """special_tokens_map.json is a tokenizer file too (read over a config without
+    added_tokens_decoder, as transformers' legacy loading does): an older save's left in OUT
+    would set the new checkpoint's eos."""
+    ref, vocab = make_tok(tmp_path / "tok", "smollm2")   # its config has no added_tokens_decoder
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS[:2]])
+    m = tmp_path / "m"
+    r = run("sft", "--out", str(m), "--tokenizer", str(tmp_path / "tok"), *SFT_TINY, data)
+    assert r.returncode == 0, r.stderr
+    (m / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))  # an older save's
+    assert harness("tok-info", str(m))["eos"] == vocab["<|endoftext|>"]
+    r = run("sft", "--out", str(m), "--overwrite", "--tokenizer", str(tmp_path / "tok"), *SFT_TINY, data)
+    assert r.returncode == 0, r.stderr
+    assert not (m / "special_tokens_map.json").exists()
+    assert harness("tok-info", str(m))["eos"] == vocab["<|im_end|>"]
+
+
 # ---- recognition: a file's template is a built-in only when it is a known published source ----
 
 # The counterexamples of the defect hunt: templates with ChatML's, Llama-3's or Zephyr's markers
